@@ -1,0 +1,101 @@
+"""What a backend is: the contract between the runner and every plugin, real or modeled."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from llmsim.config import Sharing, Strategy, Workload
+from llmsim.hardware import Catalog, load_catalog
+from llmsim.results import Result
+from llmsim.strategy import Layout
+from llmsim.workload.step import SharingChoice
+
+
+class NoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Case(BaseModel):
+    """One unit of work for one backend: a workload under one strategy, already validated and laid out."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    scenario: str
+    name: str                     # strategy name plus any sweep suffix, e.g. "tp8@nodes=4"
+    workload: Workload
+    sharing: Sharing
+    tie_embeddings: bool
+    strategy: Strategy
+    layout: Layout
+    seed: int = 0
+    scenario_dir: Path = Path(".")
+
+    @property
+    def sharing_choice(self) -> SharingChoice:
+        return SharingChoice(self.tie_embeddings, self.sharing.layer_groups, self.sharing.lora)
+
+    def result(self, backend: "Backend", **values: Any) -> Result:
+        """A result row with every column this case already determines filled in."""
+        s, lay, w = self.strategy, self.layout, self.workload
+        base: dict[str, Any] = dict(
+            scenario=self.scenario, case=self.name, backend=backend.name, kind=backend.kind,
+            strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, sp=s.sp, zero=s.zero,
+            micro_batch=lay.micro_batch, microbatches=lay.microbatches, schedule=s.schedule,
+            recompute=s.recompute, n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,
+            dtype=w.dtype, m_submodels=s.m_submodels)
+        base.update(values)
+        return Result(**base)
+
+
+@dataclass
+class RunContext:
+    """What a backend may need beyond the case: the hardware catalog (built-ins + scenario files +
+    plugin entries), the run folder for side outputs (traces, figures), and the plugin manager."""
+
+    catalog: Catalog = field(default_factory=load_catalog)
+    run_dir: Path | None = None
+    manager: Any = None  # llmsim.plugins.PluginManager, for hooks such as energy meters
+
+
+class Backend(ABC):
+    """A way to execute (measured) or predict (modeled) one case.
+
+    Subclasses set `name`, `kind`, `description` and `Settings`. The runner makes one instance per
+    run and calls `run` for each case; `run` returns a Result (status ok / skipped / does-not-fit) and
+    may raise for anything unexpected: the runner turns an exception into a `failed` row.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["measured", "modeled"]]
+    description: ClassVar[str] = ""
+    Settings: ClassVar[type[BaseModel]] = NoSettings
+
+    def __init__(self, context: RunContext | None = None) -> None:
+        self.context = context or RunContext()
+
+    @classmethod
+    def availability(cls) -> str | None:
+        """None when this backend can run here, else the reason it cannot (shown by `llmsim backends`)."""
+        return None
+
+    @classmethod
+    def sweep(cls, settings: BaseModel) -> list[tuple[str, BaseModel]]:
+        """Split settings that hold lists (e.g. nodes: [1, 2, 4]) into one settings object per point.
+
+        Returns (case suffix, settings) pairs; the suffix is appended to the case name ("" = no sweep).
+        """
+        return [("", settings)]
+
+    @classmethod
+    def world_size(cls, settings: BaseModel) -> int | None:
+        """Devices the backend fixes (a modeled cluster) or None when it runs what the strategy asks."""
+        return None
+
+    @abstractmethod
+    def run(self, case: Case, settings: Any) -> Result:
+        """Execute or model `case`; return its row."""

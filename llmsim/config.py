@@ -1,0 +1,310 @@
+"""The scenario file (contract: docs/scenario.md) as pydantic models, and its loader.
+
+Loading is two-phase so nothing runs half-validated:
+1. `load_scenario` parses YAML safely, applies `--set` overrides and validates the schema plus the
+   rules that need only the file (heads divisible by tp, ...).
+2. `runner.plan_cases` checks each strategy against each backend's world size and settings.
+Every failure is a `ScenarioError` naming the file, the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmsim.errors import ScenarioError, format_key_path
+from llmsim.workload.presets import PRESETS
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """The Transformer's shape. A `preset` fills every field; explicit fields override it."""
+
+    preset: str | None = None
+    layers: PositiveInt
+    hidden: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt | None = Field(None, description="< heads = grouped-query attention; default heads")
+    ffn_hidden: PositiveInt | None = Field(None, description="default 4*hidden")
+    vocab: PositiveInt
+    seq_len: PositiveInt
+    activation: Literal["gelu", "swiglu"] = "gelu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    causal: bool = Field(True, description="false = bidirectional encoder (BERT-style)")
+    positions: Literal["learned", "rotary"] = "learned"
+    max_positions: PositiveInt | None = Field(None, description="learned position table size; default seq_len")
+    type_vocab: int = Field(0, ge=0, description="token-type (segment) embeddings, 2 for BERT")
+    bias: bool = True
+    norm_eps: float = Field(1e-5, gt=0)
+    tie_embeddings: bool = Field(True, description="the published convention; sharing.tie_embeddings overrides")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            name = data["preset"]
+            if name not in PRESETS:
+                raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+            data = {**PRESETS[name], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "ModelSpec":
+        fill: dict[str, Any] = {}
+        if self.kv_heads is None:
+            fill["kv_heads"] = self.heads
+        if self.ffn_hidden is None:
+            fill["ffn_hidden"] = 4 * self.hidden
+        if self.max_positions is None:
+            fill["max_positions"] = self.seq_len
+        for k, v in fill.items():
+            object.__setattr__(self, k, v)
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
+        if self.heads % self.kv_heads:  # type: ignore[operator]
+            raise ValueError(f"heads={self.heads} must be divisible by kv_heads={self.kv_heads}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+class Workload(_Strict):
+    model: ModelSpec
+    mode: Literal["train", "prefill", "decode"] = "train"
+    batch: PositiveInt = Field(8, description="global batch, in sequences")
+    decode_tokens: PositiveInt = Field(64, description="decode: tokens generated per sequence after the prompt")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+    @model_validator(mode="after")
+    def _check(self) -> "Workload":
+        if self.mode == "decode" and not self.model.causal:
+            raise ValueError("mode 'decode' needs a causal decoder; this model has causal: false "
+                             "(allowed for encoders: train, prefill)")
+        if self.model.positions == "learned" and self.model.seq_len > (self.model.max_positions or 0):
+            raise ValueError(f"seq_len={self.model.seq_len} exceeds the learned position table "
+                             f"max_positions={self.model.max_positions}")
+        if (self.mode == "decode" and self.model.positions == "learned"
+                and self.model.seq_len + self.decode_tokens > (self.model.max_positions or 0)):
+            raise ValueError(f"seq_len + decode_tokens = {self.model.seq_len + self.decode_tokens} exceeds "
+                             f"max_positions={self.model.max_positions} of the learned position table")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens a step processes (train, prefill) or generates (decode)."""
+        if self.mode == "decode":
+            return self.batch * self.decode_tokens
+        return self.batch * self.model.seq_len
+
+
+class LoraSpec(_Strict):
+    rank: PositiveInt = 16
+    alpha: float = Field(32.0, gt=0)
+    targets: list[Literal["qkv", "out", "mlp"]] = Field(default_factory=lambda: ["qkv", "out", "mlp"],
+                                                        min_length=1)
+
+
+class Sharing(_Strict):
+    tie_embeddings: bool | None = Field(None, description="default: the preset's published convention")
+    layer_groups: PositiveInt | None = Field(None, description="k distinct layer weight sets, round-robin")
+    lora: LoraSpec | None = None
+
+
+class Strategy(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "single"
+    dp: PositiveInt | None = Field(None, description="omitted = fill the world")
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    cp: PositiveInt = 1
+    sp: bool = False
+    zero: Literal[0, 1, 2, 3] = 0
+    micro_batch: PositiveInt = 1
+    schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
+    virtual_stages: PositiveInt = 1
+    recompute: Literal["none", "selective", "full"] = "none"
+    overlap_grad_reduce: bool = True
+
+    @property
+    def model_parallel(self) -> int:
+        """Devices one model replica spans (tp*pp*cp)."""
+        return self.tp * self.pp * self.cp
+
+    @property
+    def m_submodels(self) -> int:
+        """m in T = m*C/n: the model partitions (tp*pp)."""
+        return self.tp * self.pp
+
+
+class Scenario(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    workload: Workload
+    sharing: Sharing = Field(default_factory=Sharing)
+    strategies: list[Strategy] = Field(default_factory=lambda: [Strategy()], min_length=1)
+    backends: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"cpu": {}}, min_length=1)
+    hardware_catalog: list[str] = Field(default_factory=list,
+                                        description="extra hardware YAML files, relative to this file")
+    seed: int = 0
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _none_settings_are_empty(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Scenario":
+        from llmsim.strategy import check_sharing, check_strategy_shape  # avoid an import cycle
+
+        names = [s.name for s in self.strategies]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise _KeyedError(f"strategies[{i}].name", f"duplicate strategy name {name!r}")
+        for i, strategy in enumerate(self.strategies):
+            problem = check_strategy_shape(strategy, self.workload)
+            if problem:
+                raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])
+        problem = check_sharing(self.sharing, self.workload.model)
+        if problem:
+            raise _KeyedError(f"sharing.{problem[0]}", problem[1])
+        return self
+
+    @property
+    def tie_embeddings(self) -> bool:
+        """Resolved tie: the scenario's choice, else the preset's published convention."""
+        tie = self.sharing.tie_embeddings
+        return self.workload.model.tie_embeddings if tie is None else tie
+
+
+class _KeyedError(ValueError):
+    """A cross-field rule failure that knows its own key path (pydantic only knows the model's)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(message)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
+    """Apply `--set a.b[0].c=value` overrides; the value is parsed as YAML (so 4, true, [1, 2] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ScenarioError(file, None, f"--set {item!r}: expected KEY=VALUE, e.g. workload.batch=16")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        parts = re.findall(r"[^.\[\]]+|\[\d+\]", key)
+        if not parts:
+            raise ScenarioError(file, key, "--set: empty key")
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            index: str | int = int(part[1:-1]) if part.startswith("[") else part
+            if isinstance(index, int):
+                if not isinstance(node, list) or index >= len(node):
+                    raise ScenarioError(file, key, f"--set: no list element {part}")
+            elif not isinstance(node, dict):
+                raise ScenarioError(file, key, f"--set: {part!r} is not inside a mapping")
+            if last:
+                node[index] = value
+            else:
+                if isinstance(node, dict) and node.get(index) is None:
+                    node[index] = {}
+                node = node[index]
+    return data
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One readable sentence from one pydantic error."""
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{err.get('input')!r}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
+                                                              "bool", "float", "too_short")) else msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """The keys allowed where an unknown key was found, for the error message."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        for candidate in getattr(ann, "__args__", ()) + (ann,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+            for inner in getattr(candidate, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    current = inner
+                    break
+    fields = getattr(current, "model_fields", None)
+    return f"; allowed: {', '.join(fields)}" if fields else ""
+
+
+def validation_error(model: type[BaseModel], exc: ValidationError, file: str) -> ScenarioError:
+    """Convert pydantic's error list to the first error, as a one-line ScenarioError."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if p not in ("function-after[_check()]",))
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _KeyedError):
+        prefix = format_key_path(loc)
+        return ScenarioError(file, f"{prefix}.{ctx_err.key}" if prefix else ctx_err.key, ctx_err.message)
+    message = _describe(err)
+    if err["type"] == "extra_forbidden":
+        message += _allowed_keys(model, loc)
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ScenarioError(file, format_key_path(loc) or None, message)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no tags, no code), as a ScenarioError on failure."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(file, None, f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(file, None, f"not valid YAML: {where}{problem}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(file, None, "expected a mapping at the top level (name:, workload:, ...)")
+    return data
+
+
+def parse_scenario(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(Scenario, exc, file) from None
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Load and validate a scenario file (phase 1: everything that needs no backend)."""
+    file = str(path)
+    data = apply_overrides(read_yaml(path), overrides or [], file)
+    return parse_scenario(data, file)

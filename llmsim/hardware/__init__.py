@@ -1,0 +1,98 @@
+"""The hardware catalog: devices and links with sourced numbers.
+
+Built-in entries live in catalog.yaml beside this file; users add YAML files (scenario key
+`hardware_catalog`, or `--hardware FILE`), plugins add entries through the `llmsim_hardware` hook.
+Every entry must say where its numbers come from (`source`); an entry without one is rejected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmsim.errors import ScenarioError, format_key_path
+
+CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
+Source = Annotated[str, Field(min_length=3, description="datasheet, paper or measurement the numbers come from")]
+
+
+class DeviceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: Literal["device"] = "device"
+    peak_flops: dict[Literal["float32", "bfloat16", "float16"], float] = Field(
+        default_factory=dict, description="dense peak FLOP/s per dtype; empty = measured at run time")
+    memory_bytes: float = Field(ge=0, description="0 = read from the machine at run time")
+    memory_bw_bytes_per_s: float = Field(ge=0)
+    idle_power_w: float = Field(ge=0)
+    max_power_w: float = Field(ge=0)
+    power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
+    source: Source
+
+
+class LinkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: Literal["link"] = "link"
+    bandwidth_bytes_per_s: float = Field(gt=0, description="per device, per direction")
+    latency_s: float = Field(ge=0)
+    source: Source
+
+
+Entry = Annotated[DeviceSpec | LinkSpec, Field(discriminator="type")]
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entries: list[Entry]
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    devices: dict[str, DeviceSpec]
+    links: dict[str, LinkSpec]
+
+    def device(self, name: str, key: str = "hardware", file: str | None = None) -> DeviceSpec:
+        if name not in self.devices:
+            raise ScenarioError(file, key, f"unknown device {name!r}; allowed: {', '.join(self.devices)}")
+        return self.devices[name]
+
+    def link(self, name: str, key: str = "link", file: str | None = None) -> LinkSpec:
+        if name not in self.links:
+            raise ScenarioError(file, key, f"unknown link {name!r}; allowed: {', '.join(self.links)}")
+        return self.links[name]
+
+
+def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
+    try:
+        return _CatalogFile.model_validate(data).entries
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = format_key_path(tuple(p for p in err["loc"] if p not in ("device", "link")))
+        msg = "required key is missing" if err["type"] == "missing" else err["msg"]
+        raise ScenarioError(origin, where or None, msg) from None
+
+
+def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tuple[str, dict]] | None = None) -> Catalog:
+    """Built-ins, then user files, then plugin entries. A name defined twice is an error."""
+    devices: dict[str, DeviceSpec] = {}
+    links: dict[str, LinkSpec] = {}
+    sources: list[tuple[str, object]] = [(str(CATALOG_FILE), yaml.safe_load(CATALOG_FILE.read_text()))]
+    for path in extra_files or []:
+        from llmsim.config import read_yaml
+
+        sources.append((str(path), read_yaml(path)))
+    for plugin, entry in plugin_entries or []:
+        sources.append((f"plugin {plugin}", {"entries": [entry]}))
+    for origin, data in sources:
+        for entry in parse_entries(data, origin):
+            if entry.name in devices or entry.name in links:
+                raise ScenarioError(origin, f"entries.{entry.name}", "a catalog entry with this name already exists")
+            (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry
+    return Catalog(devices=devices, links=links)

@@ -1,0 +1,152 @@
+"""Result columns (contract), declared once with their units, and the row model backends return."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# name -> (unit, meaning). The order is the column order of results.csv.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "scenario": ("", "scenario name"),
+    "case": ("", "strategy name (plus a sweep suffix such as @nodes=4)"),
+    "backend": ("", "backend plugin name"),
+    "kind": ("", "measured | modeled"),
+    "hardware": ("", "catalog device name (cpu-host for this machine)"),
+    "strategy": ("", "strategy name"),
+    "dp": ("", "data-parallel degree"),
+    "tp": ("", "tensor-parallel degree"),
+    "pp": ("", "pipeline-parallel degree"),
+    "cp": ("", "context-parallel degree"),
+    "sp": ("", "Megatron sequence parallelism"),
+    "zero": ("", "ZeRO stage (3 = FSDP)"),
+    "micro_batch": ("sequences", "sequences per micro-batch per replica"),
+    "microbatches": ("", "micro-batches per step per replica"),
+    "schedule": ("", "pipeline schedule"),
+    "recompute": ("", "activation recomputation"),
+    "nodes": ("", "nodes"),
+    "n_devices": ("", "devices the step runs on"),
+    "mode": ("", "train | prefill | decode"),
+    "batch": ("sequences", "global batch"),
+    "seq_len": ("tokens", "sequence length"),
+    "dtype": ("", "workload dtype"),
+    "params": ("", "unique parameters after sharing"),
+    "status": ("", "ok | skipped | failed | does-not-fit"),
+    "error": ("", "why a row is not ok"),
+    "step_time_s": ("s", "wall time of one step (decode: the whole generation)"),
+    "tokens_per_s": ("tokens/s", "tokens processed (train, prefill) or generated (decode) per second"),
+    "tokens_per_s_per_device": ("tokens/s", "tokens_per_s / n_devices"),
+    "latency_p50_s": ("s", "median step time"),
+    "latency_p99_s": ("s", "99th percentile step time"),
+    "ttft_s": ("s", "decode: time to first token (the prefill)"),
+    "tpot_s": ("s", "decode: time per output token after the first"),
+    "model_flops_per_step": ("FLOP", "FLOPs of one step from the workload profile"),
+    "achieved_tflops_per_device": ("TFLOP/s", "model FLOPs / step time / devices"),
+    "mfu": ("", "achieved / peak FLOP/s of the device in this dtype"),
+    "peak_memory_bytes_per_device": ("B", "peak memory on one device"),
+    "energy_j_per_step": ("J", "energy of one step, all devices"),
+    "joules_per_token": ("J/token", "energy per token"),
+    "energy_source": ("", "nvml | rapl | modeled"),
+    "m_submodels": ("", "m: model partitions (tp*pp)"),
+    "c_per_submodel_s": ("s", "C: one partition's share of the step on one device alone (m*C = one-device step)"),
+    "n_devices_ideal": ("", "n used in the ideal law (= n_devices)"),
+    "t_ideal_s": ("s", "ideal step time m*C/n"),
+    "scaling_efficiency": ("", "t_ideal_s / step_time_s"),
+    "compute_time_s": ("s", "compute on the critical path"),
+    "comm_time_s": ("s", "exposed (not overlapped) communication"),
+    "bubble_time_s": ("s", "pipeline bubble"),
+    "other_time_s": ("s", "the rest: optimizer, host overhead, unexplained"),
+}
+# n_devices_ideal duplicates n_devices; keep one column in the file.
+del COLUMNS["n_devices_ideal"]
+
+Status = Literal["ok", "skipped", "failed", "does-not-fit"]
+
+
+class Result(BaseModel):
+    """One row: a (case, backend) pair. Every contract column exists; unknown values are None.
+
+    Backends may add extra columns (for example a memory breakdown) in `extra`; they are written
+    after the contract columns.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    scenario: str
+    case: str
+    backend: str
+    kind: Literal["measured", "modeled"]
+    hardware: str | None = None
+    strategy: str
+    dp: int | None = None
+    tp: int | None = None
+    pp: int | None = None
+    cp: int | None = None
+    sp: bool | None = None
+    zero: int | None = None
+    micro_batch: int | None = None
+    microbatches: int | None = None
+    schedule: str | None = None
+    recompute: str | None = None
+    nodes: int | None = None
+    n_devices: int | None = None
+    mode: str
+    batch: int
+    seq_len: int
+    dtype: str
+    params: int | None = None
+    status: Status = "ok"
+    error: str | None = None
+    step_time_s: float | None = None
+    tokens_per_s: float | None = None
+    tokens_per_s_per_device: float | None = None
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    model_flops_per_step: float | None = None
+    achieved_tflops_per_device: float | None = None
+    mfu: float | None = None
+    peak_memory_bytes_per_device: float | None = None
+    energy_j_per_step: float | None = None
+    joules_per_token: float | None = None
+    energy_source: Literal["nvml", "rapl", "modeled"] | None = None
+    m_submodels: int | None = None
+    c_per_submodel_s: float | None = None
+    t_ideal_s: float | None = None
+    scaling_efficiency: float | None = None
+    compute_time_s: float | None = None
+    comm_time_s: float | None = None
+    bubble_time_s: float | None = None
+    other_time_s: float | None = None
+    extra: dict[str, Any] = {}
+
+    def row(self) -> dict[str, Any]:
+        """Flat dict in contract column order, extras last; NaN/inf become None."""
+        data = self.model_dump()
+        extra = data.pop("extra")
+        out = {name: data.get(name) for name in COLUMNS}
+        out.update({k: v for k, v in extra.items() if k not in out})
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def fill_derived(r: Result, tokens_per_step: int) -> Result:
+    """Fill the columns that follow from step time, FLOPs, energy and the T = m*C/n decomposition.
+
+    Backends set step_time_s (and n_devices, m_submodels, c_per_submodel_s, model_flops_per_step,
+    energy_j_per_step, peak FLOP/s through mfu's caller); everything derivable is derived here once.
+    """
+    upd: dict[str, Any] = {}
+    n = r.n_devices or 1
+    if r.step_time_s and r.step_time_s > 0:
+        upd["tokens_per_s"] = tokens_per_step / r.step_time_s
+        upd["tokens_per_s_per_device"] = upd["tokens_per_s"] / n
+        if r.model_flops_per_step is not None and r.achieved_tflops_per_device is None:
+            upd["achieved_tflops_per_device"] = r.model_flops_per_step / r.step_time_s / n / 1e12
+        if r.m_submodels and r.c_per_submodel_s is not None:
+            upd["t_ideal_s"] = r.m_submodels * r.c_per_submodel_s / n
+            upd["scaling_efficiency"] = upd["t_ideal_s"] / r.step_time_s
+    if r.energy_j_per_step is not None and tokens_per_step:
+        upd["joules_per_token"] = r.energy_j_per_step / tokens_per_step
+    return r.model_copy(update=upd)

@@ -1,0 +1,236 @@
+"""The one Transformer every backend runs, built from a ModelSpec with random weights.
+
+Decoder (GPT, Llama) or bidirectional encoder (BERT) via `causal`; learned or rotary positions;
+layernorm or rmsnorm; gelu or swiglu MLP; grouped-query attention through
+`scaled_dot_product_attention(enable_gqa=True)`; and the parameter-sharing variants: tied embeddings,
+ALBERT-style layer groups (k distinct blocks reused round-robin), and LoRA adapters over a frozen base.
+
+Pre-norm blocks (x + attn(norm(x)); x + mlp(norm(x))) with a final norm. For BERT (post-norm in the
+paper) this keeps the same parameter count: the embedding LayerNorm is replaced by the final one.
+
+FLOPs per token of the forward pass, N non-embedding parameters, context T (Kaplan et al. 2020, Table 1):
+    2*N + 2*layers*T*hidden   (causal attention halves the second term in practice)
+and a training step is about three times the forward (backward = 2x forward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmsim.config import LoraSpec, ModelSpec
+
+INIT_STD = 0.02  # GPT-2 / BERT initializer range
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha/r) * x A^T B^T, with `base` frozen (Hu et al. 2021, "LoRA").
+
+    B starts at zero, so the adapted model starts equal to the base model.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scaling = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
+
+
+def _norm(spec: ModelSpec) -> nn.Module:
+    if spec.norm == "rmsnorm":
+        return nn.RMSNorm(spec.hidden, eps=spec.norm_eps)
+    return nn.LayerNorm(spec.hidden, eps=spec.norm_eps, bias=spec.bias)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021), half-split layout as in Llama / GPT-NeoX."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        # x: (B, nh, T, hs)
+        t = x.shape[-2]
+        cos = self.cos[start:start + t].to(x.dtype)
+        sin = self.sin[start:start + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values of one layer: (B, n_kv, T_max, hs) each."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class CoreAttention(nn.Module):
+    """softmax(q k^T / sqrt(hs)) v, as its own module so that profilers can attribute its cost."""
+
+    def __init__(self, grouped: bool) -> None:
+        super().__init__()
+        self.grouped = grouped
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=self.grouped)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads or spec.heads, spec.head_dim
+        self.causal = spec.causal
+        self.qkv = nn.Linear(spec.hidden, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=spec.bias)
+        self.out = nn.Linear(spec.hidden, spec.hidden, bias=spec.bias)
+        self.core = CoreAttention(grouped=self.kv_heads != self.heads)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
+                start: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = rope(q, start), rope(k, start)
+        if cache is not None:
+            cache.k[:, :, start:start + t] = k
+            cache.v[:, :, start:start + t] = v
+            k, v = cache.k[:, :, :start + t], cache.v[:, :, :start + t]
+        # A single new token attends to every cached one: no mask. A prompt from position 0 is causal.
+        is_causal = self.causal and t > 1
+        if is_causal and start > 0:
+            raise NotImplementedError("chunked prefill (several new tokens after a cached prefix) is not modeled")
+        y = self.core(q, k, v, is_causal)  # (B, nh, T, hs)
+        return self.out(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        ffn = spec.ffn_hidden or 4 * spec.hidden
+        self.swiglu = spec.activation == "swiglu"
+        # swiglu: gate and up projections fused into one matmul (same parameters as Llama's w1, w3).
+        self.fc = nn.Linear(spec.hidden, 2 * ffn if self.swiglu else ffn, bias=spec.bias)
+        self.proj = nn.Linear(ffn, spec.hidden, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.norm1, self.attn = _norm(spec), Attention(spec)
+        self.norm2, self.mlp = _norm(spec), MLP(spec)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
+                start: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, cache, start)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Embeddings, `layers` applications of (possibly shared) blocks, final norm, LM head."""
+
+    def __init__(self, spec: ModelSpec, *, tie_embeddings: bool, layer_groups: int | None = None,
+                 lora: LoraSpec | None = None, max_positions: int | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.tok_emb = nn.Embedding(spec.vocab, spec.hidden)
+        self.pos_emb = nn.Embedding(spec.max_positions or spec.seq_len, spec.hidden) \
+            if spec.positions == "learned" else None
+        self.type_emb = nn.Embedding(spec.type_vocab, spec.hidden) if spec.type_vocab else None
+        self.rope = RotaryEmbedding(spec.head_dim, max_positions or spec.seq_len) \
+            if spec.positions == "rotary" else None
+        distinct = layer_groups or spec.layers
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(distinct))
+        self.norm_f = _norm(spec)
+        self.lm_head = nn.Linear(spec.hidden, spec.vocab, bias=False)
+        self.apply(_init_weights)
+        if tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if lora is not None:
+            self._add_lora(lora)
+
+    def _add_lora(self, lora: LoraSpec) -> None:
+        """Freeze every base weight, then wrap the targeted projections with trainable adapters."""
+        self.requires_grad_(False)
+        wanted = {"qkv": [("attn", "qkv")], "out": [("attn", "out")], "mlp": [("mlp", "fc"), ("mlp", "proj")]}
+        for block in self.blocks:
+            for target in lora.targets:
+                for parent_name, child in wanted[target]:
+                    parent = getattr(block, parent_name)
+                    setattr(parent, child, LoRALinear(getattr(parent, child), lora.rank, lora.alpha))
+
+    def block_for_layer(self, layer: int) -> Block:
+        """Layer i uses block i mod k: round-robin sharing of k distinct weight sets (k = layers: none)."""
+        return self.blocks[layer % len(self.blocks)]  # type: ignore[return-value]
+
+    def new_cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device | str) -> list[KVCache]:
+        kv, hs = self.spec.kv_heads or self.spec.heads, self.spec.head_dim
+        return [KVCache(torch.empty(batch, kv, length, hs, dtype=dtype, device=device),
+                        torch.empty(batch, kv, length, hs, dtype=dtype, device=device))
+                for _ in range(self.spec.layers)]
+
+    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, start: int = 0,
+                head: Literal["all", "last", "none"] = "all") -> torch.Tensor:
+        """Token ids idx (B, T) from position `start` -> logits (B, T, vocab) with head='all'; the last
+        position's logits (B, 1, vocab) with head='last' (serving); final hidden states with head='none'."""
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+            x = x + self.pos_emb(positions)
+        if self.type_emb is not None:
+            x = x + self.type_emb(torch.zeros_like(idx))
+        for layer in range(self.spec.layers):
+            x = self.block_for_layer(layer)(x, self.rope, cache[layer] if cache else None, start)
+        x = self.norm_f(x)
+        if head == "none":
+            return x
+        return self.lm_head(x[:, -1:] if head == "last" else x)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def build_model(spec: ModelSpec, *, tie_embeddings: bool, layer_groups: int | None = None,
+                lora: LoraSpec | None = None, max_positions: int | None = None) -> Transformer:
+    """The one constructor every backend and the profiler use. Build under `torch.device('meta')` to trace."""
+    return Transformer(spec, tie_embeddings=tie_embeddings, layer_groups=layer_groups, lora=lora,
+                       max_positions=max_positions)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(unique, trainable) parameter counts; shared tensors count once."""
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
+    return total, trainable

@@ -1,0 +1,60 @@
+"""Published model dimensions. Each preset cites where its numbers come from.
+
+A preset is a dict of ModelSpec fields; explicit fields in a scenario override it. `tie_embeddings` is
+the published model's own convention and becomes the default of `sharing.tie_embeddings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_GPT2 = dict(vocab=50257, seq_len=1024, max_positions=1024, activation="gelu", norm="layernorm",
+             positions="learned", bias=True, causal=True, tie_embeddings=True)
+_GPT3 = dict(vocab=50257, seq_len=2048, max_positions=2048, activation="gelu", norm="layernorm",
+             positions="learned", bias=True, causal=True, tie_embeddings=True)
+_BERT = dict(vocab=30522, seq_len=512, max_positions=512, type_vocab=2, activation="gelu", norm="layernorm",
+             positions="learned", bias=True, causal=False, tie_embeddings=True, norm_eps=1e-12)
+_LLAMA = dict(activation="swiglu", norm="rmsnorm", positions="rotary", bias=False, causal=True,
+              tie_embeddings=False, norm_eps=1e-5)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A toy for tests and the quickstart: every feature, seconds on a laptop.
+    "tiny": dict(layers=2, hidden=64, heads=4, ffn_hidden=256, vocab=512, seq_len=64, max_positions=128,
+                 activation="gelu", norm="layernorm", positions="learned", bias=True, causal=True,
+                 tie_embeddings=True),
+    # Devlin et al. 2019, "BERT", Table/Sec. 3: L=12, H=768, A=12 (110M); L=24, H=1024, A=16 (340M).
+    "bert-base": dict(_BERT, layers=12, hidden=768, heads=12, ffn_hidden=3072),
+    "bert-large": dict(_BERT, layers=24, hidden=1024, heads=16, ffn_hidden=4096),
+    # Radford et al. 2019, "Language Models are Unsupervised Multitask Learners", Table 2 (117M/345M
+    # as published; 124M/355M counted exactly from the released checkpoints).
+    "gpt2-small": dict(_GPT2, layers=12, hidden=768, heads=12, ffn_hidden=3072),
+    "gpt2-medium": dict(_GPT2, layers=24, hidden=1024, heads=16, ffn_hidden=4096),
+    # Brown et al. 2020, "Language Models are Few-Shot Learners", Table 2.1. GPT-3 XL lists 24 heads of
+    # 128 with d_model=2048, which do not multiply out; we keep d_head=128, i.e. 16 heads.
+    "gpt3-1.3b": dict(_GPT3, layers=24, hidden=2048, heads=16, ffn_hidden=8192),
+    "gpt3-175b": dict(_GPT3, layers=96, hidden=12288, heads=96, ffn_hidden=49152),
+    # Touvron et al. 2023, "Llama 2", Table 1 and the released params.json (ffn from multiple_of=256).
+    "llama2-7b": dict(_LLAMA, layers=32, hidden=4096, heads=32, kv_heads=32, ffn_hidden=11008, vocab=32000,
+                      seq_len=4096, max_positions=4096),
+    "llama2-70b": dict(_LLAMA, layers=80, hidden=8192, heads=64, kv_heads=8, ffn_hidden=28672, vocab=32000,
+                       seq_len=4096, max_positions=4096),
+    # Meta 2024, "The Llama 3 Herd of Models", Table 3 (8B: 32 layers, 4096, 32/8 heads, FFN 14336;
+    # 70B: 80 layers, 8192, 64/8 heads, FFN 28672; vocabulary 128,256; context 8192).
+    "llama3-8b": dict(_LLAMA, layers=32, hidden=4096, heads=32, kv_heads=8, ffn_hidden=14336, vocab=128256,
+                      seq_len=8192, max_positions=8192, norm_eps=1e-5),
+    "llama3-70b": dict(_LLAMA, layers=80, hidden=8192, heads=64, kv_heads=8, ffn_hidden=28672, vocab=128256,
+                       seq_len=8192, max_positions=8192),
+}
+
+# Exact parameter counts of the published checkpoints (with the preset's own tie convention).
+# Used by the tests; GPT-2 from the released weights, Llama from the model cards.
+PUBLISHED_PARAMS: dict[str, int] = {
+    "gpt2-small": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    # HF BertModel has 109,482,240 including the 590,592-parameter pooler, which llmsim does not build.
+    "bert-base": 108_891_648,
+    "llama2-7b": 6_738_415_616,
+    "llama2-70b": 68_976_648_192,
+    "llama3-8b": 8_030_261_248,
+    "llama3-70b": 70_553_706_496,
+}

@@ -1,0 +1,242 @@
+"""The workload profile: what one step costs, read off the very module the real backends run.
+
+The step is traced on the meta device (shapes only, no memory, no arithmetic) under a
+TorchDispatchMode that sees every aten op. For each op we record
+* FLOPs, from torch's own formulas (`torch.utils.flop_counter.flop_registry`; matmuls and attention),
+* bytes moved, as the sizes of its tensor inputs plus outputs (views move nothing),
+* its kind: `matmul`, `attention` or `other` (memory-bound: norms, activations, adds, softmax, ...),
+* its phase (forward, backward, optimizer, prefill, decode) and region (embed, layers, head), from
+  torch's ModuleTracker, so a cost model can split layers over pipeline stages.
+Activation bytes are the tensors autograd saves for backward in the forward pass, deduplicated by
+storage, parameters excluded.
+
+Decode is traced for its first and its last generated token and the decode totals are the mean of
+the two times the step count: every cost of one decode step is affine in the cache length, so this
+is exact and keeps a 175B/64-token profile cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+from torch.utils.module_tracker import ModuleTracker
+
+from llmsim.config import Workload
+from llmsim.workload.step import SharingChoice, WorkloadStep
+
+KINDS = ("matmul", "attention", "other")
+REGIONS = ("embed", "layers", "head")
+_ATTENTION_MARK = "attention"
+_MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm", "convolution"}
+
+
+@dataclass
+class OpTotals:
+    flops: float = 0.0
+    bytes: float = 0.0
+    count: int = 0
+
+    def add(self, other: "OpTotals", scale: float = 1.0) -> None:
+        self.flops += other.flops * scale
+        self.bytes += other.bytes * scale
+        self.count += int(round(other.count * scale))
+
+
+@dataclass(frozen=True)
+class WorkloadProfile:
+    """Costs of one step of the whole workload on one device (no parallelism applied).
+
+    `ops[(phase, region, kind)]` holds FLOPs, bytes and op counts. The cost model divides these
+    by the parallel degrees; it never needs torch again.
+    """
+
+    mode: str
+    dtype: str
+    batch: int
+    seq_len: int
+    layers: int
+    tokens_per_step: int
+    params: int                 # unique parameters, after sharing
+    trainable_params: int
+    param_bytes: int            # unique parameter bytes in the workload dtype
+    trainable_param_bytes: int
+    layer_params: int           # parameters of the distinct transformer blocks (all of them)
+    embed_params: int           # token/position/type embeddings + untied head
+    activation_bytes: int       # saved for backward over the whole batch (train), 0 otherwise
+    activation_bytes_per_layer: int
+    kv_cache_bytes: int         # decode/prefill of a decoder: the whole batch's cache
+    ops: dict[tuple[str, str, str], OpTotals] = field(default_factory=dict)
+
+    def flops(self, phase: str | None = None, kind: str | None = None, region: str | None = None) -> float:
+        return sum(t.flops for (p, r, k), t in self.ops.items()
+                   if (phase is None or p == phase) and (kind is None or k == kind)
+                   and (region is None or r == region))
+
+    def bytes(self, phase: str | None = None, kind: str | None = None, region: str | None = None) -> float:
+        return sum(t.bytes for (p, r, k), t in self.ops.items()
+                   if (phase is None or p == phase) and (kind is None or k == kind)
+                   and (region is None or r == region))
+
+    @property
+    def model_flops_per_step(self) -> float:
+        """FLOPs of the step as traced (matmul + attention), the numerator of MFU."""
+        return self.flops()
+
+    def flops_by_kind(self) -> dict[str, float]:
+        return {kind: self.flops(kind=kind) for kind in KINDS}
+
+
+def _tensor_bytes(tensors: list) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records FLOPs and bytes of every aten op, keyed by (phase, region, kind)."""
+
+    def __init__(self, tracker: ModuleTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.phase = "forward"
+        self.ops: dict[tuple[str, str, str], OpTotals] = defaultdict(OpTotals)
+
+    def _where(self) -> tuple[str, bool]:
+        """(region, inside core attention) from the modules the op runs in."""
+        parents = self.tracker.parents
+        in_attention = any(p.endswith(".core") for p in parents)
+        if any(".blocks." in p for p in parents):
+            return "layers", in_attention
+        if any(p.endswith(("tok_emb", "pos_emb", "type_emb")) for p in parents):
+            return "embed", False
+        return "head", False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet not in flop_registry:
+            # Composite ops (aten.linear under inference_mode, ...) reach us undecomposed; decompose them
+            # so that their matmuls are seen and counted like in training.
+            with self:  # re-enter this mode so that the decomposition's ops are recorded too
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        out = func(*args, **kwargs)
+        if func.is_view:
+            return out
+        name = packet.__name__
+        flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
+        region, in_attention = self._where()
+        kind = ("attention" if in_attention or _ATTENTION_MARK in name else
+                "matmul" if name in _MATMUL_OPS else "other")
+        ins, _ = tree_flatten((args, kwargs))
+        outs, _ = tree_flatten(out)
+        totals = self.ops[(self.phase, region, kind)]
+        totals.flops += flops
+        if name == "embedding":  # a lookup reads the rows it returns, not the whole table
+            totals.bytes += 2 * _tensor_bytes(outs) + _tensor_bytes(ins[1:2])
+        else:
+            totals.bytes += _tensor_bytes(ins) + _tensor_bytes(outs)
+        totals.count += 1
+        return out
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+class _SavedActivations:
+    """Sums the bytes autograd saves for backward, once per storage, parameters excluded."""
+
+    def __init__(self, model: torch.nn.Module, tracker: ModuleTracker) -> None:
+        self.param_storages = {_storage_key(p) for p in model.parameters()}
+        self.tracker = tracker
+        self.seen: dict[int, tuple[int, bool]] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self.param_storages and key not in self.seen:
+            in_layers = any(".blocks." in p for p in self.tracker.parents)
+            self.seen[key] = (t.untyped_storage().nbytes(), in_layers)
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(n for n, _ in self.seen.values())
+
+    @property
+    def in_layers(self) -> int:
+        return sum(n for n, inside in self.seen.values() if inside)
+
+
+def _param_counts(step: WorkloadStep) -> tuple[int, int, int, int, int, int]:
+    unique = {id(p): p for p in step.model.parameters()}
+    size = {i: p.numel() for i, p in unique.items()}
+    elem = torch.tensor([], dtype=step.dtype).element_size()
+    params = sum(size.values())
+    trainable = sum(size[i] for i, p in unique.items() if p.requires_grad)
+    layer_ids = {id(p) for p in step.model.blocks.parameters()}
+    layer_params = sum(size[i] for i in unique if i in layer_ids)
+    return params, trainable, params * elem, trainable * elem, layer_params, params - layer_params
+
+
+@functools.lru_cache(maxsize=256)
+def profile_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
+    """Trace one step of `workload` on the meta device. Cached: the same inputs give the same profile."""
+    step = WorkloadStep(workload, sharing, device="meta")
+    params, trainable, param_bytes, trainable_bytes, layer_params, embed_params = _param_counts(step)
+    spec = workload.model
+    tracker = ModuleTracker()
+    recorder = _OpRecorder(tracker)
+    activation_bytes = activation_layers = kv_bytes = 0
+    with tracker, recorder:
+        if workload.mode == "train":
+            saved = _SavedActivations(step.model, tracker)
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                loss = step.forward_loss()
+            activation_bytes, activation_layers = saved.total, saved.in_layers
+            recorder.phase = "backward"
+            loss.backward()
+            recorder.phase = "optimizer"
+            assert step.optimizer is not None
+            step.optimizer.step()
+            step.optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                recorder.phase = "prefill"
+                token, cache = step.prefill(step.cache_len)
+                if cache is not None:
+                    kv_bytes = sum(_tensor_bytes([c.k, c.v]) for c in cache)
+                if workload.mode == "decode" and workload.decode_tokens > 1:
+                    n = workload.decode_tokens - 1
+                    first, last = spec.seq_len, spec.seq_len + n - 1
+                    recorder.phase = "decode"
+                    before = {k: OpTotals(v.flops, v.bytes, v.count) for k, v in recorder.ops.items()}
+                    step.decode_one(token, cache, first)
+                    if n > 1:
+                        step.decode_one(token, cache, last)
+                    traced = 2 if n > 1 else 1
+                    # Scale the traced decode steps to all n steps (affine in the position: exact).
+                    for key, totals in list(recorder.ops.items()):
+                        if key[0] != "decode":
+                            continue
+                        done = before.get(key, OpTotals())
+                        added = OpTotals(totals.flops - done.flops, totals.bytes - done.bytes,
+                                         totals.count - done.count)
+                        recorder.ops[key] = OpTotals()
+                        recorder.ops[key].add(added, n / traced)
+    return WorkloadProfile(
+        mode=workload.mode, dtype=workload.dtype, batch=workload.batch, seq_len=spec.seq_len,
+        layers=spec.layers, tokens_per_step=workload.tokens_per_step, params=params,
+        trainable_params=trainable, param_bytes=param_bytes, trainable_param_bytes=trainable_bytes,
+        layer_params=layer_params, embed_params=embed_params, activation_bytes=activation_bytes,
+        activation_bytes_per_layer=activation_layers // spec.layers, kv_cache_bytes=kv_bytes,
+        ops=dict(recorder.ops))

@@ -1,0 +1,118 @@
+"""One step of the workload: the exact code every real backend times and the profiler traces.
+
+train   = forward, cross-entropy loss, backward, AdamW step over the trainable parameters
+prefill = forward of the prompt with no grad, filling a KV cache (decoder) and producing the first
+          token's logits; an encoder returns its hidden states (embedding/classification inference)
+decode  = the prefill, then decode_tokens - 1 single-token forwards with the KV cache (greedy), so
+          that decode_tokens new tokens exist per sequence
+
+Inputs are random token ids from the scenario seed: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llmsim.config import LoraSpec, Workload
+from llmsim.workload.model import Transformer, build_model
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                        "float16": torch.float16}
+ADAMW_LR = 1e-4  # any small value: the step's cost does not depend on it
+
+Mark = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SharingChoice:
+    """Parameter sharing as the model builder needs it (the scenario's tie resolved against the preset)."""
+
+    tie_embeddings: bool
+    layer_groups: int | None = None
+    lora: LoraSpec | None = None
+
+
+def _no_mark(_: str) -> None:
+    return None
+
+
+class WorkloadStep:
+    """Builds model, inputs and optimizer for one workload on one device, and runs steps of it.
+
+    `batch` overrides the workload's global batch (a data-parallel replica runs its share).
+    Call `step()`; `mark('first_token')` is called after the prefill of a decode step so the caller's
+    clock can split time to first token from time per output token.
+    """
+
+    def __init__(self, workload: Workload, sharing: SharingChoice, *, seed: int = 0,
+                 device: torch.device | str = "cpu", batch: int | None = None) -> None:
+        self.workload = workload
+        self.spec = workload.model
+        self.device = torch.device(device)
+        self.dtype = TORCH_DTYPES[workload.dtype]
+        self.batch = batch or workload.batch
+        decode_len = self.spec.seq_len + workload.decode_tokens if workload.mode == "decode" else self.spec.seq_len
+        self.cache_len = decode_len
+        if self.device.type != "meta":
+            torch.manual_seed(seed)
+        with self.device:
+            self.model: Transformer = build_model(self.spec, tie_embeddings=sharing.tie_embeddings,
+                                                  layer_groups=sharing.layer_groups, lora=sharing.lora,
+                                                  max_positions=decode_len)
+        self.model.to(dtype=self.dtype)
+        generator = None if self.device.type == "meta" else torch.Generator(device=self.device).manual_seed(seed)
+        shape = (self.batch, self.spec.seq_len)
+        self.tokens = torch.randint(0, self.spec.vocab, shape, device=self.device, generator=generator)
+        self.targets = torch.randint(0, self.spec.vocab, shape, device=self.device, generator=generator)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = None
+        if workload.mode == "train":
+            self.model.train()
+            # foreach=False on meta: the fused/foreach kernels need real storage for their scalars.
+            self.optimizer = torch.optim.AdamW(self.trainable, lr=ADAMW_LR,
+                                               foreach=None if self.device.type != "meta" else False)
+        else:
+            self.model.eval()
+
+    # -- the three modes ------------------------------------------------------------------------
+    def forward_loss(self) -> torch.Tensor:
+        logits = self.model(self.tokens)  # (B, T, vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), self.targets.flatten())
+
+    def train_step(self) -> torch.Tensor:
+        assert self.optimizer is not None
+        loss = self.forward_loss()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def prefill(self, cache_len: int | None = None) -> tuple[torch.Tensor, list | None]:
+        """Prompt forward. Returns (next tokens or hidden states, KV cache)."""
+        if not self.spec.causal:
+            return self.model(self.tokens, head="none"), None
+        cache = self.model.new_cache(self.batch, cache_len or self.spec.seq_len, self.dtype, self.device)
+        next_token = self.model(self.tokens, cache, head="last").argmax(dim=-1)  # (B, 1)
+        return next_token, cache
+
+    def decode_one(self, token: torch.Tensor, cache: list, position: int) -> torch.Tensor:
+        """One generated token per sequence at `position` (the KV cache holds positions < position)."""
+        return self.model(token, cache, start=position, head="last").argmax(dim=-1)
+
+    def step(self, mark: Mark = _no_mark) -> torch.Tensor:
+        mode = self.workload.mode
+        if mode == "train":
+            return self.train_step()
+        with torch.inference_mode():
+            if mode == "prefill":
+                out, _ = self.prefill()
+                return out
+            token, cache = self.prefill(self.cache_len)
+            mark("first_token")
+            for i in range(self.workload.decode_tokens - 1):
+                token = self.decode_one(token, cache, self.spec.seq_len + i)
+            return token
