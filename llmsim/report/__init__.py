@@ -1,0 +1,1 @@
+"""Report builders: markdown (and later HTML) from a run folder."""
