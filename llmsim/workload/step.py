@@ -44,8 +44,9 @@ class WorkloadStep:
     """Builds model, inputs and optimizer for one workload on one device, and runs steps of it.
 
     `batch` overrides the workload's global batch (a data-parallel replica runs its share).
-    Call `step()`; `mark('first_token')` is called after the prefill of a decode step so the caller's
-    clock can split time to first token from time per output token.
+    Call `step(mark)`: `mark('first_token')` is called after the prefill of a decode step, and
+    `mark('backward_done')` before the optimizer step of a training step, so the caller's clock can
+    split time to first token from time per output token, and compute from the optimizer update.
     """
 
     def __init__(self, workload: Workload, sharing: SharingChoice, *, seed: int = 0,
@@ -83,10 +84,11 @@ class WorkloadStep:
         logits = self.model(self.tokens)  # (B, T, vocab)
         return F.cross_entropy(logits.flatten(0, 1).float(), self.targets.flatten())
 
-    def train_step(self) -> torch.Tensor:
+    def train_step(self, mark: Mark = _no_mark) -> torch.Tensor:
         assert self.optimizer is not None
         loss = self.forward_loss()
         loss.backward()
+        mark("backward_done")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -106,7 +108,7 @@ class WorkloadStep:
     def step(self, mark: Mark = _no_mark) -> torch.Tensor:
         mode = self.workload.mode
         if mode == "train":
-            return self.train_step()
+            return self.train_step(mark)
         with torch.inference_mode():
             if mode == "prefill":
                 out, _ = self.prefill()

@@ -1,0 +1,175 @@
+"""The `llmsim` command (contract verbs: run, backends, hardware, validate, schema, report, plan).
+
+Every user error is one line on stderr and a non-zero exit code (2 for bad input); no tracebacks.
+`run` prints the run folder's path as its last line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from llmsim.config import Scenario, load_scenario
+from llmsim.errors import LLMSimError
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.runner import PlannedCase, latest_run_dir, plan_cases, read_rows, rows_frame, run_scenario
+
+EXIT_INTERRUPTED = 130
+err_console = Console(stderr=True)
+
+
+def _registry() -> tuple[BackendRegistry, object]:
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    for plugin, why in registry.broken.items():
+        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {why}[/]", highlight=False)
+    return registry, manager
+
+
+def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[Scenario, list[PlannedCase], object,
+                                                                               BackendRegistry]:
+    scenario = load_scenario(path, overrides)
+    registry, manager = _registry()
+    planned = plan_cases(scenario, registry, path, backends, Path(path).resolve().parent)
+    return scenario, planned, manager, registry
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    scenario, planned, _, _ = _load(args.scenario, args.set, args.backend)
+    print(f"{args.scenario}: ok — {len(scenario.strategies)} strategies × {len(planned) // len(scenario.strategies)} "
+          f"backend settings = {len(planned)} cases")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scenario, planned, manager, registry = _load(args.scenario, args.set, args.backend)
+    out = Path(args.out)
+    resume = None
+    if args.resume is not None:
+        resume = Path(args.resume) if args.resume else latest_run_dir(out, scenario.name)
+        if resume is None or not (resume / "results.jsonl").exists():
+            raise LLMSimError(f"--resume: no earlier run of {scenario.name!r} with results under {out}")
+
+    def progress(k: int, n: int, item: PlannedCase) -> None:
+        err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)
+
+    outcome = run_scenario(scenario, registry, planned, out, manager=manager, resume=resume, progress=progress,
+                           scenario_dir=Path(args.scenario).resolve().parent)
+    frame = rows_frame(read_rows(outcome.run_dir))
+    counts = frame["status"].value_counts().to_dict()
+    err_console.print("done: " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
+    if outcome.interrupted:
+        err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
+    print(outcome.run_dir)
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    registry, _ = _registry()
+    table = Table("backend", "kind", "plugin", "available here", title="llmsim backends")
+    for name in registry.names:
+        cls = registry.get(name)
+        reason = cls.availability()
+        table.add_row(name, cls.kind, registry.owners[name], "yes" if reason is None else f"no: {reason}")
+    Console().print(table)
+    return 0
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from llmsim.hardware import load_catalog
+
+    manager = get_plugin_manager()
+    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
+    catalog = load_catalog([Path(f) for f in args.hardware], entries)
+    devices = Table("device", "bf16 TFLOP/s", "fp32 TFLOP/s", "memory GB", "mem BW GB/s", "power W (idle–max)",
+                    "source", title="devices")
+    for d in catalog.devices.values():
+        tf = {k: f"{v / 1e12:.4g}" for k, v in d.peak_flops.items()}
+        devices.add_row(d.name, tf.get("bfloat16", "measured"), tf.get("float32", "measured"),
+                        f"{d.memory_bytes / 1e9:.4g}" if d.memory_bytes else "measured",
+                        f"{d.memory_bw_bytes_per_s / 1e9:.4g}" if d.memory_bw_bytes_per_s else "–",
+                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""), d.source)
+    links = Table("link", "GB/s per device per direction", "latency µs", "source", title="links")
+    for ln in catalog.links.values():
+        links.add_row(ln.name, f"{ln.bandwidth_bytes_per_s / 1e9:.4g}", f"{ln.latency_s * 1e6:.3g}", ln.source)
+    console = Console(width=200)
+    console.print(devices)
+    console.print(links)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Scenario.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from llmsim.report.markdown import write_markdown_report
+
+    if len(args.run_dirs) > 1:
+        raise LLMSimError("report: comparing several runs is not built yet (one RUN_DIR rebuilds its report)")
+    run_dir = Path(args.run_dirs[0])
+    if not (run_dir / "results.jsonl").exists():
+        raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+    path = write_markdown_report(run_dir, rows_frame(read_rows(run_dir)))
+    print(path)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    raise LLMSimError("plan: capacity planning is not built yet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmsim", description="Simulate and benchmark Transformer workloads.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def scenario_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("scenario", metavar="SCENARIO.yaml")
+        p.add_argument("--backend", action="append", metavar="NAME", help="run only these backends (repeatable)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a scenario key, e.g. --set workload.batch=16 (repeatable)")
+
+    p = sub.add_parser("run", help="run a scenario; prints the run folder last")
+    scenario_args(p)
+    p.add_argument("--out", default="reports", metavar="DIR", help="where run folders go (default: reports)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                   help="finish an interrupted run (default: the latest run of this scenario)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="check a scenario without running it")
+    scenario_args(p)
+    p.set_defaults(func=cmd_validate)
+    sub.add_parser("backends", help="installed backends and whether they can run here").set_defaults(func=cmd_backends)
+    p = sub.add_parser("hardware", help="the hardware catalog")
+    p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
+    p.set_defaults(func=cmd_hardware)
+    sub.add_parser("schema", help="JSON Schema of the scenario file").set_defaults(func=cmd_schema)
+    p = sub.add_parser("report", help="(re)build the report of a run folder")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("plan", help="capacity planning (not built yet)")
+    p.add_argument("plan", metavar="PLAN.yaml")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LLMSimError as exc:
+        print(f"llmsim: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("llmsim: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
