@@ -47,7 +47,8 @@ class Case(BaseModel):
             strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, sp=s.sp, zero=s.zero,
             micro_batch=lay.micro_batch, microbatches=lay.microbatches, schedule=s.schedule,
             recompute=s.recompute, n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,
-            dtype=w.dtype, m_submodels=s.m_submodels)
+            dtype=w.dtype, m_submodels=s.m_submodels, tie_embeddings=self.tie_embeddings,
+            layer_groups=self.sharing.layer_groups, lora_rank=self.sharing.lora.rank if self.sharing.lora else None)
         base.update(values)
         return Result(**base)
 

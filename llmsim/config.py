@@ -112,8 +112,7 @@ class Workload(_Strict):
 class LoraSpec(_Strict):
     rank: PositiveInt = 16
     alpha: float = Field(32.0, gt=0)
-    targets: list[Literal["qkv", "out", "mlp"]] = Field(default_factory=lambda: ["qkv", "out", "mlp"],
-                                                        min_length=1)
+    targets: tuple[Literal["qkv", "out", "mlp"], ...] = Field(("qkv", "out", "mlp"), min_length=1)
 
 
 class Sharing(_Strict):
@@ -135,6 +134,8 @@ class Strategy(_Strict):
     virtual_stages: PositiveInt = 1
     recompute: Literal["none", "selective", "full"] = "none"
     overlap_grad_reduce: bool = True
+    sharing: Sharing | None = Field(None, description="override the scenario's sharing for this strategy "
+                                                      "(keys given here replace the scenario's)")
 
     @property
     def model_parallel(self) -> int:
@@ -179,12 +180,23 @@ class Scenario(_Strict):
         problem = check_sharing(self.sharing, self.workload.model)
         if problem:
             raise _KeyedError(f"sharing.{problem[0]}", problem[1])
+        for i, strategy in enumerate(self.strategies):
+            if strategy.sharing is not None:
+                problem = check_sharing(self.sharing_for(strategy), self.workload.model)
+                if problem:
+                    raise _KeyedError(f"strategies[{i}].sharing.{problem[0]}", problem[1])
         return self
 
-    @property
-    def tie_embeddings(self) -> bool:
-        """Resolved tie: the scenario's choice, else the preset's published convention."""
-        tie = self.sharing.tie_embeddings
+    def sharing_for(self, strategy: Strategy) -> Sharing:
+        """The scenario's sharing with the keys the strategy sets itself replaced."""
+        if strategy.sharing is None:
+            return self.sharing
+        return self.sharing.model_copy(update={k: getattr(strategy.sharing, k)
+                                               for k in strategy.sharing.model_fields_set})
+
+    def tie_embeddings_for(self, strategy: Strategy) -> bool:
+        """Resolved tie: the strategy's or scenario's choice, else the preset's published convention."""
+        tie = self.sharing_for(strategy).tie_embeddings
         return self.workload.model.tie_embeddings if tie is None else tie
 
 

@@ -32,6 +32,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "seq_len": ("tokens", "sequence length"),
     "dtype": ("", "workload dtype"),
     "params": ("", "unique parameters after sharing"),
+    "trainable_params": ("", "parameters the optimizer updates (LoRA: the adapters only)"),
+    "tie_embeddings": ("", "input embedding and LM head share one matrix"),
+    "layer_groups": ("", "distinct layer weight sets (empty = no cross-layer sharing)"),
+    "lora_rank": ("", "LoRA adapter rank (empty = full fine-tuning)"),
     "status": ("", "ok | skipped | failed | does-not-fit"),
     "error": ("", "why a row is not ok"),
     "step_time_s": ("s", "wall time of one step (decode: the whole generation)"),
@@ -96,6 +100,10 @@ class Result(BaseModel):
     seq_len: int
     dtype: str
     params: int | None = None
+    trainable_params: int | None = None
+    tie_embeddings: bool | None = None
+    layer_groups: int | None = None
+    lora_rank: int | None = None
     status: Status = "ok"
     error: str | None = None
     step_time_s: float | None = None

@@ -75,7 +75,8 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             if not isinstance(layout, Layout):
                 raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1])
             case = Case(scenario=scenario.name, name=strategy.name + suffix, workload=scenario.workload,
-                        sharing=scenario.sharing, tie_embeddings=scenario.tie_embeddings, strategy=strategy,
+                        sharing=scenario.sharing_for(strategy), tie_embeddings=scenario.tie_embeddings_for(strategy),
+                        strategy=strategy,
                         layout=layout, seed=scenario.seed, scenario_dir=scenario_dir)
             planned.append(PlannedCase(cls, settings, case))
     return planned

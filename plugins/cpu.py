@@ -9,6 +9,8 @@ Energy: a RAPL (or plugin) meter where readable, else modeled from the `cpu-host
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
 import os
@@ -77,6 +79,16 @@ def host_peak_flops(dtype: str, cache_dir: Path | None = None) -> float:
     return peak
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so that
+    one case's peak memory does not depend on what the case before it left in the allocator."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the baseline is then only approximately clean
+
+
 class PeakRss:
     """Peak resident memory of this process during a span, in bytes.
 
@@ -86,6 +98,7 @@ class PeakRss:
     """
 
     def __init__(self) -> None:
+        release_freed_memory()
         self.method = "vmhwm"
         try:
             Path("/proc/self/clear_refs").write_text("5")
@@ -163,10 +176,12 @@ class CpuBackend(Backend):
                 optimizer.append(end - marks["backward_done"])
         energy_total = meter.stop() if meter else None
         peak_rss = rss.peak() - base_rss
+        del step
 
         step_time = statistics.fmean(times)
         quantiles = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
-        values: dict = dict(hardware="cpu-host", nodes=1, params=profile.params, step_time_s=step_time,
+        values: dict = dict(hardware="cpu-host", nodes=1, params=profile.params,
+                            trainable_params=profile.trainable_params, step_time_s=step_time,
                             latency_p50_s=statistics.median(times), latency_p99_s=quantiles[98],
                             model_flops_per_step=profile.model_flops_per_step,
                             peak_memory_bytes_per_device=float(max(peak_rss, 0)),
