@@ -1,0 +1,94 @@
+"""The command line: exit codes, one-line errors, the run folder printed last."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmsim.cli import main
+from tests.conftest import REPO
+
+
+def _llmsim(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmsim", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_bad_scenario_exits_2_with_one_line_and_no_traceback(write_scenario) -> None:
+    path = write_scenario(strategies=[{"name": "bad", "tp": 3}])
+    proc = _llmsim("validate", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"llmsim: error: {path}: strategies[0].tp: 3 does not divide heads=4 (allowed: 1, 2, 4)"
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read file" in capsys.readouterr().err
+
+
+def test_unknown_backend_flag_exits_2(write_scenario, capsys) -> None:
+    assert main(["validate", str(write_scenario()), "--backend", "warp-drive"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend: unknown backend 'warp-drive'; installed:" in err and "cpu" in err
+
+
+def test_validate_ok(write_scenario, capsys) -> None:
+    assert main(["validate", str(write_scenario())]) == 0
+    assert ": ok" in capsys.readouterr().out
+
+
+def test_schema_is_json_schema_with_the_contract_keys(capsys) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) >= {"name", "workload", "sharing", "strategies", "backends", "seed"}
+
+
+def test_backends_lists_cpu_as_measured_and_available(capsys) -> None:
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu" in out and "measured" in out and "yes" in out
+
+
+def test_hardware_lists_cpu_host(capsys) -> None:
+    assert main(["hardware"]) == 0
+    assert "cpu-host" in capsys.readouterr().out
+
+
+def test_run_prints_the_run_folder_last(write_scenario, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _llmsim("run", str(write_scenario()), "--out", str(out), "--set", "backends.cpu.steps=1")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    assert run_dir.parent == out / "tiny-test"
+    assert (run_dir / "results.csv").exists() and (run_dir / "report.md").exists()
+    assert "[1/1] single on cpu" in proc.stderr
+
+
+def test_resume_without_an_earlier_run_is_a_clear_error(write_scenario, tmp_path: Path, capsys) -> None:
+    assert main(["run", str(write_scenario()), "--out", str(tmp_path / "empty"), "--resume"]) == 1
+    assert "no earlier run of 'tiny-test'" in capsys.readouterr().err
+
+
+def test_resume_skips_finished_cases(write_scenario, tmp_path: Path, capsys) -> None:
+    path = write_scenario(strategies=[{"name": "a"}, {"name": "b"}], backends={"cpu": {"steps": 1, "warmup": 0}})
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert Path(captured.out.strip().splitlines()[-1]) == run_dir
+    assert "on cpu" not in captured.err  # nothing re-ran
+
+
+@pytest.mark.slow
+def test_quickstart_runs_as_the_readme_says(tmp_path: Path) -> None:
+    proc = _llmsim("run", str(REPO / "scenarios" / "quickstart.yaml"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert rows and all(r["status"] == "ok" for r in rows)

@@ -1,0 +1,123 @@
+"""The scenario schema: what it accepts, and the one-line message for what it rejects."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from llmsim.config import load_scenario, parse_scenario
+from llmsim.errors import ScenarioError
+from tests.conftest import REPO, TINY_SCENARIO
+
+
+def _with(path: str, value) -> dict:
+    """The tiny scenario with one key (dotted path, [i] for list items) replaced."""
+    data = copy.deepcopy(TINY_SCENARIO)
+    node = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[parts[-1]] = value
+    return data
+
+
+def test_design_example_scenario_is_accepted() -> None:
+    data = {
+        "name": "gpt-small-strategies",
+        "workload": {"model": {"preset": "gpt2-small", "layers": 12, "hidden": 768, "heads": 12, "kv_heads": 12,
+                               "ffn_hidden": 3072, "vocab": 50257, "seq_len": 1024, "activation": "gelu",
+                               "norm": "layernorm", "causal": True},
+                     "mode": "train", "batch": 8, "decode_tokens": 64, "dtype": "bfloat16"},
+        "sharing": {"tie_embeddings": True, "layer_groups": None, "lora": None},
+        "strategies": [{"name": "single"}, {"name": "dp2", "dp": 2}, {"name": "tp2", "tp": 2, "sp": True},
+                       {"name": "pp2", "pp": 2, "micro_batch": 1, "schedule": "1f1b"},
+                       {"name": "zero3", "dp": 2, "zero": 3}, {"name": "tp4-pp4", "tp": 4, "pp": 4,
+                                                              "recompute": "selective"},
+                       {"name": "long", "tp": 4, "cp": 4}],
+        "backends": {"cpu": {"steps": 5, "warmup": 2}},
+        "seed": 0,
+    }
+    scenario = parse_scenario(data)
+    assert [s.name for s in scenario.strategies][-1] == "long"
+    assert scenario.workload.model.kv_heads == 12
+
+
+def test_preset_fills_and_explicit_fields_override() -> None:
+    scenario = parse_scenario(_with("workload.model", {"preset": "llama2-70b", "layers": 4}))
+    model = scenario.workload.model
+    assert (model.layers, model.hidden, model.kv_heads, model.activation) == (4, 8192, 8, "swiglu")
+    assert scenario.tie_embeddings_for(scenario.strategies[0]) is False  # Llama unties by default
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("strategies", [{"name": "bad", "tp": 3}], "strategies[0].tp: 3 does not divide heads=4"),
+    ("strategies", [{"name": "bad", "pp": 3}], "strategies[0].pp: pp=3 does not divide layers=2"),
+    ("strategies", [{"name": "x"}, {"name": "x"}], "strategies[1].name: duplicate strategy name 'x'"),
+    ("strategies", [{"name": "bad", "sp": True}], "strategies[0].sp: sequence parallelism"),
+    ("strategies", [{"name": "bad", "virtual_stages": 2}], "needs schedule: interleaved"),
+    ("workload.model.activation", "relu", "workload.model.activation: 'relu': Input should be 'gelu' or 'swiglu'"),
+    ("workload.model.preset", "gpt5", "unknown preset 'gpt5'; allowed: tiny, bert-base"),
+    ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),
+    ("workload.batch", 0, "workload.batch: 0: Input should be greater than or equal to 1"),
+    ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
+    ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
+    ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
+    ("strategies", [{"name": "bad", "sharing": {"layer_groups": 5}}],
+     "strategies[0].sharing.layer_groups: 5 does not divide layers=2"),
+])
+def test_rejections_name_key_and_allowed_values(key: str, value, expected: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(_with(key, value), "s.yaml")
+    message = str(info.value)
+    assert message.startswith("s.yaml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_kv_heads_and_tp_must_divide_one_another() -> None:
+    model = {"preset": "tiny", "heads": 8, "kv_heads": 4, "hidden": 64, "ffn_hidden": 256}
+    ok = _with("workload.model", model)
+    ok["strategies"] = [{"name": "split", "tp": 2}, {"name": "replicated", "tp": 8}]
+    parse_scenario(ok)  # tp=2 splits 4 KV heads, tp=8 replicates them
+    model3 = dict(model, heads=12, kv_heads=4, hidden=96, ffn_hidden=384)
+    bad = _with("workload.model", model3)
+    bad["strategies"] = [{"name": "bad", "tp": 6}]
+    with pytest.raises(ScenarioError, match="kv_heads=4 must divide one another"):
+        parse_scenario(bad)
+
+
+def test_decode_needs_a_causal_model() -> None:
+    data = _with("workload.model", {"preset": "bert-base"})
+    data["workload"]["mode"] = "decode"
+    with pytest.raises(ScenarioError, match="decode' needs a causal decoder"):
+        parse_scenario(data)
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_scenario(path)
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nworkload: [unclosed\n")
+    with pytest.raises(ScenarioError, match=r"broken.yaml: not valid YAML: line \d+"):
+        load_scenario(path)
+
+
+def test_overrides_use_dotted_paths_and_yaml_values(write_scenario) -> None:
+    path = write_scenario()
+    scenario = load_scenario(path, ["workload.batch=4", "strategies[0].name=solo",
+                                    "sharing.lora={rank: 4}"])
+    assert scenario.workload.batch == 4
+    assert scenario.strategies[0].name == "solo"
+    assert scenario.sharing.lora is not None and scenario.sharing.lora.rank == 4
+
+
+def test_every_shipped_scenario_validates() -> None:
+    for path in sorted((REPO / "scenarios").glob("*.yaml")):
+        load_scenario(path)

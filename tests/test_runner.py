@@ -1,0 +1,119 @@
+"""The runner keeps every row: failures, skips, interruptions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmsim import Backend, Case, hookimpl
+from llmsim.config import parse_scenario
+from llmsim.errors import ScenarioError
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import COLUMNS, fill_derived
+from llmsim.runner import plan_cases, read_rows, run_scenario
+from tests.conftest import TINY_SCENARIO
+
+
+class Fake(Backend):
+    """Modeled backend with one device: its step time is the batch size; 'bad' strategies raise."""
+
+    name = "fake"
+    kind = "modeled"
+
+    def run(self, case: Case, settings):
+        if case.strategy.name.startswith("bad"):
+            raise ValueError("model exploded")
+        if case.strategy.name.startswith("stop"):
+            raise KeyboardInterrupt
+        r = case.result(self, step_time_s=float(case.workload.batch), c_per_submodel_s=float(case.workload.batch))
+        return fill_derived(r, case.workload.tokens_per_step)
+
+
+class Absent(Fake):
+    name = "absent"
+
+    @classmethod
+    def availability(cls):
+        return "needs a device this machine lacks"
+
+
+class FakePlugin:
+    @hookimpl
+    def llmsim_backends(self):
+        return [Fake, Absent]
+
+
+def _registry() -> tuple[BackendRegistry, object]:
+    manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    manager.register(FakePlugin(), name="fake")
+    return BackendRegistry.from_manager(manager), manager
+
+
+def _run(tmp_path: Path, strategies: list[str], backends: dict | None = None):
+    data = dict(TINY_SCENARIO, strategies=[{"name": s} for s in strategies], backends=backends or {"fake": {}})
+    scenario = parse_scenario(data)
+    registry, manager = _registry()
+    planned = plan_cases(scenario, registry)
+    return run_scenario(scenario, registry, planned, tmp_path, manager=manager)
+
+
+def test_rows_have_every_contract_column_and_are_persisted(tmp_path: Path) -> None:
+    outcome = _run(tmp_path, ["one", "two"])
+    rows = read_rows(outcome.run_dir)
+    assert len(rows) == 2
+    assert set(COLUMNS) <= set(rows[0])
+    header = (outcome.run_dir / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[: len(COLUMNS)] == list(COLUMNS)
+    assert rows[0]["scaling_efficiency"] == 1.0
+    for name in ("scenario.yaml", "environment.json", "report.md"):
+        assert (outcome.run_dir / name).exists()
+
+
+def test_a_raising_backend_gives_a_failed_row_and_the_run_goes_on(tmp_path: Path) -> None:
+    outcome = _run(tmp_path, ["bad-one", "good"])
+    rows = {r["case"]: r for r in read_rows(outcome.run_dir)}
+    assert rows["bad-one"]["status"] == "failed"
+    assert "ValueError: model exploded" in rows["bad-one"]["error"]
+    assert rows["good"]["status"] == "ok"
+    assert "model exploded" in (outcome.run_dir / "report.md").read_text()
+
+
+def test_an_unavailable_backend_gives_skipped_rows_with_the_reason(tmp_path: Path) -> None:
+    outcome = _run(tmp_path, ["one"], {"fake": {}, "absent": {}})
+    rows = {r["backend"]: r for r in read_rows(outcome.run_dir)}
+    assert rows["absent"]["status"] == "skipped"
+    assert "needs a device this machine lacks" in rows["absent"]["error"]
+
+
+def test_interrupt_keeps_finished_rows_and_resume_finishes(tmp_path: Path) -> None:
+    outcome = _run(tmp_path, ["first", "stop-here", "third"])
+    assert outcome.interrupted
+    assert [r["case"] for r in read_rows(outcome.run_dir)] == ["first"]
+    # Resume with the stop removed: only the missing cases run.
+    data = dict(TINY_SCENARIO, strategies=[{"name": "first"}, {"name": "stop-here"}, {"name": "third"}],
+                backends={"fake": {}})
+    scenario = parse_scenario(data)
+    registry, manager = _registry()
+    planned = [p for p in plan_cases(scenario, registry) if p.case.name != "stop-here"]
+    resumed = run_scenario(scenario, registry, planned, tmp_path, manager=manager, resume=outcome.run_dir)
+    assert sorted(r["case"] for r in read_rows(resumed.run_dir)) == ["first", "third"]
+    lines = (outcome.run_dir / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["case"] for line in lines] == ["first", "third"]  # "first" was not redone
+
+
+def test_unknown_backend_lists_the_installed_ones() -> None:
+    scenario = parse_scenario(dict(TINY_SCENARIO, backends={"gpu9000": {}}))
+    registry, _ = _registry()
+    with pytest.raises(ScenarioError, match=r"s.yaml: backends.gpu9000: unknown backend 'gpu9000'; installed: "
+                                            r"absent, fake"):
+        plan_cases(scenario, registry, "s.yaml")
+
+
+def test_backend_settings_are_validated_by_the_plugin_model() -> None:
+    scenario = parse_scenario(dict(TINY_SCENARIO, backends={"fake": {"speed": 3}}))
+    registry, _ = _registry()
+    with pytest.raises(ScenarioError, match=r"backends.fake.speed: unknown setting of backend 'fake'"):
+        plan_cases(scenario, registry, "s.yaml")

@@ -1,0 +1,119 @@
+"""The one Transformer: published sizes, sharing variants, and every mode running for real on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmsim.config import LoraSpec, ModelSpec, Workload
+from llmsim.workload.model import build_model, count_parameters
+from llmsim.workload.presets import PRESETS, PUBLISHED_PARAMS
+from llmsim.workload.step import SharingChoice, WorkloadStep
+
+
+def _meta_model(spec: ModelSpec, **sharing) -> torch.nn.Module:
+    with torch.device("meta"):
+        return build_model(spec, tie_embeddings=sharing.pop("tie", spec.tie_embeddings), **sharing)
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED_PARAMS))
+def test_preset_parameter_counts_match_the_published_models(preset: str) -> None:
+    total, trainable = count_parameters(_meta_model(ModelSpec(preset=preset)))
+    assert total == PUBLISHED_PARAMS[preset]
+    assert trainable == total
+
+
+def test_gpt3_175b_is_175b() -> None:
+    total, _ = count_parameters(_meta_model(ModelSpec(preset="gpt3-175b")))
+    assert 174e9 < total < 176e9
+
+
+def test_every_preset_builds() -> None:
+    for name in PRESETS:
+        assert count_parameters(_meta_model(ModelSpec(preset=name)))[0] > 0
+
+
+def test_untying_adds_exactly_one_vocab_by_hidden_matrix() -> None:
+    spec = ModelSpec(preset="gpt2-small")
+    tied, _ = count_parameters(_meta_model(spec, tie=True))
+    untied, _ = count_parameters(_meta_model(spec, tie=False))
+    assert untied - tied == spec.vocab * spec.hidden
+
+
+def test_layer_groups_share_blocks_round_robin() -> None:
+    spec = ModelSpec(preset="gpt2-small")
+    model = _meta_model(spec, layer_groups=3)
+    assert len(model.blocks) == 3
+    assert model.block_for_layer(4) is model.blocks[1]
+    per_block = sum(p.numel() for p in model.blocks[0].parameters())
+    full, _ = count_parameters(_meta_model(spec))
+    assert count_parameters(model)[0] == full - (spec.layers - 3) * per_block
+
+
+def test_lora_freezes_the_base_and_trains_only_adapters() -> None:
+    spec = ModelSpec(preset="gpt2-small")
+    lora = LoraSpec(rank=8, alpha=16, targets=("qkv",))
+    total, trainable = count_parameters(_meta_model(spec, lora=lora))
+    h = spec.hidden
+    assert trainable == spec.layers * 8 * (h + 3 * h)  # A: r x in, B: out x r
+    assert total == PUBLISHED_PARAMS["gpt2-small"] + trainable
+
+
+def _tiny(mode: str, **model) -> Workload:
+    return Workload(model=ModelSpec(preset="tiny", **model), mode=mode, batch=2, decode_tokens=4, dtype="float32")
+
+
+@pytest.mark.parametrize("mode", ["train", "prefill", "decode"])
+def test_each_mode_runs_on_cpu(mode: str) -> None:
+    out = WorkloadStep(_tiny(mode), SharingChoice(True), seed=0).step()
+    if mode == "train":
+        assert out.dim() == 0 and torch.isfinite(out)
+    else:
+        assert out.shape == (2, 1)
+
+
+def test_training_steps_lower_the_loss_of_a_fixed_batch() -> None:
+    step = WorkloadStep(_tiny("train"), SharingChoice(True), seed=0)
+    step.optimizer.param_groups[0]["lr"] = 3e-3
+    first = step.step().item()
+    for _ in range(10):
+        last = step.step().item()
+    assert last < first
+
+
+def test_decode_with_kv_cache_matches_full_recompute() -> None:
+    """Greedy tokens from the cache equal those from re-running the whole prefix (no cache bug)."""
+    for model in ({}, {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu", "kv_heads": 2}):
+        step = WorkloadStep(_tiny("decode", **model), SharingChoice(True), seed=0)
+        with torch.inference_mode():
+            token, cache = step.prefill(step.cache_len)
+            generated = [token]
+            for i in range(3):
+                token = step.decode_one(token, cache, step.spec.seq_len + i)
+                generated.append(token)
+            seq = step.tokens
+            for expected in generated:
+                logits = step.model(seq, head="last")
+                assert torch.equal(logits.argmax(-1), expected)
+                seq = torch.cat([seq, expected], dim=1)
+
+
+def test_encoder_is_bidirectional() -> None:
+    """Changing the last token changes the first position's output of an encoder, not of a decoder."""
+    for causal in (False, True):
+        step = WorkloadStep(_tiny("prefill", causal=causal), SharingChoice(True), seed=0)
+        with torch.inference_mode():
+            a = step.model(step.tokens, head="none")
+            changed = step.tokens.clone()
+            changed[:, -1] = (changed[:, -1] + 1) % step.spec.vocab
+            b = step.model(changed, head="none")
+        assert torch.allclose(a[:, 0], b[:, 0]) is causal
+
+
+def test_lora_step_updates_only_adapters() -> None:
+    step = WorkloadStep(_tiny("train"), SharingChoice(True, lora=LoraSpec(rank=4)), seed=0)
+    before = {n: p.detach().clone() for n, p in step.model.named_parameters()}
+    step.step()
+    step.step()  # B starts at zero, so A only moves from the second step on
+    changed = {n for n, p in step.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed)
