@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmsim.costmodel.efficiency import Efficiency
 from llmsim.errors import ScenarioError, format_key_path
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
@@ -31,6 +32,11 @@ class DeviceSpec(BaseModel):
     idle_power_w: float = Field(ge=0)
     max_power_w: float = Field(ge=0)
     power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
+    compute_units: int | None = Field(None, ge=1, description="SMs (GPU): matmul wave quantization; None = not modeled")
+    devices_per_node: int | None = Field(None, ge=1, description="devices in one node (host) by default")
+    intra_node: str | None = Field(None, description="default link between devices of one node")
+    inter_node: str | None = Field(None, description="default link between nodes")
+    efficiency: Efficiency | None = Field(None, description="achievable fractions of peak; None = generic defaults")
     source: Source
 
 
@@ -39,8 +45,10 @@ class LinkSpec(BaseModel):
 
     name: str
     type: Literal["link"] = "link"
-    bandwidth_bytes_per_s: float = Field(gt=0, description="per device, per direction")
-    latency_s: float = Field(ge=0)
+    bandwidth_bytes_per_s: float = Field(gt=0, description="per device, per direction (per node if shared_per_node)")
+    latency_s: float = Field(ge=0, description="per hop of a ring / per message")
+    efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the line rate for large messages")
+    shared_per_node: bool = Field(False, description="one port per node, shared by the devices that use it at once")
     source: Source
 
 
@@ -95,4 +103,10 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
             if entry.name in devices or entry.name in links:
                 raise ScenarioError(origin, f"entries.{entry.name}", "a catalog entry with this name already exists")
             (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry
+    for device in devices.values():  # a device's default links must exist once every source is read
+        for key in ("intra_node", "inter_node"):
+            link = getattr(device, key)
+            if link is not None and link not in links:
+                raise ScenarioError("hardware catalog", f"entries.{device.name}.{key}",
+                                    f"unknown link {link!r}; allowed: {', '.join(links)}")
     return Catalog(devices=devices, links=links)

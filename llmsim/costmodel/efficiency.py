@@ -1,0 +1,85 @@
+"""Achievable fractions of a device's peak, with the measurements they come from.
+
+A roofline needs two ceilings per device (peak FLOP/s, peak memory bandwidth); real kernels reach a
+fraction of each. Those fractions are named here once, each with its source, and a hardware entry may
+carry its own (`efficiency:` in the catalog YAML; `llmsim calibrate` writes one from measured runs).
+A device without an `efficiency:` block gets `DEFAULT_EFFICIENCY`.
+
+Pure pydantic: importing this module must stay cheap and torch-free (the hardware catalog imports it).
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Maximum achievable matmul FLOPS (MAMF), BF16, best shape found by a shape search, divided by the
+# datasheet peak (S. Bekman, "Machine Learning Engineering", compute/accelerator/README.md, "Maximum
+# Achievable Matmul FLOPS comparison table"): A100 SXM 267.9/312 = 0.859 (CUDA 12.1), H100 SXM
+# 792.1/989 = 0.801 (CUDA 12.1), GH200 821.0/989 = 0.830 (CUDA 12.5).
+MAMF_A100_SXM = 267.9 / 312
+MAMF_H100_SXM = 792.1 / 989
+MAMF_GH200 = 821.0 / 989
+# The generic default is the lower of the NVIDIA measurements: a device without its own number is not
+# assumed to be better than the H100.
+DEFAULT_MATMUL = MAMF_H100_SXM
+
+# Fused attention kernels run below GEMM efficiency (softmax and masking sit between two small
+# matmuls). FlashAttention-2 (Dao 2023, arXiv:2307.08691, abstract and Sec. 4.1) reaches 50-73% of the
+# theoretical maximum FLOP/s on A100 in the forward pass, less in the backward pass: we take the lower
+# end, 0.50, for forward and backward alike.
+FLASH_ATTENTION_A100 = 0.50
+DEFAULT_ATTENTION = FLASH_ATTENTION_A100
+
+# Streaming kernels reach about 88% of HBM bandwidth: 1.80 of 2.04 TB/s on A100 80GB SXM, confirmed by
+# Nsight Compute, with "around 90%" the best of any kernel in NVIDIA's GTC 2025 memory talk (NVIDIA
+# developer forum, "Trouble to Reach Peak Bandwidth of A100", 2025).
+HBM_STREAM_A100 = 1.80 / 2.04
+DEFAULT_MEMORY = HBM_STREAM_A100
+
+# cuBLAS splits a GEMM's output into thread-block tiles; one wave runs one tile per SM. The largest
+# Ampere/Hopper tiles are 256x128, with 128x128 chosen when that quantizes better (NVIDIA Deep Learning
+# Performance Guide, "Matrix Multiplication Background", sections on tile and wave quantization).
+DEFAULT_MATMUL_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 128))
+
+
+class Efficiency(BaseModel):
+    """Fractions of peak a device reaches: calibratable, and carried by a catalog entry if it has its own.
+
+    `matmul` is the large-GEMM fraction of the dtype's peak FLOP/s at the best shape (MAMF); the cost
+    model multiplies it by the wave quantization of the actual GEMM shapes when the device declares
+    `compute_units`. `attention` is the fraction a fused attention kernel reaches. `memory` is the
+    fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
+    attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
+    memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
+    matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
+                                                      description="GEMM output tiles for wave quantization")
+    source: str | None = Field(None, description="where these fractions come from (measurement, fit)")
+
+
+DEFAULT_EFFICIENCY = Efficiency(source="llmsim defaults: MAMF H100 SXM (matmul), FlashAttention-2 on A100 "
+                                       "(attention), A100 HBM stream (memory)")
+
+
+def wave_efficiency(m: int, n: int, compute_units: int | None,
+                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES) -> float:
+    """Useful fraction of the tile slots a GEMM with an m x n output occupies, best tiling.
+
+    A GEMM runs in ceil(tiles / units) waves; the last wave is partly idle, and edge tiles are partly
+    empty. Returns 1.0 when the device does not declare compute units (no wave model).
+    """
+    if not compute_units or m <= 0 or n <= 0:
+        return 1.0
+    best = 0.0
+    for tm, tn in tiles:
+        for a, b in ((m, n), (n, m)):
+            count = math.ceil(a / tm) * math.ceil(b / tn)
+            waves = math.ceil(count / compute_units)
+            best = max(best, (a * b) / (waves * compute_units * tm * tn))
+    return best
