@@ -1,0 +1,154 @@
+"""Time of the traced ops on one device: a roofline per (phase, region, kind) of the workload profile.
+
+    t = max(FLOPs / (peak * efficiency_kind * wave), bytes / (bandwidth * efficiency_memory))
+
+`matmul` ops use the device's GEMM efficiency times the wave quantization of the model's actual GEMM
+shapes (when the device declares compute units); `other` ops (norms, activations, residual adds,
+softmax outside attention, cross-entropy) move bytes and do no counted FLOPs, so they are memory-bound.
+`attention` follows Options.attention, because the profile traces PyTorch's math SDPA path, which
+materialises the s x s scores: a fused kernel moves none of those bytes (see plan.Options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llmsim.costmodel.efficiency import Efficiency, wave_efficiency
+from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+
+if TYPE_CHECKING:
+    from llmsim.config import Workload
+    from llmsim.workload.profile import WorkloadProfile
+
+# Fused scale-mask-softmax between the two attention GEMMs, passes over the s x s matrix:
+# forward  = GEMM writes scores, softmax reads them and writes probabilities, the P.V GEMM reads them (4);
+# backward = dV GEMM reads P, dP GEMM writes dP, softmax backward reads P and dP and writes dS, dQ and dK
+#            GEMMs read dS (6).
+SOFTMAX_PASSES_FORWARD = 4
+SOFTMAX_PASSES_BACKWARD = 6
+# A causal flash kernel skips the fully masked blocks, about half of the s x s FLOPs the profile counts
+# (torch's flop counter counts the full matrix) (Dao 2023, Sec. 3.1.1 "Causal masking").
+CAUSAL_FLOP_SHARE = 0.5
+# Flash backward recomputes the scores: 5 matmuls to the math path's 4 (Dao 2023, Sec. 3.1.2).
+FLASH_BACKWARD_FLOP_RATIO = 5 / 4
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A device's ceilings for one dtype and its efficiency fractions."""
+
+    peak_flops: float
+    memory_bw: float
+    efficiency: Efficiency
+    compute_units: int | None = None
+
+    def matmul_time(self, flops: float, nbytes: float, wave: float = 1.0) -> float:
+        return max(flops / (self.peak_flops * self.efficiency.matmul * wave), self.memory_time(nbytes))
+
+    def memory_time(self, nbytes: float) -> float:
+        if nbytes <= 0:
+            return 0.0
+        return nbytes / (self.memory_bw * self.efficiency.memory)
+
+
+def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
+    """(in, out) features of one layer's GEMMs on one tensor-parallel rank."""
+    spec = workload.model
+    tp = plan.tp
+    kv = spec.kv_heads or spec.heads
+    kv_local = kv // tp if tp <= kv else 1
+    qkv = (spec.heads // tp + 2 * kv_local) * spec.head_dim
+    ffn = spec.ffn_hidden or 4 * spec.hidden
+    up = ffn * (2 if spec.activation == "swiglu" else 1) // tp
+    return [(spec.hidden, qkv), (spec.hidden // tp, spec.hidden), (spec.hidden, up), (ffn // tp, spec.hidden)]
+
+
+def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backward: bool,
+              rates: Rates) -> float:
+    """FLOP-weighted wave-quantization efficiency of a region's GEMMs for `tokens` rows."""
+    if not rates.compute_units:
+        return 1.0
+    spec = workload.model
+    shapes = (_linear_shapes(workload, plan) if region == "layers"
+              else [(spec.hidden, -(-spec.vocab // plan.tp))])
+    outputs: list[tuple[int, int, int]] = []  # (rows, cols, flops weight)
+    for k, n in shapes:
+        weight = tokens * k * n
+        if backward:  # data gradient (tokens x in) and weight gradient (in x out)
+            outputs += [(tokens, k, weight), (k, n, weight)]
+        else:
+            outputs.append((tokens, n, weight))
+    total = sum(w for _, _, w in outputs)
+    slowed = sum(w / wave_efficiency(r, c, rates.compute_units, rates.efficiency.matmul_tiles)
+                 for r, c, w in outputs)
+    return total / slowed if slowed else 1.0
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Seconds for one micro-batch on one device, by kind."""
+
+    matmul: float = 0.0
+    attention: float = 0.0
+    other: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.attention + self.other
+
+
+def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
+                phase: str, region: str, divide: int, steps: int = 1) -> PhaseTimes:
+    """One micro-batch's share of `phase` ops in `region` on one device.
+
+    `divide` is how many devices share the region's work of one micro-batch (tp*cp, times pp for the
+    layers). `steps` divides a phase traced over several decode steps into one step.
+    """
+    spec = workload.model
+    share = plan.micro_batch / profile.batch / divide / steps
+    elem = DTYPE_BYTES[workload.dtype]
+    backward = phase == "backward"
+    decode = phase == "decode"
+    tokens = plan.micro_batch * (1 if decode else spec.seq_len // plan.cp)
+
+    mm_flops = profile.flops(phase, "matmul", region) * share
+    mm_bytes = profile.bytes(phase, "matmul", region) * share
+    matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
+        if mm_flops or mm_bytes else 0.0
+    other = rates.memory_time(profile.bytes(phase, "other", region) * share)
+
+    attention = 0.0
+    at_flops = profile.flops(phase, "attention", region) * share
+    at_bytes = profile.bytes(phase, "attention", region) * share
+    if at_flops or at_bytes:
+        if options.attention == "math":
+            attention = rates.matmul_time(at_flops, at_bytes)
+        elif decode:
+            # One query row against the cache: reading K and V dominates for every kernel.
+            attention = max(at_flops / (rates.peak_flops * rates.efficiency.attention),
+                            rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps)))
+        elif options.attention == "flash":
+            flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
+            if backward:
+                flops *= FLASH_BACKWARD_FLOP_RATIO
+            attention = flops / (rates.peak_flops * rates.efficiency.attention)
+        else:  # fused-softmax
+            layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
+            heads_local = spec.heads / plan.tp
+            matrix = plan.micro_batch * heads_local * (spec.seq_len / plan.cp) * spec.seq_len * elem
+            passes = SOFTMAX_PASSES_BACKWARD if backward else SOFTMAX_PASSES_FORWARD
+            attention = (at_flops / (rates.peak_flops * rates.efficiency.matmul)
+                         + rates.memory_time(passes * matrix * layers_here))
+    return PhaseTimes(matmul=matmul, attention=attention, other=other)
+
+
+def _kv_read_bytes(profile: "WorkloadProfile", workload: "Workload", plan: Plan, divide: int, steps: int) -> float:
+    """K and V bytes one decode step reads on one device, at the mean cache length of the generation."""
+    spec = workload.model
+    cache_len = spec.seq_len + workload.decode_tokens
+    mean_len = spec.seq_len + workload.decode_tokens / 2
+    kv = spec.kv_heads or spec.heads
+    kv_split = min(plan.tp, kv)
+    per_micro_batch = profile.kv_cache_bytes * plan.micro_batch / profile.batch * mean_len / cache_len
+    return per_micro_batch / kv_split / (divide // (plan.tp * plan.cp) or 1)

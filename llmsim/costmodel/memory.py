@@ -1,0 +1,160 @@
+"""Memory per device: parameters, gradients, optimizer state, activations, KV cache.
+
+Mixed precision with Adam (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1): 16-bit parameters and gradients
+(2 + 2 bytes per parameter) plus an fp32 master copy and Adam's m and v (12 bytes). ZeRO stage 1 divides
+the optimizer state by dp, stage 2 also the gradients, stage 3 also the parameters. An fp32 workload
+keeps 4-byte parameters and gradients and 8 bytes of Adam state.
+
+Activations start from what the traced module saves for backward (WorkloadProfile.activation_bytes_per_
+layer, math attention path) and apply Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", Sec. 4): tensor parallelism divides what lies inside the parallel regions, sequence
+parallelism divides the rest too, selective recomputation drops the s x s attention tensors, full
+recomputation keeps only each layer's input plus one layer's working set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from llmsim.costmodel.pipeline import in_flight_microbatches
+from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan, SharingLike
+
+if TYPE_CHECKING:
+    from llmsim.config import Workload
+    from llmsim.workload.profile import WorkloadProfile
+
+ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
+ADAM_STATE_BYTES_FP32 = 8     # m + v; the fp32 parameters are the master copy
+FP32_BYTES = 4
+# PyTorch's math SDPA saves two s x s tensors per head for backward (scores after softmax and the
+# attention weights it multiplies V with). Measured on the traced module: activation bytes per layer
+# grow by exactly 2 * b * heads * s^2 * dtype bytes per step of heads*s/hidden (tests/costmodel).
+MATH_SDPA_SCORE_TENSORS = 2
+# Saved tensors of size b*s*h that stay whole on every tensor-parallel rank without sequence parallelism:
+# the inputs of the two norms and their outputs (which feed the column-parallel QKV and MLP GEMMs).
+# Korthikanti 2022 count 10sbh bytes for these, of which 2sbh are dropout masks this model does not have.
+TP_REPLICATED_TENSORS = 4
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes on the busiest device, by kind."""
+
+    params: float = 0.0
+    grads: float = 0.0
+    optimizer: float = 0.0
+    activations: float = 0.0
+    kv_cache: float = 0.0
+    stage: str = "all"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer + self.activations + self.kv_cache
+
+    def as_dict(self) -> dict[str, float]:
+        return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
+                "activations": self.activations, "kv_cache": self.kv_cache}
+
+    def describe(self, capacity: float | None = None) -> str:
+        """'needs 412.3 GB/device (params 87.5, grads ..., ...) > 80 GB' (decimal GB)."""
+        parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in self.as_dict().items() if v > 0)
+        text = f"needs {self.total / 1e9:.1f} GB/device ({parts})"
+        if capacity:
+            text += f" > {capacity / 1e9:.1f} GB"
+        return text
+
+
+def layers_per_device(layers: int, plan: Plan) -> int:
+    return layers // plan.pp
+
+
+def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan) -> int:
+    """Distinct weight sets a pipeline stage holds: its layers, or fewer when layers share blocks.
+
+    Layer i uses block i mod k, so L/p consecutive layers (the stage's, interleaved or not: the union
+    of a device's chunks is L/p layers of a round-robin) touch min(k, L/p) distinct blocks.
+    """
+    local = layers_per_device(layers, plan)
+    return min(layer_groups, local) if layer_groups else local
+
+
+def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+                  stage: str) -> tuple[float, float]:
+    """(parameters, trainable parameters) on one device of `stage` (first | last), before ZeRO."""
+    spec = workload.model
+    k = sharing.layer_groups or spec.layers
+    per_block = profile.layer_params / k
+    blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan)
+    layer_params = per_block * blocks / plan.tp
+    head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
+    input_side = profile.embed_params - head
+    if plan.pp == 1:
+        edge = profile.embed_params / plan.tp
+    elif stage == "first":
+        edge = input_side / plan.tp
+    else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
+        edge = spec.vocab * spec.hidden / plan.tp
+    if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
+        trainable = profile.trainable_params / k * blocks / plan.tp
+    else:
+        trainable = layer_params + edge
+    return layer_params + edge, trainable
+
+
+def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile", plan: Plan,
+                               options: Options) -> tuple[float, float]:
+    """(bytes kept per layer per micro-batch, working set of one layer while it is recomputed) per device."""
+    spec = workload.model
+    elem = DTYPE_BYTES[workload.dtype]
+    share = plan.micro_batch / profile.batch
+    traced = profile.activation_bytes_per_layer * share
+    b, s, h = plan.micro_batch, spec.seq_len, spec.hidden
+    scores = MATH_SDPA_SCORE_TENSORS * b * spec.heads * s * s * elem
+    linear = max(traced - scores, 0.0)
+    replicated = TP_REPLICATED_TENSORS * b * s * h * elem
+    if plan.sp:
+        kept = linear / plan.tp
+    else:
+        kept = min(replicated, linear) + max(linear - replicated, 0.0) / plan.tp
+    if options.attention != "flash" and plan.recompute != "selective":
+        # fused-softmax keeps one s x s tensor (the probabilities), the math path its two.
+        kept += scores / plan.tp / (1 if options.attention == "math" else MATH_SDPA_SCORE_TENSORS)
+    kept /= plan.cp
+    if plan.recompute == "full":
+        layer_input = b * s * h * elem / plan.cp / (plan.tp if plan.sp else 1)
+        return layer_input, kept
+    return kept, 0.0
+
+
+def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+                     options: Options = Options(), stage: str | None = None) -> MemoryBreakdown:
+    """Memory of the busiest device (first or last pipeline stage, whichever needs more)."""
+    if stage is None:
+        stages = ["first"] if plan.pp == 1 else ["first", "last"]
+        return max((memory_breakdown(workload, profile, sharing, plan, options, st) for st in stages),
+                   key=lambda mb: mb.total)
+    elem = DTYPE_BYTES[workload.dtype]
+    params, trainable = _stage_params(workload, profile, sharing, plan, stage)
+    train = workload.mode == "train"
+    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1)
+    grads = optimizer = activations = kv = 0.0
+    if train:
+        grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1)
+        state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
+        optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
+        per_layer, working = activation_bytes_per_layer(workload, profile, plan, options)
+        index = 0 if stage == "first" else plan.pp - 1
+        held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
+        activations = held * layers_per_device(workload.model.layers, plan) * per_layer + working
+        if stage == "last" or plan.pp == 1:  # logits and loss live with the LM head (vocab-parallel over tp)
+            edge = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
+            activations += max(edge, 0) * plan.micro_batch / profile.batch / (plan.tp * plan.cp)
+    else:
+        kv_heads = workload.model.kv_heads or workload.model.heads
+        kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
+        kv = profile.kv_cache_bytes / (plan.dp * plan.pp * kv_split)
+    return MemoryBreakdown(params=param_bytes, grads=grads, optimizer=optimizer, activations=activations,
+                           kv_cache=kv, stage=stage)

@@ -1,0 +1,47 @@
+"""Pipeline schedules: bubble and activations in flight, as pure functions of (p, m, v).
+
+p = pipeline stages, m = micro-batches per step per replica, v = virtual stages (model chunks) per
+device for the interleaved schedule (Narayanan et al. 2021, "Efficient Large-Scale Language Model
+Training on GPU Clusters Using Megatron-LM", Sec. 2.2).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Schedule = Literal["gpipe", "1f1b", "interleaved"]
+
+
+def bubble_fraction(schedule: Schedule, p: int, m: int, v: int = 1) -> float:
+    """Bubble time as a fraction of the ideal (bubble-free) time: (p-1)/m, interleaved (p-1)/(v m).
+
+    GPipe and 1F1B have the same bubble (p-1) stage-times per step (Narayanan 2021, Sec. 2.2.1); the
+    interleaved schedule shrinks each stage-time by v (Sec. 2.2.2).
+    """
+    if p <= 1:
+        return 0.0
+    chunks = v if schedule == "interleaved" else 1
+    return (p - 1) / (chunks * m)
+
+
+def bubble_share_of_step(schedule: Schedule, p: int, m: int, v: int = 1) -> float:
+    """Bubble as a share of the whole pipelined step: (p-1)/(m+p-1) for GPipe and 1F1B."""
+    f = bubble_fraction(schedule, p, m, v)
+    return f / (1 + f)
+
+
+def in_flight_microbatches(schedule: Schedule, p: int, m: int, v: int = 1, stage: int = 0) -> float:
+    """Micro-batches whose activations a stage holds at its peak, in units of its own layers' share.
+
+    GPipe runs all m forwards first. 1F1B keeps at most p - stage in flight (stage 0 holds p). The
+    interleaved schedule's first stage holds p (1 + (p-1)/(p v)) micro-batches' worth (Korthikanti et al.
+    2022, "Reducing Activation Recomputation in Large Transformer Models", Sec. 4.2.3).
+    """
+    if p <= 1:
+        return 1.0
+    if schedule == "gpipe":
+        return float(m)
+    held = float(min(m, p - stage))
+    if schedule == "interleaved" and stage == 0:
+        held *= 1 + (p - 1) / (p * v)
+    return held

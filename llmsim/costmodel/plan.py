@@ -1,0 +1,89 @@
+"""What the cost model is asked to price: parallel degrees, schedule, sharing and software choices.
+
+`Plan` flattens a Strategy placed by a Layout into the numbers the formulas use; `Options` holds the
+software choices that are not part of the scenario contract (attention kernel, gradient precision),
+with defaults that describe a current Megatron-LM / PyTorch stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from llmsim.config import LoraSpec, Strategy
+    from llmsim.strategy import Layout
+
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+AttentionKernel = Literal["flash", "fused-softmax", "math"]
+
+
+class SharingLike(Protocol):
+    """The parameter-sharing choice (llmsim.workload.step.SharingChoice, duck-typed to stay torch-free)."""
+
+    tie_embeddings: bool
+    layer_groups: int | None
+    lora: "LoraSpec | None"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Resolved degrees of one case: dp x tp x pp x cp devices, m micro-batches of `micro_batch` sequences."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    micro_batch: int = 1
+    microbatches: int = 1
+    virtual_stages: int = 1
+    sp: bool = False
+    zero: int = 0
+    schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
+    recompute: Literal["none", "selective", "full"] = "none"
+    overlap_grad_reduce: bool = True
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def v(self) -> int:
+        """Model chunks per device (1 unless interleaved)."""
+        return self.virtual_stages if self.schedule == "interleaved" else 1
+
+    def single_device(self) -> "Plan":
+        """The same step on one device: same micro-batch, all of the global batch's micro-batches."""
+        return replace(self, dp=1, tp=1, pp=1, cp=1, sp=False, zero=0, schedule="1f1b", virtual_stages=1,
+                       microbatches=self.microbatches * self.dp)
+
+    @classmethod
+    def of(cls, strategy: "Strategy", layout: "Layout") -> "Plan":
+        return cls(dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp, micro_batch=layout.micro_batch,
+                   microbatches=layout.microbatches, virtual_stages=strategy.virtual_stages, sp=strategy.sp,
+                   zero=strategy.zero, schedule=strategy.schedule, recompute=strategy.recompute,
+                   overlap_grad_reduce=strategy.overlap_grad_reduce)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Software choices of the modeled stack.
+
+    attention:
+      flash          fused kernel (FlashAttention-2/3, cuDNN SDPA): compute-bound at the device's attention
+                     efficiency, skips the masked half of a causal score matrix, backward does 5 matmuls
+                     to the forward's 2 (Dao 2023), saves no s x s tensor.
+      fused-softmax  two batched GEMMs around a fused scale-mask-softmax kernel (Megatron-LM before flash
+                     attention): full s x s FLOPs at matmul efficiency plus the score matrix's memory
+                     traffic (SOFTMAX_PASSES_*); saves the s x s probabilities for backward.
+      math           the profile as traced (PyTorch's unfused math SDPA path): upper bound.
+    main_grads_fp32: gradients accumulated and reduced in fp32 (Megatron-LM's `main_grad` buffers,
+      `accumulate_allreduce_grads_in_fp32`) instead of in the workload dtype (the ZeRO paper's 2-byte
+      gradients, PyTorch DDP/FSDP defaults).
+    p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
+      over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
+    """
+
+    attention: AttentionKernel = "flash"
+    main_grads_fp32: bool = False
+    p2p_scatter_gather: bool = True

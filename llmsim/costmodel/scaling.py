@@ -1,0 +1,38 @@
+"""Scale a profile traced with few layers to the full depth, without tracing again.
+
+Every layer of a Transformer without cross-layer sharing costs the same, so a profile of a 2-layer
+variant predicts the L-layer model exactly: the `layers` region scales by L/L0, embedding and head stay.
+Tracing a 175B model takes seconds; this takes microseconds, which sweeps and validation tables use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmsim.workload.profile import WorkloadProfile
+
+
+def with_layers(profile: "WorkloadProfile", layers: int) -> "WorkloadProfile":
+    """The profile of the same workload with `layers` identical layers (no layer_groups sharing)."""
+    factor = layers / profile.layers
+    frozen = profile.params - profile.trainable_params
+    trainable_layers = profile.trainable_params - (profile.embed_params if frozen == 0 else 0)
+    trainable = round(trainable_layers * factor) + (profile.embed_params if frozen == 0 else 0)
+    ops = {}
+    for key, totals in profile.ops.items():
+        # The optimizer runs outside every module (traced under region "head"): it scales with what it updates.
+        scale = (trainable / profile.trainable_params if key[0] == "optimizer"
+                 else factor if key[1] == "layers" else 1.0)
+        ops[key] = type(totals)(flops=totals.flops * scale, bytes=totals.bytes * scale,
+                                count=int(round(totals.count * scale)))
+    edge_activations = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
+    layer_params = round(profile.layer_params * factor)
+    params = layer_params + profile.embed_params
+    elem = profile.param_bytes // profile.params if profile.params else 0
+    return dataclasses.replace(
+        profile, layers=layers, params=params, trainable_params=trainable, param_bytes=params * elem,
+        trainable_param_bytes=trainable * elem, layer_params=layer_params,
+        activation_bytes=edge_activations + layers * profile.activation_bytes_per_layer,
+        kv_cache_bytes=round(profile.kv_cache_bytes * factor), ops=ops)
