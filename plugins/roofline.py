@@ -1,0 +1,105 @@
+"""The `roofline` backend: predicts a case on a catalog cluster with the analytic cost model.
+
+Nothing runs: the workload's op costs come from the same module the real backends execute, traced on
+the meta device (llmsim.workload.profile), and llmsim.costmodel prices them on `nodes` x
+`devices_per_node` devices of `hardware` joined by the `intra_node` and `inter_node` links. A list of
+nodes sweeps the cluster size (one case per point, suffixed "@nodes=N").
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmsim import Backend, Case, Result, hookimpl
+from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, single_device_step_time
+from llmsim.errors import ScenarioError
+from llmsim.results import fill_derived
+from llmsim.workload.profile import profile_workload
+
+PositiveInt = Annotated[int, Field(ge=1)]
+SETTINGS_KEY = "backends.roofline"
+
+
+class RooflineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)")
+    nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        1, description="nodes; a list sweeps")
+    devices_per_node: PositiveInt = 8
+    intra_node: str | None = Field(None, description="link inside a node; default: the device's")
+    inter_node: str | None = Field(None, description="link between nodes; default: the device's")
+    attention: Literal["flash", "fused-softmax", "math"] = Field(
+        "flash", description="attention kernel modeled (costmodel.plan.Options)")
+    main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+
+
+class RooflineBackend(Backend):
+    name = "roofline"
+    kind = "modeled"
+    description = "analytic roofline + communication + pipeline model on a catalog cluster"
+    Settings = RooflineSettings
+
+    @classmethod
+    def sweep(cls, settings: RooflineSettings) -> list[tuple[str, RooflineSettings]]:  # type: ignore[override]
+        if isinstance(settings.nodes, list):
+            return [(f"@nodes={n}" if len(settings.nodes) > 1 else "", settings.model_copy(update={"nodes": n}))
+                    for n in settings.nodes]
+        return [("", settings)]
+
+    @classmethod
+    def world_size(cls, settings: RooflineSettings) -> int:  # type: ignore[override]
+        nodes = settings.nodes[0] if isinstance(settings.nodes, list) else settings.nodes
+        return nodes * settings.devices_per_node
+
+    def cluster(self, settings: RooflineSettings) -> ClusterSpec:
+        """The catalog cluster the settings describe; unknown names are one clear error."""
+        catalog = self.context.catalog
+        device = catalog.device(settings.hardware, key=f"{SETTINGS_KEY}.hardware")
+        links = {}
+        for key in ("intra_node", "inter_node"):
+            name = getattr(settings, key) or getattr(device, key)
+            if name is None:
+                raise ScenarioError(None, f"{SETTINGS_KEY}.{key}",
+                                    f"device {device.name!r} names no default link; set one of: "
+                                    f"{', '.join(catalog.links)}")
+            links[key] = catalog.link(name, key=f"{SETTINGS_KEY}.{key}")
+        nodes = settings.nodes[0] if isinstance(settings.nodes, list) else settings.nodes
+        return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
+                           devices_per_node=settings.devices_per_node)
+
+    def run(self, case: Case, settings: RooflineSettings) -> Result:  # type: ignore[override]
+        cluster = self.cluster(settings)
+        options = Options(attention=settings.attention, main_grads_fp32=settings.main_grads_fp32)
+        profile = profile_workload(case.workload, case.sharing_choice)
+        plan = Plan.of(case.strategy, case.layout)
+        sharing = case.sharing_choice
+        where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
+                     trainable_params=profile.trainable_params, model_flops_per_step=profile.model_flops_per_step,
+                     energy_source="modeled")
+        try:
+            est = estimate(case.workload, profile, sharing, plan, cluster, options)
+            one_device = single_device_step_time(case.workload, profile, sharing, plan, cluster, options)
+        except CostModelError as exc:
+            return case.result(self, status="skipped", error=str(exc), **where)
+        mem = est.memory
+        extra = {f"mem_{k}_bytes": v for k, v in mem.as_dict().items()}
+        extra.update({f"comm_{k}_s": v for k, v in est.comm_detail.items()},
+                     memory_stage=mem.stage, attention_kernel=options.attention)
+        values = dict(where, peak_memory_bytes_per_device=mem.total, extra=extra)
+        if not est.fits:
+            extra["modeled_step_time_s"] = est.step_time_s
+            return case.result(self, status="does-not-fit", error=mem.describe(cluster.device.memory_bytes),
+                               **values)
+        values.update(step_time_s=est.step_time_s, latency_p50_s=est.step_time_s, latency_p99_s=est.step_time_s,
+                      ttft_s=est.ttft_s, tpot_s=est.tpot_s, mfu=est.mfu, energy_j_per_step=est.energy_j,
+                      c_per_submodel_s=one_device / case.strategy.m_submodels, compute_time_s=est.compute_time_s,
+                      comm_time_s=est.comm_time_s, bubble_time_s=est.bubble_time_s, other_time_s=est.other_time_s)
+        return fill_derived(case.result(self, **values), case.workload.tokens_per_step)
+
+
+@hookimpl
+def llmsim_backends() -> list[type[Backend]]:
+    return [RooflineBackend]
