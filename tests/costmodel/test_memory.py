@@ -1,0 +1,100 @@
+"""Memory per device against hand computations (ZeRO, Korthikanti et al. 2022, parameter sharing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmsim.config import ModelSpec, Workload
+from llmsim.costmodel import Options, Plan, memory_breakdown
+from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer
+from tests.costmodel.helpers import gpt2, gpt3_175b, profiled
+
+
+def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
+    workload, profile, sharing = gpt3_175b()
+    plan = Plan(dp=1, tp=8, pp=16, microbatches=1536, recompute="full")
+    mem = memory_breakdown(workload, profile, sharing, plan)
+    h, layers, vocab, seq = 12288, 96, 50257, 2048
+    per_layer = 12 * h * h + 13 * h                     # QKV, out, fc, proj weights + biases, 2 layernorms
+    first_stage = (layers // 16 * per_layer + vocab * h + seq * h + 2 * h) / 8   # + embeddings, final norm
+    assert mem.stage == "first"
+    assert mem.params == pytest.approx(2 * first_stage, rel=1e-6)       # bf16
+    assert mem.grads == pytest.approx(2 * first_stage, rel=1e-6)        # bf16
+    assert mem.optimizer == pytest.approx(12 * first_stage, rel=1e-6)   # fp32 master + Adam m, v
+    # Full recomputation keeps each layer's input (s*b*h bf16) for the p micro-batches in flight on
+    # the first 1F1B stage, plus one layer's working set while it is recomputed.
+    inputs = 16 * (layers // 16) * seq * h * 2
+    assert inputs < mem.activations < inputs + profile.activation_bytes_per_layer / 1536
+    assert 20e9 < mem.total < 35e9
+
+
+def test_zero_stages_divide_the_right_parts_by_dp() -> None:
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    base = Plan(dp=8, microbatches=1)
+    z = {k: memory_breakdown(workload, profile, sharing, dataclasses.replace(base, zero=k)) for k in range(4)}
+    assert z[1].optimizer == pytest.approx(z[0].optimizer / 8)
+    assert z[1].grads == z[0].grads and z[1].params == z[0].params
+    assert z[2].grads == pytest.approx(z[0].grads / 8)
+    assert z[2].params == z[0].params
+    assert z[3].params == pytest.approx(z[0].params / 8)
+    assert z[3].activations == z[0].activations
+
+
+def test_sequence_parallelism_divides_all_activations_by_tp() -> None:
+    workload = gpt2()
+    profile, _ = profiled(workload)
+    alone, _ = activation_bytes_per_layer(workload, profile, Plan(), Options())
+    tp4, _ = activation_bytes_per_layer(workload, profile, Plan(tp=4), Options())
+    sp4, _ = activation_bytes_per_layer(workload, profile, Plan(tp=4, sp=True), Options())
+    assert sp4 == pytest.approx(alone / 4)
+    assert sp4 < tp4 < alone
+
+
+def test_selective_recompute_drops_the_score_matrices_and_full_keeps_inputs_only() -> None:
+    workload = gpt2()
+    profile, _ = profiled(workload)
+    math = Options(attention="math")
+    none, _ = activation_bytes_per_layer(workload, profile, Plan(), math)
+    selective, _ = activation_bytes_per_layer(workload, profile, Plan(recompute="selective"), math)
+    full, working = activation_bytes_per_layer(workload, profile, Plan(recompute="full"), math)
+    m = workload.model
+    scores = MATH_SDPA_SCORE_TENSORS * m.heads * m.seq_len ** 2 * 2
+    assert none - selective == pytest.approx(scores)
+    assert full == m.seq_len * m.hidden * 2
+    assert working == pytest.approx(none)
+
+
+def test_math_sdpa_saves_two_score_matrices_per_head() -> None:
+    """The constant the activation model subtracts, measured on the traced module."""
+    def per_layer(heads: int) -> int:
+        w = Workload(model=ModelSpec(preset="gpt2-small", layers=1, heads=heads, seq_len=256), batch=2)
+        return profiled(w)[0].activation_bytes_per_layer
+
+    assert per_layer(12) - per_layer(6) == MATH_SDPA_SCORE_TENSORS * 2 * 6 * 256 ** 2 * 2
+
+
+def test_layer_groups_shrink_parameters_and_optimizer_state_but_not_flops() -> None:
+    workload = gpt2()
+    plain, plain_sharing = profiled(workload)
+    shared, shared_sharing = profiled(workload, layer_groups=1)
+    plan = Plan(microbatches=8)
+    a = memory_breakdown(workload, plain, plain_sharing, plan)
+    b = memory_breakdown(workload, shared, shared_sharing, plan)
+    # 12 blocks of 7.1M parameters become 1; the 38.6M embedding parameters stay
+    assert b.optimizer < a.optimizer / 2 and b.params < a.params / 2
+    assert b.activations == a.activations
+    assert shared.model_flops_per_step == pytest.approx(plain.model_flops_per_step)
+
+
+def test_kv_cache_is_split_over_data_pipeline_and_kv_heads() -> None:
+    workload = Workload(model=ModelSpec(preset="llama2-70b", layers=8, seq_len=512), mode="decode", batch=8,
+                        decode_tokens=16)
+    profile, sharing = profiled(workload, tie=False)
+    one = memory_breakdown(workload, profile, sharing, Plan(microbatches=8))
+    assert one.kv_cache == profile.kv_cache_bytes and one.grads == 0 and one.optimizer == 0
+    # 8 KV heads: tp=16 replicates them, so the cache splits 8 ways, not 16
+    tp16 = memory_breakdown(workload, profile, sharing, Plan(tp=16, microbatches=8))
+    assert tp16.kv_cache == pytest.approx(profile.kv_cache_bytes / 8)

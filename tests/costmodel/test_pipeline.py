@@ -1,0 +1,27 @@
+"""Pipeline schedules (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022, Sec. 4.2.3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmsim.costmodel.pipeline import bubble_fraction, bubble_share_of_step, in_flight_microbatches
+
+
+@pytest.mark.parametrize("p,m", [(2, 8), (4, 4), (8, 64), (16, 1)])
+def test_1f1b_bubble_is_p_minus_1_over_m_plus_p_minus_1_of_the_step(p: int, m: int) -> None:
+    assert bubble_share_of_step("1f1b", p, m) == pytest.approx((p - 1) / (m + p - 1))
+    assert bubble_share_of_step("gpipe", p, m) == pytest.approx((p - 1) / (m + p - 1))
+    assert bubble_fraction("1f1b", p, m) == pytest.approx((p - 1) / m)
+
+
+def test_interleaving_divides_the_bubble_by_the_chunks() -> None:
+    assert bubble_fraction("interleaved", 8, 32, v=4) == pytest.approx(bubble_fraction("1f1b", 8, 32) / 4)
+    assert bubble_fraction("1f1b", 1, 32) == 0.0
+
+
+def test_activations_in_flight() -> None:
+    assert in_flight_microbatches("gpipe", 4, 32) == 32
+    assert in_flight_microbatches("1f1b", 4, 32) == 4               # first stage holds p
+    assert in_flight_microbatches("1f1b", 4, 32, stage=3) == 1      # last stage holds one
+    assert in_flight_microbatches("1f1b", 4, 2) == 2                # never more than m
+    assert in_flight_microbatches("interleaved", 4, 32, v=2) == pytest.approx(4 * (1 + 3 / 8))

@@ -1,0 +1,116 @@
+"""The composed step: breakdown consistency, sharing effects on communication, inference, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmsim.config import LoraSpec, ModelSpec, Workload
+from llmsim.costmodel import CostModelError, Options, Plan, estimate, single_device_step_time
+from llmsim.costmodel.efficiency import wave_efficiency
+from tests.costmodel.helpers import CATALOG, a100_cluster, gpt2, gpt3_175b, profiled
+
+
+def test_step_is_the_sum_of_its_parts_and_energy_follows_power() -> None:
+    workload, profile, sharing = gpt3_175b()
+    plan = Plan(dp=4, tp=8, pp=8, microbatches=384, schedule="interleaved", virtual_stages=2, recompute="full")
+    cluster = a100_cluster(nodes=32)
+    r = estimate(workload, profile, sharing, plan, cluster)
+    assert r.step_time_s == pytest.approx(r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s)
+    assert r.bubble_time_s > 0 and r.comm_time_s > 0 and r.fits
+    assert 0.2 < r.mfu < 0.8
+    dev = cluster.device
+    busy = r.compute_time_s + r.other_time_s
+    assert r.energy_j == pytest.approx(256 * (dev.idle_power_w * r.step_time_s
+                                             + (dev.max_power_w - dev.idle_power_w) * busy))
+
+
+def test_more_data_parallel_replicas_shorten_the_step_but_not_below_ideal() -> None:
+    workload, profile, sharing = gpt3_175b()
+    times = []
+    for nodes in (16, 32, 64):
+        dp = nodes * 8 // 64
+        plan = Plan(dp=dp, tp=8, pp=8, microbatches=1536 // dp, recompute="full")
+        times.append(estimate(workload, profile, sharing, plan, a100_cluster(nodes)).step_time_s)
+    assert times[0] > times[1] > times[2]
+    one = single_device_step_time(workload, profile, sharing, Plan(dp=8, tp=8, pp=8, microbatches=192,
+                                                                   recompute="full"), a100_cluster(64))
+    assert one / 512 < times[2]
+
+
+def test_lora_shrinks_gradient_reduction_and_optimizer() -> None:
+    workload = gpt2()
+    plan = Plan(dp=8, microbatches=1, overlap_grad_reduce=False)
+    full = estimate(workload, *profiled(workload), plan, a100_cluster())
+    lora = estimate(workload, *profiled(workload, lora=LoraSpec(rank=8)), plan, a100_cluster())
+    assert lora.comm_detail["data_parallel"] < full.comm_detail["data_parallel"] / 10
+    assert lora.other_time_s < full.other_time_s / 10
+    # frozen weights need no weight-gradient GEMMs: the profile's backward already lacks them
+    assert profiled(workload, lora=LoraSpec(rank=8))[0].flops("backward") < profiled(workload)[0].flops("backward")
+
+
+def test_tied_embeddings_add_a_first_last_stage_all_reduce_only_with_pipelining() -> None:
+    workload = gpt2()
+    pp = Plan(pp=4, microbatches=8)
+    tied = estimate(workload, *profiled(workload, tie=True), pp, a100_cluster())
+    untied = estimate(workload, *profiled(workload, tie=False), pp, a100_cluster())
+    no_pp = estimate(workload, *profiled(workload, tie=True), Plan(microbatches=8), a100_cluster())
+    assert tied.comm_detail["sharing_sync"] > 0
+    assert untied.comm_detail["sharing_sync"] == 0
+    assert no_pp.comm_detail["sharing_sync"] == 0
+
+
+def test_layer_groups_keep_flops_but_shrink_the_gradient_reduction() -> None:
+    workload = gpt2()
+    plan = Plan(dp=8, microbatches=1, overlap_grad_reduce=False)
+    plain = estimate(workload, *profiled(workload), plan, a100_cluster())
+    shared = estimate(workload, *profiled(workload, layer_groups=2), plan, a100_cluster())
+    assert shared.model_flops == pytest.approx(plain.model_flops)
+    assert shared.comm_detail["data_parallel"] < plain.comm_detail["data_parallel"] / 2
+    assert shared.compute_time_s == pytest.approx(plain.compute_time_s, rel=0.02)
+
+
+def test_overlapping_the_gradient_reduction_hides_part_of_it() -> None:
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    plan = Plan(dp=16, microbatches=1, overlap_grad_reduce=False)
+    exposed = estimate(workload, profile, sharing, plan, a100_cluster(nodes=2))
+    hidden = estimate(workload, profile, sharing, dataclasses.replace(plan, overlap_grad_reduce=True),
+                      a100_cluster(nodes=2))
+    assert hidden.comm_time_s < exposed.comm_time_s
+
+
+def test_flash_attention_is_faster_than_the_math_path_it_replaces() -> None:
+    workload = gpt2(seq_len=1024)
+    profile, sharing = profiled(workload)
+    plan = Plan(microbatches=8)
+    flash = estimate(workload, profile, sharing, plan, a100_cluster(), Options(attention="flash"))
+    fused = estimate(workload, profile, sharing, plan, a100_cluster(), Options(attention="fused-softmax"))
+    math = estimate(workload, profile, sharing, plan, a100_cluster(), Options(attention="math"))
+    assert flash.step_time_s < fused.step_time_s < math.step_time_s
+
+
+def test_decode_reports_time_to_first_token_and_per_output_token() -> None:
+    workload = Workload(model=ModelSpec(preset="gpt2-small", seq_len=512), mode="decode", batch=4,
+                        decode_tokens=33)
+    r = estimate(workload, *profiled(workload), Plan(tp=2, microbatches=4), a100_cluster())
+    assert r.ttft_s and r.tpot_s and r.tpot_s < r.ttft_s
+    assert r.step_time_s == pytest.approx(r.ttft_s + 32 * r.tpot_s)
+    assert r.memory.kv_cache > 0
+
+
+def test_a_device_without_a_peak_for_the_dtype_is_an_error_not_a_guess() -> None:
+    workload = gpt2().model_copy(update={"dtype": "float32"})
+    cluster = dataclasses.replace(a100_cluster(), device=CATALOG.device("tpu-v4"))
+    with pytest.raises(CostModelError, match="no peak FLOP/s for float32"):
+        estimate(workload, *profiled(workload), Plan(), cluster)
+    cpu = dataclasses.replace(a100_cluster(), device=CATALOG.device("cpu-host"))
+    with pytest.raises(CostModelError, match="calibrate"):
+        estimate(gpt2(), *profiled(gpt2()), Plan(), cpu)
+
+
+def test_wave_quantization() -> None:
+    assert wave_efficiency(256 * 27, 128 * 4, 108) == pytest.approx(1.0)   # exactly one full wave
+    assert wave_efficiency(128, 128, 108) == pytest.approx(1 / 108)        # one tile on 108 SMs
+    assert wave_efficiency(128, 128, None) == 1.0

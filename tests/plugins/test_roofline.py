@@ -1,0 +1,99 @@
+"""The roofline backend: registered like any plugin, every column filled, sweeps, does-not-fit rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llmsim.backend import RunContext
+from llmsim.config import parse_scenario
+from llmsim.errors import ScenarioError
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import COLUMNS
+from llmsim.runner import PlannedCase, plan_cases
+from llmsim_plugins.roofline import RooflineBackend, RooflineSettings
+
+REGISTRY = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "roofline"}))
+
+
+def _planned(workload: dict[str, Any], strategies: list[dict[str, Any]], **settings: Any) -> list[PlannedCase]:
+    scenario = parse_scenario({"name": "roofline-test", "workload": workload, "strategies": strategies,
+                               "backends": {"roofline": settings}})
+    return plan_cases(scenario, REGISTRY)
+
+
+def _run(planned: PlannedCase):
+    return RooflineBackend(RunContext()).run(planned.case, planned.settings)
+
+
+GPT2 = {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 16}
+
+
+def test_registered_through_the_entry_point_group() -> None:
+    assert REGISTRY.get("roofline") is RooflineBackend
+    assert RooflineBackend.kind == "modeled"
+
+
+def test_every_contract_column_is_filled_for_a_training_case() -> None:
+    [planned] = _planned(GPT2, [{"name": "tp2", "tp": 2, "sp": True}], nodes=1, devices_per_node=8)
+    r = _run(planned)
+    assert r.status == "ok", r.error
+    row = r.row()
+    # train has no first token; no sharing was asked for
+    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"}
+    missing = [c for c in COLUMNS if row[c] is None and c not in not_applicable]
+    assert missing == []
+    assert (r.dp, r.tp, r.n_devices, r.hardware, r.energy_source) == (4, 2, 8, "a100-80gb", "modeled")
+    assert r.latency_p50_s == r.latency_p99_s == r.step_time_s
+    assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)
+    assert r.t_ideal_s == pytest.approx(r.m_submodels * r.c_per_submodel_s / r.n_devices)
+    assert 0 < r.mfu < 1 and 0 < r.scaling_efficiency <= 1.05
+    assert {"mem_params_bytes", "mem_grads_bytes", "mem_optimizer_bytes", "mem_activations_bytes",
+            "mem_kv_cache_bytes"} <= set(r.extra)
+
+
+def test_a_list_of_nodes_sweeps_the_cluster() -> None:
+    planned = _planned(GPT2, [{"name": "dp"}], nodes=[1, 2])
+    assert [p.case.name for p in planned] == ["dp@nodes=1", "dp@nodes=2"]
+    assert [p.case.layout.dp for p in planned] == [8, 16]
+    rows = [_run(p) for p in planned]
+    assert [r.nodes for r in rows] == [1, 2]
+    assert rows[1].step_time_s < rows[0].step_time_s
+    assert RooflineBackend.world_size(RooflineSettings(nodes=3, devices_per_node=4)) == 12
+
+
+def test_a_case_that_cannot_fit_is_a_does_not_fit_row_with_the_breakdown() -> None:
+    workload = {"model": {"preset": "gpt3-175b", "layers": 8}, "mode": "train", "batch": 8}
+    [planned] = _planned(workload, [{"name": "dp"}], hardware="a100-40gb", nodes=1)
+    r = _run(planned)
+    assert r.status == "does-not-fit"
+    assert r.error.startswith("needs ") and "optimizer" in r.error and "> 42.9 GB" in r.error
+    assert r.step_time_s is None and r.peak_memory_bytes_per_device > 42.9e9
+    assert r.extra["mem_optimizer_bytes"] > r.extra["mem_params_bytes"]
+
+
+def test_decode_fills_time_to_first_token_and_per_output_token() -> None:
+    workload = {"model": {"preset": "llama2-7b", "seq_len": 512}, "mode": "decode", "batch": 8,
+                "decode_tokens": 16}
+    [planned] = _planned(workload, [{"name": "tp8", "tp": 8}], hardware="h100-sxm")
+    r = _run(planned)
+    assert r.status == "ok", r.error
+    assert r.step_time_s == pytest.approx(r.ttft_s + 15 * r.tpot_s)
+    assert r.tokens_per_s == pytest.approx(8 * 16 / r.step_time_s)
+    assert r.extra["mem_kv_cache_bytes"] > 0
+
+
+def test_a_device_the_model_cannot_price_yields_a_skipped_row() -> None:
+    [planned] = _planned(dict(GPT2, dtype="float32"), [{"name": "one"}], hardware="tpu-v4",
+                         devices_per_node=1)
+    r = _run(planned)
+    assert r.status == "skipped" and "float32" in r.error
+
+
+def test_unknown_hardware_names_the_setting() -> None:
+    [planned] = _planned(GPT2, [{"name": "one"}], hardware="a100-80gb", devices_per_node=1)
+    settings = planned.settings.model_copy(update={"hardware": "z80"})
+    with pytest.raises(ScenarioError, match="backends.roofline.hardware: unknown device 'z80'"):
+        RooflineBackend(RunContext()).run(planned.case, settings)
