@@ -122,6 +122,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from llmsim.scaffold import write_plugin
+
+    target = Path(args.dir) if args.dir else Path(f"llmsim-{args.name}")
+    print(write_plugin(args.name, target))
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     raise LLMSimError("plan: capacity planning is not built yet")
 
@@ -153,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)build the report of a run folder")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("new-plugin", help="scaffold a third-party backend plugin package")
+    p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")
+    p.add_argument("--dir", metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
+    p.set_defaults(func=cmd_new_plugin)
     p = sub.add_parser("plan", help="capacity planning (not built yet)")
     p.add_argument("plan", metavar="PLAN.yaml")
     p.set_defaults(func=cmd_plan)

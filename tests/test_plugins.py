@@ -108,3 +108,43 @@ def test_every_hook_has_a_docstring() -> None:
     assert hooks == ["llmsim_backends", "llmsim_energy_meters", "llmsim_hardware"]
     for name in hooks:
         assert len((getattr(hookspecs, name).__doc__ or "").strip()) > 80, name
+
+
+class HardwarePlugin:
+    def __init__(self, entry: dict) -> None:
+        self.entry = entry
+
+    @hookimpl
+    def llmsim_hardware(self):
+        return [self.entry]
+
+
+def _catalog_with(entry: dict):
+    from llmsim.hardware import load_catalog
+
+    manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    manager.register(HardwarePlugin(entry), name="hw")
+    return load_catalog(plugin_entries=[(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es])
+
+
+NPU = {"name": "npu-x", "type": "device", "peak_flops": {"bfloat16": 1e15}, "memory_bytes": 64e9,
+       "memory_bw_bytes_per_s": 2e12, "idle_power_w": 50, "max_power_w": 500, "source": "vendor datasheet v1"}
+
+
+def test_hardware_hook_adds_catalog_entries() -> None:
+    assert _catalog_with(NPU).device("npu-x").peak_flops["bfloat16"] == 1e15
+
+
+def test_hardware_hook_entry_without_source_is_rejected_naming_the_plugin() -> None:
+    from llmsim.errors import ScenarioError
+
+    entry = {k: v for k, v in NPU.items() if k != "source"}
+    with pytest.raises(ScenarioError, match=r"plugin hw: entries\[0\].source: required key is missing"):
+        _catalog_with(entry)
+
+
+def test_hardware_hook_cannot_redefine_a_builtin() -> None:
+    from llmsim.errors import ScenarioError
+
+    with pytest.raises(ScenarioError, match="already exists"):
+        _catalog_with(dict(NPU, name="cpu-host"))
