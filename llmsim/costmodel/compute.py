@@ -117,6 +117,10 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(profile.bytes(phase, "other", region) * share)
+    if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
+        stages = divide // (plan.tp * plan.cp) if region == "layers" else 1
+        launched = sum(t.count for (p, r, _), t in profile.ops.items() if p == phase and r == region)
+        other += rates.efficiency.op_overhead_s * launched / stages / steps
 
     attention = 0.0
     at_flops = profile.flops(phase, "attention", region) * share

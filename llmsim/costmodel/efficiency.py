@@ -50,7 +50,10 @@ class Efficiency(BaseModel):
     `matmul` is the large-GEMM fraction of the dtype's peak FLOP/s at the best shape (MAMF); the cost
     model multiplies it by the wave quantization of the actual GEMM shapes when the device declares
     `compute_units`. `attention` is the fraction a fused attention kernel reaches. `memory` is the
-    fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches.
+    fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches. `op_overhead_s` is a
+    fixed cost per operator (Python and dispatcher time in eager PyTorch): it adds up when the host runs
+    the ops itself (CPU) and hides behind queued kernels on an accelerator, hence 0 by default; the
+    calibration fits it for a host.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,6 +61,7 @@ class Efficiency(BaseModel):
     matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
+    op_overhead_s: float = Field(0.0, ge=0, description="serial host cost per operator launch (eager CPU)")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")

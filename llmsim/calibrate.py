@@ -1,0 +1,276 @@
+"""Fit a device's efficiency factors to measured runs, and write them as a hardware catalog entry.
+
+Input: run folders of measured backends (`results.jsonl` rows with kind measured, plus `scenario.yaml`,
+the resolved scenario). For each ok row the cost model predicts the same case on a one-device cluster
+of the measured hardware; four numbers are then fitted by least squares on log(modeled / measured):
+  * matmul efficiency    (fraction of the measured peak that GEMMs reach),
+  * attention efficiency (fraction a fused attention kernel reaches),
+  * memory bandwidth     (the host's effective streaming bandwidth; the CPU catalog entry has none),
+  * operator overhead    (seconds per operator launch: eager dispatch runs serially on a host).
+Peak FLOP/s per dtype is not fitted: it is the matmul probe each row recorded (`peak_flops_per_s`).
+Log error makes a 2x miss on a 10 ms case weigh as much as on a 10 s one.
+
+The fitted entry (`<device>-calibrated`) is a normal catalog entry: use it with
+`hardware_catalog: [that file]` and `roofline: {hardware: cpu-host-calibrated, ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmsim.config import Scenario, load_scenario
+from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, estimate
+from llmsim.errors import LLMSimError
+from llmsim.hardware import Catalog, DeviceSpec, load_catalog
+from llmsim.workload.profile import profile_workload
+from llmsim.workload.step import SharingChoice
+
+PARAMETERS = ("matmul", "attention", "memory_bw", "op_overhead_s")
+EFFICIENCY_BOUNDS = (1e-3, 1.0)
+MEMORY_BW_BOUNDS = (1e8, 1e13)        # bytes/s: from a slow laptop to beyond any HBM
+OVERHEAD_BOUNDS = (1e-7, 1e-2)        # seconds per operator: from a C++ loop to a very slow Python host
+INITIAL_MEMORY_BW = 20e9              # bytes/s, a DDR4/DDR5 socket's order of magnitude: the fit's start
+INITIAL_OVERHEAD_S = 1e-5             # eager PyTorch dispatch is of the order of 10 us per operator
+
+
+class CalibrationError(LLMSimError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured row and what the cost model needs to predict it."""
+
+    run_dir: Path
+    case: str
+    mode: str
+    dtype: str
+    measured_s: float
+    peak_flops: float
+    scenario: Scenario
+    strategy_index: int
+
+
+@dataclass(frozen=True)
+class CaseFit:
+    run_dir: Path
+    case: str
+    mode: str
+    measured_s: float
+    modeled_s: float
+
+    @property
+    def error(self) -> float:
+        """Modeled over measured, minus one (+10% = the model is 10% slow)."""
+        return self.modeled_s / self.measured_s - 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    entry: dict[str, Any]           # the catalog entry, as written to YAML
+    cases: list[CaseFit]            # after the fit
+    before: list[CaseFit]           # with the defaults the fit started from
+
+    @property
+    def median_abs_error(self) -> float:
+        return statistics.median(abs(c.error) for c in self.cases) if self.cases else math.nan
+
+
+def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Observation]:
+    """The ok rows of `backend` (kind measured) in each run folder, with their resolved scenario."""
+    found: list[Observation] = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        results, scenario_file = run_dir / "results.jsonl", run_dir / "scenario.yaml"
+        if not results.exists() or not scenario_file.exists():
+            raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
+        scenario = load_scenario(scenario_file)
+        names = [s.name for s in scenario.strategies]
+        for line in results.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
+                    or not row.get("step_time_s") or not row.get("peak_flops_per_s")):
+                continue
+            if row.get("strategy") not in names:
+                continue
+            found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
+                                     measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
+                                     scenario=scenario, strategy_index=names.index(row["strategy"])))
+    if not found:
+        raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
+                               f"{', '.join(str(d) for d in run_dirs)}")
+    return found
+
+
+def _device(base: DeviceSpec, name: str, peaks: dict[str, float], theta: Sequence[float]) -> DeviceSpec:
+    matmul, attention, bandwidth, overhead = theta
+    efficiency = Efficiency(matmul=matmul, attention=attention, memory=1.0, op_overhead_s=overhead,
+                            source="fitted by llmsim calibrate (memory efficiency folded into the bandwidth)")
+    return base.model_copy(update=dict(name=name, peak_flops=peaks, memory_bw_bytes_per_s=bandwidth,
+                                       efficiency=efficiency, compute_units=None))
+
+
+def _predictor(observations: list[Observation], catalog: Catalog, device: str,
+               options: Options) -> Callable[[DeviceSpec], list[float]]:
+    """A function from a candidate device to the modeled step time of every observation."""
+    loopback = catalog.link("loopback")
+    prepared = []
+    for obs in observations:
+        strategy = obs.scenario.strategies[obs.strategy_index]
+        sharing = SharingChoice(obs.scenario.tie_embeddings_for(strategy), obs.scenario.sharing_for(strategy).layer_groups,
+                                obs.scenario.sharing_for(strategy).lora)
+        workload = obs.scenario.workload
+        profile = profile_workload(workload, sharing)
+        # A measured single-process backend runs the whole batch as one step: one micro-batch of all of it.
+        plan = replace(Plan.of(strategy, _one_device_layout(workload.batch)), micro_batch=workload.batch,
+                       microbatches=1, recompute=strategy.recompute)
+        prepared.append((workload, profile, sharing, plan))
+
+    def predict(candidate: DeviceSpec) -> list[float]:
+        cluster = ClusterSpec(device=candidate, intra=loopback, inter=loopback, nodes=1, devices_per_node=1)
+        return [estimate(w, p, s, plan, cluster, options).step_time_s for w, p, s, plan in prepared]
+
+    return predict
+
+
+def _one_device_layout(batch: int):  # noqa: ANN202 - a Layout, imported lazily to keep this module light
+    from llmsim.strategy import Layout
+
+    return Layout(dp=1, tp=1, pp=1, cp=1, micro_batch=batch, microbatches=1)
+
+
+BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, OVERHEAD_BOUNDS)
+SWEEPS = 12                           # cycles of coordinate search; stops early once nothing improves
+GOLDEN_STEPS = 40                     # golden-section steps per parameter: shrinks a log-range 0.618^40 ~ 1e-8
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def _golden(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """Minimum of a unimodal f on [lo, hi] by golden-section search."""
+    a, b = lo, hi
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(GOLDEN_STEPS):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - GOLDEN * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + GOLDEN * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
+def fit(objective: Callable[[list[float]], float], start: list[float],
+        bounds: Sequence[tuple[float, float]] = BOUNDS) -> list[float]:
+    """Minimise `objective` over parameters within `bounds`: cyclic golden-section search on their logs.
+
+    Derivative-free and bounded, so a parameter the data cannot see (e.g. attention in runs without
+    attention time) simply stays where it was, and the bounds hold without projection tricks.
+    """
+    x = [math.log(min(max(v, lo), hi)) for v, (lo, hi) in zip(start, bounds)]
+
+    def at(logs: list[float]) -> float:
+        return objective([math.exp(v) for v in logs])
+
+    best = at(x)
+    for _ in range(SWEEPS):
+        before = best
+        for j, (lo, hi) in enumerate(bounds):
+            trial = _golden(lambda v: at(x[:j] + [v] + x[j + 1:]), math.log(lo), math.log(hi))
+            value = at(x[:j] + [trial] + x[j + 1:])
+            if value < best:
+                x[j], best = trial, value
+        if before - best < 1e-12:
+            break
+    return [math.exp(v) for v in x]
+
+
+def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str = "cpu",
+              options: Options = Options(), catalog: Catalog | None = None) -> Calibration:
+    """Fit `device`'s efficiency factors to the measured rows of `backend` in `run_dirs`."""
+    catalog = catalog or load_catalog()
+    base = catalog.device(device)
+    observations = read_observations(run_dirs, backend)
+    peaks: dict[str, float] = {}
+    for dtype in {o.dtype for o in observations}:
+        peaks[dtype] = statistics.median(o.peak_flops for o in observations if o.dtype == dtype)
+    name = f"{device}-calibrated"
+    predict = _predictor(observations, catalog, device, options)
+    measured = [o.measured_s for o in observations]
+
+    def squared_log_error(theta: list[float]) -> float:
+        modeled = predict(_device(base, name, peaks, theta))
+        return sum(math.log(m / t) ** 2 for m, t in zip(modeled, measured))
+
+    defaults = base.efficiency or Efficiency()
+    start = [defaults.matmul, defaults.attention,
+             base.memory_bw_bytes_per_s * defaults.memory or INITIAL_MEMORY_BW,
+             defaults.op_overhead_s or INITIAL_OVERHEAD_S]
+    try:
+        before = predict(_device(base, name, peaks, start))
+        theta = fit(squared_log_error, start)
+    except CostModelError as exc:
+        raise CalibrationError(f"cannot model the measured cases: {exc}") from None
+    fitted = _device(base, name, peaks, theta)
+    after = predict(fitted)
+
+    def fits(modeled: list[float]) -> list[CaseFit]:
+        return [CaseFit(o.run_dir, o.case, o.mode, o.measured_s, t) for o, t in zip(observations, modeled)]
+
+    entry = _entry(fitted, base, observations, theta)
+    return Calibration(entry=entry, cases=fits(after), before=fits(before))
+
+
+def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[Observation], theta: list[float]) -> dict[str, Any]:
+    runs = sorted({o.run_dir.name for o in observations})
+    entry = fitted.model_dump(mode="json", exclude_none=True)
+    entry.update(intra_node=base.intra_node or "loopback", inter_node=base.inter_node or "loopback",
+                 devices_per_node=base.devices_per_node or 1)
+    entry["efficiency"] = {"matmul": round(theta[0], 4), "attention": round(theta[1], 4), "memory": 1.0,
+                           "op_overhead_s": float(f"{theta[3]:.3g}"), "source": f"least squares on log step time over {len(observations)} measured cases"}
+    entry["memory_bw_bytes_per_s"] = float(f"{theta[2]:.4g}")
+    entry["source"] = (f"llmsim calibrate: fitted to {len(observations)} measured cases in run folders "
+                       f"{', '.join(runs)}; peak FLOP/s from the runs' matmul probe; power figures of "
+                       f"{base.name} ({base.source})")
+    entry.pop("matmul_tiles", None)
+    entry["efficiency"].pop("matmul_tiles", None)
+    return entry
+
+
+def format_table(result: Calibration) -> str:
+    """Modeled vs measured per case, before and after the fit."""
+    lines = [f"{'case':<28}{'mode':<9}{'measured s':>12}{'default s':>12}{'err':>8}{'fitted s':>12}{'err':>8}"]
+    for b, a in zip(result.before, result.cases):
+        lines.append(f"{a.case[:27]:<28}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
+                     f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
+    eff = result.entry["efficiency"]
+    lines.append(f"fitted: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory bandwidth "
+                 f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['op_overhead_s'] * 1e6:.1f} us "
+                 f"per operator; median |error| "
+                 f"{result.median_abs_error:.1%}")
+    return "\n".join(lines)
+
+
+def calibrate_command(run_dirs: list[Path], out: Path | None) -> Path:
+    """`llmsim calibrate RUN_DIR... [--out FILE]`: fit, print the table, write the entry; return its path."""
+    result = calibrate(run_dirs)
+    path = out or Path(run_dirs[0]) / "hardware-calibrated.yaml"
+    header = ("# Written by `llmsim calibrate`. Use it from a scenario with\n"
+              f"#   hardware_catalog: [{path.name}]\n"
+              f"#   backends: {{roofline: {{hardware: {result.entry['name']}, nodes: 1, devices_per_node: 1}}}}\n")
+    path.write_text(header + yaml.safe_dump({"entries": [result.entry]}, sort_keys=False))
+    print(format_table(result))
+    print(path)
+    return path

@@ -1,0 +1,73 @@
+"""Calibration recovers efficiency factors from measured rows, and writes a usable catalog entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmsim.calibrate import CalibrationError, calibrate, calibrate_command
+from llmsim.config import parse_scenario
+from llmsim.costmodel import ClusterSpec, Efficiency, Plan, estimate
+from llmsim.hardware import load_catalog
+from llmsim.workload.profile import profile_workload
+from llmsim.workload.step import SharingChoice
+
+TRUE = dict(matmul=0.6, attention=0.3, memory_bw=8e9, op_overhead_s=2e-5)
+PEAK = 1e11
+
+
+def _synthetic_run(root: Path, mode: str, seq_len: int, batch: int) -> Path:
+    """A run folder whose 'measured' time is what the cost model predicts with the TRUE factors."""
+    scenario = parse_scenario({"name": f"syn-{mode}-{seq_len}", "strategies": [{"name": "s"}],
+                               "workload": {"model": {"preset": "tiny", "seq_len": seq_len}, "mode": mode,
+                                            "batch": batch, "decode_tokens": 8, "dtype": "float32"}})
+    catalog = load_catalog()
+    device = catalog.device("cpu-host").model_copy(update=dict(
+        peak_flops={"float32": PEAK}, memory_bw_bytes_per_s=TRUE["memory_bw"],
+        efficiency=Efficiency(matmul=TRUE["matmul"], attention=TRUE["attention"], memory=1.0,
+                              op_overhead_s=TRUE["op_overhead_s"])))
+    loop = catalog.link("loopback")
+    sharing = SharingChoice(True)
+    profile = profile_workload(scenario.workload, sharing)
+    step = estimate(scenario.workload, profile, sharing, Plan(micro_batch=batch, microbatches=1),
+                    ClusterSpec(device=device, intra=loop, inter=loop, nodes=1, devices_per_node=1)).step_time_s
+    run = root / scenario.name
+    run.mkdir()
+    (run / "scenario.yaml").write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    row = dict(scenario=scenario.name, case="s", strategy="s", backend="cpu", kind="measured", status="ok",
+               mode=mode, dtype="float32", step_time_s=step, peak_flops_per_s=PEAK)
+    (run / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(dict(row, backend="roofline")) + "\n")
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    shapes = [("train", 64, 2), ("train", 32, 8), ("prefill", 64, 4), ("prefill", 16, 1), ("decode", 64, 2)]
+    return [_synthetic_run(tmp_path, *shape) for shape in shapes]
+
+
+def test_the_fit_recovers_the_factors_that_made_the_times(runs: list[Path]) -> None:
+    result = calibrate(runs)
+    assert len(result.cases) == 5                       # the roofline rows are not measurements
+    assert max(abs(c.error) for c in result.cases) < 0.01
+    assert max(abs(c.error) for c in result.before) > 0.2
+    entry = result.entry
+    assert entry["name"] == "cpu-host-calibrated" and entry["peak_flops"] == {"float32": PEAK}
+    assert entry["efficiency"]["matmul"] == pytest.approx(TRUE["matmul"], rel=0.05)
+    assert entry["memory_bw_bytes_per_s"] == pytest.approx(TRUE["memory_bw"], rel=0.05)
+    assert entry["efficiency"]["op_overhead_s"] == pytest.approx(TRUE["op_overhead_s"], rel=0.05)
+
+
+def test_the_written_entry_loads_as_a_catalog_file(runs: list[Path], tmp_path: Path) -> None:
+    path = calibrate_command(runs, tmp_path / "hw.yaml")
+    device = load_catalog([path]).device("cpu-host-calibrated")
+    assert device.efficiency is not None and device.memory_bw_bytes_per_s > 0
+    assert "calibrate" in device.source
+
+
+def test_folders_without_measurements_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="not a run folder"):
+        calibrate([tmp_path])
