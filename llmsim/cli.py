@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from llmsim.calibrate import calibrate_command
 from llmsim.config import Scenario, load_scenario
 from llmsim.errors import LLMSimError
 from llmsim.plugins import get_plugin_manager
@@ -165,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")
     p.add_argument("--dir", metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
     p.set_defaults(func=cmd_new_plugin)
+    p = sub.add_parser("calibrate", help="fit a device's efficiency factors to measured run folders")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
+    p.set_defaults(func=lambda args: 0 if calibrate_command(args.run_dirs, args.out) else 1)
     p = sub.add_parser("plan", help="capacity planning (not built yet)")
     p.add_argument("plan", metavar="PLAN.yaml")
     p.set_defaults(func=cmd_plan)
