@@ -117,6 +117,8 @@ class ResultStore:
         self.jsonl = run_dir / "results.jsonl"
         self.csv = run_dir / "results.csv"
         self.rows: list[dict[str, Any]] = read_rows(run_dir) if self.jsonl.exists() else []
+        if not self.csv.exists():  # a header from the start: a killed run never lacks its csv
+            write_atomic(self.csv, self.frame().to_csv(index=False))
 
     def done(self) -> set[tuple[str, str]]:
         return {(r["case"], r["backend"]) for r in self.rows if r.get("status") != "failed"}

@@ -64,6 +64,7 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
     ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
     ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
+    ("name", "../../etc", "name: '../../etc': String should match pattern"),  # run folders stay under --out
     ("strategies", [{"name": "bad", "sharing": {"layer_groups": 5}}],
      "strategies[0].sharing.layer_groups: 5 does not divide layers=2"),
 ])

@@ -1,0 +1,93 @@
+"""Interrupted runs: nothing half-written, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from llmsim.cli import main
+
+STRATEGIES = [{"name": f"s{i}", "tp": tp, "pp": pp} for i, (tp, pp) in
+              enumerate([(1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4)])]
+MODELED = {"name": "resume-test", "workload": {"model": {"preset": "gpt2-small", "layers": 4}, "batch": 16},
+           "strategies": STRATEGIES,
+           "backends": {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 8}}}
+VOLATILE = {"error"}  # nothing else may differ between an interrupted+resumed and a straight run
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in rows), key=lambda r: r["case"])
+
+
+def _run(path: Path, out: Path, *extra: str, capsys) -> tuple[int, Path]:
+    code = main(["run", str(path), "--out", str(out), *extra])
+    return code, Path(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, monkeypatch, capsys) -> None:
+    from llmsim_plugins.roofline import RooflineBackend
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MODELED))
+    code, straight = _run(path, tmp_path / "a", capsys=capsys)
+    assert code == 0
+
+    original = RooflineBackend.run
+    calls = {"n": 0}
+
+    def interrupt_on_third(self, case, settings):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, case, settings)
+
+    monkeypatch.setattr(RooflineBackend, "run", interrupt_on_third)
+    code, partial = _run(path, tmp_path / "b", capsys=capsys)
+    assert code == 130 and len(_rows(partial)) == 2
+    monkeypatch.setattr(RooflineBackend, "run", original)
+    code, resumed = _run(path, tmp_path / "b", "--resume", capsys=capsys)
+    assert code == 0 and resumed == partial
+    assert _rows(resumed) == _rows(straight)
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_whole_files_and_resumes(tmp_path: Path) -> None:
+    scenario = {"name": "kill-test", "workload": {"model": {"preset": "tiny"}, "batch": 2, "dtype": "float32"},
+                "strategies": [{"name": f"s{i}"} for i in range(6)],
+                "backends": {"cpu": {"steps": 40, "warmup": 1}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "llmsim", "run", str(path), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    jsonl = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(out.glob("kill-test/*/results.jsonl"))
+        if found and found[0].read_text().count("\n") >= 1:
+            jsonl = found[0]
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert jsonl is not None, "the run never finished a case"
+    run_dir = jsonl.parent
+    done = len(jsonl.read_text().splitlines())
+    assert 1 <= done < 6
+    assert len(pd.read_csv(run_dir / "results.csv")) in (done - 1, done)  # whole (atomic), at most one behind
+    resumed = subprocess.run([sys.executable, "-m", "llmsim", "run", str(path), "--out", str(out),
+                              "--resume", str(run_dir)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(r["case"] for r in rows) == [f"s{i}" for i in range(6)]  # each case exactly once
+    assert len(pd.read_csv(run_dir / "results.csv")) == 6
