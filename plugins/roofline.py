@@ -12,11 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmsim import Backend, Case, Result, hookimpl
+from llmsim import Backend, Case, Result, RunContext, hookimpl
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, single_device_step_time
 from llmsim.errors import ScenarioError
 from llmsim.results import fill_derived
-from llmsim.workload.profile import profile_workload
+from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 PositiveInt = Annotated[int, Field(ge=1)]
 SETTINGS_KEY = "backends.roofline"
@@ -54,6 +54,21 @@ class RooflineBackend(Backend):
         nodes = settings.nodes[0] if isinstance(settings.nodes, list) else settings.nodes
         return nodes * settings.devices_per_node
 
+    def __init__(self, context: RunContext | None = None) -> None:
+        super().__init__(context)
+        # m*C (the whole step on one device) depends only on the workload, micro-batch and recompute, not on
+        # the strategy's degrees or the cluster size: a sweep computes it once per such combination.
+        self._one_device: dict[tuple, tuple[object, float]] = {}
+
+    def _one_device_time(self, case: Case, profile: WorkloadProfile, plan: Plan, cluster: ClusterSpec,
+                         options: Options) -> float:
+        key = (id(profile), plan.single_device(), cluster.device.name, options)
+        hit = self._one_device.get(key)
+        if hit is None or hit[0] is not profile:
+            value = single_device_step_time(case.workload, profile, case.sharing_choice, plan, cluster, options)
+            hit = self._one_device[key] = (profile, value)
+        return hit[1]
+
     def cluster(self, settings: RooflineSettings) -> ClusterSpec:
         """The catalog cluster the settings describe; unknown names are one clear error."""
         catalog = self.context.catalog
@@ -77,18 +92,19 @@ class RooflineBackend(Backend):
         plan = Plan.of(case.strategy, case.layout)
         sharing = case.sharing_choice
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
-                     trainable_params=profile.trainable_params, model_flops_per_step=profile.model_flops_per_step,
-                     energy_source="modeled")
+                     trainable_params=profile.trainable_params, energy_source="modeled")
         try:
             est = estimate(case.workload, profile, sharing, plan, cluster, options)
-            one_device = single_device_step_time(case.workload, profile, sharing, plan, cluster, options)
+            one_device = self._one_device_time(case, profile, plan, cluster, options)
         except CostModelError as exc:
-            return case.result(self, status="skipped", error=str(exc), **where)
+            return case.result(self, status="skipped", error=str(exc),
+                               model_flops_per_step=profile.model_flops_per_step, **where)
         mem = est.memory
         extra = {f"mem_{k}_bytes": v for k, v in mem.as_dict().items()}
         extra.update({f"comm_{k}_s": v for k, v in est.comm_detail.items()},
                      memory_stage=mem.stage, attention_kernel=options.attention)
-        values = dict(where, peak_memory_bytes_per_device=mem.total, extra=extra)
+        values = dict(where, model_flops_per_step=est.model_flops, peak_memory_bytes_per_device=mem.total,
+                      extra=extra)
         if not est.fits:
             extra["modeled_step_time_s"] = est.step_time_s
             return case.result(self, status="does-not-fit", error=mem.describe(cluster.device.memory_bytes),

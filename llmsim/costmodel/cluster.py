@@ -9,6 +9,7 @@ hierarchically (costmodel.collectives.hierarchical_time).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +38,14 @@ class ClusterSpec:
     @property
     def efficiency(self) -> Efficiency:
         return self.device.efficiency or DEFAULT_EFFICIENCY
+
+    @functools.cached_property
+    def intra_channel(self) -> Channel:
+        return self.channel(self.intra, self.devices_per_node)
+
+    @functools.cached_property
+    def inter_channel(self) -> Channel:
+        return self.channel(self.inter, self.devices_per_node)
 
     def channel(self, link: "LinkSpec", sharers: int = 1) -> Channel:
         """Effective bandwidth of `link` for one device while `sharers` devices of a node use a shared port."""
@@ -75,16 +84,13 @@ def collective_time(op: Op, size: float, group: Group, cluster: ClusterSpec) -> 
     """
     if group.size <= 1 or size <= 0:
         return 0.0
-    intra = cluster.channel(cluster.intra, cluster.devices_per_node)
-    inter = cluster.channel(cluster.inter, cluster.devices_per_node)
     if not group.crosses_nodes:
-        return flat_time(op, size, group.size, intra)
-    return hierarchical_time(op, size, group.per_node, group.nodes, intra, inter)
+        return flat_time(op, size, group.size, cluster.intra_channel)
+    return hierarchical_time(op, size, group.per_node, group.nodes, cluster.intra_channel, cluster.inter_channel)
 
 
 def neighbour_p2p_time(size: float, group: Group, cluster: ClusterSpec) -> float:
     """A message between neighbouring members of a group; the slowest hop when the group spans nodes."""
     if group.size <= 1:
         return 0.0
-    link = cluster.inter if group.crosses_nodes else cluster.intra
-    return p2p_time(size, cluster.channel(link, cluster.devices_per_node))
+    return p2p_time(size, cluster.inter_channel if group.crosses_nodes else cluster.intra_channel)

@@ -11,6 +11,7 @@ materialises the s x s scores: a fused kernel moves none of those bytes (see pla
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,16 @@ SOFTMAX_PASSES_BACKWARD = 6
 CAUSAL_FLOP_SHARE = 0.5
 # Flash backward recomputes the scores: 5 matmuls to the math path's 4 (Dao 2023, Sec. 3.1.2).
 FLASH_BACKWARD_FLOP_RATIO = 5 / 4
+
+
+@dataclass(frozen=True)
+class _Zero:
+    flops: float = 0.0
+    bytes: float = 0.0
+    count: int = 0
+
+
+_NONE = _Zero()
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,12 @@ def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backwa
     spec = workload.model
     shapes = (_linear_shapes(workload, plan) if region == "layers"
               else [(spec.hidden, -(-spec.vocab // plan.tp))])
+    return _weighted_wave(tuple(shapes), tokens, backward, rates.compute_units, rates.efficiency.matmul_tiles)
+
+
+@functools.lru_cache(maxsize=4096)
+def _weighted_wave(shapes: tuple[tuple[int, int], ...], tokens: int, backward: bool, units: int,
+                   tiles: tuple[tuple[int, int], ...]) -> float:
     outputs: list[tuple[int, int, int]] = []  # (rows, cols, flops weight)
     for k, n in shapes:
         weight = tokens * k * n
@@ -80,8 +97,7 @@ def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backwa
         else:
             outputs.append((tokens, n, weight))
     total = sum(w for _, _, w in outputs)
-    slowed = sum(w / wave_efficiency(r, c, rates.compute_units, rates.efficiency.matmul_tiles)
-                 for r, c, w in outputs)
+    slowed = sum(w / wave_efficiency(r, c, units, tiles) for r, c, w in outputs)
     return total / slowed if slowed else 1.0
 
 
@@ -112,19 +128,20 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     decode = phase == "decode"
     tokens = plan.micro_batch * (1 if decode else spec.seq_len // plan.cp)
 
-    mm_flops = profile.flops(phase, "matmul", region) * share
-    mm_bytes = profile.bytes(phase, "matmul", region) * share
+    ops = profile.ops
+    mm = ops.get((phase, region, "matmul"), _NONE)
+    at = ops.get((phase, region, "attention"), _NONE)
+    ot = ops.get((phase, region, "other"), _NONE)
+    mm_flops, mm_bytes = mm.flops * share, mm.bytes * share
     matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
-    other = rates.memory_time(profile.bytes(phase, "other", region) * share)
+    other = rates.memory_time(ot.bytes * share)
     if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
         stages = divide // (plan.tp * plan.cp) if region == "layers" else 1
-        launched = sum(t.count for (p, r, _), t in profile.ops.items() if p == phase and r == region)
-        other += rates.efficiency.op_overhead_s * launched / stages / steps
+        other += rates.efficiency.op_overhead_s * (mm.count + at.count + ot.count) / stages / steps
 
     attention = 0.0
-    at_flops = profile.flops(phase, "attention", region) * share
-    at_bytes = profile.bytes(phase, "attention", region) * share
+    at_flops, at_bytes = at.flops * share, at.bytes * share
     if at_flops or at_bytes:
         if options.attention == "math":
             attention = rates.matmul_time(at_flops, at_bytes)

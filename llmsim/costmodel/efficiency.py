@@ -10,6 +10,7 @@ Pure pydantic: importing this module must stay cheap and torch-free (the hardwar
 
 from __future__ import annotations
 
+import functools
 import math
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,6 +72,7 @@ DEFAULT_EFFICIENCY = Efficiency(source="llmsim defaults: MAMF H100 SXM (matmul),
                                        "(attention), A100 HBM stream (memory)")
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and called for the same few shapes by every case of a sweep
 def wave_efficiency(m: int, n: int, compute_units: int | None,
                     tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES) -> float:
     """Useful fraction of the tile slots a GEMM with an m x n output occupies, best tiling.

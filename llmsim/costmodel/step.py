@@ -271,41 +271,60 @@ def _pipelined(one: _Pass, plan: Plan) -> tuple[float, float, float]:
     return m * one.compute, m * one.comm, bubble
 
 
+@dataclass(frozen=True)
+class _Times:
+    compute: float
+    comm: float
+    bubble: float
+    other: float
+    ttft: float | None = None
+    tpot: float | None = None
+    detail: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def step(self) -> float:
+        return self.compute + self.comm + self.bubble + self.other
+
+
+def _times(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+           cluster: ClusterSpec, options: Options, rates: Rates) -> _Times:
+    if workload.mode == "train":
+        compute, comm, bubble, other, detail = _train(workload, profile, sharing, plan, cluster, options, rates)
+        return _Times(compute, comm, bubble, other, detail=detail)
+    if plan.pp == 1:  # without a pipeline to fill, a server runs its whole share of the batch at once
+        plan = replace(plan, micro_batch=plan.micro_batch * plan.microbatches, microbatches=1)
+    groups = _Groups.of(plan, cluster.devices_per_node)
+    compute, comm, bubble = _pipelined(
+        _inference_pass(profile, workload, plan, options, rates, groups, cluster, "prefill", 1), plan)
+    if workload.mode != "decode":
+        return _Times(compute, comm, bubble, 0.0)
+    ttft = compute + comm + bubble
+    n = workload.decode_tokens - 1
+    tpot = 0.0
+    if n > 0:
+        c, k, b = _pipelined(_inference_pass(profile, workload, plan, options, rates, groups, cluster, "decode", n),
+                             plan)
+        tpot = c + k + b
+        compute, comm, bubble = compute + n * c, comm + n * k, bubble + n * b
+    return _Times(compute, comm, bubble, 0.0, ttft=ttft, tpot=tpot)
+
+
 def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
              cluster: ClusterSpec, options: Options = Options()) -> StepBreakdown:
     """Model one step of `workload` under `plan` on `cluster`. Raises CostModelError if it cannot."""
     rates = device_rates(cluster, workload.dtype)
+    t = _times(workload, profile, sharing, plan, cluster, options, rates)
     memory = memory_breakdown(workload, profile, sharing, plan, options)
-    ttft = tpot = None
-    detail: dict[str, float] = {}
-    if workload.mode == "train":
-        compute, comm, bubble, other, detail = _train(workload, profile, sharing, plan, cluster, options, rates)
-    else:
-        if plan.pp == 1:  # without a pipeline to fill, a server runs its whole share of the batch at once
-            plan = replace(plan, micro_batch=plan.micro_batch * plan.microbatches, microbatches=1)
-        groups = _Groups.of(plan, cluster.devices_per_node)
-        compute, comm, bubble = _pipelined(
-            _inference_pass(profile, workload, plan, options, rates, groups, cluster, "prefill", 1), plan)
-        other = 0.0
-        if workload.mode == "decode":
-            ttft = compute + comm + bubble
-            n = workload.decode_tokens - 1
-            tpot = 0.0
-            if n > 0:
-                c, k, b = _pipelined(
-                    _inference_pass(profile, workload, plan, options, rates, groups, cluster, "decode", n), plan)
-                tpot = c + k + b
-                compute, comm, bubble = compute + n * c, comm + n * k, bubble + n * b
-    step = compute + comm + bubble + other
-    energy = step_energy_j(cluster.device, plan.world, step, busy_s=compute + other)
-    return StepBreakdown(step_time_s=step, compute_time_s=compute, comm_time_s=comm, bubble_time_s=bubble,
-                         other_time_s=other, memory=memory, memory_capacity_bytes=cluster.device.memory_bytes,
+    energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.compute + t.other)
+    return StepBreakdown(step_time_s=t.step, compute_time_s=t.compute, comm_time_s=t.comm, bubble_time_s=t.bubble,
+                         other_time_s=t.other, memory=memory, memory_capacity_bytes=cluster.device.memory_bytes,
                          model_flops=profile.model_flops_per_step, peak_flops=rates.peak_flops,
-                         n_devices=plan.world, energy_j=energy, ttft_s=ttft, tpot_s=tpot, comm_detail=detail)
+                         n_devices=plan.world, energy_j=energy, ttft_s=t.ttft, tpot_s=t.tpot, comm_detail=t.detail)
 
 
 def single_device_step_time(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
                             cluster: ClusterSpec, options: Options = Options()) -> float:
     """The whole step on one device of the cluster, memory ignored: m*C in T = m*C/n."""
     one = replace(cluster, nodes=1, devices_per_node=1)
-    return estimate(workload, profile, sharing, plan.single_device(), one, options).step_time_s
+    return _times(workload, profile, sharing, plan.single_device(), one, options,
+                  device_rates(one, workload.dtype)).step
