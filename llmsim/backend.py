@@ -97,6 +97,14 @@ class Backend(ABC):
         """Devices the backend fixes (a modeled cluster) or None when it runs what the strategy asks."""
         return None
 
+    @classmethod
+    def check_settings(cls, settings: BaseModel, catalog: Catalog) -> tuple[str, str] | None:
+        """Checks that need the hardware catalog (device and link names), before anything runs.
+
+        Returns None, or (key inside this backend's settings, message naming what is allowed).
+        """
+        return None
+
     @abstractmethod
     def run(self, case: Case, settings: Any) -> Result:
         """Execute or model `case`; return its row."""

@@ -19,7 +19,7 @@ from llmsim.config import Scenario, load_scenario
 from llmsim.errors import LLMSimError
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.runner import PlannedCase, latest_run_dir, plan_cases, read_rows, rows_frame, run_scenario
+from llmsim.runner import PlannedCase, build_catalog, latest_run_dir, plan_cases, read_rows, rows_frame, run_scenario
 
 EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True)
@@ -37,7 +37,9 @@ def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[
                                                                                BackendRegistry]:
     scenario = load_scenario(path, overrides)
     registry, manager = _registry()
-    planned = plan_cases(scenario, registry, path, backends, Path(path).resolve().parent)
+    scenario_dir = Path(path).resolve().parent
+    catalog = build_catalog(scenario, scenario_dir, manager)
+    planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
     return scenario, planned, manager, registry
 
 
@@ -65,6 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
     err_console.print("done: " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
+    if outcome.report_error:
+        err_console.print(f"[yellow]llmsim: warning: the report could not be built ({outcome.report_error}); "
+                          f"results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]", highlight=False)
     if outcome.interrupted:
         err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
     print(outcome.run_dir)
@@ -111,15 +116,24 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from llmsim.report.markdown import write_markdown_report
+    """One RUN_DIR: rebuild its report.md and report.html. Several: compare them (the first is the
+    baseline) into a new folder, printed last."""
+    from llmsim.report.build import write_comparison, write_report
 
-    if len(args.run_dirs) > 1:
-        raise LLMSimError("report: comparing several runs is not built yet (one RUN_DIR rebuilds its report)")
-    run_dir = Path(args.run_dirs[0])
-    if not (run_dir / "results.jsonl").exists():
-        raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
-    path = write_markdown_report(run_dir, rows_frame(read_rows(run_dir)))
-    print(path)
+    run_dirs = [Path(p) for p in args.run_dirs]
+    for run_dir in run_dirs:
+        if not (run_dir / "results.jsonl").exists():
+            raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+    if len(run_dirs) == 1:
+        if args.out is not None:
+            raise LLMSimError("report: --out is for comparisons (two or more RUN_DIRs); one run's report is "
+                              "written into its own folder")
+        for path in write_report(run_dirs[0])[:2]:
+            print(path)
+        return 0
+    if len({p.resolve() for p in run_dirs}) < len(run_dirs):
+        raise LLMSimError("report: the same run folder is given twice")
+    print(write_comparison(run_dirs, Path(args.out) if args.out is not None else None))
     return 0
 
 
@@ -159,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
     p.set_defaults(func=cmd_hardware)
     sub.add_parser("schema", help="JSON Schema of the scenario file").set_defaults(func=cmd_schema)
-    p = sub.add_parser("report", help="(re)build the report of a run folder")
+    p = sub.add_parser("report", help="(re)build a run's report; two or more runs: compare them",
+                       description="One RUN_DIR: rebuild report.md and report.html in it. Two or more: compare "
+                                   "them, the first as the baseline, with differences in percent.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="comparison folder (default: reports/compare/<timestamp>)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("new-plugin", help="scaffold a third-party backend plugin package")
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")

@@ -26,7 +26,7 @@ from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import Scenario
 from llmsim.environment import environment_record
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
-from llmsim.hardware import load_catalog
+from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
 from llmsim.results import COLUMNS, Result
 from llmsim.strategy import Layout, resolve_layout
@@ -52,9 +52,19 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         raise ScenarioError(file, where, f"{err.get('input')!r}: {msg}") from None
 
 
+def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None) -> Catalog:
+    """Built-in catalog + the scenario's `hardware_catalog` files + entries from plugins' hardware hook."""
+    entries = list(manager.call_each("llmsim_hardware")) if manager is not None else []
+    return load_catalog([scenario_dir / f for f in scenario.hardware_catalog],
+                        [(plugin, entry) for plugin, found in entries for entry in found])
+
+
 def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scenario>",
-               only_backends: list[str] | None = None, scenario_dir: Path = Path(".")) -> list[PlannedCase]:
-    """Validate every (strategy, backend) pair and lay it out; raise ScenarioError on the first problem."""
+               only_backends: list[str] | None = None, scenario_dir: Path = Path("."),
+               catalog: Catalog | None = None) -> list[PlannedCase]:
+    """Validate every (strategy, backend) pair and lay it out; raise ScenarioError on the first problem.
+
+    With a `catalog`, backend settings are also checked against it (hardware and link names)."""
     backends = dict(scenario.backends)
     if only_backends:
         backends = {name: backends.get(name, {}) for name in only_backends}
@@ -68,6 +78,10 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     for name, raw in backends.items():
         cls = registry.get(name)
         sweeps[name] = cls.sweep(_backend_settings(name, cls, raw, file))
+        for _, settings in sweeps[name] if catalog is not None else []:
+            problem = cls.check_settings(settings, catalog)
+            if problem:
+                raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
         cls = registry.get(name)
         for suffix, settings in sweeps[name]:
@@ -169,6 +183,7 @@ class RunOutcome:
     run_dir: Path
     rows: int
     interrupted: bool
+    report_error: str | None = None  # the rows are saved even when the report could not be built
 
 
 def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
@@ -179,16 +194,11 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
                  scenario_dir: Path = Path(".")) -> RunOutcome:
     """Run every planned case, persisting each row as it finishes."""
-    from llmsim.report.markdown import write_markdown_report
-
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
     write_atomic(run_dir / "environment.json", json.dumps(environment_record(), indent=2))
-    plugin_entries = list(manager.call_each("llmsim_hardware")) if manager is not None else []
-    catalog = load_catalog([scenario_dir / f for f in scenario.hardware_catalog],
-                           [(plugin, entry) for plugin, entries in plugin_entries for entry in entries])
-    context = RunContext(catalog=catalog, run_dir=run_dir, manager=manager)
+    context = RunContext(catalog=build_catalog(scenario, scenario_dir, manager), run_dir=run_dir, manager=manager)
     instances: dict[str, Backend] = {}
     done = store.done()
     interrupted = False
@@ -202,8 +212,14 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
             store.add(_run_one(item, instances, context))
     except KeyboardInterrupt:
         interrupted = True
-    write_markdown_report(run_dir, store.frame())
-    return RunOutcome(run_dir, len(store.rows), interrupted)
+    report_error = None
+    try:
+        from llmsim.report.build import write_report
+
+        write_report(run_dir, store.frame())
+    except Exception as exc:  # noqa: BLE001 - the rows are saved; a broken report must not hide them
+        report_error = f"{type(exc).__name__}: {exc}"
+    return RunOutcome(run_dir, len(store.rows), interrupted, report_error)
 
 
 def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunContext) -> Result:
