@@ -28,7 +28,7 @@ def _run(planned: PlannedCase):
     return RooflineBackend(RunContext()).run(planned.case, planned.settings)
 
 
-GPT2 = {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 16}
+GPT2 = {"model": {"preset": "gpt2-small", "seq_len": 256}, "mode": "train", "batch": 16}
 
 
 def test_registered_through_the_entry_point_group() -> None:
@@ -75,7 +75,7 @@ def test_a_case_that_cannot_fit_is_a_does_not_fit_row_with_the_breakdown() -> No
 
 
 def test_decode_fills_time_to_first_token_and_per_output_token() -> None:
-    workload = {"model": {"preset": "llama2-7b", "seq_len": 512}, "mode": "decode", "batch": 8,
+    workload = {"model": {"preset": "llama2-7b", "layers": 4, "seq_len": 512}, "mode": "decode", "batch": 8,
                 "decode_tokens": 16}
     [planned] = _planned(workload, [{"name": "tp8", "tp": 8}], hardware="h100-sxm")
     r = _run(planned)
