@@ -82,7 +82,10 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan)
 
 def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
                   stage: str) -> tuple[float, float]:
-    """(parameters, trainable parameters) on one device of `stage` (first | last), before ZeRO."""
+    """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
+
+    A middle stage (pp > 2) holds only its layers; the simulated cluster prices every stage separately.
+    """
     spec = workload.model
     k = sharing.layer_groups or spec.layers
     per_block = profile.layer_params / k
@@ -92,6 +95,8 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: Sha
     input_side = profile.embed_params - head
     if plan.pp == 1:
         edge = profile.embed_params / plan.tp
+    elif stage == "middle":
+        edge = 0
     elif stage == "first":
         edge = input_side / plan.tp
     else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
@@ -101,6 +106,12 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: Sha
     else:
         trainable = layer_params + edge
     return layer_params + edge, trainable
+
+
+def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+                 stage: str) -> tuple[float, float]:
+    """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
+    return _stage_params(workload, profile, sharing, plan, stage)
 
 
 def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile", plan: Plan,

@@ -52,6 +52,12 @@ ADAM_STATE_RW_BYTES = 24
 ACCUMULATE_READS_WRITES = 3
 
 
+# Megatron tensor parallelism per layer (Shoeybi et al. 2019): an all-reduce after attention and one after
+# the MLP in the forward pass, the conjugate two in the backward pass; a full recompute repeats the forward's.
+TP_COLLECTIVES_PER_LAYER_FORWARD = 2
+TP_COLLECTIVES_PER_LAYER_BACKWARD = 2
+
+
 class CostModelError(ValueError):
     """The case cannot be priced on this hardware (no peak for the dtype, an uncalibrated device...)."""
 
@@ -163,7 +169,8 @@ def _train_pass(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     compute = fwd.total + bwd.total + recompute + edge
     layers = spec.layers // plan.pp
     activation = plan.micro_batch * (spec.seq_len // plan.cp) * spec.hidden * elem
-    per_layer = 4 + (2 if plan.recompute == "full" else 0)
+    per_layer = (TP_COLLECTIVES_PER_LAYER_FORWARD * (2 if plan.recompute == "full" else 1)
+                 + TP_COLLECTIVES_PER_LAYER_BACKWARD)
     edge_collectives = 2 if plan.pp == 1 else 1  # embedding forward / LM-head input gradient
     tp = (layers * per_layer + edge_collectives) * _tp_collective(activation, plan, groups, cluster)
     cp = _cp_exposed(workload, plan, fwd, bwd, groups, cluster, layers)
@@ -186,25 +193,60 @@ def _cp_exposed(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTim
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
-def _sharing_sync(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
-                  groups: _Groups, cluster: ClusterSpec, grad_elem: int) -> float:
-    """Gradient all-reduces that parameter sharing adds across pipeline stages (none without pp)."""
+def sharing_sync_collectives(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+                             devices_per_node: int, grad_elem: int) -> list[tuple[str, float, Group]]:
+    """The gradient all-reduces parameter sharing adds across pipeline stages: (name, bytes, group) each.
+
+    Tied embeddings with pp > 1 reduce the embedding gradient between the first and last stage
+    ("tied-embedding"); layer_groups with pp > 1 reduce a shared block's gradient between the stages that
+    use it ("shared-layers"). None without pp, none with LoRA (a frozen base has no such gradients).
+    """
     if plan.pp <= 1 or sharing.lora is not None:
-        return 0.0
+        return []
     spec = workload.model
-    t = 0.0
+    out: list[tuple[str, float, Group]] = []
+    pp_group = place_group(plan.pp, plan.tp * plan.cp, devices_per_node)
     if sharing.tie_embeddings:
-        pair = Group(size=2, per_node=1, nodes=2) if groups.pp.crosses_nodes else Group(size=2, per_node=2, nodes=1)
-        t += collective_time("all-reduce", spec.vocab * spec.hidden / plan.tp * grad_elem, pair, cluster)
+        pair = Group(size=2, per_node=1, nodes=2) if pp_group.crosses_nodes else Group(size=2, per_node=2, nodes=1)
+        out.append(("tied-embedding", spec.vocab * spec.hidden / plan.tp * grad_elem, pair))
     k = sharing.layer_groups
     if k and k < spec.layers:
         stages_per_block = min(plan.pp, spec.layers // k)
         if stages_per_block > 1:
             per_block = profile.layer_params / k / plan.tp
             blocks = min(k, spec.layers // plan.pp)
-            group = place_group(stages_per_block, plan.tp * plan.cp, cluster.devices_per_node)
-            t += collective_time("all-reduce", per_block * blocks * grad_elem, group, cluster)
-    return t
+            group = place_group(stages_per_block, plan.tp * plan.cp, devices_per_node)
+            out.append(("shared-layers", per_block * blocks * grad_elem, group))
+    return out
+
+
+def _sharing_sync(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+                  groups: _Groups, cluster: ClusterSpec, grad_elem: int) -> float:
+    """Gradient all-reduces that parameter sharing adds across pipeline stages (none without pp)."""
+    return sum(collective_time("all-reduce", size, group, cluster) for _, size, group in
+               sharing_sync_collectives(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem))
+
+
+def accumulate_time(rates: Rates, trainable: float, microbatches: int, dtype: str, options: Options) -> float:
+    """Gradient accumulation over a step's micro-batches on one device: m-1 adds (m with fp32 main grads)."""
+    elem = DTYPE_BYTES[dtype]
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    accumulations = microbatches if options.main_grads_fp32 else microbatches - 1
+    return accumulations * rates.memory_time(trainable * (2 * grad_elem + elem))
+
+
+def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, options: Options) -> float:
+    """Fused Adam over the parameters one device updates (1/dp of them with ZeRO >= 1)."""
+    elem = DTYPE_BYTES[dtype]
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    updated = trainable / (plan.dp if plan.zero >= 1 else 1)
+    return rates.memory_time(updated * (ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)))
+
+
+def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTimes, cluster: ClusterSpec,
+                    layers: int) -> float:
+    """Public name of the exposed ring-attention exchange per micro-batch (see _cp_exposed)."""
+    return _cp_exposed(workload, plan, fwd, bwd, _Groups.of(plan, cluster.devices_per_node), cluster, layers)
 
 
 def _trainable_on_device(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike,
@@ -223,8 +265,7 @@ def _train(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLik
     one = _train_pass(profile, workload, plan, options, rates, groups, cluster)
     params, trainable = _trainable_on_device(workload, profile, sharing, plan)
 
-    accumulations = m if options.main_grads_fp32 else m - 1
-    accumulate = accumulations * rates.memory_time(trainable * (2 * grad_elem + elem))
+    accumulate = accumulate_time(rates, trainable, m, workload.dtype, options)
     stage = m * (one.compute + one.comm) + accumulate
     bubble = bubble_fraction(plan.schedule, plan.pp, m, plan.v) * stage
 
@@ -243,8 +284,7 @@ def _train(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLik
     sync = _sharing_sync(workload, profile, sharing, plan, groups, cluster, grad_elem)
     detail.update(data_parallel=reduce + gather, sharing_sync=sync)
 
-    updated = trainable / (plan.dp if plan.zero >= 1 else 1)
-    optimizer = rates.memory_time(updated * (ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)))
+    optimizer = optimizer_time(rates, trainable, plan, workload.dtype, options)
     compute = m * one.compute + accumulate
     comm = m * one.comm + reduce + gather + sync
     return compute, comm, bubble, optimizer, detail
