@@ -1,0 +1,58 @@
+"""Links share their bandwidth; collectives are the cost model's algorithms, phase by phase."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmsim.costmodel.cluster import Group
+from llmsim.costmodel.collectives import Channel, hierarchical_time
+from llmsim_plugins.cluster.entities import CountingEnvironment, Link
+from llmsim_plugins.cluster.processes import Fabric, collective, uncontended_time
+
+GBPS = 1e9                 # bytes/s
+MB = 1e6                   # bytes
+LATENCY_S = 2e-6
+
+
+def _finish_times(sizes: list[float], starts: list[float], bandwidth: float = 10 * GBPS) -> list[float]:
+    """When each transfer (size, start) finishes on one shared link."""
+    env = CountingEnvironment()
+    link = Link(env, "port", bandwidth, LATENCY_S)
+    done: list[float] = [0.0] * len(sizes)
+
+    def sender(i: int):
+        yield env.timeout(starts[i])
+        yield from link.transfer(sizes[i], LATENCY_S)
+        done[i] = env.now
+
+    for i in range(len(sizes)):
+        env.process(sender(i))
+    env.run()
+    return done
+
+
+def test_one_transfer_takes_size_over_bandwidth_plus_latency() -> None:
+    assert _finish_times([100 * MB], [0.0]) == [pytest.approx(100 * MB / (10 * GBPS) + LATENCY_S, rel=1e-12)]
+
+
+def test_two_transfers_sharing_a_link_take_twice_as_long_as_one() -> None:
+    alone = _finish_times([100 * MB], [0.0])[0] - LATENCY_S
+    both = _finish_times([100 * MB, 100 * MB], [0.0, 0.0])
+    assert [t - LATENCY_S for t in both] == [pytest.approx(2 * alone, rel=1e-12)] * 2
+
+
+def test_a_late_transfer_shares_only_while_it_overlaps() -> None:
+    # A: 100 MB from t=0; B: 20 MB from t=5 ms. Alone until 5 ms (50 MB sent), then half rate each:
+    # B needs 4 ms at 5 GB/s, A's remaining 50 MB: 20 at half rate (4 ms), 30 at full rate (3 ms).
+    a, b = _finish_times([100 * MB, 20 * MB], [0.0, 5e-3])
+    assert b - LATENCY_S == pytest.approx(9e-3, rel=1e-9)
+    assert a - LATENCY_S == pytest.approx(12e-3, rel=1e-9)
+
+
+def test_hierarchical_all_reduce_alone_costs_what_the_cost_model_says() -> None:
+    fabric = Fabric(intra=Channel(240 * GBPS, 3.4e-6), inter=Channel(24 * GBPS, 9.6e-6))
+    group = Group(size=32, per_node=8, nodes=4)
+    c = collective("all-reduce", 1e9, group, fabric)
+    assert [ph.tier for ph in c] == ["intra", "inter", "intra"]
+    assert uncontended_time(c, fabric) == pytest.approx(
+        hierarchical_time("all-reduce", 1e9, 8, 4, fabric.intra, fabric.inter), rel=1e-12)

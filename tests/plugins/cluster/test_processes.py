@@ -1,0 +1,85 @@
+"""Pipeline schedules, bubbles, waiting and faults on small inline steps (SimPy style: seconds, no profile)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmsim.costmodel.cluster import Group
+from llmsim.costmodel.collectives import Channel
+from llmsim_plugins.cluster.entities import Faults, Placement
+from llmsim_plugins.cluster.processes import (Fabric, StageWork, StepWork, collective, schedule_ops, simulate)
+
+FORWARD_S = 1.0        # one layer forward, one micro-batch
+BACKWARD_S = 2.0
+FABRIC = Fabric(intra=Channel(100e9, 0.0), inter=Channel(10e9, 0.0))
+
+
+def _pipeline(p: int, m: int, schedule: str = "1f1b", v: int = 1, **stage: object) -> tuple[StepWork, Placement]:
+    """p identical stages of one layer per chunk, no communication: only the schedule shapes the step."""
+    work = StageWork(layers=1, fwd_layer_s=FORWARD_S / v, bwd_layer_s=BACKWARD_S / v, **stage)  # type: ignore[arg-type]
+    return (StepWork(stages=(work,) * p, microbatches=m, schedule=schedule, virtual_stages=v),  # type: ignore[arg-type]
+            Placement(tp=8, cp=1, pp=p, devices_per_node=8))
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("p", "m"), [(4, 8), (8, 8), (2, 16)])
+def test_gpipe_and_1f1b_bubble_is_p_minus_1_over_m_plus_p_minus_1(schedule: str, p: int, m: int) -> None:
+    work, placement = _pipeline(p, m, schedule)
+    out = simulate(work, placement, FABRIC)
+    ideal = m * (FORWARD_S + BACKWARD_S)
+    assert out.compute_s == pytest.approx(ideal)
+    assert out.bubble_s / out.step_s == pytest.approx((p - 1) / (m + p - 1), rel=1e-12)
+
+
+def test_interleaving_shrinks_the_bubble_by_the_number_of_chunks() -> None:
+    p, m, v = 4, 8, 2
+    out = simulate(*_pipeline(p, m, "interleaved", v), FABRIC)
+    ideal = m * (FORWARD_S + BACKWARD_S)
+    assert out.bubble_s / ideal == pytest.approx((p - 1) / (v * m), rel=1e-9)
+
+
+def test_every_schedule_runs_each_forward_and_backward_once() -> None:
+    for schedule, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", 3)):
+        for stage in range(4):
+            ops = schedule_ops(schedule, 4, 8, v, stage)  # type: ignore[arg-type]
+            assert sorted((o.forward, o.microbatch, o.chunk) for o in ops) == sorted(
+                (f, i, c) for f in (True, False) for i in range(8) for c in range(v))
+
+
+def test_without_communication_cost_the_step_is_the_sum_of_the_work() -> None:
+    stage = StageWork(layers=3, fwd_layer_s=0.1, bwd_layer_s=0.2, recompute_layer_s=0.1, embed_fwd_s=0.01,
+                      embed_bwd_s=0.02, head_fwd_s=0.03, head_bwd_s=0.04, accumulate_s=0.05, optimizer_s=0.06)
+    work = StepWork(stages=(stage,), microbatches=4)
+    out = simulate(work, Placement(1, 1, 1, 8), FABRIC)
+    per_microbatch = 3 * (0.1 + 0.2 + 0.1) + 0.01 + 0.02 + 0.03 + 0.04
+    assert out.step_s == pytest.approx(4 * per_microbatch + 0.05 + 0.06, rel=1e-12)
+    assert (out.comm_s, out.bubble_s, out.other_s) == (0.0, 0.0, pytest.approx(0.06))
+
+
+def test_a_straggler_slows_the_whole_synchronous_step() -> None:
+    work, placement = _pipeline(4, 8)
+    healthy = simulate(work, placement, FABRIC)
+    slow = simulate(work, placement, FABRIC, Faults(straggler_stage=2, straggler_slowdown=1.5))
+    # stage 2 is now the bottleneck: every stage waits for it, the step grows by about m * 0.5 stage-times
+    assert slow.step_s > healthy.step_s + 0.4 * 8 * (FORWARD_S + BACKWARD_S) * 0.5
+    assert all(led.end_s > healthy.step_s for led in slow.ledgers)
+
+
+def test_data_parallel_reduction_hides_behind_backward_until_it_cannot() -> None:
+    group = Group(size=16, per_node=1, nodes=16)
+    grads = 2e9  # bytes per layer: far more than a backward can hide on the inter-node fabric
+    stage = StageWork(layers=4, fwd_layer_s=0.01, bwd_layer_s=0.02, grad_bytes_layer=grads)
+    work = StepWork(stages=(stage,), microbatches=2, dp_group=group)
+    out = simulate(work, Placement(8, 1, 1, 8), FABRIC)
+    reduce_s = sum(ph.nbytes / 10e9 + ph.latency_s for ph in collective("all-reduce", grads, group, FABRIC))
+    assert out.comm_s > 3 * reduce_s  # the first three buckets hide only behind the remaining layers
+    degraded = simulate(work, Placement(8, 1, 1, 8), FABRIC,
+                        Faults(degraded_stage=0, degraded_tier="inter", degraded_bandwidth_factor=0.5))
+    assert degraded.step_s > out.step_s + 3 * reduce_s
+
+
+def test_jitter_is_deterministic_for_a_seed_and_changes_with_it() -> None:
+    work, placement = _pipeline(4, 8)
+    a, b, c = (simulate(work, placement, FABRIC, Faults(jitter_std=0.1, seed=s)).step_s for s in (1, 1, 2))
+    assert a == b != c
+    assert a > simulate(work, placement, FABRIC).step_s  # the slowest of 8 tensor-parallel peers sets each layer
