@@ -93,10 +93,10 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: Sha
     layer_params = per_block * blocks / plan.tp
     head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
     input_side = profile.embed_params - head
-    if plan.pp == 1:
-        edge = profile.embed_params / plan.tp
-    elif stage == "middle":
+    if stage == "middle":
         edge = 0
+    elif plan.pp == 1:
+        edge = profile.embed_params / plan.tp
     elif stage == "first":
         edge = input_side / plan.tp
     else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
