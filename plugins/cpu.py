@@ -31,8 +31,6 @@ from llmsim.workload.step import TORCH_DTYPES, WorkloadStep
 
 PROBE_SIZE = 1024          # square matmul edge; large enough to reach the BLAS plateau on a few cores
 PROBE_SECONDS = 0.3        # per dtype, once per machine
-MULTI_DEVICE_REASON = ("strategy needs {n} devices (dp*tp*pp*cp); the cpu backend runs one process — "
-                       "multi-process strategies come with the distributed backend")
 
 
 class CpuSettings(BaseModel):
@@ -40,7 +38,11 @@ class CpuSettings(BaseModel):
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first (allocator, caches, lazy init)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's own")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's own "
+                                                        "(several processes: cores / processes each)")
+    timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
+    profile_comm: bool = Field(True, description="several processes: one extra profiled step to measure "
+                                                 "exposed communication")
 
 
 def _cache_dir() -> Path:
@@ -121,7 +123,8 @@ class PeakRss:
 class CpuBackend(Backend):
     name = "cpu"
     kind = "measured"
-    description = "runs the Transformer on this machine's CPU (single process)"
+    description = ("runs the Transformer on this machine's CPU: one process, or one per device of the strategy "
+                   "through torch.distributed (gloo)")
     Settings = CpuSettings
 
     def _meter(self) -> EnergyMeter | None:
@@ -145,8 +148,7 @@ class CpuBackend(Backend):
 
     def run(self, case: Case, settings: CpuSettings) -> Result:
         if case.layout.world > 1:
-            return case.result(self, hardware="cpu-host", nodes=1, status="skipped",
-                               error=MULTI_DEVICE_REASON.format(n=case.layout.world))
+            return self._run_distributed(case, settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
         threads = torch.get_num_threads()
@@ -201,6 +203,113 @@ class CpuBackend(Backend):
         values["extra"] = {"peak_flops_per_s": peak, "threads": threads, "memory_method": rss.method,
                            "step_times_s": json.dumps([round(t, 6) for t in times])}
         return fill_derived(case.result(self, **values), case.workload.tokens_per_step)
+
+    # -- several processes (torch.distributed, gloo) ---------------------------------------------
+    def _run_distributed(self, case: Case, settings: CpuSettings) -> Result:
+        """One process per device of the strategy on this host (llmsim.distributed); docs/distributed.md.
+
+        step_time_s: per timed step the slowest rank's time (each rank starts after a barrier), averaged.
+        C (c_per_submodel_s): the single-process step of the same global batch, measured here in the
+        parent with one rank's thread count, divided by m = tp*pp. Exposed communication and the
+        pipeline's send/recv waits (bubble) come from one profiled step per rank, as fractions of
+        that step applied to step_time_s.
+        """
+        from llmsim.distributed.launch import launch
+        from llmsim.distributed.spec import WorkerSpec, unsupported_reason
+
+        world = case.layout.world
+        threads = settings.threads or max(1, (os.cpu_count() or 1) // world)
+        spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout,
+                                      seed=case.seed, steps=settings.steps, warmup=settings.warmup, threads=threads,
+                                      device_type="cpu", profile_comm=settings.profile_comm)
+        base = dict(hardware="cpu-host", nodes=1)
+        reason = unsupported_reason(spec)
+        if reason:
+            return case.result(self, status="skipped", error=reason, **base)
+        log_dir = None
+        if self.context.run_dir is not None:
+            log_dir = self.context.run_dir / "distributed" / case.name.replace("/", "_")
+        outcome = launch(spec, timeout_s=settings.timeout_s, log_dir=log_dir)
+        if not outcome.ok:
+            return case.result(self, status="failed", error=outcome.error, **base)
+        records = outcome.records
+        profile = profile_workload(case.workload, case.sharing_choice)
+        single_s = self._single_process_step_s(case, settings, threads)
+
+        steps = len(records[0].step_times_s)
+        times = [max(r.step_times_s[i] for r in records) for i in range(steps)]
+        step_time = statistics.fmean(times)
+        quantiles = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
+
+        def share(field: str) -> float:
+            """Mean over ranks of a profiled component as a fraction of that rank's profiled step."""
+            parts = [getattr(r, field) / r.profiled_step_s for r in records
+                     if getattr(r, field) is not None and r.profiled_step_s]
+            return min(statistics.fmean(parts), 1.0) if parts else 0.0
+
+        comm = share("comm_exposed_s") * step_time
+        bubble = share("p2p_exposed_s") * step_time if case.layout.pp > 1 else 0.0
+        other = statistics.fmean(statistics.fmean(r.optimizer_times_s) for r in records) \
+            if records[0].optimizer_times_s else 0.0
+        # The parts come from different clocks (timed steps, one profiled step): keep their sum the step.
+        other = min(other, step_time)
+        rest = step_time - other
+        if comm + bubble > rest:
+            comm, bubble = comm * rest / (comm + bubble), bubble * rest / (comm + bubble)
+        compute = rest - comm - bubble
+        m = case.strategy.m_submodels
+        values: dict = dict(params=profile.params, trainable_params=profile.trainable_params,
+                            step_time_s=step_time, latency_p50_s=statistics.median(times),
+                            latency_p99_s=quantiles[98], model_flops_per_step=profile.model_flops_per_step,
+                            peak_memory_bytes_per_device=max(r.peak_memory_bytes for r in records),
+                            c_per_submodel_s=single_s / m, comm_time_s=comm, bubble_time_s=bubble,
+                            other_time_s=other, compute_time_s=compute)
+        first = [max(r.first_token_times_s[i] for r in records) for i in range(len(records[0].first_token_times_s))]
+        if first:
+            ttft = statistics.fmean(first)
+            values.update(ttft_s=ttft, tpot_s=(step_time - ttft) / max(case.workload.decode_tokens - 1, 1))
+        peak = self._peak_with_threads(case.workload.dtype, threads)
+        values["mfu"] = profile.model_flops_per_step / step_time / world / peak
+        values.update(energy_j_per_step=self._modeled_power_w(threads * world) * step_time, energy_source="modeled")
+        values["extra"] = {
+            "peak_flops_per_s": peak, "threads": threads, "processes": world, "memory_method": records[0].memory_method,
+            "single_process_step_s": single_s, "comm_method": "torch.profiler: gloo ops not covered by compute",
+            "step_times_s": json.dumps([round(t, 6) for t in times]),
+            "peak_memory_bytes_per_rank": json.dumps([r.peak_memory_bytes for r in records]),
+            "comm_busy_s": statistics.fmean(r.comm_busy_s or 0.0 for r in records),
+            "losses": json.dumps(records[0].losses), "torch_parallelism": json.dumps(records[0].notes),
+            "launch_wall_s": round(outcome.wall_s, 3)}
+        return fill_derived(case.result(self, **base, **values), case.workload.tokens_per_step)
+
+    @staticmethod
+    def _single_process_step_s(case: Case, settings: CpuSettings, threads: int) -> float:
+        """The whole step on one process with one rank's threads: m*C of T = m*C/n."""
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+            for _ in range(settings.warmup):
+                step.step()
+            times = []
+            for _ in range(settings.steps):
+                start = time.perf_counter()
+                step.step()
+                times.append(time.perf_counter() - start)
+            del step
+            return statistics.fmean(times)
+        finally:
+            torch.set_num_threads(previous)
+            release_freed_memory()
+
+    @staticmethod
+    def _peak_with_threads(dtype: str, threads: int) -> float:
+        """This host's matmul peak with one rank's thread count (the per-device peak of MFU)."""
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return host_peak_flops(dtype)
+        finally:
+            torch.set_num_threads(previous)
 
 
 @hookimpl

@@ -1,0 +1,144 @@
+"""Start the ranks of one distributed run on this host, wait for them, collect their records.
+
+Each rank is `python -m llmsim.distributed.worker` in its own process group (session), with the
+environment torchrun would give it (MASTER_ADDR=127.0.0.1, a free MASTER_PORT, RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE). Subprocesses rather than multiprocessing spawn, so that the launched
+program is exactly the one `torchrun` starts on several nodes, and so a rank that is killed or hangs
+cannot take the parent with it.
+
+Failure handling: the first rank to exit non-zero (it raised, or was killed) or the timeout ends the
+run: every rank's process group is killed with SIGKILL and reaped, so no orphan remains, and the
+outcome carries one clear message (the failing rank's exception, or the signal that killed it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmsim.distributed.spec import RankRecord, WorkerSpec
+from llmsim.distributed.worker import RESULT_FILE
+
+POLL_S = 0.05
+
+
+@dataclass
+class LaunchOutcome:
+    """Records of all ranks (rank order) when the run succeeded, else `error`."""
+
+    records: list[RankRecord] = field(default_factory=list)
+    error: str | None = None
+    pids: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (the tiny race with another binder is accepted)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL every rank's process group (the rank and anything it started), then reap them."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+            pass
+
+
+def _describe_exit(rank: int, rc: int, out: Path, log: Path) -> str:
+    error_file = out / f"error-rank{rank}.txt"
+    if error_file.exists():
+        first = error_file.read_text(encoding="utf-8", errors="replace").splitlines()[0]
+        return f"rank {rank} raised {first}"
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = str(-rc)
+        return f"rank {rank} was killed by {name}"
+    tail = ""
+    if log.exists():
+        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        tail = f": {lines[-1]}" if lines else ""
+    return f"rank {rank} exited with code {rc}{tail}"
+
+
+def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None = None,
+           env: dict[str, str] | None = None) -> LaunchOutcome:
+    """Run `spec` on spec.world local processes; never raises for a rank failure or a timeout."""
+    world = spec.world
+    work = Path(tempfile.mkdtemp(prefix="llmsim-dist-"))
+    out = log_dir or work
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = work / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    start = time.perf_counter()
+    outcome = LaunchOutcome()
+    try:
+        for rank in range(world):
+            rank_env = dict(os.environ, **(env or {}))
+            rank_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                            LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0")
+            if spec.threads:
+                rank_env["OMP_NUM_THREADS"] = str(spec.threads)
+            log = out / f"rank{rank}.log"
+            logs.append(log)
+            with log.open("wb") as fh:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "llmsim.distributed.worker", "--spec", str(spec_path), "--out", str(out)],
+                    env=rank_env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True))
+        outcome.pids = [p.pid for p in procs]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                # The first rank to fail is the cause; the others die in (or are stuck on) collectives.
+                rank, rc = failed[0]
+                outcome.error = _describe_exit(rank, rc, out, logs[rank]) + \
+                    f"; the other {world - 1} rank(s) were stopped (logs: {out})"
+                break
+            if all(c == 0 for c in codes):
+                break
+            if time.monotonic() > deadline:
+                outcome.error = f"timed out after {timeout_s:g} s; all {world} ranks were killed (logs: {out})"
+                break
+            time.sleep(POLL_S)
+    finally:
+        _kill_all(procs)
+        outcome.wall_s = time.perf_counter() - start
+    if outcome.error is None:
+        result = out / RESULT_FILE
+        try:
+            data = json.loads(result.read_text())
+            outcome.records = [RankRecord.model_validate(r) for r in data["ranks"]]
+        except (OSError, ValueError, KeyError) as exc:
+            outcome.error = f"all ranks exited cleanly but {result} is unreadable: {exc}"
+    if outcome.error is None or log_dir is not None:
+        shutil.rmtree(work, ignore_errors=True)  # a failure without a log_dir keeps its logs for the message
+    return outcome

@@ -1,0 +1,108 @@
+"""What one distributed run executes (WorkerSpec), what each rank reports (RankRecord), and which
+strategy combinations are not run here (and why).
+
+Both are plain pydantic models so that the spec travels to worker processes, and to other nodes under
+torchrun, as a JSON file, and the records come back the same way: no pickling of live objects.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmsim.config import LoraSpec, Strategy, Workload
+from llmsim.strategy import Layout
+from llmsim.workload.step import SharingChoice
+
+# torch.distributed backend per device type: the code path takes a device type so that NCCL on CUDA
+# is the same program as gloo on CPU.
+PG_BACKENDS: dict[str, str] = {"cpu": "gloo", "cuda": "nccl"}
+
+
+class WorkerSpec(BaseModel):
+    """Everything a rank needs to build the workload, parallelize it and time it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workload: Workload
+    tie_embeddings: bool
+    layer_groups: int | None = None
+    lora: LoraSpec | None = None
+    strategy: Strategy
+    dp: int
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    micro_batch: int = 1
+    microbatches: int = 1
+    seed: int = 0
+    steps: int = Field(5, ge=1)
+    warmup: int = Field(2, ge=0)
+    threads: int | None = Field(None, ge=1, description="intra-op threads per rank")
+    device_type: str = "cpu"
+    profile_comm: bool = Field(True, description="one extra profiled step per rank to measure exposed communication")
+
+    @classmethod
+    def from_layout(cls, workload: Workload, sharing: SharingChoice, strategy: Strategy, layout: Layout,
+                    **settings: object) -> "WorkerSpec":
+        return cls(workload=workload, tie_embeddings=sharing.tie_embeddings, layer_groups=sharing.layer_groups,
+                   lora=sharing.lora, strategy=strategy, dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp,
+                   micro_batch=layout.micro_batch, microbatches=layout.microbatches, **settings)  # type: ignore[arg-type]
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def sharing(self) -> SharingChoice:
+        return SharingChoice(self.tie_embeddings, self.layer_groups, self.lora)
+
+
+class RankRecord(BaseModel):
+    """One rank's measurements. Times are per timed step, taken after a barrier (so ranks start together)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int
+    host: str
+    threads: int
+    step_times_s: list[float]
+    optimizer_times_s: list[float] = Field(default_factory=list, description="train: after backward + grad sync")
+    first_token_times_s: list[float] = Field(default_factory=list, description="decode: the prefill")
+    losses: list[float] = Field(default_factory=list, description="train: the global loss of each step (all steps)")
+    peak_memory_bytes: float
+    memory_method: str
+    comm_exposed_s: float | None = Field(None, description="collectives not overlapped by compute, profiled step")
+    p2p_exposed_s: float | None = Field(None, description="pipeline send/recv (incl. waiting: bubble), profiled step")
+    comm_busy_s: float | None = Field(None, description="all communication time, overlapped or not, profiled step")
+    profiled_step_s: float | None = None
+    notes: dict[str, str] = Field(default_factory=dict)
+
+
+def unsupported_reason(spec: WorkerSpec) -> str | None:
+    """Why this strategy is not run by the measured multi-process backend, or None when it is.
+
+    Every combination here is one torch.distributed does not offer on this path (yet); the caller turns
+    the reason into a `skipped` row, so a sweep over strategies still runs the others.
+    """
+    s, mode = spec.strategy, spec.workload.mode
+    if spec.cp > 1:
+        return ("context parallelism (cp > 1) is not run by the measured backend: torch's context_parallel "
+                "(ring attention) needs CUDA SDPA kernels (flash / memory-efficient), not gloo on CPU")
+    if spec.device_type not in PG_BACKENDS:
+        return f"device type {spec.device_type!r} has no torch.distributed backend here (allowed: {', '.join(PG_BACKENDS)})"
+    if spec.tp > 1 and spec.lora is not None:
+        return "tensor parallelism with LoRA adapters is not supported (the adapters wrap the projections TP shards)"
+    if s.sp and mode == "decode":
+        return "sequence parallelism shards the sequence; decode generates one token at a time (use sp: false)"
+    if spec.pp > 1:
+        if mode != "train":
+            return ("pipeline parallelism is run for training only: torch.distributed.pipelining schedules "
+                    "drive forward+backward over micro-batches; prefill/decode with a KV cache are not staged")
+        if spec.tp > 1:
+            return "pipeline x tensor parallelism (pp > 1 with tp > 1) is not implemented in the measured backend"
+        if s.zero > 0:
+            return "pipeline parallelism with ZeRO/FSDP (pp > 1 with zero > 0) is not implemented in the measured backend"
+        if spec.layer_groups is not None and spec.layer_groups < spec.workload.model.layers:
+            return ("cross-layer sharing (layer_groups) would share one block across pipeline stages, which "
+                    "torch.distributed.pipelining cannot do")
+    return None

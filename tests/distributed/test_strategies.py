@@ -1,0 +1,148 @@
+"""Real multi-process strategies on the tiny preset (float32, world size 2) through the cpu backend.
+
+Each case starts two gloo processes. Correctness: after one training step from the same seed the
+distributed run's losses equal the single-process run's (forward equivalence at step 1, equal
+gradients and optimizer update at step 2). No wall-clock asserts: times only need to exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from llmsim.backend import Case, RunContext
+from llmsim.config import parse_scenario
+from llmsim.distributed.launch import launch
+from llmsim.distributed.spec import WorkerSpec
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.runner import plan_cases
+from llmsim.workload.step import WorkloadStep
+from llmsim_plugins.cpu import CpuBackend, CpuSettings
+from tests.conftest import TINY_SCENARIO
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 2  # loss of step 1 checks the forward, loss of step 2 the gradients and the update
+SETTINGS = CpuSettings(steps=STEPS, warmup=0, timeout_s=120)
+
+
+def _case(model: dict[str, Any] | None = None, batch: int = 4, mode: str = "train", **strategy: Any) -> Case:
+    workload = dict(TINY_SCENARIO["workload"], batch=batch, mode=mode, decode_tokens=3)
+    if model:
+        workload["model"] = {"preset": "tiny", **model}
+    scenario = parse_scenario(dict(TINY_SCENARIO, workload=workload, strategies=[dict(name="s", **strategy)]))
+    registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "cpu"}))
+    return plan_cases(scenario, registry)[0].case
+
+
+def _single_process_losses(case: Case) -> list[float]:
+    step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+    return [float(step.step()) for _ in range(STEPS)]
+
+
+def _check_row(case: Case, r) -> None:
+    assert r.status == "ok", r.error
+    assert r.kind == "measured" and r.n_devices == case.layout.world == 2
+    assert r.step_time_s > 0 and r.latency_p99_s >= r.latency_p50_s > 0
+    assert r.c_per_submodel_s > 0 and r.m_submodels == case.strategy.tp * case.strategy.pp
+    assert r.t_ideal_s == pytest.approx(r.m_submodels * r.c_per_submodel_s / 2)
+    assert r.scaling_efficiency == pytest.approx(r.t_ideal_s / r.step_time_s)
+    assert r.peak_memory_bytes_per_device > 0
+    assert r.comm_time_s >= 0 and r.bubble_time_s >= 0 and r.other_time_s >= 0 and r.compute_time_s >= 0
+    assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)
+    assert r.mfu > 0 and r.energy_j_per_step > 0 and r.tokens_per_s > 0
+    assert len(json.loads(r.extra["step_times_s"])) == STEPS
+
+
+STRATEGIES = {
+    "dp": dict(dp=2),
+    "fsdp": dict(dp=2, zero=3),
+    "zero2": dict(dp=2, zero=2),
+    "tp": dict(tp=2),
+    "tp-sp": dict(tp=2, sp=True),
+    "pp-gpipe": dict(pp=2, schedule="gpipe"),
+    "pp-1f1b": dict(pp=2, schedule="1f1b"),
+    "pp-interleaved": dict(pp=2, schedule="interleaved"),
+}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_strategy_runs_and_matches_the_single_process_loss(name: str) -> None:
+    case = _case(**STRATEGIES[name])
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    _check_row(case, r)
+    if case.layout.pp > 1:
+        assert r.bubble_time_s > 0  # the pipeline waits for its neighbour stage
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
+def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
+    """The fused [q;k;v] and [gate;up] weights are re-laid out per shard: tp=2 with kv_heads=2 splits
+    the KV heads, kv_heads=1 replicates the one KV head on both ranks (gradients summed)."""
+    for kv_heads in (2, 1):
+        case = _case(dict(kv_heads=kv_heads, activation="swiglu", positions="rotary", norm="rmsnorm"), tp=2)
+        r = CpuBackend(RunContext()).run(case, SETTINGS)
+        assert r.status == "ok", r.error
+        losses = json.loads(r.extra["losses"])[:STEPS]
+        assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_tensor_parallel_serving_modes(mode: str) -> None:
+    case = _case(dict(kv_heads=2), mode=mode, tp=2)
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    assert r.status == "ok", r.error
+    if mode == "decode":
+        assert 0 < r.ttft_s < r.step_time_s and r.tpot_s > 0
+
+
+def test_unsupported_combinations_are_skipped_with_a_reason() -> None:
+    backend = CpuBackend(RunContext())
+    r = backend.run(_case(pp=2, mode="prefill"), SETTINGS)
+    assert r.status == "skipped" and "training only" in r.error
+    r = backend.run(_case(tp=2, sp=True, mode="decode"), SETTINGS)
+    assert r.status == "skipped" and "sequence parallelism" in r.error
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("fault", ["kill", "raise"])
+def test_a_failing_rank_ends_the_case_with_a_failed_row_and_no_orphans(fault: str, tmp_path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    case = _case(dp=2)
+    monkeypatch.setenv("LLMSIM_DIST_FAULT", f"1:{fault}")
+    r = CpuBackend(RunContext(run_dir=tmp_path)).run(case, SETTINGS)
+    assert r.status == "failed"
+    assert "rank 1" in r.error
+    assert ("SIGKILL" in r.error) if fault == "kill" else ("injected fault" in r.error)
+    # The launcher reports the pids it started; none may survive the case.
+    spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout, steps=1,
+                                  warmup=0, threads=1)
+    outcome = launch(spec, timeout_s=60, log_dir=tmp_path / "again")
+    assert not outcome.ok and outcome.pids
+    assert not any(_alive(pid) for pid in outcome.pids)
+    # ... and the next case runs normally.
+    monkeypatch.delenv("LLMSIM_DIST_FAULT")
+    assert CpuBackend(RunContext()).run(case, SETTINGS).status == "ok"
+
+
+def test_a_hanging_rank_times_out(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = _case(dp=2)
+    spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout, steps=1,
+                                  warmup=0, threads=1)
+    outcome = launch(spec, timeout_s=8, log_dir=tmp_path, env={"LLMSIM_DIST_FAULT": "0:hang"})
+    assert not outcome.ok and "timed out" in outcome.error
+    assert not any(_alive(pid) for pid in outcome.pids)
+    assert os.path.exists(tmp_path / "rank0.log")
