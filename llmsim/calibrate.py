@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
 from llmsim.workload.step import SharingChoice
 
-PARAMETERS = ("matmul", "attention", "memory_bw", "op_overhead_s")
 EFFICIENCY_BOUNDS = (1e-3, 1.0)
 MEMORY_BW_BOUNDS = (1e8, 1e13)        # bytes/s: from a slow laptop to beyond any HBM
 OVERHEAD_BOUNDS = (1e-7, 1e-2)        # seconds per operator: from a C++ loop to a very slow Python host
@@ -120,7 +119,7 @@ def _device(base: DeviceSpec, name: str, peaks: dict[str, float], theta: Sequenc
                                        efficiency=efficiency, compute_units=None))
 
 
-def _predictor(observations: list[Observation], catalog: Catalog, device: str,
+def _predictor(observations: list[Observation], catalog: Catalog,
                options: Options) -> Callable[[DeviceSpec], list[float]]:
     """A function from a candidate device to the modeled step time of every observation."""
     loopback = catalog.link("loopback")
@@ -132,8 +131,7 @@ def _predictor(observations: list[Observation], catalog: Catalog, device: str,
         workload = obs.scenario.workload
         profile = profile_workload(workload, sharing)
         # A measured single-process backend runs the whole batch as one step: one micro-batch of all of it.
-        plan = replace(Plan.of(strategy, _one_device_layout(workload.batch)), micro_batch=workload.batch,
-                       microbatches=1, recompute=strategy.recompute)
+        plan = Plan(micro_batch=workload.batch, microbatches=1, recompute=strategy.recompute)
         prepared.append((workload, profile, sharing, plan))
 
     def predict(candidate: DeviceSpec) -> list[float]:
@@ -207,7 +205,7 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     for dtype in {o.dtype for o in observations}:
         peaks[dtype] = statistics.median(o.peak_flops for o in observations if o.dtype == dtype)
     name = f"{device}-calibrated"
-    predict = _predictor(observations, catalog, device, options)
+    predict = _predictor(observations, catalog, options)
     measured = [o.measured_s for o in observations]
 
     def squared_log_error(theta: list[float]) -> float:
