@@ -141,12 +141,6 @@ def _predictor(observations: list[Observation], catalog: Catalog,
     return predict
 
 
-def _one_device_layout(batch: int):  # noqa: ANN202 - a Layout, imported lazily to keep this module light
-    from llmsim.strategy import Layout
-
-    return Layout(dp=1, tp=1, pp=1, cp=1, micro_batch=batch, microbatches=1)
-
-
 BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, OVERHEAD_BOUNDS)
 SWEEPS = 12                           # cycles of coordinate search; stops early once nothing improves
 GOLDEN_STEPS = 40                     # golden-section steps per parameter: shrinks a log-range 0.618^40 ~ 1e-8
