@@ -1,0 +1,105 @@
+"""The cluster backend: registered like any plugin, agrees with the roofline where nothing contends,
+fills the contract row, writes a trace and a Gantt chart, sweeps nodes, reports does-not-fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmsim.backend import RunContext
+from llmsim.config import parse_scenario
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import COLUMNS, Result
+from llmsim.runner import PlannedCase, plan_cases
+from llmsim_plugins.cluster import ClusterBackend
+from llmsim_plugins.roofline import RooflineBackend
+
+REGISTRY = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "roofline,cluster"}))
+GPT2 = {"model": {"preset": "gpt2-small", "seq_len": 256}, "mode": "train", "batch": 16}
+AGREEMENT = 0.05  # roofline and simulation within 5% where nothing contends
+
+
+def _planned(workload: dict[str, Any], strategies: list[dict[str, Any]], **settings: Any) -> list[PlannedCase]:
+    backends = {"cluster": dict(settings), "roofline": {k: v for k, v in settings.items()
+                                                        if k in RooflineBackend.Settings.model_fields}}
+    scenario = parse_scenario({"name": "cluster-test", "workload": workload, "strategies": strategies,
+                               "backends": backends})
+    return plan_cases(scenario, REGISTRY)
+
+
+def _run(planned: PlannedCase, run_dir: Path | None = None) -> Result:
+    return planned.backend(RunContext(run_dir=run_dir)).run(planned.case, planned.settings)
+
+
+def test_registered_through_the_entry_point_group() -> None:
+    assert REGISTRY.get("cluster") is ClusterBackend
+    assert ClusterBackend.kind == "modeled"
+
+
+@pytest.mark.parametrize("strategy", [
+    {"name": "single", "dp": 1},
+    {"name": "tp2", "tp": 2, "sp": True},
+    {"name": "dp", "micro_batch": 2, "overlap_grad_reduce": False},  # overlap: see test_processes
+    {"name": "tp2-pp2", "tp": 2, "pp": 2, "recompute": "full"},
+])
+def test_roofline_and_cluster_agree_where_nothing_contends(strategy: dict[str, Any]) -> None:
+    devices = 1 if strategy.get("dp") == 1 else 8
+    rows = {p.backend.name: _run(p) for p in _planned(GPT2, [strategy], nodes=1, devices_per_node=devices)}
+    sim, roof = rows["cluster"], rows["roofline"]
+    assert sim.status == roof.status == "ok", (sim.error, roof.error)
+    assert sim.step_time_s == pytest.approx(roof.step_time_s, rel=AGREEMENT)
+
+
+def test_every_contract_column_is_filled_and_the_trace_and_gantt_are_written(tmp_path: Path) -> None:
+    [planned] = [p for p in _planned(GPT2, [{"name": "tp2-pp2", "tp": 2, "pp": 2}]) if p.backend is ClusterBackend]
+    r = _run(planned, tmp_path)
+    assert r.status == "ok", r.error
+    row = r.row()
+    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"}
+    assert [c for c in COLUMNS if row[c] is None and c not in not_applicable] == []
+    assert r.kind == "modeled" and r.energy_source == "modeled"
+    assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)
+    assert r.bubble_time_s > 0 and 0 < r.mfu < 1
+    trace = json.loads((tmp_path / "trace" / "tp2-pp2.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["cat"] for e in spans} >= {"forward", "backward", "optimizer", "p2p"}
+    assert max(e["ts"] + e["dur"] for e in spans) == pytest.approx(r.step_time_s * 1e6, rel=1e-9)
+    assert (tmp_path / "trace" / "tp2-pp2.png").stat().st_size > 1000
+    assert r.extra["trace_file"] == "trace/tp2-pp2.json"
+
+
+def test_a_list_of_nodes_sweeps_the_cluster_and_scales() -> None:
+    planned = [p for p in _planned(GPT2, [{"name": "dp"}], nodes=[1, 2]) if p.backend is ClusterBackend]
+    assert [p.case.name for p in planned] == ["dp@nodes=1", "dp@nodes=2"]
+    rows = [_run(p) for p in planned]
+    assert [r.nodes for r in rows] == [1, 2] and [r.n_devices for r in rows] == [8, 16]
+    assert rows[1].step_time_s < rows[0].step_time_s
+
+
+def test_a_straggler_rank_slows_the_step() -> None:
+    [healthy] = [p for p in _planned(GPT2, [{"name": "dp"}]) if p.backend is ClusterBackend]
+    [slow] = [p for p in _planned(GPT2, [{"name": "dp"}], straggler={"rank": 5, "slowdown": 2.0})
+              if p.backend is ClusterBackend]
+    assert _run(slow).step_time_s > 1.5 * _run(healthy).step_time_s
+
+
+def test_a_case_that_cannot_fit_is_a_does_not_fit_row() -> None:
+    workload = {"model": {"preset": "gpt3-175b", "layers": 8}, "mode": "train", "batch": 8}
+    [planned] = [p for p in _planned(workload, [{"name": "dp"}], hardware="a100-40gb")
+                 if p.backend is ClusterBackend]
+    r = _run(planned)
+    assert r.status == "does-not-fit" and r.step_time_s is None and "optimizer" in r.error
+
+
+def test_decode_is_the_prefill_plus_token_steps() -> None:
+    workload = {"model": {"preset": "llama2-7b", "layers": 4, "seq_len": 512}, "mode": "decode", "batch": 8,
+                "decode_tokens": 16}
+    rows = {p.backend.name: _run(p) for p in _planned(workload, [{"name": "tp8", "tp": 8}], hardware="h100-sxm")}
+    r = rows["cluster"]
+    assert r.status == "ok", r.error
+    assert r.step_time_s == pytest.approx(r.ttft_s + 15 * r.tpot_s)
+    assert r.step_time_s == pytest.approx(rows["roofline"].step_time_s, rel=AGREEMENT)
