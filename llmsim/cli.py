@@ -93,12 +93,13 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     manager = get_plugin_manager()
     entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
     catalog = load_catalog([Path(f) for f in args.hardware], entries)
-    devices = Table("device", "bf16 TFLOP/s", "fp32 TFLOP/s", "memory GB", "mem BW GB/s", "power W (idle–max)",
+    devices = Table("device", "bf16 TFLOP/s", "fp32 TFLOP/s", "memory GiB", "mem BW GB/s", "power W (idle–max)",
                     "source", title="devices")
     for d in catalog.devices.values():
         tf = {k: f"{v / 1e12:.4g}" for k, v in d.peak_flops.items()}
-        devices.add_row(d.name, tf.get("bfloat16", "measured"), tf.get("float32", "measured"),
-                        f"{d.memory_bytes / 1e9:.4g}" if d.memory_bytes else "measured",
+        missing = "measured" if not d.peak_flops else "–"  # an empty table means: probed at run time
+        devices.add_row(d.name, tf.get("bfloat16", missing), tf.get("float32", missing),
+                        f"{d.memory_bytes / 2**30:.4g}" if d.memory_bytes else "measured",
                         f"{d.memory_bw_bytes_per_s / 1e9:.4g}" if d.memory_bw_bytes_per_s else "–",
                         f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""), d.source)
     links = Table("link", "GB/s per device per direction", "latency µs", "source", title="links")
