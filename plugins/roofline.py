@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmsim import Backend, Case, Result, RunContext, hookimpl
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, single_device_step_time
 from llmsim.errors import ScenarioError
+from llmsim.hardware import Catalog
 from llmsim.results import fill_derived
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 PositiveInt = Annotated[int, Field(ge=1)]
-SETTINGS_KEY = "backends.roofline"
 
 
 class RooflineSettings(BaseModel):
@@ -34,6 +34,21 @@ class RooflineSettings(BaseModel):
     attention: Literal["flash", "fused-softmax", "math"] = Field(
         "flash", description="attention kernel modeled (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+
+
+def cluster_spec(settings: RooflineSettings, catalog: Catalog) -> ClusterSpec:
+    """The catalog cluster that settings describe; a ScenarioError keyed inside the settings otherwise."""
+    device = catalog.device(settings.hardware, key="hardware")
+    links = {}
+    for key in ("intra_node", "inter_node"):
+        name = getattr(settings, key) or getattr(device, key)
+        if name is None:
+            raise ScenarioError(None, key, f"device {device.name!r} names no default link; set one of: "
+                                           f"{', '.join(catalog.links)}")
+        links[key] = catalog.link(name, key=key)
+    nodes = settings.nodes[0] if isinstance(settings.nodes, list) else settings.nodes
+    return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
+                       devices_per_node=settings.devices_per_node)
 
 
 class RooflineBackend(Backend):
@@ -69,21 +84,21 @@ class RooflineBackend(Backend):
             hit = self._one_device[key] = (profile, value)
         return hit[1]
 
+    @classmethod
+    def check_settings(cls, settings: BaseModel, catalog: Catalog) -> tuple[str, str] | None:
+        """Unknown device or link names are validation errors, before any case runs."""
+        try:
+            cluster_spec(settings, catalog)  # type: ignore[arg-type]
+        except ScenarioError as exc:
+            return exc.key or "hardware", exc.message
+        return None
+
     def cluster(self, settings: RooflineSettings) -> ClusterSpec:
         """The catalog cluster the settings describe; unknown names are one clear error."""
-        catalog = self.context.catalog
-        device = catalog.device(settings.hardware, key=f"{SETTINGS_KEY}.hardware")
-        links = {}
-        for key in ("intra_node", "inter_node"):
-            name = getattr(settings, key) or getattr(device, key)
-            if name is None:
-                raise ScenarioError(None, f"{SETTINGS_KEY}.{key}",
-                                    f"device {device.name!r} names no default link; set one of: "
-                                    f"{', '.join(catalog.links)}")
-            links[key] = catalog.link(name, key=f"{SETTINGS_KEY}.{key}")
-        nodes = settings.nodes[0] if isinstance(settings.nodes, list) else settings.nodes
-        return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
-                           devices_per_node=settings.devices_per_node)
+        try:
+            return cluster_spec(settings, self.context.catalog)
+        except ScenarioError as exc:
+            raise ScenarioError(None, f"backends.{self.name}.{exc.key}", exc.message) from None
 
     def run(self, case: Case, settings: RooflineSettings) -> Result:  # type: ignore[override]
         cluster = self.cluster(settings)

@@ -92,3 +92,10 @@ def test_quickstart_runs_as_the_readme_says(tmp_path: Path) -> None:
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert rows and all(r["status"] == "ok" for r in rows)
+
+
+def test_unknown_hardware_is_a_validation_error_before_anything_runs(write_scenario, capsys) -> None:
+    path = write_scenario(backends={"cpu": {}, "roofline": {"hardware": "a100"}})
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: backends.roofline.hardware: unknown device 'a100'; allowed: " in err and "a100-80gb" in err
