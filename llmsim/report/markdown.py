@@ -1,104 +1,81 @@
-"""report.md: the results table of one run, with units, and every row that is not ok with its reason."""
+"""report.md: the same `Document` as report.html, for reading in a terminal, an editor or on GitHub.
+
+Figures are PNG files beside it (`figures/<name>.png`), linked relatively, so the folder can be moved
+or committed as a whole. Text is escaped for markdown tables and for the raw HTML that markdown
+renderers pass through (a `<script>` in an error message must stay text).
+"""
 
 from __future__ import annotations
 
-import math
+import html
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-# (column, header, formatter)
-_TABLE: list[tuple[str, str, str]] = [
-    ("case", "case", "text"),
-    ("backend", "backend", "text"),
-    ("kind", "kind", "text"),
-    ("hardware", "hardware", "text"),
-    ("n_devices", "devices", "int"),
-    ("step_time_s", "step time", "seconds"),
-    ("tokens_per_s", "tokens/s", "rate"),
-    ("ttft_s", "TTFT", "seconds"),
-    ("tpot_s", "TPOT", "seconds"),
-    ("mfu", "MFU", "percent"),
-    ("peak_memory_bytes_per_device", "peak mem/device", "bytes"),
-    ("joules_per_token", "J/token", "joules"),
-    ("scaling_efficiency", "scaling eff.", "percent"),
-]
+from llmsim.report.document import Block, Bullets, Document, Figure, Paragraph, Point, Section, Table
+# The formatters used to live here; they are re-exported for code that imported them from this module.
+from llmsim.report.units import fmt_bytes, fmt_rate, fmt_seconds, format_value  # noqa: F401
+
+FIGURE_DIR = "figures"
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def md_escape(text: object) -> str:
+    """Plain text safe inside a markdown table cell or list item."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def fmt_seconds(v: float) -> str:
-    if v >= 1:
-        return f"{v:.3g} s"
-    if v >= 1e-3:
-        return f"{v * 1e3:.3g} ms"
-    return f"{v * 1e6:.3g} µs"
-
-
-def fmt_bytes(v: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if v >= size:
-            return f"{v / size:.3g} {unit}"
-    return f"{v:.0f} B"
-
-
-def fmt_rate(v: float) -> str:
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if v >= size:
-            return f"{v / size:.3g}{unit}"
-    return f"{v:.3g}"
-
-
-def format_value(value: Any, how: str) -> str:
-    if _missing(value):
-        return "–"
-    formats = {
-        "text": str, "int": lambda v: f"{int(v)}", "seconds": fmt_seconds, "rate": fmt_rate,
-        "percent": lambda v: f"{100 * v:.1f}%", "bytes": fmt_bytes, "joules": lambda v: f"{v:.3g} J",
-    }
-    return formats[how](value)
-
-
-def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def results_table(frame: pd.DataFrame) -> str:
-    ok = frame[frame["status"] == "ok"]
-    header = "| " + " | ".join(h for _, h, _ in _TABLE) + " |"
-    rule = "|" + "|".join("---" for _ in _TABLE) + "|"
-    lines = [header, rule]
-    for _, row in ok.iterrows():
-        lines.append("| " + " | ".join(_escape(format_value(row.get(col), how)) for col, _, how in _TABLE) + " |")
+def render_table(table: Table) -> str:
+    numeric = table.numeric or [False] * len(table.columns)
+    lines = ["| " + " | ".join(md_escape(c) for c in table.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(md_escape(c.text) for c in row) + " |" for row in table.rows]
+    if table.caption:
+        lines += ["", md_escape(table.caption)]
     return "\n".join(lines)
 
 
-def build_markdown(frame: pd.DataFrame) -> str:
-    scenario = str(frame["scenario"].iloc[0]) if len(frame) else "(no rows)"
-    first = frame.iloc[0] if len(frame) else None
-    parts = [f"# llmsim run: {scenario}", ""]
-    if first is not None:
-        parts += [f"Workload: mode `{first['mode']}`, batch {first['batch']} × {first['seq_len']} tokens, "
-                  f"dtype `{first['dtype']}`, {int(first['params']) if not _missing(first['params']) else '?'} "
-                  f"parameters.", ""]
-    parts += ["## Results", "", results_table(frame), ""]
-    not_ok = frame[frame["status"] != "ok"]
-    if len(not_ok):
-        parts += ["## Not run or not fitting", "", "| case | backend | status | reason |", "|---|---|---|---|"]
-        for _, row in not_ok.iterrows():
-            parts.append(f"| {_escape(str(row['case']))} | {_escape(str(row['backend']))} | {row['status']} | "
-                         f"{_escape(str(row['error'] or ''))} |")
-        parts.append("")
-    parts += ["Columns and units: see docs/results.md. All rows: results.csv / results.jsonl.", ""]
-    return "\n".join(parts)
+def render_figure(fig: Figure, figure_dir: str = FIGURE_DIR) -> str:
+    if fig.png is None:
+        return f"*{md_escape(fig.title)}: not shown — {md_escape(fig.skipped)}.*"
+    caption = md_escape(fig.title) + (f" — {md_escape(fig.caption)}" if fig.caption else "")
+    return f"![{md_escape(fig.title)}]({figure_dir}/{fig.name}.png)\n\n{caption}"
 
 
-def write_markdown_report(run_dir: Path, frame: pd.DataFrame) -> Path:
-    from llmsim.runner import write_atomic
+def render_block(block: Block) -> str:
+    if isinstance(block, Paragraph):
+        return md_escape(block.text)
+    if isinstance(block, Bullets):
+        return "\n".join(f"* {md_escape(i)}" for i in block.items)
+    if isinstance(block, Table):
+        return render_table(block)
+    return render_figure(block)
 
-    path = run_dir / "report.md"
-    write_atomic(path, build_markdown(frame))
-    return path
+
+def render_points(points: list[Point]) -> str:
+    lines = []
+    for p in points:
+        lines.append(f"* {md_escape(p.text)}")
+        lines += [f"  * {md_escape(d)}" for d in p.details]
+    return "\n".join(lines)
+
+
+def render_section(section: Section) -> str:
+    return "\n\n".join([f"## {md_escape(section.title)}"] + [render_block(b) for b in section.blocks])
+
+
+def render_markdown(doc: Document) -> str:
+    """The whole report as markdown; figures are expected under figures/ beside the file."""
+    parts = [f"# {md_escape(doc.title)}"]
+    if doc.meta:
+        parts.append("  \n".join(f"**{md_escape(k)}:** {md_escape(v)}" for k, v in doc.meta))
+    parts += ["## Summary", render_points(doc.summary)]
+    parts += [render_section(s) for s in doc.sections]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_markdown_report(run_dir: Path, frame: pd.DataFrame | None = None) -> Path:
+    """The first report's entry point, kept for its callers: now builds the whole report (md, html,
+    figures) through `build.write_report` and returns report.md."""
+    from llmsim.report.build import write_report
+
+    return write_report(run_dir, frame)[0]

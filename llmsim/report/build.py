@@ -1,0 +1,147 @@
+"""Build a run's report (report.md + report.html + figures/) or a comparison of several runs.
+
+This is the only module that writes files. Figures are drawn by `figures.py` (which never saves),
+rendered here once to PNG bytes, and used twice: as files beside report.md and base64 inside
+report.html, so both reports show the very same pixels.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from llmsim.report import figures as F
+from llmsim.report import tables as T
+from llmsim.report.compare import comparison_document, comparison_frame, run_labels
+from llmsim.report.document import Document, Figure, Paragraph, Section
+from llmsim.report.html import render_html
+from llmsim.report.raster import render
+from llmsim.report.markdown import FIGURE_DIR, render_markdown
+from llmsim.report.run import TRACE_FILE, Run, catalog_capacity, environment_text, load_run, workload_text
+from llmsim.report.summary import summarize
+from llmsim.report.trace import TraceError, load_trace
+
+
+
+def _gantt(run: Run) -> tuple[object, object]:
+    if run.trace is None:
+        raise F.NoData(f"the run folder has no {TRACE_FILE} (a Chrome trace of the cluster; the SimPy "
+                       "cluster backend will write one)")
+    try:
+        spans = load_trace(run.trace)
+    except TraceError as exc:
+        raise F.NoData(f"trace.json could not be read: {exc}") from None
+    return F.gantt(spans)
+
+
+def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
+    frame = run.frame
+    specs = [
+        ("throughput", "Throughput per strategy and backend",
+                   "tokens/s of every case that ran; one panel per backend, each on its own scale.",
+                   lambda: F.throughput(frame)),
+        ("breakdown", "Step-time breakdown",
+                   "compute, exposed communication, pipeline bubble and the rest, stacked; the black tick "
+                   "is the ideal step m·C/n.", lambda: F.breakdown(frame)),
+        ("scaling", "Scaling with devices",
+                   "step time against devices with the ideal T = m·C/n dashed (log-log), and the scaling "
+                   "efficiency ideal / actual.", lambda: F.scaling(frame)),
+        ("energy", "Energy per token", "joules per token of every case that ran (lower is better).",
+                   lambda: F.energy(frame)),
+        ("memory", "Memory per device",
+                   "by kind where the backend models it, else the peak; the red tick is the device's "
+                   "capacity; hatched cases do not fit.", lambda: F.memory(frame, capacity)),
+        ("parity", "Modeled vs measured",
+                   "modeled against measured step time of the same case, with the model's error.",
+                   lambda: F.parity(frame)),
+        ("gantt", "Pipeline timeline (one replica)",
+                   "each lane a device or stream of one pipeline replica from the cluster trace; gaps are "
+                   "idle time.", lambda: _gantt(run)),
+    ]
+    return {s[0]: render(*s) for s in specs}
+
+
+def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) -> Document:
+    frame = run.frame
+    scenario = str(frame["scenario"].iloc[0]) if len(frame) else str(run.scenario.get("name", "?"))
+    sections = [
+        Section("Results", [T.results_table(frame), figs["throughput"]], "results"),
+        Section("Where the time goes", [figs["breakdown"]] + _some(T.breakdown_table(frame)), "breakdown"),
+        Section("Scaling", [figs["scaling"]], "scaling"),
+        Section("Energy", [figs["energy"]], "energy"),
+        Section("Memory", [figs["memory"]] + _some(T.memory_table(frame, capacity)), "memory"),
+        Section("Modeled vs measured", [figs["parity"]] + _some(T.parity_table(frame)), "parity"),
+        Section("Pipeline timeline", [figs["gantt"]], "timeline"),
+        Section("Not run or not fitting", _some(T.not_ok_table(frame)) or [Paragraph("Every case ran.")],
+                "not-run"),
+        Section("About this run", [Paragraph(
+            "Columns and units: docs/results.md of llmsim. All rows, with every column: results.csv and "
+            "results.jsonl in this folder; the resolved scenario: scenario.yaml; the machine: environment.json.")],
+            "about"),
+    ]
+    meta = [("scenario", scenario), ("run", run.path.name), ("workload", workload_text(frame)),
+            ("environment", environment_text(run.environment))]
+    return Document(f"llmsim run: {scenario}", summarize(frame, capacity), sections, meta)
+
+
+def _some(table: T.Table | None) -> list:
+    return [table] if table is not None else []
+
+
+def write_document(doc: Document, folder: Path) -> list[Path]:
+    """report.md, report.html and figures/*.png into `folder`; stale PNGs of an earlier build go."""
+    from llmsim.runner import write_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig_dir = folder / FIGURE_DIR
+    written: list[Path] = []
+    drawn = [f for f in doc.figures() if f.png is not None]
+    if drawn:
+        fig_dir.mkdir(exist_ok=True)
+    for f in drawn:
+        path = fig_dir / f"{f.name}.png"
+        path.write_bytes(f.png or b"")
+        written.append(path)
+    if fig_dir.is_dir():
+        for old in fig_dir.glob("*.png"):
+            if old not in written:
+                old.unlink()
+    md, page = folder / "report.md", folder / "report.html"
+    write_atomic(md, render_markdown(doc))
+    write_atomic(page, render_html(doc))
+    return [md, page] + written
+
+
+def write_report(run_dir: Path, frame: pd.DataFrame | None = None) -> list[Path]:
+    """(Re)build the report of one run folder; returns the files written, report.md and report.html first."""
+    run = load_run(Path(run_dir), frame)
+    capacity = catalog_capacity()
+    doc = run_document(run, run_figures(run, capacity), capacity)
+    return write_document(doc, run.path)
+
+
+def default_compare_dir(base: Path = Path("reports")) -> Path:
+    """reports/compare/<stamp>/, a fresh folder per comparison (suffixed if the second is taken)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = base / "compare" / (stamp if n == 0 else f"{stamp}-{n}")
+        if not path.exists():
+            return path
+    raise RuntimeError("no free comparison folder name")
+
+
+def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
+    """Compare runs (the first is the baseline) into `out` (default: reports/compare/<stamp>/)."""
+    from llmsim.runner import write_atomic
+
+    runs = [load_run(Path(p)) for p in run_dirs]
+    folder = Path(out) if out is not None else default_compare_dir()
+    doc = comparison_document(runs)
+    write_document(doc, folder)
+    write_atomic(folder / "comparison.csv", comparison_frame(runs).to_csv(index=False))
+    write_atomic(folder / "runs.json", json.dumps([{"label": label, "path": str(r.path.resolve())}
+                                                   for label, r in zip(run_labels(runs), runs)], indent=2))
+    return folder

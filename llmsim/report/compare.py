@@ -1,0 +1,257 @@
+"""Compare runs: before and after a change, or two hardware choices, as percent differences.
+
+Rows are matched on (case, backend), the identity of a result row; the first run is the baseline and
+every other run is compared with it: change = (other − baseline) / baseline × 100. A case that ran in
+one run but not in another (or stopped fitting) is a status change, listed with its reason rather
+than hidden. Runs may come from different scenarios (a scenario copied per hardware choice), as long
+as their case names match.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from llmsim.report import compare_figures as CF
+from llmsim.report.document import Cell, Document, Figure, Paragraph, Point, Section, Table
+from llmsim.report.frames import any_value, ok_rows
+from llmsim.report.raster import render
+from llmsim.report.run import Run, environment_text, workload_text
+from llmsim.report.units import fmt_change, format_value, missing
+
+KEY = ["case", "backend"]
+NOISE_PCT = 0.5  # changes smaller than this are not coloured better or worse
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    title: str
+    how: str  # a units.FORMATS key
+    higher_better: bool
+    statuses: tuple[str, ...] = ("ok",)  # rows whose value counts (memory of a does-not-fit row does)
+
+
+METRICS: list[Metric] = [
+    Metric("tokens_per_s", "Throughput (tokens/s)", "rate", True),
+    Metric("step_time_s", "Step time", "seconds", False),
+    Metric("mfu", "MFU", "percent", True),
+    Metric("peak_memory_bytes_per_device", "Peak memory per device", "bytes", False, ("ok", "does-not-fit")),
+    Metric("joules_per_token", "Energy per token", "joules", False),
+    Metric("scaling_efficiency", "Scaling efficiency", "percent", True),
+]
+SUMMARY_METRICS = ("tokens_per_s", "joules_per_token", "peak_memory_bytes_per_device")
+
+
+def run_letters(n: int) -> list[str]:
+    """A, B, C, …: short names for table headers (the run folders are in the 'Runs' table)."""
+    letters = string.ascii_uppercase
+    return [letters[i] if i < 26 else f"R{i + 1}" for i in range(n)]
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """'<scenario>/<run-id>' per run; the letter is prefixed where two would read the same."""
+    names = [r.name for r in runs]
+    return [f"{letter}: {name}" if names.count(name) > 1 else name for letter, name in zip(run_letters(len(runs)),
+                                                                                          names)]
+
+
+def pct_change(base: Any, new: Any) -> float | None:
+    """(new − base) / base in percent; None where either is missing or the base is zero."""
+    if missing(base) or missing(new) or float(base) == 0:
+        return None
+    return 100.0 * (float(new) - float(base)) / abs(float(base))
+
+
+def tone(pct: float | None, metric: Metric) -> str | None:
+    if pct is None or abs(pct) < NOISE_PCT:
+        return None
+    return "better" if (pct > 0) == metric.higher_better else "worse"
+
+
+def _keys(runs: list[Run]) -> list[tuple[str, str]]:
+    keys: dict[tuple[str, str], None] = {}
+    for run in runs:
+        for case, backend in zip(run.frame["case"], run.frame["backend"]):
+            keys[(str(case), str(backend))] = None
+    return list(keys)
+
+
+def _index(run: Run) -> dict[tuple[str, str], pd.Series]:
+    return {(str(r["case"]), str(r["backend"])): r for _, r in run.frame.iterrows()}
+
+
+def value(row: pd.Series | None, metric: Metric) -> float | None:
+    if row is None or row.get("status") not in metric.statuses:
+        return None
+    v = row.get(metric.column)
+    return None if missing(v) else float(v)
+
+
+def comparison_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per (case, backend): status and metrics per run (suffix @A, @B, …) and changes vs A."""
+    letters = run_letters(len(runs))
+    indexes = [_index(r) for r in runs]
+    out = []
+    for key in _keys(runs):
+        row: dict[str, Any] = dict(zip(KEY, key))
+        for letter, idx in zip(letters, indexes):
+            r = idx.get(key)
+            row[f"status@{letter}"] = "absent" if r is None else r.get("status")
+        for m in METRICS:
+            base = value(indexes[0].get(key), m)
+            row[f"{m.column}@{letters[0]}"] = base
+            for letter, idx in zip(letters[1:], indexes[1:]):
+                new = value(idx.get(key), m)
+                row[f"{m.column}@{letter}"] = new
+                row[f"{m.column}_change_pct@{letter}"] = pct_change(base, new)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def metric_table(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> Table | None:
+    """Baseline value, then per other run its value and its change against the baseline."""
+    cols = [f"{metric.column}@{x}" for x in letters]
+    rows = frame[any_value(frame, cols)]
+    if rows.empty:
+        return None
+    headers = ["case", "backend", f"{letters[0]} (baseline)"]
+    for x in letters[1:]:
+        headers += [x, f"change {x} vs {letters[0]}"]
+    body = []
+    for _, r in rows.iterrows():
+        base = r[cols[0]]
+        cells = [Cell(str(r["case"]), str(r["case"]).lower()), Cell(str(r["backend"]), str(r["backend"]).lower()),
+                 Cell(format_value(base, metric.how), None if missing(base) else base)]
+        for x in letters[1:]:
+            v, pct = r[f"{metric.column}@{x}"], r[f"{metric.column}_change_pct@{x}"]
+            cells.append(Cell(format_value(v, metric.how), None if missing(v) else v))
+            pct = None if missing(pct) else float(pct)
+            cells.append(Cell("–" if pct is None else fmt_change(pct), pct, tone(pct, metric)))
+        body.append(cells)
+    better = "higher" if metric.higher_better else "lower"
+    return Table(headers, body, [False, False] + [True] * (len(headers) - 2),
+                 caption=f"{better} is better; report.html colours a change for the better green, for the worse red.")
+
+
+def status_table(runs: list[Run], letters: list[str]) -> Table | None:
+    """(case, backend) pairs whose status is not ok in every run, with each run's status and reason."""
+    indexes = [_index(r) for r in runs]
+    body = []
+    for key in _keys(runs):
+        rows = [idx.get(key) for idx in indexes]
+        statuses = ["absent" if r is None else str(r.get("status")) for r in rows]
+        if all(s == "ok" for s in statuses):
+            continue
+        cells = [Cell(key[0], key[0].lower()), Cell(key[1], key[1].lower())]
+        for s, r in zip(statuses, rows):
+            reason = "" if r is None or missing(r.get("error")) or not r.get("error") else f": {r.get('error')}"
+            cells.append(Cell(s + reason, s))
+        body.append(cells)
+    if not body:
+        return None
+    return Table(["case", "backend"] + letters, body, [False] * (2 + len(letters)))
+
+
+def runs_table(runs: list[Run], letters: list[str]) -> Table:
+    body = []
+    for letter, run in zip(letters, runs):
+        counts = run.frame["status"].value_counts()
+        hardware = ", ".join(sorted({str(h) for h in run.frame["hardware"] if isinstance(h, str)})) or "–"
+        body.append([Cell(letter, letter), Cell(run.name, run.name), Cell(str(run.path), str(run.path)),
+                     Cell(hardware, hardware), Cell(workload_text(run.frame)),
+                     Cell(", ".join(f"{v} {k}" for k, v in counts.items()) or "no rows"),
+                     Cell(environment_text(run.environment))])
+    return Table(["run", "name", "folder", "hardware", "workload", "rows", "environment"], body,
+                 [False] * 7)
+
+
+def _metric(column: str) -> Metric:
+    return next(m for m in METRICS if m.column == column)
+
+
+def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
+    """Per other run: the median change of throughput, energy and memory over the cases both ran."""
+    points = []
+    for x in letters[1:]:
+        details = []
+        for column in SUMMARY_METRICS:
+            m = _metric(column)
+            changes = frame[["case", "backend", f"{column}_change_pct@{x}"]].dropna()
+            if changes.empty:
+                continue
+            pct = changes[f"{column}_change_pct@{x}"].astype(float)
+            lo, hi = changes.loc[pct.idxmin()], changes.loc[pct.idxmax()]
+            n_better = sum(tone(p, m) == "better" for p in pct)
+            n_worse = sum(tone(p, m) == "worse" for p in pct)
+            cases = f"{len(pct)} matched case{'s' if len(pct) != 1 else ''}"
+            if not n_better and not n_worse:
+                details.append(f"{m.title}: unchanged (within ±{NOISE_PCT}%) in {cases}.")
+                continue
+            text = (f"{m.title}: median {fmt_change(float(pct.median()))} over {cases} "
+                    f"({n_better} better, {n_worse} worse")
+            if len(pct) > 1:
+                text += (f"; from {fmt_change(float(pct.min()))} for {lo['case']} on {lo['backend']} to "
+                         f"{fmt_change(float(pct.max()))} for {hi['case']} on {hi['backend']}")
+            details.append(text + ").")
+        head = f"{x} against the baseline {letters[0]}:"
+        if not details:
+            head += " no case ran in both, nothing to compare."
+        points.append(Point(head, details))
+    return points
+
+
+def status_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
+    points = []
+    for x in letters[1:]:
+        changed = frame[frame[f"status@{letters[0]}"] != frame[f"status@{x}"]]
+        for _, r in changed.iterrows():
+            points.append(Point(f"{r['case']} on {r['backend']}: {r[f'status@{letters[0]}']} in {letters[0]}, "
+                                f"{r[f'status@{x}']} in {x}."))
+    return points
+
+
+def fastest_point(runs: list[Run], letters: list[str]) -> Point:
+    details = []
+    for letter, run in zip(letters, runs):
+        ok = ok_rows(run.frame, "tokens_per_s")
+        parts = []
+        for backend, g in ok.groupby("backend", sort=False):
+            best = g.loc[g["tokens_per_s"].astype(float).idxmax()]
+            parts.append(f"{best['case']} on {backend} ({format_value(best['tokens_per_s'], 'rate')} tokens/s)")
+        details.append(f"{letter}: " + ("; ".join(parts) if parts else "nothing ran"))
+    return Point("Fastest strategy that fits, per run and backend:", details)
+
+
+def comparison_document(runs: list[Run]) -> Document:
+    """The comparison report: summary of changes, then one table per metric, then status changes."""
+    letters = run_letters(len(runs))
+    frame = comparison_frame(runs)
+    labels = dict(zip(letters, run_labels(runs)))
+    summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]}" for x in letters)
+                     + f" ({letters[0]} is the baseline).")]
+    summary += change_points(frame, letters) + [fastest_point(runs, letters)] + status_points(frame, letters)
+    sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
+    figs = [
+        render("change", "Change against the baseline",
+                f"percent change of each case against {letters[0]}; green is better, red is worse.",
+                lambda: CF.changes(frame, letters, [_metric(c) for c in SUMMARY_METRICS])),
+        render("throughput", "Throughput per run", "tokens/s of every case, one bar per run.",
+                lambda: CF.grouped(frame, letters, _metric("tokens_per_s"))),
+    ]
+    sections.append(Section("Changes at a glance", figs, "glance"))
+    for m in METRICS:
+        table = metric_table(frame, m, letters)
+        sections.append(Section(m.title, [table] if table else [Paragraph("No run reports this metric.")],
+                                m.column))
+    status = status_table(runs, letters)
+    sections.append(Section("Not run or not fitting", [status] if status else
+                            [Paragraph("Every case ran in every run.")], "not-run"))
+    sections.append(Section("About", [Paragraph(
+        "change = (run − baseline) / baseline × 100, per (case, backend) that has a value in both. Every "
+        "value with both runs side by side: comparison.csv in this folder; the inputs: runs.json.")], "about"))
+    meta = [("baseline", labels[letters[0]]), ("compared", ", ".join(labels[x] for x in letters[1:]))]
+    return Document("llmsim comparison", summary, sections, meta)

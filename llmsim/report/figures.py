@@ -1,0 +1,397 @@
+"""Report figures: each function takes the result rows and RETURNS (fig, ax); none of them saves.
+
+The caller decides where a figure goes (a PNG beside report.md, base64 inside report.html), so the
+figures stay pure and testable. Figures are `matplotlib.figure.Figure` objects with an Agg canvas,
+never pyplot: no global state, no GUI backend, nothing to close, safe in tests and threads.
+
+A function raises `NoData` (with a reason a reader understands) when the run has nothing to plot; the
+report then says which figure is missing and why instead of showing an empty chart.
+
+Backends of different kinds differ by orders of magnitude (a CPU step in seconds, a modeled GPU
+cluster in milliseconds), so per-case charts draw one panel per backend, each on its own scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from llmsim.report.frames import any_value, has_value, ok_rows
+from llmsim.report.trace import Span, replica_spans
+from llmsim.report.units import fmt_bytes, fmt_change, fmt_joules, fmt_rate, fmt_seconds, missing
+
+BREAKDOWN: list[tuple[str, str, str]] = [
+    ("compute_time_s", "compute", "#4C72B0"),
+    ("comm_time_s", "exposed communication", "#DD8452"),
+    ("bubble_time_s", "pipeline bubble", "#C44E52"),
+    ("other_time_s", "other (optimizer, host)", "#8C8C8C"),
+]
+MEMORY: list[tuple[str, str, str]] = [
+    ("mem_params_bytes", "parameters", "#4C72B0"),
+    ("mem_grads_bytes", "gradients", "#55A868"),
+    ("mem_optimizer_bytes", "optimizer state", "#8172B3"),
+    ("mem_activations_bytes", "activations", "#DD8452"),
+    ("mem_kv_cache_bytes", "KV cache", "#937860"),
+]
+PEAK_COLOR = "#64B5CD"
+BAR_COLOR = "#4C72B0"
+CAPACITY_COLOR = "#C44E52"
+OFF_SCALE = 3.0  # a device capacity more than this times the largest bar is not drawn as a line
+
+
+class NoData(Exception):
+    """The run has nothing for this figure; str(exc) says why, in words for the report."""
+
+
+def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Figure, Any]:
+    """A Figure on an Agg canvas with a grid of axes (always a 2-D array)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _num(value: Any) -> float:
+    return 0.0 if missing(value) else float(value)
+
+
+def panel_title(rows: pd.DataFrame) -> str:
+    """'roofline — modeled, a100-80gb' for the rows of one backend."""
+    backend = str(rows["backend"].iloc[0])
+    kind = str(rows["kind"].iloc[0])
+    hardware = ", ".join(sorted({str(h) for h in rows["hardware"] if not missing(h) and h is not None}))
+    return f"{backend} — {kind}" + (f", {hardware}" if hardware else "")
+
+
+def by_backend(rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """Rows split per backend, in order of first appearance."""
+    return [rows[rows["backend"] == b] for b in dict.fromkeys(rows["backend"])]
+
+
+def _hbar_panels(groups: list[pd.DataFrame], width: float = 8.0) -> tuple[Figure, list[Axes]]:
+    """One horizontal-bar panel per group, stacked vertically, each tall enough for its cases."""
+    heights = [0.9 + 0.32 * len(g) for g in groups]
+    fig = Figure(figsize=(width, sum(heights) + 0.3), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, g in zip(axes, groups):
+        ax.set_title(panel_title(g), fontsize=10, loc="left")
+        ax.set_yticks(range(len(g)), [str(c) for c in g["case"]], fontsize=9)
+        ax.set_ylim(len(g) - 0.5, -0.5)  # first case on top, in scenario order
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    return fig, list(axes)
+
+
+def _annotate(ax: Axes, y: int, x: float, text: str) -> None:
+    ax.annotate(text, (x, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+
+
+def _headroom(ax: Axes, values: Sequence[float], factor: float = 1.3) -> None:
+    top = max([v for v in values if v > 0], default=1.0)
+    ax.set_xlim(0, top * factor)
+
+
+def throughput(frame: pd.DataFrame) -> tuple[Figure, list[Axes]]:
+    """Tokens per second of every case that ran, one panel per backend."""
+    rows = ok_rows(frame, "tokens_per_s")
+    if rows.empty:
+        raise NoData("no case ran (no row with status ok and a throughput)")
+    groups = by_backend(rows)
+    fig, axes = _hbar_panels(groups)
+    for ax, g in zip(axes, groups):
+        values = [float(v) for v in g["tokens_per_s"]]
+        ax.barh(range(len(g)), values, color=BAR_COLOR)
+        for y, (v, per_dev) in enumerate(zip(values, g["tokens_per_s_per_device"])):
+            extra = f" ({fmt_rate(float(per_dev))}/device)" if not missing(per_dev) else ""
+            _annotate(ax, y, v, fmt_rate(v) + extra)
+        _headroom(ax, values, 1.45)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_rate(v)))
+    axes[-1].set_xlabel("tokens/s (higher is better)")
+    return fig, axes
+
+
+def breakdown(frame: pd.DataFrame) -> tuple[Figure, list[Axes]]:
+    """Step time split into compute, exposed communication, bubble and the rest; | marks the ideal m·C/n."""
+    rows = ok_rows(frame)
+    cols = [c for c, _, _ in BREAKDOWN]
+    rows = rows[any_value(rows, cols)]
+    if rows.empty:
+        raise NoData("no row that ran reports the step-time breakdown (compute_time_s, comm_time_s, "
+                     "bubble_time_s, other_time_s)")
+    groups = by_backend(rows)
+    fig, axes = _hbar_panels(groups)
+    for ax, g in zip(axes, groups):
+        left = [0.0] * len(g)
+        for col, label, color in BREAKDOWN:
+            vals = [_num(v) for v in g[col]]
+            ax.barh(range(len(g)), vals, left=left, color=color, label=label)
+            left = [a + b for a, b in zip(left, vals)]
+        totals = [max(_num(s), t) for s, t in zip(g["step_time_s"], left)]
+        for y, (row, total) in enumerate(zip(g.itertuples(index=False), totals)):
+            ideal = getattr(row, "t_ideal_s", None)
+            if not missing(ideal):
+                ax.plot([ideal, ideal], [y - 0.42, y + 0.42], color="black", lw=1.5)
+            _annotate(ax, y, total, fmt_seconds(_num(row.step_time_s) or total))
+        _headroom(ax, totals, 1.25)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v) if v else "0"))
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles.append(axes[0].plot([], [], color="black", lw=1.5)[0])
+    labels.append("ideal m·C/n")
+    fig.legend(handles, labels, loc="outside lower center", ncols=5, fontsize=8, frameon=False)
+    axes[-1].set_xlabel("time per step")
+    return fig, axes
+
+
+def _curves(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows sorted by n) per backend and strategy that ran on two or more device counts."""
+    curves = []
+    for (backend, strategy), g in rows.groupby(["backend", "strategy"], sort=False):
+        if g["n_devices"].nunique() >= 2:
+            curves.append((f"{strategy} ({backend})", g.sort_values("n_devices")))
+    return curves
+
+
+def scaling(frame: pd.DataFrame) -> tuple[Figure, Any]:
+    """Step time against devices with the ideal T = m·C/n (dashed), and the scaling efficiency."""
+    rows = ok_rows(frame, "step_time_s")
+    rows = rows[any_value(rows, ["n_devices"])]
+    curves = _curves(rows)
+    if not curves:
+        raise NoData("no strategy ran on two or more device counts; sweep the cluster size (for example "
+                     "roofline nodes: [1, 2, 4]) to get a scaling curve")
+    fig, axes = new_figure(10, 4.2, 1, 2)
+    ax_t, ax_e = axes[0]
+    colors = [f"C{i % 10}" for i in range(len(curves))]
+    for (label, g), color in zip(curves, colors):
+        n = [int(v) for v in g["n_devices"]]
+        ax_t.plot(n, [float(v) for v in g["step_time_s"]], "o-", color=color, label=label)
+        ideal = g["t_ideal_s"].map(_num)
+        if (ideal > 0).any():
+            ax_t.plot(n, list(ideal), "--", color=color, alpha=0.7)
+        eff = g["scaling_efficiency"]
+        if has_value(eff).any():
+            ax_e.plot(n, [100 * _num(v) for v in eff], "o-", color=color, label=label)
+    ax_t.plot([], [], "--", color="gray", label="ideal m·C/n (same colour)")
+    for ax in (ax_t, ax_e):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("devices n")
+        ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_t.set_yscale("log")
+    ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_t.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v)))
+    ax_t.yaxis.set_minor_formatter(NullFormatter())
+    ax_t.set_ylabel("step time")
+    ax_t.set_title("step time vs devices", fontsize=10, loc="left")
+    ax_e.set_ylabel("scaling efficiency (%) = ideal / actual")
+    ax_e.axhline(100, color="black", lw=0.8, ls=":")
+    ax_e.set_ylim(0, max(105.0, ax_e.get_ylim()[1]))
+    ax_e.set_title("efficiency", fontsize=10, loc="left")
+    ax_t.legend(fontsize=7, loc="best")
+    return fig, (ax_t, ax_e)
+
+
+def energy(frame: pd.DataFrame) -> tuple[Figure, list[Axes]]:
+    """Energy per token of every case that ran, one panel per backend (and its energy source)."""
+    rows = ok_rows(frame, "joules_per_token")
+    if rows.empty:
+        raise NoData("no row that ran reports energy (joules_per_token)")
+    groups = by_backend(rows)
+    fig, axes = _hbar_panels(groups)
+    for ax, g in zip(axes, groups):
+        values = [float(v) for v in g["joules_per_token"]]
+        ax.barh(range(len(g)), values, color="#55A868")
+        for y, v in enumerate(values):
+            _annotate(ax, y, v, fmt_joules(v))
+        _headroom(ax, values)
+        sources = ", ".join(sorted({str(s) for s in g["energy_source"] if not missing(s) and s is not None}))
+        if sources:
+            ax.set_title(f"{panel_title(g)}; energy: {sources}", fontsize=10, loc="left")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_joules(v) if v else "0"))
+    axes[-1].set_xlabel("joules per token (lower is better)")
+    return fig, axes
+
+
+def device_capacity(row: Any, catalog: dict[str, float]) -> float | None:
+    """Memory of one device: the row's `device_memory_bytes` column, else the catalog's entry."""
+    value = getattr(row, "device_memory_bytes", None)
+    if not missing(value) and float(value) > 0:
+        return float(value)
+    cap = catalog.get(str(getattr(row, "hardware", "")))
+    return cap if cap else None
+
+
+def memory(frame: pd.DataFrame, capacity: dict[str, float] | None = None) -> tuple[Figure, list[Axes]]:
+    """Memory per device by kind (modeled backends) or the measured peak, against device capacity.
+
+    `capacity` maps hardware names to bytes per device (from the catalog); a row's own
+    `device_memory_bytes` column wins. Cases that do not fit are drawn too, hatched: they are the
+    point of this figure.
+    """
+    capacity = capacity or {}
+    rows = frame[frame["status"].isin(["ok", "does-not-fit"])]
+    mem_cols = [c for c, _, _ in MEMORY if c in rows]
+    rows = rows[any_value(rows, ["peak_memory_bytes_per_device", *mem_cols])]
+    if rows.empty:
+        raise NoData("no row reports memory per device")
+    groups = by_backend(rows)
+    fig, axes = _hbar_panels(groups)
+    used: set[str] = set()
+    for ax, g in zip(axes, groups):
+        ends: list[float] = []
+        caps: list[tuple[int, float]] = []
+        for y, row in enumerate(g.itertuples(index=False)):
+            hatch = "//" if row.status == "does-not-fit" else None
+            parts = [(c, lbl, col) for c, lbl, col in MEMORY if c in mem_cols and not missing(getattr(row, c))]
+            left = 0.0
+            if parts:
+                parts = [p for p in parts if float(getattr(row, p[0])) > 0] or parts[:1]
+                for c, lbl, col in parts:
+                    v = float(getattr(row, c))
+                    ax.barh(y, v, left=left, color=col, hatch=hatch, edgecolor="white" if hatch else None,
+                            label=lbl if lbl not in used else None)
+                    used.add(lbl)
+                    left += v
+            else:
+                left = _num(row.peak_memory_bytes_per_device)
+                lbl = "peak (measured or total)"
+                ax.barh(y, left, color=PEAK_COLOR, hatch=hatch, label=lbl if lbl not in used else None)
+                used.add(lbl)
+            cap = device_capacity(row, capacity)
+            text = fmt_bytes(left) + (" — does not fit" if row.status == "does-not-fit" else "")
+            if cap:
+                text += f" of {fmt_bytes(cap)}"
+                caps.append((y, cap))
+            ends.append(left)
+            _annotate(ax, y, left, text)
+        # A capacity far above every bar would squash the bars to slivers: draw it only when it is
+        # within reach of the data (the labels say "of 85.9 GB" either way).
+        top = max(ends, default=0.0)
+        near = [(y, c) for y, c in caps if c <= OFF_SCALE * top]
+        for y, cap in near:
+            ax.plot([cap, cap], [y - 0.45, y + 0.45], color=CAPACITY_COLOR, lw=2,
+                    label="device capacity" if "capacity" not in used else None)
+            used.add("capacity")
+        _headroom(ax, ends + [c for _, c in near], 1.6)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_bytes(v) if v else "0"))
+    handles, labels = [], []
+    for ax in axes:
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            if lbl not in labels:
+                handles.append(h)
+                labels.append(lbl)
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+    hatched = "; hatched = does not fit" if (rows["status"] == "does-not-fit").any() else ""
+    axes[-1].set_xlabel(f"bytes per device (decimal units){hatched}")
+    return fig, axes
+
+
+def parity_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cases with both a measured and a modeled row that ran: one line per (measured, modeled) pair."""
+    rows = ok_rows(frame, "step_time_s")
+    measured = rows[rows["kind"] == "measured"]
+    modeled = rows[rows["kind"] == "modeled"]
+    if measured.empty or modeled.empty:
+        return pd.DataFrame(columns=["case", "measured_backend", "modeled_backend", "measured_s", "modeled_s",
+                                     "error_pct", "measured_hardware", "modeled_hardware"])
+    pairs = measured.merge(modeled, on="case", suffixes=("_meas", "_mod"))
+    out = pd.DataFrame({
+        "case": pairs["case"],
+        "measured_backend": pairs["backend_meas"],
+        "modeled_backend": pairs["backend_mod"],
+        "measured_s": pairs["step_time_s_meas"].astype(float),
+        "modeled_s": pairs["step_time_s_mod"].astype(float),
+        "measured_hardware": pairs["hardware_meas"],
+        "modeled_hardware": pairs["hardware_mod"],
+    })
+    out["error_pct"] = 100 * (out["modeled_s"] - out["measured_s"]) / out["measured_s"]
+    return out.reset_index(drop=True)
+
+
+def parity(frame: pd.DataFrame) -> tuple[Figure, Axes]:
+    """Modeled against measured step time of the same case, with the % error of the model."""
+    pairs = parity_pairs(frame)
+    if pairs.empty:
+        raise NoData("no case has both a measured and a modeled row that ran (run one scenario on a measured "
+                     "and a modeled backend with the same case names)")
+    fig, axes = new_figure(5.6, 5.0)
+    ax = axes[0][0]
+    lo = min(pairs["measured_s"].min(), pairs["modeled_s"].min()) / 1.6
+    hi = max(pairs["measured_s"].max(), pairs["modeled_s"].max()) * 1.6
+    if hi / lo < 10:  # at least a decade, so the log axes get a few round ticks rather than many crowded ones
+        widen = (10 * lo / hi) ** 0.5
+        lo, hi = lo / widen, hi * widen
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="modeled = measured")
+    ax.fill_between([lo, hi], [lo / 1.2, hi / 1.2], [lo * 1.2, hi * 1.2], color="gray", alpha=0.15,
+                    label="±20%")
+    for i, (key, g) in enumerate(pairs.groupby(["measured_backend", "modeled_backend"], sort=False)):
+        ax.scatter(g["measured_s"], g["modeled_s"], color=f"C{i}", zorder=3, label=f"{key[1]} vs {key[0]}")
+        for row in g.itertuples(index=False):
+            ax.annotate(f"{row.case} {fmt_change(row.error_pct)}", (row.measured_s, row.modeled_s),
+                        xytext=(4, -10), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    fmt = FuncFormatter(lambda v, _: fmt_seconds(v))
+    ax.xaxis.set_major_formatter(fmt)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.set_xlabel("measured step time")
+    ax.set_ylabel("modeled step time")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    return fig, ax
+
+
+def _span_kind(span: Span) -> str:
+    text = f"{span.category} {span.name}".lower()
+    for kind, words in (("forward", ("fwd", "forward")), ("backward", ("bwd", "backward")),
+                        ("communication", ("comm", "allreduce", "all-reduce", "all_reduce", "reduce", "send",
+                                           "recv", "gather", "nccl")),
+                        ("optimizer", ("optim", "adam", "step"))):
+        if any(w in text for w in words):
+            return kind
+    return span.category or "other"
+
+
+KIND_COLORS = {"forward": "#4C72B0", "backward": "#55A868", "communication": "#DD8452", "optimizer": "#8172B3"}
+
+
+def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
+    """Timeline of one pipeline replica from a cluster trace: one lane per device/stream, idle = bubble."""
+    spans = replica_spans(spans)
+    if not spans:
+        raise NoData("the trace has no complete events")
+    lanes = list(dict.fromkeys(s.lane for s in sorted(spans, key=lambda s: s.lane)))[:max_lanes]
+    index = {lane: i for i, lane in enumerate(lanes)}
+    t0 = min(s.start_s for s in spans)
+    fig, axes = new_figure(10, 1.2 + 0.35 * len(lanes))
+    ax = axes[0][0]
+    seen: set[str] = set()
+    others = iter(f"C{i}" for i in range(4, 1000))
+    colors: dict[str, str] = dict(KIND_COLORS)
+    for s in spans:
+        if s.lane not in index:
+            continue
+        kind = _span_kind(s)
+        color = colors.setdefault(kind, next(others))
+        ax.broken_barh([(s.start_s - t0, max(s.dur_s, 0.0))], (index[s.lane] - 0.4, 0.8), facecolors=color,
+                       edgecolor="white", linewidth=0.3, label=kind if kind not in seen else None)
+        seen.add(kind)
+    ax.set_yticks(range(len(lanes)), lanes, fontsize=8)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v) if v else "0"))
+    ax.set_xlabel("time from the first event (white gaps within a lane are idle: the pipeline bubble)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right", ncols=min(len(seen), 5))
+    return fig, ax

@@ -1,0 +1,53 @@
+"""Turn a drawn matplotlib figure into PNG bytes, or a figure that cannot be drawn into its reason.
+
+Shared by the single-run report and the comparison, so both render figures the same way.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from llmsim.report.document import Figure
+from llmsim.report.figures import NoData
+
+DPI = 90       # ~720 px wide: sharp on screen, small on disk
+PALETTE = 128  # colours of the palette PNG
+
+
+def png(fig: Any) -> bytes:
+    """PNG bytes of a Figure, reduced to a palette; no metadata, so the same data gives the same file.
+
+    Charts have few colours: a 128-colour palette (no dithering) looks the same and is about a third of
+    the size of full RGBA, which keeps report.html (every figure inline, base64) and the committed
+    sample small. Pillow comes with matplotlib; should it fail, the full PNG is used.
+    """
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    raw = buf.getvalue()
+    try:
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(raw)).convert("RGB")
+        small = io.BytesIO()
+        image.quantize(colors=PALETTE, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            small, format="PNG", optimize=True)
+        return small.getvalue() if small.tell() < len(raw) else raw
+    except Exception:  # noqa: BLE001 - the full-colour PNG is always right
+        return raw
+
+
+def render(name: str, title: str, caption: str, draw: Callable[[], tuple[Any, Any]]) -> Figure:
+    """Draw one figure, or record why it is absent. A figure that breaks never costs the whole report."""
+    try:
+        fig, _ = draw()
+    except NoData as why:
+        return Figure(name, title, caption, skipped=str(why))
+    except Exception as exc:  # noqa: BLE001 - report the problem in place; the tables still carry every number
+        return Figure(name, title, caption, skipped=f"could not draw it ({type(exc).__name__}: {exc})")
+    return Figure(name, title, caption, png=png(fig))

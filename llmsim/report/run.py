@@ -1,0 +1,97 @@
+"""A run folder as the report sees it: its rows, its environment, its trace, its devices' capacity."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from llmsim.errors import LLMSimError
+from llmsim.report.units import fmt_count, missing
+
+TRACE_FILE = "trace.json"
+
+
+@dataclass
+class Run:
+    path: Path
+    frame: pd.DataFrame
+    environment: dict[str, Any] = field(default_factory=dict)
+    scenario: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """'<scenario>/<run-id>': how a run is named in a comparison."""
+        scenario = str(self.frame["scenario"].iloc[0]) if len(self.frame) else self.scenario.get("name", "?")
+        return f"{scenario}/{self.path.name}"
+
+    @property
+    def trace(self) -> Path | None:
+        path = self.path / TRACE_FILE
+        return path if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
+    """Read a run folder; one clear error if it is not one. `frame` skips re-reading the rows."""
+    from llmsim.runner import read_rows, rows_frame
+
+    run_dir = Path(run_dir)
+    if frame is None:
+        if not (run_dir / "results.jsonl").is_file():
+            raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+        frame = rows_frame(read_rows(run_dir))
+    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), _read_yaml(run_dir / "scenario.yaml"))
+
+
+def catalog_capacity() -> dict[str, float]:
+    """Memory per device of the built-in catalog's devices, by name (0 = measured at run time: left out).
+
+    Used where a row has no `device_memory_bytes` column of its own. A run's extra catalog files may
+    not be readable any more when the report is rebuilt, so only the built-in catalog is consulted.
+    """
+    try:
+        from llmsim.hardware import load_catalog
+
+        return {name: d.memory_bytes for name, d in load_catalog().devices.items() if d.memory_bytes}
+    except Exception:  # noqa: BLE001 - a report without capacity lines beats no report
+        return {}
+
+
+def workload_text(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "–"
+    first = frame.iloc[0]
+    params = "" if missing(first.get("params")) else f", {fmt_count(float(first['params']))} parameters"
+    return f"{first['mode']}, batch {first['batch']} × {first['seq_len']} tokens, {first['dtype']}{params}"
+
+
+def environment_text(env: dict[str, Any]) -> str:
+    if not env:
+        return "–"
+    packages = env.get("packages") or {}
+    parts = [str(env.get("cpu_model") or env.get("machine") or ""), f"Python {env.get('python', '?')}"]
+    if packages.get("torch"):
+        parts.append(f"torch {packages['torch']}")
+    if env.get("git_commit"):
+        parts.append(f"commit {str(env['git_commit'])[:10]}")
+    return ", ".join(p for p in parts if p)

@@ -1,0 +1,172 @@
+"""The plain-words summary at the top of a report: who wins, and why the others lose.
+
+A reader who opens the report wants three answers before any table: which strategy that fits is the
+fastest, which is the most energy-efficient, and what holds the others back. The "why" comes from the
+step-time breakdown columns (compute, exposed communication, pipeline bubble, other) and from the
+error of does-not-fit rows, so it is the backend's own accounting, not a guess.
+
+Backends are summarised separately: a measured CPU and a modeled GPU cluster are not competitors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from llmsim.report.document import Point
+from llmsim.report.figures import BREAKDOWN, by_backend, device_capacity, panel_title, parity_pairs
+from llmsim.report.frames import ok_rows
+from llmsim.report.units import fmt_bytes, fmt_joules, fmt_percent, fmt_rate, fmt_seconds, missing
+
+MAX_DETAILS = 8      # losers explained per backend; the tables have the rest
+MAX_REASON = 240     # characters of an error message quoted in the summary
+SAME_SPEED = 0.01    # within 1%: "as fast", no reason to look for
+PER_DEVICE_SAME = 0.1  # fewer devices within 10% of the winner's per-device speed: the device count is why
+BIG_SHARE = 0.1      # waiting that takes this share of a step is named even when it is not the main reason
+BREAKDOWN_LABEL = {col: label for col, label, _ in BREAKDOWN}
+
+
+def _f(value: Any) -> float:
+    return 0.0 if missing(value) else float(value)
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+def devices(n: float) -> str:
+    """'1 device', '4 devices'."""
+    return f"{int(n)} device{'s' if int(n) != 1 else ''}"
+
+
+def _devices(row: Any) -> str:
+    n = row.get("n_devices")
+    return "" if missing(n) else f" on {devices(n)}"
+
+
+def why_slower(row: pd.Series, best: pd.Series) -> str:
+    """The main reason `row` is slower than `best`, from the breakdown columns.
+
+    Both rows process the same tokens per step, so components are compared as device-time (seconds ×
+    devices): that puts a 4-device and an 8-device case on one footing. The component that grew the
+    most against the winner is the main reason; waiting (bubble, exposed communication, other) is told
+    as its share of the step ("31.6% of its step is pipeline bubble"), more compute as a ratio to the
+    winner's. Any other waiting that takes a large share of the step is named too. Fewer devices at
+    the same per-device speed is reason enough on its own.
+    """
+    n, n_best = _f(row.get("n_devices")) or 1.0, _f(best.get("n_devices")) or 1.0
+    lead = ""
+    if n < n_best:
+        lead = f"it runs on {devices(n)} instead of {int(n_best)}"
+        per_dev, per_dev_best = _f(row.get("tokens_per_s_per_device")), _f(best.get("tokens_per_s_per_device"))
+        if per_dev_best and per_dev >= per_dev_best * (1 - PER_DEVICE_SAME):
+            return lead + "; per device it is as fast"
+        lead += ", and "
+    step = _f(row.get("step_time_s"))
+    present = [(col, label) for col, label, _ in BREAKDOWN if not missing(row.get(col))]
+    if not present or step <= 0:
+        return lead + "there is no step-time breakdown to tell why"
+    growth = {col: _f(row.get(col)) * n - _f(best.get(col)) * n_best for col, _ in present}
+    main = max(present, key=lambda p: growth[p[0]])[0]
+    reasons = [_compute_reason(row, best, n, n_best) if main == "compute_time_s" else
+               f"{fmt_percent(_f(row.get(main)) / step)} of its step is {BREAKDOWN_LABEL[main]}"]
+    reasons += [f"{fmt_percent(_f(row.get(col)) / step)} of its step is {label}" for col, label in present
+                if col not in (main, "compute_time_s") and _f(row.get(col)) / step >= BIG_SHARE]
+    return lead + "; ".join(reasons)
+
+
+def _compute_reason(row: pd.Series, best: pd.Series, n: float, n_best: float) -> str:
+    mine, theirs = _f(row.get("compute_time_s")), _f(best.get("compute_time_s"))
+    if theirs <= 0:
+        return f"its compute takes {fmt_seconds(mine)}"
+    if n == n_best:
+        return f"its compute takes {fmt_seconds(mine)}, {mine / theirs:.2f}× the winner's"
+    return (f"its compute takes {fmt_seconds(mine)} on {devices(n)}, {mine * n / (theirs * n_best):.2f}× the "
+            f"winner's device-time ({fmt_seconds(theirs)} on {int(n_best)})")
+
+
+def _does_not_fit(row: pd.Series, capacity: dict[str, float]) -> str:
+    error = row.get("error")
+    if not missing(error) and error:
+        return f"{row['case']} on {row['backend']} does not fit: {_short(error)}"
+    need = row.get("peak_memory_bytes_per_device")
+    cap = device_capacity(row, capacity)
+    if not missing(need) and cap:
+        return (f"{row['case']} on {row['backend']} does not fit: needs {fmt_bytes(float(need))} > "
+                f"{fmt_bytes(cap)} per device")
+    return f"{row['case']} on {row['backend']} does not fit (no reason given)"
+
+
+def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
+    """Winner, most efficient, and losers' reasons for the rows of one backend."""
+    where = panel_title(rows)
+    ok = ok_rows(rows, "tokens_per_s")
+    points: list[Point] = []
+    if ok.empty:
+        points.append(Point(f"{where}: no strategy ran to completion."))
+    else:
+        best = ok.loc[ok["tokens_per_s"].astype(float).idxmax()]
+        head = (f"{where}: the fastest strategy that fits is {best['case']} at {fmt_rate(float(best['tokens_per_s']))} "
+                f"tokens/s ({fmt_seconds(_f(best['step_time_s']))} per step{_devices(best)}).")
+        energy = ok_rows(ok, "joules_per_token")
+        if not energy.empty:
+            green = energy.loc[energy["joules_per_token"].astype(float).idxmin()]
+            jpt = fmt_joules(float(green["joules_per_token"]))
+            if green["case"] == best["case"]:
+                head += f" It is also the most energy-efficient, at {jpt} per token."
+            else:
+                saving = 1 - float(green["joules_per_token"]) / _f(best["joules_per_token"]) \
+                    if not missing(best["joules_per_token"]) else None
+                tail = f", {fmt_percent(saving)} less than {best['case']}" if saving else ""
+                head += f" The most energy-efficient is {green['case']} at {jpt} per token{tail}."
+        details = []
+        others = ok[ok.index != best.name].copy()
+        others["_slow"] = float(best["tokens_per_s"]) / others["tokens_per_s"].astype(float)
+        for _, row in others.sort_values("_slow", ascending=False).head(MAX_DETAILS).iterrows():
+            if row["_slow"] <= 1 + SAME_SPEED:
+                details.append(f"{row['case']}: as fast as {best['case']}.")
+            else:
+                details.append(f"{row['case']}: {row['_slow']:.2f}× slower — {why_slower(row, best)}.")
+        if len(others) > MAX_DETAILS:
+            details.append(f"… and {len(others) - MAX_DETAILS} more in the tables below.")
+        points.append(Point(head, details))
+    for _, row in rows[rows["status"] == "does-not-fit"].iterrows():
+        points.append(Point(_does_not_fit(row, capacity) + "."))
+    for status in ("failed", "skipped"):
+        bad = rows[rows["status"] == status]
+        for reason, group in bad.groupby(bad["error"].map(lambda e: _short(e) if e and not missing(e) else
+                                                            "no reason given"), sort=False):
+            cases = ", ".join(str(c) for c in group["case"])
+            points.append(Point(f"{cases} {status} on {rows['backend'].iloc[0]}: {reason}"))
+    return points
+
+
+def parity_point(frame: pd.DataFrame) -> Point | None:
+    """How far the modeled step times are from the measured ones, where a case has both."""
+    pairs = parity_pairs(frame)
+    if pairs.empty:
+        return None
+    err = pairs["error_pct"].abs()
+    text = (f"Model against measurement: median error {err.median():.1f}% (worst {err.max():.1f}%) over "
+            f"{len(pairs)} case{'s' if len(pairs) != 1 else ''} run both ways.")
+    if (pairs["measured_hardware"] != pairs["modeled_hardware"]).any():
+        text += " Some pairs model other hardware than was measured, so the error is not like for like."
+    return Point(text)
+
+
+def summarize(frame: pd.DataFrame, capacity: dict[str, float] | None = None) -> list[Point]:
+    """The summary of one run, in plain words, backend by backend."""
+    if frame.empty:
+        return [Point("This run has no result rows.")]
+    capacity = capacity or {}
+    counts = frame["status"].value_counts()
+    parts = [f"{counts[s]} {s}" for s in ("ok", "does-not-fit", "skipped", "failed") if s in counts]
+    points = [Point(f"{len(frame)} result rows: " + ", ".join(parts) + ".")]
+    for rows in by_backend(frame):
+        points += backend_points(rows, capacity)
+    parity = parity_point(frame)
+    if parity:
+        points.append(parity)
+    return points

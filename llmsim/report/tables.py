@@ -1,0 +1,126 @@
+"""The tables of a single-run report, built once as `document.Table` for every renderer.
+
+Each cell carries the display text (with units, via `units.py`) and the raw number it sorts by, so a
+sortable HTML table orders 950 ms before 1.2 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from llmsim.report.document import Cell, Table
+from llmsim.report.figures import BREAKDOWN, MEMORY, device_capacity, parity_pairs
+from llmsim.report.frames import any_value
+from llmsim.report.units import fmt_change, fmt_seconds, format_value, missing
+
+# (column, header, formatter)
+RESULTS: list[tuple[str, str, str]] = [
+    ("case", "case", "text"),
+    ("backend", "backend", "text"),
+    ("kind", "kind", "text"),
+    ("hardware", "hardware", "text"),
+    ("n_devices", "devices", "int"),
+    ("step_time_s", "step time", "seconds"),
+    ("tokens_per_s", "tokens/s", "rate"),
+    ("tokens_per_s_per_device", "tokens/s/device", "rate"),
+    ("ttft_s", "TTFT", "seconds"),
+    ("tpot_s", "TPOT", "seconds"),
+    ("mfu", "MFU", "percent"),
+    ("peak_memory_bytes_per_device", "peak mem/device", "bytes"),
+    ("joules_per_token", "energy/token", "joules"),
+    ("scaling_efficiency", "scaling eff.", "percent"),
+]
+
+
+def cell(value: Any, how: str) -> Cell:
+    """A formatted cell sorting by the raw value (numbers) or the text (names)."""
+    text = format_value(value, how)
+    if how == "text":
+        return Cell(text, text.lower())
+    return Cell(text, None if missing(value) else float(value))
+
+
+def _table(frame: pd.DataFrame, spec: list[tuple[str, str, str]], caption: str = "") -> Table:
+    rows = [[cell(row.get(col), how) for col, _, how in spec] for _, row in frame.iterrows()]
+    return Table([h for _, h, _ in spec], rows, [how != "text" for _, _, how in spec], caption)
+
+
+def _drop_empty(frame: pd.DataFrame, spec: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Columns no row has a value in (TTFT in a training run) only add noise; the identity columns stay."""
+    keep = []
+    for col, header, how in spec:
+        if how == "text" or any_value(frame, [col]).any():
+            keep.append((col, header, how))
+    return keep
+
+
+def results_table(frame: pd.DataFrame) -> Table:
+    ok = frame[frame["status"] == "ok"]
+    return _table(ok, _drop_empty(ok, RESULTS))
+
+
+def breakdown_table(frame: pd.DataFrame) -> Table | None:
+    """Where each step's time went, as seconds and as shares of the step."""
+    ok = frame[frame["status"] == "ok"]
+    cols = [c for c, _, _ in BREAKDOWN]
+    ok = ok[any_value(ok, cols)]
+    if ok.empty:
+        return None
+    headers = ["case", "backend", "step time", "ideal m·C/n", "efficiency"] + [lbl for _, lbl, _ in BREAKDOWN]
+    rows = []
+    for _, r in ok.iterrows():
+        step = r.get("step_time_s")
+        cells = [cell(r["case"], "text"), cell(r["backend"], "text"), cell(step, "seconds"),
+                 cell(r.get("t_ideal_s"), "seconds"), cell(r.get("scaling_efficiency"), "percent")]
+        for col, _, _ in BREAKDOWN:
+            v = r.get(col)
+            if missing(v):
+                cells.append(Cell("–"))
+            else:
+                share = f" ({100 * float(v) / float(step):.0f}%)" if not missing(step) and float(step) > 0 else ""
+                cells.append(Cell(fmt_seconds(float(v)) + share, float(v)))
+        rows.append(cells)
+    return Table(headers, rows, [False, False] + [True] * (len(headers) - 2))
+
+
+def memory_table(frame: pd.DataFrame, capacity: dict[str, float]) -> Table | None:
+    """Memory per device by kind, where a backend reports the breakdown, with the device capacity."""
+    rows = frame[frame["status"].isin(["ok", "does-not-fit"])]
+    mem_cols = [(c, lbl) for c, lbl, _ in MEMORY if any_value(rows, [c]).any()]
+    if rows.empty or not mem_cols:
+        return None
+    rows = rows[any_value(rows, [c for c, _ in mem_cols])]
+    headers = ["case", "backend", "status"] + [lbl for _, lbl in mem_cols] + ["total", "device capacity"]
+    out = []
+    for row in rows.itertuples(index=False):
+        cells = [cell(row.case, "text"), cell(row.backend, "text"), cell(row.status, "text")]
+        cells += [cell(getattr(row, c), "bytes") for c, _ in mem_cols]
+        cells += [cell(row.peak_memory_bytes_per_device, "bytes"), cell(device_capacity(row, capacity), "bytes")]
+        out.append(cells)
+    return Table(headers, out, [False] * 3 + [True] * (len(headers) - 3))
+
+
+def not_ok_table(frame: pd.DataFrame) -> Table | None:
+    """Every skipped, failed or does-not-fit row with its reason: nothing silently disappears."""
+    bad = frame[frame["status"] != "ok"]
+    if bad.empty:
+        return None
+    rows = [[cell(r["case"], "text"), cell(r["backend"], "text"), cell(r["status"], "text"),
+             Cell(str(r["error"]) if not missing(r["error"]) and r["error"] is not None else "(no reason given)")]
+            for _, r in bad.iterrows()]
+    return Table(["case", "backend", "status", "reason"], rows, [False] * 4)
+
+
+def parity_table(frame: pd.DataFrame) -> Table | None:
+    pairs = parity_pairs(frame)
+    if pairs.empty:
+        return None
+    rows = []
+    for p in pairs.itertuples(index=False):
+        rows.append([cell(p.case, "text"), cell(f"{p.measured_backend} ({p.measured_hardware})", "text"),
+                     cell(f"{p.modeled_backend} ({p.modeled_hardware})", "text"), cell(p.measured_s, "seconds"),
+                     cell(p.modeled_s, "seconds"), Cell(fmt_change(p.error_pct), p.error_pct)])
+    return Table(["case", "measured", "modeled", "measured step", "modeled step", "model error"], rows,
+                 [False, False, False, True, True, True])

@@ -1,0 +1,97 @@
+"""Numbers with units and sensible precision, shared by every report renderer.
+
+One place decides how a value reads (three significant digits, SI prefixes, decimal GB as in the
+hardware catalog), so the markdown table, the HTML table, the summary sentences and figure labels
+never disagree about the same number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def missing(value: Any) -> bool:
+    """None, NaN (pandas' missing) and infinities are all 'no value' in a report."""
+    if value is None:
+        return True
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_seconds(v: float) -> str:
+    if v >= 1:
+        return f"{v:.3g} s"
+    if v >= 1e-3:
+        return f"{v * 1e3:.3g} ms"
+    if v > 0:
+        return f"{v * 1e6:.3g} µs"
+    return "0 s"
+
+
+def fmt_bytes(v: float) -> str:
+    """Decimal units (1 GB = 1e9 B), the convention of the catalog and of does-not-fit messages."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_rate(v: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def fmt_joules(v: float) -> str:
+    if v >= 1e3:
+        return f"{v / 1e3:.3g} kJ"
+    if v >= 1 or v == 0:
+        return f"{v:.3g} J"
+    if v >= 1e-3:
+        return f"{v * 1e3:.3g} mJ"
+    return f"{v * 1e6:.3g} µJ"
+
+
+def fmt_percent(v: float) -> str:
+    """A fraction (0.31) as a percentage ('31.0%')."""
+    return f"{100 * v:.1f}%"
+
+
+def fmt_change(pct: float) -> str:
+    """A percent difference with its sign ('+12.3%', '−4.0%'); the minus is U+2212 so it reads as one."""
+    if pct == 0:
+        return "0.0%"
+    sign = "+" if pct > 0 else "\u2212"
+    return f"{sign}{abs(pct):.1f}%"
+
+
+def fmt_count(v: float) -> str:
+    """Parameter counts and the like: '124M', '1.3G' read better than 124439808."""
+    return fmt_rate(v)
+
+
+FORMATS = {
+    "text": str,
+    "int": lambda v: f"{int(v)}",
+    "seconds": fmt_seconds,
+    "rate": fmt_rate,
+    "percent": fmt_percent,
+    "bytes": fmt_bytes,
+    "joules": fmt_joules,
+    "change": fmt_change,
+    "count": fmt_count,
+    "tflops": lambda v: f"{v:.3g}",
+}
+
+
+def format_value(value: Any, how: str) -> str:
+    """`value` formatted as `how` (a key of FORMATS); a missing value is an en dash."""
+    if how == "text":
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    if missing(value):
+        return "–"
+    return FORMATS[how](value)

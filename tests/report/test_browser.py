@@ -1,0 +1,112 @@
+"""report.html in a real browser: headless Chromium opens it from disk with no network, and the test
+fails on any console message, script error, blocked load or image that does not decode.
+
+A checker script is injected at the top of a copy of the report. It records errors as they happen,
+and after the load event it checks every image, clicks a table header to exercise the inline sorter,
+and writes its findings into the DOM, which `--dump-dom` prints. Chromium's own console log (on
+stderr with --enable-logging) is checked as well: the report itself never logs anything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llmsim.report.build import write_comparison, write_report
+from tests.report.helpers import make_run, rich_rows, row
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian package chromium; "
+                                                     ".ci/run installs it)"),
+]
+
+CHECKER = """<script>
+window.__problems = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  window.__problems.push(t && t.tagName ? 'failed to load ' + t.tagName : 'script error: ' + e.message);
+}, true);
+document.addEventListener('securitypolicyviolation', function (e) {
+  window.__problems.push('blocked by CSP: ' + e.blockedURI);
+});
+['error', 'warn'].forEach(function (level) {
+  var orig = console[level];
+  console[level] = function () {
+    window.__problems.push('console.' + level + ': ' + Array.prototype.join.call(arguments, ' '));
+    orig.apply(console, arguments);
+  };
+});
+window.addEventListener('load', function () {
+  var result = {images: 0, broken: [], sorted: null, problems: window.__problems};
+  try {
+    Array.prototype.forEach.call(document.images, function (img) {
+      result.images += 1;
+      if (!img.complete || img.naturalWidth === 0) { result.broken.push(img.alt); }
+    });
+    var th = Array.prototype.find.call(document.querySelectorAll('th.sortable'),
+                                       function (c) { return c.textContent === SORT_HEADER; });
+    th.click();
+    var values = Array.prototype.map.call(th.closest('table').tBodies[0].rows, function (r) {
+      return parseFloat(r.cells[th.cellIndex].getAttribute('data-sort'));
+    });
+    result.sorted = {order: th.getAttribute('aria-sort'), values: values};
+  } catch (err) {
+    result.problems.push('checker: ' + err);
+  }
+  document.body.setAttribute('data-check', JSON.stringify(result));
+});
+</script>"""
+
+
+def open_in_chromium(page: Path, tmp_path: Path, sort_header: str) -> tuple[dict, str]:
+    """Load a copy of `page` with the checker; returns the checker's findings and Chromium's stderr."""
+    probe = page.with_name("checked-" + page.name)
+    source = page.read_text(encoding="utf-8")
+    checker = CHECKER.replace("SORT_HEADER", json.dumps(sort_header))
+    probe.write_text(source.replace("<head>", "<head>" + checker, 1), encoding="utf-8")
+    profile = tmp_path / "chromium-profile"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    found = re.search(r'data-check="([^"]*)"', proc.stdout)
+    assert found, f"the checker did not run (exit {proc.returncode}); stderr:\n{proc.stderr[-3000:]}"
+    return json.loads(html.unescape(found.group(1))), proc.stderr
+
+
+def assert_clean(result: dict, stderr: str, images: int) -> None:
+    console = [line for line in stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, "console messages:\n" + "\n".join(console)
+    assert result["problems"] == []
+    assert result["broken"] == []
+    assert result["images"] == images
+    sorted_ = result["sorted"]
+    assert sorted_["order"] == "ascending"
+    values = [v for v in sorted_["values"] if v is not None]
+    assert values == sorted(values) and len(values) >= 2
+
+
+def test_run_report_renders_in_chromium_without_errors(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "report-test" / "run", rich_rows(), trace=True)
+    write_report(run)
+    result, stderr = open_in_chromium(run / "report.html", tmp_path, "step time")
+    assert_clean(result, stderr, images=7)
+
+
+def test_comparison_renders_in_chromium_without_errors(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", [row("x", step=1.0), row("y", step=2.0)])
+    b = make_run(tmp_path / "b", [row("x", step=0.8), row("y", step=2.5)])
+    out = write_comparison([a, b], tmp_path / "cmp")
+    result, stderr = open_in_chromium(out / "report.html", tmp_path, "change B vs A")
+    assert_clean(result, stderr, images=2)

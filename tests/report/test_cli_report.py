@@ -1,0 +1,53 @@
+"""`llmsim report` (one run: rebuild; several: compare) and `llmsim run` writing the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmsim.cli import main
+from tests.report.helpers import make_run, rich_rows, row
+
+
+def test_report_rebuilds_md_and_html(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path / "r", rich_rows())
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [str(run / "report.md"), str(run / "report.html")]
+    assert (run / "figures" / "throughput.png").is_file()
+
+
+def test_report_of_two_runs_compares_and_prints_the_folder_last(tmp_path: Path, capsys) -> None:
+    a = make_run(tmp_path / "a", [row("x", step=1.0)])
+    b = make_run(tmp_path / "b", [row("x", step=0.5)])
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "cmp")
+    assert "+100.0%" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_report_default_comparison_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    a = make_run(tmp_path / "a", [row("x", step=1.0)])
+    b = make_run(tmp_path / "b", [row("x", step=0.5)])
+    assert main(["report", str(a), str(b)]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder.parent == Path("reports") / "compare" and (folder / "report.html").is_file()
+
+
+def test_report_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["report", str(tmp_path)]) == 1
+    assert "has no results.jsonl" in capsys.readouterr().err
+    run = make_run(tmp_path / "r", [row("x", step=1.0)])
+    assert main(["report", str(run), str(run)]) == 1
+    assert "given twice" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 1
+    assert "--out is for comparisons" in capsys.readouterr().err
+
+
+def test_run_writes_html_report_and_figures(write_scenario, tmp_path: Path, capsys) -> None:
+    path = write_scenario(backends={"cpu": {"steps": 1, "warmup": 0}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    page = (run_dir / "report.html").read_text()
+    assert "the fastest strategy that fits is single" in page
+    assert (run_dir / "figures" / "throughput.png").is_file()
+    assert "](figures/throughput.png)" in (run_dir / "report.md").read_text()

@@ -1,0 +1,83 @@
+"""Comparing runs: rows matched on (case, backend), percent differences against the first run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llmsim.report.build import write_comparison
+from llmsim.report.compare import pct_change
+from tests.report.helpers import TOKENS, make_run, row
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cmp")
+    before = make_run(tmp / "s" / "before", [
+        row("dp", step=1.0, jpt=2.0, memory=10e9),
+        row("pp", step=2.0, jpt=4.0, memory=8e9),
+        row("big", step=4.0, memory=60e9),
+        row("gone", step=1.0),
+    ])
+    after = make_run(tmp / "s" / "after", [
+        row("dp", step=0.8, jpt=1.5, memory=10e9),                     # faster, less energy, same memory
+        row("pp", step=2.5, jpt=4.0, memory=6e9),                      # slower, less memory
+        row("big", status="does-not-fit", memory=90e9, error="needs 90.0 GB/device > 80.0 GB"),
+        row("new", step=1.0),
+    ])
+    return write_comparison([before, after], tmp / "out")
+
+
+def test_comparison_folder_shape(compared: Path) -> None:
+    for name in ("report.md", "report.html", "comparison.csv", "runs.json", "figures/change.png",
+                 "figures/throughput.png"):
+        assert (compared / name).is_file(), name
+    runs = json.loads((compared / "runs.json").read_text())
+    assert [r["label"] for r in runs] == ["report-test/before", "report-test/after"]
+
+
+def test_percent_differences_are_right(compared: Path) -> None:
+    frame = pd.read_csv(compared / "comparison.csv").set_index("case")
+    assert frame.loc["dp", "tokens_per_s@A"] == pytest.approx(TOKENS / 1.0)
+    assert frame.loc["dp", "tokens_per_s_change_pct@B"] == pytest.approx(25.0)
+    assert frame.loc["dp", "step_time_s_change_pct@B"] == pytest.approx(-20.0)
+    assert frame.loc["dp", "joules_per_token_change_pct@B"] == pytest.approx(-25.0)
+    assert frame.loc["dp", "peak_memory_bytes_per_device_change_pct@B"] == pytest.approx(0.0)
+    assert frame.loc["pp", "tokens_per_s_change_pct@B"] == pytest.approx(-20.0)
+    assert frame.loc["pp", "peak_memory_bytes_per_device_change_pct@B"] == pytest.approx(-25.0)
+    # memory of a case that stopped fitting still compares; its speed does not
+    assert frame.loc["big", "peak_memory_bytes_per_device_change_pct@B"] == pytest.approx(50.0)
+    assert pd.isna(frame.loc["big", "tokens_per_s_change_pct@B"])
+    assert frame.loc["gone", "status@B"] == "absent" and frame.loc["new", "status@A"] == "absent"
+
+
+def test_report_shows_changes_and_status_changes(compared: Path) -> None:
+    md = (compared / "report.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "B against the baseline A:" in summary
+    assert ("Throughput (tokens/s): median +2.5% over 2 matched cases (1 better, 1 worse; from −20.0% for pp on "
+            "roofline to +25.0% for dp on roofline)") in summary
+    assert "big on roofline: ok in A, does-not-fit in B." in summary
+    assert "gone on roofline: ok in A, absent in B." in summary
+    assert "| dp | roofline | 512 | 640 | +25.0% |" in md
+    assert "does-not-fit: needs 90.0 GB/device &gt; 80.0 GB" in md
+    page = (compared / "report.html").read_text()
+    assert '<td class="num better" data-sort="25">+25.0%</td>' in page
+    assert '<td class="num worse" data-sort="-20">\u221220.0%</td>' in page
+
+
+def test_pct_change_handles_missing_and_zero() -> None:
+    assert pct_change(2.0, 3.0) == pytest.approx(50.0)
+    assert pct_change(None, 3.0) is None
+    assert pct_change(float("nan"), 3.0) is None
+    assert pct_change(0.0, 3.0) is None
+
+
+def test_runs_from_different_hardware_compare_on_case_and_backend(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a100", [row("dp", step=1.0, hardware="a100-80gb")])
+    b = make_run(tmp_path / "h100", [row("dp", step=0.5, hardware="h100-sxm")])
+    frame = pd.read_csv(write_comparison([a, b], tmp_path / "out") / "comparison.csv")
+    assert frame.loc[0, "tokens_per_s_change_pct@B"] == pytest.approx(100.0)

@@ -1,0 +1,126 @@
+"""The report of one run: folder shape, every figure, no external references, escaping, summary."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure as MplFigure
+
+from llmsim.report import figures as F
+from llmsim.report.build import write_report
+from llmsim.report.run import load_run
+from llmsim.report.summary import summarize
+from tests.report.helpers import SCRIPT, make_run, rich_rows, row
+
+FIGURES = ["throughput", "breakdown", "scaling", "energy", "memory", "parity", "gantt"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = make_run(tmp_path_factory.mktemp("run") / "report-test" / "20260101-000000", rich_rows(), trace=True)
+    write_report(run)
+    return run
+
+
+def test_report_folder_has_both_reports_and_every_figure(built: Path) -> None:
+    for name in ("report.md", "report.html", "results.csv", "results.jsonl"):
+        assert (built / name).is_file(), name
+    md = (built / "report.md").read_text()
+    page = (built / "report.html").read_text()
+    for name in FIGURES:
+        png = built / "figures" / f"{name}.png"
+        assert png.read_bytes().startswith(PNG_MAGIC), name
+        assert f"](figures/{name}.png)" in md, name
+        assert f'id="fig-{name}"><img src="data:image/png;base64,' in page, name
+    assert "not shown" not in md and "could not draw" not in md
+    assert page.count('<img src="data:image/png;base64,') == len(FIGURES)
+
+
+def test_html_is_self_contained(built: Path) -> None:
+    page = (built / "report.html").read_text()
+    lowered = page.lower()
+    for bad in ('src="http', "src='http", 'href="http', "href='http", "<link", "@import", "url("):
+        assert bad not in lowered, bad
+    assert all(v.startswith("data:image/png;base64,") for v in re.findall(r'src="([^"]*)"', page))
+    assert all(v.startswith("#") for v in re.findall(r'href="([^"]*)"', page))
+    assert "default-src 'none'" in page  # the browser itself refuses any external load
+
+
+def test_rows_that_did_not_run_are_listed_with_their_reason(built: Path) -> None:
+    for text in ((built / "report.md").read_text(), (built / "report.html").read_text()):
+        assert "strategy needs 2 devices" in text
+        assert "needs 412.3 GB/device" in text and "&gt; 80.0 GB" in text
+        assert "skipped" in text and "does-not-fit" in text and "failed" in text
+
+
+def test_user_text_is_escaped(built: Path) -> None:
+    page = (built / "report.html").read_text()
+    assert SCRIPT not in page and "<b>&" not in page
+    assert "&lt;script&gt;alert(&#x27;boom&#x27;)&lt;/script&gt;" in page
+    assert "broken &lt;b&gt;&amp;" in page
+    assert page.count("<script>") == 1  # only the inline table sorter
+    md = (built / "report.md").read_text()
+    assert SCRIPT not in md and "&lt;script&gt;" in md
+
+
+def test_summary_names_the_winners_and_why_others_lose(built: Path) -> None:
+    md = (built / "report.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "the fastest strategy that fits is dp@nodes=4" in summary
+    assert "The most energy-efficient is single at 20 mJ per token" in summary
+    assert "pp4: 3.85× slower — 31.0% of its step is pipeline bubble" in summary
+    assert "dp@nodes=2: 1.92× slower — it runs on 2 devices instead of 4; per device it is as fast" in summary
+    assert "zero0-big on roofline does not fit: needs 412.3 GB/device" in summary
+    assert "Model against measurement: median error 10.0%" in summary
+
+
+def test_tables_are_sortable_with_raw_values(built: Path) -> None:
+    page = (built / "report.html").read_text()
+    assert 'class="sortable num"' in page
+    assert 'data-sort="0.26"' in page  # the step time of dp@nodes=4, sorted by value, shown as 260 ms
+    assert ">260 ms<" in page
+
+
+def test_figures_without_data_are_skipped_and_the_report_says_why(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", [row("only", status="failed", error="boom")])
+    paths = write_report(run)
+    assert [p.name for p in paths] == ["report.md", "report.html"]
+    md = (run / "report.md").read_text()
+    assert md.count("not shown —") == len(FIGURES)
+    assert "no case ran" in md and "no trace.json" in md
+    assert "no strategy ran to completion" in md
+    assert not list((run / "figures").glob("*.png")) if (run / "figures").exists() else True
+
+
+def test_rebuilding_removes_figures_that_no_longer_have_data(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", rich_rows(), trace=True)
+    write_report(run)
+    (run / "trace.json").unlink()
+    write_report(run)
+    assert not (run / "figures" / "gantt.png").exists()
+    assert (run / "figures" / "throughput.png").exists()
+
+
+@pytest.mark.parametrize("name", ["throughput", "breakdown", "scaling", "energy", "memory", "parity"])
+def test_figure_functions_return_a_figure_and_save_nothing(name: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    frame = load_run(make_run(tmp_path / "r", rich_rows())).frame
+    fig, ax = getattr(F, name)(frame)
+    assert isinstance(fig, MplFigure) and ax is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # nothing written by the figure
+
+
+def test_figure_functions_raise_no_data_on_an_empty_run() -> None:
+    frame = load_run(Path("."), pd.DataFrame([row("x", status="failed", error="e").row()])).frame
+    for name in ("throughput", "breakdown", "scaling", "energy", "memory", "parity"):
+        with pytest.raises(F.NoData):
+            getattr(F, name)(frame)
+
+
+def test_summary_of_a_run_without_rows() -> None:
+    assert summarize(pd.DataFrame(columns=["status"]))[0].text == "This run has no result rows."
