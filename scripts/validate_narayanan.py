@@ -79,7 +79,9 @@ def virtual_stages(layers: int, pp: int) -> int:
     return next((v for v in range(2, per_stage + 1) if per_stage % v == 0), 1)
 
 
-def predict(row: Row, catalog=None) -> tuple[float, object]:
+def build(row: Row, catalog=None) -> tuple[Workload, object, SharingChoice, Plan, ClusterSpec]:
+    """(workload, profile, sharing, plan, cluster) of one table row, as the paper ran it: shared by every
+    predictor of the table (the roofline here, the cluster simulation in benchmarks/bench_cluster.py)."""
     catalog = catalog or load_catalog()
     spec = dict(layers=row.layers, hidden=row.hidden, heads=row.heads, ffn_hidden=4 * row.hidden,
                 vocab=row.vocab, seq_len=row.seq, max_positions=row.seq, activation="gelu", norm="layernorm",
@@ -96,6 +98,11 @@ def predict(row: Row, catalog=None) -> tuple[float, object]:
                 schedule="interleaved" if row.pp > 1 else "1f1b", recompute="full", overlap_grad_reduce=False)
     cluster = ClusterSpec(device=catalog.device(HARDWARE), intra=catalog.link(INTRA), inter=catalog.link(INTER),
                           nodes=row.n // DEVICES_PER_NODE, devices_per_node=DEVICES_PER_NODE)
+    return workload, profile, sharing, plan, cluster
+
+
+def predict(row: Row, catalog=None) -> tuple[float, object]:
+    workload, profile, sharing, plan, cluster = build(row, catalog)
     result = estimate(workload, profile, sharing, plan, cluster, MEGATRON_2021)
     return result.step_time_s, result
 
