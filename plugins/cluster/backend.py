@@ -27,7 +27,7 @@ from llmsim_plugins.cluster.processes import Outcome, simulate
 from llmsim_plugins.cluster.program import (DEFAULT_BUCKET_BYTES, fabric_of, forward_step, placement_of,
                                             train_step)
 from llmsim_plugins.cluster.trace import gantt_figure, write_trace
-from llmsim_plugins.roofline import RooflineBackend, RooflineSettings
+from llmsim_plugins.roofline import RooflineBackend, RooflineSettings  # catalog lookup and errors name self.name
 
 SETTINGS_KEY = "backends.cluster"
 MIB = 2**20
@@ -79,14 +79,6 @@ class ClusterBackend(RooflineBackend):
     kind = "modeled"
     description = "SimPy discrete-event simulation of a step on a catalog cluster (links, streams, schedules)"
     Settings = ClusterSettings
-
-    def cluster(self, settings: RooflineSettings) -> ClusterSpec:
-        """The roofline's catalog lookup, with errors naming this backend's settings."""
-        try:
-            return super().cluster(settings)
-        except ScenarioError as exc:
-            key = exc.key.replace("backends.roofline", SETTINGS_KEY) if exc.key else exc.key
-            raise ScenarioError(exc.file, key, exc.message) from None
 
     def run(self, case: Case, settings: ClusterSettings) -> Result:  # type: ignore[override]
         cluster = self.cluster(settings)
