@@ -285,14 +285,15 @@ class PipelineRunner:
 
     Stage i of pp*v holds layers [i*L/(pp*v), (i+1)*L/(pp*v)); rank r of the pipeline holds stages
     r, r+pp, ... (torch's interleaved placement; v = virtual_stages, 1 for gpipe and 1f1b). Data
-    parallel replicas of a stage are DDP-wrapped; the PipelineStage runs DDP's no_sync between
-    micro-batches so gradients are reduced once per step.
+    parallel replicas of a stage average their gradients once per step with one flat all-reduce after
+    the schedule: DDP around a stage module fails in torch 2.13 when several micro-batch forwards
+    precede their backwards (the reducer's rebuilt bucket indices double), so this path does not
+    overlap the reduction with backward.
     """
 
     def __init__(self, model: Transformer, root: DeviceMesh, *, schedule: str, virtual_stages: int,
                  microbatches: int, device: torch.device) -> None:
         import torch.distributed.pipelining as pipelining
-        from torch.nn.parallel import DistributedDataParallel
 
         pp_mesh, dp_mesh = root["pp"], root["dp"]
         pp, rank = pp_mesh.size(), pp_mesh.get_local_rank()
@@ -305,15 +306,14 @@ class PipelineRunner:
             module = StageModule(model, range(index * per, (index + 1) * per),
                                  first=index == 0, last=index == n_stages - 1)
             self.modules.append(module)
-            wrapped: nn.Module = module
-            if dp_mesh.size() > 1 and any(p.requires_grad for p in module.parameters()):
-                wrapped = DistributedDataParallel(module, process_group=dp_mesh.get_group())
-            stages.append(pipelining.PipelineStage(wrapped, index, n_stages, device, group=pp_mesh.get_group()))
+            stages.append(pipelining.PipelineStage(module, index, n_stages, device, group=pp_mesh.get_group()))
         cls = getattr(pipelining, SCHEDULES[schedule])
         if schedule == "interleaved":
             self.schedule = cls(stages, n_microbatches=microbatches, loss_fn=pipeline_loss)
         else:
             self.schedule = cls(stages[0], n_microbatches=microbatches, loss_fn=pipeline_loss)
+        self.dp_group = dp_mesh.get_group() if dp_mesh.size() > 1 else None
+        self.dp = dp_mesh.size()
         self.has_first = any(m.first for m in self.modules)
         self.has_last = any(m.last for m in self.modules)
         # The tied embedding lives on the first stage and (as a copy) on the last: one group per replica.
@@ -347,6 +347,8 @@ class PipelineRunner:
         args = (tokens,) if self.has_first else ()
         kwargs: dict[str, Any] = dict(target=targets, losses=losses) if self.has_last else {}
         self.schedule.step(*args, **kwargs)
+        if self.dp_group is not None:
+            allreduce_gradients([p for p in self.parameters() if p.requires_grad], self.dp_group, self.dp)
         if self.embed_group is not None:
             for p in self.embed_params:
                 if p.grad is not None:

@@ -248,6 +248,16 @@ def _minus(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[t
 STEP_LABEL = "llmsim::step"
 
 
+def communication_ops(events: Any) -> dict[str, int]:
+    """Communication ops of the profiled step by name and count (what the strategy actually sent)."""
+    counts: dict[str, int] = {}
+    for e in events:
+        lowered = e.name.lower()
+        if lowered.startswith("gloo:") or lowered.startswith("nccl"):
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return counts
+
+
 def exposed_communication(events: Any, device_type: str) -> dict[str, float]:
     """Exposed communication of one profiled step, in seconds, from torch.profiler events.
 
@@ -337,7 +347,9 @@ def run_rank(spec: WorkerSpec, rank: int, device: torch.device) -> RankRecord:
             with record_function(STEP_LABEL):
                 step.step()
                 _sync(device)
-        comm = exposed_communication(prof.events(), device.type)
+        events = prof.events()
+        comm = exposed_communication(events, device.type)
+        step.notes["comm_ops"] = json.dumps(communication_ops(events), sort_keys=True)
     losses = step.global_losses() if spec.workload.mode == "train" else []
     return RankRecord(rank=rank, host=socket.gethostname(), threads=threads, step_times_s=times,
                       optimizer_times_s=optimizer, first_token_times_s=first_token, losses=losses,
@@ -371,6 +383,20 @@ def spec_from_scenario(path: str, strategy_name: str, steps: int, warmup: int, d
     choice = SharingChoice(scenario.tie_embeddings_for(strategy), sharing.layer_groups, sharing.lora)
     return WorkerSpec.from_layout(scenario.workload, choice, strategy, layout, seed=scenario.seed, steps=steps,
                                   warmup=warmup, threads=threads, device_type=device_type)
+
+
+def error_summary(exc: BaseException, limit: int = 400) -> str:
+    """One line: the exception and, when it wraps another (torch often re-raises), the root cause."""
+
+    def line(e: BaseException) -> str:
+        text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    summary = line(exc) if root is exc else f"{line(exc)} (caused by {line(root)})"
+    return summary if len(summary) <= limit else summary[:limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         dist.destroy_process_group()
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher as a file
-        (out / f"error-rank{rank}.txt").write_text(
-            f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}", encoding="utf-8")
+        (out / f"error-rank{rank}.txt").write_text(f"{error_summary(exc)}\n\n{traceback.format_exc()}",
+                                                   encoding="utf-8")
         traceback.print_exc()
         return 1
 
