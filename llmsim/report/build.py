@@ -16,14 +16,13 @@ import pandas as pd
 from llmsim.report import figures as F
 from llmsim.report import tables as T
 from llmsim.report.compare import comparison_document, comparison_frame, run_labels
-from llmsim.report.document import Document, Figure, Paragraph, Section
+from llmsim.report.document import Block, Document, Figure, Paragraph, Section, Table
 from llmsim.report.html import render_html
-from llmsim.report.raster import render
 from llmsim.report.markdown import FIGURE_DIR, render_markdown
+from llmsim.report.raster import render
 from llmsim.report.run import TRACE_FILE, Run, catalog_capacity, environment_text, load_run, workload_text
 from llmsim.report.summary import summarize
 from llmsim.report.trace import TraceError, load_trace
-
 
 
 def _gantt(run: Run) -> tuple[object, object]:
@@ -33,35 +32,40 @@ def _gantt(run: Run) -> tuple[object, object]:
     try:
         spans = load_trace(run.trace)
     except TraceError as exc:
-        raise F.NoData(f"trace.json could not be read: {exc}") from None
+        raise F.NoData(f"{TRACE_FILE} could not be read: {exc}") from None
     return F.gantt(spans)
 
 
 def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
+    """Every figure of a run report, drawn or with the reason it is absent, by name."""
     frame = run.frame
     specs = [
         ("throughput", "Throughput per strategy and backend",
-                   "tokens/s of every case that ran; one panel per backend, each on its own scale.",
-                   lambda: F.throughput(frame)),
+         "tokens/s of every case that ran; one panel per backend, each on its own scale.",
+         lambda: F.throughput(frame)),
         ("breakdown", "Step-time breakdown",
-                   "compute, exposed communication, pipeline bubble and the rest, stacked; the black tick "
-                   "is the ideal step m·C/n.", lambda: F.breakdown(frame)),
+         "compute, exposed communication, pipeline bubble and the rest, stacked; the black tick is the "
+         "ideal step m·C/n.", lambda: F.breakdown(frame)),
         ("scaling", "Scaling with devices",
-                   "step time against devices with the ideal T = m·C/n dashed (log-log), and the scaling "
-                   "efficiency ideal / actual.", lambda: F.scaling(frame)),
+         "step time against devices with the ideal T = m·C/n dashed (log-log), and the scaling efficiency "
+         "ideal / actual.", lambda: F.scaling(frame)),
         ("energy", "Energy per token", "joules per token of every case that ran (lower is better).",
-                   lambda: F.energy(frame)),
+         lambda: F.energy(frame)),
         ("memory", "Memory per device",
-                   "by kind where the backend models it, else the peak; the red tick is the device's "
-                   "capacity; hatched cases do not fit.", lambda: F.memory(frame, capacity)),
+         "by kind where the backend models it, else the peak; the red tick is the device's capacity; "
+         "hatched cases do not fit.", lambda: F.memory(frame, capacity)),
         ("parity", "Modeled vs measured",
-                   "modeled against measured step time of the same case, with the model's error.",
-                   lambda: F.parity(frame)),
+         "modeled against measured step time of the same case, with the model's error.",
+         lambda: F.parity(frame)),
         ("gantt", "Pipeline timeline (one replica)",
-                   "each lane a device or stream of one pipeline replica from the cluster trace; gaps are "
-                   "idle time.", lambda: _gantt(run)),
+         "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle "
+         "time.", lambda: _gantt(run)),
     ]
-    return {s[0]: render(*s) for s in specs}
+    return {name: render(name, title, caption, draw) for name, title, caption, draw in specs}
+
+
+def _some(table: Table | None) -> list[Block]:
+    return [table] if table is not None else []
 
 
 def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) -> Document:
@@ -79,16 +83,13 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
                 "not-run"),
         Section("About this run", [Paragraph(
             "Columns and units: docs/results.md of llmsim. All rows, with every column: results.csv and "
-            "results.jsonl in this folder; the resolved scenario: scenario.yaml; the machine: environment.json.")],
+            "results.jsonl in this folder; the resolved scenario: scenario.yaml; the machine: "
+            "environment.json.")],
             "about"),
     ]
     meta = [("scenario", scenario), ("run", run.path.name), ("workload", workload_text(frame)),
             ("environment", environment_text(run.environment))]
     return Document(f"llmsim run: {scenario}", summarize(frame, capacity), sections, meta)
-
-
-def _some(table: T.Table | None) -> list:
-    return [table] if table is not None else []
 
 
 def write_document(doc: Document, folder: Path) -> list[Path]:

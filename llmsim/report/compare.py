@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from llmsim.report import compare_figures as CF
-from llmsim.report.document import Cell, Document, Figure, Paragraph, Point, Section, Table
+from llmsim.report.document import Cell, Document, Paragraph, Point, Section, Table
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, workload_text
@@ -156,11 +156,16 @@ def status_table(runs: list[Run], letters: list[str]) -> Table | None:
     return Table(["case", "backend"] + letters, body, [False] * (2 + len(letters)))
 
 
+def hardware_of(run: Run) -> str:
+    """The devices a run's rows ran on or modeled, e.g. 'a100-80gb, cpu-host'."""
+    return ", ".join(sorted({str(h) for h in run.frame["hardware"] if isinstance(h, str)})) or "–"
+
+
 def runs_table(runs: list[Run], letters: list[str]) -> Table:
     body = []
     for letter, run in zip(letters, runs):
         counts = run.frame["status"].value_counts()
-        hardware = ", ".join(sorted({str(h) for h in run.frame["hardware"] if isinstance(h, str)})) or "–"
+        hardware = hardware_of(run)
         body.append([Cell(letter, letter), Cell(run.name, run.name), Cell(str(run.path), str(run.path)),
                      Cell(hardware, hardware), Cell(workload_text(run.frame)),
                      Cell(", ".join(f"{v} {k}" for k, v in counts.items()) or "no rows"),
@@ -231,8 +236,8 @@ def comparison_document(runs: list[Run]) -> Document:
     letters = run_letters(len(runs))
     frame = comparison_frame(runs)
     labels = dict(zip(letters, run_labels(runs)))
-    summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]}" for x in letters)
-                     + f" ({letters[0]} is the baseline).")]
+    summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]} ({hardware_of(r)})" for x, r in
+                                                   zip(letters, runs)) + f"; {letters[0]} is the baseline.")]
     summary += change_points(frame, letters) + [fastest_point(runs, letters)] + status_points(frame, letters)
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
     figs = [

@@ -8,9 +8,6 @@ renderers pass through (a `<script>` in an error message must stay text).
 from __future__ import annotations
 
 import html
-from pathlib import Path
-
-import pandas as pd
 
 from llmsim.report.document import Block, Bullets, Document, Figure, Paragraph, Point, Section, Table
 # The formatters used to live here; they are re-exported for code that imported them from this module.
@@ -72,10 +69,3 @@ def render_markdown(doc: Document) -> str:
     parts += [render_section(s) for s in doc.sections]
     return "\n\n".join(parts) + "\n"
 
-
-def write_markdown_report(run_dir: Path, frame: pd.DataFrame | None = None) -> Path:
-    """The first report's entry point, kept for its callers: now builds the whole report (md, html,
-    figures) through `build.write_report` and returns report.md."""
-    from llmsim.report.build import write_report
-
-    return write_report(run_dir, frame)[0]

@@ -9,6 +9,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from llmsim.report.document import Figure
@@ -45,9 +46,12 @@ def png(fig: Any) -> bytes:
 def render(name: str, title: str, caption: str, draw: Callable[[], tuple[Any, Any]]) -> Figure:
     """Draw one figure, or record why it is absent. A figure that breaks never costs the whole report."""
     try:
-        fig, _ = draw()
+        # Case, backend and hardware names are text, never TeX: a '$' in a name must not start mathtext.
+        with matplotlib.rc_context({"text.parse_math": False}):
+            fig, _ = draw()
+            data = png(fig)
     except NoData as why:
         return Figure(name, title, caption, skipped=str(why))
     except Exception as exc:  # noqa: BLE001 - report the problem in place; the tables still carry every number
         return Figure(name, title, caption, skipped=f"could not draw it ({type(exc).__name__}: {exc})")
-    return Figure(name, title, caption, png=png(fig))
+    return Figure(name, title, caption, png=data)

@@ -22,7 +22,6 @@ from llmsim.report.units import fmt_bytes, fmt_joules, fmt_percent, fmt_rate, fm
 MAX_DETAILS = 8      # losers explained per backend; the tables have the rest
 MAX_REASON = 240     # characters of an error message quoted in the summary
 SAME_SPEED = 0.01    # within 1%: "as fast", no reason to look for
-PER_DEVICE_SAME = 0.1  # fewer devices within 10% of the winner's per-device speed: the device count is why
 BIG_SHARE = 0.1      # waiting that takes this share of a step is named even when it is not the main reason
 BREAKDOWN_LABEL = {col: label for col, label, _ in BREAKDOWN}
 
@@ -47,44 +46,31 @@ def _devices(row: Any) -> str:
 
 
 def why_slower(row: pd.Series, best: pd.Series) -> str:
-    """The main reason `row` is slower than `best`, from the breakdown columns.
+    """The main reason `row` is slower than `best` (same backend, same device count), from the breakdown.
 
-    Both rows process the same tokens per step, so components are compared as device-time (seconds ×
-    devices): that puts a 4-device and an 8-device case on one footing. The component that grew the
-    most against the winner is the main reason; waiting (bubble, exposed communication, other) is told
-    as its share of the step ("31.6% of its step is pipeline bubble"), more compute as a ratio to the
-    winner's. Any other waiting that takes a large share of the step is named too. Fewer devices at
-    the same per-device speed is reason enough on its own.
+    The component that grew the most against the winner is the main reason: waiting (bubble, exposed
+    communication, other) is told as its share of the step ("31.0% of its step is pipeline bubble"),
+    more compute as a ratio to the winner's. Any other waiting that takes a large share of the step is
+    named too.
     """
-    n, n_best = _f(row.get("n_devices")) or 1.0, _f(best.get("n_devices")) or 1.0
-    lead = ""
-    if n < n_best:
-        lead = f"it runs on {devices(n)} instead of {int(n_best)}"
-        per_dev, per_dev_best = _f(row.get("tokens_per_s_per_device")), _f(best.get("tokens_per_s_per_device"))
-        if per_dev_best and per_dev >= per_dev_best * (1 - PER_DEVICE_SAME):
-            return lead + "; per device it is as fast"
-        lead += ", and "
     step = _f(row.get("step_time_s"))
     present = [(col, label) for col, label, _ in BREAKDOWN if not missing(row.get(col))]
     if not present or step <= 0:
-        return lead + "there is no step-time breakdown to tell why"
-    growth = {col: _f(row.get(col)) * n - _f(best.get(col)) * n_best for col, _ in present}
+        return "there is no step-time breakdown to tell why"
+    growth = {col: _f(row.get(col)) - _f(best.get(col)) for col, _ in present}
     main = max(present, key=lambda p: growth[p[0]])[0]
-    reasons = [_compute_reason(row, best, n, n_best) if main == "compute_time_s" else
+    reasons = [_compute_reason(row, best) if main == "compute_time_s" else
                f"{fmt_percent(_f(row.get(main)) / step)} of its step is {BREAKDOWN_LABEL[main]}"]
     reasons += [f"{fmt_percent(_f(row.get(col)) / step)} of its step is {label}" for col, label in present
                 if col not in (main, "compute_time_s") and _f(row.get(col)) / step >= BIG_SHARE]
-    return lead + "; ".join(reasons)
+    return "; ".join(reasons)
 
 
-def _compute_reason(row: pd.Series, best: pd.Series, n: float, n_best: float) -> str:
+def _compute_reason(row: pd.Series, best: pd.Series) -> str:
     mine, theirs = _f(row.get("compute_time_s")), _f(best.get("compute_time_s"))
     if theirs <= 0:
         return f"its compute takes {fmt_seconds(mine)}"
-    if n == n_best:
-        return f"its compute takes {fmt_seconds(mine)}, {mine / theirs:.2f}× the winner's"
-    return (f"its compute takes {fmt_seconds(mine)} on {devices(n)}, {mine * n / (theirs * n_best):.2f}× the "
-            f"winner's device-time ({fmt_seconds(theirs)} on {int(n_best)})")
+    return f"its compute takes {fmt_seconds(mine)}, {mine / theirs:.2f}× the winner's"
 
 
 def _does_not_fit(row: pd.Series, capacity: dict[str, float]) -> str:
@@ -97,6 +83,29 @@ def _does_not_fit(row: pd.Series, capacity: dict[str, float]) -> str:
         return (f"{row['case']} on {row['backend']} does not fit: needs {fmt_bytes(float(need))} > "
                 f"{fmt_bytes(cap)} per device")
     return f"{row['case']} on {row['backend']} does not fit (no reason given)"
+
+
+def loser_details(ok: pd.DataFrame, best: pd.Series) -> list[str]:
+    """Why the other strategies lose, among those on the winner's device count (a strategy on a smaller
+    cluster loses by size, which says nothing about the strategy; the scaling figure covers that)."""
+    same_n = ok["n_devices"].map(lambda n: _f(n) == _f(best.get("n_devices")))
+    others = ok[same_n & (ok.index != best.name)].copy()
+    others["_slow"] = float(best["tokens_per_s"]) / others["tokens_per_s"].astype(float)
+    details = []
+    for _, row in others.sort_values("_slow").head(MAX_DETAILS).iterrows():
+        if row["_slow"] <= 1 + SAME_SPEED:
+            details.append(f"{row['case']}: as fast as {best['case']}.")
+        else:
+            details.append(f"{row['case']}: {row['_slow']:.2f}× slower — {why_slower(row, best)}.")
+    if len(others) > MAX_DETAILS:
+        details.append(f"… and {len(others) - MAX_DETAILS} more in the tables below.")
+    elsewhere = ok[~same_n]
+    if len(elsewhere):
+        counts = sorted({int(_f(n)) for n in elsewhere["n_devices"] if not missing(n)})
+        sizes = ", ".join(str(n) for n in counts) or "unknown"
+        details.append(f"{len(elsewhere)} more case{'s' if len(elsewhere) != 1 else ''} ran on other device counts "
+                       f"({sizes}): see the tables and the scaling figure.")
+    return details
 
 
 def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
@@ -121,16 +130,7 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
                     if not missing(best["joules_per_token"]) else None
                 tail = f", {fmt_percent(saving)} less than {best['case']}" if saving else ""
                 head += f" The most energy-efficient is {green['case']} at {jpt} per token{tail}."
-        details = []
-        others = ok[ok.index != best.name].copy()
-        others["_slow"] = float(best["tokens_per_s"]) / others["tokens_per_s"].astype(float)
-        for _, row in others.sort_values("_slow", ascending=False).head(MAX_DETAILS).iterrows():
-            if row["_slow"] <= 1 + SAME_SPEED:
-                details.append(f"{row['case']}: as fast as {best['case']}.")
-            else:
-                details.append(f"{row['case']}: {row['_slow']:.2f}× slower — {why_slower(row, best)}.")
-        if len(others) > MAX_DETAILS:
-            details.append(f"… and {len(others) - MAX_DETAILS} more in the tables below.")
+        details = loser_details(ok, best)
         points.append(Point(head, details))
     for _, row in rows[rows["status"] == "does-not-fit"].iterrows():
         points.append(Point(_does_not_fit(row, capacity) + "."))

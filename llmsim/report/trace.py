@@ -71,7 +71,7 @@ def load_trace(path: Path) -> list[Span]:
         return " / ".join(p for p in (proc, thread) if p) or "trace"
 
     spans: list[Span] = []
-    open_: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
+    stacks: dict[tuple[Any, Any], list[dict[str, Any]]] = {}  # an E closes the latest open B of its thread
     for e in events:
         ph = e.get("ph")
         try:
@@ -82,15 +82,12 @@ def load_trace(path: Path) -> list[Span]:
             dur = float(e.get("dur") or 0) / 1e6
             spans.append(Span(lane(e), str(e.get("name", "")), str(e.get("cat", "")), ts, dur, _replica(e)))
         elif ph == "B":
-            open_.setdefault((e.get("pid"), e.get("tid"), e.get("name")), []).append(e)
-        elif ph == "E":
-            stack = open_.get((e.get("pid"), e.get("tid"), e.get("name"))) or next(
-                (s for (p, t, _), s in open_.items() if (p, t) == (e.get("pid"), e.get("tid")) and s), None)
-            if stack:
-                b = stack.pop()
-                start = float(b["ts"]) / 1e6
-                spans.append(Span(lane(b), str(b.get("name", "")), str(b.get("cat", "")), start, ts - start,
-                                  _replica(b)))
+            stacks.setdefault((e.get("pid"), e.get("tid")), []).append(e)
+        elif ph == "E" and stacks.get((e.get("pid"), e.get("tid"))):
+            b = stacks[(e.get("pid"), e.get("tid"))].pop()
+            start = float(b["ts"]) / 1e6
+            spans.append(Span(lane(b), str(b.get("name", "")), str(b.get("cat", "")), start, ts - start,
+                              _replica(b)))
     spans.sort(key=lambda s: (s.start_s, s.lane))
     return spans
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from llmsim.report import figures as F
 from llmsim.report.build import write_report
 from llmsim.report.run import load_run
 from llmsim.report.summary import summarize
-from tests.report.helpers import SCRIPT, make_run, rich_rows, row
+from llmsim.report.trace import load_trace, replica_spans
+from tests.report.helpers import SCRIPT, TRACE, make_run, rich_rows, row
 
 FIGURES = ["throughput", "breakdown", "scaling", "energy", "memory", "parity", "gantt"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,7 +75,7 @@ def test_summary_names_the_winners_and_why_others_lose(built: Path) -> None:
     assert "the fastest strategy that fits is dp@nodes=4" in summary
     assert "The most energy-efficient is single at 20 mJ per token" in summary
     assert "pp4: 3.85× slower — 31.0% of its step is pipeline bubble" in summary
-    assert "dp@nodes=2: 1.92× slower — it runs on 2 devices instead of 4; per device it is as fast" in summary
+    assert "2 more cases ran on other device counts (1, 2)" in summary  # losing by size says nothing
     assert "zero0-big on roofline does not fit: needs 412.3 GB/device" in summary
     assert "Model against measurement: median error 10.0%" in summary
 
@@ -124,3 +126,22 @@ def test_figure_functions_raise_no_data_on_an_empty_run() -> None:
 
 def test_summary_of_a_run_without_rows() -> None:
     assert summarize(pd.DataFrame(columns=["status"]))[0].text == "This run has no result rows."
+
+
+def test_trace_events_become_spans_of_one_replica(tmp_path: Path) -> None:
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(TRACE))
+    spans = load_trace(path)
+    assert len(spans) == 2 * 2 * 3 * 2 + 1  # X events of two replicas + one B/E pair
+    one = replica_spans(spans)
+    assert {s.replica for s in one} == {0}
+    comm = [s for s in one if s.name == "allreduce"]
+    assert comm[0].lane == "stage 0 / tid 1" and comm[0].dur_s == pytest.approx(1e-3)
+    assert {s.lane for s in one} == {"stage 0 / tid 0", "stage 1 / tid 0", "stage 0 / tid 1"}
+
+
+def test_names_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", [row("p$\\bad{$q", step=1.0, jpt=0.1, memory=1e9), row("c$", step=2.0)])
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "could not draw" not in md and (run / "figures" / "throughput.png").is_file()
