@@ -31,8 +31,20 @@ class Run:
 
     @property
     def trace(self) -> Path | None:
+        """`trace.json` in the run folder, else the cluster backend's per-case trace (`trace_file` column)
+        of the ok case with the deepest pipeline (the most to see), fastest first among equals."""
         path = self.path / TRACE_FILE
-        return path if path.is_file() else None
+        if path.is_file():
+            return path
+        frame = self.frame
+        if "trace_file" not in frame or not len(frame):
+            return None
+        rows = frame[(frame["status"] == "ok") & frame["trace_file"].notna()]
+        if not len(rows):
+            return None
+        best = rows.sort_values(["pp", "step_time_s"], ascending=[False, True]).iloc[0]
+        candidate = self.path / str(best["trace_file"])
+        return candidate if candidate.is_file() and candidate.resolve().is_relative_to(self.path.resolve()) else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
