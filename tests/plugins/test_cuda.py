@@ -1,0 +1,334 @@
+"""The cuda backend: the NVML seam against recorded counter sequences, catalog matching, clean
+`skipped` rows where there is no GPU, and (marked `gpu`) real runs where there is one.
+
+The fake NVML below mimics pynvml's surface: functions named like pynvml's and error classes named
+NVMLError_<kind>, so the tests need neither nvidia-ml-py nor a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmsim_plugins.cuda as cuda_plugin
+from llmsim.backend import RunContext
+from llmsim.config import parse_scenario
+from llmsim.nvml import (LIBRARY_NOT_FOUND, NOT_INSTALLED, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for,
+                         counter_delta_mj, load_pynvml, trapezoid_j)
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.runner import plan_cases, run_scenario
+from llmsim_plugins.cuda import CudaBackend, CudaSettings, NvmlMeter, cuda_unavailable_reason
+from tests.conftest import TINY_SCENARIO
+
+
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's names
+    pass
+
+
+class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801
+    pass
+
+
+class FakeNvml:
+    """Replays recorded readings: each call pops the next value; an exception instance is raised."""
+
+    NVMLError = NVMLError
+    NVMLError_NotSupported = NVMLError_NotSupported
+    NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
+
+    def __init__(self, energy_mj: Iterable[Any] = (), power_mw: Iterable[Any] = (), name: str = "NVIDIA H200",
+                 init_error: Exception | None = None, count: int = 1) -> None:
+        self.energy = list(energy_mj)
+        self.power = list(power_mw)
+        self._name = name
+        self.init_error = init_error
+        self.count = count
+
+    @staticmethod
+    def _next(seq: list[Any]) -> Any:
+        value = seq.pop(0) if len(seq) > 1 else seq[0]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        if self.init_error:
+            raise self.init_error
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
+        return index
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:  # noqa: N802
+        raise NVMLError_NotSupported()
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:  # noqa: N802
+        return self._name.encode()
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:  # noqa: N802
+        return self._next(self.energy)
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:  # noqa: N802
+        return self._next(self.power)
+
+
+class Clock:
+    """A clock that advances by `step` seconds per read."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.t, self.step = -step, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def _energy(fake: FakeNvml, **kw: Any) -> NvmlEnergy:
+    return NvmlEnergy(Nvml(fake).init(), [0], clock=Clock(), thread=False, **kw)
+
+
+# -- the seam against recorded sequences --------------------------------------------------------
+def test_counter_difference_is_the_energy() -> None:
+    # energy reads at start and stop; power 100 W throughout; clock ticks 1 s per read.
+    meter = _energy(FakeNvml(energy_mj=[1_000, 401_000], power_mw=[100_000]))
+    meter.start()
+    meter.sample()
+    reading = meter.stop()
+    assert reading.method == "counter"
+    assert reading.joules == pytest.approx(400.0)
+    assert reading.sampled_j is not None and reading.samples == 3
+
+
+def test_counter_wrap_around_is_one_modulus() -> None:
+    assert counter_delta_mj(2**64 - 500, 1_000) == 1_500
+    meter = _energy(FakeNvml(energy_mj=[2**64 - 500, 1_000], power_mw=[1_000]))
+    meter.start()
+    assert meter.stop().joules == pytest.approx(1.5)
+
+
+def test_counter_reset_is_rejected_for_power_sampling() -> None:
+    # The counter went down by a lot (driver reload): the modular difference is ~1.8e16 J, impossible.
+    meter = _energy(FakeNvml(energy_mj=[10**12, 5], power_mw=[100_000, 200_000, 300_000]))
+    meter.start()
+    meter.sample()
+    reading = meter.stop()
+    assert reading.method == "power-sampling"
+    assert reading.joules == pytest.approx(trapezoid_j([(1, 100), (2, 200), (3, 300)])) == pytest.approx(400.0)
+    assert "counter reset" in reading.notes[0]
+
+
+def test_missing_counter_falls_back_to_power_sampling() -> None:
+    fake = FakeNvml(energy_mj=[NVMLError_NotSupported()], power_mw=[50_000, 150_000, 250_000, 250_000])
+    meter = _energy(fake, sampling=False)  # sampling starts anyway because the counter is missing
+    assert not meter.counter_supported()
+    meter.start()
+    meter.sample()
+    meter.sample()
+    reading = meter.stop()
+    assert reading.method == "power-sampling" and reading.counter_j is None
+    # samples at t = 1, 2, 3, 4 s: 50, 150, 250, 250 W
+    assert reading.joules == pytest.approx(100 + 200 + 250)
+    assert "NotSupported" in reading.notes[0]
+
+
+def test_device_with_neither_counter_nor_power_gives_no_energy(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNvml(energy_mj=[NVMLError_NotSupported()], power_mw=[NVMLError_NotSupported()])
+    meter = _energy(fake)
+    meter.start()
+    reading = meter.stop()
+    assert reading.joules is None and reading.method == "none"
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(fake))
+    assert "neither a total-energy counter nor power" in NvmlMeter.available()
+
+
+def test_background_sampling_thread_integrates_power() -> None:
+    fake = FakeNvml(energy_mj=[NVMLError_NotSupported()], power_mw=[120_000])
+    meter = NvmlEnergy(Nvml(fake).init(), [0], interval_s=0.001)
+    meter.start()
+    while meter._samples[0][-1][0] - meter._samples[0][0][0] < 0.02:  # wait for some samples, not a time
+        pass
+    reading = meter.stop()
+    assert reading.method == "power-sampling" and reading.samples >= 3
+    span = meter._samples[0][-1][0] - meter._samples[0][0][0]
+    assert reading.joules == pytest.approx(120.0 * span)
+
+
+def test_library_not_found_is_a_plain_reason() -> None:
+    with pytest.raises(NvmlUnavailable, match="NVML library not found"):
+        Nvml(FakeNvml(init_error=NVMLError_LibraryNotFound())).init()
+
+
+def test_pynvml_not_installed_is_a_plain_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with pytest.raises(NvmlUnavailable) as err:
+        load_pynvml()
+    assert str(err.value) == NOT_INSTALLED
+
+
+def test_availability_names_the_missing_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert CudaBackend.availability().startswith("no CUDA device (torch.cuda.is_available() is False)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml(init_error=NVMLError_LibraryNotFound())))
+    assert CudaBackend.availability() == LIBRARY_NOT_FOUND
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml()))
+    assert CudaBackend.availability() is None
+
+
+# -- which catalog device -----------------------------------------------------------------------
+@pytest.mark.parametrize(("nvml_name", "catalog"), [
+    ("NVIDIA H200", "h200"), ("NVIDIA A100-SXM4-80GB", "a100-80gb"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
+    ("NVIDIA A100 80GB PCIe", "a100-80gb"), ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+    ("NVIDIA H100 PCIe", None), ("NVIDIA H200 NVL", None), ("NVIDIA GeForce RTX 4090", None), ("Tesla T4", None)])
+def test_nvml_names_map_to_catalog_devices(nvml_name: str, catalog: str | None) -> None:
+    assert catalog_name_for(nvml_name) == catalog
+
+
+def test_unknown_gpu_leaves_mfu_empty_with_the_reason() -> None:
+    backend = CudaBackend(RunContext())
+    assert backend._catalog_device("NVIDIA H200", CudaSettings()) == ("h200", None)
+    name, reason = backend._catalog_device("NVIDIA GeForce RTX 4090", CudaSettings())
+    assert name is None and "RTX 4090" in reason and "backends.cuda.hardware" in reason
+    assert backend._catalog_device("NVIDIA GeForce RTX 4090", CudaSettings(hardware="a100-40gb"))[0] == "a100-40gb"
+
+
+def test_energy_meter_hook_provides_the_nvml_meter() -> None:
+    assert cuda_plugin.llmsim_energy_meters() == [NvmlMeter]
+    assert (NvmlMeter.name, NvmlMeter.device_kind) == ("nvml", "cuda")
+
+
+# -- through the runner: skipped rows with the reason -------------------------------------------
+def test_runner_writes_skipped_rows_with_the_reason_without_a_gpu(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    manager = get_plugin_manager(environ={"LLMSIM_PLUGINS": "cuda"})
+    registry = BackendRegistry.from_manager(manager)
+    scenario = parse_scenario(dict(TINY_SCENARIO, strategies=[{"name": "single"}, {"name": "dp2", "dp": 2}],
+                                   backends={"cuda": {"steps": 2, "warmup": 1}}))
+    planned = plan_cases(scenario, registry)
+    outcome = run_scenario(scenario, registry, planned, tmp_path, manager=manager)
+    rows = [r for r in (outcome.run_dir / "results.jsonl").read_text().splitlines() if r]
+    assert len(rows) == 2
+    for row in rows:
+        assert '"status": "skipped"' in row and "no CUDA device (torch.cuda.is_available() is False)" in row
+    # The backend itself also refuses cleanly when called directly.
+    r = CudaBackend(RunContext()).run(planned[0].case, CudaSettings())
+    assert r.status == "skipped" and "no CUDA device" in r.error
+
+
+# -- on a real GPU ------------------------------------------------------------------------------
+NO_GPU = cuda_unavailable_reason()
+gpu = pytest.mark.skipif(NO_GPU is not None, reason=f"needs an NVIDIA GPU: {NO_GPU}")
+
+
+def _case(mode: str = "train", dtype: str = "float32", **strategy: Any) -> Any:
+    workload = dict(TINY_SCENARIO["workload"], mode=mode, decode_tokens=4, dtype=dtype)
+    scenario = parse_scenario(dict(TINY_SCENARIO, workload=workload, strategies=[dict(name="s", **strategy)],
+                                   backends={"cuda": {}}))
+    registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "cuda"}))
+    return plan_cases(scenario, registry)[0].case
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("mode", ["train", "prefill", "decode"])
+def test_tiny_preset_runs_on_the_gpu(mode: str) -> None:
+    case = _case(mode, dtype="bfloat16")
+    r = CudaBackend(RunContext()).run(case, CudaSettings(steps=3, warmup=1))
+    assert r.status == "ok", r.error
+    assert r.step_time_s > 0 and r.latency_p99_s >= r.latency_p50_s
+    assert r.peak_memory_bytes_per_device > 0
+    assert r.energy_source in ("nvml", "modeled") and r.energy_j_per_step > 0
+    assert r.mfu is not None or "mfu_reason" in r.extra
+    if mode == "decode":
+        assert 0 < r.ttft_s < r.step_time_s
+    if mode == "train":
+        assert r.other_time_s > 0
+        import json
+        import math
+
+        assert all(math.isfinite(x) for x in json.loads(r.extra["losses"]))
+
+
+@pytest.mark.gpu
+@gpu
+def test_two_gpus_run_data_parallel_through_nccl() -> None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs, this host has {torch.cuda.device_count()}")
+    r = CudaBackend(RunContext()).run(_case(dp=2), CudaSettings(steps=2, warmup=1))
+    assert r.status == "ok", r.error
+    assert r.n_devices == 2 and r.step_time_s > 0
+
+
+# -- the run path without a GPU: torch.cuda stubbed onto the CPU, NVML faked ----------------------
+class _Event:
+    """torch.cuda.Event stand-in: records host time (the real one records on the GPU stream)."""
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.t = 0.0
+
+    def record(self) -> None:
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "_Event") -> float:
+        return (end.t - self.t) * 1000.0
+
+
+def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a measurement: checks that one case's row is put together as documented (units, energy
+    method, MFU against the matched catalog device, losses) on a simulated H200."""
+    import json
+    import types
+
+    import torch
+
+    import llmsim.workload.step as step_module
+
+    cuda = torch.cuda
+    for name, value in dict(is_available=lambda: True, set_device=lambda d: None, synchronize=lambda d=None: None,
+                            empty_cache=lambda: None, reset_peak_memory_stats=lambda d=None: None,
+                            memory_allocated=lambda d=None: 1_000, max_memory_allocated=lambda d=None: 51_000,
+                            get_device_properties=lambda d: types.SimpleNamespace(uuid="abc"),
+                            Event=_Event).items():
+        monkeypatch.setattr(cuda, name, value)
+    real_step = step_module.WorkloadStep
+    monkeypatch.setattr(step_module, "WorkloadStep", lambda *a, device=None, **kw: real_step(*a, **kw))
+    fake = FakeNvml(energy_mj=[0, 30_000], power_mw=[100_000], name="NVIDIA H200")
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(fake))
+
+    r = CudaBackend(RunContext()).run(_case("train"), CudaSettings(steps=3, warmup=1, power_sampling=False))
+    assert r.status == "ok", r.error
+    assert r.hardware == "h200" and r.energy_source == "nvml"
+    assert r.extra["energy_method"] == "counter" and r.energy_j_per_step == pytest.approx(10.0)  # 30 J / 3 steps
+    assert r.peak_memory_bytes_per_device == 50_000
+    assert r.mfu == pytest.approx(r.model_flops_per_step / r.step_time_s / 66.9e12)  # float32 peak of h200
+    assert len(json.loads(r.extra["losses"])) == 3 and r.other_time_s > 0
+
+    fake_unknown = FakeNvml(energy_mj=[NVMLError_NotSupported()], power_mw=[NVMLError_NotSupported()],
+                            name="NVIDIA GeForce RTX 4090")
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(fake_unknown))
+    r = CudaBackend(RunContext()).run(_case("decode"), CudaSettings(steps=2, warmup=0))
+    assert r.status == "ok" and r.mfu is None and "RTX 4090" in r.extra["mfu_reason"]
+    assert r.hardware == "NVIDIA GeForce RTX 4090" and r.energy_j_per_step is None and r.ttft_s > 0
