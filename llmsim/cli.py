@@ -147,7 +147,40 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    raise LLMSimError("plan: capacity planning is not built yet")
+    """Search the plan's configurations; the best ones as a table on stderr, the run folder last on stdout."""
+    from llmsim.hardware import load_catalog
+    from llmsim.planner import load_plan, run_plan
+    from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd
+
+    plan = load_plan(args.plan, args.set)
+    manager = get_plugin_manager()
+    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
+    catalog = load_catalog([Path(f) for f in args.hardware], entries)
+    progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
+    outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress)
+    for h in outcome.hardware:
+        if h.example_price:
+            err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
+                              f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
+                              highlight=False)
+    shown = outcome.top or outcome.closest
+    train = plan.workload.mode == "train"
+    title = (f"best by {plan.objective}" + (" (re-checked by the cluster simulation)" if outcome.simulated else "")
+             if outcome.top else "nothing meets the goal: the closest configurations")
+    table = Table("#", "configuration", "time to goal" if train else "step latency", "cost" if train else "cost/h",
+                  "energy" if train else "energy/h", "devices", "meets goal", title=title)
+    for i, e in enumerate(shown, 1):
+        sim = e.sim if outcome.simulated and e.sim else {}
+        time_text = fmt_duration(e.time_to_goal_s) + (f" (sim {fmt_duration(sim['time_to_goal_s'])})" if sim else "")
+        cost_text = fmt_usd(e.cost_usd) + (f" (sim {fmt_usd(sim['cost_usd'])})" if sim else "")
+        table.add_row(str(i), describe(e), time_text, cost_text, fmt_energy(e.energy_j),
+                      f"{e.config.n_devices:,}", "yes" if e.feasible else e.reason)
+    Console(stderr=True, width=max(err_console.width, 160)).print(table)
+    err_console.print(outcome.explanation.headline, highlight=False)
+    for line in outcome.explanation.winner or outcome.explanation.limiting:
+        err_console.print(f"  {line}", highlight=False)
+    print(outcome.run_dir)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
     p.set_defaults(func=lambda args: 0 if calibrate_command(args.run_dirs, args.out) else 1)
-    p = sub.add_parser("plan", help="capacity planning (not built yet)")
+    p = sub.add_parser("plan", help="capacity planning: the cheapest (fastest, ...) way to meet a goal",
+                       description="Search hardware x devices x parallel strategy for a training or serving goal; "
+                                   "writes plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")
     p.add_argument("plan", metavar="PLAN.yaml")
+    p.add_argument("--out", default="reports", metavar="DIR",
+                   help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")
+    p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
+    p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k")
     p.set_defaults(func=cmd_plan)
     return parser
 

@@ -1,0 +1,176 @@
+"""Why a configuration wins, why the others lose, and — when nothing meets the goal — what limits.
+
+Pure functions of evaluated rows: sentences for the report, the terminal and the tests. A winner is
+explained by where its step goes (compute, exposed communication, pipeline bubble), its memory
+headroom and its largest memory item; a runner-up additionally by what it costs against the winner.
+When no configuration is feasible, the closest misses are listed with the limits they break, and the
+plan as a whole is diagnosed: no configuration fits in memory; the deadline (or latency, throughput)
+cannot be met within the device limit; or only the power limit stands in the way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from llmsim.planner.config import PlanFile
+from llmsim.planner.search import Evaluation, SearchStats
+from llmsim.report.units import fmt_bytes
+
+LIMIT_WORDS = {"memory": "memory (does not fit)", "deadline": "deadline", "latency": "step latency",
+               "throughput": "throughput", "power": "power limit", "devices": "device limit",
+               "error": "cannot be priced"}
+
+
+def _pct(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def fmt_usd(x: float | None) -> str:
+    return "–" if x is None else f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
+
+
+def fmt_energy(j: float | None) -> str:
+    if j is None:
+        return "–"
+    return f"{j / 3.6e9:,.1f} MWh" if j >= 3.6e9 else f"{j / 3.6e6:,.1f} kWh"
+
+
+def describe(e: Evaluation) -> str:
+    """'h100-sxm x 2048: dp1024 tp2 sp pp1 zero3 mb1 none'."""
+    c = e.config
+    parts = [f"dp{c.dp}", f"tp{c.tp}" + (" sp" if c.sp else ""), f"pp{c.pp}"]
+    if c.cp > 1:
+        parts.append(f"cp{c.cp}")
+    parts += [f"ZeRO-{c.zero}", f"micro-batch {c.micro_batch}", f"recompute {c.recompute}"]
+    if c.pp > 1:
+        parts.append(c.schedule + (f" v={c.virtual_stages}" if c.schedule == "interleaved" else ""))
+    return f"{c.n_devices} x {c.hardware} ({', '.join(parts)})"
+
+
+def step_shares(e: Evaluation) -> dict[str, float]:
+    """Shares of the step: compute, exposed communication, bubble, other (optimizer)."""
+    step = e.step_time_s or 0.0
+    if step <= 0:
+        return {}
+    return {"compute": (e.compute_time_s or 0) / step, "communication": (e.comm_time_s or 0) / step,
+            "bubble": (e.bubble_time_s or 0) / step, "other": (e.other_time_s or 0) / step}
+
+
+def why(e: Evaluation, plan: PlanFile) -> list[str]:
+    """Where the step goes and how much memory is left, in sentences."""
+    out: list[str] = []
+    shares = step_shares(e)
+    if shares:
+        out.append(f"step {fmt_duration(e.step_time_s)}: compute {_pct(shares['compute'])}, exposed communication "
+                   f"{_pct(shares['communication'])}, pipeline bubble {_pct(shares['bubble'])}, optimizer/other "
+                   f"{_pct(shares['other'])}" + (f"; MFU {e.mfu:.0%}" if e.mfu else ""))
+    if e.capacity_bytes:
+        headroom = 1 - e.memory_bytes / e.capacity_bytes
+        largest = max(e.memory_detail.items(), key=lambda kv: kv[1], default=("", 0.0))
+        out.append(f"memory {fmt_bytes(e.memory_bytes)} of {fmt_bytes(e.capacity_bytes)} usable per device "
+                   f"(headroom {_pct(headroom)}; largest: {largest[0].replace('_', ' ')} {fmt_bytes(largest[1])})")
+    if shares:
+        dominant = max(("communication", "bubble"), key=lambda k: shares[k])
+        if shares[dominant] >= 0.15:
+            comm = ("more tensor parallelism inside a node or less ZeRO traffic would shorten it"
+                    if plan.workload.mode == "train" else
+                    "fewer devices per replica (less tensor parallelism, more dp) would shorten it")
+            hint = {"communication": comm,
+                    "bubble": "more micro-batches or an interleaved schedule would shrink it"}[dominant]
+            out.append(f"{dominant} is {_pct(shares[dominant])} of the step: {hint}")
+    if e.reason:
+        out.append("misses: " + e.reason)
+    return out
+
+
+def versus(e: Evaluation, best: Evaluation, objective: str) -> str:
+    """How a runner-up compares to the winner on the objective and on time."""
+    def rel(a: float | None, b: float | None) -> str:
+        if a is None or b is None or b == 0:
+            return "–"
+        return f"{(a / b - 1):+.0%}"
+    return (f"against the winner: cost {rel(e.cost_usd, best.cost_usd)}, time {rel(e.time_to_goal_s, best.time_to_goal_s)}, "
+            f"energy {rel(e.energy_j, best.energy_j)}, devices {e.config.n_devices} vs {best.config.n_devices}")
+
+
+@dataclass
+class Explanation:
+    headline: str
+    winner: list[str] = field(default_factory=list)
+    runners_up: list[tuple[str, list[str]]] = field(default_factory=list)
+    limiting: list[str] = field(default_factory=list)     # no feasible configuration: what limits
+    closest: list[tuple[str, list[str]]] = field(default_factory=list)
+    limit_counts: dict[str, int] = field(default_factory=dict)
+
+
+def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list[str]:
+    """What keeps the goal out of reach, most fundamental first (memory, then device limit / goal, power)."""
+    priced = [e for e in rows if e.step_time_s is not None]
+    if not priced:
+        smallest = min((e.memory_bytes / e.capacity_bytes for e in rows if e.capacity_bytes), default=math.inf)
+        return [f"memory: no configuration fits in device memory (the smallest needs {smallest:.1f}x the "
+                f"capacity; {stats.pruned_by_group:,} more overflow on weights and optimizer state alone). "
+                f"Allow more devices (max_devices), ZeRO or pipeline stages, or choose a device with more memory."]
+    out = []
+    goal_limits = [e for e in priced if set(e.limits) - {"power"}]
+    if len(goal_limits) == len(priced):
+        kind = Counter(k for e in goal_limits for k in e.limits if k != "power").most_common(1)[0][0]
+        if plan.workload.mode == "train":
+            fastest = min(priced, key=lambda e: e.time_to_goal_s or math.inf)
+            n, limit = fastest.config.n_devices, plan.limits.max_devices
+            head = (f"{kind}: the fastest configuration, {describe(fastest)}, takes "
+                    f"{fmt_duration(fastest.time_to_goal_s)} against {plan.goal.deadline_days:g} days")
+            if 2 * n > limit:
+                need = n * (fastest.time_to_goal_s or 0) / (plan.goal.deadline_s or 1)
+                out.append(f"{head}; it uses {n:,} of max_devices={limit:,} and at ideal scaling the goal needs "
+                           f"about {math.ceil(need):,} devices: the device limit binds.")
+            else:
+                out.append(f"{head}; more devices do not make it faster here (it uses {n:,} of max_devices="
+                           f"{limit:,}; the global batch of {plan.workload.batch} sequences bounds data "
+                           f"parallelism): a larger batch, a faster device or a later deadline would.")
+        else:
+            best = min(priced, key=lambda e: e.shortfall)
+            out.append(f"{kind}: the closest configuration, {describe(best)}, serves "
+                       f"{best.tokens_per_s or 0:,.0f} tokens/s at {fmt_duration(best.latency_s)} per step "
+                       f"(goal: {plan.goal.tokens_per_s:,.0f} tokens/s"
+                       + (f", at most {plan.goal.max_step_latency_s * 1e3:g} ms" if plan.goal.max_step_latency_s else "")
+                       + f"); the device limit is max_devices={plan.limits.max_devices:,}.")
+    elif plan.limits.max_power_w is not None:
+        out.append("power: configurations meet the goal, but every one of them draws more than max_power_w="
+                   f"{plan.limits.max_power_w:,.0f} W at full load.")
+    else:
+        out.append("none: some configurations meet the goal.")
+    return out
+
+
+def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: list[Evaluation]) -> Explanation:
+    """The explanation of a ranked search; `top` = the re-checked (or first) top_k feasible rows."""
+    counts = Counter(k for e in rows for k in e.limits)
+    if stats.pruned_by_group or stats.pruned_by_micro_batch:
+        counts["memory"] += stats.pruned_by_group + stats.pruned_by_micro_batch
+    if top:
+        best = top[0]
+        headline = (f"best by {plan.objective}: {describe(best)} — {fmt_duration(best.time_to_goal_s)}, "
+                    f"{fmt_usd(best.cost_usd)}, {fmt_energy(best.energy_j)}")
+        runners = [(describe(e), [versus(e, best, plan.objective)] + why(e, plan)) for e in top[1:]]
+        return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
+    closest = [e for e in rows if not e.feasible][:max(plan.top_k, 1)]
+    limiting = diagnose(rows, stats, plan)
+    headline = "no configuration meets the goal within the limits; " + limiting[0].split(":")[0] + " limits"
+    return Explanation(headline, limiting=limiting,
+                       closest=[(describe(e), [e.reason] + why(e, plan)[:2]) for e in closest],
+                       limit_counts=dict(counts))

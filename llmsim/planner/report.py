@@ -1,0 +1,244 @@
+"""What `llmsim plan` writes: plan.csv, the Pareto figure, plan.md / plan.html, and best.yaml.
+
+plan.csv has one row per evaluated configuration, ranked by the objective (feasible first), with the
+strategy columns of results.csv plus `hardware, n_devices, feasible, reason, step_time_s,
+time_to_goal_s, cost_usd, energy_j` (contract) and the breakdown behind them. best.yaml is a scenario
+that `llmsim run` accepts and that reproduces the winner on the roofline and the cluster backends.
+The report is a llmsim.report Document, rendered by the same markdown and HTML renderers as run reports.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from llmsim.planner.config import PlanFile
+from llmsim.planner.explain import Explanation, describe, fmt_duration, fmt_energy, fmt_usd
+from llmsim.planner.search import Evaluation, Hardware, SearchStats
+from llmsim.report.units import fmt_bytes
+
+CONTRACT_COLUMNS = ["hardware", "n_devices", "feasible", "reason", "step_time_s", "time_to_goal_s", "cost_usd",
+                    "energy_j"]
+STRATEGY_COLUMNS = ["strategy", "dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "microbatches", "schedule",
+                    "virtual_stages", "recompute"]
+EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes_per_device",
+                 "memory_capacity_bytes", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s",
+                 "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
+                 "sim_energy_j", "sim_feasible"]
+PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front always is)
+
+
+def plan_frame(rows: list[Evaluation], hardware: list[Hardware]) -> pd.DataFrame:
+    """The ranked rows as plan.csv's table (rank 1 = best)."""
+    price = {h.name: h.usd_per_device_hour for h in hardware}
+    per_node = {h.name: h.devices_per_node for h in hardware}
+    records = []
+    for e in rows:
+        c = e.config
+        records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
+                        c.virtual_stages, c.recompute, c.hardware, c.n_devices, e.feasible, e.reason, e.step_time_s,
+                        e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
+                        e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
+                        e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],
+                        e.sim.get("step_time_s"), e.sim.get("time_to_goal_s"), e.sim.get("cost_usd"),
+                        e.sim.get("energy_j"), e.sim.get("feasible")))
+    frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def pareto_front(cost: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both cost and time (lower is better), by time."""
+    order = np.lexsort((cost, time))
+    front, best = [], np.inf
+    for i in order:
+        if cost[i] < best:
+            front.append(i)
+            best = cost[i]
+    return np.array(front, dtype=int)
+
+
+def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None) -> tuple[Any, Any]:
+    """Cost against time to goal (inference: cost per hour against step latency), log-log, per hardware,
+    feasible points solid, misses faint, the Pareto front of the feasible ones drawn as a line."""
+    from llmsim.report.figures import new_figure
+
+    fig, axes = new_figure(8.0, 5.2)
+    ax = axes[0][0]
+    priced = frame[frame["step_time_s"].notna()]
+    train = plan.workload.mode == "train"
+    scale = 86400.0 if train else 1e-3
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
+    for i, (name, part) in enumerate(priced.groupby("hardware", sort=False)):
+        color = colors[i % len(colors)]
+        ok, miss = part[part["feasible"]], part[~part["feasible"]]
+        if len(miss) > PARETO_SAMPLE:
+            miss = miss.sample(PARETO_SAMPLE, random_state=0)
+        if len(ok) > PARETO_SAMPLE:
+            ok = ok.sample(PARETO_SAMPLE, random_state=0)
+        ax.scatter(miss["time_to_goal_s"] / scale, miss["cost_usd"], s=4, color=color, alpha=0.08, linewidths=0)
+        ax.scatter(ok["time_to_goal_s"] / scale, ok["cost_usd"], s=7, color=color, alpha=0.5, linewidths=0,
+                   label=f"{name} (meets the goal)")
+    feasible = priced[priced["feasible"]]
+    if len(feasible):
+        idx = pareto_front(feasible["cost_usd"].to_numpy(float), feasible["time_to_goal_s"].to_numpy(float))
+        front = feasible.iloc[idx]
+        ax.plot(front["time_to_goal_s"] / scale, front["cost_usd"], "-o", color="#1d2330", ms=3, lw=1.2,
+                label="Pareto front")
+    if winner is not None and winner in frame.index and pd.notna(frame.loc[winner, "step_time_s"]):
+        row = frame.loc[winner]
+        ax.scatter([row["time_to_goal_s"] / scale], [row["cost_usd"]], s=120, marker="*", color="#C44E52",
+                   zorder=5, label="chosen")
+    if train and plan.goal.deadline_days:
+        ax.axvline(plan.goal.deadline_days, color="#C44E52", ls="--", lw=1, label="deadline")
+    if not train and plan.goal.max_step_latency_s:
+        ax.axvline(plan.goal.max_step_latency_s * 1e3, color="#C44E52", ls="--", lw=1, label="latency limit")
+    if len(priced):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("time to goal (days)" if train else "step latency (ms)")
+    ax.set_ylabel("cost (USD)" if train else "cost (USD per hour of serving)")
+    ax.set_title(f"{plan.name}: cost against time, {len(priced):,} priced configurations")
+    ax.grid(True, which="both", alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    return fig, ax
+
+
+def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:
+    """A scenario (plain data) that reproduces configuration `e` with `llmsim run` (roofline and cluster)."""
+    c = e.config
+    nodes, per_node = (1, c.n_devices) if c.n_devices <= hw.devices_per_node else \
+        (c.n_devices // hw.devices_per_node, hw.devices_per_node)
+    cluster = {"hardware": hw.name, "nodes": nodes, "devices_per_node": per_node,
+               "intra_node": hw.intra.name, "inter_node": hw.inter.name}  # type: ignore[attr-defined]
+    strategy = c.strategy().model_dump(mode="json", exclude_defaults=True)
+    strategy = {"name": c.name, **{k: v for k, v in strategy.items() if k != "name"}}
+    return {
+        "name": f"{plan.name}-best",
+        "workload": plan.workload.model_dump(mode="json"),
+        "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
+        "strategies": [strategy],
+        "backends": {"roofline": dict(cluster), "cluster": dict(cluster, trace=False)},
+    }
+
+
+def best_yaml(plan: PlanFile, e: Evaluation, hw: Hardware) -> str:
+    head = (f"# The winner of plan {plan.name!r} ({plan.objective}): {describe(e)}.\n"
+            f"# Modeled: {fmt_duration(e.time_to_goal_s)}, {fmt_usd(e.cost_usd)}, {fmt_energy(e.energy_j)}.\n"
+            f"#   llmsim run best.yaml\n")
+    return head + yaml.safe_dump(best_scenario(plan, e, hw), sort_keys=False, default_flow_style=None, width=110)
+
+
+def _table(rows: list[Evaluation], plan: PlanFile, simulated: bool) -> Any:
+    from llmsim.report.document import Cell, Table
+
+    train = plan.workload.mode == "train"
+    cols = ["#", "configuration", "time to goal" if train else "step latency", "cost" if train else "cost / hour",
+            "energy" if train else "energy / hour", "devices", "memory/device", "meets goal"]
+    if simulated:
+        cols += ["simulated time", "simulated cost"]
+    out = []
+    for i, e in enumerate(rows, 1):
+        cells = [Cell(str(i), i), Cell(describe(e)), Cell(fmt_duration(e.time_to_goal_s), e.time_to_goal_s),
+                 Cell(fmt_usd(e.cost_usd), e.cost_usd), Cell(fmt_energy(e.energy_j), e.energy_j),
+                 Cell(f"{e.config.n_devices:,}", e.config.n_devices), Cell(fmt_bytes(e.memory_bytes), e.memory_bytes),
+                 Cell("yes" if e.feasible else e.reason or "no")]
+        if simulated:
+            cells += [Cell(fmt_duration(e.sim.get("time_to_goal_s")), e.sim.get("time_to_goal_s")),  # type: ignore[arg-type]
+                      Cell(fmt_usd(e.sim.get("cost_usd")), e.sim.get("cost_usd"))]  # type: ignore[arg-type]
+        out.append(cells)
+    numeric = [True, False, True, True, True, True, True, False] + ([True, True] if simulated else [])
+    return Table(cols, out, numeric)
+
+
+def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation], closest: list[Evaluation],
+                  stats: SearchStats, hardware: list[Hardware], figure_png: bytes | None, simulated: bool) -> Any:
+    from llmsim.report.document import Bullets, Document, Figure, Paragraph, Point, Section
+
+    g = plan.goal
+    goal = (f"{g.tokens:,.3g} tokens" + (f" within {g.deadline_days:g} days" if g.deadline_days else "")
+            if plan.workload.mode == "train" else
+            f"{g.tokens_per_s:,.0f} tokens/s" + (f", step latency at most {g.max_step_latency_s * 1e3:g} ms"
+                                                 if g.max_step_latency_s else ""))
+    summary = [Point(explanation.headline, explanation.winner or explanation.limiting)]
+    sections = []
+    if top:
+        sections.append(Section("Best configurations", [
+            Paragraph(f"The first {len(top)} configurations that meet the goal, by {plan.objective}"
+                      + (", re-checked by the SimPy cluster simulation and ordered by its numbers." if simulated
+                         else " (roofline cost model).")),
+            _table(top, plan, simulated)]))
+        sections.append(Section("Why", [Paragraph("Winner: " + describe(top[0])), Bullets(explanation.winner)]
+                                + [b for name, lines in explanation.runners_up
+                                   for b in (Paragraph("Runner-up: " + name), Bullets(lines))]))
+    else:
+        sections.append(Section("What limits", [Bullets(explanation.limiting)]))
+        sections.append(Section("Closest configurations", [_table(closest, plan, False)]
+                                + [b for name, lines in explanation.closest
+                                   for b in (Paragraph(name), Bullets(lines))]))
+    sections.append(Section("Cost against time", [Figure(
+        "pareto", "Cost against time to goal", "each dot a priced configuration; solid: meets the goal",
+        png=figure_png, skipped=None if figure_png else "no configuration could be priced")]))
+    limits = ", ".join(f"{k}: {v:,}" for k, v in sorted(explanation.limit_counts.items(), key=lambda kv: -kv[1]))
+    prices = [f"{h.name}: ${h.usd_per_device_hour:g} per device-hour"
+              + (" (an example price, not a quote — set usd_per_device_hour)" if h.example_price else "")
+              + f", {h.devices_per_node} per node" for h in hardware]
+    sections.append(Section("Search", [Bullets([
+        f"{stats.screened:,} configurations screened in {stats.seconds:.1f} s "
+        f"({stats.screened / max(stats.seconds, 1e-9):,.0f}/s): {stats.priced:,} priced by the roofline, "
+        f"{stats.memory_rejected:,} checked and over memory, {stats.pruned_by_group:,} skipped whole because "
+        f"weights and optimizer state alone overflow, {stats.pruned_by_micro_batch:,} skipped because a smaller "
+        f"micro-batch already overflows; {stats.feasible:,} meet the goal.",
+        f"limits broken (a configuration may break several): {limits or 'none'}.",
+        *prices,
+        "plan.csv lists every configuration evaluated one by one, ranked; best.yaml reproduces the winner "
+        "with `llmsim run best.yaml`."])]))
+    meta = [("plan", plan.name), ("workload", f"{plan.workload.model.preset or 'custom'} {plan.workload.mode}, "
+                                              f"batch {plan.workload.batch}, {plan.workload.dtype}"),
+            ("goal", goal), ("objective", plan.objective),
+            ("limits", f"max_devices {plan.limits.max_devices:,}" + (
+                f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else ""))]
+    return Document(f"llmsim plan: {plan.name}", summary, sections, meta)
+
+
+def figure_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,
+                  top: list[Evaluation], closest: list[Evaluation], stats: SearchStats, hardware: list[Hardware],
+                  simulated: bool) -> list[Path]:
+    """plan.csv, figures/pareto.png, plan.md, plan.html and (when something is feasible) best.yaml."""
+    from llmsim.report.html import render_html
+    from llmsim.report.markdown import render_markdown
+    from llmsim.runner import write_atomic
+
+    written = []
+    csv = run_dir / "plan.csv"
+    frame.to_csv(csv, index=False, float_format="%.6g")
+    written.append(csv)
+    winner = int(frame.index[frame["strategy"].eq(top[0].config.name) & frame["hardware"].eq(top[0].config.hardware)
+                             ][0]) if top else None
+    fig, _ = pareto_figure(frame, plan, winner)
+    png = figure_png(fig)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    (run_dir / "figures" / "pareto.png").write_bytes(png)
+    written.append(run_dir / "figures" / "pareto.png")
+    doc = plan_document(plan, explanation, top, closest, stats, hardware, png, simulated)
+    write_atomic(run_dir / "plan.md", render_markdown(doc))
+    write_atomic(run_dir / "plan.html", render_html(doc))
+    written += [run_dir / "plan.md", run_dir / "plan.html"]
+    if top:
+        hw = {h.name: h for h in hardware}[top[0].config.hardware]
+        write_atomic(run_dir / "best.yaml", best_yaml(plan, top[0], hw))
+        written.append(run_dir / "best.yaml")
+    write_atomic(run_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    return written

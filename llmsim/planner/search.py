@@ -1,0 +1,315 @@
+"""Screen, price and rank every configuration of a plan; re-check the best with the cluster simulation.
+
+For each hardware choice the workload is profiled once (`profile_workload` is cached; a model deeper
+than two layers is traced with two and scaled, exactly: costmodel.scaling), then the space is walked
+group by group (space.py). Pruning is safe by construction, never by heuristics:
+* a group (tp, pp, cp, dp, zero) whose weights, gradients and optimizer state alone — computed by
+  the cost model's own `memory_breakdown` per pipeline stage, activations left out — exceed the device
+  cannot hold any of its members, since activations are never negative: the whole group is skipped;
+* every other configuration gets its exact memory from `memory_breakdown`; one that overflows is a row
+  (feasible false, reason memory) and is not timed; configurations that differ from it only by a larger
+  micro-batch overflow too (memory never shrinks with the micro-batch: space.chains) and are counted;
+* every configuration that fits is priced by `estimate` — none is dropped for being slow, so the
+  closest misses are there to explain when nothing meets the goal.
+The ranking puts the feasible configurations first, by the objective (ties: time, cost, devices), then
+the ones that run but miss the goal or a limit, by how far (the largest ratio of need to limit), then
+the ones that do not fit in memory, by how far.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from llmsim.config import Workload
+from llmsim.costmodel import ClusterSpec, CostModelError, Options, estimate, memory_breakdown
+from llmsim.costmodel.scaling import with_layers
+from llmsim.hardware import Catalog, DeviceSpec
+from llmsim.planner.config import PlanFile, price_of
+from llmsim.report.units import fmt_bytes
+from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members
+from llmsim.workload.profile import WorkloadProfile, profile_workload
+from llmsim.workload.step import SharingChoice
+
+HOUR_S = 3600.0
+SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One hardware choice, resolved against the catalog."""
+
+    name: str
+    device: DeviceSpec
+    intra: object
+    inter: object
+    devices_per_node: int
+    usd_per_device_hour: float
+    example_price: bool
+
+    def cluster(self, n: int) -> ClusterSpec:
+        """n devices as whole nodes (or part of one node)."""
+        if n <= self.devices_per_node:
+            return ClusterSpec(device=self.device, intra=self.intra, inter=self.inter, nodes=1,  # type: ignore[arg-type]
+                               devices_per_node=n)
+        return ClusterSpec(device=self.device, intra=self.intra, inter=self.inter,  # type: ignore[arg-type]
+                           nodes=n // self.devices_per_node, devices_per_node=self.devices_per_node)
+
+    memory_headroom: float = 0.0
+
+    @property
+    def capacity(self) -> float:
+        """Usable bytes per device: the catalog's capacity less the plan's headroom (0 = unknown: unlimited)."""
+        return self.device.memory_bytes * (1 - self.memory_headroom)
+
+
+def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
+    out = []
+    for h in plan.hardware:
+        device = catalog.device(h.name)
+        price, example = price_of(h)
+        out.append(Hardware(h.name, device, catalog.link(h.intra_node or device.intra_node or ""),
+                            catalog.link(h.inter_node or device.inter_node or ""),
+                            h.devices_per_node or device.devices_per_node or 8, price, example,
+                            plan.limits.memory_headroom))
+    return out
+
+
+def sharing_choice(plan: PlanFile) -> SharingChoice:
+    tie = plan.sharing.tie_embeddings
+    return SharingChoice(plan.workload.model.tie_embeddings if tie is None else tie, plan.sharing.layer_groups,
+                         plan.sharing.lora)
+
+
+def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
+    """The profile of the full workload: traced with 2 layers and scaled when that is exact."""
+    layers = workload.model.layers
+    if layers <= SCALE_FROM_LAYERS or sharing.layer_groups is not None:
+        return profile_workload(workload, sharing)
+    short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
+    return with_layers(profile_workload(short, sharing), layers)
+
+
+@dataclass
+class Evaluation:
+    """One configuration, priced: the plan.csv row. Times in s, money in USD, energy in J, bytes."""
+
+    config: Config
+    feasible: bool
+    reason: str                      # "" when feasible; else the limits it breaks, "; "-joined
+    limits: tuple[str, ...]          # memory | deadline | latency | throughput | power | error
+    shortfall: float                 # largest need/limit ratio (1 or less when feasible)
+    memory_bytes: float
+    capacity_bytes: float
+    step_time_s: float | None = None
+    time_to_goal_s: float | None = None
+    cost_usd: float | None = None
+    energy_j: float | None = None
+    tokens_per_s: float | None = None
+    latency_s: float | None = None
+    compute_time_s: float | None = None
+    comm_time_s: float | None = None
+    bubble_time_s: float | None = None
+    other_time_s: float | None = None
+    mfu: float | None = None
+    power_w: float = 0.0
+    memory_detail: dict[str, float] = field(default_factory=dict)
+    sim: dict[str, float | bool | None] = field(default_factory=dict)  # the cluster re-check, top-k only
+
+
+@dataclass
+class Context:
+    """What pricing a configuration needs, built once per hardware choice."""
+
+    plan: PlanFile
+    hardware: Hardware
+    profile: WorkloadProfile
+    sharing: SharingChoice
+    options: Options = Options()
+
+
+def static_lower_bound(ctx: Context, g: Group) -> float:
+    """Bytes per device of weights, gradients, optimizer state and KV cache (no activations): a true
+    lower bound of `memory_breakdown(...).total` for every member of the group."""
+    from llmsim.costmodel import Plan
+
+    w = ctx.plan.workload
+    plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1))
+    stages = ["first"] if g.pp == 1 else ["first", "last"]
+    best = 0.0
+    for st in stages:
+        mb = memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, stage=st)
+        best = max(best, mb.params + mb.grads + mb.optimizer + mb.kv_cache)
+    return best
+
+
+def _steps(plan: PlanFile) -> int:
+    """Optimizer steps to train on goal.tokens tokens (the last one partial counts whole)."""
+    return math.ceil((plan.goal.tokens or 0) / plan.workload.tokens_per_step)
+
+
+def goal_metrics(plan: PlanFile, n: int, price: float, step_s: float, energy_step_j: float,
+                 tpot_s: float | None) -> dict[str, float]:
+    """time_to_goal_s, cost_usd, energy_j, tokens_per_s, latency_s of one priced configuration.
+
+    Training: the whole run (steps x step time; cost = devices x hours x price). Inference: a service
+    held for one hour at its throughput: cost and energy per hour, time_to_goal_s = the step latency
+    (decode: one token step; prefill: the step), the figure max_step_latency_s limits.
+    """
+    w = plan.workload
+    tps = w.tokens_per_step / step_s
+    if w.mode == "train":
+        steps = _steps(plan)
+        total = steps * step_s
+        return dict(time_to_goal_s=total, cost_usd=n * price * total / HOUR_S, energy_j=steps * energy_step_j,
+                    tokens_per_s=tps, latency_s=step_s)
+    latency = tpot_s if (w.mode == "decode" and tpot_s) else step_s
+    return dict(time_to_goal_s=latency, cost_usd=n * price, energy_j=energy_step_j / step_s * HOUR_S,
+                tokens_per_s=tps, latency_s=latency)
+
+
+def judge(plan: PlanFile, metrics: dict[str, float], power_w: float) -> tuple[tuple[str, ...], list[str], float]:
+    """(limits broken, their reasons, shortfall = largest need/limit ratio) against the goal and limits."""
+    g, lim = plan.goal, plan.limits
+    broken: list[tuple[str, str, float]] = []
+    if plan.workload.mode == "train":
+        if g.deadline_s is not None and metrics["time_to_goal_s"] > g.deadline_s:
+            broken.append(("deadline", f"deadline: {metrics['time_to_goal_s'] / 86400:.1f} days > "
+                                       f"{g.deadline_days:g}", metrics["time_to_goal_s"] / g.deadline_s))
+    else:
+        if g.tokens_per_s is not None and metrics["tokens_per_s"] < g.tokens_per_s:
+            broken.append(("throughput", f"throughput: {metrics['tokens_per_s']:,.0f} tokens/s < "
+                                         f"{g.tokens_per_s:,.0f}", g.tokens_per_s / metrics["tokens_per_s"]))
+        if g.max_step_latency_s is not None and metrics["latency_s"] > g.max_step_latency_s:
+            broken.append(("latency", f"latency: {metrics['latency_s'] * 1e3:.1f} ms > "
+                                      f"{g.max_step_latency_s * 1e3:g} ms", metrics["latency_s"] / g.max_step_latency_s))
+    if lim.max_power_w is not None and power_w > lim.max_power_w:
+        broken.append(("power", f"power: {power_w / 1e3:,.1f} kW > {lim.max_power_w / 1e3:,.1f} kW",
+                       power_w / lim.max_power_w))
+    return tuple(b[0] for b in broken), [b[1] for b in broken], max((b[2] for b in broken), default=1.0)
+
+
+def evaluate(ctx: Context, c: Config) -> Evaluation:
+    """Memory first (exact); the step only when it fits; then the goal and the limits."""
+    w, hw = ctx.plan.workload, ctx.hardware
+    plan = c.plan()
+    mem = memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options)
+    cap = hw.capacity
+    power = c.n_devices * hw.device.max_power_w
+    detail = mem.as_dict()
+    if cap and mem.total > cap:
+        reason = f"memory: needs {fmt_bytes(mem.total)}/device > {fmt_bytes(cap)} usable"
+        return Evaluation(c, False, reason, ("memory",), mem.total / cap, mem.total, cap, power_w=power,
+                          memory_detail=detail)
+    try:
+        est = estimate(w, ctx.profile, ctx.sharing, plan, hw.cluster(c.n_devices), ctx.options)
+    except CostModelError as exc:
+        return Evaluation(c, False, f"error: {exc}", ("error",), math.inf, mem.total, cap, power_w=power,
+                          memory_detail=detail)
+    metrics = goal_metrics(ctx.plan, c.n_devices, hw.usd_per_device_hour, est.step_time_s, est.energy_j, est.tpot_s)
+    limits, reasons, shortfall = judge(ctx.plan, metrics, power)
+    return Evaluation(c, not limits, "; ".join(reasons), limits, shortfall, mem.total, cap,
+                      step_time_s=est.step_time_s, compute_time_s=est.compute_time_s, comm_time_s=est.comm_time_s,
+                      bubble_time_s=est.bubble_time_s, other_time_s=est.other_time_s, mfu=est.mfu, power_w=power,
+                      memory_detail=detail, **metrics)
+
+
+@dataclass
+class SearchStats:
+    """How much of the space each stage handled (the report shows it; the benchmark times it)."""
+
+    screened: int = 0          # configurations counted: pruned by group + memory-checked + priced
+    pruned_by_group: int = 0   # members of groups whose weights alone overflow (not listed one by one)
+    groups_pruned: int = 0
+    pruned_by_micro_batch: int = 0  # larger micro-batches than one that overflows (not listed one by one)
+    memory_rejected: int = 0
+    priced: int = 0
+    feasible: int = 0
+    seconds: float = 0.0
+    per_hardware: dict[str, int] = field(default_factory=dict)
+
+
+def objective_key(objective: str) -> Callable[[Evaluation], tuple]:
+    """Sort key: feasible first by the objective (ties: time, cost, devices); then misses by shortfall."""
+    def metric(e: Evaluation) -> tuple:
+        t, c, j, n = e.time_to_goal_s, e.cost_usd, e.energy_j, e.config.n_devices
+        order = {"cost": (c, t, n), "time": (t, c, n), "energy": (j, t, c), "devices": (n, c, t)}[objective]
+        return order
+
+    def key(e: Evaluation) -> tuple:
+        if e.feasible:
+            return (0, *metric(e), e.config.name)
+        priced = e.step_time_s is not None  # a configuration that runs is closer than one that cannot
+        return (1, 0 if priced else 1, e.shortfall, *(m if m is not None else math.inf for m in metric(e)),
+                e.config.name)
+    return key
+
+
+def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
+           profile: WorkloadProfile | None = None,
+           progress: Callable[[str], None] | None = None) -> tuple[list[Evaluation], SearchStats]:
+    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted)."""
+    start = time.perf_counter()
+    sharing = sharing or sharing_choice(plan)
+    profile = profile or workload_profile(plan.workload, sharing)
+    stats = SearchStats()
+    rows: list[Evaluation] = []
+    for hw in hardware:
+        ctx = Context(plan, hw, profile, sharing)
+        axes: Axes = axes_of(plan, hw.devices_per_node)
+        before = stats.screened
+        for g in groups(plan, hw.name, hw.devices_per_node, axes):
+            if hw.capacity and static_lower_bound(ctx, g) > hw.capacity:
+                skipped = sum(1 for _ in members(plan, g, axes))
+                stats.pruned_by_group += skipped
+                stats.screened += skipped
+                stats.groups_pruned += 1
+                continue
+            for chain in chains(plan, g, axes):
+                for i, c in enumerate(chain):
+                    e = evaluate(ctx, c)
+                    stats.screened += 1
+                    stats.feasible += e.feasible
+                    rows.append(e)
+                    if e.limits == ("memory",):
+                        stats.memory_rejected += 1
+                        rest = len(chain) - i - 1
+                        stats.pruned_by_micro_batch += rest
+                        stats.screened += rest
+                        break
+                    stats.priced += 1
+        stats.per_hardware[hw.name] = stats.screened - before
+        if progress:
+            progress(f"{hw.name}: {stats.per_hardware[hw.name]:,} configurations screened")
+    rows.sort(key=objective_key(plan.objective))
+    stats.seconds = time.perf_counter() - start
+    return rows, stats
+
+
+def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware], profile: WorkloadProfile,
+                 sharing: SharingChoice, k: int) -> list[Evaluation]:
+    """Re-check the first k feasible rows with the SimPy cluster simulation; reorder those k by the
+    simulated objective (still-feasible first). Returns the re-checked rows in their new order."""
+    from llmsim_plugins.cluster.backend import ClusterSettings, simulate_case
+
+    by_name = {h.name: h for h in hardware}
+    top = [e for e in rows if e.feasible][:k]
+    settings = ClusterSettings(trace=False)
+    for e in top:
+        hw = by_name[e.config.hardware]
+        sim = simulate_case(plan.workload, profile, sharing, e.config.plan(), hw.cluster(e.config.n_devices),
+                            Options(), settings, seed=0)
+        metrics = goal_metrics(plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j,
+                               sim.tpot_s)
+        limits, reasons, _ = judge(plan, metrics, e.power_w)
+        e.sim = dict(step_time_s=sim.step_s, time_to_goal_s=metrics["time_to_goal_s"], cost_usd=metrics["cost_usd"],
+                     energy_j=metrics["energy_j"], feasible=not limits, reason="; ".join(reasons))
+    key = objective_key(plan.objective)
+
+    def sim_key(e: Evaluation) -> tuple:
+        as_sim = replace(e, feasible=bool(e.sim["feasible"]), time_to_goal_s=e.sim["time_to_goal_s"],
+                         cost_usd=e.sim["cost_usd"], energy_j=e.sim["energy_j"])
+        return key(as_sim)
+    return sorted(top, key=sim_key)

@@ -1,0 +1,285 @@
+"""The search space: every (hardware, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
+schedule, virtual stages) a plan may choose, and the rules that make a point of it a valid configuration.
+
+Validity is llmsim.strategy's own rules (`check_strategy_shape`, `resolve_layout`), so a configuration
+the planner proposes is one `llmsim run` accepts, plus three of the planner's own:
+* a configuration spans whole nodes, or fits inside one node (the device count is what is rented);
+* no duplicates: selective recompute is none under flash attention (what the planner prices),
+  ZeRO needs dp > 1 (with dp = 1 every stage is ZeRO-0), the schedule is 1f1b without a
+  pipeline, and inference runs ZeRO-0, no recompute, 1f1b (the cost model ignores them there), and
+  micro_batch 1 without a pipeline (a server runs its whole share at once);
+* at most `limits.max_devices` devices.
+
+`is_candidate` states these rules for one point (tests enumerate the full product with it);
+`enumerate_space` walks the same space as nested loops, so that a whole subtree can be skipped when
+its weights and optimizer state alone overflow the device (search.py), and yields only valid points.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from llmsim.config import Strategy, Workload
+from llmsim.costmodel import Plan
+from llmsim.planner.config import PlanFile
+from llmsim.strategy import Layout, check_strategy_shape, resolve_layout
+
+DEFAULT_CP = (1, 2, 4, 8)
+DEFAULT_VIRTUAL_STAGES = (2, 3, 4)
+ALL_RECOMPUTE = ("none", "selective", "full")
+ALL_SCHEDULES = ("gpipe", "1f1b", "interleaved")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One configuration: a strategy placed on `n_devices` devices of `hardware`."""
+
+    hardware: str
+    n_devices: int
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    sp: bool
+    zero: int
+    micro_batch: int
+    microbatches: int
+    recompute: str
+    schedule: str
+    virtual_stages: int
+
+    @property
+    def name(self) -> str:
+        """A scenario strategy name ([a-z0-9-]) that says what the configuration is."""
+        parts = [f"dp{self.dp}", f"tp{self.tp}"] + (["sp"] if self.sp else []) + [f"pp{self.pp}"]
+        if self.cp > 1:
+            parts.append(f"cp{self.cp}")
+        parts += [f"z{self.zero}", f"mb{self.micro_batch}", self.recompute]
+        if self.pp > 1:
+            parts.append(self.schedule + (f"{self.virtual_stages}" if self.schedule == "interleaved" else ""))
+        return "-".join(parts)
+
+    def strategy(self, name: str | None = None) -> Strategy:
+        return Strategy(name=name or self.name, dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, sp=self.sp,
+                        zero=self.zero, micro_batch=self.micro_batch, schedule=self.schedule,
+                        virtual_stages=self.virtual_stages, recompute=self.recompute)
+
+    def plan(self) -> Plan:
+        return Plan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, micro_batch=self.micro_batch,
+                    microbatches=self.microbatches, virtual_stages=self.virtual_stages, sp=self.sp, zero=self.zero,
+                    schedule=self.schedule, recompute=self.recompute)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _LayoutQuery:
+    """The few Strategy fields resolve_layout reads, without building a pydantic model per point."""
+
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    micro_batch: int
+    schedule: str
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tp * self.pp * self.cp
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The values each degree takes for one plan (the plan's `search` or the defaults)."""
+
+    tp: tuple[int, ...]
+    pp: tuple[int, ...]
+    cp: tuple[int, ...]
+    dp: tuple[int, ...]
+    zero: tuple[int, ...]
+    micro_batch: tuple[int, ...] | None  # None = every divisor of the per-replica batch
+    recompute: tuple[str, ...]
+    schedule: tuple[str, ...]
+    virtual_stages: tuple[int, ...]
+    sp: tuple[bool, ...]
+
+
+def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
+    """The plan's search axes, defaults filled in (see SearchSpace for what the defaults are)."""
+    w, s = plan.workload, plan.search
+    train = w.mode == "train"
+    tp_default = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= max(devices_per_node, 1)]
+    pick = lambda given, default: tuple(sorted(set(given if given is not None else default)))  # noqa: E731
+    return Axes(
+        tp=pick(s.tp, tp_default),
+        pp=pick(s.pp, _divisors(w.model.layers)),
+        cp=pick(s.cp, [1] if w.mode == "decode" else DEFAULT_CP),
+        dp=pick(s.dp, _divisors(w.batch)),
+        zero=pick(s.zero, [0, 1, 2, 3] if train else [0]),
+        micro_batch=pick(s.micro_batch, []) if s.micro_batch is not None else None,
+        recompute=tuple(r for r in ALL_RECOMPUTE
+                        if r in (s.recompute or (("none", "full") if train else ["none"]))),
+        schedule=tuple(x for x in ALL_SCHEDULES if x in (s.schedule or (ALL_SCHEDULES if train else ["1f1b"]))),
+        virtual_stages=pick(s.virtual_stages, DEFAULT_VIRTUAL_STAGES),
+        sp=pick(s.sp, [False, True]),
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def shape_problem(w: Workload, tp: int, pp: int, cp: int, sp: bool, schedule: str, v: int) -> str | None:
+    """llmsim.strategy.check_strategy_shape for these degrees, as a message (None = valid). Cached."""
+    try:
+        s = Strategy(tp=tp, pp=pp, cp=cp, sp=sp, schedule=schedule, virtual_stages=v)  # type: ignore[arg-type]
+    except ValueError as exc:  # a degree the Strategy model itself rejects
+        return str(exc).splitlines()[0]
+    problem = check_strategy_shape(s, w)
+    return None if problem is None else f"{problem[0]}: {problem[1]}"
+
+
+def layout_problem(w: Workload, dp: int, tp: int, pp: int, cp: int, mb: int, schedule: str) -> Layout | str:
+    """llmsim.strategy.resolve_layout for these degrees: the Layout, or why not."""
+    out = resolve_layout(_LayoutQuery(dp, tp, pp, cp, mb, schedule), w, None, "plan")  # type: ignore[arg-type]
+    return out if isinstance(out, Layout) else f"{out[0]}: {out[1]}"
+
+
+def node_problem(n: int, devices_per_node: int, max_devices: int) -> str | None:
+    """Whole nodes (or part of one), and within the device limit."""
+    if n > max_devices:
+        return f"devices: {n} > max_devices={max_devices}"
+    if n > devices_per_node and n % devices_per_node:
+        return f"devices: {n} is not a whole number of {devices_per_node}-device nodes"
+    return None
+
+
+def duplicate_problem(w: Workload, c: Config) -> str | None:
+    """Points that the cost model prices identically to a canonical one are left out as duplicates."""
+    if c.zero > 0 and c.dp == 1:
+        return "duplicate: ZeRO with dp=1 is ZeRO-0"
+    if c.pp == 1 and c.schedule != "1f1b":
+        return "duplicate: without a pipeline the schedule is 1f1b"
+    if c.schedule == "interleaved" and c.virtual_stages == 1:
+        return "duplicate: interleaved with one model chunk per device is 1f1b (the planner tries 2 or more)"
+    if c.recompute == "selective":
+        return ("duplicate: with the flash-attention kernel the planner prices, selective recompute keeps and "
+                "recomputes what none does (only the s x s scores, which flash never stores)")
+    if w.mode != "train" and (c.zero, c.recompute, c.schedule) != (0, "none", "1f1b"):
+        return "duplicate: inference runs ZeRO-0, no recompute, 1f1b"
+    if w.mode != "train" and c.pp == 1 and c.micro_batch != 1:
+        return "duplicate: inference without a pipeline runs its whole share at once (micro_batch 1)"
+    return None
+
+
+def is_candidate(plan: PlanFile, devices_per_node: int, c: Config) -> str | None:
+    """None when `c` is a configuration of the plan's space, else why not (the rules, for one point)."""
+    w = plan.workload
+    return (node_problem(c.n_devices, devices_per_node, plan.limits.max_devices)
+            or shape_problem(w, c.tp, c.pp, c.cp, c.sp, c.schedule, c.virtual_stages)
+            or _layout_mismatch(w, c)
+            or duplicate_problem(w, c))
+
+
+def _layout_mismatch(w: Workload, c: Config) -> str | None:
+    out = layout_problem(w, c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.schedule)
+    if isinstance(out, str):
+        return out
+    if out.microbatches != c.microbatches or out.world != c.n_devices:
+        return "layout: microbatches or n_devices do not follow from the degrees"
+    return None
+
+
+def schedules(axes: Axes, pp: int) -> list[tuple[str, int]]:
+    """(schedule, virtual stages) pairs to try for a pipeline of pp stages."""
+    if pp == 1:
+        return [("1f1b", 1)] if "1f1b" in axes.schedule or not axes.schedule else []
+    out = [(s, 1) for s in axes.schedule if s != "interleaved"]
+    if "interleaved" in axes.schedule:
+        out += [("interleaved", v) for v in axes.virtual_stages]
+    return out
+
+
+def micro_batches(axes: Axes, per_replica: int) -> list[int]:
+    if axes.micro_batch is None:
+        return _divisors(per_replica)
+    return [m for m in axes.micro_batch if per_replica % m == 0]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Points sharing (tp, pp, cp, dp, zero): their weights and optimizer state are the same."""
+
+    hardware: str
+    n_devices: int
+    tp: int
+    pp: int
+    cp: int
+    dp: int
+    zero: int
+
+
+def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Group]:
+    """The (tp, pp, cp, dp, zero) groups within the device limit, whole nodes, ZeRO only with dp > 1."""
+    limit = plan.limits.max_devices
+    for tp in axes.tp:
+        for cp in axes.cp:
+            for pp in axes.pp:
+                mp = tp * pp * cp
+                if mp > limit:
+                    continue
+                for dp in axes.dp:
+                    n = dp * mp
+                    if node_problem(n, devices_per_node, limit):
+                        continue
+                    for zero in axes.zero:
+                        if zero > 0 and dp == 1:
+                            continue
+                        yield Group(hardware, n, tp, pp, cp, dp, zero)
+
+
+def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
+    """The valid configurations of one group, in chains that differ only in micro_batch, ascending.
+
+    Within a chain memory never shrinks as the micro-batch grows (activations per micro-batch are
+    linear in it; micro-batches in flight times their size is B/dp for GPipe and min(m, p) x micro_batch
+    for 1F1B and interleaved), so search.py may stop a chain at its first configuration that overflows.
+    """
+    w = plan.workload
+    if w.batch % g.dp:
+        return
+    mbs = micro_batches(axes, w.batch // g.dp)
+    for sp in axes.sp:
+        if sp and g.tp == 1:
+            continue
+        for schedule, v in schedules(axes, g.pp):
+            if shape_problem(w, g.tp, g.pp, g.cp, sp, schedule, v):
+                continue
+            layouts = [(mb, layout_problem(w, g.dp, g.tp, g.pp, g.cp, mb, schedule)) for mb in mbs]
+            layouts = [(mb, lay) for mb, lay in layouts if not isinstance(lay, str)]
+            for recompute in axes.recompute:
+                chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb,
+                                lay.microbatches, recompute, schedule, v) for mb, lay in layouts]  # type: ignore[union-attr]
+                chain = [c for c in chain if duplicate_problem(w, c) is None]
+                if chain:
+                    yield chain
+
+
+def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:
+    """The valid configurations of one group."""
+    for chain in chains(plan, g, axes):
+        yield from chain
+
+
+def full_product(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Config]:
+    """Every point of the axes' product, valid or not (for brute-force checks of the pruning)."""
+    w = plan.workload
+    import itertools
+
+    for tp, pp, cp, dp, zero, sp, recompute, schedule, v in itertools.product(
+            axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute, axes.schedule,
+            (1,) + axes.virtual_stages):
+        for mb in axes.micro_batch or _divisors(w.batch):
+            m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0
+            yield Config(hardware, dp * tp * pp * cp, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v)

@@ -1,0 +1,119 @@
+"""Explanations, the run folder, best.yaml and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from llmsim.cli import main
+from llmsim.config import parse_scenario
+from llmsim.planner import run_plan
+from llmsim.planner.explain import explain
+from llmsim.planner.report import CONTRACT_COLUMNS, pareto_figure, plan_frame
+from llmsim.planner.search import search
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.runner import plan_cases
+from tests.planner.helpers import hardware, small_catalog, small_plan
+
+
+def test_deadline_out_of_reach_names_the_device_limit() -> None:
+    plan = small_plan(goal={"tokens": 1e12, "deadline_days": 1}, limits={"max_devices": 2})
+    rows, stats = search(plan, hardware(plan, small_catalog()))
+    assert not any(e.feasible for e in rows)
+    why = explain(rows, stats, plan, [])
+    assert "deadline" in why.headline
+    assert "the device limit binds" in why.limiting[0] and "max_devices=2" in why.limiting[0]
+    assert why.closest and all("deadline" in lines[0] for _, lines in why.closest)
+    priced = [e.shortfall for e in rows if e.step_time_s is not None]
+    assert priced == sorted(priced)
+
+
+def test_deadline_out_of_reach_with_devices_to_spare_blames_the_batch() -> None:
+    plan = small_plan(goal={"tokens": 1e12, "deadline_days": 1}, limits={"max_devices": 16})
+    rows, stats = search(plan, hardware(plan, small_catalog()))
+    why = explain(rows, stats, plan, [])
+    assert not any(e.feasible for e in rows)
+    assert "more devices do not make it faster" in why.limiting[0]
+
+
+def test_nothing_fits_names_memory() -> None:
+    plan = small_plan(hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}])
+    rows, stats = search(plan, hardware(plan, small_catalog(2e5)))
+    why = explain(rows, stats, plan, [])
+    assert not any(e.feasible for e in rows)
+    assert why.limiting[0].startswith("memory:")
+    assert why.limit_counts["memory"] == stats.screened
+
+
+def test_power_limit_is_the_limiting_factor() -> None:
+    plan = small_plan(limits={"max_devices": 16, "max_power_w": 100})
+    rows, stats = search(plan, hardware(plan, small_catalog()))
+    assert not any(e.feasible for e in rows)
+    assert explain(rows, stats, plan, []).limiting[0].startswith("power:")
+
+
+def test_winner_explanation_covers_memory_communication_bubble() -> None:
+    plan = small_plan()
+    rows, stats = search(plan, hardware(plan, small_catalog()))
+    top = [e for e in rows if e.feasible][:3]
+    why = explain(rows, stats, plan, top)
+    text = " ".join(why.winner)
+    assert "headroom" in text and "communication" in text and "bubble" in text
+    assert len(why.runners_up) == 2 and all("against the winner" in lines[0] for _, lines in why.runners_up)
+
+
+def test_pareto_figure_returns_fig_and_ax() -> None:
+    plan = small_plan()
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    fig, ax = pareto_figure(plan_frame(rows, hardware(plan, small_catalog())), plan, 0)
+    assert ax.get_xscale() == "log" and fig.axes
+
+
+def test_run_folder_and_best_yaml_reproduce_the_winner(tmp_path: Path) -> None:
+    plan = small_plan(simulate=True)
+    outcome = run_plan(plan, small_catalog(), tmp_path)
+    folder = outcome.run_dir
+    assert folder.parent.name == "plan-small"
+    for name in ("plan.csv", "plan.md", "plan.html", "best.yaml", "figures/pareto.png"):
+        assert (folder / name).is_file(), name
+    frame = pd.read_csv(folder / "plan.csv")
+    assert set(CONTRACT_COLUMNS) <= set(frame.columns) and {"dp", "tp", "pp", "zero", "schedule"} <= set(frame.columns)
+    assert len(frame) == len(outcome.rows) and frame["feasible"].iloc[0]
+    assert outcome.top[0].sim["step_time_s"] > 0
+    best = outcome.top[0]
+    scenario = parse_scenario(yaml.safe_load((folder / "best.yaml").read_text()), "best.yaml")
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    planned = plan_cases(scenario, registry, "best.yaml", ["roofline"], catalog=small_catalog())
+    assert len(planned) == 1
+    layout = planned[0].case.layout
+    c = best.config
+    assert (layout.dp, layout.tp, layout.pp, layout.cp, layout.micro_batch, layout.world) == \
+        (c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.n_devices)
+    assert "Why" in (folder / "plan.md").read_text()
+
+
+def test_best_yaml_runs_on_the_roofline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = small_plan(hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 4}])
+    outcome = run_plan(plan, small_catalog(), tmp_path / "plan", simulate=False)
+    assert main(["run", str(outcome.run_dir / "best.yaml"), "--backend", "roofline", "--out", str(tmp_path)]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    row = pd.read_csv(run_dir / "results.csv").iloc[0]
+    assert row["status"] == "ok"
+    assert row["step_time_s"] == pytest.approx(outcome.top[0].step_time_s, rel=1e-9)
+
+
+def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = {"name": "cli-plan", "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
+            "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb"}],
+            "limits": {"max_devices": 8}, "simulate": False}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    folder = Path(captured.out.strip().splitlines()[-1])
+    assert folder.is_dir() and (folder / "plan.csv").is_file() and folder.parent.name == "plan-cli-plan"
+    assert "best by cost" in captured.err and "example" in captured.err  # no price given: the example is flagged

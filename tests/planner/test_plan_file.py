@@ -1,0 +1,65 @@
+"""Plan-file errors are one line naming the file, the key and what is allowed (exit 2 from the CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmsim.cli import main
+from llmsim.errors import ScenarioError
+from llmsim.planner import load_plan
+
+GOOD = {"name": "p", "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
+        "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb", "usd_per_device_hour": 1.8}]}
+
+
+def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("change, key, words", [
+    ({"objective": "speed"}, "objective", "cost"),
+    ({"colour": 1}, "colour", "allowed: name, workload"),
+    ({"goal": {"tokens_per_s": 5}}, "goal.tokens_per_s", "training takes {tokens, deadline_days}"),
+    ({"goal": {"deadline_days": 3}}, "goal.tokens", "required key is missing"),
+    ({"hardware": [{"name": "a100-80gb", "price": 2}]}, "hardware[0].price", "allowed: name, usd_per_device_hour"),
+    ({"limits": {"max_devices": 0}}, "limits.max_devices", "greater than or equal to 1"),
+    ({"workload": {"model": {"preset": "tiny"}, "mode": "decode"}, "goal": {"tokens": 5}}, "goal.tokens",
+     "takes {tokens_per_s, max_step_latency_s}"),
+])
+def test_bad_plan_is_one_line(tmp_path: Path, change: dict, key: str, words: str) -> None:
+    path = _write(tmp_path, {**GOOD, **change})
+    with pytest.raises(ScenarioError) as info:
+        load_plan(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {key}: ")
+    assert words in message
+
+
+def test_unknown_hardware_and_bad_yaml_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, {**GOOD, "hardware": [{"name": "a100-81gb", "usd_per_device_hour": 1}]})
+    assert main(["plan", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hardware[0].name" in err and "allowed: " in err and "a100-80gb" in err
+    path = _write(tmp_path, None, text="name: [unclosed\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not valid YAML" in err
+
+
+def test_yaml_tags_are_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, None, text="name: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_plan(path)
+
+
+def test_contract_example_and_shipped_plans_load() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for name in ("plan-train-70b.yaml", "plan-serve-8b.yaml"):
+        plan = load_plan(root / "scenarios" / name)
+        assert plan.top_k >= 1 and plan.hardware
