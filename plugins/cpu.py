@@ -231,7 +231,8 @@ class CpuBackend(Backend):
             log_dir = self.context.run_dir / "distributed" / case.name.replace("/", "_")
         outcome = launch(spec, timeout_s=settings.timeout_s, log_dir=log_dir)
         if not outcome.ok:
-            return case.result(self, status="failed", error=outcome.error, **base)
+            return case.result(self, status="failed", error=outcome.error, **base,
+                               extra={"worker_pids": json.dumps(outcome.pids)})
         records = outcome.records
         profile = profile_workload(case.workload, case.sharing_choice)
         single_s = self._single_process_step_s(case, settings, threads)

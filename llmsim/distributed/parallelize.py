@@ -27,10 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from llmsim.workload.model import Block, Transformer
 
+# DTensor (torch.distributed.tensor) is imported where tensor parallelism needs it: it costs a second
+# or more of start-up per rank, which DDP and pipeline runs do not need to pay.
 MESH_DIMS = ("pp", "dp", "tp")
 
 
@@ -41,7 +42,8 @@ def build_mesh(device_type: str, pp: int, dp: int, tp: int) -> DeviceMesh:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The rank-local storage of a tensor or DTensor (in-place ops on it change the parameter/grad)."""
-    return t._local_tensor if isinstance(t, DTensor) else t  # noqa: SLF001 - DTensor exposes no public view
+    local = getattr(t, "_local_tensor", None)  # a DTensor's shard; DTensor exposes no public in-place view
+    return t if local is None else local
 
 
 # ------------------------------------------------------------------------------------- tensor parallel
@@ -122,6 +124,8 @@ class _SeqShardEntry:
         self.mesh = mesh
 
     def __call__(self, _module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
         x = args[0]
         if not isinstance(x, DTensor):
             x = DTensor.from_local(x, self.mesh, [Replicate()], run_check=False).redistribute(self.mesh, [Shard(1)])
@@ -131,6 +135,8 @@ class _SeqShardEntry:
 def _seq_gather_exit(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Forward pre-hook of the final norm under sequence parallelism: all-gather the sequence, so the
     final norm, LM head and loss run replicated on plain tensors as without TP."""
+    from torch.distributed.tensor import DTensor, Replicate
+
     x = args[0]
     if isinstance(x, DTensor):
         x = x.redistribute(x.device_mesh, [Replicate()]).to_local()
@@ -144,6 +150,7 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
     because everything they see is replicated). With `sequence_parallel`, norms run on sequence shards
     (SequenceParallel) and the row-wise projections reduce-scatter onto the sequence dimension.
     """
+    from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
                                                    SequenceParallel, parallelize_module)
 

@@ -1,0 +1,114 @@
+"""Measure gloo all-reduce between processes on this host and print a `loopback` catalog entry.
+
+    python scripts/calibrate_loopback.py [--world 2] [--iters 20] [--threads 1]
+
+Why: the `loopback` link of the hardware catalog (processes on one machine, what the measured cpu
+backend's multi-process strategies use) should carry numbers from this kind of host, not a guess.
+Each of `world` processes (torch.multiprocessing spawn, gloo, MASTER_ADDR=127.0.0.1) all-reduces float32
+buffers of a few sizes; every iteration starts after a barrier and its time is the slowest rank's, and
+the median over iterations is kept. The printed entry is in the cost model's terms
+(llmsim/costmodel/collectives.py, ring all-reduce over p ranks):
+
+    t(S) = base + 2(p-1) * latency_s + 2 S (p-1)/p / bandwidth_bytes_per_s
+
+so `bandwidth_bytes_per_s` is the bus bandwidth 2 S (p-1)/p / t at the largest size and `latency_s`
+is (t(smallest) - base) / (2(p-1)). A least-squares fit of t(S) over all sizes is printed alongside.
+Loopback numbers move with load on the machine: run it on an idle host and say so in `source`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import socket
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+DEFAULT_SIZES = (4, 4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
+COLLECTIVE_BASE_LATENCY_S = 8.4e-6  # the cost model's fixed cost per collective (NCCL tuning.cc baseLat)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank(rank: int, world: int, port: int, sizes: list[int], iters: int, threads: int,
+          queue: "mp.SimpleQueue[dict[int, float]]") -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    medians: dict[int, float] = {}
+    for size in sizes:
+        buf = torch.ones(max(size // 4, 1), dtype=torch.float32)
+        for _ in range(3):
+            dist.all_reduce(buf)
+        times = []
+        for _ in range(iters):
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(buf)
+            times.append(time.perf_counter() - start)
+        slowest = torch.tensor(times, dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        medians[size] = statistics.median(slowest.tolist())
+    if rank == 0:
+        queue.put(medians)
+    dist.destroy_process_group()
+
+
+def measure(world: int, sizes: list[int], iters: int, threads: int) -> dict[int, float]:
+    """Median all-reduce time (slowest rank) per buffer size in bytes."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_rank, args=(world, _free_port(), sizes, iters, threads, queue), nprocs=world,
+                       start_method="spawn")
+    return queue.get()
+
+
+def fit(times: dict[int, float]) -> tuple[float, float]:
+    """Least squares t = a + b S over the sizes: (a seconds, b seconds per byte)."""
+    xs, ys = list(times), list(times.values())
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--world", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--iters", type=int, default=20, help="timed all-reduces per size")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(DEFAULT_SIZES), help="buffer sizes in bytes")
+    args = parser.parse_args()
+    p = args.world
+    times = measure(p, sorted(args.sizes), args.iters, args.threads)
+    ring = 2 * (p - 1) / p
+    print(f"# gloo all-reduce, {p} processes on {socket.gethostname()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, median of {args.iters}")
+    print(f"# {'bytes':>12} {'time_us':>12} {'bus_GB/s':>10}")
+    for size, t in times.items():
+        print(f"# {size:>12} {t * 1e6:>12.1f} {ring * size / t / 1e9:>10.3f}")
+    largest, smallest = max(times), min(times)
+    bandwidth = ring * largest / times[largest]
+    latency = max(times[smallest] - COLLECTIVE_BASE_LATENCY_S, 0.0) / (2 * (p - 1))
+    a, b = fit(times)
+    print(f"# least-squares fit t = a + b*S: a = {a * 1e6:.1f} us (latency_s {max(a, 0) / (2 * (p - 1)):.3g}), "
+          f"bus bandwidth {ring / b / 1e9:.3f} GB/s" if b > 0 else "# fit: no positive slope")
+    today = dt.date.today().isoformat()
+    print(f"""  - name: loopback
+    type: link
+    bandwidth_bytes_per_s: {bandwidth:.3g}       # gloo all-reduce bus bandwidth, {largest >> 20} MB, {p} local processes
+    latency_s: {latency:.3g}                 # (t({smallest} B) - base) / (2(p-1)) ring steps
+    efficiency: 1.0                    # the bandwidth is already a measured collective rate
+    source: "measured by scripts/calibrate_loopback.py on {socket.gethostname()} ({os.cpu_count()} cores, torch {torch.__version__}, gloo, {p} processes, {args.threads} thread(s) each), {today}: {bandwidth / 1e9:.2f} GB/s bus bandwidth at {largest >> 20} MB, {times[smallest] * 1e6:.0f} us for a {smallest}-byte all-reduce\"""")
+
+
+if __name__ == "__main__":
+    main()
