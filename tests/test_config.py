@@ -119,6 +119,15 @@ def test_overrides_use_dotted_paths_and_yaml_values(write_scenario) -> None:
     assert scenario.sharing.lora is not None and scenario.sharing.lora.rank == 4
 
 
-def test_every_shipped_scenario_validates() -> None:
-    for path in sorted((REPO / "scenarios").glob("*.yaml")):
-        load_scenario(path)
+def test_every_shipped_scenario_and_plan_validates() -> None:
+    """scenarios/ holds scenario files and plan files (those with a `goal`); each must load."""
+    from llmsim.config import read_yaml
+    from llmsim.planner.config import load_plan
+
+    paths = sorted((REPO / "scenarios").glob("*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        if "goal" in read_yaml(path):
+            load_plan(path)
+        else:
+            load_scenario(path)
