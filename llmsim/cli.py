@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmsim.calibrate import calibrate_command
@@ -29,7 +30,7 @@ def _registry() -> tuple[BackendRegistry, object]:
     manager = get_plugin_manager()
     registry = BackendRegistry.from_manager(manager)
     for plugin, why in registry.broken.items():
-        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {why}[/]", highlight=False)
+        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {escape(why)}[/]", highlight=False)
     return registry, manager
 
 
@@ -68,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = frame["status"].value_counts().to_dict()
     err_console.print("done: " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
     if outcome.report_error:
-        err_console.print(f"[yellow]llmsim: warning: the report could not be built ({outcome.report_error}); "
+        err_console.print(f"[yellow]llmsim: warning: the report could not be built ({escape(outcome.report_error)}); "
                           f"results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]", highlight=False)
     if outcome.interrupted:
         err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
@@ -82,7 +83,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name in registry.names:
         cls = registry.get(name)
         reason = cls.availability()
-        table.add_row(name, cls.kind, registry.owners[name], "yes" if reason is None else f"no: {reason}")
+        table.add_row(name, cls.kind, registry.owners[name], "yes" if reason is None else f"no: {escape(reason)}")
     Console().print(table)
     return 0
 
@@ -98,7 +99,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     for d in catalog.devices.values():
         tf = {k: f"{v / 1e12:.4g}" for k, v in d.peak_flops.items()}
         missing = "measured" if not d.peak_flops else "–"  # an empty table means: probed at run time
-        devices.add_row(d.name, tf.get("bfloat16", missing), tf.get("float32", missing),
+        devices.add_row(escape(d.name), tf.get("bfloat16", missing), tf.get("float32", missing),
                         f"{d.memory_bytes / 2**30:.4g}" if d.memory_bytes else "measured",
                         f"{d.memory_bw_bytes_per_s / 1e9:.4g}" if d.memory_bw_bytes_per_s else "–",
                         f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""), d.source)
