@@ -47,6 +47,8 @@ class ModelSpec(_Strict):
     bias: bool = True
     norm_eps: float = Field(1e-5, gt=0)
     tie_embeddings: bool = Field(True, description="the published convention; sharing.tie_embeddings overrides")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training only: attention probabilities and the "
+                                                            "attention-out and MLP-out residual branches")
 
     @model_validator(mode="before")
     @classmethod

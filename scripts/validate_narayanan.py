@@ -35,6 +35,9 @@ PROFILED_LAYERS = 2      # trace 2 layers and scale (exact without cross-layer s
 # flash attention yet), fp32 `main_grad` accumulation and all-reduce, gradient all-reduce after the
 # backward pass (no overlap: `--overlap-grad-reduce` arrived with Megatron-core in 2023), scatter/gather
 # of pipeline activations over tensor parallel (Sec. 4.1), no sequence parallelism (2022).
+# Dropout 0.1 on the attention probabilities and on both residual branches: Megatron-LM's defaults of the time
+# (`--attention-dropout 0.1 --hidden-dropout 0.1`), which the paper's GPT runs used. The presets keep 0.0.
+DROPOUT = 0.1
 MEGATRON_2021 = Options(attention="fused-softmax", main_grads_fp32=True, p2p_scatter_gather=True)
 
 
@@ -85,7 +88,7 @@ def build(row: Row, catalog=None) -> tuple[Workload, object, SharingChoice, Plan
     catalog = catalog or load_catalog()
     spec = dict(layers=row.layers, hidden=row.hidden, heads=row.heads, ffn_hidden=4 * row.hidden,
                 vocab=row.vocab, seq_len=row.seq, max_positions=row.seq, activation="gelu", norm="layernorm",
-                positions="learned", bias=True, causal=True, tie_embeddings=True)
+                positions="learned", bias=True, causal=True, tie_embeddings=True, dropout=DROPOUT)
     # fp16 mixed precision as in the paper; the profile is the same module in either 16-bit type.
     short = Workload(model=ModelSpec(**{**spec, "layers": PROFILED_LAYERS}), mode="train", batch=row.batch,
                      dtype="float16")

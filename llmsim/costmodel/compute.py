@@ -6,7 +6,10 @@
 shapes (when the device declares compute units); `other` ops (norms, activations, residual adds,
 softmax outside attention, cross-entropy) move bytes and do no counted FLOPs, so they are memory-bound.
 `attention` follows Options.attention, because the profile traces PyTorch's math SDPA path, which
-materialises the s x s scores: a fused kernel moves none of those bytes (see plan.Options).
+materialises the s x s scores: a fused kernel moves none of those bytes (see plan.Options). Dropout
+(ModelSpec.dropout, training only) is traced: on the residual branches as `aten.native_dropout` (an
+`other` op: its bytes, no FLOPs), on the attention probabilities inside the attention core, which
+`fused-softmax` prices as a separate pass over the s x s matrix and `flash` as fused (free).
 """
 
 from __future__ import annotations
@@ -28,6 +31,18 @@ if TYPE_CHECKING:
 #            GEMMs read dS (6).
 SOFTMAX_PASSES_FORWARD = 4
 SOFTMAX_PASSES_BACKWARD = 6
+# Attention-probability dropout (training, ModelSpec.dropout > 0) was not part of that kernel in Megatron-LM
+# 2021: ParallelAttention ran `self.attention_dropout(attention_probs)`, a torch.nn.Dropout, after
+# FusedScaleMaskSoftmax (megatron/model/transformer.py and fused_softmax.py, v2.x). CUDA nn.Dropout is one
+# native_dropout kernel: forward reads P, writes the dropped P (which the P.V GEMM then reads instead of P)
+# and a 1-byte mask; backward (native_dropout_backward) reads the gradient and the mask and writes dP (the
+# dV GEMM reads the saved dropped P instead of P). Korthikanti et al. 2022, Sec. 4.1 / Table 2, list the
+# same tensors: softmax output 2as^2b, dropout mask as^2b, dropout output 2as^2b bytes per layer.
+# Passes in element units, plus one mask byte per element, in each direction; a full recompute repeats
+# the forward's. FlashAttention fuses dropout into its kernel (mask regenerated from the RNG state): free.
+DROPOUT_PASSES_FORWARD = 2
+DROPOUT_PASSES_BACKWARD = 2
+DROPOUT_MASK_BYTES = 1
 # A causal flash kernel skips the fully masked blocks, about half of the s x s FLOPs the profile counts
 # (torch's flop counter counts the full matrix) (Dao 2023, Sec. 3.1.1 "Causal masking").
 CAUSAL_FLOP_SHARE = 0.5
@@ -159,8 +174,12 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
             heads_local = spec.heads / plan.tp
             matrix = plan.micro_batch * heads_local * (spec.seq_len / plan.cp) * spec.seq_len * elem
             passes = SOFTMAX_PASSES_BACKWARD if backward else SOFTMAX_PASSES_FORWARD
+            nbytes = passes * matrix
+            if spec.dropout > 0 and phase in ("forward", "backward"):  # training mode only
+                nbytes += ((DROPOUT_PASSES_BACKWARD if backward else DROPOUT_PASSES_FORWARD) * matrix
+                           + DROPOUT_MASK_BYTES * matrix / elem)
             attention = (at_flops / (rates.peak_flops * rates.efficiency.matmul)
-                         + rates.memory_time(passes * matrix * layers_here))
+                         + rates.memory_time(nbytes * layers_here))
     return PhaseTimes(matmul=matmul, attention=attention, other=other)
 
 

@@ -2,7 +2,8 @@
 
 Decoder (GPT, Llama) or bidirectional encoder (BERT) via `causal`; learned or rotary positions;
 layernorm or rmsnorm; gelu or swiglu MLP; grouped-query attention through
-`scaled_dot_product_attention(enable_gqa=True)`; and the parameter-sharing variants: tied embeddings,
+`scaled_dot_product_attention(enable_gqa=True)`; dropout (training mode only) on the attention
+probabilities and on the attention-out and MLP-out residual branches, as in Megatron-LM; and the parameter-sharing variants: tied embeddings,
 ALBERT-style layer groups (k distinct blocks reused round-robin), and LoRA adapters over a frozen base.
 
 Pre-norm blocks (x + attn(norm(x)); x + mlp(norm(x))) with a final norm. For BERT (post-norm in the
@@ -53,6 +54,19 @@ def _norm(spec: ModelSpec) -> nn.Module:
     return nn.LayerNorm(spec.hidden, eps=spec.norm_eps, bias=spec.bias)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout through `aten.native_dropout`, the one kernel CUDA's nn.Dropout runs (read x, write y
+    and a 1-byte mask; the backward reads the gradient and the mask). On CPU and on the meta device
+    F.dropout decomposes into empty_like + bernoulli_ + div_ + mul instead, so calling the fused op
+    directly makes the traced profile move the bytes a GPU moves. Same semantics: identity in eval mode.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return torch.native_dropout(x, self.p, True)[0]
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021), half-split layout as in Llama / GPT-NeoX."""
 
@@ -81,14 +95,19 @@ class KVCache:
 
 
 class CoreAttention(nn.Module):
-    """softmax(q k^T / sqrt(hs)) v, as its own module so that profilers can attribute its cost."""
+    """dropout(softmax(q k^T / sqrt(hs))) v, as its own module so that profilers can attribute its cost.
 
-    def __init__(self, grouped: bool) -> None:
+    Dropout on the attention probabilities applies in training mode only (as nn.Dropout does).
+    """
+
+    def __init__(self, grouped: bool, dropout: float = 0.0) -> None:
         super().__init__()
         self.grouped = grouped
+        self.dropout = dropout
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=self.grouped)
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=p, enable_gqa=self.grouped)
 
 
 class Attention(nn.Module):
@@ -98,7 +117,7 @@ class Attention(nn.Module):
         self.causal = spec.causal
         self.qkv = nn.Linear(spec.hidden, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=spec.bias)
         self.out = nn.Linear(spec.hidden, spec.hidden, bias=spec.bias)
-        self.core = CoreAttention(grouped=self.kv_heads != self.heads)
+        self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
                 start: int) -> torch.Tensor:
@@ -142,15 +161,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """x + dropout(attn(norm(x))), then x + dropout(mlp(norm(x))): Megatron-LM's hidden dropout on both
+    residual branches. With dropout 0 (every preset) there are no dropout modules and no ops."""
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.norm1, self.attn = _norm(spec), Attention(spec)
         self.norm2, self.mlp = _norm(spec), MLP(spec)
+        # No modules at all without dropout: the traced module tree (and every profile) stays as it was.
+        self.drop_attn = Dropout(spec.dropout) if spec.dropout > 0 else None
+        self.drop_mlp = Dropout(spec.dropout) if spec.dropout > 0 else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
                 start: int) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, cache, start)
-        return x + self.mlp(self.norm2(x))
+        y = self.attn(self.norm1(x), rope, cache, start)
+        x = x + (self.drop_attn(y) if self.drop_attn is not None else y)
+        y = self.mlp(self.norm2(x))
+        return x + (self.drop_mlp(y) if self.drop_mlp is not None else y)
 
 
 class Transformer(nn.Module):

@@ -114,3 +114,36 @@ def test_wave_quantization() -> None:
     assert wave_efficiency(256 * 27, 128 * 4, 108) == pytest.approx(1.0)   # exactly one full wave
     assert wave_efficiency(128, 128, 108) == pytest.approx(1 / 108)        # one tile on 108 SMs
     assert wave_efficiency(128, 128, None) == 1.0
+
+
+def test_fused_softmax_prices_attention_dropout_as_its_own_pass_and_flash_fuses_it() -> None:
+    from llmsim.costmodel.compute import (DROPOUT_MASK_BYTES, DROPOUT_PASSES_BACKWARD, DROPOUT_PASSES_FORWARD,
+                                          phase_times)
+    from llmsim.costmodel.step import device_rates
+
+    plain_w, dropped_w = gpt2(layers=2, seq_len=512), gpt2(layers=2, seq_len=512, dropout=0.1)
+    (plain, sharing), (dropped, _) = profiled(plain_w), profiled(dropped_w)
+    plan, cluster = Plan(micro_batch=4, microbatches=1), a100_cluster(1, 1)
+    rates = device_rates(cluster, dropped_w.dtype)
+    m = dropped_w.model
+    elem = 2  # bf16
+    matrix = plan.micro_batch * m.heads * m.seq_len * m.seq_len * elem * m.layers
+    for phase, passes in (("forward", DROPOUT_PASSES_FORWARD), ("backward", DROPOUT_PASSES_BACKWARD)):
+        fused = Options(attention="fused-softmax")
+        extra = (phase_times(dropped, dropped_w, plan, fused, rates, phase, "layers", 1).attention
+                 - phase_times(plain, plain_w, plan, fused, rates, phase, "layers", 1).attention)
+        assert extra == pytest.approx(rates.memory_time(passes * matrix + DROPOUT_MASK_BYTES * matrix / elem))
+        flash = Options(attention="flash")
+        assert (phase_times(dropped, dropped_w, plan, flash, rates, phase, "layers", 1).attention
+                == phase_times(plain, plain_w, plan, flash, rates, phase, "layers", 1).attention)
+        # the hidden dropout on the residual branches is memory-bound `other` time for every kernel
+        assert (phase_times(dropped, dropped_w, plan, flash, rates, phase, "layers", 1).other
+                > phase_times(plain, plain_w, plan, flash, rates, phase, "layers", 1).other)
+    # a full recompute repeats the forward, dropout included
+    full = dataclasses.replace(plan, recompute="full")
+    fused = Options(attention="fused-softmax")
+    gain_none = (estimate(dropped_w, dropped, sharing, plan, cluster, fused).step_time_s
+                 - estimate(plain_w, plain, sharing, plan, cluster, fused).step_time_s)
+    gain_full = (estimate(dropped_w, dropped, sharing, full, cluster, fused).step_time_s
+                 - estimate(plain_w, plain, sharing, full, cluster, fused).step_time_s)
+    assert gain_full > gain_none > 0

@@ -117,3 +117,46 @@ def test_lora_step_updates_only_adapters() -> None:
     step.step()  # B starts at zero, so A only moves from the second step on
     changed = {n for n, p in step.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n for n in changed)
+
+
+def _dropout_spec(dropout: float | None) -> ModelSpec:
+    extra = {} if dropout is None else {"dropout": dropout}
+    return ModelSpec(layers=2, hidden=32, heads=4, vocab=64, seq_len=16, **extra)
+
+
+def _outputs(spec: ModelSpec, training: bool, seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = build_model(spec, tie_embeddings=True)
+    model.train(training)
+    tokens = torch.randint(0, spec.vocab, (2, spec.seq_len), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(seed)  # the dropout masks
+    with torch.no_grad():
+        return model(tokens)
+
+
+def test_dropout_changes_training_output_but_not_eval_output() -> None:
+    plain, dropped = _dropout_spec(None), _dropout_spec(0.1)
+    assert not torch.equal(_outputs(plain, True), _outputs(dropped, True))
+    assert not torch.equal(_outputs(dropped, True, seed=1), _outputs(dropped, True, seed=2))  # random masks
+    assert torch.equal(_outputs(plain, False), _outputs(dropped, False))  # eval: identity
+
+
+def test_zero_dropout_is_exactly_no_dropout() -> None:
+    assert _dropout_spec(None).dropout == 0.0
+    assert torch.equal(_outputs(_dropout_spec(None), True), _outputs(_dropout_spec(0.0), True))
+    # and no extra modules (the traced module tree, and so every profile, is unchanged)
+    assert [n for n, _ in build_model(_dropout_spec(0.0), tie_embeddings=True).named_modules()] == \
+        [n for n, _ in build_model(_dropout_spec(None), tie_embeddings=True).named_modules()]
+
+
+def test_dropout_outside_zero_to_one_is_rejected() -> None:
+    import pydantic
+    for p in (-0.1, 1.0):
+        with pytest.raises(pydantic.ValidationError):
+            _dropout_spec(p)
+
+
+def test_a_training_step_with_dropout_runs_on_cpu() -> None:
+    w = Workload(model=_dropout_spec(0.1), mode="train", batch=2, dtype="float32")
+    loss = WorkloadStep(w, SharingChoice(True)).train_step()
+    assert torch.isfinite(loss)

@@ -71,3 +71,21 @@ def test_175b_profiles_on_meta_without_allocating() -> None:
     assert p.params > 174e9
     assert p.activation_bytes > 0
     assert 1.0e16 < p.model_flops_per_step < 2.5e16
+
+
+def test_dropout_adds_bytes_but_no_flops_and_only_in_training() -> None:
+    def prof(mode: str, dropout: float):
+        return profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=128,
+                                                         dropout=dropout), mode=mode, batch=2), SharingChoice(True))
+
+    plain, dropped = prof("train", 0.0), prof("train", 0.1)
+    assert dropped.flops() == plain.flops()
+    for phase in ("forward", "backward"):
+        # hidden dropout on both residual branches: memory-bound `other` ops in the layers
+        assert dropped.bytes(phase=phase, kind="other", region="layers") > \
+            plain.bytes(phase=phase, kind="other", region="layers")
+        # attention-probability dropout: inside the attention core
+        assert dropped.bytes(phase=phase, kind="attention") > plain.bytes(phase=phase, kind="attention")
+    assert dropped.activation_bytes > plain.activation_bytes  # the masks are saved for backward
+    # eval mode (serving): dropout is the identity, the profile is unchanged
+    assert prof("prefill", 0.1).ops == prof("prefill", 0.0).ops
