@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -310,15 +310,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_scenario(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
+FileModel = TypeVar("FileModel", bound=BaseModel)
+
+
+def parse_file_model(model: type[FileModel], data: Any, file: str) -> FileModel:
+    """Validate a user file's content against `model`; the first problem as a one-line ScenarioError."""
     try:
-        return Scenario.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(Scenario, exc, file) from None
+        raise validation_error(model, exc, file) from None
+
+
+def load_file_model(model: type[FileModel], path: str | Path, overrides: list[str] | None = None) -> FileModel:
+    """Safe YAML, then `--set` overrides, then validation: how every user file (scenario, plan) is read."""
+    file = str(path)
+    return parse_file_model(model, apply_overrides(read_yaml(path), overrides or [], file), file)
+
+
+def parse_scenario(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
+    return parse_file_model(Scenario, data, file)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Load and validate a scenario file (phase 1: everything that needs no backend)."""
-    file = str(path)
-    data = apply_overrides(read_yaml(path), overrides or [], file)
-    return parse_scenario(data, file)
+    return load_file_model(Scenario, path, overrides)

@@ -1,8 +1,8 @@
 """The plan file (contract: design.md "Plan file") as pydantic models, and its loader.
 
 A plan names one workload (exactly as a scenario does), the goal it must meet, the hardware to choose
-from with the user's own prices, the limits, and what to minimise. Loading reuses the scenario
-loader's pieces (`read_yaml`, `validation_error`), so a bad plan gets the same one-line message that
+from with the user's own prices, the limits, and what to minimise. Loading is the scenario
+loader's own (`load_file_model`: safe YAML, `--set`, validation), so a bad plan gets the same one-line message that
 names the file, the key path and what is allowed, and exit code 2.
 
 Beyond the contract keys a plan may narrow the search (`search`), set parameter sharing (`sharing`,
@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmsim.config import NAME_PATTERN, Sharing, Workload, _KeyedError, apply_overrides, read_yaml, validation_error
+from llmsim.config import NAME_PATTERN, Sharing, Workload, _KeyedError, load_file_model, parse_file_model
 from llmsim.errors import ScenarioError
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -129,17 +129,12 @@ class PlanFile(_Strict):
 
 
 def parse_plan(data: dict[str, Any], file: str = "<plan>") -> PlanFile:
-    try:
-        return PlanFile.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(PlanFile, exc, file) from None
+    return parse_file_model(PlanFile, data, file)
 
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> PlanFile:
     """Load and validate a plan file: safe YAML, `--set` overrides, schema and cross-key rules."""
-    file = str(path)
-    data = apply_overrides(read_yaml(path), overrides or [], file)
-    return parse_plan(data, file)
+    return load_file_model(PlanFile, path, overrides)
 
 
 def check_hardware(plan: PlanFile, catalog: Any, file: str) -> None:
