@@ -80,6 +80,37 @@ def fit(times: dict[int, float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def calibrate(world: int = 2, sizes: list[int] | None = None, iters: int = 20, threads: int = 1,
+              name: str = "loopback", script: str = "scripts/calibrate_loopback.py") -> tuple[dict, list[str]]:
+    """Measure, and return (the link entry as a dict, the comment lines: per-size table and fit).
+
+    `name` is the entry's name (`loopback` for the built-in catalog; another name for a file of your own),
+    `script` the program named in `source`.
+    """
+    p = world
+    times = measure(p, sorted(sizes or DEFAULT_SIZES), iters, threads)
+    ring = 2 * (p - 1) / p
+    lines = [f"gloo all-reduce, {p} processes on {socket.gethostname()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}, median of {iters}",
+             f"{'bytes':>12} {'time_us':>12} {'bus_GB/s':>10}"]
+    for size, t in times.items():
+        lines.append(f"{size:>12} {t * 1e6:>12.1f} {ring * size / t / 1e9:>10.3f}")
+    largest, smallest = max(times), min(times)
+    bandwidth = ring * largest / times[largest]
+    latency = max(times[smallest] - COLLECTIVE_BASE_LATENCY_S, 0.0) / (2 * (p - 1))
+    a, b = fit(times)
+    lines.append(f"least-squares fit t = a + b*S: a = {a * 1e6:.1f} us (latency_s {max(a, 0) / (2 * (p - 1)):.3g}), "
+                 f"bus bandwidth {ring / b / 1e9:.3f} GB/s" if b > 0 else "fit: no positive slope")
+    today = dt.date.today().isoformat()
+    entry = {"name": name, "type": "link", "bandwidth_bytes_per_s": float(f"{bandwidth:.3g}"),
+             "latency_s": float(f"{latency:.3g}"), "efficiency": 1.0,
+             "source": (f"measured by {script} on {socket.gethostname()} ({os.cpu_count()} cores, torch "
+                        f"{torch.__version__}, gloo, {p} processes, {threads} thread(s) each), {today}: "
+                        f"{bandwidth / 1e9:.2f} GB/s bus bandwidth at {largest >> 20} MB, "
+                        f"{times[smallest] * 1e6:.0f} us for a {smallest}-byte all-reduce")}
+    return entry, lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world", type=int, default=2, help="processes (default 2)")
@@ -87,27 +118,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--sizes", type=int, nargs="*", default=list(DEFAULT_SIZES), help="buffer sizes in bytes")
     args = parser.parse_args()
-    p = args.world
-    times = measure(p, sorted(args.sizes), args.iters, args.threads)
-    ring = 2 * (p - 1) / p
-    print(f"# gloo all-reduce, {p} processes on {socket.gethostname()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, median of {args.iters}")
-    print(f"# {'bytes':>12} {'time_us':>12} {'bus_GB/s':>10}")
-    for size, t in times.items():
-        print(f"# {size:>12} {t * 1e6:>12.1f} {ring * size / t / 1e9:>10.3f}")
-    largest, smallest = max(times), min(times)
-    bandwidth = ring * largest / times[largest]
-    latency = max(times[smallest] - COLLECTIVE_BASE_LATENCY_S, 0.0) / (2 * (p - 1))
-    a, b = fit(times)
-    print(f"# least-squares fit t = a + b*S: a = {a * 1e6:.1f} us (latency_s {max(a, 0) / (2 * (p - 1)):.3g}), "
-          f"bus bandwidth {ring / b / 1e9:.3f} GB/s" if b > 0 else "# fit: no positive slope")
-    today = dt.date.today().isoformat()
-    print(f"""  - name: loopback
+    entry, lines = calibrate(args.world, args.sizes, args.iters, args.threads)
+    for line in lines:
+        print(f"# {line}")
+    p, largest, smallest = args.world, max(args.sizes), min(args.sizes)
+    print(f"""  - name: {entry['name']}
     type: link
-    bandwidth_bytes_per_s: {bandwidth:.3g}       # gloo all-reduce bus bandwidth, {largest >> 20} MB, {p} local processes
-    latency_s: {latency:.3g}                 # (t({smallest} B) - base) / (2(p-1)) ring steps
+    bandwidth_bytes_per_s: {entry['bandwidth_bytes_per_s']:.3g}       # gloo all-reduce bus bandwidth, {largest >> 20} MB, {p} local processes
+    latency_s: {entry['latency_s']:.3g}                 # (t({smallest} B) - base) / (2(p-1)) ring steps
     efficiency: 1.0                    # the bandwidth is already a measured collective rate
-    source: "measured by scripts/calibrate_loopback.py on {socket.gethostname()} ({os.cpu_count()} cores, torch {torch.__version__}, gloo, {p} processes, {args.threads} thread(s) each), {today}: {bandwidth / 1e9:.2f} GB/s bus bandwidth at {largest >> 20} MB, {times[smallest] * 1e6:.0f} us for a {smallest}-byte all-reduce\"""")
+    source: "{entry['source']}\"""")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Measured vs modeled step time of DP, FSDP, TP and PP (1F1B) at world size 2 on this host (issue #6).
+
+Usage (from the repository root):
+    python scripts/validate_distributed.py [--out reports/validate-distributed] [--steps 3]
+
+In one run, every step as a user would do it:
+1. Measures gloo all-reduce between 2 local processes (scripts/calibrate_loopback.py's `calibrate`) and
+   writes `loopback-measured.yaml`: a `loopback-measured` link entry with the bandwidth and latency.
+2. Measures a few single-process shapes of benchmarks/bench_distributed.py's model family with the `cpu`
+   backend, with the threads one rank gets (cores / world), and fits `cpu-host-calibrated` to them with
+   `llmsim calibrate`: the per-rank compute rate is what the roofline then models.
+3. Runs one scenario with the benchmark's DP, FSDP, TP and PP 1F1B strategies on the `cpu` backend
+   (two processes, gloo) and on the `roofline` backend (`cpu-host-calibrated`, 1 node x 2 devices,
+   `loopback-measured` inside and between nodes; `hardware_catalog: [both files]`), so the case names
+   match and the run's report has the parity figure.
+4. Prints measured vs modeled per strategy with the % error (modeled / measured - 1) and the median |error|.
+
+The run folders and YAML files stay under --out. On a shared 2-core host measured times move by several
+percent between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_distributed import MODEL, STRATEGIES  # noqa: E402
+from calibrate_loopback import calibrate as calibrate_loopback  # noqa: E402
+from validate_cpu import llmsim, rows, run  # noqa: E402
+
+WORLD = 2
+BATCH = 8
+LINK = "loopback-measured"
+# The strategies of the benchmark that issue #6's table names: DP, FSDP, TP, PP 1F1B.
+VALIDATED = ("dp2", "fsdp2", "tp2", "pp2-1f1b")
+# Single-process calibration shapes of the benchmark's family (model overrides, batch): the whole step,
+# a DP rank's share of the batch, a pipeline micro-batch on half the layers, and a TP rank's width.
+CALIBRATION = [
+    ("cal-l4-b8", {}, 8),
+    ("cal-l4-b4", {}, 4),
+    ("cal-l2-b2", {"layers": 2}, 2),
+    ("cal-h128-l4-b8", {"hidden": 128, "heads": 4, "kv_heads": 4, "ffn_hidden": 512}, 8),
+]
+
+
+def scenario(name: str, model: dict, batch: int, strategies: list[dict], backends: dict,
+             catalogs: list[Path] = ()) -> dict:
+    s = {"name": name, "workload": {"model": {**MODEL, **model}, "mode": "train", "batch": batch, "dtype": "float32"},
+         "strategies": strategies, "backends": backends, "seed": 0}
+    if catalogs:
+        s["hardware_catalog"] = [str(c.resolve()) for c in catalogs]
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("reports/validate-distributed"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20, help="timed all-reduces per size for loopback")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = max((os.cpu_count() or WORLD) // WORLD, 1)
+    start = time.perf_counter()
+
+    # 1. the link
+    entry, lines = calibrate_loopback(WORLD, iters=args.iters, threads=threads, name=LINK,
+                                      script="scripts/validate_distributed.py (calibrate_loopback)")
+    link_file = args.out / f"{LINK}.yaml"
+    link_file.write_text("# Written by scripts/validate_distributed.py\n"
+                         + "".join(f"# {line}\n" for line in lines)
+                         + yaml.safe_dump({"entries": [entry]}, sort_keys=False))
+    print("\n".join(lines), flush=True)
+    print(f"{LINK}: {entry['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, latency {entry['latency_s'] * 1e6:.0f} us "
+          f"per ring step -> {link_file}\n", flush=True)
+
+    # 2. the per-rank compute rate
+    cpu_single = {"cpu": {"steps": args.steps, "warmup": 1, "threads": threads}}
+    cal_dirs = []
+    for name, model, batch in CALIBRATION:
+        cal_dirs.append(run(args.out / f"{name}.yaml", scenario(name, model, batch, [{"name": "single"}], cpu_single),
+                            args.out))
+        print(f"measured {name} ({threads} thread(s)): {rows(cal_dirs[-1])['cpu']['step_time_s']:.3f} s", flush=True)
+    device_file = args.out / "cpu-host-calibrated.yaml"
+    print(llmsim("calibrate", *map(str, cal_dirs), "--out", str(device_file)), flush=True)
+
+    # 3. the strategies, measured and modeled in one scenario
+    # Without pp the cpu backend runs a rank's whole share of the batch at once (micro_batch matters only to
+    # the pipeline), while the cost model takes micro_batch (default 1) as gradient accumulation: state the
+    # per-rank batch so that both backends describe the same step.
+    strategies = [s if s.get("pp", 1) > 1 else {**s, "micro_batch": BATCH // s.get("dp", 1)}
+                  for s in STRATEGIES if s["name"] in VALIDATED]
+    backends = {"cpu": {"steps": args.steps, "warmup": 1, "threads": threads},
+                "roofline": {"hardware": "cpu-host-calibrated", "nodes": 1, "devices_per_node": WORLD,
+                             "intra_node": LINK, "inter_node": LINK}}
+    spec = scenario("validate-distributed", {}, BATCH, strategies, backends, [device_file, link_file])
+    run_dir = run(args.out / "validate-distributed.yaml", spec, args.out)
+
+    # 4. the table
+    by_case: dict[str, dict[str, dict]] = {}
+    for line in (run_dir / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_case.setdefault(row["case"], {})[row["backend"]] = row
+    header = (f"{'strategy':<10}{'measured s':>11}{'modeled s':>11}{'error':>9}"
+              f"{'meas comm s':>12}{'mod comm s':>11}{'meas bubble s':>14}{'mod bubble s':>13}")
+    out = [header]
+    errors = []
+    for name in VALIDATED:
+        found = by_case.get(name, {})
+        m, r = found.get("cpu", {}), found.get("roofline", {})
+        if m.get("status") != "ok" or r.get("status") != "ok":
+            out.append(f"{name:<10} cpu {m.get('status')}: {m.get('error')}; roofline {r.get('status')}: "
+                       f"{r.get('error')}")
+            continue
+        err = r["step_time_s"] / m["step_time_s"] - 1
+        errors.append(err)
+        out.append(f"{name:<10}{m['step_time_s']:>11.3f}{r['step_time_s']:>11.3f}{err:>+9.1%}"
+                   f"{m.get('comm_time_s') or 0:>12.3f}{r.get('comm_time_s') or 0:>11.3f}"
+                   f"{m.get('bubble_time_s') or 0:>14.3f}{r.get('bubble_time_s') or 0:>13.3f}")
+    print("\n" + "\n".join(out))
+    if errors:
+        print(f"\nmedian |error| {statistics.median(abs(e) for e in errors):.1%} over {len(errors)} strategies; "
+              f"mean error {statistics.fmean(errors):+.1%}; world size {WORLD}, {threads} thread(s) per rank "
+              f"({time.perf_counter() - start:.0f} s)")
+    print(f"run folder (report with the parity figure): {run_dir}")
+    return 0 if len(errors) == len(VALIDATED) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
