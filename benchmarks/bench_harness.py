@@ -27,6 +27,8 @@ SCENARIO = {
     "name": "bench-harness",
     "workload": {"model": {"preset": "gpt2-small", "layers": 4, "seq_len": 256}, "mode": "train", "batch": 4,
                  "dtype": "float32"},
+    # micro_batch = batch: one forward/backward per step, exactly what the bare loop below does.
+    "strategies": [{"name": "single", "micro_batch": 4}],
     "backends": {"cpu": {}},
 }
 

@@ -155,7 +155,8 @@ class CpuBackend(Backend):
         profile = profile_workload(case.workload, case.sharing_choice)
         rss = PeakRss()
         base_rss = rss._status("VmRSS") if rss.method == "vmhwm" else 0
-        step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+        step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed,
+                                micro_batch=case.layout.micro_batch)
         for _ in range(settings.warmup):
             step.step()
 
@@ -288,7 +289,8 @@ class CpuBackend(Backend):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+            step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed,
+                                micro_batch=case.layout.micro_batch)
             for _ in range(settings.warmup):
                 step.step()
             times = []

@@ -13,6 +13,7 @@ exits non-zero, which the launcher turns into a `failed` row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -138,9 +139,7 @@ class RankStep:
         if self.pipeline is not None:
             loss = self.pipeline.train_step(self.tokens, self.targets)
         else:
-            logits = self.runner(self.tokens)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), self.targets.flatten())
-            loss.backward()
+            loss = self._accumulate()
             self.tp_state.sync_replicated_kv()
             if self.grad_sync_group is not None:
                 allreduce_gradients(self.params, self.grad_sync_group, self.spec.dp)
@@ -149,6 +148,32 @@ class RankStep:
         self.optimizer.zero_grad(set_to_none=True)
         if loss is not None:
             self.losses.append(loss.detach())
+
+    def _accumulate(self) -> torch.Tensor:
+        """Forward/backward per micro-batch of this replica's share (the scenario's micro_batch), as the
+        single-process step and the cost model do; the data-parallel gradient reduction runs once, with
+        the last micro-batch (DDP no_sync / FSDP set_requires_gradient_sync before it)."""
+        size = min(self.spec.micro_batch, self.batch)
+        starts = range(0, self.batch, size)
+        loss = torch.zeros((), device=self.device)
+        for i, start in enumerate(starts):
+            last = i == len(starts) - 1
+            with self._gradient_sync(last):
+                logits = self.runner(self.tokens[start:start + size])
+                part = F.cross_entropy(logits.flatten(0, 1).float(),
+                                       self.targets[start:start + size].flatten()) / len(starts)
+                part.backward()
+            loss = loss + part.detach()
+        return loss
+
+    def _gradient_sync(self, enabled: bool) -> Any:
+        """A context in which DDP / FSDP reduce gradients only when `enabled` (the last micro-batch)."""
+        if hasattr(self.runner, "no_sync") and not enabled:
+            return self.runner.no_sync()
+        setter = getattr(self.model, "set_requires_gradient_sync", None)
+        if setter is not None:
+            setter(enabled)
+        return contextlib.nullcontext()
 
     def _new_cache(self) -> list[KVCache]:
         """KV caches with this rank's KV heads (all of them without TP)."""

@@ -50,12 +50,18 @@ class WorkloadStep:
     """
 
     def __init__(self, workload: Workload, sharing: SharingChoice, *, seed: int = 0,
-                 device: torch.device | str = "cpu", batch: int | None = None) -> None:
+                 device: torch.device | str = "cpu", batch: int | None = None,
+                 micro_batch: int | None = None) -> None:
         self.workload = workload
         self.spec = workload.model
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[workload.dtype]
         self.batch = batch or workload.batch
+        # A training step accumulates gradients over batch / micro_batch micro-batches (the scenario's
+        # `micro_batch`), as the cost model assumes; None = the whole batch in one forward/backward.
+        self.micro_batch = min(micro_batch or self.batch, self.batch)
+        if self.batch % self.micro_batch:
+            raise ValueError(f"batch={self.batch} is not divisible by micro_batch={self.micro_batch}")
         decode_len = self.spec.seq_len + workload.decode_tokens if workload.mode == "decode" else self.spec.seq_len
         self.cache_len = decode_len
         if self.device.type != "meta":
@@ -80,18 +86,27 @@ class WorkloadStep:
             self.model.eval()
 
     # -- the three modes ------------------------------------------------------------------------
-    def forward_loss(self) -> torch.Tensor:
-        logits = self.model(self.tokens)  # (B, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1).float(), self.targets.flatten())
+    def forward_loss(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Mean cross-entropy of sequences [start, stop) (default: the whole batch)."""
+        logits = self.model(self.tokens[start:stop])  # (B, T, vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), self.targets[start:stop].flatten())
 
     def train_step(self, mark: Mark = _no_mark) -> torch.Tensor:
+        """Forward and backward per micro-batch (gradients accumulate), then one optimizer step.
+
+        Each micro-batch's mean loss is scaled by 1/micro-batches, so the gradients and the returned
+        loss equal those of the whole batch in one pass (all micro-batches have the same size)."""
         assert self.optimizer is not None
-        loss = self.forward_loss()
-        loss.backward()
+        count = self.batch // self.micro_batch
+        loss = torch.zeros((), device=self.device)
+        for start in range(0, self.batch, self.micro_batch):
+            part = self.forward_loss(start, start + self.micro_batch) / count
+            part.backward()
+            loss = loss + part.detach()
         mark("backward_done")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss
 
     def prefill(self, cache_len: int | None = None) -> tuple[torch.Tensor, list | None]:
         """Prompt forward. Returns (next tokens or hidden states, KV cache)."""

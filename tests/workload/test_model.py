@@ -160,3 +160,19 @@ def test_a_training_step_with_dropout_runs_on_cpu() -> None:
     w = Workload(model=_dropout_spec(0.1), mode="train", batch=2, dtype="float32")
     loss = WorkloadStep(w, SharingChoice(True)).train_step()
     assert torch.isfinite(loss)
+
+
+def test_micro_batch_accumulation_equals_one_pass() -> None:
+    """batch/micro_batch forward-backward passes give the whole batch's loss and update."""
+    whole = WorkloadStep(_tiny("train"), SharingChoice(True), seed=0)
+    accumulated = WorkloadStep(_tiny("train"), SharingChoice(True), seed=0, micro_batch=1)
+    assert accumulated.micro_batch == 1 and whole.micro_batch == 2
+    assert torch.allclose(whole.step(), accumulated.step(), atol=1e-6)
+    for a, b in zip(whole.model.parameters(), accumulated.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_micro_batch_must_divide_the_batch() -> None:
+    with pytest.raises(ValueError, match="not divisible by micro_batch=3"):
+        WorkloadStep(Workload(model=ModelSpec(preset="tiny"), batch=4, dtype="float32"), SharingChoice(True),
+                     micro_batch=3)
