@@ -69,8 +69,13 @@ class Rates:
     efficiency: Efficiency
     compute_units: int | None = None
 
+    @property
+    def sustained_flops(self) -> float:
+        """The FLOP/s ceiling under continuous load: the datasheet peak at the clock the device holds."""
+        return self.peak_flops * self.efficiency.sustained
+
     def matmul_time(self, flops: float, nbytes: float, wave: float = 1.0) -> float:
-        return max(flops / (self.peak_flops * self.efficiency.matmul * wave), self.memory_time(nbytes))
+        return max(flops / (self.sustained_flops * self.efficiency.matmul * wave), self.memory_time(nbytes))
 
     def memory_time(self, nbytes: float) -> float:
         if nbytes <= 0:
@@ -162,13 +167,13 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
             attention = rates.matmul_time(at_flops, at_bytes)
         elif decode:
             # One query row against the cache: reading K and V dominates for every kernel.
-            attention = max(at_flops / (rates.peak_flops * rates.efficiency.attention),
+            attention = max(at_flops / (rates.sustained_flops * rates.efficiency.attention),
                             rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps)))
         elif options.attention == "flash":
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
             if backward:
                 flops *= FLASH_BACKWARD_FLOP_RATIO
-            attention = flops / (rates.peak_flops * rates.efficiency.attention)
+            attention = flops / (rates.sustained_flops * rates.efficiency.attention)
         else:  # fused-softmax
             layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
             heads_local = spec.heads / plan.tp
@@ -178,7 +183,7 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
             if spec.dropout > 0 and phase in ("forward", "backward"):  # training mode only
                 nbytes += ((DROPOUT_PASSES_BACKWARD if backward else DROPOUT_PASSES_FORWARD) * matrix
                            + DROPOUT_MASK_BYTES * matrix / elem)
-            attention = (at_flops / (rates.peak_flops * rates.efficiency.matmul)
+            attention = (at_flops / (rates.sustained_flops * rates.efficiency.matmul)
                          + rates.memory_time(nbytes * layers_here))
     return PhaseTimes(matmul=matmul, attention=attention, other=other)
 

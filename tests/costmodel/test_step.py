@@ -147,3 +147,23 @@ def test_fused_softmax_prices_attention_dropout_as_its_own_pass_and_flash_fuses_
     gain_full = (estimate(dropped_w, dropped, sharing, full, cluster, fused).step_time_s
                  - estimate(plain_w, plain, sharing, full, cluster, fused).step_time_s)
     assert gain_full > gain_none > 0
+
+
+def test_a_sustained_clock_slows_flop_bound_work_and_leaves_memory_bound_work_alone() -> None:
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    plan = Plan(microbatches=1, micro_batch=4)
+    burst = a100_cluster(devices_per_node=1)
+    efficiency = burst.efficiency.model_copy(update={"sustained": 1.0})
+    burst = dataclasses.replace(burst, device=burst.device.model_copy(update={"efficiency": efficiency}))
+    held = dataclasses.replace(burst, device=burst.device.model_copy(
+        update={"efficiency": efficiency.model_copy(update={"sustained": 0.5})}))
+    options = Options(attention="flash")
+    fast, slow = estimate(workload, profile, sharing, plan, burst, options), estimate(workload, profile, sharing,
+                                                                                      plan, held, options)
+    # The optimizer streams memory (no FLOPs): untouched. Compute is FLOP-bound GEMMs and attention plus
+    # memory-bound elementwise ops: slower, but by less than the 2x of the clock alone.
+    assert slow.other_time_s == pytest.approx(fast.other_time_s)
+    assert fast.compute_time_s < slow.compute_time_s < 2 * fast.compute_time_s
+    assert slow.mfu < fast.mfu
+    assert CATALOG.device("h200").efficiency.sustained < 1.0  # the catalog's NVIDIA boards carry the factor
