@@ -19,6 +19,7 @@ backward, so the replicas stay equal and the step is the single-device step.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,7 @@ class TensorParallelState:
     """What a TP step needs after backward: the replicated KV rows whose gradients must be summed."""
 
     kv_sync: list[tuple[nn.Linear, int, dist.ProcessGroup]] = field(default_factory=list)
+    vocab_parallel: bool = False  # embedding and LM head split over the vocabulary (loss_parallel needed)
 
     def sync_replicated_kv(self) -> None:
         """Sum the gradients of KV rows replicated across ranks (tp > kv_heads), keeping the copies equal."""
@@ -143,12 +145,19 @@ def _seq_gather_exit(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ..
     return (x, *args[1:])
 
 
-def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_parallel: bool) -> TensorParallelState:
+def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_parallel: bool,
+                          vocab_parallel: bool = False) -> TensorParallelState:
     """Megatron-style TP on every distinct block: qkv and fc column-wise, out and proj row-wise.
 
-    Embeddings, final norm and LM head stay replicated (their gradients are equal on all TP ranks
-    because everything they see is replicated). With `sequence_parallel`, norms run on sequence shards
-    (SequenceParallel) and the row-wise projections reduce-scatter onto the sequence dimension.
+    With `vocab_parallel` (training: `vocab_parallel_loss` must then wrap forward, loss and backward),
+    the token embedding and the LM head are split over the vocabulary as in Megatron-LM
+    (VocabParallelEmbedding, a column-parallel head and a vocab-parallel cross-entropy): the embedding
+    is row-wise (each rank looks up its vocabulary slice, one all-reduce), the head column-wise with
+    logits left sharded on the vocabulary, and a tied head shares the embedding's sharded weight. Without
+    it (inference, or a vocabulary tp does not divide) they stay replicated and the head all-gathers
+    nothing. Position embeddings and the final norm stay replicated (their gradients are equal on all TP
+    ranks because everything they see is replicated). With `sequence_parallel`, norms run on sequence
+    shards (SequenceParallel) and the row-wise projections reduce-scatter onto the sequence dimension.
     """
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
@@ -193,7 +202,38 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
         for block in model.blocks:
             block.register_forward_pre_hook(entry)
         model.norm_f.register_forward_pre_hook(_seq_gather_exit)
+    if vocab_parallel:
+        _shard_vocabulary(model, mesh)
+        state.vocab_parallel = True
     return state
+
+
+def vocab_parallel_possible(spec: Any, tp: int) -> bool:
+    """The embedding and head split over the vocabulary only when tp divides it (even shards)."""
+    return tp > 1 and spec.vocab % tp == 0
+
+
+def _shard_vocabulary(model: Transformer, mesh: DeviceMesh) -> None:
+    """Row-wise token embedding and column-wise LM head over `mesh`, sharing one weight when tied."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    tied = model.lm_head.weight is model.tok_emb.weight
+    parallelize_module(model, mesh, {
+        "tok_emb": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        "lm_head": ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1), use_local_output=False),
+    })
+    if tied:  # both are Shard(0) over the vocabulary: point the head back at the embedding's parameter
+        model.lm_head.weight = model.tok_emb.weight
+
+
+def vocab_parallel_loss(enabled: bool) -> Any:
+    """The context in which cross-entropy takes vocabulary-sharded logits (torch's loss_parallel)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
 
 
 def allreduce_gradients(params: list[nn.Parameter], group: dist.ProcessGroup, size: int) -> None:

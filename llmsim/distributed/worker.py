@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState, allreduce_gradients,
-                                            apply_fully_shard, apply_tensor_parallel, build_mesh)
+                                            apply_fully_shard, apply_tensor_parallel, build_mesh,
+                                            vocab_parallel_loss, vocab_parallel_possible)
 from llmsim.distributed.spec import PG_BACKENDS, RankRecord, WorkerSpec, unsupported_reason
 from llmsim.workload.model import KVCache
 from llmsim.workload.step import ADAMW_LR, WorkloadStep
@@ -43,6 +44,12 @@ Mark = Callable[[str], None]
 
 def _no_mark(_: str) -> None:
     return None
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A replicated DTensor (the loss under loss_parallel) as a plain tensor; others unchanged."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
 
 
 def _inject_fault(rank: int) -> None:
@@ -95,9 +102,13 @@ class RankStep:
             self.notes["pipeline"] = f"{type(self.pipeline.schedule).__name__}, {spec.microbatches} micro-batches"
         else:
             if spec.tp > 1:
-                self.tp_state = apply_tensor_parallel(self.model, self.mesh, sequence_parallel=strategy.sp)
+                vocab = self.mode == "train" and vocab_parallel_possible(self.model.spec, spec.tp)
+                self.tp_state = apply_tensor_parallel(self.model, self.mesh, sequence_parallel=strategy.sp,
+                                                      vocab_parallel=vocab)
                 self.notes["tp"] = "DTensor parallelize_module: qkv/fc colwise, out/proj rowwise" + \
-                    (", SequenceParallel norms" if strategy.sp else "")
+                    (", SequenceParallel norms" if strategy.sp else "") + \
+                    ("; embedding rowwise and LM head colwise over the vocabulary, loss_parallel" if vocab
+                     else "; embedding and LM head replicated")
             if strategy.zero > 0:
                 self.notes["zero"] = apply_fully_shard(self.model, self.mesh["dp"], strategy.zero)
             elif spec.dp > 1 and self.mode == "train":
@@ -158,12 +169,12 @@ class RankStep:
         loss = torch.zeros((), device=self.device)
         for i, start in enumerate(starts):
             last = i == len(starts) - 1
-            with self._gradient_sync(last):
+            with self._gradient_sync(last), vocab_parallel_loss(self.tp_state.vocab_parallel):
                 logits = self.runner(self.tokens[start:start + size])
                 part = F.cross_entropy(logits.flatten(0, 1).float(),
                                        self.targets[start:start + size].flatten()) / len(starts)
                 part.backward()
-            loss = loss + part.detach()
+            loss = loss + _plain(part.detach())
         return loss
 
     def _gradient_sync(self, enabled: bool) -> Any:

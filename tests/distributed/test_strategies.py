@@ -92,6 +92,19 @@ def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
         assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_tensor_parallel_splits_embedding_and_head_over_the_vocabulary(tie: bool) -> None:
+    """As Megatron-LM does: a row-wise embedding, a column-wise head with sharded logits and a vocab-parallel
+    loss; tied, the two share one sharded weight whose gradient sums both uses. Losses stay the single
+    process's."""
+    case = _case(tp=2, sharing={"tie_embeddings": tie})
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    assert r.status == "ok", r.error
+    assert "over the vocabulary, loss_parallel" in json.loads(r.extra["torch_parallelism"])["tp"]
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
 def test_tensor_parallel_decode_with_local_kv_caches() -> None:
     """Decode (a prefill, then tokens one at a time) with each rank's KV cache holding its own KV heads."""
     case = _case(dict(kv_heads=2), mode="decode", tp=2)
