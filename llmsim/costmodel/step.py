@@ -19,6 +19,8 @@ or tp*cp (embedding, LM head: first/last stage), plus the recomputed forward. Co
   last backward; with overlap_grad_reduce it hides behind that micro-batch's backward. ZeRO 1/2 all-gather
   the updated parameters after the step; ZeRO-3 all-gathers parameters forward and backward and
   reduce-scatters gradients every micro-batch, prefetched under compute.
+* a device whose collectives run on the cores that compute (DeviceSpec.overlaps_communication False:
+  gloo on a CPU host) hides nothing: DP, ZeRO-3 and context-parallel traffic is all exposed.
 * parameter sharing: tied embeddings with pp > 1 all-reduce the embedding gradient between the first and
   last stage; layer_groups with pp > 1 all-reduce a shared block's gradient between the stages using it.
   Both shrink to nothing with LoRA (a frozen base has no such gradients).
@@ -188,8 +190,9 @@ def _cp_exposed(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTim
     kv_local = kv // plan.tp if plan.tp <= kv else 1
     block = 2 * plan.micro_batch * (spec.seq_len // plan.cp) * kv_local * spec.head_dim * DTYPE_BYTES[workload.dtype]
     exchange = (plan.cp - 1) * neighbour_p2p_time(block, groups.cp, cluster)
-    forward = max(0.0, exchange - fwd.attention / layers)
-    backward = max(0.0, 2 * exchange - bwd.attention / layers)
+    hide = 1.0 if cluster.device.overlaps_communication else 0.0
+    forward = max(0.0, exchange - hide * fwd.attention / layers)
+    backward = max(0.0, 2 * exchange - hide * bwd.attention / layers)
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
@@ -271,14 +274,15 @@ def _train(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLik
 
     grads, weights = trainable * grad_elem, params * elem
     detail = {"pipeline_and_tensor": m * one.comm}
+    hides = cluster.device.overlaps_communication  # False: collectives take the cores compute runs on
     if plan.zero >= 3:
         per_micro_batch = (2 * collective_time("all-gather", weights, groups.dp, cluster)
                            + collective_time("reduce-scatter", grads, groups.dp, cluster))
-        reduce, gather = max(0.0, m * per_micro_batch - m * one.compute), 0.0
+        reduce, gather = max(0.0, m * per_micro_batch - (m * one.compute if hides else 0.0)), 0.0
     else:
         op = "all-reduce" if plan.zero <= 1 else "reduce-scatter"
         reduce = collective_time(op, grads, groups.dp, cluster)  # type: ignore[arg-type]
-        if plan.overlap_grad_reduce:
+        if plan.overlap_grad_reduce and hides:
             reduce = max(0.0, reduce - one.backward)
         gather = collective_time("all-gather", weights, groups.dp, cluster) if plan.zero in (1, 2) else 0.0
     sync = _sharing_sync(workload, profile, sharing, plan, groups, cluster, grad_elem)

@@ -37,6 +37,9 @@ class DeviceSpec(BaseModel):
     intra_node: str | None = Field(None, description="default link between devices of one node")
     inter_node: str | None = Field(None, description="default link between nodes")
     efficiency: Efficiency | None = Field(None, description="achievable fractions of peak; None = generic defaults")
+    overlaps_communication: bool = Field(
+        True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
+                          "compute; False where they run on the cores that compute (gloo on a CPU host)")
     source: Source
 
 

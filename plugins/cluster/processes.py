@@ -193,6 +193,7 @@ class StepWork:
     bucket_bytes: float = 25 * 2**20
     prefetch: int = 1
     syncs: tuple[SyncWork, ...] = ()
+    comm_shares_cores: bool = False     # collectives run on the compute cores (gloo on a CPU host)
 
     @property
     def pp(self) -> int:
@@ -290,9 +291,19 @@ class StepSim:
 
     def compute(self, device: Device, seconds: float) -> Generator[simpy.Event, None, None]:
         t = self.kernel_time(device, seconds)
-        if t > 0:
+        if t <= 0:
+            return
+        if self.work.comm_shares_cores:
+            # The communication stream's collectives run on these cores: a kernel waits for the one in
+            # flight, and the wait is exposed communication.
+            start = self.env.now
+            with device.comm.request() as turn:
+                yield turn
+                device.ledger.comm_s += self.env.now - start
+                yield self.env.timeout(t)
+        else:
             yield self.env.timeout(t)
-            device.ledger.compute_s += t
+        device.ledger.compute_s += t
 
     def exposed(self, device: Device, c: Collective) -> Generator[simpy.Event, None, None]:
         """A collective the compute stream waits for (tensor parallel, pipeline messages)."""

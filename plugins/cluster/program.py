@@ -141,7 +141,7 @@ def train_step(workload: "Workload", profile: "WorkloadProfile", sharing: Sharin
                     virtual_stages=plan.v, p2p_bytes=p2p_bytes,
                     dp_op="all-reduce" if plan.zero <= 1 else "reduce-scatter", dp_group=dp_group, zero=plan.zero,
                     overlap_grad_reduce=plan.overlap_grad_reduce, bucket_bytes=bucket_bytes, prefetch=prefetch,
-                    syncs=tuple(syncs))
+                    syncs=tuple(syncs), comm_shares_cores=not cluster.device.overlaps_communication)
 
 
 def inference_plan(plan: Plan) -> Plan:

@@ -167,3 +167,17 @@ def test_a_sustained_clock_slows_flop_bound_work_and_leaves_memory_bound_work_al
     assert fast.compute_time_s < slow.compute_time_s < 2 * fast.compute_time_s
     assert slow.mfu < fast.mfu
     assert CATALOG.device("h200").efficiency.sustained < 1.0  # the catalog's NVIDIA boards carry the factor
+
+
+def test_a_device_that_computes_its_collectives_hides_none_of_them() -> None:
+    """gloo on a CPU host: the DP reduction the overlap would hide, and ZeRO-3's prefetched gathers, are
+    all exposed when the device's cores are the ones that communicate."""
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    engines = a100_cluster(nodes=2)
+    cores = dataclasses.replace(engines, device=engines.device.model_copy(update={"overlaps_communication": False}))
+    for plan in (Plan(dp=16, microbatches=1, overlap_grad_reduce=True), Plan(dp=16, microbatches=2, zero=3)):
+        hidden, exposed = (estimate(workload, profile, sharing, plan, c) for c in (engines, cores))
+        assert exposed.comm_time_s > hidden.comm_time_s
+        assert exposed.compute_time_s == pytest.approx(hidden.compute_time_s)
+    assert CATALOG.device("cpu-host").overlaps_communication is False

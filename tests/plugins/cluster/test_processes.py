@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from llmsim.costmodel.cluster import Group
@@ -83,3 +85,18 @@ def test_jitter_is_deterministic_for_a_seed_and_changes_with_it() -> None:
     a, b, c = (simulate(work, placement, FABRIC, Faults(jitter_std=0.1, seed=s)).step_s for s in (1, 1, 2))
     assert a == b != c
     assert a > simulate(work, placement, FABRIC).step_s  # the slowest of 8 tensor-parallel peers sets each layer
+
+
+def test_collectives_on_the_compute_cores_cannot_hide_behind_compute() -> None:
+    """A CPU host (gloo) has no engine to overlap with: the step is the sum of compute and communication."""
+    group = Group(size=2, per_node=2, nodes=1)
+    grads = 1e9  # one bucket per layer, each far shorter than the remaining backward on this fabric
+    stage = StageWork(layers=4, fwd_layer_s=0.1, bwd_layer_s=0.2, grad_bytes_layer=grads)
+    work = StepWork(stages=(stage,), microbatches=1, dp_group=group, bucket_bytes=grads)
+    reduce_s = sum(ph.nbytes / 100e9 + ph.latency_s for ph in collective("all-reduce", grads, group, FABRIC))
+    hidden = simulate(work, Placement(1, 1, 1, 2), FABRIC)
+    shared = simulate(dataclasses.replace(work, comm_shares_cores=True), Placement(1, 1, 1, 2), FABRIC)
+    compute = 4 * (0.1 + 0.2)
+    assert hidden.step_s < compute + 2 * reduce_s  # three of the four buckets hid behind backward
+    assert shared.step_s == pytest.approx(compute + 4 * reduce_s, rel=1e-9)
+    assert shared.comm_s == pytest.approx(4 * reduce_s, rel=1e-9) and shared.compute_s == pytest.approx(compute)
