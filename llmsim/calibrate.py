@@ -2,12 +2,15 @@
 
 Input: run folders of measured backends (`results.jsonl` rows with kind measured, plus `scenario.yaml`,
 the resolved scenario). For each ok row the cost model predicts the same case on a one-device cluster
-of the measured hardware; four numbers are then fitted by least squares on log(modeled / measured):
+of the measured hardware; up to four numbers are then fitted by least squares on log(modeled / measured):
   * matmul efficiency    (fraction of the measured peak that GEMMs reach),
   * attention efficiency (fraction a fused attention kernel reaches),
   * memory bandwidth     (the host's effective streaming bandwidth; the CPU catalog entry has none),
   * operator overhead    (seconds per operator launch: eager dispatch runs serially on a host).
-Peak FLOP/s per dtype is not fitted: it is the matmul probe each row recorded (`peak_flops_per_s`).
+Peak FLOP/s per dtype is not fitted: it is the matmul probe each row recorded (`peak_flops_per_s`). When
+every row also reports the backend's streaming and per-operator probes (`stream_bytes_per_s`,
+`op_overhead_s`: the cpu backend does), the bandwidth is taken as measured and the probed per-operator
+cost becomes the lower bound of the fitted one, leaving three parameters.
 Log error makes a 2x miss on a 10 ms case weigh as much as on a 10 s one.
 
 The fitted entry (`<device>-calibrated`) is a normal catalog entry: use it with
@@ -16,6 +19,7 @@ The fitted entry (`<device>-calibrated`) is a normal catalog entry: use it with
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -56,6 +60,8 @@ class Observation:
     peak_flops: float
     scenario: Scenario
     strategy_index: int
+    stream_bytes_per_s: float | None = None  # the backend's probes, when the row reports them
+    op_overhead_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,11 +110,21 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
                 continue
             found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
                                      measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
-                                     scenario=scenario, strategy_index=names.index(row["strategy"])))
+                                     scenario=scenario, strategy_index=names.index(row["strategy"]),
+                                     stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
+                                     op_overhead_s=_positive(row.get("op_overhead_s"))))
     if not found:
         raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
                                f"{', '.join(str(d) for d in run_dirs)}")
     return found
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
 def _device(base: DeviceSpec, name: str, peaks: dict[str, float], theta: Sequence[float]) -> DeviceSpec:
@@ -145,6 +161,9 @@ BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, OVERHEAD_BOUND
 SWEEPS = 12                           # cycles of coordinate search; stops early once nothing improves
 GOLDEN_STEPS = 40                     # golden-section steps per parameter: shrinks a log-range 0.618^40 ~ 1e-8
 GOLDEN = (math.sqrt(5) - 1) / 2
+NELDER_MEAD_ITERATIONS = 300          # simplex steps after the coordinate search (each one or two model passes)
+NELDER_MEAD_RESTART_STEPS = (1.0, 0.3)  # initial simplex sizes (natural-log units) of successive restarts
+MULTISTART_QUANTILES = (0.25, 0.75)     # simplex starts at these fractions of each parameter's log range
 
 
 def _golden(f: Callable[[float], float], lo: float, hi: float) -> float:
@@ -164,28 +183,81 @@ def _golden(f: Callable[[float], float], lo: float, hi: float) -> float:
     return (a + b) / 2
 
 
+def _nelder_mead(f: Callable[[list[float]], float], x0: list[float], step: float = 0.3,
+                 iterations: int = NELDER_MEAD_ITERATIONS) -> list[float]:
+    """Minimum of f near x0 by the Nelder-Mead simplex (standard coefficients: 1, 2, 0.5, 0.5).
+
+    Moves along combinations of parameters, which a coordinate search cannot: two factors that trade off
+    against each other (per-operator overhead against memory bandwidth) stall it in a valley.
+    """
+    n = len(x0)
+    simplex = [list(x0)] + [[v + (step if i == j else 0.0) for j, v in enumerate(x0)] for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iterations):
+        order = sorted(range(n + 1), key=values.__getitem__)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < 1e-15:
+            break
+        centroid = [sum(x[j] for x in simplex[:-1]) / n for j in range(n)]
+        worst = simplex[-1]
+        reflected = [c + (c - w) for c, w in zip(centroid, worst)]
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = [c + 2 * (c - w) for c, w in zip(centroid, worst)]
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = [c + 0.5 * (w - c) for c, w in zip(centroid, worst)]
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:  # shrink towards the best vertex
+                best = simplex[0]
+                simplex = [best] + [[b + 0.5 * (v - b) for b, v in zip(best, x)] for x in simplex[1:]]
+                values = [values[0]] + [f(x) for x in simplex[1:]]
+    return simplex[min(range(n + 1), key=values.__getitem__)]
+
+
 def fit(objective: Callable[[list[float]], float], start: list[float],
         bounds: Sequence[tuple[float, float]] = BOUNDS) -> list[float]:
-    """Minimise `objective` over parameters within `bounds`: cyclic golden-section search on their logs.
+    """Minimise `objective` over parameters within `bounds`, on their logs: a cyclic golden-section search
+    to get close, then a Nelder-Mead simplex to leave the valleys a coordinate search stalls in.
 
-    Derivative-free and bounded, so a parameter the data cannot see (e.g. attention in runs without
-    attention time) simply stays where it was, and the bounds hold without projection tricks.
+    Derivative-free and bounded (the simplex sees the objective at the nearest in-bounds point), so a
+    parameter the data cannot see (e.g. attention in runs without attention time) simply stays where it was.
     """
     x = [math.log(min(max(v, lo), hi)) for v, (lo, hi) in zip(start, bounds)]
+    log_bounds = [(math.log(lo), math.log(hi)) for lo, hi in bounds]
+
+    def clamp(logs: list[float]) -> list[float]:
+        return [min(max(v, lo), hi) for v, (lo, hi) in zip(logs, log_bounds)]
 
     def at(logs: list[float]) -> float:
-        return objective([math.exp(v) for v in logs])
+        return objective([math.exp(v) for v in clamp(logs)])
 
     best = at(x)
     for _ in range(SWEEPS):
         before = best
-        for j, (lo, hi) in enumerate(bounds):
-            trial = _golden(lambda v: at(x[:j] + [v] + x[j + 1:]), math.log(lo), math.log(hi))
+        for j, (lo, hi) in enumerate(log_bounds):
+            trial = _golden(lambda v: at(x[:j] + [v] + x[j + 1:]), lo, hi)
             value = at(x[:j] + [trial] + x[j + 1:])
             if value < best:
                 x[j], best = trial, value
         if before - best < 1e-12:
             break
+    # The objective has separate valleys (measured: a 4-factor synthetic case whose true factors give 0
+    # also has a 1%-error minimum across a ridge), so the simplex also starts from every corner of a box
+    # at a quarter and three quarters of each log range, and the best end point wins.
+    starts = [x] + [[lo + q * (hi - lo) for (lo, hi), q in zip(log_bounds, corner)]
+                    for corner in itertools.product(MULTISTART_QUANTILES, repeat=len(log_bounds))]
+    for origin in starts:
+        for step in NELDER_MEAD_RESTART_STEPS:  # a fresh simplex each time: restarts escape a collapsed one
+            origin = clamp(_nelder_mead(at, origin, step))
+        value = at(origin)
+        if value < best:
+            x, best = origin, value
     return [math.exp(v) for v in x]
 
 
@@ -202,17 +274,35 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     predict = _predictor(observations, catalog, options)
     measured = [o.measured_s for o in observations]
 
-    def squared_log_error(theta: list[float]) -> float:
-        modeled = predict(_device(base, name, peaks, theta))
-        return sum(math.log(m / t) ** 2 for m, t in zip(modeled, measured))
-
     defaults = base.efficiency or Efficiency()
     start = [defaults.matmul, defaults.attention,
              base.memory_bw_bytes_per_s * defaults.memory or INITIAL_MEMORY_BW,
              defaults.op_overhead_s or INITIAL_OVERHEAD_S]
+    # The backend's probes: the streaming bandwidth is taken as measured; the per-operator cost of a
+    # one-element op is a floor, not the value (real operators also pay allocation, threading and cache
+    # misses that grow with nothing the profile counts), so it bounds that parameter from below.
+    probed = _probed_rates(observations)
+    bounds = list(BOUNDS)
+    free = [0, 1, 2, 3]
+    if probed:
+        free = [0, 1, 3]
+        start[2] = probed[0]
+        bounds[3] = (probed[1], max(OVERHEAD_BOUNDS[1], probed[1]))
+        start[3] = max(start[3], probed[1])
+
+    def full(theta_free: Sequence[float]) -> list[float]:
+        theta = list(start)
+        for i, value in zip(free, theta_free):
+            theta[i] = value
+        return theta
+
+    def squared_log_error(theta_free: list[float]) -> float:
+        modeled = predict(_device(base, name, peaks, full(theta_free)))
+        return sum(math.log(m / t) ** 2 for m, t in zip(modeled, measured))
+
     try:
         before = predict(_device(base, name, peaks, start))
-        theta = fit(squared_log_error, start)
+        theta = full(fit(squared_log_error, [start[i] for i in free], [bounds[i] for i in free]))
     except CostModelError as exc:
         raise CalibrationError(f"cannot model the measured cases: {exc}") from None
     fitted = _device(base, name, peaks, theta)
@@ -221,20 +311,35 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     def fits(modeled: list[float]) -> list[CaseFit]:
         return [CaseFit(o.run_dir, o.case, o.mode, o.measured_s, t) for o, t in zip(observations, modeled)]
 
-    entry = _entry(fitted, base, observations, theta)
+    entry = _entry(fitted, base, observations, theta, probed=probed is not None)
     return Calibration(entry=entry, cases=fits(after), before=fits(before))
 
 
-def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[Observation], theta: list[float]) -> dict[str, Any]:
+def _probed_rates(observations: list[Observation]) -> tuple[float, float] | None:
+    """(streaming bytes/s, seconds per operator): the medians of the rows' probes, if every row has them."""
+    bandwidth = [o.stream_bytes_per_s for o in observations]
+    overhead = [o.op_overhead_s for o in observations]
+    if any(v is None for v in bandwidth + overhead):
+        return None
+    return statistics.median(bandwidth), statistics.median(overhead)  # type: ignore[type-var]
+
+
+def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[Observation], theta: list[float],
+           probed: bool = False) -> dict[str, Any]:
     runs = sorted({o.run_dir.name for o in observations})
     entry = fitted.model_dump(mode="json", exclude_none=True)
     entry.update(intra_node=base.intra_node or "loopback", inter_node=base.inter_node or "loopback",
                  devices_per_node=base.devices_per_node or 1)
+    how = ("matmul, attention and per-operator cost (at least the probe's) fitted by least squares on log "
+           "step time; streaming bandwidth as the runs' probe measured it" if probed
+           else "least squares on log step time")
     entry["efficiency"] = {"matmul": round(theta[0], 4), "attention": round(theta[1], 4), "memory": 1.0,
-                           "op_overhead_s": float(f"{theta[3]:.3g}"), "source": f"least squares on log step time over {len(observations)} measured cases"}
+                           "op_overhead_s": float(f"{theta[3]:.3g}"),
+                           "source": f"{how} over {len(observations)} measured cases"}
     entry["memory_bw_bytes_per_s"] = float(f"{theta[2]:.4g}")
+    probes = "matmul, streaming and per-operator probes" if probed else "matmul probe"
     entry["source"] = (f"llmsim calibrate: fitted to {len(observations)} measured cases in run folders "
-                       f"{', '.join(runs)}; peak FLOP/s from the runs' matmul probe; power figures of "
+                       f"{', '.join(runs)}; peak FLOP/s from the runs' {probes}; power figures of "
                        f"{base.name} ({base.source})")
     entry.pop("matmul_tiles", None)
     entry["efficiency"].pop("matmul_tiles", None)
@@ -248,9 +353,10 @@ def format_table(result: Calibration) -> str:
         lines.append(f"{a.case[:27]:<28}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
                      f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
     eff = result.entry["efficiency"]
-    lines.append(f"fitted: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory bandwidth "
-                 f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['op_overhead_s'] * 1e6:.1f} us "
-                 f"per operator; median |error| "
+    probed = "probe" in eff["source"]
+    lines.append(f"fitted: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, "
+                 f"{eff['op_overhead_s'] * 1e6:.1f} us per operator; {'probed' if probed else 'fitted'}: memory "
+                 f"bandwidth {result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s; median |error| "
                  f"{result.median_abs_error:.1%}")
     return "\n".join(lines)
 

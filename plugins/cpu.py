@@ -3,7 +3,9 @@
 Clock: time.perf_counter around each step (CPU work is synchronous). After `warmup` untimed steps,
 `steps` timed steps give p50/p99 latency; tokens/s and step_time_s use the mean. Achieved FLOP/s come
 from the workload profile (the same module traced on the meta device); MFU is against this host's
-peak, measured once per machine, dtype and thread count by a matmul probe and cached.
+peak, measured once per machine, dtype and thread count by a matmul probe and cached with two more
+probes (streaming bandwidth, per-operator cost; `llmsim_plugins.host_probes`) that the row reports for
+`llmsim calibrate`.
 Energy: a RAPL (or plugin) meter where readable, else modeled from the `cpu-host` catalog entry.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import json
 import os
 import resource
@@ -24,14 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, RaplMeter
-from llmsim.environment import cpu_model
 from llmsim.results import fill_derived
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import TORCH_DTYPES, WorkloadStep
+from llmsim.workload.step import WorkloadStep
+from llmsim_plugins.host_probes import HostRates, host_peak_flops, host_rates
 
-PROBE_SIZE = 1024          # square matmul edge; large enough to reach the BLAS plateau on a few cores
-PROBE_SECONDS = 0.3        # per dtype, once per machine
-
+__all__ = ["CpuBackend", "CpuSettings", "host_peak_flops", "host_rates"]
 
 class CpuSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -43,42 +42,6 @@ class CpuSettings(BaseModel):
     timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
     profile_comm: bool = Field(True, description="several processes: one extra profiled step to measure "
                                                  "exposed communication")
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmsim"
-
-
-def measure_peak_flops(dtype: torch.dtype, threads: int) -> float:
-    """FLOP/s of a square matmul in `dtype`: the best of repeated runs over about PROBE_SECONDS."""
-    a = torch.randn(PROBE_SIZE, PROBE_SIZE).to(dtype)
-    b = torch.randn(PROBE_SIZE, PROBE_SIZE).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    deadline = time.perf_counter() + PROBE_SECONDS
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * PROBE_SIZE**3 / best
-
-
-def host_peak_flops(dtype: str, cache_dir: Path | None = None) -> float:
-    """This host's matmul peak for `dtype` with the current thread count, cached on disk per machine."""
-    threads = torch.get_num_threads()
-    key = f"{cpu_model()}|{os.cpu_count()}|{threads}|{torch.__version__}|{dtype}"
-    path = (cache_dir or _cache_dir()) / f"peak-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
-    try:
-        return float(json.loads(path.read_text())["peak_flops_per_s"])
-    except (OSError, ValueError, KeyError):
-        pass
-    peak = measure_peak_flops(TORCH_DTYPES[dtype], threads)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "peak_flops_per_s": peak}))
-    except OSError:
-        pass  # a read-only home only costs a re-measurement next time
-    return peak
 
 
 def release_freed_memory() -> None:
@@ -195,13 +158,14 @@ class CpuBackend(Backend):
         if first_token:
             ttft = statistics.fmean(first_token)
             values.update(ttft_s=ttft, tpot_s=(step_time - ttft) / max(case.workload.decode_tokens - 1, 1))
-        peak = host_peak_flops(case.workload.dtype)
+        rates = host_rates(case.workload.dtype)
+        peak = rates.peak_flops_per_s
         values["mfu"] = profile.model_flops_per_step / step_time / peak
         if energy_total is not None and meter is not None:
             values.update(energy_j_per_step=energy_total / len(times), energy_source=meter.name)
         else:
             values.update(energy_j_per_step=self._modeled_power_w(threads) * step_time, energy_source="modeled")
-        values["extra"] = {"peak_flops_per_s": peak, "threads": threads, "memory_method": rss.method,
+        values["extra"] = {**_probe_extra(rates), "threads": threads, "memory_method": rss.method,
                            "step_times_s": json.dumps([round(t, 6) for t in times])}
         return fill_derived(case.result(self, **values), case.workload.tokens_per_step)
 
@@ -270,11 +234,12 @@ class CpuBackend(Backend):
         if first:
             ttft = statistics.fmean(first)
             values.update(ttft_s=ttft, tpot_s=(step_time - ttft) / max(case.workload.decode_tokens - 1, 1))
-        peak = self._peak_with_threads(case.workload.dtype, threads)
+        rates = self._rates_with_threads(case.workload.dtype, threads)
+        peak = rates.peak_flops_per_s
         values["mfu"] = profile.model_flops_per_step / step_time / world / peak
         values.update(energy_j_per_step=self._modeled_power_w(threads * world) * step_time, energy_source="modeled")
         values["extra"] = {
-            "peak_flops_per_s": peak, "threads": threads, "processes": world, "memory_method": records[0].memory_method,
+            **_probe_extra(rates), "threads": threads, "processes": world, "memory_method": records[0].memory_method,
             "single_process_step_s": single_s, "comm_method": "torch.profiler: gloo ops not covered by compute",
             "step_times_s": json.dumps([round(t, 6) for t in times]),
             "peak_memory_bytes_per_rank": json.dumps([r.peak_memory_bytes for r in records]),
@@ -305,14 +270,20 @@ class CpuBackend(Backend):
             release_freed_memory()
 
     @staticmethod
-    def _peak_with_threads(dtype: str, threads: int) -> float:
-        """This host's matmul peak with one rank's thread count (the per-device peak of MFU)."""
+    def _rates_with_threads(dtype: str, threads: int) -> HostRates:
+        """This host's probed rates with one rank's thread count (its peak is the per-device peak of MFU)."""
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return host_peak_flops(dtype)
+            return host_rates(dtype)
         finally:
             torch.set_num_threads(previous)
+
+
+def _probe_extra(rates: HostRates) -> dict[str, float]:
+    """The probed rates as row columns: `llmsim calibrate` reads them (peak FLOP/s also feeds MFU)."""
+    return {"peak_flops_per_s": rates.peak_flops_per_s, "stream_bytes_per_s": rates.stream_bytes_per_s,
+            "op_overhead_s": rates.op_overhead_s}
 
 
 @hookimpl

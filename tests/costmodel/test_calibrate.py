@@ -19,7 +19,7 @@ TRUE = dict(matmul=0.6, attention=0.3, memory_bw=8e9, op_overhead_s=2e-5)
 PEAK = 1e11
 
 
-def _synthetic_run(root: Path, mode: str, seq_len: int, batch: int) -> Path:
+def _synthetic_run(root: Path, mode: str, seq_len: int, batch: int, probes: bool = False) -> Path:
     """A run folder whose 'measured' time is what the cost model predicts with the TRUE factors."""
     scenario = parse_scenario({"name": f"syn-{mode}-{seq_len}", "strategies": [{"name": "s"}],
                                "workload": {"model": {"preset": "tiny", "seq_len": seq_len}, "mode": mode,
@@ -39,6 +39,8 @@ def _synthetic_run(root: Path, mode: str, seq_len: int, batch: int) -> Path:
     (run / "scenario.yaml").write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
     row = dict(scenario=scenario.name, case="s", strategy="s", backend="cpu", kind="measured", status="ok",
                mode=mode, dtype="float32", step_time_s=step, peak_flops_per_s=PEAK)
+    if probes:  # the cpu backend's streaming and per-operator probes, here exactly the true rates
+        row.update(stream_bytes_per_s=TRUE["memory_bw"], op_overhead_s=TRUE["op_overhead_s"])
     (run / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(dict(row, backend="roofline")) + "\n")
     return run
 
@@ -71,3 +73,21 @@ def test_the_written_entry_loads_as_a_catalog_file(runs: list[Path], tmp_path: P
 def test_folders_without_measurements_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="not a run folder"):
         calibrate([tmp_path])
+
+
+@pytest.mark.parametrize("probed_overhead", [TRUE["op_overhead_s"], TRUE["op_overhead_s"] / 4])
+def test_the_probed_bandwidth_is_taken_as_measured_and_the_probed_overhead_is_a_floor(
+        tmp_path: Path, probed_overhead: float) -> None:
+    shapes = [("train", 64, 2), ("train", 32, 8), ("prefill", 64, 4), ("decode", 64, 2)]
+    runs = [_synthetic_run(tmp_path, *shape, probes=True) for shape in shapes]
+    for run in runs:  # the probe saw a cheaper operator than the steps' real ones (or the same)
+        lines = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        (run / "results.jsonl").write_text("".join(json.dumps({**r, "op_overhead_s": probed_overhead}) + "\n"
+                                                   for r in lines))
+    result = calibrate(runs)
+    entry = result.entry
+    assert entry["memory_bw_bytes_per_s"] == pytest.approx(TRUE["memory_bw"], rel=1e-3)
+    assert entry["efficiency"]["op_overhead_s"] == pytest.approx(TRUE["op_overhead_s"], rel=0.05)
+    assert entry["efficiency"]["matmul"] == pytest.approx(TRUE["matmul"], rel=0.05)
+    assert "probe" in entry["efficiency"]["source"]
+    assert max(abs(c.error) for c in result.cases) < 0.01

@@ -9,7 +9,7 @@ from llmsim.config import parse_scenario
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases
-from llmsim_plugins.cpu import CpuBackend, CpuSettings, host_peak_flops
+from llmsim_plugins.cpu import CpuBackend, CpuSettings, host_peak_flops, host_rates
 from tests.conftest import TINY_SCENARIO
 
 
@@ -38,6 +38,8 @@ def test_tiny_preset_runs_in_each_mode(mode: str) -> None:
         assert r.ttft_s is None
     if mode == "train":
         assert r.other_time_s > 0  # the optimizer step
+    # the probes `llmsim calibrate` takes as measured
+    assert r.extra["peak_flops_per_s"] > 0 and r.extra["stream_bytes_per_s"] > 0 and r.extra["op_overhead_s"] > 0
 
 
 def test_multi_device_strategy_torch_cannot_run_here_is_skipped_with_the_reason() -> None:
@@ -56,8 +58,10 @@ def test_modeled_energy_uses_the_catalog_power() -> None:
     assert backend._modeled_power_w(cores) == pytest.approx(cores * host.max_power_w)
 
 
-def test_host_peak_is_measured_once_and_cached(tmp_path) -> None:
-    first = host_peak_flops("float32", tmp_path)
-    assert first > 1e8
-    assert host_peak_flops("float32", tmp_path) == first
-    assert len(list(tmp_path.glob("peak-*.json"))) == 1
+def test_host_rates_are_measured_once_and_cached(tmp_path) -> None:
+    first = host_rates("float32", tmp_path)
+    assert first.peak_flops_per_s > 1e8 and first.stream_bytes_per_s > 1e8
+    assert 1e-8 < first.op_overhead_s < 1e-2  # between a C loop and a very slow Python host
+    assert host_rates("float32", tmp_path) == first
+    assert host_peak_flops("float32", tmp_path) == first.peak_flops_per_s
+    assert len(list(tmp_path.glob("host-*.json"))) == 1

@@ -1,0 +1,112 @@
+"""This host's basic rates, measured by short probes and cached per machine, dtype and thread count.
+
+The cpu backend reports three numbers a CPU cost model needs and no datasheet gives:
+  * peak FLOP/s: a square matmul (the denominator of MFU),
+  * streaming bandwidth: an elementwise add over activation-sized tensors (what norms, activations,
+    residual adds and the optimizer's pointwise ops move),
+  * per-operator cost: a chain of tiny autograd ops, forward and backward (eager PyTorch's dispatch,
+    autograd bookkeeping and kernel launch, paid once per operator whatever its size).
+`llmsim calibrate` takes the last two as measured and fits only what they cannot show (how close GEMMs
+and attention get to the peak), so four free parameters become two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from llmsim.environment import cpu_model
+
+PROBE_SIZE = 1024          # square matmul edge; large enough to reach the BLAS plateau on a few cores
+PROBE_SECONDS = 0.3        # per probe, once per machine
+# 1 Mi float32 elements = 4 MiB per operand: the size of one activation of the shapes this backend runs
+# (batch x seq x hidden = 8 x 128 x 1024, or 4 x 256 x 1024), so the probe streams from the caches the
+# workload's own elementwise ops stream from, not from a DRAM-sized array it never touches.
+STREAM_ELEMENTS = 1 << 20
+OVERHEAD_CHAIN = 500       # tiny autograd ops per timed chain (forward, then one backward through all)
+PROBE_VERSION = 2          # bump when a probe changes: cached numbers of another version are re-measured
+
+
+@dataclass(frozen=True)
+class HostRates:
+    peak_flops_per_s: float
+    stream_bytes_per_s: float
+    op_overhead_s: float
+
+
+def _best(run: object, seconds: float = PROBE_SECONDS) -> float:
+    """The shortest of repeated calls of `run` (seconds each) within a time budget: the least disturbed."""
+    run()  # type: ignore[operator]
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()  # type: ignore[operator]
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_peak_flops(dtype: torch.dtype) -> float:
+    """FLOP/s of a square matmul in `dtype`."""
+    a = torch.randn(PROBE_SIZE, PROBE_SIZE).to(dtype)
+    b = torch.randn(PROBE_SIZE, PROBE_SIZE).to(dtype)
+    return 2 * PROBE_SIZE**3 / _best(lambda: torch.mm(a, b))
+
+
+def measure_stream_bandwidth(dtype: torch.dtype) -> float:
+    """Bytes/s of z = x + y over STREAM_ELEMENTS elements (two reads and a write)."""
+    x, y = torch.randn(STREAM_ELEMENTS).to(dtype), torch.randn(STREAM_ELEMENTS).to(dtype)
+    z = torch.empty_like(x)
+    return 3 * x.numel() * x.element_size() / _best(lambda: torch.add(x, y, out=z))
+
+
+def measure_op_overhead() -> float:
+    """Seconds per operator of a chain of OVERHEAD_CHAIN one-element multiplications, forward and
+    backward: what an operator costs when its arithmetic costs nothing."""
+    leaf = torch.ones(1, requires_grad=True)
+
+    def chain() -> None:
+        y = leaf
+        for _ in range(OVERHEAD_CHAIN):
+            y = y * 1.0
+        y.backward()
+        leaf.grad = None
+
+    return _best(chain) / OVERHEAD_CHAIN
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmsim"
+
+
+def host_rates(dtype: str, cache_dir: Path | None = None) -> HostRates:
+    """The three rates for `dtype` with the current thread count, cached on disk per machine."""
+    from llmsim.workload.step import TORCH_DTYPES
+
+    threads = torch.get_num_threads()
+    key = f"v{PROBE_VERSION}|{cpu_model()}|{os.cpu_count()}|{threads}|{torch.__version__}|{dtype}"
+    path = (cache_dir or _cache_dir()) / f"host-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    try:
+        return HostRates(**json.loads(path.read_text())["rates"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    torch_dtype = TORCH_DTYPES[dtype]
+    rates = HostRates(peak_flops_per_s=measure_peak_flops(torch_dtype),
+                      stream_bytes_per_s=measure_stream_bandwidth(torch_dtype), op_overhead_s=measure_op_overhead())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "rates": asdict(rates)}))
+    except OSError:
+        pass  # a read-only home only costs a re-measurement next time
+    return rates
+
+
+def host_peak_flops(dtype: str, cache_dir: Path | None = None) -> float:
+    """This host's matmul peak for `dtype` with the current thread count (cached with the other rates)."""
+    return host_rates(dtype, cache_dir).peak_flops_per_s
