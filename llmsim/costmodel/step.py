@@ -238,12 +238,33 @@ def accumulate_time(rates: Rates, trainable: float, microbatches: int, dtype: st
     return accumulations * rates.memory_time(trainable * (2 * grad_elem + elem))
 
 
-def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, options: Options) -> float:
-    """Fused Adam over the parameters one device updates (1/dp of them with ZeRO >= 1)."""
+def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, options: Options,
+                   traced: tuple[float, float] | None = None) -> float:
+    """Adam over the parameters one device updates (1/dp of them with ZeRO >= 1).
+
+    An accelerator runs a fused kernel (apex/Megatron FusedAdam, torch fused AdamW): the state's bytes
+    once. An eager host (op_overhead_s > 0) runs what the profile traced, PyTorch's AdamW loop of a dozen
+    or so pointwise ops per tensor with their temporaries: `traced` = (bytes, operators) of this device's
+    share, each operator paying the host's per-operator cost.
+    """
+    shard = plan.dp if plan.zero >= 1 else 1
+    if traced is not None and rates.efficiency.op_overhead_s > 0:
+        nbytes, ops = traced
+        return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
     elem = DTYPE_BYTES[dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-    updated = trainable / (plan.dp if plan.zero >= 1 else 1)
-    return rates.memory_time(updated * (ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)))
+    return rates.memory_time(trainable / shard * (ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)))
+
+
+def traced_optimizer(profile: "WorkloadProfile", trainable: float) -> tuple[float, float]:
+    """(bytes, operators) of the traced optimizer step for `trainable` of the profile's trainable parameters.
+
+    A stage holding a share of them runs that share of the per-tensor loop; ZeRO shards every tensor,
+    which divides the bytes (optimizer_time) but not the operator count.
+    """
+    share = trainable / profile.trainable_params if profile.trainable_params else 0.0
+    steps = [totals for key, totals in profile.ops.items() if key[0] == "optimizer"]
+    return sum(t.bytes for t in steps) * share, sum(t.count for t in steps) * share
 
 
 def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTimes, cluster: ClusterSpec,
@@ -288,7 +309,7 @@ def _train(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLik
     sync = _sharing_sync(workload, profile, sharing, plan, groups, cluster, grad_elem)
     detail.update(data_parallel=reduce + gather, sharing_sync=sync)
 
-    optimizer = optimizer_time(rates, trainable, plan, workload.dtype, options)
+    optimizer = optimizer_time(rates, trainable, plan, workload.dtype, options, traced_optimizer(profile, trainable))
     compute = m * one.compute + accumulate
     comm = m * one.comm + reduce + gather + sync
     return compute, comm, bubble, optimizer, detail

@@ -17,7 +17,7 @@ from llmsim.costmodel.compute import phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_params
 from llmsim.costmodel.plan import DTYPE_BYTES, SharingLike
 from llmsim.costmodel.step import (TP_COLLECTIVES_PER_LAYER_BACKWARD, TP_COLLECTIVES_PER_LAYER_FORWARD,
-                                   accumulate_time, cp_exposed_time, device_rates, optimizer_time,
+                                   accumulate_time, cp_exposed_time, device_rates, optimizer_time, traced_optimizer,
                                    sharing_sync_collectives)
 from llmsim_plugins.cluster.entities import Placement
 from llmsim_plugins.cluster.processes import (NO_COMM, Collective, Fabric, StageWork, StepWork, SyncWork,
@@ -124,7 +124,8 @@ def train_step(workload: "Workload", profile: "WorkloadProfile", sharing: Sharin
             tp_embed=tp_one if first else NO_COMM, tp_head=tp_one if last else NO_COMM,
             recv_gather=recv_gather,
             accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
-            optimizer_s=optimizer_time(rates, trainable, plan, workload.dtype, options),
+            optimizer_s=optimizer_time(rates, trainable, plan, workload.dtype, options,
+                                       traced_optimizer(profile, trainable)),
             grad_bytes_layer=middle_trainable / layers_on_stage * grad_elem,
             grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
             grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
