@@ -1,4 +1,4 @@
-"""Measure gloo all-reduce between processes on this host and print a `loopback` catalog entry.
+"""Measure gloo collectives between processes on this host and print a `loopback` catalog entry.
 
     python scripts/calibrate_loopback.py [--world 2] [--iters 20] [--threads 1]
 
@@ -13,6 +13,9 @@ the median over iterations is kept. The printed entry is in the cost model's ter
 
 so `bandwidth_bytes_per_s` is the bus bandwidth 2 S (p-1)/p / t at the largest size and `latency_s`
 is (t(smallest) - base) / (2(p-1)). A least-squares fit of t(S) over all sizes is printed alongside.
+All-gather and reduce-scatter (FSDP's collectives) are timed at the largest size too; what each reaches
+of that bandwidth in the ring model is the entry's `collective_efficiency` (gloo's reduce-scatter is
+much slower than its all-reduce).
 Loopback numbers move with load on the machine: run it on an idle host and say so in `source`.
 """
 
@@ -44,27 +47,35 @@ def _rank(rank: int, world: int, port: int, sizes: list[int], iters: int, thread
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    medians: dict[int, float] = {}
+    medians: dict[tuple[str, int], float] = {}
     for size in sizes:
-        buf = torch.ones(max(size // 4, 1), dtype=torch.float32)
-        for _ in range(3):
-            dist.all_reduce(buf)
-        times = []
-        for _ in range(iters):
-            dist.barrier()
-            start = time.perf_counter()
-            dist.all_reduce(buf)
-            times.append(time.perf_counter() - start)
-        slowest = torch.tensor(times, dtype=torch.float64)
-        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        medians[size] = statistics.median(slowest.tolist())
+        full = torch.ones(max(size // 4, world), dtype=torch.float32)
+        shard = torch.ones(full.numel() // world, dtype=torch.float32)
+        full = full[:shard.numel() * world]
+        calls = {"all-reduce": lambda: dist.all_reduce(full)}
+        if size == max(sizes):  # the other two in the bandwidth regime only (FSDP's collectives)
+            calls["all-gather"] = lambda: dist.all_gather_into_tensor(full, shard)
+            calls["reduce-scatter"] = lambda: dist.reduce_scatter_tensor(shard, full)
+        for op, call in calls.items():
+            for _ in range(3):
+                call()
+            times = []
+            for _ in range(iters):
+                dist.barrier()
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+            slowest = torch.tensor(times, dtype=torch.float64)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            medians[(op, size)] = statistics.median(slowest.tolist())
     if rank == 0:
         queue.put(medians)
     dist.destroy_process_group()
 
 
-def measure(world: int, sizes: list[int], iters: int, threads: int) -> dict[int, float]:
-    """Median all-reduce time (slowest rank) per buffer size in bytes."""
+def measure(world: int, sizes: list[int], iters: int, threads: int) -> dict[tuple[str, int], float]:
+    """Median time (slowest rank) per (collective, buffer size in bytes): all-reduce at every size,
+    all-gather and reduce-scatter at the largest."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     mp.start_processes(_rank, args=(world, _free_port(), sizes, iters, threads, queue), nprocs=world,
@@ -88,7 +99,8 @@ def calibrate(world: int = 2, sizes: list[int] | None = None, iters: int = 20, t
     `script` the program named in `source`.
     """
     p = world
-    times = measure(p, sorted(sizes or DEFAULT_SIZES), iters, threads)
+    measured = measure(p, sorted(sizes or DEFAULT_SIZES), iters, threads)
+    times = {size: t for (op, size), t in measured.items() if op == "all-reduce"}
     ring = 2 * (p - 1) / p
     lines = [f"gloo all-reduce, {p} processes on {socket.gethostname()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, median of {iters}",
@@ -101,9 +113,20 @@ def calibrate(world: int = 2, sizes: list[int] | None = None, iters: int = 20, t
     a, b = fit(times)
     lines.append(f"least-squares fit t = a + b*S: a = {a * 1e6:.1f} us (latency_s {max(a, 0) / (2 * (p - 1)):.3g}), "
                  f"bus bandwidth {ring / b / 1e9:.3f} GB/s" if b > 0 else "fit: no positive slope")
+    # all-gather and reduce-scatter against the ring model with the all-reduce's bandwidth and latency:
+    # t = base + (p-1) latency + S (p-1)/p / (bandwidth * efficiency)  ->  efficiency
+    efficiency = {}
+    for op in ("reduce-scatter", "all-gather"):
+        t = measured.get((op, largest))
+        if t is None:
+            continue
+        wire = t - COLLECTIVE_BASE_LATENCY_S - (p - 1) * latency
+        efficiency[op] = float(f"{min(4.0, (p - 1) / p * largest / bandwidth / wire):.3g}") if wire > 0 else 4.0
+        lines.append(f"{op} {largest >> 20} MB: {t * 1e3:.2f} ms = {efficiency[op]:.2f} of the all-reduce's "
+                     f"bandwidth in the ring model")
     today = dt.date.today().isoformat()
     entry = {"name": name, "type": "link", "bandwidth_bytes_per_s": float(f"{bandwidth:.3g}"),
-             "latency_s": float(f"{latency:.3g}"), "efficiency": 1.0,
+             "latency_s": float(f"{latency:.3g}"), "efficiency": 1.0, "collective_efficiency": efficiency,
              "source": (f"measured by {script} on {socket.gethostname()} ({os.cpu_count()} cores, torch "
                         f"{torch.__version__}, gloo, {p} processes, {threads} thread(s) each), {today}: "
                         f"{bandwidth / 1e9:.2f} GB/s bus bandwidth at {largest >> 20} MB, "
@@ -127,6 +150,7 @@ def main() -> None:
     bandwidth_bytes_per_s: {entry['bandwidth_bytes_per_s']:.3g}       # gloo all-reduce bus bandwidth, {largest >> 20} MB, {p} local processes
     latency_s: {entry['latency_s']:.3g}                 # (t({smallest} B) - base) / (2(p-1)) ring steps
     efficiency: 1.0                    # the bandwidth is already a measured collective rate
+    collective_efficiency: {entry['collective_efficiency']}   # of that bandwidth, at {largest >> 20} MB
     source: "{entry['source']}\"""")
 
 

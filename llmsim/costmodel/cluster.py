@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.collectives import Channel, Op, flat_time, hierarchical_time, p2p_time
+from llmsim.costmodel.collectives import OPS, Channel, Op, flat_time, hierarchical_time, p2p_time
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY, Efficiency
 
 if TYPE_CHECKING:  # the catalog imports this package; keep the runtime import graph one-way
@@ -52,7 +52,8 @@ class ClusterSpec:
         bandwidth = link.bandwidth_bytes_per_s * link.efficiency
         if link.shared_per_node:
             bandwidth /= max(sharers, 1)
-        return Channel(bandwidth=bandwidth, latency=link.latency_s)
+        ops = tuple(link.collective_efficiency.get(op, 1.0) for op in OPS)
+        return Channel(bandwidth=bandwidth, latency=link.latency_s, op_efficiency=ops)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

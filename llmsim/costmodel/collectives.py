@@ -25,12 +25,24 @@ Op = Literal["all-reduce", "reduce-scatter", "all-gather"]
 COLLECTIVE_BASE_LATENCY_S = 8.4e-6
 
 
+OPS: tuple[Op, ...] = ("all-reduce", "reduce-scatter", "all-gather")
+
+
 @dataclass(frozen=True)
 class Channel:
-    """What one rank sees of a link while a collective runs: effective bandwidth and per-step latency."""
+    """What one rank sees of a link while a collective runs: effective bandwidth and per-step latency.
+
+    `op_efficiency` (all-reduce, reduce-scatter, all-gather): the share of `bandwidth` each collective's
+    implementation reaches (a library may run one of them less well: gloo's reduce-scatter on a CPU host
+    is slower than its all-reduce); 1 for all by default.
+    """
 
     bandwidth: float   # bytes/s per device per direction, after protocol efficiency and port sharing
     latency: float     # seconds per ring step / message
+    op_efficiency: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def bandwidth_for(self, op: Op) -> float:
+        return self.bandwidth * self.op_efficiency[OPS.index(op)]
 
 
 def ring_bytes_per_rank(op: Op, size: float, p: int) -> float:
@@ -46,14 +58,15 @@ def ring_time(op: Op, size: float, p: int, ch: Channel) -> float:
     if p <= 1 or size <= 0:
         return 0.0
     steps = (2 if op == "all-reduce" else 1) * (p - 1)
-    return COLLECTIVE_BASE_LATENCY_S + steps * ch.latency + ring_bytes_per_rank(op, size, p) / ch.bandwidth
+    return COLLECTIVE_BASE_LATENCY_S + steps * ch.latency + ring_bytes_per_rank(op, size, p) / ch.bandwidth_for(op)
 
 
 def tree_all_reduce_time(size: float, p: int, ch: Channel) -> float:
     """Double binary tree all-reduce: reduce up and broadcast down, pipelined: 2 log2(p) hops, ~2S per rank."""
     if p <= 1 or size <= 0:
         return 0.0
-    return COLLECTIVE_BASE_LATENCY_S + 2 * math.ceil(math.log2(p)) * ch.latency + 2 * size / ch.bandwidth
+    return (COLLECTIVE_BASE_LATENCY_S + 2 * math.ceil(math.log2(p)) * ch.latency
+            + 2 * size / ch.bandwidth_for("all-reduce"))
 
 
 def flat_time(op: Op, size: float, p: int, ch: Channel) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmsim.costmodel.efficiency import Efficiency
 from llmsim.errors import ScenarioError, format_key_path
@@ -52,7 +52,19 @@ class LinkSpec(BaseModel):
     latency_s: float = Field(ge=0, description="per hop of a ring / per message")
     efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the line rate for large messages")
     shared_per_node: bool = Field(False, description="one port per node, shared by the devices that use it at once")
+    collective_efficiency: dict[Literal["all-reduce", "reduce-scatter", "all-gather"], float] = Field(
+        default_factory=dict,
+        description="per collective, the share of the ring model's bandwidth term it reaches on this link "
+                    "(measured against an all-reduce-calibrated bandwidth; missing = 1)")
     source: Source
+
+    @field_validator("collective_efficiency")
+    @classmethod
+    def _positive_efficiency(cls, value: dict[str, float]) -> dict[str, float]:
+        for op, eff in value.items():
+            if not 0 < eff <= 4:
+                raise ValueError(f"collective_efficiency.{op} = {eff}: allowed 0 < value <= 4")
+        return value
 
 
 Entry = Annotated[DeviceSpec | LinkSpec, Field(discriminator="type")]

@@ -64,12 +64,16 @@ class Fabric:
 def _ring(op: Op, size: float, p: int, tier: Tier, ch: Channel) -> Phase:
     """Ring: (p-1) steps (2(p-1) for all-reduce), each a hop latency; every rank sends its ring share."""
     steps = (2 if op == "all-reduce" else 1) * (p - 1)
-    return Phase(tier, coll.ring_bytes_per_rank(op, size, p), coll.COLLECTIVE_BASE_LATENCY_S + steps * ch.latency)
+    # An implementation reaching a share of the port's bandwidth (Channel.op_efficiency) occupies the port as
+    # long as proportionally more bytes would.
+    nbytes = coll.ring_bytes_per_rank(op, size, p) * ch.bandwidth / ch.bandwidth_for(op)
+    return Phase(tier, nbytes, coll.COLLECTIVE_BASE_LATENCY_S + steps * ch.latency)
 
 
 def _tree(size: float, p: int, tier: Tier, ch: Channel) -> Phase:
     """Double binary tree all-reduce: 2 log2(p) hops, about 2S bytes per rank (pipelined)."""
-    return Phase(tier, 2 * size, coll.COLLECTIVE_BASE_LATENCY_S + 2 * math.ceil(math.log2(p)) * ch.latency)
+    nbytes = 2 * size * ch.bandwidth / ch.bandwidth_for("all-reduce")
+    return Phase(tier, nbytes, coll.COLLECTIVE_BASE_LATENCY_S + 2 * math.ceil(math.log2(p)) * ch.latency)
 
 
 def _flat(op: Op, size: float, p: int, tier: Tier, fabric: Fabric) -> Collective:

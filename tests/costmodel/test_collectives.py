@@ -61,3 +61,23 @@ def test_a_shared_node_port_is_split_between_the_node_devices() -> None:
     group = place_group(2, 8, 8)
     # 100 Gb/s shared by 8 devices against 400 Gb/s each: 32x less bandwidth per device
     assert collective_time("all-reduce", 1 * GB, group, shared) > 10 * collective_time("all-reduce", 1 * GB, group, own)
+
+
+def test_a_collective_that_reaches_less_of_the_link_takes_proportionally_longer() -> None:
+    """gloo's reduce-scatter on a CPU host runs at a fraction of what its all-reduce reaches: the link's
+    collective_efficiency scales that op's bandwidth term only."""
+    size, p = 64e6, 4
+    plain = Channel(bandwidth=1e9, latency=0.0)
+    slow = Channel(bandwidth=1e9, latency=0.0, op_efficiency=(1.0, 0.25, 1.0))
+    assert ring_time("reduce-scatter", size, p, slow) == pytest.approx(
+        COLLECTIVE_BASE_LATENCY_S + 4 * (ring_time("reduce-scatter", size, p, plain) - COLLECTIVE_BASE_LATENCY_S))
+    assert ring_time("all-gather", size, p, slow) == ring_time("all-gather", size, p, plain)
+    assert ring_time("all-reduce", size, p, slow) == ring_time("all-reduce", size, p, plain)
+
+
+def test_the_catalog_link_carries_its_collective_efficiency_into_the_channel() -> None:
+    catalog = load_catalog()
+    link = catalog.link("loopback").model_copy(update={"collective_efficiency": {"reduce-scatter": 0.5}})
+    cluster = ClusterSpec(device=catalog.device("cpu-host"), intra=link, inter=link, nodes=1, devices_per_node=2)
+    assert cluster.intra_channel.bandwidth_for("reduce-scatter") == pytest.approx(
+        0.5 * cluster.intra_channel.bandwidth_for("all-reduce"))

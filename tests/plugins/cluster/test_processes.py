@@ -100,3 +100,15 @@ def test_collectives_on_the_compute_cores_cannot_hide_behind_compute() -> None:
     assert hidden.step_s < compute + 2 * reduce_s  # three of the four buckets hid behind backward
     assert shared.step_s == pytest.approx(compute + 4 * reduce_s, rel=1e-9)
     assert shared.comm_s == pytest.approx(4 * reduce_s, rel=1e-9) and shared.compute_s == pytest.approx(compute)
+
+
+def test_a_slower_collective_occupies_its_port_as_long_as_the_cost_model_says() -> None:
+    from llmsim.costmodel.collectives import ring_time
+    from llmsim_plugins.cluster.processes import uncontended_time
+
+    ch = Channel(10e9, 5e-6, op_efficiency=(1.0, 0.3, 0.8))
+    fabric = Fabric(intra=ch, inter=ch)
+    group = Group(size=4, per_node=4, nodes=1)
+    for op in ("all-reduce", "reduce-scatter", "all-gather"):
+        assert uncontended_time(collective(op, 64e6, group, fabric), fabric) == pytest.approx(
+            ring_time(op, 64e6, 4, ch), rel=1e-12)
