@@ -2,14 +2,15 @@
 """Predicted vs measured CPU training step times on shapes that were not used for calibration (issue #3).
 
 Usage (from the repository root):
-    python scripts/validate_cpu.py [--out reports/validate-cpu] [--steps 3]
+    python scripts/validate_cpu.py [--out reports/validate-cpu] [--steps 3] [--rounds 2]
 
-1. Measures four small GPT-2-small slices with the `cpu` backend (float32 training) and fits the
-   `cpu-host-calibrated` catalog entry to them with `llmsim calibrate`.
-2. Measures five held-out shapes (other layers / hidden / heads / seq / batch) with the `cpu` backend and,
-   in the same run, predicts them with the `roofline` backend on `cpu-host-calibrated`
-   (`hardware_catalog: [that file]`, one node, one device).
-3. Prints per-case % error (predicted / measured - 1) and the median |error|.
+1. Measures four small GPT-2-small slices and five held-out shapes (other layers / hidden / heads / seq /
+   batch) with the `cpu` backend (float32 training, one pass of the whole batch), alternating, in
+   --rounds rounds (the shared host drifts; medians are compared).
+2. Fits the `cpu-host-calibrated` catalog entry to every calibration row with `llmsim calibrate`.
+3. Predicts the held-out shapes with the `roofline` backend on `cpu-host-calibrated`
+   (`hardware_catalog: [that file]`, one node, one device) and prints per-case % error
+   (predicted / median measured - 1) and the median |error|.
 
 Every step is `llmsim run` / `llmsim calibrate` as a user would run them; the run folders stay under --out.
 The host is shared and noisy (2 cores here): measured times move by several percent between runs.
@@ -47,7 +48,8 @@ HELD_OUT = [
 def scenario(name: str, model: dict, batch: int, backends: dict, catalog: Path | None = None) -> dict:
     s = {"name": name, "workload": {"model": {"preset": "gpt2-small", **model}, "mode": "train", "batch": batch,
                                     "dtype": "float32"},
-         "strategies": [{"name": "single"}], "backends": backends, "seed": 0}
+         # one pass of the whole batch (micro_batch defaults to 1 sequence, i.e. `batch` accumulated passes)
+         "strategies": [{"name": "single", "micro_batch": batch}], "backends": backends, "seed": 0}
     if catalog is not None:
         s["hardware_catalog"] = [str(catalog.resolve())]
     return s
@@ -81,33 +83,47 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/validate-cpu"))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved repetitions of every measurement (medians are compared)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    cpu = {"cpu": {"steps": args.steps, "warmup": 1}}
+    cpu = {"cpu": {"steps": args.steps, "warmup": 2}}
     start = time.perf_counter()
 
-    cal_dirs = []
-    for name, model, batch in CALIBRATION:
-        cal_dirs.append(run(args.out / f"{name}.yaml", scenario(name, model, batch, cpu), args.out))
-        print(f"measured {name}: {rows(cal_dirs[-1])['cpu']['step_time_s']:.3f} s", flush=True)
+    # Every shape measured once per round, calibration and held-out shapes alternating within a round:
+    # the shared host drifts by tens of percent over minutes, and a slow spell then touches both sides.
+    cal_dirs: list[Path] = []
+    held: dict[str, list[float]] = {name: [] for name, _, _ in HELD_OUT}
+    for r in range(args.rounds):
+        for i in range(max(len(CALIBRATION), len(HELD_OUT))):
+            if i < len(CALIBRATION):
+                name, model, batch = CALIBRATION[i]
+                cal_dirs.append(run(args.out / f"{name}.yaml", scenario(name, model, batch, cpu), args.out))
+                print(f"round {r + 1}: calibration {name}: {rows(cal_dirs[-1])['cpu']['step_time_s']:.3f} s",
+                      flush=True)
+            if i < len(HELD_OUT):
+                name, model, batch = HELD_OUT[i]
+                found = rows(run(args.out / f"{name}.yaml", scenario(name, model, batch, cpu), args.out))
+                held[name].append(found["cpu"]["step_time_s"])
+                print(f"round {r + 1}: held out {name}: {held[name][-1]:.3f} s", flush=True)
     catalog = args.out / "cpu-host-calibrated.yaml"
     print(llmsim("calibrate", *map(str, cal_dirs), "--out", str(catalog)), flush=True)
 
     roofline = {"roofline": {"hardware": "cpu-host-calibrated", "nodes": 1, "devices_per_node": 1}}
     errors = []
     lines = [f"{'held-out case':<18}{'layers':>7}{'hidden':>7}{'heads':>6}{'seq':>5}{'batch':>6}"
-             f"{'measured s':>12}{'predicted s':>13}{'error':>9}"]
+             f"{'measured s':>12}{'(rounds)':>16}{'predicted s':>13}{'error':>9}"]
     for name, model, batch in HELD_OUT:
-        found = rows(run(args.out / f"{name}.yaml", scenario(name, model, batch, {**cpu, **roofline}, catalog),
-                         args.out))
-        measured, predicted = found["cpu"]["step_time_s"], found["roofline"]["step_time_s"]
+        found = rows(run(args.out / f"{name}-model.yaml", scenario(name, model, batch, roofline, catalog), args.out))
+        measured, predicted = statistics.median(held[name]), found["roofline"]["step_time_s"]
         err = predicted / measured - 1
         errors.append(err)
+        spread = " ".join(f"{v:.3f}" for v in held[name])
         lines.append(f"{name:<18}{model['layers']:>7}{model.get('hidden', 768):>7}{model.get('heads', 12):>6}"
-                     f"{model['seq_len']:>5}{batch:>6}{measured:>12.3f}{predicted:>13.3f}{err:>+9.1%}")
-        print(lines[-1] if len(lines) > 2 else "\n".join(lines), flush=True)
+                     f"{model['seq_len']:>5}{batch:>6}{measured:>12.3f}{spread:>16}{predicted:>13.3f}{err:>+9.1%}")
+    print("\n".join(lines))
     print(f"\nmedian |error| {statistics.median(abs(e) for e in errors):.1%} over {len(errors)} held-out cases; "
-          f"mean error {statistics.fmean(errors):+.1%} ({time.perf_counter() - start:.0f} s)")
+          f"mean error {statistics.fmean(errors):+.1%}; {args.rounds} rounds ({time.perf_counter() - start:.0f} s)")
     return 0
 
 

@@ -2,9 +2,10 @@
 """Measured vs modeled step time of DP, FSDP, TP and PP (1F1B) at world size 2 on this host (issue #6).
 
 Usage (from the repository root):
-    python scripts/validate_distributed.py [--out reports/validate-distributed] [--steps 3]
+    python scripts/validate_distributed.py [--out reports/validate-distributed] [--steps 3] [--rounds 3]
 
-In one run, every step as a user would do it:
+In one run, every step as a user would do it (steps 2 and 3 repeated in --rounds interleaved rounds, and
+the median of the rounds compared, because the shared host's speed drifts by tens of percent):
 1. Measures gloo all-reduce between 2 local processes (scripts/calibrate_loopback.py's `calibrate`) and
    writes `loopback-measured.yaml`: a `loopback-measured` link entry with the bandwidth and latency.
 2. Measures a few single-process shapes of benchmarks/bench_distributed.py's model family with the `cpu`
@@ -63,10 +64,22 @@ def scenario(name: str, model: dict, batch: int, strategies: list[dict], backend
     return s
 
 
+def _by_case(run_dir: Path) -> dict[str, dict[str, dict]]:
+    """{case: {backend: row}} of a run folder."""
+    found: dict[str, dict[str, dict]] = {}
+    for line in (run_dir / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            found.setdefault(row["case"], {})[row["backend"]] = row
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/validate-distributed"))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved repetitions of every measurement (medians are compared)")
     parser.add_argument("--iters", type=int, default=20, help="timed all-reduces per size for loopback")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -84,56 +97,68 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{LINK}: {entry['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s, latency {entry['latency_s'] * 1e6:.0f} us "
           f"per ring step -> {link_file}\n", flush=True)
 
-    # 2. the per-rank compute rate
-    cpu_single = {"cpu": {"steps": args.steps, "warmup": 1, "threads": threads}}
-    cal_dirs = []
-    for name, model, batch in CALIBRATION:
-        cal_dirs.append(run(args.out / f"{name}.yaml", scenario(name, model, batch, [{"name": "single"}], cpu_single),
-                            args.out))
-        print(f"measured {name} ({threads} thread(s)): {rows(cal_dirs[-1])['cpu']['step_time_s']:.3f} s", flush=True)
-    device_file = args.out / "cpu-host-calibrated.yaml"
-    print(llmsim("calibrate", *map(str, cal_dirs), "--out", str(device_file)), flush=True)
-
-    # 3. the strategies, measured and modeled in one scenario
-    # Without pp the cpu backend runs a rank's whole share of the batch at once (micro_batch matters only to
-    # the pipeline), while the cost model takes micro_batch (default 1) as gradient accumulation: state the
-    # per-rank batch so that both backends describe the same step.
+    # 2. and 3., in interleaved rounds: the single-process calibration shapes, then the strategies (two
+    # processes, gloo). The host is shared: a slow minute then slows one round of everything, not one
+    # side of the comparison. Both backends take micro_batch (default 1) as gradient accumulation:
+    # without pp, one pass of a rank's share of the batch, the pass size the calibration measures.
+    cpu_single = {"cpu": {"steps": args.steps, "warmup": 2, "threads": threads}}
     strategies = [s if s.get("pp", 1) > 1 else {**s, "micro_batch": BATCH // s.get("dp", 1)}
                   for s in STRATEGIES if s["name"] in VALIDATED]
-    backends = {"cpu": {"steps": args.steps, "warmup": 1, "threads": threads},
-                "roofline": {"hardware": "cpu-host-calibrated", "nodes": 1, "devices_per_node": WORLD,
-                             "intra_node": LINK, "inter_node": LINK}}
-    spec = scenario("validate-distributed", {}, BATCH, strategies, backends, [device_file, link_file])
-    run_dir = run(args.out / "validate-distributed.yaml", spec, args.out)
+    cpu = {"cpu": {"steps": args.steps, "warmup": 2, "threads": threads}}
+    device_file = args.out / "cpu-host-calibrated.yaml"
+    cal_dirs: list[Path] = []
+    measured: dict[str, list[float]] = {name: [] for name in VALIDATED}
+    final: Path | None = None
+    for r in range(args.rounds):
+        for name, model, batch in CALIBRATION:
+            # One pass of the whole batch (micro_batch = batch), the pass size of the shape it stands for.
+            single = [{"name": "single", "micro_batch": batch}]
+            cal_dirs.append(run(args.out / f"{name}.yaml", scenario(name, model, batch, single, cpu_single), args.out))
+            print(f"round {r + 1}: measured {name} ({threads} thread(s)): "
+                  f"{rows(cal_dirs[-1])['cpu']['step_time_s']:.3f} s", flush=True)
+        backends = dict(cpu)
+        if r == args.rounds - 1:
+            # Last round: fit the per-rank compute rate to every round's single-process rows, then model
+            # the strategies in the same scenario as the measurement, so its report has the parity figure.
+            print(llmsim("calibrate", *map(str, cal_dirs), "--out", str(device_file)), flush=True)
+            backends["roofline"] = {"hardware": "cpu-host-calibrated", "nodes": 1, "devices_per_node": WORLD,
+                                    "intra_node": LINK, "inter_node": LINK}
+        catalogs = [device_file, link_file] if "roofline" in backends else []
+        spec = scenario("validate-distributed", {}, BATCH, strategies, backends, catalogs)
+        run_dir = run(args.out / "validate-distributed.yaml", spec, args.out)
+        for name, found in _by_case(run_dir).items():
+            if name in measured and found.get("cpu", {}).get("status") == "ok":
+                measured[name].append(found["cpu"]["step_time_s"])
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.3f} s" for n, v in measured.items() if v), flush=True)
+        final = run_dir
 
-    # 4. the table
-    by_case: dict[str, dict[str, dict]] = {}
-    for line in (run_dir / "results.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_case.setdefault(row["case"], {})[row["backend"]] = row
-    header = (f"{'strategy':<10}{'measured s':>11}{'modeled s':>11}{'error':>9}"
+    # 4. the table: the median measurement of the rounds against the model
+    assert final is not None
+    by_case = _by_case(final)
+    header = (f"{'strategy':<10}{'measured s':>11}{'(rounds)':>22}{'modeled s':>11}{'error':>9}"
               f"{'meas comm s':>12}{'mod comm s':>11}{'meas bubble s':>14}{'mod bubble s':>13}")
     out = [header]
     errors = []
     for name in VALIDATED:
         found = by_case.get(name, {})
-        m, r = found.get("cpu", {}), found.get("roofline", {})
-        if m.get("status") != "ok" or r.get("status") != "ok":
-            out.append(f"{name:<10} cpu {m.get('status')}: {m.get('error')}; roofline {r.get('status')}: "
-                       f"{r.get('error')}")
+        m, r_ = found.get("cpu", {}), found.get("roofline", {})
+        if not measured[name] or r_.get("status") != "ok":
+            out.append(f"{name:<10} cpu {m.get('status')}: {m.get('error')}; roofline {r_.get('status')}: "
+                       f"{r_.get('error')}")
             continue
-        err = r["step_time_s"] / m["step_time_s"] - 1
+        median = statistics.median(measured[name])
+        err = r_["step_time_s"] / median - 1
         errors.append(err)
-        out.append(f"{name:<10}{m['step_time_s']:>11.3f}{r['step_time_s']:>11.3f}{err:>+9.1%}"
-                   f"{m.get('comm_time_s') or 0:>12.3f}{r.get('comm_time_s') or 0:>11.3f}"
-                   f"{m.get('bubble_time_s') or 0:>14.3f}{r.get('bubble_time_s') or 0:>13.3f}")
+        spread = " ".join(f"{v:.3f}" for v in measured[name])
+        out.append(f"{name:<10}{median:>11.3f}{spread:>22}{r_['step_time_s']:>11.3f}{err:>+9.1%}"
+                   f"{m.get('comm_time_s') or 0:>12.3f}{r_.get('comm_time_s') or 0:>11.3f}"
+                   f"{m.get('bubble_time_s') or 0:>14.3f}{r_.get('bubble_time_s') or 0:>13.3f}")
     print("\n" + "\n".join(out))
     if errors:
         print(f"\nmedian |error| {statistics.median(abs(e) for e in errors):.1%} over {len(errors)} strategies; "
-              f"mean error {statistics.fmean(errors):+.1%}; world size {WORLD}, {threads} thread(s) per rank "
-              f"({time.perf_counter() - start:.0f} s)")
-    print(f"run folder (report with the parity figure): {run_dir}")
+              f"mean error {statistics.fmean(errors):+.1%}; world size {WORLD}, {threads} thread(s) per rank, "
+              f"{args.rounds} rounds ({time.perf_counter() - start:.0f} s)")
+    print(f"run folder of the last round (report with the parity figure): {final}")
     return 0 if len(errors) == len(VALIDATED) else 1
 
 
