@@ -9,8 +9,8 @@ of the measured hardware; up to four numbers are then fitted by least squares on
   * operator overhead    (seconds per operator launch: eager dispatch runs serially on a host).
 Peak FLOP/s per dtype is not fitted: it is the matmul probe each row recorded (`peak_flops_per_s`). When
 every row also reports the backend's streaming and per-operator probes (`stream_bytes_per_s`,
-`op_overhead_s`: the cpu backend does), the bandwidth is taken as measured and the probed per-operator
-cost becomes the lower bound of the fitted one, leaving three parameters.
+`stream_large_bytes_per_s`, `op_overhead_s`: the cpu backend does), they bound the fit: the bandwidth
+lies between the two streaming rates and the per-operator cost is at least the probed one.
 Log error makes a 2x miss on a 10 ms case weigh as much as on a 10 s one.
 
 The fitted entry (`<device>-calibrated`) is a normal catalog entry: use it with
@@ -60,7 +60,8 @@ class Observation:
     peak_flops: float
     scenario: Scenario
     strategy_index: int
-    stream_bytes_per_s: float | None = None  # the backend's probes, when the row reports them
+    stream_bytes_per_s: float | None = None        # the backend's probes, when the row reports them
+    stream_large_bytes_per_s: float | None = None
     op_overhead_s: float | None = None
 
 
@@ -112,6 +113,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
                                      measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
                                      scenario=scenario, strategy_index=names.index(row["strategy"]),
                                      stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
+                                     stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
                                      op_overhead_s=_positive(row.get("op_overhead_s"))))
     if not found:
         raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
@@ -278,17 +280,19 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     start = [defaults.matmul, defaults.attention,
              base.memory_bw_bytes_per_s * defaults.memory or INITIAL_MEMORY_BW,
              defaults.op_overhead_s or INITIAL_OVERHEAD_S]
-    # The backend's probes: the streaming bandwidth is taken as measured; the per-operator cost of a
-    # one-element op is a floor, not the value (real operators also pay allocation, threading and cache
-    # misses that grow with nothing the profile counts), so it bounds that parameter from below.
+    # The backend's probes bound the fit. A step streams activation-sized operands (from the caches) and
+    # vocabulary-sized ones (embedding gradients, optimizer state: from memory): its effective bandwidth
+    # lies between the two probed rates. The per-operator cost of a one-element op is a floor, not the
+    # value (real operators also pay allocation, threading and cache misses the profile does not count).
     probed = _probed_rates(observations)
     bounds = list(BOUNDS)
-    free = [0, 1, 2, 3]
     if probed:
-        free = [0, 1, 3]
-        start[2] = probed[0]
-        bounds[3] = (probed[1], max(OVERHEAD_BOUNDS[1], probed[1]))
-        start[3] = max(start[3], probed[1])
+        small, large, overhead = probed
+        bounds[2] = (min(small, large), max(small, large))
+        bounds[3] = (overhead, max(OVERHEAD_BOUNDS[1], overhead))
+        start[2] = math.sqrt(small * large)
+        start[3] = max(start[3], overhead)
+    free = [0, 1, 2, 3]
 
     def full(theta_free: Sequence[float]) -> list[float]:
         theta = list(start)
@@ -315,13 +319,15 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     return Calibration(entry=entry, cases=fits(after), before=fits(before))
 
 
-def _probed_rates(observations: list[Observation]) -> tuple[float, float] | None:
-    """(streaming bytes/s, seconds per operator): the medians of the rows' probes, if every row has them."""
-    bandwidth = [o.stream_bytes_per_s for o in observations]
+def _probed_rates(observations: list[Observation]) -> tuple[float, float, float] | None:
+    """(streaming bytes/s of activation-sized and of vocabulary-sized operands, seconds per operator): the
+    medians of the rows' probes, if every row has them."""
+    small = [o.stream_bytes_per_s for o in observations]
+    large = [o.stream_large_bytes_per_s for o in observations]
     overhead = [o.op_overhead_s for o in observations]
-    if any(v is None for v in bandwidth + overhead):
+    if any(v is None for v in small + large + overhead):
         return None
-    return statistics.median(bandwidth), statistics.median(overhead)  # type: ignore[type-var]
+    return statistics.median(small), statistics.median(large), statistics.median(overhead)  # type: ignore[type-var]
 
 
 def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[Observation], theta: list[float],
@@ -330,8 +336,8 @@ def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[Observation]
     entry = fitted.model_dump(mode="json", exclude_none=True)
     entry.update(intra_node=base.intra_node or "loopback", inter_node=base.inter_node or "loopback",
                  devices_per_node=base.devices_per_node or 1)
-    how = ("matmul, attention and per-operator cost (at least the probe's) fitted by least squares on log "
-           "step time; streaming bandwidth as the runs' probe measured it" if probed
+    how = ("least squares on log step time, within the runs' probes (bandwidth between the two streaming "
+           "rates, per-operator cost at least the probed one)" if probed
            else "least squares on log step time")
     entry["efficiency"] = {"matmul": round(theta[0], 4), "attention": round(theta[1], 4), "memory": 1.0,
                            "op_overhead_s": float(f"{theta[3]:.3g}"),
@@ -353,11 +359,10 @@ def format_table(result: Calibration) -> str:
         lines.append(f"{a.case[:27]:<28}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
                      f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
     eff = result.entry["efficiency"]
-    probed = "probe" in eff["source"]
-    lines.append(f"fitted: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, "
-                 f"{eff['op_overhead_s'] * 1e6:.1f} us per operator; {'probed' if probed else 'fitted'}: memory "
-                 f"bandwidth {result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s; median |error| "
-                 f"{result.median_abs_error:.1%}")
+    bounded = " (within the probes)" if "probes" in eff["source"] else ""
+    lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory bandwidth "
+                 f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['op_overhead_s'] * 1e6:.1f} us "
+                 f"per operator; median |error| {result.median_abs_error:.1%}")
     return "\n".join(lines)
 
 

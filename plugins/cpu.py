@@ -283,7 +283,7 @@ class CpuBackend(Backend):
 def _probe_extra(rates: HostRates) -> dict[str, float]:
     """The probed rates as row columns: `llmsim calibrate` reads them (peak FLOP/s also feeds MFU)."""
     return {"peak_flops_per_s": rates.peak_flops_per_s, "stream_bytes_per_s": rates.stream_bytes_per_s,
-            "op_overhead_s": rates.op_overhead_s}
+            "stream_large_bytes_per_s": rates.stream_large_bytes_per_s, "op_overhead_s": rates.op_overhead_s}
 
 
 @hookimpl

@@ -2,12 +2,13 @@
 
 The cpu backend reports three numbers a CPU cost model needs and no datasheet gives:
   * peak FLOP/s: a square matmul (the denominator of MFU),
-  * streaming bandwidth: an elementwise add over activation-sized tensors (what norms, activations,
-    residual adds and the optimizer's pointwise ops move),
+  * streaming bandwidth: an elementwise add over activation-sized operands (what norms, activations and
+    residual adds move) and over vocabulary-sized ones (embedding gradients, the optimizer's state),
   * per-operator cost: a chain of tiny autograd ops, forward and backward (eager PyTorch's dispatch,
     autograd bookkeeping and kernel launch, paid once per operator whatever its size).
-`llmsim calibrate` takes the last two as measured and fits only what they cannot show (how close GEMMs
-and attention get to the peak), so four free parameters become two.
+`llmsim calibrate` bounds its fit by them: the effective bandwidth between the two streaming rates, the
+per-operator cost above the probed one; what no probe shows (how close GEMMs and attention get to the
+peak) stays free.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ PROBE_SECONDS = 0.3        # per probe, once per machine
 # (batch x seq x hidden = 8 x 128 x 1024, or 4 x 256 x 1024), so the probe streams from the caches the
 # workload's own elementwise ops stream from, not from a DRAM-sized array it never touches.
 STREAM_ELEMENTS = 1 << 20
+# 16 Mi elements = 64 MiB per operand: the size of a vocabulary-sized tensor (a GPT-2 embedding and its
+# gradient and Adam moments are 154 MB each), far beyond a core's L2: the rate of the step's largest operands.
+STREAM_LARGE_ELEMENTS = 1 << 24
 OVERHEAD_CHAIN = 500       # tiny autograd ops per timed chain (forward, then one backward through all)
-PROBE_VERSION = 2          # bump when a probe changes: cached numbers of another version are re-measured
+PROBE_VERSION = 3          # bump when a probe changes: cached numbers of another version are re-measured
 
 
 @dataclass(frozen=True)
 class HostRates:
     peak_flops_per_s: float
-    stream_bytes_per_s: float
+    stream_bytes_per_s: float        # activation-sized operands
+    stream_large_bytes_per_s: float  # vocabulary-sized operands
     op_overhead_s: float
 
 
@@ -59,9 +64,9 @@ def measure_peak_flops(dtype: torch.dtype) -> float:
     return 2 * PROBE_SIZE**3 / _best(lambda: torch.mm(a, b))
 
 
-def measure_stream_bandwidth(dtype: torch.dtype) -> float:
-    """Bytes/s of z = x + y over STREAM_ELEMENTS elements (two reads and a write)."""
-    x, y = torch.randn(STREAM_ELEMENTS).to(dtype), torch.randn(STREAM_ELEMENTS).to(dtype)
+def measure_stream_bandwidth(dtype: torch.dtype, elements: int = STREAM_ELEMENTS) -> float:
+    """Bytes/s of z = x + y over `elements` elements (two reads and a write)."""
+    x, y = torch.randn(elements).to(dtype), torch.randn(elements).to(dtype)
     z = torch.empty_like(x)
     return 3 * x.numel() * x.element_size() / _best(lambda: torch.add(x, y, out=z))
 
@@ -98,7 +103,9 @@ def host_rates(dtype: str, cache_dir: Path | None = None) -> HostRates:
         pass
     torch_dtype = TORCH_DTYPES[dtype]
     rates = HostRates(peak_flops_per_s=measure_peak_flops(torch_dtype),
-                      stream_bytes_per_s=measure_stream_bandwidth(torch_dtype), op_overhead_s=measure_op_overhead())
+                      stream_bytes_per_s=measure_stream_bandwidth(torch_dtype),
+                      stream_large_bytes_per_s=measure_stream_bandwidth(torch_dtype, STREAM_LARGE_ELEMENTS),
+                      op_overhead_s=measure_op_overhead())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"key": key, "rates": asdict(rates)}))

@@ -54,8 +54,11 @@ def _rank(rank: int, world: int, port: int, sizes: list[int], iters: int, thread
         full = full[:shard.numel() * world]
         calls = {"all-reduce": lambda: dist.all_reduce(full)}
         if size == max(sizes):  # the other two in the bandwidth regime only (FSDP's collectives)
-            calls["all-gather"] = lambda: dist.all_gather_into_tensor(full, shard)
-            calls["reduce-scatter"] = lambda: dist.reduce_scatter_tensor(shard, full)
+            # torch 2.13 names (the *_into_tensor / *_tensor spellings are deprecated there)
+            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+            calls["all-gather"] = lambda: gather(full, shard)
+            calls["reduce-scatter"] = lambda: scatter(shard, full)
         for op, call in calls.items():
             for _ in range(3):
                 call()

@@ -39,8 +39,9 @@ def _synthetic_run(root: Path, mode: str, seq_len: int, batch: int, probes: bool
     (run / "scenario.yaml").write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
     row = dict(scenario=scenario.name, case="s", strategy="s", backend="cpu", kind="measured", status="ok",
                mode=mode, dtype="float32", step_time_s=step, peak_flops_per_s=PEAK)
-    if probes:  # the cpu backend's streaming and per-operator probes, here exactly the true rates
-        row.update(stream_bytes_per_s=TRUE["memory_bw"], op_overhead_s=TRUE["op_overhead_s"])
+    if probes:  # the cpu backend's probes: streaming rates around the true bandwidth, a cheaper operator
+        row.update(stream_bytes_per_s=2 * TRUE["memory_bw"], stream_large_bytes_per_s=TRUE["memory_bw"] / 2,
+                   op_overhead_s=TRUE["op_overhead_s"] / 4)
     (run / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(dict(row, backend="roofline")) + "\n")
     return run
 
@@ -75,19 +76,25 @@ def test_folders_without_measurements_are_a_clear_error(tmp_path: Path) -> None:
         calibrate([tmp_path])
 
 
-@pytest.mark.parametrize("probed_overhead", [TRUE["op_overhead_s"], TRUE["op_overhead_s"] / 4])
-def test_the_probed_bandwidth_is_taken_as_measured_and_the_probed_overhead_is_a_floor(
-        tmp_path: Path, probed_overhead: float) -> None:
-    shapes = [("train", 64, 2), ("train", 32, 8), ("prefill", 64, 4), ("decode", 64, 2)]
-    runs = [_synthetic_run(tmp_path, *shape, probes=True) for shape in shapes]
-    for run in runs:  # the probe saw a cheaper operator than the steps' real ones (or the same)
-        lines = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-        (run / "results.jsonl").write_text("".join(json.dumps({**r, "op_overhead_s": probed_overhead}) + "\n"
-                                                   for r in lines))
-    result = calibrate(runs)
+def test_the_probes_bound_the_fit_and_it_still_finds_the_true_factors(tmp_path: Path) -> None:
+    shapes = [("train", 64, 2), ("train", 32, 8), ("prefill", 64, 4), ("prefill", 16, 1), ("decode", 64, 2)]
+    result = calibrate([_synthetic_run(tmp_path, *shape, probes=True) for shape in shapes])
     entry = result.entry
-    assert entry["memory_bw_bytes_per_s"] == pytest.approx(TRUE["memory_bw"], rel=1e-3)
+    assert entry["memory_bw_bytes_per_s"] == pytest.approx(TRUE["memory_bw"], rel=0.05)
     assert entry["efficiency"]["op_overhead_s"] == pytest.approx(TRUE["op_overhead_s"], rel=0.05)
     assert entry["efficiency"]["matmul"] == pytest.approx(TRUE["matmul"], rel=0.05)
-    assert "probe" in entry["efficiency"]["source"]
+    assert "probes" in entry["efficiency"]["source"]
     assert max(abs(c.error) for c in result.cases) < 0.01
+
+
+def test_a_bandwidth_outside_the_probes_is_not_reachable(tmp_path: Path) -> None:
+    """Probes that say the host streams at least 4x faster than the times imply: the fit stays at the
+    bound rather than inventing a bandwidth the host was measured not to have."""
+    runs = [_synthetic_run(tmp_path, *shape, probes=True) for shape in [("train", 64, 2), ("prefill", 64, 4)]]
+    for run in runs:
+        rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        (run / "results.jsonl").write_text("".join(
+            json.dumps({**r, "stream_bytes_per_s": 8 * TRUE["memory_bw"], "stream_large_bytes_per_s": 4 * TRUE["memory_bw"]})
+            + "\n" for r in rows))
+    entry = calibrate(runs).entry
+    assert entry["memory_bw_bytes_per_s"] >= 4 * TRUE["memory_bw"] * 0.999
