@@ -292,21 +292,14 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
         bounds[3] = (overhead, max(OVERHEAD_BOUNDS[1], overhead))
         start[2] = math.sqrt(small * large)
         start[3] = max(start[3], overhead)
-    free = [0, 1, 2, 3]
 
-    def full(theta_free: Sequence[float]) -> list[float]:
-        theta = list(start)
-        for i, value in zip(free, theta_free):
-            theta[i] = value
-        return theta
-
-    def squared_log_error(theta_free: list[float]) -> float:
-        modeled = predict(_device(base, name, peaks, full(theta_free)))
+    def squared_log_error(theta: list[float]) -> float:
+        modeled = predict(_device(base, name, peaks, theta))
         return sum(math.log(m / t) ** 2 for m, t in zip(modeled, measured))
 
     try:
         before = predict(_device(base, name, peaks, start))
-        theta = full(fit(squared_log_error, [start[i] for i in free], [bounds[i] for i in free]))
+        theta = fit(squared_log_error, start, bounds)
     except CostModelError as exc:
         raise CalibrationError(f"cannot model the measured cases: {exc}") from None
     fitted = _device(base, name, peaks, theta)

@@ -3,9 +3,9 @@
 Clock: time.perf_counter around each step (CPU work is synchronous). After `warmup` untimed steps,
 `steps` timed steps give p50/p99 latency; tokens/s and step_time_s use the mean. Achieved FLOP/s come
 from the workload profile (the same module traced on the meta device); MFU is against this host's
-peak, measured once per machine, dtype and thread count by a matmul probe and cached with two more
-probes (streaming bandwidth, per-operator cost; `llmsim_plugins.host_probes`) that the row reports for
-`llmsim calibrate`.
+peak, measured once per machine, dtype and thread count by a matmul probe and cached with three more
+probes (streaming bandwidth over activation- and vocabulary-sized operands, per-operator cost;
+`llmsim_plugins.host_probes`) that the row reports for `llmsim calibrate`.
 Energy: a RAPL (or plugin) meter where readable, else modeled from the `cpu-host` catalog entry.
 """
 

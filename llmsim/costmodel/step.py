@@ -253,7 +253,8 @@ def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, optio
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
     elem = DTYPE_BYTES[dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-    return rates.memory_time(trainable / shard * (ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)))
+    per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)
+    return rates.memory_time(trainable / shard * per_param)
 
 
 def traced_optimizer(profile: "WorkloadProfile", trainable: float) -> tuple[float, float]:

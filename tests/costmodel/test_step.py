@@ -8,7 +8,7 @@ import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, estimate, single_device_step_time
-from llmsim.costmodel.efficiency import wave_efficiency
+from llmsim.costmodel.efficiency import SUSTAINED_OVER_BURST_H200_NODE, wave_efficiency
 from tests.costmodel.helpers import CATALOG, a100_cluster, gpt2, gpt3_175b, profiled
 
 
@@ -166,7 +166,9 @@ def test_a_sustained_clock_slows_flop_bound_work_and_leaves_memory_bound_work_al
     assert slow.other_time_s == pytest.approx(fast.other_time_s)
     assert fast.compute_time_s < slow.compute_time_s < 2 * fast.compute_time_s
     assert slow.mfu < fast.mfu
-    assert CATALOG.device("h200").efficiency.sustained < 1.0  # the catalog's NVIDIA boards carry the factor
+    # the catalog's NVIDIA boards carry the sourced factor (measured on H200, an estimate for the others)
+    for name in ("a100-40gb", "a100-80gb", "h100-sxm", "h200"):
+        assert CATALOG.device(name).efficiency.sustained == pytest.approx(SUSTAINED_OVER_BURST_H200_NODE, abs=5e-4)
 
 
 def test_a_device_that_computes_its_collectives_hides_none_of_them() -> None:
