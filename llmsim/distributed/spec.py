@@ -98,8 +98,9 @@ def unsupported_reason(spec: WorkerSpec) -> str | None:
         if mode != "train":
             return ("pipeline parallelism is run for training only: torch.distributed.pipelining schedules "
                     "drive forward+backward over micro-batches; prefill/decode with a KV cache are not staged")
-        if spec.tp > 1:
-            return "pipeline x tensor parallelism (pp > 1 with tp > 1) is not implemented in the measured backend"
+        if spec.tp > 1 and s.sp:
+            return ("pipeline x tensor parallelism runs without sequence parallelism here (sp hands sequence-"
+                    "sharded DTensors between stages, which the pipeline's send/recv does not take): use sp: false")
         if s.zero > 0:
             return "pipeline parallelism with ZeRO/FSDP (pp > 1 with zero > 0) is not implemented in the measured backend"
         if spec.layer_groups is not None and spec.layer_groups < spec.workload.model.layers:

@@ -95,6 +95,10 @@ class RankStep:
         strategy = spec.strategy
         runner: Any = self.model
         if spec.pp > 1:
+            if spec.tp > 1:  # each stage's blocks tensor-parallel, embedding and head replicated (PP x TP)
+                self.tp_state = apply_tensor_parallel(self.model, self.mesh, sequence_parallel=False)
+                self.notes["tp"] = ("DTensor parallelize_module inside each stage: qkv/fc colwise, out/proj "
+                                    "rowwise; embedding and LM head replicated")
             self.pipeline = PipelineRunner(self.model, self.mesh, schedule=strategy.schedule,
                                            virtual_stages=strategy.virtual_stages,
                                            microbatches=spec.microbatches, device=device)
@@ -149,6 +153,7 @@ class RankStep:
         assert self.optimizer is not None
         if self.pipeline is not None:
             loss = self.pipeline.train_step(self.tokens, self.targets)
+            self.tp_state.sync_replicated_kv()
         else:
             loss = self._accumulate()
             self.tp_state.sync_replicated_kv()

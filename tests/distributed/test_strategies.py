@@ -105,6 +105,16 @@ def test_tensor_parallel_splits_embedding_and_head_over_the_vocabulary(tie: bool
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+def test_pipeline_with_tensor_parallel_stages_matches_the_single_process_loss() -> None:
+    """PP x TP at world 4 (2 stages of 2 tensor-parallel ranks), with a KV head replicated over TP."""
+    case = _case(dict(kv_heads=1), pp=2, tp=2, schedule="1f1b")
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    assert r.status == "ok", r.error
+    assert r.n_devices == 4 and r.bubble_time_s > 0
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
 def test_tensor_parallel_decode_with_local_kv_caches() -> None:
     """Decode (a prefill, then tokens one at a time) with each rank's KV cache holding its own KV heads."""
     case = _case(dict(kv_heads=2), mode="decode", tp=2)
