@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmsim.distributed.spec import RankRecord, WorkerSpec
+from llmsim.distributed.spec import LAUNCHER_PID_ENV, RankRecord, WorkerSpec
 from llmsim.distributed.worker import RESULT_FILE
 
 POLL_S = 0.05
@@ -102,7 +102,8 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
         for rank in range(world):
             rank_env = dict(os.environ, **(env or {}))
             rank_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                            LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0")
+                            LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0",
+                            **{LAUNCHER_PID_ENV: str(os.getpid())})
             if spec.threads:
                 rank_env["OMP_NUM_THREADS"] = str(spec.threads)
             log = out / f"rank{rank}.log"

@@ -18,6 +18,11 @@ from llmsim.workload.step import SharingChoice
 PG_BACKENDS: dict[str, str] = {"cpu": "gloo", "cuda": "nccl"}
 
 
+# The launcher's pid, passed to the ranks it starts: a rank whose parent is no longer that process was
+# orphaned before it could ask to die with its parent (worker._exit_with_parent).
+LAUNCHER_PID_ENV = "LLMSIM_LAUNCHER_PID"
+
+
 class WorkerSpec(BaseModel):
     """Everything a rank needs to build the workload, parallelize it and time it."""
 

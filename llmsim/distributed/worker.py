@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState, allreduce_gradients,
                                             apply_fully_shard, apply_tensor_parallel, build_mesh,
                                             vocab_parallel_loss, vocab_parallel_possible)
-from llmsim.distributed.spec import PG_BACKENDS, RankRecord, WorkerSpec, unsupported_reason
+from llmsim.distributed.spec import LAUNCHER_PID_ENV, PG_BACKENDS, RankRecord, WorkerSpec, unsupported_reason
 from llmsim.workload.model import KVCache
 from llmsim.workload.step import ADAMW_LR, WorkloadStep
 
@@ -440,7 +441,27 @@ def error_summary(exc: BaseException, limit: int = 400) -> str:
     return summary if len(summary) <= limit else summary[:limit - 3] + "..."
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
+
+
+def _exit_with_parent() -> None:
+    """Have Linux SIGKILL this rank when the process that started it dies, however it dies (SIGKILL of
+    `llmsim run`, torchrun's agent killed): ranks run in their own session, so nothing else would stop a
+    rank blocked in a collective. Best effort where prctl is missing. A parent that died while this rank
+    was still importing torch is caught by comparing with the pid the launcher passed (LAUNCHER_PID_ENV)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher and os.getppid() != int(launcher):  # orphaned before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _exit_with_parent()
     parser = argparse.ArgumentParser(prog="python -m llmsim.distributed.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", help="WorkerSpec JSON (written by the launcher)")
     parser.add_argument("--scenario", help="scenario YAML (torchrun use), with --strategy")

@@ -166,3 +166,50 @@ def test_a_hanging_rank_times_out(tmp_path, monkeypatch: pytest.MonkeyPatch) -> 
     assert not outcome.ok and "timed out" in outcome.error
     assert not any(_alive(pid) for pid in outcome.pids)
     assert os.path.exists(tmp_path / "rank0.log")
+
+
+def _workers_writing_to(folder: str) -> list[int]:
+    """Live worker processes whose command line names `folder` (their --out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "llmsim.distributed.worker" in cmd and folder in cmd and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def test_killing_llmsim_itself_leaves_no_rank_behind(tmp_path, write_scenario) -> None:
+    """SIGKILL of `llmsim run` while its ranks are blocked in a collective: the ranks go too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scenario = write_scenario(strategies=[{"name": "dp2", "dp": 2}],
+                              backends={"cpu": {"steps": 1, "warmup": 0, "timeout_s": 300}})
+    out = tmp_path / "runs"
+    env = dict(os.environ, LLMSIM_DIST_FAULT="1:hang")
+    parent = subprocess.Popen([sys.executable, "-m", "llmsim", "run", str(scenario), "--out", str(out)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_workers_writing_to(str(out))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ranks = _workers_writing_to(str(out))
+        assert len(ranks) == 2, "the two ranks did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in ranks)
+    finally:
+        parent.kill()
+        for pid in _workers_writing_to(str(out)):
+            os.kill(pid, signal.SIGKILL)
