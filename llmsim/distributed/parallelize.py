@@ -263,15 +263,20 @@ def apply_fully_shard(model: Transformer, dp_mesh: DeviceMesh, zero: int) -> str
     sharded, parameters gathered once per step. ZeRO-1 (gradients not sharded) has no torch equivalent
     and runs as ZeRO-2: the same communication volume, slightly less gradient memory. Returns a note.
     """
-    from torch.distributed.fsdp import fully_shard
-
-    reshard = zero == 3
-    for block in model.blocks:
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard)
+    _fully_shard_units(model, list(model.blocks), dp_mesh, zero)
     if zero == 3:
         return "fully_shard(reshard_after_forward=True)"
     return "fully_shard(reshard_after_forward=False)" + ("; ZeRO-1 runs as ZeRO-2" if zero == 1 else "")
+
+
+def _fully_shard_units(root: nn.Module, blocks: list[nn.Module], dp_mesh: DeviceMesh, zero: int) -> None:
+    """One FSDP2 unit per block, then the root (what is left: embeddings, norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    reshard = zero == 3
+    for block in blocks:
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
+    fully_shard(root, mesh=dp_mesh, reshard_after_forward=reshard)
 
 
 # ------------------------------------------------------------------------------------ pipeline
@@ -339,11 +344,25 @@ class PipelineRunner:
     """
 
     def __init__(self, model: Transformer, root: DeviceMesh, *, schedule: str, virtual_stages: int,
-                 microbatches: int, device: torch.device) -> None:
+                 microbatches: int, device: torch.device, zero: int = 0) -> None:
         import torch.distributed.pipelining as pipelining
 
         pp_mesh, dp_mesh = root["pp"], root["dp"]
         pp, rank = pp_mesh.size(), pp_mesh.get_local_rank()
+        # The tied embedding lives on the first stage and (as a copy) on the last: one group per replica.
+        # Decided and created before any stage is built: FSDP replaces the parameters it shards, after which
+        # the tie is no longer visible, and every rank must create the same groups in the same order.
+        self.embed_group: dist.ProcessGroup | None = None
+        self.embed_params: list[nn.Parameter] = []
+        tied = model.lm_head.weight is model.tok_emb.weight and model.tok_emb.weight.requires_grad
+        if tied:
+            grid = root.mesh  # (pp, dp, tp)
+            for d in range(grid.shape[1]):
+                for t in range(grid.shape[2]):
+                    members = [int(grid[0, d, t]), int(grid[-1, d, t])]
+                    group = dist.new_group(members)
+                    if dist.get_rank() in members:
+                        self.embed_group = group
         n_stages = pp * virtual_stages
         per = model.spec.layers // n_stages
         self.modules: list[StageModule] = []
@@ -352,6 +371,8 @@ class PipelineRunner:
             index = rank + v * pp
             module = StageModule(model, range(index * per, (index + 1) * per),
                                  first=index == 0, last=index == n_stages - 1)
+            if zero > 0 and dp_mesh.size() > 1:  # PP x ZeRO: FSDP2 units per block and per stage
+                _fully_shard_units(module, list(module.blocks.values()), dp_mesh, zero)
             self.modules.append(module)
             stages.append(pipelining.PipelineStage(module, index, n_stages, device, group=pp_mesh.get_group()))
         cls = getattr(pipelining, SCHEDULES[schedule])
@@ -359,22 +380,12 @@ class PipelineRunner:
             self.schedule = cls(stages, n_microbatches=microbatches, loss_fn=pipeline_loss)
         else:
             self.schedule = cls(stages[0], n_microbatches=microbatches, loss_fn=pipeline_loss)
-        self.dp_group = dp_mesh.get_group() if dp_mesh.size() > 1 else None
+        # FSDP reduce-scatters its own gradients (the stage drives its sync on the last micro-batch).
+        self.dp_group = dp_mesh.get_group() if dp_mesh.size() > 1 and zero == 0 else None
         self.dp = dp_mesh.size()
         self.has_first = any(m.first for m in self.modules)
         self.has_last = any(m.last for m in self.modules)
-        # The tied embedding lives on the first stage and (as a copy) on the last: one group per replica.
-        self.embed_group: dist.ProcessGroup | None = None
-        self.embed_params: list[nn.Parameter] = []
-        # Every rank built the whole model, so every rank knows (and creates the groups) alike.
-        if model.lm_head.weight is model.tok_emb.weight and model.tok_emb.weight.requires_grad:
-            grid = root.mesh  # (pp, dp, tp)
-            for d in range(grid.shape[1]):
-                for t in range(grid.shape[2]):
-                    members = [int(grid[0, d, t]), int(grid[-1, d, t])]
-                    group = dist.new_group(members)
-                    if dist.get_rank() in members:
-                        self.embed_group = group
+        if tied:
             for m in self.modules:
                 if m.first:
                     self.embed_params.append(m.tok_emb.weight)
@@ -397,7 +408,7 @@ class PipelineRunner:
         if self.dp_group is not None:
             allreduce_gradients([p for p in self.parameters() if p.requires_grad], self.dp_group, self.dp)
         if self.embed_group is not None:
-            for p in self.embed_params:
+            for p in self.embed_params:  # under ZeRO both copies are sharded alike over dp: sum the shards
                 if p.grad is not None:
-                    dist.all_reduce(p.grad, group=self.embed_group)
+                    dist.all_reduce(_local(p.grad), group=self.embed_group)
         return torch.stack(losses).mean().detach() if losses else None

@@ -106,8 +106,9 @@ def unsupported_reason(spec: WorkerSpec) -> str | None:
         if spec.tp > 1 and s.sp:
             return ("pipeline x tensor parallelism runs without sequence parallelism here (sp hands sequence-"
                     "sharded DTensors between stages, which the pipeline's send/recv does not take): use sp: false")
-        if s.zero > 0:
-            return "pipeline parallelism with ZeRO/FSDP (pp > 1 with zero > 0) is not implemented in the measured backend"
+        if s.zero > 0 and spec.tp > 1:
+            return ("pipeline x tensor parallel x ZeRO (pp, tp and zero together) is not implemented in the "
+                    "measured backend")
         if spec.layer_groups is not None and spec.layer_groups < spec.workload.model.layers:
             return ("cross-layer sharing (layer_groups) would share one block across pipeline stages, which "
                     "torch.distributed.pipelining cannot do")

@@ -102,7 +102,10 @@ class RankStep:
                                     "rowwise; embedding and LM head replicated")
             self.pipeline = PipelineRunner(self.model, self.mesh, schedule=strategy.schedule,
                                            virtual_stages=strategy.virtual_stages,
-                                           microbatches=spec.microbatches, device=device)
+                                           microbatches=spec.microbatches, device=device, zero=strategy.zero)
+            if strategy.zero > 0 and spec.dp > 1:
+                self.notes["zero"] = (f"fully_shard per block and per stage over dp "
+                                      f"(reshard_after_forward={strategy.zero == 3})")
             params = [p for p in self.pipeline.parameters() if p.requires_grad]
             self.notes["pipeline"] = f"{type(self.pipeline.schedule).__name__}, {spec.microbatches} micro-batches"
         else:

@@ -115,6 +115,18 @@ def test_pipeline_with_tensor_parallel_stages_matches_the_single_process_loss() 
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("zero", [2, 3])
+def test_pipeline_with_sharded_data_parallel_stages_matches_the_single_process_loss(zero: int) -> None:
+    """PP x ZeRO at world 4: FSDP2 units inside each stage, the tied embedding's shards summed between
+    the first and last stage."""
+    case = _case(batch=8, pp=2, dp=2, zero=zero, schedule="1f1b")
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    assert r.status == "ok", r.error
+    assert "fully_shard per block and per stage" in json.loads(r.extra["torch_parallelism"])["zero"]
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
 def test_tensor_parallel_decode_with_local_kv_caches() -> None:
     """Decode (a prefill, then tokens one at a time) with each rank's KV cache holding its own KV heads."""
     case = _case(dict(kv_heads=2), mode="decode", tp=2)
