@@ -340,7 +340,9 @@ class PipelineRunner:
     parallel replicas of a stage average their gradients once per step with one flat all-reduce after
     the schedule: DDP around a stage module fails in torch 2.13 when several micro-batch forwards
     precede their backwards (the reducer's rebuilt bucket indices double), so this path does not
-    overlap the reduction with backward.
+    overlap the reduction with backward. With `zero` > 0 each stage is FSDP2-sharded over data parallel
+    instead (a unit per block and one per stage module), and the schedule drives FSDP's gradient
+    reduce-scatter on the last micro-batch.
     """
 
     def __init__(self, model: Transformer, root: DeviceMesh, *, schedule: str, virtual_stages: int,
