@@ -246,6 +246,8 @@ class CpuBackend(Backend):
             "comm_busy_s": statistics.fmean(r.comm_busy_s or 0.0 for r in records),
             "losses": json.dumps(records[0].losses), "torch_parallelism": json.dumps(records[0].notes),
             "launch_wall_s": round(outcome.wall_s, 3)}
+        if outcome.teardown:
+            values["extra"]["teardown"] = outcome.teardown
         return fill_derived(case.result(self, **base, **values), case.workload.tokens_per_step)
 
     @staticmethod

@@ -341,6 +341,8 @@ class CudaBackend(Backend):
                                  "losses": json.dumps(records[0].losses),
                                  "energy_note": "not measured for several processes",
                                  "launch_wall_s": round(outcome.wall_s, 3)}
+        if outcome.teardown:
+            extra["teardown"] = outcome.teardown
         peak = self.context.catalog.device(hardware).peak_flops.get(case.workload.dtype) if hardware else None
         if peak:
             values["mfu"] = profile.model_flops_per_step / step_time / world / peak

@@ -29,6 +29,7 @@ from llmsim.distributed.spec import LAUNCHER_PID_ENV, RankRecord, WorkerSpec
 from llmsim.distributed.worker import RESULT_FILE
 
 POLL_S = 0.05
+RESULTS_GRACE_S = 2.0  # how long a failed case waits for rank 0's result file before giving up on it
 
 
 @dataclass
@@ -39,6 +40,7 @@ class LaunchOutcome:
     error: str | None = None
     pids: list[int] = field(default_factory=list)
     wall_s: float = 0.0
+    teardown: str | None = None  # a rank that failed after rank 0 had written every rank's results
 
     @property
     def ok(self) -> bool:
@@ -64,6 +66,14 @@ def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
             pass
+
+
+def _grace_for_results(rank0: "subprocess.Popen[bytes]", result: Path) -> None:
+    """A rank failed: if rank 0 is still running, give it RESULTS_GRACE_S to finish writing the results
+    it may already hold (a rank that crashes in teardown can exit before rank 0 has written them)."""
+    deadline = time.monotonic() + RESULTS_GRACE_S
+    while rank0.poll() is None and not result.exists() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
 
 
 def _describe_exit(rank: int, rc: int, out: Path, log: Path) -> str:
@@ -119,8 +129,15 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
             codes = [p.poll() for p in procs]
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                # The first rank to fail is the cause; the others die in (or are stuck on) collectives.
                 rank, rc = failed[0]
+                _grace_for_results(procs[0], out / RESULT_FILE)
+                if (out / RESULT_FILE).exists():
+                    # Rank 0 writes the file after gathering every rank's records: the measurement is
+                    # complete, and a rank that dies in process-group teardown (gloo can abort with
+                    # "terminate called without an active exception") does not undo it.
+                    outcome.teardown = _describe_exit(rank, rc, out, logs[rank]) + " after the results were written"
+                    break
+                # The first rank to fail is the cause; the others die in (or are stuck on) collectives.
                 outcome.error = _describe_exit(rank, rc, out, logs[rank]) + \
                     f"; the other {world - 1} rank(s) were stopped (logs: {out})"
                 break

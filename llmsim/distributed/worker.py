@@ -37,7 +37,7 @@ from llmsim.distributed.spec import LAUNCHER_PID_ENV, PG_BACKENDS, RankRecord, W
 from llmsim.workload.model import KVCache
 from llmsim.workload.step import ADAMW_LR, WorkloadStep
 
-FAULT_ENV = "LLMSIM_DIST_FAULT"  # testing hook: "RANK:kill" | "RANK:raise" | "RANK:hang"
+FAULT_ENV = "LLMSIM_DIST_FAULT"  # testing hook: "RANK:kill" | "RANK:raise" | "RANK:hang" | "RANK:abort-at-exit"
 RESULT_FILE = "result.json"
 
 Mark = Callable[[str], None]
@@ -506,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmsim.distributed: {spec.strategy.name} world={world} step_time_s="
                   f"{sum(step_s) / len(step_s):.6f} -> {out / RESULT_FILE}", flush=True)
         dist.destroy_process_group()
+        if os.environ.get(FAULT_ENV) == f"{rank}:abort-at-exit":  # testing: a crash in teardown, after results
+            deadline = time.monotonic() + 30
+            while not (out / RESULT_FILE).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.abort()
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher as a file
         (out / f"error-rank{rank}.txt").write_text(f"{error_summary(exc)}\n\n{traceback.format_exc()}",

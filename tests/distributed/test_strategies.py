@@ -225,3 +225,14 @@ def test_killing_llmsim_itself_leaves_no_rank_behind(tmp_path, write_scenario) -
         parent.kill()
         for pid in _workers_writing_to(str(out)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_rank_that_crashes_after_the_results_are_written_does_not_lose_them(tmp_path) -> None:
+    """gloo can abort a rank in process-group teardown; rank 0 has by then written every rank's records."""
+    case = _case(dp=2)
+    spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout, steps=1,
+                                  warmup=0, threads=1)
+    outcome = launch(spec, timeout_s=120, log_dir=tmp_path, env={"LLMSIM_DIST_FAULT": "1:abort-at-exit"})
+    assert outcome.ok, outcome.error
+    assert len(outcome.records) == 2 and "rank 1 was killed by SIGABRT after the results were written" in outcome.teardown
+    assert not any(_alive(pid) for pid in outcome.pids)
