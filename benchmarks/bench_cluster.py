@@ -24,7 +24,7 @@ from llmsim.costmodel import ClusterSpec, Plan, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 from llmsim_plugins.cluster.backend import simulate_case
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"

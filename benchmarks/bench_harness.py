@@ -37,7 +37,7 @@ def bare_loop_tokens_per_s(case, steps: int, warmup: int) -> float:
     """What a user would write by hand: same module, same shapes, same optimizer."""
     w = case.workload
     torch.manual_seed(case.seed)
-    model = build_model(w.model, tie_embeddings=case.tie_embeddings)
+    model = build_model(w.model, tie_embeddings=case.sharing.tie_embeddings)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     idx = torch.randint(0, w.model.vocab, (w.batch, w.model.seq_len))
     tgt = torch.randint(0, w.model.vocab, (w.batch, w.model.seq_len))

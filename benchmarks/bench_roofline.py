@@ -22,7 +22,7 @@ from llmsim.config import ModelSpec, Sharing, Strategy, Workload
 from llmsim.costmodel import Plan, estimate
 from llmsim.strategy import Layout, resolve_layout
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 from llmsim_plugins.roofline import RooflineBackend, RooflineSettings
 
 TARGET_CASES_PER_S = 5000

@@ -9,11 +9,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from llmsim.config import Sharing, Strategy, Workload
+from llmsim.config import SharingChoice, Strategy, Workload
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.results import Result
 from llmsim.strategy import Layout
-from llmsim.workload.step import SharingChoice
 
 
 class NoSettings(BaseModel):
@@ -28,16 +27,11 @@ class Case(BaseModel):
     scenario: str
     name: str                     # strategy name plus any sweep suffix, e.g. "tp8@nodes=4"
     workload: Workload
-    sharing: Sharing
-    tie_embeddings: bool
+    sharing: SharingChoice        # the strategy's parameter sharing, tie resolved
     strategy: Strategy
     layout: Layout
     seed: int = 0
     scenario_dir: Path = Path(".")
-
-    @property
-    def sharing_choice(self) -> SharingChoice:
-        return SharingChoice(self.tie_embeddings, self.sharing.layer_groups, self.sharing.lora)
 
     def result(self, backend: "Backend", **values: Any) -> Result:
         """A result row with every column this case already determines filled in."""
@@ -47,7 +41,7 @@ class Case(BaseModel):
             strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, sp=s.sp, zero=s.zero,
             micro_batch=lay.micro_batch, microbatches=lay.microbatches, schedule=s.schedule,
             recompute=s.recompute, n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,
-            dtype=w.dtype, m_submodels=s.m_submodels, tie_embeddings=self.tie_embeddings,
+            dtype=w.dtype, m_submodels=s.m_submodels, tie_embeddings=self.sharing.tie_embeddings,
             layer_groups=self.sharing.layer_groups, lora_rank=self.sharing.lora.rank if self.sharing.lora else None)
         base.update(values)
         return Result(**base)

@@ -35,7 +35,6 @@ from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, P
 from llmsim.errors import LLMSimError
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import SharingChoice
 
 EFFICIENCY_BOUNDS = (1e-3, 1.0)
 MEMORY_BW_BOUNDS = (1e8, 1e13)        # bytes/s: from a slow laptop to beyond any HBM
@@ -144,8 +143,7 @@ def _predictor(observations: list[Observation], catalog: Catalog,
     prepared = []
     for obs in observations:
         strategy = obs.scenario.strategies[obs.strategy_index]
-        sharing = SharingChoice(obs.scenario.tie_embeddings_for(strategy), obs.scenario.sharing_for(strategy).layer_groups,
-                                obs.scenario.sharing_for(strategy).lora)
+        sharing = obs.scenario.sharing_choice(strategy)
         workload = obs.scenario.workload
         profile = profile_workload(workload, sharing)
         # A measured single-process backend runs the whole batch as one step: one micro-batch of all of it.

@@ -20,7 +20,8 @@ from llmsim.config import Scenario, load_scenario
 from llmsim.errors import LLMSimError
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.runner import PlannedCase, build_catalog, latest_run_dir, plan_cases, read_rows, rows_frame, run_scenario
+from llmsim.results import latest_run_dir, read_rows, rows_frame
+from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
 
 EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True)
@@ -68,9 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
     err_console.print("done: " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
-    if outcome.report_error:
-        err_console.print(f"[yellow]llmsim: warning: the report could not be built ({escape(outcome.report_error)}); "
-                          f"results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]", highlight=False)
+    try:
+        from llmsim.report.build import write_report
+
+        write_report(outcome.run_dir, frame)
+    except Exception as exc:  # noqa: BLE001 - the rows are saved; a broken report must not hide them
+        err_console.print(f"[yellow]llmsim: warning: the report could not be built ({escape(type(exc).__name__)}: "
+                          f"{escape(str(exc))}); results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]",
+                          highlight=False)
     if outcome.interrupted:
         err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
     print(outcome.run_dir)

@@ -3,13 +3,16 @@
 Loading is two-phase so nothing runs half-validated:
 1. `load_scenario` parses YAML safely, applies `--set` overrides and validates the schema plus the
    rules that need only the file (heads divisible by tp, ...).
-2. `runner.plan_cases` checks each strategy against each backend's world size and settings.
+   Those rules (`check_strategy_shape`, `check_sharing`) live here, beside the models they validate.
+2. `runner.plan_cases` checks each strategy against each backend's world size (`strategy.resolve_layout`)
+   and settings.
 Every failure is a `ScenarioError` naming the file, the key path and what is allowed.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -123,6 +126,22 @@ class Sharing(_Strict):
     lora: LoraSpec | None = None
 
 
+@dataclass(frozen=True)
+class SharingChoice:
+    """Parameter sharing as the model builder and the cost model need it: the scenario's (or plan's)
+    `sharing` block with the tie resolved against the preset's published convention."""
+
+    tie_embeddings: bool
+    layer_groups: int | None = None
+    lora: LoraSpec | None = None
+
+    @classmethod
+    def resolve(cls, sharing: Sharing, model: ModelSpec) -> SharingChoice:
+        """The one way a sharing block becomes a choice: an unset tie takes the model's own."""
+        tie = model.tie_embeddings if sharing.tie_embeddings is None else sharing.tie_embeddings
+        return cls(tie, sharing.layer_groups, sharing.lora)
+
+
 class Strategy(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = "single"
     dp: PositiveInt | None = Field(None, description="omitted = fill the world")
@@ -150,6 +169,54 @@ class Strategy(_Strict):
         return self.tp * self.pp
 
 
+Problem = tuple[str, str] | None
+
+
+def _divisors(n: int, limit: int = 64) -> str:
+    return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
+    """Rules that depend only on the model and the strategy, not on the device count.
+
+    None when valid, else (key inside the strategy, message naming what is allowed); the caller prefixes
+    the path."""
+    m = w.model
+    if m.heads % s.tp:
+        return "tp", f"{s.tp} does not divide heads={m.heads} (allowed: {_divisors(m.heads)})"
+    kv = m.kv_heads or m.heads
+    if kv % s.tp and s.tp % kv:
+        return "tp", (f"{s.tp} and kv_heads={kv} must divide one another (KV heads are split when tp <= kv_heads, "
+                      f"replicated when tp > kv_heads)")
+    if (m.ffn_hidden or 0) % s.tp:
+        return "tp", f"{s.tp} does not divide ffn_hidden={m.ffn_hidden}"
+    if s.sp and s.tp == 1:
+        return "sp", "sequence parallelism shards activations across the tensor-parallel group; it needs tp > 1"
+    if s.sp and m.seq_len % s.tp:
+        return "sp", f"seq_len={m.seq_len} is not divisible by tp={s.tp}"
+    if s.virtual_stages > 1 and s.schedule != "interleaved":
+        return "virtual_stages", f"{s.virtual_stages} needs schedule: interleaved (got {s.schedule})"
+    if s.schedule == "interleaved" and s.pp == 1:
+        return "schedule", "interleaved needs pp > 1"
+    stages = s.pp * s.virtual_stages
+    if m.layers % stages:
+        what = "pp" if s.virtual_stages == 1 else "pp*virtual_stages"
+        return "pp", f"{what}={stages} does not divide layers={m.layers} (allowed pp: {_divisors(m.layers)})"
+    if m.seq_len % s.cp:
+        return "cp", f"{s.cp} does not divide seq_len={m.seq_len}"
+    if s.cp > 1 and w.mode == "decode":
+        return "cp", "context parallelism splits a long prompt; decode generates one token at a time (use cp: 1)"
+    return None
+
+
+def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
+    """Cross-layer sharing must split the layers evenly: None, or (key inside the sharing block, message)."""
+    if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
+        return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
+                                f"(allowed: {_divisors(m.layers)})")
+    return None
+
+
 class Scenario(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     workload: Workload
@@ -169,8 +236,6 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
-        from llmsim.strategy import check_sharing, check_strategy_shape  # avoid an import cycle
-
         names = [s.name for s in self.strategies]
         for i, name in enumerate(names):
             if names.index(name) != i:
@@ -196,10 +261,9 @@ class Scenario(_Strict):
         return self.sharing.model_copy(update={k: getattr(strategy.sharing, k)
                                                for k in strategy.sharing.model_fields_set})
 
-    def tie_embeddings_for(self, strategy: Strategy) -> bool:
-        """Resolved tie: the strategy's or scenario's choice, else the preset's published convention."""
-        tie = self.sharing_for(strategy).tie_embeddings
-        return self.workload.model.tie_embeddings if tie is None else tie
+    def sharing_choice(self, strategy: Strategy) -> SharingChoice:
+        """The sharing this strategy runs: its own keys over the scenario's, the tie resolved."""
+        return SharingChoice.resolve(self.sharing_for(strategy), self.workload.model)
 
 
 class _KeyedError(ValueError):

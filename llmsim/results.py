@@ -1,10 +1,19 @@
-"""Result columns (contract), declared once with their units, and the row model backends return."""
+"""Result columns (contract), declared once with their units; the row model backends return; and where
+rows are kept: the run folder, its append-only results.jsonl and atomically rewritten results.csv.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+import json
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 # name -> (unit, meaning). The order is the column order of results.csv.
@@ -54,7 +63,6 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "energy_source": ("", "nvml | rapl | modeled"),
     "m_submodels": ("", "m: model partitions (tp*pp)"),
     "c_per_submodel_s": ("s", "C: one partition's share of the step on one device alone (m*C = one-device step)"),
-    "n_devices_ideal": ("", "n used in the ideal law (= n_devices)"),
     "t_ideal_s": ("s", "ideal step time m*C/n"),
     "scaling_efficiency": ("", "t_ideal_s / step_time_s"),
     "compute_time_s": ("s", "compute on the critical path"),
@@ -62,8 +70,6 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "bubble_time_s": ("s", "pipeline bubble"),
     "other_time_s": ("s", "the rest: optimizer, host overhead, unexplained"),
 }
-# n_devices_ideal duplicates n_devices; keep one column in the file.
-del COLUMNS["n_devices_ideal"]
 
 Status = Literal["ok", "skipped", "failed", "does-not-fit"]
 
@@ -158,3 +164,87 @@ def fill_derived(r: Result, tokens_per_step: int) -> Result:
     if r.energy_j_per_step is not None and tokens_per_step:
         upd["joules_per_token"] = r.energy_j_per_step / tokens_per_step
     return r.model_copy(update=upd)
+
+
+# ----------------------------------------------------------------------------------------- storage
+def new_run_dir(out: Path, scenario: str) -> Path:
+    """A new folder out/<scenario>/<timestamp>[-n] (never an existing one: two runs in a second differ)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = out / scenario
+    for n in itertools.count():
+        run_dir = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def latest_run_dir(out: Path, scenario: str) -> Path | None:
+    """The newest run folder of `scenario` under `out` that holds rows (what --resume continues)."""
+    runs = sorted(p for p in (out / scenario).glob("*") if (p / "results.jsonl").exists())
+    return runs[-1] if runs else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a kill never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ResultStore:
+    """results.jsonl (append-only, one line per finished case) and results.csv (rewritten whole)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.jsonl = run_dir / "results.jsonl"
+        self.csv = run_dir / "results.csv"
+        self.rows: list[dict[str, Any]] = read_rows(run_dir) if self.jsonl.exists() else []
+        if not self.csv.exists():  # a header from the start: a killed run never lacks its csv
+            write_atomic(self.csv, self.frame().to_csv(index=False))
+
+    def done(self) -> set[tuple[str, str]]:
+        """(case, backend) pairs already finished; a failed case is not done (--resume runs it again)."""
+        return {(r["case"], r["backend"]) for r in self.rows if r.get("status") != "failed"}
+
+    def add(self, result: Result) -> None:
+        row = result.row()
+        self.rows = [r for r in self.rows if (r["case"], r["backend"]) != (row["case"], row["backend"])]
+        self.rows.append(row)
+        with self.jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        write_atomic(self.csv, self.frame().to_csv(index=False))
+
+    def frame(self) -> pd.DataFrame:
+        return rows_frame(self.rows)
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    path = run_dir / "results.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: that case is simply not done
+        rows[(row["case"], row["backend"])] = row
+    return list(rows.values())
+
+
+def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a table: every contract column in contract order (missing ones empty), then the extras."""
+    frame = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    extras = [c for c in frame.columns if c not in COLUMNS]
+    return frame[list(COLUMNS) + extras]

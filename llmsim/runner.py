@@ -1,24 +1,21 @@
 """Expand a scenario into cases, run each on its backend, and keep every row.
 
-Rows are persisted as each case finishes (results.jsonl appended and fsynced, results.csv rewritten
-atomically), so a crash or Ctrl-C loses at most the case in flight. A backend that raises yields a
-`failed` row and the run goes on; a backend that cannot run here yields `skipped` rows.
+Rows are persisted as each case finishes (llmsim.results.ResultStore: results.jsonl appended and
+fsynced, results.csv rewritten atomically), so a crash or Ctrl-C loses at most the case in flight. A
+backend that raises yields a `failed` row and the run goes on; a backend that cannot run here yields
+`skipped` rows. The report is built from the run folder afterwards by its caller (the CLI).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
-import os
-import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -28,7 +25,7 @@ from llmsim.environment import environment_record
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
-from llmsim.results import COLUMNS, Result
+from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
 from llmsim.strategy import Layout, resolve_layout
 
 
@@ -89,90 +86,10 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             if not isinstance(layout, Layout):
                 raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1])
             case = Case(scenario=scenario.name, name=strategy.name + suffix, workload=scenario.workload,
-                        sharing=scenario.sharing_for(strategy), tie_embeddings=scenario.tie_embeddings_for(strategy),
-                        strategy=strategy,
-                        layout=layout, seed=scenario.seed, scenario_dir=scenario_dir)
+                        sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
+                        seed=scenario.seed, scenario_dir=scenario_dir)
             planned.append(PlannedCase(cls, settings, case))
     return planned
-
-
-def new_run_dir(out: Path, scenario: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = out / scenario
-    for n in itertools.count():
-        run_dir = base / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            run_dir.mkdir(parents=True)
-            return run_dir
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
-
-
-def latest_run_dir(out: Path, scenario: str) -> Path | None:
-    runs = sorted(p for p in (out / scenario).glob("*") if (p / "results.jsonl").exists())
-    return runs[-1] if runs else None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a kill never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class ResultStore:
-    """results.jsonl (append-only, one line per finished case) and results.csv (rewritten whole)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.jsonl = run_dir / "results.jsonl"
-        self.csv = run_dir / "results.csv"
-        self.rows: list[dict[str, Any]] = read_rows(run_dir) if self.jsonl.exists() else []
-        if not self.csv.exists():  # a header from the start: a killed run never lacks its csv
-            write_atomic(self.csv, self.frame().to_csv(index=False))
-
-    def done(self) -> set[tuple[str, str]]:
-        return {(r["case"], r["backend"]) for r in self.rows if r.get("status") != "failed"}
-
-    def add(self, result: Result) -> None:
-        row = result.row()
-        self.rows = [r for r in self.rows if (r["case"], r["backend"]) != (row["case"], row["backend"])]
-        self.rows.append(row)
-        with self.jsonl.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        write_atomic(self.csv, self.frame().to_csv(index=False))
-
-    def frame(self) -> pd.DataFrame:
-        return rows_frame(self.rows)
-
-
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume)."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    path = run_dir / "results.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: that case is simply not done
-        rows[(row["case"], row["backend"])] = row
-    return list(rows.values())
-
-
-def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for col in COLUMNS:
-        if col not in frame:
-            frame[col] = None
-    extras = [c for c in frame.columns if c not in COLUMNS]
-    return frame[list(COLUMNS) + extras]
 
 
 Progress = Callable[[int, int, PlannedCase], None]
@@ -183,7 +100,6 @@ class RunOutcome:
     run_dir: Path
     rows: int
     interrupted: bool
-    report_error: str | None = None  # the rows are saved even when the report could not be built
 
 
 def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
@@ -193,7 +109,7 @@ def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
                  scenario_dir: Path = Path(".")) -> RunOutcome:
-    """Run every planned case, persisting each row as it finishes."""
+    """Run every planned case, persisting each row as it finishes; the report is the caller's to build."""
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
@@ -212,14 +128,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
             store.add(_run_one(item, instances, context))
     except KeyboardInterrupt:
         interrupted = True
-    report_error = None
-    try:
-        from llmsim.report.build import write_report
-
-        write_report(run_dir, store.frame())
-    except Exception as exc:  # noqa: BLE001 - the rows are saved; a broken report must not hide them
-        report_error = f"{type(exc).__name__}: {exc}"
-    return RunOutcome(run_dir, len(store.rows), interrupted, report_error)
+    return RunOutcome(run_dir, len(store.rows), interrupted)
 
 
 def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunContext) -> Result:

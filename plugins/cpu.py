@@ -115,10 +115,10 @@ class CpuBackend(Backend):
         if settings.threads:
             torch.set_num_threads(settings.threads)
         threads = torch.get_num_threads()
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
         rss = PeakRss()
         base_rss = rss._status("VmRSS") if rss.method == "vmhwm" else 0
-        step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed,
+        step = WorkloadStep(case.workload, case.sharing, seed=case.seed,
                                 micro_batch=case.layout.micro_batch)
         for _ in range(settings.warmup):
             step.step()
@@ -184,7 +184,7 @@ class CpuBackend(Backend):
 
         world = case.layout.world
         threads = settings.threads or max(1, (os.cpu_count() or 1) // world)
-        spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout,
+        spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout,
                                       seed=case.seed, steps=settings.steps, warmup=settings.warmup, threads=threads,
                                       device_type="cpu", profile_comm=settings.profile_comm)
         base = dict(hardware="cpu-host", nodes=1)
@@ -199,7 +199,7 @@ class CpuBackend(Backend):
             return case.result(self, status="failed", error=outcome.error, **base,
                                extra={"worker_pids": json.dumps(outcome.pids)})
         records = outcome.records
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
         single_s = self._single_process_step_s(case, settings, threads)
 
         steps = len(records[0].step_times_s)
@@ -256,7 +256,7 @@ class CpuBackend(Backend):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed,
+            step = WorkloadStep(case.workload, case.sharing, seed=case.seed,
                                 micro_batch=case.layout.micro_batch)
             for _ in range(settings.warmup):
                 step.step()

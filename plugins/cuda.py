@@ -174,7 +174,7 @@ class CudaBackend(Backend):
         handle = nvml.handle(settings.device, str(getattr(props, "uuid", "") or "") or None)
         gpu_name = nvml.name(handle)
         hardware, mfu_reason = self._catalog_device(gpu_name, settings)
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
 
         gc.collect()
         torch.cuda.empty_cache()
@@ -185,7 +185,7 @@ class CudaBackend(Backend):
         workload = case.workload
         if settings.autocast and workload.dtype != "float32":
             workload = workload.model_copy(update={"dtype": "float32"})
-        step = WorkloadStep(workload, case.sharing_choice, seed=case.seed, device=device)
+        step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device)
         if settings.compile:
             step.model = torch.compile(step.model)  # type: ignore[assignment]
 
@@ -309,7 +309,7 @@ class CudaBackend(Backend):
         if have < world:
             return case.result(self, status="skipped",
                                error=f"strategy needs {world} GPUs, this host has {have} (one process per GPU)")
-        spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout,
+        spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout,
                                       seed=case.seed, steps=settings.steps, warmup=settings.warmup,
                                       device_type="cuda", profile_comm=settings.profile_comm)
         reason = unsupported_reason(spec)
@@ -322,7 +322,7 @@ class CudaBackend(Backend):
         if not outcome.ok:
             return case.result(self, status="failed", error=outcome.error, nodes=1)
         records = outcome.records
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
         steps = len(records[0].step_times_s)
         times = [max(r.step_times_s[i] for r in records) for i in range(steps)]
         step_time = statistics.fmean(times)

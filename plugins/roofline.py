@@ -80,7 +80,7 @@ class RooflineBackend(Backend):
         key = (id(profile), plan.single_device(), cluster.device.name, options)
         hit = self._one_device.get(key)
         if hit is None or hit[0] is not profile:
-            value = single_device_step_time(case.workload, profile, case.sharing_choice, plan, cluster, options)
+            value = single_device_step_time(case.workload, profile, case.sharing, plan, cluster, options)
             hit = self._one_device[key] = (profile, value)
         return hit[1]
 
@@ -103,9 +103,9 @@ class RooflineBackend(Backend):
     def run(self, case: Case, settings: RooflineSettings) -> Result:  # type: ignore[override]
         cluster = self.cluster(settings)
         options = Options(attention=settings.attention, main_grads_fp32=settings.main_grads_fp32)
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
         plan = Plan.of(case.strategy, case.layout)
-        sharing = case.sharing_choice
+        sharing = case.sharing
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
                      trainable_params=profile.trainable_params, energy_source="modeled")
         try:

@@ -147,8 +147,8 @@ class XlaBackend(Backend):
         from llmsim.workload.step import ADAMW_LR, WorkloadStep
 
         device = torch_xla.device()
-        profile = profile_workload(case.workload, case.sharing_choice)
-        step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)  # on the CPU: same weights
+        profile = profile_workload(case.workload, case.sharing)
+        step = WorkloadStep(case.workload, case.sharing, seed=case.seed)  # on the CPU: same weights
         step.model.to(device)
         step.device = device
         step.tokens, step.targets = step.tokens.to(device), step.targets.to(device)

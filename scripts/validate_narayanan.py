@@ -24,7 +24,7 @@ from llmsim.costmodel import ClusterSpec, Options, Plan, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 
 DEFAULT_TABLE = Path("../shared/validation/narayanan2021_table1.csv")
 # The runs: DGX A100 80GB nodes, 8 GPUs with NVLink/NVSwitch, 8 x 200 Gb/s HDR InfiniBand (README).

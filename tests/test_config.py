@@ -48,7 +48,7 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     scenario = parse_scenario(_with("workload.model", {"preset": "llama2-70b", "layers": 4}))
     model = scenario.workload.model
     assert (model.layers, model.hidden, model.kv_heads, model.activation) == (4, 8192, 8, "swiglu")
-    assert scenario.tie_embeddings_for(scenario.strategies[0]) is False  # Llama unties by default
+    assert scenario.sharing_choice(scenario.strategies[0]).tie_embeddings is False  # Llama unties by default
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [

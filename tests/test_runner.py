@@ -13,7 +13,9 @@ from llmsim.errors import ScenarioError
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import COLUMNS, fill_derived
-from llmsim.runner import plan_cases, read_rows, run_scenario
+from llmsim.report.build import write_report
+from llmsim.results import read_rows
+from llmsim.runner import plan_cases, run_scenario
 from tests.conftest import TINY_SCENARIO
 
 
@@ -68,7 +70,7 @@ def test_rows_have_every_contract_column_and_are_persisted(tmp_path: Path) -> No
     header = (outcome.run_dir / "results.csv").read_text().splitlines()[0].split(",")
     assert header[: len(COLUMNS)] == list(COLUMNS)
     assert rows[0]["scaling_efficiency"] == 1.0
-    for name in ("scenario.yaml", "environment.json", "report.md"):
+    for name in ("scenario.yaml", "environment.json"):
         assert (outcome.run_dir / name).exists()
 
 
@@ -78,6 +80,7 @@ def test_a_raising_backend_gives_a_failed_row_and_the_run_goes_on(tmp_path: Path
     assert rows["bad-one"]["status"] == "failed"
     assert "ValueError: model exploded" in rows["bad-one"]["error"]
     assert rows["good"]["status"] == "ok"
+    write_report(outcome.run_dir)
     assert "model exploded" in (outcome.run_dir / "report.md").read_text()
 
 

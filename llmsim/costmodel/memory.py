@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmsim.costmodel.pipeline import in_flight_microbatches
-from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan, SharingLike
+from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
-    from llmsim.config import Workload
+    from llmsim.config import SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
@@ -80,7 +80,7 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan)
     return min(layer_groups, local) if layer_groups else local
 
 
-def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   stage: str) -> tuple[float, float]:
     """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
 
@@ -108,7 +108,7 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: Sha
     return layer_params + edge, trainable
 
 
-def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                  stage: str) -> tuple[float, float]:
     """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
     return _stage_params(workload, profile, sharing, plan, stage)
@@ -139,7 +139,7 @@ def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile",
     return kept, 0.0
 
 
-def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                      options: Options = Options(), stage: str | None = None) -> MemoryBreakdown:
     """Memory of the busiest device (first or last pipeline stage, whichever needs more)."""
     if stage is None:

@@ -24,12 +24,6 @@ def bubble_fraction(schedule: Schedule, p: int, m: int, v: int = 1) -> float:
     return (p - 1) / (chunks * m)
 
 
-def bubble_share_of_step(schedule: Schedule, p: int, m: int, v: int = 1) -> float:
-    """Bubble as a share of the whole pipelined step: (p-1)/(m+p-1) for GPipe and 1F1B."""
-    f = bubble_fraction(schedule, p, m, v)
-    return f / (1 + f)
-
-
 def in_flight_microbatches(schedule: Schedule, p: int, m: int, v: int = 1, stage: int = 0) -> float:
     """Micro-batches whose activations a stage holds at its peak, in units of its own layers' share.
 

@@ -8,22 +8,14 @@ with defaults that describe a current Megatron-LM / PyTorch stack.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from llmsim.config import LoraSpec, Strategy
+    from llmsim.config import Strategy
     from llmsim.strategy import Layout
 
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 AttentionKernel = Literal["flash", "fused-softmax", "math"]
-
-
-class SharingLike(Protocol):
-    """The parameter-sharing choice (llmsim.workload.step.SharingChoice, duck-typed to stay torch-free)."""
-
-    tie_embeddings: bool
-    layer_groups: int | None
-    lora: "LoraSpec | None"
 
 
 @dataclass(frozen=True)

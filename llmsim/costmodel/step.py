@@ -39,10 +39,10 @@ from llmsim.costmodel.compute import PhaseTimes, Rates, phase_times
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.memory import FP32_BYTES, MemoryBreakdown, _stage_params, memory_breakdown
 from llmsim.costmodel.pipeline import bubble_fraction
-from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan, SharingLike
+from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
-    from llmsim.config import Workload
+    from llmsim.config import SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 # Fused Adam over the trainable parameters, bytes touched per parameter: read and write fp32 master,
@@ -196,7 +196,7 @@ def _cp_exposed(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTim
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
-def sharing_sync_collectives(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def sharing_sync_collectives(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                              devices_per_node: int, grad_elem: int) -> list[tuple[str, float, Group]]:
     """The gradient all-reduces parameter sharing adds across pipeline stages: (name, bytes, group) each.
 
@@ -223,7 +223,7 @@ def sharing_sync_collectives(workload: "Workload", profile: "WorkloadProfile", s
     return out
 
 
-def _sharing_sync(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def _sharing_sync(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   groups: _Groups, cluster: ClusterSpec, grad_elem: int) -> float:
     """Gradient all-reduces that parameter sharing adds across pipeline stages (none without pp)."""
     return sum(collective_time("all-reduce", size, group, cluster) for _, size, group in
@@ -274,14 +274,14 @@ def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: Phas
     return _cp_exposed(workload, plan, fwd, bwd, _Groups.of(plan, cluster.devices_per_node), cluster, layers)
 
 
-def _trainable_on_device(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike,
+def _trainable_on_device(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice",
                          plan: Plan) -> tuple[float, float]:
     """(parameters, trainable parameters) of the stage holding the most, before ZeRO."""
     stages = ["first"] if plan.pp == 1 else ["first", "last"]
     return max((_stage_params(workload, profile, sharing, plan, st) for st in stages), key=lambda pt: pt[1])
 
 
-def _train(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def _train(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
            cluster: ClusterSpec, options: Options, rates: Rates) -> tuple[float, float, float, float, dict[str, float]]:
     elem = DTYPE_BYTES[workload.dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
@@ -352,7 +352,7 @@ class _Times:
         return self.compute + self.comm + self.bubble + self.other
 
 
-def _times(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def _times(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
            cluster: ClusterSpec, options: Options, rates: Rates) -> _Times:
     if workload.mode == "train":
         compute, comm, bubble, other, detail = _train(workload, profile, sharing, plan, cluster, options, rates)
@@ -375,7 +375,7 @@ def _times(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLik
     return _Times(compute, comm, bubble, 0.0, ttft=ttft, tpot=tpot)
 
 
-def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
              cluster: ClusterSpec, options: Options = Options()) -> StepBreakdown:
     """Model one step of `workload` under `plan` on `cluster`. Raises CostModelError if it cannot."""
     rates = device_rates(cluster, workload.dtype)
@@ -388,7 +388,7 @@ def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: SharingL
                          n_devices=plan.world, energy_j=energy, ttft_s=t.ttft, tpot_s=t.tpot, comm_detail=t.detail)
 
 
-def single_device_step_time(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def single_device_step_time(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                             cluster: ClusterSpec, options: Options = Options()) -> float:
     """The whole step on one device of the cluster, memory ignored: m*C in T = m*C/n."""
     one = replace(cluster, nodes=1, devices_per_node=1)

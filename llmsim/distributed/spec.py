@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmsim.config import LoraSpec, Strategy, Workload
+from llmsim.config import SharingChoice, Strategy, Workload
 from llmsim.strategy import Layout
-from llmsim.workload.step import SharingChoice
 
 # torch.distributed backend per device type: the code path takes a device type so that NCCL on CUDA
 # is the same program as gloo on CPU.
@@ -29,9 +28,7 @@ class WorkerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     workload: Workload
-    tie_embeddings: bool
-    layer_groups: int | None = None
-    lora: LoraSpec | None = None
+    sharing: SharingChoice
     strategy: Strategy
     dp: int
     tp: int = 1
@@ -49,17 +46,12 @@ class WorkerSpec(BaseModel):
     @classmethod
     def from_layout(cls, workload: Workload, sharing: SharingChoice, strategy: Strategy, layout: Layout,
                     **settings: object) -> "WorkerSpec":
-        return cls(workload=workload, tie_embeddings=sharing.tie_embeddings, layer_groups=sharing.layer_groups,
-                   lora=sharing.lora, strategy=strategy, dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp,
+        return cls(workload=workload, sharing=sharing, strategy=strategy, dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp,
                    micro_batch=layout.micro_batch, microbatches=layout.microbatches, **settings)  # type: ignore[arg-type]
 
     @property
     def world(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
-
-    @property
-    def sharing(self) -> SharingChoice:
-        return SharingChoice(self.tie_embeddings, self.layer_groups, self.lora)
 
 
 class RankRecord(BaseModel):
@@ -95,7 +87,7 @@ def unsupported_reason(spec: WorkerSpec) -> str | None:
                 "(ring attention) needs CUDA SDPA kernels (flash / memory-efficient), not gloo on CPU")
     if spec.device_type not in PG_BACKENDS:
         return f"device type {spec.device_type!r} has no torch.distributed backend here (allowed: {', '.join(PG_BACKENDS)})"
-    if spec.tp > 1 and spec.lora is not None:
+    if spec.tp > 1 and spec.sharing.lora is not None:
         return "tensor parallelism with LoRA adapters is not supported (the adapters wrap the projections TP shards)"
     if s.sp and mode == "decode":
         return "sequence parallelism shards the sequence; decode generates one token at a time (use sp: false)"
@@ -109,7 +101,7 @@ def unsupported_reason(spec: WorkerSpec) -> str | None:
         if s.zero > 0 and spec.tp > 1:
             return ("pipeline x tensor parallel x ZeRO (pp, tp and zero together) is not implemented in the "
                     "measured backend")
-        if spec.layer_groups is not None and spec.layer_groups < spec.workload.model.layers:
+        if spec.sharing.layer_groups is not None and spec.sharing.layer_groups < spec.workload.model.layers:
             return ("cross-layer sharing (layer_groups) would share one block across pipeline stages, which "
                     "torch.distributed.pipelining cannot do")
     return None

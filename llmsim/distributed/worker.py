@@ -422,11 +422,7 @@ def spec_from_scenario(path: str, strategy_name: str, steps: int, warmup: int, d
     layout = resolve_layout(strategy, scenario.workload, int(os.environ.get("WORLD_SIZE", "1")), "distributed")
     if not isinstance(layout, Layout):
         raise SystemExit(f"{path}: strategies[{strategy_name}].{layout[0]}: {layout[1]}")
-    sharing = scenario.sharing_for(strategy)
-    from llmsim.workload.step import SharingChoice
-
-    choice = SharingChoice(scenario.tie_embeddings_for(strategy), sharing.layer_groups, sharing.lora)
-    return WorkerSpec.from_layout(scenario.workload, choice, strategy, layout, seed=scenario.seed, steps=steps,
+    return WorkerSpec.from_layout(scenario.workload, scenario.sharing_choice(strategy), strategy, layout, seed=scenario.seed, steps=steps,
                                   warmup=warmup, threads=threads, device_type=device_type)
 
 

@@ -21,6 +21,7 @@ from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import Explanation, describe, fmt_duration, fmt_energy, fmt_usd
 from llmsim.planner.search import Evaluation, Hardware, SearchStats
 from llmsim.report.units import fmt_bytes
+from llmsim.results import write_atomic
 
 CONTRACT_COLUMNS = ["hardware", "n_devices", "feasible", "reason", "step_time_s", "time_to_goal_s", "cost_usd",
                     "energy_j"]
@@ -219,8 +220,6 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
     """plan.csv, figures/pareto.png, plan.md, plan.html and (when something is feasible) best.yaml."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown
-    from llmsim.runner import write_atomic
-
     written = []
     csv = run_dir / "plan.csv"
     frame.to_csv(csv, index=False, float_format="%.6g")

@@ -15,7 +15,7 @@ from llmsim.planner.explain import Explanation, explain
 from llmsim.planner.report import plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, SearchStats, resolve_hardware, search, sharing_choice,
                                    simulate_top, workload_profile)
-from llmsim.runner import new_run_dir
+from llmsim.results import new_run_dir
 
 
 @dataclass

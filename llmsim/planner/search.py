@@ -31,7 +31,7 @@ from llmsim.planner.config import PlanFile, price_of
 from llmsim.report.units import fmt_bytes
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members
 from llmsim.workload.profile import WorkloadProfile, profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 
 HOUR_S = 3600.0
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
@@ -78,9 +78,7 @@ def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
 
 
 def sharing_choice(plan: PlanFile) -> SharingChoice:
-    tie = plan.sharing.tie_embeddings
-    return SharingChoice(plan.workload.model.tie_embeddings if tie is None else tie, plan.sharing.layer_groups,
-                         plan.sharing.lora)
+    return SharingChoice.resolve(plan.sharing, plan.workload.model)
 
 
 def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:

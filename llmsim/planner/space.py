@@ -1,8 +1,8 @@
 """The search space: every (hardware, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
 schedule, virtual stages) a plan may choose, and the rules that make a point of it a valid configuration.
 
-Validity is llmsim.strategy's own rules (`check_strategy_shape`, `resolve_layout`), so a configuration
-the planner proposes is one `llmsim run` accepts, plus three of the planner's own:
+Validity is the scenario's own rules (`config.check_strategy_shape`, `strategy.resolve_layout`), so a
+configuration the planner proposes is one `llmsim run` accepts, plus three of the planner's own:
 * a configuration spans whole nodes, or fits inside one node (the device count is what is rented);
 * no duplicates: selective recompute is none under flash attention (what the planner prices),
   ZeRO needs dp > 1 (with dp = 1 every stage is ZeRO-0), the schedule is 1f1b without a
@@ -21,10 +21,10 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from llmsim.config import Strategy, Workload
+from llmsim.config import Strategy, Workload, check_strategy_shape
 from llmsim.costmodel import Plan
 from llmsim.planner.config import PlanFile
-from llmsim.strategy import Layout, check_strategy_shape, resolve_layout
+from llmsim.strategy import Layout, resolve_layout
 
 DEFAULT_CP = (1, 2, 4, 8)
 DEFAULT_VIRTUAL_STAGES = (2, 3, 4)
@@ -270,16 +270,3 @@ def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:
     """The valid configurations of one group."""
     for chain in chains(plan, g, axes):
         yield from chain
-
-
-def full_product(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Config]:
-    """Every point of the axes' product, valid or not (for brute-force checks of the pruning)."""
-    w = plan.workload
-    import itertools
-
-    for tp, pp, cp, dp, zero, sp, recompute, schedule, v in itertools.product(
-            axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute, axes.schedule,
-            (1,) + axes.virtual_stages):
-        for mb in axes.micro_batch or _divisors(w.batch):
-            m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0
-            yield Config(hardware, dp * tp * pp * cp, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v)

@@ -23,6 +23,7 @@ from llmsim.report.raster import render
 from llmsim.report.run import TRACE_FILE, Run, catalog_capacity, environment_text, load_run, workload_text
 from llmsim.report.summary import summarize
 from llmsim.report.trace import TraceError, load_trace
+from llmsim.results import write_atomic
 
 
 def _gantt(run: Run) -> tuple[object, object]:
@@ -94,8 +95,6 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
 
 def write_document(doc: Document, folder: Path) -> list[Path]:
     """report.md, report.html and figures/*.png into `folder`; stale PNGs of an earlier build go."""
-    from llmsim.runner import write_atomic
-
     folder.mkdir(parents=True, exist_ok=True)
     fig_dir = folder / FIGURE_DIR
     written: list[Path] = []
@@ -136,8 +135,6 @@ def default_compare_dir(base: Path = Path("reports")) -> Path:
 
 def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Compare runs (the first is the baseline) into `out` (default: reports/compare/<stamp>/)."""
-    from llmsim.runner import write_atomic
-
     runs = [load_run(Path(p)) for p in run_dirs]
     folder = Path(out) if out is not None else default_compare_dir()
     doc = comparison_document(runs)

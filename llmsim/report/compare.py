@@ -10,42 +10,19 @@ as their case names match.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from llmsim.report import compare_figures as CF
 from llmsim.report.document import Cell, Document, Paragraph, Point, Section, Table
+from llmsim.report.metrics import METRICS, NOISE_PCT, SUMMARY_METRICS, Metric, pct_change, tone
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, workload_text
 from llmsim.report.units import fmt_change, format_value, missing
 
 KEY = ["case", "backend"]
-NOISE_PCT = 0.5  # changes smaller than this are not coloured better or worse
-
-
-@dataclass(frozen=True)
-class Metric:
-    column: str
-    title: str
-    how: str  # a units.FORMATS key
-    higher_better: bool
-    statuses: tuple[str, ...] = ("ok",)  # rows whose value counts (memory of a does-not-fit row does)
-
-
-METRICS: list[Metric] = [
-    Metric("tokens_per_s", "Throughput (tokens/s)", "rate", True),
-    Metric("step_time_s", "Step time", "seconds", False),
-    Metric("mfu", "MFU", "percent", True),
-    Metric("peak_memory_bytes_per_device", "Peak memory per device", "bytes", False, ("ok", "does-not-fit")),
-    Metric("joules_per_token", "Energy per token", "joules", False),
-    Metric("scaling_efficiency", "Scaling efficiency", "percent", True),
-]
-SUMMARY_METRICS = ("tokens_per_s", "joules_per_token", "peak_memory_bytes_per_device")
-
-
 def run_letters(n: int) -> list[str]:
     """A, B, C, …: short names for table headers (the run folders are in the 'Runs' table)."""
     letters = string.ascii_uppercase
@@ -57,19 +34,6 @@ def run_labels(runs: list[Run]) -> list[str]:
     names = [r.name for r in runs]
     return [f"{letter}: {name}" if names.count(name) > 1 else name for letter, name in zip(run_letters(len(runs)),
                                                                                           names)]
-
-
-def pct_change(base: Any, new: Any) -> float | None:
-    """(new − base) / base in percent; None where either is missing or the base is zero."""
-    if missing(base) or missing(new) or float(base) == 0:
-        return None
-    return 100.0 * (float(new) - float(base)) / abs(float(base))
-
-
-def tone(pct: float | None, metric: Metric) -> str | None:
-    if pct is None or abs(pct) < NOISE_PCT:
-        return None
-    return "better" if (pct > 0) == metric.higher_better else "worse"
 
 
 def _keys(runs: list[Run]) -> list[tuple[str, str]]:

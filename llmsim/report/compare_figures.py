@@ -6,17 +6,15 @@ changes against the baseline A as `<metric>_change_pct@B`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
 from llmsim.report.figures import NoData, new_figure
 from llmsim.report.frames import any_value
+from llmsim.report.metrics import Metric, tone
 from llmsim.report.units import FORMATS, fmt_change, missing
-
-if TYPE_CHECKING:
-    from llmsim.report.compare import Metric
 
 BETTER, WORSE, SAME = "#55A868", "#C44E52", "#9AA3B5"
 
@@ -27,8 +25,6 @@ def _label(row: pd.Series) -> str:
 
 def changes(frame: pd.DataFrame, letters: list[str], metrics: list[Metric]) -> tuple[Any, Any]:
     """Percent change of each matched case against the baseline, one panel per metric, cases aligned."""
-    from llmsim.report.compare import tone
-
     others = letters[1:]
     panels = [m for m in metrics if any(f"{m.column}_change_pct@{x}" in frame for x in others)]
     cols = [f"{m.column}_change_pct@{x}" for m in panels for x in others]

@@ -12,6 +12,7 @@ import yaml
 
 from llmsim.errors import LLMSimError
 from llmsim.report.units import fmt_count, missing
+from llmsim.results import read_rows, rows_frame
 
 TRACE_FILE = "trace.json"
 
@@ -65,8 +66,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     """Read a run folder; one clear error if it is not one. `frame` skips re-reading the rows."""
-    from llmsim.runner import read_rows, rows_frame
-
     run_dir = Path(run_dir)
     if frame is None:
         if not (run_dir / "results.jsonl").is_file():

@@ -28,7 +28,8 @@ from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
 from llmsim.config import Workload
-from llmsim.workload.step import SharingChoice, WorkloadStep
+from llmsim.config import SharingChoice
+from llmsim.workload.step import WorkloadStep
 
 KINDS = ("matmul", "attention", "other")
 REGIONS = ("embed", "layers", "head")

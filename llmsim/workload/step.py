@@ -12,12 +12,12 @@ Inputs are random token ids from the scenario seed: nothing is downloaded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from llmsim.config import LoraSpec, Workload
+from llmsim.config import Workload
+from llmsim.config import SharingChoice
 from llmsim.workload.model import Transformer, build_model
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -25,15 +25,6 @@ TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": to
 ADAMW_LR = 1e-4  # any small value: the step's cost does not depend on it
 
 Mark = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class SharingChoice:
-    """Parameter sharing as the model builder needs it (the scenario's tie resolved against the preset)."""
-
-    tie_embeddings: bool
-    layer_groups: int | None = None
-    lora: LoraSpec | None = None
 
 
 def _no_mark(_: str) -> None:

@@ -83,7 +83,7 @@ class ClusterBackend(RooflineBackend):
     def run(self, case: Case, settings: ClusterSettings) -> Result:  # type: ignore[override]
         cluster = self.cluster(settings)
         options = Options(attention=settings.attention, main_grads_fp32=settings.main_grads_fp32)
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
         plan = Plan.of(case.strategy, case.layout)
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
                      trainable_params=profile.trainable_params, energy_source="modeled",
@@ -93,7 +93,7 @@ class ClusterBackend(RooflineBackend):
             one_device = self._one_device_time(case, profile, plan, cluster, options)
         except CostModelError as exc:
             return case.result(self, status="skipped", error=str(exc), **where)
-        mem = memory_breakdown(case.workload, profile, case.sharing_choice, plan, options)
+        mem = memory_breakdown(case.workload, profile, case.sharing, plan, options)
         extra: dict[str, object] = {f"mem_{k}_bytes": v for k, v in mem.as_dict().items()}
         extra.update(memory_stage=mem.stage, attention_kernel=options.attention)
         values = dict(where, peak_memory_bytes_per_device=mem.total, extra=extra)
@@ -105,7 +105,7 @@ class ClusterBackend(RooflineBackend):
             if fault is not None and fault.rank >= plan.world:
                 raise ScenarioError(None, f"{SETTINGS_KEY}.{key}.rank",
                                     f"rank {fault.rank} is outside the {plan.world} devices of this case")
-        sim = simulate_case(case.workload, profile, case.sharing_choice, plan, cluster, options, settings,
+        sim = simulate_case(case.workload, profile, case.sharing, plan, cluster, options, settings,
                             case.seed, record=settings.trace and self.context.run_dir is not None)
         extra.update(sim_events=sim.events, critical_stage=sim.critical_stage)
         values.update(step_time_s=sim.step_s, latency_p50_s=sim.step_s, latency_p99_s=sim.step_s,

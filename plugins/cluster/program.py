@@ -15,7 +15,7 @@ from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.cluster import place_group
 from llmsim.costmodel.compute import phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_params
-from llmsim.costmodel.plan import DTYPE_BYTES, SharingLike
+from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import (TP_COLLECTIVES_PER_LAYER_BACKWARD, TP_COLLECTIVES_PER_LAYER_FORWARD,
                                    accumulate_time, cp_exposed_time, device_rates, optimizer_time, traced_optimizer,
                                    sharing_sync_collectives)
@@ -24,7 +24,7 @@ from llmsim_plugins.cluster.processes import (NO_COMM, Collective, Fabric, Stage
                                               collective, repeat)
 
 if TYPE_CHECKING:
-    from llmsim.config import Workload
+    from llmsim.config import SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 # PyTorch DDP's default gradient bucket (bucket_cap_mb=25, torch.nn.parallel.DistributedDataParallel).
@@ -71,7 +71,7 @@ def _chunk_layers(layers: int, plan: Plan) -> tuple[int, float]:
     return chunk, per_stage / (chunk * plan.v)
 
 
-def train_step(workload: "Workload", profile: "WorkloadProfile", sharing: SharingLike, plan: Plan,
+def train_step(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                cluster: ClusterSpec, options: Options = Options(), bucket_bytes: float = DEFAULT_BUCKET_BYTES,
                prefetch: int = 1) -> StepWork:
     """The training step of one pipeline replica, stage by stage."""

@@ -7,7 +7,7 @@ from llmsim.costmodel import ClusterSpec
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import WorkloadProfile, profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 
 CATALOG = load_catalog()
 

@@ -13,7 +13,7 @@ from llmsim.config import parse_scenario
 from llmsim.costmodel import ClusterSpec, Efficiency, Plan, estimate
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 
 TRUE = dict(matmul=0.6, attention=0.3, memory_bw=8e9, op_overhead_s=2e-5)
 PEAK = 1e11

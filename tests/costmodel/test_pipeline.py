@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from llmsim.costmodel.pipeline import bubble_fraction, bubble_share_of_step, in_flight_microbatches
+from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 
 
 @pytest.mark.parametrize("p,m", [(2, 8), (4, 4), (8, 64), (16, 1)])
-def test_1f1b_bubble_is_p_minus_1_over_m_plus_p_minus_1_of_the_step(p: int, m: int) -> None:
-    assert bubble_share_of_step("1f1b", p, m) == pytest.approx((p - 1) / (m + p - 1))
-    assert bubble_share_of_step("gpipe", p, m) == pytest.approx((p - 1) / (m + p - 1))
-    assert bubble_fraction("1f1b", p, m) == pytest.approx((p - 1) / m)
+def test_1f1b_and_gpipe_bubble_is_p_minus_1_over_m_of_the_ideal_step(p: int, m: int) -> None:
+    assert bubble_fraction("1f1b", p, m) == (p - 1) / m
+    assert bubble_fraction("gpipe", p, m) == (p - 1) / m
 
 
 def test_interleaving_divides_the_bubble_by_the_chunks() -> None:

@@ -40,7 +40,7 @@ def _case(model: dict[str, Any] | None = None, batch: int = 4, mode: str = "trai
 
 
 def _single_process_losses(case: Case) -> list[float]:
-    step = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+    step = WorkloadStep(case.workload, case.sharing, seed=case.seed)
     return [float(step.step()) for _ in range(STEPS)]
 
 
@@ -172,7 +172,7 @@ def test_a_failing_rank_ends_the_case_with_a_failed_row_and_no_orphans(fault: st
 
 def test_a_hanging_rank_times_out(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     case = _case(dp=2)
-    spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout, steps=1,
+    spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, steps=1,
                                   warmup=0, threads=1)
     outcome = launch(spec, timeout_s=8, log_dir=tmp_path, env={"LLMSIM_DIST_FAULT": "0:hang"})
     assert not outcome.ok and "timed out" in outcome.error
@@ -230,7 +230,7 @@ def test_killing_llmsim_itself_leaves_no_rank_behind(tmp_path, write_scenario) -
 def test_a_rank_that_crashes_after_the_results_are_written_does_not_lose_them(tmp_path) -> None:
     """gloo can abort a rank in process-group teardown; rank 0 has by then written every rank's records."""
     case = _case(dp=2)
-    spec = WorkerSpec.from_layout(case.workload, case.sharing_choice, case.strategy, case.layout, steps=1,
+    spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, steps=1,
                                   warmup=0, threads=1)
     outcome = launch(spec, timeout_s=120, log_dir=tmp_path, env={"LLMSIM_DIST_FAULT": "1:abort-at-exit"})
     assert outcome.ok, outcome.error

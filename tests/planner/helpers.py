@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from llmsim.costmodel import Options, estimate
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.planner.config import PlanFile, parse_plan
 from llmsim.planner.search import Hardware, goal_metrics, judge, resolve_hardware, sharing_choice, workload_profile
-from llmsim.planner.space import Config, axes_of, full_product, is_candidate
+from llmsim.planner.space import Axes, Config, axes_of, is_candidate
 
 BASE = load_catalog()
 
@@ -33,6 +35,17 @@ def small_plan(**over: Any) -> PlanFile:
     for key, value in over.items():
         data[key] = value
     return parse_plan(data)
+
+
+def full_product(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Config]:
+    """Every point of the axes' product, valid or not (for brute-force checks of the pruning)."""
+    w = plan.workload
+    for tp, pp, cp, dp, zero, sp, recompute, schedule, v in itertools.product(
+            axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute, axes.schedule,
+            (1,) + axes.virtual_stages):
+        for mb in axes.micro_batch or [d for d in range(1, w.batch + 1) if w.batch % d == 0]:
+            m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0
+            yield Config(hardware, dp * tp * pp * cp, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v)
 
 
 def brute_force(plan: PlanFile, catalog: Catalog) -> dict[Config, tuple[bool, Any]]:

@@ -103,7 +103,7 @@ def test_train_on_xla_matches_the_cpu_loss() -> None:
     assert extra["graphs_compiled_timed"] == 0, "a timed step recompiled"
     assert r.step_time_s > 0 and r.latency_p99_s >= r.latency_p50_s and r.mfu > 0
     losses = json.loads(extra["losses"])  # 2 warm-up + 2 timed steps
-    ref = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+    ref = WorkloadStep(case.workload, case.sharing, seed=case.seed)
     expected = [ref.step().item() for _ in range(len(losses))]
     assert losses[0] == pytest.approx(expected[0], rel=1e-5)  # same weights and inputs: the forward agrees
     assert losses == pytest.approx(expected, rel=1e-3)         # drift after the first update (docs/accelerators.md)
@@ -121,7 +121,7 @@ def test_decode_on_xla_generates_the_cpu_tokens() -> None:
     assert r.status == "ok", r.error
     assert 0 < r.ttft_s < r.step_time_s and r.tpot_s > 0
     assert r.extra["graphs_compiled_timed"] == 0
-    ref = WorkloadStep(case.workload, case.sharing_choice, seed=case.seed)
+    ref = WorkloadStep(case.workload, case.sharing, seed=case.seed)
     expected = ref.step().flatten().tolist()
     assert json.loads(r.extra["decode_last_tokens"]) == expected
     print(f"xla decode step_time_s {r.step_time_s:.4f} ttft_s {r.ttft_s:.4f} "

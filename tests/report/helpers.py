@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from llmsim.results import Result
-from llmsim.runner import ResultStore
+from llmsim.results import ResultStore
 
 SCRIPT = "<script>alert('boom')</script>"
 TOKENS = 4 * 128  # batch x seq_len of every synthetic row

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from llmsim.report.build import write_comparison
-from llmsim.report.compare import pct_change
+from llmsim.report.metrics import pct_change
 from tests.report.helpers import TOKENS, make_run, row
 
 

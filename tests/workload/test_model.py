@@ -8,7 +8,8 @@ import torch
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.workload.model import build_model, count_parameters
 from llmsim.workload.presets import PRESETS, PUBLISHED_PARAMS
-from llmsim.workload.step import SharingChoice, WorkloadStep
+from llmsim.config import SharingChoice
+from llmsim.workload.step import WorkloadStep
 
 
 def _meta_model(spec: ModelSpec, **sharing) -> torch.nn.Module:

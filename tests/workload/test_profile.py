@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import SharingChoice
+from llmsim.config import SharingChoice
 
 
 def _gpt2(mode: str = "train", **model) -> Workload:

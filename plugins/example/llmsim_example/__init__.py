@@ -49,7 +49,7 @@ class ExampleBackend(Backend):
             return case.result(self, hardware=DEVICE, status="skipped",
                                error="this example models data parallelism only (tp = pp = cp = 1)")
         device = self.context.catalog.device(DEVICE)
-        profile = profile_workload(case.workload, case.sharing_choice)
+        profile = profile_workload(case.workload, case.sharing)
         peak = device.peak_flops[case.workload.dtype]
         one_device_s = predict_step_s(profile, peak, device.memory_bw_bytes_per_s, settings.efficiency)
         step_s = one_device_s / case.layout.dp
