@@ -58,11 +58,24 @@ class RunContext:
 
 
 class Backend(ABC):
-    """A way to execute (measured) or predict (modeled) one case.
+    """A way to execute (measured) or predict (modeled) one case: the protocol between runner and plugin.
 
-    Subclasses set `name`, `kind`, `description` and `Settings`. The runner makes one instance per
-    run and calls `run` for each case; `run` returns a Result (status ok / skipped / does-not-fit) and
-    may raise for anything unexpected: the runner turns an exception into a `failed` row.
+    Subclasses set `name`, `kind` (measured | modeled), `description` and `Settings` (a pydantic model of
+    the backend's block under `backends:`). The runner calls, in this order:
+
+    Validation (`llmsim validate` and the start of `llmsim run`; nothing has run yet):
+      1. `Settings.model_validate(block)`: a bad key is a one-line error naming `backends.<name>.<key>`.
+      2. `sweep(settings)` -> [(case-name suffix, settings)]: one point per value of a list setting.
+      3. `check_settings(settings, catalog)` for each point: names the catalog must know (devices, links).
+      4. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
+         mismatch is a validation error naming the strategy).
+    Running (`llmsim run`, after every pair validated):
+      5. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
+         not called.
+      6. `Backend(context)` once per run (the first case that runs), kept for the run's other cases, so
+         an instance may cache what its cases share (a profile, a one-device time).
+      7. `run(case, settings)` once per case -> a Result, status ok / skipped / does-not-fit; anything it
+         raises becomes a `failed` row and the run goes on (KeyboardInterrupt stops the run, rows kept).
     """
 
     name: ClassVar[str]

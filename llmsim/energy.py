@@ -2,13 +2,15 @@
 
 A meter measures one span of work: ``start()`` then ``stop()`` returns joules. Meters are provided by
 plugins through the ``llmsim_energy_meters`` hook; the RAPL meter for CPUs is built in here.
+`find_meter` is how a measured backend picks one.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 RAPL_ROOT = Path("/sys/class/powercap")
 
@@ -66,3 +68,23 @@ class RaplMeter(EnergyMeter):
                 after += int((zone / "max_energy_range_uj").read_text())
             total += after - before
         return total / 1e6
+
+
+def find_meter(manager: Any, device_kind: str, builtins: Sequence[type[EnergyMeter]] = (),
+               exclude: Sequence[type[EnergyMeter]] = ()) -> type[EnergyMeter] | None:
+    """The first available meter class for `device_kind`: the plugins' (the `llmsim_energy_meters` hook of
+    `manager`, if any) before `builtins`, even where a plugin also returns a built-in; None when no meter
+    can read counters here. `exclude`: meters the caller builds itself (the cuda backend's NVML meter on
+    the case's own GPU), never offered."""
+    found: list[type[EnergyMeter]] = []
+    if manager is not None:
+        for _, meters in manager.call_each("llmsim_energy_meters", device_kind=device_kind):
+            found += [m for m in meters if m not in builtins]
+    seen: set[type[EnergyMeter]] = set(exclude)
+    for meter in [*found, *builtins]:
+        if meter in seen or getattr(meter, "device_kind", None) != device_kind:
+            continue
+        seen.add(meter)
+        if meter.available() is None:
+            return meter
+    return None

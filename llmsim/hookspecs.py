@@ -1,8 +1,13 @@
-"""Every hook llmsim calls, the reference manual for plugin authors.
+"""Every hook llmsim calls: the reference manual for plugin authors.
 
-A plugin is a module (or object) registered through the ``llmsim`` entry-point group; it implements
-any of these hooks with ``@llmsim.hookimpl``. Built-in backends in ``plugins/`` use the same group.
-Each hook is called once per plugin manager; results of all plugins are concatenated.
+A plugin is a module (or object) registered through the ``llmsim`` entry-point group; it implements any
+of these hooks with ``@llmsim.hookimpl``. The built-in backends in ``plugins/`` use the same group.
+
+How hooks are called: ``PluginManager.call_each`` calls each plugin's implementation separately (so one
+raising plugin is reported as broken and the others keep working) and concatenates what they return.
+An implementation may declare any subset of a hook's parameters, by name, as pluggy allows: a plugin
+that does not care about ``device_kind`` may leave it out. When each hook is called is said in its
+docstring; nothing here is cached across plugin managers, and a fresh manager calls them afresh.
 """
 
 from __future__ import annotations
@@ -20,16 +25,22 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-# -- discovery: called when the plugin manager is first asked for backends, hardware or meters ------
+# ---------------------------------------------------------------------------------------------------
+# discovery: what a plugin adds (called while a command sets up, before any case runs)
+# ---------------------------------------------------------------------------------------------------
 
 @hookspec
 def llmsim_backends() -> list[type["Backend"]]:
     """Return the backend classes this plugin provides.
 
-    Called once when the backend registry is built (``llmsim backends``, ``llmsim run``,
-    ``llmsim validate``). Each class subclasses ``llmsim.Backend`` and sets ``name`` (unique
-    across all plugins; a duplicate is an error naming both plugins), ``kind`` (``measured`` or
-    ``modeled``) and a pydantic ``Settings`` model for its block under ``backends:`` in a scenario.
+    Called once per plugin manager, when the backend registry is built (``llmsim backends``,
+    ``validate``, ``run``). Takes no parameters.
+
+    Returns a list of classes, each a subclass of ``llmsim.Backend`` that sets ``name`` (unique across
+    all plugins: a duplicate is an error naming both plugins), ``kind`` (``measured`` | ``modeled``) and
+    a pydantic ``Settings`` model for its block under ``backends:`` in a scenario. Anything else in the
+    list marks the plugin as broken (reported, not fatal for the others). The order in which the runner
+    calls a backend's methods is in ``llmsim.backend.Backend``'s docstring.
     """
 
 
@@ -37,19 +48,32 @@ def llmsim_backends() -> list[type["Backend"]]:
 def llmsim_hardware() -> list[dict[str, Any]]:
     """Return extra hardware catalog entries (devices or links) as dicts.
 
-    Called once when the catalog is loaded. Each dict is validated like an entry of a hardware YAML
-    file (see docs/hardware.md): it needs a ``name``, a ``type`` (device | link) and a ``source`` for
-    its numbers. A name that already exists is an error, so a plugin cannot silently change a
-    built-in device.
+    Called once each time a catalog is built: by ``llmsim run`` / ``validate`` (with the scenario's
+    ``hardware_catalog`` files), ``llmsim hardware`` and ``llmsim plan``. Takes no parameters.
+
+    Returns a list of dicts, each validated like an entry of a hardware YAML file (docs/hardware.md): a
+    ``name``, a ``type`` (``device`` | ``link``) and a ``source`` for its numbers are required. A name
+    that already exists is an error naming the plugin, so a plugin cannot silently change a built-in.
     """
 
 
-@hookspec
-def llmsim_energy_meters() -> list[type["EnergyMeter"]]:
-    """Return energy meter classes (for example NVML for GPUs, RAPL for CPUs).
+# ---------------------------------------------------------------------------------------------------
+# measurement: asked by measured backends while a case runs
+# ---------------------------------------------------------------------------------------------------
 
-    Called by measured backends when a case starts. A meter declares the device ``kind`` it measures
-    (``cpu``, ``cuda``, ...) and says in ``available()`` whether it can read counters here. The first
-    available meter for a device is used; when none is, the backend models energy from the catalog's
-    power figures and reports ``energy_source: modeled``.
+@hookspec
+def llmsim_energy_meters(device_kind: str) -> list[type["EnergyMeter"]]:
+    """Return energy meter classes that can measure devices of ``device_kind``.
+
+    Called by a measured backend each time a case starts timing, with the kind of device the case runs
+    on: ``"cpu"`` (the cpu backend), ``"cuda"`` (the cuda backend), or a plugin backend's own kind.
+
+    Parameters: ``device_kind`` -- the device type being measured; a plugin may return meters of other
+    kinds too, they are filtered by their ``device_kind`` attribute.
+
+    Returns a list of ``llmsim.energy.EnergyMeter`` subclasses. Each sets ``name`` (written to the row's
+    ``energy_source`` column), ``device_kind``, ``available()`` (None or the reason it cannot read
+    counters here), ``start()`` and ``stop()`` -> joules. The first available meter of the right kind
+    wins, plugin meters before the built-in ones (RAPL for cpu, NVML for cuda); when none is available
+    the backend models energy from the catalog's power figures and writes ``energy_source: modeled``.
     """

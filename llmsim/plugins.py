@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -36,13 +37,17 @@ class PluginManager:
     def register(self, plugin: object, name: str | None = None) -> None:
         self.pm.register(plugin, name=name)
 
-    def call_each(self, hook_name: str) -> Iterable[tuple[str, list]]:
-        """Call a hook on each plugin separately, so one raising plugin is reported and skipped."""
+    def call_each(self, hook_name: str, **kwargs: Any) -> Iterable[tuple[str, list]]:
+        """Call a hook on each plugin separately, so one raising plugin is reported and skipped.
+
+        `kwargs` are the hook's parameters (llmsim.hookspecs); each implementation gets the ones it
+        declares. Yields (plugin name, the list it returned).
+        """
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():
             plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
             try:
-                values = impl.function()
+                values = impl.function(*(kwargs[name] for name in impl.argnames))
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
                 self.broken[plugin_name] = f"{hook_name} raised {type(exc).__name__}: {exc}"
                 continue

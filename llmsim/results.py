@@ -11,10 +11,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # name -> (unit, meaning). The order is the column order of results.csv.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -60,7 +60,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "peak_memory_bytes_per_device": ("B", "peak memory on one device"),
     "energy_j_per_step": ("J", "energy of one step, all devices"),
     "joules_per_token": ("J/token", "energy per token"),
-    "energy_source": ("", "nvml | rapl | modeled"),
+    "energy_source": ("", "nvml | rapl | modeled | the name of a plugin's energy meter"),
     "m_submodels": ("", "m: model partitions (tp*pp)"),
     "c_per_submodel_s": ("s", "C: one partition's share of the step on one device alone (m*C = one-device step)"),
     "t_ideal_s": ("s", "ideal step time m*C/n"),
@@ -72,6 +72,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 Status = Literal["ok", "skipped", "failed", "does-not-fit"]
+# Built-in sources are nvml, rapl and modeled; a plugin's meter writes its own `name` (llmsim.energy).
+EnergySource = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 
 
 class Result(BaseModel):
@@ -125,7 +127,7 @@ class Result(BaseModel):
     peak_memory_bytes_per_device: float | None = None
     energy_j_per_step: float | None = None
     joules_per_token: float | None = None
-    energy_source: Literal["nvml", "rapl", "modeled"] | None = None
+    energy_source: EnergySource | None = None
     m_submodels: int | None = None
     c_per_submodel_s: float | None = None
     t_ideal_s: float | None = None

@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
-from llmsim.energy import EnergyMeter, RaplMeter
+from llmsim.energy import EnergyMeter, RaplMeter, find_meter
 from llmsim.results import fill_derived
 from llmsim.workload.profile import profile_workload
 from llmsim.workload.step import WorkloadStep
@@ -91,14 +91,8 @@ class CpuBackend(Backend):
     Settings = CpuSettings
 
     def _meter(self) -> EnergyMeter | None:
-        meters: list[type[EnergyMeter]] = [RaplMeter]
-        if self.context.manager is not None:
-            for _, found in self.context.manager.call_each("llmsim_energy_meters"):
-                meters = list(found) + meters
-        for meter in meters:
-            if meter.device_kind == "cpu" and meter.available() is None:
-                return meter()
-        return None
+        meter = find_meter(self.context.manager, "cpu", [RaplMeter])
+        return meter() if meter is not None else None
 
     def _modeled_power_w(self, threads: int) -> float:
         """Busy cores at the catalog's full-load power, the others at idle."""

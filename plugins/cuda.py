@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
-from llmsim.energy import EnergyMeter
+from llmsim.energy import EnergyMeter, find_meter
 from llmsim.hardware import Catalog
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
 from llmsim.results import fill_derived
@@ -149,11 +149,9 @@ class CudaBackend(Backend):
 
     def _meter(self, nvml: Nvml, handle: Any, settings: CudaSettings) -> EnergyMeter:
         """A cuda meter from the energy-meter hook where a plugin gives one, else NVML on this GPU."""
-        if self.context.manager is not None:
-            for _, found in self.context.manager.call_each("llmsim_energy_meters"):
-                for meter in found:
-                    if meter.device_kind == "cuda" and meter is not NvmlMeter and meter.available() is None:
-                        return meter()
+        meter = find_meter(self.context.manager, "cuda", exclude=[NvmlMeter])
+        if meter is not None:
+            return meter()
         return NvmlMeter([handle], nvml=nvml, sampling=settings.power_sampling,
                          interval_s=settings.sample_interval_s)
 

@@ -1,10 +1,14 @@
-"""The RAPL meter on a fake powercap tree (this machine has none)."""
+"""Energy meters: RAPL on a fake powercap tree (this machine has none), plugin meters through the hook."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from llmsim.energy import RaplMeter
+import pytest
+
+from llmsim import hookimpl
+from llmsim.energy import EnergyMeter, RaplMeter
+from llmsim.plugins import get_plugin_manager
 
 
 def _zone(root: Path, name: str, energy_uj: int, max_uj: int = 1_000_000) -> Path:
@@ -32,15 +36,12 @@ def test_reads_joules_across_packages_and_a_wrap(tmp_path: Path) -> None:
 
 
 def test_a_meter_from_the_hook_is_used_by_the_cpu_backend() -> None:
-    from llmsim import hookimpl
     from llmsim.backend import RunContext
-    from llmsim.energy import EnergyMeter
-    from llmsim.plugins import get_plugin_manager
     from llmsim_plugins.cpu import CpuBackend, CpuSettings
     from tests.plugins.test_cpu import _case
 
     class FixedMeter(EnergyMeter):
-        name = "nvml"  # any contract value; a real plugin would read hardware counters
+        name = "fixed-meter"  # a plugin meter's own name becomes the row's energy_source
         device_kind = "cpu"
 
         @classmethod
@@ -53,13 +54,66 @@ def test_a_meter_from_the_hook_is_used_by_the_cpu_backend() -> None:
         def stop(self) -> float:
             return 12.0
 
+    asked: list[str] = []
+
     class MeterPlugin:
         @hookimpl
-        def llmsim_energy_meters(self):
+        def llmsim_energy_meters(self, device_kind):
+            asked.append(device_kind)
             return [FixedMeter]
 
     manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     manager.register(MeterPlugin(), name="meter")
     result = CpuBackend(RunContext(manager=manager)).run(_case(), CpuSettings(steps=3, warmup=0))
-    assert result.energy_source == "nvml"
+    assert result.energy_source == "fixed-meter"
+    assert asked == ["cpu"]
     assert result.energy_j_per_step == 4.0  # 12 J over 3 timed steps
+
+
+def _meter(kind: str, name: str, why: str | None = None) -> type[EnergyMeter]:
+    class Meter(EnergyMeter):
+        device_kind = kind
+
+        @classmethod
+        def available(cls):
+            return why
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> float:
+            return 0.0
+
+    Meter.name = name
+    return Meter
+
+
+def test_find_meter_prefers_plugin_meters_of_the_kind_and_skips_unavailable_ones() -> None:
+    from llmsim.energy import find_meter
+
+    builtin = _meter("cpu", "builtin")
+    wrong_kind, broken, good = _meter("cuda", "gpu"), _meter("cpu", "broken", "no counters"), _meter("cpu", "good")
+
+    class MeterPlugin:
+        @hookimpl
+        def llmsim_energy_meters(self):  # a subset of the hook's parameters is allowed
+            return [builtin, wrong_kind, broken, good]
+
+    manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    manager.register(MeterPlugin(), name="meters")
+    assert find_meter(manager, "cpu", [builtin]) is good  # the plugin's copy of a built-in keeps its rank
+    assert find_meter(None, "cpu", [builtin]) is builtin
+    assert find_meter(manager, "cpu", [builtin], exclude=[good]) is builtin
+    assert find_meter(manager, "tpu") is None
+
+
+def test_energy_source_takes_a_plugin_meter_name_but_not_free_text() -> None:
+    from pydantic import ValidationError
+
+    from llmsim.results import Result
+
+    base = dict(scenario="s", case="c", backend="b", kind="measured", strategy="c", mode="train", batch=1,
+                seq_len=8, dtype="float32")
+    assert Result(**base, energy_source="my-meter").energy_source == "my-meter"
+    with pytest.raises(ValidationError):
+        Result(**base, energy_source="Not A Name!")
