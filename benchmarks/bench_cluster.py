@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from llmsim.config import ModelSpec, Workload
-from llmsim.costmodel import ClusterSpec, Plan, estimate
+from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.costmodel import Plan, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
+from llmsim.sim import simulate_case
 from llmsim.workload.profile import profile_workload
-from llmsim.config import SharingChoice
-from llmsim_plugins.cluster.backend import simulate_case
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -45,8 +44,7 @@ def gpt3_step(n_devices: int) -> tuple[float, int, float, float]:
     tp, pp = 8, 16
     dp = n_devices // (tp * pp)
     plan = Plan(dp=dp, tp=tp, pp=pp, microbatches=GPT3_BATCH // dp, recompute="full")
-    cluster = ClusterSpec(device=catalog.device("a100-80gb"), intra=catalog.link("nvlink3"),
-                          inter=catalog.link("ib-hdr200x8"), nodes=n_devices // 8, devices_per_node=8)
+    cluster = catalog.cluster("a100-80gb", n_devices // 8, 8, "nvlink3", "ib-hdr200x8")
     start = time.perf_counter()
     sim = simulate_case(full, profile, sharing, plan, cluster)
     wall = time.perf_counter() - start

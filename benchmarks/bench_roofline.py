@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 
 from llmsim.backend import Case, RunContext
-from llmsim.config import ModelSpec, Sharing, Strategy, Workload
+from llmsim.config import ModelSpec, SharingChoice, Strategy, Workload
 from llmsim.costmodel import Plan, estimate
 from llmsim.strategy import Layout, resolve_layout
 from llmsim.workload.profile import profile_workload
-from llmsim.config import SharingChoice
 from llmsim_plugins.roofline import RooflineBackend, RooflineSettings
 
 TARGET_CASES_PER_S = 5000
@@ -49,11 +48,12 @@ def sweep(workload: Workload) -> list[tuple[Case, RooflineSettings]]:
             continue
         strategy = Strategy(name=f"t{tp}p{pp}{recompute[0]}z{zero}{'s' if sp else ''}", tp=tp, pp=pp,
                             recompute=recompute, zero=zero, sp=sp)
-        settings = RooflineSettings(hardware="a100-80gb", nodes=nodes)
+        settings = RooflineSettings(hardware="a100-80gb", nodes=nodes, devices_per_node=8)
         layout = resolve_layout(strategy, workload, RooflineBackend.world_size(settings), "roofline")
         if isinstance(layout, Layout):
             cases.append((Case(scenario="bench", name=f"{strategy.name}@{nodes}", workload=workload,
-                               sharing=Sharing(), tie_embeddings=True, strategy=strategy, layout=layout), settings))
+                               sharing=SharingChoice(tie_embeddings=True), strategy=strategy, layout=layout),
+                          settings))
     return cases
 
 

@@ -65,16 +65,18 @@ class Backend(ABC):
 
     Validation (`llmsim validate` and the start of `llmsim run`; nothing has run yet):
       1. `Settings.model_validate(block)`: a bad key is a one-line error naming `backends.<name>.<key>`.
-      2. `sweep(settings)` -> [(case-name suffix, settings)]: one point per value of a list setting.
-      3. `check_settings(settings, catalog)` for each point: names the catalog must know (devices, links).
-      4. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
+      2. `resolve_settings(settings, catalog)`: defaults that come from the hardware catalog filled in
+         (a modeled cluster's devices per node).
+      3. `sweep(settings)` -> [(case-name suffix, settings)]: one point per value of a list setting.
+      4. `check_settings(settings, catalog)` for each point: names the catalog must know (devices, links).
+      5. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
          mismatch is a validation error naming the strategy).
     Running (`llmsim run`, after every pair validated):
-      5. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
+      6. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
          not called.
-      6. `Backend(context)` once per run (the first case that runs), kept for the run's other cases, so
+      7. `Backend(context)` once per run (the first case that runs), kept for the run's other cases, so
          an instance may cache what its cases share (a profile, a one-device time).
-      7. `run(case, settings)` once per case -> a Result, status ok / skipped / does-not-fit; anything it
+      8. `run(case, settings)` once per case -> a Result, status ok / skipped / does-not-fit; anything it
          raises becomes a `failed` row and the run goes on (KeyboardInterrupt stops the run, rows kept).
     """
 
@@ -90,6 +92,15 @@ class Backend(ABC):
     def availability(cls) -> str | None:
         """None when this backend can run here, else the reason it cannot (shown by `llmsim backends`)."""
         return None
+
+    @classmethod
+    def resolve_settings(cls, settings: BaseModel, catalog: Catalog) -> BaseModel:
+        """The settings with defaults that come from the hardware catalog filled in (default: unchanged).
+
+        May raise ScenarioError keyed inside this backend's settings (e.g. `hardware`); the runner
+        prefixes `backends.<name>.`.
+        """
+        return settings
 
     @classmethod
     def sweep(cls, settings: BaseModel) -> list[tuple[str, BaseModel]]:

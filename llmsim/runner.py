@@ -61,7 +61,9 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                catalog: Catalog | None = None) -> list[PlannedCase]:
     """Validate every (strategy, backend) pair and lay it out; raise ScenarioError on the first problem.
 
-    With a `catalog`, backend settings are also checked against it (hardware and link names)."""
+    Backend settings are resolved and checked against `catalog` (default: the built-in catalog and the
+    scenario's own hardware files, without plugin entries): device and link names, catalog defaults such
+    as devices per node (Backend's docstring gives the order)."""
     backends = dict(scenario.backends)
     if only_backends:
         backends = {name: backends.get(name, {}) for name in only_backends}
@@ -71,12 +73,18 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             installed = ", ".join(registry.names) or "none"
             key = f"backends.{name}" if name in scenario.backends else "--backend"
             raise ScenarioError(file, key, f"unknown backend {name!r}; installed: {installed}")
+    catalog = catalog or build_catalog(scenario, scenario_dir)
     sweeps = {}
     for name, raw in backends.items():
         cls = registry.get(name)
-        sweeps[name] = cls.sweep(_backend_settings(name, cls, raw, file))
-        for _, settings in sweeps[name] if catalog is not None else []:
-            problem = cls.check_settings(settings, catalog)
+        try:
+            settings = cls.resolve_settings(_backend_settings(name, cls, raw, file), catalog)
+        except ScenarioError as exc:
+            raise ScenarioError(file, f"backends.{name}.{exc.key}" if exc.key else f"backends.{name}",
+                                exc.message) from None
+        sweeps[name] = cls.sweep(settings)
+        for _, point in sweeps[name]:
+            problem = cls.check_settings(point, catalog)
             if problem:
                 raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):

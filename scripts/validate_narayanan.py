@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmsim.config import ModelSpec, Workload
+from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, Options, Plan, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
-from llmsim.config import SharingChoice
 
 DEFAULT_TABLE = Path("../shared/validation/narayanan2021_table1.csv")
 # The runs: DGX A100 80GB nodes, 8 GPUs with NVLink/NVSwitch, 8 x 200 Gb/s HDR InfiniBand (README).
@@ -146,8 +145,7 @@ def build(row: Row, catalog=None) -> tuple[Workload, object, SharingChoice, Plan
                 microbatches=row.batch // (row.dp * run.micro_batch), virtual_stages=run.virtual_stages,
                 schedule="interleaved" if run.virtual_stages > 1 else "1f1b", recompute="full",
                 overlap_grad_reduce=run.ddp == "torch")
-    cluster = ClusterSpec(device=catalog.device(HARDWARE), intra=catalog.link(INTRA), inter=catalog.link(INTER),
-                          nodes=row.n // DEVICES_PER_NODE, devices_per_node=DEVICES_PER_NODE)
+    cluster = catalog.cluster(HARDWARE, row.n // DEVICES_PER_NODE, DEVICES_PER_NODE, INTRA, INTER)
     return workload, profile, sharing, plan, cluster
 
 

@@ -4,30 +4,75 @@ Placement follows Megatron-LM's rank order: tensor parallel innermost (consecuti
 inside a node whenever tp <= devices per node), then context parallel, then pipeline, data parallel
 outermost. A group of `size` ranks with rank stride `stride` therefore has min(size, devices_per_node //
 stride) members per node; when that is less than `size` the group spans nodes and its collectives run
-hierarchically (costmodel.collectives.hierarchical_time).
+hierarchically (costmodel.collectives.hierarchical_phases).
+
+`collective_phases` is the one place a collective over a placed group becomes port phases: the roofline
+takes their time (`collective_time`), the cluster simulation plays them on its links.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
 
-from llmsim.costmodel.collectives import OPS, Channel, Op, flat_time, hierarchical_time, p2p_time
+from llmsim.costmodel.collectives import (NO_PHASES, OPS, Channel, Fabric, Op, Phases, hierarchical_phases,
+                                          p2p_phases, phases_time)
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY, Efficiency
 
-if TYPE_CHECKING:  # the catalog imports this package; keep the runtime import graph one-way
-    from llmsim.hardware import DeviceSpec, LinkSpec
+
+class DeviceSpec(Protocol):
+    """What the cost model reads of a device: a hardware catalog entry (llmsim.hardware.DeviceSpec).
+
+    Declared here so that the cost model never depends on the catalog: the catalog is built on the cost
+    model's concepts (efficiency, clusters), not the other way round."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def peak_flops(self) -> Mapping[str, float]: ...
+    @property
+    def memory_bytes(self) -> float: ...
+    @property
+    def memory_bw_bytes_per_s(self) -> float: ...
+    @property
+    def idle_power_w(self) -> float: ...
+    @property
+    def max_power_w(self) -> float: ...
+    @property
+    def compute_units(self) -> int | None: ...
+    @property
+    def efficiency(self) -> Efficiency | None: ...
+    @property
+    def overlaps_communication(self) -> bool: ...
+
+
+class LinkSpec(Protocol):
+    """What the cost model reads of a link (llmsim.hardware.LinkSpec)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def bandwidth_bytes_per_s(self) -> float: ...
+    @property
+    def latency_s(self) -> float: ...
+    @property
+    def efficiency(self) -> float: ...
+    @property
+    def shared_per_node(self) -> bool: ...
+    @property
+    def collective_efficiency(self) -> Mapping[str, float]: ...
 
 
 @dataclass(frozen=True)
 class ClusterSpec:
     """`nodes` x `devices_per_node` identical devices, `intra` links inside a node, `inter` between nodes."""
 
-    device: "DeviceSpec"
-    intra: "LinkSpec"
-    inter: "LinkSpec"
+    device: DeviceSpec
+    intra: LinkSpec
+    inter: LinkSpec
     nodes: int = 1
     devices_per_node: int = 8
 
@@ -47,7 +92,18 @@ class ClusterSpec:
     def inter_channel(self) -> Channel:
         return self.channel(self.inter, self.devices_per_node)
 
-    def channel(self, link: "LinkSpec", sharers: int = 1) -> Channel:
+    @functools.cached_property
+    def fabric(self) -> Fabric:
+        """What one device sees of the two fabrics when nothing else uses them."""
+        return Fabric(intra=self.intra_channel, inter=self.inter_channel)
+
+    def with_devices(self, n: int) -> "ClusterSpec":
+        """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""
+        if n <= self.devices_per_node:
+            return replace(self, nodes=1, devices_per_node=n)
+        return replace(self, nodes=n // self.devices_per_node)
+
+    def channel(self, link: LinkSpec, sharers: int = 1) -> Channel:
         """Effective bandwidth of `link` for one device while `sharers` devices of a node use a shared port."""
         bandwidth = link.bandwidth_bytes_per_s * link.efficiency
         if link.shared_per_node:
@@ -77,21 +133,31 @@ def place_group(size: int, stride: int, devices_per_node: int) -> Group:
     return Group(size=size, per_node=per_node, nodes=math.ceil(size / per_node))
 
 
+def collective_phases(op: Op, size: float, group: Group, fabric: Fabric) -> Phases:
+    """One collective of `size` bytes (the full buffer per rank) over a placed group, as port phases:
+    flat inside a node, hierarchical across nodes (costmodel.collectives)."""
+    if group.size <= 1 or size <= 0:
+        return NO_PHASES
+    return hierarchical_phases(op, size, group.per_node, group.nodes, fabric)
+
+
+def neighbour_p2p_phases(size: float, group: Group, fabric: Fabric) -> Phases:
+    """A message between neighbouring members of a group, on the slowest hop when the group spans nodes."""
+    if group.size <= 1:
+        return NO_PHASES
+    tier = "inter" if group.crosses_nodes else "intra"
+    return p2p_phases(size, fabric.channel(tier), tier)
+
+
 def collective_time(op: Op, size: float, group: Group, cluster: ClusterSpec) -> float:
-    """Time of one collective over a placed group: flat inside a node, hierarchical across nodes.
+    """Time of one collective over a placed group, alone on its ports.
 
     On a port shared by a node (shared_per_node), all devices of the node are assumed to communicate at
     once (the usual case: every data-parallel group reduces at the same time).
     """
-    if group.size <= 1 or size <= 0:
-        return 0.0
-    if not group.crosses_nodes:
-        return flat_time(op, size, group.size, cluster.intra_channel)
-    return hierarchical_time(op, size, group.per_node, group.nodes, cluster.intra_channel, cluster.inter_channel)
+    return phases_time(collective_phases(op, size, group, cluster.fabric), cluster.fabric)
 
 
 def neighbour_p2p_time(size: float, group: Group, cluster: ClusterSpec) -> float:
     """A message between neighbouring members of a group; the slowest hop when the group spans nodes."""
-    if group.size <= 1:
-        return 0.0
-    return p2p_time(size, cluster.inter_channel if group.crosses_nodes else cluster.intra_channel)
+    return phases_time(neighbour_p2p_phases(size, group, cluster.fabric), cluster.fabric)

@@ -1,4 +1,9 @@
-"""Collective communication time: ring and tree algorithms, flat or hierarchical over nodes.
+"""Collective communication as the algorithms run it: ring and tree, flat or hierarchical over nodes.
+
+Written once, as *phases*: each collective is a short sequence of stretches on one rank's port (bytes it
+serializes, then hops in flight). The roofline sums a collective's phases (`phases_time`); the SimPy
+cluster (llmsim.sim) plays the very same phases on links that other transfers may share. So the two
+agree wherever nothing contends, by construction.
 
 Every function is pure: sizes in bytes, bandwidths in bytes/s per device per direction, latencies in
 seconds per step. `size` is always the full buffer one rank holds before the collective (the whole
@@ -8,17 +13,22 @@ Ring algorithms (Patarasuk & Yuan 2009; NCCL's default for large messages): an a
 over p ranks is a reduce-scatter then an all-gather, 2(p-1) steps each moving S/p, so each rank sends
 2 S (p-1)/p bytes. A reduce-scatter or all-gather alone is half of that.
 Tree (NCCL's double binary tree, Sanders et al. 2009): 2 log2(p) latency steps and about 2 S bytes
-per rank; it wins for small messages on many ranks. `all_reduce_time` takes the faster, as NCCL's
-tuner does.
+per rank; it wins for small messages on many ranks. A flat all-reduce takes the faster of the two
+(uncontended), as NCCL's tuner does.
+Hierarchical (2D) over nodes: reduce-scatter inside the node, the 1/per_node shard across nodes (each
+local rank on its own port, in parallel), all-gather inside; reduce-scatter and all-gather alone are
+the corresponding halves.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 Op = Literal["all-reduce", "reduce-scatter", "all-gather"]
+Tier = Literal["intra", "inter"]  # the fabric inside a node / between nodes
 
 # NCCL's fixed cost per collective launch, ring/simple protocol: baseLat = 8.4 us
 # (NCCL src/graph/tuning.cc, Latencies in us, "Ring { LL, LL128, Simple }").
@@ -42,7 +52,61 @@ class Channel:
     op_efficiency: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def bandwidth_for(self, op: Op) -> float:
-        return self.bandwidth * self.op_efficiency[OPS.index(op)]
+        return self.bandwidth * self.efficiency_of(op)
+
+    def efficiency_of(self, op: Op) -> float:
+        return self.op_efficiency[OPS.index(op)]
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """The two channels one rank sees: inside its node and between nodes (ClusterSpec.fabric)."""
+
+    intra: Channel
+    inter: Channel
+
+    def __post_init__(self) -> None:
+        # Collective prices are cached per (collective, fabric): hash the two channels once, not per lookup.
+        object.__setattr__(self, "_hash", hash((self.intra, self.inter)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def channel(self, tier: Tier) -> Channel:
+        return self.intra if tier == "intra" else self.inter
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of a collective on one rank's port: `nbytes` serialized, then `latency_s` in flight.
+
+    `nbytes` is counted at the channel's full bandwidth: an implementation that reaches only a share e of
+    it (Channel.op_efficiency) occupies the port as long as 1/e times its bytes would.
+    """
+
+    tier: Tier
+    nbytes: float
+    latency_s: float
+
+    def time(self, ch: Channel) -> float:
+        """Seconds on an uncontended port of channel `ch`."""
+        return self.nbytes / ch.bandwidth + self.latency_s
+
+
+Phases = tuple[Phase, ...]
+NO_PHASES: Phases = ()
+
+
+def phases_time(phases: Iterable[Phase], fabric: Fabric) -> float:
+    """What a sequence of phases takes alone on its ports: the roofline's time of a collective."""
+    return sum(ph.time(fabric.channel(ph.tier)) for ph in phases)
+
+
+def repeat(phases: Phases, k: int) -> Phases:
+    """k identical collectives back to back, merged phase-wise: the same time alone, fewer simulated events."""
+    if k <= 0 or not phases:
+        return NO_PHASES
+    return tuple(Phase(ph.tier, ph.nbytes * k, ph.latency_s * k) for ph in phases) if k > 1 else phases
 
 
 def ring_bytes_per_rank(op: Op, size: float, p: int) -> float:
@@ -53,50 +117,80 @@ def ring_bytes_per_rank(op: Op, size: float, p: int) -> float:
     return factor * size * (p - 1) / p
 
 
+def ring_phase(op: Op, size: float, p: int, ch: Channel, tier: Tier = "intra") -> Phase:
+    """Ring: (p-1) steps (2(p-1) for all-reduce), each a hop latency, plus the launch; the ring share of bytes."""
+    steps = (2 if op == "all-reduce" else 1) * (p - 1)
+    return Phase(tier, ring_bytes_per_rank(op, size, p) / ch.efficiency_of(op),
+                 COLLECTIVE_BASE_LATENCY_S + steps * ch.latency)
+
+
+def tree_phase(size: float, p: int, ch: Channel, tier: Tier = "intra") -> Phase:
+    """Double binary tree all-reduce: reduce up and broadcast down, pipelined: 2 log2(p) hops, ~2S per rank."""
+    return Phase(tier, 2 * size / ch.efficiency_of("all-reduce"),
+                 COLLECTIVE_BASE_LATENCY_S + 2 * math.ceil(math.log2(p)) * ch.latency)
+
+
+def flat_phases(op: Op, size: float, p: int, ch: Channel, tier: Tier = "intra") -> Phases:
+    """One-level collective over p ranks on one channel; an all-reduce runs as ring or tree, the faster alone."""
+    if p <= 1 or size <= 0:
+        return NO_PHASES
+    ring = ring_phase(op, size, p, ch, tier)
+    if op == "all-reduce":
+        tree = tree_phase(size, p, ch, tier)
+        if tree.time(ch) < ring.time(ch):
+            return (tree,)
+    return (ring,)
+
+
+def hierarchical_phases(op: Op, size: float, per_node: int, nodes: int, fabric: Fabric) -> Phases:
+    """A group of `per_node` ranks on each of `nodes` nodes: the 2D algorithm (module docstring)."""
+    if nodes <= 1:
+        return flat_phases(op, size, per_node, fabric.intra, "intra")
+    if per_node <= 1:
+        return flat_phases(op, size, nodes, fabric.inter, "inter")
+    if size <= 0:
+        return NO_PHASES
+    shard = size / per_node
+    if op == "all-reduce":
+        return (ring_phase("reduce-scatter", size, per_node, fabric.intra, "intra"),
+                *flat_phases("all-reduce", shard, nodes, fabric.inter, "inter"),
+                ring_phase("all-gather", size, per_node, fabric.intra, "intra"))
+    return (ring_phase(op, size, per_node, fabric.intra, "intra"),
+            *flat_phases(op, shard, nodes, fabric.inter, "inter"))
+
+
+def p2p_phases(size: float, ch: Channel, tier: Tier = "intra") -> Phases:
+    """One point-to-point message (pipeline activations, context-parallel KV blocks): its bytes, one hop."""
+    if size <= 0:
+        return NO_PHASES
+    return (Phase(tier, size, ch.latency),)
+
+
+# -- the same algorithms as seconds on an uncontended channel ------------------------------------------
 def ring_time(op: Op, size: float, p: int, ch: Channel) -> float:
-    """Ring collective: (p-1) steps (2(p-1) for all-reduce), each a latency plus its share of bytes."""
+    """Ring collective alone on `ch`: (p-1) steps (2(p-1) for all-reduce), latency plus its share of bytes."""
     if p <= 1 or size <= 0:
         return 0.0
-    steps = (2 if op == "all-reduce" else 1) * (p - 1)
-    return COLLECTIVE_BASE_LATENCY_S + steps * ch.latency + ring_bytes_per_rank(op, size, p) / ch.bandwidth_for(op)
+    return ring_phase(op, size, p, ch).time(ch)
 
 
 def tree_all_reduce_time(size: float, p: int, ch: Channel) -> float:
-    """Double binary tree all-reduce: reduce up and broadcast down, pipelined: 2 log2(p) hops, ~2S per rank."""
+    """Double binary tree all-reduce alone on `ch`."""
     if p <= 1 or size <= 0:
         return 0.0
-    return (COLLECTIVE_BASE_LATENCY_S + 2 * math.ceil(math.log2(p)) * ch.latency
-            + 2 * size / ch.bandwidth_for("all-reduce"))
+    return tree_phase(size, p, ch).time(ch)
 
 
 def flat_time(op: Op, size: float, p: int, ch: Channel) -> float:
-    """One-level collective; all-reduce takes the faster of ring and tree."""
-    ring = ring_time(op, size, p, ch)
-    if op == "all-reduce":
-        return min(ring, tree_all_reduce_time(size, p, ch))
-    return ring
+    """One-level collective alone on `ch`; all-reduce takes the faster of ring and tree."""
+    return phases_time(flat_phases(op, size, p, ch), Fabric(ch, ch))
 
 
 def hierarchical_time(op: Op, size: float, per_node: int, nodes: int, intra: Channel, inter: Channel) -> float:
-    """A group of per_node ranks on each of `nodes` nodes (2D/hierarchical algorithm).
-
-    all-reduce = reduce-scatter inside the node, all-reduce of the 1/per_node shard across nodes (each
-    of the per_node ranks runs its own inter-node ring in parallel, on its own port), all-gather inside.
-    reduce-scatter and all-gather are the corresponding halves.
-    """
-    if nodes <= 1:
-        return flat_time(op, size, per_node, intra)
-    if per_node <= 1:
-        return flat_time(op, size, nodes, inter)
-    shard = size / per_node
-    if op == "all-reduce":
-        return (ring_time("reduce-scatter", size, per_node, intra) + flat_time("all-reduce", shard, nodes, inter)
-                + ring_time("all-gather", size, per_node, intra))
-    return ring_time(op, size, per_node, intra) + ring_time(op, shard, nodes, inter)
+    """The 2D algorithm alone on its two channels."""
+    return phases_time(hierarchical_phases(op, size, per_node, nodes, Fabric(intra, inter)), Fabric(intra, inter))
 
 
 def p2p_time(size: float, ch: Channel) -> float:
-    """One point-to-point message (pipeline activations, context-parallel KV blocks)."""
-    if size <= 0:
-        return 0.0
-    return ch.latency + size / ch.bandwidth
+    """One point-to-point message alone on `ch`."""
+    return phases_time(p2p_phases(size, ch), Fabric(ch, ch))

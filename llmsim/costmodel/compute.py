@@ -23,6 +23,7 @@ from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
     from llmsim.config import Workload
+    from llmsim.costmodel.cluster import ClusterSpec
     from llmsim.workload.profile import WorkloadProfile
 
 # Fused scale-mask-softmax between the two attention GEMMs, passes over the s x s matrix:
@@ -81,6 +82,24 @@ class Rates:
         if nbytes <= 0:
             return 0.0
         return nbytes / (self.memory_bw * self.efficiency.memory)
+
+
+class CostModelError(ValueError):
+    """The case cannot be priced on this hardware (no peak for the dtype, an uncalibrated device...)."""
+
+
+def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
+    """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one."""
+    device = cluster.device
+    peak = device.peak_flops.get(dtype)  # type: ignore[call-overload]
+    if not peak:
+        have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
+        raise CostModelError(f"device {device.name!r} has no peak FLOP/s for {dtype}; it has: {have}")
+    if not device.memory_bw_bytes_per_s:
+        raise CostModelError(f"device {device.name!r} has no memory bandwidth in the catalog "
+                             f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
+    return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
+                 compute_units=device.compute_units)
 
 
 def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:

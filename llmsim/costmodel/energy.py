@@ -8,13 +8,10 @@ than idle, and is the simplest model that still separates compute from waiting.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from llmsim.hardware import DeviceSpec
+from llmsim.costmodel.cluster import DeviceSpec
 
 
-def step_energy_j(device: "DeviceSpec", n_devices: int, step_s: float, busy_s: float) -> float:
+def step_energy_j(device: DeviceSpec, n_devices: int, step_s: float, busy_s: float) -> float:
     """Joules of one step on n devices, busy for busy_s of its step_s seconds."""
     busy = min(max(busy_s, 0.0), step_s)
     return n_devices * (device.idle_power_w * step_s + (device.max_power_w - device.idle_power_w) * busy)

@@ -53,6 +53,10 @@ class MemoryBreakdown:
     def total(self) -> float:
         return self.params + self.grads + self.optimizer + self.activations + self.kv_cache
 
+    def fits(self, capacity: float) -> bool:
+        """Whether this fits in `capacity` bytes per device (exactly full fits; 0 = unknown: assumed to fit)."""
+        return not capacity or self.total <= capacity
+
     def as_dict(self) -> dict[str, float]:
         return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
                 "activations": self.activations, "kv_cache": self.kv_cache}

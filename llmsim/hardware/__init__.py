@@ -13,10 +13,13 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency
 from llmsim.errors import ScenarioError, format_key_path
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
+# Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
+DEFAULT_DEVICES_PER_NODE = 8
 Source = Annotated[str, Field(min_length=3, description="datasheet, paper or measurement the numbers come from")]
 
 
@@ -90,6 +93,27 @@ class Catalog(BaseModel):
         if name not in self.links:
             raise ScenarioError(file, key, f"unknown link {name!r}; allowed: {', '.join(self.links)}")
         return self.links[name]
+
+    def cluster(self, hardware: str, nodes: int = 1, devices_per_node: int | None = None,
+                intra_node: str | None = None, inter_node: str | None = None) -> ClusterSpec:
+        """The one route from a hardware name to a cluster, for every caller (modeled backends, planner).
+
+        `nodes` x `devices_per_node` devices of `hardware`, joined by `intra_node` links inside a node and
+        `inter_node` links between nodes; each of the last three defaults to the device entry's own
+        (devices per node to DEFAULT_DEVICES_PER_NODE where the entry has none). Raises ScenarioError
+        keyed `hardware`, `intra_node` or `inter_node`: the caller prefixes the path of its settings.
+        """
+        device = self.device(hardware, key="hardware")
+        links = {}
+        for key, name in (("intra_node", intra_node), ("inter_node", inter_node)):
+            name = name or getattr(device, key)
+            if name is None:
+                raise ScenarioError(None, key, f"device {device.name!r} names no default link; set one of: "
+                                               f"{', '.join(self.links)}")
+            links[key] = self.link(name, key=key)
+        per_node = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
+        return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
+                           devices_per_node=per_node)
 
 
 def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmsim.config import NAME_PATTERN, Sharing, Workload, _KeyedError, load_file_model, parse_file_model
 from llmsim.errors import ScenarioError
+from llmsim.hardware import Catalog
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -137,16 +138,14 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> PlanFile:
     return load_file_model(PlanFile, path, overrides)
 
 
-def check_hardware(plan: PlanFile, catalog: Any, file: str) -> None:
+def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
     """Device and link names exist in the catalog and every device can be priced (a ScenarioError otherwise)."""
     for i, h in enumerate(plan.hardware):
-        device = catalog.device(h.name, key=f"hardware[{i}].name", file=file)
-        for key in ("intra_node", "inter_node"):
-            link = getattr(h, key) or getattr(device, key)
-            if link is None:
-                raise ScenarioError(file, f"hardware[{i}].{key}",
-                                    f"device {h.name!r} names no default link; allowed: {', '.join(catalog.links)}")
-            catalog.link(link, key=f"hardware[{i}].{key}", file=file)
+        try:
+            device = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node).device
+        except ScenarioError as exc:  # keyed hardware / intra_node / inter_node: where in the plan
+            key = "name" if exc.key == "hardware" else exc.key
+            raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
         if not device.peak_flops.get(plan.workload.dtype) or not device.memory_bw_bytes_per_s:
             raise ScenarioError(file, f"hardware[{i}].name", f"device {h.name!r} has no catalog peak FLOP/s for "
                                                              f"{plan.workload.dtype} or no memory bandwidth")

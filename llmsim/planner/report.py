@@ -114,10 +114,9 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
 def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:
     """A scenario (plain data) that reproduces configuration `e` with `llmsim run` (roofline and cluster)."""
     c = e.config
-    nodes, per_node = (1, c.n_devices) if c.n_devices <= hw.devices_per_node else \
-        (c.n_devices // hw.devices_per_node, hw.devices_per_node)
-    cluster = {"hardware": hw.name, "nodes": nodes, "devices_per_node": per_node,
-               "intra_node": hw.intra.name, "inter_node": hw.inter.name}  # type: ignore[attr-defined]
+    spec = hw.cluster(c.n_devices)
+    cluster = {"hardware": hw.name, "nodes": spec.nodes, "devices_per_node": spec.devices_per_node,
+               "intra_node": spec.intra.name, "inter_node": spec.inter.name}
     strategy = c.strategy().model_dump(mode="json", exclude_defaults=True)
     strategy = {"name": c.name, **{k: v for k, v in strategy.items() if k != "name"}}
     return {

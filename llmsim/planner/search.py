@@ -23,15 +23,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from llmsim.config import Workload
-from llmsim.costmodel import ClusterSpec, CostModelError, Options, estimate, memory_breakdown
+from llmsim.config import SharingChoice, Workload
+from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
-from llmsim.report.units import fmt_bytes
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members
+from llmsim.report.units import fmt_bytes
+from llmsim.sim import simulate_case
 from llmsim.workload.profile import WorkloadProfile, profile_workload
-from llmsim.config import SharingChoice
 
 HOUR_S = 3600.0
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
@@ -39,25 +39,25 @@ SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer s
 
 @dataclass(frozen=True)
 class Hardware:
-    """One hardware choice, resolved against the catalog."""
+    """One hardware choice, resolved against the catalog: its node (Catalog.cluster) and its price."""
 
     name: str
-    device: DeviceSpec
-    intra: object
-    inter: object
-    devices_per_node: int
+    node: ClusterSpec                  # one node of the choice: device, links, devices per node
     usd_per_device_hour: float
     example_price: bool
+    memory_headroom: float = 0.0
+
+    @property
+    def device(self) -> DeviceSpec:
+        return self.node.device  # type: ignore[return-value]
+
+    @property
+    def devices_per_node(self) -> int:
+        return self.node.devices_per_node
 
     def cluster(self, n: int) -> ClusterSpec:
         """n devices as whole nodes (or part of one node)."""
-        if n <= self.devices_per_node:
-            return ClusterSpec(device=self.device, intra=self.intra, inter=self.inter, nodes=1,  # type: ignore[arg-type]
-                               devices_per_node=n)
-        return ClusterSpec(device=self.device, intra=self.intra, inter=self.inter,  # type: ignore[arg-type]
-                           nodes=n // self.devices_per_node, devices_per_node=self.devices_per_node)
-
-    memory_headroom: float = 0.0
+        return self.node.with_devices(n)
 
     @property
     def capacity(self) -> float:
@@ -66,14 +66,12 @@ class Hardware:
 
 
 def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
+    """Each hardware choice's node through Catalog.cluster, the one route every caller takes."""
     out = []
     for h in plan.hardware:
-        device = catalog.device(h.name)
         price, example = price_of(h)
-        out.append(Hardware(h.name, device, catalog.link(h.intra_node or device.intra_node or ""),
-                            catalog.link(h.inter_node or device.inter_node or ""),
-                            h.devices_per_node or device.devices_per_node or 8, price, example,
-                            plan.limits.memory_headroom))
+        node = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node)
+        out.append(Hardware(h.name, node, price, example, plan.limits.memory_headroom))
     return out
 
 
@@ -131,8 +129,6 @@ class Context:
 def static_lower_bound(ctx: Context, g: Group) -> float:
     """Bytes per device of weights, gradients, optimizer state and KV cache (no activations): a true
     lower bound of `memory_breakdown(...).total` for every member of the group."""
-    from llmsim.costmodel import Plan
-
     w = ctx.plan.workload
     plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1))
     stages = ["first"] if g.pp == 1 else ["first", "last"]
@@ -197,7 +193,7 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
     cap = hw.capacity
     power = c.n_devices * hw.device.max_power_w
     detail = mem.as_dict()
-    if cap and mem.total > cap:
+    if not mem.fits(cap):
         reason = f"memory: needs {fmt_bytes(mem.total)}/device > {fmt_bytes(cap)} usable"
         return Evaluation(c, False, reason, ("memory",), mem.total / cap, mem.total, cap, power_w=power,
                           memory_detail=detail)
@@ -288,17 +284,14 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
 
 def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware], profile: WorkloadProfile,
                  sharing: SharingChoice, k: int) -> list[Evaluation]:
-    """Re-check the first k feasible rows with the SimPy cluster simulation; reorder those k by the
-    simulated objective (still-feasible first). Returns the re-checked rows in their new order."""
-    from llmsim_plugins.cluster.backend import ClusterSettings, simulate_case
-
+    """Re-check the first k feasible rows with the SimPy cluster simulation (llmsim.sim, healthy cluster,
+    the framework's defaults); reorder those k by the simulated objective (still-feasible first). Returns
+    the re-checked rows in their new order."""
     by_name = {h.name: h for h in hardware}
     top = [e for e in rows if e.feasible][:k]
-    settings = ClusterSettings(trace=False)
     for e in top:
         hw = by_name[e.config.hardware]
-        sim = simulate_case(plan.workload, profile, sharing, e.config.plan(), hw.cluster(e.config.n_devices),
-                            Options(), settings, seed=0)
+        sim = simulate_case(plan.workload, profile, sharing, e.config.plan(), hw.cluster(e.config.n_devices))
         metrics = goal_metrics(plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j,
                                sim.tpot_s)
         limits, reasons, _ = judge(plan, metrics, e.power_w)

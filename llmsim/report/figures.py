@@ -13,6 +13,8 @@ cluster in milliseconds), so per-case charts draw one panel per backend, each on
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -377,16 +379,18 @@ def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
     t0 = min(s.start_s for s in spans)
     fig, axes = new_figure(10, 1.2 + 0.35 * len(lanes))
     ax = axes[0][0]
-    seen: set[str] = set()
-    others = iter(f"C{i}" for i in range(4, 1000))
+    others = (f"C{i}" for i in itertools.count(4))
     colors: dict[str, str] = dict(KIND_COLORS)
+    bars: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (kind, lane) -> spans: one artist each
     for s in spans:
-        if s.lane not in index:
-            continue
-        kind = _span_kind(s)
-        color = colors.setdefault(kind, next(others))
-        ax.broken_barh([(s.start_s - t0, max(s.dur_s, 0.0))], (index[s.lane] - 0.4, 0.8), facecolors=color,
-                       edgecolor="white", linewidth=0.3, label=kind if kind not in seen else None)
+        if s.lane in index:
+            bars.setdefault((_span_kind(s), s.lane), []).append((s.start_s - t0, max(s.dur_s, 0.0)))
+    seen: set[str] = set()
+    for (kind, lane), ranges in bars.items():
+        if kind not in colors:
+            colors[kind] = next(others)
+        ax.broken_barh(ranges, (index[lane] - 0.4, 0.8), facecolors=colors[kind], edgecolor="white",
+                       linewidth=0.3, label=kind if kind not in seen else None)
         seen.add(kind)
     ax.set_yticks(range(len(lanes)), lanes, fontsize=8)
     ax.set_ylim(len(lanes) - 0.5, -0.5)

@@ -119,7 +119,7 @@ def test_wave_quantization() -> None:
 def test_fused_softmax_prices_attention_dropout_as_its_own_pass_and_flash_fuses_it() -> None:
     from llmsim.costmodel.compute import (DROPOUT_MASK_BYTES, DROPOUT_PASSES_BACKWARD, DROPOUT_PASSES_FORWARD,
                                           phase_times)
-    from llmsim.costmodel.step import device_rates
+    from llmsim.costmodel.compute import device_rates
 
     plain_w, dropped_w = gpt2(layers=2, seq_len=512), gpt2(layers=2, seq_len=512, dropout=0.1)
     (plain, sharing), (dropped, _) = profiled(plain_w), profiled(dropped_w)

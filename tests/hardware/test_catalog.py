@@ -69,3 +69,40 @@ def test_duplicates_and_unknown_default_links_are_errors(tmp_path: Path) -> None
         load_catalog([_write(tmp_path, [dict(GPU, source="sheet", intra_node="warp-drive")])])
     with pytest.raises(ScenarioError, match="efficiency"):
         load_catalog([_write(tmp_path, [dict(GPU, source="sheet", efficiency={"matmul": 1.5})])])
+
+
+def test_catalog_cluster_takes_the_entry_defaults_and_the_callers_choices() -> None:
+    catalog = load_catalog()
+    tpu = catalog.cluster("tpu-v4", nodes=2)
+    assert (tpu.devices_per_node, tpu.world, tpu.intra.name, tpu.inter.name) == (4, 8, "ici-v4", "ici-v4")
+    a100 = catalog.cluster("a100-80gb", 3, devices_per_node=4, inter_node="roce400x8")
+    assert (a100.nodes, a100.devices_per_node, a100.intra.name, a100.inter.name) == (3, 4, "nvlink3", "roce400x8")
+    assert catalog.cluster("cpu-host", intra_node="loopback", inter_node="loopback").devices_per_node == 8
+    with pytest.raises(ScenarioError, match=r"^intra_node: device 'cpu-host' names no default link"):
+        catalog.cluster("cpu-host")
+    with pytest.raises(ScenarioError, match=r"^inter_node: unknown link 'warp'"):
+        catalog.cluster("h200", inter_node="warp")
+    with pytest.raises(ScenarioError, match=r"^hardware: unknown device 'h900'"):
+        catalog.cluster("h900")
+
+
+def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
+    """One route from a hardware name to a cluster: a tpu-v4 host holds 4 chips for every caller (the
+    roofline used to assume 8 whatever the device, the planner the catalog's 4)."""
+    from llmsim.config import parse_scenario
+    from llmsim.planner.config import parse_plan
+    from llmsim.planner.search import resolve_hardware
+    from llmsim.plugins import get_plugin_manager
+    from llmsim.registry import BackendRegistry
+    from llmsim.runner import plan_cases
+
+    workload = {"model": {"preset": "tiny"}, "mode": "train", "batch": 8}
+    registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "roofline,cluster"}))
+    scenario = parse_scenario({"name": "tpu", "workload": workload, "strategies": [{"name": "dp"}],
+                               "backends": {"roofline": {"hardware": "tpu-v4", "nodes": 2},
+                                            "cluster": {"hardware": "tpu-v4", "nodes": 2}}})
+    assert [p.case.layout.world for p in plan_cases(scenario, registry)] == [8, 8]
+    plan = parse_plan({"name": "tpu", "workload": workload, "goal": {"tokens": 1e6},
+                       "hardware": [{"name": "tpu-v4", "usd_per_device_hour": 1.0}]})
+    [hw] = resolve_hardware(plan, load_catalog())
+    assert hw.devices_per_node == 4 and hw.cluster(8).nodes == 2

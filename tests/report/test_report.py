@@ -145,3 +145,16 @@ def test_names_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
     write_report(run)
     md = (run / "report.md").read_text()
     assert "could not draw" not in md and (run / "figures" / "throughput.png").is_file()
+
+
+def test_the_gantt_draws_a_long_timeline_one_artist_per_lane_and_kind() -> None:
+    """A simulated GPT-3 step has tens of thousands of spans: one bar artist per (lane, kind), colors for
+    every kind however many spans share it (it used to run out of colors after 996 spans)."""
+    from llmsim.report.figures import gantt
+    from llmsim.report.trace import Span
+
+    spans = [Span(lane=f"stage {i % 4} / tid 0", name=f"F{i}", category="forward" if i % 3 else "backward",
+                  start_s=i * 1e-3, dur_s=5e-4) for i in range(5000)]
+    fig, ax = gantt(spans)
+    assert len(ax.collections) == 4 * 2  # 4 lanes x (forward, backward)
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["backward", "forward"]

@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from llmsim.costmodel.cluster import Group
-from llmsim.costmodel.collectives import Channel
-from llmsim_plugins.cluster.entities import Faults, Placement
-from llmsim_plugins.cluster.processes import (Fabric, StageWork, StepWork, collective, schedule_ops, simulate)
+from llmsim.costmodel.cluster import Group, collective_phases
+from llmsim.costmodel.collectives import Channel, Fabric, phases_time
+from llmsim.costmodel.work import StageWork, StepWork
+from llmsim.sim import Faults, Placement, SimOptions, simulate
+from llmsim.sim.schedules import schedule_ops
 
 FORWARD_S = 1.0        # one layer forward, one micro-batch
 BACKWARD_S = 2.0
@@ -73,7 +74,7 @@ def test_data_parallel_reduction_hides_behind_backward_until_it_cannot() -> None
     stage = StageWork(layers=4, fwd_layer_s=0.01, bwd_layer_s=0.02, grad_bytes_layer=grads)
     work = StepWork(stages=(stage,), microbatches=2, dp_group=group)
     out = simulate(work, Placement(8, 1, 1, 8), FABRIC)
-    reduce_s = sum(ph.nbytes / 10e9 + ph.latency_s for ph in collective("all-reduce", grads, group, FABRIC))
+    reduce_s = phases_time(collective_phases("all-reduce", grads, group, FABRIC), FABRIC)
     assert out.comm_s > 3 * reduce_s  # the first three buckets hide only behind the remaining layers
     degraded = simulate(work, Placement(8, 1, 1, 8), FABRIC,
                         Faults(degraded_stage=0, degraded_tier="inter", degraded_bandwidth_factor=0.5))
@@ -92,10 +93,12 @@ def test_collectives_on_the_compute_cores_cannot_hide_behind_compute() -> None:
     group = Group(size=2, per_node=2, nodes=1)
     grads = 1e9  # one bucket per layer, each far shorter than the remaining backward on this fabric
     stage = StageWork(layers=4, fwd_layer_s=0.1, bwd_layer_s=0.2, grad_bytes_layer=grads)
-    work = StepWork(stages=(stage,), microbatches=1, dp_group=group, bucket_bytes=grads)
-    reduce_s = sum(ph.nbytes / 100e9 + ph.latency_s for ph in collective("all-reduce", grads, group, FABRIC))
-    hidden = simulate(work, Placement(1, 1, 1, 2), FABRIC)
-    shared = simulate(dataclasses.replace(work, comm_shares_cores=True), Placement(1, 1, 1, 2), FABRIC)
+    work = StepWork(stages=(stage,), microbatches=1, dp_group=group)
+    one_bucket_per_layer = SimOptions(bucket_bytes=grads)
+    reduce_s = phases_time(collective_phases("all-reduce", grads, group, FABRIC), FABRIC)
+    hidden = simulate(work, Placement(1, 1, 1, 2), FABRIC, options=one_bucket_per_layer)
+    shared = simulate(dataclasses.replace(work, comm_shares_cores=True), Placement(1, 1, 1, 2), FABRIC,
+                      options=one_bucket_per_layer)
     compute = 4 * (0.1 + 0.2)
     assert hidden.step_s < compute + 2 * reduce_s  # three of the four buckets hid behind backward
     assert shared.step_s == pytest.approx(compute + 4 * reduce_s, rel=1e-9)
@@ -103,12 +106,21 @@ def test_collectives_on_the_compute_cores_cannot_hide_behind_compute() -> None:
 
 
 def test_a_slower_collective_occupies_its_port_as_long_as_the_cost_model_says() -> None:
+    """A collective at a share e of the port's bandwidth holds the port 1/e times as long (one set of phases
+    serves the roofline's time and the simulated transfer)."""
     from llmsim.costmodel.collectives import ring_time
-    from llmsim_plugins.cluster.processes import uncontended_time
+    from llmsim.sim.entities import CountingEnvironment, Device, Link
+    from llmsim.sim.processes import run_phases
 
     ch = Channel(10e9, 5e-6, op_efficiency=(1.0, 0.3, 0.8))
     fabric = Fabric(intra=ch, inter=ch)
     group = Group(size=4, per_node=4, nodes=1)
     for op in ("all-reduce", "reduce-scatter", "all-gather"):
-        assert uncontended_time(collective(op, 64e6, group, fabric), fabric) == pytest.approx(
-            ring_time(op, 64e6, 4, ch), rel=1e-12)
+        phases = collective_phases(op, 64e6, group, fabric)
+        assert phases_time(phases, fabric) == pytest.approx(ring_time(op, 64e6, 4, ch), rel=1e-12)
+        env = CountingEnvironment()
+        device = Device(env, 0, 0, Link(env, "intra", ch.bandwidth, ch.latency),
+                        Link(env, "inter", ch.bandwidth, ch.latency))
+        env.process(run_phases(device, phases))
+        env.run()
+        assert env.now == pytest.approx(ring_time(op, 64e6, 4, ch), rel=1e-12)

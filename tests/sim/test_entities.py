@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmsim.costmodel.cluster import Group
-from llmsim.costmodel.collectives import Channel, hierarchical_time
-from llmsim_plugins.cluster.entities import CountingEnvironment, Link
-from llmsim_plugins.cluster.processes import Fabric, collective, uncontended_time
+from llmsim.costmodel.cluster import Group, collective_phases
+from llmsim.costmodel.collectives import Channel, Fabric, hierarchical_time, phases_time
+from llmsim.sim.entities import CountingEnvironment, Link
 
 GBPS = 1e9                 # bytes/s
 MB = 1e6                   # bytes
@@ -52,7 +51,7 @@ def test_a_late_transfer_shares_only_while_it_overlaps() -> None:
 def test_hierarchical_all_reduce_alone_costs_what_the_cost_model_says() -> None:
     fabric = Fabric(intra=Channel(240 * GBPS, 3.4e-6), inter=Channel(24 * GBPS, 9.6e-6))
     group = Group(size=32, per_node=8, nodes=4)
-    c = collective("all-reduce", 1e9, group, fabric)
+    c = collective_phases("all-reduce", 1e9, group, fabric)
     assert [ph.tier for ph in c] == ["intra", "inter", "intra"]
-    assert uncontended_time(c, fabric) == pytest.approx(
+    assert phases_time(c, fabric) == pytest.approx(
         hierarchical_time("all-reduce", 1e9, 8, 4, fabric.intra, fabric.inter), rel=1e-12)

@@ -13,11 +13,10 @@ carry the traffic of its own collectives; its peers' traffic crosses their own p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import simpy
 
-Tier = Literal["intra", "inter"]
+from llmsim.costmodel.collectives import Tier
 
 # A transfer is done when fewer bytes than this fraction of its size remain: the fair-share link advances
 # remaining bytes in floating point, so the last timer leaves a rounding residue (relative ~1e-16).

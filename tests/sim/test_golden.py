@@ -3,7 +3,7 @@
 Like SimPy's docs/conftest.py, the simulation's output is diffed against a saved copy, so any change to
 what the model does shows up here. After an intended change, regenerate and review the diff:
 
-    LLMSIM_REGEN_GOLDEN=1 python -m pytest tests/plugins/cluster/test_golden.py
+    LLMSIM_REGEN_GOLDEN=1 python -m pytest tests/sim/test_golden.py
 """
 
 from __future__ import annotations

@@ -1,0 +1,416 @@
+"""One step of a case as data: what each pipeline stage computes and communicates, priced once.
+
+This is the single pricing path of llmsim's modeled backends. `train_work` and `forward_work` price the
+work of every pipeline stage for one micro-batch — compute by phase (seconds per layer, embedding,
+head), the collectives it issues with their groups and sizes, the pipeline message — and per step
+(gradient accumulation, optimizer, the gradient and parameter bytes data parallelism reduces and
+gathers). The roofline (costmodel.step) sums this data in closed form; the SimPy cluster (llmsim.sim)
+schedules the same data on links and streams. A change to what a stage does lands once, for both.
+
+Sources of the volumes:
+* tensor parallel (Megatron, Shoeybi et al. 2019): 2 all-reduces of b*s*h per layer forward, 2 backward,
+  2 more when the forward is recomputed in full; with sequence parallelism each is a reduce-scatter plus
+  an all-gather (Korthikanti et al. 2022), the same ring volume. On the critical path.
+* context parallel (ring attention): cp-1 K/V block exchanges per layer forward, twice that backward,
+  overlapped with that layer's attention compute; only the excess is exposed.
+* pipeline: one activation forward and one gradient backward per micro-batch and model chunk between
+  neighbouring stages (1/tp of it with the scatter/gather optimization, then an all-gather over tp;
+  Narayanan et al. 2021, Sec. 4.1).
+* data parallel: an all-reduce of the gradients (ZeRO 0/1) or a reduce-scatter (ZeRO 2/3); ZeRO 1/2
+  all-gather the updated parameters after the step; ZeRO-3 all-gathers parameters forward and backward
+  and reduce-scatters gradients every micro-batch (Rajbhandari et al. 2020).
+* parameter sharing: tied embeddings with pp > 1 all-reduce the embedding gradient between the first and
+  last stage; layer_groups with pp > 1 all-reduce a shared block's gradient between the stages using it.
+  Both vanish with LoRA (a frozen base has no such gradients).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
+
+from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group
+from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
+from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, phase_times
+from llmsim.costmodel.memory import FP32_BYTES, stage_params
+from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+
+if TYPE_CHECKING:
+    from llmsim.config import SharingChoice, Workload
+    from llmsim.workload.profile import WorkloadProfile
+
+Schedule = Literal["gpipe", "1f1b", "interleaved"]
+
+# Megatron tensor parallelism per layer (Shoeybi et al. 2019): an all-reduce after attention and one after
+# the MLP in the forward pass, the conjugate two in the backward pass; a full recompute repeats the forward's.
+TP_COLLECTIVES_PER_LAYER_FORWARD = 2
+TP_COLLECTIVES_PER_LAYER_BACKWARD = 2
+# Fused Adam over the trainable parameters, bytes touched per parameter: read and write fp32 master,
+# m and v (24), read the gradient, and with mixed precision write the 16-bit working copy
+# (apex/Megatron FusedAdam, torch fused AdamW): 24 + grad bytes (+ 2).
+ADAM_STATE_RW_BYTES = 24
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comm:
+    """One collective a device issues, `count` times back to back: `op` over a placed `group`, `size` bytes
+    (the full buffer one rank holds; costmodel.collectives). `op` "p2p" is a message to a neighbour."""
+
+    op: Op | Literal["p2p"]
+    size: float
+    group: Group
+    count: int = 1
+
+    def phases(self, fabric: Fabric) -> Phases:
+        """Its stretches on one rank's ports; a p2p message crosses the group's slowest hop."""
+        return _comm_phases(self, fabric)
+
+    def time(self, fabric: Fabric) -> float:
+        """Seconds alone on its ports."""
+        return _comm_time(self, fabric)
+
+
+# A sweep prices the same few collectives (one layer's activation over the same group) for thousands of
+# plans and every pipeline stage: pure functions of hashable values, cached.
+@functools.lru_cache(maxsize=65536)
+def _comm_phases(comm: Comm, fabric: Fabric) -> Phases:
+    one = (neighbour_p2p_phases(comm.size, comm.group, fabric) if comm.op == "p2p"
+           else collective_phases(comm.op, comm.size, comm.group, fabric))
+    return repeat(one, comm.count)
+
+
+@functools.lru_cache(maxsize=65536)
+def _comm_time(comm: Comm, fabric: Fabric) -> float:
+    return phases_time(_comm_phases(comm, fabric), fabric)
+
+
+Comms = tuple[Comm, ...]
+
+
+def comms_time(comms: Comms, fabric: Fabric) -> float:
+    return sum(c.time(fabric) for c in comms)
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """One pipeline stage's work: per layer and micro-batch, per micro-batch, and per step.
+
+    Seconds are on an uncontended device. `layers` is per model chunk (a stage runs `v` chunks per
+    micro-batch when interleaved). `embed_*` are non-zero on the first stage, `head_*` on the last.
+    """
+
+    layers: int
+    fwd_layer_s: float
+    bwd_layer_s: float = 0.0
+    recompute_layer_s: float = 0.0
+    cp_layer_s: float = 0.0             # exposed context-parallel exchange per layer (closed form)
+    embed_fwd_s: float = 0.0
+    embed_bwd_s: float = 0.0
+    head_fwd_s: float = 0.0
+    head_bwd_s: float = 0.0
+    tp_fwd: Comms = ()                  # per layer forward
+    tp_recompute: Comms = ()            # per layer recomputed forward (full recompute)
+    tp_bwd: Comms = ()                  # per layer backward
+    tp_embed: Comms = ()                # after the embedding forward (first stage)
+    tp_head: Comms = ()                 # the LM head's input gradient (last stage)
+    recv_gather: Comms = ()             # all-gather of a scattered pipeline message over tensor parallel
+    accumulate_s: float = 0.0           # gradient accumulation of the whole step on this stage
+    optimizer_s: float = 0.0
+    grad_bytes_layer: float = 0.0       # gradient bytes of one layer (data-parallel reduction)
+    grad_bytes_embed: float = 0.0
+    grad_bytes_head: float = 0.0
+    param_bytes_layer: float = 0.0      # parameter bytes of one layer (ZeRO-3 all-gather)
+    param_bytes_embed: float = 0.0
+    param_bytes_head: float = 0.0
+    gather_after_step: Comms = ()       # ZeRO 1/2: all-gather the updated parameters
+
+
+@dataclass(frozen=True)
+class SyncWork:
+    """A gradient all-reduce between stages that parameter sharing adds (tied embedding, shared layers)."""
+
+    name: str
+    stages: tuple[int, ...]
+    comm: Comm
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """One step of one pipeline replica: the stages' work, the schedule and the data-parallel setup."""
+
+    stages: tuple[StageWork, ...]
+    microbatches: int
+    schedule: Schedule = "1f1b"
+    virtual_stages: int = 1
+    forward_only: bool = False
+    p2p: Comm | None = None             # one pipeline message (activation or its gradient)
+    dp_op: Op = "all-reduce"
+    dp_group: Group = field(default_factory=lambda: Group(1, 1, 1))
+    zero: int = 0
+    overlap_grad_reduce: bool = True
+    syncs: tuple[SyncWork, ...] = ()
+    comm_shares_cores: bool = False     # collectives run on the compute cores (gloo on a CPU host)
+
+    @property
+    def pp(self) -> int:
+        return len(self.stages)
+
+    @property
+    def v(self) -> int:
+        return self.virtual_stages if self.schedule == "interleaved" else 1
+
+    @property
+    def p2p_bytes(self) -> float:
+        return self.p2p.size if self.p2p is not None else 0.0
+
+    def layers_on(self, st: StageWork) -> int:
+        """Layers one stage runs per micro-batch (all its chunks)."""
+        return st.layers * self.v
+
+    def grad_bytes(self, st: StageWork) -> float:
+        return self.layers_on(st) * st.grad_bytes_layer + st.grad_bytes_embed + st.grad_bytes_head
+
+    def param_bytes(self, st: StageWork) -> float:
+        return self.layers_on(st) * st.param_bytes_layer + st.param_bytes_embed + st.param_bytes_head
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pricing helpers (per device)
+# ---------------------------------------------------------------------------------------------------
+
+def accumulate_time(rates: Rates, trainable: float, microbatches: int, dtype: str, options: Options) -> float:
+    """Gradient accumulation over a step's micro-batches on one device: m-1 adds (m with fp32 main grads),
+    each reading the accumulator and the new gradient and writing the accumulator."""
+    elem = DTYPE_BYTES[dtype]
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    accumulations = microbatches if options.main_grads_fp32 else microbatches - 1
+    return accumulations * rates.memory_time(trainable * (2 * grad_elem + elem))
+
+
+def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, options: Options,
+                   traced: tuple[float, float] | None = None) -> float:
+    """Adam over the parameters one device updates (1/dp of them with ZeRO >= 1).
+
+    An accelerator runs a fused kernel (apex/Megatron FusedAdam, torch fused AdamW): the state's bytes
+    once. An eager host (op_overhead_s > 0) runs what the profile traced, PyTorch's AdamW loop of a dozen
+    or so pointwise ops per tensor with their temporaries: `traced` = (bytes, operators) of this device's
+    share, each operator paying the host's per-operator cost.
+    """
+    shard = plan.dp if plan.zero >= 1 else 1
+    if traced is not None and rates.efficiency.op_overhead_s > 0:
+        nbytes, ops = traced
+        return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
+    elem = DTYPE_BYTES[dtype]
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)
+    return rates.memory_time(trainable / shard * per_param)
+
+
+def _optimizer_totals(profile: "WorkloadProfile") -> tuple[float, float]:
+    """(bytes, operators) of the whole traced optimizer step. A stage holding a share of the trainable
+    parameters runs that share of the per-tensor loop; ZeRO shards every tensor, which divides the bytes
+    (optimizer_time) but not the operator count."""
+    steps = [totals for key, totals in profile.ops.items() if key[0] == "optimizer"]
+    return sum(t.bytes for t in steps), sum(t.count for t in steps)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Where each parallel group of a plan lands (Megatron order: tp innermost, then cp, pp, dp)."""
+
+    tp: Group
+    cp: Group
+    pp: Group
+    dp: Group
+
+    @classmethod
+    def of(cls, plan: Plan, devices_per_node: int) -> "Groups":
+        return cls(tp=place_group(plan.tp, 1, devices_per_node),
+                   cp=place_group(plan.cp, plan.tp, devices_per_node),
+                   pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
+                   dp=place_group(plan.dp, plan.tp * plan.cp * plan.pp, devices_per_node))
+
+
+def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTimes, groups: Groups,
+                    cluster: ClusterSpec, layers: int) -> float:
+    """Ring-attention K/V exchange per micro-batch over a stage's `layers` that attention compute does not hide.
+
+    A device whose collectives run on the cores that compute (DeviceSpec.overlaps_communication False)
+    hides none of it.
+    """
+    if plan.cp <= 1:
+        return 0.0
+    spec = workload.model
+    kv = spec.kv_heads or spec.heads
+    kv_local = kv // plan.tp if plan.tp <= kv else 1
+    block = 2 * plan.micro_batch * (spec.seq_len // plan.cp) * kv_local * spec.head_dim * DTYPE_BYTES[workload.dtype]
+    exchange = (plan.cp - 1) * Comm("p2p", block, groups.cp).time(cluster.fabric)
+    hide = 1.0 if cluster.device.overlaps_communication else 0.0
+    forward = max(0.0, exchange - hide * fwd.attention / layers)
+    backward = max(0.0, 2 * exchange - hide * bwd.attention / layers)
+    return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
+
+
+def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                  devices_per_node: int, grad_elem: int) -> tuple[SyncWork, ...]:
+    """The gradient all-reduces parameter sharing adds across pipeline stages (module docstring)."""
+    if plan.pp <= 1 or sharing.lora is not None:
+        return ()
+    spec = workload.model
+    out: list[SyncWork] = []
+    pp_group = place_group(plan.pp, plan.tp * plan.cp, devices_per_node)
+    if sharing.tie_embeddings:
+        pair = Group(size=2, per_node=1, nodes=2) if pp_group.crosses_nodes else Group(size=2, per_node=2, nodes=1)
+        out.append(SyncWork("tied-embedding", (0, plan.pp - 1),
+                            Comm("all-reduce", spec.vocab * spec.hidden / plan.tp * grad_elem, pair)))
+    k = sharing.layer_groups
+    if k and k < spec.layers:
+        stages_per_block = min(plan.pp, spec.layers // k)
+        if stages_per_block > 1:
+            per_block = profile.layer_params / k / plan.tp
+            blocks = min(k, spec.layers // plan.pp)
+            group = place_group(stages_per_block, plan.tp * plan.cp, devices_per_node)
+            out.append(SyncWork("shared-layers", tuple(range(plan.pp)),
+                                Comm("all-reduce", per_block * blocks * grad_elem, group)))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The step's work
+# ---------------------------------------------------------------------------------------------------
+
+def _tp_collectives(size: float, plan: Plan, group: Group, count: int) -> Comms:
+    """`count` tensor-parallel all-reduces of `size` bytes (reduce-scatter + all-gather with sp)."""
+    if plan.tp <= 1 or count <= 0:
+        return ()
+    if plan.sp:
+        return (Comm("reduce-scatter", size, group, count), Comm("all-gather", size, group, count))
+    return (Comm("all-reduce", size, group, count),)
+
+
+def _pipeline_message(size: float, plan: Plan, options: Options, groups: Groups) -> tuple[Comm | None, Comms]:
+    """(the message between stages, the all-gather the receiver runs over tensor parallel) for one
+    activation of `size` bytes; with tp > 1 only 1/tp of it is sent (scatter/gather or sp)."""
+    if plan.pp <= 1:
+        return None, ()
+    split = plan.tp > 1 and (options.p2p_scatter_gather or plan.sp)
+    gather = (Comm("all-gather", size, groups.tp),) if split and not plan.sp else ()
+    return Comm("p2p", size / plan.tp if split else size, groups.pp), gather
+
+
+def _stage_kinds(pp: int) -> list[str]:
+    if pp == 1:
+        return ["first"]
+    return ["first"] + ["middle"] * (pp - 2) + ["last"]
+
+
+def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+               cluster: ClusterSpec, options: Options = Options()) -> StepWork:
+    """The training step of one pipeline replica, stage by stage. Raises CostModelError if the device
+    cannot be priced in the workload's dtype."""
+    spec = workload.model
+    rates = device_rates(cluster, workload.dtype)
+    groups = Groups.of(plan, cluster.devices_per_node)
+    elem = DTYPE_BYTES[workload.dtype]
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    div = plan.tp * plan.pp * plan.cp
+    fwd = phase_times(profile, workload, plan, options, rates, "forward", "layers", div)
+    bwd = phase_times(profile, workload, plan, options, rates, "backward", "layers", div)
+    recompute = {"none": 0.0, "full": fwd.total,
+                 "selective": fwd.attention if options.attention != "flash" else 0.0}[plan.recompute]
+    stage_layers = spec.layers // plan.pp
+    chunk_layers = stage_layers // plan.v
+
+    edge_div = plan.tp * plan.cp
+    embed = [phase_times(profile, workload, plan, options, rates, ph, "embed", edge_div).total
+             for ph in ("forward", "backward")]
+    head = [phase_times(profile, workload, plan, options, rates, ph, "head", edge_div).total
+            for ph in ("forward", "backward")]
+
+    activation = plan.micro_batch * (spec.seq_len // plan.cp) * spec.hidden * elem
+    p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
+    cp_layer = cp_exposed_time(workload, plan, fwd, bwd, groups, cluster, stage_layers) / stage_layers
+
+    middle_params, middle_trainable = stage_params(workload, profile, sharing, plan, "middle")
+    tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
+    tp_bwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_BACKWARD)
+    tp_edge = _tp_collectives(activation, plan, groups.tp, 1)
+    tp_recompute = tp_fwd if plan.recompute == "full" else ()
+    optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
+    by_kind: dict[str, StageWork] = {}
+    for kind in dict.fromkeys(_stage_kinds(plan.pp)):  # middle stages are alike: one StageWork for all
+        params, trainable = stage_params(workload, profile, sharing, plan, kind)
+        share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
+        edge_params, edge_trainable = params - middle_params, trainable - middle_trainable
+        first, last = kind == "first", kind == "last" or plan.pp == 1
+        split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
+        gather_after = (Comm("all-gather", params * elem, groups.dp),) if plan.zero in (1, 2) and plan.dp > 1 else ()
+        by_kind[kind] = StageWork(
+            layers=chunk_layers,
+            fwd_layer_s=fwd.total / stage_layers, bwd_layer_s=bwd.total / stage_layers,
+            recompute_layer_s=recompute / stage_layers, cp_layer_s=cp_layer,
+            embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
+            head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
+            tp_fwd=tp_fwd, tp_recompute=tp_recompute, tp_bwd=tp_bwd,
+            tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
+            recv_gather=recv_gather,
+            accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
+            optimizer_s=optimizer_time(rates, trainable, plan, workload.dtype, options,
+                                       (optimizer_bytes * share, optimizer_ops * share)),
+            grad_bytes_layer=middle_trainable / stage_layers * grad_elem,
+            grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
+            grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
+            param_bytes_layer=middle_params / stage_layers * elem,
+            param_bytes_embed=edge_params * elem * (split if first else 0.0),
+            param_bytes_head=edge_params * elem * (split if last else 0.0),
+            gather_after_step=gather_after)
+    return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
+                    schedule=plan.schedule,
+                    virtual_stages=plan.v, p2p=p2p,
+                    dp_op="all-reduce" if plan.zero <= 1 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
+                    overlap_grad_reduce=plan.overlap_grad_reduce,
+                    syncs=sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem),
+                    comm_shares_cores=not cluster.device.overlaps_communication)
+
+
+def inference_plan(plan: Plan) -> Plan:
+    """Without a pipeline to fill, a server runs its whole share of the batch at once."""
+    if plan.pp == 1:
+        return replace(plan, micro_batch=plan.micro_batch * plan.microbatches, microbatches=1)
+    return plan
+
+
+def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, cluster: ClusterSpec,
+                 options: Options = Options(), phase: str = "prefill", steps: int = 1) -> StepWork:
+    """A forward-only pass of one pipeline replica: the prefill, or one decode token step of the `steps`
+    traced (inference runs every micro-batch through the pipeline in order, a GPipe fill)."""
+    spec = workload.model
+    plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1)
+    rates = device_rates(cluster, workload.dtype)
+    groups = Groups.of(plan, cluster.devices_per_node)
+    layers_t = phase_times(profile, workload, plan, options, rates, phase, "layers", plan.tp * plan.pp * plan.cp,
+                           steps)
+    edge_div = plan.tp * plan.cp
+    embed = phase_times(profile, workload, plan, options, rates, phase, "embed", edge_div, steps).total
+    head = phase_times(profile, workload, plan, options, rates, phase, "head", edge_div, steps).total
+    stage_layers = spec.layers // plan.pp
+    tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
+    activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
+    p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
+    by_kind: dict[str, StageWork] = {}
+    for kind in dict.fromkeys(_stage_kinds(plan.pp)):
+        first, last = kind == "first", kind == "last" or plan.pp == 1
+        by_kind[kind] = StageWork(layers=stage_layers, fwd_layer_s=layers_t.total / stage_layers,
+                                  embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
+                                  tp_fwd=_tp_collectives(activation, plan, groups.tp,
+                                                         TP_COLLECTIVES_PER_LAYER_FORWARD),
+                                  tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
+                                  recv_gather=recv_gather)
+    return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
+                    schedule="gpipe", forward_only=True,
+                    p2p=p2p, comm_shares_cores=not cluster.device.overlaps_communication)

@@ -1,0 +1,173 @@
+"""What every modeled backend shares: the cluster it models, the sweep over node counts, and the row of a
+priced case.
+
+A modeled backend (the built-in `roofline` and `cluster`, or a plugin's) describes a catalog cluster
+with `ModeledSettings`, resolves it through the one route from hardware names to clusters
+(`Catalog.cluster`), and implements `price`: how long one case takes on that cluster and where the time
+goes. `ModeledBackend.run` does the rest the same way for all of them: profile the workload on the meta
+device, check it can be priced and that it fits in memory (else a `skipped` / `does-not-fit` row with
+the reason), and fill the contract columns, including C of T = m*C/n from the roofline's one-device step.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmsim.backend import Backend, Case, RunContext
+from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
+from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.step import StepTimes
+from llmsim.errors import ScenarioError
+from llmsim.hardware import Catalog
+from llmsim.results import Result, fill_derived
+from llmsim.workload.profile import WorkloadProfile, profile_workload
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class ModeledSettings(BaseModel):
+    """A catalog cluster (`nodes` x `devices_per_node` of `hardware`, joined by the two links) and the
+    software choices the cost model cannot read off the scenario (costmodel.plan.Options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)")
+    nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        1, description="nodes; a list sweeps")
+    devices_per_node: PositiveInt | None = Field(None, description="devices in one node; default: the catalog "
+                                                                   "device's (8 where it names none)")
+    intra_node: str | None = Field(None, description="link inside a node; default: the device's")
+    inter_node: str | None = Field(None, description="link between nodes; default: the device's")
+    attention: Literal["flash", "fused-softmax", "math"] = Field(
+        "flash", description="attention kernel modeled (costmodel.plan.Options)")
+    main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+
+    @property
+    def node_count(self) -> int:
+        """The nodes of one sweep point (the first of a list before the sweep splits it)."""
+        return self.nodes[0] if isinstance(self.nodes, list) else self.nodes
+
+    @property
+    def options(self) -> Options:
+        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32)
+
+    def cluster(self, catalog: Catalog) -> ClusterSpec:
+        """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""
+        return catalog.cluster(self.hardware, self.node_count, self.devices_per_node, self.intra_node,
+                               self.inter_node)
+
+
+@dataclass(frozen=True)
+class Priced:
+    """One case priced on a cluster: where the time went (costmodel.step.StepTimes, the result columns'
+    definitions), the energy of the step, and the backend's extra columns."""
+
+    times: StepTimes
+    energy_j: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModeledBackend(Backend):
+    """A backend that predicts a case on a catalog cluster; subclasses implement `price`."""
+
+    kind = "modeled"
+    Settings: ClassVar[type[BaseModel]] = ModeledSettings
+    # Whether a case that does not fit in memory is still priced (its time goes into the row's extras):
+    # cheap for a closed form, a waste for a simulation.
+    prices_what_does_not_fit: ClassVar[bool] = False
+
+    def __init__(self, context: RunContext | None = None) -> None:
+        super().__init__(context)
+        # m*C (the whole step on one device) depends only on the workload, micro-batch and recompute, not on
+        # the strategy's degrees or the cluster size: a sweep computes it once per such combination.
+        self._one_device: dict[tuple, tuple[WorkloadProfile, float]] = {}
+
+    # -- validation (classmethods the runner calls before anything runs) ------------------------------
+    @classmethod
+    def resolve_settings(cls, settings: BaseModel, catalog: Catalog) -> BaseModel:
+        """Fill devices_per_node from the catalog, so that the world size is the cluster's."""
+        assert isinstance(settings, ModeledSettings)
+        if settings.devices_per_node is not None:
+            return settings
+        return settings.model_copy(update={"devices_per_node": settings.cluster(catalog).devices_per_node})
+
+    @classmethod
+    def sweep(cls, settings: BaseModel) -> list[tuple[str, BaseModel]]:
+        assert isinstance(settings, ModeledSettings)
+        if isinstance(settings.nodes, list):
+            return [(f"@nodes={n}" if len(settings.nodes) > 1 else "", settings.model_copy(update={"nodes": n}))
+                    for n in settings.nodes]
+        return [("", settings)]
+
+    @classmethod
+    def world_size(cls, settings: BaseModel) -> int:
+        assert isinstance(settings, ModeledSettings) and settings.devices_per_node is not None, \
+            "resolve_settings fills devices_per_node before the world size is asked"
+        return settings.node_count * settings.devices_per_node
+
+    @classmethod
+    def check_settings(cls, settings: BaseModel, catalog: Catalog) -> tuple[str, str] | None:
+        """Unknown device or link names are validation errors, before any case runs."""
+        assert isinstance(settings, ModeledSettings)
+        try:
+            settings.cluster(catalog)
+        except ScenarioError as exc:
+            return exc.key or "hardware", exc.message
+        return None
+
+    # -- running ----------------------------------------------------------------------------------
+    def cluster(self, settings: ModeledSettings) -> ClusterSpec:
+        """The catalog cluster the settings describe; unknown names are one clear error."""
+        try:
+            return settings.cluster(self.context.catalog)
+        except ScenarioError as exc:
+            raise ScenarioError(None, f"backends.{self.name}.{exc.key}", exc.message) from None
+
+    def one_device_time(self, case: Case, profile: WorkloadProfile, plan: Plan, cluster: ClusterSpec,
+                        options: Options) -> float:
+        """m*C of T = m*C/n: the roofline's step of the whole case on one device, cached per sweep."""
+        key = (id(profile), plan.single_device(), cluster.device.name, options)
+        hit = self._one_device.get(key)
+        if hit is None or hit[0] is not profile:
+            value = single_device_step_time(case.workload, profile, case.sharing, plan, cluster, options)
+            hit = self._one_device[key] = (profile, value)
+        return hit[1]
+
+    @abstractmethod
+    def price(self, case: Case, settings: Any, profile: WorkloadProfile, plan: Plan, cluster: ClusterSpec) -> Priced:
+        """How long `case` takes on `cluster` and where the time goes. May raise CostModelError."""
+
+    def run(self, case: Case, settings: Any) -> Result:
+        cluster = self.cluster(settings)
+        options = settings.options
+        profile = profile_workload(case.workload, case.sharing)
+        plan = Plan.of(case.strategy, case.layout)
+        where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
+                     trainable_params=profile.trainable_params, energy_source="modeled",
+                     model_flops_per_step=profile.model_flops_per_step)
+        try:
+            peak = device_rates(cluster, case.workload.dtype).peak_flops
+            one_device = self.one_device_time(case, profile, plan, cluster, options)
+        except CostModelError as exc:
+            return case.result(self, status="skipped", error=str(exc), **where)
+        memory = memory_breakdown(case.workload, profile, case.sharing, plan, options)
+        extra: dict[str, Any] = {f"mem_{k}_bytes": v for k, v in memory.as_dict().items()}
+        extra.update(memory_stage=memory.stage, attention_kernel=options.attention)
+        values: dict[str, Any] = dict(where, peak_memory_bytes_per_device=memory.total, extra=extra)
+        capacity = cluster.device.memory_bytes
+        if not memory.fits(capacity):
+            if self.prices_what_does_not_fit:
+                extra["modeled_step_time_s"] = self.price(case, settings, profile, plan, cluster).times.step
+            return case.result(self, status="does-not-fit", error=memory.describe(capacity), **values)
+        priced = self.price(case, settings, profile, plan, cluster)
+        t = priced.times
+        extra.update(priced.extra, critical_stage=t.critical_stage)
+        values.update(step_time_s=t.step, latency_p50_s=t.step, latency_p99_s=t.step, ttft_s=t.ttft, tpot_s=t.tpot,
+                      mfu=profile.model_flops_per_step / t.step / plan.world / peak, energy_j_per_step=priced.energy_j,
+                      c_per_submodel_s=one_device / case.strategy.m_submodels, compute_time_s=t.compute,
+                      comm_time_s=t.comm, bubble_time_s=t.bubble, other_time_s=t.other)
+        return fill_derived(case.result(self, **values), case.workload.tokens_per_step)

@@ -1,0 +1,312 @@
+"""What happens in one simulated step: a pipeline stage's schedule, its collectives, its gradient reduction.
+
+One generator per actor, `env` (or the step holding it) first, as in SimPy's carwash.py:
+* `stage_worker`    a pipeline stage walking its schedule (gpipe, 1f1b, interleaved) op by op: wait for the
+                    input activation or gradient, run the layers on the compute stream with their tensor-
+                    parallel collectives on the critical path, send the result to the neighbour stage.
+* `run_phases`      a collective as the cost model's algorithm runs it (costmodel.collectives: ring or
+                    tree, hierarchical across nodes), each phase a transfer over the rank's port, shared
+                    with whatever else crosses it.
+* `GradientBuckets` data-parallel reduction of the last micro-batch's gradients in buckets, launched on
+                    the communication stream as layers finish their backward (overlap) or after it.
+* `ZeroGatherer`    ZeRO-3/FSDP: each layer's parameters all-gathered before use, `prefetch` layers ahead.
+
+What each stage does and how much (seconds per layer, collectives with their groups and sizes) is the
+cost model's data (costmodel.work.StepWork), the very data the roofline sums; this module decides when
+things happen and what they wait for: who waits for whom, which transfers share a port, and faults.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import simpy
+
+from llmsim.costmodel.collectives import Fabric, Phases, p2p_phases
+from llmsim.costmodel.work import Comm, Comms, StageWork, StepWork
+from llmsim.sim.entities import Device, Faults, Replica
+from llmsim.sim.schedules import PipeOp, schedule_ops
+
+# PyTorch DDP's default gradient bucket (bucket_cap_mb=25, torch.nn.parallel.DistributedDataParallel).
+DEFAULT_BUCKET_BYTES = 25 * 2**20
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """How the simulated framework issues its data-parallel traffic (not part of the priced work)."""
+
+    bucket_bytes: float = DEFAULT_BUCKET_BYTES  # gradient bucket (PyTorch DDP's bucket_cap_mb)
+    prefetch: int = 1                            # ZeRO-3 all-gathers issued ahead of use
+
+
+def run_phases(device: Device, phases: Phases) -> Generator[simpy.Event, None, None]:
+    """Run a collective's phases in order on the device's ports (its peers do the same on theirs)."""
+    for ph in phases:
+        yield from device.ports[ph.tier].transfer(ph.nbytes, ph.latency_s)
+
+
+class StepSim:
+    """One step of `work` on `replica`: the shared state the actors below read and write."""
+
+    def __init__(self, replica: Replica, work: StepWork, fabric: Fabric, faults: Faults,
+                 options: SimOptions = SimOptions()) -> None:
+        self.env = replica.env
+        self.replica = replica
+        self.work = work
+        self.fabric = fabric
+        self.faults = faults
+        self.options = options
+        self.rng = random.Random(faults.seed)
+        self.tp_peers = replica.placement.tp * replica.placement.cp
+        self._arrivals: dict[tuple[str, int, int], simpy.Event] = {}
+        self._barriers: dict[str, tuple[simpy.Event, set[int]]] = {}
+        self._phases: dict[Comms, Phases] = {}
+
+    def phases(self, comms: Comms) -> Phases:
+        """The port phases of a stage's collectives, computed once per distinct tuple."""
+        found = self._phases.get(comms)
+        if found is None:
+            found = self._phases[comms] = tuple(ph for c in comms for ph in c.phases(self.fabric))
+        return found
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def arrival(self, kind: str, microbatch: int, vstage: int) -> simpy.Event:
+        """The event of a pipeline message for (forward activation | backward gradient, mb, virtual stage)."""
+        key = (kind, microbatch, vstage)
+        if key not in self._arrivals:
+            self._arrivals[key] = self.env.event()
+        return self._arrivals[key]
+
+    def barrier(self, name: str, stage: int, members: tuple[int, ...]) -> simpy.Event:
+        """An event that fires when every member stage has reached the barrier `name`."""
+        event, arrived = self._barriers.setdefault(name, (self.env.event(), set()))
+        arrived.add(stage)
+        if arrived >= set(members) and not event.triggered:
+            event.succeed()
+        return event
+
+    def kernel_time(self, device: Device, seconds: float) -> float:
+        """A kernel's duration on `device`: slowed by a straggler, stretched by seeded jitter."""
+        t = seconds * device.slowdown
+        if self.faults.jitter_std > 0 and t > 0:
+            worst = max(self.rng.gauss(0.0, self.faults.jitter_std) for _ in range(self.tp_peers))
+            t *= max(0.0, 1.0 + worst)
+        return t
+
+    def compute(self, device: Device, seconds: float) -> Generator[simpy.Event, None, None]:
+        t = self.kernel_time(device, seconds)
+        if t <= 0:
+            return
+        if self.work.comm_shares_cores:
+            # The communication stream's collectives run on these cores: a kernel waits for the one in
+            # flight, and the wait is exposed communication.
+            start = self.env.now
+            with device.comm.request() as turn:
+                yield turn
+                device.ledger.comm_s += self.env.now - start
+                yield self.env.timeout(t)
+        else:
+            yield self.env.timeout(t)
+        device.ledger.compute_s += t
+
+    def exposed(self, device: Device, phases: Phases) -> Generator[simpy.Event, None, None]:
+        """A collective the compute stream waits for (tensor parallel, pipeline messages)."""
+        if not phases:
+            return
+        start = self.env.now
+        yield from run_phases(device, phases)
+        device.ledger.comm_s += self.env.now - start
+
+    def on_comm_stream(self, device: Device, comm: Comm, name: str, category: str) -> simpy.Process:
+        """Issue a collective on the device's communication stream (runs in issue order, overlapped)."""
+        phases = comm.phases(self.fabric)
+
+        def run() -> Generator[simpy.Event, None, None]:
+            with device.comm.request() as turn:
+                yield turn
+                start = self.env.now
+                yield from run_phases(device, phases)
+                self.replica.record(device.stage, "comm", name, category, start)
+        return self.env.process(run())
+
+    def wait(self, device: Device, event: simpy.Event) -> Generator[simpy.Event, None, None]:
+        """Wait for the device's own communication to finish: exposed communication."""
+        if event.triggered and event.processed:
+            return
+        start = self.env.now
+        yield event
+        device.ledger.comm_s += self.env.now - start
+
+
+class GradientBuckets:
+    """Data-parallel gradient reduction of one stage in buckets of `bucket_bytes`, in backward order.
+
+    With overlap, a bucket's all-reduce (reduce-scatter with ZeRO 2) is issued on the communication
+    stream as soon as the last micro-batch's backward has produced its gradients, so it hides behind the
+    rest of the backward; without, everything is issued when the backward is over (PyTorch DDP and
+    Megatron-LM's buckets).
+    """
+
+    def __init__(self, sim: StepSim, device: Device) -> None:
+        self.sim = sim
+        self.device = device
+        self.pending = 0.0
+        self.issued: list[simpy.Process] = []
+        self.work = sim.work
+
+    def add(self, nbytes: float) -> None:
+        if self.work.dp_group.size <= 1 or nbytes <= 0:
+            return
+        self.pending += nbytes
+        if self.work.overlap_grad_reduce and self.pending >= self.sim.options.bucket_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending <= 0:
+            return
+        c = Comm(self.work.dp_op, self.pending, self.work.dp_group)
+        self.issued.append(self.sim.on_comm_stream(self.device, c, f"{self.work.dp_op} {self.pending / 1e6:.0f} MB",
+                                                   "dp"))
+        self.pending = 0.0
+
+
+class ZeroGatherer:
+    """ZeRO-3 / FSDP: each unit (a layer, with the embedding or head folded into the edge layers) is
+    all-gathered over data parallel before it runs, forward and backward, issued `prefetch` units ahead
+    of the compute on the communication stream; its gradients are reduce-scattered after its backward."""
+
+    def __init__(self, sim: StepSim, device: Device, needs: list[float]) -> None:
+        self.sim = sim
+        self.device = device
+        self.needs = needs          # bytes of each gather, in the order compute will use them
+        self.issued: list[simpy.Process] = []
+        self.reductions: list[simpy.Process] = []
+
+    def _issue_through(self, k: int) -> None:
+        work = self.sim.work
+        while len(self.issued) <= min(k, len(self.needs) - 1):
+            size = self.needs[len(self.issued)]
+            c = Comm("all-gather", size, work.dp_group)
+            self.issued.append(self.sim.on_comm_stream(self.device, c, "all-gather params", "zero"))
+
+    def use(self, k: int) -> simpy.Event:
+        """The k-th gather (issuing it and the next `prefetch` if not yet issued)."""
+        self._issue_through(k + self.sim.options.prefetch)
+        return self.issued[k]
+
+    def reduce(self, nbytes: float) -> None:
+        c = Comm("reduce-scatter", nbytes, self.sim.work.dp_group)
+        self.reductions.append(self.sim.on_comm_stream(self.device, c, "reduce-scatter grads", "zero"))
+
+
+def _units(work: StepWork, st: StageWork, stage: int, op: PipeOp) -> list[tuple[float, float]]:
+    """(parameter bytes, gradient bytes) of each layer unit of `op`, in the order it runs them."""
+    p, v = work.pp, work.v
+    vstage = op.chunk * p + stage
+    units = [(st.param_bytes_layer, st.grad_bytes_layer) for _ in range(st.layers)]
+    if vstage == 0 and units:
+        units[0] = (units[0][0] + st.param_bytes_embed, units[0][1] + st.grad_bytes_embed)
+    if vstage == p * v - 1 and units:
+        units[-1] = (units[-1][0] + st.param_bytes_head, units[-1][1] + st.grad_bytes_head)
+    return units if op.forward else units[::-1]
+
+
+def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]:
+    """One pipeline stage through its schedule, then the gradient reduction and the optimizer step."""
+    env, work = sim.env, sim.work
+    device = sim.replica.devices[stage]
+    st = work.stages[stage]
+    p, v, m = work.pp, work.v, work.microbatches
+    last_vstage = p * v - 1
+    ops = schedule_ops(work.schedule, p, m, v, stage, work.forward_only)
+    last_backward = {op.chunk: i for i, op in enumerate(ops) if not op.forward}
+    buckets = GradientBuckets(sim, device)
+    zero3 = work.zero >= 3 and work.dp_group.size > 1 and not work.forward_only
+    gatherer = ZeroGatherer(sim, device, [u[0] for op in ops for u in _units(work, st, stage, op)]) if zero3 else None
+    per_backward_accumulate = st.accumulate_s / (m * v) if m * v else 0.0
+    gather_index = 0
+
+    for i, op in enumerate(ops):
+        vstage = op.chunk * p + stage
+        kind = "F" if op.forward else "B"
+        first_in, last_in = (vstage == 0, vstage == last_vstage) if op.forward else (vstage == last_vstage, vstage == 0)
+        if not first_in:  # wait for the neighbour's activation (forward) or gradient (backward): the bubble
+            yield sim.arrival(kind, op.microbatch, vstage)
+            yield from sim.exposed(device, sim.phases(st.recv_gather))
+        units = _units(work, st, stage, op)
+        with device.compute.request() as turn:
+            yield turn
+            start = env.now
+            if op.forward:
+                if vstage == 0:
+                    yield from sim.compute(device, st.embed_fwd_s)
+                    yield from sim.exposed(device, sim.phases(st.tp_embed))
+                for _ in units:
+                    if gatherer:
+                        yield from sim.wait(device, gatherer.use(gather_index))
+                        gather_index += 1
+                    yield from sim.compute(device, st.fwd_layer_s)
+                    yield from sim.exposed(device, sim.phases(st.tp_fwd))
+                if vstage == last_vstage:
+                    yield from sim.compute(device, st.head_fwd_s)
+            else:
+                final = last_backward[op.chunk] == i
+                if vstage == last_vstage:
+                    yield from sim.compute(device, st.head_bwd_s)
+                    yield from sim.exposed(device, sim.phases(st.tp_head))
+                for params, grads in units:
+                    if gatherer:
+                        yield from sim.wait(device, gatherer.use(gather_index))
+                        gather_index += 1
+                    if st.recompute_layer_s:
+                        yield from sim.compute(device, st.recompute_layer_s)
+                        yield from sim.exposed(device, sim.phases(st.tp_recompute))
+                    yield from sim.compute(device, st.bwd_layer_s)
+                    yield from sim.exposed(device, sim.phases(st.tp_bwd))
+                    if st.cp_layer_s:
+                        start_cp = env.now
+                        yield env.timeout(st.cp_layer_s)
+                        device.ledger.comm_s += env.now - start_cp
+                    if gatherer:
+                        gatherer.reduce(grads)
+                    elif final:
+                        buckets.add(grads)
+                if vstage == 0:
+                    yield from sim.compute(device, st.embed_bwd_s)
+                yield from sim.compute(device, per_backward_accumulate)
+            sim.replica.record(stage, "compute", f"{kind}{op.microbatch}" + (f".{op.chunk}" if v > 1 else ""),
+                               "forward" if op.forward else "backward", start)
+        if not last_in:  # send to the next virtual stage, blocking like Megatron's p2p of 2021
+            nxt = vstage + 1 if op.forward else vstage - 1
+            to = nxt % p
+            start = env.now
+            tier = sim.replica.placement.hop_tier(stage, to)
+            yield from sim.exposed(device, p2p_phases(work.p2p_bytes, sim.fabric.channel(tier), tier))
+            sim.replica.record(stage, "p2p", f"send {kind}{op.microbatch}", "p2p", start)
+            sim.arrival(kind, op.microbatch, nxt).succeed()
+
+    if not work.forward_only:
+        buckets.flush()
+        pending = buckets.issued + (gatherer.reductions if gatherer else [])
+        if pending:
+            yield from sim.wait(device, env.all_of(pending))
+        for sync in work.syncs:
+            if stage in sync.stages:
+                yield sim.barrier(sync.name, stage, sync.stages)
+                start = env.now
+                yield from sim.exposed(device, sim.phases((sync.comm,)))
+                sim.replica.record(stage, "comm", sync.name, "sync", start)
+        with device.compute.request() as turn:
+            yield turn
+            start = env.now
+            t = sim.kernel_time(device, st.optimizer_s)
+            yield env.timeout(t)
+            device.ledger.other_s += t
+            sim.replica.record(stage, "compute", "optimizer", "optimizer", start)
+        if st.gather_after_step:
+            start = env.now
+            yield from sim.exposed(device, sim.phases(st.gather_after_step))
+            sim.replica.record(stage, "comm", "all-gather params", "dp", start)
+    device.ledger.end_s = env.now
