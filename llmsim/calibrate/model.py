@@ -6,8 +6,9 @@ The parameters (theta) are up to four numbers of a device, fitted by least squar
   * memory bandwidth     (the host's effective streaming bandwidth; the CPU catalog entry has none),
   * operator overhead    (seconds per operator launch: eager dispatch runs serially on a host).
 For a candidate theta the cost model predicts every observation (llmsim.calibrate.observations) on one
-device of the measured hardware, and llmsim.calibrate.optimiser minimises the error. Peak FLOP/s per
-dtype is not fitted: it is the matmul probe each row recorded (`peak_flops_per_s`). When every row also reports the
+device of the measured hardware, with the plan its strategy and layout give (the micro-batches the
+backend ran), and llmsim.calibrate.optimiser minimises the error. Peak FLOP/s per dtype is not fitted:
+it is the matmul probe each row recorded (`peak_flops_per_s`). When every row also reports the
 backend's streaming and per-operator probes (`stream_bytes_per_s`, `stream_large_bytes_per_s`,
 `op_overhead_s`: the cpu backend does), they bound the fit: the bandwidth lies between the two streaming
 rates and the per-operator cost is at least the probed one. Log error makes a 2x miss on a 10 ms case
@@ -94,10 +95,14 @@ def _predictor(observations: list[Observation], catalog: Catalog,
 
 
 def plan_for(observation: Observation) -> Plan:
-    """The cost model's plan of the step that was measured."""
-    # A measured single-process backend runs the whole batch as one step: one micro-batch of all of it.
-    return Plan(micro_batch=observation.scenario.workload.batch, microbatches=1,
-                recompute=observation.strategy.recompute)
+    """The cost model's plan of the step that was measured: `micro_batch` sequences per pass and
+    batch / micro_batch passes (gradient accumulation), as the backend ran it.
+
+    Every observation is modeled on one device: a multi-process row (world > 1) as its whole step on one
+    device (Plan.single_device), the same micro-batches without the communication it measured.
+    """
+    plan = Plan.of(observation.strategy, observation.layout)
+    return plan.single_device() if plan.world > 1 else plan
 
 
 def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str = "cpu",

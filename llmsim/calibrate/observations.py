@@ -2,7 +2,8 @@
 
 A run folder holds `results.jsonl` (one row per case and backend) and `scenario.yaml` (the resolved
 scenario). `read_observations` keeps the ok rows of one measured backend and pairs each with its
-strategy, so that the cost model can price the step that was timed. Reading and checking input lives here, apart from the
+strategy and the `Layout` that backend ran it with, so that the cost model can price exactly the step
+that was timed (batch, micro-batches, recompute). Reading and checking input lives here, apart from the
 fit, so that a bad folder is one clear `CalibrationError` before any modelling starts.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from llmsim.config import Scenario, SharingChoice, Strategy, load_scenario
 from llmsim.errors import LLMSimError
+from llmsim.strategy import Layout, resolve_layout
 
 
 class CalibrationError(LLMSimError):
@@ -34,6 +36,7 @@ class Observation:
     peak_flops: float
     scenario: Scenario
     strategy_index: int
+    layout: Layout                                 # as the backend placed the strategy (micro-batches included)
     stream_bytes_per_s: float | None = None        # the backend's probes, when the row reports them
     stream_large_bytes_per_s: float | None = None
     op_overhead_s: float | None = None
@@ -66,9 +69,11 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
                 continue
             if row.get("strategy") not in names:
                 continue
+            index = names.index(row["strategy"])
             found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
                                      measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
-                                     scenario=scenario, strategy_index=names.index(row["strategy"]),
+                                     scenario=scenario, strategy_index=index,
+                                     layout=_layout(scenario, index, backend, scenario_file),
                                      stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
                                      stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
                                      op_overhead_s=_positive(row.get("op_overhead_s"))))
@@ -76,6 +81,15 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
         raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
                                f"{', '.join(str(d) for d in run_dirs)}")
     return found
+
+
+def _layout(scenario: Scenario, index: int, backend: str, scenario_file: Path) -> Layout:
+    """The layout a measured backend that runs what the strategy asks for (no fixed world) gave the case."""
+    layout = resolve_layout(scenario.strategies[index], scenario.workload, None, backend)
+    if not isinstance(layout, Layout):
+        key, message = layout
+        raise CalibrationError(f"{scenario_file}: strategies[{index}].{key}: {message}")
+    return layout
 
 
 def _positive(value: Any) -> float | None:

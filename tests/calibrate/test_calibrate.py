@@ -36,6 +36,14 @@ def test_the_fit_recovers_the_factors_that_made_the_times(runs: list[Path]) -> N
     _assert_recovers_the_true_factors(result)
 
 
+def test_runs_that_accumulate_gradients_are_fitted_as_the_passes_they_ran(tmp_path: Path) -> None:
+    """micro_batch 1 < batch: the cpu backend runs batch passes of one sequence per training step, so the
+    times were made with that plan; predicting one pass of the whole batch could not reproduce them."""
+    runs = [synthetic_run(tmp_path, mode, seq_len, batch, micro_batch=1) for mode, seq_len, batch in SHAPES]
+    assert any(mode == "train" and batch > 1 for mode, _, batch in SHAPES)
+    _assert_recovers_the_true_factors(calibrate(runs))
+
+
 def test_folders_without_measurements_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="not a run folder"):
         calibrate([tmp_path])
