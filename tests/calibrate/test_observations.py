@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmsim.calibrate import CalibrationError, Observation, plan_for, read_observations
 from tests.calibrate.helpers import synthetic_run
@@ -43,3 +44,13 @@ def test_only_ok_measured_rows_of_the_backend_are_observations(tmp_path: Path) -
         (run / "results.jsonl").write_text("".join(json.dumps({**r, **change}) + "\n" for r in rows))
         with pytest.raises(CalibrationError, match="no ok measured rows of backend 'cpu'"):
             read_observations([run])
+
+
+def test_a_strategy_the_backend_could_not_have_run_is_a_clear_error(tmp_path: Path) -> None:
+    """batch 3 over dp 2: no layout, so no plan; the error names the file and the key."""
+    run = synthetic_run(tmp_path, "train", 32, 3, 1)
+    scenario = yaml.safe_load((run / "scenario.yaml").read_text())
+    scenario["strategies"][0]["dp"] = 2
+    (run / "scenario.yaml").write_text(yaml.safe_dump(scenario))
+    with pytest.raises(CalibrationError, match=r"scenario.yaml: strategies\[0\].micro_batch: batch=3"):
+        read_observations([run])
