@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llmsim.calibrate import calibrate_command
 from llmsim.config import Scenario, load_scenario
 from llmsim.errors import LLMSimError
 from llmsim.plugins import get_plugin_manager
@@ -190,6 +189,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last."""
+    from llmsim.calibrate import calibrate, catalog_file, format_table
+
+    result = calibrate(args.run_dirs)
+    path = args.out or Path(args.run_dirs[0]) / "hardware-calibrated.yaml"
+    path.write_text(catalog_file(result, path.name))
+    print(format_table(result))
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmsim", description="Simulate and benchmark Transformer workloads.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -228,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit a device's efficiency factors to measured run folders")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
-    p.set_defaults(func=lambda args: 0 if calibrate_command(args.run_dirs, args.out) else 1)
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("plan", help="capacity planning: the cheapest (fastest, ...) way to meet a goal",
                        description="Search hardware x devices x parallel strategy for a training or serving goal; "
                                    "writes plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")

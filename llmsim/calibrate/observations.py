@@ -1,0 +1,100 @@
+"""What calibration is fitted to: the measured rows of run folders, each with the case that produced it.
+
+A run folder holds `results.jsonl` (one row per case and backend) and `scenario.yaml` (the resolved
+scenario). `read_observations` keeps the ok rows of one measured backend and pairs each with its
+strategy and the `Layout` that backend ran it with, so that the cost model can price exactly the step
+that was timed (batch, micro-batches, recompute). Reading and checking input lives here, apart from the
+fit, so that a bad folder is one clear `CalibrationError` before any modelling starts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmsim.config import Scenario, SharingChoice, Strategy, load_scenario
+from llmsim.errors import LLMSimError
+from llmsim.strategy import Layout, resolve_layout
+
+
+class CalibrationError(LLMSimError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured row and what the cost model needs to predict it."""
+
+    run_dir: Path
+    case: str
+    mode: str
+    dtype: str
+    measured_s: float
+    peak_flops: float
+    scenario: Scenario
+    strategy_index: int
+    layout: Layout                                 # as the backend placed the strategy (micro-batches included)
+    stream_bytes_per_s: float | None = None        # the backend's probes, when the row reports them
+    stream_large_bytes_per_s: float | None = None
+    op_overhead_s: float | None = None
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.scenario.strategies[self.strategy_index]
+
+    @property
+    def sharing(self) -> SharingChoice:
+        return self.scenario.sharing_choice(self.strategy)
+
+
+def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Observation]:
+    """The ok rows of `backend` (kind measured) in each run folder, with their resolved scenario."""
+    found: list[Observation] = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        results, scenario_file = run_dir / "results.jsonl", run_dir / "scenario.yaml"
+        if not results.exists() or not scenario_file.exists():
+            raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
+        scenario = load_scenario(scenario_file)
+        names = [s.name for s in scenario.strategies]
+        for line in results.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
+                    or not row.get("step_time_s") or not row.get("peak_flops_per_s")):
+                continue
+            if row.get("strategy") not in names:
+                continue
+            index = names.index(row["strategy"])
+            found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
+                                     measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
+                                     scenario=scenario, strategy_index=index,
+                                     layout=_layout(scenario, index, backend, scenario_file),
+                                     stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
+                                     stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
+                                     op_overhead_s=_positive(row.get("op_overhead_s"))))
+    if not found:
+        raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
+                               f"{', '.join(str(d) for d in run_dirs)}")
+    return found
+
+
+def _layout(scenario: Scenario, index: int, backend: str, scenario_file: Path) -> Layout:
+    """The layout a measured backend that runs what the strategy asks for (no fixed world) gave the case."""
+    layout = resolve_layout(scenario.strategies[index], scenario.workload, None, backend)
+    if not isinstance(layout, Layout):
+        key, message = layout
+        raise CalibrationError(f"{scenario_file}: strategies[{index}].{key}: {message}")
+    return layout
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

@@ -1,0 +1,33 @@
+"""The text `llmsim calibrate` shows and writes: the modeled-vs-measured table and the catalog file.
+
+Text only (no printing, no files): llmsim.cli prints the table and writes the file, so a caller of
+`calibrate` (a script, a test) gets the same text without a terminal.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from llmsim.calibrate.model import Calibration
+
+
+def format_table(result: Calibration) -> str:
+    """Modeled vs measured per case, before and after the fit."""
+    lines = [f"{'case':<28}{'mode':<9}{'measured s':>12}{'default s':>12}{'err':>8}{'fitted s':>12}{'err':>8}"]
+    for b, a in zip(result.before, result.cases):
+        lines.append(f"{a.case[:27]:<28}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
+                     f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
+    eff = result.entry["efficiency"]
+    bounded = " (within the probes)" if "probes" in eff["source"] else ""
+    lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory bandwidth "
+                 f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['op_overhead_s'] * 1e6:.1f} us "
+                 f"per operator; median |error| {result.median_abs_error:.1%}")
+    return "\n".join(lines)
+
+
+def catalog_file(result: Calibration, file_name: str) -> str:
+    """A hardware catalog YAML file holding the fitted entry, with a header that says how to use it."""
+    header = ("# Written by `llmsim calibrate`. Use it from a scenario with\n"
+              f"#   hardware_catalog: [{file_name}]\n"
+              f"#   backends: {{roofline: {{hardware: {result.entry['name']}, nodes: 1, devices_per_node: 1}}}}\n")
+    return header + yaml.safe_dump({"entries": [result.entry]}, sort_keys=False)

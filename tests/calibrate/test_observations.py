@@ -1,0 +1,56 @@
+"""Each measured row is predicted with the plan its backend ran: the strategy's micro-batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmsim.calibrate import CalibrationError, Observation, plan_for, read_observations
+from tests.calibrate.helpers import synthetic_run
+
+
+def _observation(root: Path, batch: int, micro_batch: int, **strategy: object) -> Observation:
+    (observation,) = read_observations([synthetic_run(root, "train", 32, batch, micro_batch, **strategy)])
+    return observation
+
+
+@pytest.mark.parametrize("batch, micro_batch", [(4, 1), (4, 2), (4, 4), (6, 3)])
+def test_a_row_is_planned_as_batch_over_micro_batch_passes(tmp_path: Path, batch: int, micro_batch: int) -> None:
+    plan = plan_for(_observation(tmp_path, batch, micro_batch))
+    assert (plan.micro_batch, plan.microbatches) == (micro_batch, batch // micro_batch)
+    assert plan.world == 1
+
+
+def test_the_plan_keeps_the_strategy_s_recompute(tmp_path: Path) -> None:
+    assert plan_for(_observation(tmp_path, 4, 1, recompute="full")).recompute == "full"
+
+
+def test_a_multi_process_row_is_planned_as_its_whole_step_on_one_device(tmp_path: Path) -> None:
+    """dp 2 with micro_batch 1 and batch 4: two passes per replica, four on one device."""
+    observation = _observation(tmp_path, 4, 1, dp=2)
+    assert observation.layout.world == 2 and observation.layout.microbatches == 2
+    plan = plan_for(observation)
+    assert (plan.world, plan.micro_batch, plan.microbatches) == (1, 1, 4)
+
+
+def test_only_ok_measured_rows_of_the_backend_are_observations(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    assert [o.case for o in read_observations([run])] == ["s"]      # not the roofline row beside it
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for change in ({"kind": "modeled"}, {"status": "failed"}, {"peak_flops_per_s": None}):
+        (run / "results.jsonl").write_text("".join(json.dumps({**r, **change}) + "\n" for r in rows))
+        with pytest.raises(CalibrationError, match="no ok measured rows of backend 'cpu'"):
+            read_observations([run])
+
+
+def test_a_strategy_the_backend_could_not_have_run_is_a_clear_error(tmp_path: Path) -> None:
+    """batch 3 over dp 2: no layout, so no plan; the error names the file and the key."""
+    run = synthetic_run(tmp_path, "train", 32, 3, 1)
+    scenario = yaml.safe_load((run / "scenario.yaml").read_text())
+    scenario["strategies"][0]["dp"] = 2
+    (run / "scenario.yaml").write_text(yaml.safe_dump(scenario))
+    with pytest.raises(CalibrationError, match=r"scenario.yaml: strategies\[0\].micro_batch: batch=3"):
+        read_observations([run])
