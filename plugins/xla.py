@@ -248,7 +248,7 @@ class XlaBackend(Backend):
         """(hardware column, peak FLOP/s or None, why MFU is empty)."""
         dtype = case.workload.dtype
         if pjrt == "CPU":
-            from llmsim_plugins.cpu import host_peak_flops
+            from llmsim.measure.host_probes import host_peak_flops
 
             return "cpu-host", host_peak_flops(dtype), None
         kind = ""
