@@ -175,7 +175,8 @@ class CudaBackend(Backend):
         workload = case.workload
         if settings.autocast and workload.dtype != "float32":
             workload = workload.model_copy(update={"dtype": "float32"})
-        step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device.torch_device)
+        step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device.torch_device,
+                            micro_batch=case.layout.micro_batch)
         if settings.compile:
             step.model = torch.compile(step.model)  # type: ignore[assignment]
 

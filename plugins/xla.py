@@ -93,9 +93,9 @@ TPU_KINDS: tuple[tuple[str, str], ...] = (("v5 lite", "tpu-v5e"), ("v5e", "tpu-v
 
 def build_step(case: Case, device: Any, cut: Callable[[], None]) -> WorkloadStep:
     """The case's WorkloadStep, built on the CPU from the scenario seed (the cpu backend's weights and
-    inputs), then moved to `device`. Decode calls `cut` after every
+    inputs) with the strategy's micro-batches, then moved to `device`. Decode calls `cut` after every
     generated token (torch_xla.sync: one small graph per position). Needs no torch_xla itself."""
-    step = WorkloadStep(case.workload, case.sharing, seed=case.seed)
+    step = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
     step.model.to(device)
     step.device = torch.device(device)
     step.tokens, step.targets = step.tokens.to(device), step.targets.to(device)

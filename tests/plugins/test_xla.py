@@ -93,6 +93,18 @@ def _forward_counter(step: Any) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize(("micro_batch", "passes"), [(1, 2), (2, 1)])
+def test_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, passes: int) -> None:
+    """micro_batch means on XLA what it means on the CPU (it used to run the whole batch in one pass)."""
+    case = _case("train", micro_batch=micro_batch)  # the tiny scenario's batch is 2
+    step = xla_plugin.build_step(case, "cpu", cut=lambda: None)
+    assert step.micro_batch == micro_batch
+    forwards = _forward_counter(step)
+    xla_plugin.run_step(step, lambda label: None)
+    assert len(forwards) == passes
+    assert step.optimizer is not None and step.optimizer.param_groups[0]["params"] == step.trainable
+
+
 def test_decode_cuts_the_graph_after_each_token_and_marks_only_the_first() -> None:
     case = _case("decode")
     cuts: list[int] = []
@@ -165,7 +177,7 @@ def test_train_on_xla_matches_the_cpu_loss() -> None:
     assert extra["graphs_compiled_timed"] == 0, "a timed step recompiled"
     assert r.step_time_s > 0 and r.latency_p99_s >= r.latency_p50_s and r.mfu > 0
     losses = json.loads(extra["losses"])  # 2 warm-up + 2 timed steps
-    ref = WorkloadStep(case.workload, case.sharing, seed=case.seed)
+    ref = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
     expected = [ref.step().item() for _ in range(len(losses))]
     assert losses[0] == pytest.approx(expected[0], rel=1e-5)  # same weights and inputs: the forward agrees
     assert losses == pytest.approx(expected, rel=1e-3)         # drift after the first update (docs/accelerators.md)
