@@ -18,11 +18,8 @@ MFU: against the catalog peak of the device NVML names (docs/accelerators.md), e
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,9 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, find_meter
 from llmsim.hardware import Catalog
+from llmsim.measure.device import CudaDevice, CudaEventDevice
+from llmsim.measure.loop import time_steps
+from llmsim.measure.row import measured_result
+from llmsim.measure.summary import Energy, StepBreakdown, slowest, summarize
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
-from llmsim.results import fill_derived
-from llmsim.workload.profile import profile_workload
 
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
@@ -165,136 +164,69 @@ class CudaBackend(Backend):
         torch = _torch()
         from llmsim.workload.step import TORCH_DTYPES, WorkloadStep
 
-        device = torch.device("cuda", settings.device)
-        torch.cuda.set_device(device)
+        device = CudaEventDevice(settings.device)
         nvml = nvml_factory().init()
-        props = torch.cuda.get_device_properties(device)
+        props = torch.cuda.get_device_properties(device.torch_device)
         handle = nvml.handle(settings.device, str(getattr(props, "uuid", "") or "") or None)
         gpu_name = nvml.name(handle)
         hardware, mfu_reason = self._catalog_device(gpu_name, settings)
-        profile = profile_workload(case.workload, case.sharing)
 
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base_alloc = torch.cuda.memory_allocated(device)
-
+        memory = device.memory()
         workload = case.workload
         if settings.autocast and workload.dtype != "float32":
             workload = workload.model_copy(update={"dtype": "float32"})
-        step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device)
+        step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device.torch_device,
+                            micro_batch=case.layout.micro_batch)
         if settings.compile:
             step.model = torch.compile(step.model)  # type: ignore[assignment]
 
-        @contextlib.contextmanager
-        def precision() -> Iterator[None]:
-            if settings.autocast and case.workload.dtype != "float32":
-                with torch.autocast("cuda", dtype=TORCH_DTYPES[case.workload.dtype]):
-                    yield
-            else:
-                yield
-
-        warm_start = time.perf_counter()
-        with precision():
-            for _ in range(settings.warmup):
-                step.step()
-        torch.cuda.synchronize(device)
-        warmup_s = time.perf_counter() - warm_start
-
+        precision: Any = contextlib.nullcontext()
+        if settings.autocast and case.workload.dtype != "float32":
+            precision = torch.autocast("cuda", dtype=TORCH_DTYPES[case.workload.dtype])
         meter = self._meter(nvml, handle, settings)
-        starts, ends = [], []
-        marks: list[dict[str, Any]] = []
-        losses = []
-        torch.cuda.synchronize(device)
-        meter.start()
-        with precision():
-            for _ in range(settings.steps):
-                torch.cuda.synchronize(device)
-                step_marks: dict[str, Any] = {}
-
-                def mark(label: str, into: dict[str, Any] = step_marks) -> None:
-                    event = torch.cuda.Event(enable_timing=True)
-                    event.record()
-                    into[label] = event
-
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = step.step(mark)
-                end.record()
-                starts.append(start)
-                ends.append(end)
-                marks.append(step_marks)
-                if workload.mode == "train":
-                    losses.append(out)
-        torch.cuda.synchronize(device)
-        try:
-            energy_j: float | None = meter.stop()
-        except RuntimeError:  # NVML had neither counter nor power for this span: model it below
-            energy_j = None
+        with precision:
+            timings = time_steps(step.step, device, steps=settings.steps, warmup=settings.warmup, meter=meter,
+                                 keep="timed" if workload.mode == "train" else "none")
         reading = getattr(meter, "reading", None)
-        peak_mem = torch.cuda.max_memory_allocated(device) - base_alloc
+        peak_memory = memory.peak_bytes()
+        losses = [float(x) for x in timings.outputs]
+        del step
+        timings.outputs.clear()
+        device.release_freed_memory()
 
-        times = [s.elapsed_time(e) / 1000.0 for s, e in zip(starts, ends)]
-        first_token = [s.elapsed_time(m["first_token"]) / 1000.0 for s, m in zip(starts, marks) if "first_token" in m]
-        optimizer = [m["backward_done"].elapsed_time(e) / 1000.0 for e, m in zip(ends, marks) if "backward_done" in m]
-        loss_values = [float(x) for x in losses]
-        del step, losses
-        gc.collect()
-        torch.cuda.empty_cache()
-
-        step_time = statistics.fmean(times)
-        quantiles = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
-        values: dict[str, Any] = dict(
-            hardware=hardware or gpu_name, nodes=1, params=profile.params, trainable_params=profile.trainable_params,
-            step_time_s=step_time, latency_p50_s=statistics.median(times), latency_p99_s=quantiles[98],
-            model_flops_per_step=profile.model_flops_per_step, peak_memory_bytes_per_device=float(max(peak_mem, 0)),
-            c_per_submodel_s=step_time, comm_time_s=0.0, bubble_time_s=0.0)
-        other = statistics.fmean(optimizer) if optimizer else 0.0
-        values.update(compute_time_s=step_time - other, other_time_s=other)
-        if first_token:
-            ttft = statistics.fmean(first_token)
-            values.update(ttft_s=ttft, tpot_s=(step_time - ttft) / max(case.workload.decode_tokens - 1, 1))
+        summary = timings.summary(case.workload.decode_tokens)
         extra: dict[str, Any] = {
             "gpu_name": gpu_name, "compile": settings.compile, "autocast": settings.autocast,
-            "precision": "autocast" if settings.autocast else "model cast", "warmup_s": round(warmup_s, 6),
-            "memory_method": "cuda_max_memory_allocated", "clock": "cuda events",
-            "step_times_s": json.dumps([round(t, 6) for t in times])}
-        if loss_values:
-            extra["losses"] = json.dumps(loss_values)
+            "precision": "autocast" if settings.autocast else "model cast", "warmup_s": round(timings.warmup_s, 6),
+            "memory_method": memory.method, "clock": device.clock}
+        if losses:
+            extra["losses"] = json.dumps(losses)
         peak = None
         if hardware is not None:
             peak = self.context.catalog.device(hardware).peak_flops.get(case.workload.dtype)
             if peak is None:
                 mfu_reason = f"catalog device {hardware!r} has no {case.workload.dtype} peak"
         if peak:
-            values["mfu"] = profile.model_flops_per_step / step_time / peak
             extra["peak_flops_per_s"] = peak
         if mfu_reason:
             extra["mfu_reason"] = mfu_reason
-        if energy_j is not None:
-            values.update(energy_j_per_step=energy_j / len(times), energy_source=meter.name)
-        elif hardware is not None:
+        energy = timings.metered_energy(meter)
+        if energy is None and hardware is not None:
             max_w = self.context.catalog.device(hardware).max_power_w
-            values.update(energy_j_per_step=max_w * step_time, energy_source="modeled")
+            energy = Energy.modeled(max_w, summary.step_time_s)
             extra["energy_model"] = f"catalog max power {max_w:g} W x step time"
         if reading is not None:
-            extra.update(energy_method=reading.method, energy_samples=reading.samples)
-            if reading.counter_j is not None:
-                extra["energy_counter_j_per_step"] = reading.counter_j / len(times)
-            if reading.sampled_j is not None:
-                extra["energy_sampled_j_per_step"] = reading.sampled_j / len(times)
-            if reading.notes:
-                extra["energy_note"] = "; ".join(reading.notes)
-        values["extra"] = extra
-        return fill_derived(case.result(self, **values), case.workload.tokens_per_step)
+            extra.update(_reading_extra(reading, len(summary.step_times_s)))
+        return measured_result(self, case, summary, hardware=hardware or gpu_name, peak_memory_bytes=peak_memory,
+                               peak_flops_per_s=peak, breakdown=StepBreakdown.one_device(summary), energy=energy,
+                               extra=extra)
 
     # -- several GPUs (torch.distributed, NCCL) ------------------------------------------------
     def _run_distributed(self, case: Case, settings: CudaSettings) -> Result:
         """One process per GPU through llmsim.distributed with device_type='cuda' (NCCL).
 
-        The ranks time their steps with torch.cuda.synchronize() + perf_counter (the distributed
-        worker's clock, shared with the cpu backend), and report torch.cuda.max_memory_allocated.
+        The ranks time their steps with torch.cuda.synchronize() + perf_counter (llmsim.measure's
+        CudaDevice, the same loop as the cpu backend's ranks), and report torch.cuda.max_memory_allocated.
         Energy is not measured here: the parent cannot bracket the ranks' timed steps, so the energy
         columns stay empty and `energy_note` says why.
         """
@@ -320,34 +252,36 @@ class CudaBackend(Backend):
         if not outcome.ok:
             return case.result(self, status="failed", error=outcome.error, nodes=1)
         records = outcome.records
-        profile = profile_workload(case.workload, case.sharing)
-        steps = len(records[0].step_times_s)
-        times = [max(r.step_times_s[i] for r in records) for i in range(steps)]
-        step_time = statistics.fmean(times)
-        quantiles = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
+        # The slowest rank per step; TTFT and the compute/communication split are not reported here yet.
+        summary = summarize(slowest([r.step_times_s for r in records]))
         nvml = nvml_factory().init()
         gpu_name = nvml.name(nvml.handle(0))
         hardware, mfu_reason = self._catalog_device(gpu_name, settings)
-        values: dict[str, Any] = dict(
-            hardware=hardware or gpu_name, nodes=1, params=profile.params, trainable_params=profile.trainable_params,
-            step_time_s=step_time, latency_p50_s=statistics.median(times), latency_p99_s=quantiles[98],
-            model_flops_per_step=profile.model_flops_per_step,
-            peak_memory_bytes_per_device=max(r.peak_memory_bytes for r in records))
-        extra: dict[str, Any] = {"gpu_name": gpu_name, "processes": world, "clock": "synchronize + perf_counter",
+        extra: dict[str, Any] = {"gpu_name": gpu_name, "processes": world, "clock": CudaDevice.clock,
                                  "memory_method": records[0].memory_method,
-                                 "step_times_s": json.dumps([round(t, 6) for t in times]),
                                  "losses": json.dumps(records[0].losses),
                                  "energy_note": "not measured for several processes",
                                  "launch_wall_s": round(outcome.wall_s, 3)}
         if outcome.teardown:
             extra["teardown"] = outcome.teardown
         peak = self.context.catalog.device(hardware).peak_flops.get(case.workload.dtype) if hardware else None
-        if peak:
-            values["mfu"] = profile.model_flops_per_step / step_time / world / peak
-        elif mfu_reason:
+        if not peak and mfu_reason:
             extra["mfu_reason"] = mfu_reason
-        values["extra"] = extra
-        return fill_derived(case.result(self, **values), case.workload.tokens_per_step)
+        return measured_result(self, case, summary, hardware=hardware or gpu_name,
+                               peak_memory_bytes=max(r.peak_memory_bytes for r in records), peak_flops_per_s=peak,
+                               extra=extra)
+
+
+def _reading_extra(reading: EnergyReading, steps: int) -> dict[str, Any]:
+    """How NVML measured the energy: method and samples, counter and sampled energy per step, notes."""
+    extra: dict[str, Any] = dict(energy_method=reading.method, energy_samples=reading.samples)
+    if reading.counter_j is not None:
+        extra["energy_counter_j_per_step"] = reading.counter_j / steps
+    if reading.sampled_j is not None:
+        extra["energy_sampled_j_per_step"] = reading.sampled_j / steps
+    if reading.notes:
+        extra["energy_note"] = "; ".join(reading.notes)
+    return extra
 
 
 @hookimpl

@@ -26,16 +26,20 @@ import importlib.util
 import json
 import os
 import re
-import statistics
-import time
+from collections.abc import Callable
 from glob import glob
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
-from llmsim.results import fill_derived
-from llmsim.workload.profile import profile_workload
+from llmsim.measure.device import XlaDevice
+from llmsim.measure.host_probes import host_peak_flops
+from llmsim.measure.loop import time_steps
+from llmsim.measure.row import measured_result
+from llmsim.measure.summary import Energy, StepBreakdown
+from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep
 
 XLA_VERSION = "2.9.0"
 NOT_INSTALLED = (f"torch_xla is not installed (pip install 'llmsim[xla]' in a separate environment with "
@@ -60,8 +64,6 @@ def xla_unavailable_reason() -> str | None:
     """Why torch_xla cannot run here, or None. Does not import torch_xla (that starts its runtime)."""
     if importlib.util.find_spec("torch_xla") is None:
         return NOT_INSTALLED
-    import torch
-
     try:
         xla_version = importlib.metadata.version("torch_xla")
     except importlib.metadata.PackageNotFoundError:
@@ -89,19 +91,41 @@ TPU_KINDS: tuple[tuple[str, str], ...] = (("v5 lite", "tpu-v5e"), ("v5e", "tpu-v
                                           ("v4", "tpu-v4"))
 
 
-def serve_step(step: Any, mark: Any) -> Any:
-    """WorkloadStep.step for prefill/decode under torch.no_grad instead of torch.inference_mode:
-    torch_xla 2.9 fails on inference tensors ("Cannot set version_counter for inference tensor")."""
-    import torch
+def build_step(case: Case, device: Any, cut: Callable[[], None]) -> WorkloadStep:
+    """The case's WorkloadStep, built on the CPU from the scenario seed (the cpu backend's weights and
+    inputs) with the strategy's micro-batches, then moved to `device`. Decode calls `cut` after every
+    generated token (torch_xla.sync: one small graph per position). Needs no torch_xla itself."""
+    step = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
+    step.model.to(device)
+    step.device = torch.device(device)
+    step.tokens, step.targets = step.tokens.to(device), step.targets.to(device)
+    # Moving to XLA makes new Parameter objects: the optimizer must hold the moved ones.
+    step.trainable = [p for p in step.model.parameters() if p.requires_grad]
+    if step.optimizer is not None:
+        step.optimizer = torch.optim.AdamW(step.trainable, lr=ADAMW_LR)
+    decode_one = step.decode_one
 
+    def decode_and_cut(token: Any, cache: list, position: int) -> Any:
+        out = decode_one(token, cache, position)
+        cut()
+        return out
+
+    step.decode_one = decode_and_cut  # type: ignore[method-assign]
+    return step
+
+
+def run_step(step: WorkloadStep, mark: Mark) -> Any:
+    """One step as the xla backend runs it: prefill/decode under torch.no_grad instead of inference_mode
+    (torch_xla 2.9 fails on inference tensors: "Cannot set version_counter for inference tensor"), and
+    only `first_token` marked (the optimizer stays in the training step's graph: no cut at backward_done)."""
+    def first_token_only(label: str) -> None:
+        if label == "first_token":
+            mark(label)
+
+    if step.workload.mode == "train":
+        return step.step(first_token_only)
     with torch.no_grad():
-        if step.workload.mode == "prefill":
-            return step.prefill()[0]
-        token, cache = step.prefill(step.cache_len)
-        mark("first_token")
-        for i in range(step.workload.decode_tokens - 1):
-            token = step.decode_one(token, cache, step.spec.seq_len + i)
-        return token
+        return step.serve(first_token_only)
 
 
 def _compile_metric() -> tuple[int, float]:
@@ -140,97 +164,24 @@ class XlaBackend(Backend):
                                      f"(the runtime is chosen once per process)")
         os.environ["PJRT_DEVICE"] = wanted
 
-        import torch
-        import torch_xla
-        import torch_xla.core.xla_model as xm
-
-        from llmsim.workload.step import ADAMW_LR, WorkloadStep
-
-        device = torch_xla.device()
-        profile = profile_workload(case.workload, case.sharing)
-        step = WorkloadStep(case.workload, case.sharing, seed=case.seed)  # on the CPU: same weights
-        step.model.to(device)
-        step.device = device
-        step.tokens, step.targets = step.tokens.to(device), step.targets.to(device)
-        # Moving to XLA makes new Parameter objects: the optimizer must hold the moved ones.
-        step.trainable = [p for p in step.model.parameters() if p.requires_grad]
-        if step.optimizer is not None:
-            step.optimizer = torch.optim.AdamW(step.trainable, lr=ADAMW_LR)
-        cut_per_token = step.decode_one
-
-        def decode_one(token: Any, cache: list, position: int) -> Any:
-            out = cut_per_token(token, cache, position)
-            torch_xla.sync()
-            return out
-
-        step.decode_one = decode_one  # type: ignore[method-assign]
-
-        def done() -> float:
-            torch_xla.sync()
-            xm.wait_device_ops()
-            return time.perf_counter()
-
-        marks: dict[str, float] = {}
-
-        def mark(label: str) -> None:
-            if label == "first_token":  # the optimizer is left in the step's graph: no cut at backward_done
-                marks[label] = done()
-
-        def run_step() -> Any:
-            return step.step(mark) if case.workload.mode == "train" else serve_step(step, mark)
-
-        outputs: list[Any] = []
+        device = XlaDevice()
+        step = build_step(case, device.torch_device, cut=device.torch_xla.sync)
         compiled0, compile_s0 = _compile_metric()
-        warm_start = time.perf_counter()
-        for _ in range(settings.warmup):
-            outputs.append(run_step())
-            done()
-        warmup_s = time.perf_counter() - warm_start
-        compiled1, compile_s1 = _compile_metric()
-
-        times: list[float] = []
-        first_token: list[float] = []
-        for _ in range(settings.steps):
-            marks.clear()
-            start = done()
-            outputs.append(run_step())
-            end = done()
-            times.append(end - start)
-            if "first_token" in marks:
-                first_token.append(marks["first_token"] - start)
+        warm: dict[str, int] = {}  # graphs compiled by the end of the warm-up
+        timings = time_steps(lambda mark: run_step(step, mark), device, steps=settings.steps, warmup=settings.warmup,
+                             after_warmup=lambda: warm.update(graphs=_compile_metric()[0]), keep="all")
         compiled2, compile_s2 = _compile_metric()
-        host = [o.cpu() for o in outputs]  # after the clock: a transfer per step would be timed otherwise
+        host = [o.cpu() for o in timings.outputs]  # after the clock: a transfer per step would be timed otherwise
 
-        hardware, peak, mfu_reason = self._peak(case, wanted, xm, device)
-        memory = None
-        try:
-            info = xm.get_memory_info(device)
-            memory = float(info.get("peak_bytes_used") or info.get("bytes_used"))
-        except Exception:  # noqa: BLE001 - the PJRT CPU client has no allocator stats
-            pass
-
-        step_time = statistics.fmean(times)
-        quantiles = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
-        values: dict[str, Any] = dict(
-            hardware=hardware, nodes=1, params=profile.params, trainable_params=profile.trainable_params,
-            step_time_s=step_time, latency_p50_s=statistics.median(times), latency_p99_s=quantiles[98],
-            model_flops_per_step=profile.model_flops_per_step, peak_memory_bytes_per_device=memory,
-            c_per_submodel_s=step_time, comm_time_s=0.0, bubble_time_s=0.0, compute_time_s=step_time,
-            other_time_s=0.0)
-        if first_token:
-            ttft = statistics.fmean(first_token)
-            values.update(ttft_s=ttft, tpot_s=(step_time - ttft) / max(case.workload.decode_tokens - 1, 1))
-        if peak:
-            values["mfu"] = profile.model_flops_per_step / step_time / peak
-        energy = self._modeled_energy_w(hardware)
-        if energy is not None:
-            values.update(energy_j_per_step=energy * step_time, energy_source="modeled")
+        hardware, peak, mfu_reason = self._peak(case, wanted, device.xm, device.torch_device)
+        memory = device.memory().peak_bytes()
+        summary = timings.summary(case.workload.decode_tokens)
+        power = self._modeled_energy_w(hardware)
         extra: dict[str, Any] = {
-            "pjrt_device": wanted, "xla_device_hw": xm.xla_device_hw(device), "torch_xla": torch_xla.__version__,
-            "compile_time_s": round(compile_s2 - compile_s0, 6), "graphs_compiled": compiled2 - compiled0,
-            "graphs_compiled_timed": compiled2 - compiled1, "warmup_s": round(warmup_s, 6),
-            "clock": "perf_counter after sync + wait_device_ops",
-            "step_times_s": json.dumps([round(t, 6) for t in times])}
+            "pjrt_device": wanted, "xla_device_hw": device.xm.xla_device_hw(device.torch_device),
+            "torch_xla": device.torch_xla.__version__, "compile_time_s": round(compile_s2 - compile_s0, 6),
+            "graphs_compiled": compiled2 - compiled0, "graphs_compiled_timed": compiled2 - warm["graphs"],
+            "warmup_s": round(timings.warmup_s, 6), "clock": device.clock}
         if memory is None:
             extra["memory_note"] = "the PJRT device reports no allocator statistics"
         if peak:
@@ -241,15 +192,15 @@ class XlaBackend(Backend):
             extra["losses"] = json.dumps([float(x) for x in host])  # warm-up and timed steps, in order
         elif case.workload.mode == "decode":
             extra["decode_last_tokens"] = json.dumps(host[-1].flatten().tolist())
-        values["extra"] = extra
-        return fill_derived(case.result(self, **values), case.workload.tokens_per_step)
+        return measured_result(self, case, summary, hardware=hardware, peak_memory_bytes=memory, peak_flops_per_s=peak,
+                               breakdown=StepBreakdown.one_device(summary),
+                               energy=Energy.modeled(power, summary.step_time_s) if power is not None else None,
+                               extra=extra)
 
     def _peak(self, case: Case, pjrt: str, xm: Any, device: Any) -> tuple[str, float | None, str | None]:
         """(hardware column, peak FLOP/s or None, why MFU is empty)."""
         dtype = case.workload.dtype
         if pjrt == "CPU":
-            from llmsim_plugins.cpu import host_peak_flops
-
             return "cpu-host", host_peak_flops(dtype), None
         kind = ""
         try:

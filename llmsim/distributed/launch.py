@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmsim.distributed.spec import LAUNCHER_PID_ENV, RankRecord, WorkerSpec
-from llmsim.distributed.worker import RESULT_FILE
+from llmsim.distributed.spec import LAUNCHER_PID_ENV, RESULT_FILE, RankRecord, WorkerSpec
 
 POLL_S = 0.05
 RESULTS_GRACE_S = 2.0  # how long a failed case waits for rank 0's result file before giving up on it

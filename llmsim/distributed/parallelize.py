@@ -283,18 +283,22 @@ def _fully_shard_units(root: nn.Module, blocks: list[nn.Module], dp_mesh: Device
 class StageModule(nn.Module):
     """The layers of one pipeline stage, cut from the Transformer (the same modules, not copies).
 
-    Mirrors `Transformer.forward`: the first stage embeds token ids, the last applies the final norm
-    and the LM head. A tied LM head on a last stage that does not hold the embedding gets its own copy of
-    the embedding matrix; `PipelineRunner` sums the two copies' gradients after each step (as Megatron's
-    embedding group does), so both stay equal to the single-device tied weight.
+    Its forward is the model's own, in pieces (`Transformer.embed`, `run_layers`, `final`): the first
+    stage embeds token ids, the last applies the final norm and the LM head. A tied LM head on a last
+    stage that does not hold the embedding gets its own copy of the embedding matrix; `PipelineRunner`
+    sums the two copies' gradients after each step (as Megatron's embedding group does), so both stay
+    equal to the single-device tied weight.
     """
 
     def __init__(self, model: Transformer, layers: range, *, first: bool, last: bool) -> None:
         super().__init__()
-        self.layers = list(layers)
+        self.layers = layers
         self.first, self.last = first, last
+        # The model's forward pieces as bound methods: the stage registers only its own modules below
+        # (what the schedule, FSDP and the optimizer see), while running the model's code.
+        self._embed, self._run_layers, self._final = model.embed, model.run_layers, model.final
         self.rope = model.rope
-        self.blocks = nn.ModuleDict({str(i): model.block_for_layer(i) for i in self.layers})
+        self.blocks = nn.ModuleDict({str(i): model.block_for_layer(i) for i in layers})
         if first:
             self.tok_emb, self.pos_emb, self.type_emb = model.tok_emb, model.pos_emb, model.type_emb
         if last:
@@ -311,16 +315,10 @@ class StageModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.first:
-            idx = x
-            x = self.tok_emb(idx)
-            if self.pos_emb is not None:
-                x = x + self.pos_emb(torch.arange(0, idx.shape[1], device=idx.device))
-            if self.type_emb is not None:
-                x = x + self.type_emb(torch.zeros_like(idx))
-        for layer in self.layers:
-            x = self.blocks[str(layer)](x, self.rope, None, 0)
+            x = self._embed(x)
+        x = self._run_layers(x, self.layers)
         if self.last:
-            x = self.lm_head(self.norm_f(x))
+            x = self._final(x, lm_head=self.lm_head)
         return x
 
 

@@ -17,6 +17,9 @@ from llmsim.strategy import Layout
 PG_BACKENDS: dict[str, str] = {"cpu": "gloo", "cuda": "nccl"}
 
 
+# What rank 0 writes into the run's folder: the spec and every rank's RankRecord (launch reads it).
+RESULT_FILE = "result.json"
+
 # The launcher's pid, passed to the ranks it starts: a rank whose parent is no longer that process was
 # orphaned before it could ask to die with its parent (worker._exit_with_parent).
 LAUNCHER_PID_ENV = "LLMSIM_LAUNCHER_PID"

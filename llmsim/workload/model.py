@@ -217,28 +217,49 @@ class Transformer(nn.Module):
         """Layer i uses block i mod k: round-robin sharing of k distinct weight sets (k = layers: none)."""
         return self.blocks[layer % len(self.blocks)]  # type: ignore[return-value]
 
-    def new_cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device | str) -> list[KVCache]:
-        kv, hs = self.spec.kv_heads or self.spec.heads, self.spec.head_dim
+    def new_cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device | str,
+                  kv_heads: int | None = None) -> list[KVCache]:
+        """Empty KV caches of every layer for `length` positions. `kv_heads`: the KV heads one device holds
+        (a tensor-parallel rank's share); default all of the model's."""
+        kv, hs = kv_heads or self.spec.kv_heads or self.spec.heads, self.spec.head_dim
         return [KVCache(torch.empty(batch, kv, length, hs, dtype=dtype, device=device),
                         torch.empty(batch, kv, length, hs, dtype=dtype, device=device))
                 for _ in range(self.spec.layers)]
 
-    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, start: int = 0,
-                head: Literal["all", "last", "none"] = "all") -> torch.Tensor:
-        """Token ids idx (B, T) from position `start` -> logits (B, T, vocab) with head='all'; the last
-        position's logits (B, 1, vocab) with head='last' (serving); final hidden states with head='none'."""
+    # -- the forward in pieces: a pipeline stage runs some of them (llmsim.distributed.parallelize) ----
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token ids (B, T) at positions start.. -> the residual stream (B, T, hidden): token embeddings plus
+        learned position and token-type embeddings where the model has them."""
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             positions = torch.arange(start, start + idx.shape[1], device=idx.device)
             x = x + self.pos_emb(positions)
         if self.type_emb is not None:
             x = x + self.type_emb(torch.zeros_like(idx))
-        for layer in range(self.spec.layers):
+        return x
+
+    def run_layers(self, x: torch.Tensor, layers: range, cache: list[KVCache] | None = None,
+                   start: int = 0) -> torch.Tensor:
+        """The residual stream through layers `layers` (indices 0..spec.layers-1; shared blocks repeat)."""
+        for layer in layers:
             x = self.block_for_layer(layer)(x, self.rope, cache[layer] if cache else None, start)
+        return x
+
+    def final(self, x: torch.Tensor, head: Literal["all", "last", "none"] = "all",
+              lm_head: nn.Module | None = None) -> torch.Tensor:
+        """Final norm, then the LM head on every position ('all'), the last one ('last') or none (hidden
+        states). `lm_head`: another head module to apply (a pipeline stage's copy of a tied head)."""
         x = self.norm_f(x)
         if head == "none":
             return x
-        return self.lm_head(x[:, -1:] if head == "last" else x)
+        return (self.lm_head if lm_head is None else lm_head)(x[:, -1:] if head == "last" else x)
+
+    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None, start: int = 0,
+                head: Literal["all", "last", "none"] = "all") -> torch.Tensor:
+        """Token ids idx (B, T) from position `start` -> logits (B, T, vocab) with head='all'; the last
+        position's logits (B, 1, vocab) with head='last' (serving); final hidden states with head='none'."""
+        x = self.run_layers(self.embed(idx, start), range(self.spec.layers), cache, start)
+        return self.final(x, head)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -27,14 +27,18 @@ ADAMW_LR = 1e-4  # any small value: the step's cost does not depend on it
 Mark = Callable[[str], None]
 
 
-def _no_mark(_: str) -> None:
+def no_mark(_: str) -> None:
     return None
 
 
 class WorkloadStep:
     """Builds model, inputs and optimizer for one workload on one device, and runs steps of it.
 
-    `batch` overrides the workload's global batch (a data-parallel replica runs its share).
+    `batch` overrides the workload's global batch (inputs are then drawn for that batch). `replica`
+    = (index, count) keeps one data-parallel replica's contiguous share of the global batch's inputs
+    (drawn for the whole batch first, so the replicas together hold the single process's inputs), and
+    `kv_heads` sizes the serving KV cache for the KV heads one device computes (a tensor-parallel rank's
+    share); both are for a rank of a distributed run (llmsim.distributed.rank).
     Call `step(mark)`: `mark('first_token')` is called after the prefill of a decode step, and
     `mark('backward_done')` before the optimizer step of a training step, so the caller's clock can
     split time to first token from time per output token, and compute from the optimizer update.
@@ -42,12 +46,16 @@ class WorkloadStep:
 
     def __init__(self, workload: Workload, sharing: SharingChoice, *, seed: int = 0,
                  device: torch.device | str = "cpu", batch: int | None = None,
-                 micro_batch: int | None = None) -> None:
+                 micro_batch: int | None = None, replica: tuple[int, int] | None = None,
+                 kv_heads: int | None = None) -> None:
         self.workload = workload
         self.spec = workload.model
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[workload.dtype]
-        self.batch = batch or workload.batch
+        self.kv_heads = kv_heads
+        drawn = batch or workload.batch  # the inputs are drawn for this many sequences
+        index, count = replica or (0, 1)
+        self.batch = drawn // count  # ... and this step runs these
         # A training step accumulates gradients over batch / micro_batch micro-batches (the scenario's
         # `micro_batch`), as the cost model assumes; None = the whole batch in one forward/backward.
         self.micro_batch = min(micro_batch or self.batch, self.batch)
@@ -63,9 +71,12 @@ class WorkloadStep:
                                                   max_positions=decode_len)
         self.model.to(dtype=self.dtype)
         generator = None if self.device.type == "meta" else torch.Generator(device=self.device).manual_seed(seed)
-        shape = (self.batch, self.spec.seq_len)
+        shape = (drawn, self.spec.seq_len)
         self.tokens = torch.randint(0, self.spec.vocab, shape, device=self.device, generator=generator)
         self.targets = torch.randint(0, self.spec.vocab, shape, device=self.device, generator=generator)
+        if count > 1:
+            rows = slice(index * self.batch, (index + 1) * self.batch)
+            self.tokens, self.targets = self.tokens[rows], self.targets[rows]
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = None
         if workload.mode == "train":
@@ -82,7 +93,7 @@ class WorkloadStep:
         logits = self.model(self.tokens[start:stop])  # (B, T, vocab)
         return F.cross_entropy(logits.flatten(0, 1).float(), self.targets[start:stop].flatten())
 
-    def train_step(self, mark: Mark = _no_mark) -> torch.Tensor:
+    def train_step(self, mark: Mark = no_mark) -> torch.Tensor:
         """Forward and backward per micro-batch (gradients accumulate), then one optimizer step.
 
         Each micro-batch's mean loss is scaled by 1/micro-batches, so the gradients and the returned
@@ -103,7 +114,8 @@ class WorkloadStep:
         """Prompt forward. Returns (next tokens or hidden states, KV cache)."""
         if not self.spec.causal:
             return self.model(self.tokens, head="none"), None
-        cache = self.model.new_cache(self.batch, cache_len or self.spec.seq_len, self.dtype, self.device)
+        cache = self.model.new_cache(self.batch, cache_len or self.spec.seq_len, self.dtype, self.device,
+                                     kv_heads=self.kv_heads)
         next_token = self.model(self.tokens, cache, head="last").argmax(dim=-1)  # (B, 1)
         return next_token, cache
 
@@ -111,16 +123,19 @@ class WorkloadStep:
         """One generated token per sequence at `position` (the KV cache holds positions < position)."""
         return self.model(token, cache, start=position, head="last").argmax(dim=-1)
 
-    def step(self, mark: Mark = _no_mark) -> torch.Tensor:
-        mode = self.workload.mode
-        if mode == "train":
+    def serve(self, mark: Mark = no_mark) -> torch.Tensor:
+        """A prefill or decode step under the caller's grad mode (`step` uses inference_mode; torch_xla and
+        DTensor want no_grad): the next tokens (or an encoder's hidden states), or the last generated ones."""
+        if self.workload.mode == "prefill":
+            return self.prefill()[0]
+        token, cache = self.prefill(self.cache_len)
+        mark("first_token")
+        for i in range(self.workload.decode_tokens - 1):
+            token = self.decode_one(token, cache, self.spec.seq_len + i)
+        return token
+
+    def step(self, mark: Mark = no_mark) -> torch.Tensor:
+        if self.workload.mode == "train":
             return self.train_step(mark)
         with torch.inference_mode():
-            if mode == "prefill":
-                out, _ = self.prefill()
-                return out
-            token, cache = self.prefill(self.cache_len)
-            mark("first_token")
-            for i in range(self.workload.decode_tokens - 1):
-                token = self.decode_one(token, cache, self.spec.seq_len + i)
-            return token
+            return self.serve(mark)

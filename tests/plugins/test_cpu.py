@@ -9,7 +9,7 @@ from llmsim.config import parse_scenario
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases
-from llmsim_plugins.cpu import CpuBackend, CpuSettings, host_peak_flops, host_rates
+from llmsim_plugins.cpu import CpuBackend, CpuSettings
 from tests.conftest import TINY_SCENARIO
 
 
@@ -56,12 +56,3 @@ def test_modeled_energy_uses_the_catalog_power() -> None:
 
     cores = os.cpu_count()
     assert backend._modeled_power_w(cores) == pytest.approx(cores * host.max_power_w)
-
-
-def test_host_rates_are_measured_once_and_cached(tmp_path) -> None:
-    first = host_rates("float32", tmp_path)
-    assert first.peak_flops_per_s > 1e8 and first.stream_bytes_per_s > 1e8
-    assert 1e-8 < first.op_overhead_s < 1e-2  # between a C loop and a very slow Python host
-    assert host_rates("float32", tmp_path) == first
-    assert host_peak_flops("float32", tmp_path) == first.peak_flops_per_s
-    assert len(list(tmp_path.glob("host-*.json"))) == 1

@@ -332,3 +332,38 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     r = CudaBackend(RunContext()).run(_case("decode"), CudaSettings(steps=2, warmup=0))
     assert r.status == "ok" and r.mfu is None and "RTX 4090" in r.extra["mfu_reason"]
     assert r.hardware == "NVIDIA GeForce RTX 4090" and r.energy_j_per_step is None and r.ttft_s > 0
+
+
+@pytest.mark.parametrize(("micro_batch", "passes"), [(1, 2), (2, 1)])
+def test_a_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, passes: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The strategy's micro_batch means on the GPU what it means on the CPU: batch / (dp * micro_batch)
+    forward/backward passes per step, gradients accumulated (it used to run the whole batch in one)."""
+    import types
+
+    import torch
+
+    import llmsim.workload.step as step_module
+
+    for name, value in dict(is_available=lambda: True, set_device=lambda d: None, synchronize=lambda d=None: None,
+                            empty_cache=lambda: None, reset_peak_memory_stats=lambda d=None: None,
+                            memory_allocated=lambda d=None: 0, max_memory_allocated=lambda d=None: 0,
+                            get_device_properties=lambda d: types.SimpleNamespace(uuid=""), Event=_Event).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    built: list[Any] = []
+    forwards: list[int] = []
+    real_step = step_module.WorkloadStep
+
+    def on_cpu(*args: Any, device: Any = None, **kw: Any) -> Any:
+        step = real_step(*args, **kw)
+        step.model.register_forward_hook(lambda *_: forwards.append(1))
+        built.append(step)
+        return step
+
+    monkeypatch.setattr(step_module, "WorkloadStep", on_cpu)
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml(energy_mj=[0, 1_000], power_mw=[1_000])))
+    case = _case("train", micro_batch=micro_batch)  # the tiny scenario's batch is 2
+    r = CudaBackend(RunContext()).run(case, CudaSettings(steps=2, warmup=1, power_sampling=False))
+    assert r.status == "ok", r.error
+    assert r.micro_batch == built[0].micro_batch == micro_batch
+    assert len(forwards) == passes * 3  # warm-up + 2 timed steps

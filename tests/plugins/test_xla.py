@@ -86,6 +86,80 @@ def test_several_devices_are_skipped_with_the_reason(monkeypatch: pytest.MonkeyP
     assert r.status == "skipped" and "several XLA devices" in r.error
 
 
+# -- the step it runs, without torch_xla ---------------------------------------------------------
+def _forward_counter(step: Any) -> list[int]:
+    calls: list[int] = []
+    step.model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize(("micro_batch", "passes"), [(1, 2), (2, 1)])
+def test_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, passes: int) -> None:
+    """micro_batch means on XLA what it means on the CPU (it used to run the whole batch in one pass)."""
+    case = _case("train", micro_batch=micro_batch)  # the tiny scenario's batch is 2
+    step = xla_plugin.build_step(case, "cpu", cut=lambda: None)
+    assert step.micro_batch == micro_batch
+    forwards = _forward_counter(step)
+    xla_plugin.run_step(step, lambda label: None)
+    assert len(forwards) == passes
+    assert step.optimizer is not None and step.optimizer.param_groups[0]["params"] == step.trainable
+
+
+def test_decode_cuts_the_graph_after_each_token_and_marks_only_the_first() -> None:
+    case = _case("decode")
+    cuts: list[int] = []
+    step = xla_plugin.build_step(case, "cpu", cut=lambda: cuts.append(1))
+    marks: list[str] = []
+    tokens = xla_plugin.run_step(step, marks.append)
+    assert marks == ["first_token"] and len(cuts) == case.workload.decode_tokens - 1
+    assert tokens.shape == (case.workload.batch, 1)
+    train = xla_plugin.build_step(_case("train"), "cpu", cut=lambda: None)
+    marks.clear()
+    xla_plugin.run_step(train, marks.append)
+    assert marks == []  # no cut at backward_done: the optimizer stays in the training step's graph
+
+
+def _fake_torch_xla(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """torch_xla's surface the backend uses, on the CPU: sync and wait are logged, no allocator stats."""
+    import types
+
+    import torch
+
+    log: list[str] = []
+    root, core, xm = (types.ModuleType(n) for n in ("torch_xla", "torch_xla.core", "torch_xla.core.xla_model"))
+    debug, metrics = types.ModuleType("torch_xla.debug"), types.ModuleType("torch_xla.debug.metrics")
+    root.__version__ = "0.0-fake"
+    root.device = lambda: torch.device("cpu")
+    root.sync = lambda: log.append("sync")
+    xm.wait_device_ops = lambda: log.append("wait")
+    xm.xla_device_hw = lambda device: "CPU"
+    xm.get_memory_info = lambda device: {}
+    metrics.metric_data = lambda name: None
+    root.core, core.xla_model, root.debug, debug.metrics = core, xm, debug, metrics
+    for module in (root, core, xm, debug, metrics):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(xla_plugin, "xla_unavailable_reason", lambda: None)
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    return log
+
+
+@pytest.mark.parametrize("mode", ["train", "decode"])
+def test_run_assembles_a_row_with_a_stubbed_torch_xla(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a measurement: the run path (device, loop, row) on the CPU behind a fake torch_xla."""
+    log = _fake_torch_xla(monkeypatch)
+    r = XlaBackend(RunContext()).run(_case(mode), XlaSettings(steps=2, warmup=1))
+    assert r.status == "ok", r.error
+    assert r.hardware == "cpu-host" and r.mfu > 0 and r.energy_source == "modeled"
+    assert r.compute_time_s == r.step_time_s and r.other_time_s == 0.0
+    assert r.peak_memory_bytes_per_device is None and "memory_note" in r.extra
+    assert r.extra["clock"] == "perf_counter after sync + wait_device_ops" and "sync" in log and "wait" in log
+    assert len(json.loads(r.extra["step_times_s"])) == 2
+    if mode == "train":
+        assert len(json.loads(r.extra["losses"])) == 3  # warm-up and timed steps
+    else:
+        assert 0 < r.ttft_s < r.step_time_s and len(json.loads(r.extra["decode_last_tokens"])) == 2
+
+
 # -- with torch_xla (scripts/xla-check.sh) ------------------------------------------------------
 xla = pytest.mark.skipif(not HAVE_XLA, reason="needs torch_xla (scripts/xla-check.sh makes an environment with it)")
 
@@ -103,7 +177,7 @@ def test_train_on_xla_matches_the_cpu_loss() -> None:
     assert extra["graphs_compiled_timed"] == 0, "a timed step recompiled"
     assert r.step_time_s > 0 and r.latency_p99_s >= r.latency_p50_s and r.mfu > 0
     losses = json.loads(extra["losses"])  # 2 warm-up + 2 timed steps
-    ref = WorkloadStep(case.workload, case.sharing, seed=case.seed)
+    ref = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
     expected = [ref.step().item() for _ in range(len(losses))]
     assert losses[0] == pytest.approx(expected[0], rel=1e-5)  # same weights and inputs: the forward agrees
     assert losses == pytest.approx(expected, rel=1e-3)         # drift after the first update (docs/accelerators.md)

@@ -1,6 +1,7 @@
 """This host's basic rates, measured by short probes and cached per machine, dtype and thread count.
 
-The cpu backend reports three numbers a CPU cost model needs and no datasheet gives:
+Three numbers a CPU cost model needs and no datasheet gives, reported by the cpu backend (the xla
+backend's PJRT CPU device takes its MFU peak from here too):
   * peak FLOP/s: a square matmul (the denominator of MFU),
   * streaming bandwidth: an elementwise add over activation-sized operands (what norms, activations and
     residual adds move) and over vocabulary-sized ones (embedding gradients, the optimizer's state),
@@ -43,6 +44,10 @@ class HostRates:
     stream_bytes_per_s: float        # activation-sized operands
     stream_large_bytes_per_s: float  # vocabulary-sized operands
     op_overhead_s: float
+
+    def columns(self) -> dict[str, float]:
+        """The rates as a row's extra columns: `llmsim calibrate` reads them (peak FLOP/s also feeds MFU)."""
+        return asdict(self)
 
 
 def _best(run: object, seconds: float = PROBE_SECONDS) -> float:

@@ -1,0 +1,95 @@
+"""The warm-up and timed loop every measured backend and every distributed rank runs.
+
+`warmup` untimed steps first (allocator, caches, autotuning, XLA compilation), each followed by a wait
+for the device. Then `steps` timed steps: the device is waited for before each (so work queued by the
+previous step is not timed in this one), a stamp is taken, the step runs with a `mark` callback that
+stamps its labels (`first_token` after a decode step's prefill, `backward_done` before a training
+step's optimizer update), and a stamp ends it. Stamps are turned into seconds only after a final
+wait (CUDA events can be read only then). An energy meter, if given, brackets the timed steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmsim.energy import EnergyMeter
+from llmsim.measure.device import MeasuredDevice
+from llmsim.measure.summary import Energy, StepSummary, summarize
+from llmsim.workload.step import Mark, no_mark
+
+Keep = Literal["none", "timed", "all"]
+
+
+@dataclass
+class Timings:
+    """What the loop measured, in seconds, one entry per timed step (marks only where a step made them)."""
+
+    step_times_s: list[float]
+    first_token_s: list[float] = field(default_factory=list)  # step start -> first_token
+    optimizer_s: list[float] = field(default_factory=list)    # backward_done -> step end
+    warmup_s: float = 0.0                                     # the warm-up steps, waited for
+    energy_j: float | None = None                             # the meter over the timed steps
+    outputs: list[Any] = field(default_factory=list)          # what the steps returned (`keep`)
+
+    def summary(self, decode_tokens: int = 1) -> StepSummary:
+        return summarize(self.step_times_s, self.first_token_s, self.optimizer_s, decode_tokens)
+
+    def metered_energy(self, meter: EnergyMeter | None) -> Energy | None:
+        """The meter's energy per timed step, or None without a meter or a reading."""
+        if meter is None or self.energy_j is None:
+            return None
+        return Energy(self.energy_j / len(self.step_times_s), meter.name)
+
+
+def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int, warmup: int,
+               before_step: Callable[[], None] | None = None, after_warmup: Callable[[], None] | None = None,
+               meter: EnergyMeter | None = None, keep: Keep = "none") -> Timings:
+    """Warm up, then time `steps` calls of `run(mark)` on `device`'s clock.
+
+    `before_step`: called before each timed step, outside the clock (a distributed rank's barrier).
+    `after_warmup`: called once between warm-up and timed steps (the xla backend counts compiled graphs).
+    `keep`: which steps' return values to keep in `Timings.outputs` (losses read after the clock).
+    A meter whose `stop` raises RuntimeError (it got no reading) leaves `energy_j` None.
+    """
+    outputs: list[Any] = []
+    started = time.perf_counter()
+    for _ in range(warmup):
+        out = run(no_mark)
+        if keep == "all":
+            outputs.append(out)
+        device.wait()
+    warmup_s = time.perf_counter() - started
+    if after_warmup is not None:
+        after_warmup()
+
+    stamps: list[tuple[Any, Any, dict[str, Any]]] = []
+    device.wait()
+    if meter is not None:
+        meter.start()
+    for _ in range(steps):
+        if before_step is not None:
+            before_step()
+        marks: dict[str, Any] = {}
+        device.wait()
+        start = device.now()
+        out = run(lambda label, into=marks: into.__setitem__(label, device.now()))
+        end = device.now()
+        stamps.append((start, end, marks))
+        if keep != "none":
+            outputs.append(out)
+    device.wait()
+    energy_j = None
+    if meter is not None:
+        try:
+            energy_j = meter.stop()
+        except RuntimeError:  # no reading for this span (e.g. NVML with neither counter nor power)
+            energy_j = None
+
+    return Timings(
+        step_times_s=[device.seconds(start, end) for start, end, _ in stamps],
+        first_token_s=[device.seconds(start, m["first_token"]) for start, _, m in stamps if "first_token" in m],
+        optimizer_s=[device.seconds(m["backward_done"], end) for _, end, m in stamps if "backward_done" in m],
+        warmup_s=warmup_s, energy_j=energy_j, outputs=outputs)
