@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from llmsim.config import ModelSpec, Workload
+from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
 from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer
 from tests.costmodel.helpers import gpt2, gpt3_175b, profiled
@@ -98,3 +98,24 @@ def test_kv_cache_is_split_over_data_pipeline_and_kv_heads() -> None:
     # 8 KV heads: tp=16 replicates them, so the cache splits 8 ways, not 16
     tp16 = memory_breakdown(workload, profile, sharing, Plan(tp=16, microbatches=8))
     assert tp16.kv_cache == pytest.approx(profile.kv_cache_bytes / 8)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("main_grads_fp32", [False, True])
+def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: int, main_grads_fp32: bool) -> None:
+    """A frozen base trains only its adapters (Hu et al. 2021), all inside the blocks; tensor parallelism
+    splits them with their layers (Shoeybi et al. 2019), so each device holds trainable/tp of them: 16-bit
+    (or fp32 main) gradients and 12 bytes of mixed-precision Adam state each (Rajbhandari et al. 2020, K=12).
+    The frozen base still counts in full (over tp) in the parameters."""
+    workload = gpt2()
+    profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
+    plan = Plan(tp=tp, microbatches=4)
+    mem = memory_breakdown(workload, profile, sharing, plan, Options(main_grads_fp32=main_grads_fp32))
+    trainable = profile.trainable_params / tp
+    assert mem.grads == pytest.approx(trainable * (4 if main_grads_fp32 else 2), rel=1e-12)
+    assert mem.optimizer == pytest.approx(trainable * 12, rel=1e-12)
+    assert mem.params == pytest.approx(profile.params / tp * 2, rel=1e-12)
+    # pp=2 splits the adapters over the stages as well: each holds half of the layers' adapters
+    staged = memory_breakdown(workload, profile, sharing, Plan(tp=tp, pp=2, microbatches=4))
+    assert staged.grads == pytest.approx(profile.trainable_params / 2 / tp * 2, rel=1e-12)
+    assert staged.optimizer == pytest.approx(profile.trainable_params / 2 / tp * 12, rel=1e-12)
