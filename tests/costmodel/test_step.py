@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
-from llmsim.costmodel import CostModelError, Options, Plan, estimate, single_device_step_time
+from llmsim.costmodel import CostModelError, Options, Plan, estimate, memory_breakdown, single_device_step_time
 from llmsim.costmodel.efficiency import SUSTAINED_OVER_BURST_H200_NODE, wave_efficiency
 from tests.costmodel.helpers import CATALOG, a100_cluster, gpt2, gpt3_175b, profiled
 
@@ -183,3 +183,17 @@ def test_a_device_that_computes_its_collectives_hides_none_of_them() -> None:
         assert exposed.comm_time_s > hidden.comm_time_s
         assert exposed.compute_time_s == pytest.approx(hidden.compute_time_s)
     assert CATALOG.device("cpu-host").overlaps_communication is False
+
+
+def test_memory_exactly_equal_to_the_capacity_fits_and_one_byte_over_does_not() -> None:
+    """The busiest device fits when it needs no more than the device has (<=); one byte less capacity, not."""
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    plan = Plan(dp=2, tp=2, pp=2, microbatches=2)
+    need = memory_breakdown(workload, profile, sharing, plan).total
+    cluster = a100_cluster()
+    for capacity, fits in ((need, True), (need - 1, False), (need + 1, True)):
+        device = cluster.device.model_copy(update={"memory_bytes": capacity})
+        r = estimate(workload, profile, sharing, plan, dataclasses.replace(cluster, device=device))
+        assert r.memory.total == need and r.memory_capacity_bytes == capacity
+        assert r.fits is fits, capacity - need

@@ -97,3 +97,30 @@ def test_unknown_hardware_names_the_setting() -> None:
     settings = planned.settings.model_copy(update={"hardware": "z80"})
     with pytest.raises(ScenarioError, match="backends.roofline.hardware: unknown device 'z80'"):
         RooflineBackend(RunContext()).run(planned.case, settings)
+
+
+def _capacity_boundary_rows(backend: type, planned: PlannedCase) -> dict[float, object]:
+    """Run `planned` on catalog devices whose memory is the modeled need, one byte less and one byte more."""
+    from llmsim.costmodel import Options, Plan, memory_breakdown
+    from llmsim.workload.profile import profile_workload
+    from tests.planner.helpers import small_catalog
+
+    case = planned.case
+    profile = profile_workload(case.workload, case.sharing)
+    need = memory_breakdown(case.workload, profile, case.sharing, Plan.of(case.strategy, case.layout),
+                            Options()).total
+    rows = {}
+    for delta in (0, -1, 1):
+        context = RunContext(catalog=small_catalog(need + delta))
+        settings = planned.settings.model_copy(update={"hardware": "small-gpu"})
+        rows[delta] = backend(context).run(case, settings)
+        assert rows[delta].peak_memory_bytes_per_device == need
+    return rows
+
+
+def test_memory_exactly_equal_to_the_capacity_runs_and_one_byte_over_does_not_fit() -> None:
+    [planned] = _planned(GPT2, [{"name": "tp2-pp2", "tp": 2, "pp": 2}], nodes=1, devices_per_node=8)
+    rows = _capacity_boundary_rows(RooflineBackend, planned)
+    assert rows[0].status == "ok" and rows[0].step_time_s > 0, rows[0].error
+    assert rows[1].status == "ok"
+    assert rows[-1].status == "does-not-fit" and rows[-1].step_time_s is None

@@ -103,3 +103,14 @@ def test_decode_is_the_prefill_plus_token_steps() -> None:
     assert r.status == "ok", r.error
     assert r.step_time_s == pytest.approx(r.ttft_s + 15 * r.tpot_s)
     assert r.step_time_s == pytest.approx(rows["roofline"].step_time_s, rel=AGREEMENT)
+
+
+def test_memory_exactly_equal_to_the_capacity_runs_and_one_byte_over_does_not_fit() -> None:
+    from tests.plugins.test_roofline import _capacity_boundary_rows
+
+    [planned] = [p for p in _planned(GPT2, [{"name": "tp2-pp2", "tp": 2, "pp": 2}], nodes=1, devices_per_node=8)
+                 if p.backend is ClusterBackend]
+    rows = _capacity_boundary_rows(ClusterBackend, planned)
+    assert rows[0].status == "ok" and rows[0].step_time_s > 0, rows[0].error
+    assert rows[1].status == "ok"
+    assert rows[-1].status == "does-not-fit" and rows[-1].step_time_s is None
