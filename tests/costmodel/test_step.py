@@ -9,7 +9,8 @@ import pytest
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, estimate, memory_breakdown, single_device_step_time
 from llmsim.costmodel.efficiency import SUSTAINED_OVER_BURST_H200_NODE, wave_efficiency
-from tests.costmodel.helpers import CATALOG, a100_cluster, gpt2, gpt3_175b, profiled
+from tests.costmodel.helpers import (CATALOG, a100_cluster, gpt2, gpt3_175b, megatron_tp_comm_per_microbatch,
+                                     profiled, tp8_case)
 
 
 def test_step_is_the_sum_of_its_parts_and_energy_follows_power() -> None:
@@ -197,3 +198,16 @@ def test_memory_exactly_equal_to_the_capacity_fits_and_one_byte_over_does_not() 
         r = estimate(workload, profile, sharing, plan, dataclasses.replace(cluster, device=device))
         assert r.memory.total == need and r.memory_capacity_bytes == capacity
         assert r.fits is fits, capacity - need
+
+
+@pytest.mark.parametrize("sp", [False, True])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_tensor_parallel_communication_is_megatrons_four_collectives_per_layer(recompute: str, sp: bool) -> None:
+    """One node, tp=8, no dp/pp/cp: the exposed communication is the tensor-parallel collectives alone."""
+    workload, profile, sharing, cluster = tp8_case()
+    plan = Plan(tp=8, micro_batch=2, microbatches=3, sp=sp, recompute=recompute)
+    r = estimate(workload, profile, sharing, plan, cluster)
+    expected = 3 * megatron_tp_comm_per_microbatch(workload, plan, cluster)
+    assert r.comm_time_s == pytest.approx(expected, rel=1e-12)
+    assert r.comm_detail["pipeline_and_tensor"] == pytest.approx(expected, rel=1e-12)
+    assert r.comm_detail["data_parallel"] == 0 and r.comm_detail["sharing_sync"] == 0
