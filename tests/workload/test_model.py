@@ -25,8 +25,12 @@ def test_preset_parameter_counts_match_the_published_models(preset: str) -> None
 
 
 def test_gpt3_175b_is_175b() -> None:
+    """Brown et al. 2020, Table 2.1: 96 layers, d_model 12288, context 2048, the GPT-2 vocabulary (50257).
+    Per layer qkv, out, fc, proj weights (12 h^2) and biases (3h + h + 4h + h) plus two layernorms (4h);
+    token and position embeddings (tied with the head) and the final layernorm (2h): 174.6B."""
     total, _ = count_parameters(_meta_model(ModelSpec(preset="gpt3-175b")))
-    assert 174e9 < total < 176e9
+    h = 12288
+    assert total == 96 * (12 * h * h + 13 * h) + (50257 + 2048) * h + 2 * h
 
 
 def test_every_preset_builds() -> None:
