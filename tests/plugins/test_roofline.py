@@ -49,7 +49,22 @@ def test_every_contract_column_is_filled_for_a_training_case() -> None:
     assert r.latency_p50_s == r.latency_p99_s == r.step_time_s
     assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)
     assert r.t_ideal_s == pytest.approx(r.m_submodels * r.c_per_submodel_s / r.n_devices)
-    assert 0 < r.mfu < 1 and 0 < r.scaling_efficiency <= 1.05
+    # MFU = model FLOPs / (step x devices x peak) (Chowdhery et al. 2022, App. B); T = m*C/n with m*C the
+    # whole step on one device of the cluster
+    from llmsim.costmodel import ClusterSpec, Plan, single_device_step_time
+    from llmsim.hardware import load_catalog
+    from llmsim.workload.profile import profile_workload
+
+    case = planned.case
+    profile = profile_workload(case.workload, case.sharing)
+    catalog = load_catalog()
+    device = catalog.device("a100-80gb")
+    assert r.mfu == pytest.approx(profile.model_flops_per_step / (r.step_time_s * 8 * device.peak_flops["bfloat16"]),
+                                  rel=1e-12)
+    cluster = ClusterSpec(device=device, intra=catalog.link(device.intra_node), inter=catalog.link(device.inter_node),
+                          nodes=1, devices_per_node=8)
+    one = single_device_step_time(case.workload, profile, case.sharing, Plan.of(case.strategy, case.layout), cluster)
+    assert r.scaling_efficiency == pytest.approx(one / 8 / r.step_time_s, rel=1e-12)
     assert {"mem_params_bytes", "mem_grads_bytes", "mem_optimizer_bytes", "mem_activations_bytes",
             "mem_kv_cache_bytes"} <= set(r.extra)
 
