@@ -58,6 +58,11 @@ def test_sequence_parallelism_divides_all_activations_by_tp() -> None:
     sp4, _ = activation_bytes_per_layer(workload, profile, Plan(tp=4, sp=True), Options())
     assert sp4 == pytest.approx(alone / 4)
     assert sp4 < tp4 < alone
+    # without sp (Korthikanti et al. 2022, Sec. 4.2.1) the norms' b x s x h inputs and outputs (4 of them)
+    # stay whole on every rank and only the rest is split over tp
+    m = workload.model
+    replicated = 4 * m.seq_len * m.hidden * 2
+    assert tp4 == pytest.approx(replicated + (alone - replicated) / 4, rel=1e-12)
 
 
 def test_selective_recompute_drops_the_score_matrices_and_full_keeps_inputs_only() -> None:

@@ -97,7 +97,8 @@ def test_decode_fills_time_to_first_token_and_per_output_token() -> None:
     assert r.status == "ok", r.error
     assert r.step_time_s == pytest.approx(r.ttft_s + 15 * r.tpot_s)
     assert r.tokens_per_s == pytest.approx(8 * 16 / r.step_time_s)
-    assert r.extra["mem_kv_cache_bytes"] > 0
+    # K and V of 4 layers x 8 sequences x (512 + 16) positions x 32 KV heads x 128, bf16, split over tp=8
+    assert r.extra["mem_kv_cache_bytes"] == 2 * 4 * 8 * (512 + 16) * 32 * 128 * 2 / 8
 
 
 def test_a_device_the_model_cannot_price_yields_a_skipped_row() -> None:
