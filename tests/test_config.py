@@ -131,3 +131,23 @@ def test_every_shipped_scenario_and_plan_validates() -> None:
             load_plan(path)
         else:
             load_scenario(path)
+
+
+def test_decode_may_fill_the_learned_position_table_exactly() -> None:
+    """The learned table holds positions 0..max_positions-1 (Radford et al. 2019: a learned embedding per
+    position); a prompt of seq_len tokens and decode_tokens generated ones fit when their sum is at most
+    max_positions. The tiny preset: seq_len 64, max_positions 128."""
+    data = _with("workload.mode", "decode")
+    data["workload"]["decode_tokens"] = 64  # 64 + 64 = 128 = max_positions
+    scenario = parse_scenario(data, "s.yaml")
+    model = scenario.workload.model
+    assert model.seq_len + scenario.workload.decode_tokens == model.max_positions == 128
+    data["workload"]["decode_tokens"] = 65
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(data, "s.yaml")
+    message = str(info.value)
+    assert message == ("s.yaml: workload: seq_len + decode_tokens = 129 exceeds max_positions=128 of the "
+                       "learned position table")
+    # rotary positions have no table: no limit
+    data["workload"]["model"] = {"preset": "tiny", "positions": "rotary"}
+    parse_scenario(data, "s.yaml")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
-from llmsim.costmodel import ClusterSpec
+from llmsim.costmodel import ClusterSpec, Plan
+from llmsim.costmodel.cluster import Group, collective_time
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import WorkloadProfile, profile_workload
@@ -34,3 +35,31 @@ def gpt3_175b(batch: int = 1536) -> tuple[Workload, WorkloadProfile, SharingChoi
     short = Workload(model=ModelSpec(preset="gpt3-175b", layers=2), mode="train", batch=batch)
     profile, sharing = profiled(short)
     return full, with_layers(profile, 96), sharing
+
+
+def tp8_case() -> tuple[Workload, WorkloadProfile, SharingChoice, ClusterSpec]:
+    """GPT-2 medium (16 heads: tp=8 divides them) cut to 4 layers, on one 8-GPU A100 node."""
+    workload = Workload(model=ModelSpec(preset="gpt2-medium", layers=4, seq_len=256), mode="train", batch=6)
+    profile, sharing = profiled(workload)
+    return workload, profile, sharing, a100_cluster(nodes=1, devices_per_node=8)
+
+
+def megatron_tp_comm_per_microbatch(workload: Workload, plan: Plan, cluster: ClusterSpec) -> float:
+    """Tensor-parallel communication of one micro-batch, by hand from Shoeybi et al. 2019 ("Megatron-LM",
+    Sec. 3, Fig. 4): per layer 2 all-reduces of the b x s x h activation in the forward pass (after
+    attention, after the MLP: the g operators) and 2 in the backward pass (the f operators); a full
+    recompute runs the forward, and its 2, once more. Two more at the edges: the embedding's output
+    forward and the LM head's input gradient. With sequence parallelism (Korthikanti et al. 2022, Sec. 4.2.2)
+    each all-reduce becomes a reduce-scatter plus an all-gather of the same buffer."""
+    m = workload.model
+    size = plan.micro_batch * m.seq_len * m.hidden * 2  # bf16
+    group = Group(size=plan.tp, per_node=plan.tp, nodes=1)
+    if plan.sp:
+        one = (collective_time("reduce-scatter", size, group, cluster)
+               + collective_time("all-gather", size, group, cluster))
+    else:
+        one = collective_time("all-reduce", size, group, cluster)
+    forward, backward, edges = 2, 2, 2
+    per_layer = forward * (2 if plan.recompute == "full" else 1) + backward
+    return (m.layers * per_layer + edges) * one
+

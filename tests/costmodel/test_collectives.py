@@ -41,6 +41,11 @@ def test_hierarchical_reduces_inter_node_bytes_by_ranks_per_node() -> None:
     hier = hierarchical_time("all-reduce", size, per_node=8, nodes=4, intra=fast, inter=slow)
     flat_over_slow = flat_time("all-reduce", size, 32, slow)
     assert hier < flat_over_slow / 4
+    # by hand: ring reduce-scatter and all-gather over the node's 8 ranks (S (p-1)/p each on the fast link),
+    # and a ring all-reduce of the S/8 shard over the 4 nodes (2 (S/8) (4-1)/4 on the slow one)
+    intra = COLLECTIVE_BASE_LATENCY_S + size * 7 / 8 / (300 * GB)
+    inter = COLLECTIVE_BASE_LATENCY_S + 2 * (size / 8) * 3 / 4 / (25 * GB)
+    assert hier == pytest.approx(2 * intra + inter, rel=1e-12)
     assert hierarchical_time("all-reduce", size, 8, 1, fast, slow) == flat_time("all-reduce", size, 8, fast)
     assert hierarchical_time("all-reduce", size, 1, 4, fast, slow) == flat_time("all-reduce", size, 4, slow)
 
@@ -61,6 +66,14 @@ def test_a_shared_node_port_is_split_between_the_node_devices() -> None:
     group = place_group(2, 8, 8)
     # 100 Gb/s shared by 8 devices against 400 Gb/s each: 32x less bandwidth per device
     assert collective_time("all-reduce", 1 * GB, group, shared) > 10 * collective_time("all-reduce", 1 * GB, group, own)
+    # by hand: a 2-rank ring all-reduce sends 2 S (2-1)/2 = S per rank, in 2 hops, over the link's efficient
+    # bandwidth, divided among the node's 8 devices when the port is shared
+    for cluster, sharers in ((own, 1), (shared, 8)):
+        link = cluster.inter
+        assert not link.collective_efficiency and link.shared_per_node is (sharers > 1)
+        bandwidth = link.bandwidth_bytes_per_s * link.efficiency / sharers
+        expected = COLLECTIVE_BASE_LATENCY_S + 2 * link.latency_s + 1 * GB / bandwidth
+        assert collective_time("all-reduce", 1 * GB, group, cluster) == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_collective_that_reaches_less_of_the_link_takes_proportionally_longer() -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from llmsim.config import ModelSpec, Workload
+from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
 from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer
 from tests.costmodel.helpers import gpt2, gpt3_175b, profiled
@@ -26,8 +26,15 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     # Full recomputation keeps each layer's input (s*b*h bf16) for the p micro-batches in flight on
     # the first 1F1B stage, plus one layer's working set while it is recomputed.
     inputs = 16 * (layers // 16) * seq * h * 2
-    assert inputs < mem.activations < inputs + profile.activation_bytes_per_layer / 1536
-    assert 20e9 < mem.total < 35e9
+    # The working set (Korthikanti et al. 2022, Sec. 4.1): of one micro-batch's saved tensors per layer (the
+    # profile's, minus the math path's two s x s score tensors that flash attention never keeps), the four
+    # b x s x h norm inputs and outputs stay whole on each tensor-parallel rank, the rest splits over tp=8.
+    traced = profile.activation_bytes_per_layer / 1536
+    linear = traced - MATH_SDPA_SCORE_TENSORS * 96 * seq * seq * 2
+    replicated = 4 * seq * h * 2
+    working = replicated + (linear - replicated) / 8
+    assert mem.activations == pytest.approx(inputs + working, rel=1e-12)
+    assert mem.total == pytest.approx((2 + 2 + 12) * first_stage + inputs + working, rel=1e-9)
 
 
 def test_zero_stages_divide_the_right_parts_by_dp() -> None:
@@ -51,6 +58,11 @@ def test_sequence_parallelism_divides_all_activations_by_tp() -> None:
     sp4, _ = activation_bytes_per_layer(workload, profile, Plan(tp=4, sp=True), Options())
     assert sp4 == pytest.approx(alone / 4)
     assert sp4 < tp4 < alone
+    # without sp (Korthikanti et al. 2022, Sec. 4.2.1) the norms' b x s x h inputs and outputs (4 of them)
+    # stay whole on every rank and only the rest is split over tp
+    m = workload.model
+    replicated = 4 * m.seq_len * m.hidden * 2
+    assert tp4 == pytest.approx(replicated + (alone - replicated) / 4, rel=1e-12)
 
 
 def test_selective_recompute_drops_the_score_matrices_and_full_keeps_inputs_only() -> None:
@@ -83,8 +95,13 @@ def test_layer_groups_shrink_parameters_and_optimizer_state_but_not_flops() -> N
     plan = Plan(microbatches=8)
     a = memory_breakdown(workload, plain, plain_sharing, plan)
     b = memory_breakdown(workload, shared, shared_sharing, plan)
-    # 12 blocks of 7.1M parameters become 1; the 38.6M embedding parameters stay
-    assert b.optimizer < a.optimizer / 2 and b.params < a.params / 2
+    # 12 blocks of 7.1M parameters become 1 (Lan et al. 2020, ALBERT); the embeddings and final norm stay
+    h = workload.model.hidden
+    per_block = 12 * h * h + 13 * h
+    edge = (50257 + 1024 + 2) * h
+    for mem, blocks in ((a, 12), (b, 1)):
+        assert mem.params == pytest.approx(2 * (blocks * per_block + edge), rel=1e-12)       # bf16
+        assert mem.optimizer == pytest.approx(12 * (blocks * per_block + edge), rel=1e-12)   # ZeRO's K = 12
     assert b.activations == a.activations
     assert shared.model_flops_per_step == pytest.approx(plain.model_flops_per_step)
 
@@ -98,3 +115,24 @@ def test_kv_cache_is_split_over_data_pipeline_and_kv_heads() -> None:
     # 8 KV heads: tp=16 replicates them, so the cache splits 8 ways, not 16
     tp16 = memory_breakdown(workload, profile, sharing, Plan(tp=16, microbatches=8))
     assert tp16.kv_cache == pytest.approx(profile.kv_cache_bytes / 8)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("main_grads_fp32", [False, True])
+def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: int, main_grads_fp32: bool) -> None:
+    """A frozen base trains only its adapters (Hu et al. 2021), all inside the blocks; tensor parallelism
+    splits them with their layers (Shoeybi et al. 2019), so each device holds trainable/tp of them: 16-bit
+    (or fp32 main) gradients and 12 bytes of mixed-precision Adam state each (Rajbhandari et al. 2020, K=12).
+    The frozen base still counts in full (over tp) in the parameters."""
+    workload = gpt2()
+    profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
+    plan = Plan(tp=tp, microbatches=4)
+    mem = memory_breakdown(workload, profile, sharing, plan, Options(main_grads_fp32=main_grads_fp32))
+    trainable = profile.trainable_params / tp
+    assert mem.grads == pytest.approx(trainable * (4 if main_grads_fp32 else 2), rel=1e-12)
+    assert mem.optimizer == pytest.approx(trainable * 12, rel=1e-12)
+    assert mem.params == pytest.approx(profile.params / tp * 2, rel=1e-12)
+    # pp=2 splits the adapters over the stages as well: each holds half of the layers' adapters
+    staged = memory_breakdown(workload, profile, sharing, Plan(tp=tp, pp=2, microbatches=4))
+    assert staged.grads == pytest.approx(profile.trainable_params / 2 / tp * 2, rel=1e-12)
+    assert staged.optimizer == pytest.approx(profile.trainable_params / 2 / tp * 12, rel=1e-12)

@@ -80,3 +80,23 @@ def test_inference_plan_meets_throughput_and_latency() -> None:
     assert {e.config for e in rows if e.feasible} == {c for c, (ok, _) in truth.items() if ok}
     best = rows[0]
     assert best.feasible and best.tokens_per_s >= 1000 and best.latency_s <= 0.05
+
+
+def test_memory_exactly_equal_to_the_capacity_is_not_rejected_and_one_byte_over_is() -> None:
+    """evaluate rejects a configuration only when it needs more than the device has (memory > capacity)."""
+    from llmsim.costmodel import Options, memory_breakdown
+    from llmsim.planner.search import Context, evaluate, sharing_choice, workload_profile
+    from llmsim.planner.space import Config
+
+    plan = small_plan()
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    config = Config("small-gpu", 4, dp=2, tp=2, pp=1, cp=1, sp=False, zero=0, micro_batch=1, microbatches=4,
+                    recompute="none", schedule="1f1b", virtual_stages=1)
+    need = memory_breakdown(plan.workload, profile, sharing, config.plan(), Options()).total
+    for delta, rejected in ((0, False), (-1, True), (1, False)):
+        [hw] = [h for h in hardware(plan, small_catalog(need + delta)) if h.name == "small-gpu"]
+        e = evaluate(Context(plan, hw, profile, sharing), config)
+        assert e.memory_bytes == need and e.capacity_bytes == need + delta
+        assert ("memory" in e.limits) is rejected, delta
+        assert (e.step_time_s is None) is rejected

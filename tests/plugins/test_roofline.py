@@ -49,7 +49,22 @@ def test_every_contract_column_is_filled_for_a_training_case() -> None:
     assert r.latency_p50_s == r.latency_p99_s == r.step_time_s
     assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)
     assert r.t_ideal_s == pytest.approx(r.m_submodels * r.c_per_submodel_s / r.n_devices)
-    assert 0 < r.mfu < 1 and 0 < r.scaling_efficiency <= 1.05
+    # MFU = model FLOPs / (step x devices x peak) (Chowdhery et al. 2022, App. B); T = m*C/n with m*C the
+    # whole step on one device of the cluster
+    from llmsim.costmodel import ClusterSpec, Plan, single_device_step_time
+    from llmsim.hardware import load_catalog
+    from llmsim.workload.profile import profile_workload
+
+    case = planned.case
+    profile = profile_workload(case.workload, case.sharing)
+    catalog = load_catalog()
+    device = catalog.device("a100-80gb")
+    assert r.mfu == pytest.approx(profile.model_flops_per_step / (r.step_time_s * 8 * device.peak_flops["bfloat16"]),
+                                  rel=1e-12)
+    cluster = ClusterSpec(device=device, intra=catalog.link(device.intra_node), inter=catalog.link(device.inter_node),
+                          nodes=1, devices_per_node=8)
+    one = single_device_step_time(case.workload, profile, case.sharing, Plan.of(case.strategy, case.layout), cluster)
+    assert r.scaling_efficiency == pytest.approx(one / 8 / r.step_time_s, rel=1e-12)
     assert {"mem_params_bytes", "mem_grads_bytes", "mem_optimizer_bytes", "mem_activations_bytes",
             "mem_kv_cache_bytes"} <= set(r.extra)
 
@@ -82,7 +97,8 @@ def test_decode_fills_time_to_first_token_and_per_output_token() -> None:
     assert r.status == "ok", r.error
     assert r.step_time_s == pytest.approx(r.ttft_s + 15 * r.tpot_s)
     assert r.tokens_per_s == pytest.approx(8 * 16 / r.step_time_s)
-    assert r.extra["mem_kv_cache_bytes"] > 0
+    # K and V of 4 layers x 8 sequences x (512 + 16) positions x 32 KV heads x 128, bf16, split over tp=8
+    assert r.extra["mem_kv_cache_bytes"] == 2 * 4 * 8 * (512 + 16) * 32 * 128 * 2 / 8
 
 
 def test_a_device_the_model_cannot_price_yields_a_skipped_row() -> None:
@@ -97,3 +113,30 @@ def test_unknown_hardware_names_the_setting() -> None:
     settings = planned.settings.model_copy(update={"hardware": "z80"})
     with pytest.raises(ScenarioError, match="backends.roofline.hardware: unknown device 'z80'"):
         RooflineBackend(RunContext()).run(planned.case, settings)
+
+
+def _capacity_boundary_rows(backend: type, planned: PlannedCase) -> dict[float, object]:
+    """Run `planned` on catalog devices whose memory is the modeled need, one byte less and one byte more."""
+    from llmsim.costmodel import Options, Plan, memory_breakdown
+    from llmsim.workload.profile import profile_workload
+    from tests.planner.helpers import small_catalog
+
+    case = planned.case
+    profile = profile_workload(case.workload, case.sharing)
+    need = memory_breakdown(case.workload, profile, case.sharing, Plan.of(case.strategy, case.layout),
+                            Options()).total
+    rows = {}
+    for delta in (0, -1, 1):
+        context = RunContext(catalog=small_catalog(need + delta))
+        settings = planned.settings.model_copy(update={"hardware": "small-gpu"})
+        rows[delta] = backend(context).run(case, settings)
+        assert rows[delta].peak_memory_bytes_per_device == need
+    return rows
+
+
+def test_memory_exactly_equal_to_the_capacity_runs_and_one_byte_over_does_not_fit() -> None:
+    [planned] = _planned(GPT2, [{"name": "tp2-pp2", "tp": 2, "pp": 2}], nodes=1, devices_per_node=8)
+    rows = _capacity_boundary_rows(RooflineBackend, planned)
+    assert rows[0].status == "ok" and rows[0].step_time_s > 0, rows[0].error
+    assert rows[1].status == "ok"
+    assert rows[-1].status == "does-not-fit" and rows[-1].step_time_s is None

@@ -59,6 +59,33 @@ def test_without_communication_cost_the_step_is_the_sum_of_the_work() -> None:
     assert (out.comm_s, out.bubble_s, out.other_s) == (0.0, 0.0, pytest.approx(0.06))
 
 
+def one_f_one_b_makespan(p: int, m: int, forward: list[float], backward: list[float]) -> float:
+    """A reference 1F1B step with free communication, independent of the simulator: stage s runs p-s-1
+    warm-up forwards, then one forward one backward, then the remaining backwards (Narayanan et al. 2021,
+    Sec. 2.2.1, Fig. 4); each pass starts once its stage is free and its input is there (the activation from
+    stage s-1, the gradient from stage s+1). The step is the longest path through these dependencies."""
+    orders = []
+    for s in range(p):
+        warm = min(p - s - 1, m)
+        order = [("F", i) for i in range(warm)]
+        for i in range(m - warm):
+            order += [("F", warm + i), ("B", i)]
+        orders.append(order + [("B", i) for i in range(m - warm, m)])
+    end: dict[tuple[str, int, int], float] = {}
+    nxt, free = [0] * p, [0.0] * p
+    while any(nxt[s] < len(orders[s]) for s in range(p)):
+        for s in range(p):
+            while nxt[s] < len(orders[s]):
+                kind, i = orders[s][nxt[s]]
+                source = s - 1 if kind == "F" else s + 1
+                if 0 <= source < p and (kind, source, i) not in end:
+                    break  # its input is not there yet
+                ready = end.get((kind, source, i), 0.0)
+                free[s] = end[(kind, s, i)] = max(free[s], ready) + (forward if kind == "F" else backward)[s]
+                nxt[s] += 1
+    return max(free)
+
+
 def test_a_straggler_slows_the_whole_synchronous_step() -> None:
     work, placement = _pipeline(4, 8)
     healthy = simulate(work, placement, FABRIC)
@@ -66,6 +93,11 @@ def test_a_straggler_slows_the_whole_synchronous_step() -> None:
     # stage 2 is now the bottleneck: every stage waits for it, the step grows by about m * 0.5 stage-times
     assert slow.step_s > healthy.step_s + 0.4 * 8 * (FORWARD_S + BACKWARD_S) * 0.5
     assert all(led.end_s > healthy.step_s for led in slow.ledgers)
+    # exactly the reference schedule's longest path, with stage 2's passes 1.5x as long
+    assert healthy.step_s == pytest.approx(one_f_one_b_makespan(4, 8, [FORWARD_S] * 4, [BACKWARD_S] * 4), rel=1e-12)
+    forward = [FORWARD_S * (1.5 if s == 2 else 1.0) for s in range(4)]
+    backward = [BACKWARD_S * (1.5 if s == 2 else 1.0) for s in range(4)]
+    assert slow.step_s == pytest.approx(one_f_one_b_makespan(4, 8, forward, backward), rel=1e-12)
 
 
 def test_data_parallel_reduction_hides_behind_backward_until_it_cannot() -> None:
@@ -74,11 +106,20 @@ def test_data_parallel_reduction_hides_behind_backward_until_it_cannot() -> None
     stage = StageWork(layers=4, fwd_layer_s=0.01, bwd_layer_s=0.02, grad_bytes_layer=grads)
     work = StepWork(stages=(stage,), microbatches=2, dp_group=group)
     out = simulate(work, Placement(8, 1, 1, 8), FABRIC)
-    reduce_s = phases_time(collective_phases("all-reduce", grads, group, FABRIC), FABRIC)
+    phases = collective_phases("all-reduce", grads, group, FABRIC)
+    send_s, hops_s = sum(ph.nbytes for ph in phases) / 10e9, sum(ph.latency_s for ph in phases)
+    reduce_s = send_s + hops_s
+    assert reduce_s == pytest.approx(phases_time(phases, FABRIC), rel=1e-12)
     assert out.comm_s > 3 * reduce_s  # the first three buckets hide only behind the remaining layers
+    # by hand: micro-batch 0 forward and backward (0.04 + 0.08), micro-batch 1 forward (0.04); each layer's
+    # backward of the last micro-batch issues its bucket (one layer's gradients), the first at 0.18 s; the
+    # four reductions queue on the communication stream and the compute is done at 0.24 s
+    assert out.step_s == pytest.approx(0.18 + 4 * reduce_s, rel=1e-12)
+    assert out.comm_s == pytest.approx(0.18 + 4 * reduce_s - 0.24, rel=1e-12)
     degraded = simulate(work, Placement(8, 1, 1, 8), FABRIC,
                         Faults(degraded_stage=0, degraded_tier="inter", degraded_bandwidth_factor=0.5))
     assert degraded.step_s > out.step_s + 3 * reduce_s
+    assert degraded.step_s == pytest.approx(0.18 + 4 * (2 * send_s + hops_s), rel=1e-12)  # half the bandwidth
 
 
 def test_jitter_is_deterministic_for_a_seed_and_changes_with_it() -> None:
@@ -101,6 +142,9 @@ def test_collectives_on_the_compute_cores_cannot_hide_behind_compute() -> None:
                       options=one_bucket_per_layer)
     compute = 4 * (0.1 + 0.2)
     assert hidden.step_s < compute + 2 * reduce_s  # three of the four buckets hid behind backward
+    # by hand: the last bucket is issued when the backward ends and is the only one left to wait for
+    assert hidden.step_s == pytest.approx(compute + reduce_s, rel=1e-12)
+    assert hidden.comm_s == pytest.approx(reduce_s, rel=1e-12)
     assert shared.step_s == pytest.approx(compute + 4 * reduce_s, rel=1e-9)
     assert shared.comm_s == pytest.approx(4 * reduce_s, rel=1e-9) and shared.compute_s == pytest.approx(compute)
 

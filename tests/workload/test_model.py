@@ -25,8 +25,12 @@ def test_preset_parameter_counts_match_the_published_models(preset: str) -> None
 
 
 def test_gpt3_175b_is_175b() -> None:
+    """Brown et al. 2020, Table 2.1: 96 layers, d_model 12288, context 2048, the GPT-2 vocabulary (50257).
+    Per layer qkv, out, fc, proj weights (12 h^2) and biases (3h + h + 4h + h) plus two layernorms (4h);
+    token and position embeddings (tied with the head) and the final layernorm (2h): 174.6B."""
     total, _ = count_parameters(_meta_model(ModelSpec(preset="gpt3-175b")))
-    assert 174e9 < total < 176e9
+    h = 12288
+    assert total == 96 * (12 * h * h + 13 * h) + (50257 + 2048) * h + 2 * h
 
 
 def test_every_preset_builds() -> None:
@@ -177,3 +181,22 @@ def test_micro_batch_must_divide_the_batch() -> None:
     with pytest.raises(ValueError, match="not divisible by micro_batch=3"):
         WorkloadStep(Workload(model=ModelSpec(preset="tiny"), batch=4, dtype="float32"), SharingChoice(True),
                      micro_batch=3)
+
+
+def test_decode_runs_at_exactly_the_learned_position_limit() -> None:
+    """seq_len + decode_tokens == max_positions (the largest decode validation accepts) runs on the real
+    model: the prompt takes positions 0..seq_len-1 and the generated tokens fed back take the positions
+    after it, all inside the table of max_positions rows; one position past the table is an error."""
+    w = Workload(model=ModelSpec(preset="tiny", seq_len=8, max_positions=16), mode="decode", batch=2,
+                 decode_tokens=8, dtype="float32")
+    step = WorkloadStep(w, SharingChoice(True), seed=0)
+    assert step.model.pos_emb.num_embeddings == 16 == w.model.seq_len + w.decode_tokens
+    assert step.cache_len == 16
+    out = step.step()
+    assert out.shape == (2, 1)
+    with torch.inference_mode():
+        token, cache = step.prefill(step.cache_len)
+        token = step.decode_one(token, cache, 15)  # the table's last row and the cache's last slot
+        assert token.shape == (2, 1)
+        with pytest.raises(IndexError):
+            step.decode_one(token, cache, 16)

@@ -1,0 +1,100 @@
+"""with_layers: a profile traced with 2 layers, scaled to L, equals the L-layer traced profile field by field.
+
+Every layer of a Transformer without cross-layer sharing has the same shapes, so parameters, FLOPs,
+bytes, saved activations and the KV cache (2 x b x kv_heads x T x head_dim per layer, K and V: Pope et
+al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2.1) grow linearly with depth while the
+embedding and head stay. The planner and the GPT-3 175B tests rely on this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
+from llmsim.costmodel.scaling import with_layers
+from llmsim.workload.profile import WorkloadProfile, profile_workload
+
+SHORT, LONG = 2, 5
+SHARINGS = {"tied": SharingChoice(True), "untied": SharingChoice(False),
+            "lora": SharingChoice(True, lora=LoraSpec(rank=4))}
+
+
+def _workload(mode: str, layers: int, **model: object) -> Workload:
+    spec = ModelSpec(preset="gpt2-small", **{"layers": layers, "seq_len": 64, **model})
+    return Workload(model=spec, mode=mode, batch=2, decode_tokens=5)
+
+
+def _pair(mode: str, sharing: SharingChoice, **model: object) -> tuple[WorkloadProfile, WorkloadProfile]:
+    """(2-layer profile scaled to LONG layers, LONG-layer traced profile)."""
+    scaled = with_layers(profile_workload(_workload(mode, SHORT, **model), sharing), LONG)
+    return scaled, profile_workload(_workload(mode, LONG, **model), sharing)
+
+
+def _scalar_fields(p: WorkloadProfile) -> dict[str, object]:
+    return {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "ops"}
+
+
+# The prefill traces the KV cache's allocation (aten.empty, outside every module: region "head") as bytes
+# moved; with_layers keeps the head region as it is, so that one entry does not scale (see the xfail below).
+CACHE_ALLOCATION = ("prefill", "head", "other")
+
+
+@pytest.mark.parametrize("sharing", list(SHARINGS), ids=str)
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_scaled_inference_profile_equals_the_traced_one(mode: str, sharing: str) -> None:
+    scaled, traced = _pair(mode, SHARINGS[sharing])
+    assert _scalar_fields(scaled) == _scalar_fields(traced)
+    spec = _workload(mode, LONG).model
+    cache_len = spec.seq_len + (5 if mode == "decode" else 0)
+    assert traced.kv_cache_bytes == 2 * LONG * 2 * spec.kv_heads * cache_len * spec.head_dim * 2  # K+V, bf16
+    assert scaled.ops.keys() == traced.ops.keys()
+    for key in traced.ops:
+        if key != CACHE_ALLOCATION:
+            assert scaled.ops[key] == traced.ops[key], key
+
+
+def test_scaled_grouped_query_decode_cache_equals_the_traced_one() -> None:
+    """GQA (Ainslie et al. 2023): the cache holds kv_heads, not heads, per layer."""
+    scaled, traced = _pair("decode", SHARINGS["untied"], kv_heads=4, positions="rotary")
+    spec = _workload("decode", LONG, kv_heads=4).model
+    cache_len = spec.seq_len + 5  # the prompt and the generated tokens
+    assert scaled.kv_cache_bytes == traced.kv_cache_bytes == 2 * LONG * 2 * 4 * cache_len * spec.head_dim * 2
+    assert _scalar_fields(scaled) == _scalar_fields(traced)
+
+
+@pytest.mark.parametrize("sharing", ["tied", "untied"])
+def test_scaled_training_profile_equals_the_traced_one(sharing: str) -> None:
+    scaled, traced = _pair("train", SHARINGS[sharing])
+    assert _scalar_fields(scaled) == _scalar_fields(traced)
+    assert scaled.ops.keys() == traced.ops.keys()
+    for key in traced.ops:
+        if key[0] != "optimizer":
+            assert scaled.ops[key] == traced.ops[key], key
+    # AdamW's bytes follow the parameters it updates (up to its per-tensor scalars, the step counters);
+    # its operator count follows the number of tensors, which with_layers does not track (not asserted).
+    opt = ("optimizer", "head", "other")
+    assert scaled.ops[opt].bytes == pytest.approx(traced.ops[opt].bytes, rel=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the KV-cache allocation (aten.empty) is traced as bytes moved in "
+                                       "the head region, and with_layers does not scale it with depth")
+def test_prefill_head_bytes_do_not_depend_on_depth() -> None:
+    scaled, traced = _pair("prefill", SHARINGS["tied"])
+    assert scaled.ops[CACHE_ALLOCATION] == traced.ops[CACHE_ALLOCATION]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: with LoRA the first layer differs (its input comes from the frozen "
+                                       "embedding and needs no gradient), so 2 layers scaled to L are not exact")
+def test_scaled_lora_training_profile_equals_the_traced_one() -> None:
+    scaled, traced = _pair("train", SHARINGS["lora"])
+    assert scaled.activation_bytes_per_layer == traced.activation_bytes_per_layer
+    assert scaled.ops[("backward", "layers", "matmul")] == traced.ops[("backward", "layers", "matmul")]
+
+
+def test_scaled_lora_training_parameters_equal_the_traced_ones() -> None:
+    scaled, traced = _pair("train", SHARINGS["lora"])
+    for name in ("params", "trainable_params", "param_bytes", "trainable_param_bytes", "layer_params",
+                 "embed_params", "layers", "tokens_per_step"):
+        assert getattr(scaled, name) == getattr(traced, name), name
