@@ -27,7 +27,7 @@ from llmsim.measure.host_probes import host_rates
 from llmsim.measure.loop import time_steps
 from llmsim.measure.memory import release_freed_memory
 from llmsim.measure.row import measured_result
-from llmsim.measure.summary import Energy, StepBreakdown, rank_breakdown, summarize_ranks
+from llmsim.measure.summary import Energy, MeasuredSplit, rank_breakdown, summarize_ranks
 from llmsim.workload.step import WorkloadStep
 
 __all__ = ["CpuBackend", "CpuSettings"]
@@ -94,7 +94,7 @@ class CpuBackend(Backend):
         rates = host_rates(case.workload.dtype)
         energy = timings.metered_energy(meter) or Energy.modeled(self._modeled_power_w(threads), summary.step_time_s)
         return measured_result(self, case, summary, hardware="cpu-host", peak_memory_bytes=peak_memory,
-                               peak_flops_per_s=rates.peak_flops_per_s, breakdown=StepBreakdown.one_device(summary),
+                               peak_flops_per_s=rates.peak_flops_per_s, breakdown=MeasuredSplit.one_device(summary),
                                energy=energy, extra={**rates.columns(), "threads": threads,
                                                      "memory_method": memory.method})
 

@@ -30,7 +30,7 @@ from llmsim.hardware import Catalog
 from llmsim.measure.device import CudaDevice, CudaEventDevice
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
-from llmsim.measure.summary import Energy, StepBreakdown, slowest, summarize
+from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
 
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
@@ -218,7 +218,7 @@ class CudaBackend(Backend):
         if reading is not None:
             extra.update(_reading_extra(reading, len(summary.step_times_s)))
         return measured_result(self, case, summary, hardware=hardware or gpu_name, peak_memory_bytes=peak_memory,
-                               peak_flops_per_s=peak, breakdown=StepBreakdown.one_device(summary), energy=energy,
+                               peak_flops_per_s=peak, breakdown=MeasuredSplit.one_device(summary), energy=energy,
                                extra=extra)
 
     # -- several GPUs (torch.distributed, NCCL) ------------------------------------------------

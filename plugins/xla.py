@@ -38,7 +38,7 @@ from llmsim.measure.device import XlaDevice
 from llmsim.measure.host_probes import host_peak_flops
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
-from llmsim.measure.summary import Energy, StepBreakdown
+from llmsim.measure.summary import Energy, MeasuredSplit
 from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep
 
 XLA_VERSION = "2.9.0"
@@ -193,7 +193,7 @@ class XlaBackend(Backend):
         elif case.workload.mode == "decode":
             extra["decode_last_tokens"] = json.dumps(host[-1].flatten().tolist())
         return measured_result(self, case, summary, hardware=hardware, peak_memory_bytes=memory, peak_flops_per_s=peak,
-                               breakdown=StepBreakdown.one_device(summary),
+                               breakdown=MeasuredSplit.one_device(summary),
                                energy=Energy.modeled(power, summary.step_time_s) if power is not None else None,
                                extra=extra)
 

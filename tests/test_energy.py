@@ -40,19 +40,7 @@ def test_a_meter_from_the_hook_is_used_by_the_cpu_backend() -> None:
     from llmsim_plugins.cpu import CpuBackend, CpuSettings
     from tests.plugins.test_cpu import _case
 
-    class FixedMeter(EnergyMeter):
-        name = "fixed-meter"  # a plugin meter's own name becomes the row's energy_source
-        device_kind = "cpu"
-
-        @classmethod
-        def available(cls):
-            return None
-
-        def start(self) -> None:
-            pass
-
-        def stop(self) -> float:
-            return 12.0
+    fixed = _meter("cpu", "fixed-meter", joules=12.0)  # a plugin meter's own name becomes the energy_source
 
     asked: list[str] = []
 
@@ -60,7 +48,7 @@ def test_a_meter_from_the_hook_is_used_by_the_cpu_backend() -> None:
         @hookimpl
         def llmsim_energy_meters(self, device_kind):
             asked.append(device_kind)
-            return [FixedMeter]
+            return [fixed]
 
     manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     manager.register(MeterPlugin(), name="meter")
@@ -70,7 +58,8 @@ def test_a_meter_from_the_hook_is_used_by_the_cpu_backend() -> None:
     assert result.energy_j_per_step == 4.0  # 12 J over 3 timed steps
 
 
-def _meter(kind: str, name: str, why: str | None = None) -> type[EnergyMeter]:
+def _meter(kind: str, name: str, why: str | None = None, joules: float = 0.0) -> type[EnergyMeter]:
+    """A meter class for `kind` named `name`: unavailable for `why` (None = available), reading `joules`."""
     class Meter(EnergyMeter):
         device_kind = kind
 
@@ -82,7 +71,7 @@ def _meter(kind: str, name: str, why: str | None = None) -> type[EnergyMeter]:
             pass
 
         def stop(self) -> float:
-            return 0.0
+            return joules
 
     Meter.name = name
     return Meter

@@ -29,41 +29,26 @@ class DeviceSpec(Protocol):
     Declared here so that the cost model never depends on the catalog: the catalog is built on the cost
     model's concepts (efficiency, clusters), not the other way round."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def peak_flops(self) -> Mapping[str, float]: ...
-    @property
-    def memory_bytes(self) -> float: ...
-    @property
-    def memory_bw_bytes_per_s(self) -> float: ...
-    @property
-    def idle_power_w(self) -> float: ...
-    @property
-    def max_power_w(self) -> float: ...
-    @property
-    def compute_units(self) -> int | None: ...
-    @property
-    def efficiency(self) -> Efficiency | None: ...
-    @property
-    def overlaps_communication(self) -> bool: ...
+    name: str
+    peak_flops: Mapping[str, float]
+    memory_bytes: float
+    memory_bw_bytes_per_s: float
+    idle_power_w: float
+    max_power_w: float
+    compute_units: int | None
+    efficiency: Efficiency | None
+    overlaps_communication: bool
 
 
 class LinkSpec(Protocol):
     """What the cost model reads of a link (llmsim.hardware.LinkSpec)."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def bandwidth_bytes_per_s(self) -> float: ...
-    @property
-    def latency_s(self) -> float: ...
-    @property
-    def efficiency(self) -> float: ...
-    @property
-    def shared_per_node(self) -> bool: ...
-    @property
-    def collective_efficiency(self) -> Mapping[str, float]: ...
+    name: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    efficiency: float
+    shared_per_node: bool
+    collective_efficiency: Mapping[str, float]
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ from dataclasses import asdict
 from typing import Any
 
 from llmsim.backend import Backend, Case
-from llmsim.measure.summary import Energy, StepBreakdown, StepSummary
+from llmsim.measure.summary import Energy, MeasuredSplit, StepSummary
 from llmsim.results import Result, fill_derived
 from llmsim.workload.profile import profile_workload
 
 
 def measured_result(backend: Backend, case: Case, summary: StepSummary, *, hardware: str,
                     peak_memory_bytes: float | None, peak_flops_per_s: float | None = None,
-                    breakdown: StepBreakdown | None = None, energy: Energy | None = None,
+                    breakdown: MeasuredSplit | None = None, energy: Energy | None = None,
                     extra: dict[str, Any] | None = None) -> Result:
     """The `ok` row of `case` measured by `backend`; MFU is left empty without a peak."""
     profile = profile_workload(case.workload, case.sharing)

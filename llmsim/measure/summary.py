@@ -53,7 +53,7 @@ def summarize(step_times: Sequence[float], first_token: Sequence[float] = (), op
 
 
 @dataclass(frozen=True)
-class StepBreakdown:
+class MeasuredSplit:
     """T = m*C/n: C, and where the step went (compute, exposed communication, bubble, other: they add
     up to the step time)."""
 
@@ -64,7 +64,7 @@ class StepBreakdown:
     other_time_s: float = 0.0
 
     @classmethod
-    def one_device(cls, summary: StepSummary) -> "StepBreakdown":
+    def one_device(cls, summary: StepSummary) -> "MeasuredSplit":
         """One device alone: C is the whole step, nothing is communication or bubble, and all of the step
         is compute except the optimizer update, reported as other."""
         return cls(c_per_submodel_s=summary.step_time_s, compute_time_s=summary.step_time_s - summary.other_time_s,
@@ -116,7 +116,7 @@ def _share(records: Sequence[RankTimes], field: str) -> float:
 
 
 def rank_breakdown(records: Sequence[RankTimes], summary: StepSummary, *, c_per_submodel_s: float,
-                   pipeline: bool) -> StepBreakdown:
+                   pipeline: bool) -> MeasuredSplit:
     """Exposed communication and the pipeline's send/recv waits (bubble) as their profiled shares of the
     step time. The parts come from different clocks (timed steps, one profiled step): they are scaled
     down where needed so that compute + comm + bubble + other is the step time."""
@@ -127,5 +127,5 @@ def rank_breakdown(records: Sequence[RankTimes], summary: StepSummary, *, c_per_
     rest = step_time - other
     if comm + bubble > rest:
         comm, bubble = comm * rest / (comm + bubble), bubble * rest / (comm + bubble)
-    return StepBreakdown(c_per_submodel_s=c_per_submodel_s, compute_time_s=rest - comm - bubble,
+    return MeasuredSplit(c_per_submodel_s=c_per_submodel_s, compute_time_s=rest - comm - bubble,
                          comm_time_s=comm, bubble_time_s=bubble, other_time_s=other)

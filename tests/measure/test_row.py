@@ -9,7 +9,7 @@ import pytest
 from llmsim.backend import Case, RunContext
 from llmsim.config import parse_scenario
 from llmsim.measure.row import measured_result
-from llmsim.measure.summary import Energy, StepBreakdown, summarize
+from llmsim.measure.summary import Energy, MeasuredSplit, summarize
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases
@@ -29,7 +29,7 @@ def test_one_device_row() -> None:
     case = _case()
     summary = summarize([2.0, 4.0], first_token=[1.0, 1.0], decode_tokens=4)
     r = measured_result(CpuBackend(RunContext()), case, summary, hardware="cpu-host", peak_memory_bytes=123.0,
-                        peak_flops_per_s=1e9, breakdown=StepBreakdown.one_device(summary),
+                        peak_flops_per_s=1e9, breakdown=MeasuredSplit.one_device(summary),
                         energy=Energy(5.0, "rapl"), extra={"threads": 2})
     profile = profile_workload(case.workload, case.sharing)
     assert r.status == "ok" and r.kind == "measured" and (r.hardware, r.nodes) == ("cpu-host", 1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llmsim.measure.summary import (Energy, StepBreakdown, rank_breakdown, slowest, summarize,
+from llmsim.measure.summary import (Energy, MeasuredSplit, rank_breakdown, slowest, summarize,
                                     summarize_ranks)
 
 
@@ -37,7 +37,7 @@ def test_ttft_is_the_mean_first_token_and_tpot_the_rest_per_token() -> None:
 def test_the_optimizer_update_is_other_and_the_rest_of_one_device_is_compute() -> None:
     s = summarize([4.0, 6.0], optimizer=[1.0, 2.0])
     assert s.other_time_s == 1.5
-    b = StepBreakdown.one_device(s)
+    b = MeasuredSplit.one_device(s)
     assert (b.c_per_submodel_s, b.compute_time_s, b.comm_time_s, b.bubble_time_s, b.other_time_s) == \
         (5.0, 3.5, 0.0, 0.0, 1.5)
     assert Energy.modeled(100.0, 5.0) == Energy(500.0, "modeled")
