@@ -9,7 +9,6 @@ The report is a llmsim.report Document, rendered by the same markdown and HTML r
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import Explanation, describe, fmt_duration, fmt_energy, fmt_usd
 from llmsim.planner.search import Evaluation, Hardware, SearchStats
 from llmsim.report.units import fmt_bytes
+from llmsim.report.raster import png as raster_png
 from llmsim.results import write_atomic
 
 CONTRACT_COLUMNS = ["hardware", "n_devices", "feasible", "reason", "step_time_s", "time_to_goal_s", "cost_usd",
@@ -207,12 +207,6 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
     return Document(f"llmsim plan: {plan.name}", summary, sections, meta)
 
 
-def figure_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
 def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,
                   top: list[Evaluation], closest: list[Evaluation], stats: SearchStats, hardware: list[Hardware],
                   simulated: bool) -> list[Path]:
@@ -226,7 +220,7 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
     winner = int(frame.index[frame["strategy"].eq(top[0].config.name) & frame["hardware"].eq(top[0].config.hardware)
                              ][0]) if top else None
     fig, _ = pareto_figure(frame, plan, winner)
-    png = figure_png(fig)
+    png = raster_png(fig)
     (run_dir / "figures").mkdir(exist_ok=True)
     (run_dir / "figures" / "pareto.png").write_bytes(png)
     written.append(run_dir / "figures" / "pareto.png")
