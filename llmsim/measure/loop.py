@@ -1,7 +1,7 @@
 """The warm-up and timed loop every measured backend and every distributed rank runs.
 
-`warmup` untimed steps first (allocator, caches, autotuning, XLA compilation), each followed by a wait
-for the device. Then `steps` timed steps: the device is waited for before each (so work queued by the
+`warmup` untimed steps first (allocator, caches, autotuning, XLA compilation), with their marks stamped
+and dropped, each followed by a wait for the device. Then `steps` timed steps: the device is waited for before each (so work queued by the
 previous step is not timed in this one), a stamp is taken, the step runs with a `mark` callback that
 stamps its labels (`first_token` after a decode step's prefill, `backward_done` before a training
 step's optimizer update), and a stamp ends it. Stamps are turned into seconds only after a final
@@ -18,7 +18,7 @@ from typing import Any, Literal
 from llmsim.energy import EnergyMeter
 from llmsim.measure.device import MeasuredDevice
 from llmsim.measure.summary import Energy, StepSummary, summarize
-from llmsim.workload.step import Mark, no_mark
+from llmsim.workload.step import Mark
 
 Keep = Literal["none", "timed", "all"]
 
@@ -57,7 +57,9 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
     outputs: list[Any] = []
     started = time.perf_counter()
     for _ in range(warmup):
-        out = run(no_mark)
+        # Marks stamp the device's clock during warm-up too (stamps dropped): a warm-up step must run exactly
+        # what a timed one runs, and on XLA a stamp cuts the graph (warming up without it compiles other graphs).
+        out = run(lambda _label: device.now())
         if keep == "all":
             outputs.append(out)
         device.wait()

@@ -88,8 +88,18 @@ def test_warmup_is_untimed_and_waited_for_and_each_timed_step_starts_after_a_wai
                before_step=lambda: calls.append("barrier"), after_warmup=lambda: calls.append("warm"))
     assert calls == ["step"] * 3 + ["warm"] + ["barrier", "step"] * 2
     warmup, timed = device.log[:3], device.log[3:]
-    assert warmup == ["wait"] * 3  # no stamps in the warm-up
+    assert warmup == ["wait"] * 3  # steps that mark nothing take no stamp in the warm-up
     assert timed == ["wait"] + ["wait", "now", "now"] * 2 + ["wait"]
+
+
+def test_a_warm_up_step_stamps_its_marks_as_a_timed_step_does() -> None:
+    """On XLA a stamp cuts the traced graph: a warm-up without the marks' stamps compiles other graphs than
+    the timed steps run (a decode step then recompiled inside the clock: graphs_compiled_timed 2)."""
+    device = TickDevice()
+    time_steps(decode_step, device, steps=1, warmup=1)
+    warmup = device.log[:device.log.index("wait") + 1]
+    assert warmup == ["now", "wait"]  # the first_token mark stamped, then the wait after the step
+    assert device.log[2:] == ["wait", "wait", "now", "now", "now", "wait"]
 
 
 def test_outputs_kept_as_asked() -> None:
