@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmsim.config import Scenario, load_scenario
-from llmsim.errors import LLMSimError
+from llmsim.errors import LLMSimError, ScenarioError
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import latest_run_dir, read_rows, rows_frame
@@ -55,10 +55,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     scenario, planned, manager, registry = _load(args.scenario, args.set, args.backend)
     out = Path(args.out)
     resume = None
-    if args.resume is not None:
-        resume = Path(args.resume) if args.resume else latest_run_dir(out, scenario.name)
-        if resume is None or not (resume / "results.jsonl").exists():
-            raise LLMSimError(f"--resume: no earlier run of {scenario.name!r} with results under {out}")
+    if args.resume:
+        resume = Path(args.resume)
+        if not (resume / "results.jsonl").exists():
+            raise ScenarioError(None, "--resume", f"{resume} is not a run folder (it has no results.jsonl)")
+    elif args.resume is not None:
+        resume = latest_run_dir(out, scenario.name)
+        if resume is None:
+            raise ScenarioError(None, "--resume", f"no earlier run of {scenario.name!r} under {out}/ (give the "
+                                                  f"run folder, or the --out the run used)")
 
     def progress(k: int, n: int, item: PlannedCase) -> None:
         err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)
@@ -67,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                            scenario_dir=Path(args.scenario).resolve().parent)
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
-    err_console.print("done: " + ", ".join(f"{v} {k}" for k, v in counts.items()), highlight=False)
+    err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
+                      highlight=False)
     try:
         from llmsim.report.build import write_report
 

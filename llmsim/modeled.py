@@ -15,7 +15,7 @@ from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
@@ -45,6 +45,15 @@ class ModeledSettings(BaseModel):
     attention: Literal["flash", "fused-softmax", "math"] = Field(
         "flash", description="attention kernel modeled (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes(cls, value: Any) -> Any:
+        """One message for both forms (pydantic would report the first branch of the union it tried)."""
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise ValueError("allowed: a node count >= 1, or a non-empty list of them (a sweep)")
+        return value
 
     @property
     def node_count(self) -> int:

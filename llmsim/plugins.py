@@ -77,8 +77,14 @@ def get_plugin_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | N
     for ep in entry_points:
         if wanted is not None and ep.name not in wanted:
             continue
-        if manager.pm.get_plugin(ep.name) is not None:
-            continue
+        taken = manager.pm.get_plugin(ep.name)
+        if taken is not None:
+            if getattr(taken, "__name__", None) != ep.value:  # two distributions claim one plugin name
+                dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value
+                manager.broken[f"{ep.name} ({dist})"] = (f"entry point {ep.name!r} -> {ep.value} is not loaded: the "
+                                                         f"name is taken by {getattr(taken, '__name__', taken)}; "
+                                                         f"give the plugin's entry point another name")
+            continue  # the same entry point listed twice (e.g. an editable and a regular install) loads once
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - report, keep the others working

@@ -184,7 +184,7 @@ def new_run_dir(out: Path, scenario: str) -> Path:
 
 
 def latest_run_dir(out: Path, scenario: str) -> Path | None:
-    """The newest run folder of `scenario` under `out` that holds rows (what --resume continues)."""
+    """The newest run folder of `scenario` under `out` (what --resume continues by default)."""
     runs = sorted(p for p in (out / scenario).glob("*") if (p / "results.jsonl").exists())
     return runs[-1] if runs else None
 
@@ -206,7 +206,10 @@ class ResultStore:
         self.jsonl = run_dir / "results.jsonl"
         self.csv = run_dir / "results.csv"
         self.rows: list[dict[str, Any]] = read_rows(run_dir) if self.jsonl.exists() else []
-        if not self.csv.exists():  # a header from the start: a killed run never lacks its csv
+        # Both files from the start: a run killed before its first row still is a run folder (it can be
+        # resumed, reported on, and never lacks its csv).
+        self.jsonl.touch()
+        if not self.csv.exists():
             write_atomic(self.csv, self.frame().to_csv(index=False))
 
     def done(self) -> set[tuple[str, str]]:

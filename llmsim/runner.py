@@ -41,7 +41,9 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         return cls.Settings.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        where = format_key_path(("backends", name) + tuple(err["loc"]))
+        # pydantic names the branch of a union it tried ("constrained-int", "list[constrained-int]"): not a key
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
+        where = format_key_path(("backends", name) + loc)
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(cls.Settings.model_fields) or "none"
             raise ScenarioError(file, where, f"unknown setting of backend '{name}'; allowed: {allowed}") from None
@@ -77,8 +79,9 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     sweeps = {}
     for name, raw in backends.items():
         cls = registry.get(name)
+        settings = _backend_settings(name, cls, raw, file)
         try:
-            settings = cls.resolve_settings(_backend_settings(name, cls, raw, file), catalog)
+            settings = cls.resolve_settings(settings, catalog)
         except ScenarioError as exc:
             raise ScenarioError(file, f"backends.{name}.{exc.key}" if exc.key else f"backends.{name}",
                                 exc.message) from None
@@ -92,7 +95,8 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
         for suffix, settings in sweeps[name]:
             layout = resolve_layout(strategy, scenario.workload, cls.world_size(settings), name)
             if not isinstance(layout, Layout):
-                raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1])
+                point = f" (backend '{name}' at {suffix[1:]})" if suffix else ""
+                raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1] + point)
             case = Case(scenario=scenario.name, name=strategy.name + suffix, workload=scenario.workload,
                         sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
                         seed=scenario.seed, scenario_dir=scenario_dir)
@@ -117,10 +121,17 @@ def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
                  scenario_dir: Path = Path(".")) -> RunOutcome:
-    """Run every planned case, persisting each row as it finishes; the report is the caller's to build."""
+    """Run every planned case, persisting each row as it finishes; the report is the caller's to build.
+
+    `resume`: an earlier run folder of this very scenario (ScenarioError keyed `--resume` otherwise: a
+    folder's rows must all come from one scenario); its finished rows are kept and the rest run.
+    """
+    resolved = scenario.model_dump(mode="json")
+    if resume is not None:
+        check_resumable(resume, resolved)
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
-    write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
+    write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
     write_atomic(run_dir / "environment.json", json.dumps(environment_record(), indent=2))
     context = RunContext(catalog=build_catalog(scenario, scenario_dir, manager), run_dir=run_dir, manager=manager)
     instances: dict[str, Backend] = {}
@@ -137,6 +148,36 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     except KeyboardInterrupt:
         interrupted = True
     return RunOutcome(run_dir, len(store.rows), interrupted)
+
+
+def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:
+    """The first key path where two resolved scenarios differ, with both values, or None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in list(dict.fromkeys([*saved, *current])):
+            found = _first_difference(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        for i, (a, b) in enumerate(zip(saved, current)):
+            found = _first_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if saved == current else f"{path}: {saved!r} there, {current!r} now"
+
+
+def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """A run folder may be resumed only by the scenario that started it, unchanged (else its rows would
+    mix two workloads). ScenarioError keyed `--resume`, naming the first difference."""
+    saved_file = run_dir / "scenario.yaml"
+    if not saved_file.exists():
+        raise ScenarioError(None, "--resume", f"{run_dir} is not a run folder (it has no scenario.yaml)")
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    difference = _first_difference(saved, resolved)
+    if difference:
+        raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "
+                                              f"({difference}); start a new run instead")
 
 
 def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunContext) -> Result:

@@ -70,7 +70,7 @@ def test_run_prints_the_run_folder_last(write_scenario, tmp_path: Path) -> None:
 
 
 def test_resume_without_an_earlier_run_is_a_clear_error(write_scenario, tmp_path: Path, capsys) -> None:
-    assert main(["run", str(write_scenario()), "--out", str(tmp_path / "empty"), "--resume"]) == 1
+    assert main(["run", str(write_scenario()), "--out", str(tmp_path / "empty"), "--resume"]) == 2  # bad input
     assert "no earlier run of 'tiny-test'" in capsys.readouterr().err
 
 

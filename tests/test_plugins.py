@@ -148,3 +148,17 @@ def test_hardware_hook_cannot_redefine_a_builtin() -> None:
 
     with pytest.raises(ScenarioError, match="already exists"):
         _catalog_with(dict(NPU, name="cpu-host"))
+
+
+def test_an_entry_point_named_like_a_loaded_plugin_is_reported_not_silently_dropped(fake_entry_points) -> None:
+    """A third-party package whose entry point is called `cpu` cannot replace the built-in one, and says so
+    (`llmsim backends` prints the broken plugins as warnings); the same entry point listed twice loads once."""
+    eps = fake_entry_points(alpha="alpha-sim")
+    clash = importlib.metadata.EntryPoint("alpha", "llmsim_test_plugin_other", "llmsim")
+    manager = get_plugin_manager([*eps, eps[0], clash], environ={})
+    registry = BackendRegistry.from_manager(manager)
+    assert registry.names == ["alpha-sim"]
+    [(name, why)] = registry.broken.items()
+    assert name == "alpha (llmsim_test_plugin_other)"
+    assert why == ("entry point 'alpha' -> llmsim_test_plugin_other is not loaded: the name is taken by "
+                   "llmsim_test_plugin_alpha; give the plugin's entry point another name")

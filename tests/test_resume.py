@@ -91,3 +91,41 @@ def test_killed_run_leaves_whole_files_and_resumes(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert sorted(r["case"] for r in rows) == [f"s{i}" for i in range(6)]  # each case exactly once
     assert len(pd.read_csv(run_dir / "results.csv")) == 6
+
+
+def test_interrupted_before_the_first_row_is_still_a_run_that_resumes(tmp_path: Path, monkeypatch, capsys) -> None:
+    from llmsim_plugins.roofline import RooflineBackend
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MODELED))
+    original = RooflineBackend.run
+
+    def interrupt_at_once(self, case, settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RooflineBackend, "run", interrupt_at_once)
+    code, partial = _run(path, tmp_path / "b", capsys=capsys)
+    assert code == 130 and (partial / "results.jsonl").read_text() == ""
+    monkeypatch.setattr(RooflineBackend, "run", original)
+    code, resumed = _run(path, tmp_path / "b", "--resume", capsys=capsys)
+    assert code == 0 and resumed == partial and len(_rows(resumed)) == len(STRATEGIES)
+
+
+@pytest.mark.parametrize(("change", "difference"), [
+    ({"name": "another-test"}, "name: 'resume-test' there, 'another-test' now"),
+    ({"workload": {**MODELED["workload"], "batch": 32}}, "workload.batch: 16 there, 32 now"),
+])
+def test_resume_refuses_the_run_of_another_or_an_edited_scenario(tmp_path: Path, capsys, change: dict,
+                                                                 difference: str) -> None:
+    """A run folder's rows come from one scenario: resuming it with another would mix two workloads."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MODELED))
+    code, run_dir = _run(path, tmp_path / "a", capsys=capsys)
+    assert code == 0
+    rows = (run_dir / "results.jsonl").read_text()
+    path.write_text(yaml.safe_dump({**MODELED, **change}))
+    assert main(["run", str(path), "--out", str(tmp_path / "a"), "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"llmsim: error: --resume: {run_dir} holds a run of another scenario or an edited one "
+                   f"({difference}); start a new run instead")
+    assert (run_dir / "results.jsonl").read_text() == rows

@@ -127,5 +127,6 @@ def rank_breakdown(records: Sequence[RankTimes], summary: StepSummary, *, c_per_
     rest = step_time - other
     if comm + bubble > rest:
         comm, bubble = comm * rest / (comm + bubble), bubble * rest / (comm + bubble)
-    return MeasuredSplit(c_per_submodel_s=c_per_submodel_s, compute_time_s=rest - comm - bubble,
+    # When the shares filled the whole rest, rest - comm - bubble is 0 up to rounding (-1e-17 was seen).
+    return MeasuredSplit(c_per_submodel_s=c_per_submodel_s, compute_time_s=max(rest - comm - bubble, 0.0),
                          comm_time_s=comm, bubble_time_s=bubble, other_time_s=other)

@@ -79,3 +79,12 @@ def test_parts_from_the_profiled_step_never_exceed_the_timed_step() -> None:
     b = rank_breakdown(ranks, summarize_ranks(ranks), c_per_submodel_s=1.0, pipeline=True)
     assert b.compute_time_s == pytest.approx(0.0)
     assert (b.comm_time_s, b.bubble_time_s) == (pytest.approx(0.25), pytest.approx(0.25))
+
+
+def test_compute_is_never_negative_when_the_shares_fill_the_step() -> None:
+    """Rescaled shares that fill the rest leave rest - comm - bubble at 0 up to rounding: a measured FSDP row
+    once read compute_time_s = -1.4e-17 (the distributed test's `compute_time_s >= 0` caught it)."""
+    ranks = [Rank([0.343], optimizer_times_s=[0.219], comm_exposed_s=0.3, p2p_exposed_s=0.0, profiled_step_s=0.31)]
+    b = rank_breakdown(ranks, summarize_ranks(ranks), c_per_submodel_s=1.0, pipeline=False)
+    assert b.compute_time_s >= 0.0
+    assert b.compute_time_s + b.comm_time_s + b.other_time_s == pytest.approx(0.343)

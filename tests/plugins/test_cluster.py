@@ -75,8 +75,9 @@ def test_with_a_pipeline_both_blame_the_same_stage_and_the_bubble_for_the_rest(s
     """The critical stage is the busiest one for both (here the last: it holds the LM head) and its compute
     is the same; the bubble is what it waits. Where they differ, by mechanism: the closed form prices a
     balanced pipeline on the busiest stage ((p-1)/m of its time, a message each way per micro-batch and
-    chunk), the simulation plays the real stages (lighter ones fill and drain faster, the end stages send
-    one way only), so its bubble and communication are smaller, never larger."""
+    chunk), the simulation plays the real stages. On one node with a heavy LM head the lighter stages
+    fill and drain faster and the end stages send one way only, so its bubble and communication are
+    smaller here (across nodes an interleaved schedule's many hops can make the bubble larger)."""
     devices = 4
     rows = {p.backend.name: _run(p) for p in _planned(GPT2, [strategy], nodes=1, devices_per_node=devices)}
     sim, roof = rows["cluster"], rows["roofline"]
