@@ -118,3 +118,43 @@ def test_dropout_adds_bytes_but_no_flops_and_only_in_training() -> None:
     assert dropped.activation_bytes > plain.activation_bytes  # the masks are saved for backward
     # eval mode (serving): dropout is the identity, the profile is unchanged
     assert prof("prefill", 0.1).ops == prof("prefill", 0.0).ops
+
+
+def _synthetic() -> "WorkloadProfile":
+    from llmsim.workload.profile import OpTotals, WorkloadProfile
+
+    ops = {("forward", "layers", "matmul"): OpTotals(1.0, 10.0, 1),
+           ("forward", "layers", "other"): OpTotals(0.0, 20.0, 2),
+           ("forward", "head", "matmul"): OpTotals(4.0, 40.0, 3),
+           ("backward", "layers", "matmul"): OpTotals(16.0, 80.0, 4),
+           ("backward", "embed", "attention"): OpTotals(64.0, 160.0, 5)}
+    return WorkloadProfile(mode="train", dtype="bfloat16", batch=1, seq_len=1, layers=1, tokens_per_step=1,
+                           params=1, trainable_params=1, param_bytes=2, trainable_param_bytes=2, layer_params=1,
+                           embed_params=0, activation_bytes=0, activation_bytes_per_layer=0, kv_cache_bytes=0,
+                           ops=ops)
+
+
+def test_profile_queries_sum_exactly_the_entries_that_match_every_given_key() -> None:
+    p = _synthetic()
+    assert p.flops() == 85.0 and p.bytes() == 310.0
+    assert p.flops(phase="forward") == 5.0 and p.bytes(phase="forward") == 70.0
+    assert p.flops(kind="matmul") == 21.0 and p.bytes(kind="matmul") == 130.0
+    assert p.flops(region="layers") == 17.0 and p.bytes(region="layers") == 110.0
+    assert p.flops(phase="forward", kind="matmul") == 5.0 and p.bytes(phase="forward", kind="matmul") == 50.0
+    assert p.flops(phase="backward", region="layers") == 16.0 and p.bytes(phase="backward", region="layers") == 80.0
+    assert p.flops(kind="matmul", region="head") == 4.0 and p.bytes(kind="other", region="layers") == 20.0
+    assert p.flops(phase="forward", kind="matmul", region="layers") == 1.0
+    assert p.bytes(phase="backward", kind="attention", region="embed") == 160.0
+    assert p.bytes(phase="optimizer") == 0 and p.flops(phase="forward", kind="attention") == 0
+    assert p.model_flops_per_step == 85.0
+    assert p.flops_by_kind() == {"matmul": 21.0, "attention": 64.0, "other": 0.0}
+
+
+def test_op_totals_add_scaled_and_round_the_count() -> None:
+    from llmsim.workload.profile import OpTotals
+
+    t = OpTotals(1.0, 2.0, 3)
+    t.add(OpTotals(10.0, 20.0, 5), 1.5)
+    assert t == OpTotals(16.0, 32.0, 3 + 8)   # 7.5 rounds to 8
+    t.add(OpTotals(1.0, 1.0, 1))
+    assert t == OpTotals(17.0, 33.0, 12)
