@@ -172,6 +172,17 @@ def test_ring_phase_carries_tier_latency_and_efficiency() -> None:
     phase = ring_phase("all-gather", 8e6, 4, slow_gather, "inter")
     assert phase == Phase("inter", 8e6 * 3 / 4 / 0.25, COLLECTIVE_BASE_LATENCY_S + 3 * LAT)
     assert ring_phase("all-reduce", 8e6, 4, CH).latency_s == pytest.approx(COLLECTIVE_BASE_LATENCY_S + 6 * LAT)
+    assert ring_phase("all-reduce", 8e6, 4, CH).tier == "intra"      # the default: the node's fabric
+
+
+def test_tree_phase_carries_its_tier() -> None:
+    from llmsim.costmodel.collectives import flat_phases, tree_phase
+
+    assert tree_phase(1e3, 512, CH).tier == "intra"
+    assert tree_phase(1e3, 512, CH, "inter").tier == "inter"
+    # a flat all-reduce that picks the tree keeps the tier it was asked for
+    assert flat_phases("all-reduce", 1e3, 512, CH, "inter") == (tree_phase(1e3, 512, CH, "inter"),)
+    assert flat_phases("all-reduce", 1e3, 512, CH, "inter")[0].tier == "inter"
 
 
 def test_repeat_merges_k_collectives_into_k_times_the_bytes_and_latency() -> None:

@@ -270,3 +270,17 @@ def test_tensor_parallel_communication_is_megatrons_four_collectives_per_layer(r
     assert r.comm_time_s == pytest.approx(expected, rel=1e-12)
     assert r.comm_detail["pipeline_and_tensor"] == pytest.approx(expected, rel=1e-12)
     assert r.comm_detail["data_parallel"] == 0 and r.comm_detail["sharing_sync"] == 0
+
+
+def test_the_options_reach_the_memory_and_the_single_device_step() -> None:
+    """Software choices change both the time and the memory of a case: the math attention path keeps the
+    s x s scores (costmodel.memory) and runs slower than flash; m*C prices with the same choices."""
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    plan, cluster, math = Plan(dp=2, microbatches=2), a100_cluster(), Options(attention="math")
+    r = estimate(workload, profile, sharing, plan, cluster, math)
+    assert r.memory == memory_breakdown(workload, profile, sharing, plan, math)
+    assert r.memory.activations > memory_breakdown(workload, profile, sharing, plan).activations
+    one = single_device_step_time(workload, profile, sharing, plan, cluster, math)
+    assert one == estimate(workload, profile, sharing, Plan(microbatches=4), a100_cluster(1, 1), math).step_time_s
+    assert one > single_device_step_time(workload, profile, sharing, plan, cluster)

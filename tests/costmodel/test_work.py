@@ -243,3 +243,296 @@ def test_a_decode_step_defaults_to_one_traced_step() -> None:
     # the traced totals of 2 steps, priced as 2: each step is cheaper than all of them at once
     two = forward_work(workload, profile, plan, a100_cluster(), Options(), "decode", 2)
     assert two.stages[0].fwd_layer_s < one.stages[0].fwd_layer_s
+
+
+# -- training: each stage's work by hand --------------------------------------------------------------------------
+
+H, VOCAB, POSITIONS = 768, 50257, 1024          # GPT-2 small
+PER_LAYER = 12 * H * H + 13 * H                  # QKV, out, fc, proj weights and biases, two layernorms
+
+
+def _train_case(layers: int = 8):
+    from llmsim.config import ModelSpec, Workload
+    from tests.costmodel.helpers import a100_cluster, profiled
+
+    workload = Workload(model=ModelSpec(preset="gpt2-small", layers=layers, seq_len=128), batch=16)
+    return workload, a100_cluster(nodes=2)
+
+
+def _phase(profile, workload, plan, options, cluster, phase, region, divide):
+    from llmsim.costmodel.compute import device_rates, phase_times
+
+    return phase_times(profile, workload, plan, options, device_rates(cluster, "bfloat16"), phase, region, divide)
+
+
+def test_a_four_stage_interleaved_step_by_hand() -> None:
+    """pp = 4 (first, two middle, last), tp = 2, dp = 2 with ZeRO-1, two chunks per stage, full recompute,
+    tied embeddings, bf16. Every field of every stage from the sources in the module docstring."""
+    from llmsim.costmodel.compute import device_rates
+    from llmsim.costmodel.work import SyncWork, train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case()
+    profile, sharing = profiled(workload)
+    plan = Plan(dp=2, tp=2, pp=4, micro_batch=2, microbatches=4, schedule="interleaved", virtual_stages=2,
+                zero=1, recompute="full")
+    options = Options()
+    work = train_work(workload, profile, sharing, plan, cluster, options)
+
+    fwd = _phase(profile, workload, plan, options, cluster, "forward", "layers", 8)
+    bwd = _phase(profile, workload, plan, options, cluster, "backward", "layers", 8)
+    embed = [_phase(profile, workload, plan, options, cluster, ph, "embed", 2).total for ph in ("forward", "backward")]
+    head = [_phase(profile, workload, plan, options, cluster, ph, "head", 2).total for ph in ("forward", "backward")]
+    stage_layers = 8 // 4
+    # tp ranks 0-1 (a node holds 8), cp none, pp stride 2 (4 stages in one node), dp stride 8 (the next node)
+    tp, pp, dp = Group(2, 2, 1), Group(4, 4, 1), Group(2, 1, 2)
+    activation = 2 * 128 * H * 2
+    rates = device_rates(cluster, "bfloat16")
+
+    middle = stage_layers * PER_LAYER / 2                     # a middle stage's parameters on one tp rank
+    first = middle + (VOCAB + POSITIONS + 2) * H / 2          # + token and position embeddings, final norm
+    last = middle + VOCAB * H / 2                             # + the tied LM head's copy of the embedding
+
+    def stage(params: float, is_first: bool, is_last: bool) -> StageWork:
+        edge = params - middle
+        return StageWork(
+            layers=1, fwd_layer_s=pytest.approx(fwd.total / 2, rel=1e-12),
+            bwd_layer_s=pytest.approx(bwd.total / 2, rel=1e-12),
+            recompute_layer_s=pytest.approx(fwd.total / 2, rel=1e-12), cp_layer_s=0.0,
+            embed_fwd_s=embed[0] if is_first else 0.0, embed_bwd_s=embed[1] if is_first else 0.0,
+            head_fwd_s=head[0] if is_last else 0.0, head_bwd_s=head[1] if is_last else 0.0,
+            tp_fwd=(Comm("all-reduce", activation, tp, 2),), tp_recompute=(Comm("all-reduce", activation, tp, 2),),
+            tp_bwd=(Comm("all-reduce", activation, tp, 2),),
+            tp_embed=(Comm("all-reduce", activation, tp),) if is_first else (),
+            tp_head=(Comm("all-reduce", activation, tp),) if is_last else (),
+            recv_gather=(Comm("all-gather", activation, tp),),
+            accumulate_s=pytest.approx((4 - 1) * rates.memory_time(params * 3 * 2), rel=1e-12),
+            optimizer_s=pytest.approx(rates.memory_time(params / 2 * (24 + 2 + 2)), rel=1e-12),
+            grad_bytes_layer=pytest.approx(middle / stage_layers * 2, rel=1e-12),
+            grad_bytes_embed=pytest.approx(edge * 2 if is_first else 0.0, rel=1e-12, abs=1e-6),
+            grad_bytes_head=pytest.approx(edge * 2 if is_last else 0.0, rel=1e-12, abs=1e-6),
+            param_bytes_layer=pytest.approx(middle / stage_layers * 2, rel=1e-12),
+            param_bytes_embed=pytest.approx(edge * 2 if is_first else 0.0, rel=1e-12, abs=1e-6),
+            param_bytes_head=pytest.approx(edge * 2 if is_last else 0.0, rel=1e-12, abs=1e-6),
+            gather_after_step=(Comm("all-gather", pytest.approx(params * 2, rel=1e-12), dp),))
+
+    # the tied embedding's gradient is all-reduced between the first and the last stage (one node: a pair
+    # inside it), vocab x hidden / tp in bf16
+    tied = SyncWork("tied-embedding", (0, 3), Comm("all-reduce", VOCAB * H / 2 * 2, Group(2, 2, 1)))
+    assert work == StepWork(stages=(stage(first, True, False), stage(middle, False, False),
+                                    stage(middle, False, False), stage(last, False, True)),
+                            microbatches=4, schedule="interleaved", virtual_stages=2, forward_only=False,
+                            p2p=Comm("p2p", activation / 2, pp), dp_op="all-reduce", dp_group=dp, zero=1,
+                            overlap_grad_reduce=True, syncs=(tied,), comm_shares_cores=False)
+    assert work.stages[1] is work.stages[2]     # middle stages are alike: one StageWork for all
+
+
+@pytest.mark.parametrize("zero,dp_op", [(0, "all-reduce"), (1, "all-reduce"), (2, "reduce-scatter"),
+                                         (3, "reduce-scatter")])
+def test_a_single_stage_with_sequence_parallelism_by_hand(zero: int, dp_op: str) -> None:
+    """pp = 1: the only stage holds the embedding and the head (half of the edge parameters counted for each),
+    sp turns each tp all-reduce into a reduce-scatter and an all-gather (Korthikanti et al. 2022);
+    selective recompute with the fused-softmax kernel recomputes the attention core; fp32 main grads make
+    every gradient 4 bytes and accumulate all m micro-batches; ZeRO 1/2 gather the updated parameters."""
+    from llmsim.costmodel.compute import device_rates
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case(layers=4)
+    profile, sharing = profiled(workload, tie=False)
+    plan = Plan(dp=4, tp=2, micro_batch=4, microbatches=2, sp=True, recompute="selective", zero=zero,
+                overlap_grad_reduce=False)
+    options = Options(attention="fused-softmax", main_grads_fp32=True)
+    work = train_work(workload, profile, sharing, plan, cluster, options)
+    rates = device_rates(cluster, "bfloat16")
+    fwd = _phase(profile, workload, plan, options, cluster, "forward", "layers", 2)
+    bwd = _phase(profile, workload, plan, options, cluster, "backward", "layers", 2)
+    edge_time = {region: [_phase(profile, workload, plan, options, cluster, ph, region, 2).total
+                          for ph in ("forward", "backward")] for region in ("embed", "head")}
+    tp, dp = Group(2, 2, 1), Group(4, 4, 1)
+    activation = 4 * 128 * H * 2
+    layers = 4 * PER_LAYER / 2
+    edge = (VOCAB + POSITIONS + 2 + VOCAB) * H / 2            # untied: token, position, final norm, LM head
+    params = layers + edge
+    shard = 1 if zero == 0 else 4
+    expected = StageWork(
+        layers=4, fwd_layer_s=pytest.approx(fwd.total / 4, rel=1e-12), bwd_layer_s=pytest.approx(bwd.total / 4,
+                                                                                                 rel=1e-12),
+        recompute_layer_s=pytest.approx(fwd.attention / 4, rel=1e-12),
+        embed_fwd_s=edge_time["embed"][0], embed_bwd_s=edge_time["embed"][1],
+        head_fwd_s=edge_time["head"][0], head_bwd_s=edge_time["head"][1],
+        tp_fwd=(Comm("reduce-scatter", activation, tp, 2), Comm("all-gather", activation, tp, 2)),
+        tp_bwd=(Comm("reduce-scatter", activation, tp, 2), Comm("all-gather", activation, tp, 2)),
+        tp_embed=(Comm("reduce-scatter", activation, tp), Comm("all-gather", activation, tp)),
+        tp_head=(Comm("reduce-scatter", activation, tp), Comm("all-gather", activation, tp)),
+        accumulate_s=pytest.approx(2 * rates.memory_time(params * (4 + 4 + 2)), rel=1e-12),
+        optimizer_s=pytest.approx(rates.memory_time(params / shard * (24 + 4 + 2)), rel=1e-12),
+        grad_bytes_layer=pytest.approx(layers / 4 * 4, rel=1e-12),
+        grad_bytes_embed=pytest.approx(edge * 4 / 2, rel=1e-12), grad_bytes_head=pytest.approx(edge * 4 / 2,
+                                                                                               rel=1e-12),
+        param_bytes_layer=pytest.approx(layers / 4 * 2, rel=1e-12),
+        param_bytes_embed=pytest.approx(edge * 2 / 2, rel=1e-12), param_bytes_head=pytest.approx(edge * 2 / 2,
+                                                                                                 rel=1e-12),
+        gather_after_step=(Comm("all-gather", pytest.approx(params * 2, rel=1e-12), dp),) if zero in (1, 2) else ())
+    assert work == StepWork(stages=(expected,), microbatches=2, schedule="1f1b", virtual_stages=1, p2p=None,
+                            dp_op=dp_op, dp_group=dp, zero=zero, overlap_grad_reduce=False, syncs=())
+
+
+def test_recompute_choices_per_layer() -> None:
+    """none: nothing again; full: the whole forward; selective: the attention core (Korthikanti et al. 2022,
+    Sec. 5), which the flash kernel never stores, so it recomputes nothing more than it already does."""
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case(layers=2)
+    profile, sharing = profiled(workload)
+    for kernel in ("flash", "fused-softmax", "math"):
+        options = Options(attention=kernel)
+        fwd = _phase(profile, workload, Plan(micro_batch=2, microbatches=8), options, cluster, "forward", "layers", 1)
+
+        def layer(recompute: str) -> StageWork:
+            plan = Plan(micro_batch=2, microbatches=8, recompute=recompute)
+            return train_work(workload, profile, sharing, plan, cluster, options).stages[0]
+
+        assert layer("none").recompute_layer_s == 0.0
+        assert layer("full").recompute_layer_s == pytest.approx(fwd.total / 2, rel=1e-12)
+        assert layer("selective").recompute_layer_s == pytest.approx(
+            0.0 if kernel == "flash" else fwd.attention / 2, rel=1e-12)
+        assert fwd.attention > 0
+
+
+# -- context parallelism and parameter sharing ---------------------------------------------------------------------
+
+def test_ring_attention_exposes_only_what_the_attention_compute_does_not_hide() -> None:
+    """cp = 4: per layer forward, 3 K/V block exchanges with the ring neighbour, each block K and V of the local
+    sequence chunk (2 x b x s/cp x kv_heads/tp x head_dim, bf16); backward twice that; each direction hides
+    behind that layer's attention compute."""
+    from llmsim.config import ModelSpec, Workload
+    from llmsim.costmodel.compute import PhaseTimes
+    from llmsim.costmodel.work import cp_exposed_time
+
+    workload = Workload(model=ModelSpec(preset="llama3-8b", layers=2, seq_len=8192), batch=4)  # 32 heads, 8 KV
+    cluster = _cluster(nodes=2, devices_per_node=8)
+    plan = Plan(tp=2, cp=4, micro_batch=1)
+    groups = Groups.of(plan, 8)
+    assert groups.cp == Group(4, 4, 1)
+    block = 2 * 1 * (8192 // 4) * (8 // 2) * 128 * 2
+    exchange = 3 * (block / 200e9 + 2e-6)                  # the node's link: 200 GB/s, 2 us a message
+
+    def exposed(fwd_attention: float, bwd_attention: float, plan: Plan = plan, cluster: ClusterSpec = cluster,
+                layers: int = 2) -> float:
+        return cp_exposed_time(workload, plan, PhaseTimes(attention=fwd_attention), PhaseTimes(attention=bwd_attention),
+                               Groups.of(plan, 8), cluster, layers)
+
+    assert exposed(0.0, 0.0) == pytest.approx(2 * 3 * exchange, rel=1e-12)
+    # half the exchange hidden forward (per layer the stage's attention / layers), all of it backward
+    assert exposed(2 * exchange / 2, 2 * 2 * exchange) == pytest.approx(2 * exchange / 2, rel=1e-12)
+    assert exposed(10.0, 10.0) == 0.0
+    # a full recompute repeats the forward's exchanges
+    full = dataclasses.replace(plan, recompute="full")
+    assert exposed(0.0, 0.0, full) == pytest.approx(2 * 4 * exchange, rel=1e-12)
+    # collectives on the compute cores hide nothing
+    cores = dataclasses.replace(cluster, device=Device(efficiency=EFF, overlaps_communication=False))
+    assert exposed(10.0, 10.0, cluster=cores) == pytest.approx(2 * 3 * exchange, rel=1e-12)
+    # tp = 16 > 8 KV heads: each rank holds one replicated KV head
+    wide = Plan(tp=16, cp=2)
+    one_head = 2 * 1 * 4096 * 1 * 128 * 2
+    assert cp_exposed_time(workload, wide, PhaseTimes(), PhaseTimes(), Groups.of(wide, 8), cluster, 1) == \
+        pytest.approx(3 * (one_head / 25e9 + 5e-6), rel=1e-12)   # the cp pair spans two nodes: the slow link
+    assert exposed(0.0, 0.0, Plan(tp=2, cp=1)) == 0.0
+
+
+def test_a_tied_embedding_is_reduced_between_the_first_and_last_stage() -> None:
+    from llmsim.config import SharingChoice
+    from llmsim.costmodel.work import SyncWork, sharing_syncs
+    from tests.costmodel.helpers import profiled
+
+    workload, _ = _train_case()
+    profile, tied = profiled(workload)
+    size = VOCAB * H / 2 * 2                      # vocab x hidden over tp = 2, bf16
+    assert sharing_syncs(workload, profile, tied, Plan(tp=2, pp=4), 8, 2) == (
+        SyncWork("tied-embedding", (0, 3), Comm("all-reduce", size, Group(2, 2, 1))),)
+    # stages on different nodes (tp = 2 x pp = 4 over nodes of 4): one rank on each of two nodes; fp32 grads
+    assert sharing_syncs(workload, profile, tied, Plan(tp=2, pp=4), 4, 4) == (
+        SyncWork("tied-embedding", (0, 3), Comm("all-reduce", 2 * size, Group(2, 1, 2))),)
+    assert sharing_syncs(workload, profile, tied, Plan(tp=2), 8, 2) == ()
+    assert sharing_syncs(workload, profile, SharingChoice(False), Plan(tp=2, pp=4), 8, 2) == ()
+
+
+@pytest.mark.parametrize("k,pp,stages,blocks", [
+    (2, 4, 4, 2),     # 8 layers, 2 blocks round-robin: each block's layers lie on all 4 stages, each stage uses both
+    (4, 4, 2, 2),     # 4 blocks: block i on layers i and i+4, two stages apart; each stage holds 2 blocks
+    (2, 2, 2, 2),
+    (1, 4, 4, 1),     # ALBERT: one block on every stage
+])
+def test_shared_layers_reduce_a_blocks_gradient_between_the_stages_using_it(k: int, pp: int, stages: int,
+                                                                             blocks: int) -> None:
+    from llmsim.costmodel.work import SyncWork, sharing_syncs
+    from tests.costmodel.helpers import profiled
+
+    workload, _ = _train_case()
+    profile, sharing = profiled(workload, tie=False, layer_groups=k)
+    assert profile.layer_params == k * PER_LAYER
+    plan = Plan(tp=2, pp=pp)
+    size = PER_LAYER / 2 * blocks * 2             # a block's gradient per tp rank, bf16, for the blocks a stage holds
+    assert sharing_syncs(workload, profile, sharing, plan, 8, 2) == (
+        SyncWork("shared-layers", tuple(range(pp)), Comm("all-reduce", pytest.approx(size, rel=1e-12),
+                                                        place_group(stages, 2, 8))),)
+
+
+def test_no_sharing_sync_where_no_block_spans_stages_and_none_with_lora() -> None:
+    from llmsim.config import LoraSpec
+    from llmsim.costmodel.work import sharing_syncs
+    from tests.costmodel.helpers import profiled
+
+    workload, _ = _train_case()
+    for k in (5, 8):           # 8 // 5 = 1 stage per block; k = L: no sharing at all
+        profile, sharing = profiled(workload, tie=False, layer_groups=k)
+        assert sharing_syncs(workload, profile, sharing, Plan(pp=2), 8, 2) == ()
+    profile, sharing = profiled(workload, tie=True, layer_groups=2, lora=LoraSpec(rank=4))
+    assert sharing_syncs(workload, profile, sharing, Plan(pp=2), 8, 2) == ()
+
+
+def test_an_eager_host_stage_runs_its_share_of_the_traced_optimizer_loop() -> None:
+    """On a host (op_overhead_s > 0) the optimizer is PyTorch's traced AdamW: a stage holding a share of the
+    trainable parameters streams that share of the traced bytes (a dp-th of it with ZeRO) and launches that
+    share of the traced operators."""
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, _ = _train_case(layers=4)
+    profile, sharing = profiled(workload)
+    host_eff = Efficiency(memory=0.5, op_overhead_s=1e-4)
+    host = ClusterSpec(device=Device(efficiency=host_eff, overlaps_communication=False), intra=Link("lo", 1e10, 1e-5, 1.0),
+                       inter=Link("lo", 1e10, 1e-5, 1.0), nodes=1, devices_per_node=8)
+    opt = [t for key, t in profile.ops.items() if key[0] == "optimizer"]
+    opt_bytes, opt_ops = sum(t.bytes for t in opt), sum(t.count for t in opt)
+    assert opt_bytes > 0 and opt_ops > 0
+    plan = Plan(dp=2, pp=2, zero=1, microbatches=2)
+    work = train_work(workload, profile, sharing, plan, host)
+    first = 2 * PER_LAYER + (VOCAB + POSITIONS + 2) * H       # the first stage's trainable parameters
+    last = 2 * PER_LAYER + VOCAB * H
+    for st, trainable in zip(work.stages, (first, last)):
+        share = trainable / profile.trainable_params
+        assert st.optimizer_s == pytest.approx(opt_bytes * share / 2 / STREAM + 1e-4 * opt_ops * share, rel=1e-12)
+    assert work.comm_shares_cores is True
+
+
+def test_lora_trains_only_the_adapters_of_each_stage() -> None:
+    from llmsim.config import LoraSpec
+    from llmsim.costmodel.compute import device_rates
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case(layers=4)
+    profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
+    adapters = 4 * 16 * H * 8                                 # r (in + out) per adapted Linear: 16 h r per layer
+    assert profile.trainable_params == adapters
+    work = train_work(workload, profile, sharing, Plan(dp=2, pp=2, microbatches=2), cluster)
+    rates = device_rates(cluster, "bfloat16")
+    for st in work.stages:                                    # each stage: 2 of the 4 layers' adapters
+        assert st.grad_bytes_layer == pytest.approx(adapters / 4 * 2, rel=1e-12)
+        assert st.grad_bytes_embed == 0.0 and st.grad_bytes_head == 0.0
+        assert st.optimizer_s == pytest.approx(rates.memory_time(adapters / 2 * 28), rel=1e-12)
+        assert st.accumulate_s == pytest.approx(rates.memory_time(adapters / 2 * 6), rel=1e-12)
+    assert work.syncs == ()
