@@ -503,8 +503,9 @@ def test_an_eager_host_stage_runs_its_share_of_the_traced_optimizer_loop() -> No
     workload, _ = _train_case(layers=4)
     profile, sharing = profiled(workload)
     host_eff = Efficiency(memory=0.5, op_overhead_s=1e-4)
-    host = ClusterSpec(device=Device(efficiency=host_eff, overlaps_communication=False), intra=Link("lo", 1e10, 1e-5, 1.0),
-                       inter=Link("lo", 1e10, 1e-5, 1.0), nodes=1, devices_per_node=8)
+    loopback = Link("lo", 1e10, 1e-5, 1.0)
+    host = ClusterSpec(device=Device(efficiency=host_eff, overlaps_communication=False), intra=loopback,
+                       inter=loopback, nodes=1, devices_per_node=8)
     opt = [t for key, t in profile.ops.items() if key[0] == "optimizer"]
     opt_bytes, opt_ops = sum(t.bytes for t in opt), sum(t.count for t in opt)
     assert opt_bytes > 0 and opt_ops > 0
