@@ -158,3 +158,37 @@ def test_op_totals_add_scaled_and_round_the_count() -> None:
     assert t == OpTotals(16.0, 32.0, 3 + 8)   # 7.5 rounds to 8
     t.add(OpTotals(1.0, 1.0, 1))
     assert t == OpTotals(17.0, 33.0, 12)
+
+
+def test_an_embedding_lookup_moves_the_rows_it_returns_and_its_indices() -> None:
+    """Region `embed` holds the lookups alone: each reads the rows it returns, writes them (2 x output) and
+    reads its int64 indices; no FLOPs. GPT-2 looks up tokens (B, T) and positions (T,); BERT also token
+    types (B, T)."""
+    b, t, h = 2, 64, 768
+    gpt = profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=1, seq_len=t), batch=b),
+                           SharingChoice(True))
+    tokens = 2 * b * t * h * 2 + b * t * 8
+    positions = 2 * t * h * 2 + t * 8
+    fwd = gpt.ops[("forward", "embed", "other")]
+    assert (fwd.flops, fwd.bytes, fwd.count) == (0, tokens + positions, 2)
+    assert gpt.flops(region="embed") == 0
+    assert {k for k in gpt.ops if k[1] == "embed"} <= {("forward", "embed", "other"), ("backward", "embed", "other")}
+    bert = profile_workload(Workload(model=ModelSpec(preset="bert-base", layers=1, seq_len=t), batch=b),
+                            SharingChoice(True))
+    types = 2 * b * t * h * 2 + b * t * 8
+    fwd = bert.ops[("forward", "embed", "other")]
+    assert (fwd.bytes, fwd.count) == (tokens + positions + types, 3)
+
+
+def test_saved_activations_scale_exactly_with_the_batch_so_no_parameter_is_counted() -> None:
+    """Autograd saves weights for the input gradients; the profile excludes them. Every saved tensor in the
+    layers is then a per-sequence activation, and doubling the batch doubles the bytes exactly."""
+    def per_layer(batch: int) -> tuple[int, int]:
+        p = profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=64), batch=batch),
+                             SharingChoice(True))
+        return p.activation_bytes_per_layer, p.activation_bytes
+
+    (one, total_one), (two, total_two) = per_layer(1), per_layer(2)
+    assert one > 0 and two == 2 * one
+    # the layers' share of the whole: the rest lies at the edges (embedding output, final norm, logits, loss)
+    assert total_one > 2 * one and total_two > 2 * two
