@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.workload.profile import profile_workload
 from llmsim.config import SharingChoice
@@ -192,3 +194,37 @@ def test_saved_activations_scale_exactly_with_the_batch_so_no_parameter_is_count
     assert one > 0 and two == 2 * one
     # the layers' share of the whole: the rest lies at the edges (embedding output, final norm, logits, loss)
     assert total_one > 2 * one and total_two > 2 * two
+
+
+def test_a_matmul_moves_its_inputs_and_its_output() -> None:
+    """Bytes moved = sizes of the tensor inputs plus outputs. The tied LM head of a training step is one
+    GEMM (B T, h) x (h, vocab): 2 B T h vocab FLOPs, (B T h + h vocab + B T vocab) bf16 elements."""
+    b, t, h, v = 2, 64, 768, 50257
+    p = profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=1, seq_len=t), batch=b),
+                         SharingChoice(True))
+    head = p.ops[("forward", "head", "matmul")]
+    assert (head.flops, head.bytes, head.count) == (2 * b * t * h * v, (b * t * h + h * v + b * t * v) * 2, 1)
+
+
+@pytest.mark.parametrize("dtype,elem", [("bfloat16", 2), ("float32", 4)])
+def test_parameter_bytes_are_the_counts_in_the_workload_dtype(dtype: str, elem: int) -> None:
+    w = Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=64), batch=2, dtype=dtype)
+    full = profile_workload(w, SharingChoice(True))
+    assert full.param_bytes == elem * full.params and full.trainable_param_bytes == elem * full.trainable_params
+    assert full.params == 2 * (12 * 768**2 + 13 * 768) + (50257 + 1024 + 2) * 768
+    assert full.layer_params == 2 * (12 * 768**2 + 13 * 768) and full.embed_params == full.params - full.layer_params
+    lora = profile_workload(w, SharingChoice(True, lora=LoraSpec(rank=4)))
+    assert lora.trainable_param_bytes == elem * lora.trainable_params == elem * 2 * 16 * 768 * 4
+
+
+def test_one_generated_token_has_no_decode_steps_and_two_have_one() -> None:
+    """decode_tokens = 1: the prefill produces the only token. decode_tokens = 2: one fed-back token at
+    position seq_len, attending to seq_len + 1 cached keys (4 h (t + 1) FLOPs per sequence and layer)."""
+    m = ModelSpec(preset="gpt2-small", layers=2, seq_len=64)
+    one = profile_workload(Workload(model=m, mode="decode", batch=2, decode_tokens=1), SharingChoice(True))
+    assert not [k for k in one.ops if k[0] == "decode"]
+    assert one.kv_cache_bytes == 2 * 2 * 2 * (64 + 1) * 768 * 2
+    two = profile_workload(Workload(model=m, mode="decode", batch=2, decode_tokens=2), SharingChoice(True))
+    assert two.flops(phase="decode", kind="attention") == 2 * 4 * 768 * (64 + 1) * 2
+    assert two.flops(phase="decode", kind="matmul") == 2 * 2 * (12 * 768**2 * 2 + 50257 * 768)
+    assert two.tokens_per_step == 2 * 2 and one.tokens_per_step == 2
