@@ -351,6 +351,19 @@ def test_equally_busy_stages_report_the_first() -> None:
     assert price(work, _fabric()).critical_stage == 0
 
 
+@pytest.mark.parametrize("part", ["compute", "comm", "other"])
+def test_any_part_of_a_stages_time_can_make_it_the_critical_one(part: str) -> None:
+    """The busiest stage is the one with the most compute + exposed communication + optimizer time."""
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork
+
+    more = {"compute": dict(embed_fwd_s=1.0), "comm": dict(tp_embed=(Comm("all-reduce", 1e9, Group(2, 2, 1)),)),
+            "other": dict(optimizer_s=1.0)}[part]
+    busy = _stage(**more)
+    for stages, critical in (((busy, _stage()), 0), ((_stage(), busy), 1), ((_stage(), _stage(), busy), 2)):
+        assert price(StepWork(stages=stages, microbatches=2), _fabric()).critical_stage == critical
+
+
 def test_without_overlap_or_on_compute_cores_the_reduction_is_exposed_whole() -> None:
     from llmsim.costmodel.step import price
     from llmsim.costmodel.work import Comm, StepWork
@@ -428,7 +441,12 @@ def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
     assert t.compute == pytest.approx(prefill.compute + 4 * token.compute, rel=1e-12)
     assert t.comm == pytest.approx(prefill.comm + 4 * token.comm, rel=1e-12)
     assert t.bubble == pytest.approx(prefill.bubble + 4 * token.bubble, rel=1e-12)
-    assert t.other == 0.0 and t.critical_stage == token.critical_stage
+    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 1     # the LM head's stage
+    # two generated tokens: the prefill and one token step
+    two = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=2)
+    t2 = step_times(two, *profiled(two), plan, cluster)
+    token2 = price(forward_work(two, profiled(two)[0], plan, cluster, Options(), "decode", 1), cluster.fabric)
+    assert t2.tpot == token2.step > 0 and t2.step == pytest.approx(t2.ttft + token2.step, rel=1e-12)
     # one generated token: the prefill alone, no token step
     one = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=1)
     t1 = step_times(one, *profiled(one), plan, cluster)

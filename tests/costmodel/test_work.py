@@ -537,3 +537,57 @@ def test_lora_trains_only_the_adapters_of_each_stage() -> None:
         assert st.optimizer_s == pytest.approx(rates.memory_time(adapters / 2 * 28), rel=1e-12)
         assert st.accumulate_s == pytest.approx(rates.memory_time(adapters / 2 * 6), rel=1e-12)
     assert work.syncs == ()
+
+
+def test_context_parallelism_divides_the_work_and_prices_the_ring_exchange_per_layer() -> None:
+    """cp = 2: each device computes 1/(tp pp cp) of the layers' work of a micro-batch and 1/(tp cp) of the
+    edges', sends activations of s/cp tokens, and pays the exposed ring exchange spread over its layers."""
+    from llmsim.config import ModelSpec, Workload
+    from llmsim.costmodel.work import cp_exposed_time, train_work
+    from tests.costmodel.helpers import a100_cluster, profiled
+
+    workload = Workload(model=ModelSpec(preset="gpt2-small", layers=4, seq_len=256), batch=8)
+    profile, sharing = profiled(workload)
+    cluster = a100_cluster(nodes=2)
+    plan = Plan(dp=2, tp=2, pp=2, cp=2, micro_batch=1, microbatches=4)
+    options = Options()
+    work = train_work(workload, profile, sharing, plan, cluster, options)
+    fwd = _phase(profile, workload, plan, options, cluster, "forward", "layers", 8)
+    bwd = _phase(profile, workload, plan, options, cluster, "backward", "layers", 8)
+    embed = _phase(profile, workload, plan, options, cluster, "forward", "embed", 4).total
+    head = _phase(profile, workload, plan, options, cluster, "backward", "head", 4).total
+    exposed = cp_exposed_time(workload, plan, fwd, bwd, Groups.of(plan, 8), cluster, 2)
+    assert exposed > 0
+    first, last = work.stages
+    assert first.fwd_layer_s == pytest.approx(fwd.total / 2, rel=1e-12)
+    assert first.bwd_layer_s == pytest.approx(bwd.total / 2, rel=1e-12)
+    assert first.embed_fwd_s == pytest.approx(embed, rel=1e-12) and last.head_bwd_s == pytest.approx(head, rel=1e-12)
+    assert first.cp_layer_s == last.cp_layer_s == pytest.approx(exposed / 2, rel=1e-12)
+    activation = 1 * (256 // 2) * H * 2
+    assert first.tp_fwd == (Comm("all-reduce", activation, Group(2, 2, 1), 2),)
+    # tp ranks 0-1, cp stride 2, pp stride 4: the two stages share a node of 8
+    assert work.p2p == Comm("p2p", activation / 2, Group(2, 2, 1))
+
+
+def test_zero_1_without_data_parallelism_gathers_nothing() -> None:
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case(layers=2)
+    profile, sharing = profiled(workload)
+    for dp, gathers in ((1, 0), (2, 1)):
+        work = train_work(workload, profile, sharing, Plan(dp=dp, zero=1, microbatches=2), cluster)
+        assert len(work.stages[0].gather_after_step) == gathers
+
+
+def test_the_step_carries_the_sharing_syncs_of_its_layer_groups() -> None:
+    from llmsim.costmodel.work import sharing_syncs, train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case()
+    profile, sharing = profiled(workload, tie=True, layer_groups=2)
+    plan = Plan(pp=4, microbatches=4)
+    work = train_work(workload, profile, sharing, plan, cluster, Options(main_grads_fp32=True))
+    assert [s.name for s in work.syncs] == ["tied-embedding", "shared-layers"]
+    assert work.syncs == sharing_syncs(workload, profile, sharing, plan, 8, 4)
+    assert work.syncs[1].comm.size == pytest.approx(PER_LAYER * 2 * 4, rel=1e-12)   # 2 blocks, fp32 gradients
