@@ -66,6 +66,7 @@ def test_with_devices_keeps_whole_nodes_or_part_of_one(n: int, nodes: int, per_n
     (4, 16, 8, Group(4, 1, 4)),         # stride beyond a node: one per node, never zero
     (4, 0, 8, Group(4, 4, 1)),          # stride 0 reads as consecutive ranks
     (6, 1, 4, Group(6, 4, 2)),          # a partial last node still counts
+    (4, 3, 8, Group(4, 2, 2)),          # stride 3 in nodes of 8: whole members per node only
 ])
 def test_place_group(size: int, stride: int, dpn: int, expected: Group) -> None:
     assert place_group(size, stride, dpn) == expected

@@ -77,13 +77,15 @@ def test_a_host_pays_a_fixed_cost_per_operator_for_every_stage_it_runs() -> None
     and all of an edge region's; a phase traced over several decode steps is divided into one."""
     host = dataclasses.replace(RATES, efficiency=EFF.model_copy(update={"op_overhead_s": 1e-3}))
     ops = {("forward", "layers", "matmul"): OpTotals(count=40), ("forward", "layers", "attention"): OpTotals(count=8),
-           ("forward", "layers", "other"): OpTotals(count=12), ("forward", "head", "other"): OpTotals(count=6)}
-    plan = Plan(tp=2, pp=4, cp=1, micro_batch=2)
-    assert _times(ops, plan=plan, rates=host, divide=8).other == pytest.approx(60 / 4 * 1e-3, rel=1e-12)
-    assert _times(ops, plan=plan, rates=host, divide=8, steps=3).other == pytest.approx(60 / 4 / 3 * 1e-3,
-                                                                                       rel=1e-12)
-    assert _times(ops, region="head", plan=plan, rates=host, divide=2).other == pytest.approx(6e-3, rel=1e-12)
-    assert _times(ops, plan=plan, divide=8).other == 0.0   # an accelerator hides it
+           ("forward", "layers", "other"): OpTotals(bytes=16e9, count=12),
+           ("forward", "head", "other"): OpTotals(count=6)}
+    plan = Plan(tp=2, pp=4, cp=2, micro_batch=2)
+    streamed = 16e9 * 2 / 8 / 16 / STREAM           # the layers' other bytes: a quarter of the batch, 1/16 each
+    assert _times(ops, plan=plan, rates=host, divide=16).other == pytest.approx(streamed + 60 / 4 * 1e-3, rel=1e-12)
+    assert _times(ops, plan=plan, rates=host, divide=16, steps=3).other == pytest.approx(
+        streamed / 3 + 60 / 4 / 3 * 1e-3, rel=1e-12)
+    assert _times(ops, region="head", plan=plan, rates=host, divide=4).other == pytest.approx(6e-3, rel=1e-12)
+    assert _times(ops, plan=plan, divide=16).other == pytest.approx(streamed, rel=1e-12)   # an accelerator hides it
 
 
 class TestAttention:
@@ -223,6 +225,7 @@ def test_rates_are_the_catalog_ceilings_and_the_clusters_efficiency() -> None:
     assert RATES.sustained_flops == 5e14
     assert RATES.matmul_time(4e14, 0.0) == pytest.approx(1.0) and RATES.matmul_time(4e14, 0.0, 0.5) == 2.0
     assert RATES.memory_time(1e12) == 1.0 and RATES.memory_time(0.0) == 0.0 and RATES.memory_time(-5.0) == 0.0
+    assert RATES.memory_time(1.0) == 1e-12        # a single byte still takes its time
     with pytest.raises(CostModelError, match=r"device 'dev' has no peak FLOP/s for float16; it has: bfloat16, "
                                              r"float32"):
         device_rates(cluster, "float16")

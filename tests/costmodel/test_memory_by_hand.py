@@ -148,6 +148,11 @@ def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_fli
     assert last.activations == pytest.approx(1 * 2 * per_layer + EDGE_ACT * 2 / BATCH / 2, rel=1e-12)
     assert (first.stage, last.stage) == ("first", "last")
     assert last.params == pytest.approx((2e6 / 2 + VOCAB * H / 2) * 2, rel=1e-12)
+    # context parallelism splits the edge's sequence too
+    cp2 = Plan(tp=2, pp=4, cp=2, micro_batch=2, microbatches=8)
+    per_layer_cp, _ = activation_bytes_per_layer(w, p, cp2, Options())
+    assert memory_breakdown(w, p, TIED, cp2, stage="last").activations == pytest.approx(
+        1 * 2 * per_layer_cp + EDGE_ACT * 2 / BATCH / 4, rel=1e-12)
     busiest = memory_breakdown(w, p, TIED, plan)
     assert busiest == max(first, last, key=lambda m: m.total)
     # one stage holds one micro-batch of every layer and the edge
