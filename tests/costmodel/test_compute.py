@@ -235,3 +235,28 @@ def test_rates_are_the_catalog_ceilings_and_the_clusters_efficiency() -> None:
     no_bw = ClusterSpec(device=Device(memory_bw_bytes_per_s=0.0), intra=Link(), inter=Link())
     with pytest.raises(CostModelError, match=r"device 'dev' has no memory bandwidth in the catalog"):
         device_rates(no_bw, "bfloat16")
+
+
+def test_phase_times_total_is_the_sum_of_its_kinds() -> None:
+    assert PhaseTimes(matmul=1.0, attention=2.0, other=4.0).total == 7.0
+
+
+@pytest.mark.parametrize("m,n,units,tiles,expected", [
+    (256, 128, 1, ((256, 128),), 1.0),              # one exact tile
+    (128, 256, 1, ((256, 128),), 1.0),              # ... found in the transposed orientation
+    (128, 384, 3, ((256, 128),), 0.5),              # 256-row tiles half empty
+    (128, 384, 3, ((256, 128), (128, 128)), 1.0),   # the 128 x 128 tiling fits exactly: the best is taken
+    (128, 640, 4, ((128, 128),), 5 / 8),            # 5 tiles on 4 units: 2 waves, 3 slots idle
+    (100, 128, 1, ((128, 128),), 100 / 128),        # a partly empty edge tile
+])
+def test_wave_efficiency_is_the_useful_share_of_the_best_tilings_slots(m: int, n: int, units: int,
+                                                                         tiles: tuple, expected: float) -> None:
+    """ceil(tiles / units) waves of units x tile slots hold the m x n output (NVIDIA's wave quantization)."""
+    assert wave_efficiency(m, n, units, tiles) == pytest.approx(expected, rel=1e-12)
+
+
+def test_no_wave_model_without_units_or_an_output() -> None:
+    for m, n, units in ((0, 128, 108), (128, 0, 108), (-1, 128, 108), (128, 128, None), (128, 128, 0)):
+        assert wave_efficiency(m, n, units) == 1.0
+    sms = Rates(peak_flops=1e15, memory_bw=2e12, efficiency=EFF, compute_units=108)
+    assert gemm_wave(_workload(), Plan(), 0, "layers", False, sms) == 1.0      # no rows: nothing to weigh
