@@ -238,3 +238,18 @@ def test_channel_efficiency_is_looked_up_per_op() -> None:
     assert [ch.efficiency_of(op) for op in ("all-reduce", "reduce-scatter", "all-gather")] == [0.5, 0.25, 0.75]
     assert ch.bandwidth_for("all-gather") == pytest.approx(0.75e9)
     assert Channel(bandwidth=1e9, latency=0.0).op_efficiency == (1.0, 1.0, 1.0)
+
+
+def test_a_single_rank_sends_nothing() -> None:
+    for op in ("all-reduce", "reduce-scatter", "all-gather"):
+        assert ring_bytes_per_rank(op, 3 * GB, 1) == 0.0
+
+
+def test_two_ranks_per_node_still_run_the_two_level_algorithm() -> None:
+    from llmsim.costmodel.collectives import hierarchical_phases, ring_phase
+
+    fast, slow = Channel(bandwidth=8e9, latency=1e-6), Channel(bandwidth=1e9, latency=5e-6)
+    size = 32e6
+    assert hierarchical_phases("all-reduce", size, 2, 2, Fabric(fast, slow)) == (
+        ring_phase("reduce-scatter", size, 2, fast, "intra"), ring_phase("all-reduce", size / 2, 2, slow, "inter"),
+        ring_phase("all-gather", size, 2, fast, "intra"))

@@ -165,6 +165,18 @@ def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_fli
                                                                                   Options())[0], rel=1e-12)
 
 
+def test_no_edge_activations_add_nothing_to_the_last_stage() -> None:
+    """The edge is what the trace saved outside the layers; when there is none (or the per-layer figure,
+    rounded down, leaves a negative remainder) the last stage holds its layers' activations only."""
+    w = _workload()
+    plan = Plan(pp=2, micro_batch=2, microbatches=8)
+    for total in (8 * PER_LAYER_ACT, 8 * PER_LAYER_ACT - 5):
+        p = dataclasses.replace(_profile(), activation_bytes=total)
+        per_layer, _ = activation_bytes_per_layer(w, p, plan, Options())
+        assert memory_breakdown(w, p, TIED, plan, stage="last").activations == pytest.approx(1 * 4 * per_layer,
+                                                                                            rel=1e-15)
+
+
 def test_the_last_stage_is_reported_when_it_needs_more() -> None:
     """A huge vocabulary makes the last stage's LM head outweigh everything on the first."""
     w = _workload(vocab=2_000_000)

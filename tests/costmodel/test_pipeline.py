@@ -46,3 +46,9 @@ def test_1f1b_stages_hold_p_minus_their_index_and_only_the_first_interleaved_sta
     assert in_flight_microbatches("interleaved", 4, 32, v=4, stage=0) == pytest.approx(4 * (1 + 3 / 16))
     assert in_flight_microbatches("interleaved", 2, 32, v=2, stage=0) == pytest.approx(2 * (1 + 1 / 4))
     assert in_flight_microbatches("interleaved", 4, 2, v=2, stage=0) == pytest.approx(2 * (1 + 3 / 8))
+
+
+def test_one_chunk_per_device_by_default() -> None:
+    """v defaults to 1: an interleaved schedule without chunks is plain 1F1B."""
+    assert bubble_fraction("interleaved", 4, 8) == 3 / 8
+    assert in_flight_microbatches("interleaved", 4, 32) == pytest.approx(4 * (1 + 3 / 4))

@@ -229,6 +229,25 @@ def test_an_unpipelined_forward_pass_runs_the_whole_share_at_once_on_one_stage()
     assert work.comm_shares_cores is False
 
 
+def test_a_context_parallel_prefill_divides_the_work_and_sends_s_over_cp_tokens() -> None:
+    from llmsim.config import ModelSpec, Workload
+    from llmsim.costmodel.work import forward_work
+    from tests.costmodel.helpers import a100_cluster, profiled
+
+    workload = Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=256), mode="prefill", batch=4)
+    profile, _ = profiled(workload)
+    cluster = a100_cluster()
+    plan = Plan(tp=2, pp=2, cp=2, micro_batch=1, microbatches=4)
+    per_layer, embed, head = _stage_times(profile, workload, plan, cluster, "prefill")
+    work = forward_work(workload, profile, plan, cluster)
+    assert work.stages[0].fwd_layer_s == pytest.approx(per_layer, rel=1e-12)
+    assert work.stages[0].embed_fwd_s == pytest.approx(embed, rel=1e-12)
+    assert work.stages[1].head_fwd_s == pytest.approx(head, rel=1e-12)
+    activation = 1 * (256 // 2) * H * 2
+    assert work.stages[0].tp_fwd == (Comm("all-reduce", activation, Group(2, 2, 1), 2),)
+    assert work.p2p.size == activation / 2
+
+
 def test_a_decode_step_defaults_to_one_traced_step() -> None:
     from llmsim.config import ModelSpec, Workload
     from llmsim.costmodel.work import forward_work
@@ -428,6 +447,11 @@ def test_ring_attention_exposes_only_what_the_attention_compute_does_not_hide() 
     # half the exchange hidden forward (per layer the stage's attention / layers), all of it backward
     assert exposed(2 * exchange / 2, 2 * 2 * exchange) == pytest.approx(2 * exchange / 2, rel=1e-12)
     assert exposed(10.0, 10.0) == 0.0
+    # backward alone half hidden: per layer the forward's exchange plus half the backward's 2 exchanges
+    assert exposed(0.0, 2 * exchange) == pytest.approx(2 * (exchange + exchange), rel=1e-12)
+    # two sequences a micro-batch: twice the block
+    two = dataclasses.replace(plan, micro_batch=2)
+    assert exposed(0.0, 0.0, two) == pytest.approx(2 * 3 * 3 * (2 * block / 200e9 + 2e-6), rel=1e-12)
     # a full recompute repeats the forward's exchanges
     full = dataclasses.replace(plan, recompute="full")
     assert exposed(0.0, 0.0, full) == pytest.approx(2 * 4 * exchange, rel=1e-12)
@@ -478,6 +502,20 @@ def test_shared_layers_reduce_a_blocks_gradient_between_the_stages_using_it(k: i
     assert sharing_syncs(workload, profile, sharing, plan, 8, 2) == (
         SyncWork("shared-layers", tuple(range(pp)), Comm("all-reduce", pytest.approx(size, rel=1e-12),
                                                         place_group(stages, 2, 8))),)
+
+
+def test_sharing_syncs_place_their_groups_past_tensor_and_context_parallel_ranks() -> None:
+    """Stages lie tp x cp ranks apart: with tp = cp = 2 in nodes of 4, each stage has a node of its own."""
+    from llmsim.costmodel.work import sharing_syncs
+    from tests.costmodel.helpers import profiled
+
+    workload, _ = _train_case()
+    profile, sharing = profiled(workload, tie=True, layer_groups=2)
+    tied, shared = sharing_syncs(workload, profile, sharing, Plan(tp=2, cp=2, pp=4), 4, 2)
+    assert tied.comm.group == Group(2, 1, 2)
+    assert shared.comm.group == Group(4, 1, 4)
+    tied, shared = sharing_syncs(workload, profile, sharing, Plan(tp=2, cp=2, pp=4), 16, 2)
+    assert tied.comm.group == Group(2, 2, 1) and shared.comm.group == Group(4, 4, 1)
 
 
 def test_no_sharing_sync_where_no_block_spans_stages_and_none_with_lora() -> None:
