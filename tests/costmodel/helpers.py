@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import ClusterSpec, Plan
 from llmsim.costmodel.cluster import Group, collective_time
+from llmsim.costmodel.efficiency import Efficiency
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 from llmsim.config import SharingChoice
 
 CATALOG = load_catalog()
+
+
+@dataclass(frozen=True)
+class Link:
+    """The fields of a catalog link the cost model reads (costmodel.cluster.LinkSpec)."""
+
+    name: str = "link"
+    bandwidth_bytes_per_s: float = 100e9
+    latency_s: float = 1e-6
+    efficiency: float = 0.5
+    shared_per_node: bool = False
+    collective_efficiency: dict = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.bandwidth_bytes_per_s, self.latency_s, self.efficiency, self.shared_per_node))
+
+
+@dataclass(frozen=True)
+class Device:
+    """The fields of a catalog device the cost model reads (costmodel.cluster.DeviceSpec)."""
+
+    name: str = "dev"
+    peak_flops: dict = field(default_factory=lambda: {"bfloat16": 1e15})
+    memory_bytes: float = 80e9
+    memory_bw_bytes_per_s: float = 2e12
+    idle_power_w: float = 100.0
+    max_power_w: float = 400.0
+    compute_units: int | None = None
+    efficiency: Efficiency | None = None
+    overlaps_communication: bool = True
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.memory_bytes, self.memory_bw_bytes_per_s, self.compute_units))
 
 
 def a100_cluster(nodes: int = 1, devices_per_node: int = 8) -> ClusterSpec:

@@ -136,3 +136,16 @@ def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: i
     staged = memory_breakdown(workload, profile, sharing, Plan(tp=tp, pp=2, microbatches=4))
     assert staged.grads == pytest.approx(profile.trainable_params / 2 / tp * 2, rel=1e-12)
     assert staged.optimizer == pytest.approx(profile.trainable_params / 2 / tp * 12, rel=1e-12)
+
+
+def test_the_description_lists_the_nonzero_parts_in_decimal_gigabytes() -> None:
+    from llmsim.costmodel.memory import MemoryBreakdown
+
+    mem = MemoryBreakdown(params=80e9, grads=0.0, optimizer=2.25e9, activations=0.5, kv_cache=1.5e9)
+    assert mem.describe(24e9) == ("needs 83.8 GB/device (params 80.0, optimizer 2.2, activations 0.0, "
+                                  "kv cache 1.5) > 24.0 GB")
+    without = "needs 83.8 GB/device (params 80.0, optimizer 2.2, activations 0.0, kv cache 1.5)"
+    assert mem.describe() == mem.describe(0) == without
+    # 1e18 bytes = 1e9 GB: a divisor off by one byte would show in the last digits
+    huge = MemoryBreakdown(params=1e18)
+    assert huge.describe(1e18) == "needs 1000000000.0 GB/device (params 1000000000.0) > 1000000000.0 GB"

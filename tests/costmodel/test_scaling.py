@@ -98,3 +98,40 @@ def test_scaled_lora_training_parameters_equal_the_traced_ones() -> None:
     for name in ("params", "trainable_params", "param_bytes", "trainable_param_bytes", "layer_params",
                  "embed_params", "layers", "tokens_per_step"):
         assert getattr(scaled, name) == getattr(traced, name), name
+
+
+def _hand_made(trainable: int, kv: int = 0) -> WorkloadProfile:
+    """2 layers of 1000 parameters each, 500 embedding parameters, bf16; round op totals per region."""
+    from llmsim.workload.profile import OpTotals
+
+    ops = {("forward", "layers", "matmul"): OpTotals(flops=100.0, bytes=10.0, count=7),
+           ("forward", "head", "other"): OpTotals(flops=0.0, bytes=30.0, count=5),
+           ("optimizer", "head", "other"): OpTotals(flops=0.0, bytes=250.0, count=10)}
+    return WorkloadProfile(mode="train", dtype="bfloat16", batch=2, seq_len=8, layers=2, tokens_per_step=16,
+                           params=2500, trainable_params=trainable, param_bytes=5000,
+                           trainable_param_bytes=2 * trainable, layer_params=2000, embed_params=500,
+                           activation_bytes=2 * 40 + 9, activation_bytes_per_layer=40, kv_cache_bytes=kv, ops=ops)
+
+
+def test_with_layers_scales_the_layers_by_hand() -> None:
+    from llmsim.workload.profile import OpTotals
+
+    p = with_layers(_hand_made(trainable=2500, kv=30), 5)       # factor 5/2
+    assert (p.layers, p.layer_params, p.params, p.param_bytes) == (5, 5000, 5500, 11000)
+    assert (p.trainable_params, p.trainable_param_bytes) == (5500, 11000)
+    assert p.activation_bytes == 9 + 5 * 40 and p.activation_bytes_per_layer == 40
+    assert p.kv_cache_bytes == 75 and p.embed_params == 500 and p.batch == 2
+    assert p.ops[("forward", "layers", "matmul")] == OpTotals(flops=250.0, bytes=25.0, count=18)   # 17.5 -> 18
+    assert p.ops[("forward", "head", "other")] == OpTotals(flops=0.0, bytes=30.0, count=5)
+    # the optimizer updates 5500 parameters instead of 2500
+    assert p.ops[("optimizer", "head", "other")] == OpTotals(flops=0.0, bytes=pytest.approx(250.0 * 5500 / 2500),
+                                                             count=22)
+
+
+def test_with_layers_of_a_frozen_base_scales_only_the_adapters() -> None:
+    """LoRA: the trainable parameters are all adapters inside the layers (the embedding is frozen)."""
+    p = with_layers(_hand_made(trainable=300), 4)
+    assert p.trainable_params == 600 and p.trainable_param_bytes == 1200
+    assert p.params == 4500
+    assert p.ops[("optimizer", "head", "other")].bytes == pytest.approx(250.0 * 2)
+    assert p.ops[("optimizer", "head", "other")].count == 20

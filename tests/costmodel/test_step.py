@@ -270,3 +270,190 @@ def test_tensor_parallel_communication_is_megatrons_four_collectives_per_layer(r
     assert r.comm_time_s == pytest.approx(expected, rel=1e-12)
     assert r.comm_detail["pipeline_and_tensor"] == pytest.approx(expected, rel=1e-12)
     assert r.comm_detail["data_parallel"] == 0 and r.comm_detail["sharing_sync"] == 0
+
+
+def test_the_options_reach_the_memory_and_the_single_device_step() -> None:
+    """Software choices change both the time and the memory of a case: the math attention path keeps the
+    s x s scores (costmodel.memory) and runs slower than flash; m*C prices with the same choices."""
+    workload = gpt2()
+    profile, sharing = profiled(workload)
+    plan, cluster, math = Plan(dp=2, microbatches=2), a100_cluster(), Options(attention="math")
+    r = estimate(workload, profile, sharing, plan, cluster, math)
+    assert r.memory == memory_breakdown(workload, profile, sharing, plan, math)
+    assert r.memory.activations > memory_breakdown(workload, profile, sharing, plan).activations
+    one = single_device_step_time(workload, profile, sharing, plan, cluster, math)
+    assert one == estimate(workload, profile, sharing, Plan(microbatches=4), a100_cluster(1, 1), math).step_time_s
+    assert one > single_device_step_time(workload, profile, sharing, plan, cluster)
+
+
+# -- the roofline's sum of a hand-made step (module docstring of costmodel.step) -------------------------------------
+
+def _fabric():
+    from llmsim.costmodel.collectives import Channel, Fabric
+
+    return Fabric(intra=Channel(bandwidth=1e11, latency=1e-6), inter=Channel(bandwidth=1e10, latency=1e-5))
+
+
+def _stage(**fields: object):
+    from llmsim.costmodel.work import Comm, StageWork
+
+    tp = Group(2, 2, 1)
+    base = dict(layers=3, fwd_layer_s=1e-3, bwd_layer_s=2e-3, recompute_layer_s=5e-4, cp_layer_s=1e-4,
+                tp_fwd=(Comm("all-reduce", 4e6, tp, 2),), tp_recompute=(Comm("all-reduce", 4e6, tp, 2),),
+                tp_bwd=(Comm("all-reduce", 4e6, tp, 2),), recv_gather=(Comm("all-gather", 4e6, tp),),
+                accumulate_s=3e-3, optimizer_s=7e-3, grad_bytes_layer=1e8, param_bytes_layer=5e7)
+    return StageWork(**{**base, **fields})
+
+
+def test_price_sums_each_stage_and_the_busiest_sets_the_step() -> None:
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork, SyncWork, comms_time
+
+    f = _fabric()
+    tp, dp = Group(2, 2, 1), Group(4, 1, 4)
+    first = _stage(embed_fwd_s=1e-3, embed_bwd_s=2e-3, tp_embed=(Comm("all-reduce", 4e6, tp),), grad_bytes_embed=2e8)
+    last = _stage(head_fwd_s=4e-3, head_bwd_s=8e-3, tp_head=(Comm("all-reduce", 4e6, tp),), grad_bytes_head=3e8,
+                  optimizer_s=9e-3)
+    p2p = Comm("p2p", 2e6, Group(2, 2, 1))
+    sync = SyncWork("tied-embedding", (0, 1), Comm("all-reduce", 1e8, Group(2, 2, 1)))
+    work = StepWork(stages=(first, last), microbatches=8, schedule="interleaved", virtual_stages=2, p2p=p2p,
+                    dp_op="all-reduce", dp_group=dp, zero=0, overlap_grad_reduce=True, syncs=(sync,))
+    t = price(work, f)
+    # by hand, the last stage (its head outweighs the first's embedding); 2 chunks: 6 layers a micro-batch
+    layers = 6
+    compute = layers * (1e-3 + 2e-3 + 5e-4) + 4e-3 + 8e-3
+    per_layer = comms_time(last.tp_fwd + last.tp_recompute + last.tp_bwd, f) + 1e-4
+    messages = 2 * 2 * (p2p.time(f) + Comm("all-gather", 4e6, tp).time(f))   # sent and received, per chunk
+    comm = layers * per_layer + Comm("all-reduce", 4e6, tp).time(f) + messages
+    backward = layers * (2e-3 + 5e-4)
+    reduce = max(0.0, Comm("all-reduce", layers * 1e8 + 3e8, dp).time(f) - backward)
+    assert reduce > 0
+    pipelined = 8 * (compute + comm) + 3e-3
+    assert t.critical_stage == 1
+    assert t.compute == pytest.approx(8 * compute + 3e-3, rel=1e-12)
+    assert t.comm == pytest.approx(8 * comm + reduce + sync.comm.time(f), rel=1e-12)
+    assert t.bubble == pytest.approx((2 - 1) / (2 * 8) * pipelined, rel=1e-12)
+    assert t.other == 9e-3
+    assert t.detail == {"pipeline_and_tensor": pytest.approx(8 * comm, rel=1e-12),
+                        "data_parallel": pytest.approx(reduce, rel=1e-12),
+                        "sharing_sync": pytest.approx(sync.comm.time(f), rel=1e-12)}
+    assert t.step == pytest.approx(t.compute + t.comm + t.bubble + t.other, rel=1e-15)
+    # a sync only the first stage takes part in leaves the last stage's comm alone
+    only_first = dataclasses.replace(work, syncs=(SyncWork("x", (0,), sync.comm),))
+    assert price(only_first, f).comm == pytest.approx(8 * comm + reduce, rel=1e-12)
+
+
+def test_equally_busy_stages_report_the_first() -> None:
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import StepWork
+
+    work = StepWork(stages=(_stage(), _stage(), _stage()), microbatches=4)
+    assert price(work, _fabric()).critical_stage == 0
+
+
+@pytest.mark.parametrize("part", ["compute", "comm", "other"])
+def test_any_part_of_a_stages_time_can_make_it_the_critical_one(part: str) -> None:
+    """The busiest stage is the one with the most compute + exposed communication + optimizer time."""
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork
+
+    more = {"compute": dict(embed_fwd_s=1.0), "comm": dict(tp_embed=(Comm("all-reduce", 1e9, Group(2, 2, 1)),)),
+            "other": dict(optimizer_s=1.0)}[part]
+    busy = _stage(**more)
+    for stages, critical in (((busy, _stage()), 0), ((_stage(), busy), 1), ((_stage(), _stage(), busy), 2)):
+        assert price(StepWork(stages=stages, microbatches=2), _fabric()).critical_stage == critical
+
+
+def test_without_overlap_or_on_compute_cores_the_reduction_is_exposed_whole() -> None:
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork
+
+    f, dp = _fabric(), Group(4, 1, 4)
+    gather = (Comm("all-gather", 5e8, dp),)
+    st = _stage(gather_after_step=gather)
+    whole = Comm("all-reduce", 3 * 1e8, dp).time(f) + gather[0].time(f)
+    for overlap, shares in ((False, False), (True, True), (False, True)):
+        work = StepWork(stages=(st,), microbatches=2, dp_group=dp, zero=1, overlap_grad_reduce=overlap,
+                        comm_shares_cores=shares)
+        assert price(work, f).detail["data_parallel"] == pytest.approx(whole, rel=1e-12)
+    hidden = StepWork(stages=(st,), microbatches=2, dp_group=dp, zero=1)
+    backward = 3 * (2e-3 + 5e-4)
+    assert price(hidden, f).detail["data_parallel"] == pytest.approx(
+        max(0.0, whole - gather[0].time(f) - backward) + gather[0].time(f), rel=1e-12)
+    # ZeRO 2: a reduce-scatter instead of the all-reduce
+    rs = StepWork(stages=(st,), microbatches=2, dp_group=dp, zero=2, dp_op="reduce-scatter", overlap_grad_reduce=False)
+    assert price(rs, f).detail["data_parallel"] == pytest.approx(
+        Comm("reduce-scatter", 3e8, dp).time(f) + gather[0].time(f), rel=1e-12)
+    # a backward longer than the reduction hides all of it
+    long = _stage(bwd_layer_s=10.0)
+    assert price(StepWork(stages=(long,), microbatches=2, dp_group=dp), f).detail["data_parallel"] == 0.0
+
+
+def test_zero_3_gathers_and_reduces_every_micro_batch_behind_its_compute() -> None:
+    """Rajbhandari et al. 2020: parameters all-gathered forward and backward (2) and gradients reduce-scattered,
+    per micro-batch, prefetched under the micro-batches' compute."""
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork
+
+    f, dp = _fabric(), Group(4, 1, 4)
+    st = _stage(fwd_layer_s=1e-6, bwd_layer_s=1e-6, recompute_layer_s=0.0)
+    per_mb = Comm("all-gather", 3 * 5e7, dp, 2).time(f) + Comm("reduce-scatter", 3 * 1e8, dp).time(f)
+    compute = 3 * 2e-6
+    for shares, hide in ((False, compute), (True, 0.0)):
+        work = StepWork(stages=(st,), microbatches=4, dp_group=dp, zero=3, dp_op="reduce-scatter",
+                        comm_shares_cores=shares)
+        assert price(work, f).detail["data_parallel"] == pytest.approx(4 * per_mb - 4 * hide, rel=1e-12)
+    busy = _stage(fwd_layer_s=10.0)
+    assert price(StepWork(stages=(busy,), microbatches=4, dp_group=dp, zero=3), f).detail["data_parallel"] == 0.0
+
+
+def test_a_forward_only_step_sends_one_message_per_chunk_fills_like_gpipe_and_reduces_nothing() -> None:
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork, comms_time
+
+    f = _fabric()
+    st = _stage(bwd_layer_s=0.0, recompute_layer_s=0.0, tp_recompute=(), tp_bwd=(), accumulate_s=0.0, optimizer_s=0.0)
+    p2p = Comm("p2p", 2e6, Group(2, 2, 1))
+    work = StepWork(stages=(st, st), microbatches=4, schedule="interleaved", virtual_stages=2, forward_only=True,
+                    p2p=p2p, dp_group=Group(4, 1, 4))
+    t = price(work, f)
+    layers = 6
+    comm = layers * (comms_time(st.tp_fwd, f) + 1e-4) + 2 * (p2p.time(f) + comms_time(st.recv_gather, f))
+    assert t.comm == pytest.approx(4 * comm, rel=1e-12)
+    assert t.detail["data_parallel"] == 0.0
+    assert t.bubble == pytest.approx((2 - 1) / 4 * 4 * (layers * 1e-3 + comm), rel=1e-12)   # GPipe: no v
+    assert price(dataclasses.replace(work, p2p=None), f).comm == pytest.approx(4 * layers * (comms_time(st.tp_fwd, f)
+                                                                                          + 1e-4), rel=1e-12)
+
+
+def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
+    from llmsim.costmodel.step import price, step_times
+    from llmsim.costmodel.work import forward_work
+
+    workload = Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=64), mode="decode", batch=4,
+                        decode_tokens=5)
+    profile, sharing = profiled(workload)
+    plan, cluster = Plan(tp=2, pp=2, microbatches=2, micro_batch=2), a100_cluster()
+    t = step_times(workload, profile, sharing, plan, cluster)
+    prefill = price(forward_work(workload, profile, plan, cluster, Options(), "prefill"), cluster.fabric)
+    token = price(forward_work(workload, profile, plan, cluster, Options(), "decode", 4), cluster.fabric)
+    assert t.ttft == prefill.step and t.tpot == token.step
+    assert t.compute == pytest.approx(prefill.compute + 4 * token.compute, rel=1e-12)
+    assert t.comm == pytest.approx(prefill.comm + 4 * token.comm, rel=1e-12)
+    assert t.bubble == pytest.approx(prefill.bubble + 4 * token.bubble, rel=1e-12)
+    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 1     # the LM head's stage
+    # two generated tokens: the prefill and one token step
+    two = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=2)
+    t2 = step_times(two, *profiled(two), plan, cluster)
+    token2 = price(forward_work(two, profiled(two)[0], plan, cluster, Options(), "decode", 1), cluster.fabric)
+    assert t2.tpot == token2.step > 0 and t2.step == pytest.approx(t2.ttft + token2.step, rel=1e-12)
+    # one generated token: the prefill alone, no token step
+    one = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=1)
+    t1 = step_times(one, *profiled(one), plan, cluster)
+    p1 = price(forward_work(one, profiled(one)[0], plan, cluster, Options(), "prefill"), cluster.fabric)
+    assert (t1.step, t1.ttft, t1.tpot) == (pytest.approx(p1.step, rel=1e-12), p1.step, 0.0)
+    # a prefill request batch reports no ttft/tpot of its own
+    pre = Workload(model=workload.model, mode="prefill", batch=4)
+    tp_ = step_times(pre, *profiled(pre), plan, cluster)
+    assert tp_.ttft is None and tp_.tpot is None
+    assert tp_ == price(forward_work(pre, profiled(pre)[0], plan, cluster), cluster.fabric)

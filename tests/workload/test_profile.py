@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.workload.profile import profile_workload
 from llmsim.config import SharingChoice
@@ -118,3 +120,111 @@ def test_dropout_adds_bytes_but_no_flops_and_only_in_training() -> None:
     assert dropped.activation_bytes > plain.activation_bytes  # the masks are saved for backward
     # eval mode (serving): dropout is the identity, the profile is unchanged
     assert prof("prefill", 0.1).ops == prof("prefill", 0.0).ops
+
+
+def _synthetic() -> "WorkloadProfile":
+    from llmsim.workload.profile import OpTotals, WorkloadProfile
+
+    ops = {("forward", "layers", "matmul"): OpTotals(1.0, 10.0, 1),
+           ("forward", "layers", "other"): OpTotals(0.0, 20.0, 2),
+           ("forward", "head", "matmul"): OpTotals(4.0, 40.0, 3),
+           ("backward", "layers", "matmul"): OpTotals(16.0, 80.0, 4),
+           ("backward", "embed", "attention"): OpTotals(64.0, 160.0, 5)}
+    return WorkloadProfile(mode="train", dtype="bfloat16", batch=1, seq_len=1, layers=1, tokens_per_step=1,
+                           params=1, trainable_params=1, param_bytes=2, trainable_param_bytes=2, layer_params=1,
+                           embed_params=0, activation_bytes=0, activation_bytes_per_layer=0, kv_cache_bytes=0,
+                           ops=ops)
+
+
+def test_profile_queries_sum_exactly_the_entries_that_match_every_given_key() -> None:
+    p = _synthetic()
+    assert p.flops() == 85.0 and p.bytes() == 310.0
+    assert p.flops(phase="forward") == 5.0 and p.bytes(phase="forward") == 70.0
+    assert p.flops(kind="matmul") == 21.0 and p.bytes(kind="matmul") == 130.0
+    assert p.flops(region="layers") == 17.0 and p.bytes(region="layers") == 110.0
+    assert p.flops(phase="forward", kind="matmul") == 5.0 and p.bytes(phase="forward", kind="matmul") == 50.0
+    assert p.flops(phase="backward", region="layers") == 16.0 and p.bytes(phase="backward", region="layers") == 80.0
+    assert p.flops(kind="matmul", region="head") == 4.0 and p.bytes(kind="other", region="layers") == 20.0
+    assert p.flops(phase="forward", kind="matmul", region="layers") == 1.0
+    assert p.bytes(phase="backward", kind="attention", region="embed") == 160.0
+    assert p.bytes(phase="optimizer") == 0 and p.flops(phase="forward", kind="attention") == 0
+    assert p.model_flops_per_step == 85.0
+    assert p.flops_by_kind() == {"matmul": 21.0, "attention": 64.0, "other": 0.0}
+
+
+def test_op_totals_add_scaled_and_round_the_count() -> None:
+    from llmsim.workload.profile import OpTotals
+
+    t = OpTotals(1.0, 2.0, 3)
+    t.add(OpTotals(10.0, 20.0, 5), 1.5)
+    assert t == OpTotals(16.0, 32.0, 3 + 8)   # 7.5 rounds to 8
+    t.add(OpTotals(1.0, 1.0, 1))
+    assert t == OpTotals(17.0, 33.0, 12)
+
+
+def test_an_embedding_lookup_moves_the_rows_it_returns_and_its_indices() -> None:
+    """Region `embed` holds the lookups alone: each reads the rows it returns, writes them (2 x output) and
+    reads its int64 indices; no FLOPs. GPT-2 looks up tokens (B, T) and positions (T,); BERT also token
+    types (B, T)."""
+    b, t, h = 2, 64, 768
+    gpt = profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=1, seq_len=t), batch=b),
+                           SharingChoice(True))
+    tokens = 2 * b * t * h * 2 + b * t * 8
+    positions = 2 * t * h * 2 + t * 8
+    fwd = gpt.ops[("forward", "embed", "other")]
+    assert (fwd.flops, fwd.bytes, fwd.count) == (0, tokens + positions, 2)
+    assert gpt.flops(region="embed") == 0
+    assert {k for k in gpt.ops if k[1] == "embed"} <= {("forward", "embed", "other"), ("backward", "embed", "other")}
+    bert = profile_workload(Workload(model=ModelSpec(preset="bert-base", layers=1, seq_len=t), batch=b),
+                            SharingChoice(True))
+    types = 2 * b * t * h * 2 + b * t * 8
+    fwd = bert.ops[("forward", "embed", "other")]
+    assert (fwd.bytes, fwd.count) == (tokens + positions + types, 3)
+
+
+def test_saved_activations_scale_exactly_with_the_batch_so_no_parameter_is_counted() -> None:
+    """Autograd saves weights for the input gradients; the profile excludes them. Every saved tensor in the
+    layers is then a per-sequence activation, and doubling the batch doubles the bytes exactly."""
+    def per_layer(batch: int) -> tuple[int, int]:
+        p = profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=64), batch=batch),
+                             SharingChoice(True))
+        return p.activation_bytes_per_layer, p.activation_bytes
+
+    (one, total_one), (two, total_two) = per_layer(1), per_layer(2)
+    assert one > 0 and two == 2 * one
+    # the layers' share of the whole: the rest lies at the edges (embedding output, final norm, logits, loss)
+    assert total_one > 2 * one and total_two > 2 * two
+
+
+def test_a_matmul_moves_its_inputs_and_its_output() -> None:
+    """Bytes moved = sizes of the tensor inputs plus outputs. The tied LM head of a training step is one
+    GEMM (B T, h) x (h, vocab): 2 B T h vocab FLOPs, (B T h + h vocab + B T vocab) bf16 elements."""
+    b, t, h, v = 2, 64, 768, 50257
+    p = profile_workload(Workload(model=ModelSpec(preset="gpt2-small", layers=1, seq_len=t), batch=b),
+                         SharingChoice(True))
+    head = p.ops[("forward", "head", "matmul")]
+    assert (head.flops, head.bytes, head.count) == (2 * b * t * h * v, (b * t * h + h * v + b * t * v) * 2, 1)
+
+
+@pytest.mark.parametrize("dtype,elem", [("bfloat16", 2), ("float32", 4)])
+def test_parameter_bytes_are_the_counts_in_the_workload_dtype(dtype: str, elem: int) -> None:
+    w = Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=64), batch=2, dtype=dtype)
+    full = profile_workload(w, SharingChoice(True))
+    assert full.param_bytes == elem * full.params and full.trainable_param_bytes == elem * full.trainable_params
+    assert full.params == 2 * (12 * 768**2 + 13 * 768) + (50257 + 1024 + 2) * 768
+    assert full.layer_params == 2 * (12 * 768**2 + 13 * 768) and full.embed_params == full.params - full.layer_params
+    lora = profile_workload(w, SharingChoice(True, lora=LoraSpec(rank=4)))
+    assert lora.trainable_param_bytes == elem * lora.trainable_params == elem * 2 * 16 * 768 * 4
+
+
+def test_one_generated_token_has_no_decode_steps_and_two_have_one() -> None:
+    """decode_tokens = 1: the prefill produces the only token. decode_tokens = 2: one fed-back token at
+    position seq_len, attending to seq_len + 1 cached keys (4 h (t + 1) FLOPs per sequence and layer)."""
+    m = ModelSpec(preset="gpt2-small", layers=2, seq_len=64)
+    one = profile_workload(Workload(model=m, mode="decode", batch=2, decode_tokens=1), SharingChoice(True))
+    assert not [k for k in one.ops if k[0] == "decode"]
+    assert one.kv_cache_bytes == 2 * 2 * 2 * (64 + 1) * 768 * 2
+    two = profile_workload(Workload(model=m, mode="decode", batch=2, decode_tokens=2), SharingChoice(True))
+    assert two.flops(phase="decode", kind="attention") == 2 * 4 * 768 * (64 + 1) * 2
+    assert two.flops(phase="decode", kind="matmul") == 2 * 2 * (12 * 768**2 * 2 + 50257 * 768)
+    assert two.tokens_per_step == 2 * 2 and one.tokens_per_step == 2

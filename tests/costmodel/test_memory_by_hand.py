@@ -1,0 +1,206 @@
+"""Memory per device on a hand-made profile with round numbers (costmodel.memory's docstring, by hand).
+
+GPT-2 small's shape (hidden 768, 12 heads, vocab 50257) at seq_len 128; the profile's counts are invented
+round numbers, so each expected value below is the docstring's formula applied to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
+from llmsim.costmodel import Options, Plan, memory_breakdown
+from llmsim.costmodel.memory import (MemoryBreakdown, activation_bytes_per_layer, distinct_blocks_on_device,
+                                     layers_per_device, stage_params)
+from llmsim.workload.profile import WorkloadProfile
+
+H, VOCAB, SEQ, HEADS = 768, 50257, 128, 12
+LAYER_PARAMS = 8 * 1_000_000        # 8 blocks of a million parameters
+EMBED = 60_000_000                  # token + position embeddings and final norm (tied: no separate head)
+BATCH = 16
+PER_LAYER_ACT = 40_000_000          # traced saved bytes per layer for the whole batch (math attention path)
+EDGE_ACT = 9_000_000                # saved outside the layers (embedding output, logits, loss)
+
+
+def _workload(mode: str = "train", dtype: str = "bfloat16", **model: object) -> Workload:
+    return Workload(model=ModelSpec(preset="gpt2-small", layers=8, seq_len=SEQ, **model), mode=mode, batch=BATCH,
+                    dtype=dtype)
+
+
+def _profile(trainable: int | None = None, kv_cache_bytes: int = 0,
+             layer_params: int = LAYER_PARAMS) -> WorkloadProfile:
+    params = layer_params + EMBED
+    return WorkloadProfile(mode="train", dtype="bfloat16", batch=BATCH, seq_len=SEQ, layers=8,
+                           tokens_per_step=BATCH * SEQ, params=params,
+                           trainable_params=params if trainable is None else trainable, param_bytes=2 * params,
+                           trainable_param_bytes=2 * params, layer_params=layer_params, embed_params=EMBED,
+                           activation_bytes=8 * PER_LAYER_ACT + EDGE_ACT, activation_bytes_per_layer=PER_LAYER_ACT,
+                           kv_cache_bytes=kv_cache_bytes)
+
+
+TIED = SharingChoice(True)
+
+
+def test_layers_and_distinct_blocks_per_device() -> None:
+    assert layers_per_device(8, Plan(pp=4)) == 2
+    assert distinct_blocks_on_device(8, None, Plan(pp=2)) == 4
+    assert distinct_blocks_on_device(8, 2, Plan(pp=2)) == 2        # layer i uses block i mod 2
+    assert distinct_blocks_on_device(8, 8, Plan(pp=4)) == 2
+    assert distinct_blocks_on_device(8, 1, Plan(pp=4)) == 1
+
+
+def test_stage_parameters_tied_and_untied() -> None:
+    w, p = _workload(), _profile()
+    plan = Plan(tp=2, pp=4)
+    layers = 2 * 1_000_000 / 2                                     # 2 layers of the stage, over tp
+    assert stage_params(w, p, TIED, plan, "middle") == (layers, layers)
+    assert stage_params(w, p, TIED, plan, "first") == (layers + EMBED / 2, layers + EMBED / 2)
+    assert stage_params(w, p, TIED, plan, "last") == (layers + VOCAB * H / 2, layers + VOCAB * H / 2)
+    # untied: the head's vocab x hidden is part of embed_params and lives on the last stage only
+    untied = SharingChoice(False)
+    assert stage_params(w, p, untied, plan, "first") == (layers + (EMBED - VOCAB * H) / 2,) * 2
+    assert stage_params(w, p, untied, plan, "last") == (layers + VOCAB * H / 2,) * 2
+    # one stage: all of it
+    assert stage_params(w, p, untied, Plan(tp=2), "first") == ((LAYER_PARAMS + EMBED) / 2,) * 2
+    # shared blocks: a stage holds the distinct blocks its layers use
+    shared = _profile(layer_params=2 * 1_000_000)
+    assert stage_params(w, shared, SharingChoice(True, layer_groups=2), Plan(pp=2), "middle") == (2e6, 2e6)
+
+
+def test_lora_stages_train_only_their_blocks_adapters() -> None:
+    w = _workload()
+    p = _profile(trainable=800_000)                                 # 100k adapter parameters per block
+    lora = SharingChoice(True, lora=LoraSpec(rank=4))
+    params, trainable = stage_params(w, p, lora, Plan(tp=2, pp=4), "first")
+    assert params == 2e6 / 2 + EMBED / 2
+    assert trainable == pytest.approx(800_000 / 8 * 2 / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype,elem,state", [("bfloat16", 2, 12), ("float32", 4, 8)])
+def test_training_memory_of_one_stage_by_zero_stage(dtype: str, elem: int, state: int) -> None:
+    """ZeRO (Rajbhandari et al. 2020): stage 1 divides the optimizer state by dp, 2 also the gradients,
+    3 also the parameters; mixed precision keeps 12 bytes of Adam state, fp32 8."""
+    w, p = _workload(dtype=dtype), _profile()
+    total = LAYER_PARAMS + EMBED
+    for zero in range(4):
+        mem = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2, zero=zero))
+        assert mem.stage == "first"
+        assert mem.params == pytest.approx(total * elem / (4 if zero >= 3 else 1), rel=1e-12)
+        assert mem.grads == pytest.approx(total * elem / (4 if zero >= 2 else 1), rel=1e-12)
+        assert mem.optimizer == pytest.approx(total * state / (4 if zero >= 1 else 1), rel=1e-12)
+        assert mem.kv_cache == 0.0
+    fp32_grads = memory_breakdown(w, p, TIED, Plan(dp=4, zero=2), Options(main_grads_fp32=True))
+    assert fp32_grads.grads == pytest.approx(total * 4 / 4, rel=1e-12)
+
+
+def test_activations_by_korthikanti() -> None:
+    """Per layer and micro-batch: the traced bytes less the math path's two s x s score tensors; the four
+    b s h norm tensors stay whole without sp, the rest splits over tp; sp splits everything; cp splits
+    the sequence; flash keeps no scores, fused-softmax one of the two, math both (unless selective)."""
+    w, p = _workload(), _profile()
+    b = 2
+    traced = PER_LAYER_ACT * b / BATCH
+    scores = 2 * b * HEADS * SEQ * SEQ * 2
+    linear = traced - scores
+    replicated = 4 * b * SEQ * H * 2
+    assert linear > replicated
+    flash = Options()
+    assert activation_bytes_per_layer(w, p, Plan(micro_batch=b), flash) == (pytest.approx(linear, rel=1e-12), 0.0)
+    assert activation_bytes_per_layer(w, p, Plan(tp=4, micro_batch=b), flash)[0] == pytest.approx(
+        replicated + (linear - replicated) / 4, rel=1e-12)
+    assert activation_bytes_per_layer(w, p, Plan(tp=4, sp=True, micro_batch=b), flash)[0] == pytest.approx(
+        linear / 4, rel=1e-12)
+    assert activation_bytes_per_layer(w, p, Plan(tp=4, sp=True, cp=2, micro_batch=b), flash)[0] == pytest.approx(
+        linear / 4 / 2, rel=1e-12)
+    fused, math = Options(attention="fused-softmax"), Options(attention="math")
+    assert activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, micro_batch=b), fused)[0] == pytest.approx(
+        linear / 2 + scores / 2 / 2, rel=1e-12)
+    assert activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, micro_batch=b), math)[0] == pytest.approx(
+        linear / 2 + scores / 2, rel=1e-12)
+    assert activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, micro_batch=b, recompute="selective"),
+                                      math)[0] == pytest.approx(linear / 2, rel=1e-12)
+    # full recompute: each layer's input (b s h, split by cp, and by tp with sp), plus one layer's set
+    kept, working = activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, cp=2, micro_batch=b, recompute="full"),
+                                               flash)
+    assert kept == pytest.approx(b * SEQ * H * 2 / 2 / 2, rel=1e-12)
+    assert working == pytest.approx(linear / 2 / 2, rel=1e-12)
+    kept, _ = activation_bytes_per_layer(w, p, Plan(tp=2, cp=2, micro_batch=b, recompute="full"), flash)
+    assert kept == pytest.approx(b * SEQ * H * 2 / 2, rel=1e-12)
+
+
+def test_a_small_trace_never_goes_negative() -> None:
+    """When the traced bytes are fewer than the score tensors (a flash-traced or tiny profile), nothing is left."""
+    tiny = dataclasses.replace(_profile(), activation_bytes_per_layer=16)
+    assert activation_bytes_per_layer(_workload(), tiny, Plan(micro_batch=2), Options()) == (0.0, 0.0)
+
+
+def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_flight() -> None:
+    """1F1B: the first stage holds p micro-batches of its layers' activations, the last one; the last stage
+    also holds the edge activations (logits, loss) of its micro-batch, split over tp x cp."""
+    w, p = _workload(), _profile()
+    plan = Plan(tp=2, pp=4, micro_batch=2, microbatches=8)
+    per_layer, _ = activation_bytes_per_layer(w, p, plan, Options())
+    first = memory_breakdown(w, p, TIED, plan, stage="first")
+    last = memory_breakdown(w, p, TIED, plan, stage="last")
+    assert first.activations == pytest.approx(4 * 2 * per_layer, rel=1e-12)
+    assert last.activations == pytest.approx(1 * 2 * per_layer + EDGE_ACT * 2 / BATCH / 2, rel=1e-12)
+    assert (first.stage, last.stage) == ("first", "last")
+    assert last.params == pytest.approx((2e6 / 2 + VOCAB * H / 2) * 2, rel=1e-12)
+    # context parallelism splits the edge's sequence too
+    cp2 = Plan(tp=2, pp=4, cp=2, micro_batch=2, microbatches=8)
+    per_layer_cp, _ = activation_bytes_per_layer(w, p, cp2, Options())
+    assert memory_breakdown(w, p, TIED, cp2, stage="last").activations == pytest.approx(
+        1 * 2 * per_layer_cp + EDGE_ACT * 2 / BATCH / 4, rel=1e-12)
+    busiest = memory_breakdown(w, p, TIED, plan)
+    assert busiest == max(first, last, key=lambda m: m.total)
+    # one stage holds one micro-batch of every layer and the edge
+    alone = memory_breakdown(w, p, TIED, Plan(micro_batch=2, microbatches=8))
+    assert alone.activations == pytest.approx(8 * activation_bytes_per_layer(w, p, Plan(micro_batch=2), Options())[0]
+                                              + EDGE_ACT * 2 / BATCH, rel=1e-12)
+    # GPipe keeps all m micro-batches in flight
+    gpipe = memory_breakdown(w, p, TIED, Plan(pp=2, micro_batch=2, microbatches=8, schedule="gpipe"), stage="first")
+    assert gpipe.activations == pytest.approx(8 * 4 * activation_bytes_per_layer(w, p, Plan(micro_batch=2),
+                                                                                  Options())[0], rel=1e-12)
+
+
+def test_no_edge_activations_add_nothing_to_the_last_stage() -> None:
+    """The edge is what the trace saved outside the layers; when there is none (or the per-layer figure,
+    rounded down, leaves a negative remainder) the last stage holds its layers' activations only."""
+    w = _workload()
+    plan = Plan(pp=2, micro_batch=2, microbatches=8)
+    for total in (8 * PER_LAYER_ACT, 8 * PER_LAYER_ACT - 5):
+        p = dataclasses.replace(_profile(), activation_bytes=total)
+        per_layer, _ = activation_bytes_per_layer(w, p, plan, Options())
+        assert memory_breakdown(w, p, TIED, plan, stage="last").activations == pytest.approx(1 * 4 * per_layer,
+                                                                                            rel=1e-15)
+
+
+def test_the_last_stage_is_reported_when_it_needs_more() -> None:
+    """A huge vocabulary makes the last stage's LM head outweigh everything on the first."""
+    w = _workload(vocab=2_000_000)
+    p = _profile()
+    plan = Plan(pp=2, micro_batch=2, microbatches=2)
+    mem = memory_breakdown(w, p, SharingChoice(True), plan)
+    assert mem.stage == "last"
+    assert mem.params == pytest.approx((4e6 + 2_000_000 * H) * 2, rel=1e-12)
+
+
+def test_inference_holds_the_kv_cache_split_over_replicas_stages_and_kv_heads() -> None:
+    kv = 2 * 8 * BATCH * SEQ * H * 2
+    w, p = _workload("prefill"), _profile(kv_cache_bytes=kv)
+    mem = memory_breakdown(w, p, TIED, Plan(dp=2, tp=4, pp=2, microbatches=1, micro_batch=8))
+    assert mem.kv_cache == pytest.approx(kv / (2 * 2 * 4), rel=1e-12)
+    assert mem.grads == mem.optimizer == mem.activations == 0.0
+    assert mem.params == pytest.approx((4e6 / 4 + EMBED / 4) * 2, rel=1e-12)
+    gqa = _workload("prefill", kv_heads=3)
+    assert memory_breakdown(gqa, p, TIED, Plan(tp=6)).kv_cache == pytest.approx(kv / 3, rel=1e-12)
+
+
+def test_a_breakdown_sums_its_parts_and_fits_up_to_its_capacity() -> None:
+    mem = MemoryBreakdown(params=1.0, grads=2.0, optimizer=4.0, activations=8.0, kv_cache=16.0)
+    assert mem.total == 31.0
+    assert mem.as_dict() == {"params": 1.0, "grads": 2.0, "optimizer": 4.0, "activations": 8.0, "kv_cache": 16.0}
+    assert mem.fits(31.0) and not mem.fits(30.0) and mem.fits(0)
+    assert mem.stage == "all" and mem.notes == ()
