@@ -184,6 +184,15 @@ def test_layer_gemm_shapes_per_tensor_parallel_rank() -> None:
     assert _linear_shapes(gpt, Plan()) == [(768, 3 * 768), (768, 768), (768, 3072), (3072, 768)]
 
 
+def test_a_model_without_ffn_hidden_has_the_published_four_times_hidden_mlp() -> None:
+    """`ffn_hidden` left out means 4·hidden (Vaswani et al. 2017; GPT-2/3), in the cost model as in the module."""
+    spec = dict(layers=2, hidden=256, heads=4, vocab=1000, seq_len=64)
+    implicit = Workload(model=ModelSpec(**spec), batch=1)
+    explicit = Workload(model=ModelSpec(**spec, ffn_hidden=1024), batch=1)
+    assert _linear_shapes(implicit, Plan(tp=2)) == _linear_shapes(explicit, Plan(tp=2))
+    assert _linear_shapes(implicit, Plan())[2:] == [(256, 1024), (1024, 256)]
+
+
 def test_gemm_wave_is_the_flop_weighted_wave_efficiency_of_the_regions_gemms() -> None:
     """Each output tile grid runs in waves over the SMs; the region's efficiency is total FLOPs over the sum of
     each GEMM's FLOPs / its efficiency. Backward computes the data gradient (tokens x in) and the weight
