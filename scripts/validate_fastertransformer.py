@@ -19,7 +19,6 @@ records the result.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import sys
@@ -31,6 +30,9 @@ from llmsim.costmodel import ClusterSpec, Options, Plan, StepBreakdown, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import WorkloadProfile, profile_workload
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from validate_narayanan import table_argument  # noqa: E402  (the other dev table's script, beside this one)
 
 DEFAULT_TABLE = Path("../shared/validation/fastertransformer_gpt_dev.csv")
 # The runs: A100 80GB SXM in one DGX A100 node, 8 GPUs behind NVSwitch (NVLink 3); a row uses
@@ -123,11 +125,8 @@ def predict(row: Row, catalog=None) -> StepBreakdown:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"CSV (default {DEFAULT_TABLE})")
-    args = parser.parse_args(argv)
-    if not args.table.exists():
-        print(f"{args.table}: not found (run from the repository root or pass --table)", file=sys.stderr)
+    table = table_argument(__doc__.splitlines()[0], DEFAULT_TABLE, argv)
+    if table is None:
         return 2
     catalog = load_catalog()
     errors = []
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'predicted ms':>14}{'error':>9}{'TTFT':>7}{'TPOT':>7}  fits")
     print(header)
     print("-" * len(header))
-    for row in read_table(args.table):
+    for row in read_table(table):
         r = predict(row, catalog)
         err = r.step_time_s / row.published_s - 1
         errors.append(err)

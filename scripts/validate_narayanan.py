@@ -155,12 +155,20 @@ def predict(row: Row, catalog=None) -> tuple[float, object]:
     return result.step_time_s, result
 
 
+def table_argument(description: str, default: Path, argv: list[str] | None) -> Path | None:
+    """The dev table a validation script reads (`--table`, default `default`); None, said on stderr, if absent."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--table", type=Path, default=default, help=f"CSV (default {default})")
+    table: Path = parser.parse_args(argv).table
+    if not table.exists():
+        print(f"{table}: not found (run from the repository root or pass --table)", file=sys.stderr)
+        return None
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"CSV (default {DEFAULT_TABLE})")
-    args = parser.parse_args(argv)
-    if not args.table.exists():
-        print(f"{args.table}: not found (run from the repository root or pass --table)", file=sys.stderr)
+    table = table_argument(__doc__.splitlines()[0], DEFAULT_TABLE, argv)
+    if table is None:
         return 2
     catalog = load_catalog()
     errors = []
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     start = time.perf_counter()
-    for row in read_table(args.table):
+    for row in read_table(table):
         predicted, r = predict(row, catalog)
         err = predicted / row.published_s - 1
         errors.append(err)
