@@ -220,20 +220,16 @@ def profile_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProf
                     n = workload.decode_tokens - 1
                     first, last = spec.seq_len, spec.seq_len + n - 1
                     recorder.phase = "decode"
-                    before = {k: OpTotals(v.flops, v.bytes, v.count) for k, v in recorder.ops.items()}
                     step.decode_one(token, cache, first)
                     if n > 1:
                         step.decode_one(token, cache, last)
                     traced = 2 if n > 1 else 1
-                    # Scale the traced decode steps to all n steps (affine in the position: exact).
+                    # Scale the traced decode steps to all n steps (affine in the position: exact). Only
+                    # this phase records under "decode" keys, so they hold the traced steps alone.
                     for key, totals in list(recorder.ops.items()):
-                        if key[0] != "decode":
-                            continue
-                        done = before.get(key, OpTotals())
-                        added = OpTotals(totals.flops - done.flops, totals.bytes - done.bytes,
-                                         totals.count - done.count)
-                        recorder.ops[key] = OpTotals()
-                        recorder.ops[key].add(added, n / traced)
+                        if key[0] == "decode":
+                            recorder.ops[key] = OpTotals()
+                            recorder.ops[key].add(totals, n / traced)
     return WorkloadProfile(
         mode=workload.mode, dtype=workload.dtype, batch=workload.batch, seq_len=spec.seq_len,
         layers=spec.layers, tokens_per_step=workload.tokens_per_step, params=params,

@@ -55,7 +55,9 @@ def test_decode_totals_scale_with_generated_tokens() -> None:
     # the token at position t attends to the t+1 cached keys: QK^T and AV are 2 x 2 x (t+1) x hidden FLOPs
     # per sequence and layer; the decode_tokens-1 fed-back tokens sit at positions seq_len, seq_len+1, ...
     m = ModelSpec(preset="gpt2-small", **base)
-    for p, n in ((short, 9), (long, 17)):
+    # three generated tokens: two fed back, the first and the last position traced, nothing scaled
+    three = profile_workload(Workload(model=m, mode="decode", batch=2, decode_tokens=3), SharingChoice(True))
+    for p, n in ((short, 9), (long, 17), (three, 3)):
         expected = sum(4 * 2 * m.hidden * (t + 1) * m.layers for t in range(m.seq_len, m.seq_len + n - 1))
         assert p.flops(phase="decode", kind="attention") == expected
         # and every fed-back token goes through the weight matrices and the LM head once (2 sequences)
