@@ -38,6 +38,10 @@ class ModelSpec(_Strict):
     hidden: PositiveInt
     heads: PositiveInt
     kv_heads: PositiveInt | None = Field(None, description="< heads = grouped-query attention; default heads")
+    head_dim: PositiveInt | None = Field(None, description="width of one attention head; default hidden/heads "
+                                                           "(Qwen3, Gemma state a different one)")
+    qk_norm: bool = Field(False, description="RMSNorm over each query and key head (weights of head_dim), "
+                                             "as in Qwen3")
     ffn_hidden: PositiveInt | None = Field(None, description="default 4*hidden")
     vocab: PositiveInt
     seq_len: PositiveInt
@@ -72,17 +76,21 @@ class ModelSpec(_Strict):
             fill["ffn_hidden"] = 4 * self.hidden
         if self.max_positions is None:
             fill["max_positions"] = self.seq_len
+        if self.head_dim is None:
+            if self.hidden % self.heads:
+                raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads} "
+                                 f"(or state head_dim)")
+            fill["head_dim"] = self.hidden // self.heads
         for k, v in fill.items():
             object.__setattr__(self, k, v)
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
         if self.heads % self.kv_heads:  # type: ignore[operator]
             raise ValueError(f"heads={self.heads} must be divisible by kv_heads={self.kv_heads}")
         return self
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def attention_width(self) -> int:
+        """heads * head_dim: the query (and attention output) width, = hidden unless head_dim is stated."""
+        return self.heads * (self.head_dim or self.hidden // self.heads)
 
 
 class Workload(_Strict):

@@ -61,6 +61,8 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("workload.model.preset", "gpt5", "unknown preset 'gpt5'; allowed: tiny, bert-base"),
     ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),
     ("workload.batch", 0, "workload.batch: 0: Input should be greater than or equal to 1"),
+    ("workload.model.head_dim", 0, "workload.model.head_dim: 0: Input should be greater than or equal to 1"),
+    ("workload.model.qk_norm", "maybe", "workload.model.qk_norm: 'maybe': Input should be a valid boolean"),
     ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
     ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
     ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),

@@ -11,7 +11,8 @@ Fused projections under tensor parallelism. `attn.qkv` holds [q; k; v] in one we
 `mlp.fc` holds [gate; up]). ColwiseParallel cuts the output dimension into `tp` contiguous pieces,
 which would hand rank 0 all of q and half of k. Before sharding we therefore permute the rows into a
 per-shard layout [q_0; k_0; v_0 | q_1; k_1; v_1 | ...], so that each contiguous piece holds exactly
-that rank's heads. With grouped-query attention and tp > kv_heads each KV head is needed by tp/kv_heads
+that rank's heads (of any head_dim: the out projection's input, heads*head_dim wide, is cut along the same
+heads). With grouped-query attention and tp > kv_heads each KV head is needed by tp/kv_heads
 ranks; its rows are then replicated into each of those shards (the model's parameter count as reported
 stays the one of `build_model`) and their gradients are summed over the ranks sharing them after
 backward, so the replicas stay equal and the step is the single-device step.
@@ -93,13 +94,21 @@ class TensorParallelState:
 
     kv_sync: list[tuple[nn.Linear, int, dist.ProcessGroup]] = field(default_factory=list)
     vocab_parallel: bool = False  # embedding and LM head split over the vocabulary (loss_parallel needed)
+    # q/k head norms (qk_norm): one head_dim weight shared by every head, replicated on the TP ranks, each
+    # of which sees only its own heads; their gradients are partial sums over the TP group.
+    head_norms: list[nn.Parameter] = field(default_factory=list)
+    tp_group: dist.ProcessGroup | None = None
 
     def sync_replicated_kv(self) -> None:
-        """Sum the gradients of KV rows replicated across ranks (tp > kv_heads), keeping the copies equal."""
+        """Sum the gradients of KV rows replicated across ranks (tp > kv_heads), keeping the copies equal,
+        and those of the q/k head norms over the TP group (each rank saw only its heads)."""
         for linear, q_rows, group in self.kv_sync:
             for p in (linear.weight, linear.bias):
                 if p is not None and p.grad is not None:
                     dist.all_reduce(_local(p.grad)[q_rows:], group=group)
+        for weight in self.head_norms:
+            if weight.grad is not None:
+                dist.all_reduce(weight.grad, group=self.tp_group)
 
 
 def _kv_replica_groups(root: DeviceMesh, tp: int, kv_heads: int) -> dist.ProcessGroup | None:
@@ -197,6 +206,10 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
         parallelize_module(block, mesh, plan)
         if kv_group is not None:
             state.kv_sync.append((block.attn.qkv, (heads // tp) * head_dim, kv_group))
+        for norm in (block.attn.q_norm, block.attn.k_norm):
+            if norm is not None and norm.weight.requires_grad:
+                state.head_norms.append(norm.weight)
+                state.tp_group = mesh.get_group()
     if sequence_parallel:
         entry = _SeqShardEntry(mesh)
         for block in model.blocks:

@@ -1,7 +1,9 @@
 """The one Transformer every backend runs, built from a ModelSpec with random weights.
 
-Decoder (GPT, Llama) or bidirectional encoder (BERT) via `causal`; learned or rotary positions;
-layernorm or rmsnorm; gelu or swiglu MLP; grouped-query attention through
+Decoder (GPT, Llama, Qwen3) or bidirectional encoder (BERT) via `causal`; learned or rotary positions;
+layernorm or rmsnorm; heads of any stated width (`head_dim`, default hidden/heads: the q/k/v projections
+map hidden -> heads*head_dim and the output projection heads*head_dim -> hidden) with optional per-head
+q/k RMSNorm (`qk_norm`, Qwen3); gelu or swiglu MLP; grouped-query attention through
 `scaled_dot_product_attention(enable_gqa=True)`; dropout (training mode only) on the attention
 probabilities and on the attention-out and MLP-out residual branches, as in Megatron-LM; and the parameter-sharing variants: tied embeddings,
 ALBERT-style layer groups (k distinct blocks reused round-robin), and LoRA adapters over a frozen base.
@@ -113,10 +115,15 @@ class CoreAttention(nn.Module):
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads or spec.heads, spec.head_dim
+        self.heads, self.kv_heads = spec.heads, spec.kv_heads or spec.heads
+        self.head_dim = spec.head_dim or spec.hidden // spec.heads
         self.causal = spec.causal
         self.qkv = nn.Linear(spec.hidden, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=spec.bias)
-        self.out = nn.Linear(spec.hidden, spec.hidden, bias=spec.bias)
+        self.out = nn.Linear(self.heads * self.head_dim, spec.hidden, bias=spec.bias)
+        # Qwen3: RMSNorm over each query and each key head before rotary, one head_dim weight shared by all
+        # heads (transformers' Qwen3Attention q_norm / k_norm).
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
         self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
@@ -127,6 +134,8 @@ class Attention(nn.Module):
         q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q, start), rope(k, start)
         if cache is not None:
@@ -191,7 +200,7 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(spec.max_positions or spec.seq_len, spec.hidden) \
             if spec.positions == "learned" else None
         self.type_emb = nn.Embedding(spec.type_vocab, spec.hidden) if spec.type_vocab else None
-        self.rope = RotaryEmbedding(spec.head_dim, max_positions or spec.seq_len) \
+        self.rope = RotaryEmbedding(spec.head_dim or spec.hidden // spec.heads, max_positions or spec.seq_len) \
             if spec.positions == "rotary" else None
         distinct = layer_groups or spec.layers
         self.blocks = nn.ModuleList(Block(spec) for _ in range(distinct))
@@ -221,7 +230,8 @@ class Transformer(nn.Module):
                   kv_heads: int | None = None) -> list[KVCache]:
         """Empty KV caches of every layer for `length` positions. `kv_heads`: the KV heads one device holds
         (a tensor-parallel rank's share); default all of the model's."""
-        kv, hs = kv_heads or self.spec.kv_heads or self.spec.heads, self.spec.head_dim
+        kv = kv_heads or self.spec.kv_heads or self.spec.heads
+        hs = self.spec.head_dim or self.spec.hidden // self.spec.heads
         return [KVCache(torch.empty(batch, kv, length, hs, dtype=dtype, device=device),
                         torch.empty(batch, kv, length, hs, dtype=dtype, device=device))
                 for _ in range(self.spec.layers)]

@@ -44,6 +44,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                       seq_len=8192, max_positions=8192, norm_eps=1e-5),
     "llama3-70b": dict(_LLAMA, layers=80, hidden=8192, heads=64, kv_heads=8, ffn_hidden=28672, vocab=128256,
                        seq_len=8192, max_positions=8192),
+    # Qwen team 2025, "Qwen3 Technical Report", and the released config.json on Hugging Face (Qwen/Qwen3-4B,
+    # Qwen/Qwen3-8B): head_dim 128 stated apart from hidden/heads, per-head q/k RMSNorm ("qk_norm"),
+    # rms_norm_eps 1e-6, no attention bias, 4B ties its embeddings and 8B does not. seq_len: the native
+    # context of the model cards (32,768); max_position_embeddings 40,960.
+    "qwen3-4b": dict(_LLAMA, layers=36, hidden=2560, heads=32, kv_heads=8, head_dim=128, qk_norm=True,
+                     ffn_hidden=9728, vocab=151936, seq_len=32768, max_positions=40960, norm_eps=1e-6,
+                     tie_embeddings=True),
+    "qwen3-8b": dict(_LLAMA, layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, qk_norm=True,
+                     ffn_hidden=12288, vocab=151936, seq_len=32768, max_positions=40960, norm_eps=1e-6,
+                     tie_embeddings=False),
 }
 
 # Exact parameter counts of the published checkpoints (with the preset's own tie convention).
@@ -57,4 +67,8 @@ PUBLISHED_PARAMS: dict[str, int] = {
     "llama2-70b": 68_976_648_192,
     "llama3-8b": 8_030_261_248,
     "llama3-70b": 70_553_706_496,
+    # The safetensors totals of the Hugging Face checkpoints (tied 4B counts its embedding once); both
+    # include the 2 x head_dim q/k norm weights of every layer (without them: 9,216 fewer for 4B).
+    "qwen3-4b": 4_022_468_096,
+    "qwen3-8b": 8_190_735_360,
 }

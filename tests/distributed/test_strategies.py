@@ -92,6 +92,19 @@ def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
         assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+def test_tensor_parallel_with_a_stated_head_dim_and_qk_norm() -> None:
+    """Heads of 24 with hidden 64 and 4 heads (head_dim != hidden/heads, issue 14) and Qwen3's q/k head norms:
+    each rank's q/k/v rows and out-projection columns are its heads of 24; the head norms' gradients are
+    summed over the TP ranks. kv_heads 2 splits, 1 replicates."""
+    for kv_heads in (2, 1):
+        case = _case(dict(kv_heads=kv_heads, head_dim=24, qk_norm=True, activation="swiglu", positions="rotary",
+                          norm="rmsnorm"), tp=2)
+        r = CpuBackend(RunContext()).run(case, SETTINGS)
+        assert r.status == "ok", r.error
+        losses = json.loads(r.extra["losses"])[:STEPS]
+        assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_tensor_parallel_splits_embedding_and_head_over_the_vocabulary(tie: bool) -> None:
     """As Megatron-LM does: a row-wise embedding, a column-wise head with sharded logits and a vocab-parallel
