@@ -114,6 +114,23 @@ def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
     return [(spec.hidden, qkv), (spec.hidden // tp, spec.hidden), (spec.hidden, up), (ffn // tp, spec.hidden)]
 
 
+def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> tuple[float, float]:
+    """(FLOPs, bytes) one tensor-parallel rank spends on one layer's K and V projections for `tokens` rows
+    in one forward pass beyond its 1/tp share of the model's, because with tp > kv_heads each rank holds
+    a whole KV head replicated on tp/kv_heads ranks (Megatron-LM GQA; costmodel.memory.tp_block_params).
+
+    FLOPs: 2 x tokens x (2 x hidden x kv_heads x head_dim) x (1/min(tp, kv_heads) - 1/tp) (Kaplan et al.
+    2020: 2 FLOPs per weight per token); bytes: those extra weights read once. Zero when tp <= kv_heads.
+    """
+    spec = workload.model
+    kv = spec.kv_heads or spec.heads
+    if plan.tp <= kv:
+        return 0.0, 0.0
+    weights = 2 * spec.hidden * kv * (spec.head_dim or spec.hidden // spec.heads)
+    excess = weights * (1 / kv - 1 / plan.tp)
+    return 2 * tokens * excess, excess * DTYPE_BYTES[workload.dtype]
+
+
 def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backward: bool,
               rates: Rates) -> float:
     """FLOP-weighted wave-quantization efficiency of a region's GEMMs for `tokens` rows."""
@@ -172,6 +189,14 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     at = ops.get((phase, region, "attention"), _NONE)
     ot = ops.get((phase, region, "other"), _NONE)
     mm_flops, mm_bytes = mm.flops * share, mm.bytes * share
+    if region == "layers" and (mm_flops or mm_bytes):
+        # The profile traces one device's whole model; its 1/tp share misses the K/V projections that
+        # every rank repeats when tp > kv_heads. The backward repeats them twice (input and weight grads).
+        extra_flops, extra_bytes = replicated_kv_projection(workload, plan, tokens)
+        layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
+        passes = 2 if backward else 1
+        mm_flops += extra_flops * layers_here * passes
+        mm_bytes += extra_bytes * layers_here * passes
     matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(ot.bytes * share)

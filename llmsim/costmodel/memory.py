@@ -5,6 +5,11 @@ Mixed precision with Adam (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1): 16-bit pa
 the optimizer state by dp, stage 2 also the gradients, stage 3 also the parameters. An fp32 workload
 keeps 4-byte parameters and gradients and 8 bytes of Adam state.
 
+Parameters on one tensor-parallel rank (tp_block_params): the column/row-parallel weights and the vocabulary
+divide by tp; the K and V projections by min(tp, kv_heads), since with tp > kv_heads every rank keeps a whole
+replicated KV head; norms, row-parallel biases, q/k head norms, the final norm and learned position/type
+tables stay whole on every rank (Megatron-LM). Gradients and optimizer state follow the parameters.
+
 Activations start from what the traced module saves for backward (WorkloadProfile.activation_bytes_per_
 layer, math attention path) and apply Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 Transformer Models", Sec. 4): tensor parallelism divides what lies inside the parallel regions, sequence
@@ -21,7 +26,7 @@ from llmsim.costmodel.pipeline import in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
-    from llmsim.config import SharingChoice, Workload
+    from llmsim.config import ModelSpec, SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
@@ -84,6 +89,58 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan)
     return min(layer_groups, local) if layer_groups else local
 
 
+def kv_projection_params(spec: "ModelSpec") -> int:
+    """Parameters of one layer's K and V projections: 2 x hidden x kv_heads x head_dim weights (+ biases)."""
+    kv = spec.kv_heads or spec.heads
+    width = kv * (spec.head_dim or spec.hidden // spec.heads)
+    return 2 * width * spec.hidden + (2 * width if spec.bias else 0)
+
+
+def _norm_params(spec: "ModelSpec") -> int:
+    """One hidden-size norm: a weight, plus a bias for a LayerNorm with biases (workload.model._norm)."""
+    return spec.hidden * (2 if spec.norm == "layernorm" and spec.bias else 1)
+
+
+def tp_replicated_layer_params(spec: "ModelSpec") -> int:
+    """Parameters of one layer every tensor-parallel rank holds whole (Shoeybi et al. 2019, Sec. 3; Megatron-LM
+    `ColumnParallelLinear` / `RowParallelLinear`): the two norms (their inputs are replicated), the biases
+    of the row-parallel attention-out and MLP-out projections (added after the all-reduce), and the q/k
+    head norms (`qk_norm`, one head_dim weight each, shared by all heads)."""
+    qk = 2 * (spec.head_dim or spec.hidden // spec.heads) if spec.qk_norm else 0
+    return 2 * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
+
+
+def tp_replicated_edge_params(spec: "ModelSpec") -> int:
+    """Parameters outside the layers every tensor-parallel rank holds whole: the final norm and the learned
+    position and token-type tables (Megatron-LM's `Embedding` splits only the word embeddings over the
+    vocabulary; llmsim.distributed.parallelize does the same)."""
+    positions = (spec.max_positions or spec.seq_len) * spec.hidden if spec.positions == "learned" else 0
+    return _norm_params(spec) + positions + spec.type_vocab * spec.hidden
+
+
+def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
+    """Parameters of one block (`per_block` in all) on one tensor-parallel rank.
+
+    The column/row-parallel weights divide by tp; the K and V projections divide by min(tp, kv_heads): with
+    tp > kv_heads each rank keeps its whole KV head, replicated on tp/kv_heads ranks (Megatron-LM GQA,
+    `num_query_groups` < tp; llmsim.distributed.parallelize); norms and row-parallel biases stay whole
+    (tp_replicated_layer_params). tp = 1 gives `per_block`.
+    """
+    if tp <= 1:
+        return per_block
+    kv, replicated = kv_projection_params(spec), tp_replicated_layer_params(spec)
+    kv_split = min(tp, spec.kv_heads or spec.heads)
+    return (per_block - kv - replicated) / tp + kv / kv_split + replicated
+
+
+def _edge_params(spec: "ModelSpec", params: float, tp: int) -> float:
+    """`params` outside the layers (including the replicated tables of tp_replicated_edge_params) on one rank."""
+    if tp <= 1:
+        return params
+    replicated = tp_replicated_edge_params(spec)
+    return (params - replicated) / tp + replicated
+
+
 def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   stage: str) -> tuple[float, float]:
     """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
@@ -94,15 +151,15 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
     k = sharing.layer_groups or spec.layers
     per_block = profile.layer_params / k
     blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan)
-    layer_params = per_block * blocks / plan.tp
+    layer_params = tp_block_params(spec, per_block, plan.tp) * blocks
     head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
     input_side = profile.embed_params - head
     if stage == "middle":
-        edge = 0
+        edge = 0.0
     elif plan.pp == 1:
-        edge = profile.embed_params / plan.tp
+        edge = _edge_params(spec, profile.embed_params, plan.tp)
     elif stage == "first":
-        edge = input_side / plan.tp
+        edge = _edge_params(spec, input_side, plan.tp)
     else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
         edge = spec.vocab * spec.hidden / plan.tp
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, phase_times
-from llmsim.costmodel.memory import FP32_BYTES, stage_params
+from llmsim.costmodel.memory import FP32_BYTES, stage_params, tp_block_params
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
     if k and k < spec.layers:
         stages_per_block = min(plan.pp, spec.layers // k)
         if stages_per_block > 1:
-            per_block = profile.layer_params / k / plan.tp
+            per_block = tp_block_params(spec, profile.layer_params / k, plan.tp)
             blocks = min(k, spec.layers // plan.pp)
             group = place_group(stages_per_block, plan.tp * plan.cp, devices_per_node)
             out.append(SyncWork("shared-layers", tuple(range(plan.pp)),

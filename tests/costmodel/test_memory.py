@@ -18,7 +18,11 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     mem = memory_breakdown(workload, profile, sharing, plan)
     h, layers, vocab, seq = 12288, 96, 50257, 2048
     per_layer = 12 * h * h + 13 * h                     # QKV, out, fc, proj weights + biases, 2 layernorms
-    first_stage = (layers // 16 * per_layer + vocab * h + seq * h + 2 * h) / 8   # + embeddings, final norm
+    # Whole on every TP rank (Megatron-LM): 2 layernorms (weight + bias) and the out/proj biases per layer,
+    # the position table and the final norm; the rest (and the word embeddings) splits 8 ways.
+    whole_layer, whole_edge = 6 * h, seq * h + 2 * h
+    first_stage = ((layers // 16 * (per_layer - whole_layer) + vocab * h) / 8
+                   + layers // 16 * whole_layer + whole_edge)
     assert mem.stage == "first"
     assert mem.params == pytest.approx(2 * first_stage, rel=1e-6)       # bf16
     assert mem.grads == pytest.approx(2 * first_stage, rel=1e-6)        # bf16
@@ -123,7 +127,7 @@ def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: i
     """A frozen base trains only its adapters (Hu et al. 2021), all inside the blocks; tensor parallelism
     splits them with their layers (Shoeybi et al. 2019), so each device holds trainable/tp of them: 16-bit
     (or fp32 main) gradients and 12 bytes of mixed-precision Adam state each (Rajbhandari et al. 2020, K=12).
-    The frozen base still counts in full (over tp) in the parameters."""
+    The frozen base still counts in full (over tp, but for what stays whole on each rank) in the parameters."""
     workload = gpt2()
     profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
     plan = Plan(tp=tp, microbatches=4)
@@ -131,7 +135,9 @@ def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: i
     trainable = profile.trainable_params / tp
     assert mem.grads == pytest.approx(trainable * (4 if main_grads_fp32 else 2), rel=1e-12)
     assert mem.optimizer == pytest.approx(trainable * 12, rel=1e-12)
-    assert mem.params == pytest.approx(profile.params / tp * 2, rel=1e-12)
+    h, layers, positions = 768, 12, 1024
+    whole = layers * 6 * h + positions * h + 2 * h if tp > 1 else 0  # norms, row biases, positions, final norm
+    assert mem.params == pytest.approx(((profile.params - whole) / tp + whole) * 2, rel=1e-12)
     # pp=2 splits the adapters over the stages as well: each holds half of the layers' adapters
     staged = memory_breakdown(workload, profile, sharing, Plan(tp=tp, pp=2, microbatches=4))
     assert staged.grads == pytest.approx(profile.trainable_params / 2 / tp * 2, rel=1e-12)

@@ -41,6 +41,16 @@ def _profile(trainable: int | None = None, kv_cache_bytes: int = 0,
 
 
 TIED = SharingChoice(True)
+# Whole on every tensor-parallel rank (Megatron-LM): per layer the two layernorms (weight + bias) and the
+# biases of the row-parallel out and proj projections; outside the layers the learned position table (the
+# preset's 1024 positions) and the final layernorm.
+WHOLE_LAYER = 2 * 2 * H + 2 * H
+WHOLE_EDGE = 1024 * H + 2 * H
+
+
+def _tp(params: float, whole: float, tp: int) -> float:
+    """`params` on one rank of `tp`: `whole` of them replicated, the rest split."""
+    return (params - whole) / tp + whole
 
 
 def test_layers_and_distinct_blocks_per_device() -> None:
@@ -54,16 +64,17 @@ def test_layers_and_distinct_blocks_per_device() -> None:
 def test_stage_parameters_tied_and_untied() -> None:
     w, p = _workload(), _profile()
     plan = Plan(tp=2, pp=4)
-    layers = 2 * 1_000_000 / 2                                     # 2 layers of the stage, over tp
+    layers = 2 * _tp(1_000_000, WHOLE_LAYER, 2)                   # 2 layers of the stage, over tp
+    edge = _tp(EMBED, WHOLE_EDGE, 2)
     assert stage_params(w, p, TIED, plan, "middle") == (layers, layers)
-    assert stage_params(w, p, TIED, plan, "first") == (layers + EMBED / 2, layers + EMBED / 2)
+    assert stage_params(w, p, TIED, plan, "first") == (layers + edge, layers + edge)
     assert stage_params(w, p, TIED, plan, "last") == (layers + VOCAB * H / 2, layers + VOCAB * H / 2)
     # untied: the head's vocab x hidden is part of embed_params and lives on the last stage only
     untied = SharingChoice(False)
-    assert stage_params(w, p, untied, plan, "first") == (layers + (EMBED - VOCAB * H) / 2,) * 2
+    assert stage_params(w, p, untied, plan, "first") == (layers + _tp(EMBED - VOCAB * H, WHOLE_EDGE, 2),) * 2
     assert stage_params(w, p, untied, plan, "last") == (layers + VOCAB * H / 2,) * 2
     # one stage: all of it
-    assert stage_params(w, p, untied, Plan(tp=2), "first") == ((LAYER_PARAMS + EMBED) / 2,) * 2
+    assert stage_params(w, p, untied, Plan(tp=2), "first") == (8 * _tp(1_000_000, WHOLE_LAYER, 2) + edge,) * 2
     # shared blocks: a stage holds the distinct blocks its layers use
     shared = _profile(layer_params=2 * 1_000_000)
     assert stage_params(w, shared, SharingChoice(True, layer_groups=2), Plan(pp=2), "middle") == (2e6, 2e6)
@@ -74,7 +85,7 @@ def test_lora_stages_train_only_their_blocks_adapters() -> None:
     p = _profile(trainable=800_000)                                 # 100k adapter parameters per block
     lora = SharingChoice(True, lora=LoraSpec(rank=4))
     params, trainable = stage_params(w, p, lora, Plan(tp=2, pp=4), "first")
-    assert params == 2e6 / 2 + EMBED / 2
+    assert params == 2 * _tp(1e6, WHOLE_LAYER, 2) + _tp(EMBED, WHOLE_EDGE, 2)
     assert trainable == pytest.approx(800_000 / 8 * 2 / 2, rel=1e-12)
 
 
@@ -147,7 +158,7 @@ def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_fli
     assert first.activations == pytest.approx(4 * 2 * per_layer, rel=1e-12)
     assert last.activations == pytest.approx(1 * 2 * per_layer + EDGE_ACT * 2 / BATCH / 2, rel=1e-12)
     assert (first.stage, last.stage) == ("first", "last")
-    assert last.params == pytest.approx((2e6 / 2 + VOCAB * H / 2) * 2, rel=1e-12)
+    assert last.params == pytest.approx((2 * _tp(1e6, WHOLE_LAYER, 2) + VOCAB * H / 2) * 2, rel=1e-12)
     # context parallelism splits the edge's sequence too
     cp2 = Plan(tp=2, pp=4, cp=2, micro_batch=2, microbatches=8)
     per_layer_cp, _ = activation_bytes_per_layer(w, p, cp2, Options())
@@ -193,7 +204,7 @@ def test_inference_holds_the_kv_cache_split_over_replicas_stages_and_kv_heads() 
     mem = memory_breakdown(w, p, TIED, Plan(dp=2, tp=4, pp=2, microbatches=1, micro_batch=8))
     assert mem.kv_cache == pytest.approx(kv / (2 * 2 * 4), rel=1e-12)
     assert mem.grads == mem.optimizer == mem.activations == 0.0
-    assert mem.params == pytest.approx((4e6 / 4 + EMBED / 4) * 2, rel=1e-12)
+    assert mem.params == pytest.approx((4 * _tp(1e6, WHOLE_LAYER, 4) + _tp(EMBED, WHOLE_EDGE, 4)) * 2, rel=1e-12)
     gqa = _workload("prefill", kv_heads=3)
     assert memory_breakdown(gqa, p, TIED, Plan(tp=6)).kv_cache == pytest.approx(kv / 3, rel=1e-12)
 

@@ -268,6 +268,10 @@ def test_a_decode_step_defaults_to_one_traced_step() -> None:
 
 H, VOCAB, POSITIONS = 768, 50257, 1024          # GPT-2 small
 PER_LAYER = 12 * H * H + 13 * H                  # QKV, out, fc, proj weights and biases, two layernorms
+# On one of 2 tensor-parallel ranks (Megatron-LM): the two layernorms (weight + bias) and the out/proj biases
+# (6H) stay whole, the rest splits; outside the layers the position table and final norm stay whole.
+PER_LAYER_TP2 = (PER_LAYER - 6 * H) / 2 + 6 * H
+EDGE_WHOLE = (POSITIONS + 2) * H
 
 
 def _train_case(layers: int = 8):
@@ -308,8 +312,8 @@ def test_a_four_stage_interleaved_step_by_hand() -> None:
     activation = 2 * 128 * H * 2
     rates = device_rates(cluster, "bfloat16")
 
-    middle = stage_layers * PER_LAYER / 2                     # a middle stage's parameters on one tp rank
-    first = middle + (VOCAB + POSITIONS + 2) * H / 2          # + token and position embeddings, final norm
+    middle = stage_layers * PER_LAYER_TP2                     # a middle stage's parameters on one tp rank
+    first = middle + VOCAB * H / 2 + EDGE_WHOLE               # + token and position embeddings, final norm
     last = middle + VOCAB * H / 2                             # + the tied LM head's copy of the embedding
 
     def stage(params: float, is_first: bool, is_last: bool) -> StageWork:
@@ -370,8 +374,8 @@ def test_a_single_stage_with_sequence_parallelism_by_hand(zero: int, dp_op: str)
                           for ph in ("forward", "backward")] for region in ("embed", "head")}
     tp, dp = Group(2, 2, 1), Group(4, 4, 1)
     activation = 4 * 128 * H * 2
-    layers = 4 * PER_LAYER / 2
-    edge = (VOCAB + POSITIONS + 2 + VOCAB) * H / 2            # untied: token, position, final norm, LM head
+    layers = 4 * PER_LAYER_TP2
+    edge = 2 * VOCAB * H / 2 + EDGE_WHOLE                     # untied: token, position, final norm, LM head
     params = layers + edge
     shard = 1 if zero == 0 else 4
     expected = StageWork(
@@ -498,7 +502,7 @@ def test_shared_layers_reduce_a_blocks_gradient_between_the_stages_using_it(k: i
     profile, sharing = profiled(workload, tie=False, layer_groups=k)
     assert profile.layer_params == k * PER_LAYER
     plan = Plan(tp=2, pp=pp)
-    size = PER_LAYER / 2 * blocks * 2             # a block's gradient per tp rank, bf16, for the blocks a stage holds
+    size = PER_LAYER_TP2 * blocks * 2             # a block's gradient per tp rank, bf16, for the blocks a stage holds
     assert sharing_syncs(workload, profile, sharing, plan, 8, 2) == (
         SyncWork("shared-layers", tuple(range(pp)), Comm("all-reduce", pytest.approx(size, rel=1e-12),
                                                         place_group(stages, 2, 8))),)
