@@ -45,7 +45,8 @@ class ModelSpec(_Strict):
     ffn_hidden: PositiveInt | None = Field(None, description="default 4*hidden")
     vocab: PositiveInt
     seq_len: PositiveInt
-    activation: Literal["gelu", "swiglu"] = "gelu"
+    activation: Literal["gelu", "swiglu", "geglu"] = Field("gelu", description="swiglu / geglu: gated MLP "
+                                                                      "(silu / tanh-gelu gate, Shazeer 2020)")
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     causal: bool = Field(True, description="false = bidirectional encoder (BERT-style)")
     positions: Literal["learned", "rotary"] = "learned"

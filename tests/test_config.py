@@ -57,7 +57,7 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("strategies", [{"name": "x"}, {"name": "x"}], "strategies[1].name: duplicate strategy name 'x'"),
     ("strategies", [{"name": "bad", "sp": True}], "strategies[0].sp: sequence parallelism"),
     ("strategies", [{"name": "bad", "virtual_stages": 2}], "needs schedule: interleaved"),
-    ("workload.model.activation", "relu", "workload.model.activation: 'relu': Input should be 'gelu' or 'swiglu'"),
+    ("workload.model.activation", "relu", "workload.model.activation: 'relu': Input should be 'gelu', 'swiglu' or 'geglu'"),
     ("workload.model.preset", "gpt5", "unknown preset 'gpt5'; allowed: tiny, bert-base"),
     ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),
     ("workload.batch", 0, "workload.batch: 0: Input should be greater than or equal to 1"),

@@ -110,7 +110,7 @@ def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
     kv_local = kv // tp if tp <= kv else 1
     qkv = (spec.heads // tp + 2 * kv_local) * spec.head_dim
     ffn = spec.ffn_hidden or 4 * spec.hidden
-    up = ffn * (2 if spec.activation == "swiglu" else 1) // tp
+    up = ffn * (2 if spec.activation in ("swiglu", "geglu") else 1) // tp  # gated: gate and up
     return [(spec.hidden, qkv), (spec.hidden // tp, spec.hidden), (spec.hidden, up), (ffn // tp, spec.hidden)]
 
 

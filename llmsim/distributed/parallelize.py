@@ -7,7 +7,7 @@ plain c10d collectives on process groups of a DeviceMesh), so the measured times
 Layout of ranks: a DeviceMesh of shape (pp, dp, tp), tensor parallel innermost (neighbouring ranks,
 the fastest link on a real node), pipeline outermost (the least traffic).
 
-Fused projections under tensor parallelism. `attn.qkv` holds [q; k; v] in one weight (and a swiglu
+Fused projections under tensor parallelism. `attn.qkv` holds [q; k; v] in one weight (and a gated
 `mlp.fc` holds [gate; up]). ColwiseParallel cuts the output dimension into `tp` contiguous pieces,
 which would hand rank 0 all of q and half of k. Before sharding we therefore permute the rows into a
 per-shard layout [q_0; k_0; v_0 | q_1; k_1; v_1 | ...], so that each contiguous piece holds exactly
@@ -181,7 +181,7 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
     for block in model.blocks:
         assert isinstance(block, Block)
         _relayout(block.attn, "qkv", qkv_shard_rows(heads, kv_heads, head_dim, tp))
-        if block.mlp.swiglu:
+        if block.mlp.gated:
             _relayout(block.mlp, "fc", swiglu_shard_rows(spec.ffn_hidden or 4 * spec.hidden, tp))
         # Attention.forward splits and views with these counts: make them the local ones.
         block.attn.heads = heads // tp

@@ -3,7 +3,7 @@
 Decoder (GPT, Llama, Qwen3) or bidirectional encoder (BERT) via `causal`; learned or rotary positions;
 layernorm or rmsnorm; heads of any stated width (`head_dim`, default hidden/heads: the q/k/v projections
 map hidden -> heads*head_dim and the output projection heads*head_dim -> hidden) with optional per-head
-q/k RMSNorm (`qk_norm`, Qwen3); gelu or swiglu MLP; grouped-query attention through
+q/k RMSNorm (`qk_norm`, Qwen3); gelu, swiglu or geglu (Gemma) MLP; grouped-query attention through
 `scaled_dot_product_attention(enable_gqa=True)`; dropout (training mode only) on the attention
 probabilities and on the attention-out and MLP-out residual branches, as in Megatron-LM; and the parameter-sharing variants: tied embeddings,
 ALBERT-style layer groups (k distinct blocks reused round-robin), and LoRA adapters over a frozen base.
@@ -18,6 +18,7 @@ and a training step is about three times the forward (backward = 2x forward).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -154,16 +155,19 @@ class MLP(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         ffn = spec.ffn_hidden or 4 * spec.hidden
-        self.swiglu = spec.activation == "swiglu"
-        # swiglu: gate and up projections fused into one matmul (same parameters as Llama's w1, w3).
-        self.fc = nn.Linear(spec.hidden, 2 * ffn if self.swiglu else ffn, bias=spec.bias)
+        # Gated MLPs (Shazeer 2020, "GLU Variants Improve Transformer"): swiglu (Llama, Qwen) gates with SiLU,
+        # geglu (Gemma) with tanh-approximated GELU. Gate and up projections are fused into one matmul
+        # (same parameters as Llama's w1, w3 / Gemma's gate_proj, up_proj).
+        self.gated = spec.activation in ("swiglu", "geglu")
+        self.gate_act = F.silu if spec.activation == "swiglu" else functools.partial(F.gelu, approximate="tanh")
+        self.fc = nn.Linear(spec.hidden, 2 * ffn if self.gated else ffn, bias=spec.bias)
         self.proj = nn.Linear(ffn, spec.hidden, bias=spec.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if self.swiglu:
+        if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = self.gate_act(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")
         return self.proj(h)

@@ -54,6 +54,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen3-8b": dict(_LLAMA, layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, qk_norm=True,
                      ffn_hidden=12288, vocab=151936, seq_len=32768, max_positions=40960, norm_eps=1e-6,
                      tie_embeddings=False),
+    # Gemma Team 2024, "Gemma: Open Models Based on Gemini Research and Technology", Table 1, and the released
+    # config.json (google/gemma-7b): 28 layers, d_model 3072, 16 heads of 256 (16 x 256 = 4096 != 3072),
+    # multi-head (16 KV heads), GeGLU FFN 24576 (the paper's "feedforward hidden dims" 49152 count gate and
+    # up together), vocabulary 256,000, tied, RMSNorm (eps 1e-6), rotary, no bias, context 8192.
+    # Gemma's embedding scaling by sqrt(d_model) and its (1 + w) RMSNorm are neither parameters nor GEMMs.
+    "gemma-7b": dict(_LLAMA, activation="geglu", layers=28, hidden=3072, heads=16, kv_heads=16, head_dim=256,
+                     ffn_hidden=24576, vocab=256000, seq_len=8192, max_positions=8192, norm_eps=1e-6,
+                     tie_embeddings=True),
 }
 
 # Exact parameter counts of the published checkpoints (with the preset's own tie convention).
@@ -71,4 +79,8 @@ PUBLISHED_PARAMS: dict[str, int] = {
     # include the 2 x head_dim q/k norm weights of every layer (without them: 9,216 fewer for 4B).
     "qwen3-4b": 4_022_468_096,
     "qwen3-8b": 8_190_735_360,
+    # Gemma 7B: 7,751,248,896 non-embedding parameters (Gemma Team 2024, Table 2) plus the released
+    # checkpoint's 256,000 x 3072 = 786,432,000 embedding (the paper's table counts 256,128 rows): the
+    # 8,537,680,896 of google/gemma-7b (8.54 B).
+    "gemma-7b": 8_537_680_896,
 }

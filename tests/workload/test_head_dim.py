@@ -71,3 +71,18 @@ def test_head_dim_defaults_to_hidden_over_heads() -> None:
     with pytest.raises(ValueError, match="hidden=100 must be divisible by heads=3 \\(or state head_dim\\)"):
         ModelSpec(layers=1, hidden=100, heads=3, vocab=10, seq_len=4)
     assert ModelSpec(layers=1, hidden=100, heads=3, head_dim=32, vocab=10, seq_len=4).attention_width == 96
+
+
+def test_gemma_7b_heads_of_256_and_a_geglu_mlp() -> None:
+    """Gemma 7B: 16 heads of 256 with d_model 3072; GeGLU (tanh-GELU gate, Shazeer 2020) of 24576."""
+    spec = ModelSpec(preset="gemma-7b")
+    assert spec.head_dim == 256 and spec.attention_width == 4096
+    per_layer = 4 * 3072 * 4096 + 3 * 3072 * 24576 + 2 * 3072
+    assert 28 * per_layer + 3072 == 7_751_248_896                       # Gemma Team 2024, Table 2
+    assert count_parameters(_meta(spec))[0] == 7_751_248_896 + 256000 * 3072
+    small = ModelSpec(preset="gemma-7b", layers=1, hidden=8, heads=2, kv_heads=2, head_dim=4, ffn_hidden=6,
+                      vocab=10, seq_len=4)
+    mlp = build_model(small, tie_embeddings=True).blocks[0].mlp
+    x = torch.randn(3, 8)
+    gate, up = mlp.fc(x).chunk(2, dim=-1)
+    torch.testing.assert_close(mlp(x), mlp.proj(torch.nn.functional.gelu(gate, approximate="tanh") * up))
