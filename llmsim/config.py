@@ -114,10 +114,89 @@ class Workload(_Strict):
         return self.batch * self.model.seq_len
 
 
+# LoRA targets are per projection, as PEFT's `target_modules` name them for Llama (q_proj, k_proj, v_proj,
+# o_proj, gate_proj, up_proj, down_proj; Hugging Face PEFT docs, LoraConfig). The model fuses q, k, v into
+# one Linear (attn.qkv) and gate, up into one (mlp.fc, swiglu); an adapter on one projection of a fused
+# Linear adapts only that projection's output slice. The old names are aliases for their projections.
+LORA_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_ALIASES = {"qkv": ("q", "k", "v"), "out": ("o",), "mlp": ("gate", "up", "down")}
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down", "qkv", "out", "mlp"]
+
+
 class LoraSpec(_Strict):
     rank: PositiveInt = 16
     alpha: float = Field(32.0, gt=0)
-    targets: tuple[Literal["qkv", "out", "mlp"], ...] = Field(("qkv", "out", "mlp"), min_length=1)
+    targets: tuple[LoraTarget, ...] = Field(("qkv", "out", "mlp"), min_length=1,
+                                            description="projections q, k, v, o, gate, up, down (PEFT's); "
+                                                        "aliases qkv = q,k,v; out = o; mlp = the MLP's")
+
+
+def lora_allowed_projections(activation: str) -> tuple[str, ...]:
+    """The projections a block of this MLP activation has: a GELU MLP has no gate (its fc is `up`, its
+    proj `down`, as in PEFT's naming of a plain two-layer MLP's up/down projections)."""
+    return LORA_PROJECTIONS if activation == "swiglu" else tuple(p for p in LORA_PROJECTIONS if p != "gate")
+
+
+def lora_projections(targets: tuple[str, ...], activation: str) -> tuple[str, ...]:
+    """Targets with the aliases expanded, deduplicated, in block order (q k v o gate up down).
+
+    `mlp` means the MLP's projections of this activation (gate, up, down; GELU: up, down). Raises
+    ValueError naming the allowed targets for a projection the block does not have (`gate` with GELU)."""
+    allowed = lora_allowed_projections(activation)
+    wanted: set[str] = set()
+    for target in targets:
+        if target in LORA_ALIASES:
+            wanted.update(p for p in LORA_ALIASES[target] if p in allowed)
+        elif target in allowed:
+            wanted.add(target)
+        else:
+            raise ValueError(f"target {target!r} is not a projection of a {activation} block (allowed: "
+                             f"{', '.join(allowed)}; aliases {', '.join(LORA_ALIASES)})")
+    return tuple(p for p in LORA_PROJECTIONS if p in wanted)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """One PEFT adapter B A (B: out_features x r, A: r x in_features) on projection `name`, which is output
+    columns [start, start + out_features) of the model's Linear `module` (attn.qkv, attn.out, mlp.fc,
+    mlp.proj). `split`: how Megatron tensor parallelism splits that projection (Shoeybi et al. 2019, Sec. 3):
+    'column' (q, k, v, gate, up: the output dimension, so each rank holds a slice of B and all of A) or
+    'row' (o, down: the input dimension, so each rank holds a slice of A and all of B)."""
+
+    name: str
+    module: str
+    start: int
+    in_features: int
+    out_features: int
+    split: Literal["column", "row"]
+
+
+def lora_adapters(spec: ModelSpec, targets: tuple[str, ...]) -> list[LoraAdapter]:
+    """The adapters one block carries for these targets, with the fused modules' slice offsets."""
+    h, hd, ffn = spec.hidden, spec.head_dim, spec.ffn_hidden or 4 * spec.hidden
+    q, kv = spec.heads * hd, (spec.kv_heads or spec.heads) * hd
+    swiglu = spec.activation == "swiglu"
+    table = {"q": ("attn.qkv", 0, h, q, "column"), "k": ("attn.qkv", q, h, kv, "column"),
+             "v": ("attn.qkv", q + kv, h, kv, "column"), "o": ("attn.out", 0, h, h, "row"),
+             "gate": ("mlp.fc", 0, h, ffn, "column"), "up": ("mlp.fc", ffn if swiglu else 0, h, ffn, "column"),
+             "down": ("mlp.proj", 0, ffn, h, "row")}
+    return [LoraAdapter(name, *table[name]) for name in lora_projections(targets, spec.activation)]  # type: ignore[arg-type]
+
+
+def lora_params_per_block(spec: ModelSpec, lora: LoraSpec, tp: int = 1) -> int:
+    """Trainable adapter parameters of one block on one tensor-parallel rank: r * (in + out) per adapter at
+    tp = 1 (Hu et al. 2021, Sec. 4.1); with tp, a column-parallel projection's B and a row-parallel one's A
+    split over the ranks and the other factor is replicated. K and V of grouped-query attention split over
+    min(tp, kv_heads) ranks (replicated KV heads beyond that, as Megatron-LM does)."""
+    kv = spec.kv_heads or spec.heads
+    total = 0
+    for a in lora_adapters(spec, lora.targets):
+        if a.split == "row":
+            total += lora.rank * (a.in_features // tp + a.out_features)
+        else:
+            ways = min(tp, kv) if a.name in ("k", "v") else tp
+            total += lora.rank * (a.in_features + a.out_features // ways)
+    return total
 
 
 class Sharing(_Strict):
@@ -211,6 +290,11 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
 
 def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     """Cross-layer sharing must split the layers evenly: None, or (key inside the sharing block, message)."""
+    if sharing.lora is not None:
+        try:
+            lora_projections(sharing.lora.targets, m.activation)
+        except ValueError as e:
+            return "lora.targets", str(e)
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
                                 f"(allowed: {_divisors(m.layers)})")

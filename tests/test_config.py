@@ -63,6 +63,9 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("workload.batch", 0, "workload.batch: 0: Input should be greater than or equal to 1"),
     ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
     ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
+    ("sharing.lora", {"targets": ["gate"]}, "sharing.lora.targets: target 'gate' is not a projection of a gelu "
+     "block (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
+    ("sharing.lora", {"targets": ["q_proj"]}, "sharing.lora.targets[0]: 'q_proj': Input should be 'q', 'k', 'v'"),
     ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
     ("name", "../../etc", "name: '../../etc': String should match pattern"),  # run folders stay under --out
     ("strategies", [{"name": "bad", "sharing": {"layer_groups": 5}}],
