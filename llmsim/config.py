@@ -45,7 +45,8 @@ class ModelSpec(_Strict):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     causal: bool = Field(True, description="false = bidirectional encoder (BERT-style)")
     positions: Literal["learned", "rotary"] = "learned"
-    max_positions: PositiveInt | None = Field(None, description="learned position table size; default seq_len")
+    max_positions: PositiveInt | None = Field(None, description="learned position table size; default what the "
+                                                                "workload needs: seq_len (+ decode_tokens when decoding)")
     type_vocab: int = Field(0, ge=0, description="token-type (segment) embeddings, 2 for BERT")
     bias: bool = True
     norm_eps: float = Field(1e-5, gt=0)
@@ -94,6 +95,13 @@ class Workload(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Workload":
+        if (self.mode == "decode" and self.model.positions == "learned"
+                and "max_positions" not in self.model.model_fields_set):
+            # No table size given (explicitly or by a preset, whose published size is kept): size it for what
+            # this workload reads, the prompt and the generated tokens (positions 0..seq_len+decode_tokens-1).
+            model = self.model.model_copy(update={"max_positions": self.model.seq_len + self.decode_tokens})
+            model.__pydantic_fields_set__.discard("max_positions")  # still a default: a re-validation re-derives it
+            object.__setattr__(self, "model", model)
         if self.mode == "decode" and not self.model.causal:
             raise ValueError("mode 'decode' needs a causal decoder; this model has causal: false "
                              "(allowed for encoders: train, prefill)")
