@@ -45,8 +45,8 @@ class ModelSpec(_Strict):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     causal: bool = Field(True, description="false = bidirectional encoder (BERT-style)")
     positions: Literal["learned", "rotary"] = "learned"
-    max_positions: PositiveInt | None = Field(None, description="learned position table size; default what the "
-                                                                "workload needs: seq_len (+ decode_tokens when decoding)")
+    max_positions: PositiveInt | None = Field(None, description="learned position table size; default what "
+                                              "the workload reads: seq_len (+ decode_tokens when decoding)")
     type_vocab: int = Field(0, ge=0, description="token-type (segment) embeddings, 2 for BERT")
     bias: bool = True
     norm_eps: float = Field(1e-5, gt=0)
@@ -188,7 +188,8 @@ def lora_adapters(spec: ModelSpec, targets: tuple[str, ...]) -> list[LoraAdapter
              "v": ("attn.qkv", q + kv, h, kv, "column"), "o": ("attn.out", 0, h, h, "row"),
              "gate": ("mlp.fc", 0, h, ffn, "column"), "up": ("mlp.fc", ffn if swiglu else 0, h, ffn, "column"),
              "down": ("mlp.proj", 0, ffn, h, "row")}
-    return [LoraAdapter(name, *table[name]) for name in lora_projections(targets, spec.activation)]  # type: ignore[arg-type]
+    names = lora_projections(targets, spec.activation)
+    return [LoraAdapter(name, *table[name]) for name in names]  # type: ignore[arg-type]
 
 
 def lora_params_per_block(spec: ModelSpec, lora: LoraSpec, tp: int = 1) -> int:
