@@ -50,7 +50,8 @@ class ModelSpec(_Strict):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     causal: bool = Field(True, description="false = bidirectional encoder (BERT-style)")
     positions: Literal["learned", "rotary"] = "learned"
-    max_positions: PositiveInt | None = Field(None, description="learned position table size; default seq_len")
+    max_positions: PositiveInt | None = Field(None, description="learned position table size; default what "
+                                              "the workload reads: seq_len (+ decode_tokens when decoding)")
     type_vocab: int = Field(0, ge=0, description="token-type (segment) embeddings, 2 for BERT")
     bias: bool = True
     norm_eps: float = Field(1e-5, gt=0)
@@ -103,6 +104,13 @@ class Workload(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Workload":
+        if (self.mode == "decode" and self.model.positions == "learned"
+                and "max_positions" not in self.model.model_fields_set):
+            # No table size given (explicitly or by a preset, whose published size is kept): size it for what
+            # this workload reads, the prompt and the generated tokens (positions 0..seq_len+decode_tokens-1).
+            model = self.model.model_copy(update={"max_positions": self.model.seq_len + self.decode_tokens})
+            model.__pydantic_fields_set__.discard("max_positions")  # still a default: a re-validation re-derives it
+            object.__setattr__(self, "model", model)
         if self.mode == "decode" and not self.model.causal:
             raise ValueError("mode 'decode' needs a causal decoder; this model has causal: false "
                              "(allowed for encoders: train, prefill)")
@@ -123,10 +131,90 @@ class Workload(_Strict):
         return self.batch * self.model.seq_len
 
 
+# LoRA targets are per projection, as PEFT's `target_modules` name them for Llama (q_proj, k_proj, v_proj,
+# o_proj, gate_proj, up_proj, down_proj; Hugging Face PEFT docs, LoraConfig). The model fuses q, k, v into
+# one Linear (attn.qkv) and gate, up into one (mlp.fc, swiglu); an adapter on one projection of a fused
+# Linear adapts only that projection's output slice. The old names are aliases for their projections.
+LORA_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_ALIASES = {"qkv": ("q", "k", "v"), "out": ("o",), "mlp": ("gate", "up", "down")}
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down", "qkv", "out", "mlp"]
+
+
 class LoraSpec(_Strict):
     rank: PositiveInt = 16
     alpha: float = Field(32.0, gt=0)
-    targets: tuple[Literal["qkv", "out", "mlp"], ...] = Field(("qkv", "out", "mlp"), min_length=1)
+    targets: tuple[LoraTarget, ...] = Field(("qkv", "out", "mlp"), min_length=1,
+                                            description="projections q, k, v, o, gate, up, down (PEFT's); "
+                                                        "aliases qkv = q,k,v; out = o; mlp = the MLP's")
+
+
+def lora_allowed_projections(activation: str) -> tuple[str, ...]:
+    """The projections a block of this MLP activation has: a GELU MLP has no gate (its fc is `up`, its
+    proj `down`, as in PEFT's naming of a plain two-layer MLP's up/down projections)."""
+    return LORA_PROJECTIONS if activation == "swiglu" else tuple(p for p in LORA_PROJECTIONS if p != "gate")
+
+
+def lora_projections(targets: tuple[str, ...], activation: str) -> tuple[str, ...]:
+    """Targets with the aliases expanded, deduplicated, in block order (q k v o gate up down).
+
+    `mlp` means the MLP's projections of this activation (gate, up, down; GELU: up, down). Raises
+    ValueError naming the allowed targets for a projection the block does not have (`gate` with GELU)."""
+    allowed = lora_allowed_projections(activation)
+    wanted: set[str] = set()
+    for target in targets:
+        if target in LORA_ALIASES:
+            wanted.update(p for p in LORA_ALIASES[target] if p in allowed)
+        elif target in allowed:
+            wanted.add(target)
+        else:
+            raise ValueError(f"target {target!r} is not a projection of a {activation} block (allowed: "
+                             f"{', '.join(allowed)}; aliases {', '.join(LORA_ALIASES)})")
+    return tuple(p for p in LORA_PROJECTIONS if p in wanted)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """One PEFT adapter B A (B: out_features x r, A: r x in_features) on projection `name`, which is output
+    columns [start, start + out_features) of the model's Linear `module` (attn.qkv, attn.out, mlp.fc,
+    mlp.proj). `split`: how Megatron tensor parallelism splits that projection (Shoeybi et al. 2019, Sec. 3):
+    'column' (q, k, v, gate, up: the output dimension, so each rank holds a slice of B and all of A) or
+    'row' (o, down: the input dimension, so each rank holds a slice of A and all of B)."""
+
+    name: str
+    module: str
+    start: int
+    in_features: int
+    out_features: int
+    split: Literal["column", "row"]
+
+
+def lora_adapters(spec: ModelSpec, targets: tuple[str, ...]) -> list[LoraAdapter]:
+    """The adapters one block carries for these targets, with the fused modules' slice offsets."""
+    h, hd, ffn = spec.hidden, spec.head_dim, spec.ffn_hidden or 4 * spec.hidden
+    q, kv = spec.heads * hd, (spec.kv_heads or spec.heads) * hd
+    swiglu = spec.activation == "swiglu"
+    table = {"q": ("attn.qkv", 0, h, q, "column"), "k": ("attn.qkv", q, h, kv, "column"),
+             "v": ("attn.qkv", q + kv, h, kv, "column"), "o": ("attn.out", 0, h, h, "row"),
+             "gate": ("mlp.fc", 0, h, ffn, "column"), "up": ("mlp.fc", ffn if swiglu else 0, h, ffn, "column"),
+             "down": ("mlp.proj", 0, ffn, h, "row")}
+    names = lora_projections(targets, spec.activation)
+    return [LoraAdapter(name, *table[name]) for name in names]  # type: ignore[arg-type]
+
+
+def lora_params_per_block(spec: ModelSpec, lora: LoraSpec, tp: int = 1) -> int:
+    """Trainable adapter parameters of one block on one tensor-parallel rank: r * (in + out) per adapter at
+    tp = 1 (Hu et al. 2021, Sec. 4.1); with tp, a column-parallel projection's B and a row-parallel one's A
+    split over the ranks and the other factor is replicated. K and V of grouped-query attention split over
+    min(tp, kv_heads) ranks (replicated KV heads beyond that, as Megatron-LM does)."""
+    kv = spec.kv_heads or spec.heads
+    total = 0
+    for a in lora_adapters(spec, lora.targets):
+        if a.split == "row":
+            total += lora.rank * (a.in_features // tp + a.out_features)
+        else:
+            ways = min(tp, kv) if a.name in ("k", "v") else tp
+            total += lora.rank * (a.in_features + a.out_features // ways)
+    return total
 
 
 class Sharing(_Strict):
@@ -220,6 +308,11 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
 
 def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     """Cross-layer sharing must split the layers evenly: None, or (key inside the sharing block, message)."""
+    if sharing.lora is not None:
+        try:
+            lora_projections(sharing.lora.targets, m.activation)
+        except ValueError as e:
+            return "lora.targets", str(e)
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
                                 f"(allowed: {_divisors(m.layers)})")

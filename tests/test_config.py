@@ -65,6 +65,9 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("workload.model.qk_norm", "maybe", "workload.model.qk_norm: 'maybe': Input should be a valid boolean"),
     ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
     ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
+    ("sharing.lora", {"targets": ["gate"]}, "sharing.lora.targets: target 'gate' is not a projection of a gelu "
+     "block (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
+    ("sharing.lora", {"targets": ["q_proj"]}, "sharing.lora.targets[0]: 'q_proj': Input should be 'q', 'k', 'v'"),
     ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
     ("name", "../../etc", "name: '../../etc': String should match pattern"),  # run folders stay under --out
     ("strategies", [{"name": "bad", "sharing": {"layer_groups": 5}}],
@@ -153,3 +156,24 @@ def test_decode_may_fill_the_learned_position_table_exactly() -> None:
     # rotary positions have no table: no limit
     data["workload"]["model"] = {"preset": "tiny", "positions": "rotary"}
     parse_scenario(data, "s.yaml")
+
+
+EXPLICIT_MODEL = {"layers": 2, "hidden": 64, "heads": 4, "vocab": 512, "seq_len": 32}  # learned positions, no preset
+
+
+def test_an_explicit_dimension_decode_sizes_the_learned_table_for_prompt_and_generated_tokens() -> None:
+    """Without a given max_positions the learned table holds what the workload reads: the prompt's seq_len
+    positions and the decode_tokens generated after it (Radford et al. 2019: one learned embedding per
+    position). A preset's published table (gpt2-small: 1024) and an explicit one are kept."""
+    data = _with("workload.model", dict(EXPLICIT_MODEL))
+    data["workload"].update(mode="decode", decode_tokens=16)
+    assert parse_scenario(data, "s.yaml").workload.model.max_positions == 32 + 16
+    data["workload"]["mode"] = "train"
+    assert parse_scenario(data, "s.yaml").workload.model.max_positions == 32  # training reads seq_len positions
+    data["workload"].update(mode="decode", model=dict(EXPLICIT_MODEL, max_positions=40))
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(data, "s.yaml")
+    assert str(info.value) == ("s.yaml: workload: seq_len + decode_tokens = 48 exceeds max_positions=40 of the "
+                               "learned position table")
+    data["workload"]["model"] = {"preset": "gpt2-small", "seq_len": 512}
+    assert parse_scenario(data, "s.yaml").workload.model.max_positions == 1024

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llmsim.config import lora_params_per_block
 from llmsim.costmodel.pipeline import in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
@@ -163,7 +164,10 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
     else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
         edge = spec.vocab * spec.hidden / plan.tp
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
-        trainable = profile.trainable_params / k * blocks / plan.tp
+        # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
+        # and A of o/down split, the other factor replicated: `lora_params_per_block`).
+        tp_share = lora_params_per_block(spec, sharing.lora, plan.tp) / lora_params_per_block(spec, sharing.lora)
+        trainable = profile.trainable_params / k * blocks * tp_share
     else:
         trainable = layer_params + edge
     return layer_params + edge, trainable

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmsim.config import NAME_PATTERN, Sharing, Workload, _KeyedError, load_file_model, parse_file_model
+from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_sharing, load_file_model,
+                           parse_file_model)
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
 
@@ -122,6 +123,9 @@ class PlanFile(_Strict):
         for key in wanted:
             if getattr(g, key) is None:
                 raise _KeyedError(f"goal.{key}", f"required key is missing: {what}")
+        problem = check_sharing(self.sharing, self.workload.model)  # e.g. lora target gate on a GELU model
+        if problem is not None:
+            raise _KeyedError(f"sharing.{problem[0]}", problem[1])
         names = [h.name for h in self.hardware]
         for i, name in enumerate(names):
             if names.index(name) != i:

@@ -27,28 +27,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmsim.config import LoraSpec, ModelSpec
+from llmsim.config import LoraSpec, ModelSpec, lora_adapters
 
 INIT_STD = 0.02  # GPT-2 / BERT initializer range
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + (alpha/r) * x A^T B^T, with `base` frozen (Hu et al. 2021, "LoRA").
+    """y = base(x) + (alpha/r) * x A_p^T B_p^T on the output slice of each adapted projection p, with `base`
+    frozen (Hu et al. 2021, "LoRA"; one adapter per projection, as PEFT's target_modules).
 
-    B starts at zero, so the adapted model starts equal to the base model.
+    `slices` maps a projection name to its output columns [start, stop) of `base` (a fused Linear holds
+    several projections: q, k, v in attn.qkv, gate and up in mlp.fc). Each adapter has A_p (r x in) and
+    B_p ((stop - start) x r): r * (in + stop - start) parameters and, per token, 2 r (in + stop - start)
+    forward FLOPs, exactly those of a PEFT adapter on the unfused projection. B starts at zero, so the
+    adapted model starts equal to the base model.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, slices: dict[str, tuple[int, int]]) -> None:
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.slices = dict(slices)
+        self.lora_a = nn.ParameterDict({p: nn.Parameter(torch.empty(rank, base.in_features)) for p in slices})
+        self.lora_b = nn.ParameterDict({p: nn.Parameter(torch.zeros(stop - start, rank))
+                                        for p, (start, stop) in slices.items()})
+        for a in self.lora_a.values():
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.scaling = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
+        y = self.base(x)
+        for p, (start, stop) in self.slices.items():
+            delta = F.linear(F.linear(x, self.lora_a[p]), self.lora_b[p]) * self.scaling
+            if start == 0 and stop == y.shape[-1]:
+                y = y + delta  # the whole output (an unfused projection): PEFT's own add
+            else:
+                y[..., start:stop] += delta  # only this projection's columns of the fused output
+        return y
 
 
 def _norm(spec: ModelSpec) -> nn.Module:
@@ -217,14 +232,17 @@ class Transformer(nn.Module):
             self._add_lora(lora)
 
     def _add_lora(self, lora: LoraSpec) -> None:
-        """Freeze every base weight, then wrap the targeted projections with trainable adapters."""
+        """Freeze every base weight, then wrap each Linear holding targeted projections with one trainable
+        adapter per projection (`lora_adapters`: q, k, v slices of attn.qkv; gate, up slices of mlp.fc)."""
         self.requires_grad_(False)
-        wanted = {"qkv": [("attn", "qkv")], "out": [("attn", "out")], "mlp": [("mlp", "fc"), ("mlp", "proj")]}
+        by_module: dict[str, dict[str, tuple[int, int]]] = {}
+        for a in lora_adapters(self.spec, lora.targets):  # ValueError naming the allowed targets
+            by_module.setdefault(a.module, {})[a.name] = (a.start, a.start + a.out_features)
         for block in self.blocks:
-            for target in lora.targets:
-                for parent_name, child in wanted[target]:
-                    parent = getattr(block, parent_name)
-                    setattr(parent, child, LoRALinear(getattr(parent, child), lora.rank, lora.alpha))
+            for module, slices in by_module.items():
+                parent_name, child = module.split(".")
+                parent = getattr(block, parent_name)
+                setattr(parent, child, LoRALinear(getattr(parent, child), lora.rank, lora.alpha, slices))
 
     def block_for_layer(self, layer: int) -> Block:
         """Layer i uses block i mod k: round-robin sharing of k distinct weight sets (k = layers: none)."""

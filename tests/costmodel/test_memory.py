@@ -124,15 +124,19 @@ def test_kv_cache_is_split_over_data_pipeline_and_kv_heads() -> None:
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize("main_grads_fp32", [False, True])
 def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: int, main_grads_fp32: bool) -> None:
-    """A frozen base trains only its adapters (Hu et al. 2021), all inside the blocks; tensor parallelism
-    splits them with their layers (Shoeybi et al. 2019), so each device holds trainable/tp of them: 16-bit
-    (or fp32 main) gradients and 12 bytes of mixed-precision Adam state each (Rajbhandari et al. 2020, K=12).
-    The frozen base still counts in full (over tp, but for what stays whole on each rank) in the parameters."""
+    """A frozen base trains only its adapters (Hu et al. 2021), all inside the blocks. Tensor parallelism
+    splits each adapter as it splits its projection (Shoeybi et al. 2019, Sec. 3): column-parallel q, k, v,
+    up (GELU: no gate) split B (out x r) and replicate A (r x in); row-parallel o, down split A and replicate
+    B. gpt2-small, r = 8, per block and device: q, k, v, o r (h + h/tp) each, up r (h + 4h/tp), down
+    r (4h/tp + h) = r (6h + 12h/tp); 16-bit (or fp32 main) gradients and 12 bytes of mixed-precision Adam
+    state each (Rajbhandari et al. 2020, K=12). The frozen base still counts in full (over tp, but for what stays whole on each rank)."""
     workload = gpt2()
     profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
+    h, r, layers = 768, 8, 12
+    assert profile.trainable_params == layers * r * 18 * h
     plan = Plan(tp=tp, microbatches=4)
     mem = memory_breakdown(workload, profile, sharing, plan, Options(main_grads_fp32=main_grads_fp32))
-    trainable = profile.trainable_params / tp
+    trainable = layers * r * (6 * h + 12 * h // tp)
     assert mem.grads == pytest.approx(trainable * (4 if main_grads_fp32 else 2), rel=1e-12)
     assert mem.optimizer == pytest.approx(trainable * 12, rel=1e-12)
     h, layers, positions = 768, 12, 1024
@@ -140,8 +144,20 @@ def test_lora_gradients_and_optimizer_state_are_the_adapters_split_over_tp(tp: i
     assert mem.params == pytest.approx(((profile.params - whole) / tp + whole) * 2, rel=1e-12)
     # pp=2 splits the adapters over the stages as well: each holds half of the layers' adapters
     staged = memory_breakdown(workload, profile, sharing, Plan(tp=tp, pp=2, microbatches=4))
-    assert staged.grads == pytest.approx(profile.trainable_params / 2 / tp * 2, rel=1e-12)
-    assert staged.optimizer == pytest.approx(profile.trainable_params / 2 / tp * 12, rel=1e-12)
+    assert staged.grads == pytest.approx(trainable / 2 * 2, rel=1e-12)
+    assert staged.optimizer == pytest.approx(trainable / 2 * 12, rel=1e-12)
+
+
+def test_lora_adapters_of_grouped_query_kv_split_over_at_most_kv_heads_ranks() -> None:
+    """llama2-70b (64 heads, 8 KV heads of 128), r = 16 on q, k, v, o, tp = 16: q's B splits 16 ways, k's
+    and v's only 8 (Megatron-LM replicates a KV head over tp/kv_heads ranks), o's A 16 ways."""
+    from llmsim.config import lora_params_per_block
+
+    spec = ModelSpec(preset="llama2-70b")
+    lora = LoraSpec(rank=16, targets=("q", "k", "v", "o"))
+    h, kv = 8192, 8 * 128
+    assert lora_params_per_block(spec, lora) == 16 * ((h + h) + 2 * (h + kv) + (h + h))
+    assert lora_params_per_block(spec, lora, 16) == 16 * ((h + h // 16) + 2 * (h + kv // 8) + (h // 16 + h))
 
 
 def test_the_description_lists_the_nonzero_parts_in_decimal_gigabytes() -> None:

@@ -69,10 +69,10 @@ def test_lora_shrinks_gradient_reduction_and_optimizer() -> None:
     plan = Plan(dp=8, microbatches=1, overlap_grad_reduce=False)
     full = estimate(workload, *profiled(workload), plan, a100_cluster())
     lora = estimate(workload, *profiled(workload, lora=LoraSpec(rank=8)), plan, a100_cluster())
-    # LoRA (Hu et al. 2021): r*(in+out) per adapted Linear; per layer qkv (h -> 3h), out (h -> h),
-    # fc (h -> 4h), proj (4h -> h) = r*16h. Only those are reduced over dp and updated by Adam.
+    # LoRA (Hu et al. 2021): r*(in+out) per adapted projection (PEFT's); per layer q, k, v, o (h -> h),
+    # up (h -> 4h), down (4h -> h) = r*18h. Only those are reduced over dp and updated by Adam.
     h, layers = workload.model.hidden, workload.model.layers
-    adapters = layers * 8 * (4 * h + 2 * h + 5 * h + 5 * h)
+    adapters = layers * 8 * (4 * 2 * h + 5 * h + 5 * h)
     everything = layers * (12 * h * h + 13 * h) + (50257 + 1024 + 2) * h  # blocks, tok/pos embedding, final norm
     dp8 = Group(size=8, per_node=8, nodes=1)
     for r, trainable in ((lora, adapters), (full, everything)):

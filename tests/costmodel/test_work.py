@@ -569,7 +569,7 @@ def test_lora_trains_only_the_adapters_of_each_stage() -> None:
 
     workload, cluster = _train_case(layers=4)
     profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
-    adapters = 4 * 16 * H * 8                                 # r (in + out) per adapted Linear: 16 h r per layer
+    adapters = 4 * 18 * H * 8                                 # r (in + out) per PEFT projection: 18 h r per layer
     assert profile.trainable_params == adapters
     work = train_work(workload, profile, sharing, Plan(dp=2, pp=2, microbatches=2), cluster)
     rates = device_rates(cluster, "bfloat16")

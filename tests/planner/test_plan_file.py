@@ -30,6 +30,8 @@ def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
     ({"limits": {"max_devices": 0}}, "limits.max_devices", "greater than or equal to 1"),
     ({"workload": {"model": {"preset": "tiny"}, "mode": "decode"}, "goal": {"tokens": 5}}, "goal.tokens",
      "takes {tokens_per_s, max_step_latency_s}"),
+    ({"sharing": {"lora": {"targets": ["gate"]}}}, "sharing.lora.targets",
+     "target 'gate' is not a projection of a gelu block (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
 ])
 def test_bad_plan_is_one_line(tmp_path: Path, change: dict, key: str, words: str) -> None:
     path = _write(tmp_path, {**GOOD, **change})

@@ -56,3 +56,16 @@ def test_modeled_energy_uses_the_catalog_power() -> None:
 
     cores = os.cpu_count()
     assert backend._modeled_power_w(cores) == pytest.approx(cores * host.max_power_w)
+
+
+def test_an_explicit_dimension_decode_scenario_validates_and_runs() -> None:
+    """No preset, learned positions, no max_positions: the table defaults to seq_len + decode_tokens rows, so
+    the decode validates and the generated tokens find their positions."""
+    model = {"layers": 2, "hidden": 64, "heads": 4, "vocab": 512, "seq_len": 16}
+    workload = dict(TINY_SCENARIO["workload"], model=model, mode="decode", decode_tokens=8)
+    scenario = parse_scenario(dict(TINY_SCENARIO, workload=workload))
+    registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "cpu"}))
+    case = plan_cases(scenario, registry)[0].case
+    assert case.workload.model.max_positions == 16 + 8
+    r = CpuBackend(RunContext()).run(case, CpuSettings(steps=2, warmup=1))
+    assert r.status == "ok" and r.tpot_s > 0

@@ -1,10 +1,12 @@
-"""LoRA adapters: exactly the targeted projections carry them, counted by hand from the LoRA definition.
+"""LoRA adapters: one per targeted projection, counted by hand from the LoRA definition and PEFT's naming.
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", Sec. 4.1: a frozen W0 (out x in)
-gets the update B A with B (out x r) and A (r x in), so each adapted Linear(in, out) adds r * (in + out)
-trainable parameters and nothing else trains. The targets name the projections of a Transformer block:
-`qkv` the fused query/key/value projection, `out` the attention output projection, `mlp` BOTH MLP
-projections (fc and proj; with swiglu the fused gate/up projection and the down projection).
+gets the update B A with B (out x r) and A (r x in), so each adapted projection adds r * (in + out)
+trainable parameters and nothing else trains. Targets are PEFT's per-projection names (Hugging Face PEFT,
+LoraConfig target_modules for Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj): q, k,
+v, o, gate, up, down. The model fuses q, k, v into one Linear and gate, up into one; an adapter on one of
+them adapts only that projection's output slice. Aliases: qkv = q, k, v; out = o; mlp = the MLP's
+projections (swiglu: gate, up, down; gelu: up, down, a GELU MLP has no gate).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload, lora_params_per_block
 from llmsim.workload.model import build_model, count_parameters
 from llmsim.workload.profile import profile_workload
 
 RANK = 4
-TARGET_SETS = [("mlp",), ("qkv",), ("out",), ("qkv", "out", "mlp")]
+TARGET_SETS = [("mlp",), ("qkv",), ("out",), ("qkv", "out", "mlp"), ("q",), ("k", "v"), ("o", "down"),
+               ("up",), ("q", "qkv")]
 
 
 def _spec(activation: str) -> ModelSpec:
@@ -26,19 +29,31 @@ def _spec(activation: str) -> ModelSpec:
                      activation=activation)
 
 
-def _adapter_params(spec: ModelSpec, targets: tuple[str, ...], rank: int) -> int:
-    """Trainable parameters by hand: r * (in + out) per adapted Linear(in, out), per layer."""
+def _projections(spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """(in, out) of each projection of a block, unfused, as PEFT sees them."""
     h, ffn, hd = spec.hidden, spec.ffn_hidden, spec.head_dim
-    qkv_out = (spec.heads + 2 * spec.kv_heads) * hd       # q heads + k and v heads
-    fc_out = 2 * ffn if spec.activation == "swiglu" else ffn  # swiglu fuses gate and up
-    linears = {"qkv": [(h, qkv_out)], "out": [(h, h)], "mlp": [(h, fc_out), (ffn, h)]}
-    per_layer = sum(rank * (n_in + n_out) for t in targets for n_in, n_out in linears[t])
-    return spec.layers * per_layer
+    shapes = {"q": (h, spec.heads * hd), "k": (h, spec.kv_heads * hd), "v": (h, spec.kv_heads * hd),
+              "o": (h, h), "up": (h, ffn), "down": (ffn, h)}
+    if spec.activation == "swiglu":
+        shapes["gate"] = (h, ffn)
+    return shapes
+
+
+def _expand(targets: tuple[str, ...], spec: ModelSpec) -> set[str]:
+    mlp = ["gate", "up", "down"] if spec.activation == "swiglu" else ["up", "down"]
+    aliases = {"qkv": ["q", "k", "v"], "out": ["o"], "mlp": mlp}
+    return {p for t in targets for p in aliases.get(t, [t])}
+
+
+def _adapter_params(spec: ModelSpec, targets: tuple[str, ...], rank: int) -> int:
+    """Trainable parameters by hand: r * (in + out) per adapted projection, per layer."""
+    shapes = _projections(spec)
+    return spec.layers * sum(rank * sum(shapes[p]) for p in _expand(targets, spec))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
 @pytest.mark.parametrize("targets", TARGET_SETS, ids="+".join)
-def test_lora_trainable_parameters_are_rank_times_in_plus_out_per_adapted_linear(
+def test_lora_trainable_parameters_are_rank_times_in_plus_out_per_adapted_projection(
         activation: str, targets: tuple[str, ...]) -> None:
     spec = _spec(activation)
     lora = LoraSpec(rank=RANK, alpha=8, targets=targets)
@@ -48,6 +63,7 @@ def test_lora_trainable_parameters_are_rank_times_in_plus_out_per_adapted_linear
     expected = _adapter_params(spec, targets, RANK)
     assert trainable == expected
     assert total == base + expected  # the base is all there, frozen
+    assert spec.layers * lora_params_per_block(spec, lora) == expected  # the cost model's own count
     # the profile the cost model reads counts the same
     profile = profile_workload(Workload(model=spec, mode="train", batch=1, dtype="float32"),
                                SharingChoice(True, lora=lora))
@@ -55,13 +71,79 @@ def test_lora_trainable_parameters_are_rank_times_in_plus_out_per_adapted_linear
     assert profile.trainable_param_bytes == expected * 4
 
 
+@pytest.mark.parametrize("targets,expected", [
+    (("q", "k", "v", "o"), 16_777_216),                           # 32 x 4 x 16 x (4096 + 4096)
+    (("qkv", "out"), 16_777_216),                                 # the aliases: the same adapters
+    (("q", "k", "v", "o", "gate", "up", "down"), 39_976_960),     # + 32 x 3 x 16 x (4096 + 11008)
+    (("qkv", "out", "mlp"), 39_976_960),
+])
+def test_llama2_7b_rank_16_has_exactly_pefts_trainable_count(targets: tuple[str, ...], expected: int) -> None:
+    spec = ModelSpec(preset="llama2-7b")
+    with torch.device("meta"):
+        _, trainable = count_parameters(build_model(spec, tie_embeddings=False,
+                                                    lora=LoraSpec(rank=16, targets=targets)))
+    assert trainable == expected
+
+
+def test_gelu_has_no_gate_and_says_which_targets_it_has() -> None:
+    with pytest.raises(ValueError, match=r"target 'gate' is not a projection of a gelu block \(allowed: q, k, v, "
+                                         r"o, up, down; aliases qkv, out, mlp\)"):
+        build_model(_spec("gelu"), tie_embeddings=True, lora=LoraSpec(rank=RANK, targets=("gate",)))
+
+
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
-def test_mlp_target_wraps_both_mlp_projections(activation: str) -> None:
+def test_mlp_alias_adapts_each_mlp_projection(activation: str) -> None:
     spec = _spec(activation)
     with torch.device("meta"):
         model = build_model(spec, tie_embeddings=True, lora=LoraSpec(rank=RANK, targets=("mlp",)))
+    mlp = ["gate", "up"] if activation == "swiglu" else ["up"]
     for block in model.blocks:
         trainable = {n for n, p in block.named_parameters() if p.requires_grad}
-        assert trainable == {"mlp.fc.lora_a", "mlp.fc.lora_b", "mlp.proj.lora_a", "mlp.proj.lora_b"}
-        assert block.mlp.fc.lora_a.shape == (RANK, spec.hidden)
-        assert block.mlp.proj.lora_b.shape == (spec.hidden, RANK)
+        assert trainable == {f"mlp.fc.lora_{ab}.{p}" for p in mlp for ab in "ab"} | \
+            {"mlp.proj.lora_a.down", "mlp.proj.lora_b.down"}
+        assert block.mlp.fc.lora_a["up"].shape == (RANK, spec.hidden)
+        assert block.mlp.fc.lora_b["up"].shape == (spec.ffn_hidden, RANK)
+        assert block.mlp.proj.lora_b["down"].shape == (spec.hidden, RANK)
+
+
+def test_an_adapter_on_a_fused_projection_changes_only_its_slice() -> None:
+    """PEFT's forward on q_proj alone: q = W_q x + (alpha/r) B_q A_q x; k and v stay the base's."""
+    spec = _spec("swiglu")
+    torch.manual_seed(0)
+    model = build_model(spec, tie_embeddings=True, lora=LoraSpec(rank=RANK, alpha=8, targets=("q", "v", "up")))
+    qkv, fc = model.blocks[0].attn.qkv, model.blocks[0].mlp.fc
+    for module in (qkv, fc):
+        for b in module.lora_b.values():
+            torch.nn.init.normal_(b)  # B starts at zero; make the update visible
+    x = torch.randn(2, 5, spec.hidden)
+    scale = 8 / RANK
+    q_out, kv_out = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+    base = qkv.base(x)
+    expected = base.clone()
+    expected[..., :q_out] += x @ qkv.lora_a["q"].T @ qkv.lora_b["q"].T * scale
+    expected[..., q_out + kv_out:] += x @ qkv.lora_a["v"].T @ qkv.lora_b["v"].T * scale
+    torch.testing.assert_close(qkv(x), expected)
+    assert torch.equal(qkv(x)[..., q_out:q_out + kv_out], base[..., q_out:q_out + kv_out])  # k untouched
+    ffn = spec.ffn_hidden
+    h = fc(x)
+    torch.testing.assert_close(h[..., :ffn], fc.base(x)[..., :ffn])  # gate untouched
+    torch.testing.assert_close(h[..., ffn:], fc.base(x)[..., ffn:]
+                               + x @ fc.lora_a["up"].T @ fc.lora_b["up"].T * scale)
+    # and it trains: gradients reach exactly the adapters
+    model(torch.randint(0, spec.vocab, (2, 5))).sum().backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == \
+        {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("targets", [("q",), ("qkv", "out", "mlp")], ids="+".join)
+def test_adapter_forward_flops_are_pefts(targets: tuple[str, ...]) -> None:
+    """Per token and adapted projection, PEFT's forward does x A^T (2 r in FLOPs) then (x A^T) B^T (2 r out):
+    the traced forward adds exactly 2 r (in + out) per projection per token, nothing for the unadapted slices."""
+    spec = _spec("swiglu")
+    w = Workload(model=spec, mode="train", batch=2, dtype="float32")
+    full = profile_workload(w, SharingChoice(True))
+    lora = profile_workload(w, SharingChoice(True, lora=LoraSpec(rank=RANK, targets=targets)))
+    tokens = 2 * spec.seq_len
+    adapters = 2 * tokens * _adapter_params(spec, targets, RANK)
+    assert lora.flops(phase="forward", kind="matmul", region="layers") == \
+        full.flops(phase="forward", kind="matmul", region="layers") + adapters

@@ -60,7 +60,7 @@ def test_lora_freezes_the_base_and_trains_only_adapters() -> None:
     lora = LoraSpec(rank=8, alpha=16, targets=("qkv",))
     total, trainable = count_parameters(_meta_model(spec, lora=lora))
     h = spec.hidden
-    assert trainable == spec.layers * 8 * (h + 3 * h)  # A: r x in, B: out x r
+    assert trainable == spec.layers * 3 * 8 * (h + h)  # q, k, v each: A r x in, B out x r (PEFT's adapters)
     assert total == PUBLISHED_PARAMS["gpt2-small"] + trainable
 
 

@@ -80,16 +80,18 @@ def test_lora_cuts_trainable_parameters_and_frozen_weight_gradient_flops() -> No
     lora = profile_workload(w, SharingChoice(True, lora=LoraSpec(rank=8)))
     m = w.model
     h, r, tokens = m.hidden, 8, w.batch * m.seq_len
-    # Hu et al. 2021: r*(in+out) per adapted Linear; qkv (h, 3h), out (h, h), fc (h, 4h), proj (4h, h) = 16 h r
-    assert lora.trainable_params == m.layers * 16 * h * r
+    # Hu et al. 2021: r*(in+out) per adapted projection, PEFT's q, k, v (h, h) each, o (h, h), up (h, 4h), down
+    # (4h, h) = 18 h r
+    assert lora.trainable_params == m.layers * 18 * h * r
     # Forward: the base's matmuls plus the adapters' (2 FLOPs per multiply-add, x A^T then (x A^T) B^T).
     base = full.flops(phase="forward", kind="matmul", region="layers")
-    adapters = 2 * tokens * m.layers * 16 * h * r
+    adapters = 2 * tokens * m.layers * 18 * h * r
     assert lora.flops(phase="forward", kind="matmul", region="layers") == base + adapters
     # Backward: a frozen weight needs no weight gradient, so each base matmul costs 1x its forward (the input
     # gradient) instead of 2x; the adapters, trained, 2x theirs. Except in the first layer: its input comes from
-    # the frozen embedding and needs no gradient, so its qkv base matmul and its qkv A's input gradient are skipped.
-    first_qkv, first_qkv_a_input = 2 * tokens * h * 3 * h, 2 * tokens * r * h
+    # the frozen embedding and needs no gradient, so its qkv base matmul and the q, k, v A's input gradients are
+    # skipped.
+    first_qkv, first_qkv_a_input = 2 * tokens * h * 3 * h, 3 * 2 * tokens * r * h
     assert lora.flops(phase="backward", kind="matmul", region="layers") == \
         base - first_qkv + 2 * adapters - first_qkv_a_input
     # the tied LM head is frozen too: its input gradient only
@@ -216,7 +218,8 @@ def test_parameter_bytes_are_the_counts_in_the_workload_dtype(dtype: str, elem: 
     assert full.params == 2 * (12 * 768**2 + 13 * 768) + (50257 + 1024 + 2) * 768
     assert full.layer_params == 2 * (12 * 768**2 + 13 * 768) and full.embed_params == full.params - full.layer_params
     lora = profile_workload(w, SharingChoice(True, lora=LoraSpec(rank=4)))
-    assert lora.trainable_param_bytes == elem * lora.trainable_params == elem * 2 * 16 * 768 * 4
+    # per layer PEFT's q, k, v, o (h, h), up (h, 4h), down (4h, h): r * 18 h
+    assert lora.trainable_param_bytes == elem * lora.trainable_params == elem * 2 * 18 * 768 * 4
 
 
 def test_one_generated_token_has_no_decode_steps_and_two_have_one() -> None:
