@@ -21,7 +21,7 @@ from llmsim.costmodel.pipeline import in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
-    from llmsim.config import SharingChoice, Workload
+    from llmsim.config import ModelSpec, SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
@@ -84,27 +84,49 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan)
     return min(layer_groups, local) if layer_groups else local
 
 
+def final_norm_params(spec: "ModelSpec") -> int:
+    """Parameters of the final norm before the LM head: a LayerNorm's weight and bias (h + h; h without
+    bias) or an RMSNorm's weight (h) (workload.model._norm: torch.nn.LayerNorm / torch.nn.RMSNorm)."""
+    return spec.hidden * (2 if spec.norm == "layernorm" and spec.bias else 1)
+
+
+def edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice") -> tuple[float, float]:
+    """(input side, output side) parameters outside the blocks, before tensor parallelism.
+
+    The input side is what the first pipeline stage holds: token, position and type embeddings. The output
+    side is what the last stage holds: the final norm and the LM head, its own matrix or a copy of the tied
+    embedding (Megatron-LM keeps a copy of the word embedding on the last stage, Narayanan et al. 2021).
+    The profile's embed_params counts everything outside the blocks once (the final norm and an untied head
+    included).
+    """
+    spec = workload.model
+    untied_head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
+    norm = final_norm_params(spec)
+    return profile.embed_params - untied_head - norm, spec.vocab * spec.hidden + norm
+
+
 def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   stage: str) -> tuple[float, float]:
     """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
 
-    A middle stage (pp > 2) holds only its layers; the simulated cluster prices every stage separately.
+    A middle stage (pp > 2) holds only its layers; the first the embeddings, the last the final norm and
+    the LM head (`edge_params`); a single stage all of them. The simulated cluster prices every stage
+    separately.
     """
     spec = workload.model
     k = sharing.layer_groups or spec.layers
     per_block = profile.layer_params / k
     blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan)
     layer_params = per_block * blocks / plan.tp
-    head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
-    input_side = profile.embed_params - head
+    input_side, output_side = edge_params(workload, profile, sharing)
     if stage == "middle":
-        edge = 0
+        edge = 0.0
     elif plan.pp == 1:
         edge = profile.embed_params / plan.tp
     elif stage == "first":
         edge = input_side / plan.tp
-    else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
-        edge = spec.vocab * spec.hidden / plan.tp
+    else:
+        edge = output_side / plan.tp
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         trainable = profile.trainable_params / k * blocks / plan.tp
     else:

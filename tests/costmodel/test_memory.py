@@ -8,7 +8,7 @@ import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
-from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer
+from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer, stage_params
 from tests.costmodel.helpers import gpt2, gpt3_175b, profiled
 
 
@@ -18,7 +18,7 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     mem = memory_breakdown(workload, profile, sharing, plan)
     h, layers, vocab, seq = 12288, 96, 50257, 2048
     per_layer = 12 * h * h + 13 * h                     # QKV, out, fc, proj weights + biases, 2 layernorms
-    first_stage = (layers // 16 * per_layer + vocab * h + seq * h + 2 * h) / 8   # + embeddings, final norm
+    first_stage = (layers // 16 * per_layer + vocab * h + seq * h) / 8   # + token and position embeddings
     assert mem.stage == "first"
     assert mem.params == pytest.approx(2 * first_stage, rel=1e-6)       # bf16
     assert mem.grads == pytest.approx(2 * first_stage, rel=1e-6)        # bf16
@@ -35,6 +35,32 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     working = replicated + (linear - replicated) / 8
     assert mem.activations == pytest.approx(inputs + working, rel=1e-12)
     assert mem.total == pytest.approx((2 + 2 + 12) * first_stage + inputs + working, rel=1e-9)
+
+
+def test_last_stage_holds_the_final_norm_and_the_head_the_first_the_embeddings() -> None:
+    # GPT-3 175B, tp=8, pp=16 (tied embedding: the last stage keeps its copy as the LM head, Narayanan et al.
+    # 2021): exact parameter counts per device. The final LayerNorm (weight + bias, 2h) feeds the head.
+    workload, profile, sharing = gpt3_175b()
+    plan = Plan(dp=1, tp=8, pp=16, microbatches=1536, recompute="full")
+    h, vocab, seq = 12288, 50257, 2048
+    block = 12 * h * h + 13 * h
+    first, _ = stage_params(workload, profile, sharing, plan, "first")
+    middle, _ = stage_params(workload, profile, sharing, plan, "middle")
+    last, trainable = stage_params(workload, profile, sharing, plan, "last")
+    assert first * 8 == 6 * block + vocab * h + seq * h
+    assert middle * 8 == 6 * block
+    assert last * 8 == 6 * block + vocab * h + 2 * h
+    assert trainable == last
+    # an RMSNorm without bias (Llama-style) is h parameters; an untied head is the last stage's own matrix
+    spec = ModelSpec(layers=4, hidden=64, heads=4, vocab=100, seq_len=16, norm="rmsnorm", bias=False,
+                     positions="rotary")
+    untied = Workload(model=spec, batch=2)
+    prof, shr = profiled(untied, tie=False)
+    two = Plan(pp=2, microbatches=2)
+    block = 2 * 64 + 64 * 3 * 64 + 64 * 64 + 64 * 256 + 256 * 64       # 2 norms, QKV, out, fc, proj
+    assert stage_params(untied, prof, shr, two, "first")[0] == 2 * block + 100 * 64
+    assert stage_params(untied, prof, shr, two, "last")[0] == 2 * block + 100 * 64 + 64
+    assert stage_params(untied, prof, shr, Plan(), "first")[0] == 4 * block + 2 * 100 * 64 + 64
 
 
 def test_zero_stages_divide_the_right_parts_by_dp() -> None:

@@ -19,6 +19,7 @@ from llmsim.workload.profile import WorkloadProfile
 H, VOCAB, SEQ, HEADS = 768, 50257, 128, 12
 LAYER_PARAMS = 8 * 1_000_000        # 8 blocks of a million parameters
 EMBED = 60_000_000                  # token + position embeddings and final norm (tied: no separate head)
+NORM = 2 * H                        # the final LayerNorm's weight and bias: with the head, on the last stage
 BATCH = 16
 PER_LAYER_ACT = 40_000_000          # traced saved bytes per layer for the whole batch (math attention path)
 EDGE_ACT = 9_000_000                # saved outside the layers (embedding output, logits, loss)
@@ -56,12 +57,12 @@ def test_stage_parameters_tied_and_untied() -> None:
     plan = Plan(tp=2, pp=4)
     layers = 2 * 1_000_000 / 2                                     # 2 layers of the stage, over tp
     assert stage_params(w, p, TIED, plan, "middle") == (layers, layers)
-    assert stage_params(w, p, TIED, plan, "first") == (layers + EMBED / 2, layers + EMBED / 2)
-    assert stage_params(w, p, TIED, plan, "last") == (layers + VOCAB * H / 2, layers + VOCAB * H / 2)
+    assert stage_params(w, p, TIED, plan, "first") == (layers + (EMBED - NORM) / 2,) * 2
+    assert stage_params(w, p, TIED, plan, "last") == (layers + (VOCAB * H + NORM) / 2,) * 2
     # untied: the head's vocab x hidden is part of embed_params and lives on the last stage only
     untied = SharingChoice(False)
-    assert stage_params(w, p, untied, plan, "first") == (layers + (EMBED - VOCAB * H) / 2,) * 2
-    assert stage_params(w, p, untied, plan, "last") == (layers + VOCAB * H / 2,) * 2
+    assert stage_params(w, p, untied, plan, "first") == (layers + (EMBED - VOCAB * H - NORM) / 2,) * 2
+    assert stage_params(w, p, untied, plan, "last") == (layers + (VOCAB * H + NORM) / 2,) * 2
     # one stage: all of it
     assert stage_params(w, p, untied, Plan(tp=2), "first") == ((LAYER_PARAMS + EMBED) / 2,) * 2
     # shared blocks: a stage holds the distinct blocks its layers use
@@ -74,7 +75,7 @@ def test_lora_stages_train_only_their_blocks_adapters() -> None:
     p = _profile(trainable=800_000)                                 # 100k adapter parameters per block
     lora = SharingChoice(True, lora=LoraSpec(rank=4))
     params, trainable = stage_params(w, p, lora, Plan(tp=2, pp=4), "first")
-    assert params == 2e6 / 2 + EMBED / 2
+    assert params == 2e6 / 2 + (EMBED - NORM) / 2
     assert trainable == pytest.approx(800_000 / 8 * 2 / 2, rel=1e-12)
 
 
@@ -147,7 +148,7 @@ def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_fli
     assert first.activations == pytest.approx(4 * 2 * per_layer, rel=1e-12)
     assert last.activations == pytest.approx(1 * 2 * per_layer + EDGE_ACT * 2 / BATCH / 2, rel=1e-12)
     assert (first.stage, last.stage) == ("first", "last")
-    assert last.params == pytest.approx((2e6 / 2 + VOCAB * H / 2) * 2, rel=1e-12)
+    assert last.params == pytest.approx((2e6 / 2 + (VOCAB * H + NORM) / 2) * 2, rel=1e-12)
     # context parallelism splits the edge's sequence too
     cp2 = Plan(tp=2, pp=4, cp=2, micro_batch=2, microbatches=8)
     per_layer_cp, _ = activation_bytes_per_layer(w, p, cp2, Options())
@@ -184,7 +185,7 @@ def test_the_last_stage_is_reported_when_it_needs_more() -> None:
     plan = Plan(pp=2, micro_batch=2, microbatches=2)
     mem = memory_breakdown(w, p, SharingChoice(True), plan)
     assert mem.stage == "last"
-    assert mem.params == pytest.approx((4e6 + 2_000_000 * H) * 2, rel=1e-12)
+    assert mem.params == pytest.approx((4e6 + 2_000_000 * H + NORM) * 2, rel=1e-12)
 
 
 def test_inference_holds_the_kv_cache_split_over_replicas_stages_and_kv_heads() -> None:
@@ -193,7 +194,7 @@ def test_inference_holds_the_kv_cache_split_over_replicas_stages_and_kv_heads() 
     mem = memory_breakdown(w, p, TIED, Plan(dp=2, tp=4, pp=2, microbatches=1, micro_batch=8))
     assert mem.kv_cache == pytest.approx(kv / (2 * 2 * 4), rel=1e-12)
     assert mem.grads == mem.optimizer == mem.activations == 0.0
-    assert mem.params == pytest.approx((4e6 / 4 + EMBED / 4) * 2, rel=1e-12)
+    assert mem.params == pytest.approx((4e6 / 4 + (EMBED - NORM) / 4) * 2, rel=1e-12)
     gqa = _workload("prefill", kv_heads=3)
     assert memory_breakdown(gqa, p, TIED, Plan(tp=6)).kv_cache == pytest.approx(kv / 3, rel=1e-12)
 
