@@ -140,6 +140,41 @@ def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sha
     return _stage_params(workload, profile, sharing, plan, stage)
 
 
+def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                   options: Options, stage: str) -> tuple[float, float]:
+    """(parameter bytes, gradient bytes) that ZeRO-3 holds unsharded on one device of `stage` for the units
+    in flight, on top of its 1/dp shards; (0, 0) without ZeRO-3 or data parallelism.
+
+    A unit is what one all-gather materializes: a Transformer block (FSDP's transformer auto-wrap, and the
+    per-layer gathers costmodel.work prices), or the stage's embedding or LM head (with the final norm).
+    * DeepSpeed's estimate_zero3_model_states_mem_needs (deepspeed/runtime/zero/stage3.py) adds
+      `largest_layer_memory = 4 * largest_layer_params`: the 16-bit parameters and gradient of the largest
+      layer. Here: the largest unit on the stage at the workload dtype, and its gradient before the
+      reduce-scatter at the gradient dtype (training only; LoRA: the adapters only).
+    * Prefetch adds the next block: FSDP's default BackwardPrefetch.BACKWARD_PRE all-gathers the next unit
+      while the current one computes (limit_all_gathers keeps at most two in flight; PyTorch FSDP docs),
+      as DeepSpeed's stage3_prefetch_bucket_size does. One more block's parameters, never its gradient.
+    Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice).
+    """
+    if plan.zero < 3 or plan.dp == 1:
+        return 0.0, 0.0
+    spec = workload.model
+    elem = DTYPE_BYTES[workload.dtype]
+    k = sharing.layer_groups or spec.layers
+    block = profile.layer_params / k / plan.tp
+    block_trainable = profile.trainable_params / k / plan.tp if sharing.lora is not None else block
+    input_side, output_side = edge_params(workload, profile, sharing)
+    edge = {"first": input_side if plan.pp > 1 else max(input_side, output_side),
+            "last": output_side, "middle": 0.0}[stage] / plan.tp
+    largest, largest_trainable = (block, block_trainable) if block >= edge else \
+        (edge, 0.0 if sharing.lora is not None else edge)
+    params = (largest + block) * elem
+    grads = 0.0
+    if workload.mode == "train":
+        grads = largest_trainable * (FP32_BYTES if options.main_grads_fp32 else elem)
+    return params, grads
+
+
 def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile", plan: Plan,
                                options: Options) -> tuple[float, float]:
     """(bytes kept per layer per micro-batch, working set of one layer while it is recomputed) per device."""
@@ -175,11 +210,12 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
-    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1)
+    gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
+    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1) + gathered_params
     grads = optimizer = activations = kv = 0.0
     if train:
         grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1)
+        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1) + gathered_grads
         state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
         optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
         per_layer, working = activation_bytes_per_layer(workload, profile, plan, options)

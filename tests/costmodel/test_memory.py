@@ -72,8 +72,37 @@ def test_zero_stages_divide_the_right_parts_by_dp() -> None:
     assert z[1].grads == z[0].grads and z[1].params == z[0].params
     assert z[2].grads == pytest.approx(z[0].grads / 8)
     assert z[2].params == z[0].params
-    assert z[3].params == pytest.approx(z[0].params / 8)
+    # ZeRO-3 also holds the units in flight unsharded (memory.zero3_gathered): GPT-2 small's largest unit is
+    # its token + position embedding (the tied head: the same matrix), plus the next block prefetched
+    h = 768
+    embedding, block = (50257 + 1024) * h, 12 * h * h + 13 * h
+    assert z[3].params == pytest.approx(z[0].params / 8 + (embedding + block) * 2, rel=1e-12)
+    assert z[3].grads == pytest.approx(z[0].grads / 8 + embedding * 2, rel=1e-12)
     assert z[3].activations == z[0].activations
+
+
+def test_zero3_holds_the_largest_unit_and_the_prefetched_block_unsharded() -> None:
+    """DeepSpeed's estimate_zero3_model_states_mem_needs adds the largest layer's 16-bit parameters and
+    gradient (4 bytes per parameter); FSDP's BACKWARD_PRE prefetch adds the next block's parameters."""
+    workload, profile, sharing = gpt3_175b()
+    h, vocab = 12288, 50257
+    block = (12 * h * h + 13 * h) / 8                     # one block's slice on a tp=8 rank
+    plan = Plan(dp=8, tp=8, pp=16, zero=3, microbatches=192, recompute="full")
+    last = memory_breakdown(workload, profile, sharing, plan, stage="last")
+    params, trainable = stage_params(workload, profile, sharing, plan, "last")
+    # the last stage's head (vocab x h + 2h) / 8 is smaller than a block: the block is the largest unit
+    assert (vocab * h + 2 * h) / 8 < block
+    assert last.params == pytest.approx(params * 2 / 8 + 2 * block * 2, rel=1e-12)
+    assert last.grads == pytest.approx(trainable * 2 / 8 + block * 2, rel=1e-12)
+    # without data parallelism nothing is gathered; ZeRO-2 gathers nothing either
+    alone = memory_breakdown(workload, profile, sharing, dataclasses.replace(plan, dp=1), stage="last")
+    assert alone.params == pytest.approx(params * 2, rel=1e-12)
+    two = memory_breakdown(workload, profile, sharing, dataclasses.replace(plan, zero=2), stage="last")
+    assert two.params == pytest.approx(params * 2, rel=1e-12)
+    # inference holds the parameters in flight, no gradient
+    prefill = Workload(model=workload.model, mode="prefill", batch=1536)
+    inf = memory_breakdown(prefill, profile, sharing, plan, stage="last")
+    assert inf.params == pytest.approx(params * 2 / 8 + 2 * block * 2, rel=1e-12) and inf.grads == 0.0
 
 
 def test_sequence_parallelism_divides_all_activations_by_tp() -> None:

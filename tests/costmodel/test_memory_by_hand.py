@@ -82,18 +82,25 @@ def test_lora_stages_train_only_their_blocks_adapters() -> None:
 @pytest.mark.parametrize("dtype,elem,state", [("bfloat16", 2, 12), ("float32", 4, 8)])
 def test_training_memory_of_one_stage_by_zero_stage(dtype: str, elem: int, state: int) -> None:
     """ZeRO (Rajbhandari et al. 2020): stage 1 divides the optimizer state by dp, 2 also the gradients,
-    3 also the parameters; mixed precision keeps 12 bytes of Adam state, fp32 8."""
+    3 also the parameters; mixed precision keeps 12 bytes of Adam state, fp32 8. ZeRO-3 also holds the
+    units in flight whole (memory.zero3_gathered): here the largest is the embedding (EMBED less the final
+    norm, the last stage's), with its gradient, plus the next block prefetched."""
     w, p = _workload(dtype=dtype), _profile()
     total = LAYER_PARAMS + EMBED
+    largest, block = EMBED - NORM, 1_000_000
     for zero in range(4):
         mem = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2, zero=zero))
         assert mem.stage == "first"
-        assert mem.params == pytest.approx(total * elem / (4 if zero >= 3 else 1), rel=1e-12)
-        assert mem.grads == pytest.approx(total * elem / (4 if zero >= 2 else 1), rel=1e-12)
+        gathered = (zero == 3) * (largest + block) * elem
+        assert mem.params == pytest.approx(total * elem / (4 if zero >= 3 else 1) + gathered, rel=1e-12)
+        assert mem.grads == pytest.approx(total * elem / (4 if zero >= 2 else 1) + (zero == 3) * largest * elem,
+                                          rel=1e-12)
         assert mem.optimizer == pytest.approx(total * state / (4 if zero >= 1 else 1), rel=1e-12)
         assert mem.kv_cache == 0.0
     fp32_grads = memory_breakdown(w, p, TIED, Plan(dp=4, zero=2), Options(main_grads_fp32=True))
     assert fp32_grads.grads == pytest.approx(total * 4 / 4, rel=1e-12)
+    fp32_z3 = memory_breakdown(w, p, TIED, Plan(dp=4, zero=3), Options(main_grads_fp32=True))
+    assert fp32_z3.grads == pytest.approx(total * 4 / 4 + largest * 4, rel=1e-12)
 
 
 def test_activations_by_korthikanti() -> None:
