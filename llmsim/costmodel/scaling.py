@@ -8,10 +8,26 @@ Tracing a 175B model takes seconds; this takes microseconds, which sweeps and va
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from llmsim.workload.profile import WorkloadProfile
+
+class _Profile(Protocol):
+    """The fields of llmsim.workload.profile.WorkloadProfile this module reads (a protocol rather than an
+    import: the profile scales deep models with with_layers, so importing it here would be a cycle)."""
+
+    layers: int
+    params: int
+    trainable_params: int
+    param_bytes: int
+    layer_params: int
+    embed_params: int
+    activation_bytes: int
+    activation_bytes_per_layer: int
+    kv_cache_bytes: int
+    ops: dict[Any, Any]
+
+
+ProfileT = TypeVar("ProfileT", bound=_Profile)
 
 
 def _scaled_count(count: int, layers: int, traced: int) -> int:
@@ -21,7 +37,7 @@ def _scaled_count(count: int, layers: int, traced: int) -> int:
     return product // traced if product % traced == 0 else round(product / traced)
 
 
-def with_layers(profile: "WorkloadProfile", layers: int) -> "WorkloadProfile":
+def with_layers(profile: ProfileT, layers: int) -> ProfileT:
     """The profile of the same workload with `layers` identical layers (no layer_groups sharing)."""
     factor = layers / profile.layers
     frozen = profile.params - profile.trainable_params
