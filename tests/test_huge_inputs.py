@@ -91,3 +91,17 @@ def test_deep_models_are_traced_as_a_slice_and_shared_ones_refused() -> None:
     assert deep.params == (MAX_TRACED_LAYERS + 1) * block + (100 + 16) * 64 + 2 * 64
     with pytest.raises(ScenarioError, match=r"workload\.model\.layers: 257 layers with sharing\.layer_groups"):
         profile_workload(Workload(model=spec, batch=2), SharingChoice(True, layer_groups=2))
+
+
+def test_a_deep_pipeline_that_fits_is_simulated_by_the_cluster(tmp_path: Path) -> None:
+    """8000 layers on 4 stages fit; the simulated step once livelocked on a sub-tick residue of a small
+    pipeline message late in the simulated step (sim.entities.Link)."""
+    scenario = {"name": "deep", "workload": {"model": {"layers": 8000, "hidden": 64, "heads": 4, "vocab": 100,
+                                                       "seq_len": 16}, "mode": "train", "batch": 8},
+                "strategies": [{"name": "pp4", "pp": 4}],
+                "backends": {"cluster": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 4}}, "seed": 0}
+    (tmp_path / "deep.yaml").write_text(yaml.safe_dump(scenario))
+    done = _llmsim("run", "deep.yaml", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (row,) = _rows(tmp_path / done.stdout.strip().splitlines()[-1])
+    assert row["status"] == "ok" and row["step_time_s"] > 0
