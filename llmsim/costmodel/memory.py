@@ -98,7 +98,8 @@ def kv_projection_params(spec: "ModelSpec") -> int:
 
 
 def _norm_params(spec: "ModelSpec") -> int:
-    """One hidden-size norm: a weight, plus a bias for a LayerNorm with biases (workload.model._norm)."""
+    """One hidden-size norm: a LayerNorm's weight and bias (h + h; h without bias) or an RMSNorm's weight (h)
+    (workload.model._norm: torch.nn.LayerNorm / torch.nn.RMSNorm)."""
     return spec.hidden * (2 if spec.norm == "layernorm" and spec.bias else 1)
 
 
@@ -111,12 +112,12 @@ def tp_replicated_layer_params(spec: "ModelSpec") -> int:
     return 2 * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
 
 
-def tp_replicated_edge_params(spec: "ModelSpec") -> int:
-    """Parameters outside the layers every tensor-parallel rank holds whole: the final norm and the learned
-    position and token-type tables (Megatron-LM's `Embedding` splits only the word embeddings over the
-    vocabulary; llmsim.distributed.parallelize does the same)."""
+def tp_replicated_input_params(spec: "ModelSpec") -> int:
+    """Parameters of the input side every tensor-parallel rank holds whole: the learned position and
+    token-type tables (Megatron-LM's `Embedding` splits only the word embeddings over the vocabulary;
+    llmsim.distributed.parallelize does the same)."""
     positions = (spec.max_positions or spec.seq_len) * spec.hidden if spec.positions == "learned" else 0
-    return _norm_params(spec) + positions + spec.type_vocab * spec.hidden
+    return positions + spec.type_vocab * spec.hidden
 
 
 def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
@@ -134,35 +135,58 @@ def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
     return (per_block - kv - replicated) / tp + kv / kv_split + replicated
 
 
-def _edge_params(spec: "ModelSpec", params: float, tp: int) -> float:
-    """`params` outside the layers (including the replicated tables of tp_replicated_edge_params) on one rank."""
-    if tp <= 1:
-        return params
-    replicated = tp_replicated_edge_params(spec)
-    return (params - replicated) / tp + replicated
+def _split(params: float, replicated: float, tp: int) -> float:
+    """`params` on one tensor-parallel rank when `replicated` of them stay whole on every rank."""
+    return params if tp <= 1 else (params - replicated) / tp + replicated
+
+
+def edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice") -> tuple[float, float]:
+    """(input side, output side) parameters outside the blocks, before tensor parallelism.
+
+    The input side is what the first pipeline stage holds: token, position and type embeddings. The output
+    side is what the last stage holds: the final norm and the LM head, its own matrix or a copy of the tied
+    embedding (Megatron-LM keeps a copy of the word embedding on the last stage, Narayanan et al. 2021).
+    The profile's embed_params counts everything outside the blocks once (the final norm and an untied head
+    included).
+    """
+    spec = workload.model
+    untied_head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
+    norm = _norm_params(spec)
+    return profile.embed_params - untied_head - norm, spec.vocab * spec.hidden + norm
+
+
+def stage_edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                      stage: str) -> tuple[float, float]:
+    """(input side, output side) parameters outside the blocks on one device of `stage` (first | middle |
+    last): the word embeddings and the LM head split over tp, the position/type tables and the final norm
+    whole on every rank. With pp = 1 the one stage holds both sides, the tied embedding once."""
+    spec = workload.model
+    input_side, output_side = edge_params(workload, profile, sharing)
+    tables, norm = tp_replicated_input_params(spec), _norm_params(spec)
+    if stage == "middle":
+        return 0.0, 0.0
+    if plan.pp == 1:
+        head = output_side - norm if not sharing.tie_embeddings else 0.0  # a tied head is the embedding
+        return _split(input_side, tables, plan.tp), _split(head + norm, norm, plan.tp)
+    if stage == "first":
+        return _split(input_side, tables, plan.tp), 0.0
+    return 0.0, _split(output_side, norm, plan.tp)
 
 
 def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   stage: str) -> tuple[float, float]:
     """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
 
-    A middle stage (pp > 2) holds only its layers; the simulated cluster prices every stage separately.
+    A middle stage (pp > 2) holds only its layers; the first the embeddings, the last the final norm and
+    the LM head (`edge_params`); a single stage all of them. The simulated cluster prices every stage
+    separately.
     """
     spec = workload.model
     k = sharing.layer_groups or spec.layers
     per_block = profile.layer_params / k
     blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan)
     layer_params = tp_block_params(spec, per_block, plan.tp) * blocks
-    head = 0 if sharing.tie_embeddings else spec.vocab * spec.hidden
-    input_side = profile.embed_params - head
-    if stage == "middle":
-        edge = 0.0
-    elif plan.pp == 1:
-        edge = _edge_params(spec, profile.embed_params, plan.tp)
-    elif stage == "first":
-        edge = _edge_params(spec, input_side, plan.tp)
-    else:  # the last stage holds the LM head: its own matrix, or a copy of the tied embedding
-        edge = spec.vocab * spec.hidden / plan.tp
+    edge = sum(stage_edge_params(workload, profile, sharing, plan, stage))
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
@@ -177,6 +201,39 @@ def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sha
                  stage: str) -> tuple[float, float]:
     """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
     return _stage_params(workload, profile, sharing, plan, stage)
+
+
+def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                   options: Options, stage: str) -> tuple[float, float]:
+    """(parameter bytes, gradient bytes) that ZeRO-3 holds unsharded on one device of `stage` for the units
+    in flight, on top of its 1/dp shards; (0, 0) without ZeRO-3 or data parallelism.
+
+    A unit is what one all-gather materializes: a Transformer block (FSDP's transformer auto-wrap, and the
+    per-layer gathers costmodel.work prices), or the stage's embedding or LM head (with the final norm).
+    * DeepSpeed's estimate_zero3_model_states_mem_needs (deepspeed/runtime/zero/stage3.py) adds
+      `largest_layer_memory = 4 * largest_layer_params`: the 16-bit parameters and gradient of the largest
+      layer. Here: the largest unit on the stage at the workload dtype, and its gradient before the
+      reduce-scatter at the gradient dtype (training only; LoRA: the adapters only).
+    * Prefetch adds the next block: FSDP's default BackwardPrefetch.BACKWARD_PRE all-gathers the next unit
+      while the current one computes (limit_all_gathers keeps at most two in flight; PyTorch FSDP docs),
+      as DeepSpeed's stage3_prefetch_bucket_size does. One more block's parameters, never its gradient.
+    Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice).
+    """
+    if plan.zero < 3 or plan.dp == 1:
+        return 0.0, 0.0
+    spec = workload.model
+    elem = DTYPE_BYTES[workload.dtype]
+    k = sharing.layer_groups or spec.layers
+    block = tp_block_params(spec, profile.layer_params / k, plan.tp)
+    block_trainable = profile.trainable_params / k / plan.tp if sharing.lora is not None else block
+    edge = max(stage_edge_params(workload, profile, sharing, plan, stage))
+    largest, largest_trainable = (block, block_trainable) if block >= edge else \
+        (edge, 0.0 if sharing.lora is not None else edge)
+    params = (largest + block) * elem
+    grads = 0.0
+    if workload.mode == "train":
+        grads = largest_trainable * (FP32_BYTES if options.main_grads_fp32 else elem)
+    return params, grads
 
 
 def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile", plan: Plan,
@@ -214,11 +271,12 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
-    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1)
+    gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
+    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1) + gathered_params
     grads = optimizer = activations = kv = 0.0
     if train:
         grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1)
+        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1) + gathered_grads
         state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
         optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
         per_layer, working = activation_bytes_per_layer(workload, profile, plan, options)

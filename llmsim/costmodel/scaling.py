@@ -8,18 +8,42 @@ Tracing a 175B model takes seconds; this takes microseconds, which sweeps and va
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from llmsim.workload.profile import WorkloadProfile
+from typing import Any, Protocol, TypeVar
 
 
-def with_layers(profile: "WorkloadProfile", layers: int) -> "WorkloadProfile":
+class _Profile(Protocol):
+    """The fields of llmsim.workload.profile.WorkloadProfile this module reads (a protocol rather than an
+    import: the profile scales deep models with with_layers, so importing it here would be a cycle)."""
+
+    layers: int
+    params: int
+    trainable_params: int
+    param_bytes: int
+    layer_params: int
+    embed_params: int
+    activation_bytes: int
+    activation_bytes_per_layer: int
+    kv_cache_bytes: int
+    ops: dict[Any, Any]
+
+
+ProfileT = TypeVar("ProfileT", bound=_Profile)
+
+
+def _scaled_count(count: int, layers: int, traced: int) -> int:
+    """count * layers / traced, in integers when that is exact (a 10^8-layer model's parameter count passes
+    2^53, where a float factor would round it)."""
+    product = count * layers
+    return product // traced if product % traced == 0 else round(product / traced)
+
+
+def with_layers(profile: ProfileT, layers: int) -> ProfileT:
     """The profile of the same workload with `layers` identical layers (no layer_groups sharing)."""
     factor = layers / profile.layers
     frozen = profile.params - profile.trainable_params
     trainable_layers = profile.trainable_params - (profile.embed_params if frozen == 0 else 0)
-    trainable = round(trainable_layers * factor) + (profile.embed_params if frozen == 0 else 0)
+    trainable = (_scaled_count(trainable_layers, layers, profile.layers)
+                 + (profile.embed_params if frozen == 0 else 0))
     ops = {}
     for key, totals in profile.ops.items():
         # The optimizer runs outside every module (traced under region "head"): it scales with what it updates.
@@ -28,11 +52,11 @@ def with_layers(profile: "WorkloadProfile", layers: int) -> "WorkloadProfile":
         ops[key] = type(totals)(flops=totals.flops * scale, bytes=totals.bytes * scale,
                                 count=int(round(totals.count * scale)))
     edge_activations = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
-    layer_params = round(profile.layer_params * factor)
+    layer_params = _scaled_count(profile.layer_params, layers, profile.layers)
     params = layer_params + profile.embed_params
     elem = profile.param_bytes // profile.params if profile.params else 0
     return dataclasses.replace(
         profile, layers=layers, params=params, trainable_params=trainable, param_bytes=params * elem,
         trainable_param_bytes=trainable * elem, layer_params=layer_params,
         activation_bytes=edge_activations + layers * profile.activation_bytes_per_layer,
-        kv_cache_bytes=round(profile.kv_cache_bytes * factor), ops=ops)
+        kv_cache_bytes=_scaled_count(profile.kv_cache_bytes, layers, profile.layers), ops=ops)

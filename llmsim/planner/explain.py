@@ -121,8 +121,9 @@ def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list
     """What keeps the goal out of reach, most fundamental first (memory, then device limit / goal, power)."""
     priced = [e for e in rows if e.step_time_s is not None]
     if not priced:
-        smallest = min((e.memory_bytes / e.capacity_bytes for e in rows if e.capacity_bytes), default=math.inf)
-        return [f"memory: no configuration fits in device memory (the smallest needs {smallest:.1f}x the "
+        smallest = min((e.memory_bytes / e.capacity_bytes for e in rows if e.capacity_bytes),
+                       default=stats.pruned_need)  # every group pruned: its weights and optimizer state alone
+        return [f"memory: no configuration fits in device memory (the smallest needs {smallest:.4g}x the "
                 f"capacity; {stats.pruned_by_group:,} more overflow on weights and optimizer state alone). "
                 f"Allow more devices (max_devices), ZeRO or pipeline stages, or choose a device with more memory."]
     out = []

@@ -216,6 +216,7 @@ class SearchStats:
 
     screened: int = 0          # configurations counted: pruned by group + memory-checked + priced
     pruned_by_group: int = 0   # members of groups whose weights alone overflow (not listed one by one)
+    pruned_need: float = math.inf  # smallest lower bound / capacity among the pruned groups
     groups_pruned: int = 0
     pruned_by_micro_batch: int = 0  # larger micro-batches than one that overflows (not listed one by one)
     memory_rejected: int = 0
@@ -255,7 +256,9 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
         for g in groups(plan, hw.name, hw.devices_per_node, axes):
-            if hw.capacity and static_lower_bound(ctx, g) > hw.capacity:
+            bound = static_lower_bound(ctx, g) if hw.capacity else 0.0
+            if hw.capacity and bound > hw.capacity:
+                stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
                 skipped = sum(1 for _ in members(plan, g, axes))
                 stats.pruned_by_group += skipped
                 stats.screened += skipped

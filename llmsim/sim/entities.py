@@ -12,6 +12,8 @@ carry the traffic of its own collectives; its peers' traffic crosses their own p
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import simpy
@@ -90,7 +92,11 @@ class Link:
         if version != self._version:  # a later arrival or departure replaced this timer
             return
         self._advance()
-        done = [f for f in self.flows if f.remaining <= f.size * DONE_FRACTION + DONE_ABS_BYTES]
+        # What the link moves in one step of the clock: late in a long simulation a residue smaller than this
+        # cannot drain (now + delay rounds back to now), and its timer would fire forever. IEEE 754 double
+        # spacing at `now` (math.ulp), twice for the rounding of now + delay.
+        tick = 2 * math.ulp(self.env.now) * self.bandwidth / max(len(self.flows), 1)
+        done = [f for f in self.flows if f.remaining <= max(f.size * DONE_FRACTION + DONE_ABS_BYTES, tick)]
         for flow in done:
             self.flows.remove(flow)
             flow.done.succeed()

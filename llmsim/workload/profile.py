@@ -27,13 +27,21 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
-from llmsim.config import Workload
-from llmsim.config import SharingChoice
+from llmsim.config import SharingChoice, Workload
+from llmsim.costmodel.scaling import with_layers
+from llmsim.errors import ScenarioError
 from llmsim.workload.step import WorkloadStep
 
 KINDS = ("matmul", "attention", "other")
 REGIONS = ("embed", "layers", "head")
 _ATTENTION_MARK = "attention"
+# Tracing builds and runs every layer on the meta device, milliseconds each: a model 10^8 layers deep would
+# trace for days. Deeper than MAX_TRACED_LAYERS, a SCALE_FROM_LAYERS-layer slice is traced and scaled to the
+# full depth (costmodel.scaling.with_layers: exact for identical layers, tests/costmodel/test_scaling.py),
+# so any depth is profiled in the time of two layers. 256 is above every published dense model (GPT-3
+# 175B: 96; Megatron-Turing NLG 530B: 105) and traces in about a second.
+MAX_TRACED_LAYERS = 256
+SCALE_FROM_LAYERS = 2
 _MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm", "convolution"}
 
 
@@ -191,7 +199,40 @@ def _param_counts(step: WorkloadStep) -> tuple[int, int, int, int, int, int]:
 
 @functools.lru_cache(maxsize=256)
 def profile_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    """Trace one step of `workload` on the meta device. Cached: the same inputs give the same profile."""
+    """Trace one step of `workload` on the meta device. Cached: the same inputs give the same profile.
+
+    A model deeper than MAX_TRACED_LAYERS is traced with SCALE_FROM_LAYERS layers and scaled to its depth,
+    which is exact only when every layer is alike: with shared blocks (layer_groups) or LoRA (its first
+    layer differs) such a depth is refused with a ScenarioError naming the key.
+    """
+    try:
+        return _profile(workload, sharing)
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        spec = workload.model
+        raise ScenarioError(None, "workload", f"a tensor of this step exceeds what torch can address (2^63 bytes): "
+                                              f"batch={workload.batch}, seq_len={spec.seq_len}, hidden={spec.hidden}, "
+                                              f"ffn_hidden={spec.ffn_hidden}, vocab={spec.vocab}; allowed: sizes whose "
+                                              f"products (e.g. batch*seq_len*vocab logits) stay below 2^63 bytes "
+                                              f"({exc})") from None
+
+
+def _profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
+    layers = workload.model.layers
+    if layers > MAX_TRACED_LAYERS:
+        if sharing.layer_groups is not None or sharing.lora is not None:
+            what = "sharing.layer_groups" if sharing.layer_groups is not None else "sharing.lora"
+            raise ScenarioError(None, "workload.model.layers",
+                                f"{layers} layers with {what} cannot be profiled; allowed: at most "
+                                f"{MAX_TRACED_LAYERS} layers with {what}, any depth without it")
+        short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
+        return with_layers(_trace(short, sharing), layers)
+    return _trace(workload, sharing)
+
+
+def _trace(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
+    """The traced profile of `workload` as written (every layer built and run on the meta device)."""
     step = WorkloadStep(workload, sharing, device="meta")
     params, trainable, param_bytes, trainable_bytes, layer_params, embed_params = _param_counts(step)
     spec = workload.model

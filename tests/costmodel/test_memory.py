@@ -8,7 +8,7 @@ import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
-from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer
+from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer, stage_params
 from tests.costmodel.helpers import gpt2, gpt3_175b, profiled
 
 
@@ -19,8 +19,9 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     h, layers, vocab, seq = 12288, 96, 50257, 2048
     per_layer = 12 * h * h + 13 * h                     # QKV, out, fc, proj weights + biases, 2 layernorms
     # Whole on every TP rank (Megatron-LM): 2 layernorms (weight + bias) and the out/proj biases per layer,
-    # the position table and the final norm; the rest (and the word embeddings) splits 8 ways.
-    whole_layer, whole_edge = 6 * h, seq * h + 2 * h
+    # and the position table; the rest (and the word embeddings) splits 8 ways. The final norm is the last
+    # stage's.
+    whole_layer, whole_edge = 6 * h, seq * h
     first_stage = ((layers // 16 * (per_layer - whole_layer) + vocab * h) / 8
                    + layers // 16 * whole_layer + whole_edge)
     assert mem.stage == "first"
@@ -41,6 +42,35 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     assert mem.total == pytest.approx((2 + 2 + 12) * first_stage + inputs + working, rel=1e-9)
 
 
+def test_last_stage_holds_the_final_norm_and_the_head_the_first_the_embeddings() -> None:
+    # GPT-3 175B, tp=8, pp=16 (tied embedding: the last stage keeps its copy as the LM head, Narayanan et al.
+    # 2021): exact parameter counts per device. The final LayerNorm (weight + bias, 2h) feeds the head.
+    workload, profile, sharing = gpt3_175b()
+    plan = Plan(dp=1, tp=8, pp=16, microbatches=1536, recompute="full")
+    h, vocab, seq = 12288, 50257, 2048
+    block = 12 * h * h + 13 * h
+    first, _ = stage_params(workload, profile, sharing, plan, "first")
+    middle, _ = stage_params(workload, profile, sharing, plan, "middle")
+    last, trainable = stage_params(workload, profile, sharing, plan, "last")
+    # what stays whole on every tp rank (Megatron-LM): per block the 2 layernorms and 2 row-parallel biases
+    # (6h), the position table (first stage) and the final norm (last stage)
+    whole = 6 * h
+    assert first == (6 * (block - whole) + vocab * h) / 8 + 6 * whole + seq * h
+    assert middle == 6 * (block - whole) / 8 + 6 * whole
+    assert last == (6 * (block - whole) + vocab * h) / 8 + 6 * whole + 2 * h
+    assert trainable == last
+    # an RMSNorm without bias (Llama-style) is h parameters; an untied head is the last stage's own matrix
+    spec = ModelSpec(layers=4, hidden=64, heads=4, vocab=100, seq_len=16, norm="rmsnorm", bias=False,
+                     positions="rotary")
+    untied = Workload(model=spec, batch=2)
+    prof, shr = profiled(untied, tie=False)
+    two = Plan(pp=2, microbatches=2)
+    block = 2 * 64 + 64 * 3 * 64 + 64 * 64 + 64 * 256 + 256 * 64       # 2 norms, QKV, out, fc, proj
+    assert stage_params(untied, prof, shr, two, "first")[0] == 2 * block + 100 * 64
+    assert stage_params(untied, prof, shr, two, "last")[0] == 2 * block + 100 * 64 + 64
+    assert stage_params(untied, prof, shr, Plan(), "first")[0] == 4 * block + 2 * 100 * 64 + 64
+
+
 def test_zero_stages_divide_the_right_parts_by_dp() -> None:
     workload = gpt2()
     profile, sharing = profiled(workload)
@@ -50,8 +80,37 @@ def test_zero_stages_divide_the_right_parts_by_dp() -> None:
     assert z[1].grads == z[0].grads and z[1].params == z[0].params
     assert z[2].grads == pytest.approx(z[0].grads / 8)
     assert z[2].params == z[0].params
-    assert z[3].params == pytest.approx(z[0].params / 8)
+    # ZeRO-3 also holds the units in flight unsharded (memory.zero3_gathered): GPT-2 small's largest unit is
+    # its token + position embedding (the tied head: the same matrix), plus the next block prefetched
+    h = 768
+    embedding, block = (50257 + 1024) * h, 12 * h * h + 13 * h
+    assert z[3].params == pytest.approx(z[0].params / 8 + (embedding + block) * 2, rel=1e-12)
+    assert z[3].grads == pytest.approx(z[0].grads / 8 + embedding * 2, rel=1e-12)
     assert z[3].activations == z[0].activations
+
+
+def test_zero3_holds_the_largest_unit_and_the_prefetched_block_unsharded() -> None:
+    """DeepSpeed's estimate_zero3_model_states_mem_needs adds the largest layer's 16-bit parameters and
+    gradient (4 bytes per parameter); FSDP's BACKWARD_PRE prefetch adds the next block's parameters."""
+    workload, profile, sharing = gpt3_175b()
+    h, vocab = 12288, 50257
+    block = (12 * h * h + 7 * h) / 8 + 6 * h              # one block on a tp=8 rank (norms, row biases whole)
+    plan = Plan(dp=8, tp=8, pp=16, zero=3, microbatches=192, recompute="full")
+    last = memory_breakdown(workload, profile, sharing, plan, stage="last")
+    params, trainable = stage_params(workload, profile, sharing, plan, "last")
+    # the last stage's head vocab x h / 8 + 2h is smaller than a block: the block is the largest unit
+    assert vocab * h / 8 + 2 * h < block
+    assert last.params == pytest.approx(params * 2 / 8 + 2 * block * 2, rel=1e-12)
+    assert last.grads == pytest.approx(trainable * 2 / 8 + block * 2, rel=1e-12)
+    # without data parallelism nothing is gathered; ZeRO-2 gathers nothing either
+    alone = memory_breakdown(workload, profile, sharing, dataclasses.replace(plan, dp=1), stage="last")
+    assert alone.params == pytest.approx(params * 2, rel=1e-12)
+    two = memory_breakdown(workload, profile, sharing, dataclasses.replace(plan, zero=2), stage="last")
+    assert two.params == pytest.approx(params * 2, rel=1e-12)
+    # inference holds the parameters in flight, no gradient
+    prefill = Workload(model=workload.model, mode="prefill", batch=1536)
+    inf = memory_breakdown(prefill, profile, sharing, plan, stage="last")
+    assert inf.params == pytest.approx(params * 2 / 8 + 2 * block * 2, rel=1e-12) and inf.grads == 0.0
 
 
 def test_sequence_parallelism_divides_all_activations_by_tp() -> None:

@@ -19,6 +19,7 @@ from llmsim.workload.profile import WorkloadProfile
 H, VOCAB, SEQ, HEADS = 768, 50257, 128, 12
 LAYER_PARAMS = 8 * 1_000_000        # 8 blocks of a million parameters
 EMBED = 60_000_000                  # token + position embeddings and final norm (tied: no separate head)
+NORM = 2 * H                        # the final LayerNorm's weight and bias: with the head, on the last stage
 BATCH = 16
 PER_LAYER_ACT = 40_000_000          # traced saved bytes per layer for the whole batch (math attention path)
 EDGE_ACT = 9_000_000                # saved outside the layers (embedding output, logits, loss)
@@ -45,7 +46,7 @@ TIED = SharingChoice(True)
 # biases of the row-parallel out and proj projections; outside the layers the learned position table (the
 # preset's 1024 positions) and the final layernorm.
 WHOLE_LAYER = 2 * 2 * H + 2 * H
-WHOLE_EDGE = 1024 * H + 2 * H
+WHOLE_INPUT = 1024 * H                # the position table: whole on every tp rank (the final norm too)
 
 
 def _tp(params: float, whole: float, tp: int) -> float:
@@ -65,16 +66,18 @@ def test_stage_parameters_tied_and_untied() -> None:
     w, p = _workload(), _profile()
     plan = Plan(tp=2, pp=4)
     layers = 2 * _tp(1_000_000, WHOLE_LAYER, 2)                   # 2 layers of the stage, over tp
-    edge = _tp(EMBED, WHOLE_EDGE, 2)
+    edge = _tp(EMBED - NORM, WHOLE_INPUT, 2)                      # the final norm is the last stage's
     assert stage_params(w, p, TIED, plan, "middle") == (layers, layers)
     assert stage_params(w, p, TIED, plan, "first") == (layers + edge, layers + edge)
-    assert stage_params(w, p, TIED, plan, "last") == (layers + VOCAB * H / 2, layers + VOCAB * H / 2)
+    assert stage_params(w, p, TIED, plan, "last") == (layers + VOCAB * H / 2 + NORM,) * 2
     # untied: the head's vocab x hidden is part of embed_params and lives on the last stage only
     untied = SharingChoice(False)
-    assert stage_params(w, p, untied, plan, "first") == (layers + _tp(EMBED - VOCAB * H, WHOLE_EDGE, 2),) * 2
-    assert stage_params(w, p, untied, plan, "last") == (layers + VOCAB * H / 2,) * 2
+    assert stage_params(w, p, untied, plan, "first") == (layers + _tp(EMBED - VOCAB * H - NORM, WHOLE_INPUT, 2),) * 2
+    assert stage_params(w, p, untied, plan, "last") == (layers + VOCAB * H / 2 + NORM,) * 2
     # one stage: all of it
-    assert stage_params(w, p, untied, Plan(tp=2), "first") == (8 * _tp(1_000_000, WHOLE_LAYER, 2) + edge,) * 2
+    # pp = 1: one stage holds the embeddings, the final norm and the head (tied: the embedding itself)
+    assert stage_params(w, p, untied, Plan(tp=2), "first") == (8 * _tp(1_000_000, WHOLE_LAYER, 2)
+                                                               + _tp(EMBED, WHOLE_INPUT + NORM, 2),) * 2
     # shared blocks: a stage holds the distinct blocks its layers use
     shared = _profile(layer_params=2 * 1_000_000)
     assert stage_params(w, shared, SharingChoice(True, layer_groups=2), Plan(pp=2), "middle") == (2e6, 2e6)
@@ -85,7 +88,7 @@ def test_lora_stages_train_only_their_blocks_adapters() -> None:
     p = _profile(trainable=800_000)                                 # 100k adapter parameters per block
     lora = SharingChoice(True, lora=LoraSpec(rank=4))
     params, trainable = stage_params(w, p, lora, Plan(tp=2, pp=4), "first")
-    assert params == 2 * _tp(1e6, WHOLE_LAYER, 2) + _tp(EMBED, WHOLE_EDGE, 2)
+    assert params == 2 * _tp(1e6, WHOLE_LAYER, 2) + _tp(EMBED - NORM, WHOLE_INPUT, 2)
     # gpt2-small's default targets (q, k, v, o, up, down) at tp=2: B of q, k, v, up and A of o, down split,
     # r (6h + 12h/2) of the r 18 h per block on each device (`lora_params_per_block`)
     assert trainable == pytest.approx(800_000 / 8 * 2 * (6 + 6) / 18, rel=1e-12)
@@ -94,18 +97,25 @@ def test_lora_stages_train_only_their_blocks_adapters() -> None:
 @pytest.mark.parametrize("dtype,elem,state", [("bfloat16", 2, 12), ("float32", 4, 8)])
 def test_training_memory_of_one_stage_by_zero_stage(dtype: str, elem: int, state: int) -> None:
     """ZeRO (Rajbhandari et al. 2020): stage 1 divides the optimizer state by dp, 2 also the gradients,
-    3 also the parameters; mixed precision keeps 12 bytes of Adam state, fp32 8."""
+    3 also the parameters; mixed precision keeps 12 bytes of Adam state, fp32 8. ZeRO-3 also holds the
+    units in flight whole (memory.zero3_gathered): here the largest is the embedding (EMBED less the final
+    norm, the last stage's), with its gradient, plus the next block prefetched."""
     w, p = _workload(dtype=dtype), _profile()
     total = LAYER_PARAMS + EMBED
+    largest, block = EMBED - NORM, 1_000_000
     for zero in range(4):
         mem = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2, zero=zero))
         assert mem.stage == "first"
-        assert mem.params == pytest.approx(total * elem / (4 if zero >= 3 else 1), rel=1e-12)
-        assert mem.grads == pytest.approx(total * elem / (4 if zero >= 2 else 1), rel=1e-12)
+        gathered = (zero == 3) * (largest + block) * elem
+        assert mem.params == pytest.approx(total * elem / (4 if zero >= 3 else 1) + gathered, rel=1e-12)
+        assert mem.grads == pytest.approx(total * elem / (4 if zero >= 2 else 1) + (zero == 3) * largest * elem,
+                                          rel=1e-12)
         assert mem.optimizer == pytest.approx(total * state / (4 if zero >= 1 else 1), rel=1e-12)
         assert mem.kv_cache == 0.0
     fp32_grads = memory_breakdown(w, p, TIED, Plan(dp=4, zero=2), Options(main_grads_fp32=True))
     assert fp32_grads.grads == pytest.approx(total * 4 / 4, rel=1e-12)
+    fp32_z3 = memory_breakdown(w, p, TIED, Plan(dp=4, zero=3), Options(main_grads_fp32=True))
+    assert fp32_z3.grads == pytest.approx(total * 4 / 4 + largest * 4, rel=1e-12)
 
 
 def test_activations_by_korthikanti() -> None:
@@ -160,7 +170,7 @@ def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_fli
     assert first.activations == pytest.approx(4 * 2 * per_layer, rel=1e-12)
     assert last.activations == pytest.approx(1 * 2 * per_layer + EDGE_ACT * 2 / BATCH / 2, rel=1e-12)
     assert (first.stage, last.stage) == ("first", "last")
-    assert last.params == pytest.approx((2 * _tp(1e6, WHOLE_LAYER, 2) + VOCAB * H / 2) * 2, rel=1e-12)
+    assert last.params == pytest.approx((2 * _tp(1e6, WHOLE_LAYER, 2) + VOCAB * H / 2 + NORM) * 2, rel=1e-12)
     # context parallelism splits the edge's sequence too
     cp2 = Plan(tp=2, pp=4, cp=2, micro_batch=2, microbatches=8)
     per_layer_cp, _ = activation_bytes_per_layer(w, p, cp2, Options())
@@ -197,7 +207,7 @@ def test_the_last_stage_is_reported_when_it_needs_more() -> None:
     plan = Plan(pp=2, micro_batch=2, microbatches=2)
     mem = memory_breakdown(w, p, SharingChoice(True), plan)
     assert mem.stage == "last"
-    assert mem.params == pytest.approx((4e6 + 2_000_000 * H) * 2, rel=1e-12)
+    assert mem.params == pytest.approx((4e6 + 2_000_000 * H + NORM) * 2, rel=1e-12)
 
 
 def test_inference_holds_the_kv_cache_split_over_replicas_stages_and_kv_heads() -> None:
@@ -206,7 +216,8 @@ def test_inference_holds_the_kv_cache_split_over_replicas_stages_and_kv_heads() 
     mem = memory_breakdown(w, p, TIED, Plan(dp=2, tp=4, pp=2, microbatches=1, micro_batch=8))
     assert mem.kv_cache == pytest.approx(kv / (2 * 2 * 4), rel=1e-12)
     assert mem.grads == mem.optimizer == mem.activations == 0.0
-    assert mem.params == pytest.approx((4 * _tp(1e6, WHOLE_LAYER, 4) + _tp(EMBED, WHOLE_EDGE, 4)) * 2, rel=1e-12)
+    assert mem.params == pytest.approx((4 * _tp(1e6, WHOLE_LAYER, 4) + _tp(EMBED - NORM, WHOLE_INPUT, 4)) * 2,
+                                       rel=1e-12)
     gqa = _workload("prefill", kv_heads=3)
     assert memory_breakdown(gqa, p, TIED, Plan(tp=6)).kv_cache == pytest.approx(kv / 3, rel=1e-12)
 

@@ -40,8 +40,9 @@ def test_step_is_the_sum_of_its_parts_and_energy_follows_power() -> None:
     edge = max(sum(phase_times(profile, workload, plan, Options(), rates, ph, region, 8).total
                    for ph in ("forward", "backward")) for region in ("embed", "head"))
     h, vocab = 12288, 50257
-    # layernorms and out/proj biases (6h per layer) stay whole on every TP rank (Megatron-LM)
-    last_stage = (96 // 8 * (12 * h * h + 7 * h) + vocab * h) / 8 + 96 // 8 * 6 * h
+    # layernorms and out/proj biases (6h per layer) and the final LayerNorm (2h) stay whole on every TP rank
+    # (Megatron-LM)
+    last_stage = (96 // 8 * (12 * h * h + 7 * h) + vocab * h) / 8 + 96 // 8 * 6 * h + 2 * h
     accumulate = (384 - 1) * rates.memory_time(last_stage * 3 * 2)
     assert r.critical_stage == 7
     assert r.compute_time_s == pytest.approx(384 * (2 * fwd.total + bwd.total + edge) + accumulate, rel=1e-12)

@@ -49,21 +49,25 @@ def test_decode_tp16_holds_a_whole_kv_head_per_rank() -> None:
 
 
 def test_training_tp16_pp2_zero1_gradients_and_optimizer_follow_the_replicated_weights() -> None:
-    """pp = 2 puts 16 layers on a stage: the first adds the input embedding (over 16) and, as counted by the
-    profile's edge, the final norm (whole); the last the LM head (over 16). Gradients (bf16) and Adam state
+    """pp = 2 puts 16 layers on a stage: the first adds the input embedding (over 16); the last the LM head
+    (over 16) and the final norm (whole). Gradients (bf16) and Adam state
     (12 B, over dp = 2 with ZeRO-1) follow the parameters each rank holds."""
     w = _llama3_8b("train")
     profile = profile_workload(w, UNTIED)
     plan = Plan(dp=2, tp=16, pp=2, zero=1, microbatches=2)
-    first = 16 * LAYER_RANK + 128256 * 4096 // 16 + 4096
-    last = 16 * LAYER_RANK + 128256 * 4096 // 16
-    assert (first, last) == (259_461_120, 259_457_024)
+    first = 16 * LAYER_RANK + 128256 * 4096 // 16
+    last = 16 * LAYER_RANK + 128256 * 4096 // 16 + 4096
+    assert (first, last) == (259_457_024, 259_461_120)
     assert stage_params(w, profile, UNTIED, plan, "first") == (first, first)
     assert stage_params(w, profile, UNTIED, plan, "last") == (last, last)
     mem = memory_breakdown(w, profile, UNTIED, plan, stage="first")
     assert (mem.params, mem.grads, mem.optimizer) == (2 * first, 2 * first, 12 * first / 2)
     zero3 = memory_breakdown(w, profile, UNTIED, Plan(dp=2, tp=16, pp=2, zero=3, microbatches=2), stage="first")
-    assert (zero3.params, zero3.grads, zero3.optimizer) == (2 * first / 2, 2 * first / 2, 12 * first / 2)
+    # + the units in flight, unsharded (memory.zero3_gathered): the largest, this stage's embedding slice
+    # (128256 x 4096 / 16) with its bf16 gradient, and the next block prefetched
+    embedding = 128256 * 4096 // 16
+    assert (zero3.params, zero3.grads, zero3.optimizer) == (2 * first / 2 + 2 * (embedding + LAYER_RANK),
+                                                            2 * first / 2 + 2 * embedding, 12 * first / 2)
 
 
 def test_replicated_kv_projection_flops_and_bytes() -> None:

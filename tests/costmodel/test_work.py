@@ -313,8 +313,8 @@ def test_a_four_stage_interleaved_step_by_hand() -> None:
     rates = device_rates(cluster, "bfloat16")
 
     middle = stage_layers * PER_LAYER_TP2                     # a middle stage's parameters on one tp rank
-    first = middle + VOCAB * H / 2 + EDGE_WHOLE               # + token and position embeddings, final norm
-    last = middle + VOCAB * H / 2                             # + the tied LM head's copy of the embedding
+    first = middle + VOCAB * H / 2 + POSITIONS * H            # + token and (whole) position embeddings
+    last = middle + VOCAB * H / 2 + 2 * H                     # + the tied LM head's copy, the (whole) final norm
 
     def stage(params: float, is_first: bool, is_last: bool) -> StageWork:
         edge = params - middle
@@ -553,8 +553,8 @@ def test_an_eager_host_stage_runs_its_share_of_the_traced_optimizer_loop() -> No
     assert opt_bytes > 0 and opt_ops > 0
     plan = Plan(dp=2, pp=2, zero=1, microbatches=2)
     work = train_work(workload, profile, sharing, plan, host)
-    first = 2 * PER_LAYER + (VOCAB + POSITIONS + 2) * H       # the first stage's trainable parameters
-    last = 2 * PER_LAYER + VOCAB * H
+    first = 2 * PER_LAYER + (VOCAB + POSITIONS) * H           # the first stage's trainable parameters
+    last = 2 * PER_LAYER + (VOCAB + 2) * H                    # the head and the final norm
     for st, trainable in zip(work.stages, (first, last)):
         share = trainable / profile.trainable_params
         assert st.optimizer_s == pytest.approx(opt_bytes * share / 2 / STREAM + 1e-4 * opt_ops * share, rel=1e-12)

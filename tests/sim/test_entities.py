@@ -55,3 +55,17 @@ def test_hierarchical_all_reduce_alone_costs_what_the_cost_model_says() -> None:
     assert [ph.tier for ph in c] == ["intra", "inter", "intra"]
     assert phases_time(c, fabric) == pytest.approx(
         hierarchical_time("all-reduce", 1e9, 8, 4, fabric.intra, fabric.inter), rel=1e-12)
+
+
+def test_a_transfer_shorter_than_one_clock_tick_finishes_late_in_a_long_simulation() -> None:
+    """At now = 10^4 s a double's spacing is 1.8e-12 s (math.ulp), in which a 10^11 B/s link moves 0.18 B: a
+    10^-3 B transfer needs 10^-14 s, now + delay rounds back to now and nothing drains. It must finish
+    within the step it was due (the deep-pipeline livelock of issue 14, item 8), not reschedule forever."""
+    env = CountingEnvironment(initial_time=1e4)
+    link = Link(env, "nic", bandwidth=1e11, latency=0.0)
+    done = link.send(1e-3)
+    for _ in range(100):
+        if done.triggered:
+            break
+        env.step()
+    assert done.triggered and env.now == 1e4
