@@ -464,6 +464,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(file, None, f"cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(file, None, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                        f"{exc.start}); a scenario, plan or catalog file is YAML text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -234,7 +234,8 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     path = run_dir / "results.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a line with bytes that are not UTF-8 (a damaged file) fails to parse and is skipped
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:

@@ -96,6 +96,10 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             layout = resolve_layout(strategy, scenario.workload, cls.world_size(settings), name)
             if not isinstance(layout, Layout):
                 point = f" (backend '{name}' at {suffix[1:]})" if suffix else ""
+                if name not in scenario.backends:  # asked for with --backend: its settings are the defaults
+                    point += (f" (backend '{name}' is not in the file's backends: it runs with its default "
+                              f"settings, world size {cls.world_size(settings)}; configure backends.{name} or "
+                              f"--set backends.{name}.KEY=VALUE)")
                 raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1] + point)
             case = Case(scenario=scenario.name, name=strategy.name + suffix, workload=scenario.workload,
                         sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
@@ -173,7 +177,12 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
     saved_file = run_dir / "scenario.yaml"
     if not saved_file.exists():
         raise ScenarioError(None, "--resume", f"{run_dir} is not a run folder (it has no scenario.yaml)")
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    try:
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # unreadable, not UTF-8, not YAML
+        saved = None
+    if not isinstance(saved, dict):
+        raise ScenarioError(None, "--resume", f"{saved_file} is not a readable scenario; start a new run instead")
     difference = _first_difference(saved, resolved)
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "

@@ -99,3 +99,37 @@ def test_unknown_hardware_is_a_validation_error_before_anything_runs(write_scena
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: backends.roofline.hardware: unknown device 'a100'; allowed: " in err and "a100-80gb" in err
+
+
+def test_a_file_that_is_not_utf8_text_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    for verb in (["validate", str(path)], ["plan", str(path)], ["hardware", "--hardware", str(path)]):
+        proc = _llmsim(*verb)
+        assert proc.returncode == 2, verb
+        assert proc.stderr.strip() == (f"llmsim: error: {path}: not UTF-8 text (byte 0xff at offset 0); a scenario, "
+                                       f"plan or catalog file is YAML text"), verb
+
+
+def test_a_damaged_run_folder_is_reported_or_resumed_without_a_traceback(write_scenario, tmp_path: Path,
+                                                                          capsys) -> None:
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    with (run_dir / "results.jsonl").open("ab") as f:
+        f.write(b"\xff\xff\n")                                 # a damaged line: skipped like a cut one
+    assert main(["report", str(run_dir)]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
+    (run_dir / "scenario.yaml").write_bytes(b"\xff")
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 2
+    assert capsys.readouterr().err.strip().endswith("scenario.yaml is not a readable scenario; start a new run instead")
+
+
+def test_a_backend_added_by_flag_says_it_runs_with_its_defaults(write_scenario, capsys) -> None:
+    path = write_scenario(workload={"model": {"preset": "tiny"}, "batch": 4},
+                          backends={"cpu": {"steps": 1}})
+    assert main(["validate", str(path), "--backend", "roofline"]) == 2
+    err = capsys.readouterr().err
+    assert "strategies[0].micro_batch" in err
+    assert ("(backend 'roofline' is not in the file's backends: it runs with its default settings, world size 8; "
+            "configure backends.roofline or --set backends.roofline.KEY=VALUE)") in err
