@@ -35,6 +35,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a CLI subprocess each
 def test_a_model_of_1e8_layers_does_not_fit_with_its_numbers_on_roofline_and_cluster(tmp_path: Path) -> None:
     scenario = {"name": "huge", "workload": {"model": HUGE, "mode": "train", "batch": 8},
                 "strategies": [{"name": "single"}, {"name": "zero3", "zero": 3}],
@@ -53,6 +54,7 @@ def test_a_model_of_1e8_layers_does_not_fit_with_its_numbers_on_roofline_and_clu
     assert single["error"].startswith("needs ") and "GB/device" in single["error"]
 
 
+@pytest.mark.slow  # a CLI subprocess each
 def test_plan_of_a_1e8_layer_model_reports_the_memory_shortfall(tmp_path: Path) -> None:
     plan = {"name": "huge-plan", "workload": {"model": HUGE, "mode": "train", "batch": 8},
             "goal": {"tokens": 1e9, "deadline_days": 30},
@@ -67,6 +69,7 @@ def test_plan_of_a_1e8_layer_model_reports_the_memory_shortfall(tmp_path: Path) 
     assert "needs infx" not in text and "the smallest needs " in text   # a number, not inf
 
 
+@pytest.mark.slow  # a CLI subprocess each
 def test_a_step_torch_cannot_describe_is_one_line_naming_the_keys(tmp_path: Path) -> None:
     scenario = {"name": "wide", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train",
                                              "batch": 10**12},
@@ -93,6 +96,7 @@ def test_deep_models_are_traced_as_a_slice_and_shared_ones_refused() -> None:
         profile_workload(Workload(model=spec, batch=2), SharingChoice(True, layer_groups=2))
 
 
+@pytest.mark.slow  # a CLI subprocess each
 def test_a_deep_pipeline_that_fits_is_simulated_by_the_cluster(tmp_path: Path) -> None:
     """8000 layers on 4 stages fit; the simulated step once livelocked on a sub-tick residue of a small
     pipeline message late in the simulated step (sim.entities.Link)."""
