@@ -490,10 +490,20 @@ def parse_file_model(model: type[FileModel], data: Any, file: str) -> FileModel:
         raise validation_error(model, exc, file) from None
 
 
-def load_file_model(model: type[FileModel], path: str | Path, overrides: list[str] | None = None) -> FileModel:
-    """Safe YAML, then `--set` overrides, then validation: how every user file (scenario, plan) is read."""
+def load_file_model(model: type[FileModel], path: str | Path, overrides: list[str] | None = None,
+                    other_kind: tuple[str, str] | None = None) -> FileModel:
+    """Safe YAML, then `--set` overrides, then validation: how every user file (scenario, plan) is read.
+
+    `other_kind` = (a top-level key only the other kind of file has, the command that reads that kind): a
+    file that has it, given to the wrong command, is told so in one line instead of a list of unknown keys.
+    """
     file = str(path)
-    return parse_file_model(model, apply_overrides(read_yaml(path), overrides or [], file), file)
+    data = read_yaml(path)
+    if other_kind is not None and other_kind[0] in data and other_kind[0] not in model.model_fields:
+        key, command = other_kind
+        raise ScenarioError(file, key, f"this file has {key}: and is read by `llmsim {command}`; run "
+                                       f"`llmsim {command} {file}`")
+    return parse_file_model(model, apply_overrides(data, overrides or [], file), file)
 
 
 def parse_scenario(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
@@ -502,4 +512,4 @@ def parse_scenario(data: dict[str, Any], file: str = "<scenario>") -> Scenario:
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Load and validate a scenario file (phase 1: everything that needs no backend)."""
-    return load_file_model(Scenario, path, overrides)
+    return load_file_model(Scenario, path, overrides, other_kind=("goal", "plan"))

@@ -133,3 +133,13 @@ def test_a_backend_added_by_flag_says_it_runs_with_its_defaults(write_scenario, 
     assert "strategies[0].micro_batch" in err
     assert ("(backend 'roofline' is not in the file's backends: it runs with its default settings, world size 8; "
             "configure backends.roofline or --set backends.roofline.KEY=VALUE)") in err
+
+
+def test_a_plan_file_given_to_run_and_a_scenario_given_to_plan_name_the_right_command(capsys) -> None:
+    plan, scenario = REPO / "scenarios" / "plan-train-70b.yaml", REPO / "scenarios" / "quickstart.yaml"
+    assert main(["validate", str(plan)]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmsim: error: {plan}: goal: this file has goal: and is read by "
+                                               f"`llmsim plan`; run `llmsim plan {plan}`")
+    assert main(["plan", str(scenario)]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmsim: error: {scenario}: strategies: this file has strategies: and "
+                                               f"is read by `llmsim run`; run `llmsim run {scenario}`")

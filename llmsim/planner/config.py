@@ -139,7 +139,7 @@ def parse_plan(data: dict[str, Any], file: str = "<plan>") -> PlanFile:
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> PlanFile:
     """Load and validate a plan file: safe YAML, `--set` overrides, schema and cross-key rules."""
-    return load_file_model(PlanFile, path, overrides)
+    return load_file_model(PlanFile, path, overrides, other_kind=("strategies", "run"))
 
 
 def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
