@@ -90,9 +90,16 @@ class ModelSpec(_Strict):
         return self
 
     @property
+    def head_width(self) -> int:
+        """The width of one attention head: `head_dim`, which validation fills with hidden/heads when the
+        file does not state it (the one place that default lives)."""
+        assert self.head_dim is not None, "filled by _fill_defaults"
+        return self.head_dim
+
+    @property
     def attention_width(self) -> int:
         """heads * head_dim: the query (and attention output) width, = hidden unless head_dim is stated."""
-        return self.heads * (self.head_dim or self.hidden // self.heads)
+        return self.heads * self.head_width
 
 
 class Workload(_Strict):

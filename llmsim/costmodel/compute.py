@@ -126,7 +126,7 @@ def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> t
     kv = spec.kv_heads or spec.heads
     if plan.tp <= kv:
         return 0.0, 0.0
-    weights = 2 * spec.hidden * kv * (spec.head_dim or spec.hidden // spec.heads)
+    weights = 2 * spec.hidden * kv * spec.head_width
     excess = weights * (1 / kv - 1 / plan.tp)
     return 2 * tokens * excess, excess * DTYPE_BYTES[workload.dtype]
 

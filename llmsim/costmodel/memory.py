@@ -93,7 +93,7 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan)
 def kv_projection_params(spec: "ModelSpec") -> int:
     """Parameters of one layer's K and V projections: 2 x hidden x kv_heads x head_dim weights (+ biases)."""
     kv = spec.kv_heads or spec.heads
-    width = kv * (spec.head_dim or spec.hidden // spec.heads)
+    width = kv * spec.head_width
     return 2 * width * spec.hidden + (2 * width if spec.bias else 0)
 
 
@@ -108,7 +108,7 @@ def tp_replicated_layer_params(spec: "ModelSpec") -> int:
     `ColumnParallelLinear` / `RowParallelLinear`): the two norms (their inputs are replicated), the biases
     of the row-parallel attention-out and MLP-out projections (added after the all-reduce), and the q/k
     head norms (`qk_norm`, one head_dim weight each, shared by all heads)."""
-    qk = 2 * (spec.head_dim or spec.hidden // spec.heads) if spec.qk_norm else 0
+    qk = 2 * spec.head_width if spec.qk_norm else 0
     return 2 * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
 
 

@@ -132,7 +132,7 @@ class Attention(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.heads, self.kv_heads = spec.heads, spec.kv_heads or spec.heads
-        self.head_dim = spec.head_dim or spec.hidden // spec.heads
+        self.head_dim = spec.head_width
         self.causal = spec.causal
         self.qkv = nn.Linear(spec.hidden, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=spec.bias)
         self.out = nn.Linear(self.heads * self.head_dim, spec.hidden, bias=spec.bias)
@@ -219,7 +219,7 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(spec.max_positions or spec.seq_len, spec.hidden) \
             if spec.positions == "learned" else None
         self.type_emb = nn.Embedding(spec.type_vocab, spec.hidden) if spec.type_vocab else None
-        self.rope = RotaryEmbedding(spec.head_dim or spec.hidden // spec.heads, max_positions or spec.seq_len) \
+        self.rope = RotaryEmbedding(spec.head_width, max_positions or spec.seq_len) \
             if spec.positions == "rotary" else None
         distinct = layer_groups or spec.layers
         self.blocks = nn.ModuleList(Block(spec) for _ in range(distinct))
@@ -253,7 +253,7 @@ class Transformer(nn.Module):
         """Empty KV caches of every layer for `length` positions. `kv_heads`: the KV heads one device holds
         (a tensor-parallel rank's share); default all of the model's."""
         kv = kv_heads or self.spec.kv_heads or self.spec.heads
-        hs = self.spec.head_dim or self.spec.hidden // self.spec.heads
+        hs = self.spec.head_width
         return [KVCache(torch.empty(batch, kv, length, hs, dtype=dtype, device=device),
                         torch.empty(batch, kv, length, hs, dtype=dtype, device=device))
                 for _ in range(self.spec.layers)]
