@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.efficiency import Efficiency, wave_efficiency
+from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -133,7 +133,10 @@ def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> t
 
 def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backward: bool,
               rates: Rates) -> float:
-    """FLOP-weighted wave-quantization efficiency of a region's GEMMs for `tokens` rows."""
+    """FLOP-weighted shape efficiency (efficiency.gemm_efficiency) of a region's GEMMs for `tokens` rows.
+
+    Tile wave quantization for large GEMMs; the GEMV / split-K efficiency for skinny ones (few rows).
+    """
     if not rates.compute_units:
         return 1.0
     spec = workload.model
@@ -153,7 +156,7 @@ def _weighted_wave(shapes: tuple[tuple[int, int], ...], tokens: int, backward: b
         else:
             outputs.append((tokens, n, weight))
     total = sum(w for _, _, w in outputs)
-    slowed = sum(w / wave_efficiency(r, c, units, tiles) for r, c, w in outputs)
+    slowed = sum(w / gemm_efficiency(r, c, units, tiles) for r, c, w in outputs)
     return total / slowed if slowed else 1.0
 
 

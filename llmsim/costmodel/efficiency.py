@@ -52,6 +52,14 @@ DEFAULT_MEMORY = HBM_STREAM_A100
 # Performance Guide, "Matrix Multiplication Background", sections on tile and wave quantization).
 DEFAULT_MATMUL_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 128))
 
+# A skinny GEMM (few output rows: decode at small batch, a short prefill) does not run in those tiles:
+# cuBLAS/CUTLASS pick a GEMV or split-K kernel, which parallelises the reduction (K) across thread blocks
+# when the output's tiles are too few to occupy the GPU (CUTLASS docs, efficient_gemm.md, "Parallelized
+# Reductions: Split K"; Osama et al. 2023, "Stream-K", PPoPP '23, for the work-centric split that leaves
+# no partial wave). What it cannot avoid is padding the short side to the tensor-core instruction's row
+# count: 16 rows for f16/bf16 (PTX ISA, warp-level `mma.sync.aligned.m16n8k16`).
+MMA_ROWS = 16
+
 
 class Efficiency(BaseModel):
     """Fractions of peak a device reaches: calibratable, and carried by a catalog entry if it has its own.
@@ -98,3 +106,21 @@ def wave_efficiency(m: int, n: int, compute_units: int | None,
             waves = math.ceil(count / compute_units)
             best = max(best, (a * b) / (waves * compute_units * tm * tn))
     return best
+
+
+@functools.lru_cache(maxsize=4096)
+def gemm_efficiency(m: int, n: int, compute_units: int | None,
+                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES) -> float:
+    """Shape efficiency of a GEMM with an m x n output: the better of the tiled and the skinny kernel.
+
+    A GEMM whose short side is below the smallest tile side (m = 1..127 rows with 128-wide tiles: decode
+    at small batch, a short prefill) runs as a GEMV / split-K kernel: the reduction is split across the
+    SMs (no partial wave) and the short side is padded to `MMA_ROWS` (16), so its efficiency is
+    short / (16 * ceil(short / 16)): 1/16 for one row, 1.0 from 16 rows on. Larger GEMMs keep the tile
+    wave quantization (`wave_efficiency`) unchanged. Returns 1.0 when the device declares no compute units.
+    """
+    wave = wave_efficiency(m, n, compute_units, tiles)
+    short = min(m, n)
+    if not compute_units or short <= 0 or short >= min(min(tile) for tile in tiles):
+        return wave
+    return max(wave, short / (MMA_ROWS * math.ceil(short / MMA_ROWS)))

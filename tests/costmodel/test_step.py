@@ -443,7 +443,10 @@ def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
     assert t.compute == pytest.approx(prefill.compute + 4 * token.compute, rel=1e-12)
     assert t.comm == pytest.approx(prefill.comm + 4 * token.comm, rel=1e-12)
     assert t.bubble == pytest.approx(prefill.bubble + 4 * token.bubble, rel=1e-12)
-    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 1     # the LM head's stage
+    # The first stage: its embedding all-reduce (tp=2, latency-bound) outweighs the LM head's 2-row GEMM,
+    # which streams its weights at memory bandwidth (a GEMV, efficiency.gemm_efficiency) instead of being
+    # priced compute-bound through 128-row tiles.
+    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 0
     # two generated tokens: the prefill and one token step
     two = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=2)
     t2 = step_times(two, *profiled(two), plan, cluster)
@@ -459,3 +462,22 @@ def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
     tp_ = step_times(pre, *profiled(pre), plan, cluster)
     assert tp_.ttft is None and tp_.tpot is None
     assert tp_ == price(forward_work(pre, profiled(pre)[0], plan, cluster), cluster.fabric)
+
+
+def test_decode_at_batch_1_streams_the_weights_at_memory_bandwidth() -> None:
+    """Issue 14, item 2: Llama-2-7B, one sequence, 128-token prompt, 128 generated tokens on one A100 80GB.
+    A token step reads the 13.21 GB of bf16 weights and the KV cache at its mean length (128 + 64 of 256
+    positions of 134 MB: 0.10 GB) at 2.039 TB/s x 1.80/2.04 (the catalog's HBM stream efficiency): 7.40 ms.
+    Its GEMMs have one row (about 0.05 ms of compute at the 16-row MMA padding), so they are memory-bound;
+    the 128-row tile model had priced them compute-bound at 13.91 ms. The norms, rotary and residual
+    traffic of the eager trace add the last 0.5%."""
+    workload = Workload(model=ModelSpec(preset="llama2-7b", seq_len=128), mode="decode", batch=1,
+                        decode_tokens=128)
+    cluster = a100_cluster(1, 1)
+    r = estimate(workload, *profiled(workload), Plan(), cluster)
+    weights = r.memory.params
+    kv = r.memory.kv_cache * (128 + 128 / 2) / (128 + 128)
+    stream = cluster.device.memory_bw_bytes_per_s * (1.80 / 2.04)
+    assert weights == pytest.approx(13.21e9, rel=1e-3) and kv == pytest.approx(0.10e9, rel=1e-2)
+    assert r.tpot_s == pytest.approx((weights + kv) / stream, rel=0.01)
+    assert r.tpot_s == pytest.approx(7.42e-3, rel=0.01)
