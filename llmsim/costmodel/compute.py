@@ -15,7 +15,7 @@ materialises the s x s scores: a fused kernel moves none of those bytes (see pla
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
@@ -108,10 +108,38 @@ def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
     tp = plan.tp
     kv = spec.kv_heads or spec.heads
     kv_local = kv // tp if tp <= kv else 1
-    qkv = (spec.heads // tp + 2 * kv_local) * spec.head_dim
+    qkv = (spec.heads // tp + 2 * kv_local) * spec.head_width
     ffn = spec.ffn_hidden or 4 * spec.hidden
     up = ffn * (2 if spec.activation in ("swiglu", "geglu") else 1) // tp  # gated: gate and up
-    return [(spec.hidden, qkv), (spec.hidden // tp, spec.hidden), (spec.hidden, up), (ffn // tp, spec.hidden)]
+    return [(spec.hidden, qkv), (spec.attention_width // tp, spec.hidden), (spec.hidden, up),
+            (ffn // tp, spec.hidden)]
+
+
+def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str) -> float:
+    """Bytes of the GEMM weights of one transformer layer ('layers') or of the LM head ('head') on one
+    tensor-parallel rank: what one pass of one micro-batch reads, whatever its number of rows.
+
+    A GEMM reads its whole weight matrix once per call (in x out elements), so a step that runs m
+    micro-batches reads each stage's weights m times: the traced bytes of a batch cannot simply be split
+    in proportion to the micro-batch. Layers: the (in, out) shapes of `_linear_shapes` (QKV with K and V
+    over min(tp, kv_heads), attention output, gated or plain MLP up, MLP down); head: hidden x vocab/tp.
+    Biases (a row per GEMM, < 0.1%) stay with the batch-proportional part. Other regions: 0.
+    """
+    spec = workload.model
+    elem = DTYPE_BYTES[workload.dtype]
+    if region == "layers":
+        return sum(k * n for k, n in _linear_shapes(workload, plan)) * elem
+    if region == "head":
+        return spec.hidden * -(-spec.vocab // plan.tp) * elem
+    return 0.0
+
+
+def _weight_reads(phase: str, trainable: bool) -> int:
+    """Weight-sized GEMM operands per pass: forward reads W; backward reads W for the input gradient and
+    writes dW for the weight gradient (no dW for a frozen weight). Checked against the trace (tests)."""
+    if phase == "backward":
+        return 2 if trainable else 1
+    return 1
 
 
 def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> tuple[float, float]:
@@ -192,14 +220,25 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     at = ops.get((phase, region, "attention"), _NONE)
     ot = ops.get((phase, region, "other"), _NONE)
     mm_flops, mm_bytes = mm.flops * share, mm.bytes * share
+    if region in ("layers", "head") and (mm.flops or mm.bytes):
+        # Weights are read once per pass of each micro-batch, whatever its size (gemm_weight_bytes): take
+        # the traced whole-model weights (tp = 1, every traced layer and decode step) out of the traced
+        # bytes, split the rest (activations in and out) by the micro-batch's share, and add this rank's
+        # own weights once per pass over its layers (with tp > kv_heads they include the replicated K/V).
+        count = profile.layers if region == "layers" else 1
+        here = count / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
+        trainable = profile.trainable_params > 0.5 * profile.params  # frozen base (LoRA): no dW
+        reads = _weight_reads(phase, trainable)
+        traced_weights = reads * gemm_weight_bytes(workload, replace(plan, tp=1), region) * count * steps
+        mm_bytes = (max(mm.bytes - traced_weights, 0.0) * share
+                    + reads * gemm_weight_bytes(workload, plan, region) * here)
     if region == "layers" and (mm_flops or mm_bytes):
         # The profile traces one device's whole model; its 1/tp share misses the K/V projections that
         # every rank repeats when tp > kv_heads. The backward repeats them twice (input and weight grads).
-        extra_flops, extra_bytes = replicated_kv_projection(workload, plan, tokens)
+        extra_flops, _ = replicated_kv_projection(workload, plan, tokens)
         layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
         passes = 2 if backward else 1
         mm_flops += extra_flops * layers_here * passes
-        mm_bytes += extra_bytes * layers_here * passes
     matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(ot.bytes * share)

@@ -379,10 +379,21 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
 
 
 def inference_plan(plan: Plan) -> Plan:
-    """Without a pipeline to fill, a server runs its whole share of the batch at once."""
-    if plan.pp == 1:
-        return replace(plan, micro_batch=plan.micro_batch * plan.microbatches, microbatches=1)
-    return plan
+    """How a server splits one replica's batch for a forward pass (prefill, or one token step).
+
+    Without a pipeline it runs the whole batch at once. With pp stages it keeps pp micro-batches of
+    batch/pp sequences in flight, so that every stage has work (FasterTransformer's ParallelGpt:
+    `getLocalBatchSize(batch, seq_len, pp)` divides the batch by pp when it can and runs `batch /
+    local_batch_size` iterations per step, src/fastertransformer/utils/nccl_utils.cc; vLLM's engine runs
+    `max_concurrent_batches = pipeline_parallel_size` batches at once, vllm/v1/engine/core.py); a batch pp
+    does not divide runs whole. A strategy's `micro_batch` is a training setting and does not apply:
+    running a decode batch one sequence at a time would read every stage's weights once per sequence.
+    (FasterTransformer also halves a context-phase micro-batch while it holds more than 1,024 tokens, a
+    memory cap of its own that is not modelled.)
+    """
+    batch = plan.micro_batch * plan.microbatches
+    microbatches = plan.pp if plan.pp > 1 and batch % plan.pp == 0 else 1
+    return replace(plan, micro_batch=batch // microbatches, microbatches=microbatches)
 
 
 def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, cluster: ClusterSpec,

@@ -443,10 +443,10 @@ def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
     assert t.compute == pytest.approx(prefill.compute + 4 * token.compute, rel=1e-12)
     assert t.comm == pytest.approx(prefill.comm + 4 * token.comm, rel=1e-12)
     assert t.bubble == pytest.approx(prefill.bubble + 4 * token.bubble, rel=1e-12)
-    # The first stage: its embedding all-reduce (tp=2, latency-bound) outweighs the LM head's 2-row GEMM,
-    # which streams its weights at memory bandwidth (a GEMV, efficiency.gemm_efficiency) instead of being
-    # priced compute-bound through 128-row tiles.
-    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 0
+    # The last stage: the LM head's 2-row GEMM streams its half of the 38.6M-parameter embedding (a GEMV,
+    # efficiency.gemm_efficiency) once per micro-batch, which outweighs the first stage's embedding
+    # all-reduce (tp=2, latency-bound).
+    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 1
     # two generated tokens: the prefill and one token step
     two = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=2)
     t2 = step_times(two, *profiled(two), plan, cluster)
@@ -481,3 +481,25 @@ def test_decode_at_batch_1_streams_the_weights_at_memory_bandwidth() -> None:
     assert weights == pytest.approx(13.21e9, rel=1e-3) and kv == pytest.approx(0.10e9, rel=1e-2)
     assert r.tpot_s == pytest.approx((weights + kv) / stream, rel=0.01)
     assert r.tpot_s == pytest.approx(7.42e-3, rel=0.01)
+
+
+def test_pipelined_decode_keeps_one_micro_batch_per_stage_in_flight() -> None:
+    """Issue 14, item 2 (pp > 1): Llama-2-7B decoding 64 sequences on 4 pipeline stages of one node. A
+    server keeps pp = 4 micro-batches of 16 sequences in flight (work.inference_plan); each token step
+    fills and drains the pipeline (FasterTransformer broadcasts the sampled tokens before the next step):
+    (m + p - 1) = 7 stage-times of one 16-sequence micro-batch, each reading the stage's quarter of the
+    weights. Weight-bound, that is 7/4 of one device reading them all, not the 67 stage-times the
+    training micro_batch of 1 sequence would take (64 micro-batches, each re-reading the weights)."""
+    workload = Workload(model=ModelSpec(preset="llama2-7b", seq_len=128), mode="decode", batch=64,
+                        decode_tokens=16)
+    profile, sharing = profiled(workload)
+    cluster = a100_cluster(1, 4)
+    piped = estimate(workload, profile, sharing, Plan(pp=4, micro_batch=1, microbatches=64), cluster)
+    whole = estimate(workload, profile, sharing, Plan(micro_batch=1, microbatches=64), a100_cluster(1, 1))
+    stream = cluster.device.memory_bw_bytes_per_s * (1.80 / 2.04)
+    # the busiest (last) stage reads its 8 layers and the LM head once per micro-batch, plus its share of
+    # the 16 sequences' KV cache; the token step is 7 of those (+ the messages between stages, ~0.1%)
+    kv_per_stage = whole.memory.kv_cache / 4 / 4 * (128 + 16 / 2) / (128 + 16)
+    stage = (piped.memory.params + kv_per_stage) / stream
+    assert piped.tpot_s == pytest.approx(7 * stage, rel=0.05)
+    assert 1.0 < piped.tpot_s / whole.tpot_s < 7 / 4  # the KV cache is read once either way
