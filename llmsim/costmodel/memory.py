@@ -190,8 +190,7 @@ def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
-        tp_share = lora_params_per_block(spec, sharing.lora, plan.tp) / lora_params_per_block(spec, sharing.lora)
-        trainable = profile.trainable_params / k * blocks * tp_share
+        trainable = profile.trainable_params / k * blocks * lora_tp_share(spec, sharing, plan.tp)
     else:
         trainable = layer_params + edge
     return layer_params + edge, trainable
@@ -201,6 +200,13 @@ def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sha
                  stage: str) -> tuple[float, float]:
     """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
     return _stage_params(workload, profile, sharing, plan, stage)
+
+
+def lora_tp_share(spec: "ModelSpec", sharing: "SharingChoice", tp: int) -> float:
+    """The share of one block's LoRA adapters that one tensor-parallel rank holds: B of q/k/v/gate/up and A
+    of o/down split over tp, the other factor replicated (`config.lora_params_per_block`); 1.0 at tp = 1."""
+    assert sharing.lora is not None
+    return lora_params_per_block(spec, sharing.lora, tp) / lora_params_per_block(spec, sharing.lora)
 
 
 def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -225,7 +231,8 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     elem = DTYPE_BYTES[workload.dtype]
     k = sharing.layer_groups or spec.layers
     block = tp_block_params(spec, profile.layer_params / k, plan.tp)
-    block_trainable = profile.trainable_params / k / plan.tp if sharing.lora is not None else block
+    block_trainable = (profile.trainable_params / k * lora_tp_share(spec, sharing, plan.tp)
+                       if sharing.lora is not None else block)
     edge = max(stage_edge_params(workload, profile, sharing, plan, stage))
     largest, largest_trainable = (block, block_trainable) if block >= edge else \
         (edge, 0.0 if sharing.lora is not None else edge)

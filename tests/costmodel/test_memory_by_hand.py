@@ -228,3 +228,15 @@ def test_a_breakdown_sums_its_parts_and_fits_up_to_its_capacity() -> None:
     assert mem.as_dict() == {"params": 1.0, "grads": 2.0, "optimizer": 4.0, "activations": 8.0, "kv_cache": 16.0}
     assert mem.fits(31.0) and not mem.fits(30.0) and mem.fits(0)
     assert mem.stage == "all" and mem.notes == ()
+
+
+def test_zero3_holds_the_gradient_of_a_gathered_block_s_adapters_at_their_tensor_parallel_share() -> None:
+    """With LoRA the gradient in flight of a gathered block is its adapters' on this rank: at tp = 2 the
+    r (6h + 12h/2) of r 18 h per block (`lora_params_per_block`), not a 1/tp split of them."""
+    from llmsim.costmodel.memory import zero3_gathered
+
+    w = _workload()
+    p = _profile(trainable=800_000)                                 # 100k adapter parameters per block
+    lora = SharingChoice(True, lora=LoraSpec(rank=4))
+    _, grads = zero3_gathered(w, p, lora, Plan(dp=2, tp=2, pp=4, zero=3), Options(), "middle")
+    assert grads == pytest.approx(800_000 / 8 * (6 + 6) / 18 * 2, rel=1e-12)
