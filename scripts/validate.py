@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
+
+from pydantic import ValidationError
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estimate
@@ -97,7 +100,7 @@ def run_case(case: Case, catalog) -> Outcome:
         return Outcome(case)
     try:
         return Outcome(case, result=case.price(catalog))
-    except (CostModelError, LLMSimError) as exc:
+    except CostModelError as exc:            # the model cannot price this configuration: said, not hidden
         return Outcome(case, failure=str(exc))
 
 
@@ -154,24 +157,29 @@ BOOLS = {"tie_embeddings", "sp", "grads_fp32"}
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
             "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
+CHOICES = {"recompute": ("none", "selective", "full"), "attention": ("flash", "fused-softmax", "math"),
+           "dtype": ("float32", "bfloat16", "float16"), "zero": (0, 1, 2, 3)}
 
 
 def _value(column: str, text: str) -> object:
     if column in INTS:
         number = int(text)
-        if number < 0:
-            raise ValueError("must be >= 0")
-        return number
-    if column in BOOLS:
+        if column != "zero" and number < 1:
+            raise ValueError("must be >= 1")
+        value: object = number
+    elif column in BOOLS:
         if text.lower() not in ("true", "false"):
             raise ValueError("must be true or false")
-        return text.lower() == "true"
-    if column == "published":
+        value = text.lower() == "true"
+    elif column == "published":
         value = float(text)
         if not value > 0 or math.isinf(value):
             raise ValueError("must be a positive number")
-        return value
-    return text
+    else:
+        value = text
+    if column in CHOICES and value not in CHOICES[column]:
+        raise ValueError(f"allowed: {', '.join(map(str, CHOICES[column]))}")
+    return value
 
 
 def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
@@ -205,8 +213,36 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
             blank = [c for c in REQUIRED[kind] if row[c] is None]
             if blank:
                 raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
+            _check_priced(row, kind, str(path), where)
         rows.append(row)
     return rows
+
+
+def _check_priced(r: dict[str, object], kind: Kind, file: str, where: str) -> None:
+    """A priced row must be a configuration the model can be asked about: else one line naming the cell."""
+    world = r["tp"] * r["pp"] * (r["dp"] * r["cp"] if kind == "training" else 1)
+    if world != r["n_devices"]:
+        raise ScenarioError(file, f"{where}.n_devices", f"{r['n_devices']} != the product of the parallel degrees "
+                                                       f"({world})")
+    if kind == "training" and r["global_batch"] % (r["dp"] * r["micro_batch"]):
+        raise ScenarioError(file, f"{where}.global_batch",
+                            f"{r['global_batch']} is not a multiple of dp x micro_batch = {r['dp'] * r['micro_batch']}")
+    catalog = _catalog()
+    catalog.device(r["hardware"], key=f"{where}.hardware", file=file)
+    for key in ("intra_node", "inter_node"):
+        if r[key] is not None:
+            catalog.link(r[key], key=f"{where}.{key}", file=file)
+    try:
+        model_spec(r, r["seq_len"] if kind == "training" else r["input_len"])
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        column = ".".join(str(p) for p in err["loc"]) or "model"
+        raise ScenarioError(file, f"{where}.{column}", err["msg"]) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog():
+    return load_catalog()
 
 
 def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) -> ModelSpec:
@@ -238,16 +274,10 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         dtype = r["dtype"] or "bfloat16"
         workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype)
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
-        replicas = r["dp"] * r["micro_batch"]
-        if r["global_batch"] % replicas:
-            raise ScenarioError(None, f"{r['row_id']}.global_batch",
-                                f"{r['global_batch']} is not a multiple of dp x micro_batch = {replicas}")
+        replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
                     recompute=r["recompute"])
-        if plan.world != r["n_devices"]:
-            raise ScenarioError(None, f"{r['row_id']}.n_devices",
-                                f"{r['n_devices']} != dp x tp x pp x cp = {plan.world}")
         options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]))
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan,
                         _cluster(r, catalog, r["devices_per_node"]), options)
@@ -263,8 +293,6 @@ def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
                             dtype=r["dtype"] or "bfloat16")
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
         plan = Plan(dp=1, tp=r["tp"], pp=r["pp"], micro_batch=r["batch"], microbatches=1)
-        if plan.world != r["n_devices"]:
-            raise ScenarioError(None, f"{r['row_id']}.n_devices", f"{r['n_devices']} != tp x pp = {plan.world}")
         # The GPUs the row ran on, inside one node (every published row fits one 8-GPU node).
         cluster = _cluster(r, catalog, max(r["n_devices"], 1))
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan, cluster,
@@ -288,17 +316,27 @@ def _complete(r: dict[str, object], kind: Kind) -> bool:
 
 # --------------------------------------------------------------------------- the two older tables
 
+def _read_with(read_table: Callable[[Path], list], path: Path) -> list:
+    """An older script's reader, its KeyError/ValueError on a foreign CSV turned into the one-line error."""
+    try:
+        return read_table(path)
+    except KeyError as exc:
+        raise ScenarioError(str(path), None, f"missing column {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ScenarioError(str(path), None, str(exc).splitlines()[0]) from None
+
+
 def narayanan_cases(path: Path) -> list[Case]:
     """Narayanan et al. 2021 Table 1, priced by scripts/validate_narayanan.py (its launch configurations)."""
     return [Case(row.model, f"tp {row.tp} pp {row.pp} dp {row.dp}", row.published_s,
-                 lambda catalog, row=row: nara.predict(row, catalog)[1]) for row in nara.read_table(path)]
+                 lambda catalog, row=row: nara.predict(row, catalog)[1]) for row in _read_with(nara.read_table, path)]
 
 
 def fastertransformer_cases(path: Path) -> list[Case]:
     """FasterTransformer's GPT latencies, priced by scripts/validate_fastertransformer.py."""
     return [Case(row.row_id, f"{row.model} tp {row.tp} batch {row.batch} {row.input_len}/{row.output_len}",
                  row.published_s, lambda catalog, row=row: ft.predict(row, catalog))
-            for row in ft.read_table(path)]
+            for row in _read_with(ft.read_table, path)]
 
 
 @dataclass(frozen=True)
@@ -372,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.path is not None and len(names) != 1:
         print("--path needs exactly one --table", file=sys.stderr)
         return 2
-    catalog = load_catalog()
+    catalog = _catalog()
     results, missing = [], []
     for name in names:
         table = TABLES[name]
@@ -383,11 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(name)
             continue
         try:
-            cases = table.cases(path)
+            outcomes = [run_case(c, catalog) for c in table.cases(path)]
         except LLMSimError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        outcomes = [run_case(c, catalog) for c in cases]
         print_table(table, path, outcomes)
         results.append((table, outcomes))
     if results:

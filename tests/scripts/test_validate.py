@@ -235,9 +235,18 @@ def test_bad_input_is_one_line_and_exit_2(v, tmp_path: Path, capsys) -> None:
     cases = {"nosource.csv": [_training_row(v, source="")],
              "badmetric.csv": [_training_row(v, metric="furlongs")],
              "badint.csv": [_training_row(v, dp="eight")],
-             "blank.csv": [_training_row(v, dp="")]}
+             "blank.csv": [_training_row(v, dp="")],
+             "zero.csv": [_training_row(v, dp=0)],
+             "recompute.csv": [_training_row(v, recompute="some")],
+             "world.csv": [_training_row(v, n_devices=16)],
+             "batch.csv": [_training_row(v, global_batch=12)],
+             "hardware.csv": [_training_row(v, hardware="h100-pcie")],
+             "link.csv": [_training_row(v, inter_node="carrier-pigeon")],
+             "model.csv": [_training_row(v, heads=7)]}
     expected = {"nosource.csv": "T1.source", "badmetric.csv": "T1.metric", "badint.csv": "T1.dp",
-                "blank.csv": "T1.dp"}
+                "blank.csv": "T1.dp", "zero.csv": "T1.dp", "recompute.csv": "T1.recompute",
+                "world.csv": "T1.n_devices", "batch.csv": "T1.global_batch", "hardware.csv": "T1.hardware",
+                "link.csv": "T1.inter_node", "model.csv": "T1."}
     for name, rows in cases.items():
         assert v.main(["--table", "torchtitan", "--path", str(_write(tmp_path, rows, name))]) == 2
         err = capsys.readouterr().err.strip()
@@ -247,4 +256,6 @@ def test_bad_input_is_one_line_and_exit_2(v, tmp_path: Path, capsys) -> None:
     assert v.main(["--path", str(tmp_path / "x.csv")]) == 2          # --path needs exactly one --table
     wrong_kind = _write(tmp_path, [_training_row(v)], "training.csv")
     assert v.main(["--table", "vllm", "--path", str(wrong_kind)]) == 2
+    assert "missing column" in capsys.readouterr().err
+    assert v.main(["--table", "narayanan", "--path", str(wrong_kind)]) == 2     # an older table's reader too
     assert "missing column" in capsys.readouterr().err
