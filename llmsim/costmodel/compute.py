@@ -51,6 +51,28 @@ CAUSAL_FLOP_SHARE = 0.5
 FLASH_BACKWARD_FLOP_RATIO = 5 / 4
 
 
+# Kernels of one Transformer layer in a fused engine, per pass (Efficiency.kernel_latency_s). Forward: 4 GEMMs
+# (QKV, attention output, MLP up, MLP down), the attention kernel and 4 elementwise ones. FasterTransformer
+# v5's GPT decoder layer (ParallelGptDecoderLayer.cc): layernorm, QKV GEMM, masked multi-head attention
+# (bias and rotary fused), output GEMM, add-bias-residual-layernorm, FC1 GEMM, add-bias-GeLU, FC2 GEMM,
+# add-bias-residual; vLLM's LlamaDecoderLayer (vllm/model_executor/models/llama.py): fused add-RMSNorm,
+# QKV GEMM, rotary, attention, output GEMM, fused add-RMSNorm, gate-up GEMM, SiLU-and-mul, down GEMM. Both 9.
+# Backward: an input- and a weight-gradient GEMM for each of the 4, the attention backward and the 4
+# elementwise backward kernels. The tensor-parallel collectives are priced by the communication model.
+KERNELS_PER_LAYER_FORWARD = 9
+KERNELS_PER_LAYER_BACKWARD = 13
+# Outside the layers, per pass: the embedding lookup; the final norm and the LM head GEMM.
+KERNELS_EMBED = 1
+KERNELS_HEAD = 2
+
+
+def kernels_per_pass(phase: str, region: str) -> int:
+    """Kernels one pass of one micro-batch launches per layer ('layers') or in all ('embed', 'head')."""
+    if region == "layers":
+        return KERNELS_PER_LAYER_BACKWARD if phase == "backward" else KERNELS_PER_LAYER_FORWARD
+    return {"embed": KERNELS_EMBED, "head": KERNELS_HEAD}.get(region, 0)
+
+
 @dataclass(frozen=True)
 class _Zero:
     flops: float = 0.0
@@ -245,6 +267,10 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
         stages = divide // (plan.tp * plan.cp) if region == "layers" else 1
         other += rates.efficiency.op_overhead_s * (mm.count + at.count + ot.count) / stages / steps
+    if rates.efficiency.kernel_latency_s and (mm.count or at.count or ot.count):
+        # every pass of every micro-batch runs each kernel of the device's layers once
+        here = profile.layers / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
+        other += rates.efficiency.kernel_latency_s * kernels_per_pass(phase, region) * here
 
     attention = 0.0
     at_flops, at_bytes = at.flops * share, at.bytes * share
