@@ -92,8 +92,8 @@ def test_the_issue_cases_have_their_closed_form_values() -> None:
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_the_issue_workload_keeps_its_layers_and_edges(dropout: float) -> None:
-    """The whole memory of the issue's workload: parameters, gradients, Adam state, two layers' activations and
-    the edges (token and position ids; final norm input, head input, fp32 log-probabilities and targets)."""
+    """The activations of the issue's workload: its two layers and the edges (token and position ids; final
+    norm input and statistics, head input, fp32 log-probabilities and targets)."""
     w = _workload(_gpt(dropout))
     profile, sharing = profiled(w)
     mem = memory_breakdown(w, profile, sharing, Plan(), FUSED)
