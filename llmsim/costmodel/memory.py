@@ -10,11 +10,10 @@ divide by tp; the K and V projections by min(tp, kv_heads), since with tp > kv_h
 replicated KV head; norms, row-parallel biases, q/k head norms, the final norm and learned position/type
 tables stay whole on every rank (Megatron-LM). Gradients and optimizer state follow the parameters.
 
-Activations start from what the traced module saves for backward (WorkloadProfile.activation_bytes_per_
-layer, math attention path) and apply Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-Transformer Models", Sec. 4): tensor parallelism divides what lies inside the parallel regions, sequence
-parallelism divides the rest too, selective recomputation drops the s x s attention tensors, full
-recomputation keeps only each layer's input plus one layer's working set.
+Activations are a derived inventory of the tensors each layer keeps for its backward (costmodel.activations):
+per tensor its size from the model's shape, its dtype, and whether tensor parallelism, sequence
+parallelism and context parallelism divide it; recomputation drops what it rebuilds. The traced module's
+saved bytes (WorkloadProfile) are the cross-check of that inventory, not its source.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmsim.config import lora_params_per_block
+from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
@@ -33,14 +33,6 @@ if TYPE_CHECKING:
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
 ADAM_STATE_BYTES_FP32 = 8     # m + v; the fp32 parameters are the master copy
 FP32_BYTES = 4
-# PyTorch's math SDPA saves two s x s tensors per head for backward (scores after softmax and the
-# attention weights it multiplies V with). Measured on the traced module: activation bytes per layer
-# grow by exactly 2 * b * heads * s^2 * dtype bytes per step of heads*s/hidden (tests/costmodel).
-MATH_SDPA_SCORE_TENSORS = 2
-# Saved tensors of size b*s*h that stay whole on every tensor-parallel rank without sequence parallelism:
-# the inputs of the two norms and their outputs (which feed the column-parallel QKV and MLP GEMMs).
-# Korthikanti 2022 count 10sbh bytes for these, of which 2sbh are dropout masks this model does not have.
-TP_REPLICATED_TENSORS = 4
 
 
 @dataclass(frozen=True)
@@ -243,29 +235,31 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     return params, grads
 
 
-def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile", plan: Plan,
+def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", plan: Plan,
                                options: Options) -> tuple[float, float]:
-    """(bytes kept per layer per micro-batch, working set of one layer while it is recomputed) per device."""
-    spec = workload.model
-    elem = DTYPE_BYTES[workload.dtype]
-    share = plan.micro_batch / profile.batch
-    traced = profile.activation_bytes_per_layer * share
-    b, s, h = plan.micro_batch, spec.seq_len, spec.hidden
-    scores = MATH_SDPA_SCORE_TENSORS * b * spec.heads * s * s * elem
-    linear = max(traced - scores, 0.0)
-    replicated = TP_REPLICATED_TENSORS * b * s * h * elem
-    if plan.sp:
-        kept = linear / plan.tp
-    else:
-        kept = min(replicated, linear) + max(linear - replicated, 0.0) / plan.tp
-    if options.attention != "flash" and plan.recompute != "selective":
-        # fused-softmax keeps one s x s tensor (the probabilities), the math path its two.
-        kept += scores / plan.tp / (1 if options.attention == "math" else MATH_SDPA_SCORE_TENSORS)
-    kept /= plan.cp
-    if plan.recompute == "full":
-        layer_input = b * s * h * elem / plan.cp / (plan.tp if plan.sp else 1)
-        return layer_input, kept
-    return kept, 0.0
+    """(bytes one layer keeps per micro-batch, working set of one layer while it is recomputed) on one device.
+
+    The layer's saved-tensor inventory (costmodel.activations.layer_inventory) for the attention kernel
+    `options.attention` and `plan.recompute`, sized for `plan.micro_batch` sequences and split over
+    plan.tp / sp / cp. Full recomputation keeps each layer's input and, while one layer is recomputed,
+    that layer's whole inventory (the second number; 0 otherwise).
+    """
+    spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
+    kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora), spec, plan)
+    if plan.recompute != "full":
+        return kept, 0.0
+    working = inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora), spec, plan)
+    return kept, working
+
+
+def edge_activation_bytes(workload: "Workload", sharing: "SharingChoice", plan: Plan) -> tuple[float, float]:
+    """(first stage, last stage) bytes kept outside the layers per micro-batch on one device: the embeddings'
+    ids, and the final norm, LM head input and fp32 log-probabilities of the loss (vocabulary-parallel over
+    tp); costmodel.activations.edge_inventory. A frozen base (LoRA) keeps no embedding ids nor head input."""
+    spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
+    trainable = sharing.lora is None
+    return (inventory_bytes(edge_inventory(spec, elem, "input", trainable), spec, plan),
+            inventory_bytes(edge_inventory(spec, elem, "output", trainable), spec, plan))
 
 
 def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -286,13 +280,15 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
         grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1) + gathered_grads
         state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
         optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
-        per_layer, working = activation_bytes_per_layer(workload, profile, plan, options)
+        per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
         index = 0 if stage == "first" else plan.pp - 1
         held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
         activations = held * layers_per_device(workload.model.layers, plan) * per_layer + working
-        if stage == "last" or plan.pp == 1:  # logits and loss live with the LM head (vocab-parallel over tp)
-            edge = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
-            activations += max(edge, 0) * plan.micro_batch / profile.batch / (plan.tp * plan.cp)
+        # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
+        # each micro-batch in flight keeps its own until its backward.
+        first, last = edge_activation_bytes(workload, sharing, plan)
+        activations += held * ((first if stage == "first" or plan.pp == 1 else 0.0)
+                               + (last if stage == "last" or plan.pp == 1 else 0.0))
     else:
         kv_heads = workload.model.kv_heads or workload.model.heads
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them

@@ -68,7 +68,9 @@ class Options:
       fused-softmax  two batched GEMMs around a fused scale-mask-softmax kernel (Megatron-LM before flash
                      attention): full s x s FLOPs at matmul efficiency plus the score matrix's memory
                      traffic (SOFTMAX_PASSES_*); saves the s x s probabilities for backward.
-      math           the profile as traced (PyTorch's unfused math SDPA path): upper bound.
+      math           the profile as traced (PyTorch's unfused math SDPA path): upper bound. Its memory keeps
+                     fp32 copies of q, k, v and the fp32 s x s scores.
+    What each kernel keeps for the backward: costmodel.activations.
     main_grads_fp32: gradients accumulated and reduced in fp32 (Megatron-LM's `main_grad` buffers,
       `accumulate_allreduce_grads_in_fp32`) instead of in the workload dtype (the ZeRO paper's 2-byte
       gradients, PyTorch DDP/FSDP defaults).
