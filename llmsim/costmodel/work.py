@@ -16,9 +16,12 @@ Sources of the volumes:
 * pipeline: one activation forward and one gradient backward per micro-batch and model chunk between
   neighbouring stages (1/tp of it with the scatter/gather optimization, then an all-gather over tp;
   Narayanan et al. 2021, Sec. 4.1).
-* data parallel: an all-reduce of the gradients (ZeRO 0/1) or a reduce-scatter (ZeRO 2/3); ZeRO 1/2
-  all-gather the updated parameters after the step; ZeRO-3 all-gathers parameters forward and backward
-  and reduce-scatters gradients every micro-batch (Rajbhandari et al. 2020).
+* data parallel: an all-reduce of the gradients (ZeRO 0) or a reduce-scatter (ZeRO >= 1: each rank
+  updates only its shard, Megatron-Core's distributed optimizer, `use_distributed_optimizer` in
+  megatron/core/distributed/distributed_data_parallel_config.py); ZeRO 1/2 all-gather the updated
+  parameters after the step (twice the gradient bytes in all, plain DP's own volume: Rajbhandari et
+  al. 2020, Sec. 7); ZeRO-3 all-gathers parameters forward and backward and reduce-scatters gradients every
+  micro-batch.
 * parameter sharing: tied embeddings with pp > 1 all-reduce the embedding gradient between the first and
   last stage; layer_groups with pp > 1 all-reduce a shared block's gradient between the stages using it.
   Both vanish with LoRA (a frozen base has no such gradients).
@@ -372,7 +375,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
-                    dp_op="all-reduce" if plan.zero <= 1 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
+                    dp_op="all-reduce" if plan.zero == 0 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
                     overlap_grad_reduce=plan.overlap_grad_reduce,
                     syncs=sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem),
                     comm_shares_cores=not cluster.device.overlaps_communication)
