@@ -355,7 +355,8 @@ def test_a_four_stage_interleaved_step_by_hand() -> None:
                                     stage(middle, False, False), stage(last, False, True)),
                             microbatches=4, schedule="interleaved", virtual_stages=2, forward_only=False,
                             p2p=Comm("p2p", activation / 2, pp), dp_op="reduce-scatter", dp_group=dp, zero=1,
-                            overlap_grad_reduce=True, syncs=(tied,), comm_shares_cores=False)
+                            overlap_grad_reduce=True, overlap_p2p=True,  # Megatron-Core's default when interleaved
+                            syncs=(tied,), comm_shares_cores=False)
     assert work.stages[1] is work.stages[2]     # middle stages are alike: one StageWork for all
 
 
