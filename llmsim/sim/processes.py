@@ -130,8 +130,9 @@ class StepSim:
             yield from self.exposed(device, self.phases(item.exposed))
             start = self.env.now
             gemm = self.kernel_time(device, item.gemm_s)
-            comm = self.env.process(run_phases(device, self.phases(item.hidden)))
-            yield self.env.all_of([self.env.timeout(gemm), comm])
+            computed = self.env.timeout(gemm)      # the GEMM runs on while this process drives the ports
+            yield from run_phases(device, self.phases(item.hidden))
+            yield computed                          # at once if the GEMM is already done
             device.ledger.compute_s += gemm
             device.ledger.comm_s += max(0.0, self.env.now - start - gemm)
 
