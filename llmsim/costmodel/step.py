@@ -20,9 +20,8 @@ next model chunk. The data-parallel reduction (ZeRO 0-2) runs after the last mic
 with overlap_grad_reduce, hides behind that backward; ZeRO-3's per-micro-batch gathers and
 reduce-scatters are prefetched under the micro-batches' compute; ZeRO 1/2 all-gather the updated
 parameters after the optimizer, or with overlap_param_gather under the next step's first forward (but
-the first layer's, which that forward waits for). A
-device whose collectives run on the cores that compute (DeviceSpec.overlaps_communication False: gloo on
-a CPU host) hides nothing.
+the first layer's, which that forward waits for). A device whose collectives run on the cores that
+compute (DeviceSpec.overlaps_communication False: gloo on a CPU host) hides nothing.
 
 Inference: prefill is one forward pass; decode = prefill (time to first token) + (n-1) token steps, each
 a forward of one token per sequence reading the weights and the KV cache (costmodel.work.forward_work).

@@ -363,7 +363,8 @@ def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, floa
     units / (units - TE_COMM_SMS) times longer (unknown units: no slowdown).
     """
     tp = plan.tp
-    margin = compute_units / (compute_units - TE_COMM_SMS) if compute_units and compute_units > TE_COMM_SMS else 1.0
+    units = compute_units or 0
+    margin = units / (units - TE_COMM_SMS) if units > TE_COMM_SMS else 1.0
     qkv, out, up, down = gemm_s
 
     def ring_exchange(gemm: float) -> Overlapped:
@@ -372,8 +373,8 @@ def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, floa
     def pipeline(gemm: float) -> Overlapped:
         n = TE_PIPELINE_SPLITS
         chunk = size / n
-        return Overlapped(hidden=(Comm("reduce-scatter", chunk, group, n - 1),), gemm_s=gemm * margin * (n - 1) / n,
-                          exposed=(Comm("reduce-scatter", chunk, group),))
+        return Overlapped(hidden=(Comm("reduce-scatter", chunk, group, n - 1),),
+                          gemm_s=gemm * margin * (n - 1) / n, exposed=(Comm("reduce-scatter", chunk, group),))
 
     def bulk(gemm: float) -> Overlapped:
         return Overlapped(hidden=(Comm("reduce-scatter", size, group),), gemm_s=gemm * margin)
@@ -434,13 +435,13 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     fwd_overlap: Overlaps = ()
     bwd_overlap: Overlaps = ()
     if plan.tp_comm_overlap and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication:
-        shares = layer_gemm_shares(workload, plan)
-        fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp,
-                                              tuple(x * fwd.matmul / stage_layers for x in shares),  # type: ignore[arg-type]
-                                              False, rates.compute_units)
-        bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp,
-                                              tuple(x * bwd.matmul / stage_layers / 2 for x in shares),  # type: ignore[arg-type]
-                                              True, rates.compute_units)
+        qkv, out, up, down = layer_gemm_shares(workload, plan)
+        forward = fwd.matmul / stage_layers          # one layer's GEMMs
+        backward = bwd.matmul / stage_layers / 2     # one of a backward's two passes (data, weight gradient)
+        fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * forward, out * forward,
+                                              up * forward, down * forward), False, rates.compute_units)
+        bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * backward, out * backward,
+                                              up * backward, down * backward), True, rates.compute_units)
         tp_fwd = tp_bwd = ()
         fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
         recompute_s += fwd_margin if plan.recompute == "full" else 0.0

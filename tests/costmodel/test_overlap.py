@@ -63,8 +63,8 @@ def test_tp_comm_overlap_pipelines_each_collective_with_its_gemm_as_transformer_
     ring = Comm("p2p", size / 8, tp, 7)
 
     def pipeline(gemm: float) -> Overlapped:
-        return Overlapped(hidden=(Comm("reduce-scatter", size / 4, tp, 3),), gemm_s=pytest.approx(gemm * margin * 3 / 4),
-                          exposed=(Comm("reduce-scatter", size / 4, tp),))
+        return Overlapped(hidden=(Comm("reduce-scatter", size / 4, tp, 3),),
+                          gemm_s=pytest.approx(gemm * margin * 3 / 4), exposed=(Comm("reduce-scatter", size / 4, tp),))
 
     assert st.tp_fwd == st.tp_bwd == st.tp_recompute == ()
     assert st.tp_fwd_overlap == (Overlapped((ring,), pytest.approx(f[0] * 7 / 8)), pipeline(f[1]),
