@@ -258,7 +258,18 @@ class Strategy(_Strict):
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     virtual_stages: PositiveInt = 1
     recompute: Literal["none", "selective", "full"] = "none"
-    overlap_grad_reduce: bool = True
+    overlap_grad_reduce: bool = Field(True, description=(
+        "data-parallel gradient reduction bucket by bucket under the backward (Megatron-Core "
+        "--overlap-grad-reduce; its command line defaults to off, llmsim's scenario contract to on)"))
+    overlap_param_gather: bool = Field(False, description=(
+        "ZeRO 1/2 parameter all-gather after the optimizer overlapped with the next step's forward "
+        "(Megatron-Core --overlap-param-gather, default off; needs zero >= 1 and overlap_grad_reduce)"))
+    tp_comm_overlap: bool = Field(False, description=(
+        "tensor-parallel all-gathers and reduce-scatters split into chunks and pipelined with their GEMMs "
+        "(Megatron-Core --tp-comm-overlap through Transformer Engine userbuffers, default off; needs sp)"))
+    overlap_p2p: bool | None = Field(None, description=(
+        "pipeline sends and receives overlapped with the next chunk's compute; null = Megatron-Core's "
+        "default: on with the interleaved schedule, off otherwise (--no-overlap-p2p-communication)"))
     sharing: Sharing | None = Field(None, description="override the scenario's sharing for this strategy "
                                                       "(keys given here replace the scenario's)")
 
@@ -298,6 +309,18 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
         return "sp", "sequence parallelism shards activations across the tensor-parallel group; it needs tp > 1"
     if s.sp and m.seq_len % s.tp:
         return "sp", f"seq_len={m.seq_len} is not divisible by tp={s.tp}"
+    if s.tp_comm_overlap and not s.sp:
+        return "tp_comm_overlap", ("overlaps the all-gathers and reduce-scatters of sequence parallelism with the "
+                                   "GEMMs; it needs sp: true (Megatron-Core asserts --sequence-parallel)")
+    if s.overlap_param_gather and s.zero == 0:
+        return "overlap_param_gather", ("overlaps the all-gather of the parameters the distributed optimizer "
+                                        "updated in shards; it needs zero >= 1")
+    if s.overlap_param_gather and not s.overlap_grad_reduce:
+        return "overlap_param_gather", ("needs overlap_grad_reduce: true (Megatron-Core asserts "
+                                        "--overlap-grad-reduce with --overlap-param-gather)")
+    if s.overlap_p2p and s.schedule != "interleaved":
+        return "overlap_p2p", (f"Megatron-Core overlaps pipeline sends and receives only in the interleaved "
+                               f"schedule (got {s.schedule}; leave overlap_p2p unset or false)")
     if s.virtual_stages > 1 and s.schedule != "interleaved":
         return "virtual_stages", f"{s.virtual_stages} needs schedule: interleaved (got {s.schedule})"
     if s.schedule == "interleaved" and s.pp == 1:

@@ -164,6 +164,15 @@ def _weight_reads(phase: str, trainable: bool) -> int:
     return 1
 
 
+def layer_gemm_shares(workload: "Workload", plan: Plan) -> tuple[float, float, float, float]:
+    """Each of a layer's four GEMMs' share of its matmul FLOPs on one tensor-parallel rank, in the order
+    (QKV, attention out, MLP up, MLP down): in x out of each (2 FLOPs per weight per token, the tokens
+    cancel). The same shares hold for the backward's data- and weight-gradient GEMMs."""
+    weights = [k * n for k, n in _linear_shapes(workload, plan)]
+    total = sum(weights)
+    return tuple(w / total for w in weights)  # type: ignore[return-value]
+
+
 def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> tuple[float, float]:
     """(FLOPs, bytes) one tensor-parallel rank spends on one layer's K and V projections for `tokens` rows
     in one forward pass beyond its 1/tp share of the model's, because with tp > kv_heads each rank holds

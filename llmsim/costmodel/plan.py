@@ -20,7 +20,8 @@ AttentionKernel = Literal["flash", "fused-softmax", "math"]
 
 @dataclass(frozen=True)
 class Plan:
-    """Resolved degrees of one case: dp x tp x pp x cp devices, m micro-batches of `micro_batch` sequences."""
+    """Resolved degrees of one case: dp x tp x pp x cp devices, m micro-batches of `micro_batch` sequences,
+    and which communication overlaps the framework runs (Megatron-Core's options: docs/scenario.md)."""
 
     dp: int = 1
     tp: int = 1
@@ -34,6 +35,9 @@ class Plan:
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     recompute: Literal["none", "selective", "full"] = "none"
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = False
+    tp_comm_overlap: bool = False
+    overlap_p2p: bool | None = None     # None = Megatron-Core's default: on with the interleaved schedule
 
     @property
     def world(self) -> int:
@@ -44,17 +48,30 @@ class Plan:
         """Model chunks per device (1 unless interleaved)."""
         return self.virtual_stages if self.schedule == "interleaved" else 1
 
+    @property
+    def p2p_overlapped(self) -> bool:
+        """Pipeline sends and receives overlapped with compute: `overlap_p2p`, or Megatron-Core's default
+        when unset, on for the interleaved schedule only (megatron/training/arguments.py turns
+        overlap_p2p_comm off without a virtual pipeline; --no-overlap-p2p-communication turns it off)."""
+        if self.overlap_p2p is None:
+            return self.schedule == "interleaved" and self.pp > 1
+        return self.overlap_p2p
+
     def single_device(self) -> "Plan":
-        """The same step on one device: same micro-batch, all of the global batch's micro-batches."""
+        """The same step on one device: same micro-batch, all of the global batch's micro-batches; the
+        overlaps of communication that one device does not have are off."""
         return replace(self, dp=1, tp=1, pp=1, cp=1, sp=False, zero=0, schedule="1f1b", virtual_stages=1,
-                       microbatches=self.microbatches * self.dp)
+                       microbatches=self.microbatches * self.dp, overlap_param_gather=False,
+                       tp_comm_overlap=False, overlap_p2p=None)
 
     @classmethod
     def of(cls, strategy: "Strategy", layout: "Layout") -> "Plan":
         return cls(dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp, micro_batch=layout.micro_batch,
                    microbatches=layout.microbatches, virtual_stages=strategy.virtual_stages, sp=strategy.sp,
                    zero=strategy.zero, schedule=strategy.schedule, recompute=strategy.recompute,
-                   overlap_grad_reduce=strategy.overlap_grad_reduce)
+                   overlap_grad_reduce=strategy.overlap_grad_reduce,
+                   overlap_param_gather=strategy.overlap_param_gather, tp_comm_overlap=strategy.tp_comm_overlap,
+                   overlap_p2p=strategy.overlap_p2p)
 
 
 @dataclass(frozen=True)

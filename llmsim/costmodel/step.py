@@ -14,11 +14,14 @@ split: compute, exposed communication and other (optimizer) of the critical stag
 rest of the step it spends waiting.
 
 Exposure: the tensor-parallel collectives, pipeline messages and ring-attention excess are on the
-critical path (comm_mb). The data-parallel reduction (ZeRO 0-2) runs after the last micro-batch's
-backward and, with overlap_grad_reduce, hides behind that backward; ZeRO-3's per-micro-batch gathers and
+critical path (comm_mb); with tp_comm_overlap each tensor-parallel collective hides under its GEMM but
+for a pipeline's last chunk (work.Overlapped), with overlap_p2p a pipeline send hides under the sender's
+next model chunk. The data-parallel reduction (ZeRO 0-2) runs after the last micro-batch's backward and,
+with overlap_grad_reduce, hides behind that backward; ZeRO-3's per-micro-batch gathers and
 reduce-scatters are prefetched under the micro-batches' compute; ZeRO 1/2 all-gather the updated
-parameters after the optimizer. A device whose collectives run on the cores that compute
-(DeviceSpec.overlaps_communication False: gloo on a CPU host) hides nothing.
+parameters after the optimizer, or with overlap_param_gather under the next step's first forward (but
+the first layer's, which that forward waits for). A device whose collectives run on the cores that
+compute (DeviceSpec.overlaps_communication False: gloo on a CPU host) hides nothing.
 
 Inference: prefill is one forward pass; decode = prefill (time to first token) + (n-1) token steps, each
 a forward of one token per sequence reading the weights and the KV cache (costmodel.work.forward_work).
@@ -36,7 +39,8 @@ from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.memory import MemoryBreakdown, memory_breakdown
 from llmsim.costmodel.pipeline import bubble_fraction
 from llmsim.costmodel.plan import Options, Plan
-from llmsim.costmodel.work import Comm, StageWork, StepWork, comms_time, forward_work, train_work
+from llmsim.costmodel.work import (Comm, StageWork, StepWork, comms_time, forward_work, overlaps_time,
+                                   train_work)
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -98,13 +102,28 @@ def _per_microbatch(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[floa
     layers = work.layers_on(st)
     compute = (layers * (st.fwd_layer_s + st.bwd_layer_s + st.recompute_layer_s)
                + st.embed_fwd_s + st.embed_bwd_s + st.head_fwd_s + st.head_bwd_s)
-    per_layer = comms_time(st.tp_fwd + st.tp_recompute + st.tp_bwd, fabric) + st.cp_layer_s
-    messages = 0
-    if work.p2p is not None:  # the roofline counts a sent and a received message per chunk and direction
-        messages = (1 if work.forward_only else 2) * work.v
-    p2p = messages * (work.p2p.time(fabric) + comms_time(st.recv_gather, fabric)) if work.p2p is not None else 0.0
-    comm = layers * per_layer + comms_time(st.tp_embed + st.tp_head, fabric) + p2p
+    per_layer = (comms_time(st.tp_fwd + st.tp_recompute + st.tp_bwd, fabric) + st.cp_layer_s
+                 + overlaps_time(st.tp_fwd_overlap + st.tp_recompute_overlap + st.tp_bwd_overlap, fabric))
+    comm = layers * per_layer + comms_time(st.tp_embed + st.tp_head, fabric) + _pipeline_exposed(work, st, fabric)
     return compute, comm, layers * (st.bwd_layer_s + st.recompute_layer_s)
+
+
+def _pipeline_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
+    """Exposed pipeline messages of one micro-batch through stage `st`: a message each way per model chunk
+    (a forward only: one), each followed by the receiver's all-gather when it was scattered. Blocking sends
+    expose the whole message; with overlap_p2p a send runs under the op that follows it on the sender (in
+    the steady state of 1F1B a forward's under a backward, a backward's under a forward) and only what
+    that chunk's compute does not cover is exposed."""
+    if work.p2p is None:
+        return 0.0
+    send, gather = work.p2p.time(fabric), comms_time(st.recv_gather, fabric)
+    if work.forward_only:
+        return work.v * (send + gather)
+    if not work.overlap_p2p:
+        return 2 * work.v * (send + gather)
+    forward_chunk = st.layers * st.fwd_layer_s
+    backward_chunk = st.layers * (st.bwd_layer_s + st.recompute_layer_s)
+    return work.v * (max(0.0, send - backward_chunk) + max(0.0, send - forward_chunk) + 2 * gather)
 
 
 def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb: float,
@@ -121,7 +140,23 @@ def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb
     reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
     if work.overlap_grad_reduce and hides:
         reduce = max(0.0, reduce - backward_mb)
-    return reduce + comms_time(st.gather_after_step, fabric)
+    gather = comms_time(st.gather_after_step, fabric)
+    if work.overlap_param_gather and hides and st.gather_after_step:
+        gather = _param_gather_exposed(work, st, fabric)
+    return reduce + gather
+
+
+def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
+    """overlap_param_gather: the updated parameters are gathered layer by layer, in forward order, while the
+    next step's first forward runs, and each layer waits for its own. Gathers back to back (G_k done at the
+    k-th) against a forward that reaches layer k after C_k of compute: the forward waits max_k (G_k - C_k)
+    in all, the max of an even stage's sequence at one of its ends: the first layer (with the embedding on
+    the first stage), which nothing hides, or the last, whose gather only the layers before it hide."""
+    first = st.param_bytes_layer + st.param_bytes_embed
+    alone = Comm("all-gather", first, work.dp_group).time(fabric)
+    whole = Comm("all-gather", work.param_bytes(st), work.dp_group).time(fabric)
+    before_last = (work.layers_on(st) - 1) * st.fwd_layer_s + st.embed_fwd_s
+    return max(alone, whole - before_last)
 
 
 def price(work: StepWork, fabric: Fabric) -> StepTimes:

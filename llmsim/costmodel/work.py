@@ -16,12 +16,21 @@ Sources of the volumes:
 * pipeline: one activation forward and one gradient backward per micro-batch and model chunk between
   neighbouring stages (1/tp of it with the scatter/gather optimization, then an all-gather over tp;
   Narayanan et al. 2021, Sec. 4.1).
-* data parallel: an all-reduce of the gradients (ZeRO 0/1) or a reduce-scatter (ZeRO 2/3); ZeRO 1/2
-  all-gather the updated parameters after the step; ZeRO-3 all-gathers parameters forward and backward
-  and reduce-scatters gradients every micro-batch (Rajbhandari et al. 2020).
+* data parallel: an all-reduce of the gradients (ZeRO 0) or a reduce-scatter (ZeRO >= 1: each rank
+  updates only its shard, Megatron-Core's distributed optimizer, `use_distributed_optimizer` in
+  megatron/core/distributed/distributed_data_parallel_config.py); ZeRO 1/2 all-gather the updated
+  parameters after the step (twice the gradient bytes in all, plain DP's own volume: Rajbhandari et
+  al. 2020, Sec. 7); ZeRO-3 all-gathers parameters forward and backward and reduce-scatters gradients every
+  micro-batch.
 * parameter sharing: tied embeddings with pp > 1 all-reduce the embedding gradient between the first and
   last stage; layer_groups with pp > 1 all-reduce a shared block's gradient between the stages using it.
   Both vanish with LoRA (a frozen base has no such gradients).
+
+Communication overlaps (Megatron-Core's options, Plan): `tp_comm_overlap` turns each layer's tensor-
+parallel collectives into `Overlapped` items, chunks pipelined with the GEMM they feed or follow as
+Transformer Engine's userbuffers run them (`tp_overlaps`); `overlap_p2p`, `overlap_grad_reduce` and
+`overlap_param_gather` are flags of the step that the roofline (costmodel.step) and the simulation
+(llmsim.sim) each schedule. A device whose collectives run on its compute cores overlaps none of them.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import TYPE_CHECKING, Literal
 
 from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, phase_times
+from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_params, tp_block_params
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
@@ -46,6 +55,19 @@ Schedule = Literal["gpipe", "1f1b", "interleaved"]
 # the MLP in the forward pass, the conjugate two in the backward pass; a full recompute repeats the forward's.
 TP_COLLECTIVES_PER_LAYER_FORWARD = 2
 TP_COLLECTIVES_PER_LAYER_BACKWARD = 2
+# Megatron-Core --tp-comm-overlap runs Transformer Engine's userbuffers with TE's default configuration
+# (NVIDIA/TransformerEngine transformer_engine/pytorch/module/base.py at d0067d0, initialize_ub ->
+# get_default_config):
+#   ring_exchange  qkv_fprop, fc1_fprop, proj_dgrad, fc2_dgrad: the all-gather before the GEMM as tp - 1
+#                  neighbour exchanges of one 1/tp chunk each (num_splits = tp), each under the GEMM of the
+#                  chunk already here; 1 SM for communication (num_sm), no SM margin
+#   pipeline       proj_fprop, fc2_fprop: the GEMM split in num_splits = 4, the reduce-scatter of chunk i
+#                  under the GEMM of chunk i+1, the last chunk's after the GEMM; the GEMM leaves num_sm = 16
+#                  SMs to communication (set_sm_margin)
+#   bulk           qkv_wgrad, fc1_wgrad: the reduce-scatter of the input gradient whole beside the weight-
+#                  gradient GEMM, which leaves 16 SMs (num_sm, set_sm_margin)
+TE_PIPELINE_SPLITS = 4
+TE_COMM_SMS = 16
 # Fused Adam over the trainable parameters, bytes touched per parameter: read and write fp32 master,
 # m and v (24), read the gradient, and with mixed precision write the 16-bit working copy
 # (apex/Megatron FusedAdam, torch fused AdamW): 24 + grad bytes (+ 2).
@@ -97,6 +119,33 @@ def comms_time(comms: Comms, fabric: Fabric) -> float:
 
 
 @dataclass(frozen=True)
+class Overlapped:
+    """A collective pipelined with a GEMM (tp_comm_overlap): `exposed` runs while nothing computes (the
+    pipeline's last chunk), `hidden` runs beside `gemm_s` seconds of the GEMM, and the layer goes on when
+    the slower of the two is done. The GEMM's seconds are part of the stage's compute (fwd_layer_s ...)."""
+
+    hidden: Comms
+    gemm_s: float
+    exposed: Comms = ()
+
+    def time(self, fabric: Fabric) -> float:
+        """Exposed seconds alone on its ports: the unhidden chunks plus what the GEMM does not cover."""
+        return comms_time(self.exposed, fabric) + max(0.0, comms_time(self.hidden, fabric) - self.gemm_s)
+
+
+Overlaps = tuple[Overlapped, ...]
+
+
+def overlaps_time(items: Overlaps, fabric: Fabric) -> float:
+    return sum(o.time(fabric) for o in items)
+
+
+def overlapped_gemm_s(items: Overlaps) -> float:
+    """Compute seconds that run beside the items' hidden communication."""
+    return sum(o.gemm_s for o in items)
+
+
+@dataclass(frozen=True)
 class StageWork:
     """One pipeline stage's work: per layer and micro-batch, per micro-batch, and per step.
 
@@ -118,6 +167,9 @@ class StageWork:
     tp_bwd: Comms = ()                  # per layer backward
     tp_embed: Comms = ()                # after the embedding forward (first stage)
     tp_head: Comms = ()                 # the LM head's input gradient (last stage)
+    tp_fwd_overlap: Overlaps = ()       # per layer forward with tp_comm_overlap (tp_fwd is then empty)
+    tp_recompute_overlap: Overlaps = () # per layer recomputed forward with tp_comm_overlap
+    tp_bwd_overlap: Overlaps = ()       # per layer backward with tp_comm_overlap
     recv_gather: Comms = ()             # all-gather of a scattered pipeline message over tensor parallel
     accumulate_s: float = 0.0           # gradient accumulation of the whole step on this stage
     optimizer_s: float = 0.0
@@ -153,6 +205,8 @@ class StepWork:
     dp_group: Group = field(default_factory=lambda: Group(1, 1, 1))
     zero: int = 0
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = False  # ZeRO 1/2's gather after the step runs under the next forward
+    overlap_p2p: bool = False           # pipeline sends are asynchronous, under the next op's compute
     syncs: tuple[SyncWork, ...] = ()
     comm_shares_cores: bool = False     # collectives run on the compute cores (gloo on a CPU host)
 
@@ -293,6 +347,43 @@ def _tp_collectives(size: float, plan: Plan, group: Group, count: int) -> Comms:
     return (Comm("all-reduce", size, group, count),)
 
 
+def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, float, float, float],
+                backward: bool, compute_units: int | None) -> tuple[Overlaps, float]:
+    """One layer's tensor-parallel collectives with tp_comm_overlap, pipelined with their GEMMs as
+    Transformer Engine's userbuffers do by default (TE_* constants above), and the compute seconds the
+    GEMMs lose to the SMs userbuffers keep for communication.
+
+    `size`: the b*s*h activation (bytes, the full buffer of each collective); `gemm_s`: one pass of the
+    layer's (QKV, attention out, MLP up, MLP down) GEMMs in seconds (forward; a backward passes each twice,
+    data and weight gradient, and `gemm_s` is then one of the two). Forward: the all-gathers before QKV and
+    MLP-up by ring exchange, the reduce-scatters after attention-out and MLP-down pipelined in 4 chunks.
+    Backward: the all-gathers of the output gradient before the attention-out and MLP-down data-gradient
+    GEMMs by ring exchange, the reduce-scatters of the input gradient beside the QKV and MLP-up weight-
+    gradient GEMMs (bulk). A GEMM that leaves TE_COMM_SMS of `compute_units` SMs runs
+    units / (units - TE_COMM_SMS) times longer (unknown units: no slowdown).
+    """
+    tp = plan.tp
+    units = compute_units or 0
+    margin = units / (units - TE_COMM_SMS) if units > TE_COMM_SMS else 1.0
+    qkv, out, up, down = gemm_s
+
+    def ring_exchange(gemm: float) -> Overlapped:
+        return Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=gemm * (tp - 1) / tp)
+
+    def pipeline(gemm: float) -> Overlapped:
+        n = TE_PIPELINE_SPLITS
+        chunk = size / n
+        return Overlapped(hidden=(Comm("reduce-scatter", chunk, group, n - 1),),
+                          gemm_s=gemm * margin * (n - 1) / n, exposed=(Comm("reduce-scatter", chunk, group),))
+
+    def bulk(gemm: float) -> Overlapped:
+        return Overlapped(hidden=(Comm("reduce-scatter", size, group),), gemm_s=gemm * margin)
+
+    if backward:
+        return (ring_exchange(out), ring_exchange(down), bulk(qkv), bulk(up)), (qkv + up) * (margin - 1)
+    return (ring_exchange(qkv), pipeline(out), ring_exchange(up), pipeline(down)), (out + down) * (margin - 1)
+
+
 def _pipeline_message(size: float, plan: Plan, options: Options, groups: Groups) -> tuple[Comm | None, Comms]:
     """(the message between stages, the all-gather the receiver runs over tensor parallel) for one
     activation of `size` bytes; with tp > 1 only 1/tp of it is sent (scatter/gather or sp)."""
@@ -340,7 +431,22 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
     tp_bwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_BACKWARD)
     tp_edge = _tp_collectives(activation, plan, groups.tp, 1)
+    fwd_s, bwd_s, recompute_s = fwd.total / stage_layers, bwd.total / stage_layers, recompute / stage_layers
+    fwd_overlap: Overlaps = ()
+    bwd_overlap: Overlaps = ()
+    if plan.tp_comm_overlap and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication:
+        qkv, out, up, down = layer_gemm_shares(workload, plan)
+        forward = fwd.matmul / stage_layers          # one layer's GEMMs
+        backward = bwd.matmul / stage_layers / 2     # one of a backward's two passes (data, weight gradient)
+        fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * forward, out * forward,
+                                              up * forward, down * forward), False, rates.compute_units)
+        bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * backward, out * backward,
+                                              up * backward, down * backward), True, rates.compute_units)
+        tp_fwd = tp_bwd = ()
+        fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
+        recompute_s += fwd_margin if plan.recompute == "full" else 0.0
     tp_recompute = tp_fwd if plan.recompute == "full" else ()
+    recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     by_kind: dict[str, StageWork] = {}
     for kind in dict.fromkeys(_stage_kinds(plan.pp)):  # middle stages are alike: one StageWork for all
@@ -352,11 +458,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         gather_after = (Comm("all-gather", params * elem, groups.dp),) if plan.zero in (1, 2) and plan.dp > 1 else ()
         by_kind[kind] = StageWork(
             layers=chunk_layers,
-            fwd_layer_s=fwd.total / stage_layers, bwd_layer_s=bwd.total / stage_layers,
-            recompute_layer_s=recompute / stage_layers, cp_layer_s=cp_layer,
+            fwd_layer_s=fwd_s, bwd_layer_s=bwd_s, recompute_layer_s=recompute_s, cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
             tp_fwd=tp_fwd, tp_recompute=tp_recompute, tp_bwd=tp_bwd,
+            tp_fwd_overlap=fwd_overlap, tp_recompute_overlap=recompute_overlap, tp_bwd_overlap=bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
             recv_gather=recv_gather,
             accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
@@ -372,8 +478,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
-                    dp_op="all-reduce" if plan.zero <= 1 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
+                    dp_op="all-reduce" if plan.zero == 0 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
                     overlap_grad_reduce=plan.overlap_grad_reduce,
+                    overlap_param_gather=(plan.overlap_param_gather and plan.zero in (1, 2)
+                                          and cluster.device.overlaps_communication),
+                    overlap_p2p=plan.p2p_overlapped and plan.pp > 1 and cluster.device.overlaps_communication,
                     syncs=sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem),
                     comm_shares_cores=not cluster.device.overlaps_communication)
 
