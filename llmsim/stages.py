@@ -217,6 +217,19 @@ def split_keys(counts: Sequence[int], layers: int, virtual_stages: int = 1) -> d
     return {"stage_layers": list(counts)}
 
 
+def compact_split(counts: Sequence[int]) -> str:
+    """A split for people: runs of equal counts collapsed ("7, 8 x 14, 7")."""
+    parts: list[str] = []
+    i = 0
+    while i < len(counts):
+        j = i
+        while j < len(counts) and counts[j] == counts[i]:
+            j += 1
+        parts.append(f"{counts[i]}" if j - i == 1 else f"{counts[i]} x {j - i}")
+        i = j
+    return ", ".join(parts)
+
+
 def describe_split(counts: Sequence[int]) -> str:
     """The result column's form of a split: the stages' layer counts joined by commas ("5,6,6,5")."""
     return ",".join(str(n) for n in counts)
