@@ -159,3 +159,22 @@ def test_the_simulation_plays_each_stage_s_own_time() -> None:
     even = simulate(train_work(WORKLOAD, profile, TIED, _plan(None), CLUSTER), placement_of(_plan(None), CLUSTER),
                     CLUSTER.fabric)
     assert out.step_s > even.step_s
+
+
+def test_the_simulation_reduces_the_gradients_of_a_stage_without_layers() -> None:
+    """An embedding-only first stage still reduces its embedding gradient over data parallel (and gathers it
+    under ZeRO-3): its one unit is the embedding, which runs no layer."""
+    profile = _profile()
+    exposed = {}
+    for dp in (1, 2):
+        plan = replace(_plan((0, 4, 4, 4)), dp=dp, overlap_grad_reduce=False)
+        work = train_work(WORKLOAD, profile, TIED, plan, CLUSTER)
+        out = simulate(work, placement_of(plan, CLUSTER), CLUSTER.fabric)
+        exposed[dp] = out.ledgers[0].comm_s
+        st = work.stages[0]
+        per_mb = st.embed_fwd_s + st.embed_bwd_s  # no layer time on the first stage
+        assert out.ledgers[0].compute_s == pytest.approx(plan.microbatches * per_mb + st.accumulate_s, rel=1e-9)
+    assert exposed[2] > exposed[1]
+    plan = replace(_plan((0, 4, 4, 4)), zero=3)
+    out = simulate(train_work(WORKLOAD, profile, TIED, plan, CLUSTER), placement_of(plan, CLUSTER), CLUSTER.fabric)
+    assert out.ledgers[0].comm_s > 0
