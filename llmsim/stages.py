@@ -130,9 +130,11 @@ def _first_last(layers: int, pp: int, v: int, first: int | None, last: int | Non
         if middle_stages == 0:
             problem = f"the two stages hold {layers - rest} layers, not layers={layers}"
         else:
-            problem = (f"leaves {rest} layers for the other {middle_stages} stage(s), which must split them "
-                       f"evenly with at least one each (Megatron-LM's rule)")
-        raise SplitError(key, f"{given}: {problem} (allowed {key}{fixed}: {_listed(allowed)})")
+            problem = (f"leaves {rest} layer{'' if rest == 1 else 's'} for the other {middle_stages} stage(s), "
+                       f"which must split them evenly with at least one each (Megatron-LM's rule)")
+        allowed_text = f"allowed {key}{fixed}: {_listed(allowed)}" if allowed else \
+            f"no {key} works{fixed} on {layers} layers and pp={pp}"
+        raise SplitError(key, f"{given}: {problem} ({allowed_text})")
     mid = middle(first, last)
     assert mid is not None
     counts = [mid] * pp

@@ -94,7 +94,7 @@ def test_an_explicit_list_is_taken_as_given() -> None:
      "leaves 113 layers for the other 14 stage(s), which must split them evenly with at least one each "
      "(Megatron-LM's rule) (allowed first_stage_layers with last_stage_layers=7: 7, 21, 35"),
     (126, 16, 1, dict(last_stage_layers=5), "last_stage_layers", "(allowed last_stage_layers: 6, 21, 36"),
-    (12, 4, 1, dict(first_stage_layers=11), "first_stage_layers", "leaves 1 layers for the other 3 stage(s)"),
+    (12, 4, 1, dict(first_stage_layers=11), "first_stage_layers", "leaves 1 layer for the other 3 stage(s)"),
     (5, 2, 1, dict(first_stage_layers=2, last_stage_layers=2), "first_stage_layers",
      "the two stages hold 4 layers, not layers=5"),
     (12, 4, 2, dict(first_stage_layers=3, last_stage_layers=3), "first_stage_layers",
