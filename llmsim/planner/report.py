@@ -45,7 +45,8 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
         c = e.config
         split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
         records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
-                        c.virtual_stages, c.recompute, describe_split(split) if split else None, c.hardware, c.n_devices, e.feasible, e.reason, e.step_time_s,
+                        c.virtual_stages, c.recompute, describe_split(split) if split else None, c.hardware,
+                        c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
                         e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
                         e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],
