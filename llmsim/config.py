@@ -20,10 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmsim.errors import ScenarioError, format_key_path
+from llmsim.stages import SplitError, split_layers
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -270,6 +272,20 @@ class Strategy(_Strict):
     overlap_p2p: bool | None = Field(None, description=(
         "pipeline sends and receives overlapped with the next chunk's compute; null = Megatron-Core's "
         "default: on with the interleaved schedule, off otherwise (--no-overlap-p2p-communication)"))
+    stage_layers: tuple[NonNegativeInt, ...] | None = Field(
+        None, description="layers of each pipeline stage, pp counts adding up to layers (Megatron-LM's "
+                          "pipeline layout); the first and last may be 0, a middle stage holds at least one")
+    first_stage_layers: PositiveInt | None = Field(
+        None, description="layers of the first pipeline stage; the rest split evenly over the others "
+                          "(Megatron-LM --decoder-first-pipeline-num-layers)")
+    last_stage_layers: PositiveInt | None = Field(
+        None, description="layers of the last pipeline stage; the rest split evenly over the others "
+                          "(Megatron-LM --decoder-last-pipeline-num-layers)")
+    embedding_as_layer: bool = Field(False, description="count the embedding as a layer in the even split: the "
+                                     "first stage holds one layer fewer (Megatron-LM "
+                                     "--account-for-embedding-in-pipeline-split)")
+    loss_as_layer: bool = Field(False, description="count the LM head and loss as a layer in the even split: the "
+                                "last stage holds one layer fewer (Megatron-LM --account-for-loss-in-pipeline-split)")
     sharing: Sharing | None = Field(None, description="override the scenario's sharing for this strategy "
                                                       "(keys given here replace the scenario's)")
 
@@ -325,15 +341,24 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
         return "virtual_stages", f"{s.virtual_stages} needs schedule: interleaved (got {s.schedule})"
     if s.schedule == "interleaved" and s.pp == 1:
         return "schedule", "interleaved needs pp > 1"
-    stages = s.pp * s.virtual_stages
-    if m.layers % stages:
-        what = "pp" if s.virtual_stages == 1 else "pp*virtual_stages"
-        return "pp", f"{what}={stages} does not divide layers={m.layers} (allowed pp: {_divisors(m.layers)})"
+    try:
+        stage_layer_counts(s, m.layers)
+    except SplitError as e:
+        return e.key, e.message
     if m.seq_len % s.cp:
         return "cp", f"{s.cp} does not divide seq_len={m.seq_len}"
     if s.cp > 1 and w.mode == "decode":
         return "cp", "context parallelism splits a long prompt; decode generates one token at a time (use cp: 1)"
     return None
+
+
+def stage_layer_counts(s: Strategy, layers: int) -> tuple[int, ...]:
+    """The layers each of the strategy's pp stages holds (llmsim.stages: its split keys, or the default
+    split). Raises llmsim.stages.SplitError naming the key and what is allowed."""
+    return split_layers(layers, s.pp, s.virtual_stages if s.schedule == "interleaved" else 1,
+                        stage_layers=s.stage_layers, first_stage_layers=s.first_stage_layers,
+                        last_stage_layers=s.last_stage_layers, embedding_as_layer=s.embedding_as_layer,
+                        loss_as_layer=s.loss_as_layer)
 
 
 def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:

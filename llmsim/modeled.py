@@ -165,7 +165,8 @@ class ModeledBackend(Backend):
             return case.result(self, status="skipped", error=str(exc), **where)
         memory = memory_breakdown(case.workload, profile, case.sharing, plan, options)
         extra: dict[str, Any] = {f"mem_{k}_bytes": v for k, v in memory.as_dict().items()}
-        extra.update(memory_stage=memory.stage, attention_kernel=options.attention)
+        extra.update(memory_stage=memory.stage, memory_stage_index=memory.stage_index,
+                     attention_kernel=options.attention)
         values: dict[str, Any] = dict(where, peak_memory_bytes_per_device=memory.total, extra=extra)
         capacity = cluster.device.memory_bytes
         if not memory.fits(capacity):

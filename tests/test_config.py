@@ -53,7 +53,7 @@ def test_preset_fills_and_explicit_fields_override() -> None:
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("strategies", [{"name": "bad", "tp": 3}], "strategies[0].tp: 3 does not divide heads=4"),
-    ("strategies", [{"name": "bad", "pp": 3}], "strategies[0].pp: pp=3 does not divide layers=2"),
+    ("strategies", [{"name": "bad", "pp": 3}], "strategies[0].pp: pp=3 is more than layers=2"),
     ("strategies", [{"name": "x"}, {"name": "x"}], "strategies[1].name: duplicate strategy name 'x'"),
     ("strategies", [{"name": "bad", "sp": True}], "strategies[0].sp: sequence parallelism"),
     ("strategies", [{"name": "bad", "virtual_stages": 2}], "needs schedule: interleaved"),

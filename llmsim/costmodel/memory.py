@@ -46,6 +46,7 @@ class MemoryBreakdown:
     kv_cache: float = 0.0
     stage: str = "all"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    stage_index: int = 0
 
     @property
     def total(self) -> float:
@@ -68,17 +69,33 @@ class MemoryBreakdown:
         return text
 
 
-def layers_per_device(layers: int, plan: Plan) -> int:
-    return layers // plan.pp
+Stage = str | int  # a pipeline stage: its index (0 .. pp-1), or a kind: first | middle | last
 
 
-def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan) -> int:
+def stage_of(plan: Plan, stage: Stage) -> tuple[str, int]:
+    """(kind, index) of a pipeline stage given by index or by kind. 'middle' is stage 1, or with pp <= 2
+    (no middle stage) the layers of stage 0 without its embedding."""
+    if isinstance(stage, int):
+        if not 0 <= stage < plan.pp:
+            raise ValueError(f"stage {stage} of a {plan.pp}-stage pipeline")
+        kind = "first" if stage == 0 else "last" if stage == plan.pp - 1 else "middle"
+        return kind, stage
+    index = {"first": 0, "last": plan.pp - 1, "middle": 1 if plan.pp > 2 else 0}[stage]
+    return stage, index
+
+
+def layers_per_device(layers: int, plan: Plan, stage: int = 0) -> int:
+    """Layers pipeline stage `stage` holds, every chunk of it: the plan's split (Plan.layers_per_stage)."""
+    return plan.layers_per_stage(layers)[stage]
+
+
+def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan, stage: int = 0) -> int:
     """Distinct weight sets a pipeline stage holds: its layers, or fewer when layers share blocks.
 
-    Layer i uses block i mod k, so L/p consecutive layers (the stage's, interleaved or not: the union
-    of a device's chunks is L/p layers of a round-robin) touch min(k, L/p) distinct blocks.
+    Layer i uses block i mod k, so n consecutive layers (the stage's n, interleaved or not: the union
+    of a device's chunks is n layers of a round-robin) touch min(k, n) distinct blocks.
     """
-    local = layers_per_device(layers, plan)
+    local = layers_per_device(layers, plan, stage)
     return min(layer_groups, local) if layer_groups else local
 
 
@@ -148,11 +165,12 @@ def edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
 
 
 def stage_edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                      stage: str) -> tuple[float, float]:
+                      stage: Stage) -> tuple[float, float]:
     """(input side, output side) parameters outside the blocks on one device of `stage` (first | middle |
-    last): the word embeddings and the LM head split over tp, the position/type tables and the final norm
-    whole on every rank. With pp = 1 the one stage holds both sides, the tied embedding once."""
+    last, or its index): the word embeddings and the LM head split over tp, the position/type tables and the
+    final norm whole on every rank. With pp = 1 the one stage holds both sides, the tied embedding once."""
     spec = workload.model
+    stage, _ = stage_of(plan, stage)
     input_side, output_side = edge_params(workload, profile, sharing)
     tables, norm = tp_replicated_input_params(spec), _norm_params(spec)
     if stage == "middle":
@@ -165,31 +183,41 @@ def stage_edge_params(workload: "Workload", profile: "WorkloadProfile", sharing:
     return 0.0, _split(output_side, norm, plan.tp)
 
 
-def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                  stage: str) -> tuple[float, float]:
-    """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
-
-    A middle stage (pp > 2) holds only its layers; the first the embeddings, the last the final norm and
-    the LM head (`edge_params`); a single stage all of them. The simulated cluster prices every stage
-    separately.
-    """
+def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                       stage: Stage) -> tuple[float, float]:
+    """(parameters, trainable parameters) of the Transformer blocks on one device of `stage`, before ZeRO:
+    its distinct blocks (`distinct_blocks_on_device`) ÷ tp as `tp_block_params` splits them."""
     spec = workload.model
+    _, index = stage_of(plan, stage)
     k = sharing.layer_groups or spec.layers
     per_block = profile.layer_params / k
-    blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan)
+    blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan, index)
     layer_params = tp_block_params(spec, per_block, plan.tp) * blocks
-    edge = sum(stage_edge_params(workload, profile, sharing, plan, stage))
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
-        trainable = profile.trainable_params / k * blocks * lora_tp_share(spec, sharing, plan.tp)
-    else:
-        trainable = layer_params + edge
+        return layer_params, profile.trainable_params / k * blocks * lora_tp_share(spec, sharing, plan.tp)
+    return layer_params, layer_params
+
+
+def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                  stage: Stage) -> tuple[float, float]:
+    """(parameters, trainable parameters) on one device of `stage` (an index, or first | middle | last),
+    before ZeRO.
+
+    A middle stage (pp > 2) holds only its layers; the first the embeddings, the last the final norm and
+    the LM head (`edge_params`); a single stage all of them. Each stage holds its own share of the layers
+    (Plan.layers_per_stage); the simulated cluster prices every stage separately.
+    """
+    kind, _ = stage_of(plan, stage)
+    layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, stage)
+    edge = sum(stage_edge_params(workload, profile, sharing, plan, kind))
+    trainable = layer_trainable if sharing.lora is not None else layer_trainable + edge
     return layer_params + edge, trainable
 
 
 def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                 stage: str) -> tuple[float, float]:
+                 stage: Stage) -> tuple[float, float]:
     """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
     return _stage_params(workload, profile, sharing, plan, stage)
 
@@ -202,7 +230,7 @@ def lora_tp_share(spec: "ModelSpec", sharing: "SharingChoice", tp: int) -> float
 
 
 def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                   options: Options, stage: str) -> tuple[float, float]:
+                   options: Options, stage: Stage) -> tuple[float, float]:
     """(parameter bytes, gradient bytes) that ZeRO-3 holds unsharded on one device of `stage` for the units
     in flight, on top of its 1/dp shards; (0, 0) without ZeRO-3 or data parallelism.
 
@@ -215,16 +243,18 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     * Prefetch adds the next block: FSDP's default BackwardPrefetch.BACKWARD_PRE all-gathers the next unit
       while the current one computes (limit_all_gathers keeps at most two in flight; PyTorch FSDP docs),
       as DeepSpeed's stage3_prefetch_bucket_size does. One more block's parameters, never its gradient.
-    Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice).
+    Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice). A stage that holds no
+    layer (an embedding-only first stage, a head-only last stage) gathers only its edge unit.
     """
     if plan.zero < 3 or plan.dp == 1:
         return 0.0, 0.0
     spec = workload.model
     elem = DTYPE_BYTES[workload.dtype]
     k = sharing.layer_groups or spec.layers
-    block = tp_block_params(spec, profile.layer_params / k, plan.tp)
+    has_layers = layers_per_device(spec.layers, plan, stage_of(plan, stage)[1]) > 0
+    block = tp_block_params(spec, profile.layer_params / k, plan.tp) if has_layers else 0.0
     block_trainable = (profile.trainable_params / k * lora_tp_share(spec, sharing, plan.tp)
-                       if sharing.lora is not None else block)
+                       if sharing.lora is not None and has_layers else block)
     edge = max(stage_edge_params(workload, profile, sharing, plan, stage))
     largest, largest_trainable = (block, block_trainable) if block >= edge else \
         (edge, 0.0 if sharing.lora is not None else edge)
@@ -262,18 +292,35 @@ def edge_activation_bytes(workload: "Workload", sharing: "SharingChoice", plan: 
             inventory_bytes(edge_inventory(spec, elem, "output", trainable), spec, plan))
 
 
+def memory_stages(workload: "Workload", plan: Plan) -> list[int]:
+    """The stages whose memory can be the largest: the first, the last, and of the middle stages holding the
+    same number of layers the earliest one (they hold the same parameters, and no schedule keeps more
+    micro-batches in flight on a later stage: pipeline.in_flight_microbatches). Every stage with an even
+    split is covered by the first and the last."""
+    counts = plan.layers_per_stage(workload.model.layers)
+    out = [0] if plan.pp == 1 else [0, plan.pp - 1]
+    seen: set[int] = set()
+    for i in range(1, plan.pp - 1):
+        if counts[i] not in seen:
+            seen.add(counts[i])
+            out.append(i)
+    return sorted(out)
+
+
 def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                     options: Options = Options(), stage: str | None = None) -> MemoryBreakdown:
-    """Memory of the busiest device (first or last pipeline stage, whichever needs more)."""
+                     options: Options = Options(), stage: Stage | None = None) -> MemoryBreakdown:
+    """Memory of the busiest device: every pipeline stage is checked (`memory_stages`), the one that needs
+    the most is returned. `stage` (an index, or first | middle | last): that stage's instead."""
     if stage is None:
-        stages = ["first"] if plan.pp == 1 else ["first", "last"]
-        return max((memory_breakdown(workload, profile, sharing, plan, options, st) for st in stages),
-                   key=lambda mb: mb.total)
+        return max((memory_breakdown(workload, profile, sharing, plan, options, st)
+                    for st in memory_stages(workload, plan)), key=lambda mb: mb.total)
+    kind, index = stage_of(plan, stage)
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
     gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
     param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1) + gathered_params
+    layers_here = layers_per_device(workload.model.layers, plan, index)
     grads = optimizer = activations = kv = 0.0
     if train:
         grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
@@ -281,17 +328,17 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
         state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
         optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
-        index = 0 if stage == "first" else plan.pp - 1
         held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
-        activations = held * layers_per_device(workload.model.layers, plan) * per_layer + working
+        activations = held * layers_here * per_layer + (working if layers_here else 0.0)
         # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
         # each micro-batch in flight keeps its own until its backward.
         first, last = edge_activation_bytes(workload, sharing, plan)
-        activations += held * ((first if stage == "first" or plan.pp == 1 else 0.0)
-                               + (last if stage == "last" or plan.pp == 1 else 0.0))
+        activations += held * ((first if kind == "first" or plan.pp == 1 else 0.0)
+                               + (last if kind == "last" or plan.pp == 1 else 0.0))
     else:
         kv_heads = workload.model.kv_heads or workload.model.heads
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
-        kv = profile.kv_cache_bytes / (plan.dp * plan.pp * kv_split)
+        # the stage's layers' share of the cache (1/pp with an even split)
+        kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     return MemoryBreakdown(params=param_bytes, grads=grads, optimizer=optimizer, activations=activations,
-                           kv_cache=kv, stage=stage)
+                           kv_cache=kv, stage=kind, stage_index=index)

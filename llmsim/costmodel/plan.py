@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from llmsim.stages import SplitError, default_split
+
 if TYPE_CHECKING:
     from llmsim.config import Strategy
     from llmsim.strategy import Layout
@@ -21,7 +23,11 @@ AttentionKernel = Literal["flash", "fused-softmax", "math"]
 @dataclass(frozen=True)
 class Plan:
     """Resolved degrees of one case: dp x tp x pp x cp devices, m micro-batches of `micro_batch` sequences,
-    and which communication overlaps the framework runs (Megatron-Core's options: docs/scenario.md)."""
+    and which communication overlaps the framework runs (Megatron-Core's options: docs/scenario.md).
+
+    `stage_layers`: the layers each pipeline stage holds (all its chunks), pp counts; None = the default
+    split (llmsim.stages.default_split: layers/pp when that divides).
+    """
 
     dp: int = 1
     tp: int = 1
@@ -38,6 +44,7 @@ class Plan:
     overlap_param_gather: bool = False
     tp_comm_overlap: bool = False
     overlap_p2p: bool | None = None     # None = Megatron-Core's default: on with the interleaved schedule
+    stage_layers: tuple[int, ...] | None = None
 
     @property
     def world(self) -> int:
@@ -57,12 +64,20 @@ class Plan:
             return self.schedule == "interleaved" and self.pp > 1
         return self.overlap_p2p
 
+    def layers_per_stage(self, layers: int) -> tuple[int, ...]:
+        """Layers of each pipeline stage (every chunk of it) for a model of `layers` layers."""
+        if self.stage_layers is not None:
+            assert len(self.stage_layers) == self.pp and sum(self.stage_layers) == layers, \
+                f"stage_layers {self.stage_layers} is not a split of {layers} layers over pp={self.pp}"
+            return self.stage_layers
+        return default_split(layers, self.pp, self.v)
+
     def single_device(self) -> "Plan":
         """The same step on one device: same micro-batch, all of the global batch's micro-batches; the
         overlaps of communication that one device does not have are off."""
         return replace(self, dp=1, tp=1, pp=1, cp=1, sp=False, zero=0, schedule="1f1b", virtual_stages=1,
                        microbatches=self.microbatches * self.dp, overlap_param_gather=False,
-                       tp_comm_overlap=False, overlap_p2p=None)
+                       tp_comm_overlap=False, overlap_p2p=None, stage_layers=None)
 
     @classmethod
     def of(cls, strategy: "Strategy", layout: "Layout") -> "Plan":
@@ -71,7 +86,20 @@ class Plan:
                    zero=strategy.zero, schedule=strategy.schedule, recompute=strategy.recompute,
                    overlap_grad_reduce=strategy.overlap_grad_reduce,
                    overlap_param_gather=strategy.overlap_param_gather, tp_comm_overlap=strategy.tp_comm_overlap,
-                   overlap_p2p=strategy.overlap_p2p)
+                   overlap_p2p=strategy.overlap_p2p,
+                   stage_layers=_stated_split(layout.stage_layers, strategy.virtual_stages
+                                              if strategy.schedule == "interleaved" else 1))
+
+
+def _stated_split(counts: tuple[int, ...], v: int) -> tuple[int, ...] | None:
+    """A layout's split as a Plan holds it: None when it is the default one (so that equal plans compare
+    equal however they were stated)."""
+    if not counts:
+        return None
+    try:
+        return None if counts == default_split(sum(counts), len(counts), v) else counts
+    except SplitError:  # e.g. more stages than layers, possible only when stated
+        return counts
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,18 @@
 """The roofline: one step of a case as the closed-form sum of its work (costmodel.work).
 
-Each pipeline stage's own time is summed from the data, and the step is that of the busiest stage (the
-critical one), plus the pipeline bubble it waits:
+Each pipeline stage's own time is summed from the data (each holds its own layers, Plan.layers_per_stage),
+and the step is that of the busiest stage (the critical one), plus the pipeline bubble it waits:
 
     busy(s)  = m * (compute_mb + comm_mb) + accumulate        every micro-batch through the stage
              + exposed data-parallel / ZeRO / sharing sync     after the last backward
              + optimizer
-    bubble   = bubble_fraction(schedule, p, m, v) * (m * (compute_mb + comm_mb) + accumulate)   (pipeline.py)
-    step     = max over stages of busy(s), + that stage's bubble
+    bubble   = bubble_fraction(schedule, p, m, v) * max over stages of (m * (compute_mb + comm_mb) + accumulate)
+               = (p-1) x the slowest stage's time per micro-batch for GPipe and 1F1B   (pipeline.py)
+    step     = max over stages of busy(s), + the bubble
+
+With uneven stages the slowest stage sets the pace: the fill and drain are counted in its time per
+micro-batch, which overestimates them when the other stages are lighter (docs/costmodel.md gives the
+simulation's figures; the `cluster` backend plays every stage's own time).
 
 The breakdown columns are defined once (docs/results.md) and the cluster simulation reports the same
 split: compute, exposed communication and other (optimizer) of the critical stage, and the bubble = the
@@ -160,27 +165,30 @@ def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> floa
 
 
 def price(work: StepWork, fabric: Fabric) -> StepTimes:
-    """The roofline of one step of `work`: each stage summed, the busiest one sets the step (module doc)."""
+    """The roofline of one step of `work`: each stage summed, the busiest one is the critical stage, the
+    slowest one (most pipelined time per micro-batch) sets the pipeline's pace and its bubble (module doc).
+    With stages of equal work, or uneven ones whose slowest is also the busiest, the two are one stage."""
     m = work.microbatches
     schedule = "gpipe" if work.forward_only else work.schedule
     fraction = bubble_fraction(schedule, work.pp, m, work.v)
     best: StepTimes | None = None
-    alike: dict[int, tuple[float, float, float]] = {}  # middle stages share one StageWork: price it once
+    slowest = 0.0  # the most pipelined time of any stage: m micro-batches and their gradient accumulation
+    alike: dict[int, tuple[float, float, float]] = {}  # stages alike share one StageWork: price it once
     for index, st in enumerate(work.stages):
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             alike[id(st)] = compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric)
         compute_mb, comm_mb, dp = alike[id(st)]
         pipelined = m * (compute_mb + comm_mb) + st.accumulate_s
-        bubble = fraction * pipelined
+        slowest = max(slowest, pipelined)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        times = StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync, bubble=bubble,
+        times = StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync, bubble=0.0,
                           other=st.optimizer_s, critical_stage=index,
                           detail={"pipeline_and_tensor": m * comm_mb, "data_parallel": dp, "sharing_sync": sync})
         if best is None or times.compute + times.comm + times.other > best.compute + best.comm + best.other:
             best = times
     assert best is not None, "a step has at least one stage"
-    return best
+    return replace(best, bubble=fraction * slowest)
 
 
 def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,

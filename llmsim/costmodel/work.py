@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
-from llmsim.costmodel.memory import FP32_BYTES, stage_params, tp_block_params
+from llmsim.costmodel.memory import FP32_BYTES, stage_block_params, stage_params, tp_block_params
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
         stages_per_block = min(plan.pp, spec.layers // k)
         if stages_per_block > 1:
             per_block = tp_block_params(spec, profile.layer_params / k, plan.tp)
-            blocks = min(k, spec.layers // plan.pp)
+            blocks = min(k, max(plan.layers_per_stage(spec.layers)))  # the stage with the most blocks
             group = place_group(stages_per_block, plan.tp * plan.cp, devices_per_node)
             out.append(SyncWork("shared-layers", tuple(range(plan.pp)),
                                 Comm("all-reduce", per_block * blocks * grad_elem, group)))
@@ -400,6 +400,15 @@ def _stage_kinds(pp: int) -> list[str]:
     return ["first"] + ["middle"] * (pp - 2) + ["last"]
 
 
+def layer_phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
+                      phase: str, steps: int = 1) -> PhaseTimes:
+    """One Transformer layer's share of `phase` for one micro-batch on one device: the layers region divided
+    over tp*cp devices and the model's L layers (every layer costs the same; a stage runs its own count of
+    them, Plan.layers_per_stage)."""
+    return phase_times(profile, workload, plan, options, rates, phase, "layers",
+                       plan.tp * plan.cp * workload.model.layers, steps)
+
+
 def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                cluster: ClusterSpec, options: Options = Options()) -> StepWork:
     """The training step of one pipeline replica, stage by stage. Raises CostModelError if the device
@@ -409,13 +418,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     groups = Groups.of(plan, cluster.devices_per_node)
     elem = DTYPE_BYTES[workload.dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-    div = plan.tp * plan.pp * plan.cp
-    fwd = phase_times(profile, workload, plan, options, rates, "forward", "layers", div)
-    bwd = phase_times(profile, workload, plan, options, rates, "backward", "layers", div)
+    fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
+    bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
                  "selective": fwd.attention if options.attention != "flash" else 0.0}[plan.recompute]
-    stage_layers = spec.layers // plan.pp
-    chunk_layers = stage_layers // plan.v
+    counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
     embed = [phase_times(profile, workload, plan, options, rates, ph, "embed", edge_div).total
@@ -425,19 +432,18 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
 
     activation = plan.micro_batch * (spec.seq_len // plan.cp) * spec.hidden * elem
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
-    cp_layer = cp_exposed_time(workload, plan, fwd, bwd, groups, cluster, stage_layers) / stage_layers
+    cp_layer = cp_exposed_time(workload, plan, fwd, bwd, groups, cluster, 1)
 
-    middle_params, middle_trainable = stage_params(workload, profile, sharing, plan, "middle")
     tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
     tp_bwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_BACKWARD)
     tp_edge = _tp_collectives(activation, plan, groups.tp, 1)
-    fwd_s, bwd_s, recompute_s = fwd.total / stage_layers, bwd.total / stage_layers, recompute / stage_layers
+    fwd_s, bwd_s, recompute_s = fwd.total, bwd.total, recompute  # one layer's
     fwd_overlap: Overlaps = ()
     bwd_overlap: Overlaps = ()
     if plan.tp_comm_overlap and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication:
         qkv, out, up, down = layer_gemm_shares(workload, plan)
-        forward = fwd.matmul / stage_layers          # one layer's GEMMs
-        backward = bwd.matmul / stage_layers / 2     # one of a backward's two passes (data, weight gradient)
+        forward = fwd.matmul                         # one layer's GEMMs
+        backward = bwd.matmul / 2                    # one of a backward's two passes (data, weight gradient)
         fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * forward, out * forward,
                                               up * forward, down * forward), False, rates.compute_units)
         bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * backward, out * backward,
@@ -448,16 +454,20 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     tp_recompute = tp_fwd if plan.recompute == "full" else ()
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
-    by_kind: dict[str, StageWork] = {}
-    for kind in dict.fromkeys(_stage_kinds(plan.pp)):  # middle stages are alike: one StageWork for all
-        params, trainable = stage_params(workload, profile, sharing, plan, kind)
+    kinds = _stage_kinds(plan.pp)
+    by_key: dict[tuple[str, int], StageWork] = {}
+    for index, (kind, n) in enumerate(zip(kinds, counts)):  # stages alike share one StageWork
+        if (kind, n) in by_key:
+            continue
+        params, trainable = stage_params(workload, profile, sharing, plan, index)
+        layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, index)
         share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
-        edge_params, edge_trainable = params - middle_params, trainable - middle_trainable
+        edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
         first, last = kind == "first", kind == "last" or plan.pp == 1
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
         gather_after = (Comm("all-gather", params * elem, groups.dp),) if plan.zero in (1, 2) and plan.dp > 1 else ()
-        by_kind[kind] = StageWork(
-            layers=chunk_layers,
+        by_key[(kind, n)] = StageWork(
+            layers=n // plan.v,
             fwd_layer_s=fwd_s, bwd_layer_s=bwd_s, recompute_layer_s=recompute_s, cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
@@ -468,14 +478,14 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
             optimizer_s=optimizer_time(rates, trainable, plan, workload.dtype, options,
                                        (optimizer_bytes * share, optimizer_ops * share)),
-            grad_bytes_layer=middle_trainable / stage_layers * grad_elem,
+            grad_bytes_layer=layer_trainable / n * grad_elem if n else 0.0,
             grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
             grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
-            param_bytes_layer=middle_params / stage_layers * elem,
+            param_bytes_layer=layer_params / n * elem if n else 0.0,
             param_bytes_embed=edge_params * elem * (split if first else 0.0),
             param_bytes_head=edge_params * elem * (split if last else 0.0),
             gather_after_step=gather_after)
-    return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
+    return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
                     dp_op="all-reduce" if plan.zero == 0 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
@@ -510,27 +520,29 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     """A forward-only pass of one pipeline replica: the prefill, or one decode token step of the `steps`
     traced (inference runs every micro-batch through the pipeline in order, a GPipe fill)."""
     spec = workload.model
-    plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1)
+    # the split as stated or defaulted for the strategy's schedule, before inference drops interleaving
+    plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1,
+                   stage_layers=plan.layers_per_stage(spec.layers))
     rates = device_rates(cluster, workload.dtype)
     groups = Groups.of(plan, cluster.devices_per_node)
-    layers_t = phase_times(profile, workload, plan, options, rates, phase, "layers", plan.tp * plan.pp * plan.cp,
-                           steps)
+    layer_t = layer_phase_times(profile, workload, plan, options, rates, phase, steps)
     edge_div = plan.tp * plan.cp
     embed = phase_times(profile, workload, plan, options, rates, phase, "embed", edge_div, steps).total
     head = phase_times(profile, workload, plan, options, rates, phase, "head", edge_div, steps).total
-    stage_layers = spec.layers // plan.pp
+    counts = plan.layers_per_stage(spec.layers)
     tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
     activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
-    by_kind: dict[str, StageWork] = {}
-    for kind in dict.fromkeys(_stage_kinds(plan.pp)):
+    kinds = _stage_kinds(plan.pp)
+    by_key: dict[tuple[str, int], StageWork] = {}
+    for kind, n in zip(kinds, counts):
         first, last = kind == "first", kind == "last" or plan.pp == 1
-        by_kind[kind] = StageWork(layers=stage_layers, fwd_layer_s=layers_t.total / stage_layers,
-                                  embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
-                                  tp_fwd=_tp_collectives(activation, plan, groups.tp,
-                                                         TP_COLLECTIVES_PER_LAYER_FORWARD),
-                                  tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
-                                  recv_gather=recv_gather)
-    return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
+        by_key[(kind, n)] = StageWork(layers=n, fwd_layer_s=layer_t.total,
+                                      embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
+                                      tp_fwd=_tp_collectives(activation, plan, groups.tp,
+                                                             TP_COLLECTIVES_PER_LAYER_FORWARD),
+                                      tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
+                                      recv_gather=recv_gather)
+    return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
                     schedule="gpipe", forward_only=True,
                     p2p=p2p, comm_shares_cores=not cluster.device.overlaps_communication)

@@ -243,15 +243,21 @@ class ParamGather:
         return self.bucket.pop(index, None)
 
 
-def _units(work: StepWork, st: StageWork, stage: int, op: PipeOp) -> list[tuple[float, float]]:
-    """(parameter bytes, gradient bytes) of each layer unit of `op`, in the order it runs them."""
+def _units(work: StepWork, st: StageWork, stage: int, op: PipeOp) -> list[tuple[float, float, bool]]:
+    """(parameter bytes, gradient bytes, whether it is a layer) of each unit of `op`, in the order it runs
+    them: its layers, the embedding (head) folded into the first (last) one; a stage without layers (the
+    embedding or the head alone, an uneven split) has that edge as its one unit, which runs no layer."""
     p, v = work.pp, work.v
     vstage = op.chunk * p + stage
-    units = [(st.param_bytes_layer, st.grad_bytes_layer) for _ in range(st.layers)]
+    units = [(st.param_bytes_layer, st.grad_bytes_layer, True) for _ in range(st.layers)]
+    for edge, params, grads in ((vstage == 0, st.param_bytes_embed, st.grad_bytes_embed),
+                                (vstage == p * v - 1, st.param_bytes_head, st.grad_bytes_head)):
+        if edge and not units:
+            units.append((0.0, 0.0, False))
     if vstage == 0 and units:
-        units[0] = (units[0][0] + st.param_bytes_embed, units[0][1] + st.grad_bytes_embed)
+        units[0] = (units[0][0] + st.param_bytes_embed, units[0][1] + st.grad_bytes_embed, units[0][2])
     if vstage == p * v - 1 and units:
-        units[-1] = (units[-1][0] + st.param_bytes_head, units[-1][1] + st.grad_bytes_head)
+        units[-1] = (units[-1][0] + st.param_bytes_head, units[-1][1] + st.grad_bytes_head, units[-1][2])
     return units if op.forward else units[::-1]
 
 
@@ -302,7 +308,7 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                 if vstage == 0:
                     yield from sim.compute(device, st.embed_fwd_s)
                     yield from sim.exposed(device, sim.phases(st.tp_embed))
-                for k in range(len(units)):
+                for k, (_, _, layer) in enumerate(units):
                     if gatherer:
                         yield from sim.wait(device, gatherer.use(gather_index))
                         gather_index += 1
@@ -310,9 +316,10 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                         ready = updated.ready(op.chunk * st.layers + k)
                         if ready is not None:
                             yield from sim.wait(device, ready)
-                    yield from sim.compute(device, st.fwd_layer_s - fwd_gemm)
-                    yield from sim.exposed(device, sim.phases(st.tp_fwd))
-                    yield from sim.overlapped(device, st.tp_fwd_overlap)
+                    if layer:
+                        yield from sim.compute(device, st.fwd_layer_s - fwd_gemm)
+                        yield from sim.exposed(device, sim.phases(st.tp_fwd))
+                        yield from sim.overlapped(device, st.tp_fwd_overlap)
                 if vstage == last_vstage:
                     yield from sim.compute(device, st.head_fwd_s)
             else:
@@ -320,18 +327,19 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                 if vstage == last_vstage:
                     yield from sim.compute(device, st.head_bwd_s)
                     yield from sim.exposed(device, sim.phases(st.tp_head))
-                for params, grads in units:
+                for params, grads, layer in units:
                     if gatherer:
                         yield from sim.wait(device, gatherer.use(gather_index))
                         gather_index += 1
-                    if st.recompute_layer_s:
+                    if layer and st.recompute_layer_s:
                         yield from sim.compute(device, st.recompute_layer_s - recompute_gemm)
                         yield from sim.exposed(device, sim.phases(st.tp_recompute))
                         yield from sim.overlapped(device, st.tp_recompute_overlap)
-                    yield from sim.compute(device, st.bwd_layer_s - bwd_gemm)
-                    yield from sim.exposed(device, sim.phases(st.tp_bwd))
-                    yield from sim.overlapped(device, st.tp_bwd_overlap)
-                    if st.cp_layer_s:
+                    if layer:
+                        yield from sim.compute(device, st.bwd_layer_s - bwd_gemm)
+                        yield from sim.exposed(device, sim.phases(st.tp_bwd))
+                        yield from sim.overlapped(device, st.tp_bwd_overlap)
+                    if layer and st.cp_layer_s:
                         start_cp = env.now
                         yield env.timeout(st.cp_layer_s)
                         device.ledger.comm_s += env.now - start_cp
