@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from llmsim.costmodel import precision
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
+from llmsim.costmodel.gemms import linear_shapes as _linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -137,19 +138,6 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
                              f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
                  compute_units=device.compute_units)
-
-
-def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
-    """(in, out) features of one layer's GEMMs on one tensor-parallel rank."""
-    spec = workload.model
-    tp = plan.tp
-    kv = spec.kv_heads or spec.heads
-    kv_local = kv // tp if tp <= kv else 1
-    qkv = (spec.heads // tp + 2 * kv_local) * spec.head_width
-    ffn = spec.ffn_hidden or 4 * spec.hidden
-    up = ffn * (2 if spec.activation in ("swiglu", "geglu") else 1) // tp  # gated: gate and up
-    return [(spec.hidden, qkv), (spec.attention_width // tp, spec.hidden), (spec.hidden, up),
-            (ffn // tp, spec.hidden)]
 
 
 def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: bool = False) -> float:

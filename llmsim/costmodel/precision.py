@@ -35,6 +35,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llmsim.costmodel.gemms import linear_shapes
+from llmsim.costmodel.plan import DTYPE_BYTES
+
 if TYPE_CHECKING:
     from llmsim.config import Workload
     from llmsim.costmodel.plan import Plan
@@ -63,11 +66,6 @@ def cast_bytes_per_element(workload: "Workload") -> float:
     out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
     amax = HIGH_BYTES if workload.fp8.recipe == "current" else 0.0
     return HIGH_BYTES + out + amax
-
-
-def linear_shapes(workload: "Workload", plan: "Plan") -> list[tuple[int, int]]:
-    from llmsim.costmodel.compute import _linear_shapes
-    return _linear_shapes(workload, plan)
 
 
 def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int) -> float:
@@ -104,7 +102,6 @@ def layer_gemm_params(workload: "Workload", plan: "Plan") -> float:
 
 def layer_weight_elem(workload: "Workload") -> float:
     """Bytes per weight a layer GEMM reads: the FP8 copy (1) for float8, else the workload dtype's."""
-    from llmsim.costmodel.plan import DTYPE_BYTES
     return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
 
 
