@@ -104,15 +104,36 @@ class ModelSpec(_Strict):
         return self.heads * self.head_width
 
 
+class Fp8Spec(_Strict):
+    """How a `dtype: float8` workload runs its FP8 GEMMs (docs/scenario.md; costmodel.precision prices it)."""
+
+    recipe: Literal["delayed", "current", "mxfp8"] = Field(
+        "delayed", description="scaling recipe: delayed (per-tensor scale from an amax history, Transformer "
+                               "Engine's default), current (per-tensor scale from this tensor's amax), mxfp8 "
+                               "(a shared E8M0 scale per 32 elements, Blackwell)")
+    saved_activations: Literal["float8", "bfloat16"] = Field(
+        "float8", description="what a linear keeps for its backward: its FP8 input (Transformer Engine) or "
+                              "its bf16 input, cast again in the backward (torchao float8)")
+    param_all_gather: bool = Field(False, description="ZeRO-3/FSDP all-gathers the GEMM weights in FP8 "
+                                                     "(torchao `enable_fsdp_float8_all_gather`)")
+
+
 class Workload(_Strict):
     model: ModelSpec
     mode: Literal["train", "prefill", "decode"] = "train"
     batch: PositiveInt = Field(8, description="global batch, in sequences")
     decode_tokens: PositiveInt = Field(64, description="decode: tokens generated per sequence after the prompt")
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal["float32", "bfloat16", "float16", "float8"] = Field(
+        "bfloat16", description="float8: bf16 mixed precision with FP8 GEMMs in the transformer layers (`fp8`)")
+    fp8: Fp8Spec | None = Field(None, description="the FP8 recipe of a `dtype: float8` workload; default "
+                                                  "{recipe: delayed}")
 
     @model_validator(mode="after")
     def _check(self) -> "Workload":
+        if self.fp8 is not None and self.dtype != "float8":
+            raise ValueError(f"fp8 is set but dtype is {self.dtype}; fp8 needs dtype: float8")
+        if self.dtype == "float8" and self.fp8 is None:
+            object.__setattr__(self, "fp8", Fp8Spec())
         if (self.mode == "decode" and self.model.positions == "learned"
                 and "max_positions" not in self.model.model_fields_set):
             # No table size given (explicitly or by a preset, whose published size is kept): size it for what

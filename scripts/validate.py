@@ -152,13 +152,17 @@ INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
         "output_len"}
-BOOLS = {"tie_embeddings", "sp", "grads_fp32"}
+BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
             "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
 CHOICES = {"recompute": ("none", "selective", "full"), "attention": ("flash", "fused-softmax", "math"),
-           "dtype": ("float32", "bfloat16", "float16"), "zero": (0, 1, 2, 3)}
+           "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
+           "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16")}
+# Optional columns of a training table (blank or absent = the default): a float8 row's recipe
+# (config.Fp8Spec: recipe, saved_activations, param_all_gather).
+OPTIONAL = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
 
 
 def _value(column: str, text: str) -> object:
@@ -198,7 +202,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
-        for column in columns:
+        for column in columns + (OPTIONAL if kind == "training" else ()):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -272,7 +276,11 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
     def price(catalog) -> StepBreakdown:
         spec = model_spec(r, r["seq_len"])
         dtype = r["dtype"] or "bfloat16"
-        workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype)
+        fp8 = None
+        if dtype == "float8":
+            fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
+                   "param_all_gather": bool(r.get("fp8_all_gather"))}
+        workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],

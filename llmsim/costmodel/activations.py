@@ -82,6 +82,8 @@ FP32_BYTES = 4
 # A dropout mask is one bool per element (aten native_dropout's second output; Megatron-LM's fused
 # bias-dropout-add keeps the same mask).
 MASK_BYTES = 1
+# A linear's FP8 input copy under Transformer Engine (E4M3, Micikevicius et al. 2022; costmodel.precision).
+FP8_INPUT_BYTES = 1
 # Token, position and target ids are int64 (torch.long), kept by the embedding and the loss for their backward.
 INDEX_BYTES = 8
 # Flash attention with dropout keeps the Philox seed and offset instead of a mask: two 8-byte integers
@@ -160,7 +162,7 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
 
 
 def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
-                lora: "LoraSpec | None" = None) -> list[Save]:
+                lora: "LoraSpec | None" = None, fp8_inputs: bool = False) -> list[Save]:
     """Every (op, tensor) pair of one training layer without recomputation, in forward order.
 
     With LoRA (a frozen base, Hu et al. 2021) a base linear keeps nothing (its weight takes no gradient and
@@ -177,6 +179,8 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
     adapted = {adapter.name for adapter in lora_adapters(spec, lora.targets)} if lora is not None else set()
 
     def linear(op: str, tensor: SavedTensor, projections: tuple[str, ...]) -> list[Save]:
+        if lora is None and fp8_inputs:
+            return [Save(op, SavedTensor(tensor.name + ".fp8", tensor.elements, FP8_INPUT_BYTES, tensor.split))]
         if lora is None:
             return [Save(op, tensor)]
         ours = [p for p in projections if p in adapted]
@@ -214,14 +218,14 @@ def _unique(saves: list[Save]) -> tuple[SavedTensor, ...]:
 
 
 def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,
-                    lora: "LoraSpec | None" = None) -> tuple[SavedTensor, ...]:
+                    lora: "LoraSpec | None" = None, fp8_inputs: bool = False) -> tuple[SavedTensor, ...]:
     """The tensors one layer holds between its forward and its backward under `recompute`.
 
     none: every saved tensor. selective: the core attention's own saves are dropped and its checkpointed
     inputs Q, K, V kept (Megatron-LM `CheckpointFunction` over the core attention). full: the layer input
     only (each layer checkpointed whole, Megatron-LM `recompute_granularity=full`).
     """
-    saves = layer_saves(spec, kernel, dtype_bytes, lora)
+    saves = layer_saves(spec, kernel, dtype_bytes, lora, fp8_inputs)
     if recompute == "full":
         return (saves[0].tensor,)
     if recompute == "selective":

@@ -18,7 +18,9 @@ import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from llmsim.costmodel import precision
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
+from llmsim.costmodel.gemms import linear_shapes as _linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ class Rates:
     memory_bw: float
     efficiency: Efficiency
     compute_units: int | None = None
+    gemm: "Rates | None" = None  # float8: the rates the layers' GEMMs run at (the FP8 peak); None = these
 
     @property
     def sustained_flops(self) -> float:
@@ -111,8 +114,21 @@ class CostModelError(ValueError):
 
 
 def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
-    """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one."""
+    """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one.
+
+    float8: the bf16 ceilings (attention, elementwise ops, the LM head, MFU's denominator) with `gemm` at the
+    device's float8 peak and FP8 MAMF (`Efficiency.matmul_float8`, else the bf16 fraction); a device
+    without a float8 peak (no FP8 units: A100, TPU v4/v5e) cannot price it."""
     device = cluster.device
+    if dtype == "float8":
+        fp8 = device.peak_flops.get("float8")
+        if not fp8:
+            raise CostModelError(f"device {device.name!r} has no float8 peak FLOP/s (no FP8 units in the "
+                                 f"catalog); it has: {', '.join(device.peak_flops) or 'none'}")
+        base = device_rates(cluster, "bfloat16")
+        eff = base.efficiency
+        fp8_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})
+        return replace(base, gemm=replace(base, peak_flops=fp8, efficiency=fp8_eff))
     peak = device.peak_flops.get(dtype)  # type: ignore[call-overload]
     if not peak:
         have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
@@ -124,20 +140,7 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
                  compute_units=device.compute_units)
 
 
-def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
-    """(in, out) features of one layer's GEMMs on one tensor-parallel rank."""
-    spec = workload.model
-    tp = plan.tp
-    kv = spec.kv_heads or spec.heads
-    kv_local = kv // tp if tp <= kv else 1
-    qkv = (spec.heads // tp + 2 * kv_local) * spec.head_width
-    ffn = spec.ffn_hidden or 4 * spec.hidden
-    up = ffn * (2 if spec.activation in ("swiglu", "geglu") else 1) // tp  # gated: gate and up
-    return [(spec.hidden, qkv), (spec.attention_width // tp, spec.hidden), (spec.hidden, up),
-            (ffn // tp, spec.hidden)]
-
-
-def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str) -> float:
+def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: bool = False) -> float:
     """Bytes of the GEMM weights of one transformer layer ('layers') or of the LM head ('head') on one
     tensor-parallel rank: what one pass of one micro-batch reads, whatever its number of rows.
 
@@ -146,11 +149,14 @@ def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str) -> float:
     in proportion to the micro-batch. Layers: the (in, out) shapes of `_linear_shapes` (QKV with K and V
     over min(tp, kv_heads), attention output, gated or plain MLP up, MLP down); head: hidden x vocab/tp.
     Biases (a row per GEMM, < 0.1%) stay with the batch-proportional part. Other regions: 0.
+    The layers of a float8 workload read their FP8 weight copies (1 byte, costmodel.precision) unless
+    `traced` asks for what the profile traced (the storage dtype).
     """
     spec = workload.model
     elem = DTYPE_BYTES[workload.dtype]
     if region == "layers":
-        return sum(k * n for k, n in _linear_shapes(workload, plan)) * elem
+        layer_elem = elem if traced else precision.layer_weight_elem(workload)
+        return sum(k * n for k, n in _linear_shapes(workload, plan)) * layer_elem
     if region == "head":
         return spec.hidden * -(-spec.vocab // plan.tp) * elem
     return 0.0
@@ -260,7 +266,7 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
         here = count / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
         trainable = profile.trainable_params > 0.5 * profile.params  # frozen base (LoRA): no dW
         reads = _weight_reads(phase, trainable)
-        traced_weights = reads * gemm_weight_bytes(workload, replace(plan, tp=1), region) * count * steps
+        traced_weights = reads * gemm_weight_bytes(workload, replace(plan, tp=1), region, traced=True) * count * steps
         mm_bytes = (max(mm.bytes - traced_weights, 0.0) * share
                     + reads * gemm_weight_bytes(workload, plan, region) * here)
     if region == "layers" and (mm_flops or mm_bytes):
@@ -270,9 +276,17 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
         layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
         passes = 2 if backward else 1
         mm_flops += extra_flops * layers_here * passes
-    matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
+    gemm_rates = rates.gemm if (rates.gemm is not None and region == "layers") else rates
+    matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(ot.bytes * share)
+    if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
+        # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes
+        layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
+        casts = precision.activation_cast_bytes(workload, plan, phase, tokens) * layers_here
+        if phase == "forward":
+            casts += precision.weight_cast_bytes(workload, plan) * layers_here / plan.microbatches
+        other += rates.memory_time(casts)
     if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
         stages = divide // (plan.tp * plan.cp) if region == "layers" else 1
         other += rates.efficiency.op_overhead_s * (mm.count + at.count + ot.count) / stages / steps

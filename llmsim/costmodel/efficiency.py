@@ -82,6 +82,8 @@ class Efficiency(BaseModel):
     matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
+    matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
+                                        "peak (FP8 MAMF); None = the same fraction as `matmul`")
     sustained: float = Field(1.0, gt=0, le=1, description="share of the burst FLOP rate held under sustained load")
     op_overhead_s: float = Field(0.0, ge=0, description="serial host cost per operator launch (eager CPU)")
     kernel_latency_s: float = Field(0.0, ge=0, description="fixed time of each kernel of a pass on an "

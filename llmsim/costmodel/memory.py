@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from llmsim.config import lora_params_per_block
 from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
+from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -275,10 +276,12 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     that layer's whole inventory (the second number; 0 otherwise).
     """
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
-    kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora), spec, plan)
+    fp8 = precision.saves_fp8_inputs(workload)
+    kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8),
+                           spec, plan)
     if plan.recompute != "full":
         return kept, 0.0
-    working = inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora), spec, plan)
+    working = inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
     return kept, working
 
 
@@ -321,6 +324,11 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
     gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
     param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1) + gathered_params
     layers_here = layers_per_device(workload.model.layers, plan, index)
+    if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
+        # ZeRO-3: the copies are made from the gathered weights and sharded like them (torchao float8 FSDP2)
+        gemm_params = (layers_here * precision.layer_gemm_params(workload, plan)
+                       / (plan.dp if plan.zero >= 3 else 1))
+        param_bytes += precision.fp8_weight_copy_bytes(workload, gemm_params)
     grads = optimizer = activations = kv = 0.0
     if train:
         grad_elem = FP32_BYTES if options.main_grads_fp32 else elem

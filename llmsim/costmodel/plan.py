@@ -16,7 +16,10 @@ if TYPE_CHECKING:
     from llmsim.config import Strategy
     from llmsim.strategy import Layout
 
-DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Bytes of the tensors a workload keeps (parameters, activations, gradients, KV cache). A float8 workload keeps
+# them in bf16: FP8 is a GEMM precision (Transformer Engine's fp8_autocast and torchao's Float8Linear wrap bf16
+# modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2}
 AttentionKernel = Literal["flash", "fused-softmax", "math"]
 
 

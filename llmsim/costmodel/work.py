@@ -43,6 +43,7 @@ from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neig
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_block_params, stage_params, tp_block_params
+from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -481,7 +482,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             grad_bytes_layer=layer_trainable / n * grad_elem if n else 0.0,
             grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
             grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
-            param_bytes_layer=layer_params / n * elem if n else 0.0,
+            param_bytes_layer=(precision.gathered_layer_bytes(workload, plan, layer_params / n, elem)
+                               if n else 0.0),
             param_bytes_embed=edge_params * elem * (split if first else 0.0),
             param_bytes_head=edge_params * elem * (split if last else 0.0),
             gather_after_step=gather_after)

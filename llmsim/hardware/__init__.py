@@ -28,8 +28,9 @@ class DeviceSpec(BaseModel):
 
     name: str
     type: Literal["device"] = "device"
-    peak_flops: dict[Literal["float32", "bfloat16", "float16"], float] = Field(
-        default_factory=dict, description="dense peak FLOP/s per dtype; empty = measured at run time")
+    peak_flops: dict[Literal["float32", "bfloat16", "float16", "float8", "float4"], float] = Field(
+        default_factory=dict, description="dense peak FLOP/s per dtype (float8: E4M3/E5M2 tensor-core GEMMs; "
+                                          "float4 where published, for reference); empty = measured at run time")
     memory_bytes: float = Field(ge=0, description="0 = read from the machine at run time")
     memory_bw_bytes_per_s: float = Field(ge=0)
     idle_power_w: float = Field(ge=0)

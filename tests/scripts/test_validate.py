@@ -84,9 +84,16 @@ def test_every_row_parses_names_its_source_and_a_skipped_row_says_why(v, name: s
         assert case.skip_reason == r["skip_reason"]
 
 
-def test_the_fp8_rows_are_all_kept_for_later(v) -> None:
+def test_the_fp8_rows_are_float8_and_the_priced_ones_are_priced(v) -> None:
     rows = v.read_runs(v.TABLES["fp8-for-later"].default, "training")
-    assert rows and all(r["skip_reason"].startswith("FP8") for r in rows)
+    assert rows and all(r["dtype"] == "float8" for r in rows)
+    priced = [r for r in rows if not r["skip_reason"]]
+    assert priced, "the tensorwise rows without async TP are priced now"
+    for r in priced:
+        breakdown = v.training_price(r)(v._catalog())
+        assert breakdown.step_time_s > 0
+    skipped = [r for r in rows if r["skip_reason"]]
+    assert all("async TP" in r["skip_reason"] or "rowwise" in r["skip_reason"] for r in skipped)
 
 
 def test_the_held_out_sources_are_not_in_the_dev_tables(v) -> None:
