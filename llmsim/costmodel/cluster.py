@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from llmsim.costmodel.collectives import (NO_PHASES, OPS, Channel, Fabric, Op, Phases, hierarchical_phases,
                                           p2p_phases, phases_time)
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY, Efficiency
-from llmsim.costmodel.torus import AXIS_ORDER, Ring, map_axes, torus_phases
+from llmsim.costmodel.torus import AXIS_ORDER, Ring, default_shape, map_axes, torus_phases, wraps
 
 if TYPE_CHECKING:
     from llmsim.costmodel.plan import Plan
@@ -104,8 +104,13 @@ class ClusterSpec:
 
     def with_devices(self, n: int) -> "ClusterSpec":
         """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""
-        if n < self.devices_per_node and self.is_torus:  # part of a slice: no torus to speak of
-            return replace(self, nodes=1, devices_per_node=n, topology=(), wrap=(), mesh=())
+        if self.is_torus and n != self.world:
+            # TPU: n chips as one slice of the most even shape (torus.default_shape); the same wrap-around
+            # rule as the catalog's (the torus block's wrap_multiple)
+            torus = getattr(self.device, "torus", None)
+            shape = default_shape(n, len(self.topology))
+            multiple = torus.wrap_multiple if torus is not None else max(self.topology) + 1
+            return replace(self, nodes=1, devices_per_node=n, topology=shape, wrap=wraps(shape, multiple), mesh=())
         if n <= self.devices_per_node:
             return replace(self, nodes=1, devices_per_node=n)
         return replace(self, nodes=n // self.devices_per_node)
