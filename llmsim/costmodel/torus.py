@@ -109,7 +109,8 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
              mapping: Mapping[str, str] | None = None) -> dict[str, tuple[Ring, ...]]:
     """Lay mesh axes of the given in-slice `degrees` onto a slice of `shape` (module docstring).
 
-    `mapping` pins axes to dimension letters ({"tp": "z"}); its axes must fill those dimensions exactly.
+    `mapping` pins axes to dimension letters ({"tp": "z"}); its axes must fill those dimensions exactly
+    (an axis of degree 1 is not laid anywhere: its pin is ignored, so one mapping serves several strategies).
     The rest take the remaining dimensions innermost axis first. TorusError when the degrees do not tile
     the slice. Returns, per axis, its segments innermost first (empty for a degree of 1).
     """
@@ -120,7 +121,9 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
     out: dict[str, tuple[Ring, ...]] = {axis: () for axis in degrees}
     left = list(shape)        # chips of each dimension not yet given to an axis
     stride = [1] * len(shape)  # chips between consecutive members of the next axis on that dimension
-    for raw, text in (mapping or {}).items():
+    mapping = {raw: text for raw, text in (mapping or {}).items()
+               if degrees.get(AXIS_ALIASES.get(raw, raw), 0) != 1}  # a pinned axis a strategy does not use
+    for raw, text in mapping.items():
         axis = AXIS_ALIASES.get(raw, raw)
         if axis not in degrees:
             raise TorusError(f"mesh.{raw}: unknown mesh axis; allowed: {', '.join(degrees)}")
@@ -133,7 +136,7 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
         out[axis] = tuple(Ring(d, shape[d], 1, wrap[d]) for d in dims if shape[d] > 1)
         for d in dims:
             left[d] = 1
-    pinned = {AXIS_ALIASES.get(a, a) for a in (mapping or {})}
+    pinned = {AXIS_ALIASES.get(a, a) for a in mapping}
     for axis in [a for a in degrees if a not in pinned]:
         k, segments = degrees[axis], []
         for d in range(len(shape)):
