@@ -31,7 +31,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.collectives import NO_PHASES, Channel, Fabric, Op, Phase, Phases, flat_phases, ring_bytes_per_rank
 
 DIM_NAMES = "xyz"
@@ -40,8 +39,9 @@ AXIS_ORDER: tuple[str, ...] = ("tp", "cp", "pp", "dp")
 AXIS_ALIASES = {"fsdp": "dp", "data": "dp", "tensor": "tp", "stage": "pp", "sequence": "cp"}
 
 
-class TorusError(CostModelError):
-    """A slice shape or axis mapping that cannot exist (one line: what is wrong and what is allowed)."""
+class TorusError(ValueError):
+    """A slice shape or axis mapping that cannot exist (one line: what is wrong and what is allowed); pricing
+    turns it into a CostModelError (costmodel.work.Groups.on), the catalog into a ScenarioError."""
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Literal
 from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group,
                                       plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
+from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_params, tp_block_params
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+from llmsim.costmodel.torus import TorusError
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -296,7 +297,10 @@ class Groups:
         with ZeRO across slices (plan.dcn_replicas > 1) the data-parallel group is the slice's own part."""
         if not cluster.is_torus:
             return cls.of(plan, cluster.devices_per_node)
-        g = torus_groups({"tp": plan.tp, "cp": plan.cp, "pp": plan.pp, "dp": plan.dp}, cluster)
+        try:
+            g = torus_groups({"tp": plan.tp, "cp": plan.cp, "pp": plan.pp, "dp": plan.dp}, cluster)
+        except TorusError as exc:
+            raise CostModelError(str(exc)) from None
         dp = g["dp"]
         if plan.dcn_replicas > 1:
             dp = Group(size=dp.per_node, per_node=dp.per_node, nodes=1, rings=dp.rings)
