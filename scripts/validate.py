@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estimate
+from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.scaling import with_layers
 from llmsim.errors import LLMSimError, ScenarioError
 from llmsim.hardware import load_catalog
@@ -149,9 +150,11 @@ COMMON = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_dev
 TRAINING = COMMON + ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "sp", "zero", "recompute",
                      "grads_fp32", "devices_per_node")
 INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
+# Optional (blank or absent = a cluster of nodes): a TPU slice's shape and the number of slices over DCN.
+TOPOLOGY_COLUMNS = ("topology", "slices")
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
-        "output_len"}
+        "output_len", "slices"}
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
@@ -162,7 +165,7 @@ CHOICES = {"recompute": ("none", "selective", "full"), "attention": ("flash", "f
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
 # (config.Fp8Spec: recipe, saved_activations, param_all_gather).
-OPTIONAL = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
+FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
 
 
 def _value(column: str, text: str) -> object:
@@ -202,7 +205,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
-        for column in columns + (OPTIONAL if kind == "training" else ()):
+        for column in columns + TOPOLOGY_COLUMNS + (FP8_COLUMNS if kind == "training" else ()):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -267,6 +270,9 @@ def _profile(workload: Workload, sharing: SharingChoice, layers: int):
 
 def _cluster(r: dict[str, object], catalog, devices_per_node: int):
     n = r["n_devices"]
+    if r.get("topology"):  # a TPU job: `slices` slices of this torus, joined by the data-center network
+        return catalog.cluster(r["hardware"], nodes=r["slices"] or 1, topology=r["topology"],
+                               intra_node=r["intra_node"], inter_node=r["inter_node"])
     return catalog.cluster(r["hardware"], nodes=-(-n // devices_per_node), devices_per_node=min(n, devices_per_node),
                            intra_node=r["intra_node"], inter_node=r["inter_node"])
 
@@ -287,8 +293,9 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
                     recompute=r["recompute"])
         options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]))
-        return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan,
-                        _cluster(r, catalog, r["devices_per_node"]), options)
+        cluster = _cluster(r, catalog, r["devices_per_node"])
+        return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
+                        cluster, options)
     return price
 
 

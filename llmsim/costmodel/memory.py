@@ -322,19 +322,19 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
     gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
-    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1) + gathered_params
+    param_bytes = params * elem / (plan.zero_dp if plan.zero >= 3 else 1) + gathered_params
     layers_here = layers_per_device(workload.model.layers, plan, index)
     if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
         # ZeRO-3: the copies are made from the gathered weights and sharded like them (torchao float8 FSDP2)
         gemm_params = (layers_here * precision.layer_gemm_params(workload, plan)
-                       / (plan.dp if plan.zero >= 3 else 1))
+                       / (plan.zero_dp if plan.zero >= 3 else 1))
         param_bytes += precision.fp8_weight_copy_bytes(workload, gemm_params)
     grads = optimizer = activations = kv = 0.0
     if train:
         grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1) + gathered_grads
+        grads = trainable * grad_elem / (plan.zero_dp if plan.zero >= 2 else 1) + gathered_grads
         state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
-        optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
+        optimizer = trainable * state / (plan.zero_dp if plan.zero >= 1 else 1)
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
         held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
         activations = held * layers_here * per_layer + (working if layers_here else 0.0)

@@ -48,10 +48,19 @@ class Plan:
     tp_comm_overlap: bool = False
     overlap_p2p: bool | None = None     # None = Megatron-Core's default: on with the interleaved schedule
     stage_layers: tuple[int, ...] | None = None
+    # Data-parallel replicas ZeRO does not shard across: TPU slices joined by the data-center network, each
+    # holding a whole ZeRO-sharded copy (MaxText's dcn_data_parallelism x ici_fsdp_parallelism); 1 = ZeRO
+    # shards over all of dp. Set from the cluster (costmodel.cluster.plan_on).
+    dcn_replicas: int = 1
 
     @property
     def world(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def zero_dp(self) -> int:
+        """The data-parallel ranks ZeRO shards over: dp, less the replicas across slices."""
+        return max(self.dp // self.dcn_replicas, 1)
 
     @property
     def v(self) -> int:
@@ -80,7 +89,7 @@ class Plan:
         overlaps of communication that one device does not have are off."""
         return replace(self, dp=1, tp=1, pp=1, cp=1, sp=False, zero=0, schedule="1f1b", virtual_stages=1,
                        microbatches=self.microbatches * self.dp, overlap_param_gather=False,
-                       tp_comm_overlap=False, overlap_p2p=None, stage_layers=None)
+                       tp_comm_overlap=False, overlap_p2p=None, stage_layers=None, dcn_replicas=1)
 
     @classmethod
     def of(cls, strategy: "Strategy", layout: "Layout") -> "Plan":

@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.cluster import ClusterSpec
+from llmsim.costmodel.cluster import ClusterSpec, plan_on
 from llmsim.costmodel.collectives import Fabric
 from llmsim.costmodel.compute import CostModelError, device_rates
 from llmsim.costmodel.energy import step_energy_j
@@ -213,6 +213,7 @@ def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
 def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
              cluster: ClusterSpec, options: Options = Options()) -> StepBreakdown:
     """Model one step of `workload` under `plan` on `cluster`. Raises CostModelError if it cannot."""
+    plan = plan_on(plan, cluster)
     rates = device_rates(cluster, workload.dtype)
     t = step_times(workload, profile, sharing, plan, cluster, options)
     memory = memory_breakdown(workload, profile, sharing, plan, options)

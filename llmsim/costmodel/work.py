@@ -39,12 +39,14 @@ import functools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group
+from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group,
+                                      plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
+from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_block_params, stage_params, tp_block_params
 from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+from llmsim.costmodel.torus import TorusError
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -290,6 +292,37 @@ class Groups:
                    pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
                    dp=place_group(plan.dp, plan.tp * plan.cp * plan.pp, devices_per_node))
 
+    @classmethod
+    def on(cls, plan: Plan, cluster: ClusterSpec) -> "Groups":
+        """`of` on a cluster of nodes; on TPU slices, the axes laid onto the torus (cluster.torus_groups), and
+        with ZeRO across slices (plan.dcn_replicas > 1) the data-parallel group is the slice's own part."""
+        if not cluster.is_torus:
+            return cls.of(plan, cluster.devices_per_node)
+        try:
+            g = torus_groups({"tp": plan.tp, "cp": plan.cp, "pp": plan.pp, "dp": plan.dp}, cluster)
+        except TorusError as exc:
+            raise CostModelError(str(exc)) from None
+        dp = g["dp"]
+        if plan.dcn_replicas > 1:
+            dp = Group(size=dp.per_node, per_node=dp.per_node, nodes=1, rings=dp.rings)
+        return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp)
+
+
+def cross_slice_syncs(plan: Plan, stages: tuple["StageWork", ...], v: int) -> tuple["SyncWork", ...]:
+    """ZeRO inside each slice, data parallelism across slices (plan.dcn_replicas): after the in-slice
+    reduce-scatter each chip all-reduces its gradient shard with its peers of the other slices over the
+    data-center network, once per step (MaxText's dcn_data_parallelism; JAX's gradient psum over the
+    'data' mesh axis). One SyncWork per distinct stage, its shard = the stage's gradient bytes / zero_dp."""
+    if plan.dcn_replicas <= 1:
+        return ()
+    across = Group(size=plan.dcn_replicas, per_node=1, nodes=plan.dcn_replicas)
+    out: list[SyncWork] = []
+    for st in dict.fromkeys(stages):
+        where = tuple(i for i, s in enumerate(stages) if s is st)
+        grads = st.layers * v * st.grad_bytes_layer + st.grad_bytes_embed + st.grad_bytes_head
+        out.append(SyncWork("dcn-data-parallel", where, Comm("all-reduce", grads / plan.zero_dp, across)))
+    return tuple(out)
+
 
 def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTimes, groups: Groups,
                     cluster: ClusterSpec, layers: int) -> float:
@@ -416,7 +449,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     cannot be priced in the workload's dtype."""
     spec = workload.model
     rates = device_rates(cluster, workload.dtype)
-    groups = Groups.of(plan, cluster.devices_per_node)
+    plan = plan_on(plan, cluster)
+    groups = Groups.on(plan, cluster)
     elem = DTYPE_BYTES[workload.dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
@@ -487,7 +521,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             param_bytes_embed=edge_params * elem * (split if first else 0.0),
             param_bytes_head=edge_params * elem * (split if last else 0.0),
             gather_after_step=gather_after)
-    return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
+    stages = tuple(by_key[key] for key in zip(kinds, counts))
+    return StepWork(stages=stages, microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
                     dp_op="all-reduce" if plan.zero == 0 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
@@ -495,7 +530,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     overlap_param_gather=(plan.overlap_param_gather and plan.zero in (1, 2)
                                           and cluster.device.overlaps_communication),
                     overlap_p2p=plan.p2p_overlapped and plan.pp > 1 and cluster.device.overlaps_communication,
-                    syncs=sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem),
+                    syncs=(sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
+                           + cross_slice_syncs(plan, stages, plan.v)),
                     comm_shares_cores=not cluster.device.overlaps_communication)
 
 
@@ -526,7 +562,7 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1,
                    stage_layers=plan.layers_per_stage(spec.layers))
     rates = device_rates(cluster, workload.dtype)
-    groups = Groups.of(plan, cluster.devices_per_node)
+    groups = Groups.on(plan, cluster)
     layer_t = layer_phase_times(profile, workload, plan, options, rates, phase, steps)
     edge_div = plan.tp * plan.cp
     embed = phase_times(profile, workload, plan, options, rates, phase, "embed", edge_div, steps).total
