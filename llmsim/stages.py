@@ -30,6 +30,8 @@ the planner and the distributed backend all read the split from here.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,7 +55,20 @@ def _listed(values: Sequence[int]) -> str:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n in increasing order, in O(sqrt n) (a model may have 10^8 layers)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
+
+
+def _end_counts(layers: int, other: int, middle_stages: int) -> range:
+    """Counts c >= 1 for one end stage, the other end holding `other`, that leave the middle stages an even
+    split of at least one layer each (Megatron-LM's rule): an arithmetic progression, never enumerated."""
+    rest = layers - other
+    if middle_stages == 0:
+        return range(rest, rest + 1) if rest >= 1 else range(0)
+    stop = rest - middle_stages            # the largest c leaves exactly one layer per middle stage
+    start = stop % middle_stages or middle_stages
+    return range(start, stop + 1, middle_stages) if stop >= 1 else range(0)
 
 
 def default_split(layers: int, pp: int, virtual_stages: int = 1) -> tuple[int, ...]:
@@ -122,10 +137,10 @@ def _first_last(layers: int, pp: int, v: int, first: int | None, last: int | Non
     if middle(first, last) is None:
         rest = layers - (first or 0) - (last or 0)
         if key == "first_stage_layers":
-            allowed = [f for f in range(1, layers + 1) if middle(f, last) is not None]
+            allowed = _end_counts(layers, last or 0, middle_stages)
             given, fixed = first, f" with last_stage_layers={last}" if last is not None else ""
         else:
-            allowed = [n for n in range(1, layers + 1) if middle(None, n) is not None]
+            allowed = _end_counts(layers, 0, middle_stages)
             given, fixed = last, ""
         if middle_stages == 0:
             problem = f"the two stages hold {layers - rest} layers, not layers={layers}"

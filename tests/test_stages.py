@@ -167,3 +167,20 @@ def test_the_command_line_says_it_in_one_line_and_exits_2(write_scenario, capsys
     assert err.startswith(f"llmsim: error: {path}: strategies[0].first_stage_layers: 3: leaves 5 layers")
     assert "\n" not in err and "Traceback" not in err
     assert main(["validate", str(write_scenario(_scenario(7, pp=2)))]) == 0  # 7 layers on 2 stages: 4 + 3
+
+
+def test_the_allowed_end_counts_and_divisors_are_computed_not_enumerated() -> None:
+    """The error's 'allowed' lists come from arithmetic (a model may have 10^8 layers: enumerating them hung
+    `llmsim plan`); they equal the brute-force lists on small models."""
+    from llmsim.stages import _divisors, _end_counts
+
+    for layers in range(1, 30):
+        assert _divisors(layers) == [d for d in range(1, layers + 1) if layers % d == 0]
+        for middle_stages in range(0, 5):
+            for other in range(0, layers + 1):
+                def even(f: int) -> bool:
+                    rest = layers - f - other
+                    return rest == 0 if middle_stages == 0 else rest >= middle_stages and rest % middle_stages == 0
+                assert list(_end_counts(layers, other, middle_stages)) == \
+                    [f for f in range(1, layers + 1) if even(f)]
+    assert _divisors(100_000_000)[:3] == [1, 2, 4] and len(_end_counts(100_000_000, 0, 14)) > 7_000_000
