@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -72,10 +72,37 @@ class LognormalLength(_Strict):
 Length = PositiveInt | Annotated[UniformLength | LognormalLength, Field(discriminator="kind")]
 
 
+LENGTH_FORMS = "a token count >= 1, {kind: uniform, min, max} or {kind: lognormal, median, sigma}"
+
+
 class Lengths(_Strict):
     input: Length = Field(description="prompt tokens: a number, or {kind: uniform, min, max}, or "
                                       "{kind: lognormal, median, sigma}")
     output: Length = Field(description="generated tokens per request, the same forms")
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _one_form(cls, value: Any) -> Any:
+        """One message naming the form that was meant (pydantic would list every branch of the union)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"{value}: allowed: {LENGTH_FORMS}")
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{value!r}: allowed: {LENGTH_FORMS}")
+        forms = {"uniform": UniformLength, "lognormal": LognormalLength}
+        form = forms.get(value.get("kind"))  # type: ignore[arg-type]
+        if form is None:
+            raise ValueError(f"kind {value.get('kind')!r}: allowed: {', '.join(forms)} (or a plain token count)")
+        try:
+            return form.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = f"unknown key; allowed: {', '.join(form.model_fields)}"
+            raise ValueError(f"{value['kind']}: {where + ': ' if where else ''}{message}") from None
 
 
 class Arrival(_Strict):
@@ -97,7 +124,7 @@ class Arrival(_Strict):
             return value
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ValueError("allowed: a rate > 0 in requests/s, or a non-empty list of them (a sweep)")
+            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s, or a non-empty list of them (a sweep)")
         return value
 
     @model_validator(mode="after")
