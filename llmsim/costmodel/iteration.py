@@ -150,21 +150,18 @@ class Mix:
                      `logits_indices` is one per request)
     """
 
-    prefill_tokens: int = 0
-    prefill_pairs: float = 0.0
-    prefill_square: float = 0.0
-    prefix_tokens: int = 0
-    decode_seqs: int = 0
-    decode_keys: int = 0
-    rows: int = 0
+    prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
+    prefill_pairs: float = 0
+    prefill_square: float = 0
+    prefix_tokens: float = 0
+    decode_seqs: float = 0
+    decode_keys: float = 0
+    rows: float = 0
 
     @property
-    def tokens(self) -> int:
+    def tokens(self) -> float:
         return self.prefill_tokens + self.decode_seqs
 
-    @property
-    def sequences(self) -> int:
-        return self.rows
 
     def __add__(self, other: "Mix") -> "Mix":
         return Mix(self.prefill_tokens + other.prefill_tokens, self.prefill_pairs + other.prefill_pairs,
@@ -179,7 +176,7 @@ class Mix:
                    prefix_tokens=prefix, rows=1)
 
     @staticmethod
-    def decode(keys: int) -> "Mix":
+    def decode(keys: float) -> "Mix":
         """One sequence generating a token while attending over `keys` keys (its cache + the new token)."""
         return Mix(decode_seqs=1, decode_keys=keys, rows=1)
 
@@ -187,9 +184,8 @@ class Mix:
         """1/parts of every sum: one of `parts` equal micro-batches (pipeline parallel inference)."""
         if parts == 1:
             return self
-        return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,  # type: ignore[arg-type]
-                   self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts,  # type: ignore[arg-type]
-                   self.rows / parts)  # type: ignore[arg-type]
+        return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,
+                   self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts)
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,8 @@ class ServingSpec(_Strict):
     arrival: Arrival
     lengths: Lengths | None = Field(None, description="prompt and output tokens; omitted: from the trace")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    kv_block_tokens: PositiveInt = Field(DEFAULT_BLOCK_TOKENS, description="tokens per KV-cache block (vLLM block_size)")
+    kv_block_tokens: PositiveInt = Field(DEFAULT_BLOCK_TOKENS, description="tokens per KV-cache block (vLLM "
+                                                                           "block_size)")
     memory_utilization: float = Field(DEFAULT_MEMORY_UTILIZATION, gt=0, le=1,
                                       description="share of device memory the replica may use (vLLM "
                                                   "gpu_memory_utilization)")

@@ -40,7 +40,7 @@ def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp:
     model = IterationModel(token_costs(w, profile), w, Plan(tp=tp, pp=pp), cluster)
     prefill = sum((Mix.prefill(64) for _ in range(batch)), Mix())
     # forward_work prices a decode step at the mean cache length: prompt + decode_tokens / 2 keys.
-    decode = sum((Mix.decode(64 + 1.5) for _ in range(batch)), Mix())  # type: ignore[arg-type]
+    decode = sum((Mix.decode(64 + 1.5) for _ in range(batch)), Mix())
     expected_prefill = price(forward_work(w, profile, plan, cluster, Options(), "prefill"), cluster.fabric).step
     expected_decode = price(forward_work(w, profile, plan, cluster, Options(), "decode", 2), cluster.fabric).step
     assert iteration_time(model, prefill) == pytest.approx(expected_prefill, rel=1e-12)
