@@ -79,7 +79,8 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
         good = int(np.count_nonzero((ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)))
         row.update(goodput_rps=good / duration if duration > 0 else 0.0,
                    slo_attainment=good / sent if sent else None)
-        extra.update(slo_good_requests=good, slo_met=bool(sent and good / sent >= slo.percentile / 100))
+        extra.update(slo_good_requests=good, slo_met=bool(sent and good / sent >= slo.percentile / 100),
+                     slo_ttft_s=slo.ttft_s, slo_tpot_s=slo.tpot_s, slo_percentile=slo.percentile)
     row["extra"] = extra
     return row
 
