@@ -179,3 +179,24 @@ def test_the_shipped_serving_scenario_runs_and_its_summary_reads_per_rate(tmp_pa
     heads = [p.text for p in points]
     assert "roofline — modeled, h100-sxm: tp1 served 3 rates; the highest that met the SLO: 24 requests/s." in heads
     assert not any("fastest" in h for h in heads)
+
+
+def test_a_degraded_link_slows_the_collectives_of_its_replica_only(tmp_path: Path) -> None:
+    """Llama 3 8B at tp 2 per replica, rank 2 (replica 1) with its NVLink port at 1%: replica 1's all-reduces
+    (8 KB per token and layer) slow down, replica 0 is untouched."""
+    data = _scenario(replicas=2, requests=30, arrival={"kind": "poisson", "rate": 20},
+                     lengths={"input": 400, "output": 8})
+    data["workload"] = {"model": {"preset": "llama3-8b"}, "dtype": "bfloat16"}
+    data["strategies"] = [{"name": "tp2", "tp": 2}]
+    four = {**H100, "devices_per_node": 4}
+    data["backends"] = {"cluster": {**four, "degraded_link": {"rank": 2, "link": "intra_node",
+                                                              "bandwidth_factor": 0.01}}, "roofline": four}
+    run_dir, rows = _run(tmp_path, data)
+    tpot = {}
+    for row in rows:
+        by_replica: dict[str, list[float]] = {"0": [], "1": []}
+        for r in _requests(run_dir, row):
+            by_replica[r["replica"]].append(float(r["tpot_s"]))
+        tpot[row["backend"]] = {k: sum(v) / len(v) for k, v in by_replica.items()}
+    assert tpot["cluster"]["0"] == pytest.approx(tpot["roofline"]["0"], rel=1e-9)
+    assert tpot["cluster"]["1"] > 1.2 * tpot["roofline"]["1"]
