@@ -72,7 +72,8 @@ def reference_workload(workload: Workload) -> Workload:
     prompt = max(2, min(REFERENCE_PROMPT_TOKENS, spec.seq_len - REFERENCE_DECODE_TOKENS))
     model = spec.model_copy(update={"seq_len": prompt, "max_positions": max(spec.max_positions or 0,
                                                                             prompt + REFERENCE_DECODE_TOKENS)})
-    return Workload(model=model, mode="decode", batch=1, decode_tokens=REFERENCE_DECODE_TOKENS, dtype=workload.dtype)
+    return Workload(model=model, mode="decode", batch=1, decode_tokens=REFERENCE_DECODE_TOKENS, dtype=workload.dtype,
+                    fp8=workload.fp8)
 
 
 def serving_profile(workload: Workload, sharing: SharingChoice) -> tuple[Workload, WorkloadProfile]:

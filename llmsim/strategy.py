@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmsim.config import Strategy, Workload
+from llmsim.config import Strategy, Workload, stage_layer_counts
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Layout:
     cp: int
     micro_batch: int
     microbatches: int
+    stage_layers: tuple[int, ...] = ()  # layers of each pipeline stage (llmsim.stages); () = not resolved
 
     @property
     def world(self) -> int:
@@ -32,7 +33,9 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
     """Fit a strategy to a backend's world size.
 
     `world` is the device count a backend fixes (a modeled cluster), or None when the backend runs
-    whatever the strategy asks for (dp omitted then means 1). Returns the Layout or (key, message).
+    whatever the strategy asks for (dp omitted then means 1). Returns the Layout or (key, message). The
+    strategy's layer split was checked with the file (config.check_strategy_shape); the Layout carries
+    each stage's count.
     """
     mp = s.model_parallel
     if world is None:
@@ -52,4 +55,5 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
     if s.schedule == "interleaved" and microbatches % s.pp:
         return "schedule", (f"interleaved needs micro-batches per replica ({microbatches}) to be a multiple "
                             f"of pp={s.pp}")
-    return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches)
+    return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches,
+                  stage_layers=stage_layer_counts(s, w.model.layers))

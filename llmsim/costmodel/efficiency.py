@@ -70,7 +70,11 @@ class Efficiency(BaseModel):
     fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches. `op_overhead_s` is a
     fixed cost per operator (Python and dispatcher time in eager PyTorch): it adds up when the host runs
     the ops itself (CPU) and hides behind queued kernels on an accelerator, hence 0 by default; the
-    calibration fits it for a host.
+    calibration fits it for a host. `kernel_latency_s` is the accelerator's counterpart: the time each
+    kernel of a pass takes beyond its roofline (launch, ramp-up and drain of a kernel that waits for the
+    previous one), counted over a fused engine's kernels per layer (compute.KERNELS_PER_LAYER_*); it is
+    what decode of a small model at small batch mostly consists of. 0 by default (TPU: one compiled XLA
+    program per step; CPU: op_overhead_s instead).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,8 +82,12 @@ class Efficiency(BaseModel):
     matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
+    matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
+                                        "peak (FP8 MAMF); None = the same fraction as `matmul`")
     sustained: float = Field(1.0, gt=0, le=1, description="share of the burst FLOP rate held under sustained load")
     op_overhead_s: float = Field(0.0, ge=0, description="serial host cost per operator launch (eager CPU)")
+    kernel_latency_s: float = Field(0.0, ge=0, description="fixed time of each kernel of a pass on an "
+                                    "accelerator, beyond its bytes and FLOPs (compute.KERNELS_PER_LAYER_*)")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")

@@ -30,9 +30,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from llmsim.costmodel.cluster import ClusterSpec
-from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, Rates, device_rates, gemm_wave, gemm_weight_bytes,
-                                      replicated_kv_projection)
-from llmsim.costmodel.memory import memory_breakdown
+from llmsim.costmodel import precision
+from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD,
+                                      Rates, device_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
+from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
 from llmsim.costmodel.work import (TP_COLLECTIVES_PER_LAYER_FORWARD, Groups, StageWork, StepWork, _pipeline_message,
@@ -103,8 +104,8 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
         return (t.flops, t.bytes, t.count) if t is not None else (0.0, 0.0, 0)
 
     one = Plan()
-    w_layers = gemm_weight_bytes(workload, one, "layers") * profile.layers
-    w_head = gemm_weight_bytes(workload, one, "head")
+    w_layers = gemm_weight_bytes(workload, one, "layers", traced=True) * profile.layers
+    w_head = gemm_weight_bytes(workload, one, "head", traced=True)
     pf, pb, pc = get("prefill", "layers", "matmul")
     df, db, dc = get("decode", "layers", "matmul")
     pa_f, _, pa_c = get("prefill", "layers", "attention")
@@ -209,7 +210,13 @@ class IterationModel:
 
     @functools.cached_property
     def groups(self) -> Groups:
-        return Groups.of(self.plan, self.cluster.devices_per_node)
+        """Where tp and pp land (work.Groups.on: nodes, or the axes of a TPU torus)."""
+        return Groups.on(self.plan, self.cluster)
+
+    @functools.cached_property
+    def stage_layers(self) -> tuple[int, ...]:
+        """Layers of each pipeline stage (Plan.layers_per_stage: the strategy's split, even by default)."""
+        return self.plan.layers_per_stage(self.workload.model.layers)
 
     @functools.cached_property
     def layer_weight_bytes(self) -> float:
@@ -253,55 +260,56 @@ def inference_microbatches(plan: Plan, sequences: int) -> int:
     return plan.pp if plan.pp > 1 and sequences >= plan.pp else 1
 
 
-def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str) -> StageWork:
-    """One pipeline stage's forward of `mix` (already one micro-batch's share) on one tensor-parallel rank."""
+def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers: int) -> StageWork:
+    """One pipeline stage of `layers` layers running `mix` (already one micro-batch's share) on one
+    tensor-parallel rank; the per-layer terms follow compute.phase_times."""
     c, plan, w = model.costs, model.plan, model.workload
     spec = w.model
     eff = rates.efficiency
-    tp, pp = plan.tp, plan.pp
-    layers_here = c.layers // pp
-    div = tp * pp                                  # a rank computes 1/tp of 1/pp of the layers
+    tp = plan.tp
+    div = tp * c.layers                            # a rank computes 1/tp of one layer of the model's L
     pre, dec = mix.prefill_tokens, mix.decode_seqs
     tokens = pre + dec
     rows_int = max(1, math.ceil(tokens))
     kv_split = min(tp, spec.kv_heads or spec.heads)
     # GEMMs: FLOPs and activations per token, this rank's weights once per pass (phase_times' rule), and
-    # the K/V projections a rank repeats when tp > kv_heads.
-    mm_flops = ((pre * c.mm_flops_prefill + dec * c.mm_flops_decode) / div
-                + tokens * model.replicated_kv_flops_per_token * layers_here)
-    mm_bytes = (pre * c.mm_bytes_prefill + dec * c.mm_bytes_decode) / div + model.layer_weight_bytes * layers_here
-    matmul = rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) \
-        if tokens else 0.0
+    # the K/V projections a rank repeats when tp > kv_heads; float8 layers at their own rates.
+    mm_flops = (pre * c.mm_flops_prefill + dec * c.mm_flops_decode) / div + tokens * model.replicated_kv_flops_per_token
+    mm_bytes = (pre * c.mm_bytes_prefill + dec * c.mm_bytes_decode) / div + model.layer_weight_bytes
+    gemm_rates = rates.gemm if rates.gemm is not None else rates
+    matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) if tokens else 0.0
     # Attention, one fused kernel per layer (FlashAttention / paged attention): the prompt chunks are
     # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read.
     attention_rate = rates.sustained_flops * eff.attention
     per_pair = c.attention_flops_per_pair / div
-    kv_read = c.kv_bytes_per_token / pp / kv_split
+    kv_read = c.kv_bytes_per_token / c.layers / kv_split
     prefill_att = max((mix.prefill_pairs + CAUSAL_FLOP_SHARE * mix.prefill_square) * per_pair / attention_rate,
                       rates.memory_time(mix.prefix_tokens * kv_read))
     decode_att = max(mix.decode_keys * per_pair / attention_rate, rates.memory_time(mix.decode_keys * kv_read))
-    other = rates.memory_time((pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div)
+    other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
+    if precision.is_fp8(w):   # casts of the GEMM inputs to FP8 (the weights are stored in FP8)
+        other_bytes += precision.activation_cast_bytes(w, plan, "prefill", rows_int) * tokens / rows_int
+    other = rates.memory_time(other_bytes)
     ops = c.ops_prefill if pre else c.ops_decode
     if eff.op_overhead_s:
-        other += eff.op_overhead_s * ops[1] / pp
-    first, last = kind == "first", kind == "last" or pp == 1
+        other += eff.op_overhead_s * ops[1] / c.layers
+    other += eff.kernel_latency_s * KERNELS_PER_LAYER_FORWARD   # one pass launches every kernel of the layer
+    first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0
     if first:
-        embed = rates.memory_time((pre * c.embed_bytes_prefill + dec * c.embed_bytes_decode) / tp) \
-            + eff.op_overhead_s * ops[0]
+        embed = (rates.memory_time((pre * c.embed_bytes_prefill + dec * c.embed_bytes_decode) / tp)
+                 + eff.op_overhead_s * ops[0] + eff.kernel_latency_s * KERNELS_EMBED)
     if last:
         rows = mix.rows
         head_flops = rows * c.head_flops_per_row / tp
         head_bytes = rows * c.head_bytes_per_row / tp + model.head_weight_bytes
-        head = (rates.matmul_time(head_flops, head_bytes,
-                                  model.wave("head", max(1, math.ceil(rows))))
+        head = (rates.matmul_time(head_flops, head_bytes, model.wave("head", max(1, math.ceil(rows))))
                 + rates.memory_time((tokens * c.head_other_per_token + rows * c.head_other_per_row) / tp)
-                + eff.op_overhead_s * ops[2])
+                + eff.op_overhead_s * ops[2] + eff.kernel_latency_s * KERNELS_HEAD)
     activation = tokens * model.activation_bytes_per_token
     groups = model.groups
     _, recv_gather = _pipeline_message(activation, plan, model.options, groups)
-    return StageWork(layers=layers_here,
-                     fwd_layer_s=(matmul + prefill_att + decode_att + other) / layers_here,
+    return StageWork(layers=layers, fwd_layer_s=matmul + prefill_att + decode_att + other,
                      embed_fwd_s=embed, head_fwd_s=head,
                      tp_fwd=_tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD),
                      tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
@@ -315,9 +323,10 @@ def iteration_work(model: IterationModel, mix: Mix) -> StepWork:
     rates = model.rates
     m = inference_microbatches(plan, math.ceil(mix.rows))
     part = mix.share(m)
-    stages = {kind: _stage_work(model, part, rates, kind) for kind in dict.fromkeys(_stage_kinds(plan.pp))}
+    keys = list(zip(_stage_kinds(plan.pp), model.stage_layers))
+    stages = {key: _stage_work(model, part, rates, *key) for key in dict.fromkeys(keys)}  # alike stages priced once
     p2p, _ = _pipeline_message(part.tokens * model.activation_bytes_per_token, plan, model.options, model.groups)
-    return StepWork(stages=tuple(stages[kind] for kind in _stage_kinds(plan.pp)), microbatches=m, schedule="gpipe",
+    return StepWork(stages=tuple(stages[key] for key in keys), microbatches=m, schedule="gpipe",
                     forward_only=True, p2p=p2p, comm_shares_cores=not model.cluster.device.overlaps_communication)
 
 
@@ -385,8 +394,8 @@ def kv_bytes_per_token(costs: TokenCosts, workload: "Workload", plan: Plan) -> f
 def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                 cluster: ClusterSpec, costs: TokenCosts, memory_utilization: float, block_tokens: int,
                 max_batched_tokens: int, max_num_seqs: int, options: Options = Options()) -> KVCapacity:
-    """capacity = device memory x memory_utilization - weights - workspace, on the busiest device (the
-    first or last pipeline stage, whichever holds more weights), in blocks of `block_tokens` tokens.
+    """capacity = device memory x memory_utilization - weights - workspace, on the device with the most
+    weights (the stages of costmodel.memory.memory_stages), in blocks of `block_tokens` tokens.
 
     Weights: costmodel.memory.memory_breakdown's parameters of that stage (dp = 1: a replica). Workspace:
     forward_workspace_bytes of the largest pass the scheduler may form. vLLM: num_gpu_blocks = available
@@ -395,8 +404,8 @@ def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
     """
     device = cluster.device.memory_bytes * memory_utilization
     replica = replace(plan, dp=1, zero=0)
-    stages = ["first"] if plan.pp == 1 else ["first", "last"]
-    weights = max(memory_breakdown(workload, profile, sharing, replica, options, stage).params for stage in stages)
+    weights = max(memory_breakdown(workload, profile, sharing, replica, options, stage).params
+                  for stage in memory_stages(workload, replica))
     workspace = forward_workspace_bytes(workload, replica, max_batched_tokens, max_num_seqs)
     left = device - weights - workspace
     per_token = kv_bytes_per_token(costs, workload, replica)

@@ -22,6 +22,7 @@ from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState,
                                             apply_fully_shard, apply_tensor_parallel, build_mesh,
                                             vocab_parallel_loss, vocab_parallel_possible)
 from llmsim.distributed.spec import WorkerSpec
+from llmsim.stages import describe_split
 from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep, no_mark
 
 
@@ -58,12 +59,14 @@ class RankStep(WorkloadStep):
                                     "rowwise; embedding and LM head replicated")
             self.pipeline = PipelineRunner(self.model, self.mesh, schedule=strategy.schedule,
                                            virtual_stages=strategy.virtual_stages,
-                                           microbatches=spec.microbatches, device=device, zero=strategy.zero)
+                                           microbatches=spec.microbatches, device=device, zero=strategy.zero,
+                                           stage_layers=spec.stage_layers or None)
             if strategy.zero > 0 and spec.dp > 1:
                 self.notes["zero"] = (f"fully_shard per block and per stage over dp "
                                       f"(reshard_after_forward={strategy.zero == 3})")
             params = [p for p in self.pipeline.parameters() if p.requires_grad]
-            self.notes["pipeline"] = f"{type(self.pipeline.schedule).__name__}, {spec.microbatches} micro-batches"
+            self.notes["pipeline"] = (f"{type(self.pipeline.schedule).__name__}, {spec.microbatches} micro-batches, "
+                                      f"layers per stage {describe_split(self.pipeline.stage_layers)}")
         else:
             if spec.tp > 1:
                 vocab = self.mode == "train" and vocab_parallel_possible(self.model.spec, spec.tp)

@@ -24,20 +24,27 @@ from tests.costmodel.helpers import CATALOG, a100_cluster
 UNTIED = SharingChoice(tie_embeddings=False)
 
 
-def _llama(batch: int = 1, seq_len: int = 64, layers: int = 4) -> Workload:
+def _llama(batch: int = 1, seq_len: int = 64, layers: int = 4, dtype: str = "bfloat16") -> Workload:
     """A 4-layer slice of Llama 3 8B (GQA: 32 heads, 8 KV heads), traced as serving traces it."""
     return Workload(model=ModelSpec(preset="llama3-8b", layers=layers, seq_len=seq_len), mode="decode",
-                    batch=batch, decode_tokens=3)
+                    batch=batch, decode_tokens=3, dtype=dtype)
 
 
-@pytest.mark.parametrize("tp,pp,batch", [(1, 1, 1), (2, 1, 1), (2, 2, 4), (8, 1, 2), (16, 1, 1)])
-def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp: int, pp: int, batch: int) -> None:
-    """tp 16 > kv_heads 8: replicated KV heads; pp 2 with 4 sequences: two micro-batches fill the pipeline."""
-    w = _llama(batch)
+@pytest.mark.parametrize("tp,pp,batch,dtype,split,device", [
+    (1, 1, 1, "bfloat16", None, "a100-80gb"), (2, 1, 1, "bfloat16", None, "a100-80gb"),
+    (2, 2, 4, "bfloat16", None, "a100-80gb"), (8, 1, 2, "bfloat16", None, "a100-80gb"),
+    (16, 1, 1, "bfloat16", None, "a100-80gb"), (2, 2, 2, "bfloat16", (3, 1), "a100-80gb"),
+    (2, 1, 2, "float8", None, "h100-sxm")])
+def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp: int, pp: int, batch: int, dtype: str,
+                                                                             split: tuple[int, ...] | None,
+                                                                             device: str) -> None:
+    """tp 16 > kv_heads 8: replicated KV heads; pp 2 with 4 sequences: two micro-batches fill the pipeline;
+    3 + 1 layers: an uneven split; float8: FP8 GEMMs and the casts of their inputs, on an H100."""
+    w = _llama(batch, dtype=dtype)
     profile = profile_workload(w, UNTIED)
-    cluster = a100_cluster(2, 8)
-    plan = Plan(tp=tp, pp=pp, micro_batch=batch)
-    model = IterationModel(token_costs(w, profile), w, Plan(tp=tp, pp=pp), cluster)
+    cluster = replace(a100_cluster(2, 8), device=CATALOG.device(device))
+    plan = Plan(tp=tp, pp=pp, micro_batch=batch, stage_layers=split)
+    model = IterationModel(token_costs(w, profile), w, Plan(tp=tp, pp=pp, stage_layers=split), cluster)
     prefill = sum((Mix.prefill(64) for _ in range(batch)), Mix())
     # forward_work prices a decode step at the mean cache length: prompt + decode_tokens / 2 keys.
     decode = sum((Mix.decode(64 + 1.5) for _ in range(batch)), Mix())

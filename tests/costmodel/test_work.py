@@ -354,12 +354,13 @@ def test_a_four_stage_interleaved_step_by_hand() -> None:
     assert work == StepWork(stages=(stage(first, True, False), stage(middle, False, False),
                                     stage(middle, False, False), stage(last, False, True)),
                             microbatches=4, schedule="interleaved", virtual_stages=2, forward_only=False,
-                            p2p=Comm("p2p", activation / 2, pp), dp_op="all-reduce", dp_group=dp, zero=1,
-                            overlap_grad_reduce=True, syncs=(tied,), comm_shares_cores=False)
+                            p2p=Comm("p2p", activation / 2, pp), dp_op="reduce-scatter", dp_group=dp, zero=1,
+                            overlap_grad_reduce=True, overlap_p2p=True,  # Megatron-Core's default when interleaved
+                            syncs=(tied,), comm_shares_cores=False)
     assert work.stages[1] is work.stages[2]     # middle stages are alike: one StageWork for all
 
 
-@pytest.mark.parametrize("zero,dp_op", [(0, "all-reduce"), (1, "all-reduce"), (2, "reduce-scatter"),
+@pytest.mark.parametrize("zero,dp_op", [(0, "all-reduce"), (1, "reduce-scatter"), (2, "reduce-scatter"),
                                          (3, "reduce-scatter")])
 def test_a_single_stage_with_sequence_parallelism_by_hand(zero: int, dp_op: str) -> None:
     """pp = 1: the only stage holds the embedding and the head (half of the edge parameters counted for each),
