@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from llmsim.config import SharingChoice, Strategy, Workload
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.results import Result
+from llmsim.serving.spec import ServingCase
 from llmsim.stages import describe_split
 from llmsim.strategy import Layout
 
@@ -33,6 +34,7 @@ class Case(BaseModel):
     layout: Layout
     seed: int = 0
     scenario_dir: Path = Path(".")
+    serving: ServingCase | None = None   # a serving run at one rate (the scenario's serving: block)
 
     def result(self, backend: "Backend", **values: Any) -> Result:
         """A result row with every column this case already determines filled in."""
@@ -72,7 +74,8 @@ class Backend(ABC):
       3. `sweep(settings)` -> [(case-name suffix, settings)]: one point per value of a list setting.
       4. `check_settings(settings, catalog)` for each point: names the catalog must know (devices, links).
       5. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
-         mismatch is a validation error naming the strategy).
+         mismatch is a validation error naming the strategy). A serving scenario instead needs `serves`,
+         `check_serving(settings)` for each point, and a world that holds serving.replicas x tp x pp.
     Running (`llmsim run`, after every pair validated):
       6. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
          not called.
@@ -86,6 +89,9 @@ class Backend(ABC):
     kind: ClassVar[Literal["measured", "modeled"]]
     description: ClassVar[str] = ""
     Settings: ClassVar[type[BaseModel]] = NoSettings
+    # Whether `run` answers a case with a serving run (Case.serving); a scenario with a serving: block may
+    # only name backends that do (a validation error otherwise).
+    serves: ClassVar[bool] = False
 
     def __init__(self, context: RunContext | None = None) -> None:
         self.context = context or RunContext()
@@ -120,6 +126,14 @@ class Backend(ABC):
     @classmethod
     def check_settings(cls, settings: BaseModel, catalog: Catalog) -> tuple[str, str] | None:
         """Checks that need the hardware catalog (device and link names), before anything runs.
+
+        Returns None, or (key inside this backend's settings, message naming what is allowed).
+        """
+        return None
+
+    @classmethod
+    def check_serving(cls, settings: BaseModel) -> tuple[str, str] | None:
+        """Checks of settings that only a serving scenario needs (`serves` backends), before anything runs.
 
         Returns None, or (key inside this backend's settings, message naming what is allowed).
         """

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmsim.errors import ScenarioError, format_key_path
+from llmsim.serving.spec import ServingSpec
 from llmsim.stages import SplitError, split_layers
 from llmsim.workload.presets import PRESETS
 
@@ -395,6 +396,38 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     return None
 
 
+def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Problem:
+    """A serving block needs a decoder that generates (key path from the top of the file, message)."""
+    if not w.model.causal:
+        return "workload.model.causal", "serving generates tokens: it needs a causal decoder (causal: true)"
+    if mode_given and w.mode == "train":
+        return "workload.mode", ("'train' cannot be served; with a serving: block leave mode out (the request list "
+                                 "sets the batches and lengths) or write decode")
+    sched = serving.scheduler
+    if sched.kind in ("static", "continuous") and sched.max_batched_tokens < w.model.seq_len:
+        # vLLM (vllm/config/scheduler.py) refuses max_num_batched_tokens < max_model_len without chunked
+        # prefill: a prompt (or a preempted request's recompute) up to the context must fit one iteration.
+        return "serving.scheduler.max_batched_tokens", (
+            f"{sched.max_batched_tokens} is below the model's context seq_len={w.model.seq_len}; without chunked "
+            f"prefill ({sched.kind}) a whole prompt must fit one iteration (allowed: >= {w.model.seq_len}, or "
+            f"kind: chunked-prefill)")
+    return None
+
+
+def check_serving_strategy(s: Strategy, serving: ServingSpec) -> Problem:
+    """One replica is tp x pp devices; data parallelism is `serving.replicas` (key inside the strategy, message)."""
+    if s.dp is not None and s.dp != serving.replicas:
+        return "dp", (f"{s.dp}: with a serving: block the data-parallel copies are serving.replicas "
+                      f"({serving.replicas}); omit dp")
+    if s.cp > 1:
+        return "cp", "serving runs one model replica per tp x pp devices, without context parallelism (use cp: 1)"
+    if s.zero:
+        return "zero", "ZeRO shards training state; a serving replica holds its whole tp x pp share (use zero: 0)"
+    if s.schedule == "interleaved":
+        return "schedule", "interleaved is a training pipeline schedule; serving fills the pipeline in order (1f1b)"
+    return None
+
+
 class Scenario(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     workload: Workload
@@ -404,6 +437,8 @@ class Scenario(_Strict):
     hardware_catalog: list[str] = Field(default_factory=list,
                                         description="extra hardware YAML files, relative to this file")
     seed: int = 0
+    serving: ServingSpec | None = Field(None, description="a request-level serving run (arrivals, lengths, "
+                                                          "scheduler, KV cache, replicas, SLO): docs/serving.md")
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -430,6 +465,14 @@ class Scenario(_Strict):
                 problem = check_sharing(self.sharing_for(strategy), self.workload.model)
                 if problem:
                     raise _KeyedError(f"strategies[{i}].sharing.{problem[0]}", problem[1])
+        if self.serving is not None:
+            problem = check_serving(self.serving, self.workload, "mode" in self.workload.model_fields_set)
+            if problem:
+                raise _KeyedError(*problem)
+            for i, strategy in enumerate(self.strategies):
+                problem = check_serving_strategy(strategy, self.serving)
+                if problem:
+                    raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])
         return self
 
     def sharing_for(self, strategy: Strategy) -> Sharing:

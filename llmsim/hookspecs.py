@@ -19,6 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     from llmsim.backend import Backend
     from llmsim.energy import EnergyMeter
+    from llmsim.serving.schedulers import Scheduler
 
 PROJECT = "llmsim"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -54,6 +55,22 @@ def llmsim_hardware() -> list[dict[str, Any]]:
     Returns a list of dicts, each validated like an entry of a hardware YAML file (docs/hardware.md): a
     ``name``, a ``type`` (``device`` | ``link``) and a ``source`` for its numbers are required. A name
     that already exists is an error naming the plugin, so a plugin cannot silently change a built-in.
+    """
+
+
+@hookspec
+def llmsim_serving_schedulers() -> list[type["Scheduler"]]:
+    """Return serving scheduler classes (policies that form each iteration of a replica) this plugin adds.
+
+    Called once per plugin manager, when the backend registry is built (``llmsim validate``, ``run``).
+    Takes no parameters.
+
+    Returns a list of subclasses of ``llmsim.serving.schedulers.Scheduler``, each with a ``kind`` (the
+    name a scenario gives as ``serving.scheduler.kind``; unique: a kind already taken by a built-in
+    policy — static, continuous, chunked-prefill — or another plugin is an error naming both) and a
+    ``schedule(now)`` method returning the next ``Iteration`` or None. The class is built once per replica
+    with the scenario's ``serving.scheduler`` block and the replica's KV cache; the base class's docstring
+    says what state it may use. Anything else in the list marks the plugin as broken.
     """
 
 

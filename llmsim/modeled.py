@@ -24,6 +24,7 @@ from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.step import StepTimes
 from llmsim.errors import ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog
+from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
@@ -93,6 +94,7 @@ class ModeledBackend(Backend):
     # Whether a case that does not fit in memory is still priced (its time goes into the row's extras):
     # cheap for a closed form, a waste for a simulation.
     prices_what_does_not_fit: ClassVar[bool] = False
+    serves = True  # a serving scenario runs llmsim.serving's simulation, priced on this cluster (modeled_serving)
 
     def __init__(self, context: RunContext | None = None) -> None:
         super().__init__(context)
@@ -137,7 +139,20 @@ class ModeledBackend(Backend):
             return exc.key or "hardware", exc.message
         return None
 
+    @classmethod
+    def check_serving(cls, settings: BaseModel) -> tuple[str, str] | None:
+        """Serving prices a fused attention kernel (vLLM's FlashAttention / paged attention)."""
+        assert isinstance(settings, ModeledSettings)
+        if settings.attention != "flash":
+            return "attention", (f"{settings.attention!r}: a serving run prices a fused attention kernel, as vLLM "
+                                 f"runs (allowed with serving: flash)")
+        return None
+
     # -- running ----------------------------------------------------------------------------------
+    def serving_faults(self, case: Case, settings: Any, cluster: ClusterSpec) -> ServingFaults:
+        """Faults and variance of a serving run on this backend (none: the cost model's prices as they are)."""
+        return ServingFaults()
+
     def cluster(self, settings: ModeledSettings) -> ClusterSpec:
         """The catalog cluster the settings describe; unknown names are one clear error."""
         try:
@@ -162,6 +177,8 @@ class ModeledBackend(Backend):
     def run(self, case: Case, settings: Any) -> Result:
         cluster = self.cluster(settings)
         options = settings.options
+        if case.serving is not None:
+            return serve_case(self, case, cluster, options, self.serving_faults(case, settings, cluster))
         profile = profile_workload(case.workload, case.sharing)
         plan = plan_on(Plan.of(case.strategy, case.layout), cluster)
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmsim.backend import Backend
 from llmsim.errors import PluginError
 from llmsim.plugins import PluginManager
+from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS, Scheduler
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,8 @@ class BackendRegistry:
     backends: dict[str, type[Backend]]
     owners: dict[str, str]            # backend name -> plugin name
     broken: dict[str, str]            # plugin name -> why it is not usable
+    # serving scheduler kind -> class: the built-in policies and those of the llmsim_serving_schedulers hook
+    schedulers: dict[str, type[Scheduler]] = field(default_factory=lambda: dict(BUILTIN_SCHEDULERS))
 
     @classmethod
     def from_manager(cls, manager: PluginManager) -> "BackendRegistry":
@@ -29,7 +32,20 @@ class BackendRegistry:
                     raise PluginError(f"backend name {name!r} is registered twice: by plugin "
                                       f"{owners[name]!r} and by plugin {plugin!r}")
                 backends[name], owners[name] = backend, plugin
-        return cls(backends, owners, dict(manager.broken))
+        schedulers: dict[str, type[Scheduler]] = dict(BUILTIN_SCHEDULERS)
+        scheduler_owners = {kind: "llmsim" for kind in schedulers}
+        for plugin, classes in manager.call_each("llmsim_serving_schedulers"):
+            for policy in classes:
+                kind = getattr(policy, "kind", None)
+                if not (isinstance(policy, type) and issubclass(policy, Scheduler) and isinstance(kind, str) and kind):
+                    manager.broken[plugin] = (f"llmsim_serving_schedulers returned {policy!r}, not a "
+                                              f"llmsim.serving.schedulers.Scheduler subclass with a kind")
+                    continue
+                if kind in schedulers:
+                    raise PluginError(f"serving scheduler {kind!r} is registered twice: by "
+                                      f"{scheduler_owners[kind]!r} and by plugin {plugin!r}")
+                schedulers[kind], scheduler_owners[kind] = policy, plugin
+        return cls(backends, owners, dict(manager.broken), schedulers)
 
     def get(self, name: str) -> type[Backend]:
         if name not in self.backends:

@@ -37,9 +37,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "stage_layers": ("layers", "Transformer layers of each pipeline stage, first to last, comma-separated"),
     "nodes": ("", "nodes"),
     "n_devices": ("", "devices the step runs on"),
-    "mode": ("", "train | prefill | decode"),
-    "batch": ("sequences", "global batch"),
-    "seq_len": ("tokens", "sequence length"),
+    "mode": ("", "train | prefill | decode | serve (a serving run)"),
+    "batch": ("sequences", "global batch (serve: max_num_seqs per replica)"),
+    "seq_len": ("tokens", "sequence length (serve: the model's context)"),
     "dtype": ("", "workload dtype"),
     "params": ("", "unique parameters after sharing"),
     "trainable_params": ("", "parameters the optimizer updates (LoRA: the adapters only)"),
@@ -71,6 +71,34 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "bubble_time_s": ("s", "pipeline bubble"),
     "other_time_s": ("s", "the rest: optimizer, host overhead, unexplained"),
 }
+
+# Serving (a scenario with a `serving:` block; contract names, docs/serving.md): one row per (case, rate).
+# Latencies per request as vLLM's `bench serve` defines them (llmsim.serving.metrics), over finished requests.
+SERVING_COLUMNS: dict[str, tuple[str, str]] = {
+    "request_rate": ("requests/s", "offered arrival rate (a trace as recorded: its mean rate)"),
+    "requests_per_s": ("requests/s", "finished requests / duration (first arrival to last token)"),
+    "output_tokens_per_s": ("tokens/s", "generated tokens / duration"),
+    "ttft_mean_s": ("s", "mean time to first token (arrival to first token)"),
+    "tpot_mean_s": ("s", "mean time per output token after the first, (e2e - ttft) / (output - 1)"),
+    "itl_mean_s": ("s", "mean inter-token latency, all gaps of all requests"),
+    "e2e_mean_s": ("s", "mean end-to-end latency (arrival to last token)"),
+    "ttft_p50_s": ("s", "median TTFT"),
+    "ttft_p90_s": ("s", "90th percentile TTFT"),
+    "ttft_p99_s": ("s", "99th percentile TTFT"),
+    "tpot_p50_s": ("s", "median TPOT"),
+    "tpot_p90_s": ("s", "90th percentile TPOT"),
+    "tpot_p99_s": ("s", "99th percentile TPOT"),
+    "itl_p50_s": ("s", "median inter-token latency"),
+    "itl_p99_s": ("s", "99th percentile inter-token latency"),
+    "e2e_p50_s": ("s", "median end-to-end latency"),
+    "e2e_p99_s": ("s", "99th percentile end-to-end latency"),
+    "queue_p50_s": ("s", "median queueing delay (arrival to first scheduled)"),
+    "goodput_rps": ("requests/s", "requests meeting both SLO bounds / duration (DistServe)"),
+    "slo_attainment": ("", "share of the requests sent that meet both SLO bounds"),
+    "kv_peak_utilization": ("", "peak KV-cache blocks in use / blocks, fullest replica"),
+    "preemptions": ("", "preemptions by recompute, all replicas"),
+}
+COLUMNS.update(SERVING_COLUMNS)
 
 Status = Literal["ok", "skipped", "failed", "does-not-fit"]
 # Built-in sources are nvml, rapl and modeled; a plugin's meter writes its own `name` (llmsim.energy).
@@ -138,6 +166,28 @@ class Result(BaseModel):
     comm_time_s: float | None = None
     bubble_time_s: float | None = None
     other_time_s: float | None = None
+    request_rate: float | None = None
+    requests_per_s: float | None = None
+    output_tokens_per_s: float | None = None
+    ttft_mean_s: float | None = None
+    tpot_mean_s: float | None = None
+    itl_mean_s: float | None = None
+    e2e_mean_s: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p90_s: float | None = None
+    ttft_p99_s: float | None = None
+    tpot_p50_s: float | None = None
+    tpot_p90_s: float | None = None
+    tpot_p99_s: float | None = None
+    itl_p50_s: float | None = None
+    itl_p99_s: float | None = None
+    e2e_p50_s: float | None = None
+    e2e_p99_s: float | None = None
+    queue_p50_s: float | None = None
+    goodput_rps: float | None = None
+    slo_attainment: float | None = None
+    kv_peak_utilization: float | None = None
+    preemptions: int | None = None
     extra: dict[str, Any] = {}
 
     def row(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from llmsim.errors import LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
+from llmsim.serving.requests import TraceError, read_trace
+from llmsim.serving.spec import ServingCase
 from llmsim.strategy import Layout, resolve_layout
 
 
@@ -90,6 +92,8 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             problem = cls.check_settings(point, catalog)
             if problem:
                 raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
+    if scenario.serving is not None:
+        return _serving_cases(scenario, registry, backends, sweeps, file, scenario_dir)
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
         cls = registry.get(name)
         for suffix, settings in sweeps[name]:
@@ -105,6 +109,62 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                         sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
                         seed=scenario.seed, scenario_dir=scenario_dir)
             planned.append(PlannedCase(cls, settings, case))
+    return planned
+
+
+def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict[str, Any],
+                   sweeps: dict[str, list[tuple[str, BaseModel]]], file: str, scenario_dir: Path) -> list[PlannedCase]:
+    """The cases of a serving scenario: (strategy, backend point, rate), each replica tp x pp devices.
+
+    Checked here: every backend serves (and its settings allow it), the cluster holds the replicas, the
+    scheduler kind is installed, the trace file reads. A list of rates suffixes the case names
+    "@rate=R" as a list of nodes suffixes "@nodes=N"."""
+    spec = scenario.serving
+    assert spec is not None
+    for name in backends:
+        cls = registry.get(name)
+        if not cls.serves:
+            serving = ", ".join(n for n in registry.names if registry.get(n).serves) or "none installed"
+            key = f"backends.{name}" if name in scenario.backends else "--backend"
+            raise ScenarioError(file, key, f"backend {name!r} does not run serving scenarios (a serving: block); "
+                                           f"backends that do: {serving}")
+        for _, point in sweeps[name]:
+            problem = cls.check_serving(point)
+            if problem:
+                raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
+    scheduler = registry.schedulers.get(spec.scheduler.kind)
+    if scheduler is None:
+        raise ScenarioError(file, "serving.scheduler.kind", f"unknown scheduler {spec.scheduler.kind!r}; allowed: "
+                                                            f"{', '.join(registry.schedulers)}")
+    trace = None
+    if spec.arrival.kind == "trace":
+        assert spec.arrival.path is not None
+        trace = str((scenario_dir / spec.arrival.path).resolve())
+        try:
+            read_trace(trace)
+        except TraceError as exc:
+            raise ScenarioError(file, "serving.arrival.path", str(exc)) from None
+    seed = scenario.seed if spec.seed is None else spec.seed
+    rates = spec.arrival.rates
+    planned: list[PlannedCase] = []
+    for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
+        cls = registry.get(name)
+        for suffix, settings in sweeps[name]:
+            world, need = cls.world_size(settings), spec.replicas * strategy.tp * strategy.pp
+            if world is not None and world < need:
+                point = f" (at {suffix[1:]})" if suffix else ""
+                raise ScenarioError(file, "serving.replicas",
+                                    f"replicas x tp x pp = {spec.replicas} x {strategy.tp} x {strategy.pp} = {need} "
+                                    f"devices (strategy {strategy.name!r}) but backend '{name}' has {world}{point}; "
+                                    f"allowed: at most {world // (strategy.tp * strategy.pp)} replicas, or more nodes")
+            layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1)
+            for rate in rates:
+                tag = f"@rate={rate:g}" if len(rates) > 1 and rate is not None else ""
+                case = Case(scenario=scenario.name, name=strategy.name + suffix + tag, workload=scenario.workload,
+                            sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
+                            seed=scenario.seed, scenario_dir=scenario_dir,
+                            serving=ServingCase(spec.at_rate(rate), seed, scheduler, trace))
+                planned.append(PlannedCase(cls, settings, case))
     return planned
 
 

@@ -18,6 +18,7 @@ from llmsim import Backend, Case, hookimpl
 from llmsim.costmodel import ClusterSpec, Plan
 from llmsim.hardware import Catalog
 from llmsim.modeled import ModeledBackend, ModeledSettings, Priced
+from llmsim.modeled_serving import ServingFaults
 from llmsim.sim import DEFAULT_BUCKET_BYTES, Faults, Outcome, Placement, SimOptions, placement_of, simulate_case
 from llmsim.sim.trace import write_trace
 from llmsim.workload.profile import WorkloadProfile
@@ -87,6 +88,17 @@ class ClusterBackend(ModeledBackend):
                 return f"{key}.rank", f"rank {fault.rank} is outside the {world} devices of this cluster " \
                                       f"(allowed: 0 to {world - 1})"
         return None
+
+    def serving_faults(self, case: Case, settings: ClusterSettings, cluster: ClusterSpec) -> ServingFaults:  # type: ignore[override]
+        """A serving run: the straggler's and the degraded port's rank sit on replica rank // (tp x pp)
+        (replicas outermost, as data parallelism in Megatron's rank order); jitter on every iteration."""
+        per_replica = case.layout.tp * case.layout.pp
+        s, d = settings.straggler, settings.degraded_link
+        return ServingFaults(straggler_replica=s.rank // per_replica if s else None, slowdown=s.slowdown if s else 1.0,
+                             degraded_replica=d.rank // per_replica if d else None,
+                             degraded_tier="intra" if d and d.link == "intra_node" else "inter",
+                             bandwidth_factor=d.bandwidth_factor if d else 1.0, jitter=settings.jitter,
+                             seed=case.seed)
 
     def price(self, case: Case, settings: ClusterSettings, profile: WorkloadProfile, plan: Plan,  # type: ignore[override]
               cluster: ClusterSpec) -> Priced:

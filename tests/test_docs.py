@@ -13,7 +13,7 @@ HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunc
 
 
 def test_there_are_hooks() -> None:
-    assert HOOKS == ["llmsim_backends", "llmsim_energy_meters", "llmsim_hardware"]
+    assert HOOKS == ["llmsim_backends", "llmsim_energy_meters", "llmsim_hardware", "llmsim_serving_schedulers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -46,7 +46,7 @@ def test_nothing_in_the_core_imports_a_builtin_plugin() -> None:
     assert _offenders(list(CORE.rglob("*.py")), lambda m: m.split(".")[0] == "llmsim_plugins") == {}
 
 
-@pytest.mark.parametrize("package", ["costmodel", "sim"])
+@pytest.mark.parametrize("package", ["costmodel", "sim", "serving"])
 def test_the_pricing_and_the_simulation_never_import_torch(package: str) -> None:
     def bad(module: str) -> bool:
         return module.split(".")[0] == "torch" or (module.startswith("llmsim.workload.")

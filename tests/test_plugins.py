@@ -105,7 +105,7 @@ def test_every_hook_has_a_docstring() -> None:
     from llmsim import hookspecs
 
     hooks = [name for name in dir(hookspecs) if name.startswith("llmsim_")]
-    assert hooks == ["llmsim_backends", "llmsim_energy_meters", "llmsim_hardware"]
+    assert hooks == ["llmsim_backends", "llmsim_energy_meters", "llmsim_hardware", "llmsim_serving_schedulers"]
     for name in hooks:
         assert len((getattr(hookspecs, name).__doc__ or "").strip()) > 80, name
 

@@ -58,6 +58,12 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
         ("parity", "Modeled vs measured",
          "modeled against measured step time of the same case, with the model's error.",
          lambda: F.parity(frame)),
+        ("serving_latency", "Latency against load",
+         "time to first token and time per output token, median (solid) and 99th percentile (dashed), against "
+         "the offered request rate; dotted: the SLO bounds.", lambda: F.serving_latency(frame)),
+        ("serving_goodput", "Goodput against load",
+         "requests/s served and requests/s meeting the SLO (goodput) against the offered rate; the dashed "
+         "diagonal is every offered request served.", lambda: F.serving_goodput(frame)),
         ("gantt", "Pipeline timeline (one replica)",
          "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle "
          "time.", lambda: _gantt(run)),
@@ -72,8 +78,11 @@ def _some(table: Table | None) -> list[Block]:
 def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) -> Document:
     frame = run.frame
     scenario = str(frame["scenario"].iloc[0]) if len(frame) else str(run.scenario.get("name", "?"))
+    serving = [Section("Serving", [figs["serving_latency"], figs["serving_goodput"]], "serving")] \
+        if not F.serving_rows(frame).empty else []
     sections = [
         Section("Results", [T.results_table(frame), figs["throughput"]], "results"),
+        *serving,
         Section("Where the time goes", [figs["breakdown"]] + _some(T.breakdown_table(frame)), "breakdown"),
         Section("Scaling", [figs["scaling"]], "scaling"),
         Section("Energy", [figs["energy"]], "energy"),

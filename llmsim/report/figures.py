@@ -399,3 +399,89 @@ def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right", ncols=min(len(seen), 5))
     return fig, ax
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving runs (a scenario with a serving: block; docs/serving.md)
+# ---------------------------------------------------------------------------------------------------
+
+SERVING_LATENCIES: list[tuple[str, str, str]] = [
+    ("ttft", "time to first token", "slo_ttft_s"),
+    ("tpot", "time per output token", "slo_tpot_s"),
+]
+SLO_COLOR = CAPACITY_COLOR
+
+
+def serving_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Serving rows that ran, with their rate."""
+    if "mode" not in frame or "request_rate" not in frame:
+        return frame.iloc[0:0]
+    rows = ok_rows(frame, "request_rate")
+    return rows[(rows["mode"] == "serve").astype(bool)]
+
+
+def _serving_curves(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One curve per (strategy, backend): the case name without its @rate= suffix, rows by rate."""
+    strategy = rows["case"].map(lambda c: str(c).split("@rate=")[0])
+    curves = []
+    for (name, backend), g in rows.groupby([strategy, rows["backend"]], sort=False):
+        curves.append((f"{name} ({backend})", g.sort_values("request_rate")))
+    return curves
+
+
+def _slo_line(ax: Axes, rows: pd.DataFrame, column: str) -> None:
+    if column not in rows:
+        return
+    for value in sorted({float(v) for v in rows[column] if not missing(v)}):
+        ax.axhline(value, color=SLO_COLOR, ls=":", lw=1.5, label=f"SLO {fmt_seconds(value)}")
+
+
+def serving_latency(frame: pd.DataFrame) -> tuple[Figure, Any]:
+    """TTFT and TPOT (p50 solid, p99 dashed) against the offered request rate, one line per strategy and
+    backend, with the SLO bounds dotted."""
+    rows = serving_rows(frame)
+    if rows.empty:
+        raise NoData("no serving case ran (a scenario with a serving: block)")
+    fig, axes = new_figure(10, 3.8, 1, 2)
+    curves = _serving_curves(rows)
+    for ax, (key, label, slo) in zip(axes[0], SERVING_LATENCIES):
+        for i, (name, g) in enumerate(curves):
+            rate = g["request_rate"].astype(float)
+            for q, style, marker in (("p50", "-", "o"), ("p99", "--", "^")):
+                values = g[f"{key}_{q}_s"].map(_num)
+                ax.plot(rate, values, color=f"C{i}", ls=style, marker=marker, ms=4, label=f"{name} {q}")
+        _slo_line(ax, rows, slo)
+        ax.set_title(label, fontsize=10, loc="left")
+        ax.set_xlabel("offered requests/s")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v)))
+        ax.yaxis.set_minor_formatter(NullFormatter())   # names are text, not mathtext (report.raster)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][1].legend(fontsize=7, loc="best")
+    return fig, axes
+
+
+def serving_goodput(frame: pd.DataFrame) -> tuple[Figure, Axes]:
+    """Goodput (requests/s meeting the SLO) and served requests/s against the offered rate; the dashed
+    diagonal is every offered request served."""
+    rows = serving_rows(frame)
+    if rows.empty:
+        raise NoData("no serving case ran (a scenario with a serving: block)")
+    fig, axes = new_figure(6.5, 4.0)
+    ax = axes[0][0]
+    top = float(rows["request_rate"].astype(float).max())
+    ax.plot([0, top], [0, top], color="black", lw=1, ls="--", label="offered = served")
+    for i, (name, g) in enumerate(_serving_curves(rows)):
+        rate = g["request_rate"].astype(float)
+        ax.plot(rate, g["requests_per_s"].map(_num), color=f"C{i}", marker="o", ms=4, label=f"{name} served")
+        if has_value(g["goodput_rps"]).any():
+            ax.plot(rate, g["goodput_rps"].map(_num), color=f"C{i}", ls=":", marker="s", ms=4,
+                    label=f"{name} goodput")
+    ax.set_xlabel("offered requests/s")
+    ax.set_ylabel("requests/s")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig, ax

@@ -108,8 +108,47 @@ def loser_details(ok: pd.DataFrame, best: pd.Series) -> list[str]:
     return details
 
 
+def _ms(value: Any) -> str:
+    return "–" if missing(value) else fmt_seconds(float(value))
+
+
+def serving_points(rows: pd.DataFrame) -> list[Point]:
+    """Serving rows (mode serve) of one backend: per strategy, what each rate got, and the highest rate that
+    met the SLO. Rates are the load, not competitors: no winner is named among them."""
+    where = panel_title(rows)
+    ok = rows[rows["status"] == "ok"].copy()
+    points: list[Point] = []
+    if ok.empty:
+        points.append(Point(f"{where}: no serving case ran to completion."))
+    ok["_strategy"] = ok["case"].map(lambda c: str(c).split("@rate=")[0])
+    for strategy, group in ok.groupby("_strategy", sort=False):
+        details = []
+        met = []
+        for _, row in group.sort_values("request_rate").iterrows():
+            text = (f"{fmt_rate(_f(row['request_rate']))} requests/s offered: {fmt_rate(_f(row['requests_per_s']))} "
+                    f"served, TTFT p50/p99 {_ms(row['ttft_p50_s'])}/{_ms(row['ttft_p99_s'])}, TPOT p50/p99 "
+                    f"{_ms(row['tpot_p50_s'])}/{_ms(row['tpot_p99_s'])}")
+            if not missing(row.get("goodput_rps")):
+                text += f", goodput {fmt_rate(_f(row['goodput_rps']))} requests/s"
+            if row.get("slo_met") is True:
+                met.append(_f(row["request_rate"]))
+            details.append(text + ".")
+        head = f"{where}: {strategy} served {len(group)} rate{'s' if len(group) != 1 else ''}"
+        if "slo_met" in group and not group["slo_met"].isna().all():
+            head += (f"; the highest that met the SLO: {fmt_rate(max(met))} requests/s." if met
+                     else "; none met the SLO.")
+        else:
+            head += "."
+        points.append(Point(head, details))
+    for _, row in rows[rows["status"] != "ok"].iterrows():
+        points.append(Point(f"{row['case']} {row['status']} on {row['backend']}: {_short(row.get('error') or '')}"))
+    return points
+
+
 def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
     """Winner, most efficient, and losers' reasons for the rows of one backend."""
+    if "mode" in rows and (rows["mode"] == "serve").all():
+        return serving_points(rows)
     where = panel_title(rows)
     ok = ok_rows(rows, "tokens_per_s")
     points: list[Point] = []

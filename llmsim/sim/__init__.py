@@ -13,7 +13,9 @@ for, so waiting, port contention, stragglers, slow links and jitter show in the 
              where the time went, with the roofline's definition of the breakdown
 * trace      the timeline as a Chrome trace
 
-Used by the `cluster` backend (plugins/cluster.py) and the planner's re-check (llmsim.planner).
+Used by the `cluster` backend (plugins/cluster.py) and the planner's re-check (llmsim.planner); the
+request-level serving simulation (llmsim.serving) runs its replicas on the same engine
+(entities.CountingEnvironment).
 """
 
 from llmsim.sim.entities import Faults, Placement

@@ -15,7 +15,7 @@ from llmsim.errors import ScenarioError
 from llmsim.hardware import load_catalog
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.results import COLUMNS, Result
+from llmsim.results import COLUMNS, SERVING_COLUMNS, Result
 from llmsim.runner import PlannedCase, plan_cases
 from llmsim_plugins.cluster import ClusterBackend
 from llmsim_plugins.roofline import RooflineBackend
@@ -106,7 +106,7 @@ def test_every_contract_column_is_filled_and_the_trace_and_gantt_are_written(tmp
     r = _run(planned, tmp_path)
     assert r.status == "ok", r.error
     row = r.row()
-    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"}
+    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"} | set(SERVING_COLUMNS)
     assert [c for c in COLUMNS if row[c] is None and c not in not_applicable] == []
     assert r.kind == "modeled" and r.energy_source == "modeled"
     assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)

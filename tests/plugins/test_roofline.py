@@ -11,7 +11,7 @@ from llmsim.config import parse_scenario
 from llmsim.errors import ScenarioError
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.results import COLUMNS
+from llmsim.results import COLUMNS, SERVING_COLUMNS
 from llmsim.runner import PlannedCase, plan_cases
 from llmsim_plugins.roofline import RooflineBackend, RooflineSettings
 
@@ -42,7 +42,7 @@ def test_every_contract_column_is_filled_for_a_training_case() -> None:
     assert r.status == "ok", r.error
     row = r.row()
     # train has no first token; no sharing was asked for
-    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"}
+    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"} | set(SERVING_COLUMNS)
     missing = [c for c in COLUMNS if row[c] is None and c not in not_applicable]
     assert missing == []
     assert (r.dp, r.tp, r.n_devices, r.hardware, r.energy_source) == (4, 2, 8, "a100-80gb", "modeled")

@@ -1,0 +1,414 @@
+"""One serving iteration priced for its real mix, and the memory a replica leaves for its KV cache.
+
+A serving engine (vLLM, Orca, Sarathi-Serve) runs one forward pass per iteration over whatever its
+scheduler put in the batch: chunks of prompts being prefilled (each after the part of its prompt already
+in the cache) and decoding sequences (one new token each, every one at its own cache length). This module
+prices that pass on one model replica (tp x pp devices) with the cost model's one path:
+
+* per-token costs come from the traced profile (`token_costs`: the same module the real backends run,
+  traced once in decode mode and divided by its token and pair counts);
+* each pipeline stage's work is a `costmodel.work.StageWork` (seconds per layer, embedding, head, the
+  tensor-parallel all-reduces and the pipeline message, with `work`'s own helpers), and the iteration is
+  the roofline's closed-form sum of that `StepWork` (`costmodel.step.price`), so the roofline, the
+  cluster simulation and the serving simulation price a forward pass alike.
+
+The mix enters as sums (`Mix`), which is exact because every term is a sum over sequences: GEMMs are
+linear in the tokens (plus the weights, read once per pass: `compute.gemm_weight_bytes`); attention of a
+prefill chunk of c tokens after p cached ones covers c*p + c*c/2 query-key pairs (causal; the flash kernel
+skips the masked half, compute.CAUSAL_FLOP_SHARE) and reads the prefix's K and V; a decoding sequence
+attending over k keys does k pairs and reads k tokens' K and V. The only non-linear terms are the
+roofline's max(compute, memory) per kind and the GEMM shape efficiency, both functions of the sums.
+
+Pure and torch-free: profile, plan and cluster in, seconds and bytes out.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from llmsim.costmodel.cluster import ClusterSpec
+from llmsim.costmodel import precision
+from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD,
+                                      Rates, device_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
+from llmsim.costmodel.memory import memory_breakdown, memory_stages
+from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+from llmsim.costmodel.step import StepTimes, price
+from llmsim.costmodel.work import (TP_COLLECTIVES_PER_LAYER_FORWARD, Groups, StageWork, StepWork, _pipeline_message,
+                                   _stage_kinds, _tp_collectives)
+
+if TYPE_CHECKING:
+    from llmsim.config import SharingChoice, Workload
+    from llmsim.workload.profile import WorkloadProfile
+
+FP32_LOGIT_BYTES = 4
+# vLLM's sampler turns the logits to float32 before sampling (vllm/v1/sample/sampler.py, `Sampler.forward`:
+# `logits = logits.to(torch.float32)`), so its profile run holds max_num_seqs x vocab/tp fp32 logits.
+
+
+class ServingPriceError(ValueError):
+    """A profile that cannot give per-token serving costs (not traced in decode mode with two decode steps)."""
+
+
+@dataclass(frozen=True)
+class TokenCosts:
+    """What one token, one query-key pair and one sampled row cost in one forward pass of the whole model on
+    one device (tp = pp = 1), read off a traced decode profile (`token_costs`). FLOPs and bytes.
+
+    `*_prefill` are per prompt token in a prefill pass, `*_decode` per generated token in a decode step
+    (the two differ a little: a prompt pass also builds per-sequence tables). Layer figures cover all layers.
+    """
+
+    layers: int
+    mm_flops_prefill: float          # layer GEMMs, per token (2 x layer weights: Kaplan et al. 2020)
+    mm_flops_decode: float
+    mm_bytes_prefill: float          # layer GEMM activations in and out, per token (weights apart)
+    mm_bytes_decode: float
+    other_bytes_prefill: float       # norms, rotary, activations, residual adds, cache writes, per token
+    other_bytes_decode: float
+    attention_flops_per_pair: float  # QK^T and PV over one (query, key) pair, all layers (4 heads hd L)
+    kv_bytes_per_token: float        # K and V of one cached token, all layers, whole model
+    embed_bytes_prefill: float       # the embedding lookup, per token
+    embed_bytes_decode: float
+    head_flops_per_row: float        # LM head GEMM, per sampled row
+    head_bytes_per_row: float        # its activations in and out per row (the weight apart)
+    head_other_per_token: float      # final norm over every token of the pass
+    head_other_per_row: float        # the sampled rows' argmax / copies
+    ops_prefill: tuple[int, int, int]  # operators of one pass: (embed, layers, head), for op_overhead_s
+    ops_decode: tuple[int, int, int]
+
+
+def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
+    """Per-token costs from a profile traced in decode mode (a prompt of S tokens for B sequences, then
+    n = decode_tokens - 1 >= 2 token steps, traced at the first and last position and scaled: profile.py).
+
+    Prefill totals divide by B*S tokens (the attention's by B*S*S pairs: the traced math SDPA counts the
+    whole score matrix), decode totals by n*B tokens. The traced weights of the layer GEMMs (tp = 1, read
+    once per pass: compute.gemm_weight_bytes) are taken out of the GEMM bytes; the pricing adds each
+    device's own weights back once per pass. The head's final norm runs over every token and its GEMM over
+    one row per sequence: the two unknowns follow from the prefill pass (S tokens per row) and a decode
+    step (one). Raises ServingPriceError for a profile not traced that way.
+    """
+    spec = workload.model
+    n = workload.decode_tokens - 1
+    if profile.mode != "decode" or n < 2 or profile.seq_len < 2:
+        raise ServingPriceError(f"serving prices need a decode profile with a prompt of >= 2 tokens and >= 2 decode "
+                                f"steps (got mode {profile.mode}, seq_len {profile.seq_len}, {n} steps)")
+    b, s = profile.batch, profile.seq_len
+    ops = profile.ops
+
+    def get(phase: str, region: str, kind: str) -> tuple[float, float, int]:
+        t = ops.get((phase, region, kind))
+        return (t.flops, t.bytes, t.count) if t is not None else (0.0, 0.0, 0)
+
+    one = Plan()
+    w_layers = gemm_weight_bytes(workload, one, "layers", traced=True) * profile.layers
+    w_head = gemm_weight_bytes(workload, one, "head", traced=True)
+    pf, pb, pc = get("prefill", "layers", "matmul")
+    df, db, dc = get("decode", "layers", "matmul")
+    pa_f, _, pa_c = get("prefill", "layers", "attention")
+    _, po, po_c = get("prefill", "layers", "other")
+    _, do, do_c = get("decode", "layers", "other")
+    _, da_b, da_c = get("decode", "layers", "attention")
+    _, pe, pe_c = get("prefill", "embed", "other")
+    _, de, de_c = get("decode", "embed", "other")
+    phf, phb, phc = get("prefill", "head", "matmul")
+    dhf, dhb, dhc = get("decode", "head", "matmul")
+    _, pho, pho_c = get("prefill", "head", "other")
+    _, dho, dho_c = get("decode", "head", "other")
+    prompt, steps = b * s, n * b
+    per_row_prefill, per_row_decode = pho / b, dho / steps     # = S x + y and x + y
+    per_token = max((per_row_prefill - per_row_decode) / (s - 1), 0.0)
+    cache_len = s + workload.decode_tokens                      # workload.step: the cache holds the prompt + output
+    return TokenCosts(
+        layers=profile.layers,
+        mm_flops_prefill=pf / prompt, mm_flops_decode=df / steps,
+        mm_bytes_prefill=max(pb - w_layers, 0.0) / prompt, mm_bytes_decode=max(db - n * w_layers, 0.0) / steps,
+        other_bytes_prefill=po / prompt, other_bytes_decode=do / steps,
+        attention_flops_per_pair=pa_f / (b * s * s),
+        kv_bytes_per_token=profile.kv_cache_bytes / (b * cache_len),
+        embed_bytes_prefill=pe / prompt, embed_bytes_decode=de / steps,
+        head_flops_per_row=phf / b, head_bytes_per_row=max(phb - w_head, 0.0) / b,
+        head_other_per_token=per_token, head_other_per_row=max(per_row_decode - per_token, 0.0),
+        ops_prefill=(pe_c, pc + pa_c + po_c, phc + pho_c),
+        ops_decode=(round(de_c / n), round((dc + da_c + do_c) / n), round((dhc + dho_c) / n)))
+
+
+@dataclass(frozen=True)
+class Mix:
+    """What one iteration of one replica runs, as sums over its sequences (all counts in tokens).
+
+    prefill_tokens   sum of c, the prompt-chunk tokens computed (a whole prompt is one chunk at p = 0)
+    prefill_pairs    sum of c*p: each chunk's queries against the p tokens already cached before it
+    prefill_square   sum of c*c: each chunk's queries against its own tokens (causal: half are masked)
+    prefix_tokens    sum of p: cached tokens the chunks read (K and V)
+    decode_seqs      sequences generating one token each
+    decode_keys      sum of k: the keys each decoding sequence attends over (its cache + the new token)
+    rows             sequences whose last position goes through the LM head this pass (vLLM samples every
+                     scheduled request, a partial prefill's token is discarded: gpu_model_runner's
+                     `logits_indices` is one per request)
+    """
+
+    prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
+    prefill_pairs: float = 0
+    prefill_square: float = 0
+    prefix_tokens: float = 0
+    decode_seqs: float = 0
+    decode_keys: float = 0
+    rows: float = 0
+
+    @property
+    def tokens(self) -> float:
+        return self.prefill_tokens + self.decode_seqs
+
+
+    def __add__(self, other: "Mix") -> "Mix":
+        return Mix(self.prefill_tokens + other.prefill_tokens, self.prefill_pairs + other.prefill_pairs,
+                   self.prefill_square + other.prefill_square, self.prefix_tokens + other.prefix_tokens,
+                   self.decode_seqs + other.decode_seqs, self.decode_keys + other.decode_keys,
+                   self.rows + other.rows)
+
+    @staticmethod
+    def prefill(chunk: int, prefix: int = 0) -> "Mix":
+        """One prompt chunk of `chunk` tokens after `prefix` cached ones, its last position sampled."""
+        return Mix(prefill_tokens=chunk, prefill_pairs=chunk * prefix, prefill_square=chunk * chunk,
+                   prefix_tokens=prefix, rows=1)
+
+    @staticmethod
+    def decode(keys: float) -> "Mix":
+        """One sequence generating a token while attending over `keys` keys (its cache + the new token)."""
+        return Mix(decode_seqs=1, decode_keys=keys, rows=1)
+
+    def share(self, parts: int) -> "Mix":
+        """1/parts of every sum: one of `parts` equal micro-batches (pipeline parallel inference)."""
+        if parts == 1:
+            return self
+        return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,
+                   self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts)
+
+
+@dataclass(frozen=True)
+class IterationModel:
+    """Everything fixed while a replica serves: its costs per token, plan, cluster and the traced workload.
+
+    `workload` is the traced reference (its model and dtype are the served ones); `plan` one replica's
+    tp x pp (dp = 1).
+    """
+
+    costs: TokenCosts
+    workload: "Workload"
+    plan: Plan
+    cluster: ClusterSpec
+    options: Options = Options()
+
+    # What every iteration reads, computed once per replica (a serving run prices ~10^5 iterations).
+    @functools.cached_property
+    def rates(self) -> Rates:
+        return device_rates(self.cluster, self.workload.dtype)
+
+    @functools.cached_property
+    def groups(self) -> Groups:
+        """Where tp and pp land (work.Groups.on: nodes, or the axes of a TPU torus)."""
+        return Groups.on(self.plan, self.cluster)
+
+    @functools.cached_property
+    def stage_layers(self) -> tuple[int, ...]:
+        """Layers of each pipeline stage (Plan.layers_per_stage: the strategy's split, even by default)."""
+        return self.plan.layers_per_stage(self.workload.model.layers)
+
+    @functools.cached_property
+    def layer_weight_bytes(self) -> float:
+        """One layer's GEMM weights on one tensor-parallel rank (compute.gemm_weight_bytes)."""
+        return gemm_weight_bytes(self.workload, self.plan, "layers")
+
+    @functools.cached_property
+    def head_weight_bytes(self) -> float:
+        return gemm_weight_bytes(self.workload, self.plan, "head")
+
+    @functools.cached_property
+    def replicated_kv_flops_per_token(self) -> float:
+        """FLOPs per token and layer a rank spends on replicated K/V heads (compute.replicated_kv_projection)."""
+        return replicated_kv_projection(self.workload, self.plan, 1)[0]
+
+    @functools.cached_property
+    def _waves(self) -> dict[tuple[str, int], float]:
+        return {}
+
+    def wave(self, region: str, rows: int) -> float:
+        """compute.gemm_wave of the region's GEMMs for `rows` rows, remembered (iterations repeat sizes)."""
+        key = (region, rows)
+        hit = self._waves.get(key)
+        if hit is None:
+            hit = self._waves[key] = gemm_wave(self.workload, self.plan, rows, region, False, self.rates)
+        return hit
+
+    @functools.cached_property
+    def activation_bytes_per_token(self) -> int:
+        """One token's hidden state: what a tensor-parallel all-reduce and a pipeline message carry per token."""
+        return self.workload.model.hidden * DTYPE_BYTES[self.workload.dtype]
+
+
+def inference_microbatches(plan: Plan, sequences: int) -> int:
+    """Micro-batches one forward pass splits into: pp when it has at least pp sequences, else 1.
+
+    As costmodel.work.inference_plan: with pp stages a server keeps pp micro-batches in flight (vLLM runs
+    `pipeline_parallel_size` batches at once), each one filling and draining the pipeline; a pass with
+    fewer sequences than stages runs whole.
+    """
+    return plan.pp if plan.pp > 1 and sequences >= plan.pp else 1
+
+
+def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers: int) -> StageWork:
+    """One pipeline stage of `layers` layers running `mix` (already one micro-batch's share) on one
+    tensor-parallel rank; the per-layer terms follow compute.phase_times."""
+    c, plan, w = model.costs, model.plan, model.workload
+    spec = w.model
+    eff = rates.efficiency
+    tp = plan.tp
+    div = tp * c.layers                            # a rank computes 1/tp of one layer of the model's L
+    pre, dec = mix.prefill_tokens, mix.decode_seqs
+    tokens = pre + dec
+    rows_int = max(1, math.ceil(tokens))
+    kv_split = min(tp, spec.kv_heads or spec.heads)
+    # GEMMs: FLOPs and activations per token, this rank's weights once per pass (phase_times' rule), and
+    # the K/V projections a rank repeats when tp > kv_heads; float8 layers at their own rates.
+    mm_flops = (pre * c.mm_flops_prefill + dec * c.mm_flops_decode) / div + tokens * model.replicated_kv_flops_per_token
+    mm_bytes = (pre * c.mm_bytes_prefill + dec * c.mm_bytes_decode) / div + model.layer_weight_bytes
+    gemm_rates = rates.gemm if rates.gemm is not None else rates
+    matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) if tokens else 0.0
+    # Attention, one fused kernel per layer (FlashAttention / paged attention): the prompt chunks are
+    # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read.
+    attention_rate = rates.sustained_flops * eff.attention
+    per_pair = c.attention_flops_per_pair / div
+    kv_read = c.kv_bytes_per_token / c.layers / kv_split
+    prefill_att = max((mix.prefill_pairs + CAUSAL_FLOP_SHARE * mix.prefill_square) * per_pair / attention_rate,
+                      rates.memory_time(mix.prefix_tokens * kv_read))
+    decode_att = max(mix.decode_keys * per_pair / attention_rate, rates.memory_time(mix.decode_keys * kv_read))
+    other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
+    if precision.is_fp8(w):   # casts of the GEMM inputs to FP8 (the weights are stored in FP8)
+        other_bytes += precision.activation_cast_bytes(w, plan, "prefill", rows_int) * tokens / rows_int
+    other = rates.memory_time(other_bytes)
+    ops = c.ops_prefill if pre else c.ops_decode
+    if eff.op_overhead_s:
+        other += eff.op_overhead_s * ops[1] / c.layers
+    other += eff.kernel_latency_s * KERNELS_PER_LAYER_FORWARD   # one pass launches every kernel of the layer
+    first, last = kind == "first", kind == "last" or plan.pp == 1
+    embed = head = 0.0
+    if first:
+        embed = (rates.memory_time((pre * c.embed_bytes_prefill + dec * c.embed_bytes_decode) / tp)
+                 + eff.op_overhead_s * ops[0] + eff.kernel_latency_s * KERNELS_EMBED)
+    if last:
+        rows = mix.rows
+        head_flops = rows * c.head_flops_per_row / tp
+        head_bytes = rows * c.head_bytes_per_row / tp + model.head_weight_bytes
+        head = (rates.matmul_time(head_flops, head_bytes, model.wave("head", max(1, math.ceil(rows))))
+                + rates.memory_time((tokens * c.head_other_per_token + rows * c.head_other_per_row) / tp)
+                + eff.op_overhead_s * ops[2] + eff.kernel_latency_s * KERNELS_HEAD)
+    activation = tokens * model.activation_bytes_per_token
+    groups = model.groups
+    _, recv_gather = _pipeline_message(activation, plan, model.options, groups)
+    return StageWork(layers=layers, fwd_layer_s=matmul + prefill_att + decode_att + other,
+                     embed_fwd_s=embed, head_fwd_s=head,
+                     tp_fwd=_tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD),
+                     tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
+                     recv_gather=recv_gather)
+
+
+def iteration_work(model: IterationModel, mix: Mix) -> StepWork:
+    """The iteration as one forward-only step of the replica's pipeline (costmodel.work's data): with pp > 1,
+    `inference_microbatches` equal shares of the mix fill and drain the stages (GPipe order)."""
+    plan = model.plan
+    rates = model.rates
+    m = inference_microbatches(plan, math.ceil(mix.rows))
+    part = mix.share(m)
+    keys = list(zip(_stage_kinds(plan.pp), model.stage_layers))
+    stages = {key: _stage_work(model, part, rates, *key) for key in dict.fromkeys(keys)}  # alike stages priced once
+    p2p, _ = _pipeline_message(part.tokens * model.activation_bytes_per_token, plan, model.options, model.groups)
+    return StepWork(stages=tuple(stages[key] for key in keys), microbatches=m, schedule="gpipe",
+                    forward_only=True, p2p=p2p, comm_shares_cores=not model.cluster.device.overlaps_communication)
+
+
+def iteration_times(model: IterationModel, mix: Mix) -> StepTimes:
+    """Where one iteration's time goes (costmodel.step.price of `iteration_work`): compute, exposed
+    tensor- and pipeline-parallel communication, and the pipeline's fill and drain (bubble). Seconds."""
+    return price(iteration_work(model, mix), model.cluster.fabric)
+
+
+def iteration_time(model: IterationModel, mix: Mix) -> float:
+    """Seconds of one iteration of `mix` on the replica (0 for an empty mix)."""
+    if mix.rows <= 0:
+        return 0.0
+    return iteration_times(model, mix).step
+
+
+# ---------------------------------------------------------------------------------------------------
+# The KV cache's share of a device
+# ---------------------------------------------------------------------------------------------------
+
+def forward_workspace_bytes(workload: "Workload", plan: Plan, tokens: int, rows: int) -> float:
+    """Transient memory of the largest forward pass a replica runs, on one device: bytes.
+
+    vLLM sizes its KV cache after a profile run: a dummy forward of max_num_batched_tokens tokens and a
+    sampler pass over max_num_seqs rows, whose torch peak it counts with the weights as `non_kv_cache_memory`
+    (vllm/v1/worker/gpu_worker.py, `determine_available_memory`; gpu_model_runner.py, `profile_run`).
+    Modelled as the larger of
+    * one layer's MLP working set for `tokens` rows: its input and the residual (2 x hidden), the up (and
+      gate) projection's output and the activated product (ffn/tp each, gated MLPs 3 of them);
+    * the logits of `rows` sequences in fp32 (FP32_LOGIT_BYTES) over vocab/tp, plus the hidden states.
+    """
+    spec = workload.model
+    elem = DTYPE_BYTES[workload.dtype]
+    ffn = (spec.ffn_hidden or 4 * spec.hidden) / plan.tp
+    gated = spec.activation in ("swiglu", "geglu")
+    layer = tokens * (2 * spec.hidden + (3 if gated else 2) * ffn) * elem
+    logits = rows * -(-spec.vocab // plan.tp) * FP32_LOGIT_BYTES + tokens * spec.hidden * elem
+    return max(layer, logits)
+
+
+@dataclass(frozen=True)
+class KVCapacity:
+    """The KV cache of one replica: bytes per device, blocks, tokens, and what it is the leftover of."""
+
+    device_bytes: float        # memory_bytes x memory_utilization
+    weights_bytes: float       # parameters on the busiest device (costmodel.memory)
+    workspace_bytes: float     # forward_workspace_bytes
+    kv_bytes: float            # what is left for the cache on that device
+    bytes_per_token: float     # K and V of one token on one device (its layers, its KV heads)
+    block_tokens: int
+    blocks: int
+
+    @property
+    def tokens(self) -> int:
+        return self.blocks * self.block_tokens
+
+
+def kv_bytes_per_token(costs: TokenCosts, workload: "Workload", plan: Plan) -> float:
+    """K and V of one cached token on one device: its 1/pp of the layers and its KV heads (1/min(tp,
+    kv_heads): replicated once tp exceeds them, as costmodel.memory's kv_cache)."""
+    spec = workload.model
+    return costs.kv_bytes_per_token / plan.pp / min(plan.tp, spec.kv_heads or spec.heads)
+
+
+def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                cluster: ClusterSpec, costs: TokenCosts, memory_utilization: float, block_tokens: int,
+                max_batched_tokens: int, max_num_seqs: int, options: Options = Options()) -> KVCapacity:
+    """capacity = device memory x memory_utilization - weights - workspace, on the device with the most
+    weights (the stages of costmodel.memory.memory_stages), in blocks of `block_tokens` tokens.
+
+    Weights: costmodel.memory.memory_breakdown's parameters of that stage (dp = 1: a replica). Workspace:
+    forward_workspace_bytes of the largest pass the scheduler may form. vLLM: num_gpu_blocks = available
+    memory // (block_size x per-token KV bytes of the worker's layers), the minimum over the workers
+    (vllm/v1/core/kv_cache_utils.py). `blocks` is 0 when nothing is left (the replica cannot serve).
+    """
+    device = cluster.device.memory_bytes * memory_utilization
+    replica = replace(plan, dp=1, zero=0)
+    weights = max(memory_breakdown(workload, profile, sharing, replica, options, stage).params
+                  for stage in memory_stages(workload, replica))
+    workspace = forward_workspace_bytes(workload, replica, max_batched_tokens, max_num_seqs)
+    left = device - weights - workspace
+    per_token = kv_bytes_per_token(costs, workload, replica)
+    blocks = max(0, math.floor(left / (per_token * block_tokens))) if per_token > 0 else 0
+    return KVCapacity(device_bytes=device, weights_bytes=weights, workspace_bytes=workspace, kv_bytes=left,
+                      bytes_per_token=per_token, block_tokens=block_tokens, blocks=blocks)

@@ -1,0 +1,187 @@
+"""How a modeled backend answers a serving scenario: the request-level simulation of llmsim.serving, each
+iteration priced by the cost model (costmodel.iteration) on the backend's catalog cluster.
+
+Both built-in modeled backends run it the same way: the `roofline` with the cost model's prices as they
+are, the `cluster` with its faults and variance on top (a straggler or a degraded link on one replica,
+per-iteration jitter; `ServingFaults`). One row per (case, rate) with the serving columns
+(llmsim.results), and a per-request CSV under the run folder's `requests/`.
+
+The per-token costs come from the workload's module traced once, in decode mode, at a reference shape
+(`reference_workload`): GEMM and attention costs are exact per token and per query-key pair at any length;
+what a prompt pass spends per sequence rather than per token (rotary tables) is spread over the reference
+prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmsim.config import SharingChoice, Workload
+from llmsim.costmodel import ClusterSpec, Options, Plan
+from llmsim.costmodel.compute import CostModelError
+from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, kv_capacity, token_costs
+from llmsim.costmodel.scaling import with_layers
+from llmsim.results import Result
+from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.replica import Pricer
+from llmsim.serving.requests import build_requests
+from llmsim.serving.simulate import simulate_serving
+from llmsim.serving.spec import ServingCase
+from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
+
+if TYPE_CHECKING:
+    from llmsim.backend import Backend, Case
+
+# The prompt of the reference trace. Per-token costs of GEMMs and attention do not depend on it; the part
+# of a prompt pass that is per sequence (rotary cos/sin tables, ~37 kB per layer for Llama-3-8B, measured
+# on the traced module) is under 1% of the per-token bytes at 128 tokens and is spread over them.
+REFERENCE_PROMPT_TOKENS = 128
+# Decode steps traced: the profile traces the first and the last of n = decode_tokens - 1 steps (profile.py),
+# and token_costs needs both to be decode steps.
+REFERENCE_DECODE_TOKENS = 3
+
+
+@dataclass(frozen=True)
+class ServingFaults:
+    """Faults of one serving run (all off by default): a straggler makes one replica's compute (and its
+    pipeline's fill and drain) `slowdown` times longer, its tensor-parallel peers waiting every layer; a
+    degraded link puts one replica's `tier` at `bandwidth_factor` of its bandwidth (a ring moves at its
+    slowest port); jitter multiplies every iteration by 1 + N(0, jitter), clipped at 0, seeded per replica."""
+
+    straggler_replica: int | None = None
+    slowdown: float = 1.0
+    degraded_replica: int | None = None
+    degraded_tier: str = "inter"
+    bandwidth_factor: float = 1.0
+    jitter: float = 0.0
+    seed: int = 0
+
+
+def reference_workload(workload: Workload) -> Workload:
+    """The decode workload traced for per-token costs: the served model and dtype, one sequence, a
+    REFERENCE_PROMPT_TOKENS prompt (shorter when the context is) and REFERENCE_DECODE_TOKENS tokens. The
+    learned position table keeps the served model's size, so its parameters (and weights in memory) are
+    the served ones."""
+    spec = workload.model
+    prompt = max(2, min(REFERENCE_PROMPT_TOKENS, spec.seq_len - REFERENCE_DECODE_TOKENS))
+    model = spec.model_copy(update={"seq_len": prompt, "max_positions": max(spec.max_positions or 0,
+                                                                            prompt + REFERENCE_DECODE_TOKENS)})
+    return Workload(model=model, mode="decode", batch=1, decode_tokens=REFERENCE_DECODE_TOKENS, dtype=workload.dtype,
+                    fp8=workload.fp8)
+
+
+def serving_profile(workload: Workload, sharing: SharingChoice) -> tuple[Workload, WorkloadProfile]:
+    """(reference workload, its profile). Without layer sharing or LoRA (whose layers differ), a
+    SCALE_FROM_LAYERS-layer slice is traced and scaled to the depth (costmodel.scaling.with_layers: exact for
+    identical layers), so a 126-layer model profiles in the time of two layers."""
+    ref = reference_workload(workload)
+    layers = ref.model.layers
+    if sharing.layer_groups is not None or sharing.lora is not None or layers <= SCALE_FROM_LAYERS:
+        return ref, profile_workload(ref, sharing)
+    short = ref.model_copy(update={"model": ref.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
+    return ref, with_layers(profile_workload(short, sharing), layers)
+
+
+def _degraded(cluster: ClusterSpec, tier: str, factor: float) -> ClusterSpec:
+    """The cluster with one tier's link at `factor` of its bandwidth."""
+    if tier == "intra":
+        return replace(cluster, intra=cluster.intra.model_copy(  # type: ignore[attr-defined]
+            update={"bandwidth_bytes_per_s": cluster.intra.bandwidth_bytes_per_s * factor}))
+    return replace(cluster, inter=cluster.inter.model_copy(  # type: ignore[attr-defined]
+        update={"bandwidth_bytes_per_s": cluster.inter.bandwidth_bytes_per_s * factor}))
+
+
+def pricers(model: IterationModel, faults: ServingFaults):  # noqa: ANN201 - Callable[[int], Pricer]
+    """price(i): replica i's iteration pricer, (seconds, compute seconds) of a Mix, with its faults."""
+
+    def price(i: int) -> Pricer:
+        here = model
+        if faults.degraded_replica == i and faults.bandwidth_factor < 1:
+            here = replace(model, cluster=_degraded(model.cluster, faults.degraded_tier, faults.bandwidth_factor))
+        slowdown = faults.slowdown if faults.straggler_replica == i else 1.0
+        rng = random.Random(f"llmsim-serving-jitter-{faults.seed}-{i}") if faults.jitter > 0 else None
+
+        def one(mix: Mix) -> tuple[float, float]:
+            t = iteration_times(here, mix)
+            compute = t.compute * slowdown
+            seconds = compute + t.comm + t.bubble * slowdown + t.other
+            if rng is not None:
+                seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
+            return seconds, compute
+
+        return one
+
+    return price
+
+
+def _file_name(case: str, backend: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=@-]", "_", f"{backend}-{case}") + ".csv"
+
+
+def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
+               faults: ServingFaults = ServingFaults()) -> Result:
+    """Simulate the case's serving run on `cluster`; the row with the serving columns (or a skipped /
+    does-not-fit row saying why it cannot run)."""
+    serving = case.serving
+    assert isinstance(serving, ServingCase)
+    spec = serving.spec
+    plan = replace(Plan.of(case.strategy, case.layout), dp=1, micro_batch=1, microbatches=1)
+    devices = spec.replicas * plan.tp * plan.pp
+    ref, profile = serving_profile(case.workload, case.sharing)
+    sched = spec.scheduler
+    base: dict[str, Any] = dict(hardware=cluster.device.name, nodes=math.ceil(devices / cluster.devices_per_node),
+                                n_devices=devices, dp=spec.replicas, mode="serve", batch=sched.max_num_seqs,
+                                params=profile.params, trainable_params=profile.trainable_params,
+                                energy_source="modeled")
+    try:
+        costs = token_costs(ref, profile)
+        model = IterationModel(costs, ref, plan, cluster, options)
+        _ = model.rates  # CostModelError now, not inside the simulation
+    except CostModelError as exc:
+        return case.result(backend, status="skipped", error=str(exc), **base)
+    capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,
+                           spec.kv_block_tokens, sched.max_batched_tokens, sched.max_num_seqs, options)
+    memory = dict(mem_params_bytes=capacity.weights_bytes, mem_workspace_bytes=capacity.workspace_bytes,
+                  mem_kv_cache_bytes=max(capacity.kv_bytes, 0.0), kv_blocks_per_replica=capacity.blocks,
+                  kv_capacity_tokens=capacity.tokens, kv_bytes_per_token=capacity.bytes_per_token)
+    if capacity.blocks == 0:
+        return case.result(backend, status="does-not-fit", extra=memory, **base,
+                           error=f"no room for a KV cache: {capacity.device_bytes / 1e9:.1f} GB usable "
+                                 f"(memory_utilization {spec.memory_utilization}) - weights "
+                                 f"{capacity.weights_bytes / 1e9:.1f} GB - workspace "
+                                 f"{capacity.workspace_bytes / 1e9:.1f} GB leaves "
+                                 f"{capacity.kv_bytes / 1e9:.1f} GB per device")
+    requests = build_requests(serving)
+    outcome = simulate_serving(
+        requests, replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
+        kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens, price=pricers(model, faults),
+        router=spec.router, context_tokens=case.workload.model.seq_len)
+    row = summarize(outcome, serving.rate, spec.slo)
+    extra = {**row.pop("extra"), **memory}
+    energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
+                 for busy in outcome.compute_s)
+    output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
+    extra.update(energy_j=energy, scheduler=sched.kind, router=spec.router, replicas=spec.replicas,
+                 events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
+                 sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
+    run_dir = backend.context.run_dir
+    if run_dir is not None:
+        folder = Path(run_dir) / "requests"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / _file_name(case.name, backend.name)
+        path.write_text(requests_table(outcome), encoding="utf-8")
+        extra["requests_file"] = str(path.relative_to(run_dir))
+    tokens_per_s = row["output_tokens_per_s"]
+    return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
+                       latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,
+                       tokens_per_s_per_device=tokens_per_s / devices if tokens_per_s else None,
+                       peak_memory_bytes_per_device=(capacity.weights_bytes + capacity.workspace_bytes
+                                                     + max(outcome.kv_peak_used) * capacity.block_tokens
+                                                     * capacity.bytes_per_token),
+                       joules_per_token=energy / output_tokens if output_tokens else None)

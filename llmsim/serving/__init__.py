@@ -1,0 +1,15 @@
+"""Request-level serving: the `serving:` block of a scenario simulated on a cluster of model replicas.
+
+* spec        the `serving:` block (contract names: docs/scenario.md), pydantic
+* requests    the request list: arrivals (poisson, gamma, constant, trace) and lengths, seeded, the same
+              list for every backend
+* kvcache     the paged KV cache of one replica (blocks of kv_block_tokens tokens)
+* schedulers  static, continuous, chunked-prefill, and the hook through which plugins add policies
+* replica     one replica as a SimPy process: its scheduler forms each iteration, the cost model prices it
+* router      round-robin or least-outstanding across the replicas
+* simulate    the whole run on the SimPy engine of llmsim.sim
+* metrics     TTFT, TPOT, ITL, end-to-end and queueing latency, throughput, goodput, the per-request table
+
+Torch-free, like llmsim.sim and llmsim.costmodel. Nothing is imported here: llmsim.config imports
+`spec`, and the simulation modules import the cost model, which imports llmsim.config.
+"""

@@ -1,0 +1,108 @@
+"""The serving metrics of a run, defined as vLLM's `bench serve` defines them (vllm/benchmarks/serve.py,
+`calculate_metrics`), and the per-request table.
+
+Per request, with t = 0 at the first arrival:
+* TTFT = first token - arrival; E2E = last token - arrival; queue = first scheduled - arrival (vLLM's
+  "queued time");
+* TPOT = (E2E - TTFT) / (output tokens - 1), for requests of more than one output token;
+* ITL = the gaps between consecutive tokens of a request (all gaps of all requests pooled).
+Per run, over the finished requests: means and percentiles (numpy's linear interpolation, as vLLM),
+requests_per_s and output_tokens_per_s = counts / duration, the duration running from the first arrival
+to the last token.
+SLO (DistServe, Zhong et al. 2024, OSDI '24, Sec. 2): a request is good when its TTFT and its TPOT are
+within the bounds; goodput_rps = good requests / duration (vLLM bench's `--goodput`, after DistServe);
+slo_attainment = good requests / all requests sent (a rejected request is not good); the run meets the SLO
+(`slo_met`) when slo_attainment >= percentile / 100, DistServe's attainment goal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+
+from llmsim.serving.simulate import ServingOutcome
+from llmsim.serving.spec import Slo
+
+REQUEST_COLUMNS = ("request_id", "replica", "status", "reason", "arrival_s", "input_tokens", "output_tokens",
+                   "queue_s", "ttft_s", "tpot_s", "e2e_s", "itl_max_s", "preemptions", "finish_s")
+
+
+def _stat(values: np.ndarray, q: float | None = None) -> float | None:
+    if values.size == 0:
+        return None
+    return float(np.mean(values) if q is None else np.percentile(values, q))
+
+
+def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> dict[str, Any]:
+    """The serving result columns (llmsim.results.SERVING_COLUMNS) and the run's extras."""
+    seqs = outcome.sequences
+    arrival = np.array([s.request.arrival_s for s in seqs])
+    first = np.array([s.token_times[0] for s in seqs])
+    last = np.array([s.token_times[-1] for s in seqs])
+    scheduled = np.array([s.scheduled_s for s in seqs])
+    outputs = np.array([s.request.output_tokens for s in seqs])
+    ttft, e2e, queue = first - arrival, last - arrival, scheduled - arrival
+    multi = outputs > 1
+    tpot = (last[multi] - first[multi]) / (outputs[multi] - 1)
+    itl = np.concatenate([np.diff(np.frombuffer(s.token_times, dtype=np.float64)) for s in seqs]) \
+        if seqs else np.array([])
+    duration = outcome.duration_s
+    sent = len(seqs) + len(outcome.rejected)
+    if rate is None and sent > 1:  # a trace as recorded: its mean arrival rate
+        arrivals = sorted([s.request.arrival_s for s in seqs] + [r.request.arrival_s for r in outcome.rejected])
+        rate = (sent - 1) / arrivals[-1] if arrivals[-1] > 0 else None
+    row: dict[str, Any] = dict(
+        request_rate=rate,
+        requests_per_s=len(seqs) / duration if duration > 0 else None,
+        output_tokens_per_s=float(outputs.sum()) / duration if duration > 0 else None,
+        ttft_mean_s=_stat(ttft), tpot_mean_s=_stat(tpot), itl_mean_s=_stat(itl), e2e_mean_s=_stat(e2e),
+        ttft_p50_s=_stat(ttft, 50), ttft_p90_s=_stat(ttft, 90), ttft_p99_s=_stat(ttft, 99),
+        tpot_p50_s=_stat(tpot, 50), tpot_p90_s=_stat(tpot, 90), tpot_p99_s=_stat(tpot, 99),
+        itl_p50_s=_stat(itl, 50), itl_p99_s=_stat(itl, 99), e2e_p50_s=_stat(e2e, 50), e2e_p99_s=_stat(e2e, 99),
+        queue_p50_s=_stat(queue, 50), goodput_rps=None, slo_attainment=None,
+        kv_peak_utilization=outcome.kv_peak_utilization, preemptions=outcome.preemptions)
+    extra: dict[str, Any] = dict(
+        requests_sent=sent, requests_done=len(seqs), requests_rejected=len(outcome.rejected),
+        rejected_context=sum(r.reason == "context" for r in outcome.rejected),
+        rejected_kv_cache=sum(r.reason == "kv-cache" for r in outcome.rejected),
+        duration_s=duration, input_tokens_per_s=(sum(s.request.input_tokens for s in seqs) / duration
+                                                 if duration > 0 else None),
+        mean_in_system=outcome.occupancy_s / duration if duration > 0 else None,
+        iterations=sum(outcome.iterations), max_batch=max(outcome.max_batch, default=0),
+        kv_blocks_per_replica=outcome.kv_blocks, sim_events=outcome.events, sim_wall_s=outcome.wall_s)
+    if slo is not None:
+        tpot_all = np.zeros(len(seqs))
+        tpot_all[multi] = tpot
+        good = int(np.count_nonzero((ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)))
+        row.update(goodput_rps=good / duration if duration > 0 else 0.0,
+                   slo_attainment=good / sent if sent else None)
+        extra.update(slo_good_requests=good, slo_met=bool(sent and good / sent >= slo.percentile / 100),
+                     slo_ttft_s=slo.ttft_s, slo_tpot_s=slo.tpot_s, slo_percentile=slo.percentile)
+    row["extra"] = extra
+    return row
+
+
+def requests_table(outcome: ServingOutcome) -> str:
+    """One CSV line per request sent (served or rejected), REQUEST_COLUMNS, ordered by request id."""
+    lines: list[tuple[int, list[Any]]] = []
+    for s in outcome.sequences:
+        r, times = s.request, s.token_times
+        ttft = times[0] - r.arrival_s
+        tpot = (times[-1] - times[0]) / (r.output_tokens - 1) if r.output_tokens > 1 else None
+        itl = max((b - a for a, b in zip(times, times[1:])), default=None)
+        lines.append((r.id, [r.id, s.replica, "ok", "", r.arrival_s, r.input_tokens, r.output_tokens,
+                             (s.scheduled_s or 0.0) - r.arrival_s, ttft, tpot, times[-1] - r.arrival_s, itl,
+                             s.preemptions, times[-1]]))
+    for rej in outcome.rejected:
+        r = rej.request
+        lines.append((r.id, [r.id, "", "rejected", rej.reason, r.arrival_s, r.input_tokens, r.output_tokens,
+                             "", "", "", "", "", 0, ""]))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REQUEST_COLUMNS)
+    for _, values in sorted(lines, key=lambda item: item[0]):
+        writer.writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()

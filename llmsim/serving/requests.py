@@ -1,0 +1,171 @@
+"""The request list of a serving run: when each request arrives and how long its prompt and answer are.
+
+Seeded and independent of the backend, so that the same list goes to every backend (the modeled
+simulation and a measured engine). Arrival gaps and lengths come from two separate streams, so the lengths
+are the same at every rate of a sweep and only the gaps scale (common random numbers: the latency-load
+curve is smooth). The first request arrives at t = 0, as vLLM's `bench serve` sends its first request
+at once and then sleeps each gap (vllm/benchmarks/serve.py, `get_request`).
+
+Trace files: JSONL (one object per line) or CSV (a header line), with the columns TRACE_COLUMNS:
+arrival_s (seconds, any origin: the first arrival becomes t = 0), input_tokens and output_tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmsim.serving.spec import TRACE_COLUMNS, Length, LognormalLength, ServingCase, ServingSpec, UniformLength
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request: its index in the list, arrival time (s) and token counts."""
+
+    id: int
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read as written: `column` names what is wrong where it is one column."""
+
+    def __init__(self, path: str, message: str, column: str | None = None) -> None:
+        self.path = path
+        self.column = column
+        super().__init__(f"{path}: {message}")
+
+
+def _stream(seed: int, what: str) -> random.Random:
+    """A named random stream of the run (a str seed is hashed with SHA-512: the same on every platform)."""
+    return random.Random(f"llmsim-serving-{what}-{seed}")
+
+
+def draw_length(spec: Length, rng: random.Random) -> int:
+    """One token count of a length distribution (a fixed number, uniform, lognormal)."""
+    if isinstance(spec, int):
+        return spec
+    if isinstance(spec, UniformLength):
+        return rng.randint(spec.min, spec.max)
+    assert isinstance(spec, LognormalLength)
+    return max(1, round(spec.median * math.exp(spec.sigma * rng.gauss(0.0, 1.0))))
+
+
+def _gaps(spec: ServingSpec, rng: random.Random):  # noqa: ANN202 - a generator of floats
+    """Inter-arrival gaps in seconds for a synthetic arrival kind at the spec's one rate."""
+    rate = float(spec.arrival.rate)  # type: ignore[arg-type]
+    kind = spec.arrival.kind
+    while True:
+        if kind == "constant":
+            yield 1.0 / rate
+        elif kind == "poisson":
+            yield rng.expovariate(rate)
+        else:  # gamma: shape k = 1/cv^2, mean k * theta = 1/rate
+            shape = 1.0 / (spec.arrival.cv or 1.0) ** 2
+            yield rng.gammavariate(shape, 1.0 / (rate * shape))
+
+
+def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
+    """(arrival_s, input_tokens, output_tokens) of every row of a JSONL or CSV trace, sorted by arrival.
+
+    Raises TraceError naming the file, and the column or line, for anything unreadable."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TraceError(file, f"cannot read the trace: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TraceError(file, "not UTF-8 text (a trace is JSONL or CSV)") from None
+    records: list[tuple[int, dict]] = []
+    if file.endswith(".csv"):
+        reader = csv.DictReader(text.splitlines())
+        header = reader.fieldnames or []
+        for column in TRACE_COLUMNS:
+            if column not in header:
+                raise TraceError(file, f"missing column {column!r} (the header has {', '.join(header) or 'nothing'}; "
+                                       f"needed: {', '.join(TRACE_COLUMNS)})", column)
+        records = [(i + 2, row) for i, row in enumerate(reader)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceError(file, f"line {number}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise TraceError(file, f"line {number}: expected an object with {', '.join(TRACE_COLUMNS)}")
+            for column in TRACE_COLUMNS:
+                if column not in row:
+                    raise TraceError(file, f"line {number}: missing column {column!r} (needed: "
+                                           f"{', '.join(TRACE_COLUMNS)})", column)
+            records.append((number, row))
+    if not records:
+        raise TraceError(file, "has no requests")
+    out: list[tuple[float, int, int]] = []
+    for number, row in records:
+        try:
+            arrival = float(row["arrival_s"])
+        except (TypeError, ValueError):
+            raise TraceError(file, f"line {number}: arrival_s {row['arrival_s']!r} is not a number",
+                             "arrival_s") from None
+        if not math.isfinite(arrival):
+            raise TraceError(file, f"line {number}: arrival_s {row['arrival_s']!r} is not finite", "arrival_s")
+        counts = []
+        for column in ("input_tokens", "output_tokens"):
+            value = row[column]
+            try:
+                count = int(value) if not isinstance(value, float) or value.is_integer() else -1
+            except (TypeError, ValueError):
+                count = -1
+            if isinstance(value, bool) or count < 1:
+                raise TraceError(file, f"line {number}: {column} {value!r} is not a whole number >= 1", column)
+            counts.append(count)
+        out.append((arrival, counts[0], counts[1]))
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def build_requests(case: ServingCase) -> list[Request]:
+    """The request list of one (case, rate): deterministic for the seed, the same for every backend."""
+    spec = case.spec
+    lengths = _stream(case.seed, "lengths")
+    times: list[float] = []
+    trace_lengths: list[tuple[int, int]] = []
+    if spec.arrival.kind == "trace":
+        assert case.trace is not None, "the runner resolves the trace path"
+        rows = read_trace(case.trace)
+        start = rows[0][0]
+        recorded = [t - start for t, _, _ in rows]
+        span = recorded[-1]
+        scale = 1.0
+        if case.rate is not None and len(rows) > 1 and span > 0:
+            scale = (len(rows) - 1) / span / case.rate   # recorded mean rate / wanted rate
+        times = [t * scale for t in recorded]
+        trace_lengths = [(i, o) for _, i, o in rows]
+        keep = len(times)
+        if spec.requests is not None:
+            keep = min(keep, spec.requests)
+        elif spec.duration_s is not None:
+            keep = sum(1 for t in times if t < spec.duration_s)
+        times, trace_lengths = times[:keep], trace_lengths[:keep]
+    else:
+        gaps = _gaps(spec, _stream(case.seed, "arrivals"))
+        t = 0.0
+        while (spec.requests is not None and len(times) < spec.requests) or \
+                (spec.duration_s is not None and t < spec.duration_s):
+            times.append(t)
+            t += next(gaps)
+    out: list[Request] = []
+    for i, arrival in enumerate(times):
+        if spec.lengths is not None:
+            n_in, n_out = draw_length(spec.lengths.input, lengths), draw_length(spec.lengths.output, lengths)
+        else:
+            n_in, n_out = trace_lengths[i]
+        out.append(Request(i, arrival, n_in, n_out))
+    return out

@@ -1,0 +1,229 @@
+"""How one replica forms each iteration: the built-in policies and the base class plugins extend.
+
+A scheduler owns a replica's queue of waiting sequences and its running ones, and the KV cache they
+share. Each time the replica is ready for another forward pass it calls `schedule()`, which returns the
+`Iteration` to run (each sequence with the tokens it computes) or None when there is nothing to do; the
+replica prices the iteration with the cost model, advances the clock, emits the tokens and calls
+`finish()` for every sequence that generated its last token.
+
+Built in:
+* `static` (FasterTransformer-style request batching): when the replica is idle it takes up to
+  max_num_seqs waiting requests (first come, first served) whose whole length fits in the KV cache and
+  whose prompts, padded to the longest, fit in max_batched_tokens; runs their prefill, then decode steps
+  until the longest answer is done, every row computing (a finished row is padding) and holding its
+  blocks until the batch ends; then the next batch. New arrivals wait for the whole batch.
+* `continuous` (iteration-level scheduling: Yu et al. 2022, "Orca", OSDI '22; vLLM v1 with chunked
+  prefill off): every iteration, the running sequences first (a decode token each), then waiting prompts,
+  whole, while the token budget, max_num_seqs and the KV cache allow.
+* `chunked-prefill` (Agrawal et al. 2024, "Sarathi-Serve", OSDI '24; vLLM v1's default): the same, but a
+  prompt is split into chunks of at most chunk_tokens that fill the rest of the token budget beside the
+  decodes, so a long prompt never stalls them.
+The last two follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in order, each
+its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
+most recently admitted running request is preempted (blocks freed, recomputed later from its prompt and
+the tokens it generated, put back at the head of the queue), until it fits or the request itself was the
+one preempted; waiting requests only when nothing was preempted in this iteration, first come first
+served, stopping at the first that does not fit.
+
+Plugins add policies through the `llmsim_serving_schedulers` hook (llmsim.hookspecs): a subclass of
+`Scheduler` with a `kind` name, usable as `serving.scheduler.kind`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from llmsim.costmodel.iteration import Mix
+from llmsim.serving.kvcache import KVCache, Sequence
+from llmsim.serving.spec import SchedulerSpec
+
+
+@dataclass
+class Iteration:
+    """One forward pass of a replica: each sequence in it with the tokens it computes (a prompt chunk, or
+    1 for a decoding sequence). `mix` overrides what is priced (static batching pads its rows); None = the
+    plain sum of the work (`mix_of`)."""
+
+    work: list[tuple[Sequence, int]] = field(default_factory=list)
+    mix: Mix | None = None
+
+
+def mix_of(work: list[tuple[Sequence, int]]) -> Mix:
+    """The cost model's view of an iteration: a sequence that has generated a token and computes one more is
+    decoding (attending over its cache and the new token); anything else computes a prompt chunk after the
+    tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way)."""
+    pre = pairs = square = prefix = dec = keys = 0
+    for seq, n in work:
+        done = seq.computed
+        if n == 1 and seq.generated and done == seq.request.input_tokens + seq.generated - 1:
+            dec += 1
+            keys += done + 1
+        else:
+            pre += n
+            pairs += n * done
+            square += n * n
+            prefix += done
+    return Mix(prefill_tokens=pre, prefill_pairs=pairs, prefill_square=square, prefix_tokens=prefix,
+               decode_seqs=dec, decode_keys=keys, rows=len(work))
+
+
+class Scheduler(ABC):
+    """Forms the iterations of one replica. Subclasses set `kind` and implement `schedule`.
+
+    State a subclass works with: `waiting` (a deque, first come first served; `add` appends), `running`
+    (a list in admission order), `kv` (the replica's KVCache: `grow(seq, tokens)` gives a sequence the
+    blocks for that many cached tokens or returns False, `release(seq)` frees them) and `spec` (the
+    scenario's serving.scheduler block). `preempt(seq)` is preemption by recompute, counted.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: SchedulerSpec, kv: KVCache) -> None:
+        self.spec = spec
+        self.kv = kv
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        """A request routed to this replica arrives."""
+        self.waiting.append(seq)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running."""
+        return not self.waiting and not self.running
+
+    @abstractmethod
+    def schedule(self, now: float) -> Iteration | None:
+        """The next iteration to run at simulated time `now` (seconds), or None when nothing can run."""
+
+    def admit(self, seq: Sequence, now: float) -> None:
+        """Move the head of the queue into the running set (its first scheduling time is kept)."""
+        self.waiting.popleft()
+        self.running.append(seq)
+        if seq.scheduled_s is None:
+            seq.scheduled_s = now
+
+    def preempt(self, seq: Sequence) -> None:
+        """Preemption by recompute: free its blocks, forget its cache, back to the head of the queue."""
+        self.kv.release(seq)
+        seq.computed = 0
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """`seq` generated its last token: it leaves and frees its blocks."""
+        self.running.remove(seq)
+        self.kv.release(seq)
+
+
+class IterationLevelScheduler(Scheduler):
+    """vLLM v1's scheduling loop (module docstring); `chunked` decides whether a prompt may be split."""
+
+    chunked: ClassVar[bool] = False
+
+    def schedule(self, now: float) -> Iteration | None:
+        budget = self.spec.max_batched_tokens
+        chunk = self.spec.chunk if self.chunked else budget
+        kv, running = self.kv, self.running
+        block = kv.block_tokens
+        work: list[tuple[Sequence, int]] = []
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = seq.request.input_tokens + seq.generated - seq.computed
+            if n > chunk or n > budget:
+                n = min(n, chunk, budget)
+            # kv.grow, with its no-new-block case inline (most decode steps stay inside their last block)
+            fits = seq.blocks * block >= seq.computed + n or kv.grow(seq, seq.computed + n)
+            while not fits:
+                victim = running.pop()
+                self.preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+                fits = kv.grow(seq, seq.computed + n)
+            if not fits:
+                break
+            work.append((seq, n))
+            budget -= n
+            i += 1
+        if not preempted:
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < self.spec.max_num_seqs:
+                seq = waiting[0]
+                n = seq.request.input_tokens + seq.generated - seq.computed
+                if not self.chunked and n > budget:
+                    break
+                n = min(n, chunk, budget)
+                if not kv.grow(seq, seq.computed + n):
+                    break
+                self.admit(seq, now)
+                work.append((seq, n))
+                budget -= n
+        return Iteration(work) if work else None
+
+
+class ContinuousScheduler(IterationLevelScheduler):
+    kind = "continuous"
+    chunked = False
+
+
+class ChunkedPrefillScheduler(IterationLevelScheduler):
+    kind = "chunked-prefill"
+    chunked = True
+
+
+class StaticScheduler(Scheduler):
+    """Request-level batches, FasterTransformer-style (module docstring)."""
+
+    kind = "static"
+
+    def __init__(self, spec: SchedulerSpec, kv: KVCache) -> None:
+        super().__init__(spec, kv)
+        self.step = 0                 # decode steps the current batch has run
+        self.longest_prompt = 0
+
+    def _form_batch(self, now: float) -> None:
+        """Take waiting requests while the batch, its padded prompts and their whole lengths fit."""
+        budget, kv = self.spec.max_batched_tokens, self.kv
+        while self.waiting and len(self.running) < self.spec.max_num_seqs:
+            seq = self.waiting[0]
+            longest = max(self.longest_prompt, seq.request.input_tokens)
+            if (len(self.running) + 1) * longest > budget or not kv.grow(seq, seq.peak_tokens):
+                break
+            self.longest_prompt = longest
+            self.admit(seq, now)
+        self.step = 0
+
+    def schedule(self, now: float) -> Iteration | None:
+        if not self.running:
+            self._form_batch(now)
+            if not self.running:
+                return None
+            rows = len(self.running)
+            work = [(seq, seq.request.input_tokens) for seq in self.running]
+            return Iteration(work, Mix(prefill_tokens=rows * self.longest_prompt, prefill_square=rows *
+                                       self.longest_prompt ** 2, rows=rows))
+        self.step += 1
+        rows = len(self.running)
+        work = [(seq, 1) for seq in self.running if not seq.finished]
+        return Iteration(work, Mix(decode_seqs=rows, decode_keys=rows * (self.longest_prompt + self.step), rows=rows))
+
+    def finish(self, seq: Sequence) -> None:
+        """Finished rows stay in the batch as padding until its longest answer is done."""
+        if all(s.finished for s in self.running):
+            for s in self.running:
+                self.kv.release(s)
+            self.running.clear()
+            self.longest_prompt = 0
+
+
+BUILTIN: dict[str, type[Scheduler]] = {cls.kind: cls for cls in (StaticScheduler, ContinuousScheduler,
+                                                                 ChunkedPrefillScheduler)}

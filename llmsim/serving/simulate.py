@@ -1,0 +1,133 @@
+"""A serving run on the SimPy engine: requests arrive, the router sends each to a replica, every replica
+runs its own process (llmsim.serving.replica), and the run ends when the last request is done.
+
+Requests the engine could never serve are rejected on arrival and counted, as vLLM's OpenAI server
+answers them with an error instead of queueing them (vllm/entrypoints/openai/serving_engine.py: a prompt
+plus max_tokens longer than max_model_len), and as vLLM refuses a context that its KV cache cannot hold
+(at start-up; here per request, since lengths vary): `context` (prompt + output longer than the model's
+context) and `kv-cache` (more blocks than a replica has).
+
+Deterministic: the same request list, scheduler, prices and seed give the same outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass, field
+
+from llmsim.serving.kvcache import KVCache, Sequence
+from llmsim.serving.replica import Pricer, Replica
+from llmsim.serving.requests import Request
+from llmsim.serving.router import Router
+from llmsim.serving.schedulers import Scheduler
+from llmsim.sim.entities import CountingEnvironment
+
+
+@dataclass(frozen=True)
+class Rejection:
+    request: Request
+    reason: str          # context | kv-cache
+
+
+@dataclass
+class ServingOutcome:
+    """What happened: every served sequence (with its token times), the rejections, the replicas' counters."""
+
+    sequences: list[Sequence]
+    rejected: list[Rejection]
+    duration_s: float                 # first arrival (t = 0) to the last token
+    occupancy_s: float                # integral over time of the requests in the system (Little's L x T)
+    preemptions: int
+    kv_blocks: int                    # per replica
+    kv_peak_used: list[int]           # per replica
+    iterations: list[int]
+    busy_s: list[float]
+    compute_s: list[float]
+    max_batch: list[int]
+    events: int
+    wall_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kv_peak_utilization(self) -> float:
+        """The fullest any replica's KV cache got: peak blocks in use / blocks."""
+        return max(self.kv_peak_used) / self.kv_blocks if self.kv_blocks else 0.0
+
+
+class StalledError(RuntimeError):
+    """A scheduler left requests unfinished with nothing more to run (a policy that never schedules them)."""
+
+
+def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: Callable[[KVCache], Scheduler],
+                     kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
+                     context_tokens: int) -> ServingOutcome:
+    """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
+    scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
+
+    Raises StalledError when requests are left unfinished with no replica able to run them."""
+    start = time.perf_counter()
+    env = CountingEnvironment()
+    occupancy = _Occupancy()
+    done: list[Sequence] = []
+
+    def finished(seq: Sequence) -> None:
+        occupancy.change(env.now, -1)
+        done.append(seq)
+
+    pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens)), price(i), finished)
+            for i in range(replicas)]
+    route = Router(router, pool)
+    rejected: list[Rejection] = []
+    accepted: list[Sequence] = []
+    probe = KVCache(kv_blocks, block_tokens)
+
+    def arrivals():  # noqa: ANN202 - a SimPy generator
+        for request in requests:
+            if request.arrival_s > env.now:
+                yield env.timeout(request.arrival_s - env.now)
+            if request.input_tokens + request.output_tokens > context_tokens:
+                rejected.append(Rejection(request, "context"))
+                continue
+            if probe.blocks_for(request.input_tokens + request.output_tokens - 1) > kv_blocks:
+                rejected.append(Rejection(request, "kv-cache"))
+                continue
+            replica = route.pick()
+            seq = Sequence(request, replica.index)
+            accepted.append(seq)
+            occupancy.change(env.now, +1)
+            replica.arrive(seq)  # type: ignore[attr-defined]
+
+    env.process(arrivals())
+    for replica in pool:
+        env.process(replica.run())
+    env.run()
+    if len(done) != len(accepted):
+        kinds = {type(r.scheduler).__name__ for r in pool}
+        raise StalledError(f"scheduler {', '.join(sorted(kinds))} stopped with {len(accepted) - len(done)} of "
+                           f"{len(accepted)} requests unfinished")
+    duration = max((seq.token_times[-1] for seq in done), default=0.0)
+    last_arrival = requests[-1].arrival_s if requests else 0.0
+    duration = max(duration, last_arrival)
+    occupancy.change(duration, 0)
+    return ServingOutcome(
+        sequences=sorted(accepted, key=lambda s: s.request.id), rejected=rejected, duration_s=duration,
+        occupancy_s=occupancy.integral, preemptions=sum(r.scheduler.preemptions for r in pool),
+        kv_blocks=kv_blocks, kv_peak_used=[r.scheduler.kv.peak_used for r in pool],
+        iterations=[r.iterations for r in pool], busy_s=[r.busy_s for r in pool],
+        compute_s=[r.compute_s for r in pool], max_batch=[r.max_batch for r in pool],
+        events=env.events_processed, wall_s=time.perf_counter() - start)
+
+
+class _Occupancy:
+    """Requests in the system (arrived and accepted, not finished) and its integral over time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.integral = 0.0
+        self.last = 0.0
+
+    def change(self, now: float, delta: int) -> None:
+        self.integral += self.count * (now - self.last)
+        self.last = now
+        self.count += delta

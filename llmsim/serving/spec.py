@@ -1,0 +1,241 @@
+"""The `serving:` block of a scenario (contract: its key names; docs/scenario.md), as pydantic models.
+
+```yaml
+serving:
+  requests: 500                                # or duration_s: 600
+  arrival: {kind: poisson, rate: [2, 4, 8]}    # requests/s; poisson | gamma (+ cv) | constant | trace (+ path)
+  lengths: {input: 467, output: 256}           # a number, or {kind: uniform|lognormal, ...}; omitted with a trace
+  scheduler: {kind: continuous, max_num_seqs: 256, max_batched_tokens: 8192}   # static | continuous |
+                                               # chunked-prefill (+ chunk_tokens) | a plugin's
+  kv_block_tokens: 16
+  memory_utilization: 0.9
+  replicas: 1
+  router: round-robin                          # | least-outstanding
+  slo: {ttft_s: 0.5, tpot_s: 0.05, percentile: 99}
+  seed: null                                   # default: the scenario's seed
+```
+
+Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,
+`max_num_seqs` 256); rules that need only this block are validators here, the rest (the scheduler's
+name against the installed plugins, the trace file) is checked by the runner before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+# vLLM's defaults (vllm/config/cache.py: block_size 16 on CUDA, gpu_memory_utilization 0.9;
+# vllm/config/scheduler.py: max_num_seqs 256).
+DEFAULT_BLOCK_TOKENS = 16
+DEFAULT_MEMORY_UTILIZATION = 0.9
+DEFAULT_MAX_NUM_SEQS = 256
+# The token budget of one iteration. vLLM's own default depends on its version, the entry point and the
+# device (2,048 to 16,384 in v1); llmsim takes the serving issue's example value, 8,192.
+DEFAULT_MAX_BATCHED_TOKENS = 8192
+BUILTIN_SCHEDULERS = ("static", "continuous", "chunked-prefill")
+TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UniformLength(_Strict):
+    """Token counts drawn uniformly from the integers min..max (inclusive)."""
+
+    kind: Literal["uniform"]
+    min: PositiveInt
+    max: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UniformLength":
+        if self.max < self.min:
+            raise ValueError(f"max={self.max} is below min={self.min} (allowed: max >= min)")
+        return self
+
+
+class LognormalLength(_Strict):
+    """Token counts round(median * exp(sigma * Z)), Z standard normal, at least 1: a long right tail, as
+    measured prompt and answer lengths have."""
+
+    kind: Literal["lognormal"]
+    median: PositiveFloat = Field(description="median tokens")
+    sigma: PositiveFloat = Field(description="standard deviation of ln(tokens)")
+
+
+Length = PositiveInt | Annotated[UniformLength | LognormalLength, Field(discriminator="kind")]
+
+
+LENGTH_FORMS = "a token count >= 1, {kind: uniform, min, max} or {kind: lognormal, median, sigma}"
+
+
+class Lengths(_Strict):
+    input: Length = Field(description="prompt tokens: a number, or {kind: uniform, min, max}, or "
+                                      "{kind: lognormal, median, sigma}")
+    output: Length = Field(description="generated tokens per request, the same forms")
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _one_form(cls, value: Any) -> Any:
+        """One message naming the form that was meant (pydantic would list every branch of the union)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"{value}: allowed: {LENGTH_FORMS}")
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{value!r}: allowed: {LENGTH_FORMS}")
+        forms = {"uniform": UniformLength, "lognormal": LognormalLength}
+        form = forms.get(value.get("kind"))  # type: ignore[arg-type]
+        if form is None:
+            raise ValueError(f"kind {value.get('kind')!r}: allowed: {', '.join(forms)} (or a plain token count)")
+        try:
+            return form.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = f"unknown key; allowed: {', '.join(form.model_fields)}"
+            raise ValueError(f"{value['kind']}: {where + ': ' if where else ''}{message}") from None
+
+
+class Arrival(_Strict):
+    """When requests arrive. poisson: exponential gaps; gamma: gamma gaps with coefficient of variation `cv`
+    (cv > 1 bursty, < 1 smoother; cv = 1 is poisson; vLLM's `--burstiness` is 1/cv^2); constant: one every
+    1/rate seconds; trace: the times (and lengths) of a JSONL/CSV file with columns arrival_s, input_tokens,
+    output_tokens, replayed as recorded or, with a rate, scaled to that mean rate."""
+
+    kind: Literal["poisson", "gamma", "constant", "trace"] = "poisson"
+    rate: PositiveFloat | list[PositiveFloat] | None = Field(None, description="requests/s; a list sweeps")
+    cv: PositiveFloat | None = Field(None, description="gamma: coefficient of variation of the gaps")
+    path: str | None = Field(None, description="trace: a .jsonl or .csv file, relative to the scenario")
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        """One message for both forms (pydantic would name the branch of the union it tried last)."""
+        if value is None:
+            return value
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s, or a non-empty list of them (a sweep)")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "Arrival":
+        if self.kind != "trace" and self.rate is None:
+            raise ValueError(f"arrival kind {self.kind!r} needs a rate (requests/s)")
+        if self.kind == "gamma" and self.cv is None:
+            raise ValueError("arrival kind 'gamma' needs cv, the coefficient of variation of the gaps (1 = poisson)")
+        if self.kind != "gamma" and self.cv is not None:
+            raise ValueError(f"cv is for arrival kind 'gamma' (got kind {self.kind!r})")
+        if self.kind == "trace" and not self.path:
+            raise ValueError("arrival kind 'trace' needs path, a .jsonl or .csv file with columns "
+                             + ", ".join(TRACE_COLUMNS))
+        if self.kind != "trace" and self.path is not None:
+            raise ValueError(f"path is for arrival kind 'trace' (got kind {self.kind!r})")
+        return self
+
+    @property
+    def rates(self) -> list[float | None]:
+        """The sweep's rates (one None for a trace replayed as recorded)."""
+        if self.rate is None:
+            return [None]
+        return [float(r) for r in (self.rate if isinstance(self.rate, list) else [self.rate])]
+
+
+class SchedulerSpec(_Strict):
+    """How a replica forms each iteration (llmsim.serving.schedulers)."""
+
+    kind: str = Field("continuous", description="static | continuous | chunked-prefill, or a plugin's policy")
+    max_num_seqs: PositiveInt = Field(DEFAULT_MAX_NUM_SEQS, description="sequences in one iteration at most "
+                                                                        "(vLLM max_num_seqs)")
+    max_batched_tokens: PositiveInt = Field(DEFAULT_MAX_BATCHED_TOKENS, description="tokens one iteration "
+                                            "computes at most (vLLM max_num_batched_tokens)")
+    chunk_tokens: PositiveInt | None = Field(None, description="chunked-prefill: most prompt tokens of one request "
+                                             "per iteration (vLLM long_prefill_token_threshold); default "
+                                             "max_batched_tokens")
+
+    @model_validator(mode="after")
+    def _chunk(self) -> "SchedulerSpec":
+        if self.chunk_tokens is not None and self.kind in ("static", "continuous"):
+            raise ValueError(f"chunk_tokens is for kind 'chunked-prefill' (got kind {self.kind!r}, which runs whole "
+                             f"prompts)")
+        return self
+
+    @property
+    def chunk(self) -> int:
+        """Most prompt tokens of one request in one iteration."""
+        return min(self.chunk_tokens or self.max_batched_tokens, self.max_batched_tokens)
+
+
+class Slo(_Strict):
+    """Service-level objective: a request meets it when its TTFT and its TPOT are within the bounds; the
+    run meets it when at least `percentile`% of the requests do (DistServe's SLO attainment)."""
+
+    ttft_s: PositiveFloat = Field(description="time to first token bound, seconds")
+    tpot_s: PositiveFloat = Field(description="time per output token bound, seconds")
+    percentile: float = Field(99.0, description="share of requests that must meet both bounds, in (0, 100]")
+
+    @field_validator("percentile")
+    @classmethod
+    def _percentile(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"{value}: allowed 0 < percentile <= 100")
+        return value
+
+
+class ServingSpec(_Strict):
+    """A request-level serving run: the workload's model, dtype and the strategies' tp/pp describe one replica."""
+
+    requests: PositiveInt | None = Field(None, description="how many requests (or duration_s)")
+    duration_s: PositiveFloat | None = Field(None, description="requests arriving in this many seconds (or requests)")
+    arrival: Arrival
+    lengths: Lengths | None = Field(None, description="prompt and output tokens; omitted: from the trace")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    kv_block_tokens: PositiveInt = Field(DEFAULT_BLOCK_TOKENS, description="tokens per KV-cache block (vLLM "
+                                                                           "block_size)")
+    memory_utilization: float = Field(DEFAULT_MEMORY_UTILIZATION, gt=0, le=1,
+                                      description="share of device memory the replica may use (vLLM "
+                                                  "gpu_memory_utilization)")
+    replicas: PositiveInt = Field(1, description="data-parallel copies of the model, each tp x pp devices")
+    router: Literal["round-robin", "least-outstanding"] = "round-robin"
+    slo: Slo | None = None
+    seed: int | None = Field(None, description="seed of the request list; default the scenario's seed")
+
+    @model_validator(mode="after")
+    def _count(self) -> "ServingSpec":
+        trace = self.arrival.kind == "trace"
+        if self.requests is not None and self.duration_s is not None:
+            raise ValueError("give requests or duration_s, not both")
+        if not trace and self.requests is None and self.duration_s is None:
+            raise ValueError("give requests (a count) or duration_s (seconds of arrivals)")
+        if not trace and self.lengths is None:
+            raise ValueError("lengths are needed unless arrival.kind is 'trace' (whose file gives them)")
+        return self
+
+    def at_rate(self, rate: float | None) -> "ServingSpec":
+        """This spec with one rate of the sweep."""
+        return self.model_copy(update={"arrival": self.arrival.model_copy(update={"rate": rate})})
+
+
+@dataclass(frozen=True)
+class ServingCase:
+    """What a backend needs to run one (case, rate): the block at that rate, the seed and the scheduler class
+    the runner resolved (built-in or a plugin's), and the trace file's path."""
+
+    spec: ServingSpec
+    seed: int
+    scheduler: type
+    trace: str | None = None      # absolute path of the trace file, if any
+
+    @property
+    def rate(self) -> float | None:
+        rate = self.spec.arrival.rate
+        return None if rate is None else float(rate)  # type: ignore[arg-type]

@@ -1,0 +1,156 @@
+"""costmodel.iteration: a serving iteration's price and the KV cache's share of a device.
+
+The iteration pricing must be the cost model's one path: a pure prefill (or a pure decode step) of the
+traced shape costs exactly what costmodel.work's forward_work prices for it, at every tp and pp; a mixed
+iteration costs more than either part and less than both apart (the weights are read once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.costmodel import Options, Plan, memory_breakdown
+from llmsim.costmodel.iteration import (IterationModel, Mix, ServingPriceError, forward_workspace_bytes,
+                                        iteration_time, iteration_times, kv_capacity, token_costs)
+from llmsim.costmodel.step import price
+from llmsim.costmodel.work import forward_work
+from llmsim.workload.profile import profile_workload
+from tests.costmodel.helpers import CATALOG, a100_cluster
+
+UNTIED = SharingChoice(tie_embeddings=False)
+
+
+def _llama(batch: int = 1, seq_len: int = 64, layers: int = 4, dtype: str = "bfloat16") -> Workload:
+    """A 4-layer slice of Llama 3 8B (GQA: 32 heads, 8 KV heads), traced as serving traces it."""
+    return Workload(model=ModelSpec(preset="llama3-8b", layers=layers, seq_len=seq_len), mode="decode",
+                    batch=batch, decode_tokens=3, dtype=dtype)
+
+
+@pytest.mark.parametrize("tp,pp,batch,dtype,split,device", [
+    (1, 1, 1, "bfloat16", None, "a100-80gb"), (2, 1, 1, "bfloat16", None, "a100-80gb"),
+    (2, 2, 4, "bfloat16", None, "a100-80gb"), (8, 1, 2, "bfloat16", None, "a100-80gb"),
+    (16, 1, 1, "bfloat16", None, "a100-80gb"), (2, 2, 2, "bfloat16", (3, 1), "a100-80gb"),
+    (2, 1, 2, "float8", None, "h100-sxm")])
+def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp: int, pp: int, batch: int, dtype: str,
+                                                                             split: tuple[int, ...] | None,
+                                                                             device: str) -> None:
+    """tp 16 > kv_heads 8: replicated KV heads; pp 2 with 4 sequences: two micro-batches fill the pipeline;
+    3 + 1 layers: an uneven split; float8: FP8 GEMMs and the casts of their inputs, on an H100."""
+    w = _llama(batch, dtype=dtype)
+    profile = profile_workload(w, UNTIED)
+    cluster = replace(a100_cluster(2, 8), device=CATALOG.device(device))
+    plan = Plan(tp=tp, pp=pp, micro_batch=batch, stage_layers=split)
+    model = IterationModel(token_costs(w, profile), w, Plan(tp=tp, pp=pp, stage_layers=split), cluster)
+    prefill = sum((Mix.prefill(64) for _ in range(batch)), Mix())
+    # forward_work prices a decode step at the mean cache length: prompt + decode_tokens / 2 keys.
+    decode = sum((Mix.decode(64 + 1.5) for _ in range(batch)), Mix())
+    expected_prefill = price(forward_work(w, profile, plan, cluster, Options(), "prefill"), cluster.fabric).step
+    expected_decode = price(forward_work(w, profile, plan, cluster, Options(), "decode", 2), cluster.fabric).step
+    assert iteration_time(model, prefill) == pytest.approx(expected_prefill, rel=1e-12)
+    assert iteration_time(model, decode) == pytest.approx(expected_decode, rel=1e-12)
+
+
+def test_per_token_costs_do_not_depend_on_the_traced_shape_for_gemms_and_attention() -> None:
+    """GEMM FLOPs per token and attention FLOPs per query-key pair are the same from any traced shape, and a
+    decode step's traced attention FLOPs are the prefill's per-pair cost times the keys it attends over."""
+    a = token_costs(_llama(1, 64), profile_workload(_llama(1, 64), UNTIED))
+    b = token_costs(_llama(2, 32), profile_workload(_llama(2, 32), UNTIED))
+    assert a.mm_flops_prefill == b.mm_flops_prefill == a.mm_flops_decode
+    assert a.attention_flops_per_pair == b.attention_flops_per_pair
+    spec = _llama().model
+    # 2 GEMMs (QK^T, PV) x 2 FLOPs per multiply-add x heads x head_dim, per layer
+    assert a.attention_flops_per_pair == 4 * spec.heads * spec.head_width * spec.layers
+    profile = profile_workload(_llama(1, 64), UNTIED)
+    traced = profile.ops[("decode", "layers", "attention")].flops   # 2 steps: 65 and 66 keys
+    assert traced == pytest.approx(a.attention_flops_per_pair * (65 + 66))
+    # K and V of one token: 2 x kv_heads x head_dim x layers x 2 bytes
+    assert a.kv_bytes_per_token == 2 * 8 * 128 * spec.layers * 2
+
+
+def test_a_profile_not_traced_for_serving_is_refused() -> None:
+    w = Workload(model=ModelSpec(preset="tiny"), mode="prefill", batch=1)
+    with pytest.raises(ServingPriceError, match="decode profile"):
+        token_costs(w, profile_workload(w, SharingChoice(tie_embeddings=True)))
+
+
+def _model(tp: int = 1, pp: int = 1) -> IterationModel:
+    w = _llama()
+    return IterationModel(token_costs(w, profile_workload(w, UNTIED)), w, Plan(tp=tp, pp=pp), a100_cluster())
+
+
+def test_a_mixed_iteration_reads_the_weights_once() -> None:
+    """Prefill and decodes in one pass cost more than either alone and less than the two passes apart."""
+    model = _model(tp=2)
+    prefill, decodes = Mix.prefill(512), sum((Mix.decode(300) for _ in range(32)), Mix())
+    both = iteration_time(model, prefill + decodes)
+    apart = iteration_time(model, prefill) + iteration_time(model, decodes)
+    assert max(iteration_time(model, prefill), iteration_time(model, decodes)) < both < apart
+
+
+def test_each_decoding_sequence_counts_at_its_own_cache_length() -> None:
+    """Two sequences at 100 and 900 keys read what two at 500 read (the sums are what the kernel sees), and
+    more keys cost more."""
+    model = _model()
+    assert iteration_time(model, Mix.decode(100) + Mix.decode(900)) == pytest.approx(
+        iteration_time(model, Mix.decode(500) + Mix.decode(500)), rel=1e-12)
+    assert iteration_time(model, Mix.decode(100) + Mix.decode(2000)) > iteration_time(model, Mix.decode(100)
+                                                                                      + Mix.decode(900))
+
+
+def test_a_chunk_after_a_cached_prefix_pays_for_its_attention_to_the_prefix() -> None:
+    """Chunk c after p cached tokens: c*p + c*c/2 query-key pairs (the causal half of its own square)."""
+    model = _model()
+    costs = model.costs
+    cold, warm = iteration_times(model, Mix.prefill(4096)), iteration_times(model, Mix.prefill(4096, 4096))
+    assert warm.step > cold.step
+    rates = model.rates
+    pairs_time = costs.attention_flops_per_pair * 4096 * 4096 / (rates.sustained_flops * rates.efficiency.attention)
+    assert warm.compute - cold.compute == pytest.approx(pairs_time, rel=1e-9)
+
+
+def test_pipeline_parallel_iterations_fill_and_drain_the_pipeline() -> None:
+    """pp stages: a pass of at least pp sequences splits into pp micro-batches; the bubble is (p-1) of
+    the m + p - 1 stage times (GPipe order); one sequence runs whole."""
+    model = _model(pp=2)
+    many = sum((Mix.decode(200) for _ in range(8)), Mix())
+    t = iteration_times(model, many)
+    assert t.bubble == pytest.approx((t.compute + t.comm) / 2, rel=1e-12)  # m = p = 2: 1 of 3 stage times
+    one = iteration_times(model, Mix.decode(200))
+    assert one.bubble == pytest.approx(one.compute + one.comm, rel=1e-12)  # m = 1: 1 of 2 stage times
+
+
+def test_kv_capacity_is_the_memory_models_leftover() -> None:
+    """capacity = memory x utilisation - the busiest stage's parameters (costmodel.memory) - workspace, in
+    whole blocks of the per-device bytes of a token (its layers, its KV heads)."""
+    w = Workload(model=ModelSpec(preset="llama3-8b", seq_len=128), mode="decode", batch=1, decode_tokens=3)
+    profile = profile_workload(w, UNTIED)
+    costs = token_costs(w, profile)
+    cluster = replace(a100_cluster(), device=CATALOG.device("h100-sxm"))
+    for tp, pp in [(1, 1), (2, 2), (16, 1)]:
+        plan = Plan(tp=tp, pp=pp)
+        cap = kv_capacity(w, profile, UNTIED, plan, cluster, costs, 0.9, 16, 8192, 256)
+        stages = ["first"] if pp == 1 else ["first", "last"]
+        weights = max(memory_breakdown(w, profile, UNTIED, plan, Options(), s).params for s in stages)
+        workspace = forward_workspace_bytes(w, plan, 8192, 256)
+        left = cluster.device.memory_bytes * 0.9 - weights - workspace
+        assert cap.kv_bytes == pytest.approx(left, rel=1e-12)
+        per_token = 2 * 32 // pp * 8 // min(tp, 8) * 128 * 2   # K and V, its layers, its KV heads, bf16
+        assert cap.bytes_per_token == per_token
+        assert cap.blocks == math.floor(left / (per_token * 16))
+    # Llama 3 8B on one H100 at 0.9: 77.3 GB - 16.1 GB of weights - 0.8 GB of workspace = 60.4 GB, ~461k tokens
+    one = kv_capacity(w, profile, UNTIED, Plan(), cluster, costs, 0.9, 16, 8192, 256)
+    assert one.weights_bytes == pytest.approx(2 * 8_030_261_248, rel=1e-9)
+    assert 450_000 < one.tokens < 470_000
+
+
+def test_the_workspace_is_the_larger_of_an_mlp_working_set_and_the_logits() -> None:
+    w = _llama()
+    h, ffn, vocab = 4096, 14336, 128256
+    # swiglu: input + residual (2h), gate, up and their product (3 ffn), bf16
+    assert forward_workspace_bytes(w, Plan(), 8192, 1) == 8192 * (2 * h + 3 * ffn) * 2
+    # 4096 sequences of one token: fp32 logits over the vocabulary dominate
+    assert forward_workspace_bytes(w, Plan(), 4096, 4096) == 4096 * vocab * 4 + 4096 * h * 2

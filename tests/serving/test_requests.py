@@ -1,0 +1,100 @@
+"""The request list: seeded, the same at every rate apart from the gaps, and the trace files."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from llmsim.serving.requests import TraceError, build_requests, read_trace
+from llmsim.serving.schedulers import BUILTIN
+from llmsim.serving.spec import ServingCase, ServingSpec
+
+
+def _case(seed: int = 0, trace: str | None = None, **serving) -> ServingCase:
+    data = {"requests": 4000, "arrival": {"kind": "poisson", "rate": 10},
+            "lengths": {"input": {"kind": "uniform", "min": 10, "max": 20}, "output": 7}, **serving}
+    return ServingCase(ServingSpec.model_validate(data), seed, BUILTIN["continuous"], trace)
+
+
+def test_the_same_seed_gives_the_same_list_and_the_first_request_arrives_at_zero() -> None:
+    a, b = build_requests(_case(3)), build_requests(_case(3))
+    assert a == b and a[0].arrival_s == 0.0 and len(a) == 4000
+    assert build_requests(_case(4)) != a
+
+
+def test_a_sweep_keeps_the_lengths_and_scales_the_gaps() -> None:
+    slow = build_requests(_case(arrival={"kind": "poisson", "rate": 5}))
+    fast = build_requests(_case(arrival={"kind": "poisson", "rate": 20}))
+    assert [(r.input_tokens, r.output_tokens) for r in slow] == [(r.input_tokens, r.output_tokens) for r in fast]
+    assert fast[-1].arrival_s == pytest.approx(slow[-1].arrival_s / 4)
+
+
+@pytest.mark.parametrize("kind,cv", [("poisson", 1.0), ("gamma", 3.0), ("gamma", 0.5), ("constant", 0.0)])
+def test_arrival_gaps_have_the_asked_mean_and_variation(kind: str, cv: float) -> None:
+    arrival = {"kind": kind, "rate": 10, **({"cv": cv} if kind == "gamma" else {})}
+    times = [r.arrival_s for r in build_requests(_case(arrival=arrival))]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    mean = statistics.fmean(gaps)
+    assert mean == pytest.approx(0.1, rel=0.05)
+    # a fixed seed: deterministic; the tolerance is the sampling error of 4,000 heavy-tailed (cv 3) gaps
+    assert statistics.pstdev(gaps) / mean == pytest.approx(cv, abs=0.1, rel=0.1)
+
+
+def test_lengths_follow_their_distribution() -> None:
+    uniform = build_requests(_case())
+    assert {r.input_tokens for r in uniform} == set(range(10, 21)) and {r.output_tokens for r in uniform} == {7}
+    lognormal = build_requests(_case(lengths={"input": {"kind": "lognormal", "median": 200, "sigma": 0.5},
+                                              "output": 1}))
+    assert statistics.median(r.input_tokens for r in lognormal) == pytest.approx(200, rel=0.05)
+
+
+def test_a_duration_gives_the_requests_that_arrive_in_it() -> None:
+    requests = build_requests(_case(requests=None, duration_s=60, arrival={"kind": "constant", "rate": 2}))
+    assert len(requests) == 120 and requests[-1].arrival_s == pytest.approx(59.5)
+
+
+def _trace(tmp_path: Path, text: str, name: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_trace_is_replayed_as_recorded_or_scaled_to_a_rate(tmp_path: Path) -> None:
+    jsonl = _trace(tmp_path, '{"arrival_s": 100.5, "input_tokens": 10, "output_tokens": 3}\n'
+                             '{"arrival_s": 101.5, "input_tokens": 20, "output_tokens": 4}\n\n'
+                             '{"arrival_s": 103.5, "input_tokens": 30, "output_tokens": 5}\n', "t.jsonl")
+    csv = _trace(tmp_path, "input_tokens,arrival_s,output_tokens\n20,1,4\n10,0,3\n30,3,5\n", "t.csv")
+    for path in (jsonl, csv):
+        recorded = build_requests(_case(trace=path, requests=None, lengths=None, arrival={"kind": "trace",
+                                                                                          "path": path}))
+        assert [(r.arrival_s, r.input_tokens, r.output_tokens) for r in recorded] == \
+            [(0.0, 10, 3), (1.0, 20, 4), (3.0, 30, 5)]
+    scaled = build_requests(_case(trace=csv, requests=2, lengths=None,
+                                  arrival={"kind": "trace", "path": csv, "rate": 2}))
+    # recorded: 2 gaps in 3 s, a mean rate of 2/3 per s; at 2 per s every gap is a third as long
+    assert [r.arrival_s for r in scaled] == pytest.approx([0.0, 1 / 3])
+
+
+@pytest.mark.parametrize("text,name,column", [
+    ("arrival_s,input_tokens\n0,5\n", "a.csv", "output_tokens"),
+    ('{"arrival_s": 0, "output_tokens": 3}\n', "a.jsonl", "input_tokens"),
+    ("arrival_s,input_tokens,output_tokens\nsoon,5,3\n", "b.csv", "arrival_s"),
+    ('{"arrival_s": 0, "input_tokens": 0, "output_tokens": 3}\n', "b.jsonl", "input_tokens"),
+    ('{"arrival_s": 0, "input_tokens": 2.5, "output_tokens": 3}\n', "c.jsonl", "input_tokens"),
+])
+def test_a_bad_trace_names_its_file_and_column(tmp_path: Path, text: str, name: str, column: str) -> None:
+    path = _trace(tmp_path, text, name)
+    with pytest.raises(TraceError, match=column) as exc:
+        read_trace(path)
+    assert str(exc.value).startswith(path) and exc.value.column == column
+
+
+def test_an_empty_or_unreadable_trace_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="has no requests"):
+        read_trace(_trace(tmp_path, "arrival_s,input_tokens,output_tokens\n", "e.csv"))
+    with pytest.raises(TraceError, match="not JSON"):
+        read_trace(_trace(tmp_path, "{nope\n", "e.jsonl"))
+    with pytest.raises(TraceError, match="cannot read"):
+        read_trace(tmp_path / "missing.jsonl")

@@ -1,0 +1,188 @@
+"""The serving simulation as a whole: queueing laws, bounds at saturation, the cost model at a vanishing rate,
+the schedulers against each other, reproducibility and rejections."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.costmodel import Plan
+from llmsim.costmodel.iteration import IterationModel, Mix, iteration_time, token_costs
+from llmsim.hardware import load_catalog
+from llmsim.modeled_serving import ServingFaults, pricers, serving_profile
+from llmsim.serving.kvcache import KVCache
+from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.requests import Request, build_requests
+from llmsim.serving.schedulers import BUILTIN
+from llmsim.serving.spec import ServingCase, ServingSpec
+from tests.serving.helpers import fixed_requests, linear_seconds, run
+
+CATALOG = load_catalog()
+
+
+def _spec(**serving) -> ServingSpec:
+    return ServingSpec.model_validate({"requests": 2000, "arrival": {"kind": "poisson", "rate": 20},
+                                       "lengths": {"input": {"kind": "uniform", "min": 20, "max": 400},
+                                                   "output": {"kind": "lognormal", "median": 40, "sigma": 0.7}},
+                                       **serving})
+
+
+def test_littles_law_holds() -> None:
+    """L = lambda W: the time-average number of requests in the system (integrated by the simulation as
+    requests arrive and leave) equals the throughput times the mean time in the system, and the
+    throughput is the offered rate for a stable system."""
+    case = ServingCase(_spec(), seed=1, scheduler=BUILTIN["continuous"])
+    outcome = run(build_requests(case), replicas=2)
+    row = summarize(outcome, 20.0, None)
+    mean_in_system = row["extra"]["mean_in_system"]
+    assert mean_in_system == pytest.approx(row["requests_per_s"] * row["e2e_mean_s"], rel=1e-9)
+    assert mean_in_system > 1   # not trivially empty
+    assert row["requests_per_s"] == pytest.approx(20.0, rel=0.05)
+
+
+def _batch_time(rows: int, prompt: int, output: int) -> float:
+    """One static batch of identical requests under the linear price: the padded prefill, then output - 1
+    decode steps of every row at prompt + step keys."""
+    t = linear_seconds(Mix(prefill_tokens=rows * prompt, prefill_square=rows * prompt ** 2, rows=rows))
+    for step in range(1, output):
+        t += linear_seconds(Mix(decode_seqs=rows, decode_keys=rows * (prompt + step), rows=rows))
+    return t
+
+
+def test_at_saturation_static_throughput_is_the_batch_limited_bound() -> None:
+    """Requests arrive far faster than served: the first batch holds the one request there at t = 0, every
+    later one max_num_seqs requests; the run takes T(1) + k T(B) and its throughput tends to B / T(B)."""
+    b, k = 8, 5
+    requests = fixed_requests(1 + k * b, 1e-7, 100, 20)
+    outcome = run(requests, "static", max_num_seqs=b)
+    expected = _batch_time(1, 100, 20) + k * _batch_time(b, 100, 20)
+    assert outcome.duration_s == pytest.approx(expected, rel=1e-9)
+    row = summarize(outcome, 1e7, None)
+    assert row["requests_per_s"] == pytest.approx((1 + k * b) / expected, rel=1e-9)
+
+
+def test_at_saturation_static_throughput_is_the_memory_limited_bound() -> None:
+    """With room in the KV cache for only C whole requests (prompt + answer), batches hold C, not
+    max_num_seqs, and the throughput is the memory-limited C / T(C)."""
+    c, k, prompt, output = 3, 4, 100, 20
+    per_request = math.ceil((prompt + output - 1) / 16)
+    requests = fixed_requests(1 + k * c, 1e-7, prompt, output)
+    outcome = run(requests, "static", max_num_seqs=64, blocks=c * per_request + per_request - 1)
+    assert outcome.duration_s == pytest.approx(_batch_time(1, prompt, output) + k * _batch_time(c, prompt, output),
+                                               rel=1e-9)
+    assert max(outcome.max_batch) == c
+
+
+def test_at_saturation_continuous_throughput_is_the_batch_limited_bound() -> None:
+    """Continuous batching keeps max_num_seqs requests in flight: each holds its slot for `output`
+    iterations (its prefill, then output - 1 decode steps), so requests/s = B / (output x the mean
+    iteration time), and every iteration is full once the queue formed."""
+    b, output = 16, 30
+    requests = fixed_requests(400, 1e-7, 50, output)
+    outcome = run(requests, max_num_seqs=b)
+    mean_iteration = sum(outcome.busy_s) / sum(outcome.iterations)
+    row = summarize(outcome, 1e7, None)
+    assert row["requests_per_s"] == pytest.approx(b / (output * mean_iteration), rel=0.02)
+    assert max(outcome.max_batch) == b
+
+
+def _llama_model(tp: int = 1) -> tuple[IterationModel, Workload]:
+    served = Workload(model=ModelSpec(preset="llama3-8b"), dtype="bfloat16")
+    ref, profile = serving_profile(served, SharingChoice(tie_embeddings=False))
+    cluster = CATALOG.cluster("h100-sxm", 1, 8, None, None)
+    return IterationModel(token_costs(ref, profile), ref, Plan(tp=tp), cluster), served
+
+
+def test_at_a_vanishing_rate_ttft_is_the_priced_prefill_and_tpot_the_priced_decode_step() -> None:
+    """One request at a time on an idle replica: no queueing, TTFT = the prefill iteration, each later
+    token one decode iteration at its own cache length, TPOT their mean."""
+    model, _ = _llama_model(tp=2)
+    prompt, output = 300, 12
+    requests = fixed_requests(4, 100.0, prompt, output)   # 100 s apart: each alone
+    outcome = run(requests, price=pricers(model, ServingFaults()))
+    prefill = iteration_time(model, Mix.prefill(prompt))
+    steps = [iteration_time(model, Mix.decode(prompt + k)) for k in range(1, output)]
+    for seq in outcome.sequences:
+        assert seq.token_times[0] - seq.request.arrival_s == pytest.approx(prefill, rel=1e-12)
+        gaps = [b - a for a, b in zip(seq.token_times, seq.token_times[1:])]
+        assert gaps == pytest.approx(steps, rel=1e-9)
+    row = summarize(outcome, 0.01, None)
+    assert row["ttft_p99_s"] == pytest.approx(prefill, rel=1e-12)
+    assert row["tpot_mean_s"] == pytest.approx(sum(steps) / len(steps), rel=1e-9)
+    assert row["queue_p50_s"] == 0.0
+
+
+def test_continuous_batching_beats_static_batching_on_ttft_at_moderate_load() -> None:
+    """Llama 3 8B on one H100 at 3 requests/s: a static batch keeps new requests waiting for its longest
+    answer; iteration-level scheduling lets them in at the next iteration."""
+    model, _ = _llama_model()
+    case = ServingCase(ServingSpec.model_validate({"requests": 150, "arrival": {"kind": "poisson", "rate": 3},
+                                                   "lengths": {"input": 467, "output": 256}}),
+                       seed=0, scheduler=BUILTIN["continuous"])
+    requests = build_requests(case)
+    rows = {kind: summarize(run(requests, kind, price=pricers(model, ServingFaults())), 3.0, None)
+            for kind in ("static", "continuous")}
+    assert rows["continuous"]["ttft_p50_s"] < rows["static"]["ttft_p50_s"] / 10
+    assert rows["continuous"]["ttft_mean_s"] < rows["static"]["ttft_mean_s"]
+    assert rows["continuous"]["requests_per_s"] == pytest.approx(3.0, rel=0.15)
+
+
+def test_the_same_seed_gives_the_same_result_and_another_seed_another() -> None:
+    def once(seed: int) -> str:
+        case = ServingCase(_spec(requests=300), seed=seed, scheduler=BUILTIN["chunked-prefill"])
+        return requests_table(run(build_requests(case), "chunked-prefill", replicas=2, router="least-outstanding",
+                                  blocks=200, max_batched_tokens=512))
+
+    assert once(7) == once(7)
+    assert once(7) != once(8)
+
+
+def test_requests_the_engine_cannot_serve_are_rejected_and_counted() -> None:
+    """Longer than the context (vLLM answers with an error), or more blocks than a replica has: rejected on
+    arrival, counted, the rest served."""
+    requests = [Request(0, 0.0, 100, 10), Request(1, 0.1, 950, 100), Request(2, 0.2, 300, 100),
+                Request(3, 0.3, 50, 5)]
+    outcome = run(requests, context=1000, blocks=20, block_tokens=16)   # 320 tokens of cache
+    assert [(r.request.id, r.reason) for r in outcome.rejected] == [(1, "context"), (2, "kv-cache")]
+    assert [s.request.id for s in outcome.sequences] == [0, 3]
+    row = summarize(outcome, 10.0, None)
+    assert row["extra"]["requests_rejected"] == 2 and row["extra"]["requests_done"] == 2
+    table = requests_table(outcome).splitlines()
+    assert table[2].startswith("1,,rejected,context") and table[3].startswith("2,,rejected,kv-cache")
+
+
+def test_least_outstanding_routing_evens_out_unequal_requests() -> None:
+    """Alternating long and short requests: round-robin sends every long one to replica 0; least
+    outstanding spreads them."""
+    requests = [Request(i, 0.05 * i, 200, 200 if i % 2 == 0 else 2) for i in range(40)]
+    rr = run(requests, replicas=2, router="round-robin")
+    lo = run(requests, replicas=2, router="least-outstanding")
+    assert {s.replica for s in rr.sequences if s.request.id % 2 == 0} == {0}
+    assert {s.replica for s in lo.sequences if s.request.id % 2 == 0} == {0, 1}
+    assert summarize(lo, 20.0, None)["e2e_p99_s"] < summarize(rr, 20.0, None)["e2e_p99_s"]
+
+
+def test_a_scheduler_that_never_schedules_is_reported() -> None:
+    from llmsim.serving.schedulers import Scheduler
+    from llmsim.serving.simulate import StalledError, simulate_serving
+
+    class Lazy(Scheduler):
+        kind = "lazy"
+
+        def schedule(self, now):  # noqa: ANN001, ANN201
+            return None
+
+    with pytest.raises(StalledError, match="2 of 2 requests unfinished"):
+        simulate_serving(fixed_requests(2, 0.1, 10, 2), replicas=1, make_scheduler=lambda kv: Lazy(None, kv),
+                         kv_blocks=100, block_tokens=16, price=lambda i: (lambda m: (1.0, 1.0)),
+                         router="round-robin", context_tokens=1000)
+
+
+def test_kv_peak_utilization_is_the_fullest_replicas_peak_share() -> None:
+    outcome = run(fixed_requests(6, 0.0, 64, 16), blocks=100, block_tokens=16)
+    # six requests in flight at once, each peaking at ceil((64 + 15) / 16) = 5 blocks
+    assert outcome.kv_peak_utilization == pytest.approx(30 / 100)
+    assert isinstance(outcome.sequences[0].request, Request)
+    assert KVCache(10, 16).blocks_for(17) == 2

@@ -1,0 +1,110 @@
+"""The serving: block: contract names, and one-line errors naming the key and what is allowed (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmsim.cli import main
+from llmsim.config import load_scenario
+
+SERVING: dict[str, Any] = {
+    "name": "serve-test",
+    "workload": {"model": {"preset": "tiny"}, "dtype": "float32"},
+    "strategies": [{"name": "single"}],
+    "serving": {"requests": 20, "arrival": {"kind": "poisson", "rate": [2, 4, 8]},
+                "lengths": {"input": 16, "output": 8},
+                "scheduler": {"kind": "continuous", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                "kv_block_tokens": 16, "memory_utilization": 0.9, "replicas": 1, "router": "round-robin",
+                "slo": {"ttft_s": 0.5, "tpot_s": 0.05, "percentile": 99}},
+    "backends": {"roofline": {"hardware": "h100-sxm", "nodes": 1, "devices_per_node": 1}},
+}
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_the_issues_block_loads_with_every_contract_key(tmp_path: Path) -> None:
+    spec = load_scenario(_write(tmp_path, SERVING)).serving
+    assert spec is not None
+    assert spec.arrival.rates == [2.0, 4.0, 8.0] and spec.scheduler.max_num_seqs == 256
+    assert spec.slo is not None and spec.slo.percentile == 99 and spec.router == "round-robin"
+
+
+def test_the_json_schema_has_the_serving_block(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "serving" in schema["properties"]
+    serving = schema["$defs"]["ServingSpec"]["properties"]
+    assert set(serving) >= {"requests", "duration_s", "arrival", "lengths", "scheduler", "kv_block_tokens",
+                            "memory_utilization", "replicas", "router", "slo"}
+
+
+def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data: dict | None = None) -> str:
+    path = _write(tmp_path, data or SERVING)
+    args = ["validate", str(path)]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err.removeprefix(f"llmsim: error: {path}: ")
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("serving.arrival.rate=-2", "serving.arrival.rate: -2: allowed: a rate > 0 in requests/s"),
+    ("serving.arrival.rate=[2, 0]", "serving.arrival.rate: [2, 0]: allowed: a rate > 0"),
+    ("serving.slo.percentile=0", "serving.slo.percentile: 0.0: allowed 0 < percentile <= 100"),
+    ("serving.slo.percentile=100.5", "serving.slo.percentile: 100.5: allowed 0 < percentile <= 100"),
+    ("serving.scheduler.kind=lottery", "serving.scheduler.kind: unknown scheduler 'lottery'; allowed: static, "
+                                       "continuous, chunked-prefill"),
+    ("serving.scheduler.chunk_tokens=64", "serving.scheduler: chunk_tokens is for kind 'chunked-prefill'"),
+    ("serving.scheduler.max_batched_tokens=32", "serving.scheduler.max_batched_tokens: 32 is below the model's "
+                                                "context seq_len=64"),
+    ("serving.duration_s=60", "serving: give requests or duration_s, not both"),
+    ("serving.arrival={kind: gamma, rate: 2}", "serving.arrival: arrival kind 'gamma' needs cv"),
+    ("serving.arrival={kind: poisson, rate: 2, path: t.csv}", "serving.arrival: path is for arrival kind 'trace'"),
+    ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
+    ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output: uniform: max=2 is below min=5"),
+    ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
+    ("serving.memory_utilization=0", "serving.memory_utilization: 0: Input should be greater than 0"),
+    ("serving.replicas=2", "serving.replicas: replicas x tp x pp = 2 x 1 x 1 = 2 devices (strategy 'single') but "
+                           "backend 'roofline' has 1"),
+    ("serving.queue=3", "serving.queue: unknown key; allowed: requests, duration_s, arrival"),
+    ("strategies[0].dp=2", "strategies[0].dp: 2: with a serving: block the data-parallel copies are "
+                           "serving.replicas (1); omit dp"),
+    ("workload.mode=train", "workload.mode: 'train' cannot be served"),
+    ("backends.roofline.attention=math", "backends.roofline.attention: 'math': a serving run prices a fused "
+                                         "attention kernel"),
+])
+def test_bad_serving_input_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       change: str, expected: str) -> None:
+    assert _error(tmp_path, capsys, change).startswith(expected)
+
+
+def test_a_backend_that_does_not_serve_is_a_validation_error(tmp_path: Path, capsys) -> None:
+    data = {**SERVING, "backends": {"cpu": {}}}
+    assert _error(tmp_path, capsys, data=data).startswith(
+        "backends.cpu: backend 'cpu' does not run serving scenarios (a serving: block); backends that do: cluster, "
+        "roofline")
+
+
+def test_a_trace_missing_a_column_names_the_file_and_the_column(tmp_path: Path, capsys) -> None:
+    (tmp_path / "trace.csv").write_text("arrival_s,input_tokens\n0,12\n")
+    data = {**SERVING, "serving": {**SERVING["serving"], "lengths": None,
+                                   "arrival": {"kind": "trace", "path": "trace.csv"}}}
+    message = _error(tmp_path, capsys, data=data)
+    assert message == (f"serving.arrival.path: {tmp_path / 'trace.csv'}: missing column 'output_tokens' (the header "
+                       f"has arrival_s, input_tokens; needed: arrival_s, input_tokens, output_tokens)")
+
+
+def test_a_rate_list_sweeps_like_nodes(tmp_path: Path, capsys) -> None:
+    assert main(["validate", str(_write(tmp_path, SERVING))]) == 0
+    assert "3 cases" in capsys.readouterr().out

@@ -1,0 +1,202 @@
+"""Serving scenarios on the modeled backends: rows per (case, rate), the per-request CSV, the same request
+list for every backend, faults of the cluster backend, does-not-fit, rejections, and plugin policies."""
+
+from __future__ import annotations
+
+import csv
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmsim import hookimpl
+from llmsim.config import parse_scenario
+from llmsim.errors import PluginError
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import SERVING_COLUMNS, read_rows
+from llmsim.runner import plan_cases, run_scenario
+from llmsim.serving.schedulers import ContinuousScheduler, Iteration
+
+H100 = {"hardware": "h100-sxm", "nodes": 1, "devices_per_node": 2}
+
+
+def _scenario(**serving: Any) -> dict[str, Any]:
+    return {"name": "serve-test", "workload": {"model": {"preset": "tiny"}, "dtype": "bfloat16"},
+            "strategies": [{"name": "single"}],
+            "serving": {"requests": 60, "arrival": {"kind": "poisson", "rate": [50, 400]},
+                        "lengths": {"input": {"kind": "uniform", "min": 4, "max": 40}, "output": 12},
+                        "slo": {"ttft_s": 0.001, "tpot_s": 0.001, "percentile": 90}, **serving},
+            "backends": {"roofline": H100, "cluster": H100}}
+
+
+def _run(tmp_path: Path, data: dict[str, Any], manager: Any = None) -> tuple[Path, list[dict[str, Any]]]:
+    manager = manager or get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    scenario = parse_scenario(data, "serve.yaml")
+    planned = plan_cases(scenario, registry, "serve.yaml", scenario_dir=tmp_path)
+    outcome = run_scenario(scenario, registry, planned, tmp_path, manager=manager, scenario_dir=tmp_path)
+    return outcome.run_dir, read_rows(outcome.run_dir)
+
+
+def _requests(run_dir: Path, row: dict[str, Any]) -> list[dict[str, str]]:
+    with open(run_dir / row["requests_file"], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_row_per_case_and_rate_with_the_serving_columns_and_a_request_table(tmp_path: Path) -> None:
+    run_dir, rows = _run(tmp_path, _scenario())
+    assert sorted((r["case"], r["backend"]) for r in rows) == [
+        ("single@rate=400", "cluster"), ("single@rate=400", "roofline"), ("single@rate=50", "cluster"),
+        ("single@rate=50", "roofline")]
+    for row in rows:
+        assert row["status"] == "ok" and row["mode"] == "serve" and row["kind"] == "modeled"
+        assert all(row[c] is not None for c in SERVING_COLUMNS), [c for c in SERVING_COLUMNS if row[c] is None]
+        assert row["requests_done"] == 60 and row["n_devices"] == 1
+        table = _requests(run_dir, row)
+        assert len(table) == 60 and table[0]["status"] == "ok"
+        assert float(table[5]["e2e_s"]) >= float(table[5]["ttft_s"]) > 0
+    fast = next(r for r in rows if r["case"] == "single@rate=400" and r["backend"] == "roofline")
+    slow = next(r for r in rows if r["case"] == "single@rate=50" and r["backend"] == "roofline")
+    assert fast["request_rate"] == 400 and fast["requests_per_s"] > slow["requests_per_s"]
+
+
+def test_every_backend_serves_the_same_request_list(tmp_path: Path) -> None:
+    run_dir, rows = _run(tmp_path, _scenario())
+    lists = {}
+    for row in rows:
+        lists[(row["case"], row["backend"])] = [(r["request_id"], r["arrival_s"], r["input_tokens"],
+                                                 r["output_tokens"]) for r in _requests(run_dir, row)]
+    for case in ("single@rate=50", "single@rate=400"):
+        assert lists[(case, "roofline")] == lists[(case, "cluster")]
+
+
+def test_a_straggler_slows_its_replica_and_jitter_is_seeded(tmp_path: Path) -> None:
+    data = _scenario(replicas=2, router="round-robin", arrival={"kind": "poisson", "rate": 20})
+    data["backends"] = {"roofline": H100, "cluster": {**H100, "straggler": {"rank": 1, "slowdown": 3.0}}}
+    run_dir, rows = _run(tmp_path, data)
+    tpot = {}
+    for row in rows:
+        by_replica: dict[str, list[float]] = {"0": [], "1": []}
+        for r in _requests(run_dir, row):
+            by_replica[r["replica"]].append(float(r["tpot_s"]))
+        tpot[row["backend"]] = {k: sum(v) / len(v) for k, v in by_replica.items()}
+    assert tpot["roofline"]["0"] == pytest.approx(tpot["roofline"]["1"], rel=0.05)
+    assert tpot["cluster"]["0"] == pytest.approx(tpot["roofline"]["0"], rel=1e-9)
+    assert tpot["cluster"]["1"] > 2 * tpot["roofline"]["1"]
+    data["backends"] = {"cluster": {**H100, "jitter": 0.2}}
+    _, first = _run(tmp_path / "a", data)
+    _, second = _run(tmp_path / "b", data)
+    assert first[0]["ttft_p99_s"] == second[0]["ttft_p99_s"] != rows[0]["ttft_p99_s"]
+
+
+def test_a_replica_with_no_room_for_its_cache_is_a_does_not_fit_row(tmp_path: Path) -> None:
+    data = _scenario()
+    data["workload"] = {"model": {"preset": "llama3-70b"}, "dtype": "bfloat16"}
+    data["serving"]["arrival"] = {"kind": "poisson", "rate": 1}
+    data["backends"] = {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}}
+    _, rows = _run(tmp_path, data)
+    assert rows[0]["status"] == "does-not-fit"
+    assert rows[0]["error"].startswith("no room for a KV cache: 77.3 GB usable (memory_utilization 0.9) - weights "
+                                       "141.1 GB")
+
+
+def test_a_request_longer_than_the_context_is_a_counted_rejection_and_the_row_is_kept(tmp_path: Path) -> None:
+    """The tiny model's context is 64 tokens: 50 + 20 does not fit, vLLM answers such a request with an error."""
+    data = _scenario(lengths={"input": {"kind": "uniform", "min": 10, "max": 50}, "output": 20})
+    run_dir, rows = _run(tmp_path, data)
+    for row in rows:
+        assert row["status"] == "ok" and row["requests_rejected"] == row["rejected_context"] > 0
+        assert row["requests_done"] + row["requests_rejected"] == 60
+        rejected = [r for r in _requests(run_dir, row) if r["status"] == "rejected"]
+        assert len(rejected) == row["requests_rejected"]
+        assert all(int(r["input_tokens"]) + 20 > 64 for r in rejected)
+
+
+def _policy_plugin(kind: str) -> types.SimpleNamespace:
+    class LongestFirst(ContinuousScheduler):
+        """Admit the longest waiting prompt first (a policy no built-in has)."""
+
+        def schedule(self, now: float) -> Iteration | None:
+            self.waiting = type(self.waiting)(sorted(self.waiting, key=lambda s: -s.request.input_tokens))
+            return super().schedule(now)
+
+    LongestFirst.kind = kind
+
+    @hookimpl
+    def llmsim_serving_schedulers() -> list[type]:
+        return [LongestFirst]
+
+    return types.SimpleNamespace(llmsim_serving_schedulers=llmsim_serving_schedulers)
+
+
+def test_a_plugin_adds_a_scheduling_policy_through_the_hook(tmp_path: Path) -> None:
+    manager = get_plugin_manager()
+    manager.register(_policy_plugin("longest-first"), name="policies")
+    data = _scenario(scheduler={"kind": "longest-first", "max_num_seqs": 2})
+    data["backends"] = {"roofline": H100}
+    _, rows = _run(tmp_path, data, manager)
+    assert {r["scheduler"] for r in rows} == {"longest-first"} and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_plugin_policy_may_not_take_a_builtin_name() -> None:
+    manager = get_plugin_manager()
+    manager.register(_policy_plugin("continuous"), name="policies")
+    with pytest.raises(PluginError, match="serving scheduler 'continuous' is registered twice"):
+        BackendRegistry.from_manager(manager)
+
+
+def test_a_plugin_returning_something_else_is_reported_broken() -> None:
+    @hookimpl
+    def llmsim_serving_schedulers() -> list[object]:
+        return ["not a class"]
+
+    manager = get_plugin_manager()
+    manager.register(types.SimpleNamespace(llmsim_serving_schedulers=llmsim_serving_schedulers), name="bad")
+    registry = BackendRegistry.from_manager(manager)
+    assert "bad" in registry.broken and "continuous" in registry.schedulers
+
+
+def test_the_shipped_serving_scenario_runs_and_its_summary_reads_per_rate(tmp_path: Path) -> None:
+    """scenarios/serve-8b.yaml, as `llmsim run` would run it (the report summary names no 'fastest' rate:
+    rates are the load; it says what each got and the highest that met the SLO)."""
+    from llmsim.config import load_scenario
+    from llmsim.report.summary import summarize as summary
+    from llmsim.results import rows_frame
+    from tests.conftest import REPO
+
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    scenario = load_scenario(path)
+    planned = plan_cases(scenario, registry, str(path), scenario_dir=path.parent)
+    outcome = run_scenario(scenario, registry, planned, tmp_path, manager=manager, scenario_dir=path.parent)
+    rows = read_rows(outcome.run_dir)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert {r["slo_met"] for r in rows} == {True}
+    points = summary(rows_frame(rows))
+    heads = [p.text for p in points]
+    assert "roofline — modeled, h100-sxm: tp1 served 3 rates; the highest that met the SLO: 24 requests/s." in heads
+    assert not any("fastest" in h for h in heads)
+
+
+def test_a_degraded_link_slows_the_collectives_of_its_replica_only(tmp_path: Path) -> None:
+    """Llama 3 8B at tp 2 per replica, rank 2 (replica 1) with its NVLink port at 1%: replica 1's all-reduces
+    (8 KB per token and layer) slow down, replica 0 is untouched."""
+    data = _scenario(replicas=2, requests=30, arrival={"kind": "poisson", "rate": 20},
+                     lengths={"input": 400, "output": 8})
+    data["workload"] = {"model": {"preset": "llama3-8b"}, "dtype": "bfloat16"}
+    data["strategies"] = [{"name": "tp2", "tp": 2}]
+    four = {**H100, "devices_per_node": 4}
+    data["backends"] = {"cluster": {**four, "degraded_link": {"rank": 2, "link": "intra_node",
+                                                              "bandwidth_factor": 0.01}}, "roofline": four}
+    run_dir, rows = _run(tmp_path, data)
+    tpot = {}
+    for row in rows:
+        by_replica: dict[str, list[float]] = {"0": [], "1": []}
+        for r in _requests(run_dir, row):
+            by_replica[r["replica"]].append(float(r["tpot_s"]))
+        tpot[row["backend"]] = {k: sum(v) / len(v) for k, v in by_replica.items()}
+    assert tpot["cluster"]["0"] == pytest.approx(tpot["roofline"]["0"], rel=1e-9)
+    assert tpot["cluster"]["1"] > 1.2 * tpot["roofline"]["1"]
