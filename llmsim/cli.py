@@ -16,13 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmsim.config import Scenario, load_scenario
-from llmsim.errors import LLMSimError, ScenarioError
+from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import latest_run_dir, read_rows, rows_frame
 from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
 
-EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True)
 
 
@@ -136,16 +135,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dirs = [Path(p) for p in args.run_dirs]
     for run_dir in run_dirs:
         if not (run_dir / "results.jsonl").exists():
-            raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+            raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
     if len(run_dirs) == 1:
         if args.out is not None:
-            raise LLMSimError("report: --out is for comparisons (two or more RUN_DIRs); one run's report is "
+            raise UsageError("report", "--out is for comparisons (two or more RUN_DIRs); one run's report is "
                               "written into its own folder")
         for path in write_report(run_dirs[0])[:2]:
             print(path)
         return 0
     if len({p.resolve() for p in run_dirs}) < len(run_dirs):
-        raise LLMSimError("report: the same run folder is given twice")
+        raise UsageError("report", "the same run folder is given twice")
     print(write_comparison(run_dirs, Path(args.out) if args.out is not None else None))
     return 0
 
@@ -267,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     except LLMSimError as exc:
         print(f"llmsim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a path the user gave that cannot be used is bad input; the machine's failures are not
+        error = path_error(args.command, exc)
+        if error is None:
+            raise
+        print(f"llmsim: error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("llmsim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

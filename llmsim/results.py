@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmsim.errors import UsageError, path_error
+
 # name -> (unit, meaning). The order is the column order of results.csv.
 COLUMNS: dict[str, tuple[str, str]] = {
     "scenario": ("", "scenario name"),
@@ -179,7 +181,11 @@ def new_run_dir(out: Path, scenario: str) -> Path:
             run_dir.mkdir(parents=True)
             return run_dir
         except FileExistsError:
+            if not base.is_dir():  # `out` or `out/<scenario>` is a file: no stamp will ever fit
+                raise UsageError("--out", f"{base} is not a folder") from None
             continue
+        except OSError as exc:  # no permission, a read-only file system, ...: before anything runs
+            raise (path_error("--out", exc) or exc) from None
     raise AssertionError("unreachable")
 
 
@@ -245,8 +251,10 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: absurd nesting
             continue  # a line cut by a kill: that case is simply not done
+        if not isinstance(row, dict) or not isinstance(row.get("case"), str) or not isinstance(row.get("backend"), str):
+            continue  # valid JSON but not a row (an edited or damaged file)
         rows[(row["case"], row["backend"])] = row
     return list(rows.values())
 

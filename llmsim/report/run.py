@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from llmsim.errors import LLMSimError
+from llmsim.errors import ScenarioError, UsageError
 from llmsim.report.units import fmt_count, missing
 from llmsim.results import read_rows, rows_frame
+from llmsim.userinput import read_yaml
 
 TRACE_FILE = "trace.json"
 
@@ -58,9 +58,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, yaml.YAMLError):  # unreadable, not UTF-8, not YAML
+        return read_yaml(path)
+    except ScenarioError:  # unreadable, not UTF-8, not a YAML mapping, beyond the limits of llmsim.userinput
         return {}
 
 
@@ -69,7 +68,7 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     run_dir = Path(run_dir)
     if frame is None:
         if not (run_dir / "results.jsonl").is_file():
-            raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+            raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
         frame = rows_frame(read_rows(run_dir))
     return Run(run_dir, frame, _read_json(run_dir / "environment.json"), _read_yaml(run_dir / "scenario.yaml"))
 

@@ -34,12 +34,12 @@ def test_report_default_comparison_folder(tmp_path: Path, capsys, monkeypatch) -
 
 
 def test_report_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert "has no results.jsonl" in capsys.readouterr().err
     run = make_run(tmp_path / "r", [row("x", step=1.0)])
-    assert main(["report", str(run), str(run)]) == 1
+    assert main(["report", str(run), str(run)]) == 2
     assert "given twice" in capsys.readouterr().err
-    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 1
+    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 2
     assert "--out is for comparisons" in capsys.readouterr().err
 
 
