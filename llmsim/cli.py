@@ -19,8 +19,9 @@ from llmsim.config import Scenario, load_scenario
 from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.results import latest_run_dir, read_rows, rows_frame
+from llmsim.results import latest_run_dir, new_run_dir, read_rows, rows_frame
 from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
+from llmsim.wording import count
 
 err_console = Console(stderr=True)
 
@@ -45,8 +46,9 @@ def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[
 
 def cmd_validate(args: argparse.Namespace) -> int:
     scenario, planned, _, _ = _load(args.scenario, args.set, args.backend)
-    print(f"{args.scenario}: ok — {len(scenario.strategies)} strategies × {len(planned) // len(scenario.strategies)} "
-          f"backend settings = {len(planned)} cases")
+    n = len(scenario.strategies)
+    print(f"{args.scenario}: ok — {count(n, 'strategy')} × {count(len(planned) // n, 'backend setting')} = "
+          f"{count(len(planned), 'case')}")
     return 0
 
 
@@ -145,7 +147,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if len({p.resolve() for p in run_dirs}) < len(run_dirs):
         raise UsageError("report", "the same run folder is given twice")
-    print(write_comparison(run_dirs, Path(args.out) if args.out is not None else None))
+    print(write_comparison(run_dirs, new_run_dir(Path(args.out or "reports"), "compare")))
     return 0
 
 
@@ -218,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a scenario; prints the run folder last")
     scenario_args(p)
-    p.add_argument("--out", default="reports", metavar="DIR", help="where run folders go (default: reports)")
+    p.add_argument("--out", default="reports", metavar="DIR",
+                   help="where run folders go (default: reports -> reports/<scenario name>/<stamp>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                    help="finish an interrupted run (default: the latest run of this scenario)")
     p.set_defaults(func=cmd_run)
@@ -235,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them, the first as the baseline, with differences in percent.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="comparison folder (default: reports/compare/<timestamp>)")
+                   help="where comparison folders go, as for run and plan (default: reports -> "
+                        "reports/compare/<stamp>)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("new-plugin", help="scaffold a third-party backend plugin package")
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llmsim.errors import ScenarioError, format_key_path
 from llmsim.userinput import parse_yaml, read_yaml
+from llmsim.wording import count
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -460,7 +461,7 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += _allowed_keys(model, loc)
     more = len(exc.errors()) - 1
     if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        message += f" (and {count(more, 'more problem')})"
     return ScenarioError(file, format_key_path(loc) or None, message)
 
 

@@ -32,6 +32,7 @@ from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
+from llmsim.wording import count
 
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
@@ -238,7 +239,7 @@ class CudaBackend(Backend):
         have = torch.cuda.device_count()
         if have < world:
             return case.result(self, status="skipped",
-                               error=f"strategy needs {world} GPUs, this host has {have} (one process per GPU)")
+                               error=f"strategy needs {count(world, 'GPU')}, this host has {have} (one process per GPU)")
         spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout,
                                       seed=case.seed, steps=settings.steps, warmup=settings.warmup,
                                       device_type="cuda", profile_comm=settings.profile_comm)

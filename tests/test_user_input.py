@@ -122,3 +122,16 @@ def test_an_out_folder_that_cannot_be_written_is_one_line_before_anything_runs(t
     err = one_line_error(capsys, [verb, str(path), "--out", str(blocker / "sub"), "--backend", "roofline"]
                          if verb == "run" else [verb, str(path), "--out", str(blocker / "sub"), "--no-simulate"])
     assert err.startswith(f"--out: {blocker}/sub/") and err.endswith(": Not a directory")
+
+
+def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
+    """Issue 15 item 18: '1 strategies × 1 backend settings = 1 cases'."""
+    from llmsim.wording import count
+
+    assert [count(1, "strategy"), count(2, "strategy"), count(1, "backend setting"), count(2048.0, "device")] == \
+        ["1 strategy", "2 strategies", "1 backend setting", "2,048 devices"]
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 1 backend setting = 1 case"
+    err = one_line_error(capsys, ["validate", str(path), "--set", "strategies[0].dp=2"])
+    assert err.endswith("= 2 but backend 'roofline' has 1 device (omit dp to fill the world)")

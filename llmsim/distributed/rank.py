@@ -23,6 +23,7 @@ from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState,
                                             vocab_parallel_loss, vocab_parallel_possible)
 from llmsim.distributed.spec import WorkerSpec
 from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep, no_mark
+from llmsim.wording import count
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,7 @@ class RankStep(WorkloadStep):
                 self.notes["zero"] = (f"fully_shard per block and per stage over dp "
                                       f"(reshard_after_forward={strategy.zero == 3})")
             params = [p for p in self.pipeline.parameters() if p.requires_grad]
-            self.notes["pipeline"] = f"{type(self.pipeline.schedule).__name__}, {spec.microbatches} micro-batches"
+            self.notes["pipeline"] = f"{type(self.pipeline.schedule).__name__}, {count(spec.microbatches, 'micro-batch')}"
         else:
             if spec.tp > 1:
                 vocab = self.mode == "train" and vocab_parallel_possible(self.model.spec, spec.tp)

@@ -32,6 +32,7 @@ from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, m
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.workload.profile import WorkloadProfile, profile_workload
+from llmsim.wording import count
 
 HOUR_S = 3600.0
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
@@ -279,7 +280,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                     stats.priced += 1
         stats.per_hardware[hw.name] = stats.screened - before
         if progress:
-            progress(f"{hw.name}: {stats.per_hardware[hw.name]:,} configurations screened")
+            progress(f"{hw.name}: {count(stats.per_hardware[hw.name], 'configuration')} screened")
     rows.sort(key=objective_key(plan.objective))
     stats.seconds = time.perf_counter() - start
     return rows, stats

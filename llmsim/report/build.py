@@ -7,7 +7,6 @@ report.html, so both reports show the very same pixels.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from llmsim.report.raster import render
 from llmsim.report.run import TRACE_FILE, Run, catalog_capacity, environment_text, load_run, workload_text
 from llmsim.report.summary import summarize
 from llmsim.report.trace import TraceError, load_trace
-from llmsim.results import write_atomic
+from llmsim.results import new_run_dir, write_atomic
 
 
 def _gantt(run: Run) -> tuple[object, object]:
@@ -123,20 +122,11 @@ def write_report(run_dir: Path, frame: pd.DataFrame | None = None) -> list[Path]
     return write_document(doc, run.path)
 
 
-def default_compare_dir(base: Path = Path("reports")) -> Path:
-    """reports/compare/<stamp>/, a fresh folder per comparison (suffixed if the second is taken)."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = base / "compare" / (stamp if n == 0 else f"{stamp}-{n}")
-        if not path.exists():
-            return path
-    raise RuntimeError("no free comparison folder name")
-
-
-def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
-    """Compare runs (the first is the baseline) into `out` (default: reports/compare/<stamp>/)."""
+def write_comparison(run_dirs: list[Path], folder: Path | None = None) -> Path:
+    """Compare runs (the first is the baseline) into `folder` (default: a fresh reports/compare/<stamp>/,
+    as `llmsim report --out reports` makes it: --out is the parent, as for run and plan)."""
     runs = [load_run(Path(p)) for p in run_dirs]
-    folder = Path(out) if out is not None else default_compare_dir()
+    folder = Path(folder) if folder is not None else new_run_dir(Path("reports"), "compare")
     doc = comparison_document(runs)
     write_document(doc, folder)
     write_atomic(folder / "comparison.csv", comparison_frame(runs).to_csv(index=False))

@@ -21,6 +21,7 @@ from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, workload_text
 from llmsim.report.units import fmt_change, format_value, missing
+from llmsim.wording import count
 
 KEY = ["case", "backend"]
 def run_letters(n: int) -> list[str]:
@@ -156,7 +157,7 @@ def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
             lo, hi = changes.loc[pct.idxmin()], changes.loc[pct.idxmax()]
             n_better = sum(tone(p, m) == "better" for p in pct)
             n_worse = sum(tone(p, m) == "worse" for p in pct)
-            cases = f"{len(pct)} matched case{'s' if len(pct) != 1 else ''}"
+            cases = count(len(pct), "matched case")
             if not n_better and not n_worse:
                 details.append(f"{m.title}: unchanged (within ±{NOISE_PCT}%) in {cases}.")
                 continue

@@ -18,6 +18,7 @@ from llmsim.report.document import Point
 from llmsim.report.figures import BREAKDOWN, by_backend, device_capacity, panel_title, parity_pairs
 from llmsim.report.frames import ok_rows
 from llmsim.report.units import fmt_bytes, fmt_joules, fmt_percent, fmt_rate, fmt_seconds, missing
+from llmsim.wording import count
 
 MAX_DETAILS = 8      # losers explained per backend; the tables have the rest
 MAX_REASON = 240     # characters of an error message quoted in the summary
@@ -37,7 +38,7 @@ def _short(text: str) -> str:
 
 def devices(n: float) -> str:
     """'1 device', '4 devices'."""
-    return f"{int(n)} device{'s' if int(n) != 1 else ''}"
+    return count(n, "device")
 
 
 def _devices(row: Any) -> str:
@@ -103,7 +104,7 @@ def loser_details(ok: pd.DataFrame, best: pd.Series) -> list[str]:
     if len(elsewhere):
         counts = sorted({int(_f(n)) for n in elsewhere["n_devices"] if not missing(n)})
         sizes = ", ".join(str(n) for n in counts) or "unknown"
-        details.append(f"{len(elsewhere)} more case{'s' if len(elsewhere) != 1 else ''} ran on other device counts "
+        details.append(f"{count(len(elsewhere), 'more case')} ran on other device counts "
                        f"({sizes}): see the tables and the scaling figure.")
     return details
 
@@ -150,7 +151,7 @@ def parity_point(frame: pd.DataFrame) -> Point | None:
         return None
     err = pairs["error_pct"].abs()
     text = (f"Model against measurement: median error {err.median():.1f}% (worst {err.max():.1f}%) over "
-            f"{len(pairs)} case{'s' if len(pairs) != 1 else ''} run both ways.")
+            f"{count(len(pairs), 'case')} run both ways.")
     if (pairs["measured_hardware"] != pairs["modeled_hardware"]).any():
         text += " Some pairs model other hardware than was measured, so the error is not like for like."
     return Point(text)
