@@ -54,6 +54,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "tokens_per_s_per_device": ("tokens/s", "tokens_per_s / n_devices"),
     "latency_p50_s": ("s", "median step time"),
     "latency_p99_s": ("s", "99th percentile step time"),
+    "step_time_p10_s": ("s", "measured: 10th percentile of the timed steps (with p90, the spread a difference "
+                             "is held against; empty for modeled rows and for one timed step)"),
+    "step_time_p90_s": ("s", "measured: 90th percentile of the timed steps"),
     "ttft_s": ("s", "decode: time to first token (the prefill)"),
     "tpot_s": ("s", "decode: time per output token after the first"),
     "model_flops_per_step": ("FLOP", "FLOPs of one step from the workload profile"),
@@ -121,6 +124,8 @@ class Result(BaseModel):
     tokens_per_s_per_device: float | None = None
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    step_time_p10_s: float | None = None
+    step_time_p90_s: float | None = None
     ttft_s: float | None = None
     tpot_s: float | None = None
     model_flops_per_step: float | None = None

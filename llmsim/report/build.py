@@ -41,7 +41,8 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
     frame = run.frame
     specs = [
         ("throughput", "Throughput per strategy and backend",
-         "tokens/s of every case that ran; one panel per backend, each on its own scale.",
+         "tokens/s of every case that ran; one panel per backend, each on its own scale; a measured bar's "
+         "error bar spans tokens/s at its p90 and p10 step time (the spread of its timed steps).",
          lambda: F.throughput(frame)),
         ("breakdown", "Step-time breakdown",
          "compute, exposed communication, pipeline bubble and the rest, stacked; the black tick is the "
@@ -55,7 +56,7 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
          "by kind where the backend models it, else the peak; the red tick is the device's capacity; "
          "hatched cases do not fit.", lambda: F.memory(frame, capacity)),
         ("parity", "Modeled vs measured",
-         "modeled against measured step time of the same case, with the model's error.",
+         "modeled against measured step time of the same case on the same hardware, with the model's error.",
          lambda: F.parity(frame)),
         ("gantt", "Pipeline timeline (one replica)",
          "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle "

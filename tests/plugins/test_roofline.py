@@ -101,6 +101,22 @@ def test_decode_fills_time_to_first_token_and_per_output_token() -> None:
     assert r.extra["mem_kv_cache_bytes"] == 2 * 4 * 8 * (512 + 16) * 32 * 128 * 2 / 8
 
 
+def test_a_metric_the_case_does_not_define_is_empty() -> None:
+    """Issue 15 item 12: one generated token has no time per output token *after the first* (the roofline
+    wrote 0.0, the cpu backend 3.2e-05 s); a training step has neither TTFT nor TPOT."""
+    one = {"model": {"preset": "tiny"}, "mode": "decode", "batch": 2, "decode_tokens": 1}
+    [planned] = _planned(one, [{"name": "single"}], nodes=1, devices_per_node=1)
+    r = _run(planned)
+    assert r.status == "ok" and r.ttft_s is not None and r.ttft_s > 0
+    assert r.tpot_s is None
+    [planned] = _planned({"model": {"preset": "tiny"}, "mode": "train", "batch": 2}, [{"name": "single"}],
+                         nodes=1, devices_per_node=1)
+    r = _run(planned)
+    assert r.ttft_s is None and r.tpot_s is None
+    # whatever a backend passes, the row keeps the case's rule (Case.result is every backend's row)
+    assert planned.case.result(RooflineBackend, ttft_s=1.0, tpot_s=2.0).tpot_s is None
+
+
 def test_a_device_the_model_cannot_price_yields_a_skipped_row() -> None:
     [planned] = _planned(dict(GPT2, dtype="float32"), [{"name": "one"}], hardware="tpu-v4",
                          devices_per_node=1)

@@ -77,7 +77,7 @@ def test_summary_names_the_winners_and_why_others_lose(built: Path) -> None:
     assert "pp4: 3.85× slower — 31.0% of its step is pipeline bubble" in summary
     assert "2 more cases ran on other device counts (1, 2)" in summary  # losing by size says nothing
     assert "zero0-big on roofline does not fit: needs 412.3 GB/device" in summary
-    assert "Model against measurement: median error 10.0%" in summary
+    assert "Model against measurement on the same hardware: median error 10.0%" in summary
 
 
 def test_tables_are_sortable_with_raw_values(built: Path) -> None:
