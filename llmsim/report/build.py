@@ -33,7 +33,7 @@ def _gantt(run: Run) -> tuple[object, object]:
         spans = load_trace(run.trace)
     except TraceError as exc:
         raise F.NoData(f"{TRACE_FILE} could not be read: {exc}") from None
-    return F.gantt(spans)
+    return F.gantt(spans, case=run.trace_case)
 
 
 def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
@@ -58,9 +58,12 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
         ("parity", "Modeled vs measured",
          "modeled against measured step time of the same case on the same hardware, with the model's error.",
          lambda: F.parity(frame)),
-        ("gantt", "Pipeline timeline (one replica)",
+        ("gantt", f"Pipeline timeline of {run.trace_case or 'the traced case'} (one replica)",
          "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle "
-         "time.", lambda: _gantt(run)),
+         "time; the case with the deepest pipeline is shown, its trace and every other case's are in "
+         "trace/ of the run folder." if run.trace_case else
+         "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle time.",
+         lambda: _gantt(run)),
     ]
     return {name: render(name, title, caption, draw) for name, title, caption, draw in specs}
 

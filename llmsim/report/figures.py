@@ -212,7 +212,7 @@ def scaling(frame: pd.DataFrame) -> tuple[Figure, Any]:
     ax_e.axhline(100, color="black", lw=0.8, ls=":")
     ax_e.set_ylim(0, max(105.0, ax_e.get_ylim()[1]))
     ax_e.set_title("efficiency", fontsize=10, loc="left")
-    ax_t.legend(fontsize=7, loc="best")
+    ax_t.legend(fontsize=8, loc="best")
     return fig, (ax_t, ax_e)
 
 
@@ -405,8 +405,9 @@ def _span_kind(span: Span) -> str:
 KIND_COLORS = {"forward": "#4C72B0", "backward": "#55A868", "communication": "#DD8452", "optimizer": "#8172B3"}
 
 
-def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
-    """Timeline of one pipeline replica from a cluster trace: one lane per device/stream, idle = bubble."""
+def gantt(spans: list[Span], max_lanes: int = 32, case: str | None = None) -> tuple[Figure, Axes]:
+    """Timeline of one pipeline replica from a cluster trace: one lane per device/stream, idle = bubble.
+    `case` ('pp4 on cluster') titles the figure; the legend sits below the lanes, never over them."""
     spans = replica_spans(spans)
     if not spans:
         raise NoData("the trace has no complete events")
@@ -415,7 +416,7 @@ def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
     t0 = min(s.start_s for s in spans)
     fig, axes = new_figure(10, 1.2 + 0.35 * len(lanes))
     ax = axes[0][0]
-    others = (f"C{i}" for i in itertools.count(4))
+    others = (f"C{i}" for i in itertools.count(5))  # C4 is a purple like the optimizer's
     colors: dict[str, str] = dict(KIND_COLORS)
     bars: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (kind, lane) -> spans: one artist each
     for s in spans:
@@ -433,5 +434,7 @@ def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v) if v else "0"))
     ax.set_xlabel("time from the first event (white gaps within a lane are idle: the pipeline bubble)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right", ncols=min(len(seen), 5))
+    if case:
+        ax.set_title(f"{case}: one pipeline replica", fontsize=10, loc="left")
+    fig.legend(fontsize=9, loc="outside lower center", ncols=min(len(seen), 6), frameon=False)
     return fig, ax

@@ -34,18 +34,28 @@ class Run:
     def trace(self) -> Path | None:
         """`trace.json` in the run folder, else the cluster backend's per-case trace (`trace_file` column)
         of the ok case with the deepest pipeline (the most to see), fastest first among equals."""
+        return self._trace()[0]
+
+    @property
+    def trace_case(self) -> str | None:
+        """Which case the trace shows, 'pp4@nodes=2 on cluster' (None for a run-level trace.json)."""
+        return self._trace()[1]
+
+    def _trace(self) -> tuple[Path | None, str | None]:
         path = self.path / TRACE_FILE
         if path.is_file():
-            return path
+            return path, None
         frame = self.frame
         if "trace_file" not in frame or not len(frame):
-            return None
+            return None, None
         rows = frame[(frame["status"] == "ok") & frame["trace_file"].notna()]
         if not len(rows):
-            return None
+            return None, None
         best = rows.sort_values(["pp", "step_time_s"], ascending=[False, True]).iloc[0]
         candidate = self.path / str(best["trace_file"])
-        return candidate if candidate.is_file() and candidate.resolve().is_relative_to(self.path.resolve()) else None
+        if candidate.is_file() and candidate.resolve().is_relative_to(self.path.resolve()):
+            return candidate, f"{best['case']} on {best['backend']}"
+        return None, None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

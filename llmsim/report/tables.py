@@ -14,7 +14,7 @@ from llmsim.report.document import Cell, Table
 from llmsim.report.figures import BREAKDOWN, MEMORY, device_capacity, parity_pairs
 from llmsim.report.frames import any_value
 from llmsim.report.metrics import spread
-from llmsim.report.units import fmt_change, fmt_seconds, format_value, missing
+from llmsim.report.units import FLOAT_RESIDUE, fmt_change, fmt_seconds, format_value, missing
 
 # (column, header, formatter)
 RESULTS: list[tuple[str, str, str]] = [
@@ -95,6 +95,8 @@ def breakdown_table(frame: pd.DataFrame) -> Table | None:
                  cell(r.get("t_ideal_s"), "seconds"), cell(r.get("scaling_efficiency"), "percent")]
         for col, _, _ in BREAKDOWN:
             v = r.get(col)
+            if not missing(v) and not missing(step) and abs(float(v)) < FLOAT_RESIDUE * float(step):
+                v = 0.0
             if missing(v):
                 cells.append(Cell("–"))
             else:
