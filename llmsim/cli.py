@@ -73,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                            scenario_dir=Path(args.scenario).resolve().parent)
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
+    if len(frame):
+        from llmsim.report.terminal import WIDTH, headline_table
+
+        Console(stderr=True, width=err_console.width if err_console.is_terminal else WIDTH).print(headline_table(frame))
     err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
                       highlight=False)
     try:
