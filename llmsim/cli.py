@@ -167,7 +167,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Search the plan's configurations; the best ones as a table on stderr, the run folder last on stdout."""
     from llmsim.hardware import load_catalog
     from llmsim.planner import load_plan, run_plan
-    from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd
+    from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
 
     plan = load_plan(args.plan, args.set)
     manager = get_plugin_manager()
@@ -184,13 +184,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     train = plan.workload.mode == "train"
     title = (f"best by {plan.objective}" + (" (re-checked by the cluster simulation)" if outcome.simulated else "")
              if outcome.top else "nothing meets the goal: the closest configurations")
-    table = Table("#", "configuration", "time to goal" if train else "step latency", "cost" if train else "cost/h",
-                  "energy" if train else "energy/h", "devices", "meets goal", title=title)
+    # training: the time to the goal; inference: the latency the goal limits (decode: one token step) and the
+    # throughput the goal asks for, each priced per hour of service
+    headers = (["time to goal", "cost", "energy"] if train else
+               [latency_name(plan), "tokens/s", "cost/h", "energy/h"])
+    table = Table("#", "configuration", *headers, "devices", "meets goal", title=title)
     for i, e in enumerate(shown, 1):
         sim = e.sim if outcome.simulated and e.sim else {}
         time_text = fmt_duration(e.time_to_goal_s) + (f" (sim {fmt_duration(sim['time_to_goal_s'])})" if sim else "")
         cost_text = fmt_usd(e.cost_usd) + (f" (sim {fmt_usd(sim['cost_usd'])})" if sim else "")
-        table.add_row(str(i), describe(e), time_text, cost_text, fmt_energy(e.energy_j),
+        rate = [] if train else ["–" if e.tokens_per_s is None else f"{e.tokens_per_s:,.0f}"]
+        table.add_row(str(i), describe(e), time_text, *rate, cost_text, fmt_energy(e.energy_j),
                       f"{e.config.n_devices:,}", "yes" if e.feasible else e.reason)
     Console(stderr=True, width=max(err_console.width, 160)).print(table)
     err_console.print(outcome.explanation.headline, highlight=False)

@@ -46,7 +46,7 @@ class Hardware:
     node: ClusterSpec                  # one node of the choice: device, links, devices per node
     usd_per_device_hour: float
     example_price: bool
-    memory_headroom: float = 0.0
+    memory_headroom: float = 0.0       # resolve_hardware passes the plan's limits.memory_headroom
 
     @property
     def device(self) -> DeviceSpec:
