@@ -206,9 +206,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last."""
-    from llmsim.calibrate import calibrate, catalog_file, format_table
+    from llmsim.calibrate import calibrate, catalog_file, format_table, underdetermined_warning
 
     result = calibrate(args.run_dirs)
+    warning = underdetermined_warning(result)
+    if warning:
+        err_console.print(f"[yellow]llmsim: warning: {escape(warning)}[/]", highlight=False)
     path = args.out or Path(args.run_dirs[0]) / "hardware-calibrated.yaml"
     path.write_text(catalog_file(result, path.name))
     print(format_table(result))
