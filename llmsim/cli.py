@@ -115,10 +115,14 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     for d in catalog.devices.values():
         tf = {k: f"{v / 1e12:.4g}" for k, v in d.peak_flops.items()}
         missing = "measured" if not d.peak_flops else "–"  # an empty table means: probed at run time
+        source = d.source
+        if d.name == "cpu-host":  # this machine: its own probes, not the datasheet CPU the power comes from
+            tf, missing, source = _host_row(d.source)
         devices.add_row(escape(d.name), tf.get("bfloat16", missing), tf.get("float32", missing),
                         f"{d.memory_bytes / 2**30:.4g}" if d.memory_bytes else "measured",
                         f"{d.memory_bw_bytes_per_s / 1e9:.4g}" if d.memory_bw_bytes_per_s else "–",
-                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""), d.source)
+                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""),
+                        escape(source))
     links = Table("link", "GB/s per device per direction", "latency µs", "source", title="links")
     for ln in catalog.links.values():
         links.add_row(ln.name, f"{ln.bandwidth_bytes_per_s / 1e9:.4g}", f"{ln.latency_s * 1e6:.3g}", ln.source)
@@ -126,6 +130,20 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     console.print(devices)
     console.print(links)
     return 0
+
+
+def _host_row(power_source: str) -> tuple[dict[str, str], str, str]:
+    """cpu-host as this machine: the matmul peaks its probes measured (TFLOP/s by dtype; none before a run
+    of the cpu backend) and a source that says which numbers are this CPU's and which are an estimate."""
+    from llmsim.environment import cpu_model
+    from llmsim.measure.host_probes import cached_rates
+
+    peaks = {dtype: f"{r.peak_flops_per_s / 1e12:.4g}" for dtype in ("bfloat16", "float32")
+             if (r := cached_rates(dtype)) is not None}
+    measured = ("FLOP/s probed by an earlier run" if peaks else
+                "FLOP/s and bandwidth probed when a cpu run measures them (none yet)")
+    return peaks, "measured at run time", (f"this machine ({cpu_model()}): {measured}; memory read at run time; "
+                                           f"power per core an estimate from another CPU: {power_source}")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
