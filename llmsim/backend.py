@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from llmsim.config import SharingChoice, Strategy, Workload
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.results import Result
+from llmsim.stages import describe_split
 from llmsim.strategy import Layout
 
 
@@ -48,7 +49,8 @@ class Case(BaseModel):
             scenario=self.scenario, case=self.name, backend=backend.name, kind=backend.kind,
             strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, sp=s.sp, zero=s.zero,
             micro_batch=lay.micro_batch, microbatches=lay.microbatches, schedule=s.schedule,
-            recompute=s.recompute, n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,
+            recompute=s.recompute, stage_layers=describe_split(lay.stage_layers) if lay.stage_layers else None,
+            n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,
             dtype=w.dtype, m_submodels=s.m_submodels, tie_embeddings=self.sharing.tie_embeddings,
             layer_groups=self.sharing.layer_groups, lora_rank=self.sharing.lora.rank if self.sharing.lora else None)
         base.update(values)

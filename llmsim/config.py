@@ -19,12 +19,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmsim.errors import ScenarioError, format_key_path
+from llmsim.stages import SplitError, split_layers
 from llmsim.userinput import parse_yaml, read_yaml
 from llmsim.wording import count
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -103,15 +105,36 @@ class ModelSpec(_Strict):
         return self.heads * self.head_width
 
 
+class Fp8Spec(_Strict):
+    """How a `dtype: float8` workload runs its FP8 GEMMs (docs/scenario.md; costmodel.precision prices it)."""
+
+    recipe: Literal["delayed", "current", "mxfp8"] = Field(
+        "delayed", description="scaling recipe: delayed (per-tensor scale from an amax history, Transformer "
+                               "Engine's default), current (per-tensor scale from this tensor's amax), mxfp8 "
+                               "(a shared E8M0 scale per 32 elements, Blackwell)")
+    saved_activations: Literal["float8", "bfloat16"] = Field(
+        "float8", description="what a linear keeps for its backward: its FP8 input (Transformer Engine) or "
+                              "its bf16 input, cast again in the backward (torchao float8)")
+    param_all_gather: bool = Field(False, description="ZeRO-3/FSDP all-gathers the GEMM weights in FP8 "
+                                                     "(torchao `enable_fsdp_float8_all_gather`)")
+
+
 class Workload(_Strict):
     model: ModelSpec
     mode: Literal["train", "prefill", "decode"] = "train"
     batch: PositiveInt = Field(8, description="global batch, in sequences")
     decode_tokens: PositiveInt = Field(64, description="decode: tokens generated per sequence after the prompt")
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal["float32", "bfloat16", "float16", "float8"] = Field(
+        "bfloat16", description="float8: bf16 mixed precision with FP8 GEMMs in the transformer layers (`fp8`)")
+    fp8: Fp8Spec | None = Field(None, description="the FP8 recipe of a `dtype: float8` workload; default "
+                                                  "{recipe: delayed}")
 
     @model_validator(mode="after")
     def _check(self) -> "Workload":
+        if self.fp8 is not None and self.dtype != "float8":
+            raise ValueError(f"fp8 is set but dtype is {self.dtype}; fp8 needs dtype: float8")
+        if self.dtype == "float8" and self.fp8 is None:
+            object.__setattr__(self, "fp8", Fp8Spec())
         if (self.mode == "decode" and self.model.positions == "learned"
                 and "max_positions" not in self.model.model_fields_set):
             # No table size given (explicitly or by a preset, whose published size is kept): size it for what
@@ -259,7 +282,32 @@ class Strategy(_Strict):
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     virtual_stages: PositiveInt = 1
     recompute: Literal["none", "selective", "full"] = "none"
-    overlap_grad_reduce: bool = True
+    overlap_grad_reduce: bool = Field(True, description=(
+        "data-parallel gradient reduction bucket by bucket under the backward (Megatron-Core "
+        "--overlap-grad-reduce; its command line defaults to off, llmsim's scenario contract to on)"))
+    overlap_param_gather: bool = Field(False, description=(
+        "ZeRO 1/2 parameter all-gather after the optimizer overlapped with the next step's forward "
+        "(Megatron-Core --overlap-param-gather, default off; needs zero >= 1 and overlap_grad_reduce)"))
+    tp_comm_overlap: bool = Field(False, description=(
+        "tensor-parallel all-gathers and reduce-scatters split into chunks and pipelined with their GEMMs "
+        "(Megatron-Core --tp-comm-overlap through Transformer Engine userbuffers, default off; needs sp)"))
+    overlap_p2p: bool | None = Field(None, description=(
+        "pipeline sends and receives overlapped with the next chunk's compute; null = Megatron-Core's "
+        "default: on with the interleaved schedule, off otherwise (--no-overlap-p2p-communication)"))
+    stage_layers: tuple[NonNegativeInt, ...] | None = Field(
+        None, description="layers of each pipeline stage, pp counts adding up to layers (Megatron-LM's "
+                          "pipeline layout); the first and last may be 0, a middle stage holds at least one")
+    first_stage_layers: PositiveInt | None = Field(
+        None, description="layers of the first pipeline stage; the rest split evenly over the others "
+                          "(Megatron-LM --decoder-first-pipeline-num-layers)")
+    last_stage_layers: PositiveInt | None = Field(
+        None, description="layers of the last pipeline stage; the rest split evenly over the others "
+                          "(Megatron-LM --decoder-last-pipeline-num-layers)")
+    embedding_as_layer: bool = Field(False, description="count the embedding as a layer in the even split: the "
+                                     "first stage holds one layer fewer (Megatron-LM "
+                                     "--account-for-embedding-in-pipeline-split)")
+    loss_as_layer: bool = Field(False, description="count the LM head and loss as a layer in the even split: the "
+                                "last stage holds one layer fewer (Megatron-LM --account-for-loss-in-pipeline-split)")
     sharing: Sharing | None = Field(None, description="override the scenario's sharing for this strategy "
                                                       "(keys given here replace the scenario's)")
 
@@ -299,19 +347,40 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
         return "sp", "sequence parallelism shards activations across the tensor-parallel group; it needs tp > 1"
     if s.sp and m.seq_len % s.tp:
         return "sp", f"seq_len={m.seq_len} is not divisible by tp={s.tp}"
+    if s.tp_comm_overlap and not s.sp:
+        return "tp_comm_overlap", ("overlaps the all-gathers and reduce-scatters of sequence parallelism with the "
+                                   "GEMMs; it needs sp: true (Megatron-Core asserts --sequence-parallel)")
+    if s.overlap_param_gather and s.zero == 0:
+        return "overlap_param_gather", ("overlaps the all-gather of the parameters the distributed optimizer "
+                                        "updated in shards; it needs zero >= 1")
+    if s.overlap_param_gather and not s.overlap_grad_reduce:
+        return "overlap_param_gather", ("needs overlap_grad_reduce: true (Megatron-Core asserts "
+                                        "--overlap-grad-reduce with --overlap-param-gather)")
+    if s.overlap_p2p and s.schedule != "interleaved":
+        return "overlap_p2p", (f"Megatron-Core overlaps pipeline sends and receives only in the interleaved "
+                               f"schedule (got {s.schedule}; leave overlap_p2p unset or false)")
     if s.virtual_stages > 1 and s.schedule != "interleaved":
         return "virtual_stages", f"{s.virtual_stages} needs schedule: interleaved (got {s.schedule})"
     if s.schedule == "interleaved" and s.pp == 1:
         return "schedule", "interleaved needs pp > 1"
-    stages = s.pp * s.virtual_stages
-    if m.layers % stages:
-        what = "pp" if s.virtual_stages == 1 else "pp*virtual_stages"
-        return "pp", f"{what}={stages} does not divide layers={m.layers} (allowed pp: {_divisors(m.layers)})"
+    try:
+        stage_layer_counts(s, m.layers)
+    except SplitError as e:
+        return e.key, e.message
     if m.seq_len % s.cp:
         return "cp", f"{s.cp} does not divide seq_len={m.seq_len}"
     if s.cp > 1 and w.mode == "decode":
         return "cp", "context parallelism splits a long prompt; decode generates one token at a time (use cp: 1)"
     return None
+
+
+def stage_layer_counts(s: Strategy, layers: int) -> tuple[int, ...]:
+    """The layers each of the strategy's pp stages holds (llmsim.stages: its split keys, or the default
+    split). Raises llmsim.stages.SplitError naming the key and what is allowed."""
+    return split_layers(layers, s.pp, s.virtual_stages if s.schedule == "interleaved" else 1,
+                        stage_layers=s.stage_layers, first_stage_layers=s.first_stage_layers,
+                        last_stage_layers=s.last_stage_layers, embedding_as_layer=s.embedding_as_layer,
+                        loss_as_layer=s.loss_as_layer)
 
 
 def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:

@@ -41,7 +41,13 @@ class ScenarioError(LLMSimError):
 
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.key) if p]
-        return ": ".join(parts + [self.message])
+        return one_line(": ".join(parts + [self.message]))
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped (a newline as \\n): a key or value taken from a user's
+    file may hold any character, and the error that names it must stay one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class UsageError(LLMSimError):
@@ -50,7 +56,7 @@ class UsageError(LLMSimError):
     def __init__(self, where: str, message: str) -> None:
         self.where = where
         self.message = message
-        super().__init__(f"{where}: {message}")
+        super().__init__(one_line(f"{where}: {message}"))  # a path given on the command line may hold a newline
 
 
 class PluginError(LLMSimError):

@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
+from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.step import StepTimes
 from llmsim.errors import ScenarioError
-from llmsim.hardware import Catalog
+from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog
 from llmsim.results import Result, fill_derived
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
@@ -45,6 +46,10 @@ class ModeledSettings(BaseModel):
     attention: Literal["flash", "fused-softmax", "math"] = Field(
         "flash", description="attention kernel modeled (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+    topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "
+                                                   "slices is this torus; sets devices_per_node")
+    mesh: dict[str, str] | None = Field(None, description="TPU: mesh axes pinned to torus dimensions, e.g. "
+                                                          "{tp: z, dp: xy}; the rest are laid innermost first")
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -67,7 +72,7 @@ class ModeledSettings(BaseModel):
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""
         return catalog.cluster(self.hardware, self.node_count, self.devices_per_node, self.intra_node,
-                               self.inter_node)
+                               self.inter_node, self.topology, self.mesh)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,10 @@ class ModeledBackend(Backend):
         assert isinstance(settings, ModeledSettings)
         if settings.devices_per_node is not None:
             return settings
+        device = catalog.devices.get(settings.hardware)
+        if device is not None and device.torus is not None and settings.topology is None:
+            # one slice of nodes x devices_per_node chips: a node stays a host of the catalog's size
+            return settings.model_copy(update={"devices_per_node": device.devices_per_node or DEFAULT_DEVICES_PER_NODE})
         return settings.model_copy(update={"devices_per_node": settings.cluster(catalog).devices_per_node})
 
     @classmethod
@@ -154,7 +163,7 @@ class ModeledBackend(Backend):
         cluster = self.cluster(settings)
         options = settings.options
         profile = profile_workload(case.workload, case.sharing)
-        plan = Plan.of(case.strategy, case.layout)
+        plan = plan_on(Plan.of(case.strategy, case.layout), cluster)
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
                      trainable_params=profile.trainable_params, energy_source="modeled",
                      model_flops_per_step=profile.model_flops_per_step)
@@ -165,14 +174,18 @@ class ModeledBackend(Backend):
             return case.result(self, status="skipped", error=str(exc), **where)
         memory = memory_breakdown(case.workload, profile, case.sharing, plan, options)
         extra: dict[str, Any] = {f"mem_{k}_bytes": v for k, v in memory.as_dict().items()}
-        extra.update(memory_stage=memory.stage, attention_kernel=options.attention)
+        extra.update(memory_stage=memory.stage, memory_stage_index=memory.stage_index,
+                     attention_kernel=options.attention)
         values: dict[str, Any] = dict(where, peak_memory_bytes_per_device=memory.total, extra=extra)
         capacity = cluster.device.memory_bytes
         if not memory.fits(capacity):
             if self.prices_what_does_not_fit:
                 extra["modeled_step_time_s"] = self.price(case, settings, profile, plan, cluster).times.step
             return case.result(self, status="does-not-fit", error=memory.describe(capacity), **values)
-        priced = self.price(case, settings, profile, plan, cluster)
+        try:
+            priced = self.price(case, settings, profile, plan, cluster)
+        except CostModelError as exc:  # e.g. degrees that do not tile a TPU slice (costmodel.torus)
+            return case.result(self, status="skipped", error=str(exc), **values)
         t = priced.times
         extra.update(priced.extra, critical_stage=t.critical_stage)
         values.update(step_time_s=t.step, latency_p50_s=t.step, latency_p99_s=t.step, ttft_s=t.ttft, tpot_s=t.tpot,

@@ -36,6 +36,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "microbatches": ("", "micro-batches per step per replica"),
     "schedule": ("", "pipeline schedule"),
     "recompute": ("", "activation recomputation"),
+    "stage_layers": ("layers", "Transformer layers of each pipeline stage, first to last, comma-separated"),
     "nodes": ("", "nodes"),
     "n_devices": ("", "devices the step runs on"),
     "mode": ("", "train | prefill | decode"),
@@ -106,6 +107,7 @@ class Result(BaseModel):
     microbatches: int | None = None
     schedule: str | None = None
     recompute: str | None = None
+    stage_layers: str | None = None
     nodes: int | None = None
     n_devices: int | None = None
     mode: str

@@ -195,6 +195,9 @@ def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunConte
     reason = cls.availability()
     if reason:
         return _failed_row(item, "skipped", f"backend '{cls.name}' cannot run here: {reason}")
+    if item.case.workload.dtype == "float8" and cls.kind == "measured":
+        return _failed_row(item, "skipped", f"backend '{cls.name}' runs no FP8 GEMMs (dtype float8 is priced by "
+                                            f"the modeled backends only)")
     try:
         backend = instances.get(cls.name) or instances.setdefault(cls.name, cls(context))
         return backend.run(item.case, item.settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmsim.config import Strategy, Workload
+from llmsim.config import Strategy, Workload, stage_layer_counts
 from llmsim.wording import count
 
 
@@ -23,6 +23,7 @@ class Layout:
     cp: int
     micro_batch: int
     microbatches: int
+    stage_layers: tuple[int, ...] = ()  # layers of each pipeline stage (llmsim.stages); () = not resolved
 
     @property
     def world(self) -> int:
@@ -33,14 +34,17 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
     """Fit a strategy to a backend's world size.
 
     `world` is the device count a backend fixes (a modeled cluster), or None when the backend runs
-    whatever the strategy asks for (dp omitted then means 1). Returns the Layout or (key, message).
+    whatever the strategy asks for (dp omitted then means 1). Returns the Layout or (key, message). The
+    strategy's layer split was checked with the file (config.check_strategy_shape); the Layout carries
+    each stage's count.
     """
     mp = s.model_parallel
     if world is None:
         dp = s.dp or 1
     elif s.dp is None:
         if world % mp:
-            return "tp", (f"tp*pp*cp={mp} does not divide the {count(world, 'device')} of backend '{backend}'")
+            key = next((k for k in ("tp", "pp", "cp") if getattr(s, k) > 1), "tp")  # the degree the user set
+            return key, (f"tp*pp*cp={mp} does not divide the {count(world, 'device')} of backend '{backend}'")
         dp = world // mp
     else:
         dp = s.dp
@@ -53,4 +57,5 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
     if s.schedule == "interleaved" and microbatches % s.pp:
         return "schedule", (f"interleaved needs micro-batches per replica ({microbatches}) to be a multiple "
                             f"of pp={s.pp}")
-    return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches)
+    return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches,
+                  stage_layers=stage_layer_counts(s, w.model.layers))

@@ -62,6 +62,17 @@ PUBLISHED_RUNS: dict[str, RunConfig] = {
 ASSUMED_MICRO_BATCH = 1
 ASSUMED_DDP = "local"
 
+# Communication overlaps of Megatron-LM in 2021 (the container of the runs, 20.12; NVIDIA/Megatron-LM at
+# a8d172b, April 2021): the gradient all-reduce overlapped the backward only through PyTorch DDP
+# (--DDP-impl torch, per row above); pipeline messages were blocking (megatron/p2p_communication.py:
+# batch_isend_irecv, wait, torch.cuda.synchronize); no distributed optimizer (so no parameter gather);
+# tensor-parallel all-reduces on the compute stream. Megatron-Core's overlap options came in 2023
+# (--overlap-p2p-communication May, --overlap-grad-reduce August, --tp-comm-overlap October,
+# --overlap-param-gather November), so every one of them is off here, p2p overlap explicitly (llmsim's
+# default follows today's Megatron-Core: on with the interleaved schedule).
+OVERLAP_P2P_2021 = False
+TP_COMM_OVERLAP_2021 = False
+
 # Megatron-LM as of the paper (2021): attention as two GEMMs around a fused scale-mask-softmax kernel (no
 # flash attention yet), gradients accumulated and all-reduced in the 16-bit type (fp32 accumulation needs
 # --accumulate-allreduce-grads-in-fp32, which the runs did not set), scatter/gather of pipeline
@@ -144,7 +155,8 @@ def build(row: Row, catalog=None) -> tuple[Workload, object, SharingChoice, Plan
     plan = Plan(dp=row.dp, tp=row.tp, pp=row.pp, micro_batch=run.micro_batch,
                 microbatches=row.batch // (row.dp * run.micro_batch), virtual_stages=run.virtual_stages,
                 schedule="interleaved" if run.virtual_stages > 1 else "1f1b", recompute="full",
-                overlap_grad_reduce=run.ddp == "torch")
+                overlap_grad_reduce=run.ddp == "torch", overlap_p2p=OVERLAP_P2P_2021,
+                tp_comm_overlap=TP_COMM_OVERLAP_2021)
     cluster = catalog.cluster(HARDWARE, row.n // DEVICES_PER_NODE, DEVICES_PER_NODE, INTRA, INTER)
     return workload, profile, sharing, plan, cluster
 

@@ -26,6 +26,14 @@ def test_bad_scenario_exits_2_with_one_line_and_no_traceback(write_scenario) -> 
     assert "Traceback" not in proc.stderr
 
 
+def test_an_overlap_its_framework_cannot_run_exits_2_naming_the_key(write_scenario, capsys) -> None:
+    path = write_scenario(strategies=[{"name": "bad", "tp": 2, "tp_comm_overlap": True}])
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llmsim: error: {path}: strategies[0].tp_comm_overlap: ") and "sp: true" in err
+    assert "\n" not in err
+
+
 def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read file" in capsys.readouterr().err

@@ -53,10 +53,22 @@ def test_preset_fills_and_explicit_fields_override() -> None:
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("strategies", [{"name": "bad", "tp": 3}], "strategies[0].tp: 3 does not divide heads=4"),
-    ("strategies", [{"name": "bad", "pp": 3}], "strategies[0].pp: pp=3 does not divide layers=2"),
+    ("strategies", [{"name": "bad", "pp": 3}], "strategies[0].pp: pp=3 is more than layers=2"),
     ("strategies", [{"name": "x"}, {"name": "x"}], "strategies[1].name: duplicate strategy name 'x'"),
     ("strategies", [{"name": "bad", "sp": True}], "strategies[0].sp: sequence parallelism"),
     ("strategies", [{"name": "bad", "virtual_stages": 2}], "needs schedule: interleaved"),
+    ("strategies", [{"name": "bad", "tp": 2, "tp_comm_overlap": True}],
+     "strategies[0].tp_comm_overlap: overlaps the all-gathers and reduce-scatters of sequence parallelism"),
+    ("strategies", [{"name": "bad", "dp": 2, "overlap_param_gather": True}],
+     "strategies[0].overlap_param_gather: overlaps the all-gather of the parameters the distributed optimizer "
+     "updated in shards; it needs zero >= 1"),
+    ("strategies", [{"name": "bad", "zero": 1, "overlap_param_gather": True, "overlap_grad_reduce": False}],
+     "strategies[0].overlap_param_gather: needs overlap_grad_reduce: true"),
+    ("strategies", [{"name": "bad", "pp": 2, "overlap_p2p": True}],
+     "strategies[0].overlap_p2p: Megatron-Core overlaps pipeline sends and receives only in the interleaved "
+     "schedule (got 1f1b"),
+    ("strategies", [{"name": "bad", "tp_comm_overlap": "yes please"}],
+     "strategies[0].tp_comm_overlap: 'yes please': Input should be a valid boolean"),
     ("workload.model.activation", "relu", "workload.model.activation: 'relu': Input should be 'gelu', 'swiglu' or 'geglu'"),
     ("workload.model.preset", "gpt5", "unknown preset 'gpt5'; allowed: tiny, bert-base"),
     ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),

@@ -6,6 +6,7 @@ Modules, each small and torch-free at call time:
 * cluster      devices and links, where each parallel group lands, a collective over a placed group
 * pipeline     bubble and activations in flight per schedule
 * compute      roofline time of the profile's ops on one device
+* activations  the tensors a layer keeps for its backward, by attention kernel, recompute and split
 * memory       parameters, gradients, optimizer state, activations, KV cache per device
 * work         one step as data: each stage's compute and collectives per micro-batch and per step —
                the single pricing path, summed by `step` and scheduled by the simulation (llmsim.sim)

@@ -6,6 +6,10 @@ outermost. A group of `size` ranks with rank stride `stride` therefore has min(s
 stride) members per node; when that is less than `size` the group spans nodes and its collectives run
 hierarchically (costmodel.collectives.hierarchical_phases).
 
+A TPU slice (ClusterSpec.topology set) is a torus instead: one node per slice, its groups laid onto the
+torus dimensions (costmodel.torus.map_axes) and their collectives run as per-axis rings; slices are joined by
+the `inter` link (the data-center network).
+
 `collective_phases` is the one place a collective over a placed group becomes port phases: the roofline
 takes their time (`collective_time`), the cluster simulation plays them on its links.
 """
@@ -16,11 +20,15 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from llmsim.costmodel.collectives import (NO_PHASES, OPS, Channel, Fabric, Op, Phases, hierarchical_phases,
                                           p2p_phases, phases_time)
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY, Efficiency
+from llmsim.costmodel.torus import AXIS_ORDER, Ring, default_shape, map_axes, torus_phases, wraps
+
+if TYPE_CHECKING:
+    from llmsim.costmodel.plan import Plan
 
 
 class DeviceSpec(Protocol):
@@ -53,13 +61,25 @@ class LinkSpec(Protocol):
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """`nodes` x `devices_per_node` identical devices, `intra` links inside a node, `inter` between nodes."""
+    """`nodes` x `devices_per_node` identical devices, `intra` links inside a node, `inter` between nodes.
+
+    With `topology` (a TPU slice's shape, e.g. (4, 4, 8)) a node is one slice of prod(topology) chips joined
+    by a torus of `intra` links (one link per neighbour and dimension; `wrap` says which dimensions close
+    into rings), `inter` is the data-center network between slices, and `mesh` pins mesh axes to torus
+    dimensions ((("tp", "z"),): costmodel.torus.map_axes)."""
 
     device: DeviceSpec
     intra: LinkSpec
     inter: LinkSpec
     nodes: int = 1
     devices_per_node: int = 8
+    topology: tuple[int, ...] = ()
+    wrap: tuple[bool, ...] = ()
+    mesh: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_torus(self) -> bool:
+        return bool(self.topology)
 
     @property
     def world(self) -> int:
@@ -84,6 +104,13 @@ class ClusterSpec:
 
     def with_devices(self, n: int) -> "ClusterSpec":
         """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""
+        if self.is_torus and n != self.world:
+            # TPU: n chips as one slice of the most even shape (torus.default_shape); the same wrap-around
+            # rule as the catalog's (the torus block's wrap_multiple)
+            torus = getattr(self.device, "torus", None)
+            shape = default_shape(n, len(self.topology))
+            multiple = torus.wrap_multiple if torus is not None else max(self.topology) + 1
+            return replace(self, nodes=1, devices_per_node=n, topology=shape, wrap=wraps(shape, multiple), mesh=())
         if n <= self.devices_per_node:
             return replace(self, nodes=1, devices_per_node=n)
         return replace(self, nodes=n // self.devices_per_node)
@@ -91,7 +118,7 @@ class ClusterSpec:
     def channel(self, link: LinkSpec, sharers: int = 1) -> Channel:
         """Effective bandwidth of `link` for one device while `sharers` devices of a node use a shared port."""
         bandwidth = link.bandwidth_bytes_per_s * link.efficiency
-        if link.shared_per_node:
+        if link.shared_per_node and not self.is_torus:  # a slice's DCN figures are per chip already
             bandwidth /= max(sharers, 1)
         ops = tuple(link.collective_efficiency.get(op, 1.0) for op in OPS)
         return Channel(bandwidth=bandwidth, latency=link.latency_s, op_efficiency=ops)  # type: ignore[arg-type]
@@ -99,11 +126,13 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class Group:
-    """One parallel group as placed: members per node and nodes spanned."""
+    """One parallel group as placed: members per node and nodes spanned; on a TPU slice, the torus
+    segments its members lie on inside each slice (`rings`, costmodel.torus)."""
 
     size: int
     per_node: int
     nodes: int
+    rings: tuple[Ring, ...] = ()
 
     @property
     def crosses_nodes(self) -> bool:
@@ -118,11 +147,39 @@ def place_group(size: int, stride: int, devices_per_node: int) -> Group:
     return Group(size=size, per_node=per_node, nodes=math.ceil(size / per_node))
 
 
+def torus_groups(degrees: Mapping[str, int], cluster: ClusterSpec) -> dict[str, Group]:
+    """Each mesh axis of `degrees` (tp, cp, pp, dp: whole-job degrees) as placed on a TPU slice cluster: the
+    inner axes inside each slice, data parallelism across `cluster.nodes` slices over DCN for its outer part.
+    Raises torus.TorusError when the degrees do not tile the slices."""
+    from llmsim.costmodel.torus import TorusError
+
+    slices = cluster.nodes
+    dp = degrees.get("dp", 1)
+    if dp % slices:
+        raise TorusError(f"dp = {dp} is not a multiple of the {slices} slices (data parallelism spans the slices)")
+    inside = {axis: degrees.get(axis, 1) for axis in AXIS_ORDER}
+    inside["dp"] = dp // slices
+    rings = map_axes(cluster.topology, cluster.wrap or (False,) * len(cluster.topology), inside, dict(cluster.mesh))
+    out = {axis: Group(size=inside[axis], per_node=inside[axis], nodes=1, rings=rings[axis]) for axis in AXIS_ORDER}
+    out["dp"] = Group(size=dp, per_node=inside["dp"], nodes=slices, rings=rings["dp"])
+    return out
+
+
+def plan_on(plan: "Plan", cluster: ClusterSpec) -> "Plan":
+    """`plan` as it runs on `cluster`: on several TPU slices ZeRO shards inside a slice and the slices are
+    data-parallel replicas over DCN (Plan.dcn_replicas); elsewhere unchanged."""
+    if cluster.is_torus and cluster.nodes > 1 and plan.zero >= 1 and plan.dp > 1 and plan.dcn_replicas == 1:
+        return replace(plan, dcn_replicas=cluster.nodes)
+    return plan
+
+
 def collective_phases(op: Op, size: float, group: Group, fabric: Fabric) -> Phases:
     """One collective of `size` bytes (the full buffer per rank) over a placed group, as port phases:
     flat inside a node, hierarchical across nodes (costmodel.collectives)."""
     if group.size <= 1 or size <= 0:
         return NO_PHASES
+    if group.rings:
+        return torus_phases(op, size, group.rings, group.nodes, fabric)
     return hierarchical_phases(op, size, group.per_node, group.nodes, fabric)
 
 

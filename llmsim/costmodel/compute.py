@@ -15,10 +15,12 @@ materialises the s x s scores: a fused kernel moves none of those bytes (see pla
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.efficiency import Efficiency, wave_efficiency
+from llmsim.costmodel import precision
+from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
+from llmsim.costmodel.gemms import linear_shapes as _linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -51,6 +53,28 @@ CAUSAL_FLOP_SHARE = 0.5
 FLASH_BACKWARD_FLOP_RATIO = 5 / 4
 
 
+# Kernels of one Transformer layer in a fused engine, per pass (Efficiency.kernel_latency_s). Forward: 4 GEMMs
+# (QKV, attention output, MLP up, MLP down), the attention kernel and 4 elementwise ones. FasterTransformer
+# v5's GPT decoder layer (ParallelGptDecoderLayer.cc): layernorm, QKV GEMM, masked multi-head attention
+# (bias and rotary fused), output GEMM, add-bias-residual-layernorm, FC1 GEMM, add-bias-GeLU, FC2 GEMM,
+# add-bias-residual; vLLM's LlamaDecoderLayer (vllm/model_executor/models/llama.py): fused add-RMSNorm,
+# QKV GEMM, rotary, attention, output GEMM, fused add-RMSNorm, gate-up GEMM, SiLU-and-mul, down GEMM. Both 9.
+# Backward: an input- and a weight-gradient GEMM for each of the 4, the attention backward and the 4
+# elementwise backward kernels. The tensor-parallel collectives are priced by the communication model.
+KERNELS_PER_LAYER_FORWARD = 9
+KERNELS_PER_LAYER_BACKWARD = 13
+# Outside the layers, per pass: the embedding lookup; the final norm and the LM head GEMM.
+KERNELS_EMBED = 1
+KERNELS_HEAD = 2
+
+
+def kernels_per_pass(phase: str, region: str) -> int:
+    """Kernels one pass of one micro-batch launches per layer ('layers') or in all ('embed', 'head')."""
+    if region == "layers":
+        return KERNELS_PER_LAYER_BACKWARD if phase == "backward" else KERNELS_PER_LAYER_FORWARD
+    return {"embed": KERNELS_EMBED, "head": KERNELS_HEAD}.get(region, 0)
+
+
 @dataclass(frozen=True)
 class _Zero:
     flops: float = 0.0
@@ -69,6 +93,7 @@ class Rates:
     memory_bw: float
     efficiency: Efficiency
     compute_units: int | None = None
+    gemm: "Rates | None" = None  # float8: the rates the layers' GEMMs run at (the FP8 peak); None = these
 
     @property
     def sustained_flops(self) -> float:
@@ -89,8 +114,21 @@ class CostModelError(ValueError):
 
 
 def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
-    """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one."""
+    """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one.
+
+    float8: the bf16 ceilings (attention, elementwise ops, the LM head, MFU's denominator) with `gemm` at the
+    device's float8 peak and FP8 MAMF (`Efficiency.matmul_float8`, else the bf16 fraction); a device
+    without a float8 peak (no FP8 units: A100, TPU v4/v5e) cannot price it."""
     device = cluster.device
+    if dtype == "float8":
+        fp8 = device.peak_flops.get("float8")
+        if not fp8:
+            raise CostModelError(f"device {device.name!r} has no float8 peak FLOP/s (no FP8 units in the "
+                                 f"catalog); it has: {', '.join(device.peak_flops) or 'none'}")
+        base = device_rates(cluster, "bfloat16")
+        eff = base.efficiency
+        fp8_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})
+        return replace(base, gemm=replace(base, peak_flops=fp8, efficiency=fp8_eff))
     peak = device.peak_flops.get(dtype)  # type: ignore[call-overload]
     if not peak:
         have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
@@ -102,16 +140,43 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
                  compute_units=device.compute_units)
 
 
-def _linear_shapes(workload: "Workload", plan: Plan) -> list[tuple[int, int]]:
-    """(in, out) features of one layer's GEMMs on one tensor-parallel rank."""
+def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: bool = False) -> float:
+    """Bytes of the GEMM weights of one transformer layer ('layers') or of the LM head ('head') on one
+    tensor-parallel rank: what one pass of one micro-batch reads, whatever its number of rows.
+
+    A GEMM reads its whole weight matrix once per call (in x out elements), so a step that runs m
+    micro-batches reads each stage's weights m times: the traced bytes of a batch cannot simply be split
+    in proportion to the micro-batch. Layers: the (in, out) shapes of `_linear_shapes` (QKV with K and V
+    over min(tp, kv_heads), attention output, gated or plain MLP up, MLP down); head: hidden x vocab/tp.
+    Biases (a row per GEMM, < 0.1%) stay with the batch-proportional part. Other regions: 0.
+    The layers of a float8 workload read their FP8 weight copies (1 byte, costmodel.precision) unless
+    `traced` asks for what the profile traced (the storage dtype).
+    """
     spec = workload.model
-    tp = plan.tp
-    kv = spec.kv_heads or spec.heads
-    kv_local = kv // tp if tp <= kv else 1
-    qkv = (spec.heads // tp + 2 * kv_local) * spec.head_dim
-    ffn = spec.ffn_hidden or 4 * spec.hidden
-    up = ffn * (2 if spec.activation in ("swiglu", "geglu") else 1) // tp  # gated: gate and up
-    return [(spec.hidden, qkv), (spec.hidden // tp, spec.hidden), (spec.hidden, up), (ffn // tp, spec.hidden)]
+    elem = DTYPE_BYTES[workload.dtype]
+    if region == "layers":
+        layer_elem = elem if traced else precision.layer_weight_elem(workload)
+        return sum(k * n for k, n in _linear_shapes(workload, plan)) * layer_elem
+    if region == "head":
+        return spec.hidden * -(-spec.vocab // plan.tp) * elem
+    return 0.0
+
+
+def _weight_reads(phase: str, trainable: bool) -> int:
+    """Weight-sized GEMM operands per pass: forward reads W; backward reads W for the input gradient and
+    writes dW for the weight gradient (no dW for a frozen weight). Checked against the trace (tests)."""
+    if phase == "backward":
+        return 2 if trainable else 1
+    return 1
+
+
+def layer_gemm_shares(workload: "Workload", plan: Plan) -> tuple[float, float, float, float]:
+    """Each of a layer's four GEMMs' share of its matmul FLOPs on one tensor-parallel rank, in the order
+    (QKV, attention out, MLP up, MLP down): in x out of each (2 FLOPs per weight per token, the tokens
+    cancel). The same shares hold for the backward's data- and weight-gradient GEMMs."""
+    weights = [k * n for k, n in _linear_shapes(workload, plan)]
+    total = sum(weights)
+    return tuple(w / total for w in weights)  # type: ignore[return-value]
 
 
 def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> tuple[float, float]:
@@ -133,7 +198,10 @@ def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> t
 
 def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backward: bool,
               rates: Rates) -> float:
-    """FLOP-weighted wave-quantization efficiency of a region's GEMMs for `tokens` rows."""
+    """FLOP-weighted shape efficiency (efficiency.gemm_efficiency) of a region's GEMMs for `tokens` rows.
+
+    Tile wave quantization for large GEMMs; the GEMV / split-K efficiency for skinny ones (few rows).
+    """
     if not rates.compute_units:
         return 1.0
     spec = workload.model
@@ -153,7 +221,7 @@ def _weighted_wave(shapes: tuple[tuple[int, int], ...], tokens: int, backward: b
         else:
             outputs.append((tokens, n, weight))
     total = sum(w for _, _, w in outputs)
-    slowed = sum(w / wave_efficiency(r, c, units, tiles) for r, c, w in outputs)
+    slowed = sum(w / gemm_efficiency(r, c, units, tiles) for r, c, w in outputs)
     return total / slowed if slowed else 1.0
 
 
@@ -189,20 +257,43 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     at = ops.get((phase, region, "attention"), _NONE)
     ot = ops.get((phase, region, "other"), _NONE)
     mm_flops, mm_bytes = mm.flops * share, mm.bytes * share
+    if region in ("layers", "head") and (mm.flops or mm.bytes):
+        # Weights are read once per pass of each micro-batch, whatever its size (gemm_weight_bytes): take
+        # the traced whole-model weights (tp = 1, every traced layer and decode step) out of the traced
+        # bytes, split the rest (activations in and out) by the micro-batch's share, and add this rank's
+        # own weights once per pass over its layers (with tp > kv_heads they include the replicated K/V).
+        count = profile.layers if region == "layers" else 1
+        here = count / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
+        trainable = profile.trainable_params > 0.5 * profile.params  # frozen base (LoRA): no dW
+        reads = _weight_reads(phase, trainable)
+        traced_weights = reads * gemm_weight_bytes(workload, replace(plan, tp=1), region, traced=True) * count * steps
+        mm_bytes = (max(mm.bytes - traced_weights, 0.0) * share
+                    + reads * gemm_weight_bytes(workload, plan, region) * here)
     if region == "layers" and (mm_flops or mm_bytes):
         # The profile traces one device's whole model; its 1/tp share misses the K/V projections that
         # every rank repeats when tp > kv_heads. The backward repeats them twice (input and weight grads).
-        extra_flops, extra_bytes = replicated_kv_projection(workload, plan, tokens)
+        extra_flops, _ = replicated_kv_projection(workload, plan, tokens)
         layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
         passes = 2 if backward else 1
         mm_flops += extra_flops * layers_here * passes
-        mm_bytes += extra_bytes * layers_here * passes
-    matmul = rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
+    gemm_rates = rates.gemm if (rates.gemm is not None and region == "layers") else rates
+    matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(ot.bytes * share)
+    if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
+        # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes
+        layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
+        casts = precision.activation_cast_bytes(workload, plan, phase, tokens) * layers_here
+        if phase == "forward":
+            casts += precision.weight_cast_bytes(workload, plan) * layers_here / plan.microbatches
+        other += rates.memory_time(casts)
     if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
         stages = divide // (plan.tp * plan.cp) if region == "layers" else 1
         other += rates.efficiency.op_overhead_s * (mm.count + at.count + ot.count) / stages / steps
+    if rates.efficiency.kernel_latency_s and (mm.count or at.count or ot.count):
+        # every pass of every micro-batch runs each kernel of the device's layers once
+        here = profile.layers / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
+        other += rates.efficiency.kernel_latency_s * kernels_per_pass(phase, region) * here
 
     attention = 0.0
     at_flops, at_bytes = at.flops * share, at.bytes * share

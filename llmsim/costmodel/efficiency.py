@@ -52,6 +52,14 @@ DEFAULT_MEMORY = HBM_STREAM_A100
 # Performance Guide, "Matrix Multiplication Background", sections on tile and wave quantization).
 DEFAULT_MATMUL_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 128))
 
+# A skinny GEMM (few output rows: decode at small batch, a short prefill) does not run in those tiles:
+# cuBLAS/CUTLASS pick a GEMV or split-K kernel, which parallelises the reduction (K) across thread blocks
+# when the output's tiles are too few to occupy the GPU (CUTLASS docs, efficient_gemm.md, "Parallelized
+# Reductions: Split K"; Osama et al. 2023, "Stream-K", PPoPP '23, for the work-centric split that leaves
+# no partial wave). What it cannot avoid is padding the short side to the tensor-core instruction's row
+# count: 16 rows for f16/bf16 (PTX ISA, warp-level `mma.sync.aligned.m16n8k16`).
+MMA_ROWS = 16
+
 
 class Efficiency(BaseModel):
     """Fractions of peak a device reaches: calibratable, and carried by a catalog entry if it has its own.
@@ -62,7 +70,11 @@ class Efficiency(BaseModel):
     fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches. `op_overhead_s` is a
     fixed cost per operator (Python and dispatcher time in eager PyTorch): it adds up when the host runs
     the ops itself (CPU) and hides behind queued kernels on an accelerator, hence 0 by default; the
-    calibration fits it for a host.
+    calibration fits it for a host. `kernel_latency_s` is the accelerator's counterpart: the time each
+    kernel of a pass takes beyond its roofline (launch, ramp-up and drain of a kernel that waits for the
+    previous one), counted over a fused engine's kernels per layer (compute.KERNELS_PER_LAYER_*); it is
+    what decode of a small model at small batch mostly consists of. 0 by default (TPU: one compiled XLA
+    program per step; CPU: op_overhead_s instead).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,8 +82,12 @@ class Efficiency(BaseModel):
     matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
+    matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
+                                        "peak (FP8 MAMF); None = the same fraction as `matmul`")
     sustained: float = Field(1.0, gt=0, le=1, description="share of the burst FLOP rate held under sustained load")
     op_overhead_s: float = Field(0.0, ge=0, description="serial host cost per operator launch (eager CPU)")
+    kernel_latency_s: float = Field(0.0, ge=0, description="fixed time of each kernel of a pass on an "
+                                    "accelerator, beyond its bytes and FLOPs (compute.KERNELS_PER_LAYER_*)")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")
@@ -98,3 +114,21 @@ def wave_efficiency(m: int, n: int, compute_units: int | None,
             waves = math.ceil(count / compute_units)
             best = max(best, (a * b) / (waves * compute_units * tm * tn))
     return best
+
+
+@functools.lru_cache(maxsize=4096)
+def gemm_efficiency(m: int, n: int, compute_units: int | None,
+                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES) -> float:
+    """Shape efficiency of a GEMM with an m x n output: the better of the tiled and the skinny kernel.
+
+    A GEMM whose short side is below the smallest tile side (m = 1..127 rows with 128-wide tiles: decode
+    at small batch, a short prefill) runs as a GEMV / split-K kernel: the reduction is split across the
+    SMs (no partial wave) and the short side is padded to `MMA_ROWS` (16), so its efficiency is
+    short / (16 * ceil(short / 16)): 1/16 for one row, 1.0 from 16 rows on. Larger GEMMs keep the tile
+    wave quantization (`wave_efficiency`) unchanged. Returns 1.0 when the device declares no compute units.
+    """
+    wave = wave_efficiency(m, n, compute_units, tiles)
+    short = min(m, n)
+    if not compute_units or short <= 0 or short >= min(min(tile) for tile in tiles):
+        return wave
+    return max(wave, short / (MMA_ROWS * math.ceil(short / MMA_ROWS)))

@@ -10,11 +10,10 @@ divide by tp; the K and V projections by min(tp, kv_heads), since with tp > kv_h
 replicated KV head; norms, row-parallel biases, q/k head norms, the final norm and learned position/type
 tables stay whole on every rank (Megatron-LM). Gradients and optimizer state follow the parameters.
 
-Activations start from what the traced module saves for backward (WorkloadProfile.activation_bytes_per_
-layer, math attention path) and apply Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-Transformer Models", Sec. 4): tensor parallelism divides what lies inside the parallel regions, sequence
-parallelism divides the rest too, selective recomputation drops the s x s attention tensors, full
-recomputation keeps only each layer's input plus one layer's working set.
+Activations are a derived inventory of the tensors each layer keeps for its backward (costmodel.activations):
+per tensor its size from the model's shape, its dtype, and whether tensor parallelism, sequence
+parallelism and context parallelism divide it; recomputation drops what it rebuilds. The traced module's
+saved bytes (WorkloadProfile) are the cross-check of that inventory, not its source.
 """
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmsim.config import lora_params_per_block
+from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
+from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -33,14 +34,6 @@ if TYPE_CHECKING:
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
 ADAM_STATE_BYTES_FP32 = 8     # m + v; the fp32 parameters are the master copy
 FP32_BYTES = 4
-# PyTorch's math SDPA saves two s x s tensors per head for backward (scores after softmax and the
-# attention weights it multiplies V with). Measured on the traced module: activation bytes per layer
-# grow by exactly 2 * b * heads * s^2 * dtype bytes per step of heads*s/hidden (tests/costmodel).
-MATH_SDPA_SCORE_TENSORS = 2
-# Saved tensors of size b*s*h that stay whole on every tensor-parallel rank without sequence parallelism:
-# the inputs of the two norms and their outputs (which feed the column-parallel QKV and MLP GEMMs).
-# Korthikanti 2022 count 10sbh bytes for these, of which 2sbh are dropout masks this model does not have.
-TP_REPLICATED_TENSORS = 4
 
 
 @dataclass(frozen=True)
@@ -54,6 +47,7 @@ class MemoryBreakdown:
     kv_cache: float = 0.0
     stage: str = "all"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    stage_index: int = 0
 
     @property
     def total(self) -> float:
@@ -76,17 +70,33 @@ class MemoryBreakdown:
         return text
 
 
-def layers_per_device(layers: int, plan: Plan) -> int:
-    return layers // plan.pp
+Stage = str | int  # a pipeline stage: its index (0 .. pp-1), or a kind: first | middle | last
 
 
-def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan) -> int:
+def stage_of(plan: Plan, stage: Stage) -> tuple[str, int]:
+    """(kind, index) of a pipeline stage given by index or by kind. 'middle' is stage 1, or with pp <= 2
+    (no middle stage) the layers of stage 0 without its embedding."""
+    if isinstance(stage, int):
+        if not 0 <= stage < plan.pp:
+            raise ValueError(f"stage {stage} of a {plan.pp}-stage pipeline")
+        kind = "first" if stage == 0 else "last" if stage == plan.pp - 1 else "middle"
+        return kind, stage
+    index = {"first": 0, "last": plan.pp - 1, "middle": 1 if plan.pp > 2 else 0}[stage]
+    return stage, index
+
+
+def layers_per_device(layers: int, plan: Plan, stage: int = 0) -> int:
+    """Layers pipeline stage `stage` holds, every chunk of it: the plan's split (Plan.layers_per_stage)."""
+    return plan.layers_per_stage(layers)[stage]
+
+
+def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan, stage: int = 0) -> int:
     """Distinct weight sets a pipeline stage holds: its layers, or fewer when layers share blocks.
 
-    Layer i uses block i mod k, so L/p consecutive layers (the stage's, interleaved or not: the union
-    of a device's chunks is L/p layers of a round-robin) touch min(k, L/p) distinct blocks.
+    Layer i uses block i mod k, so n consecutive layers (the stage's n, interleaved or not: the union
+    of a device's chunks is n layers of a round-robin) touch min(k, n) distinct blocks.
     """
-    local = layers_per_device(layers, plan)
+    local = layers_per_device(layers, plan, stage)
     return min(layer_groups, local) if layer_groups else local
 
 
@@ -156,11 +166,12 @@ def edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
 
 
 def stage_edge_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                      stage: str) -> tuple[float, float]:
+                      stage: Stage) -> tuple[float, float]:
     """(input side, output side) parameters outside the blocks on one device of `stage` (first | middle |
-    last): the word embeddings and the LM head split over tp, the position/type tables and the final norm
-    whole on every rank. With pp = 1 the one stage holds both sides, the tied embedding once."""
+    last, or its index): the word embeddings and the LM head split over tp, the position/type tables and the
+    final norm whole on every rank. With pp = 1 the one stage holds both sides, the tied embedding once."""
     spec = workload.model
+    stage, _ = stage_of(plan, stage)
     input_side, output_side = edge_params(workload, profile, sharing)
     tables, norm = tp_replicated_input_params(spec), _norm_params(spec)
     if stage == "middle":
@@ -173,38 +184,54 @@ def stage_edge_params(workload: "Workload", profile: "WorkloadProfile", sharing:
     return 0.0, _split(output_side, norm, plan.tp)
 
 
-def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                  stage: str) -> tuple[float, float]:
-    """(parameters, trainable parameters) on one device of `stage` (first | middle | last), before ZeRO.
-
-    A middle stage (pp > 2) holds only its layers; the first the embeddings, the last the final norm and
-    the LM head (`edge_params`); a single stage all of them. The simulated cluster prices every stage
-    separately.
-    """
+def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                       stage: Stage) -> tuple[float, float]:
+    """(parameters, trainable parameters) of the Transformer blocks on one device of `stage`, before ZeRO:
+    its distinct blocks (`distinct_blocks_on_device`) ÷ tp as `tp_block_params` splits them."""
     spec = workload.model
+    _, index = stage_of(plan, stage)
     k = sharing.layer_groups or spec.layers
     per_block = profile.layer_params / k
-    blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan)
+    blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan, index)
     layer_params = tp_block_params(spec, per_block, plan.tp) * blocks
-    edge = sum(stage_edge_params(workload, profile, sharing, plan, stage))
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
-        tp_share = lora_params_per_block(spec, sharing.lora, plan.tp) / lora_params_per_block(spec, sharing.lora)
-        trainable = profile.trainable_params / k * blocks * tp_share
-    else:
-        trainable = layer_params + edge
+        return layer_params, profile.trainable_params / k * blocks * lora_tp_share(spec, sharing, plan.tp)
+    return layer_params, layer_params
+
+
+def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                  stage: Stage) -> tuple[float, float]:
+    """(parameters, trainable parameters) on one device of `stage` (an index, or first | middle | last),
+    before ZeRO.
+
+    A middle stage (pp > 2) holds only its layers; the first the embeddings, the last the final norm and
+    the LM head (`edge_params`); a single stage all of them. Each stage holds its own share of the layers
+    (Plan.layers_per_stage); the simulated cluster prices every stage separately.
+    """
+    kind, _ = stage_of(plan, stage)
+    layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, stage)
+    edge = sum(stage_edge_params(workload, profile, sharing, plan, kind))
+    trainable = layer_trainable if sharing.lora is not None else layer_trainable + edge
     return layer_params + edge, trainable
 
 
 def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                 stage: str) -> tuple[float, float]:
+                 stage: Stage) -> tuple[float, float]:
     """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
     return _stage_params(workload, profile, sharing, plan, stage)
 
 
+def lora_tp_share(spec: "ModelSpec", sharing: "SharingChoice", tp: int) -> float:
+    """The share of one block's LoRA adapters that one tensor-parallel rank holds: B of q/k/v/gate/up and A
+    of o/down split over tp, the other factor replicated (`config.lora_params_per_block`); 1.0 at tp = 1."""
+    assert sharing.lora is not None
+    return lora_params_per_block(spec, sharing.lora, tp) / lora_params_per_block(spec, sharing.lora)
+
+
 def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                   options: Options, stage: str) -> tuple[float, float]:
+                   options: Options, stage: Stage) -> tuple[float, float]:
     """(parameter bytes, gradient bytes) that ZeRO-3 holds unsharded on one device of `stage` for the units
     in flight, on top of its 1/dp shards; (0, 0) without ZeRO-3 or data parallelism.
 
@@ -217,15 +244,18 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     * Prefetch adds the next block: FSDP's default BackwardPrefetch.BACKWARD_PRE all-gathers the next unit
       while the current one computes (limit_all_gathers keeps at most two in flight; PyTorch FSDP docs),
       as DeepSpeed's stage3_prefetch_bucket_size does. One more block's parameters, never its gradient.
-    Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice).
+    Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice). A stage that holds no
+    layer (an embedding-only first stage, a head-only last stage) gathers only its edge unit.
     """
     if plan.zero < 3 or plan.dp == 1:
         return 0.0, 0.0
     spec = workload.model
     elem = DTYPE_BYTES[workload.dtype]
     k = sharing.layer_groups or spec.layers
-    block = tp_block_params(spec, profile.layer_params / k, plan.tp)
-    block_trainable = profile.trainable_params / k / plan.tp if sharing.lora is not None else block
+    has_layers = layers_per_device(spec.layers, plan, stage_of(plan, stage)[1]) > 0
+    block = tp_block_params(spec, profile.layer_params / k, plan.tp) if has_layers else 0.0
+    block_trainable = (profile.trainable_params / k * lora_tp_share(spec, sharing, plan.tp)
+                       if sharing.lora is not None and has_layers else block)
     edge = max(stage_edge_params(workload, profile, sharing, plan, stage))
     largest, largest_trainable = (block, block_trainable) if block >= edge else \
         (edge, 0.0 if sharing.lora is not None else edge)
@@ -236,59 +266,87 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     return params, grads
 
 
-def activation_bytes_per_layer(workload: "Workload", profile: "WorkloadProfile", plan: Plan,
+def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", plan: Plan,
                                options: Options) -> tuple[float, float]:
-    """(bytes kept per layer per micro-batch, working set of one layer while it is recomputed) per device."""
-    spec = workload.model
-    elem = DTYPE_BYTES[workload.dtype]
-    share = plan.micro_batch / profile.batch
-    traced = profile.activation_bytes_per_layer * share
-    b, s, h = plan.micro_batch, spec.seq_len, spec.hidden
-    scores = MATH_SDPA_SCORE_TENSORS * b * spec.heads * s * s * elem
-    linear = max(traced - scores, 0.0)
-    replicated = TP_REPLICATED_TENSORS * b * s * h * elem
-    if plan.sp:
-        kept = linear / plan.tp
-    else:
-        kept = min(replicated, linear) + max(linear - replicated, 0.0) / plan.tp
-    if options.attention != "flash" and plan.recompute != "selective":
-        # fused-softmax keeps one s x s tensor (the probabilities), the math path its two.
-        kept += scores / plan.tp / (1 if options.attention == "math" else MATH_SDPA_SCORE_TENSORS)
-    kept /= plan.cp
-    if plan.recompute == "full":
-        layer_input = b * s * h * elem / plan.cp / (plan.tp if plan.sp else 1)
-        return layer_input, kept
-    return kept, 0.0
+    """(bytes one layer keeps per micro-batch, working set of one layer while it is recomputed) on one device.
+
+    The layer's saved-tensor inventory (costmodel.activations.layer_inventory) for the attention kernel
+    `options.attention` and `plan.recompute`, sized for `plan.micro_batch` sequences and split over
+    plan.tp / sp / cp. Full recomputation keeps each layer's input and, while one layer is recomputed,
+    that layer's whole inventory (the second number; 0 otherwise).
+    """
+    spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
+    fp8 = precision.saves_fp8_inputs(workload)
+    kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8),
+                           spec, plan)
+    if plan.recompute != "full":
+        return kept, 0.0
+    working = inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
+    return kept, working
+
+
+def edge_activation_bytes(workload: "Workload", sharing: "SharingChoice", plan: Plan) -> tuple[float, float]:
+    """(first stage, last stage) bytes kept outside the layers per micro-batch on one device: the embeddings'
+    ids, and the final norm, LM head input and fp32 log-probabilities of the loss (vocabulary-parallel over
+    tp); costmodel.activations.edge_inventory. A frozen base (LoRA) keeps no embedding ids nor head input."""
+    spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
+    trainable = sharing.lora is None
+    return (inventory_bytes(edge_inventory(spec, elem, "input", trainable), spec, plan),
+            inventory_bytes(edge_inventory(spec, elem, "output", trainable), spec, plan))
+
+
+def memory_stages(workload: "Workload", plan: Plan) -> list[int]:
+    """The stages whose memory can be the largest: the first, the last, and of the middle stages holding the
+    same number of layers the earliest one (they hold the same parameters, and no schedule keeps more
+    micro-batches in flight on a later stage: pipeline.in_flight_microbatches). Every stage with an even
+    split is covered by the first and the last."""
+    counts = plan.layers_per_stage(workload.model.layers)
+    out = [0] if plan.pp == 1 else [0, plan.pp - 1]
+    seen: set[int] = set()
+    for i in range(1, plan.pp - 1):
+        if counts[i] not in seen:
+            seen.add(counts[i])
+            out.append(i)
+    return sorted(out)
 
 
 def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                     options: Options = Options(), stage: str | None = None) -> MemoryBreakdown:
-    """Memory of the busiest device (first or last pipeline stage, whichever needs more)."""
+                     options: Options = Options(), stage: Stage | None = None) -> MemoryBreakdown:
+    """Memory of the busiest device: every pipeline stage is checked (`memory_stages`), the one that needs
+    the most is returned. `stage` (an index, or first | middle | last): that stage's instead."""
     if stage is None:
-        stages = ["first"] if plan.pp == 1 else ["first", "last"]
-        return max((memory_breakdown(workload, profile, sharing, plan, options, st) for st in stages),
-                   key=lambda mb: mb.total)
+        return max((memory_breakdown(workload, profile, sharing, plan, options, st)
+                    for st in memory_stages(workload, plan)), key=lambda mb: mb.total)
+    kind, index = stage_of(plan, stage)
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
     gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
-    param_bytes = params * elem / (plan.dp if plan.zero >= 3 else 1) + gathered_params
+    param_bytes = params * elem / (plan.zero_dp if plan.zero >= 3 else 1) + gathered_params
+    layers_here = layers_per_device(workload.model.layers, plan, index)
+    if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
+        # ZeRO-3: the copies are made from the gathered weights and sharded like them (torchao float8 FSDP2)
+        gemm_params = (layers_here * precision.layer_gemm_params(workload, plan)
+                       / (plan.zero_dp if plan.zero >= 3 else 1))
+        param_bytes += precision.fp8_weight_copy_bytes(workload, gemm_params)
     grads = optimizer = activations = kv = 0.0
     if train:
         grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-        grads = trainable * grad_elem / (plan.dp if plan.zero >= 2 else 1) + gathered_grads
+        grads = trainable * grad_elem / (plan.zero_dp if plan.zero >= 2 else 1) + gathered_grads
         state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
-        optimizer = trainable * state / (plan.dp if plan.zero >= 1 else 1)
-        per_layer, working = activation_bytes_per_layer(workload, profile, plan, options)
-        index = 0 if stage == "first" else plan.pp - 1
+        optimizer = trainable * state / (plan.zero_dp if plan.zero >= 1 else 1)
+        per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
         held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
-        activations = held * layers_per_device(workload.model.layers, plan) * per_layer + working
-        if stage == "last" or plan.pp == 1:  # logits and loss live with the LM head (vocab-parallel over tp)
-            edge = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
-            activations += max(edge, 0) * plan.micro_batch / profile.batch / (plan.tp * plan.cp)
+        activations = held * layers_here * per_layer + (working if layers_here else 0.0)
+        # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
+        # each micro-batch in flight keeps its own until its backward.
+        first, last = edge_activation_bytes(workload, sharing, plan)
+        activations += held * ((first if kind == "first" or plan.pp == 1 else 0.0)
+                               + (last if kind == "last" or plan.pp == 1 else 0.0))
     else:
         kv_heads = workload.model.kv_heads or workload.model.heads
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
-        kv = profile.kv_cache_bytes / (plan.dp * plan.pp * kv_split)
+        # the stage's layers' share of the cache (1/pp with an even split)
+        kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     return MemoryBreakdown(params=param_bytes, grads=grads, optimizer=optimizer, activations=activations,
-                           kv_cache=kv, stage=stage)
+                           kv_cache=kv, stage=kind, stage_index=index)

@@ -10,17 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from llmsim.stages import SplitError, default_split
+
 if TYPE_CHECKING:
     from llmsim.config import Strategy
     from llmsim.strategy import Layout
 
-DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Bytes of the tensors a workload keeps (parameters, activations, gradients, KV cache). A float8 workload keeps
+# them in bf16: FP8 is a GEMM precision (Transformer Engine's fp8_autocast and torchao's Float8Linear wrap bf16
+# modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2}
 AttentionKernel = Literal["flash", "fused-softmax", "math"]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Resolved degrees of one case: dp x tp x pp x cp devices, m micro-batches of `micro_batch` sequences."""
+    """Resolved degrees of one case: dp x tp x pp x cp devices, m micro-batches of `micro_batch` sequences,
+    and which communication overlaps the framework runs (Megatron-Core's options: docs/scenario.md).
+
+    `stage_layers`: the layers each pipeline stage holds (all its chunks), pp counts; None = the default
+    split (llmsim.stages.default_split: layers/pp when that divides).
+    """
 
     dp: int = 1
     tp: int = 1
@@ -34,27 +44,74 @@ class Plan:
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     recompute: Literal["none", "selective", "full"] = "none"
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = False
+    tp_comm_overlap: bool = False
+    overlap_p2p: bool | None = None     # None = Megatron-Core's default: on with the interleaved schedule
+    stage_layers: tuple[int, ...] | None = None
+    # Data-parallel replicas ZeRO does not shard across: TPU slices joined by the data-center network, each
+    # holding a whole ZeRO-sharded copy (MaxText's dcn_data_parallelism x ici_fsdp_parallelism); 1 = ZeRO
+    # shards over all of dp. Set from the cluster (costmodel.cluster.plan_on).
+    dcn_replicas: int = 1
 
     @property
     def world(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
 
     @property
+    def zero_dp(self) -> int:
+        """The data-parallel ranks ZeRO shards over: dp, less the replicas across slices."""
+        return max(self.dp // self.dcn_replicas, 1)
+
+    @property
     def v(self) -> int:
         """Model chunks per device (1 unless interleaved)."""
         return self.virtual_stages if self.schedule == "interleaved" else 1
 
+    @property
+    def p2p_overlapped(self) -> bool:
+        """Pipeline sends and receives overlapped with compute: `overlap_p2p`, or Megatron-Core's default
+        when unset, on for the interleaved schedule only (megatron/training/arguments.py turns
+        overlap_p2p_comm off without a virtual pipeline; --no-overlap-p2p-communication turns it off)."""
+        if self.overlap_p2p is None:
+            return self.schedule == "interleaved" and self.pp > 1
+        return self.overlap_p2p
+
+    def layers_per_stage(self, layers: int) -> tuple[int, ...]:
+        """Layers of each pipeline stage (every chunk of it) for a model of `layers` layers."""
+        if self.stage_layers is not None:
+            assert len(self.stage_layers) == self.pp and sum(self.stage_layers) == layers, \
+                f"stage_layers {self.stage_layers} is not a split of {layers} layers over pp={self.pp}"
+            return self.stage_layers
+        return default_split(layers, self.pp, self.v)
+
     def single_device(self) -> "Plan":
-        """The same step on one device: same micro-batch, all of the global batch's micro-batches."""
+        """The same step on one device: same micro-batch, all of the global batch's micro-batches; the
+        overlaps of communication that one device does not have are off."""
         return replace(self, dp=1, tp=1, pp=1, cp=1, sp=False, zero=0, schedule="1f1b", virtual_stages=1,
-                       microbatches=self.microbatches * self.dp)
+                       microbatches=self.microbatches * self.dp, overlap_param_gather=False,
+                       tp_comm_overlap=False, overlap_p2p=None, stage_layers=None, dcn_replicas=1)
 
     @classmethod
     def of(cls, strategy: "Strategy", layout: "Layout") -> "Plan":
         return cls(dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp, micro_batch=layout.micro_batch,
                    microbatches=layout.microbatches, virtual_stages=strategy.virtual_stages, sp=strategy.sp,
                    zero=strategy.zero, schedule=strategy.schedule, recompute=strategy.recompute,
-                   overlap_grad_reduce=strategy.overlap_grad_reduce)
+                   overlap_grad_reduce=strategy.overlap_grad_reduce,
+                   overlap_param_gather=strategy.overlap_param_gather, tp_comm_overlap=strategy.tp_comm_overlap,
+                   overlap_p2p=strategy.overlap_p2p,
+                   stage_layers=_stated_split(layout.stage_layers, strategy.virtual_stages
+                                              if strategy.schedule == "interleaved" else 1))
+
+
+def _stated_split(counts: tuple[int, ...], v: int) -> tuple[int, ...] | None:
+    """A layout's split as a Plan holds it: None when it is the default one (so that equal plans compare
+    equal however they were stated)."""
+    if not counts:
+        return None
+    try:
+        return None if counts == default_split(sum(counts), len(counts), v) else counts
+    except SplitError:  # e.g. more stages than layers, possible only when stated
+        return counts
 
 
 @dataclass(frozen=True)
@@ -68,7 +125,9 @@ class Options:
       fused-softmax  two batched GEMMs around a fused scale-mask-softmax kernel (Megatron-LM before flash
                      attention): full s x s FLOPs at matmul efficiency plus the score matrix's memory
                      traffic (SOFTMAX_PASSES_*); saves the s x s probabilities for backward.
-      math           the profile as traced (PyTorch's unfused math SDPA path): upper bound.
+      math           the profile as traced (PyTorch's unfused math SDPA path): upper bound. Its memory keeps
+                     fp32 copies of q, k, v and the fp32 s x s scores.
+    What each kernel keeps for the backward: costmodel.activations.
     main_grads_fp32: gradients accumulated and reduced in fp32 (Megatron-LM's `main_grad` buffers,
       `accumulate_allreduce_grads_in_fp32`) instead of in the workload dtype (the ZeRO paper's 2-byte
       gradients, PyTorch DDP/FSDP defaults).

@@ -1,24 +1,32 @@
 """The roofline: one step of a case as the closed-form sum of its work (costmodel.work).
 
-Each pipeline stage's own time is summed from the data, and the step is that of the busiest stage (the
-critical one), plus the pipeline bubble it waits:
+Each pipeline stage's own time is summed from the data (each holds its own layers, Plan.layers_per_stage),
+and the step is that of the busiest stage (the critical one), plus the pipeline bubble it waits:
 
     busy(s)  = m * (compute_mb + comm_mb) + accumulate        every micro-batch through the stage
              + exposed data-parallel / ZeRO / sharing sync     after the last backward
              + optimizer
-    bubble   = bubble_fraction(schedule, p, m, v) * (m * (compute_mb + comm_mb) + accumulate)   (pipeline.py)
-    step     = max over stages of busy(s), + that stage's bubble
+    bubble   = bubble_fraction(schedule, p, m, v) * max over stages of (m * (compute_mb + comm_mb) + accumulate)
+               = (p-1) x the slowest stage's time per micro-batch for GPipe and 1F1B   (pipeline.py)
+    step     = max over stages of busy(s), + the bubble
+
+With uneven stages the slowest stage sets the pace: the fill and drain are counted in its time per
+micro-batch, which overestimates them when the other stages are lighter (docs/costmodel.md gives the
+simulation's figures; the `cluster` backend plays every stage's own time).
 
 The breakdown columns are defined once (docs/results.md) and the cluster simulation reports the same
 split: compute, exposed communication and other (optimizer) of the critical stage, and the bubble = the
 rest of the step it spends waiting.
 
 Exposure: the tensor-parallel collectives, pipeline messages and ring-attention excess are on the
-critical path (comm_mb). The data-parallel reduction (ZeRO 0-2) runs after the last micro-batch's
-backward and, with overlap_grad_reduce, hides behind that backward; ZeRO-3's per-micro-batch gathers and
+critical path (comm_mb); with tp_comm_overlap each tensor-parallel collective hides under its GEMM but
+for a pipeline's last chunk (work.Overlapped), with overlap_p2p a pipeline send hides under the sender's
+next model chunk. The data-parallel reduction (ZeRO 0-2) runs after the last micro-batch's backward and,
+with overlap_grad_reduce, hides behind that backward; ZeRO-3's per-micro-batch gathers and
 reduce-scatters are prefetched under the micro-batches' compute; ZeRO 1/2 all-gather the updated
-parameters after the optimizer. A device whose collectives run on the cores that compute
-(DeviceSpec.overlaps_communication False: gloo on a CPU host) hides nothing.
+parameters after the optimizer, or with overlap_param_gather under the next step's first forward (but
+the first layer's, which that forward waits for). A device whose collectives run on the cores that
+compute (DeviceSpec.overlaps_communication False: gloo on a CPU host) hides nothing.
 
 Inference: prefill is one forward pass; decode = prefill (time to first token) + (n-1) token steps, each
 a forward of one token per sequence reading the weights and the KV cache (costmodel.work.forward_work).
@@ -29,14 +37,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.cluster import ClusterSpec
+from llmsim.costmodel.cluster import ClusterSpec, plan_on
 from llmsim.costmodel.collectives import Fabric
 from llmsim.costmodel.compute import CostModelError, device_rates
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.memory import MemoryBreakdown, memory_breakdown
 from llmsim.costmodel.pipeline import bubble_fraction
 from llmsim.costmodel.plan import Options, Plan
-from llmsim.costmodel.work import Comm, StageWork, StepWork, comms_time, forward_work, train_work
+from llmsim.costmodel.work import (Comm, StageWork, StepWork, comms_time, forward_work, overlaps_time,
+                                   train_work)
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -98,13 +107,28 @@ def _per_microbatch(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[floa
     layers = work.layers_on(st)
     compute = (layers * (st.fwd_layer_s + st.bwd_layer_s + st.recompute_layer_s)
                + st.embed_fwd_s + st.embed_bwd_s + st.head_fwd_s + st.head_bwd_s)
-    per_layer = comms_time(st.tp_fwd + st.tp_recompute + st.tp_bwd, fabric) + st.cp_layer_s
-    messages = 0
-    if work.p2p is not None:  # the roofline counts a sent and a received message per chunk and direction
-        messages = (1 if work.forward_only else 2) * work.v
-    p2p = messages * (work.p2p.time(fabric) + comms_time(st.recv_gather, fabric)) if work.p2p is not None else 0.0
-    comm = layers * per_layer + comms_time(st.tp_embed + st.tp_head, fabric) + p2p
+    per_layer = (comms_time(st.tp_fwd + st.tp_recompute + st.tp_bwd, fabric) + st.cp_layer_s
+                 + overlaps_time(st.tp_fwd_overlap + st.tp_recompute_overlap + st.tp_bwd_overlap, fabric))
+    comm = layers * per_layer + comms_time(st.tp_embed + st.tp_head, fabric) + _pipeline_exposed(work, st, fabric)
     return compute, comm, layers * (st.bwd_layer_s + st.recompute_layer_s)
+
+
+def _pipeline_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
+    """Exposed pipeline messages of one micro-batch through stage `st`: a message each way per model chunk
+    (a forward only: one), each followed by the receiver's all-gather when it was scattered. Blocking sends
+    expose the whole message; with overlap_p2p a send runs under the op that follows it on the sender (in
+    the steady state of 1F1B a forward's under a backward, a backward's under a forward) and only what
+    that chunk's compute does not cover is exposed."""
+    if work.p2p is None:
+        return 0.0
+    send, gather = work.p2p.time(fabric), comms_time(st.recv_gather, fabric)
+    if work.forward_only:
+        return work.v * (send + gather)
+    if not work.overlap_p2p:
+        return 2 * work.v * (send + gather)
+    forward_chunk = st.layers * st.fwd_layer_s
+    backward_chunk = st.layers * (st.bwd_layer_s + st.recompute_layer_s)
+    return work.v * (max(0.0, send - backward_chunk) + max(0.0, send - forward_chunk) + 2 * gather)
 
 
 def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb: float,
@@ -121,31 +145,50 @@ def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb
     reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
     if work.overlap_grad_reduce and hides:
         reduce = max(0.0, reduce - backward_mb)
-    return reduce + comms_time(st.gather_after_step, fabric)
+    gather = comms_time(st.gather_after_step, fabric)
+    if work.overlap_param_gather and hides and st.gather_after_step:
+        gather = _param_gather_exposed(work, st, fabric)
+    return reduce + gather
+
+
+def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
+    """overlap_param_gather: the updated parameters are gathered layer by layer, in forward order, while the
+    next step's first forward runs, and each layer waits for its own. Gathers back to back (G_k done at the
+    k-th) against a forward that reaches layer k after C_k of compute: the forward waits max_k (G_k - C_k)
+    in all, the max of an even stage's sequence at one of its ends: the first layer (with the embedding on
+    the first stage), which nothing hides, or the last, whose gather only the layers before it hide."""
+    first = st.param_bytes_layer + st.param_bytes_embed
+    alone = Comm("all-gather", first, work.dp_group).time(fabric)
+    whole = Comm("all-gather", work.param_bytes(st), work.dp_group).time(fabric)
+    before_last = (work.layers_on(st) - 1) * st.fwd_layer_s + st.embed_fwd_s
+    return max(alone, whole - before_last)
 
 
 def price(work: StepWork, fabric: Fabric) -> StepTimes:
-    """The roofline of one step of `work`: each stage summed, the busiest one sets the step (module doc)."""
+    """The roofline of one step of `work`: each stage summed, the busiest one is the critical stage, the
+    slowest one (most pipelined time per micro-batch) sets the pipeline's pace and its bubble (module doc).
+    With stages of equal work, or uneven ones whose slowest is also the busiest, the two are one stage."""
     m = work.microbatches
     schedule = "gpipe" if work.forward_only else work.schedule
     fraction = bubble_fraction(schedule, work.pp, m, work.v)
     best: StepTimes | None = None
-    alike: dict[int, tuple[float, float, float]] = {}  # middle stages share one StageWork: price it once
+    slowest = 0.0  # the most pipelined time of any stage: m micro-batches and their gradient accumulation
+    alike: dict[int, tuple[float, float, float]] = {}  # stages alike share one StageWork: price it once
     for index, st in enumerate(work.stages):
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             alike[id(st)] = compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric)
         compute_mb, comm_mb, dp = alike[id(st)]
         pipelined = m * (compute_mb + comm_mb) + st.accumulate_s
-        bubble = fraction * pipelined
+        slowest = max(slowest, pipelined)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        times = StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync, bubble=bubble,
+        times = StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync, bubble=0.0,
                           other=st.optimizer_s, critical_stage=index,
                           detail={"pipeline_and_tensor": m * comm_mb, "data_parallel": dp, "sharing_sync": sync})
         if best is None or times.compute + times.comm + times.other > best.compute + best.comm + best.other:
             best = times
     assert best is not None, "a step has at least one stage"
-    return best
+    return replace(best, bubble=fraction * slowest)
 
 
 def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -170,6 +213,7 @@ def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
 def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
              cluster: ClusterSpec, options: Options = Options()) -> StepBreakdown:
     """Model one step of `workload` under `plan` on `cluster`. Raises CostModelError if it cannot."""
+    plan = plan_on(plan, cluster)
     rates = device_rates(cluster, workload.dtype)
     t = step_times(workload, profile, sharing, plan, cluster, options)
     memory = memory_breakdown(workload, profile, sharing, plan, options)

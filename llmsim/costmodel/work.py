@@ -16,12 +16,21 @@ Sources of the volumes:
 * pipeline: one activation forward and one gradient backward per micro-batch and model chunk between
   neighbouring stages (1/tp of it with the scatter/gather optimization, then an all-gather over tp;
   Narayanan et al. 2021, Sec. 4.1).
-* data parallel: an all-reduce of the gradients (ZeRO 0/1) or a reduce-scatter (ZeRO 2/3); ZeRO 1/2
-  all-gather the updated parameters after the step; ZeRO-3 all-gathers parameters forward and backward
-  and reduce-scatters gradients every micro-batch (Rajbhandari et al. 2020).
+* data parallel: an all-reduce of the gradients (ZeRO 0) or a reduce-scatter (ZeRO >= 1: each rank
+  updates only its shard, Megatron-Core's distributed optimizer, `use_distributed_optimizer` in
+  megatron/core/distributed/distributed_data_parallel_config.py); ZeRO 1/2 all-gather the updated
+  parameters after the step (twice the gradient bytes in all, plain DP's own volume: Rajbhandari et
+  al. 2020, Sec. 7); ZeRO-3 all-gathers parameters forward and backward and reduce-scatters gradients every
+  micro-batch.
 * parameter sharing: tied embeddings with pp > 1 all-reduce the embedding gradient between the first and
   last stage; layer_groups with pp > 1 all-reduce a shared block's gradient between the stages using it.
   Both vanish with LoRA (a frozen base has no such gradients).
+
+Communication overlaps (Megatron-Core's options, Plan): `tp_comm_overlap` turns each layer's tensor-
+parallel collectives into `Overlapped` items, chunks pipelined with the GEMM they feed or follow as
+Transformer Engine's userbuffers run them (`tp_overlaps`); `overlap_p2p`, `overlap_grad_reduce` and
+`overlap_param_gather` are flags of the step that the roofline (costmodel.step) and the simulation
+(llmsim.sim) each schedule. A device whose collectives run on its compute cores overlaps none of them.
 """
 
 from __future__ import annotations
@@ -30,11 +39,14 @@ import functools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-from llmsim.costmodel.cluster import ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group
+from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group,
+                                      plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import PhaseTimes, Rates, device_rates, phase_times
-from llmsim.costmodel.memory import FP32_BYTES, stage_params, tp_block_params
+from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
+from llmsim.costmodel.memory import FP32_BYTES, stage_block_params, stage_params, tp_block_params
+from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+from llmsim.costmodel.torus import TorusError
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -46,6 +58,19 @@ Schedule = Literal["gpipe", "1f1b", "interleaved"]
 # the MLP in the forward pass, the conjugate two in the backward pass; a full recompute repeats the forward's.
 TP_COLLECTIVES_PER_LAYER_FORWARD = 2
 TP_COLLECTIVES_PER_LAYER_BACKWARD = 2
+# Megatron-Core --tp-comm-overlap runs Transformer Engine's userbuffers with TE's default configuration
+# (NVIDIA/TransformerEngine transformer_engine/pytorch/module/base.py at d0067d0, initialize_ub ->
+# get_default_config):
+#   ring_exchange  qkv_fprop, fc1_fprop, proj_dgrad, fc2_dgrad: the all-gather before the GEMM as tp - 1
+#                  neighbour exchanges of one 1/tp chunk each (num_splits = tp), each under the GEMM of the
+#                  chunk already here; 1 SM for communication (num_sm), no SM margin
+#   pipeline       proj_fprop, fc2_fprop: the GEMM split in num_splits = 4, the reduce-scatter of chunk i
+#                  under the GEMM of chunk i+1, the last chunk's after the GEMM; the GEMM leaves num_sm = 16
+#                  SMs to communication (set_sm_margin)
+#   bulk           qkv_wgrad, fc1_wgrad: the reduce-scatter of the input gradient whole beside the weight-
+#                  gradient GEMM, which leaves 16 SMs (num_sm, set_sm_margin)
+TE_PIPELINE_SPLITS = 4
+TE_COMM_SMS = 16
 # Fused Adam over the trainable parameters, bytes touched per parameter: read and write fp32 master,
 # m and v (24), read the gradient, and with mixed precision write the 16-bit working copy
 # (apex/Megatron FusedAdam, torch fused AdamW): 24 + grad bytes (+ 2).
@@ -97,6 +122,33 @@ def comms_time(comms: Comms, fabric: Fabric) -> float:
 
 
 @dataclass(frozen=True)
+class Overlapped:
+    """A collective pipelined with a GEMM (tp_comm_overlap): `exposed` runs while nothing computes (the
+    pipeline's last chunk), `hidden` runs beside `gemm_s` seconds of the GEMM, and the layer goes on when
+    the slower of the two is done. The GEMM's seconds are part of the stage's compute (fwd_layer_s ...)."""
+
+    hidden: Comms
+    gemm_s: float
+    exposed: Comms = ()
+
+    def time(self, fabric: Fabric) -> float:
+        """Exposed seconds alone on its ports: the unhidden chunks plus what the GEMM does not cover."""
+        return comms_time(self.exposed, fabric) + max(0.0, comms_time(self.hidden, fabric) - self.gemm_s)
+
+
+Overlaps = tuple[Overlapped, ...]
+
+
+def overlaps_time(items: Overlaps, fabric: Fabric) -> float:
+    return sum(o.time(fabric) for o in items)
+
+
+def overlapped_gemm_s(items: Overlaps) -> float:
+    """Compute seconds that run beside the items' hidden communication."""
+    return sum(o.gemm_s for o in items)
+
+
+@dataclass(frozen=True)
 class StageWork:
     """One pipeline stage's work: per layer and micro-batch, per micro-batch, and per step.
 
@@ -118,6 +170,9 @@ class StageWork:
     tp_bwd: Comms = ()                  # per layer backward
     tp_embed: Comms = ()                # after the embedding forward (first stage)
     tp_head: Comms = ()                 # the LM head's input gradient (last stage)
+    tp_fwd_overlap: Overlaps = ()       # per layer forward with tp_comm_overlap (tp_fwd is then empty)
+    tp_recompute_overlap: Overlaps = () # per layer recomputed forward with tp_comm_overlap
+    tp_bwd_overlap: Overlaps = ()       # per layer backward with tp_comm_overlap
     recv_gather: Comms = ()             # all-gather of a scattered pipeline message over tensor parallel
     accumulate_s: float = 0.0           # gradient accumulation of the whole step on this stage
     optimizer_s: float = 0.0
@@ -153,6 +208,8 @@ class StepWork:
     dp_group: Group = field(default_factory=lambda: Group(1, 1, 1))
     zero: int = 0
     overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = False  # ZeRO 1/2's gather after the step runs under the next forward
+    overlap_p2p: bool = False           # pipeline sends are asynchronous, under the next op's compute
     syncs: tuple[SyncWork, ...] = ()
     comm_shares_cores: bool = False     # collectives run on the compute cores (gloo on a CPU host)
 
@@ -235,6 +292,37 @@ class Groups:
                    pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
                    dp=place_group(plan.dp, plan.tp * plan.cp * plan.pp, devices_per_node))
 
+    @classmethod
+    def on(cls, plan: Plan, cluster: ClusterSpec) -> "Groups":
+        """`of` on a cluster of nodes; on TPU slices, the axes laid onto the torus (cluster.torus_groups), and
+        with ZeRO across slices (plan.dcn_replicas > 1) the data-parallel group is the slice's own part."""
+        if not cluster.is_torus:
+            return cls.of(plan, cluster.devices_per_node)
+        try:
+            g = torus_groups({"tp": plan.tp, "cp": plan.cp, "pp": plan.pp, "dp": plan.dp}, cluster)
+        except TorusError as exc:
+            raise CostModelError(str(exc)) from None
+        dp = g["dp"]
+        if plan.dcn_replicas > 1:
+            dp = Group(size=dp.per_node, per_node=dp.per_node, nodes=1, rings=dp.rings)
+        return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp)
+
+
+def cross_slice_syncs(plan: Plan, stages: tuple["StageWork", ...], v: int) -> tuple["SyncWork", ...]:
+    """ZeRO inside each slice, data parallelism across slices (plan.dcn_replicas): after the in-slice
+    reduce-scatter each chip all-reduces its gradient shard with its peers of the other slices over the
+    data-center network, once per step (MaxText's dcn_data_parallelism; JAX's gradient psum over the
+    'data' mesh axis). One SyncWork per distinct stage, its shard = the stage's gradient bytes / zero_dp."""
+    if plan.dcn_replicas <= 1:
+        return ()
+    across = Group(size=plan.dcn_replicas, per_node=1, nodes=plan.dcn_replicas)
+    out: list[SyncWork] = []
+    for st in dict.fromkeys(stages):
+        where = tuple(i for i, s in enumerate(stages) if s is st)
+        grads = st.layers * v * st.grad_bytes_layer + st.grad_bytes_embed + st.grad_bytes_head
+        out.append(SyncWork("dcn-data-parallel", where, Comm("all-reduce", grads / plan.zero_dp, across)))
+    return tuple(out)
+
 
 def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: PhaseTimes, groups: Groups,
                     cluster: ClusterSpec, layers: int) -> float:
@@ -273,7 +361,7 @@ def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
         stages_per_block = min(plan.pp, spec.layers // k)
         if stages_per_block > 1:
             per_block = tp_block_params(spec, profile.layer_params / k, plan.tp)
-            blocks = min(k, spec.layers // plan.pp)
+            blocks = min(k, max(plan.layers_per_stage(spec.layers)))  # the stage with the most blocks
             group = place_group(stages_per_block, plan.tp * plan.cp, devices_per_node)
             out.append(SyncWork("shared-layers", tuple(range(plan.pp)),
                                 Comm("all-reduce", per_block * blocks * grad_elem, group)))
@@ -293,6 +381,43 @@ def _tp_collectives(size: float, plan: Plan, group: Group, count: int) -> Comms:
     return (Comm("all-reduce", size, group, count),)
 
 
+def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, float, float, float],
+                backward: bool, compute_units: int | None) -> tuple[Overlaps, float]:
+    """One layer's tensor-parallel collectives with tp_comm_overlap, pipelined with their GEMMs as
+    Transformer Engine's userbuffers do by default (TE_* constants above), and the compute seconds the
+    GEMMs lose to the SMs userbuffers keep for communication.
+
+    `size`: the b*s*h activation (bytes, the full buffer of each collective); `gemm_s`: one pass of the
+    layer's (QKV, attention out, MLP up, MLP down) GEMMs in seconds (forward; a backward passes each twice,
+    data and weight gradient, and `gemm_s` is then one of the two). Forward: the all-gathers before QKV and
+    MLP-up by ring exchange, the reduce-scatters after attention-out and MLP-down pipelined in 4 chunks.
+    Backward: the all-gathers of the output gradient before the attention-out and MLP-down data-gradient
+    GEMMs by ring exchange, the reduce-scatters of the input gradient beside the QKV and MLP-up weight-
+    gradient GEMMs (bulk). A GEMM that leaves TE_COMM_SMS of `compute_units` SMs runs
+    units / (units - TE_COMM_SMS) times longer (unknown units: no slowdown).
+    """
+    tp = plan.tp
+    units = compute_units or 0
+    margin = units / (units - TE_COMM_SMS) if units > TE_COMM_SMS else 1.0
+    qkv, out, up, down = gemm_s
+
+    def ring_exchange(gemm: float) -> Overlapped:
+        return Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=gemm * (tp - 1) / tp)
+
+    def pipeline(gemm: float) -> Overlapped:
+        n = TE_PIPELINE_SPLITS
+        chunk = size / n
+        return Overlapped(hidden=(Comm("reduce-scatter", chunk, group, n - 1),),
+                          gemm_s=gemm * margin * (n - 1) / n, exposed=(Comm("reduce-scatter", chunk, group),))
+
+    def bulk(gemm: float) -> Overlapped:
+        return Overlapped(hidden=(Comm("reduce-scatter", size, group),), gemm_s=gemm * margin)
+
+    if backward:
+        return (ring_exchange(out), ring_exchange(down), bulk(qkv), bulk(up)), (qkv + up) * (margin - 1)
+    return (ring_exchange(qkv), pipeline(out), ring_exchange(up), pipeline(down)), (out + down) * (margin - 1)
+
+
 def _pipeline_message(size: float, plan: Plan, options: Options, groups: Groups) -> tuple[Comm | None, Comms]:
     """(the message between stages, the all-gather the receiver runs over tensor parallel) for one
     activation of `size` bytes; with tp > 1 only 1/tp of it is sent (scatter/gather or sp)."""
@@ -309,22 +434,30 @@ def _stage_kinds(pp: int) -> list[str]:
     return ["first"] + ["middle"] * (pp - 2) + ["last"]
 
 
+def layer_phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
+                      phase: str, steps: int = 1) -> PhaseTimes:
+    """One Transformer layer's share of `phase` for one micro-batch on one device: the layers region divided
+    over tp*cp devices and the model's L layers (every layer costs the same; a stage runs its own count of
+    them, Plan.layers_per_stage)."""
+    return phase_times(profile, workload, plan, options, rates, phase, "layers",
+                       plan.tp * plan.cp * workload.model.layers, steps)
+
+
 def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                cluster: ClusterSpec, options: Options = Options()) -> StepWork:
     """The training step of one pipeline replica, stage by stage. Raises CostModelError if the device
     cannot be priced in the workload's dtype."""
     spec = workload.model
     rates = device_rates(cluster, workload.dtype)
-    groups = Groups.of(plan, cluster.devices_per_node)
+    plan = plan_on(plan, cluster)
+    groups = Groups.on(plan, cluster)
     elem = DTYPE_BYTES[workload.dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-    div = plan.tp * plan.pp * plan.cp
-    fwd = phase_times(profile, workload, plan, options, rates, "forward", "layers", div)
-    bwd = phase_times(profile, workload, plan, options, rates, "backward", "layers", div)
+    fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
+    bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
                  "selective": fwd.attention if options.attention != "flash" else 0.0}[plan.recompute]
-    stage_layers = spec.layers // plan.pp
-    chunk_layers = stage_layers // plan.v
+    counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
     embed = [phase_times(profile, workload, plan, options, rates, ph, "embed", edge_div).total
@@ -334,55 +467,90 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
 
     activation = plan.micro_batch * (spec.seq_len // plan.cp) * spec.hidden * elem
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
-    cp_layer = cp_exposed_time(workload, plan, fwd, bwd, groups, cluster, stage_layers) / stage_layers
+    cp_layer = cp_exposed_time(workload, plan, fwd, bwd, groups, cluster, 1)
 
-    middle_params, middle_trainable = stage_params(workload, profile, sharing, plan, "middle")
     tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
     tp_bwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_BACKWARD)
     tp_edge = _tp_collectives(activation, plan, groups.tp, 1)
+    fwd_s, bwd_s, recompute_s = fwd.total, bwd.total, recompute  # one layer's
+    fwd_overlap: Overlaps = ()
+    bwd_overlap: Overlaps = ()
+    if plan.tp_comm_overlap and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication:
+        qkv, out, up, down = layer_gemm_shares(workload, plan)
+        forward = fwd.matmul                         # one layer's GEMMs
+        backward = bwd.matmul / 2                    # one of a backward's two passes (data, weight gradient)
+        fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * forward, out * forward,
+                                              up * forward, down * forward), False, rates.compute_units)
+        bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * backward, out * backward,
+                                              up * backward, down * backward), True, rates.compute_units)
+        tp_fwd = tp_bwd = ()
+        fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
+        recompute_s += fwd_margin if plan.recompute == "full" else 0.0
     tp_recompute = tp_fwd if plan.recompute == "full" else ()
+    recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
-    by_kind: dict[str, StageWork] = {}
-    for kind in dict.fromkeys(_stage_kinds(plan.pp)):  # middle stages are alike: one StageWork for all
-        params, trainable = stage_params(workload, profile, sharing, plan, kind)
+    kinds = _stage_kinds(plan.pp)
+    by_key: dict[tuple[str, int], StageWork] = {}
+    for index, (kind, n) in enumerate(zip(kinds, counts)):  # stages alike share one StageWork
+        if (kind, n) in by_key:
+            continue
+        params, trainable = stage_params(workload, profile, sharing, plan, index)
+        layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, index)
         share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
-        edge_params, edge_trainable = params - middle_params, trainable - middle_trainable
+        edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
         first, last = kind == "first", kind == "last" or plan.pp == 1
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
         gather_after = (Comm("all-gather", params * elem, groups.dp),) if plan.zero in (1, 2) and plan.dp > 1 else ()
-        by_kind[kind] = StageWork(
-            layers=chunk_layers,
-            fwd_layer_s=fwd.total / stage_layers, bwd_layer_s=bwd.total / stage_layers,
-            recompute_layer_s=recompute / stage_layers, cp_layer_s=cp_layer,
+        by_key[(kind, n)] = StageWork(
+            layers=n // plan.v,
+            fwd_layer_s=fwd_s, bwd_layer_s=bwd_s, recompute_layer_s=recompute_s, cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
             tp_fwd=tp_fwd, tp_recompute=tp_recompute, tp_bwd=tp_bwd,
+            tp_fwd_overlap=fwd_overlap, tp_recompute_overlap=recompute_overlap, tp_bwd_overlap=bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
             recv_gather=recv_gather,
             accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
             optimizer_s=optimizer_time(rates, trainable, plan, workload.dtype, options,
                                        (optimizer_bytes * share, optimizer_ops * share)),
-            grad_bytes_layer=middle_trainable / stage_layers * grad_elem,
+            grad_bytes_layer=layer_trainable / n * grad_elem if n else 0.0,
             grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
             grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
-            param_bytes_layer=middle_params / stage_layers * elem,
+            param_bytes_layer=(precision.gathered_layer_bytes(workload, plan, layer_params / n, elem)
+                               if n else 0.0),
             param_bytes_embed=edge_params * elem * (split if first else 0.0),
             param_bytes_head=edge_params * elem * (split if last else 0.0),
             gather_after_step=gather_after)
-    return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
+    stages = tuple(by_key[key] for key in zip(kinds, counts))
+    return StepWork(stages=stages, microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
-                    dp_op="all-reduce" if plan.zero <= 1 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
+                    dp_op="all-reduce" if plan.zero == 0 else "reduce-scatter", dp_group=groups.dp, zero=plan.zero,
                     overlap_grad_reduce=plan.overlap_grad_reduce,
-                    syncs=sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem),
+                    overlap_param_gather=(plan.overlap_param_gather and plan.zero in (1, 2)
+                                          and cluster.device.overlaps_communication),
+                    overlap_p2p=plan.p2p_overlapped and plan.pp > 1 and cluster.device.overlaps_communication,
+                    syncs=(sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
+                           + cross_slice_syncs(plan, stages, plan.v)),
                     comm_shares_cores=not cluster.device.overlaps_communication)
 
 
 def inference_plan(plan: Plan) -> Plan:
-    """Without a pipeline to fill, a server runs its whole share of the batch at once."""
-    if plan.pp == 1:
-        return replace(plan, micro_batch=plan.micro_batch * plan.microbatches, microbatches=1)
-    return plan
+    """How a server splits one replica's batch for a forward pass (prefill, or one token step).
+
+    Without a pipeline it runs the whole batch at once. With pp stages it keeps pp micro-batches of
+    batch/pp sequences in flight, so that every stage has work (FasterTransformer's ParallelGpt:
+    `getLocalBatchSize(batch, seq_len, pp)` divides the batch by pp when it can and runs `batch /
+    local_batch_size` iterations per step, src/fastertransformer/utils/nccl_utils.cc; vLLM's engine runs
+    `max_concurrent_batches = pipeline_parallel_size` batches at once, vllm/v1/engine/core.py); a batch pp
+    does not divide runs whole. A strategy's `micro_batch` is a training setting and does not apply:
+    running a decode batch one sequence at a time would read every stage's weights once per sequence.
+    (FasterTransformer also halves a context-phase micro-batch while it holds more than 1,024 tokens, a
+    memory cap of its own that is not modelled.)
+    """
+    batch = plan.micro_batch * plan.microbatches
+    microbatches = plan.pp if plan.pp > 1 and batch % plan.pp == 0 else 1
+    return replace(plan, micro_batch=batch // microbatches, microbatches=microbatches)
 
 
 def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, cluster: ClusterSpec,
@@ -390,27 +558,29 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     """A forward-only pass of one pipeline replica: the prefill, or one decode token step of the `steps`
     traced (inference runs every micro-batch through the pipeline in order, a GPipe fill)."""
     spec = workload.model
-    plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1)
+    # the split as stated or defaulted for the strategy's schedule, before inference drops interleaving
+    plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1,
+                   stage_layers=plan.layers_per_stage(spec.layers))
     rates = device_rates(cluster, workload.dtype)
-    groups = Groups.of(plan, cluster.devices_per_node)
-    layers_t = phase_times(profile, workload, plan, options, rates, phase, "layers", plan.tp * plan.pp * plan.cp,
-                           steps)
+    groups = Groups.on(plan, cluster)
+    layer_t = layer_phase_times(profile, workload, plan, options, rates, phase, steps)
     edge_div = plan.tp * plan.cp
     embed = phase_times(profile, workload, plan, options, rates, phase, "embed", edge_div, steps).total
     head = phase_times(profile, workload, plan, options, rates, phase, "head", edge_div, steps).total
-    stage_layers = spec.layers // plan.pp
+    counts = plan.layers_per_stage(spec.layers)
     tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
     activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
-    by_kind: dict[str, StageWork] = {}
-    for kind in dict.fromkeys(_stage_kinds(plan.pp)):
+    kinds = _stage_kinds(plan.pp)
+    by_key: dict[tuple[str, int], StageWork] = {}
+    for kind, n in zip(kinds, counts):
         first, last = kind == "first", kind == "last" or plan.pp == 1
-        by_kind[kind] = StageWork(layers=stage_layers, fwd_layer_s=layers_t.total / stage_layers,
-                                  embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
-                                  tp_fwd=_tp_collectives(activation, plan, groups.tp,
-                                                         TP_COLLECTIVES_PER_LAYER_FORWARD),
-                                  tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
-                                  recv_gather=recv_gather)
-    return StepWork(stages=tuple(by_kind[kind] for kind in _stage_kinds(plan.pp)), microbatches=plan.microbatches,
+        by_key[(kind, n)] = StageWork(layers=n, fwd_layer_s=layer_t.total,
+                                      embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
+                                      tp_fwd=_tp_collectives(activation, plan, groups.tp,
+                                                             TP_COLLECTIVES_PER_LAYER_FORWARD),
+                                      tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
+                                      recv_gather=recv_gather)
+    return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
                     schedule="gpipe", forward_only=True,
                     p2p=p2p, comm_shares_cores=not cluster.device.overlaps_communication)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from llmsim.stages import default_split
 from llmsim.workload.model import Block, Transformer
 
 # DTensor (torch.distributed.tensor) is imported where tensor parallelism needs it: it costs a second
@@ -346,8 +347,12 @@ SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved": "S
 class PipelineRunner:
     """Stages of this rank, their schedule, and the tied-embedding gradient sum between first and last.
 
-    Stage i of pp*v holds layers [i*L/(pp*v), (i+1)*L/(pp*v)); rank r of the pipeline holds stages
-    r, r+pp, ... (torch's interleaved placement; v = virtual_stages, 1 for gpipe and 1f1b). Data
+    Rank r of the pipeline holds `stage_layers[r]` layers (llmsim.stages: the strategy's split, or the
+    default one; layers % pp need not be 0), as v equal model chunks: torch's pipeline stages r, r+pp, ...
+    (its interleaved placement; v = virtual_stages, 1 for gpipe and 1f1b). Stage c = k*pp + r holds the
+    next stage_layers[r]/v layers after those of stages 0..c-1, Megatron-LM's layer order (chunk k of every
+    rank before chunk k+1; transformer_layer.get_transformer_layer_offset). A first or last rank may hold
+    no layer: its stage is the embedding, or the final norm, LM head and loss, alone. Data
     parallel replicas of a stage average their gradients once per step with one flat all-reduce after
     the schedule: DDP around a stage module fails in torch 2.13 when several micro-batch forwards
     precede their backwards (the reducer's rebuilt bucket indices double), so this path does not
@@ -357,7 +362,8 @@ class PipelineRunner:
     """
 
     def __init__(self, model: Transformer, root: DeviceMesh, *, schedule: str, virtual_stages: int,
-                 microbatches: int, device: torch.device, zero: int = 0) -> None:
+                 microbatches: int, device: torch.device, zero: int = 0,
+                 stage_layers: tuple[int, ...] | None = None) -> None:
         import torch.distributed.pipelining as pipelining
 
         pp_mesh, dp_mesh = root["pp"], root["dp"]
@@ -377,12 +383,16 @@ class PipelineRunner:
                     if dist.get_rank() in members:
                         self.embed_group = group
         n_stages = pp * virtual_stages
-        per = model.spec.layers // n_stages
+        v_split = virtual_stages if schedule == "interleaved" else 1
+        self.stage_layers = stage_layers or default_split(model.spec.layers, pp, v_split)
+        assert len(self.stage_layers) == pp and sum(self.stage_layers) == model.spec.layers, self.stage_layers
+        sizes = [self.stage_layers[c % pp] // virtual_stages for c in range(n_stages)]  # torch stage c's layers
+        starts = [sum(sizes[:c]) for c in range(n_stages)]
         self.modules: list[StageModule] = []
         stages = []
         for v in range(virtual_stages):
             index = rank + v * pp
-            module = StageModule(model, range(index * per, (index + 1) * per),
+            module = StageModule(model, range(starts[index], starts[index] + sizes[index]),
                                  first=index == 0, last=index == n_stages - 1)
             if zero > 0 and dp_mesh.size() > 1:  # PP x ZeRO: FSDP2 units per block and per stage
                 _fully_shard_units(module, list(module.blocks.values()), dp_mesh, zero)

@@ -22,6 +22,7 @@ from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState,
                                             apply_fully_shard, apply_tensor_parallel, build_mesh,
                                             vocab_parallel_loss, vocab_parallel_possible)
 from llmsim.distributed.spec import WorkerSpec
+from llmsim.stages import describe_split
 from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep, no_mark
 from llmsim.wording import count
 
@@ -59,12 +60,15 @@ class RankStep(WorkloadStep):
                                     "rowwise; embedding and LM head replicated")
             self.pipeline = PipelineRunner(self.model, self.mesh, schedule=strategy.schedule,
                                            virtual_stages=strategy.virtual_stages,
-                                           microbatches=spec.microbatches, device=device, zero=strategy.zero)
+                                           microbatches=spec.microbatches, device=device, zero=strategy.zero,
+                                           stage_layers=spec.stage_layers or None)
             if strategy.zero > 0 and spec.dp > 1:
                 self.notes["zero"] = (f"fully_shard per block and per stage over dp "
                                       f"(reshard_after_forward={strategy.zero == 3})")
             params = [p for p in self.pipeline.parameters() if p.requires_grad]
-            self.notes["pipeline"] = f"{type(self.pipeline.schedule).__name__}, {count(spec.microbatches, 'micro-batch')}"
+            self.notes["pipeline"] = (f"{type(self.pipeline.schedule).__name__}, "
+                                      f"{count(spec.microbatches, 'micro-batch')}, "
+                                      f"layers per stage {describe_split(self.pipeline.stage_layers)}")
         else:
             if spec.tp > 1:
                 vocab = self.mode == "train" and vocab_parallel_possible(self.model.spec, spec.tp)

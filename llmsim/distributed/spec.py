@@ -39,6 +39,8 @@ class WorkerSpec(BaseModel):
     cp: int = 1
     micro_batch: int = 1
     microbatches: int = 1
+    stage_layers: tuple[int, ...] = Field((), description="layers of each pipeline stage (llmsim.stages); "
+                                                          "() = the default split")
     seed: int = 0
     steps: int = Field(5, ge=1)
     warmup: int = Field(2, ge=0)
@@ -50,7 +52,8 @@ class WorkerSpec(BaseModel):
     def from_layout(cls, workload: Workload, sharing: SharingChoice, strategy: Strategy, layout: Layout,
                     **settings: object) -> "WorkerSpec":
         return cls(workload=workload, sharing=sharing, strategy=strategy, dp=layout.dp, tp=layout.tp, pp=layout.pp, cp=layout.cp,
-                   micro_batch=layout.micro_batch, microbatches=layout.microbatches, **settings)  # type: ignore[arg-type]
+                   micro_batch=layout.micro_batch, microbatches=layout.microbatches,
+                   stage_layers=layout.stage_layers, **settings)  # type: ignore[arg-type]
 
     @property
     def world(self) -> int:

@@ -7,6 +7,7 @@ Every entry must say where its numbers come from (`source`); an entry without on
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,13 +24,25 @@ DEFAULT_DEVICES_PER_NODE = 8
 Source = Annotated[str, Field(min_length=3, description="datasheet, paper or measurement the numbers come from")]
 
 
+class TorusSpec(BaseModel):
+    """How a TPU's chips join into slices: a `dims`-dimensional torus of ICI links (costmodel.torus)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dims: Literal[2, 3] = Field(description="2 = 2D torus (v5e), 3 = 3D torus (v4, v5p)")
+    wrap_multiple: int = Field(ge=1, description="a slice dimension gets wrap-around links when its length is a "
+                                                 "multiple of this")
+    source: Source
+
+
 class DeviceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     type: Literal["device"] = "device"
-    peak_flops: dict[Literal["float32", "bfloat16", "float16"], float] = Field(
-        default_factory=dict, description="dense peak FLOP/s per dtype; empty = measured at run time")
+    peak_flops: dict[Literal["float32", "bfloat16", "float16", "float8", "float4", "int8"], float] = Field(
+        default_factory=dict, description="dense peak FLOP/s per dtype (float8: E4M3/E5M2 tensor-core GEMMs; "
+                                          "float4 where published, for reference; int8 for reference); empty = measured at run time")
     memory_bytes: float = Field(ge=0, description="0 = read from the machine at run time")
     memory_bw_bytes_per_s: float = Field(ge=0)
     idle_power_w: float = Field(ge=0)
@@ -40,6 +53,7 @@ class DeviceSpec(BaseModel):
     intra_node: str | None = Field(None, description="default link between devices of one node")
     inter_node: str | None = Field(None, description="default link between nodes")
     efficiency: Efficiency | None = Field(None, description="achievable fractions of peak; None = generic defaults")
+    torus: TorusSpec | None = Field(None, description="chips form torus slices (TPU): `topology` applies")
     overlaps_communication: bool = Field(
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
@@ -95,15 +109,27 @@ class Catalog(BaseModel):
         return self.links[name]
 
     def cluster(self, hardware: str, nodes: int = 1, devices_per_node: int | None = None,
-                intra_node: str | None = None, inter_node: str | None = None) -> ClusterSpec:
+                intra_node: str | None = None, inter_node: str | None = None, topology: str | None = None,
+                mesh: dict[str, str] | None = None) -> ClusterSpec:
         """The one route from a hardware name to a cluster, for every caller (modeled backends, planner).
 
         `nodes` x `devices_per_node` devices of `hardware`, joined by `intra_node` links inside a node and
         `inter_node` links between nodes; each of the last three defaults to the device entry's own
         (devices per node to DEFAULT_DEVICES_PER_NODE where the entry has none). Raises ScenarioError
         keyed `hardware`, `intra_node` or `inter_node`: the caller prefixes the path of its settings.
+
+        A device with a `torus` block (TPU) is always modeled as torus slices: `nodes` slices of shape
+        `topology` ("4x4x8"), ICI `intra_node` links along the torus, `inter_node` = the data-center network
+        between slices, `mesh` pinning mesh axes to torus dimensions (costmodel.torus). Without a topology,
+        the `nodes` x `devices_per_node` chips form one slice of the most even shape (torus.default_shape).
         """
         device = self.device(hardware, key="hardware")
+        if device.torus is not None:
+            return self._torus_cluster(device, nodes, devices_per_node, intra_node, inter_node, topology, mesh)
+        if topology is not None or mesh:
+            raise ScenarioError(None, "topology" if topology is not None else "mesh",
+                                f"device {device.name!r} is not a TPU: topology and mesh apply to devices whose "
+                                f"catalog entry has a torus block ({', '.join(self.torus_devices()) or 'none'})")
         links = {}
         for key, name in (("intra_node", intra_node), ("inter_node", inter_node)):
             name = name or getattr(device, key)
@@ -114,6 +140,42 @@ class Catalog(BaseModel):
         per_node = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
         return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
                            devices_per_node=per_node)
+
+    def torus_devices(self) -> list[str]:
+        return [name for name, d in self.devices.items() if d.torus is not None]
+
+    def _torus_cluster(self, device: DeviceSpec, slices: int, devices_per_node: int | None, intra_node: str | None,
+                       inter_node: str | None, topology: str | None, mesh: dict[str, str] | None) -> ClusterSpec:
+        from llmsim.costmodel.torus import DIM_NAMES, TorusError, default_shape, parse_topology, wraps
+
+        assert device.torus is not None
+        try:
+            if topology is None:  # nodes x devices_per_node chips (hosts) in one slice of the most even shape
+                per_host = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
+                shape, slices = default_shape(slices * per_host, device.torus.dims), 1
+            else:
+                shape = parse_topology(topology, device.torus.dims)
+        except TorusError as exc:
+            raise ScenarioError(None, "topology", str(exc)) from None
+        chips = math.prod(shape)
+        if topology is not None and devices_per_node is not None and devices_per_node != chips:
+            raise ScenarioError(None, "devices_per_node", f"{devices_per_node} contradicts topology {topology} "
+                                                          f"({chips} chips per slice); leave it out")
+        for axis, dims in (mesh or {}).items():
+            bad = [c for c in str(dims).lower() if c not in DIM_NAMES[:len(shape)]]
+            if bad or not dims:
+                raise ScenarioError(None, f"mesh.{axis}", f"{dims!r}: allowed letters of the slice's dimensions: "
+                                                          f"{', '.join(DIM_NAMES[:len(shape)])}")
+        intra = self.link(intra_node or device.intra_node or "", key="intra_node")
+        inter_name = inter_node or device.inter_node
+        if slices > 1 and (inter_name is None or inter_name == intra.name):
+            raise ScenarioError(None, "inter_node", f"{slices} slices of {device.name} talk over the data-center "
+                                                    f"network: name its link (inter_node); the catalog has "
+                                                    f"{', '.join(n for n in self.links if n.startswith('dcn')) or 'none'}")
+        inter = self.link(inter_name, key="inter_node") if inter_name else intra
+        return ClusterSpec(device=device, intra=intra, inter=inter, nodes=slices, devices_per_node=chips,
+                           topology=shape, wrap=wraps(shape, device.torus.wrap_multiple),
+                           mesh=tuple(sorted((mesh or {}).items())))
 
 
 def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:

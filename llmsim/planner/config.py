@@ -90,8 +90,10 @@ class SearchSpace(_Strict):
     """Narrow the enumerated degrees (null = the default: every value the model and batch allow).
 
     Defaults: tp = powers of two up to devices_per_node that divide the heads; pp = divisors of the
-    layers; cp = 1, 2, 4, 8 (1 for decode); dp = divisors of the batch; micro_batch = divisors of the
-    per-replica batch; virtual_stages = 2..4 for interleaved.
+    layers and powers of two up to the layers (where they do not divide, the default split and
+    Megatron-LM's first/last-stage counts are searched: planner.space.split_candidates); cp = 1, 2, 4, 8
+    (1 for decode); dp = divisors of the batch; micro_batch = divisors of the per-replica batch;
+    virtual_stages = 2..4 for interleaved.
     """
 
     tp: list[PositiveInt] | None = None

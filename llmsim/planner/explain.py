@@ -60,6 +60,8 @@ def describe(e: Evaluation) -> str:
     parts += [f"ZeRO-{c.zero}", f"micro-batch {c.micro_batch}", f"recompute {c.recompute}"]
     if c.pp > 1:
         parts.append(c.schedule + (f" v={c.virtual_stages}" if c.schedule == "interleaved" else ""))
+    if c.describe_split():
+        parts.append(c.describe_split())
     return f"{c.n_devices} x {c.hardware} ({', '.join(parts)})"
 
 

@@ -22,11 +22,12 @@ from llmsim.planner.search import Evaluation, Hardware, SearchStats
 from llmsim.report.units import fmt_bytes
 from llmsim.report.raster import png as raster_png
 from llmsim.results import write_atomic
+from llmsim.stages import describe_split
 
 CONTRACT_COLUMNS = ["hardware", "n_devices", "feasible", "reason", "step_time_s", "time_to_goal_s", "cost_usd",
                     "energy_j"]
 STRATEGY_COLUMNS = ["strategy", "dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "microbatches", "schedule",
-                    "virtual_stages", "recompute"]
+                    "virtual_stages", "recompute", "stage_layers"]
 EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes_per_device",
                  "memory_capacity_bytes", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s",
                  "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
@@ -34,15 +35,18 @@ EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes
 PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front always is)
 
 
-def plan_frame(rows: list[Evaluation], hardware: list[Hardware]) -> pd.DataFrame:
-    """The ranked rows as plan.csv's table (rank 1 = best)."""
+def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | None = None) -> pd.DataFrame:
+    """The ranked rows as plan.csv's table (rank 1 = best). `layers`: the model's, to write each row's layers
+    per stage (stage_layers, as in results.csv) also where the split is the default one."""
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
     records = []
     for e in rows:
         c = e.config
+        split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
         records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
-                        c.virtual_stages, c.recompute, c.hardware, c.n_devices, e.feasible, e.reason, e.step_time_s,
+                        c.virtual_stages, c.recompute, describe_split(split) if split else None, c.hardware,
+                        c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
                         e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
                         e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],

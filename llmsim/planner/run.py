@@ -49,5 +49,6 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         top = [e for e in rows if e.feasible][:plan.top_k]
     closest = [] if top else [e for e in rows if not e.feasible][:plan.top_k]
     explanation = explain(rows, stats, plan, top)
-    write_outputs(run_dir, plan, plan_frame(rows, hardware), explanation, top, closest, stats, hardware, simulated)
+    frame = plan_frame(rows, hardware, plan.workload.model.layers)
+    write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

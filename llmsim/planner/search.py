@@ -25,12 +25,14 @@ from dataclasses import dataclass, field, replace
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
+from llmsim.costmodel.memory import memory_stages
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
-from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members
+from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
+from llmsim.stages import SplitError, default_split
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 from llmsim.wording import count
 
@@ -127,17 +129,33 @@ class Context:
     options: Options = Options()
 
 
-def static_lower_bound(ctx: Context, g: Group) -> float:
+def _group_splits(layers: int, g: Group, axes: Axes) -> set[tuple[int, ...]]:
+    """The layer splits the members of a group run: its stated one, or the default split of each schedule
+    the axes try (interleaving splits in chunks of v layers, so its default may differ)."""
+    if g.stage_layers:
+        return {g.stage_layers}
+    out = set()
+    for schedule, v in schedules(axes, g.pp) or [("1f1b", 1)]:
+        try:
+            out.add(default_split(layers, g.pp, v if schedule == "interleaved" else 1))
+        except SplitError:  # such members are invalid (space.shape_problem)
+            continue
+    return out
+
+
+def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     """Bytes per device of weights, gradients, optimizer state and KV cache (no activations): a true
-    lower bound of `memory_breakdown(...).total` for every member of the group."""
+    lower bound of `memory_breakdown(...).total` for every member of the group (the least, over the splits
+    its members run, of the busiest stage's)."""
     w = ctx.plan.workload
-    plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1))
-    stages = ["first"] if g.pp == 1 else ["first", "last"]
-    best = 0.0
-    for st in stages:
-        mb = memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, stage=st)
-        best = max(best, mb.params + mb.grads + mb.optimizer + mb.kv_cache)
-    return best
+    bounds = []
+    for split in _group_splits(w.model.layers, g, axes):
+        plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
+                    stage_layers=split)
+        stages = (memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, stage=st)
+                  for st in memory_stages(w, plan))
+        bounds.append(max(mb.params + mb.grads + mb.optimizer + mb.kv_cache for mb in stages))
+    return min(bounds, default=0.0)
 
 
 def _steps(plan: PlanFile) -> int:
@@ -257,7 +275,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
         for g in groups(plan, hw.name, hw.devices_per_node, axes):
-            bound = static_lower_bound(ctx, g) if hw.capacity else 0.0
+            bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
             if hw.capacity and bound > hw.capacity:
                 stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
                 skipped = sum(1 for _ in members(plan, g, axes))

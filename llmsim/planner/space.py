@@ -1,5 +1,9 @@
 """The search space: every (hardware, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
-schedule, virtual stages) a plan may choose, and the rules that make a point of it a valid configuration.
+schedule, virtual stages, layers per stage) a plan may choose, and the rules that make a point of it a valid
+configuration.
+
+The layer split is a dimension where the layers do not divide over the stages: besides the default split
+(llmsim.stages.default_split) the planner tries Megatron-LM's first/last-stage counts (`split_candidates`).
 
 Validity is the scenario's own rules (`config.check_strategy_shape`, `strategy.resolve_layout`), so a
 configuration the planner proposes is one `llmsim run` accepts, plus three of the planner's own:
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from llmsim.config import Strategy, Workload, check_strategy_shape
 from llmsim.costmodel import Plan
 from llmsim.planner.config import PlanFile
+from llmsim.stages import compact_split, default_split, split_keys
 from llmsim.strategy import Layout, resolve_layout
 
 DEFAULT_CP = (1, 2, 4, 8)
@@ -49,6 +54,15 @@ class Config:
     recompute: str
     schedule: str
     virtual_stages: int
+    stage_layers: tuple[int, ...] = ()  # the layers of each stage; () = the default split of the schedule
+
+    @property
+    def v(self) -> int:
+        return self.virtual_stages if self.schedule == "interleaved" else 1
+
+    def split_keys(self) -> dict[str, object]:
+        """The strategy keys that state the split (none for the default)."""
+        return split_keys(self.stage_layers, sum(self.stage_layers), self.v) if self.stage_layers else {}
 
     @property
     def name(self) -> str:
@@ -59,17 +73,27 @@ class Config:
         parts += [f"z{self.zero}", f"mb{self.micro_batch}", self.recompute]
         if self.pp > 1:
             parts.append(self.schedule + (f"{self.virtual_stages}" if self.schedule == "interleaved" else ""))
+        keys = self.split_keys()
+        if "stage_layers" in keys:
+            parts.append("layers" + "-".join(str(n) for n in self.stage_layers))
+        parts += [f"{k.split('_')[0]}{keys[k]}" for k in ("first_stage_layers", "last_stage_layers") if k in keys]
         return "-".join(parts)
 
     def strategy(self, name: str | None = None) -> Strategy:
         return Strategy(name=name or self.name, dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, sp=self.sp,
                         zero=self.zero, micro_batch=self.micro_batch, schedule=self.schedule,
-                        virtual_stages=self.virtual_stages, recompute=self.recompute)
+                        virtual_stages=self.virtual_stages, recompute=self.recompute,
+                        **self.split_keys())  # type: ignore[arg-type]
 
     def plan(self) -> Plan:
         return Plan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, micro_batch=self.micro_batch,
                     microbatches=self.microbatches, virtual_stages=self.virtual_stages, sp=self.sp, zero=self.zero,
-                    schedule=self.schedule, recompute=self.recompute)  # type: ignore[arg-type]
+                    schedule=self.schedule, recompute=self.recompute,  # type: ignore[arg-type]
+                    stage_layers=self.stage_layers or None)
+
+    def describe_split(self) -> str:
+        """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
+        return f"layers per stage {compact_split(self.stage_layers)}" if self.split_keys() else ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,12 @@ class _LayoutQuery:
     cp: int
     micro_batch: int
     schedule: str
+    virtual_stages: int = 1
+    stage_layers: tuple[int, ...] | None = None
+    first_stage_layers: None = None
+    last_stage_layers: None = None
+    embedding_as_layer: bool = False
+    loss_as_layer: bool = False
 
     @property
     def model_parallel(self) -> int:
@@ -90,6 +120,33 @@ class _LayoutQuery:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def default_pp(layers: int) -> list[int]:
+    """The pipeline depths searched by default: the divisors of the layers and the powers of two up to the
+    layers (the stage counts clusters of 2^k nodes are built with; those that do not divide the layers are
+    split unevenly, `split_candidates`)."""
+    powers = [2**k for k in range(layers.bit_length()) if 2**k <= layers]
+    return sorted(set(_divisors(layers)) | set(powers))
+
+
+def split_candidates(layers: int, pp: int) -> list[tuple[int, ...]]:
+    """The uneven splits the planner tries besides the default one where `layers` % `pp` != 0: Megatron-LM's
+    first/last-stage counts (--decoder-first/last-pipeline-num-layers) around middle stages of
+    ceil(layers / pp) layers each (the fewest the busiest middle stage can hold), the deficit taken off the
+    first and the last stage in every proportion, each keeping at least one layer. 126 layers on 16
+    stages: 6 | 8 x 14 | 8 and 8 | 8 x 14 | 6 (7 | 8 x 14 | 7 is the default)."""
+    if pp < 2 or layers % pp == 0:
+        return []
+    mid = -(-layers // pp)
+    deficit = pp * mid - layers
+    out = []
+    for off_first in range(deficit + 1):
+        first, last = mid - off_first, mid - (deficit - off_first)
+        counts = (first,) + (mid,) * (pp - 2) + (last,)
+        if first >= 1 and last >= 1 and counts != default_split(layers, pp):
+            out.append(counts)
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,7 +173,7 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
     pick = lambda given, default: tuple(sorted(set(given if given is not None else default)))  # noqa: E731
     return Axes(
         tp=pick(s.tp, tp_default),
-        pp=pick(s.pp, _divisors(w.model.layers)),
+        pp=pick(s.pp, default_pp(w.model.layers)),
         cp=pick(s.cp, [1] if w.mode == "decode" else DEFAULT_CP),
         dp=pick(s.dp, _divisors(w.batch)),
         zero=pick(s.zero, [0, 1, 2, 3] if train else [0]),
@@ -130,19 +187,24 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
 
 
 @functools.lru_cache(maxsize=65536)
-def shape_problem(w: Workload, tp: int, pp: int, cp: int, sp: bool, schedule: str, v: int) -> str | None:
+def shape_problem(w: Workload, tp: int, pp: int, cp: int, sp: bool, schedule: str, v: int,
+                  stage_layers: tuple[int, ...] = ()) -> str | None:
     """llmsim.strategy.check_strategy_shape for these degrees, as a message (None = valid). Cached."""
     try:
-        s = Strategy(tp=tp, pp=pp, cp=cp, sp=sp, schedule=schedule, virtual_stages=v)  # type: ignore[arg-type]
+        s = Strategy(tp=tp, pp=pp, cp=cp, sp=sp, schedule=schedule, virtual_stages=v,  # type: ignore[arg-type]
+                     stage_layers=stage_layers or None)
     except ValueError as exc:  # a degree the Strategy model itself rejects
         return str(exc).splitlines()[0]
     problem = check_strategy_shape(s, w)
     return None if problem is None else f"{problem[0]}: {problem[1]}"
 
 
-def layout_problem(w: Workload, dp: int, tp: int, pp: int, cp: int, mb: int, schedule: str) -> Layout | str:
-    """llmsim.strategy.resolve_layout for these degrees: the Layout, or why not."""
-    out = resolve_layout(_LayoutQuery(dp, tp, pp, cp, mb, schedule), w, None, "plan")  # type: ignore[arg-type]
+def layout_problem(w: Workload, dp: int, tp: int, pp: int, cp: int, mb: int, schedule: str, v: int = 1,
+                   stage_layers: tuple[int, ...] = ()) -> Layout | str:
+    """llmsim.strategy.resolve_layout for these degrees (the split already checked by shape_problem): the
+    Layout, or why not."""
+    query = _LayoutQuery(dp, tp, pp, cp, mb, schedule, v, stage_layers or None)
+    out = resolve_layout(query, w, None, "plan")  # type: ignore[arg-type]
     return out if isinstance(out, Layout) else f"{out[0]}: {out[1]}"
 
 
@@ -170,6 +232,8 @@ def duplicate_problem(w: Workload, c: Config) -> str | None:
         return "duplicate: inference runs ZeRO-0, no recompute, 1f1b"
     if w.mode != "train" and c.pp == 1 and c.micro_batch != 1:
         return "duplicate: inference without a pipeline runs its whole share at once (micro_batch 1)"
+    if c.stage_layers and not c.split_keys():
+        return "duplicate: the split is this schedule's default one (stated without keys)"
     return None
 
 
@@ -177,13 +241,21 @@ def is_candidate(plan: PlanFile, devices_per_node: int, c: Config) -> str | None
     """None when `c` is a configuration of the plan's space, else why not (the rules, for one point)."""
     w = plan.workload
     return (node_problem(c.n_devices, devices_per_node, plan.limits.max_devices)
-            or shape_problem(w, c.tp, c.pp, c.cp, c.sp, c.schedule, c.virtual_stages)
+            or shape_problem(w, c.tp, c.pp, c.cp, c.sp, c.schedule, c.virtual_stages, c.stage_layers)
+            or _split_problem(w, c)
             or _layout_mismatch(w, c)
             or duplicate_problem(w, c))
 
 
+def _split_problem(w: Workload, c: Config) -> str | None:
+    """A stated split must be one the planner searches (split_candidates)."""
+    if c.stage_layers and c.stage_layers not in split_candidates(w.model.layers, c.pp):
+        return f"stage_layers: {c.stage_layers} is not one of the splits searched for pp={c.pp}"
+    return None
+
+
 def _layout_mismatch(w: Workload, c: Config) -> str | None:
-    out = layout_problem(w, c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.schedule)
+    out = layout_problem(w, c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.schedule, c.virtual_stages, c.stage_layers)
     if isinstance(out, str):
         return out
     if out.microbatches != c.microbatches or out.world != c.n_devices:
@@ -209,7 +281,8 @@ def micro_batches(axes: Axes, per_replica: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Group:
-    """Points sharing (tp, pp, cp, dp, zero): their weights and optimizer state are the same."""
+    """Points sharing (tp, pp, cp, dp, zero) and the layer split: their weights and optimizer state are the
+    same (with the default split, `stage_layers` (), up to the schedule's: search.static_lower_bound)."""
 
     hardware: str
     n_devices: int
@@ -218,17 +291,20 @@ class Group:
     cp: int
     dp: int
     zero: int
+    stage_layers: tuple[int, ...] = ()
 
 
 def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Group]:
-    """The (tp, pp, cp, dp, zero) groups within the device limit, whole nodes, ZeRO only with dp > 1."""
+    """The (tp, pp, cp, dp, zero, split) groups within the device limit, whole nodes, ZeRO only with dp > 1."""
     limit = plan.limits.max_devices
+    layers = plan.workload.model.layers
     for tp in axes.tp:
         for cp in axes.cp:
             for pp in axes.pp:
                 mp = tp * pp * cp
                 if mp > limit:
                     continue
+                splits: list[tuple[int, ...]] = [(), *split_candidates(layers, pp)]
                 for dp in axes.dp:
                     n = dp * mp
                     if node_problem(n, devices_per_node, limit):
@@ -236,7 +312,8 @@ def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> 
                     for zero in axes.zero:
                         if zero > 0 and dp == 1:
                             continue
-                        yield Group(hardware, n, tp, pp, cp, dp, zero)
+                        for split in splits:
+                            yield Group(hardware, n, tp, pp, cp, dp, zero, split)
 
 
 def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
@@ -254,13 +331,15 @@ def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
         if sp and g.tp == 1:
             continue
         for schedule, v in schedules(axes, g.pp):
-            if shape_problem(w, g.tp, g.pp, g.cp, sp, schedule, v):
+            if shape_problem(w, g.tp, g.pp, g.cp, sp, schedule, v, g.stage_layers):
                 continue
-            layouts = [(mb, layout_problem(w, g.dp, g.tp, g.pp, g.cp, mb, schedule)) for mb in mbs]
+            layouts = [(mb, layout_problem(w, g.dp, g.tp, g.pp, g.cp, mb, schedule, v, g.stage_layers))
+                       for mb in mbs]
             layouts = [(mb, lay) for mb, lay in layouts if not isinstance(lay, str)]
             for recompute in axes.recompute:
                 chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb,
-                                lay.microbatches, recompute, schedule, v) for mb, lay in layouts]  # type: ignore[union-attr]
+                                lay.microbatches, recompute, schedule, v, g.stage_layers)  # type: ignore[union-attr]
+                         for mb, lay in layouts]
                 chain = [c for c in chain if duplicate_problem(w, c) is None]
                 if chain:
                     yield chain

@@ -10,6 +10,9 @@ One generator per actor, `env` (or the step holding it) first, as in SimPy's car
 * `GradientBuckets` data-parallel reduction of the last micro-batch's gradients in buckets, launched on
                     the communication stream as layers finish their backward (overlap) or after it.
 * `ZeroGatherer`    ZeRO-3/FSDP: each layer's parameters all-gathered before use, `prefetch` layers ahead.
+* `ParamGather`     ZeRO 1/2 with overlap_param_gather: the updated parameters gathered in buckets under
+                    the forward. With tp_comm_overlap a layer's tensor-parallel chunks run on the ports
+                    beside its GEMMs (`StepSim.overlapped`); with overlap_p2p pipeline sends are asynchronous.
 
 What each stage does and how much (seconds per layer, collectives with their groups and sizes) is the
 cost model's data (costmodel.work.StepWork), the very data the roofline sums; this module decides when
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import simpy
 
 from llmsim.costmodel.collectives import Fabric, Phases, p2p_phases
-from llmsim.costmodel.work import Comm, Comms, StageWork, StepWork
+from llmsim.costmodel.work import Comm, Comms, Overlaps, StageWork, StepWork, overlapped_gemm_s
 from llmsim.sim.entities import Device, Faults, Replica
 from llmsim.sim.schedules import PipeOp, schedule_ops
 
@@ -119,6 +122,20 @@ class StepSim:
         yield from run_phases(device, phases)
         device.ledger.comm_s += self.env.now - start
 
+    def overlapped(self, device: Device, items: Overlaps) -> Generator[simpy.Event, None, None]:
+        """Collectives pipelined with their GEMMs (tp_comm_overlap): each item's unhidden chunks on the
+        critical path, then its hidden chunks on the ports beside its GEMM's seconds on the compute stream;
+        the layer goes on when both are done, and waiting beyond the GEMM is exposed communication."""
+        for item in items:
+            yield from self.exposed(device, self.phases(item.exposed))
+            start = self.env.now
+            gemm = self.kernel_time(device, item.gemm_s)
+            computed = self.env.timeout(gemm)      # the GEMM runs on while this process drives the ports
+            yield from run_phases(device, self.phases(item.hidden))
+            yield computed                          # at once if the GEMM is already done
+            device.ledger.compute_s += gemm
+            device.ledger.comm_s += max(0.0, self.env.now - start - gemm)
+
     def on_comm_stream(self, device: Device, comm: Comm, name: str, category: str) -> simpy.Process:
         """Issue a collective on the device's communication stream (runs in issue order, overlapped)."""
         phases = comm.phases(self.fabric)
@@ -201,16 +218,56 @@ class ZeroGatherer:
         self.reductions.append(self.sim.on_comm_stream(self.device, c, "reduce-scatter grads", "zero"))
 
 
-def _units(work: StepWork, st: StageWork, stage: int, op: PipeOp) -> list[tuple[float, float]]:
-    """(parameter bytes, gradient bytes) of each layer unit of `op`, in the order it runs them."""
+class ParamGather:
+    """overlap_param_gather (ZeRO 1/2): the all-gather of the parameters the previous step's optimizer
+    updated in shards, issued in buckets of `bucket_bytes` on the communication stream as the step starts,
+    in the order the forward uses the layers; each layer's first forward waits for its bucket (Megatron-
+    Core's forward pre-hook, megatron/core/distributed/distributed_data_parallel.py). One step is
+    simulated, so the gather it waits for is the previous step's, as in the steady state."""
+
+    def __init__(self, sim: StepSim, device: Device, units: list[tuple[int, float]]) -> None:
+        self.bucket: dict[int, simpy.Process] = {}   # first-use index of a layer unit -> its bucket's gather
+        pending: list[int] = []
+        size = 0.0
+        for index, nbytes in units:
+            pending.append(index)
+            size += nbytes
+            if size >= sim.options.bucket_bytes or index == units[-1][0]:
+                c = Comm("all-gather", size, sim.work.dp_group)
+                gather = sim.on_comm_stream(device, c, f"all-gather params {size / 1e6:.0f} MB", "dp")
+                self.bucket.update({i: gather for i in pending})
+                pending, size = [], 0.0
+
+    def ready(self, index: int) -> simpy.Event | None:
+        """The gather a unit waits for before its first forward, once; None after."""
+        return self.bucket.pop(index, None)
+
+
+def _units(work: StepWork, st: StageWork, stage: int, op: PipeOp) -> list[tuple[float, float, bool]]:
+    """(parameter bytes, gradient bytes, whether it is a layer) of each unit of `op`, in the order it runs
+    them: its layers, the embedding (head) folded into the first (last) one; a stage without layers (the
+    embedding or the head alone, an uneven split) has that edge as its one unit, which runs no layer."""
     p, v = work.pp, work.v
     vstage = op.chunk * p + stage
-    units = [(st.param_bytes_layer, st.grad_bytes_layer) for _ in range(st.layers)]
+    units = [(st.param_bytes_layer, st.grad_bytes_layer, True) for _ in range(st.layers)]
+    for edge, params, grads in ((vstage == 0, st.param_bytes_embed, st.grad_bytes_embed),
+                                (vstage == p * v - 1, st.param_bytes_head, st.grad_bytes_head)):
+        if edge and not units:
+            units.append((0.0, 0.0, False))
     if vstage == 0 and units:
-        units[0] = (units[0][0] + st.param_bytes_embed, units[0][1] + st.grad_bytes_embed)
+        units[0] = (units[0][0] + st.param_bytes_embed, units[0][1] + st.grad_bytes_embed, units[0][2])
     if vstage == p * v - 1 and units:
-        units[-1] = (units[-1][0] + st.param_bytes_head, units[-1][1] + st.grad_bytes_head)
+        units[-1] = (units[-1][0] + st.param_bytes_head, units[-1][1] + st.grad_bytes_head, units[-1][2])
     return units if op.forward else units[::-1]
+
+
+def _send(sim: StepSim, device: Device, message: Phases, name: str,
+          arrived: simpy.Event) -> Generator[simpy.Event, None, None]:
+    """An asynchronous pipeline send (overlap_p2p): the message on the sender's port while it computes on."""
+    start = sim.env.now
+    yield from run_phases(device, message)
+    sim.replica.record(device.stage, "p2p", name, "p2p", start)
+    arrived.succeed()
 
 
 def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]:
@@ -227,6 +284,14 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
     gatherer = ZeroGatherer(sim, device, [u[0] for op in ops for u in _units(work, st, stage, op)]) if zero3 else None
     per_backward_accumulate = st.accumulate_s / (m * v) if m * v else 0.0
     gather_index = 0
+    updated: ParamGather | None = None
+    if work.overlap_param_gather and st.gather_after_step and not work.forward_only:
+        sizes = [u[0] for chunk in range(v) for u in _units(work, st, stage, PipeOp(True, 0, chunk))]
+        updated = ParamGather(sim, device, [(k, nbytes) for k, nbytes in enumerate(sizes) if nbytes > 0])
+    fwd_gemm = overlapped_gemm_s(st.tp_fwd_overlap)
+    bwd_gemm = overlapped_gemm_s(st.tp_bwd_overlap)
+    recompute_gemm = overlapped_gemm_s(st.tp_recompute_overlap)
+    sending: simpy.Process | None = None   # overlap_p2p: the send in flight
 
     for i, op in enumerate(ops):
         vstage = op.chunk * p + stage
@@ -243,12 +308,18 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                 if vstage == 0:
                     yield from sim.compute(device, st.embed_fwd_s)
                     yield from sim.exposed(device, sim.phases(st.tp_embed))
-                for _ in units:
+                for k, (_, _, layer) in enumerate(units):
                     if gatherer:
                         yield from sim.wait(device, gatherer.use(gather_index))
                         gather_index += 1
-                    yield from sim.compute(device, st.fwd_layer_s)
-                    yield from sim.exposed(device, sim.phases(st.tp_fwd))
+                    if updated:
+                        ready = updated.ready(op.chunk * st.layers + k)
+                        if ready is not None:
+                            yield from sim.wait(device, ready)
+                    if layer:
+                        yield from sim.compute(device, st.fwd_layer_s - fwd_gemm)
+                        yield from sim.exposed(device, sim.phases(st.tp_fwd))
+                        yield from sim.overlapped(device, st.tp_fwd_overlap)
                 if vstage == last_vstage:
                     yield from sim.compute(device, st.head_fwd_s)
             else:
@@ -256,16 +327,19 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                 if vstage == last_vstage:
                     yield from sim.compute(device, st.head_bwd_s)
                     yield from sim.exposed(device, sim.phases(st.tp_head))
-                for params, grads in units:
+                for params, grads, layer in units:
                     if gatherer:
                         yield from sim.wait(device, gatherer.use(gather_index))
                         gather_index += 1
-                    if st.recompute_layer_s:
-                        yield from sim.compute(device, st.recompute_layer_s)
+                    if layer and st.recompute_layer_s:
+                        yield from sim.compute(device, st.recompute_layer_s - recompute_gemm)
                         yield from sim.exposed(device, sim.phases(st.tp_recompute))
-                    yield from sim.compute(device, st.bwd_layer_s)
-                    yield from sim.exposed(device, sim.phases(st.tp_bwd))
-                    if st.cp_layer_s:
+                        yield from sim.overlapped(device, st.tp_recompute_overlap)
+                    if layer:
+                        yield from sim.compute(device, st.bwd_layer_s - bwd_gemm)
+                        yield from sim.exposed(device, sim.phases(st.tp_bwd))
+                        yield from sim.overlapped(device, st.tp_bwd_overlap)
+                    if layer and st.cp_layer_s:
                         start_cp = env.now
                         yield env.timeout(st.cp_layer_s)
                         device.ledger.comm_s += env.now - start_cp
@@ -278,15 +352,23 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                 yield from sim.compute(device, per_backward_accumulate)
             sim.replica.record(stage, "compute", f"{kind}{op.microbatch}" + (f".{op.chunk}" if v > 1 else ""),
                                "forward" if op.forward else "backward", start)
-        if not last_in:  # send to the next virtual stage, blocking like Megatron's p2p of 2021
+        if not last_in:  # send to the next virtual stage
             nxt = vstage + 1 if op.forward else vstage - 1
-            to = nxt % p
-            start = env.now
-            tier = sim.replica.placement.hop_tier(stage, to)
-            yield from sim.exposed(device, p2p_phases(work.p2p_bytes, sim.fabric.channel(tier), tier))
-            sim.replica.record(stage, "p2p", f"send {kind}{op.microbatch}", "p2p", start)
-            sim.arrival(kind, op.microbatch, nxt).succeed()
+            tier = sim.replica.placement.hop_tier(stage, nxt % p)
+            message = p2p_phases(work.p2p_bytes, sim.fabric.channel(tier), tier)
+            arrived = sim.arrival(kind, op.microbatch, nxt)
+            if work.overlap_p2p:  # asynchronous: the previous send must be done first (its wait handle)
+                if sending is not None:
+                    yield from sim.wait(device, sending)
+                sending = env.process(_send(sim, device, message, f"send {kind}{op.microbatch}", arrived))
+            else:  # blocking, like Megatron's p2p of 2021 (batch_isend_irecv, wait, synchronize)
+                start = env.now
+                yield from sim.exposed(device, message)
+                sim.replica.record(stage, "p2p", f"send {kind}{op.microbatch}", "p2p", start)
+                arrived.succeed()
 
+    if sending is not None:
+        yield from sim.wait(device, sending)
     if not work.forward_only:
         buckets.flush()
         pending = buckets.issued + (gatherer.reductions if gatherer else [])
@@ -305,7 +387,7 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
             yield env.timeout(t)
             device.ledger.other_s += t
             sim.replica.record(stage, "compute", "optimizer", "optimizer", start)
-        if st.gather_after_step:
+        if st.gather_after_step and updated is None:
             start = env.now
             yield from sim.exposed(device, sim.phases(st.gather_after_step))
             sim.replica.record(stage, "comm", "all-gather params", "dp", start)

@@ -102,7 +102,17 @@ class WorkloadProfile:
 
 
 def _tensor_bytes(tensors: list) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    """Bytes the tensors occupy in memory: a broadcast (stride-0, `expand`ed) dimension repeats the same
+    elements, so it is not counted (a weight expanded over the batch for a bmm is read once, not b times)."""
+    total = 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            elements = 1
+            for size, stride in zip(t.shape, t.stride()):
+                if stride != 0:
+                    elements *= size
+            total += elements * t.element_size()
+    return total
 
 
 class _OpRecorder(TorchDispatchMode):

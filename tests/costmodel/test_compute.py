@@ -15,11 +15,12 @@ import pytest
 
 from llmsim.config import ModelSpec, Workload
 from llmsim.costmodel import CostModelError, Options, Plan
-from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, DROPOUT_MASK_BYTES, DROPOUT_PASSES_BACKWARD,
+from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, gemm_weight_bytes, DROPOUT_MASK_BYTES, DROPOUT_PASSES_BACKWARD,
                                       DROPOUT_PASSES_FORWARD, FLASH_BACKWARD_FLOP_RATIO, SOFTMAX_PASSES_BACKWARD,
                                       SOFTMAX_PASSES_FORWARD, PhaseTimes, Rates, _linear_shapes, device_rates,
                                       gemm_wave, phase_times)
-from llmsim.costmodel.efficiency import Efficiency, wave_efficiency
+from llmsim.costmodel.efficiency import (DEFAULT_MATMUL_TILES as DEFAULT_TILES, MMA_ROWS, Efficiency,
+                                         gemm_efficiency, wave_efficiency)
 from llmsim.workload.profile import OpTotals, WorkloadProfile
 from tests.costmodel.helpers import Device, Link
 
@@ -54,9 +55,12 @@ def test_a_gemm_is_compute_bound_or_memory_bound_whichever_is_slower() -> None:
     compute_bound = _times({("forward", "layers", "matmul"): OpTotals(flops=8e12, bytes=4e8)})
     assert compute_bound == PhaseTimes(matmul=pytest.approx(8e12 / 4 / GEMM, rel=1e-12))
     memory_bound = _times({("forward", "layers", "matmul"): OpTotals(flops=8e9, bytes=4e10)})
-    assert memory_bound == PhaseTimes(matmul=pytest.approx(4e10 / 4 / STREAM, rel=1e-12))
+    # the 2 layers' weights are read whole by the micro-batch (gemm_weight_bytes); the rest is its quarter
+    weights = 2 * gemm_weight_bytes(_workload(), Plan(micro_batch=2), "layers")
+    assert memory_bound == PhaseTimes(matmul=pytest.approx(((4e10 - weights) / 4 + weights) / STREAM, rel=1e-12))
     # bytes alone (a GEMM the counter gives no FLOPs) still take their memory time
-    assert _times({("forward", "layers", "matmul"): OpTotals(bytes=4e10)}).matmul == pytest.approx(1e-2, rel=1e-12)
+    assert _times({("forward", "layers", "matmul"): OpTotals(bytes=4e10)}).matmul == \
+        pytest.approx(((4e10 - weights) / 4 + weights) / STREAM, rel=1e-12)
 
 
 def test_other_ops_are_memory_bound_and_only_the_asked_phase_and_region_count() -> None:
@@ -269,3 +273,69 @@ def test_no_wave_model_without_units_or_an_output() -> None:
         assert wave_efficiency(m, n, units) == 1.0
     sms = Rates(peak_flops=1e15, memory_bw=2e12, efficiency=EFF, compute_units=108)
     assert gemm_wave(_workload(), Plan(), 0, "layers", False, sms) == 1.0      # no rows: nothing to weigh
+
+
+@pytest.mark.parametrize("m,n,units,tiles,expected", [
+    (1, 4096, 108, DEFAULT_TILES, 1 / 16),          # a GEMV: one row padded to the MMA's 16
+    (4096, 1, 108, DEFAULT_TILES, 1 / 16),          # ... whichever side is the short one
+    (20, 4096, 108, DEFAULT_TILES, 20 / 32),        # 20 rows: two 16-row MMA blocks
+    (64, 12288, 108, DEFAULT_TILES, 1.0),           # 64 rows: exact (the tiles: 96 on 108 SMs, 0.444)
+    (127, 12288, 108, DEFAULT_TILES, 127 / 128),    # still below the smallest tile side
+    (20, 128, 1, ((24, 128),), 20 / 24),            # a tile that wastes less than the MMA padding wins
+])
+def test_skinny_gemms_run_split_k_with_the_short_side_padded_to_the_mma_rows(m: int, n: int, units: int,
+                                                                             tiles: tuple, expected: float) -> None:
+    """Few output rows: a GEMV / split-K kernel (CUTLASS "Split K"; Stream-K) spreads the reduction over the
+    SMs, so only the padding of the short side to the 16-row tensor-core MMA (PTX m16n8k16) is lost."""
+    assert MMA_ROWS == 16
+    assert gemm_efficiency(m, n, units, tiles) == pytest.approx(expected, rel=1e-12)
+
+
+def test_large_gemms_keep_the_tile_wave_quantization() -> None:
+    for m, n in ((128, 12288), (2048, 4096), (4096, 2304), (256 * 27, 128 * 4)):
+        assert gemm_efficiency(m, n, 108) == wave_efficiency(m, n, 108)
+    assert gemm_efficiency(128, 12288, 108) == pytest.approx(128 * 12288 / (108 * 128 * 128), rel=1e-12)
+    for m, n, units in ((1, 4096, None), (1, 4096, 0), (0, 4096, 108)):
+        assert gemm_efficiency(m, n, units) == 1.0
+
+
+def test_decode_gemms_are_priced_at_the_mma_padding_not_at_128_row_tiles() -> None:
+    """One token per sequence: every GEMM of the layers and the LM head has `micro_batch` rows. The old tile
+    model gave one row 1/(128 x SMs / columns) of peak, e.g. 0.0069 for 12288 columns on 108 SMs."""
+    sms = Rates(peak_flops=1e15, memory_bw=2e12, efficiency=EFF, compute_units=108)
+    gpt, plan = _workload(), Plan(tp=2)
+    for rows, expected in ((1, 1 / 16), (2, 2 / 16), (16, 1.0), (20, 20 / 32)):
+        assert gemm_wave(gpt, plan, rows, "layers", False, sms) == pytest.approx(expected, rel=1e-12)
+        assert gemm_wave(gpt, plan, rows, "head", False, sms) == pytest.approx(expected, rel=1e-12)
+    decode = {("decode", "layers", "matmul"): OpTotals(flops=8e12)}
+    assert _times(decode, "decode", plan=Plan(tp=2, micro_batch=1), rates=sms).matmul == pytest.approx(
+        8e12 / 8 / (GEMM / 16), rel=1e-12)
+
+
+@pytest.mark.parametrize("mode, model", [
+    ("decode", dict(preset="gpt2-small", layers=2, seq_len=64)),
+    ("train", dict(preset="gpt2-small", layers=2, seq_len=64)),
+    ("decode", dict(preset="llama2-7b", layers=2, seq_len=32, hidden=512, heads=8, kv_heads=2, ffn_hidden=1376,
+                    vocab=1000)),
+    ("train", dict(preset="llama2-7b", layers=2, seq_len=32, hidden=512, heads=8, kv_heads=2, ffn_hidden=1376,
+                   vocab=1000)),
+])
+def test_the_weight_bytes_a_pass_reads_once_are_the_traced_bytes_that_do_not_grow_with_the_batch(
+        mode: str, model: dict) -> None:
+    """gemm_weight_bytes: the part of the traced GEMM bytes that does not depend on the batch (2 b(1) - b(2)),
+    per phase: forward/prefill/decode read W once per layer and step, backward reads W and writes dW.
+    Biases (one row per GEMM, forward only) are the only difference: < 0.2%."""
+    from llmsim.config import SharingChoice
+    from llmsim.workload.profile import profile_workload
+
+    one, two = (profile_workload(Workload(model=ModelSpec(**model), mode=mode, batch=b, decode_tokens=3),
+                                 SharingChoice(tie_embeddings=False)) for b in (1, 2))
+    workload = Workload(model=ModelSpec(**model), mode=mode, batch=1, decode_tokens=3)
+    phases = {"decode": ["decode"], "train": ["forward", "backward"]}[mode]
+    for phase in phases:
+        for region, count in (("layers", 2), ("head", 1)):
+            fixed = 2 * one.ops[(phase, region, "matmul")].bytes - two.ops[(phase, region, "matmul")].bytes
+            steps = 2 if phase == "decode" else 1
+            reads = 2 if phase == "backward" else 1
+            expected = reads * gemm_weight_bytes(workload, Plan(), region) * count * steps
+            assert fixed == pytest.approx(expected, rel=2e-3), (phase, region)

@@ -1,4 +1,4 @@
-"""Memory per device against hand computations (ZeRO, Korthikanti et al. 2022, parameter sharing)."""
+"""Memory per device against hand computations (ZeRO, the activation inventory, parameter sharing)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
-from llmsim.costmodel.memory import MATH_SDPA_SCORE_TENSORS, activation_bytes_per_layer, stage_params
+from llmsim.costmodel.memory import activation_bytes_per_layer, stage_params
 from tests.costmodel.helpers import gpt2, gpt3_175b, profiled
 
 
@@ -31,15 +31,15 @@ def test_gpt3_175b_tp8_pp16_matches_a_hand_computation() -> None:
     # Full recomputation keeps each layer's input (s*b*h bf16) for the p micro-batches in flight on
     # the first 1F1B stage, plus one layer's working set while it is recomputed.
     inputs = 16 * (layers // 16) * seq * h * 2
-    # The working set (Korthikanti et al. 2022, Sec. 4.1): of one micro-batch's saved tensors per layer (the
-    # profile's, minus the math path's two s x s score tensors that flash attention never keeps), the four
-    # b x s x h norm inputs and outputs stay whole on each tensor-parallel rank, the rest splits over tp=8.
-    traced = profile.activation_bytes_per_layer / 1536
-    linear = traced - MATH_SDPA_SCORE_TENSORS * 96 * seq * seq * 2
-    replicated = 4 * seq * h * 2
-    working = replicated + (linear - replicated) / 8
-    assert mem.activations == pytest.approx(inputs + working, rel=1e-12)
-    assert mem.total == pytest.approx((2 + 2 + 12) * first_stage + inputs + working, rel=1e-9)
+    # The working set (costmodel.activations, flash, no dropout), per token: whole on each tensor-parallel
+    # rank the layer input, the norm1 output, the norm2 input and output (2h bytes each) and the two
+    # LayerNorms' fp32 mean and rstd; split over tp=8 Q, K, V, the attention output (2h each), the fc and GELU
+    # outputs (2 x 4h each) and the fp32 logsumexp of the 96 heads.
+    working = seq * (4 * 2 * h + 2 * 2 * 4 + (4 * 2 * h + 2 * 2 * 4 * h + 4 * 96) / 8)
+    # and the first stage's embedding ids for each micro-batch in flight: token and position ids (int64)
+    ids = 16 * (seq * 8 + seq * 8)
+    assert mem.activations == pytest.approx(inputs + working + ids, rel=1e-12)
+    assert mem.total == pytest.approx((2 + 2 + 12) * first_stage + inputs + working + ids, rel=1e-9)
 
 
 def test_last_stage_holds_the_final_norm_and_the_head_the_first_the_embeddings() -> None:
@@ -115,40 +115,45 @@ def test_zero3_holds_the_largest_unit_and_the_prefetched_block_unsharded() -> No
 
 def test_sequence_parallelism_divides_all_activations_by_tp() -> None:
     workload = gpt2()
-    profile, _ = profiled(workload)
-    alone, _ = activation_bytes_per_layer(workload, profile, Plan(), Options())
-    tp4, _ = activation_bytes_per_layer(workload, profile, Plan(tp=4), Options())
-    sp4, _ = activation_bytes_per_layer(workload, profile, Plan(tp=4, sp=True), Options())
+    _, sharing = profiled(workload)
+    alone, _ = activation_bytes_per_layer(workload, sharing, Plan(), Options())
+    tp4, _ = activation_bytes_per_layer(workload, sharing, Plan(tp=4), Options())
+    sp4, _ = activation_bytes_per_layer(workload, sharing, Plan(tp=4, sp=True), Options())
     assert sp4 == pytest.approx(alone / 4)
     assert sp4 < tp4 < alone
-    # without sp (Korthikanti et al. 2022, Sec. 4.2.1) the norms' b x s x h inputs and outputs (4 of them)
-    # stay whole on every rank and only the rest is split over tp
+    # without sp the norms' b x s x h inputs and outputs (4 of them) and their fp32 statistics (mean and rstd,
+    # two norms) stay whole on every rank and only the rest is split over tp
     m = workload.model
-    replicated = 4 * m.seq_len * m.hidden * 2
+    replicated = m.seq_len * (4 * m.hidden * 2 + 2 * 2 * 4)
     assert tp4 == pytest.approx(replicated + (alone - replicated) / 4, rel=1e-12)
 
 
-def test_selective_recompute_drops_the_score_matrices_and_full_keeps_inputs_only() -> None:
+def test_selective_recompute_drops_the_core_attention_and_full_keeps_inputs_only() -> None:
     workload = gpt2()
-    profile, _ = profiled(workload)
+    _, sharing = profiled(workload)
     math = Options(attention="math")
-    none, _ = activation_bytes_per_layer(workload, profile, Plan(), math)
-    selective, _ = activation_bytes_per_layer(workload, profile, Plan(recompute="selective"), math)
-    full, working = activation_bytes_per_layer(workload, profile, Plan(recompute="full"), math)
+    none, _ = activation_bytes_per_layer(workload, sharing, Plan(), math)
+    selective, _ = activation_bytes_per_layer(workload, sharing, Plan(recompute="selective"), math)
+    full, working = activation_bytes_per_layer(workload, sharing, Plan(recompute="full"), math)
     m = workload.model
-    scores = MATH_SDPA_SCORE_TENSORS * m.heads * m.seq_len ** 2 * 2
-    assert none - selective == pytest.approx(scores)
+    # the math kernel keeps fp32 q, k, v and the fp32 softmax output; the checkpoint its 16-bit Q, K, V
+    core = m.seq_len * (3 * 4 * m.hidden + 4 * m.heads * m.seq_len)
+    assert none - selective == core - m.seq_len * 3 * 2 * m.hidden
     assert full == m.seq_len * m.hidden * 2
-    assert working == pytest.approx(none)
+    assert working == none
 
 
-def test_math_sdpa_saves_two_score_matrices_per_head() -> None:
-    """The constant the activation model subtracts, measured on the traced module."""
-    def per_layer(heads: int) -> int:
+def test_math_sdpa_saves_one_fp32_score_matrix_per_head() -> None:
+    """The traced module grows by one fp32 s x s tensor per head (the softmax output, which the second bmm
+    reads too), as the math kernel's inventory does."""
+    def per_layer(heads: int) -> tuple[int, float]:
         w = Workload(model=ModelSpec(preset="gpt2-small", layers=1, heads=heads, seq_len=256), batch=2)
-        return profiled(w)[0].activation_bytes_per_layer
+        profile, sharing = profiled(w)
+        return profile.activation_bytes_per_layer, activation_bytes_per_layer(
+            w, sharing, Plan(micro_batch=2), Options(attention="math"))[0]
 
-    assert per_layer(12) - per_layer(6) == MATH_SDPA_SCORE_TENSORS * 2 * 6 * 256 ** 2 * 2
+    (traced12, derived12), (traced6, derived6) = per_layer(12), per_layer(6)
+    assert traced12 - traced6 == derived12 - derived6 == 4 * 2 * 6 * 256 ** 2
 
 
 def test_layer_groups_shrink_parameters_and_optimizer_state_but_not_flops() -> None:

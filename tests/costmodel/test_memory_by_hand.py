@@ -1,7 +1,9 @@
 """Memory per device on a hand-made profile with round numbers (costmodel.memory's docstring, by hand).
 
 GPT-2 small's shape (hidden 768, 12 heads, vocab 50257) at seq_len 128; the profile's counts are invented
-round numbers, so each expected value below is the docstring's formula applied to them.
+round numbers, so each expected value below is the docstring's formula applied to them. Activations come from
+the model's shape (costmodel.activations), not from the profile: its traced activation bytes are set to
+numbers that would show if they leaked in.
 """
 
 from __future__ import annotations
@@ -21,8 +23,22 @@ LAYER_PARAMS = 8 * 1_000_000        # 8 blocks of a million parameters
 EMBED = 60_000_000                  # token + position embeddings and final norm (tied: no separate head)
 NORM = 2 * H                        # the final LayerNorm's weight and bias: with the head, on the last stage
 BATCH = 16
-PER_LAYER_ACT = 40_000_000          # traced saved bytes per layer for the whole batch (math attention path)
-EDGE_ACT = 9_000_000                # saved outside the layers (embedding output, logits, loss)
+PER_LAYER_ACT = 40_000_000          # traced saved bytes per layer for the whole batch: a cross-check only
+EDGE_ACT = 9_000_000                # traced bytes saved outside the layers: a cross-check only
+# Per token of GPT-2 small (h 768, 12 heads, GELU f 4h, no dropout) in bfloat16, the activation inventory
+# (costmodel.activations) by hand. `sequence`: the layer input, norm1 output, norm2 input and output (2 bytes
+# x h each) and the two LayerNorms' fp32 mean and rstd; `tensor`: Q, K, V, the attention output and the fc and
+# activation outputs (2 x h each, 2 x 4h each), plus the kernel's own: flash's fp32 logsumexp per head,
+# fused-softmax's 16-bit softmax output (heads x s), math's fp32 q, k, v and softmax output instead.
+SEQUENCE = 4 * 2 * H + 2 * 2 * 4
+TENSOR = 2 * (4 * H) + 2 * (2 * 4 * H)
+FLASH = TENSOR + 4 * HEADS
+FUSED = TENSOR + 2 * HEADS * SEQ
+MATH = TENSOR - 3 * 2 * H + 3 * 4 * H + 4 * HEADS * SEQ
+# Outside the layers: the first stage's token and position ids (int64; positions once per sequence), the
+# last stage's final-norm input and statistics, head input and the loss's fp32 log-probabilities and targets.
+FIRST_EDGE_PER_TOKEN, POSITION_IDS = 8, 8
+LAST_SEQUENCE, LAST_TENSOR, TARGETS = 2 * H + 2 * 4 + 2 * H, 4 * VOCAB, 8
 
 
 def _workload(mode: str = "train", dtype: str = "bfloat16", **model: object) -> Workload:
@@ -118,86 +134,82 @@ def test_training_memory_of_one_stage_by_zero_stage(dtype: str, elem: int, state
     assert fp32_z3.grads == pytest.approx(total * 4 / 4 + largest * 4, rel=1e-12)
 
 
-def test_activations_by_korthikanti() -> None:
-    """Per layer and micro-batch: the traced bytes less the math path's two s x s score tensors; the four
-    b s h norm tensors stay whole without sp, the rest splits over tp; sp splits everything; cp splits
-    the sequence; flash keeps no scores, fused-softmax one of the two, math both (unless selective)."""
+def test_activations_from_the_inventory() -> None:
+    """Per layer and micro-batch: `sequence` tensors whole on every rank without sp, the rest over tp; sp
+    splits everything; cp splits the sequence; the kernel adds its own (module constants above)."""
     w, p = _workload(), _profile()
     b = 2
-    traced = PER_LAYER_ACT * b / BATCH
-    scores = 2 * b * HEADS * SEQ * SEQ * 2
-    linear = traced - scores
-    replicated = 4 * b * SEQ * H * 2
-    assert linear > replicated
+    tokens = b * SEQ
     flash = Options()
-    assert activation_bytes_per_layer(w, p, Plan(micro_batch=b), flash) == (pytest.approx(linear, rel=1e-12), 0.0)
-    assert activation_bytes_per_layer(w, p, Plan(tp=4, micro_batch=b), flash)[0] == pytest.approx(
-        replicated + (linear - replicated) / 4, rel=1e-12)
-    assert activation_bytes_per_layer(w, p, Plan(tp=4, sp=True, micro_batch=b), flash)[0] == pytest.approx(
-        linear / 4, rel=1e-12)
-    assert activation_bytes_per_layer(w, p, Plan(tp=4, sp=True, cp=2, micro_batch=b), flash)[0] == pytest.approx(
-        linear / 4 / 2, rel=1e-12)
+    assert activation_bytes_per_layer(w, TIED, Plan(micro_batch=b), flash) == (tokens * (SEQUENCE + FLASH), 0.0)
+    assert activation_bytes_per_layer(w, TIED, Plan(tp=4, micro_batch=b), flash)[0] == tokens * (
+        SEQUENCE + FLASH / 4)
+    assert activation_bytes_per_layer(w, TIED, Plan(tp=4, sp=True, micro_batch=b), flash)[0] == tokens * (
+        SEQUENCE + FLASH) / 4
+    assert activation_bytes_per_layer(w, TIED, Plan(tp=4, sp=True, cp=2, micro_batch=b), flash)[0] == tokens * (
+        SEQUENCE + FLASH) / 4 / 2
     fused, math = Options(attention="fused-softmax"), Options(attention="math")
-    assert activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, micro_batch=b), fused)[0] == pytest.approx(
-        linear / 2 + scores / 2 / 2, rel=1e-12)
-    assert activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, micro_batch=b), math)[0] == pytest.approx(
-        linear / 2 + scores / 2, rel=1e-12)
-    assert activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, micro_batch=b, recompute="selective"),
-                                      math)[0] == pytest.approx(linear / 2, rel=1e-12)
+    assert activation_bytes_per_layer(w, TIED, Plan(tp=2, sp=True, micro_batch=b), fused)[0] == tokens * (
+        SEQUENCE + FUSED) / 2
+    assert activation_bytes_per_layer(w, TIED, Plan(tp=2, sp=True, micro_batch=b), math)[0] == tokens * (
+        SEQUENCE + MATH) / 2
+    # selective: every kernel keeps its checkpointed 16-bit Q, K, V and nothing else of the core attention
+    for kernel in (fused, math):
+        assert activation_bytes_per_layer(w, TIED, Plan(tp=2, sp=True, micro_batch=b, recompute="selective"),
+                                          kernel)[0] == tokens * (SEQUENCE + TENSOR) / 2
     # full recompute: each layer's input (b s h, split by cp, and by tp with sp), plus one layer's set
-    kept, working = activation_bytes_per_layer(w, p, Plan(tp=2, sp=True, cp=2, micro_batch=b, recompute="full"),
+    kept, working = activation_bytes_per_layer(w, TIED, Plan(tp=2, sp=True, cp=2, micro_batch=b, recompute="full"),
                                                flash)
-    assert kept == pytest.approx(b * SEQ * H * 2 / 2 / 2, rel=1e-12)
-    assert working == pytest.approx(linear / 2 / 2, rel=1e-12)
-    kept, _ = activation_bytes_per_layer(w, p, Plan(tp=2, cp=2, micro_batch=b, recompute="full"), flash)
-    assert kept == pytest.approx(b * SEQ * H * 2 / 2, rel=1e-12)
-
-
-def test_a_small_trace_never_goes_negative() -> None:
-    """When the traced bytes are fewer than the score tensors (a flash-traced or tiny profile), nothing is left."""
-    tiny = dataclasses.replace(_profile(), activation_bytes_per_layer=16)
-    assert activation_bytes_per_layer(_workload(), tiny, Plan(micro_batch=2), Options()) == (0.0, 0.0)
+    assert kept == tokens * 2 * H / 2 / 2
+    assert working == tokens * (SEQUENCE + FLASH) / 2 / 2
+    kept, _ = activation_bytes_per_layer(w, TIED, Plan(tp=2, cp=2, micro_batch=b, recompute="full"), flash)
+    assert kept == tokens * 2 * H / 2
 
 
 def test_the_first_and_last_pipeline_stage_hold_what_their_schedule_keeps_in_flight() -> None:
-    """1F1B: the first stage holds p micro-batches of its layers' activations, the last one; the last stage
-    also holds the edge activations (logits, loss) of its micro-batch, split over tp x cp."""
+    """1F1B: the first stage holds p micro-batches of its layers' activations and of the embeddings' ids,
+    the last one micro-batch of its layers' and of the final norm, head input and loss (log-probabilities
+    vocabulary-parallel over tp, the rest whole without sp)."""
     w, p = _workload(), _profile()
     plan = Plan(tp=2, pp=4, micro_batch=2, microbatches=8)
-    per_layer, _ = activation_bytes_per_layer(w, p, plan, Options())
+    per_layer, _ = activation_bytes_per_layer(w, TIED, plan, Options())
+    tokens = 2 * SEQ
+    first_edge = tokens * FIRST_EDGE_PER_TOKEN + SEQ * POSITION_IDS
+    last_edge = tokens * (LAST_SEQUENCE + LAST_TENSOR / 2 + TARGETS)
     first = memory_breakdown(w, p, TIED, plan, stage="first")
     last = memory_breakdown(w, p, TIED, plan, stage="last")
-    assert first.activations == pytest.approx(4 * 2 * per_layer, rel=1e-12)
-    assert last.activations == pytest.approx(1 * 2 * per_layer + EDGE_ACT * 2 / BATCH / 2, rel=1e-12)
+    assert first.activations == pytest.approx(4 * (2 * per_layer + first_edge), rel=1e-12)
+    assert last.activations == pytest.approx(1 * (2 * per_layer + last_edge), rel=1e-12)
     assert (first.stage, last.stage) == ("first", "last")
     assert last.params == pytest.approx((2 * _tp(1e6, WHOLE_LAYER, 2) + VOCAB * H / 2 + NORM) * 2, rel=1e-12)
-    # context parallelism splits the edge's sequence too
-    cp2 = Plan(tp=2, pp=4, cp=2, micro_batch=2, microbatches=8)
-    per_layer_cp, _ = activation_bytes_per_layer(w, p, cp2, Options())
+    # context parallelism splits every token's share; sp also the final norm's and head's inputs
+    cp2 = Plan(tp=2, pp=4, cp=2, sp=True, micro_batch=2, microbatches=8)
+    per_layer_cp, _ = activation_bytes_per_layer(w, TIED, cp2, Options())
     assert memory_breakdown(w, p, TIED, cp2, stage="last").activations == pytest.approx(
-        1 * 2 * per_layer_cp + EDGE_ACT * 2 / BATCH / 4, rel=1e-12)
+        1 * (2 * per_layer_cp + tokens / 2 * (LAST_SEQUENCE / 2 + LAST_TENSOR / 2 + TARGETS)), rel=1e-12)
     busiest = memory_breakdown(w, p, TIED, plan)
     assert busiest == max(first, last, key=lambda m: m.total)
-    # one stage holds one micro-batch of every layer and the edge
+    # one stage holds one micro-batch of every layer and both edges
     alone = memory_breakdown(w, p, TIED, Plan(micro_batch=2, microbatches=8))
-    assert alone.activations == pytest.approx(8 * activation_bytes_per_layer(w, p, Plan(micro_batch=2), Options())[0]
-                                              + EDGE_ACT * 2 / BATCH, rel=1e-12)
-    # GPipe keeps all m micro-batches in flight
-    gpipe = memory_breakdown(w, p, TIED, Plan(pp=2, micro_batch=2, microbatches=8, schedule="gpipe"), stage="first")
-    assert gpipe.activations == pytest.approx(8 * 4 * activation_bytes_per_layer(w, p, Plan(micro_batch=2),
-                                                                                  Options())[0], rel=1e-12)
+    assert alone.activations == pytest.approx(8 * activation_bytes_per_layer(w, TIED, Plan(micro_batch=2), Options())[0]
+                                              + first_edge + tokens * (LAST_SEQUENCE + LAST_TENSOR + TARGETS),
+                                              rel=1e-12)
+    # GPipe keeps all m micro-batches in flight, the last stage's log-probabilities included
+    gpipe = Plan(pp=2, micro_batch=2, microbatches=8, schedule="gpipe")
+    layer = activation_bytes_per_layer(w, TIED, Plan(micro_batch=2), Options())[0]
+    assert memory_breakdown(w, p, TIED, gpipe, stage="first").activations == pytest.approx(
+        8 * (4 * layer + first_edge), rel=1e-12)
+    assert memory_breakdown(w, p, TIED, gpipe, stage="last").activations == pytest.approx(
+        8 * (4 * layer + tokens * (LAST_SEQUENCE + LAST_TENSOR + TARGETS)), rel=1e-12)
 
 
-def test_no_edge_activations_add_nothing_to_the_last_stage() -> None:
-    """The edge is what the trace saved outside the layers; when there is none (or the per-layer figure,
-    rounded down, leaves a negative remainder) the last stage holds its layers' activations only."""
+def test_the_traced_activation_bytes_do_not_enter_the_memory() -> None:
+    """The profile's traced saved bytes are a cross-check (tests/costmodel/test_activations.py), not a source:
+    changing them changes nothing."""
     w = _workload()
     plan = Plan(pp=2, micro_batch=2, microbatches=8)
-    for total in (8 * PER_LAYER_ACT, 8 * PER_LAYER_ACT - 5):
-        p = dataclasses.replace(_profile(), activation_bytes=total)
-        per_layer, _ = activation_bytes_per_layer(w, p, plan, Options())
-        assert memory_breakdown(w, p, TIED, plan, stage="last").activations == pytest.approx(1 * 4 * per_layer,
-                                                                                            rel=1e-15)
+    other = dataclasses.replace(_profile(), activation_bytes=5, activation_bytes_per_layer=1)
+    assert memory_breakdown(w, other, TIED, plan) == memory_breakdown(w, _profile(), TIED, plan)
 
 
 def test_the_last_stage_is_reported_when_it_needs_more() -> None:
@@ -228,3 +240,15 @@ def test_a_breakdown_sums_its_parts_and_fits_up_to_its_capacity() -> None:
     assert mem.as_dict() == {"params": 1.0, "grads": 2.0, "optimizer": 4.0, "activations": 8.0, "kv_cache": 16.0}
     assert mem.fits(31.0) and not mem.fits(30.0) and mem.fits(0)
     assert mem.stage == "all" and mem.notes == ()
+
+
+def test_zero3_holds_the_gradient_of_a_gathered_block_s_adapters_at_their_tensor_parallel_share() -> None:
+    """With LoRA the gradient in flight of a gathered block is its adapters' on this rank: at tp = 2 the
+    r (6h + 12h/2) of r 18 h per block (`lora_params_per_block`), not a 1/tp split of them."""
+    from llmsim.costmodel.memory import zero3_gathered
+
+    w = _workload()
+    p = _profile(trainable=800_000)                                 # 100k adapter parameters per block
+    lora = SharingChoice(True, lora=LoraSpec(rank=4))
+    _, grads = zero3_gathered(w, p, lora, Plan(dp=2, tp=2, pp=4, zero=3), Options(), "middle")
+    assert grads == pytest.approx(800_000 / 8 * (6 + 6) / 18 * 2, rel=1e-12)

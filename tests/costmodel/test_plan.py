@@ -36,3 +36,22 @@ def test_world_and_chunks() -> None:
     plan = Plan(dp=3, tp=2, pp=4, cp=5, schedule="interleaved", virtual_stages=6)
     assert plan.world == 120 and plan.v == 6
     assert dataclasses.replace(plan, schedule="1f1b").v == 1
+
+
+def test_plan_of_copies_the_communication_overlaps_and_leaves_p2p_to_the_schedule_when_unset() -> None:
+    layout = Layout(dp=2, tp=2, pp=2, cp=1, micro_batch=1, microbatches=4)
+    strategy = Strategy(name="s", tp=2, pp=2, sp=True, zero=1, schedule="interleaved", virtual_stages=2,
+                        tp_comm_overlap=True, overlap_param_gather=True)
+    plan = Plan.of(strategy, layout)
+    assert (plan.tp_comm_overlap, plan.overlap_param_gather, plan.overlap_p2p) == (True, True, None)
+    assert plan.p2p_overlapped  # Megatron-Core's default with a virtual pipeline
+    assert not Plan.of(strategy.model_copy(update={"overlap_p2p": False}), layout).p2p_overlapped
+    assert not Plan.of(strategy.model_copy(update={"schedule": "1f1b", "virtual_stages": 1}), layout).p2p_overlapped
+    assert not Plan().p2p_overlapped
+
+
+def test_the_single_device_plan_has_no_communication_to_overlap() -> None:
+    plan = Plan(dp=2, tp=2, pp=2, sp=True, zero=1, schedule="interleaved", virtual_stages=2, tp_comm_overlap=True,
+                overlap_param_gather=True, overlap_p2p=True)
+    one = plan.single_device()
+    assert (one.tp_comm_overlap, one.overlap_param_gather, one.p2p_overlapped) == (False, False, False)

@@ -11,7 +11,7 @@ from llmsim.costmodel import CostModelError, Options, Plan, estimate, memory_bre
 from llmsim.costmodel.cluster import Group, collective_time
 from llmsim.costmodel.compute import phase_times
 from llmsim.costmodel.efficiency import SUSTAINED_OVER_BURST_H200_NODE, wave_efficiency
-from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD, device_rates
 from tests.costmodel.helpers import (CATALOG, a100_cluster, gpt2, gpt3_175b, megatron_tp_comm_per_microbatch,
                                      profiled, tp8_case)
 
@@ -174,7 +174,7 @@ def test_wave_quantization() -> None:
 def test_fused_softmax_prices_attention_dropout_as_its_own_pass_and_flash_fuses_it() -> None:
     from llmsim.costmodel.compute import (DROPOUT_MASK_BYTES, DROPOUT_PASSES_BACKWARD, DROPOUT_PASSES_FORWARD,
                                           phase_times)
-    from llmsim.costmodel.compute import device_rates
+    from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD, device_rates
 
     plain_w, dropped_w = gpt2(layers=2, seq_len=512), gpt2(layers=2, seq_len=512, dropout=0.1)
     (plain, sharing), (dropped, _) = profiled(plain_w), profiled(dropped_w)
@@ -443,7 +443,10 @@ def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
     assert t.compute == pytest.approx(prefill.compute + 4 * token.compute, rel=1e-12)
     assert t.comm == pytest.approx(prefill.comm + 4 * token.comm, rel=1e-12)
     assert t.bubble == pytest.approx(prefill.bubble + 4 * token.bubble, rel=1e-12)
-    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 1     # the LM head's stage
+    # The last stage: the LM head's 2-row GEMM streams its half of the 38.6M-parameter embedding (a GEMV,
+    # efficiency.gemm_efficiency) once per micro-batch, which outweighs the first stage's embedding
+    # all-reduce (tp=2, latency-bound).
+    assert t.other == 0.0 and t.critical_stage == token.critical_stage == 1
     # two generated tokens: the prefill and one token step
     two = Workload(model=workload.model, mode="decode", batch=4, decode_tokens=2)
     t2 = step_times(two, *profiled(two), plan, cluster)
@@ -459,3 +462,51 @@ def test_decode_is_the_prefill_then_n_minus_1_token_steps() -> None:
     tp_ = step_times(pre, *profiled(pre), plan, cluster)
     assert tp_.ttft is None and tp_.tpot is None
     assert tp_ == price(forward_work(pre, profiled(pre)[0], plan, cluster), cluster.fabric)
+
+
+def test_decode_at_batch_1_streams_the_weights_at_memory_bandwidth() -> None:
+    """Issue 14, item 2: Llama-2-7B, one sequence, 128-token prompt, 128 generated tokens on one A100 80GB.
+    A token step reads the 13.21 GB of bf16 weights and the KV cache at its mean length (128 + 64 of 256
+    positions of 134 MB: 0.10 GB) at 2.039 TB/s x 1.80/2.04 (the catalog's HBM stream efficiency): 7.40 ms.
+    Its GEMMs have one row (about 0.05 ms of compute at the 16-row MMA padding), so they are memory-bound;
+    the 128-row tile model had priced them compute-bound at 13.91 ms. The norms, rotary and residual
+    traffic of the eager trace add the last 0.5%. On top of that read, each of the step's kernels (9 per
+    layer, the embedding lookup, the final norm and the LM head) takes the catalog's 12 us beyond its
+    roofline (Efficiency.kernel_latency_s; FasterTransformer and vLLM decode on A100-H200 imply 9-15 us):
+    3.49 ms, for 10.9 ms per token in all."""
+    workload = Workload(model=ModelSpec(preset="llama2-7b", seq_len=128), mode="decode", batch=1,
+                        decode_tokens=128)
+    cluster = a100_cluster(1, 1)
+    r = estimate(workload, *profiled(workload), Plan(), cluster)
+    weights = r.memory.params
+    kv = r.memory.kv_cache * (128 + 128 / 2) / (128 + 128)
+    stream = cluster.device.memory_bw_bytes_per_s * (1.80 / 2.04)
+    assert weights == pytest.approx(13.21e9, rel=1e-3) and kv == pytest.approx(0.10e9, rel=1e-2)
+    kernels = 32 * KERNELS_PER_LAYER_FORWARD + KERNELS_EMBED + KERNELS_HEAD
+    latency = cluster.device.efficiency.kernel_latency_s
+    assert latency == 12e-6
+    assert r.tpot_s == pytest.approx((weights + kv) / stream + kernels * latency, rel=0.01)
+    assert r.tpot_s - kernels * latency == pytest.approx(7.42e-3, rel=0.01)   # the issue's closed form
+
+
+def test_pipelined_decode_keeps_one_micro_batch_per_stage_in_flight() -> None:
+    """Issue 14, item 2 (pp > 1): Llama-2-7B decoding 64 sequences on 4 pipeline stages of one node. A
+    server keeps pp = 4 micro-batches of 16 sequences in flight (work.inference_plan); each token step
+    fills and drains the pipeline (FasterTransformer broadcasts the sampled tokens before the next step):
+    (m + p - 1) = 7 stage-times of one 16-sequence micro-batch, each reading the stage's quarter of the
+    weights. Weight-bound, that is 7/4 of one device reading them all, not the 67 stage-times the
+    training micro_batch of 1 sequence would take (64 micro-batches, each re-reading the weights)."""
+    workload = Workload(model=ModelSpec(preset="llama2-7b", seq_len=128), mode="decode", batch=64,
+                        decode_tokens=16)
+    profile, sharing = profiled(workload)
+    cluster = a100_cluster(1, 4)
+    piped = estimate(workload, profile, sharing, Plan(pp=4, micro_batch=1, microbatches=64), cluster)
+    whole = estimate(workload, profile, sharing, Plan(micro_batch=1, microbatches=64), a100_cluster(1, 1))
+    stream = cluster.device.memory_bw_bytes_per_s * (1.80 / 2.04)
+    # the busiest (last) stage reads its 8 layers and the LM head once per micro-batch, plus its share of
+    # the 16 sequences' KV cache; the token step is 7 of those (+ the messages between stages, ~0.1%)
+    kv_per_stage = whole.memory.kv_cache / 4 / 4 * (128 + 16 / 2) / (128 + 16)
+    kernels = 8 * KERNELS_PER_LAYER_FORWARD + KERNELS_HEAD      # Efficiency.kernel_latency_s each
+    stage = (piped.memory.params + kv_per_stage) / stream + kernels * cluster.device.efficiency.kernel_latency_s
+    assert piped.tpot_s == pytest.approx(7 * stage, rel=0.05)
+    assert 1.0 < piped.tpot_s / whole.tpot_s < 7 / 4  # the KV cache is read once either way

@@ -154,8 +154,15 @@ def test_a_stage_runs_its_layers_once_per_chunk_and_reduces_its_layers_and_edges
 
 def test_inference_runs_its_whole_share_of_the_batch_at_once_without_a_pipeline() -> None:
     assert inference_plan(Plan(micro_batch=2, microbatches=4)) == Plan(micro_batch=8, microbatches=1)
-    piped = Plan(pp=2, micro_batch=2, microbatches=4)
-    assert inference_plan(piped) == piped
+
+
+def test_inference_keeps_one_micro_batch_per_pipeline_stage_in_flight() -> None:
+    """FasterTransformer's getLocalBatchSize and vLLM's pp concurrent batches: batch/pp per micro-batch,
+    whatever the training micro_batch says; a batch pp does not divide runs whole."""
+    assert inference_plan(Plan(pp=2, micro_batch=2, microbatches=4)) == Plan(pp=2, micro_batch=4, microbatches=2)
+    assert inference_plan(Plan(pp=4, micro_batch=1, microbatches=64)) == Plan(pp=4, micro_batch=16,
+                                                                                microbatches=4)
+    assert inference_plan(Plan(pp=4, micro_batch=1, microbatches=6)) == Plan(pp=4, micro_batch=6, microbatches=1)
 
 
 def _cluster(nodes: int = 1, devices_per_node: int = 8) -> ClusterSpec:
@@ -194,17 +201,18 @@ def test_a_pipelined_forward_pass_prices_each_stage_and_its_messages(phase: str)
     plan = Plan(tp=2, pp=2, micro_batch=2, microbatches=4, schedule="interleaved", virtual_stages=2)
     steps = 4 if phase == "decode" else 1
     work = forward_work(workload, profile, plan, cluster, Options(), phase, steps)
-    flat = dataclasses.replace(plan, schedule="1f1b", virtual_stages=1)
+    # a server keeps pp micro-batches of batch/pp = 4 sequences in flight (work.inference_plan)
+    flat = dataclasses.replace(plan, schedule="1f1b", virtual_stages=1, micro_batch=4, microbatches=2)
     per_layer, embed, head = _stage_times(profile, workload, flat, cluster, phase, steps)
     assert per_layer > 0 and embed > 0 and head > 0
-    tokens = 2 * (1 if phase == "decode" else 128)
+    tokens = 4 * (1 if phase == "decode" else 128)
     activation = tokens * 768 * 2  # bf16
     tp, pp = Group(2, 2, 1), Group(2, 2, 1)
     first = StageWork(layers=2, fwd_layer_s=pytest.approx(per_layer, rel=1e-12), embed_fwd_s=embed,
                       tp_fwd=(Comm("all-reduce", activation, tp, 2),), tp_embed=(Comm("all-reduce", activation, tp),),
                       recv_gather=(Comm("all-gather", activation, tp),))
     last = dataclasses.replace(first, embed_fwd_s=0.0, head_fwd_s=head, tp_embed=())
-    assert work == StepWork(stages=(first, last), microbatches=4, schedule="gpipe", virtual_stages=1,
+    assert work == StepWork(stages=(first, last), microbatches=2, schedule="gpipe", virtual_stages=1,
                             forward_only=True, p2p=Comm("p2p", activation / 2, pp))
     assert work.v == 1
 
@@ -238,12 +246,13 @@ def test_a_context_parallel_prefill_divides_the_work_and_sends_s_over_cp_tokens(
     profile, _ = profiled(workload)
     cluster = a100_cluster()
     plan = Plan(tp=2, pp=2, cp=2, micro_batch=1, microbatches=4)
-    per_layer, embed, head = _stage_times(profile, workload, plan, cluster, "prefill")
+    in_flight = Plan(tp=2, pp=2, cp=2, micro_batch=2, microbatches=2)  # pp micro-batches (work.inference_plan)
+    per_layer, embed, head = _stage_times(profile, workload, in_flight, cluster, "prefill")
     work = forward_work(workload, profile, plan, cluster)
     assert work.stages[0].fwd_layer_s == pytest.approx(per_layer, rel=1e-12)
     assert work.stages[0].embed_fwd_s == pytest.approx(embed, rel=1e-12)
     assert work.stages[1].head_fwd_s == pytest.approx(head, rel=1e-12)
-    activation = 1 * (256 // 2) * H * 2
+    activation = 2 * (256 // 2) * H * 2
     assert work.stages[0].tp_fwd == (Comm("all-reduce", activation, Group(2, 2, 1), 2),)
     assert work.p2p.size == activation / 2
 
@@ -345,12 +354,13 @@ def test_a_four_stage_interleaved_step_by_hand() -> None:
     assert work == StepWork(stages=(stage(first, True, False), stage(middle, False, False),
                                     stage(middle, False, False), stage(last, False, True)),
                             microbatches=4, schedule="interleaved", virtual_stages=2, forward_only=False,
-                            p2p=Comm("p2p", activation / 2, pp), dp_op="all-reduce", dp_group=dp, zero=1,
-                            overlap_grad_reduce=True, syncs=(tied,), comm_shares_cores=False)
+                            p2p=Comm("p2p", activation / 2, pp), dp_op="reduce-scatter", dp_group=dp, zero=1,
+                            overlap_grad_reduce=True, overlap_p2p=True,  # Megatron-Core's default when interleaved
+                            syncs=(tied,), comm_shares_cores=False)
     assert work.stages[1] is work.stages[2]     # middle stages are alike: one StageWork for all
 
 
-@pytest.mark.parametrize("zero,dp_op", [(0, "all-reduce"), (1, "all-reduce"), (2, "reduce-scatter"),
+@pytest.mark.parametrize("zero,dp_op", [(0, "all-reduce"), (1, "reduce-scatter"), (2, "reduce-scatter"),
                                          (3, "reduce-scatter")])
 def test_a_single_stage_with_sequence_parallelism_by_hand(zero: int, dp_op: str) -> None:
     """pp = 1: the only stage holds the embedding and the head (half of the edge parameters counted for each),

@@ -140,6 +140,34 @@ def test_pipeline_with_sharded_data_parallel_stages_matches_the_single_process_l
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+UNEVEN = {
+    # 3 layers on 2 stages: the default split, 2 + 1
+    "default-3-on-2": (dict(layers=3), dict(pp=2, schedule="1f1b"), (2, 1)),
+    # an embedding-only first stage (Megatron-LM's layout 'E|ttt L'), GPipe
+    "embedding-alone": (dict(layers=3), dict(pp=2, schedule="gpipe", stage_layers=[0, 3]), (0, 3)),
+    # Megatron-LM's last-stage count with the loss on a 1-layer stage
+    "last-stage-1": (dict(layers=4), dict(pp=2, schedule="1f1b", last_stage_layers=1), (3, 1)),
+    # interleaved: rank 0 runs chunks of 1 layer, rank 1 chunks of 2 (layers [0] [1, 2] [3] [4, 5])
+    "interleaved-2-4": (dict(layers=6), dict(pp=2, schedule="interleaved", virtual_stages=2, stage_layers=[2, 4]),
+                        (2, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(UNEVEN))
+def test_uneven_pipeline_stages_run_for_real_and_match_the_single_process_loss(name: str) -> None:
+    """Issue 14 item 9: stages of unequal layer counts (layers % pp != 0 included) through
+    torch.distributed.pipelining; one step's loss (and the next, after the update) equals the single process's."""
+    model, strategy, split = UNEVEN[name]
+    case = _case(model, **strategy)
+    assert case.layout.stage_layers == split
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    _check_row(case, r)
+    assert r.stage_layers == ",".join(map(str, split))
+    assert f"layers per stage {r.stage_layers}" in json.loads(r.extra["torch_parallelism"])["pipeline"]
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
 def test_tensor_parallel_decode_with_local_kv_caches() -> None:
     """Decode (a prefill, then tokens one at a time) with each rank's KV cache holding its own KV heads."""
     case = _case(dict(kv_heads=2), mode="decode", tp=2)

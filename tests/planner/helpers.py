@@ -10,7 +10,7 @@ from llmsim.costmodel import Options, estimate
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.planner.config import PlanFile, parse_plan
 from llmsim.planner.search import Hardware, goal_metrics, judge, resolve_hardware, sharing_choice, workload_profile
-from llmsim.planner.space import Axes, Config, axes_of, is_candidate
+from llmsim.planner.space import Axes, Config, axes_of, is_candidate, split_candidates
 
 BASE = load_catalog()
 
@@ -38,14 +38,17 @@ def small_plan(**over: Any) -> PlanFile:
 
 
 def full_product(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Config]:
-    """Every point of the axes' product, valid or not (for brute-force checks of the pruning)."""
+    """Every point of the axes' product, valid or not (for brute-force checks of the pruning); the layer
+    splits of each pipeline depth are the default and the searched Megatron-LM first/last counts."""
     w = plan.workload
     for tp, pp, cp, dp, zero, sp, recompute, schedule, v in itertools.product(
             axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute, axes.schedule,
             (1,) + axes.virtual_stages):
-        for mb in axes.micro_batch or [d for d in range(1, w.batch + 1) if w.batch % d == 0]:
-            m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0
-            yield Config(hardware, dp * tp * pp * cp, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v)
+        for split in [(), *split_candidates(w.model.layers, pp)]:
+            for mb in axes.micro_batch or [d for d in range(1, w.batch + 1) if w.batch % d == 0]:
+                m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0
+                yield Config(hardware, dp * tp * pp * cp, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v,
+                             split)
 
 
 def brute_force(plan: PlanFile, catalog: Catalog) -> dict[Config, tuple[bool, Any]]:

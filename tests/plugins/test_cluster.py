@@ -52,6 +52,8 @@ SAME = 1e-9  # relative: the same work priced once, summed by one and played by 
 @pytest.mark.parametrize(("strategy", "devices"), [
     ({"name": "single", "dp": 1}, 1),
     ({"name": "tp2-sp", "tp": 2, "sp": True, "overlap_grad_reduce": False}, 8),
+    ({"name": "tp4-sp-overlap", "tp": 4, "sp": True, "tp_comm_overlap": True, "overlap_grad_reduce": False,
+      "recompute": "full"}, 8),
     ({"name": "tp4", "tp": 4, "dp": 1, "recompute": "full"}, 4),
     ({"name": "dp", "micro_batch": 2, "overlap_grad_reduce": False}, 8),
     ({"name": "zero1", "zero": 1, "overlap_grad_reduce": False}, 8),
@@ -69,7 +71,8 @@ def test_roofline_and_cluster_split_the_step_alike_where_nothing_contends(strate
 
 @pytest.mark.parametrize("strategy", [
     {"name": "tp2-pp2", "tp": 2, "pp": 2, "dp": 1, "recompute": "full"},
-    {"name": "pp4-interleaved", "pp": 4, "dp": 1, "schedule": "interleaved", "virtual_stages": 3},
+    {"name": "pp4-interleaved", "pp": 4, "dp": 1, "schedule": "interleaved", "virtual_stages": 3,
+     "overlap_p2p": False},
 ])
 def test_with_a_pipeline_both_blame_the_same_stage_and_the_bubble_for_the_rest(strategy: dict[str, Any]) -> None:
     """The critical stage is the busiest one for both (here the last: it holds the LM head) and its compute

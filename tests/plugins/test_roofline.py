@@ -157,3 +157,22 @@ def test_memory_exactly_equal_to_the_capacity_runs_and_one_byte_over_does_not_fi
     assert rows[0].status == "ok" and rows[0].step_time_s > 0, rows[0].error
     assert rows[1].status == "ok"
     assert rows[-1].status == "does-not-fit" and rows[-1].step_time_s is None
+
+
+def test_the_activation_column_of_issue_14s_scenario_is_the_derived_inventory() -> None:
+    """gpt3-175b, 2 layers, dropout 0.1, batch 1, micro_batch 1, roofline on one h200 with fused-softmax:
+    per layer 34 sbh + 5 a s^2 b without recomputation, 34 sbh with selective (+ 16 s b of LayerNorm
+    statistics each, which the closed forms leave out), plus the edges (costmodel.activations)."""
+    from llmsim.costmodel import Plan
+    from llmsim.costmodel.memory import edge_activation_bytes
+
+    workload = {"model": {"preset": "gpt3-175b", "layers": 2, "dropout": 0.1}, "mode": "train", "batch": 1}
+    strategies = [{"name": "none", "micro_batch": 1}, {"name": "selective", "micro_batch": 1, "recompute": "selective"}]
+    rows = [_run(p) for p in _planned(workload, strategies, hardware="h200", devices_per_node=1,
+                                      attention="fused-softmax")]
+    s, h, a, stats = 2048, 12288, 96, 16 * 2048
+    case = _planned(workload, strategies[:1], hardware="h200", devices_per_node=1)[0].case
+    edges = sum(edge_activation_bytes(case.workload, case.sharing, Plan()))
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
+    assert rows[0].extra["mem_activations_bytes"] == 2 * (34 * s * h + 5 * a * s * s + stats) + edges
+    assert rows[1].extra["mem_activations_bytes"] == 2 * (34 * s * h + stats) + edges

@@ -63,3 +63,14 @@ def test_the_model_stays_within_the_validation_target_on_table_1(vn, capsys) -> 
     assert vn.main(["--table", str(SHARED_TABLE)]) == 0
     median = float(capsys.readouterr().out.split("median |error| ")[1].split("%")[0])
     assert median <= 10.0
+
+
+@pytest.mark.skipif(not SHARED_TABLE.exists(), reason=f"{SHARED_TABLE} is not in this checkout")
+def test_every_published_configuration_fits_in_its_gpus_memory(vn) -> None:
+    """The runs of Table 1 happened: none of them may be a does-not-fit row (full recomputation, no sp)."""
+    from llmsim.costmodel import memory_breakdown
+
+    for row in vn.read_table(SHARED_TABLE):
+        workload, profile, sharing, plan, cluster = vn.build(row)
+        memory = memory_breakdown(workload, profile, sharing, plan, vn.MEGATRON_2021)
+        assert memory.fits(cluster.device.memory_bytes), (row.model, memory.describe(cluster.device.memory_bytes))

@@ -233,3 +233,20 @@ def test_one_generated_token_has_no_decode_steps_and_two_have_one() -> None:
     assert two.flops(phase="decode", kind="attention") == 2 * 4 * 768 * (64 + 1) * 2
     assert two.flops(phase="decode", kind="matmul") == 2 * 2 * (12 * 768**2 * 2 + 50257 * 768)
     assert two.tokens_per_step == 2 * 2 and one.tokens_per_step == 2
+
+
+def test_a_weight_broadcast_over_the_batch_is_counted_once() -> None:
+    """The prefill's LM head runs on the last position of each sequence, a strided (b, 1, h) slice whose
+    matmul may decompose into a bmm against the weight expanded over the batch: a stride-0 view of the
+    same memory, read once (it had been counted b times: 64 x 77 MB for a GPT-2 prefill of 64)."""
+    from llmsim.config import ModelSpec, SharingChoice, Workload
+    from llmsim.workload.profile import profile_workload
+
+    def head_bytes(batch: int) -> float:
+        workload = Workload(model=ModelSpec(preset="gpt2-small", layers=2, seq_len=64), mode="prefill", batch=batch)
+        return profile_workload(workload, SharingChoice(tie_embeddings=False)).ops[("prefill", "head", "matmul")].bytes
+
+    weight = 768 * 50257 * 2
+    one, four = head_bytes(1), head_bytes(4)
+    assert one == pytest.approx(weight, rel=2e-3)
+    assert four - one == pytest.approx(3 * (768 + 50257) * 2, rel=1e-9)  # 3 more rows in, 3 more rows of logits out

@@ -1,0 +1,272 @@
+"""Activation memory: the tensors one Transformer layer keeps for its backward pass, derived from its shape.
+
+Each op of the layer keeps what its backward reads (PyTorch `tools/autograd/derivatives.yaml`; Megatron-LM's
+custom autograd functions). The inventory below lists them for llmsim's pre-norm block (workload/model.py)
+as a 16-bit training stack runs it on an accelerator; per token of a micro-batch, before parallelism, with
+e = bytes of the workload dtype (2 for bfloat16/float16), h = hidden, a = heads, g = kv_heads, d = head_dim,
+f = ffn_hidden, s = seq_len, r = LoRA rank:
+
+    op                      keeps                                          elements        bytes  split
+    norm1                   its input (the layer input)                    h               e      sequence
+                            mean and rstd (LayerNorm) / rstd (RMSNorm)     2 / 1           4      sequence
+    QKV linear              its input (norm1's output)                     h               e      sequence
+    q/k norm (qk_norm)      pre-norm q, k and their rstd                   (a+g)d, a+g     e, 4   tensor / kv
+    core attention          the attention kernel's set (below)
+    out linear              its input (the attention output O)             a d             e      tensor
+    hidden dropout          1-byte mask                                    h               1      sequence
+    norm2                   its input, statistics                          h; 2 / 1        e; 4   sequence
+    fc linear               its input (norm2's output)                     h               e      sequence
+    gelu / swiglu, geglu    its input (the fc output)                      f / 2f          e      tensor
+    proj linear             its input (the activation output)              f               e      tensor
+    hidden dropout          1-byte mask                                    h               1      sequence
+
+The attention kernel (Options.attention):
+* flash (FlashAttention-2, Dao 2023; PyTorch `_scaled_dot_product_flash_attention`, cuDNN): Q (a d), K and V
+  (g d each: grouped-query attention natively), the output O (the out linear's input, the same tensor) and
+  the fp32 logsumexp of each query row (a per token); attention dropout regenerates its mask from the
+  Philox RNG state (two 8-byte integers per layer). No s x s tensor.
+* fused-softmax (Megatron-LM's unfused core attention, megatron/core/transformer/dot_product_attention.py:
+  baddbmm, FusedScaleMaskSoftmax, attention dropout, bmm): Q and K for Q K^T, the softmax output (a s per
+  token, e bytes), with dropout its 1-byte mask and the dropped probabilities (a s, e), and V for the second
+  bmm. Grouped-query K and V are expanded to a heads first (`repeat_interleave`), so the bmms keep a d each.
+* math (PyTorch's eager `_scaled_dot_product_attention_math`, aten/src/ATen/native/transformers/attention.cpp):
+  16-bit q, k, v are upcast to fp32 (unless `allowFP16BF16ReductionMathSDP`), q and the (expanded) k are
+  scaled by sqrt(scale) into new tensors, so it keeps fp32 q, k, v (a d each), the fp32 softmax output
+  (a s), and with dropout the mask (at::dropout on CUDA is `native_dropout`, a bool mask:
+  aten/src/ATen/native/Dropout.cpp `is_fused_kernel_acceptable`) and the fp32 dropped probabilities.
+
+Recomputation (Plan.recompute): `selective` checkpoints the core attention (Megatron-LM
+`recompute_granularity=selective`): its inputs Q, K, V are kept, everything else it saved is recomputed
+during the backward; `full` keeps only each layer's input and rebuilds the layer's whole set during its
+backward.
+
+Splits over tensor parallelism t (Shoeybi et al. 2019, Megatron-LM): `tensor` tensors lie inside the
+column/row-parallel region and divide by t; `kv` tensors divide by min(t, g) (a rank keeps a whole KV head
+once t > g); `sequence` tensors (the residual stream, the norms, the hidden-dropout masks, the inputs of the
+column-parallel QKV and fc linears) are whole on every rank, and divide by t with sequence parallelism
+(Megatron's `LinearWithGradAccumulationAndAsyncCommunication` keeps its sequence-parallel shard of the input
+and all-gathers it again in the backward, megatron/core/tensor_parallel/layers.py); `whole` tensors never
+divide. Context parallelism divides every token's share by cp.
+
+For a GPT layer (LayerNorm, GELU MLP with f = 4h, a d = h, dropout) in 16-bit this gives, per micro-batch of
+b sequences and before parallelism: fused-softmax 34 s b h + 5 a s^2 b bytes (2 s b h + 3 a s^2 b of them
+dropout's), selective 34 s b h, flash 34 s b h + 4 a s b, plus 16 s b bytes of LayerNorm statistics in each;
+with t and without sequence parallelism the 10 s b h of the `sequence` tensors stay whole (tests/costmodel/
+test_activations.py checks every combination against these closed forms).
+
+Not modeled: storage aliasing (eager PyTorch keeping a whole fused QKV output alive through a view of V),
+RoPE's cos/sin tables (constants, not per layer), and the memory a framework frees and reuses during the
+backward; the traced module (WorkloadProfile.activation_bytes_per_layer) is the cross-check of the math
+kernel's inventory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from llmsim.config import lora_adapters
+
+if TYPE_CHECKING:
+    from llmsim.config import LoraSpec, ModelSpec
+    from llmsim.costmodel.plan import AttentionKernel, Plan
+
+Split = Literal["sequence", "tensor", "kv", "whole"]
+Per = Literal["token", "position", "layer"]
+Recompute = Literal["none", "selective", "full"]
+
+# Normalization statistics, flash attention's logsumexp and the loss's log-probabilities are fp32 whatever the
+# workload dtype (aten native_layer_norm / _fused_rms_norm return them in the accumulate type; FlashAttention-2's
+# softmax_lse is float; Megatron's vocab_parallel_cross_entropy and llmsim's step upcast the logits).
+FP32_BYTES = 4
+# A dropout mask is one bool per element (aten native_dropout's second output; Megatron-LM's fused
+# bias-dropout-add keeps the same mask).
+MASK_BYTES = 1
+# A linear's FP8 input copy under Transformer Engine (E4M3, Micikevicius et al. 2022; costmodel.precision).
+FP8_INPUT_BYTES = 1
+# Token, position and target ids are int64 (torch.long), kept by the embedding and the loss for their backward.
+INDEX_BYTES = 8
+# Flash attention with dropout keeps the Philox seed and offset instead of a mask: two 8-byte integers
+# (PyTorch _scaled_dot_product_flash_attention's philox_seed and philox_offset; FlashAttention-2's rng_state).
+RNG_STATE_BYTES = 2 * 8
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """One tensor kept for the backward pass: `elements` per token (or per position of the sequence, or per
+    layer), `bytes_per_element` each, and how tensor parallelism splits it (`split`, module docstring)."""
+
+    name: str
+    elements: float
+    bytes_per_element: int
+    split: Split
+    per: Per = "token"
+
+    def bytes(self, spec: "ModelSpec", plan: "Plan") -> float:
+        """Bytes of this tensor on one device for one micro-batch of `plan.micro_batch` sequences."""
+        if self.per == "layer":
+            return float(self.elements * self.bytes_per_element)
+        count = spec.seq_len * (plan.micro_batch if self.per == "token" else 1) / plan.cp
+        divisor = {"sequence": plan.tp if plan.sp else 1, "tensor": plan.tp,
+                   "kv": min(plan.tp, spec.kv_heads or spec.heads), "whole": 1}[self.split]
+        return count * self.elements * self.bytes_per_element / divisor
+
+
+@dataclass(frozen=True)
+class Save:
+    """`op` keeps `tensor` for its backward; `in_core`: the op is part of the core attention (what selective
+    recomputation checkpoints)."""
+
+    op: str
+    tensor: SavedTensor
+    in_core: bool = False
+
+
+def _norm_stats(spec: "ModelSpec", name: str) -> SavedTensor:
+    """LayerNorm keeps mean and rstd per token, RMSNorm rstd only (derivatives.yaml: native_layer_norm's
+    result1, result2; _fused_rms_norm's result1)."""
+    return SavedTensor(f"{name}.stats", 2 if spec.norm == "layernorm" else 1, FP32_BYTES, "sequence")
+
+
+def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Save]:
+    """What the core attention (softmax(q k^T / sqrt(d)) v, with attention dropout) keeps, by kernel."""
+    a, g, d, s = spec.heads, spec.kv_heads or spec.heads, spec.head_width, spec.seq_len
+    dropout = spec.dropout > 0
+    q, k, v = (SavedTensor("q", a * d, e, "tensor"), SavedTensor("k", g * d, e, "kv"),
+               SavedTensor("v", g * d, e, "kv"))
+    if kernel == "flash":
+        op = "flash attention"
+        saves = [q, k, v, SavedTensor("attn.output", a * d, e, "tensor"),
+                 SavedTensor("attn.logsumexp", a, FP32_BYTES, "tensor")]
+        if dropout:
+            saves.append(SavedTensor("attn.rng_state", RNG_STATE_BYTES, 1, "whole", per="layer"))
+        return [Save(op, t, in_core=True) for t in saves]
+    if kernel == "fused-softmax":
+        op = "fused-softmax attention"
+        k_used = k if g == a else SavedTensor("k.expanded", a * d, e, "tensor")
+        v_used = v if g == a else SavedTensor("v.expanded", a * d, e, "tensor")
+        saves = [q, k_used, SavedTensor("attn.probs", a * s, e, "tensor")]
+        if dropout:
+            saves += [SavedTensor("attn.dropout_mask", a * s, MASK_BYTES, "tensor"),
+                      SavedTensor("attn.dropped_probs", a * s, e, "tensor")]
+        return [Save(op, t, in_core=True) for t in [*saves, v_used]]
+    op = "math attention"
+    up = max(e, FP32_BYTES)  # the math path's fp32 upcast of 16-bit q, k, v
+    saves = [SavedTensor("attn.q_scaled", a * d, up, "tensor"), SavedTensor("attn.k_scaled", a * d, up, "tensor"),
+             v if (up == e and g == a) else SavedTensor("attn.v_math", a * d, up, "tensor"),
+             SavedTensor("attn.probs", a * s, up, "tensor")]
+    if dropout:
+        saves += [SavedTensor("attn.dropout_mask", a * s, MASK_BYTES, "tensor"),
+                  SavedTensor("attn.dropped_probs", a * s, up, "tensor")]
+    return [Save(op, t, in_core=True) for t in saves]
+
+
+def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
+                lora: "LoraSpec | None" = None, fp8_inputs: bool = False) -> list[Save]:
+    """Every (op, tensor) pair of one training layer without recomputation, in forward order.
+
+    With LoRA (a frozen base, Hu et al. 2021) a base linear keeps nothing (its weight takes no gradient and
+    its input gradient needs only the weight); an adapted projection's A keeps the linear's input and its
+    B keeps A's output (r per token, whole on every tensor-parallel rank: A is replicated on column-parallel
+    projections and all-reduced on row-parallel ones). Norms, the activation, the attention kernel and the
+    dropout masks keep theirs either way: the input gradient still flows through them.
+    """
+    e, h = dtype_bytes, spec.hidden
+    a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
+    f = spec.ffn_hidden or 4 * h
+    gated = spec.activation in ("swiglu", "geglu")
+    dropout = spec.dropout > 0
+    adapted = {adapter.name for adapter in lora_adapters(spec, lora.targets)} if lora is not None else set()
+
+    def linear(op: str, tensor: SavedTensor, projections: tuple[str, ...]) -> list[Save]:
+        if lora is None and fp8_inputs:
+            return [Save(op, SavedTensor(tensor.name + ".fp8", tensor.elements, FP8_INPUT_BYTES, tensor.split))]
+        if lora is None:
+            return [Save(op, tensor)]
+        ours = [p for p in projections if p in adapted]
+        return ([Save(f"lora {p} A", tensor) for p in ours]
+                + [Save(f"lora {p} B", SavedTensor(f"lora.{p}.a_output", lora.rank, e, "whole")) for p in ours])
+
+    saves = [Save("norm1", SavedTensor("layer.input", h, e, "sequence")), Save("norm1", _norm_stats(spec, "norm1"))]
+    saves += linear("qkv linear", SavedTensor("norm1.output", h, e, "sequence"), ("q", "k", "v"))
+    if spec.qk_norm:
+        saves += [Save("q norm", SavedTensor("q.pre_norm", a * d, e, "tensor")),
+                  Save("q norm", SavedTensor("q_norm.stats", a, FP32_BYTES, "tensor")),
+                  Save("k norm", SavedTensor("k.pre_norm", g * d, e, "kv")),
+                  Save("k norm", SavedTensor("k_norm.stats", g, FP32_BYTES, "kv"))]
+    saves += _core_saves(spec, kernel, e)
+    saves += linear("out linear", SavedTensor("attn.output", a * d, e, "tensor"), ("o",))
+    if dropout:
+        saves.append(Save("attention-out dropout", SavedTensor("attn_out.dropout_mask", h, MASK_BYTES, "sequence")))
+    saves += [Save("norm2", SavedTensor("norm2.input", h, e, "sequence")), Save("norm2", _norm_stats(spec, "norm2"))]
+    saves += linear("fc linear", SavedTensor("norm2.output", h, e, "sequence"), ("gate", "up"))
+    # GELU keeps its input; a gated unit keeps gate and up (the fc output) and recomputes act(gate) in its
+    # backward (Megatron-LM megatron/core/fusions/fused_bias_swiglu.py SwiGLUFunction saves its input only).
+    saves.append(Save("activation", SavedTensor("fc.output", (2 if gated else 1) * f, e, "tensor")))
+    saves += linear("proj linear", SavedTensor("activation.output", f, e, "tensor"), ("down",))
+    if dropout:
+        saves.append(Save("mlp-out dropout", SavedTensor("mlp_out.dropout_mask", h, MASK_BYTES, "sequence")))
+    return saves
+
+
+def _unique(saves: list[Save]) -> tuple[SavedTensor, ...]:
+    """The distinct tensors (one storage however many ops keep it), in first-use order."""
+    seen: dict[str, SavedTensor] = {}
+    for save in saves:
+        seen.setdefault(save.tensor.name, save.tensor)
+    return tuple(seen.values())
+
+
+def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,
+                    lora: "LoraSpec | None" = None, fp8_inputs: bool = False) -> tuple[SavedTensor, ...]:
+    """The tensors one layer holds between its forward and its backward under `recompute`.
+
+    none: every saved tensor. selective: the core attention's own saves are dropped and its checkpointed
+    inputs Q, K, V kept (Megatron-LM `CheckpointFunction` over the core attention). full: the layer input
+    only (each layer checkpointed whole, Megatron-LM `recompute_granularity=full`).
+    """
+    saves = layer_saves(spec, kernel, dtype_bytes, lora, fp8_inputs)
+    if recompute == "full":
+        return (saves[0].tensor,)
+    if recompute == "selective":
+        a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
+        checkpoint = [SavedTensor("q", a * d, dtype_bytes, "tensor"), SavedTensor("k", g * d, dtype_bytes, "kv"),
+                      SavedTensor("v", g * d, dtype_bytes, "kv")]
+        core_at = next(i for i, s in enumerate(saves) if s.in_core)
+        saves = ([s for s in saves[:core_at] if not s.in_core] + [Save("attention checkpoint", t) for t in checkpoint]
+                 + [s for s in saves[core_at:] if not s.in_core])
+    return _unique(saves)
+
+
+def edge_inventory(spec: "ModelSpec", dtype_bytes: int, side: Literal["input", "output"],
+                   trainable: bool = True) -> tuple[SavedTensor, ...]:
+    """What the model keeps outside its layers, per micro-batch: the first pipeline stage's embeddings
+    (`input`) or the last stage's final norm, LM head and loss (`output`).
+
+    input: the ids each trainable embedding's backward scatters into (token ids, the learned position ids
+    0..s-1 once per micro-batch, token-type ids); a frozen embedding (LoRA) keeps nothing.
+    output: the final norm's input and statistics, the LM head's input (unless frozen), the fp32
+    log-probabilities of the loss (vocabulary-parallel over tp: Megatron-LM vocab_parallel_cross_entropy
+    keeps its fp32 softmax, llmsim's step the fp32 log_softmax) and the int64 targets.
+    """
+    e, h = dtype_bytes, spec.hidden
+    if side == "input":
+        if not trainable:
+            return ()
+        items = [SavedTensor("embed.token_ids", 1, INDEX_BYTES, "whole")]
+        if spec.positions == "learned":
+            items.append(SavedTensor("embed.position_ids", 1, INDEX_BYTES, "whole", per="position"))
+        if spec.type_vocab:
+            items.append(SavedTensor("embed.type_ids", 1, INDEX_BYTES, "whole"))
+        return tuple(items)
+    items = [SavedTensor("final_norm.input", h, e, "sequence"), _norm_stats(spec, "final_norm")]
+    if trainable:
+        items.append(SavedTensor("head.input", h, e, "sequence"))
+    items += [SavedTensor("loss.log_probs", spec.vocab, FP32_BYTES, "tensor"),
+              SavedTensor("loss.targets", 1, INDEX_BYTES, "whole")]
+    return tuple(items)
+
+
+def inventory_bytes(items: tuple[SavedTensor, ...], spec: "ModelSpec", plan: "Plan") -> float:
+    """Bytes of `items` on one device for one micro-batch (plan.micro_batch, tp, sp, cp)."""
+    return sum(t.bytes(spec, plan) for t in items)

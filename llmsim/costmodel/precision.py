@@ -1,0 +1,137 @@
+"""FP8 training and inference (`dtype: float8`): what a recipe costs beyond its GEMMs at the FP8 peak.
+
+A float8 workload is bf16 mixed precision whose transformer-layer GEMMs (QKV, attention out, MLP up and
+down) take FP8 operands: Transformer Engine's `fp8_autocast` over its Linear modules, torchao's Float8Linear.
+Attention, norms, elementwise ops, the embedding and the LM head stay in bf16 (TE: FP8 attention is opt-in,
+NVTE_FP8_DPA; torchtitan's float8 converter skips the output layer), as do the kept tensors
+(plan.DTYPE_BYTES), the fp32 master weights and Adam state of mixed precision, and the gradients.
+
+What the recipe adds, per GEMM operand (Micikevicius et al. 2022, "FP8 Formats for Deep Learning",
+arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; Transformer Engine docs,
+"Using FP8 with Transformer Engine" and `transformer_engine/common/recipe`):
+
+* a cast of each GEMM input (forward: the layer input X; backward: the output gradient dY) from bf16 to FP8:
+  one pass that reads 2 bytes and writes 1 byte per copy. Training writes two copies, row-wise for the
+  GEMM of its own pass and column-wise (transposed) for the weight-gradient GEMM: TE's `cast_transpose`
+  on Hopper, whose FP8 GEMMs take only the TN layout, and MXFP8's separate row and column scales
+  everywhere (TE docs, "MXFP8": "both rowwise and columnwise quantized copies"). Inference writes one.
+* `delayed`: the scale comes from an amax history (TE DelayedScaling, amax_history_len): the amax is
+  reduced inside the cast kernel, no extra pass.
+* `current`: the scale comes from the tensor itself (TE Float8CurrentScaling; torchao "tensorwise"): the
+  amax is a reduction over the tensor before the cast can start, one more read of it.
+* `mxfp8`: one E8M0 scale byte per block of 32 elements (OCP Microscaling Formats v1.0, Sec. 5.3, block
+  size 32) per copy, computed inside the cast.
+* the weights are cast once per optimizer step (TE caches the FP8 weights over the micro-batches of a step,
+  `is_first_microbatch`), and training keeps those FP8 copies (1 byte per weight per copy) beside the bf16
+  weights.
+* `saved_activations: bfloat16` (torchao) keeps the bf16 input and casts it again in the backward;
+  `float8` (TE) keeps the FP8 copy (costmodel.activations sizes the saved linear inputs at 1 byte).
+* `param_all_gather` (torchao float8 FSDP2): ZeRO-3 all-gathers the GEMM weights in FP8, 1 byte each.
+
+Inference keeps the weights in FP8 (vLLM/TensorRT-LLM FP8 checkpoints): the GEMMs read 1 byte per weight.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llmsim.costmodel.gemms import linear_shapes
+from llmsim.costmodel.plan import DTYPE_BYTES
+
+if TYPE_CHECKING:
+    from llmsim.config import Workload
+    from llmsim.costmodel.plan import Plan
+
+FP8_BYTES = 1                 # E4M3 / E5M2 (Micikevicius et al. 2022)
+HIGH_BYTES = 2                # the bf16 the casts read
+MX_BLOCK = 32                 # elements per shared scale (OCP MX v1.0, Sec. 5.3)
+MX_SCALE_BYTES = 1            # E8M0 scale
+TRAINING_COPIES = 2           # row-wise + column-wise FP8 copy of each operand (see module docstring)
+INFERENCE_COPIES = 1
+
+
+def is_fp8(workload: "Workload") -> bool:
+    return workload.dtype == "float8"
+
+
+def copies(workload: "Workload") -> int:
+    return TRAINING_COPIES if workload.mode == "train" else INFERENCE_COPIES
+
+
+def cast_bytes_per_element(workload: "Workload") -> float:
+    """Bytes one cast of one bf16 element to FP8 moves: read 2, write 1 per copy (+ an MX scale byte per 32
+    elements per copy), + one more read of the input for `current` scaling's amax pass."""
+    assert workload.fp8 is not None
+    n = copies(workload)
+    out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
+    amax = HIGH_BYTES if workload.fp8.recipe == "current" else 0.0
+    return HIGH_BYTES + out + amax
+
+
+def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int) -> float:
+    """Bytes the casts of one layer's GEMM inputs move for `tokens` rows on one tensor-parallel rank.
+
+    forward / prefill / decode: each GEMM's input X (tokens x in). backward: each output gradient dY
+    (tokens x out), plus X again when the forward kept it in bf16 (`saved_activations: bfloat16`).
+    """
+    if not is_fp8(workload):
+        return 0.0
+    assert workload.fp8 is not None
+    shapes = linear_shapes(workload, plan)
+    if phase == "backward":
+        elements = sum(n for _, n in shapes)
+        if workload.fp8.saved_activations == "bfloat16":
+            elements += sum(k for k, _ in shapes)
+    else:
+        elements = sum(k for k, _ in shapes)
+    return tokens * elements * cast_bytes_per_element(workload)
+
+
+def weight_cast_bytes(workload: "Workload", plan: "Plan") -> float:
+    """Bytes casting one layer's GEMM weights to FP8 moves on one tensor-parallel rank (training: once per
+    optimizer step; inference: never, the weights are stored in FP8)."""
+    if not is_fp8(workload) or workload.mode != "train":
+        return 0.0
+    return sum(k * n for k, n in linear_shapes(workload, plan)) * cast_bytes_per_element(workload)
+
+
+def layer_gemm_params(workload: "Workload", plan: "Plan") -> float:
+    """GEMM weights of one layer on one tensor-parallel rank (QKV, attention out, MLP up, MLP down)."""
+    return float(sum(k * n for k, n in linear_shapes(workload, plan)))
+
+
+def layer_weight_elem(workload: "Workload") -> float:
+    """Bytes per weight a layer GEMM reads: the FP8 copy (1) for float8, else the workload dtype's."""
+    return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
+
+
+def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float) -> float:
+    """Memory of the FP8 weight copies training keeps beside the bf16 weights (`copies` bytes per GEMM
+    weight); inference stores the weights in FP8 instead: 1 - 2 = -1 byte per GEMM weight."""
+    if not is_fp8(workload):
+        return 0.0
+    if workload.mode == "train":
+        return layer_gemm_params * copies(workload) * FP8_BYTES
+    return -layer_gemm_params * (HIGH_BYTES - FP8_BYTES)
+
+
+def saves_fp8_inputs(workload: "Workload") -> bool:
+    """Whether a training layer keeps its GEMM inputs in FP8 (Transformer Engine) rather than bf16."""
+    return is_fp8(workload) and workload.fp8 is not None and workload.fp8.saved_activations == "float8"
+
+
+def gathered_layer_bytes(workload: "Workload", plan: "Plan", layer_params: float, elem: int) -> float:
+    """Bytes of one layer's parameters a ZeRO-3 all-gather moves: `elem` each, except the GEMM weights at 1
+    byte when the framework gathers them in FP8 (`param_all_gather`). `layer_params` is this rank's share."""
+    fp8 = param_gather_elem(workload)
+    if fp8 is None:
+        return layer_params * elem
+    gemm = min(layer_gemm_params(workload, plan), layer_params)
+    return gemm * fp8 + (layer_params - gemm) * elem
+
+
+def param_gather_elem(workload: "Workload") -> float | None:
+    """Bytes per GEMM weight a ZeRO-3 all-gather moves when the framework gathers them in FP8, else None."""
+    if is_fp8(workload) and workload.fp8 is not None and workload.fp8.param_all_gather:
+        return FP8_BYTES
+    return None

@@ -1,0 +1,451 @@
+#!/usr/bin/env python
+"""Every dev table against the roofline: per-row predicted vs published time and the median |error| per table.
+
+Usage (from the repository root):
+    python scripts/validate.py                      # every table
+    python scripts/validate.py --table torchtitan   # one table (repeat --table for more)
+    python scripts/validate.py --table vllm --path FILE   # one table read from another CSV
+
+Tables (validation/README.md lists their sources and assumptions; docs/validation.md the results):
+  training   narayanan     Megatron-LM on DGX A100, Narayanan et al. 2021 Table 1 (../shared/validation)
+             torchtitan    torchtitan's published Llama 3.1 8B/70B runs on H100 (validation/)
+             maxtext       MaxText's published TFLOP/s per chip on TPU v4, v5e, v5p (validation/)
+             fp8-for-later FP8 rows of the same sources, kept for when the model has FP8 (all skipped)
+  inference  fastertransformer  FasterTransformer GPT latencies on DGX A100 (../shared/validation)
+             vllm          vLLM's CI latency tests (batch 8, 32 in / 128 out) on A100, H100, H200
+
+Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published;
+nothing is fitted, per table or at all. The published measure of each row is turned into seconds per step
+(training) or per batch (inference) by the rule of its `metric` column (PUBLISHED_SECONDS), and the error is
+predicted / published - 1. A row the model cannot price as published (hardware or link missing from the
+catalog, FP8, mixture of experts, async tensor parallelism, ...) carries a `skip_reason` and is listed as
+skipped; it never enters a median. The two older tables keep their own scripts (validate_narayanan.py,
+validate_fastertransformer.py): their rows are read and priced by those scripts' functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import ValidationError
+
+from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estimate
+from llmsim.costmodel.cluster import plan_on
+from llmsim.costmodel.scaling import with_layers
+from llmsim.errors import LLMSimError, ScenarioError
+from llmsim.hardware import load_catalog
+from llmsim.workload.profile import profile_workload
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import validate_fastertransformer as ft  # noqa: E402  (the older dev tables' scripts, beside this one)
+import validate_narayanan as nara  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATION = ROOT / "validation"
+SHARED = ROOT.parent / "shared" / "validation"
+PROFILED_LAYERS = 2      # trace 2 layers and scale (exact without cross-layer sharing: costmodel.scaling)
+Kind = Literal["training", "inference"]
+
+
+# --------------------------------------------------------------------------- rows and their outcome
+
+@dataclass(frozen=True)
+class Case:
+    """One published row: what was measured, in seconds, and how to price it (None when skipped)."""
+
+    row_id: str
+    label: str
+    published_s: float
+    price: Callable[[object], StepBreakdown] | None
+    skip_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    result: StepBreakdown | None = None
+    failure: str | None = None          # the cost model refused the row (a one-line reason)
+
+    @property
+    def predicted_s(self) -> float | None:
+        return None if self.result is None else self.result.step_time_s
+
+    @property
+    def error(self) -> float | None:
+        """predicted / published - 1 (signed; + = the model is slower than the run)."""
+        return None if self.predicted_s is None else self.predicted_s / self.case.published_s - 1
+
+
+def median_abs_error(outcomes: list[Outcome]) -> float | None:
+    """Median of |error| over the priced rows (None when none is priced)."""
+    errors = [abs(o.error) for o in outcomes if o.error is not None]
+    return statistics.median(errors) if errors else None
+
+
+def mean_error(outcomes: list[Outcome]) -> float | None:
+    errors = [o.error for o in outcomes if o.error is not None]
+    return statistics.fmean(errors) if errors else None
+
+
+def run_case(case: Case, catalog) -> Outcome:
+    if case.price is None:
+        return Outcome(case)
+    try:
+        return Outcome(case, result=case.price(catalog))
+    except CostModelError as exc:            # the model cannot price this configuration: said, not hidden
+        return Outcome(case, failure=str(exc))
+
+
+# --------------------------------------------------------------------------- published measure -> seconds
+
+def maxtext_flops_per_device(r: dict[str, object], attention_share: float) -> float:
+    """FLOPs per device per step as MaxText counted them when it logged the published TFLOP/s/chip.
+
+    MaxText/train.py, calculate_training_tflops (PaLM, Chowdhery et al. 2022, Appendix B):
+        6 * N * seq * per_device_batch  +  attention_share * 12 * heads * layers * head_dim * seq^2 * per_device_batch
+    with attention_share 0 before 2023-06-02 (0e650131c added the attention term), 1 until 2023-11-08 and
+    1/2 after (64ee4e938, "due to causality"). N is the parameter count of MaxText's decoder of the time
+    (calculate_num_params_from_pytree): the tied vocab x emb embedding, per layer q, k, v, o (emb x heads x
+    head_dim each), the MLP's wi and wo (emb x mlp each: a single non-gated activation) and one RMSNorm scale
+    (parallel block), and the final RMSNorm. The T5 relative position biases of the 2023 versions (32 buckets
+    x heads per layer) are left out: below 1e-6 of N.
+    """
+    emb, layers, heads, head_dim = r["hidden"], r["layers"], r["heads"], r["head_dim"]
+    n_params = (r["vocab"] * emb + layers * (4 * emb * heads * head_dim + 2 * emb * r["ffn_hidden"] + emb) + emb)
+    per_device_batch = r["global_batch"] / r["n_devices"]
+    seq = r["seq_len"]
+    return (6 * n_params * seq * per_device_batch
+            + attention_share * 12 * heads * layers * head_dim * seq ** 2 * per_device_batch)
+
+
+# metric -> the published value in seconds per step (training) or per batch (inference).
+PUBLISHED_SECONDS: dict[str, Callable[[dict[str, object], float], float]] = {
+    # torchtitan train.py: tps = tokens on this rank since the last log / (seconds * tp*pp*cp), i.e. the
+    # global batch's tokens per second over all devices.
+    "tokens_per_s_per_device": lambda r, v: r["global_batch"] * r["seq_len"] / (v * r["n_devices"]),
+    # MaxText's logged TFLOP/s per device, with its FLOP count of the time (maxtext_flops_per_device).
+    "maxtext_tflops_6n": lambda r, v: maxtext_flops_per_device(r, 0.0) / (v * 1e12),
+    "maxtext_tflops_noncausal": lambda r, v: maxtext_flops_per_device(r, 1.0) / (v * 1e12),
+    "maxtext_tflops_causal": lambda r, v: maxtext_flops_per_device(r, 0.5) / (v * 1e12),
+    # vLLM benchmark_latency.py: wall time of one llm.generate() over the batch, in ms.
+    "latency_ms": lambda r, v: v / 1e3,
+}
+
+
+# --------------------------------------------------------------------------- reading the CSV tables
+
+MODEL_COLUMNS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "activation", "norm",
+                 "positions", "tie_embeddings")
+COMMON = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_devices", "intra_node", "inter_node",
+          "attention", "metric", "published", "skip_reason", "assumptions", "source")
+TRAINING = COMMON + ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "sp", "zero", "recompute",
+                     "grads_fp32", "devices_per_node")
+INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
+# Optional (blank or absent = a cluster of nodes): a TPU slice's shape and the number of slices over DCN.
+TOPOLOGY_COLUMNS = ("topology", "slices")
+INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
+        "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
+        "output_len", "slices"}
+BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather"}
+# Columns a priced row must fill (a skipped row may leave what the model would need blank).
+REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
+                         "n_devices", "devices_per_node", "hardware", "published"),
+            "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
+CHOICES = {"recompute": ("none", "selective", "full"), "attention": ("flash", "fused-softmax", "math"),
+           "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
+           "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16")}
+# Optional columns of a training table (blank or absent = the default): a float8 row's recipe
+# (config.Fp8Spec: recipe, saved_activations, param_all_gather).
+FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
+
+
+def _value(column: str, text: str) -> object:
+    if column in INTS:
+        number = int(text)
+        if column != "zero" and number < 1:
+            raise ValueError("must be >= 1")
+        value: object = number
+    elif column in BOOLS:
+        if text.lower() not in ("true", "false"):
+            raise ValueError("must be true or false")
+        value = text.lower() == "true"
+    elif column == "published":
+        value = float(text)
+        if not value > 0 or math.isinf(value):
+            raise ValueError("must be a positive number")
+    else:
+        value = text
+    if column in CHOICES and value not in CHOICES[column]:
+        raise ValueError(f"allowed: {', '.join(map(str, CHOICES[column]))}")
+    return value
+
+
+def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
+    """The rows of a dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
+    columns = TRAINING if kind == "training" else INFERENCE
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ScenarioError(str(path), None, f"missing column(s) {', '.join(missing)} ({kind} table)")
+            raw_rows = list(reader)
+    except UnicodeDecodeError:
+        raise ScenarioError(str(path), None, "not UTF-8 text") from None
+    rows = []
+    for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
+        where = raw.get("row_id") or f"line {n}"
+        row: dict[str, object] = {}
+        for column in columns + TOPOLOGY_COLUMNS + (FP8_COLUMNS if kind == "training" else ()):
+            text = (raw.get(column) or "").strip()
+            try:
+                row[column] = _value(column, text) if text else None
+            except ValueError as exc:
+                raise ScenarioError(str(path), f"{where}.{column}", f"{text!r}: {exc}") from None
+        if not row["source"]:
+            raise ScenarioError(str(path), f"{where}.source", "every row names its source")
+        if row["metric"] not in PUBLISHED_SECONDS:
+            raise ScenarioError(str(path), f"{where}.metric",
+                                f"{row['metric']!r}; allowed: {', '.join(PUBLISHED_SECONDS)}")
+        if not row["skip_reason"]:
+            blank = [c for c in REQUIRED[kind] if row[c] is None]
+            if blank:
+                raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
+            _check_priced(row, kind, str(path), where)
+        rows.append(row)
+    return rows
+
+
+def _check_priced(r: dict[str, object], kind: Kind, file: str, where: str) -> None:
+    """A priced row must be a configuration the model can be asked about: else one line naming the cell."""
+    world = r["tp"] * r["pp"] * (r["dp"] * r["cp"] if kind == "training" else 1)
+    if world != r["n_devices"]:
+        raise ScenarioError(file, f"{where}.n_devices", f"{r['n_devices']} != the product of the parallel degrees "
+                                                       f"({world})")
+    if kind == "training" and r["global_batch"] % (r["dp"] * r["micro_batch"]):
+        raise ScenarioError(file, f"{where}.global_batch",
+                            f"{r['global_batch']} is not a multiple of dp x micro_batch = {r['dp'] * r['micro_batch']}")
+    catalog = _catalog()
+    catalog.device(r["hardware"], key=f"{where}.hardware", file=file)
+    for key in ("intra_node", "inter_node"):
+        if r[key] is not None:
+            catalog.link(r[key], key=f"{where}.{key}", file=file)
+    try:
+        model_spec(r, r["seq_len"] if kind == "training" else r["input_len"])
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        column = ".".join(str(p) for p in err["loc"]) or "model"
+        raise ScenarioError(file, f"{where}.{column}", err["msg"]) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog():
+    return load_catalog()
+
+
+def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) -> ModelSpec:
+    """The row's Transformer: its preset with the row's explicit dimensions on top."""
+    fields = {c: r[c] for c in MODEL_COLUMNS if r[c] is not None}
+    if r["preset"]:
+        fields["preset"] = r["preset"]
+    fields.update(seq_len=seq_len)
+    if layers is not None:
+        fields["layers"] = layers
+    return ModelSpec(**fields)
+
+
+def _profile(workload: Workload, sharing: SharingChoice, layers: int):
+    short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": PROFILED_LAYERS})})
+    return with_layers(profile_workload(short, sharing), layers)
+
+
+def _cluster(r: dict[str, object], catalog, devices_per_node: int):
+    n = r["n_devices"]
+    if r.get("topology"):  # a TPU job: `slices` slices of this torus, joined by the data-center network
+        return catalog.cluster(r["hardware"], nodes=r["slices"] or 1, topology=r["topology"],
+                               intra_node=r["intra_node"], inter_node=r["inter_node"])
+    return catalog.cluster(r["hardware"], nodes=-(-n // devices_per_node), devices_per_node=min(n, devices_per_node),
+                           intra_node=r["intra_node"], inter_node=r["inter_node"])
+
+
+def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
+    """The roofline of one published training run: one optimizer step of the global batch."""
+    def price(catalog) -> StepBreakdown:
+        spec = model_spec(r, r["seq_len"])
+        dtype = r["dtype"] or "bfloat16"
+        fp8 = None
+        if dtype == "float8":
+            fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
+                   "param_all_gather": bool(r.get("fp8_all_gather"))}
+        workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
+        sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
+        replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
+        plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],
+                    microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
+                    recompute=r["recompute"])
+        options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]))
+        cluster = _cluster(r, catalog, r["devices_per_node"])
+        return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
+                        cluster, options)
+    return price
+
+
+def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
+    """The roofline of one published batch: prefill of input_len tokens, then output_len tokens in all
+    (the first from the prefill), as `mode: decode` prices it (step_time = TTFT + (output_len - 1) x TPOT)."""
+    def price(catalog) -> StepBreakdown:
+        spec = model_spec(r, r["input_len"])
+        workload = Workload(model=spec, mode="decode", batch=r["batch"], decode_tokens=r["output_len"],
+                            dtype=r["dtype"] or "bfloat16")
+        sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
+        plan = Plan(dp=1, tp=r["tp"], pp=r["pp"], micro_batch=r["batch"], microbatches=1)
+        # The GPUs the row ran on, inside one node (every published row fits one 8-GPU node).
+        cluster = _cluster(r, catalog, max(r["n_devices"], 1))
+        return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan, cluster,
+                        Options(attention=r["attention"] or "flash"))
+    return price
+
+
+def run_cases(path: Path, kind: Kind) -> list[Case]:
+    cases = []
+    for r in read_runs(path, kind):
+        skip = r["skip_reason"]
+        published_s = PUBLISHED_SECONDS[r["metric"]](r, r["published"]) if not skip or _complete(r, kind) else math.nan
+        price = None if skip else (training_price(r) if kind == "training" else inference_price(r))
+        cases.append(Case(str(r["row_id"]), str(r["run"] or ""), published_s, price, skip))
+    return cases
+
+
+def _complete(r: dict[str, object], kind: Kind) -> bool:
+    return all(r[c] is not None for c in REQUIRED[kind])
+
+
+# --------------------------------------------------------------------------- the two older tables
+
+def _read_with(read_table: Callable[[Path], list], path: Path) -> list:
+    """An older script's reader, its KeyError/ValueError on a foreign CSV turned into the one-line error."""
+    try:
+        return read_table(path)
+    except KeyError as exc:
+        raise ScenarioError(str(path), None, f"missing column {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ScenarioError(str(path), None, str(exc).splitlines()[0]) from None
+
+
+def narayanan_cases(path: Path) -> list[Case]:
+    """Narayanan et al. 2021 Table 1, priced by scripts/validate_narayanan.py (its launch configurations)."""
+    return [Case(row.model, f"tp {row.tp} pp {row.pp} dp {row.dp}", row.published_s,
+                 lambda catalog, row=row: nara.predict(row, catalog)[1]) for row in _read_with(nara.read_table, path)]
+
+
+def fastertransformer_cases(path: Path) -> list[Case]:
+    """FasterTransformer's GPT latencies, priced by scripts/validate_fastertransformer.py."""
+    return [Case(row.row_id, f"{row.model} tp {row.tp} batch {row.batch} {row.input_len}/{row.output_len}",
+                 row.published_s, lambda catalog, row=row: ft.predict(row, catalog))
+            for row in _read_with(ft.read_table, path)]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    kind: Kind
+    default: Path
+    cases: Callable[[Path], list[Case]]
+
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("narayanan", "training", SHARED / "narayanan2021_table1.csv", narayanan_cases),
+    Table("torchtitan", "training", VALIDATION / "torchtitan_llama3_h100.csv", lambda p: run_cases(p, "training")),
+    Table("maxtext", "training", VALIDATION / "maxtext_tpu.csv", lambda p: run_cases(p, "training")),
+    Table("fp8-for-later", "training", VALIDATION / "fp8_for_later.csv", lambda p: run_cases(p, "training")),
+    Table("fastertransformer", "inference", SHARED / "fastertransformer_gpt_dev.csv", fastertransformer_cases),
+    Table("vllm", "inference", VALIDATION / "vllm_latency.csv", lambda p: run_cases(p, "inference")),
+)}
+
+
+# --------------------------------------------------------------------------- printing
+
+def _pct(x: float | None, signed: bool = True) -> str:
+    return "—" if x is None else (f"{x:+.1%}" if signed else f"{x:.1%}")
+
+
+def print_table(table: Table, path: Path, outcomes: list[Outcome]) -> None:
+    print(f"== {table.name} ({table.kind}): {path}")
+    header = (f"{'row':<20}{'run':<44}{'published s':>13}{'predicted s':>13}{'error':>9}  "
+              f"{'compute':>7}{'comm':>6}{'bubble':>7}{'other':>6}{'mem GB':>8} fits")
+    print(header)
+    print("-" * len(header))
+    for o in outcomes:
+        if o.result is None:
+            continue
+        r = o.result
+        total = r.step_time_s
+        print(f"{o.case.row_id[:19]:<20}{o.case.label[:43]:<44}{o.case.published_s:>13.4g}{r.step_time_s:>13.4g}"
+              f"{o.error:>+9.1%}  {r.compute_time_s / total:>7.0%}{r.comm_time_s / total:>6.0%}"
+              f"{r.bubble_time_s / total:>7.0%}{r.other_time_s / total:>6.0%}{r.memory.total / 1e9:>8.1f} "
+              f"{'yes' if r.fits else 'no'}")
+    skipped = [o for o in outcomes if o.result is None]
+    reasons: dict[str, list[str]] = {}
+    for o in skipped:
+        reasons.setdefault(o.case.skip_reason or f"the cost model refused it: {o.failure}", []).append(o.case.row_id)
+    for why, ids in reasons.items():
+        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+    priced = len(outcomes) - len(skipped)
+    print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {priced} rows; "
+          f"mean error {_pct(mean_error(outcomes))}; {len(skipped)} skipped\n")
+
+
+def print_summary(results: list[tuple[Table, list[Outcome]]]) -> None:
+    print("== summary: median |error| per table (target <= 10% on every table)")
+    for kind in ("training", "inference"):
+        print(f"{kind}:")
+        for table, outcomes in results:
+            if table.kind != kind:
+                continue
+            priced = sum(o.result is not None for o in outcomes)
+            print(f"  {table.name:<20}{priced:>4} priced{len(outcomes) - priced:>4} skipped   median |error| "
+                  f"{_pct(median_abs_error(outcomes), signed=False):>7}   mean error {_pct(mean_error(outcomes)):>7}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="append", choices=list(TABLES), help="a table to run (default: all)")
+    parser.add_argument("--path", type=Path, help="read the (single) --table from this CSV instead")
+    args = parser.parse_args(argv)
+    names = args.table or list(TABLES)
+    if args.path is not None and len(names) != 1:
+        print("--path needs exactly one --table", file=sys.stderr)
+        return 2
+    catalog = _catalog()
+    results, missing = [], []
+    for name in names:
+        table = TABLES[name]
+        path = args.path or table.default
+        if not path.exists():
+            print(f"{path}: not found (table {name}; pass --path, or run from a checkout beside ../shared)",
+                  file=sys.stderr)
+            missing.append(name)
+            continue
+        try:
+            outcomes = [run_case(c, catalog) for c in table.cases(path)]
+        except LLMSimError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print_table(table, path, outcomes)
+        results.append((table, outcomes))
+    if results:
+        print_summary(results)
+    return 2 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

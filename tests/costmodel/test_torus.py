@@ -1,0 +1,103 @@
+"""TPU slices as tori (costmodel.torus): shapes, axis mapping, per-axis ring collectives, slices over DCN."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmsim.costmodel.cluster import collective_time, plan_on, torus_groups
+from llmsim.costmodel.collectives import COLLECTIVE_BASE_LATENCY_S
+from llmsim.costmodel.plan import Plan
+from llmsim.costmodel.torus import Ring, TorusError, default_shape, map_axes, parse_topology, wraps
+from llmsim.errors import ScenarioError
+from llmsim.hardware import load_catalog
+
+CATALOG = load_catalog()
+GB = 1e9
+
+
+def _link_bw(name: str) -> float:
+    link = CATALOG.link(name)
+    return link.bandwidth_bytes_per_s * link.efficiency
+
+
+def test_slice_shapes_parse_and_default_to_cloud_tpu_shapes() -> None:
+    assert parse_topology("4x4x8", 3) == (4, 4, 8)
+    # Cloud TPU v5p's standard shapes (v5p page) and v5e's 16x16 pod
+    assert [default_shape(n, 3) for n in (64, 128, 256, 512)] == [(4, 4, 4), (4, 4, 8), (4, 8, 8), (8, 8, 8)]
+    assert default_shape(256, 2) == (16, 16)
+    assert wraps((4, 4, 8), 4) == (True, True, True) and wraps((2, 4, 4), 4) == (False, True, True)
+    for bad, message in (("4x4", "2 dimension"), ("4xx4", "not a slice shape"), ("0x4x4", "not a slice shape")):
+        with pytest.raises(TorusError, match=message):
+            parse_topology(bad, 3)
+
+
+def test_a_ring_with_wraparound_moves_its_bytes_at_twice_the_link_bandwidth_of_a_line() -> None:
+    """Two counter-rotating rings on a torus dimension vs one bidirectional ring folded onto a line."""
+    bw = _link_bw("ici-v5p")
+    torus = CATALOG.cluster("tpu-v5p", topology="4x4x4")          # every dimension wraps
+    mesh = CATALOG.cluster("tpu-v5p", topology="2x4x4")           # 2 does not: ... and the 4s do
+    assert torus.wrap == (True, True, True) and mesh.wrap == (False, True, True)
+    line = torus_groups({"tp": 2, "dp": 16}, mesh)["tp"]           # tp on the 2-chip dimension: a line
+    ring = torus_groups({"tp": 4, "dp": 16}, torus)["tp"]          # tp on a whole wrapped dimension
+    size = 1 * GB
+    latency = CATALOG.link("ici-v5p").latency_s
+    assert collective_time("all-reduce", size, line, mesh) == pytest.approx(2 * size * 1 / 2 / bw + 2 * latency)
+    assert collective_time("all-reduce", size, ring, torus) == pytest.approx(
+        2 * size * 3 / 4 / (2 * bw) + 6 * latency)
+
+
+def test_an_all_reduce_over_several_dimensions_runs_per_axis_phases() -> None:
+    """dp over a 4x4x8 torus: reduce-scatter along x (S), y (S/4), z (S/16), then the all-gathers back."""
+    cluster = CATALOG.cluster("tpu-v5p", topology="4x4x8")
+    dp = torus_groups({"dp": 128}, cluster)["dp"]
+    assert [(r.dim, r.size) for r in dp.rings] == [(0, 4), (1, 4), (2, 8)]
+    bw, lat = 2 * _link_bw("ici-v5p"), CATALOG.link("ici-v5p").latency_s
+    size = 1 * GB
+    one_way = size * 3 / 4 / bw + size / 4 * 3 / 4 / bw + size / 16 * 7 / 8 / bw + (3 + 3 + 7) * lat
+    assert collective_time("all-reduce", size, dp, cluster) == pytest.approx(2 * one_way)
+    assert collective_time("reduce-scatter", size, dp, cluster) == pytest.approx(one_way)
+
+
+def test_two_axes_on_one_dimension_share_its_links() -> None:
+    """tp = 2 takes a stretch of x, dp the rest of x with stride 2: its two interleaved rings share x's links."""
+    rings = map_axes((4, 4), (True, True), {"tp": 2, "cp": 1, "pp": 1, "dp": 8})
+    assert rings["tp"] == (Ring(0, 2, 1, False),)
+    assert rings["dp"] == (Ring(0, 2, 2, True), Ring(1, 4, 1, True))
+    assert rings["dp"][0].bandwidth_factor == pytest.approx(1.0)   # 2 directions / 2 sharing rings
+
+
+def test_a_user_mapping_pins_axes_and_impossible_mappings_are_one_line_errors() -> None:
+    rings = map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 16}, {"tp": "z"})
+    assert rings["tp"] == (Ring(2, 8, 1, True),) and [r.dim for r in rings["dp"]] == [0, 1]
+    with pytest.raises(TorusError, match=r"^mesh.tp: dimensions 'x' hold 4 chips but tp = 8$"):
+        map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 16}, {"tp": "x"})
+    with pytest.raises(TorusError, match="does not fill a 4x4x8 slice"):
+        map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 8})
+    with pytest.raises(TorusError, match="names a dimension another axis already holds"):
+        map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 16}, {"tp": "z", "dp": "z"})
+    with pytest.raises(ScenarioError, match=r"^mesh.tp: 'w'"):
+        CATALOG.cluster("tpu-v5p", topology="4x4x8", mesh={"tp": "w"})
+    with pytest.raises(ScenarioError, match=r"^topology: '4x4' has 2 dimension"):
+        CATALOG.cluster("tpu-v5p", topology="4x4")
+    with pytest.raises(ScenarioError, match=r"^topology: device 'h100-sxm' is not a TPU"):
+        CATALOG.cluster("h100-sxm", topology="4x4x4")
+    with pytest.raises(ScenarioError, match=r"^inter_node: 2 slices of tpu-v4"):
+        CATALOG.cluster("tpu-v4", nodes=2, topology="4x4x4")
+
+
+def test_slices_are_data_parallel_replicas_over_the_data_center_network() -> None:
+    """ZeRO shards inside a slice; the DCN all-reduces each chip's shard across slices (dcn_data_parallelism)."""
+    cluster = CATALOG.cluster("tpu-v5p", nodes=2, topology="4x4x4")
+    assert (cluster.world, cluster.inter.name) == (128, "dcn-v5p")
+    plan = plan_on(Plan(dp=128, zero=3), cluster)
+    assert (plan.dcn_replicas, plan.zero_dp) == (2, 64)
+    dp = torus_groups({"dp": 128}, cluster)["dp"]
+    one_slice = torus_groups({"dp": 64}, CATALOG.cluster("tpu-v5p", topology="4x4x4"))["dp"]
+    size = 1 * GB
+    dcn = _link_bw("dcn-v5p")
+    shard = size / 64                                   # what is left after the in-slice reduce-scatters
+    # ring all-reduce over 2 slices: its bytes, 2 hops and the collective's launch
+    across = 2 * shard * 1 / 2 / dcn + COLLECTIVE_BASE_LATENCY_S + 2 * CATALOG.link("dcn-v5p").latency_s
+    assert collective_time("all-reduce", size, dp, cluster) == pytest.approx(
+        collective_time("all-reduce", size, one_slice, cluster) + across, rel=1e-3)
+    assert plan_on(Plan(dp=128, zero=0), cluster).dcn_replicas == 1   # plain DP: one hierarchical all-reduce
