@@ -135,3 +135,15 @@ def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
     assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 1 backend setting = 1 case"
     err = one_line_error(capsys, ["validate", str(path), "--set", "strategies[0].dp=2"])
     assert err.endswith("= 2 but backend 'roofline' has 1 device (omit dp to fill the world)")
+
+
+@pytest.mark.parametrize("override", ["backends.roofline.nodes=[0]", "backends.roofline.nodes=x",
+                                      "backends.roofline.nodes=[1, x]", "backends.roofline.nodes={a: 1}",
+                                      "backends.cpu.steps=[1]", "sharing.lora=3", "strategies[0].sharing=1",
+                                      "strategies[0].zero=4", "workload.model.kv_heads=x"])
+def test_no_internal_pydantic_name_reaches_a_message(capsys, override: str) -> None:
+    """Issue 15 item 6: `nodes.constrained-int` (the union branch pydantic tried) leaked into a message."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", override])
+    for internal in ("constrained", "function-after", "function-before", "list[", "union", "url"):
+        assert internal not in err, err
+    assert err.startswith(f"{QUICKSTART}: {override.split('=')[0]}"), err
