@@ -37,8 +37,16 @@ class Case(BaseModel):
     serving: ServingCase | None = None   # a serving run at one rate (the scenario's serving: block)
 
     def result(self, backend: "Backend", **values: Any) -> Result:
-        """A result row with every column this case already determines filled in."""
+        """A result row with every column this case already determines filled in.
+
+        A metric the case does not define stays empty whatever the backend passes (NaN in results.csv; the
+        summaries skip it): TTFT and TPOT exist only in decode, and TPOT, the time per output token *after
+        the first*, only when a sequence generates two tokens or more."""
         s, lay, w = self.strategy, self.layout, self.workload
+        if w.mode != "decode":
+            values.update(ttft_s=None, tpot_s=None)
+        elif w.decode_tokens < 2:
+            values.update(tpot_s=None)
         base: dict[str, Any] = dict(
             scenario=self.scenario, case=self.name, backend=backend.name, kind=backend.kind,
             strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, sp=s.sp, zero=s.zero,

@@ -16,13 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmsim.config import Scenario, load_scenario
-from llmsim.errors import LLMSimError, ScenarioError
+from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.results import latest_run_dir, read_rows, rows_frame
+from llmsim.results import latest_run_dir, new_run_dir, read_rows, rows_frame
 from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
+from llmsim.wording import count
 
-EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True)
 
 
@@ -46,8 +46,9 @@ def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[
 
 def cmd_validate(args: argparse.Namespace) -> int:
     scenario, planned, _, _ = _load(args.scenario, args.set, args.backend)
-    print(f"{args.scenario}: ok — {len(scenario.strategies)} strategies × {len(planned) // len(scenario.strategies)} "
-          f"backend settings = {len(planned)} cases")
+    n = len(scenario.strategies)
+    print(f"{args.scenario}: ok — {count(n, 'strategy')} × {count(len(planned) // n, 'backend setting')} = "
+          f"{count(len(planned), 'case')}")
     return 0
 
 
@@ -72,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                            scenario_dir=Path(args.scenario).resolve().parent)
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
+    if len(frame):
+        from llmsim.report.terminal import WIDTH, headline_table
+
+        Console(stderr=True, width=err_console.width if err_console.is_terminal else WIDTH).print(headline_table(frame))
     err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
                       highlight=False)
     try:
@@ -110,10 +115,14 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     for d in catalog.devices.values():
         tf = {k: f"{v / 1e12:.4g}" for k, v in d.peak_flops.items()}
         missing = "measured" if not d.peak_flops else "–"  # an empty table means: probed at run time
+        source = d.source
+        if d.name == "cpu-host":  # this machine: its own probes, not the datasheet CPU the power comes from
+            tf, missing, source = _host_row(d.source)
         devices.add_row(escape(d.name), tf.get("bfloat16", missing), tf.get("float32", missing),
                         f"{d.memory_bytes / 2**30:.4g}" if d.memory_bytes else "measured",
                         f"{d.memory_bw_bytes_per_s / 1e9:.4g}" if d.memory_bw_bytes_per_s else "–",
-                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""), d.source)
+                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""),
+                        escape(source))
     links = Table("link", "GB/s per device per direction", "latency µs", "source", title="links")
     for ln in catalog.links.values():
         links.add_row(ln.name, f"{ln.bandwidth_bytes_per_s / 1e9:.4g}", f"{ln.latency_s * 1e6:.3g}", ln.source)
@@ -121,6 +130,20 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     console.print(devices)
     console.print(links)
     return 0
+
+
+def _host_row(power_source: str) -> tuple[dict[str, str], str, str]:
+    """cpu-host as this machine: the matmul peaks its probes measured (TFLOP/s by dtype; none before a run
+    of the cpu backend) and a source that says which numbers are this CPU's and which are an estimate."""
+    from llmsim.environment import cpu_model
+    from llmsim.measure.host_probes import cached_rates
+
+    peaks = {dtype: f"{r.peak_flops_per_s / 1e12:.4g}" for dtype in ("bfloat16", "float32")
+             if (r := cached_rates(dtype)) is not None}
+    measured = ("FLOP/s probed by an earlier run" if peaks else
+                "FLOP/s and bandwidth probed when a cpu run measures them (none yet)")
+    return peaks, "measured at run time", (f"this machine ({cpu_model()}): {measured}; memory read at run time; "
+                                           f"power per core an estimate from another CPU: {power_source}")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -136,17 +159,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dirs = [Path(p) for p in args.run_dirs]
     for run_dir in run_dirs:
         if not (run_dir / "results.jsonl").exists():
-            raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+            raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
     if len(run_dirs) == 1:
         if args.out is not None:
-            raise LLMSimError("report: --out is for comparisons (two or more RUN_DIRs); one run's report is "
+            raise UsageError("report", "--out is for comparisons (two or more RUN_DIRs); one run's report is "
                               "written into its own folder")
         for path in write_report(run_dirs[0])[:2]:
             print(path)
         return 0
     if len({p.resolve() for p in run_dirs}) < len(run_dirs):
-        raise LLMSimError("report: the same run folder is given twice")
-    print(write_comparison(run_dirs, Path(args.out) if args.out is not None else None))
+        raise UsageError("report", "the same run folder is given twice")
+    print(write_comparison(run_dirs, new_run_dir(Path(args.out or "reports"), "compare")))
     return 0
 
 
@@ -162,7 +185,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Search the plan's configurations; the best ones as a table on stderr, the run folder last on stdout."""
     from llmsim.hardware import load_catalog
     from llmsim.planner import load_plan, run_plan
-    from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd
+    from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
 
     plan = load_plan(args.plan, args.set)
     manager = get_plugin_manager()
@@ -179,13 +202,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     train = plan.workload.mode == "train"
     title = (f"best by {plan.objective}" + (" (re-checked by the cluster simulation)" if outcome.simulated else "")
              if outcome.top else "nothing meets the goal: the closest configurations")
-    table = Table("#", "configuration", "time to goal" if train else "step latency", "cost" if train else "cost/h",
-                  "energy" if train else "energy/h", "devices", "meets goal", title=title)
+    # training: the time to the goal; inference: the latency the goal limits (decode: one token step) and the
+    # throughput the goal asks for, each priced per hour of service
+    headers = (["time to goal", "cost", "energy"] if train else
+               [latency_name(plan), "tokens/s", "cost/h", "energy/h"])
+    table = Table("#", "configuration", *headers, "devices", "meets goal", title=title)
     for i, e in enumerate(shown, 1):
         sim = e.sim if outcome.simulated and e.sim else {}
         time_text = fmt_duration(e.time_to_goal_s) + (f" (sim {fmt_duration(sim['time_to_goal_s'])})" if sim else "")
         cost_text = fmt_usd(e.cost_usd) + (f" (sim {fmt_usd(sim['cost_usd'])})" if sim else "")
-        table.add_row(str(i), describe(e), time_text, cost_text, fmt_energy(e.energy_j),
+        rate = [] if train else ["–" if e.tokens_per_s is None else f"{e.tokens_per_s:,.0f}"]
+        table.add_row(str(i), describe(e), time_text, *rate, cost_text, fmt_energy(e.energy_j),
                       f"{e.config.n_devices:,}", "yes" if e.feasible else e.reason)
     Console(stderr=True, width=max(err_console.width, 160)).print(table)
     err_console.print(outcome.explanation.headline, highlight=False)
@@ -197,9 +224,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last."""
-    from llmsim.calibrate import calibrate, catalog_file, format_table
+    from llmsim.calibrate import calibrate, catalog_file, format_table, underdetermined_warning
 
     result = calibrate(args.run_dirs)
+    warning = underdetermined_warning(result)
+    if warning:
+        err_console.print(f"[yellow]llmsim: warning: {escape(warning)}[/]", highlight=False)
     path = args.out or Path(args.run_dirs[0]) / "hardware-calibrated.yaml"
     path.write_text(catalog_file(result, path.name))
     print(format_table(result))
@@ -219,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a scenario; prints the run folder last")
     scenario_args(p)
-    p.add_argument("--out", default="reports", metavar="DIR", help="where run folders go (default: reports)")
+    p.add_argument("--out", default="reports", metavar="DIR",
+                   help="where run folders go (default: reports -> reports/<scenario name>/<stamp>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                    help="finish an interrupted run (default: the latest run of this scenario)")
     p.set_defaults(func=cmd_run)
@@ -236,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them, the first as the baseline, with differences in percent.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="comparison folder (default: reports/compare/<timestamp>)")
+                   help="where comparison folders go, as for run and plan (default: reports -> "
+                        "reports/compare/<stamp>)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("new-plugin", help="scaffold a third-party backend plugin package")
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")
@@ -267,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     except LLMSimError as exc:
         print(f"llmsim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a path the user gave that cannot be used is bad input; the machine's failures are not
+        error = path_error(args.command, exc)
+        if error is None:
+            raise
+        print(f"llmsim: error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("llmsim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmsim.errors import ScenarioError, format_key_path
 from llmsim.serving.spec import ServingSpec
 from llmsim.stages import SplitError, split_layers
+from llmsim.userinput import parse_yaml, read_yaml
+from llmsim.wording import count
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -502,10 +503,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
         if "=" not in item:
             raise ScenarioError(file, None, f"--set {item!r}: expected KEY=VALUE, e.g. workload.batch=16")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
         parts = re.findall(r"[^.\[\]]+|\[\d+\]", key)
         if not parts:
             raise ScenarioError(file, key, "--set: empty key")
+        value = parse_yaml(raw, file, key, what=f"--set value {raw!r} is not valid YAML")
         node: Any = data
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -572,30 +573,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += _allowed_keys(model, loc)
     more = len(exc.errors()) - 1
     if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        message += f" (and {count(more, 'more problem')})"
     return ScenarioError(file, format_key_path(loc) or None, message)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader (no tags, no code), as a ScenarioError on failure."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(file, None, f"cannot read file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(file, None, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                                        f"{exc.start}); a scenario, plan or catalog file is YAML text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(file, None, f"not valid YAML: {where}{problem}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(file, None, "expected a mapping at the top level (name:, workload:, ...)")
-    return data
 
 
 FileModel = TypeVar("FileModel", bound=BaseModel)

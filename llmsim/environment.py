@@ -39,6 +39,14 @@ def _git_commit() -> str | None:
         return None
 
 
+def _cuda_available(torch: Any) -> bool:
+    """torch.cuda.is_available(), False where a broken driver makes even that raise."""
+    try:
+        return bool(torch.cuda.is_available())
+    except RuntimeError:
+        return False
+
+
 def environment_record() -> dict[str, Any]:
     import torch
 
@@ -49,7 +57,7 @@ def environment_record() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cuda_available": torch.cuda.is_available(),
+        "cuda_available": _cuda_available(torch),
         "packages": {p: _version(p) for p in PACKAGES},
         "git_commit": _git_commit(),
     }

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmsim.errors import UsageError, path_error
+
 # name -> (unit, meaning). The order is the column order of results.csv.
 COLUMNS: dict[str, tuple[str, str]] = {
     "scenario": ("", "scenario name"),
@@ -53,6 +55,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "tokens_per_s_per_device": ("tokens/s", "tokens_per_s / n_devices"),
     "latency_p50_s": ("s", "median step time"),
     "latency_p99_s": ("s", "99th percentile step time"),
+    "step_time_p10_s": ("s", "measured: 10th percentile of the timed steps (with p90, the spread a difference "
+                             "is held against; empty for modeled rows and for one timed step)"),
+    "step_time_p90_s": ("s", "measured: 90th percentile of the timed steps"),
     "ttft_s": ("s", "decode: time to first token (the prefill)"),
     "tpot_s": ("s", "decode: time per output token after the first"),
     "model_flops_per_step": ("FLOP", "FLOPs of one step from the workload profile"),
@@ -149,6 +154,8 @@ class Result(BaseModel):
     tokens_per_s_per_device: float | None = None
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    step_time_p10_s: float | None = None
+    step_time_p90_s: float | None = None
     ttft_s: float | None = None
     tpot_s: float | None = None
     model_flops_per_step: float | None = None
@@ -231,7 +238,11 @@ def new_run_dir(out: Path, scenario: str) -> Path:
             run_dir.mkdir(parents=True)
             return run_dir
         except FileExistsError:
+            if not base.is_dir():  # `out` or `out/<scenario>` is a file: no stamp will ever fit
+                raise UsageError("--out", f"{base} is not a folder") from None
             continue
+        except OSError as exc:  # no permission, a read-only file system, ...: before anything runs
+            raise (path_error("--out", exc) or exc) from None
     raise AssertionError("unreachable")
 
 
@@ -297,8 +308,10 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: absurd nesting
             continue  # a line cut by a kill: that case is simply not done
+        if not isinstance(row, dict) or not isinstance(row.get("case"), str) or not isinstance(row.get("backend"), str):
+            continue  # valid JSON but not a row (an edited or damaged file)
         rows[(row["case"], row["backend"])] = row
     return list(rows.values())
 

@@ -28,6 +28,7 @@ from llmsim.registry import BackendRegistry
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
 from llmsim.serving.requests import TraceError, read_trace
 from llmsim.serving.spec import ServingCase
+from llmsim.userinput import read_yaml
 from llmsim.strategy import Layout, resolve_layout
 
 
@@ -238,8 +239,8 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
     if not saved_file.exists():
         raise ScenarioError(None, "--resume", f"{run_dir} is not a run folder (it has no scenario.yaml)")
     try:
-        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):  # unreadable, not UTF-8, not YAML
+        saved = read_yaml(saved_file)
+    except ScenarioError:  # unreadable, not UTF-8, not YAML, beyond the limits of llmsim.userinput
         saved = None
     if not isinstance(saved, dict):
         raise ScenarioError(None, "--resume", f"{saved_file} is not a readable scenario; start a new run instead")

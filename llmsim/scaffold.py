@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from string import Template
 
-from llmsim.errors import LLMSimError
+from llmsim.errors import UsageError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
 
@@ -190,7 +190,7 @@ backends:
 def plugin_files(name: str) -> dict[str, str]:
     """Relative path -> content of the plugin package for `name`."""
     if not NAME_PATTERN.match(name):
-        raise LLMSimError(f"new-plugin: {name!r} is not a valid plugin name (lowercase letters, digits and '-', "
+        raise UsageError("new-plugin", f"{name!r} is not a valid plugin name (lowercase letters, digits and '-', "
                           f"starting with a letter, 2-31 characters)")
     package = "llmsim_" + name.replace("-", "_")
     cls = "".join(part.capitalize() for part in name.split("-"))
@@ -206,7 +206,7 @@ def plugin_files(name: str) -> dict[str, str]:
 def write_plugin(name: str, target: Path) -> Path:
     """Write the plugin package into `target` (which must not exist or be empty)."""
     if target.exists() and any(target.iterdir()):
-        raise LLMSimError(f"new-plugin: {target} already exists and is not empty")
+        raise UsageError("new-plugin", f"{target} already exists and is not empty")
     for rel, content in plugin_files(name).items():
         path = target / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmsim.config import Strategy, Workload, stage_layer_counts
+from llmsim.wording import count
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,14 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
         dp = s.dp or 1
     elif s.dp is None:
         if world % mp:
-            return "tp", (f"tp*pp*cp={mp} does not divide the {world} devices of backend '{backend}'")
+            key = next((k for k in ("tp", "pp", "cp") if getattr(s, k) > 1), "tp")  # the degree the user set
+            return key, (f"tp*pp*cp={mp} does not divide the {count(world, 'device')} of backend '{backend}'")
         dp = world // mp
     else:
         dp = s.dp
         if dp * mp != world:
             return "dp", (f"dp*tp*pp*cp = {dp}*{s.tp}*{s.pp}*{s.cp} = {dp * mp} but backend '{backend}' has "
-                          f"{world} devices (omit dp to fill the world)")
+                          f"{count(world, 'device')} (omit dp to fill the world)")
     if w.batch % (dp * s.micro_batch):
         return "micro_batch", (f"batch={w.batch} is not divisible by dp*micro_batch = {dp}*{s.micro_batch}")
     microbatches = w.batch // (dp * s.micro_batch)

@@ -120,8 +120,7 @@ class ClusterBackend(ModeledBackend):
 
         folder = run_dir / "trace"
         trace = write_trace(outcome.spans, folder / f"{case.name}.json", title=f"{case.scenario} {case.name}")
-        fig, ax = gantt(load_trace(trace))
-        ax.set_title(f"{case.name}: one pipeline replica (simulated)")
+        fig, ax = gantt(load_trace(trace), case=f"{case.name} on cluster (simulated)")
         image = folder / f"{case.name}.png"
         image.write_bytes(png(fig))
         return {"trace_file": str(trace.relative_to(run_dir)), "gantt_file": str(image.relative_to(run_dir))}

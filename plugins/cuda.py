@@ -32,8 +32,9 @@ from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
+from llmsim.wording import count
 
-NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
+NO_CUDA = "no GPU: no CUDA device (torch.cuda.is_available() is False)"
 
 # Replaced by tests to inject a fake NVML module (recorded sequences, error classes).
 nvml_factory: Callable[[], Nvml] = Nvml
@@ -64,12 +65,19 @@ def _torch() -> Any:
 
 
 def cuda_unavailable_reason() -> str | None:
-    """Why no CUDA device can be used here, in plain words, or None."""
+    """Why no CUDA device can be used here, in plain words, or None. Never raises: the commonest state of a
+    laptop or CI box is a CUDA build of torch without an NVIDIA driver, where torch.cuda.is_available() is
+    False and most other torch.cuda calls raise RuntimeError('Found no NVIDIA driver ...')."""
     torch = _torch()
-    if not torch.cuda.is_available():
+    try:
+        available = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    except RuntimeError as exc:  # a driver that is there but broken (version mismatch, ...)
+        return f"{NO_CUDA}: {' '.join(str(exc).split())}"
+    if not available:
         if torch.version.cuda is None:
             return f"{NO_CUDA}: torch {torch.__version__} is a CPU-only build"
-        return NO_CUDA
+        return (f"{NO_CUDA}: torch {torch.__version__} is a CUDA {torch.version.cuda} build, but no NVIDIA driver "
+                f"or GPU is visible")
     return None
 
 
@@ -238,7 +246,7 @@ class CudaBackend(Backend):
         have = torch.cuda.device_count()
         if have < world:
             return case.result(self, status="skipped",
-                               error=f"strategy needs {world} GPUs, this host has {have} (one process per GPU)")
+                               error=f"strategy needs {count(world, 'GPU')}, this host has {have} (one process per GPU)")
         spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout,
                                       seed=case.seed, steps=settings.steps, warmup=settings.warmup,
                                       device_type="cuda", profile_comm=settings.profile_comm)

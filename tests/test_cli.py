@@ -151,3 +151,22 @@ def test_a_plan_file_given_to_run_and_a_scenario_given_to_plan_name_the_right_co
     assert main(["plan", str(scenario)]) == 2
     assert capsys.readouterr().err.strip() == (f"llmsim: error: {scenario}: strategies: this file has strategies: and "
                                                f"is read by `llmsim run`; run `llmsim run {scenario}`")
+
+
+@pytest.mark.parametrize("probed", [False, True])
+def test_hardware_describes_cpu_host_as_this_machine(probed: bool, capsys, monkeypatch) -> None:
+    """Issue 15 item 17: cpu-host was described from a Xeon datasheet whatever the host; its numbers are
+    this machine's probes once measured, and only the power per core is an estimate from another CPU."""
+    import llmsim.measure.host_probes as probes
+    from llmsim.environment import cpu_model
+
+    rates = probes.HostRates(peak_flops_per_s=2.0e11, stream_bytes_per_s=1e10, stream_large_bytes_per_s=1e10,
+                             op_overhead_s=1e-5)
+    monkeypatch.setattr(probes, "cached_rates", lambda dtype, cache_dir=None: rates if probed else None)
+    assert main(["hardware"]) == 0
+    row = capsys.readouterr().out.split("cpu-host", 1)[1].split("a100-40gb", 1)[0]
+    first_line = row.splitlines()[0]
+    text = " ".join(row.replace("│", " ").split())  # the source column wraps over several lines
+    assert f"this machine ({cpu_model()})" in text
+    assert ("│ 0.2 " in first_line) is probed and ("(none yet)" in text) is not probed
+    assert "an estimate from another CPU: Intel ARK Xeon Platinum 8480+" in text

@@ -31,11 +31,11 @@ def test_new_plugin_writes_a_package(tmp_path: Path, capsys) -> None:
 
 
 def test_new_plugin_rejects_bad_names_and_existing_folders(tmp_path: Path, capsys) -> None:
-    assert main(["new-plugin", "Bad Name", "--dir", str(tmp_path / "x")]) == 1
+    assert main(["new-plugin", "Bad Name", "--dir", str(tmp_path / "x")]) == 2
     assert "not a valid plugin name" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
-    assert main(["new-plugin", "ok-name", "--dir", str(tmp_path / "full")]) == 1
+    assert main(["new-plugin", "ok-name", "--dir", str(tmp_path / "full")]) == 2
     assert "already exists" in capsys.readouterr().err
 
 

@@ -19,7 +19,7 @@ This module is the public API only.
 from llmsim.calibrate.optimiser import fit
 from llmsim.calibrate.model import BOUNDS, Calibration, CaseFit, calibrate, plan_for
 from llmsim.calibrate.observations import CalibrationError, Observation, read_observations
-from llmsim.calibrate.report import catalog_file, format_table
+from llmsim.calibrate.report import catalog_file, format_table, underdetermined_warning
 
 __all__ = ["BOUNDS", "Calibration", "CalibrationError", "CaseFit", "Observation", "calibrate", "catalog_file",
-           "fit", "format_table", "plan_for", "read_observations"]
+           "fit", "format_table", "plan_for", "read_observations", "underdetermined_warning"]

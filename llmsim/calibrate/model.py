@@ -32,6 +32,7 @@ from llmsim.calibrate.observations import CalibrationError, Observation, read_ob
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, estimate
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
+from llmsim.wording import count
 
 EFFICIENCY_BOUNDS = (1e-3, 1.0)
 MEMORY_BW_BOUNDS = (1e8, 1e13)        # bytes/s: from a slow laptop to beyond any HBM
@@ -64,10 +65,28 @@ class Calibration:
     entry: dict[str, Any]           # the catalog entry, as written to YAML
     cases: list[CaseFit]            # after the fit
     before: list[CaseFit]           # with the defaults the fit started from
+    parameters: int = len(BOUNDS)   # fitted: matmul and attention efficiency, memory bandwidth, per-op cost
 
     @property
     def median_abs_error(self) -> float:
         return statistics.median(abs(c.error) for c in self.cases) if self.cases else math.nan
+
+    @property
+    def residuals(self) -> list[float]:
+        """log(modeled / measured) per case after the fit: what least squares minimised (0 = exact)."""
+        return [math.log(c.modeled_s / c.measured_s) for c in self.cases]
+
+    @property
+    def rms_log_residual(self) -> float:
+        """Root mean square of the residuals (0.1 is about a 10% typical error)."""
+        r = self.residuals
+        return math.sqrt(sum(x * x for x in r) / len(r)) if r else math.nan
+
+    @property
+    def underdetermined(self) -> bool:
+        """No more cases than fitted parameters: many parameter sets reproduce the cases exactly, so small
+        residuals say nothing about other shapes (a least-squares fit needs more equations than unknowns)."""
+        return len(self.cases) <= self.parameters
 
 
 def _device(base: DeviceSpec, name: str, peaks: dict[str, float], theta: Sequence[float]) -> DeviceSpec:
@@ -176,10 +195,12 @@ def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[Observation]
            else "least squares on log step time")
     entry["efficiency"] = {"matmul": round(theta[0], 4), "attention": round(theta[1], 4), "memory": 1.0,
                            "op_overhead_s": float(f"{theta[3]:.3g}"),
-                           "source": f"{how} over {len(observations)} measured cases"}
+                           "source": f"{how} over {count(len(observations), 'measured case')}"
+                                     + (f" (no more than the {len(BOUNDS)} fitted parameters: not determined "
+                                        f"by the data)" if len(observations) <= len(BOUNDS) else "")}
     entry["memory_bw_bytes_per_s"] = float(f"{theta[2]:.4g}")
     probes = "matmul, streaming and per-operator probes" if probed else "matmul probe"
-    entry["source"] = (f"llmsim calibrate: fitted to {len(observations)} measured cases in run folders "
+    entry["source"] = (f"llmsim calibrate: fitted to {count(len(observations), 'measured case')} in run folders "
                        f"{', '.join(runs)}; peak FLOP/s from the runs' {probes}; power figures of "
                        f"{base.name} ({base.source})")
     entry.pop("matmul_tiles", None)

@@ -9,7 +9,6 @@ fit, so that a bad folder is one clear `CalibrationError` before any modelling s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,12 @@ from typing import Any
 
 from llmsim.config import Scenario, SharingChoice, Strategy, load_scenario
 from llmsim.errors import LLMSimError
+from llmsim.results import read_rows
 from llmsim.strategy import Layout, resolve_layout
 
 
 class CalibrationError(LLMSimError):
-    exit_code = 2
+    """Run folders that cannot be calibrated from (bad input: exit 2, as every LLMSimError)."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
             raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
         scenario = load_scenario(scenario_file)
         names = [s.name for s in scenario.strategies]
-        for line in results.read_text().splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
+        for row in read_rows(run_dir):  # a damaged line is skipped, as everywhere a run folder is read
             if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
                     or not row.get("step_time_s") or not row.get("peak_flops_per_s")):
                 continue

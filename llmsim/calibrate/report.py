@@ -9,6 +9,7 @@ from __future__ import annotations
 import yaml
 
 from llmsim.calibrate.model import Calibration
+from llmsim.wording import count
 
 
 def format_table(result: Calibration) -> str:
@@ -22,7 +23,22 @@ def format_table(result: Calibration) -> str:
     lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory bandwidth "
                  f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['op_overhead_s'] * 1e6:.1f} us "
                  f"per operator; median |error| {result.median_abs_error:.1%}")
+    worst = max(result.cases, key=lambda c: abs(c.error))
+    dof = len(result.cases) - result.parameters
+    lines.append(f"residuals after the fit: RMS of log(modeled/measured) {result.rms_log_residual:.3f}, worst "
+                 f"{worst.error:+.1%} ({worst.case}); {count(len(result.cases), 'case')} for "
+                 f"{result.parameters} parameters" + (f", {count(dof, 'degree')} of freedom" if dof > 0 else ""))
     return "\n".join(lines)
+
+
+def underdetermined_warning(result: Calibration) -> str | None:
+    """The warning `llmsim calibrate` prints when the fit has no more cases than parameters, else None."""
+    if not result.underdetermined:
+        return None
+    return (f"{count(len(result.cases), 'case')} for {result.parameters} fitted parameters: the fit is not "
+            f"determined by the data (many parameter sets reproduce these cases, so a small error here says "
+            f"nothing about other shapes); measure at least {result.parameters + 1} cases of different shapes "
+            f"(batch, seq_len, layers, mode) and calibrate on all of them")
 
 
 def catalog_file(result: Calibration, file_name: str) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmsim.distributed.spec import LAUNCHER_PID_ENV, RESULT_FILE, RankRecord, WorkerSpec
+from llmsim.wording import count
 
 POLL_S = 0.05
 RESULTS_GRACE_S = 2.0  # how long a failed case waits for rank 0's result file before giving up on it
@@ -143,7 +144,7 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
             if all(c == 0 for c in codes):
                 break
             if time.monotonic() > deadline:
-                outcome.error = f"timed out after {timeout_s:g} s; all {world} ranks were killed (logs: {out})"
+                outcome.error = f"timed out after {timeout_s:g} s; all {count(world, 'rank')} were killed (logs: {out})"
                 break
             time.sleep(POLL_S)
     finally:

@@ -24,6 +24,7 @@ from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState,
 from llmsim.distributed.spec import WorkerSpec
 from llmsim.stages import describe_split
 from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep, no_mark
+from llmsim.wording import count
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,8 @@ class RankStep(WorkloadStep):
                 self.notes["zero"] = (f"fully_shard per block and per stage over dp "
                                       f"(reshard_after_forward={strategy.zero == 3})")
             params = [p for p in self.pipeline.parameters() if p.requires_grad]
-            self.notes["pipeline"] = (f"{type(self.pipeline.schedule).__name__}, {spec.microbatches} micro-batches, "
+            self.notes["pipeline"] = (f"{type(self.pipeline.schedule).__name__}, "
+                                      f"{count(spec.microbatches, 'micro-batch')}, "
                                       f"layers per stage {describe_split(self.pipeline.stage_layers)}")
         else:
             if spec.tp > 1:

@@ -194,7 +194,7 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
     links: dict[str, LinkSpec] = {}
     sources: list[tuple[str, object]] = [(str(CATALOG_FILE), yaml.safe_load(CATALOG_FILE.read_text()))]
     for path in extra_files or []:
-        from llmsim.config import read_yaml
+        from llmsim.userinput import read_yaml
 
         sources.append((str(path), read_yaml(path)))
     for plugin, entry in plugin_entries or []:

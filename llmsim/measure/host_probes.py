@@ -130,10 +130,24 @@ def host_rates(dtype: str, cache_dir: Path | None = None) -> HostRates:
     return _best_rates(dtype, torch.get_num_threads(), cache_dir)
 
 
+def _cache_file(dtype: str, threads: int, cache_dir: Path | None) -> tuple[str, Path]:
+    key = f"v{PROBE_VERSION}|{cpu_model()}|{os.cpu_count()}|{threads}|{torch.__version__}|{dtype}"
+    return key, (cache_dir or _cache_dir()) / f"host-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+def cached_rates(dtype: str, cache_dir: Path | None = None) -> HostRates | None:
+    """The rates kept for `dtype` and the current thread count on this machine, without probing; None
+    before any run has measured them (what `llmsim hardware` shows for cpu-host)."""
+    _, path = _cache_file(dtype, torch.get_num_threads(), cache_dir)
+    try:
+        return HostRates(**json.loads(path.read_text())["rates"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @functools.cache
 def _best_rates(dtype: str, threads: int, cache_dir: Path | None) -> HostRates:
-    key = f"v{PROBE_VERSION}|{cpu_model()}|{os.cpu_count()}|{threads}|{torch.__version__}|{dtype}"
-    path = (cache_dir or _cache_dir()) / f"host-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    key, path = _cache_file(dtype, threads, cache_dir)
     rates = measure_host_rates(dtype)
     try:
         rates = rates.best_with(HostRates(**json.loads(path.read_text())["rates"]))

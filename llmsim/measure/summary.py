@@ -2,8 +2,11 @@
 
 * step_time_s: the mean of the timed steps; latency_p50_s their median and latency_p99_s the 99th
   percentile (`statistics.quantiles(..., n=100, method="inclusive")[98]`; one step is its own p99).
+* step_time_p10_s, step_time_p90_s: the 10th and 90th percentiles (inclusive method), the spread that
+  comparisons hold a difference against (llmsim.report.metrics.noise); None with one timed step, whose
+  spread is unknown.
 * ttft_s (decode): the mean time from a step's start to its `first_token` mark (the prefill);
-  tpot_s = (step_time_s - ttft_s) / (decode_tokens - 1).
+  tpot_s = (step_time_s - ttft_s) / (decode_tokens - 1), None (undefined) for one generated token.
 * other_time_s: the optimizer update, from the `backward_done` mark to the step's end (0 without).
 * Several ranks: per timed step the slowest rank's time (every rank starts after a barrier), then as
   above; the communication and bubble shares come from one profiled step per rank.
@@ -26,12 +29,16 @@ class StepSummary:
     other_time_s: float
     ttft_s: float | None = None
     tpot_s: float | None = None
+    step_time_p10_s: float | None = None
+    step_time_p90_s: float | None = None
 
-    def columns(self) -> dict[str, float]:
-        """The result columns it fills: step time and latencies, and TTFT/TPOT where measured."""
-        cols = dict(step_time_s=self.step_time_s, latency_p50_s=self.latency_p50_s,
-                    latency_p99_s=self.latency_p99_s)
-        if self.ttft_s is not None and self.tpot_s is not None:
+    def columns(self) -> dict[str, float | None]:
+        """The result columns it fills: step time, its spread and latencies, and TTFT/TPOT where measured."""
+        cols: dict[str, float | None] = dict(step_time_s=self.step_time_s, latency_p50_s=self.latency_p50_s,
+                                             latency_p99_s=self.latency_p99_s)
+        if self.step_time_p10_s is not None:
+            cols.update(step_time_p10_s=self.step_time_p10_s, step_time_p90_s=self.step_time_p90_s)
+        if self.ttft_s is not None:
             cols.update(ttft_s=self.ttft_s, tpot_s=self.tpot_s)
         return cols
 
@@ -47,9 +54,12 @@ def summarize(step_times: Sequence[float], first_token: Sequence[float] = (), op
     ttft = tpot = None
     if first_token:
         ttft = statistics.fmean(first_token)
-        tpot = (step - ttft) / max(decode_tokens - 1, 1)
+        # after the first token there are decode_tokens - 1 more; with none, TPOT is undefined (None)
+        tpot = (step - ttft) / (decode_tokens - 1) if decode_tokens > 1 else None
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else None
     return StepSummary(step_times_s=tuple(times), step_time_s=step, latency_p50_s=statistics.median(times),
-                       latency_p99_s=quantiles[98], other_time_s=other, ttft_s=ttft, tpot_s=tpot)
+                       latency_p99_s=quantiles[98], other_time_s=other, ttft_s=ttft, tpot_s=tpot,
+                       step_time_p10_s=deciles[0] if deciles else None, step_time_p90_s=deciles[8] if deciles else None)
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,20 @@ class HardwareChoice(_Strict):
     inter_node: str | None = Field(None, description="link between nodes; default: the device's")
 
 
+# The model counts tensors; a framework also needs memory it does not: the caching allocator's fragmentation,
+# the CUDA context, cuBLAS/attention workspaces and NCCL buffers. vLLM's default is to use 90% of a GPU
+# (EngineArgs / CacheConfig gpu_memory_utilization = 0.9, vllm/config.py), leaving 10% for exactly these;
+# the plan keeps the same share free unless told otherwise (limits.memory_headroom).
+DEFAULT_MEMORY_HEADROOM = 0.1
+
+
 class Limits(_Strict):
     max_devices: PositiveInt = Field(4096, description="most devices one configuration may use")
     max_power_w: PositiveFloat | None = Field(None, description="most watts the devices may draw at full load")
-    memory_headroom: float = Field(0.0, ge=0, lt=1, description="fraction of device memory kept free (allocator "
-                                   "fragmentation, CUDA context, communication buffers); 0.1 is a prudent margin")
+    memory_headroom: float = Field(DEFAULT_MEMORY_HEADROOM, ge=0, lt=1,
+                                   description="fraction of device memory kept free (allocator fragmentation, CUDA "
+                                               "context, workspaces, communication buffers); default 0.1, the "
+                                               "share vLLM leaves by default (gpu_memory_utilization 0.9)")
 
 
 Recompute = Literal["none", "selective", "full"]

@@ -36,7 +36,9 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 1:
         return f"{seconds:.2f} s"
-    return f"{seconds * 1e3:.1f} ms"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} µs"  # not '0.0 ms': a small model's token step
 
 
 def fmt_usd(x: float | None) -> str:
@@ -63,6 +65,26 @@ def describe(e: Evaluation) -> str:
     return f"{c.n_devices} x {c.hardware} ({', '.join(parts)})"
 
 
+def latency_name(plan: PlanFile) -> str:
+    """What an inference plan's latency is a latency of: decode 'token step' (one generated token for every
+    sequence in flight, what max_step_latency_s limits), prefill 'prefill step'; training 'step'."""
+    return {"decode": "token step", "prefill": "prefill step"}.get(plan.workload.mode, "step")
+
+
+def step_name(plan: PlanFile) -> str:
+    """What step_time_s is: decode 'generation' (the prompt's prefill and every generated token of a batch),
+    else the latency's name."""
+    w = plan.workload
+    if w.mode == "decode":
+        return (f"generation ({w.batch} sequences: a {w.model.seq_len}-token prompt, then {w.decode_tokens} "
+                f"tokens each)")
+    return latency_name(plan)
+
+
+def fmt_rate(tokens_per_s: float | None) -> str:
+    return "–" if tokens_per_s is None else f"{tokens_per_s:,.0f} tokens/s"
+
+
 def step_shares(e: Evaluation) -> dict[str, float]:
     """Shares of the step: compute, exposed communication, bubble, other (optimizer)."""
     step = e.step_time_s or 0.0
@@ -77,14 +99,21 @@ def why(e: Evaluation, plan: PlanFile) -> list[str]:
     out: list[str] = []
     shares = step_shares(e)
     if shares:
-        out.append(f"step {fmt_duration(e.step_time_s)}: compute {_pct(shares['compute'])}, exposed communication "
-                   f"{_pct(shares['communication'])}, pipeline bubble {_pct(shares['bubble'])}, optimizer/other "
-                   f"{_pct(shares['other'])}" + (f"; MFU {e.mfu:.0%}" if e.mfu else ""))
+        if plan.workload.mode == "decode":
+            out.append(f"{latency_name(plan)} {fmt_duration(e.latency_s)} ({fmt_rate(e.tokens_per_s)}); one "
+                       f"{step_name(plan)} takes {fmt_duration(e.step_time_s)}")
+        out.append(f"{step_name(plan).split(' (')[0]} {fmt_duration(e.step_time_s)}: compute "
+                   f"{_pct(shares['compute'])}, exposed communication {_pct(shares['communication'])}, pipeline "
+                   f"bubble {_pct(shares['bubble'])}, optimizer/other {_pct(shares['other'])}"
+                   + (f"; MFU {e.mfu:.0%}" if e.mfu else ""))
     if e.capacity_bytes:
-        headroom = 1 - e.memory_bytes / e.capacity_bytes
+        kept = plan.limits.memory_headroom
         largest = max(e.memory_detail.items(), key=lambda kv: kv[1], default=("", 0.0))
-        out.append(f"memory {fmt_bytes(e.memory_bytes)} of {fmt_bytes(e.capacity_bytes)} usable per device "
-                   f"(headroom {_pct(headroom)}; largest: {largest[0].replace('_', ' ')} {fmt_bytes(largest[1])})")
+        usable = (f"{fmt_bytes(e.capacity_bytes)} usable: {fmt_bytes(e.capacity_bytes / (1 - kept))} less the "
+                  f"{_pct(kept)} memory_headroom" if kept else f"{fmt_bytes(e.capacity_bytes)} (memory_headroom 0)")
+        out.append(f"memory {fmt_bytes(e.memory_bytes)} per device of {usable}; "
+                   f"{fmt_bytes(max(e.capacity_bytes - e.memory_bytes, 0.0))} to spare; largest: "
+                   f"{largest[0].replace('_', ' ')} {fmt_bytes(largest[1])}")
     if shares:
         dominant = max(("communication", "bubble"), key=lambda k: shares[k])
         if shares[dominant] >= 0.15:
@@ -93,7 +122,7 @@ def why(e: Evaluation, plan: PlanFile) -> list[str]:
                     "fewer devices per replica (less tensor parallelism, more dp) would shorten it")
             hint = {"communication": comm,
                     "bubble": "more micro-batches or an interleaved schedule would shrink it"}[dominant]
-            out.append(f"{dominant} is {_pct(shares[dominant])} of the step: {hint}")
+            out.append(f"{dominant} is {_pct(shares[dominant])} of the {step_name(plan).split(' (')[0]}: {hint}")
     if e.reason:
         out.append("misses: " + e.reason)
     return out
@@ -148,7 +177,8 @@ def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list
         else:
             best = min(priced, key=lambda e: e.shortfall)
             out.append(f"{kind}: the closest configuration, {describe(best)}, serves "
-                       f"{best.tokens_per_s or 0:,.0f} tokens/s at {fmt_duration(best.latency_s)} per step "
+                       f"{best.tokens_per_s or 0:,.0f} tokens/s at {fmt_duration(best.latency_s)} per "
+                       f"{latency_name(plan)} "
                        f"(goal: {plan.goal.tokens_per_s:,.0f} tokens/s"
                        + (f", at most {plan.goal.max_step_latency_s * 1e3:g} ms" if plan.goal.max_step_latency_s else "")
                        + f"); the device limit is max_devices={plan.limits.max_devices:,}.")
@@ -167,8 +197,13 @@ def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: lis
         counts["memory"] += stats.pruned_by_group + stats.pruned_by_micro_batch
     if top:
         best = top[0]
-        headline = (f"best by {plan.objective}: {describe(best)} — {fmt_duration(best.time_to_goal_s)}, "
-                    f"{fmt_usd(best.cost_usd)}, {fmt_energy(best.energy_j)}")
+        if plan.workload.mode == "train":
+            headline = (f"best by {plan.objective}: {describe(best)} — {fmt_duration(best.time_to_goal_s)}, "
+                        f"{fmt_usd(best.cost_usd)}, {fmt_energy(best.energy_j)}")
+        else:
+            headline = (f"best by {plan.objective}: {describe(best)} — {latency_name(plan)} "
+                        f"{fmt_duration(best.latency_s)}, {fmt_rate(best.tokens_per_s)}, {fmt_usd(best.cost_usd)} "
+                        f"and {fmt_energy(best.energy_j)} per hour")
         runners = [(describe(e), [versus(e, best, plan.objective)] + why(e, plan)) for e in top[1:]]
         return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
     closest = [e for e in rows if not e.feasible][:max(plan.top_k, 1)]

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from llmsim.planner.config import PlanFile
-from llmsim.planner.explain import Explanation, describe, fmt_duration, fmt_energy, fmt_usd
+from llmsim.planner.explain import Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name
 from llmsim.planner.search import Evaluation, Hardware, SearchStats
 from llmsim.report.units import fmt_bytes
 from llmsim.report.raster import png as raster_png
@@ -106,7 +106,7 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
     if len(priced):
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_xlabel("time to goal (days)" if train else "step latency (ms)")
+    ax.set_xlabel("time to goal (days)" if train else f"{latency_name(plan)} latency (ms)")
     ax.set_ylabel("cost (USD)" if train else "cost (USD per hour of serving)")
     ax.set_title(f"{plan.name}: cost against time, {len(priced):,} priced configurations")
     ax.grid(True, which="both", alpha=0.25)
@@ -143,13 +143,15 @@ def _table(rows: list[Evaluation], plan: PlanFile, simulated: bool) -> Any:
     from llmsim.report.document import Cell, Table
 
     train = plan.workload.mode == "train"
-    cols = ["#", "configuration", "time to goal" if train else "step latency", "cost" if train else "cost / hour",
-            "energy" if train else "energy / hour", "devices", "memory/device", "meets goal"]
+    cols = ["#", "configuration", "time to goal" if train else latency_name(plan)] + ([] if train else ["tokens/s"]) \
+        + ["cost" if train else "cost / hour", "energy" if train else "energy / hour", "devices", "memory/device",
+           "meets goal"]
     if simulated:
-        cols += ["simulated time", "simulated cost"]
+        cols += ["simulated time" if train else f"simulated {latency_name(plan)}", "simulated cost"]
     out = []
     for i, e in enumerate(rows, 1):
-        cells = [Cell(str(i), i), Cell(describe(e)), Cell(fmt_duration(e.time_to_goal_s), e.time_to_goal_s),
+        rate = [] if train else [Cell("–" if e.tokens_per_s is None else f"{e.tokens_per_s:,.0f}", e.tokens_per_s)]
+        cells = [Cell(str(i), i), Cell(describe(e)), Cell(fmt_duration(e.time_to_goal_s), e.time_to_goal_s), *rate,
                  Cell(fmt_usd(e.cost_usd), e.cost_usd), Cell(fmt_energy(e.energy_j), e.energy_j),
                  Cell(f"{e.config.n_devices:,}", e.config.n_devices), Cell(fmt_bytes(e.memory_bytes), e.memory_bytes),
                  Cell("yes" if e.feasible else e.reason or "no")]
@@ -157,7 +159,8 @@ def _table(rows: list[Evaluation], plan: PlanFile, simulated: bool) -> Any:
             cells += [Cell(fmt_duration(e.sim.get("time_to_goal_s")), e.sim.get("time_to_goal_s")),  # type: ignore[arg-type]
                       Cell(fmt_usd(e.sim.get("cost_usd")), e.sim.get("cost_usd"))]  # type: ignore[arg-type]
         out.append(cells)
-    numeric = [True, False, True, True, True, True, True, False] + ([True, True] if simulated else [])
+    numeric = [True, False, True] + ([] if train else [True]) + [True, True, True, True, False] \
+        + ([True, True] if simulated else [])
     return Table(cols, out, numeric)
 
 
@@ -168,7 +171,7 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
     g = plan.goal
     goal = (f"{g.tokens:,.3g} tokens" + (f" within {g.deadline_days:g} days" if g.deadline_days else "")
             if plan.workload.mode == "train" else
-            f"{g.tokens_per_s:,.0f} tokens/s" + (f", step latency at most {g.max_step_latency_s * 1e3:g} ms"
+            f"{g.tokens_per_s:,.0f} tokens/s" + (f", {latency_name(plan)} at most {g.max_step_latency_s * 1e3:g} ms"
                                                  if g.max_step_latency_s else ""))
     summary = [Point(explanation.headline, explanation.winner or explanation.limiting)]
     sections = []

@@ -37,6 +37,7 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     hardware = resolve_hardware(plan, catalog)
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
+    run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
     rows, stats = search(plan, hardware, sharing, profile, progress)
     simulated = plan.simulate if simulate is None else simulate
     if simulated and any(e.feasible for e in rows[:1]):
@@ -48,7 +49,6 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         top = [e for e in rows if e.feasible][:plan.top_k]
     closest = [] if top else [e for e in rows if not e.feasible][:plan.top_k]
     explanation = explain(rows, stats, plan, top)
-    run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
     frame = plan_frame(rows, hardware, plan.workload.model.layers)
     write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

@@ -34,6 +34,7 @@ from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
 from llmsim.workload.profile import WorkloadProfile, profile_workload
+from llmsim.wording import count
 
 HOUR_S = 3600.0
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
@@ -47,7 +48,7 @@ class Hardware:
     node: ClusterSpec                  # one node of the choice: device, links, devices per node
     usd_per_device_hour: float
     example_price: bool
-    memory_headroom: float = 0.0
+    memory_headroom: float = 0.0       # resolve_hardware passes the plan's limits.memory_headroom
 
     @property
     def device(self) -> DeviceSpec:
@@ -297,7 +298,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                     stats.priced += 1
         stats.per_hardware[hw.name] = stats.screened - before
         if progress:
-            progress(f"{hw.name}: {stats.per_hardware[hw.name]:,} configurations screened")
+            progress(f"{hw.name}: {count(stats.per_hardware[hw.name], 'configuration')} screened")
     rows.sort(key=objective_key(plan.objective))
     stats.seconds = time.perf_counter() - start
     return rows, stats

@@ -7,7 +7,6 @@ report.html, so both reports show the very same pixels.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from llmsim.report.raster import render
 from llmsim.report.run import TRACE_FILE, Run, catalog_capacity, environment_text, load_run, workload_text
 from llmsim.report.summary import summarize
 from llmsim.report.trace import TraceError, load_trace
-from llmsim.results import write_atomic
+from llmsim.results import new_run_dir, write_atomic
 
 
 def _gantt(run: Run) -> tuple[object, object]:
@@ -34,7 +33,7 @@ def _gantt(run: Run) -> tuple[object, object]:
         spans = load_trace(run.trace)
     except TraceError as exc:
         raise F.NoData(f"{TRACE_FILE} could not be read: {exc}") from None
-    return F.gantt(spans)
+    return F.gantt(spans, case=run.trace_case)
 
 
 def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
@@ -42,7 +41,8 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
     frame = run.frame
     specs = [
         ("throughput", "Throughput per strategy and backend",
-         "tokens/s of every case that ran; one panel per backend, each on its own scale.",
+         "tokens/s of every case that ran; one panel per backend, each on its own scale; a measured bar's "
+         "error bar spans tokens/s at its p90 and p10 step time (the spread of its timed steps).",
          lambda: F.throughput(frame)),
         ("breakdown", "Step-time breakdown",
          "compute, exposed communication, pipeline bubble and the rest, stacked; the black tick is the "
@@ -56,7 +56,7 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
          "by kind where the backend models it, else the peak; the red tick is the device's capacity; "
          "hatched cases do not fit.", lambda: F.memory(frame, capacity)),
         ("parity", "Modeled vs measured",
-         "modeled against measured step time of the same case, with the model's error.",
+         "modeled against measured step time of the same case on the same hardware, with the model's error.",
          lambda: F.parity(frame)),
         ("serving_latency", "Latency against load",
          "time to first token and time per output token, median (solid) and 99th percentile (dashed), against "
@@ -64,9 +64,12 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
         ("serving_goodput", "Goodput against load",
          "requests/s served and requests/s meeting the SLO (goodput) against the offered rate; the dashed "
          "diagonal is every offered request served.", lambda: F.serving_goodput(frame)),
-        ("gantt", "Pipeline timeline (one replica)",
+        ("gantt", f"Pipeline timeline of {run.trace_case or 'the traced case'} (one replica)",
          "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle "
-         "time.", lambda: _gantt(run)),
+         "time; the case with the deepest pipeline is shown, its trace and every other case's are in "
+         "trace/ of the run folder." if run.trace_case else
+         "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle time.",
+         lambda: _gantt(run)),
     ]
     return {name: render(name, title, caption, draw) for name, title, caption, draw in specs}
 
@@ -132,20 +135,11 @@ def write_report(run_dir: Path, frame: pd.DataFrame | None = None) -> list[Path]
     return write_document(doc, run.path)
 
 
-def default_compare_dir(base: Path = Path("reports")) -> Path:
-    """reports/compare/<stamp>/, a fresh folder per comparison (suffixed if the second is taken)."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = base / "compare" / (stamp if n == 0 else f"{stamp}-{n}")
-        if not path.exists():
-            return path
-    raise RuntimeError("no free comparison folder name")
-
-
-def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
-    """Compare runs (the first is the baseline) into `out` (default: reports/compare/<stamp>/)."""
+def write_comparison(run_dirs: list[Path], folder: Path | None = None) -> Path:
+    """Compare runs (the first is the baseline) into `folder` (default: a fresh reports/compare/<stamp>/,
+    as `llmsim report --out reports` makes it: --out is the parent, as for run and plan)."""
     runs = [load_run(Path(p)) for p in run_dirs]
-    folder = Path(out) if out is not None else default_compare_dir()
+    folder = Path(folder) if folder is not None else new_run_dir(Path("reports"), "compare")
     doc = comparison_document(runs)
     write_document(doc, folder)
     write_atomic(folder / "comparison.csv", comparison_frame(runs).to_csv(index=False))

@@ -16,11 +16,12 @@ import pandas as pd
 
 from llmsim.report import compare_figures as CF
 from llmsim.report.document import Cell, Document, Paragraph, Point, Section, Table
-from llmsim.report.metrics import METRICS, NOISE_PCT, SUMMARY_METRICS, Metric, pct_change, tone
+from llmsim.report.metrics import METRICS, NOISE_PCT, SUMMARY_METRICS, Metric, noise, pct_change, tone
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, workload_text
 from llmsim.report.units import fmt_change, format_value, missing
+from llmsim.wording import count
 
 KEY = ["case", "backend"]
 def run_letters(n: int) -> list[str]:
@@ -72,6 +73,9 @@ def comparison_frame(runs: list[Run]) -> pd.DataFrame:
                 new = value(idx.get(key), m)
                 row[f"{m.column}@{letter}"] = new
                 row[f"{m.column}_change_pct@{letter}"] = pct_change(base, new)
+                if m.timed:  # both measured and their step-time p10-p90 ranges overlap
+                    both = base is not None and new is not None
+                    row[f"{m.column}_within_noise@{letter}"] = both and noise(indexes[0].get(key), idx.get(key))
         out.append(row)
     return pd.DataFrame(out)
 
@@ -94,11 +98,16 @@ def metric_table(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> Tab
             v, pct = r[f"{metric.column}@{x}"], r[f"{metric.column}_change_pct@{x}"]
             cells.append(Cell(format_value(v, metric.how), None if missing(v) else v))
             pct = None if missing(pct) else float(pct)
-            cells.append(Cell("–" if pct is None else fmt_change(pct), pct, tone(pct, metric)))
+            quiet = bool(r.get(f"{metric.column}_within_noise@{x}", False))
+            text = "–" if pct is None else fmt_change(pct) + (" (within noise)" if quiet else "")
+            cells.append(Cell(text, pct, None if quiet else tone(pct, metric)))
         body.append(cells)
     better = "higher" if metric.higher_better else "lower"
-    return Table(headers, body, [False, False] + [True] * (len(headers) - 2),
-                 caption=f"{better} is better; report.html colours a change for the better green, for the worse red.")
+    caption = f"{better} is better; report.html colours a change for the better green, for the worse red"
+    if metric.timed:
+        caption += ("; a change is within noise when both rows are measured and their step-time p10–p90 "
+                    "ranges overlap")
+    return Table(headers, body, [False, False] + [True] * (len(headers) - 2), caption=caption + ".")
 
 
 def status_table(runs: list[Run], letters: list[str]) -> Table | None:
@@ -153,15 +162,22 @@ def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
             if changes.empty:
                 continue
             pct = changes[f"{column}_change_pct@{x}"].astype(float)
+            quiet_col = f"{column}_within_noise@{x}"
+            quiet = (frame.loc[changes.index, quiet_col].astype(bool) if quiet_col in frame
+                     else pd.Series(False, index=changes.index))
             lo, hi = changes.loc[pct.idxmin()], changes.loc[pct.idxmax()]
-            n_better = sum(tone(p, m) == "better" for p in pct)
-            n_worse = sum(tone(p, m) == "worse" for p in pct)
-            cases = f"{len(pct)} matched case{'s' if len(pct) != 1 else ''}"
+            n_better = sum(tone(p, m) == "better" and not q for p, q in zip(pct, quiet))
+            n_worse = sum(tone(p, m) == "worse" and not q for p, q in zip(pct, quiet))
+            n_noise = int(quiet.sum())
+            cases = count(len(pct), "matched case")
             if not n_better and not n_worse:
-                details.append(f"{m.title}: unchanged (within ±{NOISE_PCT}%) in {cases}.")
+                why = [f"{n_noise} within the measured noise, their step-time p10–p90 ranges overlap"] if n_noise else []
+                why += [f"{len(pct) - n_noise} within ±{NOISE_PCT}%"] if len(pct) > n_noise else []
+                details.append(f"{m.title}: unchanged in {cases} ({'; '.join(why)}).")
                 continue
+            noisy = f", {n_noise} within noise" if n_noise else ""
             text = (f"{m.title}: median {fmt_change(float(pct.median()))} over {cases} "
-                    f"({n_better} better, {n_worse} worse")
+                    f"({n_better} better, {n_worse} worse{noisy}")
             if len(pct) > 1:
                 text += (f"; from {fmt_change(float(pct.min()))} for {lo['case']} on {lo['backend']} to "
                          f"{fmt_change(float(pct.max()))} for {hi['case']} on {hi['backend']}")

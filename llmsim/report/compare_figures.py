@@ -46,7 +46,7 @@ def changes(frame: pd.DataFrame, letters: list[str], metrics: list[Metric]) -> t
                 ax.barh(y, p, height=bar * 0.9, color={"better": BETTER, "worse": WORSE}.get(tone(p, m) or "", SAME))
                 label = fmt_change(p) + (f" ({x})" if len(others) > 1 else "")
                 ax.annotate(label, (p, y), xytext=(3 if p >= 0 else -3, 0), textcoords="offset points",
-                            ha="left" if p >= 0 else "right", va="center", fontsize=7)
+                            ha="left" if p >= 0 else "right", va="center", fontsize=8)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlim(-biggest * 1.6, biggest * 1.6)
         ax.set_title(f"{m.title}\n({'higher' if m.higher_better else 'lower'} is better)", fontsize=9, loc="left")
@@ -78,7 +78,7 @@ def grouped(frame: pd.DataFrame, letters: list[str], metric: Metric) -> tuple[An
             ax.barh(ys, vals, height=bar * 0.9, color=f"C{j}", label=x)
             for y, v in zip(ys, vals):
                 if v:
-                    ax.annotate(fmt(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+                    ax.annotate(fmt(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
             top = max([top, *vals])
         ax.set_xlim(0, (top or 1) * 1.3)
         ax.set_yticks(range(len(g)), [str(c) for c in g["case"]], fontsize=8)

@@ -100,8 +100,19 @@ def _headroom(ax: Axes, values: Sequence[float], factor: float = 1.3) -> None:
     ax.set_xlim(0, top * factor)
 
 
+def _rate_range(row: pd.Series) -> tuple[float, float] | None:
+    """tokens/s at a measured row's p90 and p10 step time (slow end, fast end); None without a spread."""
+    lo, hi = row.get("step_time_p10_s"), row.get("step_time_p90_s")
+    step, rate = row.get("step_time_s"), row.get("tokens_per_s")
+    if any(missing(v) for v in (lo, hi, step, rate)) or float(lo) <= 0:
+        return None
+    tokens = float(rate) * float(step)
+    return tokens / float(hi), tokens / float(lo)
+
+
 def throughput(frame: pd.DataFrame) -> tuple[Figure, list[Axes]]:
-    """Tokens per second of every case that ran, one panel per backend."""
+    """Tokens per second of every case that ran, one panel per backend; a measured bar carries the spread of
+    its timed steps (tokens/s at the p90 and p10 step time) as an error bar."""
     rows = ok_rows(frame, "tokens_per_s")
     if rows.empty:
         raise NoData("no case ran (no row with status ok and a throughput)")
@@ -110,10 +121,15 @@ def throughput(frame: pd.DataFrame) -> tuple[Figure, list[Axes]]:
     for ax, g in zip(axes, groups):
         values = [float(v) for v in g["tokens_per_s"]]
         ax.barh(range(len(g)), values, color=BAR_COLOR)
-        for y, (v, per_dev) in enumerate(zip(values, g["tokens_per_s_per_device"])):
+        ranges = [_rate_range(r) for _, r in g.iterrows()]
+        if any(ranges):  # measured rows: tokens/s at the p90 and the p10 step time, as an error bar
+            low = [v - r[0] if r else 0.0 for v, r in zip(values, ranges)]
+            high = [r[1] - v if r else 0.0 for v, r in zip(values, ranges)]
+            ax.errorbar(values, range(len(g)), xerr=[low, high], fmt="none", ecolor="black", capsize=3, lw=1)
+        for y, (v, per_dev, r) in enumerate(zip(values, g["tokens_per_s_per_device"], ranges)):
             extra = f" ({fmt_rate(float(per_dev))}/device)" if not missing(per_dev) else ""
-            _annotate(ax, y, v, fmt_rate(v) + extra)
-        _headroom(ax, values, 1.45)
+            _annotate(ax, y, r[1] if r else v, fmt_rate(v) + extra)
+        _headroom(ax, [r[1] if r else v for v, r in zip(values, ranges)], 1.45)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_rate(v)))
     axes[-1].set_xlabel("tokens/s (higher is better)")
     return fig, axes
@@ -196,7 +212,7 @@ def scaling(frame: pd.DataFrame) -> tuple[Figure, Any]:
     ax_e.axhline(100, color="black", lw=0.8, ls=":")
     ax_e.set_ylim(0, max(105.0, ax_e.get_ylim()[1]))
     ax_e.set_title("efficiency", fontsize=10, loc="left")
-    ax_t.legend(fontsize=7, loc="best")
+    ax_t.legend(fontsize=8, loc="best")
     return fig, (ax_t, ax_e)
 
 
@@ -314,15 +330,35 @@ def parity_pairs(frame: pd.DataFrame) -> pd.DataFrame:
         "modeled_hardware": pairs["hardware_mod"],
     })
     out["error_pct"] = 100 * (out["modeled_s"] - out["measured_s"]) / out["measured_s"]
+    # A model error exists only between a measurement and a prediction of the same device: a CPU step
+    # against an A100 prediction is a ratio of two machines, not an error of the model.
+    out["same_hardware"] = [same_device(a, b) for a, b in zip(out["measured_hardware"], out["modeled_hardware"])]
     return out.reset_index(drop=True)
 
 
+def same_device(measured: Any, modeled: Any) -> bool:
+    """A modeled device is the measured one: the same catalog name, or the entry `llmsim calibrate` fitted to
+    it (named <device>-calibrated, llmsim.calibrate.model)."""
+    if not isinstance(measured, str) or not isinstance(modeled, str):
+        return False
+    return modeled in (measured, f"{measured}-calibrated")
+
+
+CROSS_HARDWARE = ("the measured rows ran on {measured} and the modeled rows model {modeled}: different "
+                  "machines, so their ratio is not a model error. To check the model on this machine, fit it "
+                  "with `llmsim calibrate RUN_DIR` and model the calibrated device (docs/costmodel.md)")
+
+
 def parity(frame: pd.DataFrame) -> tuple[Figure, Axes]:
-    """Modeled against measured step time of the same case, with the % error of the model."""
+    """Modeled against measured step time of the same case on the same hardware, with the model's % error."""
     pairs = parity_pairs(frame)
     if pairs.empty:
         raise NoData("no case has both a measured and a modeled row that ran (run one scenario on a measured "
                      "and a modeled backend with the same case names)")
+    if not pairs["same_hardware"].any():
+        raise NoData(CROSS_HARDWARE.format(measured=", ".join(sorted(set(pairs["measured_hardware"]))),
+                                           modeled=", ".join(sorted(set(pairs["modeled_hardware"])))))
+    pairs = pairs[pairs["same_hardware"]]
     fig, axes = new_figure(5.6, 5.0)
     ax = axes[0][0]
     lo = min(pairs["measured_s"].min(), pairs["modeled_s"].min()) / 1.6
@@ -369,8 +405,9 @@ def _span_kind(span: Span) -> str:
 KIND_COLORS = {"forward": "#4C72B0", "backward": "#55A868", "communication": "#DD8452", "optimizer": "#8172B3"}
 
 
-def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
-    """Timeline of one pipeline replica from a cluster trace: one lane per device/stream, idle = bubble."""
+def gantt(spans: list[Span], max_lanes: int = 32, case: str | None = None) -> tuple[Figure, Axes]:
+    """Timeline of one pipeline replica from a cluster trace: one lane per device/stream, idle = bubble.
+    `case` ('pp4 on cluster') titles the figure; the legend sits below the lanes, never over them."""
     spans = replica_spans(spans)
     if not spans:
         raise NoData("the trace has no complete events")
@@ -379,7 +416,7 @@ def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
     t0 = min(s.start_s for s in spans)
     fig, axes = new_figure(10, 1.2 + 0.35 * len(lanes))
     ax = axes[0][0]
-    others = (f"C{i}" for i in itertools.count(4))
+    others = (f"C{i}" for i in itertools.count(5))  # C4 is a purple like the optimizer's
     colors: dict[str, str] = dict(KIND_COLORS)
     bars: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (kind, lane) -> spans: one artist each
     for s in spans:
@@ -397,7 +434,9 @@ def gantt(spans: list[Span], max_lanes: int = 32) -> tuple[Figure, Axes]:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v) if v else "0"))
     ax.set_xlabel("time from the first event (white gaps within a lane are idle: the pipeline bubble)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right", ncols=min(len(seen), 5))
+    if case:
+        ax.set_title(f"{case}: one pipeline replica", fontsize=10, loc="left")
+    fig.legend(fontsize=9, loc="outside lower center", ncols=min(len(seen), 6), frameon=False)
     return fig, ax
 
 

@@ -20,17 +20,17 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#fafbfc}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
+main{max-width:1360px;margin:0 auto;padding:24px 28px 60px}
 h1{font-size:24px;margin:0 0 6px}h2{font-size:19px;margin:34px 0 10px;border-bottom:1px solid #dde1e7;padding-bottom:4px}
 h3{font-size:15px;margin:22px 0 6px}
-.meta{color:#56607a;margin:0 0 14px}.meta span{margin-right:18px;white-space:nowrap}
+.meta{color:#56607a;margin:0 0 14px}.meta span{margin-right:18px;display:inline-block;max-width:100%;overflow-wrap:anywhere}
 .summary{background:#fff;border:1px solid #dde1e7;border-left:4px solid #4C72B0;border-radius:6px;padding:10px 18px}
 .summary li{margin:4px 0}.summary ul ul{color:#3d4557}
 nav a{margin-right:14px;color:#30589c;text-decoration:none}nav a:hover{text-decoration:underline}
 .tablewrap{overflow-x:auto;margin:8px 0 4px}
 table{border-collapse:collapse;background:#fff;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #e2e6ec;padding:4px 9px;text-align:left;vertical-align:top}
-th{background:#eef1f6;position:sticky;top:0;white-space:nowrap}
+th{background:#eef1f6;position:sticky;top:0}
 th.sortable{cursor:pointer;user-select:none}th.sortable::after{content:" \\2195";color:#9aa3b5;font-size:11px}
 th[aria-sort=ascending]::after{content:" \\25B2";color:#30589c}th[aria-sort=descending]::after{content:" \\25BC";color:#30589c}
 td.num,th.num{text-align:right;white-space:nowrap}tbody tr:nth-child(even){background:#f7f9fb}

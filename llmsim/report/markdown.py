@@ -2,12 +2,14 @@
 
 Figures are PNG files beside it (`figures/<name>.png`), linked relatively, so the folder can be moved
 or committed as a whole. Text is escaped for markdown tables and for the raw HTML that markdown
-renderers pass through (a `<script>` in an error message must stay text).
+renderers pass through (a `<script>` in an error message must stay text), with CommonMark's backslash
+escapes, and only where a renderer would read markup: "needs 412 GB > 80 GB" stays as written, not
+`&gt;`, so the file also reads as plain text in a terminal.
 """
 
 from __future__ import annotations
 
-import html
+import re
 
 from llmsim.report.document import Block, Bullets, Document, Figure, Paragraph, Point, Section, Table
 # The formatters used to live here; they are re-exported for code that imported them from this module.
@@ -16,9 +18,17 @@ from llmsim.report.units import fmt_bytes, fmt_rate, fmt_seconds, format_value  
 FIGURE_DIR = "figures"
 
 
+# What a CommonMark renderer would not show as typed: the start of an HTML tag, comment or declaration
+# (`<b`, `</`, `<!`, `<?`) and a character reference (`&amp;`, `&#62;`). CommonMark 0.31, sections 2.4
+# (backslash escapes: any ASCII punctuation), 2.5 (entity references) and 6.6 (raw HTML).
+_MARKUP = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?\w+;)|[|\\]")  # a backslash too: "\<b>" must not become "\\<b>"
+
+
 def md_escape(text: object) -> str:
-    """Plain text safe inside a markdown table cell or list item."""
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """Plain text safe inside a markdown table cell or list item, escaped only where markdown would read
+    markup; `>` and a lone `&` or `<` stay as they are."""
+    flat = str(text).replace("\r", " ").replace("\n", " ")
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), flat)
 
 
 def render_table(table: Table) -> str:

@@ -15,7 +15,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from llmsim.report.document import Figure
 from llmsim.report.figures import NoData
 
-DPI = 90       # ~720 px wide: sharp on screen, small on disk
+# 110 dots per inch: an 8-inch figure is 880 px, inside the report's 1360 px column at its natural size, and
+# the smallest label (8 pt) is 8 * 110 / 72 = 12.2 px, as large as the page's own smallest text (12 px
+# table captions, html.STYLE). At 90 dpi labels of 7 pt were 8.75 px (issue 15 item 11).
+DPI = 110
+MIN_LABEL_PX = 12  # tests/report/test_layout.py holds every figure's text to this
 PALETTE = 128  # colours of the palette PNG
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from llmsim.errors import LLMSimError
+from llmsim.errors import ScenarioError, UsageError
 from llmsim.report.units import fmt_count, missing
 from llmsim.results import read_rows, rows_frame
+from llmsim.userinput import read_yaml
 
 TRACE_FILE = "trace.json"
 
@@ -34,18 +34,28 @@ class Run:
     def trace(self) -> Path | None:
         """`trace.json` in the run folder, else the cluster backend's per-case trace (`trace_file` column)
         of the ok case with the deepest pipeline (the most to see), fastest first among equals."""
+        return self._trace()[0]
+
+    @property
+    def trace_case(self) -> str | None:
+        """Which case the trace shows, 'pp4@nodes=2 on cluster' (None for a run-level trace.json)."""
+        return self._trace()[1]
+
+    def _trace(self) -> tuple[Path | None, str | None]:
         path = self.path / TRACE_FILE
         if path.is_file():
-            return path
+            return path, None
         frame = self.frame
         if "trace_file" not in frame or not len(frame):
-            return None
+            return None, None
         rows = frame[(frame["status"] == "ok") & frame["trace_file"].notna()]
         if not len(rows):
-            return None
+            return None, None
         best = rows.sort_values(["pp", "step_time_s"], ascending=[False, True]).iloc[0]
         candidate = self.path / str(best["trace_file"])
-        return candidate if candidate.is_file() and candidate.resolve().is_relative_to(self.path.resolve()) else None
+        if candidate.is_file() and candidate.resolve().is_relative_to(self.path.resolve()):
+            return candidate, f"{best['case']} on {best['backend']}"
+        return None, None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -58,9 +68,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, yaml.YAMLError):  # unreadable, not UTF-8, not YAML
+        return read_yaml(path)
+    except ScenarioError:  # unreadable, not UTF-8, not a YAML mapping, beyond the limits of llmsim.userinput
         return {}
 
 
@@ -69,7 +78,7 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     run_dir = Path(run_dir)
     if frame is None:
         if not (run_dir / "results.jsonl").is_file():
-            raise LLMSimError(f"report: {run_dir} has no results.jsonl (is it a run folder?)")
+            raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
         frame = rows_frame(read_rows(run_dir))
     return Run(run_dir, frame, _read_json(run_dir / "environment.json"), _read_yaml(run_dir / "scenario.yaml"))
 

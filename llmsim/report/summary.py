@@ -15,9 +15,12 @@ from typing import Any
 import pandas as pd
 
 from llmsim.report.document import Point
-from llmsim.report.figures import BREAKDOWN, by_backend, device_capacity, panel_title, parity_pairs
+from llmsim.report.figures import (BREAKDOWN, CROSS_HARDWARE, by_backend, device_capacity, panel_title,
+                                   parity_pairs)
 from llmsim.report.frames import ok_rows
+from llmsim.report.metrics import noise, spread
 from llmsim.report.units import fmt_bytes, fmt_joules, fmt_percent, fmt_rate, fmt_seconds, missing
+from llmsim.wording import count
 
 MAX_DETAILS = 8      # losers explained per backend; the tables have the rest
 MAX_REASON = 240     # characters of an error message quoted in the summary
@@ -37,7 +40,7 @@ def _short(text: str) -> str:
 
 def devices(n: float) -> str:
     """'1 device', '4 devices'."""
-    return f"{int(n)} device{'s' if int(n) != 1 else ''}"
+    return count(n, "device")
 
 
 def _devices(row: Any) -> str:
@@ -93,7 +96,10 @@ def loser_details(ok: pd.DataFrame, best: pd.Series) -> list[str]:
     others["_slow"] = float(best["tokens_per_s"]) / others["tokens_per_s"].astype(float)
     details = []
     for _, row in others.sort_values("_slow").head(MAX_DETAILS).iterrows():
-        if row["_slow"] <= 1 + SAME_SPEED:
+        if noise(row, best):
+            details.append(f"{row['case']}: within noise of {best['case']} ({row['_slow']:.2f}× by the mean step, "
+                           f"but their step-time p10–p90 ranges overlap{_spreads(row, best)}).")
+        elif row["_slow"] <= 1 + SAME_SPEED:
             details.append(f"{row['case']}: as fast as {best['case']}.")
         else:
             details.append(f"{row['case']}: {row['_slow']:.2f}× slower — {why_slower(row, best)}.")
@@ -103,7 +109,7 @@ def loser_details(ok: pd.DataFrame, best: pd.Series) -> list[str]:
     if len(elsewhere):
         counts = sorted({int(_f(n)) for n in elsewhere["n_devices"] if not missing(n)})
         sizes = ", ".join(str(n) for n in counts) or "unknown"
-        details.append(f"{len(elsewhere)} more case{'s' if len(elsewhere) != 1 else ''} ran on other device counts "
+        details.append(f"{count(len(elsewhere), 'more case')} ran on other device counts "
                        f"({sizes}): see the tables and the scaling figure.")
     return details
 
@@ -145,6 +151,19 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
     return points
 
 
+def _spreads(*rows: pd.Series) -> str:
+    """': 1.2–1.5 s and 1.3–1.6 s', the p10–p90 step times of measured rows."""
+    ranges = [spread(r) for r in rows]
+    return ": " + " and ".join(f"{fmt_seconds(lo)}–{fmt_seconds(hi)}" for lo, hi in ranges) \
+        if all(ranges) else ""  # type: ignore[misc]
+
+
+def _ties(ok: pd.DataFrame, best: pd.Series) -> list[str]:
+    """Cases on the winner's device count whose measured steps the winner's do not separate from its own."""
+    return [str(r["case"]) for i, r in ok.iterrows() if i != best.name and _f(r.get("n_devices")) ==
+            _f(best.get("n_devices")) and noise(r, best)]
+
+
 def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
     """Winner, most efficient, and losers' reasons for the rows of one backend."""
     if "mode" in rows and (rows["mode"] == "serve").all():
@@ -156,14 +175,22 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
         points.append(Point(f"{where}: no strategy ran to completion."))
     else:
         best = ok.loc[ok["tokens_per_s"].astype(float).idxmax()]
+        spread_text = "" if spread(best) is None else \
+            f", p10–p90 {fmt_seconds(spread(best)[0])}–{fmt_seconds(spread(best)[1])}"  # type: ignore[index]
         head = (f"{where}: the fastest strategy that fits is {best['case']} at {fmt_rate(float(best['tokens_per_s']))} "
-                f"tokens/s ({fmt_seconds(_f(best['step_time_s']))} per step{_devices(best)}).")
+                f"tokens/s ({fmt_seconds(_f(best['step_time_s']))} per step{spread_text}{_devices(best)}).")
+        ties = _ties(ok, best)
+        if ties:
+            head += (f" Within its noise: {', '.join(ties)} — these measurements do not tell them apart; more "
+                     f"timed steps (steps:) or a quieter machine would.")
         energy = ok_rows(ok, "joules_per_token")
         if not energy.empty:
             green = energy.loc[energy["joules_per_token"].astype(float).idxmin()]
             jpt = fmt_joules(float(green["joules_per_token"]))
             if green["case"] == best["case"]:
                 head += f" It is also the most energy-efficient, at {jpt} per token."
+            elif noise(green, best):
+                head += f" {green['case']} uses the least energy per token ({jpt}), within the noise of {best['case']}."
             else:
                 saving = 1 - float(green["joules_per_token"]) / _f(best["joules_per_token"]) \
                     if not missing(best["joules_per_token"]) else None
@@ -183,16 +210,22 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
 
 
 def parity_point(frame: pd.DataFrame) -> Point | None:
-    """How far the modeled step times are from the measured ones, where a case has both."""
+    """How far the modeled step times are from the measured ones, where a case has both on the same
+    hardware; a measured and a modeled row of different hardware are two machines, not a model error."""
     pairs = parity_pairs(frame)
     if pairs.empty:
         return None
-    err = pairs["error_pct"].abs()
-    text = (f"Model against measurement: median error {err.median():.1f}% (worst {err.max():.1f}%) over "
-            f"{len(pairs)} case{'s' if len(pairs) != 1 else ''} run both ways.")
-    if (pairs["measured_hardware"] != pairs["modeled_hardware"]).any():
-        text += " Some pairs model other hardware than was measured, so the error is not like for like."
-    return Point(text)
+    same, other = pairs[pairs["same_hardware"]], pairs[~pairs["same_hardware"]]
+    texts = []
+    if not same.empty:
+        err = same["error_pct"].abs()
+        texts.append(f"Model against measurement on the same hardware: median error {err.median():.1f}% (worst "
+                     f"{err.max():.1f}%) over {count(len(same), 'case')} run both ways.")
+    if not other.empty:
+        cross = CROSS_HARDWARE.format(measured=", ".join(sorted(set(other["measured_hardware"]))),
+                                      modeled=", ".join(sorted(set(other["modeled_hardware"]))))
+        texts.append(("No model error: " if same.empty else "Other pairs: ") + cross + ".")
+    return Point(" ".join(texts))
 
 
 def summarize(frame: pd.DataFrame, capacity: dict[str, float] | None = None) -> list[Point]:

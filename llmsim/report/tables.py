@@ -13,7 +13,8 @@ import pandas as pd
 from llmsim.report.document import Cell, Table
 from llmsim.report.figures import BREAKDOWN, MEMORY, device_capacity, parity_pairs
 from llmsim.report.frames import any_value
-from llmsim.report.units import fmt_change, fmt_seconds, format_value, missing
+from llmsim.report.metrics import spread
+from llmsim.report.units import FLOAT_RESIDUE, fmt_change, fmt_seconds, format_value, missing
 
 # (column, header, formatter)
 RESULTS: list[tuple[str, str, str]] = [
@@ -56,9 +57,27 @@ def _drop_empty(frame: pd.DataFrame, spec: list[tuple[str, str, str]]) -> list[t
     return keep
 
 
+def spread_text(row: Any) -> str:
+    """'9.91 s–13.9 s': the p10–p90 of a measured row's timed steps; '–' for a modeled row."""
+    s = spread(row)
+    return "–" if s is None else f"{fmt_seconds(s[0])}–{fmt_seconds(s[1])}"
+
+
 def results_table(frame: pd.DataFrame) -> Table:
+    """Every ok row; measured rows show their step-time spread (p10–p90) beside the mean step."""
     ok = frame[frame["status"] == "ok"]
-    return _table(ok, _drop_empty(ok, RESULTS))
+    table = _table(ok, _drop_empty(ok, RESULTS))
+    if not any(spread(r) for _, r in ok.iterrows()):
+        return table
+    at = table.columns.index("step time") + 1
+    rows = []
+    for cells, (_, r) in zip(table.rows, ok.iterrows()):
+        s = spread(r)
+        rows.append(cells[:at] + [Cell(spread_text(r), None if s is None else s[1] - s[0])] + cells[at:])
+    return Table(table.columns[:at] + ["step p10–p90"] + table.columns[at:], rows,
+                 table.numeric[:at] + [True] + table.numeric[at:],
+                 "step p10–p90: the spread of a measured row's timed steps; two rows whose ranges overlap are "
+                 "within noise of each other.")
 
 
 def breakdown_table(frame: pd.DataFrame) -> Table | None:
@@ -76,6 +95,8 @@ def breakdown_table(frame: pd.DataFrame) -> Table | None:
                  cell(r.get("t_ideal_s"), "seconds"), cell(r.get("scaling_efficiency"), "percent")]
         for col, _, _ in BREAKDOWN:
             v = r.get(col)
+            if not missing(v) and not missing(step) and abs(float(v)) < FLOAT_RESIDUE * float(step):
+                v = 0.0
             if missing(v):
                 cells.append(Cell("–"))
             else:
@@ -119,8 +140,13 @@ def parity_table(frame: pd.DataFrame) -> Table | None:
         return None
     rows = []
     for p in pairs.itertuples(index=False):
+        if p.same_hardware:
+            error = Cell(fmt_change(p.error_pct), p.error_pct)
+        else:  # two machines: say the ratio, never call it an error
+            error = Cell(f"none: other hardware (ratio {p.measured_s / p.modeled_s:.3g}×)")
         rows.append([cell(p.case, "text"), cell(f"{p.measured_backend} ({p.measured_hardware})", "text"),
                      cell(f"{p.modeled_backend} ({p.modeled_hardware})", "text"), cell(p.measured_s, "seconds"),
-                     cell(p.modeled_s, "seconds"), Cell(fmt_change(p.error_pct), p.error_pct)])
+                     cell(p.modeled_s, "seconds"), error])
     return Table(["case", "measured", "modeled", "measured step", "modeled step", "model error"], rows,
-                 [False, False, False, True, True, True])
+                 [False, False, False, True, True, False],
+                 caption="A model error is shown only where the modeled row models the hardware that was measured.")

@@ -26,9 +26,18 @@ def fmt_seconds(v: float) -> str:
         return f"{v:.3g} s"
     if v >= 1e-3:
         return f"{v * 1e3:.3g} ms"
-    if v > 0:
+    if v >= 1e-6:
         return f"{v * 1e6:.3g} µs"
+    if v >= 1e-9:
+        return f"{v * 1e9:.3g} ns"
+    if v > 0:
+        return "< 1 ns"  # not '2.42e-08 µs': below a nanosecond nothing llmsim times or models is real
     return "0 s"
+
+
+# A part of a step smaller than this share of it is floating-point residue of a subtraction (a step of
+# 0.12 s minus its parts left 2.4e-14 s), shown as 0: float64 carries ~16 significant digits.
+FLOAT_RESIDUE = 1e-9
 
 
 def fmt_bytes(v: float) -> str:

@@ -77,8 +77,9 @@ def test_the_command_prints_the_table_and_writes_an_entry_that_loads(runs: list[
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == str(path)
     assert lines[0].split() == ["case", "mode", "measured", "s", "default", "s", "err", "fitted", "s", "err"]
-    assert [line.split()[1] for line in lines[1:-2]] == [mode for mode, _, _ in SHAPES]
-    assert lines[-2].startswith("fitted: matmul ")
+    assert [line.split()[1] for line in lines[1:-3]] == [mode for mode, _, _ in SHAPES]
+    assert lines[-3].startswith("fitted: matmul ")
+    assert lines[-2].startswith("residuals after the fit: RMS of log(modeled/measured) ")
     assert f"hardware_catalog: [{path.name}]" in path.read_text()
     entry = yaml.safe_load(path.read_text())["entries"][0]
     assert entry == calibrate(runs).entry

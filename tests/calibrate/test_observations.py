@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,27 @@ def test_a_strategy_the_backend_could_not_have_run_is_a_clear_error(tmp_path: Pa
     (run / "scenario.yaml").write_text(yaml.safe_dump(scenario))
     with pytest.raises(CalibrationError, match=r"scenario.yaml: strategies\[0\].micro_batch: batch=3"):
         read_observations([run])
+
+
+def test_a_fit_with_no_more_cases_than_parameters_is_flagged_and_residuals_are_reported() -> None:
+    """Issue 15 item 16: `llmsim calibrate` fitted four parameters to two cases without a word."""
+    from pathlib import Path
+
+    from llmsim.calibrate import Calibration, CaseFit, format_table, underdetermined_warning
+
+    def calibration(errors: list[float]) -> Calibration:
+        cases = [CaseFit(Path("r"), f"c{i}", "train", 1.0, 1.0 + e) for i, e in enumerate(errors)]
+        entry = {"efficiency": {"matmul": 0.5, "attention": 0.5, "op_overhead_s": 1e-5, "source": "x"},
+                 "memory_bw_bytes_per_s": 1e10}
+        return Calibration(entry=entry, cases=cases, before=cases)
+
+    two = calibration([0.0, 0.0])
+    assert two.parameters == 4 and two.underdetermined
+    assert underdetermined_warning(two).startswith("2 cases for 4 fitted parameters: the fit is not determined")
+    six = calibration([0.1, -0.1, 0.05, 0.0, 0.0, 0.2])
+    assert not six.underdetermined and underdetermined_warning(six) is None
+    last = format_table(six).splitlines()[-1]
+    assert last.startswith("residuals after the fit: RMS of log(modeled/measured) 0.")
+    assert "worst +20.0% (c5); 6 cases for 4 parameters, 2 degrees of freedom" in last
+    assert six.rms_log_residual == pytest.approx(math.sqrt(sum(math.log(1 + e) ** 2
+                                                               for e in [0.1, -0.1, 0.05, 0, 0, 0.2]) / 6))

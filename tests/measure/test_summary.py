@@ -18,7 +18,15 @@ def test_mean_median_and_the_inclusive_99th_percentile() -> None:
     assert s.latency_p99_s == pytest.approx(99.01)  # inclusive: 99 + 0.01 * (100 - 99)
     assert s.latency_p99_s == statistics.quantiles(times, n=100, method="inclusive")[98]
     assert s.other_time_s == 0.0 and s.ttft_s is None and s.tpot_s is None
-    assert set(s.columns()) == {"step_time_s", "latency_p50_s", "latency_p99_s"}
+    assert set(s.columns()) == {"step_time_s", "latency_p50_s", "latency_p99_s", "step_time_p10_s", "step_time_p90_s"}
+    # the spread: inclusive deciles, 1 + 0.1 * 99 and 1 + 0.9 * 99
+    assert (s.step_time_p10_s, s.step_time_p90_s) == (pytest.approx(10.9), pytest.approx(90.1))
+
+
+def test_one_timed_step_has_no_spread() -> None:
+    s = summarize([0.25])
+    assert s.step_time_p10_s is None and s.step_time_p90_s is None
+    assert "step_time_p10_s" not in s.columns()
 
 
 def test_one_step_is_its_own_p99() -> None:
@@ -30,8 +38,10 @@ def test_ttft_is_the_mean_first_token_and_tpot_the_rest_per_token() -> None:
     s = summarize([10.0, 12.0], first_token=[2.0, 4.0], decode_tokens=5)
     assert s.ttft_s == 3.0 and s.tpot_s == pytest.approx((11.0 - 3.0) / 4)
     assert s.columns()["ttft_s"] == 3.0
-    one = summarize([10.0], first_token=[4.0], decode_tokens=1)  # one token: no division by zero
-    assert one.tpot_s == 6.0
+    # one generated token: there is no token *after the first*, so TPOT is undefined, not 6 s (issue 15 item 12)
+    one = summarize([10.0], first_token=[4.0], decode_tokens=1)
+    assert one.ttft_s == 4.0 and one.tpot_s is None
+    assert one.columns()["tpot_s"] is None
 
 
 def test_the_optimizer_update_is_other_and_the_rest_of_one_device_is_compute() -> None:

@@ -121,3 +121,39 @@ def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixtur
     folder = Path(captured.out.strip().splitlines()[-1])
     assert folder.is_dir() and (folder / "plan.csv").is_file() and folder.parent.name == "plan-cli-plan"
     assert "best by cost" in captured.err and "example" in captured.err  # no price given: the example is flagged
+
+
+def test_a_serving_plan_names_its_token_step_and_shows_tokens_per_s(tmp_path: Path, capsys) -> None:
+    """Issue 15 item 14: `plan` on a serve plan had no tokens/s column and printed 'step latency 6.0 ms'
+    beside 'step 2.85 s' without saying which is which."""
+    serve = {"name": "serve-small", "workload": {"model": {"preset": "tiny"}, "mode": "decode", "batch": 8,
+                                                 "decode_tokens": 16},
+             "goal": {"tokens_per_s": 100, "max_step_latency_s": 1.0},
+             "hardware": [{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 2}],
+             "limits": {"max_devices": 2}, "top_k": 2, "simulate": False}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    header = next(line for line in err.splitlines() if "┃ configuration" in line)
+    assert [h.strip() for h in header.strip("┃ ").split("┃")] == \
+        ["#", "configuration", "token step", "tokens/s", "cost/h", "energy/h", "devices", "meets goal"]
+    flat = " ".join(err.split())  # the terminal wraps long lines
+    assert "— token step " in flat and " tokens/s, $2.00 and " in flat and "token step 0.0 ms" not in flat
+    assert "; one generation (8 sequences: a 64-token prompt, then 16 tokens each) takes " in flat
+    assert "step latency" not in flat and " step " not in flat.replace("token step ", "")
+
+
+def test_memory_headroom_defaults_to_vllms_share_and_the_winner_says_what_is_kept_free() -> None:
+    """Issue 15 item 14: '77.3 of 77.3 GB usable (headroom 0%)' read as no headroom, and the default was 0."""
+    from llmsim.planner.config import DEFAULT_MEMORY_HEADROOM
+
+    assert DEFAULT_MEMORY_HEADROOM == 0.1
+    plan = small_plan(limits={"max_devices": 16},  # the default headroom, on the small device only
+                      hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}])
+    [hw] = [h for h in hardware(plan, small_catalog(3e6)) if h.name == "small-gpu"]
+    assert hw.capacity == pytest.approx(0.9 * 3e6)
+    rows, stats = search(plan, hardware(plan, small_catalog(3e6)))
+    top = [e for e in rows if e.feasible][:1]
+    memory = next(line for line in explain(rows, stats, plan, top).winner if line.startswith("memory "))
+    assert " per device of 2.7 MB usable: 3 MB less the 10% memory_headroom; " in memory and " to spare; " in memory

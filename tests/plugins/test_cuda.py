@@ -7,12 +7,14 @@ NVMLError_<kind>, so the tests need neither nvidia-ml-py nor a GPU.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import llmsim_plugins.cuda as cuda_plugin
 from llmsim.backend import RunContext
@@ -183,8 +185,9 @@ def test_availability_names_the_missing_piece(monkeypatch: pytest.MonkeyPatch) -
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert CudaBackend.availability().startswith("no CUDA device (torch.cuda.is_available() is False)")
+    assert CudaBackend.availability().startswith("no GPU: no CUDA device (torch.cuda.is_available() is False)")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml(init_error=NVMLError_LibraryNotFound())))
     assert CudaBackend.availability() == LIBRARY_NOT_FOUND
     monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml()))
@@ -228,10 +231,55 @@ def test_runner_writes_skipped_rows_with_the_reason_without_a_gpu(tmp_path: Path
     rows = [r for r in (outcome.run_dir / "results.jsonl").read_text().splitlines() if r]
     assert len(rows) == 2
     for row in rows:
-        assert '"status": "skipped"' in row and "no CUDA device (torch.cuda.is_available() is False)" in row
+        assert '"status": "skipped"' in row and "no GPU: no CUDA device (torch.cuda.is_available() is False)" in row
     # The backend itself also refuses cleanly when called directly.
     r = CudaBackend(RunContext()).run(planned[0].case, CudaSettings())
     assert r.status == "skipped" and "no CUDA device" in r.error
+
+
+def test_a_cuda_build_without_a_driver_runs_everything_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15 item 1: a plain `pip install` gives a CUDA build of torch; on a laptop or CI box without an
+    NVIDIA driver torch.cuda.is_available() is False, device_count() 0, and the other torch.cuda calls
+    raise. Simulated here (whatever build is installed): the cuda backend says 'no GPU' and skips, the
+    cpu backend and the report run, `llmsim backends` lists the reason, and nothing calls into CUDA."""
+    import torch
+
+    from llmsim.cli import main
+
+    touched: list[str] = []
+
+    def no_driver(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            touched.append(name)
+            raise RuntimeError("Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU "
+                               "and installed a driver from http://www.nvidia.com/Download/index.aspx")
+        return call
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for name in ("current_device", "current_stream", "synchronize", "set_device", "get_device_properties",
+                 "get_device_name", "memory_allocated", "max_memory_allocated", "reset_peak_memory_stats",
+                 "empty_cache", "init", "Event"):
+        monkeypatch.setattr(torch.cuda, name, no_driver(name))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    reason = cuda_unavailable_reason()
+    assert reason is not None and reason.startswith("no GPU: ")
+    assert "is a CUDA 12.8 build, but no NVIDIA driver or GPU is visible" in reason
+
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(dict(TINY_SCENARIO, backends={"cpu": {"steps": 1, "warmup": 0},
+                                                                     "cuda": {"steps": 1}})))
+    assert main(["backends"]) == 0
+    assert "no: no GPU: no CUDA device" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {r["backend"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
+    assert rows["cpu"]["status"] == "ok"
+    assert rows["cuda"]["status"] == "skipped" and "cannot run here: no GPU: " in rows["cuda"]["error"]
+    assert (run_dir / "report.html").is_file()
+    assert json.loads((run_dir / "environment.json").read_text())["cuda_available"] is False
+    assert touched == []
 
 
 # -- on a real GPU ------------------------------------------------------------------------------
@@ -296,6 +344,19 @@ class _Event:
         return (end.t - self.t) * 1000.0
 
 
+def _no_accelerator_for_the_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulated GPU below runs the model on the CPU. torch's optimizer asks torch.accelerator whether an
+    accelerator is available (Optimizer._accelerator_graph_capture_health_check) and, on a CUDA build told
+    that CUDA is, reads the current CUDA stream: without a driver that raises 'Found no NVIDIA driver'
+    (issue 15 item 1). The optimizer steps on the CPU here, so it is told the truth: no accelerator
+    (torch 2.13 asks torch.accelerator.current_accelerator, torch 2.9 torch.cuda.is_current_stream_capturing)."""
+    import torch
+
+    if hasattr(torch, "accelerator"):
+        monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+
 def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not a measurement: checks that one case's row is put together as documented (units, energy
     method, MFU against the matched catalog device, losses) on a simulated H200."""
@@ -307,12 +368,13 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     import llmsim.workload.step as step_module
 
     cuda = torch.cuda
-    for name, value in dict(is_available=lambda: True, set_device=lambda d: None, synchronize=lambda d=None: None,
+    for name, value in dict(is_available=lambda: True, device_count=lambda: 1, set_device=lambda d: None, synchronize=lambda d=None: None,
                             empty_cache=lambda: None, reset_peak_memory_stats=lambda d=None: None,
                             memory_allocated=lambda d=None: 1_000, max_memory_allocated=lambda d=None: 51_000,
                             get_device_properties=lambda d: types.SimpleNamespace(uuid="abc"),
                             Event=_Event).items():
         monkeypatch.setattr(cuda, name, value)
+    _no_accelerator_for_the_optimizer(monkeypatch)
     real_step = step_module.WorkloadStep
     monkeypatch.setattr(step_module, "WorkloadStep", lambda *a, device=None, **kw: real_step(*a, **kw))
     fake = FakeNvml(energy_mj=[0, 30_000], power_mw=[100_000], name="NVIDIA H200")
@@ -345,11 +407,12 @@ def test_a_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, pa
 
     import llmsim.workload.step as step_module
 
-    for name, value in dict(is_available=lambda: True, set_device=lambda d: None, synchronize=lambda d=None: None,
+    for name, value in dict(is_available=lambda: True, device_count=lambda: 1, set_device=lambda d: None, synchronize=lambda d=None: None,
                             empty_cache=lambda: None, reset_peak_memory_stats=lambda d=None: None,
                             memory_allocated=lambda d=None: 0, max_memory_allocated=lambda d=None: 0,
                             get_device_properties=lambda d: types.SimpleNamespace(uuid=""), Event=_Event).items():
         monkeypatch.setattr(torch.cuda, name, value)
+    _no_accelerator_for_the_optimizer(monkeypatch)
     built: list[Any] = []
     forwards: list[int] = []
     real_step = step_module.WorkloadStep

@@ -42,7 +42,8 @@ def test_every_contract_column_is_filled_for_a_training_case() -> None:
     assert r.status == "ok", r.error
     row = r.row()
     # train has no first token; no sharing was asked for
-    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank"} | set(SERVING_COLUMNS)
+    not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank", "step_time_p10_s",
+                      "step_time_p90_s"} | set(SERVING_COLUMNS)  # a modeled row has no measured spread
     missing = [c for c in COLUMNS if row[c] is None and c not in not_applicable]
     assert missing == []
     assert (r.dp, r.tp, r.n_devices, r.hardware, r.energy_source) == (4, 2, 8, "a100-80gb", "modeled")
@@ -99,6 +100,22 @@ def test_decode_fills_time_to_first_token_and_per_output_token() -> None:
     assert r.tokens_per_s == pytest.approx(8 * 16 / r.step_time_s)
     # K and V of 4 layers x 8 sequences x (512 + 16) positions x 32 KV heads x 128, bf16, split over tp=8
     assert r.extra["mem_kv_cache_bytes"] == 2 * 4 * 8 * (512 + 16) * 32 * 128 * 2 / 8
+
+
+def test_a_metric_the_case_does_not_define_is_empty() -> None:
+    """Issue 15 item 12: one generated token has no time per output token *after the first* (the roofline
+    wrote 0.0, the cpu backend 3.2e-05 s); a training step has neither TTFT nor TPOT."""
+    one = {"model": {"preset": "tiny"}, "mode": "decode", "batch": 2, "decode_tokens": 1}
+    [planned] = _planned(one, [{"name": "single"}], nodes=1, devices_per_node=1)
+    r = _run(planned)
+    assert r.status == "ok" and r.ttft_s is not None and r.ttft_s > 0
+    assert r.tpot_s is None
+    [planned] = _planned({"model": {"preset": "tiny"}, "mode": "train", "batch": 2}, [{"name": "single"}],
+                         nodes=1, devices_per_node=1)
+    r = _run(planned)
+    assert r.ttft_s is None and r.tpot_s is None
+    # whatever a backend passes, the row keeps the case's rule (Case.result is every backend's row)
+    assert planned.case.result(RooflineBackend, ttft_s=1.0, tpot_s=2.0).tpot_s is None
 
 
 def test_a_device_the_model_cannot_price_yields_a_skipped_row() -> None:

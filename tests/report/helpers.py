@@ -44,13 +44,14 @@ def mem(params: float, grads: float, optimizer: float, activations: float, capac
 
 
 def rich_rows() -> list[Result]:
-    """Every figure has data: measured and modeled 'single' (parity), a dp sweep (scaling), pp4 with a
-    31% bubble, a case that does not fit, a skipped and a failed row (with markup in the reason)."""
+    """Every figure has data: 'single' measured on an A100 and modeled on one (parity: the same hardware), a
+    dp sweep (scaling), pp4 with a 31% bubble, a case that does not fit, a skipped and a failed row (with
+    markup in the reason)."""
     gb = 1e9
     return [
-        row("single", "cpu", kind="measured", step=2.0, compute=1.6, other=0.4, comm=None, bubble=None, jpt=0.05,
-            memory=2.5 * gb, hardware="cpu-host"),
-        row("tp2", "cpu", kind="measured", status="skipped", error="strategy needs 2 devices", hardware="cpu-host"),
+        row("single", "cuda", kind="measured", step=2.0, compute=1.6, other=0.4, comm=None, bubble=None, jpt=0.05,
+            memory=2.5 * gb),
+        row("tp2", "cuda", kind="measured", status="skipped", error="strategy needs 2 devices"),
         row("single", step=1.8, jpt=0.02, memory=10 * gb, extra=mem(2 * gb, 2 * gb, 4 * gb, 2 * gb)),
         row("dp@nodes=2", strategy="dp", n=2, step=0.5, compute=0.45, comm=0.05, jpt=0.021, ideal=0.45,
             memory=10 * gb, extra=mem(2 * gb, 2 * gb, 4 * gb, 2 * gb)),

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from llmsim.report.build import write_comparison, write_report
-from tests.report.helpers import make_run, rich_rows, row
+from tests.report.helpers import TRACE, make_run, rich_rows, row
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -110,3 +110,63 @@ def test_comparison_renders_in_chromium_without_errors(tmp_path: Path) -> None:
     out = write_comparison([a, b], tmp_path / "cmp")
     result, stderr = open_in_chromium(out / "report.html", tmp_path, "change B vs A")
     assert_clean(result, stderr, images=2)
+
+
+LAYOUT_CHECKER = """<script>
+window.addEventListener('load', function () {
+  var width = window.innerWidth, wide = [], scrolled = [], shrunk = [], captions = {};
+  document.querySelectorAll('body *').forEach(function (el) {
+    var r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > width + 0.5) { wide.push(el.tagName + '.' + el.className + ' ' + Math.round(r.right)); }
+  });
+  document.querySelectorAll('.tablewrap').forEach(function (w) {
+    if (w.scrollWidth > w.clientWidth) { scrolled.push(w.querySelector('th').textContent + ' ' + w.scrollWidth); }
+  });
+  document.querySelectorAll('figure').forEach(function (f) {
+    var img = f.querySelector('img');
+    if (img.width < img.naturalWidth) { shrunk.push(f.id + ' ' + img.width + '/' + img.naturalWidth); }
+    captions[f.id] = f.querySelector('figcaption').textContent;
+  });
+  document.body.setAttribute('data-check', JSON.stringify({
+    width: width, page: document.documentElement.scrollWidth, wide: wide, scrolled: scrolled, shrunk: shrunk,
+    captions: captions}));
+});
+</script>"""
+
+
+def test_the_report_fits_a_1400_px_window_and_names_the_traced_case(tmp_path: Path) -> None:
+    """Issue 15 item 11, in a 1400-px window: the header line clipped ('torch 2.1'), the results table hid its
+    last column behind an inner scrollbar, and the Gantt figure did not say which case it shows. Nothing
+    may be wider than the window, no table may scroll inside the page, no figure may be shrunk (its labels
+    keep their designed size, raster.MIN_LABEL_PX) and the timeline names its case."""
+    rows = rich_rows()
+    rows = [r.model_copy(update={"extra": {**r.extra, "trace_file": "trace/pp4.json"}}) if r.case == "pp4" else r
+            for r in rows]
+    rows += [row(f"tp8-pp4-interleaved-recompute-selective@nodes={n}", n=n * 8, step=1.0 / n, jpt=0.02,
+                 memory=12e9) for n in (8, 16, 32, 64, 128)]
+    run = make_run(tmp_path / "layout" / "run", rows)
+    (run / "trace").mkdir()
+    (run / "trace" / "pp4.json").write_text(json.dumps(TRACE))
+    (run / "environment.json").write_text(json.dumps({
+        "python": "3.11.7", "cpu_model": "AMD EPYC 7B13 64-Core Processor with a long marketing name",
+        "packages": {"torch": "2.13.0+cu128-a-very-long-local-version-label"}, "git_commit": "be2461254b" * 4}))
+    write_report(run)
+    page = run / "report.html"
+    probe = page.with_name("layout-" + page.name)
+    probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + LAYOUT_CHECKER, 1),
+                     encoding="utf-8")
+    profile = tmp_path / "chromium-profile"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+           "--window-size=1400,900", f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    found = re.search(r'data-check="([^"]*)"', proc.stdout)
+    assert found, f"the checker did not run (exit {proc.returncode}); stderr:\n{proc.stderr[-3000:]}"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["width"] == 1400
+    assert result["page"] <= result["width"] and result["wide"] == [], result["wide"][:10]
+    assert result["scrolled"] == []
+    assert result["shrunk"] == []
+    assert "pp4 on roofline" in result["captions"]["fig-gantt"]

@@ -20,8 +20,10 @@ def test_report_of_two_runs_compares_and_prints_the_folder_last(tmp_path: Path, 
     a = make_run(tmp_path / "a", [row("x", step=1.0)])
     b = make_run(tmp_path / "b", [row("x", step=0.5)])
     assert main(["report", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "cmp")
-    assert "+100.0%" in (tmp_path / "cmp" / "report.md").read_text()
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    # --out is the parent of a fresh folder, as for run (<out>/<scenario>/<stamp>) and plan (<out>/plan-<name>/<stamp>)
+    assert folder.parent == tmp_path / "cmp" / "compare"
+    assert "+100.0%" in (folder / "report.md").read_text()
 
 
 def test_report_default_comparison_folder(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -34,12 +36,12 @@ def test_report_default_comparison_folder(tmp_path: Path, capsys, monkeypatch) -
 
 
 def test_report_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert "has no results.jsonl" in capsys.readouterr().err
     run = make_run(tmp_path / "r", [row("x", step=1.0)])
-    assert main(["report", str(run), str(run)]) == 1
+    assert main(["report", str(run), str(run)]) == 2
     assert "given twice" in capsys.readouterr().err
-    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 1
+    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 2
     assert "--out is for comparisons" in capsys.readouterr().err
 
 

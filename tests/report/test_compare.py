@@ -63,7 +63,7 @@ def test_report_shows_changes_and_status_changes(compared: Path) -> None:
     assert "big on roofline: ok in A, does-not-fit in B." in summary
     assert "gone on roofline: ok in A, absent in B." in summary
     assert "| dp | roofline | 512 | 640 | +25.0% |" in md
-    assert "does-not-fit: needs 90.0 GB/device &gt; 80.0 GB" in md
+    assert "does-not-fit: needs 90.0 GB/device > 80.0 GB" in md
     page = (compared / "report.html").read_text()
     assert '<td class="num better" data-sort="25">+25.0%</td>' in page
     assert '<td class="num worse" data-sort="-20">\u221220.0%</td>' in page

@@ -53,9 +53,9 @@ def test_html_is_self_contained(built: Path) -> None:
 
 
 def test_rows_that_did_not_run_are_listed_with_their_reason(built: Path) -> None:
-    for text in ((built / "report.md").read_text(), (built / "report.html").read_text()):
+    for text, gt in (((built / "report.md").read_text(), ">"), ((built / "report.html").read_text(), "&gt;")):
         assert "strategy needs 2 devices" in text
-        assert "needs 412.3 GB/device" in text and "&gt; 80.0 GB" in text
+        assert "needs 412.3 GB/device" in text and f"{gt} 80.0 GB" in text
         assert "skipped" in text and "does-not-fit" in text and "failed" in text
 
 
@@ -66,7 +66,8 @@ def test_user_text_is_escaped(built: Path) -> None:
     assert "broken &lt;b&gt;&amp;" in page
     assert page.count("<script>") == 1  # only the inline table sorter
     md = (built / "report.md").read_text()
-    assert SCRIPT not in md and "&lt;script&gt;" in md
+    assert SCRIPT not in md and "\\<script>alert('boom')\\</script>" in md  # CommonMark backslash escapes
+    assert "&gt;" not in md and "&lt;" not in md  # issue 15 item 11: report.md read as text had entities
 
 
 def test_summary_names_the_winners_and_why_others_lose(built: Path) -> None:
@@ -77,7 +78,7 @@ def test_summary_names_the_winners_and_why_others_lose(built: Path) -> None:
     assert "pp4: 3.85× slower — 31.0% of its step is pipeline bubble" in summary
     assert "2 more cases ran on other device counts (1, 2)" in summary  # losing by size says nothing
     assert "zero0-big on roofline does not fit: needs 412.3 GB/device" in summary
-    assert "Model against measurement: median error 10.0%" in summary
+    assert "Model against measurement on the same hardware: median error 10.0%" in summary
 
 
 def test_tables_are_sortable_with_raw_values(built: Path) -> None:
@@ -157,4 +158,37 @@ def test_the_gantt_draws_a_long_timeline_one_artist_per_lane_and_kind() -> None:
                   start_s=i * 1e-3, dur_s=5e-4) for i in range(5000)]
     fig, ax = gantt(spans)
     assert len(ax.collections) == 4 * 2  # 4 lanes x (forward, backward)
-    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["backward", "forward"]
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["backward", "forward"]
+    assert ax.get_legend() is None  # below the lanes (a figure legend), never over stage 0 (issue 15 item 11)
+
+
+@pytest.mark.parametrize("name", ["throughput", "breakdown", "scaling", "energy", "memory", "parity", "gantt"])
+def test_figure_text_is_at_least_the_pages_smallest_text(name: str, tmp_path: Path) -> None:
+    """Issue 15 item 11: bar labels were about 7 px. Every text artist, at the PNG's DPI, is at least
+    raster.MIN_LABEL_PX (the browser test checks the PNG is shown at its natural size)."""
+    from matplotlib.text import Text
+
+    from llmsim.report.raster import DPI, MIN_LABEL_PX
+
+    frame = load_run(make_run(tmp_path / "r", rich_rows())).frame
+    fig, _ = F.gantt(load_trace_from(TRACE, tmp_path), case="pp4 on cluster") if name == "gantt" \
+        else getattr(F, name)(frame)
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text().strip()]
+    assert sizes and min(sizes) * DPI / 72 >= MIN_LABEL_PX
+
+
+def load_trace_from(trace: dict, folder: Path):
+    path = folder / "trace.json"
+    path.write_text(json.dumps(trace))
+    return load_trace(path)
+
+
+def test_float_residue_in_a_breakdown_reads_as_zero() -> None:
+    """Issue 15 item 11: '2.42e-08 µs (0%)' in the breakdown table (a simulated step minus its parts)."""
+    from llmsim.report.tables import breakdown_table
+    from llmsim.report.units import fmt_seconds
+
+    frame = load_run(Path("."), pd.DataFrame([row("x", step=0.12, compute=0.12, comm=2.42e-14).row()])).frame
+    table = breakdown_table(frame)
+    assert table is not None and table.rows[0][6].text == "0 s (0%)"
+    assert (fmt_seconds(2.5e-9), fmt_seconds(2.4e-14), fmt_seconds(0.0)) == ("2.5 ns", "< 1 ns", "0 s")

@@ -1,0 +1,157 @@
+"""The one path every text a user hands llmsim goes through: scenario, plan and catalog files, `--set`
+values, a run folder's saved scenario. Each is parsed with YAML's safe loader (no tags, no code) under
+three limits, and any failure is one `ScenarioError` line that names where (the file, or the `--set`
+key) and what is wrong, never a traceback.
+
+Why limits: the YAML composer, pydantic's validation and `json.dumps` of the resolved scenario all
+recurse once (or more) per nesting level, so text nested thousands of levels deep (`[[[[...`) ended in
+a RecursionError; aliases (`&a [*b, *b]`, each level doubling) let a few hundred bytes stand for
+billions of values that validation and the run folder's copy would expand; and a file of hundreds of
+megabytes took minutes and gigabytes before any message. The limits are far above what a real file
+needs (the numbers below) and far below where those failures begin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmsim.errors import ScenarioError
+
+# The largest text llmsim reads from a user. The biggest file llmsim ships, its hardware catalog, is 14 kB;
+# a scenario or plan is 1-2 kB. 4 MiB leaves room for a catalog of hundreds of devices.
+MAX_TEXT_BYTES = 4 * 2**20
+# The deepest nesting. The schema's deepest key is 6 levels (strategies[i].sharing.lora.targets[j]); the
+# composer recurses twice per level and Python's default recursion limit is 1000 frames
+# (sys.getrecursionlimit), which pydantic and json share with it.
+MAX_DEPTH = 64
+# The most values (scalars, lists, mappings) the text may stand for once aliases are expanded. A scenario
+# has about a hundred; the catalog about 600.
+MAX_VALUES = 100_000
+
+
+class _Limited(yaml.SafeLoader):
+    """The safe loader, refusing to compose nodes deeper than MAX_DEPTH (it composes recursively)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise _TooDeep(mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark) -> None:
+        self.mark = mark
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _expanded(root: yaml.Node) -> tuple[int, int, bool]:
+    """(values, depth, recursive) of the node graph with every alias expanded, without expanding it: each
+    node's count and depth are computed once (post-order, an explicit stack: no recursion) and reused
+    wherever an alias points at it. `recursive`: an alias inside its own anchor (an infinite value)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            kids = _children(node)
+            size[key] = min(1 + sum(size[id(k)] for k in kids), MAX_VALUES + 1)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            return 0, 0, True
+        on_path.add(key)
+        stack.append((node, True))
+        for kid in _children(node):
+            if id(kid) in on_path:
+                return 0, 0, True
+            if id(kid) not in size:
+                stack.append((kid, False))
+    return size[id(root)], depth[id(root)], False
+
+
+def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = "not valid YAML") -> Any:
+    """The value `text` stands for, or a one-line ScenarioError naming `file` and `key`.
+
+    `what` starts the message of a syntax error (a `--set` value says which value it was)."""
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_TEXT_BYTES:
+        raise ScenarioError(file, key, f"{size:,} bytes is too large (at most {MAX_TEXT_BYTES:,}; a scenario is "
+                                       f"a few kB)")
+    loader = _Limited(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values, depth, recursive = _expanded(node)
+        if recursive:
+            raise ScenarioError(file, key, f"line {node.start_mark.line + 1}: an alias refers to the value it is "
+                                           f"inside (a recursive value)")
+        if depth > MAX_DEPTH:
+            raise ScenarioError(file, key, f"nested more than {MAX_DEPTH} levels deep once aliases are expanded "
+                                           f"(a scenario is about 6)")
+        if values > MAX_VALUES:
+            raise ScenarioError(file, key, f"stands for more than {MAX_VALUES:,} values once aliases are expanded "
+                                           f"(a scenario has about a hundred)")
+        return loader.construct_document(node)
+    except _TooDeep as exc:
+        raise ScenarioError(file, key, f"line {exc.mark.line + 1}, column {exc.mark.column + 1}: nested more "
+                                       f"than {MAX_DEPTH} levels deep (a scenario is about 6)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}, " if mark and "\n" in text.strip() else ""  # a --set value is one line
+        where = f"{line}column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(file, key, f"{what}: {where}{problem}") from None
+    finally:
+        loader.dispose()
+
+
+def read_text(path: str | Path) -> str:
+    """A user's text file, or a one-line ScenarioError (missing, unreadable, too large, not UTF-8)."""
+    file = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(file, None, f"cannot read file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TEXT_BYTES:
+        raise ScenarioError(file, None, f"more than {MAX_TEXT_BYTES:,} bytes is too large (a scenario is a few "
+                                        f"kB)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(file, None, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                        f"{exc.start}); a scenario, plan or catalog file is YAML text") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A user's YAML file that must hold a mapping (scenario, plan, catalog), as a ScenarioError on failure."""
+    data = parse_yaml(read_text(path), str(path))
+    if not isinstance(data, dict):
+        raise ScenarioError(str(path), None, "expected a mapping at the top level (name:, workload:, ...)")
+    return data

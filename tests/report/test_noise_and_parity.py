@@ -1,0 +1,98 @@
+"""Reports that tell the truth about what was compared (issue 15 items 9 and 10).
+
+* A model error exists only between a measured and a modeled row of the same hardware: the quickstart's
+  report led with "median error 99.1%", a CPU step against an A100 prediction.
+* Measured rows carry their spread (p10–p90 of the timed steps); a difference inside it is "within
+  noise", in a run's summary and in a comparison: two runs of the same quickstart compared as "+25.7%",
+  and sharing-cpu named untied embeddings 1.36× faster than tied with the same FLOPs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from matplotlib.container import ErrorbarContainer
+
+from llmsim.report import figures as F
+from llmsim.report import tables as T
+from llmsim.report.build import write_comparison, write_report
+from llmsim.report.metrics import noise
+from llmsim.report.run import load_run
+from llmsim.report.summary import summarize
+from tests.report.helpers import make_run, row
+
+
+def measured(case: str, step: float, p10: float, p90: float, hardware: str = "cpu-host"):
+    r = row(case, "cpu", kind="measured", step=step, hardware=hardware, jpt=0.1 * step)
+    return r.model_copy(update={"step_time_p10_s": p10, "step_time_p90_s": p90})
+
+
+def summary_text(rows) -> str:
+    frame = load_run(Path("."), __import__("pandas").DataFrame([r.row() for r in rows])).frame
+    return "\n".join(p.text + " " + " ".join(p.details) for p in summarize(frame))
+
+
+# ------------------------------------------------------------------------------------------ item 9
+def test_a_measurement_and_a_prediction_of_different_hardware_are_not_a_model_error(tmp_path: Path) -> None:
+    rows = [measured("single", 11.8, 9.9, 13.9), row("single", step=0.122, hardware="a100-80gb")]
+    text = summary_text(rows)
+    assert "median error" not in text and "error 99" not in text
+    assert ("No model error: the measured rows ran on cpu-host and the modeled rows model a100-80gb: different "
+            "machines, so their ratio is not a model error.") in text
+    run = make_run(tmp_path / "r", rows)
+    frame = load_run(run).frame
+    with pytest.raises(F.NoData, match="different machines"):
+        F.parity(frame)
+    table = T.parity_table(frame)
+    assert table is not None and table.rows[0][-1].text.startswith("none: other hardware (ratio 96.7")
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "−99.0%" not in md and "-99.0%" not in md
+
+
+def test_a_calibrated_entry_models_the_device_it_was_fitted_to() -> None:
+    rows = [measured("single", 10.0, 9.0, 11.0), row("single", step=11.0, hardware="cpu-host-calibrated")]
+    assert "Model against measurement on the same hardware: median error 10.0% (worst 10.0%) over 1 case" \
+        in summary_text(rows)
+
+
+# ----------------------------------------------------------------------------------------- item 10
+def test_overlapping_spreads_are_within_noise_and_separate_ones_are_not() -> None:
+    a = measured("x", 10.0, 9.0, 11.0)
+    assert noise(a.row(), measured("x", 12.0, 10.5, 14.0).row())       # 9-11 and 10.5-14 overlap
+    assert not noise(a.row(), measured("x", 13.0, 12.0, 14.0).row())   # 9-11 and 12-14 do not
+    assert not noise(row("x", step=10.0).row(), row("x", step=10.1).row())  # modeled: no noise to hide in
+
+
+def test_a_strategy_inside_the_winners_noise_is_not_named_slower() -> None:
+    text = summary_text([measured("tied", 10.0, 9.0, 13.0), measured("untied", 13.6, 12.5, 15.0),
+                         measured("albert", 30.0, 29.0, 31.0)])
+    assert "the fastest strategy that fits is tied" in text and "p10–p90 9 s–13 s" in text
+    assert "Within its noise: untied" in text
+    assert "untied: within noise of tied (1.36× by the mean step, but their step-time p10–p90 ranges overlap" in text
+    assert "albert: 3.00× slower" in text
+
+
+def test_two_runs_of_the_same_case_compare_within_noise(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", [measured("single", 11.8, 9.9, 13.9), row("single", step=0.122)])
+    b = make_run(tmp_path / "b", [measured("single", 9.4, 8.9, 11.0), row("single", step=0.122)])
+    c = make_run(tmp_path / "c", [measured("single", 5.0, 4.8, 5.2), row("single", step=0.122)])
+    md = (write_comparison([a, b], tmp_path / "ab") / "report.md").read_text()
+    assert "+25.5% (within noise)" in md  # tokens/s 11.8/9.4 - 1, shown, but not coloured as a finding
+    assert "Throughput (tokens/s): unchanged in 2 matched cases (1 within the measured noise, their step-time " \
+           "p10–p90 ranges overlap; 1 within ±0.5%)." in md
+    md = (write_comparison([a, c], tmp_path / "ac") / "report.md").read_text()
+    assert "Throughput (tokens/s): median" in md and "(1 better, 0 worse)" in md and "within noise)" not in md
+
+
+def test_the_report_shows_the_spread(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", [measured("single", 11.8, 9.9, 13.9), row("single", step=0.122)])
+    frame = load_run(run).frame
+    table = T.results_table(frame)
+    at = table.columns.index("step p10–p90")
+    assert table.columns[at - 1] == "step time"
+    assert [r[at].text for r in table.rows] == ["9.9 s–13.9 s", "–"]
+    fig, axes = F.throughput(frame)
+    bars = [c for ax in axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1  # the measured panel only; a modeled row has no spread

@@ -1,0 +1,48 @@
+"""The table `llmsim run` prints before the run folder (issue 15 item 13: the terminal showed only
+'done: 2 ok' and the folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from llmsim.cli import main
+from llmsim.report.run import load_run
+from llmsim.report.terminal import HEADERS, MAX_ROWS, headline_rows, headline_table
+from tests.report.helpers import row
+
+
+def frame_of(rows) -> pd.DataFrame:
+    return load_run(Path("."), pd.DataFrame([r.row() for r in rows])).frame
+
+
+def test_each_case_gets_its_headline_numbers_and_a_row_that_did_not_run_says_why() -> None:
+    measured = row("single", "cpu", kind="measured", step=11.8, hardware="cpu-host", memory=1.76e9)
+    measured = measured.model_copy(update={"step_time_p10_s": 9.9, "step_time_p90_s": 13.9})
+    rows = headline_rows(frame_of([measured, row("single", step=0.122, memory=1.17e9),
+                                   row("big", status="does-not-fit", memory=1.1e12, error="needs 1104.6 GB/device")]))
+    assert HEADERS == ("case", "backend", "status", "step time", "p10–p90", "tokens/s", "MFU", "memory/device",
+                       "why not ok")
+    assert rows == [
+        ["single", "cpu", "ok", "11.8 s", "9.9 s–13.9 s", "43.4", "40.0%", "1.76 GB", ""],
+        ["single", "roofline", "ok", "122 ms", "–", "4.2k", "40.0%", "1.17 GB", ""],
+        ["big", "roofline", "does-not-fit", "–", "–", "–", "–", "1.1 TB", "needs 1104.6 GB/device"],
+    ]
+
+
+def test_a_long_sweep_is_cut_with_a_pointer_to_the_rest() -> None:
+    frame = frame_of([row(f"dp@nodes={n}", n=n, step=1.0 / n) for n in range(1, MAX_ROWS + 6)])
+    table = headline_table(frame)
+    assert table.row_count == MAX_ROWS and table.caption == "… and 5 more rows in results.csv and the report"
+    assert [c.header for c in table.columns] == list(HEADERS[:-1])  # nothing failed: no 'why not ok' column
+
+
+def test_run_prints_the_table_before_the_folder(write_scenario, tmp_path: Path, capsys) -> None:
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith(str(tmp_path / "out"))  # stdout: the folder only
+    table = captured.err.split("llmsim run: 1 result row", 1)[1]
+    assert "step time" in table and "tokens/s" in table and "│ single │ roofline │ ok" in table
+    assert table.index("│ single") < table.index("done: 1 ok")

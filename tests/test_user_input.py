@@ -1,0 +1,149 @@
+"""Every text a user hands llmsim (a scenario, plan or catalog file, a --set value, a run folder's saved
+scenario) goes through llmsim.userinput: any problem is one line naming where, exit 2, never a traceback
+(issue 15 items 3-5: a --set of '[1' printed a 56-line ParserError and exited 1; 5,000 nested brackets
+ended in a RecursionError; `report` on a folder that is not a run and `new-plugin` errors exited 1; an
+--out that cannot be written printed a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmsim.cli import main
+from llmsim.errors import EXIT_BAD_INPUT, ScenarioError
+from llmsim.userinput import MAX_DEPTH, MAX_TEXT_BYTES, MAX_VALUES, parse_yaml, read_yaml
+from tests.conftest import REPO
+
+QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
+PLAN = REPO / "scenarios" / "plan-serve-8b.yaml"
+HEAD = "name: x\nworkload: {model: {preset: tiny}}\n"
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI in-process; it must exit 2 with exactly one stderr line (returned without the prefix)."""
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("llmsim: error: "), err
+    return err[len("llmsim: error: "):]
+
+
+@pytest.mark.parametrize("verb, path, key", [("validate", QUICKSTART, "workload.model.heads"),
+                                             ("plan", PLAN, "goal.tokens_per_s")])
+def test_an_invalid_set_value_is_one_line_naming_the_file_and_key(capsys, verb: str, path: Path, key: str) -> None:
+    err = one_line_error(capsys, [verb, str(path), "--set", f"{key}=[1"])
+    assert err == (f"{path}: {key}: --set value '[1' is not valid YAML: column 3: expected ',' or ']', "
+                   f"but got '<stream end>'")
+
+
+@pytest.mark.parametrize("value, problem", [("!!python/object:os.system", "could not determine a constructor"),
+                                            ("*nowhere", "found undefined alias 'nowhere'")])
+def test_tags_and_aliases_in_a_set_value_are_one_line(capsys, value: str, problem: str) -> None:
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", f"workload.batch={value}"])
+    assert err.startswith(f"{QUICKSTART}: workload.batch: --set value {value!r} is not valid YAML: column 1: {problem}")
+
+
+def _bomb(levels: int, target: str) -> str:
+    """Anchors that each hold two aliases of the previous one: 2**levels values in a few hundred bytes."""
+    lines = ["x0: &a0 [1, 2]"] + [f"x{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\n{target}: *a{levels - 1}\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (HEAD + "strategies: " + "[" * 5000 + "]" * 5000 + "\n",
+     f"line 3, column {13 + MAX_DEPTH - 1}: nested more than {MAX_DEPTH} levels deep"),
+    (HEAD + "seed: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", f"nested more than {MAX_DEPTH} levels deep"),
+    (HEAD + _bomb(40, "strategies"), f"stands for more than {MAX_VALUES:,} values once aliases are expanded"),
+    (_bomb(40, "extra") + HEAD, f"stands for more than {MAX_VALUES:,} values once aliases are expanded"),
+    ("a: &a [*a]\n", "line 1: an alias refers to the value it is inside"),
+    # deep through aliases: each anchor nests the previous one a level deeper
+    ("d0: &d0 [1]\n" + "".join(f"d{i}: &d{i} [*d{i - 1}]\n" for i in range(1, 2 * MAX_DEPTH)),
+     f"nested more than {MAX_DEPTH} levels deep once aliases are expanded"),
+])
+def test_pathological_yaml_is_one_line(tmp_path: Path, capsys, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    for argv in (["validate", str(path)], ["plan", str(path)], ["hardware", "--hardware", str(path)]):
+        err = one_line_error(capsys, argv)
+        assert err.startswith(f"{path}: ") and message in err, (argv, err)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(HEAD + "# " + "x" * MAX_TEXT_BYTES + "\n")
+    err = one_line_error(capsys, ["validate", str(path)])
+    assert err == f"{path}: more than {MAX_TEXT_BYTES:,} bytes is too large (a scenario is a few kB)"
+    with pytest.raises(ScenarioError, match="too large"):
+        parse_yaml("x" * (MAX_TEXT_BYTES + 1), "--set")
+
+
+def test_the_limits_leave_room_for_real_files() -> None:
+    """The shipped catalog and every scenario and plan are far inside all three limits."""
+    nested = "a: " + "[" * (MAX_DEPTH - 2) + "1" + "]" * (MAX_DEPTH - 2) + "\n"
+    assert parse_yaml(nested, "f")["a"]
+    many = "a: [" + ", ".join(["1"] * (MAX_VALUES - 10)) + "]\n"
+    assert len(parse_yaml(many, "f")["a"]) == MAX_VALUES - 10
+    for path in [*(REPO / "scenarios").glob("*.yaml"), REPO / "llmsim" / "hardware" / "catalog.yaml"]:
+        assert isinstance(read_yaml(path), dict)
+
+
+def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(write_scenario, tmp_path: Path,
+                                                                             capsys) -> None:
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    (run_dir / "scenario.yaml").write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    err = one_line_error(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)])
+    assert err.endswith("scenario.yaml is not a readable scenario; start a new run instead")
+    assert main(["report", str(run_dir)]) == 0  # the report does without the saved scenario
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{tmp}"], "report: {tmp} has no results.jsonl (is it a run folder?)"),
+    (["report", "{tmp}/nowhere"], "report: {tmp}/nowhere has no results.jsonl (is it a run folder?)"),
+    (["new-plugin", "Not A Name"], "new-plugin: 'Not A Name' is not a valid plugin name"),
+    (["new-plugin", "good-name", "--dir", "{tmp}"], "new-plugin: {tmp} already exists and is not empty"),
+    (["new-plugin", "good-name", "--dir", "{tmp}/a-file/sub"], "new-plugin: {tmp}/a-file/sub: Not a directory"),
+    (["calibrate", "{tmp}"], "{tmp}: not a run folder"),
+])
+def test_bad_command_line_input_exits_2_with_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    err = one_line_error(capsys, [a.format(tmp=tmp_path) for a in argv])
+    assert err.startswith(message.format(tmp=tmp_path)), err
+
+
+@pytest.mark.parametrize("verb, path", [("run", QUICKSTART), ("plan", PLAN)])
+def test_an_out_folder_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path: Path, capsys, verb: str,
+                                                                               path: Path) -> None:
+    """A file where the folder should be (ENOTDIR: root ignores permission bits, so tests cannot use them).
+    One line and nothing else: no progress line of a case or a screened configuration came before it."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    err = one_line_error(capsys, [verb, str(path), "--out", str(blocker / "sub"), "--backend", "roofline"]
+                         if verb == "run" else [verb, str(path), "--out", str(blocker / "sub"), "--no-simulate"])
+    assert err.startswith(f"--out: {blocker}/sub/") and err.endswith(": Not a directory")
+
+
+def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
+    """Issue 15 item 18: '1 strategies × 1 backend settings = 1 cases'."""
+    from llmsim.wording import count
+
+    assert [count(1, "strategy"), count(2, "strategy"), count(1, "backend setting"), count(2048.0, "device")] == \
+        ["1 strategy", "2 strategies", "1 backend setting", "2,048 devices"]
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 1 backend setting = 1 case"
+    err = one_line_error(capsys, ["validate", str(path), "--set", "strategies[0].dp=2"])
+    assert err.endswith("= 2 but backend 'roofline' has 1 device (omit dp to fill the world)")
+
+
+@pytest.mark.parametrize("override", ["backends.roofline.nodes=[0]", "backends.roofline.nodes=x",
+                                      "backends.roofline.nodes=[1, x]", "backends.roofline.nodes={a: 1}",
+                                      "backends.cpu.steps=[1]", "sharing.lora=3", "strategies[0].sharing=1",
+                                      "strategies[0].zero=4", "workload.model.kv_heads=x"])
+def test_no_internal_pydantic_name_reaches_a_message(capsys, override: str) -> None:
+    """Issue 15 item 6: `nodes.constrained-int` (the union branch pydantic tried) leaked into a message."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", override])
+    for internal in ("constrained", "function-after", "function-before", "list[", "union", "url"):
+        assert internal not in err, err
+    assert err.startswith(f"{QUICKSTART}: {override.split('=')[0]}"), err
