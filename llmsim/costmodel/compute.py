@@ -252,6 +252,9 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     decode = phase == "decode"
     tokens = plan.micro_batch * (1 if decode else spec.seq_len // plan.cp)
 
+    # the layers this device runs of the traced ones (divide = tp*cp*stages for the layers region)
+    layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
+
     ops = profile.ops
     mm = ops.get((phase, region, "matmul"), _NONE)
     at = ops.get((phase, region, "attention"), _NONE)
@@ -263,7 +266,7 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
         # bytes, split the rest (activations in and out) by the micro-batch's share, and add this rank's
         # own weights once per pass over its layers (with tp > kv_heads they include the replicated K/V).
         count = profile.layers if region == "layers" else 1
-        here = count / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
+        here = layers_here if region == "layers" else 1
         trainable = profile.trainable_params > 0.5 * profile.params  # frozen base (LoRA): no dW
         reads = _weight_reads(phase, trainable)
         traced_weights = reads * gemm_weight_bytes(workload, replace(plan, tp=1), region, traced=True) * count * steps
@@ -273,7 +276,6 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
         # The profile traces one device's whole model; its 1/tp share misses the K/V projections that
         # every rank repeats when tp > kv_heads. The backward repeats them twice (input and weight grads).
         extra_flops, _ = replicated_kv_projection(workload, plan, tokens)
-        layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
         passes = 2 if backward else 1
         mm_flops += extra_flops * layers_here * passes
     gemm_rates = rates.gemm if (rates.gemm is not None and region == "layers") else rates
@@ -282,7 +284,6 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     other = rates.memory_time(ot.bytes * share)
     if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
         # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes
-        layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
         casts = precision.activation_cast_bytes(workload, plan, phase, tokens) * layers_here
         if phase == "forward":
             casts += precision.weight_cast_bytes(workload, plan) * layers_here / plan.microbatches
@@ -292,8 +293,8 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
         other += rates.efficiency.op_overhead_s * (mm.count + at.count + ot.count) / stages / steps
     if rates.efficiency.kernel_latency_s and (mm.count or at.count or ot.count):
         # every pass of every micro-batch runs each kernel of the device's layers once
-        here = profile.layers / (divide // (plan.tp * plan.cp) or 1) if region == "layers" else 1
-        other += rates.efficiency.kernel_latency_s * kernels_per_pass(phase, region) * here
+        other += (rates.efficiency.kernel_latency_s * kernels_per_pass(phase, region)
+                  * (layers_here if region == "layers" else 1))
 
     attention = 0.0
     at_flops, at_bytes = at.flops * share, at.bytes * share
@@ -310,7 +311,6 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
                 flops *= FLASH_BACKWARD_FLOP_RATIO
             attention = flops / (rates.sustained_flops * rates.efficiency.attention)
         else:  # fused-softmax
-            layers_here = profile.layers / (divide // (plan.tp * plan.cp) or 1)
             heads_local = spec.heads / plan.tp
             matrix = plan.micro_batch * heads_local * (spec.seq_len / plan.cp) * spec.seq_len * elem
             passes = SOFTMAX_PASSES_BACKWARD if backward else SOFTMAX_PASSES_FORWARD
