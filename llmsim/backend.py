@@ -41,9 +41,12 @@ class Case(BaseModel):
 
         A metric the case does not define stays empty whatever the backend passes (NaN in results.csv; the
         summaries skip it): TTFT and TPOT exist only in decode, and TPOT, the time per output token *after
-        the first*, only when a sequence generates two tokens or more."""
+        the first*, only when a sequence generates two tokens or more. A serving case defines them
+        as the means over its requests (ttft_mean_s, tpot_mean_s)."""
         s, lay, w = self.strategy, self.layout, self.workload
-        if w.mode != "decode":
+        if self.serving is not None:
+            pass
+        elif w.mode != "decode":
             values.update(ttft_s=None, tpot_s=None)
         elif w.decode_tokens < 2:
             values.update(tpot_s=None)

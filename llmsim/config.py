@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
 
 from llmsim.errors import ScenarioError, format_key_path
 from llmsim.serving.spec import ServingSpec
 from llmsim.stages import SplitError, split_layers
+from llmsim.strict import StrictModel
 from llmsim.userinput import parse_yaml, read_yaml
 from llmsim.wording import count
 from llmsim.workload.presets import PRESETS
@@ -30,8 +32,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    """Unknown keys refused, values frozen, no boolean for a number (llmsim.strict)."""
 
 
 class ModelSpec(_Strict):

@@ -189,3 +189,20 @@ def test_an_explicit_dimension_decode_sizes_the_learned_table_for_prompt_and_gen
                                "learned position table")
     data["workload"]["model"] = {"preset": "gpt2-small", "seq_len": 512}
     assert parse_scenario(data, "s.yaml").workload.model.max_positions == 1024
+
+
+def test_a_yaml_boolean_is_not_taken_for_a_number() -> None:
+    """`zero: true` had run as ZeRO-1 and `batch: yes` as a batch of 1 (pydantic's lax mode reads a bool as an
+    int; YAML reads yes/no/on/off as booleans): one line naming the key. A boolean key still takes them."""
+    import pytest as _pytest
+
+    from llmsim.config import parse_scenario
+    from llmsim.errors import ScenarioError
+
+    base = {"name": "x", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 8},
+            "strategies": [{"name": "a"}]}
+    with _pytest.raises(ScenarioError, match=r"strategies\[0\]: zero: true is a boolean"):
+        parse_scenario({**base, "strategies": [{"name": "a", "zero": True}]}, "f.yaml")
+    with _pytest.raises(ScenarioError, match=r"workload: batch: true is a boolean"):
+        parse_scenario({**base, "workload": {**base["workload"], "batch": True}}, "f.yaml")
+    assert parse_scenario({**base, "strategies": [{"name": "a", "tp": 2, "sp": True}]}, "f.yaml")

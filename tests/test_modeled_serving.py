@@ -54,6 +54,8 @@ def test_one_row_per_case_and_rate_with_the_serving_columns_and_a_request_table(
         assert row["status"] == "ok" and row["mode"] == "serve" and row["kind"] == "modeled"
         assert all(row[c] is not None for c in SERVING_COLUMNS), [c for c in SERVING_COLUMNS if row[c] is None]
         assert row["requests_done"] == 60 and row["n_devices"] == 1
+        # docs/results.md: ttft_s / tpot_s of a serving row are the means over its requests
+        assert row["ttft_s"] == row["ttft_mean_s"] and row["tpot_s"] == row["tpot_mean_s"]
         table = _requests(run_dir, row)
         assert len(table) == 60 and table[0]["status"] == "ok"
         assert float(table[5]["e2e_s"]) >= float(table[5]["ttft_s"]) > 0

@@ -14,12 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
 
 from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_sharing, load_file_model,
                            parse_file_model)
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
+from llmsim.strict import StrictModel
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -33,8 +35,8 @@ EXAMPLE_USD_PER_DEVICE_HOUR: dict[str, float] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    """Unknown keys refused, values frozen, no boolean for a number (llmsim.strict)."""
 
 
 class Goal(_Strict):

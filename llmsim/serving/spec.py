@@ -25,7 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from llmsim.strict import StrictModel
+
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -42,8 +45,8 @@ BUILTIN_SCHEDULERS = ("static", "continuous", "chunked-prefill")
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    """Unknown keys refused, values frozen, no boolean for a number (llmsim.strict)."""
 
 
 class UniformLength(_Strict):

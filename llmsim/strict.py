@@ -1,0 +1,41 @@
+"""The base of every user-facing pydantic model (scenario, serving block, plan file): unknown keys refused,
+values frozen, and a YAML boolean never taken for a number."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (bool itself, or bool inside a union, list or Literal)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _accepts_bool(typing.get_args(annotation)[0])
+    return any(_accepts_bool(a) for a in typing.get_args(annotation)) if origin is not None or \
+        isinstance(annotation, types.UnionType) else False
+
+
+class StrictModel(BaseModel):
+    """extra="forbid", frozen; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1 (pydantic's lax
+    mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, not a value of this key "
+                                     f"(YAML reads true/false/yes/no/on/off as booleans)")
+        return data
