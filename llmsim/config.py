@@ -32,6 +32,11 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
+# The largest size a tensor dimension of the traced step may take (a signed 32-bit index), so that an absurd
+# batch is a validation error rather than an overflow inside torch.
+MAX_DIMENSION = 2**31 - 1
+
+
 class _Strict(StrictModel):
     """Unknown keys refused, values frozen, no boolean for a number (llmsim.strict)."""
 
@@ -125,7 +130,8 @@ class Fp8Spec(_Strict):
 class Workload(_Strict):
     model: ModelSpec
     mode: Literal["train", "prefill", "decode"] = "train"
-    batch: PositiveInt = Field(8, description="global batch, in sequences")
+    batch: PositiveInt = Field(8, le=MAX_DIMENSION, description="global batch, in sequences (at most 2^31 - 1: it "
+                                                          "is a tensor dimension of the traced step)")
     decode_tokens: PositiveInt = Field(64, description="decode: tokens generated per sequence after the prompt")
     dtype: Literal["float32", "bfloat16", "float16", "float8"] = Field(
         "bfloat16", description="float8: bf16 mixed precision with FP8 GEMMs in the transformer layers (`fp8`)")
@@ -406,6 +412,13 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
     if mode_given and w.mode == "train":
         return "workload.mode", ("'train' cannot be served; with a serving: block leave mode out (the request list "
                                  "sets the batches and lengths) or write decode")
+    lengths = serving.lengths
+    if lengths is not None and isinstance(lengths.input, int) and isinstance(lengths.output, int) \
+            and lengths.input + lengths.output > w.model.seq_len:
+        # Every request would be rejected as vLLM rejects prompt + max_tokens > max_model_len: say it now.
+        return "serving.lengths", (f"input {lengths.input} + output {lengths.output} tokens exceed the model's "
+                                   f"context seq_len={w.model.seq_len}: every request would be rejected (allowed: "
+                                   f"input + output <= {w.model.seq_len}, or raise workload.model.seq_len)")
     sched = serving.scheduler
     if sched.kind in ("static", "continuous") and sched.max_batched_tokens < w.model.seq_len:
         # vLLM (vllm/config/scheduler.py) refuses max_num_batched_tokens < max_model_len without chunked

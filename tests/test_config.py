@@ -206,3 +206,20 @@ def test_a_yaml_boolean_is_not_taken_for_a_number() -> None:
     with _pytest.raises(ScenarioError, match=r"workload: batch: true is a boolean"):
         parse_scenario({**base, "workload": {**base["workload"], "batch": True}}, "f.yaml")
     assert parse_scenario({**base, "strategies": [{"name": "a", "tp": 2, "sp": True}]}, "f.yaml")
+
+
+def test_an_absurd_batch_and_fixed_requests_longer_than_the_context_are_refused_at_validation() -> None:
+    """Fresh-user trial: batch 10^26 overflowed inside torch at run time (a stack dump in the row, exit 0);
+    a fixed 9,000-token prompt on an 8,192-token context validated and then rejected every request."""
+    import pytest as _pytest
+
+    from llmsim.config import load_scenario, parse_scenario
+    from llmsim.errors import ScenarioError
+
+    base = {"name": "x", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 10**26},
+            "strategies": [{"name": "a"}]}
+    with _pytest.raises(ScenarioError, match=r"workload.batch: .*less than or equal to 2147483647"):
+        parse_scenario(base, "f.yaml")
+    with _pytest.raises(ScenarioError, match=r"serving.lengths: input 9000 \+ output 256 tokens exceed the "
+                                             r"model's context seq_len=8192"):
+        load_scenario("scenarios/serve-8b.yaml", overrides=["serving.lengths.input=9000"])
