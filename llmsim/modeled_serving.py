@@ -181,7 +181,9 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
                        latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,
                        tokens_per_s_per_device=tokens_per_s / devices if tokens_per_s else None,
+                       # the engine allocates its whole KV pool at start (vLLM's gpu_memory_utilization), so
+                       # the device holds weights + workspace + the pool; kv_peak_utilization says how much of
+                       # the pool the requests used (the memory columns and figure add up to this)
                        peak_memory_bytes_per_device=(capacity.weights_bytes + capacity.workspace_bytes
-                                                     + max(outcome.kv_peak_used) * capacity.block_tokens
-                                                     * capacity.bytes_per_token),
+                                                     + max(capacity.kv_bytes, 0.0)),
                        joules_per_token=energy / output_tokens if output_tokens else None)

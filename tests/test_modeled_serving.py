@@ -56,6 +56,9 @@ def test_one_row_per_case_and_rate_with_the_serving_columns_and_a_request_table(
         assert row["requests_done"] == 60 and row["n_devices"] == 1
         # docs/results.md: ttft_s / tpot_s of a serving row are the means over its requests
         assert row["ttft_s"] == row["ttft_mean_s"] and row["tpot_s"] == row["tpot_mean_s"]
+        # the device holds the weights, the workspace and the whole pre-allocated KV pool: the parts add up
+        assert row["peak_memory_bytes_per_device"] == pytest.approx(
+            row["mem_params_bytes"] + row["mem_workspace_bytes"] + row["mem_kv_cache_bytes"], rel=1e-12)
         table = _requests(run_dir, row)
         assert len(table) == 60 and table[0]["status"] == "ok"
         assert float(table[5]["e2e_s"]) >= float(table[5]["ttft_s"]) > 0

@@ -40,6 +40,7 @@ MEMORY: list[tuple[str, str, str]] = [
     ("mem_optimizer_bytes", "optimizer state", "#8172B3"),
     ("mem_activations_bytes", "activations", "#DD8452"),
     ("mem_kv_cache_bytes", "KV cache", "#937860"),
+    ("mem_workspace_bytes", "workspace", "#DA8BC3"),
 ]
 PEAK_COLOR = "#64B5CD"
 BAR_COLOR = "#4C72B0"
