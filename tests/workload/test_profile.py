@@ -250,3 +250,18 @@ def test_a_weight_broadcast_over_the_batch_is_counted_once() -> None:
     one, four = head_bytes(1), head_bytes(4)
     assert one == pytest.approx(weight, rel=2e-3)
     assert four - one == pytest.approx(3 * (768 + 50257) * 2, rel=1e-9)  # 3 more rows in, 3 more rows of logits out
+
+
+def test_a_step_whose_tensors_torch_cannot_address_is_one_line_naming_the_keys() -> None:
+    """A 10^10 x 10^10 embedding overflows torch's storage size: one ScenarioError naming the sizes, not a
+    RuntimeError (the batch that used to reach this is now refused by validation)."""
+    from llmsim.config import ModelSpec, SharingChoice, Workload
+    from llmsim.errors import ScenarioError
+    from llmsim.workload.profile import profile_workload
+
+    workload = Workload(model=ModelSpec(layers=2, hidden=10**10, heads=10, vocab=10**10, seq_len=8, max_positions=8),
+                        mode="train", batch=1)
+    with pytest.raises(ScenarioError, match=r"^workload: a tensor of this step exceeds what torch can address "
+                                            r"\(2\^63 bytes\): batch=1, seq_len=8, hidden=10000000000") as info:
+        profile_workload(workload, SharingChoice(tie_embeddings=True))
+    assert "\n" not in str(info.value)
