@@ -547,6 +547,13 @@ def _describe(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{err.get('input')!r}: expected a mapping of keys"
+    if kind == "list_type":
+        return f"{err.get('input')!r}: expected a list"
+    if kind == "too_short":
+        least = (err.get("ctx") or {}).get("min_length", 1)
+        return f"{err.get('input')!r}: needs at least {count(least, 'item')}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return f"{err.get('input')!r}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
@@ -586,6 +593,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
     message = _describe(err)
     if err["type"] == "extra_forbidden":
         message += _allowed_keys(model, loc)
+    elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
+        message += _allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     more = len(exc.errors()) - 1
     if more:
         message += f" (and {count(more, 'more problem')})"

@@ -223,3 +223,23 @@ def test_an_absurd_batch_and_fixed_requests_longer_than_the_context_are_refused_
     with _pytest.raises(ScenarioError, match=r"serving.lengths: input 9000 \+ output 256 tokens exceed the "
                                              r"model's context seq_len=8192"):
         load_scenario("scenarios/serve-8b.yaml", overrides=["serving.lengths.input=9000"])
+
+
+def test_a_value_of_the_wrong_shape_says_what_is_expected_in_plain_words() -> None:
+    """Fresh-user trial: "Input should be a valid dictionary or instance of Fp8Spec" and "List should have at
+    least 1 item after validation" were pydantic's words; the message says what the key takes instead."""
+    import pytest as _pytest
+
+    from llmsim.config import parse_scenario
+    from llmsim.errors import ScenarioError
+
+    base = {"name": "x", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 8},
+            "strategies": [{"name": "a"}]}
+    cases = [({**base, "workload": {**base["workload"], "fp8": 3}},
+              "workload.fp8: 3: expected a mapping of keys; allowed: recipe, saved_activations, param_all_gather"),
+             ({**base, "strategies": []}, "strategies: []: needs at least 1 item"),
+             ({**base, "strategies": 5}, "strategies: 5: expected a list")]
+    for data, message in cases:
+        with _pytest.raises(ScenarioError) as info:
+            parse_scenario(data, "f.yaml")
+        assert str(info.value) == f"f.yaml: {message}"
