@@ -45,6 +45,17 @@ def _requests(run_dir: Path, row: dict[str, Any]) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _mean_tpot_by_replica(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """{backend: {replica: mean TPOT of its requests}} for a run of two replicas."""
+    tpot = {}
+    for row in rows:
+        by_replica: dict[str, list[float]] = {"0": [], "1": []}
+        for r in _requests(run_dir, row):
+            by_replica[r["replica"]].append(float(r["tpot_s"]))
+        tpot[row["backend"]] = {k: sum(v) / len(v) for k, v in by_replica.items()}
+    return tpot
+
+
 def test_one_row_per_case_and_rate_with_the_serving_columns_and_a_request_table(tmp_path: Path) -> None:
     run_dir, rows = _run(tmp_path, _scenario())
     assert sorted((r["case"], r["backend"]) for r in rows) == [
@@ -81,12 +92,7 @@ def test_a_straggler_slows_its_replica_and_jitter_is_seeded(tmp_path: Path) -> N
     data = _scenario(replicas=2, router="round-robin", arrival={"kind": "poisson", "rate": 20})
     data["backends"] = {"roofline": H100, "cluster": {**H100, "straggler": {"rank": 1, "slowdown": 3.0}}}
     run_dir, rows = _run(tmp_path, data)
-    tpot = {}
-    for row in rows:
-        by_replica: dict[str, list[float]] = {"0": [], "1": []}
-        for r in _requests(run_dir, row):
-            by_replica[r["replica"]].append(float(r["tpot_s"]))
-        tpot[row["backend"]] = {k: sum(v) / len(v) for k, v in by_replica.items()}
+    tpot = _mean_tpot_by_replica(run_dir, rows)
     assert tpot["roofline"]["0"] == pytest.approx(tpot["roofline"]["1"], rel=0.05)
     assert tpot["cluster"]["0"] == pytest.approx(tpot["roofline"]["0"], rel=1e-9)
     assert tpot["cluster"]["1"] > 2 * tpot["roofline"]["1"]
@@ -197,11 +203,6 @@ def test_a_degraded_link_slows_the_collectives_of_its_replica_only(tmp_path: Pat
     data["backends"] = {"cluster": {**four, "degraded_link": {"rank": 2, "link": "intra_node",
                                                               "bandwidth_factor": 0.01}}, "roofline": four}
     run_dir, rows = _run(tmp_path, data)
-    tpot = {}
-    for row in rows:
-        by_replica: dict[str, list[float]] = {"0": [], "1": []}
-        for r in _requests(run_dir, row):
-            by_replica[r["replica"]].append(float(r["tpot_s"]))
-        tpot[row["backend"]] = {k: sum(v) / len(v) for k, v in by_replica.items()}
+    tpot = _mean_tpot_by_replica(run_dir, rows)
     assert tpot["cluster"]["0"] == pytest.approx(tpot["roofline"]["0"], rel=1e-9)
     assert tpot["cluster"]["1"] > 1.2 * tpot["roofline"]["1"]
