@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 
-from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_sharing, load_file_model,
-                           parse_file_model)
+from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
+                           load_file_model, parse_file_model)
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
+from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
+from llmsim.serving.spec import ServingSpec
 from llmsim.strict import StrictModel
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -41,6 +43,7 @@ class _Strict(StrictModel):
 
 class Goal(_Strict):
     """Training: {tokens, deadline_days}. Inference (prefill, decode): {tokens_per_s, max_step_latency_s}.
+    Serving (a `serving:` block): {request_rate}, met under the block's SLO.
 
     One model with all four keys (not a union), so a misplaced key gets a message that says which mode
     wants which keys instead of pydantic's union error list.
@@ -51,6 +54,8 @@ class Goal(_Strict):
     tokens_per_s: PositiveFloat | None = Field(None, description="inference: tokens per second to sustain")
     max_step_latency_s: PositiveFloat | None = Field(
         None, description="inference: latency limit of one step (decode: one token step; prefill: the step)")
+    request_rate: PositiveFloat | None = Field(
+        None, description="serving: requests/s the service must sustain under serving.slo (the arrival rate)")
 
     @property
     def deadline_s(self) -> float | None:
@@ -73,6 +78,11 @@ class HardwareChoice(_Strict):
 # (EngineArgs / CacheConfig gpu_memory_utilization = 0.9, vllm/config.py), leaving 10% for exactly these;
 # the plan keeps the same share free unless told otherwise (limits.memory_headroom).
 DEFAULT_MEMORY_HEADROOM = 0.1
+
+# A serving plan's rate search (planner.serve) stops when the highest rate found to meet the SLO and the
+# lowest found to miss it differ by at most this fraction of the latter: a setting of the search (precision
+# against simulations spent: each halving of it costs one more simulation per candidate), not a fact.
+DEFAULT_RATE_TOLERANCE = 0.05
 
 
 class Limits(_Strict):
@@ -121,18 +131,53 @@ class PlanFile(_Strict):
     top_k: PositiveInt = 5
     search: SearchSpace = Field(default_factory=SearchSpace)
     simulate: bool = Field(True, description="re-check the top_k with the SimPy cluster simulation")
+    serving: ServingSpec | None = Field(None, description="a serving goal: the scenario's serving block (lengths, "
+                                                          "arrival kind, scheduler, KV cache, slo); the rate is "
+                                                          "goal.request_rate, the replicas are searched")
+    rate_tolerance: float = Field(DEFAULT_RATE_TOLERANCE, gt=0, lt=1,
+                                  description="serving: the rate search stops when the highest rate that meets "
+                                              "the SLO and the lowest that misses it are within this fraction")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _goal_rate_is_the_arrival_rate(cls, data: Any) -> Any:
+        """A serving plan's arrival rate is goal.request_rate: filled in, so the block validates as a scenario's."""
+        if not isinstance(data, dict) or not isinstance(data.get("serving"), dict):
+            return data
+        arrival = data["serving"].get("arrival")
+        goal = data.get("goal")
+        if not isinstance(arrival, dict) or not isinstance(goal, dict):
+            return data
+        if "rate" in arrival:
+            raise _KeyedError("serving.arrival.rate", "a plan's rate is its goal: write goal.request_rate "
+                                                      "and leave serving.arrival.rate out")
+        rate = goal.get("request_rate")
+        if rate is None or arrival.get("kind") == "trace":
+            return data  # the after-check says what is missing
+        return {**data, "serving": {**data["serving"], "arrival": {**arrival, "rate": rate}}}
 
     @model_validator(mode="after")
     def _check(self) -> "PlanFile":
-        train = self.workload.mode == "train"
+        if self.serving is not None:
+            self._check_serving()
+        elif self.goal.request_rate is not None:
+            raise _KeyedError("goal.request_rate", "a serving goal needs a serving: block (lengths, scheduler, "
+                                                   "slo) beside the workload")
+        train = self.workload.mode == "train" and self.serving is None
         g = self.goal
-        wanted, unwanted = (("tokens",), ("tokens_per_s", "max_step_latency_s")) if train else \
-            (("tokens_per_s",), ("tokens", "deadline_days"))
-        what = "training takes {tokens, deadline_days}" if train else \
-            f"{self.workload.mode} takes {{tokens_per_s, max_step_latency_s}}"
+        if self.serving is not None:
+            wanted, unwanted = ("request_rate",), ("tokens", "deadline_days", "tokens_per_s", "max_step_latency_s")
+            what = "a serving plan takes {request_rate}"
+        elif train:
+            wanted, unwanted = ("tokens",), ("tokens_per_s", "max_step_latency_s")
+            what = "training takes {tokens, deadline_days}"
+        else:
+            wanted, unwanted = ("tokens_per_s",), ("tokens", "deadline_days")
+            what = f"{self.workload.mode} takes {{tokens_per_s, max_step_latency_s}}"
+        mode = "serving" if self.serving is not None else repr(self.workload.mode)
         for key in unwanted:
             if getattr(g, key) is not None:
-                raise _KeyedError(f"goal.{key}", f"not a goal of mode {self.workload.mode!r}: {what}")
+                raise _KeyedError(f"goal.{key}", f"not a goal of mode {mode}: {what}")
         for key in wanted:
             if getattr(g, key) is None:
                 raise _KeyedError(f"goal.{key}", f"required key is missing: {what}")
@@ -144,6 +189,31 @@ class PlanFile(_Strict):
             if names.index(name) != i:
                 raise _KeyedError(f"hardware[{i}].name", f"{name!r} is listed twice")
         return self
+
+    def _check_serving(self) -> None:
+        """The rules a serving goal adds: a scenario's serving rules, an SLO, a synthetic arrival at the goal's
+        rate, replicas and strategy left to the search (only tp and pp are searched), a built-in scheduler."""
+        s = self.serving
+        assert s is not None
+        problem = check_serving(s, self.workload, "mode" in self.workload.model_fields_set)
+        if problem is not None:
+            raise _KeyedError(*problem)
+        if s.arrival.kind == "trace":
+            raise _KeyedError("serving.arrival.kind", "a plan's goal is a rate: trace replay is not planned "
+                                                      "(allowed: poisson, gamma, constant)")
+        if s.slo is None:
+            raise _KeyedError("serving.slo", "required key is missing: a serving plan meets an SLO "
+                                             "{ttft_s, tpot_s, percentile}")
+        if "replicas" in s.model_fields_set:
+            raise _KeyedError("serving.replicas", "the plan searches the replicas: leave it out")
+        if s.scheduler.kind not in BUILTIN_SCHEDULERS:
+            raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
+                                                        f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
+        for axis in sorted(self.search.model_fields_set - {"tp", "pp"}):
+            raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x tp x pp x replicas: "
+                                                "allowed search keys are tp and pp")
+        if not self.simulate:
+            raise _KeyedError("simulate", "a serving plan is found by simulation; it cannot be switched off")
 
 
 def parse_plan(data: dict[str, Any], file: str = "<plan>") -> PlanFile:

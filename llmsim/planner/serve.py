@@ -1,0 +1,366 @@
+"""Serving plans: the cheapest hardware x tp x pp x replicas that sustains a request rate under an SLO.
+
+A serving plan (a plan file with a `serving:` block and `goal: {request_rate}`) is answered by the
+request-level serving simulation (llmsim.serving, each iteration priced by costmodel.iteration as the
+modeled backends do: llmsim.modeled_serving), not by the step roofline. For every candidate replica shape
+(hardware, tp, pp) `search_candidate` does, on its own:
+
+1. **Rate search on one replica.** A rate r is *sustained* when a run of requests arriving at r for the plan's
+   span of time (serving.duration_s, or serving.requests / the goal rate: `span_spec`), with the plan's
+   arrival kind, lengths and seed, meets the SLO:
+   slo_attainment >= percentile / 100, DistServe's attainment goal (llmsim.serving.metrics; a rejected
+   request is a miss). Starting at the goal rate, the rate is halved until a run meets the SLO (or until one
+   replica's share of the goal would need more than max_devices), then bisected (geometric midpoint) between
+   the highest rate that met and the lowest that missed until they are within `rate_tolerance`. A replica
+   that sustains the goal rate itself needs no more search (its rate is reported as "at least").
+2. **Replicas.** R0 = ceil(goal rate / sustained rate); the service of R replicas behind the router is
+   simulated at the goal rate (the same span, the same seed: exactly what best.yaml runs) and R is
+   moved from R0 to the fewest that meets the SLO (down while R - 1 still meets it, up while R misses,
+   within max_devices).
+3. **Cost.** The devices are R x tp x pp, rented as whole nodes (or part of one node), the planner's rule;
+   cost = rented devices x usd_per_device_hour (per hour of serving); energy = the modeled energy of the
+   goal-rate run per hour (costmodel.energy, busy replicas at full power, idle and spare devices at idle).
+
+The attainment of a finite run is not strictly monotone in the rate (the same request list, its gaps
+scaled, is used at every rate: common random numbers make it close to monotone); the bisection finds one
+boundary, and step 2 checks the answer at the goal rate by simulation in any case.
+
+`search_candidate` is a top-level pure function of a picklable `ServingTask`, so an executor can map it
+over processes or a Ray cluster; `plan_serving` calls it through the `mapper` it is given (default: the
+builtin map, in process).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from llmsim.config import SharingChoice, Workload, check_strategy_shape
+from llmsim.config import Strategy
+from llmsim.costmodel import ClusterSpec, Options, Plan
+from llmsim.costmodel.compute import CostModelError
+from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.iteration import IterationModel, KVCapacity, Mix, iteration_times, kv_capacity, token_costs
+from llmsim.serving.metrics import summarize
+from llmsim.serving.requests import build_requests
+from llmsim.serving.schedulers import BUILTIN
+from llmsim.serving.simulate import simulate_serving
+from llmsim.serving.spec import ServingCase, ServingSpec
+from llmsim.planner.whatif import perturb_cluster
+from llmsim.workload.profile import WorkloadProfile
+
+HOUR_S = 3600.0
+
+
+def rented_devices(n: int, devices_per_node: int) -> int:
+    """Devices rented for n in use: n inside one node, else whole nodes (planner.space.node_problem's rule)."""
+    return n if n <= devices_per_node else -(-n // devices_per_node) * devices_per_node
+
+
+@dataclass(frozen=True)
+class ServingTask:
+    """Everything one candidate's search needs, picklable (plain data, pydantic models, frozen dataclasses)."""
+
+    hardware: str
+    tp: int
+    pp: int
+    node: ClusterSpec              # one node of the hardware choice (planner.search.Hardware.node)
+    usd_per_device_hour: float
+    reference: Workload            # the traced reference workload (modeled_serving.reference_workload)
+    profile: WorkloadProfile       # its profile
+    sharing: SharingChoice
+    context_tokens: int            # the served model's context (requests longer are rejected)
+    spec: ServingSpec              # the plan's serving block at the goal rate
+    seed: int
+    goal_rate: float               # requests/s
+    max_devices: int
+    max_power_w: float | None
+    rate_tolerance: float
+    knob: str = ""                 # a what-if (planner.whatif): "" = the catalog's hardware
+    factor: float = 1.0
+    start_replicas: int | None = None  # given: skip the rate search, size the replicas from here (what-ifs)
+
+    @property
+    def size(self) -> int:
+        """Devices of one replica."""
+        return self.tp * self.pp
+
+    def cluster(self, n: int) -> ClusterSpec:
+        return perturb_cluster(self.node.with_devices(n), self.knob, self.factor)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One simulated run: the SLO verdict and where the replicas' iteration time went (seconds, summed)."""
+
+    rate: float
+    replicas: int
+    met: bool
+    attainment: float
+    row: dict[str, Any]                # the serving result columns (llmsim.serving.metrics.summarize)
+    misses_ttft: int                   # requests over the TTFT bound (served ones)
+    misses_tpot: int                   # requests over the TPOT bound
+    rejected: int
+    time_split: dict[str, float]       # compute, communication, bubble, other: over every iteration
+    energy_j: float
+    duration_s: float
+
+
+@dataclass
+class CandidateResult:
+    """The answer for one replica shape: what it sustains, how many replicas the goal needs, what they cost."""
+
+    hardware: str
+    tp: int
+    pp: int
+    feasible: bool
+    reason: str                                   # "" when feasible
+    limits: tuple[str, ...]                       # memory | slo | devices | power | error
+    sustained_rate: float = 0.0                   # requests/s one replica sustains (a lower bound within tolerance)
+    sustained_at_least: bool = False              # the search stopped at the goal rate: it sustains at least that
+    probes: list[tuple[float, float, bool]] = field(default_factory=list)  # (rate, attainment, met) per replica
+    replicas: int = 0
+    n_devices: int = 0                            # rented: whole nodes, or part of one
+    devices_used: int = 0                         # replicas x tp x pp
+    cost_usd: float | None = None                 # per hour of serving
+    energy_j: float | None = None                 # per hour of serving, at the goal rate
+    power_w: float = 0.0
+    kv_blocks: int = 0
+    at_goal: RunSummary | None = None             # the service of `replicas` at the goal rate
+    at_sustained: RunSummary | None = None        # one replica at its sustained rate
+    first_miss: RunSummary | None = None          # one replica at the lowest rate that missed
+    simulations: int = 0
+    knob: str = ""
+    factor: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"tp{self.tp}-pp{self.pp}"
+
+
+class _Replica:
+    """The iteration model and KV capacity of one replica shape on n rented devices."""
+
+    def __init__(self, task: ServingTask, n: int) -> None:
+        spec = task.spec
+        self.cluster = task.cluster(n)
+        self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1)
+        costs = token_costs(task.reference, task.profile)
+        self.model = IterationModel(costs, task.reference, self.plan, self.cluster, Options())
+        _ = self.model.rates  # a CostModelError now, not inside the simulation
+        sched = spec.scheduler
+        self.capacity: KVCapacity = kv_capacity(task.reference, task.profile, task.sharing, self.plan, self.cluster,
+                                                costs, spec.memory_utilization, spec.kv_block_tokens,
+                                                sched.max_batched_tokens, sched.max_num_seqs, Options())
+
+
+def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int) -> RunSummary:
+    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`."""
+    spec = task.spec.model_copy(update={"replicas": replicas}).at_rate(rate)
+    case = ServingCase(spec, task.seed, BUILTIN[spec.scheduler.kind])
+    split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
+
+    def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
+        def one(mix: Mix) -> tuple[float, float]:
+            t = iteration_times(replica.model, mix)
+            split["compute"] += t.compute
+            split["communication"] += t.comm
+            split["bubble"] += t.bubble
+            split["other"] += t.other
+            return t.step, t.compute
+        return one
+
+    outcome = simulate_serving(build_requests(case), replicas=replicas,
+                               make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
+                               kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
+                               router=spec.router, context_tokens=task.context_tokens)
+    row = summarize(outcome, rate, spec.slo)
+    extra = row.pop("extra")
+    slo = spec.slo
+    assert slo is not None
+    ttft = [s.token_times[0] - s.request.arrival_s for s in outcome.sequences]
+    tpot = [(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1) if s.request.output_tokens > 1
+            else 0.0 for s in outcome.sequences]
+    device = replica.cluster.device
+    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
+    return RunSummary(rate=rate, replicas=replicas, met=bool(extra["slo_met"]), attainment=row["slo_attainment"] or 0.0,
+                      row=row, misses_ttft=sum(t > slo.ttft_s for t in ttft),
+                      misses_tpot=sum(t > slo.tpot_s for t in tpot), rejected=len(outcome.rejected),
+                      time_split=split, energy_j=energy, duration_s=outcome.duration_s)
+
+
+def _max_replicas(task: ServingTask) -> int:
+    """The most replicas whose rented devices stay within max_devices (0: not even one)."""
+    r = task.max_devices // task.size
+    while r > 0 and rented_devices(r * task.size, task.node.devices_per_node) > task.max_devices:
+        r -= 1
+    return r
+
+
+def _rate_search(task: ServingTask, replica: _Replica, out: CandidateResult, max_replicas: int) -> None:
+    """Step 1 of the module docstring: out.sustained_rate, probes, at_sustained and first_miss."""
+    def probe(rate: float) -> RunSummary:
+        run = simulate_at(task, replica, rate, 1)
+        out.simulations += 1
+        out.probes.append((rate, run.attainment, run.met))
+        return run
+
+    floor = task.goal_rate / max_replicas    # below this the goal needs more than max_devices
+    hi: RunSummary | None = None
+    lo = probe(task.goal_rate)
+    while not lo.met:
+        hi = lo
+        if lo.rate <= floor:
+            out.first_miss = hi
+            return
+        lo = probe(max(lo.rate / 2, floor))
+    if hi is None:
+        out.sustained_rate, out.sustained_at_least, out.at_sustained = lo.rate, True, lo
+        return
+    while (hi.rate - lo.rate) / hi.rate > task.rate_tolerance:
+        mid = probe(math.sqrt(lo.rate * hi.rate))
+        if mid.met:
+            lo = mid
+        else:
+            hi = mid
+    out.sustained_rate, out.at_sustained, out.first_miss = lo.rate, lo, hi
+
+
+def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_replicas: int) -> RunSummary | None:
+    """Step 2: the fewest replicas from `start` that meet the SLO at the goal rate (None: none within the limit)."""
+    runs: dict[int, RunSummary] = {}
+
+    def run(r: int) -> RunSummary:
+        if r not in runs:
+            n = rented_devices(r * task.size, task.node.devices_per_node)
+            runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r)
+            out.simulations += 1
+        return runs[r]
+
+    r = min(max(start, 1), max_replicas)
+    if run(r).met:
+        while r > 1 and run(r - 1).met:
+            r -= 1
+        return runs[r]
+    while r < max_replicas:
+        r += 1
+        if run(r).met:
+            return runs[r]
+    return None
+
+
+def search_candidate(task: ServingTask) -> CandidateResult:
+    """The highest rate one replica of (hardware, tp, pp) sustains under the SLO, the replicas the goal rate
+    needs and what they cost (module docstring). Pure: the same task gives the same result, in any process."""
+    out = CandidateResult(task.hardware, task.tp, task.pp, False, "", (), knob=task.knob, factor=task.factor)
+    max_replicas = _max_replicas(task)
+    if max_replicas == 0:
+        out.reason, out.limits = f"devices: one replica needs {task.size} > max_devices={task.max_devices}", ("devices",)
+        return out
+    try:
+        replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
+    except CostModelError as exc:
+        out.reason, out.limits = f"error: {exc}", ("error",)
+        return out
+    out.kv_blocks = replica.capacity.blocks
+    if replica.capacity.blocks == 0:
+        c = replica.capacity
+        out.reason = (f"memory: no room for a KV cache ({c.device_bytes / 1e9:.1f} GB usable - weights "
+                      f"{c.weights_bytes / 1e9:.1f} GB - workspace {c.workspace_bytes / 1e9:.1f} GB per device)")
+        out.limits = ("memory",)
+        return out
+    if task.start_replicas is None:
+        _rate_search(task, replica, out, max_replicas)
+        if out.at_sustained is None:
+            out.reason, out.limits = (f"slo: one replica misses the SLO even at {task.goal_rate / max_replicas:.3g} "
+                                      f"requests/s, the share of the goal max_devices allows"), ("slo",)
+            return out
+        start = math.ceil(task.goal_rate / out.sustained_rate - 1e-9)
+    else:
+        start = task.start_replicas
+    at_goal = _size_replicas(task, out, start, max_replicas)
+    if at_goal is None:
+        out.reason, out.limits = (f"devices: {max_replicas} replicas (max_devices={task.max_devices}) miss the SLO "
+                                  f"at {task.goal_rate:g} requests/s"), ("devices",)
+        return out
+    out.at_goal, out.replicas = at_goal, at_goal.replicas
+    out.devices_used = out.replicas * task.size
+    out.n_devices = rented_devices(out.devices_used, task.node.devices_per_node)
+    device = task.node.device
+    out.cost_usd = out.n_devices * task.usd_per_device_hour
+    spare_j = (out.n_devices - out.devices_used) * device.idle_power_w * at_goal.duration_s
+    out.energy_j = (at_goal.energy_j + spare_j) / at_goal.duration_s * HOUR_S if at_goal.duration_s > 0 else 0.0
+    out.power_w = out.n_devices * device.max_power_w
+    if task.max_power_w is not None and out.power_w > task.max_power_w:
+        out.reason, out.limits = f"power: {out.power_w / 1e3:,.1f} kW > {task.max_power_w / 1e3:,.1f} kW", ("power",)
+        return out
+    out.feasible = True
+    return out
+
+
+def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
+    """Feasible first by the objective (cost or energy per hour, devices, or time = e2e p99 at the goal), ties by
+    cost, devices and then the higher sustained rate; then the misses, those that run before those that cannot."""
+    def key(c: CandidateResult) -> tuple:
+        if not c.feasible:
+            order = {"power": 0, "devices": 1, "slo": 2, "memory": 3, "error": 4}
+            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, c.hardware, c.tp, c.pp)
+        e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
+        metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
+        return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp)
+    return key
+
+
+def candidate_shapes(plan: Any, devices_per_node: int) -> list[tuple[int, int]]:
+    """(tp, pp) replica shapes: the plan's search.tp / search.pp, or powers of two up to devices_per_node
+    (a replica inside one node), kept where the strategy rules accept them (heads divide over tp, ...)."""
+    powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
+    tps = sorted(set(plan.search.tp or powers))
+    pps = sorted(set(plan.search.pp or powers))
+    out = []
+    for tp in tps:
+        for pp in pps:
+            if check_strategy_shape(Strategy(tp=tp, pp=pp), plan.workload) is None:
+                out.append((tp, pp))
+    return out
+
+
+def span_spec(spec: ServingSpec, goal_rate: float) -> ServingSpec:
+    """The block every run of a serving plan simulates: arrivals over a fixed span of time, `duration_s` as
+    given or `requests / goal rate` when the block gives a count. A fixed span (not a fixed count) loads one
+    replica probed at rate r for as long as each of R replicas is loaded in the goal-rate run, so the two
+    judge the same steady state; a fixed count would give the R replicas 1/R of the time to build queues."""
+    if spec.duration_s is not None:
+        return spec
+    assert spec.requests is not None
+    return spec.model_copy(update={"requests": None, "duration_s": spec.requests / goal_rate})
+
+
+def serving_tasks(plan: Any, hardware: Iterable[Any], reference: Workload, profile: WorkloadProfile,
+                  sharing: SharingChoice) -> list[ServingTask]:
+    """One task per hardware choice x replica shape (planner.search.Hardware items)."""
+    spec = span_spec(plan.serving, float(plan.goal.request_rate))
+    seed = spec.seed if spec.seed is not None else 0
+    return [ServingTask(hardware=hw.name, tp=tp, pp=pp, node=hw.node, usd_per_device_hour=hw.usd_per_device_hour,
+                        reference=reference, profile=profile, sharing=sharing,
+                        context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
+                        goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
+                        max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance)
+            for hw in hardware for tp, pp in candidate_shapes(plan, hw.devices_per_node)]
+
+
+Mapper = Callable[[Callable[[ServingTask], CandidateResult], list[ServingTask]], Iterable[CandidateResult]]
+
+
+def plan_serving(tasks: list[ServingTask], objective: str, mapper: Mapper = map) -> list[CandidateResult]:
+    """Every candidate searched (through `mapper`, e.g. an executor's map) and ranked by the objective."""
+    results = list(mapper(search_candidate, tasks))
+    return sorted(results, key=objective_key(objective))
+
+
+def what_if(task: ServingTask, result: CandidateResult, knob: str, factor: float) -> CandidateResult:
+    """`result`'s replicas re-sized on hardware with `knob` x `factor` (the sensitivity table): the same shape,
+    the fewest replicas from the chosen count that meet the SLO at the goal rate on the what-if hardware."""
+    return search_candidate(replace(task, knob=knob, factor=factor, start_replicas=max(result.replicas, 1)))
