@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 from rich.console import Console
@@ -192,12 +193,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
     catalog = load_catalog([Path(f) for f in args.hardware], entries)
     progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
+    if plan.serving is not None and args.no_simulate:
+        raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
     outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress)
     for h in outcome.hardware:
         if h.example_price:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
                               f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
                               highlight=False)
+    if plan.serving is not None:
+        _print_serving_plan(plan, outcome)
+        print(outcome.run_dir)
+        return 0
     shown = outcome.top or outcome.closest
     train = plan.workload.mode == "train"
     title = (f"best by {plan.objective}" + (" (re-checked by the cluster simulation)" if outcome.simulated else "")
@@ -218,8 +225,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
     err_console.print(outcome.explanation.headline, highlight=False)
     for line in outcome.explanation.winner or outcome.explanation.limiting:
         err_console.print(f"  {line}", highlight=False)
+    _print_choice(outcome.explanation)
     print(outcome.run_dir)
     return 0
+
+
+def _print_serving_plan(plan: Any, outcome: Any) -> None:
+    """A serving plan's candidates (the best top_k that meet the goal, else the closest) and the explanation."""
+    from llmsim.planner.explain import fmt_duration, fmt_usd
+    from llmsim.planner.serve_report import describe_candidate, describe_rate
+
+    shown = outcome.top[:plan.top_k] or outcome.results[:plan.top_k]
+    title = (f"best by {plan.objective}: {plan.goal.request_rate:g} requests/s under the SLO" if outcome.top
+             else "nothing meets the goal: the closest candidates")
+    table = Table("#", "configuration", "sustained (1 replica)", "cost/h", "TTFT p99", "TPOT p99", "meets goal",
+                  title=title)
+    for i, c in enumerate(shown, 1):
+        row = c.at_goal.row if c.at_goal else {}
+        table.add_row(str(i), describe_candidate(c), describe_rate(c), fmt_usd(c.cost_usd),
+                      fmt_duration(row.get("ttft_p99_s")), fmt_duration(row.get("tpot_p99_s")),
+                      "yes" if c.feasible else c.reason)
+    Console(stderr=True, width=max(err_console.width, 160)).print(table)
+    err_console.print(outcome.explanation.headline, highlight=False)
+    for line in outcome.explanation.winner or outcome.explanation.limiting:
+        err_console.print(f"  {line}", highlight=False)
+    _print_choice(outcome.explanation)
+
+
+def _print_choice(explanation: Any) -> None:
+    """The winner's and runner-up's limits, and the ±20% sensitivity table, on stderr."""
+    from llmsim.planner.explain import sensitivity_rows
+
+    for line in explanation.choice:
+        err_console.print(f"  {line}", highlight=False)
+    s = explanation.sensitivity
+    if s is not None:
+        table = Table("what-if", "winner", "runner-up", "ranks first",
+                      title=f"sensitivity ({s.metric}, re-priced by {s.priced_by})")
+        for row in sensitivity_rows(s):
+            table.add_row(*row)
+        Console(stderr=True, width=max(err_console.width, 160)).print(table)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from llmsim.planner.config import PlanFile
 from llmsim.planner.search import Evaluation, SearchStats
+from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label, perturb_cluster
 from llmsim.report.units import fmt_bytes
 
 LIMIT_WORDS = {"memory": "memory (does not fit)", "deadline": "deadline", "latency": "step latency",
@@ -146,6 +148,9 @@ class Explanation:
     limiting: list[str] = field(default_factory=list)     # no feasible configuration: what limits
     closest: list[tuple[str, list[str]]] = field(default_factory=list)
     limit_counts: dict[str, int] = field(default_factory=dict)
+    limits: list["Limit"] = field(default_factory=list)          # the winner's and the runner-up's
+    sensitivity: "Sensitivity | None" = None                   # +-20% what-ifs on the two
+    choice: list[str] = field(default_factory=list)             # choice_lines of the two above
 
 
 def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list[str]:
@@ -212,3 +217,182 @@ def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: lis
     return Explanation(headline, limiting=limiting,
                        closest=[(describe(e), [e.reason] + why(e, plan)[:2]) for e in closest],
                        limit_counts=dict(counts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# What limits the winner and the runner-up, the one change that would move each most, and how robust the
+# choice between them is (issue 18 item 5). Training and inference plans here; serving plans in
+# `serving_choice` below.
+# ---------------------------------------------------------------------------------------------------
+
+FACTORS = ("memory", "communication", "bubble", "compute")
+# The strategy fields a single change moves (one at a time); the derived ones (n_devices, microbatches) follow.
+CHANGE_FIELDS = ("dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "recompute", "schedule", "virtual_stages")
+OBJECTIVE_METRIC = {"cost": "cost_usd", "time": "time_to_goal_s", "energy": "energy_j", "devices": "n_devices"}
+
+
+@dataclass
+class SensitivityRow:
+    """One what-if: the winner and the runner-up re-priced with `knob` x `factor` (planner.whatif)."""
+
+    knob: str
+    factor: float
+    winner: float | None           # the objective's metric (cost, time, energy or devices)
+    runner_up: float | None
+    winner_feasible: bool
+    runner_up_feasible: bool
+    flips: bool                    # the runner-up would rank first
+    note: str = ""                 # serving: the replicas each needs ('winner|runner-up')
+    times: tuple[float | None, float | None] = (None, None)  # the tie-break: time to goal (inference: latency)
+
+
+@dataclass
+class Sensitivity:
+    metric: str                    # what the numbers are: 'cost (USD)', ...
+    winner: str
+    runner_up: str
+    base: tuple[float | None, float | None]
+    rows: list[SensitivityRow] = field(default_factory=list)
+    base_times: tuple[float | None, float | None] = (None, None)
+    base_note: str = ""
+    priced_by: str = "the roofline cost model"
+
+    @property
+    def flips(self) -> list[SensitivityRow]:
+        return [r for r in self.rows if r.flips]
+
+
+@dataclass
+class Limit:
+    """What limits one configuration and the one change that would move its objective most."""
+
+    who: str                       # 'winner' | 'runner-up'
+    factor: str                    # one of FACTORS
+    shares: dict[str, float]       # compute, communication, bubble, other: fractions of the step (or of busy time)
+    change: str                    # the change, in words, with its effect and what blocks it
+    gain: float | None             # relative change of the objective's metric (negative = better)
+
+
+def _metric(e: Evaluation, objective: str) -> float | None:
+    return float(e.config.n_devices) if objective == "devices" else getattr(e, OBJECTIVE_METRIC[objective])
+
+
+def _one_field_apart(a: Any, b: Any) -> str | None:
+    """The one CHANGE_FIELDS field in which two configurations of the same hardware and split differ, else None."""
+    if a.hardware != b.hardware or a.stage_layers != b.stage_layers:
+        return None
+    diff = [f for f in CHANGE_FIELDS if getattr(a, f) != getattr(b, f)]
+    if len(diff) != 1 or (diff[0] == "virtual_stages" and a.schedule != "interleaved"):
+        return None
+    return diff[0]
+
+
+def _price_ignoring_memory(ctx: Any, e: Evaluation) -> Evaluation:
+    """A row rejected for memory, priced as if it fitted (to say what memory costs the plan)."""
+    from llmsim.planner.search import evaluate
+    roomy = replace(ctx.hardware, memory_headroom=-1e12)  # capacity x 1e12: every configuration fits
+    priced = evaluate(replace(ctx, hardware=roomy), e.config)
+    return replace(priced, capacity_bytes=e.capacity_bytes, reason=e.reason, limits=e.limits, feasible=False)
+
+
+def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, contexts: dict[str, Any],
+             sensitivity: Sensitivity | None) -> Limit:
+    """The limiting factor of `e` and the one change that would move its objective most.
+
+    Changes considered: every configuration of the search one strategy field away (same hardware; one of
+    CHANGE_FIELDS), those rejected for memory priced as if they fitted, and the +20% hardware what-ifs of
+    the sensitivity table. The change is the one with the best objective; since `e` wins among the feasible
+    ones, a better neighbour is blocked by a limit, which the sentence names. The factor is `memory` when
+    that best change is blocked by memory alone, else the largest of the step's compute, exposed
+    communication and pipeline bubble shares."""
+    shares = step_shares(e)
+    base = _metric(e, plan.objective)
+    best: tuple[float, str, tuple[str, ...]] | None = None
+    ctx = contexts.get(e.config.hardware)
+    for other in rows:
+        what = _one_field_apart(e.config, other.config)
+        if what is None:
+            continue
+        if other.step_time_s is None and other.limits == ("memory",) and ctx is not None:
+            other = _price_ignoring_memory(ctx, other)
+        value = _metric(other, plan.objective)
+        if value is None or base is None or not base:
+            continue
+        if best is None or value < best[0]:
+            before, after = getattr(e.config, what), getattr(other.config, what)
+            best = (value, f"{what.replace('_', ' ')} {before} -> {after}", other.limits)
+    for r in (sensitivity.rows if sensitivity else []):
+        value = r.winner if who == "winner" else r.runner_up
+        if r.factor > 1 and value is not None and (best is None or value < best[0]):
+            best = (value, knob_label(r.knob, r.factor), ())
+    if best is None or base is None or not base:
+        return Limit(who, max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0)), shares,
+                     "no single change improves it", None)
+    gain = best[0] / base - 1
+    blocked = f" (blocked: {', '.join(LIMIT_WORDS.get(k, k) for k in best[2])})" if best[2] else ""
+    factor = "memory" if best[2] == ("memory",) else \
+        max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0))
+    return Limit(who, factor, shares, f"{best[1]}: {plan.objective} {gain:+.1%}{blocked}", gain)
+
+
+def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluation, contexts: dict[str, Any]
+                         ) -> Sensitivity:
+    """The winner and the runner-up re-priced by the roofline with each knob at -20% and +20% (planner.whatif);
+    `flips` where the runner-up would then rank first (planner.search.objective_key: feasible first)."""
+    from llmsim.planner.search import evaluate, objective_key
+    key = objective_key(plan.objective)
+    out = Sensitivity(f"{plan.objective}", describe(winner), describe(runner_up),
+                      (_metric(winner, plan.objective), _metric(runner_up, plan.objective)),
+                      base_times=(winner.time_to_goal_s, runner_up.time_to_goal_s))
+    for knob in KNOBS:
+        for factor in SENSITIVITY_FACTORS:
+            again = []
+            for e in (winner, runner_up):
+                ctx = contexts[e.config.hardware]
+                hw = replace(ctx.hardware, node=perturb_cluster(ctx.hardware.node, knob, factor))
+                again.append(evaluate(replace(ctx, hardware=hw), e.config))
+            w, r = again
+            out.rows.append(SensitivityRow(knob, factor, _metric(w, plan.objective), _metric(r, plan.objective),
+                                           w.feasible, r.feasible, key(r) < key(w),
+                                           times=(w.time_to_goal_s, r.time_to_goal_s)))
+    return out
+
+
+def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[str]:
+    """The sentences the report and the terminal show under the winner."""
+    out = []
+    for lim in limits:
+        shares = ", ".join(f"{k} {_pct(v)}" for k, v in lim.shares.items() if k != "other")
+        out.append(f"{lim.who}: limited by {lim.factor} ({shares}); the one change that would move it most: "
+                   f"{lim.change}")
+    if sensitivity is not None:
+        flips = sensitivity.flips
+        out.append("choice under ±20% link bandwidth, GEMM efficiency, memory efficiency: "
+                   + ("robust (the winner stays ahead in every case)" if not flips else
+                      "flips under " + ", ".join(knob_label(r.knob, r.factor) for r in flips)))
+    return out
+
+
+def sensitivity_rows(s: Sensitivity) -> list[list[str]]:
+    """The sensitivity table as text cells: what-if, winner, runner-up, first."""
+    def fmt(v: float | None, ok: bool, t: float | None, note: str) -> str:
+        if v is None:
+            return "–" + ("" if ok else " (misses)")
+        text = fmt_usd(v) if s.metric.startswith("cost") else fmt_duration(v) if s.metric.startswith("time") else \
+            fmt_energy(v) if s.metric.startswith("energy") else f"{v:,.0f}"
+        if t is not None and not s.metric.startswith("time"):
+            text += f", {fmt_duration(t)}"
+        return text + (f", {note}" if note else "") + ("" if ok else " (misses)")
+
+    def notes(note: str) -> tuple[str, str]:
+        a, _, b = note.partition("|")
+        return a, b
+    bw, br = notes(s.base_note)
+    rows = [["as priced", fmt(s.base[0], True, s.base_times[0], bw), fmt(s.base[1], True, s.base_times[1], br),
+             "winner"]]
+    for r in s.rows:
+        nw, nr = notes(r.note)
+        rows.append([knob_label(r.knob, r.factor), fmt(r.winner, r.winner_feasible, r.times[0], nw),
+                     fmt(r.runner_up, r.runner_up_feasible, r.times[1], nr),
+                     "runner-up (flips)" if r.flips else "winner"])
+    return rows

@@ -17,7 +17,8 @@ import pandas as pd
 import yaml
 
 from llmsim.planner.config import PlanFile
-from llmsim.planner.explain import Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name
+from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
+                                   sensitivity_rows)
 from llmsim.planner.search import Evaluation, Hardware, SearchStats
 from llmsim.report.units import fmt_bytes
 from llmsim.report.raster import png as raster_png
@@ -164,6 +165,22 @@ def _table(rows: list[Evaluation], plan: PlanFile, simulated: bool) -> Any:
     return Table(cols, out, numeric)
 
 
+def choice_section(explanation: Explanation) -> Any:
+    """What limits the winner and the runner-up, the one change that would move each most, and the ±20%
+    sensitivity table (explain.limit_of, explain.training_sensitivity / serving_sensitivity)."""
+    from llmsim.report.document import Bullets, Cell, Paragraph, Section, Table
+
+    blocks: list[Any] = [Bullets(explanation.choice)] if explanation.choice else []
+    s = explanation.sensitivity
+    if s is not None:
+        blocks.append(Paragraph(f"Sensitivity: the winner ({s.winner}) and the runner-up ({s.runner_up}) "
+                                f"re-priced by {s.priced_by} with one hardware number moved by ±20%; the "
+                                f"{s.metric} of each, and which would rank first."))
+        rows = [[Cell(c) for c in r] for r in sensitivity_rows(s)]
+        blocks.append(Table(["what-if", "winner", "runner-up", "ranks first"], rows, [False, True, True, False]))
+    return Section("Limits and sensitivity", blocks or [Paragraph("Only one configuration meets the goal.")])
+
+
 def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation], closest: list[Evaluation],
                   stats: SearchStats, hardware: list[Hardware], figure_png: bytes | None, simulated: bool) -> Any:
     from llmsim.report.document import Bullets, Document, Figure, Paragraph, Point, Section
@@ -184,6 +201,7 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
         sections.append(Section("Why", [Paragraph("Winner: " + describe(top[0])), Bullets(explanation.winner)]
                                 + [b for name, lines in explanation.runners_up
                                    for b in (Paragraph("Runner-up: " + name), Bullets(lines))]))
+        sections.append(choice_section(explanation))
     else:
         sections.append(Section("What limits", [Bullets(explanation.limiting)]))
         sections.append(Section("Closest configurations", [_table(closest, plan, False)]

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from llmsim.hardware import Catalog
 from llmsim.planner.config import PlanFile, check_hardware
-from llmsim.planner.explain import Explanation, explain
+from llmsim.planner.explain import Explanation, choice_lines, explain, limit_of, training_sensitivity
 from llmsim.planner.report import plan_frame, write_outputs
-from llmsim.planner.search import (Evaluation, Hardware, SearchStats, resolve_hardware, search, sharing_choice,
-                                   simulate_top, workload_profile)
+from llmsim.planner.search import (Context, Evaluation, Hardware, SearchStats, resolve_hardware, search,
+                                   sharing_choice, simulate_top, workload_profile)
+from llmsim.planner.serve import Mapper
+from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.results import new_run_dir
 
 
@@ -31,10 +33,17 @@ class PlanOutcome:
 
 
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
-             progress: Callable[[str], None] | None = None) -> PlanOutcome:
-    """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml."""
+             progress: Callable[[str], None] | None = None, mapper: Mapper = map) -> PlanOutcome | ServingPlanOutcome:
+    """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
+
+    A serving plan (a `serving:` block) is searched by simulation instead (planner.serve): its candidates'
+    rate searches go through `mapper` (default: the builtin map, in process; an executor's map runs them
+    elsewhere), and it returns a ServingPlanOutcome."""
     check_hardware(plan, catalog, file)
     hardware = resolve_hardware(plan, catalog)
+    if plan.serving is not None:
+        run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
+        return run_serving_plan(plan, hardware, run_dir, progress, mapper)
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
@@ -49,6 +58,13 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         top = [e for e in rows if e.feasible][:plan.top_k]
     closest = [] if top else [e for e in rows if not e.feasible][:plan.top_k]
     explanation = explain(rows, stats, plan, top)
+    if top:
+        contexts = {h.name: Context(plan, h, profile, sharing) for h in hardware}
+        sensitivity = training_sensitivity(plan, top[0], top[1], contexts) if len(top) > 1 else None
+        explanation.limits = [limit_of(e, who, rows, plan, contexts, sensitivity)
+                              for e, who in zip(top[:2], ("winner", "runner-up"))]
+        explanation.sensitivity = sensitivity
+        explanation.choice = choice_lines(explanation.limits, sensitivity)
     frame = plan_frame(rows, hardware, plan.workload.model.layers)
     write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

@@ -1,0 +1,304 @@
+"""A serving plan end to end: the candidates' searches (planner.serve), the winner's and runner-up's limits and
+±20% sensitivity, and the run folder: plan.csv, plan.md / plan.html, best.yaml (a runnable serving scenario)
+and plan.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from llmsim.planner.config import PlanFile
+from llmsim.planner.explain import (Explanation, Limit, Sensitivity, SensitivityRow, choice_lines, fmt_duration,
+                                    fmt_energy, fmt_usd)
+from llmsim.planner.search import Hardware
+from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, objective_key, plan_serving, what_if
+from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
+from llmsim.results import write_atomic
+
+SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "replicas", "n_devices", "devices_used", "feasible", "reason",
+                        "sustained_rate_rps", "sustained_at_least", "step_time_s", "time_to_goal_s", "cost_usd",
+                        "energy_j", "ttft_p99_s", "tpot_p99_s", "slo_attainment", "goodput_rps", "preemptions",
+                        "kv_blocks_per_replica", "simulations", "rate_probes"]
+OBJECTIVE_METRIC = {"cost": "cost_usd", "devices": "n_devices", "energy": "energy_j", "time": "e2e_p99_s"}
+
+
+def describe_candidate(c: CandidateResult) -> str:
+    """'2 x h100-sxm (tp1, pp1, 2 replicas)'."""
+    reps = f"{c.replicas} replica" + ("" if c.replicas == 1 else "s") if c.replicas else "–"
+    n = c.n_devices or c.tp * c.pp
+    return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}, {reps})"
+
+
+def describe_rate(c: CandidateResult) -> str:
+    if not c.sustained_rate:
+        return "–"
+    return ("≥ " if c.sustained_at_least else "") + f"{c.sustained_rate:.3g} requests/s per replica"
+
+
+def metric(c: CandidateResult, objective: str) -> float | None:
+    if objective == "time":
+        return c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
+    value = getattr(c, OBJECTIVE_METRIC[objective])
+    return None if value is None else float(value)
+
+
+def serving_limit(c: CandidateResult, who: str, sensitivity: Sensitivity | None, objective: str) -> Limit:
+    """What stops one replica of `c` from sustaining a higher rate, and the one change that would move the
+    objective most.
+
+    The run judged is the lowest rate that missed the SLO (else the sustained one): `memory` when its KV cache
+    ran out (preemptions or requests rejected for the cache), else the largest of the compute, exposed
+    communication and pipeline-bubble shares of its replicas' busy time. The change is the ±20% hardware
+    what-if (sensitivity table) that lowers the objective most; the SLO bound that broke is named."""
+    run = c.first_miss or c.at_sustained or c.at_goal
+    if run is None:
+        return Limit(who, "memory" if "memory" in c.limits else "compute", {}, c.reason or "–", None)
+    total = sum(run.time_split.values()) or 1.0
+    shares = {k: v / total for k, v in run.time_split.items()}
+    memory = bool(run.row.get("preemptions")) or run.rejected > 0
+    factor = "memory" if memory else max(("compute", "communication", "bubble"), key=lambda k: shares[k])
+    broke = ""
+    if c.first_miss is not None:
+        broke = (f"; at {run.rate:.3g} requests/s per replica {run.misses_ttft} requests miss the TTFT bound and "
+                 f"{run.misses_tpot} the TPOT bound")
+    base = metric(c, objective)
+    best: tuple[float, str] | None = None
+    for r in (sensitivity.rows if sensitivity else []):
+        value = r.winner if who == "winner" else r.runner_up
+        ok = r.winner_feasible if who == "winner" else r.runner_up_feasible
+        if ok and value is not None and base and value < base and (best is None or value < best[0]):
+            best = (value, knob_label(r.knob, r.factor))
+    if best is None or not base:
+        change = "no ±20% hardware what-if lowers its " + objective + broke
+        return Limit(who, factor, shares, change, None)
+    gain = best[0] / base - 1
+    return Limit(who, factor, shares, f"{best[1]}: {objective} {gain:+.1%}{broke}", gain)
+
+
+def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int], ServingTask], winner: CandidateResult,
+                        runner_up: CandidateResult, mapper: Mapper = map) -> Sensitivity:
+    """The winner and the runner-up re-sized (planner.serve.what_if: the fewest replicas from the chosen count
+    that meet the SLO at the goal rate) on hardware with each knob at -20% and +20%; `flips` where the
+    runner-up would then rank first."""
+    key = objective_key(plan.objective)
+    jobs = [(knob, factor, c) for knob in KNOBS for factor in SENSITIVITY_FACTORS for c in (winner, runner_up)]
+    results = list(mapper(_what_if_job, [(tasks[(c.hardware, c.tp, c.pp)], c, knob, factor)
+                                         for knob, factor, c in jobs]))
+    out = Sensitivity(plan.objective, describe_candidate(winner), describe_candidate(runner_up),
+                      (metric(winner, plan.objective), metric(runner_up, plan.objective)),
+                      priced_by="the serving simulation (replicas re-sized at the goal rate)",
+                      base_note=f"{winner.replicas} rep.|{runner_up.replicas} rep.")
+    for i in range(0, len(results), 2):
+        knob, factor, _ = jobs[i]
+        w, r = results[i], results[i + 1]
+        out.rows.append(SensitivityRow(knob, factor, metric(w, plan.objective), metric(r, plan.objective),
+                                       w.feasible, r.feasible, key(r) < key(w),
+                                       note=f"{w.replicas or '–'} rep.|{r.replicas or '–'} rep."))
+    return out
+
+
+def _what_if_job(job: tuple[ServingTask, CandidateResult, str, float]) -> CandidateResult:
+    """Top-level (picklable) wrapper of planner.serve.what_if for a mapper."""
+    return what_if(*job)
+
+
+def serving_frame(results: list[CandidateResult]) -> pd.DataFrame:
+    """plan.csv of a serving plan: one row per candidate replica shape, ranked."""
+    records = []
+    for i, c in enumerate(results, 1):
+        row = c.at_goal.row if c.at_goal else {}
+        probes = ";".join(f"{r:.4g}:{a:.3f}:{'met' if m else 'missed'}" for r, a, m in c.probes)
+        records.append([i, c.hardware, c.tp, c.pp, c.replicas or None, c.n_devices or None, c.devices_used or None,
+                        c.feasible, c.reason, c.sustained_rate or None, c.sustained_at_least,
+                        row.get("tpot_p50_s"), row.get("e2e_p99_s"), c.cost_usd, c.energy_j, row.get("ttft_p99_s"),
+                        row.get("tpot_p99_s"), row.get("slo_attainment"), row.get("goodput_rps"),
+                        row.get("preemptions"), c.kv_blocks, c.simulations, probes])
+    return pd.DataFrame.from_records(records, columns=SERVING_PLAN_COLUMNS)
+
+
+def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> dict[str, Any]:
+    """A serving scenario (plain data) that `llmsim run` accepts and that re-simulates the winner: its replica
+    shape, its replicas, the goal rate and the plan's span of arrivals (`spec`: serve.span_spec's block)."""
+    cluster_spec = hw.cluster(c.n_devices)
+    cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
+               "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
+    workload = plan.workload.model_dump(mode="json")
+    if "mode" not in plan.workload.model_fields_set:
+        workload.pop("mode")  # a serving scenario leaves mode out
+    serving = spec.model_copy(update={"replicas": c.replicas}).model_dump(mode="json", exclude_none=True)
+    return {
+        "name": f"{plan.name}-best",
+        "workload": workload,
+        "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
+        "strategies": [{"name": c.name, "tp": c.tp, "pp": c.pp}],
+        "serving": serving,
+        "backends": {"roofline": dict(cluster), "cluster": dict(cluster, trace=False)},
+        "seed": spec.seed if spec.seed is not None else 0,
+    }
+
+
+def best_yaml(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> str:
+    row = c.at_goal.row if c.at_goal else {}
+    head = (f"# The winner of serving plan {plan.name!r} ({plan.objective}): {describe_candidate(c)}.\n"
+            f"# Simulated at {plan.goal.request_rate:g} requests/s: TTFT p99 {fmt_duration(row.get('ttft_p99_s'))}, "
+            f"TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO attainment {row.get('slo_attainment', 0):.3f}; "
+            f"{fmt_usd(c.cost_usd)} per hour.\n#   llmsim run best.yaml\n")
+    return head + yaml.safe_dump(best_scenario(plan, c, hw, spec), sort_keys=False, default_flow_style=None,
+                                 width=110)
+
+
+def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitivity: Sensitivity | None
+                        ) -> Explanation:
+    """Headline, the winner's lines, the runners-up, and the limits and sensitivity of the first two."""
+    feasible = [c for c in results if c.feasible]
+    counts: dict[str, int] = {}
+    for c in results:
+        for k in c.limits:
+            counts[k] = counts.get(k, 0) + 1
+    if not feasible:
+        lines = [f"{describe_candidate(c)}: {c.reason}" for c in results[:max(plan.top_k, 1)]]
+        kind = results[0].limits[0] if results and results[0].limits else "slo"
+        return Explanation(f"no candidate sustains {plan.goal.request_rate:g} requests/s under the SLO within the "
+                           f"limits; {kind} limits", limiting=lines, limit_counts=counts)
+    best = feasible[0]
+
+    def lines_of(c: CandidateResult) -> list[str]:
+        row = c.at_goal.row if c.at_goal else {}
+        return [f"one replica sustains {describe_rate(c)} (SLO met up to that rate; probes: "
+                + ", ".join(f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes) + ")",
+                f"{c.replicas} replicas at {plan.goal.request_rate:g} requests/s: TTFT p99 "
+                f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO attainment "
+                f"{row.get('slo_attainment') or 0:.3f}, goodput {row.get('goodput_rps') or 0:.3g} requests/s",
+                f"{c.n_devices} devices rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
+                f"{fmt_energy(c.energy_j)} per hour"]
+    headline = (f"best by {plan.objective}: {describe_candidate(best)} — sustains {plan.goal.request_rate:g} "
+                f"requests/s under the SLO for {fmt_usd(best.cost_usd)} per hour")
+    runners = [(describe_candidate(c), lines_of(c)) for c in feasible[1:plan.top_k]]
+    out = Explanation(headline, lines_of(best), runners, limit_counts=counts)
+    out.limits = [serving_limit(c, who, sensitivity, plan.objective)
+                  for c, who in zip(feasible[:2], ("winner", "runner-up"))]
+    out.sensitivity = sensitivity
+    out.choice = choice_lines(out.limits, sensitivity)
+    return out
+
+
+def serving_document(plan: PlanFile, explanation: Explanation, results: list[CandidateResult], seconds: float,
+                     hardware: list[Hardware], spec: Any) -> Any:
+    from llmsim.planner.report import choice_section
+    from llmsim.report.document import Bullets, Cell, Document, Paragraph, Point, Section, Table
+
+    slo = spec.slo
+    goal = (f"{plan.goal.request_rate:g} requests/s ({spec.arrival.kind}) under TTFT ≤ {slo.ttft_s:g} s and TPOT ≤ "
+            f"{slo.tpot_s:g} s for {slo.percentile:g}% of the requests")
+    cols = ["#", "candidate", "sustained rate", "replicas", "devices", "cost / hour", "TTFT p99", "TPOT p99",
+            "SLO attainment", "meets goal"]
+    rows = []
+    for i, c in enumerate(results[:max(plan.top_k, 1) * 3], 1):
+        row = c.at_goal.row if c.at_goal else {}
+        rows.append([Cell(str(i), i), Cell(f"{c.hardware} tp{c.tp} pp{c.pp}"), Cell(describe_rate(c), c.sustained_rate),
+                     Cell(str(c.replicas or "–"), c.replicas), Cell(str(c.n_devices or "–"), c.n_devices),
+                     Cell(fmt_usd(c.cost_usd), c.cost_usd), Cell(fmt_duration(row.get("ttft_p99_s")), row.get("ttft_p99_s")),
+                     Cell(fmt_duration(row.get("tpot_p99_s")), row.get("tpot_p99_s")),
+                     Cell(f"{row['slo_attainment']:.3f}" if row.get("slo_attainment") is not None else "–",
+                          row.get("slo_attainment")),
+                     Cell("yes" if c.feasible else c.reason)])
+    sections = [Section("Candidates", [
+        Paragraph("Each replica shape's highest rate under the SLO, found by bisection on the serving simulation "
+                  "(docs/planning.md, 'Serving plans'), the replicas the goal rate needs and their cost."),
+        Table(cols, rows, [True, False, True, True, True, True, True, True, True, False])])]
+    feasible = [c for c in results if c.feasible]
+    if feasible:
+        sections.append(Section("Why", [Paragraph("Winner: " + describe_candidate(feasible[0])),
+                                        Bullets(explanation.winner)]
+                                + [b for name, lines in explanation.runners_up
+                                   for b in (Paragraph("Runner-up: " + name), Bullets(lines))]))
+        sections.append(choice_section(explanation))
+    else:
+        sections.append(Section("What limits", [Bullets(explanation.limiting)]))
+    sims = sum(c.simulations for c in results)
+    prices = [f"{h.name}: ${h.usd_per_device_hour:g} per device-hour"
+              + (" (an example price, not a quote — set usd_per_device_hour)" if h.example_price else "")
+              + f", {h.devices_per_node} per node" for h in hardware]
+    sections.append(Section("Search", [Bullets([
+        f"{len(results)} candidate replica shapes, {sims} simulations in {seconds:.1f} s; every simulation spans "
+        f"{spec.duration_s:g} s of arrivals.",
+        "A rate is sustained when the run meets the SLO (attainment ≥ percentile); the search stops when the "
+        f"highest rate that met and the lowest that missed are within {plan.rate_tolerance:.0%}.",
+        *prices,
+        "plan.csv lists every candidate, ranked; best.yaml re-simulates the winner with `llmsim run best.yaml`."])]))
+    meta = [("plan", plan.name), ("workload", f"{plan.workload.model.preset or 'custom'} serving, "
+                                              f"{plan.workload.dtype}"),
+            ("goal", goal), ("objective", plan.objective),
+            ("limits", f"max_devices {plan.limits.max_devices:,}" + (
+                f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else ""))]
+    return Document(f"llmsim plan: {plan.name}", [Point(explanation.headline, explanation.winner
+                                                        or explanation.limiting)], sections, meta)
+
+
+def write_serving_outputs(run_dir: Path, plan: PlanFile, results: list[CandidateResult], explanation: Explanation,
+                          seconds: float, hardware: list[Hardware], spec: Any) -> list[Path]:
+    """plan.csv, plan.md, plan.html, plan.yaml and (when a candidate meets the goal) best.yaml."""
+    from llmsim.report.html import render_html
+    from llmsim.report.markdown import render_markdown
+    serving_frame(results).to_csv(run_dir / "plan.csv", index=False, float_format="%.6g")
+    doc = serving_document(plan, explanation, results, seconds, hardware, spec)
+    write_atomic(run_dir / "plan.md", render_markdown(doc))
+    write_atomic(run_dir / "plan.html", render_html(doc))
+    written = [run_dir / "plan.csv", run_dir / "plan.md", run_dir / "plan.html"]
+    feasible = [c for c in results if c.feasible]
+    if feasible:
+        hw = {h.name: h for h in hardware}[feasible[0].hardware]
+        write_atomic(run_dir / "best.yaml", best_yaml(plan, feasible[0], hw, spec))
+        written.append(run_dir / "best.yaml")
+    write_atomic(run_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    return written + [run_dir / "plan.yaml"]
+
+
+@dataclass
+class ServingPlanOutcome:
+    run_dir: Path
+    results: list[CandidateResult]     # ranked, feasible first
+    explanation: Explanation
+    hardware: list[Hardware]
+    seconds: float
+
+    @property
+    def top(self) -> list[CandidateResult]:
+        return [c for c in self.results if c.feasible]
+
+
+def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
+                     progress: Callable[[str], None] | None = None, mapper: Mapper = map) -> ServingPlanOutcome:
+    """Search every candidate (through `mapper`), explain the first two, write the run folder."""
+    import time
+
+    from llmsim.modeled_serving import serving_profile
+    from llmsim.planner.search import sharing_choice
+    from llmsim.planner.serve import serving_tasks
+    start = time.perf_counter()
+    sharing = sharing_choice(plan)
+    reference, profile = serving_profile(plan.workload, sharing)
+    tasks = serving_tasks(plan, hardware, reference, profile, sharing)
+    if progress:
+        progress(f"searching the highest rate under the SLO of {len(tasks)} candidate replica shapes by simulation")
+    results = plan_serving(tasks, plan.objective, mapper)
+    feasible = [c for c in results if c.feasible]
+    sensitivity = None
+    if len(feasible) > 1:
+        if progress:
+            progress("re-sizing the winner and the runner-up under ±20% link bandwidth, GEMM and memory efficiency")
+        by_shape = {(t.hardware, t.tp, t.pp): t for t in tasks}
+        sensitivity = serving_sensitivity(plan, by_shape, feasible[0], feasible[1], mapper)
+    explanation = serving_explanation(plan, results, sensitivity)
+    seconds = time.perf_counter() - start
+    write_serving_outputs(run_dir, plan, results, explanation, seconds, hardware, tasks[0].spec if tasks else
+                          plan.serving)
+    return ServingPlanOutcome(run_dir, results, explanation, hardware, seconds)
+
+
