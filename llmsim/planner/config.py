@@ -152,8 +152,10 @@ class PlanFile(_Strict):
             raise _KeyedError("serving.arrival.rate", "a plan's rate is its goal: write goal.request_rate "
                                                       "and leave serving.arrival.rate out")
         rate = goal.get("request_rate")
-        if rate is None or arrival.get("kind") == "trace":
-            return data  # the after-check says what is missing
+        if arrival.get("kind") == "trace":
+            return data  # the after-check refuses it
+        if rate is None:
+            raise _KeyedError("goal.request_rate", "required key is missing: a serving plan takes {request_rate}")
         return {**data, "serving": {**data["serving"], "arrival": {**arrival, "rate": rate}}}
 
     @model_validator(mode="after")

@@ -1,0 +1,220 @@
+"""Serving plans (a `serving:` block and goal.request_rate): the per-candidate rate search, the replicas, best.yaml,
+the winner's and runner-up's limits and sensitivity, and bad goal input."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmsim.cli import main
+from llmsim.config import parse_scenario
+from llmsim.errors import ScenarioError
+from llmsim.hardware import Catalog
+from llmsim.modeled_serving import serving_profile
+from llmsim.planner import run_plan
+from llmsim.planner.config import parse_plan
+from llmsim.planner.search import resolve_hardware, sharing_choice
+from llmsim.planner.serve import (CandidateResult, plan_serving, rented_devices, search_candidate,
+                                  serving_tasks, span_spec)
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import read_rows
+from llmsim.runner import plan_cases, run_scenario
+from tests.planner.helpers import BASE
+
+# The tiny model on catalog GPUs whose peak FLOP/s and memory bandwidth are divided by SLOWDOWN, so that a
+# replica sustains tens of requests per second and the plan needs more than one replica (fast tests).
+SLOWDOWN = 20000
+
+
+def _slow(name: str, base: str) -> Any:
+    d = BASE.devices[base]
+    return d.model_copy(update={"name": name, "peak_flops": {k: v / SLOWDOWN for k, v in d.peak_flops.items()},
+                                "memory_bw_bytes_per_s": d.memory_bw_bytes_per_s / SLOWDOWN})
+
+
+CATALOG = Catalog(devices={**BASE.devices, "slow-a": _slow("slow-a", "a100-80gb"), "slow-h": _slow("slow-h", "h100-sxm")},
+                  links=BASE.links)
+
+
+def serving_plan(ttft_s: float = 0.05, tpot_s: float = 0.02, rate: float = 80.0, **over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "serve-tiny",
+        "workload": {"model": {"preset": "tiny"}, "dtype": "bfloat16"},
+        "serving": {"duration_s": 4, "arrival": {"kind": "poisson"}, "lengths": {"input": 32, "output": 16},
+                    "scheduler": {"kind": "continuous", "max_num_seqs": 8, "max_batched_tokens": 256},
+                    "slo": {"ttft_s": ttft_s, "tpot_s": tpot_s, "percentile": 90}},
+        "goal": {"request_rate": rate},
+        "hardware": [{"name": "slow-a", "usd_per_device_hour": 1.8}, {"name": "slow-h", "usd_per_device_hour": 3.5}],
+        "search": {"tp": [1, 2], "pp": [1]},
+        "limits": {"max_devices": 16},
+        "top_k": 3,
+    }
+    data.update(over)
+    return data
+
+
+def _tasks(data: dict[str, Any]) -> tuple[Any, list[Any]]:
+    plan = parse_plan(data)
+    sharing = sharing_choice(plan)
+    reference, profile = serving_profile(plan.workload, sharing)
+    return plan, serving_tasks(plan, resolve_hardware(plan, CATALOG), reference, profile, sharing)
+
+
+@pytest.fixture(scope="module")
+def searched() -> tuple[Any, list[CandidateResult]]:
+    plan, tasks = _tasks(serving_plan())
+    return plan, plan_serving(tasks, plan.objective)
+
+
+def test_rate_search_brackets_the_highest_sustained_rate(searched: tuple[Any, list[CandidateResult]]) -> None:
+    plan, results = searched
+    bisected = [c for c in results if c.first_miss is not None and c.at_sustained is not None]
+    assert bisected, "the example must make at least one candidate search below the goal rate"
+    for c in bisected:
+        assert c.at_sustained.met and not c.first_miss.met
+        assert c.sustained_rate < c.first_miss.rate
+        assert (c.first_miss.rate - c.sustained_rate) / c.first_miss.rate <= plan.rate_tolerance
+        assert c.replicas >= 2  # one replica does not sustain the goal rate
+    for c in results:
+        if c.sustained_at_least:
+            assert c.probes[0][0] == plan.goal.request_rate and c.probes[0][2]
+
+
+def test_replicas_are_the_fewest_that_meet_the_slo(searched: tuple[Any, list[CandidateResult]]) -> None:
+    plan, results = searched
+    _, tasks = _tasks(serving_plan())
+    by_shape = {(t.hardware, t.tp, t.pp): t for t in tasks}
+    for c in results:
+        assert c.feasible and c.at_goal is not None and c.at_goal.met
+        assert c.at_goal.attainment >= 0.9
+        assert c.n_devices == rented_devices(c.replicas * c.tp * c.pp, 8)
+        if c.replicas > 1:  # one replica fewer misses the SLO at the goal rate
+            fewer = search_candidate(by_shape[(c.hardware, c.tp, c.pp)].__class__(
+                **{**by_shape[(c.hardware, c.tp, c.pp)].__dict__, "start_replicas": c.replicas - 1,
+                   "max_devices": (c.replicas - 1) * c.tp * c.pp}))
+            assert not fewer.feasible
+    costs = [c.cost_usd for c in results]
+    assert costs == sorted(costs)
+
+
+def test_search_candidate_is_pure_and_its_task_picklable() -> None:
+    """An executor (processes, Ray) pickles the task and the result: the same answer either way."""
+    plan, tasks = _tasks(serving_plan())
+    task = tasks[0]
+    again = pickle.loads(pickle.dumps(task))
+    a, b = search_candidate(task), pickle.loads(pickle.dumps(search_candidate(again)))
+    assert (a.sustained_rate, a.replicas, a.probes, a.cost_usd) == (b.sustained_rate, b.replicas, b.probes, b.cost_usd)
+    calls = []
+
+    def mapper(fn: Any, items: list[Any]) -> list[Any]:
+        calls.append(len(items))
+        return [pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(t))))) for t in items]
+    ranked = plan_serving(tasks, plan.objective, mapper)
+    assert calls == [len(tasks)]
+    assert [(c.hardware, c.tp, c.replicas) for c in ranked] == \
+        [(c.hardware, c.tp, c.replicas) for c in plan_serving(tasks, plan.objective)]
+
+
+def test_a_fixed_request_count_becomes_a_fixed_span_at_the_goal_rate() -> None:
+    plan = parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": None, "requests": 200}))
+    spec = span_spec(plan.serving, 80.0)
+    assert spec.requests is None and spec.duration_s == pytest.approx(2.5)
+
+
+def test_winner_meets_the_slo_when_resimulated(tmp_path: Path) -> None:
+    plan = parse_plan(serving_plan())
+    outcome = run_plan(plan, CATALOG, tmp_path)
+    winner = outcome.top[0]
+    best = yaml.safe_load((outcome.run_dir / "best.yaml").read_text())
+    assert best["serving"]["replicas"] == winner.replicas and best["serving"]["arrival"]["rate"] == 80.0
+    # the slowed devices travel as a hardware file beside best.yaml (as `--hardware FILE` would give them)
+    devices = [CATALOG.devices[n].model_dump(mode="json") for n in ("slow-a", "slow-h")]
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"entries": devices}))
+    scenario = parse_scenario({**best, "hardware_catalog": ["slow.yaml"]}, "best.yaml")
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    planned = plan_cases(scenario, registry, "best.yaml", ["roofline"], scenario_dir=tmp_path)
+    run = run_scenario(scenario, registry, planned, tmp_path / "runs", manager=manager, scenario_dir=tmp_path)
+    [row] = read_rows(run.run_dir)
+    assert row["status"] == "ok"
+    assert row["slo_attainment"] >= plan.serving.slo.percentile / 100
+    assert row["slo_attainment"] == pytest.approx(winner.at_goal.row["slo_attainment"])
+    assert row["ttft_p99_s"] == pytest.approx(winner.at_goal.row["ttft_p99_s"])
+    for name in ("plan.csv", "plan.md", "plan.html", "plan.yaml"):
+        assert (outcome.run_dir / name).exists()
+    md = (outcome.run_dir / "plan.md").read_text()
+    assert "Limits and sensitivity" in md and "link bandwidth -20%" in md
+
+
+@pytest.mark.parametrize("loose, tight", [((0.05, 0.02), (0.03, 0.02)), ((0.05, 0.02), (0.05, 0.012))])
+def test_a_tighter_slo_never_picks_a_cheaper_plan(loose: tuple[float, float], tight: tuple[float, float]) -> None:
+    plans = {}
+    for name, (ttft, tpot) in (("loose", loose), ("tight", tight)):
+        plan, tasks = _tasks(serving_plan(ttft, tpot))
+        plans[name] = [c for c in plan_serving(tasks, "cost") if c.feasible]
+    assert plans["loose"], "the loose SLO must be met by some candidate"
+    cheapest_tight = plans["tight"][0].cost_usd if plans["tight"] else math.inf
+    assert cheapest_tight >= plans["loose"][0].cost_usd
+
+
+def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
+    outcome = run_plan(parse_plan(serving_plan()), CATALOG, tmp_path)
+    why = outcome.explanation
+    assert [lim.who for lim in why.limits] == ["winner", "runner-up"]
+    assert all(lim.factor in ("memory", "communication", "bubble", "compute") for lim in why.limits)
+    s = why.sensitivity
+    assert s is not None and len(s.rows) == 6
+    for r in s.rows:  # flips: the runner-up would rank first (feasible first, then cheaper)
+        if r.winner_feasible and not r.runner_up_feasible:
+            assert not r.flips
+        elif r.runner_up_feasible and not r.winner_feasible:
+            assert r.flips
+        elif r.winner_feasible and r.runner_up != r.winner:
+            assert r.flips == (r.runner_up < r.winner)
+    # a slower device never needs fewer replicas, a faster one never more
+    minus = {r.knob: r for r in s.rows if r.factor < 1}
+    plus = {r.knob: r for r in s.rows if r.factor > 1}
+    for knob in minus:
+        assert (minus[knob].winner or math.inf) >= s.base[0] >= (plus[knob].winner or 0)
+
+
+@pytest.mark.parametrize("change, key, words", [
+    ({"goal": {"request_rate": -3}}, "goal.request_rate", "greater than 0"),
+    ({"goal": {"tokens": 1e9}}, "goal.request_rate", "a serving plan takes {request_rate}"),
+    ({"goal": {"request_rate": 5, "tokens": 1e9}}, "goal.tokens", "a serving plan takes {request_rate}"),
+    ({"goal": {"request_rate": 5, "tokens_per_s": 10}}, "goal.tokens_per_s", "a serving plan takes {request_rate}"),
+    ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "poisson", "rate": 4}}}, "serving.arrival.rate",
+     "write goal.request_rate"),
+    ({"serving": {k: v for k, v in serving_plan()["serving"].items() if k != "slo"}}, "serving.slo",
+     "required key is missing"),
+    ({"serving": {**serving_plan()["serving"], "slo": {"ttft_s": 1, "tpot_s": 1, "percentile": 0}}},
+     "serving.slo.percentile", "allowed 0 < percentile <= 100"),
+    ({"serving": {**serving_plan()["serving"], "replicas": 2}}, "serving.replicas", "the plan searches the replicas"),
+    ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
+     "exceed the model's context"),
+    ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp and pp"),
+    ({"rate_tolerance": 0}, "rate_tolerance", "greater than 0"),
+])
+def test_bad_serving_goal_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
+                                             key: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_plan({**serving_plan(), **change}, "plan.yaml")
+    assert str(info.value).startswith(f"plan.yaml: {key}: ") and words in str(info.value)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({**serving_plan(), **change}))
+    assert main(["plan", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err and "Traceback" not in err
+
+
+def test_request_rate_without_a_serving_block_is_refused() -> None:
+    data = {"name": "p", "workload": {"model": {"preset": "tiny"}, "mode": "decode", "batch": 8},
+            "goal": {"tokens_per_s": 5, "request_rate": 3}, "hardware": [{"name": "a100-80gb"}]}
+    with pytest.raises(ScenarioError, match="goal.request_rate: a serving goal needs a serving: block"):
+        parse_plan(data, "plan.yaml")
