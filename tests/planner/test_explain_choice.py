@@ -1,0 +1,104 @@
+"""The winner's and runner-up's limiting factor, the one change that would move each most, and the ±20%
+sensitivity table (planner.whatif, explain.limit_of, explain.training_sensitivity) for training plans."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from llmsim.config import Sharing, SharingChoice, Workload
+from llmsim.costmodel import Options, Plan, estimate
+from llmsim.planner import run_plan
+from llmsim.planner.explain import FACTORS, limit_of, sensitivity_rows, training_sensitivity
+from llmsim.planner.search import Context, evaluate, objective_key, search, sharing_choice, workload_profile
+from llmsim.planner.whatif import perturb_cluster
+from llmsim.workload.profile import profile_workload
+from tests.planner.helpers import BASE, hardware, small_catalog, small_plan
+
+
+def _searched(memory_bytes: float) -> tuple:
+    plan = small_plan(hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}])
+    hw = hardware(plan, small_catalog(memory_bytes))
+    rows, _ = search(plan, hw)
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    contexts = {h.name: Context(plan, h, profile, sharing) for h in hw}
+    return plan, rows, [e for e in rows if e.feasible][:2], contexts
+
+
+def test_perturb_cluster_moves_one_number_and_leaves_the_original() -> None:
+    node = BASE.cluster("h100-sxm", 2, 8)
+    link = perturb_cluster(node, "link", 0.8)
+    assert link.intra.bandwidth_bytes_per_s == pytest.approx(0.8 * node.intra.bandwidth_bytes_per_s)
+    assert link.inter.bandwidth_bytes_per_s == pytest.approx(0.8 * node.inter.bandwidth_bytes_per_s)
+    assert link.device is node.device
+    gemm = perturb_cluster(node, "gemm", 1.2)
+    assert gemm.efficiency.matmul == pytest.approx(1.2 * node.efficiency.matmul)
+    assert gemm.efficiency.memory == node.efficiency.memory
+    memory = perturb_cluster(node, "memory", 0.8)
+    assert memory.efficiency.memory == pytest.approx(0.8 * node.efficiency.memory)
+    assert node.efficiency.matmul == BASE.devices["h100-sxm"].efficiency.matmul  # the catalog is untouched
+    assert perturb_cluster(node, "gemm", 1.0) is node
+
+
+def test_what_ifs_move_a_large_model_step_the_right_way() -> None:
+    """GEMM-bound training: -20% GEMM efficiency slows the step, +20% speeds it; a slower link never speeds it."""
+    w = Workload.model_validate({"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 16})
+    sharing = SharingChoice.resolve(Sharing(), w.model)
+    profile = profile_workload(w, sharing)
+    plan = Plan(dp=2, tp=4, pp=1, micro_batch=8, microbatches=1)
+    node = BASE.cluster("a100-80gb", 1, 8)
+    step = {(k, f): estimate(w, profile, sharing, plan, perturb_cluster(node, k, f), Options()).step_time_s
+            for k in ("link", "gemm", "memory") for f in (0.8, 1.0, 1.2)}
+    assert step[("gemm", 0.8)] > step[("gemm", 1.0)] > step[("gemm", 1.2)]
+    assert step[("link", 0.8)] > step[("link", 1.0)] > step[("link", 1.2)]
+    assert step[("memory", 0.8)] >= step[("memory", 1.0)] >= step[("memory", 1.2)]
+
+
+def test_sensitivity_rows_and_their_verdict() -> None:
+    plan, rows, top, contexts = _searched(8e5)
+    s = training_sensitivity(plan, top[0], top[1], contexts)
+    assert [(r.knob, r.factor) for r in s.rows] == [(k, f) for k in ("link", "gemm", "memory") for f in (0.8, 1.2)]
+    assert s.base == (top[0].cost_usd, top[1].cost_usd)
+    # the verdict is the ranking's own: re-evaluate by hand for every what-if and compare
+    key = objective_key(plan.objective)
+    for r in s.rows:
+        again = [evaluate(replace(contexts[e.config.hardware], hardware=replace(
+            contexts[e.config.hardware].hardware, node=perturb_cluster(contexts[e.config.hardware].hardware.node,
+                                                                       r.knob, r.factor))), e.config) for e in top]
+        assert r.winner == again[0].cost_usd and r.runner_up == again[1].cost_usd
+        assert r.flips == (key(again[1]) < key(again[0]))
+    table = sensitivity_rows(s)
+    assert table[0][0] == "as priced" and len(table) == 7
+
+
+def test_memory_is_the_limit_when_the_best_change_does_not_fit() -> None:
+    """At 1.2 MB a device cannot hold the tiny model's activations without full recompute: dropping it would
+    be cheaper but does not fit, so memory is what limits the winner."""
+    plan, rows, top, contexts = _searched(1.2e6)
+    assert top[0].config.recompute == "full"
+    lim = limit_of(top[0], "winner", rows, plan, contexts, None)
+    assert lim.factor == "memory"
+    assert lim.change.startswith("recompute full -> none: cost -") and "memory" in lim.change
+    assert lim.gain is not None and lim.gain < 0
+
+
+def test_without_a_memory_block_the_factor_is_the_largest_time_share() -> None:
+    plan, rows, top, contexts = _searched(3e6)
+    for e, who in zip(top, ("winner", "runner-up")):
+        lim = limit_of(e, who, rows, plan, contexts, training_sensitivity(plan, top[0], top[1], contexts))
+        assert lim.factor in FACTORS
+        if lim.factor != "memory":
+            assert lim.shares[lim.factor] == max(lim.shares[k] for k in ("compute", "communication", "bubble"))
+
+
+def test_the_plan_report_and_outcome_carry_limits_and_sensitivity(tmp_path: Path) -> None:
+    plan = small_plan(hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}])
+    outcome = run_plan(plan, small_catalog(1.2e6), tmp_path)
+    why = outcome.explanation
+    assert [lim.who for lim in why.limits] == ["winner", "runner-up"] and why.sensitivity is not None
+    assert any(line.startswith("winner: limited by memory") for line in why.choice)
+    md = (outcome.run_dir / "plan.md").read_text()
+    assert "Limits and sensitivity" in md and "GEMM efficiency +20%" in md and "limited by memory" in md
