@@ -211,7 +211,7 @@ class PlanFile(_Strict):
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
-        for axis in sorted(self.search.model_fields_set - {"tp", "pp"}):
+        for axis in [k for k in SearchSpace.model_fields if k not in ("tp", "pp") and getattr(self.search, k) is not None]:
             raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x tp x pp x replicas: "
                                                 "allowed search keys are tp and pp")
         if not self.simulate:

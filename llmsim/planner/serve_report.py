@@ -256,7 +256,14 @@ def write_serving_outputs(run_dir: Path, plan: PlanFile, results: list[Candidate
         hw = {h.name: h for h in hardware}[feasible[0].hardware]
         write_atomic(run_dir / "best.yaml", best_yaml(plan, feasible[0], hw, spec))
         written.append(run_dir / "best.yaml")
-    write_atomic(run_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    # the resolved plan, in a form that loads again: the serving block as written (its rate is the goal's,
+    # filled in on loading; replicas are searched), and no workload mode where none was given
+    resolved = plan.model_dump(mode="json")
+    resolved["serving"] = plan.serving.model_dump(mode="json", exclude_unset=True)  # type: ignore[union-attr]
+    resolved["serving"]["arrival"].pop("rate", None)
+    if "mode" not in plan.workload.model_fields_set:
+        resolved["workload"].pop("mode")
+    write_atomic(run_dir / "plan.yaml", yaml.safe_dump(resolved, sort_keys=False))
     return written + [run_dir / "plan.yaml"]
 
 

@@ -16,7 +16,7 @@ from llmsim.config import parse_scenario
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
 from llmsim.modeled_serving import serving_profile
-from llmsim.planner import run_plan
+from llmsim.planner import load_plan, run_plan
 from llmsim.planner.config import parse_plan
 from llmsim.planner.search import resolve_hardware, sharing_choice
 from llmsim.planner.serve import (CandidateResult, plan_serving, rented_devices, search_candidate,
@@ -218,3 +218,21 @@ def test_request_rate_without_a_serving_block_is_refused() -> None:
             "goal": {"tokens_per_s": 5, "request_rate": 3}, "hardware": [{"name": "a100-80gb"}]}
     with pytest.raises(ScenarioError, match="goal.request_rate: a serving goal needs a serving: block"):
         parse_plan(data, "plan.yaml")
+
+
+def test_cli_serving_plan_prints_the_table_limits_and_sensitivity(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    devices = [CATALOG.devices[n].model_dump(mode="json") for n in ("slow-a", "slow-h")]
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"entries": devices}))
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(serving_plan()))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--hardware", str(tmp_path / "slow.yaml")]) == 0
+    out, err = capsys.readouterr()
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert (run_dir / "best.yaml").exists()
+    assert "best by cost: 80 requests/s under the SLO" in err and "winner: limited by" in err
+    assert "sensitivity (cost" in err and "memory efficiency +20%" in err
+    again = load_plan(run_dir / "plan.yaml")  # the resolved plan loads again
+    assert again.goal.request_rate == 80.0
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate"]) == 2
+    assert "a serving plan is found by simulation" in capsys.readouterr().err
