@@ -37,8 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llmsim.config import SharingChoice, Workload, check_strategy_shape
-from llmsim.config import Strategy
+from llmsim.config import SharingChoice, Strategy, Workload, check_strategy_shape
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
@@ -47,8 +46,9 @@ from llmsim.serving.metrics import summarize
 from llmsim.serving.requests import build_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import simulate_serving
-from llmsim.serving.spec import ServingCase, ServingSpec
+from llmsim.planner.config import PlanFile
 from llmsim.planner.whatif import perturb_cluster
+from llmsim.serving.spec import ServingCase, ServingSpec
 from llmsim.workload.profile import WorkloadProfile
 
 HOUR_S = 3600.0
@@ -313,7 +313,7 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
     return key
 
 
-def candidate_shapes(plan: Any, devices_per_node: int) -> list[tuple[int, int]]:
+def candidate_shapes(plan: PlanFile, devices_per_node: int) -> list[tuple[int, int]]:
     """(tp, pp) replica shapes: the plan's search.tp / search.pp, or powers of two up to devices_per_node
     (a replica inside one node), kept where the strategy rules accept them (heads divide over tp, ...)."""
     powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
@@ -338,9 +338,10 @@ def span_spec(spec: ServingSpec, goal_rate: float) -> ServingSpec:
     return spec.model_copy(update={"requests": None, "duration_s": spec.requests / goal_rate})
 
 
-def serving_tasks(plan: Any, hardware: Iterable[Any], reference: Workload, profile: WorkloadProfile,
+def serving_tasks(plan: PlanFile, hardware: Iterable[Any], reference: Workload, profile: WorkloadProfile,
                   sharing: SharingChoice) -> list[ServingTask]:
     """One task per hardware choice x replica shape (planner.search.Hardware items)."""
+    assert plan.serving is not None and plan.goal.request_rate is not None
     spec = span_spec(plan.serving, float(plan.goal.request_rate))
     seed = spec.seed if spec.seed is not None else 0
     return [ServingTask(hardware=hw.name, tp=tp, pp=pp, node=hw.node, usd_per_device_hour=hw.usd_per_device_hour,
