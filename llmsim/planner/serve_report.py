@@ -170,9 +170,9 @@ def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitiv
 
     def lines_of(c: CandidateResult) -> list[str]:
         row = c.at_goal.row if c.at_goal else {}
-        return [f"one replica sustains {describe_rate(c)} (SLO met up to that rate; probes: "
+        return [f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; probes: "
                 + ", ".join(f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes) + ")",
-                f"{c.replicas} replicas at {plan.goal.request_rate:g} requests/s: TTFT p99 "
+                f"{c.replicas} replica{'' if c.replicas == 1 else 's'} at {plan.goal.request_rate:g} requests/s: TTFT p99 "
                 f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO attainment "
                 f"{row.get('slo_attainment') or 0:.3f}, goodput {row.get('goodput_rps') or 0:.3g} requests/s",
                 f"{c.n_devices} devices rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
