@@ -307,50 +307,72 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     communication and pipeline bubble shares."""
     shares = step_shares(e)
     base = _metric(e, plan.objective)
-    best: tuple[float, str, tuple[str, ...]] | None = None
+    best: tuple[float, str, tuple[str, ...]] | None = None   # (relative change of the metric, change, its limits)
     ctx = contexts.get(e.config.hardware)
     for other in rows:
         what = _one_field_apart(e.config, other.config)
-        if what is None:
+        if what is None or not base:
             continue
         if other.step_time_s is None and other.limits == ("memory",) and ctx is not None:
             other = _price_ignoring_memory(ctx, other)
         value = _metric(other, plan.objective)
-        if value is None or base is None or not base:
+        if value is None:
             continue
-        if best is None or value < best[0]:
+        gain = value / base - 1
+        if best is None or gain < best[0]:
             before, after = getattr(e.config, what), getattr(other.config, what)
-            best = (value, f"{what.replace('_', ' ')} {before} -> {after}", other.limits)
-    for r in (sensitivity.rows if sensitivity else []):
-        value = r.winner if who == "winner" else r.runner_up
-        if r.factor > 1 and value is not None and (best is None or value < best[0]):
-            best = (value, knob_label(r.knob, r.factor), ())
-    if best is None or base is None or not base:
-        return Limit(who, max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0)), shares,
-                     "no single change improves it", None)
-    gain = best[0] / base - 1
+            best = (gain, f"{what.replace('_', ' ')} {before} -> {after}", other.limits)
+    if sensitivity is not None:  # against the sensitivity's own base (it may be priced by the simulation)
+        own = sensitivity.base[0 if who == "winner" else 1]
+        for r in sensitivity.rows:
+            value = r.winner if who == "winner" else r.runner_up
+            if r.factor > 1 and value is not None and own and (best is None or value / own - 1 < best[0]):
+                best = (value / own - 1, knob_label(r.knob, r.factor), ())
+    largest = max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0))
+    if best is None:
+        return Limit(who, largest, shares, "no single change improves it", None)
     blocked = f" (blocked: {', '.join(LIMIT_WORDS.get(k, k) for k in best[2])})" if best[2] else ""
-    factor = "memory" if best[2] == ("memory",) else \
-        max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0))
-    return Limit(who, factor, shares, f"{best[1]}: {plan.objective} {gain:+.1%}{blocked}", gain)
+    factor = "memory" if best[2] == ("memory",) else largest
+    return Limit(who, factor, shares, f"{best[1]}: {plan.objective} {best[0]:+.1%}{blocked}", best[0])
 
 
-def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluation, contexts: dict[str, Any]
-                         ) -> Sensitivity:
-    """The winner and the runner-up re-priced by the roofline with each knob at -20% and +20% (planner.whatif);
-    `flips` where the runner-up would then rank first (planner.search.objective_key: feasible first)."""
+def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
+    """`e` re-priced by the SimPy cluster simulation on ctx's hardware, as search.simulate_top does."""
+    from llmsim.planner.search import goal_metrics, judge
+    from llmsim.sim import simulate_case
+    hw = ctx.hardware
+    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster(e.config.n_devices))
+    metrics = goal_metrics(ctx.plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j, sim.tpot_s)
+    limits, reasons, shortfall = judge(ctx.plan, metrics, e.power_w)
+    return replace(e, feasible=e.feasible and not limits, limits=limits, reason="; ".join(reasons),
+                   shortfall=shortfall, step_time_s=sim.step_s, **metrics)
+
+
+def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluation, contexts: dict[str, Any],
+                         simulated: bool = False) -> Sensitivity:
+    """The winner and the runner-up re-priced with each knob at -20% and +20% (planner.whatif); `flips` where
+    the runner-up would then rank first (planner.search.objective_key: feasible first). Priced as they were
+    ranked: by the roofline, or by the cluster simulation when the plan re-checked its best by simulation
+    (`simulated`; the base numbers are then the simulated ones), so that a flip is the what-if's doing and
+    not a difference between the two pricers."""
     from llmsim.planner.search import evaluate, objective_key
     key = objective_key(plan.objective)
+
+    def price(ctx: Any, e: Evaluation) -> Evaluation:
+        priced = evaluate(ctx, e.config)
+        return _simulated(ctx, priced) if simulated and priced.step_time_s is not None else priced
+    base = [price(contexts[e.config.hardware], e) for e in (winner, runner_up)] if simulated else [winner, runner_up]
     out = Sensitivity(f"{plan.objective}", describe(winner), describe(runner_up),
-                      (_metric(winner, plan.objective), _metric(runner_up, plan.objective)),
-                      base_times=(winner.time_to_goal_s, runner_up.time_to_goal_s))
+                      (_metric(base[0], plan.objective), _metric(base[1], plan.objective)),
+                      base_times=(base[0].time_to_goal_s, base[1].time_to_goal_s),
+                      priced_by="the SimPy cluster simulation" if simulated else "the roofline cost model")
     for knob in KNOBS:
         for factor in SENSITIVITY_FACTORS:
             again = []
             for e in (winner, runner_up):
                 ctx = contexts[e.config.hardware]
                 hw = replace(ctx.hardware, node=perturb_cluster(ctx.hardware.node, knob, factor))
-                again.append(evaluate(replace(ctx, hardware=hw), e.config))
+                again.append(price(replace(ctx, hardware=hw), e))
             w, r = again
             out.rows.append(SensitivityRow(knob, factor, _metric(w, plan.objective), _metric(r, plan.objective),
                                            w.feasible, r.feasible, key(r) < key(w),

@@ -60,7 +60,7 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     explanation = explain(rows, stats, plan, top)
     if top:
         contexts = {h.name: Context(plan, h, profile, sharing) for h in hardware}
-        sensitivity = training_sensitivity(plan, top[0], top[1], contexts) if len(top) > 1 else None
+        sensitivity = training_sensitivity(plan, top[0], top[1], contexts, simulated) if len(top) > 1 else None
         explanation.limits = [limit_of(e, who, rows, plan, contexts, sensitivity)
                               for e, who in zip(top[:2], ("winner", "runner-up"))]
         explanation.sensitivity = sensitivity

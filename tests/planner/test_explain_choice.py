@@ -102,3 +102,15 @@ def test_the_plan_report_and_outcome_carry_limits_and_sensitivity(tmp_path: Path
     assert any(line.startswith("winner: limited by memory") for line in why.choice)
     md = (outcome.run_dir / "plan.md").read_text()
     assert "Limits and sensitivity" in md and "GEMM efficiency +20%" in md and "limited by memory" in md
+
+
+def test_a_simulated_plan_is_re_priced_by_the_simulation(tmp_path: Path) -> None:
+    """The top is ordered by the cluster simulation, so the what-ifs are too: the table's base is the simulated
+    cost of each (else a roofline/simulation difference would read as a flip)."""
+    plan = small_plan(simulate=True, hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0,
+                                                "devices_per_node": 4}])
+    outcome = run_plan(plan, small_catalog(8e5), tmp_path)
+    s = outcome.explanation.sensitivity
+    assert outcome.simulated and s is not None and "simulation" in s.priced_by
+    assert s.base == pytest.approx((outcome.top[0].sim["cost_usd"], outcome.top[1].sim["cost_usd"]))
+    assert s.base[0] <= s.base[1]
