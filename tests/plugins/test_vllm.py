@@ -26,7 +26,7 @@ from llmsim_plugins.vllm import VllmBackend, engine_args, unsupported, vllm_vers
 FAKE = Path(__file__).resolve().parents[1] / "serving" / "fake_openai_server.py"
 PREFILL_S, TOKEN_S = 0.02, 0.004
 
-LLAMA = dict(layers=2, hidden=64, heads=4, kv_heads=2, ffn_hidden=128, vocab=300, seq_len=256, activation="swiglu",
+LLAMA = dict(layers=2, hidden=128, heads=4, kv_heads=2, ffn_hidden=128, vocab=300, seq_len=256, activation="swiglu",
              norm="rmsnorm", positions="rotary", bias=False)
 GPT2 = dict(layers=2, hidden=64, heads=4, ffn_hidden=256, vocab=300, seq_len=256, activation="gelu", norm="layernorm",
             positions="learned", bias=True)
@@ -86,8 +86,8 @@ def test_a_llama_style_model_is_written_as_a_llama_checkpoint(tmp_path: Path) ->
     folder = write_checkpoint(tmp_path / "m", spec, "bfloat16", tie_embeddings=False)
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
-    assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (64, 128, 2)
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 2, 16)
+    assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (128, 128, 2)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 2, 32)
     assert config["vocab_size"] == 300 and config["max_position_embeddings"] == 256
     assert config["hidden_act"] == "silu" and config["tie_word_embeddings"] is False
     assert config["torch_dtype"] == "bfloat16"
@@ -145,7 +145,7 @@ def test_the_scheduler_maps_to_vllm_flags(tmp_path: Path) -> None:
     assert cli[cli.index("--load-format") + 1] == "dummy"
     # memory_utilization 0.9 x memory_gib 4, in bytes (vLLM's own variable would round to whole GiB)
     assert cli[cli.index("--kv-cache-memory-bytes") + 1] == str(int(0.9 * 4 * 2**30))
-    assert args.env()["VLLM_CPU_KVCACHE_SPACE"] == 
+    assert args.env()["VLLM_CPU_KVCACHE_SPACE"] is None   # removed: vLLM reads it as whole GiB and it would win
     chunked, *_ = _case(tmp_path, scheduler={"kind": "chunked-prefill", "max_num_seqs": 8, "max_batched_tokens": 256,
                                              "chunk_tokens": 64})
     cli = engine_args(chunked[0].case, chunked[0].settings).cli()
