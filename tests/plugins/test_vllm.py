@@ -152,6 +152,10 @@ def test_the_scheduler_maps_to_vllm_flags(tmp_path: Path) -> None:
     assert "--enable-chunked-prefill" in cli and cli[cli.index("--long-prefill-token-threshold") + 1] == "64"
 
 
+def planned_ok(tmp_path: Path):  # noqa: ANN201
+    return _case(tmp_path)[0][0].case
+
+
 def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None:
     static, *_ = _case(tmp_path, scheduler={"kind": "static", "max_num_seqs": 8, "max_batched_tokens": 256})
     assert "no vLLM equivalent" in (unsupported(static[0].case) or "")
@@ -159,6 +163,11 @@ def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None
     assert "one replica" in (unsupported(two[0].case) or "")
     blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32
     assert "multiple of 32" in (unsupported(blocks[0].case) or "")
+    ok = planned_ok(tmp_path)
+    assert unsupported(ok) is None
+    narrow = ok.model_copy(update={"workload": ok.workload.model_copy(
+        update={"model": ModelSpec(**dict(LLAMA, hidden=64))})})   # heads of 16: not a CPU head size
+    assert "head width 16" in (unsupported(narrow) or "")
 
 
 def test_parse_prometheus_sums_label_sets_and_skips_comments() -> None:
