@@ -41,14 +41,8 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "serve-vllm-cpu")
-    parser.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "serve-vllm-cpu.yaml")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    serving = yaml.safe_load(args.scenario.read_text())
-
+def calibrate(out: Path, serving: dict) -> Path:
+    """Step 1: cpu-backend decode runs of the served model, `llmsim calibrate` on them; the entry's file."""
     cal_dirs = []
     for batch in BATCHES:
         model = {**serving["workload"]["model"], "seq_len": PROMPT}
@@ -56,19 +50,40 @@ def main() -> None:
                                                               "decode_tokens": DECODE,
                                                               "dtype": serving["workload"]["dtype"]},
                "strategies": [{"name": "single"}], "backends": {"cpu": {"steps": 3, "warmup": 1}}, "seed": 0}
-        path = args.out / f"cal-decode-b{batch}.yaml"
+        path = out / f"cal-decode-b{batch}.yaml"
         path.write_text(yaml.safe_dump(cal, sort_keys=False))
-        cal_dirs.append(llmsim("run", str(path), "--out", str(args.out / "calibration")))
+        cal_dirs.append(llmsim("run", str(path), "--out", str(out / "calibration")))
         print(f"calibration run: {cal_dirs[-1]}", flush=True)
-    catalog = args.out / "cpu-host-calibrated.yaml"
+    catalog = out / "cpu-host-calibrated.yaml"
     subprocess.run([sys.executable, "-m", "llmsim", "calibrate", *cal_dirs, "--out", str(catalog)], check=True)
+    # The fitted entry has no memory size (the host's is read at run time): give it the memory the vllm backend
+    # gives its engine, so that both size their KV pool from the same memory x memory_utilization.
+    entries = yaml.safe_load(catalog.read_text())
+    memory_gib = serving["backends"].get("vllm", {}).get("memory_gib", 4.0)
+    for entry in entries["entries"]:
+        entry["memory_bytes"] = memory_gib * 2**30
+    catalog.write_text(yaml.safe_dump(entries, sort_keys=False))
+    return catalog
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "serve-vllm-cpu")
+    parser.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "serve-vllm-cpu.yaml")
+    parser.add_argument("--catalog", type=Path, default=None, help="a calibrated entry already made: skip step 1")
+    parser.add_argument("--backend", action="append", default=None, help="run only these backends (repeatable)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    serving = yaml.safe_load(args.scenario.read_text())
+    catalog = args.catalog or calibrate(args.out, serving)
 
     scenario = dict(serving, hardware_catalog=[str(catalog.resolve())])
     scenario["backends"] = dict(serving["backends"])
     scenario["backends"]["cluster"] = {**serving["backends"]["cluster"], "hardware": "cpu-host-calibrated"}
     path = args.out / "serve-vllm-cpu.yaml"
     path.write_text(yaml.safe_dump(scenario, sort_keys=False))
-    run_dir = Path(llmsim("run", str(path), "--out", str(args.out)))
+    only = [a for name in args.backend or [] for a in ("--backend", name)]
+    run_dir = Path(llmsim("run", str(path), "--out", str(args.out), *only))
     print(f"serving run: {run_dir}", flush=True)
 
     by = {(r["backend"], r["request_rate"]): r for r in rows(run_dir) if r["status"] == "ok"}

@@ -136,6 +136,8 @@ class Replay:
         n = request.output_tokens
         return {"model": self.model, "prompt": self.prompt_of(request), "max_tokens": n, "min_tokens": n,
                 "ignore_eos": True, "temperature": 0.0, "stream": True,
+                # random weights sample special tokens too: decoded, they keep one word per token
+                "skip_special_tokens": False,
                 "stream_options": {"include_usage": True}}
 
     async def _run(self, requests: Seq[Request]) -> tuple[list[Answer], Metrics, float]:
