@@ -88,7 +88,8 @@ def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
     sched = spec.scheduler
     chunked = sched.kind == "chunked-prefill"
     return EngineArgs(max_num_seqs=sched.max_num_seqs, max_num_batched_tokens=sched.max_batched_tokens,
-                      enable_chunked_prefill=chunked, long_prefill_token_threshold=sched.chunk_tokens if chunked else None,
+                      enable_chunked_prefill=chunked,
+                      long_prefill_token_threshold=sched.chunk_tokens if chunked else None,
                       block_size=spec.kv_block_tokens, max_model_len=case.workload.model.seq_len,
                       dtype=VLLM_DTYPES[case.workload.dtype], seed=serving.seed, enforce_eager=settings.enforce_eager,
                       kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB))

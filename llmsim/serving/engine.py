@@ -171,7 +171,8 @@ class EngineArgs:
 
         The KV-cache size goes by --kv-cache-memory-bytes, not the legacy VLLM_CPU_KVCACHE_SPACE: vLLM's CPU
         platform turns that variable into the same setting but reads it as whole GiB (vllm/platforms/cpu.py,
-        `int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * GiB_bytes`), and a set one would override the flag (None: removed from the server's environment)."""
+        `int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * GiB_bytes`), and a set one would override the flag (None:
+        removed from the server's environment)."""
         return {"VLLM_CPU_KVCACHE_SPACE": None, "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 

@@ -288,8 +288,8 @@ def _run(tmp_path: Path, backend: type[VllmBackend], monkeypatch: pytest.MonkeyP
     return rows, outcome.run_dir
 
 
-def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(tmp_path: Path,
-                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     FakeVllm.pid_file = tmp_path / "pids"
     rows, run_dir = _run(tmp_path, FakeVllm, monkeypatch, ["vllm", "roofline"])
     measured = next(r for r in rows if r["backend"] == "vllm")
