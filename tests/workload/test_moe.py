@@ -229,7 +229,7 @@ def test_training_step_reports_loss_with_aux_and_runs_every_mode() -> None:
     ce = F.cross_entropy(logits.flatten(0, 1).float(), step.targets.flatten())
     aux = step.model.pop_aux_loss()
     assert aux > 0  # two layers, coefficient 0.01, about 0.01 each when balanced
-    assert float(step.step()) == pytest.approx(float(ce) + aux, rel=1e-5)
+    assert float(step.step()) == pytest.approx(float(ce.detach()) + aux, rel=1e-5)
     for mode in ("prefill", "decode"):
         sc = parse_scenario(_scenario(mode=mode, decode_tokens=3))
         out = WorkloadStep(sc.workload, sc.sharing_choice(sc.strategies[0])).step()
