@@ -39,7 +39,9 @@ def main() -> None:
     hardware = resolve_hardware(plan, load_catalog())
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
+    start = time.perf_counter()
     rows, stats = search(plan, hardware, sharing, profile)
+    print(f"searched {stats.screened:,} configurations in {time.perf_counter() - start:.1f} s", flush=True)
     feasible = sum(e.feasible for e in rows)
     k = min(plan.top_k, feasible)
 
@@ -52,6 +54,7 @@ def main() -> None:
         return time.perf_counter() - start, [(e.config, dict(e.sim)) for e in top]
 
     local_s, local = recheck(LocalExecutor())
+    print(f"in-process re-checks done in {local_s:.1f} s", flush=True)
     ray_exec = RayExecutor(num_cpus=args.cpus)
     start = time.perf_counter()
     ray_exec._ensure()  # the start-up on its own

@@ -7,8 +7,10 @@ and are skipped where Ray is not installed (it is in the `test` extra).
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from llmsim import executor as ex
@@ -152,3 +154,22 @@ def test_run_writes_the_same_files_on_ray(ray_session, write_scenario, tmp_path:
         assert "[16/16]" in captured.err
     for name in ("results.csv", "results.jsonl"):
         assert (folders["ray"] / name).read_text() == (folders["local"] / name).read_text()
+
+
+def test_rows_keep_the_planned_order_when_modeled_cases_run_first(write_scenario, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Modeled cases go through the executor before the measured ones run; the files still list the rows as
+    the scenario plans them (strategy by strategy, backends in the file's order), as a sequential run did."""
+    path = write_scenario(strategies=[{"name": "a"}, {"name": "b"}],
+                          backends={"cpu": {"steps": 1, "warmup": 0},
+                                    "roofline": {"hardware": "a100-80gb", "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--executor", "local"]) == 0
+    captured = capsys.readouterr()
+    run_dir = Path(captured.out.strip().splitlines()[-1])
+    planned = [("a", "cpu"), ("a", "roofline"), ("b", "cpu"), ("b", "roofline")]
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert list(zip(frame["case"], frame["backend"])) == planned
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    assert [(r["case"], r["backend"]) for r in map(json.loads, lines)] == planned
+    # progress: the modeled cases as they finish, then each measured one as it starts
+    assert captured.err.index("[2/4] b on roofline") < captured.err.index("[3/4] a on cpu")
