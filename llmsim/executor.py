@@ -38,11 +38,14 @@ EXECUTORS = ("auto", "local", "ray")
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable (ray.init reads it too): a running cluster's address
 RAY_INSTALL_HINT = "pip install 'llmsim[ray]'"
 
-# Starting a local Ray (ray.init on a fresh machine: raylet, GCS, one worker per core) took 10-12 s on the
-# 2-core development host (benchmarks/bench_executor.py prints it as `ray start`), and one cluster simulation
-# of a 70B candidate about 0.2-0.5 s there. On c cores Ray saves n*t*(1 - 1/c) for n tasks of t seconds, so
-# on 2 cores it breaks even near n = 12 s / (0.35 s * 0.5) ~ 70 tasks; below 64 (the power of two under it)
-# `auto` stays in-process. `--executor ray` or an address forces Ray for any number of tasks.
+# Starting a local Ray (ray.init: raylet, GCS, one worker per core) took 10.6-25.9 s on the 2-core development
+# host under other load (benchmarks/bench_executor.py prints it as "Ray start-up"), and one cluster simulation
+# of a 70B plan's candidate 0.3-2.7 s in-process there (same benchmark, 1024- and 512-device plans). On c cores
+# Ray saves at most n*t*(1 - 1/c) for n tasks of t seconds: on 2 cores, with the start-up at 12 s and t = 0.32 s,
+# it breaks even near n = 12 / (0.32 * 0.5) = 75 tasks. `auto` uses Ray from 64 tasks (the power of two under
+# it); the first map on fresh workers also pays each worker's imports (the benchmark: 0.64x in-process speed
+# on the first map of 64, 2.46x on the second), so on 2 cores Ray pays off for long searches and on clusters.
+# `--executor ray` or an address forces Ray for any number of tasks.
 AUTO_RAY_MIN_TASKS = 64
 
 
