@@ -304,6 +304,17 @@ class ResultStore:
             os.fsync(f.fileno())
         write_atomic(self.csv, self.frame().to_csv(index=False))
 
+    def reorder(self, keys: list[tuple[str, str]]) -> None:
+        """Put the rows in the order of `keys` ((case, backend); others after them, as they were) and rewrite
+        both files: rows saved as they finished (in any order) end up where a sequential run puts them."""
+        rank = {key: i for i, key in enumerate(keys)}
+        ordered = sorted(self.rows, key=lambda r: rank.get((r["case"], r["backend"]), len(rank)))
+        if ordered == self.rows:
+            return
+        self.rows = ordered
+        write_atomic(self.jsonl, "".join(json.dumps(row) + "\n" for row in ordered))
+        write_atomic(self.csv, self.frame().to_csv(index=False))
+
     def frame(self) -> pd.DataFrame:
         return rows_frame(self.rows)
 

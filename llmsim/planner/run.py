@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmsim.executor import Executor, Progress
 from llmsim.hardware import Catalog
 from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.explain import Explanation, explain
@@ -31,8 +32,12 @@ class PlanOutcome:
 
 
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
-             progress: Callable[[str], None] | None = None) -> PlanOutcome:
-    """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml."""
+             progress: Callable[[str], None] | None = None, executor: Executor | None = None,
+             task_progress: Progress | None = None) -> PlanOutcome:
+    """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
+
+    `executor` runs the cluster-simulation re-checks (llmsim.executor; default: in this process), with
+    task_progress(done, total) after each."""
     check_hardware(plan, catalog, file)
     hardware = resolve_hardware(plan, catalog)
     sharing = sharing_choice(plan)
@@ -43,7 +48,7 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     if simulated and any(e.feasible for e in rows[:1]):
         if progress:
             progress(f"re-checking the best {plan.top_k} with the cluster simulation")
-        top = simulate_top(plan, rows, hardware, profile, sharing, plan.top_k)
+        top = simulate_top(plan, rows, hardware, profile, sharing, plan.top_k, executor, task_progress)
     else:
         simulated = False
         top = [e for e in rows if e.feasible][:plan.top_k]
