@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmsim.config import Scenario, load_scenario
+from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make_executor
 from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
@@ -70,8 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     def progress(k: int, n: int, item: PlannedCase) -> None:
         err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)
 
+    executor = make_executor(args.executor, args.ray_address)
     outcome = run_scenario(scenario, registry, planned, out, manager=manager, resume=resume, progress=progress,
-                           scenario_dir=Path(args.scenario).resolve().parent)
+                           scenario_dir=Path(args.scenario).resolve().parent, executor=executor)
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
     if len(frame):
@@ -92,6 +96,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
     print(outcome.run_dir)
     return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+@contextmanager
+def task_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress(done, total) for llmsim.executor maps: a rich progress bar on stderr, "what done/total",
+    shown from the first finished task on (nothing for a command that maps nothing)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(what, total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
+def executor_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--executor", default="auto", choices=EXECUTORS,
+                   help=f"where {what} run: auto (default: Ray when installed and there are at least "
+                        f"{AUTO_RAY_MIN_TASKS} of them, or an address is given; else in this process), "
+                        "local (in this process, one after another) or ray")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help=f"a running Ray cluster (`ray start --head` prints it; default: ${RAY_ADDRESS_ENV}); "
+                        "without one, Ray starts on this machine")
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -195,7 +231,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
     if plan.serving is not None and args.no_simulate:
         raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
-    outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress)
+    with make_executor(args.executor, args.ray_address) as executor, task_bar("re-checked") as bar:
+        outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress,
+                           executor=executor, task_progress=bar)
     for h in outcome.hardware:
         if h.example_price:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
@@ -298,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where run folders go (default: reports -> reports/<scenario name>/<stamp>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                    help="finish an interrupted run (default: the latest run of this scenario)")
+    executor_args(p, "the cases of modeled backends")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a scenario without running it")
     scenario_args(p)
@@ -333,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")
     p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
     p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k")
+    executor_args(p, "the cluster-simulation re-checks")
     p.set_defaults(func=cmd_plan)
     return parser
 

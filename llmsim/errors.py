@@ -39,6 +39,9 @@ class ScenarioError(LLMSimError):
         self.message = message
         super().__init__(self.__str__())
 
+    def __reduce__(self) -> tuple:  # picklable as built (a task's error crosses to the parent: llmsim.executor)
+        return type(self), (self.file, self.key, self.message)
+
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.key) if p]
         return one_line(": ".join(parts + [self.message]))
@@ -57,6 +60,9 @@ class UsageError(LLMSimError):
         self.where = where
         self.message = message
         super().__init__(one_line(f"{where}: {message}"))  # a path given on the command line may hold a newline
+
+    def __reduce__(self) -> tuple:  # picklable as built (llmsim.executor)
+        return type(self), (self.where, self.message)
 
 
 class PluginError(LLMSimError):

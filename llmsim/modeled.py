@@ -182,8 +182,8 @@ class ModeledBackend(Backend):
         profile = profile_workload(case.workload, case.sharing)
         plan = plan_on(Plan.of(case.strategy, case.layout), cluster)
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
-                     trainable_params=profile.trainable_params, energy_source="modeled",
-                     model_flops_per_step=profile.model_flops_per_step)
+                     trainable_params=profile.trainable_params, params_active=profile.active_params,
+                     energy_source="modeled", model_flops_per_step=profile.model_flops_per_step)
         try:
             peak = device_rates(cluster, case.workload.dtype).peak_flops
             one_device = self.one_device_time(case, profile, plan, cluster, options)

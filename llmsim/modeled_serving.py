@@ -120,7 +120,8 @@ def pricers(model: IterationModel, faults: ServingFaults):  # noqa: ANN201 - Cal
     return price
 
 
-def _file_name(case: str, backend: str) -> str:
+def requests_file_name(case: str, backend: str) -> str:
+    """The per-request CSV of a (case, backend) under the run folder's requests/ (one name rule for every backend)."""
     return re.sub(r"[^A-Za-z0-9_.=@-]", "_", f"{backend}-{case}") + ".csv"
 
 
@@ -138,7 +139,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     base: dict[str, Any] = dict(hardware=cluster.device.name, nodes=math.ceil(devices / cluster.devices_per_node),
                                 n_devices=devices, dp=spec.replicas, mode="serve", batch=sched.max_num_seqs,
                                 params=profile.params, trainable_params=profile.trainable_params,
-                                energy_source="modeled")
+                                params_active=profile.active_params, energy_source="modeled")
     try:
         costs = token_costs(ref, profile)
         model = IterationModel(costs, ref, plan, cluster, options)
@@ -174,7 +175,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     if run_dir is not None:
         folder = Path(run_dir) / "requests"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / _file_name(case.name, backend.name)
+        path = folder / requests_file_name(case.name, backend.name)
         path.write_text(requests_table(outcome), encoding="utf-8")
         extra["requests_file"] = str(path.relative_to(run_dir))
     tokens_per_s = row["output_tokens_per_s"]

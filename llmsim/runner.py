@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import Scenario
 from llmsim.environment import environment_record
+from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
@@ -185,11 +186,16 @@ def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
 
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
-                 scenario_dir: Path = Path(".")) -> RunOutcome:
+                 scenario_dir: Path = Path("."), executor: Executor | None = None) -> RunOutcome:
     """Run every planned case, persisting each row as it finishes; the report is the caller's to build.
 
     `resume`: an earlier run folder of this very scenario (ScenarioError keyed `--resume` otherwise: a
     folder's rows must all come from one scenario); its finished rows are kept and the rest run.
+    `executor` (llmsim.executor; default: in this process) runs the cases of modeled backends, as tasks that
+    depend on nothing but the case, its settings, the catalog and the run folder; then it is closed (a local
+    Ray stops) and the measured cases run one after another in this process, alone on the machine. Rows are
+    saved as they finish and put back in the planned order at the end, so the files do not depend on the
+    executor. progress(k, n, case): a measured case as it starts, a modeled one as it finishes.
     """
     resolved = scenario.model_dump(mode="json")
     if resume is not None:
@@ -201,18 +207,56 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     context = RunContext(catalog=build_catalog(scenario, scenario_dir, manager), run_dir=run_dir, manager=manager)
     instances: dict[str, Backend] = {}
     done = store.done()
+    todo = [item for item in planned if (item.case.name, item.backend.name) not in done]
+    modeled = [item for item in todo if item.backend.kind == "modeled"]
+    measured = [item for item in todo if item.backend.kind != "modeled"]
+    k = len(planned) - len(todo)
     interrupted = False
+    executor = executor or LocalExecutor()
     try:
-        for k, item in enumerate(planned, start=1):
-            key = (item.case.name, item.backend.name)
-            if key in done:
-                continue
+        if modeled:
+            task = ModeledCaseTask(context.catalog, run_dir)
+            try:
+                for i, result in executor.as_completed(task, modeled):
+                    store.add(result)
+                    k += 1
+                    if progress:
+                        progress(k, len(planned), modeled[i])
+            finally:
+                executor.close()
+        for item in measured:
+            k += 1
             if progress:
                 progress(k, len(planned), item)
             store.add(_run_one(item, instances, context))
     except KeyboardInterrupt:
         interrupted = True
+    store.reorder([(item.case.name, item.backend.name) for item in planned])
     return RunOutcome(run_dir, len(store.rows), interrupted)
+
+
+@dataclass(frozen=True)
+class ModeledCaseTask:
+    """`llmsim run`'s task for a modeled case: picklable (the catalog and the run folder, no plugin manager:
+    modeled backends price from the catalog), so that it runs on a Ray worker as in this process. Side files
+    (traces, per-request CSVs) go to run_dir, which a Ray cluster's nodes must share (docs/architecture.md)."""
+
+    catalog: Catalog
+    run_dir: Path
+
+    def __call__(self, item: PlannedCase) -> Result:
+        return _run_one(item, _process_instances(self.run_dir), RunContext(catalog=self.catalog, run_dir=self.run_dir))
+
+
+_INSTANCES: dict[str, Any] = {"run_dir": None, "instances": {}}
+
+
+def _process_instances(run_dir: Path) -> dict[str, Backend]:
+    """This process's backend instances for one run folder (a modeled backend keeps per-run caches), dropped
+    when the process moves on to another run."""
+    if _INSTANCES["run_dir"] != run_dir:
+        _INSTANCES.update(run_dir=run_dir, instances={})
+    return _INSTANCES["instances"]
 
 
 def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:

@@ -1,18 +1,17 @@
 """The roofline: one step of a case as the closed-form sum of its work (costmodel.work).
 
 Each pipeline stage's own time is summed from the data (each holds its own layers, Plan.layers_per_stage),
-and the step is that of the busiest stage (the critical one), plus the pipeline bubble it waits:
+and the step is that of the stage which, with the fill and drain of the pipeline it waits, finishes last
+(the critical one):
 
-    busy(s)  = m * (compute_mb + comm_mb) + accumulate        every micro-batch through the stage
-             + exposed data-parallel / ZeRO / sharing sync     after the last backward
-             + optimizer
-    bubble   = bubble_fraction(schedule, p, m, v) * max over stages of (m * (compute_mb + comm_mb) + accumulate)
-               = (p-1) x the slowest stage's time per micro-batch for GPipe and 1F1B   (pipeline.py)
-    step     = max over stages of busy(s), + the bubble
+    stage(s)  = m * (compute_mb + comm_mb) + accumulate        every micro-batch through the stage
+    busy(s)   = stage(s) + exposed data-parallel / ZeRO / sharing sync after the last backward + optimizer
+    bubble(s) = sum over the other stages r of stage(r) / (v m)  the fill and drain pass each other stage once
+    step      = max over stages of busy(s) + bubble(s)
 
-With uneven stages the slowest stage sets the pace: the fill and drain are counted in its time per
-micro-batch, which overestimates them when the other stages are lighter (docs/costmodel.md gives the
-simulation's figures; the `cluster` backend plays every stage's own time).
+With equal stages the bubble is Narayanan et al. 2021's (p-1)/(v m) of a stage's time (pipeline.py); with
+uneven ones each lighter stage adds only its own time per micro-batch to the fill and drain (a flow shop
+of identical jobs, price()), as the `cluster` backend's simulation plays it (docs/costmodel.md).
 
 The breakdown columns are defined once (docs/results.md) and the cluster simulation reports the same
 split: compute, exposed communication and other (optimizer) of the critical stage, and the bubble = the
@@ -164,31 +163,46 @@ def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> floa
     return max(alone, whole - before_last)
 
 
+# Relative difference under which two stages' finishing times are one (float summation order, not a model).
+_SAME_FINISH = 1e-12
+
+
 def price(work: StepWork, fabric: Fabric) -> StepTimes:
-    """The roofline of one step of `work`: each stage summed, the busiest one is the critical stage, the
-    slowest one (most pipelined time per micro-batch) sets the pipeline's pace and its bubble (module doc).
-    With stages of equal work, or uneven ones whose slowest is also the busiest, the two are one stage."""
+    """The roofline of one step of `work`: each stage's own busy time plus the fill and drain it waits, which
+    pass every other stage once; the step is the largest of these, on the critical stage c (module doc):
+
+        bubble(c) = bubble_fraction / (p - 1) * sum over s != c of stage(s)   (= (p-1)/(v m) * stage, equal stages)
+        step      = max over c of busy(c) + bubble(c)
+
+    A pipeline step is a flow shop of m identical jobs (micro-batches) over p machines (stages): its makespan
+    is the bottleneck machine's m jobs plus one pass of each other machine (Pinedo, "Scheduling: Theory,
+    Algorithms, and Systems", 5th ed., Ch. 6, permutation flow shops); with equal stages that is Narayanan
+    et al. 2021's (p-1)/m bubble (1/v of it interleaved)."""
     m = work.microbatches
     schedule = "gpipe" if work.forward_only else work.schedule
-    fraction = bubble_fraction(schedule, work.pp, m, work.v)
-    best: StepTimes | None = None
-    slowest = 0.0  # the most pipelined time of any stage: m micro-batches and their gradient accumulation
+    per_other = bubble_fraction(schedule, work.pp, m, work.v) / (work.pp - 1) if work.pp > 1 else 0.0
+    pipelined: list[float] = []  # each stage's m micro-batches and their gradient accumulation
+    candidates: list[StepTimes] = []
     alike: dict[int, tuple[float, float, float]] = {}  # stages alike share one StageWork: price it once
     for index, st in enumerate(work.stages):
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             alike[id(st)] = compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric)
         compute_mb, comm_mb, dp = alike[id(st)]
-        pipelined = m * (compute_mb + comm_mb) + st.accumulate_s
-        slowest = max(slowest, pipelined)
+        pipelined.append(m * (compute_mb + comm_mb) + st.accumulate_s)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        times = StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync, bubble=0.0,
-                          other=st.optimizer_s, critical_stage=index,
-                          detail={"pipeline_and_tensor": m * comm_mb, "data_parallel": dp, "sharing_sync": sync})
-        if best is None or times.compute + times.comm + times.other > best.compute + best.comm + best.other:
-            best = times
-    assert best is not None, "a step has at least one stage"
-    return replace(best, bubble=fraction * slowest)
+        candidates.append(StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync,
+                                    bubble=0.0, other=st.optimizer_s, critical_stage=index,
+                                    detail={"pipeline_and_tensor": m * comm_mb, "data_parallel": dp,
+                                            "sharing_sync": sync}))
+    assert candidates, "a step has at least one stage"
+    total = sum(pipelined)
+    waited = [replace(t, bubble=per_other * (total - own)) for t, own in zip(candidates, pipelined)]
+    longest = max(t.step for t in waited)
+    # Stages that finish together (one micro-batch: every stage waits all the others) are told apart by their
+    # own busy time: the critical stage is the one that does the most, as the simulation blames it.
+    finishing = [t for t in waited if t.step >= longest * (1 - _SAME_FINISH)]
+    return max(finishing, key=lambda t: t.compute + t.comm + t.other)
 
 
 def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,

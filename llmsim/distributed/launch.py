@@ -160,3 +160,79 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
     if outcome.error is None or log_dir is not None:
         shutil.rmtree(work, ignore_errors=True)  # a failure without a log_dir keeps its logs for the message
     return outcome
+
+
+def torchrun_command(nnodes: int, nproc_per_node: int, node_rank: int, endpoint: str, rdzv_id: str,
+                     worker_args: list[str]) -> list[str]:
+    """The command that starts one node's ranks of a multi-node run: torchrun (`python -m
+    torch.distributed.run`, the same program as the `torchrun` script) with a c10d rendezvous at `endpoint`
+    (HOST:PORT of node 0), running `python -m llmsim.distributed.worker WORKER_ARGS` on each local rank.
+    docs/distributed.md "Several nodes" gives the same command for a real cluster and for SLURM."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+            "--nproc-per-node", str(nproc_per_node), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id, "--max-restarts", "0",
+            "-m", "llmsim.distributed.worker", *worker_args]
+
+
+def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log_dir: Path | None = None
+                 ) -> LaunchOutcome:
+    """Run `spec` as `nnodes` "nodes" on this host: one torchrun per node (torchrun_command, a c10d rendezvous
+    on 127.0.0.1), each with spec.world / nnodes local ranks and its own output folder (`node<i>/`, as each
+    node of a real cluster writes its own), as `launch` would run it in one node. Rank 0 (whichever node the
+    rendezvous gives it) writes result.json. For tests and for trying a multi-node launch without a cluster;
+    never raises for a rank failure or a timeout (the first node to exit non-zero, or the timeout, stops all)."""
+    if spec.world % nnodes:
+        raise ValueError(f"world {spec.world} does not split into {nnodes} nodes")
+    work = Path(tempfile.mkdtemp(prefix="llmsim-nodes-"))
+    out = log_dir or work
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = work / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ)
+    env.pop(LAUNCHER_PID_ENV, None)  # the ranks' parent is torchrun's agent, not this process
+    if spec.threads:
+        env["OMP_NUM_THREADS"] = str(spec.threads)
+    procs: list[subprocess.Popen[bytes]] = []
+    outcome = LaunchOutcome()
+    start = time.perf_counter()
+    node_dirs = [out / f"node{i}" for i in range(nnodes)]
+    try:
+        for i, node_dir in enumerate(node_dirs):
+            node_dir.mkdir(parents=True, exist_ok=True)
+            cmd = torchrun_command(nnodes, spec.world // nnodes, i, endpoint, f"llmsim-{os.getpid()}",
+                                   ["--spec", str(spec_path), "--out", str(node_dir)])
+            with (node_dir / "torchrun.log").open("wb") as fh:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True))
+        outcome.pids = [p.pid for p in procs]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                i, rc = failed[0]
+                errors = sorted(node_dirs[i].glob("error-rank*.txt"))
+                why = errors[0].read_text(encoding="utf-8", errors="replace").splitlines()[0] if errors else \
+                    f"torchrun exited with code {rc}"
+                outcome.error = f"node {i}: {why}; the other nodes were stopped (logs: {out})"
+                break
+            if all(c == 0 for c in codes):
+                break
+            if time.monotonic() > deadline:
+                outcome.error = f"timed out after {timeout_s:g} s; all {nnodes} nodes were killed (logs: {out})"
+                break
+            time.sleep(POLL_S)
+    finally:
+        _kill_all(procs)
+        outcome.wall_s = time.perf_counter() - start
+    if outcome.error is None:
+        results = [d / RESULT_FILE for d in node_dirs if (d / RESULT_FILE).exists()]
+        try:
+            data = json.loads(results[0].read_text())
+            outcome.records = [RankRecord.model_validate(r) for r in data["ranks"]]
+        except (IndexError, OSError, ValueError, KeyError) as exc:
+            outcome.error = f"all nodes exited cleanly but no readable {RESULT_FILE} under {out}: {exc!r}"
+    if outcome.error is None or log_dir is not None:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcome

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmsim.executor import Executor, Progress
 from llmsim.hardware import Catalog
 from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.explain import Explanation, choice_lines, explain, limit_of, training_sensitivity
@@ -33,16 +34,20 @@ class PlanOutcome:
 
 
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
-             progress: Callable[[str], None] | None = None, mapper: Mapper = map) -> PlanOutcome | ServingPlanOutcome:
+             progress: Callable[[str], None] | None = None, executor: Executor | None = None,
+             task_progress: Progress | None = None) -> PlanOutcome | ServingPlanOutcome:
     """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
 
-    A serving plan (a `serving:` block) is searched by simulation instead (planner.serve): its candidates'
-    rate searches go through `mapper` (default: the builtin map, in process; an executor's map runs them
-    elsewhere), and it returns a ServingPlanOutcome."""
+    `executor` runs the cluster-simulation re-checks (llmsim.executor; default: in this process), with
+    task_progress(done, total) after each. A serving plan (a `serving:` block) is searched by simulation
+    instead (planner.serve): the executor runs its candidates' rate searches and the sensitivity's what-ifs,
+    and it returns a ServingPlanOutcome."""
     check_hardware(plan, catalog, file)
     hardware = resolve_hardware(plan, catalog)
     if plan.serving is not None:
         run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
+        mapper: Mapper = map if executor is None else \
+            (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731
         return run_serving_plan(plan, hardware, run_dir, progress, mapper)
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
@@ -52,7 +57,7 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     if simulated and any(e.feasible for e in rows[:1]):
         if progress:
             progress(f"re-checking the best {plan.top_k} with the cluster simulation")
-        top = simulate_top(plan, rows, hardware, profile, sharing, plan.top_k)
+        top = simulate_top(plan, rows, hardware, profile, sharing, plan.top_k, executor, task_progress)
     else:
         simulated = False
         top = [e for e in rows if e.feasible][:plan.top_k]

@@ -27,6 +27,7 @@ from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
 from llmsim.costmodel.memory import memory_stages
 from llmsim.costmodel.scaling import with_layers
+from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
@@ -304,20 +305,31 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     return rows, stats
 
 
+def simulate_candidate(task: tuple) -> tuple[float, float, float | None]:
+    """(step s, energy J, tpot s or None) of one candidate on the cluster simulation: the picklable task the
+    re-check maps over (task = workload, profile, sharing, plan, cluster; llmsim.executor)."""
+    workload, profile, sharing, cplan, cluster = task
+    sim = simulate_case(workload, profile, sharing, cplan, cluster)
+    return sim.step_s, sim.energy_j, sim.tpot_s
+
+
 def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware], profile: WorkloadProfile,
-                 sharing: SharingChoice, k: int) -> list[Evaluation]:
+                 sharing: SharingChoice, k: int, executor: Executor | None = None,
+                 progress: Progress | None = None) -> list[Evaluation]:
     """Re-check the first k feasible rows with the SimPy cluster simulation (llmsim.sim, healthy cluster,
-    the framework's defaults); reorder those k by the simulated objective (still-feasible first). Returns
-    the re-checked rows in their new order."""
+    the framework's defaults), one task per row on `executor` (default: in this process; the results do not
+    depend on it); reorder those k by the simulated objective (still-feasible first). Returns the re-checked
+    rows in their new order. progress(done, k) after each simulation."""
     by_name = {h.name: h for h in hardware}
     top = [e for e in rows if e.feasible][:k]
-    for e in top:
+    tasks = [(plan.workload, profile, sharing, e.config.plan(),
+              by_name[e.config.hardware].cluster(e.config.n_devices)) for e in top]
+    sims = (executor or LocalExecutor()).map(simulate_candidate, tasks, progress)
+    for e, (step_s, energy_j, tpot_s) in zip(top, sims):
         hw = by_name[e.config.hardware]
-        sim = simulate_case(plan.workload, profile, sharing, e.config.plan(), hw.cluster(e.config.n_devices))
-        metrics = goal_metrics(plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j,
-                               sim.tpot_s)
+        metrics = goal_metrics(plan, e.config.n_devices, hw.usd_per_device_hour, step_s, energy_j, tpot_s)
         limits, reasons, _ = judge(plan, metrics, e.power_w)
-        e.sim = dict(step_time_s=sim.step_s, time_to_goal_s=metrics["time_to_goal_s"], cost_usd=metrics["cost_usd"],
+        e.sim = dict(step_time_s=step_s, time_to_goal_s=metrics["time_to_goal_s"], cost_usd=metrics["cost_usd"],
                      energy_j=metrics["energy_j"], feasible=not limits, reason="; ".join(reasons))
     key = objective_key(plan.objective)
 

@@ -112,10 +112,16 @@ class _LayoutQuery:
     last_stage_layers: None = None
     embedding_as_layer: bool = False
     loss_as_layer: bool = False
+    ep: int = 1
+    etp: int | None = None
 
     @property
     def model_parallel(self) -> int:
         return self.tp * self.pp * self.cp
+
+    @property
+    def expert_tp(self) -> int:
+        return self.etp if self.etp is not None else self.tp
 
 
 def _divisors(n: int) -> list[int]:

@@ -42,9 +42,11 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
     arrival = np.array([s.request.arrival_s for s in seqs])
     first = np.array([s.token_times[0] for s in seqs])
     last = np.array([s.token_times[-1] for s in seqs])
-    scheduled = np.array([s.scheduled_s for s in seqs])
+    # when each was first scheduled: NaN where nobody knows (a measured engine does not say), left out of queue_*
+    scheduled = np.array([np.nan if s.scheduled_s is None else s.scheduled_s for s in seqs], dtype=np.float64)
     outputs = np.array([s.request.output_tokens for s in seqs])
     ttft, e2e, queue = first - arrival, last - arrival, scheduled - arrival
+    queue = queue[~np.isnan(queue)]
     multi = outputs > 1
     tpot = (last[multi] - first[multi]) / (outputs[multi] - 1)
     itl = np.concatenate([np.diff(np.frombuffer(s.token_times, dtype=np.float64)) for s in seqs]) \
@@ -93,9 +95,9 @@ def requests_table(outcome: ServingOutcome) -> str:
         ttft = times[0] - r.arrival_s
         tpot = (times[-1] - times[0]) / (r.output_tokens - 1) if r.output_tokens > 1 else None
         itl = max((b - a for a, b in zip(times, times[1:])), default=None)
-        lines.append((r.id, [r.id, s.replica, "ok", "", r.arrival_s, r.input_tokens, r.output_tokens,
-                             (s.scheduled_s or 0.0) - r.arrival_s, ttft, tpot, times[-1] - r.arrival_s, itl,
-                             s.preemptions, times[-1]]))
+        queue = None if s.scheduled_s is None else s.scheduled_s - r.arrival_s   # unknown for a measured engine
+        lines.append((r.id, [r.id, s.replica, "ok", "", r.arrival_s, r.input_tokens, r.output_tokens, queue, ttft,
+                             tpot, times[-1] - r.arrival_s, itl, s.preemptions, times[-1]]))
     for rej in outcome.rejected:
         r = rej.request
         lines.append((r.id, [r.id, "", "rejected", rej.reason, r.arrival_s, r.input_tokens, r.output_tokens,

@@ -14,9 +14,9 @@ import pytest
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
-from llmsim.costmodel.iteration import (IterationModel, Mix, ServingPriceError, forward_workspace_bytes,
+from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_work, ServingPriceError, forward_workspace_bytes,
                                         iteration_time, iteration_times, kv_capacity, token_costs)
-from llmsim.costmodel.step import price
+from llmsim.costmodel.step import _per_microbatch, price
 from llmsim.costmodel.work import forward_work
 from llmsim.workload.profile import profile_workload
 from tests.costmodel.helpers import CATALOG, a100_cluster
@@ -113,14 +113,17 @@ def test_a_chunk_after_a_cached_prefix_pays_for_its_attention_to_the_prefix() ->
 
 
 def test_pipeline_parallel_iterations_fill_and_drain_the_pipeline() -> None:
-    """pp stages: a pass of at least pp sequences splits into pp micro-batches; the bubble is (p-1) of
-    the m + p - 1 stage times (GPipe order); one sequence runs whole."""
+    """pp stages: a pass of at least pp sequences splits into pp micro-batches; the critical stage waits one
+    pass of the other stage per micro-batch (GPipe order, costmodel.step.price); one sequence runs whole."""
     model = _model(pp=2)
-    many = sum((Mix.decode(200) for _ in range(8)), Mix())
-    t = iteration_times(model, many)
-    assert t.bubble == pytest.approx((t.compute + t.comm) / 2, rel=1e-12)  # m = p = 2: 1 of 3 stage times
-    one = iteration_times(model, Mix.decode(200))
-    assert one.bubble == pytest.approx(one.compute + one.comm, rel=1e-12)  # m = 1: 1 of 2 stage times
+    fabric = model.cluster.fabric
+    for mix, m in ((sum((Mix.decode(200) for _ in range(8)), Mix()), 2), (Mix.decode(200), 1)):
+        t, work = iteration_times(model, mix), iteration_work(model, mix)
+        assert work.microbatches == m
+        other = work.stages[1 - t.critical_stage]
+        other_mb = sum(_per_microbatch(work, other, fabric)[:2])
+        assert t.bubble == pytest.approx(other_mb, rel=1e-12)  # the other stage's pass of one micro-batch
+    assert t.bubble < t.compute + t.comm  # the LM head makes the last stage the slower one
 
 
 def test_kv_capacity_is_the_memory_models_leftover() -> None:

@@ -10,6 +10,8 @@ from llmsim.config import LoraSpec, ModelSpec, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, estimate, memory_breakdown, single_device_step_time
 from llmsim.costmodel.cluster import Group, collective_time
 from llmsim.costmodel.compute import phase_times
+from llmsim.costmodel.step import _per_microbatch
+from llmsim.costmodel.work import train_work
 from llmsim.costmodel.efficiency import SUSTAINED_OVER_BURST_H200_NODE, wave_efficiency
 from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD, device_rates
 from tests.costmodel.helpers import (CATALOG, a100_cluster, gpt2, gpt3_175b, megatron_tp_comm_per_microbatch,
@@ -27,9 +29,15 @@ def test_step_is_the_sum_of_its_parts_and_energy_follows_power() -> None:
     peak = cluster.device.peak_flops["bfloat16"]
     assert r.model_flops == profile.model_flops_per_step and r.peak_flops == peak
     assert r.mfu == pytest.approx(profile.model_flops_per_step / (r.step_time_s * 256 * peak), rel=1e-12)
-    # interleaved 1F1B (Narayanan et al. 2021, Sec. 2.2.2): the bubble is (p-1)/(v m) of the stage's ideal time
+    # interleaved 1F1B (Narayanan et al. 2021, Sec. 2.2.2): the bubble is (p-1)/(v m) of a stage's ideal
+    # time; the fill and drain pass each other stage once (flow shop: costmodel.step.price), and the first
+    # (embedding) and middle stages are lighter than the last (LM head)
     stage = r.compute_time_s + r.comm_detail["pipeline_and_tensor"]
-    assert r.bubble_time_s == pytest.approx((8 - 1) / (2 * 384) * stage, rel=1e-12)
+    assert r.bubble_time_s < (8 - 1) / (2 * 384) * stage
+    work = train_work(workload, profile, sharing, plan, cluster)
+    each = [384 * sum(_per_microbatch(work, st, cluster.fabric)[:2]) + st.accumulate_s for st in work.stages]
+    assert each[7] == pytest.approx(stage, rel=1e-12)
+    assert r.bubble_time_s == pytest.approx((sum(each) - each[7]) / (2 * 384), rel=1e-12)
     # compute of the busiest stage, the last (the LM head outweighs the embedding): per micro-batch its
     # forward, backward, and forward again (full recompute, Chen et al. 2016), plus the head; then m-1
     # gradient accumulations over its own parameters, its layers and the tied head's copy of the embedding
@@ -334,7 +342,10 @@ def test_price_sums_each_stage_and_the_busiest_sets_the_step() -> None:
     assert t.critical_stage == 1
     assert t.compute == pytest.approx(8 * compute + 3e-3, rel=1e-12)
     assert t.comm == pytest.approx(8 * comm + reduce + sync.comm.time(f), rel=1e-12)
-    assert t.bubble == pytest.approx((2 - 1) / (2 * 8) * pipelined, rel=1e-12)
+    # the fill and drain pass the other (first) stage once: its embedding instead of the head
+    first_pipelined = 8 * (layers * (1e-3 + 2e-3 + 5e-4) + 1e-3 + 2e-3 + comm) + 3e-3
+    assert t.bubble == pytest.approx((2 - 1) / (2 * 8) * first_pipelined, rel=1e-12)
+    assert t.bubble < (2 - 1) / (2 * 8) * pipelined
     assert t.other == 9e-3
     assert t.detail == {"pipeline_and_tensor": pytest.approx(8 * comm, rel=1e-12),
                         "data_parallel": pytest.approx(reduce, rel=1e-12),

@@ -73,22 +73,24 @@ def test_roofline_and_cluster_split_the_step_alike_where_nothing_contends(strate
     {"name": "tp2-pp2", "tp": 2, "pp": 2, "dp": 1, "recompute": "full"},
     {"name": "pp4-interleaved", "pp": 4, "dp": 1, "schedule": "interleaved", "virtual_stages": 3,
      "overlap_p2p": False},
+    {"name": "pp4", "pp": 4, "dp": 1},
 ])
 def test_with_a_pipeline_both_blame_the_same_stage_and_the_bubble_for_the_rest(strategy: dict[str, Any]) -> None:
     """The critical stage is the busiest one for both (here the last: it holds the LM head) and its compute
-    is the same; the bubble is what it waits. Where they differ, by mechanism: the closed form prices a
-    balanced pipeline on the busiest stage ((p-1)/m of its time, a message each way per micro-batch and
-    chunk), the simulation plays the real stages. On one node with a heavy LM head the lighter stages
-    fill and drain faster and the end stages send one way only, so its bubble and communication are
-    smaller here (across nodes an interleaved schedule's many hops can make the bubble larger)."""
+    is the same; the bubble is what it waits. The closed form's fill and drain pass each lighter stage once
+    (a flow shop, costmodel.step.price), as the simulation plays them: the two bubbles agree within 10%
+    (the simulation's interleaved warm-up is not a pure flow shop) and the steps within 1% (GPT-2 at seq 256
+    on 4 A100s: pp 4 bubble 4.86 ms both, step 54.8 / 54.9 ms; with the old (p-1)/m of the slowest stage's
+    time the roofline's bubble was 9.1 ms, its step 8% high). Where they still differ, by mechanism: the
+    closed form sends a message each way per micro-batch and chunk; the end stages send one way only."""
     devices = 4
     rows = {p.backend.name: _run(p) for p in _planned(GPT2, [strategy], nodes=1, devices_per_node=devices)}
     sim, roof = rows["cluster"], rows["roofline"]
     assert sim.extra["critical_stage"] == roof.extra["critical_stage"] == strategy["pp"] - 1
     assert sim.compute_time_s == pytest.approx(roof.compute_time_s, rel=SAME)
     assert sim.other_time_s == pytest.approx(roof.other_time_s, rel=SAME)
-    assert 0 < sim.bubble_time_s < roof.bubble_time_s and sim.comm_time_s < roof.comm_time_s
-    assert sim.step_time_s < roof.step_time_s
+    assert sim.bubble_time_s == pytest.approx(roof.bubble_time_s, rel=0.10) and sim.comm_time_s < roof.comm_time_s
+    assert sim.step_time_s == pytest.approx(roof.step_time_s, rel=0.01)
 
 
 def test_roofline_and_cluster_agree_where_they_schedule_the_gradient_reduction_differently() -> None:
@@ -107,7 +109,8 @@ def test_every_contract_column_is_filled_and_the_trace_and_gantt_are_written(tmp
     assert r.status == "ok", r.error
     row = r.row()
     not_applicable = {"error", "ttft_s", "tpot_s", "layer_groups", "lora_rank", "step_time_p10_s",
-                      "step_time_p90_s"} | set(SERVING_COLUMNS)  # a modeled row has no measured spread
+                      "step_time_p90_s",  # a modeled row has no measured spread
+                      "expert_load_imbalance"} | set(SERVING_COLUMNS)  # dense: no experts
     assert [c for c in COLUMNS if row[c] is None and c not in not_applicable] == []
     assert r.kind == "modeled" and r.energy_source == "modeled"
     assert r.compute_time_s + r.comm_time_s + r.bubble_time_s + r.other_time_s == pytest.approx(r.step_time_s)

