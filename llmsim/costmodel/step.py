@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from llmsim.costmodel.arrays import Num, is_array, maximum, pick
 from llmsim.costmodel.cluster import ClusterSpec, plan_on
 from llmsim.costmodel.collectives import Fabric
 from llmsim.costmodel.compute import CostModelError, device_rates
@@ -133,22 +134,36 @@ def _pipeline_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
 
 def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb: float,
                    fabric: Fabric) -> float:
-    """Exposed gradient reduction and parameter gathers of one stage after its pipelined micro-batches."""
+    """Exposed gradient reduction and parameter gathers of one stage after its pipelined micro-batches:
+    the collectives' times alone (cached per collective), combined by `data_parallel_exposed`."""
     if work.forward_only:
         return 0.0
-    m, hides = work.microbatches, not work.comm_shares_cores
     grads, weights = work.grad_bytes(st), work.param_bytes(st)
+    zero3_mb = reduce = gather = 0.0
     if work.zero >= 3:
-        per_micro_batch = (Comm("all-gather", weights, work.dp_group, 2).time(fabric)
-                           + Comm("reduce-scatter", grads, work.dp_group).time(fabric))
-        return max(0.0, m * per_micro_batch - (m * compute_mb if hides else 0.0))
-    reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
-    if work.overlap_grad_reduce and hides:
-        reduce = max(0.0, reduce - backward_mb)
-    gather = comms_time(st.gather_after_step, fabric)
-    if work.overlap_param_gather and hides and st.gather_after_step:
-        gather = _param_gather_exposed(work, st, fabric)
-    return reduce + gather
+        zero3_mb = (Comm("all-gather", weights, work.dp_group, 2).time(fabric)
+                    + Comm("reduce-scatter", grads, work.dp_group).time(fabric))
+    else:
+        reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
+        gather = comms_time(st.gather_after_step, fabric)
+        if work.overlap_param_gather and not work.comm_shares_cores and st.gather_after_step:
+            gather = _param_gather_exposed(work, st, fabric)
+    return data_parallel_exposed(work.zero, work.microbatches, not work.comm_shares_cores, work.overlap_grad_reduce,
+                                 compute_mb, backward_mb, zero3_mb, reduce, gather)
+
+
+def data_parallel_exposed(zero: Num, m: Num, hides: bool, overlap_grad_reduce: bool, compute_mb: Num,
+                          backward_mb: Num, zero3_mb_s: Num, reduce_s: Num, gather_s: Num) -> Num:
+    """Exposed data-parallel seconds of one stage per step (numbers or columns over candidates).
+
+    ZeRO-3: every micro-batch all-gathers the weights (forward and backward) and reduce-scatters the
+    gradients, `zero3_mb_s` alone, prefetched under the m micro-batches' compute when the device `hides`
+    communication. ZeRO 0-2: the gradient reduction `reduce_s` after the last backward, hidden behind that
+    backward (`backward_mb`) with overlap_grad_reduce, plus the parameter gather after the step `gather_s`
+    (ZeRO 1/2; already its exposed part with overlap_param_gather)."""
+    zero3 = maximum(0.0, m * zero3_mb_s - (m * compute_mb if hides else 0.0))
+    reduce = maximum(0.0, reduce_s - backward_mb) if (overlap_grad_reduce and hides) else reduce_s
+    return pick(zero >= 3, zero3, reduce + gather_s)
 
 
 def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
@@ -171,22 +186,56 @@ def price(work: StepWork, fabric: Fabric) -> StepTimes:
     m = work.microbatches
     schedule = "gpipe" if work.forward_only else work.schedule
     fraction = bubble_fraction(schedule, work.pp, m, work.v)
-    best: StepTimes | None = None
-    slowest = 0.0  # the most pipelined time of any stage: m micro-batches and their gradient accumulation
-    alike: dict[int, tuple[float, float, float]] = {}  # stages alike share one StageWork: price it once
+    alike: dict[int, StageParts] = {}  # stages alike share one StageWork: price it once
+    parts = []
     for index, st in enumerate(work.stages):
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            alike[id(st)] = compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric)
-        compute_mb, comm_mb, dp = alike[id(st)]
-        pipelined = m * (compute_mb + comm_mb) + st.accumulate_s
-        slowest = max(slowest, pipelined)
+            alike[id(st)] = StageParts(compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric),
+                                       st.accumulate_s, 0.0, st.optimizer_s)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        times = StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync, bubble=0.0,
-                          other=st.optimizer_s, critical_stage=index,
-                          detail={"pipeline_and_tensor": m * comm_mb, "data_parallel": dp, "sharing_sync": sync})
-        if best is None or times.compute + times.comm + times.other > best.compute + best.comm + best.other:
+        parts.append((index, replace(alike[id(st)], sync_s=sync)))
+    return combine_stages(m, fraction, parts)
+
+
+@dataclass(frozen=True)
+class StageParts:
+    """One stage's share of a step, seconds (numbers, or columns over candidates): per micro-batch its
+    compute and exposed communication, per step its exposed data-parallel time, gradient accumulation,
+    parameter-sharing sync and optimizer."""
+
+    compute_mb: Num
+    comm_mb: Num
+    data_parallel_s: Num
+    accumulate_s: Num
+    sync_s: Num
+    optimizer_s: Num
+
+
+def combine_stages(m: Num, fraction: Num, parts: list[tuple[int, StageParts]]) -> StepTimes:
+    """The step from its stages' parts (`price`; the planner's table passes columns): each stage busy for
+    m x (compute + comm) + accumulation + data-parallel + sync + optimizer, the busiest (the first of
+    equals) is the critical stage; the bubble is `fraction` of the slowest stage's pipelined time,
+    m x (compute + comm) + accumulation."""
+    best: StepTimes | None = None
+    slowest: Num = 0.0
+    for index, p in parts:
+        slowest = maximum(slowest, m * (p.compute_mb + p.comm_mb) + p.accumulate_s)
+        times = StepTimes(compute=m * p.compute_mb + p.accumulate_s, comm=m * p.comm_mb + p.data_parallel_s + p.sync_s,
+                          bubble=0.0, other=p.optimizer_s, critical_stage=index,
+                          detail={"pipeline_and_tensor": m * p.comm_mb, "data_parallel": p.data_parallel_s,
+                                  "sharing_sync": p.sync_s})
+        if best is None:
             best = times
+            continue
+        busier = times.compute + times.comm + times.other > best.compute + best.comm + best.other
+        if not is_array(busier):
+            best = times if busier else best
+            continue
+        best = StepTimes(compute=pick(busier, times.compute, best.compute), comm=pick(busier, times.comm, best.comm),
+                         bubble=0.0, other=pick(busier, times.other, best.other),
+                         critical_stage=pick(busier, index, best.critical_stage),
+                         detail={k: pick(busier, v, best.detail[k]) for k, v in times.detail.items()})
     assert best is not None, "a step has at least one stage"
     return replace(best, bubble=fraction * slowest)
 
