@@ -402,7 +402,7 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
     if t.train:
         grads = t.trainable * t.grad_elem / pick(zero >= 2, zero_dp, 1) + pick(gathered, t.zero3_grads, 0.0)
         optimizer = t.trainable * t.state_bytes / pick(zero >= 1, zero_dp, 1)
-        activations = held * t.layers * t.per_layer_activation + (t.working if t.layers else 0.0)
+        activations = held * t.layers * t.per_layer_activation + pick(t.layers != 0, t.working, 0.0)
         activations = activations + held * t.edge_activation
     return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,
             "kv_cache": t.kv_cache}

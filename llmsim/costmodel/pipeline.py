@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from llmsim.costmodel.arrays import Num, minimum
+from llmsim.costmodel.arrays import Num, minimum, pick
 
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
 
@@ -18,12 +18,11 @@ def bubble_fraction(schedule: Schedule, p: int, m: Num, v: int = 1) -> Num:
     """Bubble time as a fraction of the ideal (bubble-free) time: (p-1)/m, interleaved (p-1)/(v m).
 
     GPipe and 1F1B have the same bubble (p-1) stage-times per step (Narayanan 2021, Sec. 2.2.1); the
-    interleaved schedule shrinks each stage-time by v (Sec. 2.2.2).
+    interleaved schedule shrinks each stage-time by v (Sec. 2.2.2). Every argument may be a column (one
+    value per candidate), giving a column.
     """
-    if p <= 1:
-        return 0.0
-    chunks = v if schedule == "interleaved" else 1
-    return (p - 1) / (chunks * m)
+    chunks = pick(schedule == "interleaved", v, 1)
+    return pick(p <= 1, 0.0, (p - 1) / (chunks * m))
 
 
 def in_flight_microbatches(schedule: Schedule, p: int, m: Num, v: int = 1, stage: int = 0) -> Num:
@@ -34,11 +33,6 @@ def in_flight_microbatches(schedule: Schedule, p: int, m: Num, v: int = 1, stage
     2022, "Reducing Activation Recomputation in Large Transformer Models", Sec. 4.2.3). `m` may be a column
     of micro-batch counts (one per candidate), giving a column.
     """
-    if p <= 1:
-        return 1.0
-    if schedule == "gpipe":
-        return m * 1.0
     held = minimum(m, p - stage) * 1.0
-    if schedule == "interleaved" and stage == 0:
-        held *= 1 + (p - 1) / (p * v)
-    return held
+    held = held * pick((schedule == "interleaved") & (stage == 0), 1 + (p - 1) / (p * v), 1)
+    return pick(p <= 1, 1.0, pick(schedule == "gpipe", m * 1.0, held))

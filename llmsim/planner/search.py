@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Literal
 from dataclasses import dataclass, field, replace
 
 from llmsim.config import SharingChoice, Workload
@@ -29,6 +30,7 @@ from llmsim.costmodel.memory import memory_stages
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
+from llmsim.planner.table import MEMORY_PARTS, PricedTable, price_table
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
@@ -229,6 +231,33 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
                       memory_detail=detail, **metrics)
 
 
+def table_evaluations(ctx: Context, table: PricedTable) -> Callable[[int], Evaluation]:
+    """Row i of a priced table as `evaluate` makes it: the memory verdict, a cost-model error, or the goal
+    and limits judged (`judge`) on the priced numbers."""
+    cols = {k: v.tolist() for k, v in table.columns.items()}
+    cap = ctx.hardware.capacity
+
+    def row(i: int) -> Evaluation:
+        c = table.configs[i]
+        total, power = cols["memory_bytes"][i], cols["power_w"][i]
+        detail = {k: cols[k][i] for k in MEMORY_PARTS}
+        if not cols["fits"][i]:
+            reason = f"memory: needs {fmt_bytes(total)}/device > {fmt_bytes(cap)} usable"
+            return Evaluation(c, False, reason, ("memory",), total / cap, total, cap, power_w=power,
+                              memory_detail=detail)
+        if table.error[i]:
+            return Evaluation(c, False, f"error: {table.error[i]}", ("error",), math.inf, total, cap, power_w=power,
+                              memory_detail=detail)
+        metrics = {k: cols[k][i] for k in ("time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")}
+        limits, reasons, shortfall = judge(ctx.plan, metrics, power)
+        return Evaluation(c, not limits, "; ".join(reasons), limits, shortfall, total, cap,
+                          step_time_s=cols["step_time_s"][i], compute_time_s=cols["compute_time_s"][i],
+                          comm_time_s=cols["comm_time_s"][i], bubble_time_s=cols["bubble_time_s"][i],
+                          other_time_s=cols["other_time_s"][i], mfu=cols["mfu"][i], power_w=power,
+                          memory_detail=detail, **metrics)
+    return row
+
+
 @dataclass
 class SearchStats:
     """How much of the space each stage handled (the report shows it; the benchmark times it)."""
@@ -263,8 +292,12 @@ def objective_key(objective: str) -> Callable[[Evaluation], tuple]:
 
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
            profile: WorkloadProfile | None = None,
-           progress: Callable[[str], None] | None = None) -> tuple[list[Evaluation], SearchStats]:
-    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted)."""
+           progress: Callable[[str], None] | None = None,
+           pricing: Literal["table", "scalar"] = "table") -> tuple[list[Evaluation], SearchStats]:
+    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted).
+
+    `pricing`: "table" prices each hardware's candidates at once (planner.table, numpy columns); "scalar"
+    one by one (`evaluate`). The two give the same rows (tests/planner/test_table.py)."""
     start = time.perf_counter()
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
@@ -274,6 +307,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         ctx = Context(plan, hw, profile, sharing)
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
+        found: list[list[Config]] = []
         for g in groups(plan, hw.name, hw.devices_per_node, axes):
             bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
             if hw.capacity and bound > hw.capacity:
@@ -283,19 +317,27 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.screened += skipped
                 stats.groups_pruned += 1
                 continue
-            for chain in chains(plan, g, axes):
-                for i, c in enumerate(chain):
-                    e = evaluate(ctx, c)
-                    stats.screened += 1
-                    stats.feasible += e.feasible
-                    rows.append(e)
-                    if e.limits == ("memory",):
-                        stats.memory_rejected += 1
-                        rest = len(chain) - i - 1
-                        stats.pruned_by_micro_batch += rest
-                        stats.screened += rest
-                        break
-                    stats.priced += 1
+            found.extend(chains(plan, g, axes))
+        if pricing == "table":
+            table = price_table(ctx, [c for chain in found for c in chain])
+            priced = table_evaluations(ctx, table)
+        else:
+            priced = None
+        at = 0
+        for chain in found:
+            for i, c in enumerate(chain):
+                e = priced(at + i) if priced else evaluate(ctx, c)
+                stats.screened += 1
+                stats.feasible += e.feasible
+                rows.append(e)
+                if e.limits == ("memory",):
+                    stats.memory_rejected += 1
+                    rest = len(chain) - i - 1
+                    stats.pruned_by_micro_batch += rest
+                    stats.screened += rest
+                    break
+                stats.priced += 1
+            at += len(chain)
         stats.per_hardware[hw.name] = stats.screened - before
         if progress:
             progress(f"{hw.name}: {count(stats.per_hardware[hw.name], 'configuration')} screened")
