@@ -102,6 +102,8 @@ MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_byt
 def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
     """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
     search.Context), as columns. The same numbers as search.evaluate row by row."""
+    if not configs:
+        return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         out = _scalar_rows(ctx, list(configs))
         return PricedTable(configs, out, [""] * len(configs))

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Scalar against vectorised pricing of the planner's candidates, and the 70B training plan end to end.
+
+    python benchmarks/bench_plan_vectorised.py [--scalar-sample 2000] [--max-devices N]
+
+In one run, on scenarios/plan-train-70b.yaml (llama2-70b, two hardware choices):
+* the candidate configurations of its space (every member of the groups whose weights fit; planner.space),
+* configurations priced per second by the scalar path (search.evaluate, one at a time) on a random sample of
+  them, and by the vectorised path (planner.table.price_table, numpy columns) on all of them, and the ratio;
+* the whole `run_plan` (load, search, cluster re-check of the top_k, plan.csv / plan.parquet, report) and
+  the size of what it writes.
+Targets (issue 18): ratio >= 10x, >= 100,000 configurations/s on one core; the plan under 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from llmsim.hardware import load_catalog
+from llmsim.planner import load_plan, run_plan
+from llmsim.planner.search import (Context, evaluate, resolve_hardware, sharing_choice, static_lower_bound,
+                                   workload_profile)
+from llmsim.planner.space import axes_of, chains, groups
+from llmsim.planner.table import price_table
+
+PLAN = Path(__file__).resolve().parents[1] / "scenarios" / "plan-train-70b.yaml"
+TARGET_RATIO, TARGET_RATE, TARGET_PLAN_S = 10.0, 100_000, 10.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scalar-sample", type=int, default=2000, help="configurations the scalar path prices")
+    parser.add_argument("--max-devices", type=int, default=None, help="override limits.max_devices")
+    args = parser.parse_args()
+    overrides = [f"limits.max_devices={args.max_devices}"] if args.max_devices else []
+    start = time.perf_counter()
+    plan = load_plan(PLAN, overrides)
+    catalog = load_catalog()
+    hardware = resolve_hardware(plan, catalog)
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    setup_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    candidates = []
+    for hw in hardware:
+        ctx = Context(plan, hw, profile, sharing)
+        axes = axes_of(plan, hw.devices_per_node)
+        configs = [c for g in groups(plan, hw.name, hw.devices_per_node, axes)
+                   if static_lower_bound(ctx, g, axes) <= hw.capacity
+                   for chain in chains(plan, g, axes) for c in chain]
+        candidates.append((ctx, configs))
+    enumerate_s = time.perf_counter() - start
+    total = sum(len(c) for _, c in candidates)
+
+    start = time.perf_counter()
+    for ctx, configs in candidates:
+        price_table(ctx, configs)
+    table_s = time.perf_counter() - start
+
+    rng = random.Random(0)
+    flat = [(ctx, c) for ctx, configs in candidates for c in configs]
+    sample = rng.sample(flat, min(args.scalar_sample, len(flat)))
+    start = time.perf_counter()
+    for ctx, c in sample:
+        evaluate(ctx, c)
+    scalar_s = time.perf_counter() - start
+    scalar_rate, table_rate = len(sample) / scalar_s, total / table_s
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        outcome = run_plan(load_plan(PLAN, overrides), catalog, Path(tmp), str(PLAN))
+        plan_s = time.perf_counter() - start
+        sizes = {p.name: p.stat().st_size / 1e6 for p in outcome.run_dir.iterdir() if p.is_file()}
+
+    print(f"{'measurement':<62}{'value':>16}")
+    print("-" * 78)
+    print(f"{'load + profile (llama2-70b, 2 layers traced, scaled)':<62}{setup_s:>14.2f} s")
+    print(f"{'candidates (members of the groups that fit)':<62}{total:>16,}")
+    print(f"{'  enumerating them (planner.space)':<62}{enumerate_s:>14.2f} s")
+    print(f"{'scalar path, configurations/s (random sample of ' + str(len(sample)) + ')':<62}{scalar_rate:>14,.0f} /s")
+    print(f"{'vectorised path, configurations/s (all of them)':<62}{table_rate:>14,.0f} /s")
+    print(f"{'  ratio (target >= 10x)':<62}{table_rate / scalar_rate:>15.1f}x")
+    print(f"{'  vectorised pricing of all candidates':<62}{table_s:>14.2f} s")
+    print(f"{'whole plan: load, search, re-check, report (target < 10 s)':<62}{plan_s:>14.2f} s")
+    for name in ("plan.csv", "plan.parquet"):
+        if name in sizes:
+            print(f"{'  ' + name + ' size':<62}{sizes[name]:>13.2f} MB")
+    print(f"{'  rows searched':<62}{len(outcome.rows):>16,}")
+
+
+if __name__ == "__main__":
+    main()
