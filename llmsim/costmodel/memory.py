@@ -354,9 +354,10 @@ class StageMemoryTerms:
 
 
 def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                       options: Options, stage: Stage) -> StageMemoryTerms:
+                       options: Options, stage: Stage, activations: bool = True) -> StageMemoryTerms:
     """The terms of one stage's memory that neither the ZeRO stage, dp nor the micro-batch count change
-    (except `fp8_copy`, which follows the plan's ZeRO stage)."""
+    (except `fp8_copy`, which follows the plan's ZeRO stage, and inference's `kv_cache`, which follows dp).
+    `activations` False leaves the activation terms at 0 (the planner's lower bound of a group)."""
     kind, index = stage_of(plan, stage)
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
@@ -372,14 +373,14 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
     per_layer = working = edge = kv = 0.0
-    if train:
+    if train and activations:
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
         # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
         # each micro-batch in flight keeps its own until its backward.
         first, last = edge_activation_bytes(workload, sharing, plan)
         edge = ((first if kind == "first" or plan.pp == 1 else 0.0)
                 + (last if kind == "last" or plan.pp == 1 else 0.0))
-    else:
+    elif not train:
         kv_heads = workload.model.kv_heads or workload.model.heads
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
         # the stage's layers' share of the cache (1/pp with an even split)

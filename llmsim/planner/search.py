@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
-from llmsim.costmodel.memory import memory_stages
+from llmsim.costmodel import precision
+from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
@@ -129,6 +130,7 @@ class Context:
     profile: WorkloadProfile
     sharing: SharingChoice
     options: Options = Options()
+    bound_terms: dict = field(default_factory=dict)  # static_lower_bound's stage terms, per (tp, pp, split, stage)
 
 
 def _group_splits(layers: int, g: Group, axes: Axes) -> set[tuple[int, ...]]:
@@ -148,15 +150,26 @@ def _group_splits(layers: int, g: Group, axes: Axes) -> set[tuple[int, ...]]:
 def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     """Bytes per device of weights, gradients, optimizer state and KV cache (no activations): a true
     lower bound of `memory_breakdown(...).total` for every member of the group (the least, over the splits
-    its members run, of the busiest stage's)."""
+    its members run, of the busiest stage's). The stage terms are memory_breakdown's own
+    (`stage_memory_terms` without activations, combined by `stage_memory`), cached per (tp, pp, split, stage)
+    where they depend on nothing else (not float8, whose weight copies follow ZeRO; not inference, whose
+    KV cache follows dp)."""
     w = ctx.plan.workload
+    pinned = (g.dp, g.zero) if (w.mode != "train" or precision.is_fp8(w)) else ()
     bounds = []
     for split in _group_splits(w.model.layers, g, axes):
         plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
                     stage_layers=split)
-        stages = (memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, stage=st)
-                  for st in memory_stages(w, plan))
-        bounds.append(max(mb.params + mb.grads + mb.optimizer + mb.kv_cache for mb in stages))
+        need = 0.0
+        for st in memory_stages(w, plan):
+            key = (g.tp, g.pp, g.cp, split, st, *pinned)
+            terms = ctx.bound_terms.get(key)
+            if terms is None:
+                terms = ctx.bound_terms[key] = stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                                  activations=False)
+            mb = stage_memory(terms, plan.zero, plan.dp, plan.zero_dp, 0.0)
+            need = max(need, mb["params"] + mb["grads"] + mb["optimizer"] + mb["kv_cache"])
+        bounds.append(need)
     return min(bounds, default=0.0)
 
 
