@@ -3,8 +3,9 @@
 plan.parquet has one row per evaluated configuration, ranked by the objective (feasible first), with the
 strategy columns of results.csv plus `hardware, n_devices, feasible, reason, step_time_s,
 time_to_goal_s, cost_usd, energy_j` (contract) and the breakdown behind them; plan.csv has the same
-columns for the rows worth reading (`compact_frame`: the feasible Pareto front and the best `csv_top` of
-each hardware choice), so that a plan of 10^5 to 10^6 configurations stays a file to open in a spreadsheet. best.yaml is a scenario
+columns for the rows worth reading (`compact_frame`: the feasible Pareto front and the best `csv_top`
+of each hardware choice), so that a plan of 10^5 to 10^6 configurations stays a file to open in a
+spreadsheet. best.yaml is a scenario
 that `llmsim run` accepts and that reproduces the winner on the roofline and the cluster backends.
 The report is a llmsim.report Document, rendered by the same markdown and HTML renderers as run reports.
 """

@@ -32,7 +32,7 @@ class PlanOutcome:
 
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
              progress: Callable[[str], None] | None = None) -> PlanOutcome:
-    """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml."""
+    """Search the plan's space and write plan.parquet, plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml."""
     check_hardware(plan, catalog, file)
     hardware = resolve_hardware(plan, catalog)
     sharing = sharing_choice(plan)

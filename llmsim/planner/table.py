@@ -24,30 +24,30 @@ thousands of random configurations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from llmsim.costmodel import CostModelError
 from llmsim.costmodel import precision
-from llmsim.costmodel.cluster import place_group
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_memory, stage_memory_terms,
                                      stage_params)
-from llmsim.costmodel.pipeline import in_flight_microbatches
-from llmsim.costmodel.pipeline import bubble_fraction
+from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import StageParts, _per_microbatch, combine_stages, data_parallel_exposed
-from llmsim.costmodel.work import (Comm, _optimizer_totals, accumulate_time, optimizer_shard, optimizer_step_time,
-                                   train_work)
+from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
+                                   optimizer_step_time, train_work)
 from llmsim.planner.space import Config
 
 # The priced columns, one value per candidate (NaN where not priced: over memory, or a cost-model error).
 MEMORY_PARTS = ("params", "grads", "optimizer", "activations", "kv_cache")
-PRICED = ("step_time_s", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s", "mfu", "time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")
+PRICED = ("step_time_s", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s", "mfu", "time_to_goal_s",
+          "cost_usd", "energy_j", "tokens_per_s", "latency_s")
 COLUMNS = ("memory_bytes", *MEMORY_PARTS, "fits", "power_w", *PRICED)
 
 
@@ -64,17 +64,20 @@ class PricedTable:
         return len(self.configs)
 
 
-GROUP_FIELDS = 10
+# The Config fields that vary inside a group; every other field (and any dimension added to Config later)
+# is part of the group key, so a new dimension splits groups until it is known not to change the work.
+VARY_IN_GROUP = ("hardware", "n_devices", "dp", "zero", "microbatches")
+KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in VARY_IN_GROUP)
+GROUP_FIELDS = len(KEY_FIELDS) + 1
 
 
 def group_key(ctx, c: Config) -> tuple:
     """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
     (module docstring)."""
     hw = ctx.hardware
-    node = hw.devices_per_node
-    whole = (hw.node.is_torus or precision.is_fp8(ctx.plan.workload) or ctx.plan.workload.mode != "train")
-    base = (c.tp, c.pp, c.cp, c.sp, c.micro_batch, c.recompute, c.schedule, c.virtual_stages, c.stage_layers,
-            min(c.n_devices, node))  # a part of one node is a node of that many devices (ClusterSpec.with_devices)
+    whole = hw.node.is_torus or precision.is_fp8(ctx.plan.workload) or ctx.plan.workload.mode != "train"
+    # a part of one node is a node of that many devices (ClusterSpec.with_devices)
+    base = (*(getattr(c, f) for f in KEY_FIELDS), min(c.n_devices, hw.devices_per_node))
     return base + ((c.dp, c.zero, c.microbatches) if whole else ())
 
 
@@ -85,7 +88,6 @@ class _Group:
     plan: object                     # the first member's costmodel Plan
     fabric: object
     dp_group: object | None          # the work's own data-parallel group where the key pins dp (torus)
-    stride: int                      # tp x cp x pp: the data-parallel group's stride
     node: int                        # devices per node of the group's cluster
     steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, trainable,
     #                                  optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes, sync)
@@ -133,7 +135,7 @@ def _group(ctx, c: Config) -> _Group:
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
-        return _Group(plan, cluster.fabric, None, 1, 1, [], memory, str(exc))
+        return _Group(plan, cluster.fabric, None, 1, [], memory, str(exc))
     fabric = cluster.fabric
     elem = DTYPE_BYTES[w.dtype]
     steps, seen, alike = [], set(), {}
@@ -149,11 +151,11 @@ def _group(ctx, c: Config) -> _Group:
             alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable, share, work.grad_bytes(st),
                              work.param_bytes(st), params * elem)
         steps.append((index, *alike[id(st)], sync))
-    return _Group(plan, fabric, work.dp_group if whole else None, plan.tp * plan.cp * plan.pp,
-                  cluster.devices_per_node, steps, memory)
+    return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps, memory)
 
 
-def _slots(groups: list[_Group], attr: str, fields: tuple[str, ...], group_of: np.ndarray) -> list[dict[str, np.ndarray]]:
+def _slots(groups: list[_Group], attr: str, fields: tuple[str, ...],
+           group_of: np.ndarray) -> list[dict[str, np.ndarray]]:
     """Per stage slot (the k-th distinct stage of each group), each field as a column over the rows; a group
     with fewer stages gets an empty stage (zeros: never the busiest, never the largest)."""
     width = max(len(getattr(g, attr)) for g in groups)
@@ -176,7 +178,9 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
 
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     n = len(configs)
-    get = lambda attr, dtype=np.int64: np.fromiter((getattr(c, attr) for c in configs), dtype=dtype, count=n)  # noqa: E731
+
+    def get(attr: str) -> np.ndarray:
+        return np.fromiter((getattr(c, attr) for c in configs), dtype=np.int64, count=n)
     dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
     v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
     schedule = np.array([c.schedule for c in configs])
@@ -245,7 +249,7 @@ def _dp_times(groups: list[_Group], pairs: list[tuple[int, int]], slot: dict[str
         if grp.error:
             continue
         r = first_row[p]
-        group = grp.dp_group or place_group(d, grp.stride, grp.node)
+        group = grp.dp_group or Groups.of(replace(grp.plan, dp=d), grp.node).dp  # the cost model's placement
         grads, weights, gathered = float(slot["grads"][r]), float(slot["weights"][r]), float(slot["gathered"][r])
         f = grp.fabric
         rs = Comm("reduce-scatter", grads, group).time(f)
