@@ -31,7 +31,7 @@ from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_te
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
-from llmsim.planner.table import MEMORY_PARTS, PricedTable, price_table
+from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PricedTable, goal_metrics, price_table  # noqa: F401
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
@@ -39,7 +39,6 @@ from llmsim.stages import SplitError, default_split
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 from llmsim.wording import count
 
-HOUR_S = 3600.0
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
 
 
@@ -171,31 +170,6 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
             need = max(need, mb["params"] + mb["grads"] + mb["optimizer"] + mb["kv_cache"])
         bounds.append(need)
     return min(bounds, default=0.0)
-
-
-def _steps(plan: PlanFile) -> int:
-    """Optimizer steps to train on goal.tokens tokens (the last one partial counts whole)."""
-    return math.ceil((plan.goal.tokens or 0) / plan.workload.tokens_per_step)
-
-
-def goal_metrics(plan: PlanFile, n: int, price: float, step_s: float, energy_step_j: float,
-                 tpot_s: float | None) -> dict[str, float]:
-    """time_to_goal_s, cost_usd, energy_j, tokens_per_s, latency_s of one priced configuration.
-
-    Training: the whole run (steps x step time; cost = devices x hours x price). Inference: a service
-    held for one hour at its throughput: cost and energy per hour, time_to_goal_s = the step latency
-    (decode: one token step; prefill: the step), the figure max_step_latency_s limits.
-    """
-    w = plan.workload
-    tps = w.tokens_per_step / step_s
-    if w.mode == "train":
-        steps = _steps(plan)
-        total = steps * step_s
-        return dict(time_to_goal_s=total, cost_usd=n * price * total / HOUR_S, energy_j=steps * energy_step_j,
-                    tokens_per_s=tps, latency_s=step_s)
-    latency = tpot_s if (w.mode == "decode" and tpot_s) else step_s
-    return dict(time_to_goal_s=latency, cost_usd=n * price, energy_j=energy_step_j / step_s * HOUR_S,
-                tokens_per_s=tps, latency_s=latency)
 
 
 def judge(plan: PlanFile, metrics: dict[str, float], power_w: float) -> tuple[tuple[str, ...], list[str], float]:
@@ -331,7 +305,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.groups_pruned += 1
                 continue
             found.extend(chains(plan, g, axes))
-        if pricing == "table":
+        if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
             table = price_table(ctx, [c for chain in found for c in chain])
             priced = table_evaluations(ctx, table)
         else:

@@ -13,12 +13,13 @@ module gives the same numbers for thousands at once, through the same code:
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
-  `memory.stage_memory`, `energy.step_energy_j`, and the planner's `search.goal_metrics`.
+  `memory.stage_memory`, `energy.step_energy_j`, and the planner's `goal_metrics` (defined here, used by
+  search.evaluate too).
 
 Exact by construction where the grouping holds; where it does not (a TPU torus, whose axes are laid out
 together and whose ZeRO spans slices; a float8 workload, whose weight casts are spread over m; inference,
-whose batch per replica follows dp) every configuration is its own group, still through the same code, or
-(inference) the scalar path row by row. tests/planner/test_table.py checks both paths agree to 1e-9 on
+whose batch per replica follows dp) every configuration is its own group, still through the same code
+(float8, torus), or the search prices it row by row with search.evaluate (inference). tests/planner/test_table.py checks both paths agree to 1e-9 on
 thousands of random configurations.
 """
 
@@ -42,7 +43,36 @@ from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import StageParts, _per_microbatch, combine_stages, data_parallel_exposed
 from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
                                    optimizer_step_time, train_work)
+from llmsim.planner.config import PlanFile
 from llmsim.planner.space import Config
+
+HOUR_S = 3600.0
+
+
+def _steps(plan: PlanFile) -> int:
+    """Optimizer steps to train on goal.tokens tokens (the last one partial counts whole)."""
+    return math.ceil((plan.goal.tokens or 0) / plan.workload.tokens_per_step)
+
+
+def goal_metrics(plan: PlanFile, n: int, price: float, step_s: float, energy_step_j: float,
+                 tpot_s: float | None) -> dict[str, float]:
+    """time_to_goal_s, cost_usd, energy_j, tokens_per_s, latency_s of one priced configuration.
+
+    Training: the whole run (steps x step time; cost = devices x hours x price). Inference: a service
+    held for one hour at its throughput: cost and energy per hour, time_to_goal_s = the step latency
+    (decode: one token step; prefill: the step), the figure max_step_latency_s limits.
+    """
+    w = plan.workload
+    tps = w.tokens_per_step / step_s
+    if w.mode == "train":
+        steps = _steps(plan)
+        total = steps * step_s
+        return dict(time_to_goal_s=total, cost_usd=n * price * total / HOUR_S, energy_j=steps * energy_step_j,
+                    tokens_per_s=tps, latency_s=step_s)
+    latency = tpot_s if (w.mode == "decode" and tpot_s) else step_s
+    return dict(time_to_goal_s=latency, cost_usd=n * price, energy_j=energy_step_j / step_s * HOUR_S,
+                tokens_per_s=tps, latency_s=latency)
+
 
 # The priced columns, one value per candidate (NaN where not priced: over memory, or a cost-model error).
 MEMORY_PARTS = ("params", "grads", "optimizer", "activations", "kv_cache")
@@ -107,8 +137,7 @@ def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
     if not configs:
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
-        out = _scalar_rows(ctx, list(configs))
-        return PricedTable(configs, out, [""] * len(configs))
+        raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
     n = len(configs)
     keys: dict[tuple, int] = {}
     pairs: dict[tuple[int, int], int] = {}
@@ -174,8 +203,6 @@ def _slots(groups: list[_Group], attr: str, fields: tuple[str, ...],
 def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.ndarray, pair_of: np.ndarray,
              pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
     """Every row at once: the cost model's array-generic formulas over columns (module docstring)."""
-    from llmsim.planner.search import goal_metrics  # the planner's own formula (search imports this module)
-
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     n = len(configs)
 
@@ -256,23 +283,3 @@ def _dp_times(groups: list[_Group], pairs: list[tuple[int, int]], slot: dict[str
         table[p] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
                     Comm("all-gather", weights, group, 2).time(f) + rs)
     return {name: table[pair_of, j] for j, name in enumerate(names)}
-
-
-def _scalar_rows(ctx, configs: list[Config]) -> dict[str, np.ndarray]:
-    """Inference: the scalar path, row by row (its batch per replica follows dp)."""
-    from llmsim.planner.search import evaluate
-
-    cols: dict[str, list] = {k: [] for k in COLUMNS}
-    for c in configs:
-        e = evaluate(ctx, c)
-        for k in MEMORY_PARTS:
-            cols[k].append(e.memory_detail[k])
-        cols["memory_bytes"].append(e.memory_bytes)
-        cols["fits"].append(e.limits != ("memory",))
-        cols["power_w"].append(e.power_w)
-        for k in PRICED:
-            val = getattr(e, k)
-            cols[k].append(math.nan if val is None else val)
-    out = {k: np.asarray(v, dtype=float) for k, v in cols.items()}
-    out["fits"] = out["fits"].astype(bool)
-    return out

@@ -67,16 +67,24 @@ def test_table_agrees_with_scalar_on_random_configurations() -> None:
     assert _compare(plan) >= 2000
 
 
-def test_table_agrees_with_scalar_for_float8_and_inference() -> None:
+def test_table_agrees_with_scalar_for_float8() -> None:
     fp8 = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8,
                                "dtype": "float8"},
                      hardware=[{"name": "h100-sxm", "usd_per_device_hour": 3.0}],
                      limits={"max_devices": 32, "memory_headroom": 0.0})
     assert _compare(fp8) > 100
+
+
+def test_search_prices_inference_row_by_row() -> None:
     prefill = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "prefill", "batch": 8},
-                         goal={"tokens_per_s": 1e6},
-                         limits={"max_devices": 16, "memory_headroom": 0.0})
-    assert _compare(prefill) > 10
+                         goal={"tokens_per_s": 1e6}, limits={"max_devices": 16, "memory_headroom": 0.0})
+    hw = hardware(prefill, small_catalog())
+    rows, _ = search(prefill, hw, pricing="table")
+    assert [(e.config, e.step_time_s) for e in rows] == \
+        [(e.config, e.step_time_s) for e in search(prefill, hw, pricing="scalar")[0]]
+    with pytest.raises(ValueError, match="row by row"):
+        price_table(Context(prefill, hw[0], workload_profile(prefill.workload, sharing_choice(prefill)),
+                            sharing_choice(prefill)), [rows[0].config])
 
 
 def test_search_rows_are_the_same_both_ways() -> None:
