@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("plan", help="capacity planning: the cheapest (fastest, ...) way to meet a goal",
                        description="Search hardware x devices x parallel strategy for a training or serving goal; "
-                                   "writes plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")
+                                   "writes plan.parquet, plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")
     p.add_argument("plan", metavar="PLAN.yaml")
     p.add_argument("--out", default="reports", metavar="DIR",
                    help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")

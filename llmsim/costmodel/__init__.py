@@ -15,6 +15,8 @@ Modules, each small and torch-free at call time:
                step), and the KV cache's share of a device
 * energy       joules of a step from idle/max power
 * scaling      a profile traced with few layers scaled to the full depth
+* arrays       pick / maximum / minimum on numbers or numpy columns: the combining formulas (step, memory,
+               pipeline, energy) are array-generic, so the planner prices a table of candidates at once
 
 The hardware catalog imports `efficiency`; nothing here imports the catalog or torch at run time.
 """

@@ -18,7 +18,10 @@ import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from llmsim.costmodel import precision
+from llmsim.costmodel.arrays import Num, is_array
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
 from llmsim.costmodel.gemms import linear_shapes as _linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
@@ -103,7 +106,10 @@ class Rates:
     def matmul_time(self, flops: float, nbytes: float, wave: float = 1.0) -> float:
         return max(flops / (self.sustained_flops * self.efficiency.matmul * wave), self.memory_time(nbytes))
 
-    def memory_time(self, nbytes: float) -> float:
+    def memory_time(self, nbytes: "Num") -> "Num":
+        """Seconds to move `nbytes` (0 for none); a numpy column of byte counts gives a column."""
+        if is_array(nbytes):
+            return np.where(nbytes > 0, nbytes / (self.memory_bw * self.efficiency.memory), 0.0)
         if nbytes <= 0:
             return 0.0
         return nbytes / (self.memory_bw * self.efficiency.memory)

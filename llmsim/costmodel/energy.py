@@ -8,10 +8,11 @@ than idle, and is the simplest model that still separates compute from waiting.
 
 from __future__ import annotations
 
+from llmsim.costmodel.arrays import Num, maximum, minimum
 from llmsim.costmodel.cluster import DeviceSpec
 
 
-def step_energy_j(device: DeviceSpec, n_devices: int, step_s: float, busy_s: float) -> float:
-    """Joules of one step on n devices, busy for busy_s of its step_s seconds."""
-    busy = min(max(busy_s, 0.0), step_s)
+def step_energy_j(device: DeviceSpec, n_devices: Num, step_s: Num, busy_s: Num) -> Num:
+    """Joules of one step on n devices, busy for busy_s of its step_s seconds (numbers or columns)."""
+    busy = minimum(maximum(busy_s, 0.0), step_s)
     return n_devices * (device.idle_power_w * step_s + (device.max_power_w - device.idle_power_w) * busy)

@@ -25,6 +25,7 @@ from llmsim.config import lora_params_per_block
 from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
 from llmsim.costmodel import precision
+from llmsim.costmodel.arrays import Num, is_array, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -249,6 +250,13 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     """
     if plan.zero < 3 or plan.dp == 1:
         return 0.0, 0.0
+    return zero3_unit_bytes(workload, profile, sharing, plan, options, stage)
+
+
+def zero3_unit_bytes(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                     options: Options, stage: Stage) -> tuple[float, float]:
+    """`zero3_gathered`'s (parameter bytes, gradient bytes) as if the plan ran ZeRO-3 with dp > 1 (they
+    depend on neither the ZeRO stage nor dp beyond that switch)."""
     spec = workload.model
     elem = DTYPE_BYTES[workload.dtype]
     k = sharing.layer_groups or spec.layers
@@ -317,36 +325,85 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
     if stage is None:
         return max((memory_breakdown(workload, profile, sharing, plan, options, st)
                     for st in memory_stages(workload, plan)), key=lambda mb: mb.total)
+    t = stage_memory_terms(workload, profile, sharing, plan, options, stage)
+    held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, t.index)
+    return MemoryBreakdown(**stage_memory(t, plan.zero, plan.dp, plan.zero_dp, held), stage=t.kind, stage_index=t.index)
+
+
+@dataclass(frozen=True)
+class StageMemoryTerms:
+    """What one device of a pipeline stage holds before ZeRO and the pipeline schedule divide or multiply
+    it (`stage_memory` combines them): counts of parameters, bytes otherwise."""
+
+    kind: str
+    index: int
+    params: float               # parameters on the device (tp split), before ZeRO
+    trainable: float
+    elem: int                   # bytes per parameter (workload dtype)
+    grad_elem: int              # bytes per gradient element
+    state_bytes: int            # Adam state bytes per trainable parameter
+    zero3_params: float         # zero3_unit_bytes: what ZeRO-3 (dp > 1) gathers unsharded
+    zero3_grads: float
+    fp8_copy: float             # FP8 weight copies (plan's ZeRO: only for float8 workloads)
+    layers: int                 # layers of the stage
+    per_layer_activation: float  # bytes one layer keeps per micro-batch
+    working: float              # full recompute's working set of one layer
+    edge_activation: float      # embeddings / head and loss kept per micro-batch
+    kv_cache: float = 0.0
+    train: bool = True
+
+
+def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                       options: Options, stage: Stage, activations: bool = True) -> StageMemoryTerms:
+    """The terms of one stage's memory that neither the ZeRO stage, dp nor the micro-batch count change
+    (except `fp8_copy`, which follows the plan's ZeRO stage, and inference's `kv_cache`, which follows dp).
+    `activations` False leaves the activation terms at 0 (the planner's lower bound of a group)."""
     kind, index = stage_of(plan, stage)
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
-    gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
-    param_bytes = params * elem / (plan.zero_dp if plan.zero >= 3 else 1) + gathered_params
+    z3_params, z3_grads = zero3_unit_bytes(workload, profile, sharing, plan, options, stage)
     layers_here = layers_per_device(workload.model.layers, plan, index)
+    fp8_copy = 0.0
     if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
         # ZeRO-3: the copies are made from the gathered weights and sharded like them (torchao float8 FSDP2)
         gemm_params = (layers_here * precision.layer_gemm_params(workload, plan)
                        / (plan.zero_dp if plan.zero >= 3 else 1))
-        param_bytes += precision.fp8_weight_copy_bytes(workload, gemm_params)
-    grads = optimizer = activations = kv = 0.0
-    if train:
-        grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-        grads = trainable * grad_elem / (plan.zero_dp if plan.zero >= 2 else 1) + gathered_grads
-        state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
-        optimizer = trainable * state / (plan.zero_dp if plan.zero >= 1 else 1)
+        fp8_copy = precision.fp8_weight_copy_bytes(workload, gemm_params)
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
+    per_layer = working = edge = kv = 0.0
+    if train and activations:
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
-        held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
-        activations = held * layers_here * per_layer + (working if layers_here else 0.0)
         # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
         # each micro-batch in flight keeps its own until its backward.
         first, last = edge_activation_bytes(workload, sharing, plan)
-        activations += held * ((first if kind == "first" or plan.pp == 1 else 0.0)
-                               + (last if kind == "last" or plan.pp == 1 else 0.0))
-    else:
+        edge = ((first if kind == "first" or plan.pp == 1 else 0.0)
+                + (last if kind == "last" or plan.pp == 1 else 0.0))
+    elif not train:
         kv_heads = workload.model.kv_heads or workload.model.heads
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
         # the stage's layers' share of the cache (1/pp with an even split)
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
-    return MemoryBreakdown(params=param_bytes, grads=grads, optimizer=optimizer, activations=activations,
-                           kv_cache=kv, stage=kind, stage_index=index)
+    return StageMemoryTerms(kind, index, params, trainable, elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
+                            layers_here, per_layer, working, edge, kv, train)
+
+
+def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Num) -> dict[str, Num]:
+    """Bytes on one device of the stage, by kind, for a ZeRO stage, dp (ZeRO shards over `zero_dp` of its
+    ranks) and `held` micro-batches in flight (pipeline.in_flight_microbatches): numbers or columns.
+
+    ZeRO-1 divides the optimizer state, ZeRO-2 also the gradients, ZeRO-3 also the parameters, and ZeRO-3
+    with dp > 1 adds the units it gathers whole (`zero3_gathered`). Activations: `held` micro-batches of
+    the stage's layers and edges, plus one layer's working set under full recomputation."""
+    gathered = (zero >= 3) & (dp > 1) if is_array(zero, dp) else zero >= 3 and dp > 1
+    params = (t.params * t.elem / pick(zero >= 3, zero_dp, 1) + pick(gathered, t.zero3_params, 0.0)
+              + t.fp8_copy)
+    grads = optimizer = activations = 0.0
+    if t.train:
+        grads = t.trainable * t.grad_elem / pick(zero >= 2, zero_dp, 1) + pick(gathered, t.zero3_grads, 0.0)
+        optimizer = t.trainable * t.state_bytes / pick(zero >= 1, zero_dp, 1)
+        activations = held * t.layers * t.per_layer_activation + pick(t.layers != 0, t.working, 0.0)
+        activations = activations + held * t.edge_activation
+    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,
+            "kv_cache": t.kv_cache}

@@ -9,33 +9,30 @@ from __future__ import annotations
 
 from typing import Literal
 
+from llmsim.costmodel.arrays import Num, minimum, pick
+
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
 
 
-def bubble_fraction(schedule: Schedule, p: int, m: int, v: int = 1) -> float:
+def bubble_fraction(schedule: Schedule, p: int, m: Num, v: int = 1) -> Num:
     """Bubble time as a fraction of the ideal (bubble-free) time: (p-1)/m, interleaved (p-1)/(v m).
 
     GPipe and 1F1B have the same bubble (p-1) stage-times per step (Narayanan 2021, Sec. 2.2.1); the
-    interleaved schedule shrinks each stage-time by v (Sec. 2.2.2).
+    interleaved schedule shrinks each stage-time by v (Sec. 2.2.2). Every argument may be a column (one
+    value per candidate), giving a column.
     """
-    if p <= 1:
-        return 0.0
-    chunks = v if schedule == "interleaved" else 1
-    return (p - 1) / (chunks * m)
+    chunks = pick(schedule == "interleaved", v, 1)
+    return pick(p <= 1, 0.0, (p - 1) / (chunks * m))
 
 
-def in_flight_microbatches(schedule: Schedule, p: int, m: int, v: int = 1, stage: int = 0) -> float:
+def in_flight_microbatches(schedule: Schedule, p: int, m: Num, v: int = 1, stage: int = 0) -> Num:
     """Micro-batches whose activations a stage holds at its peak, in units of its own layers' share.
 
     GPipe runs all m forwards first. 1F1B keeps at most p - stage in flight (stage 0 holds p). The
     interleaved schedule's first stage holds p (1 + (p-1)/(p v)) micro-batches' worth (Korthikanti et al.
-    2022, "Reducing Activation Recomputation in Large Transformer Models", Sec. 4.2.3).
+    2022, "Reducing Activation Recomputation in Large Transformer Models", Sec. 4.2.3). `m` may be a column
+    of micro-batch counts (one per candidate), giving a column.
     """
-    if p <= 1:
-        return 1.0
-    if schedule == "gpipe":
-        return float(m)
-    held = float(min(m, p - stage))
-    if schedule == "interleaved" and stage == 0:
-        held *= 1 + (p - 1) / (p * v)
-    return held
+    held = minimum(m, p - stage) * 1.0
+    held = held * pick((schedule == "interleaved") & (stage == 0), 1 + (p - 1) / (p * v), 1)
+    return pick(p <= 1, 1.0, pick(schedule == "gpipe", m * 1.0, held))

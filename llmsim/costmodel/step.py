@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from llmsim.costmodel.arrays import Num, is_array, maximum, pick
 from llmsim.costmodel.cluster import ClusterSpec, plan_on
 from llmsim.costmodel.collectives import Fabric
 from llmsim.costmodel.compute import CostModelError, device_rates
@@ -132,22 +133,36 @@ def _pipeline_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
 
 def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb: float,
                    fabric: Fabric) -> float:
-    """Exposed gradient reduction and parameter gathers of one stage after its pipelined micro-batches."""
+    """Exposed gradient reduction and parameter gathers of one stage after its pipelined micro-batches:
+    the collectives' times alone (cached per collective), combined by `data_parallel_exposed`."""
     if work.forward_only:
         return 0.0
-    m, hides = work.microbatches, not work.comm_shares_cores
     grads, weights = work.grad_bytes(st), work.param_bytes(st)
+    zero3_mb = reduce = gather = 0.0
     if work.zero >= 3:
-        per_micro_batch = (Comm("all-gather", weights, work.dp_group, 2).time(fabric)
-                           + Comm("reduce-scatter", grads, work.dp_group).time(fabric))
-        return max(0.0, m * per_micro_batch - (m * compute_mb if hides else 0.0))
-    reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
-    if work.overlap_grad_reduce and hides:
-        reduce = max(0.0, reduce - backward_mb)
-    gather = comms_time(st.gather_after_step, fabric)
-    if work.overlap_param_gather and hides and st.gather_after_step:
-        gather = _param_gather_exposed(work, st, fabric)
-    return reduce + gather
+        zero3_mb = (Comm("all-gather", weights, work.dp_group, 2).time(fabric)
+                    + Comm("reduce-scatter", grads, work.dp_group).time(fabric))
+    else:
+        reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
+        gather = comms_time(st.gather_after_step, fabric)
+        if work.overlap_param_gather and not work.comm_shares_cores and st.gather_after_step:
+            gather = _param_gather_exposed(work, st, fabric)
+    return data_parallel_exposed(work.zero, work.microbatches, not work.comm_shares_cores, work.overlap_grad_reduce,
+                                 compute_mb, backward_mb, zero3_mb, reduce, gather)
+
+
+def data_parallel_exposed(zero: Num, m: Num, hides: bool, overlap_grad_reduce: bool, compute_mb: Num,
+                          backward_mb: Num, zero3_mb_s: Num, reduce_s: Num, gather_s: Num) -> Num:
+    """Exposed data-parallel seconds of one stage per step (numbers or columns over candidates).
+
+    ZeRO-3: every micro-batch all-gathers the weights (forward and backward) and reduce-scatters the
+    gradients, `zero3_mb_s` alone, prefetched under the m micro-batches' compute when the device `hides`
+    communication. ZeRO 0-2: the gradient reduction `reduce_s` after the last backward, hidden behind that
+    backward (`backward_mb`) with overlap_grad_reduce, plus the parameter gather after the step `gather_s`
+    (ZeRO 1/2; already its exposed part with overlap_param_gather)."""
+    zero3 = maximum(0.0, m * zero3_mb_s - (m * compute_mb if hides else 0.0))
+    reduce = maximum(0.0, reduce_s - backward_mb) if (overlap_grad_reduce and hides) else reduce_s
+    return pick(zero >= 3, zero3, reduce + gather_s)
 
 
 def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
@@ -180,29 +195,70 @@ def price(work: StepWork, fabric: Fabric) -> StepTimes:
     et al. 2021's (p-1)/m bubble (1/v of it interleaved)."""
     m = work.microbatches
     schedule = "gpipe" if work.forward_only else work.schedule
-    per_other = bubble_fraction(schedule, work.pp, m, work.v) / (work.pp - 1) if work.pp > 1 else 0.0
-    pipelined: list[float] = []  # each stage's m micro-batches and their gradient accumulation
-    candidates: list[StepTimes] = []
-    alike: dict[int, tuple[float, float, float]] = {}  # stages alike share one StageWork: price it once
+    fraction = bubble_fraction(schedule, work.pp, m, work.v)
+    alike: dict[int, StageParts] = {}  # stages alike share one StageWork: price it once
+    parts = []
     for index, st in enumerate(work.stages):
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            alike[id(st)] = compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric)
-        compute_mb, comm_mb, dp = alike[id(st)]
-        pipelined.append(m * (compute_mb + comm_mb) + st.accumulate_s)
+            alike[id(st)] = StageParts(compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric),
+                                       st.accumulate_s, 0.0, st.optimizer_s)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        candidates.append(StepTimes(compute=m * compute_mb + st.accumulate_s, comm=m * comm_mb + dp + sync,
-                                    bubble=0.0, other=st.optimizer_s, critical_stage=index,
-                                    detail={"pipeline_and_tensor": m * comm_mb, "data_parallel": dp,
-                                            "sharing_sync": sync}))
-    assert candidates, "a step has at least one stage"
-    total = sum(pipelined)
-    waited = [replace(t, bubble=per_other * (total - own)) for t, own in zip(candidates, pipelined)]
-    longest = max(t.step for t in waited)
-    # Stages that finish together (one micro-batch: every stage waits all the others) are told apart by their
-    # own busy time: the critical stage is the one that does the most, as the simulation blames it.
-    finishing = [t for t in waited if t.step >= longest * (1 - _SAME_FINISH)]
-    return max(finishing, key=lambda t: t.compute + t.comm + t.other)
+        parts.append((index, replace(alike[id(st)], sync_s=sync)))
+    return combine_stages(m, fraction, work.pp, parts)
+
+
+@dataclass(frozen=True)
+class StageParts:
+    """One stage's share of a step, seconds (numbers, or columns over candidates): per micro-batch its
+    compute and exposed communication, per step its exposed data-parallel time, gradient accumulation,
+    parameter-sharing sync and optimizer; `copies`: how many stages of the pipeline are this one (the
+    planner's table passes each distinct stage once; 0 = no stage)."""
+
+    compute_mb: Num
+    comm_mb: Num
+    data_parallel_s: Num
+    accumulate_s: Num
+    sync_s: Num
+    optimizer_s: Num
+    copies: Num = 1
+
+
+def combine_stages(m: Num, fraction: Num, pp: Num, parts: list[tuple[int, StageParts]]) -> StepTimes:
+    """The step from its stages' parts (`price`; the planner's table passes columns, each distinct stage once
+    with its `copies`): stage s is busy for m x (compute + comm) + accumulation (its pipelined time) +
+    data-parallel + sync + optimizer and waits the fill and drain through every other stage once,
+    fraction / (p - 1) x (sum of the pipelined times - its own) (the flow shop of `price`); the critical
+    stage is the one that finishes last, of stages finishing together the one busy longest, then the first."""
+    per_other = pick(pp > 1, fraction / maximum(pp - 1, 1), 0.0)
+    pipelined = [m * (p.compute_mb + p.comm_mb) + p.accumulate_s for _, p in parts]
+    total: Num = 0.0
+    for (_, p), own in zip(parts, pipelined):
+        total = total + p.copies * own
+    best: StepTimes | None = None
+    for (index, p), own in zip(parts, pipelined):
+        times = StepTimes(compute=m * p.compute_mb + p.accumulate_s, comm=m * p.comm_mb + p.data_parallel_s + p.sync_s,
+                          bubble=per_other * (total - own), other=p.optimizer_s, critical_stage=index,
+                          detail={"pipeline_and_tensor": m * p.comm_mb, "data_parallel": p.data_parallel_s,
+                                  "sharing_sync": p.sync_s})
+        if best is None:
+            best = times
+            continue
+        # Finishing times within _SAME_FINISH are one (float summation order; one micro-batch: every stage
+        # waits all the others): the stage busy longest is critical, as the simulation blames it.
+        new, old = times.step, best.step
+        busy_new = times.compute + times.comm + times.other
+        busy_old = best.compute + best.comm + best.other
+        later = (new > old * (1 + _SAME_FINISH)) | ((new >= old * (1 - _SAME_FINISH)) & (busy_new > busy_old))
+        if not is_array(later):
+            best = times if later else best
+            continue
+        best = StepTimes(compute=pick(later, times.compute, best.compute), comm=pick(later, times.comm, best.comm),
+                         bubble=pick(later, times.bubble, best.bubble), other=pick(later, times.other, best.other),
+                         critical_stage=pick(later, index, best.critical_stage),
+                         detail={k: pick(later, v, best.detail[k]) for k, v in times.detail.items()})
+    assert best is not None, "a step has at least one stage"
+    return best
 
 
 def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,

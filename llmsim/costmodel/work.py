@@ -45,6 +45,7 @@ from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
 from llmsim.costmodel.memory import FP32_BYTES, stage_block_params, stage_params, tp_block_params
 from llmsim.costmodel import precision
+from llmsim.costmodel.arrays import Num, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.torus import TorusError
 
@@ -240,25 +241,36 @@ class StepWork:
 # Pricing helpers (per device)
 # ---------------------------------------------------------------------------------------------------
 
-def accumulate_time(rates: Rates, trainable: float, microbatches: int, dtype: str, options: Options) -> float:
+def accumulate_time(rates: Rates, trainable: float, microbatches: Num, dtype: str, options: Options) -> Num:
     """Gradient accumulation over a step's micro-batches on one device: m-1 adds (m with fp32 main grads),
-    each reading the accumulator and the new gradient and writing the accumulator."""
+    each reading the accumulator and the new gradient and writing the accumulator. Seconds; `microbatches`
+    may be a column."""
     elem = DTYPE_BYTES[dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     accumulations = microbatches if options.main_grads_fp32 else microbatches - 1
     return accumulations * rates.memory_time(trainable * (2 * grad_elem + elem))
 
 
+def optimizer_shard(dp: Num, zero: Num) -> Num:
+    """The data-parallel ranks one device's optimizer step is divided over: dp with ZeRO >= 1, else 1."""
+    return pick(zero >= 1, dp, 1)
+
+
 def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, options: Options,
                    traced: tuple[float, float] | None = None) -> float:
-    """Adam over the parameters one device updates (1/dp of them with ZeRO >= 1).
+    """Adam over the parameters one device updates (1/dp of them with ZeRO >= 1): `optimizer_step_time`."""
+    return optimizer_step_time(rates, trainable, optimizer_shard(plan.dp, plan.zero), dtype, options, traced)
+
+
+def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, options: Options,
+                        traced: tuple[float, float] | None = None) -> Num:
+    """Adam over 1/shard of `trainable` parameters on one device, seconds (`shard` may be a column).
 
     An accelerator runs a fused kernel (apex/Megatron FusedAdam, torch fused AdamW): the state's bytes
     once. An eager host (op_overhead_s > 0) runs what the profile traced, PyTorch's AdamW loop of a dozen
     or so pointwise ops per tensor with their temporaries: `traced` = (bytes, operators) of this device's
     share, each operator paying the host's per-operator cost.
     """
-    shard = plan.dp if plan.zero >= 1 else 1
     if traced is not None and rates.efficiency.op_overhead_s > 0:
         nbytes, ops = traced
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops

@@ -129,6 +129,9 @@ class PlanFile(_Strict):
     limits: Limits = Field(default_factory=Limits)
     objective: Literal["cost", "time", "energy", "devices"] = "cost"
     top_k: PositiveInt = 5
+    csv_top: PositiveInt = Field(
+        20, description="plan.csv keeps the feasible Pareto front and the best csv_top configurations of each "
+                        "hardware choice (default 20); plan.parquet holds every configuration evaluated")
     search: SearchSpace = Field(default_factory=SearchSpace)
     simulate: bool = Field(True, description="re-check the top_k with the SimPy cluster simulation")
     serving: ServingSpec | None = Field(None, description="a serving goal: the scenario's serving block (lengths, "

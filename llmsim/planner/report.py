@@ -1,8 +1,11 @@
 """What `llmsim plan` writes: plan.csv, the Pareto figure, plan.md / plan.html, and best.yaml.
 
-plan.csv has one row per evaluated configuration, ranked by the objective (feasible first), with the
+plan.parquet has one row per evaluated configuration, ranked by the objective (feasible first), with the
 strategy columns of results.csv plus `hardware, n_devices, feasible, reason, step_time_s,
-time_to_goal_s, cost_usd, energy_j` (contract) and the breakdown behind them. best.yaml is a scenario
+time_to_goal_s, cost_usd, energy_j` (contract) and the breakdown behind them; plan.csv has the same
+columns for the rows worth reading (`compact_frame`: the feasible Pareto front and the best `csv_top`
+of each hardware choice), so that a plan of 10^5 to 10^6 configurations stays a file to open in a
+spreadsheet. best.yaml is a scenario
 that `llmsim run` accepts and that reproduces the winner on the roofline and the cluster backends.
 The report is a llmsim.report Document, rendered by the same markdown and HTML renderers as run reports.
 """
@@ -55,6 +58,26 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
                         e.sim.get("energy_j"), e.sim.get("feasible")))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    return mark_pareto_front(frame)
+
+
+def compact_frame(frame: pd.DataFrame, per_hardware: int) -> pd.DataFrame:
+    """plan.csv's rows: the Pareto front of the feasible configurations (cost against time to goal, over all
+    hardware) and the first `per_hardware` rows of each hardware choice (by rank), in rank order."""
+    keep = frame.groupby("hardware", sort=False).head(per_hardware).index
+    return frame.loc[frame.index.isin(keep) | frame["pareto_front"]]
+
+
+def mark_pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a boolean column `pareto_front`: the feasible rows no other feasible row beats on both
+    cost and time to goal."""
+    feasible = frame.index[frame["feasible"].astype(bool) & frame["step_time_s"].notna()]
+    on = np.zeros(len(frame), dtype=bool)
+    if len(feasible):
+        sub = frame.loc[feasible]
+        front = pareto_front(sub["cost_usd"].to_numpy(float), sub["time_to_goal_s"].to_numpy(float))
+        on[frame.index.get_indexer(feasible[front])] = True
+    frame["pareto_front"] = on
     return frame
 
 
@@ -114,6 +137,14 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
     return fig, ax
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """The whole table as Parquet (pyarrow; `pandas.read_parquet(path)` reads it back). `sim_feasible`, empty
+    but for the re-checked rows, is written as a nullable boolean."""
+    out = frame.copy()
+    out["sim_feasible"] = out["sim_feasible"].astype("boolean")
+    out.to_parquet(path, index=False, engine="pyarrow")
 
 
 def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:
@@ -222,8 +253,9 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
         f"micro-batch already overflows; {stats.feasible:,} meet the goal.",
         f"limits broken (a configuration may break several): {limits or 'none'}.",
         *prices,
-        "plan.csv lists every configuration evaluated one by one, ranked; best.yaml reproduces the winner "
-        "with `llmsim run best.yaml`."])]))
+        f"plan.csv lists the feasible Pareto front and the best {plan.csv_top} of each hardware choice; "
+        "plan.parquet every configuration evaluated one by one, ranked (pandas.read_parquet); best.yaml "
+        "reproduces the winner with `llmsim run best.yaml`."])]))
     meta = [("plan", plan.name), ("workload", f"{plan.workload.model.preset or 'custom'} {plan.workload.mode}, "
                                               f"batch {plan.workload.batch}, {plan.workload.dtype}"),
             ("goal", goal), ("objective", plan.objective),
@@ -235,13 +267,16 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
 def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,
                   top: list[Evaluation], closest: list[Evaluation], stats: SearchStats, hardware: list[Hardware],
                   simulated: bool) -> list[Path]:
-    """plan.csv, figures/pareto.png, plan.md, plan.html and (when something is feasible) best.yaml."""
+    """plan.parquet (every row), plan.csv (`compact_frame`), figures/pareto.png, plan.md, plan.html and (when
+    something is feasible) best.yaml."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown
     written = []
+    table = run_dir / "plan.parquet"
+    write_parquet(frame, table)
     csv = run_dir / "plan.csv"
-    frame.to_csv(csv, index=False, float_format="%.6g")
-    written.append(csv)
+    compact_frame(frame, plan.csv_top).to_csv(csv, index=False, float_format="%.6g")
+    written += [table, csv]
     winner = int(frame.index[frame["strategy"].eq(top[0].config.name) & frame["hardware"].eq(top[0].config.hardware)
                              ][0]) if top else None
     fig, _ = pareto_figure(frame, plan, winner)

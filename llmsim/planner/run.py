@@ -36,7 +36,7 @@ class PlanOutcome:
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
              progress: Callable[[str], None] | None = None, executor: Executor | None = None,
              task_progress: Progress | None = None) -> PlanOutcome | ServingPlanOutcome:
-    """Search the plan's space and write plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
+    """Search the plan's space and write plan.parquet, plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
 
     `executor` runs the cluster-simulation re-checks (llmsim.executor; default: in this process), with
     task_progress(done, total) after each. A serving plan (a `serving:` block) is searched by simulation

@@ -21,15 +21,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Literal
 from dataclasses import dataclass, field, replace
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
-from llmsim.costmodel.memory import memory_stages
+from llmsim.costmodel import precision
+from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
 from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
+from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PricedTable, goal_metrics, price_table  # noqa: F401
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
@@ -37,7 +40,6 @@ from llmsim.stages import SplitError, default_split
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 from llmsim.wording import count
 
-HOUR_S = 3600.0
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
 
 
@@ -128,6 +130,7 @@ class Context:
     profile: WorkloadProfile
     sharing: SharingChoice
     options: Options = Options()
+    bound_terms: dict = field(default_factory=dict)  # static_lower_bound's stage terms, per (tp, pp, split, stage)
 
 
 def _group_splits(layers: int, g: Group, axes: Axes) -> set[tuple[int, ...]]:
@@ -147,41 +150,27 @@ def _group_splits(layers: int, g: Group, axes: Axes) -> set[tuple[int, ...]]:
 def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     """Bytes per device of weights, gradients, optimizer state and KV cache (no activations): a true
     lower bound of `memory_breakdown(...).total` for every member of the group (the least, over the splits
-    its members run, of the busiest stage's)."""
+    its members run, of the busiest stage's). The stage terms are memory_breakdown's own
+    (`stage_memory_terms` without activations, combined by `stage_memory`), cached per (tp, pp, split, stage)
+    where they depend on nothing else (not float8, whose weight copies follow ZeRO; not inference, whose
+    KV cache follows dp)."""
     w = ctx.plan.workload
+    pinned = (g.dp, g.zero) if (w.mode != "train" or precision.is_fp8(w)) else ()
     bounds = []
     for split in _group_splits(w.model.layers, g, axes):
         plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
                     stage_layers=split)
-        stages = (memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, stage=st)
-                  for st in memory_stages(w, plan))
-        bounds.append(max(mb.params + mb.grads + mb.optimizer + mb.kv_cache for mb in stages))
+        need = 0.0
+        for st in memory_stages(w, plan):
+            key = (g.tp, g.pp, g.cp, split, st, *pinned)
+            terms = ctx.bound_terms.get(key)
+            if terms is None:
+                terms = ctx.bound_terms[key] = stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                                  activations=False)
+            mb = stage_memory(terms, plan.zero, plan.dp, plan.zero_dp, 0.0)
+            need = max(need, mb["params"] + mb["grads"] + mb["optimizer"] + mb["kv_cache"])
+        bounds.append(need)
     return min(bounds, default=0.0)
-
-
-def _steps(plan: PlanFile) -> int:
-    """Optimizer steps to train on goal.tokens tokens (the last one partial counts whole)."""
-    return math.ceil((plan.goal.tokens or 0) / plan.workload.tokens_per_step)
-
-
-def goal_metrics(plan: PlanFile, n: int, price: float, step_s: float, energy_step_j: float,
-                 tpot_s: float | None) -> dict[str, float]:
-    """time_to_goal_s, cost_usd, energy_j, tokens_per_s, latency_s of one priced configuration.
-
-    Training: the whole run (steps x step time; cost = devices x hours x price). Inference: a service
-    held for one hour at its throughput: cost and energy per hour, time_to_goal_s = the step latency
-    (decode: one token step; prefill: the step), the figure max_step_latency_s limits.
-    """
-    w = plan.workload
-    tps = w.tokens_per_step / step_s
-    if w.mode == "train":
-        steps = _steps(plan)
-        total = steps * step_s
-        return dict(time_to_goal_s=total, cost_usd=n * price * total / HOUR_S, energy_j=steps * energy_step_j,
-                    tokens_per_s=tps, latency_s=step_s)
-    latency = tpot_s if (w.mode == "decode" and tpot_s) else step_s
-    return dict(time_to_goal_s=latency, cost_usd=n * price, energy_j=energy_step_j / step_s * HOUR_S,
-                tokens_per_s=tps, latency_s=latency)
 
 
 def judge(plan: PlanFile, metrics: dict[str, float], power_w: float) -> tuple[tuple[str, ...], list[str], float]:
@@ -230,6 +219,33 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
                       memory_detail=detail, **metrics)
 
 
+def table_evaluations(ctx: Context, table: PricedTable) -> Callable[[int], Evaluation]:
+    """Row i of a priced table as `evaluate` makes it: the memory verdict, a cost-model error, or the goal
+    and limits judged (`judge`) on the priced numbers."""
+    cols = {k: v.tolist() for k, v in table.columns.items()}
+    cap = ctx.hardware.capacity
+
+    def row(i: int) -> Evaluation:
+        c = table.configs[i]
+        total, power = cols["memory_bytes"][i], cols["power_w"][i]
+        detail = {k: cols[k][i] for k in MEMORY_PARTS}
+        if not cols["fits"][i]:
+            reason = f"memory: needs {fmt_bytes(total)}/device > {fmt_bytes(cap)} usable"
+            return Evaluation(c, False, reason, ("memory",), total / cap, total, cap, power_w=power,
+                              memory_detail=detail)
+        if table.error[i]:
+            return Evaluation(c, False, f"error: {table.error[i]}", ("error",), math.inf, total, cap, power_w=power,
+                              memory_detail=detail)
+        metrics = {k: cols[k][i] for k in ("time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")}
+        limits, reasons, shortfall = judge(ctx.plan, metrics, power)
+        return Evaluation(c, not limits, "; ".join(reasons), limits, shortfall, total, cap,
+                          step_time_s=cols["step_time_s"][i], compute_time_s=cols["compute_time_s"][i],
+                          comm_time_s=cols["comm_time_s"][i], bubble_time_s=cols["bubble_time_s"][i],
+                          other_time_s=cols["other_time_s"][i], mfu=cols["mfu"][i], power_w=power,
+                          memory_detail=detail, **metrics)
+    return row
+
+
 @dataclass
 class SearchStats:
     """How much of the space each stage handled (the report shows it; the benchmark times it)."""
@@ -264,8 +280,12 @@ def objective_key(objective: str) -> Callable[[Evaluation], tuple]:
 
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
            profile: WorkloadProfile | None = None,
-           progress: Callable[[str], None] | None = None) -> tuple[list[Evaluation], SearchStats]:
-    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted)."""
+           progress: Callable[[str], None] | None = None,
+           pricing: Literal["table", "scalar"] = "table") -> tuple[list[Evaluation], SearchStats]:
+    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted).
+
+    `pricing`: "table" prices each hardware's candidates at once (planner.table, numpy columns); "scalar"
+    one by one (`evaluate`). The two give the same rows (tests/planner/test_table.py)."""
     start = time.perf_counter()
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
@@ -275,6 +295,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         ctx = Context(plan, hw, profile, sharing)
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
+        found: list[list[Config]] = []
         for g in groups(plan, hw.name, hw.devices_per_node, axes):
             bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
             if hw.capacity and bound > hw.capacity:
@@ -284,19 +305,27 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.screened += skipped
                 stats.groups_pruned += 1
                 continue
-            for chain in chains(plan, g, axes):
-                for i, c in enumerate(chain):
-                    e = evaluate(ctx, c)
-                    stats.screened += 1
-                    stats.feasible += e.feasible
-                    rows.append(e)
-                    if e.limits == ("memory",):
-                        stats.memory_rejected += 1
-                        rest = len(chain) - i - 1
-                        stats.pruned_by_micro_batch += rest
-                        stats.screened += rest
-                        break
-                    stats.priced += 1
+            found.extend(chains(plan, g, axes))
+        if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
+            table = price_table(ctx, [c for chain in found for c in chain])
+            priced = table_evaluations(ctx, table)
+        else:
+            priced = None
+        at = 0
+        for chain in found:
+            for i, c in enumerate(chain):
+                e = priced(at + i) if priced else evaluate(ctx, c)
+                stats.screened += 1
+                stats.feasible += e.feasible
+                rows.append(e)
+                if e.limits == ("memory",):
+                    stats.memory_rejected += 1
+                    rest = len(chain) - i - 1
+                    stats.pruned_by_micro_batch += rest
+                    stats.screened += rest
+                    break
+                stats.priced += 1
+            at += len(chain)
         stats.per_hardware[hw.name] = stats.screened - before
         if progress:
             progress(f"{hw.name}: {count(stats.per_hardware[hw.name], 'configuration')} screened")

@@ -205,10 +205,11 @@ def shape_problem(w: Workload, tp: int, pp: int, cp: int, sp: bool, schedule: st
     return None if problem is None else f"{problem[0]}: {problem[1]}"
 
 
+@functools.lru_cache(maxsize=65536)
 def layout_problem(w: Workload, dp: int, tp: int, pp: int, cp: int, mb: int, schedule: str, v: int = 1,
                    stage_layers: tuple[int, ...] = ()) -> Layout | str:
     """llmsim.strategy.resolve_layout for these degrees (the split already checked by shape_problem): the
-    Layout, or why not."""
+    Layout, or why not. Cached (the groups of ZeRO stages ask the same)."""
     query = _LayoutQuery(dp, tp, pp, cp, mb, schedule, v, stage_layers or None)
     out = resolve_layout(query, w, None, "plan")  # type: ignore[arg-type]
     return out if isinstance(out, Layout) else f"{out[0]}: {out[1]}"

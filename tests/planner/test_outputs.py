@@ -82,11 +82,12 @@ def test_run_folder_and_best_yaml_reproduce_the_winner(tmp_path: Path) -> None:
     outcome = run_plan(plan, small_catalog(), tmp_path)
     folder = outcome.run_dir
     assert folder.parent.name == "plan-small"
-    for name in ("plan.csv", "plan.md", "plan.html", "best.yaml", "figures/pareto.png"):
+    for name in ("plan.csv", "plan.parquet", "plan.md", "plan.html", "best.yaml", "figures/pareto.png"):
         assert (folder / name).is_file(), name
-    frame = pd.read_csv(folder / "plan.csv")
+    frame = pd.read_parquet(folder / "plan.parquet")  # the whole table, in one line
     assert set(CONTRACT_COLUMNS) <= set(frame.columns) and {"dp", "tp", "pp", "zero", "schedule"} <= set(frame.columns)
     assert len(frame) == len(outcome.rows) and frame["feasible"].iloc[0]
+    assert list(frame["strategy"]) == [e.config.name for e in outcome.rows]
     assert outcome.top[0].sim["step_time_s"] > 0
     best = outcome.top[0]
     scenario = parse_scenario(yaml.safe_load((folder / "best.yaml").read_text()), "best.yaml")
@@ -157,3 +158,19 @@ def test_memory_headroom_defaults_to_vllms_share_and_the_winner_says_what_is_kep
     top = [e for e in rows if e.feasible][:1]
     memory = next(line for line in explain(rows, stats, plan, top).winner if line.startswith("memory "))
     assert " per device of 2.7 MB usable: 3 MB less the 10% memory_headroom; " in memory and " to spare; " in memory
+
+
+def test_plan_csv_holds_the_pareto_front_and_the_best_of_each_hardware(tmp_path: Path) -> None:
+    plan = small_plan(csv_top=3, limits={"max_devices": 16, "memory_headroom": 0.0})
+    outcome = run_plan(plan, small_catalog(), tmp_path, simulate=False)
+    full = pd.read_parquet(outcome.run_dir / "plan.parquet")
+    csv = pd.read_csv(outcome.run_dir / "plan.csv")
+    assert len(csv) < len(full) and list(csv.columns) == list(full.columns)
+    front = full[full["pareto_front"]]
+    assert len(front) and front["feasible"].all()
+    top = full.groupby("hardware", sort=False).head(3)
+    assert set(csv["rank"]) == set(front["rank"]) | set(top["rank"])
+    assert list(csv["rank"]) == sorted(csv["rank"])
+    feasible = full[full["feasible"]]
+    for _, row in front.iterrows():  # nothing feasible beats a front row on both cost and time
+        assert not ((feasible["cost_usd"] < row["cost_usd"]) & (feasible["time_to_goal_s"] < row["time_to_goal_s"])).any()

@@ -1,0 +1,289 @@
+"""Price a whole table of candidate configurations at once: numpy columns over the candidates.
+
+The scalar path (search.evaluate) prices one configuration: `memory_breakdown`, then `estimate`. This
+module gives the same numbers for thousands at once, through the same code:
+
+* the candidates are grouped by the fields that fix a step's per-micro-batch work (tp, pp, cp, sp,
+  micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on): within a
+  group only dp, ZeRO and the micro-batch count m = B / (dp x micro_batch) vary;
+* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work), and
+  price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
+  micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`);
+  each data-parallel collective is priced once per distinct dp (`Comm.time`, cached);
+* the formulas that combine them are the cost model's array-generic ones, called with columns:
+  `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
+  `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
+  `memory.stage_memory`, `energy.step_energy_j`, and the planner's `goal_metrics` (defined here, used by
+  search.evaluate too).
+
+Exact by construction where the grouping holds; where it does not (a TPU torus, whose axes are laid out
+together and whose ZeRO spans slices; a float8 workload, whose weight casts are spread over m; inference,
+whose batch per replica follows dp) every configuration is its own group, still through the same code
+(float8, torus), or the search prices it row by row with search.evaluate (inference). tests/planner/test_table.py checks both paths agree to 1e-9 on
+thousands of random configurations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from llmsim.costmodel import CostModelError
+from llmsim.costmodel import precision
+from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_memory, stage_memory_terms,
+                                     stage_params)
+from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
+from llmsim.costmodel.plan import DTYPE_BYTES
+from llmsim.costmodel.step import StageParts, _per_microbatch, combine_stages, data_parallel_exposed
+from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
+                                   optimizer_step_time, train_work)
+from llmsim.planner.config import PlanFile
+from llmsim.planner.space import Config
+
+HOUR_S = 3600.0
+
+
+def _steps(plan: PlanFile) -> int:
+    """Optimizer steps to train on goal.tokens tokens (the last one partial counts whole)."""
+    return math.ceil((plan.goal.tokens or 0) / plan.workload.tokens_per_step)
+
+
+def goal_metrics(plan: PlanFile, n: int, price: float, step_s: float, energy_step_j: float,
+                 tpot_s: float | None) -> dict[str, float]:
+    """time_to_goal_s, cost_usd, energy_j, tokens_per_s, latency_s of one priced configuration.
+
+    Training: the whole run (steps x step time; cost = devices x hours x price). Inference: a service
+    held for one hour at its throughput: cost and energy per hour, time_to_goal_s = the step latency
+    (decode: one token step; prefill: the step), the figure max_step_latency_s limits.
+    """
+    w = plan.workload
+    tps = w.tokens_per_step / step_s
+    if w.mode == "train":
+        steps = _steps(plan)
+        total = steps * step_s
+        return dict(time_to_goal_s=total, cost_usd=n * price * total / HOUR_S, energy_j=steps * energy_step_j,
+                    tokens_per_s=tps, latency_s=step_s)
+    latency = tpot_s if (w.mode == "decode" and tpot_s) else step_s
+    return dict(time_to_goal_s=latency, cost_usd=n * price, energy_j=energy_step_j / step_s * HOUR_S,
+                tokens_per_s=tps, latency_s=latency)
+
+
+# The priced columns, one value per candidate (NaN where not priced: over memory, or a cost-model error).
+MEMORY_PARTS = ("params", "grads", "optimizer", "activations", "kv_cache")
+PRICED = ("step_time_s", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s", "mfu", "time_to_goal_s",
+          "cost_usd", "energy_j", "tokens_per_s", "latency_s")
+COLUMNS = ("memory_bytes", *MEMORY_PARTS, "fits", "power_w", *PRICED)
+
+
+@dataclass
+class PricedTable:
+    """Columns over the candidates (`COLUMNS`, numpy arrays of len(configs)); `error[i]` the cost model's
+    message where it could not price candidate i (else "")."""
+
+    configs: Sequence[Config]
+    columns: dict[str, np.ndarray]
+    error: list[str]
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+
+# The Config fields that vary inside a group; every other field (and any dimension added to Config later)
+# is part of the group key, so a new dimension splits groups until it is known not to change the work.
+VARY_IN_GROUP = ("hardware", "n_devices", "dp", "zero", "microbatches")
+KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in VARY_IN_GROUP)
+GROUP_FIELDS = len(KEY_FIELDS) + 1
+
+
+def group_key(ctx, c: Config) -> tuple:
+    """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
+    (module docstring)."""
+    hw = ctx.hardware
+    whole = hw.node.is_torus or precision.is_fp8(ctx.plan.workload) or ctx.plan.workload.mode != "train"
+    # a part of one node is a node of that many devices (ClusterSpec.with_devices)
+    base = (*(getattr(c, f) for f in KEY_FIELDS), min(c.n_devices, hw.devices_per_node))
+    return base + ((c.dp, c.zero, c.microbatches) if whole else ())
+
+
+@dataclass
+class _Group:
+    """What a group's configurations share, as Python numbers (one cost-model call each)."""
+
+    plan: object                     # the first member's costmodel Plan
+    fabric: object
+    dp_group: object | None          # the work's own data-parallel group where the key pins dp (torus)
+    node: int                        # devices per node of the group's cluster
+    steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, trainable,
+    #                                  optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes, sync,
+    #                                  copies: how many of the pipeline's stages are this one)
+    memory: list                     # memory.StageMemoryTerms of each stage that can be the busiest
+    error: str = ""
+
+
+STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "trainable", "share", "grads", "weights",
+               "gathered", "sync", "copies")
+MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
+                 "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache")
+
+
+def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
+    """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
+    search.Context), as columns. The same numbers as search.evaluate row by row."""
+    if not configs:
+        return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
+    if ctx.plan.workload.mode != "train":
+        raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
+    n = len(configs)
+    keys: dict[tuple, int] = {}
+    pairs: dict[tuple[int, int], int] = {}
+    group_of, pair_of = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for i, c in enumerate(configs):
+        g = keys.setdefault(group_key(ctx, c), len(keys))
+        group_of[i] = g
+        pair_of[i] = pairs.setdefault((g, c.dp), len(pairs))
+    firsts: dict[int, Config] = {}
+    for i, c in enumerate(configs):
+        firsts.setdefault(int(group_of[i]), c)
+    groups = [_group(ctx, firsts[g]) for g in range(len(keys))]
+    cols = _combine(ctx, configs, groups, group_of, pair_of, list(pairs))
+    return PricedTable(configs, cols, [groups[g].error for g in group_of.tolist()])
+
+
+def _group(ctx, c: Config) -> _Group:
+    """A group's shared numbers from the cost model's scalar functions (train_work, memory terms)."""
+    w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
+    plan = c.plan()
+    memory = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st) for st in memory_stages(w, plan)]
+    cluster = hw.cluster(c.n_devices)  # off a torus only its device, fabric and devices per node matter here
+    whole = len(group_key(ctx, c)) > GROUP_FIELDS
+    try:
+        work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
+    except CostModelError as exc:
+        return _Group(plan, cluster.fabric, None, 1, [], memory, str(exc))
+    fabric = cluster.fabric
+    elem = DTYPE_BYTES[w.dtype]
+    steps, slot_of, alike = [], {}, {}
+    for index, st in enumerate(work.stages):
+        sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
+        if (id(st), sync) in slot_of:  # equal stages: the first stands for them (the first of equals), counted
+            row = slot_of[(id(st), sync)]
+            steps[row] = steps[row][:-1] + (steps[row][-1] + 1,)
+            continue
+        slot_of[(id(st), sync)] = len(steps)
+        if id(st) not in alike:
+            compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
+            params, trainable = stage_params(w, ctx.profile, ctx.sharing, plan, index)
+            share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
+            alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable, share, work.grad_bytes(st),
+                             work.param_bytes(st), params * elem)
+        steps.append((index, *alike[id(st)], sync, 1))
+    return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps, memory)
+
+
+def _slots(groups: list[_Group], attr: str, fields: tuple[str, ...],
+           group_of: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Per stage slot (the k-th distinct stage of each group), each field as a column over the rows; a group
+    with fewer stages gets an empty stage (zeros: never the busiest, never the largest)."""
+    width = max(len(getattr(g, attr)) for g in groups)
+    out = []
+    for k in range(width):
+        table = np.zeros((len(groups), len(fields)))
+        for gi, g in enumerate(groups):
+            items = getattr(g, attr)
+            if k < len(items):
+                item = items[k]
+                table[gi] = item if isinstance(item, tuple) else [getattr(item, f) for f in fields]
+        out.append({f: table[group_of, j] for j, f in enumerate(fields)})
+    return out
+
+
+def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.ndarray, pair_of: np.ndarray,
+             pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Every row at once: the cost model's array-generic formulas over columns (module docstring)."""
+    w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
+    n = len(configs)
+
+    def get(attr: str) -> np.ndarray:
+        return np.fromiter((getattr(c, attr) for c in configs), dtype=np.int64, count=n)
+    dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
+    v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
+    schedule = np.array([c.schedule for c in configs])
+    out: dict[str, np.ndarray] = {}
+    # memory: the busiest stage (the first of equals), as memory_breakdown
+    best_total = None
+    for slot in _slots(groups, "memory", MEMORY_FIELDS, group_of):
+        terms = StageMemoryTerms(kind="", train=True,
+                                 **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
+        held = in_flight_microbatches(schedule, pp, m, v, slot["index"])
+        parts = stage_memory(terms, zero, dp, dp, held)  # zero_dp = dp: the planner's plans span no slices
+        total = parts["params"] + parts["grads"] + parts["optimizer"] + parts["activations"] + parts["kv_cache"]
+        if best_total is None:
+            out.update(parts)
+            best_total = total
+            continue
+        larger = total > best_total
+        out.update({k: np.where(larger, v, out[k]) for k, v in parts.items()})
+        best_total = np.where(larger, total, best_total)
+    assert best_total is not None
+    cap = hw.capacity
+    out["memory_bytes"] = best_total
+    out["fits"] = (best_total <= cap) if cap else np.ones(n, dtype=bool)
+    out["power_w"] = devices * hw.device.max_power_w
+    # step
+    rates = device_rates(hw.cluster(1), w.dtype)
+    hides = hw.device.overlaps_communication
+    optimizer_bytes, optimizer_ops = _optimizer_totals(ctx.profile)
+    shard = optimizer_shard(dp, zero)
+    fraction = bubble_fraction(schedule, pp, m, v)
+    parts_list = []
+    for slot in _slots(groups, "steps", STEP_FIELDS, group_of):
+        times = _dp_times(groups, pairs, slot, group_of, pair_of)
+        reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
+        gather = np.where(((zero == 1) | (zero == 2)) & (dp > 1), times["gather"], 0.0)
+        zero3_mb = np.where(zero >= 3, times["zero3"], 0.0)
+        parts_list.append((slot["index"].astype(np.int64), StageParts(
+            slot["compute_mb"], slot["comm_mb"],
+            data_parallel_exposed(zero, m, hides, True, slot["compute_mb"], slot["backward_mb"], zero3_mb, reduce,
+                                  gather),
+            accumulate_time(rates, slot["trainable"], m, w.dtype, options),
+            slot["sync"],
+            optimizer_step_time(rates, slot["trainable"], shard, w.dtype, options,
+                                (optimizer_bytes * slot["share"], optimizer_ops * slot["share"])),
+            slot["copies"])))
+    t = combine_stages(m, fraction, pp, parts_list)
+    step = t.compute + t.comm + t.bubble + t.other  # StepTimes.step
+    energy = step_energy_j(hw.device, devices, step, busy_s=t.compute + t.other)
+    mfu = ctx.profile.model_flops_per_step / step / devices / rates.peak_flops
+    metrics = goal_metrics(ctx.plan, devices, hw.usd_per_device_hour, step, energy, None)
+    priced = out["fits"] & np.array([not groups[g].error for g in range(len(groups))])[group_of]
+    for k, val in dict(step_time_s=step, compute_time_s=t.compute, comm_time_s=t.comm, bubble_time_s=t.bubble,
+                       other_time_s=t.other, mfu=mfu, **metrics).items():
+        out[k] = np.where(priced, val, np.nan)
+    return out
+
+
+def _dp_times(groups: list[_Group], pairs: list[tuple[int, int]], slot: dict[str, np.ndarray],
+              group_of: np.ndarray, pair_of: np.ndarray) -> dict[str, np.ndarray]:
+    """Each data-parallel collective of one stage slot, priced once per (group, dp) (`Comm.time`, cached)."""
+    first_row = np.full(len(pairs), -1)
+    first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
+    names = ("all-reduce", "reduce-scatter", "gather", "zero3")
+    table = np.zeros((len(pairs), len(names)))
+    for p, (g, d) in enumerate(pairs):
+        grp = groups[g]
+        if grp.error:
+            continue
+        r = first_row[p]
+        group = grp.dp_group or Groups.of(replace(grp.plan, dp=d), grp.node).dp  # the cost model's placement
+        grads, weights, gathered = float(slot["grads"][r]), float(slot["weights"][r]), float(slot["gathered"][r])
+        f = grp.fabric
+        rs = Comm("reduce-scatter", grads, group).time(f)
+        table[p] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
+                    Comm("all-gather", weights, group, 2).time(f) + rs)
+    return {name: table[pair_of, j] for j, name in enumerate(names)}

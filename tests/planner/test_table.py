@@ -1,0 +1,100 @@
+"""The table pricing (planner.table, numpy columns over the candidates) against the scalar path
+(search.evaluate, one configuration at a time): the same numbers, to 1e-9, on every priced column."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmsim.planner.search import Context, evaluate, search, sharing_choice, workload_profile
+from llmsim.planner.space import axes_of, chains, groups
+from llmsim.planner.table import MEMORY_PARTS, PRICED, price_table
+from tests.planner.helpers import hardware, small_catalog, small_plan
+
+SAMPLE = 2500  # random configurations per case, over all its hardware choices
+
+
+def _space(plan, hw) -> list:
+    axes = axes_of(plan, hw.devices_per_node)
+    return [c for g in groups(plan, hw.name, hw.devices_per_node, axes) for chain in chains(plan, g, axes)
+            for c in chain]
+
+
+def _compare(plan) -> int:
+    """Price a random sample of the plan's space both ways; returns how many configurations were compared."""
+    catalog = small_catalog()
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    rng = random.Random(0)
+    compared = 0
+    for hw in hardware(plan, catalog):
+        space = _space(plan, hw)
+        sample = rng.sample(space, min(len(space), SAMPLE // len(plan.hardware)))
+        rng.shuffle(sample)  # groups interleaved: the table must not rely on order
+        ctx = Context(plan, hw, profile, sharing)
+        table = price_table(ctx, sample)
+        cols = table.columns
+        for i, c in enumerate(sample):
+            e = evaluate(ctx, c)
+            assert bool(cols["fits"][i]) == (e.limits != ("memory",)), c.name
+            assert (table.error[i] != "") == (e.limits == ("error",)), c.name
+            expected: dict[str, Any] = {"memory_bytes": e.memory_bytes, "power_w": e.power_w, **e.memory_detail}
+            expected.update({k: getattr(e, k) for k in PRICED})
+            for k, want in expected.items():
+                got = cols[k][i]
+                if want is None:
+                    assert math.isnan(got), (c.name, k, got)
+                else:
+                    assert got == pytest.approx(want, rel=1e-9, abs=0.0), (hw.name, c.name, k)
+            compared += 1
+    return compared
+
+
+def test_table_agrees_with_scalar_on_random_configurations() -> None:
+    """bf16 training of a 6-layer model (uneven pipeline splits), tied embeddings, on a GPU that overflows,
+    an A100 and a TPU v4 torus (each configuration its own group there)."""
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
+                      sharing={"tie_embeddings": True},
+                      hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4},
+                                {"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8},
+                                {"name": "tpu-v4"}],
+                      limits={"max_devices": 64, "memory_headroom": 0.0, "max_power_w": 9000.0},
+                      search={"cp": [1, 2], "virtual_stages": [2, 3]})
+    assert _compare(plan) >= 2000
+
+
+def test_table_agrees_with_scalar_for_float8() -> None:
+    fp8 = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8,
+                               "dtype": "float8"},
+                     hardware=[{"name": "h100-sxm", "usd_per_device_hour": 3.0}],
+                     limits={"max_devices": 32, "memory_headroom": 0.0})
+    assert _compare(fp8) > 100
+
+
+def test_search_prices_inference_row_by_row() -> None:
+    prefill = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "prefill", "batch": 8},
+                         goal={"tokens_per_s": 1e6}, limits={"max_devices": 16, "memory_headroom": 0.0})
+    hw = hardware(prefill, small_catalog())
+    rows, _ = search(prefill, hw, pricing="table")
+    assert [(e.config, e.step_time_s) for e in rows] == \
+        [(e.config, e.step_time_s) for e in search(prefill, hw, pricing="scalar")[0]]
+    with pytest.raises(ValueError, match="row by row"):
+        price_table(Context(prefill, hw[0], workload_profile(prefill.workload, sharing_choice(prefill)),
+                            sharing_choice(prefill)), [rows[0].config])
+
+
+def test_search_rows_are_the_same_both_ways() -> None:
+    plan = small_plan(limits={"max_devices": 16, "memory_headroom": 0.0})
+    hw = hardware(plan, small_catalog())
+    table_rows, table_stats = search(plan, hw, pricing="table")
+    scalar_rows, scalar_stats = search(plan, hw, pricing="scalar")
+    assert [e.config for e in table_rows] == [e.config for e in scalar_rows]
+    assert [(e.feasible, e.reason, e.limits) for e in table_rows] == \
+        [(e.feasible, e.reason, e.limits) for e in scalar_rows]
+    assert np.allclose([e.shortfall for e in table_rows], [e.shortfall for e in scalar_rows], rtol=1e-9, atol=0)
+    table_stats.seconds = scalar_stats.seconds = 0.0
+    assert table_stats == scalar_stats
