@@ -33,7 +33,9 @@ MAX_VALUES = 100_000
 
 
 class _Limited(yaml.SafeLoader):
-    """The safe loader, refusing to compose nodes deeper than MAX_DEPTH (it composes recursively)."""
+    """The safe loader, refusing to compose nodes deeper than MAX_DEPTH (it composes recursively) and to
+    construct a mapping that repeats a key (PyYAML keeps the last silently; YAML 1.2 section 3.2.1.1 says
+    the keys of a mapping are unique)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -50,9 +52,34 @@ class _Limited(yaml.SafeLoader):
             self._depth -= 1
 
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Before SafeConstructor's flatten_mapping folds in merge keys (`<<: *base`): a key the mapping
+        # states itself may override a merged one, that is what merging is for; stating it twice may not.
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeConstructor reports it below
+                    continue
+                if first is not key_node.start_mark:
+                    raise _Duplicate(key_node.start_mark, key, first)
+        return super().construct_mapping(node, deep)
+
+
 class _TooDeep(Exception):
     def __init__(self, mark: yaml.Mark) -> None:
         self.mark = mark
+
+
+class _Duplicate(Exception):
+    def __init__(self, mark: yaml.Mark, key: Any, first: yaml.Mark) -> None:
+        self.mark = mark
+        self.key = key
+        self.first = first
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -118,6 +145,12 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
             raise ScenarioError(file, key, f"stands for more than {MAX_VALUES:,} values once aliases are expanded "
                                            f"(a scenario has about a hundred)")
         return loader.construct_document(node)
+    except _Duplicate as exc:
+        one = "\n" not in text.strip()  # a --set value is one line: its column says where
+        where = f"column {exc.mark.column + 1}" if one else f"line {exc.mark.line + 1}"
+        first = f"column {exc.first.column + 1}" if one else f"line {exc.first.line + 1}"
+        raise ScenarioError(file, key, f"{where}: duplicate key {exc.key!r} (first at {first}); a key may appear "
+                                       f"once in a mapping (YAML would silently keep the last)") from None
     except _TooDeep as exc:
         raise ScenarioError(file, key, f"line {exc.mark.line + 1}, column {exc.mark.column + 1}: nested more "
                                        f"than {MAX_DEPTH} levels deep (a scenario is about 6)") from None

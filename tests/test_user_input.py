@@ -147,3 +147,38 @@ def test_no_internal_pydantic_name_reaches_a_message(capsys, override: str) -> N
     for internal in ("constrained", "function-after", "function-before", "list[", "union", "url"):
         assert internal not in err, err
     assert err.startswith(f"{QUICKSTART}: {override.split('=')[0]}"), err
+
+
+# -- a key written twice (issue 15 leftovers: PyYAML silently keeps the last) ------------------------------
+
+@pytest.mark.parametrize("text, line, key, first", [
+    (HEAD + "seed: 1\nseed: 2\n", 4, "seed", 3),
+    ("name: x\nworkload:\n  model: {preset: tiny}\n  batch: 2\n  mode: train\n  batch: 4\n", 6, "batch", 4),
+    # in a flow mapping, and in a list element
+    (HEAD + "strategies: [{name: a, tp: 1, tp: 2}]\n", 3, "tp", 3),
+])
+def test_a_duplicate_key_is_one_line_naming_file_line_and_key(tmp_path: Path, capsys, text: str, line: int,
+                                                              key: str, first: int) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    for argv in (["validate", str(path)], ["plan", str(path)], ["hardware", "--hardware", str(path)]):
+        err = one_line_error(capsys, argv)
+        assert err.startswith(f"{path}: line {line}: duplicate key {key!r} (first at line {first})"), (argv, err)
+
+
+def test_a_duplicate_key_in_a_set_value_is_one_line(capsys) -> None:
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "workload.model={preset: tiny, preset: x}"])
+    assert err.startswith(f"{QUICKSTART}: workload.model: column 16: duplicate key 'preset' (first at column 2)")
+
+
+def test_merge_keys_may_still_be_overridden() -> None:
+    """`<<: *base` then a key of the base's: overriding a merged key is what merging is for, not a duplicate."""
+    data = parse_yaml("base: &b {tp: 1, pp: 2}\nthis: {<<: *b, tp: 4}\n", "f.yaml")
+    assert data["this"] == {"tp": 4, "pp": 2}
+
+
+def test_the_shipped_files_have_no_duplicate_key() -> None:
+    from llmsim.hardware import CATALOG_FILE
+
+    for path in [CATALOG_FILE, *sorted((REPO / "scenarios").glob("*.yaml"))]:
+        read_yaml(path)

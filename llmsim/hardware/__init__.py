@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
@@ -190,12 +189,12 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
 
 def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tuple[str, dict]] | None = None) -> Catalog:
     """Built-ins, then user files, then plugin entries. A name defined twice is an error."""
+    from llmsim.userinput import read_yaml  # the built-in file too: a key written twice in it is an error
+
     devices: dict[str, DeviceSpec] = {}
     links: dict[str, LinkSpec] = {}
-    sources: list[tuple[str, object]] = [(str(CATALOG_FILE), yaml.safe_load(CATALOG_FILE.read_text()))]
+    sources: list[tuple[str, object]] = [(str(CATALOG_FILE), read_yaml(CATALOG_FILE))]
     for path in extra_files or []:
-        from llmsim.userinput import read_yaml
-
         sources.append((str(path), read_yaml(path)))
     for plugin, entry in plugin_entries or []:
         sources.append((f"plugin {plugin}", {"entries": [entry]}))
