@@ -89,6 +89,11 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             raise ScenarioError(file, f"backends.{name}.{exc.key}" if exc.key else f"backends.{name}",
                                 exc.message) from None
         sweeps[name] = cls.sweep(settings)
+        suffixes = [suffix for suffix, _ in sweeps[name]]
+        repeated = sorted({s for s in suffixes if suffixes.count(s) > 1})
+        if repeated:  # a plugin's own sweep: the built-in lists (nodes, rates) refuse repeats when validated
+            raise ScenarioError(file, f"backends.{name}", f"the sweep has the point {repeated[0][1:] or 'as given'!r} "
+                                                          f"more than once; each point runs once")
         for _, point in sweeps[name]:
             problem = cls.check_settings(point, catalog)
             if problem:

@@ -39,3 +39,22 @@ class StrictModel(BaseModel):
                     raise ValueError(f"{name}: {str(value).lower()} is a boolean, not a value of this key "
                                      f"(YAML reads true/false/yes/no/on/off as booleans)")
         return data
+
+
+def sweep_repeats(values: list[Any]) -> str | None:
+    """The message for a sweep list that repeats a value (`nodes: [1, 1]`, `rate: [2, 2.0]`), or None.
+
+    A sweep runs one case per value, so a repeat would run and report the same case twice under one name;
+    it is refused rather than silently dropped, since a repeat is usually a typo for another value."""
+    seen: list[Any] = []
+    repeats: list[Any] = []
+    for v in values:  # a list, not a set: 2 and 2.0 are one rate, and the repeats keep the file's order
+        if v not in seen:
+            seen.append(v)
+        elif v not in repeats:
+            repeats.append(v)
+    if not repeats:
+        return None
+    said = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in repeats)
+    return (f"{said} {'is' if len(repeats) == 1 else 'are'} repeated; a sweep runs each value once "
+            f"(allowed: distinct values)")

@@ -120,3 +120,28 @@ def test_backend_settings_are_validated_by_the_plugin_model() -> None:
     registry, _ = _registry()
     with pytest.raises(ScenarioError, match=r"backends.fake.speed: unknown setting of backend 'fake'"):
         plan_cases(scenario, registry, "s.yaml")
+
+
+class Repeating(Fake):
+    """A plugin whose own sweep yields one point twice (the built-in lists refuse repeats when validated)."""
+
+    name = "repeating"
+
+    @classmethod
+    def sweep(cls, settings):
+        return [("@x=1", settings), ("@x=2", settings), ("@x=1", settings)]
+
+
+def test_a_sweep_that_repeats_a_point_is_refused_before_anything_runs() -> None:
+    manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+    class Plugin:
+        @hookimpl
+        def llmsim_backends(self):
+            return [Repeating]
+
+    manager.register(Plugin(), name="repeating")
+    scenario = parse_scenario(dict(TINY_SCENARIO, backends={"repeating": {}}))
+    with pytest.raises(ScenarioError, match=r"^s.yaml: backends.repeating: the sweep has the point 'x=1' more than "
+                                            r"once; each point runs once$"):
+        plan_cases(scenario, BackendRegistry.from_manager(manager), "s.yaml")

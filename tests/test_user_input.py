@@ -182,3 +182,18 @@ def test_the_shipped_files_have_no_duplicate_key() -> None:
 
     for path in [CATALOG_FILE, *sorted((REPO / "scenarios").glob("*.yaml"))]:
         read_yaml(path)
+
+
+# -- a sweep list that repeats a value (issue 15 leftovers: `nodes: [1, 1]` ran the same case twice) --------
+
+@pytest.mark.parametrize("path, override, key, said", [
+    (QUICKSTART, "backends.roofline.nodes=[1, 2, 1]", "backends.roofline.nodes", "[1, 2, 1]: 1 is repeated"),
+    (QUICKSTART, "backends.roofline.nodes=[1, 1]", "backends.roofline.nodes", "[1, 1]: 1 is repeated"),
+    (REPO / "scenarios" / "serve-8b.yaml", "serving.arrival.rate=[2, 4, 2.0, 4]", "serving.arrival.rate",
+     "[2, 4, 2.0, 4]: 2, 4 are repeated"),
+])
+def test_a_sweep_list_that_repeats_a_value_is_one_line(capsys, path: Path, override: str, key: str,
+                                                       said: str) -> None:
+    for verb in ("validate", "run"):
+        err = one_line_error(capsys, [verb, str(path), "--set", override])
+        assert err == f"{path}: {key}: {said}; a sweep runs each value once (allowed: distinct values)", err

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from llmsim.strict import StrictModel
+from llmsim.strict import StrictModel, sweep_repeats
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -128,6 +128,9 @@ class Arrival(_Strict):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
             raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s, or a non-empty list of them (a sweep)")
+        repeats = sweep_repeats(values)
+        if repeats:
+            raise ValueError(f"{value!r}: {repeats}")
         return value
 
     @model_validator(mode="after")
