@@ -13,6 +13,7 @@ needs (the numbers below) and far below where those failures begin.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,43 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ScenarioError(str(path), None, "expected a mapping at the top level (name:, workload:, ...)")
     return data
+
+
+_SEGMENT = re.compile(r"[^.\[\]=\s]+")     # a key: anything but the path's own punctuation and blanks
+_INDEX = re.compile(r"\[(-?\d+)\]")
+
+
+def override_path(key: str, file: str | None) -> list[str | int]:
+    """The parts of a `--set` key (`strategies[0].tp` -> ['strategies', 0, 'tp']), or a one-line
+    ScenarioError that says what is wrong where: an empty segment (`workload..batch`, a leading or
+    trailing dot), a bracket that is not `[N]` or `[-N]`. Whether an index exists is checked where it is used
+    (apply_overrides), which refuses a negative one too, naming the index to write."""
+    parts: list[str | int] = []
+    pos = 0
+    while pos < len(key):
+        if key[pos] == "[":
+            m = _INDEX.match(key, pos)
+            if m is None:
+                raise ScenarioError(file, key, f"--set: {key[pos:]!r} at column {pos + 1}: a list index is [N], a "
+                                               f"whole number from 0 (e.g. strategies[0].tp)")
+            if not parts:
+                raise ScenarioError(file, key, "--set: a key starts with a name, not a list index (e.g. "
+                                               "strategies[0].tp)")
+            parts.append(int(m.group(1)))  # a negative one is refused where the list's length is known
+            pos = m.end()
+            continue
+        if parts:  # after a name or an index: a dot, then the next name
+            if key[pos] != ".":
+                raise ScenarioError(file, key, f"--set: {key[pos]!r} at column {pos + 1}: expected '.' or '[' "
+                                               f"between the parts of a key (e.g. strategies[0].tp)")
+            pos += 1
+        m = _SEGMENT.match(key, pos)
+        if m is None:
+            what = "the end" if pos == len(key) else f"{key[pos]!r}"
+            raise ScenarioError(file, key, f"--set: empty part of the key at column {pos + 1} (before {what}); "
+                                           f"each part between dots is a name (e.g. workload.batch)")
+        parts.append(m.group())
+        pos = m.end()
+    if not parts:
+        raise ScenarioError(file, key or None, "--set: empty key (e.g. --set workload.batch=16)")
+    return parts

@@ -197,3 +197,31 @@ def test_a_sweep_list_that_repeats_a_value_is_one_line(capsys, path: Path, overr
     for verb in ("validate", "run"):
         err = one_line_error(capsys, [verb, str(path), "--set", override])
         assert err == f"{path}: {key}: {said}; a sweep runs each value once (allowed: distinct values)", err
+
+
+# -- --set paths are strict (issue 15 leftovers: `strategies[-1].tp` said "'-1' is not inside a mapping";
+# `workload..batch` was taken as workload.batch) ------------------------------------------------------------
+
+@pytest.mark.parametrize("key, message", [
+    ("strategies[-1].tp", "--set: [-1]: a list index counts from [0] at the start, negative indices are not "
+                          "supported; the last element of strategies is [0]"),
+    ("strategies[5].tp", "--set: no list element [5]: strategies has 1 element (allowed: [0] to [0])"),
+    ("workload..batch", "--set: empty part of the key at column 10 (before '.'); each part between dots is a name "
+                        "(e.g. workload.batch)"),
+    (".workload.batch", "--set: empty part of the key at column 1 (before '.')"),
+    ("workload.batch.", "--set: empty part of the key at column 16 (before the end)"),
+    ("strategies[x].tp", "--set: '[x].tp' at column 11: a list index is [N], a whole number from 0"),
+    ("strategies[0]tp", "--set: 't' at column 14: expected '.' or '[' between the parts of a key"),
+    ("[0].tp", "--set: a key starts with a name, not a list index"),
+    ("strategies.tp", "--set: 'tp' is not inside a mapping (strategies is a list: give an index, [0])"),
+    ("workload.batch[0]", "--set: [0]: workload.batch is not a list"),
+])
+def test_a_set_path_that_names_no_key_is_one_line(capsys, key: str, message: str) -> None:
+    for verb, path in (("validate", QUICKSTART), ("run", QUICKSTART)):
+        err = one_line_error(capsys, [verb, str(path), "--set", f"{key}=2"])
+        assert err.startswith(f"{path}: {key}: {message}"), err
+
+
+def test_a_set_path_with_an_empty_part_in_a_plan_is_one_line(capsys) -> None:
+    err = one_line_error(capsys, ["plan", str(PLAN), "--set", "limits..max_devices=8"])
+    assert err.startswith(f"{PLAN}: limits..max_devices: --set: empty part of the key at column 8"), err
