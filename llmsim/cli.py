@@ -26,21 +26,27 @@ from llmsim.wording import count
 err_console = Console(stderr=True)
 
 
-def _registry() -> tuple[BackendRegistry, object]:
+def _registry(warn: bool = True) -> tuple[BackendRegistry, object]:
     manager = get_plugin_manager()
     registry = BackendRegistry.from_manager(manager)
+    if warn:
+        _warn_broken(registry)
+    return registry, manager
+
+
+def _warn_broken(registry: BackendRegistry) -> None:
     for plugin, why in registry.broken.items():
         err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {escape(why)}[/]", highlight=False)
-    return registry, manager
 
 
 def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[Scenario, list[PlannedCase], object,
                                                                                BackendRegistry]:
     scenario = load_scenario(path, overrides)
-    registry, manager = _registry()
+    registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
+    _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry
 
 

@@ -54,6 +54,18 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         raise ScenarioError(file, where, f"{err.get('input')!r}: {msg}") from None
 
 
+def missing_backend(name: str, registry: BackendRegistry) -> str:
+    """Why no backend `name` is registered. A plugin whose entry point has that name (the convention: cpu =
+    llmsim_plugins.cpu) but failed to load or to register says so with its exception; otherwise the name is
+    unknown, and any plugin that failed to load is named, since it may be the one that provides it."""
+    why = registry.broken.get(name)
+    if why is not None:
+        return f"backend {name!r} is not usable: its plugin failed to load: {why.removeprefix('import failed: ')}"
+    broken = "; ".join(f"{plugin} ({why.removeprefix('import failed: ')})" for plugin, why in registry.broken.items())
+    return (f"unknown backend {name!r}; installed: {', '.join(registry.names) or 'none'}"
+            + (f"; plugins that failed to load (one may provide it): {broken}" if broken else ""))
+
+
 def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None) -> Catalog:
     """Built-in catalog + the scenario's `hardware_catalog` files + entries from plugins' hardware hook."""
     entries = list(manager.call_each("llmsim_hardware")) if manager is not None else []
@@ -75,9 +87,8 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     planned: list[PlannedCase] = []
     for name in backends:
         if name not in registry.backends:
-            installed = ", ".join(registry.names) or "none"
             key = f"backends.{name}" if name in scenario.backends else "--backend"
-            raise ScenarioError(file, key, f"unknown backend {name!r}; installed: {installed}")
+            raise ScenarioError(file, key, missing_backend(name, registry))
     catalog = catalog or build_catalog(scenario, scenario_dir)
     sweeps = {}
     for name, raw in backends.items():
