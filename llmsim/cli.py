@@ -85,6 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         Console(stderr=True, width=err_console.width if err_console.is_terminal else WIDTH).print(headline_table(frame))
     err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
                       highlight=False)
+    if outcome.interrupted:  # stop now: the figures take seconds, and --resume or `llmsim report` builds them
+        err_console.print(f"interrupted: the rows above are saved; finish with --resume (or build the report of "
+                          f"what is done with `llmsim report {escape(str(outcome.run_dir))}`)", highlight=False)
+        print(outcome.run_dir)
+        return EXIT_INTERRUPTED
     try:
         from llmsim.report.build import write_report
 
@@ -93,10 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err_console.print(f"[yellow]llmsim: warning: the report could not be built ({escape(type(exc).__name__)}: "
                           f"{escape(str(exc))}); results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]",
                           highlight=False)
-    if outcome.interrupted:
-        err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
     print(outcome.run_dir)
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    return 0
 
 
 def cmd_backends(args: argparse.Namespace) -> int:

@@ -563,7 +563,7 @@ def _describe(err: dict[str, Any]) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return f"{err.get('input')!r}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
-                                                              "bool", "float", "too_short")) else msg
+                                                              "bool", "float", "too_short", "finite")) else msg
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:

@@ -36,7 +36,7 @@ class ModeledSettings(BaseModel):
     """A catalog cluster (`nodes` x `devices_per_node` of `hardware`, joined by the two links) and the
     software choices the cost model cannot read off the scenario (costmodel.plan.Options)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)")
     nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(

@@ -25,6 +25,7 @@ from llmsim.environment import environment_record
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
+from llmsim import interrupt
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
 from llmsim.serving.requests import TraceError, read_trace
 from llmsim.serving.spec import ServingCase
@@ -219,13 +220,21 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     done = store.done()
     interrupted = False
     try:
-        for k, item in enumerate(planned, start=1):
-            key = (item.case.name, item.backend.name)
-            if key in done:
-                continue
-            if progress:
-                progress(k, len(planned), item)
-            store.add(_run_one(item, instances, context))
+        with interrupt.handling():
+            for k, item in enumerate(planned, start=1):
+                key = (item.case.name, item.backend.name)
+                if key in done:
+                    continue
+                if progress:
+                    progress(k, len(planned), item)
+                result = _run_one(item, instances, context)
+                # A Ctrl-C whose KeyboardInterrupt was lost on the way (llmsim.interrupt) still stops the run:
+                # a case that failed after it failed because of it (no row: --resume runs it); one that
+                # finished is kept.
+                if interrupt.requested() and result.status == "failed":
+                    raise KeyboardInterrupt
+                store.add(result)
+                interrupt.check()
     except KeyboardInterrupt:
         interrupted = True
     return RunOutcome(run_dir, len(store.rows), interrupted)

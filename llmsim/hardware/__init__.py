@@ -26,7 +26,7 @@ Source = Annotated[str, Field(min_length=3, description="datasheet, paper or mea
 class TorusSpec(BaseModel):
     """How a TPU's chips join into slices: a `dims`-dimensional torus of ICI links (costmodel.torus)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dims: Literal[2, 3] = Field(description="2 = 2D torus (v5e), 3 = 3D torus (v4, v5p)")
     wrap_multiple: int = Field(ge=1, description="a slice dimension gets wrap-around links when its length is a "
@@ -35,7 +35,7 @@ class TorusSpec(BaseModel):
 
 
 class DeviceSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     type: Literal["device"] = "device"
@@ -60,7 +60,7 @@ class DeviceSpec(BaseModel):
 
 
 class LinkSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     type: Literal["link"] = "link"

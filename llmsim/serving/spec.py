@@ -22,6 +22,7 @@ name against the installed plugins, the trace file) is checked by the runner bef
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -126,8 +127,10 @@ class Arrival(_Strict):
         if value is None:
             return value
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s, or a non-empty list of them (a sweep)")
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+                                 for v in values):  # nan fails every comparison
+            raise ValueError(f"{value!r}: allowed: a finite rate > 0 in requests/s, or a non-empty list of them (a "
+                             f"sweep)")
         repeats = sweep_repeats(values)
         if repeats:
             raise ValueError(f"{value!r}: {repeats}")
