@@ -225,3 +225,20 @@ def test_a_set_path_that_names_no_key_is_one_line(capsys, key: str, message: str
 def test_a_set_path_with_an_empty_part_in_a_plan_is_one_line(capsys) -> None:
     err = one_line_error(capsys, ["plan", str(PLAN), "--set", "limits..max_devices=8"])
     assert err.startswith(f"{PLAN}: limits..max_devices: --set: empty part of the key at column 8"), err
+
+
+# -- non-finite numbers (issue 15 leftovers: `arrival: {rate: .inf}` and .nan were accepted) -------------
+
+@pytest.mark.parametrize("override, key, said", [
+    ("serving.arrival.rate=.inf", "serving.arrival.rate", "inf: allowed: a finite rate > 0"),
+    ("serving.arrival.rate=.nan", "serving.arrival.rate", "nan: allowed: a finite rate > 0"),
+    ("serving.arrival.rate=[2, .inf]", "serving.arrival.rate", "[2, inf]: allowed: a finite rate > 0"),
+    ("serving.slo={ttft_s: .inf, tpot_s: 0.05}", "serving.slo.ttft_s", "inf: Input should be a finite number"),
+    ("serving.duration_s=.inf", "serving.duration_s", "inf: Input should be a finite number"),
+    ("serving.memory_utilization=.nan", "serving.memory_utilization", "nan: Input should be a finite number"),
+    ("backends.cluster.jitter=.nan", "backends.cluster.jitter", "nan: Input should be a finite number"),
+])
+def test_a_non_finite_number_is_one_line(capsys, override: str, key: str, said: str) -> None:
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    err = one_line_error(capsys, ["validate", str(path), "--set", override])
+    assert err.startswith(f"{path}: {key}: {said}"), err
