@@ -138,7 +138,7 @@ def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, pause_s:
     no further case started, no report built) and the rows already finished are in the folder."""
     scenario = {"name": "sigint-test", "workload": {"model": {"preset": "tiny"}, "batch": 2, "dtype": "float32"},
                 "strategies": [{"name": f"s{i}"} for i in range(4)],
-                "backends": {"cpu": {"steps": 200, "warmup": 1}}}
+                "backends": {"cpu": {"steps": 60, "warmup": 1}}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
     proc = subprocess.Popen([sys.executable, "-m", "llmsim", "run", str(path), "--out", str(tmp_path / "out")],
