@@ -36,7 +36,8 @@ def _registry(warn: bool = True) -> tuple[BackendRegistry, object]:
 
 def _warn_broken(registry: BackendRegistry) -> None:
     for plugin, why in registry.broken.items():
-        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {escape(why)}[/]", highlight=False)
+        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {escape(why)}[/]",
+                          highlight=False)
 
 
 def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[Scenario, list[PlannedCase], object,

@@ -24,8 +24,8 @@ def _accepts_bool(annotation: Any) -> bool:
 
 
 class StrictModel(BaseModel):
-    """extra="forbid", frozen, finite floats; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1 (pydantic's lax
-    mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""
+    """extra="forbid", frozen, finite floats; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1
+    (pydantic's lax mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""
 
     # allow_inf_nan=False: YAML reads .inf and .nan as floats; no key of a scenario, plan or serving block means
     # anything by them (`rate: .inf` passed `> 0` and `.nan` compares false with every bound)

@@ -230,9 +230,9 @@ def test_a_set_path_with_an_empty_part_in_a_plan_is_one_line(capsys) -> None:
 # -- non-finite numbers (issue 15 leftovers: `arrival: {rate: .inf}` and .nan were accepted) -------------
 
 @pytest.mark.parametrize("override, key, said", [
-    ("serving.arrival.rate=.inf", "serving.arrival.rate", "inf: allowed: a finite rate > 0"),
-    ("serving.arrival.rate=.nan", "serving.arrival.rate", "nan: allowed: a finite rate > 0"),
-    ("serving.arrival.rate=[2, .inf]", "serving.arrival.rate", "[2, inf]: allowed: a finite rate > 0"),
+    ("serving.arrival.rate=.inf", "serving.arrival.rate", "inf: allowed: a rate > 0 in requests/s (finite)"),
+    ("serving.arrival.rate=.nan", "serving.arrival.rate", "nan: allowed: a rate > 0 in requests/s (finite)"),
+    ("serving.arrival.rate=[2, .inf]", "serving.arrival.rate", "[2, inf]: allowed: a rate > 0 in requests/s (finite)"),
     ("serving.slo={ttft_s: .inf, tpot_s: 0.05}", "serving.slo.ttft_s", "inf: Input should be a finite number"),
     ("serving.duration_s=.inf", "serving.duration_s", "inf: Input should be a finite number"),
     ("serving.memory_utilization=.nan", "serving.memory_utilization", "nan: Input should be a finite number"),

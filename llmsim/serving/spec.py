@@ -129,8 +129,8 @@ class Arrival(_Strict):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
                                  for v in values):  # nan fails every comparison
-            raise ValueError(f"{value!r}: allowed: a finite rate > 0 in requests/s, or a non-empty list of them (a "
-                             f"sweep)")
+            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s (finite), or a non-empty list of them "
+                             f"(a sweep)")
         repeats = sweep_repeats(values)
         if repeats:
             raise ValueError(f"{value!r}: {repeats}")
