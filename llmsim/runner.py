@@ -236,6 +236,8 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
                 task = ModeledCaseTask(context.catalog, run_dir)
                 try:
                     for i, result in executor.as_completed(task, modeled):
+                        if interrupt.requested() and result.status == "failed":
+                            raise KeyboardInterrupt  # as below: it failed because of the Ctrl-C
                         store.add(result)
                         k += 1
                         if progress:
