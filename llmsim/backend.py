@@ -52,7 +52,7 @@ class Case(BaseModel):
             values.update(tpot_s=None)
         base: dict[str, Any] = dict(
             scenario=self.scenario, case=self.name, backend=backend.name, kind=backend.kind,
-            strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, sp=s.sp, zero=s.zero,
+            strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, ep=lay.ep, etp=lay.etp, sp=s.sp, zero=s.zero,
             micro_batch=lay.micro_batch, microbatches=lay.microbatches, schedule=s.schedule,
             recompute=s.recompute, stage_layers=describe_split(lay.stage_layers) if lay.stage_layers else None,
             n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,

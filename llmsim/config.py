@@ -41,6 +41,38 @@ class _Strict(StrictModel):
     """Unknown keys refused, values frozen, no boolean for a number (llmsim.strict)."""
 
 
+class MoeSpec(_Strict):
+    """Mixture-of-experts layers (docs/moe.md): a router picks `top_k` of `experts` routed expert MLPs per
+    token (Shazeer et al. 2017; Switch Transformer, Fedus et al. 2021; GShard, Lepikhin et al. 2020)."""
+
+    experts: int = Field(ge=2, description="routed experts per MoE layer")
+    top_k: PositiveInt = Field(2, description="experts per token (1 <= top_k <= experts)")
+    expert_ffn_hidden: PositiveInt | None = Field(None, description="width of each routed expert's (gated) MLP; "
+                                                                    "default the model's ffn_hidden")
+    shared_experts: NonNegativeInt = Field(0, description="always-active experts per MoE layer (DeepSeekMoE)")
+    shared_expert_ffn_hidden: PositiveInt | None = Field(None, description="width of each shared expert; "
+                                                                           "default expert_ffn_hidden")
+    layer_freq: PositiveInt = Field(1, description="layer i is MoE when i % layer_freq == 0 (Megatron "
+                                                   "--moe-layer-freq)")
+    first_dense_layers: NonNegativeInt = Field(0, description="the first n layers are dense (DeepSeek "
+                                                              "first_k_dense_replace)")
+    norm_topk_prob: bool = Field(True, description="renormalise the top-k gate weights to sum to 1 "
+                                                   "(Mixtral, Qwen3: true; OLMoE: false)")
+    aux_loss_coeff: float = Field(0.01, ge=0, description="Switch/GShard load-balancing loss coefficient "
+                                                          "(0 = none)")
+    capacity_factor: float | None = Field(None, gt=0, description="null = dropless; a number caps each expert "
+                                          "at ceil(cf * tokens * top_k / experts) tokens (dropped ones pass "
+                                          "through the residual)")
+    load_imbalance: float | None = Field(None, ge=1, description="cost model only: busiest expert's tokens / "
+                                         "mean; null = derived from routing statistics")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoeSpec":
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts} (allowed: 1..{self.experts})")
+        return self
+
+
 class ModelSpec(_Strict):
     """The Transformer's shape. A `preset` fills every field; explicit fields override it."""
 
@@ -51,8 +83,10 @@ class ModelSpec(_Strict):
     kv_heads: PositiveInt | None = Field(None, description="< heads = grouped-query attention; default heads")
     head_dim: PositiveInt | None = Field(None, description="width of one attention head; default hidden/heads "
                                                            "(Qwen3, Gemma state a different one)")
-    qk_norm: bool = Field(False, description="RMSNorm over each query and key head (weights of head_dim), "
-                                             "as in Qwen3")
+    qk_norm: bool | Literal["head", "projection"] = Field(
+        False, description="RMSNorm of queries and keys: true or head = over each head (weights of head_dim, "
+                           "Qwen3); projection = over the whole q and k projections (weights of heads*head_dim "
+                           "and kv_heads*head_dim, OLMoE)")
     ffn_hidden: PositiveInt | None = Field(None, description="default 4*hidden")
     vocab: PositiveInt
     seq_len: PositiveInt
@@ -69,6 +103,14 @@ class ModelSpec(_Strict):
     tie_embeddings: bool = Field(True, description="the published convention; sharing.tie_embeddings overrides")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training only: attention probabilities and the "
                                                             "attention-out and MLP-out residual branches")
+    moe: MoeSpec | None = Field(None, description="mixture-of-experts layers (docs/moe.md); null = dense")
+
+    @field_validator("qk_norm", mode="before")
+    @classmethod
+    def _qk_norm_choice(cls, value: Any) -> Any:
+        if value is True or value is False or value in ("head", "projection"):
+            return value
+        raise ValueError(f"{value!r}: allowed: false, true (= head), head, projection")
 
     @model_validator(mode="before")
     @classmethod
@@ -77,7 +119,10 @@ class ModelSpec(_Strict):
             name = data["preset"]
             if name not in PRESETS:
                 raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-            data = {**PRESETS[name], **data}
+            merged = {**PRESETS[name], **data}
+            if isinstance(PRESETS[name].get("moe"), dict) and isinstance(data.get("moe"), dict):
+                merged["moe"] = {**PRESETS[name]["moe"], **data["moe"]}  # moe keys override one by one
+            data = merged
         return data
 
     @model_validator(mode="after")
@@ -94,11 +139,41 @@ class ModelSpec(_Strict):
                 raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads} "
                                  f"(or state head_dim)")
             fill["head_dim"] = self.hidden // self.heads
+        if self.moe is not None and self.moe.expert_ffn_hidden is None:
+            fill["moe"] = self.moe.model_copy(update={"expert_ffn_hidden": fill.get("ffn_hidden", self.ffn_hidden)})
         for k, v in fill.items():
             object.__setattr__(self, k, v)
         if self.heads % self.kv_heads:  # type: ignore[operator]
             raise ValueError(f"heads={self.heads} must be divisible by kv_heads={self.kv_heads}")
+        if self.moe is not None and not self.moe_layers:
+            raise ValueError(f"moe: no layer is a mixture of experts (first_dense_layers="
+                             f"{self.moe.first_dense_layers} with layers={self.layers}; allowed: first_dense_layers "
+                             f"< {self.layers})")
         return self
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Layer `layer` (0-based) is a mixture of experts: layer >= first_dense_layers and layer % layer_freq
+        == 0 (DeepSeek-V3's modeling code: first_k_dense_replace and moe_layer_freq; Megatron-Core's
+        --moe-layer-freq k is the pattern [1 if i % k == 0 else 0])."""
+        m = self.moe
+        return m is not None and layer >= m.first_dense_layers and layer % m.layer_freq == 0
+
+    @property
+    def moe_layers(self) -> int:
+        """MoE layers in the full depth (0 for a dense model)."""
+        return sum(self.is_moe_layer(i) for i in range(self.layers)) if self.moe is not None else 0
+
+    @property
+    def expert_ffn(self) -> int:
+        """Width of one routed expert (moe.expert_ffn_hidden, filled by validation)."""
+        assert self.moe is not None and self.moe.expert_ffn_hidden is not None
+        return self.moe.expert_ffn_hidden
+
+    @property
+    def shared_expert_ffn(self) -> int:
+        """Width of one shared expert (moe.shared_expert_ffn_hidden, default the routed experts' width)."""
+        assert self.moe is not None
+        return self.moe.shared_expert_ffn_hidden or self.expert_ffn
 
     @property
     def head_width(self) -> int:
@@ -317,6 +392,13 @@ class Strategy(_Strict):
                                      "--account-for-embedding-in-pipeline-split)")
     loss_as_layer: bool = Field(False, description="count the LM head and loss as a layer in the even split: the "
                                 "last stage holds one layer fewer (Megatron-LM --account-for-loss-in-pipeline-split)")
+    ep: PositiveInt = Field(1, description="expert parallelism: routed experts split over ep ranks, carved out "
+                                           "of the dp x cp (x tp) ranks as Megatron-Core does; MoE models only")
+    etp: PositiveInt | None = Field(None, description="expert tensor parallelism: each expert's MLP split over "
+                                    "etp ranks; null = tp (Megatron-Core's default); MoE models only")
+    ep_comm_overlap: bool = Field(False, description=(
+        "the dispatch/combine all-to-all overlapped with computation (Megatron-Core "
+        "--overlap-moe-expert-parallel-comm, DeepSeek's dual micro-batch overlap); needs ep > 1"))
     sharing: Sharing | None = Field(None, description="override the scenario's sharing for this strategy "
                                                       "(keys given here replace the scenario's)")
 
@@ -324,6 +406,11 @@ class Strategy(_Strict):
     def model_parallel(self) -> int:
         """Devices one model replica spans (tp*pp*cp)."""
         return self.tp * self.pp * self.cp
+
+    @property
+    def expert_tp(self) -> int:
+        """The expert tensor-parallel size: etp, or tp when unset (Megatron-Core's default)."""
+        return self.etp if self.etp is not None else self.tp
 
     @property
     def m_submodels(self) -> int:
@@ -378,8 +465,38 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
         return e.key, e.message
     if m.seq_len % s.cp:
         return "cp", f"{s.cp} does not divide seq_len={m.seq_len}"
+    problem = check_expert_parallel(s, m)
+    if problem:
+        return problem
     if s.cp > 1 and w.mode == "decode":
         return "cp", "context parallelism splits a long prompt; decode generates one token at a time (use cp: 1)"
+    return None
+
+
+def check_expert_parallel(s: Strategy, m: ModelSpec) -> Problem:
+    """Expert-parallel rules that need only the file: ep and etp on a dense model, ep dividing the experts,
+    etp dividing the expert widths. That ep*etp divides the tp*cp*dp ranks it is carved from needs dp: it is
+    checked with the device count (llmsim.strategy.resolve_layout)."""
+    if m.moe is None:
+        if s.ep > 1:
+            return "ep", (f"{s.ep}: expert parallelism needs a mixture-of-experts model (workload.model.moe); "
+                          f"this one is dense (allowed: 1)")
+        if s.etp is not None:
+            return "etp", (f"{s.etp}: expert tensor parallelism needs a mixture-of-experts model "
+                           f"(workload.model.moe); omit etp for a dense model")
+    if s.ep_comm_overlap and s.ep == 1:
+        return "ep_comm_overlap", "overlaps the expert-parallel all-to-all; it needs ep > 1"
+    if m.moe is None:
+        return None
+    if m.moe.experts % s.ep:
+        return "ep", f"{s.ep} does not divide experts={m.moe.experts} (allowed: {_divisors(m.moe.experts)})"
+    if m.expert_ffn % s.expert_tp:
+        return ("etp" if s.etp is not None else "tp"), (f"{s.expert_tp} (the expert tensor-parallel size) does not "
+                                                        f"divide moe.expert_ffn_hidden={m.expert_ffn}")
+    # Shared experts are a dense MLP of the tensor-parallel group (Megatron-Core SharedExpertMLP).
+    if m.moe.shared_experts and (m.moe.shared_experts * m.shared_expert_ffn) % s.tp:
+        return "tp", (f"{s.tp} does not divide the shared experts' width moe.shared_experts * "
+                      f"shared_expert_ffn_hidden = {m.moe.shared_experts * m.shared_expert_ffn}")
     return None
 
 
@@ -402,6 +519,13 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
                                 f"(allowed: {_divisors(m.layers)})")
+    if sharing.layer_groups is not None and m.moe is not None:
+        k = sharing.layer_groups
+        mixed = next((i for i in range(m.layers) if m.is_moe_layer(i) != m.is_moe_layer(i % k)), None)
+        if mixed is not None:
+            return "layer_groups", (f"{k}: layer {mixed} would reuse block {mixed % k}, but one is a mixture of "
+                                    f"experts and the other dense (moe.layer_freq / first_dense_layers); allowed: "
+                                    f"a k whose round-robin keeps every layer's kind")
     return None
 
 

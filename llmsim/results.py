@@ -30,6 +30,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "tp": ("", "tensor-parallel degree"),
     "pp": ("", "pipeline-parallel degree"),
     "cp": ("", "context-parallel degree"),
+    "ep": ("", "expert-parallel degree (MoE; 1 for a dense model)"),
+    "etp": ("", "expert tensor-parallel degree (MoE; resolved: etp or tp)"),
     "sp": ("", "Megatron sequence parallelism"),
     "zero": ("", "ZeRO stage (3 = FSDP)"),
     "micro_batch": ("sequences", "sequences per micro-batch per replica"),
@@ -45,6 +47,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "dtype": ("", "workload dtype"),
     "params": ("", "unique parameters after sharing"),
     "trainable_params": ("", "parameters the optimizer updates (LoRA: the adapters only)"),
+    "params_active": ("", "parameters one token touches: non-expert + top_k routed + shared experts (= params "
+                          "for a dense model)"),
+    "expert_load_imbalance": ("", "MoE: busiest expert's tokens / mean, max over MoE layers (measured: what the "
+                                  "router did; modeled: the factor assumed); empty for a dense model"),
     "tie_embeddings": ("", "input embedding and LM head share one matrix"),
     "layer_groups": ("", "distinct layer weight sets (empty = no cross-layer sharing)"),
     "lora_rank": ("", "LoRA adapter rank (empty = full fine-tuning)"),
@@ -129,6 +135,8 @@ class Result(BaseModel):
     tp: int | None = None
     pp: int | None = None
     cp: int | None = None
+    ep: int | None = None
+    etp: int | None = None
     sp: bool | None = None
     zero: int | None = None
     micro_batch: int | None = None
@@ -144,6 +152,8 @@ class Result(BaseModel):
     dtype: str
     params: int | None = None
     trainable_params: int | None = None
+    params_active: int | None = None
+    expert_load_imbalance: float | None = None
     tie_embeddings: bool | None = None
     layer_groups: int | None = None
     lora_rank: int | None = None

@@ -24,6 +24,14 @@ class Layout:
     micro_batch: int
     microbatches: int
     stage_layers: tuple[int, ...] = ()  # layers of each pipeline stage (llmsim.stages); () = not resolved
+    ep: int = 1   # expert parallel: routed experts split over ep ranks (MoE)
+    etp: int = 1  # expert tensor parallel: each expert's MLP split over etp ranks (resolved: etp or tp)
+
+    @property
+    def edp(self) -> int:
+        """Expert data parallel: replicas of each expert per pipeline stage, tp*cp*dp / (ep*etp)
+        (Megatron-Core's expert grid; expert gradients are reduced over these ranks only)."""
+        return self.tp * self.cp * self.dp // (self.ep * self.etp)
 
     @property
     def world(self) -> int:
@@ -57,5 +65,11 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
     if s.schedule == "interleaved" and microbatches % s.pp:
         return "schedule", (f"interleaved needs micro-batches per replica ({microbatches}) to be a multiple "
                             f"of pp={s.pp}")
+    carved = s.tp * s.cp * dp
+    if carved % (s.ep * s.expert_tp):
+        key = "ep" if s.ep > 1 else "etp"
+        return key, (f"ep*etp = {s.ep}*{s.expert_tp} does not divide the tp*cp*dp = {s.tp}*{s.cp}*{dp} = {carved} "
+                     f"ranks of a pipeline stage the expert group is carved from (Megatron-Core's expert grid)"
+                     + ("; set dp (omitted means 1 on this backend)" if world is None and s.dp is None else ""))
     return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches,
-                  stage_layers=stage_layer_counts(s, w.model.layers))
+                  stage_layers=stage_layer_counts(s, w.model.layers), ep=s.ep, etp=s.expert_tp)

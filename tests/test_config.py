@@ -74,7 +74,7 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),
     ("workload.batch", 0, "workload.batch: 0: Input should be greater than or equal to 1"),
     ("workload.model.head_dim", 0, "workload.model.head_dim: 0: Input should be greater than or equal to 1"),
-    ("workload.model.qk_norm", "maybe", "workload.model.qk_norm: 'maybe': Input should be a valid boolean"),
+    ("workload.model.qk_norm", "maybe", "workload.model.qk_norm: 'maybe': allowed: false, true (= head), head, projection"),
     ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
     ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
     ("sharing.lora", {"targets": ["gate"]}, "sharing.lora.targets: target 'gate' is not a projection of a gelu "

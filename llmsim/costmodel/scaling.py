@@ -1,7 +1,8 @@
 """Scale a profile traced with few layers to the full depth, without tracing again.
 
 Every layer of a Transformer without cross-layer sharing costs the same, so a profile of a 2-layer
-variant predicts the L-layer model exactly: the `layers` region scales by L/L0, embedding and head stay.
+variant predicts the L-layer model exactly: the `layers` region (and `experts`, the routed experts of MoE
+layers) scales by L/L0, embedding and head stay.
 Tracing a 175B model takes seconds; this takes microseconds, which sweeps and validation tables use.
 """
 
@@ -25,6 +26,9 @@ class _Profile(Protocol):
     activation_bytes_per_layer: int
     kv_cache_bytes: int
     ops: dict[Any, Any]
+    moe_layers: int
+    expert_params: int
+    active_params: int
 
 
 ProfileT = TypeVar("ProfileT", bound=_Profile)
@@ -38,7 +42,8 @@ def _scaled_count(count: int, layers: int, traced: int) -> int:
 
 
 def with_layers(profile: ProfileT, layers: int) -> ProfileT:
-    """The profile of the same workload with `layers` identical layers (no layer_groups sharing)."""
+    """The profile of the same workload with `layers` identical layers (no layer_groups sharing). Every layer
+    is alike: all dense or all mixture-of-experts (a mixed depth: workload.profile.profile_at_depth)."""
     factor = layers / profile.layers
     frozen = profile.params - profile.trainable_params
     trainable_layers = profile.trainable_params - (profile.embed_params if frozen == 0 else 0)
@@ -48,7 +53,7 @@ def with_layers(profile: ProfileT, layers: int) -> ProfileT:
     for key, totals in profile.ops.items():
         # The optimizer runs outside every module (traced under region "head"): it scales with what it updates.
         scale = (trainable / profile.trainable_params if key[0] == "optimizer"
-                 else factor if key[1] == "layers" else 1.0)
+                 else factor if key[1] in ("layers", "experts") else 1.0)
         ops[key] = type(totals)(flops=totals.flops * scale, bytes=totals.bytes * scale,
                                 count=int(round(totals.count * scale)))
     edge_activations = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
@@ -59,4 +64,8 @@ def with_layers(profile: ProfileT, layers: int) -> ProfileT:
         profile, layers=layers, params=params, trainable_params=trainable, param_bytes=params * elem,
         trainable_param_bytes=trainable * elem, layer_params=layer_params,
         activation_bytes=edge_activations + layers * profile.activation_bytes_per_layer,
-        kv_cache_bytes=_scaled_count(profile.kv_cache_bytes, layers, profile.layers), ops=ops)
+        kv_cache_bytes=_scaled_count(profile.kv_cache_bytes, layers, profile.layers), ops=ops,
+        moe_layers=_scaled_count(profile.moe_layers, layers, profile.layers),
+        expert_params=_scaled_count(profile.expert_params, layers, profile.layers),
+        active_params=(profile.embed_params
+                       + _scaled_count(profile.active_params - profile.embed_params, layers, profile.layers)))

@@ -27,7 +27,7 @@ def measured_result(backend: Backend, case: Case, summary: StepSummary, *, hardw
     profile = profile_workload(case.workload, case.sharing)
     values: dict[str, Any] = dict(
         hardware=hardware, nodes=1, params=profile.params, trainable_params=profile.trainable_params,
-        model_flops_per_step=profile.model_flops_per_step, peak_memory_bytes_per_device=peak_memory_bytes,
+        params_active=profile.active_params, model_flops_per_step=profile.model_flops_per_step, peak_memory_bytes_per_device=peak_memory_bytes,
         **summary.columns())
     if breakdown is not None:
         values.update(asdict(breakdown))

@@ -3,10 +3,13 @@
 Decoder (GPT, Llama, Qwen3) or bidirectional encoder (BERT) via `causal`; learned or rotary positions;
 layernorm or rmsnorm; heads of any stated width (`head_dim`, default hidden/heads: the q/k/v projections
 map hidden -> heads*head_dim and the output projection heads*head_dim -> hidden) with optional per-head
-q/k RMSNorm (`qk_norm`, Qwen3); gelu, swiglu or geglu (Gemma) MLP; grouped-query attention through
+q/k RMSNorm (`qk_norm`: per head as Qwen3, or over the whole projection as OLMoE); gelu, swiglu or geglu (Gemma) MLP; grouped-query attention through
 `scaled_dot_product_attention(enable_gqa=True)`; dropout (training mode only) on the attention
 probabilities and on the attention-out and MLP-out residual branches, as in Megatron-LM; and the parameter-sharing variants: tied embeddings,
 ALBERT-style layer groups (k distinct blocks reused round-robin), and LoRA adapters over a frozen base.
+Mixture-of-experts layers (`moe`) replace the MLP of the layers ModelSpec.is_moe_layer names by a router,
+routed and shared experts (llmsim.workload.moe); their auxiliary load-balancing loss joins the training loss
+through `Transformer.pop_aux_loss`.
 
 Pre-norm blocks (x + attn(norm(x)); x + mlp(norm(x))) with a final norm. For BERT (post-norm in the
 paper) this keeps the same parameter count: the embedding LayerNorm is replaced by the final one.
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmsim.config import LoraSpec, ModelSpec, lora_adapters
+from llmsim.workload.moe import MoELayer
 
 INIT_STD = 0.02  # GPT-2 / BERT initializer range
 
@@ -137,9 +141,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(spec.hidden, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=spec.bias)
         self.out = nn.Linear(self.heads * self.head_dim, spec.hidden, bias=spec.bias)
         # Qwen3: RMSNorm over each query and each key head before rotary, one head_dim weight shared by all
-        # heads (transformers' Qwen3Attention q_norm / k_norm).
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        # heads (transformers' Qwen3Attention q_norm / k_norm). OLMoE: RMSNorm over the whole q and k
+        # projections, weights of heads*head_dim and kv_heads*head_dim (transformers' OlmoeAttention).
+        self.qk_norm_over = "projection" if spec.qk_norm == "projection" else "head"
+        q_width, k_width = ((self.heads * self.head_dim, self.kv_heads * self.head_dim)
+                            if self.qk_norm_over == "projection" else (self.head_dim, self.head_dim))
+        self.q_norm = nn.RMSNorm(q_width, eps=spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = nn.RMSNorm(k_width, eps=spec.norm_eps) if spec.qk_norm else None
         self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
@@ -147,10 +155,12 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        if self.qk_norm_over == "projection" and self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # (B, T, nh*hs), (B, T, n_kv*hs)
         q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None and self.k_norm is not None:
+        if self.qk_norm_over == "head" and self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q, start), rope(k, start)
@@ -167,9 +177,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    """The block's MLP of width `ffn` (default the model's ffn_hidden; an expert's own width in MoE layers)."""
+
+    def __init__(self, spec: ModelSpec, ffn: int | None = None) -> None:
         super().__init__()
-        ffn = spec.ffn_hidden or 4 * spec.hidden
+        ffn = ffn or spec.ffn_hidden or 4 * spec.hidden
         # Gated MLPs (Shazeer 2020, "GLU Variants Improve Transformer"): swiglu (Llama, Qwen) gates with SiLU,
         # geglu (Gemma) with tanh-approximated GELU. Gate and up projections are fused into one matmul
         # (same parameters as Llama's w1, w3 / Gemma's gate_proj, up_proj).
@@ -190,12 +202,14 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """x + dropout(attn(norm(x))), then x + dropout(mlp(norm(x))): Megatron-LM's hidden dropout on both
-    residual branches. With dropout 0 (every preset) there are no dropout modules and no ops."""
+    residual branches. With dropout 0 (every preset) there are no dropout modules and no ops. `moe`: the
+    MLP is a mixture of experts (llmsim.workload.moe.MoELayer)."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, moe: bool = False) -> None:
         super().__init__()
         self.norm1, self.attn = _norm(spec), Attention(spec)
-        self.norm2, self.mlp = _norm(spec), MLP(spec)
+        self.norm2 = _norm(spec)
+        self.mlp: nn.Module = MoELayer(spec, MLP) if moe else MLP(spec)
         # No modules at all without dropout: the traced module tree (and every profile) stays as it was.
         self.drop_attn = Dropout(spec.dropout) if spec.dropout > 0 else None
         self.drop_mlp = Dropout(spec.dropout) if spec.dropout > 0 else None
@@ -222,7 +236,7 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(spec.head_width, max_positions or spec.seq_len) \
             if spec.positions == "rotary" else None
         distinct = layer_groups or spec.layers
-        self.blocks = nn.ModuleList(Block(spec) for _ in range(distinct))
+        self.blocks = nn.ModuleList(Block(spec, moe=spec.is_moe_layer(i)) for i in range(distinct))
         self.norm_f = _norm(spec)
         self.lm_head = nn.Linear(spec.hidden, spec.vocab, bias=False)
         self.apply(_init_weights)
@@ -243,6 +257,25 @@ class Transformer(nn.Module):
                 parent_name, child = module.split(".")
                 parent = getattr(block, parent_name)
                 setattr(parent, child, LoRALinear(getattr(parent, child), lora.rank, lora.alpha, slices))
+
+    def moe_modules(self) -> list[MoELayer]:
+        """The distinct MoE layers (a shared block's counts once)."""
+        return [m for m in self.modules() if isinstance(m, MoELayer)]
+
+    def pop_aux_loss(self) -> float:
+        """The values of the auxiliary load-balancing losses of the MoE forwards since the last call, summed
+        (0 for a dense model, in eval mode and on the meta device), and forgotten: the training step reports
+        them with its loss (their gradient enters through the layers: moe.AuxLossAutoScaler)."""
+        total = 0.0
+        for m in self.moe_modules():
+            total += sum(float(aux) for aux in m.aux_losses)
+            m.aux_losses.clear()
+        return total
+
+    def set_aux_grad_scale(self, scale: float) -> None:
+        """The gradient every MoE layer's aux loss gets in backward (1 / micro-batches, as the main loss)."""
+        for m in self.moe_modules():
+            m.aux_grad_scale = scale
 
     def block_for_layer(self, layer: int) -> Block:
         """Layer i uses block i mod k: round-robin sharing of k distinct weight sets (k = layers: none)."""
@@ -306,6 +339,16 @@ def build_model(spec: ModelSpec, *, tie_embeddings: bool, layer_groups: int | No
     """The one constructor every backend and the profiler use. Build under `torch.device('meta')` to trace."""
     return Transformer(spec, tie_embeddings=tie_embeddings, layer_groups=layer_groups, lora=lora,
                        max_positions=max_positions)
+
+
+def count_active_parameters(model: Transformer) -> int:
+    """Parameters one token touches: every unique parameter but the routed experts it is not sent to, i.e.
+    total - sum over MoE layers of (E - k)/E of their routed-expert parameters (non-expert, top-k routed and
+    shared experts remain; Mixtral's "12.9B active of 46.7B"). = the total for a dense model."""
+    total, _ = count_parameters(model)
+    for m in model.moe_modules():
+        total -= m.expert_params() * (m.num_experts - m.top_k) // m.num_experts
+    return total
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

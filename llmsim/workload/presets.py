@@ -62,6 +62,36 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemma-7b": dict(_LLAMA, activation="geglu", layers=28, hidden=3072, heads=16, kv_heads=16, head_dim=256,
                      ffn_hidden=24576, vocab=256000, seq_len=8192, max_positions=8192, norm_eps=1e-6,
                      tie_embeddings=True),
+    # -- mixtures of experts (docs/moe.md) ------------------------------------------------------------------
+    # Jiang et al. 2024, "Mixtral of Experts", Table 1, and the released config.json (mistralai/Mixtral-8x7B-v0.1):
+    # 32 layers, 4096, 32/8 heads, 8 experts of SwiGLU width 14336, top-2 with renormalised gates, vocabulary
+    # 32,000, untied, context 32,768, rms_norm_eps 1e-5, router_aux_loss_coef 0.02; every layer is MoE.
+    "mixtral-8x7b": dict(_LLAMA, layers=32, hidden=4096, heads=32, kv_heads=8, ffn_hidden=14336, vocab=32000,
+                         seq_len=32768, max_positions=32768, norm_eps=1e-5,
+                         moe=dict(experts=8, top_k=2, expert_ffn_hidden=14336, norm_topk_prob=True,
+                                  aux_loss_coeff=0.02)),
+    # Qwen team 2025, "Qwen3 Technical Report" (Table 2: 48 layers, 32/4 heads, 128 experts, 8 activated, no
+    # shared experts) and the released config.json (Qwen/Qwen3-30B-A3B): hidden 2048, head_dim 128, per-head
+    # q/k RMSNorm, moe_intermediate_size 768, norm_topk_prob true, decoder_sparse_step 1 (every layer MoE),
+    # router_aux_loss_coef 0.001, rms_norm_eps 1e-6, untied, context 32,768 (max_position_embeddings 40,960).
+    "qwen3-30b-a3b": dict(_LLAMA, layers=48, hidden=2048, heads=32, kv_heads=4, head_dim=128, qk_norm=True,
+                          ffn_hidden=6144, vocab=151936, seq_len=32768, max_positions=40960, norm_eps=1e-6,
+                          tie_embeddings=False,
+                          moe=dict(experts=128, top_k=8, expert_ffn_hidden=768, norm_topk_prob=True,
+                                   aux_loss_coeff=0.001)),
+    # Muennighoff et al. 2024, "OLMoE: Open Mixture-of-Experts Language Models", Table 1, and the released
+    # config.json (allenai/OLMoE-1B-7B-0924): 16 layers, 2048, 16 heads (multi-head), 64 experts of SwiGLU width
+    # 1024, top-8 without renormalisation (norm_topk_prob false), aux loss 0.01, q/k RMSNorm over the whole
+    # q and k projections (transformers' OlmoeAttention: q_norm of hidden_size, k_norm of kv_heads*head_dim),
+    # vocabulary 50,304, untied, context 4096, rms_norm_eps 1e-5. (Its router z-loss adds no parameters.)
+    "olmoe-1b-7b": dict(_LLAMA, layers=16, hidden=2048, heads=16, kv_heads=16, qk_norm="projection",
+                        ffn_hidden=1024, vocab=50304, seq_len=4096, max_positions=4096, norm_eps=1e-5,
+                        moe=dict(experts=64, top_k=8, expert_ffn_hidden=1024, norm_topk_prob=False,
+                                 aux_loss_coeff=0.01)),
+    # A toy mixture of experts for tests and the cpu scenario: every MoE feature, seconds on a laptop.
+    "tiny-moe": dict(layers=2, hidden=64, heads=4, ffn_hidden=128, vocab=512, seq_len=64, max_positions=128,
+                     activation="swiglu", norm="rmsnorm", positions="rotary", bias=False, causal=True,
+                     tie_embeddings=False, moe=dict(experts=4, top_k=2, expert_ffn_hidden=128)),
 }
 
 # Exact parameter counts of the published checkpoints (with the preset's own tie convention).
@@ -83,4 +113,21 @@ PUBLISHED_PARAMS: dict[str, int] = {
     # checkpoint's 256,000 x 3072 = 786,432,000 embedding (the paper's table counts 256,128 rows): the
     # 8,537,680,896 of google/gemma-7b (8.54 B).
     "gemma-7b": 8_537_680_896,
+    # Mixtral 8x7B: the 46,702,792,704 of the released checkpoint (Jiang et al. 2024: "47B", "46.7B" in the
+    # model card).
+    "mixtral-8x7b": 46_702_792_704,
 }
+
+# Published (total, active) parameter counts of the MoE presets, as their sources round them; the tests check
+# the exact counts llmsim builds against these at the stated precision (PUBLISHED_MOE_PRECISION).
+# Mixtral: 46.7B total, 12.9B active (mistral.ai "Mixtral of experts" announcement, model card).
+# Qwen3-30B-A3B: 30.5B total, 3.3B activated (the Qwen/Qwen3-30B-A3B model card; Qwen3 Technical Report Table 2:
+# 30B / 3B). OLMoE-1B-7B: 6.9B total, 1.3B active (Muennighoff et al. 2024, Sec. 2 / Table 1).
+PUBLISHED_MOE_PARAMS: dict[str, tuple[float, float]] = {
+    "mixtral-8x7b": (46.7e9, 12.9e9),
+    "qwen3-30b-a3b": (30.5e9, 3.3e9),
+    "olmoe-1b-7b": (6.9e9, 1.3e9),
+}
+# The sources give one decimal of a billion, rounded (Mixtral's 12.88B is "12.9B") or cut (Qwen's 3.353B active
+# is "3.3B"), so a count agrees when it lies within 0.1B; the exact counts are checked by hand in the tests.
+PUBLISHED_MOE_PRECISION = 0.1e9

@@ -5,8 +5,11 @@ TorchDispatchMode that sees every aten op. For each op we record
 * FLOPs, from torch's own formulas (`torch.utils.flop_counter.flop_registry`; matmuls and attention),
 * bytes moved, as the sizes of its tensor inputs plus outputs (views move nothing),
 * its kind: `matmul`, `attention` or `other` (memory-bound: norms, activations, adds, softmax, ...),
-* its phase (forward, backward, optimizer, prefill, decode) and region (embed, layers, head), from
-  torch's ModuleTracker, so a cost model can split layers over pipeline stages.
+* its phase (forward, backward, optimizer, prefill, decode) and region (embed, layers, experts, head), from
+  torch's ModuleTracker, so a cost model can split layers over pipeline stages. `experts` holds the ops of
+  the routed experts of MoE layers (their MLPs), traced with balanced routing (llmsim.workload.moe: each
+  expert gets tokens*top_k/experts tokens, so the FLOPs are exactly those of top-k routing); the router,
+  the token permutation and the shared experts stay in `layers`.
 Activation bytes are the tensors autograd saves for backward in the forward pass, deduplicated by
 storage, parameters excluded.
 
@@ -17,6 +20,7 @@ is exact and keeps a 175B/64-token profile cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,10 +34,12 @@ from torch.utils.module_tracker import ModuleTracker
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel.scaling import with_layers
 from llmsim.errors import ScenarioError
+from llmsim.workload.model import count_active_parameters
 from llmsim.workload.step import WorkloadStep
 
 KINDS = ("matmul", "attention", "other")
-REGIONS = ("embed", "layers", "head")
+REGIONS = ("embed", "layers", "experts", "head")
+_EXPERTS_MARK = ".mlp.experts."  # module path of a routed expert (llmsim.workload.moe.MoELayer.experts)
 _ATTENTION_MARK = "attention"
 # Tracing builds and runs every layer on the meta device, milliseconds each: a model 10^8 layers deep would
 # trace for days. Deeper than MAX_TRACED_LAYERS, a SCALE_FROM_LAYERS-layer slice is traced and scaled to the
@@ -81,6 +87,9 @@ class WorkloadProfile:
     activation_bytes_per_layer: int
     kv_cache_bytes: int         # decode/prefill of a decoder: the whole batch's cache
     ops: dict[tuple[str, str, str], OpTotals] = field(default_factory=dict)
+    moe_layers: int = 0         # MoE layers in the full depth (0 = dense)
+    expert_params: int = 0      # parameters of all routed experts, all layers
+    active_params: int = 0      # parameters one token touches (non-expert + top_k routed + shared); = params dense
 
     def flops(self, phase: str | None = None, kind: str | None = None, region: str | None = None) -> float:
         return sum(t.flops for (p, r, k), t in self.ops.items()
@@ -128,6 +137,8 @@ class _OpRecorder(TorchDispatchMode):
         """(region, inside core attention) from the modules the op runs in."""
         parents = self.tracker.parents
         in_attention = any(p.endswith(".core") for p in parents)
+        if any(_EXPERTS_MARK in p for p in parents):
+            return "experts", False
         if any(".blocks." in p for p in parents):
             return "layers", in_attention
         if any(p.endswith(("tok_emb", "pos_emb", "type_emb")) for p in parents):
@@ -196,6 +207,12 @@ class _SavedActivations:
         return sum(n for n, inside in self.seen.values() if inside)
 
 
+def _expert_counts(step: WorkloadStep) -> tuple[int, int]:
+    """(routed-expert parameters, active parameters) of the built model (workload.model.count_active_parameters)."""
+    experts = sum(m.expert_params() for m in step.model.moe_modules())
+    return experts, count_active_parameters(step.model)
+
+
 def _param_counts(step: WorkloadStep) -> tuple[int, int, int, int, int, int]:
     unique = {id(p): p for p in step.model.parameters()}
     size = {i: p.numel() for i, p in unique.items()}
@@ -236,15 +253,59 @@ def _profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
             raise ScenarioError(None, "workload.model.layers",
                                 f"{layers} layers with {what} cannot be profiled; allowed: at most "
                                 f"{MAX_TRACED_LAYERS} layers with {what}, any depth without it")
-        short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
-        return with_layers(_trace(short, sharing), layers)
+        return profile_at_depth(workload, sharing, layers)
     return _trace(workload, sharing)
+
+
+def _short(workload: Workload, moe: bool | None) -> Workload:
+    """The workload with SCALE_FROM_LAYERS layers, all dense (moe False), all MoE (True) or as written (None)."""
+    update: dict[str, object] = {"layers": SCALE_FROM_LAYERS}
+    if moe is False:
+        update["moe"] = None
+    elif moe is True:
+        assert workload.model.moe is not None
+        update["moe"] = workload.model.moe.model_copy(update={"layer_freq": 1, "first_dense_layers": 0})
+    return workload.model_copy(update={"model": workload.model.model_copy(update=update)})
+
+
+def profile_at_depth(workload: Workload, sharing: SharingChoice, layers: int) -> WorkloadProfile:
+    """The profile of `workload` with `layers` layers (the file's MoE pattern applied to that depth) from
+    SCALE_FROM_LAYERS-layer traces, without tracing every layer (costmodel.scaling.with_layers).
+
+    Dense: one short trace, scaled. With MoE layers: a short all-dense and a short all-MoE trace, each scaled
+    to its count of layers, added, and the embedding/head/optimizer edges (a 0-layer scaling) taken once:
+    exact, since the layers of each kind are alike and every quantity is edges + per-layer sums."""
+    spec = workload.model
+    if spec.moe is None:
+        return with_layers(_trace(_short(workload, None), sharing), layers)
+    full = spec.model_copy(update={"layers": layers})
+    n_moe = full.moe_layers
+    n_dense = layers - n_moe
+    moe_part = with_layers(_trace(_short(workload, True), sharing), n_moe)
+    if n_dense == 0:
+        return dataclasses.replace(moe_part, moe_layers=n_moe)
+    dense_trace = _trace(_short(workload, False), sharing)
+    dense_part, edges = with_layers(dense_trace, n_dense), with_layers(dense_trace, 0)
+    summed = {f: getattr(moe_part, f) + getattr(dense_part, f) - getattr(edges, f) for f in _ADDITIVE}
+    ops: dict[tuple[str, str, str], OpTotals] = defaultdict(OpTotals)
+    for part, sign in ((moe_part, 1.0), (dense_part, 1.0), (edges, -1.0)):
+        for key, totals in part.ops.items():
+            ops[key].add(totals, sign)
+    layer_activations = summed["activation_bytes"] - edges.activation_bytes
+    return dataclasses.replace(moe_part, layers=layers, moe_layers=n_moe, ops=dict(ops),
+                               activation_bytes_per_layer=layer_activations // layers, **summed)
+
+
+# Fields of a profile that are sums of an edge part (embeddings, head, optimizer state) and per-layer parts.
+_ADDITIVE = ("params", "trainable_params", "param_bytes", "trainable_param_bytes", "layer_params",
+             "activation_bytes", "kv_cache_bytes", "expert_params", "active_params")
 
 
 def _trace(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
     """The traced profile of `workload` as written (every layer built and run on the meta device)."""
     step = WorkloadStep(workload, sharing, device="meta")
     params, trainable, param_bytes, trainable_bytes, layer_params, embed_params = _param_counts(step)
+    expert_params, active_params = _expert_counts(step)
     spec = workload.model
     tracker = ModuleTracker()
     recorder = _OpRecorder(tracker)
@@ -287,4 +348,5 @@ def _trace(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
         trainable_params=trainable, param_bytes=param_bytes, trainable_param_bytes=trainable_bytes,
         layer_params=layer_params, embed_params=embed_params, activation_bytes=activation_bytes,
         activation_bytes_per_layer=activation_layers // spec.layers, kv_cache_bytes=kv_bytes,
-        ops=dict(recorder.ops))
+        ops=dict(recorder.ops), moe_layers=spec.moe_layers, expert_params=expert_params,
+        active_params=active_params)

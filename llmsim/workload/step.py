@@ -92,9 +92,13 @@ class WorkloadStep:
 
     # -- the three modes ------------------------------------------------------------------------
     def forward_loss(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Mean cross-entropy of sequences [start, stop) (default: the whole batch)."""
+        """Mean cross-entropy of sequences [start, stop) (default: the whole batch); for an MoE model plus the
+        values of its layers' auxiliary load-balancing losses of this forward, a constant here: their gradient
+        enters through the layers (llmsim.workload.moe.AuxLossAutoScaler), scaled by `aux_grad_scale`."""
         logits = self.model(self.tokens[start:stop])  # (B, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1).float(), self.targets[start:stop].flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), self.targets[start:stop].flatten())
+        aux = self.model.pop_aux_loss()
+        return loss + aux if aux else loss
 
     def train_step(self, mark: Mark = no_mark) -> torch.Tensor:
         """Forward and backward per micro-batch (gradients accumulate), then one optimizer step.
@@ -104,6 +108,7 @@ class WorkloadStep:
         assert self.optimizer is not None
         count = self.batch // self.micro_batch
         loss = torch.zeros((), device=self.device)
+        self.model.set_aux_grad_scale(1.0 / count)
         for start in range(0, self.batch, self.micro_batch):
             part = self.forward_loss(start, start + self.micro_batch) / count
             part.backward()
