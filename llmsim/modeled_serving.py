@@ -138,7 +138,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     base: dict[str, Any] = dict(hardware=cluster.device.name, nodes=math.ceil(devices / cluster.devices_per_node),
                                 n_devices=devices, dp=spec.replicas, mode="serve", batch=sched.max_num_seqs,
                                 params=profile.params, trainable_params=profile.trainable_params,
-                                energy_source="modeled")
+                                params_active=profile.active_params, energy_source="modeled")
     try:
         costs = token_costs(ref, profile)
         model = IterationModel(costs, ref, plan, cluster, options)

@@ -18,13 +18,13 @@ saved bytes (WorkloadProfile) are the cross-check of that inventory, not its sou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from llmsim.config import lora_params_per_block
 from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
-from llmsim.costmodel import precision
+from llmsim.costmodel import moe, precision
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -145,6 +145,23 @@ def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
     return (per_block - kv - replicated) / tp + kv / kv_split + replicated
 
 
+def _expert_params(profile: "WorkloadProfile") -> int:
+    """Parameters of all routed experts of the profile (0 for a dense model)."""
+    return getattr(profile, "expert_params", 0) or 0
+
+
+def stage_expert_params(workload: "Workload", profile: "WorkloadProfile", plan: Plan, stage: Stage) -> float:
+    """Routed-expert parameters on one device of `stage`: its layers' share of all experts (the MoE layers
+    spread evenly over the layers, as costmodel.work prices the mean layer), its E/ep experts of each, 1/etp
+    of every expert (costmodel.moe). 0 for a dense model."""
+    experts = _expert_params(profile)
+    if not experts:
+        return 0.0
+    spec = workload.model
+    _, index = stage_of(plan, stage)
+    return experts * layers_per_device(spec.layers, plan, index) / spec.layers / (plan.ep * plan.etp)
+
+
 def _split(params: float, replicated: float, tp: int) -> float:
     """`params` on one tensor-parallel rank when `replicated` of them stay whole on every rank."""
     return params if tp <= 1 else (params - replicated) / tp + replicated
@@ -191,9 +208,10 @@ def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing
     spec = workload.model
     _, index = stage_of(plan, stage)
     k = sharing.layer_groups or spec.layers
-    per_block = profile.layer_params / k
+    experts = stage_expert_params(workload, profile, plan, index)
+    per_block = (profile.layer_params - _expert_params(profile)) / k
     blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan, index)
-    layer_params = tp_block_params(spec, per_block, plan.tp) * blocks
+    layer_params = tp_block_params(spec, per_block, plan.tp) * blocks + experts
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
@@ -278,10 +296,11 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saves_fp8_inputs(workload)
     kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8),
-                           spec, plan)
+                           spec, plan) + moe.expert_activation_bytes(workload, plan)
     if plan.recompute != "full":
         return kept, 0.0
-    working = inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
+    working = (inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
+               + moe.expert_activation_bytes(workload, replace(plan, recompute="none")))
     return kept, working
 
 
@@ -321,8 +340,16 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
+    # routed experts apart: ZeRO shards them over the expert-data-parallel group (costmodel.moe.expert_memory)
+    experts = stage_expert_params(workload, profile, plan, index)
+    params -= experts
+    trainable -= experts if sharing.lora is None else 0.0
+    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
+    expert_mem = moe.expert_memory(experts, elem, grad_elem, state, plan.zero, plan.edp,
+                                   train and sharing.lora is None)
     gathered_params, gathered_grads = zero3_gathered(workload, profile, sharing, plan, options, stage)
-    param_bytes = params * elem / (plan.zero_dp if plan.zero >= 3 else 1) + gathered_params
+    param_bytes = params * elem / (plan.zero_dp if plan.zero >= 3 else 1) + gathered_params + expert_mem.params
     layers_here = layers_per_device(workload.model.layers, plan, index)
     if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
         # ZeRO-3: the copies are made from the gathered weights and sharded like them (torchao float8 FSDP2)
@@ -331,10 +358,8 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
         param_bytes += precision.fp8_weight_copy_bytes(workload, gemm_params)
     grads = optimizer = activations = kv = 0.0
     if train:
-        grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-        grads = trainable * grad_elem / (plan.zero_dp if plan.zero >= 2 else 1) + gathered_grads
-        state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
-        optimizer = trainable * state / (plan.zero_dp if plan.zero >= 1 else 1)
+        grads = trainable * grad_elem / (plan.zero_dp if plan.zero >= 2 else 1) + gathered_grads + expert_mem.grads
+        optimizer = trainable * state / (plan.zero_dp if plan.zero >= 1 else 1) + expert_mem.optimizer
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
         held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, index)
         activations = held * layers_here * per_layer + (working if layers_here else 0.0)

@@ -45,10 +45,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmsim.costmodel.cluster import Group
 from llmsim.costmodel.collectives import COLLECTIVE_BASE_LATENCY_S, NO_PHASES, Fabric, Phase, Phases
 from llmsim.costmodel.compute import Rates, _weighted_wave
+from llmsim.costmodel.plan import DTYPE_BYTES
+
+if TYPE_CHECKING:
+    from llmsim.config import Workload
+    from llmsim.costmodel.plan import Plan
+    from llmsim.costmodel.work import Comm
+    from llmsim.workload.profile import WorkloadProfile
 
 # Per MoE layer and micro-batch (Megatron-Core MoEAlltoAllTokenDispatcher: token_permutation's all-to-all
 # (dispatch) and token_unpermutation's (combine); autograd runs each one's conjugate in the backward).
@@ -215,23 +223,17 @@ def expert_gemm_time(rates: Rates, batch: ExpertBatch, shapes: tuple[tuple[int, 
 # Where the expert-parallel group lands
 # ---------------------------------------------------------------------------------------------------
 
-def ep_group(ep: int, etp: int, tp: int, cp: int, pp: int, devices_per_node: int) -> Group:
-    """The placed expert-parallel group. Megatron-Core orders the expert grid of a pipeline stage etp
-    innermost, then ep, then edp, over the same ranks as tp x cp x dp (parallel_state.py, the expert
-    RankGenerator "tp-ep-dp" over the stage's ranks). In llmsim's dense order (costmodel.cluster: tp, cp,
-    pp, dp) the stage's tp*cp ranks are consecutive and its dp replicas tp*cp*pp ranks apart, so the ep
-    group's members lie `etp` apart inside a block of tp*cp ranks and, when ep*etp exceeds tp*cp, in the
-    blocks of ep*etp/(tp*cp) data-parallel replicas. On a TPU slice the same count per node is used with
-    the slice as the node (the all-to-all on the slice's links, no per-axis routing)."""
+def ep_group(ep: int, etp: int, devices_per_node: int) -> Group:
+    """The placed expert-parallel group: `ep` members `etp` ranks apart. Megatron-Core, which runs expert
+    parallelism, orders ranks tp-cp-ep-dp-pp by default (pipeline outermost: parallel_state.py,
+    `initialize_model_parallel(order=...)`) and regroups each stage's tp*cp*dp ranks as the expert grid etp
+    innermost, then ep, then edp (the expert RankGenerator "tp-ep-dp-pp"), so a stage's ranks are consecutive
+    and an ep group fills min(ep, devices_per_node / etp) devices of a node before it leaves the node (the
+    README's advice "ensure EP x TP within the NVLink domain" holds at ep x etp <= 8). llmsim's dense groups
+    keep their own order (costmodel.cluster: tp, cp, pp, dp). On a TPU slice the slice is the node."""
     if ep <= 1:
         return Group(size=1, per_node=1, nodes=1)
-    block = tp * cp
-    if ep * etp <= block:
-        per_node = max(1, min(ep, devices_per_node // max(etp, 1)))
-    else:
-        in_block = max(block // max(etp, 1), 1)
-        replicas_per_node = max(1, devices_per_node // (block * pp)) if block * pp <= devices_per_node else 1
-        per_node = max(1, min(ep, in_block * replicas_per_node, devices_per_node))
+    per_node = max(1, min(ep, devices_per_node // max(etp, 1)))
     return Group(size=ep, per_node=per_node, nodes=math.ceil(ep / per_node))
 
 
@@ -262,3 +264,182 @@ def expert_memory(expert_params_here: float, elem: int, grad_elem: int, state_by
         return ExpertMemory(params, 0.0, 0.0)
     return ExpertMemory(params, expert_params_here * grad_elem / (shard if zero >= 2 else 1),
                         expert_params_here * state_bytes / (shard if zero >= 1 else 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# One MoE layer of a case: what costmodel.work adds to a layer
+# ---------------------------------------------------------------------------------------------------
+
+# Kernels of the routed experts per MoE layer and pass beyond the layer's own (compute.KERNELS_PER_LAYER_*),
+# as Megatron-Core runs them with grouped GEMMs (megatron/core/transformer/moe/experts.py TEGroupedMLP,
+# moe_utils.permute / unpermute): forward = permute, grouped fc1, activation, grouped fc2, unpermute (5);
+# backward = the conjugates of permute, activation and unpermute, and a data- and a weight-gradient grouped
+# GEMM for each of fc1 and fc2 (7). The router and shared experts are part of the layer's own kernels.
+KERNELS_PER_MOE_LAYER_FORWARD = 5
+KERNELS_PER_MOE_LAYER_BACKWARD = 7
+
+
+def tokens_per_rank(workload: "Workload", plan: "Plan", phase: str) -> float:
+    """Tokens one rank routes per micro-batch and MoE layer: micro-batch x sequence / cp, split over tp (the
+    sequence-parallel layout Megatron-Core requires for MoE with tp > 1; at inference a tensor-parallel
+    group routes its replicated tokens once). A decode step routes one token per sequence."""
+    spec = workload.model
+    tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
+    return tokens / plan.tp
+
+
+@dataclass(frozen=True)
+class ExpertTokenCosts:
+    """What one routed (token, expert) pass costs, from the profile's "experts" region of one phase, per
+    token of the whole model's MoE layers (tp = 1, balanced routing: every token's top-k): GEMM FLOPs,
+    GEMM activation bytes (the traced weights taken out), other bytes, and operators per MoE layer."""
+
+    mm_flops: float = 0.0
+    mm_bytes: float = 0.0
+    other_bytes: float = 0.0
+    ops_per_layer: float = 0.0
+
+
+def expert_token_costs(profile: "WorkloadProfile", workload: "Workload", phase: str, tokens: float,
+                       steps: int = 1) -> ExpertTokenCosts:
+    """Per-token expert costs of `phase` in a profile whose traced pass(es) ran `tokens` tokens over `steps`
+    decode steps (the weights of every expert, read once per traced pass and MoE layer, are taken out of
+    the GEMM bytes: `experts_time` puts the rank's own back)."""
+    spec = workload.model
+    moe = spec.moe
+    moe_layers = getattr(profile, "moe_layers", 0)
+    if moe is None or not moe_layers or tokens <= 0:
+        return ExpertTokenCosts()
+    mm = profile.ops.get((phase, "experts", "matmul"))
+    ot = profile.ops.get((phase, "experts", "other"))
+    elem = DTYPE_BYTES[workload.dtype]
+    gated = spec.activation in ("swiglu", "geglu")
+    trainable = profile.trainable_params > 0.5 * profile.params
+    reads = (2 if trainable else 1) if phase == "backward" else 1
+    traced_weights = reads * moe.experts * expert_weight_params(spec.hidden, spec.expert_ffn, gated) * elem \
+        * moe_layers * steps
+    count = (mm.count if mm is not None else 0) + (ot.count if ot is not None else 0)
+    return ExpertTokenCosts(mm_flops=(mm.flops if mm is not None else 0.0) / tokens,
+                            mm_bytes=max((mm.bytes if mm is not None else 0.0) - traced_weights, 0.0) / tokens,
+                            other_bytes=(ot.bytes if ot is not None else 0.0) / tokens,
+                            ops_per_layer=count / moe_layers / steps)
+
+
+def experts_time(workload: "Workload", plan: "Plan", rates: Rates, costs: ExpertTokenCosts, tokens: float,
+                 moe_layers: int, phase: str, trainable: bool = True) -> float:
+    """Seconds of one MoE layer's routed experts on the busiest rank of the ep group, for `tokens` tokens of
+    one micro-batch (or serving pass) on one pipeline replica.
+
+    Each rank computes its own tokens' expert work, tokens / (tp*cp) (ep is carved out of data parallelism,
+    so the FLOPs divide as a dense MLP's do), times the busiest rank's load factor (`expert_batch`, from
+    `tokens_per_rank`); the per-token costs are one MoE layer's (1/moe_layers of `costs`). Weights: each
+    active local expert's, 1/etp of it, read once per pass (backward: read W, write dW). The GEMMs run at the
+    shape efficiency of the per-expert batch (compute._weighted_wave); other ops (activation, permutation,
+    gate scaling) are memory-bound. An eager host pays its per-operator cost for the local experts' ops (1/ep
+    of the traced ones); an accelerator its kernel latency for the grouped-GEMM kernels."""
+    moe = workload.model.moe
+    if moe is None or not moe_layers or tokens <= 0:
+        return 0.0
+    spec = workload.model
+    backward = phase == "backward"
+    rank_tokens = tokens / (plan.tp * plan.cp)
+    batch = expert_batch(rank_tokens * plan.etp, moe.experts, moe.top_k, plan.ep, moe.load_imbalance,
+                         moe.capacity_factor)
+    active = active_local_experts(batch, moe.experts, moe.top_k, plan.ep, rank_tokens * plan.etp)
+    per_layer = rank_tokens * batch.rank_factor / moe_layers
+    gated = spec.activation in ("swiglu", "geglu")
+    shapes = expert_shapes(spec.hidden, spec.expert_ffn, gated, plan.etp)
+    reads = (2 if trainable else 1) if backward else 1
+    weights = reads * active * sum(k * n for k, n in shapes) * DTYPE_BYTES[workload.dtype]
+    m = max(int(round(batch.tokens / active)), 1) if active else 1
+    wave = (_weighted_wave(shapes, m, backward, rates.compute_units, rates.efficiency.matmul_tiles)
+            if rates.compute_units else 1.0)
+    gemm = rates.gemm if rates.gemm is not None else rates
+    seconds = gemm.matmul_time(costs.mm_flops * per_layer, costs.mm_bytes * per_layer + weights, wave)
+    seconds += rates.memory_time(costs.other_bytes * per_layer)
+    if rates.efficiency.op_overhead_s:
+        seconds += rates.efficiency.op_overhead_s * costs.ops_per_layer / max(plan.ep, 1)
+    if rates.efficiency.kernel_latency_s:
+        seconds += rates.efficiency.kernel_latency_s * (KERNELS_PER_MOE_LAYER_BACKWARD if backward
+                                                         else KERNELS_PER_MOE_LAYER_FORWARD)
+    return seconds
+
+
+def experts_layer_time(profile: "WorkloadProfile", workload: "Workload", plan: "Plan", rates: Rates, phase: str,
+                       steps: int = 1) -> float:
+    """`experts_time` of one micro-batch of a traced phase (train forward/backward, prefill, one decode step
+    of the `steps` traced): the profile's per-token expert costs, the micro-batch's tokens."""
+    spec = workload.model
+    decode = phase == "decode"
+    traced_tokens = profile.batch * (steps if decode else profile.seq_len)
+    costs = expert_token_costs(profile, workload, phase, traced_tokens, steps)
+    tokens = plan.micro_batch * (1 if decode else spec.seq_len)
+    trainable = profile.trainable_params > 0.5 * profile.params
+    return experts_time(workload, plan, rates, costs, tokens, getattr(profile, "moe_layers", 0), phase, trainable)
+
+
+def moe_layer_share(workload: "Workload") -> float:
+    """The MoE layers' share of the model's layers (1 when every layer is MoE; 0 for a dense model). The
+    per-layer work of a stage is the mean layer's (costmodel.work), so a stage's expert time and all-to-alls
+    are spread evenly over its layers."""
+    spec = workload.model
+    return spec.moe_layers / spec.layers if spec.moe is not None else 0.0
+
+
+def a2a_comms(workload: "Workload", plan: "Plan", group: Group, phase: str, count: int) -> tuple["Comm", ...]:
+    """`count` dispatch/combine all-to-alls of one mean layer (the MoE share of a layer's, moe_layer_share)
+    over the placed ep group: each rank's tokens x top_k x hidden buffer (a2a_buffer_bytes)."""
+    from llmsim.costmodel.work import Comm  # work imports this module
+
+    moe = workload.model.moe
+    if moe is None or plan.ep <= 1 or count <= 0:
+        return ()
+    size = a2a_buffer_bytes(tokens_per_rank(workload, plan, phase), moe.top_k, workload.model.hidden,
+                            DTYPE_BYTES[workload.dtype]) * moe_layer_share(workload)
+    return (Comm("all-to-all", size, group, count),)
+
+
+def expert_activation_bytes(workload: "Workload", plan: "Plan") -> float:
+    """Bytes the routed experts of the mean layer keep for their backward per micro-batch on the busiest
+    rank (the MoE layers' share, `moe_layer_share`): per routed (token, expert) copy the permuted input
+    (hidden, gathered over etp), the fc1 output (2 x expert width when gated, 1/etp of it) and the
+    activation's output (expert width / etp), as a dense MLP keeps them (costmodel.activations.layer_saves)
+    for top_k x the rank's tokens x its load factor (Megatron-Core GroupedMLP; the permutation's indices
+    and the router's probabilities, a few bytes per token, are left out). Full recomputation keeps none."""
+    spec = workload.model
+    moe = spec.moe
+    if moe is None or plan.recompute == "full":
+        return 0.0
+    tokens = tokens_per_rank(workload, plan, "forward")
+    batch = expert_batch(tokens * plan.etp, moe.experts, moe.top_k, plan.ep, moe.load_imbalance,
+                         moe.capacity_factor)
+    gated = spec.activation in ("swiglu", "geglu")
+    f = spec.expert_ffn / plan.etp
+    per_copy = spec.hidden + (2 if gated else 1) * f + f
+    return (moe_layer_share(workload) * tokens * plan.etp * moe.top_k * batch.rank_factor * per_copy
+            * DTYPE_BYTES[workload.dtype])
+
+
+def edp_equivalent_share(plan: "Plan") -> float:
+    """The routed experts' gradients are reduced (and with ZeRO gathered) over the expert-data-parallel
+    group of edp ranks, not the dp group the rest of the model uses (Megatron-Core keeps expert parameters
+    in their own buckets over `expert_data_parallel_group`). costmodel.work prices them as part of the
+    data-parallel traffic, overlapped with the backward like the rest, at this share of their bytes: a ring
+    over edp moves (edp-1)/edp of a buffer per rank, over dp (dp-1)/dp (Patarasuk & Yuan 2009), so the
+    share is their ratio on the same links (0 when edp = 1: each expert lives on one rank of the stage).
+    With dp = 1 there is no data-parallel reduction to join; an edp > 1 there (etp*ep < tp*cp) is left out."""
+    if plan.dp <= 1 or plan.edp <= 1:
+        return 0.0
+    return ((plan.edp - 1) / plan.edp) / ((plan.dp - 1) / plan.dp)
+
+
+def assumed_imbalance(workload: "Workload", plan: "Plan") -> float | None:
+    """The busiest expert's tokens over the mean that the model assumed for one micro-batch of the case
+    (moe.load_imbalance, or the default of `expert_batch` for the case's tokens): the modeled rows'
+    `expert_load_imbalance`; None for a dense model. Decode: one token step of the whole batch."""
+    moe = workload.model.moe
+    if moe is None:
+        return None
+    phase = "decode" if workload.mode == "decode" else "forward"
+    tokens = tokens_per_rank(workload, plan, phase) * plan.etp
+    return expert_batch(tokens, moe.experts, moe.top_k, plan.ep, moe.load_imbalance, moe.capacity_factor).imbalance

@@ -132,17 +132,13 @@ def test_active_local_experts_decode() -> None:
 
 
 def test_ep_group_placement() -> None:
-    # Mixtral at tp 1, ep 8 on 8-GPU nodes: inside one node
-    assert moe.ep_group(8, 1, 1, 1, 1, 8) == Group(size=8, per_node=8, nodes=1)
+    # Mixtral at etp 1, ep 8 on 8-GPU nodes: inside one node (Megatron-Core's order, pipeline outermost)
+    assert moe.ep_group(8, 1, 8) == Group(size=8, per_node=8, nodes=1)
     # ep 16 spans two nodes
-    assert moe.ep_group(16, 1, 1, 1, 1, 8) == Group(size=16, per_node=8, nodes=2)
-    # tp 2 (etp 2) ranks interleave: 4 ep members per node
-    assert moe.ep_group(8, 2, 2, 1, 1, 8) == Group(size=8, per_node=4, nodes=2)
-    # etp 1 inside tp 8: the whole ep group in the tp block
-    assert moe.ep_group(8, 1, 8, 1, 1, 8) == Group(size=8, per_node=8, nodes=1)
-    # pp 8 between data-parallel replicas: every ep member on its own node
-    assert moe.ep_group(8, 1, 1, 1, 8, 8) == Group(size=8, per_node=1, nodes=8)
-    assert moe.ep_group(1, 1, 8, 1, 1, 8) == Group(size=1, per_node=1, nodes=1)
+    assert moe.ep_group(16, 1, 8) == Group(size=16, per_node=8, nodes=2)
+    # etp 2: ep members two ranks apart, 4 per node
+    assert moe.ep_group(8, 2, 8) == Group(size=8, per_node=4, nodes=2)
+    assert moe.ep_group(1, 8, 8) == Group(size=1, per_node=1, nodes=1)
 
 
 def test_expert_memory_zero_over_edp() -> None:
