@@ -151,7 +151,7 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     bounds = []
     for split in _group_splits(w.model.layers, g, axes):
         plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
-                    stage_layers=split)
+                    stage_layers=split, ep=g.ep, etp=g.tp)
         stages = (memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, stage=st)
                   for st in memory_stages(w, plan))
         bounds.append(max(mb.params + mb.grads + mb.optimizer + mb.kv_cache for mb in stages))
