@@ -88,6 +88,7 @@ class CpuBackend(Backend):
         meter = self._meter()
         timings = time_steps(step.step, device, steps=settings.steps, warmup=settings.warmup, meter=meter)
         peak_memory = memory.peak_bytes()
+        loads = [m.tokens_per_expert.tolist() for m in step.model.moe_modules()]  # MoE: what the router did
         del step
 
         summary = timings.summary(case.workload.decode_tokens)
@@ -96,7 +97,7 @@ class CpuBackend(Backend):
         return measured_result(self, case, summary, hardware="cpu-host", peak_memory_bytes=peak_memory,
                                peak_flops_per_s=rates.peak_flops_per_s, breakdown=MeasuredSplit.one_device(summary),
                                energy=energy, extra={**rates.columns(), "threads": threads,
-                                                     "memory_method": memory.method})
+                                                     "memory_method": memory.method}, expert_tokens=loads)
 
     # -- several processes (torch.distributed, gloo) ---------------------------------------------
     def _run_distributed(self, case: Case, settings: CpuSettings) -> Result:
@@ -147,7 +148,7 @@ class CpuBackend(Backend):
                                peak_memory_bytes=max(r.peak_memory_bytes for r in records),
                                peak_flops_per_s=rates.peak_flops_per_s, breakdown=breakdown,
                                energy=Energy.modeled(self._modeled_power_w(threads * world), summary.step_time_s),
-                               extra=extra)
+                               extra=extra, expert_tokens=records[0].expert_tokens)
 
     @staticmethod
     def _single_process_step_s(case: Case, settings: CpuSettings, threads: int) -> float:

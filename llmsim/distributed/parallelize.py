@@ -32,6 +32,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from llmsim.stages import default_split
 from llmsim.workload.model import Block, Transformer
+from llmsim.workload.moe import MoELayer
 
 # DTensor (torch.distributed.tensor) is imported where tensor parallelism needs it: it costs a second
 # or more of start-up per rank, which DDP and pipeline runs do not need to pay.
@@ -155,8 +156,30 @@ def _seq_gather_exit(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ..
     return (x, *args[1:])
 
 
+def _mlp_plan(block: Block, tp: int, expert_tp: bool) -> dict[str, Any]:
+    """Column/row-parallel entries of an MoE layer's MLPs: the shared experts (a dense MLP of the TP group,
+    Megatron-Core SharedExpertMLP) and, with expert tensor parallelism (etp = tp), every routed expert this
+    rank holds (etp = 1: the experts stay whole, replicated over the TP ranks). The router stays replicated.
+    Gated fc weights are relaid out per shard first."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    assert isinstance(block.mlp, MoELayer)
+    mlps: dict[str, nn.Module] = {}
+    if block.mlp.shared is not None:
+        mlps["mlp.shared"] = block.mlp.shared
+    if expert_tp:
+        mlps.update({f"mlp.experts.{e}": m for e, m in block.mlp.experts.items()})
+    plan: dict[str, Any] = {}
+    for name, mlp in mlps.items():
+        if mlp.gated:
+            _relayout(mlp, "fc", swiglu_shard_rows(mlp.proj.in_features, tp))
+        plan[f"{name}.fc"] = ColwiseParallel()
+        plan[f"{name}.proj"] = RowwiseParallel()
+    return plan
+
+
 def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_parallel: bool,
-                          vocab_parallel: bool = False) -> TensorParallelState:
+                          vocab_parallel: bool = False, expert_tp: bool = True) -> TensorParallelState:
     """Megatron-style TP on every distinct block: qkv and fc column-wise, out and proj row-wise.
 
     With `vocab_parallel` (training: `vocab_parallel_loss` must then wrap forward, loss and backward),
@@ -182,7 +205,9 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
     for block in model.blocks:
         assert isinstance(block, Block)
         _relayout(block.attn, "qkv", qkv_shard_rows(heads, kv_heads, head_dim, tp))
-        if block.mlp.gated:
+        moe = isinstance(block.mlp, MoELayer)
+        mlp_plan = _mlp_plan(block, tp, expert_tp) if moe else {}
+        if not moe and block.mlp.gated:
             _relayout(block.mlp, "fc", swiglu_shard_rows(spec.ffn_hidden or 4 * spec.hidden, tp))
         # Attention.forward splits and views with these counts: make them the local ones.
         block.attn.heads = heads // tp
@@ -191,9 +216,13 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
         plan: dict[str, Any] = {
             "attn.qkv": ColwiseParallel(),
             "attn.out": RowwiseParallel(output_layouts=row_out, use_local_output=not sequence_parallel),
-            "mlp.fc": ColwiseParallel(),
-            "mlp.proj": RowwiseParallel(output_layouts=row_out, use_local_output=not sequence_parallel),
         }
+        if moe:  # MoE layers run with sp off (llmsim.distributed.spec): plain replicated tensors in and out
+            plan.update(mlp_plan)
+        else:
+            plan.update({
+                "mlp.fc": ColwiseParallel(),
+                "mlp.proj": RowwiseParallel(output_layouts=row_out, use_local_output=not sequence_parallel)})
         if sequence_parallel:
             plan.update({
                 "norm1": SequenceParallel(),
@@ -363,7 +392,8 @@ class PipelineRunner:
 
     def __init__(self, model: Transformer, root: DeviceMesh, *, schedule: str, virtual_stages: int,
                  microbatches: int, device: torch.device, zero: int = 0,
-                 stage_layers: tuple[int, ...] | None = None) -> None:
+                 stage_layers: tuple[int, ...] | None = None,
+                 experts: list[nn.Parameter] | None = None) -> None:
         import torch.distributed.pipelining as pipelining
 
         pp_mesh, dp_mesh = root["pp"], root["dp"]
@@ -406,6 +436,8 @@ class PipelineRunner:
         # FSDP reduce-scatters its own gradients (the stage drives its sync on the last micro-batch).
         self.dp_group = dp_mesh.get_group() if dp_mesh.size() > 1 and zero == 0 else None
         self.dp = dp_mesh.size()
+        # Expert-parallel experts: reduced over their own group by the caller (llmsim.distributed.expert).
+        self.expert_ids = {id(p) for p in experts or []}
         self.has_first = any(m.first for m in self.modules)
         self.has_last = any(m.last for m in self.modules)
         if tied:
@@ -429,7 +461,8 @@ class PipelineRunner:
         kwargs: dict[str, Any] = dict(target=targets, losses=losses) if self.has_last else {}
         self.schedule.step(*args, **kwargs)
         if self.dp_group is not None:
-            allreduce_gradients([p for p in self.parameters() if p.requires_grad], self.dp_group, self.dp)
+            allreduce_gradients([p for p in self.parameters() if p.requires_grad and id(p) not in self.expert_ids],
+                                self.dp_group, self.dp)
         if self.embed_group is not None:
             for p in self.embed_params:  # under ZeRO both copies are sharded alike over dp: sum the shards
                 if p.grad is not None:

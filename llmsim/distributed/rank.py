@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from llmsim.distributed.expert import ExpertParallelState, apply_expert_parallel, routing_loads
 from llmsim.distributed.parallelize import (PipelineRunner, TensorParallelState, allreduce_gradients,
                                             apply_fully_shard, apply_tensor_parallel, build_mesh,
                                             vocab_parallel_loss, vocab_parallel_possible)
@@ -53,15 +54,28 @@ class RankStep(WorkloadStep):
 
         strategy = spec.strategy
         runner: Any = self.model
+        # Expert parallelism first: each MoE layer keeps this rank's experts and dispatches by all-to-all.
+        self.ep_state = ExpertParallelState(dp=spec.dp)
+        if strategy.ep > 1:
+            self.ep_state = apply_expert_parallel(self.model, self.mesh, strategy.ep)
+            self.notes["ep"] = (f"experts split over {strategy.ep} data-parallel ranks, token dispatch and combine "
+                                f"by all_to_all_single (gloo); expert gradients summed over the expert-data-"
+                                f"parallel group ({self.ep_state.edp} ranks) and divided by dp")
+        expert_tp = strategy.expert_tp == spec.tp
+        if self.model.moe_modules() and spec.tp > 1:
+            self.notes["etp"] = ("routed experts column/row-parallel over the TP ranks (etp = tp)" if expert_tp
+                                 else "routed experts whole on every TP rank (etp = 1)")
         if spec.pp > 1:
             if spec.tp > 1:  # each stage's blocks tensor-parallel, embedding and head replicated (PP x TP)
-                self.tp_state = apply_tensor_parallel(self.model, self.mesh, sequence_parallel=False)
+                self.tp_state = apply_tensor_parallel(self.model, self.mesh, sequence_parallel=False,
+                                                      expert_tp=expert_tp)
                 self.notes["tp"] = ("DTensor parallelize_module inside each stage: qkv/fc colwise, out/proj "
                                     "rowwise; embedding and LM head replicated")
             self.pipeline = PipelineRunner(self.model, self.mesh, schedule=strategy.schedule,
                                            virtual_stages=strategy.virtual_stages,
                                            microbatches=spec.microbatches, device=device, zero=strategy.zero,
-                                           stage_layers=spec.stage_layers or None)
+                                           stage_layers=spec.stage_layers or None,
+                                           experts=self.ep_state.expert_params)
             if strategy.zero > 0 and spec.dp > 1:
                 self.notes["zero"] = (f"fully_shard per block and per stage over dp "
                                       f"(reshard_after_forward={strategy.zero == 3})")
@@ -73,7 +87,7 @@ class RankStep(WorkloadStep):
             if spec.tp > 1:
                 vocab = self.mode == "train" and vocab_parallel_possible(self.model.spec, spec.tp)
                 self.tp_state = apply_tensor_parallel(self.model, self.mesh, sequence_parallel=strategy.sp,
-                                                      vocab_parallel=vocab)
+                                                      vocab_parallel=vocab, expert_tp=expert_tp)
                 self.notes["tp"] = "DTensor parallelize_module: qkv/fc colwise, out/proj rowwise" + \
                     (", SequenceParallel norms" if strategy.sp else "") + \
                     ("; embedding rowwise and LM head colwise over the vocabulary, loss_parallel" if vocab
@@ -81,7 +95,10 @@ class RankStep(WorkloadStep):
             if strategy.zero > 0:
                 self.notes["zero"] = apply_fully_shard(self.model, self.mesh["dp"], strategy.zero)
             elif spec.dp > 1 and self.mode == "train":
-                if spec.tp == 1:
+                if strategy.ep > 1:  # DDP would average different experts: reduce the rest by hand
+                    self.grad_sync_group = self.mesh["dp"].get_group()
+                    self.notes["dp"] = "flat gradient all-reduce of the non-expert parameters after backward"
+                elif spec.tp == 1:
                     from torch.nn.parallel import DistributedDataParallel
 
                     runner = DistributedDataParallel(self.model, process_group=self.mesh["dp"].get_group())
@@ -115,12 +132,16 @@ class RankStep(WorkloadStep):
         assert self.optimizer is not None
         if self.pipeline is not None:
             loss = self.pipeline.train_step(self.tokens, self.targets)
+            loss = self._with_pipeline_aux_loss(loss)
             self.tp_state.sync_replicated_kv()
         else:
             loss = self._accumulate()
             self.tp_state.sync_replicated_kv()
             if self.grad_sync_group is not None:
-                allreduce_gradients(self.trainable, self.grad_sync_group, self.worker_spec.dp)
+                allreduce_gradients([p for p in self.trainable if not self.ep_state.is_expert(p)],
+                                    self.grad_sync_group, self.worker_spec.dp)
+        if self.worker_spec.strategy.ep > 1:
+            self.ep_state.sync_expert_gradients()
         mark("backward_done")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -135,6 +156,7 @@ class RankStep(WorkloadStep):
         size = self.micro_batch
         starts = range(0, self.batch, size)
         loss = torch.zeros((), device=self.device)
+        self.model.set_aux_grad_scale(1.0 / len(starts))
         for i, start in enumerate(starts):
             last = i == len(starts) - 1
             with self._gradient_sync(last), vocab_parallel_loss(self.tp_state.vocab_parallel):
@@ -142,8 +164,26 @@ class RankStep(WorkloadStep):
                 part = F.cross_entropy(logits.flatten(0, 1).float(),
                                        self.targets[start:start + size].flatten()) / len(starts)
                 part.backward()
-            loss = loss + _plain(part.detach())
+            # MoE: the values of this micro-batch's aux losses (their gradient came through the layers)
+            loss = loss + _plain(part.detach()) + self.model.pop_aux_loss() / len(starts)
         return loss
+
+    def _with_pipeline_aux_loss(self, loss: torch.Tensor | None) -> torch.Tensor | None:
+        """The pipeline's loss (last stage) plus the mean over micro-batches of every stage's MoE aux losses,
+        summed over the pipeline group (collective over it; their gradients came through the layers, and the
+        schedule divides every gradient by the micro-batches)."""
+        if not self.model.moe_modules():
+            return loss
+        aux = torch.tensor([self.model.pop_aux_loss() / self.worker_spec.microbatches], dtype=torch.float64,
+                           device=self.device)
+        dist.all_reduce(aux, group=self.mesh["pp"].get_group())
+        return None if loss is None else loss + float(aux)
+
+    def expert_loads(self) -> list[list[int]]:
+        """Tokens routed to each expert per distinct MoE layer over every step run, summed over all ranks and
+        divided by tp (the TP ranks of a replica route the same tokens). Collective."""
+        loads = routing_loads(self.model, dist.group.WORLD)
+        return [[c // self.worker_spec.tp for c in layer] for layer in loads]
 
     def _gradient_sync(self, enabled: bool) -> Any:
         """A context in which DDP / FSDP reduce gradients only when `enabled` (the last micro-batch)."""

@@ -79,6 +79,8 @@ class RankRecord(BaseModel):
     comm_busy_s: float | None = Field(None, description="all communication time, overlapped or not, profiled step")
     profiled_step_s: float | None = None
     notes: dict[str, str] = Field(default_factory=dict)
+    expert_tokens: list[list[int]] = Field(default_factory=list, description="MoE: tokens routed to each expert "
+                                           "per distinct MoE layer over every step run, all ranks (rank 0 only)")
 
 
 def unsupported_reason(spec: WorkerSpec) -> str | None:
@@ -95,6 +97,21 @@ def unsupported_reason(spec: WorkerSpec) -> str | None:
         return f"device type {spec.device_type!r} has no torch.distributed backend here (allowed: {', '.join(PG_BACKENDS)})"
     if spec.tp > 1 and spec.sharing.lora is not None:
         return "tensor parallelism with LoRA adapters is not supported (the adapters wrap the projections TP shards)"
+    moe = spec.workload.model.moe
+    if moe is not None:
+        if s.sp:
+            return ("sequence parallelism with mixture-of-experts layers is not run by the measured backend (the "
+                    "MoE layer takes the whole sequence on every TP rank): use sp: false")
+        if s.expert_tp not in (1, spec.tp):
+            return (f"etp={s.expert_tp}: the measured backend splits the experts over all the TP ranks (etp = "
+                    f"tp = {spec.tp}) or none (etp = 1)")
+        if s.ep > 1 and spec.dp % s.ep:
+            return (f"ep={s.ep}: the measured backend carves the expert group out of the data-parallel ranks "
+                    f"only; ep must divide dp={spec.dp}")
+        if s.ep > 1 and s.zero > 0:
+            return "expert parallelism with ZeRO/FSDP (zero > 0) is not implemented in the measured backend"
+        if s.ep > 1 and mode != "train":
+            return "expert parallelism is run for training only by the measured backend"
     if s.sp and mode == "decode":
         return "sequence parallelism shards the sequence; decode generates one token at a time (use sp: false)"
     if spec.pp > 1:

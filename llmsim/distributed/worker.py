@@ -51,7 +51,8 @@ def run_rank(spec: WorkerSpec, rank: int, device: MeasuredDevice) -> RankRecord:
         comm, ops = profile_step(step.step, device)
         step.notes["comm_ops"] = json.dumps(ops, sort_keys=True)
     losses = step.global_losses() if spec.workload.mode == "train" else []
-    return RankRecord(rank=rank, host=socket.gethostname(), threads=threads, step_times_s=timings.step_times_s,
+    loads = step.expert_loads() if step.model.moe_modules() else []
+    return RankRecord(expert_tokens=loads if rank == 0 else [], rank=rank, host=socket.gethostname(), threads=threads, step_times_s=timings.step_times_s,
                       optimizer_times_s=timings.optimizer_s, first_token_times_s=timings.first_token_s,
                       losses=losses, peak_memory_bytes=memory.peak_bytes(), memory_method=memory.method,
                       notes=step.notes, **comm)

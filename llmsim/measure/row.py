@@ -16,14 +16,16 @@ from typing import Any
 from llmsim.backend import Backend, Case
 from llmsim.measure.summary import Energy, MeasuredSplit, StepSummary
 from llmsim.results import Result, fill_derived
+from llmsim.workload.moe import load_imbalance
 from llmsim.workload.profile import profile_workload
 
 
 def measured_result(backend: Backend, case: Case, summary: StepSummary, *, hardware: str,
                     peak_memory_bytes: float | None, peak_flops_per_s: float | None = None,
                     breakdown: MeasuredSplit | None = None, energy: Energy | None = None,
-                    extra: dict[str, Any] | None = None) -> Result:
-    """The `ok` row of `case` measured by `backend`; MFU is left empty without a peak."""
+                    extra: dict[str, Any] | None = None, expert_tokens: list[list[int]] | None = None) -> Result:
+    """The `ok` row of `case` measured by `backend`; MFU is left empty without a peak. `expert_tokens`: the
+    tokens the run routed to each expert per MoE layer (expert_load_imbalance, and extra `expert_tokens`)."""
     profile = profile_workload(case.workload, case.sharing)
     values: dict[str, Any] = dict(
         hardware=hardware, nodes=1, params=profile.params, trainable_params=profile.trainable_params,
@@ -36,4 +38,7 @@ def measured_result(backend: Backend, case: Case, summary: StepSummary, *, hardw
     if energy is not None:
         values.update(energy_j_per_step=energy.j_per_step, energy_source=energy.source)
     values["extra"] = {**(extra or {}), "step_times_s": json.dumps([round(t, 6) for t in summary.step_times_s])}
+    if expert_tokens:
+        values["expert_load_imbalance"] = load_imbalance(expert_tokens)
+        values["extra"]["expert_tokens"] = json.dumps(expert_tokens)
     return fill_derived(case.result(backend, **values), case.workload.tokens_per_step)

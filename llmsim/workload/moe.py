@@ -44,6 +44,13 @@ def balanced_counts(assignments: int, experts: int) -> list[int]:
     return [base + (1 if e < rest else 0) for e in range(experts)]
 
 
+def load_imbalance(loads: list[list[int]]) -> float | None:
+    """The busiest expert's tokens over the mean, the largest over the layers (`loads`: tokens per expert per
+    MoE layer); None without a routed token. 1 = perfectly balanced; E = every token on one expert."""
+    factors = [max(layer) * len(layer) / sum(layer) for layer in loads if sum(layer) > 0]
+    return max(factors) if factors else None
+
+
 def expert_capacity(tokens: int, top_k: int, experts: int, capacity_factor: float) -> int:
     """Most assignments one expert takes: ceil(cf * tokens * k / E) (GShard Sec. 2.2; Megatron-Core
     moe_utils.get_capacity)."""
