@@ -496,10 +496,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
         recompute_s += fwd_margin if plan.recompute == "full" else 0.0
     if workload.model.moe is not None:  # the routed experts and their all-to-alls (costmodel.moe)
+        dense_fwd_s = fwd_s
         fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap = _with_experts(
             workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap)
-        if plan.recompute == "full":
-            recompute_s = fwd_s if not fwd_overlap else recompute_s + (fwd_s - fwd.total)
+        if plan.recompute == "full":  # the recomputed forward runs the experts again
+            recompute_s += fwd_s - dense_fwd_s
     tp_recompute = tp_fwd if plan.recompute == "full" else ()
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)

@@ -105,6 +105,17 @@ def test_ep_comm_overlap_hides_the_all_to_alls() -> None:
     assert hidden.compute_time_s == pytest.approx(exposed.compute_time_s)
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_full_recompute_repeats_the_experts_and_their_all_to_alls(overlap: bool) -> None:
+    w = mixtral(batch=64)
+    cluster = H100(nodes=8, devices_per_node=8)
+    plan = Plan(dp=64, micro_batch=1, microbatches=1, ep=8, etp=1, recompute="full", ep_comm_overlap=overlap)
+    st = train_work(w, _profile(w), _sharing(w), plan, cluster).stages[0]
+    assert st.recompute_layer_s == pytest.approx(st.fwd_layer_s)
+    assert st.tp_recompute == st.tp_fwd and st.tp_recompute_overlap == st.tp_fwd_overlap
+    assert bool(_a2a(st.tp_recompute)) != overlap
+
+
 def test_imbalance_slows_the_expert_time() -> None:
     w = mixtral(batch=64)
     heavy = mixtral(batch=64, load_imbalance=2.0)
