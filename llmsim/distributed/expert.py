@@ -97,13 +97,18 @@ class AllToAllDispatcher(ExpertDispatcher):
 
 @dataclass
 class ExpertParallelState:
-    """What a training step needs after backward: the expert parameters (reduced over their edp group only)
-    and the groups."""
+    """What a training step needs after backward: the MoE layers whose routed experts are reduced over their
+    edp group only, and the groups."""
 
-    expert_params: list[nn.Parameter] = field(default_factory=list)
+    layers: list[MoELayer] = field(default_factory=list)
     edp_group: dist.ProcessGroup | None = None
     edp: int = 1
     dp: int = 1
+
+    @property
+    def expert_params(self) -> list[nn.Parameter]:
+        """The routed experts' parameters as they are now (tensor parallelism replaces the fused Linears)."""
+        return [p for layer in self.layers for p in layer.experts.parameters()]
 
     def is_expert(self, p: nn.Parameter) -> bool:
         return any(p is q for q in self.expert_params)
@@ -145,14 +150,13 @@ def apply_expert_parallel(model: Transformer, root: DeviceMesh, ep: int) -> Expe
                 if me in members:
                     edp_group = group
     assert ep_group is not None
-    state = ExpertParallelState(edp_group=edp_group, edp=dp // ep, dp=dp)
+    state = ExpertParallelState(layers=model.moe_modules(), edp_group=edp_group, edp=dp // ep, dp=dp)
     for layer in model.moe_modules():
         dispatcher = AllToAllDispatcher(ep_group, ep, ep_rank, layer.num_experts)
         for e in range(layer.num_experts):
             if e not in dispatcher.experts:
                 del layer.experts[str(e)]
         layer.dispatcher = dispatcher
-        state.expert_params.extend(layer.experts.parameters())
     return state
 
 

@@ -174,8 +174,10 @@ class RankStep(WorkloadStep):
         schedule divides every gradient by the micro-batches)."""
         if not self.model.moe_modules():
             return loss
-        aux = torch.tensor([self.model.pop_aux_loss() / self.worker_spec.microbatches], dtype=torch.float64,
-                           device=self.device)
+        # One forward per micro-batch of each layer this rank holds: earlier ones are the stage's metadata
+        # inference (torch.distributed.pipelining runs it on placeholder tensors before the first step).
+        n = self.worker_spec.microbatches
+        aux = torch.tensor([self.model.pop_aux_loss(keep_last=n) / n], dtype=torch.float64, device=self.device)
         dist.all_reduce(aux, group=self.mesh["pp"].get_group())
         return None if loss is None else loss + float(aux)
 

@@ -116,7 +116,7 @@ class _LayoutQuery:
     embedding_as_layer: bool = False
     loss_as_layer: bool = False
     ep: int = 1
-    etp: None = None
+    etp: int | None = None
 
     @property
     def model_parallel(self) -> int:
@@ -124,7 +124,7 @@ class _LayoutQuery:
 
     @property
     def expert_tp(self) -> int:
-        return self.tp
+        return self.etp if self.etp is not None else self.tp
 
 
 def _divisors(n: int) -> list[int]:

@@ -90,6 +90,7 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
         Section("Scaling", [figs["scaling"]], "scaling"),
         Section("Energy", [figs["energy"]], "energy"),
         Section("Memory", [figs["memory"]] + _some(T.memory_table(frame, capacity)), "memory"),
+        *([Section("Mixture of experts", [experts], "experts")] if (experts := T.experts_table(frame)) else []),
         Section("Modeled vs measured", [figs["parity"]] + _some(T.parity_table(frame)), "parity"),
         Section("Pipeline timeline", [figs["gantt"]], "timeline"),
         Section("Not run or not fitting", _some(T.not_ok_table(frame)) or [Paragraph("Every case ran.")],

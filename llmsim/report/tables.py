@@ -6,6 +6,7 @@ sortable HTML table orders 950 ms before 1.2 s.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -121,6 +122,40 @@ def memory_table(frame: pd.DataFrame, capacity: dict[str, float]) -> Table | Non
         cells += [cell(row.peak_memory_bytes_per_device, "bytes"), cell(device_capacity(row, capacity), "bytes")]
         out.append(cells)
     return Table(headers, out, [False] * 3 + [True] * (len(headers) - 3))
+
+
+def _loads_text(raw: Any) -> str:
+    """'layer 0: 130 · 122 · 119 · 141 (max/mean 1.11); layer 1: ...' from the JSON of extra expert_tokens."""
+    if missing(raw) or raw is None:
+        return "–"
+    parts = []
+    for i, layer in enumerate(json.loads(str(raw))):
+        mean = sum(layer) / len(layer) if layer else 0.0
+        ratio = f" (max/mean {max(layer) / mean:.3g})" if mean > 0 else ""
+        parts.append(f"layer {i}: " + " · ".join(str(c) for c in layer) + ratio)
+    return "; ".join(parts)
+
+
+def experts_table(frame: pd.DataFrame) -> Table | None:
+    """Mixture-of-experts rows: total and active parameters, the routing imbalance, and (measured rows) the
+    tokens the router sent to each expert in each distinct MoE layer over the run (docs/moe.md)."""
+    ok = frame[frame["status"] == "ok"]
+    if "params_active" not in ok.columns:
+        return None
+    moe = ok[any_value(ok, ["expert_load_imbalance"]) | (ok["params_active"] != ok["params"])]
+    moe = moe[any_value(moe, ["params_active"])]
+    if moe.empty:
+        return None
+    rows = []
+    for _, r in moe.iterrows():
+        rows.append([cell(r["case"], "text"), cell(r["backend"], "text"), cell(r.get("ep"), "int"),
+                     cell(r.get("params"), "count"), cell(r.get("params_active"), "count"),
+                     cell(r.get("expert_load_imbalance"), "tflops"), Cell(_loads_text(r.get("expert_tokens")))])
+    return Table(["case", "backend", "ep", "params", "active params", "load imbalance", "tokens per expert"],
+                 rows, [False, False, True, True, True, True, False],
+                 caption="load imbalance: the busiest expert's tokens over the mean, the largest over the MoE "
+                         "layers (measured: what the router did over every step of the run; modeled: the factor "
+                         "the cost model assumed).")
 
 
 def not_ok_table(frame: pd.DataFrame) -> Table | None:

@@ -262,15 +262,12 @@ class Transformer(nn.Module):
         """The distinct MoE layers (a shared block's counts once)."""
         return [m for m in self.modules() if isinstance(m, MoELayer)]
 
-    def pop_aux_loss(self) -> float:
+    def pop_aux_loss(self, keep_last: int | None = None) -> float:
         """The values of the auxiliary load-balancing losses of the MoE forwards since the last call, summed
         (0 for a dense model, in eval mode and on the meta device), and forgotten: the training step reports
-        them with its loss (their gradient enters through the layers: moe.AuxLossAutoScaler)."""
-        total = 0.0
-        for m in self.moe_modules():
-            total += sum(float(aux) for aux in m.aux_losses)
-            m.aux_losses.clear()
-        return total
+        them with its loss (their gradient enters through the layers: moe.AuxLossAutoScaler). `keep_last`: of
+        each layer only its last n forwards (MoELayer.settle)."""
+        return sum(m.settle(keep_last) for m in self.moe_modules())
 
     def set_aux_grad_scale(self, scale: float) -> None:
         """The gradient every MoE layer's aux loss gets in backward (1 / micro-batches, as the main loss)."""

@@ -97,6 +97,7 @@ class MoELayer(nn.Module):
         self.register_buffer("tokens_per_expert", torch.zeros(moe.experts, dtype=torch.int64), persistent=False)
         self.aux_losses: list[torch.Tensor] = []
         self.aux_grad_scale = 1.0
+        self.routing_log: list[torch.Tensor] = []  # training: the counts of each forward since `settle`
         self.dispatcher: ExpertDispatcher | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,10 @@ class MoELayer(nn.Module):
             counts = balanced_counts(n * k, e)
         else:
             with torch.no_grad():
-                self.tokens_per_expert += routed.to(torch.int64)
+                counts_now = routed.to(torch.int64)
+                self.tokens_per_expert += counts_now
+                if self.training:
+                    self.routing_log.append(counts_now)
             counts = [int(c) for c in routed.tolist()]
         if self.capacity_factor is not None:
             order, gate, counts = self._drop(order, gate, counts, expert_capacity(n, k, e, self.capacity_factor))
@@ -159,6 +163,19 @@ class MoELayer(nn.Module):
             start += c
         index = torch.cat(keep)
         return order[index], gate[index], [min(c, capacity) for c in counts]
+
+    def settle(self, keep_last: int | None = None) -> float:
+        """The summed values of the aux losses since the last call, forgetting them. `keep_last`: only the last
+        n training forwards count; earlier ones are taken out of `tokens_per_expert` too (a pipeline stage's
+        metadata inference runs the stage once on placeholder tensors before its first schedule step)."""
+        aux, log = self.aux_losses, self.routing_log
+        if keep_last is not None:
+            for counts in log[:max(len(log) - keep_last, 0)]:
+                self.tokens_per_expert -= counts
+            aux = aux[-keep_last:] if keep_last else []
+        total = sum(float(a) for a in aux)
+        self.aux_losses, self.routing_log = [], []
+        return total
 
     def expert_params(self) -> int:
         """Parameters of the routed experts this module holds."""

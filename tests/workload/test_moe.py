@@ -5,6 +5,7 @@ region "experts", the parameter fields, and the 2-layer scaling with mixed dense
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -293,3 +294,40 @@ def test_qwen3_30b_a3b_counts_by_hand() -> None:
     model = _meta_model(ModelSpec(preset="qwen3-30b-a3b"))
     assert count_parameters(model)[0] == 48 * (attn + norms + router + 128 * expert) + edges == 30_532_122_624
     assert count_active_parameters(model) == 48 * (attn + norms + router + 8 * expert) + edges == 3_353_032_704
+
+
+# ------------------------------------------------------------------------------------------ measured rows
+def test_cpu_backend_reports_active_parameters_and_the_measured_routing() -> None:
+    from llmsim.backend import RunContext
+    from llmsim.plugins import get_plugin_manager
+    from llmsim.registry import BackendRegistry
+    from llmsim.runner import plan_cases
+    from llmsim_plugins.cpu import CpuBackend, CpuSettings
+
+    sc = parse_scenario({**_scenario(dtype="float32"), "backends": {"cpu": {}}})
+    registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "cpu"}))
+    case = plan_cases(sc, registry)[0].case
+    r = CpuBackend(RunContext()).run(case, CpuSettings(steps=1, warmup=1))
+    assert r.status == "ok", r.error
+    profile = profile_workload(case.workload, case.sharing)
+    assert (r.params, r.params_active) == (profile.params, profile.active_params) and r.params_active < r.params
+    loads = json.loads(r.extra["expert_tokens"])
+    assert [sum(layer) for layer in loads] == [2 * 4 * 64 * 2] * 2  # two steps of 4 x 64 tokens, top-2
+    assert r.expert_load_imbalance == max(max(layer) * 4 / sum(layer) for layer in loads) >= 1.0
+
+
+def test_report_shows_total_active_parameters_and_the_loads_per_layer() -> None:
+    import pandas as pd
+
+    from llmsim.report.tables import experts_table
+
+    frame = pd.DataFrame([
+        dict(case="ep2", backend="cpu", status="ok", ep=2, params=345_000, params_active=247_000,
+             expert_load_imbalance=1.25, expert_tokens=json.dumps([[10, 6, 12, 4], [8, 8, 8, 8]])),
+        dict(case="dense", backend="cpu", status="ok", ep=1, params=1000, params_active=1000,
+             expert_load_imbalance=None, expert_tokens=None)])
+    table = experts_table(frame)
+    assert table is not None and len(table.rows) == 1  # the dense row is left out
+    texts = [c.text for c in table.rows[0]]
+    assert texts[-1] == "layer 0: 10 · 6 · 12 · 4 (max/mean 1.5); layer 1: 8 · 8 · 8 · 8 (max/mean 1)"
+    assert experts_table(frame.iloc[1:]) is None
