@@ -55,7 +55,6 @@ from llmsim.costmodel.plan import DTYPE_BYTES
 if TYPE_CHECKING:
     from llmsim.config import Workload
     from llmsim.costmodel.plan import Plan
-    from llmsim.costmodel.work import Comm
     from llmsim.workload.profile import WorkloadProfile
 
 # Per MoE layer and micro-batch (Megatron-Core MoEAlltoAllTokenDispatcher: token_permutation's all-to-all
@@ -384,19 +383,6 @@ def moe_layer_share(workload: "Workload") -> float:
     are spread evenly over its layers."""
     spec = workload.model
     return spec.moe_layers / spec.layers if spec.moe is not None else 0.0
-
-
-def a2a_comms(workload: "Workload", plan: "Plan", group: Group, phase: str, count: int) -> tuple["Comm", ...]:
-    """`count` dispatch/combine all-to-alls of one mean layer (the MoE share of a layer's, moe_layer_share)
-    over the placed ep group: each rank's tokens x top_k x hidden buffer (a2a_buffer_bytes)."""
-    from llmsim.costmodel.work import Comm  # work imports this module
-
-    moe = workload.model.moe
-    if moe is None or plan.ep <= 1 or count <= 0:
-        return ()
-    size = a2a_buffer_bytes(tokens_per_rank(workload, plan, phase), moe.top_k, workload.model.hidden,
-                            DTYPE_BYTES[workload.dtype]) * moe_layer_share(workload)
-    return (Comm("all-to-all", size, group, count),)
 
 
 def expert_activation_bytes(workload: "Workload", plan: "Plan") -> float:

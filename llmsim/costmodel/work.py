@@ -558,6 +558,18 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     comm_shares_cores=not cluster.device.overlaps_communication)
 
 
+def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count: int) -> Comms:
+    """`count` dispatch/combine all-to-alls of one mean layer (the MoE share of a layer's,
+    moe.moe_layer_share) over the placed ep group: each rank's tokens x top_k x hidden buffer
+    (moe.a2a_buffer_bytes); none without expert parallelism."""
+    spec = workload.model
+    if spec.moe is None or plan.ep <= 1 or count <= 0:
+        return ()
+    size = moe.a2a_buffer_bytes(moe.tokens_per_rank(workload, plan, phase), spec.moe.top_k, spec.hidden,
+                                DTYPE_BYTES[workload.dtype]) * moe.moe_layer_share(workload)
+    return (Comm("all-to-all", size, group, count),)
+
+
 def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, rates: Rates, groups: Groups,
                   cluster: ClusterSpec, fwd_s: float, bwd_s: float, tp_fwd: Comms, tp_bwd: Comms,
                   fwd_overlap: Overlaps, bwd_overlap: Overlaps
@@ -570,8 +582,8 @@ def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, 
     share = moe.moe_layer_share(workload)
     fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward")
     bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward")
-    a2a_fwd = moe.a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD)
-    a2a_bwd = moe.a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD)
+    a2a_fwd = a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD)
+    a2a_bwd = a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD)
     if plan.ep_comm_overlap and cluster.device.overlaps_communication:
         if a2a_fwd:
             fwd_overlap += (Overlapped(hidden=a2a_fwd, gemm_s=max(fwd_s - overlapped_gemm_s(fwd_overlap), 0.0)),)
@@ -621,7 +633,7 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     layer_overlap: Overlaps = ()
     if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
         layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(profile, workload, plan, rates, phase, steps)
-        a2a = moe.a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD)
+        a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD)
         if plan.ep_comm_overlap and cluster.device.overlaps_communication and a2a:
             layer_overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)
         else:
