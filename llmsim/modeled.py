@@ -21,7 +21,9 @@ from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.step import StepTimes
+from llmsim.costmodel.work import inference_plan
 from llmsim.errors import ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog
 from llmsim.modeled_serving import ServingFaults, serve_case
@@ -187,6 +189,8 @@ class ModeledBackend(Backend):
         plan = plan_on(Plan.of(case.strategy, case.layout), cluster)
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
                      trainable_params=profile.trainable_params, params_active=profile.active_params,
+                     expert_load_imbalance=assumed_imbalance(case.workload, plan if case.workload.mode == "train"
+                                                             else inference_plan(plan)),
                      energy_source="modeled", model_flops_per_step=profile.model_flops_per_step)
         try:
             peak = device_rates(cluster, case.workload.dtype).peak_flops
