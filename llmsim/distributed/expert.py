@@ -114,7 +114,10 @@ class ExpertParallelState:
         return any(p is q for q in self.expert_params)
 
     def sync_expert_gradients(self) -> None:
-        """Expert gradients summed over the expert-data-parallel group and divided by dp (module docstring)."""
+        """Expert gradients summed over the expert-data-parallel group and divided by dp (module docstring):
+        1/dp, not 1/edp, since each local gradient already sums its ep group's replicas. Megatron-Core's
+        factor (distributed/distributed_data_parallel.py: expert_gradient_scaling_factor = 1/dp_size with a
+        sum over the expert-data-parallel group; docs/moe.md, the scale rule)."""
         grads = [_local(p.grad) for p in self.expert_params if p.grad is not None]  # etp = tp: local shards
         if not grads:
             return

@@ -180,10 +180,16 @@ def _storage_key(t: torch.Tensor) -> int:
 
 
 class _SavedActivations:
-    """Sums the bytes autograd saves for backward, once per storage, parameters excluded."""
+    """Sums the bytes autograd saves for backward, once per storage, parameters and buffers excluded.
+
+    Buffers are module state like parameters, resident whatever autograd saves: RoPE's cos and sin tables
+    (RotaryEmbedding, cast to the model dtype with the model, so `.to(x.dtype)` is a no-op) are saved as views
+    by every layer's rotation, one storage for the whole model. Counted, they went once into the layers' bytes
+    of a trace, so a short trace scaled to L layers (costmodel.scaling.with_layers) counted them L/2 times
+    (6,144 bytes too many for tiny-moe at 8 layers: 2 x 64 x 8 x 2 bytes, three times)."""
 
     def __init__(self, model: torch.nn.Module, tracker: ModuleTracker) -> None:
-        self.param_storages = {_storage_key(p) for p in model.parameters()}
+        self.param_storages = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
         self.tracker = tracker
         self.seen: dict[int, tuple[int, bool]] = {}
 

@@ -221,13 +221,6 @@ def _eager_extras(spec: ModelSpec, b: int, e: int) -> int:
     return extra
 
 
-def _rope_tables(spec: ModelSpec, e: int) -> int:
-    """RoPE's cos and sin buffers (max_positions x d/2 each, cast to the model dtype): the trace sees views of
-    them saved by every layer's rotation, one storage for the whole model, which the profile's per-layer
-    figure (saved bytes in the layers // layers) spreads over the layers. A constant, not a per-layer cost."""
-    return 2 * (spec.max_positions or spec.seq_len) * (spec.head_width // 2) * e if spec.positions == "rotary" else 0
-
-
 ARCHITECTURES = {
     "gpt": dict(),
     "gpt-dropout": dict(dropout=0.1),
@@ -246,7 +239,7 @@ def test_the_math_inventory_is_what_the_traced_module_saves(arch: str, dtype: st
     profile, sharing = profiled(w, tie=True)
     e = 2 if dtype == "bfloat16" else 4
     derived, _ = activation_bytes_per_layer(w, sharing, Plan(micro_batch=b), Options(attention="math"))
-    assert profile.activation_bytes_per_layer == derived + _eager_extras(spec, b, e) + _rope_tables(spec, e) // 2
+    assert profile.activation_bytes_per_layer == derived + _eager_extras(spec, b, e)
     # outside the layers: the same, plus NLL's 0-dim fp32 total_weight, and the final norm's composite
     first, last = edge_activation_bytes(w, sharing, Plan(micro_batch=b))
     final_norm = (2 * FP32_BYTES - e) * spec.hidden * spec.seq_len * b if spec.norm == "rmsnorm" else 0

@@ -11,12 +11,19 @@ Megatron-Core). The router's measured loads come back as extra `expert_tokens` a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmsim.backend import Case, RunContext
 from llmsim.config import parse_scenario
+from llmsim.distributed.launch import free_port
+from llmsim.distributed.spec import WorkerSpec
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases
@@ -81,3 +88,69 @@ def test_moe_tensor_parallel_without_expert_parallelism() -> None:
 def test_expert_parallel_unsupported_combinations_are_skipped_rows() -> None:
     r = CpuBackend(RunContext()).run(_case(dp=2, ep=2, zero=3), SETTINGS)
     assert r.status == "skipped" and "ZeRO" in r.error
+
+
+# -- gradients ---------------------------------------------------------------------------------------
+# The losses above cannot see a constant factor on the expert gradients (AdamW's update is nearly invariant
+# to the gradient's scale). These compare the gradients themselves after one backward and every reduction
+# (before the optimizer): on each rank, every parameter it holds (non-expert: the replicated or sharded
+# parameter, assembled over TP; expert: its local experts) against the single process's gradient of the same
+# global batch. tests/distributed/ep_gradient_rank.py is the per-rank program.
+GRAD_REL = 1e-5  # float32 all the way; the reductions reorder sums of a few terms
+
+GRAD_STRATEGIES = {
+    "ep": (dict(dp=2, ep=2), None),
+    "ep-edp": (dict(dp=4, ep=2), None),  # world 4: edp = 2 ranks hold the same experts
+    "ep-shared-experts": (dict(dp=2, ep=2), {"moe": {"shared_experts": 1}}),
+    "ep-capacity": (dict(dp=2, ep=2), {"moe": {"capacity_factor": 1.0}}),
+    "ep-tp": (dict(dp=2, ep=2, tp=2), None),
+    "ep-tp-etp1": (dict(dp=2, ep=2, tp=2, etp=1), None),
+    "ep-pp": (dict(dp=2, ep=2, pp=2, schedule="1f1b"), None),
+}
+
+
+def _rank_gradients(case: Case, tmp_path: Path) -> list[dict[str, dict[str, float]]]:
+    """Run ep_gradient_rank.py on every rank of the case; each rank's per-parameter comparison."""
+    spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, seed=case.seed,
+                                  steps=1, warmup=0, threads=1, profile_comm=False)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    script = Path(__file__).with_name("ep_gradient_rank.py")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(spec.world),
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(spec_path), str(tmp_path)],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for r in range(spec.world)]
+    try:
+        while any(p.poll() is None for p in procs):  # a failed rank ends the run (the others would hang)
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.05)
+        failed = [(r, p.returncode) for r, p in enumerate(procs) if p.poll() not in (None, 0)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        logs = [p.communicate()[0].decode(errors="replace") for p in procs]
+    assert not failed, f"rank {failed[0][0]} failed:\n{logs[failed[0][0]][-3000:]}"
+    return [json.loads((tmp_path / f"grads-rank{r}.json").read_text()) for r in range(spec.world)]
+
+
+@pytest.mark.parametrize("name", list(GRAD_STRATEGIES))
+def test_expert_parallel_gradients_equal_the_single_process(name: str, tmp_path: Path) -> None:
+    strategy, model = GRAD_STRATEGIES[name]
+    case = _case(batch=8 if strategy.get("pp", 1) > 1 or strategy["dp"] > 2 else 4, model=model, **strategy)
+    ranks = _rank_gradients(case, tmp_path)
+    experts_seen: set[str] = set()
+    for r, grads in enumerate(ranks):
+        assert grads, f"rank {r} holds no gradient"
+        for param, d in grads.items():
+            assert d["ref_max_abs"] > 0, f"rank {r} {param}: the single process's gradient is zero"
+            assert d["max_abs_diff"] <= GRAD_REL * d["ref_max_abs"], \
+                f"rank {r} {param}: gradient off by {d['max_abs_diff']:.3g} (|g| {d['ref_max_abs']:.3g}, " \
+                f"scale {d['ratio']:.6f} of the single process's)"
+            if ".experts." in param:
+                experts_seen.add(param)
+    # every routed expert of every MoE layer was checked on some rank (each rank holds E/ep of them)
+    assert len({p.split(".experts.")[0] + "." + p.split(".experts.")[1].split(".")[0] for p in experts_seen}) \
+        == 2 * case.workload.model.moe.experts, sorted(experts_seen)  # tiny-moe: 2 MoE layers

@@ -267,9 +267,9 @@ def test_traced_expert_flops_are_exactly_top_k() -> None:
 def test_scaling_from_two_layers_is_exact_with_mixed_layers(mode: str) -> None:
     """8 layers, layer 0 dense, then MoE every other layer (2, 4, 6): a dense and an MoE 2-layer trace,
     each scaled to its layer count, equal the 8-layer trace field by field (AdamW's operator count follows
-    its tensors, which scaling does not track: its bytes are compared). Learned positions: with rotary ones
-    the traced saved activations are not linear in depth even for dense models (a pre-existing limit)."""
-    sc = parse_scenario(_scenario({"layers": 8, "positions": "learned",
+    its tensors, which scaling does not track: its bytes are compared). tiny-moe's rotary positions: RoPE's
+    cos/sin buffers, saved as views by every layer, are model state, not activations (workload.profile)."""
+    sc = parse_scenario(_scenario({"layers": 8,
                                    "moe": {"first_dense_layers": 1, "layer_freq": 2, "shared_experts": 1}},
                                   mode=mode, decode_tokens=3))
     sharing = sc.sharing_choice(sc.strategies[0])
@@ -283,6 +283,17 @@ def test_scaling_from_two_layers_is_exact_with_mixed_layers(mode: str) -> None:
             assert scaled.ops[key].bytes == pytest.approx(traced.ops[key].bytes, rel=1e-5)
         elif key != ("prefill", "head", "other"):  # the KV cache allocation (tests/costmodel/test_scaling.py)
             assert scaled.ops[key] == traced.ops[key], key
+
+
+def test_scaling_a_dense_rotary_model_from_two_layers_is_exact() -> None:
+    """tiny-moe's shape without experts, rotary positions: the 2-layer trace scaled to 8 layers saves the
+    traced bytes (RoPE's cos/sin buffers, saved by every layer, were once counted as per-layer bytes)."""
+    sc = parse_scenario(_scenario({"layers": 8, "moe": None}))
+    sharing = sc.sharing_choice(sc.strategies[0])
+    traced, scaled = _trace(sc.workload, sharing), profile_at_depth(sc.workload, sharing, 8)
+    assert sc.workload.model.positions == "rotary"
+    assert (scaled.activation_bytes, scaled.activation_bytes_per_layer) == \
+        (traced.activation_bytes, traced.activation_bytes_per_layer)
 
 
 def test_qwen3_30b_a3b_counts_by_hand() -> None:
