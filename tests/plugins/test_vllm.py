@@ -197,9 +197,11 @@ def test_the_replay_times_every_token_and_counts_refusals(tmp_path: Path) -> Non
     for answer in (answers[0], answers[1], answers[3]):
         times = answer.token_times
         assert len(times) == answer.request.output_tokens
-        assert times[0] - answer.request.arrival_s >= PREFILL_S          # the fake's prefill
-        # and its token gaps (one gap may be read short when two chunks arrive in one read; their sum may not)
-        assert times[-1] - times[0] >= (len(times) - 1) * TOKEN_S and list(times) == sorted(times)
+        assert list(times) == sorted(times)
+        # No token is read before the fake produced it: its prefill, then one token per TOKEN_S. Only lower
+        # bounds from the request's arrival hold on a loaded host (a late read can bunch tokens together).
+        assert times[0] - answer.request.arrival_s >= PREFILL_S
+        assert times[-1] - answer.request.arrival_s >= PREFILL_S + (len(times) - 1) * TOKEN_S
     assert metrics.samples > 0 and metrics.kv_peak_utilization is not None and metrics.kv_peak_utilization > 0
     assert metrics.preemptions == 0   # the fake counts served // 4: 3 served
     outcome = outcome_of(answers, metrics, wall)
