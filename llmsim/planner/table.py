@@ -8,8 +8,10 @@ module gives the same numbers for thousands at once, through the same code:
   group only dp, ZeRO and the micro-batch count m = B / (dp x micro_batch) vary;
 * per group, the cost model's own scalar functions build the work once (costmodel.work.train_work), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
-  micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`);
-  each data-parallel collective is priced once per distinct dp (`Comm.time`, cached);
+  micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
+  these two shared by the groups of one `_stage_key`, which differ only by the node); each data-parallel
+  group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
+  (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
