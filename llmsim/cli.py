@@ -30,21 +30,28 @@ from llmsim.wording import count
 err_console = Console(stderr=True)
 
 
-def _registry() -> tuple[BackendRegistry, object]:
+def _registry(warn: bool = True) -> tuple[BackendRegistry, object]:
     manager = get_plugin_manager()
     registry = BackendRegistry.from_manager(manager)
-    for plugin, why in registry.broken.items():
-        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {escape(why)}[/]", highlight=False)
+    if warn:
+        _warn_broken(registry)
     return registry, manager
+
+
+def _warn_broken(registry: BackendRegistry) -> None:
+    for plugin, why in registry.broken.items():
+        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r} is not usable: {escape(why)}[/]",
+                          highlight=False)
 
 
 def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[Scenario, list[PlannedCase], object,
                                                                                BackendRegistry]:
     scenario = load_scenario(path, overrides)
-    registry, manager = _registry()
+    registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
+    _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry
 
 
@@ -84,6 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         Console(stderr=True, width=err_console.width if err_console.is_terminal else WIDTH).print(headline_table(frame))
     err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
                       highlight=False)
+    if outcome.interrupted:  # stop now: the figures take seconds, and --resume or `llmsim report` builds them
+        err_console.print(f"interrupted: the rows above are saved; finish with --resume (or build the report of "
+                          f"what is done with `llmsim report {escape(str(outcome.run_dir))}`)", highlight=False)
+        print(outcome.run_dir)
+        return EXIT_INTERRUPTED
     try:
         from llmsim.report.build import write_report
 
@@ -92,10 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err_console.print(f"[yellow]llmsim: warning: the report could not be built ({escape(type(exc).__name__)}: "
                           f"{escape(str(exc))}); results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]",
                           highlight=False)
-    if outcome.interrupted:
-        err_console.print("interrupted: the rows above are saved; finish with --resume", highlight=False)
     print(outcome.run_dir)
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    return 0
 
 
 @contextmanager

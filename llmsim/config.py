@@ -11,7 +11,6 @@ Every failure is a `ScenarioError` naming the file, the key path and what is all
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -23,7 +22,7 @@ from llmsim.errors import ScenarioError, format_key_path
 from llmsim.serving.spec import ServingSpec
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
-from llmsim.userinput import parse_yaml, read_yaml
+from llmsim.userinput import override_path, parse_yaml, read_yaml
 from llmsim.wording import count
 from llmsim.workload.presets import PRESETS
 
@@ -642,19 +641,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
         if "=" not in item:
             raise ScenarioError(file, None, f"--set {item!r}: expected KEY=VALUE, e.g. workload.batch=16")
         key, raw = item.split("=", 1)
-        parts = re.findall(r"[^.\[\]]+|\[\d+\]", key)
-        if not parts:
-            raise ScenarioError(file, key, "--set: empty key")
+        parts = override_path(key, file)
         value = parse_yaml(raw, file, key, what=f"--set value {raw!r} is not valid YAML")
         node: Any = data
-        for i, part in enumerate(parts):
+        for i, index in enumerate(parts):
             last = i == len(parts) - 1
-            index: str | int = int(part[1:-1]) if part.startswith("[") else part
+            where = format_key_path(tuple(parts[:i]))
             if isinstance(index, int):
-                if not isinstance(node, list) or index >= len(node):
-                    raise ScenarioError(file, key, f"--set: no list element {part}")
+                if not isinstance(node, list):
+                    raise ScenarioError(file, key, f"--set: [{index}]: {where} is not a list")
+                if index < 0:  # Python's "from the end" would be a guess at what the user meant
+                    hint = f"; the last element of {where} is [{len(node) - 1}]" if node else f"; {where} is empty"
+                    raise ScenarioError(file, key, f"--set: [{index}]: a list index counts from [0] at the start, "
+                                                   f"negative indices are not supported{hint}")
+                if index >= len(node):
+                    raise ScenarioError(file, key, f"--set: no list element [{index}]: {where} has "
+                                                   f"{count(len(node), 'element')} (allowed: [0] to [{len(node) - 1}])"
+                                        if node else f"--set: no list element [{index}]: {where} is empty")
             elif not isinstance(node, dict):
-                raise ScenarioError(file, key, f"--set: {part!r} is not inside a mapping")
+                what = "a list: give an index, [0]" if isinstance(node, list) else f"{node!r}, not a mapping of keys"
+                raise ScenarioError(file, key, f"--set: {index!r} is not inside a mapping ({where} is {what})")
             if last:
                 node[index] = value
             else:
@@ -681,7 +687,7 @@ def _describe(err: dict[str, Any]) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return f"{err.get('input')!r}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
-                                                              "bool", "float", "too_short")) else msg
+                                                              "bool", "float", "too_short", "finite")) else msg
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:

@@ -21,11 +21,14 @@ from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.step import StepTimes
+from llmsim.costmodel.work import inference_plan
 from llmsim.errors import ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog
 from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
+from llmsim.strict import sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -35,7 +38,7 @@ class ModeledSettings(BaseModel):
     """A catalog cluster (`nodes` x `devices_per_node` of `hardware`, joined by the two links) and the
     software choices the cost model cannot read off the scenario (costmodel.plan.Options)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)")
     nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(
@@ -59,6 +62,9 @@ class ModeledSettings(BaseModel):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
             raise ValueError("allowed: a node count >= 1, or a non-empty list of them (a sweep)")
+        repeats = sweep_repeats(values)
+        if repeats:
+            raise ValueError(repeats)
         return value
 
     @property
@@ -183,6 +189,8 @@ class ModeledBackend(Backend):
         plan = plan_on(Plan.of(case.strategy, case.layout), cluster)
         where = dict(hardware=cluster.device.name, nodes=cluster.nodes, params=profile.params,
                      trainable_params=profile.trainable_params, params_active=profile.active_params,
+                     expert_load_imbalance=assumed_imbalance(case.workload, plan if case.workload.mode == "train"
+                                                             else inference_plan(plan)),
                      energy_source="modeled", model_flops_per_step=profile.model_flops_per_step)
         try:
             peak = device_rates(cluster, case.workload.dtype).peak_flops

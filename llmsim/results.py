@@ -9,14 +9,17 @@ import itertools
 import json
 import math
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmsim.errors import UsageError, path_error
+from llmsim.errors import LLMSimError, UsageError, one_line, path_error
+from llmsim.wording import count
 
 # name -> (unit, meaning). The order is the column order of results.csv.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -284,6 +287,8 @@ class ResultStore:
         self.jsonl = run_dir / "results.jsonl"
         self.csv = run_dir / "results.csv"
         self.rows: list[dict[str, Any]] = read_rows(run_dir) if self.jsonl.exists() else []
+        if self.jsonl.exists():
+            _end_last_line(self.jsonl)
         # Both files from the start: a run killed before its first row still is a run folder (it can be
         # resumed, reported on, and never lacks its csv).
         self.jsonl.touch()
@@ -319,21 +324,67 @@ class ResultStore:
         return rows_frame(self.rows)
 
 
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume)."""
+def _end_last_line(jsonl: Path) -> None:
+    """Before rows are appended to a resumed results.jsonl: a last line cut by a kill is dropped (read_rows
+    left it out; the resumed run redoes its case) and a complete last row missing only its newline gets one,
+    so that the next row starts a line of its own instead of gluing onto it."""
+    data = jsonl.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        complete = isinstance(json.loads(data[start:]), dict)
+    except (ValueError, RecursionError):
+        complete = False
+    if complete:
+        with jsonl.open("ab") as f:
+            f.write(b"\n")
+    else:
+        os.truncate(jsonl, start)
+
+
+class DamagedRows(LLMSimError):
+    """A results.jsonl line that is not a result row, other than a last line cut by a kill (bad input: exit 2)."""
+
+
+def _warn(message: str) -> None:
+    print(f"llmsim: warning: {message}", file=sys.stderr)
+
+
+def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
+    """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume).
+
+    ResultStore writes each row as one line ending in a newline. A last line without its newline that does
+    not parse is a row cut by a kill (the run stopped while writing it): the complete rows are returned and
+    `warn` says so; that case is simply not done, as --resume knows. Any other line that is not a row (not
+    JSON, not a mapping with case and backend) means the file was damaged or edited: DamagedRows, one line
+    naming the file and the line, rather than a report that silently lacks rows."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     path = run_dir / "results.jsonl"
-    # errors="replace": a line with bytes that are not UTF-8 (a damaged file) fails to parse and is skipped
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    # errors="replace": bytes that are not UTF-8 (a damaged file) become U+FFFD and the line fails below
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        problem = None
         try:
             row = json.loads(line)
-        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: absurd nesting
-            continue  # a line cut by a kill: that case is simply not done
-        if not isinstance(row, dict) or not isinstance(row.get("case"), str) or not isinstance(row.get("backend"), str):
-            continue  # valid JSON but not a row (an edited or damaged file)
-        rows[(row["case"], row["backend"])] = row
+        except json.JSONDecodeError as exc:
+            problem = f"not JSON ({exc.msg} at column {exc.colno})"
+        except (ValueError, RecursionError):  # a number too long to convert; absurd nesting
+            problem = "not a JSON row llmsim could read"
+        else:
+            if not isinstance(row, dict) or not isinstance(row.get("case"), str) \
+                    or not isinstance(row.get("backend"), str):
+                problem = "JSON but not a result row (a mapping with case and backend)"
+        if problem is None:
+            rows[(row["case"], row["backend"])] = row
+        elif number == len(lines):  # the last line, and no newline after it: a write cut short
+            warn(f"{path}: line {number}: an incomplete last row (the run stopped while writing it) is left "
+                 f"out; the {count(len(rows), 'complete row')} before it are used (llmsim run --resume redoes it)")
+        else:
+            raise DamagedRows(one_line(f"{path}: line {number}: {problem}; the file is damaged or was edited "
+                                       f"(each line is one row as llmsim wrote it)"))
     return list(rows.values())
 
 

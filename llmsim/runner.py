@@ -26,6 +26,7 @@ from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
+from llmsim import interrupt
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
 from llmsim.serving.requests import TraceError, read_trace
 from llmsim.serving.spec import ServingCase
@@ -55,6 +56,18 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         raise ScenarioError(file, where, f"{err.get('input')!r}: {msg}") from None
 
 
+def missing_backend(name: str, registry: BackendRegistry) -> str:
+    """Why no backend `name` is registered. A plugin whose entry point has that name (the convention: cpu =
+    llmsim_plugins.cpu) but failed to load or to register says so with its exception; otherwise the name is
+    unknown, and any plugin that failed to load is named, since it may be the one that provides it."""
+    why = registry.broken.get(name)
+    if why is not None:
+        return f"backend {name!r} is not usable: its plugin failed to load: {why.removeprefix('import failed: ')}"
+    broken = "; ".join(f"{plugin} ({why.removeprefix('import failed: ')})" for plugin, why in registry.broken.items())
+    return (f"unknown backend {name!r}; installed: {', '.join(registry.names) or 'none'}"
+            + (f"; plugins that failed to load (one may provide it): {broken}" if broken else ""))
+
+
 def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None) -> Catalog:
     """Built-in catalog + the scenario's `hardware_catalog` files + entries from plugins' hardware hook."""
     entries = list(manager.call_each("llmsim_hardware")) if manager is not None else []
@@ -76,9 +89,8 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     planned: list[PlannedCase] = []
     for name in backends:
         if name not in registry.backends:
-            installed = ", ".join(registry.names) or "none"
             key = f"backends.{name}" if name in scenario.backends else "--backend"
-            raise ScenarioError(file, key, f"unknown backend {name!r}; installed: {installed}")
+            raise ScenarioError(file, key, missing_backend(name, registry))
     catalog = catalog or build_catalog(scenario, scenario_dir)
     sweeps = {}
     for name, raw in backends.items():
@@ -90,6 +102,11 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             raise ScenarioError(file, f"backends.{name}.{exc.key}" if exc.key else f"backends.{name}",
                                 exc.message) from None
         sweeps[name] = cls.sweep(settings)
+        suffixes = [suffix for suffix, _ in sweeps[name]]
+        repeated = sorted({s for s in suffixes if suffixes.count(s) > 1})
+        if repeated:  # a plugin's own sweep: the built-in lists (nodes, rates) refuse repeats when validated
+            raise ScenarioError(file, f"backends.{name}", f"the sweep has the point {repeated[0][1:] or 'as given'!r} "
+                                                          f"more than once; each point runs once")
         for _, point in sweeps[name]:
             problem = cls.check_settings(point, catalog)
             if problem:
@@ -214,21 +231,32 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     interrupted = False
     executor = executor or LocalExecutor()
     try:
-        if modeled:
-            task = ModeledCaseTask(context.catalog, run_dir)
-            try:
-                for i, result in executor.as_completed(task, modeled):
-                    store.add(result)
-                    k += 1
-                    if progress:
-                        progress(k, len(planned), modeled[i])
-            finally:
-                executor.close()
-        for item in measured:
-            k += 1
-            if progress:
-                progress(k, len(planned), item)
-            store.add(_run_one(item, instances, context))
+        with interrupt.handling():
+            if modeled:
+                task = ModeledCaseTask(context.catalog, run_dir)
+                try:
+                    for i, result in executor.as_completed(task, modeled):
+                        if interrupt.requested() and result.status == "failed":
+                            raise KeyboardInterrupt  # as below: it failed because of the Ctrl-C
+                        store.add(result)
+                        k += 1
+                        if progress:
+                            progress(k, len(planned), modeled[i])
+                        interrupt.check()
+                finally:
+                    executor.close()
+            for item in measured:
+                k += 1
+                if progress:
+                    progress(k, len(planned), item)
+                result = _run_one(item, instances, context)
+                # A Ctrl-C whose KeyboardInterrupt was lost on the way (llmsim.interrupt) still stops the run:
+                # a case that failed after it failed because of it (no row: --resume runs it); one that
+                # finished is kept.
+                if interrupt.requested() and result.status == "failed":
+                    raise KeyboardInterrupt
+                store.add(result)
+                interrupt.check()
     except KeyboardInterrupt:
         interrupted = True
     store.reorder([(item.case.name, item.backend.name) for item in planned])

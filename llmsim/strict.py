@@ -24,10 +24,12 @@ def _accepts_bool(annotation: Any) -> bool:
 
 
 class StrictModel(BaseModel):
-    """extra="forbid", frozen; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1 (pydantic's lax
-    mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""
+    """extra="forbid", frozen, finite floats; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1
+    (pydantic's lax mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML reads .inf and .nan as floats; no key of a scenario, plan or serving block means
+    # anything by them (`rate: .inf` passed `> 0` and `.nan` compares false with every bound)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -39,3 +41,22 @@ class StrictModel(BaseModel):
                     raise ValueError(f"{name}: {str(value).lower()} is a boolean, not a value of this key "
                                      f"(YAML reads true/false/yes/no/on/off as booleans)")
         return data
+
+
+def sweep_repeats(values: list[Any]) -> str | None:
+    """The message for a sweep list that repeats a value (`nodes: [1, 1]`, `rate: [2, 2.0]`), or None.
+
+    A sweep runs one case per value, so a repeat would run and report the same case twice under one name;
+    it is refused rather than silently dropped, since a repeat is usually a typo for another value."""
+    seen: list[Any] = []
+    repeats: list[Any] = []
+    for v in values:  # a list, not a set: 2 and 2.0 are one rate, and the repeats keep the file's order
+        if v not in seen:
+            seen.append(v)
+        elif v not in repeats:
+            repeats.append(v)
+    if not repeats:
+        return None
+    said = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in repeats)
+    return (f"{said} {'is' if len(repeats) == 1 else 'are'} repeated; a sweep runs each value once "
+            f"(allowed: distinct values)")

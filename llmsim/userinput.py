@@ -13,6 +13,7 @@ needs (the numbers below) and far below where those failures begin.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ MAX_VALUES = 100_000
 
 
 class _Limited(yaml.SafeLoader):
-    """The safe loader, refusing to compose nodes deeper than MAX_DEPTH (it composes recursively)."""
+    """The safe loader, refusing to compose nodes deeper than MAX_DEPTH (it composes recursively) and to
+    construct a mapping that repeats a key (PyYAML keeps the last silently; YAML 1.2 section 3.2.1.1 says
+    the keys of a mapping are unique)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -50,9 +53,34 @@ class _Limited(yaml.SafeLoader):
             self._depth -= 1
 
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Before SafeConstructor's flatten_mapping folds in merge keys (`<<: *base`): a key the mapping
+        # states itself may override a merged one, that is what merging is for; stating it twice may not.
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeConstructor reports it below
+                    continue
+                if first is not key_node.start_mark:
+                    raise _Duplicate(key_node.start_mark, key, first)
+        return super().construct_mapping(node, deep)
+
+
 class _TooDeep(Exception):
     def __init__(self, mark: yaml.Mark) -> None:
         self.mark = mark
+
+
+class _Duplicate(Exception):
+    def __init__(self, mark: yaml.Mark, key: Any, first: yaml.Mark) -> None:
+        self.mark = mark
+        self.key = key
+        self.first = first
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -118,6 +146,12 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
             raise ScenarioError(file, key, f"stands for more than {MAX_VALUES:,} values once aliases are expanded "
                                            f"(a scenario has about a hundred)")
         return loader.construct_document(node)
+    except _Duplicate as exc:
+        one = "\n" not in text.strip()  # a --set value is one line: its column says where
+        where = f"column {exc.mark.column + 1}" if one else f"line {exc.mark.line + 1}"
+        first = f"column {exc.first.column + 1}" if one else f"line {exc.first.line + 1}"
+        raise ScenarioError(file, key, f"{where}: duplicate key {exc.key!r} (first at {first}); a key may appear "
+                                       f"once in a mapping (YAML would silently keep the last)") from None
     except _TooDeep as exc:
         raise ScenarioError(file, key, f"line {exc.mark.line + 1}, column {exc.mark.column + 1}: nested more "
                                        f"than {MAX_DEPTH} levels deep (a scenario is about 6)") from None
@@ -155,3 +189,43 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ScenarioError(str(path), None, "expected a mapping at the top level (name:, workload:, ...)")
     return data
+
+
+_SEGMENT = re.compile(r"[^.\[\]=\s]+")     # a key: anything but the path's own punctuation and blanks
+_INDEX = re.compile(r"\[(-?\d+)\]")
+
+
+def override_path(key: str, file: str | None) -> list[str | int]:
+    """The parts of a `--set` key (`strategies[0].tp` -> ['strategies', 0, 'tp']), or a one-line
+    ScenarioError that says what is wrong where: an empty segment (`workload..batch`, a leading or
+    trailing dot), a bracket that is not `[N]` or `[-N]`. Whether an index exists is checked where it is used
+    (apply_overrides), which refuses a negative one too, naming the index to write."""
+    parts: list[str | int] = []
+    pos = 0
+    while pos < len(key):
+        if key[pos] == "[":
+            m = _INDEX.match(key, pos)
+            if m is None:
+                raise ScenarioError(file, key, f"--set: {key[pos:]!r} at column {pos + 1}: a list index is [N], a "
+                                               f"whole number from 0 (e.g. strategies[0].tp)")
+            if not parts:
+                raise ScenarioError(file, key, "--set: a key starts with a name, not a list index (e.g. "
+                                               "strategies[0].tp)")
+            parts.append(int(m.group(1)))  # a negative one is refused where the list's length is known
+            pos = m.end()
+            continue
+        if parts:  # after a name or an index: a dot, then the next name
+            if key[pos] != ".":
+                raise ScenarioError(file, key, f"--set: {key[pos]!r} at column {pos + 1}: expected '.' or '[' "
+                                               f"between the parts of a key (e.g. strategies[0].tp)")
+            pos += 1
+        m = _SEGMENT.match(key, pos)
+        if m is None:
+            what = "the end" if pos == len(key) else f"{key[pos]!r}"
+            raise ScenarioError(file, key, f"--set: empty part of the key at column {pos + 1} (before {what}); "
+                                           f"each part between dots is a name (e.g. workload.batch)")
+        parts.append(m.group())
+        pos = m.end()
+    if not parts:
+        raise ScenarioError(file, key or None, "--set: empty key (e.g. --set workload.batch=16)")
+    return parts

@@ -29,7 +29,7 @@ MIB = 2**20
 class Straggler(BaseModel):
     """A slow device: every kernel on it takes `slowdown` times as long."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     rank: int = Field(0, ge=0, description="global rank of the slow device (Megatron order: tp, cp, pp, dp)")
     slowdown: float = Field(1.5, ge=1.0, description="kernel time factor (1 = healthy)")
 
@@ -37,7 +37,7 @@ class Straggler(BaseModel):
 class DegradedLink(BaseModel):
     """A device's port at a fraction of its bandwidth (a flapping NIC, a downgraded NVLink)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     rank: int = Field(0, ge=0, description="global rank whose port is degraded")
     link: Literal["intra_node", "inter_node"] = "inter_node"
     bandwidth_factor: float = Field(0.5, gt=0, le=1, description="fraction of the healthy bandwidth")

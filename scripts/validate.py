@@ -11,8 +11,11 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
              torchtitan    torchtitan's published Llama 3.1 8B/70B runs on H100 (validation/)
              maxtext       MaxText's published TFLOP/s per chip on TPU v4, v5e, v5p (validation/)
              fp8-for-later FP8 rows of the same sources, kept for when the model has FP8 (all skipped)
+             moe-train     mixture-of-experts training: Megatron-Core's MoE README (Mixtral 8x7B on 64 H100),
+                           the DeepSeek-V3 report (validation/)
   inference  fastertransformer  FasterTransformer GPT latencies on DGX A100 (../shared/validation)
              vllm          vLLM's CI latency tests (batch 8, 32 in / 128 out) on A100, H100, H200
+             moe-serve     the same CI's Mixtral 8x7B latency tests (validation/)
 
 Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published;
 nothing is fitted, per table or at all. The published measure of each row is turned into seconds per step
@@ -127,6 +130,31 @@ def maxtext_flops_per_device(r: dict[str, object], attention_share: float) -> fl
             + attention_share * 12 * heads * layers * head_dim * seq ** 2 * per_device_batch)
 
 
+def megatron_flops_per_step(r: dict[str, object]) -> float:
+    """FLOPs of one step as Megatron-LM counted them when it logged its TFLOP/s per GPU (MCore v0.8,
+    megatron/training/training.py num_floating_point_operations at fbdc916731, 2024-10-09):
+
+        12 B s L h^2 [ (1 + g/a + s/h) q/h  +  (f/h) k (3/2 if swiglu)  +  (f_shared/h)(3/2)  +  V / (2 L h) ]
+
+    (Narayanan et al. 2021's appendix count: 3 GEMM passes, no recompute, the full s x s attention), with g
+    the query groups (kv_heads), a the heads, q = heads x kv_channels (head_dim), f the routed expert's FFN
+    width (--ffn-hidden-size), k top_k (1 without experts), f_shared the shared experts' total width and V the
+    vocabulary padded to a multiple of 128 x tp (--make-vocab-size-divisible-by 128)."""
+    h, layers, heads = r["hidden"], r["layers"], r["heads"]
+    groups = r["kv_heads"] or heads
+    head_dim = r["head_dim"] or h // heads
+    ffn = r.get("expert_ffn_hidden") or r["ffn_hidden"]
+    k = r.get("top_k") or 1
+    gated = 1.5 if r["activation"] in ("swiglu", "geglu") else 1.0
+    shared = (r.get("shared_experts") or 0) * (r.get("expert_ffn_hidden") or 0)
+    multiple = 128 * r["tp"]
+    vocab = -(-r["vocab"] // multiple) * multiple
+    seq = r["seq_len"]
+    return (12 * r["global_batch"] * seq * layers * h * h
+            * ((1 + groups / heads + seq / h) * heads * head_dim / h + ffn / h * k * gated + shared / h * gated
+               + vocab / (2 * layers * h)))
+
+
 # metric -> the published value in seconds per step (training) or per batch (inference).
 PUBLISHED_SECONDS: dict[str, Callable[[dict[str, object], float], float]] = {
     # torchtitan train.py: tps = tokens on this rank since the last log / (seconds * tp*pp*cp), i.e. the
@@ -136,6 +164,8 @@ PUBLISHED_SECONDS: dict[str, Callable[[dict[str, object], float], float]] = {
     "maxtext_tflops_6n": lambda r, v: maxtext_flops_per_device(r, 0.0) / (v * 1e12),
     "maxtext_tflops_noncausal": lambda r, v: maxtext_flops_per_device(r, 1.0) / (v * 1e12),
     "maxtext_tflops_causal": lambda r, v: maxtext_flops_per_device(r, 0.5) / (v * 1e12),
+    # Megatron-LM's logged TFLOP/s per GPU with its FLOP count (megatron_flops_per_step).
+    "megatron_tflops": lambda r, v: megatron_flops_per_step(r) / (v * 1e12 * r["n_devices"]),
     # vLLM benchmark_latency.py: wall time of one llm.generate() over the batch, in ms.
     "latency_ms": lambda r, v: v / 1e3,
 }
@@ -154,24 +184,32 @@ INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
 TOPOLOGY_COLUMNS = ("topology", "slices")
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
-        "output_len", "slices"}
-BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather"}
+        "output_len", "slices", "experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep",
+        "etp", "virtual_stages"}
+NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
+BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
             "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
 CHOICES = {"recompute": ("none", "selective", "full"), "attention": ("flash", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
-           "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16")}
+           "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
+           "schedule": ("gpipe", "1f1b", "interleaved")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
 # (config.Fp8Spec: recipe, saved_activations, param_all_gather).
 FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
+# Optional columns of either table (blank or absent = a dense model / the default): a mixture of experts
+# (workload.model.moe) and its expert parallelism, the pipeline schedule (training).
+MOE_COLUMNS = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
+               "ep_comm_overlap", "schedule", "virtual_stages", "overlap_param_gather")
+
 
 
 def _value(column: str, text: str) -> object:
     if column in INTS:
         number = int(text)
-        if column != "zero" and number < 1:
+        if column not in NONNEGATIVE and number < 1:
             raise ValueError("must be >= 1")
         value: object = number
     elif column in BOOLS:
@@ -205,7 +243,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
-        for column in columns + TOPOLOGY_COLUMNS + (FP8_COLUMNS if kind == "training" else ()):
+        for column in columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + (FP8_COLUMNS if kind == "training" else ()):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -254,9 +292,12 @@ def _catalog():
 
 def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) -> ModelSpec:
     """The row's Transformer: its preset with the row's explicit dimensions on top."""
-    fields = {c: r[c] for c in MODEL_COLUMNS if r[c] is not None}
+    fields: dict[str, object] = {c: r[c] for c in MODEL_COLUMNS if r[c] is not None}
     if r["preset"]:
         fields["preset"] = r["preset"]
+    if r.get("experts"):
+        fields["moe"] = {key: r[key] for key in ("experts", "top_k", "expert_ffn_hidden", "shared_experts",
+                                                   "first_dense_layers") if r.get(key) is not None}
     fields.update(seq_len=seq_len)
     if layers is not None:
         fields["layers"] = layers
@@ -291,12 +332,24 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
-                    recompute=r["recompute"])
+                    recompute=r["recompute"], **_moe_plan(r))
         options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]))
         cluster = _cluster(r, catalog, r["devices_per_node"])
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
                         cluster, options)
     return price
+
+
+def _moe_plan(r: dict[str, object]) -> dict[str, object]:
+    """The Plan keys of a row's optional columns: expert parallelism (etp blank = tp, Megatron-Core's default)
+    and, for training, the schedule and the parameter-gather overlap."""
+    out: dict[str, object] = {"ep": r.get("ep") or 1, "etp": r.get("etp") or r["tp"],
+                              "ep_comm_overlap": bool(r.get("ep_comm_overlap"))}
+    if r.get("schedule"):
+        out.update(schedule=r["schedule"], virtual_stages=r.get("virtual_stages") or 1)
+    if r.get("overlap_param_gather") is not None:
+        out["overlap_param_gather"] = bool(r["overlap_param_gather"])
+    return out
 
 
 def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
@@ -307,7 +360,7 @@ def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         workload = Workload(model=spec, mode="decode", batch=r["batch"], decode_tokens=r["output_len"],
                             dtype=r["dtype"] or "bfloat16")
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
-        plan = Plan(dp=1, tp=r["tp"], pp=r["pp"], micro_batch=r["batch"], microbatches=1)
+        plan = Plan(dp=1, tp=r["tp"], pp=r["pp"], micro_batch=r["batch"], microbatches=1, **_moe_plan(r))
         # The GPUs the row ran on, inside one node (every published row fits one 8-GPU node).
         cluster = _cluster(r, catalog, max(r["n_devices"], 1))
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan, cluster,
@@ -369,6 +422,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("fp8-for-later", "training", VALIDATION / "fp8_for_later.csv", lambda p: run_cases(p, "training")),
     Table("fastertransformer", "inference", SHARED / "fastertransformer_gpt_dev.csv", fastertransformer_cases),
     Table("vllm", "inference", VALIDATION / "vllm_latency.csv", lambda p: run_cases(p, "inference")),
+    Table("moe-train", "training", VALIDATION / "moe_training.csv", lambda p: run_cases(p, "training")),
+    Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
 )}
 
 

@@ -3,6 +3,11 @@
 
 Usage (from the repository root):
     python scripts/validate_distributed.py [--out reports/validate-distributed] [--steps 3] [--rounds 3]
+    python scripts/validate_distributed.py --moe [--out reports/validate-moe]   # the MoE variant (issue 17)
+
+--moe runs the same steps on the benchmark's model with its MLPs made mixtures of 4 experts, top-2 (MOE), and
+validates expert parallelism (ep 2 carved out of dp 2: token dispatch and combine by all-to-all over gloo),
+data parallelism without it, tensor parallelism (experts split over tp) and the 1F1B pipeline.
 
 In one run, every step as a user would do it (steps 2 and 3 repeated in --rounds interleaved rounds, and
 the median of the rounds compared, because the shared host's speed drifts by tens of percent):
@@ -45,6 +50,15 @@ BATCH = 8
 LINK = "loopback-measured"
 # The strategies of the benchmark that issue #6's table names: DP, FSDP, TP, PP 1F1B.
 VALIDATED = ("dp2", "fsdp2", "tp2", "pp2-1f1b")
+# --moe: every MLP a mixture of 4 experts of the benchmark's MLP width, top-2 (the cpu backend's MoE layer,
+# llmsim.workload.moe), and the strategies issue 17 names: ep alone, and beside dp, tp and pp.
+MOE = {"moe": {"experts": 4, "top_k": 2}}
+MOE_STRATEGIES: list[dict] = [
+    {"name": "ep2", "dp": 2, "ep": 2},
+    {"name": "dp2", "dp": 2},
+    {"name": "tp2", "tp": 2},
+    {"name": "pp2-1f1b", "pp": 2, "schedule": "1f1b", "micro_batch": 2},
+]
 # Single-process calibration shapes of the benchmark's family (model overrides, batch): the whole step,
 # a DP rank's share of the batch, a pipeline micro-batch on half the layers, and a TP rank's width.
 CALIBRATION = [
@@ -56,8 +70,8 @@ CALIBRATION = [
 
 
 def scenario(name: str, model: dict, batch: int, strategies: list[dict], backends: dict,
-             catalogs: list[Path] = ()) -> dict:
-    s = {"name": name, "workload": {"model": {**MODEL, **model}, "mode": "train", "batch": batch, "dtype": "float32"},
+             catalogs: list[Path] = (), base: dict = MODEL) -> dict:
+    s = {"name": name, "workload": {"model": {**base, **model}, "mode": "train", "batch": batch, "dtype": "float32"},
          "strategies": strategies, "backends": backends, "seed": 0}
     if catalogs:
         s["hardware_catalog"] = [str(c.resolve()) for c in catalogs]
@@ -81,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved repetitions of every measurement (medians are compared)")
     parser.add_argument("--iters", type=int, default=20, help="timed all-reduces per size for loopback")
+    parser.add_argument("--moe", action="store_true", help="the mixture-of-experts variant (module docstring)")
     args = parser.parse_args(argv)
+    base = {**MODEL, **MOE} if args.moe else MODEL
+    pool = MOE_STRATEGIES if args.moe else STRATEGIES
+    validated = tuple(s["name"] for s in MOE_STRATEGIES) if args.moe else VALIDATED
+    name = "validate-moe" if args.moe else "validate-distributed"
     args.out.mkdir(parents=True, exist_ok=True)
     threads = max((os.cpu_count() or WORLD) // WORLD, 1)
     start = time.perf_counter()
@@ -103,18 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     # without pp, one pass of a rank's share of the batch, the pass size the calibration measures.
     cpu_single = {"cpu": {"steps": args.steps, "warmup": 2, "threads": threads}}
     strategies = [s if s.get("pp", 1) > 1 else {**s, "micro_batch": BATCH // s.get("dp", 1)}
-                  for s in STRATEGIES if s["name"] in VALIDATED]
+                  for s in pool if s["name"] in validated]
     cpu = {"cpu": {"steps": args.steps, "warmup": 2, "threads": threads}}
     device_file = args.out / "cpu-host-calibrated.yaml"
     cal_dirs: list[Path] = []
-    measured: dict[str, list[float]] = {name: [] for name in VALIDATED}
+    measured: dict[str, list[float]] = {n: [] for n in validated}
     final: Path | None = None
     for r in range(args.rounds):
-        for name, model, batch in CALIBRATION:
+        for cal, model, batch in CALIBRATION:
             # One pass of the whole batch (micro_batch = batch), the pass size of the shape it stands for.
             single = [{"name": "single", "micro_batch": batch}]
-            cal_dirs.append(run(args.out / f"{name}.yaml", scenario(name, model, batch, single, cpu_single), args.out))
-            print(f"round {r + 1}: measured {name} ({threads} thread(s)): "
+            cal_dirs.append(run(args.out / f"{cal}.yaml", scenario(cal, model, batch, single, cpu_single, base=base),
+                                args.out))
+            print(f"round {r + 1}: measured {cal} ({threads} thread(s)): "
                   f"{rows(cal_dirs[-1])['cpu']['step_time_s']:.3f} s", flush=True)
         backends = dict(cpu)
         if r == args.rounds - 1:
@@ -124,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             backends["roofline"] = {"hardware": "cpu-host-calibrated", "nodes": 1, "devices_per_node": WORLD,
                                     "intra_node": LINK, "inter_node": LINK}
         catalogs = [device_file, link_file] if "roofline" in backends else []
-        spec = scenario("validate-distributed", {}, BATCH, strategies, backends, catalogs)
-        run_dir = run(args.out / "validate-distributed.yaml", spec, args.out)
-        for name, found in _by_case(run_dir).items():
-            if name in measured and found.get("cpu", {}).get("status") == "ok":
-                measured[name].append(found["cpu"]["step_time_s"])
+        spec = scenario(name, {}, BATCH, strategies, backends, catalogs, base=base)
+        run_dir = run(args.out / f"{name}.yaml", spec, args.out)
+        for case, found in _by_case(run_dir).items():
+            if case in measured and found.get("cpu", {}).get("status") == "ok":
+                measured[case].append(found["cpu"]["step_time_s"])
         print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.3f} s" for n, v in measured.items() if v), flush=True)
         final = run_dir
 
@@ -139,18 +159,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{'meas comm s':>12}{'mod comm s':>11}{'meas bubble s':>14}{'mod bubble s':>13}")
     out = [header]
     errors = []
-    for name in VALIDATED:
-        found = by_case.get(name, {})
+    for case in validated:
+        found = by_case.get(case, {})
         m, r_ = found.get("cpu", {}), found.get("roofline", {})
-        if not measured[name] or r_.get("status") != "ok":
-            out.append(f"{name:<10} cpu {m.get('status')}: {m.get('error')}; roofline {r_.get('status')}: "
+        if not measured[case] or r_.get("status") != "ok":
+            out.append(f"{case:<10} cpu {m.get('status')}: {m.get('error')}; roofline {r_.get('status')}: "
                        f"{r_.get('error')}")
             continue
-        median = statistics.median(measured[name])
+        median = statistics.median(measured[case])
         err = r_["step_time_s"] / median - 1
         errors.append(err)
-        spread = " ".join(f"{v:.3f}" for v in measured[name])
-        out.append(f"{name:<10}{median:>11.3f}{spread:>22}{r_['step_time_s']:>11.3f}{err:>+9.1%}"
+        spread = " ".join(f"{v:.3f}" for v in measured[case])
+        out.append(f"{case:<10}{median:>11.3f}{spread:>22}{r_['step_time_s']:>11.3f}{err:>+9.1%}"
                    f"{m.get('comm_time_s') or 0:>12.3f}{r_.get('comm_time_s') or 0:>11.3f}"
                    f"{m.get('bubble_time_s') or 0:>14.3f}{r_.get('bubble_time_s') or 0:>13.3f}")
     print("\n" + "\n".join(out))
@@ -159,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               f"mean error {statistics.fmean(errors):+.1%}; world size {WORLD}, {threads} thread(s) per rank, "
               f"{args.rounds} rounds ({time.perf_counter() - start:.0f} s)")
     print(f"run folder of the last round (report with the parity figure): {final}")
-    return 0 if len(errors) == len(VALIDATED) else 1
+    return 0 if len(errors) == len(validated) else 1
 
 
 if __name__ == "__main__":

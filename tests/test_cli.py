@@ -124,8 +124,14 @@ def test_a_damaged_run_folder_is_reported_or_resumed_without_a_traceback(write_s
     path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    with (run_dir / "results.jsonl").open("ab") as f:
-        f.write(b"\xff\xff\n")                                 # a damaged line: skipped like a cut one
+    jsonl = run_dir / "results.jsonl"
+    rows = len(jsonl.read_text().splitlines())
+    with jsonl.open("ab") as f:
+        f.write(b"\xff\xff\n")                                 # a damaged line, written whole: an error naming it
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"llmsim: error: {jsonl}: line {rows + 1}: not JSON")
+    jsonl.write_bytes(jsonl.read_bytes()[:-1])                  # the same line cut by a kill: left out, warned
     assert main(["report", str(run_dir)]) == 0
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
     (run_dir / "scenario.yaml").write_bytes(b"\xff")

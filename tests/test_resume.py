@@ -129,3 +129,32 @@ def test_resume_refuses_the_run_of_another_or_an_edited_scenario(tmp_path: Path,
     assert err == (f"llmsim: error: --resume: {run_dir} holds a run of another scenario or an edited one "
                    f"({difference}); start a new run instead")
     assert (run_dir / "results.jsonl").read_text() == rows
+
+
+@pytest.mark.slow  # a CLI subprocess per Ctrl-C
+@pytest.mark.parametrize("pause_s", [0.0, 0.3])
+def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, pause_s: float) -> None:
+    """SIGINT, as a terminal's Ctrl-C sends it, at a few points of a cpu case: the run stops (exit 130,
+    no further case started, no report built) and the rows already finished are in the folder."""
+    scenario = {"name": "sigint-test", "workload": {"model": {"preset": "tiny"}, "batch": 2, "dtype": "float32"},
+                "strategies": [{"name": f"s{i}"} for i in range(4)],
+                "backends": {"cpu": {"steps": 60, "warmup": 1}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    proc = subprocess.Popen([sys.executable, "-m", "llmsim", "run", str(path), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # wait until the second case has started
+        seen.append(line)
+        if line.startswith("[2/4]"):
+            break
+    time.sleep(pause_s)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=600)  # a guard against a hang, not a bound on the time it takes
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err
+    assert "[3/4]" not in err and "interrupted: the rows above are saved" in err, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert [r["case"] for r in _rows(run_dir)] == ["s0"]
+    assert not (run_dir / "report.html").exists()

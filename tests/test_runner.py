@@ -120,3 +120,109 @@ def test_backend_settings_are_validated_by_the_plugin_model() -> None:
     registry, _ = _registry()
     with pytest.raises(ScenarioError, match=r"backends.fake.speed: unknown setting of backend 'fake'"):
         plan_cases(scenario, registry, "s.yaml")
+
+
+class Repeating(Fake):
+    """A plugin whose own sweep yields one point twice (the built-in lists refuse repeats when validated)."""
+
+    name = "repeating"
+
+    @classmethod
+    def sweep(cls, settings):
+        return [("@x=1", settings), ("@x=2", settings), ("@x=1", settings)]
+
+
+def test_a_sweep_that_repeats_a_point_is_refused_before_anything_runs() -> None:
+    manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+    class Plugin:
+        @hookimpl
+        def llmsim_backends(self):
+            return [Repeating]
+
+    manager.register(Plugin(), name="repeating")
+    scenario = parse_scenario(dict(TINY_SCENARIO, backends={"repeating": {}}))
+    with pytest.raises(ScenarioError, match=r"^s.yaml: backends.repeating: the sweep has the point 'x=1' more than "
+                                            r"once; each point runs once$"):
+        plan_cases(scenario, BackendRegistry.from_manager(manager), "s.yaml")
+
+
+# -- Ctrl-C always stops the run (issue 15 leftovers: about 1 in 4 Ctrl-C was swallowed) --------------------
+
+class Swallowing(Fake):
+    """A backend whose case presses Ctrl-C on itself while inside code that loses the KeyboardInterrupt:
+    'eat' strategies swallow it (as a `__del__` or a GC callback does: "Exception ignored in ..."), 'wrap'
+    ones turn it into another exception (as a library's callback can). 'loop' ones time steps, losing each."""
+
+    name = "swallowing"
+    ran: list[str] = []
+
+    def run(self, case: Case, settings):
+        import os
+        import signal
+
+        Swallowing.ran.append(case.strategy.name)
+        if case.strategy.name.startswith(("eat", "wrap")):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # delivered to this (the main) thread at once
+            except KeyboardInterrupt as exc:
+                if case.strategy.name.startswith("wrap"):
+                    raise RuntimeError("a library's callback failed") from exc
+        if case.strategy.name.startswith("loop"):
+            from llmsim.measure.device import CpuDevice
+            from llmsim.measure.loop import time_steps
+
+            def step(mark):
+                Swallowing.ran.append("step")
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                except KeyboardInterrupt:
+                    pass
+
+            time_steps(step, CpuDevice(), steps=5, warmup=1)
+        return super().run(case, settings)
+
+
+def _run_swallowing(tmp_path: Path, strategies: list[str]):
+    manager = get_plugin_manager(environ={"LLMSIM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+    class Plugin:
+        @hookimpl
+        def llmsim_backends(self):
+            return [Swallowing]
+
+    manager.register(Plugin(), name="swallowing")
+    registry = BackendRegistry.from_manager(manager)
+    scenario = parse_scenario(dict(TINY_SCENARIO, strategies=[{"name": s} for s in strategies],
+                                   backends={"swallowing": {}}))
+    Swallowing.ran = []
+    return run_scenario(scenario, registry, plan_cases(scenario, registry), tmp_path, manager=manager)
+
+
+def test_a_ctrl_c_lost_inside_a_case_stops_the_run_after_that_case(tmp_path: Path) -> None:
+    outcome = _run_swallowing(tmp_path, ["first", "eat", "third", "fourth"])
+    assert outcome.interrupted
+    assert Swallowing.ran == ["first", "eat"]  # nothing started after the Ctrl-C
+    assert [r["case"] for r in read_rows(outcome.run_dir)] == ["first", "eat"]  # the finished case is kept
+
+
+def test_a_ctrl_c_turned_into_another_exception_is_an_interrupt_not_a_failed_row(tmp_path: Path) -> None:
+    outcome = _run_swallowing(tmp_path, ["first", "wrap", "third"])
+    assert outcome.interrupted
+    assert Swallowing.ran == ["first", "wrap"]
+    assert [(r["case"], r["status"]) for r in read_rows(outcome.run_dir)] == [("first", "ok")]  # --resume redoes it
+
+
+def test_a_ctrl_c_lost_inside_a_step_stops_the_timing_loop_at_the_next_step(tmp_path: Path) -> None:
+    outcome = _run_swallowing(tmp_path, ["loop", "second"])
+    assert outcome.interrupted
+    assert Swallowing.ran == ["loop", "step"]  # the first warm-up step lost it; no other step ran
+    assert read_rows(outcome.run_dir) == []
+
+
+def test_the_sigint_handler_is_restored_after_a_run(tmp_path: Path) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    _run_swallowing(tmp_path, ["first"])
+    assert signal.getsignal(signal.SIGINT) is before

@@ -147,3 +147,98 @@ def test_no_internal_pydantic_name_reaches_a_message(capsys, override: str) -> N
     for internal in ("constrained", "function-after", "function-before", "list[", "union", "url"):
         assert internal not in err, err
     assert err.startswith(f"{QUICKSTART}: {override.split('=')[0]}"), err
+
+
+# -- a key written twice (issue 15 leftovers: PyYAML silently keeps the last) ------------------------------
+
+@pytest.mark.parametrize("text, line, key, first", [
+    (HEAD + "seed: 1\nseed: 2\n", 4, "seed", 3),
+    ("name: x\nworkload:\n  model: {preset: tiny}\n  batch: 2\n  mode: train\n  batch: 4\n", 6, "batch", 4),
+    # in a flow mapping, and in a list element
+    (HEAD + "strategies: [{name: a, tp: 1, tp: 2}]\n", 3, "tp", 3),
+])
+def test_a_duplicate_key_is_one_line_naming_file_line_and_key(tmp_path: Path, capsys, text: str, line: int,
+                                                              key: str, first: int) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    for argv in (["validate", str(path)], ["plan", str(path)], ["hardware", "--hardware", str(path)]):
+        err = one_line_error(capsys, argv)
+        assert err.startswith(f"{path}: line {line}: duplicate key {key!r} (first at line {first})"), (argv, err)
+
+
+def test_a_duplicate_key_in_a_set_value_is_one_line(capsys) -> None:
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "workload.model={preset: tiny, preset: x}"])
+    assert err.startswith(f"{QUICKSTART}: workload.model: column 16: duplicate key 'preset' (first at column 2)")
+
+
+def test_merge_keys_may_still_be_overridden() -> None:
+    """`<<: *base` then a key of the base's: overriding a merged key is what merging is for, not a duplicate."""
+    data = parse_yaml("base: &b {tp: 1, pp: 2}\nthis: {<<: *b, tp: 4}\n", "f.yaml")
+    assert data["this"] == {"tp": 4, "pp": 2}
+
+
+def test_the_shipped_files_have_no_duplicate_key() -> None:
+    from llmsim.hardware import CATALOG_FILE
+
+    for path in [CATALOG_FILE, *sorted((REPO / "scenarios").glob("*.yaml"))]:
+        read_yaml(path)
+
+
+# -- a sweep list that repeats a value (issue 15 leftovers: `nodes: [1, 1]` ran the same case twice) --------
+
+@pytest.mark.parametrize("path, override, key, said", [
+    (QUICKSTART, "backends.roofline.nodes=[1, 2, 1]", "backends.roofline.nodes", "[1, 2, 1]: 1 is repeated"),
+    (QUICKSTART, "backends.roofline.nodes=[1, 1]", "backends.roofline.nodes", "[1, 1]: 1 is repeated"),
+    (REPO / "scenarios" / "serve-8b.yaml", "serving.arrival.rate=[2, 4, 2.0, 4]", "serving.arrival.rate",
+     "[2, 4, 2.0, 4]: 2, 4 are repeated"),
+])
+def test_a_sweep_list_that_repeats_a_value_is_one_line(capsys, path: Path, override: str, key: str,
+                                                       said: str) -> None:
+    for verb in ("validate", "run"):
+        err = one_line_error(capsys, [verb, str(path), "--set", override])
+        assert err == f"{path}: {key}: {said}; a sweep runs each value once (allowed: distinct values)", err
+
+
+# -- --set paths are strict (issue 15 leftovers: `strategies[-1].tp` said "'-1' is not inside a mapping";
+# `workload..batch` was taken as workload.batch) ------------------------------------------------------------
+
+@pytest.mark.parametrize("key, message", [
+    ("strategies[-1].tp", "--set: [-1]: a list index counts from [0] at the start, negative indices are not "
+                          "supported; the last element of strategies is [0]"),
+    ("strategies[5].tp", "--set: no list element [5]: strategies has 1 element (allowed: [0] to [0])"),
+    ("workload..batch", "--set: empty part of the key at column 10 (before '.'); each part between dots is a name "
+                        "(e.g. workload.batch)"),
+    (".workload.batch", "--set: empty part of the key at column 1 (before '.')"),
+    ("workload.batch.", "--set: empty part of the key at column 16 (before the end)"),
+    ("strategies[x].tp", "--set: '[x].tp' at column 11: a list index is [N], a whole number from 0"),
+    ("strategies[0]tp", "--set: 't' at column 14: expected '.' or '[' between the parts of a key"),
+    ("[0].tp", "--set: a key starts with a name, not a list index"),
+    ("strategies.tp", "--set: 'tp' is not inside a mapping (strategies is a list: give an index, [0])"),
+    ("workload.batch[0]", "--set: [0]: workload.batch is not a list"),
+])
+def test_a_set_path_that_names_no_key_is_one_line(capsys, key: str, message: str) -> None:
+    for verb, path in (("validate", QUICKSTART), ("run", QUICKSTART)):
+        err = one_line_error(capsys, [verb, str(path), "--set", f"{key}=2"])
+        assert err.startswith(f"{path}: {key}: {message}"), err
+
+
+def test_a_set_path_with_an_empty_part_in_a_plan_is_one_line(capsys) -> None:
+    err = one_line_error(capsys, ["plan", str(PLAN), "--set", "limits..max_devices=8"])
+    assert err.startswith(f"{PLAN}: limits..max_devices: --set: empty part of the key at column 8"), err
+
+
+# -- non-finite numbers (issue 15 leftovers: `arrival: {rate: .inf}` and .nan were accepted) -------------
+
+@pytest.mark.parametrize("override, key, said", [
+    ("serving.arrival.rate=.inf", "serving.arrival.rate", "inf: allowed: a rate > 0 in requests/s (finite)"),
+    ("serving.arrival.rate=.nan", "serving.arrival.rate", "nan: allowed: a rate > 0 in requests/s (finite)"),
+    ("serving.arrival.rate=[2, .inf]", "serving.arrival.rate", "[2, inf]: allowed: a rate > 0 in requests/s (finite)"),
+    ("serving.slo={ttft_s: .inf, tpot_s: 0.05}", "serving.slo.ttft_s", "inf: Input should be a finite number"),
+    ("serving.duration_s=.inf", "serving.duration_s", "inf: Input should be a finite number"),
+    ("serving.memory_utilization=.nan", "serving.memory_utilization", "nan: Input should be a finite number"),
+    ("backends.cluster.jitter=.nan", "backends.cluster.jitter", "nan: Input should be a finite number"),
+])
+def test_a_non_finite_number_is_one_line(capsys, override: str, key: str, said: str) -> None:
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    err = one_line_error(capsys, ["validate", str(path), "--set", override])
+    assert err.startswith(f"{path}: {key}: {said}"), err

@@ -60,7 +60,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
             raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
         scenario = load_scenario(scenario_file)
         names = [s.name for s in scenario.strategies]
-        for row in read_rows(run_dir):  # a damaged line is skipped, as everywhere a run folder is read
+        for row in read_rows(run_dir):  # a damaged line is an error, a cut last line a warning (read_rows)
             if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
                     or not row.get("step_time_s") or not row.get("peak_flops_per_s")):
                 continue

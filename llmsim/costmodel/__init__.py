@@ -11,6 +11,8 @@ Modules, each small and torch-free at call time:
 * work         one step as data: each stage's compute and collectives per micro-batch and per step —
                the single pricing path, summed by `step` and scheduled by the simulation (llmsim.sim)
 * step         the roofline: the closed-form sum of the work, StepBreakdown of one case
+* moe          mixture of experts: the dispatch/combine all-to-alls, routing imbalance, the experts' GEMMs at
+               the batch each really gets, the experts a decode pass touches, the experts' memory
 * iteration    one serving iteration priced for its mix of prompt chunks and decodes (as work, summed by
                step), and the KV cache's share of a device
 * energy       joules of a step from idle/max power

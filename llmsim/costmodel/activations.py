@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from llmsim.config import lora_adapters
+from llmsim.costmodel.gemms import mlp_width
 
 if TYPE_CHECKING:
     from llmsim.config import LoraSpec, ModelSpec
@@ -173,7 +174,7 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
     """
     e, h = dtype_bytes, spec.hidden
     a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
-    f = spec.ffn_hidden or 4 * h
+    f = mlp_width(spec)  # a MoE model's mean dense MLP (shared experts); the routed ones: costmodel.moe
     gated = spec.activation in ("swiglu", "geglu")
     dropout = spec.dropout > 0
     adapted = {adapter.name for adapter in lora_adapters(spec, lora.targets)} if lora is not None else set()

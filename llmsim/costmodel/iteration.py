@@ -36,8 +36,10 @@ from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, KERNELS_EMBED, KERNELS_
 from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
-from llmsim.costmodel.work import (TP_COLLECTIVES_PER_LAYER_FORWARD, Groups, StageWork, StepWork, _pipeline_message,
-                                   _stage_kinds, _tp_collectives)
+from llmsim.costmodel import moe
+from llmsim.costmodel.moe import ExpertTokenCosts, expert_token_costs
+from llmsim.costmodel.work import (TP_COLLECTIVES_PER_LAYER_FORWARD, Comm, Groups, Overlapped, StageWork, StepWork,
+                                   _pipeline_message, _stage_kinds, _tp_collectives)
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -78,6 +80,10 @@ class TokenCosts:
     head_other_per_row: float        # the sampled rows' argmax / copies
     ops_prefill: tuple[int, int, int]  # operators of one pass: (embed, layers, head), for op_overhead_s
     ops_decode: tuple[int, int, int]
+    # routed experts of a mixture-of-experts model (the profile's "experts" region: costmodel.moe)
+    moe_layers: int = 0
+    experts_prefill: ExpertTokenCosts = ExpertTokenCosts()
+    experts_decode: ExpertTokenCosts = ExpertTokenCosts()
 
 
 def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
@@ -133,7 +139,10 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
         head_flops_per_row=phf / b, head_bytes_per_row=max(phb - w_head, 0.0) / b,
         head_other_per_token=per_token, head_other_per_row=max(per_row_decode - per_token, 0.0),
         ops_prefill=(pe_c, pc + pa_c + po_c, phc + pho_c),
-        ops_decode=(round(de_c / n), round((dc + da_c + do_c) / n), round((dhc + dho_c) / n)))
+        ops_decode=(round(de_c / n), round((dc + da_c + do_c) / n), round((dhc + dho_c) / n)),
+        moe_layers=getattr(profile, "moe_layers", 0),
+        experts_prefill=expert_token_costs(profile, workload, "prefill", prompt),
+        experts_decode=expert_token_costs(profile, workload, "decode", steps, n))
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     if eff.op_overhead_s:
         other += eff.op_overhead_s * ops[1] / c.layers
     other += eff.kernel_latency_s * KERNELS_PER_LAYER_FORWARD   # one pass launches every kernel of the layer
+    experts, a2a = _experts(model, mix, rates)
     first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0
     if first:
@@ -309,11 +319,43 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     activation = tokens * model.activation_bytes_per_token
     groups = model.groups
     _, recv_gather = _pipeline_message(activation, plan, model.options, groups)
-    return StageWork(layers=layers, fwd_layer_s=matmul + prefill_att + decode_att + other,
+    layer_s = matmul + prefill_att + decode_att + other + experts
+    tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
+    overlap: tuple[Overlapped, ...] = ()
+    if a2a and plan.ep_comm_overlap and model.cluster.device.overlaps_communication:
+        overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)
+    else:
+        tp_fwd += a2a
+    return StageWork(layers=layers, fwd_layer_s=layer_s,
                      embed_fwd_s=embed, head_fwd_s=head,
-                     tp_fwd=_tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD),
+                     tp_fwd=tp_fwd, tp_fwd_overlap=overlap,
                      tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
                      recv_gather=recv_gather)
+
+
+def _experts(model: IterationModel, mix: Mix, rates: Rates) -> tuple[float, tuple[Comm, ...]]:
+    """A mixture-of-experts model's routed experts in the mean layer of one pass of `mix` (one micro-batch's
+    share) on the busiest rank, and the pass's dispatch and combine all-to-alls (costmodel.moe): the mix's
+    prompt and decode tokens at their own per-token costs; the expert weights read are those of the experts
+    the pass's tokens touch (moe.expected_distinct_experts), which is what makes MoE decode memory-bound
+    differently from a dense model's."""
+    c, plan, w = model.costs, model.plan, model.workload
+    spec = w.model
+    tokens = mix.prefill_tokens + mix.decode_seqs
+    if spec.moe is None or not c.moe_layers or tokens <= 0:
+        return 0.0, ()
+    pre, dec = mix.prefill_tokens / tokens, mix.decode_seqs / tokens
+    a, b = c.experts_prefill, c.experts_decode
+    costs = ExpertTokenCosts(mm_flops=pre * a.mm_flops + dec * b.mm_flops, mm_bytes=pre * a.mm_bytes + dec * b.mm_bytes,
+                             other_bytes=pre * a.other_bytes + dec * b.other_bytes,
+                             ops_per_layer=a.ops_per_layer if mix.prefill_tokens else b.ops_per_layer)
+    share = moe.moe_layer_share(w)
+    seconds = share * moe.experts_time(w, plan, rates, costs, tokens, c.moe_layers, "prefill" if pre else "decode",
+                                       trainable=False)
+    if plan.ep <= 1:
+        return seconds, ()
+    size = moe.a2a_buffer_bytes(tokens / plan.tp, spec.moe.top_k, spec.hidden, DTYPE_BYTES[w.dtype]) * share
+    return seconds, (Comm("all-to-all", size, model.groups.ep, moe.A2A_PER_MOE_LAYER_FORWARD),)
 
 
 def iteration_work(model: IterationModel, mix: Mix) -> StepWork:

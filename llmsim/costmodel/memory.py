@@ -19,13 +19,13 @@ saved bytes (WorkloadProfile) are the cross-check of that inventory, not its sou
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from llmsim.config import lora_params_per_block
 from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
-from llmsim.costmodel import precision
+from llmsim.costmodel import moe, precision
 from llmsim.costmodel.arrays import Num, is_array, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
@@ -147,6 +147,23 @@ def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
     return (per_block - kv - replicated) / tp + kv / kv_split + replicated
 
 
+def _expert_params(profile: "WorkloadProfile") -> int:
+    """Parameters of all routed experts of the profile (0 for a dense model)."""
+    return getattr(profile, "expert_params", 0) or 0
+
+
+def stage_expert_params(workload: "Workload", profile: "WorkloadProfile", plan: Plan, stage: Stage) -> float:
+    """Routed-expert parameters on one device of `stage`: its layers' share of all experts (the MoE layers
+    spread evenly over the layers, as costmodel.work prices the mean layer), its E/ep experts of each, 1/etp
+    of every expert (costmodel.moe). 0 for a dense model."""
+    experts = _expert_params(profile)
+    if not experts:
+        return 0.0
+    spec = workload.model
+    _, index = stage_of(plan, stage)
+    return experts * layers_per_device(spec.layers, plan, index) / spec.layers / (plan.ep * plan.etp)
+
+
 def _split(params: float, replicated: float, tp: int) -> float:
     """`params` on one tensor-parallel rank when `replicated` of them stay whole on every rank."""
     return params if tp <= 1 else (params - replicated) / tp + replicated
@@ -193,9 +210,10 @@ def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing
     spec = workload.model
     _, index = stage_of(plan, stage)
     k = sharing.layer_groups or spec.layers
-    per_block = profile.layer_params / k
+    experts = stage_expert_params(workload, profile, plan, index)
+    per_block = (profile.layer_params - _expert_params(profile)) / k
     blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan, index)
-    layer_params = tp_block_params(spec, per_block, plan.tp) * blocks
+    layer_params = tp_block_params(spec, per_block, plan.tp) * blocks + experts
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
@@ -290,10 +308,11 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saves_fp8_inputs(workload)
     kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8),
-                           spec, plan)
+                           spec, plan) + moe.expert_activation_bytes(workload, plan)
     if plan.recompute != "full":
         return kept, 0.0
-    working = inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
+    working = (inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
+               + moe.expert_activation_bytes(workload, replace(plan, recompute="none")))
     return kept, working
 
 
@@ -332,7 +351,8 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
                     for st in memory_stages(workload, plan)), key=lambda mb: mb.total)
     t = stage_memory_terms(workload, profile, sharing, plan, options, stage)
     held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, t.index)
-    return MemoryBreakdown(**stage_memory(t, plan.zero, plan.dp, plan.zero_dp, held), stage=t.kind, stage_index=t.index)
+    return MemoryBreakdown(**stage_memory(t, plan.zero, plan.dp, plan.zero_dp, held, plan.edp), stage=t.kind,
+                           stage_index=t.index)
 
 
 @dataclass(frozen=True)
@@ -356,6 +376,8 @@ class StageMemoryTerms:
     edge_activation: float      # embeddings / head and loss kept per micro-batch
     kv_cache: float = 0.0
     train: bool = True
+    expert_params: float = 0.0  # routed-expert parameters on the device (not in params): ZeRO over edp
+    experts_trainable: bool = True  # False under LoRA: the experts are frozen base weights
 
 
 def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -367,6 +389,10 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
     train = workload.mode == "train"
+    # routed experts apart: ZeRO shards them over the expert-data-parallel group (stage_memory, moe.expert_memory)
+    experts = stage_expert_params(workload, profile, plan, index)
+    params -= experts
+    trainable -= experts if sharing.lora is None else 0.0
     z3_params, z3_grads = zero3_unit_bytes(workload, profile, sharing, plan, options, stage)
     layers_here = layers_per_device(workload.model.layers, plan, index)
     fp8_copy = 0.0
@@ -391,16 +417,17 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         # the stage's layers' share of the cache (1/pp with an even split)
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     return StageMemoryTerms(kind, index, params, trainable, elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
-                            layers_here, per_layer, working, edge, kv, train)
+                            layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None)
 
 
-def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Num) -> dict[str, Num]:
+def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Num, edp: Num = 1) -> dict[str, Num]:
     """Bytes on one device of the stage, by kind, for a ZeRO stage, dp (ZeRO shards over `zero_dp` of its
     ranks) and `held` micro-batches in flight (pipeline.in_flight_microbatches): numbers or columns.
 
     ZeRO-1 divides the optimizer state, ZeRO-2 also the gradients, ZeRO-3 also the parameters, and ZeRO-3
     with dp > 1 adds the units it gathers whole (`zero3_gathered`). Activations: `held` micro-batches of
-    the stage's layers and edges, plus one layer's working set under full recomputation."""
+    the stage's layers and edges, plus one layer's working set under full recomputation. Routed experts are
+    sharded by ZeRO over the `edp` ranks of their expert-data-parallel group instead (moe.expert_memory)."""
     gathered = (zero >= 3) & (dp > 1) if is_array(zero, dp) else zero >= 3 and dp > 1
     params = (t.params * t.elem / pick(zero >= 3, zero_dp, 1) + pick(gathered, t.zero3_params, 0.0)
               + t.fp8_copy)
@@ -410,5 +437,9 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
         optimizer = t.trainable * t.state_bytes / pick(zero >= 1, zero_dp, 1)
         activations = held * t.layers * t.per_layer_activation + pick(t.layers != 0, t.working, 0.0)
         activations = activations + held * t.edge_activation
+    if is_array(t.expert_params) or t.expert_params:
+        experts = moe.expert_memory(t.expert_params, t.elem, t.grad_elem, t.state_bytes, zero, edp,
+                                    t.train and t.experts_trainable)
+        params, grads, optimizer = params + experts.params, grads + experts.grads, optimizer + experts.optimizer
     return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,
             "kv_cache": t.kv_cache}

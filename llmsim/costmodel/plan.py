@@ -52,6 +52,18 @@ class Plan:
     # holding a whole ZeRO-sharded copy (MaxText's dcn_data_parallelism x ici_fsdp_parallelism); 1 = ZeRO
     # shards over all of dp. Set from the cluster (costmodel.cluster.plan_on).
     dcn_replicas: int = 1
+    # Expert parallelism (mixture-of-experts models; costmodel.moe): routed experts split over ep ranks and
+    # each expert over etp ranks, carved out of the stage's tp*cp*dp ranks (Megatron-Core's expert grid);
+    # ep_comm_overlap hides the dispatch/combine all-to-all under computation.
+    ep: int = 1
+    etp: int = 1
+    ep_comm_overlap: bool = False
+
+    @property
+    def edp(self) -> int:
+        """Expert data parallel: the replicas of each expert per stage, tp*cp*dp / (ep*etp), the group its
+        gradients are reduced and ZeRO-sharded over."""
+        return max(self.tp * self.cp * self.dp // (self.ep * self.etp), 1)
 
     @property
     def world(self) -> int:
@@ -89,6 +101,7 @@ class Plan:
         overlaps of communication that one device does not have are off."""
         return replace(self, dp=1, tp=1, pp=1, cp=1, sp=False, zero=0, schedule="1f1b", virtual_stages=1,
                        microbatches=self.microbatches * self.dp, overlap_param_gather=False,
+                       ep=1, etp=1, ep_comm_overlap=False,
                        tp_comm_overlap=False, overlap_p2p=None, stage_layers=None, dcn_replicas=1)
 
     @classmethod
@@ -99,6 +112,7 @@ class Plan:
                    overlap_grad_reduce=strategy.overlap_grad_reduce,
                    overlap_param_gather=strategy.overlap_param_gather, tp_comm_overlap=strategy.tp_comm_overlap,
                    overlap_p2p=strategy.overlap_p2p,
+                   ep=layout.ep, etp=layout.etp, ep_comm_overlap=strategy.ep_comm_overlap,
                    stage_layers=_stated_split(layout.stage_layers, strategy.virtual_stages
                                               if strategy.schedule == "interleaved" else 1))
 

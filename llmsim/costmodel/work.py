@@ -43,8 +43,9 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
                                       plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
-from llmsim.costmodel.memory import FP32_BYTES, stage_block_params, stage_params, tp_block_params
-from llmsim.costmodel import precision
+from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
+                                     tp_block_params)
+from llmsim.costmodel import moe, precision
 from llmsim.costmodel.arrays import Num, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.torus import TorusError
@@ -85,9 +86,10 @@ ADAM_STATE_RW_BYTES = 24
 @dataclass(frozen=True)
 class Comm:
     """One collective a device issues, `count` times back to back: `op` over a placed `group`, `size` bytes
-    (the full buffer one rank holds; costmodel.collectives). `op` "p2p" is a message to a neighbour."""
+    (the full buffer one rank holds; costmodel.collectives). `op` "p2p" is a message to a neighbour;
+    "all-to-all" the expert-parallel token dispatch or combine (costmodel.moe.all_to_all_phases)."""
 
-    op: Op | Literal["p2p"]
+    op: Op | Literal["p2p", "all-to-all"]
     size: float
     group: Group
     count: int = 1
@@ -105,8 +107,12 @@ class Comm:
 # plans and every pipeline stage: pure functions of hashable values, cached.
 @functools.lru_cache(maxsize=65536)
 def _comm_phases(comm: Comm, fabric: Fabric) -> Phases:
-    one = (neighbour_p2p_phases(comm.size, comm.group, fabric) if comm.op == "p2p"
-           else collective_phases(comm.op, comm.size, comm.group, fabric))
+    if comm.op == "p2p":
+        one = neighbour_p2p_phases(comm.size, comm.group, fabric)
+    elif comm.op == "all-to-all":
+        one = moe.all_to_all_phases(comm.size, comm.group.per_node, comm.group.nodes, fabric)
+    else:
+        one = collective_phases(comm.op, comm.size, comm.group, fabric)
     return repeat(one, comm.count)
 
 
@@ -296,13 +302,15 @@ class Groups:
     cp: Group
     pp: Group
     dp: Group
+    ep: Group = Group(1, 1, 1)   # expert parallel (costmodel.moe.ep_group)
 
     @classmethod
     def of(cls, plan: Plan, devices_per_node: int) -> "Groups":
         return cls(tp=place_group(plan.tp, 1, devices_per_node),
                    cp=place_group(plan.cp, plan.tp, devices_per_node),
                    pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
-                   dp=place_group(plan.dp, plan.tp * plan.cp * plan.pp, devices_per_node))
+                   dp=place_group(plan.dp, plan.tp * plan.cp * plan.pp, devices_per_node),
+                   ep=moe.ep_group(plan.ep, plan.etp, devices_per_node))
 
     @classmethod
     def on(cls, plan: Plan, cluster: ClusterSpec) -> "Groups":
@@ -317,7 +325,8 @@ class Groups:
         dp = g["dp"]
         if plan.dcn_replicas > 1:
             dp = Group(size=dp.per_node, per_node=dp.per_node, nodes=1, rings=dp.rings)
-        return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp)
+        return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp,
+                   ep=moe.ep_group(plan.ep, plan.etp, cluster.devices_per_node))
 
 
 def cross_slice_syncs(plan: Plan, stages: tuple["StageWork", ...], v: int) -> tuple["SyncWork", ...]:
@@ -498,6 +507,12 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         tp_fwd = tp_bwd = ()
         fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
         recompute_s += fwd_margin if plan.recompute == "full" else 0.0
+    if workload.model.moe is not None:  # the routed experts and their all-to-alls (costmodel.moe)
+        dense_fwd_s = fwd_s
+        fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap = _with_experts(
+            workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap)
+        if plan.recompute == "full":  # the recomputed forward runs the experts again
+            recompute_s += fwd_s - dense_fwd_s
     tp_recompute = tp_fwd if plan.recompute == "full" else ()
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
@@ -508,11 +523,18 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             continue
         params, trainable = stage_params(workload, profile, sharing, plan, index)
         layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, index)
+        # routed experts reduce and gather over the expert-data-parallel group, not dp (costmodel.moe)
+        experts = stage_expert_params(workload, profile, plan, index)
+        reduced = moe.data_parallel_params(plan, layer_trainable, experts if sharing.lora is None else 0.0)
+        gathered = moe.data_parallel_params(plan, layer_params, experts)
+        # ZeRO shards the experts' optimizer step over edp: as many parameters as dp/edp times theirs over dp
+        updated = moe.optimizer_params(plan, trainable, experts, sharing.lora is None)
         share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
         edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
         first, last = kind == "first", kind == "last" or plan.pp == 1
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
-        gather_after = (Comm("all-gather", params * elem, groups.dp),) if plan.zero in (1, 2) and plan.dp > 1 else ()
+        gather_after = ((Comm("all-gather", moe.data_parallel_params(plan, params, experts) * elem, groups.dp),)
+                        if plan.zero in (1, 2) and plan.dp > 1 else ())
         by_key[(kind, n)] = StageWork(
             layers=n // plan.v,
             fwd_layer_s=fwd_s, bwd_layer_s=bwd_s, recompute_layer_s=recompute_s, cp_layer_s=cp_layer,
@@ -523,12 +545,12 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
             recv_gather=recv_gather,
             accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
-            optimizer_s=optimizer_time(rates, trainable, plan, workload.dtype, options,
+            optimizer_s=optimizer_time(rates, updated, plan, workload.dtype, options,
                                        (optimizer_bytes * share, optimizer_ops * share)),
-            grad_bytes_layer=layer_trainable / n * grad_elem if n else 0.0,
+            grad_bytes_layer=reduced / n * grad_elem if n else 0.0,
             grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
             grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
-            param_bytes_layer=(precision.gathered_layer_bytes(workload, plan, layer_params / n, elem)
+            param_bytes_layer=(precision.gathered_layer_bytes(workload, plan, gathered / n, elem)
                                if n else 0.0),
             param_bytes_embed=edge_params * elem * (split if first else 0.0),
             param_bytes_head=edge_params * elem * (split if last else 0.0),
@@ -545,6 +567,41 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     syncs=(sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
                            + cross_slice_syncs(plan, stages, plan.v)),
                     comm_shares_cores=not cluster.device.overlaps_communication)
+
+
+def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count: int) -> Comms:
+    """`count` dispatch/combine all-to-alls of one mean layer (the MoE share of a layer's,
+    moe.moe_layer_share) over the placed ep group: each rank's tokens x top_k x hidden buffer
+    (moe.a2a_buffer_bytes); none without expert parallelism."""
+    spec = workload.model
+    if spec.moe is None or plan.ep <= 1 or count <= 0:
+        return ()
+    size = moe.a2a_buffer_bytes(moe.tokens_per_rank(workload, plan, phase), spec.moe.top_k, spec.hidden,
+                                DTYPE_BYTES[workload.dtype]) * moe.moe_layer_share(workload)
+    return (Comm("all-to-all", size, group, count),)
+
+
+def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, rates: Rates, groups: Groups,
+                  cluster: ClusterSpec, fwd_s: float, bwd_s: float, tp_fwd: Comms, tp_bwd: Comms,
+                  fwd_overlap: Overlaps, bwd_overlap: Overlaps
+                  ) -> tuple[float, float, Comms, Comms, Overlaps, Overlaps]:
+    """A mean layer's seconds and collectives with the routed experts added (costmodel.moe): the busiest
+    rank's expert time, and per MoE layer 2 all-to-alls forward and 2 backward over the ep group, on the
+    critical path, or with ep_comm_overlap each pass's all-to-alls as an `Overlapped` beside the layer's
+    compute that nothing else overlaps (Megatron-Core --overlap-moe-expert-parallel-comm runs one
+    micro-batch's all-to-all under another's computation; DeepSeek-V3's DualPipe likewise)."""
+    share = moe.moe_layer_share(workload)
+    fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward")
+    bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward")
+    a2a_fwd = a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD)
+    a2a_bwd = a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD)
+    if plan.ep_comm_overlap and cluster.device.overlaps_communication:
+        if a2a_fwd:
+            fwd_overlap += (Overlapped(hidden=a2a_fwd, gemm_s=max(fwd_s - overlapped_gemm_s(fwd_overlap), 0.0)),)
+        if a2a_bwd:
+            bwd_overlap += (Overlapped(hidden=a2a_bwd, gemm_s=max(bwd_s - overlapped_gemm_s(bwd_overlap), 0.0)),)
+        return fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap
+    return fwd_s, bwd_s, tp_fwd + a2a_fwd, tp_bwd + a2a_bwd, fwd_overlap, bwd_overlap
 
 
 def inference_plan(plan: Plan) -> Plan:
@@ -582,15 +639,24 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     counts = plan.layers_per_stage(spec.layers)
     tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
     activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
+    layer_s = layer_t.total
+    tp_layer = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
+    layer_overlap: Overlaps = ()
+    if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
+        layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(profile, workload, plan, rates, phase, steps)
+        a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD)
+        if plan.ep_comm_overlap and cluster.device.overlaps_communication and a2a:
+            layer_overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)
+        else:
+            tp_layer += a2a
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}
     for kind, n in zip(kinds, counts):
         first, last = kind == "first", kind == "last" or plan.pp == 1
-        by_key[(kind, n)] = StageWork(layers=n, fwd_layer_s=layer_t.total,
+        by_key[(kind, n)] = StageWork(layers=n, fwd_layer_s=layer_s,
                                       embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
-                                      tp_fwd=_tp_collectives(activation, plan, groups.tp,
-                                                             TP_COLLECTIVES_PER_LAYER_FORWARD),
+                                      tp_fwd=tp_layer, tp_fwd_overlap=layer_overlap,
                                       tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
                                       recv_gather=recv_gather)
     return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmsim import interrupt
 from llmsim.distributed.spec import LAUNCHER_PID_ENV, RESULT_FILE, RankRecord, WorkerSpec
 from llmsim.wording import count
 
@@ -147,6 +148,7 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
                 outcome.error = f"timed out after {timeout_s:g} s; all {count(world, 'rank')} were killed (logs: {out})"
                 break
             time.sleep(POLL_S)
+            interrupt.check()  # a Ctrl-C lost on the way still stops the ranks (the finally kills them)
     finally:
         _kill_all(procs)
         outcome.wall_s = time.perf_counter() - start

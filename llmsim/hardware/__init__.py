@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
@@ -27,7 +26,7 @@ Source = Annotated[str, Field(min_length=3, description="datasheet, paper or mea
 class TorusSpec(BaseModel):
     """How a TPU's chips join into slices: a `dims`-dimensional torus of ICI links (costmodel.torus)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dims: Literal[2, 3] = Field(description="2 = 2D torus (v5e), 3 = 3D torus (v4, v5p)")
     wrap_multiple: int = Field(ge=1, description="a slice dimension gets wrap-around links when its length is a "
@@ -36,7 +35,7 @@ class TorusSpec(BaseModel):
 
 
 class DeviceSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     type: Literal["device"] = "device"
@@ -61,7 +60,7 @@ class DeviceSpec(BaseModel):
 
 
 class LinkSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     type: Literal["link"] = "link"
@@ -190,12 +189,12 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
 
 def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tuple[str, dict]] | None = None) -> Catalog:
     """Built-ins, then user files, then plugin entries. A name defined twice is an error."""
+    from llmsim.userinput import read_yaml  # the built-in file too: a key written twice in it is an error
+
     devices: dict[str, DeviceSpec] = {}
     links: dict[str, LinkSpec] = {}
-    sources: list[tuple[str, object]] = [(str(CATALOG_FILE), yaml.safe_load(CATALOG_FILE.read_text()))]
+    sources: list[tuple[str, object]] = [(str(CATALOG_FILE), read_yaml(CATALOG_FILE))]
     for path in extra_files or []:
-        from llmsim.userinput import read_yaml
-
         sources.append((str(path), read_yaml(path)))
     for plugin, entry in plugin_entries or []:
         sources.append((f"plugin {plugin}", {"entries": [entry]}))

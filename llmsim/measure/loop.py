@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llmsim import interrupt
 from llmsim.energy import EnergyMeter
 from llmsim.measure.device import MeasuredDevice
 from llmsim.measure.summary import Energy, StepSummary, summarize
@@ -57,6 +58,7 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
     outputs: list[Any] = []
     started = time.perf_counter()
     for _ in range(warmup):
+        interrupt.check()  # a Ctrl-C whose KeyboardInterrupt a library lost stops here (llmsim.interrupt)
         # Marks stamp the device's clock during warm-up too (stamps dropped): a warm-up step must run exactly
         # what a timed one runs, and on XLA a stamp cuts the graph (warming up without it compiles other graphs).
         out = run(lambda _label: device.now())
@@ -72,6 +74,7 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
     if meter is not None:
         meter.start()
     for _ in range(steps):
+        interrupt.check()
         if before_step is not None:
             before_step()
         marks: dict[str, Any] = {}

@@ -105,7 +105,8 @@ class SearchSpace(_Strict):
     layers and powers of two up to the layers (where they do not divide, the default split and
     Megatron-LM's first/last-stage counts are searched: planner.space.split_candidates); cp = 1, 2, 4, 8
     (1 for decode); dp = divisors of the batch; micro_batch = divisors of the per-replica batch;
-    virtual_stages = 2..4 for interleaved.
+    virtual_stages = 2..4 for interleaved; ep (mixture-of-experts workloads) = the divisors of the routed
+    experts, with the expert tensor-parallel size = tp (Megatron-Core's default).
     """
 
     tp: list[PositiveInt] | None = None
@@ -118,6 +119,8 @@ class SearchSpace(_Strict):
     schedule: list[Schedule] | None = None
     virtual_stages: list[Annotated[int, Field(ge=2)]] | None = None
     sp: list[bool] | None = None
+    ep: list[PositiveInt] | None = Field(None, description="expert-parallel sizes (MoE workloads; default: the "
+                                         "divisors of the routed experts; expert tensor parallel = tp)")
 
 
 class PlanFile(_Strict):

@@ -30,8 +30,8 @@ from llmsim.stages import describe_split
 
 CONTRACT_COLUMNS = ["hardware", "n_devices", "feasible", "reason", "step_time_s", "time_to_goal_s", "cost_usd",
                     "energy_j"]
-STRATEGY_COLUMNS = ["strategy", "dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "microbatches", "schedule",
-                    "virtual_stages", "recompute", "stage_layers"]
+STRATEGY_COLUMNS = ["strategy", "dp", "tp", "pp", "cp", "ep", "sp", "zero", "micro_batch", "microbatches",
+                    "schedule", "virtual_stages", "recompute", "stage_layers"]
 EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes_per_device",
                  "memory_capacity_bytes", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s",
                  "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
@@ -52,7 +52,7 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
         if split_key not in splits:
             split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
             splits[split_key] = describe_split(split) if split else None
-        records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
+        records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
                         c.virtual_stages, c.recompute, splits[split_key], c.hardware,
                         c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),

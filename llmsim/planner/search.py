@@ -160,15 +160,15 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     bounds = []
     for split in _group_splits(w.model.layers, g, axes):
         plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
-                    stage_layers=split)
+                    stage_layers=split, ep=g.ep, etp=g.tp)
         need = 0.0
         for st in memory_stages(w, plan):
-            key = (g.tp, g.pp, g.cp, split, st, *pinned)
+            key = (g.tp, g.pp, g.cp, g.ep, split, st, *pinned)
             terms = ctx.bound_terms.get(key)
             if terms is None:
                 terms = ctx.bound_terms[key] = stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
                                                                   activations=False)
-            mb = stage_memory(terms, plan.zero, plan.dp, plan.zero_dp, 0.0)
+            mb = stage_memory(terms, plan.zero, plan.dp, plan.zero_dp, 0.0, plan.edp)
             need = max(need, mb["params"] + mb["grads"] + mb["optimizer"] + mb["kv_cache"])
         bounds.append(need)
     return min(bounds, default=0.0)

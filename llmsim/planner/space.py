@@ -1,6 +1,6 @@
 """The search space: every (hardware, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
-schedule, virtual stages, layers per stage) a plan may choose, and the rules that make a point of it a valid
-configuration.
+schedule, virtual stages, layers per stage, and ep for a mixture-of-experts model) a plan may choose, and
+the rules that make a point of it a valid configuration.
 
 The layer split is a dimension where the layers do not divide over the stages: besides the default split
 (llmsim.stages.default_split) the planner tries Megatron-LM's first/last-stage counts (`split_candidates`).
@@ -55,6 +55,7 @@ class Config:
     schedule: str
     virtual_stages: int
     stage_layers: tuple[int, ...] = ()  # the layers of each stage; () = the default split of the schedule
+    ep: int = 1                         # expert parallel (MoE workloads); expert tensor parallel = tp
 
     @property
     def v(self) -> int:
@@ -70,6 +71,8 @@ class Config:
         parts = [f"dp{self.dp}", f"tp{self.tp}"] + (["sp"] if self.sp else []) + [f"pp{self.pp}"]
         if self.cp > 1:
             parts.append(f"cp{self.cp}")
+        if self.ep > 1:
+            parts.append(f"ep{self.ep}")
         parts += [f"z{self.zero}", f"mb{self.micro_batch}", self.recompute]
         if self.pp > 1:
             parts.append(self.schedule + (f"{self.virtual_stages}" if self.schedule == "interleaved" else ""))
@@ -83,13 +86,13 @@ class Config:
         return Strategy(name=name or self.name, dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, sp=self.sp,
                         zero=self.zero, micro_batch=self.micro_batch, schedule=self.schedule,
                         virtual_stages=self.virtual_stages, recompute=self.recompute,
-                        **self.split_keys())  # type: ignore[arg-type]
+                        **({"ep": self.ep} if self.ep > 1 else {}), **self.split_keys())  # type: ignore[arg-type]
 
     def plan(self) -> Plan:
         return Plan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, micro_batch=self.micro_batch,
                     microbatches=self.microbatches, virtual_stages=self.virtual_stages, sp=self.sp, zero=self.zero,
                     schedule=self.schedule, recompute=self.recompute,  # type: ignore[arg-type]
-                    stage_layers=self.stage_layers or None)
+                    stage_layers=self.stage_layers or None, ep=self.ep, etp=self.tp)
 
     def describe_split(self) -> str:
         """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
@@ -169,6 +172,14 @@ class Axes:
     schedule: tuple[str, ...]
     virtual_stages: tuple[int, ...]
     sp: tuple[bool, ...]
+    ep: tuple[int, ...] = (1,)
+
+
+def default_ep(w: Workload) -> list[int]:
+    """The expert-parallel sizes searched by default for a mixture-of-experts workload: the divisors of the
+    routed experts (llmsim's rule: ep divides them); (1,) for a dense model."""
+    moe = w.model.moe
+    return _divisors(moe.experts) if moe is not None else [1]
 
 
 def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
@@ -189,6 +200,7 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
         schedule=tuple(x for x in ALL_SCHEDULES if x in (s.schedule or (ALL_SCHEDULES if train else ["1f1b"]))),
         virtual_stages=pick(s.virtual_stages, DEFAULT_VIRTUAL_STAGES),
         sp=pick(s.sp, [False, True]),
+        ep=pick(s.ep, default_ep(w)) if w.model.moe is not None else (1,),
     )
 
 
@@ -207,10 +219,10 @@ def shape_problem(w: Workload, tp: int, pp: int, cp: int, sp: bool, schedule: st
 
 @functools.lru_cache(maxsize=65536)
 def layout_problem(w: Workload, dp: int, tp: int, pp: int, cp: int, mb: int, schedule: str, v: int = 1,
-                   stage_layers: tuple[int, ...] = ()) -> Layout | str:
+                   stage_layers: tuple[int, ...] = (), ep: int = 1) -> Layout | str:
     """llmsim.strategy.resolve_layout for these degrees (the split already checked by shape_problem): the
     Layout, or why not. Cached (the groups of ZeRO stages ask the same)."""
-    query = _LayoutQuery(dp, tp, pp, cp, mb, schedule, v, stage_layers or None)
+    query = _LayoutQuery(dp, tp, pp, cp, mb, schedule, v, stage_layers or None, ep=ep)
     out = resolve_layout(query, w, None, "plan")  # type: ignore[arg-type]
     return out if isinstance(out, Layout) else f"{out[0]}: {out[1]}"
 
@@ -249,9 +261,25 @@ def is_candidate(plan: PlanFile, devices_per_node: int, c: Config) -> str | None
     w = plan.workload
     return (node_problem(c.n_devices, devices_per_node, plan.limits.max_devices)
             or shape_problem(w, c.tp, c.pp, c.cp, c.sp, c.schedule, c.virtual_stages, c.stage_layers)
+            or _ep_problem(w, c.ep, c.tp, c.cp, c.dp)
             or _split_problem(w, c)
             or _layout_mismatch(w, c)
             or duplicate_problem(w, c))
+
+
+def _ep_problem(w: Workload, ep: int, tp: int, cp: int, dp: int) -> str | None:
+    """Expert parallelism needs a MoE model whose experts ep divides, and ep*etp (etp = tp) dividing the
+    tp*cp*dp ranks of a stage (config.check_expert_parallel, strategy.resolve_layout)."""
+    moe = w.model.moe
+    if ep == 1:
+        return None
+    if moe is None:
+        return f"ep: {ep} needs a mixture-of-experts model"
+    if moe.experts % ep:
+        return f"ep: {ep} does not divide experts={moe.experts}"
+    if (tp * cp * dp) % (ep * tp):
+        return f"ep: ep*etp = {ep}*{tp} does not divide tp*cp*dp = {tp * cp * dp}"
+    return None
 
 
 def _split_problem(w: Workload, c: Config) -> str | None:
@@ -262,7 +290,8 @@ def _split_problem(w: Workload, c: Config) -> str | None:
 
 
 def _layout_mismatch(w: Workload, c: Config) -> str | None:
-    out = layout_problem(w, c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.schedule, c.virtual_stages, c.stage_layers)
+    out = layout_problem(w, c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.schedule, c.virtual_stages, c.stage_layers,
+                         c.ep)
     if isinstance(out, str):
         return out
     if out.microbatches != c.microbatches or out.world != c.n_devices:
@@ -299,6 +328,7 @@ class Group:
     dp: int
     zero: int
     stage_layers: tuple[int, ...] = ()
+    ep: int = 1
 
 
 def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Group]:
@@ -319,8 +349,11 @@ def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> 
                     for zero in axes.zero:
                         if zero > 0 and dp == 1:
                             continue
-                        for split in splits:
-                            yield Group(hardware, n, tp, pp, cp, dp, zero, split)
+                        for ep in axes.ep:
+                            if _ep_problem(plan.workload, ep, tp, cp, dp):
+                                continue
+                            for split in splits:
+                                yield Group(hardware, n, tp, pp, cp, dp, zero, split, ep)
 
 
 def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
@@ -340,12 +373,13 @@ def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
         for schedule, v in schedules(axes, g.pp):
             if shape_problem(w, g.tp, g.pp, g.cp, sp, schedule, v, g.stage_layers):
                 continue
-            layouts = [(mb, layout_problem(w, g.dp, g.tp, g.pp, g.cp, mb, schedule, v, g.stage_layers))
+            layouts = [(mb, layout_problem(w, g.dp, g.tp, g.pp, g.cp, mb, schedule, v, g.stage_layers, g.ep))
                        for mb in mbs]
             layouts = [(mb, lay) for mb, lay in layouts if not isinstance(lay, str)]
             for recompute in axes.recompute:
                 chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb,
-                                lay.microbatches, recompute, schedule, v, g.stage_layers)  # type: ignore[union-attr]
+                                lay.microbatches, recompute, schedule, v, g.stage_layers,  # type: ignore[union-attr]
+                                g.ep)
                          for mb, lay in layouts]
                 chain = [c for c in chain if duplicate_problem(w, c) is None]
                 if chain:

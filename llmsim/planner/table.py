@@ -36,11 +36,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from llmsim.costmodel import CostModelError
-from llmsim.costmodel import precision
+from llmsim.costmodel import moe, precision
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.energy import step_energy_j
-from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_memory, stage_memory_terms,
-                                     stage_params)
+from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_expert_params, stage_memory,
+                                     stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import StageParts, _per_microbatch, combine_stages, data_parallel_exposed
@@ -109,7 +109,9 @@ def group_key(ctx, c: Config) -> tuple:
     """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
     (module docstring)."""
     hw = ctx.hardware
-    whole = hw.node.is_torus or precision.is_fp8(ctx.plan.workload) or ctx.plan.workload.mode != "train"
+    w = ctx.plan.workload
+    # a mixture of experts' gradient traffic and optimizer shard follow dp (moe.edp_equivalent_share)
+    whole = hw.node.is_torus or precision.is_fp8(w) or w.mode != "train" or w.model.moe is not None
     # a part of one node is a node of that many devices (ClusterSpec.with_devices)
     base = (*_key_of(c), min(c.n_devices, hw.devices_per_node))
     return base + ((c.dp, c.zero, c.microbatches) if whole else ())
@@ -124,16 +126,16 @@ class _Group:
     dp_group: object | None          # the work's own data-parallel group where the key pins dp (torus)
     node: int                        # devices per node of the group's cluster
     steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, trainable,
-    #                                  optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes, sync,
+    #                                  parameters the optimizer updates (moe.optimizer_params), optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes, sync,
     #                                  copies: how many of the pipeline's stages are this one)
     memory: list                     # memory.StageMemoryTerms of each stage that can be the busiest
     error: str = ""
 
 
-STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "trainable", "share", "grads", "weights",
+STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "trainable", "updated", "share", "grads", "weights",
                "gathered", "sync", "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
-                 "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache")
+                 "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
 
 def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
@@ -204,8 +206,11 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
                 shared[params_key] = stage_params(w, ctx.profile, ctx.sharing, plan, index)
             params, trainable = shared[params_key]  # type: ignore[misc]
             share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
-            alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable, share, work.grad_bytes(st),
-                             work.param_bytes(st), params * elem)
+            experts = stage_expert_params(w, ctx.profile, plan, index)  # as train_work (a MoE group is whole)
+            alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable,
+                             moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
+                             work.grad_bytes(st), work.param_bytes(st),
+                             moe.data_parallel_params(plan, params, experts) * elem)
         steps.append((index, *alike[id(st)], sync, 1))
     return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps, memory)
 
@@ -237,15 +242,17 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
         return np.fromiter((getattr(c, attr) for c in configs), dtype=np.int64, count=n)
     dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
     v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
+    edp = np.maximum(get("cp") * dp // get("ep"), 1)
     schedule = np.array([c.schedule for c in configs])
     out: dict[str, np.ndarray] = {}
     # memory: the busiest stage (the first of equals), as memory_breakdown
     best_total = None
     for slot in _slots(groups, "memory", MEMORY_FIELDS, group_of):
-        terms = StageMemoryTerms(kind="", train=True,
+        terms = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
                                  **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
         held = in_flight_microbatches(schedule, pp, m, v, slot["index"])
-        parts = stage_memory(terms, zero, dp, dp, held)  # zero_dp = dp: the planner's plans span no slices
+        # zero_dp = dp: the planner's plans span no slices; etp = tp (space.Config), so edp = cp*dp/ep (plan.Plan.edp)
+        parts = stage_memory(terms, zero, dp, dp, held, edp)
         total = parts["params"] + parts["grads"] + parts["optimizer"] + parts["activations"] + parts["kv_cache"]
         if best_total is None:
             out.update(parts)
@@ -278,7 +285,7 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
                                   gather),
             accumulate_time(rates, slot["trainable"], m, w.dtype, options),
             slot["sync"],
-            optimizer_step_time(rates, slot["trainable"], shard, w.dtype, options,
+            optimizer_step_time(rates, slot["updated"], shard, w.dtype, options,
                                 (optimizer_bytes * slot["share"], optimizer_ops * slot["share"])),
             slot["copies"])))
     t = combine_stages(m, fraction, pp, parts_list)

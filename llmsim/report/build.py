@@ -101,7 +101,7 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
             "environment.json.")],
             "about"),
     ]
-    meta = [("scenario", scenario), ("run", run.path.name), ("workload", workload_text(frame)),
+    meta = [("scenario", scenario), ("run", run.path.name), ("workload", workload_text(frame, run.scenario)),
             ("environment", environment_text(run.environment))]
     return Document(f"llmsim run: {scenario}", summarize(frame, capacity), sections, meta)
 

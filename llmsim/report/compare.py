@@ -140,7 +140,7 @@ def runs_table(runs: list[Run], letters: list[str]) -> Table:
         counts = run.frame["status"].value_counts()
         hardware = hardware_of(run)
         body.append([Cell(letter, letter), Cell(run.name, run.name), Cell(str(run.path), str(run.path)),
-                     Cell(hardware, hardware), Cell(workload_text(run.frame)),
+                     Cell(hardware, hardware), Cell(workload_text(run.frame, run.scenario)),
                      Cell(", ".join(f"{v} {k}" for k, v in counts.items()) or "no rows"),
                      Cell(environment_text(run.environment))])
     return Table(["run", "name", "folder", "hardware", "workload", "rows", "environment"], body,

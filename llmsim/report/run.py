@@ -13,6 +13,7 @@ from llmsim.errors import ScenarioError, UsageError
 from llmsim.report.units import fmt_count, missing
 from llmsim.results import read_rows, rows_frame
 from llmsim.userinput import read_yaml
+from llmsim.wording import count
 
 TRACE_FILE = "trace.json"
 
@@ -97,12 +98,55 @@ def catalog_capacity() -> dict[str, float]:
         return {}
 
 
-def workload_text(frame: pd.DataFrame) -> str:
+def workload_text(frame: pd.DataFrame, scenario: dict[str, Any] | None = None) -> str:
+    """The run's workload in a line: training and step modes by batch × sequence length; a serving run
+    (mode serve) by what it serves: arrivals and rates, prompt/output lengths (from the saved scenario's
+    serving block), the scheduler and the replicas. The serving rows' batch and seq_len are only the
+    traced reference (max_num_seqs × the context), not a workload anyone ran."""
     if frame.empty:
         return "–"
     first = frame.iloc[0]
     params = "" if missing(first.get("params")) else f", {fmt_count(float(first['params']))} parameters"
+    if first["mode"] == "serve":
+        return f"{serving_text(frame, scenario or {})}, {first['dtype']}{params}"
     return f"{first['mode']}, batch {first['batch']} × {first['seq_len']} tokens, {first['dtype']}{params}"
+
+
+def _length_text(length: Any) -> str:
+    if isinstance(length, dict):
+        if length.get("kind") == "uniform":
+            return f"{length.get('min')}–{length.get('max')} (uniform)"
+        if length.get("kind") == "lognormal":
+            return f"median {length.get('median')} (lognormal, σ {length.get('sigma')})"
+    return str(length)
+
+
+def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
+    """'serving: poisson arrivals at 2, 8, 24 requests/s, 467 → 256 tokens, continuous scheduler (max 256
+    sequences, 8,192 tokens per iteration), 1 replica'."""
+    serving = scenario.get("serving") or {}
+    arrival = serving.get("arrival") or {}
+    rates = sorted({float(r) for r in frame.get("request_rate", pd.Series(dtype=float)) if not missing(r)})
+    kind = arrival.get("kind", "poisson")
+    parts = [f"serving: {kind} arrivals" + (f" at {', '.join(f'{r:g}' for r in rates)} requests/s" if rates else "")]
+    lengths = serving.get("lengths")
+    if lengths:
+        parts.append(f"{_length_text(lengths.get('input'))} → {_length_text(lengths.get('output'))} tokens "
+                     f"(prompt → output)")
+    elif kind == "trace":
+        parts.append("lengths from the trace")
+    scheduler = serving.get("scheduler") or {}
+    name = scheduler.get("kind") or frame.iloc[0].get("scheduler")
+    if name:
+        limits = [f"max {scheduler['max_num_seqs']} sequences" if scheduler.get("max_num_seqs") else "",
+                  f"{scheduler['max_batched_tokens']:,} tokens per iteration" if scheduler.get("max_batched_tokens")
+                  else ""]
+        limits = [x for x in limits if x]
+        parts.append(f"{name} scheduler" + (f" ({', '.join(limits)})" if limits else ""))
+    replicas = serving.get("replicas") or frame.iloc[0].get("replicas")
+    if replicas and not missing(replicas):
+        parts.append(count(int(replicas), "replica"))
+    return ", ".join(parts)
 
 
 def environment_text(env: dict[str, Any]) -> str:

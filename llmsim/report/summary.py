@@ -118,6 +118,26 @@ def _ms(value: Any) -> str:
     return "–" if missing(value) else fmt_seconds(float(value))
 
 
+def served_text(row: Any) -> str:
+    """What happened to the requests of one serving row, in counts, and the window its rates are over:
+    '200 of 200 requests served (0 rejected, 0 unfinished) at 1.71 requests/s over 117 s, first arrival to
+    last token (arrivals 99.5 s, then the drain)'. requests_per_s is completed / that window (vLLM bench's
+    request_throughput), so it is below the offered rate by the drain even when every request is served."""
+    sent, done = row.get("requests_sent"), row.get("requests_done")
+    if missing(sent) or missing(done):  # a row written before these extras existed
+        return f"{fmt_rate(_f(row['requests_per_s']))} requests/s completed"
+    rejected = 0 if missing(row.get("requests_rejected")) else int(row["requests_rejected"])
+    unfinished = int(sent) - int(done) - rejected
+    text = (f"{int(done):,} of {int(sent):,} requests served ({rejected:,} rejected, {unfinished:,} unfinished) at "
+            f"{fmt_rate(_f(row['requests_per_s']))} requests/s")
+    duration, span = row.get("duration_s"), row.get("arrival_span_s")
+    if not missing(duration):
+        text += f" over {_ms(duration)}, first arrival to last token"
+        if not missing(span):
+            text += f" (arrivals {_ms(span)}, then the drain)"
+    return text
+
+
 def serving_points(rows: pd.DataFrame) -> list[Point]:
     """Serving rows (mode serve) of one backend: per strategy, what each rate got, and the highest rate that
     met the SLO. Rates are the load, not competitors: no winner is named among them."""
@@ -131,8 +151,8 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
         details = []
         met = []
         for _, row in group.sort_values("request_rate").iterrows():
-            text = (f"{fmt_rate(_f(row['request_rate']))} requests/s offered: {fmt_rate(_f(row['requests_per_s']))} "
-                    f"served, TTFT p50/p99 {_ms(row['ttft_p50_s'])}/{_ms(row['ttft_p99_s'])}, TPOT p50/p99 "
+            text = (f"{fmt_rate(_f(row['request_rate']))} requests/s offered: {served_text(row)}, TTFT p50/p99 "
+                    f"{_ms(row['ttft_p50_s'])}/{_ms(row['ttft_p99_s'])}, TPOT p50/p99 "
                     f"{_ms(row['tpot_p50_s'])}/{_ms(row['tpot_p99_s'])}")
             if not missing(row.get("goodput_rps")):
                 text += f", goodput {fmt_rate(_f(row['goodput_rps']))} requests/s"

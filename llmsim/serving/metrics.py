@@ -8,7 +8,11 @@ Per request, with t = 0 at the first arrival:
 * ITL = the gaps between consecutive tokens of a request (all gaps of all requests pooled).
 Per run, over the finished requests: means and percentiles (numpy's linear interpolation, as vLLM),
 requests_per_s and output_tokens_per_s = counts / duration, the duration running from the first arrival
-to the last token.
+to the last token (vLLM bench's benchmark_duration: the arrivals' span plus the drain of the requests still
+running after the last arrival, so requests_per_s is below the offered rate even when all are served);
+goodput_rps over the same window. The extras say exactly what happened: requests_sent = done + rejected +
+unfinished (unfinished: accepted, never completed; 0 in the simulation, which drains every request),
+arrival_span_s (first to last arrival) and duration_s.
 SLO (DistServe, Zhong et al. 2024, OSDI '24, Sec. 2): a request is good when its TTFT and its TPOT are
 within the bounds; goodput_rps = good requests / duration (vLLM bench's `--goodput`, after DistServe);
 slo_attainment = good requests / all requests sent (a rejected request is not good); the run meets the SLO
@@ -66,8 +70,11 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
         itl_p50_s=_stat(itl, 50), itl_p99_s=_stat(itl, 99), e2e_p50_s=_stat(e2e, 50), e2e_p99_s=_stat(e2e, 99),
         queue_p50_s=_stat(queue, 50), goodput_rps=None, slo_attainment=None,
         kv_peak_utilization=outcome.kv_peak_utilization, preemptions=outcome.preemptions)
+    arrivals_all = [s.request.arrival_s for s in seqs] + [r.request.arrival_s for r in outcome.rejected]
     extra: dict[str, Any] = dict(
         requests_sent=sent, requests_done=len(seqs), requests_rejected=len(outcome.rejected),
+        requests_unfinished=sent - len(seqs) - len(outcome.rejected),
+        arrival_span_s=max(arrivals_all) - min(arrivals_all) if arrivals_all else 0.0,
         rejected_context=sum(r.reason == "context" for r in outcome.rejected),
         rejected_kv_cache=sum(r.reason == "kv-cache" for r in outcome.rejected),
         duration_s=duration, input_tokens_per_s=(sum(s.request.input_tokens for s in seqs) / duration

@@ -22,12 +22,13 @@ name against the installed plugins, the trace file) is checked by the runner bef
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from llmsim.strict import StrictModel
+from llmsim.strict import StrictModel, sweep_repeats
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -126,8 +127,13 @@ class Arrival(_Strict):
         if value is None:
             return value
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s, or a non-empty list of them (a sweep)")
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+                                 for v in values):  # nan fails every comparison
+            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s (finite), or a non-empty list of them "
+                             f"(a sweep)")
+        repeats = sweep_repeats(values)
+        if repeats:
+            raise ValueError(f"{value!r}: {repeats}")
         return value
 
     @model_validator(mode="after")

@@ -39,16 +39,17 @@ def small_plan(**over: Any) -> PlanFile:
 
 def full_product(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Config]:
     """Every point of the axes' product, valid or not (for brute-force checks of the pruning); the layer
-    splits of each pipeline depth are the default and the searched Megatron-LM first/last counts."""
+    splits of each pipeline depth are the default and the searched Megatron-LM first/last counts; ep for a
+    mixture-of-experts workload."""
     w = plan.workload
-    for tp, pp, cp, dp, zero, sp, recompute, schedule, v in itertools.product(
+    for tp, pp, cp, dp, zero, sp, recompute, schedule, v, ep in itertools.product(
             axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute, axes.schedule,
-            (1,) + axes.virtual_stages):
+            (1,) + axes.virtual_stages, axes.ep):
         for split in [(), *split_candidates(w.model.layers, pp)]:
             for mb in axes.micro_batch or [d for d in range(1, w.batch + 1) if w.batch % d == 0]:
                 m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0
                 yield Config(hardware, dp * tp * pp * cp, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v,
-                             split)
+                             split, ep)
 
 
 def brute_force(plan: PlanFile, catalog: Catalog) -> dict[Config, tuple[bool, Any]]:

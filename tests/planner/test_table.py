@@ -75,6 +75,16 @@ def test_table_agrees_with_scalar_for_float8() -> None:
     assert _compare(fp8) > 100
 
 
+def test_table_agrees_with_scalar_for_a_mixture_of_experts() -> None:
+    """ep as a search dimension: the routed experts' memory is sharded over the expert-data-parallel group
+    (edp = cp*dp/ep), their all-to-alls are in each group's work; both paths the same."""
+    moe = small_plan(workload={"model": {"preset": "tiny-moe"}, "mode": "train", "batch": 16},
+                     hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4},
+                               {"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
+                     limits={"max_devices": 32, "memory_headroom": 0.0})
+    assert _compare(moe) > 500
+
+
 def test_search_prices_inference_row_by_row() -> None:
     prefill = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "prefill", "batch": 8},
                          goal={"tokens_per_s": 1e6}, limits={"max_devices": 16, "memory_headroom": 0.0})

@@ -20,7 +20,8 @@ from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
 
 ROOT = Path(__file__).resolve().parents[2]
-NEW_TABLES = {"torchtitan": "training", "maxtext": "training", "fp8-for-later": "training", "vllm": "inference"}
+NEW_TABLES = {"torchtitan": "training", "maxtext": "training", "fp8-for-later": "training", "vllm": "inference",
+              "moe-train": "training", "moe-serve": "inference"}
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,26 @@ def test_maxtext_flops_follow_its_formula_of_the_time(v) -> None:
         (6 * n_params * tokens + attention / 2) / 100e12)
 
 
+def test_megatron_flops_follow_its_formula_of_the_time(v) -> None:
+    """Mixtral 8x7B as Megatron-LM (MCore v0.8) counts it: 12 B s L h^2 [(1 + g/a + s/h) q/h + (f/h) k 3/2
+    + V/(2 L h)] = 12 x 256 x 4096 x 32 x 4096^2 x (2.25 + 10.5 + 0.1220703125) FLOPs per step."""
+    [mc01] = [r for r in v.read_runs(v.TABLES["moe-train"].default, "training") if r["row_id"] == "MC01"]
+    flops = 12 * 256 * 4096 * 32 * 4096 ** 2 * (2.25 + 10.5 + 32000 / (2 * 32 * 4096))
+    assert v.megatron_flops_per_step(mc01) == pytest.approx(flops)
+    assert v.PUBLISHED_SECONDS["megatron_tflops"](mc01, 438) == pytest.approx(flops / (438e12 * 64))
+
+
+def test_a_moe_row_prices_the_mixture_of_experts_it_states(v) -> None:
+    """The moe columns reach the model and the plan: Mixtral's experts, ep 8 of the 16 data-parallel ranks."""
+    [mc01] = [r for r in v.read_runs(v.TABLES["moe-train"].default, "training") if r["row_id"] == "MC01"]
+    spec = v.model_spec(mc01, 4096)
+    assert spec.moe is not None and (spec.moe.experts, spec.moe.top_k, spec.expert_ffn) == (8, 2, 14336)
+    assert v._moe_plan(mc01) == {"ep": 8, "etp": 1, "ep_comm_overlap": False, "schedule": "interleaved",
+                                 "virtual_stages": 8, "overlap_param_gather": True}
+    dense = _training_row(v)
+    assert v._moe_plan({**dense, **dict.fromkeys(v.MOE_COLUMNS)}) == {"ep": 1, "etp": 1, "ep_comm_overlap": False}
+
+
 # --------------------------------------------------------------------------- the prediction and the printout
 
 def test_a_training_row_is_the_roofline_estimate_of_its_configuration(v, tmp_path: Path) -> None:
@@ -197,7 +218,7 @@ def test_median_and_mean_come_from_the_priced_rows_only(v) -> None:
     assert v.median_abs_error([outcome(1.0, None)]) is None
 
 
-@pytest.mark.parametrize("name", ["torchtitan", "vllm", "fp8-for-later"])
+@pytest.mark.parametrize("name", ["torchtitan", "vllm", "fp8-for-later", "moe-train", "moe-serve"])
 def test_the_script_prices_every_priced_row_of_a_table(v, name: str, capsys) -> None:
     table = v.TABLES[name]
     rows = v.read_runs(table.default, table.kind)

@@ -1,0 +1,447 @@
+"""Mixture-of-experts layers priced: the token all-to-alls, the routed experts' GEMMs, their memory and the
+expert weights a decode step reads. Pure functions of numbers (torch-free), used by costmodel.work, memory
+and iteration.
+
+Expert parallelism as Megatron-Core runs it (megatron/core/transformer/moe/README.md; token_dispatcher.py,
+MoEAlltoAllTokenDispatcher): the routed experts of a layer are split over `ep` ranks carved out of the
+data- and context-parallel ranks (per pipeline stage tp*cp*dp = etp*ep*edp), each expert's weights split
+further over `etp` ranks (expert tensor parallelism). Each rank routes its own tokens (with tp > 1 the
+sequence-parallel 1/tp of them: Megatron-Core requires sequence parallelism for MoE with tp > 1), sends
+each (token, chosen expert) pair to the rank that holds the expert (dispatch), the experts run, and the
+results come back (combine). Every token is sent top_k times, 1/ep of them to itself:
+
+    bytes each rank sends per all-to-all = tokens x top_k x hidden x bytes x (ep - 1) / ep
+
+Per MoE layer and micro-batch: forward dispatch + combine (2), backward their two conjugates (2), and a full
+recompute repeats the forward's two; inference runs the forward's 2.
+
+Load imbalance. A router trained with the Switch/GShard auxiliary loss is pushed towards uniform routing;
+uniform random routing of N (token, expert) pairs over E experts is "balls into bins", whose fullest bin
+holds N/E + sqrt(2 (N/E) ln E) for N >= E ln E (Raab & Steger 1998, "Balls into Bins - A Simple and Tight
+Analysis", RANDOM'98, Theorem 1). Hence the default, the busiest expert's tokens over the mean:
+
+    imbalance = 1 + sqrt(2 E ln E / N),   at most E / top_k (no expert sees a token twice)
+
+with N the (token, expert) pairs one ep group routes per micro-batch. A measured router is more skewed than
+uniform (moe.load_imbalance sets the factor instead). The busiest *rank* holds E/ep experts; under the same
+statistics its excess load over the mean is the expert's scaled by sqrt(ep ln ep / (E ln E)) (the same
+theorem with ep bins), 0 at ep = 1, where one device runs every expert and the total is fixed. The busiest
+rank sets the ep group's time (every rank waits for it at the combine).
+
+Expert GEMMs run per expert at the batch each expert really gets: tokens x top_k / E x (rank factor), so
+a small per-expert batch is a skinny GEMM (the GEMV/split-K efficiency of efficiency.gemm_efficiency) and,
+below the device's ridge point, memory-bound on the expert's weights, which every local expert reads once
+per pass.
+
+Decode reads only the experts the batch touches: with T tokens routed uniformly, each expert is missed by
+a token with probability 1 - k/E, so the expected number of distinct experts touched is
+
+    E x (1 - (1 - k/E)^T)
+
+(linearity of expectation; the top-k of a token are distinct, so each expert is chosen with probability k/E).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llmsim.costmodel.arrays import Num, maximum, pick
+from llmsim.costmodel.cluster import Group
+from llmsim.costmodel.collectives import COLLECTIVE_BASE_LATENCY_S, NO_PHASES, Fabric, Phase, Phases
+from llmsim.costmodel.compute import Rates, _weighted_wave
+from llmsim.costmodel.plan import DTYPE_BYTES
+
+if TYPE_CHECKING:
+    from llmsim.config import Workload
+    from llmsim.costmodel.plan import Plan
+    from llmsim.workload.profile import WorkloadProfile
+
+# Per MoE layer and micro-batch (Megatron-Core MoEAlltoAllTokenDispatcher: token_permutation's all-to-all
+# (dispatch) and token_unpermutation's (combine); autograd runs each one's conjugate in the backward).
+A2A_PER_MOE_LAYER_FORWARD = 2
+A2A_PER_MOE_LAYER_BACKWARD = 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Routing statistics
+# ---------------------------------------------------------------------------------------------------
+
+def routed_pairs(tokens_per_rank: float, top_k: int, ep: int) -> float:
+    """(token, expert) pairs one ep group routes per micro-batch: each of the ep ranks routes its tokens
+    top_k times."""
+    return tokens_per_rank * top_k * max(ep, 1)
+
+
+def default_imbalance(experts: int, top_k: int, pairs: float) -> float:
+    """The busiest expert's tokens over the mean under uniform random routing of `pairs` (token, expert)
+    pairs over `experts` experts (Raab & Steger 1998; module docstring), capped at experts / top_k."""
+    if experts <= 1 or pairs <= 0:
+        return 1.0
+    return min(1.0 + math.sqrt(2.0 * experts * math.log(experts) / pairs), experts / top_k)
+
+
+def rank_load_factor(imbalance: float, experts: int, ep: int) -> float:
+    """The busiest ep rank's tokens over the mean when the busiest expert's is `imbalance`: the expert's
+    excess scaled by sqrt(ep ln ep / (E ln E)) (the same balls-into-bins statistics with ep bins); 1 at ep = 1."""
+    if ep <= 1 or experts <= 1 or imbalance <= 1.0:
+        return 1.0
+    return 1.0 + (imbalance - 1.0) * math.sqrt(ep * math.log(ep) / (experts * math.log(experts)))
+
+
+def expected_distinct_experts(experts: int, top_k: int, tokens: float) -> float:
+    """Expected number of distinct experts `tokens` tokens touch under uniform top-k routing:
+    E (1 - (1 - k/E)^T) (module docstring)."""
+    if tokens <= 0:
+        return 0.0
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The all-to-all
+# ---------------------------------------------------------------------------------------------------
+
+def a2a_bytes_per_rank(tokens: float, top_k: int, hidden: int, elem: int, ep: int) -> float:
+    """Bytes one rank sends (and receives) in one dispatch or combine: tokens x top_k x hidden x bytes x
+    (ep-1)/ep. `tokens`: the tokens this rank routes (micro-batch x sequence / cp / tp)."""
+    if ep <= 1:
+        return 0.0
+    return tokens * top_k * hidden * elem * (ep - 1) / ep
+
+
+def a2a_buffer_bytes(tokens: float, top_k: int, hidden: int, elem: int) -> float:
+    """The whole buffer one rank holds before an all-to-all (the `size` a Comm carries): every routed copy
+    of its tokens, tokens x top_k x hidden x bytes."""
+    return tokens * top_k * hidden * elem
+
+
+def all_to_all_phases(size: float, per_node: int, nodes: int, fabric: Fabric) -> Phases:
+    """An all-to-all of `size` bytes per rank (the whole buffer, 1/p to each member) over a group of
+    `per_node` ranks on each of `nodes` nodes, as port phases.
+
+    PyTorch's all_to_all_single runs as one NCCL group of a send and a receive per peer, all in flight at
+    once (torch/csrc/cuda/nccl.cpp, all2all_single_equal_split): one launch and one hop of latency; each rank
+    serializes size x (p-1)/p bytes. When the group spans nodes the share for the other nodes'
+    size x (p - per_node)/p crosses the inter-node link and the rest, size x (per_node - 1)/p, stays on the
+    intra-node one: two phases, the inter one first (DeepEP's normal kernels likewise forward over RDMA,
+    then NVLink; deepseek-ai/DeepEP README)."""
+    p = per_node * nodes
+    if p <= 1 or size <= 0:
+        return NO_PHASES
+    if nodes <= 1:
+        return (Phase("intra", size * (p - 1) / p, COLLECTIVE_BASE_LATENCY_S + fabric.intra.latency),)
+    inter = Phase("inter", size * (p - per_node) / p, COLLECTIVE_BASE_LATENCY_S + fabric.inter.latency)
+    if per_node <= 1:
+        return (inter,)
+    return (inter, Phase("intra", size * (per_node - 1) / p, fabric.intra.latency))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The experts' GEMMs
+# ---------------------------------------------------------------------------------------------------
+
+def expert_shapes(hidden: int, expert_ffn: int, gated: bool, etp: int) -> tuple[tuple[int, int], ...]:
+    """(in, out) features of one routed expert's GEMMs on one expert-tensor-parallel rank: up (gate and up
+    fused when gated, Megatron-Core's GroupedMLP linear_fc1) and down."""
+    ffn_local = -(-expert_ffn // max(etp, 1))
+    return ((hidden, ffn_local * (2 if gated else 1)), (ffn_local, hidden))
+
+
+def expert_weight_params(hidden: int, expert_ffn: int, gated: bool) -> int:
+    """Weights of one routed expert (no biases: Mixtral, Qwen3-MoE, OLMoE, DeepSeek experts have none)."""
+    return sum(k * n for k, n in expert_shapes(hidden, expert_ffn, gated, 1))
+
+
+@dataclass(frozen=True)
+class ExpertBatch:
+    """What one ep rank's routed experts compute in one MoE layer and micro-batch.
+
+    `local_experts`: experts the rank holds (E/ep); `per_expert_tokens`: the batch each of them runs, the
+    mean tokens x top_k / E of the ep group's tokens times the busiest rank's load factor; `imbalance`:
+    the busiest expert's tokens over the mean that the factor was derived from (the result column)."""
+
+    local_experts: int
+    per_expert_tokens: float
+    imbalance: float
+    rank_factor: float
+
+    @property
+    def tokens(self) -> float:
+        """(token, expert) pairs the busiest rank computes."""
+        return self.local_experts * self.per_expert_tokens
+
+
+def expert_batch(tokens_per_rank: float, experts: int, top_k: int, ep: int,
+                 load_imbalance: float | None = None, capacity_factor: float | None = None) -> ExpertBatch:
+    """The busiest rank's expert work for one MoE layer and micro-batch: `tokens_per_rank` tokens routed
+    by each of the ep ranks, `load_imbalance` (busiest expert over mean) or the default derived from the
+    routing statistics (`default_imbalance`); a capacity factor caps every expert at cf x the mean
+    (dropped tokens pass through the residual: Fedus et al. 2022, Switch Transformer, Sec. 2.2)."""
+    pairs = routed_pairs(tokens_per_rank, top_k, ep)
+    imbalance = load_imbalance if load_imbalance is not None else default_imbalance(experts, top_k, pairs)
+    if capacity_factor is not None:
+        imbalance = min(imbalance, max(capacity_factor, 0.0))
+    factor = rank_load_factor(imbalance, experts, ep)
+    mean = pairs / experts
+    return ExpertBatch(local_experts=max(experts // max(ep, 1), 1), per_expert_tokens=mean * factor,
+                       imbalance=imbalance, rank_factor=factor)
+
+
+def active_local_experts(batch: ExpertBatch, experts: int, top_k: int, ep: int, tokens_per_rank: float) -> float:
+    """Expected local experts that get any token: the rank's share of the distinct experts the ep group's
+    tokens touch (`expected_distinct_experts`); all of them once the batch is large."""
+    touched = expected_distinct_experts(experts, top_k, tokens_per_rank * max(ep, 1))
+    return min(float(batch.local_experts), touched / max(ep, 1))
+
+
+def expert_gemm_time(rates: Rates, batch: ExpertBatch, shapes: tuple[tuple[int, int], ...], elem: float,
+                     active: float, backward: bool = False, trainable: bool = True) -> float:
+    """Seconds of one MoE layer's routed-expert GEMMs for one micro-batch on the busiest rank.
+
+    `active` experts (active_local_experts) each run the rank's `batch.tokens` pairs split evenly, m rows
+    per expert, on their `shapes` (expert_shapes): per expert and GEMM 2 m k n FLOPs (twice that backward:
+    data and weight gradient), at the device's GEMM efficiency times the shape efficiency of an m-row GEMM
+    (compute._weighted_wave: tile waves, or GEMV/split-K padding for a skinny one), or the bytes it moves
+    at the memory bandwidth when that is slower: its weights once per pass (backward: read W, write dW;
+    a frozen expert writes no dW) and its activations in and out (backward: twice)."""
+    if active <= 0 or batch.tokens <= 0:
+        return 0.0
+    m = batch.tokens / active
+    weights = sum(k * n for k, n in shapes)
+    flops = 2.0 * m * weights * (2 if backward else 1)
+    reads = (2 if trainable else 1) if backward else 1
+    act = sum(m * (k + n) for k, n in shapes) * (2 if backward else 1)
+    nbytes = (weights * reads + act) * elem
+    gemm = rates.gemm if rates.gemm is not None else rates
+    wave = (_weighted_wave(tuple(shapes), max(int(round(m)), 1), backward, rates.compute_units,
+                           rates.efficiency.matmul_tiles) if rates.compute_units else 1.0)
+    return active * gemm.matmul_time(flops, nbytes, wave)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the expert-parallel group lands
+# ---------------------------------------------------------------------------------------------------
+
+def ep_group(ep: int, etp: int, devices_per_node: int) -> Group:
+    """The placed expert-parallel group: `ep` members `etp` ranks apart. Megatron-Core, which runs expert
+    parallelism, orders ranks tp-cp-ep-dp-pp by default (pipeline outermost: parallel_state.py,
+    `initialize_model_parallel(order=...)`) and regroups each stage's tp*cp*dp ranks as the expert grid etp
+    innermost, then ep, then edp (the expert RankGenerator "tp-ep-dp-pp"), so a stage's ranks are consecutive
+    and an ep group fills min(ep, devices_per_node / etp) devices of a node before it leaves the node (the
+    README's advice "ensure EP x TP within the NVLink domain" holds at ep x etp <= 8). llmsim's dense groups
+    keep their own order (costmodel.cluster: tp, cp, pp, dp). On a TPU slice the slice is the node."""
+    if ep <= 1:
+        return Group(size=1, per_node=1, nodes=1)
+    per_node = max(1, min(ep, devices_per_node // max(etp, 1)))
+    return Group(size=ep, per_node=per_node, nodes=math.ceil(ep / per_node))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExpertMemory:
+    """Bytes of the routed experts on one device: weights, gradients, optimizer state."""
+
+    params: Num
+    grads: Num
+    optimizer: Num
+
+
+def expert_memory(expert_params_here: float, elem: int, grad_elem: int, state_bytes: int, zero: Num,
+                  edp: Num, train: bool) -> ExpertMemory:
+    """Memory of the routed experts one device holds (`expert_params_here` parameters: its E/ep experts of
+    its stage's MoE layers, 1/etp of each), with ZeRO over the expert-data-parallel group of `edp` ranks
+    (Megatron-Core's distributed optimizer shards expert parameters over the expert-data-parallel group:
+    megatron/core/distributed/ buckets expert parameters apart, `expert_data_parallel_group`): stage 1 the
+    optimizer state, 2 also the gradients, 3 also the weights; the ZeRO paper's bytes per parameter
+    (memory.ADAM_STATE_BYTES_*). `zero` and `edp` may be columns over candidates (costmodel.arrays)."""
+    shard = maximum(edp, 1)
+    params = expert_params_here * elem / pick(zero >= 3, shard, 1)
+    if not train:
+        return ExpertMemory(params, 0.0, 0.0)
+    return ExpertMemory(params, expert_params_here * grad_elem / pick(zero >= 2, shard, 1),
+                        expert_params_here * state_bytes / pick(zero >= 1, shard, 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# One MoE layer of a case: what costmodel.work adds to a layer
+# ---------------------------------------------------------------------------------------------------
+
+# Kernels of the routed experts per MoE layer and pass beyond the layer's own (compute.KERNELS_PER_LAYER_*),
+# as Megatron-Core runs them with grouped GEMMs (megatron/core/transformer/moe/experts.py TEGroupedMLP,
+# moe_utils.permute / unpermute): forward = permute, grouped fc1, activation, grouped fc2, unpermute (5);
+# backward = the conjugates of permute, activation and unpermute, and a data- and a weight-gradient grouped
+# GEMM for each of fc1 and fc2 (7). The router and shared experts are part of the layer's own kernels.
+KERNELS_PER_MOE_LAYER_FORWARD = 5
+KERNELS_PER_MOE_LAYER_BACKWARD = 7
+
+
+def tokens_per_rank(workload: "Workload", plan: "Plan", phase: str) -> float:
+    """Tokens one rank routes per micro-batch and MoE layer: micro-batch x sequence / cp, split over tp (the
+    sequence-parallel layout Megatron-Core requires for MoE with tp > 1; at inference a tensor-parallel
+    group routes its replicated tokens once). A decode step routes one token per sequence."""
+    spec = workload.model
+    tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
+    return tokens / plan.tp
+
+
+@dataclass(frozen=True)
+class ExpertTokenCosts:
+    """What one routed (token, expert) pass costs, from the profile's "experts" region of one phase, per
+    token of the whole model's MoE layers (tp = 1, balanced routing: every token's top-k): GEMM FLOPs,
+    GEMM activation bytes (the traced weights taken out), other bytes, and operators per MoE layer."""
+
+    mm_flops: float = 0.0
+    mm_bytes: float = 0.0
+    other_bytes: float = 0.0
+    ops_per_layer: float = 0.0
+
+
+def expert_token_costs(profile: "WorkloadProfile", workload: "Workload", phase: str, tokens: float,
+                       steps: int = 1) -> ExpertTokenCosts:
+    """Per-token expert costs of `phase` in a profile whose traced pass(es) ran `tokens` tokens over `steps`
+    decode steps (the weights of every expert, read once per traced pass and MoE layer, are taken out of
+    the GEMM bytes: `experts_time` puts the rank's own back)."""
+    spec = workload.model
+    moe = spec.moe
+    moe_layers = getattr(profile, "moe_layers", 0)
+    if moe is None or not moe_layers or tokens <= 0:
+        return ExpertTokenCosts()
+    mm = profile.ops.get((phase, "experts", "matmul"))
+    ot = profile.ops.get((phase, "experts", "other"))
+    elem = DTYPE_BYTES[workload.dtype]
+    gated = spec.activation in ("swiglu", "geglu")
+    trainable = profile.trainable_params > 0.5 * profile.params
+    reads = (2 if trainable else 1) if phase == "backward" else 1
+    traced_weights = reads * moe.experts * expert_weight_params(spec.hidden, spec.expert_ffn, gated) * elem \
+        * moe_layers * steps
+    count = (mm.count if mm is not None else 0) + (ot.count if ot is not None else 0)
+    return ExpertTokenCosts(mm_flops=(mm.flops if mm is not None else 0.0) / tokens,
+                            mm_bytes=max((mm.bytes if mm is not None else 0.0) - traced_weights, 0.0) / tokens,
+                            other_bytes=(ot.bytes if ot is not None else 0.0) / tokens,
+                            ops_per_layer=count / moe_layers / steps)
+
+
+def experts_time(workload: "Workload", plan: "Plan", rates: Rates, costs: ExpertTokenCosts, tokens: float,
+                 moe_layers: int, phase: str, trainable: bool = True) -> float:
+    """Seconds of one MoE layer's routed experts on the busiest rank of the ep group, for `tokens` tokens of
+    one micro-batch (or serving pass) on one pipeline replica.
+
+    Each rank computes its own tokens' expert work, tokens / (tp*cp) (ep is carved out of data parallelism,
+    so the FLOPs divide as a dense MLP's do), times the busiest rank's load factor (`expert_batch`, from
+    `tokens_per_rank`); the per-token costs are one MoE layer's (1/moe_layers of `costs`). Weights: each
+    active local expert's, 1/etp of it, read once per pass (backward: read W, write dW). The GEMMs run at the
+    shape efficiency of the per-expert batch (compute._weighted_wave); other ops (activation, permutation,
+    gate scaling) are memory-bound. An eager host pays its per-operator cost for the local experts' ops (1/ep
+    of the traced ones); an accelerator its kernel latency for the grouped-GEMM kernels."""
+    moe = workload.model.moe
+    if moe is None or not moe_layers or tokens <= 0:
+        return 0.0
+    spec = workload.model
+    backward = phase == "backward"
+    rank_tokens = tokens / (plan.tp * plan.cp)
+    batch = expert_batch(rank_tokens * plan.etp, moe.experts, moe.top_k, plan.ep, moe.load_imbalance,
+                         moe.capacity_factor)
+    active = active_local_experts(batch, moe.experts, moe.top_k, plan.ep, rank_tokens * plan.etp)
+    per_layer = rank_tokens * batch.rank_factor / moe_layers
+    gated = spec.activation in ("swiglu", "geglu")
+    shapes = expert_shapes(spec.hidden, spec.expert_ffn, gated, plan.etp)
+    reads = (2 if trainable else 1) if backward else 1
+    weights = reads * active * sum(k * n for k, n in shapes) * DTYPE_BYTES[workload.dtype]
+    m = max(int(round(batch.tokens / active)), 1) if active else 1
+    wave = (_weighted_wave(shapes, m, backward, rates.compute_units, rates.efficiency.matmul_tiles)
+            if rates.compute_units else 1.0)
+    gemm = rates.gemm if rates.gemm is not None else rates
+    seconds = gemm.matmul_time(costs.mm_flops * per_layer, costs.mm_bytes * per_layer + weights, wave)
+    seconds += rates.memory_time(costs.other_bytes * per_layer)
+    if rates.efficiency.op_overhead_s:
+        seconds += rates.efficiency.op_overhead_s * costs.ops_per_layer / max(plan.ep, 1)
+    if rates.efficiency.kernel_latency_s:
+        seconds += rates.efficiency.kernel_latency_s * (KERNELS_PER_MOE_LAYER_BACKWARD if backward
+                                                         else KERNELS_PER_MOE_LAYER_FORWARD)
+    return seconds
+
+
+def experts_layer_time(profile: "WorkloadProfile", workload: "Workload", plan: "Plan", rates: Rates, phase: str,
+                       steps: int = 1) -> float:
+    """`experts_time` of one micro-batch of a traced phase (train forward/backward, prefill, one decode step
+    of the `steps` traced): the profile's per-token expert costs, the micro-batch's tokens."""
+    spec = workload.model
+    decode = phase == "decode"
+    traced_tokens = profile.batch * (steps if decode else profile.seq_len)
+    costs = expert_token_costs(profile, workload, phase, traced_tokens, steps)
+    tokens = plan.micro_batch * (1 if decode else spec.seq_len)
+    trainable = profile.trainable_params > 0.5 * profile.params
+    return experts_time(workload, plan, rates, costs, tokens, getattr(profile, "moe_layers", 0), phase, trainable)
+
+
+def moe_layer_share(workload: "Workload") -> float:
+    """The MoE layers' share of the model's layers (1 when every layer is MoE; 0 for a dense model). The
+    per-layer work of a stage is the mean layer's (costmodel.work), so a stage's expert time and all-to-alls
+    are spread evenly over its layers."""
+    spec = workload.model
+    return spec.moe_layers / spec.layers if spec.moe is not None else 0.0
+
+
+def expert_activation_bytes(workload: "Workload", plan: "Plan") -> float:
+    """Bytes the routed experts of the mean layer keep for their backward per micro-batch on the busiest
+    rank (the MoE layers' share, `moe_layer_share`): per routed (token, expert) copy the permuted input
+    (hidden, gathered over etp), the fc1 output (2 x expert width when gated, 1/etp of it) and the
+    activation's output (expert width / etp), as a dense MLP keeps them (costmodel.activations.layer_saves)
+    for top_k x the rank's tokens x its load factor (Megatron-Core GroupedMLP; the permutation's indices
+    and the router's probabilities, a few bytes per token, are left out). Full recomputation keeps none."""
+    spec = workload.model
+    moe = spec.moe
+    if moe is None or plan.recompute == "full":
+        return 0.0
+    tokens = tokens_per_rank(workload, plan, "forward")
+    batch = expert_batch(tokens * plan.etp, moe.experts, moe.top_k, plan.ep, moe.load_imbalance,
+                         moe.capacity_factor)
+    gated = spec.activation in ("swiglu", "geglu")
+    f = spec.expert_ffn / plan.etp
+    per_copy = spec.hidden + (2 if gated else 1) * f + f
+    return (moe_layer_share(workload) * tokens * plan.etp * moe.top_k * batch.rank_factor * per_copy
+            * DTYPE_BYTES[workload.dtype])
+
+
+def edp_equivalent_share(plan: "Plan") -> float:
+    """The routed experts' gradients are reduced (and with ZeRO gathered) over the expert-data-parallel
+    group of edp ranks, not the dp group the rest of the model uses (Megatron-Core keeps expert parameters
+    in their own buckets over `expert_data_parallel_group`). costmodel.work prices them as part of the
+    data-parallel traffic, overlapped with the backward like the rest, at this share of their bytes: a ring
+    over edp moves (edp-1)/edp of a buffer per rank, over dp (dp-1)/dp (Patarasuk & Yuan 2009), so the
+    share is their ratio on the same links (0 when edp = 1: each expert lives on one rank of the stage).
+    With dp = 1 there is no data-parallel reduction to join; an edp > 1 there (etp*ep < tp*cp) is left out."""
+    if plan.dp <= 1 or plan.edp <= 1:
+        return 0.0
+    return ((plan.edp - 1) / plan.edp) / ((plan.dp - 1) / plan.dp)
+
+
+def data_parallel_params(plan: "Plan", params: float, experts: float) -> float:
+    """Parameters whose gradients (or, ZeRO 1/2, updated weights) go over the data-parallel group, in dp
+    ring-equivalents: the routed experts (`experts` of `params`) at `edp_equivalent_share`."""
+    return params - experts * (1 - edp_equivalent_share(plan))
+
+
+def optimizer_params(plan: "Plan", trainable: float, experts: float, experts_trainable: bool) -> float:
+    """Parameters the optimizer step updates on one device, in units the step divides by dp under ZeRO
+    (costmodel.work.optimizer_time): ZeRO shards the routed experts' state over edp, not dp, so they count
+    dp/edp times (`experts` of `trainable`; frozen experts, LoRA, count nothing extra)."""
+    if plan.zero >= 1 and experts_trainable:
+        return trainable + experts * (plan.dp / plan.edp - 1)
+    return trainable
+
+
+def assumed_imbalance(workload: "Workload", plan: "Plan") -> float | None:
+    """The busiest expert's tokens over the mean that the model assumed for one micro-batch of the case
+    (moe.load_imbalance, or the default of `expert_batch` for the case's tokens): the modeled rows'
+    `expert_load_imbalance`; None for a dense model. Decode: one token step of the whole batch."""
+    moe = workload.model.moe
+    if moe is None:
+        return None
+    phase = "decode" if workload.mode == "decode" else "forward"
+    tokens = tokens_per_rank(workload, plan, phase) * plan.etp
+    return expert_batch(tokens, moe.experts, moe.top_k, plan.ep, moe.load_imbalance, moe.capacity_factor).imbalance

@@ -1,0 +1,72 @@
+"""A run folder's results.jsonl that is not what llmsim wrote (issue 15 leftovers: `llmsim report` skipped
+damaged lines without a word). A damaged line is a one-line error naming the file and the line (exit 2);
+a last line cut by a kill is left out with a warning, the complete rows are reported, and --resume writes
+its next row on a line of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmsim.cli import main
+from llmsim.errors import EXIT_BAD_INPUT
+from llmsim.results import ResultStore, read_rows
+from tests.report.helpers import make_run, row
+
+
+def _run(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "r", [row("a", step=1.0), row("b", step=2.0), row("c", step=3.0)])
+
+
+@pytest.mark.parametrize("damage, line, problem", [
+    (lambda lines: lines[:1] + ["{\"case\": \"a\", \"backe"] + lines[1:], 2, "not JSON (Unterminated string"),
+    (lambda lines: lines[:2] + ["garbage"] + lines[2:], 3, "not JSON (Expecting value at column 1)"),
+    (lambda lines: ["[1, 2]"] + lines, 1, "JSON but not a result row (a mapping with case and backend)"),
+    (lambda lines: lines[:1] + [json.dumps({"case": "x"})] + lines[1:], 2, "JSON but not a result row"),
+    # the last line, complete with its newline, but not a row: an edit, not a cut write
+    (lambda lines: lines + ["garbage"], 4, "not JSON"),
+])
+def test_a_damaged_line_is_one_line_naming_file_and_line(tmp_path: Path, capsys, damage, line: int,
+                                                          problem: str) -> None:
+    run = _run(tmp_path)
+    jsonl = run / "results.jsonl"
+    jsonl.write_text("\n".join(damage(jsonl.read_text().splitlines())) + "\n")
+    assert main(["report", str(run)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"llmsim: error: {jsonl}: line {line}: {problem}"), err
+
+
+def test_a_cut_last_line_is_left_out_with_a_warning_and_the_rest_reported(tmp_path: Path, capsys) -> None:
+    run = _run(tmp_path)
+    jsonl = run / "results.jsonl"
+    text = jsonl.read_text()
+    jsonl.write_text(text[: len(text) - 40])  # a kill in the middle of writing row c
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"llmsim: warning: {jsonl}: line 3: an incomplete last row" in err
+    assert "the 2 complete rows before it are used" in err
+    assert (run / "report.md").is_file()
+    assert [r["case"] for r in read_rows(run, warn=lambda _: None)] == ["a", "b"]
+
+
+def test_resume_after_a_cut_last_line_starts_the_next_row_on_its_own_line(tmp_path: Path, capsys) -> None:
+    run = _run(tmp_path)
+    jsonl = run / "results.jsonl"
+    text = jsonl.read_text()
+    jsonl.write_text(text[: len(text) - 40])
+    store = ResultStore(run)  # as run --resume opens the folder
+    assert "an incomplete last row" in capsys.readouterr().err
+    store.add(row("c", step=3.0))
+    assert [r["case"] for r in read_rows(run, warn=pytest.fail)] == ["a", "b", "c"]
+
+
+def test_a_complete_last_row_without_its_newline_is_kept_and_sealed(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    jsonl = run / "results.jsonl"
+    jsonl.write_text(jsonl.read_text().rstrip("\n"))
+    store = ResultStore(run)
+    store.add(row("d", step=4.0))
+    assert [r["case"] for r in read_rows(run, warn=pytest.fail)] == ["a", "b", "c", "d"]
