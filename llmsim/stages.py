@@ -30,6 +30,7 @@ the planner and the distributed backend all read the split from here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from collections.abc import Callable, Sequence
@@ -71,6 +72,9 @@ def _end_counts(layers: int, other: int, middle_stages: int) -> range:
     return range(start, stop + 1, middle_stages) if stop >= 1 else range(0)
 
 
+# A pure function of three integers that every stage-level cost (Plan.layers_per_stage) asks for again and
+# again: cached.
+@functools.lru_cache(maxsize=4096)
 def default_split(layers: int, pp: int, virtual_stages: int = 1) -> tuple[int, ...]:
     """The layers of each of `pp` stages when the strategy states no split (module docstring).
 

@@ -18,6 +18,7 @@ saved bytes (WorkloadProfile) are the cross-check of that inventory, not its sou
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -292,6 +293,9 @@ def zero3_unit_bytes(workload: "Workload", profile: "WorkloadProfile", sharing: 
     return params, grads
 
 
+# Every pipeline stage of a plan asks for the same layer inventory (and the planner for thousands of plans):
+# a pure function of hashable values (pydantic models, frozen dataclasses), cached.
+@functools.lru_cache(maxsize=4096)
 def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", plan: Plan,
                                options: Options) -> tuple[float, float]:
     """(bytes one layer keeps per micro-batch, working set of one layer while it is recomputed) on one device.
@@ -312,6 +316,7 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     return kept, working
 
 
+@functools.lru_cache(maxsize=4096)  # as activation_bytes_per_layer
 def edge_activation_bytes(workload: "Workload", sharing: "SharingChoice", plan: Plan) -> tuple[float, float]:
     """(first stage, last stage) bytes kept outside the layers per micro-batch on one device: the embeddings'
     ids, and the final norm, LM head input and fp32 log-probabilities of the loss (vocabulary-parallel over

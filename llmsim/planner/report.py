@@ -45,11 +45,15 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
     records = []
+    splits: dict[tuple, str | None] = {}  # the stage_layers column per (stated split, pp, schedule, v): few
     for e in rows:
         c = e.config
-        split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
+        split_key = (c.stage_layers, c.pp, c.schedule, c.virtual_stages)
+        if split_key not in splits:
+            split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
+            splits[split_key] = describe_split(split) if split else None
         records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
-                        c.virtual_stages, c.recompute, describe_split(split) if split else None, c.hardware,
+                        c.virtual_stages, c.recompute, splits[split_key], c.hardware,
                         c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
                         e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,

@@ -19,6 +19,7 @@ the ones that do not fit in memory, by how far.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -264,10 +265,15 @@ class SearchStats:
 
 def objective_key(objective: str) -> Callable[[Evaluation], tuple]:
     """Sort key: feasible first by the objective (ties: time, cost, devices); then misses by shortfall."""
+    fields = {"cost": ("cost_usd", "time_to_goal_s", "n_devices"),
+              "time": ("time_to_goal_s", "cost_usd", "n_devices"),
+              "energy": ("energy_j", "time_to_goal_s", "cost_usd"),
+              "devices": ("n_devices", "cost_usd", "time_to_goal_s")}[objective]
+    first, second, third = ((lambda e: e.config.n_devices) if f == "n_devices" else operator.attrgetter(f)
+                            for f in fields)
+
     def metric(e: Evaluation) -> tuple:
-        t, c, j, n = e.time_to_goal_s, e.cost_usd, e.energy_j, e.config.n_devices
-        order = {"cost": (c, t, n), "time": (t, c, n), "energy": (j, t, c), "devices": (n, c, t)}[objective]
-        return order
+        return first(e), second(e), third(e)
 
     def key(e: Evaluation) -> tuple:
         if e.feasible:

@@ -8,8 +8,10 @@ module gives the same numbers for thousands at once, through the same code:
   group only dp, ZeRO and the micro-batch count m = B / (dp x micro_batch) vary;
 * per group, the cost model's own scalar functions build the work once (costmodel.work.train_work), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
-  micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`);
-  each data-parallel collective is priced once per distinct dp (`Comm.time`, cached);
+  micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
+  these two shared by the groups of one `_stage_key`, which differ only by the node); each data-parallel
+  group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
+  (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -99,6 +102,7 @@ class PricedTable:
 VARY_IN_GROUP = ("hardware", "n_devices", "dp", "zero", "microbatches")
 KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in VARY_IN_GROUP)
 GROUP_FIELDS = len(KEY_FIELDS) + 1
+_key_of = operator.attrgetter(*KEY_FIELDS)
 
 
 def group_key(ctx, c: Config) -> tuple:
@@ -109,7 +113,7 @@ def group_key(ctx, c: Config) -> tuple:
     # a mixture of experts' gradient traffic and optimizer shard follow dp (moe.edp_equivalent_share)
     whole = hw.node.is_torus or precision.is_fp8(w) or w.mode != "train" or w.model.moe is not None
     # a part of one node is a node of that many devices (ClusterSpec.with_devices)
-    base = (*(getattr(c, f) for f in KEY_FIELDS), min(c.n_devices, hw.devices_per_node))
+    base = (*_key_of(c), min(c.n_devices, hw.devices_per_node))
     return base + ((c.dp, c.zero, c.microbatches) if whole else ())
 
 
@@ -152,18 +156,35 @@ def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
     firsts: dict[int, Config] = {}
     for i, c in enumerate(configs):
         firsts.setdefault(int(group_of[i]), c)
-    groups = [_group(ctx, firsts[g]) for g in range(len(keys))]
+    shared: dict[tuple, object] = {}
+    groups = [_group(ctx, firsts[g], shared) for g in range(len(keys))]
     cols = _combine(ctx, configs, groups, group_of, pair_of, list(pairs))
     return PricedTable(configs, cols, [groups[g].error for g in group_of.tolist()])
 
 
-def _group(ctx, c: Config) -> _Group:
-    """A group's shared numbers from the cost model's scalar functions (train_work, memory terms)."""
+def _stage_key(plan, whole: bool):
+    """What a stage's memory terms and parameters (memory.stage_memory_terms, stage_params) depend on: the
+    plan less dp, the ZeRO stage and the micro-batch count (the grouping's premise), with the schedule only
+    through its chunks per device (Plan.v, which fixes the default split); the node is not in it, so groups
+    that differ only by the node share them. The whole plan where the grouping is not exact."""
+    if whole:
+        return plan
+    return replace(plan, dp=1, zero=0, microbatches=1, schedule="interleaved" if plan.v > 1 else "1f1b",
+                   virtual_stages=plan.v)
+
+
+def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
+    """A group's shared numbers from the cost model's scalar functions (train_work, memory terms); `shared`
+    holds the memory terms and stage parameters computed for an earlier group of the same `_stage_key`."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
-    memory = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st) for st in memory_stages(w, plan)]
-    cluster = hw.cluster(c.n_devices)  # off a torus only its device, fabric and devices per node matter here
     whole = len(group_key(ctx, c)) > GROUP_FIELDS
+    skey = _stage_key(plan, whole)
+    memory = shared.get(("memory", skey))
+    if memory is None:
+        memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st)
+                                             for st in memory_stages(w, plan)]
+    cluster = hw.cluster(c.n_devices)  # off a torus only its device, fabric and devices per node matter here
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
@@ -180,7 +201,10 @@ def _group(ctx, c: Config) -> _Group:
         slot_of[(id(st), sync)] = len(steps)
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            params, trainable = stage_params(w, ctx.profile, ctx.sharing, plan, index)
+            params_key = ("params", skey, index)
+            if params_key not in shared:
+                shared[params_key] = stage_params(w, ctx.profile, ctx.sharing, plan, index)
+            params, trainable = shared[params_key]  # type: ignore[misc]
             share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
             experts = stage_expert_params(w, ctx.profile, plan, index)  # as train_work (a MoE group is whole)
             alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable,
@@ -249,8 +273,9 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     shard = optimizer_shard(dp, zero)
     fraction = bubble_fraction(schedule, pp, m, v)
     parts_list = []
+    placement = _dp_placements(groups, pairs)
     for slot in _slots(groups, "steps", STEP_FIELDS, group_of):
-        times = _dp_times(groups, pairs, slot, group_of, pair_of)
+        times = _dp_times(placement, slot, pair_of)
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
         gather = np.where(((zero == 1) | (zero == 2)) & (dp > 1), times["gather"], 0.0)
         zero3_mb = np.where(zero >= 3, times["zero3"], 0.0)
@@ -275,22 +300,48 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     return out
 
 
-def _dp_times(groups: list[_Group], pairs: list[tuple[int, int]], slot: dict[str, np.ndarray],
-              group_of: np.ndarray, pair_of: np.ndarray) -> dict[str, np.ndarray]:
-    """Each data-parallel collective of one stage slot, priced once per (group, dp) (`Comm.time`, cached)."""
-    first_row = np.full(len(pairs), -1)
-    first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
-    names = ("all-reduce", "reduce-scatter", "gather", "zero3")
-    table = np.zeros((len(pairs), len(names)))
+def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]]) -> tuple[np.ndarray, list[tuple]]:
+    """Per (group, dp) pair, the index of its (fabric, data-parallel group) among the distinct ones, each
+    placed once by the cost model (`Groups.of`, which places dp from tp, cp, pp and the devices per node;
+    a torus group's own); -1 where the group could not be priced."""
+    fabric_ids: dict[object, int] = {}
+    group_fabric = [fabric_ids.setdefault(g.fabric, len(fabric_ids)) for g in groups]
+    ids: dict[tuple, int] = {}
+    placed: list[tuple] = []
+    out = np.full(len(pairs), -1, dtype=np.int64)
     for p, (g, d) in enumerate(pairs):
         grp = groups[g]
         if grp.error:
             continue
-        r = first_row[p]
-        group = grp.dp_group or Groups.of(replace(grp.plan, dp=d), grp.node).dp  # the cost model's placement
-        grads, weights, gathered = float(slot["grads"][r]), float(slot["weights"][r]), float(slot["gathered"][r])
-        f = grp.fabric
+        pl = grp.plan
+        key = ((group_fabric[g], grp.node, pl.tp, pl.cp, pl.pp, d) if grp.dp_group is None
+               else (group_fabric[g], grp.dp_group))
+        at = ids.get(key)
+        if at is None:
+            at = ids[key] = len(placed)
+            placed.append((grp.fabric, grp.dp_group or Groups.of(replace(pl, dp=d), grp.node).dp))
+        out[p] = at
+    return out, placed
+
+
+def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray],
+              pair_of: np.ndarray) -> dict[str, np.ndarray]:
+    """Each data-parallel collective of one stage slot, priced once per distinct (fabric and group, bytes)
+    (`Comm.time`), spread over the rows."""
+    where, placed = placement
+    first_row = np.full(len(where), -1)
+    first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
+    names = ("all-reduce", "reduce-scatter", "gather", "zero3")
+    keys = np.column_stack([where.astype(float), slot["grads"][first_row], slot["weights"][first_row],
+                            slot["gathered"][first_row]])
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    table = np.zeros((len(distinct), len(names)))
+    for u, (at, grads, weights, gathered) in enumerate(distinct.tolist()):
+        if at < 0:
+            continue
+        f, group = placed[int(at)]
         rs = Comm("reduce-scatter", grads, group).time(f)
-        table[p] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
+        table[u] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
                     Comm("all-gather", weights, group, 2).time(f) + rs)
-    return {name: table[pair_of, j] for j, name in enumerate(names)}
+    per_pair = table[inverse.reshape(-1)]
+    return {name: per_pair[pair_of, j] for j, name in enumerate(names)}

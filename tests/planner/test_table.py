@@ -108,3 +108,34 @@ def test_search_rows_are_the_same_both_ways() -> None:
     assert np.allclose([e.shortfall for e in table_rows], [e.shortfall for e in scalar_rows], rtol=1e-9, atol=0)
     table_stats.seconds = scalar_stats.seconds = 0.0
     assert table_stats == scalar_stats
+
+
+def test_stage_terms_shared_between_groups_do_not_depend_on_what_the_key_drops() -> None:
+    """The table computes a stage's memory terms and parameters once per `_stage_key` (the plan less dp, ZeRO,
+    the micro-batch count and the schedule's name) and shares them between groups; on every training
+    configuration of a space they equal the ones of the configuration's own plan."""
+    from llmsim.costmodel.memory import memory_stages, stage_memory_terms, stage_params
+    from llmsim.planner.table import _stage_key
+
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
+                      limits={"max_devices": 32, "memory_headroom": 0.0},
+                      search={"cp": [1, 2], "virtual_stages": [2, 3]})
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    w = plan.workload
+    checked = 0
+    for hw in hardware(plan, small_catalog()):
+        for c in _space(plan, hw):
+            own = c.plan()
+            shared = _stage_key(own, whole=False)
+            assert memory_stages(w, shared) == memory_stages(w, own)
+            for st in memory_stages(w, own):
+                opts = Context(plan, hw, profile, sharing).options
+                assert stage_memory_terms(w, profile, sharing, shared, opts, st) == \
+                    stage_memory_terms(w, profile, sharing, own, opts, st), (c.name, st)
+            for index in range(own.pp):
+                assert stage_params(w, profile, sharing, shared, index) == stage_params(w, profile, sharing, own,
+                                                                                        index)
+            checked += 1
+    assert checked > 100
