@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -35,6 +36,9 @@ R = TypeVar("R")
 Progress = Callable[[int, int], None]  # (tasks done, tasks in all), called after each task finishes
 
 EXECUTORS = ("auto", "local", "ray")
+# One TCP connect to a given cluster's address before ray.init, which otherwise retries for minutes when
+# nothing listens there (seen with a bogus --ray-address); a live head answers in milliseconds.
+RAY_CONNECT_TIMEOUT_S = 10.0
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable (ray.init reads it too): a running cluster's address
 RAY_INSTALL_HINT = "pip install 'llmsim[ray]'"
 
@@ -100,17 +104,30 @@ class RayExecutor(Executor):
     """Ray tasks: on the cluster at `address` ("auto" = the one `ray start` left on this machine), else on a
     Ray started on this machine with `num_cpus` (default: all cores). One CPU per task (Ray's default)."""
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, where: str = "--ray-address") -> None:
         self.address = address
         self.num_cpus = num_cpus
         self.name = f"ray@{address}" if address else "ray"
+        self._where = where  # the option or variable the address came from, for its error
         self._started = False
+
+    def _check_reachable(self) -> None:
+        """A HOST:PORT nobody listens on makes ray.init retry for minutes: refuse it after one bounded try."""
+        endpoint = ray_endpoint(self.address)
+        if endpoint is None:
+            return
+        try:
+            socket.create_connection(endpoint, timeout=RAY_CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            raise UsageError(self._where, f"no Ray cluster answers at {self.address!r} ({exc.strerror or exc}); "
+                                          f"start one with `ray start --head` (docs/architecture.md)") from None
 
     def _ensure(self) -> Any:
         import ray
 
         if ray.is_initialized():
             return ray
+        self._check_reachable()
         try:
             if self.address:
                 ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
@@ -119,7 +136,7 @@ class RayExecutor(Executor):
                 ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False,
                          logging_level=logging.ERROR, log_to_driver=False)
         except ConnectionError as exc:
-            raise UsageError("--ray-address", f"no Ray cluster at {self.address!r} ({exc}); start one with "
+            raise UsageError(self._where, f"no Ray cluster at {self.address!r} ({exc}); start one with "
                                               f"`ray start --head` (docs/architecture.md)") from None
         self._started = True
         return ray
@@ -195,6 +212,22 @@ def make_executor(kind: str = "auto", address: str | None = None,
             where = "--executor ray" if kind == "ray" else ("--ray-address" if given else RAY_ADDRESS_ENV)
             raise UsageError(where, f"Ray is not installed here; {RAY_INSTALL_HINT} (or --executor local)")
         return LocalExecutor()
-    if kind == "ray" or address:
-        return RayExecutor(address)
+    if address:
+        where = "--ray-address" if given else RAY_ADDRESS_ENV
+        if address != "auto" and ray_endpoint(address) is None:
+            raise UsageError(where, f"{address!r} is not a Ray address; allowed: auto, HOST:PORT or ray://HOST:PORT")
+        return RayExecutor(address, where=where)
+    if kind == "ray":
+        return RayExecutor()
     return AutoExecutor()
+
+
+def ray_endpoint(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a Ray address HOST:PORT or ray://HOST:PORT; None for "auto", none or a malformed one."""
+    if not address or address == "auto":
+        return None
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)

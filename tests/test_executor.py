@@ -95,6 +95,30 @@ def test_cli_executor_errors_are_one_line(write_scenario, tmp_path: Path, monkey
     assert not out.exists()  # nothing ran
 
 
+@pytest.mark.parametrize("address", ["garbage", "ray://x", "h:0", "h:99999", ":6379"])
+def test_a_malformed_ray_address_is_refused_before_ray_starts(address: str) -> None:
+    if not ex.ray_installed():
+        pytest.skip("Ray is not installed: the address is never read")
+    with pytest.raises(UsageError, match=r"^RAY_ADDRESS: '.*' is not a Ray address; allowed: auto, HOST:PORT"):
+        ex.make_executor("auto", None, {"RAY_ADDRESS": address})
+    with pytest.raises(UsageError, match=r"is not a Ray address"):
+        ex.make_executor("ray", address, {})
+
+
+def test_a_ray_address_nobody_answers_is_one_bounded_try() -> None:
+    """ray.init retries for minutes where nothing listens; one TCP connect refuses it (exit 2)."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    executor = ex.RayExecutor(f"127.0.0.1:{port}", where="--ray-address")
+    with pytest.raises(UsageError, match=r"^--ray-address: no Ray cluster answers at '127\.0\.0\.1:\d+'"):
+        executor._check_reachable()
+    assert ex.ray_endpoint("ray://head.example:10001") == ("head.example", 10001)
+    assert ex.ray_endpoint("[::1]:6379") == ("::1", 6379) and ex.ray_endpoint("auto") is None
+
+
 # -- on a real local Ray ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_session():
