@@ -189,6 +189,7 @@ class PlanFile(_Strict):
         for key in wanted:
             if getattr(g, key) is None:
                 raise _KeyedError(f"goal.{key}", f"required key is missing: {what}")
+        self._check_search_ep()
         problem = check_sharing(self.sharing, self.workload.model)  # e.g. lora target gate on a GELU model
         if problem is not None:
             raise _KeyedError(f"sharing.{problem[0]}", problem[1])
@@ -197,6 +198,24 @@ class PlanFile(_Strict):
             if names.index(name) != i:
                 raise _KeyedError(f"hardware[{i}].name", f"{name!r} is listed twice")
         return self
+
+    def _check_search_ep(self) -> None:
+        """search.ep: expert parallelism needs a mixture of experts whose routed experts each size divides
+        (the scenario's rule, llmsim.strategy)."""
+        sizes = self.search.ep if self.search is not None else None
+        if not sizes:
+            return
+        moe = self.workload.model.moe
+        if moe is None:
+            if any(ep > 1 for ep in sizes):
+                raise _KeyedError("search.ep", "expert parallelism needs a mixture-of-experts model "
+                                               "(workload.model.moe); this one is dense")
+            return
+        allowed = [d for d in range(1, moe.experts + 1) if moe.experts % d == 0]
+        for i, ep in enumerate(sizes):
+            if ep not in allowed:
+                raise _KeyedError(f"search.ep[{i}]", f"{ep} does not divide the {moe.experts} routed experts; "
+                                                     f"allowed: {', '.join(map(str, allowed))}")
 
     def _check_serving(self) -> None:
         """The rules a serving goal adds: a scenario's serving rules, an SLO, a synthetic arrival at the goal's

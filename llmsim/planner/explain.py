@@ -59,6 +59,8 @@ def describe(e: Evaluation) -> str:
     parts = [f"dp{c.dp}", f"tp{c.tp}" + (" sp" if c.sp else ""), f"pp{c.pp}"]
     if c.cp > 1:
         parts.append(f"cp{c.cp}")
+    if getattr(c, "ep", 1) > 1:
+        parts.append(f"ep{c.ep}")
     parts += [f"ZeRO-{c.zero}", f"micro-batch {c.micro_batch}", f"recompute {c.recompute}"]
     if c.pp > 1:
         parts.append(c.schedule + (f" v={c.virtual_stages}" if c.schedule == "interleaved" else ""))

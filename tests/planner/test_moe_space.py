@@ -3,7 +3,13 @@ scenario obeys, and the search still finds what an exhaustive evaluation finds."
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
 from llmsim.config import check_strategy_shape
+from llmsim.errors import ScenarioError
+from llmsim.planner.explain import describe
 from llmsim.planner.search import search
 from llmsim.planner.space import Config, axes_of, groups, is_candidate, members
 from tests.planner.helpers import brute_force, hardware, small_catalog, small_plan
@@ -66,3 +72,18 @@ def test_winner_equals_exhaustive_with_ep() -> None:
     best = min(feasible, key=lambda c: (KEYS["cost"](feasible[c], c.n_devices), c.name))
     assert KEYS["cost"](feasible[rows[0].config], rows[0].config.n_devices) == KEYS["cost"](feasible[best],
                                                                                            best.n_devices)
+
+
+def test_search_ep_follows_the_scenario_rules_and_names_the_key() -> None:
+    """search.ep on a dense model, or a size that does not divide the experts: the plan file's one-line
+    error (it used to screen 0 configurations, or ignore ep)."""
+    with pytest.raises(ScenarioError, match=r"search\.ep\[0\]: 3 does not divide the 4 routed experts; "
+                                            r"allowed: 1, 2, 4"):
+        _moe_plan(search={"ep": [3]})
+    with pytest.raises(ScenarioError, match=r"search\.ep: expert parallelism needs a mixture-of-experts model"):
+        small_plan(search={"ep": [2]})
+
+
+def test_a_plan_describes_its_expert_parallelism() -> None:
+    config = next(c for c in _configs(_moe_plan()) if c.ep == 2)
+    assert "ep2" in describe(SimpleNamespace(config=config))  # type: ignore[arg-type]
