@@ -69,6 +69,10 @@ class MoeSpec(_Strict):
     def _check(self) -> "MoeSpec":
         if self.top_k > self.experts:
             raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts} (allowed: 1..{self.experts})")
+        most = self.experts / self.top_k  # every token of the batch at one expert: its load over the mean
+        if self.load_imbalance is not None and self.load_imbalance > most:
+            raise ValueError(f"load_imbalance={self.load_imbalance:g} exceeds experts/top_k = {most:g}, the busiest "
+                             f"expert taking every token (allowed: 1..{most:g})")
         return self
 
 
