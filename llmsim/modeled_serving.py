@@ -31,7 +31,7 @@ from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize
 from llmsim.serving.replica import Pricer
 from llmsim.serving.requests import build_requests
-from llmsim.serving.simulate import simulate_serving
+from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import ServingCase
 from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
 
@@ -125,6 +125,18 @@ def requests_file_name(case: str, backend: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=@-]", "_", f"{backend}-{case}") + ".csv"
 
 
+def write_requests_file(run_dir: str | Path | None, case: str, backend: str, outcome: ServingOutcome) -> str | None:
+    """Write the per-request CSV (serving.metrics.requests_table) under run_dir/requests/; its path relative to
+    the run folder, for the row's `requests_file` (None without a run folder). Every serving backend's one rule."""
+    if run_dir is None:
+        return None
+    folder = Path(run_dir) / "requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / requests_file_name(case, backend)
+    path.write_text(requests_table(outcome), encoding="utf-8")
+    return str(path.relative_to(run_dir))
+
+
 def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
                faults: ServingFaults = ServingFaults()) -> Result:
     """Simulate the case's serving run on `cluster`; the row with the serving columns (or a skipped /
@@ -171,13 +183,9 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     extra.update(energy_j=energy, scheduler=sched.kind, router=spec.router, replicas=spec.replicas,
                  events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
                  sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
-    run_dir = backend.context.run_dir
-    if run_dir is not None:
-        folder = Path(run_dir) / "requests"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / requests_file_name(case.name, backend.name)
-        path.write_text(requests_table(outcome), encoding="utf-8")
-        extra["requests_file"] = str(path.relative_to(run_dir))
+    written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)
+    if written is not None:
+        extra["requests_file"] = written
     tokens_per_s = row["output_tokens_per_s"]
     return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
                        latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,

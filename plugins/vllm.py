@@ -25,10 +25,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
-from llmsim.modeled_serving import requests_file_name
+from llmsim.modeled_serving import requests_file_name, write_requests_file
 from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, EngineArgs, EngineError, ServerProcess,
                                    checkpoint_problem, count_tokens, free_port, vllm_command, write_checkpoint)
-from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.metrics import summarize
 from llmsim.serving.replay import Replay, outcome_of, prompt_ids
 from llmsim.serving.requests import build_requests
 from llmsim.serving.spec import ServingCase
@@ -179,12 +179,9 @@ class VllmBackend(Backend):
                      kv_cache_bytes=args.kv_cache_bytes, enforce_eager=args.enforce_eager,
                      metrics_samples=metrics.samples, clock="perf_counter at the client",
                      engine_log=str(log.relative_to(run_dir)) if run_dir is not None else str(log))
-        if run_dir is not None:
-            folder = Path(run_dir) / "requests"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / requests_file_name(case.name, self.name)
-            path.write_text(requests_table(outcome), encoding="utf-8")
-            extra["requests_file"] = str(path.relative_to(run_dir))
+        written = write_requests_file(run_dir, case.name, self.name, outcome)
+        if written is not None:
+            extra["requests_file"] = written
         tokens_per_s = row["output_tokens_per_s"]
         return case.result(self, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
                            latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,
