@@ -176,6 +176,11 @@ def torchrun_command(nnodes: int, nproc_per_node: int, node_rank: int, endpoint:
             "-m", "llmsim.distributed.worker", *worker_args]
 
 
+def _node_results(node_dirs: list[Path]) -> list[Path]:
+    """The result.json rank 0 wrote, under whichever node folder holds it (none yet: [])."""
+    return [d / RESULT_FILE for d in node_dirs if (d / RESULT_FILE).exists()]
+
+
 def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log_dir: Path | None = None
                  ) -> LaunchOutcome:
     """Run `spec` as `nnodes` "nodes" on this host: one torchrun per node (torchrun_command, a c10d rendezvous
@@ -214,6 +219,16 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 i, rc = failed[0]
+                # As `launch`: rank 0 (on whichever node the rendezvous put it) writes result.json after
+                # gathering every rank's records; a node whose rank dies in teardown after that (gloo's
+                # "terminate called without an active exception" once the store's host has gone) undoes nothing.
+                deadline_results = time.monotonic() + RESULTS_GRACE_S
+                while (not _node_results(node_dirs) and any(p.poll() is None for p in procs)
+                       and time.monotonic() < deadline_results):
+                    time.sleep(POLL_S)
+                if _node_results(node_dirs):
+                    outcome.teardown = f"node {i}: torchrun exited with code {rc} after the results were written"
+                    break
                 errors = sorted(node_dirs[i].glob("error-rank*.txt"))
                 why = errors[0].read_text(encoding="utf-8", errors="replace").splitlines()[0] if errors else \
                     f"torchrun exited with code {rc}"
@@ -229,7 +244,7 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
         _kill_all(procs)
         outcome.wall_s = time.perf_counter() - start
     if outcome.error is None:
-        results = [d / RESULT_FILE for d in node_dirs if (d / RESULT_FILE).exists()]
+        results = _node_results(node_dirs)
         try:
             data = json.loads(results[0].read_text())
             outcome.records = [RankRecord.model_validate(r) for r in data["ranks"]]
