@@ -674,6 +674,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
     return data
 
 
+SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
+
+
 def _describe(err: dict[str, Any]) -> str:
     """One readable sentence from one pydantic error."""
     kind, msg = err["type"], err["msg"]
@@ -682,12 +690,12 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{err.get('input')!r}: expected a mapping of keys"
+        return f"{_shown(err.get('input'))}: expected a mapping of keys"
     if kind == "list_type":
-        return f"{err.get('input')!r}: expected a list"
+        return f"{_shown(err.get('input'))}: expected a list"
     if kind == "too_short":
         least = (err.get("ctx") or {}).get("min_length", 1)
-        return f"{err.get('input')!r}: needs at least {count(least, 'item')}"
+        return f"{_shown(err.get('input'))}: needs at least {count(least, 'item')}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return f"{err.get('input')!r}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
