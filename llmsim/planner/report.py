@@ -260,12 +260,17 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
         f"plan.csv lists the feasible Pareto front and the best {plan.csv_top} of each hardware choice; "
         "plan.parquet every configuration evaluated one by one, ranked (pandas.read_parquet); best.yaml "
         "reproduces the winner with `llmsim run best.yaml`."])]))
-    meta = [("plan", plan.name), ("workload", f"{plan.workload.model.preset or 'custom'} {plan.workload.mode}, "
-                                              f"batch {plan.workload.batch}, {plan.workload.dtype}"),
+    meta = plan_meta(plan, f"{plan.workload.mode}, batch {plan.workload.batch}", goal)
+    return Document(f"llmsim plan: {plan.name}", summary, sections, meta)
+
+
+def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
+    """The report's header lines of a plan (training, inference or serving: `what` says which)."""
+    model = plan.workload.model.preset or "custom"
+    return [("plan", plan.name), ("workload", f"{model} {what}, {plan.workload.dtype}"),
             ("goal", goal), ("objective", plan.objective),
             ("limits", f"max_devices {plan.limits.max_devices:,}" + (
                 f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else ""))]
-    return Document(f"llmsim plan: {plan.name}", summary, sections, meta)
 
 
 def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,

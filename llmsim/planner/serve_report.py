@@ -16,6 +16,7 @@ import yaml
 from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, Limit, Sensitivity, SensitivityRow, choice_lines, fmt_duration,
                                     fmt_energy, fmt_usd)
+from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
 from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, objective_key, plan_serving, what_if
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
@@ -232,11 +233,7 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
         f"highest rate that met and the lowest that missed are within {plan.rate_tolerance:.0%}.",
         *prices,
         "plan.csv lists every candidate, ranked; best.yaml re-simulates the winner with `llmsim run best.yaml`."])]))
-    meta = [("plan", plan.name), ("workload", f"{plan.workload.model.preset or 'custom'} serving, "
-                                              f"{plan.workload.dtype}"),
-            ("goal", goal), ("objective", plan.objective),
-            ("limits", f"max_devices {plan.limits.max_devices:,}" + (
-                f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else ""))]
+    meta = plan_meta(plan, "serving", goal)
     return Document(f"llmsim plan: {plan.name}", [Point(explanation.headline, explanation.winner
                                                         or explanation.limiting)], sections, meta)
 
