@@ -23,7 +23,8 @@ import numpy as np
 from llmsim.costmodel import precision
 from llmsim.costmodel.arrays import Num, is_array
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
-from llmsim.costmodel.gemms import linear_shapes as _linear_shapes
+from llmsim.costmodel.activations import op_sac_projections
+from llmsim.costmodel.gemms import linear_shapes as _linear_shapes, mlp_width
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -183,6 +184,25 @@ def layer_gemm_shares(workload: "Workload", plan: Plan) -> tuple[float, float, f
     weights = [k * n for k, n in _linear_shapes(workload, plan)]
     total = sum(weights)
     return tuple(w / total for w in weights)  # type: ignore[return-value]
+
+
+def op_sac_recomputed_share(workload: "Workload", plan: Plan) -> float:
+    """Share of a layer's forward GEMM FLOPs on one tensor-parallel rank that torchtitan's op-level SAC
+    (`recompute: selective-op`) runs again in the backward: the projections activations.op_sac_projections
+    recomputes (k, o, up; GELU: k, o, down), each in x out (2 FLOPs per weight per token, the tokens
+    cancel). Llama 3 8B (h 4096, 8 KV heads of 128, f 14336): (4096 x 1024 + 4096 x 4096 + 4096 x 14336)
+    / (2 x 4096 x 4096 + 2 x 4096 x 1024 + 3 x 4096 x 14336) = 0.365."""
+    spec = workload.model
+    tp = plan.tp
+    kv = spec.kv_heads or spec.heads
+    kv_width = (kv // tp if tp <= kv else 1) * spec.head_width
+    ffn = mlp_width(spec) // tp
+    weights = {"q": spec.hidden * spec.heads // tp * spec.head_width, "k": spec.hidden * kv_width,
+               "v": spec.hidden * kv_width, "o": spec.attention_width // tp * spec.hidden,
+               "gate": spec.hidden * ffn, "up": spec.hidden * ffn, "down": ffn * spec.hidden}
+    kept, recomputed = op_sac_projections(spec)
+    total = sum(weights[p] for p in kept + recomputed)
+    return sum(weights[p] for p in recomputed) / total if total else 0.0
 
 
 def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> tuple[float, float]:

@@ -303,16 +303,24 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     The layer's saved-tensor inventory (costmodel.activations.layer_inventory) for the attention kernel
     `options.attention` and `plan.recompute`, sized for `plan.micro_batch` sequences and split over
     plan.tp / sp / cp. Full recomputation keeps each layer's input and, while one layer is recomputed,
-    that layer's whole inventory (the second number; 0 otherwise).
+    that layer's whole inventory (the second number; 0 otherwise); op-level selective recomputation
+    (`selective-op`) keeps its op outputs and, while one layer is recomputed, the rest of that layer's
+    inventory (the tensors of `none` it does not already keep).
     """
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saves_fp8_inputs(workload)
-    kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8),
-                           spec, plan) + moe.expert_activation_bytes(workload, plan)
-    if plan.recompute != "full":
+    items = layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8,
+                            reduce_scatters=plan.sp and plan.tp > 1)
+    kept = inventory_bytes(items, spec, plan) + moe.expert_activation_bytes(workload, plan)
+    if plan.recompute not in ("full", "selective-op"):
         return kept, 0.0
-    working = (inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
-               + moe.expert_activation_bytes(workload, replace(plan, recompute="none")))
+    rebuilt = layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8)
+    if plan.recompute == "selective-op":  # what the recomputation rebuilds beside what the layer already keeps
+        names = {t.name for t in items}
+        rebuilt = tuple(t for t in rebuilt if t.name not in names)
+    # selective-op: the routed experts keep what they keep without recomputation (moe.expert_activation_bytes)
+    working = inventory_bytes(rebuilt, spec, plan) + (
+        moe.expert_activation_bytes(workload, replace(plan, recompute="none")) if plan.recompute == "full" else 0.0)
     return kept, working
 
 
@@ -426,7 +434,7 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
 
     ZeRO-1 divides the optimizer state, ZeRO-2 also the gradients, ZeRO-3 also the parameters, and ZeRO-3
     with dp > 1 adds the units it gathers whole (`zero3_gathered`). Activations: `held` micro-batches of
-    the stage's layers and edges, plus one layer's working set under full recomputation. Routed experts are
+    the stage's layers and edges, plus one layer's working set under full or op-level selective recomputation. Routed experts are
     sharded by ZeRO over the `edp` ranks of their expert-data-parallel group instead (moe.expert_memory)."""
     gathered = (zero >= 3) & (dp > 1) if is_array(zero, dp) else zero >= 3 and dp > 1
     params = (t.params * t.elem / pick(zero >= 3, zero_dp, 1) + pick(gathered, t.zero3_params, 0.0)

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Literal
 from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group,
                                       plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
+from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
+                                      op_sac_recomputed_share, phase_times)
 from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
                                      tp_block_params)
 from llmsim.costmodel import moe, precision
@@ -365,6 +366,27 @@ def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: Phas
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
+def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fwd: PhaseTimes) -> float:
+    """Seconds one layer's backward spends recomputing under torchtitan's op-level SAC (`selective-op`,
+    costmodel.activations): the recomputed projections' share of the forward GEMMs
+    (compute.op_sac_recomputed_share), every elementwise op of the forward again (norms, rotary, SiLU, the
+    products, residual adds: `other`, with FP8 its casts), and the attention forward only with a kernel
+    the policy does not cache (anything but flash)."""
+    attention = fwd.attention if options.attention != "flash" else 0.0
+    return fwd.matmul * op_sac_recomputed_share(workload, plan) + fwd.other + attention
+
+
+def op_sac_tp_collectives(size: float, plan: Plan, group: Group) -> Comms:
+    """The tensor-parallel collectives the op-level SAC recomputation repeats per layer: the policy caches
+    reduce_scatter_tensor outputs but not all-gathers or all-reduces, so with sequence parallelism the two
+    all-gathers before the QKV and MLP-up projections run again; without it, the two all-reduces."""
+    if plan.tp <= 1:
+        return ()
+    if plan.sp:
+        return (Comm("all-gather", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),)
+    return (Comm("all-reduce", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),)
+
+
 def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   devices_per_node: int, grad_elem: int) -> tuple[SyncWork, ...]:
     """The gradient all-reduces parameter sharing adds across pipeline stages (module docstring)."""
@@ -477,7 +499,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
-                 "selective": fwd.attention if options.attention != "flash" else 0.0}[plan.recompute]
+                 "selective": fwd.attention if options.attention != "flash" else 0.0,
+                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd)}[plan.recompute]
     counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
@@ -513,7 +536,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap)
         if plan.recompute == "full":  # the recomputed forward runs the experts again
             recompute_s += fwd_s - dense_fwd_s
-    tp_recompute = tp_fwd if plan.recompute == "full" else ()
+    tp_recompute = (tp_fwd if plan.recompute == "full" else
+                    op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)

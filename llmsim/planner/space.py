@@ -33,7 +33,7 @@ from llmsim.strategy import Layout, resolve_layout
 
 DEFAULT_CP = (1, 2, 4, 8)
 DEFAULT_VIRTUAL_STAGES = (2, 3, 4)
-ALL_RECOMPUTE = ("none", "selective", "full")
+ALL_RECOMPUTE = ("none", "selective", "selective-op", "full")
 ALL_SCHEDULES = ("gpipe", "1f1b", "interleaved")
 
 
@@ -196,7 +196,7 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
         zero=pick(s.zero, [0, 1, 2, 3] if train else [0]),
         micro_batch=pick(s.micro_batch, []) if s.micro_batch is not None else None,
         recompute=tuple(r for r in ALL_RECOMPUTE
-                        if r in (s.recompute or (("none", "full") if train else ["none"]))),
+                        if r in (s.recompute or (("none", "selective-op", "full") if train else ["none"]))),
         schedule=tuple(x for x in ALL_SCHEDULES if x in (s.schedule or (ALL_SCHEDULES if train else ["1f1b"]))),
         virtual_stages=pick(s.virtual_stages, DEFAULT_VIRTUAL_STAGES),
         sp=pick(s.sp, [False, True]),
