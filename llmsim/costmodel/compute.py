@@ -333,9 +333,11 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
                             rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps)))
         elif options.attention == "flash":
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
+            fraction = rates.efficiency.attention
             if backward:
                 flops *= FLASH_BACKWARD_FLOP_RATIO
-            attention = flops / (rates.sustained_flops * rates.efficiency.attention)
+                fraction = rates.efficiency.attention_backward or fraction
+            attention = flops / (rates.sustained_flops * fraction)
         else:  # fused-softmax
             heads_local = spec.heads / plan.tp
             matrix = plan.micro_batch * heads_local * (spec.seq_len / plan.cp) * spec.seq_len * elem
