@@ -84,6 +84,9 @@ class _Zero:
     bytes: float = 0.0
     count: int = 0
 
+    def traffic(self, compiled: bool) -> float:
+        return 0.0
+
 
 _NONE = _Zero()
 

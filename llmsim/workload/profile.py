@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ _ATTENTION_MARK = "attention"
 # 175B: 96; Megatron-Turing NLG 530B: 105) and traces in about a second.
 MAX_TRACED_LAYERS = 256
 SCALE_FROM_LAYERS = 2
+_BLOCK = re.compile(r"\.blocks\.(\d+)")   # module path of the Transformer block an op runs in
 _MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm", "convolution"}
 
 
@@ -150,12 +152,12 @@ def _storage_view(t: torch.Tensor) -> tuple:
     return _storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride())
 
 
-# `other` ops a fusing compiler still runs as kernels of their own, so a chain breaks at them: the embedding
-# lookup and its backward (Inductor: indirect gather and scatter-add, traced here with their own byte rule)
-# and the data-dependent ops of MoE routing (aten fallbacks in Inductor, torch/_inductor/lowering.py
-# make_fallback: sort, topk, nonzero; cumsum of the routing counts).
-_UNFUSED_OPS = {"embedding", "embedding_dense_backward", "sort", "topk", "nonzero", "cumsum", "argsort",
-                "histc", "bincount"}
+# `other` ops a fusing compiler still runs as kernels of their own, so a chain breaks at them: the embedding's
+# backward (a scatter-add into the table) and the data-dependent ops of MoE routing (aten fallbacks in
+# Inductor, torch/_inductor/lowering.py make_fallback: sort, topk, nonzero; cumsum of the routing counts).
+# The embedding lookup itself fuses with what reads it (Inductor lowers aten.embedding to a pointwise load
+# with an indirect index; XLA fuses a gather into its consumers): it reads the rows it returns.
+_UNFUSED_OPS = {"embedding_dense_backward", "sort", "topk", "nonzero", "cumsum", "argsort", "histc", "bincount"}
 
 
 @dataclass
@@ -163,7 +165,7 @@ class _Made:
     """An output of an elementwise kernel of `group`: written to HBM only once something outside that kernel
     needs it (`written`), then charged to the producer's `totals`."""
 
-    group: tuple[str, int]
+    group: tuple[str, int, str | None]
     nbytes: int
     totals: OpTotals
     written: bool = False
@@ -182,7 +184,11 @@ class _FusionTracker:
     it at once (that would be a cycle through the GEMM), so the elementwise ops of one phase are grouped by
     their GEMM depth: the longest chain of unfused ops from the phase's inputs to the op. Ops of one depth
     need no GEMM between them: one group = one fused region (any number of kernels that exchange nothing
-    through HBM). Per group:
+    through HBM). Each Transformer block is a compiled region of its own, whose inputs and outputs go
+    through HBM: torchtitan compiles each block separately (apply_compile), and MaxText runs its layers as
+    the body of one jax.lax.scan (base.yml `scan_layers: True`), a loop body XLA does not fuse across; so a
+    group is (phase, GEMM depth, block), and every block of a model costs the same (costmodel.scaling stays
+    exact). Per group:
       reads  = each distinct input view not produced inside the group, once (what eager PyTorch reads per op)
       writes = each output that something outside the group needs: an unfused op (GEMM, attention), an
                elementwise op of another depth or phase, autograd's saved tensors (`saved`), or memory that
@@ -215,8 +221,8 @@ class _FusionTracker:
         """Autograd saves `t` for the backward: it goes to HBM."""
         self.need(_storage_key(t))
 
-    def record(self, phase: str, kind: str, func: Any, args: tuple, ins: list, outs: list, totals: OpTotals,
-               eager_bytes: float) -> None:
+    def record(self, phase: str, block: str | None, kind: str, func: Any, args: tuple, ins: list, outs: list,
+               totals: OpTotals, eager_bytes: float) -> None:
         """One op of `phase` whose eager traffic was `eager_bytes`: an elementwise one charges its fused
         traffic to `totals` (an `other` op that does not fuse, its eager bytes)."""
         name = func._overloadpacket.__name__
@@ -242,7 +248,7 @@ class _FusionTracker:
                 self.depth[key] = (phase, depth + 1)
                 self.made.pop(key, None)
             return
-        group = (phase, depth)
+        group = (phase, depth, block)
         if totals.fused_bytes is None:
             totals.fused_bytes = 0.0
         in_keys = set()
@@ -250,6 +256,9 @@ class _FusionTracker:
             key = _storage_key(t)
             in_keys.add(key)
             if name == "copy_" and i == 0:      # the destination of a copy is written, not read
+                continue
+            if name == "embedding" and i == 0:  # a lookup reads the rows it returns, not the whole table
+                totals.fused_bytes += _tensor_bytes(results)
                 continue
             made = self.made.get(key)
             if made is not None and made.group == group:
@@ -324,7 +333,8 @@ class _OpRecorder(TorchDispatchMode):
             nbytes = _tensor_bytes(ins) + _tensor_bytes(outs)
         totals.bytes += nbytes
         totals.count += 1
-        self.fusion.record(self.phase, kind, func, args, ins, outs, totals, nbytes)
+        block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
+        self.fusion.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
         return out
 
 
