@@ -152,8 +152,8 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
 
 # What `compile: true` compiles on an eagerly-run device: the Transformer blocks, one torch.compile per block,
 # as torchtitan's apply_compile does ("Apply torch.compile to each TransformerBlock, which makes compilation
-# efficient due to repeated structure", torchtitan parallelize_llama.py); the embedding, final norm, LM head
-# and loss stay eager. A compiled-only device (XLA on TPU: jax.jit of the whole train step) fuses every region.
+# efficient due to repeated structure", pytorch/torchtitan@004b3148 torchtitan/parallelisms/parallelize_llama.py);
+# the embedding, final norm, LM head and loss stay eager. A compiled-only device (XLA on TPU: jax.jit of the whole train step) fuses every region.
 COMPILED_REGIONS = ("layers", "experts")
 
 
