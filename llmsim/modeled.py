@@ -50,6 +50,9 @@ class ModeledSettings(BaseModel):
     attention: Literal["flash", "fused-softmax", "math"] = Field(
         "flash", description="attention kernel modeled (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+    compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
+                                                   "between GEMMs fuse; default: the device's (TPU compiled, "
+                                                   "GPU and CPU eager)")
     topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "
                                                    "slices is this torus; sets devices_per_node")
     mesh: dict[str, str] | None = Field(None, description="TPU: mesh axes pinned to torus dimensions, e.g. "
@@ -74,7 +77,7 @@ class ModeledSettings(BaseModel):
 
     @property
     def options(self) -> Options:
-        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32)
+        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""

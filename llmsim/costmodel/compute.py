@@ -85,6 +85,9 @@ class _Zero:
     bytes: float = 0.0
     count: int = 0
 
+    def traffic(self, compiled: bool) -> float:
+        return 0.0
+
 
 _NONE = _Zero()
 
@@ -98,6 +101,7 @@ class Rates:
     efficiency: Efficiency
     compute_units: int | None = None
     gemm: "Rates | None" = None  # float8: the rates the layers' GEMMs run at (the FP8 peak); None = these
+    compiled: bool = False       # the device runs compiled programs only (DeviceSpec.compiled: TPU/XLA)
 
     @property
     def sustained_flops(self) -> float:
@@ -144,7 +148,24 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
         raise CostModelError(f"device {device.name!r} has no memory bandwidth in the catalog "
                              f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
-                 compute_units=device.compute_units)
+                 compute_units=device.compute_units, compiled=device.compiled)
+
+
+# What `compile: true` compiles on an eagerly-run device: the Transformer blocks, one torch.compile per block,
+# as torchtitan's apply_compile does ("Apply torch.compile to each TransformerBlock, which makes compilation
+# efficient due to repeated structure", pytorch/torchtitan@004b3148 torchtitan/parallelisms/parallelize_llama.py);
+# the embedding, final norm, LM head and loss stay eager. A compiled-only device (XLA on TPU: jax.jit of the whole train step) fuses every region.
+COMPILED_REGIONS = ("layers", "experts")
+
+
+def runs_compiled(options: Options, rates: Rates, region: str) -> bool:
+    """Whether `region`'s elementwise ops run fused: everywhere on a compiled-only device (unless
+    Options.compile is False), in the Transformer blocks (COMPILED_REGIONS) with Options.compile True."""
+    if options.compile is None:
+        return rates.compiled
+    if options.compile and not rates.compiled:
+        return region in COMPILED_REGIONS
+    return options.compile
 
 
 def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: bool = False) -> float:
@@ -307,7 +328,7 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     gemm_rates = rates.gemm if (rates.gemm is not None and region == "layers") else rates
     matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
-    other = rates.memory_time(ot.bytes * share)
+    other = rates.memory_time(ot.traffic(runs_compiled(options, rates, region)) * share)
     if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
         # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes
         casts = precision.activation_cast_bytes(workload, plan, phase, tokens) * layers_here

@@ -43,7 +43,7 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
                                       plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
-                                      op_sac_recomputed_share, phase_times)
+                                      op_sac_recomputed_share, phase_times, runs_compiled)
 from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
                                      tp_block_params)
 from llmsim.costmodel import moe, precision
@@ -533,7 +533,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     if workload.model.moe is not None:  # the routed experts and their all-to-alls (costmodel.moe)
         dense_fwd_s = fwd_s
         fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap = _with_experts(
-            workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap)
+            workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap,
+            runs_compiled(options, rates, "experts"))
         if plan.recompute == "full":  # the recomputed forward runs the experts again
             recompute_s += fwd_s - dense_fwd_s
     tp_recompute = (tp_fwd if plan.recompute == "full" else
@@ -607,7 +608,7 @@ def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count:
 
 def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, rates: Rates, groups: Groups,
                   cluster: ClusterSpec, fwd_s: float, bwd_s: float, tp_fwd: Comms, tp_bwd: Comms,
-                  fwd_overlap: Overlaps, bwd_overlap: Overlaps
+                  fwd_overlap: Overlaps, bwd_overlap: Overlaps, compiled: bool = False
                   ) -> tuple[float, float, Comms, Comms, Overlaps, Overlaps]:
     """A mean layer's seconds and collectives with the routed experts added (costmodel.moe): the busiest
     rank's expert time, and per MoE layer 2 all-to-alls forward and 2 backward over the ep group, on the
@@ -615,8 +616,8 @@ def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, 
     compute that nothing else overlaps (Megatron-Core --overlap-moe-expert-parallel-comm runs one
     micro-batch's all-to-all under another's computation; DeepSeek-V3's DualPipe likewise)."""
     share = moe.moe_layer_share(workload)
-    fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward")
-    bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward")
+    fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward", compiled=compiled)
+    bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward", compiled=compiled)
     a2a_fwd = a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD)
     a2a_bwd = a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD)
     if plan.ep_comm_overlap and cluster.device.overlaps_communication:
@@ -667,7 +668,8 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     tp_layer = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
     layer_overlap: Overlaps = ()
     if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
-        layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(profile, workload, plan, rates, phase, steps)
+        layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(
+            profile, workload, plan, rates, phase, steps, runs_compiled(options, rates, "experts"))
         a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD)
         if plan.ep_comm_overlap and cluster.device.overlaps_communication and a2a:
             layer_overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)

@@ -53,6 +53,8 @@ class DeviceSpec(BaseModel):
     inter_node: str | None = Field(None, description="default link between nodes")
     efficiency: Efficiency | None = Field(None, description="achievable fractions of peak; None = generic defaults")
     torus: TorusSpec | None = Field(None, description="chips form torus slices (TPU): `topology` applies")
+    compiled: bool = Field(False, description="every program runs compiled, its elementwise ops fused (TPU: "
+                                              "XLA); False = eager unless the backend's `compile` says otherwise")
     overlaps_communication: bool = Field(
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
