@@ -32,7 +32,8 @@ from llmsim.serving.spec import Slo
 
 TIMELINE_COLUMNS = ("replica", "iteration", "time_s", "batch", "tokens", "kv_blocks_used", "kv_utilization", "waiting")
 # Rows per replica the timeline CSV keeps: a report figure is ~1,000 pixels wide, so 4,000 points per replica
-# draw the same picture as 90,000 (benchmarks/bench_serving.py's run) in a file of ~200 kB instead of ~4 MB.
+# draw the same picture as the ~11,000 iterations per replica of benchmarks/bench_serving.py's run; a row is
+# ~46 bytes (measured on scenarios/serve-8b.yaml), so at most ~185 kB per replica.
 MAX_TIMELINE_ROWS = 4000
 
 REQUEST_COLUMNS = ("request_id", "replica", "status", "reason", "arrival_s", "input_tokens", "output_tokens",
