@@ -201,6 +201,16 @@ def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
     return planned.case.result(planned.backend, status=status, error=message)  # type: ignore[arg-type]
 
 
+def saved_scenario(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as a run folder keeps it (scenario.yaml): every default filled in, so that the file alone
+    reruns the run, except a serving scenario's `workload.mode`, which its request list sets and which
+    validation refuses when written (config.check_serving)."""
+    resolved = scenario.model_dump(mode="json")
+    if scenario.serving is not None and "mode" not in scenario.workload.model_fields_set:
+        resolved["workload"].pop("mode", None)
+    return resolved
+
+
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
                  scenario_dir: Path = Path("."), executor: Executor | None = None) -> RunOutcome:
@@ -214,7 +224,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     saved as they finish and put back in the planned order at the end, so the files do not depend on the
     executor. progress(k, n, case): a measured case as it starts, a modeled one as it finishes.
     """
-    resolved = scenario.model_dump(mode="json")
+    resolved = saved_scenario(scenario)
     if resume is not None:
         check_resumable(resume, resolved)
     run_dir = resume or new_run_dir(out, scenario.name)
