@@ -39,8 +39,11 @@ from llmsim.costmodel.gemms import linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from llmsim.config import Workload
     from llmsim.costmodel.plan import Plan
+    from llmsim.hardware import DeviceSpec
 
 FP8_BYTES = 1                 # E4M3 / E5M2 (Micikevicius et al. 2022)
 HIGH_BYTES = 2                # the bf16 the casts read
@@ -52,6 +55,35 @@ INFERENCE_COPIES = 1
 
 def is_fp8(workload: "Workload") -> bool:
     return workload.dtype == "float8"
+
+
+def device_problem(workload: "Workload", device: "DeviceSpec") -> str | None:
+    """Why `device` cannot run this workload's FP8 GEMMs (None: it can, or the workload is not float8).
+
+    FP8 needs FP8 tensor cores, i.e. a catalog float8 peak (H100 and later, CDNA3, TPU v6e and later; not A100,
+    TPU v4/v5e). The `mxfp8` recipe also needs MX block-scaled tensor cores (`DeviceSpec.microscaling`:
+    Blackwell, SM 10.0+; Transformer Engine docs, "MXFP8": "native hardware acceleration on Blackwell GPUs")."""
+    if not is_fp8(workload):
+        return None
+    if not device.peak_flops.get("float8"):
+        return f"device {device.name!r} has no FP8 tensor cores (no float8 peak FLOP/s in the catalog)"
+    assert workload.fp8 is not None
+    if workload.fp8.recipe == "mxfp8" and not device.microscaling:
+        return (f"fp8 recipe mxfp8 needs MX block-scaled tensor cores (Blackwell, SM 10.0+); device "
+                f"{device.name!r} has none (its recipes: delayed, current)")
+    return None
+
+
+def capable_devices(workload: "Workload", devices: "Iterable[DeviceSpec]") -> list[str]:
+    """The names of `devices` that can run this workload's FP8 GEMMs (device_problem is None)."""
+    return [d.name for d in devices if d.peak_flops and device_problem(workload, d) is None]
+
+
+def default_recipe(device: "DeviceSpec") -> str:
+    """The FP8 recipe a framework picks on `device` when the user names none: MXFP8 where the tensor cores
+    take MX operands, else delayed scaling (Transformer Engine 2.x, `get_default_fp8_recipe`,
+    transformer_engine/pytorch/fp8.py: MXFP8BlockScaling when check_mxfp8_support(), else DelayedScaling)."""
+    return "mxfp8" if device.microscaling else "delayed"
 
 
 def copies(workload: "Workload") -> int:
