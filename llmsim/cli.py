@@ -253,6 +253,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_serving_plan(plan, outcome)
         print(outcome.run_dir)
         return 0
+    for note in outcome.explanation.precision_notes:  # a searched precision some hardware cannot run
+        err_console.print(f"[yellow]llmsim: note: no candidates of that precision: {note}[/]", highlight=False)
     shown = outcome.top or outcome.closest
     train = plan.workload.mode == "train"
     title = (f"best by {plan.objective}" + (" (re-checked by the cluster simulation)" if outcome.simulated else "")
