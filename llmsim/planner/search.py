@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
-from llmsim.costmodel import precision
 from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
 from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
@@ -154,10 +153,9 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     lower bound of `memory_breakdown(...).total` for every member of the group (the least, over the splits
     its members run, of the busiest stage's). The stage terms are memory_breakdown's own
     (`stage_memory_terms` without activations, combined by `stage_memory`), cached per (tp, pp, split, stage)
-    where they depend on nothing else (not float8, whose weight copies follow ZeRO; not inference, whose
-    KV cache follows dp)."""
+    where they depend on nothing else (not inference, whose KV cache follows dp)."""
     w = ctx.plan.workload
-    pinned = (g.dp, g.zero) if (w.mode != "train" or precision.is_fp8(w)) else ()
+    pinned = (g.dp, g.zero) if w.mode != "train" else ()
     bounds = []
     for split in _group_splits(w.model.layers, g, axes):
         plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
