@@ -15,11 +15,18 @@ written (so plans that do not search precision keep their configurations and nam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from llmsim.config import Fp8Spec, Workload
 from llmsim.costmodel import precision
 from llmsim.hardware import DeviceSpec
-from llmsim.planner.config import PlanFile
+
+
+class PlanFile(Protocol):
+    """What these functions read of a plan (planner.config.PlanFile, which imports this module: no cycle)."""
+
+    workload: Workload
+    search: Any
 
 
 @dataclass(frozen=True)
