@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from llmsim.config import SharingChoice, Strategy, Workload
-from llmsim.hardware import Catalog, load_catalog
+from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import Result
 from llmsim.serving.spec import ServingCase
 from llmsim.stages import describe_split
@@ -140,6 +140,13 @@ class Backend(ABC):
 
         Returns None, or (key inside this backend's settings, message naming what is allowed).
         """
+        return None
+
+    @classmethod
+    def device(cls, settings: BaseModel, catalog: Catalog) -> DeviceSpec | None:
+        """The catalog device these settings price or run on, where they name one (a modeled cluster's
+        `hardware`); None = the backend runs on whatever this machine has. The runner checks a float8
+        workload against it (`runner.check_fp8`)."""
         return None
 
     @classmethod

@@ -233,6 +233,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from llmsim.hardware import load_catalog
     from llmsim.planner import load_plan, run_plan
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
+    from llmsim.planner.precisions import candidates
 
     plan = load_plan(args.plan, args.set)
     manager = get_plugin_manager()
@@ -249,6 +250,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
                               f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
                               highlight=False)
+    # a precision some hardware cannot run (float8 without FP8 units): said once (planner.precisions)
+    for note in [why for h in plan.hardware for why in candidates(plan, catalog.devices[h.name])[1]]:
+        err_console.print(f"[yellow]llmsim: note: no candidates of that precision: {note}[/]", highlight=False)
     if plan.serving is not None:
         _print_serving_plan(plan, outcome)
         print(outcome.run_dir)

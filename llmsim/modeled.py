@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
 from llmsim.costmodel.cluster import plan_on
+from llmsim.costmodel import precision
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.step import StepTimes
 from llmsim.costmodel.work import inference_plan
 from llmsim.errors import ScenarioError
-from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog
+from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strict import sweep_repeats
@@ -149,6 +150,12 @@ class ModeledBackend(Backend):
         return None
 
     @classmethod
+    def device(cls, settings: BaseModel, catalog: Catalog) -> DeviceSpec | None:
+        """The catalog device the settings name (None when the catalog has no such device)."""
+        assert isinstance(settings, ModeledSettings)
+        return catalog.devices.get(settings.hardware)
+
+    @classmethod
     def check_serving(cls, settings: BaseModel) -> tuple[str, str] | None:
         """Serving prices a fused attention kernel (vLLM's FlashAttention / paged attention)."""
         assert isinstance(settings, ModeledSettings)
@@ -186,6 +193,10 @@ class ModeledBackend(Backend):
     def run(self, case: Case, settings: Any) -> Result:
         cluster = self.cluster(settings)
         options = settings.options
+        fp8_problem = precision.device_problem(case.workload, cluster.device)
+        if fp8_problem is not None:  # one device of several lacks FP8 (none of them: runner.check_fp8 refuses)
+            return case.result(self, status="skipped", error=fp8_problem, hardware=cluster.device.name,
+                               nodes=cluster.nodes, energy_source="modeled")
         if case.serving is not None:
             return serve_case(self, case, cluster, options, self.serving_faults(case, settings, cluster))
         profile = profile_workload(case.workload, case.sharing)

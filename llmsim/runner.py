@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import Scenario
+from llmsim.costmodel import precision
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
@@ -111,6 +112,7 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             problem = cls.check_settings(point, catalog)
             if problem:
                 raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
+    check_fp8(scenario, registry, sweeps, catalog, file)
     if scenario.serving is not None:
         return _serving_cases(scenario, registry, backends, sweeps, file, scenario_dir)
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
@@ -129,6 +131,31 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                         seed=scenario.seed, scenario_dir=scenario_dir)
             planned.append(PlannedCase(cls, settings, case))
     return planned
+
+
+def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, list[tuple[str, BaseModel]]],
+              catalog: Catalog, file: str) -> None:
+    """A float8 workload needs FP8 tensor cores (and MX units for `mxfp8`: costmodel.precision.device_problem)
+    on at least one of the devices the scenario's backends name (`Backend.device`): when none has them the
+    scenario is refused, naming the key and the catalog devices that do; when some have them, the others'
+    rows are skipped with the reason (ModeledBackend.run). Backends that name no device (measured ones) skip
+    their float8 rows in any case (`_run_one`)."""
+    w = scenario.workload
+    if not precision.is_fp8(w):
+        return
+    devices = [d for name, points in sweeps.items() for _, point in points
+               if (d := registry.get(name).device(point, catalog)) is not None]
+    problems = [precision.device_problem(w, d) for d in devices]
+    if not devices or any(p is None for p in problems):
+        return
+    names = ", ".join(sorted({d.name for d in devices}))
+    capable = ", ".join(precision.capable_devices(w, catalog.devices.values())) or "none in the catalog"
+    mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but not for the recipe (mxfp8)
+    key = "workload.fp8.recipe" if mx else "workload.dtype"
+    what = "fp8 recipe mxfp8 needs MX block-scaled tensor cores (Blackwell)" if mx else \
+        "dtype float8 needs FP8 tensor cores"
+    raise ScenarioError(file, key, f"{what}; none of this scenario's hardware has them ({names}); "
+                                   f"hardware that does: {capable}")
 
 
 def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict[str, Any],

@@ -537,6 +537,10 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             runs_compiled(options, rates, "experts"))
         if plan.recompute == "full":  # the recomputed forward runs the experts again
             recompute_s += fwd_s - dense_fwd_s
+    amax_sp = precision.sp_amax_reductions(workload, plan)
+    if amax_sp:  # current scaling + sp: the FP8-gathered tensors' amax, one fp32 each, over tp
+        tp_fwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
+        tp_bwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
     tp_recompute = (tp_fwd if plan.recompute == "full" else
                     op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
@@ -560,9 +564,13 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
         gather_after = ((Comm("all-gather", moe.data_parallel_params(plan, params, experts) * elem, groups.dp),)
                         if plan.zero in (1, 2) and plan.dp > 1 else ())
+        chunk = n // plan.v
+        amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
+                              if chunk else 0.0 for phase in ("forward", "backward"))
         by_key[(kind, n)] = StageWork(
-            layers=n // plan.v,
-            fwd_layer_s=fwd_s, bwd_layer_s=bwd_s, recompute_layer_s=recompute_s, cp_layer_s=cp_layer,
+            layers=chunk,
+            fwd_layer_s=fwd_s + amax_fwd, bwd_layer_s=bwd_s + amax_bwd, recompute_layer_s=recompute_s,
+            cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
             tp_fwd=tp_fwd, tp_recompute=tp_recompute, tp_bwd=tp_bwd,
@@ -592,6 +600,22 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     syncs=(sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
                            + cross_slice_syncs(plan, stages, plan.v)),
                     comm_shares_cores=not cluster.device.overlaps_communication)
+
+
+def _delayed_amax_time(workload: "Workload", plan: Plan, groups: Groups, cluster: ClusterSpec, rates: Rates,
+                      layers: int, phase: str) -> float:
+    """Seconds of delayed scaling's once-per-pass amax bookkeeping of a model chunk of `layers` layers, per
+    micro-batch (costmodel.precision): the blocking all-reduce (async_op=False) of the concatenated amaxes
+    over the tensor-parallel group, then one fused kernel that updates every amax history and scale. Megatron
+    passes TE the tp x dp x cp group (parallel_state.get_amax_reduction_group); only its tp part is priced
+    here, the group whose ranks hold shards of the same tensors. 0 for other recipes and for inference."""
+    size = precision.delayed_amax_buffer_bytes(workload, layers, phase)
+    if not size:
+        return 0.0
+    reduce = Comm("all-reduce", size, groups.tp).time(cluster.fabric) if plan.tp > 1 else 0.0
+    update = rates.efficiency.kernel_latency_s + rates.memory_time(
+        precision.amax_history_update_bytes(workload, layers, phase))
+    return reduce + update
 
 
 def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count: int) -> Comms:

@@ -55,6 +55,10 @@ class DeviceSpec(BaseModel):
     torus: TorusSpec | None = Field(None, description="chips form torus slices (TPU): `topology` applies")
     compiled: bool = Field(False, description="every program runs compiled, its elementwise ops fused (TPU: "
                                               "XLA); False = eager unless the backend's `compile` says otherwise")
+    microscaling: bool = Field(
+        False, description="tensor cores that take OCP MX block-scaled operands natively (MXFP8: one E8M0 scale "
+                           "per 32 elements): NVIDIA Blackwell, SM 10.0+ (Transformer Engine docs, 'MXFP8'); the "
+                           "fp8 recipe mxfp8 runs only where true")
     overlaps_communication: bool = Field(
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")

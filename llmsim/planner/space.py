@@ -1,4 +1,4 @@
-"""The search space: every (hardware, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
+"""The search space: every (hardware, precision, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
 schedule, virtual stages, layers per stage, and ep for a mixture-of-experts model) a plan may choose, and
 the rules that make a point of it a valid configuration.
 
@@ -56,6 +56,7 @@ class Config:
     virtual_stages: int
     stage_layers: tuple[int, ...] = ()  # the layers of each stage; () = the default split of the schedule
     ep: int = 1                         # expert parallel (MoE workloads); expert tensor parallel = tp
+    precision: str = ""                 # planner.precisions label: "" = the plan's workload as written
 
     @property
     def v(self) -> int:
@@ -80,6 +81,8 @@ class Config:
         if "stage_layers" in keys:
             parts.append("layers" + "-".join(str(n) for n in self.stage_layers))
         parts += [f"{k.split('_')[0]}{keys[k]}" for k in ("first_stage_layers", "last_stage_layers") if k in keys]
+        if self.precision:  # a searched precision (planner.precisions): one strategy on one device, two names
+            parts.append(self.precision)
         return "-".join(parts)
 
     def strategy(self, name: str | None = None) -> Strategy:
@@ -329,10 +332,13 @@ class Group:
     zero: int
     stage_layers: tuple[int, ...] = ()
     ep: int = 1
+    precision: str = ""
 
 
-def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Group]:
-    """The (tp, pp, cp, dp, zero, split) groups within the device limit, whole nodes, ZeRO only with dp > 1."""
+def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes,
+           precision: str = "") -> Iterator[Group]:
+    """The (tp, pp, cp, dp, zero, split) groups within the device limit, whole nodes, ZeRO only with dp > 1,
+    of one precision (`plan` is then the plan with that precision's workload: planner.precisions)."""
     limit = plan.limits.max_devices
     layers = plan.workload.model.layers
     for tp in axes.tp:
@@ -353,7 +359,7 @@ def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> 
                             if _ep_problem(plan.workload, ep, tp, cp, dp):
                                 continue
                             for split in splits:
-                                yield Group(hardware, n, tp, pp, cp, dp, zero, split, ep)
+                                yield Group(hardware, n, tp, pp, cp, dp, zero, split, ep, precision)
 
 
 def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
@@ -379,7 +385,7 @@ def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
             for recompute in axes.recompute:
                 chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb,
                                 lay.microbatches, recompute, schedule, v, g.stage_layers,  # type: ignore[union-attr]
-                                g.ep)
+                                g.ep, g.precision)
                          for mb, lay in layouts]
                 chain = [c for c in chain if duplicate_problem(w, c) is None]
                 if chain:

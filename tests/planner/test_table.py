@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmsim.planner.search import Context, evaluate, search, sharing_choice, workload_profile
+from llmsim.planner.search import (Context, evaluate, precision_contexts, search, sharing_choice,
+                                   workload_profile)
 from llmsim.planner.space import axes_of, chains, groups
 from llmsim.planner.table import MEMORY_PARTS, PRICED, price_table
 from tests.planner.helpers import hardware, small_catalog, small_plan
@@ -18,24 +19,25 @@ from tests.planner.helpers import hardware, small_catalog, small_plan
 SAMPLE = 2500  # random configurations per case, over all its hardware choices
 
 
-def _space(plan, hw) -> list:
+def _space(plan, hw, label: str = "") -> list:
     axes = axes_of(plan, hw.devices_per_node)
-    return [c for g in groups(plan, hw.name, hw.devices_per_node, axes) for chain in chains(plan, g, axes)
+    return [c for g in groups(plan, hw.name, hw.devices_per_node, axes, label) for chain in chains(plan, g, axes)
             for c in chain]
 
 
 def _compare(plan) -> int:
-    """Price a random sample of the plan's space both ways; returns how many configurations were compared."""
+    """Price a random sample of the plan's space both ways; returns how many configurations were compared.
+    One sample per (hardware, precision) the plan searches (planner.precisions)."""
     catalog = small_catalog()
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     rng = random.Random(0)
     compared = 0
-    for hw in hardware(plan, catalog):
-        space = _space(plan, hw)
-        sample = rng.sample(space, min(len(space), SAMPLE // len(plan.hardware)))
+    contexts = precision_contexts(plan, hardware(plan, catalog), sharing, profile)
+    for hw, label, ctx in contexts:
+        space = _space(ctx.plan, hw, label)
+        sample = rng.sample(space, min(len(space), SAMPLE // len(contexts)))
         rng.shuffle(sample)  # groups interleaved: the table must not rely on order
-        ctx = Context(plan, hw, profile, sharing)
         table = price_table(ctx, sample)
         cols = table.columns
         for i, c in enumerate(sample):
@@ -73,6 +75,22 @@ def test_table_agrees_with_scalar_for_float8() -> None:
                      hardware=[{"name": "h100-sxm", "usd_per_device_hour": 3.0}],
                      limits={"max_devices": 32, "memory_headroom": 0.0})
     assert _compare(fp8) > 100
+
+
+def test_table_agrees_with_scalar_with_precision_searched() -> None:
+    """search.dtype [bfloat16, float8] over an A100 (no FP8: bf16 only), an H100 (delayed scaling) and a B200
+    (MXFP8 by default): float8 rows of two recipes beside bf16 ones, both paths the same."""
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0},
+                                {"name": "h100-sxm", "usd_per_device_hour": 3.0},
+                                {"name": "b200", "usd_per_device_hour": 5.0}],
+                      search={"dtype": ["bfloat16", "float8"], "cp": [1, 2], "virtual_stages": [2]},
+                      limits={"max_devices": 16, "memory_headroom": 0.0})
+    labels = {(hw.name, label) for hw, label, _ in precision_contexts(plan, hardware(plan, small_catalog()),
+                                                                       sharing_choice(plan))}
+    assert labels == {("a100-80gb", ""), ("h100-sxm", ""), ("h100-sxm", "float8-delayed"), ("b200", ""),
+                      ("b200", "float8-mxfp8")}
+    assert _compare(plan) > 1000
 
 
 def test_table_agrees_with_scalar_for_a_mixture_of_experts() -> None:
