@@ -182,7 +182,7 @@ def test_hardware_describes_cpu_host_as_this_machine(probed: bool, capsys, monke
     ({"topology": "3x5x7"}, {}, 256, "backends.roofline.topology", "3x5x7 (105 chips) is not a tpu-v5p slice; allowed: "),
     ({"topology": "4x4x8", "mesh": {"qq": "z"}}, {}, 256, "backends.roofline.mesh.qq", "unknown mesh axis"),
     ({"topology": "4x4x8", "mesh": {"tp": "x"}}, {"tp": 2}, 256, "backends.roofline.mesh.tp",
-     "dimensions 'x' hold 4 chips but tp = 2; allowed for tp = 2 on 4x4x8: none of its dimensions alone or in pairs "
+     "dimensions 'x' hold 4 chips but tp = 2; allowed for tp = 2 on 4x4x8: no set of its whole dimensions "
      "(strategy 's' on backend 'roofline')"),
     ({"topology": "4x4x4", "nodes": 2}, {}, 64, "strategies[0].micro_batch",
      "batch=64 is not divisible by dp*micro_batch = 128*1 (2 slices of tpu-v5p topology 4x4x4, 64 chips each)"),

@@ -238,9 +238,8 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
             raise TorusError(f"mesh.{raw}: {text!r} names a dimension another axis already holds")
         chips = math.prod(shape[d] for d in dims)
         if chips != degrees[axis]:
-            fits = [DIM_NAMES[i] + DIM_NAMES[j] if j is not None else DIM_NAMES[i] for i, j in _dim_sets(len(shape))
-                    if shape[i] * (shape[j] if j is not None else 1) == degrees[axis]]
-            allowed = " or ".join(repr(f) for f in fits) if fits else "none of its dimensions alone or in pairs"
+            fits = dim_sets(shape, degrees[axis])
+            allowed = " or ".join(repr(f) for f in fits) if fits else "no set of its whole dimensions"
             raise TorusError(f"mesh.{raw}: dimensions {text!r} hold {chips} chips but {axis} = {degrees[axis]}; "
                              f"allowed for {axis} = {degrees[axis]} on {'x'.join(map(str, shape))}: {allowed}")
         out[axis] = tuple(Ring(d, shape[d], 1, wrap[d]) for d in dims if shape[d] > 1)
@@ -269,9 +268,15 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
     return out
 
 
-def _dim_sets(dims: int) -> list[tuple[int, int | None]]:
-    """Single dimensions and pairs of a `dims`-dimensional slice: the pins an error suggests."""
-    return [(i, None) for i in range(dims)] + [(i, j) for i in range(dims) for j in range(i + 1, dims)]
+def dim_sets(shape: tuple[int, ...], chips: int) -> list[str]:
+    """The sets of whole dimensions (letters, in x, y, z order) of a slice of `shape` holding exactly `chips`
+    chips: where an axis of that degree can be pinned ('z', 'xy', ...)."""
+    out = []
+    for mask in range(1, 2 ** len(shape)):
+        dims = [d for d in range(len(shape)) if mask >> d & 1]
+        if math.prod(shape[d] for d in dims) == chips:
+            out.append("".join(DIM_NAMES[d] for d in dims))
+    return sorted(out, key=lambda t: (len(t), t))
 
 
 def ring_segment_phase(op: Op, size: float, ring: Ring, ch: Channel) -> Phase:

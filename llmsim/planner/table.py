@@ -184,7 +184,7 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
     if memory is None:
         memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st)
                                              for st in memory_stages(w, plan)]
-    cluster = hw.cluster(c.n_devices)  # off a torus only its device, fabric and devices per node matter here
+    cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import random
 from typing import Any
 
@@ -20,8 +21,9 @@ SAMPLE = 2500  # random configurations per case, over all its hardware choices
 
 def _space(plan, hw) -> list:
     axes = axes_of(plan, hw.devices_per_node)
-    return [c for g in groups(plan, hw.name, hw.devices_per_node, axes) for chain in chains(plan, g, axes)
-            for c in chain]
+    return [replace(c, topology=shape, slices=slices, mesh=mesh)
+            for g in groups(plan, hw.name, hw.devices_per_node, axes) for chain in chains(plan, g, axes)
+            for c in chain for shape, slices, mesh in hw.placements(g)]   # a TPU's slice shapes and mappings
 
 
 def _compare(plan) -> int:
