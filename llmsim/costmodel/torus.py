@@ -280,12 +280,13 @@ def dim_sets(shape: tuple[int, ...], chips: int) -> list[str]:
 
 
 def ring_segment_phase(op: Op, size: float, ring: Ring, ch: Channel) -> Phase:
-    """A ring collective of `size` bytes along one segment (module docstring), on the intra (ICI) tier.
+    """A ring collective of `size` bytes along one segment (module docstring), on the intra (ICI) tier and
+    the links of the segment's dimension (`Phase.link`: the cluster simulation's port for that dimension).
     (p-1) ring steps (2(p-1) for an all-reduce), each `stride` hops of link latency; no launch latency
     beyond the hops (XLA issues collectives inside one compiled program)."""
     steps = (2 if op == "all-reduce" else 1) * (ring.size - 1)
     nbytes = ring_bytes_per_rank(op, size, ring.size) / ring.bandwidth_factor / ch.efficiency_of(op)
-    return Phase("intra", nbytes, steps * ring.stride * ch.latency)
+    return Phase("intra", nbytes, steps * ring.stride * ch.latency, link=ring.dim)
 
 
 def torus_phases(op: Op, size: float, rings: tuple[Ring, ...], slices: int, fabric: Fabric) -> Phases:
