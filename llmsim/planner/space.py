@@ -109,8 +109,12 @@ class Config:
                     microbatches=self.microbatches, virtual_stages=self.virtual_stages, sp=self.sp, zero=self.zero,
                     schedule=self.schedule, recompute=self.recompute,  # type: ignore[arg-type]
                     stage_layers=self.stage_layers or None, ep=self.ep, etp=self.tp,
-                    # several TPU slices with ZeRO: shards inside a slice, slices as replicas (cluster.plan_on)
-                    dcn_replicas=self.slices if self.slices > 1 and self.zero >= 1 and self.dp > 1 else 1)
+                    dcn_replicas=self.dcn_replicas)
+
+    @property
+    def dcn_replicas(self) -> int:
+        """Several TPU slices with ZeRO: shards inside a slice, the slices replicas (cluster.plan_on)."""
+        return self.slices if self.slices > 1 and self.zero >= 1 and self.dp > 1 else 1
 
     def describe_split(self) -> str:
         """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
