@@ -86,8 +86,9 @@ class Backend(ABC):
       4. `check_settings(settings, catalog)` for each point: names the catalog must know (devices, links).
       5. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
          mismatch is a validation error naming the strategy, with `describe_world(settings, catalog)`
-         where the backend gives one), then `check_layout(settings, layout, catalog)` for each. A serving scenario instead needs `serves`,
-         `check_serving(settings)` for each point, and a world that holds serving.replicas x tp x pp.
+         where the backend gives one), then `check_layout(settings, layout, catalog)` for each. A serving
+         scenario instead needs `serves`, `check_serving(settings)` for each point, and a world that holds
+         serving.replicas x tp x pp.
     Running (`llmsim run`, after every pair validated):
       6. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
          not called.
