@@ -41,10 +41,12 @@ def test_without_torch_xla_its_rows_say_how_to_get_it(tmp_path: Path, capsys) ->
 
 
 @pytest.mark.xla
+@pytest.mark.slow   # minutes of XLA compilation and bf16 steps on the CPU (docs/accelerators.md)
 @pytest.mark.skipif(not HAVE_XLA, reason="needs torch_xla (scripts/xla-check.sh makes an environment with it)")
 def test_the_small_pod_model_is_measured_on_the_pjrt_cpu_device(tmp_path: Path, capsys) -> None:
     """One device: `fsdp` (dp omitted = 1 there) is measured; the strategies that need several devices are
-    skipped saying so."""
+    skipped saying so. Run in the torch_xla environment: PJRT_DEVICE=CPU .venv-xla/bin/python -m pytest -m xla
+    tests/test_tpu_pod_scenarios.py"""
     rows = _run(tmp_path, capsys, "--backend", "xla").set_index("strategy")
     assert rows.loc["fsdp", "status"] == "ok" and rows.loc["fsdp", "step_time_s"] > 0
     assert rows.loc["fsdp", "kind"] == "measured"
