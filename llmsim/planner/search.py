@@ -82,11 +82,11 @@ class Hardware:
         """Whether slices of this TPU choice can be joined (a data-center link other than the ICI)."""
         return self.node.is_torus and self.node.inter.name != self.node.intra.name
 
-    def placements(self, g: Group) -> list[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]]]:
+    def placements(self, g: Group) -> tuple[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]], ...]:
         """A TPU group's slice shapes, slice counts and mappings (space.slice_layouts); [((), 1, ())] off a torus."""
         torus = self.device.torus
         if not self.node.is_torus or torus is None:
-            return [((), 1, ())]
+            return (((), 1, ()),)
         return slice_layouts(torus.slice_shapes, torus.dims, torus.wrap_multiple, g.dp, g.tp, g.pp, g.cp, self.dcn)
 
     @property

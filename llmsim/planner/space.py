@@ -408,8 +408,9 @@ def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
                     yield chain
 
 
+@functools.lru_cache(maxsize=4096)
 def slice_layouts(shapes: SliceShapes, dims: int, wrap_multiple: int, dp: int, tp: int, pp: int, cp: int,
-                  dcn: bool) -> list[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]]]:
+                  dcn: bool) -> tuple[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]], ...]:
     """The TPU placements of n = dp*tp*pp*cp chips the planner tries: (slice shape, slices, mesh pins).
 
     Slices: every s dividing dp (data parallelism spans the slices: cluster.torus_groups) whose n / s chips
@@ -417,7 +418,7 @@ def slice_layouts(shapes: SliceShapes, dims: int, wrap_multiple: int, dp: int, t
     (`dcn`). Mappings: the default one (innermost axis first, costmodel.torus.map_axes) and each tp, cp or pp
     pinned to every set of dimensions holding exactly its degree; a mapping that lays the axes onto the same
     rings as an earlier one of the same shape, up to swapping two dimensions of equal length and wrap-around,
-    is priced the same and left out."""
+    is priced the same and left out. Cached: every ZeRO stage and layer split of a group asks the same."""
     out = []
     n = dp * tp * pp * cp
     for slices in [s for s in range(1, dp + 1) if dp % s == 0 and (s == 1 or dcn)]:
@@ -442,7 +443,7 @@ def slice_layouts(shapes: SliceShapes, dims: int, wrap_multiple: int, dp: int, t
                 if key not in seen:
                     seen.add(key)
                     out.append((shape, slices, tuple(sorted(pin.items()))))
-    return out
+    return tuple(out)
 
 
 def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:
