@@ -185,8 +185,8 @@ class Catalog(BaseModel):
             else:
                 shape = parse_topology(topology, device.torus.dims)
                 check_shape(shape, offered, device.name)
-        except TorusError as exc:
-            raise ScenarioError(None, "topology", str(exc)) from None
+        except TorusError as exc:  # without a topology the chip count comes from nodes x devices_per_node
+            raise ScenarioError(None, "topology" if topology is not None else "nodes", str(exc)) from None
         chips = math.prod(shape)
         if topology is not None and devices_per_node is not None and devices_per_node != chips:
             raise ScenarioError(None, "devices_per_node", f"{devices_per_node} contradicts topology {topology} "

@@ -124,7 +124,7 @@ def test_slice_shapes_are_those_the_cloud_tpu_pages_offer() -> None:
         CATALOG.cluster("tpu-v5e", topology="4x16")
     # without a topology: the most even offered shape, or the allowed forms when none has that many chips
     assert CATALOG.cluster("tpu-v5e", nodes=16).topology == (8, 16)
-    with pytest.raises(ScenarioError, match=r"^topology: 512 chips \(nodes x devices_per_node\) form no tpu-v5e"):
+    with pytest.raises(ScenarioError, match=r"^nodes: 512 chips \(nodes x devices_per_node\) form no tpu-v5e"):
         CATALOG.cluster("tpu-v5e", nodes=64)
 
 
