@@ -19,16 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
-from llmsim.costmodel.cluster import plan_on
+from llmsim.costmodel.cluster import plan_on, torus_groups
 from llmsim.costmodel import precision
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.step import StepTimes
+from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
 from llmsim.errors import ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
+from llmsim.strategy import Layout
 from llmsim.strict import sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
@@ -84,6 +86,12 @@ class ModeledSettings(BaseModel):
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""
         return catalog.cluster(self.hardware, self.node_count, self.devices_per_node, self.intra_node,
                                self.inter_node, self.topology, self.mesh)
+
+
+def _slices(cluster: ClusterSpec) -> str:
+    shape = "x".join(map(str, cluster.topology))
+    many = f"{cluster.nodes} slices" if cluster.nodes > 1 else "1 slice"
+    return f"{many} of {cluster.device.name} topology {shape}, {cluster.devices_per_node} chips each"
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,33 @@ class ModeledBackend(Backend):
         """The catalog device the settings name (None when the catalog has no such device)."""
         assert isinstance(settings, ModeledSettings)
         return catalog.devices.get(settings.hardware)
+
+    @classmethod
+    def check_layout(cls, settings: BaseModel, layout: Layout, catalog: Catalog) -> tuple[str, str] | None:
+        """On a TPU slice, the strategy's mesh axes must tile the torus and honour the `mesh` pins
+        (costmodel.torus.map_axes): one validation error instead of a skipped row per case."""
+        assert isinstance(settings, ModeledSettings)
+        cluster = settings.cluster(catalog)
+        if not cluster.is_torus:
+            return None
+        try:
+            torus_groups({"tp": layout.tp, "cp": layout.cp, "pp": layout.pp, "dp": layout.dp}, cluster)
+        except TorusError as exc:
+            key, sep, message = str(exc).partition(": ")
+            if sep and key.startswith("mesh."):
+                return key, message
+            return "", f"{exc} ({_slices(cluster)})"
+        return None
+
+    @classmethod
+    def describe_world(cls, settings: BaseModel, catalog: Catalog) -> str | None:
+        """A TPU backend's world is its slices: '2 slices of tpu-v5p 4x4x8 (128 chips each)'."""
+        assert isinstance(settings, ModeledSettings)
+        try:
+            cluster = settings.cluster(catalog)
+        except ScenarioError:
+            return None
+        return _slices(cluster) if cluster.is_torus else None
 
     @classmethod
     def check_serving(cls, settings: BaseModel) -> tuple[str, str] | None:

@@ -125,7 +125,14 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                     point += (f" (backend '{name}' is not in the file's backends: it runs with its default "
                               f"settings, world size {cls.world_size(settings)}; configure backends.{name} or "
                               f"--set backends.{name}.KEY=VALUE)")
-                raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1] + point)
+                world = cls.describe_world(settings, catalog)
+                raise ScenarioError(file, f"strategies[{i}].{layout[0]}",
+                                    layout[1] + (f" ({world})" if world else "") + point)
+            problem = cls.check_layout(settings, layout, catalog)
+            if problem:
+                at = f" at {suffix[1:]}" if suffix else ""
+                key = f"backends.{name}.{problem[0]}" if problem[0] else f"strategies[{i}]"
+                raise ScenarioError(file, key, f"{problem[1]} (strategy {strategy.name!r} on backend '{name}'{at})")
             case = Case(scenario=scenario.name, name=strategy.name + suffix, workload=scenario.workload,
                         sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
                         seed=scenario.seed, scenario_dir=scenario_dir)

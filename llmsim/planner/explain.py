@@ -68,6 +68,8 @@ def describe(e: Evaluation) -> str:
         parts.append(c.describe_split())
     if getattr(c, "precision", ""):  # a searched precision (planner.precisions); "" = the plan's workload dtype
         parts.append(c.precision.replace("-", " ", 1))
+    if getattr(c, "topology", ()):
+        parts.append(c.describe_slices())
     return f"{c.n_devices} x {c.hardware} ({', '.join(parts)})"
 
 
@@ -347,7 +349,7 @@ def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
     from llmsim.planner.search import goal_metrics, judge
     from llmsim.sim import simulate_case
     hw = ctx.hardware
-    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster(e.config.n_devices))
+    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster_of(e.config))
     metrics = goal_metrics(ctx.plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j, sim.tpot_s)
     limits, reasons, shortfall = judge(ctx.plan, metrics, e.power_w)
     return replace(e, feasible=e.feasible and not limits, limits=limits, reason="; ".join(reasons),

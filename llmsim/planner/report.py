@@ -36,7 +36,7 @@ STRATEGY_COLUMNS = ["strategy", "dp", "tp", "pp", "cp", "ep", "sp", "zero", "mic
 EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes_per_device",
                  "memory_capacity_bytes", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s",
                  "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
-                 "sim_energy_j", "sim_feasible"]
+                 "sim_energy_j", "sim_feasible", "topology", "slices", "mesh"]
 PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front always is)
 
 
@@ -67,7 +67,9 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
                         e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
                         e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],
                         e.sim.get("step_time_s"), e.sim.get("time_to_goal_s"), e.sim.get("cost_usd"),
-                        e.sim.get("energy_j"), e.sim.get("feasible")))
+                        e.sim.get("energy_j"), e.sim.get("feasible"),
+                        "x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
+                        " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return mark_pareto_front(frame)
@@ -162,9 +164,14 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:
     """A scenario (plain data) that reproduces configuration `e` with `llmsim run` (roofline and cluster)."""
     c = e.config
-    spec = hw.cluster(c.n_devices)
-    cluster = {"hardware": hw.name, "nodes": spec.nodes, "devices_per_node": spec.devices_per_node,
-               "intra_node": spec.intra.name, "inter_node": spec.inter.name}
+    spec = hw.cluster_of(c)
+    cluster: dict[str, Any] = {"hardware": hw.name, "nodes": spec.nodes, "devices_per_node": spec.devices_per_node,
+                               "intra_node": spec.intra.name, "inter_node": spec.inter.name}
+    if c.topology:  # a TPU: its slices' shape and the mapping, devices per node following from the shape
+        del cluster["devices_per_node"]
+        cluster["topology"] = "x".join(map(str, c.topology))
+        if c.mesh:
+            cluster["mesh"] = dict(c.mesh)
     strategy = c.strategy().model_dump(mode="json", exclude_defaults=True)
     strategy = {"name": c.name, **{k: v for k, v in strategy.items() if k != "name"}}
     return {

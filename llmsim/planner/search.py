@@ -34,7 +34,8 @@ from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
 from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PricedTable, goal_metrics, price_table  # noqa: F401
-from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
+from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules, slice_layouts
+from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
@@ -65,6 +66,28 @@ class Hardware:
     def cluster(self, n: int) -> ClusterSpec:
         """n devices as whole nodes (or part of one node)."""
         return self.node.with_devices(n)
+
+    def cluster_of(self, c: Config) -> ClusterSpec:
+        """The cluster configuration `c` runs on: its n devices as nodes, or on a TPU its slices of
+        `c.topology` joined by the data-center network, axes pinned by `c.mesh`."""
+        if not c.topology:
+            return self.cluster(c.n_devices)
+        torus = self.device.torus
+        assert torus is not None, "only a torus device's configurations carry a topology"
+        return replace(self.node, nodes=c.slices, devices_per_node=math.prod(c.topology), topology=c.topology,
+                       wrap=wraps(c.topology, torus.wrap_multiple), mesh=c.mesh)
+
+    @property
+    def dcn(self) -> bool:
+        """Whether slices of this TPU choice can be joined (a data-center link other than the ICI)."""
+        return self.node.is_torus and self.node.inter.name != self.node.intra.name
+
+    def placements(self, g: Group) -> tuple[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]], ...]:
+        """A TPU group's slice shapes, slice counts and mappings (space.slice_layouts); [((), 1, ())] off a torus."""
+        torus = self.device.torus
+        if not self.node.is_torus or torus is None:
+            return (((), 1, ()),)
+        return slice_layouts(torus.slice_shapes, torus.dims, torus.wrap_multiple, g.dp, g.tp, g.pp, g.cp, self.dcn)
 
     @property
     def capacity(self) -> float:
@@ -207,7 +230,7 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
         return Evaluation(c, False, reason, ("memory",), mem.total / cap, mem.total, cap, power_w=power,
                           memory_detail=detail)
     try:
-        est = estimate(w, ctx.profile, ctx.sharing, plan, hw.cluster(c.n_devices), ctx.options)
+        est = estimate(w, ctx.profile, ctx.sharing, plan, hw.cluster_of(c), ctx.options)
     except CostModelError as exc:
         return Evaluation(c, False, f"error: {exc}", ("error",), math.inf, mem.total, cap, power_w=power,
                           memory_detail=detail)
@@ -309,7 +332,10 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.screened += skipped
                 stats.groups_pruned += 1
                 continue
-            found.extend(chains(ctx.plan, g, axes))
+            places = hw.placements(g)
+            for chain in chains(ctx.plan, g, axes):
+                found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
+                             for shape, slices, mesh in places)
         if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
             table = price_table(ctx, [c for chain in found for c in chain])
             priced = table_evaluations(ctx, table)
@@ -383,7 +409,7 @@ def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware
     top = [e for e in rows if e.feasible][:k]
     profiles = {(h.name, label): ctx.profile for h, label, ctx in precision_contexts(plan, hardware, sharing, profile)}
     tasks = [(workload_for(plan, e.config.precision), profiles[(e.config.hardware, e.config.precision)], sharing,
-              e.config.plan(), by_name[e.config.hardware].cluster(e.config.n_devices)) for e in top]
+              e.config.plan(), by_name[e.config.hardware].cluster_of(e.config)) for e in top]
     sims = (executor or LocalExecutor()).map(simulate_candidate, tasks, progress)
     for e, (step_s, energy_j, tpot_s) in zip(top, sims):
         hw = by_name[e.config.hardware]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from llmsim.config import Strategy, Workload, check_strategy_shape
 from llmsim.costmodel import Plan
+from llmsim.costmodel.torus import SliceShapes, TorusError, dim_sets, map_axes, wraps
 from llmsim.planner.config import PlanFile
 from llmsim.stages import compact_split, default_split, split_keys
 from llmsim.strategy import Layout, resolve_layout
@@ -57,6 +58,9 @@ class Config:
     stage_layers: tuple[int, ...] = ()  # the layers of each stage; () = the default split of the schedule
     ep: int = 1                         # expert parallel (MoE workloads); expert tensor parallel = tp
     precision: str = ""                 # planner.precisions label: "" = the plan's workload as written
+    topology: tuple[int, ...] = ()      # TPU: one slice's shape (costmodel.torus); () = not a torus
+    slices: int = 1                     # TPU: slices joined by the data-center network
+    mesh: tuple[tuple[str, str], ...] = ()  # TPU: mesh axes pinned to torus dimensions ((("tp", "z"),))
 
     @property
     def v(self) -> int:
@@ -83,7 +87,19 @@ class Config:
         parts += [f"{k.split('_')[0]}{keys[k]}" for k in ("first_stage_layers", "last_stage_layers") if k in keys]
         if self.precision:  # a searched precision (planner.precisions): one strategy on one device, two names
             parts.append(self.precision)
+        if self.topology:
+            parts.append("t" + "x".join(map(str, self.topology)) + (f"-s{self.slices}" if self.slices > 1 else ""))
+            parts += [f"{axis}-on-{dims}" for axis, dims in self.mesh]
         return "-".join(parts)
+
+    def describe_slices(self) -> str:
+        """'2 slices of 4x4x4, tp on z' for a TPU configuration, else ''."""
+        if not self.topology:
+            return ""
+        shape = "x".join(map(str, self.topology))
+        where = f"{self.slices} slices of {shape}" if self.slices > 1 else f"slice {shape}"
+        pins = ", ".join(f"{axis} on {dims}" for axis, dims in self.mesh) or "default mapping"
+        return f"{where}, {pins}"
 
     def strategy(self, name: str | None = None) -> Strategy:
         return Strategy(name=name or self.name, dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, sp=self.sp,
@@ -95,7 +111,13 @@ class Config:
         return Plan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, micro_batch=self.micro_batch,
                     microbatches=self.microbatches, virtual_stages=self.virtual_stages, sp=self.sp, zero=self.zero,
                     schedule=self.schedule, recompute=self.recompute,  # type: ignore[arg-type]
-                    stage_layers=self.stage_layers or None, ep=self.ep, etp=self.tp)
+                    stage_layers=self.stage_layers or None, ep=self.ep, etp=self.tp,
+                    dcn_replicas=self.dcn_replicas)
+
+    @property
+    def dcn_replicas(self) -> int:
+        """Several TPU slices with ZeRO: shards inside a slice, the slices replicas (cluster.plan_on)."""
+        return self.slices if self.slices > 1 and self.zero >= 1 and self.dp > 1 else 1
 
     def describe_split(self) -> str:
         """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
@@ -390,6 +412,44 @@ def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
                 chain = [c for c in chain if duplicate_problem(w, c) is None]
                 if chain:
                     yield chain
+
+
+@functools.lru_cache(maxsize=4096)
+def slice_layouts(shapes: SliceShapes, dims: int, wrap_multiple: int, dp: int, tp: int, pp: int, cp: int,
+                  dcn: bool) -> tuple[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]], ...]:
+    """The TPU placements of n = dp*tp*pp*cp chips the planner tries: (slice shape, slices, mesh pins).
+
+    Slices: every s dividing dp (data parallelism spans the slices: cluster.torus_groups) whose n / s chips
+    form an offered slice shape (`shapes`, most even first), more than one only over a data-center network
+    (`dcn`). Mappings: the default one (innermost axis first, costmodel.torus.map_axes) and each tp, cp or pp
+    pinned to every set of dimensions holding exactly its degree; a mapping that lays the axes onto the same
+    rings as an earlier one of the same shape, up to swapping two dimensions of equal length and wrap-around,
+    is priced the same and left out. Cached: every ZeRO stage and layer split of a group asks the same."""
+    out = []
+    n = dp * tp * pp * cp
+    for slices in [s for s in range(1, dp + 1) if dp % s == 0 and (s == 1 or dcn)]:
+        inside = {"tp": tp, "cp": cp, "pp": pp, "dp": dp // slices}
+        for shape in shapes.shapes_of(n // slices, dims):
+            wrap = wraps(shape, wrap_multiple)
+            seen: set = set()
+            pins: list[dict[str, str]] = [{}]
+            for axis in ("tp", "cp", "pp"):
+                if inside[axis] > 1:
+                    pins += [{axis: letters} for letters in dim_sets(shape, inside[axis])]
+            for pin in pins:
+                try:
+                    rings = map_axes(shape, wrap, inside, pin)
+                except TorusError:
+                    continue
+                # the same rings up to swapping dimensions of one length and wrap-around: one candidate
+                key = tuple(sorted((shape[d], wrap[d], tuple(sorted((axis, r.size, r.stride, r.wrap)
+                                                                     for axis, segs in rings.items() for r in segs
+                                                                     if r.dim == d)))
+                                   for d in range(len(shape))))
+                if key not in seen:
+                    seen.add(key)
+                    out.append((shape, slices, tuple(sorted(pin.items()))))
+    return tuple(out)
 
 
 def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:

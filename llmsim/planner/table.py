@@ -193,7 +193,7 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
     if memory is None:
         memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st)
                                              for st in memory_stages(w, plan)]
-    cluster = hw.cluster(c.n_devices)  # off a torus only its device, fabric and devices per node matter here
+    cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
@@ -252,6 +252,7 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
     v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
     edp = np.maximum(get("cp") * dp // get("ep"), 1)
+    zero_dp = np.maximum(dp // get("dcn_replicas"), 1)
     schedule = np.array([c.schedule for c in configs])
     out: dict[str, np.ndarray] = {}
     # memory: the busiest stage (the first of equals), as memory_breakdown
@@ -260,8 +261,9 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
         terms = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
                                  **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
         held = in_flight_microbatches(schedule, pp, m, v, slot["index"])
-        # zero_dp = dp: the planner's plans span no slices; etp = tp (space.Config), so edp = cp*dp/ep (plan.Plan.edp)
-        parts = stage_memory(terms, zero, dp, dp, held, edp)
+        # ZeRO shards over dp less the TPU slices' replicas (Plan.zero_dp); etp = tp (space.Config), so edp =
+        # cp*dp/ep (plan.Plan.edp)
+        parts = stage_memory(terms, zero, dp, zero_dp, held, edp)
         total = parts["params"] + parts["grads"] + parts["optimizer"] + parts["activations"] + parts["kv_cache"]
         if best_total is None:
             out.update(parts)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import random
 from typing import Any
 
@@ -21,8 +22,9 @@ SAMPLE = 2500  # random configurations per case, over all its hardware choices
 
 def _space(plan, hw, label: str = "") -> list:
     axes = axes_of(plan, hw.devices_per_node)
-    return [c for g in groups(plan, hw.name, hw.devices_per_node, axes, label) for chain in chains(plan, g, axes)
-            for c in chain]
+    return [replace(c, topology=shape, slices=slices, mesh=mesh)
+            for g in groups(plan, hw.name, hw.devices_per_node, axes, label) for chain in chains(plan, g, axes)
+            for c in chain for shape, slices, mesh in hw.placements(g)]   # a TPU's slice shapes and mappings
 
 
 def _compare(plan) -> int:
@@ -58,12 +60,13 @@ def _compare(plan) -> int:
 
 def test_table_agrees_with_scalar_on_random_configurations() -> None:
     """bf16 training of a 6-layer model (uneven pipeline splits), tied embeddings, on a GPU that overflows,
-    an A100 and a TPU v4 torus (each configuration its own group there)."""
+    an A100, a TPU v4 torus and TPU v5p slices (several over its data-center network; each configuration its
+    own group there, with its slice shape, slice count and mapping)."""
     plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
                       sharing={"tie_embeddings": True},
                       hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4},
                                 {"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8},
-                                {"name": "tpu-v4"}],
+                                {"name": "tpu-v4"}, {"name": "tpu-v5p"}],
                       limits={"max_devices": 64, "memory_headroom": 0.0, "max_power_w": 9000.0},
                       search={"cp": [1, 2], "virtual_stages": [2, 3]})
     assert _compare(plan) >= 2000
