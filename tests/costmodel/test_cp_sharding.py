@@ -96,3 +96,18 @@ def test_expert_share_of_the_gradient_reduction_is_against_dp_times_cp() -> None
     assert moe.edp_equivalent_share(plan) == pytest.approx((1 / 2) / (3 / 4), rel=1e-12)
     # ZeRO shards the experts over edp = 2, the rest over dp*cp = 4: experts count 4/2 = 2 times
     assert moe.optimizer_params(plan, 10.0, 4.0, True) == pytest.approx(10.0 + 4.0 * (4 / 2 - 1))
+
+
+def test_on_a_torus_the_gradient_group_runs_cp_segments_then_dp_segments() -> None:
+    """cp 4 x dp 32 on a 4x4x8 v5p slice: cp takes x, dp y and z (axes innermost first, costmodel.torus), so
+    the gradient group is the whole slice, the same rings as dp 128 alone."""
+    from llmsim.costmodel.cluster import collective_time, torus_groups
+    from llmsim.costmodel.work import Groups
+    from llmsim.hardware import load_catalog
+
+    cluster = load_catalog().cluster("tpu-v5p", topology="4x4x8")
+    grads = Groups.on(Plan(dp=32, cp=4, zero=3), cluster).dp
+    alone = torus_groups({"dp": 128}, cluster)["dp"]
+    assert grads.size == 128 and [(r.dim, r.size) for r in grads.rings] == [(0, 4), (1, 4), (2, 8)]
+    assert collective_time("reduce-scatter", 1e9, grads, cluster) == pytest.approx(
+        collective_time("reduce-scatter", 1e9, alone, cluster), rel=1e-12)
