@@ -556,7 +556,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         experts = stage_expert_params(workload, profile, plan, index)
         reduced = moe.data_parallel_params(plan, layer_trainable, experts if sharing.lora is None else 0.0)
         gathered = moe.data_parallel_params(plan, layer_params, experts)
-        # ZeRO shards the experts' optimizer step over edp: as many parameters as dp/edp times theirs over dp
+        # ZeRO shards the experts' optimizer step over edp: as many parameters as dp*cp/edp times theirs over dp x cp
         updated = moe.optimizer_params(plan, trainable, experts, sharing.lora is None)
         share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
         edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
