@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from typing import Any
 
 import pytest
 
 from llmsim.backend import Case, RunContext
 from llmsim.config import parse_scenario
+from llmsim.distributed import launch as launch_module
 from llmsim.distributed.launch import launch
 from llmsim.distributed.spec import WorkerSpec
 from llmsim.plugins import get_plugin_manager
@@ -277,3 +280,34 @@ def test_a_rank_that_crashes_after_the_results_are_written_does_not_lose_them(tm
     assert outcome.ok, outcome.error
     assert len(outcome.records) == 2 and "rank 1 was killed by SIGABRT after the results were written" in outcome.teardown
     assert not any(_alive(pid) for pid in outcome.pids)
+
+
+def test_no_other_process_can_take_the_ranks_port_before_they_use_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two launches in parallel (pytest-xdist, two `llmsim run`s) must not meet on one port. Here another
+    process tries to bind MASTER_PORT just before the ranks start, as a parallel launcher could: the
+    launcher's own rendezvous store already holds it, so the squatter gets nothing and the run is fine
+    (a port found free, closed and handed over would be taken, and rank 0 fail with "address in use")."""
+    case = _case(dp=2)
+    spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, steps=1,
+                                  warmup=0, threads=1)
+    real_popen = subprocess.Popen
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    took: list[bool] = []
+
+    def popen_after_a_squatter(cmd, *args, env=None, **kw):  # type: ignore[no-untyped-def]
+        if env and "MASTER_PORT" in env and not took:
+            try:
+                squatter.bind(("127.0.0.1", int(env["MASTER_PORT"])))
+                squatter.listen()
+                took.append(True)
+            except OSError:
+                took.append(False)
+        return real_popen(cmd, *args, env=env, **kw)
+
+    monkeypatch.setattr(launch_module.subprocess, "Popen", popen_after_a_squatter)
+    try:
+        outcome = launch(spec, timeout_s=120, log_dir=tmp_path)
+    finally:
+        squatter.close()
+    assert took == [False], "another process could bind the port the ranks were given"
+    assert outcome.ok, outcome.error
