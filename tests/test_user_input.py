@@ -137,6 +137,16 @@ def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
     assert err.endswith("= 2 but backend 'roofline' has 1 device (omit dp to fill the world)")
 
 
+def test_serving_rates_are_counted_as_rates_not_backend_settings(capsys) -> None:
+    """A serving scenario: 1 strategy on roofline and cluster at 3 rates is 2 backend settings × 3 rates (it
+    said "1 strategy × 6 backend settings = 6 cases")."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 2 backend settings × 3 rates = 6 cases"
+    assert main(["validate", str(path), "--backend", "cluster", "--set", "serving.arrival.rate=4"]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 1 backend setting × 1 rate = 1 case"
+
+
 @pytest.mark.parametrize("override", ["backends.roofline.nodes=[0]", "backends.roofline.nodes=x",
                                       "backends.roofline.nodes=[1, x]", "backends.roofline.nodes={a: 1}",
                                       "backends.cpu.steps=[1]", "sharing.lora=3", "strategies[0].sharing=1",
