@@ -252,3 +252,35 @@ def test_a_non_finite_number_is_one_line(capsys, override: str, key: str, said: 
     path = REPO / "scenarios" / "serve-8b.yaml"
     err = one_line_error(capsys, ["validate", str(path), "--set", override])
     assert err.startswith(f"{path}: {key}: {said}"), err
+
+
+@pytest.mark.parametrize("override, key, said", [
+    ("backends.cpu.timeout_s=.inf", "backends.cpu.timeout_s", "inf"),
+    ("backends.cpu={steps: 2, timeout_s: .nan}", "backends.cpu.timeout_s", "nan"),
+    ("backends.cuda={sample_interval_s: .inf}", "backends.cuda.sample_interval_s", "inf"),
+    ("backends.cuda={timeout_s: .nan}", "backends.cuda.timeout_s", "nan"),
+    ("backends.xla={steps: .inf}", "backends.xla.steps", "inf"),
+    ("backends.roofline.nodes=[1, .nan]", "backends.roofline.nodes[1]", "nan"),
+])
+def test_a_non_finite_backend_setting_is_one_line(capsys, override: str, key: str, said: str) -> None:
+    """Measured backends' timing settings took .inf (`timeout_s: .inf` passed `gt=0`) and .nan: every backend's
+    settings, a plugin's too, are refused before the plugin sees them, as serving rates are."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", override])
+    assert err == f"{QUICKSTART}: {key}: {said}: Input should be a finite number", err
+
+
+@pytest.mark.parametrize("module, settings, field", [("cpu", "CpuSettings", "timeout_s"),
+                                                     ("cuda", "CudaSettings", "sample_interval_s"),
+                                                     ("vllm", "VllmSettings", "request_timeout_s")])
+def test_the_built_in_settings_models_refuse_non_finite_numbers_themselves(module: str, settings: str,
+                                                                          field: str) -> None:
+    """Built in Python, not read from a file (a plugin author's test, the planner): the model itself refuses."""
+    import importlib
+
+    from pydantic import ValidationError
+
+    model = getattr(importlib.import_module(f"llmsim_plugins.{module}"), settings)
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError, match="finite number"):
+            model(**{field: value})
+
