@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -96,8 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
                       highlight=False)
     if outcome.interrupted:  # stop now: the figures take seconds, and --resume or `llmsim report` builds them
-        err_console.print(f"interrupted: the rows above are saved; finish with --resume (or build the report of "
-                          f"what is done with `llmsim report {escape(str(outcome.run_dir))}`)", highlight=False)
+        resume_cmd = escape(_resume_command(args, outcome.run_dir))
+        if len(frame):
+            err_console.print(f"interrupted: the rows above are saved; continue with: {resume_cmd}\n(or build the "
+                              f"report of what is done with `llmsim report {escape(str(outcome.run_dir))}`)",
+                              highlight=False, soft_wrap=True)  # soft_wrap: the command stays one line to copy
+        else:  # an empty results.jsonl: there is nothing to report, and `llmsim report` would refuse it
+            err_console.print(f"interrupted before any case finished: no result was written; start it again "
+                              f"with: {resume_cmd}", highlight=False, soft_wrap=True)
         print(outcome.run_dir)
         return EXIT_INTERRUPTED
     try:
@@ -110,6 +117,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                           highlight=False)
     print(outcome.run_dir)
     return 0
+
+
+def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The `llmsim run` command that continues `run_dir`: the same scenario, --set and --backend arguments
+    (--resume refuses a scenario that differs from the one the folder holds), shell-quoted."""
+    parts = ["llmsim", "run", args.scenario]
+    for override in args.set:
+        parts += ["--set", override]
+    for name in args.backend or []:
+        parts += ["--backend", name]
+    return shlex.join(parts + ["--resume", str(run_dir)])
 
 
 @contextmanager
