@@ -24,7 +24,7 @@ from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make
 from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.results import latest_run_dir, new_run_dir, read_rows, rows_frame
+from llmsim.results import latest_run_dir, read_rows, rows_frame
 from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
 from llmsim.wording import count
 
@@ -238,7 +238,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if len({p.resolve() for p in run_dirs}) < len(run_dirs):
         raise UsageError("report", "the same run folder is given twice")
-    print(write_comparison(run_dirs, new_run_dir(Path(args.out or "reports"), "compare")))
+    print(write_comparison(run_dirs, parent=Path(args.out or "reports")))
     return 0
 
 
