@@ -60,7 +60,13 @@ EP_STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(EP_STRATEGIES))
+# Each case starts 2-4 processes that import torch (~10-20 s on a busy 2-core host): every run keeps `ep` (and,
+# below, its gradients); the other combinations run in the `slow` step of CI (.ci/run).
+def _ep_params(names):  # type: ignore[no-untyped-def]
+    return [n if n == "ep" else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _ep_params(EP_STRATEGIES))
 def test_expert_parallel_matches_the_single_process_loss(name: str) -> None:
     model = {"moe": {"shared_experts": 1}} if name == "ep-shared-experts" else None
     case = _case(batch=4 if "pp" not in name else 8, model=model, **EP_STRATEGIES[name])
@@ -77,6 +83,7 @@ def test_expert_parallel_matches_the_single_process_loss(name: str) -> None:
     assert r.expert_load_imbalance == pytest.approx(max(max(layer) * 4 / sum(layer) for layer in loads))
 
 
+@pytest.mark.slow
 def test_moe_tensor_parallel_without_expert_parallelism() -> None:
     case = _case(tp=2)
     r = CpuBackend(RunContext()).run(case, SETTINGS)
@@ -143,7 +150,7 @@ def _run_ranks(script: Path, spec_path: Path, tmp_path: Path, env: dict[str, str
     return failed, logs
 
 
-@pytest.mark.parametrize("name", list(GRAD_STRATEGIES))
+@pytest.mark.parametrize("name", _ep_params(GRAD_STRATEGIES))
 def test_expert_parallel_gradients_equal_the_single_process(name: str, tmp_path: Path) -> None:
     strategy, model = GRAD_STRATEGIES[name]
     case = _case(batch=8 if strategy.get("pp", 1) > 1 or strategy["dp"] > 2 else 4, model=model, **strategy)
