@@ -333,13 +333,16 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
             if r.factor > 1 and value is not None and own and (best is None or value / own - 1 < best[0]):
                 best = (value / own - 1, knob_label(r.knob, r.factor), ())
     largest = max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0))
-    largest_why = "its largest share of the step time"
+    # what the shares divide: step_time_s, which a decode plan calls the generation (step_name)
+    shares_of = "generation time" if plan.workload.mode == "decode" else f"{latency_name(plan)} time"
+    largest_why = f"its largest share of the {shares_of}"
     if best is None:
-        return Limit(who, largest, shares, "no single change improves it", None, largest_why)
+        return Limit(who, largest, shares, "no single change improves it", None, largest_why, shares_of)
     blocked = f" (blocked: {', '.join(LIMIT_WORDS.get(k, k) for k in best[2])})" if best[2] else ""
     memory = best[2] == ("memory",)
     return Limit(who, "memory" if memory else largest, shares, f"{best[1]}: {plan.objective} {best[0]:+.1%}{blocked}",
-                 best[0], "the change that would help it most does not fit in memory" if memory else largest_why)
+                 best[0], "the change that would help it most does not fit in memory" if memory else largest_why,
+                 shares_of)
 
 
 def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
