@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make
 from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
-from llmsim.results import latest_run_dir, new_run_dir, read_rows, rows_frame
+from llmsim.results import latest_run_dir, read_rows, rows_frame
 from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
 from llmsim.wording import count
 
@@ -58,8 +59,12 @@ def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[
 def cmd_validate(args: argparse.Namespace) -> int:
     scenario, planned, _, _ = _load(args.scenario, args.set, args.backend)
     n = len(scenario.strategies)
-    print(f"{args.scenario}: ok — {count(n, 'strategy')} × {count(len(planned) // n, 'backend setting')} = "
-          f"{count(len(planned), 'case')}")
+    # A serving scenario's rates are cases of their own (runner.plan_serving_cases), not backend settings.
+    rates = len(scenario.serving.arrival.rates) if scenario.serving is not None else 1
+    factors = [count(n, 'strategy'), count(len(planned) // (n * rates), 'backend setting')]
+    if scenario.serving is not None:
+        factors.append(count(rates, 'rate'))
+    print(f"{args.scenario}: ok — {' × '.join(factors)} = {count(len(planned), 'case')}")
     return 0
 
 
@@ -92,8 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     err_console.print("done: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
                       highlight=False)
     if outcome.interrupted:  # stop now: the figures take seconds, and --resume or `llmsim report` builds them
-        err_console.print(f"interrupted: the rows above are saved; finish with --resume (or build the report of "
-                          f"what is done with `llmsim report {escape(str(outcome.run_dir))}`)", highlight=False)
+        resume_cmd = escape(_resume_command(args, outcome.run_dir))
+        if len(frame):
+            err_console.print(f"interrupted: the rows above are saved; continue with: {resume_cmd}\n(or build the "
+                              f"report of what is done with `llmsim report {escape(str(outcome.run_dir))}`)",
+                              highlight=False, soft_wrap=True)  # soft_wrap: the command stays one line to copy
+        else:  # an empty results.jsonl: there is nothing to report, and `llmsim report` would refuse it
+            err_console.print(f"interrupted before any case finished: no result was written; start it again "
+                              f"with: {resume_cmd}", highlight=False, soft_wrap=True)
         print(outcome.run_dir)
         return EXIT_INTERRUPTED
     try:
@@ -106,6 +117,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                           highlight=False)
     print(outcome.run_dir)
     return 0
+
+
+def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The `llmsim run` command that continues `run_dir`: the same scenario, --set and --backend arguments
+    (--resume refuses a scenario that differs from the one the folder holds), shell-quoted."""
+    parts = ["llmsim", "run", args.scenario]
+    for override in args.set:
+        parts += ["--set", override]
+    for name in args.backend or []:
+        parts += ["--backend", name]
+    return shlex.join(parts + ["--resume", str(run_dir)])
 
 
 @contextmanager
@@ -216,7 +238,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if len({p.resolve() for p in run_dirs}) < len(run_dirs):
         raise UsageError("report", "the same run folder is given twice")
-    print(write_comparison(run_dirs, new_run_dir(Path(args.out or "reports"), "compare")))
+    print(write_comparison(run_dirs, parent=Path(args.out or "reports")))
     return 0
 
 

@@ -55,3 +55,6 @@ def handling() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        # The request belongs to this block: left set, it would stop the next launch or timing loop run outside
+        # one (a backend called directly, the next test in the same process) with a KeyboardInterrupt.
+        _requested = False

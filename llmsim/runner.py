@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,26 @@ class PlannedCase:
     case: Case
 
 
+def _non_finite(value: Any, where: tuple[str | int, ...] = ()) -> tuple[tuple[str | int, ...], float] | None:
+    """The first .inf or .nan in a backend's raw settings (through lists and mappings), with its key path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, where + (key,))
+        if found:
+            return found
+    return None
+
+
 def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: str) -> BaseModel:
+    # YAML reads .inf and .nan as floats, and a plugin's model may let them through (`gt=0` passes .inf, .nan
+    # compares false with every bound): no backend setting means anything by them, built-in or a plugin's, so
+    # they are refused here, before any plugin sees them, as the scenario's own keys are (llmsim.strict).
+    found = _non_finite(raw)
+    if found:
+        raise ScenarioError(file, format_key_path(("backends", name) + found[0]),
+                            f"{found[1]!r}: Input should be a finite number")
     try:
         return cls.Settings.model_validate(raw)
     except ValidationError as exc:

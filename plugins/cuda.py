@@ -41,7 +41,7 @@ nvml_factory: Callable[[], Nvml] = Nvml
 
 
 class CudaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first (cuBLAS/cuDNN autotuning, allocator, "

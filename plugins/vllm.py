@@ -54,7 +54,7 @@ SIMULATION_ONLY = ("iterations", "max_batch", "kv_blocks_per_replica", "sim_even
 
 
 class VllmSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     memory_gib: float = Field(DEFAULT_MEMORY_GIB, gt=0, description="host memory the engine treats as its device "
                               "memory, GiB: the KV cache gets serving.memory_utilization of it "

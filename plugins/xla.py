@@ -47,7 +47,7 @@ NOT_INSTALLED = (f"torch_xla is not installed (pip install 'llmsim[xla]' in a se
 
 
 class XlaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first; they compile the graphs (train needs 2: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,5 +35,10 @@ def write_scenario(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the host-probe cache of tests out of the user's home, but share it across tests."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+    """Keep the host-probe cache of tests out of the user's home, but share it across tests, and across
+    pytest-xdist's workers (each has its own basetemp, popen-gwN, under the session's: the probes run once;
+    the cache file is replaced atomically, so two workers probing at once are safe)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "cache"))

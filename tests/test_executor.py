@@ -120,6 +120,11 @@ def test_a_ray_address_nobody_answers_is_one_bounded_try() -> None:
 
 
 # -- on a real local Ray ----------------------------------------------------------------------------------
+# The tests on it share one xdist group: `pytest -n` (README; pyproject's --dist loadgroup) keeps them on one
+# worker, so one Ray starts, not one per worker, on a host whose every core the other workers already use.
+RAY_GROUP = pytest.mark.xdist_group("ray")
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
@@ -128,6 +133,7 @@ def ray_session():
     ray.shutdown()
 
 
+@RAY_GROUP
 @pytest.mark.slow
 def test_ray_map_equals_local_and_raises_the_tasks_error(ray_session) -> None:
     fn = functools.partial(square_plus, 7)
@@ -141,6 +147,7 @@ def test_ray_map_equals_local_and_raises_the_tasks_error(ray_session) -> None:
     assert ray_session.is_initialized()  # an executor does not stop a Ray it did not start
 
 
+@RAY_GROUP
 @pytest.mark.slow
 def test_plan_recheck_is_the_same_on_ray(ray_session) -> None:
     plan = small_plan(top_k=12)
@@ -161,6 +168,7 @@ def test_plan_recheck_is_the_same_on_ray(ray_session) -> None:
     assert simulate_candidate(task) == simulate_candidate(task)
 
 
+@RAY_GROUP
 @pytest.mark.slow
 def test_run_writes_the_same_files_on_ray(ray_session, write_scenario, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:

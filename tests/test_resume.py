@@ -52,8 +52,12 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, monkeypatc
         return original(self, case, settings)
 
     monkeypatch.setattr(RooflineBackend, "run", interrupt_on_third)
-    code, partial = _run(path, tmp_path / "b", capsys=capsys)
+    code = main(["run", str(path), "--out", str(tmp_path / "b"), "--set", "seed=0"])
+    out, err = capsys.readouterr()
+    partial = Path(out.strip().splitlines()[-1])
     assert code == 130 and len(_rows(partial)) == 2
+    # the command that continues it, whole on one line, with the same --set (resume refuses another scenario)
+    assert f"continue with: llmsim run {path} --set seed=0 --resume {partial}\n" in err, err
     monkeypatch.setattr(RooflineBackend, "run", original)
     code, resumed = _run(path, tmp_path / "b", "--resume", capsys=capsys)
     assert code == 0 and resumed == partial
@@ -104,8 +108,13 @@ def test_interrupted_before_the_first_row_is_still_a_run_that_resumes(tmp_path: 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(RooflineBackend, "run", interrupt_at_once)
-    code, partial = _run(path, tmp_path / "b", capsys=capsys)
+    code = main(["run", str(path), "--out", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    partial = Path(out.strip().splitlines()[-1])
     assert code == 130 and (partial / "results.jsonl").read_text() == ""
+    # nothing was written: no report to build, and no "rows above" to speak of
+    assert "interrupted before any case finished: no result was written" in err, err
+    assert "llmsim report" not in err and "rows above" not in err, err
     monkeypatch.setattr(RooflineBackend, "run", original)
     code, resumed = _run(path, tmp_path / "b", "--resume", capsys=capsys)
     assert code == 0 and resumed == partial and len(_rows(resumed)) == len(STRATEGIES)

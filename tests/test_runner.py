@@ -220,6 +220,16 @@ def test_a_ctrl_c_lost_inside_a_step_stops_the_timing_loop_at_the_next_step(tmp_
     assert read_rows(outcome.run_dir) == []
 
 
+def test_a_ctrl_c_of_one_run_does_not_stop_what_runs_after_it(tmp_path: Path) -> None:
+    """The request is the interrupted run's: after it, a launch or timing loop run outside a run (a backend
+    called directly; the next test on the same pytest-xdist worker) must not stop at its first check()."""
+    from llmsim import interrupt
+
+    outcome = _run_swallowing(tmp_path, ["first", "eat", "third"])
+    assert outcome.interrupted and not interrupt.requested()
+    interrupt.check()  # raised KeyboardInterrupt: the flag outlived the run
+
+
 def test_the_sigint_handler_is_restored_after_a_run(tmp_path: Path) -> None:
     import signal
 

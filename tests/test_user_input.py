@@ -137,6 +137,16 @@ def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
     assert err.endswith("= 2 but backend 'roofline' has 1 device (omit dp to fill the world)")
 
 
+def test_serving_rates_are_counted_as_rates_not_backend_settings(capsys) -> None:
+    """A serving scenario: 1 strategy on roofline and cluster at 3 rates is 2 backend settings × 3 rates (it
+    said "1 strategy × 6 backend settings = 6 cases")."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 2 backend settings × 3 rates = 6 cases"
+    assert main(["validate", str(path), "--backend", "cluster", "--set", "serving.arrival.rate=4"]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 1 backend setting × 1 rate = 1 case"
+
+
 @pytest.mark.parametrize("override", ["backends.roofline.nodes=[0]", "backends.roofline.nodes=x",
                                       "backends.roofline.nodes=[1, x]", "backends.roofline.nodes={a: 1}",
                                       "backends.cpu.steps=[1]", "sharing.lora=3", "strategies[0].sharing=1",
@@ -242,3 +252,35 @@ def test_a_non_finite_number_is_one_line(capsys, override: str, key: str, said: 
     path = REPO / "scenarios" / "serve-8b.yaml"
     err = one_line_error(capsys, ["validate", str(path), "--set", override])
     assert err.startswith(f"{path}: {key}: {said}"), err
+
+
+@pytest.mark.parametrize("override, key, said", [
+    ("backends.cpu.timeout_s=.inf", "backends.cpu.timeout_s", "inf"),
+    ("backends.cpu={steps: 2, timeout_s: .nan}", "backends.cpu.timeout_s", "nan"),
+    ("backends.cuda={sample_interval_s: .inf}", "backends.cuda.sample_interval_s", "inf"),
+    ("backends.cuda={timeout_s: .nan}", "backends.cuda.timeout_s", "nan"),
+    ("backends.xla={steps: .inf}", "backends.xla.steps", "inf"),
+    ("backends.roofline.nodes=[1, .nan]", "backends.roofline.nodes[1]", "nan"),
+])
+def test_a_non_finite_backend_setting_is_one_line(capsys, override: str, key: str, said: str) -> None:
+    """Measured backends' timing settings took .inf (`timeout_s: .inf` passed `gt=0`) and .nan: every backend's
+    settings, a plugin's too, are refused before the plugin sees them, as serving rates are."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", override])
+    assert err == f"{QUICKSTART}: {key}: {said}: Input should be a finite number", err
+
+
+@pytest.mark.parametrize("module, settings, field", [("cpu", "CpuSettings", "timeout_s"),
+                                                     ("cuda", "CudaSettings", "sample_interval_s"),
+                                                     ("vllm", "VllmSettings", "request_timeout_s")])
+def test_the_built_in_settings_models_refuse_non_finite_numbers_themselves(module: str, settings: str,
+                                                                          field: str) -> None:
+    """Built in Python, not read from a file (a plugin author's test, the planner): the model itself refuses."""
+    import importlib
+
+    from pydantic import ValidationError
+
+    model = getattr(importlib.import_module(f"llmsim_plugins.{module}"), settings)
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError, match="finite number"):
+            model(**{field: value})
+

@@ -1,14 +1,20 @@
 """Start the ranks of one distributed run on this host, wait for them, collect their records.
 
 Each rank is `python -m llmsim.distributed.worker` in its own process group (session), with the
-environment torchrun would give it (MASTER_ADDR=127.0.0.1, a free MASTER_PORT, RANK, WORLD_SIZE,
-LOCAL_RANK, LOCAL_WORLD_SIZE). Subprocesses rather than multiprocessing spawn, so that the launched
+environment torchrun would give it (MASTER_ADDR=127.0.0.1, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, TORCHELASTIC_USE_AGENT_STORE). Subprocesses rather than multiprocessing spawn, so that the launched
 program is exactly the one `torchrun` starts on several nodes, and so a rank that is killed or hangs
 cannot take the parent with it.
 
 Failure handling: the first rank to exit non-zero (it raised, or was killed) or the timeout ends the
 run: every rank's process group is killed with SIGKILL and reaped, so no orphan remains, and the
 outcome carries one clear message (the failing rank's exception, or the signal that killed it).
+
+Ports: the launcher hosts the ranks' rendezvous store itself, as torchrun's agent does: a c10d TCPStore that
+binds port 0, so the kernel hands it a free port that stays bound for the whole run, and the ranks connect
+to it as clients (TORCHELASTIC_USE_AGENT_STORE=True: torch/distributed/rendezvous.py `_create_c10d_store`).
+Picking a "free" port, closing it and letting rank 0 bind it later raced with every other process on the
+host doing the same (two launches in parallel could get one port: "address already in use").
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +55,21 @@ class LaunchOutcome:
         return self.error is None
 
 
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (the tiny race with another binder is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"  # torch/distributed/rendezvous.py: ranks connect as clients
+
+
+@contextmanager
+def rendezvous_store(host: str = "127.0.0.1") -> Iterator[int]:
+    """Host a c10d TCPStore on `host`, port 0 (the kernel picks a free one), for as long as the block runs;
+    yields its port. Nothing else can take the port between choosing and using it: the store holds it.
+    multi_tenant, as torchrun's rendezvous store: a torchrun agent may open its own server object on it."""
+    from torch.distributed import TCPStore  # torch only here: importing the launcher stays light
+
+    store = TCPStore(host, 0, is_master=True, multi_tenant=True, wait_for_workers=False)
+    try:
+        yield int(store.port)
+    finally:
+        del store
 
 
 def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -104,17 +121,18 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
     out.mkdir(parents=True, exist_ok=True)
     spec_path = work / "spec.json"
     spec_path.write_text(spec.model_dump_json())
-    port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     start = time.perf_counter()
     outcome = LaunchOutcome()
+    stack = ExitStack()
     try:
+        port = stack.enter_context(rendezvous_store())
         for rank in range(world):
             rank_env = dict(os.environ, **(env or {}))
             rank_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                             LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0",
-                            **{LAUNCHER_PID_ENV: str(os.getpid())})
+                            **{LAUNCHER_PID_ENV: str(os.getpid()), AGENT_STORE_ENV: "True"})
             if spec.threads:
                 rank_env["OMP_NUM_THREADS"] = str(spec.threads)
             log = out / f"rank{rank}.log"
@@ -151,6 +169,7 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
             interrupt.check()  # a Ctrl-C lost on the way still stops the ranks (the finally kills them)
     finally:
         _kill_all(procs)
+        stack.close()
         outcome.wall_s = time.perf_counter() - start
     if outcome.error is None:
         result = out / RESULT_FILE
@@ -165,14 +184,17 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
 
 
 def torchrun_command(nnodes: int, nproc_per_node: int, node_rank: int, endpoint: str, rdzv_id: str,
-                     worker_args: list[str]) -> list[str]:
+                     worker_args: list[str], *, store_elsewhere: bool = False) -> list[str]:
     """The command that starts one node's ranks of a multi-node run: torchrun (`python -m
     torch.distributed.run`, the same program as the `torchrun` script) with a c10d rendezvous at `endpoint`
     (HOST:PORT of node 0), running `python -m llmsim.distributed.worker WORKER_ARGS` on each local rank.
-    docs/distributed.md "Several nodes" gives the same command for a real cluster and for SLURM."""
+    docs/distributed.md "Several nodes" gives the same command for a real cluster and for SLURM.
+    `store_elsewhere`: no node hosts the rendezvous store (`--rdzv-conf is_host=false`, read by torch's
+    c10d_rendezvous_backend `_create_tcp_store`): another process already serves it at `endpoint`."""
+    conf = ["--rdzv-conf", "is_host=false"] if store_elsewhere else []
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
             "--nproc-per-node", str(nproc_per_node), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id, "--max-restarts", "0",
+            "--rdzv-endpoint", endpoint, *conf, "--rdzv-id", rdzv_id, "--max-restarts", "0",
             "-m", "llmsim.distributed.worker", *worker_args]
 
 
@@ -186,7 +208,9 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
     """Run `spec` as `nnodes` "nodes" on this host: one torchrun per node (torchrun_command, a c10d rendezvous
     on 127.0.0.1), each with spec.world / nnodes local ranks and its own output folder (`node<i>/`, as each
     node of a real cluster writes its own), as `launch` would run it in one node. Rank 0 (whichever node the
-    rendezvous gives it) writes result.json. For tests and for trying a multi-node launch without a cluster;
+    rendezvous gives it) writes result.json. The rendezvous store is hosted here, on a port it bound itself
+    (`rendezvous_store`), and the node that becomes rank 0 serves its ranks' store on port 0 (torch's
+    dynamic_rendezvous shares a TCPStore it creates on port 0), so no port is chosen before it is bound. For tests and for trying a multi-node launch without a cluster;
     never raises for a rank failure or a timeout (the first node to exit non-zero, or the timeout, stops all)."""
     if spec.world % nnodes:
         raise ValueError(f"world {spec.world} does not split into {nnodes} nodes")
@@ -195,7 +219,6 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
     out.mkdir(parents=True, exist_ok=True)
     spec_path = work / "spec.json"
     spec_path.write_text(spec.model_dump_json())
-    endpoint = f"127.0.0.1:{free_port()}"
     env = dict(os.environ)
     env.pop(LAUNCHER_PID_ENV, None)  # the ranks' parent is torchrun's agent, not this process
     if spec.threads:
@@ -204,11 +227,13 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
     outcome = LaunchOutcome()
     start = time.perf_counter()
     node_dirs = [out / f"node{i}" for i in range(nnodes)]
+    stack = ExitStack()
     try:
+        endpoint = f"127.0.0.1:{stack.enter_context(rendezvous_store())}"
         for i, node_dir in enumerate(node_dirs):
             node_dir.mkdir(parents=True, exist_ok=True)
             cmd = torchrun_command(nnodes, spec.world // nnodes, i, endpoint, f"llmsim-{os.getpid()}",
-                                   ["--spec", str(spec_path), "--out", str(node_dir)])
+                                   ["--spec", str(spec_path), "--out", str(node_dir)], store_elsewhere=True)
             with (node_dir / "torchrun.log").open("wb") as fh:
                 procs.append(subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, start_new_session=True))
@@ -242,6 +267,7 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
             time.sleep(POLL_S)
     finally:
         _kill_all(procs)
+        stack.close()
         outcome.wall_s = time.perf_counter() - start
     if outcome.error is None:
         results = _node_results(node_dirs)

@@ -41,10 +41,17 @@ PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front
 
 
 def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | None = None,
-               plan: PlanFile | None = None) -> pd.DataFrame:
-    """The ranked rows as plan.csv's table (rank 1 = best). `layers`: the model's, to write each row's layers
-    per stage (stage_layers, as in results.csv) also where the split is the default one. `plan`: to write
-    each row's precision (dtype, and fp8_recipe for float8: planner.precisions) where a row's label is ""."""
+               plan: PlanFile | None = None, top: list[Evaluation] | None = None,
+               simulated: bool = False) -> pd.DataFrame:
+    """The ranked rows as plan.csv's table. `layers`: the model's, to write each row's layers per stage
+    (stage_layers, as in results.csv) also where the split is the default one. `plan`: to write each row's
+    precision (dtype, and fp8_recipe for float8: planner.precisions) where a row's label is "".
+
+    Two orders, said apart: `rank` (1 = best) and `pareto_front` are the analytic ones, by the roofline cost
+    model's numbers, over every row; `top` is the plan's final order of its best (the printed table; top[0]
+    is the winner best.yaml holds), which a `simulated` plan re-ordered by the cluster simulation
+    (search.simulate_top). `rechecked_rank` is a row's place in that re-checked order (empty where the row
+    was not re-checked, or the plan was not simulated) and `chosen` marks the winner."""
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
     records = []
@@ -72,14 +79,24 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
                         " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    place = {id(e): i for i, e in enumerate(rows)}
+    rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
+    chosen = np.zeros(len(frame), dtype=bool)
+    for k, e in enumerate(top or [], start=1):
+        if simulated:
+            rechecked[place[id(e)]] = k
+        chosen[place[id(e)]] = k == 1
+    frame.insert(1, "rechecked_rank", rechecked)
+    frame.insert(2, "chosen", chosen)
     return mark_pareto_front(frame)
 
 
 def compact_frame(frame: pd.DataFrame, per_hardware: int) -> pd.DataFrame:
     """plan.csv's rows: the Pareto front of the feasible configurations (cost against time to goal, over all
-    hardware) and the first `per_hardware` rows of each hardware choice (by rank), in rank order."""
+    hardware), the first `per_hardware` rows of each hardware choice (by rank) and the rows re-checked by
+    simulation (so the chosen one is always there), in rank order."""
     keep = frame.groupby("hardware", sort=False).head(per_hardware).index
-    return frame.loc[frame.index.isin(keep) | frame["pareto_front"]]
+    return frame.loc[frame.index.isin(keep) | frame["pareto_front"] | frame["rechecked_rank"].notna() | frame["chosen"]]
 
 
 def mark_pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
@@ -304,8 +321,7 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
     csv = run_dir / "plan.csv"
     compact_frame(frame, plan.csv_top).to_csv(csv, index=False, float_format="%.6g")
     written += [table, csv]
-    winner = int(frame.index[frame["strategy"].eq(top[0].config.name) & frame["hardware"].eq(top[0].config.hardware)
-                             ][0]) if top else None
+    winner = int(frame.index[frame["chosen"]][0]) if top else None
     fig, _ = pareto_figure(frame, plan, winner)
     png = raster_png(fig)
     (run_dir / "figures").mkdir(exist_ok=True)

@@ -75,6 +75,6 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
                               for e, who in zip(top[:2], ("winner", "runner-up"))]
         explanation.sensitivity = sensitivity
         explanation.choice = choice_lines(explanation.limits, sensitivity)
-    frame = plan_frame(rows, hardware, plan.workload.model.layers, plan)
+    frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
     write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

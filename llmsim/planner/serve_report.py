@@ -64,6 +64,8 @@ def serving_limit(c: CandidateResult, who: str, sensitivity: Sensitivity | None,
     shares = {k: v / total for k, v in run.time_split.items()}
     memory = bool(run.row.get("preemptions")) or run.rejected > 0
     factor = "memory" if memory else max(("compute", "communication", "bubble"), key=lambda k: shares[k])
+    why = "its KV cache ran out: requests preempted or rejected" if memory else "its largest share of the busy time"
+    busy = "busy time"  # Limit.shares_of: the replicas' busy time, not one step
     broke = ""
     if c.first_miss is not None:
         broke = (f"; at {run.rate:.3g} requests/s per replica {run.misses_ttft} requests miss the TTFT bound and "
@@ -77,9 +79,9 @@ def serving_limit(c: CandidateResult, who: str, sensitivity: Sensitivity | None,
             best = (value, knob_label(r.knob, r.factor))
     if best is None or not base:
         change = "no ±20% hardware what-if lowers its " + objective + broke
-        return Limit(who, factor, shares, change, None)
+        return Limit(who, factor, shares, change, None, why, busy)
     gain = best[0] / base - 1
-    return Limit(who, factor, shares, f"{best[1]}: {objective} {gain:+.1%}{broke}", gain)
+    return Limit(who, factor, shares, f"{best[1]}: {objective} {gain:+.1%}{broke}", gain, why, busy)
 
 
 def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int], ServingTask], winner: CandidateResult,

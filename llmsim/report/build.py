@@ -232,11 +232,12 @@ def write_report(run_dir: Path, frame: pd.DataFrame | None = None) -> list[Path]
     return write_document(doc, run.path)
 
 
-def write_comparison(run_dirs: list[Path], folder: Path | None = None) -> Path:
-    """Compare runs (the first is the baseline) into `folder` (default: a fresh reports/compare/<stamp>/,
-    as `llmsim report --out reports` makes it: --out is the parent, as for run and plan)."""
+def write_comparison(run_dirs: list[Path], folder: Path | None = None, parent: Path = Path("reports")) -> Path:
+    """Compare runs (the first is the baseline) into `folder` (default: a fresh <parent>/compare/<stamp>/,
+    as `llmsim report --out PARENT` makes it: --out is the parent, as for run and plan). The runs are read
+    first: a folder that is not a run, or one without rows, leaves no empty comparison folder behind."""
     runs = [load_run(Path(p)) for p in run_dirs]
-    folder = Path(folder) if folder is not None else new_run_dir(Path("reports"), "compare")
+    folder = Path(folder) if folder is not None else new_run_dir(parent, "compare")
     doc = comparison_document(runs)
     write_document(doc, folder)
     write_atomic(folder / "comparison.csv", comparison_frame(runs).to_csv(index=False))

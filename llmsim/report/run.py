@@ -101,7 +101,11 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     if frame is None:
         if not (run_dir / "results.jsonl").is_file():
             raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
-        frame = rows_frame(read_rows(run_dir))
+        rows = read_rows(run_dir)
+        if not rows:  # a run stopped before its first case: a report of nothing must not replace a real one
+            raise UsageError("report", f"{run_dir} has no rows yet (results.jsonl is empty: no case finished); "
+                                       f"nothing to report, any report already there is left as it is")
+        frame = rows_frame(rows)
     return Run(run_dir, frame, _read_json(run_dir / "environment.json"), _read_yaml(run_dir / "scenario.yaml"))
 
 

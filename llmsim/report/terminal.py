@@ -3,6 +3,9 @@
 As pytest-benchmark and optimum-benchmark end a run with a table in the terminal, so a user sees what
 happened without opening the report: per (case, backend) the status, step time (and, measured, the
 p10–p90 spread of its timed steps), tokens/s, MFU and memory per device; a row that did not run says why.
+A serving run (rows of mode "serve") has no step of its own to time: its table shows what a serving benchmark
+ends with (vLLM's `bench serve`), TTFT and TPOT at p50 and p99, requests/s and goodput (requests/s within
+the SLO), instead of columns that would all read "–".
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ MAX_ROWS = 40        # a sweep of hundreds of cases is in the report and results
 MAX_REASON = 70      # characters of a reason shown; the report has all of it
 
 HEADERS = ("case", "backend", "status", "step time", "p10–p90", "tokens/s", "MFU", "memory/device", "why not ok")
+# A serving run's columns (results.py names, docs/results.md): header, result column, format.
+SERVING_COLUMNS = (("TTFT p50", "ttft_p50_s", fmt_seconds), ("TTFT p99", "ttft_p99_s", fmt_seconds),
+                   ("TPOT p50", "tpot_p50_s", fmt_seconds), ("TPOT p99", "tpot_p99_s", fmt_seconds),
+                   ("req/s", "requests_per_s", fmt_rate), ("goodput req/s", "goodput_rps", fmt_rate))
+SERVING_HEADERS = ("case", "backend", "status", *(c[0] for c in SERVING_COLUMNS), "why not ok")
 WIDTH = 140          # columns the table is laid out for when stderr is not a terminal (a log, a CI job)
 
 
@@ -26,16 +34,33 @@ def _cell(value: object, fmt) -> str:  # type: ignore[no-untyped-def]
     return "–" if missing(value) else fmt(float(value))  # type: ignore[arg-type]
 
 
+def is_serving(frame: pd.DataFrame) -> bool:
+    """Whether the run is a serving run (its rows have mode "serve"): it gets SERVING_HEADERS."""
+    return "mode" in frame and len(frame) > 0 and bool((frame["mode"] == "serve").all())
+
+
+def headers(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The table's columns: SERVING_HEADERS for a serving run, else HEADERS."""
+    return SERVING_HEADERS if is_serving(frame) else HEADERS
+
+
+def _reason(r: pd.Series) -> str:
+    reason = "" if missing(r.get("error")) or not r.get("error") else " ".join(str(r["error"]).split())
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"
+
+
 def headline_rows(frame: pd.DataFrame) -> list[list[str]]:
-    """One list of cell texts per row of the run, in HEADERS order (at most MAX_ROWS)."""
+    """One list of cell texts per row of the run, in `headers(frame)` order (at most MAX_ROWS)."""
+    if is_serving(frame):
+        return [[str(r["case"]), str(r["backend"]), str(r.get("status")),
+                 *(_cell(r.get(column), fmt) if r.get("status") == "ok" else "–" for _, column, fmt in SERVING_COLUMNS),
+                 "" if r.get("status") == "ok" else _reason(r)] for _, r in frame.head(MAX_ROWS).iterrows()]
     out = []
     for _, r in frame.head(MAX_ROWS).iterrows():
         status = str(r.get("status"))
         if status != "ok":
-            reason = "" if missing(r.get("error")) or not r.get("error") else " ".join(str(r["error"]).split())
-            reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"
             out.append([str(r["case"]), str(r["backend"]), status, "–", "–", "–", "–",
-                        _cell(r.get("peak_memory_bytes_per_device"), fmt_bytes), reason])
+                        _cell(r.get("peak_memory_bytes_per_device"), fmt_bytes), _reason(r)])
             continue
         s = spread(r)
         out.append([str(r["case"]), str(r["backend"]), status, _cell(r.get("step_time_s"), fmt_seconds),
@@ -46,15 +71,16 @@ def headline_rows(frame: pd.DataFrame) -> list[list[str]]:
 
 
 def headline_table(frame: pd.DataFrame) -> Table:
-    """HEADERS over headline_rows, as a rich Table titled with the row count."""
+    """`headers(frame)` over headline_rows, as a rich Table titled with the row count."""
     more = len(frame) - MAX_ROWS
     rows = headline_rows(frame)
-    headers = HEADERS if any(r[-1] for r in rows) else HEADERS[:-1]  # no empty 'why not ok' column
+    every = headers(frame)
+    shown = every if any(r[-1] for r in rows) else every[:-1]  # no empty 'why not ok' column
     table = Table(title=f"llmsim run: {count(len(frame), 'result row')}",
                   caption=f"… and {count(more, 'more row')} in results.csv and the report" if more > 0 else None)
-    for i, header in enumerate(headers):
-        numeric = 3 <= i <= 7
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=i < len(HEADERS) - 1)
+    for i, header in enumerate(shown):
+        numeric = 3 <= i < len(every) - 1
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=i < len(every) - 1)
     for cells in rows:
-        table.add_row(*(escape(c) for c in cells[:len(headers)]))
+        table.add_row(*(escape(c) for c in cells[:len(shown)]))
     return table

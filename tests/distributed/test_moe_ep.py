@@ -22,7 +22,7 @@ import pytest
 
 from llmsim.backend import Case, RunContext
 from llmsim.config import parse_scenario
-from llmsim.distributed.launch import free_port
+from llmsim.distributed.launch import AGENT_STORE_ENV, rendezvous_store
 from llmsim.distributed.spec import WorkerSpec
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
@@ -60,7 +60,13 @@ EP_STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(EP_STRATEGIES))
+# Each case starts 2-4 processes that import torch (~10-20 s on a busy 2-core host): every run keeps `ep` (and,
+# below, its gradients); the other combinations run in the `slow` step of CI (.ci/run).
+def _ep_params(names):  # type: ignore[no-untyped-def]
+    return [n if n == "ep" else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _ep_params(EP_STRATEGIES))
 def test_expert_parallel_matches_the_single_process_loss(name: str) -> None:
     model = {"moe": {"shared_experts": 1}} if name == "ep-shared-experts" else None
     case = _case(batch=4 if "pp" not in name else 8, model=model, **EP_STRATEGIES[name])
@@ -77,6 +83,7 @@ def test_expert_parallel_matches_the_single_process_loss(name: str) -> None:
     assert r.expert_load_imbalance == pytest.approx(max(max(layer) * 4 / sum(layer) for layer in loads))
 
 
+@pytest.mark.slow
 def test_moe_tensor_parallel_without_expert_parallelism() -> None:
     case = _case(tp=2)
     r = CpuBackend(RunContext()).run(case, SETTINGS)
@@ -116,11 +123,19 @@ def _rank_gradients(case: Case, tmp_path: Path) -> list[dict[str, dict[str, floa
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(spec.model_dump_json())
     script = Path(__file__).with_name("ep_gradient_rank.py")
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(spec.world),
-               OMP_NUM_THREADS="1")
+    with rendezvous_store() as port:  # held by this process: no parallel test can take it
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(spec.world),
+                   OMP_NUM_THREADS="1", **{AGENT_STORE_ENV: "True"})
+        failed, logs = _run_ranks(script, spec_path, tmp_path, env, spec.world)
+    assert not failed, f"rank {failed[0][0]} failed:\n{logs[failed[0][0]][-3000:]}"
+    return [json.loads((tmp_path / f"grads-rank{r}.json").read_text()) for r in range(spec.world)]
+
+
+def _run_ranks(script: Path, spec_path: Path, tmp_path: Path, env: dict[str, str], world: int
+               ) -> tuple[list[tuple[int, int | None]], list[str]]:
     procs = [subprocess.Popen([sys.executable, str(script), str(spec_path), str(tmp_path)],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for r in range(spec.world)]
+                              stderr=subprocess.STDOUT) for r in range(world)]
     try:
         while any(p.poll() is None for p in procs):  # a failed rank ends the run (the others would hang)
             if any(p.poll() not in (None, 0) for p in procs):
@@ -132,11 +147,10 @@ def _rank_gradients(case: Case, tmp_path: Path) -> list[dict[str, dict[str, floa
             if p.poll() is None:
                 p.kill()
         logs = [p.communicate()[0].decode(errors="replace") for p in procs]
-    assert not failed, f"rank {failed[0][0]} failed:\n{logs[failed[0][0]][-3000:]}"
-    return [json.loads((tmp_path / f"grads-rank{r}.json").read_text()) for r in range(spec.world)]
+    return failed, logs
 
 
-@pytest.mark.parametrize("name", list(GRAD_STRATEGIES))
+@pytest.mark.parametrize("name", _ep_params(GRAD_STRATEGIES))
 def test_expert_parallel_gradients_equal_the_single_process(name: str, tmp_path: Path) -> None:
     strategy, model = GRAD_STRATEGIES[name]
     case = _case(batch=8 if strategy.get("pp", 1) > 1 or strategy["dp"] > 2 else 4, model=model, **strategy)

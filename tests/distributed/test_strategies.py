@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from typing import Any
 
 import pytest
 
 from llmsim.backend import Case, RunContext
 from llmsim.config import parse_scenario
+from llmsim.distributed import launch as launch_module
 from llmsim.distributed.launch import launch
 from llmsim.distributed.spec import WorkerSpec
 from llmsim.plugins import get_plugin_manager
@@ -28,6 +31,11 @@ pytestmark = pytest.mark.distributed
 
 STEPS = 2  # loss of step 1 checks the forward, loss of step 2 the gradients and the update
 SETTINGS = CpuSettings(steps=STEPS, warmup=0, timeout_s=120)
+# Where a test checks losses (and status), not the row's communication split: no extra profiled step.
+LOSSES_ONLY = CpuSettings(steps=STEPS, warmup=0, timeout_s=120, profile_comm=False)
+# Each case starts 2-4 processes that import torch (~10-20 s on a busy 2-core host). Every run keeps one case of
+# each parallelism (dp, ZeRO-3, TP+SP, 1F1B, ...); the variants of one run in the `slow` step of CI (.ci/run).
+SLOW = pytest.mark.slow
 
 
 def _case(model: dict[str, Any] | None = None, batch: int = 4, mode: str = "train", **strategy: Any) -> Case:
@@ -68,9 +76,10 @@ STRATEGIES = {
     "pp-1f1b": dict(pp=2, schedule="1f1b"),
     "pp-interleaved": dict(pp=2, schedule="interleaved"),
 }
+VARIANTS = {"zero2", "tp", "pp-gpipe", "pp-interleaved"}  # of fsdp, tp-sp and pp-1f1b: slow
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=SLOW) if n in VARIANTS else n for n in STRATEGIES])
 def test_strategy_runs_and_matches_the_single_process_loss(name: str) -> None:
     case = _case(**STRATEGIES[name])
     r = CpuBackend(RunContext()).run(case, SETTINGS)
@@ -86,12 +95,13 @@ def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
     the KV heads, kv_heads=1 replicates the one KV head on both ranks (gradients summed)."""
     for kv_heads in (2, 1):
         case = _case(dict(kv_heads=kv_heads, activation="swiglu", positions="rotary", norm="rmsnorm"), tp=2)
-        r = CpuBackend(RunContext()).run(case, SETTINGS)
+        r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
         assert r.status == "ok", r.error
         losses = json.loads(r.extra["losses"])[:STEPS]
         assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+@SLOW
 def test_tensor_parallel_with_a_stated_head_dim_and_qk_norm() -> None:
     """Heads of 24 with hidden 64 and 4 heads (head_dim != hidden/heads, issue 14) and Qwen3's q/k head norms:
     each rank's q/k/v rows and out-projection columns are its heads of 24; the head norms' gradients are
@@ -99,25 +109,26 @@ def test_tensor_parallel_with_a_stated_head_dim_and_qk_norm() -> None:
     for kv_heads in (2, 1):
         case = _case(dict(kv_heads=kv_heads, head_dim=24, qk_norm=True, activation="swiglu", positions="rotary",
                           norm="rmsnorm"), tp=2)
-        r = CpuBackend(RunContext()).run(case, SETTINGS)
+        r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
         assert r.status == "ok", r.error
         losses = json.loads(r.extra["losses"])[:STEPS]
         assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("tie", [True, pytest.param(False, marks=SLOW)])
 def test_tensor_parallel_splits_embedding_and_head_over_the_vocabulary(tie: bool) -> None:
     """As Megatron-LM does: a row-wise embedding, a column-wise head with sharded logits and a vocab-parallel
     loss; tied, the two share one sharded weight whose gradient sums both uses. Losses stay the single
     process's."""
     case = _case(tp=2, sharing={"tie_embeddings": tie})
-    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
     assert r.status == "ok", r.error
     assert "over the vocabulary, loss_parallel" in json.loads(r.extra["torch_parallelism"])["tp"]
     losses = json.loads(r.extra["losses"])[:STEPS]
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+@SLOW  # world 4
 def test_pipeline_with_tensor_parallel_stages_matches_the_single_process_loss() -> None:
     """PP x TP at world 4 (2 stages of 2 tensor-parallel ranks), with a KV head replicated over TP."""
     case = _case(dict(kv_heads=1), pp=2, tp=2, schedule="1f1b")
@@ -128,12 +139,12 @@ def test_pipeline_with_tensor_parallel_stages_matches_the_single_process_loss() 
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("zero", [2, 3])
+@pytest.mark.parametrize("zero", [pytest.param(2, marks=SLOW), 3])  # world 4
 def test_pipeline_with_sharded_data_parallel_stages_matches_the_single_process_loss(zero: int) -> None:
     """PP x ZeRO at world 4: FSDP2 units inside each stage, the tied embedding's shards summed between
     the first and last stage."""
     case = _case(batch=8, pp=2, dp=2, zero=zero, schedule="1f1b")
-    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
     assert r.status == "ok", r.error
     assert "fully_shard per block and per stage" in json.loads(r.extra["torch_parallelism"])["zero"]
     losses = json.loads(r.extra["losses"])[:STEPS]
@@ -153,7 +164,7 @@ UNEVEN = {
 }
 
 
-@pytest.mark.parametrize("name", list(UNEVEN))
+@pytest.mark.parametrize("name", [n if n == "last-stage-1" else pytest.param(n, marks=SLOW) for n in UNEVEN])
 def test_uneven_pipeline_stages_run_for_real_and_match_the_single_process_loss(name: str) -> None:
     """Issue 14 item 9: stages of unequal layer counts (layers % pp != 0 included) through
     torch.distributed.pipelining; one step's loss (and the next, after the update) equals the single process's."""
@@ -171,7 +182,7 @@ def test_uneven_pipeline_stages_run_for_real_and_match_the_single_process_loss(n
 def test_tensor_parallel_decode_with_local_kv_caches() -> None:
     """Decode (a prefill, then tokens one at a time) with each rank's KV cache holding its own KV heads."""
     case = _case(dict(kv_heads=2), mode="decode", tp=2)
-    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
     assert r.status == "ok", r.error
     assert 0 < r.ttft_s < r.step_time_s and r.tpot_s > 0
 
@@ -237,6 +248,7 @@ def _workers_writing_to(folder: str) -> list[int]:
     return found
 
 
+@SLOW  # a whole `llmsim run` subprocess besides its ranks
 def test_killing_llmsim_itself_leaves_no_rank_behind(tmp_path, write_scenario) -> None:
     """SIGKILL of `llmsim run` while its ranks are blocked in a collective: the ranks go too."""
     import signal
@@ -277,3 +289,34 @@ def test_a_rank_that_crashes_after_the_results_are_written_does_not_lose_them(tm
     assert outcome.ok, outcome.error
     assert len(outcome.records) == 2 and "rank 1 was killed by SIGABRT after the results were written" in outcome.teardown
     assert not any(_alive(pid) for pid in outcome.pids)
+
+
+def test_no_other_process_can_take_the_ranks_port_before_they_use_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two launches in parallel (pytest-xdist, two `llmsim run`s) must not meet on one port. Here another
+    process tries to bind MASTER_PORT just before the ranks start, as a parallel launcher could: the
+    launcher's own rendezvous store already holds it, so the squatter gets nothing and the run is fine
+    (a port found free, closed and handed over would be taken, and rank 0 fail with "address in use")."""
+    case = _case(dp=2)
+    spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, steps=1,
+                                  warmup=0, threads=1)
+    real_popen = subprocess.Popen
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    took: list[bool] = []
+
+    def popen_after_a_squatter(cmd, *args, env=None, **kw):  # type: ignore[no-untyped-def]
+        if env and "MASTER_PORT" in env and not took:
+            try:
+                squatter.bind(("127.0.0.1", int(env["MASTER_PORT"])))
+                squatter.listen()
+                took.append(True)
+            except OSError:
+                took.append(False)
+        return real_popen(cmd, *args, env=env, **kw)
+
+    monkeypatch.setattr(launch_module.subprocess, "Popen", popen_after_a_squatter)
+    try:
+        outcome = launch(spec, timeout_s=120, log_dir=tmp_path)
+    finally:
+        squatter.close()
+    assert took == [False], "another process could bind the port the ranks were given"
+    assert outcome.ok, outcome.error

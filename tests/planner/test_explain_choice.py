@@ -101,6 +101,12 @@ def test_the_plan_report_and_outcome_carry_limits_and_sensitivity(tmp_path: Path
     why = outcome.explanation
     assert [lim.who for lim in why.limits] == ["winner", "runner-up"] and why.sensitivity is not None
     assert any(line.startswith("winner: limited by memory") for line in why.choice)
+    # each clause says what it is: the limit and why, the step's time shares, the change (they read as one
+    # parenthesis: "limited by memory (compute 96%, ...)", as if the shares were the memory limit's reason)
+    line = next(line for line in why.choice if line.startswith("winner: limited by memory"))
+    assert line.startswith("winner: limited by memory (the change that would help it most does not fit in memory); "
+                           "step time: compute "), line
+    assert "; the one change that would move it most: " in line
     md = (outcome.run_dir / "plan.md").read_text()
     assert "Limits and sensitivity" in md and "GEMM efficiency +20%" in md and "limited by memory" in md
 
@@ -115,3 +121,23 @@ def test_a_simulated_plan_is_re_priced_by_the_simulation(tmp_path: Path) -> None
     assert outcome.simulated and s is not None and "simulation" in s.priced_by
     assert s.base == pytest.approx((outcome.top[0].sim["cost_usd"], outcome.top[1].sim["cost_usd"]))
     assert s.base[0] <= s.base[1]
+
+
+def test_each_clause_of_a_choice_line_says_what_it_is() -> None:
+    from llmsim.planner.explain import Limit, choice_lines
+
+    shares = {"compute": 0.96, "communication": 0.03, "bubble": 0.01, "other": 0.0}
+    lines = choice_lines([Limit("winner", "memory", shares, "tp 8 -> 4: cost -12.0% (blocked: memory)", -0.12,
+                                "the change that would help it most does not fit in memory"),
+                          Limit("runner-up", "compute", shares, "no single change improves it", None,
+                                "its largest share of the step time"),
+                          Limit("winner", "compute", {}, "no rate met the SLO", None)], None)
+    assert lines == [
+        "winner: limited by memory (the change that would help it most does not fit in memory); step time: compute "
+        "96%, communication 3%, bubble 1%; the one change that would move it most: tp 8 -> 4: cost -12.0% "
+        "(blocked: memory)",
+        "runner-up: limited by compute (its largest share of the step time); step time: compute 96%, communication "
+        "3%, bubble 1%; the one change that would move it most: no single change improves it",
+        "winner: limited by compute; the one change that would move it most: no rate met the SLO",
+    ]
+

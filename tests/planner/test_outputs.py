@@ -99,6 +99,15 @@ def test_run_folder_and_best_yaml_reproduce_the_winner(tmp_path: Path) -> None:
     assert (layout.dp, layout.tp, layout.pp, layout.cp, layout.micro_batch, layout.world) == \
         (c.dp, c.tp, c.pp, c.cp, c.micro_batch, c.n_devices)
     assert "Why" in (folder / "plan.md").read_text()
+    # Two orders, said apart: `rank` (and pareto_front) are the roofline's over every row; `rechecked_rank` is
+    # the order after the simulation re-check, which the printed table and best.yaml follow; `chosen` = best.yaml.
+    rechecked = frame[frame["rechecked_rank"].notna()].sort_values("rechecked_rank")
+    assert list(rechecked["rechecked_rank"]) == list(range(1, len(outcome.top) + 1))
+    assert list(rechecked["rank"]) == [next(i + 1 for i, r in enumerate(outcome.rows) if r is e) for e in outcome.top]
+    chosen = frame[frame["chosen"]]
+    assert len(chosen) == 1 and chosen["rechecked_rank"].iloc[0] == 1
+    assert chosen["rank"].iloc[0] == next(i + 1 for i, r in enumerate(outcome.rows) if r is best)
+    assert set(rechecked["rank"]) <= set(pd.read_csv(folder / "plan.csv")["rank"])  # plan.csv keeps them
 
 
 def test_best_yaml_runs_on_the_roofline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,10 +175,12 @@ def test_plan_csv_holds_the_pareto_front_and_the_best_of_each_hardware(tmp_path:
     full = pd.read_parquet(outcome.run_dir / "plan.parquet")
     csv = pd.read_csv(outcome.run_dir / "plan.csv")
     assert len(csv) < len(full) and list(csv.columns) == list(full.columns)
+    # not simulated: nothing was re-checked, and the chosen row is the roofline's first
+    assert full["rechecked_rank"].isna().all() and list(full.loc[full["chosen"], "rank"]) == [1]
     front = full[full["pareto_front"]]
     assert len(front) and front["feasible"].all()
     top = full.groupby("hardware", sort=False).head(3)
-    assert set(csv["rank"]) == set(front["rank"]) | set(top["rank"])
+    assert set(csv["rank"]) == set(front["rank"]) | set(top["rank"]) | {1}
     assert list(csv["rank"]) == sorted(csv["rank"])
     feasible = full[full["feasible"]]
     for _, row in front.iterrows():  # nothing feasible beats a front row on both cost and time

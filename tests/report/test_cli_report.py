@@ -53,3 +53,21 @@ def test_run_writes_html_report_and_figures(write_scenario, tmp_path: Path, caps
     assert "the fastest strategy that fits is single" in page
     assert (run_dir / "figures" / "throughput.png").is_file()
     assert "](figures/throughput.png)" in (run_dir / "report.md").read_text()
+
+
+def test_report_of_a_run_with_no_rows_keeps_the_report_already_there(tmp_path: Path, capsys) -> None:
+    """A run stopped before its first case has an empty results.jsonl: `llmsim report` on it must not replace
+    the report.md built before (e.g. of the rows a --resume then lost to a rewrite) with an empty one."""
+    run = make_run(tmp_path / "r", rich_rows())
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    before = (run / "report.md").read_text()
+    (run / "results.jsonl").write_text("")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"llmsim: error: report: {run} has no rows yet (results.jsonl is empty: no case finished); "
+                   f"nothing to report, any report already there is left as it is")
+    assert (run / "report.md").read_text() == before
+    other = make_run(tmp_path / "o", rich_rows())  # nor is an empty run a side of a comparison
+    assert main(["report", str(other), str(run), "--out", str(tmp_path / "cmp")]) == 2
+    assert "has no rows yet" in capsys.readouterr().err and not (tmp_path / "cmp").exists()

@@ -46,3 +46,24 @@ def test_run_prints_the_table_before_the_folder(write_scenario, tmp_path: Path, 
     table = captured.err.split("llmsim run: 1 result row", 1)[1]
     assert "step time" in table and "tokens/s" in table and "│ single │ roofline │ ok" in table
     assert table.index("│ single") < table.index("done: 1 ok")
+
+
+def test_a_serving_run_shows_its_latencies_and_goodput_not_training_columns() -> None:
+    """Serving rows have no step time, tokens/s per step or MFU: the table showed a row of "–". It shows
+    TTFT/TPOT at p50 and p99, requests/s and goodput instead (and a row that did not run says why)."""
+    from llmsim.report.terminal import SERVING_HEADERS
+
+    serve = dict(mode="serve", request_rate=8.0, ttft_p50_s=0.031, ttft_p99_s=0.212, tpot_p50_s=0.0112,
+                 tpot_p99_s=0.0154, requests_per_s=7.93, goodput_rps=7.5)
+    ok = row("tp1@rate=8", "cluster").model_copy(update=serve)
+    failed = row("tp1@rate=24", "cluster", status="failed", error="engine stopped").model_copy(
+        update={"mode": "serve", "request_rate": 24.0})
+    frame = frame_of([ok, failed])
+    assert SERVING_HEADERS == ("case", "backend", "status", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "req/s",
+                               "goodput req/s", "why not ok")
+    assert headline_rows(frame) == [
+        ["tp1@rate=8", "cluster", "ok", "31 ms", "212 ms", "11.2 ms", "15.4 ms", "7.93", "7.5", ""],
+        ["tp1@rate=24", "cluster", "failed", "–", "–", "–", "–", "–", "–", "engine stopped"],
+    ]
+    table = headline_table(frame_of([ok]))
+    assert [c.header for c in table.columns] == list(SERVING_HEADERS[:-1])

@@ -23,7 +23,7 @@ DEVICE = "example-npu"
 class Settings(BaseModel):
     """The `backends: {example: ...}` block of a scenario."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     devices: int = Field(1, ge=1, description="accelerators in the (data-parallel) group")
     efficiency: float = Field(0.5, gt=0, le=1, description="fraction of peak FLOP/s the kernels reach")
