@@ -255,7 +255,7 @@ _PHASE_MEMO_ALIVE: dict[int, object] = {}  # the objects keyed by id() in the op
 @contextmanager
 def phase_memo() -> Iterator[None]:
     """Within this block, `phase_times` computes each distinct question once: calls whose arguments agree on
-    the objects (profile, workload, options), the rates, phase, region, divide, steps and the plan fields
+    the objects (profile, workload), the options, the rates, phase, region, divide, steps and the plan fields
     it reads (`phase_plan_key`) share one result. The planner prices thousands of plans that differ in
     fields phase_times never reads (pp, the schedule, the split, recompute, sp, dp, ZeRO); the numbers are
     the same as without the block. Nested blocks share the outer one's table."""
@@ -290,12 +290,12 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     memo = _PHASE_MEMO
     if memo is None:
         return _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
-    key = (id(profile), id(workload), id(options), _rates_key(rates), phase, region, divide, steps,
+    key = (id(profile), id(workload), options, _rates_key(rates), phase, region, divide, steps,
            *phase_plan_key(workload, plan))
     out = memo.get(key)
     if out is None:
         out = memo[key] = _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
-        for obj in (profile, workload, options, rates.efficiency, rates.gemm and rates.gemm.efficiency):
+        for obj in (profile, workload, rates.efficiency, rates.gemm and rates.gemm.efficiency):
             _PHASE_MEMO_ALIVE[id(obj)] = obj
     return out
 
