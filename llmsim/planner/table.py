@@ -4,12 +4,15 @@ The scalar path (search.evaluate) prices one configuration: `memory_breakdown`, 
 module gives the same numbers for thousands at once, through the same code:
 
 * the candidates are grouped by the fields that fix a step's per-micro-batch work (tp, pp, cp, sp,
-  micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on): within a
-  group only dp, ZeRO and the micro-batch count m = B / (dp x micro_batch) vary;
-* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work), and
+  micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on; GPipe with
+  1F1B, whose work per micro-batch is the same): within a group only dp, ZeRO, the micro-batch count
+  m = B / (dp x micro_batch) and (GPipe or 1F1B) the bubble and the micro-batches in flight vary;
+* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
+  phase times asked once per distinct question: compute.phase_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
-  these two shared by the groups of one `_stage_key`, which differ only by the node); each data-parallel
+  these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
+  hardware choices of a search through `shared`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
   (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
