@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from llmsim.config import SharingChoice, Strategy, Workload
-from llmsim.hardware import Catalog, load_catalog
+from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import Result
 from llmsim.serving.spec import ServingCase
 from llmsim.stages import describe_split
@@ -85,8 +85,10 @@ class Backend(ABC):
       3. `sweep(settings)` -> [(case-name suffix, settings)]: one point per value of a list setting.
       4. `check_settings(settings, catalog)` for each point: names the catalog must know (devices, links).
       5. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
-         mismatch is a validation error naming the strategy). A serving scenario instead needs `serves`,
-         `check_serving(settings)` for each point, and a world that holds serving.replicas x tp x pp.
+         mismatch is a validation error naming the strategy, with `describe_world(settings, catalog)`
+         where the backend gives one), then `check_layout(settings, layout, catalog)` for each. A serving
+         scenario instead needs `serves`, `check_serving(settings)` for each point, and a world that holds
+         serving.replicas x tp x pp.
     Running (`llmsim run`, after every pair validated):
       6. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
          not called.
@@ -140,6 +142,27 @@ class Backend(ABC):
 
         Returns None, or (key inside this backend's settings, message naming what is allowed).
         """
+        return None
+
+    @classmethod
+    def device(cls, settings: BaseModel, catalog: Catalog) -> DeviceSpec | None:
+        """The catalog device these settings price or run on, where they name one (a modeled cluster's
+        `hardware`); None = the backend runs on whatever this machine has. The runner checks a float8
+        workload against it (`runner.check_fp8`)."""
+        return None
+
+    @classmethod
+    def check_layout(cls, settings: BaseModel, layout: Layout, catalog: Catalog) -> tuple[str, str] | None:
+        """Checks of one strategy's layout on these settings that need both (a TPU slice: its mesh axes must
+        tile the torus and follow the user's `mesh` pins), before anything runs.
+
+        Returns None, or (key inside this backend's settings, or "" for the strategy itself, message)."""
+        return None
+
+    @classmethod
+    def describe_world(cls, settings: BaseModel, catalog: Catalog) -> str | None:
+        """What the world size is made of where a layout error should say so (a TPU: its slices' topology),
+        or None."""
         return None
 
     @classmethod

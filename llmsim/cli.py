@@ -233,6 +233,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from llmsim.hardware import load_catalog
     from llmsim.planner import load_plan, run_plan
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
+    from llmsim.planner.precisions import candidates
 
     plan = load_plan(args.plan, args.set)
     manager = get_plugin_manager()
@@ -249,6 +250,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
                               f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
                               highlight=False)
+    # a precision some hardware cannot run (float8 without FP8 units): said once (planner.precisions)
+    for note in [why for h in plan.hardware for why in candidates(plan, catalog.devices[h.name])[1]]:
+        err_console.print(f"[yellow]llmsim: note: no candidates of that precision: {note}[/]", highlight=False)
     if plan.serving is not None:
         _print_serving_plan(plan, outcome)
         print(outcome.run_dir)
@@ -316,14 +320,32 @@ def _print_choice(explanation: Any) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last."""
-    from llmsim.calibrate import calibrate, catalog_file, format_table, underdetermined_warning
+    """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last.
 
-    result = calibrate(args.run_dirs)
+    Measured serving rows (a serving scenario's, e.g. the vllm backend's) fit the serving iteration's parameters
+    (llmsim.calibrate.serving); otherwise the step rows of `--backend` (default cpu) fit the step model."""
+    from llmsim.calibrate import CalibrationError, calibrate, catalog_file, format_table, underdetermined_warning
+    from llmsim.calibrate.serving import calibrate_serving, has_serving_rows
+    from llmsim.hardware import load_catalog
+
+    if has_serving_rows(args.run_dirs, args.backend):
+        step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]
+        if step_folders:
+            raise CalibrationError(f"{step_folders[0]} holds no measured serving rows while the other folders do: "
+                                   f"calibrate step runs and serving runs in separate calls (the step runs first, "
+                                   f"then the serving runs with --device <its entry> --hardware <its file>)")
+        result = calibrate_serving(args.run_dirs, device=args.device, backend=args.backend,
+                                   hardware_files=args.hardware)
+        default_name = "hardware-serving-calibrated.yaml"
+    else:
+        catalog = load_catalog(args.hardware) if args.hardware else None
+        result = calibrate(args.run_dirs, device=args.device or "cpu-host", backend=args.backend or "cpu",
+                           catalog=catalog)
+        default_name = "hardware-calibrated.yaml"
     warning = underdetermined_warning(result)
     if warning:
         err_console.print(f"[yellow]llmsim: warning: {escape(warning)}[/]", highlight=False)
-    path = args.out or Path(args.run_dirs[0]) / "hardware-calibrated.yaml"
+    path = args.out or Path(args.run_dirs[0]) / default_name
     path.write_text(catalog_file(result, path.name))
     print(format_table(result))
     print(path)
@@ -368,9 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")
     p.add_argument("--dir", metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
     p.set_defaults(func=cmd_new_plugin)
-    p = sub.add_parser("calibrate", help="fit a device's efficiency factors to measured run folders")
+    p = sub.add_parser("calibrate", help="fit a device's efficiency factors to measured run folders",
+                       description="Step rows (default: the cpu backend's) fit matmul and attention efficiency, memory "
+                                   "bandwidth and per-operator cost; measured serving rows (e.g. the vllm backend's) "
+                                   "fit the serving iteration's matmul efficiency, memory bandwidth and kernel latency "
+                                   "by replaying them in the serving simulation. Prints modeled vs measured and the "
+                                   "file written last.")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
+    p.add_argument("--backend", metavar="NAME", help="the measured backend whose rows to fit (default: cpu for step "
+                                                     "rows, any measured backend for serving rows)")
+    p.add_argument("--device", metavar="NAME", help="the catalog entry to calibrate (default: cpu-host for step "
+                                                    "rows, the hardware the serving rows name)")
+    p.add_argument("--hardware", action="append", default=[], type=Path, metavar="FILE",
+                   help="extra hardware catalog YAML holding --device (repeatable)")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("plan", help="capacity planning: the cheapest (fastest, ...) way to meet a goal",
                        description="Search hardware x devices x parallel strategy for a training or serving goal; "

@@ -19,15 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
-from llmsim.costmodel.cluster import plan_on
+from llmsim.costmodel.cluster import plan_on, torus_groups
+from llmsim.costmodel import precision
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.step import StepTimes
+from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
 from llmsim.errors import ScenarioError
-from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog
+from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
+from llmsim.strategy import Layout
 from llmsim.strict import sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
@@ -50,6 +53,9 @@ class ModeledSettings(BaseModel):
     attention: Literal["flash", "fused-softmax", "math"] = Field(
         "flash", description="attention kernel modeled (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+    compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
+                                                   "between GEMMs fuse; default: the device's (TPU compiled, "
+                                                   "GPU and CPU eager)")
     topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "
                                                    "slices is this torus; sets devices_per_node")
     mesh: dict[str, str] | None = Field(None, description="TPU: mesh axes pinned to torus dimensions, e.g. "
@@ -74,12 +80,18 @@ class ModeledSettings(BaseModel):
 
     @property
     def options(self) -> Options:
-        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32)
+        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""
         return catalog.cluster(self.hardware, self.node_count, self.devices_per_node, self.intra_node,
                                self.inter_node, self.topology, self.mesh)
+
+
+def _slices(cluster: ClusterSpec) -> str:
+    shape = "x".join(map(str, cluster.topology))
+    many = f"{cluster.nodes} slices" if cluster.nodes > 1 else "1 slice"
+    return f"{many} of {cluster.device.name} topology {shape}, {cluster.devices_per_node} chips each"
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,39 @@ class ModeledBackend(Backend):
         return None
 
     @classmethod
+    def device(cls, settings: BaseModel, catalog: Catalog) -> DeviceSpec | None:
+        """The catalog device the settings name (None when the catalog has no such device)."""
+        assert isinstance(settings, ModeledSettings)
+        return catalog.devices.get(settings.hardware)
+
+    @classmethod
+    def check_layout(cls, settings: BaseModel, layout: Layout, catalog: Catalog) -> tuple[str, str] | None:
+        """On a TPU slice, the strategy's mesh axes must tile the torus and honour the `mesh` pins
+        (costmodel.torus.map_axes): one validation error instead of a skipped row per case."""
+        assert isinstance(settings, ModeledSettings)
+        cluster = settings.cluster(catalog)
+        if not cluster.is_torus:
+            return None
+        try:
+            torus_groups({"tp": layout.tp, "cp": layout.cp, "pp": layout.pp, "dp": layout.dp}, cluster)
+        except TorusError as exc:
+            key, sep, message = str(exc).partition(": ")
+            if sep and key.startswith("mesh."):
+                return key, message
+            return "", f"{exc} ({_slices(cluster)})"
+        return None
+
+    @classmethod
+    def describe_world(cls, settings: BaseModel, catalog: Catalog) -> str | None:
+        """A TPU backend's world is its slices: '2 slices of tpu-v5p 4x4x8 (128 chips each)'."""
+        assert isinstance(settings, ModeledSettings)
+        try:
+            cluster = settings.cluster(catalog)
+        except ScenarioError:
+            return None
+        return _slices(cluster) if cluster.is_torus else None
+
+    @classmethod
     def check_serving(cls, settings: BaseModel) -> tuple[str, str] | None:
         """Serving prices a fused attention kernel (vLLM's FlashAttention / paged attention)."""
         assert isinstance(settings, ModeledSettings)
@@ -183,6 +228,10 @@ class ModeledBackend(Backend):
     def run(self, case: Case, settings: Any) -> Result:
         cluster = self.cluster(settings)
         options = settings.options
+        fp8_problem = precision.device_problem(case.workload, cluster.device)
+        if fp8_problem is not None:  # one device of several lacks FP8 (none of them: runner.check_fp8 refuses)
+            return case.result(self, status="skipped", error=fp8_problem, hardware=cluster.device.name,
+                               nodes=cluster.nodes, energy_source="modeled")
         if case.serving is not None:
             return serve_case(self, case, cluster, options, self.serving_faults(case, settings, cluster))
         profile = profile_workload(case.workload, case.sharing)

@@ -28,7 +28,7 @@ from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, kv_capacity, token_costs
 from llmsim.costmodel.scaling import with_layers
 from llmsim.results import Result
-from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
 from llmsim.serving.requests import build_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
@@ -137,6 +137,24 @@ def write_requests_file(run_dir: str | Path | None, case: str, backend: str, out
     return str(path.relative_to(run_dir))
 
 
+def timeline_file_name(case: str, backend: str) -> str:
+    """The per-iteration timeline CSV beside the per-request one: '<requests file stem>.timeline.csv'."""
+    return requests_file_name(case, backend)[:-len(".csv")] + ".timeline.csv"
+
+
+def write_timeline_file(run_dir: str | Path | None, case: str, backend: str, outcome: ServingOutcome) -> str | None:
+    """Write the simulation's per-iteration timeline (serving.metrics.timeline_table) beside the request CSV
+    under run_dir/requests/; its path relative to the run folder, for the row's `timeline_file` (None without a
+    run folder or without iterations recorded: a measured engine has none)."""
+    if run_dir is None or not any(len(t) for t in outcome.timelines):
+        return None
+    folder = Path(run_dir) / "requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / timeline_file_name(case, backend)
+    path.write_text(timeline_table(outcome), encoding="utf-8")
+    return str(path.relative_to(run_dir))
+
+
 def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
                faults: ServingFaults = ServingFaults()) -> Result:
     """Simulate the case's serving run on `cluster`; the row with the serving columns (or a skipped /
@@ -186,6 +204,9 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)
     if written is not None:
         extra["requests_file"] = written
+    timeline = write_timeline_file(backend.context.run_dir, case.name, backend.name, outcome)
+    if timeline is not None:
+        extra["timeline_file"] = timeline
     tokens_per_s = row["output_tokens_per_s"]
     return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
                        latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import Scenario
+from llmsim.costmodel import precision
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import LLMSimError, ScenarioError, format_key_path
@@ -111,6 +112,7 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             problem = cls.check_settings(point, catalog)
             if problem:
                 raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
+    check_fp8(scenario, registry, sweeps, catalog, file)
     if scenario.serving is not None:
         return _serving_cases(scenario, registry, backends, sweeps, file, scenario_dir)
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
@@ -123,12 +125,44 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                     point += (f" (backend '{name}' is not in the file's backends: it runs with its default "
                               f"settings, world size {cls.world_size(settings)}; configure backends.{name} or "
                               f"--set backends.{name}.KEY=VALUE)")
-                raise ScenarioError(file, f"strategies[{i}].{layout[0]}", layout[1] + point)
+                world = cls.describe_world(settings, catalog)
+                raise ScenarioError(file, f"strategies[{i}].{layout[0]}",
+                                    layout[1] + (f" ({world})" if world else "") + point)
+            problem = cls.check_layout(settings, layout, catalog)
+            if problem:
+                at = f" at {suffix[1:]}" if suffix else ""
+                key = f"backends.{name}.{problem[0]}" if problem[0] else f"strategies[{i}]"
+                raise ScenarioError(file, key, f"{problem[1]} (strategy {strategy.name!r} on backend '{name}'{at})")
             case = Case(scenario=scenario.name, name=strategy.name + suffix, workload=scenario.workload,
                         sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
                         seed=scenario.seed, scenario_dir=scenario_dir)
             planned.append(PlannedCase(cls, settings, case))
     return planned
+
+
+def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, list[tuple[str, BaseModel]]],
+              catalog: Catalog, file: str) -> None:
+    """A float8 workload needs FP8 tensor cores (and MX units for `mxfp8`: costmodel.precision.device_problem)
+    on at least one of the devices the scenario's backends name (`Backend.device`): when none has them the
+    scenario is refused, naming the key and the catalog devices that do; when some have them, the others'
+    rows are skipped with the reason (ModeledBackend.run). Backends that name no device (measured ones) skip
+    their float8 rows in any case (`_run_one`)."""
+    w = scenario.workload
+    if not precision.is_fp8(w):
+        return
+    devices = [d for name, points in sweeps.items() for _, point in points
+               if (d := registry.get(name).device(point, catalog)) is not None]
+    problems = [precision.device_problem(w, d) for d in devices]
+    if not devices or any(p is None for p in problems):
+        return
+    names = ", ".join(sorted({d.name for d in devices}))
+    capable = ", ".join(precision.capable_devices(w, catalog.devices.values())) or "none in the catalog"
+    mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but not for the recipe (mxfp8)
+    key = "workload.fp8.recipe" if mx else "workload.dtype"
+    what = "fp8 recipe mxfp8 needs MX block-scaled tensor cores (Blackwell)" if mx else \
+        "dtype float8 needs FP8 tensor cores"
+    raise ScenarioError(file, key, f"{what}; none of this scenario's hardware has them ({names}); "
+                                   f"hardware that does: {capable}")
 
 
 def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict[str, Any],
@@ -201,6 +235,16 @@ def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
     return planned.case.result(planned.backend, status=status, error=message)  # type: ignore[arg-type]
 
 
+def saved_scenario(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as a run folder keeps it (scenario.yaml): every default filled in, so that the file alone
+    reruns the run, except a serving scenario's `workload.mode`, which its request list sets and which
+    validation refuses when written (config.check_serving)."""
+    resolved = scenario.model_dump(mode="json")
+    if scenario.serving is not None and "mode" not in scenario.workload.model_fields_set:
+        resolved["workload"].pop("mode", None)
+    return resolved
+
+
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
                  scenario_dir: Path = Path("."), executor: Executor | None = None) -> RunOutcome:
@@ -214,7 +258,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     saved as they finish and put back in the planned order at the end, so the files do not depend on the
     executor. progress(k, n, case): a measured case as it starts, a modeled one as it finishes.
     """
-    resolved = scenario.model_dump(mode="json")
+    resolved = saved_scenario(scenario)
     if resume is not None:
         check_resumable(resume, resolved)
     run_dir = resume or new_run_dir(out, scenario.name)

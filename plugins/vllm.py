@@ -14,6 +14,7 @@ process, and `availability()` only looks for the package.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import sys
@@ -104,8 +105,8 @@ def unsupported(case: Case) -> str | None:
     if kind not in ("continuous", "chunked-prefill"):
         return (f"scheduler {kind!r} has no vLLM equivalent (vLLM schedules continuous or chunked-prefill "
                 f"iterations); model it with roofline / cluster")
-    if case.layout.tp * case.layout.pp > 1 or serving.spec.replicas > 1:
-        return "the vllm backend runs one replica on one device (tp 1, pp 1, replicas 1) so far"
+    if case.layout.tp * case.layout.pp > 1:
+        return "the vllm backend runs replicas of one device each (tp 1, pp 1) so far"
     if case.workload.dtype not in VLLM_DTYPES:
         return f"dtype {case.workload.dtype} is not run by vLLM's CPU backend (allowed: {', '.join(VLLM_DTYPES)})"
     if serving.spec.kv_block_tokens % CPU_BLOCK_MULTIPLE:
@@ -137,7 +138,8 @@ class VllmBackend(Backend):
         return vllm_command(self.python, model_dir, port, args)
 
     def run(self, case: Case, settings: VllmSettings) -> Result:
-        base: dict[str, Any] = dict(hardware="cpu-host", nodes=1, n_devices=1, dp=1, mode="serve")
+        replicas = case.serving.spec.replicas if case.serving is not None else 1
+        base: dict[str, Any] = dict(hardware="cpu-host", nodes=1, n_devices=replicas, dp=replicas, mode="serve")
         reason = unsupported(case)
         if reason:
             return case.result(self, status="skipped", error=reason, **base)
@@ -152,16 +154,23 @@ class VllmBackend(Backend):
         logs = Path(run_dir) / "engine" if run_dir is not None else Path(tempfile.gettempdir())
         with tempfile.TemporaryDirectory(prefix="llmsim-vllm-") as tmp:
             model_dir = write_checkpoint(Path(tmp) / "model", model, case.workload.dtype, case.sharing.tie_embeddings)
-            port = free_port()
-            log = logs / Path(requests_file_name(case.name, self.name)).with_suffix(".log").name
-            replay = Replay(f"http://127.0.0.1:{port}", SERVED_MODEL_NAME,
+            stem = Path(requests_file_name(case.name, self.name)).stem
+            ports, logs_of = [], []
+            for i in range(spec.replicas):   # one server per replica, each its own port, log and process group
+                ports.append(free_port(exclude=ports))
+                logs_of.append(logs / (f"{stem}.log" if spec.replicas == 1 else f"{stem}.replica{i}.log"))
+            log = logs_of[0]
+            replay = Replay([f"http://127.0.0.1:{port}" for port in ports], SERVED_MODEL_NAME,
                             lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
                             request_timeout_s=settings.request_timeout_s, run_timeout_s=settings.run_timeout_s,
-                            metrics_interval_s=settings.metrics_interval_s)
+                            metrics_interval_s=settings.metrics_interval_s, router=spec.router)
             started = time.perf_counter()
             try:
-                with ServerProcess(self.command(model_dir, port, args), port, log, env=args.env(),
-                                   startup_timeout_s=settings.startup_timeout_s):
+                # every server started is stopped on every way out (ExitStack unwinds the ones entered so far)
+                with contextlib.ExitStack() as servers:
+                    for port, path in zip(ports, logs_of):
+                        servers.enter_context(ServerProcess(self.command(model_dir, port, args), port, path,
+                                                            env=args.env(), startup_timeout_s=settings.startup_timeout_s))
                     start_s = time.perf_counter() - started
                     answers, metrics, wall = replay.run(requests)
             except EngineError as exc:
@@ -178,14 +187,16 @@ class VllmBackend(Backend):
                      engine_start_s=round(start_s, 3), replay_wall_s=round(wall, 3), vllm=vllm_version(),
                      kv_cache_bytes=args.kv_cache_bytes, enforce_eager=args.enforce_eager,
                      metrics_samples=metrics.samples, clock="perf_counter at the client",
-                     engine_log=str(log.relative_to(run_dir)) if run_dir is not None else str(log))
+                     engine_log=str(log.relative_to(run_dir)) if run_dir is not None else str(log),
+                     engine_logs=", ".join(str(p.relative_to(run_dir)) if run_dir is not None else str(p)
+                                           for p in logs_of))
         written = write_requests_file(run_dir, case.name, self.name, outcome)
         if written is not None:
             extra["requests_file"] = written
         tokens_per_s = row["output_tokens_per_s"]
         return case.result(self, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
                            latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,
-                           tokens_per_s_per_device=tokens_per_s)
+                           tokens_per_s_per_device=tokens_per_s / replicas if tokens_per_s else None)
 
 
 @hookimpl

@@ -187,18 +187,22 @@ INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "voca
         "output_len", "slices", "experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep",
         "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
-BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather"}
+BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
+         "compile"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
             "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
-CHOICES = {"recompute": ("none", "selective", "full"), "attention": ("flash", "fused-softmax", "math"),
+CHOICES = {"recompute": ("none", "selective", "selective-op", "full"), "attention": ("flash", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
            "schedule": ("gpipe", "1f1b", "interleaved")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
 # (config.Fp8Spec: recipe, saved_activations, param_all_gather).
 FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
+# Optional column of either table: the run was compiled (torch.compile); blank = the device's way
+# (costmodel.plan.Options.compile: TPU rows are XLA-compiled, GPU rows eager).
+COMPILE_COLUMNS = ("compile",)
 # Optional columns of either table (blank or absent = a dense model / the default): a mixture of experts
 # (workload.model.moe) and its expert parallelism, the pipeline schedule (training).
 MOE_COLUMNS = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
@@ -243,7 +247,8 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
-        for column in columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + (FP8_COLUMNS if kind == "training" else ()):
+        for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
+                       + (FP8_COLUMNS if kind == "training" else ())):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -333,7 +338,8 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
                     recompute=r["recompute"], **_moe_plan(r))
-        options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]))
+        options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]),
+                          compile=r.get("compile"))
         cluster = _cluster(r, catalog, r["devices_per_node"])
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
                         cluster, options)
@@ -364,7 +370,7 @@ def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         # The GPUs the row ran on, inside one node (every published row fits one 8-GPU node).
         cluster = _cluster(r, catalog, max(r["n_devices"], 1))
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan, cluster,
-                        Options(attention=r["attention"] or "flash"))
+                        Options(attention=r["attention"] or "flash", compile=r.get("compile")))
     return price
 
 

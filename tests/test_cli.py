@@ -176,3 +176,25 @@ def test_hardware_describes_cpu_host_as_this_machine(probed: bool, capsys, monke
     assert f"this machine ({cpu_model()})" in text
     assert ("│ 0.2 " in first_line) is probed and ("(none yet)" in text) is not probed
     assert "an estimate from another CPU: Intel ARK Xeon Platinum 8480+" in text
+
+
+@pytest.mark.parametrize("backend, strategy, batch, key, message", [
+    ({"topology": "3x5x7"}, {}, 256, "backends.roofline.topology", "3x5x7 (105 chips) is not a tpu-v5p slice; allowed: "),
+    ({"topology": "4x4x8", "mesh": {"qq": "z"}}, {}, 256, "backends.roofline.mesh.qq", "unknown mesh axis"),
+    ({"topology": "4x4x8", "mesh": {"tp": "x"}}, {"tp": 2}, 256, "backends.roofline.mesh.tp",
+     "dimensions 'x' hold 4 chips but tp = 2; allowed for tp = 2 on 4x4x8: no set of its whole dimensions "
+     "(strategy 's' on backend 'roofline')"),
+    ({"topology": "4x4x4", "nodes": 2}, {}, 64, "strategies[0].micro_batch",
+     "batch=64 is not divisible by dp*micro_batch = 128*1 (2 slices of tpu-v5p topology 4x4x4, 64 chips each)"),
+])
+def test_tpu_topology_and_mesh_errors_exit_2_at_validation(tmp_path: Path, capsys, backend: dict, strategy: dict,
+                                                            batch: int, key: str, message: str) -> None:
+    """Issue 19: these passed `validate` and became a skipped row per case."""
+    import yaml
+    path = tmp_path / "tpu.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tpu", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": batch},
+        "strategies": [{"name": "s", **strategy}], "backends": {"roofline": {"hardware": "tpu-v5p", **backend}}}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{path}: {key}: {message}" in err, err

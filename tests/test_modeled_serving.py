@@ -206,3 +206,13 @@ def test_a_degraded_link_slows_the_collectives_of_its_replica_only(tmp_path: Pat
     tpot = _mean_tpot_by_replica(run_dir, rows)
     assert tpot["cluster"]["0"] == pytest.approx(tpot["roofline"]["0"], rel=1e-9)
     assert tpot["cluster"]["1"] > 1.2 * tpot["roofline"]["1"]
+
+
+def test_a_serving_runs_saved_scenario_loads_and_reruns(tmp_path: Path) -> None:
+    # scenario.yaml must rerun the run it belongs to; a serving one had the default `mode: train` written into
+    # it, which validation then refused ("'train' cannot be served").
+    from llmsim.config import load_scenario
+    run_dir, rows = _run(tmp_path, _scenario())
+    saved = load_scenario(run_dir / "scenario.yaml")
+    assert saved.serving is not None and "mode" not in saved.workload.model_fields_set
+    assert saved.model_dump() == parse_scenario(_scenario(), "serve.yaml").model_dump()

@@ -13,6 +13,8 @@ One job per module:
                 pure, no llmsim imports (not named fit.py: the submodule would be shadowed by `fit`)
   model         the parameters, the prediction with the cost model, `calibrate`, the catalog entry
   report        the table and the catalog file as text (the CLI prints and writes them)
+  serving       from measured serving rows (the vllm backend's): the serving iteration's matmul efficiency,
+                memory bandwidth and kernel latency, fitted by replaying the rows in the serving simulation
 This module is the public API only.
 """
 
@@ -20,6 +22,8 @@ from llmsim.calibrate.optimiser import fit
 from llmsim.calibrate.model import BOUNDS, Calibration, CaseFit, calibrate, plan_for
 from llmsim.calibrate.observations import CalibrationError, Observation, read_observations
 from llmsim.calibrate.report import catalog_file, format_table, underdetermined_warning
+from llmsim.calibrate.serving import calibrate_serving, read_serving_observations
 
 __all__ = ["BOUNDS", "Calibration", "CalibrationError", "CaseFit", "Observation", "calibrate", "catalog_file",
-           "fit", "format_table", "plan_for", "read_observations", "underdetermined_warning"]
+           "calibrate_serving", "fit", "format_table", "plan_for", "read_observations", "read_serving_observations",
+           "underdetermined_warning"]

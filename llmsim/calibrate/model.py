@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class Calibration:
     cases: list[CaseFit]            # after the fit
     before: list[CaseFit]           # with the defaults the fit started from
     parameters: int = len(BOUNDS)   # fitted: matmul and attention efficiency, memory bandwidth, per-op cost
+    kind: str = "step"              # step (step times of measured rows) | serving (llmsim.calibrate.serving)
+    checks: list[CaseFit] = field(default_factory=list)   # modeled vs measured figures not fitted (serving p99s)
 
     @property
     def median_abs_error(self) -> float:

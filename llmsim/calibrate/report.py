@@ -19,15 +19,24 @@ def format_table(result: Calibration) -> str:
         lines.append(f"{a.case[:27]:<28}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
                      f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
     eff = result.entry["efficiency"]
-    bounded = " (within the probes)" if "probes" in eff["source"] else ""
-    lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory bandwidth "
-                 f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['op_overhead_s'] * 1e6:.1f} us "
-                 f"per operator; median |error| {result.median_abs_error:.1%}")
+    if result.kind == "serving":
+        lines.append(f"fitted to the serving rows: matmul {eff['matmul']:.3f}, memory bandwidth "
+                     f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['kernel_latency_s'] * 1e6:.2f} us "
+                     f"per kernel (attention {eff['attention']:.3f} kept); median |error| {result.median_abs_error:.1%}")
+    else:
+        bounded = " (within the probes)" if "probes" in eff["source"] else ""
+        lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory "
+                     f"bandwidth {result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, "
+                     f"{eff['op_overhead_s'] * 1e6:.1f} us per operator; median |error| {result.median_abs_error:.1%}")
     worst = max(result.cases, key=lambda c: abs(c.error))
     dof = len(result.cases) - result.parameters
     lines.append(f"residuals after the fit: RMS of log(modeled/measured) {result.rms_log_residual:.3f}, worst "
-                 f"{worst.error:+.1%} ({worst.case}); {count(len(result.cases), 'case')} for "
+                 f"{worst.error:+.1%} ({worst.case}); {count(len(result.cases), 'median' if result.kind == 'serving' else 'case')} for "
                  f"{result.parameters} parameters" + (f", {count(dof, 'degree')} of freedom" if dof > 0 else ""))
+    if result.checks:
+        lines.append("not fitted, as a check (modeled vs measured after the fit):")
+        for c in result.checks:
+            lines.append(f"{c.case[:27]:<28}{c.mode:<9}{c.measured_s:>12.4g}{'':>20}{c.modeled_s:>12.4g}{c.error:>+8.1%}")
     return "\n".join(lines)
 
 

@@ -38,7 +38,20 @@ The attention kernel (Options.attention):
 Recomputation (Plan.recompute): `selective` checkpoints the core attention (Megatron-LM
 `recompute_granularity=selective`): its inputs Q, K, V are kept, everything else it saved is recomputed
 during the backward; `full` keeps only each layer's input and rebuilds the layer's whole set during its
-backward.
+backward. `selective-op` is torchtitan's op-level selective activation checkpointing
+(`activation_checkpoint.mode = "selective"`, `selective_ac_option = "op"`; torchtitan 9dec370
+torchtitan/parallelisms/parallelize_llama.py `_save_list` and `_custom_policy`, unchanged at 820504e in
+torchtitan/models/llama3/parallelize_llama.py): each block runs under torch.utils.checkpoint with a policy
+that caches the outputs of `aten.mm` (except every second one: the 2nd, 4th, ... mm of the block),
+`_scaled_dot_product_flash_attention` / `_efficient_attention`, `_c10d_functional.reduce_scatter_tensor`
+and `max` (abs/max: FP8 scales, scalars, left out), and recomputes every other op in the backward. The
+block's mm order is torchtitan's Llama (models/llama/model.py: wq, wk, wv, then wo; FeedForward
+w2(silu(w1(x)) * w3(x)): w1, w3, w2), so `OP_SAC_ORDER` q k v o gate up down (GELU: q k v o up down)
+keeps q, v, gate, down (GELU: q, v, up) and recomputes k, o, up (GELU: k, o, down). Kept: the block's
+input (the checkpoint's input), those outputs (a row-parallel projection's output is the partial sum over
+tensor parallelism, h per token on every rank, whole), the flash kernel's outputs (O, logsumexp, RNG state)
+and, with sequence parallelism, the reduce-scatters' outputs after wo and w2 (h per token, sequence
+split). While one layer's backward runs, its recomputed forward rebuilds what `none` keeps.
 
 Splits over tensor parallelism t (Shoeybi et al. 2019, Megatron-LM): `tensor` tensors lie inside the
 column/row-parallel region and divide by t; `kv` tensors divide by min(t, g) (a rank keeps a whole KV head
@@ -74,7 +87,7 @@ if TYPE_CHECKING:
 
 Split = Literal["sequence", "tensor", "kv", "whole"]
 Per = Literal["token", "position", "layer"]
-Recompute = Literal["none", "selective", "full"]
+Recompute = Literal["none", "selective", "selective-op", "full"]
 
 # Normalization statistics, flash attention's logsumexp and the loss's log-probabilities are fp32 whatever the
 # workload dtype (aten native_layer_norm / _fused_rms_norm return them in the accumulate type; FlashAttention-2's
@@ -90,6 +103,12 @@ INDEX_BYTES = 8
 # Flash attention with dropout keeps the Philox seed and offset instead of a mask: two 8-byte integers
 # (PyTorch _scaled_dot_product_flash_attention's philox_seed and philox_offset; FlashAttention-2's rng_state).
 RNG_STATE_BYTES = 2 * 8
+# torchtitan's Llama block issues its linear projections as separate aten.mm calls in this order (wq, wk, wv,
+# wo; w1 = gate, w3 = up, w2 = down), and its op-level SAC policy keeps the 1st, 3rd, 5th, ... of them
+# (parallelize_llama.py `_custom_policy`: `to_save = func in _save_list and not (func == mm and count % 2 == 0)`
+# with the count incremented before the test). A GELU MLP (up = fc, down = proj) has one mm fewer.
+OP_SAC_ORDER_GATED = ("q", "k", "v", "o", "gate", "up", "down")
+OP_SAC_ORDER_PLAIN = ("q", "k", "v", "o", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -218,14 +237,54 @@ def _unique(saves: list[Save]) -> tuple[SavedTensor, ...]:
     return tuple(seen.values())
 
 
+def op_sac_projections(spec: "ModelSpec") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(kept, recomputed) linear projections of one block under torchtitan's op-level SAC (`selective-op`),
+    each in block order: the odd-numbered mm calls of `OP_SAC_ORDER_*` are kept, the even ones recomputed."""
+    order = OP_SAC_ORDER_GATED if spec.activation in ("swiglu", "geglu") else OP_SAC_ORDER_PLAIN
+    return order[0::2], order[1::2]
+
+
+def op_sac_inventory(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
+                     reduce_scatters: bool = False) -> tuple[SavedTensor, ...]:
+    """What one block keeps under torchtitan's op-level SAC (module docstring): its input, the kept mm
+    outputs, the flash kernel's outputs and, when `reduce_scatters` (tp > 1 with sequence parallelism), the
+    two reduce-scatters' outputs. Per token, e = dtype_bytes: h + a d (q) + g d (v) + a d (O) + f (gate; GELU:
+    f of the fc) + h (down; GELU: none) elements of e bytes, a fp32 logsumexp, + 2 h with the reduce-scatters.
+    A kernel other than flash keeps no attention output (only the SDPA flash/efficient ops are cached)."""
+    e, h = dtype_bytes, spec.hidden
+    a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
+    f = mlp_width(spec)
+    outputs = {"q": SavedTensor("q.proj_output", a * d, e, "tensor"),
+               "k": SavedTensor("k.proj_output", g * d, e, "kv"),
+               "v": SavedTensor("v", g * d, e, "kv"),  # V is not rotated: the tensor the kernel keeps
+               "o": SavedTensor("o.partial_output", h, e, "whole"),
+               "gate": SavedTensor("gate.output", f, e, "tensor"),
+               "up": SavedTensor("up.output", f, e, "tensor"),
+               "down": SavedTensor("down.partial_output", h, e, "whole")}
+    kept, _ = op_sac_projections(spec)
+    items = [SavedTensor("layer.input", h, e, "sequence")] + [outputs[p] for p in kept]
+    if kernel == "flash":
+        items += [t.tensor for t in _core_saves(spec, kernel, e) if t.tensor.name.startswith("attn.")]
+    if reduce_scatters:
+        items += [SavedTensor("o.reduce_scatter_output", h, e, "sequence"),
+                  SavedTensor("down.reduce_scatter_output", h, e, "sequence")]
+    return tuple(items)
+
+
 def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,
-                    lora: "LoraSpec | None" = None, fp8_inputs: bool = False) -> tuple[SavedTensor, ...]:
+                    lora: "LoraSpec | None" = None, fp8_inputs: bool = False,
+                    reduce_scatters: bool = False) -> tuple[SavedTensor, ...]:
     """The tensors one layer holds between its forward and its backward under `recompute`.
 
     none: every saved tensor. selective: the core attention's own saves are dropped and its checkpointed
     inputs Q, K, V kept (Megatron-LM `CheckpointFunction` over the core attention). full: the layer input
-    only (each layer checkpointed whole, Megatron-LM `recompute_granularity=full`).
+    only (each layer checkpointed whole, Megatron-LM `recompute_granularity=full`). selective-op:
+    `op_sac_inventory` (torchtitan's op-level SAC; `reduce_scatters` = tp > 1 with sequence parallelism;
+    it keeps op outputs, not the ops' own saves, so FP8 inputs change nothing; LoRA adapters' own small mm
+    calls, which would shift the count, are not modeled).
     """
+    if recompute == "selective-op":
+        return op_sac_inventory(spec, kernel, dtype_bytes, reduce_scatters)
     saves = layer_saves(spec, kernel, dtype_bytes, lora, fp8_inputs)
     if recompute == "full":
         return (saves[0].tensor,)

@@ -87,6 +87,9 @@ class Phase:
     tier: Tier
     nbytes: float
     latency_s: float
+    # On a TPU torus: the dimension (0 = x) whose links carry this phase (costmodel.torus); each dimension
+    # has its own links, so the cluster simulation gives each its own port. None: the tier's one port.
+    link: int | None = None
 
     def time(self, ch: Channel) -> float:
         """Seconds on an uncontended port of channel `ch`."""
@@ -106,7 +109,7 @@ def repeat(phases: Phases, k: int) -> Phases:
     """k identical collectives back to back, merged phase-wise: the same time alone, fewer simulated events."""
     if k <= 0 or not phases:
         return NO_PHASES
-    return tuple(Phase(ph.tier, ph.nbytes * k, ph.latency_s * k) for ph in phases) if k > 1 else phases
+    return tuple(Phase(ph.tier, ph.nbytes * k, ph.latency_s * k, ph.link) for ph in phases) if k > 1 else phases
 
 
 def ring_bytes_per_rank(op: Op, size: float, p: int) -> float:

@@ -25,7 +25,8 @@ import numpy as np
 from llmsim.costmodel import precision
 from llmsim.costmodel.arrays import Num, is_array
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
-from llmsim.costmodel.gemms import linear_shapes as _linear_shapes
+from llmsim.costmodel.activations import op_sac_projections
+from llmsim.costmodel.gemms import linear_shapes as _linear_shapes, mlp_width
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class _Zero:
     bytes: float = 0.0
     count: int = 0
 
+    def traffic(self, compiled: bool) -> float:
+        return 0.0
+
 
 _NONE = _Zero()
 
@@ -99,6 +103,7 @@ class Rates:
     efficiency: Efficiency
     compute_units: int | None = None
     gemm: "Rates | None" = None  # float8: the rates the layers' GEMMs run at (the FP8 peak); None = these
+    compiled: bool = False       # the device runs compiled programs only (DeviceSpec.compiled: TPU/XLA)
 
     @property
     def sustained_flops(self) -> float:
@@ -145,7 +150,24 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
         raise CostModelError(f"device {device.name!r} has no memory bandwidth in the catalog "
                              f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
-                 compute_units=device.compute_units)
+                 compute_units=device.compute_units, compiled=device.compiled)
+
+
+# What `compile: true` compiles on an eagerly-run device: the Transformer blocks, one torch.compile per block,
+# as torchtitan's apply_compile does ("Apply torch.compile to each TransformerBlock, which makes compilation
+# efficient due to repeated structure", pytorch/torchtitan@004b3148 torchtitan/parallelisms/parallelize_llama.py);
+# the embedding, final norm, LM head and loss stay eager. A compiled-only device (XLA on TPU: jax.jit of the whole train step) fuses every region.
+COMPILED_REGIONS = ("layers", "experts")
+
+
+def runs_compiled(options: Options, rates: Rates, region: str) -> bool:
+    """Whether `region`'s elementwise ops run fused: everywhere on a compiled-only device (unless
+    Options.compile is False), in the Transformer blocks (COMPILED_REGIONS) with Options.compile True."""
+    if options.compile is None:
+        return rates.compiled
+    if options.compile and not rates.compiled:
+        return region in COMPILED_REGIONS
+    return options.compile
 
 
 def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: bool = False) -> float:
@@ -185,6 +207,25 @@ def layer_gemm_shares(workload: "Workload", plan: Plan) -> tuple[float, float, f
     weights = [k * n for k, n in _linear_shapes(workload, plan)]
     total = sum(weights)
     return tuple(w / total for w in weights)  # type: ignore[return-value]
+
+
+def op_sac_recomputed_share(workload: "Workload", plan: Plan) -> float:
+    """Share of a layer's forward GEMM FLOPs on one tensor-parallel rank that torchtitan's op-level SAC
+    (`recompute: selective-op`) runs again in the backward: the projections activations.op_sac_projections
+    recomputes (k, o, up; GELU: k, o, down), each in x out (2 FLOPs per weight per token, the tokens
+    cancel). Llama 3 8B (h 4096, 8 KV heads of 128, f 14336): (4096 x 1024 + 4096 x 4096 + 4096 x 14336)
+    / (2 x 4096 x 4096 + 2 x 4096 x 1024 + 3 x 4096 x 14336) = 0.365."""
+    spec = workload.model
+    tp = plan.tp
+    kv = spec.kv_heads or spec.heads
+    kv_width = (kv // tp if tp <= kv else 1) * spec.head_width
+    ffn = mlp_width(spec) // tp
+    weights = {"q": spec.hidden * spec.heads // tp * spec.head_width, "k": spec.hidden * kv_width,
+               "v": spec.hidden * kv_width, "o": spec.attention_width // tp * spec.hidden,
+               "gate": spec.hidden * ffn, "up": spec.hidden * ffn, "down": ffn * spec.hidden}
+    kept, recomputed = op_sac_projections(spec)
+    total = sum(weights[p] for p in kept + recomputed)
+    return sum(weights[p] for p in recomputed) / total if total else 0.0
 
 
 def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> tuple[float, float]:
@@ -345,7 +386,7 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
     gemm_rates = rates.gemm if (rates.gemm is not None and region == "layers") else rates
     matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
-    other = rates.memory_time(ot.bytes * share)
+    other = rates.memory_time(ot.traffic(runs_compiled(options, rates, region)) * share)
     if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
         # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes
         casts = precision.activation_cast_bytes(workload, plan, phase, tokens) * layers_here
@@ -371,9 +412,11 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
                             rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps)))
         elif options.attention == "flash":
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
+            fraction = rates.efficiency.attention
             if backward:
                 flops *= FLASH_BACKWARD_FLOP_RATIO
-            attention = flops / (rates.sustained_flops * rates.efficiency.attention)
+                fraction = rates.efficiency.attention_backward or fraction
+            attention = flops / (rates.sustained_flops * fraction)
         else:  # fused-softmax
             heads_local = spec.heads / plan.tp
             matrix = plan.micro_batch * heads_local * (spec.seq_len / plan.cp) * spec.seq_len * elem

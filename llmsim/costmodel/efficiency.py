@@ -40,6 +40,17 @@ DEFAULT_MATMUL = MAMF_H100_SXM
 # end, 0.50, for forward and backward alike.
 FLASH_ATTENTION_A100 = 0.50
 DEFAULT_ATTENTION = FLASH_ATTENTION_A100
+# On H100 the same FlashAttention-2 kernel reaches much less of the (3x larger) peak. FlashAttention-3
+# (Shah et al. 2024, arXiv:2407.08608, Fig. 5 and 6: H100 80GB SXM5, bf16, batch x seq = 16k tokens, 16 heads
+# of 128) measures FA2 at head dim 128 and sequence 8k: forward with causal mask 333 TFLOP/s, backward
+# 318 TFLOP/s (the paper plots the backward without causal mask only), of the 989 TFLOP/s datasheet peak;
+# its abstract: "FlashAttention-2 achieving only 35% utilization on H100". These are the kernel torch's SDPA
+# runs on Hopper in the training rows: `_scaled_dot_product_flash_attention` is FlashAttention-2 (vendored in
+# aten/src/ATen/native/transformers/cuda/flash_attn), and cuDNN attention has been opt-in since torch 2.5.1
+# (pytorch/pytorch#138522: the lowest priority in sdp_utils.cpp's order; torchtitan 820504e/e7c0cae
+# models/attention.py put CUDNN_ATTENTION first only on compute capability 10.0, B200).
+FLASH_ATTENTION2_H100_FORWARD = 333 / 989.4
+FLASH_ATTENTION2_H100_BACKWARD = 318 / 989.4
 
 # Streaming kernels reach about 88% of HBM bandwidth: 1.80 of 2.04 TB/s on A100 80GB SXM, confirmed by
 # Nsight Compute, with "around 90%" the best of any kernel in NVIDIA's GTC 2025 memory talk (NVIDIA
@@ -66,7 +77,8 @@ class Efficiency(BaseModel):
 
     `matmul` is the large-GEMM fraction of the dtype's peak FLOP/s at the best shape (MAMF); the cost
     model multiplies it by the wave quantization of the actual GEMM shapes when the device declares
-    `compute_units`. `attention` is the fraction a fused attention kernel reaches. `memory` is the
+    `compute_units`. `attention` is the fraction a fused attention kernel reaches (forward, and backward
+    unless `attention_backward` gives the backward kernel's own). `memory` is the
     fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches. `op_overhead_s` is a
     fixed cost per operator (Python and dispatcher time in eager PyTorch): it adds up when the host runs
     the ops itself (CPU) and hides behind queued kernels on an accelerator, hence 0 by default; the
@@ -81,6 +93,8 @@ class Efficiency(BaseModel):
 
     matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
+    attention_backward: float | None = Field(None, gt=0, le=1, description="fused attention backward's fraction "
+                                             "of peak FLOP/s; None = the same as `attention`")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
     matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
                                         "peak (FP8 MAMF); None = the same fraction as `matmul`")

@@ -303,16 +303,24 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     The layer's saved-tensor inventory (costmodel.activations.layer_inventory) for the attention kernel
     `options.attention` and `plan.recompute`, sized for `plan.micro_batch` sequences and split over
     plan.tp / sp / cp. Full recomputation keeps each layer's input and, while one layer is recomputed,
-    that layer's whole inventory (the second number; 0 otherwise).
+    that layer's whole inventory (the second number; 0 otherwise); op-level selective recomputation
+    (`selective-op`) keeps its op outputs and, while one layer is recomputed, the rest of that layer's
+    inventory (the tensors of `none` it does not already keep).
     """
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saves_fp8_inputs(workload)
-    kept = inventory_bytes(layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8),
-                           spec, plan) + moe.expert_activation_bytes(workload, plan)
-    if plan.recompute != "full":
+    items = layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8,
+                            reduce_scatters=plan.sp and plan.tp > 1)
+    kept = inventory_bytes(items, spec, plan) + moe.expert_activation_bytes(workload, plan)
+    if plan.recompute not in ("full", "selective-op"):
         return kept, 0.0
-    working = (inventory_bytes(layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8), spec, plan)
-               + moe.expert_activation_bytes(workload, replace(plan, recompute="none")))
+    rebuilt = layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8)
+    if plan.recompute == "selective-op":  # what the recomputation rebuilds beside what the layer already keeps
+        names = {t.name for t in items}
+        rebuilt = tuple(t for t in rebuilt if t.name not in names)
+    # selective-op: the routed experts keep what they keep without recomputation (moe.expert_activation_bytes)
+    working = inventory_bytes(rebuilt, spec, plan) + (
+        moe.expert_activation_bytes(workload, replace(plan, recompute="none")) if plan.recompute == "full" else 0.0)
     return kept, working
 
 
@@ -369,7 +377,7 @@ class StageMemoryTerms:
     state_bytes: int            # Adam state bytes per trainable parameter
     zero3_params: float         # zero3_unit_bytes: what ZeRO-3 (dp > 1) gathers unsharded
     zero3_grads: float
-    fp8_copy: float             # FP8 weight copies (plan's ZeRO: only for float8 workloads)
+    fp8_copy: float             # FP8 weight copies, unsharded (ZeRO-3 shards them: stage_memory; float8 only)
     layers: int                 # layers of the stage
     per_layer_activation: float  # bytes one layer keeps per micro-batch
     working: float              # full recompute's working set of one layer
@@ -383,7 +391,7 @@ class StageMemoryTerms:
 def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                        options: Options, stage: Stage, activations: bool = True) -> StageMemoryTerms:
     """The terms of one stage's memory that neither the ZeRO stage, dp nor the micro-batch count change
-    (except `fp8_copy`, which follows the plan's ZeRO stage, and inference's `kv_cache`, which follows dp).
+    (except inference's `kv_cache`, which follows dp).
     `activations` False leaves the activation terms at 0 (the planner's lower bound of a group)."""
     kind, index = stage_of(plan, stage)
     elem = DTYPE_BYTES[workload.dtype]
@@ -397,10 +405,10 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     layers_here = layers_per_device(workload.model.layers, plan, index)
     fp8_copy = 0.0
     if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
-        # ZeRO-3: the copies are made from the gathered weights and sharded like them (torchao float8 FSDP2)
-        gemm_params = (layers_here * precision.layer_gemm_params(workload, plan)
-                       / (plan.zero_dp if plan.zero >= 3 else 1))
-        fp8_copy = precision.fp8_weight_copy_bytes(workload, gemm_params)
+        # ZeRO-3 shards them like the weights (stage_memory): they are made from the gathered weights
+        # (torchao float8 FSDP2)
+        fp8_copy = precision.fp8_weight_copy_bytes(workload,
+                                                   layers_here * precision.layer_gemm_params(workload, plan))
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
     per_layer = working = edge = kv = 0.0
@@ -426,11 +434,11 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
 
     ZeRO-1 divides the optimizer state, ZeRO-2 also the gradients, ZeRO-3 also the parameters, and ZeRO-3
     with dp > 1 adds the units it gathers whole (`zero3_gathered`). Activations: `held` micro-batches of
-    the stage's layers and edges, plus one layer's working set under full recomputation. Routed experts are
+    the stage's layers and edges, plus one layer's working set under full or op-level selective recomputation. Routed experts are
     sharded by ZeRO over the `edp` ranks of their expert-data-parallel group instead (moe.expert_memory)."""
     gathered = (zero >= 3) & (dp > 1) if is_array(zero, dp) else zero >= 3 and dp > 1
-    params = (t.params * t.elem / pick(zero >= 3, zero_dp, 1) + pick(gathered, t.zero3_params, 0.0)
-              + t.fp8_copy)
+    params = ((t.params * t.elem + t.fp8_copy) / pick(zero >= 3, zero_dp, 1)
+              + pick(gathered, t.zero3_params, 0.0))
     grads = optimizer = activations = 0.0
     if t.train:
         grads = t.trainable * t.grad_elem / pick(zero >= 2, zero_dp, 1) + pick(gathered, t.zero3_grads, 0.0)

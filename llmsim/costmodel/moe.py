@@ -301,10 +301,11 @@ class ExpertTokenCosts:
 
 
 def expert_token_costs(profile: "WorkloadProfile", workload: "Workload", phase: str, tokens: float,
-                       steps: int = 1) -> ExpertTokenCosts:
+                       steps: int = 1, compiled: bool = False) -> ExpertTokenCosts:
     """Per-token expert costs of `phase` in a profile whose traced pass(es) ran `tokens` tokens over `steps`
     decode steps (the weights of every expert, read once per traced pass and MoE layer, are taken out of
-    the GEMM bytes: `experts_time` puts the rank's own back)."""
+    the GEMM bytes: `experts_time` puts the rank's own back). `compiled`: the elementwise bytes fused
+    (OpTotals.traffic)."""
     spec = workload.model
     moe = spec.moe
     moe_layers = getattr(profile, "moe_layers", 0)
@@ -321,7 +322,7 @@ def expert_token_costs(profile: "WorkloadProfile", workload: "Workload", phase: 
     count = (mm.count if mm is not None else 0) + (ot.count if ot is not None else 0)
     return ExpertTokenCosts(mm_flops=(mm.flops if mm is not None else 0.0) / tokens,
                             mm_bytes=max((mm.bytes if mm is not None else 0.0) - traced_weights, 0.0) / tokens,
-                            other_bytes=(ot.bytes if ot is not None else 0.0) / tokens,
+                            other_bytes=(ot.traffic(compiled) if ot is not None else 0.0) / tokens,
                             ops_per_layer=count / moe_layers / steps)
 
 
@@ -366,13 +367,13 @@ def experts_time(workload: "Workload", plan: "Plan", rates: Rates, costs: Expert
 
 
 def experts_layer_time(profile: "WorkloadProfile", workload: "Workload", plan: "Plan", rates: Rates, phase: str,
-                       steps: int = 1) -> float:
+                       steps: int = 1, compiled: bool = False) -> float:
     """`experts_time` of one micro-batch of a traced phase (train forward/backward, prefill, one decode step
     of the `steps` traced): the profile's per-token expert costs, the micro-batch's tokens."""
     spec = workload.model
     decode = phase == "decode"
     traced_tokens = profile.batch * (steps if decode else profile.seq_len)
-    costs = expert_token_costs(profile, workload, phase, traced_tokens, steps)
+    costs = expert_token_costs(profile, workload, phase, traced_tokens, steps, compiled)
     tokens = plan.micro_batch * (1 if decode else spec.seq_len)
     trainable = profile.trainable_params > 0.5 * profile.params
     return experts_time(workload, plan, rates, costs, tokens, getattr(profile, "moe_layers", 0), phase, trainable)

@@ -42,7 +42,7 @@ class Plan:
     sp: bool = False
     zero: int = 0
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
-    recompute: Literal["none", "selective", "full"] = "none"
+    recompute: Literal["none", "selective", "selective-op", "full"] = "none"
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = False
     tp_comm_overlap: bool = False
@@ -147,8 +147,13 @@ class Options:
       gradients, PyTorch DDP/FSDP defaults).
     p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
       over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
+    compile: the model runs compiled (torch.compile's Inductor, XLA): the elementwise ops between two GEMMs
+      fuse and move only the bytes that cross the fused region (workload.profile._FusionTracker,
+      OpTotals.fused_bytes) instead of eager PyTorch's per-op reads and writes. None = the device's way
+      (DeviceSpec.compiled: TPUs always run XLA programs; GPUs and CPU hosts run eagerly).
     """
 
     attention: AttentionKernel = "flash"
     main_grads_fp32: bool = False
+    compile: bool | None = None
     p2p_scatter_gather: bool = True

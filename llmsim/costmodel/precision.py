@@ -27,6 +27,12 @@ arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; T
 * `saved_activations: bfloat16` (torchao) keeps the bf16 input and casts it again in the backward;
   `float8` (TE) keeps the FP8 copy (costmodel.activations sizes the saved linear inputs at 1 byte).
 * `param_all_gather` (torchao float8 FSDP2): ZeRO-3 all-gathers the GEMM weights in FP8, 1 byte each.
+* Transformer Engine fuses the cast of a GEMM input into the kernel that produces it where it can (the norm of
+  LayerNormLinear / LayerNormMLP, the MLP activation, the dgelu of the backward): `fused_inputs`,
+  `fused_cast_bytes_per_element`.
+* delayed scaling's amax all-reduce and history update once per pass of a micro-batch
+  (`delayed_amax_buffer_bytes`, `amax_history_update_bytes`; priced by costmodel.work), and current scaling's
+  per-tensor amax all-reduce over tp for the tensors sequence parallelism gathers in FP8 (`sp_amax_reductions`).
 
 Inference keeps the weights in FP8 (vLLM/TensorRT-LLM FP8 checkpoints): the GEMMs read 1 byte per weight.
 """
@@ -39,8 +45,11 @@ from llmsim.costmodel.gemms import linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from llmsim.config import Workload
     from llmsim.costmodel.plan import Plan
+    from llmsim.hardware import DeviceSpec
 
 FP8_BYTES = 1                 # E4M3 / E5M2 (Micikevicius et al. 2022)
 HIGH_BYTES = 2                # the bf16 the casts read
@@ -48,10 +57,57 @@ MX_BLOCK = 32                 # elements per shared scale (OCP MX v1.0, Sec. 5.3
 MX_SCALE_BYTES = 1            # E8M0 scale
 TRAINING_COPIES = 2           # row-wise + column-wise FP8 copy of each operand (see module docstring)
 INFERENCE_COPIES = 1
+# Transformer Engine's fused casts (fused_inputs): which layer GEMMs' forward inputs come out of the kernel
+# before them quantized (QKV: LayerNormLinear's norm; attention out: no; MLP up: LayerNormMLP's norm; MLP down:
+# the activation), and the activations with a dbias+dact+quantize backward kernel (layernorm_mlp.py
+# `_get_act_func_supported_list`: gelu, qgelu, relu, srelu, silu for delayed and mxfp8; llmsim's gelu).
+FUSED_FORWARD_INPUTS = (True, False, True, True)
+TE_FUSED_DACT = frozenset({"gelu"})
+# Delayed scaling's per-pass amax bookkeeping (Transformer Engine): each FP8 module keeps an fp32 amax history
+# of amax_history_len entries per FP8 tensor (transformer_engine/common/recipe DelayedScaling:
+# amax_history_len = 1024, reduce_amax = True), 3 tensors per GEMM in the forward (input, weight, output) and
+# 2 in the backward (grad output, grad input) (module/base.py: num_gemms * 3 if fwd else num_gemms * 2).
+AMAX_BYTES = 4
+AMAX_HISTORY_LEN = 1024
+AMAX_TENSORS_PER_GEMM = {"forward": 3, "backward": 2}
+GEMMS_PER_LAYER = 4           # QKV, attention out, MLP up, MLP down (gemms.linear_shapes)
+# Current scaling with sequence parallelism: the inputs all-gathered in FP8 take one amax all-reduce over tp
+# each, per layer: forward the column-parallel inputs (QKV, MLP up), backward the row-parallel grad outputs
+# (attention out, MLP down) (linear.py / layernorm_linear.py / layernorm_mlp.py set_quantizer_amax_reduction_group).
+SP_AMAX_REDUCTIONS_PER_LAYER = 2
 
 
 def is_fp8(workload: "Workload") -> bool:
     return workload.dtype == "float8"
+
+
+def device_problem(workload: "Workload", device: "DeviceSpec") -> str | None:
+    """Why `device` cannot run this workload's FP8 GEMMs (None: it can, or the workload is not float8).
+
+    FP8 needs FP8 tensor cores, i.e. a catalog float8 peak (H100 and later, CDNA3, TPU v6e and later; not A100,
+    TPU v4/v5e). The `mxfp8` recipe also needs MX block-scaled tensor cores (`DeviceSpec.microscaling`:
+    Blackwell, SM 10.0+; Transformer Engine docs, "MXFP8": "native hardware acceleration on Blackwell GPUs")."""
+    if not is_fp8(workload):
+        return None
+    if not device.peak_flops.get("float8"):
+        return f"device {device.name!r} has no FP8 tensor cores (no float8 peak FLOP/s in the catalog)"
+    assert workload.fp8 is not None
+    if workload.fp8.recipe == "mxfp8" and not device.microscaling:
+        return (f"fp8 recipe mxfp8 needs MX block-scaled tensor cores (Blackwell, SM 10.0+); device "
+                f"{device.name!r} has none (its recipes: delayed, current)")
+    return None
+
+
+def capable_devices(workload: "Workload", devices: "Iterable[DeviceSpec]") -> list[str]:
+    """The names of `devices` that can run this workload's FP8 GEMMs (device_problem is None)."""
+    return [d.name for d in devices if d.peak_flops and device_problem(workload, d) is None]
+
+
+def default_recipe(device: "DeviceSpec") -> str:
+    """The FP8 recipe a framework picks on `device` when the user names none: MXFP8 where the tensor cores
+    take MX operands, else delayed scaling (Transformer Engine 2.x, `get_default_fp8_recipe`,
+    transformer_engine/pytorch/fp8.py: MXFP8BlockScaling when check_mxfp8_support(), else DelayedScaling)."""
+    return "mxfp8" if device.microscaling else "delayed"
 
 
 def copies(workload: "Workload") -> int:
@@ -68,23 +124,88 @@ def cast_bytes_per_element(workload: "Workload") -> float:
     return HIGH_BYTES + out + amax
 
 
+def fused_cast_bytes_per_element(workload: "Workload") -> float:
+    """Bytes a cast fused into the kernel that produces its input moves per element, beyond that kernel's own.
+
+    delayed / mxfp8 (TE's FULLY_FUSED norm and activation kernels, normalization.cpp / activation.cpp): the
+    producer writes the FP8 copies in place of its bf16 output, so no read of it and no more than the bytes it
+    wrote (n copies of 1 byte, + MX scales, against 2): max(n + scales - 2, 0). current (FUSED_NORM_AMAX_FP8,
+    FUSED_ACTIVATION_AMAX_FP8): the producer writes bf16 and its amax in one pass, then one quantize pass
+    reads the bf16 once and writes the copies: the separate amax read is gone."""
+    assert workload.fp8 is not None
+    n = copies(workload)
+    out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
+    if workload.fp8.recipe == "current":
+        return HIGH_BYTES + out
+    return max(out - HIGH_BYTES, 0.0)
+
+
+def fused_inputs(workload: "Workload", phase: str) -> tuple[bool, ...]:
+    """Per layer GEMM (linear_shapes order: QKV, attention out, MLP up, MLP down), whether the cast of its
+    input (forward: X; backward: dY) is fused into the kernel that produces it.
+
+    Transformer Engine (`saved_activations: float8`): QKV's and MLP up's X leave the norm of LayerNormLinear /
+    LayerNormMLP already quantized (layernorm_linear.py / layernorm_mlp.py, `apply_normalization` with the
+    input quantizer, `with_quantized_norm`); MLP down's X leaves the activation quantized
+    (`activation_func(fc1_out, fc2_input_quantizer)`); the attention output is cast apart (FP8 attention is
+    opt-in). Backward: MLP up's dY leaves dbias+dact+quantize where TE has that kernel, the gelu family
+    under delayed or mxfp8 scaling (`_act_func(...)[2]`; none for swiglu/geglu or current scaling); every
+    other dY is cast apart (cast_transpose of the incoming gradient). Inference prices the same forward
+    fusion (vLLM's compile passes fuse RMSNorm + quant and SiLU-and-mul + quant: vllm/compilation/fusion.py,
+    activation_quant_fusion.py). torchao (`saved_activations: bfloat16`): every cast apart."""
+    assert workload.fp8 is not None
+    if workload.fp8.saved_activations != "float8":
+        return (False,) * 4
+    if phase == "backward":
+        dact = workload.model.activation in TE_FUSED_DACT and workload.fp8.recipe != "current"
+        return (False, False, dact, False)
+    return FUSED_FORWARD_INPUTS
+
+
 def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int) -> float:
     """Bytes the casts of one layer's GEMM inputs move for `tokens` rows on one tensor-parallel rank.
 
     forward / prefill / decode: each GEMM's input X (tokens x in). backward: each output gradient dY
-    (tokens x out), plus X again when the forward kept it in bf16 (`saved_activations: bfloat16`).
+    (tokens x out), plus X again when the forward kept it in bf16 (`saved_activations: bfloat16`). A cast fused
+    into the kernel that produces its input (`fused_inputs`) moves `fused_cast_bytes_per_element`, any other
+    `cast_bytes_per_element`.
     """
     if not is_fp8(workload):
         return 0.0
     assert workload.fp8 is not None
     shapes = linear_shapes(workload, plan)
+    apart, fused = cast_bytes_per_element(workload), fused_cast_bytes_per_element(workload)
     if phase == "backward":
-        elements = sum(n for _, n in shapes)
+        total = sum(n * (fused if f else apart) for (_, n), f in zip(shapes, fused_inputs(workload, phase)))
         if workload.fp8.saved_activations == "bfloat16":
-            elements += sum(k for k, _ in shapes)
+            total += sum(k for k, _ in shapes) * apart
     else:
-        elements = sum(k for k, _ in shapes)
-    return tokens * elements * cast_bytes_per_element(workload)
+        total = sum(k * (fused if f else apart) for (k, _), f in zip(shapes, fused_inputs(workload, phase)))
+    return tokens * total
+
+
+def delayed_amax_buffer_bytes(workload: "Workload", layers: int, phase: str) -> float:
+    """Bytes of the amaxes one pass of `layers` layers reduces at once under delayed scaling (TE concatenates
+    every module's amax into one buffer and all-reduces it with MAX when the autocast exits, forward, and
+    once in the backward: quantization.py reduce_and_update_fp8_tensors); 0 for other recipes."""
+    if not is_fp8(workload) or workload.fp8 is None or workload.fp8.recipe != "delayed":
+        return 0.0
+    return float(AMAX_BYTES * AMAX_TENSORS_PER_GEMM[phase] * GEMMS_PER_LAYER * layers)
+
+
+def amax_history_update_bytes(workload: "Workload", layers: int, phase: str) -> float:
+    """Bytes the fused amax-and-scale update after that reduction moves (TE
+    fused_amax_and_scale_update_after_reduction: reads and rolls every tensor's history of AMAX_HISTORY_LEN
+    fp32 entries: read + write)."""
+    return 2 * AMAX_HISTORY_LEN * delayed_amax_buffer_bytes(workload, layers, phase)
+
+
+def sp_amax_reductions(workload: "Workload", plan: "Plan") -> int:
+    """One-amax all-reduces over tp per layer and pass: current scaling with sequence parallelism (tp > 1)."""
+    if (not is_fp8(workload) or workload.fp8 is None or workload.fp8.recipe != "current"
+            or not plan.sp or plan.tp <= 1):
+        return 0
+    return SP_AMAX_REDUCTIONS_PER_LAYER
 
 
 def weight_cast_bytes(workload: "Workload", plan: "Plan") -> float:

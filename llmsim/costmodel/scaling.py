@@ -54,8 +54,7 @@ def with_layers(profile: ProfileT, layers: int) -> ProfileT:
         # The optimizer runs outside every module (traced under region "head"): it scales with what it updates.
         scale = (trainable / profile.trainable_params if key[0] == "optimizer"
                  else factor if key[1] in ("layers", "experts") else 1.0)
-        ops[key] = type(totals)(flops=totals.flops * scale, bytes=totals.bytes * scale,
-                                count=int(round(totals.count * scale)))
+        ops[key] = totals.scaled(scale)
     edge_activations = profile.activation_bytes - profile.layers * profile.activation_bytes_per_layer
     layer_params = _scaled_count(profile.layer_params, layers, profile.layers)
     params = layer_params + profile.embed_params

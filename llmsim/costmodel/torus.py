@@ -72,6 +72,83 @@ def parse_topology(text: str, dims: int | None = None) -> tuple[int, ...]:
     return shape
 
 
+@dataclass(frozen=True)
+class SliceShapes:
+    """The slice shapes a TPU generation offers (the catalog's torus block; Cloud TPU docs, cited there).
+
+    A shape is offered when, sides in any order, it is one of `listed`, or (`multiple` set) every dimension is
+    a multiple of `multiple` (the 4x4x4 cube of v4/v5p: slices above one cube are built of whole cubes) and
+    at most `max_dim`, with at most `max_chips` chips. Empty rules (nothing listed, no multiple) offer every
+    shape: a user's catalog entry without the block stays as permissive as before."""
+
+    listed: tuple[tuple[int, ...], ...] = ()
+    multiple: int | None = None
+    max_dim: int | None = None
+    max_chips: int | None = None
+
+    @property
+    def any_shape(self) -> bool:
+        return not self.listed and self.multiple is None
+
+    def offers(self, shape: tuple[int, ...]) -> bool:
+        if self.max_chips is not None and math.prod(shape) > self.max_chips:
+            return False
+        if self.any_shape:
+            return True
+        if tuple(sorted(shape)) in {tuple(sorted(s)) for s in self.listed}:
+            return True
+        return (self.multiple is not None and all(d % self.multiple == 0 for d in shape)
+                and (self.max_dim is None or max(shape) <= self.max_dim))
+
+    def describe(self, dims: int) -> str:
+        """The allowed forms in one line, e.g. '2x2x1, 2x2x2, 2x2x4, 2x4x4, or AxBxC with each side a
+        multiple of 4 up to 16, at most 4096 chips'."""
+        if self.any_shape:
+            return "any " + "x".join("ABC"[:dims]) + " shape" + (f" of at most {self.max_chips} chips"
+                                                                 if self.max_chips is not None else "")
+        forms = [_text(s) for s in self.listed]
+        if self.multiple is not None:
+            up_to = f" up to {self.max_dim}" if self.max_dim is not None else ""
+            forms.append(f"{'or ' if forms else ''}{'x'.join('ABC'[:dims])} with each side a multiple of "
+                         f"{self.multiple}{up_to}")
+        limit = f", at most {self.max_chips} chips" if self.max_chips is not None else ""
+        return ", ".join(forms) + limit
+
+    def shapes_of(self, chips: int, dims: int) -> list[tuple[int, ...]]:
+        """Every offered shape of exactly `chips` chips, sorted ascending, most even first (smallest longest
+        side, then largest shortest side): the candidates a planner searches."""
+        out = {tuple(sorted(s)) for s in self.listed if math.prod(s) == chips and len(s) == dims}
+        if self.multiple is not None or self.any_shape:
+            step = self.multiple or 1
+            top = min(self.max_dim or chips, chips)
+            out |= {s for s in _factorizations(chips, dims, step, top) if self.offers(s)}
+        if self.max_chips is not None and chips > self.max_chips:
+            out = set()
+        return sorted(out, key=lambda s: (max(s), -min(s), s))
+
+
+def _factorizations(chips: int, dims: int, step: int, top: int) -> list[tuple[int, ...]]:
+    """Sorted ascending tuples of `dims` sides, each a multiple of `step` and at most `top`, product `chips`."""
+    if dims == 1:
+        return [(chips,)] if chips % step == 0 and chips <= top else []
+    out = []
+    for side in range(step, top + 1, step):
+        if chips % side == 0 and side ** dims <= chips:
+            out += [(side, *rest) for rest in _factorizations(chips // side, dims - 1, step, top) if rest[0] >= side]
+    return out
+
+
+def _text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_shape(shape: tuple[int, ...], rules: SliceShapes, device: str) -> None:
+    """TorusError naming the allowed forms when `device` offers no slice of this shape."""
+    if not rules.offers(shape):
+        raise TorusError(f"{_text(shape)} ({math.prod(shape)} chips) is not a {device} slice; allowed: "
+                         f"{rules.describe(len(shape))}")
+
+
 def default_shape(chips: int, dims: int) -> tuple[int, ...]:
     """The most even `dims`-dimensional shape of `chips` chips, sorted ascending: each prime factor, largest
     first, multiplies the shortest dimension (Cloud TPU's standard shapes: 64 -> 4x4x4, 128 -> 4x4x8,
@@ -105,6 +182,35 @@ def _dims_of(text: str, shape: tuple[int, ...], axis: str) -> list[int]:
     return dims
 
 
+def check_mesh(mapping: Mapping[str, str], dims: int) -> None:
+    """A user mapping's own errors, before any strategy is known: an axis llmsim does not know, a letter that
+    is no dimension of a `dims`-dimensional slice, a dimension named twice (by one axis or by two). TorusError
+    'mesh.AXIS: what is wrong; allowed: ...'."""
+    letters = DIM_NAMES[:dims]
+    known = [*AXIS_ORDER, *AXIS_ALIASES]
+    holder: dict[str, str] = {}
+    for raw, text in mapping.items():
+        axis = AXIS_ALIASES.get(raw, raw)
+        if axis not in AXIS_ORDER:
+            raise TorusError(f"mesh.{raw}: unknown mesh axis; allowed: {', '.join(known)}")
+        text = str(text).lower()
+        bad = [c for c in text if c not in letters]
+        if bad or not text:
+            raise TorusError(f"mesh.{raw}: {text!r} is not a set of this slice's dimensions; allowed: letters of "
+                             f"{', '.join(letters)}, each once (e.g. {letters[-1]!r} or {letters[:2]!r})")
+        for c in text:
+            if c in holder:
+                whom = "twice" if holder[c] == raw else f"and mesh.{holder[c]} both"
+                raise TorusError(f"mesh.{raw}: {text!r} names dimension {c!r} {whom}; allowed: each dimension "
+                                 f"held by one axis ({', '.join(letters)})")
+            holder[c] = raw
+    aliased = [AXIS_ALIASES.get(raw, raw) for raw in mapping]
+    for axis in set(aliased):
+        if aliased.count(axis) > 1:
+            names = [raw for raw in mapping if AXIS_ALIASES.get(raw, raw) == axis]
+            raise TorusError(f"mesh.{names[1]}: the same axis as mesh.{names[0]}; allowed: one entry per axis")
+
+
 def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[str, int],
              mapping: Mapping[str, str] | None = None) -> dict[str, tuple[Ring, ...]]:
     """Lay mesh axes of the given in-slice `degrees` onto a slice of `shape` (module docstring).
@@ -132,7 +238,10 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
             raise TorusError(f"mesh.{raw}: {text!r} names a dimension another axis already holds")
         chips = math.prod(shape[d] for d in dims)
         if chips != degrees[axis]:
-            raise TorusError(f"mesh.{raw}: dimensions {text!r} hold {chips} chips but {axis} = {degrees[axis]}")
+            fits = dim_sets(shape, degrees[axis])
+            allowed = " or ".join(repr(f) for f in fits) if fits else "no set of its whole dimensions"
+            raise TorusError(f"mesh.{raw}: dimensions {text!r} hold {chips} chips but {axis} = {degrees[axis]}; "
+                             f"allowed for {axis} = {degrees[axis]} on {'x'.join(map(str, shape))}: {allowed}")
         out[axis] = tuple(Ring(d, shape[d], 1, wrap[d]) for d in dims if shape[d] > 1)
         for d in dims:
             left[d] = 1
@@ -159,13 +268,25 @@ def map_axes(shape: tuple[int, ...], wrap: tuple[bool, ...], degrees: Mapping[st
     return out
 
 
+def dim_sets(shape: tuple[int, ...], chips: int) -> list[str]:
+    """The sets of whole dimensions (letters, in x, y, z order) of a slice of `shape` holding exactly `chips`
+    chips: where an axis of that degree can be pinned ('z', 'xy', ...)."""
+    out = []
+    for mask in range(1, 2 ** len(shape)):
+        dims = [d for d in range(len(shape)) if mask >> d & 1]
+        if math.prod(shape[d] for d in dims) == chips:
+            out.append("".join(DIM_NAMES[d] for d in dims))
+    return sorted(out, key=lambda t: (len(t), t))
+
+
 def ring_segment_phase(op: Op, size: float, ring: Ring, ch: Channel) -> Phase:
-    """A ring collective of `size` bytes along one segment (module docstring), on the intra (ICI) tier.
+    """A ring collective of `size` bytes along one segment (module docstring), on the intra (ICI) tier and
+    the links of the segment's dimension (`Phase.link`: the cluster simulation's port for that dimension).
     (p-1) ring steps (2(p-1) for an all-reduce), each `stride` hops of link latency; no launch latency
     beyond the hops (XLA issues collectives inside one compiled program)."""
     steps = (2 if op == "all-reduce" else 1) * (ring.size - 1)
     nbytes = ring_bytes_per_rank(op, size, ring.size) / ring.bandwidth_factor / ch.efficiency_of(op)
-    return Phase("intra", nbytes, steps * ring.stride * ch.latency)
+    return Phase("intra", nbytes, steps * ring.stride * ch.latency, link=ring.dim)
 
 
 def torus_phases(op: Op, size: float, rings: tuple[Ring, ...], slices: int, fabric: Fabric) -> Phases:

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Literal
 from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group,
                                       plan_on, torus_groups)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares, phase_times
+from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
+                                      op_sac_recomputed_share, phase_times, runs_compiled)
 from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
                                      tp_block_params)
 from llmsim.costmodel import moe, precision
@@ -365,6 +366,27 @@ def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: Phas
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
+def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fwd: PhaseTimes) -> float:
+    """Seconds one layer's backward spends recomputing under torchtitan's op-level SAC (`selective-op`,
+    costmodel.activations): the recomputed projections' share of the forward GEMMs
+    (compute.op_sac_recomputed_share), every elementwise op of the forward again (norms, rotary, SiLU, the
+    products, residual adds: `other`, with FP8 its casts), and the attention forward only with a kernel
+    the policy does not cache (anything but flash)."""
+    attention = fwd.attention if options.attention != "flash" else 0.0
+    return fwd.matmul * op_sac_recomputed_share(workload, plan) + fwd.other + attention
+
+
+def op_sac_tp_collectives(size: float, plan: Plan, group: Group) -> Comms:
+    """The tensor-parallel collectives the op-level SAC recomputation repeats per layer: the policy caches
+    reduce_scatter_tensor outputs but not all-gathers or all-reduces, so with sequence parallelism the two
+    all-gathers before the QKV and MLP-up projections run again; without it, the two all-reduces."""
+    if plan.tp <= 1:
+        return ()
+    if plan.sp:
+        return (Comm("all-gather", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),)
+    return (Comm("all-reduce", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),)
+
+
 def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   devices_per_node: int, grad_elem: int) -> tuple[SyncWork, ...]:
     """The gradient all-reduces parameter sharing adds across pipeline stages (module docstring)."""
@@ -477,7 +499,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
-                 "selective": fwd.attention if options.attention != "flash" else 0.0}[plan.recompute]
+                 "selective": fwd.attention if options.attention != "flash" else 0.0,
+                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd)}[plan.recompute]
     counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
@@ -510,10 +533,16 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     if workload.model.moe is not None:  # the routed experts and their all-to-alls (costmodel.moe)
         dense_fwd_s = fwd_s
         fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap = _with_experts(
-            workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap)
+            workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap,
+            runs_compiled(options, rates, "experts"))
         if plan.recompute == "full":  # the recomputed forward runs the experts again
             recompute_s += fwd_s - dense_fwd_s
-    tp_recompute = tp_fwd if plan.recompute == "full" else ()
+    amax_sp = precision.sp_amax_reductions(workload, plan)
+    if amax_sp:  # current scaling + sp: the FP8-gathered tensors' amax, one fp32 each, over tp
+        tp_fwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
+        tp_bwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
+    tp_recompute = (tp_fwd if plan.recompute == "full" else
+                    op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
@@ -535,9 +564,13 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
         gather_after = ((Comm("all-gather", moe.data_parallel_params(plan, params, experts) * elem, groups.dp),)
                         if plan.zero in (1, 2) and plan.dp > 1 else ())
+        chunk = n // plan.v
+        amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
+                              if chunk else 0.0 for phase in ("forward", "backward"))
         by_key[(kind, n)] = StageWork(
-            layers=n // plan.v,
-            fwd_layer_s=fwd_s, bwd_layer_s=bwd_s, recompute_layer_s=recompute_s, cp_layer_s=cp_layer,
+            layers=chunk,
+            fwd_layer_s=fwd_s + amax_fwd, bwd_layer_s=bwd_s + amax_bwd, recompute_layer_s=recompute_s,
+            cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
             tp_fwd=tp_fwd, tp_recompute=tp_recompute, tp_bwd=tp_bwd,
@@ -569,6 +602,22 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     comm_shares_cores=not cluster.device.overlaps_communication)
 
 
+def _delayed_amax_time(workload: "Workload", plan: Plan, groups: Groups, cluster: ClusterSpec, rates: Rates,
+                      layers: int, phase: str) -> float:
+    """Seconds of delayed scaling's once-per-pass amax bookkeeping of a model chunk of `layers` layers, per
+    micro-batch (costmodel.precision): the blocking all-reduce (async_op=False) of the concatenated amaxes
+    over the tensor-parallel group, then one fused kernel that updates every amax history and scale. Megatron
+    passes TE the tp x dp x cp group (parallel_state.get_amax_reduction_group); only its tp part is priced
+    here, the group whose ranks hold shards of the same tensors. 0 for other recipes and for inference."""
+    size = precision.delayed_amax_buffer_bytes(workload, layers, phase)
+    if not size:
+        return 0.0
+    reduce = Comm("all-reduce", size, groups.tp).time(cluster.fabric) if plan.tp > 1 else 0.0
+    update = rates.efficiency.kernel_latency_s + rates.memory_time(
+        precision.amax_history_update_bytes(workload, layers, phase))
+    return reduce + update
+
+
 def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count: int) -> Comms:
     """`count` dispatch/combine all-to-alls of one mean layer (the MoE share of a layer's,
     moe.moe_layer_share) over the placed ep group: each rank's tokens x top_k x hidden buffer
@@ -583,7 +632,7 @@ def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count:
 
 def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, rates: Rates, groups: Groups,
                   cluster: ClusterSpec, fwd_s: float, bwd_s: float, tp_fwd: Comms, tp_bwd: Comms,
-                  fwd_overlap: Overlaps, bwd_overlap: Overlaps
+                  fwd_overlap: Overlaps, bwd_overlap: Overlaps, compiled: bool = False
                   ) -> tuple[float, float, Comms, Comms, Overlaps, Overlaps]:
     """A mean layer's seconds and collectives with the routed experts added (costmodel.moe): the busiest
     rank's expert time, and per MoE layer 2 all-to-alls forward and 2 backward over the ep group, on the
@@ -591,8 +640,8 @@ def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, 
     compute that nothing else overlaps (Megatron-Core --overlap-moe-expert-parallel-comm runs one
     micro-batch's all-to-all under another's computation; DeepSeek-V3's DualPipe likewise)."""
     share = moe.moe_layer_share(workload)
-    fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward")
-    bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward")
+    fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward", compiled=compiled)
+    bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward", compiled=compiled)
     a2a_fwd = a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD)
     a2a_bwd = a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD)
     if plan.ep_comm_overlap and cluster.device.overlaps_communication:
@@ -643,7 +692,8 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     tp_layer = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
     layer_overlap: Overlaps = ()
     if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
-        layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(profile, workload, plan, rates, phase, steps)
+        layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(
+            profile, workload, plan, rates, phase, steps, runs_compiled(options, rates, "experts"))
         a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD)
         if plan.ep_comm_overlap and cluster.device.overlaps_communication and a2a:
             layer_overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency
+from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.errors import ScenarioError, format_key_path
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
@@ -31,7 +32,29 @@ class TorusSpec(BaseModel):
     dims: Literal[2, 3] = Field(description="2 = 2D torus (v5e), 3 = 3D torus (v4, v5p)")
     wrap_multiple: int = Field(ge=1, description="a slice dimension gets wrap-around links when its length is a "
                                                  "multiple of this")
+    shapes: list[str] = Field(default_factory=list, description="slice shapes offered as listed (e.g. 2x2x1); "
+                                                                "with cube_multiple empty, the only ones")
+    cube_multiple: int | None = Field(None, ge=1, description="also offered: every side a multiple of this "
+                                                              "(slices of whole 4x4x4 cubes)")
+    max_side: int | None = Field(None, ge=1, description="longest side of a cube-built slice")
+    max_chips: int | None = Field(None, ge=1, description="most chips in one slice")
     source: Source
+
+    @field_validator("shapes")
+    @classmethod
+    def _shapes(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                parse_topology(text)
+            except TorusError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def slice_shapes(self) -> SliceShapes:
+        """The offered shapes as the cost model checks and searches them (costmodel.torus.SliceShapes)."""
+        return SliceShapes(listed=tuple(parse_topology(t) for t in self.shapes), multiple=self.cube_multiple,
+                           max_dim=self.max_side, max_chips=self.max_chips)
 
 
 class DeviceSpec(BaseModel):
@@ -53,6 +76,12 @@ class DeviceSpec(BaseModel):
     inter_node: str | None = Field(None, description="default link between nodes")
     efficiency: Efficiency | None = Field(None, description="achievable fractions of peak; None = generic defaults")
     torus: TorusSpec | None = Field(None, description="chips form torus slices (TPU): `topology` applies")
+    compiled: bool = Field(False, description="every program runs compiled, its elementwise ops fused (TPU: "
+                                              "XLA); False = eager unless the backend's `compile` says otherwise")
+    microscaling: bool = Field(
+        False, description="tensor cores that take OCP MX block-scaled operands natively (MXFP8: one E8M0 scale "
+                           "per 32 elements): NVIDIA Blackwell, SM 10.0+ (Transformer Engine docs, 'MXFP8'); the "
+                           "fp8 recipe mxfp8 runs only where true")
     overlaps_communication: bool = Field(
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
@@ -145,26 +174,34 @@ class Catalog(BaseModel):
 
     def _torus_cluster(self, device: DeviceSpec, slices: int, devices_per_node: int | None, intra_node: str | None,
                        inter_node: str | None, topology: str | None, mesh: dict[str, str] | None) -> ClusterSpec:
-        from llmsim.costmodel.torus import DIM_NAMES, TorusError, default_shape, parse_topology, wraps
+        from llmsim.costmodel.torus import check_mesh, check_shape, wraps
 
         assert device.torus is not None
+        offered = device.torus.slice_shapes
         try:
             if topology is None:  # nodes x devices_per_node chips (hosts) in one slice of the most even shape
                 per_host = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
-                shape, slices = default_shape(slices * per_host, device.torus.dims), 1
+                chips, slices = slices * per_host, 1
+                shapes = offered.shapes_of(chips, device.torus.dims)
+                if not shapes:
+                    raise TorusError(f"{chips} chips (nodes x devices_per_node) form no {device.name} slice; "
+                                     f"allowed: {offered.describe(device.torus.dims)} (set topology, and nodes "
+                                     f"for several slices)")
+                shape = shapes[0]
             else:
                 shape = parse_topology(topology, device.torus.dims)
-        except TorusError as exc:
-            raise ScenarioError(None, "topology", str(exc)) from None
+                check_shape(shape, offered, device.name)
+        except TorusError as exc:  # without a topology the chip count comes from nodes x devices_per_node
+            raise ScenarioError(None, "topology" if topology is not None else "nodes", str(exc)) from None
         chips = math.prod(shape)
         if topology is not None and devices_per_node is not None and devices_per_node != chips:
             raise ScenarioError(None, "devices_per_node", f"{devices_per_node} contradicts topology {topology} "
                                                           f"({chips} chips per slice); leave it out")
-        for axis, dims in (mesh or {}).items():
-            bad = [c for c in str(dims).lower() if c not in DIM_NAMES[:len(shape)]]
-            if bad or not dims:
-                raise ScenarioError(None, f"mesh.{axis}", f"{dims!r}: allowed letters of the slice's dimensions: "
-                                                          f"{', '.join(DIM_NAMES[:len(shape)])}")
+        try:
+            check_mesh(mesh or {}, len(shape))
+        except TorusError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise ScenarioError(None, key, message) from None
         intra = self.link(intra_node or device.intra_node or "", key="intra_node")
         inter_name = inter_node or device.inter_node
         if slices > 1 and (inter_name is None or inter_name == intra.name):

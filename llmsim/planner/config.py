@@ -94,7 +94,7 @@ class Limits(_Strict):
                                                "share vLLM leaves by default (gpu_memory_utilization 0.9)")
 
 
-Recompute = Literal["none", "selective", "full"]
+Recompute = Literal["none", "selective", "selective-op", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
 
 
@@ -106,7 +106,8 @@ class SearchSpace(_Strict):
     Megatron-LM's first/last-stage counts are searched: planner.space.split_candidates); cp = 1, 2, 4, 8
     (1 for decode); dp = divisors of the batch; micro_batch = divisors of the per-replica batch;
     virtual_stages = 2..4 for interleaved; ep (mixture-of-experts workloads) = the divisors of the routed
-    experts, with the expert tensor-parallel size = tp (Megatron-Core's default).
+    experts, with the expert tensor-parallel size = tp (Megatron-Core's default); dtype = the workload's
+    (planner.precisions: the FP8 recipe and which hardware can run it).
     """
 
     tp: list[PositiveInt] | None = None
@@ -121,6 +122,10 @@ class SearchSpace(_Strict):
     sp: list[bool] | None = None
     ep: list[PositiveInt] | None = Field(None, description="expert-parallel sizes (MoE workloads; default: the "
                                          "divisors of the routed experts; expert tensor parallel = tp)")
+    dtype: list[Literal["float32", "bfloat16", "float16", "float8"]] | None = Field(
+        None, description="precisions (default: the workload's dtype); float8 runs the workload's fp8 recipe, else "
+                          "the device's default (mxfp8 on Blackwell, delayed elsewhere); hardware without FP8 "
+                          "has no float8 candidates")
 
 
 class PlanFile(_Strict):
@@ -253,20 +258,35 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> PlanFile:
 
 
 def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
-    """Device and link names exist in the catalog and every device can be priced (a ScenarioError otherwise)."""
+    """Device and link names exist in the catalog and every device can be priced (a ScenarioError otherwise).
+
+    float8 is the exception: a device without FP8 tensor cores (or without MX units, for the mxfp8 recipe) just
+    has no float8 candidates (planner.precisions); the plan is refused only when no hardware choice has any."""
+    from llmsim.planner.precisions import candidates, plan_dtypes
+
+    devices = []
     for i, h in enumerate(plan.hardware):
         try:
             device = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node).device
         except ScenarioError as exc:  # keyed hardware / intra_node / inter_node: where in the plan
             key = "name" if exc.key == "hardware" else exc.key
             raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
-        if not device.peak_flops.get(plan.workload.dtype) or not device.memory_bw_bytes_per_s:
+        devices.append(device)
+        lacking = [d for d in plan_dtypes(plan) if d != "float8" and not device.peak_flops.get(d)]  # type: ignore[call-overload]
+        if lacking or not device.memory_bw_bytes_per_s:
             raise ScenarioError(file, f"hardware[{i}].name", f"device {h.name!r} has no catalog peak FLOP/s for "
-                                                             f"{plan.workload.dtype} or no memory bandwidth")
-        if h.usd_per_device_hour is None and h.name not in EXAMPLE_USD_PER_DEVICE_HOUR:
-            raise ScenarioError(file, f"hardware[{i}].usd_per_device_hour",
-                                f"required for {h.name!r} (example prices exist only for "
-                                f"{', '.join(EXAMPLE_USD_PER_DEVICE_HOUR)})")
+                                                             f"{', '.join(lacking) or plan.workload.dtype} or no "
+                                                             f"memory bandwidth")
+    if not any(candidates(plan, d)[0] for d in devices):  # every searched precision is float8, and none runs it
+        mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but the stated recipe is mxfp8
+        key = "search.dtype" if plan.search.dtype else "workload.fp8.recipe" if mx else "workload.dtype"
+        what = ("fp8 recipe mxfp8 needs MX block-scaled tensor cores (Blackwell)" if mx else
+                "dtype float8 needs FP8 tensor cores")
+        capable = [d.name for d in catalog.devices.values()
+                   if (d.microscaling if mx else d.peak_flops.get("float8"))]
+        raise ScenarioError(file, key, f"{what}; none of the plan's hardware has them "
+                                       f"({', '.join(d.name for d in devices)}); hardware that does: "
+                                       f"{', '.join(capable) or 'none in the catalog'}")
 
 
 def price_of(choice: HardwareChoice) -> tuple[float, bool]:

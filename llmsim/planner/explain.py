@@ -66,6 +66,10 @@ def describe(e: Evaluation) -> str:
         parts.append(c.schedule + (f" v={c.virtual_stages}" if c.schedule == "interleaved" else ""))
     if c.describe_split():
         parts.append(c.describe_split())
+    if getattr(c, "precision", ""):  # a searched precision (planner.precisions); "" = the plan's workload dtype
+        parts.append(c.precision.replace("-", " ", 1))
+    if getattr(c, "topology", ()):
+        parts.append(c.describe_slices())
     return f"{c.n_devices} x {c.hardware} ({', '.join(parts)})"
 
 
@@ -153,6 +157,7 @@ class Explanation:
     limits: list["Limit"] = field(default_factory=list)          # the winner's and the runner-up's
     sensitivity: "Sensitivity | None" = None                   # +-20% what-ifs on the two
     choice: list[str] = field(default_factory=list)             # choice_lines of the two above
+    precision_notes: list[str] = field(default_factory=list)    # searched precisions a hardware cannot run
 
 
 def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list[str]:
@@ -229,7 +234,8 @@ def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: lis
 
 FACTORS = ("memory", "communication", "bubble", "compute")
 # The strategy fields a single change moves (one at a time); the derived ones (n_devices, microbatches) follow.
-CHANGE_FIELDS = ("dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "recompute", "schedule", "virtual_stages")
+CHANGE_FIELDS = ("dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "recompute", "schedule", "virtual_stages",
+                 "precision")
 OBJECTIVE_METRIC = {"cost": "cost_usd", "time": "time_to_goal_s", "energy": "energy_j", "devices": "n_devices"}
 
 
@@ -297,7 +303,7 @@ def _price_ignoring_memory(ctx: Any, e: Evaluation) -> Evaluation:
     return replace(priced, capacity_bytes=e.capacity_bytes, reason=e.reason, limits=e.limits, feasible=False)
 
 
-def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, contexts: dict[str, Any],
+def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, contexts: dict[tuple[str, str], Any],
              sensitivity: Sensitivity | None) -> Limit:
     """The limiting factor of `e` and the one change that would move its objective most.
 
@@ -310,11 +316,11 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     shares = step_shares(e)
     base = _metric(e, plan.objective)
     best: tuple[float, str, tuple[str, ...]] | None = None   # (relative change of the metric, change, its limits)
-    ctx = contexts.get(e.config.hardware)
     for other in rows:
         what = _one_field_apart(e.config, other.config)
         if what is None or not base:
             continue
+        ctx = contexts.get((other.config.hardware, other.config.precision))
         if other.step_time_s is None and other.limits == ("memory",) and ctx is not None:
             other = _price_ignoring_memory(ctx, other)
         value = _metric(other, plan.objective)
@@ -322,7 +328,7 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
             continue
         gain = value / base - 1
         if best is None or gain < best[0]:
-            before, after = getattr(e.config, what), getattr(other.config, what)
+            before, after = (getattr(c, what) or plan.workload.dtype for c in (e.config, other.config))
             best = (gain, f"{what.replace('_', ' ')} {before} -> {after}", other.limits)
     if sensitivity is not None:  # against the sensitivity's own base (it may be priced by the simulation)
         own = sensitivity.base[0 if who == "winner" else 1]
@@ -343,14 +349,14 @@ def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
     from llmsim.planner.search import goal_metrics, judge
     from llmsim.sim import simulate_case
     hw = ctx.hardware
-    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster(e.config.n_devices))
+    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster_of(e.config))
     metrics = goal_metrics(ctx.plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j, sim.tpot_s)
     limits, reasons, shortfall = judge(ctx.plan, metrics, e.power_w)
     return replace(e, feasible=e.feasible and not limits, limits=limits, reason="; ".join(reasons),
                    shortfall=shortfall, step_time_s=sim.step_s, **metrics)
 
 
-def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluation, contexts: dict[str, Any],
+def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluation, contexts: dict[tuple[str, str], Any],
                          simulated: bool = False) -> Sensitivity:
     """The winner and the runner-up re-priced with each knob at -20% and +20% (planner.whatif); `flips` where
     the runner-up would then rank first (planner.search.objective_key: feasible first). Priced as they were
@@ -363,7 +369,8 @@ def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluati
     def price(ctx: Any, e: Evaluation) -> Evaluation:
         priced = evaluate(ctx, e.config)
         return _simulated(ctx, priced) if simulated and priced.step_time_s is not None else priced
-    base = [price(contexts[e.config.hardware], e) for e in (winner, runner_up)] if simulated else [winner, runner_up]
+    base = [price(contexts[(e.config.hardware, e.config.precision)], e) for e in (winner, runner_up)] if simulated \
+        else [winner, runner_up]
     out = Sensitivity(f"{plan.objective}", describe(winner), describe(runner_up),
                       (_metric(base[0], plan.objective), _metric(base[1], plan.objective)),
                       base_times=(base[0].time_to_goal_s, base[1].time_to_goal_s),
@@ -372,7 +379,7 @@ def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluati
         for factor in SENSITIVITY_FACTORS:
             again = []
             for e in (winner, runner_up):
-                ctx = contexts[e.config.hardware]
+                ctx = contexts[(e.config.hardware, e.config.precision)]
                 hw = replace(ctx.hardware, node=perturb_cluster(ctx.hardware.node, knob, factor))
                 again.append(price(replace(ctx, hardware=hw), e))
             w, r = again

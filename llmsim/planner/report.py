@@ -22,6 +22,7 @@ import yaml
 from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
                                    sensitivity_rows)
+from llmsim.planner.precisions import workload_for
 from llmsim.planner.search import Evaluation, Hardware, SearchStats
 from llmsim.report.units import fmt_bytes
 from llmsim.report.raster import png as raster_png
@@ -31,35 +32,44 @@ from llmsim.stages import describe_split
 CONTRACT_COLUMNS = ["hardware", "n_devices", "feasible", "reason", "step_time_s", "time_to_goal_s", "cost_usd",
                     "energy_j"]
 STRATEGY_COLUMNS = ["strategy", "dp", "tp", "pp", "cp", "ep", "sp", "zero", "micro_batch", "microbatches",
-                    "schedule", "virtual_stages", "recompute", "stage_layers"]
+                    "schedule", "virtual_stages", "recompute", "stage_layers", "dtype", "fp8_recipe"]
 EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes_per_device",
                  "memory_capacity_bytes", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s",
                  "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
-                 "sim_energy_j", "sim_feasible"]
+                 "sim_energy_j", "sim_feasible", "topology", "slices", "mesh"]
 PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front always is)
 
 
-def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | None = None) -> pd.DataFrame:
+def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | None = None,
+               plan: PlanFile | None = None) -> pd.DataFrame:
     """The ranked rows as plan.csv's table (rank 1 = best). `layers`: the model's, to write each row's layers
-    per stage (stage_layers, as in results.csv) also where the split is the default one."""
+    per stage (stage_layers, as in results.csv) also where the split is the default one. `plan`: to write
+    each row's precision (dtype, and fp8_recipe for float8: planner.precisions) where a row's label is ""."""
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
     records = []
     splits: dict[tuple, str | None] = {}  # the stage_layers column per (stated split, pp, schedule, v): few
+    precisions: dict[str, tuple[str | None, str | None]] = {}  # (dtype, fp8 recipe) per precision label
     for e in rows:
         c = e.config
         split_key = (c.stage_layers, c.pp, c.schedule, c.virtual_stages)
         if split_key not in splits:
             split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
             splits[split_key] = describe_split(split) if split else None
+        if c.precision not in precisions:
+            w = workload_for(plan, c.precision) if plan is not None else None
+            precisions[c.precision] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
+                                       else (None, None))
         records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
-                        c.virtual_stages, c.recompute, splits[split_key], c.hardware,
+                        c.virtual_stages, c.recompute, splits[split_key], *precisions[c.precision], c.hardware,
                         c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
                         e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
                         e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],
                         e.sim.get("step_time_s"), e.sim.get("time_to_goal_s"), e.sim.get("cost_usd"),
-                        e.sim.get("energy_j"), e.sim.get("feasible")))
+                        e.sim.get("energy_j"), e.sim.get("feasible"),
+                        "x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
+                        " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return mark_pareto_front(frame)
@@ -154,14 +164,19 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:
     """A scenario (plain data) that reproduces configuration `e` with `llmsim run` (roofline and cluster)."""
     c = e.config
-    spec = hw.cluster(c.n_devices)
-    cluster = {"hardware": hw.name, "nodes": spec.nodes, "devices_per_node": spec.devices_per_node,
-               "intra_node": spec.intra.name, "inter_node": spec.inter.name}
+    spec = hw.cluster_of(c)
+    cluster: dict[str, Any] = {"hardware": hw.name, "nodes": spec.nodes, "devices_per_node": spec.devices_per_node,
+                               "intra_node": spec.intra.name, "inter_node": spec.inter.name}
+    if c.topology:  # a TPU: its slices' shape and the mapping, devices per node following from the shape
+        del cluster["devices_per_node"]
+        cluster["topology"] = "x".join(map(str, c.topology))
+        if c.mesh:
+            cluster["mesh"] = dict(c.mesh)
     strategy = c.strategy().model_dump(mode="json", exclude_defaults=True)
     strategy = {"name": c.name, **{k: v for k, v in strategy.items() if k != "name"}}
     return {
         "name": f"{plan.name}-best",
-        "workload": plan.workload.model_dump(mode="json"),
+        "workload": workload_for(plan, c.precision).model_dump(mode="json"),  # the precision the plan priced
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
         "strategies": [strategy],
         "backends": {"roofline": dict(cluster), "cluster": dict(cluster, trace=False)},
@@ -257,6 +272,7 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
         f"micro-batch already overflows; {stats.feasible:,} meet the goal.",
         f"limits broken (a configuration may break several): {limits or 'none'}.",
         *prices,
+        *(f"no candidates: {note}" for note in explanation.precision_notes),
         f"plan.csv lists the feasible Pareto front and the best {plan.csv_top} of each hardware choice; "
         "plan.parquet every configuration evaluated one by one, ranked (pandas.read_parquet); best.yaml "
         "reproduces the winner with `llmsim run best.yaml`."])]))
@@ -267,7 +283,9 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
 def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
     """The report's header lines of a plan (training, inference or serving: `what` says which)."""
     model = plan.workload.model.preset or "custom"
-    return [("plan", plan.name), ("workload", f"{model} {what}, {plan.workload.dtype}"),
+    dtypes = f"{plan.workload.dtype}" if not plan.search.dtype else \
+        f"precision searched: {', '.join(plan.search.dtype)}"
+    return [("plan", plan.name), ("workload", f"{model} {what}, {dtypes}"),
             ("goal", goal), ("objective", plan.objective),
             ("limits", f"max_devices {plan.limits.max_devices:,}" + (
                 f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else ""))]

@@ -12,10 +12,11 @@ from pathlib import Path
 from llmsim.executor import Executor, Progress
 from llmsim.hardware import Catalog
 from llmsim.planner.config import PlanFile, check_hardware
+from llmsim.planner.precisions import candidates
 from llmsim.planner.explain import Explanation, choice_lines, explain, limit_of, training_sensitivity
 from llmsim.planner.report import plan_frame, write_outputs
-from llmsim.planner.search import (Context, Evaluation, Hardware, SearchStats, resolve_hardware, search,
-                                   sharing_choice, simulate_top, workload_profile)
+from llmsim.planner.search import (Evaluation, Hardware, SearchStats, dropped_precisions, precision_contexts,
+                                   resolve_hardware, search, sharing_choice, simulate_top, workload_profile)
 from llmsim.planner.serve import Mapper
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.results import new_run_dir
@@ -48,7 +49,10 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
         mapper: Mapper = map if executor is None else \
             (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731
-        return run_serving_plan(plan, hardware, run_dir, progress, mapper)
+        # the workload's own precision only (search.dtype is not a serving key): devices that cannot run it
+        # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
+        runnable = [h for h in hardware if candidates(plan, h.device)[0]]
+        return run_serving_plan(plan, runnable, run_dir, progress, mapper)
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
@@ -63,13 +67,14 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         top = [e for e in rows if e.feasible][:plan.top_k]
     closest = [] if top else [e for e in rows if not e.feasible][:plan.top_k]
     explanation = explain(rows, stats, plan, top)
+    explanation.precision_notes = dropped_precisions(plan, hardware)
     if top:
-        contexts = {h.name: Context(plan, h, profile, sharing) for h in hardware}
+        contexts = {(h.name, label): ctx for h, label, ctx in precision_contexts(plan, hardware, sharing, profile)}
         sensitivity = training_sensitivity(plan, top[0], top[1], contexts, simulated) if len(top) > 1 else None
         explanation.limits = [limit_of(e, who, rows, plan, contexts, sensitivity)
                               for e, who in zip(top[:2], ("winner", "runner-up"))]
         explanation.sensitivity = sensitivity
         explanation.choice = choice_lines(explanation.limits, sensitivity)
-    frame = plan_frame(rows, hardware, plan.workload.model.layers)
+    frame = plan_frame(rows, hardware, plan.workload.model.layers, plan)
     write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

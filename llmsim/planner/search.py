@@ -29,14 +29,15 @@ import numpy as np
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
-from llmsim.costmodel import precision
 from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
 from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
+from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PricedTable, goal_metrics, price_table  # noqa: F401
-from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules
+from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules, slice_layouts
+from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
@@ -67,6 +68,28 @@ class Hardware:
     def cluster(self, n: int) -> ClusterSpec:
         """n devices as whole nodes (or part of one node)."""
         return self.node.with_devices(n)
+
+    def cluster_of(self, c: Config) -> ClusterSpec:
+        """The cluster configuration `c` runs on: its n devices as nodes, or on a TPU its slices of
+        `c.topology` joined by the data-center network, axes pinned by `c.mesh`."""
+        if not c.topology:
+            return self.cluster(c.n_devices)
+        torus = self.device.torus
+        assert torus is not None, "only a torus device's configurations carry a topology"
+        return replace(self.node, nodes=c.slices, devices_per_node=math.prod(c.topology), topology=c.topology,
+                       wrap=wraps(c.topology, torus.wrap_multiple), mesh=c.mesh)
+
+    @property
+    def dcn(self) -> bool:
+        """Whether slices of this TPU choice can be joined (a data-center link other than the ICI)."""
+        return self.node.is_torus and self.node.inter.name != self.node.intra.name
+
+    def placements(self, g: Group) -> tuple[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]], ...]:
+        """A TPU group's slice shapes, slice counts and mappings (space.slice_layouts); [((), 1, ())] off a torus."""
+        torus = self.device.torus
+        if not self.node.is_torus or torus is None:
+            return (((), 1, ()),)
+        return slice_layouts(torus.slice_shapes, torus.dims, torus.wrap_multiple, g.dp, g.tp, g.pp, g.cp, self.dcn)
 
     @property
     def capacity(self) -> float:
@@ -155,10 +178,9 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     lower bound of `memory_breakdown(...).total` for every member of the group (the least, over the splits
     its members run, of the busiest stage's). The stage terms are memory_breakdown's own
     (`stage_memory_terms` without activations, combined by `stage_memory`), cached per (tp, pp, split, stage)
-    where they depend on nothing else (not float8, whose weight copies follow ZeRO; not inference, whose
-    KV cache follows dp)."""
+    where they depend on nothing else (not inference, whose KV cache follows dp)."""
     w = ctx.plan.workload
-    pinned = (g.dp, g.zero) if (w.mode != "train" or precision.is_fp8(w)) else ()
+    pinned = (g.dp, g.zero) if w.mode != "train" else ()
     bounds = []
     for split in _group_splits(w.model.layers, g, axes):
         plan = Plan(dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, zero=g.zero, microbatches=max(w.batch // g.dp, 1),
@@ -210,7 +232,7 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
         return Evaluation(c, False, reason, ("memory",), mem.total / cap, mem.total, cap, power_w=power,
                           memory_detail=detail)
     try:
-        est = estimate(w, ctx.profile, ctx.sharing, plan, hw.cluster(c.n_devices), ctx.options)
+        est = estimate(w, ctx.profile, ctx.sharing, plan, hw.cluster_of(c), ctx.options)
     except CostModelError as exc:
         return Evaluation(c, False, f"error: {exc}", ("error",), math.inf, mem.total, cap, power_w=power,
                           memory_detail=detail)
@@ -332,16 +354,17 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     start = time.perf_counter()
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
-    stats = SearchStats()
+    stats = SearchStats(per_hardware={hw.name: 0 for hw in hardware})
     rows: list[Evaluation] = []
-    shared: dict[tuple, object] = {}  # price_table's stage memory terms: the same for every hardware choice
-    shapes: dict[tuple, list] = {}     # space.chains' valid shapes of each group: likewise
-    for hw in hardware:
-        ctx = Context(plan, hw, profile, sharing)
+    # price_table's stage memory terms (per precision: they follow the workload's dtype) and space.chains' valid
+    # shapes of each group: the same for every hardware choice
+    shared: dict[str, dict[tuple, object]] = {}
+    shapes: dict[tuple, list] = {}
+    for hw, label, ctx in precision_contexts(plan, hardware, sharing, profile):
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
         found: list[list[Config]] = []
-        for g in groups(plan, hw.name, hw.devices_per_node, axes):
+        for g in groups(ctx.plan, hw.name, hw.devices_per_node, axes, label):
             bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
             if hw.capacity and bound > hw.capacity:
                 stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
@@ -350,9 +373,12 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.screened += skipped
                 stats.groups_pruned += 1
                 continue
-            found.extend(chains(plan, g, axes, shapes))
+            places = hw.placements(g)
+            for chain in chains(ctx.plan, g, axes, shapes):
+                found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
+                             for shape, slices, mesh in places)
         if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
-            table = price_table(ctx, [c for chain in found for c in chain], shared)
+            table = price_table(ctx, [c for chain in found for c in chain], shared.setdefault(label, {}))
             priced = table_evaluations(ctx, table)
         else:
             priced = None
@@ -371,12 +397,38 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                     break
                 stats.priced += 1
             at += len(chain)
-        stats.per_hardware[hw.name] = stats.screened - before
+        stats.per_hardware[hw.name] = stats.per_hardware.get(hw.name, 0) + stats.screened - before
         if progress:
-            progress(f"{hw.name}: {count(stats.per_hardware[hw.name], 'configuration')} screened")
+            progress(f"{hw.name}{' ' + label if label else ''}: "
+                     f"{count(stats.screened - before, 'configuration')} screened")
     rows = rank(rows, plan.objective)
     stats.seconds = time.perf_counter() - start
     return rows, stats
+
+
+def precision_contexts(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice,
+                       profile: WorkloadProfile | None = None) -> list[tuple[Hardware, str, Context]]:
+    """(hardware, precision label, Context) for every precision each hardware choice is planned with
+    (planner.precisions); the context's plan carries that precision's workload. `profile` is the plan's own
+    workload's (a precision whose workload differs is profiled on its own)."""
+    out = []
+    profiles: dict[Workload, WorkloadProfile] = {}
+    if profile is not None:
+        profiles[plan.workload] = profile
+    for hw in hardware:
+        found, _ = candidates(plan, hw.device)
+        for cand in found:
+            w = cand.workload
+            if w not in profiles:
+                profiles[w] = workload_profile(w, sharing)
+            pplan = plan if w is plan.workload else plan.model_copy(update={"workload": w})
+            out.append((hw, cand.label, Context(pplan, hw, profiles[w], sharing)))
+    return out
+
+
+def dropped_precisions(plan: PlanFile, hardware: list[Hardware]) -> list[str]:
+    """Why a hardware choice has no candidates of a searched precision, one line each (the plan summary)."""
+    return [why for hw in hardware for why in candidates(plan, hw.device)[1]]
 
 
 def simulate_candidate(task: tuple) -> tuple[float, float, float | None]:
@@ -396,8 +448,9 @@ def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware
     rows in their new order. progress(done, k) after each simulation."""
     by_name = {h.name: h for h in hardware}
     top = [e for e in rows if e.feasible][:k]
-    tasks = [(plan.workload, profile, sharing, e.config.plan(),
-              by_name[e.config.hardware].cluster(e.config.n_devices)) for e in top]
+    profiles = {(h.name, label): ctx.profile for h, label, ctx in precision_contexts(plan, hardware, sharing, profile)}
+    tasks = [(workload_for(plan, e.config.precision), profiles[(e.config.hardware, e.config.precision)], sharing,
+              e.config.plan(), by_name[e.config.hardware].cluster_of(e.config)) for e in top]
     sims = (executor or LocalExecutor()).map(simulate_candidate, tasks, progress)
     for e, (step_s, energy_j, tpot_s) in zip(top, sims):
         hw = by_name[e.config.hardware]

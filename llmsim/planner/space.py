@@ -1,4 +1,4 @@
-"""The search space: every (hardware, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
+"""The search space: every (hardware, precision, device count, tp, pp, dp, cp, sp, zero, micro-batch, recompute,
 schedule, virtual stages, layers per stage, and ep for a mixture-of-experts model) a plan may choose, and
 the rules that make a point of it a valid configuration.
 
@@ -27,13 +27,14 @@ from dataclasses import dataclass
 
 from llmsim.config import Strategy, Workload, check_strategy_shape
 from llmsim.costmodel import Plan
+from llmsim.costmodel.torus import SliceShapes, TorusError, dim_sets, map_axes, wraps
 from llmsim.planner.config import PlanFile
 from llmsim.stages import compact_split, default_split, split_keys
 from llmsim.strategy import Layout, resolve_layout
 
 DEFAULT_CP = (1, 2, 4, 8)
 DEFAULT_VIRTUAL_STAGES = (2, 3, 4)
-ALL_RECOMPUTE = ("none", "selective", "full")
+ALL_RECOMPUTE = ("none", "selective", "selective-op", "full")
 ALL_SCHEDULES = ("gpipe", "1f1b", "interleaved")
 
 
@@ -56,6 +57,10 @@ class Config:
     virtual_stages: int
     stage_layers: tuple[int, ...] = ()  # the layers of each stage; () = the default split of the schedule
     ep: int = 1                         # expert parallel (MoE workloads); expert tensor parallel = tp
+    precision: str = ""                 # planner.precisions label: "" = the plan's workload as written
+    topology: tuple[int, ...] = ()      # TPU: one slice's shape (costmodel.torus); () = not a torus
+    slices: int = 1                     # TPU: slices joined by the data-center network
+    mesh: tuple[tuple[str, str], ...] = ()  # TPU: mesh axes pinned to torus dimensions ((("tp", "z"),))
 
     @property
     def v(self) -> int:
@@ -80,7 +85,21 @@ class Config:
         if "stage_layers" in keys:
             parts.append("layers" + "-".join(str(n) for n in self.stage_layers))
         parts += [f"{k.split('_')[0]}{keys[k]}" for k in ("first_stage_layers", "last_stage_layers") if k in keys]
+        if self.precision:  # a searched precision (planner.precisions): one strategy on one device, two names
+            parts.append(self.precision)
+        if self.topology:
+            parts.append("t" + "x".join(map(str, self.topology)) + (f"-s{self.slices}" if self.slices > 1 else ""))
+            parts += [f"{axis}-on-{dims}" for axis, dims in self.mesh]
         return "-".join(parts)
+
+    def describe_slices(self) -> str:
+        """'2 slices of 4x4x4, tp on z' for a TPU configuration, else ''."""
+        if not self.topology:
+            return ""
+        shape = "x".join(map(str, self.topology))
+        where = f"{self.slices} slices of {shape}" if self.slices > 1 else f"slice {shape}"
+        pins = ", ".join(f"{axis} on {dims}" for axis, dims in self.mesh) or "default mapping"
+        return f"{where}, {pins}"
 
     def strategy(self, name: str | None = None) -> Strategy:
         return Strategy(name=name or self.name, dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, sp=self.sp,
@@ -92,7 +111,13 @@ class Config:
         return Plan(dp=self.dp, tp=self.tp, pp=self.pp, cp=self.cp, micro_batch=self.micro_batch,
                     microbatches=self.microbatches, virtual_stages=self.virtual_stages, sp=self.sp, zero=self.zero,
                     schedule=self.schedule, recompute=self.recompute,  # type: ignore[arg-type]
-                    stage_layers=self.stage_layers or None, ep=self.ep, etp=self.tp)
+                    stage_layers=self.stage_layers or None, ep=self.ep, etp=self.tp,
+                    dcn_replicas=self.dcn_replicas)
+
+    @property
+    def dcn_replicas(self) -> int:
+        """Several TPU slices with ZeRO: shards inside a slice, the slices replicas (cluster.plan_on)."""
+        return self.slices if self.slices > 1 and self.zero >= 1 and self.dp > 1 else 1
 
     def describe_split(self) -> str:
         """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
@@ -196,7 +221,7 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
         zero=pick(s.zero, [0, 1, 2, 3] if train else [0]),
         micro_batch=pick(s.micro_batch, []) if s.micro_batch is not None else None,
         recompute=tuple(r for r in ALL_RECOMPUTE
-                        if r in (s.recompute or (("none", "full") if train else ["none"]))),
+                        if r in (s.recompute or (("none", "selective-op", "full") if train else ["none"]))),
         schedule=tuple(x for x in ALL_SCHEDULES if x in (s.schedule or (ALL_SCHEDULES if train else ["1f1b"]))),
         virtual_stages=pick(s.virtual_stages, DEFAULT_VIRTUAL_STAGES),
         sp=pick(s.sp, [False, True]),
@@ -329,10 +354,13 @@ class Group:
     zero: int
     stage_layers: tuple[int, ...] = ()
     ep: int = 1
+    precision: str = ""
 
 
-def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> Iterator[Group]:
-    """The (tp, pp, cp, dp, zero, split) groups within the device limit, whole nodes, ZeRO only with dp > 1."""
+def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes,
+           precision: str = "") -> Iterator[Group]:
+    """The (tp, pp, cp, dp, zero, split) groups within the device limit, whole nodes, ZeRO only with dp > 1,
+    of one precision (`plan` is then the plan with that precision's workload: planner.precisions)."""
     limit = plan.limits.max_devices
     layers = plan.workload.model.layers
     for tp in axes.tp:
@@ -353,7 +381,7 @@ def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes) -> 
                             if _ep_problem(plan.workload, ep, tp, cp, dp):
                                 continue
                             for split in splits:
-                                yield Group(hardware, n, tp, pp, cp, dp, zero, split, ep)
+                                yield Group(hardware, n, tp, pp, cp, dp, zero, split, ep, precision)
 
 
 def chains(plan: PlanFile, g: Group, axes: Axes,
@@ -374,7 +402,7 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
     for sp, schedule, v, layouts in _shapes(plan, g, axes, shapes):
         for recompute in axes.recompute:
             chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb, m, recompute, schedule,
-                            v, g.stage_layers, g.ep)
+                            v, g.stage_layers, g.ep, g.precision)
                      for mb, m in layouts]
             chain = [c for c in chain if duplicate_problem(w, c) is None]
             if chain:
@@ -386,8 +414,9 @@ def _shapes(plan: PlanFile, g: Group, axes: Axes,
             ) -> list[tuple[bool, str, int, list[tuple[int, int]]]]:
     """The (sp, schedule, v, [(micro_batch, micro-batch count), ...]) a group's members run: the shapes the
     scenario's rules accept (`shape_problem`, `layout_problem`). They depend on dp, tp, pp, cp, the split and
-    ep only (not the hardware, the device count or ZeRO), the key they are kept under in `cache`."""
-    key = (g.dp, g.tp, g.pp, g.cp, g.stage_layers, g.ep)
+    ep only (not the hardware, the device count or ZeRO); they are kept under those and the precision in
+    `cache`."""
+    key = (g.dp, g.tp, g.pp, g.cp, g.stage_layers, g.ep, g.precision)
     if cache is not None and key in cache:
         return cache[key]
     w = plan.workload
@@ -406,6 +435,44 @@ def _shapes(plan: PlanFile, g: Group, axes: Axes,
     if cache is not None:
         cache[key] = out
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def slice_layouts(shapes: SliceShapes, dims: int, wrap_multiple: int, dp: int, tp: int, pp: int, cp: int,
+                  dcn: bool) -> tuple[tuple[tuple[int, ...], int, tuple[tuple[str, str], ...]], ...]:
+    """The TPU placements of n = dp*tp*pp*cp chips the planner tries: (slice shape, slices, mesh pins).
+
+    Slices: every s dividing dp (data parallelism spans the slices: cluster.torus_groups) whose n / s chips
+    form an offered slice shape (`shapes`, most even first), more than one only over a data-center network
+    (`dcn`). Mappings: the default one (innermost axis first, costmodel.torus.map_axes) and each tp, cp or pp
+    pinned to every set of dimensions holding exactly its degree; a mapping that lays the axes onto the same
+    rings as an earlier one of the same shape, up to swapping two dimensions of equal length and wrap-around,
+    is priced the same and left out. Cached: every ZeRO stage and layer split of a group asks the same."""
+    out = []
+    n = dp * tp * pp * cp
+    for slices in [s for s in range(1, dp + 1) if dp % s == 0 and (s == 1 or dcn)]:
+        inside = {"tp": tp, "cp": cp, "pp": pp, "dp": dp // slices}
+        for shape in shapes.shapes_of(n // slices, dims):
+            wrap = wraps(shape, wrap_multiple)
+            seen: set = set()
+            pins: list[dict[str, str]] = [{}]
+            for axis in ("tp", "cp", "pp"):
+                if inside[axis] > 1:
+                    pins += [{axis: letters} for letters in dim_sets(shape, inside[axis])]
+            for pin in pins:
+                try:
+                    rings = map_axes(shape, wrap, inside, pin)
+                except TorusError:
+                    continue
+                # the same rings up to swapping dimensions of one length and wrap-around: one candidate
+                key = tuple(sorted((shape[d], wrap[d], tuple(sorted((axis, r.size, r.stride, r.wrap)
+                                                                     for axis, segs in rings.items() for r in segs
+                                                                     if r.dim == d)))
+                                   for d in range(len(shape))))
+                if key not in seen:
+                    seen.add(key)
+                    out.append((shape, slices, tuple(sorted(pin.items()))))
+    return tuple(out)
 
 
 def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:

@@ -21,10 +21,12 @@ module gives the same numbers for thousands at once, through the same code:
   `memory.stage_memory`, `energy.step_energy_j`, and the planner's `goal_metrics` (defined here, used by
   search.evaluate too).
 
-Exact by construction where the grouping holds; where it does not (a TPU torus, whose axes are laid out
-together and whose ZeRO spans slices; a float8 workload, whose weight casts are spread over m; inference,
-whose batch per replica follows dp) every configuration is its own group, still through the same code
-(float8, torus), or the search prices it row by row with search.evaluate (inference). tests/planner/test_table.py checks both paths agree to 1e-9 on
+Exact by construction where the grouping holds; a float8 workload's groups also fix m (its weights' FP8
+casts are spread over the micro-batches), so dp and ZeRO vary in them (its FP8 weight copies are sharded by
+ZeRO-3 in memory.stage_memory, a column formula); where the grouping does not hold (a TPU torus, whose axes
+are laid out together and whose ZeRO spans slices; a mixture of experts; inference, whose batch per replica
+follows dp) every configuration is its own group, still through the same code (torus, MoE), or the search
+prices it row by row with search.evaluate (inference). tests/planner/test_table.py checks both paths agree to 1e-9 on
 thousands of random configurations.
 """
 
@@ -109,17 +111,24 @@ _key_of = operator.attrgetter(*KEY_FIELDS)
 _SCHEDULE_AT = KEY_FIELDS.index("schedule")
 
 
+def _whole(ctx) -> bool:
+    """Whether every configuration is its own group (module docstring): a torus, inference, a mixture of
+    experts (whose gradient traffic and optimizer shard follow dp: moe.edp_equivalent_share)."""
+    w = ctx.plan.workload
+    return ctx.hardware.node.is_torus or w.mode != "train" or w.model.moe is not None
+
+
 def group_key(ctx, c: Config) -> tuple:
     """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
-    (module docstring)."""
+    (module docstring). float8 adds the micro-batch count: the weights' FP8 casts, once per step, are spread
+    over the micro-batches' forwards (compute.phase_times), so only dp and ZeRO vary in its groups."""
     hw = ctx.hardware
-    w = ctx.plan.workload
-    # a mixture of experts' gradient traffic and optimizer shard follow dp (moe.edp_equivalent_share)
-    whole = hw.node.is_torus or precision.is_fp8(w) or w.mode != "train" or w.model.moe is not None
     # a part of one node is a node of that many devices (ClusterSpec.with_devices)
     base = (*_key_of(c), min(c.n_devices, hw.devices_per_node))
-    if whole:
+    if _whole(ctx):
         return base + (c.dp, c.zero, c.microbatches)
+    if precision.is_fp8(ctx.plan.workload):
+        return base + (c.microbatches,)
     if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
         # micro-batches in flight differ, which _combine computes per row from its own schedule
         return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
@@ -191,13 +200,13 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
     holds the memory terms and stage parameters computed for an earlier group of the same `_stage_key`."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
-    whole = len(group_key(ctx, c)) > GROUP_FIELDS
+    whole = _whole(ctx)
     skey = _stage_key(plan, whole)
     memory = shared.get(("memory", skey))
     if memory is None:
         memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st)
                                              for st in memory_stages(w, plan)]
-    cluster = hw.cluster(c.n_devices)  # off a torus only its device, fabric and devices per node matter here
+    cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
@@ -257,6 +266,7 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
     v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
     edp = np.maximum(get("cp") * dp // get("ep"), 1)
+    zero_dp = np.maximum(dp // get("dcn_replicas"), 1)
     schedule = np.array([c.schedule for c in configs])
     out: dict[str, np.ndarray] = {}
     # memory: the busiest stage (the first of equals), as memory_breakdown
@@ -265,8 +275,9 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
         terms = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
                                  **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
         held = in_flight_microbatches(schedule, pp, m, v, slot["index"])
-        # zero_dp = dp: the planner's plans span no slices; etp = tp (space.Config), so edp = cp*dp/ep (plan.Plan.edp)
-        parts = stage_memory(terms, zero, dp, dp, held, edp)
+        # ZeRO shards over dp less the TPU slices' replicas (Plan.zero_dp); etp = tp (space.Config), so edp =
+        # cp*dp/ep (plan.Plan.edp)
+        parts = stage_memory(terms, zero, dp, zero_dp, held, edp)
         total = parts["params"] + parts["grads"] + parts["optimizer"] + parts["activations"] + parts["kv_cache"]
         if best_total is None:
             out.update(parts)

@@ -19,7 +19,8 @@ from llmsim.report.document import Block, Document, Figure, Paragraph, Section, 
 from llmsim.report.html import render_html
 from llmsim.report.markdown import FIGURE_DIR, render_markdown
 from llmsim.report.raster import render
-from llmsim.report.run import TRACE_FILE, Run, catalog_capacity, environment_text, load_run, workload_text
+from llmsim.report.run import (TRACE_FILE, Run, catalog_capacity, environment_text, load_run, read_csv_file, run_file,
+                               workload_text)
 from llmsim.report.summary import summarize
 from llmsim.report.trace import TraceError, load_trace
 from llmsim.results import new_run_dir, write_atomic
@@ -36,9 +37,91 @@ def _gantt(run: Run) -> tuple[object, object]:
     return F.gantt(spans, case=run.trace_case)
 
 
+MAX_CDF_CASES = 6   # latency CDF lines in one panel before they blur into each other
+
+
+def _label(row: pd.Series) -> str:
+    return f"{row['case']} ({row['backend']})"
+
+
+def cdf_cases(frame: pd.DataFrame) -> pd.DataFrame:
+    """The serving rows whose per-request CSVs the latency CDFs draw: every one when there are at most
+    MAX_CDF_CASES, else per strategy and backend its lowest rate, the highest that met the SLO and its highest
+    rate (in that order of precedence, the first MAX_CDF_CASES)."""
+    rows = F.serving_rows(frame)
+    if "requests_file" not in rows:
+        return rows.iloc[0:0]
+    rows = rows[rows["requests_file"].notna()]
+    if len(rows) <= MAX_CDF_CASES:
+        return rows
+    picked: list[int] = []
+    for _, g in F.serving_curves(rows):
+        knee = F.knee_rate(g)
+        rates = [float(g["request_rate"].min()), knee, float(g["request_rate"].max())]
+        for rate in rates:
+            if rate is None:
+                continue
+            index = g.index[g["request_rate"].astype(float) == rate][0]
+            if index not in picked:
+                picked.append(index)
+    return rows.loc[picked[:MAX_CDF_CASES]]
+
+
+def timeline_case(frame: pd.DataFrame) -> tuple[pd.Series, str] | None:
+    """The serving row whose timeline the report draws, and why that one: of the first strategy and backend
+    with a timeline (a simulation's), the highest rate that met the SLO, else its highest rate."""
+    rows = F.serving_rows(frame)
+    if "timeline_file" not in rows:
+        return None
+    rows = rows[rows["timeline_file"].notna()]
+    for _, g in F.serving_curves(rows):
+        knee = F.knee_rate(g)
+        if knee is not None:
+            return g[g["request_rate"].astype(float) == knee].iloc[0], "the highest rate that met the SLO"
+        return g.iloc[-1], "its highest rate; no rate met the SLO" if "slo_met" in g and g["slo_met"].notna().any() \
+            else "its highest rate"
+    return None
+
+
+def _slo(frame: pd.DataFrame) -> dict[str, float]:
+    slo = {}
+    for key, column in (("ttft_s", "slo_ttft_s"), ("tpot_s", "slo_tpot_s"), ("percentile", "slo_percentile")):
+        if column in frame and frame[column].notna().any():
+            slo[key] = float(frame[column].dropna().iloc[0])
+    return slo
+
+
+def _latency_cdf(run: Run, cases: pd.DataFrame) -> tuple[object, object]:
+    curves = []
+    for _, row in cases.iterrows():
+        path = run_file(run, row["requests_file"])
+        table = read_csv_file(path) if path is not None else None
+        if table is not None:
+            curves.append((_label(row), table))
+    if not curves:
+        raise F.NoData("no serving case has a per-request CSV under requests/ in the run folder")
+    return F.latency_cdf(curves, _slo(F.serving_rows(run.frame)))
+
+
+def _timeline(run: Run, chosen: tuple[pd.Series, str] | None) -> tuple[object, object]:
+    if chosen is None:
+        raise F.NoData("no serving case has a per-iteration timeline (a simulation's requests/*.timeline.csv; "
+                       "a measured engine records none)")
+    row = chosen[0]
+    path = run_file(run, row["timeline_file"])
+    table = read_csv_file(path) if path is not None else None
+    if table is None:
+        raise F.NoData(f"the timeline file of {_label(row)} is missing or unreadable: {row['timeline_file']}")
+    return F.serving_timeline(table, _label(row))
+
+
 def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
     """Every figure of a run report, drawn or with the reason it is absent, by name."""
     frame = run.frame
+    cdf = cdf_cases(frame)
+    cdf_names = ", ".join(_label(r) for _, r in cdf.iterrows()) or "none"
+    chosen = timeline_case(frame)
+    timeline_name = f"{_label(chosen[0])}, {chosen[1]}" if chosen is not None else "no case"
     specs = [
         ("throughput", "Throughput per strategy and backend",
          "tokens/s of every case that ran; one panel per backend, each on its own scale; a measured bar's "
@@ -64,6 +147,18 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
         ("serving_goodput", "Goodput against load",
          "requests/s served and requests/s meeting the SLO (goodput) against the offered rate; the dashed "
          "diagonal is every offered request served.", lambda: F.serving_goodput(frame)),
+        ("serving_knee", "Throughput-latency knee",
+         "time to first token at the 99th percentile (dotted: the SLO's TTFT bound) and goodput against the "
+         "offered rate; the dash-dotted vertical line marks the highest rate whose requests met the SLO (TTFT and "
+         "TPOT within bounds for at least the SLO's percentile of them).", lambda: F.serving_knee(frame)),
+        ("latency_cdf", "Latency distributions",
+         f"per-request TTFT and TPOT as cumulative distributions (log time), from the per-request CSVs under "
+         f"requests/; dotted: the SLO's bounds and percentile. Cases: {cdf_names}.",
+         lambda: _latency_cdf(run, cdf)),
+        ("serving_timeline", "Batch size and KV cache over time",
+         f"{timeline_name}: sequences in each iteration and the KV-cache blocks in use, per replica, over "
+         f"simulated time, from the simulation's per-iteration timeline (requests/*.timeline.csv).",
+         lambda: _timeline(run, chosen)),
         ("gantt", f"Pipeline timeline of {run.trace_case or 'the traced case'} (one replica)",
          "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle "
          "time; the case with the deepest pipeline is shown, its trace and every other case's are in "
@@ -81,7 +176,8 @@ def _some(table: Table | None) -> list[Block]:
 def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) -> Document:
     frame = run.frame
     scenario = str(frame["scenario"].iloc[0]) if len(frame) else str(run.scenario.get("name", "?"))
-    serving = [Section("Serving", [figs["serving_latency"], figs["serving_goodput"]], "serving")] \
+    serving = [Section("Serving", [figs["serving_latency"], figs["serving_goodput"], figs["serving_knee"],
+                                   figs["latency_cdf"], figs["serving_timeline"]], "serving")] \
         if not F.serving_rows(frame).empty else []
     sections = [
         Section("Results", [T.results_table(frame), figs["throughput"]], "results"),

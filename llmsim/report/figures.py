@@ -460,7 +460,7 @@ def serving_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return rows[(rows["mode"] == "serve").astype(bool)]
 
 
-def _serving_curves(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def serving_curves(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """One curve per (strategy, backend): the case name without its @rate= suffix, rows by rate."""
     strategy = rows["case"].map(lambda c: str(c).split("@rate=")[0])
     curves = []
@@ -483,7 +483,7 @@ def serving_latency(frame: pd.DataFrame) -> tuple[Figure, Any]:
     if rows.empty:
         raise NoData("no serving case ran (a scenario with a serving: block)")
     fig, axes = new_figure(10, 3.8, 1, 2)
-    curves = _serving_curves(rows)
+    curves = serving_curves(rows)
     for ax, (key, label, slo) in zip(axes[0], SERVING_LATENCIES):
         for i, (name, g) in enumerate(curves):
             rate = g["request_rate"].astype(float)
@@ -512,7 +512,7 @@ def serving_goodput(frame: pd.DataFrame) -> tuple[Figure, Axes]:
     ax = axes[0][0]
     top = float(rows["request_rate"].astype(float).max())
     ax.plot([0, top], [0, top], color="black", lw=1, ls="--", label="offered = served")
-    for i, (name, g) in enumerate(_serving_curves(rows)):
+    for i, (name, g) in enumerate(serving_curves(rows)):
         rate = g["request_rate"].astype(float)
         ax.plot(rate, g["requests_per_s"].map(_num), color=f"C{i}", marker="o", ms=4, label=f"{name} served")
         if has_value(g["goodput_rps"]).any():
@@ -525,3 +525,129 @@ def serving_goodput(frame: pd.DataFrame) -> tuple[Figure, Axes]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return fig, ax
+
+
+def _met(value: Any) -> bool:
+    """slo_met as read back from results.jsonl or .csv: a bool, numpy's bool, 'True' or 1; NaN/None is not met."""
+    return not missing(value) and str(value).lower() in ("true", "1", "1.0")
+
+
+def knee_rate(rows: pd.DataFrame) -> float | None:
+    """The highest offered rate of one curve (a strategy on a backend) whose row met the SLO (`slo_met`:
+    attainment >= the SLO's percentile, DistServe's goal), or None when none did or no SLO was set. The same
+    rule as the report's summary ("the highest that met the SLO")."""
+    if "slo_met" not in rows:
+        return None
+    met = [float(r) for r, m in zip(rows["request_rate"], rows["slo_met"]) if _met(m)]
+    return max(met) if met else None
+
+
+def serving_knee(frame: pd.DataFrame) -> tuple[Figure, Any]:
+    """The throughput-latency knee: TTFT p99 (left, log scale, the SLO's TTFT bound dotted) and goodput
+    (right) against the offered rate, one line per strategy and backend, the highest rate that met the SLO
+    marked on both panels by a vertical line in the curve's colour (`knee_rate`)."""
+    rows = serving_rows(frame)
+    if rows.empty:
+        raise NoData("no serving case ran (a scenario with a serving: block)")
+    if "slo_met" not in rows or rows["slo_met"].isna().all():
+        raise NoData("the serving block sets no slo: (no rate can meet one)")
+    fig, axes = new_figure(10, 3.8, 1, 2)
+    lat, good = axes[0]
+    for i, (name, g) in enumerate(serving_curves(rows)):
+        rate = g["request_rate"].astype(float)
+        knee = knee_rate(g)
+        lat.plot(rate, g["ttft_p99_s"].map(_num), color=f"C{i}", marker="^", ms=4, label=f"{name} TTFT p99")
+        good.plot(rate, g["goodput_rps"].map(_num), color=f"C{i}", marker="s", ms=4, label=f"{name} goodput")
+        top = float(rate.max())
+        text = (f"{name}: no rate met the SLO" if knee is None else
+                f"{name}: highest rate meeting the SLO {fmt_rate(knee)} requests/s"
+                + (" (the highest offered: the knee lies beyond)" if knee >= top else ""))
+        for ax in (lat, good):
+            if knee is not None:
+                ax.axvline(knee, color=f"C{i}", ls="-.", lw=1.2, label=text if ax is good else None)
+        if knee is None:
+            good.plot([], [], color=f"C{i}", ls="-.", label=text)
+    _slo_line(lat, rows, "slo_ttft_s")
+    lat.set_title("time to first token, p99", fontsize=10, loc="left")
+    lat.set_yscale("log")
+    lat.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    lat.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v)))
+    lat.yaxis.set_minor_formatter(NullFormatter())
+    good.set_title("goodput (requests/s meeting the SLO)", fontsize=10, loc="left")
+    good.set_ylim(0, None)
+    for ax in (lat, good):
+        ax.set_xlabel("offered requests/s")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    return fig, axes
+
+
+def _cdf(ax: Axes, values: pd.Series, **kw: Any) -> None:
+    v = sorted(float(x) for x in values if not missing(x) and float(x) > 0)
+    if v:
+        n = len(v)
+        ax.step(v, [(k + 1) / n for k in range(n)], where="post", **kw)
+
+
+def latency_cdf(curves: Sequence[tuple[str, pd.DataFrame]], slo: dict[str, float] | None = None) -> tuple[Figure, Any]:
+    """Empirical CDFs of TTFT (left) and TPOT (right) per request, one line per (case, backend): `curves` are
+    (label, the case's per-request table, llmsim.serving.metrics.REQUEST_COLUMNS). Log time axis; the SLO's
+    bounds as dotted vertical lines and its percentile as a dotted horizontal one (`slo`: ttft_s, tpot_s,
+    percentile). Requests rejected or with one output token (no TPOT) are left out of that panel."""
+    drawn = [(label, t[t["status"] == "ok"]) for label, t in curves if "status" in t]
+    drawn = [(label, t) for label, t in drawn if len(t)]
+    if not drawn:
+        raise NoData("no serving case has a per-request CSV with a served request (requests/ in the run folder)")
+    fig, axes = new_figure(10, 3.8, 1, 2)
+    for ax, (column, title, bound) in zip(axes[0], (("ttft_s", "time to first token", "ttft_s"),
+                                                     ("tpot_s", "time per output token", "tpot_s"))):
+        for i, (label, t) in enumerate(drawn):
+            _cdf(ax, t[column], color=f"C{i}", lw=1.4, label=label)
+        if slo and slo.get(bound):
+            ax.axvline(float(slo[bound]), color=SLO_COLOR, ls=":", lw=1.5, label=f"SLO {fmt_seconds(float(slo[bound]))}")
+        if slo and slo.get("percentile"):
+            ax.axhline(float(slo["percentile"]) / 100, color="gray", ls=":", lw=1, label=f"p{slo['percentile']:g}")
+        ax.set_title(f"{title}, per request", fontsize=10, loc="left")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][1].legend(fontsize=7, loc="lower right")
+    return fig, axes
+
+
+MAX_TIMELINE_REPLICAS = 8   # lanes a timeline figure draws; more replicas would be an unreadable tangle
+
+
+def serving_timeline(timeline: pd.DataFrame, case: str) -> tuple[Figure, Any]:
+    """Batch size (sequences per iteration, top) and KV-cache use (% of the replica's blocks, bottom) over
+    simulated time for one case, one line per replica (the first MAX_TIMELINE_REPLICAS), from the simulation's
+    per-iteration timeline (llmsim.serving.metrics.TIMELINE_COLUMNS)."""
+    need = {"replica", "time_s", "batch", "kv_utilization"}
+    if timeline.empty or not need <= set(timeline.columns):
+        raise NoData(f"the timeline of {case} is empty or lacks the columns {', '.join(sorted(need))}")
+    fig, axes = new_figure(10, 4.6, 2, 1, sharex=True)
+    top, bottom = axes[0][0], axes[1][0]
+    replicas = list(dict.fromkeys(timeline["replica"]))[:MAX_TIMELINE_REPLICAS]
+    for i, r in enumerate(replicas):
+        t = timeline[timeline["replica"] == r]
+        label = f"replica {r}"
+        top.plot(t["time_s"].astype(float), t["batch"].astype(float), color=f"C{i}", lw=0.9,
+                 drawstyle="steps-post", label=label)
+        bottom.plot(t["time_s"].astype(float), 100 * t["kv_utilization"].map(_num), color=f"C{i}", lw=0.9,
+                    drawstyle="steps-post", label=label)
+    bottom.axhline(100, color=CAPACITY_COLOR, ls=":", lw=1.2, label="all blocks in use")
+    top.set_title(f"{case}: sequences per iteration", fontsize=10, loc="left")
+    top.set_ylabel("batch")
+    top.set_ylim(0, None)
+    bottom.set_title("KV cache in use", fontsize=10, loc="left")
+    bottom.set_ylabel("% of blocks")
+    bottom.set_ylim(0, 105)
+    bottom.set_xlabel("simulated time since the first arrival (s)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    bottom.legend(fontsize=7, loc="best", ncol=min(4, len(replicas) + 1))
+    return fig, axes

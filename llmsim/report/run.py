@@ -59,6 +59,27 @@ class Run:
         return None, None
 
 
+def run_file(run: Run, relative: Any) -> Path | None:
+    """A file a row names relative to its run folder (`requests_file`, `timeline_file`), if it exists there and
+    stays inside the folder (a row is data: it must not send the report reading elsewhere)."""
+    if missing(relative) or not isinstance(relative, str) or not relative:
+        return None
+    path = run.path / relative
+    try:
+        inside = path.resolve().is_relative_to(run.path.resolve())
+    except OSError:
+        return None
+    return path if inside and path.is_file() else None
+
+
+def read_csv_file(path: Path) -> pd.DataFrame | None:
+    """A CSV the run wrote, or None if it cannot be read (a report without one figure beats no report)."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):  # unreadable, empty, not CSV
+        return None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

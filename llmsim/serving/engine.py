@@ -130,11 +130,15 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now (the OS picks it; another process could take it before the server)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", exclude: Sequence[int] = ()) -> int:
+    """A TCP port nobody listens on now (the OS picks it; another process could take it before the server),
+    not one of `exclude` (ports already handed to servers not started yet)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in exclude:
+            return port
 
 
 @dataclass(frozen=True)

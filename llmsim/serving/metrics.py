@@ -30,6 +30,12 @@ import numpy as np
 from llmsim.serving.simulate import ServingOutcome
 from llmsim.serving.spec import Slo
 
+TIMELINE_COLUMNS = ("replica", "iteration", "time_s", "batch", "tokens", "kv_blocks_used", "kv_utilization", "waiting")
+# Rows per replica the timeline CSV keeps: a report figure is ~1,000 pixels wide, so 4,000 points per replica
+# draw the same picture as the ~11,000 iterations per replica of benchmarks/bench_serving.py's run; a row is
+# ~46 bytes (measured on scenarios/serve-8b.yaml), so at most ~185 kB per replica.
+MAX_TIMELINE_ROWS = 4000
+
 REQUEST_COLUMNS = ("request_id", "replica", "status", "reason", "arrival_s", "input_tokens", "output_tokens",
                    "queue_s", "ttft_s", "tpot_s", "e2e_s", "itl_max_s", "preemptions", "finish_s")
 
@@ -114,4 +120,24 @@ def requests_table(outcome: ServingOutcome) -> str:
     writer.writerow(REQUEST_COLUMNS)
     for _, values in sorted(lines, key=lambda item: item[0]):
         writer.writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()
+
+
+def timeline_table(outcome: ServingOutcome, max_rows: int = MAX_TIMELINE_ROWS) -> str:
+    """One CSV line per iteration of every replica (TIMELINE_COLUMNS), at most `max_rows` per replica: when a
+    replica ran more iterations, every k-th one from its first, k = ceil(iterations / max_rows) (a sample: a
+    short spike between two kept iterations is not in the file; the row's max_batch and kv_peak_utilization
+    are exact). `iteration` is the iteration's index on its replica; kv_utilization = kv_blocks_used / blocks."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1 (got {max_rows})")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TIMELINE_COLUMNS)
+    blocks = outcome.kv_blocks
+    for replica, t in enumerate(outcome.timelines):
+        stride = -(-len(t) // max_rows) or 1
+        for i in range(0, len(t), stride):
+            used = t.kv_blocks_used[i]
+            writer.writerow([replica, i, repr(t.time_s[i]), t.batch[i], t.tokens[i], used,
+                             f"{used / blocks:.6g}" if blocks else "", t.waiting[i]])
     return buffer.getvalue()

@@ -16,6 +16,10 @@ A request the server refuses (HTTP 4xx/5xx) is a rejection: `context` when the e
 length (vLLM's `max_model_len` check), else `error`; one that fails mid-stream, times out, or is still
 open when the run's time runs out is a rejection `error`/`timeout`. None of them loses the row.
 
+Several servers (replicas) are fed by the simulation's own router (llmsim.serving.router: round-robin, or
+least outstanding requests, a request outstanding from its send to its last token or failure); each answer
+records which server it went to.
+
 httpx is imported when a replay runs, so llmsim imports without it.
 """
 
@@ -32,6 +36,7 @@ from typing import Any
 
 from llmsim.serving.kvcache import Sequence
 from llmsim.serving.requests import Request
+from llmsim.serving.router import Router
 from llmsim.serving.simulate import Rejection, ServingOutcome
 
 # Words of vLLM's refusal of a request longer than max_model_len (vllm/entrypoints/openai/serving_engine.py,
@@ -59,6 +64,7 @@ class Answer:
     chunk_tokens: list[int] = field(default_factory=list)
     error: str | None = None        # None = finished; else the rejection's reason
     detail: str = ""
+    replica: int = 0                # the server the router sent it to
 
     @property
     def token_times(self) -> array:
@@ -107,17 +113,32 @@ KV_USAGE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 PREEMPTION_METRICS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
 
 
+@dataclass
+class Endpoint:
+    """One server behind the router (llmsim.serving.router.Routable): its URL and requests in flight."""
+
+    index: int
+    url: str
+    outstanding: int = 0
+
+
 class Replay:
-    """Replays requests against `base_url` (an OpenAI-compatible server) under the served `model` name.
+    """Replays requests against `base_url` (an OpenAI-compatible server, or a list of them: replicas behind
+    `router`) under the served `model` name.
 
     `prompt_of(request)` gives a request's token ids; `count_tokens(text)` the tokens in a streamed piece of
     text. `transport` (an httpx transport) replaces the network in tests."""
 
-    def __init__(self, base_url: str, model: str, prompt_of: Callable[[Request], list[int]],
+    def __init__(self, base_url: str | Seq[str], model: str, prompt_of: Callable[[Request], list[int]],
                  count_tokens: Callable[[str], int], *, request_timeout_s: float = 600.0,
                  run_timeout_s: float | None = None, metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S,
-                 transport: Any = None) -> None:
-        self.base_url = base_url.rstrip("/")
+                 transport: Any = None, router: str = "round-robin") -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("a replay needs at least one server URL")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
+        self.router = router
         self.model = model
         self.prompt_of = prompt_of
         self.count_tokens = count_tokens
@@ -147,12 +168,19 @@ class Replay:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         timeout = httpx.Timeout(self.request_timeout_s)
         metrics = Metrics()
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits,
-                                     transport=self.transport) as client:
-            before = await self._read_metrics(client)
+        endpoints = [Endpoint(i, url) for i, url in enumerate(self.base_urls)]
+        route = Router(self.router, endpoints)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=self.transport) as client:
+            before = [await self._read_metrics(client, e.url) for e in endpoints]
             start = time.perf_counter()
             stop = asyncio.Event()
-            sampler = asyncio.create_task(self._sample(client, metrics, stop))
+            sampler = asyncio.create_task(self._sample(client, endpoints, metrics, stop))
+
+            async def routed(answer: Answer, endpoint: Endpoint) -> None:
+                try:
+                    await self._one(client, answer, start, endpoint.url)
+                finally:
+                    endpoint.outstanding -= 1
 
             async def send_all() -> None:
                 tasks = []
@@ -160,7 +188,11 @@ class Replay:
                     delay = answer.request.arrival_s - (time.perf_counter() - start)
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    tasks.append(asyncio.create_task(self._one(client, answer, start)))
+                    endpoint = route.pick()
+                    assert isinstance(endpoint, Endpoint)
+                    endpoint.outstanding += 1
+                    answer.replica = endpoint.index
+                    tasks.append(asyncio.create_task(routed(answer, endpoint)))
                 await asyncio.gather(*tasks)
 
             sender = asyncio.create_task(send_all())
@@ -176,19 +208,21 @@ class Replay:
             for answer in answers:   # never sent, or cut off by the run's time
                 if answer.error is None and sum(answer.chunk_tokens) < answer.request.output_tokens:
                     answer.error, answer.detail = "timeout", f"run_timeout_s {self.run_timeout_s:g} s reached"
-            after = await self._read_metrics(client)
-        if before is not None and after is not None:
-            count_before, count_after = _first(before, PREEMPTION_METRICS), _first(after, PREEMPTION_METRICS)
-            if count_before is not None and count_after is not None:
-                metrics.preemptions = int(round(count_after - count_before))
+            after = [await self._read_metrics(client, e.url) for e in endpoints]
+        for b, a in zip(before, after):   # the counters' rise, summed over the servers that report it
+            if b is not None and a is not None:
+                count_before, count_after = _first(b, PREEMPTION_METRICS), _first(a, PREEMPTION_METRICS)
+                if count_before is not None and count_after is not None:
+                    metrics.preemptions = (metrics.preemptions or 0) + int(round(count_after - count_before))
         return answers, metrics, wall
 
-    async def _one(self, client: Any, answer: Answer, start: float) -> None:
+    async def _one(self, client: Any, answer: Answer, start: float, url: str | None = None) -> None:
         """Send one request and time its chunks; any failure becomes the answer's error."""
         import httpx
 
         try:
-            async with client.stream("POST", "/v1/completions", json=self.body(answer.request)) as response:
+            async with client.stream("POST", f"{url or self.base_url}/v1/completions",
+                                     json=self.body(answer.request)) as response:
                 if response.status_code != 200:
                     text = (await response.aread()).decode("utf-8", errors="replace")
                     lowered = text.lower()
@@ -222,23 +256,25 @@ class Replay:
         except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
             answer.error, answer.detail = "error", f"{type(exc).__name__}: {exc}"[:200]
 
-    async def _read_metrics(self, client: Any) -> dict[str, float] | None:
+    async def _read_metrics(self, client: Any, url: str | None = None) -> dict[str, float] | None:
         import httpx
 
         try:
-            response = await client.get("/metrics", timeout=5.0)
+            response = await client.get(f"{url or self.base_url}/metrics", timeout=5.0)
         except httpx.HTTPError:
             return None
         return parse_prometheus(response.text) if response.status_code == 200 else None
 
-    async def _sample(self, client: Any, metrics: Metrics, stop: asyncio.Event) -> None:
-        """Read the KV-cache gauge every metrics_interval_s until `stop`; keep its peak."""
+    async def _sample(self, client: Any, endpoints: Seq[Endpoint], metrics: Metrics, stop: asyncio.Event) -> None:
+        """Read every server's KV-cache gauge every metrics_interval_s until `stop`; keep the fullest one's peak
+        (as the simulation's kv_peak_utilization: the fullest replica)."""
         while not stop.is_set():
-            values = await self._read_metrics(client)
-            usage = _first(values, KV_USAGE_METRICS) if values else None
-            if usage is not None:
-                metrics.samples += 1
-                metrics.kv_peak_utilization = max(metrics.kv_peak_utilization or 0.0, usage)
+            for endpoint in endpoints:
+                values = await self._read_metrics(client, endpoint.url)
+                usage = _first(values, KV_USAGE_METRICS) if values else None
+                if usage is not None:
+                    metrics.samples += 1
+                    metrics.kv_peak_utilization = max(metrics.kv_peak_utilization or 0.0, usage)
             try:
                 await asyncio.wait_for(stop.wait(), self.metrics_interval_s)
             except asyncio.TimeoutError:
@@ -246,15 +282,15 @@ class Replay:
 
 
 def outcome_of(answers: Seq[Answer], metrics: Metrics, wall_s: float) -> ServingOutcome:
-    """The measured run as a ServingOutcome (one replica): finished requests as sequences with their token
-    times, the others as rejections; what the engine does not report per request (when it was first
+    """The measured run as a ServingOutcome: finished requests as sequences with their token times and the
+    server they went to, the others as rejections; what the engine does not report per request (when it was first
     scheduled, iterations, batch sizes) is left unknown."""
     sequences, rejected = [], []
     for answer in answers:
         if answer.error is not None:
             rejected.append(Rejection(answer.request, answer.error))
             continue
-        seq = Sequence(answer.request, 0)
+        seq = Sequence(answer.request, answer.replica)
         seq.token_times = answer.token_times
         seq.generated = answer.request.output_tokens
         seq.finished = True

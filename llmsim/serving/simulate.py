@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass, field
 
 from llmsim.serving.kvcache import KVCache, Sequence
-from llmsim.serving.replica import Pricer, Replica
+from llmsim.serving.replica import Pricer, Replica, Timeline
 from llmsim.serving.requests import Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
@@ -48,6 +48,7 @@ class ServingOutcome:
     events: int
     wall_s: float
     extra: dict[str, float] = field(default_factory=dict)
+    timelines: list[Timeline] = field(default_factory=list)   # per replica, every iteration (simulation only)
 
     @property
     def kv_peak_utilization(self) -> float:
@@ -116,7 +117,8 @@ def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: C
         kv_blocks=kv_blocks, kv_peak_used=[r.scheduler.kv.peak_used for r in pool],
         iterations=[r.iterations for r in pool], busy_s=[r.busy_s for r in pool],
         compute_s=[r.compute_s for r in pool], max_batch=[r.max_batch for r in pool],
-        events=env.events_processed, wall_s=time.perf_counter() - start)
+        events=env.events_processed, wall_s=time.perf_counter() - start,
+        timelines=[r.timeline for r in pool])
 
 
 class _Occupancy:

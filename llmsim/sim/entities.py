@@ -158,15 +158,27 @@ class Device:
     """
 
     def __init__(self, env: simpy.Environment, stage: int, node: int, intra: Link, inter: Link,
-                 slowdown: float = 1.0) -> None:
+                 slowdown: float = 1.0, dims: tuple[Link, ...] = ()) -> None:
         self.env = env
         self.stage = stage
         self.node = node
         self.compute = simpy.Resource(env, capacity=1)
         self.comm = simpy.Resource(env, capacity=1)
         self.ports: dict[Tier, Link] = {"intra": intra, "inter": inter}
+        # On a TPU torus, the chip's links along each dimension (x, y, z): a ring collective along one
+        # dimension crosses only that dimension's links (Phase.link), so collectives of axes laid on different
+        # dimensions run side by side and those on one dimension share it.
+        self.dims = dims
         self.slowdown = slowdown
         self.ledger = Ledger()
+
+    def port(self, tier: Tier, link: int | None = None) -> Link:
+        """The port a phase crosses: its torus dimension's links where it names one, else its tier's port."""
+        return self.dims[link] if link is not None and self.dims else self.ports[tier]
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        return (*self.ports.values(), *self.dims)
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,7 @@ class Placement:
     cp: int
     pp: int
     devices_per_node: int
+    torus_dims: int = 0   # a TPU slice's dimensions: each gets its own links (Device.dims); 0 = not a torus
 
     def node_of(self, stage: int) -> int:
         return stage * self.tp * self.cp // self.devices_per_node
@@ -234,11 +247,13 @@ class Replica:
                     intra_f = faults.degraded_bandwidth_factor
                 else:
                     inter_f = faults.degraded_bandwidth_factor
+            dims = tuple(Link(env, f"stage{s}.ici-{'xyz'[d]}", intra_bw * intra_f, intra_latency)
+                         for d in range(placement.torus_dims))
             devices.append(Device(
                 env, stage=s, node=placement.node_of(s),
                 intra=Link(env, f"stage{s}.intra", intra_bw * intra_f, intra_latency),
                 inter=Link(env, f"stage{s}.inter", inter_bw * inter_f, inter_latency),
-                slowdown=faults.straggler_slowdown if faults.straggler_stage == s else 1.0))
+                slowdown=faults.straggler_slowdown if faults.straggler_stage == s else 1.0, dims=dims))
         return cls(env=env, devices=devices, placement=placement, spans=[] if record else None)
 
     def record(self, stage: int, lane: str, name: str, category: str, start: float) -> None:

@@ -47,7 +47,7 @@ class SimOptions:
 def run_phases(device: Device, phases: Phases) -> Generator[simpy.Event, None, None]:
     """Run a collective's phases in order on the device's ports (its peers do the same on theirs)."""
     for ph in phases:
-        yield from device.ports[ph.tier].transfer(ph.nbytes, ph.latency_s)
+        yield from device.port(ph.tier, ph.link).transfer(ph.nbytes, ph.latency_s)
 
 
 class StepSim:

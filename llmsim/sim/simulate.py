@@ -50,7 +50,8 @@ class Outcome:
 
 def placement_of(plan: Plan, cluster: ClusterSpec) -> Placement:
     """Where the simulated replica's stages sit on the cluster (Megatron rank order)."""
-    return Placement(tp=plan.tp, cp=plan.cp, pp=plan.pp, devices_per_node=cluster.devices_per_node)
+    return Placement(tp=plan.tp, cp=plan.cp, pp=plan.pp, devices_per_node=cluster.devices_per_node,
+                     torus_dims=len(cluster.topology))
 
 
 def simulate(work: StepWork, placement: Placement, fabric: Fabric, faults: Faults = Faults(),
@@ -71,7 +72,7 @@ def simulate(work: StepWork, placement: Placement, fabric: Fabric, faults: Fault
     bubble = step - led.compute_s - led.comm_s - led.other_s
     if bubble < ROUNDING * step:  # summed in another order than the clock advanced: 1e-13 s is not a bubble
         bubble = 0.0
-    links = {link.name: link.bytes_sent for d in replica.devices for link in d.ports.values()}
+    links = {link.name: link.bytes_sent for d in replica.devices for link in d.links}
     return Outcome(step_s=step, compute_s=led.compute_s, comm_s=led.comm_s, bubble_s=bubble, other_s=led.other_s,
                    critical_stage=critical, ledgers=ledgers, events=env.events_processed,
                    spans=tuple(replica.spans or ()), link_bytes=links)

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -48,19 +50,39 @@ _ATTENTION_MARK = "attention"
 # 175B: 96; Megatron-Turing NLG 530B: 105) and traces in about a second.
 MAX_TRACED_LAYERS = 256
 SCALE_FROM_LAYERS = 2
+_BLOCK = re.compile(r"\.blocks\.(\d+)")   # module path of the Transformer block an op runs in
 _MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm", "convolution"}
 
 
 @dataclass
 class OpTotals:
+    """FLOPs, HBM bytes and op count of the ops of one (phase, region, kind).
+
+    `bytes` is what eager PyTorch moves: every op reads its inputs and writes its outputs. `fused_bytes`
+    (the `other` kind only; None = the same as `bytes`) is what a compiler that fuses the elementwise chains
+    between two GEMMs into one kernel moves (see _FusionTracker): each chain's external inputs, read once,
+    and the outputs something outside the chain needs."""
+
     flops: float = 0.0
     bytes: float = 0.0
     count: int = 0
+    fused_bytes: float | None = None
 
     def add(self, other: "OpTotals", scale: float = 1.0) -> None:
+        if self.fused_bytes is not None or other.fused_bytes is not None:
+            self.fused_bytes = self.traffic(True) + other.traffic(True) * scale
         self.flops += other.flops * scale
         self.bytes += other.bytes * scale
         self.count += int(round(other.count * scale))
+
+    def traffic(self, compiled: bool) -> float:
+        """HBM bytes of these ops, run eagerly (compiled False) or compiled with fusion (True)."""
+        return self.fused_bytes if compiled and self.fused_bytes is not None else self.bytes
+
+    def scaled(self, scale: float) -> "OpTotals":
+        """These totals times `scale` (a profile scaled to another depth: costmodel.scaling)."""
+        return OpTotals(flops=self.flops * scale, bytes=self.bytes * scale, count=int(round(self.count * scale)),
+                        fused_bytes=None if self.fused_bytes is None else self.fused_bytes * scale)
 
 
 @dataclass(frozen=True)
@@ -124,14 +146,152 @@ def _tensor_bytes(tensors: list) -> int:
     return total
 
 
+def _storage_view(t: torch.Tensor) -> tuple:
+    """What a tensor reads of its storage: the storage, offset, shape and strides (two slices of one
+    storage, e.g. q and k of a fused QKV output, are two different reads)."""
+    return _storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride())
+
+
+# `other` ops a fusing compiler still runs as kernels of their own, so a chain breaks at them: the embedding's
+# backward (a scatter-add into the table) and the data-dependent ops of MoE routing (aten fallbacks in
+# Inductor, torch/_inductor/lowering.py make_fallback: sort, topk, nonzero; cumsum of the routing counts).
+# The embedding lookup itself fuses with what reads it (Inductor lowers aten.embedding to a pointwise load
+# with an indirect index; XLA fuses a gather into its consumers): it reads the rows it returns.
+_UNFUSED_OPS = {"embedding_dense_backward", "sort", "topk", "nonzero", "cumsum", "argsort", "histc", "bincount"}
+
+
+@dataclass
+class _Made:
+    """An output of an elementwise kernel of `group`: written to HBM only once something outside that kernel
+    needs it (`written`), then charged to the producer's `totals`."""
+
+    group: tuple[str, int, str | None]
+    nbytes: int
+    totals: OpTotals
+    written: bool = False
+
+
+class _FusionTracker:
+    """The HBM traffic of the traced step's elementwise ops when a compiler fuses them (OpTotals.fused_bytes).
+
+    Mechanism: a compiler (torch.compile's Inductor, XLA) fuses the pointwise and reduction ops between two
+    GEMMs into one kernel that keeps its intermediates in registers or on-chip memory and reads from and
+    writes to HBM only what crosses the kernel's boundary. Inductor's scheduler fuses nodes that share
+    reads or feed one another (Ansel et al. 2024, "PyTorch 2", ASPLOS, Sec. 4.4 "Scheduling and fusion";
+    torch/_inductor/scheduler.py `can_fuse`); XLA's loop and input fusion do the same for elementwise ops and
+    the reductions they feed (openxla.org/xla/operation_semantics; XLA GPU fusion pass, "Fusion" in the XLA
+    architecture docs). A kernel cannot contain a GEMM, attention or other unfused op and what depends on
+    it at once (that would be a cycle through the GEMM), so the elementwise ops of one phase are grouped by
+    their GEMM depth: the longest chain of unfused ops from the phase's inputs to the op. Ops of one depth
+    need no GEMM between them: one group = one fused region (any number of kernels that exchange nothing
+    through HBM). Each Transformer block is a compiled region of its own, whose inputs and outputs go
+    through HBM: torchtitan compiles each block separately (apply_compile), and MaxText runs its layers as
+    the body of one jax.lax.scan (base.yml `scan_layers: True`), a loop body XLA does not fuse across; so a
+    group is (phase, GEMM depth, block), and every block of a model costs the same (costmodel.scaling stays
+    exact). Per group:
+      reads  = each distinct input view not produced inside the group, once (what eager PyTorch reads per op)
+      writes = each output that something outside the group needs: an unfused op (GEMM, attention), an
+               elementwise op of another depth or phase, autograd's saved tensors (`saved`), or memory that
+               outlives the step (an in-place update of a parameter, optimizer state or the KV cache).
+    An output nothing reads is dead code to the compiler (not written). Assumptions: the saved tensors are
+    eager autograd's (Inductor's min-cut partitioner may recompute cheap ops instead of saving them: fewer
+    bytes still); a reduction is one pass over its input (Inductor's persistent reductions and XLA's input
+    fusion; a vocab-wide softmax may take two); no elementwise op fuses into a GEMM's epilogue or prologue.
+    """
+
+    def __init__(self) -> None:
+        self.depth: dict[int, tuple[str, int]] = {}     # storage -> (phase, GEMM depth) of its last writer
+        self.made: dict[int, _Made] = {}
+        self.read: set[tuple] = set()                    # (group, storage view) read from HBM already
+        self.alive: dict[int, object] = {}              # the storages keyed, kept alive (no address reuse)
+
+    def _keep(self, t: torch.Tensor) -> int:
+        key = _storage_key(t)
+        self.alive.setdefault(key, t.untyped_storage())
+        return key
+
+    def need(self, key: int) -> None:
+        """Something outside its kernel reads this storage: an elementwise kernel that made it writes it."""
+        made = self.made.get(key)
+        if made is not None and not made.written:
+            made.written = True
+            made.totals.fused_bytes = (made.totals.fused_bytes or 0.0) + made.nbytes
+
+    def saved(self, t: torch.Tensor) -> None:
+        """Autograd saves `t` for the backward: it goes to HBM."""
+        self.need(_storage_key(t))
+
+    def record(self, phase: str, block: str | None, kind: str, func: Any, args: tuple, ins: list, outs: list,
+               totals: OpTotals, eager_bytes: float) -> None:
+        """One op of `phase` whose eager traffic was `eager_bytes`: an elementwise one charges its fused
+        traffic to `totals` (an `other` op that does not fuse, its eager bytes)."""
+        name = func._overloadpacket.__name__
+        fused = kind == "other" and name not in _UNFUSED_OPS
+        schema_args = func._schema.arguments
+        mutates = any(a.alias_info is not None and a.alias_info.is_write for a in schema_args)
+        tensors = [t for t in ins if isinstance(t, torch.Tensor)]
+        results = [t for t in outs if isinstance(t, torch.Tensor)]
+        if fused and not mutates and results and {_storage_key(t) for t in results} <= {_storage_key(t) for t in tensors}:
+            return                              # an alias (aten._unsafe_view, ...): no kernel, no traffic
+        if fused and mutates and not results:   # in-place without a result (aten._foreach_add_, ...)
+            results = [a for a, arg in zip(args, schema_args) if isinstance(a, torch.Tensor) and arg.alias_info
+                       and arg.alias_info.is_write]
+        depth = max((d for t in tensors for p, d in [self.depth.get(_storage_key(t), (phase, 0))] if p == phase),
+                    default=0)
+        if not fused:  # a GEMM, attention or unfused op: reads its inputs from HBM, its outputs one level deeper
+            if kind == "other":
+                totals.fused_bytes = (totals.fused_bytes or 0.0) + eager_bytes
+            for t in tensors:
+                self.need(_storage_key(t))
+            for t in results:
+                key = self._keep(t)
+                self.depth[key] = (phase, depth + 1)
+                self.made.pop(key, None)
+            return
+        group = (phase, depth, block)
+        if totals.fused_bytes is None:
+            totals.fused_bytes = 0.0
+        in_keys = set()
+        for i, t in enumerate(tensors):
+            key = _storage_key(t)
+            in_keys.add(key)
+            if name == "copy_" and i == 0:      # the destination of a copy is written, not read
+                continue
+            if name == "embedding" and i == 0:  # a lookup reads the rows it returns, not the whole table
+                totals.fused_bytes += _tensor_bytes(results)
+                continue
+            made = self.made.get(key)
+            if made is not None and made.group == group:
+                continue                        # made inside this fused region: never leaves the chip
+            self.need(key)
+            view = (group, _storage_view(t))
+            if view not in self.read:
+                self.read.add(view)
+                totals.fused_bytes += _tensor_bytes([t])
+        for t in results:
+            key = self._keep(t)
+            self.depth[key] = (phase, depth)
+            made = self.made.get(key)
+            if made is not None and made.group == group:
+                continue                        # updated in place inside the region
+            nbytes = _tensor_bytes([t])
+            if key in in_keys:                  # in place into memory that outlives this region: written
+                totals.fused_bytes += nbytes
+                self.made[key] = _Made(group, nbytes, totals, written=True)
+            else:
+                self.made[key] = _Made(group, nbytes, totals)
+
+
 class _OpRecorder(TorchDispatchMode):
-    """Records FLOPs and bytes of every aten op, keyed by (phase, region, kind)."""
+    """Records FLOPs and bytes of every aten op, keyed by (phase, region, kind), and the fused traffic of the
+    elementwise ones (_FusionTracker)."""
 
     def __init__(self, tracker: ModuleTracker) -> None:
         super().__init__()
         self.tracker = tracker
         self.phase = "forward"
         self.ops: dict[tuple[str, str, str], OpTotals] = defaultdict(OpTotals)
+        self.fusion = _FusionTracker()
 
     def _where(self) -> tuple[str, bool]:
         """(region, inside core attention) from the modules the op runs in."""
@@ -168,10 +328,13 @@ class _OpRecorder(TorchDispatchMode):
         totals = self.ops[(self.phase, region, kind)]
         totals.flops += flops
         if name == "embedding":  # a lookup reads the rows it returns, not the whole table
-            totals.bytes += 2 * _tensor_bytes(outs) + _tensor_bytes(ins[1:2])
+            nbytes = 2 * _tensor_bytes(outs) + _tensor_bytes(ins[1:2])
         else:
-            totals.bytes += _tensor_bytes(ins) + _tensor_bytes(outs)
+            nbytes = _tensor_bytes(ins) + _tensor_bytes(outs)
+        totals.bytes += nbytes
         totals.count += 1
+        block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
+        self.fusion.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
         return out
 
 
@@ -319,7 +482,12 @@ def _trace(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
     with tracker, recorder:
         if workload.mode == "train":
             saved = _SavedActivations(step.model, tracker)
-            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                recorder.fusion.saved(t)
+                return saved.pack(t)
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, saved.unpack):
                 loss = step.forward_loss()
             activation_bytes, activation_layers = saved.total, saved.in_layers
             recorder.phase = "backward"

@@ -44,6 +44,7 @@ class Device:
     compute_units: int | None = None
     efficiency: Efficiency | None = None
     overlaps_communication: bool = True
+    compiled: bool = False
 
     def __hash__(self) -> int:
         return hash((self.name, self.memory_bytes, self.memory_bw_bytes_per_s, self.compute_units))

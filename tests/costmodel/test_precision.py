@@ -82,3 +82,76 @@ def test_fp8_decode_reads_one_byte_weights() -> None:
     _, bf16 = _price("bfloat16", mode="decode", plan=Plan(micro_batch=1, microbatches=1))
     _, fp8 = _price("float8", mode="decode", plan=Plan(micro_batch=1, microbatches=1))
     assert fp8.step_time_s < bf16.step_time_s
+
+
+def _w(**fp8) -> Workload:
+    return Workload(model=ModelSpec(**SPEC), dtype="float8", fp8=fp8)
+
+
+def test_te_fuses_the_casts_of_norm_and_activation_outputs() -> None:
+    """Transformer Engine quantizes QKV's and MLP up's inputs in the norm (LayerNormLinear / LayerNormMLP) and
+    MLP down's in the activation; only the attention output is a separate cast pass. torchao casts apart."""
+    plan = Plan(micro_batch=1, microbatches=1)
+    (qkv, _), (out, _), (up, _), (down, _) = precision.linear_shapes(_w(), plan)
+    for recipe, fused in (("delayed", 0.0), ("mxfp8", 2 * (1 + 1 / 32) - 2), ("current", 2 + 2)):
+        te = _w(recipe=recipe)
+        apart = precision.cast_bytes_per_element(te)
+        assert precision.fused_cast_bytes_per_element(te) == pytest.approx(fused)
+        assert precision.activation_cast_bytes(te, plan, "forward", 1) == pytest.approx(
+            out * apart + (qkv + up + down) * fused)
+        ao = _w(recipe=recipe, saved_activations="bfloat16")
+        assert precision.activation_cast_bytes(ao, plan, "forward", 1) == pytest.approx(
+            (qkv + out + up + down) * apart)
+    # inference writes one copy: the fused cast costs nothing beyond the norm's own (bf16) write
+    infer = Workload(model=ModelSpec(**SPEC), mode="prefill", dtype="float8")
+    assert precision.fused_cast_bytes_per_element(infer) == 0.0
+
+
+def test_te_fuses_the_backward_cast_only_after_a_gelu_dact_under_delayed_or_mxfp8() -> None:
+    plan = Plan(micro_batch=1, microbatches=1)
+    gelu = Workload(model=ModelSpec(**{**SPEC, "activation": "gelu"}), dtype="float8")
+    assert precision.fused_inputs(gelu, "backward") == (False, False, True, False)   # dbias_dgelu + quantize
+    assert precision.fused_inputs(_w(), "backward") == (False,) * 4                     # swiglu: none in TE
+    current = Workload(model=ModelSpec(**{**SPEC, "activation": "gelu"}), dtype="float8", fp8={"recipe": "current"})
+    assert precision.fused_inputs(current, "backward") == (False,) * 4
+    shapes = precision.linear_shapes(gelu, plan)
+    apart = precision.cast_bytes_per_element(gelu)
+    assert precision.activation_cast_bytes(gelu, plan, "backward", 1) == pytest.approx(
+        sum(n for _, n in shapes) * apart - shapes[2][1] * apart)
+
+
+def test_delayed_scaling_reduces_and_updates_the_amax_history_once_per_pass() -> None:
+    """One blocking all-reduce of the chunk's amaxes over tp and one fused history update per micro-batch
+    and pass (TE reduce_and_update_fp8_tensors): in the layer times, larger with tp; none for current."""
+    w = _w()
+    assert precision.delayed_amax_buffer_bytes(w, 2, "forward") == 4 * 3 * 4 * 2
+    assert precision.delayed_amax_buffer_bytes(w, 2, "backward") == 4 * 2 * 4 * 2
+    assert precision.amax_history_update_bytes(w, 2, "forward") == 2 * 1024 * 4 * 3 * 4 * 2
+    assert precision.delayed_amax_buffer_bytes(_w(recipe="current"), 2, "forward") == 0.0
+    plan = Plan(tp=2, micro_batch=1, microbatches=1)
+    cluster = load_catalog().cluster("h100-sxm", nodes=1, devices_per_node=2)
+    layer = {}
+    for recipe in ("delayed", "current"):
+        wr = _w(recipe=recipe)
+        work = train_work(wr, profile_workload(wr, SHARING), SHARING, plan, cluster)
+        layer[recipe] = work.stages[0].fwd_layer_s
+    from llmsim.costmodel.work import Comm, Groups, _delayed_amax_time
+    from llmsim.costmodel.compute import device_rates
+    rates = device_rates(cluster, "float8")
+    reduce = Comm("all-reduce", precision.delayed_amax_buffer_bytes(w, 2, "forward"),
+                  Groups.on(plan, cluster).tp).time(cluster.fabric)
+    amax = _delayed_amax_time(w, plan, Groups.on(plan, cluster), cluster, rates, 2, "forward")
+    assert amax == pytest.approx(reduce + rates.efficiency.kernel_latency_s
+                                 + rates.memory_time(precision.amax_history_update_bytes(w, 2, "forward")))
+    assert reduce > 0
+
+
+def test_current_scaling_with_sequence_parallelism_reduces_each_gathered_amax_over_tp() -> None:
+    cluster = load_catalog().cluster("h100-sxm", nodes=1, devices_per_node=2)
+    for recipe, sp, expected in (("current", True, 2), ("current", False, 0), ("delayed", True, 0)):
+        w = _w(recipe=recipe)
+        plan = Plan(tp=2, sp=sp, micro_batch=1, microbatches=1)
+        work = train_work(w, profile_workload(w, SHARING), SHARING, plan, cluster)
+        amax = [c for c in work.stages[0].tp_fwd if c.size == precision.AMAX_BYTES]
+        assert sum(c.count for c in amax) == expected
+        assert sum(c.count for c in work.stages[0].tp_bwd if c.size == precision.AMAX_BYTES) == expected

@@ -69,7 +69,7 @@ def test_two_axes_on_one_dimension_share_its_links() -> None:
 def test_a_user_mapping_pins_axes_and_impossible_mappings_are_one_line_errors() -> None:
     rings = map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 16}, {"tp": "z"})
     assert rings["tp"] == (Ring(2, 8, 1, True),) and [r.dim for r in rings["dp"]] == [0, 1]
-    with pytest.raises(TorusError, match=r"^mesh.tp: dimensions 'x' hold 4 chips but tp = 8$"):
+    with pytest.raises(TorusError, match=r"^mesh.tp: dimensions 'x' hold 4 chips but tp = 8; allowed for tp = 8 on 4x4x8: 'z'$"):
         map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 16}, {"tp": "x"})
     with pytest.raises(TorusError, match="does not fill a 4x4x8 slice"):
         map_axes((4, 4, 8), (True,) * 3, {"tp": 8, "cp": 1, "pp": 1, "dp": 8})
@@ -101,3 +101,40 @@ def test_slices_are_data_parallel_replicas_over_the_data_center_network() -> Non
     assert collective_time("all-reduce", size, dp, cluster) == pytest.approx(
         collective_time("all-reduce", size, one_slice, cluster) + across, rel=1e-3)
     assert plan_on(Plan(dp=128, zero=0), cluster).dcn_replicas == 1   # plain DP: one hierarchical all-reduce
+
+
+def test_slice_shapes_are_those_the_cloud_tpu_pages_offer() -> None:
+    """v4/v5p: 2x2x1 .. 2x4x4 below a cube, whole 4x4x4 cubes above (sides up to the largest published shape,
+    chips up to the largest slice); v5e/v6e: the listed 2D shapes up to 16x16."""
+    v5p = CATALOG.devices["tpu-v5p"].torus.slice_shapes
+    assert v5p.offers((4, 4, 8)) and v5p.offers((8, 4, 4)) and v5p.offers((1, 2, 2)) and v5p.offers((16, 16, 24))
+    for bad in ((3, 5, 7), (64, 64, 64), (4, 4, 6), (2, 2, 3), (24, 24, 24)):
+        assert not v5p.offers(bad), bad
+    assert v5p.shapes_of(512, 3) == [(8, 8, 8), (4, 8, 16)]    # most even first
+    assert v5p.shapes_of(16, 3) == [(2, 2, 4)] and v5p.shapes_of(96, 3) == []
+    v5e = CATALOG.devices["tpu-v5e"].torus.slice_shapes
+    assert v5e.shapes_of(128, 2) == [(8, 16)] and v5e.shapes_of(512, 2) == [] and not v5e.offers((4, 16))
+    with pytest.raises(ScenarioError, match=r"^topology: 3x5x7 \(105 chips\) is not a tpu-v5p slice; allowed: "
+                                            r"2x2x1, 2x2x2, 2x2x4, 2x4x4, or AxBxC with each side a multiple of 4 "
+                                            r"up to 24, at most 6144 chips$"):
+        CATALOG.cluster("tpu-v5p", topology="3x5x7")
+    with pytest.raises(ScenarioError, match=r"^topology: 64x64x64 \(262144 chips\) is not a tpu-v5p slice"):
+        CATALOG.cluster("tpu-v5p", topology="64x64x64")
+    with pytest.raises(ScenarioError, match=r"^topology: 4x16 \(64 chips\) is not a tpu-v5e slice; allowed: 1x1, "):
+        CATALOG.cluster("tpu-v5e", topology="4x16")
+    # without a topology: the most even offered shape, or the allowed forms when none has that many chips
+    assert CATALOG.cluster("tpu-v5e", nodes=16).topology == (8, 16)
+    with pytest.raises(ScenarioError, match=r"^nodes: 512 chips \(nodes x devices_per_node\) form no tpu-v5e"):
+        CATALOG.cluster("tpu-v5e", nodes=64)
+
+
+@pytest.mark.parametrize("mesh, message", [
+    ({"qq": "z"}, r"^mesh.qq: unknown mesh axis; allowed: tp, cp, pp, dp, fsdp, "),
+    ({"tp": "zz"}, r"^mesh.tp: 'zz' names dimension 'z' twice; allowed: each dimension held by one axis"),
+    ({"tp": "w"}, r"^mesh.tp: 'w' is not a set of this slice's dimensions; allowed: letters of x, y, z"),
+    ({"tp": "z", "dp": "xz"}, r"^mesh.dp: 'xz' names dimension 'z' and mesh.tp both"),
+    ({"fsdp": "xy", "dp": "z"}, r"^mesh.dp: the same axis as mesh.fsdp"),
+])
+def test_a_mapping_that_cannot_be_is_refused_with_the_cluster(mesh: dict, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        CATALOG.cluster("tpu-v5p", topology="4x4x8", mesh=mesh)

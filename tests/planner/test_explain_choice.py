@@ -24,7 +24,7 @@ def _searched(memory_bytes: float) -> tuple:
     rows, _ = search(plan, hw)
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
-    contexts = {h.name: Context(plan, h, profile, sharing) for h in hw}
+    contexts = {(h.name, ""): Context(plan, h, profile, sharing) for h in hw}  # "": the plan's own precision
     return plan, rows, [e for e in rows if e.feasible][:2], contexts
 
 
@@ -65,9 +65,10 @@ def test_sensitivity_rows_and_their_verdict() -> None:
     # the verdict is the ranking's own: re-evaluate by hand for every what-if and compare
     key = objective_key(plan.objective)
     for r in s.rows:
-        again = [evaluate(replace(contexts[e.config.hardware], hardware=replace(
-            contexts[e.config.hardware].hardware, node=perturb_cluster(contexts[e.config.hardware].hardware.node,
-                                                                       r.knob, r.factor))), e.config) for e in top]
+        ctx = [contexts[(e.config.hardware, e.config.precision)] for e in top]
+        again = [evaluate(replace(c, hardware=replace(c.hardware, node=perturb_cluster(c.hardware.node, r.knob,
+                                                                                       r.factor))), e.config)
+                 for c, e in zip(ctx, top)]
         assert r.winner == again[0].cost_usd and r.runner_up == again[1].cost_usd
         assert r.flips == (key(again[1]) < key(again[0]))
     table = sensitivity_rows(s)

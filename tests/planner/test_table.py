@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import random
 from typing import Any
 
 import numpy as np
 import pytest
 
-from llmsim.planner.search import Context, evaluate, search, sharing_choice, workload_profile
+from llmsim.planner.search import (Context, evaluate, precision_contexts, search, sharing_choice,
+                                   workload_profile)
 from llmsim.planner.space import axes_of, chains, groups
 from llmsim.planner.table import MEMORY_PARTS, PRICED, price_table
 from tests.planner.helpers import hardware, small_catalog, small_plan
@@ -18,24 +20,26 @@ from tests.planner.helpers import hardware, small_catalog, small_plan
 SAMPLE = 2500  # random configurations per case, over all its hardware choices
 
 
-def _space(plan, hw) -> list:
+def _space(plan, hw, label: str = "") -> list:
     axes = axes_of(plan, hw.devices_per_node)
-    return [c for g in groups(plan, hw.name, hw.devices_per_node, axes) for chain in chains(plan, g, axes)
-            for c in chain]
+    return [replace(c, topology=shape, slices=slices, mesh=mesh)
+            for g in groups(plan, hw.name, hw.devices_per_node, axes, label) for chain in chains(plan, g, axes)
+            for c in chain for shape, slices, mesh in hw.placements(g)]   # a TPU's slice shapes and mappings
 
 
 def _compare(plan) -> int:
-    """Price a random sample of the plan's space both ways; returns how many configurations were compared."""
+    """Price a random sample of the plan's space both ways; returns how many configurations were compared.
+    One sample per (hardware, precision) the plan searches (planner.precisions)."""
     catalog = small_catalog()
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     rng = random.Random(0)
     compared = 0
-    for hw in hardware(plan, catalog):
-        space = _space(plan, hw)
-        sample = rng.sample(space, min(len(space), SAMPLE // len(plan.hardware)))
+    contexts = precision_contexts(plan, hardware(plan, catalog), sharing, profile)
+    for hw, label, ctx in contexts:
+        space = _space(ctx.plan, hw, label)
+        sample = rng.sample(space, min(len(space), SAMPLE // len(contexts)))
         rng.shuffle(sample)  # groups interleaved: the table must not rely on order
-        ctx = Context(plan, hw, profile, sharing)
         table = price_table(ctx, sample)
         cols = table.columns
         for i, c in enumerate(sample):
@@ -56,12 +60,13 @@ def _compare(plan) -> int:
 
 def test_table_agrees_with_scalar_on_random_configurations() -> None:
     """bf16 training of a 6-layer model (uneven pipeline splits), tied embeddings, on a GPU that overflows,
-    an A100 and a TPU v4 torus (each configuration its own group there)."""
+    an A100, a TPU v4 torus and TPU v5p slices (several over its data-center network; each configuration its
+    own group there, with its slice shape, slice count and mapping)."""
     plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
                       sharing={"tie_embeddings": True},
                       hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4},
                                 {"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8},
-                                {"name": "tpu-v4"}],
+                                {"name": "tpu-v4"}, {"name": "tpu-v5p"}],
                       limits={"max_devices": 64, "memory_headroom": 0.0, "max_power_w": 9000.0},
                       search={"cp": [1, 2], "virtual_stages": [2, 3]})
     assert _compare(plan) >= 2000
@@ -73,6 +78,22 @@ def test_table_agrees_with_scalar_for_float8() -> None:
                      hardware=[{"name": "h100-sxm", "usd_per_device_hour": 3.0}],
                      limits={"max_devices": 32, "memory_headroom": 0.0})
     assert _compare(fp8) > 100
+
+
+def test_table_agrees_with_scalar_with_precision_searched() -> None:
+    """search.dtype [bfloat16, float8] over an A100 (no FP8: bf16 only), an H100 (delayed scaling) and a B200
+    (MXFP8 by default): float8 rows of two recipes beside bf16 ones, both paths the same."""
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0},
+                                {"name": "h100-sxm", "usd_per_device_hour": 3.0},
+                                {"name": "b200", "usd_per_device_hour": 5.0}],
+                      search={"dtype": ["bfloat16", "float8"], "cp": [1, 2], "virtual_stages": [2]},
+                      limits={"max_devices": 16, "memory_headroom": 0.0})
+    labels = {(hw.name, label) for hw, label, _ in precision_contexts(plan, hardware(plan, small_catalog()),
+                                                                       sharing_choice(plan))}
+    assert labels == {("a100-80gb", ""), ("h100-sxm", ""), ("h100-sxm", "float8-delayed"), ("b200", ""),
+                      ("b200", "float8-mxfp8")}
+    assert _compare(plan) > 1000
 
 
 def test_table_agrees_with_scalar_for_a_mixture_of_experts() -> None:

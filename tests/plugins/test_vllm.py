@@ -160,7 +160,7 @@ def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None
     static, *_ = _case(tmp_path, scheduler={"kind": "static", "max_num_seqs": 8, "max_batched_tokens": 256})
     assert "no vLLM equivalent" in (unsupported(static[0].case) or "")
     two, *_ = _case(tmp_path, replicas=2)
-    assert "one replica" in (unsupported(two[0].case) or "")
+    assert unsupported(two[0].case) is None             # replicas: one server each, behind the router
     blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32
     assert "multiple of 32" in (unsupported(blocks[0].case) or "")
     ok = planned_ok(tmp_path)
@@ -319,6 +319,38 @@ def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(
 
     assert table(measured) == table(modeled) and len(table(measured)) == 12
     assert wait_gone(_pids(FakeVllm.pid_file)) == []
+
+
+class FakeReplicas(FakeVllm):
+    """The fake server per replica, each recording its pids in a file of its own (pid_file.<port>)."""
+
+    def command(self, model_dir: Path, port: int, args: EngineArgs) -> list[str]:
+        return fake_command(port, self.pid_file.with_name(f"{self.pid_file.name}.{port}"), "--max-model-len",
+                            str(args.max_model_len))
+
+
+@pytest.mark.parametrize("router", ["round-robin", "least-outstanding"])
+def test_replicas_are_servers_behind_the_simulation_s_router_and_all_of_them_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, router: str) -> None:
+    FakeReplicas.pid_file = tmp_path / "pids"
+    rows, run_dir = _run(tmp_path, FakeReplicas, monkeypatch, ["vllm"], replicas=2, router=router)
+    row = rows[0]
+    assert row["status"] == "ok", row["error"]
+    assert row["n_devices"] == 2 and row["dp"] == 2 and row["replicas"] == 2 and row["requests_done"] == 12
+    assert len(row["engine_logs"].split(", ")) == 2 and all((run_dir / p).exists() for p in row["engine_logs"].split(", "))
+    import csv
+
+    with open(run_dir / row["requests_file"]) as f:
+        served_by = [int(r["replica"]) for r in csv.DictReader(f)]
+    # the fake's preemption counter is (requests it served) // 4: the row sums every server's rise
+    assert row["preemptions"] == sum(served_by.count(i) // 4 for i in (0, 1))
+    if router == "round-robin":
+        assert served_by == [i % 2 for i in range(12)]
+    else:
+        assert sorted(set(served_by)) == [0, 1]     # requests overlap (each takes >= 36 ms; ~25 ms apart): both serve
+    pid_files = sorted(tmp_path.glob("pids.*"))
+    assert len(pid_files) == 2
+    assert wait_gone([pid for f in pid_files for pid in _pids(f)]) == []
 
 
 def test_a_request_longer_than_the_context_is_a_counted_rejection(tmp_path: Path,

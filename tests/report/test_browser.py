@@ -134,6 +134,23 @@ window.addEventListener('load', function () {
 </script>"""
 
 
+def layout_check(page: Path, tmp_path: Path) -> dict:
+    """LAYOUT_CHECKER's findings for `page` in a 1400 x 900 headless Chromium window."""
+    probe = page.with_name("layout-" + page.name)
+    probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + LAYOUT_CHECKER, 1),
+                     encoding="utf-8")
+    profile = tmp_path / "chromium-profile"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+           "--window-size=1400,900", f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    found = re.search(r'data-check="([^"]*)"', proc.stdout)
+    assert found, f"the checker did not run (exit {proc.returncode}); stderr:\n{proc.stderr[-3000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
 def test_the_report_fits_a_1400_px_window_and_names_the_traced_case(tmp_path: Path) -> None:
     """Issue 15 item 11, in a 1400-px window: the header line clipped ('torch 2.1'), the results table hid its
     last column behind an inner scrollbar, and the Gantt figure did not say which case it shows. Nothing
@@ -151,22 +168,25 @@ def test_the_report_fits_a_1400_px_window_and_names_the_traced_case(tmp_path: Pa
         "python": "3.11.7", "cpu_model": "AMD EPYC 7B13 64-Core Processor with a long marketing name",
         "packages": {"torch": "2.13.0+cu128-a-very-long-local-version-label"}, "git_commit": "be2461254b" * 4}))
     write_report(run)
-    page = run / "report.html"
-    probe = page.with_name("layout-" + page.name)
-    probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + LAYOUT_CHECKER, 1),
-                     encoding="utf-8")
-    profile = tmp_path / "chromium-profile"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           "--window-size=1400,900", f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    found = re.search(r'data-check="([^"]*)"', proc.stdout)
-    assert found, f"the checker did not run (exit {proc.returncode}); stderr:\n{proc.stderr[-3000:]}"
-    result = json.loads(html.unescape(found.group(1)))
+    result = layout_check(run / "report.html", tmp_path)
     assert result["width"] == 1400
     assert result["page"] <= result["width"] and result["wide"] == [], result["wide"][:10]
     assert result["scrolled"] == []
     assert result["shrunk"] == []
     assert "pp4 on roofline" in result["captions"]["fig-gantt"]
+
+
+def test_a_serving_report_fits_the_window_and_its_figures_name_their_cases(tmp_path: Path) -> None:
+    """The serving figures (knee, latency CDFs, timeline) in a 1400-px window: none shrunk or wider than the
+    page, and the CDF and timeline captions say which cases they draw."""
+    from tests.report.test_serving_report import simulated_serving_run
+
+    run = simulated_serving_run(tmp_path)
+    write_report(run)
+    result = layout_check(run / "report.html", tmp_path)
+    assert result["page"] <= result["width"] and result["wide"] == [], result["wide"][:10]
+    assert result["shrunk"] == []
+    captions = result["captions"]
+    assert "single@rate=5000 (roofline)" in captions["fig-latency_cdf"]
+    assert "(roofline), the highest rate that met the SLO" in captions["fig-serving_timeline"]
+    assert "highest rate whose requests met the SLO" in captions["fig-serving_knee"]

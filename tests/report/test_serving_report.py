@@ -58,3 +58,92 @@ def test_a_serving_run_report_has_the_serving_section(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "## Serving" in text and "figures/serving_latency.png" in text and "figures/serving_goodput.png" in text
     assert "tp1 served 3 rates; the highest that met the SLO: 8 requests/s." in text
+
+
+def test_the_knee_marks_the_highest_rate_that_met_the_slo_on_both_panels() -> None:
+    frame = _frame([_serving(f"tp1@rate={r}", r, ttft=0.01 * r) for r in (2, 8, 16)])   # slo_met: rate < 10
+    assert F.knee_rate(F.serving_rows(frame)) == 8.0
+    fig, axes = F.serving_knee(frame)
+    latency, goodput = axes[0]
+    for ax in (latency, goodput):
+        knees = [line for line in ax.get_lines() if line.get_linestyle() == "-."]
+        assert len(knees) == 1 and list(knees[0].get_xdata()) == [8.0, 8.0]
+    lines = {line.get_label(): line for line in goodput.get_lines()}
+    assert "tp1 (roofline): highest rate meeting the SLO 8 requests/s" in lines
+    assert list(lines["tp1 (roofline) goodput"].get_ydata()) == pytest.approx([1.8, 7.2, 14.4])
+    assert list({line.get_label(): line for line in latency.get_lines()}["SLO 500 ms"].get_ydata()) == [0.5, 0.5]
+
+
+def test_no_rate_meeting_the_slo_is_said_and_no_slo_is_no_knee_figure() -> None:
+    rows = [_serving(f"tp1@rate={r}", r).model_copy(update={"extra": {"slo_ttft_s": 0.5, "slo_met": False}})
+            for r in (2, 8)]
+    fig, axes = F.serving_knee(_frame(rows))
+    assert "tp1 (roofline): no rate met the SLO" in [line.get_label() for line in axes[0][1].get_lines()]
+    assert not [line for line in axes[0][0].get_lines() if line.get_linestyle() == "-."]
+    plain = [r.model_copy(update={"extra": {}}) for r in rows]
+    with pytest.raises(F.NoData, match="sets no slo"):
+        F.serving_knee(_frame(plain))
+
+
+def test_latency_cdfs_step_through_every_served_request_and_leave_rejections_out() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({"status": ["ok", "ok", "rejected", "ok"], "ttft_s": [0.3, 0.1, None, 0.2],
+                          "tpot_s": [0.02, 0.01, None, None]})
+    fig, axes = F.latency_cdf([("tp1@rate=2 (roofline)", table)], {"ttft_s": 0.25, "tpot_s": 0.05, "percentile": 90})
+    ttft_ax, tpot_ax = axes[0]
+    line = {l.get_label(): l for l in ttft_ax.get_lines()}["tp1@rate=2 (roofline)"]
+    assert list(line.get_xdata()) == [0.1, 0.2, 0.3]
+    assert list(line.get_ydata()) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    tpot = {l.get_label(): l for l in tpot_ax.get_lines()}["tp1@rate=2 (roofline)"]
+    assert list(tpot.get_xdata()) == [0.01, 0.02]       # a one-token answer has no TPOT
+    assert list({l.get_label(): l for l in ttft_ax.get_lines()}["SLO 250 ms"].get_xdata()) == [0.25, 0.25]
+    with pytest.raises(F.NoData):
+        F.latency_cdf([("x", table[table["status"] == "rejected"])])
+
+
+def simulated_serving_run(tmp_path: Path) -> Path:
+    """A roofline serving run of the tiny model at three rates whose SLO the middle one is the last to meet
+    (its run folder); shared with the browser test."""
+    from llmsim.config import parse_scenario
+    from llmsim.plugins import get_plugin_manager
+    from llmsim.registry import BackendRegistry
+    from llmsim.runner import plan_cases, run_scenario
+
+    data = {"name": "serve-figs", "workload": {"model": {"preset": "tiny"}, "dtype": "bfloat16"},
+            "strategies": [{"name": "single"}],
+            "serving": {"requests": 40, "arrival": {"kind": "poisson", "rate": [50, 400, 5000]},
+                        "lengths": {"input": 32, "output": 12},
+                        "slo": {"ttft_s": 0.0004, "tpot_s": 0.001, "percentile": 90}},
+            "backends": {"roofline": {"hardware": "h100-sxm", "nodes": 1, "devices_per_node": 1}}}
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    scenario = parse_scenario(data, "serve.yaml")
+    return run_scenario(scenario, registry, plan_cases(scenario, registry, "serve.yaml", scenario_dir=tmp_path),
+                        tmp_path, manager=manager, scenario_dir=tmp_path).run_dir
+
+
+def test_a_modeled_serving_run_report_draws_the_knee_the_cdfs_and_the_timeline_of_its_knee_case(
+        tmp_path: Path) -> None:
+    """End to end on the roofline: the simulation writes a timeline beside each request CSV, and the report
+    draws the three figures, the timeline of the highest rate that met the SLO, named in its caption."""
+    import csv
+
+    from llmsim.results import read_rows
+
+    run_dir = simulated_serving_run(tmp_path)
+    rows = read_rows(run_dir)
+    met = sorted(r["request_rate"] for r in rows if r["slo_met"])
+    assert met and len(met) < 3, "the SLO must split the rates for this test to mean something"
+    for row in rows:
+        with open(run_dir / row["timeline_file"], newline="") as f:
+            timeline = list(csv.DictReader(f))
+        assert len(timeline) == row["iterations"]
+        assert max(int(t["batch"]) for t in timeline) == row["max_batch"]
+    write_report(run_dir)
+    text = (run_dir / "report.md").read_text()
+    for name in ("serving_knee", "latency_cdf", "serving_timeline"):
+        assert f"figures/{name}.png" in text and (run_dir / "figures" / f"{name}.png").is_file()
+    knee = f"single@rate={max(met):g} (roofline), the highest rate that met the SLO"
+    assert f"{knee}: sequences in each iteration" in text
+    assert "Cases: single@rate=50 (roofline), single@rate=400 (roofline), single@rate=5000 (roofline)." in text

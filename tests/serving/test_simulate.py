@@ -186,3 +186,29 @@ def test_kv_peak_utilization_is_the_fullest_replicas_peak_share() -> None:
     assert outcome.kv_peak_utilization == pytest.approx(30 / 100)
     assert isinstance(outcome.sequences[0].request, Request)
     assert KVCache(10, 16).blocks_for(17) == 2
+
+
+def test_the_timeline_records_every_iteration_batch_and_kv_use_and_is_thinned_when_written() -> None:
+    """Per replica, one entry per iteration: the batch it ran, its KV blocks in use, the queue; the peaks agree
+    with the run's own counters, and the CSV keeps every k-th iteration once there are more than max_rows."""
+    import csv as _csv
+    import io
+
+    from llmsim.serving.metrics import TIMELINE_COLUMNS, timeline_table
+
+    requests = fixed_requests(40, 0.002, 64, 20)
+    outcome = run(requests, blocks=120, block_tokens=16, replicas=2, max_num_seqs=8, max_batched_tokens=512)
+    assert [len(t) for t in outcome.timelines] == outcome.iterations
+    for t, peak, biggest in zip(outcome.timelines, outcome.kv_peak_used, outcome.max_batch):
+        assert max(t.batch) == biggest and max(t.kv_blocks_used) == peak > 0
+        assert list(t.time_s) == sorted(t.time_s)
+    assert max(max(t.waiting) for t in outcome.timelines) > 0      # 8 sequences at most: the rest queue
+    rows = list(_csv.DictReader(io.StringIO(timeline_table(outcome))))
+    assert tuple(rows[0]) == TIMELINE_COLUMNS and len(rows) == sum(outcome.iterations)
+    first = outcome.timelines[0]
+    assert float(rows[1]["kv_utilization"]) == pytest.approx(first.kv_blocks_used[1] / 120, rel=1e-5)
+    thin = list(_csv.DictReader(io.StringIO(timeline_table(outcome, max_rows=10))))
+    for replica, n in enumerate(outcome.iterations):
+        kept = [int(r["iteration"]) for r in thin if r["replica"] == str(replica)]
+        stride = -(-n // 10)
+        assert kept == list(range(0, n, stride)) and len(kept) <= 10

@@ -69,3 +69,49 @@ def test_a_transfer_shorter_than_one_clock_tick_finishes_late_in_a_long_simulati
             break
         env.step()
     assert done.triggered and env.now == 1e4
+
+
+def _concurrent_on_torus(*groups_of: str) -> tuple[list[float], list[float]]:
+    """Each named group's all-reduce of 256 MB on a v5p 4x4x8 slice (tp pinned to z, dp on x and y), all
+    started together on one simulated chip: (finish times together, times alone = the roofline's)."""
+    from llmsim.costmodel.cluster import torus_groups
+    from llmsim.hardware import load_catalog
+    from llmsim.sim.entities import Device, Faults, Placement, Replica
+    from llmsim.sim.processes import run_phases
+
+    cluster = load_catalog().cluster("tpu-v5p", topology="4x4x8", mesh={"tp": "z"})
+    placed = torus_groups({"tp": 8, "dp": 16}, cluster)
+    fabric = cluster.fabric
+    phases = [collective_phases("all-reduce", 256 * MB, placed[name], fabric) for name in groups_of]
+    env = CountingEnvironment()
+    replica = Replica.build(env, Placement(tp=8, cp=1, pp=1, devices_per_node=128, torus_dims=3),
+                            fabric.intra.bandwidth, fabric.intra.latency, fabric.inter.bandwidth,
+                            fabric.inter.latency, Faults())
+    device: Device = replica.devices[0]
+    done = [0.0] * len(phases)
+
+    def collective(i: int):
+        yield from run_phases(device, phases[i])
+        done[i] = env.now
+
+    for i in range(len(phases)):
+        env.process(collective(i))
+    env.run()
+    return done, [phases_time(p, fabric) for p in phases]
+
+
+def test_collectives_of_axes_on_different_torus_dimensions_run_side_by_side() -> None:
+    """Issue 19: each torus dimension has its own links. tp's all-reduce (the z ring) and dp's (x, then y)
+    started together take the time of the slower one, not the sum (one shared ICI port did that)."""
+    together, alone = _concurrent_on_torus("tp", "dp")
+    assert together == [pytest.approx(a, rel=1e-9) for a in alone]
+    assert max(together) < sum(alone) * 0.99
+
+
+def test_collectives_of_one_axis_share_its_dimension_links() -> None:
+    """Two all-reduces over tp (both on z) share z's links: with equal bytes each takes the bandwidth part
+    twice over (its latency once)."""
+    from llmsim.hardware import load_catalog
+    together, alone = _concurrent_on_torus("tp", "tp")
+    latency = 2 * (8 - 1) * load_catalog().link("ici-v5p").latency_s   # 2(p-1) ring steps, one hop each
+    assert together == [pytest.approx(2 * (alone[0] - latency) + latency, rel=1e-9)] * 2

@@ -1,0 +1,339 @@
+"""Calibration from measured serving rows: fit the parameters that price a serving iteration to the TTFT and
+TPOT a real engine (the `vllm` backend, or any measured serving backend) gave at several rates and lengths.
+
+What is fitted, and why these three. A serving iteration is priced by costmodel.iteration (`_stage_work`): its
+GEMMs at `sustained peak x matmul` FLOP/s or its bytes at the memory bandwidth (whichever is longer), the
+attention at `attention` x peak or its K/V reads, the rest at the bandwidth, plus a fixed cost per pass
+(`kernel_latency_s` x the kernels of a layer, embedding and head; `op_overhead_s` x the traced operators). A
+prompt pass is mostly GEMM time (TTFT sees `matmul`), a decode step mostly weight and cache reads plus the
+fixed cost (TPOT sees the bandwidth and `kernel_latency_s`). So theta = (matmul efficiency, effective memory
+bandwidth, kernel latency). `op_overhead_s` is set to 0 and its share folded into `kernel_latency_s`: both are
+a fixed cost per pass, nearly collinear across iterations (their ratio is the operators per kernel), and one
+of them is what a serving row can determine. The attention efficiency keeps the base entry's value: at the
+lengths a serving benchmark runs it is a small share that TTFT/TPOT medians cannot separate from `matmul`.
+The memory efficiency is folded into the bandwidth (1.0), as the step calibration does.
+
+How. For a candidate theta every measured (case, rate) is re-simulated (llmsim.serving.simulate_serving) on
+the same request list its engine served (the same seed: llmsim.serving.requests), with the scheduler, limits
+and replicas of its scenario and, where the row says how large the engine's KV pool was (`kv_cache_bytes`,
+the vllm backend), that many blocks; else the KV capacity of the base device (costmodel.iteration.
+kv_capacity). Least squares on log(modeled / measured) of each row's TTFT p50 and TPOT p50 (medians: robust
+to the measured tails); the p99s are not fitted and are printed as a check. Each objective call is a
+simulation per row, so the optimiser runs its coordinate search and one simplex, not the multistart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmsim.calibrate.model import EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, Calibration, CaseFit
+from llmsim.calibrate.observations import CalibrationError
+from llmsim.calibrate.optimiser import least_squares
+from llmsim.config import Scenario, parse_scenario
+from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan
+from llmsim.costmodel.iteration import IterationModel, iteration_times, kv_bytes_per_token, kv_capacity, token_costs
+from llmsim.hardware import Catalog, DeviceSpec, load_catalog
+from llmsim.results import read_rows
+from llmsim.serving.requests import Request, build_requests
+from llmsim.serving.schedulers import BUILTIN
+from llmsim.serving.simulate import StalledError, simulate_serving
+from llmsim.serving.spec import ServingCase
+from llmsim.userinput import read_yaml
+from llmsim.wording import count
+
+# seconds per kernel of a pass: from a fused GPU kernel's launch (~2 us, CUDA's launch latency) to a slow
+# eager host dispatching operators one by one (10 ms)
+KERNEL_LATENCY_BOUNDS = (1e-8, 1e-2)
+# the fit's start when the base entry has none: the order of the GPU entries' value (hardware/catalog.yaml,
+# kernel_latency_s 1.2e-5 on A100/H100)
+INITIAL_KERNEL_LATENCY_S = 1e-5
+SERVING_BOUNDS = (EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, KERNEL_LATENCY_BOUNDS)   # in theta's order
+FITTED = ("ttft_p50_s", "tpot_p50_s")      # fitted per row
+CHECKED = ("ttft_p99_s", "tpot_p99_s")     # printed after the fit, not fitted
+MISSING_RESIDUAL = 10.0                    # log error of a median the simulation did not produce (e^10 off)
+CALIBRATED_SUFFIX = "-calibrated"
+
+
+@dataclass(frozen=True)
+class ServingObservation:
+    """One measured serving row (a case at one rate) and what the simulation needs to replay it."""
+
+    run_dir: Path
+    case: str
+    backend: str
+    hardware: str
+    scenario: Scenario
+    strategy_index: int
+    serving: ServingCase
+    measured: dict[str, float]         # FITTED and CHECKED metrics the row has, seconds
+    kv_cache_bytes: float | None       # the engine's KV pool, if the row says (vllm backend)
+
+
+def _metric(row: dict[str, Any], key: str) -> float | None:
+    try:
+        value = float(row.get(key))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _rate_of(case: str, rates: list[float | None]) -> float | None:
+    """The offered rate of a case: its '@rate=R' suffix, else the scenario's one rate (None: a trace as recorded)."""
+    found = re.search(r"@rate=([0-9.eE+-]+)$", case)
+    if found:
+        return float(found.group(1))
+    return rates[0] if len(rates) == 1 else None
+
+
+def _serving_case(scenario: Scenario, case: str, run_dir: Path, scenario_file: Path) -> ServingCase:
+    spec = scenario.serving
+    assert spec is not None
+    kind = spec.scheduler.kind
+    if kind not in BUILTIN:
+        raise CalibrationError(f"{scenario_file}: serving.scheduler.kind {kind!r} is a plugin's; serving calibration "
+                               f"replays the built-in schedulers only ({', '.join(BUILTIN)})")
+    trace = None
+    if spec.arrival.kind == "trace":
+        assert spec.arrival.path is not None
+        path = Path(spec.arrival.path)
+        path = path if path.is_absolute() else run_dir / path
+        if not path.is_file():
+            raise CalibrationError(f"{scenario_file}: serving.arrival.path {spec.arrival.path!r} is not found from the "
+                                   f"run folder; give it as an absolute path")
+        trace = str(path)
+    rate = _rate_of(case, spec.arrival.rates)
+    seed = scenario.seed if spec.seed is None else spec.seed
+    return ServingCase(spec.at_rate(rate), seed, BUILTIN[kind], trace)
+
+
+def _load_resolved(scenario_file: Path) -> Scenario:
+    """A run folder's resolved scenario. The runner writes the whole model, so a serving scenario's workload
+    carries the default `mode: train`, which a serving block refuses when it is written out (config.
+    check_serving); the resolved file drops it as the user's file had it absent."""
+    data = read_yaml(scenario_file)
+    workload = data.get("workload")
+    if data.get("serving") is not None and isinstance(workload, dict) and workload.get("mode") == "train":
+        data = {**data, "workload": {k: v for k, v in workload.items() if k != "mode"}}
+    return parse_scenario(data, str(scenario_file))
+
+
+def read_serving_observations(run_dirs: Sequence[Path], backend: str | None = None) -> list[ServingObservation]:
+    """The ok measured serving rows (mode serve) of `backend` (None: any measured backend) in each run folder."""
+    found: list[ServingObservation] = []
+    for run_dir in map(Path, run_dirs):
+        results, scenario_file = run_dir / "results.jsonl", run_dir / "scenario.yaml"
+        if not results.exists() or not scenario_file.exists():
+            raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
+        scenario = _load_resolved(scenario_file)
+        if scenario.serving is None:
+            continue
+        names = [s.name for s in scenario.strategies]
+        for row in read_rows(run_dir):
+            if (row.get("mode") != "serve" or row.get("kind") != "measured" or row.get("status") != "ok"
+                    or (backend is not None and row.get("backend") != backend) or row.get("strategy") not in names):
+                continue
+            measured = {k: v for k in FITTED + CHECKED if (v := _metric(row, k)) is not None}
+            if not any(k in measured for k in FITTED):
+                continue
+            found.append(ServingObservation(
+                run_dir=run_dir, case=str(row["case"]), backend=str(row["backend"]), hardware=str(row.get("hardware")),
+                scenario=scenario, strategy_index=names.index(row["strategy"]),
+                serving=_serving_case(scenario, str(row["case"]), run_dir, scenario_file), measured=measured,
+                kv_cache_bytes=_metric(row, "kv_cache_bytes")))
+    if not found:
+        which = f"backend '{backend}'" if backend else "any measured backend"
+        raise CalibrationError(f"no ok measured serving rows (mode serve, with TTFT or TPOT p50) of {which} in "
+                               f"{', '.join(str(d) for d in run_dirs)}")
+    return found
+
+
+class _Replay:
+    """One observation made ready to simulate: its traced costs, plan, requests and KV blocks."""
+
+    def __init__(self, obs: ServingObservation, base: ClusterSpec, options: Options) -> None:
+        from llmsim.modeled_serving import serving_profile   # modeled_serving imports the backends' API
+
+        scenario = obs.scenario
+        strategy = scenario.strategies[obs.strategy_index]
+        self.obs = obs
+        self.spec = obs.serving.spec
+        self.options = options
+        self.plan = Plan(dp=1, tp=strategy.tp, pp=strategy.pp, micro_batch=1, microbatches=1)
+        sharing = scenario.sharing_choice(strategy)
+        self.reference, profile = serving_profile(scenario.workload, sharing)
+        self.costs = token_costs(self.reference, profile)
+        self.context = scenario.workload.model.seq_len
+        self.requests: list[Request] = build_requests(obs.serving)
+        sched = self.spec.scheduler
+        block = self.spec.kv_block_tokens
+        if obs.kv_cache_bytes is not None:   # the engine's own pool (vllm: --kv-cache-memory-bytes)
+            per_token = kv_bytes_per_token(self.costs, self.reference, self.plan)
+            self.blocks = math.floor(obs.kv_cache_bytes / (per_token * block))
+        else:
+            self.blocks = kv_capacity(self.reference, profile, sharing, self.plan, base, self.costs,
+                                      self.spec.memory_utilization, block, sched.max_batched_tokens,
+                                      sched.max_num_seqs, options).blocks
+        if self.blocks <= 0:
+            raise CalibrationError(f"{obs.run_dir}: {obs.case}: no room for a KV cache on {base.device.name} "
+                                   f"(memory {base.device.memory_bytes:g} bytes); the row gives no kv_cache_bytes")
+
+    def metrics(self, cluster: ClusterSpec) -> dict[str, float]:
+        """TTFT and TPOT p50/p99 of the replayed requests on `cluster` (seconds; the same definitions as
+        llmsim.serving.metrics)."""
+        model = IterationModel(self.costs, self.reference, self.plan, cluster, self.options)
+
+        def price(_: int):  # noqa: ANN202 - a Pricer
+            def one(mix):  # noqa: ANN001, ANN202
+                t = iteration_times(model, mix)
+                return t.step, t.compute
+            return one
+
+        spec, serving = self.spec, self.obs.serving
+        outcome = simulate_serving(self.requests, replicas=spec.replicas,
+                                   make_scheduler=lambda kv: serving.scheduler(spec.scheduler, kv),
+                                   kv_blocks=self.blocks, block_tokens=spec.kv_block_tokens, price=price,
+                                   router=spec.router, context_tokens=self.context)
+        seqs = outcome.sequences
+        ttft = np.array([s.token_times[0] - s.request.arrival_s for s in seqs])
+        tpot = np.array([(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1)
+                         for s in seqs if s.request.output_tokens > 1])
+        out: dict[str, float] = {}
+        for name, values in (("ttft", ttft), ("tpot", tpot)):
+            if values.size:
+                out[f"{name}_p50_s"] = float(np.percentile(values, 50))
+                out[f"{name}_p99_s"] = float(np.percentile(values, 99))
+        return out
+
+
+def _candidate(base: DeviceSpec, name: str, theta: Sequence[float]) -> DeviceSpec:
+    matmul, bandwidth, latency = theta
+    eff = (base.efficiency or Efficiency()).model_copy(update=dict(
+        matmul=matmul, memory=1.0, kernel_latency_s=latency, op_overhead_s=0.0,
+        source="fitted by llmsim calibrate to measured serving rows (memory efficiency folded into the bandwidth)"))
+    return base.model_copy(update=dict(name=name, memory_bw_bytes_per_s=bandwidth, efficiency=eff))
+
+
+def serving_entry_name(device: str) -> str:
+    """'cpu-host' and 'cpu-host-calibrated' -> 'cpu-host-serving-calibrated'."""
+    stem = device[:-len(CALIBRATED_SUFFIX)] if device.endswith(CALIBRATED_SUFFIX) else device
+    return f"{stem}-serving{CALIBRATED_SUFFIX}"
+
+
+def has_serving_rows(run_dirs: Sequence[Path], backend: str | None = None) -> bool:
+    """Whether the run folders hold ok measured serving rows (of `backend`; None: any measured backend)."""
+    for run_dir in map(Path, run_dirs):
+        if not (run_dir / "results.jsonl").is_file():
+            continue
+        for row in read_rows(run_dir):
+            if (row.get("mode") == "serve" and row.get("kind") == "measured" and row.get("status") == "ok"
+                    and (backend is None or row.get("backend") == backend)):
+                return True
+    return False
+
+
+def serving_catalog(observations: Sequence[ServingObservation], hardware_files: Sequence[Path] = ()) -> Catalog:
+    """The built-in catalog, the given files and the run folders' own `hardware_catalog` files (relative to the
+    run folder, or absolute, as scripts/serve_vllm_cpu.py writes them; those not found are left out), each once."""
+    files: dict[Path, Path] = {}
+    for path in list(hardware_files) + [Path(o.run_dir) / f for o in observations for f in o.scenario.hardware_catalog]:
+        path = Path(path)
+        if path.is_file():
+            files.setdefault(path.resolve(), path)
+        elif path in map(Path, hardware_files):
+            raise CalibrationError(f"--hardware {path}: no such file")
+    return load_catalog(list(files.values()))
+
+
+def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backend: str | None = None,
+                      options: Options = Options(), catalog: Catalog | None = None,
+                      hardware_files: Sequence[Path] = ()) -> Calibration:
+    """Fit `device`'s matmul efficiency, memory bandwidth and kernel latency (module docstring) to the TTFT and
+    TPOT medians of the measured serving rows in `run_dirs` (of `backend`; None: any measured one). `device`
+    defaults to the hardware the rows name; it must have a peak FLOP/s for the served dtype. `catalog` default:
+    `serving_catalog` of the runs and `hardware_files`."""
+    observations = read_serving_observations(run_dirs, backend)
+    catalog = catalog or serving_catalog(observations, hardware_files)
+    if device is None:
+        names = sorted({o.hardware for o in observations})
+        if len(names) != 1:
+            raise CalibrationError(f"the serving rows name {len(names)} devices ({', '.join(names)}); pick the "
+                                   f"entry to calibrate with --device")
+        device = names[0]
+    base = catalog.device(device)
+    for dtype in {o.scenario.workload.dtype for o in observations}:
+        if not base.peak_flops.get(dtype):  # type: ignore[call-overload]
+            raise CalibrationError(f"device {device!r} has no peak FLOP/s for {dtype} (cpu-host's is probed at run "
+                                   f"time): calibrate it from cpu-backend step runs first (llmsim calibrate RUN_DIR) "
+                                   f"and pass that entry: --device cpu-host-calibrated --hardware FILE")
+    numbers = sum(k in o.measured for o in observations for k in FITTED)
+    if numbers <= len(SERVING_BOUNDS):
+        raise CalibrationError(f"{count(numbers, 'measured median')} (TTFT and TPOT p50 of "
+                               f"{count(len(observations), 'serving row')}) for {len(SERVING_BOUNDS)} fitted "
+                               f"parameters: measure at least two rates or lengths")
+    intra = catalog.link(base.intra_node or "loopback")
+    inter = catalog.link(base.inter_node or "loopback")
+
+    def cluster_of(candidate: DeviceSpec, obs: ServingObservation) -> ClusterSpec:
+        strategy = obs.scenario.strategies[obs.strategy_index]
+        need = obs.serving.spec.replicas * strategy.tp * strategy.pp
+        per_node = min(need, base.devices_per_node or need)
+        return ClusterSpec(device=candidate, intra=intra, inter=inter, nodes=math.ceil(need / per_node),
+                           devices_per_node=per_node)
+
+    name = serving_entry_name(device)
+    defaults = base.efficiency or Efficiency()
+    start = [defaults.matmul, base.memory_bw_bytes_per_s * defaults.memory or MEMORY_BW_BOUNDS[0] * 100,
+             defaults.kernel_latency_s or INITIAL_KERNEL_LATENCY_S]
+    try:
+        replays = [_Replay(o, cluster_of(_candidate(base, name, start), o), options) for o in observations]
+
+        def predict(theta: Sequence[float]) -> list[dict[str, float]]:
+            candidate = _candidate(base, name, theta)
+            return [r.metrics(cluster_of(candidate, r.obs)) for r in replays]
+
+        def log_errors(theta: list[float]) -> list[float]:
+            """log(modeled / measured) of every fitted median (a median the simulation lacks: a large miss)."""
+            return [math.log(modeled[key] / obs.measured[key]) if modeled.get(key) else MISSING_RESIDUAL
+                    for obs, modeled in zip(observations, predict(theta)) for key in FITTED if key in obs.measured]
+
+        before = predict(start)
+        theta = least_squares(log_errors, start, SERVING_BOUNDS)
+        after = predict(theta)
+    except (CostModelError, StalledError) as exc:
+        raise CalibrationError(f"cannot simulate the measured serving rows: {exc}") from None
+
+    def fits(modeled: list[dict[str, float]], keys: Sequence[str]) -> list[CaseFit]:
+        return [CaseFit(o.run_dir, f"{o.case} {key[:4].upper()} {key[5:8]}", "serve", o.measured[key], m[key])
+                for o, m in zip(observations, modeled) for key in keys if key in o.measured and m.get(key)]
+
+    fitted = _candidate(base, name, theta)
+    return Calibration(entry=_entry(fitted, base, observations, theta, numbers), cases=fits(after, FITTED),
+                       before=fits(before, FITTED), parameters=len(SERVING_BOUNDS), kind="serving",
+                       checks=fits(after, CHECKED))
+
+
+def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[ServingObservation], theta: Sequence[float],
+           numbers: int) -> dict[str, Any]:
+    runs = sorted({o.run_dir.name for o in observations})
+    backends = sorted({o.backend for o in observations})
+    entry = fitted.model_dump(mode="json", exclude_none=True)
+    entry.update(intra_node=base.intra_node or "loopback", inter_node=base.inter_node or "loopback",
+                 devices_per_node=base.devices_per_node or 1)
+    eff = entry["efficiency"]
+    eff.pop("matmul_tiles", None)
+    eff.update(matmul=round(theta[0], 4), memory=1.0, kernel_latency_s=float(f"{theta[2]:.3g}"), op_overhead_s=0.0,
+               source=f"least squares on log TTFT and TPOT p50 of {count(len(observations), 'measured serving row')} "
+                      f"({numbers} medians) replayed by the serving simulation; attention as {base.name}")
+    entry["memory_bw_bytes_per_s"] = float(f"{theta[1]:.4g}")
+    entry["source"] = (f"llmsim calibrate: fitted to serving rows of {', '.join(backends)} in run folders "
+                       f"{', '.join(runs)}; peak FLOP/s, attention efficiency, memory size and power of {base.name} "
+                       f"({base.source})")
+    entry.pop("matmul_tiles", None)
+    return entry

@@ -1,0 +1,114 @@
+"""`llmsim calibrate` on measured serving rows (llmsim.calibrate.serving): rows synthesised by the modeled
+backend on a device with known parameters, relabelled as a measured engine's on the stock entry, give those
+parameters back; too few medians is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmsim.calibrate import CalibrationError, calibrate_serving
+from llmsim.calibrate.serving import SERVING_BOUNDS
+from llmsim.cli import main
+from llmsim.config import parse_scenario
+from llmsim.hardware import load_catalog
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.runner import plan_cases, run_scenario
+
+BASE = "h100-sxm"
+# The parameters the rows are made with, each far from the stock H100 entry's (matmul 0.801, 3.35 TB/s x 0.88,
+# 12 us per kernel), so that recovering them means the fit moved.
+TRUE = {"matmul": 0.45, "memory_bw_bytes_per_s": 2.0e12, "kernel_latency_s": 3.0e-5}
+# A model whose prompt passes are mostly GEMM time and whose decode steps are weight reads plus the fixed
+# cost per kernel: all three parameters show in TTFT and TPOT.
+MODEL = {"layers": 8, "hidden": 2048, "heads": 16, "kv_heads": 8, "ffn_hidden": 5632, "vocab": 32000, "seq_len": 4096,
+         "activation": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False}
+
+
+def _true_catalog(folder: Path) -> Path:
+    h100 = load_catalog().device(BASE).model_dump(mode="json", exclude_none=True)
+    efficiency = {k: v for k, v in h100["efficiency"].items() if k != "matmul_tiles"}
+    efficiency.update(matmul=TRUE["matmul"], memory=1.0, kernel_latency_s=TRUE["kernel_latency_s"], op_overhead_s=0.0)
+    entry = dict(h100, name="true-gpu", memory_bw_bytes_per_s=TRUE["memory_bw_bytes_per_s"], efficiency=efficiency)
+    path = folder / "true.yaml"
+    path.write_text(yaml.safe_dump({"entries": [entry]}))
+    return path
+
+
+def _measured_runs(folder: Path, inputs: tuple[int, ...] = (64, 2048), rates: list[float] = [5, 300],
+                   requests: int = 30) -> list[Path]:
+    """One run folder per prompt length, rows at `rates`, relabelled as a measured engine's on the stock entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    catalog = _true_catalog(folder)
+    runs = []
+    for prompt in inputs:
+        data: dict[str, Any] = {
+            "name": f"measured-{prompt}", "workload": {"model": MODEL, "dtype": "bfloat16"},
+            "strategies": [{"name": "tp1"}], "hardware_catalog": [str(catalog)],
+            "serving": {"requests": requests, "arrival": {"kind": "poisson", "rate": rates},
+                        "lengths": {"input": prompt, "output": 16}},
+            "backends": {"roofline": {"hardware": "true-gpu", "nodes": 1, "devices_per_node": 1}}}
+        manager = get_plugin_manager()
+        registry = BackendRegistry.from_manager(manager)
+        scenario = parse_scenario(data, "serve.yaml")
+        run_dir = run_scenario(scenario, registry, plan_cases(scenario, registry, "serve.yaml", scenario_dir=folder),
+                               folder, manager=manager, scenario_dir=folder).run_dir
+        rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+        for row in rows:
+            assert row["status"] == "ok"
+            row.update(backend="vllm", kind="measured", hardware=BASE)
+        (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(run_dir)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return _measured_runs(tmp_path_factory.mktemp("serving-calibration"))
+
+
+def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: list[Path], tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fitted.yaml"
+    assert main(["calibrate", *map(str, runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == str(out)
+    assert any(line.startswith("fitted to the serving rows: matmul") for line in printed)
+    assert sum("TTFT p99" in line or "TPOT p99" in line for line in printed) == 8     # the checks, not fitted
+    entry = load_catalog([out]).device("h100-sxm-serving-calibrated")
+    assert entry.efficiency is not None
+    assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.05)
+    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.05)
+    assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.05)
+    assert entry.efficiency.memory == 1.0 and entry.efficiency.op_overhead_s == 0.0
+    assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
+
+
+def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(runs: list[Path]) -> None:
+    result = calibrate_serving(runs, backend="vllm")
+    assert result.kind == "serving" and len(result.cases) == 8 and result.parameters == len(SERVING_BOUNDS)
+    assert min(abs(c.error) for c in result.before) > 0.3          # the stock H100 is far off these rows
+    assert result.rms_log_residual < 0.02
+    assert max(abs(c.error) for c in result.cases) < 0.03
+    assert all(math.isfinite(c.modeled_s) for c in result.checks) and len(result.checks) == 8
+
+
+def test_one_serving_row_is_too_few_medians_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = _measured_runs(tmp_path, inputs=(64,), rates=[5], requests=6)
+    with pytest.raises(CalibrationError, match="2 measured medians .* for 3 fitted parameters"):
+        calibrate_serving(runs)
+    assert main(["calibrate", *map(str, runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "measure at least two rates or lengths" in err
+
+
+def test_a_device_without_a_peak_is_one_line_naming_the_step_calibration(runs: list[Path], capsys) -> None:
+    assert main(["calibrate", *map(str, runs), "--device", "cpu-host"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "calibrate it from cpu-backend step runs first" in err
