@@ -147,6 +147,30 @@ def place_group(size: int, stride: int, devices_per_node: int) -> Group:
     return Group(size=size, per_node=per_node, nodes=math.ceil(size / per_node))
 
 
+def place_grid(axes: tuple[tuple[int, int], ...], devices_per_node: int) -> Group:
+    """Where a group spanning several mesh axes lands: `axes` = (size, stride) of each axis, innermost first,
+    its members every combination of one member per axis (e.g. Megatron-Core's data-parallel group with
+    context parallelism: cp ranks `tp` apart times dp ranks `tp*cp*pp` apart in llmsim's rank order). Its
+    members per node are the product of each axis's (`place_group`); with one axis of size > 1 it is that
+    axis's placement, and with the axes adjacent (each stride the previous one's times its size) it equals
+    `place_group` of the whole size at the innermost stride (power-of-two sizes)."""
+    parts = [place_group(size, stride, devices_per_node) for size, stride in axes if size > 1]
+    if len(parts) <= 1:
+        return parts[0] if parts else Group(size=1, per_node=1, nodes=1)
+    return Group(size=math.prod(g.size for g in parts), per_node=math.prod(g.per_node for g in parts),
+                 nodes=math.prod(g.nodes for g in parts))
+
+
+def with_cp(dp: Group, cp: Group) -> Group:
+    """A TPU slice's data-parallel group joined with its context-parallel axis (both from `torus_groups`): the
+    gradient and ZeRO group of dp x cp ranks, reduced over the cp axis's torus segments, then dp's (one
+    collective phase per segment, costmodel.torus.torus_phases), across slices over DCN as dp alone."""
+    if cp.size <= 1:
+        return dp
+    return Group(size=dp.size * cp.size, per_node=dp.per_node * cp.per_node, nodes=dp.nodes,
+                 rings=cp.rings + dp.rings)
+
+
 def torus_groups(degrees: Mapping[str, int], cluster: ClusterSpec) -> dict[str, Group]:
     """Each mesh axis of `degrees` (tp, cp, pp, dp: whole-job degrees) as placed on a TPU slice cluster: the
     inner axes inside each slice, data parallelism across `cluster.nodes` slices over DCN for its outer part.

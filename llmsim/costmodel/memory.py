@@ -2,7 +2,8 @@
 
 Mixed precision with Adam (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1): 16-bit parameters and gradients
 (2 + 2 bytes per parameter) plus an fp32 master copy and Adam's m and v (12 bytes). ZeRO stage 1 divides
-the optimizer state by dp, stage 2 also the gradients, stage 3 also the parameters. An fp32 workload
+the optimizer state by dp x cp, stage 2 also the gradients, stage 3 also the parameters (context-parallel
+ranks replicate the weights, so ZeRO/FSDP shards over both: Plan.dp_cp). An fp32 workload
 keeps 4-byte parameters and gradients and 8 bytes of Adam state.
 
 Parameters on one tensor-parallel rank (tp_block_params): the column/row-parallel weights and the vocabulary
@@ -253,7 +254,8 @@ def lora_tp_share(spec: "ModelSpec", sharing: "SharingChoice", tp: int) -> float
 def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                    options: Options, stage: Stage) -> tuple[float, float]:
     """(parameter bytes, gradient bytes) that ZeRO-3 holds unsharded on one device of `stage` for the units
-    in flight, on top of its 1/dp shards; (0, 0) without ZeRO-3 or data parallelism.
+    in flight, on top of its 1/(dp x cp) shards (Plan.dp_cp); (0, 0) without ZeRO-3 or data or context
+    parallelism.
 
     A unit is what one all-gather materializes: a Transformer block (FSDP's transformer auto-wrap, and the
     per-layer gathers costmodel.work prices), or the stage's embedding or LM head (with the final norm).
@@ -267,7 +269,7 @@ def zero3_gathered(workload: "Workload", profile: "WorkloadProfile", sharing: "S
     Sizes are per device: ÷tp (each tensor-parallel rank gathers its own slice). A stage that holds no
     layer (an embedding-only first stage, a head-only last stage) gathers only its edge unit.
     """
-    if plan.zero < 3 or plan.dp == 1:
+    if plan.zero < 3 or plan.dp_cp == 1:
         return 0.0, 0.0
     return zero3_unit_bytes(workload, profile, sharing, plan, options, stage)
 
@@ -359,7 +361,7 @@ def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: 
                     for st in memory_stages(workload, plan)), key=lambda mb: mb.total)
     t = stage_memory_terms(workload, profile, sharing, plan, options, stage)
     held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, t.index)
-    return MemoryBreakdown(**stage_memory(t, plan.zero, plan.dp, plan.zero_dp, held, plan.edp), stage=t.kind,
+    return MemoryBreakdown(**stage_memory(t, plan.zero, plan.dp_cp, plan.zero_dp, held, plan.edp), stage=t.kind,
                            stage_index=t.index)
 
 
@@ -429,8 +431,9 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
 
 
 def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Num, edp: Num = 1) -> dict[str, Num]:
-    """Bytes on one device of the stage, by kind, for a ZeRO stage, dp (ZeRO shards over `zero_dp` of its
-    ranks) and `held` micro-batches in flight (pipeline.in_flight_microbatches): numbers or columns.
+    """Bytes on one device of the stage, by kind, for a ZeRO stage, `dp` the ranks that replicate the weights
+    (Plan.dp_cp: dp x cp) of which ZeRO shards over `zero_dp`, and `held` micro-batches in flight
+    (pipeline.in_flight_microbatches): numbers or columns.
 
     ZeRO-1 divides the optimizer state, ZeRO-2 also the gradients, ZeRO-3 also the parameters, and ZeRO-3
     with dp > 1 adds the units it gathers whole (`zero3_gathered`). Activations: `held` micro-batches of

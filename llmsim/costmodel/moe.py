@@ -410,29 +410,30 @@ def expert_activation_bytes(workload: "Workload", plan: "Plan") -> float:
 
 def edp_equivalent_share(plan: "Plan") -> float:
     """The routed experts' gradients are reduced (and with ZeRO gathered) over the expert-data-parallel
-    group of edp ranks, not the dp group the rest of the model uses (Megatron-Core keeps expert parameters
-    in their own buckets over `expert_data_parallel_group`). costmodel.work prices them as part of the
-    data-parallel traffic, overlapped with the backward like the rest, at this share of their bytes: a ring
-    over edp moves (edp-1)/edp of a buffer per rank, over dp (dp-1)/dp (Patarasuk & Yuan 2009), so the
-    share is their ratio on the same links (0 when edp = 1: each expert lives on one rank of the stage).
-    With dp = 1 there is no data-parallel reduction to join; an edp > 1 there (etp*ep < tp*cp) is left out."""
-    if plan.dp <= 1 or plan.edp <= 1:
+    group of edp ranks, not the dp x cp group the rest of the model uses (Plan.dp_cp; Megatron-Core keeps
+    expert parameters in their own buckets over `expert_data_parallel_group`). costmodel.work prices them as
+    part of the data-parallel traffic, overlapped with the backward like the rest, at this share of their
+    bytes: a ring over edp moves (edp-1)/edp of a buffer per rank, over dp x cp (n-1)/n (Patarasuk & Yuan
+    2009), so the share is their ratio on the same links (0 when edp = 1: each expert lives on one rank of
+    the stage). With dp x cp = 1 there is no data-parallel reduction to join; an edp > 1 there
+    (etp*ep < tp) is left out."""
+    if plan.dp_cp <= 1 or plan.edp <= 1:
         return 0.0
-    return ((plan.edp - 1) / plan.edp) / ((plan.dp - 1) / plan.dp)
+    return ((plan.edp - 1) / plan.edp) / ((plan.dp_cp - 1) / plan.dp_cp)
 
 
 def data_parallel_params(plan: "Plan", params: float, experts: float) -> float:
-    """Parameters whose gradients (or, ZeRO 1/2, updated weights) go over the data-parallel group, in dp
+    """Parameters whose gradients (or, ZeRO 1/2, updated weights) go over the data-parallel group, in dp x cp
     ring-equivalents: the routed experts (`experts` of `params`) at `edp_equivalent_share`."""
     return params - experts * (1 - edp_equivalent_share(plan))
 
 
 def optimizer_params(plan: "Plan", trainable: float, experts: float, experts_trainable: bool) -> float:
-    """Parameters the optimizer step updates on one device, in units the step divides by dp under ZeRO
-    (costmodel.work.optimizer_time): ZeRO shards the routed experts' state over edp, not dp, so they count
-    dp/edp times (`experts` of `trainable`; frozen experts, LoRA, count nothing extra)."""
+    """Parameters the optimizer step updates on one device, in units the step divides by dp x cp under ZeRO
+    (costmodel.work.optimizer_time, Plan.dp_cp): ZeRO shards the routed experts' state over edp, not dp x cp,
+    so they count dp*cp/edp times (`experts` of `trainable`; frozen experts, LoRA, count nothing extra)."""
     if plan.zero >= 1 and experts_trainable:
-        return trainable + experts * (plan.dp / plan.edp - 1)
+        return trainable + experts * (plan.dp_cp / plan.edp - 1)
     return trainable
 
 

@@ -70,9 +70,19 @@ class Plan:
         return self.dp * self.tp * self.pp * self.cp
 
     @property
+    def dp_cp(self) -> int:
+        """The ranks that hold a replica of each weight and reduce its gradient: dp x cp. Every context-parallel
+        rank computes a full gradient for its shard of the sequence, so the frameworks reduce gradients and
+        shard ZeRO/FSDP state over data and context parallelism together: Megatron-Core's
+        `get_data_parallel_group(with_context_parallel=True)` (megatron/core/parallel_state.py, the "dp-cp"
+        ranks; used by the DDP grad buffers and the distributed optimizer), torchtitan's FSDP mesh dimension
+        `fsdp = dp_shard * cp` (torchtitan/distributed/parallel_dims.py)."""
+        return self.dp * self.cp
+
+    @property
     def zero_dp(self) -> int:
-        """The data-parallel ranks ZeRO shards over: dp, less the replicas across slices."""
-        return max(self.dp // self.dcn_replicas, 1)
+        """The ranks ZeRO shards over: dp x cp (`dp_cp`), less the data-parallel replicas across slices."""
+        return max(self.dp * self.cp // self.dcn_replicas, 1)
 
     @property
     def v(self) -> int:

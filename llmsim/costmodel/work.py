@@ -39,8 +39,8 @@ import functools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_group,
-                                      plan_on, torus_groups)
+from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_grid,
+                                      place_group, plan_on, torus_groups, with_cp)
 from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
                                       op_sac_recomputed_share, phase_times, runs_compiled)
@@ -259,14 +259,15 @@ def accumulate_time(rates: Rates, trainable: float, microbatches: Num, dtype: st
 
 
 def optimizer_shard(dp: Num, zero: Num) -> Num:
-    """The data-parallel ranks one device's optimizer step is divided over: dp with ZeRO >= 1, else 1."""
+    """The ranks one device's optimizer step is divided over: `dp` (the weights' replicas, Plan.dp_cp =
+    dp x cp) with ZeRO >= 1, else 1."""
     return pick(zero >= 1, dp, 1)
 
 
 def optimizer_time(rates: Rates, trainable: float, plan: Plan, dtype: str, options: Options,
                    traced: tuple[float, float] | None = None) -> float:
-    """Adam over the parameters one device updates (1/dp of them with ZeRO >= 1): `optimizer_step_time`."""
-    return optimizer_step_time(rates, trainable, optimizer_shard(plan.dp, plan.zero), dtype, options, traced)
+    """Adam over the parameters one device updates (1/(dp x cp) of them with ZeRO >= 1): `optimizer_step_time`."""
+    return optimizer_step_time(rates, trainable, optimizer_shard(plan.dp_cp, plan.zero), dtype, options, traced)
 
 
 def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, options: Options,
@@ -297,7 +298,11 @@ def _optimizer_totals(profile: "WorkloadProfile") -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Groups:
-    """Where each parallel group of a plan lands (Megatron order: tp innermost, then cp, pp, dp)."""
+    """Where each parallel group of a plan lands (Megatron order: tp innermost, then cp, pp, dp).
+
+    `dp` is the group gradients are reduced and ZeRO shards over: the data-parallel ranks with the
+    context-parallel ones (Plan.dp_cp; Megatron-Core's data-parallel group with context parallelism), laid out
+    as its cp members (stride tp) times its dp members (stride tp*cp*pp): `place_grid`."""
 
     tp: Group
     cp: Group
@@ -310,7 +315,7 @@ class Groups:
         return cls(tp=place_group(plan.tp, 1, devices_per_node),
                    cp=place_group(plan.cp, plan.tp, devices_per_node),
                    pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
-                   dp=place_group(plan.dp, plan.tp * plan.cp * plan.pp, devices_per_node),
+                   dp=place_grid(((plan.cp, plan.tp), (plan.dp, plan.tp * plan.cp * plan.pp)), devices_per_node),
                    ep=moe.ep_group(plan.ep, plan.etp, devices_per_node))
 
     @classmethod
@@ -323,7 +328,7 @@ class Groups:
             g = torus_groups({"tp": plan.tp, "cp": plan.cp, "pp": plan.pp, "dp": plan.dp}, cluster)
         except TorusError as exc:
             raise CostModelError(str(exc)) from None
-        dp = g["dp"]
+        dp = with_cp(g["dp"], g["cp"])
         if plan.dcn_replicas > 1:
             dp = Group(size=dp.per_node, per_node=dp.per_node, nodes=1, rings=dp.rings)
         return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp,
@@ -556,14 +561,14 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         experts = stage_expert_params(workload, profile, plan, index)
         reduced = moe.data_parallel_params(plan, layer_trainable, experts if sharing.lora is None else 0.0)
         gathered = moe.data_parallel_params(plan, layer_params, experts)
-        # ZeRO shards the experts' optimizer step over edp: as many parameters as dp/edp times theirs over dp
+        # ZeRO shards the experts' optimizer step over edp: as many parameters as dp*cp/edp times theirs over dp x cp
         updated = moe.optimizer_params(plan, trainable, experts, sharing.lora is None)
         share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
         edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
         first, last = kind == "first", kind == "last" or plan.pp == 1
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
         gather_after = ((Comm("all-gather", moe.data_parallel_params(plan, params, experts) * elem, groups.dp),)
-                        if plan.zero in (1, 2) and plan.dp > 1 else ())
+                        if plan.zero in (1, 2) and plan.dp_cp > 1 else ())
         chunk = n // plan.v
         amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
                               if chunk else 0.0 for phase in ("forward", "backward"))

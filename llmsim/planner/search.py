@@ -192,7 +192,7 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
             if terms is None:
                 terms = ctx.bound_terms[key] = stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
                                                                   activations=False)
-            mb = stage_memory(terms, plan.zero, plan.dp, plan.zero_dp, 0.0, plan.edp)
+            mb = stage_memory(terms, plan.zero, plan.dp_cp, plan.zero_dp, 0.0, plan.edp)
             need = max(need, mb["params"] + mb["grads"] + mb["optimizer"] + mb["kv_cache"])
         bounds.append(need)
     return min(bounds, default=0.0)

@@ -265,8 +265,9 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
         return np.fromiter((getattr(c, attr) for c in configs), dtype=np.int64, count=n)
     dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
     v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
-    edp = np.maximum(get("cp") * dp // get("ep"), 1)
-    zero_dp = np.maximum(dp // get("dcn_replicas"), 1)
+    dp_cp = get("cp") * dp  # the weights' replicas: gradients and ZeRO span dp x cp (plan.Plan.dp_cp)
+    edp = np.maximum(dp_cp // get("ep"), 1)
+    zero_dp = np.maximum(dp_cp // get("dcn_replicas"), 1)
     schedule = np.array([c.schedule for c in configs])
     out: dict[str, np.ndarray] = {}
     # memory: the busiest stage (the first of equals), as memory_breakdown
@@ -275,9 +276,9 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
         terms = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
                                  **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
         held = in_flight_microbatches(schedule, pp, m, v, slot["index"])
-        # ZeRO shards over dp less the TPU slices' replicas (Plan.zero_dp); etp = tp (space.Config), so edp =
-        # cp*dp/ep (plan.Plan.edp)
-        parts = stage_memory(terms, zero, dp, zero_dp, held, edp)
+        # ZeRO shards over dp x cp less the TPU slices' replicas (Plan.zero_dp); etp = tp (space.Config), so
+        # edp = cp*dp/ep (plan.Plan.edp)
+        parts = stage_memory(terms, zero, dp_cp, zero_dp, held, edp)
         total = parts["params"] + parts["grads"] + parts["optimizer"] + parts["activations"] + parts["kv_cache"]
         if best_total is None:
             out.update(parts)
@@ -295,14 +296,14 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     rates = device_rates(hw.cluster(1), w.dtype)
     hides = hw.device.overlaps_communication
     optimizer_bytes, optimizer_ops = _optimizer_totals(ctx.profile)
-    shard = optimizer_shard(dp, zero)
+    shard = optimizer_shard(dp_cp, zero)
     fraction = bubble_fraction(schedule, pp, m, v)
     parts_list = []
     placement = _dp_placements(groups, pairs)
     for slot in _slots(groups, "steps", STEP_FIELDS, group_of):
         times = _dp_times(placement, slot, pair_of)
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
-        gather = np.where(((zero == 1) | (zero == 2)) & (dp > 1), times["gather"], 0.0)
+        gather = np.where(((zero == 1) | (zero == 2)) & (dp_cp > 1), times["gather"], 0.0)
         zero3_mb = np.where(zero >= 3, times["zero3"], 0.0)
         parts_list.append((slot["index"].astype(np.int64), StageParts(
             slot["compute_mb"], slot["comm_mb"],

@@ -83,10 +83,20 @@ def test_an_eager_host_runs_the_traced_optimizer_loop_and_pays_each_operator() -
 # -- groups, collectives and messages -------------------------------------------------------------------------
 
 def test_groups_follow_megatron_order_tp_cp_pp_dp() -> None:
+    plan = Plan(dp=2, tp=2, pp=2, cp=1)
+    assert Groups.of(plan, 4) == Groups(tp=place_group(2, 1, 4), cp=place_group(1, 2, 4),
+                                        pp=place_group(2, 2, 4), dp=place_group(2, 4, 4))
+    assert Groups.of(plan, 4) == Groups(tp=Group(2, 2, 1), cp=Group(1, 1, 1), pp=Group(2, 2, 1), dp=Group(2, 1, 2))
+
+
+def test_gradient_group_spans_dp_and_cp() -> None:
+    """Gradients and ZeRO span dp x cp (Megatron-Core's data-parallel group with context parallelism): ranks
+    r = t + 2c + 4p + 8d on nodes of 4; the group of rank 0 is {0, 2} (cp, one node) x {0, 8} (dp, two nodes)."""
     plan = Plan(dp=2, tp=2, pp=2, cp=2)
-    assert Groups.of(plan, 4) == Groups(tp=place_group(2, 1, 4), cp=place_group(2, 2, 4),
-                                        pp=place_group(2, 4, 4), dp=place_group(2, 8, 4))
-    assert Groups.of(plan, 4) == Groups(tp=Group(2, 2, 1), cp=Group(2, 2, 1), pp=Group(2, 1, 2), dp=Group(2, 1, 2))
+    assert Groups.of(plan, 4) == Groups(tp=Group(2, 2, 1), cp=Group(2, 2, 1), pp=Group(2, 1, 2), dp=Group(4, 2, 2))
+    # cp alone (dp = 1): the cp ranks are the whole gradient group; pp = 1: the group is contiguous at stride tp
+    assert Groups.of(Plan(dp=1, cp=8), 8).dp == Group(8, 8, 1)
+    assert Groups.of(Plan(dp=2, cp=4, tp=2), 8).dp == place_group(8, 2, 8) == Group(8, 4, 2)
 
 
 def test_tensor_parallel_collectives_are_all_reduces_or_with_sp_a_reduce_scatter_and_an_all_gather() -> None:
