@@ -59,17 +59,18 @@ def main() -> None:
     hardware = resolve_hardware(plan, catalog)
 
     def enumerate_space():
-        out = []
+        out, shapes = [], {}  # as search: the groups' valid shapes shared by ZeRO stages and hardware
         for hw in hardware:
             ctx = Context(plan, hw, profile, sharing)
             axes = axes_of(plan, hw.devices_per_node)
             out.append((ctx, [c for g in groups(plan, hw.name, hw.devices_per_node, axes)
                               if static_lower_bound(ctx, g, axes) <= hw.capacity
-                              for chain in chains(plan, g, axes) for c in chain]))
+                              for chain in chains(plan, g, axes, shapes) for c in chain]))
         return out
     candidates, enumerate_s, _ = timed(enumerate_space)
     total = sum(len(c) for _, c in candidates)
-    _, table_s, table_wall = timed(lambda: [price_table(ctx, configs) for ctx, configs in candidates])
+    shared: dict = {}  # as search: the stage memory terms shared by the hardware choices
+    _, table_s, table_wall = timed(lambda: [price_table(ctx, configs, shared) for ctx, configs in candidates])
 
     rng = random.Random(0)
     flat = [(ctx, c) for ctx, configs in candidates for c in configs]

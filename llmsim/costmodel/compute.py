@@ -15,6 +15,8 @@ materialises the s x s scores: a fused kernel moves none of those bytes (see pla
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -285,13 +287,69 @@ class PhaseTimes:
         return self.matmul + self.attention + self.other
 
 
+# phase_memo's table while one is open: phase_times results by (objects, phase, region, divide, steps, the
+# plan fields it reads); `None` = no memo (every call computes).
+_PHASE_MEMO: dict[tuple, PhaseTimes] | None = None
+_PHASE_MEMO_ALIVE: dict[int, object] = {}  # the objects keyed by id() in the open memo, kept alive so no id is reused
+
+
+@contextmanager
+def phase_memo() -> Iterator[None]:
+    """Within this block, `phase_times` computes each distinct question once: calls whose arguments agree on
+    the objects (profile, workload), the options, the rates, phase, region, divide, steps and the plan fields
+    it reads (`phase_plan_key`) share one result. The planner prices thousands of plans that differ in
+    fields phase_times never reads (pp, the schedule, the split, recompute, sp, dp, ZeRO); the numbers are
+    the same as without the block. Nested blocks share the outer one's table."""
+    global _PHASE_MEMO
+    if _PHASE_MEMO is not None:
+        yield
+        return
+    _PHASE_MEMO = {}
+    try:
+        yield
+    finally:
+        _PHASE_MEMO = None
+        _PHASE_MEMO_ALIVE.clear()
+
+
+def phase_plan_key(workload: "Workload", plan: Plan) -> tuple:
+    """The fields of `plan` that `phase_times` reads (directly and through gemm_weight_bytes, gemm_wave,
+    replicated_kv_projection, the float8 casts, _kv_read_bytes): tp, cp, micro_batch, and the micro-batch
+    count where a float8 workload spreads its weight casts over it. tests/costmodel/test_compute.py checks
+    that plans agreeing on these price alike."""
+    return (plan.tp, plan.cp, plan.micro_batch, plan.microbatches if precision.is_fp8(workload) else 0)
+
+
 def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
                 phase: str, region: str, divide: int, steps: int = 1) -> PhaseTimes:
     """One micro-batch's share of `phase` ops in `region` on one device.
 
     `divide` is how many devices share the region's work of one micro-batch (tp*cp, times pp for the
-    layers). `steps` divides a phase traced over several decode steps into one step.
+    layers). `steps` divides a phase traced over several decode steps into one step. Inside `phase_memo`,
+    a question asked before is answered from its table.
     """
+    memo = _PHASE_MEMO
+    if memo is None:
+        return _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
+    key = (id(profile), id(workload), options, _rates_key(rates), phase, region, divide, steps,
+           *phase_plan_key(workload, plan))
+    out = memo.get(key)
+    if out is None:
+        out = memo[key] = _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
+        for obj in (profile, workload, rates.efficiency, rates.gemm and rates.gemm.efficiency):
+            _PHASE_MEMO_ALIVE[id(obj)] = obj
+    return out
+
+
+def _rates_key(rates: Rates | None) -> tuple | None:
+    """Rates as a memo key: its numbers and its efficiency's identity (a pydantic model hashes slowly)."""
+    if rates is None:
+        return None
+    return (rates.peak_flops, rates.memory_bw, id(rates.efficiency), rates.compute_units, _rates_key(rates.gemm))
+
+
+def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
+                 phase: str, region: str, divide: int, steps: int = 1) -> PhaseTimes:
     spec = workload.model
     share = plan.micro_batch / profile.batch / divide / steps
     elem = DTYPE_BYTES[workload.dtype]

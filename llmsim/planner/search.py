@@ -25,6 +25,8 @@ from collections.abc import Callable
 from typing import Literal
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
 from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
@@ -306,6 +308,41 @@ def objective_key(objective: str) -> Callable[[Evaluation], tuple]:
     return key
 
 
+def rank(rows: list[Evaluation], objective: str) -> list[Evaluation]:
+    """`sorted(rows, key=objective_key(objective))`, with numpy: a stable lexsort of the key's numbers as
+    columns, then, only where two rows tie on all of them, their names (the key's last element), which
+    are costly to build. The same order (tests/planner/test_search.py); Python's sort where a number is NaN,
+    whose tuple order numpy cannot copy."""
+    fields = {"cost": ("cost_usd", "time_to_goal_s", "n_devices"),
+              "time": ("time_to_goal_s", "cost_usd", "n_devices"),
+              "energy": ("energy_j", "time_to_goal_s", "cost_usd"),
+              "devices": ("n_devices", "cost_usd", "time_to_goal_s")}[objective]
+    n = len(rows)
+    feasible = np.fromiter((e.feasible for e in rows), dtype=bool, count=n)
+    unpriced = np.fromiter((e.step_time_s is None for e in rows), dtype=bool, count=n)
+    shortfall = np.fromiter((e.shortfall for e in rows), dtype=float, count=n)
+    def column(f: str) -> np.ndarray:  # as objective_key: a row without the number ranks it as infinite
+        values = ((e.config.n_devices if f == "n_devices" else getattr(e, f)) for e in rows)
+        return np.fromiter((math.inf if v is None else v for v in values), dtype=float, count=n)
+    metrics = [column(f) for f in fields]
+    if any(np.isnan(col).any() for col in (shortfall, *metrics)):
+        return sorted(rows, key=objective_key(objective))
+    columns = [np.where(feasible, 0.0, col) for col in (unpriced.astype(float), shortfall)]
+    keys = (*metrics[::-1], *columns[::-1], (~feasible).astype(float))  # lexsort: the last key is the first
+    order = np.lexsort(keys)
+    sorted_keys = np.column_stack([k[order] for k in keys])
+    same = np.all(sorted_keys[1:] == sorted_keys[:-1], axis=1) if n > 1 else np.zeros(0, dtype=bool)
+    out = order.tolist()
+    start = None
+    for i, tie in enumerate(np.append(same, False).tolist()):  # runs of equal numbers: by name, stably
+        if tie and start is None:
+            start = i
+        elif not tie and start is not None:
+            out[start:i + 1] = sorted(out[start:i + 1], key=lambda r: rows[r].config.name)
+            start = None
+    return [rows[r] for r in out]
+
+
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
            profile: WorkloadProfile | None = None,
            progress: Callable[[str], None] | None = None,
@@ -319,6 +356,10 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     profile = profile or workload_profile(plan.workload, sharing)
     stats = SearchStats(per_hardware={hw.name: 0 for hw in hardware})
     rows: list[Evaluation] = []
+    # price_table's stage memory terms (per precision: they follow the workload's dtype) and space.chains' valid
+    # shapes of each group: the same for every hardware choice
+    shared: dict[str, dict[tuple, object]] = {}
+    shapes: dict[tuple, list] = {}
     for hw, label, ctx in precision_contexts(plan, hardware, sharing, profile):
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
@@ -333,11 +374,11 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.groups_pruned += 1
                 continue
             places = hw.placements(g)
-            for chain in chains(ctx.plan, g, axes):
+            for chain in chains(ctx.plan, g, axes, shapes):
                 found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
                              for shape, slices, mesh in places)
         if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
-            table = price_table(ctx, [c for chain in found for c in chain])
+            table = price_table(ctx, [c for chain in found for c in chain], shared.setdefault(label, {}))
             priced = table_evaluations(ctx, table)
         else:
             priced = None
@@ -360,7 +401,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         if progress:
             progress(f"{hw.name}{' ' + label if label else ''}: "
                      f"{count(stats.screened - before, 'configuration')} screened")
-    rows.sort(key=objective_key(plan.objective))
+    rows = rank(rows, plan.objective)
     stats.seconds = time.perf_counter() - start
     return rows, stats
 

@@ -384,17 +384,44 @@ def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes,
                                 yield Group(hardware, n, tp, pp, cp, dp, zero, split, ep, precision)
 
 
-def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
+def chains(plan: PlanFile, g: Group, axes: Axes,
+           shapes: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]] | None = None
+           ) -> Iterator[list[Config]]:
     """The valid configurations of one group, in chains that differ only in micro_batch, ascending.
 
     Within a chain memory never shrinks as the micro-batch grows (activations per micro-batch are
     linear in it; micro-batches in flight times their size is B/dp for GPipe and min(m, p) x micro_batch
     for 1F1B and interleaved), so search.py may stop a chain at its first configuration that overflows.
+
+    `shapes` (one dict per plan and axes) keeps the valid (sp, schedule, v, [(micro_batch, micro-batch
+    count)]) of each group shape, which the groups of every ZeRO stage and hardware ask alike (`_shapes`).
     """
     w = plan.workload
     if w.batch % g.dp:
         return
+    for sp, schedule, v, layouts in _shapes(plan, g, axes, shapes):
+        for recompute in axes.recompute:
+            chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb, m, recompute, schedule,
+                            v, g.stage_layers, g.ep, g.precision)
+                     for mb, m in layouts]
+            chain = [c for c in chain if duplicate_problem(w, c) is None]
+            if chain:
+                yield chain
+
+
+def _shapes(plan: PlanFile, g: Group, axes: Axes,
+            cache: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]] | None
+            ) -> list[tuple[bool, str, int, list[tuple[int, int]]]]:
+    """The (sp, schedule, v, [(micro_batch, micro-batch count), ...]) a group's members run: the shapes the
+    scenario's rules accept (`shape_problem`, `layout_problem`). They depend on dp, tp, pp, cp, the split and
+    ep only (not the hardware, the device count or ZeRO); they are kept under those and the precision in
+    `cache`."""
+    key = (g.dp, g.tp, g.pp, g.cp, g.stage_layers, g.ep, g.precision)
+    if cache is not None and key in cache:
+        return cache[key]
+    w = plan.workload
     mbs = micro_batches(axes, w.batch // g.dp)
+    out = []
     for sp in axes.sp:
         if sp and g.tp == 1:
             continue
@@ -403,15 +430,11 @@ def chains(plan: PlanFile, g: Group, axes: Axes) -> Iterator[list[Config]]:
                 continue
             layouts = [(mb, layout_problem(w, g.dp, g.tp, g.pp, g.cp, mb, schedule, v, g.stage_layers, g.ep))
                        for mb in mbs]
-            layouts = [(mb, lay) for mb, lay in layouts if not isinstance(lay, str)]
-            for recompute in axes.recompute:
-                chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb,
-                                lay.microbatches, recompute, schedule, v, g.stage_layers,  # type: ignore[union-attr]
-                                g.ep, g.precision)
-                         for mb, lay in layouts]
-                chain = [c for c in chain if duplicate_problem(w, c) is None]
-                if chain:
-                    yield chain
+            out.append((sp, schedule, v, [(mb, lay.microbatches) for mb, lay in layouts
+                                          if not isinstance(lay, str)]))
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
 @functools.lru_cache(maxsize=4096)

@@ -4,12 +4,15 @@ The scalar path (search.evaluate) prices one configuration: `memory_breakdown`, 
 module gives the same numbers for thousands at once, through the same code:
 
 * the candidates are grouped by the fields that fix a step's per-micro-batch work (tp, pp, cp, sp,
-  micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on): within a
-  group only dp, ZeRO and the micro-batch count m = B / (dp x micro_batch) vary;
-* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work), and
+  micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on; GPipe with
+  1F1B, whose work per micro-batch is the same): within a group only dp, ZeRO, the micro-batch count
+  m = B / (dp x micro_batch) and (GPipe or 1F1B) the bubble and the micro-batches in flight vary;
+* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
+  phase times asked once per distinct question: compute.phase_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
-  these two shared by the groups of one `_stage_key`, which differ only by the node); each data-parallel
+  these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
+  hardware choices of a search through `shared`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
   (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
@@ -39,7 +42,7 @@ import numpy as np
 
 from llmsim.costmodel import CostModelError
 from llmsim.costmodel import moe, precision
-from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_expert_params, stage_memory,
                                      stage_memory_terms, stage_params)
@@ -105,6 +108,7 @@ VARY_IN_GROUP = ("hardware", "n_devices", "dp", "zero", "microbatches")
 KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in VARY_IN_GROUP)
 GROUP_FIELDS = len(KEY_FIELDS) + 1
 _key_of = operator.attrgetter(*KEY_FIELDS)
+_SCHEDULE_AT = KEY_FIELDS.index("schedule")
 
 
 def _whole(ctx) -> bool:
@@ -123,7 +127,12 @@ def group_key(ctx, c: Config) -> tuple:
     base = (*_key_of(c), min(c.n_devices, hw.devices_per_node))
     if _whole(ctx):
         return base + (c.dp, c.zero, c.microbatches)
-    return base + ((c.microbatches,) if precision.is_fp8(ctx.plan.workload) else ())
+    if precision.is_fp8(ctx.plan.workload):
+        return base + (c.microbatches,)
+    if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
+        # micro-batches in flight differ, which _combine computes per row from its own schedule
+        return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
+    return base
 
 
 @dataclass
@@ -147,9 +156,12 @@ MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_byt
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
 
-def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
+def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | None = None) -> PricedTable:
     """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
-    search.Context), as columns. The same numbers as search.evaluate row by row."""
+    search.Context), as columns. The same numbers as search.evaluate row by row.
+
+    `shared`: the stage memory terms and parameters of earlier calls for the same plan file (they do not
+    depend on the hardware), filled in here; pass one dict to the calls of every hardware choice."""
     if not configs:
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
@@ -165,8 +177,9 @@ def price_table(ctx, configs: Sequence[Config]) -> PricedTable:
     firsts: dict[int, Config] = {}
     for i, c in enumerate(configs):
         firsts.setdefault(int(group_of[i]), c)
-    shared: dict[tuple, object] = {}
-    groups = [_group(ctx, firsts[g], shared) for g in range(len(keys))]
+    shared = {} if shared is None else shared
+    with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
+        groups = [_group(ctx, firsts[g], shared) for g in range(len(keys))]
     cols = _combine(ctx, configs, groups, group_of, pair_of, list(pairs))
     return PricedTable(configs, cols, [groups[g].error for g in group_of.tolist()])
 
@@ -198,7 +211,8 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
         return _Group(plan, cluster.fabric, None, 1, [], memory, str(exc))
-    fabric = cluster.fabric
+    # one object per distinct fabric: the cached collective prices (Comm.time) find it by identity
+    fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
     steps, slot_of, alike = [], {}, {}
     for index, st in enumerate(work.stages):

@@ -339,3 +339,40 @@ def test_the_weight_bytes_a_pass_reads_once_are_the_traced_bytes_that_do_not_gro
             reads = 2 if phase == "backward" else 1
             expected = reads * gemm_weight_bytes(workload, Plan(), region) * count * steps
             assert fixed == pytest.approx(expected, rel=2e-3), (phase, region)
+
+
+
+def test_the_phase_memo_answers_as_phase_times_does_for_plans_that_differ_in_what_its_key_drops() -> None:
+    """Inside phase_memo, phase_times keys a plan by phase_plan_key (tp, cp, micro_batch; float8: m); plans that
+    differ in that key and in everything else (pp, schedule, recompute, sp, dp, ZeRO) get the numbers
+    computed without the memo, whatever the order they are asked in. A key missing a field phase_times reads
+    fails here (the first plan asked would answer for the others)."""
+    import random
+
+    from llmsim.config import SharingChoice
+    from llmsim.costmodel.compute import phase_memo
+    from llmsim.hardware import load_catalog
+    from llmsim.workload.profile import profile_workload
+
+    rng = random.Random(3)
+    model = ModelSpec(layers=2, hidden=512, heads=8, kv_heads=2, ffn_hidden=1024, vocab=1000, seq_len=256,
+                      activation="swiglu", norm="rmsnorm", positions="rotary", bias=False)
+    cases = []
+    for dtype in ("bfloat16", "float8"):
+        w = Workload(model=model, mode="train", batch=16, dtype=dtype)
+        profile = profile_workload(w, SharingChoice(tie_embeddings=False))
+        rates = device_rates(load_catalog().cluster("h100-sxm", nodes=1, devices_per_node=8), dtype)
+        for _ in range(150):
+            plan = Plan(dp=rng.choice([1, 2, 4]), tp=rng.choice([1, 2, 4]), pp=rng.choice([1, 2]),
+                        cp=rng.choice([1, 2]), micro_batch=rng.choice([1, 2, 4]), microbatches=rng.choice([1, 2, 8]),
+                        sp=rng.choice([False, True]), zero=rng.choice([0, 1, 3]),
+                        schedule=rng.choice(["gpipe", "1f1b"]), recompute=rng.choice(["none", "full"]))
+            phase, region = rng.choice([("forward", "layers"), ("backward", "layers"), ("forward", "embed"),
+                                        ("backward", "head")])
+            divide = plan.tp * plan.cp * (model.layers if region == "layers" else 1)
+            args = (profile, w, plan, Options(), rates, phase, region, divide)
+            cases.append((args, phase_times(*args)))
+    rng.shuffle(cases)
+    with phase_memo():
+        for args, want in cases:
+            assert phase_times(*args) == want, args[2]

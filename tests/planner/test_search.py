@@ -100,3 +100,29 @@ def test_memory_exactly_equal_to_the_capacity_is_not_rejected_and_one_byte_over_
         assert e.memory_bytes == need and e.capacity_bytes == need + delta
         assert ("memory" in e.limits) is rejected, delta
         assert (e.step_time_s is None) is rejected
+
+
+def test_rank_orders_as_the_objective_key_sorts_ties_by_name_included() -> None:
+    """search.rank (numpy lexsort, names only among rows tied on every number) gives the order of
+    sorted(rows, key=objective_key): on a search's rows, and on rows made to tie (numbers equal, misses
+    without a price, infinite shortfalls), for every objective."""
+    import dataclasses
+    import math
+    import random
+
+    from llmsim.planner.search import objective_key, rank
+
+    plan = small_plan()
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    rng = random.Random(5)
+    tied = []
+    for e in rng.sample(rows, min(len(rows), 600)):
+        priced = e.feasible or rng.random() < 0.5
+        number = (lambda: rng.choice([1.0, 2.0, 3.0])) if priced else (lambda: None)
+        tied.append(dataclasses.replace(e, shortfall=rng.choice([1.0, 2.0, math.inf]) if not e.feasible else 1.0,
+                                        step_time_s=number(), time_to_goal_s=number(), cost_usd=number(),
+                                        energy_j=number()))
+    for objective in ("cost", "time", "energy", "devices"):
+        for case in (rows, tied, tied[::-1]):
+            want = sorted(case, key=objective_key(objective))
+            assert [id(e) for e in rank(case, objective)] == [id(e) for e in want], objective
