@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -287,10 +288,18 @@ class PhaseTimes:
         return self.matmul + self.attention + self.other
 
 
-# phase_memo's table while one is open: phase_times results by (objects, phase, region, divide, steps, the
-# plan fields it reads); `None` = no memo (every call computes).
-_PHASE_MEMO: dict[tuple, PhaseTimes] | None = None
-_PHASE_MEMO_ALIVE: dict[int, object] = {}  # the objects keyed by id() in the open memo, kept alive so no id is reused
+class _PhaseMemo:
+    """phase_memo's table: phase_times results by (objects, phase, region, divide, steps, the plan fields it
+    reads), and the objects keyed by id() in it, kept alive so that no id is reused while the memo lives."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple, PhaseTimes] = {}
+        self.alive: dict[int, object] = {}
+
+
+# The open memo of this thread / task, if any: a context variable scopes it to the `with phase_memo()` block
+# that opened it (as decimal.localcontext scopes a context), so two threads pricing tables never share one.
+_PHASE_MEMO: ContextVar[_PhaseMemo | None] = ContextVar("llmsim_phase_memo", default=None)
 
 
 @contextmanager
@@ -300,16 +309,14 @@ def phase_memo() -> Iterator[None]:
     it reads (`phase_plan_key`) share one result. The planner prices thousands of plans that differ in
     fields phase_times never reads (pp, the schedule, the split, recompute, sp, dp, ZeRO); the numbers are
     the same as without the block. Nested blocks share the outer one's table."""
-    global _PHASE_MEMO
-    if _PHASE_MEMO is not None:
+    if _PHASE_MEMO.get() is not None:
         yield
         return
-    _PHASE_MEMO = {}
+    token = _PHASE_MEMO.set(_PhaseMemo())
     try:
         yield
     finally:
-        _PHASE_MEMO = None
-        _PHASE_MEMO_ALIVE.clear()
+        _PHASE_MEMO.reset(token)
 
 
 def phase_plan_key(workload: "Workload", plan: Plan) -> tuple:
@@ -328,16 +335,16 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
     layers). `steps` divides a phase traced over several decode steps into one step. Inside `phase_memo`,
     a question asked before is answered from its table.
     """
-    memo = _PHASE_MEMO
+    memo = _PHASE_MEMO.get()
     if memo is None:
         return _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
     key = (id(profile), id(workload), options, _rates_key(rates), phase, region, divide, steps,
            *phase_plan_key(workload, plan))
-    out = memo.get(key)
+    out = memo.results.get(key)
     if out is None:
-        out = memo[key] = _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
+        out = memo.results[key] = _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
         for obj in (profile, workload, rates.efficiency, rates.gemm and rates.gemm.efficiency):
-            _PHASE_MEMO_ALIVE[id(obj)] = obj
+            memo.alive[id(obj)] = obj
     return out
 
 
