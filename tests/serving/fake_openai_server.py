@@ -88,6 +88,18 @@ def main() -> None:
                 self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
                 self.wfile.flush()
 
+            finished = False
+
+            def finish() -> None:
+                # counted before the client can see the end of the stream: a /metrics read made after the
+                # client's last [DONE] must include this request (a race the parallel test run found)
+                nonlocal finished
+                if not finished:
+                    finished = True
+                    with lock:
+                        state["running"] -= 1
+                        state["served"] += 1
+
             try:
                 time.sleep(args.prefill_s)
                 for i in range(n):
@@ -96,13 +108,12 @@ def main() -> None:
                     text = f" t{2 + (i % 7)}"
                     event(json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]}))
                 event(json.dumps({"choices": [], "usage": {"completion_tokens": n}}))
+                finish()
                 event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
             finally:
-                with lock:
-                    state["running"] -= 1
-                    state["served"] += 1
+                finish()
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
