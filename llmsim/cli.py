@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 from pathlib import Path
 
 from rich.console import Console
@@ -245,6 +245,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from llmsim.scaffold import write_plugin
 
+    taken = BackendRegistry.from_manager(get_plugin_manager()).names
+    if args.name in taken:  # its entry point would collide with an installed backend's name
+        raise UsageError("new-plugin", f"a backend named {args.name!r} is already installed; allowed: a name other "
+                                       f"than {', '.join(taken)}")
     target = Path(args.dir) if args.dir else Path(f"llmsim-{args.name}")
     print(write_plugin(args.name, target))
     return 0
@@ -374,8 +378,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag or a missing argument in llmsim's one line, exit 2, instead of its
+    usage block first (the usage stays one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"llmsim: error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmsim", description="Simulate and benchmark Transformer workloads.")
+    parser = _OneLineParser(prog="llmsim", description="Simulate and benchmark Transformer workloads.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def scenario_args(p: argparse.ArgumentParser) -> None:

@@ -226,10 +226,16 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             world, need = cls.world_size(settings), spec.replicas * strategy.tp * strategy.pp
             if world is not None and world < need:
                 point = f" (at {suffix[1:]})" if suffix else ""
-                raise ScenarioError(file, "serving.replicas",
+                fit = world // (strategy.tp * strategy.pp)
+                if fit >= 1:   # the replicas are what does not fit
+                    key, allowed = "serving.replicas", f"at most {fit} replicas, or more nodes"
+                else:          # one replica of this strategy is already larger than the backend
+                    key, allowed = (f"strategies[{i}]",
+                                    f"tp x pp <= {world} on backend '{name}', or more nodes / devices_per_node")
+                raise ScenarioError(file, key,
                                     f"replicas x tp x pp = {spec.replicas} x {strategy.tp} x {strategy.pp} = {need} "
                                     f"devices (strategy {strategy.name!r}) but backend '{name}' has {world}{point}; "
-                                    f"allowed: at most {world // (strategy.tp * strategy.pp)} replicas, or more nodes")
+                                    f"allowed: {allowed}")
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1)
             for rate in rates:
                 tag = f"@rate={rate:g}" if len(rates) > 1 and rate is not None else ""

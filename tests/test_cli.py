@@ -198,3 +198,26 @@ def test_tpu_topology_and_mesh_errors_exit_2_at_validation(tmp_path: Path, capsy
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{path}: {key}: {message}" in err, err
+
+
+@pytest.mark.parametrize("argv", [["run", "scenarios/quickstart.yaml", "--executor", "foo"], ["run"], ["plan"]])
+def test_a_bad_flag_or_missing_argument_is_one_line_exit_2(argv: list[str], capsys) -> None:
+    # argparse printed its usage block before the error (2-5 lines)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("llmsim: error: llmsim ") and "--help" in err
+
+
+def test_new_plugin_refuses_the_name_of_an_installed_backend(tmp_path: Path, capsys) -> None:
+    # `new-plugin cpu` scaffolded a package whose entry point collides with the built-in cpu backend
+    assert main(["new-plugin", "cpu", "--dir", str(tmp_path / "p")]) == 2
+    assert "already installed" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_a_serving_strategy_larger_than_the_backend_names_the_strategy(tmp_path: Path, capsys) -> None:
+    # tp x pp of one replica beyond the backend's devices was blamed on serving.replicas ("at most 0 replicas")
+    code = main(["validate", str(REPO / "scenarios" / "serve-8b.yaml"), "--set", "strategies[0].pp=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "strategies[0]" in err and "0 replicas" not in err

@@ -75,6 +75,13 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
                                      stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
                                      op_overhead_s=_positive(row.get("op_overhead_s"))))
     if not found:
+        kinds = {(r.get("kind"), r.get("backend")) for d in run_dirs if (d / "results.jsonl").exists()
+                 for r in read_rows(d)}
+        if kinds and all(kind == "modeled" for kind, _ in kinds):
+            raise CalibrationError(
+                f"{', '.join(str(d) for d in run_dirs)} holds only modeled rows (backends "
+                f"{', '.join(sorted({str(b) for _, b in kinds}))}): calibration fits the model to measurements; "
+                f"allowed: run folders with measured rows (cpu, cuda, xla step rows, or vllm serving rows)")
         raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
                                f"{', '.join(str(d) for d in run_dirs)}")
     return found

@@ -118,3 +118,15 @@ def test_a_device_without_a_peak_is_one_line_naming_the_step_calibration(runs: l
     assert main(["calibrate", *map(str, runs), "--device", "cpu-host"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "calibrate it from cpu-backend step runs first" in err
+
+
+def test_a_run_of_modeled_rows_only_is_refused_saying_so(runs: list[Path], tmp_path: Path, capsys) -> None:
+    # `calibrate` on a modeled serving run said "no ok measured rows of backend 'cpu'", a backend the run lacks
+    import shutil
+    run = Path(shutil.copytree(runs[0], tmp_path / "modeled"))
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, "kind": "modeled", "backend": "roofline"}) + "\n"
+                                               for r in rows))
+    assert main(["calibrate", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "only modeled rows" in err and "roofline" in err
