@@ -149,7 +149,8 @@ def task_bar(what: str) -> Iterator[Callable[[int, int], None]]:
     try:
         yield update
     finally:
-        bar.stop()
+        if task is not None:  # a bar never started still prints a line when stopped (before an error message)
+            bar.stop()
 
 
 def executor_args(p: argparse.ArgumentParser, what: str) -> None:

@@ -221,3 +221,10 @@ def test_a_serving_strategy_larger_than_the_backend_names_the_strategy(tmp_path:
     code = main(["validate", str(REPO / "scenarios" / "serve-8b.yaml"), "--set", "strategies[0].pp=2"])
     err = capsys.readouterr().err
     assert code == 2 and "strategies[0]" in err and "0 replicas" not in err
+
+
+def test_a_plan_error_found_while_planning_is_one_line() -> None:
+    # the re-check progress bar, never started, printed an empty line on stderr before the error
+    done = subprocess.run([sys.executable, "-m", "llmsim", "plan", str(REPO / "scenarios" / "plan-train-70b.yaml"),
+                           "--set", "hardware[0].name=a100"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("llmsim: error:")
