@@ -575,10 +575,15 @@ def serving_knee(frame: pd.DataFrame) -> tuple[Figure, Any]:
     lat.yaxis.set_minor_formatter(NullFormatter())
     good.set_title("goodput (requests/s meeting the SLO)", fontsize=10, loc="left")
     good.set_ylim(0, None)
+    handles: dict[str, Any] = {}
     for ax in (lat, good):
         ax.set_xlabel("offered requests/s")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best")
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    # one legend below both panels: inside a panel ("best") it covered the goodput axis' tick labels
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=7,
+               frameon=False)
     return fig, axes
 
 
