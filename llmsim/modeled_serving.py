@@ -130,10 +130,15 @@ def write_requests_file(run_dir: str | Path | None, case: str, backend: str, out
     the run folder, for the row's `requests_file` (None without a run folder). Every serving backend's one rule."""
     if run_dir is None:
         return None
-    folder = Path(run_dir) / "requests"
+    return _write_beside_requests(Path(run_dir), requests_file_name(case, backend), requests_table(outcome))
+
+
+def _write_beside_requests(run_dir: Path, name: str, text: str) -> str:
+    """Write `text` to run_dir/requests/name; the path relative to the run folder (a row's *_file column)."""
+    folder = run_dir / "requests"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / requests_file_name(case, backend)
-    path.write_text(requests_table(outcome), encoding="utf-8")
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
     return str(path.relative_to(run_dir))
 
 
@@ -148,11 +153,7 @@ def write_timeline_file(run_dir: str | Path | None, case: str, backend: str, out
     run folder or without iterations recorded: a measured engine has none)."""
     if run_dir is None or not any(len(t) for t in outcome.timelines):
         return None
-    folder = Path(run_dir) / "requests"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / timeline_file_name(case, backend)
-    path.write_text(timeline_table(outcome), encoding="utf-8")
-    return str(path.relative_to(run_dir))
+    return _write_beside_requests(Path(run_dir), timeline_file_name(case, backend), timeline_table(outcome))
 
 
 def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
