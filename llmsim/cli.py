@@ -228,6 +228,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run_dirs = [Path(p) for p in args.run_dirs]
     for run_dir in run_dirs:
+        if not run_dir.exists():
+            raise UsageError("report", f"{run_dir} does not exist (allowed: a run folder that `llmsim run` wrote)")
         if not (run_dir / "results.jsonl").exists():
             raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
     if len(run_dirs) == 1:

@@ -147,7 +147,8 @@ class ModelSpec(_Strict):
         for k, v in fill.items():
             object.__setattr__(self, k, v)
         if self.heads % self.kv_heads:  # type: ignore[operator]
-            raise ValueError(f"heads={self.heads} must be divisible by kv_heads={self.kv_heads}")
+            raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} "
+                             f"(allowed: {', '.join(str(d) for d in range(1, self.heads + 1) if self.heads % d == 0)})")
         if self.moe is not None and not self.moe_layers:
             raise ValueError(f"moe: no layer is a mixture of experts (first_dense_layers="
                              f"{self.moe.first_dense_layers} with layers={self.layers}; allowed: first_dense_layers "
@@ -467,7 +468,7 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
     except SplitError as e:
         return e.key, e.message
     if m.seq_len % s.cp:
-        return "cp", f"{s.cp} does not divide seq_len={m.seq_len}"
+        return "cp", f"{s.cp} does not divide seq_len={m.seq_len} (allowed: {_divisors(m.seq_len)})"
     problem = check_expert_parallel(s, m)
     if problem:
         return problem

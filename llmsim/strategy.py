@@ -52,7 +52,9 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
     elif s.dp is None:
         if world % mp:
             key = next((k for k in ("tp", "pp", "cp") if getattr(s, k) > 1), "tp")  # the degree the user set
-            return key, (f"tp*pp*cp={mp} does not divide the {count(world, 'device')} of backend '{backend}'")
+            return key, (f"tp*pp*cp={mp} does not divide the {count(world, 'device')} of backend '{backend}' "
+                         f"(allowed: tp*pp*cp among {', '.join(str(d) for d in range(1, min(world, 64) + 1) if world % d == 0)}, "
+                         f"or more devices)")
         dp = world // mp
     else:
         dp = s.dp

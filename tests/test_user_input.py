@@ -100,7 +100,7 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
 
 @pytest.mark.parametrize("argv, message", [
     (["report", "{tmp}"], "report: {tmp} has no results.jsonl (is it a run folder?)"),
-    (["report", "{tmp}/nowhere"], "report: {tmp}/nowhere has no results.jsonl (is it a run folder?)"),
+    (["report", "{tmp}/nowhere"], "report: {tmp}/nowhere does not exist (allowed: a run folder that `llmsim run` wrote)"),
     (["new-plugin", "Not A Name"], "new-plugin: 'Not A Name' is not a valid plugin name"),
     (["new-plugin", "good-name", "--dir", "{tmp}"], "new-plugin: {tmp} already exists and is not empty"),
     (["new-plugin", "good-name", "--dir", "{tmp}/a-file/sub"], "new-plugin: {tmp}/a-file/sub: Not a directory"),
