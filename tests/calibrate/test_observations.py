@@ -41,9 +41,11 @@ def test_only_ok_measured_rows_of_the_backend_are_observations(tmp_path: Path) -
     run = synthetic_run(tmp_path, "train", 32, 2, 2)
     assert [o.case for o in read_observations([run])] == ["s"]      # not the roofline row beside it
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-    for change in ({"kind": "modeled"}, {"status": "failed"}, {"peak_flops_per_s": None}):
+    for change, says in (({"kind": "modeled"}, "holds only modeled rows"),
+                         ({"status": "failed"}, "no ok measured rows of backend 'cpu'"),
+                         ({"peak_flops_per_s": None}, "no ok measured rows of backend 'cpu'")):
         (run / "results.jsonl").write_text("".join(json.dumps({**r, **change}) + "\n" for r in rows))
-        with pytest.raises(CalibrationError, match="no ok measured rows of backend 'cpu'"):
+        with pytest.raises(CalibrationError, match=says):
             read_observations([run])
 
 
