@@ -72,10 +72,17 @@ def open_in_chromium(page: Path, tmp_path: Path, sort_header: str) -> tuple[dict
     source = page.read_text(encoding="utf-8")
     checker = CHECKER.replace("SORT_HEADER", json.dumps(sort_header))
     probe.write_text(source.replace("<head>", "<head>" + checker, 1), encoding="utf-8")
+    return _checker_findings(probe, tmp_path, ["--disable-quic", "--disable-background-networking",
+                                               "--disable-component-update", "--disable-sync",
+                                               "--enable-logging=stderr", "--v=0"])
+
+
+def _checker_findings(probe: Path, tmp_path: Path, flags: list[str]) -> tuple[dict, str]:
+    """Load `probe` (a page with a checker script in its head) in headless Chromium with `flags`; the
+    checker's findings (its data-check attribute in the dumped DOM) and Chromium's stderr."""
     profile = tmp_path / "chromium-profile"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()]
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", *flags,
+           f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
@@ -139,16 +146,7 @@ def layout_check(page: Path, tmp_path: Path) -> dict:
     probe = page.with_name("layout-" + page.name)
     probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + LAYOUT_CHECKER, 1),
                      encoding="utf-8")
-    profile = tmp_path / "chromium-profile"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           "--window-size=1400,900", f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    found = re.search(r'data-check="([^"]*)"', proc.stdout)
-    assert found, f"the checker did not run (exit {proc.returncode}); stderr:\n{proc.stderr[-3000:]}"
-    return json.loads(html.unescape(found.group(1)))
+    return _checker_findings(probe, tmp_path, ["--hide-scrollbars", "--window-size=1400,900"])[0]
 
 
 def test_the_report_fits_a_1400_px_window_and_names_the_traced_case(tmp_path: Path) -> None:
