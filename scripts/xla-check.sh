@@ -18,10 +18,25 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 start=$(date +%s)
-python -m pip install --quiet --upgrade pip
-python -m pip install --quiet "torch==2.9.0" "torch_xla==2.9.0"
+# ~3.9 GB from PyPI: a dropped connection mid-wheel is the usual failure (seen in CI: nvidia-cublas stopped at
+# 455 of 594 MB six times). pip resumes a partial wheel (--resume-retries) and the whole install is retried;
+# when the registry still cannot be reached the script exits 75 (EX_TEMPFAIL) so that CI can tell a network
+# outage from a broken backend.
+install() {
+    local attempt
+    for attempt in 1 2 3; do
+        if python -m pip install --quiet --timeout 60 --resume-retries 20 "$@"; then
+            return 0
+        fi
+        echo "xla-check: pip install $* failed (attempt $attempt of 3)" >&2
+        sleep $(( attempt * 10 ))
+    done
+    return 1
+}
+python -m pip install --quiet --upgrade pip || { echo "xla-check: cannot reach the package registry" >&2; exit 75; }
+install "torch==2.9.0" "torch_xla==2.9.0" || { echo "xla-check: torch 2.9.0 + torch_xla could not be downloaded" >&2; exit 75; }
 # llmsim itself and its other dependencies; torch 2.9.0 already satisfies torch>=2.4, so pip keeps it.
-python -m pip install --quiet -e '.[test]'
+install -e '.[test]' || { echo "xla-check: llmsim's dependencies could not be downloaded" >&2; exit 75; }
 echo "xla-check: environment ready in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))"
 PJRT_DEVICE=CPU python -c "import torch, torch_xla; print('xla-check: torch', torch.__version__, 'torch_xla', torch_xla.__version__)"
 
