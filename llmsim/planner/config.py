@@ -241,9 +241,10 @@ class PlanFile(_Strict):
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
-        for axis in [k for k in SearchSpace.model_fields if k not in ("tp", "pp") and getattr(self.search, k) is not None]:
-            raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x tp x pp x replicas: "
-                                                "allowed search keys are tp and pp")
+        for axis in [k for k in SearchSpace.model_fields if k not in ("tp", "pp", "dtype")
+                     and getattr(self.search, k) is not None]:
+            raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x dtype x tp x pp x replicas: "
+                                                "allowed search keys are tp, pp and dtype")
         if not self.simulate:
             raise _KeyedError("simulate", "a serving plan is found by simulation; it cannot be switched off")
 

@@ -49,10 +49,10 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
         mapper: Mapper = map if executor is None else \
             (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731
-        # the workload's own precision only (search.dtype is not a serving key): devices that cannot run it
+        # the precisions of search.dtype (or the workload's own) each device can run: devices that can run none
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
-        return run_serving_plan(plan, runnable, run_dir, progress, mapper)
+        return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first

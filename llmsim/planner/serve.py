@@ -3,7 +3,8 @@
 A serving plan (a plan file with a `serving:` block and `goal: {request_rate}`) is answered by the
 request-level serving simulation (llmsim.serving, each iteration priced by costmodel.iteration as the
 modeled backends do: llmsim.modeled_serving), not by the step roofline. For every candidate replica shape
-(hardware, tp, pp) `search_candidate` does, on its own:
+(hardware, precision, tp, pp; the precisions of `search.dtype` a device can run, planner.precisions)
+`search_candidate` does, on its own:
 
 1. **Rate search on one replica.** A rate r is *sustained* when a run of requests arriving at r for the plan's
    span of time (serving.duration_s, or serving.requests / the goal rate: `span_spec`), with the plan's
@@ -47,6 +48,7 @@ from llmsim.serving.requests import build_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import simulate_serving
 from llmsim.planner.config import PlanFile
+from llmsim.planner.precisions import candidates
 from llmsim.planner.whatif import perturb_cluster
 from llmsim.serving.spec import ServingCase, ServingSpec
 from llmsim.workload.profile import WorkloadProfile
@@ -81,6 +83,7 @@ class ServingTask:
     knob: str = ""                 # a what-if (planner.whatif): "" = the catalog's hardware
     factor: float = 1.0
     start_replicas: int | None = None  # given: skip the rate search, size the replicas from here (what-ifs)
+    precision: str = ""            # planner.precisions label: "" = the plan's workload dtype as written
 
     @property
     def size(self) -> int:
@@ -134,10 +137,12 @@ class CandidateResult:
     simulations: int = 0
     knob: str = ""
     factor: float = 1.0
+    precision: str = ""                           # planner.precisions label ("" = the plan's workload dtype)
 
     @property
     def name(self) -> str:
-        return f"tp{self.tp}-pp{self.pp}"
+        """'tp1-pp1', or 'tp1-pp1-float8-delayed' for a searched precision (the training plan's label rule)."""
+        return f"tp{self.tp}-pp{self.pp}" + (f"-{self.precision}" if self.precision else "")
 
 
 class _Replica:
@@ -254,7 +259,8 @@ def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_repl
 def search_candidate(task: ServingTask) -> CandidateResult:
     """The highest rate one replica of (hardware, tp, pp) sustains under the SLO, the replicas the goal rate
     needs and what they cost (module docstring). Pure: the same task gives the same result, in any process."""
-    out = CandidateResult(task.hardware, task.tp, task.pp, False, "", (), knob=task.knob, factor=task.factor)
+    out = CandidateResult(task.hardware, task.tp, task.pp, False, "", (), knob=task.knob, factor=task.factor,
+                          precision=task.precision)
     max_replicas = _max_replicas(task)
     if max_replicas == 0:
         out.reason, out.limits = f"devices: one replica needs {task.size} > max_devices={task.max_devices}", ("devices",)
@@ -306,10 +312,11 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
     def key(c: CandidateResult) -> tuple:
         if not c.feasible:
             order = {"power": 0, "devices": 1, "slo": 2, "memory": 3, "error": 4}
-            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, c.hardware, c.tp, c.pp)
+            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, c.hardware, c.tp, c.pp,
+                    c.precision)
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
-        return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp)
+        return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.precision)
     return key
 
 
@@ -338,18 +345,30 @@ def span_spec(spec: ServingSpec, goal_rate: float) -> ServingSpec:
     return spec.model_copy(update={"requests": None, "duration_s": spec.requests / goal_rate})
 
 
-def serving_tasks(plan: PlanFile, hardware: Iterable[Any], reference: Workload, profile: WorkloadProfile,
-                  sharing: SharingChoice) -> list[ServingTask]:
-    """One task per hardware choice x replica shape (planner.search.Hardware items)."""
+def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoice) -> list[ServingTask]:
+    """One task per hardware choice x precision it can run (planner.precisions: the plan's `search.dtype`, or the
+    workload's own dtype) x replica shape (planner.search.Hardware items). Each precision's reference workload
+    is traced once (modeled_serving.serving_profile) and shared by its tasks."""
+    from llmsim.modeled_serving import serving_profile  # llmsim.modeled_serving imports the cost model's serving side
+
     assert plan.serving is not None and plan.goal.request_rate is not None
     spec = span_spec(plan.serving, float(plan.goal.request_rate))
     seed = spec.seed if spec.seed is not None else 0
-    return [ServingTask(hardware=hw.name, tp=tp, pp=pp, node=hw.node, usd_per_device_hour=hw.usd_per_device_hour,
-                        reference=reference, profile=profile, sharing=sharing,
-                        context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
-                        goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
-                        max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance)
-            for hw in hardware for tp, pp in candidate_shapes(plan, hw.devices_per_node)]
+    traced: dict[str, tuple[Workload, WorkloadProfile]] = {}
+    tasks = []
+    for hw in hardware:
+        for cand in candidates(plan, hw.device)[0]:
+            if cand.label not in traced:
+                traced[cand.label] = serving_profile(cand.workload, sharing)
+            reference, profile = traced[cand.label]
+            tasks += [ServingTask(hardware=hw.name, tp=tp, pp=pp, node=hw.node,
+                                  usd_per_device_hour=hw.usd_per_device_hour, reference=reference, profile=profile,
+                                  sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
+                                  goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
+                                  max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
+                                  precision=cand.label)
+                      for tp, pp in candidate_shapes(plan, hw.devices_per_node)]
+    return tasks
 
 
 Mapper = Callable[[Callable[[ServingTask], CandidateResult], list[ServingTask]], Iterable[CandidateResult]]

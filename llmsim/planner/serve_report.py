@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from llmsim.planner.config import PlanFile
+from llmsim.planner.precisions import workload_for
 from llmsim.planner.explain import (Explanation, Limit, Sensitivity, SensitivityRow, choice_lines, fmt_duration,
                                     fmt_energy, fmt_usd)
 from llmsim.planner.report import plan_meta
@@ -22,7 +23,7 @@ from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, objective
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
 from llmsim.results import write_atomic
 
-SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "replicas", "n_devices", "devices_used", "feasible", "reason",
+SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "dtype", "fp8_recipe", "replicas", "n_devices", "devices_used", "feasible", "reason",
                         "sustained_rate_rps", "sustained_at_least", "step_time_s", "time_to_goal_s", "cost_usd",
                         "energy_j", "ttft_p99_s", "tpot_p99_s", "slo_attainment", "goodput_rps", "preemptions",
                         "kv_blocks_per_replica", "simulations", "rate_probes"]
@@ -30,10 +31,11 @@ OBJECTIVE_METRIC = {"cost": "cost_usd", "devices": "n_devices", "energy": "energ
 
 
 def describe_candidate(c: CandidateResult) -> str:
-    """'2 x h100-sxm (tp1, pp1, 2 replicas)'."""
+    """'2 x h100-sxm (tp1, pp1, 2 replicas)'; with a searched precision '... (tp1, pp1, float8-delayed, 2 replicas)'."""
     reps = f"{c.replicas} replica" + ("" if c.replicas == 1 else "s") if c.replicas else "–"
     n = c.n_devices or c.tp * c.pp
-    return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}, {reps})"
+    precision = f", {c.precision}" if c.precision else ""
+    return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}{precision}, {reps})"
 
 
 def describe_rate(c: CandidateResult) -> str:
@@ -84,14 +86,14 @@ def serving_limit(c: CandidateResult, who: str, sensitivity: Sensitivity | None,
     return Limit(who, factor, shares, f"{best[1]}: {objective} {gain:+.1%}{broke}", gain, why, busy)
 
 
-def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int], ServingTask], winner: CandidateResult,
+def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int, str], ServingTask], winner: CandidateResult,
                         runner_up: CandidateResult, mapper: Mapper = map) -> Sensitivity:
     """The winner and the runner-up re-sized (planner.serve.what_if: the fewest replicas from the chosen count
     that meet the SLO at the goal rate) on hardware with each knob at -20% and +20%; `flips` where the
     runner-up would then rank first."""
     key = objective_key(plan.objective)
     jobs = [(knob, factor, c) for knob in KNOBS for factor in SENSITIVITY_FACTORS for c in (winner, runner_up)]
-    results = list(mapper(_what_if_job, [(tasks[(c.hardware, c.tp, c.pp)], c, knob, factor)
+    results = list(mapper(_what_if_job, [(tasks[(c.hardware, c.tp, c.pp, c.precision)], c, knob, factor)
                                          for knob, factor, c in jobs]))
     out = Sensitivity(plan.objective, describe_candidate(winner), describe_candidate(runner_up),
                       (metric(winner, plan.objective), metric(runner_up, plan.objective)),
@@ -111,13 +113,16 @@ def _what_if_job(job: tuple[ServingTask, CandidateResult, str, float]) -> Candid
     return what_if(*job)
 
 
-def serving_frame(results: list[CandidateResult]) -> pd.DataFrame:
-    """plan.csv of a serving plan: one row per candidate replica shape, ranked."""
+def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFrame:
+    """plan.csv of a serving plan: one row per candidate (replica shape x precision), ranked; `dtype` and
+    `fp8_recipe` say what precision each assumes (as a training plan's plan.csv does)."""
     records = []
     for i, c in enumerate(results, 1):
         row = c.at_goal.row if c.at_goal else {}
         probes = ";".join(f"{r:.4g}:{a:.3f}:{'met' if m else 'missed'}" for r, a, m in c.probes)
-        records.append([i, c.hardware, c.tp, c.pp, c.replicas or None, c.n_devices or None, c.devices_used or None,
+        w = workload_for(plan, c.precision)
+        records.append([i, c.hardware, c.tp, c.pp, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
+                        c.replicas or None, c.n_devices or None, c.devices_used or None,
                         c.feasible, c.reason, c.sustained_rate or None, c.sustained_at_least,
                         row.get("tpot_p50_s"), row.get("e2e_p99_s"), c.cost_usd, c.energy_j, row.get("ttft_p99_s"),
                         row.get("tpot_p99_s"), row.get("slo_attainment"), row.get("goodput_rps"),
@@ -131,7 +136,7 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
     cluster_spec = hw.cluster(c.n_devices)
     cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
                "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
-    workload = plan.workload.model_dump(mode="json")
+    workload = workload_for(plan, c.precision).model_dump(mode="json")  # the precision the plan priced
     if "mode" not in plan.workload.model_fields_set:
         workload.pop("mode")  # a serving scenario leaves mode out
     serving = spec.model_copy(update={"replicas": c.replicas}).model_dump(mode="json", exclude_none=True)
@@ -204,7 +209,7 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
     rows = []
     for i, c in enumerate(results[:max(plan.top_k, 1) * 3], 1):
         row = c.at_goal.row if c.at_goal else {}
-        rows.append([Cell(str(i), i), Cell(f"{c.hardware} tp{c.tp} pp{c.pp}"), Cell(describe_rate(c), c.sustained_rate),
+        rows.append([Cell(str(i), i), Cell(f"{c.hardware} tp{c.tp} pp{c.pp}" + (f" {c.precision}" if c.precision else "")), Cell(describe_rate(c), c.sustained_rate),
                      Cell(str(c.replicas or "–"), c.replicas), Cell(str(c.n_devices or "–"), c.n_devices),
                      Cell(fmt_usd(c.cost_usd), c.cost_usd), Cell(fmt_duration(row.get("ttft_p99_s")), row.get("ttft_p99_s")),
                      Cell(fmt_duration(row.get("tpot_p99_s")), row.get("tpot_p99_s")),
@@ -229,11 +234,12 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
               + (" (an example price, not a quote — set usd_per_device_hour)" if h.example_price else "")
               + f", {h.devices_per_node} per node" for h in hardware]
     sections.append(Section("Search", [Bullets([
-        f"{len(results)} candidate replica shapes, {sims} simulations in {seconds:.1f} s; every simulation spans "
+        f"{len(results)} candidates (hardware x precision x replica shape), {sims} simulations in {seconds:.1f} s; every simulation spans "
         f"{spec.duration_s:g} s of arrivals.",
         "A rate is sustained when the run meets the SLO (attainment ≥ percentile); the search stops when the "
         f"highest rate that met and the lowest that missed are within {plan.rate_tolerance:.0%}.",
         *prices,
+        *(f"no candidates: {note}" for note in explanation.precision_notes),
         "plan.csv lists every candidate, ranked; best.yaml re-simulates the winner with `llmsim run best.yaml`."])]))
     meta = plan_meta(plan, "serving", goal)
     return Document(f"llmsim plan: {plan.name}", [Point(explanation.headline, explanation.winner
@@ -245,7 +251,7 @@ def write_serving_outputs(run_dir: Path, plan: PlanFile, results: list[Candidate
     """plan.csv, plan.md, plan.html, plan.yaml and (when a candidate meets the goal) best.yaml."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown
-    serving_frame(results).to_csv(run_dir / "plan.csv", index=False, float_format="%.6g")
+    serving_frame(plan, results).to_csv(run_dir / "plan.csv", index=False, float_format="%.6g")
     doc = serving_document(plan, explanation, results, seconds, hardware, spec)
     write_atomic(run_dir / "plan.md", render_markdown(doc))
     write_atomic(run_dir / "plan.html", render_html(doc))
@@ -280,17 +286,17 @@ class ServingPlanOutcome:
 
 
 def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
-                     progress: Callable[[str], None] | None = None, mapper: Mapper = map) -> ServingPlanOutcome:
-    """Search every candidate (through `mapper`), explain the first two, write the run folder."""
+                     progress: Callable[[str], None] | None = None, mapper: Mapper = map,
+                     precision_notes: list[str] | None = None) -> ServingPlanOutcome:
+    """Search every candidate (through `mapper`), explain the first two, write the run folder.
+    `precision_notes`: why a hardware choice has no candidates of a searched precision (plan.md's Search)."""
     import time
 
-    from llmsim.modeled_serving import serving_profile
     from llmsim.planner.search import sharing_choice
     from llmsim.planner.serve import serving_tasks
     start = time.perf_counter()
     sharing = sharing_choice(plan)
-    reference, profile = serving_profile(plan.workload, sharing)
-    tasks = serving_tasks(plan, hardware, reference, profile, sharing)
+    tasks = serving_tasks(plan, hardware, sharing)
     if progress:
         progress(f"searching the highest rate under the SLO of {len(tasks)} candidate replica shapes by simulation")
     results = plan_serving(tasks, plan.objective, mapper)
@@ -299,9 +305,10 @@ def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
     if len(feasible) > 1:
         if progress:
             progress("re-sizing the winner and the runner-up under ±20% link bandwidth, GEMM and memory efficiency")
-        by_shape = {(t.hardware, t.tp, t.pp): t for t in tasks}
+        by_shape = {(t.hardware, t.tp, t.pp, t.precision): t for t in tasks}
         sensitivity = serving_sensitivity(plan, by_shape, feasible[0], feasible[1], mapper)
     explanation = serving_explanation(plan, results, sensitivity)
+    explanation.precision_notes = list(precision_notes or [])
     seconds = time.perf_counter() - start
     write_serving_outputs(run_dir, plan, results, explanation, seconds, hardware, tasks[0].spec if tasks else
                           plan.serving)

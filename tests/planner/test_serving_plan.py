@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -15,7 +16,6 @@ from llmsim.cli import main
 from llmsim.config import parse_scenario
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
-from llmsim.modeled_serving import serving_profile
 from llmsim.planner import load_plan, run_plan
 from llmsim.planner.config import parse_plan
 from llmsim.planner.search import resolve_hardware, sharing_choice
@@ -61,9 +61,7 @@ def serving_plan(ttft_s: float = 0.05, tpot_s: float = 0.02, rate: float = 80.0,
 
 def _tasks(data: dict[str, Any]) -> tuple[Any, list[Any]]:
     plan = parse_plan(data)
-    sharing = sharing_choice(plan)
-    reference, profile = serving_profile(plan.workload, sharing)
-    return plan, serving_tasks(plan, resolve_hardware(plan, CATALOG), reference, profile, sharing)
+    return plan, serving_tasks(plan, resolve_hardware(plan, CATALOG), sharing_choice(plan))
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +150,25 @@ def test_winner_meets_the_slo_when_resimulated(tmp_path: Path) -> None:
     assert "Limits and sensitivity" in md and "link bandwidth -20%" in md
 
 
+def test_precision_is_searched_where_the_hardware_runs_it(tmp_path: Path) -> None:
+    """search.dtype [bfloat16, float8]: float8 candidates on the H100-like device only (the A100 has no FP8
+    units: said in plan.md), each precision priced with its own traced reference (float8 reads 1-byte weights,
+    so the same replica sustains a higher rate), and best.yaml states the precision the winner was priced at."""
+    plan, tasks = _tasks(serving_plan(search={"tp": [1], "pp": [1], "dtype": ["bfloat16", "float8"]}))
+    # "" labels the plan's own workload dtype (planner.precisions), as in a training plan
+    assert sorted((t.hardware, t.precision) for t in tasks) == [("slow-a", ""), ("slow-h", ""), ("slow-h", "float8-delayed")]
+    by = {(c.hardware, c.precision): c for c in plan_serving(tasks, "cost")}
+    assert by[("slow-h", "float8-delayed")].sustained_rate > by[("slow-h", "")].sustained_rate
+    outcome = run_plan(plan, CATALOG, tmp_path)
+    winner = outcome.top[0]
+    best = yaml.safe_load((outcome.run_dir / "best.yaml").read_text())
+    assert best["workload"]["dtype"] == ("float8" if winner.precision.startswith("float8") else "bfloat16")
+    assert "no candidates: device 'slow-a'" in (outcome.run_dir / "plan.md").read_text()
+    frame = pd.read_csv(outcome.run_dir / "plan.csv")
+    assert set(zip(frame["hardware"], frame["dtype"])) == {("slow-a", "bfloat16"), ("slow-h", "bfloat16"),
+                                                           ("slow-h", "float8")}
+
+
 @pytest.mark.parametrize("loose, tight", [((0.05, 0.02), (0.03, 0.02)), ((0.05, 0.02), (0.05, 0.012))])
 def test_a_tighter_slo_never_picks_a_cheaper_plan(loose: tuple[float, float], tight: tuple[float, float]) -> None:
     plans = {}
@@ -198,7 +215,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {**serving_plan()["serving"], "replicas": 2}}, "serving.replicas", "the plan searches the replicas"),
     ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
      "exceed the model's context"),
-    ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp and pp"),
+    ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp and dtype"),
     ({"rate_tolerance": 0}, "rate_tolerance", "greater than 0"),
 ])
 def test_bad_serving_goal_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
