@@ -110,8 +110,6 @@ def unsupported_reason(spec: WorkerSpec) -> str | None:
                     f"only; ep must divide dp={spec.dp}")
         if s.ep > 1 and s.zero > 0:
             return "expert parallelism with ZeRO/FSDP (zero > 0) is not implemented in the measured backend"
-        if s.ep > 1 and mode != "train":
-            return "expert parallelism is run for training only by the measured backend"
     if s.sp and mode == "decode":
         return "sequence parallelism shards the sequence; decode generates one token at a time (use sp: false)"
     if spec.pp > 1:

@@ -37,10 +37,13 @@ STEPS = 2
 SETTINGS = CpuSettings(steps=STEPS, warmup=0, timeout_s=240, profile_comm=False)
 
 
-def _case(batch: int = 4, model: dict[str, Any] | None = None, **strategy: Any) -> Case:
+def _case(batch: int = 4, model: dict[str, Any] | None = None, mode: str = "train", **strategy: Any) -> Case:
+    workload: dict[str, Any] = {"model": {"preset": "tiny-moe", **(model or {})}, "batch": batch, "dtype": "float32",
+                                "mode": mode}
+    if mode == "decode":
+        workload["decode_tokens"] = 3
     scenario = parse_scenario({
-        "name": "moe-ep", "workload": {"model": {"preset": "tiny-moe", **(model or {})}, "batch": batch,
-                                       "dtype": "float32"},
+        "name": "moe-ep", "workload": workload,
         "strategies": [dict(name="s", **strategy)], "backends": {"cpu": {}}})
     registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "cpu"}))
     return plan_cases(scenario, registry)[0].case
@@ -81,6 +84,24 @@ def test_expert_parallel_matches_the_single_process_loss(name: str) -> None:
     tokens = case.workload.tokens_per_step
     assert len(loads) == 2 and all(sum(layer) == STEPS * tokens * 2 for layer in loads)  # top-2, every step
     assert r.expert_load_imbalance == pytest.approx(max(max(layer) * 4 / sum(layer) for layer in loads))
+
+
+@pytest.mark.parametrize("mode", ["decode", pytest.param("prefill", marks=pytest.mark.slow)])
+def test_expert_parallel_inference_routes_as_the_single_process(mode: str) -> None:
+    """Prefill and decode (a prefill, then one token at a time through the KV cache) with the experts split over
+    2 ranks: the router's counts per expert and layer, summed over the ranks, equal the single process's for
+    the same global batch. The second MoE layer routes what the first layer's experts computed (through the
+    combine), so a wrong dispatch, expert or combine shows there."""
+    case = _case(mode=mode, dp=2, ep=2)
+    r = CpuBackend(RunContext()).run(case, SETTINGS)
+    assert r.status == "ok", r.error
+    assert r.ep == 2 and "all_to_all_single" in json.loads(r.extra["torch_parallelism"])["ep"]
+    step = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
+    for _ in range(STEPS):
+        step.step()
+    single = [m.tokens_per_expert.tolist() for m in step.model.moe_modules()]
+    assert json.loads(r.extra["expert_tokens"]) == single
+    assert r.step_time_s > 0 and (mode == "prefill" or r.ttft_s > 0 and r.tpot_s > 0)
 
 
 @pytest.mark.slow
