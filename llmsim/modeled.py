@@ -23,6 +23,7 @@ from llmsim.costmodel.cluster import plan_on, torus_groups
 from llmsim.costmodel import precision
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.moe import assumed_imbalance
+from llmsim.costmodel.plan import AttentionKernel
 from llmsim.costmodel.step import StepTimes
 from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
@@ -50,8 +51,10 @@ class ModeledSettings(BaseModel):
                                                                    "device's (8 where it names none)")
     intra_node: str | None = Field(None, description="link inside a node; default: the device's")
     inter_node: str | None = Field(None, description="link between nodes; default: the device's")
-    attention: Literal["flash", "fused-softmax", "math"] = Field(
-        "flash", description="attention kernel modeled (costmodel.plan.Options)")
+    attention: AttentionKernel = Field(
+        "flash", description="attention kernel modeled: flash (FlashAttention-2), cudnn (cuDNN fused attention, "
+                             "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), fused-softmax, "
+                             "math (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "

@@ -21,7 +21,9 @@ f = ffn_hidden, s = seq_len, r = LoRA rank:
     hidden dropout          1-byte mask                                    h               1      sequence
 
 The attention kernel (Options.attention):
-* flash (FlashAttention-2, Dao 2023; PyTorch `_scaled_dot_product_flash_attention`, cuDNN): Q (a d), K and V
+* flash, cudnn, flash3 (FlashAttention-2, Dao 2023, PyTorch `_scaled_dot_product_flash_attention`; cuDNN's
+  fused attention, Transformer Engine's FusedAttention and `_scaled_dot_product_cudnn_attention`;
+  FlashAttention-3), the fused kernels, keep alike: Q (a d), K and V
   (g d each: grouped-query attention natively), the output O (the out linear's input, the same tensor) and
   the fp32 logsumexp of each query row (a per token); attention dropout regenerates its mask from the
   Philox RNG state (two 8-byte integers per layer). No s x s tensor.
@@ -80,6 +82,7 @@ from typing import TYPE_CHECKING, Literal
 
 from llmsim.config import lora_adapters
 from llmsim.costmodel.gemms import mlp_width
+from llmsim.costmodel.plan import FUSED_ATTENTION
 
 if TYPE_CHECKING:
     from llmsim.config import LoraSpec, ModelSpec
@@ -154,8 +157,8 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
     dropout = spec.dropout > 0
     q, k, v = (SavedTensor("q", a * d, e, "tensor"), SavedTensor("k", g * d, e, "kv"),
                SavedTensor("v", g * d, e, "kv"))
-    if kernel == "flash":
-        op = "flash attention"
+    if kernel in FUSED_ATTENTION:  # FlashAttention-2/3 and cuDNN's fused attention keep the same tensors
+        op = f"{kernel} attention"
         saves = [q, k, v, SavedTensor("attn.output", a * d, e, "tensor"),
                  SavedTensor("attn.logsumexp", a, FP32_BYTES, "tensor")]
         if dropout:
@@ -250,7 +253,8 @@ def op_sac_inventory(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: 
     outputs, the flash kernel's outputs and, when `reduce_scatters` (tp > 1 with sequence parallelism), the
     two reduce-scatters' outputs. Per token, e = dtype_bytes: h + a d (q) + g d (v) + a d (O) + f (gate; GELU:
     f of the fc) + h (down; GELU: none) elements of e bytes, a fp32 logsumexp, + 2 h with the reduce-scatters.
-    A kernel other than flash keeps no attention output (only the SDPA flash/efficient ops are cached)."""
+    A kernel other than a fused one (plan.FUSED_ATTENTION) keeps no attention output (the policy caches the
+    SDPA flash, efficient and cuDNN ops)."""
     e, h = dtype_bytes, spec.hidden
     a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
     f = mlp_width(spec)
@@ -263,7 +267,7 @@ def op_sac_inventory(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: 
                "down": SavedTensor("down.partial_output", h, e, "whole")}
     kept, _ = op_sac_projections(spec)
     items = [SavedTensor("layer.input", h, e, "sequence")] + [outputs[p] for p in kept]
-    if kernel == "flash":
+    if kernel in FUSED_ATTENTION:
         items += [t.tensor for t in _core_saves(spec, kernel, e) if t.tensor.name.startswith("attn.")]
     if reduce_scatters:
         items += [SavedTensor("o.reduce_scatter_output", h, e, "sequence"),

@@ -28,7 +28,7 @@ from llmsim.costmodel.arrays import Num, is_array
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
 from llmsim.costmodel.activations import op_sac_projections
 from llmsim.costmodel.gemms import linear_shapes as _linear_shapes, mlp_width
-from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
 
 if TYPE_CHECKING:
     from llmsim.config import Workload
@@ -125,6 +125,18 @@ class Rates:
 
 class CostModelError(ValueError):
     """The case cannot be priced on this hardware (no peak for the dtype, an uncalibrated device...)."""
+
+
+def attention_fractions(efficiency: Efficiency, kernel: str) -> tuple[float, float]:
+    """(forward, backward) fractions of peak FLOP/s the fused attention `kernel` reaches on a device
+    (Efficiency.attention_fractions); CostModelError when its catalog entry has no figure for that kernel
+    (FlashAttention-3 runs on Hopper only; cuDNN's fused attention is measured on H100 only)."""
+    fractions = efficiency.attention_fractions(kernel)
+    if fractions is None:
+        have = ", ".join(k for k in FUSED_ATTENTION if efficiency.attention_fractions(k) is not None)
+        raise CostModelError(f"attention kernel {kernel!r} has no measured efficiency on this device (its catalog "
+                             f"entry sets no efficiency.attention_{kernel}); kernels it has: {have}")
+    return fractions
 
 
 def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
@@ -415,14 +427,17 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
             attention = rates.matmul_time(at_flops, at_bytes)
         elif decode:
             # One query row against the cache: reading K and V dominates for every kernel.
-            attention = max(at_flops / (rates.sustained_flops * rates.efficiency.attention),
+            forward_fraction = (attention_fractions(rates.efficiency, options.attention)[0]
+                                if options.attention in FUSED_ATTENTION else rates.efficiency.attention)
+            attention = max(at_flops / (rates.sustained_flops * forward_fraction),
                             rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps)))
-        elif options.attention == "flash":
+        elif options.attention in FUSED_ATTENTION:
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
-            fraction = rates.efficiency.attention
+            forward_fraction, backward_fraction = attention_fractions(rates.efficiency, options.attention)
+            fraction = forward_fraction
             if backward:
                 flops *= FLASH_BACKWARD_FLOP_RATIO
-                fraction = rates.efficiency.attention_backward or fraction
+                fraction = backward_fraction
             attention = flops / (rates.sustained_flops * fraction)
         else:  # fused-softmax
             heads_local = spec.heads / plan.tp

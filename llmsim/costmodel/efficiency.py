@@ -51,6 +51,17 @@ DEFAULT_ATTENTION = FLASH_ATTENTION_A100
 # models/attention.py put CUDNN_ATTENTION first only on compute capability 10.0, B200).
 FLASH_ATTENTION2_H100_FORWARD = 333 / 989.4
 FLASH_ATTENTION2_H100_BACKWARD = 318 / 989.4
+# The same figures of the FlashAttention-3 paper (H100 80GB SXM5, bf16, head dim 128, sequence 8k) measure the
+# two other fused kernels that run on Hopper: cuDNN's fused attention (Fig. 5d forward with causal mask 529,
+# Fig. 6 backward 518 TFLOP/s) and FlashAttention-3 itself (602 and 559 TFLOP/s). cuDNN's is the kernel
+# Transformer Engine's DotProductAttention (Megatron-Core's core attention, TEDotProductAttention) runs on
+# Hopper: its backend selection prefers FusedAttention's F16_arbitrary_seqlen (cuDNN) sub-backend over
+# FlashAttention on compute capability 9.0 "for performance reasons" (NVIDIA/TransformerEngine
+# transformer_engine/pytorch/attention.py, v1.7 through v1.11, get_attention_backend / the v1.7 selection).
+CUDNN_ATTENTION_H100_FORWARD = 529 / 989.4
+CUDNN_ATTENTION_H100_BACKWARD = 518 / 989.4
+FLASH_ATTENTION3_H100_FORWARD = 602 / 989.4
+FLASH_ATTENTION3_H100_BACKWARD = 559 / 989.4
 
 # Streaming kernels reach about 88% of HBM bandwidth: 1.80 of 2.04 TB/s on A100 80GB SXM, confirmed by
 # Nsight Compute, with "around 90%" the best of any kernel in NVIDIA's GTC 2025 memory talk (NVIDIA
@@ -77,8 +88,10 @@ class Efficiency(BaseModel):
 
     `matmul` is the large-GEMM fraction of the dtype's peak FLOP/s at the best shape (MAMF); the cost
     model multiplies it by the wave quantization of the actual GEMM shapes when the device declares
-    `compute_units`. `attention` is the fraction a fused attention kernel reaches (forward, and backward
-    unless `attention_backward` gives the backward kernel's own). `memory` is the
+    `compute_units`. `attention` is the fraction the default fused attention kernel (`flash`:
+    FlashAttention-2) reaches (forward, and backward unless `attention_backward` gives the backward kernel's
+    own); `attention_cudnn` and `attention_flash3` (each with its `_backward`) are the other fused kernels'
+    fractions, set only where a measurement exists (`attention_fractions`). `memory` is the
     fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches. `op_overhead_s` is a
     fixed cost per operator (Python and dispatcher time in eager PyTorch): it adds up when the host runs
     the ops itself (CPU) and hides behind queued kernels on an accelerator, hence 0 by default; the
@@ -95,6 +108,14 @@ class Efficiency(BaseModel):
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")
     attention_backward: float | None = Field(None, gt=0, le=1, description="fused attention backward's fraction "
                                              "of peak FLOP/s; None = the same as `attention`")
+    attention_cudnn: float | None = Field(None, gt=0, le=1, description="cuDNN fused attention's forward fraction "
+                                          "of peak FLOP/s (attention kernel `cudnn`); None = no figure")
+    attention_cudnn_backward: float | None = Field(None, gt=0, le=1, description="cuDNN fused attention's "
+                                                   "backward fraction; None = the same as `attention_cudnn`")
+    attention_flash3: float | None = Field(None, gt=0, le=1, description="FlashAttention-3's forward fraction of "
+                                           "peak FLOP/s (attention kernel `flash3`); None = no figure")
+    attention_flash3_backward: float | None = Field(None, gt=0, le=1, description="FlashAttention-3's backward "
+                                                    "fraction; None = the same as `attention_flash3`")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
     matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
                                         "peak (FP8 MAMF); None = the same fraction as `matmul`")
@@ -105,6 +126,17 @@ class Efficiency(BaseModel):
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")
+
+
+    def attention_fractions(self, kernel: str) -> tuple[float, float] | None:
+        """(forward, backward) fractions of peak FLOP/s of the fused attention `kernel` (`flash`, `cudnn`,
+        `flash3`: costmodel.plan.FUSED_ATTENTION) on this device; None when the entry has no figure for it."""
+        forward, backward = {"flash": (self.attention, self.attention_backward),
+                             "cudnn": (self.attention_cudnn, self.attention_cudnn_backward),
+                             "flash3": (self.attention_flash3, self.attention_flash3_backward)}[kernel]
+        if forward is None:
+            return None
+        return forward, backward or forward
 
 
 DEFAULT_EFFICIENCY = Efficiency(source="llmsim defaults: MAMF H100 SXM (matmul), FlashAttention-2 on A100 "

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 # them in bf16: FP8 is a GEMM precision (Transformer Engine's fp8_autocast and torchao's Float8Linear wrap bf16
 # modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2}
-AttentionKernel = Literal["flash", "fused-softmax", "math"]
+AttentionKernel = Literal["flash", "cudnn", "flash3", "fused-softmax", "math"]
+# The fused (flash-style) kernels: they price alike (causal half of the FLOPs, no s x s tensor kept) and
+# differ only in the fraction of peak each reaches on a device (Efficiency.attention_fractions).
+FUSED_ATTENTION: tuple[str, ...] = ("flash", "cudnn", "flash3")
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,13 @@ class Options:
     """Software choices of the modeled stack.
 
     attention:
-      flash          fused kernel (FlashAttention-2/3, cuDNN SDPA): compute-bound at the device's attention
-                     efficiency, skips the masked half of a causal score matrix, backward does 5 matmuls
-                     to the forward's 2 (Dao 2023), saves no s x s tensor.
+      flash          FlashAttention-2 (torch SDPA's flash backend, the flash-attn 2.x package): compute-bound
+                     at the device's attention efficiency, skips the masked half of a causal score matrix,
+                     backward does 5 matmuls to the forward's 2 (Dao 2023), saves no s x s tensor.
+      cudnn          cuDNN's fused attention (Transformer Engine's FusedAttention, Megatron-Core's default on
+                     Hopper; torch SDPA's cuDNN backend): priced as flash at the device's
+                     `attention_cudnn` efficiency (CostModelError where the catalog has none).
+      flash3         FlashAttention-3 (Hopper only): priced as flash at `attention_flash3`.
       fused-softmax  two batched GEMMs around a fused scale-mask-softmax kernel (Megatron-LM before flash
                      attention): full s x s FLOPs at matmul efficiency plus the score matrix's memory
                      traffic (SOFTMAX_PASSES_*); saves the s x s probabilities for backward.

@@ -48,7 +48,7 @@ from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_exper
                                      tp_block_params)
 from llmsim.costmodel import moe, precision
 from llmsim.costmodel.arrays import Num, pick
-from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
+from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
 from llmsim.costmodel.torus import TorusError
 
 if TYPE_CHECKING:
@@ -376,8 +376,9 @@ def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fw
     costmodel.activations): the recomputed projections' share of the forward GEMMs
     (compute.op_sac_recomputed_share), every elementwise op of the forward again (norms, rotary, SiLU, the
     products, residual adds: `other`, with FP8 its casts), and the attention forward only with a kernel
-    the policy does not cache (anything but flash)."""
-    attention = fwd.attention if options.attention != "flash" else 0.0
+    the policy does not cache (anything but a fused one, plan.FUSED_ATTENTION: the policy saves the flash
+    and cuDNN SDPA outputs, torchtitan/distributed/activation_checkpoint.py)."""
+    attention = fwd.attention if options.attention not in FUSED_ATTENTION else 0.0
     return fwd.matmul * op_sac_recomputed_share(workload, plan) + fwd.other + attention
 
 
@@ -504,7 +505,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
-                 "selective": fwd.attention if options.attention != "flash" else 0.0,
+                 "selective": fwd.attention if options.attention not in FUSED_ATTENTION else 0.0,
                  "selective-op": op_sac_recompute_time(workload, plan, options, fwd)}[plan.recompute]
     counts = plan.layers_per_stage(spec.layers)
 

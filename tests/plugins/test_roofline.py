@@ -177,3 +177,25 @@ def test_the_activation_column_of_issue_14s_scenario_is_the_derived_inventory() 
     assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
     assert rows[0].extra["mem_activations_bytes"] == 2 * (34 * s * h + 5 * a * s * s + stats) + edges
     assert rows[1].extra["mem_activations_bytes"] == 2 * (34 * s * h + stats) + edges
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "flash3"])
+def test_a_fused_kernel_the_device_has_no_figure_for_is_a_skipped_row_with_the_reason(kernel: str) -> None:
+    """A100 has no cuDNN-attention figure and no FlashAttention-3 (Hopper only); on H100 both price, faster
+    than FlashAttention-2 (costmodel.efficiency: the FlashAttention-3 paper's figures)."""
+    [planned] = _planned(GPT2, [{"name": "single"}], nodes=1, devices_per_node=1, attention=kernel)
+    r = _run(planned)
+    assert r.status == "skipped"
+    assert f"attention kernel '{kernel}' has no measured efficiency" in r.error
+    [fused] = _planned(GPT2, [{"name": "single"}], hardware="h100-sxm", nodes=1, devices_per_node=1,
+                       attention=kernel)
+    [fa2] = _planned(GPT2, [{"name": "single"}], hardware="h100-sxm", nodes=1, devices_per_node=1)
+    fast, slow = _run(fused), _run(fa2)
+    assert fast.status == slow.status == "ok"
+    assert fast.step_time_s < slow.step_time_s
+    assert fast.extra["attention_kernel"] == kernel
+
+
+def test_an_unknown_attention_kernel_is_a_scenario_error_naming_the_choices() -> None:
+    with pytest.raises(ScenarioError, match="cudnn.*flash3"):
+        _planned(GPT2, [{"name": "single"}], attention="flash4")
