@@ -61,10 +61,21 @@ def logged_step_seconds(events: list[dict]) -> list[float]:
             if e["key"] == "tracked_stats" and isinstance(e["value"], dict) and "train_step_time" in e["value"]]
 
 
+def throughput_step_seconds(events: list[dict]) -> list[float]:
+    """global_batch_size / `throughput` (samples/s) of a run's `tracked_stats` events (empty when none)."""
+    gbs = next(e["value"] for e in events if e["key"] == "global_batch_size")
+    return [gbs / e["value"]["throughput"] for e in events
+            if e["key"] == "tracked_stats" and isinstance(e["value"], dict) and "throughput" in e["value"]]
+
+
 def step_seconds(events: list[dict]) -> tuple[str, list[float]]:
-    """('train_step_time' | 'blocks', seconds per step of each logged step or block) of one run."""
+    """('train_step_time' | 'throughput' | 'blocks', seconds per step of each logged step, interval or block)
+    of one run, from the first of those the run logs."""
     logged = logged_step_seconds(events)
-    return ("train_step_time", logged) if logged else ("blocks", block_step_seconds(events))
+    if logged:
+        return "train_step_time", logged
+    through = throughput_step_seconds(events)
+    return ("throughput", through) if through else ("blocks", block_step_seconds(events))
 
 
 def main(argv: list[str]) -> int:

@@ -42,7 +42,7 @@ from typing import Callable, Literal
 
 from pydantic import ValidationError
 
-from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estimate
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.scaling import with_layers
@@ -189,8 +189,8 @@ INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
 TOPOLOGY_COLUMNS = ("topology", "slices")
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
-        "output_len", "slices", "experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep",
-        "etp", "virtual_stages"}
+        "output_len", "slices", "lora_rank", "experts", "top_k", "expert_ffn_hidden", "shared_experts",
+        "first_dense_layers", "ep", "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
          "compile", "tp_comm_overlap"}
@@ -216,6 +216,10 @@ MOE_COLUMNS = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first
 # overlapped with the GEMMs (Megatron-Core / Transformer Engine userbuffers, NeMo's `ub_tp_comm_overlap`,
 # set by TP_COMM_OVERLAP=True in the MLPerf submissions): Plan.tp_comm_overlap.
 OVERLAP_COLUMNS = ("tp_comm_overlap",)
+# Optional columns of a training table (blank or absent = full training): parameter-efficient fine-tuning,
+# LoRA adapters over a frozen base (sharing.lora, config.LoraSpec): rank, alpha (blank = 32) and the
+# projections, space-separated (qkv, out, mlp or q k v o gate up down; blank = qkv out mlp).
+LORA_COLUMNS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 
@@ -229,6 +233,12 @@ def _value(column: str, text: str) -> object:
         if text.lower() not in ("true", "false"):
             raise ValueError("must be true or false")
         value = text.lower() == "true"
+    elif column == "lora_alpha":
+        value = float(text)
+        if not value > 0 or math.isinf(value):
+            raise ValueError("must be a positive number")
+    elif column == "lora_targets":
+        value = tuple(text.split())
     elif column == "published":
         value = float(text)
         if not value > 0 or math.isinf(value):
@@ -257,7 +267,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
         for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
-                       + (FP8_COLUMNS + OVERLAP_COLUMNS if kind == "training" else ())):
+                       + (FP8_COLUMNS + OVERLAP_COLUMNS + LORA_COLUMNS if kind == "training" else ())):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -293,6 +303,7 @@ def _check_priced(r: dict[str, object], kind: Kind, file: str, where: str) -> No
             catalog.link(r[key], key=f"{where}.{key}", file=file)
     try:
         model_spec(r, r["seq_len"] if kind == "training" else r["input_len"])
+        lora_spec(r)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         column = ".".join(str(p) for p in err["loc"]) or "model"
@@ -316,6 +327,18 @@ def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) ->
     if layers is not None:
         fields["layers"] = layers
     return ModelSpec(**fields)
+
+
+def lora_spec(r: dict[str, object]) -> LoraSpec | None:
+    """The row's LoRA adapters (None = every weight trains)."""
+    if not r.get("lora_rank"):
+        return None
+    fields: dict[str, object] = {"rank": r["lora_rank"]}
+    if r.get("lora_alpha") is not None:
+        fields["alpha"] = r["lora_alpha"]
+    if r.get("lora_targets"):
+        fields["targets"] = r["lora_targets"]
+    return LoraSpec(**fields)
 
 
 def _profile(workload: Workload, sharing: SharingChoice, layers: int):
@@ -342,7 +365,7 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
             fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
                    "param_all_gather": bool(r.get("fp8_all_gather"))}
         workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
-        sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
+        sharing = SharingChoice(tie_embeddings=spec.tie_embeddings, lora=lora_spec(r))
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],

@@ -67,3 +67,11 @@ def test_the_cli_prints_the_median_over_files(m, tmp_path: Path, capsys) -> None
     assert m.main([str(_gpt3_log(tmp_path))]) == 0
     assert "median over 2 values of 1 files: 10.5000 s/step" in capsys.readouterr().out
     assert m.main([]) == 2
+
+
+def test_a_logged_throughput_is_the_global_batch_over_it(m) -> None:
+    """LoRA v4.x logs: samples/s between evaluations; 8 sequences at 2.5 and 2.0 samples/s -> 3.2 and 4 s."""
+    events = [{"key": "global_batch_size", "value": 8, "event_type": "POINT_IN_TIME"},
+              {"key": "tracked_stats", "value": {"throughput": 2.5}, "event_type": "POINT_IN_TIME"},
+              {"key": "tracked_stats", "value": {"throughput": 2.0}, "event_type": "POINT_IN_TIME"}]
+    assert m.step_seconds(events) == ("throughput", pytest.approx([3.2, 4.0]))

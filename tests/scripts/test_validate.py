@@ -248,19 +248,44 @@ def test_the_script_prices_every_priced_row_of_the_mlperf_table(v, capsys) -> No
     assert [p[0] for p in _printed(out, priced)] == priced
 
 
-def test_the_mlperf_rows_are_fp8_runs_on_h100_b200_gb200_and_price(v) -> None:
+def test_the_mlperf_rows_are_fp8_runs_on_h100_h200_b200_gb200_and_price(v) -> None:
     """One row per device of the table prices; every row is a float8 Transformer Engine run with the
     tensor-parallel overlap its config sets, and its published seconds are the logged step time."""
     rows = v.read_runs(v.TABLES["mlperf"].default, "training")
-    assert {r["hardware"] for r in rows} == {"h100-sxm", "b200", "gb200"}
+    assert {r["hardware"] for r in rows} == {"h100-sxm", "h200", "b200", "gb200"}
     for r in rows:
-        assert r["dtype"] == "float8" and r["fp8_recipe"] == "delayed" and r["tp_comm_overlap"] is True
+        assert r["dtype"] == "float8" and r["fp8_recipe"] == "delayed", r["row_id"]
+        assert r["tp_comm_overlap"] is True or r["tp"] == 1, r["row_id"]       # every config sets TP_COMM_OVERLAP
         assert r["metric"] == "mlperf_step_s" and "training_results_v" in r["source"], r["row_id"]
         assert v.PUBLISHED_SECONDS["mlperf_step_s"](r, r["published"]) == r["published"]
     for device in ("h100-sxm", "b200", "gb200"):
         r = next(r for r in rows if r["hardware"] == device and not r["skip_reason"])
         assert v._moe_plan(r)["tp_comm_overlap"] is True
         assert v.training_price(r)(v._catalog()).step_time_s > 0
+    lora = [r for r in rows if r["lora_rank"]]
+    assert lora and all(v.lora_spec(r).targets == ("qkv", "out") and v.lora_spec(r).rank == 16 for r in lora)
+
+
+def test_the_lora_columns_reach_the_sharing(v, tmp_path: Path) -> None:
+    """Optional columns: lora_rank (blank = full training), lora_alpha, lora_targets (space-separated)."""
+    rows = [_training_row(v, row_id="FULL", lora_rank="", lora_alpha="", lora_targets=""),
+            _training_row(v, row_id="LORA", lora_rank=8, lora_alpha=16, lora_targets="qkv out")]
+    full, lora = v.read_runs(_write(tmp_path, rows), "training")
+    assert v.lora_spec(full) is None
+    spec = v.lora_spec(lora)
+    assert (spec.rank, spec.alpha, spec.targets) == (8, 16.0, ("qkv", "out"))
+    t_full, t_lora = (v.training_price(r)(load_catalog()) for r in (full, lora))
+    assert t_lora.memory.optimizer < t_full.memory.optimizer / 10     # only the adapters carry Adam state
+    assert t_lora.step_time_s != t_full.step_time_s
+
+
+def test_a_bad_lora_cell_is_one_line(v, tmp_path: Path, capsys) -> None:
+    for cells, where in (({"lora_rank": 8, "lora_targets": "qkv gills"}, "T1.targets"),
+                         ({"lora_rank": 0}, "T1.lora_rank"), ({"lora_rank": 8, "lora_alpha": "-1"}, "T1.lora_alpha")):
+        path = _write(tmp_path, [_training_row(v, **cells)])
+        assert v.main(["--table", "mlperf", "--path", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and where in err, err
 
 
 def test_the_tp_comm_overlap_column_reaches_the_plan(v, tmp_path: Path) -> None:
