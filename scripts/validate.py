@@ -11,6 +11,8 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
              torchtitan    torchtitan's published Llama 3.1 8B/70B runs on H100 (validation/)
              maxtext       MaxText's published TFLOP/s per chip on TPU v4, v5e, v5p (validation/)
              fp8-for-later FP8 rows of the same sources, kept for when the model has FP8 (all skipped)
+             mlperf        MLPerf Training (v4.0, v4.1, v5.0) NVIDIA/NeMo submissions in FP8: GPT-3 175B and
+                           Llama 3.1 405B on H100, B200, GB200 (validation/)
              moe-train     mixture-of-experts training: Megatron-Core's MoE README (Mixtral 8x7B on 64 H100),
                            the DeepSeek-V3 report (validation/)
   inference  fastertransformer  FasterTransformer GPT latencies on DGX A100 (../shared/validation)
@@ -40,7 +42,7 @@ from typing import Callable, Literal
 
 from pydantic import ValidationError
 
-from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estimate
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.scaling import with_layers
@@ -166,6 +168,9 @@ PUBLISHED_SECONDS: dict[str, Callable[[dict[str, object], float], float]] = {
     "maxtext_tflops_causal": lambda r, v: maxtext_flops_per_device(r, 0.5) / (v * 1e12),
     # Megatron-LM's logged TFLOP/s per GPU with its FLOP count (megatron_flops_per_step).
     "megatron_tflops": lambda r, v: megatron_flops_per_step(r) / (v * 1e12 * r["n_devices"]),
+    # MLPerf Training result logs: seconds per optimizer step, the median over the runs' logged steps or
+    # timed blocks (scripts/mlperf_step_time.py reads them from the MLLOG files the row's source names).
+    "mlperf_step_s": lambda r, v: v,
     # vLLM benchmark_latency.py: wall time of one llm.generate() over the batch, in ms.
     "latency_ms": lambda r, v: v / 1e3,
 }
@@ -184,11 +189,11 @@ INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
 TOPOLOGY_COLUMNS = ("topology", "slices")
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
-        "output_len", "slices", "experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep",
-        "etp", "virtual_stages"}
+        "output_len", "slices", "lora_rank", "experts", "top_k", "expert_ffn_hidden", "shared_experts",
+        "first_dense_layers", "ep", "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
-         "compile"}
+         "compile", "tp_comm_overlap"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
@@ -207,6 +212,14 @@ COMPILE_COLUMNS = ("compile",)
 # (workload.model.moe) and its expert parallelism, the pipeline schedule (training).
 MOE_COLUMNS = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                "ep_comm_overlap", "schedule", "virtual_stages", "overlap_param_gather")
+# Optional column of a training table (blank or absent = off, Plan's default): tensor-parallel communication
+# overlapped with the GEMMs (Megatron-Core / Transformer Engine userbuffers, NeMo's `ub_tp_comm_overlap`,
+# set by TP_COMM_OVERLAP=True in the MLPerf submissions): Plan.tp_comm_overlap.
+OVERLAP_COLUMNS = ("tp_comm_overlap",)
+# Optional columns of a training table (blank or absent = full training): parameter-efficient fine-tuning,
+# LoRA adapters over a frozen base (sharing.lora, config.LoraSpec): rank, alpha (blank = 32) and the
+# projections, space-separated (qkv, out, mlp or q k v o gate up down; blank = qkv out mlp).
+LORA_COLUMNS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 
@@ -220,6 +233,12 @@ def _value(column: str, text: str) -> object:
         if text.lower() not in ("true", "false"):
             raise ValueError("must be true or false")
         value = text.lower() == "true"
+    elif column == "lora_alpha":
+        value = float(text)
+        if not value > 0 or math.isinf(value):
+            raise ValueError("must be a positive number")
+    elif column == "lora_targets":
+        value = tuple(text.split())
     elif column == "published":
         value = float(text)
         if not value > 0 or math.isinf(value):
@@ -248,7 +267,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
         for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
-                       + (FP8_COLUMNS if kind == "training" else ())):
+                       + (FP8_COLUMNS + OVERLAP_COLUMNS + LORA_COLUMNS if kind == "training" else ())):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -284,6 +303,7 @@ def _check_priced(r: dict[str, object], kind: Kind, file: str, where: str) -> No
             catalog.link(r[key], key=f"{where}.{key}", file=file)
     try:
         model_spec(r, r["seq_len"] if kind == "training" else r["input_len"])
+        lora_spec(r)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         column = ".".join(str(p) for p in err["loc"]) or "model"
@@ -307,6 +327,18 @@ def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) ->
     if layers is not None:
         fields["layers"] = layers
     return ModelSpec(**fields)
+
+
+def lora_spec(r: dict[str, object]) -> LoraSpec | None:
+    """The row's LoRA adapters (None = every weight trains)."""
+    if not r.get("lora_rank"):
+        return None
+    fields: dict[str, object] = {"rank": r["lora_rank"]}
+    if r.get("lora_alpha") is not None:
+        fields["alpha"] = r["lora_alpha"]
+    if r.get("lora_targets"):
+        fields["targets"] = r["lora_targets"]
+    return LoraSpec(**fields)
 
 
 def _profile(workload: Workload, sharing: SharingChoice, layers: int):
@@ -333,7 +365,7 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
             fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
                    "param_all_gather": bool(r.get("fp8_all_gather"))}
         workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
-        sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
+        sharing = SharingChoice(tie_embeddings=spec.tie_embeddings, lora=lora_spec(r))
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
@@ -348,13 +380,15 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
 
 def _moe_plan(r: dict[str, object]) -> dict[str, object]:
     """The Plan keys of a row's optional columns: expert parallelism (etp blank = tp, Megatron-Core's default)
-    and, for training, the schedule and the parameter-gather overlap."""
+    and, for training, the schedule, the parameter-gather and the tensor-parallel communication overlaps."""
     out: dict[str, object] = {"ep": r.get("ep") or 1, "etp": r.get("etp") or r["tp"],
                               "ep_comm_overlap": bool(r.get("ep_comm_overlap"))}
     if r.get("schedule"):
         out.update(schedule=r["schedule"], virtual_stages=r.get("virtual_stages") or 1)
     if r.get("overlap_param_gather") is not None:
         out["overlap_param_gather"] = bool(r["overlap_param_gather"])
+    if r.get("tp_comm_overlap") is not None:
+        out["tp_comm_overlap"] = bool(r["tp_comm_overlap"])
     return out
 
 
@@ -428,6 +462,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("fp8-for-later", "training", VALIDATION / "fp8_for_later.csv", lambda p: run_cases(p, "training")),
     Table("fastertransformer", "inference", SHARED / "fastertransformer_gpt_dev.csv", fastertransformer_cases),
     Table("vllm", "inference", VALIDATION / "vllm_latency.csv", lambda p: run_cases(p, "inference")),
+    Table("mlperf", "training", VALIDATION / "mlperf_training.csv", lambda p: run_cases(p, "training")),
     Table("moe-train", "training", VALIDATION / "moe_training.csv", lambda p: run_cases(p, "training")),
     Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
 )}
