@@ -177,3 +177,16 @@ def test_the_activation_column_of_issue_14s_scenario_is_the_derived_inventory() 
     assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
     assert rows[0].extra["mem_activations_bytes"] == 2 * (34 * s * h + 5 * a * s * s + stats) + edges
     assert rows[1].extra["mem_activations_bytes"] == 2 * (34 * s * h + stats) + edges
+
+
+def test_the_vllm_all_reduce_setting_prices_a_tp_decode_with_vllms_custom_all_reduce() -> None:
+    workload = {"model": {"preset": "llama2-7b", "layers": 4, "seq_len": 512}, "mode": "decode", "batch": 8,
+                "decode_tokens": 16}
+    [nccl] = _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm")
+    [vllm] = _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm", all_reduce="vllm")
+    assert nccl.settings.all_reduce == "nccl"
+    a, b = _run(nccl), _run(vllm)
+    assert a.status == b.status == "ok"
+    assert b.tpot_s < a.tpot_s and b.comm_time_s < a.comm_time_s
+    with pytest.raises(ScenarioError, match="all_reduce"):
+        _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm", all_reduce="mpi")
