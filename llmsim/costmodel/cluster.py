@@ -58,6 +58,7 @@ class LinkSpec(Protocol):
     efficiency: float
     shared_per_node: bool
     collective_efficiency: Mapping[str, float]
+    peer_access: bool
     fully_connected: bool
     flag_latency_s: float | None
 
@@ -126,6 +127,7 @@ class ClusterSpec:
             bandwidth /= max(sharers, 1)
         ops = tuple(link.collective_efficiency.get(op, 1.0) for op in OPS)
         return Channel(bandwidth=bandwidth, latency=link.latency_s, op_efficiency=ops,  # type: ignore[arg-type]
+                       peer_access=getattr(link, "peer_access", False),
                        fully_connected=getattr(link, "fully_connected", False),
                        flag_latency=getattr(link, "flag_latency_s", None))
 

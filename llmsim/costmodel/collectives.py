@@ -72,8 +72,10 @@ class Channel:
     bandwidth: float   # bytes/s per device per direction, after protocol efficiency and port sharing
     latency: float     # seconds per ring step / message
     op_efficiency: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    # Every device pair of a node linked directly (NVSwitch, a full xGMI mesh), and the latency of one flag
-    # store seen by a spinning peer (a kernel's barrier; None = `latency`): what a custom all-reduce uses.
+    # GPUs load and store each other's memory over it (peer access); every device pair of a node is linked
+    # directly (NVSwitch, a full xGMI mesh); the latency of one flag store seen by a spinning peer (a kernel's
+    # barrier; None = `latency`): what a custom all-reduce uses.
+    peer_access: bool = False
     fully_connected: bool = False
     flag_latency: float | None = None
 
@@ -201,8 +203,9 @@ def p2p_phases(size: float, ch: Channel, tier: Tier = "intra") -> Phases:
 def custom_all_reduce_kind(size: float, p: int, nodes: int, ch: Channel) -> CustomKind | None:
     """Which kernel vLLM's custom all-reduce runs for `size` bytes over p ranks on `nodes` nodes whose intra-node
     channel is `ch`, or None where vLLM uses NCCL instead (constants CUSTOM_AR_* above: p in 2, 4, 6, 8, one
-    node, fully connected beyond 2 ranks, fewer than 8 MiB, a multiple of 16 bytes)."""
-    if p not in CUSTOM_AR_WORLD_SIZES or nodes > 1 or not 0 < size < CUSTOM_AR_MAX_BYTES:
+    node, GPU peer access (`_can_p2p`; vLLM on a CPU host has no custom kernel), fully connected beyond 2 ranks,
+    fewer than 8 MiB, a multiple of 16 bytes)."""
+    if p not in CUSTOM_AR_WORLD_SIZES or nodes > 1 or not 0 < size < CUSTOM_AR_MAX_BYTES or not ch.peer_access:
         return None
     if size % CUSTOM_AR_BYTE_MULTIPLE or (p > 2 and not ch.fully_connected):
         return None

@@ -15,8 +15,9 @@ from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
 
 KiB = 1024
-NVLINK = Channel(bandwidth=360e9, latency=3.4e-6, fully_connected=True, flag_latency=0.6e-6)
-PCIE = Channel(bandwidth=25.2e9, latency=5.7e-6, fully_connected=False, flag_latency=1.0e-6)
+NVLINK = Channel(bandwidth=360e9, latency=3.4e-6, peer_access=True, fully_connected=True, flag_latency=0.6e-6)
+PCIE = Channel(bandwidth=25.2e9, latency=5.7e-6, peer_access=True, fully_connected=False, flag_latency=1.0e-6)
+HOST = Channel(bandwidth=1e9, latency=1.6e-4)           # processes on a CPU host: no GPU peer access
 KERNEL_S = 12e-6
 
 
@@ -53,6 +54,7 @@ def test_vllm_picks_one_shot_or_two_shot_by_its_kernels_thresholds(p: int, size:
     (4, 128 * KiB, 1, PCIE, "more than 2 GPUs not fully connected"),
     (4, CUSTOM_AR_MAX_BYTES, 1, NVLINK, "8 MiB or more"),
     (4, 128 * KiB + 8, 1, NVLINK, "not a multiple of 16 bytes"),
+    (2, 128 * KiB, 1, HOST, "no GPU peer access (vLLM on a CPU host)"),
 ])
 def test_vllm_falls_back_to_nccl(p: int, size: int, nodes: int, channel: Channel, why: str) -> None:
     assert custom_all_reduce_kind(size, p, nodes, channel) is None, why
@@ -119,3 +121,16 @@ def test_one_device_has_no_all_reduce_to_choose() -> None:
     *_, nccl = _decode(1, "nccl", "h200")
     *_, vllm = _decode(1, "vllm", "h200")
     assert vllm.step_time_s == nccl.step_time_s
+
+
+def test_the_catalog_says_which_links_give_gpu_peer_access_and_which_connect_every_pair() -> None:
+    links = load_catalog().links
+    for name in ("nvlink3", "nvlink4", "nvlink5", "xgmi-mi300"):
+        assert links[name].peer_access and links[name].fully_connected, name
+    for name in ("pcie4", "pcie5"):
+        assert links[name].peer_access and not links[name].fully_connected, name
+    for name in ("loopback", "ib-ndr400x8", "ici-v5p"):
+        assert not links[name].peer_access, name
+    host = load_catalog().cluster("cpu-host", 1, devices_per_node=2, intra_node="loopback", inter_node="loopback")
+    assert collective_phases("all-reduce", 64 * KiB, Group(2, 2, 1), host.fabric, "vllm") == \
+        collective_phases("all-reduce", 64 * KiB, Group(2, 2, 1), host.fabric)
