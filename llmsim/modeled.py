@@ -63,6 +63,11 @@ class ModeledSettings(BaseModel):
                                                    "slices is this torus; sets devices_per_node")
     mesh: dict[str, str] | None = Field(None, description="TPU: mesh axes pinned to torus dimensions, e.g. "
                                                           "{tp: z, dp: xy}; the rest are laid innermost first")
+    all_reduce: Literal["nccl", "vllm"] = Field(
+        "nccl", description="library of the tensor-parallel all-reduces of inference passes (decode, prefill, "
+                            "serving iterations): nccl, or vllm (vLLM's custom all-reduce where vLLM uses it: "
+                            "2, 4, 6 or 8 GPUs of one node, fully connected beyond 2, under 8 MiB; NCCL "
+                            "otherwise)")
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -83,7 +88,8 @@ class ModeledSettings(BaseModel):
 
     @property
     def options(self) -> Options:
-        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile)
+        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile,
+                       all_reduce=self.all_reduce)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""

@@ -201,7 +201,7 @@ REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "
 CHOICES = {"recompute": ("none", "selective", "selective-op", "full"), "attention": ("flash", "cudnn", "flash3", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
-           "schedule": ("gpipe", "1f1b", "interleaved")}
+           "schedule": ("gpipe", "1f1b", "interleaved"), "all_reduce": ("nccl", "vllm")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
 # (config.Fp8Spec: recipe, saved_activations, param_all_gather).
 FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
@@ -220,6 +220,9 @@ OVERLAP_COLUMNS = ("tp_comm_overlap",)
 # LoRA adapters over a frozen base (sharing.lora, config.LoraSpec): rank, alpha (blank = 32) and the
 # projections, space-separated (qkv, out, mlp or q k v o gate up down; blank = qkv out mlp).
 LORA_COLUMNS = ("lora_rank", "lora_alpha", "lora_targets")
+# Optional column of an inference table (blank or absent = nccl): the library of the engine's tensor-parallel
+# all-reduces (costmodel.plan.Options.all_reduce; vllm = vLLM's custom all-reduce where vLLM uses it).
+ENGINE_COLUMNS = ("all_reduce",)
 
 
 
@@ -267,7 +270,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
         for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
-                       + (FP8_COLUMNS + OVERLAP_COLUMNS + LORA_COLUMNS if kind == "training" else ())):
+                       + (FP8_COLUMNS + OVERLAP_COLUMNS + LORA_COLUMNS if kind == "training" else ENGINE_COLUMNS)):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -404,7 +407,8 @@ def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         # The GPUs the row ran on, inside one node (every published row fits one 8-GPU node).
         cluster = _cluster(r, catalog, max(r["n_devices"], 1))
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan, cluster,
-                        Options(attention=r["attention"] or "flash", compile=r.get("compile")))
+                        Options(attention=r["attention"] or "flash", compile=r.get("compile"),
+                                all_reduce=r.get("all_reduce") or "nccl"))
     return price
 
 

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from llmsim.costmodel.collectives import (NO_PHASES, OPS, Channel, Fabric, Op, Phases, hierarchical_phases,
+from llmsim.costmodel.collectives import (NO_PHASES, OPS, AllReduceAlgorithm, Channel, Fabric, Op, Phases,
+                                          custom_all_reduce_kind, custom_all_reduce_phases, hierarchical_phases,
                                           p2p_phases, phases_time)
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY, Efficiency
 from llmsim.costmodel.torus import AXIS_ORDER, Ring, default_shape, map_axes, torus_phases, wraps
@@ -57,6 +58,9 @@ class LinkSpec(Protocol):
     efficiency: float
     shared_per_node: bool
     collective_efficiency: Mapping[str, float]
+    peer_access: bool
+    fully_connected: bool
+    flag_latency_s: float | None
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ class ClusterSpec:
     @functools.cached_property
     def fabric(self) -> Fabric:
         """What one device sees of the two fabrics when nothing else uses them."""
-        return Fabric(intra=self.intra_channel, inter=self.inter_channel)
+        return Fabric(intra=self.intra_channel, inter=self.inter_channel,
+                      kernel_latency_s=self.efficiency.kernel_latency_s)
 
     def with_devices(self, n: int) -> "ClusterSpec":
         """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""
@@ -121,7 +126,10 @@ class ClusterSpec:
         if link.shared_per_node and not self.is_torus:  # a slice's DCN figures are per chip already
             bandwidth /= max(sharers, 1)
         ops = tuple(link.collective_efficiency.get(op, 1.0) for op in OPS)
-        return Channel(bandwidth=bandwidth, latency=link.latency_s, op_efficiency=ops)  # type: ignore[arg-type]
+        return Channel(bandwidth=bandwidth, latency=link.latency_s, op_efficiency=ops,  # type: ignore[arg-type]
+                       peer_access=getattr(link, "peer_access", False),
+                       fully_connected=getattr(link, "fully_connected", False),
+                       flag_latency=getattr(link, "flag_latency_s", None))
 
 
 @dataclass(frozen=True)
@@ -197,11 +205,18 @@ def plan_on(plan: "Plan", cluster: ClusterSpec) -> "Plan":
     return plan
 
 
-def collective_phases(op: Op, size: float, group: Group, fabric: Fabric) -> Phases:
+def collective_phases(op: Op, size: float, group: Group, fabric: Fabric,
+                      algorithm: AllReduceAlgorithm = "nccl") -> Phases:
     """One collective of `size` bytes (the full buffer per rank) over a placed group, as port phases:
-    flat inside a node, hierarchical across nodes (costmodel.collectives)."""
+    flat inside a node, hierarchical across nodes (costmodel.collectives). With `algorithm` "vllm" an
+    all-reduce runs vLLM's custom kernel where vLLM would (collectives.custom_all_reduce_kind), NCCL's
+    algorithms elsewhere."""
     if group.size <= 1 or size <= 0:
         return NO_PHASES
+    if algorithm == "vllm" and op == "all-reduce" and not group.rings:
+        kind = custom_all_reduce_kind(size, group.size, group.nodes, fabric.intra)
+        if kind is not None:
+            return custom_all_reduce_phases(kind, size, group.size, fabric.intra, fabric.kernel_latency_s)
     if group.rings:
         return torus_phases(op, size, group.rings, group.nodes, fabric)
     return hierarchical_phases(op, size, group.per_node, group.nodes, fabric)

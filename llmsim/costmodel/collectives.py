@@ -18,6 +18,9 @@ per rank; it wins for small messages on many ranks. A flat all-reduce takes the 
 Hierarchical (2D) over nodes: reduce-scatter inside the node, the 1/per_node shard across nodes (each
 local rank on its own port, in parallel), all-gather inside; reduce-scatter and all-gather alone are
 the corresponding halves.
+vLLM's custom all-reduce (`custom_all_reduce_phases`): an engine's own kernel over peer-mapped buffers
+inside one node instead of NCCL, for the tensor-parallel all-reduces of an engine that runs it
+(`AllReduceAlgorithm` "vllm"); where vLLM would not use it, the NCCL algorithms above.
 """
 
 from __future__ import annotations
@@ -37,6 +40,25 @@ COLLECTIVE_BASE_LATENCY_S = 8.4e-6
 
 OPS: tuple[Op, ...] = ("all-reduce", "reduce-scatter", "all-gather")
 
+# Which library runs an engine's tensor-parallel all-reduces: "nccl" (the ring/tree above), or "vllm": vLLM's
+# choice, its custom all-reduce where it would use it and NCCL elsewhere (`custom_all_reduce_kind`).
+AllReduceAlgorithm = Literal["nccl", "vllm"]
+ALL_REDUCE_ALGORITHMS: tuple[AllReduceAlgorithm, ...] = ("nccl", "vllm")
+CustomKind = Literal["one-shot", "two-shot"]
+
+# vLLM's custom all-reduce, as of the releases of late 2024 to 2026 (v0.6.x ... : the rules below are unchanged
+# over them). vllm/distributed/device_communicators/custom_all_reduce.py, class CustomAllreduce:
+# `_SUPPORTED_WORLD_SIZES = [2, 4, 6, 8]`; disabled when the group spans nodes (`in_the_same_node_as`) and, for
+# more than 2 GPUs, when they are not fully connected ("not supported on more than two PCIe-only GPUs");
+# `max_size=8192 * 1024`, and `should_custom_ar` takes an input of fewer bytes than that, a multiple of 16.
+CUSTOM_AR_WORLD_SIZES = (2, 4, 6, 8)
+CUSTOM_AR_MAX_BYTES = 8192 * 1024
+CUSTOM_AR_BYTE_MULTIPLE = 16
+# csrc/custom_all_reduce.cuh, CustomAllreduce::allreduce: 2 GPUs always run the one-stage kernel; fully
+# connected, `(world_size <= 4 && bytes < 512 * 1024) || (world_size <= 8 && bytes < 256 * 1024)` runs
+# one-stage (one-shot), anything larger the two-stage kernel (two-shot).
+CUSTOM_AR_ONE_SHOT_BELOW: tuple[tuple[int, int], ...] = ((4, 512 * 1024), (8, 256 * 1024))
+
 
 @dataclass(frozen=True)
 class Channel:
@@ -50,6 +72,12 @@ class Channel:
     bandwidth: float   # bytes/s per device per direction, after protocol efficiency and port sharing
     latency: float     # seconds per ring step / message
     op_efficiency: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # GPUs load and store each other's memory over it (peer access); every device pair of a node is linked
+    # directly (NVSwitch, a full xGMI mesh); the latency of one flag store seen by a spinning peer (a kernel's
+    # barrier; None = `latency`): what a custom all-reduce uses.
+    peer_access: bool = False
+    fully_connected: bool = False
+    flag_latency: float | None = None
 
     def bandwidth_for(self, op: Op) -> float:
         return self.bandwidth * self.efficiency_of(op)
@@ -64,10 +92,13 @@ class Fabric:
 
     intra: Channel
     inter: Channel
+    # The fixed time of one kernel of a pass on the device (Efficiency.kernel_latency_s): what a collective that
+    # runs as one kernel of the engine's own (a custom all-reduce) costs beyond its syncs and bytes.
+    kernel_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         # Collective prices are cached per (collective, fabric): hash the two channels once, not per lookup.
-        object.__setattr__(self, "_hash", hash((self.intra, self.inter)))
+        object.__setattr__(self, "_hash", hash((self.intra, self.inter, self.kernel_latency_s)))
 
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined, no-any-return]
@@ -167,6 +198,41 @@ def p2p_phases(size: float, ch: Channel, tier: Tier = "intra") -> Phases:
     if size <= 0:
         return NO_PHASES
     return (Phase(tier, size, ch.latency),)
+
+
+def custom_all_reduce_kind(size: float, p: int, nodes: int, ch: Channel) -> CustomKind | None:
+    """Which kernel vLLM's custom all-reduce runs for `size` bytes over p ranks on `nodes` nodes whose intra-node
+    channel is `ch`, or None where vLLM uses NCCL instead (constants CUSTOM_AR_* above: p in 2, 4, 6, 8, one
+    node, GPU peer access (`_can_p2p`; vLLM on a CPU host has no custom kernel), fully connected beyond 2 ranks,
+    fewer than 8 MiB, a multiple of 16 bytes)."""
+    if p not in CUSTOM_AR_WORLD_SIZES or nodes > 1 or not 0 < size < CUSTOM_AR_MAX_BYTES or not ch.peer_access:
+        return None
+    if size % CUSTOM_AR_BYTE_MULTIPLE or (p > 2 and not ch.fully_connected):
+        return None
+    if p == 2 or any(p <= ranks and size < below for ranks, below in CUSTOM_AR_ONE_SHOT_BELOW):
+        return "one-shot"
+    return "two-shot"
+
+
+def custom_all_reduce_phases(kind: CustomKind, size: float, p: int, ch: Channel, kernel_latency_s: float,
+                             tier: Tier = "intra") -> Phases:
+    """vLLM's custom all-reduce of `size` bytes over p fully connected ranks, as one phase on a rank's port.
+
+    From its kernels (csrc/custom_all_reduce.cuh). One-shot (`cross_device_reduce_1stage`): a start barrier
+    (each rank writes a flag into every peer's signal buffer and spins on its own: "Latency = 1 p2p write"),
+    every rank loads the whole buffer of each of its p-1 peers and sums, an end barrier (another flag): (p-1)·S
+    bytes into each rank. Two-shot (`cross_device_reduce_2stage`): start barrier, each rank loads its 1/p of
+    every peer's buffer and reduces it (reduce-scatter), a barrier, then loads the other ranks' reduced parts
+    (all-gather); the kernel's exit needs no third barrier: 2·S·(p-1)/p bytes, a ring's volume, over two load
+    rounds. Time = one kernel of the pass (`kernel_latency_s`, in place of NCCL's launch latency) + the two
+    barriers and each round of loads one flag latency of the link (`Channel.flag_latency`) + the bytes at the
+    channel's bandwidth. Seconds on an uncontended port; sizes in bytes."""
+    if p <= 1 or size <= 0:
+        return NO_PHASES
+    flag = ch.latency if ch.flag_latency is None else ch.flag_latency
+    barriers, rounds = 2, (1 if kind == "one-shot" else 2)
+    nbytes = (p - 1) * size if kind == "one-shot" else 2 * size * (p - 1) / p
+    return (Phase(tier, nbytes / ch.efficiency_of("all-reduce"), kernel_latency_s + (barriers + rounds) * flag),)
 
 
 # -- the same algorithms as seconds on an uncontended channel ------------------------------------------

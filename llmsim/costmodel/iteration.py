@@ -320,7 +320,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     groups = model.groups
     _, recv_gather = _pipeline_message(activation, plan, model.options, groups)
     layer_s = matmul + prefill_att + decode_att + other + experts
-    tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
+    algorithm = model.options.all_reduce
+    tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD, algorithm)
     overlap: tuple[Overlapped, ...] = ()
     if a2a and plan.ep_comm_overlap and model.cluster.device.overlaps_communication:
         overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)
@@ -329,7 +330,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     return StageWork(layers=layers, fwd_layer_s=layer_s,
                      embed_fwd_s=embed, head_fwd_s=head,
                      tp_fwd=tp_fwd, tp_fwd_overlap=overlap,
-                     tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
+                     tp_embed=_tp_collectives(activation, plan, groups.tp, 1, algorithm) if first else (),
                      recv_gather=recv_gather)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from llmsim.costmodel.collectives import AllReduceAlgorithm
 from llmsim.stages import SplitError, default_split
 
 if TYPE_CHECKING:
@@ -164,6 +165,11 @@ class Options:
       gradients, PyTorch DDP/FSDP defaults).
     p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
       over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
+    all_reduce: the library of an inference pass's tensor-parallel all-reduces (decode, prefill, serving
+      iterations): "nccl" (NCCL's ring or tree; FasterTransformer, Megatron, TensorRT-LLM's NCCL path), or
+      "vllm": vLLM's engine, which runs its custom all-reduce (one-shot / two-shot over peer-mapped buffers)
+      where it would and NCCL elsewhere (costmodel.collectives.custom_all_reduce_kind). Training passes keep
+      NCCL.
     compile: the model runs compiled (torch.compile's Inductor, XLA): the elementwise ops between two GEMMs
       fuse and move only the bytes that cross the fused region (workload.profile._FusionTracker,
       OpTotals.fused_bytes) instead of eager PyTorch's per-op reads and writes. None = the device's way
@@ -174,3 +180,4 @@ class Options:
     main_grads_fp32: bool = False
     compile: bool | None = None
     p2p_scatter_gather: bool = True
+    all_reduce: AllReduceAlgorithm = "nccl"

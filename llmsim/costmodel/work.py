@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Literal
 
 from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_grid,
                                       place_group, plan_on, torus_groups, with_cp)
-from llmsim.costmodel.collectives import Fabric, Op, Phases, phases_time, repeat
+from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
                                       op_sac_recomputed_share, phase_times, runs_compiled)
 from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
@@ -94,6 +94,7 @@ class Comm:
     size: float
     group: Group
     count: int = 1
+    algorithm: AllReduceAlgorithm = "nccl"   # an all-reduce's library (collectives.AllReduceAlgorithm)
 
     def phases(self, fabric: Fabric) -> Phases:
         """Its stretches on one rank's ports; a p2p message crosses the group's slowest hop."""
@@ -113,7 +114,7 @@ def _comm_phases(comm: Comm, fabric: Fabric) -> Phases:
     elif comm.op == "all-to-all":
         one = moe.all_to_all_phases(comm.size, comm.group.per_node, comm.group.nodes, fabric)
     else:
-        one = collective_phases(comm.op, comm.size, comm.group, fabric)
+        one = collective_phases(comm.op, comm.size, comm.group, fabric, comm.algorithm)
     return repeat(one, comm.count)
 
 
@@ -421,13 +422,15 @@ def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "Sh
 # The step's work
 # ---------------------------------------------------------------------------------------------------
 
-def _tp_collectives(size: float, plan: Plan, group: Group, count: int) -> Comms:
-    """`count` tensor-parallel all-reduces of `size` bytes (reduce-scatter + all-gather with sp)."""
+def _tp_collectives(size: float, plan: Plan, group: Group, count: int,
+                    algorithm: AllReduceAlgorithm = "nccl") -> Comms:
+    """`count` tensor-parallel all-reduces of `size` bytes (reduce-scatter + all-gather with sp), run by
+    `algorithm`'s library (an inference engine's choice: Options.all_reduce)."""
     if plan.tp <= 1 or count <= 0:
         return ()
     if plan.sp:
         return (Comm("reduce-scatter", size, group, count), Comm("all-gather", size, group, count))
-    return (Comm("all-reduce", size, group, count),)
+    return (Comm("all-reduce", size, group, count, algorithm),)
 
 
 def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, float, float, float],
@@ -695,7 +698,7 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
     activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
     layer_s = layer_t.total
-    tp_layer = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
+    tp_layer = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD, options.all_reduce)
     layer_overlap: Overlaps = ()
     if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
         layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(
@@ -713,7 +716,8 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
         by_key[(kind, n)] = StageWork(layers=n, fwd_layer_s=layer_s,
                                       embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
                                       tp_fwd=tp_layer, tp_fwd_overlap=layer_overlap,
-                                      tp_embed=_tp_collectives(activation, plan, groups.tp, 1) if first else (),
+                                      tp_embed=(_tp_collectives(activation, plan, groups.tp, 1, options.all_reduce)
+                                                if first else ()),
                                       recv_gather=recv_gather)
     return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
                     schedule="gpipe", forward_only=True,

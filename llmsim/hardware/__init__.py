@@ -97,6 +97,14 @@ class LinkSpec(BaseModel):
     latency_s: float = Field(ge=0, description="per hop of a ring / per message")
     efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the line rate for large messages")
     shared_per_node: bool = Field(False, description="one port per node, shared by the devices that use it at once")
+    peer_access: bool = Field(False, description="GPUs load and store each other's memory over this link (NVLink, "
+                                                 "PCIe peer-to-peer, xGMI): what an engine's custom all-reduce needs")
+    fully_connected: bool = Field(False, description="every device of a node reaches every other directly over this "
+                                                     "link (NVSwitch, a full xGMI mesh): peer loads and stores "
+                                                     "between any pair, what vLLM's custom all-reduce needs beyond "
+                                                     "2 devices")
+    flag_latency_s: float | None = Field(None, ge=0, description="one small store seen by a peer spinning on it "
+                                                                 "(a kernel's barrier flag); default latency_s")
     collective_efficiency: dict[Literal["all-reduce", "reduce-scatter", "all-gather"], float] = Field(
         default_factory=dict,
         description="per collective, the share of the ring model's bandwidth term it reaches on this link "

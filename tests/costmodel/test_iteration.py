@@ -157,3 +157,23 @@ def test_the_workspace_is_the_larger_of_an_mlp_working_set_and_the_logits() -> N
     assert forward_workspace_bytes(w, Plan(), 8192, 1) == 8192 * (2 * h + 3 * ffn) * 2
     # 4096 sequences of one token: fp32 logits over the vocabulary dominate
     assert forward_workspace_bytes(w, Plan(), 4096, 4096) == 4096 * vocab * 4 + 4096 * h * 2
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_a_vllm_serving_iteration_prices_its_all_reduces_as_forward_work_does(tp: int) -> None:
+    """Options.all_reduce "vllm" (vLLM's custom all-reduce) reaches the serving iteration exactly as the
+    roofline's decode and prefill, and only makes the tensor-parallel iteration cheaper than NCCL's."""
+    w = _llama(2)
+    profile = profile_workload(w, UNTIED)
+    cluster = replace(a100_cluster(1, 8), device=CATALOG.device("h100-sxm"))
+    plan = Plan(tp=tp, micro_batch=2)
+    vllm = Options(all_reduce="vllm")
+    model = IterationModel(token_costs(w, profile), w, Plan(tp=tp), cluster, vllm)
+    nccl = IterationModel(token_costs(w, profile), w, Plan(tp=tp), cluster)
+    prefill = Mix.prefill(64) + Mix.prefill(64)
+    decode = Mix.decode(64 + 1.5) + Mix.decode(64 + 1.5)
+    assert iteration_time(model, prefill) == pytest.approx(
+        price(forward_work(w, profile, plan, cluster, vllm, "prefill"), cluster.fabric).step, rel=1e-12)
+    assert iteration_time(model, decode) == pytest.approx(
+        price(forward_work(w, profile, plan, cluster, vllm, "decode", 2), cluster.fabric).step, rel=1e-12)
+    assert iteration_time(model, decode) < iteration_time(nccl, decode)

@@ -180,3 +180,17 @@ def test_memory_exactly_equal_to_the_capacity_runs_and_one_byte_over_does_not_fi
     assert rows[0].status == "ok" and rows[0].step_time_s > 0, rows[0].error
     assert rows[1].status == "ok"
     assert rows[-1].status == "does-not-fit" and rows[-1].step_time_s is None
+
+
+def test_the_simulation_plays_vllms_custom_all_reduce_as_the_roofline_prices_it() -> None:
+    workload = {"model": {"preset": "llama2-7b", "layers": 4, "seq_len": 512}, "mode": "decode", "batch": 8,
+                "decode_tokens": 16}
+    custom = {p.backend.name: _run(p) for p in _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm",
+                                                        devices_per_node=4, all_reduce="vllm")}
+    nccl = {p.backend.name: _run(p) for p in _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm",
+                                                      devices_per_node=4)}
+    assert custom["cluster"].status == "ok", custom["cluster"].error
+    for column in (*BREAKDOWN, "ttft_s", "tpot_s"):  # one node, no pipeline: nothing contends
+        assert getattr(custom["cluster"], column) == pytest.approx(getattr(custom["roofline"], column), rel=SAME,
+                                                                   abs=1e-15), column
+    assert custom["cluster"].tpot_s < nccl["cluster"].tpot_s

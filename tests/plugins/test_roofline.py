@@ -199,3 +199,16 @@ def test_a_fused_kernel_the_device_has_no_figure_for_is_a_skipped_row_with_the_r
 def test_an_unknown_attention_kernel_is_a_scenario_error_naming_the_choices() -> None:
     with pytest.raises(ScenarioError, match="cudnn.*flash3"):
         _planned(GPT2, [{"name": "single"}], attention="flash4")
+
+
+def test_the_vllm_all_reduce_setting_prices_a_tp_decode_with_vllms_custom_all_reduce() -> None:
+    workload = {"model": {"preset": "llama2-7b", "layers": 4, "seq_len": 512}, "mode": "decode", "batch": 8,
+                "decode_tokens": 16}
+    [nccl] = _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm")
+    [vllm] = _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm", all_reduce="vllm")
+    assert nccl.settings.all_reduce == "nccl"
+    a, b = _run(nccl), _run(vllm)
+    assert a.status == b.status == "ok"
+    assert b.tpot_s < a.tpot_s and b.comm_time_s < a.comm_time_s
+    with pytest.raises(ScenarioError, match="all_reduce"):
+        _planned(workload, [{"name": "tp4", "tp": 4}], hardware="h100-sxm", all_reduce="mpi")

@@ -371,3 +371,27 @@ def test_bad_input_is_one_line_and_exit_2(v, tmp_path: Path, capsys) -> None:
     assert "missing column" in capsys.readouterr().err
     assert v.main(["--table", "narayanan", "--path", str(wrong_kind)]) == 2     # an older table's reader too
     assert "missing column" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the engine's all-reduce
+
+def test_the_vllm_rows_run_vllms_all_reduce_and_fastertransformer_keeps_nccl(v) -> None:
+    for name in ("vllm", "moe-serve"):
+        rows = v.read_runs(v.TABLES[name].default, "inference")
+        assert rows and all(r["all_reduce"] == "vllm" for r in rows), name
+    [vl05] = [r for r in v.read_runs(v.TABLES["vllm"].default, "inference") if r["row_id"] == "VL05"]
+    catalog = load_catalog()
+    with_custom = v.inference_price(vl05)(catalog)
+    with_nccl = v.inference_price({**vl05, "all_reduce": None})(catalog)
+    assert with_custom.comm_time_s < with_nccl.comm_time_s
+    assert with_custom.compute_time_s == pytest.approx(with_nccl.compute_time_s, rel=1e-12)
+    # FasterTransformer (NCCL, 2021) is priced with NCCL: its script's options say so
+    assert v.ft.FT_V5.all_reduce == "nccl"
+
+
+def test_a_bad_all_reduce_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys) -> None:
+    rows = list(csv.DictReader(v.TABLES["vllm"].default.open(encoding="utf-8")))
+    rows[0]["all_reduce"] = "mpi"
+    assert v.main(["--table", "vllm", "--path", str(_write(tmp_path, rows, "ar.csv"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "VL01.all_reduce" in err and "nccl, vllm" in err, err
