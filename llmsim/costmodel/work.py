@@ -571,8 +571,12 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
         first, last = kind == "first", kind == "last" or plan.pp == 1
         split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
-        gather_after = ((Comm("all-gather", moe.data_parallel_params(plan, params, experts) * elem, groups.dp),)
-                        if plan.zero in (1, 2) and plan.dp_cp > 1 else ())
+        # ZeRO 1/2: each rank updated its shard of the trainable parameters; the all-gather hands the updated
+        # values round (Megatron-Core's distributed optimizer gathers its param buffers, which hold only
+        # parameters with requires_grad: a frozen base under LoRA is never updated, so never gathered)
+        gathered_after = moe.data_parallel_params(plan, trainable, experts if sharing.lora is None else 0.0)
+        gather_after = ((Comm("all-gather", gathered_after * elem, groups.dp),)
+                        if plan.zero in (1, 2) and plan.dp_cp > 1 and gathered_after > 0 else ())
         chunk = n // plan.v
         amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
                               if chunk else 0.0 for phase in ("forward", "backward"))

@@ -601,6 +601,24 @@ def test_lora_trains_only_the_adapters_of_each_stage() -> None:
     assert work.syncs == ()
 
 
+@pytest.mark.parametrize("zero", [1, 2])
+def test_zero_1_2_gather_only_the_updated_adapters_under_lora(zero: int) -> None:
+    """ZeRO 1/2 hand the updated parameters round after the step (an all-gather over dp): under LoRA only
+    the adapters are updated, the frozen base never is (Megatron-Core's distributed optimizer builds its
+    buffers from the parameters that require grad), so only the adapters travel."""
+    from llmsim.config import LoraSpec
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import profiled
+
+    workload, cluster = _train_case(layers=4)
+    profile, sharing = profiled(workload, lora=LoraSpec(rank=8))
+    adapters = 4 * 18 * H * 8
+    work = train_work(workload, profile, sharing, Plan(dp=2, zero=zero, microbatches=2), cluster)
+    [gather] = work.stages[0].gather_after_step
+    assert gather.op == "all-gather" and gather.size == pytest.approx(adapters * 2, rel=1e-12)  # bf16
+    assert gather.size < profile.params  # not the frozen base (the old pricing gathered every parameter)
+
+
 def test_context_parallelism_divides_the_work_and_prices_the_ring_exchange_per_layer() -> None:
     """cp = 2: each device computes 1/(tp pp cp) of the layers' work of a micro-batch and 1/(tp cp) of the
     edges', sends activations of s/cp tokens, and pays the exposed ring exchange spread over its layers."""
