@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency
@@ -69,6 +69,10 @@ class DeviceSpec(BaseModel):
     memory_bw_bytes_per_s: float = Field(ge=0)
     idle_power_w: float = Field(ge=0)
     max_power_w: float = Field(ge=0)
+    power_limit_w: float | None = Field(
+        None, gt=0, description="enforced board power limit (nvidia-smi -pl) in watts, where it is below "
+                                "max_power_w: compute runs at the lower clock that limit holds "
+                                "(costmodel.power) and a busy device draws the limit; None = max_power_w")
     power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
     compute_units: int | None = Field(None, ge=1, description="SMs (GPU): matmul wave quantization; None = not modeled")
     devices_per_node: int | None = Field(None, ge=1, description="devices in one node (host) by default")
@@ -86,6 +90,13 @@ class DeviceSpec(BaseModel):
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
     source: Source
+
+    @model_validator(mode="after")
+    def _limit_above_idle(self) -> "DeviceSpec":
+        if self.power_limit_w is not None and self.power_limit_w <= self.idle_power_w:
+            raise ValueError(f"power_limit_w = {self.power_limit_w:g}: allowed only above idle_power_w "
+                             f"({self.idle_power_w:g} W), where a clock still runs")
+        return self
 
 
 class LinkSpec(BaseModel):
