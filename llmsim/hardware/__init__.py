@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency
@@ -91,12 +91,14 @@ class DeviceSpec(BaseModel):
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
     source: Source
 
-    @model_validator(mode="after")
-    def _limit_above_idle(self) -> "DeviceSpec":
-        if self.power_limit_w is not None and self.power_limit_w <= self.idle_power_w:
-            raise ValueError(f"power_limit_w = {self.power_limit_w:g}: allowed only above idle_power_w "
-                             f"({self.idle_power_w:g} W), where a clock still runs")
-        return self
+    @field_validator("power_limit_w")
+    @classmethod
+    def _limit_above_idle(cls, value: float | None, info: ValidationInfo) -> float | None:
+        idle = info.data.get("idle_power_w")  # validated before this field (declared above it)
+        if value is not None and idle is not None and value <= idle:
+            raise ValueError(f"{value:g} W is at or below idle_power_w ({idle:g} W); allowed: above it, "
+                             f"where a clock still runs")
+        return value
 
 
 class LinkSpec(BaseModel):
@@ -231,7 +233,7 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = format_key_path(tuple(p for p in err["loc"] if p not in ("device", "link")))
-        msg = "required key is missing" if err["type"] == "missing" else err["msg"]
+        msg = "required key is missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
         raise ScenarioError(origin, where or None, msg) from None
 
 
