@@ -70,8 +70,8 @@ class DeviceSpec(BaseModel):
     idle_power_w: float = Field(ge=0)
     max_power_w: float = Field(ge=0)
     power_limit_w: float | None = Field(
-        None, gt=0, description="enforced board power limit (nvidia-smi -pl) in watts, where it is below "
-                                "max_power_w: compute runs at the lower clock that limit holds "
+        None, gt=0, description="enforced board power limit (nvidia-smi -pl) in watts, above idle_power_w "
+                                "and at most max_power_w: compute runs at the lower clock that limit holds "
                                 "(costmodel.power) and a busy device draws the limit; None = max_power_w")
     power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
     compute_units: int | None = Field(None, ge=1, description="SMs (GPU): matmul wave quantization; None = not modeled")
@@ -94,10 +94,12 @@ class DeviceSpec(BaseModel):
     @field_validator("power_limit_w")
     @classmethod
     def _limit_above_idle(cls, value: float | None, info: ValidationInfo) -> float | None:
-        idle = info.data.get("idle_power_w")  # validated before this field (declared above it)
+        idle, top = info.data.get("idle_power_w"), info.data.get("max_power_w")  # declared above: validated first
         if value is not None and idle is not None and value <= idle:
             raise ValueError(f"{value:g} W is at or below idle_power_w ({idle:g} W); allowed: above it, "
                              f"where a clock still runs")
+        if value is not None and top is not None and value > top:
+            raise ValueError(f"{value:g} W is above max_power_w ({top:g} W); allowed: at most the rated power")
         return value
 
 

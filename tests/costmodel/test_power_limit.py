@@ -88,3 +88,27 @@ def test_energy_uses_the_cap_as_the_busy_power() -> None:
     assert step_energy_j(capped, 2, step_s=1.0, busy_s=1.0) == pytest.approx(2 * 250.0)
     for busy in (0.0, 0.3, 1.0, 5.0):
         assert step_energy_j(capped, 1, step_s=1.0, busy_s=busy) <= 250.0
+
+
+def test_a_scenario_sets_the_limit_on_the_modeled_backends(tmp_path, capsys) -> None:
+    from llmsim.cli import main
+    from llmsim.modeled import ModeledSettings
+
+    rated = ModeledSettings(hardware="h100-sxm", devices_per_node=1).cluster(CATALOG)
+    capped = ModeledSettings(hardware="h100-sxm", devices_per_node=1, power_limit_w=500).cluster(CATALOG)
+    lifted = ModeledSettings(hardware="h100-sxm-96gb", devices_per_node=1, power_limit_w=700).cluster(CATALOG)
+    assert rated.device.power_limit_w is None and CATALOG.device("h100-sxm").power_limit_w is None  # no leak
+    assert device_rates(capped, "bfloat16").clock_share == pytest.approx(clock_share(500, 700, 70))
+    assert device_rates(lifted, "bfloat16").clock_share == 1.0  # the Grand Teton part at its 700 W rating
+    w = gpt2(batch=8)
+    a = estimate(w, *profiled(w), Plan(micro_batch=8), rated, Options())
+    b = estimate(w, *profiled(w), Plan(micro_batch=8), capped, Options())
+    assert b.compute_time_s > a.compute_time_s and b.energy_j / b.step_time_s <= 500 + 1e-9
+
+    path = tmp_path / "capped.yaml"
+    path.write_text("name: capped\nworkload: {model: {preset: gpt2-small, layers: 2, seq_len: 256}, mode: train, "
+                    "batch: 8}\nbackends:\n  roofline: {hardware: h100-sxm, devices_per_node: 1, power_limit_w: 60}\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "backends.roofline.power_limit_w: 60 W; allowed for h100-sxm: above its idle power 70 W" in err
+    assert "\n" not in err

@@ -73,6 +73,8 @@ def test_a_power_limit_at_or_below_idle_is_one_line_and_exit_2(tmp_path: Path, c
     assert main(["hardware", "--hardware", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "power_limit_w" in err and "Traceback" not in err
+    with pytest.raises(ScenarioError, match=r"power_limit_w: 701 W is above max_power_w \(700 W\)"):
+        load_catalog([_write(tmp_path, [dict(GPU, power_limit_w=701, source="vendor sheet")])])
     limited = load_catalog([_write(tmp_path, [dict(GPU, power_limit_w=450, source="vendor sheet")])])
     assert limited.device("my-gpu").power_limit_w == 450
 
