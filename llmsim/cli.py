@@ -191,7 +191,8 @@ def cmd_hardware(args: argparse.Namespace) -> int:
         devices.add_row(escape(d.name), tf.get("bfloat16", missing), tf.get("float32", missing),
                         f"{d.memory_bytes / 2**30:.4g}" if d.memory_bytes else "measured",
                         f"{d.memory_bw_bytes_per_s / 1e9:.4g}" if d.memory_bw_bytes_per_s else "–",
-                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else ""),
+                        f"{d.idle_power_w:g}–{d.max_power_w:g}" + (" per core" if d.power_per_core else "")
+                        + (f" (limit {d.power_limit_w:g})" if d.power_limit_w is not None else ""),
                         escape(source))
     links = Table("link", "GB/s per device per direction", "latency µs", "source", title="links")
     for ln in catalog.links.values():

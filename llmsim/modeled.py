@@ -12,7 +12,7 @@ the reason), and fill the contract columns, including C of T = m*C/n from the ro
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -68,6 +68,10 @@ class ModeledSettings(BaseModel):
                             "serving iterations): nccl, or vllm (vLLM's custom all-reduce where vLLM uses it: "
                             "2, 4, 6 or 8 GPUs of one node, fully connected beyond 2, under 8 MiB; NCCL "
                             "otherwise)")
+    power_limit_w: float | None = Field(None, gt=0, description="board power limit of every device in watts "
+                                        "(nvidia-smi -pl), above the device's idle_power_w and at most its "
+                                        "max_power_w; below max_power_w compute runs at the lower clock the limit "
+                                        "holds (docs/costmodel.md, Power limit); default: the catalog entry's")
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -93,8 +97,16 @@ class ModeledSettings(BaseModel):
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""
-        return catalog.cluster(self.hardware, self.node_count, self.devices_per_node, self.intra_node,
-                               self.inter_node, self.topology, self.mesh)
+        cluster = catalog.cluster(self.hardware, self.node_count, self.devices_per_node, self.intra_node,
+                                  self.inter_node, self.topology, self.mesh)
+        if self.power_limit_w is None:
+            return cluster
+        device = cluster.device
+        if not device.idle_power_w < self.power_limit_w <= device.max_power_w:
+            raise ScenarioError(None, "power_limit_w", f"{self.power_limit_w:g} W; allowed for {device.name}: above "
+                                                       f"its idle power {device.idle_power_w:g} W and at most its "
+                                                       f"max_power_w {device.max_power_w:g} W")
+        return replace(cluster, device=device.model_copy(update={"power_limit_w": self.power_limit_w}))
 
 
 def _slices(cluster: ClusterSpec) -> str:

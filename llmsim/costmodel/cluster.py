@@ -44,6 +44,7 @@ class DeviceSpec(Protocol):
     memory_bw_bytes_per_s: float
     idle_power_w: float
     max_power_w: float
+    power_limit_w: float | None  # enforced board power limit below max_power_w (costmodel.power); None = none
     compute_units: int | None
     efficiency: Efficiency | None
     overlaps_communication: bool

@@ -29,6 +29,7 @@ from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
 from llmsim.costmodel.activations import op_sac_projections
 from llmsim.costmodel.gemms import linear_shapes as _linear_shapes, mlp_width
 from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
+from llmsim.costmodel.power import device_clock_share
 
 if TYPE_CHECKING:
     from llmsim.config import Workload
@@ -105,11 +106,13 @@ class Rates:
     compute_units: int | None = None
     gemm: "Rates | None" = None  # float8: the rates the layers' GEMMs run at (the FP8 peak); None = these
     compiled: bool = False       # the device runs compiled programs only (DeviceSpec.compiled: TPU/XLA)
+    clock_share: float = 1.0     # clock held under a power limit below the rated power (costmodel.power)
 
     @property
     def sustained_flops(self) -> float:
-        """The FLOP/s ceiling under continuous load: the datasheet peak at the clock the device holds."""
-        return self.peak_flops * self.efficiency.sustained
+        """The FLOP/s ceiling under continuous load: the datasheet peak at the clock the device holds
+        (Efficiency.sustained at its rated power, times `clock_share` under a lower power limit)."""
+        return self.peak_flops * self.efficiency.sustained * self.clock_share
 
     def matmul_time(self, flops: float, nbytes: float, wave: float = 1.0) -> float:
         return max(flops / (self.sustained_flops * self.efficiency.matmul * wave), self.memory_time(nbytes))
@@ -163,7 +166,8 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
         raise CostModelError(f"device {device.name!r} has no memory bandwidth in the catalog "
                              f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
-                 compute_units=device.compute_units, compiled=device.compiled)
+                 compute_units=device.compute_units, compiled=device.compiled,
+                 clock_share=device_clock_share(device))
 
 
 # What `compile: true` compiles on an eagerly-run device: the Transformer blocks, one torch.compile per block,
@@ -364,7 +368,8 @@ def _rates_key(rates: Rates | None) -> tuple | None:
     """Rates as a memo key: its numbers and its efficiency's identity (a pydantic model hashes slowly)."""
     if rates is None:
         return None
-    return (rates.peak_flops, rates.memory_bw, id(rates.efficiency), rates.compute_units, _rates_key(rates.gemm))
+    return (rates.peak_flops, rates.memory_bw, id(rates.efficiency), rates.compute_units, rates.clock_share,
+            _rates_key(rates.gemm))
 
 
 def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency
@@ -69,6 +69,10 @@ class DeviceSpec(BaseModel):
     memory_bw_bytes_per_s: float = Field(ge=0)
     idle_power_w: float = Field(ge=0)
     max_power_w: float = Field(ge=0)
+    power_limit_w: float | None = Field(
+        None, gt=0, description="enforced board power limit (nvidia-smi -pl) in watts, above idle_power_w "
+                                "and at most max_power_w: compute runs at the lower clock that limit holds "
+                                "(costmodel.power) and a busy device draws the limit; None = max_power_w")
     power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
     compute_units: int | None = Field(None, ge=1, description="SMs (GPU): matmul wave quantization; None = not modeled")
     devices_per_node: int | None = Field(None, ge=1, description="devices in one node (host) by default")
@@ -86,6 +90,17 @@ class DeviceSpec(BaseModel):
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
     source: Source
+
+    @field_validator("power_limit_w")
+    @classmethod
+    def _limit_above_idle(cls, value: float | None, info: ValidationInfo) -> float | None:
+        idle, top = info.data.get("idle_power_w"), info.data.get("max_power_w")  # declared above: validated first
+        if value is not None and idle is not None and value <= idle:
+            raise ValueError(f"{value:g} W is at or below idle_power_w ({idle:g} W); allowed: above it, "
+                             f"where a clock still runs")
+        if value is not None and top is not None and value > top:
+            raise ValueError(f"{value:g} W is above max_power_w ({top:g} W); allowed: at most the rated power")
+        return value
 
 
 class LinkSpec(BaseModel):
@@ -228,7 +243,7 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = format_key_path(tuple(p for p in err["loc"] if p not in ("device", "link")))
-        msg = "required key is missing" if err["type"] == "missing" else err["msg"]
+        msg = "required key is missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
         raise ScenarioError(origin, where or None, msg) from None
 
 

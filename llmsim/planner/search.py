@@ -30,6 +30,7 @@ import numpy as np
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
 from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
+from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
@@ -225,7 +226,7 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
     plan = c.plan()
     mem = memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options)
     cap = hw.capacity
-    power = c.n_devices * hw.device.max_power_w
+    power = c.n_devices * busy_power_w(hw.device)
     detail = mem.as_dict()
     if not mem.fits(cap):
         reason = f"memory: needs {fmt_bytes(mem.total)}/device > {fmt_bytes(cap)} usable"

@@ -42,6 +42,7 @@ from llmsim.config import SharingChoice, Strategy, Workload, check_strategy_shap
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.iteration import IterationModel, KVCapacity, Mix, iteration_times, kv_capacity, token_costs
 from llmsim.serving.metrics import summarize
 from llmsim.serving.requests import build_requests
@@ -298,7 +299,7 @@ def search_candidate(task: ServingTask) -> CandidateResult:
     out.cost_usd = out.n_devices * task.usd_per_device_hour
     spare_j = (out.n_devices - out.devices_used) * device.idle_power_w * at_goal.duration_s
     out.energy_j = (at_goal.energy_j + spare_j) / at_goal.duration_s * HOUR_S if at_goal.duration_s > 0 else 0.0
-    out.power_w = out.n_devices * device.max_power_w
+    out.power_w = out.n_devices * busy_power_w(device)
     if task.max_power_w is not None and out.power_w > task.max_power_w:
         out.reason, out.limits = f"power: {out.power_w / 1e3:,.1f} kW > {task.max_power_w / 1e3:,.1f} kW", ("power",)
         return out

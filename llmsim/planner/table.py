@@ -44,6 +44,7 @@ from llmsim.costmodel import CostModelError
 from llmsim.costmodel import moe, precision
 from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_expert_params, stage_memory,
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
@@ -291,7 +292,7 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     cap = hw.capacity
     out["memory_bytes"] = best_total
     out["fits"] = (best_total <= cap) if cap else np.ones(n, dtype=bool)
-    out["power_w"] = devices * hw.device.max_power_w
+    out["power_w"] = devices * busy_power_w(hw.device)
     # step
     rates = device_rates(hw.cluster(1), w.dtype)
     hides = hw.device.overlaps_communication

@@ -41,6 +41,7 @@ class Device:
     memory_bw_bytes_per_s: float = 2e12
     idle_power_w: float = 100.0
     max_power_w: float = 400.0
+    power_limit_w: float | None = None
     compute_units: int | None = None
     efficiency: Efficiency | None = None
     overlaps_communication: bool = True

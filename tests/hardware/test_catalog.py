@@ -64,6 +64,21 @@ def test_a_user_file_adds_a_device_with_its_own_efficiency(tmp_path: Path) -> No
     assert catalog.device("my-gpu").efficiency.attention == 0.5   # unset fields keep the defaults
 
 
+def test_a_power_limit_at_or_below_idle_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    from llmsim.cli import main
+
+    path = _write(tmp_path, [dict(GPU, power_limit_w=80, source="vendor sheet")])
+    with pytest.raises(ScenarioError, match=r"entries\[0\]\.power_limit_w: 80 W is at or below idle_power_w"):
+        load_catalog([path])
+    assert main(["hardware", "--hardware", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "power_limit_w" in err and "Traceback" not in err
+    with pytest.raises(ScenarioError, match=r"power_limit_w: 701 W is above max_power_w \(700 W\)"):
+        load_catalog([_write(tmp_path, [dict(GPU, power_limit_w=701, source="vendor sheet")])])
+    limited = load_catalog([_write(tmp_path, [dict(GPU, power_limit_w=450, source="vendor sheet")])])
+    assert limited.device("my-gpu").power_limit_w == 450
+
+
 def test_duplicates_and_unknown_default_links_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="already exists"):
         load_catalog([_write(tmp_path, [dict(GPU, name="h100-sxm", source="copy")])])
