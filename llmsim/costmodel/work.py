@@ -391,6 +391,31 @@ def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fw
     return fwd.matmul * op_sac_recomputed_share(workload, plan) + fwd.other + attention
 
 
+def dots_recompute_time(fwd: PhaseTimes) -> float:
+    """Seconds one layer's backward spends recomputing under JAX's checkpoint_dots_with_no_batch_dims
+    (`selective-dots`, costmodel.activations): the attention forward (its batched dots, or the flash kernel,
+    are not saved) and every elementwise op of the forward (`other`); no weight GEMM runs again."""
+    return fwd.attention + fwd.other
+
+
+def dots_tp_collectives(size: float, plan: Plan, group: Group, windowed: bool,
+                        shares: tuple[float, float, float, float], wgrad_s: float) -> tuple[Comms, Overlaps]:
+    """(blocking collectives, overlapped ones) the `selective-dots` recomputation repeats per layer. With
+    sequence parallelism the norm outputs are recomputed sharded, and the QKV and MLP-up weight gradients
+    need them gathered over tp again: two all-gathers of the b*s*h `size`; as XLA windowed einsums
+    (`xla_windowed_einsum`) each runs as tp - 1 neighbour messages under (tp - 1)/tp of its weight-gradient
+    GEMM (`shares` of one backward pass of `wgrad_s` seconds). Without sequence parallelism the saved
+    projection outputs are already whole: nothing repeats."""
+    if plan.tp <= 1 or not plan.sp:
+        return (), ()
+    if not windowed:
+        return (Comm("all-gather", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),), ()
+    qkv, _, up, _ = shares
+    tp = plan.tp
+    return (), tuple(Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=g * wgrad_s * (tp - 1) / tp)
+                     for g in (qkv, up))
+
+
 def op_sac_tp_collectives(size: float, plan: Plan, group: Group) -> Comms:
     """The tensor-parallel collectives the op-level SAC recomputation repeats per layer: the policy caches
     reduce_scatter_tensor outputs but not all-gathers or all-reduces, so with sequence parallelism the two
@@ -534,7 +559,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
                  "selective": fwd.attention if options.attention != "flash" else 0.0,
-                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd)}[plan.recompute]
+                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd),
+                 "selective-dots": dots_recompute_time(fwd)}[plan.recompute]
     counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
@@ -579,6 +605,9 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     tp_recompute = (tp_fwd if plan.recompute == "full" else
                     op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
+    if plan.recompute == "selective-dots":
+        tp_recompute, recompute_overlap = dots_tp_collectives(activation, plan, groups.tp, windowed,
+                                                              layer_gemm_shares(workload, plan), bwd.matmul / 2)
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}

@@ -183,3 +183,21 @@ def test_windowed_einsums_are_xlas_on_tpu_slices_only() -> None:
 
     work, _ = _tp_layer_work(a100_cluster(nodes=8, devices_per_node=8), micro_batch=256)
     assert work.stages[0].tp_fwd and work.stages[0].tp_fwd_overlap == ()
+
+
+def test_selective_dots_regathers_run_as_windowed_einsums_on_a_tpu_slice() -> None:
+    """Under `selective-dots` the two all-gathers of the recomputed norm outputs (for the QKV and MLP-up weight
+    gradients) are windowed einsums too on a TPU slice: tp - 1 neighbour messages under those GEMMs."""
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import gpt2, profiled
+
+    cluster = CATALOG.cluster("tpu-v5p", topology="4x4x4")
+    workload = gpt2(batch=16 * 256, seq_len=1024)
+    profile, sharing = profiled(workload)
+    plan = plan_on(Plan(dp=16, tp=4, sp=True, zero=3, micro_batch=256, microbatches=1, recompute="selective-dots"),
+                   cluster)
+    st = train_work(workload, profile, sharing, plan, cluster).stages[0]
+    assert st.tp_recompute == () and len(st.tp_recompute_overlap) == 2
+    for item in st.tp_recompute_overlap:
+        (comm,) = item.hidden
+        assert comm.op == "p2p" and comm.count == 3 and comm.size == pytest.approx(256 * 1024 * 768 * 2 / 4)
