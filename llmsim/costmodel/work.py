@@ -400,7 +400,8 @@ def dots_recompute_time(fwd: PhaseTimes) -> float:
 
 def dots_tp_collectives(size: float, plan: Plan, group: Group, windowed: bool,
                         shares: tuple[float, float, float, float], wgrad_s: float) -> tuple[Comms, Overlaps]:
-    """(blocking collectives, overlapped ones) the `selective-dots` recomputation repeats per layer. With
+    """(blocking collectives, overlapped ones) the `selective-dots` recomputation repeats per layer (the
+    overlapped ones run in the backward, beside the layer's other windowed einsums: `tp_bwd_overlap`). With
     sequence parallelism the norm outputs are recomputed sharded, and the QKV and MLP-up weight gradients
     need them gathered over tp again: two all-gathers of the b*s*h `size`; as XLA windowed einsums
     (`xla_windowed_einsum`) each runs as tp - 1 neighbour messages under (tp - 1)/tp of its weight-gradient
@@ -605,9 +606,10 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     tp_recompute = (tp_fwd if plan.recompute == "full" else
                     op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
-    if plan.recompute == "selective-dots":
-        tp_recompute, recompute_overlap = dots_tp_collectives(activation, plan, groups.tp, windowed,
-                                                              layer_gemm_shares(workload, plan), bwd.matmul / 2)
+    if plan.recompute == "selective-dots":  # windowed: under the backward's weight-gradient GEMMs
+        tp_recompute, regathers = dots_tp_collectives(activation, plan, groups.tp, windowed,
+                                                      layer_gemm_shares(workload, plan), bwd.matmul / 2)
+        bwd_overlap += regathers
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}

@@ -197,7 +197,8 @@ def test_selective_dots_regathers_run_as_windowed_einsums_on_a_tpu_slice() -> No
     plan = plan_on(Plan(dp=16, tp=4, sp=True, zero=3, micro_batch=256, microbatches=1, recompute="selective-dots"),
                    cluster)
     st = train_work(workload, profile, sharing, plan, cluster).stages[0]
-    assert st.tp_recompute == () and len(st.tp_recompute_overlap) == 2
-    for item in st.tp_recompute_overlap:
+    assert st.tp_recompute == () and st.tp_recompute_overlap == ()
+    assert len(st.tp_bwd_overlap) == 4 + 2                   # the backward's 4 windowed einsums + the 2 re-gathers
+    for item in st.tp_bwd_overlap[4:]:
         (comm,) = item.hidden
         assert comm.op == "p2p" and comm.count == 3 and comm.size == pytest.approx(256 * 1024 * 768 * 2 / 4)
