@@ -369,7 +369,7 @@ class Strategy(_Strict):
     micro_batch: PositiveInt = 1
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     virtual_stages: PositiveInt = 1
-    recompute: Literal["none", "selective", "selective-op", "full"] = "none"
+    recompute: Literal["none", "selective", "selective-op", "selective-dots", "full"] = "none"
     overlap_grad_reduce: bool = Field(True, description=(
         "data-parallel gradient reduction bucket by bucket under the backward (Megatron-Core "
         "--overlap-grad-reduce; its command line defaults to off, llmsim's scenario contract to on)"))

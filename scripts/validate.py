@@ -198,7 +198,8 @@ BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overla
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
             "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
-CHOICES = {"recompute": ("none", "selective", "selective-op", "full"), "attention": ("flash", "cudnn", "flash3", "fused-softmax", "math"),
+CHOICES = {"recompute": ("none", "selective", "selective-op", "selective-dots", "full"),
+           "attention": ("flash", "cudnn", "flash3", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
            "schedule": ("gpipe", "1f1b", "interleaved"), "all_reduce": ("nccl", "vllm")}

@@ -44,7 +44,8 @@ strategy = st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "c", "Bad"]
     "dp": st.integers(0, 4), "tp": st.integers(1, 4), "pp": st.integers(1, 4), "cp": st.integers(1, 2),
     "sp": st.booleans(), "zero": st.integers(0, 4), "micro_batch": st.integers(1, 4),
     "schedule": st.sampled_from(["gpipe", "1f1b", "interleaved", "zigzag"]),
-    "virtual_stages": st.integers(1, 2), "recompute": st.sampled_from(["none", "selective", "selective-op", "full"]),
+    "virtual_stages": st.integers(1, 2),
+    "recompute": st.sampled_from(["none", "selective", "selective-op", "selective-dots", "full"]),
     "sharing": st.fixed_dictionaries({}, optional={"layer_groups": st.integers(1, 4),
                                                    "tie_embeddings": st.booleans()}),
 })

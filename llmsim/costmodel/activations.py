@@ -54,6 +54,16 @@ input (the checkpoint's input), those outputs (a row-parallel projection's outpu
 tensor parallelism, h per token on every rank, whole), the flash kernel's outputs (O, logsumexp, RNG state)
 and, with sequence parallelism, the reduce-scatters' outputs after wo and w2 (h per token, sequence
 split). While one layer's backward runs, its recomputed forward rebuilds what `none` keeps.
+`selective-dots` is JAX's `jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims` (MaxText
+`remat_policy: minimal`, MaxText/layers/models.py at 76bd53b0): inside each scanned, rematerialized layer
+only the outputs of dots without batch dimensions are saved, i.e. the weight projections' outputs (q, k, v,
+attention-out, MLP up (gate and up when gated) and down), plus the layer's input (the scan carry); the
+attention (its QK^T and PV are batched dots, a flash kernel is no dot at all) and every elementwise op
+(norms, rotary, activation, residual adds) are recomputed in the backward (`dots_inventory`). The
+projections' outputs lie in the sharding MaxText constrains them to: q, k, v and the MLP hidden split over
+the tensor axis (`activation_heads`, `activation_mlp`), attention-out and down on the residual stream
+(`activation_embed` on the tensor axis: `sequence` here, split with sp). While one layer's backward runs,
+its recomputed forward rebuilds the rest of what `none` keeps.
 
 Splits over tensor parallelism t (Shoeybi et al. 2019, Megatron-LM): `tensor` tensors lie inside the
 column/row-parallel region and divide by t; `kv` tensors divide by min(t, g) (a rank keeps a whole KV head
@@ -90,7 +100,7 @@ if TYPE_CHECKING:
 
 Split = Literal["sequence", "tensor", "kv", "whole"]
 Per = Literal["token", "position", "layer"]
-Recompute = Literal["none", "selective", "selective-op", "full"]
+Recompute = Literal["none", "selective", "selective-op", "selective-dots", "full"]
 
 # Normalization statistics, flash attention's logsumexp and the loss's log-probabilities are fp32 whatever the
 # workload dtype (aten native_layer_norm / _fused_rms_norm return them in the accumulate type; FlashAttention-2's
@@ -275,6 +285,22 @@ def op_sac_inventory(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: 
     return tuple(items)
 
 
+def dots_inventory(spec: "ModelSpec", dtype_bytes: int) -> tuple[SavedTensor, ...]:
+    """What one layer keeps under JAX's checkpoint_dots_with_no_batch_dims (`selective-dots`, module
+    docstring): its input and the weight projections' outputs. Per token, e = dtype_bytes: h (input) + a d (q)
+    + 2 g d (k, v) + h (attention-out) + f (MLP up; gated: 2 f, gate and up) + h (down) elements of e bytes;
+    no attention output, no norm statistics (recomputed). LoRA adapters' own r-wide outputs are left out."""
+    e, h = dtype_bytes, spec.hidden
+    a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
+    f = mlp_width(spec)
+    mlp = ([SavedTensor("gate.output", f, e, "tensor"), SavedTensor("up.output", f, e, "tensor")]
+           if spec.activation in ("swiglu", "geglu") else [SavedTensor("fc.output", f, e, "tensor")])
+    return (SavedTensor("layer.input", h, e, "sequence"), SavedTensor("q.proj_output", a * d, e, "tensor"),
+            SavedTensor("k.proj_output", g * d, e, "kv"),
+            SavedTensor("v", g * d, e, "kv"),  # V is not rotated: the very tensor `none` keeps for the kernel
+            SavedTensor("o.output", h, e, "sequence"), *mlp, SavedTensor("down.output", h, e, "sequence"))
+
+
 def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,
                     lora: "LoraSpec | None" = None, fp8_inputs: bool = False,
                     reduce_scatters: bool = False) -> tuple[SavedTensor, ...]:
@@ -285,10 +311,13 @@ def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Rec
     only (each layer checkpointed whole, Megatron-LM `recompute_granularity=full`). selective-op:
     `op_sac_inventory` (torchtitan's op-level SAC; `reduce_scatters` = tp > 1 with sequence parallelism;
     it keeps op outputs, not the ops' own saves, so FP8 inputs change nothing; LoRA adapters' own small mm
-    calls, which would shift the count, are not modeled).
+    calls, which would shift the count, are not modeled). selective-dots: `dots_inventory` (JAX's
+    checkpoint_dots_with_no_batch_dims, MaxText's remat `minimal`).
     """
     if recompute == "selective-op":
         return op_sac_inventory(spec, kernel, dtype_bytes, reduce_scatters)
+    if recompute == "selective-dots":
+        return dots_inventory(spec, dtype_bytes)
     saves = layer_saves(spec, kernel, dtype_bytes, lora, fp8_inputs)
     if recompute == "full":
         return (saves[0].tensor,)

@@ -306,18 +306,19 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     `options.attention` and `plan.recompute`, sized for `plan.micro_batch` sequences and split over
     plan.tp / sp / cp. Full recomputation keeps each layer's input and, while one layer is recomputed,
     that layer's whole inventory (the second number; 0 otherwise); op-level selective recomputation
-    (`selective-op`) keeps its op outputs and, while one layer is recomputed, the rest of that layer's
-    inventory (the tensors of `none` it does not already keep).
+    (`selective-op`) and JAX's dots policy (`selective-dots`) keep their op outputs and, while one layer is
+    recomputed, the rest of that layer's inventory (the tensors of `none` it does not already keep).
     """
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saves_fp8_inputs(workload)
     items = layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8,
                             reduce_scatters=plan.sp and plan.tp > 1)
     kept = inventory_bytes(items, spec, plan) + moe.expert_activation_bytes(workload, plan)
-    if plan.recompute not in ("full", "selective-op"):
+    if plan.recompute not in ("full", "selective-op", "selective-dots"):
         return kept, 0.0
     rebuilt = layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8)
-    if plan.recompute == "selective-op":  # what the recomputation rebuilds beside what the layer already keeps
+    # selective-op, selective-dots: what the recomputation rebuilds beside what the layer already keeps
+    if plan.recompute in ("selective-op", "selective-dots"):
         names = {t.name for t in items}
         rebuilt = tuple(t for t in rebuilt if t.name not in names)
     # selective-op: the routed experts keep what they keep without recomputation (moe.expert_activation_bytes)

@@ -46,7 +46,7 @@ class Plan:
     sp: bool = False
     zero: int = 0
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
-    recompute: Literal["none", "selective", "selective-op", "full"] = "none"
+    recompute: Literal["none", "selective", "selective-op", "selective-dots", "full"] = "none"
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = False
     tp_comm_overlap: bool = False

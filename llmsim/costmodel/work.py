@@ -74,6 +74,16 @@ TP_COLLECTIVES_PER_LAYER_BACKWARD = 2
 #                  gradient GEMM, which leaves 16 SMs (num_sm, set_sm_margin)
 TE_PIPELINE_SPLITS = 4
 TE_COMM_SMS = 16
+# XLA's SPMD partitioner on a TPU slice runs an einsum whose operand must be all-gathered (or whose output
+# reduce-scattered) over a mesh axis as a *windowed einsum* ("collective matmul"): a loop of tp steps, each a
+# partial einsum on the shard at hand while the next shard moves one neighbour on over an asynchronous
+# collective-permute (Xu et al. 2021, GSPMD, Sec. 3.5; Wang et al. 2023, "Overlap Communication with Dependent
+# Computation via Decomposition", ASPLOS; xla/service/spmd/dot_handler.cc). It applies to operands of at least
+# SpmdPartitionerOptions::threshold_for_windowed_einsum_mib = 256 MiB (xla/service/spmd/spmd_partitioner.h);
+# on TPU it is on unless that threshold is raised (MaxText benchmarks/xla_flags_library.py:
+# DISABLE_COLLECTIVE_MATMUL = --xla_jf_spmd_threshold_for_windowed_einsum_mib=1000000). The TPU compiler's own
+# default threshold is not published: the partitioner's default is assumed.
+XLA_WINDOWED_EINSUM_THRESHOLD_BYTES = 256 * 2**20
 # Fused Adam over the trainable parameters, bytes touched per parameter: read and write fp32 master,
 # m and v (24), read the gradient, and with mixed precision write the 16-bit working copy
 # (apex/Megatron FusedAdam, torch fused AdamW): 24 + grad bytes (+ 2).
@@ -383,6 +393,32 @@ def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fw
     return fwd.matmul * op_sac_recomputed_share(workload, plan) + fwd.other + attention
 
 
+def dots_recompute_time(fwd: PhaseTimes) -> float:
+    """Seconds one layer's backward spends recomputing under JAX's checkpoint_dots_with_no_batch_dims
+    (`selective-dots`, costmodel.activations): the attention forward (its batched dots, or the flash kernel,
+    are not saved) and every elementwise op of the forward (`other`); no weight GEMM runs again."""
+    return fwd.attention + fwd.other
+
+
+def dots_tp_collectives(size: float, plan: Plan, group: Group, windowed: bool,
+                        shares: tuple[float, float, float, float], wgrad_s: float) -> tuple[Comms, Overlaps]:
+    """(blocking collectives, overlapped ones) the `selective-dots` recomputation repeats per layer (the
+    overlapped ones run in the backward, beside the layer's other windowed einsums: `tp_bwd_overlap`). With
+    sequence parallelism the norm outputs are recomputed sharded, and the QKV and MLP-up weight gradients
+    need them gathered over tp again: two all-gathers of the b*s*h `size`; as XLA windowed einsums
+    (`xla_windowed_einsum`) each runs as tp - 1 neighbour messages under (tp - 1)/tp of its weight-gradient
+    GEMM (`shares` of one backward pass of `wgrad_s` seconds). Without sequence parallelism the saved
+    projection outputs are already whole: nothing repeats."""
+    if plan.tp <= 1 or not plan.sp:
+        return (), ()
+    if not windowed:
+        return (Comm("all-gather", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),), ()
+    qkv, _, up, _ = shares
+    tp = plan.tp
+    return (), tuple(Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=g * wgrad_s * (tp - 1) / tp)
+                     for g in (qkv, up))
+
+
 def op_sac_tp_collectives(size: float, plan: Plan, group: Group) -> Comms:
     """The tensor-parallel collectives the op-level SAC recomputation repeats per layer: the policy caches
     reduce_scatter_tensor outputs but not all-gathers or all-reduces, so with sequence parallelism the two
@@ -434,7 +470,7 @@ def _tp_collectives(size: float, plan: Plan, group: Group, count: int,
 
 
 def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, float, float, float],
-                backward: bool, compute_units: int | None) -> tuple[Overlaps, float]:
+                backward: bool, compute_units: int | None, windowed: bool = False) -> tuple[Overlaps, float]:
     """One layer's tensor-parallel collectives with tp_comm_overlap, pipelined with their GEMMs as
     Transformer Engine's userbuffers do by default (TE_* constants above), and the compute seconds the
     GEMMs lose to the SMs userbuffers keep for communication.
@@ -447,8 +483,18 @@ def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, floa
     GEMMs by ring exchange, the reduce-scatters of the input gradient beside the QKV and MLP-up weight-
     gradient GEMMs (bulk). A GEMM that leaves TE_COMM_SMS of `compute_units` SMs runs
     units / (units - TE_COMM_SMS) times longer (unknown units: no slowdown).
+
+    `windowed`: XLA's windowed einsum on a TPU slice (XLA_WINDOWED_EINSUM_THRESHOLD_BYTES above) instead of
+    userbuffers: every one of the layer's collectives, all-gather before or reduce-scatter after its GEMM, is a
+    ring of tp - 1 neighbour collective-permutes of one 1/tp chunk, each under the partial einsum of the chunk
+    at hand ((tp - 1)/tp of the GEMM); the TensorCore keeps computing while the DMA moves data (MaxText's
+    --xla_tpu_overlap_compute_collective_tc), so no GEMM is slowed.
     """
     tp = plan.tp
+    if windowed:
+        def windowed_einsum(gemm: float) -> Overlapped:
+            return Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=gemm * (tp - 1) / tp)
+        return tuple(windowed_einsum(g) for g in gemm_s), 0.0
     units = compute_units or 0
     margin = units / (units - TE_COMM_SMS) if units > TE_COMM_SMS else 1.0
     qkv, out, up, down = gemm_s
@@ -468,6 +514,15 @@ def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, floa
     if backward:
         return (ring_exchange(out), ring_exchange(down), bulk(qkv), bulk(up)), (qkv + up) * (margin - 1)
     return (ring_exchange(qkv), pipeline(out), ring_exchange(up), pipeline(down)), (out + down) * (margin - 1)
+
+
+def xla_windowed_einsum(size: float, plan: Plan, cluster: ClusterSpec) -> bool:
+    """Whether a layer's tensor-parallel collectives run as XLA windowed einsums (collective matmul,
+    XLA_WINDOWED_EINSUM_THRESHOLD_BYTES): on a TPU slice (a torus cluster: one XLA SPMD program), with the
+    activations sharded over tp between the GEMMs (sp: MaxText's `activation_embed` on the tensor axis), and
+    the gathered activation of `size` bytes (b*s*h) at least the partitioner's threshold."""
+    return (cluster.is_torus and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication
+            and size >= XLA_WINDOWED_EINSUM_THRESHOLD_BYTES)
 
 
 def _pipeline_message(size: float, plan: Plan, options: Options, groups: Groups) -> tuple[Comm | None, Comms]:
@@ -509,7 +564,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
                  "selective": fwd.attention if options.attention not in FUSED_ATTENTION else 0.0,
-                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd)}[plan.recompute]
+                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd),
+                 "selective-dots": dots_recompute_time(fwd)}[plan.recompute]
     counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
@@ -528,14 +584,15 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     fwd_s, bwd_s, recompute_s = fwd.total, bwd.total, recompute  # one layer's
     fwd_overlap: Overlaps = ()
     bwd_overlap: Overlaps = ()
-    if plan.tp_comm_overlap and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication:
+    windowed = xla_windowed_einsum(activation, plan, cluster)
+    if (plan.tp_comm_overlap or windowed) and plan.sp and plan.tp > 1 and cluster.device.overlaps_communication:
         qkv, out, up, down = layer_gemm_shares(workload, plan)
         forward = fwd.matmul                         # one layer's GEMMs
         backward = bwd.matmul / 2                    # one of a backward's two passes (data, weight gradient)
         fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * forward, out * forward,
-                                              up * forward, down * forward), False, rates.compute_units)
+                                              up * forward, down * forward), False, rates.compute_units, windowed)
         bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * backward, out * backward,
-                                              up * backward, down * backward), True, rates.compute_units)
+                                              up * backward, down * backward), True, rates.compute_units, windowed)
         tp_fwd = tp_bwd = ()
         fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
         recompute_s += fwd_margin if plan.recompute == "full" else 0.0
@@ -553,6 +610,10 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     tp_recompute = (tp_fwd if plan.recompute == "full" else
                     op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
+    if plan.recompute == "selective-dots":  # windowed: under the backward's weight-gradient GEMMs
+        tp_recompute, regathers = dots_tp_collectives(activation, plan, groups.tp, windowed,
+                                                      layer_gemm_shares(workload, plan), bwd.matmul / 2)
+        bwd_overlap += regathers
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}

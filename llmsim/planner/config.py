@@ -94,7 +94,7 @@ class Limits(_Strict):
                                                "share vLLM leaves by default (gpu_memory_utilization 0.9)")
 
 
-Recompute = Literal["none", "selective", "selective-op", "full"]
+Recompute = Literal["none", "selective", "selective-op", "selective-dots", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
 
 

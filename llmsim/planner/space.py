@@ -34,7 +34,7 @@ from llmsim.strategy import Layout, resolve_layout
 
 DEFAULT_CP = (1, 2, 4, 8)
 DEFAULT_VIRTUAL_STAGES = (2, 3, 4)
-ALL_RECOMPUTE = ("none", "selective", "selective-op", "full")
+ALL_RECOMPUTE = ("none", "selective", "selective-op", "selective-dots", "full")
 ALL_SCHEDULES = ("gpipe", "1f1b", "interleaved")
 
 

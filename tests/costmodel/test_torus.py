@@ -138,3 +138,67 @@ def test_slice_shapes_are_those_the_cloud_tpu_pages_offer() -> None:
 def test_a_mapping_that_cannot_be_is_refused_with_the_cluster(mesh: dict, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         CATALOG.cluster("tpu-v5p", topology="4x4x8", mesh=mesh)
+
+
+def _tp_layer_work(cluster, micro_batch: int):
+    """GPT-2 small (h 768) at seq 1024, tp 4 with sequence parallelism x dp 16: one stage's work."""
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import gpt2, profiled
+
+    workload = gpt2(batch=16 * micro_batch, seq_len=1024)
+    profile, sharing = profiled(workload)
+    plan = plan_on(Plan(dp=16, tp=4, sp=True, zero=3, micro_batch=micro_batch, microbatches=1), cluster)
+    size = micro_batch * 1024 * 768 * 2    # the b*s*h bf16 activation each collective moves
+    return train_work(workload, profile, sharing, plan, cluster), size
+
+
+def test_on_a_tpu_slice_large_tensor_parallel_collectives_run_as_xla_windowed_einsums() -> None:
+    """XLA's collective matmul (work.XLA_WINDOWED_EINSUM_THRESHOLD_BYTES): with the gathered activation at or
+    above 256 MiB every tensor-parallel collective of a layer is tp - 1 neighbour messages of 1/tp of it, each
+    under the partial GEMM of the chunk at hand; by hand: exposed = max(0, 3 x (size/4) / link - 3/4 GEMM)."""
+    from llmsim.costmodel.work import XLA_WINDOWED_EINSUM_THRESHOLD_BYTES
+
+    cluster = CATALOG.cluster("tpu-v5p", topology="4x4x4")
+    work, size = _tp_layer_work(cluster, micro_batch=256)
+    assert size >= XLA_WINDOWED_EINSUM_THRESHOLD_BYTES
+    st = work.stages[0]
+    assert st.tp_fwd == () and st.tp_bwd == ()          # no collective left on the critical path as a whole
+    assert len(st.tp_fwd_overlap) == 4 and len(st.tp_bwd_overlap) == 4
+    link = cluster.fabric.intra
+    for item in st.tp_fwd_overlap + st.tp_bwd_overlap:
+        (comm,) = item.hidden
+        assert comm.op == "p2p" and comm.count == 3 and comm.size == pytest.approx(size / 4)
+        alone = 3 * (size / 4 / link.bandwidth + link.latency)
+        assert comm.time(cluster.fabric) == pytest.approx(alone)
+        assert item.time(cluster.fabric) == pytest.approx(max(0.0, alone - item.gemm_s))
+
+    small, small_size = _tp_layer_work(cluster, micro_batch=64)   # 96 MiB: below the threshold
+    assert small_size < XLA_WINDOWED_EINSUM_THRESHOLD_BYTES
+    assert small.stages[0].tp_fwd and small.stages[0].tp_fwd_overlap == ()
+
+
+def test_windowed_einsums_are_xlas_on_tpu_slices_only() -> None:
+    """The same plan on A100 nodes keeps NCCL's blocking collectives (no tp_comm_overlap asked)."""
+    from tests.costmodel.helpers import a100_cluster
+
+    work, _ = _tp_layer_work(a100_cluster(nodes=8, devices_per_node=8), micro_batch=256)
+    assert work.stages[0].tp_fwd and work.stages[0].tp_fwd_overlap == ()
+
+
+def test_selective_dots_regathers_run_as_windowed_einsums_on_a_tpu_slice() -> None:
+    """Under `selective-dots` the two all-gathers of the recomputed norm outputs (for the QKV and MLP-up weight
+    gradients) are windowed einsums too on a TPU slice: tp - 1 neighbour messages under those GEMMs."""
+    from llmsim.costmodel.work import train_work
+    from tests.costmodel.helpers import gpt2, profiled
+
+    cluster = CATALOG.cluster("tpu-v5p", topology="4x4x4")
+    workload = gpt2(batch=16 * 256, seq_len=1024)
+    profile, sharing = profiled(workload)
+    plan = plan_on(Plan(dp=16, tp=4, sp=True, zero=3, micro_batch=256, microbatches=1, recompute="selective-dots"),
+                   cluster)
+    st = train_work(workload, profile, sharing, plan, cluster).stages[0]
+    assert st.tp_recompute == () and st.tp_recompute_overlap == ()
+    assert len(st.tp_bwd_overlap) == 4 + 2                   # the backward's 4 windowed einsums + the 2 re-gathers
+    for item in st.tp_bwd_overlap[4:]:
+        (comm,) = item.hidden
+        assert comm.op == "p2p" and comm.count == 3 and comm.size == pytest.approx(256 * 1024 * 768 * 2 / 4)
