@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2}
 AttentionKernel = Literal["flash", "fused-softmax", "math"]
+Sampler = Literal["none", "sort-top-p"]
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,15 @@ class Options:
       fuse and move only the bytes that cross the fused region (workload.profile._FusionTracker,
       OpTotals.fused_bytes) instead of eager PyTorch's per-op reads and writes. None = the device's way
       (DeviceSpec.compiled: TPUs always run XLA programs; GPUs and CPU hosts run eagerly).
+    sampler: what choosing each generated token costs after the LM head (costmodel.sampling), inference only.
+      none        nothing (a greedy argmax fused into the head; the default).
+      sort-top-p  FasterTransformer v5's top-p sampling: fp32 logits (all-gathered and transposed over tensor
+                  parallelism), softmax and a segmented radix sort of the whole padded vocabulary per
+                  sequence, on every rank, for every generated token.
     """
 
     attention: AttentionKernel = "flash"
     main_grads_fp32: bool = False
     compile: bool | None = None
     p2p_scatter_gather: bool = True
+    sampler: Sampler = "none"
