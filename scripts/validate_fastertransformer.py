@@ -30,7 +30,7 @@ import csv
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
