@@ -59,6 +59,9 @@ class ModeledSettings(BaseModel):
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "
                                                    "GPU and CPU eager)")
+    sampler: Literal["none", "sort-top-p"] = Field(
+        "none", description="inference: what choosing each generated token costs after the LM head: none, or "
+                            "sort-top-p (FasterTransformer v5's top-p sampling; costmodel.sampling)")
     topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "
                                                    "slices is this torus; sets devices_per_node")
     mesh: dict[str, str] | None = Field(None, description="TPU: mesh axes pinned to torus dimensions, e.g. "
@@ -93,7 +96,7 @@ class ModeledSettings(BaseModel):
     @property
     def options(self) -> Options:
         return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile,
-                       all_reduce=self.all_reduce)
+                       all_reduce=self.all_reduce, sampler=self.sampler)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""

@@ -3,6 +3,12 @@
 
 Usage (from the repository root):
     python scripts/validate_fastertransformer.py [--table ../shared/validation/fastertransformer_gpt_dev.csv]
+        [--groups] [--worst N]
+
+--groups prints the errors grouped by model, tensor parallelism, batch and input/output lengths (count, mean
+error, median |error|); --worst N splits the N rows of most negative error (the model too fast) into the
+prefill and one decode step, each into GEMMs, attention, elementwise (with the kernels' fixed cost), the
+tensor-parallel collectives and the head with sampling, in microseconds.
 
 Source: NVIDIA/FasterTransformer, docs/gpt_guide.md, Performance section (FasterTransformer v5.x, commit
 df4a7534): GPT-350M, 1.3B, 6.7B and 20B on A100 80GB SXM in one DGX A100 node (NVSwitch), FP16, tensor
@@ -19,20 +25,24 @@ records the result.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, Options, Plan, StepBreakdown, estimate
+from llmsim.costmodel.cluster import plan_on
+from llmsim.costmodel.collectives import phases_time
+from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.scaling import with_layers
+from llmsim.costmodel.work import forward_work, inference_plan, layer_phase_times
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from validate_narayanan import table_argument  # noqa: E402  (the other dev table's script, beside this one)
 
 DEFAULT_TABLE = Path("../shared/validation/fastertransformer_gpt_dev.csv")
 # The runs: A100 80GB SXM in one DGX A100 node, 8 GPUs behind NVSwitch (NVLink 3); a row uses
@@ -55,7 +65,10 @@ DTYPES = {"FP16": "float16", "BF16": "bfloat16", "FP32": "float32"}
 # encoder gets the fused kernel by default, causal GPT does not). `flash` would describe that later,
 # opt-in kernel, not the one the table measured. The generation phase uses FT's fused masked multi-head
 # attention over the KV cache, which the cost model prices by the cache it reads whatever this option says.
-FT_V5 = Options(attention="fused-softmax")
+# Each generated token is chosen by FT's top-p sampling (the guide's GPT rows: top_p = 0.9, top_k = 0): fp32
+# logits, all-gathered over tensor parallelism, and a radix sort of the whole vocabulary per sequence on every
+# rank (costmodel.sampling, `sort-top-p`).
+FT_V5 = Options(attention="fused-softmax", sampler="sort-top-p")
 
 
 @dataclass(frozen=True)
@@ -124,17 +137,104 @@ def predict(row: Row, catalog=None) -> StepBreakdown:
     return estimate(workload, profile, sharing, plan, cluster, FT_V5)
 
 
+GROUPS: dict[str, Callable[[Row], object]] = {
+    "model": lambda r: r.model, "tp": lambda r: r.tp, "batch": lambda r: r.batch,
+    "input/output": lambda r: f"{r.input_len}/{r.output_len}"}
+
+
+@dataclass(frozen=True)
+class Group:
+    key: object
+    count: int
+    mean_error: float
+    median_abs_error: float
+
+
+def group_errors(rows: list[Row], errors: list[float], key: Callable[[Row], object]) -> list[Group]:
+    """The rows' signed errors (predicted / published - 1) grouped by `key`, in the order keys first appear
+    sorted: count, mean error and median |error| of each group."""
+    groups: dict[object, list[float]] = {}
+    for row, err in zip(rows, errors):
+        groups.setdefault(key(row), []).append(err)
+    return [Group(k, len(v), statistics.fmean(v), statistics.median(abs(e) for e in v))
+            for k, v in sorted(groups.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))]
+
+
+PARTS = ("gemm", "attention", "elementwise", "tp_comm", "head")
+
+
+def breakdown(row: Row, catalog=None) -> dict[str, dict[str, float]]:
+    """Where the predicted time of `row` goes, in seconds on one GPU: for the prefill and one decode step,
+    the layers' GEMMs, attention and elementwise ops (with the kernels' fixed cost) summed over the layers,
+    the tensor-parallel collectives of the layers, and the embedding + LM head + sampling (+ its logits
+    all-gather); `total` is the phase's priced time and `count` how many times it runs (1 prefill,
+    output_len - 1 decode steps)."""
+    catalog = catalog or load_catalog()
+    workload, profile, _, plan, cluster = build(row, catalog)
+    plan = inference_plan(plan_on(plan, cluster))
+    rates = device_rates(cluster, workload.dtype)
+    steps = workload.decode_tokens - 1
+    out: dict[str, dict[str, float]] = {}
+    for phase, count in (("prefill", 1), ("decode", steps)):
+        if count <= 0:
+            continue
+        traced = count if phase == "decode" else 1
+        layers = layer_phase_times(profile, workload, plan, FT_V5, rates, phase, traced)  # one layer
+        work = forward_work(workload, profile, plan, cluster, FT_V5, phase, traced)
+        st = work.stages[-1]
+        tp_layer = sum(phases_time(c.phases(cluster.fabric), cluster.fabric) for c in st.tp_fwd)
+        edges = sum(phases_time(c.phases(cluster.fabric), cluster.fabric) for c in st.tp_embed + st.logits_gather)
+        n = st.layers
+        parts = {"gemm": n * layers.matmul, "attention": n * layers.attention, "elementwise": n * layers.other,
+                 "tp_comm": n * tp_layer, "head": st.embed_fwd_s + st.head_fwd_s + edges}
+        out[phase] = {**parts, "total": sum(parts.values()), "count": float(count)}
+    return out
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help=f"CSV (default {DEFAULT_TABLE})")
+    parser.add_argument("--groups", action="store_true", help="errors grouped by model, tp, batch, lengths")
+    parser.add_argument("--worst", type=int, default=0, metavar="N",
+                        help="split the N most under-predicted rows into prefill / decode and their parts")
+    return parser.parse_args(argv)
+
+
+def _print_groups(rows: list[Row], errors: list[float]) -> None:
+    for name, key in GROUPS.items():
+        print(f"\nby {name}:  {'rows':>5}{'mean error':>12}{'median |error|':>16}")
+        for g in group_errors(rows, errors, key):
+            print(f"  {str(g.key):<12}{g.count:>5}{g.mean_error:>+12.1%}{g.median_abs_error:>16.1%}")
+
+
+def _print_worst(rows: list[Row], errors: list[float], n: int, catalog) -> None:
+    print(f"\nthe {n} most under-predicted rows, microseconds on one GPU (decode: one token step)")
+    print(f"{'row':<7}{'phase':<9}{'x':>5}" + "".join(f"{p:>12}" for p in PARTS) + f"{'total':>12}")
+    for row, err in sorted(zip(rows, errors), key=lambda re: re[1])[:n]:
+        print(f"{row.row_id} {row.model} tp {row.tp} batch {row.batch} {row.input_len}/{row.output_len}: "
+              f"{err:+.1%}")
+        for phase, parts in breakdown(row, catalog).items():
+            print(f"{'':<7}{phase:<9}{int(parts['count']):>5}"
+                  + "".join(f"{parts[p] * 1e6:>12.1f}" for p in PARTS) + f"{parts['total'] * 1e6:>12.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    table = table_argument(__doc__.splitlines()[0], DEFAULT_TABLE, argv)
-    if table is None:
+    args = _arguments(argv)
+    table = args.table
+    if not table.exists():
+        print(f"{table}: not found (run from the repository root or pass --table)", file=sys.stderr)
+        return 2
+    if args.worst < 0:
+        print(f"--worst: {args.worst} is negative (allowed: a row count >= 0)", file=sys.stderr)
         return 2
     catalog = load_catalog()
+    rows = read_table(table)
     errors = []
     header = (f"{'row':<7}{'model':<10}{'tp':>3}{'batch':>6}{'input':>6}{'output':>7}{'published ms':>14}"
               f"{'predicted ms':>14}{'error':>9}{'TTFT':>7}{'TPOT':>7}  fits")
     print(header)
     print("-" * len(header))
-    for row in read_table(table):
+    for row in rows:
         r = predict(row, catalog)
         err = r.step_time_s / row.published_s - 1
         errors.append(err)
@@ -145,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{tpot_share:>7.0%}  {'yes' if r.fits else 'no'}")
     median = statistics.median(abs(e) for e in errors)
     print(f"\nmedian |error| {median:.1%} over {len(errors)} rows; mean error {statistics.fmean(errors):+.1%}")
+    if args.groups:
+        _print_groups(rows, errors)
+    if args.worst:
+        _print_worst(rows, errors, args.worst, catalog)
     return 0
 
 

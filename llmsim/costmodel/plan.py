@@ -25,6 +25,7 @@ AttentionKernel = Literal["flash", "cudnn", "flash3", "fused-softmax", "math"]
 # The fused (flash-style) kernels: they price alike (causal half of the FLOPs, no s x s tensor kept) and
 # differ only in the fraction of peak each reaches on a device (Efficiency.attention_fractions).
 FUSED_ATTENTION: tuple[str, ...] = ("flash", "cudnn", "flash3")
+Sampler = Literal["none", "sort-top-p"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ class Options:
       fuse and move only the bytes that cross the fused region (workload.profile._FusionTracker,
       OpTotals.fused_bytes) instead of eager PyTorch's per-op reads and writes. None = the device's way
       (DeviceSpec.compiled: TPUs always run XLA programs; GPUs and CPU hosts run eagerly).
+    sampler: what choosing each generated token costs after the LM head (costmodel.sampling), inference only.
+      none        nothing (a greedy argmax fused into the head; the default).
+      sort-top-p  FasterTransformer v5's top-p sampling: fp32 logits (all-gathered and transposed over tensor
+                  parallelism), softmax and a segmented radix sort of the whole padded vocabulary per
+                  sequence, on every rank, for every generated token.
     """
 
     attention: AttentionKernel = "flash"
@@ -181,3 +187,4 @@ class Options:
     compile: bool | None = None
     p2p_scatter_gather: bool = True
     all_reduce: AllReduceAlgorithm = "nccl"
+    sampler: Sampler = "none"

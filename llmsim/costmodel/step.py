@@ -109,7 +109,8 @@ def _per_microbatch(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[floa
                + st.embed_fwd_s + st.embed_bwd_s + st.head_fwd_s + st.head_bwd_s)
     per_layer = (comms_time(st.tp_fwd + st.tp_recompute + st.tp_bwd, fabric) + st.cp_layer_s
                  + overlaps_time(st.tp_fwd_overlap + st.tp_recompute_overlap + st.tp_bwd_overlap, fabric))
-    comm = layers * per_layer + comms_time(st.tp_embed + st.tp_head, fabric) + _pipeline_exposed(work, st, fabric)
+    comm = (layers * per_layer + comms_time(st.tp_embed + st.tp_head + st.logits_gather, fabric)
+            + _pipeline_exposed(work, st, fabric))
     return compute, comm, layers * (st.bwd_layer_s + st.recompute_layer_s)
 
 

@@ -46,7 +46,7 @@ from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_
                                       op_sac_recomputed_share, phase_times, runs_compiled)
 from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
                                      tp_block_params)
-from llmsim.costmodel import moe, precision
+from llmsim.costmodel import moe, precision, sampling
 from llmsim.costmodel.arrays import Num, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
 from llmsim.costmodel.torus import TorusError
@@ -189,6 +189,7 @@ class StageWork:
     tp_bwd: Comms = ()                  # per layer backward
     tp_embed: Comms = ()                # after the embedding forward (first stage)
     tp_head: Comms = ()                 # the LM head's input gradient (last stage)
+    logits_gather: Comms = ()           # inference, last stage: the logits all-gather before sampling (sampling.py)
     tp_fwd_overlap: Overlaps = ()       # per layer forward with tp_comm_overlap (tp_fwd is then empty)
     tp_recompute_overlap: Overlaps = () # per layer recomputed forward with tp_comm_overlap
     tp_bwd_overlap: Overlaps = ()       # per layer backward with tp_comm_overlap
@@ -774,6 +775,11 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
         else:
             tp_layer += a2a
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
+    # the last stage chooses the next token of each sequence of the micro-batch (costmodel.sampling): the
+    # prefill's first token and every decode step's
+    head += sampling.sampling_time(workload, plan, rates, plan.micro_batch, options)
+    gather = sampling.logits_gather_bytes(workload, plan, plan.micro_batch, options)
+    logits_gather = (Comm("all-gather", gather, groups.tp),) if gather else ()
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}
     for kind, n in zip(kinds, counts):
@@ -783,7 +789,7 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
                                       tp_fwd=tp_layer, tp_fwd_overlap=layer_overlap,
                                       tp_embed=(_tp_collectives(activation, plan, groups.tp, 1, options.all_reduce)
                                                 if first else ()),
-                                      recv_gather=recv_gather)
+                                      logits_gather=logits_gather if last else (), recv_gather=recv_gather)
     return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
                     schedule="gpipe", forward_only=True,
                     p2p=p2p, comm_shares_cores=not cluster.device.overlaps_communication)

@@ -322,6 +322,7 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                         yield from sim.overlapped(device, st.tp_fwd_overlap)
                 if vstage == last_vstage:
                     yield from sim.compute(device, st.head_fwd_s)
+                    yield from sim.exposed(device, sim.phases(st.logits_gather))
             else:
                 final = last_backward[op.chunk] == i
                 if vstage == last_vstage:

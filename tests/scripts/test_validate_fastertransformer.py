@@ -76,7 +76,7 @@ def test_a_row_becomes_the_published_configuration(vf, tmp_path: Path) -> None:
     assert profile.layers == 44 and sharing.tie_embeddings
     assert (plan.world, plan.tp, plan.pp, plan.micro_batch, plan.microbatches) == (8, 8, 1, 16, 1)
     assert (cluster.device.name, cluster.intra.name, cluster.nodes, cluster.world) == ("a100-80gb", "nvlink3", 1, 8)
-    assert vf.FT_V5 == Options(attention="fused-softmax")
+    assert vf.FT_V5 == Options(attention="fused-softmax", sampler="sort-top-p")
 
 
 def test_the_prediction_is_the_cost_models_estimate_computed_independently(vf, tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_the_prediction_is_the_cost_models_estimate_computed_independently(vf, t
     profile = with_layers(profile_workload(workload(2), sharing), 44)
     cluster = load_catalog().cluster("a100-80gb", 1, devices_per_node=8, intra_node="nvlink3")
     expected = estimate(workload(44), profile, sharing, Plan(tp=8, micro_batch=16), cluster,
-                        Options(attention="fused-softmax"))
+                        Options(attention="fused-softmax", sampler="sort-top-p"))
     got = vf.predict(row)
     assert got.step_time_s > 0
     assert got.step_time_s == pytest.approx(expected.step_time_s, rel=1e-12)
@@ -131,3 +131,33 @@ def test_every_row_of_the_dev_table_is_built_and_predicted(vf, capsys) -> None:
     assert all(float(p[7]) > 0 for p in printed)
     errors = [float(p[8].rstrip("%")) for p in printed]
     assert _printed_median(out) == pytest.approx(statistics.median(abs(e) for e in errors), abs=0.06)
+
+
+def test_group_errors_count_average_and_take_the_median_of_each_group(vf, tmp_path: Path) -> None:
+    rows = vf.read_table(_table(tmp_path, ROWS))
+    groups = vf.group_errors(rows, [0.10, -0.20, 0.05], lambda r: r.model)
+    assert [(g.key, g.count) for g in groups] == [("GPT-20B", 2), ("GPT-350M", 1)]
+    assert groups[0].mean_error == pytest.approx(-0.075) and groups[0].median_abs_error == pytest.approx(0.125)
+    assert (groups[1].mean_error, groups[1].median_abs_error) == pytest.approx((0.10, 0.10))
+    by_tp = vf.group_errors(rows, [0.10, -0.20, 0.05], vf.GROUPS["tp"])
+    assert [g.key for g in by_tp] == [1, 2, 8]           # numbers in numeric order
+
+
+def test_the_breakdown_adds_up_to_the_predicted_prefill_and_token_step(vf, tmp_path: Path) -> None:
+    [row] = vf.read_table(_table(tmp_path, [ROWS[1]]))   # GPT-20B, tp 8, batch 16, 60 in / 20 out
+    got, parts = vf.predict(row), vf.breakdown(row)
+    assert parts["prefill"]["count"] == 1 and parts["decode"]["count"] == 19
+    assert parts["prefill"]["total"] == pytest.approx(got.ttft_s, rel=1e-9)
+    assert parts["decode"]["total"] == pytest.approx(got.tpot_s, rel=1e-9)
+    assert all(parts[phase][p] >= 0 for phase in parts for p in vf.PARTS)
+    assert parts["decode"]["tp_comm"] > 0 and parts["decode"]["gemm"] > parts["decode"]["attention"]
+
+
+def test_groups_and_worst_rows_are_printed_on_request(vf, tmp_path: Path, capsys) -> None:
+    assert vf.main(["--table", str(_table(tmp_path, ROWS)), "--groups", "--worst", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "by model:" in out and "by tp:" in out and "by batch:" in out and "by input/output:" in out
+    assert "the 2 most under-predicted rows" in out
+    assert len(re.findall(r"^ +prefill +1 ", out, re.M)) == 2 and len(re.findall(r"^ +decode +\d+ ", out, re.M)) == 2
+    assert vf.main(["--table", str(_table(tmp_path, ROWS)), "--worst", "-1"]) == 2
+    assert "--worst: -1 is negative" in capsys.readouterr().err
