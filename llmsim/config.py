@@ -144,8 +144,9 @@ class ModelSpec(_Strict):
             fill["max_positions"] = self.seq_len
         if self.head_dim is None:
             if self.hidden % self.heads:
+                divisors = ", ".join(str(d) for d in range(1, min(self.hidden, 128) + 1) if self.hidden % d == 0)
                 raise _KeyedError("heads", f"hidden={self.hidden} must be divisible by heads={self.heads} "
-                                 f"(or state head_dim)")
+                                           f"(allowed heads: {divisors}; or state head_dim)")
             fill["head_dim"] = self.hidden // self.heads
         if self.moe is not None and self.moe.expert_ffn_hidden is None:
             fill["moe"] = self.moe.model_copy(update={"expert_ffn_hidden": fill.get("ffn_hidden", self.ffn_hidden)})

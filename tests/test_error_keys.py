@@ -27,7 +27,8 @@ def _validate(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 @pytest.mark.parametrize("setting, key, allowed", [
     ("workload.model.kv_heads=5", "workload.model.kv_heads", "allowed: 1, 2, 3, 4, 6, 12"),
     ("workload.model.preset=nope", "workload.model.preset", "allowed: tiny, bert-base"),
-    ("workload.model.hidden=100", "workload.model.heads", "must be divisible by heads=12"),
+    ("workload.model.hidden=100", "workload.model.heads", "must be divisible by heads=12 (allowed heads: 1, 2, 4, "
+                                                          "5, 10, 20, 25, 50, 100; or state head_dim)"),
     ("workload.model.max_positions=128", "workload.model.seq_len", "max_positions=128"),
     ("workload.dtype=[bfloat16]", "workload.dtype", "expected one value, not a list; allowed: 'float32'"),
 ])
