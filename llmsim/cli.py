@@ -21,7 +21,7 @@ from rich.table import Table
 
 from llmsim.config import Scenario, load_scenario
 from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make_executor
-from llmsim.errors import EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
+from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import latest_run_dir, read_rows, rows_frame
@@ -225,7 +225,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """One RUN_DIR: rebuild its report.md and report.html. Several: compare them (the first is the
     baseline) into a new folder, printed last."""
-    from llmsim.report.build import write_comparison, write_report
+    from llmsim.report.build import write_comparison, write_run_report
+    from llmsim.report.run import load_run
 
     run_dirs = [Path(p) for p in args.run_dirs]
     for run_dir in run_dirs:
@@ -237,13 +238,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out is not None:
             raise UsageError("report", "--out is for comparisons (two or more RUN_DIRs); one run's report is "
                               "written into its own folder")
-        for path in write_report(run_dirs[0])[:2]:
+        run = load_run(run_dirs[0])
+        for path in write_run_report(run)[:2]:
             print(path)
-        return 0
+        return _saved_scenario_problem([run])
     if len({p.resolve() for p in run_dirs}) < len(run_dirs):
         raise UsageError("report", "the same run folder is given twice")
     print(write_comparison(run_dirs, parent=Path(args.out or "reports")))
-    return 0
+    return _saved_scenario_problem([load_run(p) for p in run_dirs])
+
+
+def _saved_scenario_problem(runs: list[Any]) -> int:
+    """After the report of what the rows hold is written: a run whose scenario.yaml is missing, damaged or
+    another scenario's is bad input, one line each and exit 2 (the report says so too)."""
+    problems = [run.scenario_problem for run in runs if run.scenario_problem is not None]
+    for problem in problems:
+        print(f"llmsim: error: {problem}", file=sys.stderr)  # as main() prints an LLMSimError: one line
+    return EXIT_BAD_INPUT if problems else 0
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:

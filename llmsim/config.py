@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 
-from llmsim.errors import ScenarioError, format_key_path
+from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.serving.spec import ServingSpec
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
@@ -34,6 +34,9 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 # The largest size a tensor dimension of the traced step may take (a signed 32-bit index), so that an absurd
 # batch is a validation error rather than an overflow inside torch.
 MAX_DIMENSION = 2**31 - 1
+
+
+_KeyedError = KeyedValueError  # a model rule that names its own key (llmsim.errors)
 
 
 class _Strict(StrictModel):
@@ -68,11 +71,13 @@ class MoeSpec(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "MoeSpec":
         if self.top_k > self.experts:
-            raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts} (allowed: 1..{self.experts})")
+            raise _KeyedError("top_k", f"top_k={self.top_k} exceeds experts={self.experts} "
+                                       f"(allowed: 1..{self.experts})")
         most = self.experts / self.top_k  # every token of the batch at one expert: its load over the mean
         if self.load_imbalance is not None and self.load_imbalance > most:
-            raise ValueError(f"load_imbalance={self.load_imbalance:g} exceeds experts/top_k = {most:g}, the busiest "
-                             f"expert taking every token (allowed: 1..{most:g})")
+            raise _KeyedError("load_imbalance", f"load_imbalance={self.load_imbalance:g} exceeds experts/top_k = "
+                                                f"{most:g}, the busiest expert taking every token (allowed: "
+                                                f"1..{most:g})")
         return self
 
 
@@ -121,7 +126,7 @@ class ModelSpec(_Strict):
         if isinstance(data, dict) and data.get("preset") is not None:
             name = data["preset"]
             if name not in PRESETS:
-                raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+                raise _KeyedError("preset", f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
             merged = {**PRESETS[name], **data}
             if isinstance(PRESETS[name].get("moe"), dict) and isinstance(data.get("moe"), dict):
                 merged["moe"] = {**PRESETS[name]["moe"], **data["moe"]}  # moe keys override one by one
@@ -139,18 +144,19 @@ class ModelSpec(_Strict):
             fill["max_positions"] = self.seq_len
         if self.head_dim is None:
             if self.hidden % self.heads:
-                raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads} "
-                                 f"(or state head_dim)")
+                divisors = ", ".join(str(d) for d in range(1, min(self.hidden, 128) + 1) if self.hidden % d == 0)
+                raise _KeyedError("heads", f"hidden={self.hidden} must be divisible by heads={self.heads} "
+                                           f"(allowed heads: {divisors}; or state head_dim)")
             fill["head_dim"] = self.hidden // self.heads
         if self.moe is not None and self.moe.expert_ffn_hidden is None:
             fill["moe"] = self.moe.model_copy(update={"expert_ffn_hidden": fill.get("ffn_hidden", self.ffn_hidden)})
         for k, v in fill.items():
             object.__setattr__(self, k, v)
         if self.heads % self.kv_heads:  # type: ignore[operator]
-            raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} "
+            raise _KeyedError("kv_heads", f"kv_heads={self.kv_heads} must divide heads={self.heads} "
                              f"(allowed: {', '.join(str(d) for d in range(1, self.heads + 1) if self.heads % d == 0)})")
         if self.moe is not None and not self.moe_layers:
-            raise ValueError(f"moe: no layer is a mixture of experts (first_dense_layers="
+            raise _KeyedError("moe.first_dense_layers", f"no layer is a mixture of experts (first_dense_layers="
                              f"{self.moe.first_dense_layers} with layers={self.layers}; allowed: first_dense_layers "
                              f"< {self.layers})")
         return self
@@ -220,7 +226,7 @@ class Workload(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "Workload":
         if self.fp8 is not None and self.dtype != "float8":
-            raise ValueError(f"fp8 is set but dtype is {self.dtype}; fp8 needs dtype: float8")
+            raise _KeyedError("fp8", f"fp8 is set but dtype is {self.dtype}; fp8 needs dtype: float8")
         if self.dtype == "float8" and self.fp8 is None:
             object.__setattr__(self, "fp8", Fp8Spec())
         if (self.mode == "decode" and self.model.positions == "learned"
@@ -231,14 +237,15 @@ class Workload(_Strict):
             model.__pydantic_fields_set__.discard("max_positions")  # still a default: a re-validation re-derives it
             object.__setattr__(self, "model", model)
         if self.mode == "decode" and not self.model.causal:
-            raise ValueError("mode 'decode' needs a causal decoder; this model has causal: false "
+            raise _KeyedError("mode", "mode 'decode' needs a causal decoder; this model has causal: false "
                              "(allowed for encoders: train, prefill)")
         if self.model.positions == "learned" and self.model.seq_len > (self.model.max_positions or 0):
-            raise ValueError(f"seq_len={self.model.seq_len} exceeds the learned position table "
+            raise _KeyedError("model.seq_len", f"seq_len={self.model.seq_len} exceeds the learned position table "
                              f"max_positions={self.model.max_positions}")
         if (self.mode == "decode" and self.model.positions == "learned"
                 and self.model.seq_len + self.decode_tokens > (self.model.max_positions or 0)):
-            raise ValueError(f"seq_len + decode_tokens = {self.model.seq_len + self.decode_tokens} exceeds "
+            raise _KeyedError("decode_tokens", f"seq_len + decode_tokens = "
+                                               f"{self.model.seq_len + self.decode_tokens} exceeds "
                              f"max_positions={self.model.max_positions} of the learned position table")
         return self
 
@@ -631,15 +638,6 @@ class Scenario(_Strict):
         return SharingChoice.resolve(self.sharing_for(strategy), self.workload.model)
 
 
-class _KeyedError(ValueError):
-    """A cross-field rule failure that knows its own key path (pydantic only knows the model's)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(message)
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
     """Apply `--set a.b[0].c=value` overrides; the value is parsed as YAML (so 4, true, [1, 2] work)."""
     for item in overrides:
@@ -683,9 +681,29 @@ def _shown(value: object) -> str:
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
 
 
+_ONE_VALUE = {"int_type": "integer", "int_parsing": "integer", "float_type": "number", "float_parsing": "number",
+              "string_type": "string", "bool_type": "boolean", "bool_parsing": "boolean", "literal_error": "value"}
+
+
+def one_value_expected(err: dict[str, Any]) -> str | None:
+    """A list or mapping given where one value belongs (`tp: [2, 4]`, `mesh: {tp: [x, y]}`): pydantic says
+    only 'Input should be a valid integer'; this says a single value is expected and what was given. None
+    for any other error."""
+    value = err.get("input")
+    what = _ONE_VALUE.get(err["type"])
+    if what is None or not isinstance(value, (list, tuple, dict)):
+        return None
+    given = "a mapping" if isinstance(value, dict) else "a list"
+    allowed = (err.get("ctx") or {}).get("expected")
+    return f"{_shown(value)}: expected one {what}, not {given}" + (f"; allowed: {allowed}" if allowed else "")
+
+
 def _describe(err: dict[str, Any]) -> str:
     """One readable sentence from one pydantic error."""
     kind, msg = err["type"], err["msg"]
+    single = one_value_expected(err)
+    if single is not None:
+        return single
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -734,6 +752,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         prefix = format_key_path(loc)
         return ScenarioError(file, f"{prefix}.{ctx_err.key}" if prefix else ctx_err.key, ctx_err.message)
     message = _describe(err)
+    if one_value_expected(err) is not None and loc[:1] == ("strategies",) and len(loc) == 3:
+        message += f" (to compare several values of {loc[2]}, list one strategy per value)"
     if err["type"] == "extra_forbidden":
         message += _allowed_keys(model, loc)
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):

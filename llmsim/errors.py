@@ -47,6 +47,20 @@ class ScenarioError(LLMSimError):
         return one_line(": ".join(parts + [self.message]))
 
 
+class KeyedValueError(ValueError):
+    """A rule of a file model (a pydantic validator) that knows which key breaks it: pydantic only knows the
+    model that raised, so config.validation_error appends `key` to that model's path (``workload.model`` +
+    ``kv_heads``). Raised inside validators only; the user sees a ScenarioError."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.key, self.message)
+
+
 def one_line(text: str) -> str:
     """`text` with its control characters escaped (a newline as \\n): a key or value taken from a user's
     file may hold any character, and the error that names it must stay one line."""

@@ -27,7 +27,7 @@ from llmsim.costmodel.plan import AttentionKernel
 from llmsim.costmodel.step import StepTimes
 from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
-from llmsim.errors import ScenarioError
+from llmsim.errors import KeyedValueError, ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
@@ -86,6 +86,20 @@ class ModeledSettings(BaseModel):
         repeats = sweep_repeats(values)
         if repeats:
             raise ValueError(repeats)
+        return value
+
+    @field_validator("mesh", mode="before")
+    @classmethod
+    def _mesh_letters(cls, value: Any) -> Any:
+        """Each axis takes its dimensions as one string of letters (`tp: xy`); a YAML list (`tp: [x, y]`) or a
+        number is named at its own key, with the form expected (pydantic would say 'a valid string')."""
+        if isinstance(value, dict):
+            for axis, dims in value.items():
+                if not isinstance(dims, str):
+                    hint = "".join(map(str, dims)) if isinstance(dims, list) else "xy"
+                    raise KeyedValueError(str(axis), (
+                        f"{dims!r}: allowed: the torus dimensions this axis holds as one string of letters "
+                        f"(x, y, z in topology order), e.g. {axis}: {hint}"))
         return value
 
     @property

@@ -21,11 +21,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import Scenario
+from llmsim.config import Scenario, one_value_expected
 from llmsim.costmodel import precision
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
-from llmsim.errors import LLMSimError, ScenarioError, format_key_path
+from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
@@ -73,6 +73,12 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(cls.Settings.model_fields) or "none"
             raise ScenarioError(file, where, f"unknown setting of backend '{name}'; allowed: {allowed}") from None
+        keyed = (err.get("ctx") or {}).get("error")
+        if isinstance(keyed, KeyedValueError):  # the rule names the key inside the field that broke it
+            raise ScenarioError(file, f"{where}.{keyed.key}", keyed.message) from None
+        single = one_value_expected(err)
+        if single is not None:
+            raise ScenarioError(file, where, single) from None
         msg = err["msg"].removeprefix("Value error, ")
         raise ScenarioError(file, where, f"{err.get('input')!r}: {msg}") from None
 

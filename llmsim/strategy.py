@@ -61,8 +61,9 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
         if dp * mp != world:
             return "dp", (f"dp*tp*pp*cp = {dp}*{s.tp}*{s.pp}*{s.cp} = {dp * mp} but backend '{backend}' has "
                           f"{count(world, 'device')} (omit dp to fill the world)")
-    if w.batch % (dp * s.micro_batch):
-        return "micro_batch", (f"batch={w.batch} is not divisible by dp*micro_batch = {dp}*{s.micro_batch}")
+    problem = _batch_problem(s, w, dp, world, backend)
+    if problem:
+        return problem
     microbatches = w.batch // (dp * s.micro_batch)
     if s.schedule == "interleaved" and microbatches % s.pp:
         return "schedule", (f"interleaved needs micro-batches per replica ({microbatches}) to be a multiple "
@@ -75,3 +76,28 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
                      + ("; set dp (omitted means 1 on this backend)" if world is None and s.dp is None else ""))
     return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches,
                   stage_layers=stage_layer_counts(s, w.model.layers), ep=s.ep, etp=s.expert_tp)
+
+
+def _divisors(n: int, limit: int = 64) -> str:
+    return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _batch_problem(s: Strategy, w: Workload, dp: int, world: int | None, backend: str) -> tuple[str, str] | None:
+    """The global batch must split into dp replicas of whole micro-batches: (key, message) naming the degree
+    that breaks it (dp when it does not divide the batch at all, else micro_batch) and the values allowed."""
+    if w.batch % (dp * s.micro_batch) == 0:
+        return None
+    if w.batch % dp:
+        if world is not None:  # dp * tp*pp*cp fills the backend's world: dp moves only with tp*pp*cp
+            fits = ", ".join(str(d) for d in range(1, min(world, w.batch) + 1)
+                             if world % d == 0 and w.batch % (d * s.micro_batch) == 0)
+            given = "" if s.dp is not None else " (omitted: fills the world)"
+            return "dp", (f"{dp}{given} does not divide batch={w.batch} (micro_batch={s.micro_batch}); backend "
+                          f"'{backend}' has {count(world, 'device')}, so allowed: workload.batch a multiple of "
+                          f"{dp * s.micro_batch}, or tp*pp*cp larger so that dp = {world}/(tp*pp*cp) is one of {fits}")
+        per = w.batch // s.micro_batch if w.batch % s.micro_batch == 0 else w.batch
+        return "dp", (f"{dp} does not divide batch={w.batch} (micro_batch={s.micro_batch}); allowed: dp among "
+                      f"{_divisors(per)}, or workload.batch a multiple of {dp * s.micro_batch}")
+    per_replica = w.batch // dp
+    return "micro_batch", (f"{s.micro_batch} does not divide the batch={w.batch} / dp={dp} = {per_replica} sequences "
+                           f"of a replica; allowed: {_divisors(per_replica)}")

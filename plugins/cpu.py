@@ -23,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, RaplMeter, find_meter
 from llmsim.measure.device import CpuDevice
+from llmsim.measure.fit import fit_problem, host_available_bytes, host_need
 from llmsim.measure.host_probes import host_rates
 from llmsim.measure.loop import time_steps
 from llmsim.measure.memory import release_freed_memory
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, rank_breakdown, summarize_ranks
+from llmsim.workload.profile import profile_workload
 from llmsim.workload.step import WorkloadStep
 
 __all__ = ["CpuBackend", "CpuSettings"]
@@ -76,7 +78,28 @@ class CpuBackend(Backend):
             return busy * host.max_power_w + (cores - busy) * host.idle_power_w
         return host.idle_power_w + (host.max_power_w - host.idle_power_w) * busy / cores
 
+    def _does_not_fit(self, case: Case) -> Result | None:
+        """A does-not-fit row when the host's free memory cannot hold even the parameters, gradients and AdamW
+        moments of the run (all its processes, and the one-process reference step of several; llmsim.measure.fit),
+        before anything is allocated; None to go ahead."""
+        profile = profile_workload(case.workload, case.sharing)
+        train = case.workload.mode == "train"
+        need = host_need(profile, 1, 0, train)
+        if case.layout.world > 1:
+            ranks = host_need(profile, case.layout.dp * case.layout.cp, case.strategy.zero, train)
+            need = max(need, ranks, key=lambda n: n.total)
+        what = "on this host" if case.layout.world == 1 else f"on this host for {case.layout.world} processes"
+        problem = fit_problem(need, host_available_bytes(), what)
+        if problem is None:
+            return None
+        return case.result(self, status="does-not-fit", error=problem, hardware="cpu-host", nodes=1,
+                           params=profile.params, peak_memory_bytes_per_device=need.total / case.layout.world,
+                           extra={"memory_needed_at_least_bytes": need.total})
+
     def run(self, case: Case, settings: CpuSettings) -> Result:
+        refused = self._does_not_fit(case)
+        if refused is not None:
+            return refused
         if case.layout.world > 1:
             return self._run_distributed(case, settings)
         if settings.threads:

@@ -28,11 +28,13 @@ from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, find_meter
 from llmsim.hardware import Catalog
 from llmsim.measure.device import CudaDevice, CudaEventDevice
+from llmsim.measure.fit import device_need, fit_problem
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
 from llmsim.wording import count
+from llmsim.workload.profile import profile_workload
 
 NO_CUDA = "no GPU: no CUDA device (torch.cuda.is_available() is False)"
 
@@ -162,6 +164,26 @@ class CudaBackend(Backend):
         return NvmlMeter([handle], nvml=nvml, sampling=settings.power_sampling,
                          interval_s=settings.sample_interval_s)
 
+    def _does_not_fit(self, case: Case, workload: Any, devices: list[int],
+                      hardware: str | None = None) -> Result | None:
+        """A does-not-fit row when the GPU with the least free memory among `devices` cannot hold even one
+        rank's share of the parameters, gradients and AdamW moments (in the dtype they are built in: float32
+        under autocast; llmsim.measure.fit), before the model is built; None to go ahead (also when the free
+        memory cannot be read)."""
+        torch = _torch()
+        try:
+            free = min((float(torch.cuda.mem_get_info(d)[0]), d) for d in devices)
+        except (RuntimeError, AssertionError):  # a driver that cannot answer; torch asserts on a CPU-only build
+            return None
+        profile = profile_workload(workload, case.sharing)
+        need = device_need(profile, case.layout, case.strategy.zero, workload.mode == "train")
+        problem = fit_problem(need, (free[0], f"free on GPU {free[1]}, torch.cuda.mem_get_info"), "per GPU")
+        if problem is None:
+            return None
+        return case.result(self, status="does-not-fit", error=problem, nodes=1, params=profile.params,
+                           hardware=hardware, peak_memory_bytes_per_device=need.total,
+                           extra={"memory_needed_at_least_bytes": need.total, "memory_free_bytes": free[0]})
+
     # -- one GPU ----------------------------------------------------------------------------
     def run(self, case: Case, settings: CudaSettings) -> Result:
         reason = cuda_unavailable_reason()
@@ -179,10 +201,13 @@ class CudaBackend(Backend):
         gpu_name = nvml.name(handle)
         hardware, mfu_reason = self._catalog_device(gpu_name, settings)
 
-        memory = device.memory()
         workload = case.workload
         if settings.autocast and workload.dtype != "float32":
             workload = workload.model_copy(update={"dtype": "float32"})
+        refused = self._does_not_fit(case, workload, [settings.device], hardware or gpu_name)
+        if refused is not None:
+            return refused
+        memory = device.memory()
         step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device.torch_device,
                             micro_batch=case.layout.micro_batch)
         if settings.compile:
@@ -253,6 +278,9 @@ class CudaBackend(Backend):
         reason = unsupported_reason(spec)
         if reason:
             return case.result(self, status="skipped", error=reason, nodes=1)
+        refused = self._does_not_fit(case, case.workload, list(range(world)))
+        if refused is not None:
+            return refused
         log_dir = None
         if self.context.run_dir is not None:
             log_dir = self.context.run_dir / "distributed" / case.name.replace("/", "_")

@@ -160,18 +160,24 @@ class VllmBackend(Backend):
                 ports.append(free_port(exclude=ports))
                 logs_of.append(logs / (f"{stem}.log" if spec.replicas == 1 else f"{stem}.replica{i}.log"))
             log = logs_of[0]
-            replay = Replay([f"http://127.0.0.1:{port}" for port in ports], SERVED_MODEL_NAME,
-                            lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
-                            request_timeout_s=settings.request_timeout_s, run_timeout_s=settings.run_timeout_s,
-                            metrics_interval_s=settings.metrics_interval_s, router=spec.router)
             started = time.perf_counter()
             try:
                 # every server started is stopped on every way out (ExitStack unwinds the ones entered so far)
                 with contextlib.ExitStack() as servers:
+                    urls = []
                     for port, path in zip(ports, logs_of):
-                        servers.enter_context(ServerProcess(self.command(model_dir, port, args), port, path,
-                                                            env=args.env(), startup_timeout_s=settings.startup_timeout_s))
+                        server = servers.enter_context(ServerProcess(
+                            self.command(model_dir, port, args), port, path, env=args.env(),
+                            startup_timeout_s=settings.startup_timeout_s,
+                            command_for=lambda p: self.command(model_dir, p, args),  # its port was taken: another
+                            exclude=tuple(ports)))
+                        urls.append(server.base_url)  # the port it started on
                     start_s = time.perf_counter() - started
+                    replay = Replay(urls, SERVED_MODEL_NAME,
+                                    lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
+                                    request_timeout_s=settings.request_timeout_s,
+                                    run_timeout_s=settings.run_timeout_s,
+                                    metrics_interval_s=settings.metrics_interval_s, router=spec.router)
                     answers, metrics, wall = replay.run(requests)
             except EngineError as exc:
                 return case.result(self, status="failed", error=f"vLLM server: {exc}", **base)

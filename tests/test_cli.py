@@ -144,7 +144,7 @@ def test_a_backend_added_by_flag_says_it_runs_with_its_defaults(write_scenario, 
                           backends={"cpu": {"steps": 1}})
     assert main(["validate", str(path), "--backend", "roofline"]) == 2
     err = capsys.readouterr().err
-    assert "strategies[0].micro_batch" in err
+    assert "strategies[0].dp: 8 (omitted: fills the world) does not divide batch=4" in err
     assert ("(backend 'roofline' is not in the file's backends: it runs with its default settings, world size 8; "
             "configure backends.roofline or --set backends.roofline.KEY=VALUE)") in err
 
@@ -184,8 +184,10 @@ def test_hardware_describes_cpu_host_as_this_machine(probed: bool, capsys, monke
     ({"topology": "4x4x8", "mesh": {"tp": "x"}}, {"tp": 2}, 256, "backends.roofline.mesh.tp",
      "dimensions 'x' hold 4 chips but tp = 2; allowed for tp = 2 on 4x4x8: no set of its whole dimensions "
      "(strategy 's' on backend 'roofline')"),
-    ({"topology": "4x4x4", "nodes": 2}, {}, 64, "strategies[0].micro_batch",
-     "batch=64 is not divisible by dp*micro_batch = 128*1 (2 slices of tpu-v5p topology 4x4x4, 64 chips each)"),
+    ({"topology": "4x4x4", "nodes": 2}, {}, 64, "strategies[0].dp",
+     "128 (omitted: fills the world) does not divide batch=64 (micro_batch=1); backend 'roofline' has 128 devices, "
+     "so allowed: workload.batch a multiple of 128, or tp*pp*cp larger so that dp = 128/(tp*pp*cp) is one of 1, 2, "
+     "4, 8, 16, 32, 64 (2 slices of tpu-v5p topology 4x4x4, 64 chips each)"),
 ])
 def test_tpu_topology_and_mesh_errors_exit_2_at_validation(tmp_path: Path, capsys, backend: dict, strategy: dict,
                                                             batch: int, key: str, message: str) -> None:

@@ -163,7 +163,7 @@ def test_decode_may_fill_the_learned_position_table_exactly() -> None:
     with pytest.raises(ScenarioError) as info:
         parse_scenario(data, "s.yaml")
     message = str(info.value)
-    assert message == ("s.yaml: workload: seq_len + decode_tokens = 129 exceeds max_positions=128 of the "
+    assert message == ("s.yaml: workload.decode_tokens: seq_len + decode_tokens = 129 exceeds max_positions=128 of the "
                        "learned position table")
     # rotary positions have no table: no limit
     data["workload"]["model"] = {"preset": "tiny", "positions": "rotary"}
@@ -185,7 +185,7 @@ def test_an_explicit_dimension_decode_sizes_the_learned_table_for_prompt_and_gen
     data["workload"].update(mode="decode", model=dict(EXPLICIT_MODEL, max_positions=40))
     with pytest.raises(ScenarioError) as info:
         parse_scenario(data, "s.yaml")
-    assert str(info.value) == ("s.yaml: workload: seq_len + decode_tokens = 48 exceeds max_positions=40 of the "
+    assert str(info.value) == ("s.yaml: workload.decode_tokens: seq_len + decode_tokens = 48 exceeds max_positions=40 of the "
                                "learned position table")
     data["workload"]["model"] = {"preset": "gpt2-small", "seq_len": 512}
     assert parse_scenario(data, "s.yaml").workload.model.max_positions == 1024

@@ -27,7 +27,11 @@ def test_world_mismatch_names_the_product() -> None:
 
 def test_batch_must_split_into_micro_batches() -> None:
     problem = resolve_layout(Strategy(name="t", dp=3), WORKLOAD, None, "cpu")
-    assert problem is not None and problem[0] == "micro_batch" and "dp*micro_batch = 3*1" in problem[1]
+    # dp=3 does not divide batch 64: dp is the degree to change (micro_batch 1 is not the cause)
+    assert problem is not None and problem[0] == "dp" and "3 does not divide batch=64" in problem[1]
+    problem = resolve_layout(Strategy(name="t", dp=2, micro_batch=3), WORKLOAD, None, "cpu")
+    assert problem == ("micro_batch", "3 does not divide the batch=64 / dp=2 = 32 sequences of a replica; "
+                                      "allowed: 1, 2, 4, 8, 16, 32")
 
 
 def test_interleaved_needs_microbatches_multiple_of_pp() -> None:

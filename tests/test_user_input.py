@@ -95,7 +95,13 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
     (run_dir / "scenario.yaml").write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
     err = one_line_error(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)])
     assert err.endswith("scenario.yaml is not a readable scenario; start a new run instead")
-    assert main(["report", str(run_dir)]) == 0  # the report does without the saved scenario
+    # the report does without the saved scenario, and says in one line that it is damaged (exit 2: bad input)
+    assert main(["report", str(run_dir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(run_dir / "report.md"), str(run_dir / "report.html")]
+    assert captured.err.strip() == (f"llmsim: error: {run_dir / 'scenario.yaml'}: line 1, column 70: nested more than "
+                                    f"64 levels deep (a scenario is about 6); the report is built from results.jsonl "
+                                    f"alone")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -136,14 +136,57 @@ def why(e: Evaluation, plan: PlanFile) -> list[str]:
     return out
 
 
-def versus(e: Evaluation, best: Evaluation, objective: str) -> str:
-    """How a runner-up compares to the winner on the objective and on time."""
+# The ranking's order of measures per objective (planner.search.objective_key: the objective, then its ties).
+RANK_ORDER = {"cost": ("cost", "time", "devices"), "time": ("time", "cost", "devices"),
+              "energy": ("energy", "time", "cost"), "devices": ("devices", "cost", "time")}
+
+
+def _measure(e: Evaluation, name: str) -> float | None:
+    return {"cost": e.cost_usd, "time": e.time_to_goal_s, "energy": e.energy_j,
+            "devices": float(e.config.n_devices)}[name]
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+
+
+def tie_text(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal") -> str | None:
+    """None unless `e` ties the winner on the objective; else what they tie on and what ranks the winner
+    first: 'ties the winner on cost ($72.00 each); ranked second by token step: 7.5 ms against 7.2 ms', or,
+    equal on every measure, that only the configurations' names order them (either is as good)."""
+    order = RANK_ORDER[objective]
+    if not _same(_measure(e, order[0]), _measure(best, order[0])):
+        return None
+    label = {"time": time_name, "cost": "cost", "energy": "energy", "devices": "devices"}
+    shown = {"cost": fmt_usd, "time": fmt_duration, "energy": fmt_energy, "devices": lambda x: f"{x:,.0f}"}
+    tied = list(order)
+    for i, m in enumerate(order):  # the measures they tie on, in the ranking's order, up to the one that decides
+        if not _same(_measure(e, m), _measure(best, m)):
+            tied = list(order[:i])
+            break
+    first = [m for m in order if m not in tied]
+    ties = " and ".join(label[m] for m in tied)
+    values = "; ".join(f"{label[m]} {shown[m](_measure(best, m))} each" for m in tied)
+    if not first:
+        return (f"ties the winner on {ties} ({values}): the configurations' names order them only, so either is "
+                f"as good")
+    m = first[0]
+    return (f"ties the winner on {ties} ({values}); ranked below it by the tie-break, {label[m]}: "
+            f"{shown[m](_measure(e, m))} against the winner's {shown[m](_measure(best, m))}")
+
+
+def versus(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal") -> str:
+    """How a runner-up compares to the winner on the objective and on time; a tie on the objective says so
+    and names the measure that ranks them (tie_text)."""
     def rel(a: float | None, b: float | None) -> str:
         if a is None or b is None or b == 0:
             return "–"
         return f"{(a / b - 1):+.0%}"
-    return (f"against the winner: cost {rel(e.cost_usd, best.cost_usd)}, time {rel(e.time_to_goal_s, best.time_to_goal_s)}, "
-            f"energy {rel(e.energy_j, best.energy_j)}, devices {e.config.n_devices} vs {best.config.n_devices}")
+    tie = tie_text(e, best, objective, time_name)
+    return ((f"{tie}; " if tie else "")
+            + f"against the winner: cost {rel(e.cost_usd, best.cost_usd)}, time "
+            f"{rel(e.time_to_goal_s, best.time_to_goal_s)}, energy {rel(e.energy_j, best.energy_j)}, devices "
+            f"{e.config.n_devices} vs {best.config.n_devices}")
 
 
 @dataclass
@@ -216,7 +259,8 @@ def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: lis
             headline = (f"best by {plan.objective}: {describe(best)} — {latency_name(plan)} "
                         f"{fmt_duration(best.latency_s)}, {fmt_rate(best.tokens_per_s)}, {fmt_usd(best.cost_usd)} "
                         f"and {fmt_energy(best.energy_j)} per hour")
-        runners = [(describe(e), [versus(e, best, plan.objective)] + why(e, plan)) for e in top[1:]]
+        time_name = "time to goal" if plan.workload.mode == "train" else latency_name(plan)
+        runners = [(describe(e), [versus(e, best, plan.objective, time_name)] + why(e, plan)) for e in top[1:]]
         return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
     closest = [e for e in rows if not e.feasible][:max(plan.top_k, 1)]
     limiting = diagnose(rows, stats, plan)

@@ -179,8 +179,10 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
     serving = [Section("Serving", [figs["serving_latency"], figs["serving_goodput"], figs["serving_knee"],
                                    figs["latency_cdf"], figs["serving_timeline"]], "serving")] \
         if not F.serving_rows(frame).empty else []
+    damaged = ([Paragraph(f"The saved scenario cannot be used: {run.scenario_problem}.")]
+               if run.scenario_problem is not None else [])
     sections = [
-        Section("Results", [T.results_table(frame), figs["throughput"]], "results"),
+        Section("Results", [*damaged, T.results_table(frame), figs["throughput"]], "results"),
         *serving,
         Section("Where the time goes", [figs["breakdown"]] + _some(T.breakdown_table(frame)), "breakdown"),
         Section("Scaling", [figs["scaling"]], "scaling"),
@@ -226,7 +228,11 @@ def write_document(doc: Document, folder: Path) -> list[Path]:
 
 def write_report(run_dir: Path, frame: pd.DataFrame | None = None) -> list[Path]:
     """(Re)build the report of one run folder; returns the files written, report.md and report.html first."""
-    run = load_run(Path(run_dir), frame)
+    return write_run_report(load_run(Path(run_dir), frame))
+
+
+def write_run_report(run: Run) -> list[Path]:
+    """The report of a run already read (load_run); a damaged scenario.yaml is named in it (Run.scenario_problem)."""
     capacity = catalog_capacity()
     doc = run_document(run, run_figures(run, capacity), capacity)
     return write_document(doc, run.path)

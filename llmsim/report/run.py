@@ -24,6 +24,8 @@ class Run:
     frame: pd.DataFrame
     environment: dict[str, Any] = field(default_factory=dict)
     scenario: dict[str, Any] = field(default_factory=dict)
+    scenario_problem: ScenarioError | None = None  # scenario.yaml missing, damaged or not this run's: its error
+
 
     @property
     def name(self) -> str:
@@ -88,11 +90,58 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+SCENARIO_FILE = "scenario.yaml"
+WITHOUT_SCENARIO = "the report is built from results.jsonl alone"
+
+
+def read_saved_scenario(run_dir: Path, frame: pd.DataFrame) -> tuple[dict[str, Any], ScenarioError | None]:
+    """The run's saved scenario, checked as `llmsim validate` checks a scenario (YAML, keys, rules) and against
+    the rows (the scenario's name, the strategies that ran): ({}, the one-line error) when it is missing,
+    damaged (a truncated or edited file) or not this run's, so that nothing half-valid is read from it."""
+    from llmsim.config import parse_scenario
+
+    path = run_dir / SCENARIO_FILE
+    if not path.is_file():
+        return {}, ScenarioError(str(path), None, f"missing; {WITHOUT_SCENARIO}")
     try:
-        return read_yaml(path)
-    except ScenarioError:  # unreadable, not UTF-8, not a YAML mapping, beyond the limits of llmsim.userinput
-        return {}
+        data = read_yaml(path)
+        scenario = parse_scenario(data, str(path))
+    except ScenarioError as exc:  # not YAML, beyond llmsim.userinput's limits, or no valid scenario
+        return {}, ScenarioError(exc.file or str(path), exc.key, f"{exc.message}; {WITHOUT_SCENARIO}")
+    names = sorted({str(n) for n in frame["scenario"].dropna()}) if "scenario" in frame else []
+    if names and names != [scenario.name]:
+        return {}, ScenarioError(str(path), "name", f"{scenario.name!r}, but results.jsonl holds rows of scenario "
+                                                    f"{', '.join(map(repr, names))}; {WITHOUT_SCENARIO}")
+    disagreement = _rows_disagree(scenario, frame)
+    if disagreement is not None:
+        return {}, ScenarioError(str(path), disagreement[0], f"{disagreement[1]}; {WITHOUT_SCENARIO}")
+    known = {s.name for s in scenario.strategies}
+    ran = sorted({str(n) for n in frame["strategy"].dropna()} - known) if "strategy" in frame else []
+    if ran:
+        return {}, ScenarioError(str(path), "strategies", f"has no strategy {ran[0]!r}, which results.jsonl ran "
+                                                          f"(allowed: {', '.join(sorted(known))}); {WITHOUT_SCENARIO}")
+    return data, None
+
+
+def _rows_disagree(scenario: Any, frame: pd.DataFrame) -> tuple[str, str] | None:
+    """The first workload key whose value the rows contradict (every row carries its case's mode, batch,
+    sequence length and dtype): a truncated file validates with defaults in place of what was cut off. A
+    serving run's batch and seq_len are a traced reference, not the scenario's, so only its dtype counts."""
+    w = scenario.workload
+    checks: list[tuple[str, str, Any]] = [("workload.dtype", "dtype", w.dtype)]
+    if scenario.serving is None:
+        checks += [("workload.mode", "mode", w.mode), ("workload.batch", "batch", w.batch),
+                   ("workload.model.seq_len", "seq_len", w.model.seq_len)]
+    for key, column, value in checks:
+        if column not in frame:
+            continue
+        seen = [v for v in frame[column].dropna().unique()]
+        other = [v for v in seen if (float(v) != value if isinstance(value, int) and not isinstance(v, str)
+                                     else str(v) != str(value))]
+        if other:
+            shown = int(other[0]) if isinstance(value, int) and not isinstance(other[0], str) else other[0]
+            return key, f"{value!r}, but the rows in results.jsonl ran {column} {shown!r}"
+    return None
 
 
 def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
@@ -106,7 +155,8 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
             raise UsageError("report", f"{run_dir} has no rows yet (results.jsonl is empty: no case finished); "
                                        f"nothing to report, any report already there is left as it is")
         frame = rows_frame(rows)
-    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), _read_yaml(run_dir / "scenario.yaml"))
+    scenario, problem = read_saved_scenario(run_dir, frame)
+    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), scenario, problem)
 
 
 def catalog_capacity() -> dict[str, float]:

@@ -121,8 +121,9 @@ def _ms(value: Any) -> str:
 def served_text(row: Any) -> str:
     """What happened to the requests of one serving row, in counts, and the window its rates are over:
     '200 of 200 requests served (0 rejected, 0 unfinished) at 1.71 requests/s over 117 s, first arrival to
-    last token (arrivals 99.5 s, then the drain)'. requests_per_s is completed / that window (vLLM bench's
-    request_throughput), so it is below the offered rate by the drain even when every request is served."""
+    last token (99.5 s of arrivals, then 17.5 s for the requests still running after the last arrival to finish)'.
+    requests_per_s is completed / that window (vLLM bench's request_throughput), so it is below the offered rate
+    by that tail even when every request is served."""
     sent, done = row.get("requests_sent"), row.get("requests_done")
     if missing(sent) or missing(done):  # a row written before these extras existed
         return f"{fmt_rate(_f(row['requests_per_s']))} requests/s completed"
@@ -134,7 +135,9 @@ def served_text(row: Any) -> str:
     if not missing(duration):
         text += f" over {_ms(duration)}, first arrival to last token"
         if not missing(span):
-            text += f" (arrivals {_ms(span)}, then the drain)"
+            drain = max(float(duration) - float(span), 0.0)
+            text += (f" ({_ms(span)} of arrivals, then {_ms(drain)} for the requests still running after the last "
+                     f"arrival to finish)")
     return text
 
 

@@ -21,6 +21,7 @@ ids, so the tokenizer only decodes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -131,8 +132,9 @@ def count_tokens(text: str) -> int:
 
 
 def free_port(host: str = "127.0.0.1", exclude: Sequence[int] = ()) -> int:
-    """A TCP port nobody listens on now (the OS picks it; another process could take it before the server),
-    not one of `exclude` (ports already handed to servers not started yet)."""
+    """A TCP port nobody listens on now (the OS picks it; another process could take it before the server:
+    ServerProcess starts the server again on another port when that happens), not one of `exclude` (ports
+    already handed to servers not started yet)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
@@ -185,6 +187,22 @@ class EngineError(RuntimeError):
     """The server did not come up (exited, or not healthy in time): the message ends with its log's tail."""
 
 
+# What a server that could not bind its port writes (uvicorn: "[Errno 98] error while attempting to bind on
+# address ...: address already in use"; Python's socketserver: "OSError: [Errno 98] Address already in use").
+PORT_TAKEN_WORDS = ("address already in use", "eaddrinuse", f"[errno {errno.EADDRINUSE}]")
+
+
+def port_was_taken(log: Path, since: int = 0) -> bool:
+    """Whether the log, from byte `since` on, says the server's port was taken (EADDRINUSE)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", errors="replace").lower()
+    except OSError:
+        return False
+    return any(words in text for words in PORT_TAKEN_WORDS)
+
+
 def _tail(path: Path, lines: int = 3) -> str:
     """The last lines of a log that name an error (the root cause of a failed start), else its last lines."""
     try:
@@ -212,7 +230,10 @@ class ServerProcess:
     it and waits until `health_path` answers 200; leaving the block by any path (return, exception,
     KeyboardInterrupt) stops it: SIGTERM to its process group, SIGKILL after `stop_grace_s`.
 
-    `command` is the full argv; its output goes to `log`."""
+    `command` is the full argv; its output goes to `log`. The port comes from free_port, which closes it before
+    the server binds it: if another process takes it in between, the server exits with EADDRINUSE, and with
+    `command_for` (the argv for another port) it is started again on a fresh port, `port_attempts` times in
+    all; `port` and `command` are then the ones that started (read base_url after entering)."""
 
     command: Sequence[str]
     port: int
@@ -223,6 +244,10 @@ class ServerProcess:
     stop_grace_s: float = 15.0
     health_path: str = "/health"
     poll_s: float = 0.25
+    command_for: Callable[[int], Sequence[str]] | None = None
+    port_attempts: int = 5
+    exclude: Sequence[int] = ()    # ports not to move to (the other replicas')
+    ports_taken: list[int] = field(default_factory=list)  # ports the server found taken, in order
     process: subprocess.Popen[bytes] | None = None
     _log_file: IO[bytes] | None = None
 
@@ -234,11 +259,24 @@ class ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         try:
-            self.process = subprocess.Popen(list(self.command), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.environment(),
-                                            start_new_session=True,
-                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-            self.wait_healthy()
+            for attempt in range(1, max(self.port_attempts, 1) + 1):
+                since = self.log.stat().st_size  # this start's lines follow
+                self.process = subprocess.Popen(list(self.command), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, env=self.environment(),
+                                                start_new_session=True,
+                                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                try:
+                    self.wait_healthy()
+                    return self
+                except EngineError:
+                    exited = self.process.poll() is not None
+                    if not (exited and self.command_for is not None and attempt < self.port_attempts
+                            and port_was_taken(self.log, since)):
+                        raise
+                self.close_group()  # what the first start left, before the next one
+                self.ports_taken.append(self.port)
+                self.port = free_port(self.host, exclude=(*self.exclude, *self.ports_taken))
+                self.command = list(self.command_for(self.port))
         except BaseException:
             self.stop()
             raise

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from llmsim.errors import KeyedValueError
 from llmsim.strict import StrictModel, sweep_repeats
 
 
@@ -60,7 +61,7 @@ class UniformLength(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> "UniformLength":
         if self.max < self.min:
-            raise ValueError(f"max={self.max} is below min={self.min} (allowed: max >= min)")
+            raise KeyedValueError("max", f"max={self.max} is below min={self.min} (allowed: max >= min)")
         return self
 
 
@@ -102,6 +103,9 @@ class Lengths(_Strict):
             return form.model_validate(value)
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
+            keyed = (err.get("ctx") or {}).get("error")
+            if isinstance(keyed, KeyedValueError):  # a rule of the form that names its key (max below min)
+                raise KeyedValueError(keyed.key, f"{value['kind']}: {keyed.message}") from None
             where = ".".join(str(p) for p in err["loc"])
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
@@ -139,16 +143,17 @@ class Arrival(_Strict):
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "Arrival":
         if self.kind != "trace" and self.rate is None:
-            raise ValueError(f"arrival kind {self.kind!r} needs a rate (requests/s)")
+            raise KeyedValueError("rate", f"arrival kind {self.kind!r} needs a rate (requests/s)")
         if self.kind == "gamma" and self.cv is None:
-            raise ValueError("arrival kind 'gamma' needs cv, the coefficient of variation of the gaps (1 = poisson)")
+            raise KeyedValueError("cv", "arrival kind 'gamma' needs cv, the coefficient of variation of the gaps "
+                                        "(1 = poisson)")
         if self.kind != "gamma" and self.cv is not None:
-            raise ValueError(f"cv is for arrival kind 'gamma' (got kind {self.kind!r})")
+            raise KeyedValueError("cv", f"cv is for arrival kind 'gamma' (got kind {self.kind!r})")
         if self.kind == "trace" and not self.path:
-            raise ValueError("arrival kind 'trace' needs path, a .jsonl or .csv file with columns "
+            raise KeyedValueError("path", "arrival kind 'trace' needs path, a .jsonl or .csv file with columns "
                              + ", ".join(TRACE_COLUMNS))
         if self.kind != "trace" and self.path is not None:
-            raise ValueError(f"path is for arrival kind 'trace' (got kind {self.kind!r})")
+            raise KeyedValueError("path", f"path is for arrival kind 'trace' (got kind {self.kind!r})")
         return self
 
     @property
@@ -174,7 +179,8 @@ class SchedulerSpec(_Strict):
     @model_validator(mode="after")
     def _chunk(self) -> "SchedulerSpec":
         if self.chunk_tokens is not None and self.kind in ("static", "continuous"):
-            raise ValueError(f"chunk_tokens is for kind 'chunked-prefill' (got kind {self.kind!r}, which runs whole "
+            raise KeyedValueError("chunk_tokens", f"chunk_tokens is for kind 'chunked-prefill' (got kind "
+                                                  f"{self.kind!r}, which runs whole "
                              f"prompts)")
         return self
 
@@ -222,11 +228,12 @@ class ServingSpec(_Strict):
     def _count(self) -> "ServingSpec":
         trace = self.arrival.kind == "trace"
         if self.requests is not None and self.duration_s is not None:
-            raise ValueError("give requests or duration_s, not both")
+            raise KeyedValueError("duration_s", "give requests or duration_s, not both")
         if not trace and self.requests is None and self.duration_s is None:
-            raise ValueError("give requests (a count) or duration_s (seconds of arrivals)")
+            raise KeyedValueError("requests", "give requests (a count) or duration_s (seconds of arrivals)")
         if not trace and self.lengths is None:
-            raise ValueError("lengths are needed unless arrival.kind is 'trace' (whose file gives them)")
+            raise KeyedValueError("lengths", "lengths are needed unless arrival.kind is 'trace' "
+                                             "(whose file gives them)")
         return self
 
     def at_rate(self, rate: float | None) -> "ServingSpec":

@@ -14,10 +14,29 @@ from llmsim.hardware import load_catalog
 from tests.calibrate.helpers import PEAK, SHAPES, TRUE, synthetic_run
 
 
-@pytest.fixture
-def runs(tmp_path: Path) -> list[Path]:
+# A fit takes about a minute on a busy 2-core host: each one a test needs is made once per module and shared
+# (the runs are only read; a test that writes, writes into its own tmp_path).
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """One pass of the whole batch per step (micro_batch = batch), as the validation scripts measure."""
-    return [synthetic_run(tmp_path, mode, seq_len, batch, micro_batch=batch) for mode, seq_len, batch in SHAPES]
+    root = tmp_path_factory.mktemp("runs")
+    return [synthetic_run(root, mode, seq_len, batch, micro_batch=batch) for mode, seq_len, batch in SHAPES]
+
+
+@pytest.fixture(scope="module")
+def fitted(runs: list[Path]) -> Calibration:
+    """calibrate(runs), made once for the tests that read the fit and the command that prints it."""
+    return calibrate(runs)
+
+
+@pytest.fixture(scope="module")
+def accumulated_with_probes(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
+    """One fit for two properties: rows of training steps that accumulate gradients over micro-batches of one
+    sequence, with the cpu backend's probes beside them. Each property alone breaks the recovery (a wrong
+    number of passes cannot reproduce the times; the probes' bounds must hold the true values)."""
+    root = tmp_path_factory.mktemp("accumulated")
+    return calibrate([synthetic_run(root, mode, seq_len, batch, micro_batch=1, probes=True)
+                      for mode, seq_len, batch in SHAPES])
 
 
 def _assert_recovers_the_true_factors(result: Calibration) -> None:
@@ -28,20 +47,20 @@ def _assert_recovers_the_true_factors(result: Calibration) -> None:
     assert max(abs(c.error) for c in result.cases) < 0.01
 
 
-def test_the_fit_recovers_the_factors_that_made_the_times(runs: list[Path]) -> None:
-    result = calibrate(runs)
+def test_the_fit_recovers_the_factors_that_made_the_times(fitted: Calibration) -> None:
+    result = fitted
     assert len(result.cases) == 5                       # the roofline rows are not measurements
     assert max(abs(c.error) for c in result.before) > 0.2
     assert result.entry["name"] == "cpu-host-calibrated" and result.entry["peak_flops"] == {"float32": PEAK}
     _assert_recovers_the_true_factors(result)
 
 
-def test_runs_that_accumulate_gradients_are_fitted_as_the_passes_they_ran(tmp_path: Path) -> None:
+def test_runs_that_accumulate_gradients_are_fitted_as_the_passes_they_ran(
+        accumulated_with_probes: Calibration) -> None:
     """micro_batch 1 < batch: the cpu backend runs batch passes of one sequence per training step, so the
     times were made with that plan; predicting one pass of the whole batch could not reproduce them."""
-    runs = [synthetic_run(tmp_path, mode, seq_len, batch, micro_batch=1) for mode, seq_len, batch in SHAPES]
     assert any(mode == "train" and batch > 1 for mode, _, batch in SHAPES)
-    _assert_recovers_the_true_factors(calibrate(runs))
+    _assert_recovers_the_true_factors(accumulated_with_probes)
 
 
 def test_folders_without_measurements_are_a_clear_error(tmp_path: Path) -> None:
@@ -49,11 +68,9 @@ def test_folders_without_measurements_are_a_clear_error(tmp_path: Path) -> None:
         calibrate([tmp_path])
 
 
-def test_the_probes_bound_the_fit_and_it_still_finds_the_true_factors(tmp_path: Path) -> None:
-    result = calibrate([synthetic_run(tmp_path, mode, seq_len, batch, micro_batch=batch, probes=True)
-                        for mode, seq_len, batch in SHAPES])
-    assert "probes" in result.entry["efficiency"]["source"]
-    _assert_recovers_the_true_factors(result)
+def test_the_probes_bound_the_fit_and_it_still_finds_the_true_factors(accumulated_with_probes: Calibration) -> None:
+    assert "probes" in accumulated_with_probes.entry["efficiency"]["source"]
+    _assert_recovers_the_true_factors(accumulated_with_probes)
 
 
 def test_a_bandwidth_outside_the_probes_is_not_reachable(tmp_path: Path) -> None:
@@ -70,10 +87,21 @@ def test_a_bandwidth_outside_the_probes_is_not_reachable(tmp_path: Path) -> None
     assert entry["memory_bw_bytes_per_s"] >= 4 * TRUE["memory_bw"] * 0.999
 
 
-def test_the_command_prints_the_table_and_writes_an_entry_that_loads(runs: list[Path], tmp_path: Path,
+def test_the_command_prints_the_table_and_writes_an_entry_that_loads(runs: list[Path], fitted: Calibration,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The command hands the runs to llmsim.calibrate.calibrate (the module's fit stands in for it: the fit
+    itself is test_the_fit_recovers_the_factors_that_made_the_times's) and prints and writes its result."""
+    import llmsim.calibrate as calibrate_module
+    asked: list[tuple] = []
+
+    def the_module_fit(run_dirs: list[str], **options: object) -> Calibration:
+        asked.append((tuple(map(str, run_dirs)), options))
+        return fitted
+    monkeypatch.setattr(calibrate_module, "calibrate", the_module_fit)
     path = tmp_path / "hw.yaml"
     assert main(["calibrate", *map(str, runs), "--out", str(path)]) == 0
+    assert asked == [(tuple(map(str, runs)), {"device": "cpu-host", "backend": "cpu", "catalog": None})]
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == str(path)
     assert lines[0].split() == ["case", "mode", "measured", "s", "default", "s", "err", "fitted", "s", "err"]
@@ -82,7 +110,7 @@ def test_the_command_prints_the_table_and_writes_an_entry_that_loads(runs: list[
     assert lines[-2].startswith("residuals after the fit: RMS of log(modeled/measured) ")
     assert f"hardware_catalog: [{path.name}]" in path.read_text()
     entry = yaml.safe_load(path.read_text())["entries"][0]
-    assert entry == calibrate(runs).entry
+    assert entry == fitted.entry
     device = load_catalog([path]).device("cpu-host-calibrated")
     assert device.efficiency is not None and device.memory_bw_bytes_per_s > 0
     assert "calibrate" in device.source

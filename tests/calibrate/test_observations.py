@@ -55,7 +55,7 @@ def test_a_strategy_the_backend_could_not_have_run_is_a_clear_error(tmp_path: Pa
     scenario = yaml.safe_load((run / "scenario.yaml").read_text())
     scenario["strategies"][0]["dp"] = 2
     (run / "scenario.yaml").write_text(yaml.safe_dump(scenario))
-    with pytest.raises(CalibrationError, match=r"scenario.yaml: strategies\[0\].micro_batch: batch=3"):
+    with pytest.raises(CalibrationError, match=r"scenario.yaml: strategies\[0\].dp: 2 does not divide batch=3"):
         read_observations([run])
 
 

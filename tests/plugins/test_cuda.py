@@ -371,6 +371,7 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     for name, value in dict(is_available=lambda: True, device_count=lambda: 1, set_device=lambda d: None, synchronize=lambda d=None: None,
                             empty_cache=lambda: None, reset_peak_memory_stats=lambda d=None: None,
                             memory_allocated=lambda d=None: 1_000, max_memory_allocated=lambda d=None: 51_000,
+                            mem_get_info=lambda d=None: (80e9, 80e9),
                             get_device_properties=lambda d: types.SimpleNamespace(uuid="abc"),
                             Event=_Event).items():
         monkeypatch.setattr(cuda, name, value)
@@ -410,6 +411,7 @@ def test_a_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, pa
     for name, value in dict(is_available=lambda: True, device_count=lambda: 1, set_device=lambda d: None, synchronize=lambda d=None: None,
                             empty_cache=lambda: None, reset_peak_memory_stats=lambda d=None: None,
                             memory_allocated=lambda d=None: 0, max_memory_allocated=lambda d=None: 0,
+                            mem_get_info=lambda d=None: (80e9, 80e9),
                             get_device_properties=lambda d: types.SimpleNamespace(uuid=""), Event=_Event).items():
         monkeypatch.setattr(torch.cuda, name, value)
     _no_accelerator_for_the_optimizer(monkeypatch)
@@ -430,3 +432,29 @@ def test_a_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, pa
     assert r.status == "ok", r.error
     assert r.micro_batch == built[0].micro_batch == micro_batch
     assert len(forwards) == passes * 3  # warm-up + 2 timed steps
+
+
+def test_a_model_larger_than_the_free_gpu_memory_does_not_fit_before_it_is_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cuda side of issue 15's trial: an allocation failure half-way was a `failed` row; now the free memory
+    of the GPU (torch.cuda.mem_get_info) against the parameters, gradients and AdamW moments decides first."""
+    import types
+
+    import torch
+
+    import llmsim.workload.step as step_module
+    from llmsim.workload.profile import profile_workload
+
+    for name, value in dict(is_available=lambda: True, device_count=lambda: 1, set_device=lambda d: None,
+                            get_device_properties=lambda d: types.SimpleNamespace(uuid="abc"),
+                            mem_get_info=lambda d=None: (1e6, 141e9)).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(step_module, "WorkloadStep", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml(name="NVIDIA H200")))
+    case = _case("train")
+    row = CudaBackend(RunContext()).run(case, CudaSettings(steps=1, warmup=0))
+    need = profile_workload(case.workload, case.sharing).param_bytes * 4  # float32: params, grads, 2 moments
+    assert row.status == "does-not-fit" and row.hardware == "h200"
+    assert row.error.startswith(f"needs at least {need / 1e9:.1f} GB per GPU (parameters ")
+    assert "> 0.0 GB available (free on GPU 0, torch.cuda.mem_get_info)" in row.error
+    assert row.extra["memory_free_bytes"] == 1e6 and row.peak_memory_bytes_per_device == need

@@ -409,3 +409,28 @@ def test_a_real_vllm_engine_serves_the_requests(tmp_path: Path) -> None:
     assert row["requests_done"] == 20, row.get("first_error")
     assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"]
     assert row["kv_peak_utilization"] is not None and row["preemptions"] == 0
+
+
+def test_a_port_taken_between_free_port_and_the_server_s_bind_is_replaced_by_another(tmp_path: Path) -> None:
+    """free_port closes its socket before the server binds the port: another process may take it in between
+    (the race); the server then exits with EADDRINUSE and is started again on a fresh port."""
+    import socket
+    import urllib.request
+
+    pid_file = tmp_path / "pid"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:  # the process that took the port first
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        with ServerProcess(fake_command(taken, pid_file), taken, tmp_path / "server.log", startup_timeout_s=60,
+                           poll_s=0.05, command_for=lambda port: fake_command(port, pid_file)) as server:
+            assert server.ports_taken == [taken] and server.port != taken
+            assert server.base_url == f"http://127.0.0.1:{server.port}"
+            with urllib.request.urlopen(server.base_url + "/health", timeout=10) as answer:
+                assert answer.status == 200
+        assert "address already in use" in (tmp_path / "server.log").read_text().lower()
+        # without a way to build the command for another port, the failure is the caller's, as before
+        with pytest.raises(EngineError, match="exited with code"):
+            with ServerProcess(fake_command(taken, pid_file), taken, tmp_path / "again.log", startup_timeout_s=60,
+                               poll_s=0.05):
+                pass

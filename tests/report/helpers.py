@@ -62,7 +62,7 @@ def rich_rows() -> list[Result]:
         row("zero0-big", n=4, status="does-not-fit", memory=412.3 * gb,
             error="needs 412.3 GB/device (params 87.5, grads 87.5, optimizer 175.0, activations 62.3) > 80.0 GB",
             extra=mem(87.5 * gb, 87.5 * gb, 175 * gb, 62.3 * gb)),
-        row("broken <b>&", status="failed", error=f"ValueError: {SCRIPT} (at x.py:1)"),
+        row("broken <b>&", strategy="broken", status="failed", error=f"ValueError: {SCRIPT} (at x.py:1)"),
     ]
 
 
@@ -78,13 +78,24 @@ TRACE = {"traceEvents": [
 ]}
 
 
+def saved_scenario_of(rows: list[Result]) -> dict[str, Any]:
+    """A scenario.yaml the rows agree with (their scenario, workload and strategies), as a run folder keeps
+    it: `llmsim report` checks the saved scenario against the rows (llmsim.report.run.read_saved_scenario)."""
+    first = rows[0] if rows else row("x")
+    strategies = list(dict.fromkeys(r.strategy for r in rows)) or ["single"]
+    return {"name": first.scenario if rows else "empty",
+            "workload": {"model": {"preset": "tiny", "seq_len": first.seq_len}, "mode": first.mode,
+                         "batch": first.batch, "dtype": first.dtype},
+            "strategies": [{"name": name} for name in strategies], "backends": {"roofline": {}}}
+
+
 def make_run(folder: Path, rows: list[Result], trace: bool = False) -> Path:
     """A run folder with results.jsonl/csv, scenario.yaml, environment.json and optionally trace.json."""
     folder.mkdir(parents=True, exist_ok=True)
     store = ResultStore(folder)
     for r in rows:
         store.add(r)
-    (folder / "scenario.yaml").write_text(yaml.safe_dump({"name": rows[0].scenario if rows else "empty"}))
+    (folder / "scenario.yaml").write_text(yaml.safe_dump(saved_scenario_of(rows), sort_keys=False))
     (folder / "environment.json").write_text(json.dumps({"python": "3.11.7", "cpu_model": "Test CPU",
                                                          "packages": {"torch": "2.13.0"}}))
     if trace:

@@ -40,4 +40,5 @@ def test_the_summary_says_what_happened_to_every_request_and_over_which_window()
     row = dict(requests_per_s=1.71, requests_sent=200, requests_done=190, requests_rejected=6,
                duration_s=117.0, arrival_span_s=99.5)
     assert served_text(row) == ("190 of 200 requests served (6 rejected, 4 unfinished) at 1.71 requests/s over "
-                                "117 s, first arrival to last token (arrivals 99.5 s, then the drain)")
+                                "117 s, first arrival to last token (99.5 s of arrivals, then 17.5 s for the requests still "
+                                "running after the last arrival to finish)")

@@ -65,14 +65,14 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.slo.percentile=100.5", "serving.slo.percentile: 100.5: allowed 0 < percentile <= 100"),
     ("serving.scheduler.kind=lottery", "serving.scheduler.kind: unknown scheduler 'lottery'; allowed: static, "
                                        "continuous, chunked-prefill"),
-    ("serving.scheduler.chunk_tokens=64", "serving.scheduler: chunk_tokens is for kind 'chunked-prefill'"),
+    ("serving.scheduler.chunk_tokens=64", "serving.scheduler.chunk_tokens: chunk_tokens is for kind 'chunked-prefill'"),
     ("serving.scheduler.max_batched_tokens=32", "serving.scheduler.max_batched_tokens: 32 is below the model's "
                                                 "context seq_len=64"),
-    ("serving.duration_s=60", "serving: give requests or duration_s, not both"),
-    ("serving.arrival={kind: gamma, rate: 2}", "serving.arrival: arrival kind 'gamma' needs cv"),
-    ("serving.arrival={kind: poisson, rate: 2, path: t.csv}", "serving.arrival: path is for arrival kind 'trace'"),
+    ("serving.duration_s=60", "serving.duration_s: give requests or duration_s, not both"),
+    ("serving.arrival={kind: gamma, rate: 2}", "serving.arrival.cv: arrival kind 'gamma' needs cv"),
+    ("serving.arrival={kind: poisson, rate: 2, path: t.csv}", "serving.arrival.path: path is for arrival kind 'trace'"),
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
-    ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output: uniform: max=2 is below min=5"),
+    ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
     ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
     ("serving.memory_utilization=0", "serving.memory_utilization: 0: Input should be greater than 0"),
     ("serving.replicas=2", "serving.replicas: replicas x tp x pp = 2 x 1 x 1 = 2 devices (strategy 'single') but "

@@ -68,7 +68,8 @@ def test_qwen3_runs_forward_and_decode_on_cpu() -> None:
 def test_head_dim_defaults_to_hidden_over_heads() -> None:
     assert ModelSpec(preset="llama3-8b").head_dim == 128
     assert ModelSpec(preset="gpt2-small").head_dim == 64
-    with pytest.raises(ValueError, match="hidden=100 must be divisible by heads=3 \\(or state head_dim\\)"):
+    with pytest.raises(ValueError, match="hidden=100 must be divisible by heads=3 \\(allowed heads: 1, 2, 4, 5, 10, "
+                                         "20, 25, 50, 100; or state head_dim\\)"):
         ModelSpec(layers=1, hidden=100, heads=3, vocab=10, seq_len=4)
     assert ModelSpec(layers=1, hidden=100, heads=3, head_dim=32, vocab=10, seq_len=4).attention_width == 96
 

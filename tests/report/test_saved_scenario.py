@@ -1,0 +1,88 @@
+"""`llmsim report` on a run folder whose scenario.yaml is damaged (cut short, edited to be invalid, not YAML,
+another scenario's): one line naming the file and the key, exit 2, and the report of the rows still built
+from results.jsonl (which is fine) with the problem written in it. It used to be read silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmsim.cli import main
+from llmsim.config import parse_scenario
+from llmsim.report.run import load_run
+from llmsim.runner import saved_scenario
+from tests.report.helpers import make_run, row
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "r", [row("single", step=1.0), row("dp", step=0.6, n=2)])
+
+
+def _cut_short(text: str) -> str:
+    """The first lines of the file: still YAML, still a valid scenario with defaults for the rest."""
+    return "\n".join(text.splitlines()[:4]) + "\n"
+
+
+@pytest.mark.parametrize("damage, key, says", [
+    (_cut_short, "workload.dtype", "'bfloat16', but the rows in results.jsonl ran dtype 'float32'"),
+    (lambda t: t.replace("batch: 4", "batch: -4"), "workload.batch", "-4: Input should be greater than or equal to 1"),
+    (lambda t: t.replace("batch: 4", "batch: 8"), "workload.batch", "8, but the rows in results.jsonl ran batch 4"),
+    (lambda t: t[:len(t) // 2] + "\n  - [", None, "not valid YAML"),
+    (lambda t: "", None, "expected a mapping at the top level"),
+    (lambda t: t.replace("name: report-test", "name: other"), "name",
+     "'other', but results.jsonl holds rows of scenario 'report-test'"),
+    (lambda t: t.replace("name: dp", "name: tp2"), "strategies", "has no strategy 'dp', which results.jsonl ran"),
+])
+def test_a_damaged_saved_scenario_is_one_line_exit_2_and_the_report_is_still_built(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, key: str | None, says: str) -> None:
+    run = _run(tmp_path)
+    saved = run / "scenario.yaml"
+    saved.write_text(damage(saved.read_text()))
+    assert main(["report", str(run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(run / "report.md"), str(run / "report.html")]  # the rows' report is written
+    err = captured.err.strip()
+    where = f"{saved}: {key}: " if key else f"{saved}: "
+    assert err.count("\n") == 0 and err.startswith(f"llmsim: error: {where}") and says in err, err
+    assert err.endswith("; the report is built from results.jsonl alone")
+    report = (run / "report.md").read_text()
+    assert "The saved scenario cannot be used: " in report and "| dp " in report
+    assert load_run(run).scenario == {}  # nothing half-valid is read from it
+
+
+def test_a_missing_saved_scenario_is_named_and_a_sound_one_passes(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run = _run(tmp_path)
+    assert main(["report", str(run)]) == 0
+    assert "cannot be used" not in (run / "report.md").read_text()
+    (run / "scenario.yaml").unlink()
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{run / 'scenario.yaml'}: missing; the report is built from "
+                                                    f"results.jsonl alone")
+
+
+def test_a_comparison_names_the_damaged_run_and_is_still_written(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    a = make_run(tmp_path / "a", [row("x", step=1.0)])
+    b = make_run(tmp_path / "b", [row("x", step=0.5)])
+    (b / "scenario.yaml").write_text("name: [")
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    captured = capsys.readouterr()
+    assert (Path(captured.out.strip().splitlines()[-1]) / "report.md").is_file()
+    assert captured.err.strip().startswith(f"llmsim: error: {b / 'scenario.yaml'}: not valid YAML")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_scenario_as_a_run_folder_saves_it_reads_back_as_sound(path: Path) -> None:
+    """The check must not refuse what `llmsim run` writes: every shipped scenario, saved as a run folder saves
+    it, validates again (plan files are not scenarios)."""
+    data = yaml.safe_load(path.read_text())
+    if "goal" in data:
+        pytest.skip("a plan file")
+    scenario = parse_scenario(data, str(path))
+    again = parse_scenario(yaml.safe_load(yaml.safe_dump(saved_scenario(scenario), sort_keys=False)), "saved")
+    assert saved_scenario(again) == saved_scenario(scenario)
