@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -109,6 +109,7 @@ KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in V
 GROUP_FIELDS = len(KEY_FIELDS) + 1
 _key_of = operator.attrgetter(*KEY_FIELDS)
 _SCHEDULE_AT = KEY_FIELDS.index("schedule")
+_NODE_AT = len(KEY_FIELDS)  # group_key: the devices per node of the group's cluster, after the key fields
 
 
 def _whole(ctx) -> bool:
@@ -122,17 +123,25 @@ def group_key(ctx, c: Config) -> tuple:
     """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
     (module docstring). float8 adds the micro-batch count: the weights' FP8 casts, once per step, are spread
     over the micro-batches' forwards (compute.phase_times), so only dp and ZeRO vary in its groups."""
-    hw = ctx.hardware
-    # a part of one node is a node of that many devices (ClusterSpec.with_devices)
-    base = (*_key_of(c), min(c.n_devices, hw.devices_per_node))
+    return _key_function(ctx)(c)
+
+
+def _key_function(ctx) -> Callable[[Config], tuple]:
+    """group_key for one hardware choice and workload, with what does not change between rows looked up once."""
+    node = ctx.hardware.devices_per_node
     if _whole(ctx):
-        return base + (c.dp, c.zero, c.microbatches)
+        return lambda c: (*_key_of(c), min(c.n_devices, node), c.dp, c.zero, c.microbatches)
     if precision.is_fp8(ctx.plan.workload):
-        return base + (c.microbatches,)
-    if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
-        # micro-batches in flight differ, which _combine computes per row from its own schedule
-        return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
-    return base
+        return lambda c: (*_key_of(c), min(c.n_devices, node), c.microbatches)
+
+    def key(c: Config) -> tuple:
+        # a part of one node is a node of that many devices (ClusterSpec.with_devices)
+        base = (*_key_of(c), min(c.n_devices, node))
+        if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
+            # micro-batches in flight differ, which _combine computes per row from its own schedule
+            return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
+        return base
+    return key
 
 
 @dataclass
@@ -172,8 +181,9 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
     keys: dict[tuple, int] = {}
     firsts: list[Config] = []
     group_of = np.empty(n, dtype=np.int64)
+    key_of = _key_function(ctx)
     for i, c in enumerate(configs):
-        k = group_key(ctx, c)
+        k = key_of(c)
         g = keys.get(k)
         if g is None:
             g = keys[k] = len(firsts)
@@ -181,12 +191,18 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         group_of[i] = g
     shared = {} if shared is None else shared
     rows = _Rows.of(configs)
-    terms = [_stage_terms(ctx, c, shared) for c in firsts]
+    # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built
+    terms, tkeys = [], []
+    for k, g in keys.items():
+        tkeys.append(k[:_NODE_AT] + k[_NODE_AT + 1:])
+        if ("terms", tkeys[-1]) not in shared:
+            shared[("terms", tkeys[-1])] = _stage_terms(ctx, firsts[g], shared)
+        terms.append(shared[("terms", tkeys[-1])])
     out = _memory(ctx, rows, terms, group_of)
     fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
     timed, local = np.unique(group_of[fit], return_inverse=True)
     with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
-        groups = [_group(ctx, firsts[g], shared) for g in timed.tolist()]
+        groups = [_group(ctx, firsts[g], tkeys[g], shared) for g in timed.tolist()]
     error = [""] * n
     for i, g in zip(fit.tolist(), local.tolist()):
         error[i] = groups[g].error
@@ -252,13 +268,13 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     return memory  # type: ignore[return-value]
 
 
-def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
+def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
     """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
-    holds the stage parameters computed for an earlier group of the same `_stage_key`."""
+    holds the stage parameters computed for an earlier group of the same `tkey` (its group key less the node,
+    which fixes its `_stage_key`)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
-    skey = _stage_key(plan, whole)
     cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
@@ -277,7 +293,7 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
         slot_of[(id(st), sync)] = len(steps)
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            params_key = ("params", skey, index)
+            params_key = ("params", tkey, index)
             if params_key not in shared:
                 shared[params_key] = stage_params(w, ctx.profile, ctx.sharing, plan, index)
             params, trainable = shared[params_key]  # type: ignore[misc]
