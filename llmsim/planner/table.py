@@ -7,7 +7,9 @@ module gives the same numbers for thousands at once, through the same code:
   micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on; GPipe with
   1F1B, whose work per micro-batch is the same): within a group only dp, ZeRO, the micro-batch count
   m = B / (dp x micro_batch) and (GPipe or 1F1B) the bubble and the micro-batches in flight vary;
-* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
+* memory first, for every row (as search.evaluate, which prices the step only where the configuration
+  fits): the step's work is built only for the groups with a row that fits;
+* per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
   phase times asked once per distinct question: compute.phase_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
