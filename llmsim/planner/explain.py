@@ -335,10 +335,15 @@ def _one_field_apart(a: Any, b: Any) -> str | None:
     """The one CHANGE_FIELDS field in which two configurations of the same hardware and split differ, else None."""
     if a.hardware != b.hardware or a.stage_layers != b.stage_layers:
         return None
-    diff = [f for f in CHANGE_FIELDS if getattr(a, f) != getattr(b, f)]
-    if len(diff) != 1 or (diff[0] == "virtual_stages" and a.schedule != "interleaved"):
+    diff = None
+    for f in CHANGE_FIELDS:  # stops at a second difference (limit_of asks this of every row)
+        if getattr(a, f) != getattr(b, f):
+            if diff is not None:
+                return None
+            diff = f
+    if diff is None or (diff == "virtual_stages" and a.schedule != "interleaved"):
         return None
-    return diff[0]
+    return diff
 
 
 def _price_ignoring_memory(ctx: Any, e: Evaluation) -> Evaluation:

@@ -48,6 +48,9 @@ from llmsim.wording import count
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
 
 
+UNPLACED = (((), 1, ()),)  # Hardware.placements off a torus: no slice shape, one slice, no mesh pins
+
+
 @dataclass(frozen=True)
 class Hardware:
     """One hardware choice, resolved against the catalog: its node (Catalog.cluster) and its price."""
@@ -89,7 +92,7 @@ class Hardware:
         """A TPU group's slice shapes, slice counts and mappings (space.slice_layouts); [((), 1, ())] off a torus."""
         torus = self.device.torus
         if not self.node.is_torus or torus is None:
-            return (((), 1, ()),)
+            return UNPLACED
         return slice_layouts(torus.slice_shapes, torus.dims, torus.wrap_multiple, g.dp, g.tp, g.pp, g.cp, self.dcn)
 
     @property
@@ -375,6 +378,9 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                 stats.groups_pruned += 1
                 continue
             places = hw.placements(g)
+            if places == UNPLACED:  # off a torus: the configurations as chains gives them
+                found.extend(chains(ctx.plan, g, axes, shapes))
+                continue
             for chain in chains(ctx.plan, g, axes, shapes):
                 found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
                              for shape, slices, mesh in places)

@@ -7,7 +7,9 @@ module gives the same numbers for thousands at once, through the same code:
   micro_batch, recompute, schedule, virtual stages, split, and the node the devices sit on; GPipe with
   1F1B, whose work per micro-batch is the same): within a group only dp, ZeRO, the micro-batch count
   m = B / (dp x micro_batch) and (GPipe or 1F1B) the bubble and the micro-batches in flight vary;
-* per group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
+* memory first, for every row (as search.evaluate, which prices the step only where the configuration
+  fits): the step's work is built only for the groups with a row that fits;
+* per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
   phase times asked once per distinct question: compute.phase_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
@@ -35,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -110,6 +112,7 @@ KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in V
 GROUP_FIELDS = len(KEY_FIELDS) + 1
 _key_of = operator.attrgetter(*KEY_FIELDS)
 _SCHEDULE_AT = KEY_FIELDS.index("schedule")
+_NODE_AT = len(KEY_FIELDS)  # group_key: the devices per node of the group's cluster, after the key fields
 
 
 def _whole(ctx) -> bool:
@@ -123,17 +126,25 @@ def group_key(ctx, c: Config) -> tuple:
     """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
     (module docstring). float8 adds the micro-batch count: the weights' FP8 casts, once per step, are spread
     over the micro-batches' forwards (compute.phase_times), so only dp and ZeRO vary in its groups."""
-    hw = ctx.hardware
-    # a part of one node is a node of that many devices (ClusterSpec.with_devices)
-    base = (*_key_of(c), min(c.n_devices, hw.devices_per_node))
+    return _key_function(ctx)(c)
+
+
+def _key_function(ctx) -> Callable[[Config], tuple]:
+    """group_key for one hardware choice and workload, with what does not change between rows looked up once."""
+    node = ctx.hardware.devices_per_node
     if _whole(ctx):
-        return base + (c.dp, c.zero, c.microbatches)
+        return lambda c: (*_key_of(c), min(c.n_devices, node), c.dp, c.zero, c.microbatches)
     if precision.is_fp8(ctx.plan.workload):
-        return base + (c.microbatches,)
-    if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
-        # micro-batches in flight differ, which _combine computes per row from its own schedule
-        return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
-    return base
+        return lambda c: (*_key_of(c), min(c.n_devices, node), c.microbatches)
+
+    def key(c: Config) -> tuple:
+        # a part of one node is a node of that many devices (ClusterSpec.with_devices)
+        base = (*_key_of(c), min(c.n_devices, node))
+        if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
+            # micro-batches in flight differ, which _combine computes per row from its own schedule
+            return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
+        return base
+    return key
 
 
 @dataclass
@@ -147,7 +158,6 @@ class _Group:
     steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, trainable,
     #                                  parameters the optimizer updates (moe.optimizer_params), optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes, sync,
     #                                  copies: how many of the pipeline's stages are this one)
-    memory: list                     # memory.StageMemoryTerms of each stage that can be the busiest
     error: str = ""
 
 
@@ -161,28 +171,80 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
     """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
     search.Context), as columns. The same numbers as search.evaluate row by row.
 
-    `shared`: the stage memory terms and parameters of earlier calls for the same plan file (they do not
-    depend on the hardware), filled in here; pass one dict to the calls of every hardware choice."""
+    Memory first, for every row (the stage memory terms of each group); then the step only for the rows
+    that fit, as evaluate does: a group none of whose rows fits is never timed (no `train_work`), its step
+    columns NaN and its error "". `shared`: the stage memory terms and parameters of earlier calls for the
+    same plan file (they do not depend on the hardware), filled in here; pass one dict to the calls of every
+    hardware choice."""
     if not configs:
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
     n = len(configs)
     keys: dict[tuple, int] = {}
-    pairs: dict[tuple[int, int], int] = {}
-    group_of, pair_of = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    firsts: list[Config] = []
+    group_of = np.empty(n, dtype=np.int64)
+    key_of = _key_function(ctx)
     for i, c in enumerate(configs):
-        g = keys.setdefault(group_key(ctx, c), len(keys))
+        k = key_of(c)
+        g = keys.get(k)
+        if g is None:
+            g = keys[k] = len(firsts)
+            firsts.append(c)
         group_of[i] = g
-        pair_of[i] = pairs.setdefault((g, c.dp), len(pairs))
-    firsts: dict[int, Config] = {}
-    for i, c in enumerate(configs):
-        firsts.setdefault(int(group_of[i]), c)
     shared = {} if shared is None else shared
+    rows = _Rows.of(configs)
+    # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built
+    terms, tkeys = [], []
+    for k, g in keys.items():
+        tkeys.append(k[:_NODE_AT] + k[_NODE_AT + 1:])
+        if ("terms", tkeys[-1]) not in shared:
+            shared[("terms", tkeys[-1])] = _stage_terms(ctx, firsts[g], shared)
+        terms.append(shared[("terms", tkeys[-1])])
+    out = _memory(ctx, rows, terms, group_of)
+    fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
+    timed, local = np.unique(group_of[fit], return_inverse=True)
     with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
-        groups = [_group(ctx, firsts[g], shared) for g in range(len(keys))]
-    cols = _combine(ctx, configs, groups, group_of, pair_of, list(pairs))
-    return PricedTable(configs, cols, [groups[g].error for g in group_of.tolist()])
+        groups = [_group(ctx, firsts[g], tkeys[g], shared) for g in timed.tolist()]
+    error = [""] * n
+    for i, g in zip(fit.tolist(), local.tolist()):
+        error[i] = groups[g].error
+    step = _combine(ctx, rows.take(fit), groups, local.reshape(-1)) if len(fit) else {}
+    for k in PRICED:
+        out[k] = np.full(n, np.nan)
+        if len(fit):
+            out[k][fit] = step[k]
+    return PricedTable(configs, out, error)
+
+
+@dataclass
+class _Rows:
+    """The configurations' numbers as integer columns (and the schedule's name), read once."""
+
+    dp: np.ndarray
+    zero: np.ndarray
+    m: np.ndarray          # micro-batches per step
+    devices: np.ndarray
+    pp: np.ndarray
+    v: np.ndarray          # model chunks per device (Config.v)
+    dp_cp: np.ndarray      # the weights' replicas: gradients and ZeRO span dp x cp (plan.Plan.dp_cp)
+    edp: np.ndarray        # expert data parallel cp*dp/ep (plan.Plan.edp; etp = tp: space.Config)
+    zero_dp: np.ndarray    # ZeRO shards over dp x cp less the TPU slices' replicas (Plan.zero_dp)
+    schedule: np.ndarray
+
+    _FIELDS = ("dp", "zero", "microbatches", "n_devices", "pp", "cp", "ep", "dcn_replicas", "v")
+
+    @classmethod
+    def of(cls, configs: Sequence[Config]) -> "_Rows":
+        get = operator.attrgetter(*cls._FIELDS)
+        table = np.array([get(c) for c in configs], dtype=np.int64).reshape(len(configs), len(cls._FIELDS))
+        dp, zero, m, devices, pp, cp, ep, dcn, v = table.T
+        dp_cp = cp * dp
+        return cls(dp, zero, m, devices, pp, v, dp_cp, np.maximum(dp_cp // ep, 1), np.maximum(dp_cp // dcn, 1),
+                   np.array([c.schedule for c in configs]))
+
+    def take(self, at: np.ndarray) -> "_Rows":
+        return _Rows(**{f.name: getattr(self, f.name)[at] for f in dataclasses.fields(self)})
 
 
 def _stage_key(plan, whole: bool):
@@ -196,22 +258,31 @@ def _stage_key(plan, whole: bool):
                    virtual_stages=plan.v)
 
 
-def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
-    """A group's shared numbers from the cost model's scalar functions (train_work, memory terms); `shared`
-    holds the memory terms and stage parameters computed for an earlier group of the same `_stage_key`."""
+def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms]:
+    """The memory terms (memory.stage_memory_terms) of each stage of `c`'s group that can be the busiest,
+    computed once per `_stage_key` and kept in `shared`."""
+    w = ctx.plan.workload
+    plan = c.plan()
+    skey = _stage_key(plan, _whole(ctx))
+    memory = shared.get(("memory", skey))
+    if memory is None:
+        memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st)
+                                             for st in memory_stages(w, plan)]
+    return memory  # type: ignore[return-value]
+
+
+def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
+    """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
+    holds the stage parameters computed for an earlier group of the same `tkey` (its group key less the node,
+    which fixes its `_stage_key`)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
-    skey = _stage_key(plan, whole)
-    memory = shared.get(("memory", skey))
-    if memory is None:
-        memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, options, st)
-                                             for st in memory_stages(w, plan)]
     cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
-        return _Group(plan, cluster.fabric, None, 1, [], memory, str(exc))
+        return _Group(plan, cluster.fabric, None, 1, [], str(exc))
     # one object per distinct fabric: the cached collective prices (Comm.time) find it by identity
     fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
@@ -225,7 +296,7 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
         slot_of[(id(st), sync)] = len(steps)
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            params_key = ("params", skey, index)
+            params_key = ("params", tkey, index)
             if params_key not in shared:
                 shared[params_key] = stage_params(w, ctx.profile, ctx.sharing, plan, index)
             params, trainable = shared[params_key]  # type: ignore[misc]
@@ -236,19 +307,18 @@ def _group(ctx, c: Config, shared: dict[tuple, object]) -> _Group:
                              work.grad_bytes(st), work.param_bytes(st),
                              moe.data_parallel_params(plan, params, experts) * elem)
         steps.append((index, *alike[id(st)], sync, 1))
-    return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps, memory)
+    return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps)
 
 
-def _slots(groups: list[_Group], attr: str, fields: tuple[str, ...],
-           group_of: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Per stage slot (the k-th distinct stage of each group), each field as a column over the rows; a group
-    with fewer stages gets an empty stage (zeros: never the busiest, never the largest)."""
-    width = max(len(getattr(g, attr)) for g in groups)
+def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Per stage slot (the k-th distinct stage of each group: `per_group[g]`, tuples or objects with `fields`),
+    each field as a column over the rows; a group with fewer stages gets an empty stage (zeros: never the
+    busiest, never the largest)."""
+    width = max(len(items) for items in per_group)
     out = []
     for k in range(width):
-        table = np.zeros((len(groups), len(fields)))
-        for gi, g in enumerate(groups):
-            items = getattr(g, attr)
+        table = np.zeros((len(per_group), len(fields)))
+        for gi, items in enumerate(per_group):
             if k < len(items):
                 item = items[k]
                 table[gi] = item if isinstance(item, tuple) else [getattr(item, f) for f in fields]
@@ -256,30 +326,16 @@ def _slots(groups: list[_Group], attr: str, fields: tuple[str, ...],
     return out
 
 
-def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.ndarray, pair_of: np.ndarray,
-             pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-    """Every row at once: the cost model's array-generic formulas over columns (module docstring)."""
-    w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
-    n = len(configs)
-
-    def get(attr: str) -> np.ndarray:
-        return np.fromiter((getattr(c, attr) for c in configs), dtype=np.int64, count=n)
-    dp, zero, m, devices, pp = get("dp"), get("zero"), get("microbatches"), get("n_devices"), get("pp")
-    v = np.fromiter((c.v for c in configs), dtype=np.int64, count=n)
-    dp_cp = get("cp") * dp  # the weights' replicas: gradients and ZeRO span dp x cp (plan.Plan.dp_cp)
-    edp = np.maximum(dp_cp // get("ep"), 1)
-    zero_dp = np.maximum(dp_cp // get("dcn_replicas"), 1)
-    schedule = np.array([c.schedule for c in configs])
+def _memory(ctx, r: _Rows, terms: list[list[StageMemoryTerms]], group_of: np.ndarray) -> dict[str, np.ndarray]:
+    """Every row's memory (the busiest stage, the first of equals, as memory_breakdown), `fits` and power."""
+    hw = ctx.hardware
     out: dict[str, np.ndarray] = {}
-    # memory: the busiest stage (the first of equals), as memory_breakdown
     best_total = None
-    for slot in _slots(groups, "memory", MEMORY_FIELDS, group_of):
-        terms = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
-                                 **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
-        held = in_flight_microbatches(schedule, pp, m, v, slot["index"])
-        # ZeRO shards over dp x cp less the TPU slices' replicas (Plan.zero_dp); etp = tp (space.Config), so
-        # edp = cp*dp/ep (plan.Plan.edp)
-        parts = stage_memory(terms, zero, dp_cp, zero_dp, held, edp)
+    for slot in _slots(terms, MEMORY_FIELDS, group_of):
+        st = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
+                              **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
+        held = in_flight_microbatches(r.schedule, r.pp, r.m, r.v, slot["index"])
+        parts = stage_memory(st, r.zero, r.dp_cp, r.zero_dp, held, r.edp)
         total = parts["params"] + parts["grads"] + parts["optimizer"] + parts["activations"] + parts["kv_cache"]
         if best_total is None:
             out.update(parts)
@@ -291,17 +347,26 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
     assert best_total is not None
     cap = hw.capacity
     out["memory_bytes"] = best_total
-    out["fits"] = (best_total <= cap) if cap else np.ones(n, dtype=bool)
-    out["power_w"] = devices * busy_power_w(hw.device)
-    # step
+    out["fits"] = (best_total <= cap) if cap else np.ones(len(group_of), dtype=bool)
+    out["power_w"] = r.devices * busy_power_w(hw.device)
+    return out
+
+
+def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[str, np.ndarray]:
+    """The step and goal metrics (`PRICED`) of rows `r` (group_of[i]: row i's group in `groups`): the cost
+    model's array-generic formulas over columns (module docstring); NaN where the group could not be priced."""
+    w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
+    pairs, pair_of = np.unique(np.column_stack([group_of, r.dp]), axis=0, return_inverse=True)
+    pair_of = pair_of.reshape(-1)
     rates = device_rates(hw.cluster(1), w.dtype)
     hides = hw.device.overlaps_communication
     optimizer_bytes, optimizer_ops = _optimizer_totals(ctx.profile)
+    zero, m, dp_cp = r.zero, r.m, r.dp_cp
     shard = optimizer_shard(dp_cp, zero)
-    fraction = bubble_fraction(schedule, pp, m, v)
+    fraction = bubble_fraction(r.schedule, r.pp, m, r.v)
     parts_list = []
-    placement = _dp_placements(groups, pairs)
-    for slot in _slots(groups, "steps", STEP_FIELDS, group_of):
+    placement = _dp_placements(groups, [(int(g), int(d)) for g, d in pairs.tolist()])
+    for slot in _slots([g.steps for g in groups], STEP_FIELDS, group_of):
         times = _dp_times(placement, slot, pair_of)
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
         gather = np.where(((zero == 1) | (zero == 2)) & (dp_cp > 1), times["gather"], 0.0)
@@ -315,16 +380,16 @@ def _combine(ctx, configs: Sequence[Config], groups: list[_Group], group_of: np.
             optimizer_step_time(rates, slot["updated"], shard, w.dtype, options,
                                 (optimizer_bytes * slot["share"], optimizer_ops * slot["share"])),
             slot["copies"])))
-    t = combine_stages(m, fraction, pp, parts_list)
+    t = combine_stages(m, fraction, r.pp, parts_list)
     step = t.compute + t.comm + t.bubble + t.other  # StepTimes.step
+    devices = r.devices
     energy = step_energy_j(hw.device, devices, step, busy_s=t.compute + t.other)
     mfu = ctx.profile.model_flops_per_step / step / devices / rates.peak_flops
     metrics = goal_metrics(ctx.plan, devices, hw.usd_per_device_hour, step, energy, None)
-    priced = out["fits"] & np.array([not groups[g].error for g in range(len(groups))])[group_of]
-    for k, val in dict(step_time_s=step, compute_time_s=t.compute, comm_time_s=t.comm, bubble_time_s=t.bubble,
-                       other_time_s=t.other, mfu=mfu, **metrics).items():
-        out[k] = np.where(priced, val, np.nan)
-    return out
+    priced = np.array([not g.error for g in groups])[group_of]
+    return {k: np.where(priced, val, np.nan)
+            for k, val in dict(step_time_s=step, compute_time_s=t.compute, comm_time_s=t.comm, bubble_time_s=t.bubble,
+                               other_time_s=t.other, mfu=mfu, **metrics).items()}
 
 
 def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]]) -> tuple[np.ndarray, list[tuple]]:

@@ -160,3 +160,29 @@ def test_stage_terms_shared_between_groups_do_not_depend_on_what_the_key_drops()
                                                                                         index)
             checked += 1
     assert checked > 100
+
+
+def test_only_groups_with_a_row_that_fits_are_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory first, as evaluate: train_work runs once per group with a row that fits, never for a group whose
+    rows all overflow; those rows have NaN step columns and no error (evaluate stops at the memory verdict)."""
+    from llmsim.planner import table as table_module
+
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}],
+                      limits={"max_devices": 16, "memory_headroom": 0.0})
+    sharing = sharing_choice(plan)
+    hw = hardware(plan, small_catalog())[0]
+    ctx = Context(plan, hw, workload_profile(plan.workload, sharing), sharing)
+    configs = _space(plan, hw)
+    timed: list = []
+    real = table_module.train_work
+    monkeypatch.setattr(table_module, "train_work", lambda *args: timed.append(args[3]) or real(*args))
+    table = price_table(ctx, configs)
+    fits = table.columns["fits"]
+    key = table_module._key_function(ctx)
+    with_fit = {key(c) for c, ok in zip(configs, fits) if ok}
+    assert 0 < len(with_fit) < len({key(c) for c in configs})   # the small GPU overflows some whole groups
+    assert len(timed) == len(with_fit)
+    assert np.isnan(table.columns["step_time_s"][~fits]).all()
+    assert not np.isnan(table.columns["step_time_s"][fits]).any()
+    assert all(table.error[i] == "" for i in np.flatnonzero(~fits))
