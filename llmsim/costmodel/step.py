@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from llmsim.costmodel.arrays import Num, is_array, maximum, pick
 from llmsim.costmodel.cluster import ClusterSpec, plan_on
 from llmsim.costmodel.collectives import Fabric
@@ -133,37 +135,91 @@ def _pipeline_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
 
 
 def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb: float,
-                   fabric: Fabric) -> float:
-    """Exposed gradient reduction and parameter gathers of one stage after its pipelined micro-batches:
-    the collectives' times alone (cached per collective), combined by `data_parallel_exposed`."""
+                   fabric: Fabric, stage: int = 0) -> float:
+    """Exposed gradient reduction and parameter gathers of pipeline stage `stage` (its work `st`) after its
+    pipelined micro-batches: the collectives' times alone (cached per collective), combined by
+    `data_parallel_exposed`."""
     if work.forward_only:
         return 0.0
     grads, weights = work.grad_bytes(st), work.param_bytes(st)
     zero3_mb = reduce = gather = 0.0
+    chunks = (0.0, 0.0, 0.0)
     if work.zero >= 3:
         zero3_mb = (Comm("all-gather", weights, work.dp_group, 2).time(fabric)
                     + Comm("reduce-scatter", grads, work.dp_group).time(fabric))
     else:
         reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
+        if work.v > 1:
+            chunks = chunk_reduce_times(work, st, fabric)
         gather = comms_time(st.gather_after_step, fabric)
         if work.overlap_param_gather and not work.comm_shares_cores and st.gather_after_step:
             gather = _param_gather_exposed(work, st, fabric)
     return data_parallel_exposed(work.zero, work.microbatches, not work.comm_shares_cores, work.overlap_grad_reduce,
-                                 compute_mb, backward_mb, zero3_mb, reduce, gather)
+                                 compute_mb, backward_mb, zero3_mb, reduce, gather, work.v, work.pp, stage, chunks)
+
+
+def chunk_reduce_times(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[float, float, float]:
+    """Seconds of the gradient reduction (`work.dp_op`) of one model chunk of stage `st` alone, for the chunk
+    whose gradients are final first in a step (chunk v-1: with the LM head's on the last stage), a middle one
+    (its layers only) and the one final last (chunk 0: with the embedding's on the first stage). Megatron-Core
+    keeps one gradient buffer per model chunk (one DistributedDataParallel per chunk, `get_model`)."""
+    layers = st.layers * st.grad_bytes_layer
+    return (Comm(work.dp_op, layers + st.grad_bytes_head, work.dp_group).time(fabric),
+            Comm(work.dp_op, layers, work.dp_group).time(fabric),
+            Comm(work.dp_op, layers + st.grad_bytes_embed, work.dp_group).time(fabric))
 
 
 def data_parallel_exposed(zero: Num, m: Num, hides: bool, overlap_grad_reduce: bool, compute_mb: Num,
-                          backward_mb: Num, zero3_mb_s: Num, reduce_s: Num, gather_s: Num) -> Num:
-    """Exposed data-parallel seconds of one stage per step (numbers or columns over candidates).
+                          backward_mb: Num, zero3_mb_s: Num, reduce_s: Num, gather_s: Num, v: Num = 1, pp: Num = 1,
+                          stage: Num = 0, chunk_s: tuple[Num, Num, Num] = (0.0, 0.0, 0.0)) -> Num:
+    """Exposed data-parallel seconds of pipeline stage `stage` per step (numbers or columns over candidates).
 
     ZeRO-3: every micro-batch all-gathers the weights (forward and backward) and reduce-scatters the
     gradients, `zero3_mb_s` alone, prefetched under the m micro-batches' compute when the device `hides`
-    communication. ZeRO 0-2: the gradient reduction `reduce_s` after the last backward, hidden behind that
-    backward (`backward_mb`) with overlap_grad_reduce, plus the parameter gather after the step `gather_s`
-    (ZeRO 1/2; already its exposed part with overlap_param_gather)."""
+    communication. ZeRO 0-2: the gradient reduction `reduce_s` after the last backward, with
+    overlap_grad_reduce hidden behind that backward (`backward_mb`) or, with v > 1 model chunks
+    (interleaved), chunk by chunk under the cool-down's remaining backward (`interleaved_reduce_exposed`,
+    `chunk_s` its chunks' reductions); plus the parameter gather after the step `gather_s` (ZeRO 1/2;
+    already its exposed part with overlap_param_gather)."""
     zero3 = maximum(0.0, m * zero3_mb_s - (m * compute_mb if hides else 0.0))
-    reduce = maximum(0.0, reduce_s - backward_mb) if (overlap_grad_reduce and hides) else reduce_s
+    if overlap_grad_reduce and hides:
+        chunked = interleaved_reduce_exposed(maximum(v, 1), pp, stage, *chunk_s, backward_mb / maximum(v, 1))
+        reduce = pick(v > 1, chunked, maximum(0.0, reduce_s - backward_mb))
+    else:
+        reduce = reduce_s
     return pick(zero >= 3, zero3, reduce + gather_s)
+
+
+def interleaved_reduce_exposed(v: Num, pp: Num, stage: Num, first_s: Num, middle_s: Num, last_s: Num,
+                               backward_chunk_s: Num) -> Num:
+    """Exposed seconds of the per-chunk gradient reductions of pipeline rank `stage` with the interleaved
+    schedule (v model chunks, pp stages) and overlap_grad_reduce, as Megatron-Core runs them by default
+    (`--align-grad-reduce`, megatron/training/training.py: `config.grad_sync_func` = each chunk's
+    `start_grad_sync`; megatron/core/pipeline_parallel/schedules.py, `backward_step_helper_postprocess`).
+
+    Each chunk's reduction is issued as one collective (one bucket: DistributedDataParallel turns bucketing
+    off on pipeline ranks > 0 and for chunks > 0) `stage` backward passes after its last micro-batch's
+    backward (launches aligned across the pipeline group), or after the step's last backward if that comes
+    first, and the reductions run one after another on the communication stream. The last group of pp
+    micro-batches (Megatron's microbatch_group_size_per_vp_stage = pp) runs its chunks' backwards in the
+    order v-1, ..., 0, pp micro-batches each, so the chunk with k chunks still to finish after it (k = 0 for
+    chunk 0, whose reduction is exposed whole) is issued (k*pp - stage) chunk backwards
+    (`backward_chunk_s` each) before the end. A FIFO server's finishing time (Lindley's recursion) is the
+    latest issue time plus the work queued from it, so the stage waits after its last backward
+
+        exposed = max over k of ( -(k*pp - stage) * backward_chunk_s * [k > 0] + sum of the reductions of
+                  the chunks k, ..., 0 )
+
+    with chunk v-1's reduction `first_s`, chunk 0's `last_s`, the others `middle_s` (chunk_reduce_times).
+    Only the backward passes after an issue hide it: the forwards of the steady state and the cool-down's
+    idle waits, which also pass under the communication, are not counted (an upper bound). Every argument
+    may be a column (one value per candidate)."""
+    exposed, queued = last_s, last_s
+    top = int(np.max(v)) if is_array(v) else int(v)
+    for k in range(1, top):
+        queued = queued + pick(k == v - 1, first_s, middle_s)
+        exposed = pick(k < v, maximum(exposed, queued - (k * pp - stage) * backward_chunk_s), exposed)
+    return exposed
 
 
 def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
@@ -197,15 +253,18 @@ def price(work: StepWork, fabric: Fabric) -> StepTimes:
     m = work.microbatches
     schedule = "gpipe" if work.forward_only else work.schedule
     fraction = bubble_fraction(schedule, work.pp, m, work.v)
-    alike: dict[int, StageParts] = {}  # stages alike share one StageWork: price it once
+    alike: dict[object, StageParts] = {}  # stages alike share one StageWork: price it once
     parts = []
     for index, st in enumerate(work.stages):
-        if id(st) not in alike:
+        # the interleaved reductions' launches depend on the pipeline rank (interleaved_reduce_exposed)
+        key = (id(st), index if work.v > 1 else 0)
+        if key not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            alike[id(st)] = StageParts(compute_mb, comm_mb, _data_parallel(work, st, compute_mb, backward_mb, fabric),
-                                       st.accumulate_s, 0.0, st.optimizer_s)
+            alike[key] = StageParts(compute_mb, comm_mb,
+                                    _data_parallel(work, st, compute_mb, backward_mb, fabric, index),
+                                    st.accumulate_s, 0.0, st.optimizer_s)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        parts.append((index, replace(alike[id(st)], sync_s=sync)))
+        parts.append((index, replace(alike[key], sync_s=sync)))
     return combine_stages(m, fraction, work.pp, parts)
 
 

@@ -156,13 +156,14 @@ class _Group:
     dp_group: object | None          # the work's own data-parallel group where the key pins dp (torus)
     node: int                        # devices per node of the group's cluster
     steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, trainable,
-    #                                  parameters the optimizer updates (moe.optimizer_params), optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes, sync,
+    #                                  parameters the optimizer updates (moe.optimizer_params), optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes,
+    #                                  grad bytes of a model chunk's layers, of the head's, of the embedding's, sync,
     #                                  copies: how many of the pipeline's stages are this one)
     error: str = ""
 
 
 STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "trainable", "updated", "share", "grads", "weights",
-               "gathered", "sync", "copies")
+               "gathered", "chunk_grads", "head_grads", "embed_grads", "sync", "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
@@ -289,11 +290,13 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
     steps, slot_of, alike = [], {}, {}
     for index, st in enumerate(work.stages):
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        if (id(st), sync) in slot_of:  # equal stages: the first stands for them (the first of equals), counted
-            row = slot_of[(id(st), sync)]
+        # interleaved: a stage's exposed reductions depend on its rank (step.interleaved_reduce_exposed)
+        key = (id(st), sync, index if work.v > 1 else 0)
+        if key in slot_of:  # equal stages: the first stands for them (the first of equals), counted
+            row = slot_of[key]
             steps[row] = steps[row][:-1] + (steps[row][-1] + 1,)
             continue
-        slot_of[(id(st), sync)] = len(steps)
+        slot_of[key] = len(steps)
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             params_key = ("params", tkey, index)
@@ -305,7 +308,8 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
             alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable,
                              moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
                              work.grad_bytes(st), work.param_bytes(st),
-                             moe.data_parallel_params(plan, params, experts) * elem)
+                             moe.data_parallel_params(plan, params, experts) * elem,
+                             st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed)
         steps.append((index, *alike[id(st)], sync, 1))
     return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps)
 
@@ -374,7 +378,9 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
         parts_list.append((slot["index"].astype(np.int64), StageParts(
             slot["compute_mb"], slot["comm_mb"],
             data_parallel_exposed(zero, m, hides, True, slot["compute_mb"], slot["backward_mb"], zero3_mb, reduce,
-                                  gather),
+                                  gather, r.v, r.pp, slot["index"],
+                                  tuple(np.where(zero == 0, times[f"all-reduce {c}"], times[f"reduce-scatter {c}"])
+                                        for c in CHUNKS)),
             accumulate_time(rates, slot["trainable"], m, w.dtype, options),
             slot["sync"],
             optimizer_step_time(rates, slot["updated"], shard, w.dtype, options,
@@ -416,6 +422,9 @@ def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]]) -> tuple[
     return out, placed
 
 
+CHUNKS = ("first", "middle", "last")  # a stage's model chunks, in the order their gradients are final
+
+
 def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray],
               pair_of: np.ndarray) -> dict[str, np.ndarray]:
     """Each data-parallel collective of one stage slot, priced once per distinct (fabric and group, bytes)
@@ -423,17 +432,22 @@ def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndar
     where, placed = placement
     first_row = np.full(len(where), -1)
     first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
-    names = ("all-reduce", "reduce-scatter", "gather", "zero3")
+    names = ("all-reduce", "reduce-scatter", "gather", "zero3",
+             *(f"{op} {c}" for op in ("all-reduce", "reduce-scatter") for c in CHUNKS))
     keys = np.column_stack([where.astype(float), slot["grads"][first_row], slot["weights"][first_row],
-                            slot["gathered"][first_row]])
+                            slot["gathered"][first_row], slot["chunk_grads"][first_row],
+                            slot["head_grads"][first_row], slot["embed_grads"][first_row]])
     distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
     table = np.zeros((len(distinct), len(names)))
-    for u, (at, grads, weights, gathered) in enumerate(distinct.tolist()):
+    for u, (at, grads, weights, gathered, chunk, head, embed) in enumerate(distinct.tolist()):
         if at < 0:
             continue
         f, group = placed[int(at)]
         rs = Comm("reduce-scatter", grads, group).time(f)
+        # a model chunk's reduction (step.chunk_reduce_times): final first (with the head's), middle, last
+        chunks = tuple(Comm(op, nbytes, group).time(f) for op in ("all-reduce", "reduce-scatter")
+                       for nbytes in (chunk + head, chunk, chunk + embed))
         table[u] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
-                    Comm("all-gather", weights, group, 2).time(f) + rs)
+                    Comm("all-gather", weights, group, 2).time(f) + rs, *chunks)
     per_pair = table[inverse.reshape(-1)]
     return {name: per_pair[pair_of, j] for j, name in enumerate(names)}

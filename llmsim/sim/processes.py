@@ -8,7 +8,9 @@ One generator per actor, `env` (or the step holding it) first, as in SimPy's car
                     tree, hierarchical across nodes), each phase a transfer over the rank's port, shared
                     with whatever else crosses it.
 * `GradientBuckets` data-parallel reduction of the last micro-batch's gradients in buckets, launched on
-                    the communication stream as layers finish their backward (overlap) or after it.
+                    the communication stream as layers finish their backward (overlap) or after it;
+                    interleaved (v > 1), one reduction per model chunk, launched `stage` backward
+                    passes after the chunk's last one (Megatron-Core's aligned grad sync).
 * `ZeroGatherer`    ZeRO-3/FSDP: each layer's parameters all-gathered before use, `prefetch` layers ahead.
 * `ParamGather`     ZeRO 1/2 with overlap_param_gather: the updated parameters gathered in buckets under
                     the forward. With tp_comm_overlap a layer's tensor-parallel chunks run on the ports
@@ -189,6 +191,41 @@ class GradientBuckets:
         self.pending = 0.0
 
 
+class ChunkGradSync:
+    """Interleaved schedule (v > 1) with overlap_grad_reduce: each model chunk's gradients reduced as one
+    collective, issued `stage` backward passes after the chunk's last micro-batch's backward, or after the
+    step's last backward if that comes first (Megatron-Core's default `--align-grad-reduce`:
+    `config.grad_sync_func` per chunk, megatron/core/pipeline_parallel/schedules.py
+    `backward_step_helper_postprocess`; DistributedDataParallel keeps one bucket per chunk on pipeline
+    ranks > 0 and for chunks > 0). The roofline's closed form is step.interleaved_reduce_exposed."""
+
+    def __init__(self, buckets: GradientBuckets, stage: int) -> None:
+        self.buckets = buckets
+        self.delay = stage
+        self.done = 0                                  # backward passes finished
+        self.final: list[tuple[int, int]] = []         # (its backward's number, chunk) of each chunk final
+        self.nbytes: dict[int, float] = {}
+
+    def add(self, chunk: int, nbytes: float) -> None:
+        self.nbytes[chunk] = self.nbytes.get(chunk, 0.0) + nbytes
+
+    def backward_done(self, chunk: int, final: bool) -> None:
+        """After a backward pass: note a chunk made final, issue the chunks final `delay` passes ago."""
+        if final:
+            self.final.append((self.done, chunk))
+        while self.final and self.final[0][0] + self.delay <= self.done:
+            self._issue(self.final.pop(0)[1])
+        self.done += 1
+
+    def flush(self) -> None:
+        while self.final:
+            self._issue(self.final.pop(0)[1])
+
+    def _issue(self, chunk: int) -> None:
+        self.buckets.pending += self.nbytes.pop(chunk, 0.0)
+        self.buckets.flush()
+
+
 class ZeroGatherer:
     """ZeRO-3 / FSDP: each unit (a layer, with the embedding or head folded into the edge layers) is
     all-gathered over data parallel before it runs, forward and backward, issued `prefetch` units ahead
@@ -280,6 +317,7 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
     ops = schedule_ops(work.schedule, p, m, v, stage, work.forward_only)
     last_backward = {op.chunk: i for i, op in enumerate(ops) if not op.forward}
     buckets = GradientBuckets(sim, device)
+    chunked = ChunkGradSync(buckets, stage) if v > 1 and work.overlap_grad_reduce and work.dp_group.size > 1 else None
     zero3 = work.zero >= 3 and work.dp_group.size > 1 and not work.forward_only
     gatherer = ZeroGatherer(sim, device, [u[0] for op in ops for u in _units(work, st, stage, op)]) if zero3 else None
     per_backward_accumulate = st.accumulate_s / (m * v) if m * v else 0.0
@@ -346,11 +384,15 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
                         device.ledger.comm_s += env.now - start_cp
                     if gatherer:
                         gatherer.reduce(grads)
+                    elif final and chunked:
+                        chunked.add(op.chunk, grads)
                     elif final:
                         buckets.add(grads)
                 if vstage == 0:
                     yield from sim.compute(device, st.embed_bwd_s)
                 yield from sim.compute(device, per_backward_accumulate)
+                if chunked:
+                    chunked.backward_done(op.chunk, final)
             sim.replica.record(stage, "compute", f"{kind}{op.microbatch}" + (f".{op.chunk}" if v > 1 else ""),
                                "forward" if op.forward else "backward", start)
         if not last_in:  # send to the next virtual stage
@@ -371,6 +413,8 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
     if sending is not None:
         yield from sim.wait(device, sending)
     if not work.forward_only:
+        if chunked:
+            chunked.flush()
         buckets.flush()
         pending = buckets.issued + (gatherer.reductions if gatherer else [])
         if pending:
