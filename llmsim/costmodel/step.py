@@ -153,7 +153,7 @@ def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb
             chunks = chunk_reduce_times(work, st, fabric)
         gather = comms_time(st.gather_after_step, fabric)
         if work.overlap_param_gather and not work.comm_shares_cores and st.gather_after_step:
-            gather = _param_gather_exposed(work, st, fabric)
+            gather = _param_gather_exposed(work, st, fabric, stage)
     return data_parallel_exposed(work.zero, work.microbatches, not work.comm_shares_cores, work.overlap_grad_reduce,
                                  compute_mb, backward_mb, zero3_mb, reduce, gather, work.v, work.pp, stage, chunks)
 
@@ -222,17 +222,54 @@ def interleaved_reduce_exposed(v: Num, pp: Num, stage: Num, first_s: Num, middle
     return exposed
 
 
-def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
+def _param_gather_exposed(work: StepWork, st: StageWork, fabric: Fabric, stage: int = 0) -> float:
     """overlap_param_gather: the updated parameters are gathered layer by layer, in forward order, while the
     next step's first forward runs, and each layer waits for its own. Gathers back to back (G_k done at the
     k-th) against a forward that reaches layer k after C_k of compute: the forward waits max_k (G_k - C_k)
     in all, the max of an even stage's sequence at one of its ends: the first layer (with the embedding on
-    the first stage), which nothing hides, or the last, whose gather only the layers before it hide."""
+    the first stage), which nothing hides, or the last, whose gather only the layers before it hide.
+    Interleaved (v > 1): chunk by chunk, `interleaved_gather_exposed`."""
+    if work.v > 1:
+        layers = st.layers * st.param_bytes_layer
+        chunks = [layers + (st.param_bytes_embed if c == 0 else 0.0) + (st.param_bytes_head if c == work.v - 1 else 0.0)
+                  for c in range(work.v)]
+        return interleaved_gather_exposed(work.pp, stage, [Comm("all-gather", b, work.dp_group).time(fabric)
+                                                           for b in chunks], st.layers * st.fwd_layer_s)
     first = st.param_bytes_layer + st.param_bytes_embed
     alone = Comm("all-gather", first, work.dp_group).time(fabric)
     whole = Comm("all-gather", work.param_bytes(st), work.dp_group).time(fabric)
     before_last = (work.layers_on(st) - 1) * st.fwd_layer_s + st.embed_fwd_s
     return max(alone, whole - before_last)
+
+
+def interleaved_gather_exposed(pp: int, stage: int, gathers: list[float], forward_chunk_s: float) -> float:
+    """Seconds pipeline rank `stage` waits in its first forwards for the parameters the previous step's
+    optimizer updated, with the interleaved schedule and overlap_param_gather, as Megatron-Core runs it by
+    default (`--align-param-gather`: `config.param_sync_func` = each chunk's `start_param_sync`,
+    megatron/training/training.py; megatron/core/pipeline_parallel/schedules.py: chunks 0 and 1 launched as
+    the step starts, chunk c >= 2 at the forward (c-1)*pp - stage, `forward_step_helper_preprocess`).
+
+    `gathers[c]`: chunk c's all-gather alone (one bucket per chunk: DistributedDataParallel turns bucketing
+    off on pipeline ranks > 0 and for chunks > 0), run one after another on the communication stream; each
+    chunk's first forward waits for its own (the forward pre-hook). The first group of pp micro-batches
+    runs chunk c's forwards (`forward_chunk_s` each) from the forward c*pp on, after the waits before it
+    (W_c in all up to chunk c's):
+
+        issue_c = 0 (c < 2), (c-1)*pp*f - stage*f + W_{c-2} (c >= 2)     f = forward_chunk_s
+        done_c  = max(done_{c-1}, issue_c) + gathers[c]
+        W_c     = max(W_{c-1}, done_c - c*pp*f)
+
+    and the stage waits W_{v-1}. Only forwards count: the warm-up's forwards run back to back (a stage
+    whose warm-up ends inside the first group also runs backwards there, which hide more: an upper bound),
+    and the first pipeline rank's bucketed chunk 0 is priced as one bucket."""
+    f = forward_chunk_s
+    waits = [0.0, 0.0]                      # W_{c-2}, W_{c-1}
+    done = 0.0
+    for c, gather in enumerate(gathers):
+        issue = 0.0 if c < 2 else ((c - 1) * pp - stage) * f + waits[0]
+        done = max(done, issue) + gather
+        waits = [waits[1], max(waits[1], done - c * pp * f)]
+    return waits[1]
 
 
 # Relative difference under which two stages' finishing times are one (float summation order, not a model).

@@ -280,6 +280,42 @@ class ParamGather:
         return self.bucket.pop(index, None)
 
 
+class ChunkParamGather:
+    """overlap_param_gather with the interleaved schedule (v > 1): one all-gather per model chunk, chunks 0
+    and 1 issued as the step starts, chunk c >= 2 at the forward (c-1)*pp - stage (Megatron-Core's default
+    `--align-param-gather`: `config.param_sync_func` per chunk, megatron/core/pipeline_parallel/schedules.py
+    `forward_step_helper_preprocess`); a chunk's first forward waits for its own. The roofline's closed form
+    is step.interleaved_gather_exposed."""
+
+    def __init__(self, sim: StepSim, device: Device, stage: int, sizes: list[float]) -> None:
+        self.sim, self.device, self.stage = sim, device, stage
+        self.sizes = sizes                           # bytes of each chunk's gather
+        self.issued: dict[int, simpy.Process] = {}
+        self.used: set[int] = set()                  # chunks whose first forward has run
+        self.forwards = 0                            # forward passes begun
+        for chunk in range(min(2, len(sizes))):
+            self._issue(chunk)
+
+    def _issue(self, chunk: int) -> None:
+        if self.sizes[chunk] > 0 and chunk not in self.issued and chunk not in self.used:
+            c = Comm("all-gather", self.sizes[chunk], self.sim.work.dp_group)
+            self.issued[chunk] = self.sim.on_comm_stream(self.device, c, f"all-gather params chunk {chunk}", "dp")
+
+    def forward_begins(self) -> None:
+        """Before a forward pass: issue the chunk after the one whose first micro-batch is `stage` passes on."""
+        p = self.sim.work.pp
+        ahead = self.forwards + self.stage
+        if ahead < p * len(self.sizes) and ahead % p == 0 and 2 <= ahead // p + 1 < len(self.sizes):
+            self._issue(ahead // p + 1)
+        self.forwards += 1
+
+    def ready(self, chunk: int) -> simpy.Process | None:
+        """The gather chunk `chunk`'s first forward waits for, once (issued now if not yet); None after."""
+        self._issue(chunk)
+        self.used.add(chunk)
+        return self.issued.pop(chunk, None)
+
+
 def _units(work: StepWork, st: StageWork, stage: int, op: PipeOp) -> list[tuple[float, float, bool]]:
     """(parameter bytes, gradient bytes, whether it is a layer) of each unit of `op`, in the order it runs
     them: its layers, the embedding (head) folded into the first (last) one; a stage without layers (the
@@ -323,7 +359,12 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
     per_backward_accumulate = st.accumulate_s / (m * v) if m * v else 0.0
     gather_index = 0
     updated: ParamGather | None = None
-    if work.overlap_param_gather and st.gather_after_step and not work.forward_only:
+    chunk_gather: ChunkParamGather | None = None
+    if work.overlap_param_gather and st.gather_after_step and not work.forward_only and v > 1:
+        chunk_gather = ChunkParamGather(sim, device, stage, [sum(u[0] for u in _units(work, st, stage,
+                                                                                     PipeOp(True, 0, chunk)))
+                                                             for chunk in range(v)])
+    elif work.overlap_param_gather and st.gather_after_step and not work.forward_only:
         sizes = [u[0] for chunk in range(v) for u in _units(work, st, stage, PipeOp(True, 0, chunk))]
         updated = ParamGather(sim, device, [(k, nbytes) for k, nbytes in enumerate(sizes) if nbytes > 0])
     fwd_gemm = overlapped_gemm_s(st.tp_fwd_overlap)
@@ -343,6 +384,11 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
             yield turn
             start = env.now
             if op.forward:
+                if chunk_gather:
+                    chunk_gather.forward_begins()
+                    first_use = chunk_gather.ready(op.chunk)
+                    if first_use is not None:
+                        yield from sim.wait(device, first_use)
                 if vstage == 0:
                     yield from sim.compute(device, st.embed_fwd_s)
                     yield from sim.exposed(device, sim.phases(st.tp_embed))
@@ -432,7 +478,7 @@ def stage_worker(sim: StepSim, stage: int) -> Generator[simpy.Event, None, None]
             yield env.timeout(t)
             device.ledger.other_s += t
             sim.replica.record(stage, "compute", "optimizer", "optimizer", start)
-        if st.gather_after_step and updated is None:
+        if st.gather_after_step and updated is None and chunk_gather is None:
             start = env.now
             yield from sim.exposed(device, sim.phases(st.gather_after_step))
             sim.replica.record(stage, "comm", "all-gather params", "dp", start)

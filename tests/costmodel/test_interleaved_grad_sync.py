@@ -91,3 +91,51 @@ def test_the_simulation_launches_one_reduction_per_chunk_at_megatrons_points() -
     exposed = [led.comm_s for led in out.ledgers]
     assert max(exposed) <= roofline.detail["data_parallel"] + 1e-9
     assert max(exposed) < Comm("reduce-scatter", 3 * GRAD_BYTES_LAYER, DP).time(FABRIC)
+
+
+# -- overlap_param_gather, interleaved ---------------------------------------------------------------------
+
+def _gather_work(p: int, v: int, m: int, fwd_s: float, param_bytes: float) -> StepWork:
+    st = StageWork(layers=1, fwd_layer_s=fwd_s, bwd_layer_s=2 * fwd_s, grad_bytes_layer=1e6,
+                   param_bytes_layer=param_bytes, gather_after_step=(Comm("all-gather", v * param_bytes, DP),))
+    return StepWork(stages=(st,) * p, microbatches=m, schedule="interleaved", virtual_stages=v, dp_group=DP,
+                    dp_op="reduce-scatter", zero=1, overlap_param_gather=True)
+
+
+def test_the_parameter_gather_closed_form_by_hand() -> None:
+    """pp 2, v 3, chunk forward f = 1 s, every chunk's gather G. Chunks 0 and 1 start at once, chunk 2 at the
+    forward (2 - 1)*2 - r; chunk c is needed at c*pp*f plus the waits before it.
+    G = 3, rank 0: W0 = 3; chunk 1 done 6, needed 2 + 3 = 5: W1 = 4; chunk 2 issued 2 + 0, done 9, needed 4 + 4:
+    W2 = 5. G = 1: only chunk 0's gather waits (1 s)."""
+    from llmsim.costmodel.step import interleaved_gather_exposed
+
+    assert interleaved_gather_exposed(2, 0, [3.0, 3.0, 3.0], 1.0) == pytest.approx(5.0)
+    assert interleaved_gather_exposed(2, 1, [1.0, 1.0, 1.0], 1.0) == pytest.approx(1.0)
+    # rank 1, G = 1.5, f = 1, pp 2: W0 = 1.5; chunk 1 done 3, needed 2 + 1.5: W1 = 1.5; chunk 2 issued
+    # (2 - 1) * 1 + 0 = 1, done max(3, 1) + 1.5 = 4.5, needed 4 + 1.5 = 5.5: W2 = 1.5
+    assert interleaved_gather_exposed(2, 1, [1.5, 1.5, 1.5], 1.0) == pytest.approx(1.5)
+    # a gather slower than pp chunk forwards: the stream sets the pace, W = sum(G) - (v-1)*pp*f
+    assert interleaved_gather_exposed(6, 5, [0.04] * 8, 0.004) == pytest.approx(8 * 0.04 - 7 * 6 * 0.004)
+
+
+def test_the_roofline_and_the_simulation_gather_chunk_by_chunk() -> None:
+    """The priced step's data-parallel time is the chunks' reduction plus the closed-form gather wait; the
+    simulation, playing Megatron's launches, waits for the gathers no longer than the closed form says."""
+    from llmsim.costmodel.step import interleaved_gather_exposed
+
+    p, v, m, f = 2, 3, 2, 1.0
+    G = Comm("all-gather", 4e10, DP).time(FABRIC)   # 3 s: slower than a chunk's pp forwards (2 s)
+    work = _gather_work(p, v, m, f, 4e10)
+    t = price(work, FABRIC)
+    R = Comm("reduce-scatter", 1e6, DP).time(FABRIC)
+
+    def exposed(stage: int) -> float:
+        return interleaved_reduce_exposed(v, p, stage, R, R, R, 2 * f) + interleaved_gather_exposed(p, stage,
+                                                                                                   [G] * v, f)
+    assert interleaved_gather_exposed(p, 0, [G] * v, f) == pytest.approx(5.0, rel=1e-5)   # by hand, as above
+    assert t.detail["data_parallel"] == pytest.approx(exposed(t.critical_stage), rel=1e-12)
+    out = simulate(work, Placement(tp=1, cp=1, pp=p, devices_per_node=1), FABRIC, record=True)
+    gathers = [s for s in out.spans if s.category == "dp" and s.name.startswith("all-gather")]
+    assert len(gathers) == p * v                      # one per chunk and stage, none after the optimizer
+    for stage in range(p):
+        assert out.ledgers[stage].comm_s <= exposed(stage) + 1e-9
