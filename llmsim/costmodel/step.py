@@ -21,10 +21,11 @@ Exposure: the tensor-parallel collectives, pipeline messages and ring-attention 
 critical path (comm_mb); with tp_comm_overlap each tensor-parallel collective hides under its GEMM but
 for a pipeline's last chunk (work.Overlapped), with overlap_p2p a pipeline send hides under the sender's
 next model chunk. The data-parallel reduction (ZeRO 0-2) runs after the last micro-batch's backward and,
-with overlap_grad_reduce, hides behind that backward; ZeRO-3's per-micro-batch gathers and
+with overlap_grad_reduce, hides behind that backward (interleaved: chunk by chunk under the cool-down's
+remaining backward, interleaved_reduce_exposed); ZeRO-3's per-micro-batch gathers and
 reduce-scatters are prefetched under the micro-batches' compute; ZeRO 1/2 all-gather the updated
 parameters after the optimizer, or with overlap_param_gather under the next step's first forward (but
-the first layer's, which that forward waits for). A device whose collectives run on the cores that
+the first layer's, which that forward waits for; interleaved: chunk by chunk, interleaved_gather_exposed). A device whose collectives run on the cores that
 compute (DeviceSpec.overlaps_communication False: gloo on a CPU host) hides nothing.
 
 Inference: prefill is one forward pass; decode = prefill (time to first token) + (n-1) token steps, each
