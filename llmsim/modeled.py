@@ -284,7 +284,7 @@ class ModeledBackend(Backend):
             one_device = self.one_device_time(case, profile, plan, cluster, options)
         except CostModelError as exc:
             return case.result(self, status="skipped", error=str(exc), **where)
-        memory = memory_breakdown(case.workload, profile, case.sharing, plan, options)
+        memory = memory_breakdown(case.workload, profile, case.sharing, plan, options, device=cluster.device)
         extra: dict[str, Any] = {f"mem_{k}_bytes": v for k, v in memory.as_dict().items()}
         extra.update(memory_stage=memory.stage, memory_stage_index=memory.stage_index,
                      attention_kernel=options.attention)

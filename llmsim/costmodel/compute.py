@@ -107,6 +107,7 @@ class Rates:
     gemm: "Rates | None" = None  # float8: the rates the layers' GEMMs run at (the FP8 peak); None = these
     compiled: bool = False       # the device runs compiled programs only (DeviceSpec.compiled: TPU/XLA)
     clock_share: float = 1.0     # clock held under a power limit below the rated power (costmodel.power)
+    fp8_any_layout: bool = False  # FP8 GEMMs take any operand layout (DeviceSpec.fp8_gemm_any_layout: Blackwell)
 
     @property
     def sustained_flops(self) -> float:
@@ -167,7 +168,7 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
                              f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
                  compute_units=device.compute_units, compiled=device.compiled,
-                 clock_share=device_clock_share(device))
+                 clock_share=device_clock_share(device), fp8_any_layout=precision.any_layout(device))
 
 
 # What `compile: true` compiles on an eagerly-run device: the Transformer blocks, one torch.compile per block,
@@ -369,7 +370,7 @@ def _rates_key(rates: Rates | None) -> tuple | None:
     if rates is None:
         return None
     return (rates.peak_flops, rates.memory_bw, id(rates.efficiency), rates.compute_units, rates.clock_share,
-            _rates_key(rates.gemm))
+            rates.fp8_any_layout, _rates_key(rates.gemm))
 
 
 def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
@@ -412,10 +413,12 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(ot.traffic(runs_compiled(options, rates, region)) * share)
     if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
-        # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes
-        casts = precision.activation_cast_bytes(workload, plan, phase, tokens) * layers_here
+        # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes, writing the
+        # copies the device's FP8 GEMMs need (precision.copies)
+        casts = precision.activation_cast_bytes(workload, plan, phase, tokens, rates.fp8_any_layout) * layers_here
         if phase == "forward":
-            casts += precision.weight_cast_bytes(workload, plan) * layers_here / plan.microbatches
+            casts += (precision.weight_cast_bytes(workload, plan, rates.fp8_any_layout) * layers_here
+                      / plan.microbatches)
         other += rates.memory_time(casts)
     if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
         stages = divide // (plan.tp * plan.cp) if region == "layers" else 1

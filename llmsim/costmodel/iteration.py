@@ -297,7 +297,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     decode_att = max(mix.decode_keys * per_pair / attention_rate, rates.memory_time(mix.decode_keys * kv_read))
     other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
     if precision.is_fp8(w):   # casts of the GEMM inputs to FP8 (the weights are stored in FP8)
-        other_bytes += precision.activation_cast_bytes(w, plan, "prefill", rows_int) * tokens / rows_int
+        other_bytes += (precision.activation_cast_bytes(w, plan, "prefill", rows_int, rates.fp8_any_layout)
+                        * tokens / rows_int)
     other = rates.memory_time(other_bytes)
     ops = c.ops_prefill if pre else c.ops_decode
     if eff.op_overhead_s:
@@ -447,7 +448,7 @@ def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
     """
     device = cluster.device.memory_bytes * memory_utilization
     replica = replace(plan, dp=1, zero=0)
-    weights = max(memory_breakdown(workload, profile, sharing, replica, options, stage).params
+    weights = max(memory_breakdown(workload, profile, sharing, replica, options, stage, cluster.device).params
                   for stage in memory_stages(workload, replica))
     workspace = forward_workspace_bytes(workload, replica, max_batched_tokens, max_num_seqs)
     left = device - weights - workspace

@@ -32,6 +32,7 @@ from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 
 if TYPE_CHECKING:
     from llmsim.config import ModelSpec, SharingChoice, Workload
+    from llmsim.hardware import DeviceSpec
     from llmsim.workload.profile import WorkloadProfile
 
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
@@ -354,13 +355,16 @@ def memory_stages(workload: "Workload", plan: Plan) -> list[int]:
 
 
 def memory_breakdown(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                     options: Options = Options(), stage: Stage | None = None) -> MemoryBreakdown:
+                     options: Options = Options(), stage: Stage | None = None,
+                     device: "DeviceSpec | None" = None) -> MemoryBreakdown:
     """Memory of the busiest device: every pipeline stage is checked (`memory_stages`), the one that needs
-    the most is returned. `stage` (an index, or first | middle | last): that stage's instead."""
+    the most is returned. `stage` (an index, or first | middle | last): that stage's instead. `device`: the
+    device it runs on, for what its kind changes (float8's weight copies: stage_memory_terms); None = a
+    device without those traits (FP8 GEMMs in the TN layout only, as on Hopper)."""
     if stage is None:
-        return max((memory_breakdown(workload, profile, sharing, plan, options, st)
+        return max((memory_breakdown(workload, profile, sharing, plan, options, st, device)
                     for st in memory_stages(workload, plan)), key=lambda mb: mb.total)
-    t = stage_memory_terms(workload, profile, sharing, plan, options, stage)
+    t = stage_memory_terms(workload, profile, sharing, plan, options, stage, device=device)
     held = in_flight_microbatches(plan.schedule, plan.pp, plan.microbatches, plan.v, t.index)
     return MemoryBreakdown(**stage_memory(t, plan.zero, plan.dp_cp, plan.zero_dp, held, plan.edp), stage=t.kind,
                            stage_index=t.index)
@@ -392,10 +396,13 @@ class StageMemoryTerms:
 
 
 def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
-                       options: Options, stage: Stage, activations: bool = True) -> StageMemoryTerms:
+                       options: Options, stage: Stage, activations: bool = True,
+                       device: "DeviceSpec | None" = None) -> StageMemoryTerms:
     """The terms of one stage's memory that neither the ZeRO stage, dp nor the micro-batch count change
     (except inference's `kv_cache`, which follows dp).
-    `activations` False leaves the activation terms at 0 (the planner's lower bound of a group)."""
+    `activations` False leaves the activation terms at 0 (the planner's lower bound of a group). `device`: the
+    device's FP8 GEMM layouts (DeviceSpec.fp8_gemm_any_layout) fix how many FP8 weight copies float8 training
+    keeps (precision.copies); None = TN only, two copies."""
     kind, index = stage_of(plan, stage)
     elem = DTYPE_BYTES[workload.dtype]
     params, trainable = _stage_params(workload, profile, sharing, plan, stage)
@@ -411,7 +418,8 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         # ZeRO-3 shards them like the weights (stage_memory): they are made from the gathered weights
         # (torchao float8 FSDP2)
         fp8_copy = precision.fp8_weight_copy_bytes(workload,
-                                                   layers_here * precision.layer_gemm_params(workload, plan))
+                                                   layers_here * precision.layer_gemm_params(workload, plan),
+                                                   precision.any_layout(device))
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
     per_layer = working = edge = kv = 0.0

@@ -11,10 +11,15 @@ arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; T
 "Using FP8 with Transformer Engine" and `transformer_engine/common/recipe`):
 
 * a cast of each GEMM input (forward: the layer input X; backward: the output gradient dY) from bf16 to FP8:
-  one pass that reads 2 bytes and writes 1 byte per copy. Training writes two copies, row-wise for the
-  GEMM of its own pass and column-wise (transposed) for the weight-gradient GEMM: TE's `cast_transpose`
+  one pass that reads 2 bytes and writes 1 byte per copy (`copies`). Training writes two copies, row-wise for
+  the GEMM of its own pass and column-wise (transposed) for the weight-gradient GEMM: TE's `cast_transpose`
   on Hopper, whose FP8 GEMMs take only the TN layout, and MXFP8's separate row and column scales
-  everywhere (TE docs, "MXFP8": "both rowwise and columnwise quantized copies"). Inference writes one.
+  everywhere (TE docs, "MXFP8": "both rowwise and columnwise quantized copies"). On a device whose FP8 GEMMs
+  take any operand layout (`DeviceSpec.fp8_gemm_any_layout`: Blackwell, SM 10.x) the per-tensor recipes
+  (delayed, current) write one: Transformer Engine makes the transposed copy only where the GPU cannot run
+  non-TN FP8 GEMMs (transformer_engine/pytorch/csrc/quantizer.cpp, Float8Quantizer::create_tensor:
+  `create_transpose = columnwise_usage && !nvte_is_non_tn_fp8_gemm_supported()`; the row-wise data serves the
+  column-wise use, common/gemm/cublaslt_gemm.cpp). Inference writes one.
 * `delayed`: the scale comes from an amax history (TE DelayedScaling, amax_history_len): the amax is
   reduced inside the cast kernel, no extra pass.
 * `current`: the scale comes from the tensor itself (TE Float8CurrentScaling; torchao "tensorwise"): the
@@ -22,8 +27,8 @@ arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; T
 * `mxfp8`: one E8M0 scale byte per block of 32 elements (OCP Microscaling Formats v1.0, Sec. 5.3, block
   size 32) per copy, computed inside the cast.
 * the weights are cast once per optimizer step (TE caches the FP8 weights over the micro-batches of a step,
-  `is_first_microbatch`), and training keeps those FP8 copies (1 byte per weight per copy) beside the bf16
-  weights.
+  `is_first_microbatch`), and training keeps those FP8 copies (1 byte per weight per copy, `copies` of them:
+  one on Blackwell under the per-tensor recipes) beside the bf16 weights.
 * `saved_activations: bfloat16` (torchao) keeps the bf16 input and casts it again in the backward;
   `float8` (TE) keeps the FP8 copy (costmodel.activations sizes the saved linear inputs at 1 byte).
 * `param_all_gather` (torchao float8 FSDP2): ZeRO-3 all-gathers the GEMM weights in FP8, 1 byte each.
@@ -57,6 +62,11 @@ MX_BLOCK = 32                 # elements per shared scale (OCP MX v1.0, Sec. 5.3
 MX_SCALE_BYTES = 1            # E8M0 scale
 TRAINING_COPIES = 2           # row-wise + column-wise FP8 copy of each operand (see module docstring)
 INFERENCE_COPIES = 1
+# Recipes with one scale per tensor, whose row-wise FP8 data serves the column-wise (transposed) use where the
+# FP8 GEMMs take any layout (TE quantizer.cpp: Float8Quantizer = delayed, Float8CurrentScalingQuantizer =
+# current, both `create_transpose = columnwise_usage && !nvte_is_non_tn_fp8_gemm_supported()`). MXFP8's scales
+# run along rows for one copy and along columns for the other, so it needs both on every device.
+PER_TENSOR_RECIPES = frozenset({"delayed", "current"})
 # Transformer Engine's fused casts (fused_inputs): which layer GEMMs' forward inputs come out of the kernel
 # before them quantized (QKV: LayerNormLinear's norm; attention out: no; MLP up: LayerNormMLP's norm; MLP down:
 # the activation), and the activations with a dbias+dact+quantize backward kernel (layernorm_mlp.py
@@ -110,30 +120,44 @@ def default_recipe(device: "DeviceSpec") -> str:
     return "mxfp8" if device.microscaling else "delayed"
 
 
-def copies(workload: "Workload") -> int:
-    return TRAINING_COPIES if workload.mode == "train" else INFERENCE_COPIES
+def any_layout(device: "DeviceSpec | None") -> bool:
+    """Whether `device`'s FP8 GEMMs take any operand layout (DeviceSpec.fp8_gemm_any_layout); None: no."""
+    return bool(device is not None and device.fp8_gemm_any_layout)
 
 
-def cast_bytes_per_element(workload: "Workload") -> float:
-    """Bytes one cast of one bf16 element to FP8 moves: read 2, write 1 per copy (+ an MX scale byte per 32
-    elements per copy), + one more read of the input for `current` scaling's amax pass."""
+def copies(workload: "Workload", any_layout: bool) -> int:
+    """FP8 copies a cast writes and training keeps of each GEMM operand (module docstring): inference 1;
+    training 2 (row-wise + transposed), except 1 for the per-tensor recipes on a device whose FP8 GEMMs take
+    any layout (`any_layout`, DeviceSpec.fp8_gemm_any_layout; TE quantizer.cpp `create_transpose`)."""
+    if workload.mode != "train":
+        return INFERENCE_COPIES
     assert workload.fp8 is not None
-    n = copies(workload)
+    if any_layout and workload.fp8.recipe in PER_TENSOR_RECIPES:
+        return 1
+    return TRAINING_COPIES
+
+
+def cast_bytes_per_element(workload: "Workload", any_layout: bool) -> float:
+    """Bytes one cast of one bf16 element to FP8 moves: read 2, write 1 per copy (+ an MX scale byte per 32
+    elements per copy), + one more read of the input for `current` scaling's amax pass. `any_layout`:
+    DeviceSpec.fp8_gemm_any_layout of the device (`copies`)."""
+    assert workload.fp8 is not None
+    n = copies(workload, any_layout)
     out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
     amax = HIGH_BYTES if workload.fp8.recipe == "current" else 0.0
     return HIGH_BYTES + out + amax
 
 
-def fused_cast_bytes_per_element(workload: "Workload") -> float:
+def fused_cast_bytes_per_element(workload: "Workload", any_layout: bool) -> float:
     """Bytes a cast fused into the kernel that produces its input moves per element, beyond that kernel's own.
 
     delayed / mxfp8 (TE's FULLY_FUSED norm and activation kernels, normalization.cpp / activation.cpp): the
     producer writes the FP8 copies in place of its bf16 output, so no read of it and no more than the bytes it
     wrote (n copies of 1 byte, + MX scales, against 2): max(n + scales - 2, 0). current (FUSED_NORM_AMAX_FP8,
     FUSED_ACTIVATION_AMAX_FP8): the producer writes bf16 and its amax in one pass, then one quantize pass
-    reads the bf16 once and writes the copies: the separate amax read is gone."""
+    reads the bf16 once and writes the copies: the separate amax read is gone. `any_layout`: as `copies`."""
     assert workload.fp8 is not None
-    n = copies(workload)
+    n = copies(workload, any_layout)
     out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
     if workload.fp8.recipe == "current":
         return HIGH_BYTES + out
@@ -162,19 +186,19 @@ def fused_inputs(workload: "Workload", phase: str) -> tuple[bool, ...]:
     return FUSED_FORWARD_INPUTS
 
 
-def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int) -> float:
+def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int, any_layout: bool) -> float:
     """Bytes the casts of one layer's GEMM inputs move for `tokens` rows on one tensor-parallel rank.
 
     forward / prefill / decode: each GEMM's input X (tokens x in). backward: each output gradient dY
     (tokens x out), plus X again when the forward kept it in bf16 (`saved_activations: bfloat16`). A cast fused
     into the kernel that produces its input (`fused_inputs`) moves `fused_cast_bytes_per_element`, any other
-    `cast_bytes_per_element`.
+    `cast_bytes_per_element`. `any_layout`: DeviceSpec.fp8_gemm_any_layout of the device (`copies`).
     """
     if not is_fp8(workload):
         return 0.0
     assert workload.fp8 is not None
     shapes = linear_shapes(workload, plan)
-    apart, fused = cast_bytes_per_element(workload), fused_cast_bytes_per_element(workload)
+    apart, fused = cast_bytes_per_element(workload, any_layout), fused_cast_bytes_per_element(workload, any_layout)
     if phase == "backward":
         total = sum(n * (fused if f else apart) for (_, n), f in zip(shapes, fused_inputs(workload, phase)))
         if workload.fp8.saved_activations == "bfloat16":
@@ -208,12 +232,12 @@ def sp_amax_reductions(workload: "Workload", plan: "Plan") -> int:
     return SP_AMAX_REDUCTIONS_PER_LAYER
 
 
-def weight_cast_bytes(workload: "Workload", plan: "Plan") -> float:
+def weight_cast_bytes(workload: "Workload", plan: "Plan", any_layout: bool) -> float:
     """Bytes casting one layer's GEMM weights to FP8 moves on one tensor-parallel rank (training: once per
-    optimizer step; inference: never, the weights are stored in FP8)."""
+    optimizer step; inference: never, the weights are stored in FP8); `any_layout` as `copies`."""
     if not is_fp8(workload) or workload.mode != "train":
         return 0.0
-    return sum(k * n for k, n in linear_shapes(workload, plan)) * cast_bytes_per_element(workload)
+    return sum(k * n for k, n in linear_shapes(workload, plan)) * cast_bytes_per_element(workload, any_layout)
 
 
 def layer_gemm_params(workload: "Workload", plan: "Plan") -> float:
@@ -226,13 +250,14 @@ def layer_weight_elem(workload: "Workload") -> float:
     return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
 
 
-def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float) -> float:
+def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float, any_layout: bool) -> float:
     """Memory of the FP8 weight copies training keeps beside the bf16 weights (`copies` bytes per GEMM
-    weight); inference stores the weights in FP8 instead: 1 - 2 = -1 byte per GEMM weight."""
+    weight: 2 on Hopper, 1 under the per-tensor recipes where `any_layout`, DeviceSpec.fp8_gemm_any_layout);
+    inference stores the weights in FP8 instead: 1 - 2 = -1 byte per GEMM weight."""
     if not is_fp8(workload):
         return 0.0
     if workload.mode == "train":
-        return layer_gemm_params * copies(workload) * FP8_BYTES
+        return layer_gemm_params * copies(workload, any_layout) * FP8_BYTES
     return -layer_gemm_params * (HIGH_BYTES - FP8_BYTES)
 
 

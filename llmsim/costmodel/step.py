@@ -384,7 +384,7 @@ def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "Sharing
     plan = plan_on(plan, cluster)
     rates = device_rates(cluster, workload.dtype)
     t = step_times(workload, profile, sharing, plan, cluster, options)
-    memory = memory_breakdown(workload, profile, sharing, plan, options)
+    memory = memory_breakdown(workload, profile, sharing, plan, options, device=cluster.device)
     energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.compute + t.other)
     return StepBreakdown(step_time_s=t.step, compute_time_s=t.compute, comm_time_s=t.comm, bubble_time_s=t.bubble,
                          other_time_s=t.other, memory=memory, memory_capacity_bytes=cluster.device.memory_bytes,

@@ -86,6 +86,13 @@ class DeviceSpec(BaseModel):
         False, description="tensor cores that take OCP MX block-scaled operands natively (MXFP8: one E8M0 scale "
                            "per 32 elements): NVIDIA Blackwell, SM 10.0+ (Transformer Engine docs, 'MXFP8'); the "
                            "fp8 recipe mxfp8 runs only where true")
+    fp8_gemm_any_layout: bool = Field(
+        False, description="FP8 GEMMs with per-tensor scales take their operands in any layout (not only TN): "
+                           "Transformer Engine's nvte_is_non_tn_fp8_gemm_supported(), compute capability 10.x-11.x "
+                           "and 13.0+ (Blackwell B200/GB200 = SM 10.0; transformer_engine/common/"
+                           "transformer_engine.cpp). Where true, the delayed and current recipes keep one FP8 copy "
+                           "of each tensor in training, not a row-wise and a transposed one (costmodel.precision."
+                           "copies); mxfp8 keeps two everywhere")
     overlaps_communication: bool = Field(
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")

@@ -195,7 +195,7 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
             terms = ctx.bound_terms.get(key)
             if terms is None:
                 terms = ctx.bound_terms[key] = stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
-                                                                  activations=False)
+                                                                  activations=False, device=ctx.hardware.device)
             mb = stage_memory(terms, plan.zero, plan.dp_cp, plan.zero_dp, 0.0, plan.edp)
             need = max(need, mb["params"] + mb["grads"] + mb["optimizer"] + mb["kv_cache"])
         bounds.append(need)
@@ -227,7 +227,7 @@ def evaluate(ctx: Context, c: Config) -> Evaluation:
     """Memory first (exact); the step only when it fits; then the goal and the limits."""
     w, hw = ctx.plan.workload, ctx.hardware
     plan = c.plan()
-    mem = memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options)
+    mem = memory_breakdown(w, ctx.profile, ctx.sharing, plan, ctx.options, device=ctx.hardware.device)
     cap = hw.capacity
     power = c.n_devices * busy_power_w(hw.device)
     detail = mem.as_dict()
@@ -360,8 +360,9 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     profile = profile or workload_profile(plan.workload, sharing)
     stats = SearchStats(per_hardware={hw.name: 0 for hw in hardware})
     rows: list[Evaluation] = []
-    # price_table's stage memory terms (per precision: they follow the workload's dtype) and space.chains' valid
-    # shapes of each group: the same for every hardware choice
+    # price_table's stage memory terms (per precision: they follow the workload's dtype; and per FP8 GEMM layout
+    # trait of the device, which keys them inside) and space.chains' valid shapes of each group: the same for
+    # every hardware choice
     shared: dict[str, dict[tuple, object]] = {}
     shapes: dict[tuple, list] = {}
     for hw, label, ctx in precision_contexts(plan, hardware, sharing, profile):

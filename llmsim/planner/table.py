@@ -14,7 +14,8 @@ module gives the same numbers for thousands at once, through the same code:
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
   these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
-  hardware choices of a search through `shared`); each data-parallel
+  hardware choices of a search through `shared`, the memory terms per FP8 GEMM layout trait of the device:
+  precision.any_layout); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
   (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
@@ -195,13 +196,15 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         group_of[i] = g
     shared = {} if shared is None else shared
     rows = _Rows.of(configs)
-    # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built
+    # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
+    # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
+    layouts = precision.any_layout(ctx.hardware.device)
     terms, tkeys = [], []
     for k, g in keys.items():
         tkeys.append(k[:_NODE_AT] + k[_NODE_AT + 1:])
-        if ("terms", tkeys[-1]) not in shared:
-            shared[("terms", tkeys[-1])] = _stage_terms(ctx, firsts[g], shared)
-        terms.append(shared[("terms", tkeys[-1])])
+        if ("terms", tkeys[-1], layouts) not in shared:
+            shared[("terms", tkeys[-1], layouts)] = _stage_terms(ctx, firsts[g], shared)
+        terms.append(shared[("terms", tkeys[-1], layouts)])
     out = _memory(ctx, rows, terms, group_of)
     fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
     timed, local = np.unique(group_of[fit], return_inverse=True)
@@ -261,14 +264,17 @@ def _stage_key(plan, whole: bool):
 
 def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms]:
     """The memory terms (memory.stage_memory_terms) of each stage of `c`'s group that can be the busiest,
-    computed once per `_stage_key` and kept in `shared`."""
+    computed once per `_stage_key` and device trait they read (the FP8 GEMM layouts: precision.any_layout)
+    and kept in `shared`, which the hardware choices of one precision share."""
     w = ctx.plan.workload
     plan = c.plan()
-    skey = _stage_key(plan, _whole(ctx))
-    memory = shared.get(("memory", skey))
+    device = ctx.hardware.device
+    skey = ("memory", _stage_key(plan, _whole(ctx)), precision.any_layout(device))
+    memory = shared.get(skey)
     if memory is None:
-        memory = shared[("memory", skey)] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st)
-                                             for st in memory_stages(w, plan)]
+        memory = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                    device=device)
+                                 for st in memory_stages(w, plan)]
     return memory  # type: ignore[return-value]
 
 

@@ -46,6 +46,7 @@ class Device:
     efficiency: Efficiency | None = None
     overlaps_communication: bool = True
     compiled: bool = False
+    fp8_gemm_any_layout: bool = False
 
     def __hash__(self) -> int:
         return hash((self.name, self.memory_bytes, self.memory_bw_bytes_per_s, self.compute_units))

@@ -186,3 +186,23 @@ def test_only_groups_with_a_row_that_fits_are_timed(monkeypatch: pytest.MonkeyPa
     assert np.isnan(table.columns["step_time_s"][~fits]).all()
     assert not np.isnan(table.columns["step_time_s"][fits]).any()
     assert all(table.error[i] == "" for i in np.flatnonzero(~fits))
+
+
+def test_float8_memory_terms_follow_each_devices_fp8_gemm_layouts() -> None:
+    """One search over an H100 (two FP8 copies of each weight) and a B200 (one: delayed scaling on SM 10.0,
+    precision.copies): the table shares stage memory terms between hardware choices, so it must key them by
+    the device's FP8 GEMM layouts; both paths give the same rows, and a B200 row keeps less than an H100 row
+    of the same shape."""
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8,
+                                "dtype": "float8", "fp8": {"recipe": "delayed"}},
+                      hardware=[{"name": "h100-sxm", "usd_per_device_hour": 3.0, "devices_per_node": 4},
+                                {"name": "b200", "usd_per_device_hour": 5.0, "devices_per_node": 4}],
+                      limits={"max_devices": 8, "memory_headroom": 0.0})
+    hw = hardware(plan, small_catalog())
+    table_rows, _ = search(plan, hw, pricing="table")
+    scalar_rows, _ = search(plan, hw, pricing="scalar")
+    assert [e.config for e in table_rows] == [e.config for e in scalar_rows]
+    assert np.allclose([e.memory_bytes for e in table_rows], [e.memory_bytes for e in scalar_rows], rtol=1e-9, atol=0)
+    memory = {(e.config.hardware, replace(e.config, hardware="")): e.memory_bytes for e in table_rows}
+    pairs = [(memory[("h100-sxm", c)], m) for (name, c), m in memory.items() if name == "b200"]
+    assert pairs and all(b200 < h100 for h100, b200 in pairs)
