@@ -249,9 +249,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _saved_scenario_problem(runs: list[Any]) -> int:
-    """After the report of what the rows hold is written: a run whose scenario.yaml is missing, damaged or
-    another scenario's is bad input, one line each and exit 2 (the report says so too)."""
-    problems = [run.scenario_problem for run in runs if run.scenario_problem is not None]
+    """After the report of what the rows hold is written: a run with damaged lines in results.jsonl, or whose
+    scenario.yaml is missing, damaged or another scenario's, is bad input: one line each and exit 2 (the
+    report says so too)."""
+    problems = [p for run in runs for p in (run.rows_problem, run.scenario_problem) if p is not None]
     for problem in problems:
         print(f"llmsim: error: {problem}", file=sys.stderr)  # as main() prints an LLMSimError: one line
     return EXIT_BAD_INPUT if problems else 0

@@ -351,14 +351,17 @@ def _warn(message: str) -> None:
     print(f"llmsim: warning: {message}", file=sys.stderr)
 
 
-def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
+def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn,
+              damaged: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume).
 
     ResultStore writes each row as one line ending in a newline. A last line without its newline that does
     not parse is a row cut by a kill (the run stopped while writing it): the complete rows are returned and
     `warn` says so; that case is simply not done, as --resume knows. Any other line that is not a row (not
     JSON, not a mapping with case and backend) means the file was damaged or edited: DamagedRows, one line
-    naming the file and the line, rather than a report that silently lacks rows."""
+    naming the file and the line, rather than a report that silently lacks rows. Given a `damaged` list, such
+    lines are appended to it (one message each) and left out instead, so that a report can still be built from
+    the rows that read (llmsim report: it then says so and exits 2)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     path = run_dir / "results.jsonl"
     # errors="replace": bytes that are not UTF-8 (a damaged file) become U+FFFD and the line fails below
@@ -382,6 +385,8 @@ def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn) -> list[dict[s
         elif number == len(lines):  # the last line, and no newline after it: a write cut short
             warn(f"{path}: line {number}: an incomplete last row (the run stopped while writing it) is left "
                  f"out; the {count(len(rows), 'complete row')} before it are used (llmsim run --resume redoes it)")
+        elif damaged is not None:
+            damaged.append(f"line {number}: {problem}")
         else:
             raise DamagedRows(one_line(f"{path}: line {number}: {problem}; the file is damaged or was edited "
                                        f"(each line is one row as llmsim wrote it)"))

@@ -1,5 +1,6 @@
 """A run folder's results.jsonl that is not what llmsim wrote (issue 15 leftovers: `llmsim report` skipped
-damaged lines without a word). A damaged line is a one-line error naming the file and the line (exit 2);
+damaged lines without a word). A damaged line is a one-line error naming the file and the line (exit 2),
+after the report of the rows that read is written (they are not lost);
 a last line cut by a kill is left out with a warning, the complete rows are reported, and --resume writes
 its next row on a line of its own."""
 
@@ -37,6 +38,10 @@ def test_a_damaged_line_is_one_line_naming_file_and_line(tmp_path: Path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"llmsim: error: {jsonl}: line {line}: {problem}"), err
+    # the rows that read are not lost: the report is built from them and says what was left out
+    assert "the report holds the 3 rows that read" in err
+    report = (run / "report.md").read_text()
+    assert "Some saved rows cannot be read" in report and all(f"| {c} " in report for c in "abc")
 
 
 def test_a_cut_last_line_is_left_out_with_a_warning_and_the_rest_reported(tmp_path: Path, capsys) -> None:

@@ -181,6 +181,8 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
         if not F.serving_rows(frame).empty else []
     damaged = ([Paragraph(f"The saved scenario cannot be used: {run.scenario_problem}.")]
                if run.scenario_problem is not None else [])
+    if run.rows_problem is not None:
+        damaged.append(Paragraph(f"Some saved rows cannot be read: {run.rows_problem}."))
     sections = [
         Section("Results", [*damaged, T.results_table(frame), figs["throughput"]], "results"),
         *serving,

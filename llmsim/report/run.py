@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from llmsim.errors import ScenarioError, UsageError
+from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import read_rows, rows_frame
+from llmsim.results import DamagedRows, read_rows, rows_frame
 from llmsim.userinput import read_yaml
 from llmsim.wording import count
 
@@ -25,6 +25,7 @@ class Run:
     environment: dict[str, Any] = field(default_factory=dict)
     scenario: dict[str, Any] = field(default_factory=dict)
     scenario_problem: ScenarioError | None = None  # scenario.yaml missing, damaged or not this run's: its error
+    rows_problem: str | None = None  # results.jsonl lines that are not rows (left out of the report): one line
 
 
     @property
@@ -150,13 +151,23 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     if frame is None:
         if not (run_dir / "results.jsonl").is_file():
             raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
-        rows = read_rows(run_dir)
+        damaged: list[str] = []
+        rows = read_rows(run_dir, damaged=damaged)
+        if damaged and not rows:
+            raise DamagedRows(one_line(f"{run_dir / 'results.jsonl'}: {damaged[0]}; the file is damaged or was "
+                                       f"edited and no line of it is a row"))
         if not rows:  # a run stopped before its first case: a report of nothing must not replace a real one
             raise UsageError("report", f"{run_dir} has no rows yet (results.jsonl is empty: no case finished); "
                                        f"nothing to report, any report already there is left as it is")
         frame = rows_frame(rows)
+        rows_problem = (f"{run_dir / 'results.jsonl'}: {damaged[0]}"
+                        + (f" (and {len(damaged) - 1} more damaged lines)" if len(damaged) > 1 else "")
+                        + f"; the file is damaged or was edited: the report holds the {len(rows)} rows that read"
+                        if damaged else None)
+    else:
+        rows_problem = None
     scenario, problem = read_saved_scenario(run_dir, frame)
-    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), scenario, problem)
+    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), scenario, problem, rows_problem)
 
 
 def catalog_capacity() -> dict[str, float]:
