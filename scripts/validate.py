@@ -532,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         table = TABLES[name]
         path = args.path or table.default
         if not path.exists():
+            # a table asked for by name (--table / --path) that is not there is bad input; the default run over
+            # every table reports the others and says which could not be read (the shared tables live beside
+            # the checkout, in ../shared/validation, not in a clone of the repository)
             print(f"{path}: not found (table {name}; pass --path, or run from a checkout beside ../shared)",
                   file=sys.stderr)
             missing.append(name)
@@ -545,7 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append((table, outcomes))
     if results:
         print_summary(results)
-    return 2 if missing else 0
+    if missing and not args.table:
+        print(f"not run (file not found, see above): {', '.join(missing)}")
+    return 2 if missing and (args.table or not results) else 0
 
 
 if __name__ == "__main__":

@@ -395,3 +395,18 @@ def test_a_bad_all_reduce_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys)
     assert v.main(["--table", "vllm", "--path", str(_write(tmp_path, rows, "ar.csv"))]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "VL01.all_reduce" in err and "nccl, vllm" in err, err
+
+
+def test_a_default_run_reports_the_tables_it_can_read_and_names_the_missing(v, tmp_path: Path, capsys,
+                                                                           monkeypatch) -> None:
+    """A clone without ../shared beside it: the default run prices every table it can read, says which it could
+    not, and exits 0; a table asked for by name that is not there stays bad input (exit 2)."""
+    import dataclasses
+
+    gone = dataclasses.replace(v.TABLES["narayanan"], default=tmp_path / "absent.csv")
+    monkeypatch.setattr(v, "TABLES", {"narayanan": gone, "vllm": v.TABLES["vllm"]})
+    assert v.main([]) == 0
+    out, err = capsys.readouterr()
+    assert "absent.csv: not found (table narayanan" in err
+    assert "not run (file not found, see above): narayanan" in out and "vllm" in out.split("== summary")[1]
+    assert v.main(["--table", "narayanan"]) == 2
