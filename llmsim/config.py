@@ -758,9 +758,11 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += _allowed_keys(model, loc)
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += _allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
-    more = len(exc.errors()) - 1
-    if more:
-        message += f" (and {count(more, 'more problem')})"
+    others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"
+              for e in exc.errors(include_url=False)[1:]]
+    if others:  # where the others are, so that the user need not fix one to learn of the next
+        named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
+        message += f" (and {count(len(others), 'more problem')}: {named})"
     return ScenarioError(file, format_key_path(loc) or None, message)
 
 

@@ -95,3 +95,10 @@ def test_micro_batch_is_blamed_only_when_dp_divides_the_batch(capsys: pytest.Cap
 def test_a_serving_rule_names_the_missing_key(capsys: pytest.CaptureFixture[str]) -> None:
     err = _validate(capsys, ["scenarios/serve-8b.yaml", "--set", "serving.arrival.kind=gamma"])
     assert "serving.arrival.cv: arrival kind 'gamma' needs cv" in err, err
+
+
+def test_the_other_problems_of_one_file_are_named_by_their_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """One line still, the first problem in full and where the others are (not a bare count), so that a user
+    does not fix one problem to learn of the next (the trial's '(and 1 more problem)')."""
+    err = _validate(capsys, [QUICKSTART, "--set", "workload.batch=0", "--set", "workload.dtype=int3"])
+    assert err.endswith("(and 1 more problem: workload.dtype)"), err
