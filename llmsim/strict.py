@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from llmsim.errors import KeyedValueError
+
 
 def _accepts_bool(annotation: Any) -> bool:
     """Whether a field's type admits a boolean (bool itself, or bool inside a union, list or Literal)."""
@@ -38,8 +40,9 @@ class StrictModel(BaseModel):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
                 if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
-                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, not a value of this key "
-                                     f"(YAML reads true/false/yes/no/on/off as booleans)")
+                    # keyed: the message names `workload.batch`, not the model that holds it
+                    raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
+                                                f"(YAML reads true/false/yes/no/on/off as booleans)")
         return data
 
 

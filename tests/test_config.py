@@ -201,9 +201,9 @@ def test_a_yaml_boolean_is_not_taken_for_a_number() -> None:
 
     base = {"name": "x", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 8},
             "strategies": [{"name": "a"}]}
-    with _pytest.raises(ScenarioError, match=r"strategies\[0\]: zero: true is a boolean"):
+    with _pytest.raises(ScenarioError, match=r"strategies\[0\]\.zero: true is a boolean"):
         parse_scenario({**base, "strategies": [{"name": "a", "zero": True}]}, "f.yaml")
-    with _pytest.raises(ScenarioError, match=r"workload: batch: true is a boolean"):
+    with _pytest.raises(ScenarioError, match=r"workload\.batch: true is a boolean"):
         parse_scenario({**base, "workload": {**base["workload"], "batch": True}}, "f.yaml")
     assert parse_scenario({**base, "strategies": [{"name": "a", "tp": 2, "sp": True}]}, "f.yaml")
 
