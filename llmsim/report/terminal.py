@@ -19,7 +19,8 @@ from llmsim.report.units import fmt_bytes, fmt_percent, fmt_rate, fmt_seconds, m
 from llmsim.wording import count
 
 MAX_ROWS = 40        # a sweep of hundreds of cases is in the report and results.csv, not the terminal
-MAX_REASON = 70      # characters of a reason shown; the report has all of it
+MAX_REASON = 240     # characters of a reason shown, wrapped in its column (a skip reason names the key and the
+                     # allowed values past 70 characters); a longer one is cut here and whole in the report
 
 HEADERS = ("case", "backend", "status", "step time", "p10–p90", "tokens/s", "MFU", "memory/device", "why not ok")
 # A serving run's columns (results.py names, docs/results.md): header, result column, format.

@@ -67,3 +67,15 @@ def test_a_serving_run_shows_its_latencies_and_goodput_not_training_columns() ->
     ]
     table = headline_table(frame_of([ok]))
     assert [c.header for c in table.columns] == list(SERVING_HEADERS[:-1])
+
+
+def test_a_skip_reason_is_shown_whole_up_to_the_limit_and_cut_beyond_it():
+    from llmsim.report.terminal import MAX_REASON, headline_rows
+
+    said = ("roofline cannot price attention 'flash3' on a100-80gb: the FlashAttention-3 paper gives no "
+            "figure for Ampere (allowed on a100-80gb: flash, fused-softmax, math)")
+    frame = pd.DataFrame([{"case": "a", "backend": "roofline", "status": "skipped", "error": said},
+                          {"case": "b", "backend": "roofline", "status": "skipped", "error": "x" * 500}])
+    rows = headline_rows(frame)
+    assert rows[0][-1] == said  # the allowed values at its end are still there
+    assert len(rows[1][-1]) == MAX_REASON and rows[1][-1].endswith("…")
