@@ -24,6 +24,7 @@ from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, RaplMeter, find_meter
 from llmsim.measure.device import CpuDevice
 from llmsim.measure.fit import fit_problem, host_available_bytes, host_need
+from llmsim.measure.host_load import load_per_core
 from llmsim.measure.host_probes import host_rates
 from llmsim.measure.loop import time_steps
 from llmsim.measure.memory import release_freed_memory
@@ -120,7 +121,9 @@ class CpuBackend(Backend):
         return measured_result(self, case, summary, hardware="cpu-host", peak_memory_bytes=peak_memory,
                                peak_flops_per_s=rates.peak_flops_per_s, breakdown=MeasuredSplit.one_device(summary),
                                energy=energy, extra={**rates.columns(), "threads": threads,
-                                                     "memory_method": memory.method}, expert_tokens=loads)
+                                                     "memory_method": memory.method,
+                                                     "host_load_per_core": load_per_core()},
+                               expert_tokens=loads)
 
     # -- several processes (torch.distributed, gloo) ---------------------------------------------
     def _run_distributed(self, case: Case, settings: CpuSettings) -> Result:
@@ -164,7 +167,7 @@ class CpuBackend(Backend):
             "peak_memory_bytes_per_rank": json.dumps([r.peak_memory_bytes for r in records]),
             "comm_busy_s": statistics.fmean(r.comm_busy_s or 0.0 for r in records),
             "losses": json.dumps(records[0].losses), "torch_parallelism": json.dumps(records[0].notes),
-            "launch_wall_s": round(outcome.wall_s, 3)}
+            "launch_wall_s": round(outcome.wall_s, 3), "host_load_per_core": load_per_core()}
         if outcome.teardown:
             extra["teardown"] = outcome.teardown
         return measured_result(self, case, summary, hardware="cpu-host",

@@ -14,6 +14,7 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
+from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.report.metrics import spread
 from llmsim.report.units import fmt_bytes, fmt_percent, fmt_rate, fmt_seconds, missing
 from llmsim.wording import count
@@ -71,14 +72,35 @@ def headline_rows(frame: pd.DataFrame) -> list[list[str]]:
     return out
 
 
+def busy_note(loads: list[float]) -> str | None:
+    """One sentence for the end of a run when any measured row was taken on a busy host, else None.
+
+    `loads`: the rows' `host_load_per_core` values (those that have one)."""
+    if not loads or max(loads) <= BUSY_LOAD_PER_CORE:
+        return None
+    return (f"measured while the host was busy (load {max(loads):.1f} per core): other processes competed "
+            f"for the cores, so measured times are slower than this machine's own; rerun on a quiet host, or "
+            f"set `backends: {{cpu: {{threads: 1}}}}` (OpenMP workers spin-wait on oversubscribed cores)")
+
+
+def host_loads(frame: pd.DataFrame) -> list[float]:
+    """The measured rows' `host_load_per_core` (llmsim.measure.host_load), where a backend recorded it."""
+    if "host_load_per_core" not in frame:
+        return []
+    return [float(v) for v in frame["host_load_per_core"] if not missing(v)]
+
+
 def headline_table(frame: pd.DataFrame) -> Table:
     """`headers(frame)` over headline_rows, as a rich Table titled with the row count."""
     more = len(frame) - MAX_ROWS
     rows = headline_rows(frame)
     every = headers(frame)
     shown = every if any(r[-1] for r in rows) else every[:-1]  # no empty 'why not ok' column
-    table = Table(title=f"llmsim run: {count(len(frame), 'result row')}",
-                  caption=f"… and {count(more, 'more row')} in results.csv and the report" if more > 0 else None)
+    captions = [f"… and {count(more, 'more row')} in results.csv and the report"] if more > 0 else []
+    busy = busy_note(host_loads(frame))
+    if busy:
+        captions.append(busy)
+    table = Table(title=f"llmsim run: {count(len(frame), 'result row')}", caption="\n".join(captions) or None)
     for i, header in enumerate(shown):
         numeric = 3 <= i < len(every) - 1
         table.add_column(header, justify="right" if numeric else "left", no_wrap=i < len(every) - 1)

@@ -79,3 +79,16 @@ def test_a_skip_reason_is_shown_whole_up_to_the_limit_and_cut_beyond_it():
     rows = headline_rows(frame)
     assert rows[0][-1] == said  # the allowed values at its end are still there
     assert len(rows[1][-1]) == MAX_REASON and rows[1][-1].endswith("…")
+
+
+def test_a_run_measured_on_a_busy_host_says_so_under_the_table():
+    from llmsim.report.terminal import busy_note
+
+    quiet = pd.DataFrame([{"case": "a", "backend": "cpu", "status": "ok", "step_time_s": 0.1,
+                           "host_load_per_core": 0.4},
+                          {"case": "a", "backend": "roofline", "status": "ok", "step_time_s": 0.1}])
+    assert headline_table(quiet).caption is None
+    busy = quiet.assign(host_load_per_core=[6.5, None])
+    caption = headline_table(busy).caption
+    assert caption is not None and "load 6.5 per core" in caption and "threads: 1" in caption
+    assert busy_note([]) is None and busy_note([1.0]) is None  # exactly one task per core is not busy
