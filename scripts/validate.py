@@ -18,8 +18,12 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
   inference  fastertransformer  FasterTransformer GPT latencies on DGX A100 (../shared/validation)
              vllm          vLLM's CI latency tests (batch 8, 32 in / 128 out) on A100, H100, H200
              moe-serve     the same CI's Mixtral 8x7B latency tests (validation/)
+  serving    serving       request-level serving runs: vLLM's CI throughput tests (200 ShareGPT prompts at once) and
+                           serving tests (Poisson arrivals), TGI in vLLM's nightly comparison; TTFT, ITL and
+                           throughput per metric, priced by the serving simulation (validation/serving_online.csv)
 
-Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published;
+Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published (a
+serving row by the request-level serving simulation of the scenario it describes, `serving_scenario`);
 nothing is fitted, per table or at all. The published measure of each row is turned into seconds per step
 (training) or per batch (inference) by the rule of its `metric` column (PUBLISHED_SECONDS), and the error is
 predicted / published - 1. A row the model cannot price as published (hardware or link missing from the
