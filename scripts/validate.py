@@ -643,6 +643,7 @@ class ServingCase:
     published_s: float          # the published value in the metric's column's SI unit (seconds or per second)
     row: dict[str, object] | None
     skip_reason: str | None = None
+    file: str = ""              # the table it comes from (for a one-line error naming the row)
 
 
 @dataclass(frozen=True)
@@ -672,14 +673,19 @@ def serving_cases(path: Path) -> list[ServingCase]:
         published = r["published"] * SERVING_METRICS[metric][1]  # type: ignore[operator]
         skip = r["skip_reason"]
         cases.append(ServingCase(str(r["row_id"]), str(r["run"] or ""), metric, published,
-                                 None if skip else r, skip))  # type: ignore[arg-type]
+                                 None if skip else r, skip, str(path)))  # type: ignore[arg-type]
     return cases
 
 
 def run_serving_case(case: ServingCase) -> ServingOutcome:
     if case.row is None:
         return ServingOutcome(case)
-    row = simulate_serving_row(case.row)
+    try:
+        row = simulate_serving_row(case.row)
+    except ScenarioError as exc:
+        # the scenario the row describes is refused (an unknown device or link, a model rule, a scheduler that
+        # does not exist): one line naming the table's row and the scenario key, not the scratch file
+        raise ScenarioError(case.file, case.row_id, f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
     if row.get("status") != "ok":
         return ServingOutcome(case, failure=f"{row.get('status')}: {row.get('error')}")
     if row.get(SERVING_METRICS[case.metric][0]) is None:

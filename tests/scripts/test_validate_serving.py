@@ -167,6 +167,8 @@ def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_pat
     ("source", "", "S1.source"),
     ("n_devices", "2", "S1.n_devices: 2 != tp x pp = 1"),
     ("context", "", "S1.context: required for a priced row"),
+    ("hardware", "h999", "serving.csv: S1: backends.roofline.hardware"),     # refused by the scenario it describes
+    ("scheduler", "fancy", "serving.csv: S1: serving.scheduler.kind"),
 ])
 def test_a_bad_serving_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, column: str, text: str,
                                                    says: str) -> None:
