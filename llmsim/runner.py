@@ -242,7 +242,10 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
                                     f"replicas x tp x pp = {spec.replicas} x {strategy.tp} x {strategy.pp} = {need} "
                                     f"devices (strategy {strategy.name!r}) but backend '{name}' has {world}{point}; "
                                     f"allowed: {allowed}")
-            layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1)
+            # the strategy's expert grid too: a mixture of experts served at tp splits each expert over etp
+            # (default tp, as vLLM's tensor parallelism does) and its experts over ep ranks
+            layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
+                            ep=strategy.ep, etp=strategy.expert_tp)
             for rate in rates:
                 tag = f"@rate={rate:g}" if len(rates) > 1 and rate is not None else ""
                 case = Case(scenario=scenario.name, name=strategy.name + suffix + tag, workload=scenario.workload,

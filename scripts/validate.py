@@ -18,8 +18,12 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
   inference  fastertransformer  FasterTransformer GPT latencies on DGX A100 (../shared/validation)
              vllm          vLLM's CI latency tests (batch 8, 32 in / 128 out) on A100, H100, H200
              moe-serve     the same CI's Mixtral 8x7B latency tests (validation/)
+  serving    serving       request-level serving runs: vLLM's CI throughput tests (200 ShareGPT prompts at once) and
+                           serving tests (Poisson arrivals), TGI in vLLM's nightly comparison; TTFT, ITL and
+                           throughput per metric, priced by the serving simulation (validation/serving_online.csv)
 
-Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published;
+Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published (a
+serving row by the request-level serving simulation of the scenario it describes, `serving_scenario`);
 nothing is fitted, per table or at all. The published measure of each row is turned into seconds per step
 (training) or per batch (inference) by the rule of its `metric` column (PUBLISHED_SECONDS), and the error is
 predicted / published - 1. A row the model cannot price as published (hardware or link missing from the
@@ -33,12 +37,14 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import json
 import math
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import ValidationError
 
@@ -47,7 +53,12 @@ from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estim
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.scaling import with_layers
 from llmsim.errors import LLMSimError, ScenarioError
+from llmsim.config import parse_scenario
 from llmsim.hardware import load_catalog
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import read_rows
+from llmsim.runner import plan_cases, run_scenario
 from llmsim.workload.profile import profile_workload
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = ROOT / "validation"
 SHARED = ROOT.parent / "shared" / "validation"
 PROFILED_LAYERS = 2      # trace 2 layers and scale (exact without cross-layer sharing: costmodel.scaling)
-Kind = Literal["training", "inference"]
+Kind = Literal["training", "inference", "serving"]
 
 
 # --------------------------------------------------------------------------- rows and their outcome
@@ -319,8 +330,8 @@ def _catalog():
     return load_catalog()
 
 
-def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) -> ModelSpec:
-    """The row's Transformer: its preset with the row's explicit dimensions on top."""
+def model_fields(r: dict[str, object], seq_len: int, layers: int | None = None) -> dict[str, object]:
+    """The row's Transformer as `workload.model` keys: its preset with the row's explicit dimensions on top."""
     fields: dict[str, object] = {c: r[c] for c in MODEL_COLUMNS if r[c] is not None}
     if r["preset"]:
         fields["preset"] = r["preset"]
@@ -330,7 +341,12 @@ def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) ->
     fields.update(seq_len=seq_len)
     if layers is not None:
         fields["layers"] = layers
-    return ModelSpec(**fields)
+    return fields
+
+
+def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) -> ModelSpec:
+    """The row's Transformer: its preset with the row's explicit dimensions on top."""
+    return ModelSpec(**model_fields(r, seq_len, layers))
 
 
 def lora_spec(r: dict[str, object]) -> LoraSpec | None:
@@ -452,6 +468,269 @@ def fastertransformer_cases(path: Path) -> list[Case]:
             for row in _read_with(ft.read_table, path)]
 
 
+# --------------------------------------------------------------------------- the serving table (request level)
+#
+# A serving row is one published figure of a serving benchmark (vLLM's `bench serve` at a request rate, or its
+# offline throughput benchmark): the model, the hardware and tp x pp of one replica, the engine's scheduler
+# settings, the request rate and the request lengths. It is priced by the cluster backend's serving simulation
+# (llmsim.modeled_serving, docs/serving.md) as `llmsim run` would price the scenario the row describes
+# (`serving_scenario`), through the `roofline` backend: the same simulation without the cluster backend's faults
+# and jitter. The simulated row's column that the metric names is compared with the published value.
+
+SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_devices", "tp", "pp", "intra_node",
+           "inter_node", "request_rate", "context", "requests", "input_len", "output_len", "scheduler",
+           "max_num_seqs", "max_batched_tokens", "kv_block_tokens", "memory_utilization", "metric", "published",
+           "skip_reason", "assumptions", "source")
+# Optional (blank or absent = dense / NCCL): a mixture of experts and the engine's all-reduce (as the inference
+# tables: ENGINE_COLUMNS).
+SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
+                    "all_reduce")
+SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens"}
+SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "input_len",
+                    "output_len", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
+                    "memory_utilization", "published")
+# request_rate words for "every request at t = 0": `offline` (vLLM benchmark_throughput.py: one LLM.generate over
+# every prompt) and `inf` (vLLM bench serve's --request-rate inf: every request sent at once).
+ALL_AT_ONCE = ("offline", "inf")
+SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row; lengths are fixed per row)
+
+# metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
+# The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,
+# TTFT, ITL = every gap between consecutive tokens pooled, TPOT = (e2e - ttft) / (output - 1) per request),
+# which docs/serving.md, "Metrics and the SLO", follows.
+SERVING_METRICS: dict[str, tuple[str, float]] = {
+    "requests_per_s": ("requests_per_s", 1.0),
+    "output_tokens_per_s": ("output_tokens_per_s", 1.0),
+    "ttft_mean_ms": ("ttft_mean_s", 1e-3),
+    "ttft_p50_ms": ("ttft_p50_s", 1e-3),
+    "ttft_p99_ms": ("ttft_p99_s", 1e-3),
+    "tpot_mean_ms": ("tpot_mean_s", 1e-3),
+    "tpot_p50_ms": ("tpot_p50_s", 1e-3),
+    "tpot_p99_ms": ("tpot_p99_s", 1e-3),
+    "itl_mean_ms": ("itl_mean_s", 1e-3),
+    "itl_p50_ms": ("itl_p50_s", 1e-3),
+    "itl_p99_ms": ("itl_p99_s", 1e-3),
+}
+
+
+def _serving_value(column: str, text: str) -> object:
+    if column == "request_rate":
+        if text in ALL_AT_ONCE:
+            return text
+        try:
+            rate = float(text)
+        except ValueError:
+            rate = math.nan
+        if not 0 < rate < math.inf:
+            raise ValueError(f"allowed: a rate > 0 in requests/s, or {' or '.join(ALL_AT_ONCE)} (every request at once)")
+        return rate
+    if column == "memory_utilization":
+        value = float(text)
+        if not 0 < value <= 1:
+            raise ValueError("allowed: 0 < memory_utilization <= 1")
+        return value
+    if column in SERVING_INTS:
+        value = int(text)
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+    if column == "metric" and text not in SERVING_METRICS:
+        raise ValueError(f"allowed: {', '.join(SERVING_METRICS)}")
+    return _value(column, text)
+
+
+def read_serving_runs(path: Path) -> list[dict[str, object]]:
+    """The rows of a serving dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in SERVING if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ScenarioError(str(path), None, f"missing column(s) {', '.join(missing)} (serving table)")
+            raw_rows = list(reader)
+    except UnicodeDecodeError:
+        raise ScenarioError(str(path), None, "not UTF-8 text") from None
+    rows = []
+    for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
+        where = raw.get("row_id") or f"line {n}"
+        row: dict[str, object] = {}
+        for column in SERVING + SERVING_OPTIONAL:
+            text = (raw.get(column) or "").strip()
+            try:
+                row[column] = _serving_value(column, text) if text else None
+            except ValueError as exc:
+                raise ScenarioError(str(path), f"{where}.{column}", f"{text!r}: {exc}") from None
+        for column in ("source", "metric"):
+            if not row[column]:
+                raise ScenarioError(str(path), f"{where}.{column}", "every row names its source and its metric")
+        if not row["skip_reason"]:
+            blank = [c for c in SERVING_REQUIRED if row[c] is None]
+            if blank:
+                raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
+            if row["tp"] * row["pp"] != row["n_devices"]:
+                raise ScenarioError(str(path), f"{where}.n_devices",
+                                    f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
+        rows.append(row)
+    return rows
+
+
+def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
+    """The scenario a serving row describes, as `llmsim run` reads it, and the text of its trace file (every
+    request at t = 0, for an offline or `inf` row; None for a Poisson row). One replica of tp x pp devices on
+    one node of the row's hardware, priced by the roofline backend; the row's context is the model's seq_len
+    (vLLM's max_model_len)."""
+    strategy: dict[str, object] = {"name": f"tp{r['tp']}-pp{r['pp']}", "tp": r["tp"], "pp": r["pp"]}
+    for key in ("ep", "etp"):
+        if r.get(key) is not None:
+            strategy[key] = r[key]
+    serving: dict[str, object] = {
+        "requests": r["requests"],
+        "scheduler": {"kind": r["scheduler"], "max_num_seqs": r["max_num_seqs"],
+                      "max_batched_tokens": r["max_batched_tokens"]},
+        "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
+    trace = None
+    if r["request_rate"] in ALL_AT_ONCE:
+        serving["arrival"] = {"kind": "trace", "path": "all-at-once.csv"}
+        trace = "arrival_s,input_tokens,output_tokens\n" + \
+            f"0,{r['input_len']},{r['output_len']}\n" * int(r["requests"])  # type: ignore[call-overload]
+    else:
+        serving["arrival"] = {"kind": "poisson", "rate": r["request_rate"]}
+        serving["lengths"] = {"input": r["input_len"], "output": r["output_len"]}
+    backend = {"hardware": r["hardware"], "nodes": 1, "devices_per_node": r["n_devices"],
+               "all_reduce": r.get("all_reduce") or "nccl"}
+    for key in ("intra_node", "inter_node"):
+        if r[key] is not None:
+            backend[key] = r[key]
+    scenario = {"name": "validate-serving",
+                "workload": {"model": model_fields(r, r["context"]), "dtype": r["dtype"] or "bfloat16"},  # type: ignore[arg-type]
+                "strategies": [strategy], "serving": serving, "backends": {"roofline": backend},
+                "seed": SERVING_SEED}
+    return scenario, trace
+
+
+def simulate_serving_row(r: dict[str, object]) -> dict[str, Any]:
+    """The roofline backend's serving row (results columns) for the scenario a serving row describes."""
+    scenario, trace = serving_scenario(r)
+    return dict(_simulate(json.dumps(scenario, sort_keys=True), trace))
+
+
+@functools.lru_cache(maxsize=None)
+def _simulate(scenario_json: str, trace: str | None) -> tuple[tuple[str, Any], ...]:
+    """Run one scenario (cached: the rows of one configuration share a simulation) in a scratch folder."""
+    data = json.loads(scenario_json)
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    with tempfile.TemporaryDirectory(prefix="llmsim-validate-serving-") as tmp:
+        folder = Path(tmp)
+        if trace is not None:
+            (folder / data["serving"]["arrival"]["path"]).write_text(trace, encoding="utf-8")
+        file = str(folder / "serving-row.yaml")
+        scenario = parse_scenario(data, file)
+        planned = plan_cases(scenario, registry, file, scenario_dir=folder)
+        outcome = run_scenario(scenario, registry, planned, folder / "runs", manager=manager, scenario_dir=folder)
+        rows = read_rows(outcome.run_dir)
+    assert len(rows) == 1, f"one serving row expected, got {len(rows)}"
+    return tuple(rows[0].items())
+
+
+@dataclass(frozen=True)
+class ServingCase:
+    """One published serving figure: the metric, its value in SI units, and the row (None when skipped)."""
+
+    row_id: str
+    label: str
+    metric: str
+    published_s: float          # the published value in the metric's column's SI unit (seconds or per second)
+    row: dict[str, object] | None
+    skip_reason: str | None = None
+    file: str = ""              # the table it comes from (for a one-line error naming the row)
+
+
+@dataclass(frozen=True)
+class ServingOutcome:
+    case: ServingCase
+    result: dict[str, Any] | None = None      # the simulated serving row
+    failure: str | None = None
+
+    @property
+    def predicted(self) -> float | None:
+        if self.result is None:
+            return None
+        value = self.result.get(SERVING_METRICS[self.case.metric][0])
+        return None if value is None else float(value)
+
+    @property
+    def error(self) -> float | None:
+        """predicted / published - 1 (signed: + = the model's figure is higher; for a time, slower; for a
+        throughput, faster)."""
+        return None if self.predicted is None else self.predicted / self.case.published_s - 1
+
+
+def serving_cases(path: Path) -> list[ServingCase]:
+    cases = []
+    for r in read_serving_runs(path):
+        metric = str(r["metric"])
+        published = r["published"] * SERVING_METRICS[metric][1]  # type: ignore[operator]
+        skip = r["skip_reason"]
+        cases.append(ServingCase(str(r["row_id"]), str(r["run"] or ""), metric, published,
+                                 None if skip else r, skip, str(path)))  # type: ignore[arg-type]
+    return cases
+
+
+def run_serving_case(case: ServingCase) -> ServingOutcome:
+    if case.row is None:
+        return ServingOutcome(case)
+    try:
+        row = simulate_serving_row(case.row)
+    except ScenarioError as exc:
+        # the scenario the row describes is refused (an unknown device or link, a model rule, a scheduler that
+        # does not exist): one line naming the table's row and the scenario key, not the scratch file
+        raise ScenarioError(case.file, case.row_id, f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
+    if row.get("status") != "ok":
+        return ServingOutcome(case, failure=f"{row.get('status')}: {row.get('error')}")
+    if row.get(SERVING_METRICS[case.metric][0]) is None:
+        return ServingOutcome(case, failure=f"the simulation gives no {SERVING_METRICS[case.metric][0]}")
+    return ServingOutcome(case, result=row)
+
+
+def print_serving_table(table: "Table", path: Path, outcomes: list[ServingOutcome]) -> None:
+    print(f"== {table.name} ({table.kind}): {path}")
+    header = (f"{'row':<8}{'run':<48}{'metric':<16}{'published':>11}{'predicted':>11}{'error':>9}  "
+              f"{'batch max':>9}{'kv peak':>8}{'preempt':>8}")
+    print(header)
+    print("-" * len(header))
+    for o in outcomes:
+        if o.result is None:
+            continue
+        unit = SERVING_METRICS[o.case.metric][1]
+        r = o.result
+        print(f"{o.case.row_id[:7]:<8}{o.case.label[:47]:<48}{o.case.metric:<16}{o.case.published_s / unit:>11.4g}"
+              f"{o.predicted / unit:>11.4g}{o.error:>+9.1%}  {r.get('max_batch') or 0:>9}"
+              f"{r.get('kv_peak_utilization') or 0:>8.0%}{r.get('preemptions') or 0:>8}")
+    reasons: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o.result is None:
+            reasons.setdefault(o.case.skip_reason or f"the simulation refused it: {o.failure}", []).append(o.case.row_id)
+    for why, ids in reasons.items():
+        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+    for metric, group in serving_by_metric(outcomes).items():
+        print(f"  {metric:<20} median |error| {_pct(median_abs_error(group), signed=False):>7} over "
+              f"{sum(o.error is not None for o in group)} rows; mean error {_pct(mean_error(group))}")
+    skipped = sum(o.result is None for o in outcomes)
+    print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {len(outcomes) - skipped} rows "
+          f"(every metric); mean error {_pct(mean_error(outcomes))}; {skipped} skipped\n")
+
+
+def serving_by_metric(outcomes: list[ServingOutcome]) -> dict[str, list[ServingOutcome]]:
+    """The outcomes grouped by metric, in SERVING_METRICS order."""
+    groups: dict[str, list[ServingOutcome]] = {}
+    for metric in SERVING_METRICS:
+        group = [o for o in outcomes if o.case.metric == metric]
+        if group:
+            groups[metric] = group
+    return groups
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
@@ -470,6 +749,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("mlperf", "training", VALIDATION / "mlperf_training.csv", lambda p: run_cases(p, "training")),
     Table("moe-train", "training", VALIDATION / "moe_training.csv", lambda p: run_cases(p, "training")),
     Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
+    Table("serving", "serving", VALIDATION / "serving_online.csv", serving_cases),
 )}
 
 
@@ -505,9 +785,11 @@ def print_table(table: Table, path: Path, outcomes: list[Outcome]) -> None:
           f"mean error {_pct(mean_error(outcomes))}; {len(skipped)} skipped\n")
 
 
-def print_summary(results: list[tuple[Table, list[Outcome]]]) -> None:
+def print_summary(results: list[tuple[Table, list]]) -> None:
     print("== summary: median |error| per table (target <= 10% on every table)")
-    for kind in ("training", "inference"):
+    for kind in ("training", "inference", "serving"):
+        if not any(table.kind == kind for table, _ in results):
+            continue
         print(f"{kind}:")
         for table, outcomes in results:
             if table.kind != kind:
@@ -515,6 +797,11 @@ def print_summary(results: list[tuple[Table, list[Outcome]]]) -> None:
             priced = sum(o.result is not None for o in outcomes)
             print(f"  {table.name:<20}{priced:>4} priced{len(outcomes) - priced:>4} skipped   median |error| "
                   f"{_pct(median_abs_error(outcomes), signed=False):>7}   mean error {_pct(mean_error(outcomes)):>7}")
+            if kind == "serving":   # one figure per metric: a throughput and a latency are not one population
+                for metric, group in serving_by_metric(outcomes).items():
+                    n = sum(o.result is not None for o in group)
+                    print(f"    {metric:<18}{n:>4} priced{len(group) - n:>4} skipped   median |error| "
+                          f"{_pct(median_abs_error(group), signed=False):>7}   mean error {_pct(mean_error(group)):>7}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -540,11 +827,14 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(name)
             continue
         try:
-            outcomes = [run_case(c, catalog) for c in table.cases(path)]
+            if table.kind == "serving":
+                outcomes = [run_serving_case(c) for c in table.cases(path)]
+            else:
+                outcomes = [run_case(c, catalog) for c in table.cases(path)]
         except LLMSimError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        print_table(table, path, outcomes)
+        (print_serving_table if table.kind == "serving" else print_table)(table, path, outcomes)
         results.append((table, outcomes))
     if results:
         print_summary(results)

@@ -216,3 +216,18 @@ def test_a_serving_runs_saved_scenario_loads_and_reruns(tmp_path: Path) -> None:
     saved = load_scenario(run_dir / "scenario.yaml")
     assert saved.serving is not None and "mode" not in saved.workload.model_fields_set
     assert saved.model_dump() == parse_scenario(_scenario(), "serve.yaml").model_dump()
+
+
+def test_a_mixture_of_experts_served_at_tp_splits_its_experts_over_the_tp_ranks(tmp_path: Path) -> None:
+    """vLLM's tensor parallelism splits every expert (etp = tp, the strategy's default): at tp 2 a device holds
+    half the weights of tp 1, experts included (before the serving layout carried the expert grid, every device
+    held each expert whole: etp = 1)."""
+    data = _scenario(requests=8, arrival={"kind": "poisson", "rate": 50})
+    data["workload"]["model"] = {"preset": "tiny", "moe": {"experts": 8, "top_k": 2}}
+    data["strategies"] = [{"name": "tp1"}, {"name": "tp2", "tp": 2}]
+    data["backends"] = {"roofline": H100}
+    _, rows = _run(tmp_path, data)
+    weights = {r["case"]: r["mem_params_bytes"] for r in rows}
+    assert all(r["status"] == "ok" for r in rows)
+    # tp splits the attention and every expert; what it leaves whole (norms, the router) is small
+    assert weights["tp2"] == pytest.approx(weights["tp1"] / 2, rel=0.02)

@@ -1,0 +1,178 @@
+"""The serving dev table (validation/serving_online.csv) in scripts/validate.py: every row loads and names its
+source, a row's modeled figure is the serving simulation's own (the scenario it describes, run by `llmsim run`'s
+path), the published unit becomes the column's SI unit, the printed medians are those of the printed errors,
+and bad cells are one line with exit 2."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmsim.config import parse_scenario
+from llmsim.plugins import get_plugin_manager
+from llmsim.registry import BackendRegistry
+from llmsim.results import read_rows
+from llmsim.runner import plan_cases, run_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def v():
+    path = ROOT / "scripts" / "validate.py"
+    spec = importlib.util.spec_from_file_location("validate_serving_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _simulate(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The roofline backend's one serving row for a scenario, run as `llmsim run` runs it."""
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    scenario = parse_scenario(data, str(folder / "direct.yaml"))
+    planned = plan_cases(scenario, registry, str(folder / "direct.yaml"), scenario_dir=folder)
+    outcome = run_scenario(scenario, registry, planned, folder / "runs", manager=manager, scenario_dir=folder)
+    [row] = read_rows(outcome.run_dir)
+    return row
+
+
+def _row(v, **values: object) -> dict[str, object]:
+    """A tiny model on one A100 at 40 requests/s (numbers made up: the tests check the plumbing)."""
+    row = dict.fromkeys(v.SERVING, "")
+    row.update(row_id="S1", run="tiny", preset="tiny", dtype="bfloat16", hardware="a100-80gb", n_devices=1, tp=1,
+               pp=1, intra_node="nvlink3", inter_node="ib-hdr200x8", request_rate=40, context=64, requests=30,
+               input_len=20, output_len=12, scheduler="continuous", max_num_seqs=16, max_batched_tokens=64,
+               kv_block_tokens=16, memory_utilization=0.9, metric="ttft_p50_ms", published=1.0, source="test")
+    row.update(values)
+    return row
+
+
+def _write(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
+    path = tmp_path / "serving.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# --------------------------------------------------------------------------- the committed table
+
+def test_the_serving_table_loads_and_every_row_names_its_source(v) -> None:
+    table = v.TABLES["serving"]
+    assert table.kind == "serving" and table.default == ROOT / "validation" / "serving_online.csv"
+    rows = v.read_serving_runs(table.default)
+    assert len(rows) >= 10
+    assert len({r["row_id"] for r in rows}) == len(rows), "row ids are unique"
+    held_out = ("TensorRT-LLM", "mlperf inference", "inference_results", "nim", "docs.nvidia.com/nemo",
+                "performance-summary", "performance summary")
+    for r in rows:
+        assert r["source"].startswith("https://") and len(r["source"]) > 40, r["row_id"]
+        assert r["assumptions"], r["row_id"]
+        assert r["metric"] in v.SERVING_METRICS and r["published"] > 0
+        assert all(word.lower() not in r["source"].lower() for word in held_out), r["row_id"]
+        if r["skip_reason"] is None:
+            assert all(r[c] is not None for c in v.SERVING_REQUIRED), r["row_id"]
+    # both kinds of published run: offline throughput (every request at once) and online at a request rate
+    assert {r["request_rate"] for r in rows} >= {"offline", 1.0}
+    cases = table.cases(table.default)
+    assert [c.row_id for c in cases] == [r["row_id"] for r in rows]
+
+
+def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tmp_path: Path) -> None:
+    """ST01, vLLM's throughput test of Llama 3 8B on one A100: 200 requests of 161 + 338 tokens handed to the
+    engine at once, priced as the scenario written out here by hand."""
+    [st01] = [r for r in v.read_serving_runs(v.TABLES["serving"].default) if r["row_id"] == "ST01"]
+    (tmp_path / "at-once.csv").write_text("arrival_s,input_tokens,output_tokens\n" + "0,161,338\n" * 200)
+    data = {"name": "st01", "workload": {"model": {"preset": "llama3-8b", "seq_len": 8192}, "dtype": "bfloat16"},
+            "strategies": [{"name": "tp1"}],
+            "serving": {"requests": 200, "arrival": {"kind": "trace", "path": "at-once.csv"},
+                        "scheduler": {"kind": "continuous", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                        "kv_block_tokens": 16, "memory_utilization": 0.9},
+            "backends": {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1,
+                                      "intra_node": "nvlink3", "inter_node": "ib-hdr200x8", "all_reduce": "vllm"}},
+            "seed": 0}
+    direct = _simulate(data, tmp_path)
+    [case] = [c for c in v.serving_cases(v.TABLES["serving"].default) if c.row_id == "ST01"]
+    outcome = v.run_serving_case(case)
+    assert direct["status"] == "ok" and direct["requests_done"] == 200
+    assert outcome.predicted == direct["requests_per_s"]
+    assert outcome.error == pytest.approx(direct["requests_per_s"] / st01["published"] - 1, rel=1e-12)
+
+
+def test_an_online_row_is_the_serving_simulation_at_its_rate(v, tmp_path: Path) -> None:
+    """SO06, vLLM's serving test of Llama 3 70B at tp 4 on H200 at 1 request/s (Poisson): the median ITL the
+    validation prints is the simulation's own, in seconds against the published milliseconds."""
+    [so06] = [r for r in v.read_serving_runs(v.TABLES["serving"].default) if r["row_id"] == "SO06"]
+    assert so06["metric"] == "itl_p50_ms" and so06["request_rate"] == 1.0
+    data = {"name": "so06", "workload": {"model": {"preset": "llama3-70b", "seq_len": 8192}, "dtype": "bfloat16"},
+            "strategies": [{"name": "tp4", "tp": 4}],
+            "serving": {"requests": 200, "arrival": {"kind": "poisson", "rate": 1},
+                        "lengths": {"input": 161, "output": 338},
+                        "scheduler": {"kind": "continuous", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                        "kv_block_tokens": 16, "memory_utilization": 0.9},
+            "backends": {"roofline": {"hardware": "h200", "nodes": 1, "devices_per_node": 4,
+                                      "intra_node": "nvlink4", "inter_node": "ib-ndr400x8", "all_reduce": "vllm"}},
+            "seed": 0}
+    direct = _simulate(data, tmp_path)
+    [case] = [c for c in v.serving_cases(v.TABLES["serving"].default) if c.row_id == "SO06"]
+    assert case.published_s == pytest.approx(so06["published"] / 1e3, rel=1e-12)   # ms -> s
+    outcome = v.run_serving_case(case)
+    assert outcome.predicted == direct["itl_p50_s"]
+    # rows of one configuration share one simulation: the mean ITL row is the same run's itl_mean_s
+    [so05] = [c for c in v.serving_cases(v.TABLES["serving"].default) if c.row_id == "SO05"]
+    assert v.run_serving_case(so05).predicted == direct["itl_mean_s"]
+
+
+# --------------------------------------------------------------------------- printing and bad input
+
+def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_path: Path, capsys) -> None:
+    rows = [_row(v, row_id="S1", metric="ttft_p50_ms", published=3.0),
+            _row(v, row_id="S2", metric="itl_p50_ms", published=2.0),
+            _row(v, row_id="S3", metric="requests_per_s", published=20),
+            _row(v, row_id="S4", metric="requests_per_s", published=40, request_rate="offline"),
+            _row(v, row_id="S5", metric="ttft_mean_ms", published=1.0, skip_reason="a feature llmsim lacks")]
+    assert v.main(["--table", "serving", "--path", str(_write(tmp_path, rows))]) == 0
+    out = capsys.readouterr().out
+    printed = {line.split()[0]: line.split() for line in out.splitlines()
+               if line.split() and line.split()[0] in ("S1", "S2", "S3", "S4", "S5")}
+    assert set(printed) == {"S1", "S2", "S3", "S4", "S5"}          # S5 only in the skipped list
+    assert "skipped, 1 row (in no median): a feature llmsim lacks\n    S5" in out
+    # row run metric published predicted error batch-max kv-peak preemptions
+    errors = {k: float(p[-4].rstrip("%")) for k, p in printed.items() if k != "S5"}
+    for k, p in printed.items():
+        if k != "S5":
+            assert 1 + errors[k] / 100 == pytest.approx(float(p[-5]) / float(p[-6]), rel=2e-3)  # 4 digits printed
+    throughput = [errors["S3"], errors["S4"]]
+    line = next(x for x in out.splitlines() if x.strip().startswith("requests_per_s") and "median" in x)
+    assert float(line.split("median |error|")[1].split("%")[0]) == pytest.approx(
+        statistics.median(abs(e) for e in throughput), abs=0.06)
+    overall = out.split("(every metric)")[0].rsplit("median |error| ", 1)[1]
+    assert float(overall.split("%")[0]) == pytest.approx(statistics.median(abs(e) for e in errors.values()), abs=0.06)
+
+
+@pytest.mark.parametrize(("column", "text", "says"), [
+    ("request_rate", "fast", "request_rate: 'fast'"),
+    ("request_rate", "-2", "request_rate: '-2'"),
+    ("metric", "latency_ms", "metric: 'latency_ms': allowed: requests_per_s"),
+    ("memory_utilization", "1.5", "memory_utilization"),
+    ("source", "", "S1.source"),
+    ("n_devices", "2", "S1.n_devices: 2 != tp x pp = 1"),
+    ("context", "", "S1.context: required for a priced row"),
+    ("hardware", "h999", "serving.csv: S1: backends.roofline.hardware"),     # refused by the scenario it describes
+    ("scheduler", "fancy", "serving.csv: S1: serving.scheduler.kind"),
+])
+def test_a_bad_serving_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, column: str, text: str,
+                                                   says: str) -> None:
+    path = _write(tmp_path, [_row(v, **{column: text})])
+    assert v.main(["--table", "serving", "--path", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err
