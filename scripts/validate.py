@@ -202,10 +202,11 @@ CHOICES = {"recompute": ("none", "selective", "selective-op", "selective-dots", 
            "attention": ("flash", "cudnn", "flash3", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
+           "fp8_frozen": ("bfloat16", "float8"),
            "schedule": ("gpipe", "1f1b", "interleaved"), "all_reduce": ("nccl", "vllm")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
-# (config.Fp8Spec: recipe, saved_activations, param_all_gather).
-FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
+# (config.Fp8Spec: recipe, saved_activations, param_all_gather, frozen_weights).
+FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather", "fp8_frozen")
 # Optional column of either table: the run was compiled (torch.compile); blank = the device's way
 # (costmodel.plan.Options.compile: TPU rows are XLA-compiled, GPU rows eager).
 COMPILE_COLUMNS = ("compile",)
@@ -372,7 +373,8 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         fp8 = None
         if dtype == "float8":
             fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
-                   "param_all_gather": bool(r.get("fp8_all_gather"))}
+                   "param_all_gather": bool(r.get("fp8_all_gather")),
+                   "frozen_weights": r.get("fp8_frozen") or "bfloat16"}
         workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings, lora=lora_spec(r))
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
