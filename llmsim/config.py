@@ -210,6 +210,11 @@ class Fp8Spec(_Strict):
                               "its bf16 input, cast again in the backward (torchao float8)")
     param_all_gather: bool = Field(False, description="ZeRO-3/FSDP all-gathers the GEMM weights in FP8 "
                                                      "(torchao `enable_fsdp_float8_all_gather`)")
+    frozen_weights: Literal["bfloat16", "float8"] = Field(
+        "bfloat16", description="how the frozen base's layer GEMM weights are kept under LoRA: bfloat16 (a bf16 "
+                                "weight beside its FP8 copies) or float8 (the FP8 copies only, no bf16 weight: "
+                                "Transformer Engine's fp8_model_init, NeMo's fp8_params); no effect without "
+                                "sharing.lora")
 
 
 class Workload(_Strict):

@@ -56,6 +56,10 @@ class ModeledSettings(BaseModel):
                              "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), fused-softmax, "
                              "math (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+    grad_accumulation_fusion: bool = Field(
+        False, description="the weight-gradient GEMMs add into the gradient accumulator themselves (Megatron-LM "
+                           "--gradient-accumulation-fusion, NeMo gradient_accumulation_fusion): no accumulation "
+                           "pass over the layers' weights (costmodel.plan.Options)")
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "
                                                    "GPU and CPU eager)")
@@ -109,7 +113,8 @@ class ModeledSettings(BaseModel):
 
     @property
     def options(self) -> Options:
-        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile,
+        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32,
+                       grad_accumulation_fusion=self.grad_accumulation_fusion, compile=self.compile,
                        all_reduce=self.all_reduce, sampler=self.sampler)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:

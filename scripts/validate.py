@@ -204,7 +204,7 @@ INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "voca
         "first_dense_layers", "ep", "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
-         "compile", "tp_comm_overlap"}
+         "compile", "tp_comm_overlap", "grad_accum_fusion"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
@@ -213,10 +213,11 @@ CHOICES = {"recompute": ("none", "selective", "selective-op", "selective-dots", 
            "attention": ("flash", "cudnn", "flash3", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
+           "fp8_frozen": ("bfloat16", "float8"),
            "schedule": ("gpipe", "1f1b", "interleaved"), "all_reduce": ("nccl", "vllm")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
-# (config.Fp8Spec: recipe, saved_activations, param_all_gather).
-FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather")
+# (config.Fp8Spec: recipe, saved_activations, param_all_gather, frozen_weights).
+FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather", "fp8_frozen")
 # Optional column of either table: the run was compiled (torch.compile); blank = the device's way
 # (costmodel.plan.Options.compile: TPU rows are XLA-compiled, GPU rows eager).
 COMPILE_COLUMNS = ("compile",)
@@ -228,6 +229,10 @@ MOE_COLUMNS = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first
 # overlapped with the GEMMs (Megatron-Core / Transformer Engine userbuffers, NeMo's `ub_tp_comm_overlap`,
 # set by TP_COMM_OVERLAP=True in the MLPerf submissions): Plan.tp_comm_overlap.
 OVERLAP_COLUMNS = ("tp_comm_overlap",)
+# Optional column of a training table (blank or absent = false, Options' default): the weight-gradient GEMMs
+# accumulate into the gradient buffer themselves (Megatron-LM / NeMo `gradient_accumulation_fusion`):
+# Options.grad_accumulation_fusion.
+FUSION_COLUMNS = ("grad_accum_fusion",)
 # Optional columns of a training table (blank or absent = full training): parameter-efficient fine-tuning,
 # LoRA adapters over a frozen base (sharing.lora, config.LoraSpec): rank, alpha (blank = 32) and the
 # projections, space-separated (qkv, out, mlp or q k v o gate up down; blank = qkv out mlp).
@@ -282,7 +287,8 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
         for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
-                       + (FP8_COLUMNS + OVERLAP_COLUMNS + LORA_COLUMNS if kind == "training" else ENGINE_COLUMNS)):
+                       + (FP8_COLUMNS + OVERLAP_COLUMNS + FUSION_COLUMNS + LORA_COLUMNS if kind == "training"
+                          else ENGINE_COLUMNS)):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -383,7 +389,8 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         fp8 = None
         if dtype == "float8":
             fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
-                   "param_all_gather": bool(r.get("fp8_all_gather"))}
+                   "param_all_gather": bool(r.get("fp8_all_gather")),
+                   "frozen_weights": r.get("fp8_frozen") or "bfloat16"}
         workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings, lora=lora_spec(r))
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
@@ -391,7 +398,7 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
                     recompute=r["recompute"], **_moe_plan(r))
         options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]),
-                          compile=r.get("compile"))
+                          grad_accumulation_fusion=bool(r.get("grad_accum_fusion")), compile=r.get("compile"))
         cluster = _cluster(r, catalog, r["devices_per_node"])
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
                         cluster, options)

@@ -416,7 +416,9 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
         # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes, writing the
         # copies the device's FP8 GEMMs need (precision.copies)
         casts = precision.activation_cast_bytes(workload, plan, phase, tokens, rates.fp8_any_layout) * layers_here
-        if phase == "forward":
+        # a frozen base kept in FP8 (`frozen_weights: float8`) is never cast: its weights never change
+        frozen_fp8 = precision.frozen_fp8(workload) and profile.trainable_params <= 0.5 * profile.params
+        if phase == "forward" and not frozen_fp8:
             casts += (precision.weight_cast_bytes(workload, plan, rates.fp8_any_layout) * layers_here
                       / plan.microbatches)
         other += rates.memory_time(casts)

@@ -245,6 +245,31 @@ def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sha
     return _stage_params(workload, profile, sharing, plan, stage)
 
 
+def accumulated_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                       stage: Stage, options: Options) -> float:
+    """Trainable parameters on one device of `stage` whose gradients a separate pass adds into the
+    accumulator each micro-batch (work.accumulate_time): all of them, or with
+    `Options.grad_accumulation_fusion` only those whose weight gradient no GEMM computes.
+
+    Fusion (Megatron-LM `--gradient-accumulation-fusion`, on by default in its arguments.py and set by NeMo's
+    `gradient_accumulation_fusion: True`): the weight-gradient GEMM of every Linear adds its product into the
+    `main_grad` buffer in its own epilogue (cuBLAS beta = 1: Transformer Engine's `fuse_wgrad_accumulation`,
+    megatron/core/extensions/transformer_engine.py; megatron/core/tensor_parallel/layers.py
+    `LinearWithGradAccumulationAndAsyncCommunication` with `fused_weight_gradient_mlp_cuda.wgrad_gemm_accum_*`),
+    so the Transformer blocks' weights and the LM head (Megatron's output layer is a ColumnParallelLinear)
+    take no pass of their own. Left to the pass: the input side (the word embedding's gradient, added by
+    the DDP hook `main_grad.add_(grad)`); the blocks' norm weights are counted as fused (2h per layer, under
+    1e-4 of a block). Under LoRA every trainable parameter is an adapter Linear inside a block."""
+    _, trainable = _stage_params(workload, profile, sharing, plan, stage)
+    if not options.grad_accumulation_fusion:
+        return trainable
+    _, block_trainable = stage_block_params(workload, profile, sharing, plan, stage)
+    if sharing.lora is not None:
+        return max(trainable - block_trainable, 0.0)
+    _, output_side = stage_edge_params(workload, profile, sharing, plan, stage)
+    return max(trainable - block_trainable - output_side, 0.0)
+
+
 def lora_tp_share(spec: "ModelSpec", sharing: "SharingChoice", tp: int) -> float:
     """The share of one block's LoRA adapters that one tensor-parallel rank holds: B of q/k/v/gate/up and A
     of o/down split over tp, the other factor replicated (`config.lora_params_per_block`); 1.0 at tp = 1."""
@@ -417,9 +442,10 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
         # ZeRO-3 shards them like the weights (stage_memory): they are made from the gathered weights
         # (torchao float8 FSDP2)
+        # under LoRA the layers' GEMM weights are the frozen base (`frozen_weights: float8`: FP8 only)
         fp8_copy = precision.fp8_weight_copy_bytes(workload,
                                                    layers_here * precision.layer_gemm_params(workload, plan),
-                                                   precision.any_layout(device))
+                                                   precision.any_layout(device), frozen=sharing.lora is not None)
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
     per_layer = working = edge = kv = 0.0

@@ -175,6 +175,11 @@ class Options:
       fuse and move only the bytes that cross the fused region (workload.profile._FusionTracker,
       OpTotals.fused_bytes) instead of eager PyTorch's per-op reads and writes. None = the device's way
       (DeviceSpec.compiled: TPUs always run XLA programs; GPUs and CPU hosts run eagerly).
+    grad_accumulation_fusion: the weight-gradient GEMMs add into the gradient accumulator in their epilogue
+      (Megatron-LM `--gradient-accumulation-fusion`, its default; NeMo `gradient_accumulation_fusion`;
+      Transformer Engine `fuse_wgrad_accumulation`), so only the parameters no GEMM's weight gradient covers
+      (the word embedding) take the per-micro-batch accumulation pass (memory.accumulated_params). False =
+      every gradient is added by a pass of its own (PyTorch autograd's AccumulateGrad, DDP/FSDP).
     sampler: what choosing each generated token costs after the LM head (costmodel.sampling), inference only.
       none        nothing (a greedy argmax fused into the head; the default).
       sort-top-p  FasterTransformer v5's top-p sampling: fp32 logits (all-gathered and transposed over tensor
@@ -184,6 +189,7 @@ class Options:
 
     attention: AttentionKernel = "flash"
     main_grads_fp32: bool = False
+    grad_accumulation_fusion: bool = False
     compile: bool | None = None
     p2p_scatter_gather: bool = True
     all_reduce: AllReduceAlgorithm = "nccl"

@@ -32,6 +32,13 @@ arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; T
 * `saved_activations: bfloat16` (torchao) keeps the bf16 input and casts it again in the backward;
   `float8` (TE) keeps the FP8 copy (costmodel.activations sizes the saved linear inputs at 1 byte).
 * `param_all_gather` (torchao float8 FSDP2): ZeRO-3 all-gathers the GEMM weights in FP8, 1 byte each.
+* `frozen_weights: float8` (LoRA): the frozen base's layer GEMM weights exist only as FP8 tensors, created in
+  FP8 at model construction (Transformer Engine `fp8_model_init`: its modules' weights are Float8Tensors, no
+  higher-precision copy; NeMo `fp8_params`; the MLPerf Llama 2 70B LoRA submissions build the model under
+  `te.fp8_model_init()`, custom_llama.py). Memory: `copies` bytes per frozen GEMM weight instead of 2 + copies
+  (the FP8 copies a training GEMM needs: row-wise, and on Hopper the transposed one for the data-gradient
+  GEMM); no per-step weight cast (a frozen weight never changes). The adapters, norms, embedding and head stay
+  bf16.
 * Transformer Engine fuses the cast of a GEMM input into the kernel that produces it where it can (the norm of
   LayerNormLinear / LayerNormMLP, the MLP activation, the dgelu of the backward): `fused_inputs`,
   `fused_cast_bytes_per_element`.
@@ -250,15 +257,25 @@ def layer_weight_elem(workload: "Workload") -> float:
     return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
 
 
-def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float, any_layout: bool) -> float:
+def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float, any_layout: bool,
+                          frozen: bool = False) -> float:
     """Memory of the FP8 weight copies training keeps beside the bf16 weights (`copies` bytes per GEMM
     weight: 2 on Hopper, 1 under the per-tensor recipes where `any_layout`, DeviceSpec.fp8_gemm_any_layout);
-    inference stores the weights in FP8 instead: 1 - 2 = -1 byte per GEMM weight."""
+    inference stores the weights in FP8 instead: 1 - 2 = -1 byte per GEMM weight. `frozen`: the weights are
+    a frozen base (LoRA); with `frozen_weights: float8` training keeps the FP8 copies instead of the bf16
+    weight too: copies - 2 bytes per GEMM weight (-1 on Blackwell, 0 on Hopper), added to the 2 bytes the
+    memory model counts per parameter. Bytes."""
     if not is_fp8(workload):
         return 0.0
     if workload.mode == "train":
-        return layer_gemm_params * copies(workload, any_layout) * FP8_BYTES
+        held = layer_gemm_params * copies(workload, any_layout) * FP8_BYTES
+        return held - layer_gemm_params * HIGH_BYTES if frozen and frozen_fp8(workload) else held
     return -layer_gemm_params * (HIGH_BYTES - FP8_BYTES)
+
+
+def frozen_fp8(workload: "Workload") -> bool:
+    """Whether a frozen base's layer GEMM weights are kept in FP8 only (`frozen_weights: float8`)."""
+    return is_fp8(workload) and workload.fp8 is not None and workload.fp8.frozen_weights == "float8"
 
 
 def saves_fp8_inputs(workload: "Workload") -> bool:

@@ -44,7 +44,7 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
                                       op_sac_recomputed_share, phase_times, runs_compiled)
-from llmsim.costmodel.memory import (FP32_BYTES, stage_block_params, stage_expert_params, stage_params,
+from llmsim.costmodel.memory import (FP32_BYTES, accumulated_params, stage_block_params, stage_expert_params, stage_params,
                                      tp_block_params)
 from llmsim.costmodel import moe, precision, sampling
 from llmsim.costmodel.arrays import Num, pick
@@ -262,8 +262,9 @@ class StepWork:
 
 def accumulate_time(rates: Rates, trainable: float, microbatches: Num, dtype: str, options: Options) -> Num:
     """Gradient accumulation over a step's micro-batches on one device: m-1 adds (m with fp32 main grads),
-    each reading the accumulator and the new gradient and writing the accumulator. Seconds; `microbatches`
-    may be a column."""
+    each reading the accumulator and the new gradient and writing the accumulator, over `trainable`
+    parameters: those no weight-gradient GEMM accumulates itself (memory.accumulated_params; all of them
+    unless Options.grad_accumulation_fusion). Seconds; `microbatches` may be a column."""
     elem = DTYPE_BYTES[dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     accumulations = microbatches if options.main_grads_fp32 else microbatches - 1
@@ -652,7 +653,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             tp_fwd_overlap=fwd_overlap, tp_recompute_overlap=recompute_overlap, tp_bwd_overlap=bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
             recv_gather=recv_gather,
-            accumulate_s=accumulate_time(rates, trainable, plan.microbatches, workload.dtype, options),
+            accumulate_s=accumulate_time(rates, accumulated_params(workload, profile, sharing, plan, index, options),
+                                         plan.microbatches, workload.dtype, options),
             optimizer_s=optimizer_time(rates, updated, plan, workload.dtype, options,
                                        (optimizer_bytes * share, optimizer_ops * share)),
             grad_bytes_layer=reduced / n * grad_elem if n else 0.0,

@@ -48,7 +48,8 @@ from llmsim.costmodel import moe, precision
 from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, stage_expert_params, stage_memory,
+from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, stage_expert_params,
+                                     stage_memory,
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
@@ -156,14 +157,15 @@ class _Group:
     fabric: object
     dp_group: object | None          # the work's own data-parallel group where the key pins dp (torus)
     node: int                        # devices per node of the group's cluster
-    steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, trainable,
+    steps: list[tuple]               # per distinct stage: (index, compute_mb, comm_mb, backward_mb, the
+    #                                  parameters the accumulation pass adds (memory.accumulated_params),
     #                                  parameters the optimizer updates (moe.optimizer_params), optimizer share, grad bytes, ZeRO-3 weight bytes, ZeRO 1/2 gather bytes,
     #                                  grad bytes of a model chunk's layers, of the head's, of the embedding's, sync,
     #                                  copies: how many of the pipeline's stages are this one)
     error: str = ""
 
 
-STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "trainable", "updated", "share", "grads", "weights",
+STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "grads", "weights",
                "gathered", "chunk_grads", "head_grads", "embed_grads", "sync", "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
@@ -311,7 +313,8 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
             params, trainable = shared[params_key]  # type: ignore[misc]
             share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
             experts = stage_expert_params(w, ctx.profile, plan, index)  # as train_work (a MoE group is whole)
-            alike[id(st)] = (compute_mb, comm_mb, backward_mb, trainable,
+            accumulated = accumulated_params(w, ctx.profile, ctx.sharing, plan, index, options)
+            alike[id(st)] = (compute_mb, comm_mb, backward_mb, accumulated,
                              moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
                              work.grad_bytes(st), work.param_bytes(st),
                              moe.data_parallel_params(plan, params, experts) * elem,
@@ -387,7 +390,7 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
                                   gather, r.v, r.pp, slot["index"],
                                   tuple(np.where(zero == 0, times[f"all-reduce {c}"], times[f"reduce-scatter {c}"])
                                         for c in CHUNKS)),
-            accumulate_time(rates, slot["trainable"], m, w.dtype, options),
+            accumulate_time(rates, slot["accumulated"], m, w.dtype, options),
             slot["sync"],
             optimizer_step_time(rates, slot["updated"], shard, w.dtype, options,
                                 (optimizer_bytes * slot["share"], optimizer_ops * slot["share"])),
