@@ -187,13 +187,15 @@ TRAINING = COMMON + ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp",
 INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
 # Optional (blank or absent = a cluster of nodes): a TPU slice's shape and the number of slices over DCN.
 TOPOLOGY_COLUMNS = ("topology", "slices")
+# Optional model columns (blank or absent = the ModelSpec default): the parallel attention + MLP block.
+MODEL_OPTIONAL_COLUMNS = ("parallel_block",)
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
         "output_len", "slices", "lora_rank", "experts", "top_k", "expert_ffn_hidden", "shared_experts",
         "first_dense_layers", "ep", "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
-         "compile", "tp_comm_overlap"}
+         "compile", "tp_comm_overlap", "parallel_block"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
@@ -270,7 +272,7 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
-        for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
+        for column in (columns + TOPOLOGY_COLUMNS + MODEL_OPTIONAL_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
                        + (FP8_COLUMNS + OVERLAP_COLUMNS + LORA_COLUMNS if kind == "training" else ENGINE_COLUMNS)):
             text = (raw.get(column) or "").strip()
             try:
@@ -321,7 +323,7 @@ def _catalog():
 
 def model_spec(r: dict[str, object], seq_len: int, layers: int | None = None) -> ModelSpec:
     """The row's Transformer: its preset with the row's explicit dimensions on top."""
-    fields: dict[str, object] = {c: r[c] for c in MODEL_COLUMNS if r[c] is not None}
+    fields: dict[str, object] = {c: r[c] for c in MODEL_COLUMNS + MODEL_OPTIONAL_COLUMNS if r.get(c) is not None}
     if r["preset"]:
         fields["preset"] = r["preset"]
     if r.get("experts"):

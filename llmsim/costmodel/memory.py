@@ -119,11 +119,12 @@ def _norm_params(spec: "ModelSpec") -> int:
 
 def tp_replicated_layer_params(spec: "ModelSpec") -> int:
     """Parameters of one layer every tensor-parallel rank holds whole (Shoeybi et al. 2019, Sec. 3; Megatron-LM
-    `ColumnParallelLinear` / `RowParallelLinear`): the two norms (their inputs are replicated), the biases
-    of the row-parallel attention-out and MLP-out projections (added after the all-reduce), and the q/k
-    head norms (`qk_norm`, one head_dim weight each, shared by all heads)."""
+    `ColumnParallelLinear` / `RowParallelLinear`): the two norms (one in a parallel block; their inputs are
+    replicated), the biases of the row-parallel attention-out and MLP-out projections (added after the
+    all-reduce), and the q/k head norms (`qk_norm`, one head_dim weight each, shared by all heads)."""
     qk = 2 * spec.head_width if spec.qk_norm else 0
-    return 2 * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
+    norms = 1 if spec.parallel_block else 2
+    return norms * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
 
 
 def tp_replicated_input_params(spec: "ModelSpec") -> int:
