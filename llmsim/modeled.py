@@ -56,6 +56,10 @@ class ModeledSettings(BaseModel):
                              "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), fused-softmax, "
                              "math (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+    params_fp32: bool = Field(False, description="training: fp32 parameters cast to the workload dtype inside each "
+                                                 "layer, no 16-bit copy, no separate master (JAX/Flax, MaxText): "
+                                                 "16 B per parameter with Adam; gradients reduced in the workload "
+                                                 "dtype (costmodel.plan.Options)")
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "
                                                    "GPU and CPU eager)")
@@ -110,6 +114,7 @@ class ModeledSettings(BaseModel):
     @property
     def options(self) -> Options:
         return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32, compile=self.compile,
+                       params_fp32=self.params_fp32,
                        all_reduce=self.all_reduce, sampler=self.sampler)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:

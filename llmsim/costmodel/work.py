@@ -308,8 +308,9 @@ def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, 
         nbytes, ops = traced
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
     elem = DTYPE_BYTES[dtype]
-    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-    per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)
+    grad_elem = FP32_BYTES if options.main_grads_fp32 or options.params_fp32 else elem
+    # a 16-bit copy of the updated weights, unless the fp32 parameters are the only copy (params_fp32)
+    per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES and not options.params_fp32 else 0)
     return rates.memory_time(trainable / shard * per_param)
 
 
@@ -592,7 +593,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     plan = plan_on(plan, cluster)
     groups = Groups.on(plan, cluster)
     elem = DTYPE_BYTES[workload.dtype]
-    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    # bytes per gradient element reduced across data parallelism; params_fp32: the 16-bit cotangent
+    grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
