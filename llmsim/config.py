@@ -112,6 +112,10 @@ class ModelSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training only: attention probabilities and the "
                                                             "attention-out and MLP-out residual branches")
     moe: MoeSpec | None = Field(None, description="mixture-of-experts layers (docs/moe.md); null = dense")
+    parallel_block: bool = Field(False, description="true = the attention and the MLP read the same normed input "
+                                                    "and their outputs are summed (GPT-J, PaLM Sec. 2, MaxText's "
+                                                    "decoder of 2023): one norm per layer, one tensor-parallel "
+                                                    "reduction per layer and pass instead of two")
 
     @field_validator("qk_norm", mode="before")
     @classmethod

@@ -60,6 +60,10 @@ class ModeledSettings(BaseModel):
         False, description="the weight-gradient GEMMs add into the gradient accumulator themselves (Megatron-LM "
                            "--gradient-accumulation-fusion, NeMo gradient_accumulation_fusion): no accumulation "
                            "pass over the layers' weights (costmodel.plan.Options)")
+    params_fp32: bool = Field(False, description="training: fp32 parameters cast to the workload dtype inside each "
+                                                 "layer, no 16-bit copy, no separate master (JAX/Flax, MaxText): "
+                                                 "16 B per parameter with Adam; gradients reduced in the workload "
+                                                 "dtype (costmodel.plan.Options)")
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "
                                                    "GPU and CPU eager)")
@@ -115,6 +119,7 @@ class ModeledSettings(BaseModel):
     def options(self) -> Options:
         return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32,
                        grad_accumulation_fusion=self.grad_accumulation_fusion, compile=self.compile,
+                       params_fp32=self.params_fp32,
                        all_reduce=self.all_reduce, sampler=self.sampler)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:

@@ -198,13 +198,17 @@ TRAINING = COMMON + ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp",
 INFERENCE = COMMON + ("batch", "input_len", "output_len", "tp", "pp")
 # Optional (blank or absent = a cluster of nodes): a TPU slice's shape and the number of slices over DCN.
 TOPOLOGY_COLUMNS = ("topology", "slices")
+# Optional model columns (blank or absent = the ModelSpec default): the parallel attention + MLP block.
+MODEL_OPTIONAL_COLUMNS = ("parallel_block",)
+# Optional training column (blank or absent = false): fp32 parameters as their own master (Options.params_fp32).
+PARAMS_COLUMNS = ("params_fp32",)
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
         "output_len", "slices", "lora_rank", "experts", "top_k", "expert_ffn_hidden", "shared_experts",
         "first_dense_layers", "ep", "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
-         "compile", "tp_comm_overlap", "grad_accum_fusion"}
+         "compile", "tp_comm_overlap", "grad_accum_fusion", "parallel_block", "params_fp32"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
@@ -286,9 +290,9 @@ def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
         row: dict[str, object] = {}
-        for column in (columns + TOPOLOGY_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
-                       + (FP8_COLUMNS + OVERLAP_COLUMNS + FUSION_COLUMNS + LORA_COLUMNS if kind == "training"
-                          else ENGINE_COLUMNS)):
+        for column in (columns + TOPOLOGY_COLUMNS + MODEL_OPTIONAL_COLUMNS + MOE_COLUMNS + COMPILE_COLUMNS
+                       + (FP8_COLUMNS + OVERLAP_COLUMNS + FUSION_COLUMNS + LORA_COLUMNS + PARAMS_COLUMNS
+                          if kind == "training" else ENGINE_COLUMNS)):
             text = (raw.get(column) or "").strip()
             try:
                 row[column] = _value(column, text) if text else None
@@ -338,7 +342,7 @@ def _catalog():
 
 def model_fields(r: dict[str, object], seq_len: int, layers: int | None = None) -> dict[str, object]:
     """The row's Transformer as `workload.model` keys: its preset with the row's explicit dimensions on top."""
-    fields: dict[str, object] = {c: r[c] for c in MODEL_COLUMNS if r[c] is not None}
+    fields: dict[str, object] = {c: r[c] for c in MODEL_COLUMNS + MODEL_OPTIONAL_COLUMNS if r.get(c) is not None}
     if r["preset"]:
         fields["preset"] = r["preset"]
     if r.get("experts"):
@@ -398,7 +402,9 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
                     recompute=r["recompute"], **_moe_plan(r))
         options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]),
-                          grad_accumulation_fusion=bool(r.get("grad_accum_fusion")), compile=r.get("compile"))
+        options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]),
+                          grad_accumulation_fusion=bool(r.get("grad_accum_fusion")), compile=r.get("compile"),
+                          params_fp32=bool(r.get("params_fp32")))
         cluster = _cluster(r, catalog, r["devices_per_node"])
         return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
                         cluster, options)

@@ -56,8 +56,9 @@ and, with sequence parallelism, the reduce-scatters' outputs after wo and w2 (h 
 split). While one layer's backward runs, its recomputed forward rebuilds what `none` keeps.
 `selective-dots` is JAX's `jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims` (MaxText
 `remat_policy: minimal`, MaxText/layers/models.py at 76bd53b0): inside each scanned, rematerialized layer
-only the outputs of dots without batch dimensions are saved, i.e. the weight projections' outputs (q, k, v,
-attention-out, MLP up (gate and up when gated) and down), plus the layer's input (the scan carry); the
+only the outputs of dots without batch dimensions are saved, i.e. the weight projections' outputs the backward
+reads (q, k, v, MLP up (gate and up when gated), attention-out in a sequential block; `dots_inventory`), plus the
+layer's input (the scan carry); the
 attention (its QK^T and PV are batched dots, a flash kernel is no dot at all) and every elementwise op
 (norms, rotary, activation, residual adds) are recomputed in the backward (`dots_inventory`). The
 projections' outputs lie in the sharding MaxText constrains them to: q, k, v and the MLP hidden split over
@@ -78,6 +79,10 @@ b sequences and before parallelism: fused-softmax 34 s b h + 5 a s^2 b bytes (2 
 dropout's), selective 34 s b h, flash 34 s b h + 4 a s b, plus 16 s b bytes of LayerNorm statistics in each;
 with t and without sequence parallelism the 10 s b h of the `sequence` tensors stay whole (tests/costmodel/
 test_activations.py checks every combination against these closed forms).
+
+A parallel block (`parallel_block`: attention and MLP read norm1's output, their outputs summed) has no norm2:
+no norm2 input, statistics or output, the fc linear keeps norm1's output (the same tensor as the QKV linear's),
+and one hidden-dropout mask on the branches' sum instead of two.
 
 Not modeled: storage aliasing (eager PyTorch keeping a whole fused QKV output alive through a view of V),
 RoPE's cos/sin tables (constants, not per layer), and the memory a framework frees and reuses during the
@@ -229,15 +234,20 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
                   Save("k norm", SavedTensor("k_norm.stats", g, FP32_BYTES, "kv"))]
     saves += _core_saves(spec, kernel, e)
     saves += linear("out linear", SavedTensor("attn.output", a * d, e, "tensor"), ("o",))
-    if dropout:
-        saves.append(Save("attention-out dropout", SavedTensor("attn_out.dropout_mask", h, MASK_BYTES, "sequence")))
-    saves += [Save("norm2", SavedTensor("norm2.input", h, e, "sequence")), Save("norm2", _norm_stats(spec, "norm2"))]
-    saves += linear("fc linear", SavedTensor("norm2.output", h, e, "sequence"), ("gate", "up"))
+    if spec.parallel_block:  # the MLP reads norm1's output: the same tensor, kept once (_unique)
+        saves += linear("fc linear", SavedTensor("norm1.output", h, e, "sequence"), ("gate", "up"))
+    else:
+        if dropout:
+            saves.append(Save("attention-out dropout",
+                              SavedTensor("attn_out.dropout_mask", h, MASK_BYTES, "sequence")))
+        saves += [Save("norm2", SavedTensor("norm2.input", h, e, "sequence")),
+                  Save("norm2", _norm_stats(spec, "norm2"))]
+        saves += linear("fc linear", SavedTensor("norm2.output", h, e, "sequence"), ("gate", "up"))
     # GELU keeps its input; a gated unit keeps gate and up (the fc output) and recomputes act(gate) in its
     # backward (Megatron-LM megatron/core/fusions/fused_bias_swiglu.py SwiGLUFunction saves its input only).
     saves.append(Save("activation", SavedTensor("fc.output", (2 if gated else 1) * f, e, "tensor")))
     saves += linear("proj linear", SavedTensor("activation.output", f, e, "tensor"), ("down",))
-    if dropout:
+    if dropout:  # a parallel block drops the branches' sum once: this mask (MaxText's DecoderLayer)
         saves.append(Save("mlp-out dropout", SavedTensor("mlp_out.dropout_mask", h, MASK_BYTES, "sequence")))
     return saves
 
@@ -287,18 +297,28 @@ def op_sac_inventory(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: 
 
 def dots_inventory(spec: "ModelSpec", dtype_bytes: int) -> tuple[SavedTensor, ...]:
     """What one layer keeps under JAX's checkpoint_dots_with_no_batch_dims (`selective-dots`, module
-    docstring): its input and the weight projections' outputs. Per token, e = dtype_bytes: h (input) + a d (q)
-    + 2 g d (k, v) + h (attention-out) + f (MLP up; gated: 2 f, gate and up) + h (down) elements of e bytes;
-    no attention output, no norm statistics (recomputed). LoRA adapters' own r-wide outputs are left out."""
+    docstring): its input and the weight projections' outputs that the backward reads. Per token,
+    e = dtype_bytes: h (input) + a d (q) + 2 g d (k, v) + f (MLP up; gated: 2 f, gate and up) + h (attention-out,
+    sequential block only) elements of e bytes; no attention output, no norm statistics (recomputed).
+
+    The policy only says which values *may* be saved; JAX keeps those its backward uses (jax/_src/
+    ad_checkpoint.py `remat_partial_eval`: the staged jaxpr is dead-code eliminated, `used_res`, and the
+    residuals it does not read are discarded). A dot output whose only consumer is a residual add is not read:
+    the add's derivative needs no operand. So the MLP-down output is never kept (it only joins the residual
+    stream; the next layer's input is that layer's own carry), and the attention-out output only in a
+    sequential block, where norm2's backward reads its input x + attention-out, rebuilt from it. In a parallel
+    block (`spec.parallel_block`) both projections only feed the sum. LoRA adapters' own r-wide outputs are left
+    out."""
     e, h = dtype_bytes, spec.hidden
     a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
     f = mlp_width(spec)
     mlp = ([SavedTensor("gate.output", f, e, "tensor"), SavedTensor("up.output", f, e, "tensor")]
            if spec.activation in ("swiglu", "geglu") else [SavedTensor("fc.output", f, e, "tensor")])
+    out = () if spec.parallel_block else (SavedTensor("o.output", h, e, "sequence"),)
     return (SavedTensor("layer.input", h, e, "sequence"), SavedTensor("q.proj_output", a * d, e, "tensor"),
             SavedTensor("k.proj_output", g * d, e, "kv"),
             SavedTensor("v", g * d, e, "kv"),  # V is not rotated: the very tensor `none` keeps for the kernel
-            SavedTensor("o.output", h, e, "sequence"), *mlp, SavedTensor("down.output", h, e, "sequence"))
+            *out, *mlp)
 
 
 def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,

@@ -38,8 +38,8 @@ from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
 from llmsim.costmodel import moe
 from llmsim.costmodel.moe import ExpertTokenCosts, expert_token_costs
-from llmsim.costmodel.work import (TP_COLLECTIVES_PER_LAYER_FORWARD, Comm, Groups, Overlapped, StageWork, StepWork,
-                                   _pipeline_message, _stage_kinds, _tp_collectives)
+from llmsim.costmodel.work import (Comm, Groups, Overlapped, StageWork, StepWork,
+                                   _pipeline_message, _stage_kinds, _tp_collectives, tp_collectives_per_layer)
 
 if TYPE_CHECKING:
     from llmsim.config import SharingChoice, Workload
@@ -322,7 +322,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     _, recv_gather = _pipeline_message(activation, plan, model.options, groups)
     layer_s = matmul + prefill_att + decode_att + other + experts
     algorithm = model.options.all_reduce
-    tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD, algorithm)
+    tp_fwd = _tp_collectives(activation, plan, groups.tp, tp_collectives_per_layer(model.workload.model), algorithm)
     overlap: tuple[Overlapped, ...] = ()
     if a2a and plan.ep_comm_overlap and model.cluster.device.overlaps_communication:
         overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)

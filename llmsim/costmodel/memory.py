@@ -119,11 +119,12 @@ def _norm_params(spec: "ModelSpec") -> int:
 
 def tp_replicated_layer_params(spec: "ModelSpec") -> int:
     """Parameters of one layer every tensor-parallel rank holds whole (Shoeybi et al. 2019, Sec. 3; Megatron-LM
-    `ColumnParallelLinear` / `RowParallelLinear`): the two norms (their inputs are replicated), the biases
-    of the row-parallel attention-out and MLP-out projections (added after the all-reduce), and the q/k
-    head norms (`qk_norm`, one head_dim weight each, shared by all heads)."""
+    `ColumnParallelLinear` / `RowParallelLinear`): the two norms (one in a parallel block; their inputs are
+    replicated), the biases of the row-parallel attention-out and MLP-out projections (added after the
+    all-reduce), and the q/k head norms (`qk_norm`, one head_dim weight each, shared by all heads)."""
     qk = 2 * spec.head_width if spec.qk_norm else 0
-    return 2 * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
+    norms = 1 if spec.parallel_block else 2
+    return norms * _norm_params(spec) + (2 * spec.hidden if spec.bias else 0) + qk
 
 
 def tp_replicated_input_params(spec: "ModelSpec") -> int:
@@ -316,8 +317,8 @@ def zero3_unit_bytes(workload: "Workload", profile: "WorkloadProfile", sharing: 
         (edge, 0.0 if sharing.lora is not None else edge)
     params = (largest + block) * elem
     grads = 0.0
-    if workload.mode == "train":
-        grads = largest_trainable * (FP32_BYTES if options.main_grads_fp32 else elem)
+    if workload.mode == "train":  # params_fp32: the 16-bit cotangent, reduce-scattered before its upcast
+        grads = largest_trainable * (FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem)
     return params, grads
 
 
@@ -404,7 +405,7 @@ class StageMemoryTerms:
     index: int
     params: float               # parameters on the device (tp split), before ZeRO
     trainable: float
-    elem: int                   # bytes per parameter (workload dtype)
+    elem: int                   # bytes per parameter (workload dtype; 4 with Options.params_fp32)
     grad_elem: int              # bytes per gradient element
     state_bytes: int            # Adam state bytes per trainable parameter
     zero3_params: float         # zero3_unit_bytes: what ZeRO-3 (dp > 1) gathers unsharded
@@ -448,6 +449,9 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
                                                    precision.any_layout(device), frozen=sharing.lora is not None)
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
+    param_elem = elem
+    if train and options.params_fp32:  # fp32 parameters are their own master: Options.params_fp32
+        param_elem, grad_elem, state = FP32_BYTES, FP32_BYTES, ADAM_STATE_BYTES_FP32
     per_layer = working = edge = kv = 0.0
     if train and activations:
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
@@ -461,7 +465,7 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
         # the stage's layers' share of the cache (1/pp with an even split)
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
-    return StageMemoryTerms(kind, index, params, trainable, elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
+    return StageMemoryTerms(kind, index, params, trainable, param_elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
                             layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None)
 
 

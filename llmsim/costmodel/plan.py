@@ -164,6 +164,14 @@ class Options:
     main_grads_fp32: gradients accumulated and reduced in fp32 (Megatron-LM's `main_grad` buffers,
       `accumulate_allreduce_grads_in_fp32`) instead of in the workload dtype (the ZeRO paper's 2-byte
       gradients, PyTorch DDP/FSDP defaults).
+    params_fp32: the parameters themselves are fp32 and each layer casts them to the workload dtype where it
+      uses them (JAX/Flax as MaxText runs it: DenseGeneral's kernel is `self.param(..., jnp.float32)`, then
+      `jnp.asarray(kernel, self.dtype)`, MaxText/layers.py at e47fa1b5; optax.adamw keeps m and v in the
+      parameters' dtype). No 16-bit copy and no separate master: 4 B of parameters, 4 B of their gradients and
+      8 B of Adam state per parameter (16 B, not the mixed-precision 2 + 4 + 12). The gradient a layer's GEMMs
+      produce is in the workload dtype (the cast's transpose, jax convert_element_type, brings it to fp32
+      only after the data-parallel reduction), so gradient reductions move 16-bit bytes and ZeRO-3's
+      in-flight unit gradient is 16-bit; the ZeRO-3 all-gather moves the 16-bit cast. Training only.
     p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
       over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
     all_reduce: the library of an inference pass's tensor-parallel all-reduces (decode, prefill, serving
@@ -191,6 +199,7 @@ class Options:
     main_grads_fp32: bool = False
     grad_accumulation_fusion: bool = False
     compile: bool | None = None
+    params_fp32: bool = False
     p2p_scatter_gather: bool = True
     all_reduce: AllReduceAlgorithm = "nccl"
     sampler: Sampler = "none"

@@ -52,7 +52,7 @@ from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
 from llmsim.costmodel.torus import TorusError
 
 if TYPE_CHECKING:
-    from llmsim.config import SharingChoice, Workload
+    from llmsim.config import ModelSpec, SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
@@ -61,6 +61,19 @@ Schedule = Literal["gpipe", "1f1b", "interleaved"]
 # the MLP in the forward pass, the conjugate two in the backward pass; a full recompute repeats the forward's.
 TP_COLLECTIVES_PER_LAYER_FORWARD = 2
 TP_COLLECTIVES_PER_LAYER_BACKWARD = 2
+# A parallel block (ModelSpec.parallel_block) sums the attention and MLP outputs before the residual add, so
+# the two row-parallel partial sums are reduced once: GPT-J's layer psums attn_out + ff_out in one collective
+# (kingoflolz/mesh-transformer-jax mesh_transformer/layers.py, TransformerLayerShard: g_psum(attn_out +
+# dense_out)); XLA reassociates all-reduce(x) + all-reduce(y) into all-reduce(x + y) (xla/service/
+# all_reduce_reassociate.h, reduce_scatter_reassociate.h). Both branches read the same normed input, so its
+# all-gather under sequence parallelism, and in the backward the conjugate pair, run once too.
+TP_COLLECTIVES_PER_PARALLEL_BLOCK = 1
+
+
+def tp_collectives_per_layer(spec: "ModelSpec") -> int:
+    """Tensor-parallel reductions of one layer per pass (forward, backward, recomputed forward): 2 for the
+    sequential block (after attention, after the MLP; Shoeybi et al. 2019), 1 for a parallel block."""
+    return TP_COLLECTIVES_PER_PARALLEL_BLOCK if spec.parallel_block else TP_COLLECTIVES_PER_LAYER_FORWARD
 # Megatron-Core --tp-comm-overlap runs Transformer Engine's userbuffers with TE's default configuration
 # (NVIDIA/TransformerEngine transformer_engine/pytorch/module/base.py at d0067d0, initialize_ub ->
 # get_default_config):
@@ -296,8 +309,9 @@ def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, 
         nbytes, ops = traced
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
     elem = DTYPE_BYTES[dtype]
-    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
-    per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES else 0)
+    grad_elem = FP32_BYTES if options.main_grads_fp32 or options.params_fp32 else elem
+    # a 16-bit copy of the updated weights, unless the fp32 parameters are the only copy (params_fp32)
+    per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES and not options.params_fp32 else 0)
     return rates.memory_time(trainable / shard * per_param)
 
 
@@ -403,33 +417,39 @@ def dots_recompute_time(fwd: PhaseTimes) -> float:
 
 
 def dots_tp_collectives(size: float, plan: Plan, group: Group, windowed: bool,
-                        shares: tuple[float, float, float, float], wgrad_s: float) -> tuple[Comms, Overlaps]:
+                        shares: tuple[float, float, float, float], wgrad_s: float,
+                        parallel_block: bool = False) -> tuple[Comms, Overlaps]:
     """(blocking collectives, overlapped ones) the `selective-dots` recomputation repeats per layer (the
     overlapped ones run in the backward, beside the layer's other windowed einsums: `tp_bwd_overlap`). With
     sequence parallelism the norm outputs are recomputed sharded, and the QKV and MLP-up weight gradients
     need them gathered over tp again: two all-gathers of the b*s*h `size`; as XLA windowed einsums
     (`xla_windowed_einsum`) each runs as tp - 1 neighbour messages under (tp - 1)/tp of its weight-gradient
     GEMM (`shares` of one backward pass of `wgrad_s` seconds). Without sequence parallelism the saved
-    projection outputs are already whole: nothing repeats."""
+    projection outputs are already whole: nothing repeats. A `parallel_block` has one norm output for both:
+    one all-gather, under both weight-gradient GEMMs."""
     if plan.tp <= 1 or not plan.sp:
         return (), ()
+    count = TP_COLLECTIVES_PER_PARALLEL_BLOCK if parallel_block else TP_COLLECTIVES_PER_LAYER_FORWARD
     if not windowed:
-        return (Comm("all-gather", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),), ()
+        return (Comm("all-gather", size, group, count),), ()
     qkv, _, up, _ = shares
     tp = plan.tp
+    gemms = (qkv + up,) if parallel_block else (qkv, up)
     return (), tuple(Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=g * wgrad_s * (tp - 1) / tp)
-                     for g in (qkv, up))
+                     for g in gemms)
 
 
-def op_sac_tp_collectives(size: float, plan: Plan, group: Group) -> Comms:
+def op_sac_tp_collectives(size: float, plan: Plan, group: Group, count: int = TP_COLLECTIVES_PER_LAYER_FORWARD
+                          ) -> Comms:
     """The tensor-parallel collectives the op-level SAC recomputation repeats per layer: the policy caches
-    reduce_scatter_tensor outputs but not all-gathers or all-reduces, so with sequence parallelism the two
-    all-gathers before the QKV and MLP-up projections run again; without it, the two all-reduces."""
+    reduce_scatter_tensor outputs but not all-gathers or all-reduces, so with sequence parallelism the
+    all-gathers before the QKV and MLP-up projections run again; without it, the all-reduces (`count` of
+    them: tp_collectives_per_layer)."""
     if plan.tp <= 1:
         return ()
     if plan.sp:
-        return (Comm("all-gather", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),)
-    return (Comm("all-reduce", size, group, TP_COLLECTIVES_PER_LAYER_FORWARD),)
+        return (Comm("all-gather", size, group, count),)
+    return (Comm("all-reduce", size, group, count),)
 
 
 def sharing_syncs(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -472,7 +492,8 @@ def _tp_collectives(size: float, plan: Plan, group: Group, count: int,
 
 
 def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, float, float, float],
-                backward: bool, compute_units: int | None, windowed: bool = False) -> tuple[Overlaps, float]:
+                backward: bool, compute_units: int | None, windowed: bool = False,
+                parallel_block: bool = False) -> tuple[Overlaps, float]:
     """One layer's tensor-parallel collectives with tp_comm_overlap, pipelined with their GEMMs as
     Transformer Engine's userbuffers do by default (TE_* constants above), and the compute seconds the
     GEMMs lose to the SMs userbuffers keep for communication.
@@ -491,12 +512,20 @@ def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, floa
     ring of tp - 1 neighbour collective-permutes of one 1/tp chunk, each under the partial einsum of the chunk
     at hand ((tp - 1)/tp of the GEMM); the TensorCore keeps computing while the DMA moves data (MaxText's
     --xla_tpu_overlap_compute_collective_tc), so no GEMM is slowed.
+
+    `parallel_block` (TP_COLLECTIVES_PER_PARALLEL_BLOCK): one collective on each side of the layer, the
+    gather of the shared input under the QKV and MLP-up GEMMs together, the reduction of the branches' sum
+    under the attention-out and MLP-down GEMMs together (backward: the other way round).
     """
     tp = plan.tp
+    if parallel_block:
+        qkv, out, up, down = gemm_s
+        inputs, outputs = qkv + up, out + down
     if windowed:
         def windowed_einsum(gemm: float) -> Overlapped:
             return Overlapped(hidden=(Comm("p2p", size / tp, group, tp - 1),), gemm_s=gemm * (tp - 1) / tp)
-        return tuple(windowed_einsum(g) for g in gemm_s), 0.0
+        gemms = (inputs, outputs) if parallel_block else gemm_s
+        return tuple(windowed_einsum(g) for g in gemms), 0.0
     units = compute_units or 0
     margin = units / (units - TE_COMM_SMS) if units > TE_COMM_SMS else 1.0
     qkv, out, up, down = gemm_s
@@ -513,6 +542,10 @@ def tp_overlaps(size: float, plan: Plan, group: Group, gemm_s: tuple[float, floa
     def bulk(gemm: float) -> Overlapped:
         return Overlapped(hidden=(Comm("reduce-scatter", size, group),), gemm_s=gemm * margin)
 
+    if parallel_block:
+        if backward:
+            return (ring_exchange(outputs), bulk(inputs)), inputs * (margin - 1)
+        return (ring_exchange(inputs), pipeline(outputs)), outputs * (margin - 1)
     if backward:
         return (ring_exchange(out), ring_exchange(down), bulk(qkv), bulk(up)), (qkv + up) * (margin - 1)
     return (ring_exchange(qkv), pipeline(out), ring_exchange(up), pipeline(down)), (out + down) * (margin - 1)
@@ -561,7 +594,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     plan = plan_on(plan, cluster)
     groups = Groups.on(plan, cluster)
     elem = DTYPE_BYTES[workload.dtype]
-    grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
+    # bytes per gradient element reduced across data parallelism; params_fp32: the 16-bit cotangent
+    grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
     recompute = {"none": 0.0, "full": fwd.total,
@@ -580,8 +614,9 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
     cp_layer = cp_exposed_time(workload, plan, fwd, bwd, groups, cluster, 1)
 
-    tp_fwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD)
-    tp_bwd = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_BACKWARD)
+    n_tp = tp_collectives_per_layer(spec)  # each pass; the backward's are the forward's conjugates
+    tp_fwd = _tp_collectives(activation, plan, groups.tp, n_tp)
+    tp_bwd = _tp_collectives(activation, plan, groups.tp, n_tp)
     tp_edge = _tp_collectives(activation, plan, groups.tp, 1)
     fwd_s, bwd_s, recompute_s = fwd.total, bwd.total, recompute  # one layer's
     fwd_overlap: Overlaps = ()
@@ -592,9 +627,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         forward = fwd.matmul                         # one layer's GEMMs
         backward = bwd.matmul / 2                    # one of a backward's two passes (data, weight gradient)
         fwd_overlap, fwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * forward, out * forward,
-                                              up * forward, down * forward), False, rates.compute_units, windowed)
+                                              up * forward, down * forward), False, rates.compute_units, windowed,
+                                              spec.parallel_block)
         bwd_overlap, bwd_margin = tp_overlaps(activation, plan, groups.tp, (qkv * backward, out * backward,
-                                              up * backward, down * backward), True, rates.compute_units, windowed)
+                                              up * backward, down * backward), True, rates.compute_units, windowed,
+                                              spec.parallel_block)
         tp_fwd = tp_bwd = ()
         fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
         recompute_s += fwd_margin if plan.recompute == "full" else 0.0
@@ -610,11 +647,13 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         tp_fwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
         tp_bwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
     tp_recompute = (tp_fwd if plan.recompute == "full" else
-                    op_sac_tp_collectives(activation, plan, groups.tp) if plan.recompute == "selective-op" else ())
+                    op_sac_tp_collectives(activation, plan, groups.tp, n_tp) if plan.recompute == "selective-op"
+                    else ())
     recompute_overlap = fwd_overlap if plan.recompute == "full" else ()
     if plan.recompute == "selective-dots":  # windowed: under the backward's weight-gradient GEMMs
         tp_recompute, regathers = dots_tp_collectives(activation, plan, groups.tp, windowed,
-                                                      layer_gemm_shares(workload, plan), bwd.matmul / 2)
+                                                      layer_gemm_shares(workload, plan), bwd.matmul / 2,
+                                                      spec.parallel_block)
         bwd_overlap += regathers
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
@@ -766,7 +805,7 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     tokens = plan.micro_batch * (1 if phase == "decode" else spec.seq_len // plan.cp)
     activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
     layer_s = layer_t.total
-    tp_layer = _tp_collectives(activation, plan, groups.tp, TP_COLLECTIVES_PER_LAYER_FORWARD, options.all_reduce)
+    tp_layer = _tp_collectives(activation, plan, groups.tp, tp_collectives_per_layer(spec), options.all_reduce)
     layer_overlap: Overlaps = ()
     if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
         layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(

@@ -226,7 +226,7 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
         if sequence_parallel:
             plan.update({
                 "norm1": SequenceParallel(),
-                "norm2": SequenceParallel(),
+                **({"norm2": SequenceParallel()} if block.norm2 is not None else {}),
                 "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
                                            desired_input_layouts=(Replicate(), None, None, None),
                                            use_local_output=True),

@@ -203,19 +203,27 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """x + dropout(attn(norm(x))), then x + dropout(mlp(norm(x))): Megatron-LM's hidden dropout on both
     residual branches. With dropout 0 (every preset) there are no dropout modules and no ops. `moe`: the
-    MLP is a mixture of experts (llmsim.workload.moe.MoELayer)."""
+    MLP is a mixture of experts (llmsim.workload.moe.MoELayer).
+
+    `spec.parallel_block`: x + dropout(attn(norm(x)) + mlp(norm(x))) with one norm, the same normed input for
+    both branches (Wang & Komatsuzaki 2021, GPT-J; Chowdhery et al. 2022, PaLM Sec. 2 "Parallel Layers";
+    MaxText MaxText/layers/models.py DecoderLayer at 76bd53b0: one dropout on the sum)."""
 
     def __init__(self, spec: ModelSpec, moe: bool = False) -> None:
         super().__init__()
         self.norm1, self.attn = _norm(spec), Attention(spec)
-        self.norm2 = _norm(spec)
+        self.norm2 = None if spec.parallel_block else _norm(spec)
         self.mlp: nn.Module = MoELayer(spec, MLP) if moe else MLP(spec)
         # No modules at all without dropout: the traced module tree (and every profile) stays as it was.
         self.drop_attn = Dropout(spec.dropout) if spec.dropout > 0 else None
-        self.drop_mlp = Dropout(spec.dropout) if spec.dropout > 0 else None
+        self.drop_mlp = Dropout(spec.dropout) if spec.dropout > 0 and not spec.parallel_block else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
                 start: int) -> torch.Tensor:
+        if self.norm2 is None:  # parallel block: both branches read one normed input, summed
+            h = self.norm1(x)
+            y = self.attn(h, rope, cache, start) + self.mlp(h)
+            return x + (self.drop_attn(y) if self.drop_attn is not None else y)
         y = self.attn(self.norm1(x), rope, cache, start)
         x = x + (self.drop_attn(y) if self.drop_attn is not None else y)
         y = self.mlp(self.norm2(x))

@@ -134,6 +134,29 @@ def test_training_memory_of_one_stage_by_zero_stage(dtype: str, elem: int, state
     assert fp32_z3.grads == pytest.approx(total * 4 / 4 + largest * 4, rel=1e-12)
 
 
+def test_fp32_parameters_are_their_own_master() -> None:
+    """Options.params_fp32 (JAX/Flax as MaxText runs it: fp32 kernels cast to bf16 inside each layer; optax's
+    Adam state in the parameters' dtype): 4 B of parameters, 4 B of gradients, 8 B of m and v per parameter,
+    16 B in all against mixed precision's 2 + 4 (fp32 main grads) + 12 = 18. ZeRO-3's gathered units stay
+    16-bit (the cast is gathered) and so does the in-flight unit's gradient (reduce-scattered before its upcast:
+    the old model held it in fp32)."""
+    w, p = _workload(), _profile()
+    total = LAYER_PARAMS + EMBED
+    largest, block = EMBED - NORM, 1_000_000
+    options = Options(main_grads_fp32=True, params_fp32=True)
+    whole = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2), options)
+    assert (whole.params, whole.grads, whole.optimizer) == pytest.approx((total * 4, total * 4, total * 8), rel=1e-12)
+    z3 = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2, zero=3), options)
+    assert z3.params == pytest.approx(total * 4 / 4 + (largest + block) * 2, rel=1e-12)
+    assert z3.grads == pytest.approx(total * 4 / 4 + largest * 2, rel=1e-12)
+    assert z3.optimizer == pytest.approx(total * 8 / 4, rel=1e-12)
+    mixed = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2, zero=3),
+                             Options(main_grads_fp32=True))
+    assert mixed.total - z3.total == pytest.approx(total * (2 + 4 + 12 - 16) / 4 + largest * 2, rel=1e-12)
+    inference = memory_breakdown(_workload(mode="prefill"), p, TIED, Plan(), options)
+    assert inference.params == pytest.approx(total * 2, rel=1e-12)  # training only: a served model is 16-bit
+
+
 def test_activations_from_the_inventory() -> None:
     """Per layer and micro-batch: `sequence` tensors whole on every rank without sp, the rest over tp; sp
     splits everything; cp splits the sequence; the kernel adds its own (module constants above)."""

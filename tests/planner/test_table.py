@@ -72,6 +72,17 @@ def test_table_agrees_with_scalar_on_random_configurations() -> None:
     assert _compare(plan) >= 2000
 
 
+def test_table_agrees_with_scalar_for_a_parallel_block() -> None:
+    """workload.model.parallel_block: one tensor-parallel reduction per layer and pass, one norm; the table
+    builds each group's work through the same train_work, so both paths agree, on GPUs and a TPU slice."""
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 4, "parallel_block": True}, "mode": "train",
+                                "batch": 16},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8},
+                                {"name": "tpu-v5p"}],
+                      limits={"max_devices": 32, "memory_headroom": 0.0})
+    assert _compare(plan) > 500
+
+
 def test_table_agrees_with_scalar_for_float8() -> None:
     fp8 = small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8,
                                "dtype": "float8"},

@@ -1,0 +1,34 @@
+"""Options.params_fp32 on the time side (the memory side: test_memory_by_hand.py): the gradients a layer's
+GEMMs produce are 16-bit and reduced before their upcast, so data-parallel reductions move 2-byte elements even
+though the kept gradients are fp32; the optimizer writes no 16-bit copy of the weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmsim.costmodel import Options, Plan
+from llmsim.costmodel.cluster import plan_on
+from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.work import ADAM_STATE_RW_BYTES, optimizer_step_time, train_work
+from tests.costmodel.helpers import a100_cluster, gpt2, profiled
+
+
+def test_gradient_reductions_move_the_16_bit_cotangent() -> None:
+    workload = gpt2(batch=8)
+    profile, sharing = profiled(workload)
+    cluster = a100_cluster()
+    plan = plan_on(Plan(dp=8, zero=3, micro_batch=1, microbatches=1), cluster)
+    fp32 = train_work(workload, profile, sharing, plan, cluster, Options(main_grads_fp32=True)).stages[0]
+    own = train_work(workload, profile, sharing, plan, cluster,
+                     Options(main_grads_fp32=True, params_fp32=True)).stages[0]
+    assert own.grad_bytes_layer == pytest.approx(fp32.grad_bytes_layer / 2, rel=1e-12)
+    assert own.param_bytes_layer == fp32.param_bytes_layer      # the gathered bf16 cast either way
+
+
+def test_the_optimizer_reads_an_fp32_gradient_and_writes_no_16_bit_copy() -> None:
+    rates = device_rates(a100_cluster(), "bfloat16")
+    n = 1e9
+    mixed = optimizer_step_time(rates, n, 1, "bfloat16", Options(main_grads_fp32=True))
+    own = optimizer_step_time(rates, n, 1, "bfloat16", Options(params_fp32=True))
+    assert mixed == pytest.approx(rates.memory_time(n * (ADAM_STATE_RW_BYTES + 4 + 2)), rel=1e-12)
+    assert own == pytest.approx(rates.memory_time(n * (ADAM_STATE_RW_BYTES + 4)), rel=1e-12)
