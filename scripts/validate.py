@@ -402,7 +402,6 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
                     microbatches=r["global_batch"] // replicas, sp=bool(r["sp"]), zero=r["zero"],
                     recompute=r["recompute"], **_moe_plan(r))
         options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]),
-        options = Options(attention=r["attention"] or "flash", main_grads_fp32=bool(r["grads_fp32"]),
                           grad_accumulation_fusion=bool(r.get("grad_accum_fusion")), compile=r.get("compile"),
                           params_fp32=bool(r.get("params_fp32")))
         cluster = _cluster(r, catalog, r["devices_per_node"])
