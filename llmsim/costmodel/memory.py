@@ -155,15 +155,15 @@ def _expert_params(profile: "WorkloadProfile") -> int:
 
 
 def stage_expert_params(workload: "Workload", profile: "WorkloadProfile", plan: Plan, stage: Stage) -> float:
-    """Routed-expert parameters on one device of `stage`: its layers' share of all experts (the MoE layers
-    spread evenly over the layers, as costmodel.work prices the mean layer), its E/ep experts of each, 1/etp
-    of every expert (costmodel.moe). 0 for a dense model."""
+    """Routed-expert parameters on one device of `stage`: the experts of the MoE layers the stage holds
+    (moe.stage_moe_layers: which layers it holds, the model's pattern), its E/ep experts of each, 1/etp of
+    every expert (costmodel.moe). 0 for a dense model."""
     experts = _expert_params(profile)
-    if not experts:
-        return 0.0
     spec = workload.model
+    if not experts or not spec.moe_layers:
+        return 0.0
     _, index = stage_of(plan, stage)
-    return experts * layers_per_device(spec.layers, plan, index) / spec.layers / (plan.ep * plan.etp)
+    return experts * moe.stage_moe_layers(workload, plan)[index] / spec.moe_layers / (plan.ep * plan.etp)
 
 
 def _split(params: float, replicated: float, tp: int) -> float:
@@ -345,11 +345,12 @@ def memory_stages(workload: "Workload", plan: Plan) -> list[int]:
     micro-batches in flight on a later stage: pipeline.in_flight_microbatches). Every stage with an even
     split is covered by the first and the last."""
     counts = plan.layers_per_stage(workload.model.layers)
+    moe_counts = moe.stage_moe_layers(workload, plan)  # MoE layers hold more: stages alike hold as many
     out = [0] if plan.pp == 1 else [0, plan.pp - 1]
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     for i in range(1, plan.pp - 1):
-        if counts[i] not in seen:
-            seen.add(counts[i])
+        if (counts[i], moe_counts[i]) not in seen:
+            seen.add((counts[i], moe_counts[i]))
             out.append(i)
     return sorted(out)
 
@@ -425,6 +426,9 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     per_layer = working = edge = kv = 0.0
     if train and activations:
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
+        if workload.model.moe is not None:  # the stage's own share of MoE layers, not the model's
+            one_moe_layer = moe.expert_activation_bytes(workload, plan, 1.0)
+            per_layer += one_moe_layer * (moe.stage_moe_share(workload, plan, index) - moe.moe_layer_share(workload))
         # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
         # each micro-batch in flight keeps its own until its backward.
         first, last = edge_activation_bytes(workload, sharing, plan)
