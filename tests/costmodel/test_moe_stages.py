@@ -135,3 +135,23 @@ def test_etp_costs_time_in_the_step() -> None:
     a = estimate(w, _profile(w), _sharing(w), base, cluster)
     b = estimate(w, _profile(w), _sharing(w), with_etp, cluster)
     assert b.comm_time_s > a.comm_time_s
+
+
+def test_the_cluster_simulation_plays_the_etp_collectives_and_the_stages_moe_layers() -> None:
+    """The simulation runs the same StageWork: etp's collectives add communication there as in the roofline,
+    and an uneven MoE pattern over the stages (stage 0 all dense) agrees with the roofline's step."""
+    from llmsim.costmodel import estimate
+    from llmsim.sim import simulate_case
+
+    w = tiny(2, batch=16)
+    cluster = H100(nodes=1, devices_per_node=8)
+    base = Plan(dp=4, tp=2, sp=True, microbatches=2, ep=2, etp=1)
+    one = simulate_case(w, _profile(w), _sharing(w), base, cluster)
+    two = simulate_case(w, _profile(w), _sharing(w), Plan(dp=4, tp=2, sp=True, microbatches=2, ep=2, etp=2), cluster)
+    assert two.times.comm > one.times.comm
+    w = tiny(8, first_dense=4, batch=16)
+    plan = Plan(dp=2, pp=2, microbatches=8, ep=2)
+    cluster = H100(nodes=1, devices_per_node=4)
+    roof = estimate(w, _profile(w), _sharing(w), plan, cluster)
+    sim = simulate_case(w, _profile(w), _sharing(w), plan, cluster)
+    assert sim.times.step == pytest.approx(roof.step_time_s, rel=0.1)
