@@ -155,3 +155,23 @@ def test_the_cluster_simulation_plays_the_etp_collectives_and_the_stages_moe_lay
     roof = estimate(w, _profile(w), _sharing(w), plan, cluster)
     sim = simulate_case(w, _profile(w), _sharing(w), plan, cluster)
     assert sim.times.step == pytest.approx(roof.step_time_s, rel=0.1)
+
+
+def test_each_stage_holds_the_parameters_of_its_own_dense_and_moe_layers() -> None:
+    """8 layers, the first 3 dense with a wider dense MLP (ffn 256) than the experts (128), one shared expert;
+    pp 2 split 3, 5 and 5, 3: each stage's block parameters (tp 1, ep 1) equal those of the module's blocks it
+    holds, counted from the torch module itself."""
+    from llmsim.costmodel.memory import stage_block_params
+    from llmsim.workload.model import build_model
+
+    model = ModelSpec(preset="tiny-moe", layers=8, seq_len=64, ffn_hidden=256,
+                      moe={"first_dense_layers": 3, "expert_ffn_hidden": 128, "shared_experts": 1})
+    w = Workload(model=model, mode="train", batch=8, dtype="bfloat16")
+    module = build_model(model, tie_embeddings=False)
+    per_block = [sum(p.numel() for p in module.blocks[i].parameters()) for i in range(8)]
+    for split in ((3, 5), (5, 3), (1, 7)):
+        plan = Plan(pp=2, microbatches=4, stage_layers=split)
+        for index, layers in enumerate(stage_layer_ranges(split)):
+            held = sum(per_block[i] for r in layers for i in r)
+            params, _ = stage_block_params(w, _profile(w), _sharing(w), plan, index)
+            assert params == pytest.approx(held, rel=1e-12), (split, index)
