@@ -43,6 +43,7 @@ a token with probability 1 - k/E, so the expected number of distinct experts tou
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -417,6 +418,8 @@ def moe_layer_share(workload: "Workload") -> float:
     return spec.moe_layers / spec.layers if spec.moe is not None else 0.0
 
 
+# a pure function of hashable values that every stage of every candidate asks for: cached
+@functools.lru_cache(maxsize=4096)
 def stage_moe_layers(workload: "Workload", plan: "Plan") -> tuple[int, ...]:
     """MoE layers each pipeline stage holds (all its chunks): the MoE layers among the layer indices the
     stage holds (llmsim.stages.stage_layer_ranges: Megatron-LM's order, the plan's split), counted with the
