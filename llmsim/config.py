@@ -172,10 +172,19 @@ class ModelSpec(_Strict):
         m = self.moe
         return m is not None and layer >= m.first_dense_layers and layer % m.layer_freq == 0
 
+    def moe_layers_in(self, layers: range) -> int:
+        """How many of the 0-based layer indices `layers` (a step-1 range) are MoE layers (`is_moe_layer`),
+        in closed form: the multiples of layer_freq in [max(start, first_dense_layers), stop)."""
+        m = self.moe
+        if m is None:
+            return 0
+        lo, hi, f = max(layers.start, m.first_dense_layers), layers.stop, m.layer_freq
+        return max((hi + f - 1) // f - (lo + f - 1) // f, 0) if hi > lo else 0
+
     @property
     def moe_layers(self) -> int:
         """MoE layers in the full depth (0 for a dense model)."""
-        return sum(self.is_moe_layer(i) for i in range(self.layers)) if self.moe is not None else 0
+        return self.moe_layers_in(range(self.layers))
 
     @property
     def expert_ffn(self) -> int:

@@ -218,6 +218,26 @@ def split_layers(layers: int, pp: int, virtual_stages: int = 1, *, stage_layers:
     return default_split(layers, pp, v)
 
 
+def stage_layer_ranges(counts: Sequence[int], virtual_stages: int = 1) -> tuple[tuple[range, ...], ...]:
+    """The 0-based layer indices each pipeline stage holds, as one range per model chunk, for the split
+    `counts` (one count per stage, all its chunks) and `virtual_stages` equal chunks per stage (1 unless
+    interleaved).
+
+    Megatron-LM's layer order (transformer_layer.get_transformer_layer_offset; llmsim.distributed.parallelize
+    builds its stages the same way): chunk k of every stage comes before chunk k+1, so chunk k of stage r
+    holds the counts[r]/v layers after chunks 0..k-1 of every stage and chunk k of stages 0..r-1. Without
+    interleaving stage r holds the counts[r] layers after those of stages 0..r-1."""
+    v = max(virtual_stages, 1)
+    out: list[list[range]] = [[] for _ in counts]
+    start = 0
+    for _ in range(v):
+        for r, n in enumerate(counts):
+            size = n // v
+            out[r].append(range(start, start + size))
+            start += size
+    return tuple(tuple(rs) for rs in out)
+
+
 def split_keys(counts: Sequence[int], layers: int, virtual_stages: int = 1) -> dict[str, Any]:
     """The strategy keys that state `counts` most simply: none for the default split, Megatron-LM's
     first/last counts when the other stages are alike, else the explicit list."""

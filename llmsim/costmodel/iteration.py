@@ -228,6 +228,13 @@ class IterationModel:
         return self.plan.layers_per_stage(self.workload.model.layers)
 
     @functools.cached_property
+    def stage_moe_shares(self) -> tuple[float, ...]:
+        """Each pipeline stage's share of MoE layers (moe.stage_moe_share; 0 for a dense model)."""
+        if self.workload.model.moe is None:
+            return tuple(0.0 for _ in self.stage_layers)
+        return tuple(moe.stage_moe_share(self.workload, self.plan, i) for i in range(self.plan.pp))
+
+    @functools.cached_property
     def layer_weight_bytes(self) -> float:
         """One layer's GEMM weights on one tensor-parallel rank (compute.gemm_weight_bytes)."""
         return gemm_weight_bytes(self.workload, self.plan, "layers")
@@ -269,9 +276,11 @@ def inference_microbatches(plan: Plan, sequences: int) -> int:
     return plan.pp if plan.pp > 1 and sequences >= plan.pp else 1
 
 
-def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers: int) -> StageWork:
+def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers: int,
+                moe_share: float = 0.0) -> StageWork:
     """One pipeline stage of `layers` layers running `mix` (already one micro-batch's share) on one
-    tensor-parallel rank; the per-layer terms follow compute.phase_times."""
+    tensor-parallel rank; the per-layer terms follow compute.phase_times. `moe_share`: the stage's share of
+    MoE layers (moe.stage_moe_share), of which its mean layer runs the routed experts."""
     c, plan, w = model.costs, model.plan, model.workload
     spec = w.model
     eff = rates.efficiency
@@ -304,7 +313,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     if eff.op_overhead_s:
         other += eff.op_overhead_s * ops[1] / c.layers
     other += eff.kernel_latency_s * KERNELS_PER_LAYER_FORWARD   # one pass launches every kernel of the layer
-    experts, a2a = _experts(model, mix, rates)
+    experts, a2a = _experts(model, mix, rates, moe_share)
     first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0
     if first:
@@ -335,23 +344,23 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
                      recv_gather=recv_gather)
 
 
-def _experts(model: IterationModel, mix: Mix, rates: Rates) -> tuple[float, tuple[Comm, ...]]:
+def _experts(model: IterationModel, mix: Mix, rates: Rates, share: float) -> tuple[float, tuple[Comm, ...]]:
     """A mixture-of-experts model's routed experts in the mean layer of one pass of `mix` (one micro-batch's
-    share) on the busiest rank, and the pass's dispatch and combine all-to-alls (costmodel.moe): the mix's
+    share) on the busiest rank of a stage whose layers are `share` MoE layers, and the pass's dispatch and
+    combine all-to-alls (costmodel.moe): the mix's
     prompt and decode tokens at their own per-token costs; the expert weights read are those of the experts
     the pass's tokens touch (moe.expected_distinct_experts), which is what makes MoE decode memory-bound
     differently from a dense model's."""
     c, plan, w = model.costs, model.plan, model.workload
     spec = w.model
     tokens = mix.prefill_tokens + mix.decode_seqs
-    if spec.moe is None or not c.moe_layers or tokens <= 0:
+    if spec.moe is None or not c.moe_layers or tokens <= 0 or share <= 0:
         return 0.0, ()
     pre, dec = mix.prefill_tokens / tokens, mix.decode_seqs / tokens
     a, b = c.experts_prefill, c.experts_decode
     costs = ExpertTokenCosts(mm_flops=pre * a.mm_flops + dec * b.mm_flops, mm_bytes=pre * a.mm_bytes + dec * b.mm_bytes,
                              other_bytes=pre * a.other_bytes + dec * b.other_bytes,
                              ops_per_layer=a.ops_per_layer if mix.prefill_tokens else b.ops_per_layer)
-    share = moe.moe_layer_share(w)
     seconds = share * moe.experts_time(w, plan, rates, costs, tokens, c.moe_layers, "prefill" if pre else "decode",
                                        trainable=False)
     if plan.ep <= 1:
@@ -367,7 +376,7 @@ def iteration_work(model: IterationModel, mix: Mix) -> StepWork:
     rates = model.rates
     m = inference_microbatches(plan, math.ceil(mix.rows))
     part = mix.share(m)
-    keys = list(zip(_stage_kinds(plan.pp), model.stage_layers))
+    keys = list(zip(_stage_kinds(plan.pp), model.stage_layers, model.stage_moe_shares))
     stages = {key: _stage_work(model, part, rates, *key) for key in dict.fromkeys(keys)}  # alike stages priced once
     p2p, _ = _pipeline_message(part.tokens * model.activation_bytes_per_token, plan, model.options, model.groups)
     return StepWork(stages=tuple(stages[key] for key in keys), microbatches=m, schedule="gpipe",

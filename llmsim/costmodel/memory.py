@@ -156,15 +156,49 @@ def _expert_params(profile: "WorkloadProfile") -> int:
 
 
 def stage_expert_params(workload: "Workload", profile: "WorkloadProfile", plan: Plan, stage: Stage) -> float:
-    """Routed-expert parameters on one device of `stage`: its layers' share of all experts (the MoE layers
-    spread evenly over the layers, as costmodel.work prices the mean layer), its E/ep experts of each, 1/etp
-    of every expert (costmodel.moe). 0 for a dense model."""
+    """Routed-expert parameters on one device of `stage`: the experts of the MoE layers the stage holds
+    (moe.stage_moe_layers: which layers it holds, the model's pattern), its E/ep experts of each, 1/etp of
+    every expert (costmodel.moe). 0 for a dense model."""
     experts = _expert_params(profile)
-    if not experts:
-        return 0.0
     spec = workload.model
+    if not experts or not spec.moe_layers:
+        return 0.0
     _, index = stage_of(plan, stage)
-    return experts * layers_per_device(spec.layers, plan, index) / spec.layers / (plan.ep * plan.etp)
+    return experts * moe.stage_moe_layers(workload, plan)[index] / spec.moe_layers / (plan.ep * plan.etp)
+
+
+def mlp_params(spec: "ModelSpec", ffn: int) -> int:
+    """Parameters of one MLP of width `ffn` (workload.model.MLP): fc (gate and up fused when gated) and proj,
+    with their biases when the model has them."""
+    up = ffn * (2 if spec.activation in ("swiglu", "geglu") else 1)
+    return spec.hidden * up + ffn * spec.hidden + ((up + spec.hidden) if spec.bias else 0)
+
+
+def dense_layer_excess_params(spec: "ModelSpec") -> int:
+    """How many more parameters a dense layer holds than a MoE layer's non-expert part (routed experts left
+    out): its MLP of width ffn_hidden, against the router (hidden x experts, no bias) and the shared experts
+    (one MLP of width shared_experts x their width: workload.moe.MoELayer). Attention and norms are alike.
+    DeepSeek-style first dense layers make it large (a wide dense MLP against a narrow shared expert)."""
+    m = spec.moe
+    if m is None:
+        return 0
+    shared = mlp_params(spec, m.shared_experts * spec.shared_expert_ffn) if m.shared_experts else 0
+    return mlp_params(spec, spec.ffn_hidden) - spec.hidden * m.experts - shared
+
+
+def stage_dense_layer_correction(workload: "Workload", plan: Plan, index: int) -> float:
+    """Parameters to add to a stage's `layers x the mean layer's non-expert part` for the dense layers it
+    really holds (moe.stage_moe_layers) instead of the model's share of them, on one tensor-parallel rank:
+    (dense layers here - layers here x dense layers / layers) x `dense_layer_excess_params` / tp. Adds up to
+    0 over the stages; 0 for a dense model or an all-MoE one. The whole difference is split over tp, as
+    tp_block_params splits the mean layer's MLP and router."""
+    spec = workload.model
+    if spec.moe is None or spec.moe_layers == spec.layers:
+        return 0.0
+    n = plan.layers_per_stage(spec.layers)[index]
+    dense_here = n - moe.stage_moe_layers(workload, plan)[index]
+    dense_share = (spec.layers - spec.moe_layers) / spec.layers
+    return (dense_here - n * dense_share) * dense_layer_excess_params(spec) / max(plan.tp, 1)
 
 
 def _split(params: float, replicated: float, tp: int) -> float:
@@ -217,6 +251,8 @@ def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing
     per_block = (profile.layer_params - _expert_params(profile)) / k
     blocks = distinct_blocks_on_device(spec.layers, sharing.layer_groups, plan, index)
     layer_params = tp_block_params(spec, per_block, plan.tp) * blocks + experts
+    if not sharing.layer_groups:  # the dense layers this stage holds, not the model's share of them
+        layer_params += stage_dense_layer_correction(workload, plan, index)
     if sharing.lora is not None:  # a frozen base: only the adapters (all inside the blocks) train
         # The traced adapters of one block, times the share one tensor-parallel rank holds (B of q/k/v/gate/up
         # and A of o/down split, the other factor replicated: `lora_params_per_block`).
@@ -371,11 +407,12 @@ def memory_stages(workload: "Workload", plan: Plan) -> list[int]:
     micro-batches in flight on a later stage: pipeline.in_flight_microbatches). Every stage with an even
     split is covered by the first and the last."""
     counts = plan.layers_per_stage(workload.model.layers)
+    moe_counts = moe.stage_moe_layers(workload, plan)  # MoE layers hold more: stages alike hold as many
     out = [0] if plan.pp == 1 else [0, plan.pp - 1]
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     for i in range(1, plan.pp - 1):
-        if counts[i] not in seen:
-            seen.add(counts[i])
+        if (counts[i], moe_counts[i]) not in seen:
+            seen.add((counts[i], moe_counts[i]))
             out.append(i)
     return sorted(out)
 
@@ -455,6 +492,9 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     per_layer = working = edge = kv = 0.0
     if train and activations:
         per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
+        if workload.model.moe is not None:  # the stage's own share of MoE layers, not the model's
+            one_moe_layer = moe.expert_activation_bytes(workload, plan, 1.0)
+            per_layer += one_moe_layer * (moe.stage_moe_share(workload, plan, index) - moe.moe_layer_share(workload))
         # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
         # each micro-batch in flight keeps its own until its backward.
         first, last = edge_activation_bytes(workload, sharing, plan)

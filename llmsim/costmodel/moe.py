@@ -43,6 +43,7 @@ a token with probability 1 - k/E, so the expected number of distinct experts tou
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,6 +53,7 @@ from llmsim.costmodel.cluster import Group
 from llmsim.costmodel.collectives import COLLECTIVE_BASE_LATENCY_S, NO_PHASES, Fabric, Phase, Phases
 from llmsim.costmodel.compute import Rates, _weighted_wave
 from llmsim.costmodel.plan import DTYPE_BYTES
+from llmsim.stages import stage_layer_ranges
 
 if TYPE_CHECKING:
     from llmsim.config import Workload
@@ -135,6 +137,28 @@ def all_to_all_phases(size: float, per_node: int, nodes: int, fabric: Fabric) ->
     if per_node <= 1:
         return (inter,)
     return (inter, Phase("intra", size * (per_node - 1) / p, fabric.intra.latency))
+
+
+# Expert tensor parallelism (etp > 1), Megatron-Core MoEAlltoAllTokenDispatcher (token_dispatcher.py, its
+# workflow "(3) token dispatch: A2A(EP) (4) dispatch postprocess: AG(TP) ... (5) combine preprocess: ...
+# RS(TP) (6) token combine: A2A(EP)", the TP group being the expert tensor-parallel group pg_collection.expt_tp):
+# per MoE layer and forward one all-gather of the received tokens over etp (gather_from_sequence_parallel_region)
+# and one reduce-scatter of the experts' partial outputs (reduce_scatter_to_sequence_parallel_region); autograd
+# runs each one's conjugate in the backward (a reduce-scatter and an all-gather): one of each per pass.
+ETP_GATHERS_PER_MOE_LAYER = 1
+ETP_SCATTERS_PER_MOE_LAYER = 1
+
+
+def etp_token_bytes(tokens: float, top_k: int, hidden: int, elem: int, etp: int) -> float:
+    """The buffer of one expert-tensor-parallel all-gather (and reduce-scatter) of one MoE layer, the size a
+    Comm carries (the gathered whole): each of the etp ranks received about tokens x top_k routed rows in the
+    dispatch (`tokens` = the tokens each rank routes), so the gathered buffer is etp x tokens x top_k x
+    hidden x bytes, of which a ring moves (etp-1)/etp per rank. The gathered router probabilities (one
+    value per row, not hidden of them) are left out; the combine's reduce-scatter runs in the probabilities'
+    dtype, the activations' unless --moe-router-dtype fp32 (router.py), priced at the workload's. 0 at etp = 1."""
+    if etp <= 1:
+        return 0.0
+    return etp * tokens * top_k * hidden * elem
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,6 +259,15 @@ def ep_group(ep: int, etp: int, devices_per_node: int) -> Group:
         return Group(size=1, per_node=1, nodes=1)
     per_node = max(1, min(ep, devices_per_node // max(etp, 1)))
     return Group(size=ep, per_node=per_node, nodes=math.ceil(ep / per_node))
+
+
+def etp_group(etp: int, devices_per_node: int) -> Group:
+    """The placed expert-tensor-parallel group: `etp` consecutive ranks (innermost in Megatron-Core's expert
+    grid "tp-ep-dp-pp", `ep_group`), filling a node before it leaves it."""
+    if etp <= 1:
+        return Group(size=1, per_node=1, nodes=1)
+    per_node = max(1, min(etp, devices_per_node))
+    return Group(size=etp, per_node=per_node, nodes=math.ceil(etp / per_node))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -380,16 +413,38 @@ def experts_layer_time(profile: "WorkloadProfile", workload: "Workload", plan: "
 
 
 def moe_layer_share(workload: "Workload") -> float:
-    """The MoE layers' share of the model's layers (1 when every layer is MoE; 0 for a dense model). The
-    per-layer work of a stage is the mean layer's (costmodel.work), so a stage's expert time and all-to-alls
-    are spread evenly over its layers."""
+    """The MoE layers' share of the whole model's layers (1 when every layer is MoE; 0 for a dense model)."""
     spec = workload.model
     return spec.moe_layers / spec.layers if spec.moe is not None else 0.0
 
 
-def expert_activation_bytes(workload: "Workload", plan: "Plan") -> float:
+# a pure function of hashable values that every stage of every candidate asks for: cached
+@functools.lru_cache(maxsize=4096)
+def stage_moe_layers(workload: "Workload", plan: "Plan") -> tuple[int, ...]:
+    """MoE layers each pipeline stage holds (all its chunks): the MoE layers among the layer indices the
+    stage holds (llmsim.stages.stage_layer_ranges: Megatron-LM's order, the plan's split), counted with the
+    model's pattern (ModelSpec.is_moe_layer: every layer_freq-th from first_dense_layers on). With uneven
+    stages or a pattern that is not uniform (DeepSeek-V3's 3 dense layers first) the stages' counts differ
+    from a proportional share of the model's MoE layers. All 0 for a dense model."""
+    spec = workload.model
+    counts = plan.layers_per_stage(spec.layers)
+    if spec.moe is None:
+        return tuple(0 for _ in counts)
+    return tuple(sum(spec.moe_layers_in(r) for r in ranges) for ranges in stage_layer_ranges(counts, plan.v))
+
+
+def stage_moe_share(workload: "Workload", plan: "Plan", stage: int) -> float:
+    """The MoE layers' share of pipeline stage `stage`'s layers (`stage_moe_layers` over its layer count; 0
+    for a stage without layers or a dense model). costmodel.work prices a stage's mean layer: the dense part
+    of a layer plus this share of one MoE layer's routed experts and all-to-alls."""
+    layers = plan.layers_per_stage(workload.model.layers)[stage]
+    return stage_moe_layers(workload, plan)[stage] / layers if layers else 0.0
+
+
+def expert_activation_bytes(workload: "Workload", plan: "Plan", share: float | None = None) -> float:
     """Bytes the routed experts of the mean layer keep for their backward per micro-batch on the busiest
-    rank (the MoE layers' share, `moe_layer_share`): per routed (token, expert) copy the permuted input
+    rank (`share` of one MoE layer's: default the model's share of MoE layers, `moe_layer_share`; a stage's
+    own is `stage_moe_share`): per routed (token, expert) copy the permuted input
     (hidden, gathered over etp), the fc1 output (2 x expert width when gated, 1/etp of it) and the
     activation's output (expert width / etp), as a dense MLP keeps them (costmodel.activations.layer_saves)
     for top_k x the rank's tokens x its load factor (Megatron-Core GroupedMLP; the permutation's indices
@@ -404,7 +459,8 @@ def expert_activation_bytes(workload: "Workload", plan: "Plan") -> float:
     gated = spec.activation in ("swiglu", "geglu")
     f = spec.expert_ffn / plan.etp
     per_copy = spec.hidden + (2 if gated else 1) * f + f
-    return (moe_layer_share(workload) * tokens * plan.etp * moe.top_k * batch.rank_factor * per_copy
+    share = moe_layer_share(workload) if share is None else share
+    return (share * tokens * plan.etp * moe.top_k * batch.rank_factor * per_copy
             * DTYPE_BYTES[workload.dtype])
 
 

@@ -336,6 +336,7 @@ class Groups:
     pp: Group
     dp: Group
     ep: Group = Group(1, 1, 1)   # expert parallel (costmodel.moe.ep_group)
+    etp: Group = Group(1, 1, 1)  # expert tensor parallel (costmodel.moe.etp_group)
 
     @classmethod
     def of(cls, plan: Plan, devices_per_node: int) -> "Groups":
@@ -343,7 +344,8 @@ class Groups:
                    cp=place_group(plan.cp, plan.tp, devices_per_node),
                    pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
                    dp=place_grid(((plan.cp, plan.tp), (plan.dp, plan.tp * plan.cp * plan.pp)), devices_per_node),
-                   ep=moe.ep_group(plan.ep, plan.etp, devices_per_node))
+                   ep=moe.ep_group(plan.ep, plan.etp, devices_per_node),
+                   etp=moe.etp_group(plan.etp, devices_per_node))
 
     @classmethod
     def on(cls, plan: Plan, cluster: ClusterSpec) -> "Groups":
@@ -359,7 +361,8 @@ class Groups:
         if plan.dcn_replicas > 1:
             dp = Group(size=dp.per_node, per_node=dp.per_node, nodes=1, rings=dp.rings)
         return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp,
-                   ep=moe.ep_group(plan.ep, plan.etp, cluster.devices_per_node))
+                   ep=moe.ep_group(plan.ep, plan.etp, cluster.devices_per_node),
+                   etp=moe.etp_group(plan.etp, cluster.devices_per_node))
 
 
 def cross_slice_syncs(plan: Plan, stages: tuple["StageWork", ...], v: int) -> tuple["SyncWork", ...]:
@@ -635,13 +638,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         tp_fwd = tp_bwd = ()
         fwd_s, bwd_s = fwd_s + fwd_margin, bwd_s + bwd_margin
         recompute_s += fwd_margin if plan.recompute == "full" else 0.0
-    if workload.model.moe is not None:  # the routed experts and their all-to-alls (costmodel.moe)
-        dense_fwd_s = fwd_s
-        fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap = _with_experts(
-            workload, profile, plan, rates, groups, cluster, fwd_s, bwd_s, tp_fwd, tp_bwd, fwd_overlap, bwd_overlap,
-            runs_compiled(options, rates, "experts"))
-        if plan.recompute == "full":  # the recomputed forward runs the experts again
-            recompute_s += fwd_s - dense_fwd_s
+    # one MoE layer's routed experts and token collectives, added to each stage's mean layer at the stage's
+    # own share of MoE layers (costmodel.moe.stage_moe_layers)
+    expert_layer = (moe_layer_work(workload, profile, plan, rates, groups, runs_compiled(options, rates, "experts"))
+                    if spec.moe is not None else None)
+    shares = [moe.stage_moe_share(workload, plan, i) for i in range(plan.pp)] if expert_layer else [0.0] * plan.pp
     amax_sp = precision.sp_amax_reductions(workload, plan)
     if amax_sp:  # current scaling + sp: the FP8-gathered tensors' amax, one fp32 each, over tp
         tp_fwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
@@ -658,9 +659,23 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}
-    for index, (kind, n) in enumerate(zip(kinds, counts)):  # stages alike share one StageWork
-        if (kind, n) in by_key:
+    keys = [(kind, n, share) for kind, n, share in zip(kinds, counts, shares)]
+    for index, key in enumerate(keys):  # stages alike share one StageWork
+        kind, n, share_moe = key
+        if key in by_key:
             continue
+        st_fwd_s, st_bwd_s, st_recompute_s = fwd_s, bwd_s, recompute_s
+        st_tp_fwd, st_tp_bwd, st_fwd_overlap, st_bwd_overlap = tp_fwd, tp_bwd, fwd_overlap, bwd_overlap
+        st_tp_recompute, st_recompute_overlap = tp_recompute, recompute_overlap
+        if expert_layer is not None and share_moe:
+            if not spec.moe.shared_experts:  # the MoE layers' tokens cross tp in the dispatcher, not around an MLP
+                st_tp_fwd = without_mlp_pair(tp_fwd, activation, groups.tp, share_moe)
+                st_tp_bwd = without_mlp_pair(tp_bwd, activation, groups.tp, share_moe)
+            st_fwd_s, st_bwd_s, st_tp_fwd, st_tp_bwd, st_fwd_overlap, st_bwd_overlap = _with_experts(
+                expert_layer, share_moe, plan, cluster, fwd_s, bwd_s, st_tp_fwd, st_tp_bwd, fwd_overlap, bwd_overlap)
+            if plan.recompute == "full":  # the recomputed forward runs the experts and their collectives again
+                st_recompute_s += st_fwd_s - fwd_s
+                st_tp_recompute, st_recompute_overlap = st_tp_fwd, st_fwd_overlap
         params, trainable = stage_params(workload, profile, sharing, plan, index)
         layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, index)
         # routed experts reduce and gather over the expert-data-parallel group, not dp (costmodel.moe)
@@ -682,14 +697,14 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         chunk = n // plan.v
         amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
                               if chunk else 0.0 for phase in ("forward", "backward"))
-        by_key[(kind, n)] = StageWork(
+        by_key[key] = StageWork(
             layers=chunk,
-            fwd_layer_s=fwd_s + amax_fwd, bwd_layer_s=bwd_s + amax_bwd, recompute_layer_s=recompute_s,
+            fwd_layer_s=st_fwd_s + amax_fwd, bwd_layer_s=st_bwd_s + amax_bwd, recompute_layer_s=st_recompute_s,
             cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
-            tp_fwd=tp_fwd, tp_recompute=tp_recompute, tp_bwd=tp_bwd,
-            tp_fwd_overlap=fwd_overlap, tp_recompute_overlap=recompute_overlap, tp_bwd_overlap=bwd_overlap,
+            tp_fwd=st_tp_fwd, tp_recompute=st_tp_recompute, tp_bwd=st_tp_bwd,
+            tp_fwd_overlap=st_fwd_overlap, tp_recompute_overlap=st_recompute_overlap, tp_bwd_overlap=st_bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
             recv_gather=recv_gather,
             accumulate_s=accumulate_time(rates, accumulated_params(workload, profile, sharing, plan, index, options),
@@ -704,7 +719,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             param_bytes_embed=edge_params * elem * (split if first else 0.0),
             param_bytes_head=edge_params * elem * (split if last else 0.0),
             gather_after_step=gather_after)
-    stages = tuple(by_key[key] for key in zip(kinds, counts))
+    stages = tuple(by_key[key] for key in keys)
     return StepWork(stages=stages, microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
@@ -734,32 +749,100 @@ def _delayed_amax_time(workload: "Workload", plan: Plan, groups: Groups, cluster
     return reduce + update
 
 
-def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count: int) -> Comms:
-    """`count` dispatch/combine all-to-alls of one mean layer (the MoE share of a layer's,
-    moe.moe_layer_share) over the placed ep group: each rank's tokens x top_k x hidden buffer
+def a2a_comms(workload: "Workload", plan: Plan, group: Group, phase: str, count: int, share: float = 1.0) -> Comms:
+    """`count` dispatch/combine all-to-alls of `share` of one MoE layer (a stage's mean layer holds its share
+    of MoE layers: moe.stage_moe_share) over the placed ep group: each rank's tokens x top_k x hidden buffer
     (moe.a2a_buffer_bytes); none without expert parallelism."""
     spec = workload.model
-    if spec.moe is None or plan.ep <= 1 or count <= 0:
+    if spec.moe is None or plan.ep <= 1 or count <= 0 or share <= 0:
         return ()
     size = moe.a2a_buffer_bytes(moe.tokens_per_rank(workload, plan, phase), spec.moe.top_k, spec.hidden,
-                                DTYPE_BYTES[workload.dtype]) * moe.moe_layer_share(workload)
+                                DTYPE_BYTES[workload.dtype]) * share
     return (Comm("all-to-all", size, group, count),)
 
 
-def _with_experts(workload: "Workload", profile: "WorkloadProfile", plan: Plan, rates: Rates, groups: Groups,
-                  cluster: ClusterSpec, fwd_s: float, bwd_s: float, tp_fwd: Comms, tp_bwd: Comms,
-                  fwd_overlap: Overlaps, bwd_overlap: Overlaps, compiled: bool = False
+def etp_comms(workload: "Workload", plan: Plan, group: Group, phase: str, share: float = 1.0) -> Comms:
+    """The expert-tensor-parallel token collectives of `share` of one MoE layer for one pass (moe.etp_token_bytes):
+    forward the all-gather of the routed tokens over the etp group after the dispatch and the reduce-scatter
+    of the experts' partial outputs before the combine; backward their conjugates (a reduce-scatter and an
+    all-gather of the same size). None at etp = 1."""
+    spec = workload.model
+    if spec.moe is None or plan.etp <= 1 or share <= 0:
+        return ()
+    size = moe.etp_token_bytes(moe.tokens_per_rank(workload, plan, phase), spec.moe.top_k, spec.hidden,
+                               DTYPE_BYTES[workload.dtype], plan.etp) * share
+    return (Comm("all-gather", size, group, moe.ETP_GATHERS_PER_MOE_LAYER),
+            Comm("reduce-scatter", size, group, moe.ETP_SCATTERS_PER_MOE_LAYER))
+
+
+@dataclass(frozen=True)
+class MoeLayerWork:
+    """One MoE layer's routed experts on the busiest rank of the ep group, for one micro-batch: seconds of
+    the forward and backward expert GEMMs and ops, and the token collectives of each pass, full size (a
+    stage scales them by its share of MoE layers: `_with_experts`)."""
+
+    fwd_s: float
+    bwd_s: float
+    a2a_fwd: Comms
+    a2a_bwd: Comms
+    etp_fwd: Comms
+    etp_bwd: Comms
+
+
+def moe_layer_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, rates: Rates, groups: Groups,
+                   compiled: bool = False) -> MoeLayerWork:
+    """`MoeLayerWork` of the case (costmodel.moe): 2 all-to-alls forward and 2 backward over the ep group
+    (dispatch, combine and their conjugates), and with etp > 1 an all-gather and a reduce-scatter of the
+    routed tokens over the etp group in each pass (Megatron-Core MoEAlltoAllTokenDispatcher)."""
+    return MoeLayerWork(
+        fwd_s=moe.experts_layer_time(profile, workload, plan, rates, "forward", compiled=compiled),
+        bwd_s=moe.experts_layer_time(profile, workload, plan, rates, "backward", compiled=compiled),
+        a2a_fwd=a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD),
+        a2a_bwd=a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD),
+        etp_fwd=etp_comms(workload, plan, groups.etp, "forward"),
+        etp_bwd=etp_comms(workload, plan, groups.etp, "backward"))
+
+
+def _scaled(comms: Comms, share: float) -> Comms:
+    """`comms` at `share` of their size (a stage's mean layer: its share of MoE layers)."""
+    return tuple(replace(c, size=c.size * share) for c in comms)
+
+
+def without_mlp_pair(comms: Comms, size: float, group: Group, share: float) -> Comms:
+    """A layer's tensor-parallel collectives (`_tp_collectives` of `size` bytes over `group`, one per
+    sub-layer: attention and MLP) with the MLP's taken out of `share` of the layers. A MoE layer without
+    shared experts has no sequence-parallel gather and scatter around a dense MLP: its routed tokens cross
+    the tensor-parallel ranks in the dispatcher instead (the all-to-all over ep, the etp collectives:
+    Megatron-Core MoELayer routes the sequence-parallel tokens; token_dispatcher.py). Shared experts keep
+    theirs (shared_experts.py: gather_from_sequence_parallel_region / reduce_scatter_to_sequence_parallel_region
+    over the tensor-parallel group)."""
+    out: list[Comm] = []
+    for c in comms:
+        if c.group == group and c.size == size and c.count >= 2 and c.op in ("all-reduce", "reduce-scatter",
+                                                                             "all-gather"):
+            out.append(replace(c, count=c.count - 1))
+            if share < 1:
+                out.append(replace(c, size=c.size * (1 - share), count=1))
+        else:
+            out.append(c)
+    return tuple(out)
+
+
+def _with_experts(layer: MoeLayerWork, share: float, plan: Plan, cluster: ClusterSpec, fwd_s: float, bwd_s: float,
+                  tp_fwd: Comms, tp_bwd: Comms, fwd_overlap: Overlaps, bwd_overlap: Overlaps
                   ) -> tuple[float, float, Comms, Comms, Overlaps, Overlaps]:
-    """A mean layer's seconds and collectives with the routed experts added (costmodel.moe): the busiest
-    rank's expert time, and per MoE layer 2 all-to-alls forward and 2 backward over the ep group, on the
-    critical path, or with ep_comm_overlap each pass's all-to-alls as an `Overlapped` beside the layer's
-    compute that nothing else overlaps (Megatron-Core --overlap-moe-expert-parallel-comm runs one
-    micro-batch's all-to-all under another's computation; DeepSeek-V3's DualPipe likewise)."""
-    share = moe.moe_layer_share(workload)
-    fwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "forward", compiled=compiled)
-    bwd_s += share * moe.experts_layer_time(profile, workload, plan, rates, "backward", compiled=compiled)
-    a2a_fwd = a2a_comms(workload, plan, groups.ep, "forward", moe.A2A_PER_MOE_LAYER_FORWARD)
-    a2a_bwd = a2a_comms(workload, plan, groups.ep, "backward", moe.A2A_PER_MOE_LAYER_BACKWARD)
+    """A stage's mean layer with `share` of one MoE layer's routed experts added (`moe_layer_work`): the
+    busiest rank's expert time, and the all-to-alls over the ep group on the critical path, or with
+    ep_comm_overlap each pass's all-to-alls as an `Overlapped` beside the layer's compute that nothing else
+    overlaps (Megatron-Core --overlap-moe-expert-parallel-comm runs one micro-batch's all-to-all under
+    another's computation; DeepSeek-V3's DualPipe likewise). The etp all-gather and reduce-scatter sit
+    between the dispatch and the experts and between the experts and the combine: exposed (Megatron-Core
+    runs them as plain collectives on the compute stream, token_dispatcher.py dispatch_postprocess /
+    combine_preprocess)."""
+    fwd_s += share * layer.fwd_s
+    bwd_s += share * layer.bwd_s
+    a2a_fwd, a2a_bwd = _scaled(layer.a2a_fwd, share), _scaled(layer.a2a_bwd, share)
+    tp_fwd, tp_bwd = tp_fwd + _scaled(layer.etp_fwd, share), tp_bwd + _scaled(layer.etp_bwd, share)
     if plan.ep_comm_overlap and cluster.device.overlaps_communication:
         if a2a_fwd:
             fwd_overlap += (Overlapped(hidden=a2a_fwd, gemm_s=max(fwd_s - overlapped_gemm_s(fwd_overlap), 0.0)),)
@@ -806,15 +889,21 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     activation = tokens * spec.hidden * DTYPE_BYTES[workload.dtype]
     layer_s = layer_t.total
     tp_layer = _tp_collectives(activation, plan, groups.tp, tp_collectives_per_layer(spec), options.all_reduce)
-    layer_overlap: Overlaps = ()
-    if spec.moe is not None:  # the routed experts and their dispatch and combine (costmodel.moe)
-        layer_s += moe.moe_layer_share(workload) * moe.experts_layer_time(
-            profile, workload, plan, rates, phase, steps, runs_compiled(options, rates, "experts"))
-        a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD)
+    expert_s = (moe.experts_layer_time(profile, workload, plan, rates, phase, steps,
+                                       runs_compiled(options, rates, "experts")) if spec.moe is not None else 0.0)
+    shares = [moe.stage_moe_share(workload, plan, i) for i in range(plan.pp)] if spec.moe is not None \
+        else [0.0] * plan.pp
+
+    def stage_layer(share: float) -> tuple[float, Comms, Overlaps]:
+        """A stage's mean layer with `share` of one MoE layer's routed experts and its dispatch and combine
+        (costmodel.moe.stage_moe_share)."""
+        if not share:
+            return layer_s, tp_layer, ()
+        seconds = layer_s + share * expert_s
+        a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD, share)
         if plan.ep_comm_overlap and cluster.device.overlaps_communication and a2a:
-            layer_overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)
-        else:
-            tp_layer += a2a
+            return seconds, tp_layer, (Overlapped(hidden=a2a, gemm_s=seconds),)
+        return seconds, tp_layer + a2a, ()
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
     # the last stage chooses the next token of each sequence of the micro-batch (costmodel.sampling): the
     # prefill's first token and every decode step's
@@ -822,15 +911,17 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     gather = sampling.logits_gather_bytes(workload, plan, plan.micro_batch, options)
     logits_gather = (Comm("all-gather", gather, groups.tp),) if gather else ()
     kinds = _stage_kinds(plan.pp)
-    by_key: dict[tuple[str, int], StageWork] = {}
-    for kind, n in zip(kinds, counts):
+    keys = list(zip(kinds, counts, shares))
+    by_key: dict[tuple[str, int, float], StageWork] = {}
+    for kind, n, share in keys:
         first, last = kind == "first", kind == "last" or plan.pp == 1
-        by_key[(kind, n)] = StageWork(layers=n, fwd_layer_s=layer_s,
+        st_layer_s, st_tp_layer, layer_overlap = stage_layer(share)
+        by_key[(kind, n, share)] = StageWork(layers=n, fwd_layer_s=st_layer_s,
                                       embed_fwd_s=embed if first else 0.0, head_fwd_s=head if last else 0.0,
-                                      tp_fwd=tp_layer, tp_fwd_overlap=layer_overlap,
+                                      tp_fwd=st_tp_layer, tp_fwd_overlap=layer_overlap,
                                       tp_embed=(_tp_collectives(activation, plan, groups.tp, 1, options.all_reduce)
                                                 if first else ()),
                                       logits_gather=logits_gather if last else (), recv_gather=recv_gather)
-    return StepWork(stages=tuple(by_key[key] for key in zip(kinds, counts)), microbatches=plan.microbatches,
+    return StepWork(stages=tuple(by_key[key] for key in keys), microbatches=plan.microbatches,
                     schedule="gpipe", forward_only=True,
                     p2p=p2p, comm_shares_cores=not cluster.device.overlaps_communication)
