@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmsim.costmodel.arrays import Num, is_array, maximum, pick
-from llmsim.costmodel.cluster import ClusterSpec, plan_on
+from llmsim.costmodel.cluster import ClusterSpec, Group, plan_on
 from llmsim.costmodel.collectives import Fabric
 from llmsim.costmodel.compute import CostModelError, device_rates
 from llmsim.costmodel.energy import step_energy_j
@@ -135,19 +135,19 @@ def _pipeline_exposed(work: StepWork, st: StageWork, fabric: Fabric) -> float:
     return work.v * (max(0.0, send - backward_chunk) + max(0.0, send - forward_chunk) + 2 * gather)
 
 
-def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb: float,
-                   fabric: Fabric, stage: int = 0) -> float:
+def _data_parallel(work: StepWork, st: StageWork, backward_mb: float, fabric: Fabric, stage: int = 0) -> float:
     """Exposed gradient reduction and parameter gathers of pipeline stage `stage` (its work `st`) after its
     pipelined micro-batches: the collectives' times alone (cached per collective), combined by
-    `data_parallel_exposed`."""
+    `data_parallel_exposed` (ZeRO-3: `zero3_exposed`, unit by unit)."""
     if work.forward_only:
         return 0.0
-    grads, weights = work.grad_bytes(st), work.param_bytes(st)
-    zero3_mb = reduce = gather = 0.0
+    grads = work.grad_bytes(st)
+    zero3 = reduce = gather = 0.0
     chunks = (0.0, 0.0, 0.0)
     if work.zero >= 3:
-        zero3_mb = (Comm("all-gather", weights, work.dp_group, 2).time(fabric)
-                    + Comm("reduce-scatter", grads, work.dp_group).time(fabric))
+        *windows, lp, ep, hp, lg, eg, hg = zero3_unit_terms(work, st, fabric)
+        zero3 = zero3_exposed(work.microbatches, not work.comm_shares_cores, *windows,
+                              *zero3_unit_times(work.dp_group, fabric, lp, ep, hp, lg, eg, hg))
     else:
         reduce = Comm(work.dp_op, grads, work.dp_group).time(fabric)
         if work.v > 1:
@@ -155,8 +155,81 @@ def _data_parallel(work: StepWork, st: StageWork, compute_mb: float, backward_mb
         gather = comms_time(st.gather_after_step, fabric)
         if work.overlap_param_gather and not work.comm_shares_cores and st.gather_after_step:
             gather = _param_gather_exposed(work, st, fabric, stage)
-    return data_parallel_exposed(work.zero, work.microbatches, not work.comm_shares_cores, work.overlap_grad_reduce,
-                                 compute_mb, backward_mb, zero3_mb, reduce, gather, work.v, work.pp, stage, chunks)
+    return data_parallel_exposed(work.zero, not work.comm_shares_cores, work.overlap_grad_reduce, backward_mb, zero3,
+                                 reduce, gather, work.v, work.pp, stage, chunks)
+
+
+def zero3_unit_terms(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[float, ...]:
+    """What `zero3_exposed` needs of stage `st`, but for its collectives' times (those follow the data-parallel
+    group: `zero3_unit_times` of the last six): (units per micro-batch, a layer's forward window s, its
+    backward window s, what the first unit's forward and backward windows add (the embedding's compute) and
+    the last unit's (the head's compute and the tensor-parallel reduction of its input gradient), parameter bytes of a layer, of the embedding, of the head, gradient bytes of a layer, of the embedding, of
+    the head). A unit is a Transformer layer, the embedding (head) folded into the stage's first (last) one,
+    as the simulation gathers them (llmsim.sim.processes._units); a stage without layers gathers nothing.
+    A window is what one layer's pass keeps the compute stream busy: its compute and the tensor-parallel
+    (context-parallel) communication it waits for."""
+    forward = st.fwd_layer_s + comms_time(st.tp_fwd, fabric) + overlaps_time(st.tp_fwd_overlap, fabric)
+    backward = (st.bwd_layer_s + st.recompute_layer_s + comms_time(st.tp_bwd + st.tp_recompute, fabric)
+                + overlaps_time(st.tp_bwd_overlap + st.tp_recompute_overlap, fabric) + st.cp_layer_s)
+    head_backward = st.head_bwd_s + comms_time(st.tp_head, fabric)
+    return (float(work.layers_on(st)), forward, backward, st.embed_fwd_s, st.embed_bwd_s, st.head_fwd_s,
+            head_backward, st.param_bytes_layer, st.param_bytes_embed, st.param_bytes_head, st.grad_bytes_layer,
+            st.grad_bytes_embed, st.grad_bytes_head)
+
+
+def zero3_unit_times(group: Group, fabric: Fabric, layer_params: float, embed_params: float, head_params: float,
+                     layer_grads: float, embed_grads: float, head_grads: float) -> tuple[float, ...]:
+    """Seconds alone of ZeRO-3's per-unit collectives over the data-parallel `group`: (all-gather of a middle
+    layer, of the first unit, of the last unit, of a one-layer stage's only unit; reduce-scatter of the same
+    four). One collective per unit, each with its own launch and ring latency (costmodel.collectives)."""
+    def both(params: float, grads: float) -> tuple[float, float]:
+        return Comm("all-gather", params, group).time(fabric), Comm("reduce-scatter", grads, group).time(fabric)
+    units = (both(layer_params, layer_grads), both(layer_params + embed_params, layer_grads + embed_grads),
+             both(layer_params + head_params, layer_grads + head_grads),
+             both(layer_params + embed_params + head_params, layer_grads + embed_grads + head_grads))
+    return tuple(g for g, _ in units) + tuple(r for _, r in units)
+
+
+def zero3_exposed(m: Num, hides: bool, units: Num, window_f: Num, window_b: Num, first_f: Num, first_b: Num,
+                  last_f: Num, last_b: Num, gather_mid: Num, gather_first: Num, gather_last: Num, gather_only: Num,
+                  reduce_mid: Num, reduce_first: Num, reduce_last: Num, reduce_only: Num) -> Num:
+    """Exposed ZeRO-3 / FSDP seconds of one stage per step (numbers or columns over candidates).
+
+    Every unit (a layer; the stage's first and last carry the embedding and the head, `zero3_unit_terms`) is
+    all-gathered before its forward and again before its backward, and its gradients are reduce-scattered
+    after its backward: `units` collectives of each per micro-batch, issued on one communication stream one
+    unit ahead of the compute (PyTorch FSDP's BackwardPrefetch.BACKWARD_PRE and forward prefetch, at most two
+    units in flight with limit_all_gathers, torch/distributed/fsdp; DeepSpeed stage 3's prefetch bucket,
+    deepspeed/runtime/zero/partitioned_param_coordinator.py; the memory model holds the same two units,
+    costmodel.memory.zero3_gathered). With a look-ahead of one, a unit's pass hides the next unit's gather
+    (backward: and the previous unit's reduce-scatter), no more: in the steady state each forward unit
+    costs max(window_f, gather) and each backward one max(window_b, gather + reduce-scatter), so
+
+        exposed = m x sum over units of [max(0, gather - window_f) + max(0, gather + reduce - window_b)]
+                  + the step's first gather + its last reduce-scatter (nothing runs before or after them)
+
+    `gather_*`/`reduce_*`: the middle layers', the first unit's, the last unit's, and the only unit's of a
+    one-layer stage (`zero3_unit_times`); the first (last) unit's windows are longer by `first_f`, `first_b`
+    (`last_f`, `last_b`): the embedding's (head's) passes, which run beside the gathers too. Not pooled over the step: the communication of one unit cannot
+    hide under the compute of a unit two or more ahead, and each unit's collective pays its own latency
+    (at 1024 ranks the ring's (n-1) steps are milliseconds). A device whose collectives run on the compute
+    cores (`hides` False) exposes every collective. Idle time in pipeline bubbles is not counted as a window
+    (an upper bound with pp > 1)."""
+    middle = maximum(units - 2, 0)
+    several = units >= 2
+
+    def unit(gather: Num, reduce: Num, more_f: Num = 0.0, more_b: Num = 0.0) -> Num:
+        if not hides:
+            return 2 * gather + reduce
+        return maximum(0.0, gather - window_f - more_f) + maximum(0.0, gather + reduce - window_b - more_b)
+    per_microbatch = (middle * unit(gather_mid, reduce_mid)
+                      + pick(several, unit(gather_first, reduce_first, first_f, first_b)
+                             + unit(gather_last, reduce_last, last_f, last_b),
+                             pick(units >= 1, unit(gather_only, reduce_only, first_f + last_f, first_b + last_b), 0.0)))
+    if not hides:
+        return m * per_microbatch
+    edges = pick(several, gather_first + reduce_first, pick(units >= 1, gather_only + reduce_only, 0.0))
+    return m * per_microbatch + edges
 
 
 def chunk_reduce_times(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[float, float, float]:
@@ -170,25 +243,23 @@ def chunk_reduce_times(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[f
             Comm(work.dp_op, layers + st.grad_bytes_embed, work.dp_group).time(fabric))
 
 
-def data_parallel_exposed(zero: Num, m: Num, hides: bool, overlap_grad_reduce: bool, compute_mb: Num,
-                          backward_mb: Num, zero3_mb_s: Num, reduce_s: Num, gather_s: Num, v: Num = 1, pp: Num = 1,
-                          stage: Num = 0, chunk_s: tuple[Num, Num, Num] = (0.0, 0.0, 0.0)) -> Num:
+def data_parallel_exposed(zero: Num, hides: bool, overlap_grad_reduce: bool, backward_mb: Num, zero3_s: Num,
+                          reduce_s: Num, gather_s: Num, v: Num = 1, pp: Num = 1, stage: Num = 0,
+                          chunk_s: tuple[Num, Num, Num] = (0.0, 0.0, 0.0)) -> Num:
     """Exposed data-parallel seconds of pipeline stage `stage` per step (numbers or columns over candidates).
 
-    ZeRO-3: every micro-batch all-gathers the weights (forward and backward) and reduce-scatters the
-    gradients, `zero3_mb_s` alone, prefetched under the m micro-batches' compute when the device `hides`
-    communication. ZeRO 0-2: the gradient reduction `reduce_s` after the last backward, with
-    overlap_grad_reduce hidden behind that backward (`backward_mb`) or, with v > 1 model chunks
+    ZeRO-3: `zero3_s`, the exposed per-unit gathers and reduce-scatters of the whole step (`zero3_exposed`).
+    ZeRO 0-2: the gradient reduction `reduce_s` after the last backward, with overlap_grad_reduce hidden
+    behind that backward (`backward_mb`) when the device `hides` communication or, with v > 1 model chunks
     (interleaved), chunk by chunk under the cool-down's remaining backward (`interleaved_reduce_exposed`,
     `chunk_s` its chunks' reductions); plus the parameter gather after the step `gather_s` (ZeRO 1/2;
     already its exposed part with overlap_param_gather)."""
-    zero3 = maximum(0.0, m * zero3_mb_s - (m * compute_mb if hides else 0.0))
     if overlap_grad_reduce and hides:
         chunked = interleaved_reduce_exposed(maximum(v, 1), pp, stage, *chunk_s, backward_mb / maximum(v, 1))
         reduce = pick(v > 1, chunked, maximum(0.0, reduce_s - backward_mb))
     else:
         reduce = reduce_s
-    return pick(zero >= 3, zero3, reduce + gather_s)
+    return pick(zero >= 3, zero3_s, reduce + gather_s)
 
 
 def interleaved_reduce_exposed(v: Num, pp: Num, stage: Num, first_s: Num, middle_s: Num, last_s: Num,
@@ -299,7 +370,7 @@ def price(work: StepWork, fabric: Fabric) -> StepTimes:
         if key not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             alike[key] = StageParts(compute_mb, comm_mb,
-                                    _data_parallel(work, st, compute_mb, backward_mb, fabric, index),
+                                    _data_parallel(work, st, backward_mb, fabric, index),
                                     st.accumulate_s, 0.0, st.optimizer_s)
         sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
         parts.append((index, replace(alike[key], sync_s=sync)))

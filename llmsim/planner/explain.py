@@ -308,6 +308,9 @@ class Sensitivity:
     base_times: tuple[float | None, float | None] = (None, None)
     base_note: str = ""
     priced_by: str = "the roofline cost model"
+    # the winner and the runner-up as the table prices them (by the simulation when the plan re-checked): the
+    # step split limit_of reads, so that the limiting factor and the what-ifs come from one pricing
+    priced: tuple[Evaluation | None, Evaluation | None] = (None, None)
 
     @property
     def flips(self) -> list[SensitivityRow]:
@@ -362,9 +365,16 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     CHANGE_FIELDS), those rejected for memory priced as if they fitted, and the +20% hardware what-ifs of
     the sensitivity table. The change is the one with the best objective; since `e` wins among the feasible
     ones, a better neighbour is blocked by a limit, which the sentence names. The factor is `memory` when
-    that best change is blocked by memory alone, else the largest of the step's compute, exposed
-    communication and pipeline bubble shares."""
-    shares = step_shares(e)
+    that best change is blocked by memory alone; else the factor of the hardware what-if (+20%) that moves
+    the objective most, when one moves it by more than `WHATIF_DECIDES` (link bandwidth: communication; GEMM
+    or memory efficiency: compute) and it disagrees with the larger of compute and communication: with
+    ZeRO-3 or overlapped collectives communication runs beside the compute, and the step's shares understate
+    it; else the largest of the step's compute, exposed
+    communication and pipeline bubble shares. The shares are of the step as the sensitivity table prices it
+    (`Sensitivity.priced`: by the cluster simulation when the plan re-checked its best), so the two agree."""
+    index = 0 if who == "winner" else 1
+    priced = sensitivity.priced[index] if sensitivity is not None else None
+    shares = step_shares(priced if priced is not None else e)
     base = _metric(e, plan.objective)
     best: tuple[float, str, tuple[str, ...]] | None = None   # (relative change of the metric, change, its limits)
     for other in rows:
@@ -390,7 +400,13 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     largest = max(("compute", "communication", "bubble"), key=lambda k: shares.get(k, 0.0))
     # what the shares divide: step_time_s, which a decode plan calls the generation (step_name)
     shares_of = "generation time" if plan.workload.mode == "decode" else f"{latency_name(plan)} time"
+    if priced is not None and sensitivity is not None and "simulation" in sensitivity.priced_by:
+        shares_of = f"simulated {shares_of}"
     largest_why = f"its largest share of the {shares_of}"
+    knob = _strongest_whatif(sensitivity, index)
+    if knob is not None and largest in ("compute", "communication") and KNOB_FACTOR[knob[0]] != largest:
+        largest, largest_why = KNOB_FACTOR[knob[0]], (f"{knob_label(knob[0], knob[2])} moves its {plan.objective} "
+                                                      f"most: {knob[1]:+.1%}")
     if best is None:
         return Limit(who, largest, shares, "no single change improves it", None, largest_why, shares_of)
     blocked = f" (blocked: {', '.join(LIMIT_WORDS.get(k, k) for k in best[2])})" if best[2] else ""
@@ -398,6 +414,29 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     return Limit(who, "memory" if memory else largest, shares, f"{best[1]}: {plan.objective} {best[0]:+.1%}{blocked}",
                  best[0], "the change that would help it most does not fit in memory" if memory else largest_why,
                  shares_of)
+
+
+# What each hardware what-if (planner.whatif.KNOBS) speeds up: the limiting factor it stands for.
+KNOB_FACTOR = {"link": "communication", "gemm": "compute", "memory": "compute"}
+# A what-if names the limiting factor when +20% of it moves the objective by more than this (relative): a
+# threshold of reading, not of the model (below it the what-ifs are all noise against the step's shares).
+WHATIF_DECIDES = 0.01
+
+
+def _strongest_whatif(sensitivity: Sensitivity | None, index: int) -> tuple[str, float, float] | None:
+    """(knob, relative change of the objective, factor) of the +20% what-if that lowers configuration `index`'s
+    objective most, if it does by more than WHATIF_DECIDES; else None."""
+    if sensitivity is None or not sensitivity.base[index]:
+        return None
+    own = sensitivity.base[index]
+    best: tuple[str, float, float] | None = None
+    for r in sensitivity.rows:
+        value = r.winner if index == 0 else r.runner_up
+        if r.factor > 1 and value is not None and own:
+            gain = value / own - 1
+            if gain < -WHATIF_DECIDES and (best is None or gain < best[1]):
+                best = (r.knob, gain, r.factor)
+    return best
 
 
 def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
@@ -408,8 +447,11 @@ def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
     sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster_of(e.config))
     metrics = goal_metrics(ctx.plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j, sim.tpot_s)
     limits, reasons, shortfall = judge(ctx.plan, metrics, e.power_w)
+    t = sim.times
+    mfu = e.mfu * e.step_time_s / sim.step_s if e.mfu and e.step_time_s and sim.step_s else e.mfu
     return replace(e, feasible=e.feasible and not limits, limits=limits, reason="; ".join(reasons),
-                   shortfall=shortfall, step_time_s=sim.step_s, **metrics)
+                   shortfall=shortfall, step_time_s=sim.step_s, compute_time_s=t.compute, comm_time_s=t.comm,
+                   bubble_time_s=t.bubble, other_time_s=t.other, mfu=mfu, **metrics)
 
 
 def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluation, contexts: dict[tuple[str, str], Any],
@@ -430,7 +472,8 @@ def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluati
     out = Sensitivity(f"{plan.objective}", describe(winner), describe(runner_up),
                       (_metric(base[0], plan.objective), _metric(base[1], plan.objective)),
                       base_times=(base[0].time_to_goal_s, base[1].time_to_goal_s),
-                      priced_by="the SimPy cluster simulation" if simulated else "the roofline cost model")
+                      priced_by="the SimPy cluster simulation" if simulated else "the roofline cost model",
+                      priced=(base[0], base[1]))
     for knob in KNOBS:
         for factor in SENSITIVITY_FACTORS:
             again = []

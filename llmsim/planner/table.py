@@ -19,7 +19,7 @@ module gives the same numbers for thousands at once, through the same code:
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
   (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
-  `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
+  `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
   `memory.stage_memory`, `energy.step_energy_j`, and the planner's `goal_metrics` (defined here, used by
   search.evaluate too).
@@ -53,7 +53,8 @@ from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memor
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
-from llmsim.costmodel.step import StageParts, _per_microbatch, combine_stages, data_parallel_exposed
+from llmsim.costmodel.step import (StageParts, _per_microbatch, combine_stages, data_parallel_exposed, zero3_exposed,
+                                   zero3_unit_terms, zero3_unit_times)
 from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
                                    optimizer_step_time, train_work)
 from llmsim.planner.config import PlanFile
@@ -165,8 +166,10 @@ class _Group:
     error: str = ""
 
 
+ZERO3_FIELDS = ("units", "window_f", "window_b", "first_f", "first_b", "last_f", "last_b", "layer_params",
+                "embed_params", "head_params", "layer_grads", "unit_embed_grads", "unit_head_grads")  # zero3_unit_terms
 STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "grads", "weights",
-               "gathered", "chunk_grads", "head_grads", "embed_grads", "sync", "copies")
+               "gathered", "chunk_grads", "head_grads", "embed_grads", *ZERO3_FIELDS, "sync", "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
@@ -318,7 +321,8 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
                              moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
                              work.grad_bytes(st), work.param_bytes(st),
                              moe.data_parallel_params(plan, params, experts) * elem,
-                             st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed)
+                             st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed,
+                             *zero3_unit_terms(work, st, fabric))
         steps.append((index, *alike[id(st)], sync, 1))
     return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps)
 
@@ -383,10 +387,11 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
         times = _dp_times(placement, slot, pair_of)
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
         gather = np.where(((zero == 1) | (zero == 2)) & (dp_cp > 1), times["gather"], 0.0)
-        zero3_mb = np.where(zero >= 3, times["zero3"], 0.0)
+        zero3 = np.where(zero >= 3, zero3_exposed(m, hides, *(slot[f] for f in ZERO3_FIELDS[:7]),
+                                                  *(times[f"zero3 {u}"] for u in ZERO3_TIMES)), 0.0)
         parts_list.append((slot["index"].astype(np.int64), StageParts(
             slot["compute_mb"], slot["comm_mb"],
-            data_parallel_exposed(zero, m, hides, True, slot["compute_mb"], slot["backward_mb"], zero3_mb, reduce,
+            data_parallel_exposed(zero, hides, True, slot["backward_mb"], zero3, reduce,
                                   gather, r.v, r.pp, slot["index"],
                                   tuple(np.where(zero == 0, times[f"all-reduce {c}"], times[f"reduce-scatter {c}"])
                                         for c in CHUNKS)),
@@ -432,6 +437,8 @@ def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]]) -> tuple[
 
 
 CHUNKS = ("first", "middle", "last")  # a stage's model chunks, in the order their gradients are final
+# ZeRO-3's per-unit collectives (step.zero3_unit_times): gathers, then reduce-scatters, of these units
+ZERO3_TIMES = tuple(f"{op} {u}" for op in ("gather", "reduce") for u in ("mid", "first", "last", "only"))
 
 
 def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray],
@@ -441,14 +448,17 @@ def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndar
     where, placed = placement
     first_row = np.full(len(where), -1)
     first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
-    names = ("all-reduce", "reduce-scatter", "gather", "zero3",
-             *(f"{op} {c}" for op in ("all-reduce", "reduce-scatter") for c in CHUNKS))
+    names = ("all-reduce", "reduce-scatter", "gather",
+             *(f"{op} {c}" for op in ("all-reduce", "reduce-scatter") for c in CHUNKS),
+             *(f"zero3 {u}" for u in ZERO3_TIMES))
+    unit_fields = ZERO3_FIELDS[7:]
     keys = np.column_stack([where.astype(float), slot["grads"][first_row], slot["weights"][first_row],
                             slot["gathered"][first_row], slot["chunk_grads"][first_row],
-                            slot["head_grads"][first_row], slot["embed_grads"][first_row]])
+                            slot["head_grads"][first_row], slot["embed_grads"][first_row],
+                            *(slot[f][first_row] for f in unit_fields)])
     distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
     table = np.zeros((len(distinct), len(names)))
-    for u, (at, grads, weights, gathered, chunk, head, embed) in enumerate(distinct.tolist()):
+    for u, (at, grads, weights, gathered, chunk, head, embed, *units) in enumerate(distinct.tolist()):
         if at < 0:
             continue
         f, group = placed[int(at)]
@@ -457,6 +467,6 @@ def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndar
         chunks = tuple(Comm(op, nbytes, group).time(f) for op in ("all-reduce", "reduce-scatter")
                        for nbytes in (chunk + head, chunk, chunk + embed))
         table[u] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
-                    Comm("all-gather", weights, group, 2).time(f) + rs, *chunks)
+                    *chunks, *zero3_unit_times(group, f, *units))
     per_pair = table[inverse.reshape(-1)]
     return {name: per_pair[pair_of, j] for j, name in enumerate(names)}

@@ -405,22 +405,52 @@ def test_without_overlap_or_on_compute_cores_the_reduction_is_exposed_whole() ->
     assert price(StepWork(stages=(long,), microbatches=2, dp_group=dp), f).detail["data_parallel"] == 0.0
 
 
-def test_zero_3_gathers_and_reduces_every_micro_batch_behind_its_compute() -> None:
-    """Rajbhandari et al. 2020: parameters all-gathered forward and backward (2) and gradients reduce-scattered,
-    per micro-batch, prefetched under the micro-batches' compute."""
+def test_zero_3_gathers_and_reduces_every_unit_one_ahead_of_its_compute() -> None:
+    """Rajbhandari et al. 2020 / PyTorch FSDP: each layer's parameters all-gathered before its forward and its
+    backward and its gradients reduce-scattered after its backward, one collective per layer each, issued one
+    layer ahead: a layer's pass (its compute and tensor-parallel waits) hides the next layer's gather (and in
+    the backward the previous one's reduce-scatter), no more; the step's first gather and last reduce-scatter
+    have nothing to hide under. Without overlap (collectives on the compute cores) every collective shows."""
+    from llmsim.costmodel.step import price
+    from llmsim.costmodel.work import Comm, StepWork, comms_time
+
+    f, dp = _fabric(), Group(4, 1, 4)
+    st = _stage(fwd_layer_s=1e-6, bwd_layer_s=1e-6, recompute_layer_s=0.0, cp_layer_s=0.0)
+    gather, reduce = Comm("all-gather", 5e7, dp).time(f), Comm("reduce-scatter", 1e8, dp).time(f)
+    window_f = 1e-6 + comms_time(st.tp_fwd, f)
+    window_b = 1e-6 + comms_time(st.tp_bwd + st.tp_recompute, f)
+    assert gather > window_f and gather + reduce > window_b   # communication-bound: every layer exposes some
+    per_layer = (gather - window_f) + (gather + reduce - window_b)
+    hidden = StepWork(stages=(st,), microbatches=4, dp_group=dp, zero=3, dp_op="reduce-scatter")
+    assert price(hidden, f).detail["data_parallel"] == pytest.approx(4 * 3 * per_layer + gather + reduce, rel=1e-12)
+    on_cores = StepWork(stages=(st,), microbatches=4, dp_group=dp, zero=3, dp_op="reduce-scatter",
+                        comm_shares_cores=True)
+    assert price(on_cores, f).detail["data_parallel"] == pytest.approx(4 * 3 * (2 * gather + reduce), rel=1e-12)
+    busy = _stage(fwd_layer_s=10.0, bwd_layer_s=10.0)   # long layers: only the first gather and last reduction
+    assert price(StepWork(stages=(busy,), microbatches=4, dp_group=dp, zero=3), f).detail["data_parallel"] == \
+        pytest.approx(gather + reduce, rel=1e-12)
+
+
+def test_zero_3_pays_a_ring_latency_per_layer_not_per_step() -> None:
+    """A layer's gather that its pass hides when priced alone stays hidden however many layers the stage has,
+    even where the whole stage's weights in one collective (one latency) would take less than the compute:
+    the per-layer latency is what a pooled estimate drops (issue 18: 1024 ZeRO-3 ranks)."""
     from llmsim.costmodel.step import price
     from llmsim.costmodel.work import Comm, StepWork
 
-    f, dp = _fabric(), Group(4, 1, 4)
-    st = _stage(fwd_layer_s=1e-6, bwd_layer_s=1e-6, recompute_layer_s=0.0)
-    per_mb = Comm("all-gather", 3 * 5e7, dp, 2).time(f) + Comm("reduce-scatter", 3 * 1e8, dp).time(f)
-    compute = 3 * 2e-6
-    for shares, hide in ((False, compute), (True, 0.0)):
-        work = StepWork(stages=(st,), microbatches=4, dp_group=dp, zero=3, dp_op="reduce-scatter",
-                        comm_shares_cores=shares)
-        assert price(work, f).detail["data_parallel"] == pytest.approx(4 * per_mb - 4 * hide, rel=1e-12)
-    busy = _stage(fwd_layer_s=10.0)
-    assert price(StepWork(stages=(busy,), microbatches=4, dp_group=dp, zero=3), f).detail["data_parallel"] == 0.0
+    f, dp = _fabric(), Group(512, 8, 64)   # 64 nodes: a ring of 63 inter-node steps per collective
+    gather = Comm("all-gather", 5e7, dp).time(f)
+    reduce = Comm("reduce-scatter", 1e8, dp).time(f)
+    pooled = Comm("all-gather", 40 * 5e7, dp, 2).time(f) + Comm("reduce-scatter", 40 * 1e8, dp).time(f)
+    # layers whose compute covers the pooled collectives but not the per-layer ones
+    fwd = 0.9 * gather
+    st = _stage(layers=40, fwd_layer_s=fwd, bwd_layer_s=2 * fwd, recompute_layer_s=0.0, cp_layer_s=0.0,
+                tp_fwd=(), tp_bwd=(), tp_recompute=())
+    assert 40 * 3 * fwd > pooled
+    work = StepWork(stages=(st,), microbatches=2, dp_group=dp, zero=3, dp_op="reduce-scatter")
+    per_layer = (gather - fwd) + max(0.0, gather + reduce - 2 * fwd)
+    assert price(work, f).detail["data_parallel"] == pytest.approx(2 * 40 * per_layer + gather + reduce, rel=1e-12)
+    assert price(work, f).detail["data_parallel"] > 0.1 * 2 * 40 * gather
 
 
 def test_a_forward_only_step_sends_one_message_per_chunk_fills_like_gpipe_and_reduces_nothing() -> None:

@@ -141,3 +141,46 @@ def test_each_clause_of_a_choice_line_says_what_it_is() -> None:
         "winner: limited by compute; the one change that would move it most: no rate met the SLO",
     ]
 
+
+
+def test_the_limit_reads_the_step_as_the_sensitivity_prices_it(tmp_path: Path) -> None:
+    """Issue 18: the limiting factor read the roofline's split while the sensitivity re-priced by simulation.
+    A simulated plan's limits now read the simulated split, the one the what-ifs move."""
+    from llmsim.planner.explain import step_shares
+    plan = small_plan(simulate=True, hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0,
+                                                "devices_per_node": 4}])
+    outcome = run_plan(plan, small_catalog(8e5), tmp_path)
+    s = outcome.explanation.sensitivity
+    assert s is not None and all(p is not None for p in s.priced)
+    for lim, priced, e in zip(outcome.explanation.limits, s.priced, outcome.top):
+        assert priced.step_time_s == pytest.approx(e.sim["step_time_s"])
+        assert lim.shares == step_shares(priced) and lim.shares_of == "simulated step time"
+
+
+def test_a_split_unlike_the_rows_is_the_one_the_limit_reads() -> None:
+    from llmsim.planner.explain import step_shares
+    plan, rows, top, contexts = _searched(8e10)
+    s = training_sensitivity(plan, top[0], top[1], contexts)
+    step = top[0].step_time_s
+    other = replace(top[0], compute_time_s=0.2 * step, comm_time_s=0.8 * step, bubble_time_s=0.0, other_time_s=0.0)
+    lim = limit_of(top[0], "winner", rows, plan, contexts, replace(s, priced=(other, s.priced[1])))
+    assert lim.shares == step_shares(other) and lim.factor == "communication"
+
+
+def test_the_what_if_that_moves_the_objective_most_names_the_factor() -> None:
+    """ZeRO-3 at 1024 ranks: compute is most of the step, but each layer waits for its gather, so +20% link
+    bandwidth cuts the cost by 12% and +20% GEMM efficiency by 0.3%: the limit is communication, as the
+    sensitivity says, not compute, as the shares alone would."""
+    from llmsim.planner.explain import Sensitivity, SensitivityRow
+    plan, rows, top, contexts = _searched(8e10)
+    step, base = top[0].step_time_s, top[0].cost_usd
+    split = replace(top[0], compute_time_s=0.82 * step, comm_time_s=0.18 * step, bubble_time_s=0.0, other_time_s=0.0)
+    moved = {"link": 0.883, "gemm": 0.997, "memory": 0.999}
+    s = Sensitivity("cost", "w", "r", (base, base), [SensitivityRow(k, f, base * (moved[k] if f > 1 else 1.1), base,
+                                                                    True, True, False)
+                                                     for k in moved for f in (0.8, 1.2)], priced=(split, split))
+    lim = limit_of(top[0], "winner", rows, plan, contexts, s)
+    assert lim.factor == "communication" and lim.why.startswith("link bandwidth +20% moves its cost most: -11.7%")
+    # a what-if under the threshold leaves the shares to decide
+    flat = replace(s, rows=[replace(r, winner=base * 0.995) if r.factor > 1 else r for r in s.rows])
+    assert limit_of(top[0], "winner", rows, plan, contexts, flat).factor == "compute"
