@@ -275,12 +275,15 @@ def test_a_server_deaf_to_sigterm_is_killed(tmp_path: Path) -> None:
 
 # -- the backend, through the runner -------------------------------------------------------------------------------
 
-def _run(tmp_path: Path, backend: type[VllmBackend], monkeypatch: pytest.MonkeyPatch, names: list[str], **serving: Any):
+def _run(tmp_path: Path, backend: type[VllmBackend], monkeypatch: pytest.MonkeyPatch, names: list[str],
+         settings: dict[str, Any] | None = None, **serving: Any):
     import yaml
 
     monkeypatch.setattr(VllmBackend, "availability", classmethod(lambda cls: None))
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(serving_scenario(**serving)))
+    data = serving_scenario(**serving)
+    data["backends"]["vllm"].update(settings or {})
+    path.write_text(yaml.safe_dump(data))
     scenario = load_scenario(path)
     registry = BackendRegistry.from_manager(get_plugin_manager())
     registry.backends["vllm"] = backend
@@ -319,6 +322,23 @@ def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(
 
     assert table(measured) == table(modeled) and len(table(measured)) == 12
     assert wait_gone(_pids(FakeVllm.pid_file)) == []
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_rates_of_a_case_share_one_engine_that_stops_at_the_run_s_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reuse: bool) -> None:
+    FakeVllm.pid_file = tmp_path / "pids"
+    rows, run_dir = _run(tmp_path, FakeVllm, monkeypatch, ["vllm"], arrival={"kind": "poisson", "rate": [40, 80]},
+                         settings={"reuse_engine": reuse})
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
+    assert [r["request_rate"] for r in rows] == [40, 80] and all(r["requests_done"] == 12 for r in rows)
+    assert [r["engine_reused"] for r in rows] == [False, reuse]
+    assert (rows[1]["engine_start_s"] == 0) == reuse
+    # the logs: one server for both rates, or one per rate
+    assert len({r["engine_log"] for r in rows}) == (1 if reuse else 2)
+    # a reused server's preemption counter goes on counting: each row holds its own rise (the fake: 12 // 4)
+    assert [r["preemptions"] for r in rows] == [3, 3]
+    assert wait_gone(_pids(FakeVllm.pid_file)) == []     # the last server, gone when the run returned
 
 
 class FakeReplicas(FakeVllm):
