@@ -26,6 +26,8 @@ About 15 minutes with --repeat 2 (engine starts ~25 s each under chrt, one per l
 
 Every step is `llmsim run` / `llmsim calibrate` as a user runs them; run folders stay under --out.
 `--measured RUN_DIR...` (run A's folders, then run B's) skips step 2 and reuses earlier measurements.
+`--probe` runs only the request-path probe instead: one engine, prompts of 1-256 tokens one at a time, the
+client's TTFT beside vLLM's own TTFT and prefill histograms (where the time outside the forward pass goes).
 """
 
 from __future__ import annotations
@@ -218,6 +220,70 @@ def table(points_a, points_b, modeled, calibrated_on) -> tuple[str, list[dict[st
     return "\n".join(lines), records
 
 
+# The request path probe: prompts of these lengths, one request in flight at a time, REQUESTS_PER_PROMPT each, then
+# vLLM's own histograms read back (vllm/v1/metrics/stats.py: TTFT from the API server's arrival, queue and
+# prefill time from the engine core's timestamps) beside the client's TTFT.
+PROBE_PROMPTS, PROBE_REQUESTS = (1, 64, 128, 256), 15
+PROBE_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds",
+                    "vllm:request_prefill_time_seconds")
+
+
+def probe_request_path(out: Path, base: dict[str, Any]) -> str:
+    """Where a request's TTFT goes at no load: the client's TTFT (HTTP included), the API server's (from its
+    arrival there to the first token's output processing) and the engine core's prefill (scheduled to first token),
+    per prompt length; a markdown table."""
+    import random
+
+    import httpx
+
+    from llmsim.config import parse_scenario
+    from llmsim.serving.engine import SERVED_MODEL_NAME, ServerProcess, free_port, vllm_command, write_checkpoint
+    from llmsim.serving.replay import parse_prometheus
+    from llmsim_plugins.vllm import VllmSettings, engine_args
+    from llmsim.runner import plan_cases
+    from llmsim.registry import BackendRegistry
+    from llmsim.plugins import get_plugin_manager
+
+    scenario = parse_scenario({**base, "backends": {"vllm": base["backends"].get("vllm", {})}}, "probe.yaml")
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    item = plan_cases(scenario, registry, "probe.yaml")[0]
+    case, settings = item.case, VllmSettings(**base["backends"].get("vllm", {}))
+    args = engine_args(case, settings)
+    model_dir = write_checkpoint(out / "probe" / "model", case.workload.model, case.workload.dtype,
+                                 case.sharing.tie_embeddings)
+    port, rng = free_port(), random.Random(0)
+    lines = ["| prompt tokens | client TTFT p50 / mean (ms) | API server TTFT mean | engine-core queue + prefill mean |",
+             "|---|---|---|---|"]
+    with ServerProcess(vllm_command(sys.executable, model_dir, port, args), port, out / "probe" / "server.log",
+                       env=args.env(), startup_timeout_s=settings.startup_timeout_s) as server, \
+            httpx.Client(timeout=settings.request_timeout_s) as client:
+        def sums() -> dict[str, float]:
+            values = parse_prometheus(client.get(server.base_url + "/metrics").text)
+            return {f"{h}_{k}": values.get(f"{h}_{k}", 0.0) for h in PROBE_HISTOGRAMS for k in ("sum", "count")}
+
+        for prompt in PROBE_PROMPTS:
+            before, ttfts = sums(), []
+            for _ in range(PROBE_REQUESTS):
+                body = {"model": SERVED_MODEL_NAME, "prompt": [rng.randrange(2, case.workload.model.vocab)
+                                                              for _ in range(prompt)],
+                        "max_tokens": 2, "min_tokens": 2, "ignore_eos": True, "stream": True}
+                sent, first = time.perf_counter(), None
+                with client.stream("POST", server.base_url + "/v1/completions", json=body) as answer:
+                    for line in answer.iter_lines():
+                        if first is None and line.startswith("data:") and "[DONE]" not in line:
+                            first = time.perf_counter() - sent
+                ttfts.append(first or float("nan"))
+            after = sums()
+            mean = {h: (after[f"{h}_sum"] - before[f"{h}_sum"]) / max(after[f"{h}_count"] - before[f"{h}_count"], 1)
+                    for h in PROBE_HISTOGRAMS}
+            ttfts.sort()
+            lines.append(f"| {prompt} | {ttfts[len(ttfts) // 2] * 1e3:.1f} / {sum(ttfts) / len(ttfts) * 1e3:.1f} | "
+                         f"{mean[PROBE_HISTOGRAMS[0]] * 1e3:.1f} | "
+                         f"{(mean[PROBE_HISTOGRAMS[1]] + mean[PROBE_HISTOGRAMS[2]]) * 1e3:.1f} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "serve-vllm-cpu")
@@ -230,6 +296,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, choices=(1, 2), default=2,
                         help="measure every point once (A) or twice (A and B: the run-to-run spread)")
     parser.add_argument("--calibrate-on", nargs="+", default=list(DEFAULT_CALIBRATE_ON), metavar="INxOUT@RATE")
+    parser.add_argument("--probe", action="store_true",
+                        help="only the request-path probe: TTFT at no load, client against vLLM's own histograms")
     parser.add_argument("--measured", nargs="+", type=Path, default=None, metavar="RUN_DIR",
                         help="earlier vllm run folders (A's, then B's): skip step 2")
     args = parser.parse_args()
@@ -241,6 +309,9 @@ def main() -> None:
     policy = {os.SCHED_OTHER: "normal", os.SCHED_FIFO: "FIFO", os.SCHED_RR: "round-robin"}.get(
         os.sched_getscheduler(0), "other")
     print(f"scheduling {policy}, niceness {os.nice(0)}; load average {load()}", flush=True)
+    if args.probe:
+        (args.out / "probe.md").write_text(probe_request_path(args.out, base) + "\n")
+        return
 
     step_catalog = args.step_catalog or step_calibrate(args.out, base)
     if args.measured:
