@@ -417,18 +417,21 @@ def test_a_real_vllm_engine_serves_the_requests(tmp_path: Path) -> None:
     import yaml
 
     path = tmp_path / "s.yaml"
-    data = serving_scenario(requests=20, arrival={"kind": "poisson", "rate": [4]},
+    data = serving_scenario(requests=20, arrival={"kind": "poisson", "rate": [4, 8]},
                             lengths={"input": 64, "output": 8})
     data["backends"] = {"vllm": {"memory_gib": 1}}
     path.write_text(yaml.safe_dump(data))
     scenario = load_scenario(path)
     registry = BackendRegistry.from_manager(get_plugin_manager())
     outcome = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path)), tmp_path / "out")
-    row = json.loads((outcome.run_dir / "results.jsonl").read_text().splitlines()[0])
-    assert row["status"] == "ok", row["error"]
-    assert row["requests_done"] == 20, row.get("first_error")
-    assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"]
-    assert row["kv_peak_utilization"] is not None and row["preemptions"] == 0
+    rows = [json.loads(line) for line in (outcome.run_dir / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert row["requests_done"] == 20, row.get("first_error")
+        assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"]
+        assert row["kv_peak_utilization"] is not None and row["preemptions"] == 0
+    # one engine for both rates, gone when the run returned
+    assert [r["engine_reused"] for r in rows] == [False, True] and rows[1]["engine_start_s"] == 0
 
 
 def test_a_port_taken_between_free_port_and_the_server_s_bind_is_replaced_by_another(tmp_path: Path) -> None:
