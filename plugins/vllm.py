@@ -132,7 +132,12 @@ class _Engine:
         self.servers = contextlib.ExitStack()
         self.urls: list[str] = []
         self.logs: list[Path] = []
+        self.processes: list[ServerProcess] = []
         self.start_s = 0.0
+
+    def alive(self) -> bool:
+        """Whether every server is still running (one that died between cases is not reused: all start again)."""
+        return all(s.process is not None and s.process.poll() is None for s in self.processes)
 
     def stop(self) -> None:
         """Stop every server (ServerProcess.stop: SIGTERM, SIGKILL, the process group) and remove the checkpoint."""
@@ -173,7 +178,7 @@ class VllmBackend(Backend):
                     logs: Path) -> tuple[_Engine, bool]:
         """The running servers for `key`, started if the held ones serve another key (those are stopped first);
         whether they were reused."""
-        if self._engine is not None and self._engine.key == key:
+        if self._engine is not None and self._engine.key == key and self._engine.alive():
             return self._engine, True
         self.close()
         serving = case.serving
@@ -197,6 +202,7 @@ class VllmBackend(Backend):
                     command_for=lambda p: self.command(model_dir, p, args),  # its port was taken: another
                     exclude=tuple(ports)))
                 engine.urls.append(server.base_url)  # the port it started on
+                engine.processes.append(server)
             engine.start_s = time.perf_counter() - started
         except BaseException:
             engine.stop()

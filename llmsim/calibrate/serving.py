@@ -7,7 +7,8 @@ attention at `attention` x peak or its K/V reads, the rest at the bandwidth, plu
 (`kernel_latency_s` x the kernels of a layer, embedding and head; `op_overhead_s` x the traced operators). A
 prompt pass is mostly GEMM time (TTFT sees `matmul`), a decode step mostly weight and cache reads plus the
 fixed cost (TPOT sees the bandwidth and `kernel_latency_s`), and the attention at its own efficiency in both.
-So theta = (matmul efficiency, attention efficiency, effective memory bandwidth, kernel latency). `op_overhead_s` is set to 0 and its share folded into `kernel_latency_s`: both are
+So theta = (matmul efficiency, attention efficiency, effective memory bandwidth, kernel latency).
+`op_overhead_s` is set to 0 and its share folded into `kernel_latency_s`: both are
 a fixed cost per pass, nearly collinear across iterations (their ratio is the operators per kernel), and one
 of them is what a serving row can determine. The attention efficiency is fitted too: the base entry's value
 belongs to another engine (cpu-host-calibrated: llmsim's eager PyTorch attention, from step runs that do not
@@ -295,7 +296,8 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
 
     name = serving_entry_name(device)
     defaults = base.efficiency or Efficiency()
-    start = [defaults.matmul, defaults.attention, base.memory_bw_bytes_per_s * defaults.memory or MEMORY_BW_BOUNDS[0] * 100,
+    start = [defaults.matmul, defaults.attention,
+             base.memory_bw_bytes_per_s * defaults.memory or MEMORY_BW_BOUNDS[0] * 100,
              defaults.kernel_latency_s or INITIAL_KERNEL_LATENCY_S]
     try:
         replays = [_Replay(o, cluster_of(_candidate(base, name, start), o), options) for o in observations]

@@ -341,6 +341,26 @@ def test_the_rates_of_a_case_share_one_engine_that_stops_at_the_run_s_end(
     assert wait_gone(_pids(FakeVllm.pid_file)) == []     # the last server, gone when the run returned
 
 
+class FakeDying(FakeVllm):
+    """The fake whose kept server dies between cases (killed before the next case runs)."""
+
+    def run(self, case, settings):  # noqa: ANN001, ANN201
+        if self._engine is not None:
+            process = self._engine.processes[0].process
+            assert process is not None
+            process.kill()
+            process.wait()
+        return super().run(case, settings)
+
+
+def test_a_kept_engine_that_died_is_started_again_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeDying.pid_file = tmp_path / "pids"
+    rows, _ = _run(tmp_path, FakeDying, monkeypatch, ["vllm"], arrival={"kind": "poisson", "rate": [40, 80]})
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["requests_done"] == 12 for r in rows)
+    assert [r["engine_reused"] for r in rows] == [False, False]
+    assert wait_gone(_pids(FakeDying.pid_file)) == []
+
+
 class FakeReplicas(FakeVllm):
     """The fake server per replica, each recording its pids in a file of its own (pid_file.<port>)."""
 
