@@ -89,8 +89,13 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     # 10%: the three parameters trade off against each other inside the medians' discreteness (a median of
     # tens of simulated requests moves in steps of one iteration); the stock entry is 42-60% off every median,
     # so a fit that did not move fails here.
+    # With the attention efficiency fitted as well (4 parameters), the bandwidth is 11% off here (2.22 TB/s):
+    # decode attention's K/V reads and the weight reads share it, and the attention itself is barely seen by these
+    # rows (a 2,048-token prompt's attention is ~6% of its FLOPs at hidden 4096): it ends at 0.13 from a start at
+    # the truth, 0.337, without moving any median by more than 3% (next test). 15% on the bandwidth still fails a
+    # fit that did not move. test_the_attention_efficiency_is_fitted_not_kept_from_the_base has rows that see it.
     assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.10)
-    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.10)
+    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.15)
     assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.10)
     assert entry.efficiency.memory == 1.0 and entry.efficiency.op_overhead_s == 0.0
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
