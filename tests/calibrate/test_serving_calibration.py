@@ -91,7 +91,7 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     # so a fit that did not move fails here.
     # With the attention efficiency fitted as well (4 parameters), the bandwidth is 11% off here (2.22 TB/s):
     # decode attention's K/V reads and the weight reads share it, and the attention itself is barely seen by these
-    # rows (a 2,048-token prompt's attention is ~6% of its FLOPs at hidden 4096): it ends at 0.13 from a start at
+    # rows (a 2,048-token prompt's attention is ~5% of its FLOPs at hidden 4096): it ends at 0.13 from a start at
     # the truth, 0.337, without moving any median by more than 3% (next test). 15% on the bandwidth still fails a
     # fit that did not move. test_the_attention_efficiency_is_fitted_not_kept_from_the_base has rows that see it.
     assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.10)
