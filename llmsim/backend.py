@@ -96,6 +96,8 @@ class Backend(ABC):
          an instance may cache what its cases share (a profile, a one-device time).
       8. `run(case, settings)` once per case -> a Result, status ok / skipped / does-not-fit; anything it
          raises becomes a `failed` row and the run goes on (KeyboardInterrupt stops the run, rows kept).
+      9. `close()` once when the run's cases are done, by whatever way the run ends (its last case, Ctrl-C):
+         an instance that kept something running between cases (a serving engine) stops it there.
     """
 
     name: ClassVar[str]
@@ -172,6 +174,9 @@ class Backend(ABC):
         Returns None, or (key inside this backend's settings, message naming what is allowed).
         """
         return None
+
+    def close(self) -> None:
+        """Release what the instance kept across cases (step 9); default nothing. Must be safe to call twice."""
 
     @abstractmethod
     def run(self, case: Case, settings: Any) -> Result:

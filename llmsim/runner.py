@@ -338,6 +338,9 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
                 interrupt.check()
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        for backend in instances.values():   # what a backend kept across cases (a serving engine): Backend.close
+            backend.close()
     store.reorder([(item.case.name, item.backend.name) for item in planned])
     return RunOutcome(run_dir, len(store.rows), interrupted)
 

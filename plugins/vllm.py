@@ -61,6 +61,9 @@ class VllmSettings(BaseModel):
                               "(--kv-cache-memory-bytes); weights sit beside it")
     enforce_eager: bool = Field(True, description="run the model eagerly (vLLM --enforce-eager): no torch.compile "
                                                   "or graph capture at start-up, which takes minutes on a CPU")
+    reuse_engine: bool = Field(True, description="keep the engine running for the run's next case when that case "
+                               "needs the same servers (same model, dtype, vLLM flags and replicas: the rates of "
+                               "one case), instead of stopping it and starting another (minutes on a CPU)")
     startup_timeout_s: float = Field(900.0, gt=0, description="seconds the server may take to become healthy")
     request_timeout_s: float = Field(600.0, gt=0, description="seconds one request may take (connect to last token)")
     run_timeout_s: float | None = Field(None, gt=0, description="seconds the whole replay may take; requests still "
@@ -120,6 +123,30 @@ def unsupported(case: Case) -> str | None:
     return checkpoint_problem(case.workload.model)
 
 
+class _Engine:
+    """Servers of one engine configuration (`key`), kept across cases: their checkpoint folder, URLs and logs."""
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+        self.tmp = tempfile.TemporaryDirectory(prefix="llmsim-vllm-")
+        self.servers = contextlib.ExitStack()
+        self.urls: list[str] = []
+        self.logs: list[Path] = []
+        self.processes: list[ServerProcess] = []
+        self.start_s = 0.0
+
+    def alive(self) -> bool:
+        """Whether every server is still running (one that died between cases is not reused: all start again)."""
+        return all(s.process is not None and s.process.poll() is None for s in self.processes)
+
+    def stop(self) -> None:
+        """Stop every server (ServerProcess.stop: SIGTERM, SIGKILL, the process group) and remove the checkpoint."""
+        try:
+            self.servers.close()
+        finally:
+            self.tmp.cleanup()
+
+
 class VllmBackend(Backend):
     name = "vllm"
     kind = "measured"
@@ -137,6 +164,52 @@ class VllmBackend(Backend):
         """The server's argv (a test overrides it with a fake OpenAI-compatible server)."""
         return vllm_command(self.python, model_dir, port, args)
 
+    def __init__(self, context: Any = None) -> None:
+        super().__init__(context)
+        self._engine: _Engine | None = None   # the servers kept for the run's next case (reuse_engine)
+
+    def close(self) -> None:
+        """Stop the servers kept for reuse (the runner calls it when the run's cases are done, on every way out)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.stop()
+
+    def _engine_for(self, key: tuple[Any, ...], case: Case, args: EngineArgs, settings: VllmSettings,
+                    logs: Path) -> tuple[_Engine, bool]:
+        """The running servers for `key`, started if the held ones serve another key (those are stopped first);
+        whether they were reused."""
+        if self._engine is not None and self._engine.key == key and self._engine.alive():
+            return self._engine, True
+        self.close()
+        serving = case.serving
+        assert serving is not None
+        engine = _Engine(key)
+        try:
+            model_dir = write_checkpoint(Path(engine.tmp.name) / "model", case.workload.model, case.workload.dtype,
+                                         case.sharing.tie_embeddings)
+            stem = Path(requests_file_name(case.name, self.name)).stem
+            replicas = serving.spec.replicas
+            ports: list[int] = []
+            for i in range(replicas):   # one server per replica, each its own port, log and process group
+                ports.append(free_port(exclude=ports))
+                engine.logs.append(logs / (f"{stem}.log" if replicas == 1 else f"{stem}.replica{i}.log"))
+            started = time.perf_counter()
+            # every server started is stopped on every way out (the ExitStack unwinds the ones entered so far)
+            for port, path in zip(ports, engine.logs):
+                server = engine.servers.enter_context(ServerProcess(
+                    self.command(model_dir, port, args), port, path, env=args.env(),
+                    startup_timeout_s=settings.startup_timeout_s,
+                    command_for=lambda p: self.command(model_dir, p, args),  # its port was taken: another
+                    exclude=tuple(ports)))
+                engine.urls.append(server.base_url)  # the port it started on
+                engine.processes.append(server)
+            engine.start_s = time.perf_counter() - started
+        except BaseException:
+            engine.stop()
+            raise
+        self._engine = engine
+        return engine, False
+
     def run(self, case: Case, settings: VllmSettings) -> Result:
         replicas = case.serving.spec.replicas if case.serving is not None else 1
         base: dict[str, Any] = dict(hardware="cpu-host", nodes=1, n_devices=replicas, dp=replicas, mode="serve")
@@ -152,35 +225,25 @@ class VllmBackend(Backend):
         requests = build_requests(serving)
         run_dir = self.context.run_dir
         logs = Path(run_dir) / "engine" if run_dir is not None else Path(tempfile.gettempdir())
-        with tempfile.TemporaryDirectory(prefix="llmsim-vllm-") as tmp:
-            model_dir = write_checkpoint(Path(tmp) / "model", model, case.workload.dtype, case.sharing.tie_embeddings)
-            stem = Path(requests_file_name(case.name, self.name)).stem
-            ports, logs_of = [], []
-            for i in range(spec.replicas):   # one server per replica, each its own port, log and process group
-                ports.append(free_port(exclude=ports))
-                logs_of.append(logs / (f"{stem}.log" if spec.replicas == 1 else f"{stem}.replica{i}.log"))
-            log = logs_of[0]
-            started = time.perf_counter()
-            try:
-                # every server started is stopped on every way out (ExitStack unwinds the ones entered so far)
-                with contextlib.ExitStack() as servers:
-                    urls = []
-                    for port, path in zip(ports, logs_of):
-                        server = servers.enter_context(ServerProcess(
-                            self.command(model_dir, port, args), port, path, env=args.env(),
-                            startup_timeout_s=settings.startup_timeout_s,
-                            command_for=lambda p: self.command(model_dir, p, args),  # its port was taken: another
-                            exclude=tuple(ports)))
-                        urls.append(server.base_url)  # the port it started on
-                    start_s = time.perf_counter() - started
-                    replay = Replay(urls, SERVED_MODEL_NAME,
-                                    lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
-                                    request_timeout_s=settings.request_timeout_s,
-                                    run_timeout_s=settings.run_timeout_s,
-                                    metrics_interval_s=settings.metrics_interval_s, router=spec.router)
-                    answers, metrics, wall = replay.run(requests)
-            except EngineError as exc:
-                return case.result(self, status="failed", error=f"vLLM server: {exc}", **base)
+        # what the servers are: cases that differ only in their requests (the rates of one case) share them
+        key = (model, case.workload.dtype, case.sharing.tie_embeddings, args, spec.replicas, self.python)
+        try:
+            engine, reused = self._engine_for(key, case, args, settings, logs)
+            replay = Replay(engine.urls, SERVED_MODEL_NAME,
+                            lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
+                            request_timeout_s=settings.request_timeout_s, run_timeout_s=settings.run_timeout_s,
+                            metrics_interval_s=settings.metrics_interval_s, router=spec.router)
+            answers, metrics, wall = replay.run(requests)
+        except EngineError as exc:
+            self.close()
+            return case.result(self, status="failed", error=f"vLLM server: {exc}", **base)
+        except BaseException:
+            self.close()
+            raise
+        if not settings.reuse_engine:
+            self.close()
+        start_s, logs_of = (0.0 if reused else engine.start_s), engine.logs
+        log = logs_of[0]
         outcome = outcome_of(answers, metrics, wall)
         row = summarize(outcome, serving.rate, spec.slo)
         extra = {**row.pop("extra"), **{k: None for k in SIMULATION_ONLY}}
@@ -190,7 +253,8 @@ class VllmBackend(Backend):
                      rejected_error=sum(r.reason == "error" for r in outcome.rejected),
                      first_error=next((a.detail for a in answers if a.error), None),
                      scheduler=spec.scheduler.kind, router=spec.router, replicas=spec.replicas,
-                     engine_start_s=round(start_s, 3), replay_wall_s=round(wall, 3), vllm=vllm_version(),
+                     engine_start_s=round(start_s, 3), engine_reused=reused, replay_wall_s=round(wall, 3),
+                     vllm=vllm_version(),
                      kv_cache_bytes=args.kv_cache_bytes, enforce_eager=args.enforce_eager,
                      metrics_samples=metrics.samples, clock="perf_counter at the client",
                      engine_log=str(log.relative_to(run_dir)) if run_dir is not None else str(log),

@@ -20,9 +20,9 @@ def format_table(result: Calibration) -> str:
                      f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
     eff = result.entry["efficiency"]
     if result.kind == "serving":
-        lines.append(f"fitted to the serving rows: matmul {eff['matmul']:.3f}, memory bandwidth "
-                     f"{result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, {eff['kernel_latency_s'] * 1e6:.2f} us "
-                     f"per kernel (attention {eff['attention']:.3f} kept); median |error| {result.median_abs_error:.1%}")
+        lines.append(f"fitted to the serving rows: matmul {eff['matmul']:.3f}, attention {eff['attention']:.4g}, "
+                     f"memory bandwidth {result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, "
+                     f"{eff['kernel_latency_s'] * 1e6:.2f} us per kernel; median |error| {result.median_abs_error:.1%}")
     else:
         bounded = " (within the probes)" if "probes" in eff["source"] else ""
         lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory "

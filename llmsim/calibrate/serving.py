@@ -6,11 +6,18 @@ GEMMs at `sustained peak x matmul` FLOP/s or its bytes at the memory bandwidth (
 attention at `attention` x peak or its K/V reads, the rest at the bandwidth, plus a fixed cost per pass
 (`kernel_latency_s` x the kernels of a layer, embedding and head; `op_overhead_s` x the traced operators). A
 prompt pass is mostly GEMM time (TTFT sees `matmul`), a decode step mostly weight and cache reads plus the
-fixed cost (TPOT sees the bandwidth and `kernel_latency_s`). So theta = (matmul efficiency, effective memory
-bandwidth, kernel latency). `op_overhead_s` is set to 0 and its share folded into `kernel_latency_s`: both are
+fixed cost (TPOT sees the bandwidth and `kernel_latency_s`), and the attention at its own efficiency in both.
+So theta = (matmul efficiency, attention efficiency, effective memory bandwidth, kernel latency).
+`op_overhead_s` is set to 0 and its share folded into `kernel_latency_s`: both are
 a fixed cost per pass, nearly collinear across iterations (their ratio is the operators per kernel), and one
-of them is what a serving row can determine. The attention efficiency keeps the base entry's value: at the
-lengths a serving benchmark runs it is a small share that TTFT/TPOT medians cannot separate from `matmul`.
+of them is what a serving row can determine. The attention efficiency is fitted too: the base entry's value
+belongs to another engine (cpu-host-calibrated: llmsim's eager PyTorch attention, from step runs that do not
+determine it: a fit of 3 cases for 4 parameters gave 0.0011) and a serving engine runs its own attention kernel
+(vLLM's CPU backend: the fused paged attention of vllm/v1/attention/backends/cpu_attn.py). Kept, that 0.0011
+priced a 128-token prompt of the 4-layer test model at ~0.2 s of attention against 25 ms measured whole, and no
+value of the other three parameters could make up for it. It starts at the base's value; rows at two or more
+prompt lengths separate it from `matmul` (attention FLOPs grow with the square of the prompt, the GEMMs'
+linearly) and decode rows from the bandwidth (K/V reads against FLOPs).
 The memory efficiency is folded into the bandwidth (1.0), as the step calibration does.
 
 How. For a candidate theta every measured (case, rate) is re-simulated (llmsim.serving.simulate_serving) on
@@ -54,7 +61,7 @@ KERNEL_LATENCY_BOUNDS = (1e-8, 1e-2)
 # the fit's start when the base entry has none: the order of the GPU entries' value (hardware/catalog.yaml,
 # kernel_latency_s 1.2e-5 on A100/H100)
 INITIAL_KERNEL_LATENCY_S = 1e-5
-SERVING_BOUNDS = (EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, KERNEL_LATENCY_BOUNDS)   # in theta's order
+SERVING_BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, KERNEL_LATENCY_BOUNDS)  # theta's order
 FITTED = ("ttft_p50_s", "tpot_p50_s")      # fitted per row
 CHECKED = ("ttft_p99_s", "tpot_p99_s")     # printed after the fit, not fitted
 MISSING_RESIDUAL = 10.0                    # log error of a median the simulation did not produce (e^10 off)
@@ -213,9 +220,9 @@ class _Replay:
 
 
 def _candidate(base: DeviceSpec, name: str, theta: Sequence[float]) -> DeviceSpec:
-    matmul, bandwidth, latency = theta
+    matmul, attention, bandwidth, latency = theta
     eff = (base.efficiency or Efficiency()).model_copy(update=dict(
-        matmul=matmul, memory=1.0, kernel_latency_s=latency, op_overhead_s=0.0,
+        matmul=matmul, attention=attention, memory=1.0, kernel_latency_s=latency, op_overhead_s=0.0,
         source="fitted by llmsim calibrate to measured serving rows (memory efficiency folded into the bandwidth)"))
     return base.model_copy(update=dict(name=name, memory_bw_bytes_per_s=bandwidth, efficiency=eff))
 
@@ -276,7 +283,7 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
     if numbers <= len(SERVING_BOUNDS):
         raise CalibrationError(f"{count(numbers, 'measured median')} (TTFT and TPOT p50 of "
                                f"{count(len(observations), 'serving row')}) for {len(SERVING_BOUNDS)} fitted "
-                               f"parameters: measure at least two rates or lengths")
+                               f"parameters: measure at least three (rate, length) points")
     intra = catalog.link(base.intra_node or "loopback")
     inter = catalog.link(base.inter_node or "loopback")
 
@@ -289,7 +296,8 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
 
     name = serving_entry_name(device)
     defaults = base.efficiency or Efficiency()
-    start = [defaults.matmul, base.memory_bw_bytes_per_s * defaults.memory or MEMORY_BW_BOUNDS[0] * 100,
+    start = [defaults.matmul, defaults.attention,
+             base.memory_bw_bytes_per_s * defaults.memory or MEMORY_BW_BOUNDS[0] * 100,
              defaults.kernel_latency_s or INITIAL_KERNEL_LATENCY_S]
     try:
         replays = [_Replay(o, cluster_of(_candidate(base, name, start), o), options) for o in observations]
@@ -328,12 +336,13 @@ def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[ServingObser
                  devices_per_node=base.devices_per_node or 1)
     eff = entry["efficiency"]
     eff.pop("matmul_tiles", None)
-    eff.update(matmul=round(theta[0], 4), memory=1.0, kernel_latency_s=float(f"{theta[2]:.3g}"), op_overhead_s=0.0,
+    eff.update(matmul=round(theta[0], 4), attention=float(f"{theta[1]:.4g}"), memory=1.0,
+               kernel_latency_s=float(f"{theta[3]:.3g}"), op_overhead_s=0.0,
                source=f"least squares on log TTFT and TPOT p50 of {count(len(observations), 'measured serving row')} "
-                      f"({numbers} medians) replayed by the serving simulation; attention as {base.name}")
-    entry["memory_bw_bytes_per_s"] = float(f"{theta[1]:.4g}")
+                      f"({numbers} medians) replayed by the serving simulation")
+    entry["memory_bw_bytes_per_s"] = float(f"{theta[2]:.4g}")
     entry["source"] = (f"llmsim calibrate: fitted to serving rows of {', '.join(backends)} in run folders "
-                       f"{', '.join(runs)}; peak FLOP/s, attention efficiency, memory size and power of {base.name} "
+                       f"{', '.join(runs)}; peak FLOP/s, memory size and power of {base.name} "
                        f"({base.source})")
     entry.pop("matmul_tiles", None)
     return entry

@@ -89,8 +89,13 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     # 10%: the three parameters trade off against each other inside the medians' discreteness (a median of
     # tens of simulated requests moves in steps of one iteration); the stock entry is 42-60% off every median,
     # so a fit that did not move fails here.
+    # With the attention efficiency fitted as well (4 parameters), the bandwidth is 11% off here (2.22 TB/s):
+    # decode attention's K/V reads and the weight reads share it, and the attention itself is barely seen by these
+    # rows (a 2,048-token prompt's attention is ~5% of its FLOPs at hidden 4096): it ends at 0.13 from a start at
+    # the truth, 0.337, without moving any median by more than 3% (next test). 15% on the bandwidth still fails a
+    # fit that did not move. test_the_attention_efficiency_is_fitted_not_kept_from_the_base has rows that see it.
     assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.10)
-    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.10)
+    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.15)
     assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.10)
     assert entry.efficiency.memory == 1.0 and entry.efficiency.op_overhead_s == 0.0
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
@@ -107,11 +112,11 @@ def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(runs: list[Path]) 
 
 def test_one_serving_row_is_too_few_medians_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs = _measured_runs(tmp_path, inputs=(64,), rates=[5], requests=6)
-    with pytest.raises(CalibrationError, match="2 measured medians .* for 3 fitted parameters"):
+    with pytest.raises(CalibrationError, match="2 measured medians .* for 4 fitted parameters"):
         calibrate_serving(runs)
     assert main(["calibrate", *map(str, runs)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "measure at least two rates or lengths" in err
+    assert len(err.splitlines()) == 1 and "measure at least three (rate, length) points" in err
 
 
 def test_a_device_without_a_peak_is_one_line_naming_the_step_calibration(runs: list[Path], capsys) -> None:
@@ -130,3 +135,49 @@ def test_a_run_of_modeled_rows_only_is_refused_saying_so(runs: list[Path], tmp_p
     assert main(["calibrate", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "only modeled rows" in err and "roofline" in err
+
+
+# A CPU host serving a small model (the vllm backend's measured scenario, scenarios/serve-vllm-cpu.yaml): the rows'
+# attention runs at 0.02 of the peak, the base entry says 0.0011 (what the step calibration of llmsim's eager
+# PyTorch model gave: underdetermined, 3 cases for 4 parameters). The peak and bandwidth are the order of that
+# step-calibrated entry's (165 GFLOP/s bfloat16, a few GB/s).
+CPU_BASE = {"name": "cpu-like", "type": "device", "peak_flops": {"bfloat16": 1.65e11}, "memory_bytes": 2**30,
+            "memory_bw_bytes_per_s": 4.0e9, "idle_power_w": 1.0, "max_power_w": 5.0, "intra_node": "loopback", "inter_node": "loopback",
+            "devices_per_node": 1, "source": "test", "efficiency": {
+                "matmul": 0.7, "attention": 0.0011, "memory": 1.0, "kernel_latency_s": 1e-5, "op_overhead_s": 0.0,
+                "source": "test"}}
+CPU_TRUE = {"matmul": 0.33, "attention": 0.02, "memory_bw_bytes_per_s": 3.0e9, "kernel_latency_s": 2.0e-5}
+SMALL = {"layers": 4, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn_hidden": 768, "vocab": 1024, "seq_len": 1024,
+         "activation": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False}
+
+
+def test_the_attention_efficiency_is_fitted_not_kept_from_the_base(tmp_path: Path) -> None:
+    """A base whose attention is 18x too slow for the engine: keeping it (the fit before) left every TTFT off
+    whatever the other three parameters; fitted, the medians match and the attention comes back."""
+    base = dict(CPU_BASE, efficiency=dict(CPU_BASE["efficiency"]))
+    true = dict(CPU_BASE, name="cpu-true", memory_bw_bytes_per_s=CPU_TRUE["memory_bw_bytes_per_s"],
+                efficiency=dict(CPU_BASE["efficiency"], **{k: v for k, v in CPU_TRUE.items()
+                                                          if k != "memory_bw_bytes_per_s"}))
+    catalog = tmp_path / "cpu.yaml"
+    catalog.write_text(yaml.safe_dump({"entries": [base, true]}))
+    runs = []
+    for prompt in (128, 768):
+        data: dict[str, Any] = {
+            "name": f"cpu-{prompt}", "workload": {"model": SMALL, "dtype": "bfloat16"},
+            "strategies": [{"name": "tp1"}], "hardware_catalog": [str(catalog)],
+            "serving": {"requests": 20, "arrival": {"kind": "poisson", "rate": [1, 4]},
+                        "lengths": {"input": prompt, "output": 16}},
+            "backends": {"roofline": {"hardware": "cpu-true", "nodes": 1, "devices_per_node": 1}}}
+        manager = get_plugin_manager()
+        registry = BackendRegistry.from_manager(manager)
+        scenario = parse_scenario(data, "serve.yaml")
+        run_dir = run_scenario(scenario, registry, plan_cases(scenario, registry, "serve.yaml", scenario_dir=tmp_path),
+                               tmp_path, manager=manager, scenario_dir=tmp_path).run_dir
+        rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+        assert all(row["status"] == "ok" for row in rows)
+        (run_dir / "results.jsonl").write_text("".join(
+            json.dumps({**r, "backend": "vllm", "kind": "measured", "hardware": "cpu-like"}) + "\n" for r in rows))
+        runs.append(run_dir)
+    result = calibrate_serving(runs, backend="vllm")
+    assert max(abs(c.error) for c in result.cases) < 0.05
+    assert result.entry["efficiency"]["attention"] == pytest.approx(CPU_TRUE["attention"], rel=0.25)

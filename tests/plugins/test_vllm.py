@@ -275,12 +275,15 @@ def test_a_server_deaf_to_sigterm_is_killed(tmp_path: Path) -> None:
 
 # -- the backend, through the runner -------------------------------------------------------------------------------
 
-def _run(tmp_path: Path, backend: type[VllmBackend], monkeypatch: pytest.MonkeyPatch, names: list[str], **serving: Any):
+def _run(tmp_path: Path, backend: type[VllmBackend], monkeypatch: pytest.MonkeyPatch, names: list[str],
+         settings: dict[str, Any] | None = None, **serving: Any):
     import yaml
 
     monkeypatch.setattr(VllmBackend, "availability", classmethod(lambda cls: None))
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(serving_scenario(**serving)))
+    data = serving_scenario(**serving)
+    data["backends"]["vllm"].update(settings or {})
+    path.write_text(yaml.safe_dump(data))
     scenario = load_scenario(path)
     registry = BackendRegistry.from_manager(get_plugin_manager())
     registry.backends["vllm"] = backend
@@ -319,6 +322,43 @@ def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(
 
     assert table(measured) == table(modeled) and len(table(measured)) == 12
     assert wait_gone(_pids(FakeVllm.pid_file)) == []
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_rates_of_a_case_share_one_engine_that_stops_at_the_run_s_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reuse: bool) -> None:
+    FakeVllm.pid_file = tmp_path / "pids"
+    rows, run_dir = _run(tmp_path, FakeVllm, monkeypatch, ["vllm"], arrival={"kind": "poisson", "rate": [40, 80]},
+                         settings={"reuse_engine": reuse})
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
+    assert [r["request_rate"] for r in rows] == [40, 80] and all(r["requests_done"] == 12 for r in rows)
+    assert [r["engine_reused"] for r in rows] == [False, reuse]
+    assert (rows[1]["engine_start_s"] == 0) == reuse
+    # the logs: one server for both rates, or one per rate
+    assert len({r["engine_log"] for r in rows}) == (1 if reuse else 2)
+    # a reused server's preemption counter goes on counting: each row holds its own rise (the fake: 12 // 4)
+    assert [r["preemptions"] for r in rows] == [3, 3]
+    assert wait_gone(_pids(FakeVllm.pid_file)) == []     # the last server, gone when the run returned
+
+
+class FakeDying(FakeVllm):
+    """The fake whose kept server dies between cases (killed before the next case runs)."""
+
+    def run(self, case, settings):  # noqa: ANN001, ANN201
+        if self._engine is not None:
+            process = self._engine.processes[0].process
+            assert process is not None
+            process.kill()
+            process.wait()
+        return super().run(case, settings)
+
+
+def test_a_kept_engine_that_died_is_started_again_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeDying.pid_file = tmp_path / "pids"
+    rows, _ = _run(tmp_path, FakeDying, monkeypatch, ["vllm"], arrival={"kind": "poisson", "rate": [40, 80]})
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["requests_done"] == 12 for r in rows)
+    assert [r["engine_reused"] for r in rows] == [False, False]
+    assert wait_gone(_pids(FakeDying.pid_file)) == []
 
 
 class FakeReplicas(FakeVllm):
@@ -397,18 +437,21 @@ def test_a_real_vllm_engine_serves_the_requests(tmp_path: Path) -> None:
     import yaml
 
     path = tmp_path / "s.yaml"
-    data = serving_scenario(requests=20, arrival={"kind": "poisson", "rate": [4]},
+    data = serving_scenario(requests=20, arrival={"kind": "poisson", "rate": [4, 8]},
                             lengths={"input": 64, "output": 8})
     data["backends"] = {"vllm": {"memory_gib": 1}}
     path.write_text(yaml.safe_dump(data))
     scenario = load_scenario(path)
     registry = BackendRegistry.from_manager(get_plugin_manager())
     outcome = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path)), tmp_path / "out")
-    row = json.loads((outcome.run_dir / "results.jsonl").read_text().splitlines()[0])
-    assert row["status"] == "ok", row["error"]
-    assert row["requests_done"] == 20, row.get("first_error")
-    assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"]
-    assert row["kv_peak_utilization"] is not None and row["preemptions"] == 0
+    rows = [json.loads(line) for line in (outcome.run_dir / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert row["requests_done"] == 20, row.get("first_error")
+        assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"]
+        assert row["kv_peak_utilization"] is not None and row["preemptions"] == 0
+    # one engine for both rates, gone when the run returned
+    assert [r["engine_reused"] for r in rows] == [False, True] and rows[1]["engine_start_s"] == 0
 
 
 def test_a_port_taken_between_free_port_and_the_server_s_bind_is_replaced_by_another(tmp_path: Path) -> None:
