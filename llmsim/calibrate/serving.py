@@ -215,7 +215,7 @@ class _Replay:
 def _candidate(base: DeviceSpec, name: str, theta: Sequence[float]) -> DeviceSpec:
     matmul, bandwidth, latency = theta
     eff = (base.efficiency or Efficiency()).model_copy(update=dict(
-        matmul=matmul, memory=1.0, kernel_latency_s=latency, op_overhead_s=0.0,
+        matmul=matmul, memory=1.0, kernel_latency_s=latency, kernel_latency_cycles=0.0, op_overhead_s=0.0,
         source="fitted by llmsim calibrate to measured serving rows (memory efficiency folded into the bandwidth)"))
     return base.model_copy(update=dict(name=name, memory_bw_bytes_per_s=bandwidth, efficiency=eff))
 
@@ -328,7 +328,9 @@ def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[ServingObser
                  devices_per_node=base.devices_per_node or 1)
     eff = entry["efficiency"]
     eff.pop("matmul_tiles", None)
-    eff.update(matmul=round(theta[0], 4), memory=1.0, kernel_latency_s=float(f"{theta[2]:.3g}"), op_overhead_s=0.0,
+    # the fitted seconds replace the base's cycle count (kernel_latency_cycles would turn a fitted 0 back into it)
+    eff.update(matmul=round(theta[0], 4), memory=1.0, kernel_latency_s=float(f"{theta[2]:.3g}"),
+               kernel_latency_cycles=0.0, op_overhead_s=0.0,
                source=f"least squares on log TTFT and TPOT p50 of {count(len(observations), 'measured serving row')} "
                       f"({numbers} medians) replayed by the serving simulation; attention as {base.name}")
     entry["memory_bw_bytes_per_s"] = float(f"{theta[1]:.4g}")
