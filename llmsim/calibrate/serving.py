@@ -59,7 +59,7 @@ from llmsim.wording import count
 # eager host dispatching operators one by one (10 ms)
 KERNEL_LATENCY_BOUNDS = (1e-8, 1e-2)
 # the fit's start when the base entry has none: the order of the GPU entries' value (hardware/catalog.yaml,
-# kernel_latency_s 1.2e-5 on A100/H100)
+# 18,300 SM cycles: 13.0 us on A100, 10.0 us on H100/H200)
 INITIAL_KERNEL_LATENCY_S = 1e-5
 SERVING_BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, KERNEL_LATENCY_BOUNDS)  # theta's order
 FITTED = ("ttft_p50_s", "tpot_p50_s")      # fitted per row
@@ -222,7 +222,8 @@ class _Replay:
 def _candidate(base: DeviceSpec, name: str, theta: Sequence[float]) -> DeviceSpec:
     matmul, attention, bandwidth, latency = theta
     eff = (base.efficiency or Efficiency()).model_copy(update=dict(
-        matmul=matmul, attention=attention, memory=1.0, kernel_latency_s=latency, op_overhead_s=0.0,
+        matmul=matmul, attention=attention, memory=1.0, kernel_latency_s=latency, kernel_latency_cycles=0.0,
+        op_overhead_s=0.0,
         source="fitted by llmsim calibrate to measured serving rows (memory efficiency folded into the bandwidth)"))
     return base.model_copy(update=dict(name=name, memory_bw_bytes_per_s=bandwidth, efficiency=eff))
 
@@ -336,8 +337,9 @@ def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[ServingObser
                  devices_per_node=base.devices_per_node or 1)
     eff = entry["efficiency"]
     eff.pop("matmul_tiles", None)
+    # the fitted seconds replace the base's cycle count (kernel_latency_cycles would turn a fitted 0 back into it)
     eff.update(matmul=round(theta[0], 4), attention=float(f"{theta[1]:.4g}"), memory=1.0,
-               kernel_latency_s=float(f"{theta[3]:.3g}"), op_overhead_s=0.0,
+               kernel_latency_s=float(f"{theta[3]:.3g}"), kernel_latency_cycles=0.0, op_overhead_s=0.0,
                source=f"least squares on log TTFT and TPOT p50 of {count(len(observations), 'measured serving row')} "
                       f"({numbers} medians) replayed by the serving simulation")
     entry["memory_bw_bytes_per_s"] = float(f"{theta[2]:.4g}")

@@ -99,7 +99,9 @@ class Efficiency(BaseModel):
     kernel of a pass takes beyond its roofline (launch, ramp-up and drain of a kernel that waits for the
     previous one), counted over a fused engine's kernels per layer (compute.KERNELS_PER_LAYER_*); it is
     what decode of a small model at small batch mostly consists of. 0 by default (TPU: one compiled XLA
-    program per step; CPU: op_overhead_s instead).
+    program per step; CPU: op_overhead_s instead). `kernel_latency_cycles` states that time in SM clock cycles,
+    the unit of the latencies a small kernel is bound by (`kernel_latency_seconds`); the catalog loader turns
+    it into `kernel_latency_s` with the device's `sm_clock_hz`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,7 +124,11 @@ class Efficiency(BaseModel):
     sustained: float = Field(1.0, gt=0, le=1, description="share of the burst FLOP rate held under sustained load")
     op_overhead_s: float = Field(0.0, ge=0, description="serial host cost per operator launch (eager CPU)")
     kernel_latency_s: float = Field(0.0, ge=0, description="fixed time of each kernel of a pass on an "
-                                    "accelerator, beyond its bytes and FLOPs (compute.KERNELS_PER_LAYER_*)")
+                                    "accelerator, beyond its bytes and FLOPs (compute.KERNELS_PER_LAYER_*); "
+                                    "where 0 and `kernel_latency_cycles` is set, the device's SM clock gives it")
+    kernel_latency_cycles: float = Field(0.0, ge=0, description="the same fixed time counted in SM clock cycles "
+                                         "(kernel_latency_s = cycles / the device's sm_clock_hz, "
+                                         "kernel_latency_seconds); an explicit kernel_latency_s takes precedence")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")
@@ -178,3 +184,17 @@ def gemm_efficiency(m: int, n: int, compute_units: int | None,
     if not compute_units or short <= 0 or short >= min(min(tile) for tile in tiles):
         return wave
     return max(wave, short / (MMA_ROWS * math.ceil(short / MMA_ROWS)))
+
+
+# A kernel too small to be bound by bandwidth or FLOPs is bound by latencies: the launch of its thread blocks,
+# the chain of dependent instructions and barriers each block runs (a row reduction, a serial loop over the
+# context), the drain before the next kernel in the stream may start. On-chip latencies are fixed numbers of SM
+# clock cycles (instruction, shared-memory and barrier latencies are published in cycles: Jia et al. 2018,
+# "Dissecting the NVIDIA Volta GPU Architecture via Microbenchmarking", and its Turing/Ampere/Hopper
+# successors), so the time such a kernel takes beyond its roofline scales with 1 / the SM clock.
+def kernel_latency_seconds(cycles: float, sm_clock_hz: float) -> float:
+    """Seconds of a kernel's fixed time: `cycles` SM clock cycles at `sm_clock_hz` (the datasheet boost clock,
+    Hz). 19,100 cycles are 13.5 us on an A100 SXM (1,410 MHz) and 9.6 us on an H100/H200 SXM (1,980 MHz)."""
+    if cycles < 0 or sm_clock_hz <= 0:
+        raise ValueError(f"cycles must be >= 0 and the clock > 0 (got {cycles:g} cycles at {sm_clock_hz:g} Hz)")
+    return cycles / sm_clock_hz

@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
-from llmsim.costmodel.efficiency import Efficiency
+from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.errors import ScenarioError, format_key_path
 
@@ -57,6 +57,17 @@ class TorusSpec(BaseModel):
                            max_dim=self.max_side, max_chips=self.max_chips)
 
 
+def _number(value: object) -> float | None:
+    """A YAML scalar as a float (PyYAML reads 1.41e9 as a string), None for anything else (booleans too)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 class DeviceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -75,6 +86,8 @@ class DeviceSpec(BaseModel):
                                 "(costmodel.power) and a busy device draws the limit; None = max_power_w")
     power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
     compute_units: int | None = Field(None, ge=1, description="SMs (GPU): matmul wave quantization; None = not modeled")
+    sm_clock_hz: float | None = Field(None, gt=0, description="boost SM clock from the datasheet, Hz: turns "
+                                                             "efficiency.kernel_latency_cycles into seconds")
     devices_per_node: int | None = Field(None, ge=1, description="devices in one node (host) by default")
     intra_node: str | None = Field(None, description="default link between devices of one node")
     inter_node: str | None = Field(None, description="default link between nodes")
@@ -97,6 +110,36 @@ class DeviceSpec(BaseModel):
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
     source: Source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kernel_latency_from_cycles(cls, data: object) -> object:
+        """efficiency.kernel_latency_cycles -> kernel_latency_s at this device's SM clock (an explicit
+        kernel_latency_s wins: a calibrated entry states seconds)."""
+        if not isinstance(data, dict) or data.get("efficiency") is None:
+            return data
+        eff = data["efficiency"]
+        if isinstance(eff, Efficiency):
+            cycles, seconds = eff.kernel_latency_cycles, eff.kernel_latency_s
+        elif isinstance(eff, dict):
+            cycles, seconds = eff.get("kernel_latency_cycles"), eff.get("kernel_latency_s")
+        else:
+            return data
+        cycles, seconds = _number(cycles), _number(seconds)
+        if not cycles or cycles <= 0 or seconds:
+            return data  # nothing to convert, or an explicit kernel_latency_s (field validation checks types)
+        if data.get("sm_clock_hz") is None:
+            raise ValueError("efficiency.kernel_latency_cycles needs sm_clock_hz (the SM boost clock, Hz) to be "
+                             "turned into seconds; allowed: set sm_clock_hz, or give efficiency.kernel_latency_s")
+        clock = _number(data["sm_clock_hz"])
+        if not clock or clock <= 0:
+            return data  # field validation reports sm_clock_hz
+        seconds = kernel_latency_seconds(cycles, clock)
+        if isinstance(eff, Efficiency):
+            eff = eff.model_copy(update={"kernel_latency_s": seconds})
+        else:
+            eff = {**eff, "kernel_latency_s": seconds}
+        return {**data, "efficiency": eff}
 
     @field_validator("power_limit_w")
     @classmethod

@@ -114,7 +114,8 @@ def simulated_serving_run(tmp_path: Path) -> Path:
             "strategies": [{"name": "single"}],
             "serving": {"requests": 40, "arrival": {"kind": "poisson", "rate": [50, 400, 5000]},
                         "lengths": {"input": 32, "output": 12},
-                        "slo": {"ttft_s": 0.0004, "tpot_s": 0.001, "percentile": 90}},
+                        # p90 TTFT at the three rates, 0.27 / 0.36 / 0.39 ms on h100-sxm (10.0 us per kernel)
+                        "slo": {"ttft_s": 0.000375, "tpot_s": 0.001, "percentile": 90}},
             "backends": {"roofline": {"hardware": "h100-sxm", "nodes": 1, "devices_per_node": 1}}}
     manager = get_plugin_manager()
     registry = BackendRegistry.from_manager(manager)
