@@ -38,6 +38,8 @@ EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes
                  "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
                  "sim_energy_j", "sim_feasible", "topology", "slices", "mesh"]
 PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front always is)
+NOT_SIMULATED = (None,) * 5  # the sim_ columns of a row the cluster simulation did not re-check
+NOT_PLACED = (None,) * 3     # topology, slices, mesh of a row off a TPU torus
 
 
 def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | None = None,
@@ -73,10 +75,11 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
                         e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
                         e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],
-                        e.sim.get("step_time_s"), e.sim.get("time_to_goal_s"), e.sim.get("cost_usd"),
-                        e.sim.get("energy_j"), e.sim.get("feasible"),
-                        "x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
-                        " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None))
+                        *((e.sim.get("step_time_s"), e.sim.get("time_to_goal_s"), e.sim.get("cost_usd"),
+                           e.sim.get("energy_j"), e.sim.get("feasible")) if e.sim else NOT_SIMULATED),
+                        *(("x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
+                           " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None)
+                          if c.topology or c.mesh else NOT_PLACED)))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     place = {id(e): i for i, e in enumerate(rows)}

@@ -339,7 +339,8 @@ def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray)
             if k < len(items):
                 item = items[k]
                 table[gi] = item if isinstance(item, tuple) else [getattr(item, f) for f in fields]
-        out.append({f: table[group_of, j] for j, f in enumerate(fields)})
+        rows = np.take(table.T, group_of, axis=1)  # one gather, each field a contiguous row
+        out.append(dict(zip(fields, rows)))
     return out
 
 
@@ -383,8 +384,10 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
     fraction = bubble_fraction(r.schedule, r.pp, m, r.v)
     parts_list = []
     placement = _dp_placements(groups, [(int(g), int(d)) for g, d in pairs.tolist()])
+    needs = _dp_needs(zero, dp_cp, r.v)
+    memo: dict[tuple, object] = {}
     for slot in _slots([g.steps for g in groups], STEP_FIELDS, group_of):
-        times = _dp_times(placement, slot, pair_of)
+        times = _dp_times(placement, slot, pair_of, needs, memo)
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
         gather = np.where(((zero == 1) | (zero == 2)) & (dp_cp > 1), times["gather"], 0.0)
         zero3 = np.where(zero >= 3, zero3_exposed(m, hides, *(slot[f] for f in ZERO3_FIELDS[:7]),
@@ -441,32 +444,92 @@ CHUNKS = ("first", "middle", "last")  # a stage's model chunks, in the order the
 ZERO3_TIMES = tuple(f"{op} {u}" for op in ("gather", "reduce") for u in ("mid", "first", "last", "only"))
 
 
+# Each data-parallel collective _combine reads but ZeRO-3's: (op, the slot's byte columns it moves, summed). A
+# model chunk's reduction (step.chunk_reduce_times): final first (with the head's), middle, last (with the
+# embedding's). ZeRO-3's per-unit collectives come from step.zero3_unit_times (ZERO3_TIMES).
+DP_COLLECTIVES = {"all-reduce": ("all-reduce", ("grads",)), "reduce-scatter": ("reduce-scatter", ("grads",)),
+                  "gather": ("all-gather", ("gathered",)),
+                  **{f"{op} {c}": (op, ("chunk_grads", *extra)) for op in ("all-reduce", "reduce-scatter")
+                     for c, extra in zip(CHUNKS, (("head_grads",), (), ("embed_grads",)))}}
+
+
+def _dp_needs(zero: np.ndarray, dp_cp: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
+    """Which rows read each data-parallel collective (_combine and step.data_parallel_exposed pick by the ZeRO
+    stage and the chunks per device; a row's unread collectives are left 0 and never picked): ZeRO-0 the
+    all-reduces, ZeRO 1/2 the reduce-scatters and (dp x cp > 1) the parameter gather, ZeRO-3 its per-unit
+    collectives ("zero3"); the per-chunk reductions only with v > 1 (interleaved)."""
+    chunked = v > 1
+    out = {"all-reduce": zero == 0, "reduce-scatter": zero > 0, "gather": ((zero == 1) | (zero == 2)) & (dp_cp > 1),
+           "zero3": zero >= 3}
+    for c in CHUNKS:
+        out[f"all-reduce {c}"] = (zero == 0) & chunked
+        out[f"reduce-scatter {c}"] = ((zero == 1) | (zero == 2)) & chunked
+    return out
+
+
+def _distinct(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(first index of each distinct row of `columns`, each row's distinct number), by a lexsort (no row-wise
+    np.unique)."""
+    order = np.lexsort(columns[::-1])
+    new = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        new[1:] = np.any(np.stack([col[order][1:] != col[order][:-1] for col in columns]), axis=0)
+    distinct_of = np.empty(len(order), dtype=np.int64)
+    distinct_of[order] = np.cumsum(new) - 1
+    return order[new], distinct_of
+
+
 def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray],
-              pair_of: np.ndarray) -> dict[str, np.ndarray]:
-    """Each data-parallel collective of one stage slot, priced once per distinct (fabric and group, bytes)
-    (`Comm.time`), spread over the rows."""
+              pair_of: np.ndarray, needs: dict[str, np.ndarray], memo: dict[tuple, object]) -> dict[str, np.ndarray]:
+    """Each data-parallel collective of one stage slot (DP_COLLECTIVES, and ZeRO-3's per-unit ones: ZERO3_TIMES),
+    priced once per distinct (fabric and group, bytes) among the (group, dp) pairs with a row that reads it
+    (`needs`, _dp_needs; `Comm.time`, step.zero3_unit_times; `memo` keeps each price for the other slots of
+    the same _combine, whose placements it indexes), spread over the rows; 0 where no row of the pair reads it."""
     where, placed = placement
     first_row = np.full(len(where), -1)
     first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
-    names = ("all-reduce", "reduce-scatter", "gather",
-             *(f"{op} {c}" for op in ("all-reduce", "reduce-scatter") for c in CHUNKS),
-             *(f"zero3 {u}" for u in ZERO3_TIMES))
-    unit_fields = ZERO3_FIELDS[7:]
-    keys = np.column_stack([where.astype(float), slot["grads"][first_row], slot["weights"][first_row],
-                            slot["gathered"][first_row], slot["chunk_grads"][first_row],
-                            slot["head_grads"][first_row], slot["embed_grads"][first_row],
-                            *(slot[f][first_row] for f in unit_fields)])
-    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
-    table = np.zeros((len(distinct), len(names)))
-    for u, (at, grads, weights, gathered, chunk, head, embed, *units) in enumerate(distinct.tolist()):
-        if at < 0:
-            continue
-        f, group = placed[int(at)]
-        rs = Comm("reduce-scatter", grads, group).time(f)
-        # a model chunk's reduction (step.chunk_reduce_times): final first (with the head's), middle, last
-        chunks = tuple(Comm(op, nbytes, group).time(f) for op in ("all-reduce", "reduce-scatter")
-                       for nbytes in (chunk + head, chunk, chunk + embed))
-        table[u] = (Comm("all-reduce", grads, group).time(f), rs, Comm("all-gather", gathered, group).time(f),
-                    *chunks, *zero3_unit_times(group, f, *units))
-    per_pair = table[inverse.reshape(-1)]
-    return {name: per_pair[pair_of, j] for j, name in enumerate(names)}
+
+    def wanted(name: str) -> np.ndarray:
+        pairs = np.zeros(len(where), dtype=bool)
+        pairs[pair_of[needs[name]]] = True
+        return np.flatnonzero(pairs & (where >= 0))
+
+    out: dict[str, np.ndarray] = {}
+    for name, (op, parts) in DP_COLLECTIVES.items():
+        at = wanted(name)
+        per_pair = np.zeros(len(where))
+        if len(at):
+            rows = first_row[at]
+            nbytes = slot[parts[0]][rows]
+            for extra in parts[1:]:
+                nbytes = nbytes + slot[extra][rows]
+            place = where[at]
+            firsts, distinct_of = _distinct([place, nbytes])
+            priced = np.empty(len(firsts))
+            for u, (p, size) in enumerate(zip(place[firsts].tolist(), nbytes[firsts].tolist())):
+                key = (p, op, size)  # the same collective recurs in other slots: priced once (memo)
+                t = memo.get(key)
+                if t is None:
+                    fabric, group = placed[p]
+                    t = memo[key] = Comm(op, size, group).time(fabric)
+                priced[u] = t
+            per_pair[at] = priced[distinct_of]
+        out[name] = per_pair[pair_of]
+    at = wanted("zero3")
+    per_pair3 = np.zeros((len(where), len(ZERO3_TIMES)))
+    if len(at):
+        rows = first_row[at]
+        columns = [where[at], *(slot[f][rows] for f in ZERO3_FIELDS[7:])]
+        firsts, distinct_of = _distinct(columns)
+        priced3 = np.empty((len(firsts), len(ZERO3_TIMES)))
+        for u, (p, *units) in enumerate(zip(*(col[firsts].tolist() for col in columns))):
+            key = (p, "zero3", *units)
+            t3 = memo.get(key)
+            if t3 is None:
+                fabric, group = placed[p]
+                t3 = memo[key] = zero3_unit_times(group, fabric, *units)
+            priced3[u] = t3
+        per_pair3[at] = priced3[distinct_of]
+    for j, u in enumerate(ZERO3_TIMES):
+        out[f"zero3 {u}"] = per_pair3[pair_of, j]
+    return out
