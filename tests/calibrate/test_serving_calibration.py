@@ -86,7 +86,8 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     assert main(["calibrate", *map(str, runs), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == str(out)
-    assert any(line.startswith("fitted to the serving rows: matmul") for line in printed)
+    assert any(line.startswith("fitted to the serving rows: matmul") and "ms per request outside the engine" in line
+               for line in printed)
     assert sum("TTFT p99" in line or "TPOT p99" in line for line in printed) == 8     # the checks, not fitted
     entry = load_catalog([out]).device("h100-sxm-serving-calibrated")
     assert entry.efficiency is not None
