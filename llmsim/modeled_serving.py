@@ -193,13 +193,14 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     outcome = simulate_serving(
         requests, replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens, price=pricers(model, faults),
-        router=spec.router, context_tokens=case.workload.model.seq_len)
+        router=spec.router, context_tokens=case.workload.model.seq_len,
+        request_overhead_s=spec.overhead_on(cluster.device))
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
                  for busy in outcome.compute_s)
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
-    extra.update(energy_j=energy, scheduler=sched.kind, router=spec.router, replicas=spec.replicas,
+    extra.update(energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device), router=spec.router, replicas=spec.replicas,
                  events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
                  sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
     written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)

@@ -231,3 +231,29 @@ def test_a_mixture_of_experts_served_at_tp_splits_its_experts_over_the_tp_ranks(
     assert all(r["status"] == "ok" for r in rows)
     # tp splits the attention and every expert; what it leaves whole (norms, the router) is small
     assert weights["tp2"] == pytest.approx(weights["tp1"] / 2, rel=0.02)
+
+
+def test_serving_request_overhead_s_adds_to_ttft_and_e2e_not_tpot_and_the_device_default_is_0(tmp_path: Path) -> None:
+    data = _scenario()
+    data["backends"] = {"roofline": H100}
+    _, plain = _run(tmp_path / "plain", data)
+    _, slowed = _run(tmp_path / "slowed", {**data, "serving": {**data["serving"], "request_overhead_s": 0.004}})
+    for a, b in zip(sorted(plain, key=lambda r: r["case"]), sorted(slowed, key=lambda r: r["case"])):
+        assert a["request_overhead_s"] == 0.0 and b["request_overhead_s"] == 0.004   # h100-sxm: none in the catalog
+        assert b["ttft_p50_s"] == pytest.approx(a["ttft_p50_s"] + 0.004, rel=1e-9)
+        assert b["e2e_p99_s"] == pytest.approx(a["e2e_p99_s"] + 0.004, rel=1e-9)
+        assert b["tpot_p50_s"] == pytest.approx(a["tpot_p50_s"], rel=1e-12)
+        assert b["itl_p99_s"] == pytest.approx(a["itl_p99_s"], rel=1e-12)
+
+
+def test_a_negative_request_overhead_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from llmsim.cli import main
+    data = _scenario()
+    data["serving"]["request_overhead_s"] = -0.001
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "request_overhead_s" in err

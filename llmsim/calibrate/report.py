@@ -22,7 +22,9 @@ def format_table(result: Calibration) -> str:
     if result.kind == "serving":
         lines.append(f"fitted to the serving rows: matmul {eff['matmul']:.3f}, attention {eff['attention']:.4g}, "
                      f"memory bandwidth {result.entry['memory_bw_bytes_per_s'] / 1e9:.2f} GB/s, "
-                     f"{eff['kernel_latency_s'] * 1e6:.2f} us per kernel; median |error| {result.median_abs_error:.1%}")
+                     f"{eff['kernel_latency_s'] * 1e6:.2f} us per kernel, "
+                     f"{result.entry.get('request_overhead_s', 0.0) * 1e3:.2f} ms per request outside the engine; "
+                     f"median |error| {result.median_abs_error:.1%}")
     else:
         bounded = " (within the probes)" if "probes" in eff["source"] else ""
         lines.append(f"fitted{bounded}: matmul {eff['matmul']:.3f}, attention {eff['attention']:.3f}, memory "

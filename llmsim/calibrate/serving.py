@@ -1,13 +1,19 @@
 """Calibration from measured serving rows: fit the parameters that price a serving iteration to the TTFT and
 TPOT a real engine (the `vllm` backend, or any measured serving backend) gave at several rates and lengths.
 
-What is fitted, and why these three. A serving iteration is priced by costmodel.iteration (`_stage_work`): its
+What is fitted, and why these five. A serving iteration is priced by costmodel.iteration (`_stage_work`): its
 GEMMs at `sustained peak x matmul` FLOP/s or its bytes at the memory bandwidth (whichever is longer), the
 attention at `attention` x peak or its K/V reads, the rest at the bandwidth, plus a fixed cost per pass
 (`kernel_latency_s` x the kernels of a layer, embedding and head; `op_overhead_s` x the traced operators). A
 prompt pass is mostly GEMM time (TTFT sees `matmul`), a decode step mostly weight and cache reads plus the
 fixed cost (TPOT sees the bandwidth and `kernel_latency_s`), and the attention at its own efficiency in both.
-So theta = (matmul efficiency, attention efficiency, effective memory bandwidth, kernel latency).
+A served request also pays a fixed time outside the engine (`request_overhead_s`: API server, tokenisation,
+IPC hop, detokenisation; llmsim.serving.simulate), which TTFT sees and TPOT does not; without it the fit can
+only steepen the per-token prompt cost to make up a constant (what the CPU vLLM check showed, docs/
+validation.md). TTFT rows at two or more prompt lengths separate the constant from the slope.
+So theta = (matmul efficiency, attention efficiency, effective memory bandwidth, kernel latency, request
+overhead). A scenario's `serving.request_overhead_s` in the measured runs is not used by the fit: the
+parameter is the device entry's.
 `op_overhead_s` is set to 0 and its share folded into `kernel_latency_s`: both are
 a fixed cost per pass, nearly collinear across iterations (their ratio is the operators per kernel), and one
 of them is what a serving row can determine. The attention efficiency is fitted too: the base entry's value
@@ -61,7 +67,15 @@ KERNEL_LATENCY_BOUNDS = (1e-8, 1e-2)
 # the fit's start when the base entry has none: the order of the GPU entries' value (hardware/catalog.yaml,
 # 18,300 SM cycles: 13.0 us on A100, 10.0 us on H100/H200)
 INITIAL_KERNEL_LATENCY_S = 1e-5
-SERVING_BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, KERNEL_LATENCY_BOUNDS)  # theta's order
+# seconds per request outside the engine's passes (DeviceSpec.request_overhead_s): from 1 us (an in-process
+# call, no server) to 1 s (far above the 5-6.5 ms scripts/serve_vllm_cpu.py --probe measured for vLLM's
+# HTTP -> API server -> ZMQ -> engine core -> detokeniser path on this host). Bounds in log space, so > 0.
+REQUEST_OVERHEAD_BOUNDS = (1e-6, 1.0)
+# the fit's start when the base entry has none: 1 ms, the order of one HTTP round trip on loopback plus a
+# ZMQ hop (the probe above measured the whole path at 5-6.5 ms); the optimiser moves it
+INITIAL_REQUEST_OVERHEAD_S = 1e-3
+SERVING_BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, KERNEL_LATENCY_BOUNDS,
+                  REQUEST_OVERHEAD_BOUNDS)  # theta's order
 FITTED = ("ttft_p50_s", "tpot_p50_s")      # fitted per row
 CHECKED = ("ttft_p99_s", "tpot_p99_s")     # printed after the fit, not fitted
 MISSING_RESIDUAL = 10.0                    # log error of a median the simulation did not produce (e^10 off)
@@ -206,7 +220,8 @@ class _Replay:
         outcome = simulate_serving(self.requests, replicas=spec.replicas,
                                    make_scheduler=lambda kv: serving.scheduler(spec.scheduler, kv),
                                    kv_blocks=self.blocks, block_tokens=spec.kv_block_tokens, price=price,
-                                   router=spec.router, context_tokens=self.context)
+                                   router=spec.router, context_tokens=self.context,
+                                   request_overhead_s=cluster.device.request_overhead_s)
         seqs = outcome.sequences
         ttft = np.array([s.token_times[0] - s.request.arrival_s for s in seqs])
         tpot = np.array([(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1)
@@ -220,12 +235,13 @@ class _Replay:
 
 
 def _candidate(base: DeviceSpec, name: str, theta: Sequence[float]) -> DeviceSpec:
-    matmul, attention, bandwidth, latency = theta
+    matmul, attention, bandwidth, latency, overhead = theta
     eff = (base.efficiency or Efficiency()).model_copy(update=dict(
         matmul=matmul, attention=attention, memory=1.0, kernel_latency_s=latency, kernel_latency_cycles=0.0,
         op_overhead_s=0.0,
         source="fitted by llmsim calibrate to measured serving rows (memory efficiency folded into the bandwidth)"))
-    return base.model_copy(update=dict(name=name, memory_bw_bytes_per_s=bandwidth, efficiency=eff))
+    return base.model_copy(update=dict(name=name, memory_bw_bytes_per_s=bandwidth, efficiency=eff,
+                                       request_overhead_s=overhead))
 
 
 def serving_entry_name(device: str) -> str:
@@ -262,7 +278,8 @@ def serving_catalog(observations: Sequence[ServingObservation], hardware_files: 
 def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backend: str | None = None,
                       options: Options = Options(), catalog: Catalog | None = None,
                       hardware_files: Sequence[Path] = ()) -> Calibration:
-    """Fit `device`'s matmul efficiency, memory bandwidth and kernel latency (module docstring) to the TTFT and
+    """Fit `device`'s matmul and attention efficiency, memory bandwidth, kernel latency and per-request
+    overhead (module docstring) to the TTFT and
     TPOT medians of the measured serving rows in `run_dirs` (of `backend`; None: any measured one). `device`
     defaults to the hardware the rows name; it must have a peak FLOP/s for the served dtype. `catalog` default:
     `serving_catalog` of the runs and `hardware_files`."""
@@ -299,7 +316,8 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
     defaults = base.efficiency or Efficiency()
     start = [defaults.matmul, defaults.attention,
              base.memory_bw_bytes_per_s * defaults.memory or MEMORY_BW_BOUNDS[0] * 100,
-             defaults.kernel_latency_s or INITIAL_KERNEL_LATENCY_S]
+             defaults.kernel_latency_s or INITIAL_KERNEL_LATENCY_S,
+             base.request_overhead_s or INITIAL_REQUEST_OVERHEAD_S]
     try:
         replays = [_Replay(o, cluster_of(_candidate(base, name, start), o), options) for o in observations]
 
@@ -354,6 +372,7 @@ def _entry(fitted: DeviceSpec, base: DeviceSpec, observations: list[ServingObser
                source=f"least squares on log TTFT and TPOT p50 of {count(len(observations), 'measured serving row')} "
                       f"({numbers} medians) replayed by the serving simulation")
     entry["memory_bw_bytes_per_s"] = float(f"{theta[2]:.4g}")
+    entry["request_overhead_s"] = float(f"{theta[4]:.3g}")
     entry["source"] = (f"llmsim calibrate: fitted to serving rows of {', '.join(backends)} in run folders "
                        f"{', '.join(runs)}; peak FLOP/s, memory size and power of {base.name} "
                        f"({base.source})")

@@ -48,6 +48,7 @@ class DeviceSpec(Protocol):
     compute_units: int | None
     efficiency: Efficiency | None
     overlaps_communication: bool
+    request_overhead_s: float  # per served request, outside the engine's passes (read by the serving simulation)
 
 
 class LinkSpec(Protocol):

@@ -109,6 +109,13 @@ class DeviceSpec(BaseModel):
     overlaps_communication: bool = Field(
         True, description="collectives run on their own engines (copy engines, NIC) and can hide behind "
                           "compute; False where they run on the cores that compute (gloo on a CPU host)")
+    request_overhead_s: float = Field(
+        0.0, ge=0, description="seconds a served request spends outside the engine's forward passes, paid once per "
+                               "request: from its arrival to its admission by the scheduler plus from the engine's "
+                               "token to the client (API server, tokenisation, IPC hop, detokenisation); added to "
+                               "TTFT and end-to-end latency, not to TPOT/ITL, and it does not occupy the engine "
+                               "(docs/serving.md). 0 = not modeled: no sourced figure for the GPU entries; "
+                               "`llmsim calibrate` fits it from measured serving rows")
     source: Source
 
     @model_validator(mode="before")

@@ -181,7 +181,8 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     outcome = simulate_serving(build_requests(case), replicas=replicas,
                                make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
                                kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
-                               router=spec.router, context_tokens=task.context_tokens)
+                               router=spec.router, context_tokens=task.context_tokens,
+                               request_overhead_s=spec.overhead_on(replica.cluster.device))
     row = summarize(outcome, rate, spec.slo)
     extra = row.pop("extra")
     slo = spec.slo

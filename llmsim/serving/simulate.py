@@ -13,6 +13,7 @@ Deterministic: the same request list, scheduler, prices and seed give the same o
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass, field
 
@@ -62,11 +63,20 @@ class StalledError(RuntimeError):
 
 def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: Callable[[KVCache], Scheduler],
                      kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
-                     context_tokens: int) -> ServingOutcome:
+                     context_tokens: int, request_overhead_s: float = 0.0) -> ServingOutcome:
     """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
     scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
 
+    `request_overhead_s` (seconds, >= 0): each request's time outside the engine's passes (API server,
+    tokenisation, IPC hop to the engine and back, detokenisation: vLLM's request path, docs/serving.md). It is
+    the same for every request and does not occupy a replica, so it shifts when the client sees each token by
+    that constant: the engine runs exactly as without it (a constant delay of every arrival changes no
+    scheduling decision), TTFT and end-to-end latency grow by it, TPOT and ITL do not. Sequence.token_times are
+    the client's times; scheduled_s (queue) and the timelines stay the engine's.
+
     Raises StalledError when requests are left unfinished with no replica able to run them."""
+    if not request_overhead_s >= 0:
+        raise ValueError(f"request_overhead_s must be >= 0 seconds (got {request_overhead_s!r})")
     start = time.perf_counter()
     env = CountingEnvironment()
     occupancy = _Occupancy()
@@ -107,10 +117,14 @@ def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: C
         kinds = {type(r.scheduler).__name__ for r in pool}
         raise StalledError(f"scheduler {', '.join(sorted(kinds))} stopped with {len(accepted) - len(done)} of "
                            f"{len(accepted)} requests unfinished")
+    if request_overhead_s:
+        for seq in done:
+            seq.token_times = array("d", (t + request_overhead_s for t in seq.token_times))
     duration = max((seq.token_times[-1] for seq in done), default=0.0)
     last_arrival = requests[-1].arrival_s if requests else 0.0
     duration = max(duration, last_arrival)
     occupancy.change(duration, 0)
+    occupancy.integral += request_overhead_s * len(done)   # each is in the system that much longer (Little's law)
     return ServingOutcome(
         sequences=sorted(accepted, key=lambda s: s.request.id), rejected=rejected, duration_s=duration,
         occupancy_s=occupancy.integral, preemptions=sum(r.scheduler.preemptions for r in pool),

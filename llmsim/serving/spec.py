@@ -13,6 +13,7 @@ serving:
   router: round-robin                          # | least-outstanding
   slo: {ttft_s: 0.5, tpot_s: 0.05, percentile: 99}
   seed: null                                   # default: the scenario's seed
+  request_overhead_s: null                     # per request outside the engine; default: the device entry's
 ```
 
 Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,
@@ -26,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, ValidationError, field_validator, model_validator
 
 from llmsim.errors import KeyedValueError
 from llmsim.strict import StrictModel, sweep_repeats
@@ -223,6 +224,10 @@ class ServingSpec(_Strict):
     router: Literal["round-robin", "least-outstanding"] = "round-robin"
     slo: Slo | None = None
     seed: int | None = Field(None, description="seed of the request list; default the scenario's seed")
+    request_overhead_s: NonNegativeFloat | None = Field(
+        None, description="seconds each request spends outside the engine's forward passes (API server, "
+                          "tokenisation, IPC to the engine, detokenisation), added to its TTFT and end-to-end "
+                          "latency, not to TPOT/ITL; default the device entry's request_overhead_s (0 on GPUs)")
 
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":
@@ -235,6 +240,12 @@ class ServingSpec(_Strict):
             raise KeyedValueError("lengths", "lengths are needed unless arrival.kind is 'trace' "
                                              "(whose file gives them)")
         return self
+
+    def overhead_on(self, device: Any) -> float:
+        """Seconds per request outside the engine (ServingSpec.request_overhead_s, else the device entry's)."""
+        if self.request_overhead_s is not None:
+            return self.request_overhead_s
+        return float(getattr(device, "request_overhead_s", 0.0) or 0.0)
 
     def at_rate(self, rate: float | None) -> "ServingSpec":
         """This spec with one rate of the sweep."""

@@ -30,8 +30,8 @@ def fixed_requests(n: int, gap: float, input_tokens: int, output_tokens: int) ->
 
 def run(requests: list[Request], kind: str = "continuous", *, blocks: int = 100_000, block_tokens: int = 16,
         replicas: int = 1, router: str = "round-robin", context: int = 100_000, price: Any = linear_price,
-        **scheduler: Any) -> ServingOutcome:
+        request_overhead_s: float = 0.0, **scheduler: Any) -> ServingOutcome:
     spec = SchedulerSpec(kind=kind, **scheduler)
     return simulate_serving(requests, replicas=replicas, make_scheduler=lambda kv: BUILTIN[kind](spec, kv),
                             kv_blocks=blocks, block_tokens=block_tokens, price=price, router=router,
-                            context_tokens=context)
+                            context_tokens=context, request_overhead_s=request_overhead_s)

@@ -114,6 +114,38 @@ def test_at_a_vanishing_rate_ttft_is_the_priced_prefill_and_tpot_the_priced_deco
     assert row["queue_p50_s"] == 0.0
 
 
+def test_at_a_vanishing_rate_ttft_is_the_priced_prefill_plus_the_request_overhead_and_tpot_unchanged() -> None:
+    """A request's fixed time outside the engine (API server, IPC, detokenising) adds to its TTFT and end-to-end
+    latency once; the engine's iterations, TPOT and ITL are those of a run without it."""
+    model, _ = _llama_model(tp=2)
+    prompt, output, overhead = 300, 12, 0.006
+    requests = fixed_requests(4, 100.0, prompt, output)
+    plain = run(requests, price=pricers(model, ServingFaults()))
+    outcome = run(requests, price=pricers(model, ServingFaults()), request_overhead_s=overhead)
+    prefill = iteration_time(model, Mix.prefill(prompt))
+    for seq in outcome.sequences:
+        assert seq.token_times[0] - seq.request.arrival_s == pytest.approx(prefill + overhead, rel=1e-12)
+    row, before = summarize(outcome, 0.01, None), summarize(plain, 0.01, None)
+    assert row["ttft_p50_s"] == pytest.approx(prefill + overhead, rel=1e-12)
+    assert row["e2e_mean_s"] == pytest.approx(before["e2e_mean_s"] + overhead, rel=1e-12)
+    for key in ("tpot_mean_s", "tpot_p99_s", "itl_mean_s", "itl_p99_s", "queue_p50_s"):
+        assert row[key] == pytest.approx(before[key], rel=1e-12), key
+    assert outcome.busy_s == plain.busy_s and outcome.iterations == plain.iterations   # not on the engine
+
+
+def test_the_request_overhead_keeps_littles_law_and_does_not_change_scheduling_under_load() -> None:
+    case = ServingCase(_spec(), seed=1, scheduler=BUILTIN["continuous"])
+    requests = build_requests(case)
+    plain, outcome = run(requests, replicas=2), run(requests, replicas=2, request_overhead_s=0.05)
+    row = summarize(outcome, 20.0, None)
+    assert row["extra"]["mean_in_system"] == pytest.approx(row["requests_per_s"] * row["e2e_mean_s"], rel=1e-9)
+    assert [s.token_times[0] - a.token_times[0] for s, a in zip(outcome.sequences, plain.sequences)] == \
+        pytest.approx([0.05] * len(requests), rel=1e-9)
+    assert row["tpot_p99_s"] == pytest.approx(summarize(plain, 20.0, None)["tpot_p99_s"], rel=1e-12)
+    with pytest.raises(ValueError, match="request_overhead_s must be >= 0"):
+        run(requests[:2], request_overhead_s=-1.0)
+
+
 def test_continuous_batching_beats_static_batching_on_ttft_at_moderate_load() -> None:
     """Llama 3 8B on one H100 at 3 requests/s: a static batch keeps new requests waiting for its longest
     answer; iteration-level scheduling lets them in at the next iteration."""
