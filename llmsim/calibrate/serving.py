@@ -331,17 +331,23 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
                     for obs, modeled in zip(observations, predict(theta)) for key in FITTED if key in obs.measured]
 
         before = predict(start)
-        # Two starts, the better fit kept: the stock entry, and the 3-parameter fit with the attention efficiency
+        # Two starts, the better fit kept: the stock entry, and the fit of the others with the attention efficiency
         # held at the base's. Rows at few prompt lengths barely see attention apart from the GEMMs, and
         # Levenberg-Marquardt from the stock entry alone can trade the two into a corner (matmul at its bound 1.0
         # with attention 0.07, 5% rms off rows that the held-attention fit matches exactly); from the held fit the
         # free attention moves only where the rows ask for it.
-        def held(theta3: Sequence[float]) -> list[float]:
-            return [theta3[0], start[1], theta3[1], theta3[2]]
+        free = [i for i in range(len(start)) if i != 1]  # every parameter but the attention efficiency
 
-        first = least_squares(lambda t: log_errors(held(t)), [start[0], start[2], start[3]],
-                              (SERVING_BOUNDS[0], SERVING_BOUNDS[2], SERVING_BOUNDS[3]))
-        candidates = [least_squares(log_errors, s, SERVING_BOUNDS) for s in (start, held(first))]
+        def held(others: Sequence[float]) -> list[float]:
+            theta = list(start)
+            for i, value in zip(free, others):
+                theta[i] = value
+            return theta
+
+        first = least_squares(lambda t: log_errors(held(t)), [start[i] for i in free],
+                              tuple(SERVING_BOUNDS[i] for i in free))
+        # the held fit itself stays a candidate: the free fit from it is kept only where it lowers the residual
+        candidates = [held(first), *(least_squares(log_errors, s, SERVING_BOUNDS) for s in (start, held(first)))]
         theta = min(candidates, key=lambda t: sum(e * e for e in log_errors(t)))
         after = predict(theta)
     except (CostModelError, StalledError) as exc:

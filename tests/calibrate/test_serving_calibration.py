@@ -99,9 +99,14 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     # rows (a 2,048-token prompt's attention is ~5% of its FLOPs at hidden 4096): it ends at 0.13 from a start at
     # the truth, 0.337, without moving any median by more than 3% (next test). 15% on the bandwidth still fails a
     # fit that did not move. test_the_attention_efficiency_is_fitted_not_kept_from_the_base has rows that see it.
+    # With the request overhead fitted too (5 parameters) and the stock H100's kernel latency in SM cycles (10 us
+    # at its clock, the fit's start), the bandwidth and the kernel latency trade against each other: both only set
+    # the decode step (weights / bandwidth + kernels x latency), and the fit ends 19% low on the one and 17% low on
+    # the other (1.62 TB/s, 24.8 us) with every median within 2% (next test). 25% on each still fails a fit that
+    # did not move (the stock entry's 2.95 TB/s and 10 us are 47% and 67% off).
     assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.10)
-    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.15)
-    assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.10)
+    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.25)
+    assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.25)
     assert entry.request_overhead_s == pytest.approx(TRUE["request_overhead_s"], rel=0.10)
     assert entry.efficiency.memory == 1.0 and entry.efficiency.op_overhead_s == 0.0
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
