@@ -32,13 +32,13 @@ from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strategy import Layout
-from llmsim.strict import sweep_repeats
+from llmsim.strict import StrictModel, sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
-class ModeledSettings(BaseModel):
+class ModeledSettings(StrictModel):
     """A catalog cluster (`nodes` x `devices_per_node` of `hardware`, joined by the two links) and the
     software choices the cost model cannot read off the scenario (costmodel.plan.Options)."""
 

@@ -43,7 +43,21 @@ class StrictModel(BaseModel):
                     # keyed: the message names `workload.batch`, not the model that holds it
                     raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
                                                 f"(YAML reads true/false/yes/no/on/off as booleans)")
+                if (isinstance(value, (int, float)) and not isinstance(value, bool) and field is not None
+                        and _only_bool(field.annotation)):
+                    # pydantic's lax mode reads 1/0 as true/false; `parallel_block: 1` is refused as `batch: true` is
+                    raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
         return data
+
+
+def _only_bool(annotation: Any) -> bool:
+    """Whether a field takes a boolean and nothing else numeric (bool, or bool | None)."""
+    if annotation is bool:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args == [bool]
+    return False
 
 
 def sweep_repeats(values: list[Any]) -> str | None:

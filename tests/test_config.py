@@ -243,3 +243,15 @@ def test_a_value_of_the_wrong_shape_says_what_is_expected_in_plain_words() -> No
         with _pytest.raises(ScenarioError) as info:
             parse_scenario(data, "f.yaml")
         assert str(info.value) == f"f.yaml: {message}"
+
+
+def test_a_number_for_a_boolean_key_is_refused_as_a_boolean_for_a_number_is():
+    import pytest as _pytest
+
+    from llmsim.config import parse_scenario
+    from llmsim.errors import ScenarioError
+
+    base = {"name": "x", "workload": {"model": {"preset": "gpt2-small", "parallel_block": 1}, "mode": "train",
+                                      "batch": 8}, "strategies": [{"name": "a"}]}
+    with _pytest.raises(ScenarioError, match=r"workload\.model\.parallel_block: 1 is a number, not a boolean"):
+        parse_scenario(base, "f.yaml")

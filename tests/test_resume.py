@@ -56,6 +56,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, monkeypatc
     out, err = capsys.readouterr()
     partial = Path(out.strip().splitlines()[-1])
     assert code == 130 and len(_rows(partial)) == 2
+    assert "interrupted after: 2 ok" in err and "done:" not in err  # not "done" for a run that was stopped
     # the command that continues it, whole on one line, with the same --set (resume refuses another scenario)
     assert f"continue with: llmsim run {path} --set seed=0 --resume {partial}\n" in err, err
     monkeypatch.setattr(RooflineBackend, "run", original)
