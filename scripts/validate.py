@@ -44,7 +44,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from pydantic import ValidationError
 
@@ -274,18 +274,24 @@ def _value(column: str, text: str) -> object:
     return value
 
 
-def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
-    """The rows of a dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
-    columns = TRAINING if kind == "training" else INFERENCE
+def _csv_rows(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
+    """A dev table's raw rows (header -> cell text). Raises ScenarioError naming the file when a `required`
+    column is missing or the file is not UTF-8."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing:
-                raise ScenarioError(str(path), None, f"missing column(s) {', '.join(missing)} ({kind} table)")
-            raw_rows = list(reader)
+                raise ScenarioError(str(path), None, f"missing column(s) {', '.join(missing)} ({what})")
+            return list(reader)
     except UnicodeDecodeError:
         raise ScenarioError(str(path), None, "not UTF-8 text") from None
+
+
+def read_runs(path: Path, kind: Kind) -> list[dict[str, object]]:
+    """The rows of a dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
+    columns = TRAINING if kind == "training" else INFERENCE
+    raw_rows = _csv_rows(path, columns, f"{kind} table")
     rows = []
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
@@ -553,15 +559,7 @@ def _serving_value(column: str, text: str) -> object:
 
 def read_serving_runs(path: Path) -> list[dict[str, object]]:
     """The rows of a serving dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in SERVING if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ScenarioError(str(path), None, f"missing column(s) {', '.join(missing)} (serving table)")
-            raw_rows = list(reader)
-    except UnicodeDecodeError:
-        raise ScenarioError(str(path), None, "not UTF-8 text") from None
+    raw_rows = _csv_rows(path, SERVING, "serving table")
     rows = []
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
