@@ -226,8 +226,8 @@ class Fp8Spec(_Strict):
     frozen_weights: Literal["bfloat16", "float8"] = Field(
         "bfloat16", description="how the frozen base's layer GEMM weights are kept under LoRA: bfloat16 (a bf16 "
                                 "weight beside its FP8 copies) or float8 (the FP8 copies only, no bf16 weight: "
-                                "Transformer Engine's fp8_model_init, NeMo's fp8_params); no effect without "
-                                "sharing.lora")
+                                "Transformer Engine's fp8_model_init, NeMo's fp8_params); refused unless a strategy "
+                                "has sharing.lora")
 
 
 class Workload(_Strict):
@@ -634,6 +634,12 @@ class Scenario(_Strict):
                 problem = check_sharing(self.sharing_for(strategy), self.workload.model)
                 if problem:
                     raise _KeyedError(f"strategies[{i}].sharing.{problem[0]}", problem[1])
+        fp8 = self.workload.fp8
+        if (fp8 is not None and fp8.frozen_weights == "float8"
+                and all(self.sharing_for(s).lora is None for s in self.strategies)):
+            # only a LoRA base is frozen: without one the setting would be ignored, silently
+            raise _KeyedError("workload.fp8.frozen_weights", "float8 keeps a frozen base's weights in FP8 only, and "
+                             "no strategy freezes a base (set sharing.lora, or omit frozen_weights)")
         if self.serving is not None:
             problem = check_serving(self.serving, self.workload, "mode" in self.workload.model_fields_set)
             if problem:
@@ -716,7 +722,7 @@ def one_value_expected(err: dict[str, Any]) -> str | None:
     return f"{_shown(value)}: expected one {what}, not {given}" + (f"; allowed: {allowed}" if allowed else "")
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     """One readable sentence from one pydantic error."""
     kind, msg = err["type"], err["msg"]
     single = one_value_expected(err)
@@ -739,7 +745,7 @@ def _describe(err: dict[str, Any]) -> str:
                                                               "bool", "float", "too_short", "finite")) else msg
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+def allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """The keys allowed where an unknown key was found, for the error message."""
     current: Any = model
     for part in loc[:-1]:
@@ -769,13 +775,13 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
     if isinstance(ctx_err, _KeyedError):
         prefix = format_key_path(loc)
         return ScenarioError(file, f"{prefix}.{ctx_err.key}" if prefix else ctx_err.key, ctx_err.message)
-    message = _describe(err)
+    message = describe_error(err)
     if one_value_expected(err) is not None and loc[:1] == ("strategies",) and len(loc) == 3:
         message += f" (to compare several values of {loc[2]}, list one strategy per value)"
     if err["type"] == "extra_forbidden":
-        message += _allowed_keys(model, loc)
+        message += allowed_keys(model, loc)
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
-        message += _allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
+        message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"
               for e in exc.errors(include_url=False)[1:]]
     if others:  # where the others are, so that the user need not fix one to learn of the next

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import Scenario, one_value_expected
+from llmsim.config import Scenario, allowed_keys, describe_error, one_value_expected
 from llmsim.costmodel import precision
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
@@ -70,17 +70,19 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         # pydantic names the branch of a union it tried ("constrained-int", "list[constrained-int]"): not a key
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
         where = format_key_path(("backends", name) + loc)
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and len(loc) == 1:
             allowed = ", ".join(cls.Settings.model_fields) or "none"
             raise ScenarioError(file, where, f"unknown setting of backend '{name}'; allowed: {allowed}") from None
         keyed = (err.get("ctx") or {}).get("error")
         if isinstance(keyed, KeyedValueError):  # the rule names the key inside the field that broke it
             raise ScenarioError(file, f"{where}.{keyed.key}", keyed.message) from None
-        single = one_value_expected(err)
-        if single is not None:
-            raise ScenarioError(file, where, single) from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ScenarioError(file, where, f"{err.get('input')!r}: {msg}") from None
+        if err["type"] == "extra_forbidden":  # an unknown key inside a nested setting (straggler: {rnak: 3})
+            message = describe_error(err) + allowed_keys(cls.Settings, loc)
+        elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):  # a value where keys belong
+            message = describe_error(err) + allowed_keys(cls.Settings, (*loc, ""))
+        else:
+            message = one_value_expected(err) or f"{err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}"
+        raise ScenarioError(file, where, message) from None
 
 
 def missing_backend(name: str, registry: BackendRegistry) -> str:

@@ -70,9 +70,13 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
                             f"of pp={s.pp}")
     carved = s.tp * s.cp * dp
     if carved % (s.ep * s.expert_tp):
-        key = "ep" if s.ep > 1 else "etp"
+        # blame the factor that breaks it: ep when ep alone does not divide the stage, else etp (ep fits alone)
+        key = "ep" if carved % s.ep else "etp"
+        allowed = [d for d in range(1, carved + 1) if carved % d == 0 and (key == "ep" or d % s.ep == 0)]
+        allowed_text = ", ".join(str(d if key == "ep" else d // s.ep) for d in allowed[:16])
         return key, (f"ep*etp = {s.ep}*{s.expert_tp} does not divide the tp*cp*dp = {s.tp}*{s.cp}*{dp} = {carved} "
-                     f"ranks of a pipeline stage the expert group is carved from (Megatron-Core's expert grid)"
+                     f"ranks of a pipeline stage the expert group is carved from (Megatron-Core's expert grid; "
+                     f"allowed {key}: {allowed_text})"
                      + ("; set dp (omitted means 1 on this backend)" if world is None and s.dp is None else ""))
     return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches,
                   stage_layers=stage_layer_counts(s, w.model.layers), ep=s.ep, etp=s.expert_tp)

@@ -255,3 +255,14 @@ def test_a_number_for_a_boolean_key_is_refused_as_a_boolean_for_a_number_is():
                                       "batch": 8}, "strategies": [{"name": "a"}]}
     with _pytest.raises(ScenarioError, match=r"workload\.model\.parallel_block: 1 is a number, not a boolean"):
         parse_scenario(base, "f.yaml")
+
+
+def test_a_frozen_fp8_base_without_lora_is_refused_not_ignored():
+    import pytest as _pytest
+    base = {"name": "x", "workload": {"model": {"preset": "gpt2-small"}, "dtype": "float8",
+                                      "fp8": {"frozen_weights": "float8"}}}
+    with _pytest.raises(ScenarioError, match=r"^f.yaml: workload.fp8.frozen_weights: float8 keeps a frozen base's "
+                                             r"weights in FP8 only, and no strategy freezes a base"):
+        parse_scenario({**base, "strategies": [{"name": "a"}]}, "f.yaml")
+    # one strategy with LoRA over the base is enough (the others run the same scenario without it)
+    parse_scenario({**base, "strategies": [{"name": "a"}, {"name": "b", "sharing": {"lora": {"rank": 8}}}]}, "f.yaml")

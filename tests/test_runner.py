@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from llmsim import Backend, Case, hookimpl
 from llmsim.config import parse_scenario
@@ -15,7 +16,7 @@ from llmsim.registry import BackendRegistry
 from llmsim.results import COLUMNS, fill_derived
 from llmsim.report.build import write_report
 from llmsim.results import read_rows
-from llmsim.runner import plan_cases, run_scenario
+from llmsim.runner import _backend_settings, plan_cases, run_scenario
 from tests.conftest import TINY_SCENARIO
 
 
@@ -236,3 +237,28 @@ def test_the_sigint_handler_is_restored_after_a_run(tmp_path: Path) -> None:
     before = signal.getsignal(signal.SIGINT)
     _run_swallowing(tmp_path, ["first"])
     assert signal.getsignal(signal.SIGINT) is before
+
+
+class _Slow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = 0
+    slowdown: float = 1.0
+
+
+class Nested(Fake):
+    """A plugin whose setting is itself a mapping of keys (as the cluster's `straggler: {rank, slowdown}`)."""
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        straggler: _Slow | None = None
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"straggler": 3}, r"backends.nested.straggler: 3: expected a mapping of keys; allowed: rank, slowdown$"),
+    ({"straggler": {"rnak": 1}}, r"backends.nested.straggler.rnak: unknown key; allowed: rank, slowdown$"),
+    ({"straggler": {"rank": [1, 2]}}, r"backends.nested.straggler.rank: \[1, 2\]: expected one integer, not a list$"),
+    ({"strag": 1}, r"backends.nested.strag: unknown setting of backend 'nested'; allowed: straggler$"),
+])
+def test_a_nested_backend_setting_names_the_keys_allowed_where_it_broke(raw: dict, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        _backend_settings("nested", Nested, raw, "s.yaml")

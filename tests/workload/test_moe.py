@@ -94,6 +94,17 @@ def test_expert_group_is_carved_from_the_data_parallel_ranks() -> None:
     assert key == "ep" and "does not divide the tp*cp*dp = 1*1*1 = 1 ranks" in message
 
 
+@pytest.mark.parametrize("strategy, world, key, allowed", [
+    ({"ep": 2, "tp": 2, "etp": 4}, 4, "etp", "allowed etp: 1, 2)"),  # ep 2 fits the 4 ranks alone: etp breaks it
+    ({"ep": 4, "tp": 1}, 2, "ep", "allowed ep: 1, 2)"),                # ep 4 alone does not fit 2 ranks
+])
+def test_an_expert_grid_that_does_not_fit_blames_the_factor_that_breaks_it(strategy: dict, world: int, key: str,
+                                                                          allowed: str) -> None:
+    sc = parse_scenario(_scenario(strategies=[{"name": "s", **strategy}]))
+    got, message = resolve_layout(sc.strategies[0], sc.workload, world, "cpu")  # type: ignore[misc]
+    assert got == key and message.endswith(allowed)
+
+
 def test_validate_exits_2_on_an_expert_rule(write_scenario, capsys) -> None:
     path = write_scenario(_scenario(strategies=[{"name": "bad", "ep": 3}]))
     assert main(["validate", str(path)]) == 2
