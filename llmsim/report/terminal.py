@@ -51,16 +51,27 @@ def _reason(r: pd.Series) -> str:
     return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"
 
 
+BUSY_MARK = "*"  # after the status of a row measured on a busy host (busy_note says what it means)
+
+
+def _status(r: pd.Series) -> str:
+    """The row's status, marked when it was measured while the host was busy, so the caption's warning
+    points at the rows it concerns (one case of a sweep may have run beside another job, the next not)."""
+    load = r.get("host_load_per_core")
+    busy = not missing(load) and float(load) > BUSY_LOAD_PER_CORE
+    return f"{r.get('status')}{BUSY_MARK if busy else ''}"
+
+
 def headline_rows(frame: pd.DataFrame) -> list[list[str]]:
     """One list of cell texts per row of the run, in `headers(frame)` order (at most MAX_ROWS)."""
     if is_serving(frame):
-        return [[str(r["case"]), str(r["backend"]), str(r.get("status")),
+        return [[str(r["case"]), str(r["backend"]), _status(r),
                  *(_cell(r.get(column), fmt) if r.get("status") == "ok" else "–" for _, column, fmt in SERVING_COLUMNS),
                  "" if r.get("status") == "ok" else _reason(r)] for _, r in frame.head(MAX_ROWS).iterrows()]
     out = []
     for _, r in frame.head(MAX_ROWS).iterrows():
-        status = str(r.get("status"))
-        if status != "ok":
+        status = _status(r)
+        if r.get("status") != "ok":
             out.append([str(r["case"]), str(r["backend"]), status, "–", "–", "–", "–",
                         _cell(r.get("peak_memory_bytes_per_device"), fmt_bytes), _reason(r)])
             continue
@@ -78,7 +89,7 @@ def busy_note(loads: list[float]) -> str | None:
     `loads`: the rows' `host_load_per_core` values (those that have one)."""
     if not loads or max(loads) <= BUSY_LOAD_PER_CORE:
         return None
-    return (f"measured while the host was busy (load {max(loads):.1f} per core): other processes competed "
+    return (f"* measured while the host was busy (load up to {max(loads):.1f} per core): other processes competed "
             f"for the cores, so measured times are slower than this machine's own; rerun on a quiet host, or "
             f"set `backends: {{cpu: {{threads: 1}}}}` (OpenMP workers spin-wait on oversubscribed cores)")
 

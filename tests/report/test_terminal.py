@@ -90,5 +90,7 @@ def test_a_run_measured_on_a_busy_host_says_so_under_the_table():
     assert headline_table(quiet).caption is None
     busy = quiet.assign(host_load_per_core=[6.5, None])
     caption = headline_table(busy).caption
-    assert caption is not None and "load 6.5 per core" in caption and "threads: 1" in caption
+    assert caption is not None and "load up to 6.5 per core" in caption and "threads: 1" in caption
+    assert [row[2] for row in headline_rows(busy)] == ["ok*", "ok"]  # the busy row is marked, the modeled not
+    assert caption.startswith("* measured while the host was busy")
     assert busy_note([]) is None and busy_note([1.0]) is None  # exactly one task per core is not busy
