@@ -204,6 +204,11 @@ def _length_text(length: Any) -> str:
             return f"{length.get('min')}–{length.get('max')} (uniform)"
         if length.get("kind") == "lognormal":
             return f"median {length.get('median')} (lognormal, σ {length.get('sigma')})"
+        if length.get("kind") == "exponential":
+            return f"mean {length.get('mean')} (exponential)"
+        if length.get("kind") == "quantiles":
+            points = length.get("points") or [[0, "?"], [1, "?"]]
+            return f"{points[0][1]}–{points[-1][1]} (quantiles)"
     return str(length)
 
 
