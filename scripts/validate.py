@@ -521,7 +521,8 @@ SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row 
 # sharegpt-vllm: the ShareGPT sample of vLLM's benchmarks at the rows' commit (benchmarks/
 #   benchmark_throughput.py and benchmark_serving.py, `sample_requests` / `sample_sharegpt_requests`: the first
 #   two turns of each conversation, shuffled; prompt = the human turn, output = the token count of the answer,
-#   generated with ignore_eos so every request makes exactly that many tokens; a pair with prompt or output
+#   asked as max_tokens (the throughput benchmark with ignore_eos; the serving one on random `load_format dummy`
+#   weights, where an early EOS is rare), so a request makes that many tokens; a pair with prompt or output
 #   < 4 tokens, prompt > 1024 or prompt + output > 2048 is skipped and the next conversation taken: the filter,
 #   as `min`, `max_input`, `max_total`). The one published description of this sample's lengths found is
 #   Kwon et al. 2023 (PagedAttention, SOSP '23), Fig. 11: ShareGPT prompts mean 161.31 tokens, answers mean
