@@ -617,8 +617,9 @@ def read_serving_runs(path: Path) -> list[dict[str, object]]:
                                     f"blank with lengths {row['lengths']!r} (the distribution gives the lengths)")
             if row["lengths"] is None and len(given) < 2:
                 missing = "output_len" if given else "input_len"
-                raise ScenarioError(str(path), f"{where}.{missing}", "required for a priced row (or a lengths "
-                                                                     f"distribution: {', '.join(LENGTH_DISTRIBUTIONS)})")
+                names = ", ".join(LENGTH_DISTRIBUTIONS)
+                raise ScenarioError(str(path), f"{where}.{missing}",
+                                    f"required for a priced row (or a lengths distribution: {names})")
             if row["tp"] * row["pp"] != row["n_devices"]:
                 raise ScenarioError(str(path), f"{where}.n_devices",
                                     f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
@@ -646,7 +647,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
     if r["request_rate"] in ALL_AT_ONCE:
         # every request at t = 0: a trace of the lengths llmsim's sampler draws for this seed (the same pairs a
         # Poisson row with this lengths block gets, in order)
-        pairs = draw_lengths(Lengths.model_validate(lengths), int(r["requests"]), SERVING_SEED)  # type: ignore[call-overload]
+        count = int(r["requests"])  # type: ignore[call-overload]
+        pairs = draw_lengths(Lengths.model_validate(lengths), count, SERVING_SEED)
         serving["arrival"] = {"kind": "trace", "path": "all-at-once.csv"}
         trace = "arrival_s,input_tokens,output_tokens\n" + "".join(f"0,{i},{o}\n" for i, o in pairs)
     else:

@@ -62,12 +62,14 @@ def test_the_filter_redraws_a_refused_pair_and_clips_nothing() -> None:
 def test_the_same_seed_gives_the_same_filtered_list() -> None:
     block = {"input": {"kind": "exponential", "mean": 161.31}, "output": {"kind": "exponential", "mean": 337.99},
              "min": 4, "max_input": 1024, "max_total": 2048}
-    spec = ServingSpec.model_validate({"requests": 200, "arrival": {"kind": "poisson", "rate": 1}, "lengths": block})
+    spec = ServingSpec.model_validate({"requests": 200, "arrival": {"kind": "poisson", "rate": 1},
+                                       "lengths": block})
     a = build_requests(ServingCase(spec, 0, BUILTIN["continuous"]))
     assert a == build_requests(ServingCase(spec, 0, BUILTIN["continuous"]))
     assert a != build_requests(ServingCase(spec, 1, BUILTIN["continuous"]))
     # the pairs a trace of the same block and seed is written from (scripts/validate.py, all-at-once rows)
-    assert [(r.input_tokens, r.output_tokens) for r in a] == draw_lengths(spec.lengths, 200, 0)  # type: ignore[arg-type]
+    assert spec.lengths is not None
+    assert [(r.input_tokens, r.output_tokens) for r in a] == draw_lengths(spec.lengths, 200, 0)
 
 
 @pytest.mark.parametrize("change,expected", [
