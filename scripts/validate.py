@@ -518,8 +518,9 @@ SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row 
 # output length for every request. Each is the `serving.lengths` block of the scenario the row describes
 # (docs/scenario.md), drawn with SERVING_SEED: the same lengths for every row that names it.
 #
-# sharegpt-vllm: the ShareGPT sample of vLLM's benchmarks at the rows' commit (benchmarks/
-#   benchmark_throughput.py and benchmark_serving.py, `sample_requests` / `sample_sharegpt_requests`: the first
+# sharegpt-vllm: the ShareGPT sample of vLLM's benchmarks (benchmarks/benchmark_throughput.py read at 018efffd,
+#   the stored version nearest the rows' 9ddbe888, whose throughput-tests.json sets no --output-len and leaves
+#   --seed at 0; benchmark_serving.py's `sample_sharegpt_requests` is the same sampler: the first
 #   two turns of each conversation, shuffled; prompt = the human turn, output = the token count of the answer,
 #   asked as max_tokens (the throughput benchmark with ignore_eos; the serving one on random `load_format dummy`
 #   weights, where an early EOS is rare), so a request makes that many tokens; a pair with prompt or output
