@@ -222,8 +222,11 @@ def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
     parts = [f"serving: {kind} arrivals" + (f" at {', '.join(f'{r:g}' for r in rates)} requests/s" if rates else "")]
     lengths = serving.get("lengths")
     if lengths:
+        bounds = [f"{word} {lengths[key]}" for key, word in (("min", "each ≥"), ("max_input", "prompt ≤"),
+                                                             ("max_total", "prompt + output ≤"))
+                  if lengths.get(key) is not None]
         parts.append(f"{_length_text(lengths.get('input'))} → {_length_text(lengths.get('output'))} tokens "
-                     f"(prompt → output)")
+                     f"(prompt → output{'; ' + ', '.join(bounds) if bounds else ''})")
     elif kind == "trace":
         parts.append("lengths from the trace")
     scheduler = serving.get("scheduler") or {}

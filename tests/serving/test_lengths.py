@@ -107,3 +107,16 @@ def test_an_offline_batch_with_a_length_spread_is_slower_than_one_at_the_mean() 
     rate = {name: summarize(run(requests, max_num_seqs=256, max_batched_tokens=1 << 20), None, None)["requests_per_s"]
             for name, requests in (("equal", equal), ("spread", spread_requests))}
     assert rate["spread"] < 0.8 * rate["equal"]
+
+
+def test_the_report_names_the_new_forms_and_the_filter() -> None:
+    import pandas as pd
+
+    from llmsim.report.run import serving_text
+    scenario = {"serving": {"arrival": {"kind": "poisson"},
+                            "lengths": {"input": {"kind": "exponential", "mean": 161.31},
+                                        "output": {"kind": "quantiles", "points": [[0, 4], [0.5, 200], [1, 2000]]},
+                                        "min": 4, "max_total": 2048}}}
+    text = serving_text(pd.DataFrame([{"request_rate": 1.0, "scheduler": "continuous"}]), scenario)
+    assert ("mean 161.31 (exponential) → 4–2000 (quantiles) tokens (prompt → output; each ≥ 4, "
+            "prompt + output ≤ 2048)") in text
