@@ -59,6 +59,8 @@ from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import read_rows
 from llmsim.runner import plan_cases, run_scenario
+from llmsim.serving.requests import draw_lengths
+from llmsim.serving.spec import Lengths
 from llmsim.workload.profile import profile_workload
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -502,15 +504,43 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 # Optional (blank or absent = dense / NCCL): a mixture of experts and the engine's all-reduce (as the inference
 # tables: ENGINE_COLUMNS).
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
-                    "all_reduce")
+                    "all_reduce", "lengths")
 SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens"}
-SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "input_len",
-                    "output_len", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
+SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
                     "memory_utilization", "published")
 # request_rate words for "every request at t = 0": `offline` (vLLM benchmark_throughput.py: one LLM.generate over
 # every prompt) and `inf` (vLLM bench serve's --request-rate inf: every request sent at once).
 ALL_AT_ONCE = ("offline", "inf")
-SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row; lengths are fixed per row)
+SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row and the lengths a `lengths` row draws)
+
+# Named request-length distributions: a serving row gives one in its `lengths` column (its input_len and
+# output_len blank) when the benchmark drew its requests' lengths from a dataset, instead of one prompt and one
+# output length for every request. Each is the `serving.lengths` block of the scenario the row describes
+# (docs/scenario.md), drawn with SERVING_SEED: the same lengths for every row that names it.
+#
+# sharegpt-vllm: the ShareGPT sample of vLLM's benchmarks (benchmarks/benchmark_throughput.py read at 018efffd,
+#   the stored version nearest the rows' 9ddbe888, whose throughput-tests.json sets no --output-len and leaves
+#   --seed at 0; benchmark_serving.py's `sample_sharegpt_requests` is the same sampler: the first
+#   two turns of each conversation, shuffled; prompt = the human turn, output = the token count of the answer,
+#   asked as max_tokens (the throughput benchmark with ignore_eos; the serving one on random `load_format dummy`
+#   weights, where an early EOS is rare), so a request makes that many tokens; a pair with prompt or output
+#   < 4 tokens, prompt > 1024 or prompt + output > 2048 is skipped and the next conversation taken: the filter,
+#   as `min`, `max_input`, `max_total`). The one published description of this sample's lengths found is
+#   Kwon et al. 2023 (PagedAttention, SOSP '23), Fig. 11: ShareGPT prompts mean 161.31 tokens, answers mean
+#   337.99, both histograms with the mode at the short end and a long right tail to 2,000 tokens ("8.4x longer
+#   input prompts and 5.8x longer outputs on average than the Alpaca dataset, with higher variance", Sec. 6.1),
+#   counted with the tokenizers of that paper's OPT/LLaMA models. The figure publishes means only, so each
+#   length is the exponential distribution of that mean (the largest-entropy distribution on the positive
+#   reals with a given mean: it assumes nothing the source does not give, and its mode is at 0 as the
+#   histograms'); after the filter the drawn means are 163 and 333 tokens (200,000 draws). NOT corrected for
+#   Llama 3's 128k-entry tokenizer (fewer tokens per text): no source here gives the ratio for this text.
+#   The 200 prompts the benchmark drew with its own seed are not reproduced (the file is not downloadable
+#   here): another 200 draws of the same distribution.
+LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
+    "sharegpt-vllm": {"input": {"kind": "exponential", "mean": 161.31},
+                      "output": {"kind": "exponential", "mean": 337.99},
+                      "min": 4, "max_input": 1024, "max_total": 2048},
+}
 
 # metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
 # The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,
@@ -554,6 +584,11 @@ def _serving_value(column: str, text: str) -> object:
         return value
     if column == "metric" and text not in SERVING_METRICS:
         raise ValueError(f"allowed: {', '.join(SERVING_METRICS)}")
+    if column == "lengths":
+        if text not in LENGTH_DISTRIBUTIONS:
+            raise ValueError(f"allowed: {', '.join(LENGTH_DISTRIBUTIONS)} (a named length distribution), or blank "
+                             "with input_len and output_len")
+        return text
     return _value(column, text)
 
 
@@ -577,6 +612,15 @@ def read_serving_runs(path: Path) -> list[dict[str, object]]:
             blank = [c for c in SERVING_REQUIRED if row[c] is None]
             if blank:
                 raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
+            given = [c for c in ("input_len", "output_len") if row[c] is not None]
+            if row["lengths"] is not None and given:
+                raise ScenarioError(str(path), f"{where}.{given[0]}",
+                                    f"blank with lengths {row['lengths']!r} (the distribution gives the lengths)")
+            if row["lengths"] is None and len(given) < 2:
+                missing = "output_len" if given else "input_len"
+                names = ", ".join(LENGTH_DISTRIBUTIONS)
+                raise ScenarioError(str(path), f"{where}.{missing}",
+                                    f"required for a priced row (or a lengths distribution: {names})")
             if row["tp"] * row["pp"] != row["n_devices"]:
                 raise ScenarioError(str(path), f"{where}.n_devices",
                                     f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
@@ -599,13 +643,18 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
                       "max_batched_tokens": r["max_batched_tokens"]},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
     trace = None
+    lengths: dict[str, object] = (dict(LENGTH_DISTRIBUTIONS[str(r["lengths"])]) if r.get("lengths") is not None
+                                  else {"input": r["input_len"], "output": r["output_len"]})
     if r["request_rate"] in ALL_AT_ONCE:
+        # every request at t = 0: a trace of the lengths llmsim's sampler draws for this seed (the same pairs a
+        # Poisson row with this lengths block gets, in order)
+        count = int(r["requests"])  # type: ignore[call-overload]
+        pairs = draw_lengths(Lengths.model_validate(lengths), count, SERVING_SEED)
         serving["arrival"] = {"kind": "trace", "path": "all-at-once.csv"}
-        trace = "arrival_s,input_tokens,output_tokens\n" + \
-            f"0,{r['input_len']},{r['output_len']}\n" * int(r["requests"])  # type: ignore[call-overload]
+        trace = "arrival_s,input_tokens,output_tokens\n" + "".join(f"0,{i},{o}\n" for i, o in pairs)
     else:
         serving["arrival"] = {"kind": "poisson", "rate": r["request_rate"]}
-        serving["lengths"] = {"input": r["input_len"], "output": r["output_len"]}
+        serving["lengths"] = lengths
     backend = {"hardware": r["hardware"], "nodes": 1, "devices_per_node": r["n_devices"],
                "all_reduce": r.get("all_reduce") or "nccl"}
     for key in ("intra_node", "inter_node"):

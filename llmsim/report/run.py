@@ -204,6 +204,11 @@ def _length_text(length: Any) -> str:
             return f"{length.get('min')}–{length.get('max')} (uniform)"
         if length.get("kind") == "lognormal":
             return f"median {length.get('median')} (lognormal, σ {length.get('sigma')})"
+        if length.get("kind") == "exponential":
+            return f"mean {length.get('mean')} (exponential)"
+        if length.get("kind") == "quantiles":
+            points = length.get("points") or [[0, "?"], [1, "?"]]
+            return f"{points[0][1]}–{points[-1][1]} (quantiles)"
     return str(length)
 
 
@@ -217,8 +222,11 @@ def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
     parts = [f"serving: {kind} arrivals" + (f" at {', '.join(f'{r:g}' for r in rates)} requests/s" if rates else "")]
     lengths = serving.get("lengths")
     if lengths:
+        bounds = [f"{word} {lengths[key]}" for key, word in (("min", "each ≥"), ("max_input", "prompt ≤"),
+                                                             ("max_total", "prompt + output ≤"))
+                  if lengths.get(key) is not None]
         parts.append(f"{_length_text(lengths.get('input'))} → {_length_text(lengths.get('output'))} tokens "
-                     f"(prompt → output)")
+                     f"(prompt → output{'; ' + ', '.join(bounds) if bounds else ''})")
     elif kind == "trace":
         parts.append("lengths from the trace")
     scheduler = serving.get("scheduler") or {}

@@ -19,7 +19,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmsim.serving.spec import TRACE_COLUMNS, Length, LognormalLength, ServingCase, ServingSpec, UniformLength
+from llmsim.serving.spec import (TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength, QuantileLength,
+                                 ServingCase, ServingSpec, UniformLength)
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,51 @@ def _stream(seed: int, what: str) -> random.Random:
     return random.Random(f"llmsim-serving-{what}-{seed}")
 
 
+# Redraws of one request's (prompt, output) pair before the filter is taken as unpassable in practice. The
+# spec refuses a filter no pair can pass (Lengths._passable); this bounds one that almost none can.
+MAX_REDRAWS = 10_000
+
+
 def draw_length(spec: Length, rng: random.Random) -> int:
-    """One token count of a length distribution (a fixed number, uniform, lognormal)."""
+    """One token count of a length distribution (a fixed number, uniform, lognormal, exponential, quantiles)."""
     if isinstance(spec, int):
         return spec
     if isinstance(spec, UniformLength):
         return rng.randint(spec.min, spec.max)
+    if isinstance(spec, ExponentialLength):
+        return max(1, round(spec.mean * rng.expovariate(1.0)))
+    if isinstance(spec, QuantileLength):
+        return max(1, round(quantile_tokens(spec, rng.random())))
     assert isinstance(spec, LognormalLength)
     return max(1, round(spec.median * math.exp(spec.sigma * rng.gauss(0.0, 1.0))))
+
+
+def quantile_tokens(spec: QuantileLength, u: float) -> float:
+    """F^-1(u) of a quantiles form: linear between the published (p, tokens) points; u in [0, 1]."""
+    points = spec.points
+    for (p0, t0), (p1, t1) in zip(points, points[1:]):
+        if u <= p1:
+            return t0 + (t1 - t0) * (u - p0) / (p1 - p0)
+    return points[-1][1]
+
+
+def draw_pair(lengths: Lengths, rng: random.Random) -> tuple[int, int]:
+    """One request's (prompt, output) tokens: drawn, and drawn again while the lengths block's filter refuses
+    the pair (rejection sampling, as vLLM's ShareGPT samplers skip a conversation out of range and take the
+    next). Raises ValueError naming the filter if MAX_REDRAWS draws all fail."""
+    for _ in range(MAX_REDRAWS):
+        n_in, n_out = draw_length(lengths.input, rng), draw_length(lengths.output, rng)
+        if lengths.passes(n_in, n_out):
+            return n_in, n_out
+    raise ValueError(f"serving.lengths: {MAX_REDRAWS} draws in a row failed the filter (min {lengths.min}, "
+                     f"max_input {lengths.max_input}, max_total {lengths.max_total}); widen it")
+
+
+def draw_lengths(lengths: Lengths, count: int, seed: int) -> list[tuple[int, int]]:
+    """The (prompt, output) tokens of `count` requests from the run's lengths stream of `seed`: what
+    build_requests gives the requests of a synthetic arrival kind, in order (the same seed, the same list)."""
+    rng = _stream(seed, "lengths")
+    return [draw_pair(lengths, rng) for _ in range(count)]
 
 
 def _gaps(spec: ServingSpec, rng: random.Random):  # noqa: ANN202 - a generator of floats
@@ -164,7 +202,7 @@ def build_requests(case: ServingCase) -> list[Request]:
     out: list[Request] = []
     for i, arrival in enumerate(times):
         if spec.lengths is not None:
-            n_in, n_out = draw_length(spec.lengths.input, lengths), draw_length(spec.lengths.output, lengths)
+            n_in, n_out = draw_pair(spec.lengths, lengths)
         else:
             n_in, n_out = trace_lengths[i]
         out.append(Request(i, arrival, n_in, n_out))

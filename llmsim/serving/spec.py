@@ -4,7 +4,8 @@
 serving:
   requests: 500                                # or duration_s: 600
   arrival: {kind: poisson, rate: [2, 4, 8]}    # requests/s; poisson | gamma (+ cv) | constant | trace (+ path)
-  lengths: {input: 467, output: 256}           # a number, or {kind: uniform|lognormal, ...}; omitted with a trace
+  lengths: {input: 467, output: 256}           # a number, or {kind: uniform|lognormal|exponential|quantiles, ...}
+                                               # (+ filter: min, max_input, max_total); omitted with a trace
   scheduler: {kind: continuous, max_num_seqs: 256, max_batched_tokens: 8192}   # static | continuous |
                                                # chunked-prefill (+ chunk_tokens) | a plugin's
   kv_block_tokens: 16
@@ -75,16 +76,75 @@ class LognormalLength(_Strict):
     sigma: PositiveFloat = Field(description="standard deviation of ln(tokens)")
 
 
-Length = PositiveInt | Annotated[UniformLength | LognormalLength, Field(discriminator="kind")]
+class ExponentialLength(_Strict):
+    """Token counts round(mean * E), E standard exponential, at least 1. Of the distributions on the positive
+    reals with a given mean it is the one of largest entropy (it assumes nothing else): the form to take when a
+    source publishes only a mean, and the shape of a length histogram whose mode is at the short end with a
+    long right tail."""
+
+    kind: Literal["exponential"]
+    mean: PositiveFloat = Field(description="mean tokens (before any filter of the lengths block)")
 
 
-LENGTH_FORMS = "a token count >= 1, {kind: uniform, min, max} or {kind: lognormal, median, sigma}"
+class QuantileLength(_Strict):
+    """Token counts through published quantiles: `points` [[p, tokens], ...] with p rising from 0 to 1 and
+    tokens not falling; a draw is round(F^-1(U)), U uniform on [0, 1), F^-1 linear between the points (each
+    interval between two published quantiles holds its share of the requests, spread evenly)."""
+
+    kind: Literal["quantiles"]
+    points: list[tuple[float, PositiveFloat]] = Field(description="[[p, tokens], ...]: p from 0 to 1 rising, "
+                                                                   "tokens not falling")
+
+    @field_validator("points")
+    @classmethod
+    def _cdf(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if len(points) < 2:
+            raise ValueError("give at least two points [[0, tokens], ..., [1, tokens]]")
+        if points[0][0] != 0 or points[-1][0] != 1:
+            raise ValueError(f"the first p must be 0 and the last 1 (got {points[0][0]} and {points[-1][0]})")
+        for (p0, t0), (p1, t1) in zip(points, points[1:]):
+            if not p1 > p0:
+                raise ValueError(f"p must rise: {p1} after {p0}")
+            if t1 < t0:
+                raise ValueError(f"tokens must not fall: {t1} after {t0}")
+        return points
+
+
+Length = PositiveInt | Annotated[UniformLength | LognormalLength | ExponentialLength | QuantileLength,
+                                 Field(discriminator="kind")]
+
+
+LENGTH_FORMS = ("a token count >= 1, {kind: uniform, min, max}, {kind: lognormal, median, sigma}, "
+                "{kind: exponential, mean} or {kind: quantiles, points: [[p, tokens], ...]}")
+LENGTH_KINDS = {"uniform": UniformLength, "lognormal": LognormalLength, "exponential": ExponentialLength,
+                "quantiles": QuantileLength}
+
+
+def length_bounds(spec: "Length") -> tuple[int, float]:
+    """The smallest and largest token count a length form can draw (math.inf: unbounded)."""
+    if isinstance(spec, int):
+        return spec, spec
+    if isinstance(spec, UniformLength):
+        return spec.min, spec.max
+    if isinstance(spec, QuantileLength):
+        return max(1, round(spec.points[0][1])), max(1, round(spec.points[-1][1]))
+    return 1, math.inf
 
 
 class Lengths(_Strict):
-    input: Length = Field(description="prompt tokens: a number, or {kind: uniform, min, max}, or "
-                                      "{kind: lognormal, median, sigma}")
+    """Prompt and output lengths, drawn per request, and an optional filter on each drawn pair. A pair that the
+    filter refuses is drawn again (rejection sampling: the lengths that pass keep their relative frequencies,
+    none is clipped), as vLLM's ShareGPT samplers drop out-of-range conversations and take the next one
+    (benchmarks/benchmark_throughput.py and benchmark_serving.py, `sample_requests`: prompt or output < 4
+    tokens, prompt > 1024 or prompt + output > 2048 dropped)."""
+
+    input: Length = Field(description="prompt tokens: a number, or {kind: uniform, min, max}, "
+                                      "{kind: lognormal, median, sigma}, {kind: exponential, mean} or "
+                                      "{kind: quantiles, points}")
     output: Length = Field(description="generated tokens per request, the same forms")
+    min: PositiveInt | None = Field(None, description="filter: prompt and output each at least this many tokens")
+    max_input: PositiveInt | None = Field(None, description="filter: prompt at most this many tokens")
+    max_total: PositiveInt | None = Field(None, description="filter: prompt + output at most this many tokens")
 
     @field_validator("input", "output", mode="before")
     @classmethod
@@ -96,10 +156,10 @@ class Lengths(_Strict):
             return value
         if not isinstance(value, dict):
             raise ValueError(f"{value!r}: allowed: {LENGTH_FORMS}")
-        forms = {"uniform": UniformLength, "lognormal": LognormalLength}
-        form = forms.get(value.get("kind"))  # type: ignore[arg-type]
+        form = LENGTH_KINDS.get(value.get("kind"))  # type: ignore[arg-type]
         if form is None:
-            raise ValueError(f"kind {value.get('kind')!r}: allowed: {', '.join(forms)} (or a plain token count)")
+            raise ValueError(f"kind {value.get('kind')!r}: allowed: {', '.join(LENGTH_KINDS)} "
+                             "(or a plain token count)")
         try:
             return form.model_validate(value)
         except ValidationError as exc:
@@ -112,6 +172,37 @@ class Lengths(_Strict):
             if err["type"] == "extra_forbidden":
                 message = f"unknown key; allowed: {', '.join(form.model_fields)}"
             raise ValueError(f"{value['kind']}: {where + ': ' if where else ''}{message}") from None
+
+    @model_validator(mode="after")
+    def _passable(self) -> "Lengths":
+        """Refuse a filter that no drawn pair can pass (the redraws would never end)."""
+        in_lo, in_hi = length_bounds(self.input)
+        out_lo, out_hi = length_bounds(self.output)
+        if self.min is not None and min(in_hi, out_hi) < self.min:
+            key = "input" if in_hi < self.min else "output"
+            raise KeyedValueError("min", f"{self.min}: no {key} length reaches it (the most is {min(in_hi, out_hi):g}"
+                                         " tokens; allowed: min <= the longest length drawn)")
+        low_in = max(in_lo, self.min or 1)
+        if self.max_input is not None and low_in > self.max_input:
+            raise KeyedValueError("max_input", f"{self.max_input}: every prompt is longer (at least {low_in} "
+                                               "tokens; allowed: max_input >= the shortest prompt)")
+        low_total = low_in + max(out_lo, self.min or 1)
+        if self.max_total is not None and low_total > self.max_total:
+            raise KeyedValueError("max_total", f"{self.max_total}: every prompt + output is longer (at least "
+                                               f"{low_total} tokens; allowed: max_total >= the shortest pair)")
+        return self
+
+    @property
+    def filtered(self) -> bool:
+        return self.min is not None or self.max_input is not None or self.max_total is not None
+
+    def passes(self, n_in: int, n_out: int) -> bool:
+        """Whether a drawn (prompt, output) pair passes the filter."""
+        if self.min is not None and (n_in < self.min or n_out < self.min):
+            return False
+        if self.max_input is not None and n_in > self.max_input:
+            return False
+        return self.max_total is None or n_in + n_out <= self.max_total
 
 
 class Arrival(_Strict):

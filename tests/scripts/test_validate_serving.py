@@ -19,6 +19,8 @@ from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import read_rows
 from llmsim.runner import plan_cases, run_scenario
+from llmsim.serving.requests import draw_lengths
+from llmsim.serving.spec import Lengths
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,10 +90,18 @@ def test_the_serving_table_loads_and_every_row_names_its_source(v) -> None:
 
 
 def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tmp_path: Path) -> None:
-    """ST01, vLLM's throughput test of Llama 3 8B on one A100: 200 requests of 161 + 338 tokens handed to the
-    engine at once, priced as the scenario written out here by hand."""
+    """ST01, vLLM's throughput test of Llama 3 8B on one A100: 200 ShareGPT requests handed to the engine at
+    once, their lengths drawn with seed 0 from the exponential distributions of PagedAttention's Fig. 11 means
+    under the benchmark's filter, priced as the scenario written out here by hand."""
     [st01] = [r for r in v.read_serving_runs(v.TABLES["serving"].default) if r["row_id"] == "ST01"]
-    (tmp_path / "at-once.csv").write_text("arrival_s,input_tokens,output_tokens\n" + "0,161,338\n" * 200)
+    assert st01["lengths"] == "sharegpt-vllm" and st01["input_len"] is None and st01["output_len"] is None
+    sharegpt = Lengths.model_validate({"input": {"kind": "exponential", "mean": 161.31},
+                                       "output": {"kind": "exponential", "mean": 337.99},
+                                       "min": 4, "max_input": 1024, "max_total": 2048})
+    pairs = draw_lengths(sharegpt, 200, 0)
+    assert len(set(pairs)) > 150 and max(i + o for i, o in pairs) <= 2048      # a spread, under the filter
+    (tmp_path / "at-once.csv").write_text("arrival_s,input_tokens,output_tokens\n"
+                                          + "".join(f"0,{i},{o}\n" for i, o in pairs))
     data = {"name": "st01", "workload": {"model": {"preset": "llama3-8b", "seq_len": 8192}, "dtype": "bfloat16"},
             "strategies": [{"name": "tp1"}],
             "serving": {"requests": 200, "arrival": {"kind": "trace", "path": "at-once.csv"},
@@ -116,7 +126,9 @@ def test_an_online_row_is_the_serving_simulation_at_its_rate(v, tmp_path: Path) 
     data = {"name": "so06", "workload": {"model": {"preset": "llama3-70b", "seq_len": 8192}, "dtype": "bfloat16"},
             "strategies": [{"name": "tp4", "tp": 4}],
             "serving": {"requests": 200, "arrival": {"kind": "poisson", "rate": 1},
-                        "lengths": {"input": 161, "output": 338},
+                        "lengths": {"input": {"kind": "exponential", "mean": 161.31},
+                                    "output": {"kind": "exponential", "mean": 337.99},
+                                    "min": 4, "max_input": 1024, "max_total": 2048},
                         "scheduler": {"kind": "continuous", "max_num_seqs": 256, "max_batched_tokens": 8192},
                         "kv_block_tokens": 16, "memory_utilization": 0.9},
             "backends": {"roofline": {"hardware": "h200", "nodes": 1, "devices_per_node": 4,
@@ -174,6 +186,9 @@ def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_pat
     ("context", "", "S1.context: required for a priced row"),
     ("hardware", "h999", "serving.csv: S1: backends.roofline.hardware"),     # refused by the scenario it describes
     ("scheduler", "fancy", "serving.csv: S1: serving.scheduler.kind"),
+    ("lengths", "sharegpt", "S1.lengths: 'sharegpt': allowed: sharegpt-vllm"),
+    ("lengths", "sharegpt-vllm", "S1.input_len: blank with lengths 'sharegpt-vllm'"),
+    ("output_len", "", "S1.output_len: required for a priced row (or a lengths distribution"),
 ])
 def test_a_bad_serving_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, column: str, text: str,
                                                    says: str) -> None:
