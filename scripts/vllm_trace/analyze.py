@@ -62,7 +62,7 @@ def main() -> None:
     rids = {a["rid"] for a in adds}
     outs = [o for o in ev["out"] if set(o["rids"]) & rids]
     lo, hi = adds[0]["t"], max(o["t"] for o in outs)   # this CSV's window on the shared clock
-    for kind in ("step", "exec", "gc", "sample"):
+    for kind in ("step", "exec", "gc", "sample", "late"):
         ev[kind] = [e for e in ev[kind] if lo <= e.get("t0", 0) <= hi]
     print(f"window {hi - lo:.1f} s, {len(adds)} requests")
     # the api server also imports vllm.v1.engine.core: its role is the output processor's
@@ -124,12 +124,18 @@ def main() -> None:
         client = float(r["ttft_s"])
         server = first_out.get(a["rid"], float("nan")) - a["t"]
         sent = offset + float(r["arrival_s"])
-        inside = [s for s in steps if a["t"] <= s["t0"] <= a["t"] + server]
+        # every step that overlaps the request's wait (one in progress when it arrived included)
+        inside = [s for s in steps if s["t1"] > a["t"] and s["t0"] < a["t"] + server]
         recs.append({"arrival_s": float(r["arrival_s"]), "client_ttft": client, "server_ttft": server,
                      "to_server": a["t"] - sent, "steps": len(inside),
                      "slow_steps": sum(s["slow"] for s in inside),
                      "step_time": sum(s["dur"] for s in inside),
-                     "prefill_steps": sum(s["kind"] == "prefill" for s in inside)})
+                     "prefill_steps": sum(s["kind"] == "prefill" for s in inside),
+                     # run-queue delay of the engine thread or a worker in those steps: the host's share
+                     "stall": sum(max(s["delay_ns"] / 1e9, s["worker_delay"]) for s in inside),
+                     # a core held off every real-time task while the request waited (the canary's `late`)
+                     "held_off": max((min(g["t1"], a["t"] + server) - max(g["t0"], sent) for g in ev["late"]
+                                      if g["t1"] > sent and g["t0"] < a["t"] + server), default=0.0)})
     recs.sort(key=lambda x: -x["client_ttft"])
     c = [x["client_ttft"] for x in recs]
     sv = [x["server_ttft"] for x in recs]
@@ -143,7 +149,30 @@ def main() -> None:
     for x in recs[:8]:
         print(f"  {x['arrival_s']:7.2f} | {x['client_ttft'] * 1e3:7.1f} | {x['server_ttft'] * 1e3:7.1f} | "
               f"{x['to_server'] * 1e3:6.1f} | {x['steps']} ({x['slow_steps']}, {x['prefill_steps']}) | "
-              f"{x['step_time'] * 1e3:.1f}")
+              f"{x['step_time'] * 1e3:.1f} | stall {x['stall'] * 1e3:.1f} | held off {x['held_off'] * 1e3:.1f}")
+    # the requests at or above the p95 TTFT: what their wait holds
+    top = [x for x in recs if x["client_ttft"] >= pct(c, 0.95)]
+    late = ev["late"]
+    if late:
+        held = [g["t1"] - g["t0"] for g in late]
+        out["held_off"] = {"n": len(late), "per_min": len(late) / ((hi - lo) / 60), "median_ms": statistics.median(held) * 1e3,
+                           "max_ms": max(held) * 1e3, "total_s": sum(held)}
+        print(f"canary: a core held off real-time tasks {len(late)} times in {hi - lo:.0f} s (>6 ms; median "
+              f"{statistics.median(held) * 1e3:.1f} ms, max {max(held) * 1e3:.1f} ms, {sum(held) / (hi - lo):.1%} of core-time)")
+    cause = {"host stall (run-queue delay > 20 ms in its steps)": 0, "behind other prefills (>= 2 prefill steps)": 0,
+             "neither": 0}
+    for x in top:
+        key = ("host stall (run-queue delay > 20 ms in its steps)" if x["stall"] > 0.02 or x["held_off"] > 0.02 else
+               "behind other prefills (>= 2 prefill steps)" if x["prefill_steps"] >= 2 else "neither")
+        cause[key] += 1
+    out["requests"]["top5pct_causes"] = cause
+    print(f"requests at or above the p95 TTFT ({len(top)}): {cause}")
+    stalls = [s for s in steps if max(s["delay_ns"] / 1e9, s["worker_delay"]) > 0.03]
+    out["stalls"] = {"n": len(stalls), "per_min": len(stalls) / ((hi - lo) / 60),
+                     "median_ms": statistics.median([max(s["delay_ns"] / 1e9, s["worker_delay"]) for s in stalls]) * 1e3
+                     if stalls else None}
+    print(f"steps with a run-queue delay > 30 ms: {len(stalls)} in {hi - lo:.0f} s, median delay "
+          f"{out['stalls']['median_ms'] or 0:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
 

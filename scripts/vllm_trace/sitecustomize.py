@@ -14,7 +14,9 @@ start-up (Python's `site` module) and writes one JSON line per event to LLMSIM_V
   start and end of the model's forward pass on that rank, its tokens and its thread's run-queue delay;
 * API server (vllm/v1/engine/output_processor.py, OutputProcessor): `add` when a request reaches the output
   processor, `out` per engine output batch (the time the tokens reach the API server), with the first four
-  prompt token ids (the join key with the client's request list).
+  prompt token ids (the join key with the client's request list);
+* the llmsim client, with LLMSIM_VLLM_TRACE_CANARY=1: `late` — one canary thread per core (`_canary`) that
+  reports when the whole core was held off real-time tasks.
 
 Times are time.perf_counter() (CLOCK_MONOTONIC on Linux: one clock for every process on the host, the
 client's clock too). Overhead: one JSON line per iteration per process (~10 µs).
@@ -160,3 +162,28 @@ if _DIR:
             return spec
 
     sys.meta_path.insert(0, _Finder())
+
+    def _canary(cpu: int) -> None:
+        """Sleep 1 ms in a loop on one core at a real-time priority above the engine's; a wake-up more than
+        5 ms late means every real-time task of that core was held off (the kernel's RT throttling, an
+        interrupt storm, another RT task above 20): logged as `late`."""
+        import threading
+
+        tid = threading.get_native_id()
+        try:
+            os.sched_setaffinity(tid, {cpu})
+            os.sched_setscheduler(tid, os.SCHED_RR, os.sched_param(20))
+        except (OSError, AttributeError):
+            pass
+        while True:
+            t0 = time.perf_counter()
+            time.sleep(0.001)
+            t1 = time.perf_counter()
+            if t1 - t0 > 0.006:
+                _log("late", cpu=cpu, t0=t0, t1=t1)
+
+    if os.environ.get("LLMSIM_VLLM_TRACE_CANARY") and sys.argv[1:2] == ["run"]:   # the llmsim client only
+        import threading
+
+        for cpu in sorted(os.sched_getaffinity(0)):
+            threading.Thread(target=_canary, args=(cpu,), daemon=True).start()
