@@ -133,3 +133,38 @@ def test_a_real_vllm_engine_serves_at_tp2(tmp_path: Path) -> None:
     assert row["requests_done"] == 12 and row["tp"] == 2, row.get("first_error")
     log = (outcome.run_dir / row["engine_log"]).read_text()
     assert "local_rank=1, core ids=[" in log   # two workers, each bound to its core
+
+
+# -- the warm-up request -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("warmups", [1, 0])
+def test_a_fresh_engine_gets_unmeasured_warm_up_requests_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              warmups: int) -> None:
+    """vLLM's CPU worker runs no forward pass before serving (eager, explicit KV size): the backend sends
+    `warmup_requests` first, not in the row; a reused engine (the second rate) gets none."""
+    from tests.plugins.test_vllm import PREFILL_S, FakeVllm, _run
+
+    FakeVllm.pid_file = tmp_path / "pids"
+    rows, _ = _run(tmp_path, FakeVllm, monkeypatch, ["vllm"], settings={"warmup_requests": warmups},
+                   arrival={"kind": "poisson", "rate": [40, 80]})
+    first, second = rows
+    assert first["status"] == "ok" and first["requests_done"] == 12 and second["requests_done"] == 12
+    assert first["warmup_requests"] == warmups
+    if warmups:
+        assert first["warmup_s"] >= PREFILL_S   # one whole answer: the fake's prefill and 2 tokens
+    else:
+        assert first["warmup_s"] == 0
+    assert second["engine_reused"] and second["warmup_s"] == 0
+
+
+def test_warm_up_reads_a_whole_answer_and_a_dead_server_is_an_engine_error(tmp_path: Path) -> None:
+    from llmsim.serving.engine import EngineError, ServerProcess, free_port, warm_up
+
+    from tests.plugins.test_vllm import PREFILL_S, fake_command
+
+    port = free_port()
+    with ServerProcess(fake_command(port, tmp_path / "pids", "--max-model-len", "256"), port,
+                       tmp_path / "log") as server:
+        assert warm_up(server.base_url, "llmsim", [2] * 16, 2, 30.0) >= PREFILL_S
+    with pytest.raises(EngineError, match="warm-up request failed"):
+        warm_up(server.base_url, "llmsim", [2] * 16, 2, 5.0)   # stopped: connection refused
