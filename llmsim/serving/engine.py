@@ -159,7 +159,8 @@ class EngineArgs:
     kv_cache_bytes: int
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    # one core per rank, "0|1|..." (VLLM_CPU_OMP_THREADS_BIND); None: vLLM's own choice ("auto")
+    # the cores the ranks are bound to, in order, replica after replica (VLLM_CPU_OMP_THREADS_BIND "0|1|...": replica
+    # i's rank j on core i*ranks + j); None: vLLM's own choice ("auto")
     cores_per_rank: tuple[str, ...] | None = None
 
     @property
@@ -188,7 +189,7 @@ class EngineArgs:
                       "--distributed-executor-backend", "mp"]
         return flags
 
-    def env(self) -> dict[str, str | None]:
+    def env(self, replica: int = 0) -> dict[str, str | None]:
         """Environment of the server: no network (HF_HUB_OFFLINE: the checkpoint is local), no usage report.
 
         The KV-cache size goes by --kv-cache-memory-bytes, not the legacy VLLM_CPU_KVCACHE_SPACE: vLLM's CPU
@@ -198,7 +199,8 @@ class EngineArgs:
         env: dict[str, str | None] = {"VLLM_CPU_KVCACHE_SPACE": None, "HF_HUB_OFFLINE": "1",
                                       "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         if self.cores_per_rank is not None:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(self.cores_per_rank)
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                self.cores_per_rank[replica * self.ranks:(replica + 1) * self.ranks])
         return env
 
 

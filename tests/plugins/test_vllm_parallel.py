@@ -65,6 +65,20 @@ def test_ranks_are_bound_to_the_cores_this_process_may_use_in_order(tmp_path: Pa
     assert engine_args(planned[0].case, planned[0].settings).env()["VLLM_CPU_OMP_THREADS_BIND"] == "3|5"
 
 
+def test_replicas_of_a_tp_server_get_cores_of_their_own_or_are_skipped(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "host_cores", lambda: [0, 1, 2, 3])
+    planned = _planned(tmp_path, [{"name": "tp2", "tp": 2}], replicas=2)
+    args = engine_args(planned[0].case, planned[0].settings)
+    assert [args.env(i)["VLLM_CPU_OMP_THREADS_BIND"] for i in range(2)] == ["0|1", "2|3"]
+    assert unsupported(planned[0].case) is None
+    monkeypatch.setattr(plugin, "host_cores", lambda: [0, 1])
+    reason = unsupported(planned[0].case) or ""
+    assert "replicas*tp*pp = 2*2 ranks need a core each" in reason and "2 cores" in reason
+    tp1, *_ = _planned(tmp_path, [{"name": "tp1"}], replicas=4)
+    assert unsupported(tp1.case) is None   # tp 1 replicas: vLLM's own binding, as before
+
+
 def test_more_ranks_than_cores_is_skipped_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plugin, "host_cores", lambda: [0, 1])
     planned = _planned(tmp_path, [{"name": "tp2", "tp": 2}, {"name": "tp4", "tp": 4}, {"name": "tp2pp2", "tp": 2,
