@@ -32,9 +32,10 @@ def load(trace: Path) -> dict[str, list[dict]]:
             except json.JSONDecodeError:
                 continue
             events[e["k"]].append(e)
-            if e["k"] == "patched":
-                roles[e["pid"]] = {"vllm.v1.engine.core": "engine-core", "vllm.v1.worker.gpu_worker": "worker",
-                                   "vllm.v1.engine.output_processor": "api-server"}[e["module"]]
+            role = {"vllm.v1.engine.core": "engine-core", "vllm.v1.worker.gpu_worker": "worker",
+                    "vllm.v1.engine.output_processor": "api-server"}.get(e.get("module", ""))
+            if e["k"] == "patched" and role:
+                roles[e["pid"]] = role
     events["roles"] = [roles]  # type: ignore[list-item]
     return events
 

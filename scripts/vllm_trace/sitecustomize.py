@@ -15,6 +15,8 @@ start-up (Python's `site` module) and writes one JSON line per event to LLMSIM_V
 * API server (vllm/v1/engine/output_processor.py, OutputProcessor): `add` when a request reaches the output
   processor, `out` per engine output batch (the time the tokens reach the API server), with the first four
   prompt token ids (the join key with the client's request list);
+* with LLMSIM_VLLM_SPIN_S=S (an experiment, not a measurement setting): the engine's shared-memory queue readers
+  spin S s after a message instead of vLLM's 1 s (`_patch_spin`);
 * the llmsim client, with LLMSIM_VLLM_TRACE_CANARY=1: `late` — one canary thread per core (`_canary`) that
   reports when the whole core was held off real-time tasks.
 
@@ -131,8 +133,26 @@ if _DIR:
 
         proc.add_request, proc.process_outputs = add_request, process_outputs
 
+    def _patch_spin(module: object) -> None:
+        """LLMSIM_VLLM_SPIN_S=S: the shared-memory queues' readers spin S seconds after a message instead of
+        vLLM's 1 s (SpinCondition.busy_loop_s), then sleep on their ZMQ notification: the experiment that tells
+        whether the engine's spinning is what exhausts the kernel's real-time budget."""
+        spin = os.environ.get("LLMSIM_VLLM_SPIN_S")
+        if not spin:
+            return
+        cls = module.SpinCondition  # type: ignore[attr-defined]
+        init = cls.__init__
+
+        def __init__(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            init(self, *a, **k)
+            if self.is_reader:
+                self.busy_loop_s = float(spin)
+
+        cls.__init__ = __init__
+
     _PATCHES = {"vllm.v1.engine.core": _patch_core, "vllm.v1.worker.gpu_worker": _patch_worker,
-                "vllm.v1.engine.output_processor": _patch_output}
+                "vllm.v1.engine.output_processor": _patch_output,
+                "vllm.distributed.device_communicators.shm_broadcast": _patch_spin}
 
     class _Finder(importlib.abc.MetaPathFinder):
         """Patches a module of _PATCHES right after it is executed."""
