@@ -94,7 +94,8 @@ def main() -> None:
         out["steps"][kind] = {"n": len(ss), "p50_ms": med * 1e3, "p99_ms": pct(d, 0.99) * 1e3, "max_ms": max(d) * 1e3,
                               "slow": len(slow), "slow_time_s": sum(s["dur"] - med for s in slow)}
         print(f"  {kind}: n={len(ss)} p50 {med * 1e3:.2f} ms p90 {pct(d, 0.9) * 1e3:.2f} p99 {pct(d, 0.99) * 1e3:.2f} "
-              f"max {max(d) * 1e3:.1f}; slow (>3x median) {len(slow)}, their excess {sum(s['dur'] - med for s in slow) * 1e3:.0f} ms")
+              f"max {max(d) * 1e3:.1f}; slow (>3x median) {len(slow)}, their excess "
+              f"{sum(s['dur'] - med for s in slow) * 1e3:.0f} ms")
     print("slowest steps: dur ms | kind tokens reqs new | engine run-queue delay ms | worker forward max ms, "
           "its run-queue delay ms | GC overlapping (process, gen, ms)")
     for s in sorted(steps, key=lambda s: -s["dur"])[:12]:
@@ -144,7 +145,8 @@ def main() -> None:
                        "server_p50_ms": statistics.median(sv) * 1e3, "server_p99_ms": pct(sv, 0.99) * 1e3,
                        "slowest": recs[:8]}
     print(f"TTFT of {n} requests, client p50 {statistics.median(c) * 1e3:.1f} p99 {pct(c, 0.99) * 1e3:.1f} ms; "
-          f"API server (added -> first token back) p50 {statistics.median(sv) * 1e3:.1f} p99 {pct(sv, 0.99) * 1e3:.1f} ms")
+          f"API server (added -> first token back) p50 {statistics.median(sv) * 1e3:.1f} "
+          f"p99 {pct(sv, 0.99) * 1e3:.1f} ms")
     print("slowest requests: arrival s | client TTFT ms | API-server TTFT ms | client->API-server ms | engine steps "
           "in it (slow, with a prefill) | their time ms")
     for x in recs[:8]:
@@ -156,10 +158,12 @@ def main() -> None:
     late = ev["late"]
     if late:
         held = [g["t1"] - g["t0"] for g in late]
-        out["held_off"] = {"n": len(late), "per_min": len(late) / ((hi - lo) / 60), "median_ms": statistics.median(held) * 1e3,
-                           "max_ms": max(held) * 1e3, "total_s": sum(held)}
+        out["held_off"] = {"n": len(late), "per_min": len(late) / ((hi - lo) / 60),
+                           "median_ms": statistics.median(held) * 1e3, "max_ms": max(held) * 1e3,
+                           "total_s": sum(held)}
         print(f"canary: a core held off real-time tasks {len(late)} times in {hi - lo:.0f} s (>6 ms; median "
-              f"{statistics.median(held) * 1e3:.1f} ms, max {max(held) * 1e3:.1f} ms, {sum(held) / (hi - lo):.1%} of core-time)")
+              f"{statistics.median(held) * 1e3:.1f} ms, max {max(held) * 1e3:.1f} ms, "
+              f"{sum(held) / (hi - lo):.1%} of core-time)")
     cause = {"host stall (run-queue delay > 20 ms in its steps)": 0, "behind other prefills (>= 2 prefill steps)": 0,
              "neither": 0}
     for x in top:
