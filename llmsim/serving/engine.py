@@ -157,6 +157,16 @@ class EngineArgs:
     seed: int
     enforce_eager: bool
     kv_cache_bytes: int
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    # the cores the ranks are bound to, in order, replica after replica (VLLM_CPU_OMP_THREADS_BIND "0|1|...": replica
+    # i's rank j on core i*ranks + j); None: vLLM's own choice ("auto")
+    cores_per_rank: tuple[str, ...] | None = None
+
+    @property
+    def ranks(self) -> int:
+        """Worker processes of one server: tp x pp."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def cli(self) -> list[str]:
         """The server's command-line flags for these settings (prefix caching off: llmsim does not model it)."""
@@ -170,17 +180,28 @@ class EngineArgs:
             flags += ["--long-prefill-token-threshold", str(self.long_prefill_token_threshold)]
         if self.enforce_eager:
             flags.append("--enforce-eager")
+        if self.ranks > 1:
+            # one worker process per rank, started by the engine core (vllm/v1/executor/multiproc_executor.py);
+            # vLLM's CPU platform turns "uni" into "mp" at every size (vllm/platforms/cpu.py,
+            # check_and_update_config); named here so that a Ray installed beside it is not chosen instead
+            flags += ["--tensor-parallel-size", str(self.tensor_parallel_size),
+                      "--pipeline-parallel-size", str(self.pipeline_parallel_size),
+                      "--distributed-executor-backend", "mp"]
         return flags
 
-    def env(self) -> dict[str, str | None]:
+    def env(self, replica: int = 0) -> dict[str, str | None]:
         """Environment of the server: no network (HF_HUB_OFFLINE: the checkpoint is local), no usage report.
 
         The KV-cache size goes by --kv-cache-memory-bytes, not the legacy VLLM_CPU_KVCACHE_SPACE: vLLM's CPU
         platform turns that variable into the same setting but reads it as whole GiB (vllm/platforms/cpu.py,
         `int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * GiB_bytes`), and a set one would override the flag (None:
         removed from the server's environment)."""
-        return {"VLLM_CPU_KVCACHE_SPACE": None, "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env: dict[str, str | None] = {"VLLM_CPU_KVCACHE_SPACE": None, "HF_HUB_OFFLINE": "1",
+                                      "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        if self.cores_per_rank is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                self.cores_per_rank[replica * self.ranks:(replica + 1) * self.ranks])
+        return env
 
 
 class EngineError(RuntimeError):
@@ -347,6 +368,30 @@ class ServerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def warm_up(base_url: str, model: str, prompt: Sequence[int], output_tokens: int, timeout_s: float) -> float:
+    """Send one request to a freshly started server and read its whole answer (not measured); its seconds.
+
+    vLLM's CPU worker runs no forward pass before serving when the model is eager and the KV-cache size explicit
+    (vllm/v1/worker/cpu_worker.py, `_should_warm_up_model`, vLLM 0.32: "warmup serves no purpose"), which is how
+    the vllm backend starts it: the first prefill and the first decode step then pay first-call costs (lazy
+    initialisation, first touch of the weights and KV pages), 1.3-2.7 s each at tp 2 on this host
+    (docs/validation.md, "Where the p99 comes from"). vLLM's own `bench serve` sends an initial single test
+    prompt before it measures (vllm/benchmarks/serve.py, "Starting initial single prompt test run") for the
+    same reason."""
+    body = json.dumps({"model": model, "prompt": list(prompt), "max_tokens": output_tokens,
+                       "min_tokens": output_tokens, "ignore_eos": True, "temperature": 0.0,
+                       "stream": True}).encode()
+    request = urllib.request.Request(base_url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            answer.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise EngineError(f"the warm-up request failed: {exc}") from exc
+    return time.perf_counter() - start
 
 
 def vllm_command(python: str, model_dir: Path, port: int, args: EngineArgs, host: str = "127.0.0.1") -> list[str]:
