@@ -18,7 +18,13 @@ Built in:
 * `chunked-prefill` (Agrawal et al. 2024, "Sarathi-Serve", OSDI '24; vLLM v1's default): the same, but a
   prompt is split into chunks of at most chunk_tokens that fill the rest of the token budget beside the
   decodes, so a long prompt never stalls them.
-The last two follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in order, each
+* `prefill-first` (vLLM V0's default scheduler, mid-2024; llmsim.serving.policies.vllm_v0): waiting prompts
+  get an iteration of their own and every running decode waits for it; preemption by recompute when no block
+  is free; V0's watermark and delay_factor.
+* `tgi` (Hugging Face TGI 2.1's router; llmsim.serving.policies.tgi): new requests are prefilled in a pass of
+  their own and then join the running batch, admitted by TGI's waiting_served_ratio / max_waiting_tokens rule
+  with their whole length reserved up front; never preempted.
+`continuous` and `chunked-prefill` follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in order, each
 its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
 most recently admitted running request is preempted (blocks freed, recomputed later from its prompt and
 the tokens it generated, put back at the head of the queue), until it fits or the request itself was the
@@ -225,5 +231,11 @@ class StaticScheduler(Scheduler):
             self.longest_prompt = 0
 
 
+# The engines' own policies (llmsim.serving.policies) subclass Scheduler above; imported here, after it, so that
+# BUILTIN names them too.
+from llmsim.serving.policies.tgi import TgiScheduler  # noqa: E402
+from llmsim.serving.policies.vllm_v0 import PrefillFirstScheduler  # noqa: E402
+
 BUILTIN: dict[str, type[Scheduler]] = {cls.kind: cls for cls in (StaticScheduler, ContinuousScheduler,
-                                                                 ChunkedPrefillScheduler)}
+                                                                 ChunkedPrefillScheduler, PrefillFirstScheduler,
+                                                                 TgiScheduler)}
