@@ -24,8 +24,8 @@ Built in:
 * `tgi` (Hugging Face TGI 2.1's router; llmsim.serving.policies.tgi): new requests are prefilled in a pass of
   their own and then join the running batch, admitted by TGI's waiting_served_ratio / max_waiting_tokens rule
   with their whole length reserved up front; never preempted.
-`continuous` and `chunked-prefill` follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in order, each
-its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
+`continuous` and `chunked-prefill` follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in
+order, each its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
 most recently admitted running request is preempted (blocks freed, recomputed later from its prompt and
 the tokens it generated, put back at the head of the queue), until it fits or the request itself was the
 one preempted; waiting requests only when nothing was preempted in this iteration, first come first

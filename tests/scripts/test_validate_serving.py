@@ -202,7 +202,8 @@ def test_the_policy_keys_of_a_row_reach_its_scenario(v) -> None:
 
 
 def test_the_vllm_v0_and_tgi_rows_name_their_engines_policy(v) -> None:
-    """SO rows ran vLLM V0 (mid-2024) without chunked prefill, SN rows TGI 2.1: each is priced by that engine's policy."""
+    """SO rows ran vLLM V0 (mid-2024) without chunked prefill, SN rows TGI 2.1: each is priced by that engine's
+    policy."""
     rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
     assert {r["scheduler"] for k, r in rows.items() if k.startswith("SO")} == {"prefill-first"}
     assert {r["scheduler"] for k, r in rows.items() if k.startswith("SN")} == {"tgi"}

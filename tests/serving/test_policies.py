@@ -14,7 +14,8 @@ from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import ServingCase, ServingSpec, SchedulerSpec
 from tests.serving.helpers import linear_price, linear_seconds, run
 
-Log = list[tuple[list[tuple[int, int]], int, int, float]]   # per iteration: (request id, tokens), preemptions, blocks, s
+# per iteration: its work as (request id, tokens), the preemptions so far, the blocks in use, its priced seconds
+Log = list[tuple[list[tuple[int, int]], int, int, float]]
 
 
 def _recording(kind: str, requests: list[Request], blocks: int = 10_000, block_tokens: int = 16,
