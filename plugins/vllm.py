@@ -106,9 +106,9 @@ def unsupported(case: Case) -> str | None:
         return "the vllm backend runs serving scenarios only (a serving: block)"
     kind = serving.spec.scheduler.kind
     if kind not in ("continuous", "chunked-prefill"):
-        return (f"scheduler {kind!r} has no equivalent in the vLLM this backend starts (its V1 engine schedules "
-                f"continuous or chunked-prefill iterations; prefill-first is V0's, tgi is TGI's); model it with "
-                f"roofline / cluster")
+        return (f"scheduler {kind!r} has no vLLM equivalent in the engine this backend starts (vLLM V1 schedules "
+                f"continuous or chunked-prefill iterations; prefill-first is vLLM V0's, tgi is TGI's); model it "
+                f"with roofline / cluster")
     if case.layout.tp * case.layout.pp > 1:
         return "the vllm backend runs replicas of one device each (tp 1, pp 1) so far"
     if case.workload.dtype not in VLLM_DTYPES:
