@@ -6,13 +6,11 @@
   the running batch, under its waiting_served_ratio / max_waiting_tokens admission rule and with their whole
   length reserved in the KV cache up front.
 
-Both are registered in llmsim.serving.schedulers.BUILTIN, so `serving.scheduler.kind` names them and every
-path that builds a scheduler from the registry (the modeled backends, the planner, calibration) runs them.
+Both subclass llmsim.serving.scheduling.Scheduler and are registered in llmsim.serving.schedulers.BUILTIN, so
+`serving.scheduler.kind` names them and every path that builds a scheduler from the registry (the modeled
+backends, the planner, calibration) runs them.
 """
 
-# llmsim.serving.schedulers first: it imports the two modules below at its end to register them, and they
-# subclass its Scheduler; loading it here first keeps every import order working.
-import llmsim.serving.schedulers  # noqa: F401  (isort: skip)
 from llmsim.serving.policies.tgi import TgiScheduler
 from llmsim.serving.policies.vllm_v0 import PrefillFirstScheduler
 

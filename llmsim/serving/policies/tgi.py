@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from llmsim.serving.kvcache import KVCache, Sequence
-from llmsim.serving.schedulers import Iteration, Scheduler
+from llmsim.serving.scheduling import Iteration, Scheduler
 from llmsim.serving.spec import DEFAULT_MAX_WAITING_TOKENS, DEFAULT_WAITING_SERVED_RATIO, SchedulerSpec
 
 

@@ -38,7 +38,7 @@ policy: llmsim.serving.replica).
 from __future__ import annotations
 
 from llmsim.serving.kvcache import KVCache, Sequence
-from llmsim.serving.schedulers import Iteration, Scheduler
+from llmsim.serving.scheduling import Iteration, Scheduler
 from llmsim.serving.spec import DEFAULT_DELAY_FACTOR, SchedulerSpec
 
 # BlockSpaceManagerV1(watermark=0.01) (vllm/core/block_manager_v1.py; the scheduler builds it without passing
