@@ -573,13 +573,28 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
                                    f"context seq_len={w.model.seq_len}: every request would be rejected (allowed: "
                                    f"input + output <= {w.model.seq_len}, or raise workload.model.seq_len)")
     sched = serving.scheduler
-    if sched.kind in ("static", "continuous") and sched.max_batched_tokens < w.model.seq_len:
-        # vLLM (vllm/config/scheduler.py) refuses max_num_batched_tokens < max_model_len without chunked
-        # prefill: a prompt (or a preempted request's recompute) up to the context must fit one iteration.
+    if sched.kind in ("static", "continuous", "prefill-first") and sched.max_batched_tokens < w.model.seq_len:
+        # vLLM (vllm/config/scheduler.py; V0's SchedulerConfig._verify_args likewise) refuses
+        # max_num_batched_tokens < max_model_len without chunked prefill: a prompt (or a preempted request's
+        # recompute) up to the context must fit one iteration.
         return "serving.scheduler.max_batched_tokens", (
             f"{sched.max_batched_tokens} is below the model's context seq_len={w.model.seq_len}; without chunked "
             f"prefill ({sched.kind}) a whole prompt must fit one iteration (allowed: >= {w.model.seq_len}, or "
             f"kind: chunked-prefill)")
+    if sched.kind == "tgi":
+        # TGI 2.1's launcher (launcher/src/main.rs): max_batch_prefill_tokens >= max_input_tokens, the longest
+        # prompt, at most max_total_tokens - 1 (the context less one answer token); and max_total_tokens <=
+        # max_batch_total_tokens, so that one request fits the running batch alone.
+        if sched.max_batched_tokens < w.model.seq_len - 1:
+            return "serving.scheduler.max_batched_tokens", (
+                f"{sched.max_batched_tokens} is below the longest prompt, seq_len - 1 = {w.model.seq_len - 1}; TGI "
+                f"prefills a whole prompt in one pass (max_batch_prefill_tokens >= max_input_tokens; allowed: >= "
+                f"{w.model.seq_len - 1})")
+        if sched.max_batch_total_tokens is not None and sched.max_batch_total_tokens < w.model.seq_len:
+            return "serving.scheduler.max_batch_total_tokens", (
+                f"{sched.max_batch_total_tokens} is below the model's context seq_len={w.model.seq_len}; TGI needs "
+                f"max_total_tokens <= max_batch_total_tokens (allowed: >= {w.model.seq_len}, or leave it out: the "
+                f"KV cache's tokens)")
     return None
 
 

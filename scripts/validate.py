@@ -504,7 +504,13 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 # Optional (blank or absent = dense / NCCL): a mixture of experts and the engine's all-reduce (as the inference
 # tables: ENGINE_COLUMNS).
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
-                    "all_reduce", "lengths")
+                    "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
+                                    "max_batch_total_tokens"))
+# The engine policies' own keys (serving.scheduler.<column>, docs/scenario.md), passed through when a row gives
+# them (blank or absent = the policy's default, which is the engine's): numbers here, their ranges and the kind
+# they belong to are the scenario's rules (a bad one is refused naming the row and the key).
+SERVING_SCHEDULER_KEYS = {"delay_factor": float, "waiting_served_ratio": float, "max_waiting_tokens": int,
+                          "max_batch_total_tokens": int}
 SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens"}
 SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
                     "memory_utilization", "published")
@@ -577,6 +583,11 @@ def _serving_value(column: str, text: str) -> object:
         if not 0 < value <= 1:
             raise ValueError("allowed: 0 < memory_utilization <= 1")
         return value
+    if column in SERVING_SCHEDULER_KEYS:
+        number = SERVING_SCHEDULER_KEYS[column](text)
+        if not math.isfinite(number):
+            raise ValueError("allowed: a finite number")
+        return number
     if column in SERVING_INTS:
         value = int(text)
         if value < 1:
@@ -640,7 +651,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
     serving: dict[str, object] = {
         "requests": r["requests"],
         "scheduler": {"kind": r["scheduler"], "max_num_seqs": r["max_num_seqs"],
-                      "max_batched_tokens": r["max_batched_tokens"]},
+                      "max_batched_tokens": r["max_batched_tokens"],
+                      **{key: r[key] for key in SERVING_SCHEDULER_KEYS if r.get(key) is not None}},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
     trace = None
     lengths: dict[str, object] = (dict(LENGTH_DISTRIBUTIONS[str(r["lengths"])]) if r.get("lengths") is not None

@@ -257,3 +257,17 @@ def test_a_negative_request_overhead_is_one_line_exit_2(tmp_path: Path, capsys: 
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "request_overhead_s" in err
+
+
+@pytest.mark.parametrize("kind", ["prefill-first", "tgi"])
+def test_the_engine_policies_run_on_both_modeled_backends(tmp_path: Path, kind: str) -> None:
+    """vLLM V0's and TGI's policies are built-in kinds: the roofline and the cluster backend run them through the
+    same registry path as every scheduler, and the row names the policy."""
+    run_dir, rows = _run(tmp_path, _scenario(scheduler={"kind": kind, "max_num_seqs": 16, "max_batched_tokens": 64}))
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["requests_done"] == 60 for r in rows)
+    assert {r["scheduler"] for r in rows} == {kind}
+    # the same request list on both backends (the cluster backend only adds its faults and jitter, none here)
+    for rate in ("single@rate=50", "single@rate=400"):
+        roofline, cluster = ([_requests(run_dir, r) for r in rows if r["case"] == rate and r["backend"] == b][0]
+                             for b in ("roofline", "cluster"))
+        assert [r["arrival_s"] for r in roofline] == [r["arrival_s"] for r in cluster]

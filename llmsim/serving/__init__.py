@@ -4,7 +4,9 @@
 * requests    the request list: arrivals (poisson, gamma, constant, trace) and lengths, seeded, the same
               list for every backend
 * kvcache     the paged KV cache of one replica (blocks of kv_block_tokens tokens)
+* scheduling  the base class every policy subclasses (Iteration, mix_of, Scheduler)
 * schedulers  static, continuous, chunked-prefill, and the hook through which plugins add policies
+* policies/   the engines' own: prefill-first (vLLM V0's scheduler), tgi (TGI 2.1's router)
 * replica     one replica as a SimPy process: its scheduler forms each iteration, the cost model prices it
 * router      round-robin or least-outstanding across the replicas
 * simulate    the whole run on the SimPy engine of llmsim.sim

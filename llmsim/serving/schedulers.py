@@ -18,108 +18,36 @@ Built in:
 * `chunked-prefill` (Agrawal et al. 2024, "Sarathi-Serve", OSDI '24; vLLM v1's default): the same, but a
   prompt is split into chunks of at most chunk_tokens that fill the rest of the token budget beside the
   decodes, so a long prompt never stalls them.
-The last two follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in order, each
-its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
+* `prefill-first` (vLLM V0's default scheduler, mid-2024; llmsim.serving.policies.vllm_v0): waiting prompts
+  get an iteration of their own and every running decode waits for it; preemption by recompute when no block
+  is free; V0's watermark and delay_factor.
+* `tgi` (Hugging Face TGI 2.1's router; llmsim.serving.policies.tgi): new requests are prefilled in a pass of
+  their own and then join the running batch, admitted by TGI's waiting_served_ratio / max_waiting_tokens rule
+  with their whole length reserved up front; never preempted.
+`continuous` and `chunked-prefill` follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in
+order, each its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
 most recently admitted running request is preempted (blocks freed, recomputed later from its prompt and
 the tokens it generated, put back at the head of the queue), until it fits or the request itself was the
 one preempted; waiting requests only when nothing was preempted in this iteration, first come first
 served, stopping at the first that does not fit.
 
 Plugins add policies through the `llmsim_serving_schedulers` hook (llmsim.hookspecs): a subclass of
-`Scheduler` with a `kind` name, usable as `serving.scheduler.kind`.
+`Scheduler` (llmsim.serving.scheduling, re-exported here) with a `kind` name, usable as `serving.scheduler.kind`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections import deque
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from llmsim.costmodel.iteration import Mix
 from llmsim.serving.kvcache import KVCache, Sequence
+from llmsim.serving.policies.tgi import TgiScheduler
+from llmsim.serving.policies.vllm_v0 import PrefillFirstScheduler
+from llmsim.serving.scheduling import Iteration, Scheduler, mix_of
 from llmsim.serving.spec import SchedulerSpec
 
-
-@dataclass
-class Iteration:
-    """One forward pass of a replica: each sequence in it with the tokens it computes (a prompt chunk, or
-    1 for a decoding sequence). `mix` overrides what is priced (static batching pads its rows); None = the
-    plain sum of the work (`mix_of`)."""
-
-    work: list[tuple[Sequence, int]] = field(default_factory=list)
-    mix: Mix | None = None
-
-
-def mix_of(work: list[tuple[Sequence, int]]) -> Mix:
-    """The cost model's view of an iteration: a sequence that has generated a token and computes one more is
-    decoding (attending over its cache and the new token); anything else computes a prompt chunk after the
-    tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way)."""
-    pre = pairs = square = prefix = dec = keys = 0
-    for seq, n in work:
-        done = seq.computed
-        if n == 1 and seq.generated and done == seq.request.input_tokens + seq.generated - 1:
-            dec += 1
-            keys += done + 1
-        else:
-            pre += n
-            pairs += n * done
-            square += n * n
-            prefix += done
-    return Mix(prefill_tokens=pre, prefill_pairs=pairs, prefill_square=square, prefix_tokens=prefix,
-               decode_seqs=dec, decode_keys=keys, rows=len(work))
-
-
-class Scheduler(ABC):
-    """Forms the iterations of one replica. Subclasses set `kind` and implement `schedule`.
-
-    State a subclass works with: `waiting` (a deque, first come first served; `add` appends), `running`
-    (a list in admission order), `kv` (the replica's KVCache: `grow(seq, tokens)` gives a sequence the
-    blocks for that many cached tokens or returns False, `release(seq)` frees them) and `spec` (the
-    scenario's serving.scheduler block). `preempt(seq)` is preemption by recompute, counted.
-    """
-
-    kind: ClassVar[str]
-
-    def __init__(self, spec: SchedulerSpec, kv: KVCache) -> None:
-        self.spec = spec
-        self.kv = kv
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.preemptions = 0
-
-    def add(self, seq: Sequence) -> None:
-        """A request routed to this replica arrives."""
-        self.waiting.append(seq)
-
-    @property
-    def idle(self) -> bool:
-        """Nothing waiting and nothing running."""
-        return not self.waiting and not self.running
-
-    @abstractmethod
-    def schedule(self, now: float) -> Iteration | None:
-        """The next iteration to run at simulated time `now` (seconds), or None when nothing can run."""
-
-    def admit(self, seq: Sequence, now: float) -> None:
-        """Move the head of the queue into the running set (its first scheduling time is kept)."""
-        self.waiting.popleft()
-        self.running.append(seq)
-        if seq.scheduled_s is None:
-            seq.scheduled_s = now
-
-    def preempt(self, seq: Sequence) -> None:
-        """Preemption by recompute: free its blocks, forget its cache, back to the head of the queue."""
-        self.kv.release(seq)
-        seq.computed = 0
-        seq.preemptions += 1
-        self.preemptions += 1
-        self.waiting.appendleft(seq)
-
-    def finish(self, seq: Sequence) -> None:
-        """`seq` generated its last token: it leaves and frees its blocks."""
-        self.running.remove(seq)
-        self.kv.release(seq)
+__all__ = ["BUILTIN", "ChunkedPrefillScheduler", "ContinuousScheduler", "Iteration", "PrefillFirstScheduler",
+           "Scheduler", "StaticScheduler", "TgiScheduler", "mix_of"]
 
 
 class IterationLevelScheduler(Scheduler):
@@ -226,4 +154,5 @@ class StaticScheduler(Scheduler):
 
 
 BUILTIN: dict[str, type[Scheduler]] = {cls.kind: cls for cls in (StaticScheduler, ContinuousScheduler,
-                                                                 ChunkedPrefillScheduler)}
+                                                                 ChunkedPrefillScheduler, PrefillFirstScheduler,
+                                                                 TgiScheduler)}

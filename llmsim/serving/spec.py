@@ -7,7 +7,9 @@ serving:
   lengths: {input: 467, output: 256}           # a number, or {kind: uniform|lognormal|exponential|quantiles, ...}
                                                # (+ filter: min, max_input, max_total); omitted with a trace
   scheduler: {kind: continuous, max_num_seqs: 256, max_batched_tokens: 8192}   # static | continuous |
-                                               # chunked-prefill (+ chunk_tokens) | a plugin's
+                                               # chunked-prefill (+ chunk_tokens) | prefill-first (+ delay_factor)
+                                               # | tgi (+ waiting_served_ratio, max_waiting_tokens,
+                                               # max_batch_total_tokens) | a plugin's
   kv_block_tokens: 16
   memory_utilization: 0.9
   replicas: 1
@@ -28,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, ValidationError, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, field_validator, model_validator
 
 from llmsim.errors import KeyedValueError
 from llmsim.strict import StrictModel, sweep_repeats
@@ -45,7 +47,18 @@ DEFAULT_MAX_NUM_SEQS = 256
 # The token budget of one iteration. vLLM's own default depends on its version, the entry point and the
 # device (2,048 to 16,384 in v1); llmsim takes the serving issue's example value, 8,192.
 DEFAULT_MAX_BATCHED_TOKENS = 8192
-BUILTIN_SCHEDULERS = ("static", "continuous", "chunked-prefill")
+BUILTIN_SCHEDULERS = ("static", "continuous", "chunked-prefill", "prefill-first", "tgi")
+# The defaults of the engines' own policies (llmsim.serving.policies): vLLM V0's SchedulerConfig.delay_factor
+# (vllm/config.py, 0.0: no delay) and TGI 2.1's launcher (huggingface/text-generation-inference v2.1.0,
+# launcher/src/main.rs: `waiting_served_ratio` default_value "0.3", `max_waiting_tokens` default_value "20"; the
+# router's own default ratio, router/src/main.rs, is 1.2, but the launcher always passes its 0.3).
+DEFAULT_DELAY_FACTOR = 0.0
+DEFAULT_WAITING_SERVED_RATIO = 0.3
+DEFAULT_MAX_WAITING_TOKENS = 20
+# Which built-in kind each policy-specific key belongs to (a plugin's kind may read any of them).
+POLICY_KEYS: dict[str, str] = {"chunk_tokens": "chunked-prefill", "delay_factor": "prefill-first",
+                               "waiting_served_ratio": "tgi", "max_waiting_tokens": "tgi",
+                               "max_batch_total_tokens": "tgi"}
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 
 
@@ -259,21 +272,38 @@ class Arrival(_Strict):
 class SchedulerSpec(_Strict):
     """How a replica forms each iteration (llmsim.serving.schedulers)."""
 
-    kind: str = Field("continuous", description="static | continuous | chunked-prefill, or a plugin's policy")
+    kind: str = Field("continuous", description="static | continuous | chunked-prefill | prefill-first (vLLM V0's "
+                                                "default scheduler) | tgi (TGI 2.1's router), or a plugin's policy")
     max_num_seqs: PositiveInt = Field(DEFAULT_MAX_NUM_SEQS, description="sequences in one iteration at most "
-                                                                        "(vLLM max_num_seqs)")
+                                                                        "(vLLM max_num_seqs; TGI max_batch_size)")
     max_batched_tokens: PositiveInt = Field(DEFAULT_MAX_BATCHED_TOKENS, description="tokens one iteration "
-                                            "computes at most (vLLM max_num_batched_tokens)")
+                                            "computes at most (vLLM max_num_batched_tokens; for tgi, the prompt "
+                                            "tokens of one prefill pass, TGI max_batch_prefill_tokens)")
     chunk_tokens: PositiveInt | None = Field(None, description="chunked-prefill: most prompt tokens of one request "
                                              "per iteration (vLLM long_prefill_token_threshold); default "
                                              "max_batched_tokens")
+    delay_factor: NonNegativeFloat | None = Field(
+        None, description="prefill-first: vLLM V0's delay_factor; waiting prompts are scheduled only once the "
+                          "oldest has waited delay_factor x the last prompt iteration's time (or nothing runs); "
+                          "default 0 (no delay)")
+    waiting_served_ratio: NonNegativeFloat | None = Field(
+        None, description="tgi: TGI's waiting_served_ratio; while fewer than max_waiting_tokens decode steps ran "
+                          "since the last admission, waiting requests join the running batch only when at least "
+                          "floor(running x ratio) of them fit; default 0.3 (TGI 2.1's launcher)")
+    max_waiting_tokens: NonNegativeInt | None = Field(
+        None, description="tgi: TGI's max_waiting_tokens; after this many decode steps without an admission, "
+                          "any waiting request that fits joins; default 20 (TGI 2.1's launcher)")
+    max_batch_total_tokens: PositiveInt | None = Field(
+        None, description="tgi: TGI's max_batch_total_tokens, the tokens (prompt + max new tokens) all running "
+                          "requests may reserve; default the replica's KV cache (TGI infers it from free memory "
+                          "for flash-attention models); at most the KV cache")
 
     @model_validator(mode="after")
-    def _chunk(self) -> "SchedulerSpec":
-        if self.chunk_tokens is not None and self.kind in ("static", "continuous"):
-            raise KeyedValueError("chunk_tokens", f"chunk_tokens is for kind 'chunked-prefill' (got kind "
-                                                  f"{self.kind!r}, which runs whole "
-                             f"prompts)")
+    def _policy_keys(self) -> "SchedulerSpec":
+        """A key of one built-in policy is refused with another built-in kind (a plugin's kind may read any)."""
+        for key, owner in POLICY_KEYS.items():
+            if getattr(self, key) is not None and self.kind in BUILTIN_SCHEDULERS and self.kind != owner:
+                raise KeyedValueError(key, f"{key} is for kind {owner!r} (got kind {self.kind!r})")
         return self
 
     @property

@@ -253,3 +253,18 @@ def test_cli_serving_plan_prints_the_table_limits_and_sensitivity(tmp_path: Path
     assert again.goal.request_rate == 80.0
     assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate"]) == 2
     assert "a serving plan is found by simulation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["prefill-first", "tgi"])
+def test_a_plan_searches_with_the_engine_policies(kind: str) -> None:
+    """A plan whose serving block names vLLM V0's or TGI's policy simulates every candidate with it (the same
+    registry as `llmsim run`): at the goal rate its rows differ from the continuous plan's."""
+    sched = {"kind": kind, "max_num_seqs": 8, "max_batched_tokens": 256}
+    plan, tasks = _tasks(serving_plan(serving={**serving_plan()["serving"], "scheduler": sched}))
+    assert {t.spec.scheduler.kind for t in tasks} == {kind}
+    results = plan_serving(tasks, plan.objective)
+    assert results and all(c.at_goal is not None for c in results)
+    _, continuous = _tasks(serving_plan())
+    base = {(c.hardware, c.tp): c for c in plan_serving(continuous, plan.objective)}
+    assert any(c.at_goal.row["itl_p99_s"] != base[(c.hardware, c.tp)].at_goal.row["itl_p99_s"]
+               for c in results if (c.hardware, c.tp) in base)

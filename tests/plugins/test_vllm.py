@@ -159,6 +159,8 @@ def planned_ok(tmp_path: Path):  # noqa: ANN201
 def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None:
     static, *_ = _case(tmp_path, scheduler={"kind": "static", "max_num_seqs": 8, "max_batched_tokens": 256})
     assert "no vLLM equivalent" in (unsupported(static[0].case) or "")
+    v0, *_ = _case(tmp_path, scheduler={"kind": "prefill-first", "max_num_seqs": 8, "max_batched_tokens": 256})
+    assert "prefill-first is vLLM V0's" in (unsupported(v0[0].case) or "")
     two, *_ = _case(tmp_path, replicas=2)
     assert unsupported(two[0].case) is None             # replicas: one server each, behind the router
     blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32

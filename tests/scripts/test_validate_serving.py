@@ -129,7 +129,7 @@ def test_an_online_row_is_the_serving_simulation_at_its_rate(v, tmp_path: Path) 
                         "lengths": {"input": {"kind": "exponential", "mean": 161.31},
                                     "output": {"kind": "exponential", "mean": 337.99},
                                     "min": 4, "max_input": 1024, "max_total": 2048},
-                        "scheduler": {"kind": "continuous", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                        "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192},
                         "kv_block_tokens": 16, "memory_utilization": 0.9},
             "backends": {"roofline": {"hardware": "h200", "nodes": 1, "devices_per_node": 4,
                                       "intra_node": "nvlink4", "inter_node": "ib-ndr400x8", "all_reduce": "vllm"}},
@@ -189,6 +189,11 @@ def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_pat
     ("lengths", "sharegpt", "S1.lengths: 'sharegpt': allowed: sharegpt-vllm"),
     ("lengths", "sharegpt-vllm", "S1.input_len: blank with lengths 'sharegpt-vllm'"),
     ("output_len", "", "S1.output_len: required for a priced row (or a lengths distribution"),
+    ("waiting_served_ratio", "-1", "serving.csv: S1: serving.scheduler.waiting_served_ratio"),
+    ("waiting_served_ratio", "0.3", "serving.csv: S1: serving.scheduler.waiting_served_ratio: waiting_served_ratio "
+                                    "is for kind 'tgi' (got kind 'continuous')"),
+    ("max_waiting_tokens", "many", "S1.max_waiting_tokens: 'many'"),
+    ("delay_factor", "nan", "S1.delay_factor: 'nan': allowed: a finite number"),
 ])
 def test_a_bad_serving_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, column: str, text: str,
                                                    says: str) -> None:
@@ -196,3 +201,24 @@ def test_a_bad_serving_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, co
     assert v.main(["--table", "serving", "--path", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err
+
+
+def test_the_policy_keys_of_a_row_reach_its_scenario(v) -> None:
+    """A TGI row's router settings (optional columns) become serving.scheduler keys; blank ones are left to the
+    policy's defaults (TGI's own)."""
+    row = _row(v, scheduler="tgi", max_batched_tokens=63)
+    typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
+    typed.update(waiting_served_ratio=0.5, max_waiting_tokens=7, delay_factor=None, max_batch_total_tokens=None)
+    scenario, _ = v.serving_scenario(typed)
+    assert scenario["serving"]["scheduler"] == {"kind": "tgi", "max_num_seqs": 16, "max_batched_tokens": 63,
+                                                "waiting_served_ratio": 0.5, "max_waiting_tokens": 7}
+    typed.update(waiting_served_ratio=None, max_waiting_tokens=None)
+    assert set(v.serving_scenario(typed)[0]["serving"]["scheduler"]) == {"kind", "max_num_seqs", "max_batched_tokens"}
+
+
+def test_the_vllm_v0_and_tgi_rows_name_their_engines_policy(v) -> None:
+    """SO rows ran vLLM V0 (mid-2024) without chunked prefill, SN rows TGI 2.1: each is priced by that engine's
+    policy."""
+    rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
+    assert {r["scheduler"] for k, r in rows.items() if k.startswith("SO")} == {"prefill-first"}
+    assert {r["scheduler"] for k, r in rows.items() if k.startswith("SN")} == {"tgi"}

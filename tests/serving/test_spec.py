@@ -83,6 +83,29 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("workload.mode=train", "workload.mode: 'train' cannot be served"),
     ("backends.roofline.attention=math", "backends.roofline.attention: 'math': a serving run prices a fused "
                                          "attention kernel"),
+    # the engines' policies: their keys, their ranges, their rules
+    ("serving.scheduler.delay_factor=0.5", "serving.scheduler.delay_factor: delay_factor is for kind 'prefill-first' "
+                                           "(got kind 'continuous')"),
+    ("serving.scheduler={kind: prefill-first, waiting_served_ratio: 1.2}",
+     "serving.scheduler.waiting_served_ratio: waiting_served_ratio is for kind 'tgi' (got kind 'prefill-first')"),
+    ("serving.scheduler={kind: tgi, chunk_tokens: 16}", "serving.scheduler.chunk_tokens: chunk_tokens is for kind "
+                                                        "'chunked-prefill' (got kind 'tgi')"),
+    ("serving.scheduler={kind: prefill-first, delay_factor: -1}", "serving.scheduler.delay_factor: -1: Input should "
+                                                                  "be greater than or equal to 0"),
+    ("serving.scheduler={kind: tgi, waiting_served_ratio: -0.3}", "serving.scheduler.waiting_served_ratio: -0.3: "
+                                                                  "Input should be greater than or equal to 0"),
+    ("serving.scheduler={kind: tgi, max_waiting_tokens: -1}", "serving.scheduler.max_waiting_tokens: -1: Input "
+                                                              "should be greater than or equal to 0"),
+    ("serving.scheduler={kind: tgi, max_waiting_tokens: 2.5}", "serving.scheduler.max_waiting_tokens: 2.5: Input "
+                                                               "should be a valid integer"),
+    ("serving.scheduler={kind: tgi, waiting_served_ratio: .inf}", "serving.scheduler.waiting_served_ratio: inf: Input "
+                                                                  "should be a finite number"),
+    ("serving.scheduler={kind: prefill-first, max_batched_tokens: 32}", "serving.scheduler.max_batched_tokens: 32 is "
+                                                                        "below the model's context seq_len=64"),
+    ("serving.scheduler={kind: tgi, max_batched_tokens: 62}", "serving.scheduler.max_batched_tokens: 62 is below the "
+                                                              "longest prompt, seq_len - 1 = 63"),
+    ("serving.scheduler={kind: tgi, max_batch_total_tokens: 63}", "serving.scheduler.max_batch_total_tokens: 63 is "
+                                                                  "below the model's context seq_len=64"),
 ])
 def test_bad_serving_input_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        change: str, expected: str) -> None:
@@ -108,3 +131,17 @@ def test_a_trace_missing_a_column_names_the_file_and_the_column(tmp_path: Path, 
 def test_a_rate_list_sweeps_like_nodes(tmp_path: Path, capsys) -> None:
     assert main(["validate", str(_write(tmp_path, SERVING))]) == 0
     assert "3 cases" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scheduler", ["{kind: prefill-first, delay_factor: 0.5}",
+                                       "{kind: tgi, max_batched_tokens: 63, waiting_served_ratio: 1.2, "
+                                       "max_waiting_tokens: 0, max_batch_total_tokens: 64}"])
+def test_the_engine_policies_keys_validate(tmp_path: Path, capsys, scheduler: str) -> None:
+    assert main(["validate", str(_write(tmp_path, SERVING)), "--set", f"serving.scheduler={scheduler}"]) == 0
+
+
+def test_the_json_schema_has_the_engine_policies_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    scheduler = json.loads(capsys.readouterr().out)["$defs"]["SchedulerSpec"]["properties"]
+    assert set(scheduler) >= {"delay_factor", "waiting_served_ratio", "max_waiting_tokens", "max_batch_total_tokens"}
+    assert "prefill-first" in scheduler["kind"]["description"] and "tgi" in scheduler["kind"]["description"]

@@ -1,0 +1,98 @@
+"""What every serving scheduling policy shares: the `Iteration` it returns, the cost model's view of one
+(`mix_of`), and the `Scheduler` base class (queue, running set, KV cache, preemption by recompute). The policies
+live in llmsim.serving.schedulers (the generic ones) and llmsim.serving.policies (the engines' own); plugins
+subclass `Scheduler` too (llmsim.hookspecs, `llmsim_serving_schedulers`). Kept apart from both so that the
+policies import it and llmsim.serving.schedulers imports them, without an import cycle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from llmsim.costmodel.iteration import Mix
+from llmsim.serving.kvcache import KVCache, Sequence
+from llmsim.serving.spec import SchedulerSpec
+
+
+@dataclass
+class Iteration:
+    """One forward pass of a replica: each sequence in it with the tokens it computes (a prompt chunk, or
+    1 for a decoding sequence). `mix` overrides what is priced (static batching pads its rows); None = the
+    plain sum of the work (`mix_of`)."""
+
+    work: list[tuple[Sequence, int]] = field(default_factory=list)
+    mix: Mix | None = None
+
+
+def mix_of(work: list[tuple[Sequence, int]]) -> Mix:
+    """The cost model's view of an iteration: a sequence that has generated a token and computes one more is
+    decoding (attending over its cache and the new token); anything else computes a prompt chunk after the
+    tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way)."""
+    pre = pairs = square = prefix = dec = keys = 0
+    for seq, n in work:
+        done = seq.computed
+        if n == 1 and seq.generated and done == seq.request.input_tokens + seq.generated - 1:
+            dec += 1
+            keys += done + 1
+        else:
+            pre += n
+            pairs += n * done
+            square += n * n
+            prefix += done
+    return Mix(prefill_tokens=pre, prefill_pairs=pairs, prefill_square=square, prefix_tokens=prefix,
+               decode_seqs=dec, decode_keys=keys, rows=len(work))
+
+
+class Scheduler(ABC):
+    """Forms the iterations of one replica. Subclasses set `kind` and implement `schedule`.
+
+    State a subclass works with: `waiting` (a deque, first come first served; `add` appends), `running`
+    (a list in admission order), `kv` (the replica's KVCache: `grow(seq, tokens)` gives a sequence the
+    blocks for that many cached tokens or returns False, `release(seq)` frees them) and `spec` (the
+    scenario's serving.scheduler block). `preempt(seq)` is preemption by recompute, counted.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: SchedulerSpec, kv: KVCache) -> None:
+        self.spec = spec
+        self.kv = kv
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        """A request routed to this replica arrives."""
+        self.waiting.append(seq)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running."""
+        return not self.waiting and not self.running
+
+    @abstractmethod
+    def schedule(self, now: float) -> Iteration | None:
+        """The next iteration to run at simulated time `now` (seconds), or None when nothing can run."""
+
+    def admit(self, seq: Sequence, now: float) -> None:
+        """Move the head of the queue into the running set (its first scheduling time is kept)."""
+        self.waiting.popleft()
+        self.running.append(seq)
+        if seq.scheduled_s is None:
+            seq.scheduled_s = now
+
+    def preempt(self, seq: Sequence) -> None:
+        """Preemption by recompute: free its blocks, forget its cache, back to the head of the queue."""
+        self.kv.release(seq)
+        seq.computed = 0
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """`seq` generated its last token: it leaves and frees its blocks."""
+        self.running.remove(seq)
+        self.kv.release(seq)
