@@ -214,9 +214,12 @@ def test_the_replay_times_every_token_and_counts_refusals(tmp_path: Path) -> Non
 def test_the_run_timeout_counts_unfinished_requests_and_loses_nothing(tmp_path: Path) -> None:
     port = free_port()
     requests = [Request(0, 0.0, 4, 2), Request(1, 0.0, 4, 400), Request(2, 30.0, 4, 2)]
-    with ServerProcess(fake_command(port, tmp_path / "pids", "--max-model-len", "1000"), port, tmp_path / "log"):
+    # 400 tokens at 50 ms each (20 s) cannot finish in the 5 s run; 2 tokens can, even on a loaded host (with 0.5 s
+    # and 4 ms tokens, request 0 itself sometimes timed out at load 10 on 2 cores)
+    command = fake_command(port, tmp_path / "pids", "--max-model-len", "1000", "--token-s", "0.05")
+    with ServerProcess(command, port, tmp_path / "log"):
         replay = Replay(f"http://127.0.0.1:{port}", "llmsim", lambda r: prompt_ids(r, 300, 0, 2), count_tokens,
-                        run_timeout_s=0.5)
+                        run_timeout_s=5.0)
         answers, _, _ = replay.run(requests)
     assert answers[0].error is None
     assert answers[1].error == "timeout" and answers[2].error == "timeout"
