@@ -105,7 +105,7 @@ def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tm
     data = {"name": "st01", "workload": {"model": {"preset": "llama3-8b", "seq_len": 8192}, "dtype": "bfloat16"},
             "strategies": [{"name": "tp1"}],
             "serving": {"requests": 200, "arrival": {"kind": "trace", "path": "at-once.csv"},
-                        "scheduler": {"kind": "continuous", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                        "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192},
                         "kv_block_tokens": 16, "memory_utilization": 0.9},
             "backends": {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1,
                                       "intra_node": "nvlink3", "inter_node": "ib-hdr200x8", "all_reduce": "vllm"}},
