@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,10 +63,9 @@ def test_the_capacity_table_loads_and_every_row_names_its_source(v) -> None:
         assert r["skip_reason"] or r["published"] > 0
 
 
-def test_lengths_are_lognormal_through_the_published_median_and_p90(v) -> None:
-    r = v.read_capacity_runs(_write(Path(pytest.importorskip("tempfile").mkdtemp()), [_row(v)]))[0]
+def test_lengths_are_lognormal_through_the_published_median_and_p90(v, tmp_path: Path) -> None:
+    r = v.read_capacity_runs(_write(tmp_path, [_row(v)]))[0]
     lengths = v.capacity_lengths(r)
-    import math
     for length in ("input", "output"):
         form = lengths[length]
         assert form["median"] == r[f"{length}_median"]
@@ -91,8 +92,8 @@ def test_the_searched_rate_meets_the_slo_and_the_rate_above_it_does_not(v, tmp_p
     assert simulate_at(task, replica, out.sustained_rate, 1).met
     above = simulate_at(task, replica, out.first_miss.rate, 1)
     assert not above.met
-    extra = above.row  # the run-level bounds are what the miss is about: no request is rejected in this row
-    assert above.rejected == 0 and extra["slo_attainment"] == 1.0
+    # the run-level bounds are what the miss is about: no request is rejected in this row
+    assert above.rejected == 0 and above.row["slo_attainment"] == 1.0
 
 
 def test_run_level_bounds_decide_slo_met(v, tmp_path: Path) -> None:
@@ -100,12 +101,10 @@ def test_run_level_bounds_decide_slo_met(v, tmp_path: Path) -> None:
     [case] = v.capacity_cases(_write(tmp_path, [_row(v)]))
     task = v.capacity_task(case.row)
     replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
-    from llmsim.serving.metrics import summarize  # noqa: F401  (the column definitions the bounds reuse)
     loose = simulate_at(task, replica, 5.0, 1)
     assert loose.met
     itl_p99 = loose.row["itl_p99_s"]
     tight = task.spec.slo.model_copy(update={"itl_s": itl_p99 * 0.5})
-    from dataclasses import replace
     tight_task = replace(task, spec=task.spec.model_copy(update={"slo": tight}))
     run = simulate_at(tight_task, replica, 5.0, 1)
     assert not run.met and run.attainment == 1.0   # every request served, the ITL bound alone fails it
@@ -141,3 +140,15 @@ def test_a_missing_column_is_one_line_and_exit_2(v, tmp_path: Path, capsys) -> N
     assert v.main(["--table", "capacity", "--path", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "slo_itl_s" in err and "missing column" in err
+
+
+def test_the_table_prints_each_row_and_the_median_of_its_errors(v, tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path, [_row(v), _row(v, row_id="C2", published=50),
+                             _row(v, row_id="C3", skip_reason="not published", published="")])
+    assert v.main(["--table", "capacity", "--path", str(path)]) == 0
+    out = capsys.readouterr().out
+    [case] = v.capacity_cases(_write(tmp_path, [_row(v)]))
+    predicted = v.run_capacity_case(case).predicted
+    errors = sorted(abs(predicted / p - 1) for p in (100, 50))
+    assert f"median |error| {sum(errors) / 2:.1%} over 2 rows" in out
+    assert "C3" in out and "not published" in out
