@@ -951,7 +951,7 @@ def run_capacity_case(case: CapacityCase) -> CapacityOutcome:
 
 def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutcome]) -> None:
     print(f"== {table.name} ({table.kind}): {path}")
-    header = (f"{'row':<10}{'run':<46}{'engine':<15}{'published':>10}{'predicted':>10}{'error':>9}  "
+    header = (f"{'row':<10}{'run':<46}{'engine':<19}{'published':>10}{'predicted':>10}{'error':>9}  "
               f"{'probes':>6}{'first miss':>11}{'itl p99 ms':>11}{'queue p50 s':>12}")
     print(header)
     print("-" * len(header))
@@ -961,7 +961,7 @@ def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutc
         miss = o.result.first_miss   # the lowest rate that missed: its pooled ITL p99 and median queueing delay
         rate, itl, queue = ((miss.rate, miss.row.get("itl_p99_s"), miss.row.get("queue_p50_s")) if miss
                             else (math.nan, None, None))
-        print(f"{o.case.row_id[:9]:<10}{o.case.label[:45]:<46}{o.case.engine[:14]:<15}{o.case.published:>10.3g}"
+        print(f"{o.case.row_id[:9]:<10}{o.case.label[:45]:<46}{o.case.engine[:18]:<19}{o.case.published:>10.3g}"
               f"{o.predicted:>10.3g}{o.error:>+9.1%}  {len(o.result.probes):>6}{rate:>11.3g}"
               f"{(itl or math.nan) * 1e3:>11.1f}{queue if queue is not None else math.nan:>12.3g}")
     reasons: dict[str, list[str]] = {}
