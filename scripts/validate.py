@@ -967,7 +967,8 @@ def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutc
     reasons: dict[str, list[str]] = {}
     for o in outcomes:
         if o.result is None:
-            reasons.setdefault(o.case.skip_reason or f"the simulation refused it: {o.failure}", []).append(o.case.row_id)
+            why = o.case.skip_reason or f"the simulation refused it: {o.failure}"
+            reasons.setdefault(why, []).append(o.case.row_id)
     for why, ids in reasons.items():
         print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
     skipped = sum(o.result is None for o in outcomes)
@@ -1042,7 +1043,8 @@ def print_summary(results: list[tuple[Table, list]]) -> None:
             priced = sum(o.result is not None for o in outcomes)
             print(f"  {table.name:<20}{priced:>4} priced{len(outcomes) - priced:>4} skipped   median |error| "
                   f"{_pct(median_abs_error(outcomes), signed=False):>7}   mean error {_pct(mean_error(outcomes)):>7}")
-            if kind == "serving" and table.name != "capacity":   # one figure per metric: a throughput and a latency are not one population
+            # one figure per metric: a throughput and a latency are not one population (a capacity is one metric)
+            if kind == "serving" and table.name != "capacity":
                 for metric, group in serving_by_metric(outcomes).items():
                     n = sum(o.result is not None for o in group)
                     print(f"    {metric:<18}{n:>4} priced{len(group) - n:>4} skipped   median |error| "

@@ -194,7 +194,8 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
     return RunSummary(rate=rate, replicas=replicas, met=bool(extra["slo_met"]), attainment=row["slo_attainment"] or 0.0,
                       row=row, misses_ttft=sum(slo.ttft_s is not None and t > slo.ttft_s for t in ttft),
-                      misses_tpot=sum(slo.tpot_s is not None and t > slo.tpot_s for t in tpot), rejected=len(outcome.rejected),
+                      misses_tpot=sum(slo.tpot_s is not None and t > slo.tpot_s for t in tpot),
+                      rejected=len(outcome.rejected),
                       time_split=split, energy_j=energy, duration_s=outcome.duration_s)
 
 
