@@ -21,9 +21,13 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
   serving    serving       request-level serving runs: vLLM's CI throughput tests (200 ShareGPT prompts at once) and
                            serving tests (Poisson arrivals), TGI in vLLM's nightly comparison; TTFT, ITL and
                            throughput per metric, priced by the serving simulation (validation/serving_online.csv)
+             capacity      published serving capacity: the highest request rate one replica sustains under a latency
+                           SLO (Sarathi-Serve's capacity search, DistServe's goodput), priced by the serving planner's
+                           rate search, llmsim.planner.serve.rate_search (validation/serving_capacity.csv)
 
 Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published (a
-serving row by the request-level serving simulation of the scenario it describes, `serving_scenario`);
+serving row by the request-level serving simulation of the scenario it describes, `serving_scenario`; a capacity
+row by the serving planner's rate search over that simulation, `capacity_task`);
 nothing is fitted, per table or at all. The published measure of each row is turned into seconds per step
 (training) or per batch (inference) by the rule of its `metric` column (PUBLISHED_SECONDS), and the error is
 predicted / published - 1. A row the model cannot price as published (hardware or link missing from the
@@ -802,6 +806,237 @@ def serving_by_metric(outcomes: list[ServingOutcome]) -> dict[str, list[ServingO
     return groups
 
 
+# --------------------------------------------------------------------------- the capacity table (rate under an SLO)
+#
+# A capacity row is one published *capacity*: the highest request rate (QPS) one replica of a deployment sustains
+# under a stated latency SLO (Sarathi-Serve's Figures 10-11, DistServe's per-GPU goodput). It is priced by the
+# serving planner's own rate search (llmsim.planner.serve.rate_search: halve from `rate_start` until a run meets
+# the SLO, then bisect to `rate_tolerance`), on one replica of tp x pp devices of the row's hardware, the requests
+# arriving as a Poisson process for `duration_s` simulated seconds, their lengths lognormal from the dataset's
+# published median and P90 (`capacity_lengths`). The error is predicted capacity / published capacity - 1.
+
+CAPACITY = ("row_id", "run", "engine", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_devices", "tp", "pp",
+            "intra_node", "inter_node", "context", "dataset", "input_median", "input_p90", "output_median",
+            "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens", "chunk_tokens",
+            "kv_block_tokens", "memory_utilization", "slo_itl_s", "slo_itl_percentile", "slo_queue_s",
+            "slo_queue_percentile", "slo_ttft_s", "slo_tpot_s", "slo_percentile", "rate_start", "rate_tolerance",
+            "metric", "published", "read_error", "skip_reason", "assumptions", "source")
+CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "output_p90", "max_num_seqs",
+                 "max_batched_tokens", "chunk_tokens", "kv_block_tokens"}
+CAPACITY_FLOATS = {"duration_s", "slo_itl_s", "slo_queue_s", "slo_ttft_s", "slo_tpot_s", "rate_start",
+                   "read_error"}
+CAPACITY_PERCENTILES = {"slo_itl_percentile", "slo_queue_percentile", "slo_percentile"}
+CAPACITY_REQUIRED = ("hardware", "n_devices", "tp", "pp", "context", "input_median", "input_p90", "output_median",
+                     "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens",
+                     "kv_block_tokens", "memory_utilization", "rate_start", "rate_tolerance", "published")
+CAPACITY_METRICS = ("capacity_rps",)     # requests/s one replica sustains under the row's SLO
+# The standard normal's 0.9 quantile: a lognormal's P90 = median x exp(sigma x Z90) (Phi^-1(0.9)).
+Z90 = 1.2815515655446004
+# The rate search may go down to rate_start / CAPACITY_MAX_REPLICAS before it gives up (the planner's floor is the
+# goal rate / the most replicas max_devices allows: a capacity row asks about one replica, so the floor is only a
+# stop for a row that misses its SLO at any rate).
+CAPACITY_MAX_REPLICAS = 1024
+
+
+def _capacity_value(column: str, text: str) -> object:
+    if column in CAPACITY_INTS:
+        value = int(text)
+        if value < 1:
+            raise ValueError("must be >= 1")
+        return value
+    if column in CAPACITY_FLOATS:
+        number = float(text)
+        if not 0 < number < math.inf:
+            raise ValueError("must be a positive number")
+        return number
+    if column in CAPACITY_PERCENTILES:
+        number = float(text)
+        if not 0 < number <= 100:
+            raise ValueError("allowed: 0 < percentile <= 100")
+        return number
+    if column == "rate_tolerance":
+        number = float(text)
+        if not 0 < number < 1:
+            raise ValueError("allowed: 0 < rate_tolerance < 1 (relative)")
+        return number
+    if column == "metric":
+        if text not in CAPACITY_METRICS:
+            raise ValueError(f"allowed: {', '.join(CAPACITY_METRICS)}")
+        return text
+    if column == "scheduler":
+        from llmsim.serving.schedulers import BUILTIN
+        if text not in BUILTIN:
+            raise ValueError(f"allowed: {', '.join(BUILTIN)} (llmsim's policies; the engine is the engine column)")
+        return text
+    return _serving_value(column, text)
+
+
+def read_capacity_runs(path: Path) -> list[dict[str, object]]:
+    """The rows of a capacity dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
+    raw_rows = _csv_rows(path, CAPACITY, "capacity table")
+    rows = []
+    for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
+        where = raw.get("row_id") or f"line {n}"
+        row: dict[str, object] = {}
+        for column in CAPACITY:
+            text = (raw.get(column) or "").strip()
+            try:
+                row[column] = _capacity_value(column, text) if text else None
+            except ValueError as exc:
+                raise ScenarioError(str(path), f"{where}.{column}", f"{text!r}: {exc}") from None
+        for column in ("source", "metric", "engine"):
+            if not row[column]:
+                raise ScenarioError(str(path), f"{where}.{column}", "every row names its source, engine and metric")
+        if not row["skip_reason"]:
+            blank = [c for c in CAPACITY_REQUIRED if row[c] is None]
+            if blank:
+                raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
+            if row["tp"] * row["pp"] != row["n_devices"]:
+                raise ScenarioError(str(path), f"{where}.n_devices",
+                                    f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
+            for length in ("input", "output"):
+                if row[f"{length}_p90"] <= row[f"{length}_median"]:
+                    raise ScenarioError(str(path), f"{where}.{length}_p90",
+                                        f"{row[f'{length}_p90']} <= {length}_median; allowed: a P90 above the median")
+            try:
+                capacity_slo(row)
+            except ValidationError as exc:
+                raise ScenarioError(str(path), f"{where}.slo_itl_s",
+                                    exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+        rows.append(row)
+    return rows
+
+
+def capacity_lengths(r: dict[str, object]) -> dict[str, object]:
+    """The `serving.lengths` of a row: lognormal prompt and output lengths with the dataset's published median and
+    P90, sigma = ln(P90 / median) / Z90. Median and P90 (not mean and std) because they are what the sources give
+    for every dataset and they pin the body and the tail that sets the load; the tail beyond P90 is the
+    lognormal's, not the dataset's (a dataset filtered to a context has none above it: the row's assumptions)."""
+    return {length: {"kind": "lognormal", "median": r[f"{length}_median"],
+                     "sigma": math.log(r[f"{length}_p90"] / r[f"{length}_median"]) / Z90}  # type: ignore[operator]
+            for length in ("input", "output")}
+
+
+def capacity_slo(r: dict[str, object]):
+    """The row's SLO as `serving.slo` keys (llmsim.serving.spec.Slo): the per-run bounds (pooled ITL percentile,
+    queueing-delay percentile) and per-request ones, whichever the row gives."""
+    from llmsim.serving.spec import Slo
+    keys = {"slo_itl_s": "itl_s", "slo_itl_percentile": "itl_percentile", "slo_queue_s": "queue_s",
+            "slo_queue_percentile": "queue_percentile", "slo_ttft_s": "ttft_s", "slo_tpot_s": "tpot_s",
+            "slo_percentile": "percentile"}
+    return Slo(**{key: r[column] for column, key in keys.items() if r[column] is not None})
+
+
+def capacity_task(r: dict[str, object]):
+    """The serving planner's task (llmsim.planner.serve.ServingTask) of one row: one replica of tp x pp devices on
+    one node of the row's hardware, requests arriving (Poisson) for duration_s, the search starting at rate_start."""
+    from llmsim.modeled_serving import serving_profile
+    from llmsim.planner.serve import ServingTask
+    from llmsim.serving.spec import ServingSpec
+
+    spec = ServingSpec.model_validate({
+        "duration_s": r["duration_s"], "arrival": {"kind": "poisson", "rate": r["rate_start"]},
+        "lengths": capacity_lengths(r),
+        "scheduler": {key: r[column] for key, column in (("kind", "scheduler"), ("max_num_seqs", "max_num_seqs"),
+                                                         ("max_batched_tokens", "max_batched_tokens"),
+                                                         ("chunk_tokens", "chunk_tokens")) if r[column] is not None},
+        "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"],
+        "slo": capacity_slo(r).model_dump(), "seed": SERVING_SEED})
+    workload = Workload(model=model_spec(r, r["context"]), mode="prefill", batch=1, dtype=r["dtype"] or "bfloat16")
+    sharing = SharingChoice(tie_embeddings=workload.model.tie_embeddings)
+    reference, profile = serving_profile(workload, sharing)
+    node = _catalog().cluster(r["hardware"], nodes=1, devices_per_node=r["n_devices"], intra_node=r["intra_node"],
+                              inter_node=r["inter_node"])
+    size = r["tp"] * r["pp"]  # type: ignore[operator]
+    return ServingTask(hardware=str(r["hardware"]), tp=r["tp"], pp=r["pp"], node=node, usd_per_device_hour=0.0,
+                       reference=reference, profile=profile, sharing=sharing, context_tokens=r["context"],
+                       spec=spec, seed=SERVING_SEED, goal_rate=float(r["rate_start"]),  # type: ignore[arg-type]
+                       max_devices=size * CAPACITY_MAX_REPLICAS, max_power_w=None,
+                       rate_tolerance=float(r["rate_tolerance"]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CapacityCase:
+    row_id: str
+    label: str
+    engine: str
+    published: float            # requests/s
+    row: dict[str, object] | None
+    skip_reason: str | None = None
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class CapacityOutcome:
+    case: CapacityCase
+    result: Any = None           # llmsim.planner.serve.CandidateResult of the rate search
+    failure: str | None = None
+
+    @property
+    def predicted(self) -> float | None:
+        return None if self.result is None else float(self.result.sustained_rate)
+
+    @property
+    def error(self) -> float | None:
+        """predicted / published capacity - 1 (+ = the model sustains more than the published run)."""
+        return None if self.predicted is None else self.predicted / self.case.published - 1
+
+
+def capacity_cases(path: Path) -> list[CapacityCase]:
+    return [CapacityCase(str(r["row_id"]), str(r["run"] or ""), str(r["engine"]),
+                         float(r["published"]) if r["published"] is not None else math.nan,  # type: ignore[arg-type]
+                         None if r["skip_reason"] else r, r["skip_reason"], str(path))  # type: ignore[arg-type]
+            for r in read_capacity_runs(path)]
+
+
+def run_capacity_case(case: CapacityCase) -> CapacityOutcome:
+    from llmsim.planner.serve import rate_search
+    if case.row is None:
+        return CapacityOutcome(case)
+    try:
+        task = capacity_task(case.row)
+    except ScenarioError as exc:
+        raise ScenarioError(case.file, case.row_id, f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        column = ".".join(str(p) for p in err["loc"]) or "model"
+        raise ScenarioError(case.file, f"{case.row_id}.{column}", err["msg"]) from None
+    result, _ = rate_search(task)
+    if result.limits:
+        return CapacityOutcome(case, failure=result.reason)
+    if result.sustained_at_least:
+        return CapacityOutcome(case, failure=f"it sustains rate_start={task.goal_rate:g} requests/s itself: raise "
+                                             f"rate_start above the capacity")
+    return CapacityOutcome(case, result=result)
+
+
+def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutcome]) -> None:
+    print(f"== {table.name} ({table.kind}): {path}")
+    header = (f"{'row':<10}{'run':<46}{'engine':<19}{'published':>10}{'predicted':>10}{'error':>9}  "
+              f"{'probes':>6}{'first miss':>11}{'itl p99 ms':>11}{'queue p50 s':>12}")
+    print(header)
+    print("-" * len(header))
+    for o in outcomes:
+        if o.result is None:
+            continue
+        miss = o.result.first_miss   # the lowest rate that missed: its pooled ITL p99 and median queueing delay
+        rate, itl, queue = ((miss.rate, miss.row.get("itl_p99_s"), miss.row.get("queue_p50_s")) if miss
+                            else (math.nan, None, None))
+        print(f"{o.case.row_id[:9]:<10}{o.case.label[:45]:<46}{o.case.engine[:18]:<19}{o.case.published:>10.3g}"
+              f"{o.predicted:>10.3g}{o.error:>+9.1%}  {len(o.result.probes):>6}{rate:>11.3g}"
+              f"{(itl or math.nan) * 1e3:>11.1f}{queue if queue is not None else math.nan:>12.3g}")
+    reasons: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o.result is None:
+            why = o.case.skip_reason or f"the simulation refused it: {o.failure}"
+            reasons.setdefault(why, []).append(o.case.row_id)
+    for why, ids in reasons.items():
+        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+    skipped = sum(o.result is None for o in outcomes)
+    print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {len(outcomes) - skipped} rows; "
+          f"mean error {_pct(mean_error(outcomes))}; {skipped} skipped\n")
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
@@ -821,6 +1056,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("moe-train", "training", VALIDATION / "moe_training.csv", lambda p: run_cases(p, "training")),
     Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
     Table("serving", "serving", VALIDATION / "serving_online.csv", serving_cases),
+    Table("capacity", "serving", VALIDATION / "serving_capacity.csv", capacity_cases),
 )}
 
 
@@ -868,7 +1104,8 @@ def print_summary(results: list[tuple[Table, list]]) -> None:
             priced = sum(o.result is not None for o in outcomes)
             print(f"  {table.name:<20}{priced:>4} priced{len(outcomes) - priced:>4} skipped   median |error| "
                   f"{_pct(median_abs_error(outcomes), signed=False):>7}   mean error {_pct(mean_error(outcomes)):>7}")
-            if kind == "serving":   # one figure per metric: a throughput and a latency are not one population
+            # one figure per metric: a throughput and a latency are not one population (a capacity is one metric)
+            if kind == "serving" and table.name != "capacity":
                 for metric, group in serving_by_metric(outcomes).items():
                     n = sum(o.result is not None for o in group)
                     print(f"    {metric:<18}{n:>4} priced{len(group) - n:>4} skipped   median |error| "
@@ -898,14 +1135,17 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(name)
             continue
         try:
-            if table.kind == "serving":
+            if table.name == "capacity":
+                outcomes = [run_capacity_case(c) for c in table.cases(path)]
+            elif table.kind == "serving":
                 outcomes = [run_serving_case(c) for c in table.cases(path)]
             else:
                 outcomes = [run_case(c, catalog) for c in table.cases(path)]
         except LLMSimError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        (print_serving_table if table.kind == "serving" else print_table)(table, path, outcomes)
+        (print_capacity_table if table.name == "capacity" else print_serving_table if table.kind == "serving"
+         else print_table)(table, path, outcomes)
         results.append((table, outcomes))
     if results:
         print_summary(results)

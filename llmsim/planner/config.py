@@ -235,7 +235,7 @@ class PlanFile(_Strict):
                                                       "(allowed: poisson, gamma, constant)")
         if s.slo is None:
             raise _KeyedError("serving.slo", "required key is missing: a serving plan meets an SLO "
-                                             "{ttft_s, tpot_s, percentile}")
+                                             "{ttft_s, tpot_s, percentile} (or the run-level itl_s, queue_s)")
         if "replicas" in s.model_fields_set:
             raise _KeyedError("serving.replicas", "the plan searches the replicas: leave it out")
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:

@@ -193,8 +193,9 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     device = replica.cluster.device
     energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
     return RunSummary(rate=rate, replicas=replicas, met=bool(extra["slo_met"]), attainment=row["slo_attainment"] or 0.0,
-                      row=row, misses_ttft=sum(t > slo.ttft_s for t in ttft),
-                      misses_tpot=sum(t > slo.tpot_s for t in tpot), rejected=len(outcome.rejected),
+                      row=row, misses_ttft=sum(slo.ttft_s is not None and t > slo.ttft_s for t in ttft),
+                      misses_tpot=sum(slo.tpot_s is not None and t > slo.tpot_s for t in tpot),
+                      rejected=len(outcome.rejected),
                       time_split=split, energy_j=energy, duration_s=outcome.duration_s)
 
 
@@ -258,33 +259,44 @@ def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_repl
     return None
 
 
-def search_candidate(task: ServingTask) -> CandidateResult:
-    """The highest rate one replica of (hardware, tp, pp) sustains under the SLO, the replicas the goal rate
-    needs and what they cost (module docstring). Pure: the same task gives the same result, in any process."""
+def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
+    """Step 1 of the module docstring alone: the highest rate one replica of (hardware, tp, pp) sustains under the
+    SLO, searched down from task.goal_rate (out.sustained_rate, out.probes, at_sustained, first_miss), or why it
+    cannot run (out.reason, out.limits: devices, error, memory, slo). Also the most replicas max_devices allows.
+    The published-capacity dev table (scripts/validate.py --table capacity) prices its rows with this."""
     out = CandidateResult(task.hardware, task.tp, task.pp, False, "", (), knob=task.knob, factor=task.factor,
                           precision=task.precision)
     max_replicas = _max_replicas(task)
     if max_replicas == 0:
         out.reason, out.limits = f"devices: one replica needs {task.size} > max_devices={task.max_devices}", ("devices",)
-        return out
+        return out, max_replicas
     try:
         replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
     except CostModelError as exc:
         out.reason, out.limits = f"error: {exc}", ("error",)
-        return out
+        return out, max_replicas
     out.kv_blocks = replica.capacity.blocks
     if replica.capacity.blocks == 0:
         c = replica.capacity
         out.reason = (f"memory: no room for a KV cache ({c.device_bytes / 1e9:.1f} GB usable - weights "
                       f"{c.weights_bytes / 1e9:.1f} GB - workspace {c.workspace_bytes / 1e9:.1f} GB per device)")
         out.limits = ("memory",)
-        return out
+        return out, max_replicas
     if task.start_replicas is None:
         _rate_search(task, replica, out, max_replicas)
         if out.at_sustained is None:
             out.reason, out.limits = (f"slo: one replica misses the SLO even at {task.goal_rate / max_replicas:.3g} "
                                       f"requests/s, the share of the goal max_devices allows"), ("slo",)
-            return out
+    return out, max_replicas
+
+
+def search_candidate(task: ServingTask) -> CandidateResult:
+    """The highest rate one replica of (hardware, tp, pp) sustains under the SLO, the replicas the goal rate
+    needs and what they cost (module docstring). Pure: the same task gives the same result, in any process."""
+    out, max_replicas = rate_search(task)
+    if out.limits:
+        return out
+    if task.start_replicas is None:
         start = math.ceil(task.goal_rate / out.sustained_rate - 1e-9)
     else:
         start = task.start_replicas

@@ -196,14 +196,25 @@ def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitiv
     return out
 
 
+def slo_words(slo: Any) -> str:
+    """The SLO in words: its per-request bounds for a share of the requests, and its run-level bounds."""
+    per_request = [f"{name} ≤ {bound:g} s" for name, bound in (("TTFT", slo.ttft_s), ("TPOT", slo.tpot_s))
+                   if bound is not None]
+    parts = [f"{' and '.join(per_request)} for {slo.percentile:g}% of the requests"] if per_request else []
+    if slo.itl_s is not None:
+        parts.append(f"ITL p{slo.itl_percentile:g} ≤ {slo.itl_s:g} s")
+    if slo.queue_s is not None:
+        parts.append(f"queueing delay p{slo.queue_percentile:g} ≤ {slo.queue_s:g} s")
+    return ", ".join(parts)
+
+
 def serving_document(plan: PlanFile, explanation: Explanation, results: list[CandidateResult], seconds: float,
                      hardware: list[Hardware], spec: Any) -> Any:
     from llmsim.planner.report import choice_section
     from llmsim.report.document import Bullets, Cell, Document, Paragraph, Point, Section, Table
 
     slo = spec.slo
-    goal = (f"{plan.goal.request_rate:g} requests/s ({spec.arrival.kind}) under TTFT ≤ {slo.ttft_s:g} s and TPOT ≤ "
-            f"{slo.tpot_s:g} s for {slo.percentile:g}% of the requests")
+    goal = f"{plan.goal.request_rate:g} requests/s ({spec.arrival.kind}) under {slo_words(slo)}"
     cols = ["#", "candidate", "sustained rate", "replicas", "devices", "cost / hour", "TTFT p99", "TPOT p99",
             "SLO attainment", "meets goal"]
     rows = []

@@ -14,9 +14,12 @@ goodput_rps over the same window. The extras say exactly what happened: requests
 unfinished (unfinished: accepted, never completed; 0 in the simulation, which drains every request),
 arrival_span_s (first to last arrival) and duration_s.
 SLO (DistServe, Zhong et al. 2024, OSDI '24, Sec. 2): a request is good when its TTFT and its TPOT are
-within the bounds; goodput_rps = good requests / duration (vLLM bench's `--goodput`, after DistServe);
+within the bounds given; goodput_rps = good requests / duration (vLLM bench's `--goodput`, after DistServe);
 slo_attainment = good requests / all requests sent (a rejected request is not good); the run meets the SLO
-(`slo_met`) when slo_attainment >= percentile / 100, DistServe's attainment goal.
+(`slo_met`) when slo_attainment >= percentile / 100, DistServe's attainment goal, and, where the SLO gives
+them, its run-level bounds hold (Sarathi-Serve's capacity SLO, llmsim.serving.spec.Slo): the itl_percentile-th
+percentile of the pooled ITL <= itl_s and the queue_percentile-th percentile of the queueing delays <= queue_s
+(the values are the extras slo_itl_value_s and slo_queue_value_s).
 """
 
 from __future__ import annotations
@@ -91,11 +94,29 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
     if slo is not None:
         tpot_all = np.zeros(len(seqs))
         tpot_all[multi] = tpot
-        good = int(np.count_nonzero((ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)))
+        ok = np.ones(len(seqs), dtype=bool)
+        if slo.ttft_s is not None:
+            ok &= ttft <= slo.ttft_s
+        if slo.tpot_s is not None:
+            ok &= tpot_all <= slo.tpot_s
+        good = int(np.count_nonzero(ok))
+        met = bool(sent and good / sent >= slo.percentile / 100)
+        # the run-level bounds (Slo's docstring): a run with no gap or no queueing delay to measure does not meet one
+        itl_q = _stat(itl, slo.itl_percentile) if slo.itl_s is not None else None
+        queue_q = _stat(queue, slo.queue_percentile) if slo.queue_s is not None else None
+        if slo.itl_s is not None:
+            met = met and itl_q is not None and itl_q <= slo.itl_s
+        if slo.queue_s is not None:
+            met = met and queue_q is not None and queue_q <= slo.queue_s
         row.update(goodput_rps=good / duration if duration > 0 else 0.0,
                    slo_attainment=good / sent if sent else None)
-        extra.update(slo_good_requests=good, slo_met=bool(sent and good / sent >= slo.percentile / 100),
-                     slo_ttft_s=slo.ttft_s, slo_tpot_s=slo.tpot_s, slo_percentile=slo.percentile)
+        extra.update(slo_good_requests=good, slo_met=met, slo_ttft_s=slo.ttft_s, slo_tpot_s=slo.tpot_s,
+                     slo_percentile=slo.percentile)
+        if slo.itl_s is not None:
+            extra.update(slo_itl_s=slo.itl_s, slo_itl_percentile=slo.itl_percentile, slo_itl_value_s=itl_q)
+        if slo.queue_s is not None:
+            extra.update(slo_queue_s=slo.queue_s, slo_queue_percentile=slo.queue_percentile,
+                         slo_queue_value_s=queue_q)
     row["extra"] = extra
     return row
 

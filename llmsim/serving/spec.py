@@ -14,7 +14,8 @@ serving:
   memory_utilization: 0.9
   replicas: 1
   router: round-robin                          # | least-outstanding
-  slo: {ttft_s: 0.5, tpot_s: 0.05, percentile: 99}
+  slo: {ttft_s: 0.5, tpot_s: 0.05, percentile: 99}   # per request; or per run: itl_s (+ itl_percentile 99),
+                                               # queue_s (+ queue_percentile 50)
   seed: null                                   # default: the scenario's seed
   request_overhead_s: null                     # per request outside the engine; default: the device entry's
 ```
@@ -313,19 +314,43 @@ class SchedulerSpec(_Strict):
 
 
 class Slo(_Strict):
-    """Service-level objective: a request meets it when its TTFT and its TPOT are within the bounds; the
-    run meets it when at least `percentile`% of the requests do (DistServe's SLO attainment)."""
+    """Service-level objective. Per request (DistServe's SLO attainment, Zhong et al. 2024, Sec. 2): a request
+    is good when its TTFT and its TPOT are within the bounds given (a bound left out does not apply; a rejected
+    request is never good), and the run needs at least `percentile`% of the requests sent to be good. Per run
+    (Sarathi-Serve's capacity SLO, Agrawal et al. 2024, Sec. 5.1, as its capacity search checks it:
+    sarathi/benchmark/capacity_search/capacity_search.py `_is_under_sla`): the `itl_percentile`-th percentile
+    of every inter-token gap of the run pooled (Sarathi's "P99 TBT") is at most `itl_s`, and the
+    `queue_percentile`-th percentile of the requests' queueing delays, arrival to first scheduled (Sarathi's
+    "median scheduling delay"), is at most `queue_s`. The run meets the SLO when every part given holds; at
+    least one bound is given."""
 
-    ttft_s: PositiveFloat = Field(description="time to first token bound, seconds")
-    tpot_s: PositiveFloat = Field(description="time per output token bound, seconds")
-    percentile: float = Field(99.0, description="share of requests that must meet both bounds, in (0, 100]")
+    ttft_s: PositiveFloat | None = Field(None, description="time to first token bound per request, seconds")
+    tpot_s: PositiveFloat | None = Field(None, description="time per output token bound per request, seconds")
+    percentile: float = Field(99.0, description="share of requests that must meet the per-request bounds "
+                                                "(and not be rejected), in (0, 100]")
+    itl_s: PositiveFloat | None = Field(None, description="bound on the run's itl_percentile-th percentile of the "
+                                                          "pooled inter-token gaps, seconds")
+    itl_percentile: float = Field(99.0, description="percentile of the pooled inter-token gaps itl_s bounds, "
+                                                    "in (0, 100]")
+    queue_s: PositiveFloat | None = Field(None, description="bound on the run's queue_percentile-th percentile of "
+                                                            "the queueing delays (arrival to first scheduled), "
+                                                            "seconds")
+    queue_percentile: float = Field(50.0, description="percentile of the queueing delays queue_s bounds, "
+                                                      "in (0, 100]")
 
-    @field_validator("percentile")
+    @field_validator("percentile", "itl_percentile", "queue_percentile")
     @classmethod
     def _percentile(cls, value: float) -> float:
         if not 0 < value <= 100:
             raise ValueError(f"{value}: allowed 0 < percentile <= 100")
         return value
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> "Slo":
+        if self.ttft_s is None and self.tpot_s is None and self.itl_s is None and self.queue_s is None:
+            raise KeyedValueError("ttft_s", "an SLO needs at least one bound (allowed: ttft_s, tpot_s, itl_s, "
+                                            "queue_s)")
+        return self
 
 
 class ServingSpec(_Strict):

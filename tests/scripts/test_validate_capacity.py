@@ -1,0 +1,154 @@
+"""The capacity dev table (validation/serving_capacity.csv) in scripts/validate.py: every row loads and names its
+source; a row is priced by the serving planner's own rate search (llmsim.planner.serve.rate_search), whose answer
+meets the row's SLO while the first rate above it that the search tried does not; the SLO's run-level bounds
+(pooled ITL percentile, queueing-delay percentile: Sarathi-Serve's capacity SLO) decide `slo_met`; bad cells are
+one line with exit 2."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llmsim.planner.serve import _Replica, rate_search, rented_devices, simulate_at
+from llmsim.serving.spec import Slo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def v():
+    path = ROOT / "scripts" / "validate.py"
+    spec = importlib.util.spec_from_file_location("validate_capacity_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(v, **values: object) -> dict[str, object]:
+    """A tiny model on one A100 (numbers made up: the tests check the plumbing). Lengths well inside the context,
+    so no request is rejected and the run-level bounds decide."""
+    row = dict.fromkeys(v.CAPACITY, "")
+    row.update(row_id="C1", run="tiny", engine="test", preset="tiny", dtype="bfloat16", hardware="a100-80gb",
+               n_devices=1, tp=1, pp=1, context=128, input_median=12, input_p90=20, output_median=30, output_p90=45,
+               duration_s=3, scheduler="chunked-prefill", max_num_seqs=1, max_batched_tokens=64, kv_block_tokens=16,
+               memory_utilization=0.9, slo_itl_s=0.02, slo_itl_percentile=99, slo_queue_s=0.5,
+               slo_queue_percentile=50, rate_start=800, rate_tolerance=0.1, metric="capacity_rps", published=100,
+               source="test")
+    row.update(values)
+    return row
+
+
+def _write(tmp_path: Path, rows: list[dict[str, object]], columns=None) -> Path:
+    path = tmp_path / "capacity.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_the_capacity_table_loads_and_every_row_names_its_source(v) -> None:
+    rows = v.read_capacity_runs(v.TABLES["capacity"].default)
+    assert rows
+    for r in rows:
+        assert r["source"] and r["engine"] and r["assumptions"]
+        assert r["skip_reason"] or r["published"] > 0
+
+
+def test_lengths_are_lognormal_through_the_published_median_and_p90(v, tmp_path: Path) -> None:
+    r = v.read_capacity_runs(_write(tmp_path, [_row(v)]))[0]
+    lengths = v.capacity_lengths(r)
+    for length in ("input", "output"):
+        form = lengths[length]
+        assert form["median"] == r[f"{length}_median"]
+        assert form["median"] * math.exp(form["sigma"] * v.Z90) == pytest.approx(r[f"{length}_p90"])
+
+
+def test_a_row_is_priced_by_the_planners_rate_search(v, tmp_path: Path) -> None:
+    [case] = v.capacity_cases(_write(tmp_path, [_row(v)]))
+    outcome = v.run_capacity_case(case)
+    assert outcome.failure is None, outcome.failure
+    direct, _ = rate_search(v.capacity_task(case.row))     # the one code path: the planner's own search
+    assert outcome.predicted == direct.sustained_rate > 0
+    assert outcome.error == pytest.approx(outcome.predicted / 100 - 1)
+
+
+def test_the_searched_rate_meets_the_slo_and_the_rate_above_it_does_not(v, tmp_path: Path) -> None:
+    [case] = v.capacity_cases(_write(tmp_path, [_row(v)]))
+    task = v.capacity_task(case.row)
+    out, _ = rate_search(task)
+    assert out.at_sustained is not None and out.first_miss is not None
+    tolerance = task.rate_tolerance
+    assert out.sustained_rate < out.first_miss.rate <= out.sustained_rate / (1 - tolerance) * (1 + 1e-9)
+    replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
+    assert simulate_at(task, replica, out.sustained_rate, 1).met
+    above = simulate_at(task, replica, out.first_miss.rate, 1)
+    assert not above.met
+    # the run-level bounds are what the miss is about: no request is rejected in this row
+    assert above.rejected == 0 and above.row["slo_attainment"] == 1.0
+
+
+def test_run_level_bounds_decide_slo_met(v, tmp_path: Path) -> None:
+    """Sarathi-Serve's SLO: the pooled ITL's P99 and the median queueing delay, not a share of good requests."""
+    [case] = v.capacity_cases(_write(tmp_path, [_row(v)]))
+    task = v.capacity_task(case.row)
+    replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
+    loose = simulate_at(task, replica, 5.0, 1)
+    assert loose.met
+    itl_p99 = loose.row["itl_p99_s"]
+    tight = task.spec.slo.model_copy(update={"itl_s": itl_p99 * 0.5})
+    tight_task = replace(task, spec=task.spec.model_copy(update={"slo": tight}))
+    run = simulate_at(tight_task, replica, 5.0, 1)
+    assert not run.met and run.attainment == 1.0   # every request served, the ITL bound alone fails it
+
+
+def test_an_slo_needs_a_bound_and_percentiles_in_range() -> None:
+    with pytest.raises(ValidationError, match="at least one bound"):
+        Slo()
+    with pytest.raises(ValidationError, match="percentile"):
+        Slo(itl_s=0.1, itl_percentile=0)
+    assert Slo(queue_s=2.0).queue_percentile == 50
+    assert Slo(ttft_s=0.5, tpot_s=0.05).itl_s is None       # the per-request form is unchanged
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    ({"scheduler": "fifo"}, "C1.scheduler"),
+    ({"metric": "qps"}, "C1.metric"),
+    ({"input_p90": 5}, "C1.input_p90"),
+    ({"rate_tolerance": 2}, "C1.rate_tolerance"),
+    ({"published": ""}, "C1.published"),
+    ({"n_devices": 2}, "C1.n_devices"),
+])
+def test_a_bad_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, change, where) -> None:
+    path = _write(tmp_path, [_row(v, **change)])
+    assert v.main(["--table", "capacity", "--path", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and where in err and str(path) in err
+
+
+def test_a_missing_column_is_one_line_and_exit_2(v, tmp_path: Path, capsys) -> None:
+    columns = [c for c in v.CAPACITY if c != "slo_itl_s"]
+    path = _write(tmp_path, [_row(v)], columns=columns)
+    assert v.main(["--table", "capacity", "--path", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "slo_itl_s" in err and "missing column" in err
+
+
+def test_the_table_prints_each_row_and_the_median_of_its_errors(v, tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path, [_row(v), _row(v, row_id="C2", published=50),
+                             _row(v, row_id="C3", skip_reason="not published", published="")])
+    assert v.main(["--table", "capacity", "--path", str(path)]) == 0
+    out = capsys.readouterr().out
+    [case] = v.capacity_cases(_write(tmp_path, [_row(v)]))
+    predicted = v.run_capacity_case(case).predicted
+    errors = sorted(abs(predicted / p - 1) for p in (100, 50))
+    assert f"median |error| {sum(errors) / 2:.1%} over 2 rows" in out
+    assert "C3" in out and "not published" in out
