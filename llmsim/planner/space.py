@@ -399,12 +399,16 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
     w = plan.workload
     if w.batch % g.dp:
         return
+    train = w.mode == "train"
     for sp, schedule, v, layouts in _shapes(plan, g, axes, shapes):
         for recompute in axes.recompute:
             chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb, m, recompute, schedule,
                             v, g.stage_layers, g.ep, g.precision)
                      for mb, m in layouts]
-            chain = [c for c in chain if duplicate_problem(w, c) is None]
+            if not train:
+                chain = [c for c in chain if duplicate_problem(w, c) is None]
+            elif chain and duplicate_problem(w, chain[0]) is not None:
+                continue  # training: duplicate_problem does not read the micro-batch, so one verdict per chain
             if chain:
                 yield chain
 

@@ -218,12 +218,34 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
     error = [""] * n
     for i, g in zip(fit.tolist(), local.tolist()):
         error[i] = groups[g].error
-    step = _combine(ctx, rows.take(fit), groups, local.reshape(-1)) if len(fit) else {}
+    step = _combine_by_width(ctx, rows.take(fit), groups, local.reshape(-1))
     for k in PRICED:
         out[k] = np.full(n, np.nan)
-        if len(fit):
-            out[k][fit] = step[k]
+        out[k][fit] = step[k]
     return PricedTable(configs, out, error)
+
+
+def _combine_by_width(ctx, r: "_Rows", groups: list[_Group], group_of: np.ndarray) -> dict[str, np.ndarray]:
+    """`_combine` of rows `r`, called once per width: the rows of the groups with the same count of distinct
+    stages (`_Group.steps`) together. One call over all of them would give every row the widest group's stage
+    slots (an interleaved pipeline of 32 stages has 32 where most groups have 3), the missing ones zeros that
+    never win (`_slots`) and cost as much as real ones; each row's numbers are the same either way (its own
+    slots in the same order; a zero slot only adds 0.0). Rows of groups that could not be priced (no
+    stages) are NaN, as `_combine` makes them."""
+    out = {k: np.full(len(group_of), np.nan) for k in PRICED}
+    width = np.array([len(g.steps) for g in groups], dtype=np.int64)
+    row_width = width[group_of]
+    for w in np.unique(row_width).tolist():
+        if w == 0:
+            continue
+        members = np.flatnonzero(width == w)
+        renumber = np.full(len(groups), -1, dtype=np.int64)
+        renumber[members] = np.arange(len(members))
+        at = np.flatnonzero(row_width == w)
+        part = _combine(ctx, r.take(at), [groups[g] for g in members.tolist()], renumber[group_of[at]])
+        for k in PRICED:
+            out[k][at] = part[k]
+    return out
 
 
 @dataclass
