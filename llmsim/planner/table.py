@@ -307,8 +307,8 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
 
 def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
     """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
-    holds the stage parameters computed for an earlier group of the same `tkey` (its group key less the node,
-    which fixes its `_stage_key`)."""
+    holds the stage parameters (and those the accumulation pass adds: memory.accumulated_params) computed for
+    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
@@ -332,13 +332,13 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
         slot_of[key] = len(steps)
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            params_key = ("params", tkey, index)
+            params_key = ("params", tkey, index)  # the hardware choices of a search ask the same: computed once
             if params_key not in shared:
-                shared[params_key] = stage_params(w, ctx.profile, ctx.sharing, plan, index)
-            params, trainable = shared[params_key]  # type: ignore[misc]
+                shared[params_key] = (*stage_params(w, ctx.profile, ctx.sharing, plan, index),
+                                      accumulated_params(w, ctx.profile, ctx.sharing, plan, index, options))
+            params, trainable, accumulated = shared[params_key]  # type: ignore[misc]
             share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
             experts = stage_expert_params(w, ctx.profile, plan, index)  # as train_work (a MoE group is whole)
-            accumulated = accumulated_params(w, ctx.profile, ctx.sharing, plan, index, options)
             alike[id(st)] = (compute_mb, comm_mb, backward_mb, accumulated,
                              moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
                              work.grad_bytes(st), work.param_bytes(st),
