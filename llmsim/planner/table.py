@@ -22,7 +22,8 @@ module gives the same numbers for thousands at once, through the same code:
   `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
   `memory.stage_memory`, `energy.step_energy_j`, and the planner's `goal_metrics` (defined here, used by
-  search.evaluate too).
+  search.evaluate too), once per width: the rows of the groups with the same count of distinct stages
+  together (`_combine_by_width`), so that a row has its own group's stage slots, not the widest group's.
 
 Exact by construction where the grouping holds; a float8 workload's groups also fix m (its weights' FP8
 casts are spread over the micro-batches), so dp and ZeRO vary in them (its FP8 weight copies are sharded by
