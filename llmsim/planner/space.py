@@ -73,18 +73,14 @@ class Config:
     @property
     def name(self) -> str:
         """A scenario strategy name ([a-z0-9-]) that says what the configuration is."""
-        parts = [f"dp{self.dp}", f"tp{self.tp}"] + (["sp"] if self.sp else []) + [f"pp{self.pp}"]
-        if self.cp > 1:
-            parts.append(f"cp{self.cp}")
-        if self.ep > 1:
-            parts.append(f"ep{self.ep}")
-        parts += [f"z{self.zero}", f"mb{self.micro_batch}", self.recompute]
+        # one f-string for the fields every name has (the planner names every row of plan.parquet)
+        parts = [f"dp{self.dp}-tp{self.tp}{'-sp' if self.sp else ''}-pp{self.pp}"
+                 f"{f'-cp{self.cp}' if self.cp > 1 else ''}{f'-ep{self.ep}' if self.ep > 1 else ''}"
+                 f"-z{self.zero}-mb{self.micro_batch}-{self.recompute}"]
         if self.pp > 1:
             parts.append(self.schedule + (f"{self.virtual_stages}" if self.schedule == "interleaved" else ""))
-        keys = self.split_keys()
-        if "stage_layers" in keys:
-            parts.append("layers" + "-".join(str(n) for n in self.stage_layers))
-        parts += [f"{k.split('_')[0]}{keys[k]}" for k in ("first_stage_layers", "last_stage_layers") if k in keys]
+        if self.stage_layers:
+            parts += _split_name(self.stage_layers, self.v)
         if self.precision:  # a searched precision (planner.precisions): one strategy on one device, two names
             parts.append(self.precision)
         if self.topology:
@@ -122,6 +118,15 @@ class Config:
     def describe_split(self) -> str:
         """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
         return f"layers per stage {compact_split(self.stage_layers)}" if self.split_keys() else ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_name(stage_layers: tuple[int, ...], v: int) -> tuple[str, ...]:
+    """The parts of Config.name that state a split (`split_keys`: 'layers7-8-8', or 'first6' / 'last8'). Cached:
+    few distinct splits, and split_keys tries Megatron-LM's first/last counts each time."""
+    keys = split_keys(stage_layers, sum(stage_layers), v)
+    parts = ["layers" + "-".join(str(n) for n in stage_layers)] if "stage_layers" in keys else []
+    return (*parts, *(f"{k.split('_')[0]}{keys[k]}" for k in ("first_stage_layers", "last_stage_layers") if k in keys))
 
 
 @dataclass(frozen=True)
@@ -399,12 +404,16 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
     w = plan.workload
     if w.batch % g.dp:
         return
+    train = w.mode == "train"
     for sp, schedule, v, layouts in _shapes(plan, g, axes, shapes):
         for recompute in axes.recompute:
             chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb, m, recompute, schedule,
                             v, g.stage_layers, g.ep, g.precision)
                      for mb, m in layouts]
-            chain = [c for c in chain if duplicate_problem(w, c) is None]
+            if not train:
+                chain = [c for c in chain if duplicate_problem(w, c) is None]
+            elif chain and duplicate_problem(w, chain[0]) is not None:
+                continue  # training: duplicate_problem does not read the micro-batch, so one verdict per chain
             if chain:
                 yield chain
 

@@ -22,7 +22,8 @@ module gives the same numbers for thousands at once, through the same code:
   `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
   `memory.stage_memory`, `energy.step_energy_j`, and the planner's `goal_metrics` (defined here, used by
-  search.evaluate too).
+  search.evaluate too), once per width: the rows of the groups with the same count of distinct stages
+  together (`_combine_by_width`), so that a row has its own group's stage slots, not the widest group's.
 
 Exact by construction where the grouping holds; a float8 workload's groups also fix m (its weights' FP8
 casts are spread over the micro-batches), so dp and ZeRO vary in them (its FP8 weight copies are sharded by
@@ -218,12 +219,34 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
     error = [""] * n
     for i, g in zip(fit.tolist(), local.tolist()):
         error[i] = groups[g].error
-    step = _combine(ctx, rows.take(fit), groups, local.reshape(-1)) if len(fit) else {}
+    step = _combine_by_width(ctx, rows.take(fit), groups, local.reshape(-1))
     for k in PRICED:
         out[k] = np.full(n, np.nan)
-        if len(fit):
-            out[k][fit] = step[k]
+        out[k][fit] = step[k]
     return PricedTable(configs, out, error)
+
+
+def _combine_by_width(ctx, r: "_Rows", groups: list[_Group], group_of: np.ndarray) -> dict[str, np.ndarray]:
+    """`_combine` of rows `r`, called once per width: the rows of the groups with the same count of distinct
+    stages (`_Group.steps`) together. One call over all of them would give every row the widest group's stage
+    slots (an interleaved pipeline of 32 stages has 32 where most groups have 3), the missing ones zeros that
+    never win (`_slots`) and cost as much as real ones; each row's numbers are the same either way (its own
+    slots in the same order; a zero slot only adds 0.0). Rows of groups that could not be priced (no
+    stages) are NaN, as `_combine` makes them."""
+    out = {k: np.full(len(group_of), np.nan) for k in PRICED}
+    width = np.array([len(g.steps) for g in groups], dtype=np.int64)
+    row_width = width[group_of]
+    for w in np.unique(row_width).tolist():
+        if w == 0:
+            continue
+        members = np.flatnonzero(width == w)
+        renumber = np.full(len(groups), -1, dtype=np.int64)
+        renumber[members] = np.arange(len(members))
+        at = np.flatnonzero(row_width == w)
+        part = _combine(ctx, r.take(at), [groups[g] for g in members.tolist()], renumber[group_of[at]])
+        for k in PRICED:
+            out[k][at] = part[k]
+    return out
 
 
 @dataclass
@@ -285,8 +308,8 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
 
 def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
     """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
-    holds the stage parameters computed for an earlier group of the same `tkey` (its group key less the node,
-    which fixes its `_stage_key`)."""
+    holds the stage parameters (and those the accumulation pass adds: memory.accumulated_params) computed for
+    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
@@ -310,13 +333,13 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
         slot_of[key] = len(steps)
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            params_key = ("params", tkey, index)
+            params_key = ("params", tkey, index)  # the hardware choices of a search ask the same: computed once
             if params_key not in shared:
-                shared[params_key] = stage_params(w, ctx.profile, ctx.sharing, plan, index)
-            params, trainable = shared[params_key]  # type: ignore[misc]
+                shared[params_key] = (*stage_params(w, ctx.profile, ctx.sharing, plan, index),
+                                      accumulated_params(w, ctx.profile, ctx.sharing, plan, index, options))
+            params, trainable, accumulated = shared[params_key]  # type: ignore[misc]
             share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
             experts = stage_expert_params(w, ctx.profile, plan, index)  # as train_work (a MoE group is whole)
-            accumulated = accumulated_params(w, ctx.profile, ctx.sharing, plan, index, options)
             alike[id(st)] = (compute_mb, comm_mb, backward_mb, accumulated,
                              moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
                              work.grad_bytes(st), work.param_bytes(st),

@@ -217,3 +217,24 @@ def test_float8_memory_terms_follow_each_devices_fp8_gemm_layouts() -> None:
     memory = {(e.config.hardware, replace(e.config, hardware="")): e.memory_bytes for e in table_rows}
     pairs = [(memory[("h100-sxm", c)], m) for (name, c), m in memory.items() if name == "b200"]
     assert pairs and all(b200 < h100 for h100, b200 in pairs)
+
+
+def test_table_combines_each_stage_count_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step is combined per width (`_combine_by_width`): each `_combine` call gets the groups with one count
+    of distinct stages (1 without a pipeline, 3 for first | middle | last, one per stage when interleaved), not
+    every row padded to the widest group's; the rows still agree with `evaluate` (_compare), over 1 to 12 stages."""
+    from llmsim.planner import table
+    widths: list[set[int]] = []
+    combine = table._combine
+
+    def recorded(ctx, r, groups, group_of):
+        widths.append({len(g.steps) for g in groups})
+        return combine(ctx, r, groups, group_of)
+    monkeypatch.setattr(table, "_combine", recorded)
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 12}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
+                      limits={"max_devices": 64, "memory_headroom": 0.0}, search={"cp": [1], "virtual_stages": [2, 3]})
+    assert _compare(plan) > 1000
+    assert all(len(w) == 1 for w in widths), widths
+    seen = set().union(*widths)
+    assert {1, 2, 3} <= seen and max(seen) >= 4, seen
