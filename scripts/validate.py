@@ -768,6 +768,18 @@ def run_serving_case(case: ServingCase) -> ServingOutcome:
     return ServingOutcome(case, result=row)
 
 
+def print_skipped(outcomes: Sequence[Any], refused_by: str) -> None:
+    """The rows left out of every median, grouped by why: the row's own skip_reason, else what refused to price it
+    (`refused_by`: the cost model, the simulation) with its failure. Any table's outcomes (`.result` None when
+    skipped, `.case.skip_reason`, `.case.row_id`, `.failure`)."""
+    reasons: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o.result is None:
+            reasons.setdefault(o.case.skip_reason or f"{refused_by}: {o.failure}", []).append(o.case.row_id)
+    for why, ids in reasons.items():
+        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+
+
 def print_serving_table(table: "Table", path: Path, outcomes: list[ServingOutcome]) -> None:
     print(f"== {table.name} ({table.kind}): {path}")
     header = (f"{'row':<8}{'run':<48}{'metric':<16}{'published':>11}{'predicted':>11}{'error':>9}  "
@@ -782,12 +794,7 @@ def print_serving_table(table: "Table", path: Path, outcomes: list[ServingOutcom
         print(f"{o.case.row_id[:7]:<8}{o.case.label[:47]:<48}{o.case.metric:<16}{o.case.published_s / unit:>11.4g}"
               f"{o.predicted / unit:>11.4g}{o.error:>+9.1%}  {r.get('max_batch') or 0:>9}"
               f"{r.get('kv_peak_utilization') or 0:>8.0%}{r.get('preemptions') or 0:>8}")
-    reasons: dict[str, list[str]] = {}
-    for o in outcomes:
-        if o.result is None:
-            reasons.setdefault(o.case.skip_reason or f"the simulation refused it: {o.failure}", []).append(o.case.row_id)
-    for why, ids in reasons.items():
-        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+    print_skipped(outcomes, "the simulation refused it")
     for metric, group in serving_by_metric(outcomes).items():
         print(f"  {metric:<20} median |error| {_pct(median_abs_error(group), signed=False):>7} over "
               f"{sum(o.error is not None for o in group)} rows; mean error {_pct(mean_error(group))}")
@@ -1025,13 +1032,7 @@ def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutc
         print(f"{o.case.row_id[:9]:<10}{o.case.label[:45]:<46}{o.case.engine[:18]:<19}{o.case.published:>10.3g}"
               f"{o.predicted:>10.3g}{o.error:>+9.1%}  {len(o.result.probes):>6}{rate:>11.3g}"
               f"{(itl or math.nan) * 1e3:>11.1f}{queue if queue is not None else math.nan:>12.3g}")
-    reasons: dict[str, list[str]] = {}
-    for o in outcomes:
-        if o.result is None:
-            why = o.case.skip_reason or f"the simulation refused it: {o.failure}"
-            reasons.setdefault(why, []).append(o.case.row_id)
-    for why, ids in reasons.items():
-        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+    print_skipped(outcomes, "the simulation refused it")
     skipped = sum(o.result is None for o in outcomes)
     print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {len(outcomes) - skipped} rows; "
           f"mean error {_pct(mean_error(outcomes))}; {skipped} skipped\n")
@@ -1082,11 +1083,7 @@ def print_table(table: Table, path: Path, outcomes: list[Outcome]) -> None:
               f"{r.bubble_time_s / total:>7.0%}{r.other_time_s / total:>6.0%}{r.memory.total / 1e9:>8.1f} "
               f"{'yes' if r.fits else 'no'}")
     skipped = [o for o in outcomes if o.result is None]
-    reasons: dict[str, list[str]] = {}
-    for o in skipped:
-        reasons.setdefault(o.case.skip_reason or f"the cost model refused it: {o.failure}", []).append(o.case.row_id)
-    for why, ids in reasons.items():
-        print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
+    print_skipped(outcomes, "the cost model refused it")
     priced = len(outcomes) - len(skipped)
     print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {priced} rows; "
           f"mean error {_pct(mean_error(outcomes))}; {len(skipped)} skipped\n")
