@@ -30,7 +30,10 @@ evaluated at every call (it records the call's time), as V0 does.
 
 Departures from the engine: V0 ignores a request whose prompt could never leave the watermark free
 (`AllocStatus.NEVER`: finished with no output); the simulation rejects only requests longer than the cache
-(llmsim.serving.simulate) and serves such a request alone once the cache is empty. The CPU time of the
+(llmsim.serving.simulate) and serves such a request alone once the cache is empty. V0's decode rule wants one
+free block per running sequence even when its next token fits the blocks it holds; a lone request whose length
+fills the whole cache would then preempt itself and recompute forever (vLLM refuses at start-up a max_model_len
+the cache cannot hold, which makes this rare there): here a lone sequence whose token fits its last block goes on. The CPU time of the
 scheduler itself, detokenisation and the engine's loop between iterations are not modelled (as for every
 policy: llmsim.serving.replica).
 """
@@ -111,6 +114,8 @@ class PrefillFirstScheduler(Scheduler):
             seq = running[i]
             preempted_itself = False
             while kv.free < 1:                    # can_append_slots: one free block per sequence
+                if len(running) == 1 and kv.blocks_for(seq.computed + 1) <= seq.blocks:
+                    break  # alone, and its token fits its last block: served on (module docstring, departures)
                 victim = running.pop()
                 self.preempt(victim)
                 if victim is seq:
