@@ -49,8 +49,8 @@ from llmsim.costmodel import moe, precision
 from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, stage_expert_params,
-                                     stage_memory,
+from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, params_memo,
+                                     stage_expert_params, stage_memory,
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
@@ -188,6 +188,12 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
+    with params_memo():  # the stage parameter counts: the micro-batch, dp, recompute ... do not change them
+        return _price_table(ctx, configs, {} if shared is None else shared)
+
+
+def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
+    """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
     keys: dict[tuple, int] = {}
     firsts: list[Config] = []
@@ -200,7 +206,6 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
             g = keys[k] = len(firsts)
             firsts.append(c)
         group_of[i] = g
-    shared = {} if shared is None else shared
     rows = _Rows.of(configs)
     # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
