@@ -37,6 +37,7 @@ thousands of random configurations.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -273,8 +274,9 @@ class _Rows:
 
     @classmethod
     def of(cls, configs: Sequence[Config]) -> "_Rows":
-        get = operator.attrgetter(*cls._FIELDS)
-        table = np.array([get(c) for c in configs], dtype=np.int64).reshape(len(configs), len(cls._FIELDS))
+        get = operator.attrgetter(*cls._FIELDS)  # one flat pass (np.fromiter), not an array of a list of tuples
+        table = np.fromiter(itertools.chain.from_iterable(map(get, configs)), dtype=np.int64,
+                            count=len(configs) * len(cls._FIELDS)).reshape(len(configs), len(cls._FIELDS))
         dp, zero, m, devices, pp, cp, ep, dcn, v = table.T
         dp_cp = cp * dp
         return cls(dp, zero, m, devices, pp, v, dp_cp, np.maximum(dp_cp // ep, 1), np.maximum(dp_cp // dcn, 1),
