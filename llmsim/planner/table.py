@@ -221,7 +221,8 @@ def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) ->
     fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
     timed, local = np.unique(group_of[fit], return_inverse=True)
     with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
-        groups = [_group(ctx, firsts[g], tkeys[g], shared) for g in timed.tolist()]
+        clusters: dict[int, object] = {}  # off a torus, the cluster of n devices (and its fabric) built once
+        groups = [_group(ctx, firsts[g], tkeys[g], shared, clusters) for g in timed.tolist()]
     error = [""] * n
     for i, g in zip(fit.tolist(), local.tolist()):
         error[i] = groups[g].error
@@ -313,14 +314,20 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     return memory  # type: ignore[return-value]
 
 
-def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
+def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
     """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
     holds the stage parameters (and those the accumulation pass adds: memory.accumulated_params) computed for
-    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`)."""
+    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`);
+    `clusters` the clusters (off a torus) of the earlier groups' device counts (search.Hardware.cluster_of)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
-    cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
+    if c.topology:
+        cluster = hw.cluster_of(c)
+    else:  # off a torus only its device, fabric and devices per node matter here
+        cluster = clusters.get(c.n_devices)
+        if cluster is None:
+            cluster = clusters[c.n_devices] = hw.cluster_of(c)
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:
