@@ -17,7 +17,10 @@ Num: TypeAlias = Any  # a float / int, or a numpy array of them (one value per c
 
 
 def is_array(*xs: Num) -> bool:
-    return any(isinstance(x, np.ndarray) for x in xs)
+    for x in xs:  # a loop, not any() over a generator: the scalar path asks this hundreds of thousands of times
+        if isinstance(x, np.ndarray):
+            return True
+    return False
 
 
 def pick(cond: Num, a: Num, b: Num) -> Num:

@@ -20,6 +20,9 @@ saved bytes (WorkloadProfile) are the cross-check of that inventory, not its sou
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -240,10 +243,71 @@ def stage_edge_params(workload: "Workload", profile: "WorkloadProfile", sharing:
     return 0.0, _split(output_side, norm, plan.tp)
 
 
+class _ParamsMemo:
+    """params_memo's table: stage parameter counts by (function, objects, stage, the plan fields they read),
+    and the objects keyed by id() in it, kept alive so that no id is reused while the memo lives."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple, tuple[float, float]] = {}
+        self.alive: dict[int, object] = {}
+
+
+# The open memo of this thread / task, if any: scoped to the `with params_memo()` block that opened it (as
+# compute.phase_memo), so two threads pricing tables never share one.
+_PARAMS_MEMO: ContextVar[_ParamsMemo | None] = ContextVar("llmsim_params_memo", default=None)
+
+
+@contextmanager
+def params_memo() -> Iterator[None]:
+    """Within this block, `stage_block_params` and `stage_params` (and accumulated_params, which asks it) count
+    each distinct question once: calls whose arguments agree on the objects (workload, profile, sharing), the
+    stage and the plan fields the counts read (`params_plan_key`) share one result. The planner prices
+    thousands of plans that differ in fields a parameter count never reads (dp, cp, the micro-batch and its
+    count, recompute, sp, ZeRO, the overlaps); the numbers are the same as without the block. Nested blocks
+    share the outer one's table."""
+    if _PARAMS_MEMO.get() is not None:
+        yield
+        return
+    token = _PARAMS_MEMO.set(_ParamsMemo())
+    try:
+        yield
+    finally:
+        _PARAMS_MEMO.reset(token)
+
+
+def params_plan_key(plan: Plan) -> tuple:
+    """The fields of `plan` the stage parameter counts read (stage_block_params, stage_edge_params,
+    stage_expert_params, stage_dense_layer_correction, lora_tp_share and moe.stage_moe_layers through them): tp,
+    pp, the split (stage_layers, or the default one of pp and the chunks per device: Plan.layers_per_stage,
+    Plan.v), ep and etp. tests/costmodel/test_memory.py checks that plans agreeing on these count alike."""
+    return (plan.tp, plan.pp, plan.stage_layers, plan.v, plan.ep, plan.etp)
+
+
+def _memoized(kind: str, count, workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice",
+              plan: Plan, stage: Stage) -> tuple[float, float]:
+    """`count(workload, profile, sharing, plan, stage)`, answered from the open params_memo if any."""
+    memo = _PARAMS_MEMO.get()
+    if memo is None:
+        return count(workload, profile, sharing, plan, stage)
+    key = (kind, id(workload), id(profile), id(sharing), stage, *params_plan_key(plan))
+    out = memo.results.get(key)
+    if out is None:
+        out = memo.results[key] = count(workload, profile, sharing, plan, stage)
+        for obj in (workload, profile, sharing):
+            memo.alive[id(obj)] = obj
+    return out
+
+
 def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                        stage: Stage) -> tuple[float, float]:
     """(parameters, trainable parameters) of the Transformer blocks on one device of `stage`, before ZeRO:
-    its distinct blocks (`distinct_blocks_on_device`) ÷ tp as `tp_block_params` splits them."""
+    its distinct blocks (`distinct_blocks_on_device`) ÷ tp as `tp_block_params` splits them. Inside
+    `params_memo`, a question asked before is answered from its table."""
+    return _memoized("block", _stage_block_params, workload, profile, sharing, plan, stage)
+
+
+def _stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                        stage: Stage) -> tuple[float, float]:
     spec = workload.model
     _, index = stage_of(plan, stage)
     k = sharing.layer_groups or spec.layers
@@ -262,6 +326,12 @@ def stage_block_params(workload: "Workload", profile: "WorkloadProfile", sharing
 
 def _stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                   stage: Stage) -> tuple[float, float]:
+    """`_count_stage_params`, inside `params_memo` answered from its table."""
+    return _memoized("stage", _count_stage_params, workload, profile, sharing, plan, stage)
+
+
+def _count_stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                        stage: Stage) -> tuple[float, float]:
     """(parameters, trainable parameters) on one device of `stage` (an index, or first | middle | last),
     before ZeRO.
 

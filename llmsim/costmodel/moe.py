@@ -481,6 +481,8 @@ def edp_equivalent_share(plan: "Plan") -> float:
 def data_parallel_params(plan: "Plan", params: float, experts: float) -> float:
     """Parameters whose gradients (or, ZeRO 1/2, updated weights) go over the data-parallel group, in dp x cp
     ring-equivalents: the routed experts (`experts` of `params`) at `edp_equivalent_share`."""
+    if not experts:  # a dense stage: params - 0 x (1 - share), without asking the share
+        return params - 0.0
     return params - experts * (1 - edp_equivalent_share(plan))
 
 

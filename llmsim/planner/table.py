@@ -10,7 +10,8 @@ module gives the same numbers for thousands at once, through the same code:
 * memory first, for every row (as search.evaluate, which prices the step only where the configuration
   fits): the step's work is built only for the groups with a row that fits;
 * per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
-  phase times asked once per distinct question: compute.phase_memo), and
+  phase times asked once per distinct question: compute.phase_memo; the stage parameter counts likewise for
+  the whole table: memory.params_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
   these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
@@ -37,6 +38,7 @@ thousands of random configurations.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -49,8 +51,8 @@ from llmsim.costmodel import moe, precision
 from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, stage_expert_params,
-                                     stage_memory,
+from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, params_memo,
+                                     stage_expert_params, stage_memory,
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
@@ -188,6 +190,12 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
+    with params_memo():  # the stage parameter counts: the micro-batch, dp, recompute ... do not change them
+        return _price_table(ctx, configs, {} if shared is None else shared)
+
+
+def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
+    """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
     keys: dict[tuple, int] = {}
     firsts: list[Config] = []
@@ -200,7 +208,6 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
             g = keys[k] = len(firsts)
             firsts.append(c)
         group_of[i] = g
-    shared = {} if shared is None else shared
     rows = _Rows.of(configs)
     # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
@@ -215,7 +222,8 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
     fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
     timed, local = np.unique(group_of[fit], return_inverse=True)
     with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
-        groups = [_group(ctx, firsts[g], tkeys[g], shared) for g in timed.tolist()]
+        clusters: dict[int, object] = {}  # off a torus, the cluster of n devices (and its fabric) built once
+        groups = [_group(ctx, firsts[g], tkeys[g], shared, clusters) for g in timed.tolist()]
     error = [""] * n
     for i, g in zip(fit.tolist(), local.tolist()):
         error[i] = groups[g].error
@@ -268,8 +276,9 @@ class _Rows:
 
     @classmethod
     def of(cls, configs: Sequence[Config]) -> "_Rows":
-        get = operator.attrgetter(*cls._FIELDS)
-        table = np.array([get(c) for c in configs], dtype=np.int64).reshape(len(configs), len(cls._FIELDS))
+        get = operator.attrgetter(*cls._FIELDS)  # one flat pass (np.fromiter), not an array of a list of tuples
+        table = np.fromiter(itertools.chain.from_iterable(map(get, configs)), dtype=np.int64,
+                            count=len(configs) * len(cls._FIELDS)).reshape(len(configs), len(cls._FIELDS))
         dp, zero, m, devices, pp, cp, ep, dcn, v = table.T
         dp_cp = cp * dp
         return cls(dp, zero, m, devices, pp, v, dp_cp, np.maximum(dp_cp // ep, 1), np.maximum(dp_cp // dcn, 1),
@@ -306,14 +315,20 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     return memory  # type: ignore[return-value]
 
 
-def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object]) -> _Group:
+def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
     """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
     holds the stage parameters (and those the accumulation pass adds: memory.accumulated_params) computed for
-    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`)."""
+    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`);
+    `clusters` the clusters (off a torus) of the earlier groups' device counts (search.Hardware.cluster_of)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
-    cluster = hw.cluster_of(c)  # off a torus only its device, fabric and devices per node matter here
+    if c.topology:
+        cluster = hw.cluster_of(c)
+    else:  # off a torus only its device, fabric and devices per node matter here
+        cluster = clusters.get(c.n_devices)
+        if cluster is None:
+            cluster = clusters[c.n_devices] = hw.cluster_of(c)
     try:
         work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
     except CostModelError as exc:

@@ -235,3 +235,44 @@ def test_the_description_lists_the_nonzero_parts_in_decimal_gigabytes() -> None:
     # 1e18 bytes = 1e9 GB: a divisor off by one byte would show in the last digits
     huge = MemoryBreakdown(params=1e18)
     assert huge.describe(1e18) == "needs 1000000000.0 GB/device (params 1000000000.0) > 1000000000.0 GB"
+
+
+def test_the_params_memo_counts_as_the_functions_do_for_plans_that_differ_in_what_its_key_drops() -> None:
+    """Inside params_memo, stage_block_params and stage_params key a plan by params_plan_key (tp, pp, the split,
+    the chunks per device, ep, etp); plans that differ in that key and in everything else (dp, cp, the
+    micro-batch and its count, sp, ZeRO, recompute, the schedule where it leaves v alone) get the counts made
+    without the memo, whatever the order they are asked in, for a dense model with LoRA or shared layers
+    and for a mixture of experts with dense first layers. A key missing a field the counts read fails here
+    (the first plan asked would answer for the others)."""
+    import random
+
+    from llmsim.costmodel.memory import params_memo, stage_block_params
+
+    rng = random.Random(5)
+    dense = gpt2()
+    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
+                     mode="train", batch=8)
+    cases = []
+    for w, sharings in ((dense, [dict(), dict(tie=False, layer_groups=4), dict(lora=LoraSpec(rank=8))]),
+                        (moe_w, [dict(), dict(tie=False)])):
+        for kw in sharings:
+            profile, sharing = profiled(w, **kw)
+            for _ in range(120):
+                pp = rng.choice([1, 2, 4])
+                schedule = rng.choice(["gpipe", "1f1b", "interleaved"]) if pp > 1 else "1f1b"
+                v = rng.choice([1, 2]) if schedule == "interleaved" else 1
+                split = rng.choice([None, None, (w.model.layers - pp + 1, *([1] * (pp - 1)))])
+                plan = Plan(dp=rng.choice([1, 2, 4]), tp=rng.choice([1, 2, 4]), pp=pp, cp=rng.choice([1, 2]),
+                            micro_batch=rng.choice([1, 2, 4]), microbatches=rng.choice([1, 2, 8]),
+                            sp=rng.choice([False, True]), zero=rng.choice([0, 1, 3]), schedule=schedule,
+                            virtual_stages=v if schedule == "interleaved" else 1,
+                            recompute=rng.choice(["none", "full"]), stage_layers=split,
+                            ep=rng.choice([1, 2]) if w is moe_w else 1, etp=rng.choice([1, 2]) if w is moe_w else 1)
+                stage = rng.choice([*range(pp), "first", "middle", "last"])
+                args = (w, profile, sharing, plan, stage)
+                cases.append((args, stage_block_params(*args), stage_params(*args)))
+    rng.shuffle(cases)
+    with params_memo():
+        for args, block, whole in cases:
+            assert stage_block_params(*args) == block, args[3:]
+            assert stage_params(*args) == whole, args[3:]
