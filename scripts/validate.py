@@ -607,26 +607,39 @@ def _serving_value(column: str, text: str) -> object:
     return _value(column, text)
 
 
+def _typed_row(path: Path, where: str, raw: dict[str, str], columns: Sequence[str],
+               value: Callable[[str, str], object], named: Sequence[str],
+               required: Sequence[str]) -> dict[str, object]:
+    """One row of a serving or capacity table, typed by `value(column, text)` (blank cells None). Every row names
+    the `named` columns; a priced row (no skip_reason) fills every `required` one. ScenarioError (file,
+    row.column, what) on the first problem."""
+    row: dict[str, object] = {}
+    for column in columns:
+        text = (raw.get(column) or "").strip()
+        try:
+            row[column] = value(column, text) if text else None
+        except ValueError as exc:
+            raise ScenarioError(str(path), f"{where}.{column}", f"{text!r}: {exc}") from None
+    for column in named:
+        if not row[column]:
+            raise ScenarioError(str(path), f"{where}.{column}",
+                                f"every row names its {', '.join(named[:-1])} and {named[-1]}")
+    if not row["skip_reason"]:
+        blank = [c for c in required if row[c] is None]
+        if blank:
+            raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
+    return row
+
+
 def read_serving_runs(path: Path) -> list[dict[str, object]]:
     """The rows of a serving dev table, typed; blank cells are None. Raises ScenarioError (file, row.column, what)."""
     raw_rows = _csv_rows(path, SERVING, "serving table")
     rows = []
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
-        row: dict[str, object] = {}
-        for column in SERVING + SERVING_OPTIONAL:
-            text = (raw.get(column) or "").strip()
-            try:
-                row[column] = _serving_value(column, text) if text else None
-            except ValueError as exc:
-                raise ScenarioError(str(path), f"{where}.{column}", f"{text!r}: {exc}") from None
-        for column in ("source", "metric"):
-            if not row[column]:
-                raise ScenarioError(str(path), f"{where}.{column}", "every row names its source and its metric")
+        row = _typed_row(path, where, raw, SERVING + SERVING_OPTIONAL, _serving_value, ("source", "metric"),
+                         SERVING_REQUIRED)
         if not row["skip_reason"]:
-            blank = [c for c in SERVING_REQUIRED if row[c] is None]
-            if blank:
-                raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
             given = [c for c in ("input_len", "output_len") if row[c] is not None]
             if row["lengths"] is not None and given:
                 raise ScenarioError(str(path), f"{where}.{given[0]}",
@@ -884,20 +897,9 @@ def read_capacity_runs(path: Path) -> list[dict[str, object]]:
     rows = []
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
-        row: dict[str, object] = {}
-        for column in CAPACITY:
-            text = (raw.get(column) or "").strip()
-            try:
-                row[column] = _capacity_value(column, text) if text else None
-            except ValueError as exc:
-                raise ScenarioError(str(path), f"{where}.{column}", f"{text!r}: {exc}") from None
-        for column in ("source", "metric", "engine"):
-            if not row[column]:
-                raise ScenarioError(str(path), f"{where}.{column}", "every row names its source, engine and metric")
+        row = _typed_row(path, where, raw, CAPACITY, _capacity_value, ("source", "metric", "engine"),
+                         CAPACITY_REQUIRED)
         if not row["skip_reason"]:
-            blank = [c for c in CAPACITY_REQUIRED if row[c] is None]
-            if blank:
-                raise ScenarioError(str(path), f"{where}.{blank[0]}", "required for a priced row")
             if row["tp"] * row["pp"] != row["n_devices"]:
                 raise ScenarioError(str(path), f"{where}.n_devices",
                                     f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
