@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmsim.errors import ScenarioError
 from llmsim.executor import Executor, Progress
 from llmsim.hardware import Catalog
 from llmsim.planner.config import PlanFile, check_hardware
@@ -18,6 +19,7 @@ from llmsim.planner.report import plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, SearchStats, dropped_precisions, precision_contexts,
                                    resolve_hardware, search, sharing_choice, simulate_top, workload_profile)
 from llmsim.planner.serve import Mapper
+from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.results import new_run_dir
 
@@ -44,6 +46,9 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     instead (planner.serve): the executor runs its candidates' rate searches and the sensitivity's what-ifs,
     and it returns a ServingPlanOutcome."""
     check_hardware(plan, catalog, file)
+    axis_problem = search_axis_problem(plan)
+    if axis_problem is not None:
+        raise ScenarioError(file, *axis_problem)
     hardware = resolve_hardware(plan, catalog)
     if plan.serving is not None:
         run_dir = new_run_dir(Path(out), f"plan-{plan.name}")

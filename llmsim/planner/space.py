@@ -488,3 +488,36 @@ def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:
     """The valid configurations of one group."""
     for chain in chains(plan, g, axes):
         yield from chain
+
+
+def _axis_problem(w: Workload, axis: str, value: int) -> str | None:
+    """Why `value` of search axis `axis` cannot appear in any configuration of this model, whatever the other
+    degrees (None = it can): the shape rules with every other degree 1, batch divisibility, the experts."""
+    if axis in ("tp", "pp", "cp"):
+        degrees = {"tp": 1, "pp": 1, "cp": 1, axis: value}
+        return shape_problem(w, degrees["tp"], degrees["pp"], degrees["cp"], False, "1f1b", 1)
+    if axis in ("dp", "micro_batch") and w.batch % value:
+        return f"{axis}: {value} does not divide the batch {w.batch}"
+    if axis == "ep":
+        return _ep_problem(w, value, 1, 1, value)
+    return None
+
+
+def search_axis_problem(plan: PlanFile) -> tuple[str, str] | None:
+    """(key, message) when a search axis the plan states has no value this model can use, e.g. search.tp = [3]
+    for 64 heads; the message names the allowed values up to the largest stated one (at least 64). None when
+    every stated axis keeps a usable value: values the model cannot use are left out like any other
+    invalid configuration."""
+    w, s = plan.workload, plan.search
+    for axis in ("tp", "pp", "cp", "dp", "micro_batch", "ep"):
+        given = getattr(s, axis)
+        if not given:
+            continue
+        problems = [_axis_problem(w, axis, v) for v in given]
+        if all(problems):
+            upto = max(64, *given)
+            allowed = [v for v in range(1, upto + 1) if _axis_problem(w, axis, v) is None]
+            shown = ", ".join(map(str, allowed[:16])) + (", ..." if len(allowed) > 16 else "")
+            first = problems[0]
+            return f"search.{axis}", first if "allowed" in first else f"{first}; allowed values: {shown or 'none'}"
+    return None

@@ -65,3 +65,23 @@ def test_contract_example_and_shipped_plans_load() -> None:
     for name in ("plan-train-70b.yaml", "plan-serve-8b.yaml"):
         plan = load_plan(root / "scenarios" / name)
         assert plan.top_k >= 1 and plan.hardware
+
+
+@pytest.mark.parametrize("search, key, words", [
+    ({"tp": [3]}, "search.tp", "tp: 3 does not divide heads=4"),
+    ({"dp": [3, 5]}, "search.dp", "dp: 3 does not divide the batch 8; allowed values: 1, 2, 4, 8"),
+    ({"pp": [9]}, "search.pp", "more than layers=2"),
+])
+def test_a_search_axis_no_configuration_can_use_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       search: dict, key: str, words: str) -> None:
+    """A stated search axis whose every value the model refuses is an error, not an empty plan with exit 0."""
+    path = _write(tmp_path, {**GOOD, "search": search})
+    assert main(["plan", str(path), "--out", str(tmp_path), "--no-simulate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{key}: " in err and words in err, err
+
+
+def test_a_search_axis_with_one_usable_value_plans(tmp_path: Path) -> None:
+    """Values the model cannot use are left out like any invalid configuration when another one is usable."""
+    path = _write(tmp_path, {**GOOD, "search": {"tp": [3, 2]}})
+    assert main(["plan", str(path), "--out", str(tmp_path), "--no-simulate"]) == 0
