@@ -71,6 +71,15 @@ class _Limited(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.2's float (core schema, section 10.3.2): PyYAML resolves YAML 1.1, whose floats need a dot, so `1e9` or
+# `5e-3` would stay text. Added to this loader's own copy of the resolvers (add_implicit_resolver copies the
+# class table on first use), so yaml.SafeLoader is left as it is.
+_Limited.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 class _TooDeep(Exception):
     def __init__(self, mark: yaml.Mark) -> None:
         self.mark = mark

@@ -290,3 +290,17 @@ def test_the_built_in_settings_models_refuse_non_finite_numbers_themselves(modul
         with pytest.raises(ValidationError, match="finite number"):
             model(**{field: value})
 
+
+
+@pytest.mark.parametrize("text, value", [("1e9", 1e9), ("5e-3", 5e-3), ("-2E+4", -2e4), ("1.5e3", 1.5e3),
+                                         ("1e", "1e"), ("e9", "e9"), ("10", 10), ("a1e9", "a1e9")])
+def test_scientific_notation_without_a_dot_is_a_number(text: str, value: object) -> None:
+    """YAML 1.2's float: PyYAML (YAML 1.1) reads `1e9` as text, and a rate of 1e9 failed as 'not a number'."""
+    got = parse_yaml(text, None)
+    assert got == value and type(got) is type(value)
+
+
+def test_a_plans_goal_rate_is_blamed_for_a_run_too_large(tmp_path: Path, capsys) -> None:
+    plan = REPO / "scenarios" / "plan-serve-slo-8b.yaml"
+    err = one_line_error(capsys, ["plan", str(plan), "--set", "goal.request_rate=1e9", "--out", str(tmp_path)])
+    assert "goal.request_rate: 1e+09 requests/s for duration_s=15 s is 1.5e+10 requests" in err

@@ -22,7 +22,7 @@ from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_s
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
-from llmsim.serving.spec import ServingSpec
+from llmsim.serving.spec import ServingSpec, arrival_count_problem
 from llmsim.strict import StrictModel
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -167,7 +167,15 @@ class PlanFile(_Strict):
             return data  # the after-check refuses it
         if rate is None:
             raise _KeyedError("goal.request_rate", "required key is missing: a serving plan takes {request_rate}")
-        return {**data, "serving": {**data["serving"], "arrival": {**arrival, "rate": rate}}}
+        serving = data["serving"]
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+            problem = arrival_count_problem(*(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                                              for v in (serving.get("requests"), serving.get("duration_s"))),
+                                            [float(rate)])
+            if problem is not None:  # the rate the plan states is its goal: the error names that key
+                key, message = problem
+                raise _KeyedError("goal.request_rate" if key == "arrival.rate" else f"serving.{key}", message)
+        return {**data, "serving": {**serving, "arrival": {**arrival, "rate": rate}}}
 
     @model_validator(mode="after")
     def _check(self) -> "PlanFile":

@@ -353,6 +353,45 @@ class Slo(_Strict):
         return self
 
 
+# The longest simulated span a run may cover, in seconds (31.7 years). The simulated clock is a float64 of
+# seconds: at 1e9 s its spacing is 1.2e-7 s (IEEE 754 binary64, 52-bit fraction: 2**29 * 2**-52), so token
+# times keep sub-microsecond resolution; far beyond it a 10 ms prefill added to an arrival time is rounded
+# away (at a rate of 1e-300 requests/s every TTFT came out 0).
+MAX_SIMULATED_S = 1e9
+
+
+# The most requests one simulated run may hold: 100x the 10,000-request runs of vLLM's and Vidur's
+# benchmarks. A bound against a typo (duration_s: 600 at rate: 1e9) that would otherwise simulate for days.
+MAX_REQUESTS = 1_000_000
+
+
+def arrival_count_problem(requests: int | None, duration_s: float | None,
+                          rates: list[float | None]) -> tuple[str, str] | None:
+    """(key, message) when the run's size is unusable, else None: more than MAX_REQUESTS requests, fewer than one
+    expected in duration_s, or a span past MAX_SIMULATED_S. `rates` in requests/s (None: a trace as recorded);
+    keys are relative to the serving block."""
+    rates_given = [r for r in rates if r is not None]
+    if requests is not None and requests > MAX_REQUESTS:
+        return "requests", f"{requests}: allowed: at most {MAX_REQUESTS:,} requests in one run"
+    if duration_s is not None:
+        if duration_s > MAX_SIMULATED_S:
+            return "duration_s", (f"{duration_s:g} s: allowed: at most {MAX_SIMULATED_S:g} s (the simulated "
+                                  f"clock's resolution)")
+        if rates_given and duration_s * max(rates_given) > MAX_REQUESTS:
+            return "arrival.rate", (f"{max(rates_given):g} requests/s for duration_s={duration_s:g} s is "
+                                    f"{duration_s * max(rates_given):.3g} requests; allowed: at most "
+                                    f"{MAX_REQUESTS:,} in one run (rate x duration_s)")
+        if rates_given and duration_s * min(rates_given) < 1:
+            return "arrival.rate", (f"{min(rates_given):g} requests/s for duration_s={duration_s:g} s expects "
+                                    f"{duration_s * min(rates_given):.3g} requests; allowed: rate x duration_s "
+                                    f">= 1")
+    if requests is not None and rates_given and requests / min(rates_given) > MAX_SIMULATED_S:
+        return "arrival.rate", (f"{min(rates_given):g} requests/s: {requests} requests would span "
+                                f"{requests / min(rates_given):.3g} s of simulated time; allowed: requests / rate "
+                                f"<= {MAX_SIMULATED_S:g} s (the simulated clock's resolution)")
+    return None
+
+
 class ServingSpec(_Strict):
     """A request-level serving run: the workload's model, dtype and the strategies' tp/pp describe one replica."""
 
@@ -385,6 +424,9 @@ class ServingSpec(_Strict):
         if not trace and self.lengths is None:
             raise KeyedValueError("lengths", "lengths are needed unless arrival.kind is 'trace' "
                                              "(whose file gives them)")
+        problem = arrival_count_problem(self.requests, self.duration_s, self.arrival.rates)
+        if problem is not None:
+            raise KeyedValueError(*problem)
         return self
 
     def overhead_on(self, device: Any) -> float:

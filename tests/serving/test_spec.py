@@ -71,6 +71,13 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.duration_s=60", "serving.duration_s: give requests or duration_s, not both"),
     ("serving.arrival={kind: gamma, rate: 2}", "serving.arrival.cv: arrival kind 'gamma' needs cv"),
     ("serving.arrival={kind: poisson, rate: 2, path: t.csv}", "serving.arrival.path: path is for arrival kind 'trace'"),
+    # the run's size: the simulated clock keeps microseconds to 1e9 s, and a typo may not simulate for days
+    ("serving.arrival.rate=1.0e-300", "serving.arrival.rate: 1e-300 requests/s: 20 requests would span 2e+301 s"),
+    ("serving.requests=2000000", "serving.requests: 2000000: allowed: at most 1,000,000 requests in one run"),
+    ("serving={duration_s: 10, arrival: {rate: 1e9}, lengths: {input: 8, output: 4}}",
+     "serving.arrival.rate: 1e+09 requests/s for duration_s=10 s is 1e+10 requests; allowed: at most 1,000,000"),
+    ("serving={duration_s: 10, arrival: {rate: 0.05}, lengths: {input: 8, output: 4}}",
+     "serving.arrival.rate: 0.05 requests/s for duration_s=10 s expects 0.5 requests; allowed: rate x duration_s >= 1"),
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
     ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
     ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
