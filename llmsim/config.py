@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
-from llmsim.serving.spec import ServingSpec
+from llmsim.serving.spec import Lengths, ServingSpec, length_bounds
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
@@ -558,6 +558,31 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     return None
 
 
+def _lengths_past_context(lengths: Lengths, seq_len: int) -> str | None:
+    """Why every request of the lengths block would be rejected, as vLLM rejects prompt + max_tokens >
+    max_model_len (None when some fit): its shortest pair is longer than the context, or, for an unbounded
+    form, none of the probe's pairs (serving.requests.probe_pairs) that pass the filter fits."""
+    if isinstance(lengths.input, int) and isinstance(lengths.output, int):
+        if lengths.input + lengths.output <= seq_len:
+            return None
+        return (f"input {lengths.input} + output {lengths.output} tokens exceed the model's context "
+                f"seq_len={seq_len}: every request would be rejected (allowed: input + output <= {seq_len}, or "
+                f"raise workload.model.seq_len)")
+    from llmsim.serving.requests import PROBE_DRAWS, probe_pairs
+
+    shortest = length_bounds(lengths.input)[0] + length_bounds(lengths.output)[0]
+    if shortest <= seq_len:
+        pairs = [p for p in probe_pairs(lengths) if lengths.passes(*p)]
+        if not pairs or any(a + b <= seq_len for a, b in pairs):
+            return None
+        shortest = min(a + b for a, b in pairs)
+        what = f"none of {PROBE_DRAWS:,} drawn requests fits (the shortest is {shortest} tokens)"
+    else:
+        what = f"the shortest request the forms can draw is {shortest} tokens"
+    return (f"{what}, more than the model's context seq_len={seq_len}: every request would be rejected "
+            f"(allowed: shorter lengths, a max_total filter, or a larger workload.model.seq_len)")
+
+
 def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Problem:
     """A serving block needs a decoder that generates (key path from the top of the file, message)."""
     if not w.model.causal:
@@ -566,12 +591,10 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
         return "workload.mode", ("'train' cannot be served; with a serving: block leave mode out (the request list "
                                  "sets the batches and lengths) or write decode")
     lengths = serving.lengths
-    if lengths is not None and isinstance(lengths.input, int) and isinstance(lengths.output, int) \
-            and lengths.input + lengths.output > w.model.seq_len:
-        # Every request would be rejected as vLLM rejects prompt + max_tokens > max_model_len: say it now.
-        return "serving.lengths", (f"input {lengths.input} + output {lengths.output} tokens exceed the model's "
-                                   f"context seq_len={w.model.seq_len}: every request would be rejected (allowed: "
-                                   f"input + output <= {w.model.seq_len}, or raise workload.model.seq_len)")
+    if lengths is not None:
+        problem = _lengths_past_context(lengths, w.model.seq_len)
+        if problem is not None:
+            return "serving.lengths", problem
     sched = serving.scheduler
     if sched.kind in ("static", "continuous", "prefill-first") and sched.max_batched_tokens < w.model.seq_len:
         # vLLM (vllm/config/scheduler.py; V0's SchedulerConfig._verify_args likewise) refuses

@@ -75,6 +75,19 @@ def quantile_tokens(spec: QuantileLength, u: float) -> float:
     return points[-1][1]
 
 
+# Pairs drawn to check, before a run, that a lengths block with an unbounded form (lognormal, exponential) can
+# produce a request at all: one its filter passes (Lengths._passable) and that fits the model's context
+# (config.check_serving). As many as MAX_REDRAWS: a filter none of them passes would fail the run's first request.
+PROBE_DRAWS = MAX_REDRAWS
+
+
+def probe_pairs(lengths: Lengths) -> list[tuple[int, int]]:
+    """PROBE_DRAWS unfiltered (prompt, output) pairs of the lengths block's forms, from a fixed stream (the same
+    answer on every call and platform)."""
+    rng = _stream(0, "probe")
+    return [(draw_length(lengths.input, rng), draw_length(lengths.output, rng)) for _ in range(PROBE_DRAWS)]
+
+
 def draw_pair(lengths: Lengths, rng: random.Random) -> tuple[int, int]:
     """One request's (prompt, output) tokens: drawn, and drawn again while the lengths block's filter refuses
     the pair (rejection sampling, as vLLM's ShareGPT samplers skip a conversation out of range and take the

@@ -78,6 +78,16 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
      "serving.arrival.rate: 1e+09 requests/s for duration_s=10 s is 1e+10 requests; allowed: at most 1,000,000"),
     ("serving={duration_s: 10, arrival: {rate: 0.05}, lengths: {input: 8, output: 4}}",
      "serving.arrival.rate: 0.05 requests/s for duration_s=10 s expects 0.5 requests; allowed: rate x duration_s >= 1"),
+    # lengths no request can use: a filter none of the drawn pairs passes, or every request past the context
+    ("serving.lengths={input: {kind: lognormal, median: 1000000, sigma: 0.1}, output: 4, max_input: 50}",
+     "serving.lengths.max_input: 50: none of 10,000 drawn pairs passes the filter (10,000 fail max_input)"),
+    ("serving.lengths={input: {kind: lognormal, median: 100000, sigma: 0.1}, output: 4}",
+     "serving.lengths: none of 10,000 drawn requests fits (the shortest is"),
+    ("serving.lengths={input: {kind: uniform, min: 70, max: 90}, output: 4}",
+     "serving.lengths: the shortest request the forms can draw is 74 tokens, more than the model's context "
+     "seq_len=64"),
+    ("serving.lengths={input: {kind: exponential, mean: 20}, output: 3, min: 4}",
+     "serving.lengths.min: 4: no output length reaches it (the most is 3 tokens"),
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
     ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
     ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
