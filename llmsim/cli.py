@@ -383,7 +383,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         catalog = load_catalog(args.hardware) if args.hardware else None
         result = calibrate(args.run_dirs, device=args.device or "cpu-host", backend=args.backend or "cpu",
-                           catalog=catalog)
+                           catalog=catalog, include_busy=args.include_busy)
+        if result.left_out:
+            err_console.print(f"[yellow]llmsim: warning: left out {count(len(result.left_out), 'measured row')} "
+                              f"timed on a busy host (host_load_per_core > 1): "
+                              f"{escape(', '.join(result.left_out[:5]))}{' ...' if len(result.left_out) > 5 else ''}; "
+                              f"--include-busy fits them too[/]", highlight=False)
         default_name = "hardware-calibrated.yaml"
     warning = underdetermined_warning(result)
     if warning:
@@ -453,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "rows, any measured backend for serving rows)")
     p.add_argument("--device", metavar="NAME", help="the catalog entry to calibrate (default: cpu-host for step "
                                                     "rows, the hardware the serving rows name)")
+    p.add_argument("--include-busy", action="store_true",
+                   help="also fit measured step rows timed on a busy host (host_load_per_core > 1), which are left "
+                        "out by default: their time includes waiting for a core")
     p.add_argument("--hardware", action="append", default=[], type=Path, metavar="FILE",
                    help="extra hardware catalog YAML holding --device (repeatable)")
     p.set_defaults(func=cmd_calibrate)

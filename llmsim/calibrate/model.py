@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llmsim.calibrate.optimiser import fit
-from llmsim.calibrate.observations import CalibrationError, Observation, read_observations
+from llmsim.calibrate.observations import CalibrationError, Observation, busy_cases, read_observations
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, estimate
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
@@ -68,6 +68,7 @@ class Calibration:
     parameters: int = len(BOUNDS)   # fitted: matmul and attention efficiency, memory bandwidth, per-op cost
     kind: str = "step"              # step (step times of measured rows) | serving (llmsim.calibrate.serving)
     checks: list[CaseFit] = field(default_factory=list)   # modeled vs measured figures not fitted (serving p99s)
+    left_out: list[str] = field(default_factory=list)     # cases not fitted: timed on a busy host
 
     @property
     def median_abs_error(self) -> float:
@@ -127,11 +128,13 @@ def plan_for(observation: Observation) -> Plan:
 
 
 def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str = "cpu",
-              options: Options = Options(), catalog: Catalog | None = None) -> Calibration:
-    """Fit `device`'s efficiency factors to the measured rows of `backend` in `run_dirs`."""
+              options: Options = Options(), catalog: Catalog | None = None, include_busy: bool = False) -> Calibration:
+    """Fit `device`'s efficiency factors to the measured rows of `backend` in `run_dirs` (rows timed on a busy
+    host only with `include_busy`: observations.read_observations; the others are named in `left_out`)."""
     catalog = catalog or load_catalog()
     base = catalog.device(device)
-    observations = read_observations(run_dirs, backend)
+    observations = read_observations(run_dirs, backend, include_busy)
+    left_out = [] if include_busy else busy_cases(run_dirs, backend)
     peaks: dict[str, float] = {}
     for dtype in {o.dtype for o in observations}:
         peaks[dtype] = statistics.median(o.peak_flops for o in observations if o.dtype == dtype)
@@ -172,7 +175,7 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
         return [CaseFit(o.run_dir, o.case, o.mode, o.measured_s, t) for o, t in zip(observations, modeled)]
 
     entry = _entry(fitted, base, observations, theta, probed=probed is not None)
-    return Calibration(entry=entry, cases=fits(after), before=fits(before))
+    return Calibration(entry=entry, cases=fits(after), before=fits(before), left_out=left_out)
 
 
 def _probed_rates(observations: list[Observation]) -> tuple[float, float, float] | None:

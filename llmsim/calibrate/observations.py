@@ -16,6 +16,7 @@ from typing import Any
 
 from llmsim.config import Scenario, SharingChoice, Strategy, load_scenario
 from llmsim.errors import LLMSimError
+from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.results import read_rows
 from llmsim.strategy import Layout, resolve_layout
 
@@ -50,9 +51,28 @@ class Observation:
         return self.scenario.sharing_choice(self.strategy)
 
 
-def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Observation]:
-    """The ok rows of `backend` (kind measured) in each run folder, with their resolved scenario."""
+def is_busy(row: dict[str, Any]) -> bool:
+    """Whether a measured row was timed on a busy host: its `host_load_per_core` (llmsim.measure.host_load)
+    above BUSY_LOAD_PER_CORE, so some of its time was spent waiting for a core, not computing."""
+    load = _positive(row.get("host_load_per_core"))
+    return load is not None and load > BUSY_LOAD_PER_CORE
+
+
+def busy_cases(run_dirs: Sequence[Path], backend: str = "cpu") -> list[str]:
+    """The cases of the ok measured rows of `backend` that read_observations leaves out as timed on a busy host."""
+    return [str(row.get("case")) for d in run_dirs if (Path(d) / "results.jsonl").exists()
+            for row in read_rows(Path(d)) if row.get("backend") == backend and row.get("kind") == "measured"
+            and row.get("status") == "ok" and is_busy(row)]
+
+
+def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
+                      include_busy: bool = False) -> list[Observation]:
+    """The ok rows of `backend` (kind measured) in each run folder, with their resolved scenario.
+
+    Rows timed on a busy host (`is_busy`) are left out unless `include_busy`: a fit to them would take the
+    time they waited for a core as the host's own speed. Raises CalibrationError when no row is left."""
     found: list[Observation] = []
+    busy = 0
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         results, scenario_file = run_dir / "results.jsonl", run_dir / "scenario.yaml"
@@ -66,6 +86,9 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
                 continue
             if row.get("strategy") not in names:
                 continue
+            if is_busy(row) and not include_busy:
+                busy += 1
+                continue
             index = names.index(row["strategy"])
             found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
                                      measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
@@ -74,6 +97,10 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu") -> list[Ob
                                      stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
                                      stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
                                      op_overhead_s=_positive(row.get("op_overhead_s"))))
+    if not found and busy:
+        raise CalibrationError(f"every ok measured row of backend '{backend}' ({busy}) was timed on a busy host "
+                               f"(host_load_per_core > {BUSY_LOAD_PER_CORE:g}: processes waited for a core); rerun on "
+                               f"a quiet host, or pass --include-busy to fit them anyway")
     if not found:
         kinds = {(r.get("kind"), r.get("backend")) for d in run_dirs if (d / "results.jsonl").exists()
                  for r in read_rows(d)}

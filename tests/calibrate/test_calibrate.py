@@ -101,7 +101,8 @@ def test_the_command_prints_the_table_and_writes_an_entry_that_loads(runs: list[
     monkeypatch.setattr(calibrate_module, "calibrate", the_module_fit)
     path = tmp_path / "hw.yaml"
     assert main(["calibrate", *map(str, runs), "--out", str(path)]) == 0
-    assert asked == [(tuple(map(str, runs)), {"device": "cpu-host", "backend": "cpu", "catalog": None})]
+    assert asked == [(tuple(map(str, runs)), {"device": "cpu-host", "backend": "cpu", "catalog": None,
+                      "include_busy": False})]
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == str(path)
     assert lines[0].split() == ["case", "mode", "measured", "s", "default", "s", "err", "fitted", "s", "err"]

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from llmsim.calibrate import CalibrationError, Observation, plan_for, read_observations
+from llmsim.calibrate.observations import busy_cases
 from tests.calibrate.helpers import synthetic_run
 
 
@@ -81,3 +82,17 @@ def test_a_fit_with_no_more_cases_than_parameters_is_flagged_and_residuals_are_r
     assert "worst +20.0% (c5); 6 cases for 4 parameters, 2 degrees of freedom" in last
     assert six.rms_log_residual == pytest.approx(math.sqrt(sum(math.log(1 + e) ** 2
                                                                for e in [0.1, -0.1, 0.05, 0, 0, 0.2]) / 6))
+
+
+def test_rows_timed_on_a_busy_host_are_left_out_unless_asked(tmp_path: Path) -> None:
+    """A row whose host_load_per_core is above 1 waited for a core: the fit would read the wait as the host's
+    speed (the busy-host mark `ok*` of the terminal report); it is fitted only with include_busy."""
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, "host_load_per_core": 0.9}) + "\n" for r in rows))
+    assert [o.case for o in read_observations([run])] == ["s"]      # below the mark: kept
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, "host_load_per_core": 6.5}) + "\n" for r in rows))
+    with pytest.raises(CalibrationError, match=r"timed on a busy host .* --include-busy"):
+        read_observations([run])
+    assert [o.case for o in read_observations([run], include_busy=True)] == ["s"]
+    assert busy_cases([run]) == ["s"]
