@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from llmsim.planner.config import PlanFile
 from llmsim.planner.search import Evaluation, SearchStats
@@ -276,7 +276,7 @@ def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: lis
 # `serving_choice` below.
 # ---------------------------------------------------------------------------------------------------
 
-FACTORS = ("memory", "communication", "bubble", "compute")
+FACTORS = ("memory", "memory bandwidth", "communication", "bubble", "compute")
 # The strategy fields a single change moves (one at a time); the derived ones (n_devices, microbatches) follow.
 CHANGE_FIELDS = ("dp", "tp", "pp", "cp", "sp", "zero", "micro_batch", "recompute", "schedule", "virtual_stages",
                  "precision")
@@ -403,9 +403,11 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     if priced is not None and sensitivity is not None and "simulation" in sensitivity.priced_by:
         shares_of = f"simulated {shares_of}"
     largest_why = f"its largest share of the {shares_of}"
-    knob = _strongest_whatif(sensitivity, index)
+    knob, moved = _strongest_whatif(sensitivity, index), plan.objective
+    if knob is None:  # the objective does not move (a cost set by the device count): what moves the step does
+        knob, moved = _strongest_whatif(sensitivity, index, "time"), shares_of.removeprefix("simulated ")
     if knob is not None and largest in ("compute", "communication") and KNOB_FACTOR[knob[0]] != largest:
-        largest, largest_why = KNOB_FACTOR[knob[0]], (f"{knob_label(knob[0], knob[2])} moves its {plan.objective} "
+        largest, largest_why = KNOB_FACTOR[knob[0]], (f"{knob_label(knob[0], knob[2])} moves its {moved} "
                                                       f"most: {knob[1]:+.1%}")
     if best is None:
         return Limit(who, largest, shares, "no single change improves it", None, largest_why, shares_of)
@@ -417,21 +419,27 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
 
 
 # What each hardware what-if (planner.whatif.KNOBS) speeds up: the limiting factor it stands for.
-KNOB_FACTOR = {"link": "communication", "gemm": "compute", "memory": "compute"}
+# The compute share is the time kernels run, FLOP-bound or bandwidth-bound alike (costmodel roofline): when memory
+# efficiency moves a step more than GEMM efficiency does (a decode step reading the weights and the KV cache),
+# its limit is memory bandwidth, not compute.
+KNOB_FACTOR = {"link": "communication", "gemm": "compute", "memory": "memory bandwidth"}
 # A what-if names the limiting factor when +20% of it moves the objective by more than this (relative): a
 # threshold of reading, not of the model (below it the what-ifs are all noise against the step's shares).
 WHATIF_DECIDES = 0.01
 
 
-def _strongest_whatif(sensitivity: Sensitivity | None, index: int) -> tuple[str, float, float] | None:
-    """(knob, relative change of the objective, factor) of the +20% what-if that lowers configuration `index`'s
-    objective most, if it does by more than WHATIF_DECIDES; else None."""
-    if sensitivity is None or not sensitivity.base[index]:
+def _strongest_whatif(sensitivity: Sensitivity | None, index: int,
+                      by: Literal["objective", "time"] = "objective") -> tuple[str, float, float] | None:
+    """(knob, relative change, factor) of the +20% what-if that lowers configuration `index`'s objective (or, by
+    "time", its step time or latency) most, if it does by more than WHATIF_DECIDES; else None."""
+    if sensitivity is None:
         return None
-    own = sensitivity.base[index]
+    own = sensitivity.base[index] if by == "objective" else sensitivity.base_times[index]
+    if not own:
+        return None
     best: tuple[str, float, float] | None = None
     for r in sensitivity.rows:
-        value = r.winner if index == 0 else r.runner_up
+        value = (r.winner if index == 0 else r.runner_up) if by == "objective" else r.times[index]
         if r.factor > 1 and value is not None and own:
             gain = value / own - 1
             if gain < -WHATIF_DECIDES and (best is None or gain < best[1]):

@@ -161,6 +161,34 @@ def best_yaml(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> st
                                  width=110)
 
 
+def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
+    """The lines under a feasible candidate: its sustained rate and probes, its replicas at the goal rate (with why
+    replicas x one replica's rate may fall short of the goal, and why goodput may be below the rate at attainment 1),
+    and its devices, cost and energy."""
+    row = c.at_goal.row if c.at_goal else {}
+    goal = plan.goal.request_rate
+    lines = [f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; probes: "
+             + ", ".join(f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes) + ")"]
+    if c.at_goal and c.sustained_rate and c.replicas * c.sustained_rate < goal:
+        lines.append(f"{c.replicas} x {c.sustained_rate:.4g} = {c.replicas * c.sustained_rate:.3g} requests/s is "
+                     f"below the goal, yet the {c.replicas} replicas meet the SLO at {goal:g} requests/s by "
+                     f"simulation: one replica's rate is a lower bound (its search stops within rate_tolerance "
+                     f"{plan.rate_tolerance:.0%}), and the router spreads one arrival stream's bursts over "
+                     f"{c.replicas} replicas")
+    goodput = row.get("goodput_rps") or 0
+    drain = ""
+    if c.at_goal and (row.get("slo_attainment") or 0) >= 0.999 and goodput < 0.95 * goal:
+        drain = (f" (requests meeting the SLO per second of the run's {c.at_goal.duration_s:.3g} s, first arrival "
+                 f"to last token: the drain after the last arrival counts, as in vLLM's benchmark_duration, so "
+                 f"it is below the offered {goal:g} even when every request meets the SLO)")
+    lines += [f"{c.replicas} replica{'' if c.replicas == 1 else 's'} at {goal:g} requests/s: TTFT p99 "
+              f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO "
+              f"attainment {row.get('slo_attainment') or 0:.3f}, goodput {goodput:.3g} requests/s{drain}",
+              f"{c.n_devices} devices rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
+              f"{fmt_energy(c.energy_j)} per hour"]
+    return lines
+
+
 def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitivity: Sensitivity | None
                         ) -> Explanation:
     """Headline, the winner's lines, the runners-up, and the limits and sensitivity of the first two."""
@@ -176,19 +204,10 @@ def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitiv
                            f"limits; {kind} limits", limiting=lines, limit_counts=counts)
     best = feasible[0]
 
-    def lines_of(c: CandidateResult) -> list[str]:
-        row = c.at_goal.row if c.at_goal else {}
-        return [f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; probes: "
-                + ", ".join(f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes) + ")",
-                f"{c.replicas} replica{'' if c.replicas == 1 else 's'} at {plan.goal.request_rate:g} requests/s: TTFT p99 "
-                f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO attainment "
-                f"{row.get('slo_attainment') or 0:.3f}, goodput {row.get('goodput_rps') or 0:.3g} requests/s",
-                f"{c.n_devices} devices rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
-                f"{fmt_energy(c.energy_j)} per hour"]
     headline = (f"best by {plan.objective}: {describe_candidate(best)} — sustains {plan.goal.request_rate:g} "
                 f"requests/s under the SLO for {fmt_usd(best.cost_usd)} per hour")
-    runners = [(describe_candidate(c), lines_of(c)) for c in feasible[1:plan.top_k]]
-    out = Explanation(headline, lines_of(best), runners, limit_counts=counts)
+    runners = [(describe_candidate(c), candidate_lines(plan, c)) for c in feasible[1:plan.top_k]]
+    out = Explanation(headline, candidate_lines(plan, best), runners, limit_counts=counts)
     out.limits = [serving_limit(c, who, sensitivity, plan.objective)
                   for c, who in zip(feasible[:2], ("winner", "runner-up"))]
     out.sensitivity = sensitivity

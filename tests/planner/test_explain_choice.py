@@ -184,3 +184,25 @@ def test_the_what_if_that_moves_the_objective_most_names_the_factor() -> None:
     # a what-if under the threshold leaves the shares to decide
     flat = replace(s, rows=[replace(r, winner=base * 0.995) if r.factor > 1 else r for r in s.rows])
     assert limit_of(top[0], "winner", rows, plan, contexts, flat).factor == "compute"
+
+
+def test_a_step_that_memory_efficiency_moves_most_is_limited_by_memory_bandwidth() -> None:
+    """A decode-like step: its cost is fixed by the device count (no what-if moves it), its compute share is the
+    largest, yet +20% memory efficiency shortens the step by 6.6% and +20% GEMM efficiency by nothing: the
+    kernels are bandwidth-bound, so the limit is memory bandwidth (it used to say compute, against the table)."""
+    from llmsim.planner.explain import Sensitivity, SensitivityRow
+    plan, rows, top, contexts = _searched(8e10)
+    step, base = top[0].step_time_s, top[0].cost_usd
+    split = replace(top[0], compute_time_s=0.78 * step, comm_time_s=0.22 * step, bubble_time_s=0.0, other_time_s=0.0)
+    times = {"link": 0.99, "gemm": 1.0, "memory": 0.934}
+    s = Sensitivity("cost", "w", "r", (base, base),
+                    [SensitivityRow(k, f, base, base, True, True, False, times=(step * (times[k] if f > 1 else 1.1),
+                                                                                step))
+                     for k in times for f in (0.8, 1.2)], base_times=(step, step), priced=(split, split))
+    lim = limit_of(top[0], "winner", rows, plan, contexts, s)
+    assert lim.factor == "memory bandwidth" and "memory efficiency +20% moves its" in lim.why and "-6.6%" in lim.why
+    assert lim.factor in FACTORS
+    # when GEMM efficiency moves the step most, the compute share stands
+    gemm = replace(s, rows=[replace(r, times=(step * 0.9, step)) if r.knob == "gemm" and r.factor > 1 else r
+                            for r in s.rows])
+    assert limit_of(top[0], "winner", rows, plan, contexts, gemm).factor == "compute"

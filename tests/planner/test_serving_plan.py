@@ -3,6 +3,7 @@ the winner's and runner-up's limits and sensitivity, and bad goal input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -268,3 +269,21 @@ def test_a_plan_searches_with_the_engine_policies(kind: str) -> None:
     base = {(c.hardware, c.tp): c for c in plan_serving(continuous, plan.objective)}
     assert any(c.at_goal.row["itl_p99_s"] != base[(c.hardware, c.tp)].at_goal.row["itl_p99_s"]
                for c in results if (c.hardware, c.tp) in base)
+
+
+def test_numbers_that_look_inconsistent_say_why() -> None:
+    """3 replicas of 12.97 requests/s meeting a 40 requests/s goal, and goodput 29.6 at attainment 1.000, read
+    as errors unless the lines say why (the search's tolerance and pooled bursts; the drain in the duration)."""
+    from llmsim.planner.serve import CandidateResult, RunSummary
+    from llmsim.planner.serve_report import candidate_lines
+    plan = parse_plan(serving_plan(rate=40.0))
+    run = RunSummary(rate=40, replicas=3, met=True, attainment=1.0, row={"slo_attainment": 1.0, "goodput_rps": 29.6},
+                     misses_ttft=0, misses_tpot=0, rejected=0, time_split={}, energy_j=0.0, duration_s=20.3)
+    c = CandidateResult(hardware="a100-80gb", tp=1, pp=1, feasible=True, reason="", limits=(), replicas=3,
+                        sustained_rate=12.97, at_goal=run)
+    text = " ".join(" ".join(candidate_lines(plan, c)).split())
+    assert "3 x 12.97 = 38.9 requests/s is below the goal, yet the 3 replicas meet the SLO at 40" in text
+    assert "goodput 29.6 requests/s (requests meeting the SLO per second of the run's 20.3 s" in text
+    enough = dataclasses.replace(run, row={"slo_attainment": 1.0, "goodput_rps": 39.0})
+    plain = " ".join(candidate_lines(plan, dataclasses.replace(c, replicas=4, at_goal=enough)))
+    assert "below the goal" not in plain and "drain" not in plain
