@@ -47,7 +47,25 @@ class StrictModel(BaseModel):
                         and _only_bool(field.annotation)):
                     # pydantic's lax mode reads 1/0 as true/false; `parallel_block: 1` is refused as `batch: true` is
                     raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
+                if isinstance(value, str) and field is not None and _only_numeric(field.annotation):
+                    # pydantic's lax mode reads the text "4" as 4: a quoted number is usually a templating slip
+                    raise KeyedValueError(name, f"{value!r} is text, not a number (write it without quotes)")
         return data
+
+
+def _only_numeric(annotation: Any) -> bool:
+    """Whether a field takes numbers (int or float, possibly constrained, in a union with None or a list of
+    them) and no text: True for PositiveInt, float | list[float] | None; False for str, Literal, Any."""
+    if annotation in (int, float):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _only_numeric(typing.get_args(annotation)[0])
+    if isinstance(annotation, types.UnionType) or origin is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_only_numeric(a) or typing.get_origin(a) is list for a in args) \
+            and any(_only_numeric(a) for a in args)
+    return False
 
 
 def _only_bool(annotation: Any) -> bool:

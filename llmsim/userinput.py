@@ -192,11 +192,12 @@ def read_text(path: str | Path) -> str:
                                         f"{exc.start}); a scenario, plan or catalog file is YAML text") from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A user's YAML file that must hold a mapping (scenario, plan, catalog), as a ScenarioError on failure."""
+def read_yaml(path: str | Path, top_keys: str = "name:, workload:, ...") -> dict[str, Any]:
+    """A user's YAML file that must hold a mapping (scenario, plan, catalog), as a ScenarioError on failure;
+    `top_keys` says which keys the mapping should have (a catalog's: entries:)."""
     data = parse_yaml(read_text(path), str(path))
     if not isinstance(data, dict):
-        raise ScenarioError(str(path), None, "expected a mapping at the top level (name:, workload:, ...)")
+        raise ScenarioError(str(path), None, f"expected a mapping at the top level ({top_keys})")
     return data
 
 

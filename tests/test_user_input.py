@@ -304,3 +304,11 @@ def test_a_plans_goal_rate_is_blamed_for_a_run_too_large(tmp_path: Path, capsys)
     plan = REPO / "scenarios" / "plan-serve-slo-8b.yaml"
     err = one_line_error(capsys, ["plan", str(plan), "--set", "goal.request_rate=1e9", "--out", str(tmp_path)])
     assert "goal.request_rate: 1e+09 requests/s for duration_s=15 s is 1.5e+10 requests" in err
+
+
+@pytest.mark.parametrize("setting, key", [('workload.batch="4"', "workload.batch"),
+                                          ("strategies[0].tp='2'", "strategies[0].tp")])
+def test_a_quoted_number_is_refused_not_read_as_a_number(capsys, setting: str, key: str) -> None:
+    """pydantic's lax mode reads the text "4" as 4; a quoted number is a slip (a template's quoting), named."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", setting])
+    assert f"{key}: " in err and "is text, not a number (write it without quotes)" in err

@@ -298,9 +298,21 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
     try:
         return _CatalogFile.model_validate(data).entries
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = format_key_path(tuple(p for p in err["loc"] if p not in ("device", "link")))
-        msg = "required key is missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+        errors = exc.errors(include_url=False)
+        where_of = lambda e: format_key_path(tuple(p for p in e["loc"] if p not in ("device", "link")))  # noqa: E731
+        err = errors[0]
+        where = where_of(err)
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            msg = "each entry needs type: device or type: link (allowed: device, link)"
+            where = f"{where}.type" if where else "type"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        others = [where_of(e) or "the file" for e in errors[1:]]
+        if others:  # where the others are, so that the user need not fix one to learn of the next
+            named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
+            msg += f" (and {len(others)} more problem{'' if len(others) == 1 else 's'}: {named})"
         raise ScenarioError(origin, where or None, msg) from None
 
 
@@ -312,7 +324,7 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
     links: dict[str, LinkSpec] = {}
     sources: list[tuple[str, object]] = [(str(CATALOG_FILE), read_yaml(CATALOG_FILE))]
     for path in extra_files or []:
-        sources.append((str(path), read_yaml(path)))
+        sources.append((str(path), read_yaml(path, "entries: [{type: device, name: ...}, ...]")))
     for plugin, entry in plugin_entries or []:
         sources.append((f"plugin {plugin}", {"entries": [entry]}))
     for origin, data in sources:

@@ -241,7 +241,8 @@ class Arrival(_Strict):
     """When requests arrive. poisson: exponential gaps; gamma: gamma gaps with coefficient of variation `cv`
     (cv > 1 bursty, < 1 smoother; cv = 1 is poisson; vLLM's `--burstiness` is 1/cv^2); constant: one every
     1/rate seconds; trace: the times (and lengths) of a JSONL/CSV file with columns arrival_s, input_tokens,
-    output_tokens, replayed as recorded or, with a rate, scaled to that mean rate."""
+    output_tokens, sorted by arrival, shifted to start at t = 0 and replayed with the recorded gaps or, with a rate,
+    gaps scaled to that mean rate."""
 
     kind: Literal["poisson", "gamma", "constant", "trace"] = "poisson"
     rate: PositiveFloat | list[PositiveFloat] | None = Field(None, description="requests/s; a list sweeps")

@@ -123,3 +123,20 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
                        "hardware": [{"name": "tpu-v4", "usd_per_device_hour": 1.0}]})
     [hw] = resolve_hardware(plan, load_catalog())
     assert hw.devices_per_node == 4 and hw.cluster(8).topology == (2, 2, 2) and hw.cluster(64).wrap == (True,) * 3
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("- {name: x1}\n", None, "expected a mapping at the top level (entries: [{type: device"),
+    ("entries:\n  - {name: x1}\n", "entries[0].type", "each entry needs type: device or type: link"),
+    ("entries:\n  - {type: device, name: x1, memory_bytes: -5, memory_bw_bytes_per_s: 1.0e12}\n",
+     "entries[0].memory_bytes", "(and 3 more problems: entries[0].idle_power_w, entries[0].max_power_w"),
+])
+def test_a_bad_catalog_file_is_one_line_that_says_what_a_catalog_holds(tmp_path: Path, text: str, key: str | None,
+                                                                       words: str) -> None:
+    """A catalog is `entries:` (not a scenario's name:, workload:), each entry a device or a link; every
+    problem past the first is counted and located, as a scenario's are."""
+    path = tmp_path / "hw.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as info:
+        load_catalog([path])
+    assert info.value.key == key and words in info.value.message, info.value.message
