@@ -223,7 +223,7 @@ class Replay:
                 answers.append(Answer(request))
                 return answers[-1]
 
-            async def client(loop: ClosedLoop) -> None:
+            async def user(loop: ClosedLoop) -> None:
                 """One client of the closed loop: send, read the whole answer, think, and again."""
                 while loop.until_s is None or time.perf_counter() - start < loop.until_s:
                     answer = next_answer()
@@ -235,7 +235,7 @@ class Replay:
                         await asyncio.sleep(loop.think_s)
 
             async def clients(loop: ClosedLoop) -> None:
-                await asyncio.gather(*(client(loop) for _ in range(loop.clients)))
+                await asyncio.gather(*(user(loop) for _ in range(loop.clients)))
 
             sender = asyncio.create_task(send_all() if closed_loop is None else clients(closed_loop))
             try:
