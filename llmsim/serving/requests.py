@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmsim.serving.spec import (TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength, QuantileLength,
-                                 ServingCase, ServingSpec, UniformLength)
+from llmsim.serving.spec import (MAX_REQUESTS, TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength,
+                                 QuantileLength, ServingCase, ServingSpec, UniformLength)
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,10 @@ def iter_requests(case: ServingCase) -> Iterator[Request]:
     lengths = _stream(case.seed, "lengths")
     i = 0
     while spec.requests is None or i < spec.requests:
+        if i >= MAX_REQUESTS:   # bounded by duration_s only: the same bound as an open loop's rate x duration_s
+            raise ValueError(f"serving.duration_s: a closed loop of {case.clients} clients sent {MAX_REQUESTS:,} "
+                             f"requests before duration_s={spec.duration_s:g} s; allowed: at most {MAX_REQUESTS:,} "
+                             f"in one run (shorten duration_s, or give requests)")
         n_in, n_out = draw_pair(spec.lengths, lengths)
         yield Request(i, 0.0, n_in, n_out)
         i += 1

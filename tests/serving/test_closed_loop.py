@@ -142,3 +142,13 @@ def test_closed_loop_values_out_of_range_are_refused_by_the_loop_itself() -> Non
         ClosedLoop(0)
     with pytest.raises(ValueError, match="think_s"):
         ClosedLoop(2, think_s=-1.0)
+
+
+def test_a_closed_loop_bounded_by_duration_stops_at_the_run_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run-size bound of an open loop (MAX_REQUESTS, rate x duration_s) holds for a closed loop too, where the
+    count is only known as it runs: the request list refuses the request past it, naming duration_s."""
+    import llmsim.serving.requests as requests_module
+
+    monkeypatch.setattr(requests_module, "MAX_REQUESTS", 50)
+    with pytest.raises(ValueError, match="serving.duration_s: a closed loop of 4 clients sent 50 requests"):
+        _closed(_case(4, requests=None, duration_s=1e6))
