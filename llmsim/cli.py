@@ -60,10 +60,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     scenario, planned, _, _ = _load(args.scenario, args.set, args.backend)
     n = len(scenario.strategies)
     # A serving scenario's rates are cases of their own (runner.plan_serving_cases), not backend settings.
-    rates = len(scenario.serving.arrival.rates) if scenario.serving is not None else 1
+    rates = len(scenario.serving.arrival.sweep) if scenario.serving is not None else 1
     factors = [count(n, 'strategy'), count(len(planned) // (n * rates), 'backend setting')]
     if scenario.serving is not None:
-        factors.append(count(rates, 'rate'))
+        factors.append(count(rates, 'client count' if scenario.serving.arrival.closed else 'rate'))
     print(f"{args.scenario}: ok — {' × '.join(factors)} = {count(len(planned), 'case')}")
     return 0
 

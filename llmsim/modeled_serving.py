@@ -30,7 +30,7 @@ from llmsim.costmodel.scaling import with_layers
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
-from llmsim.serving.requests import build_requests
+from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import ServingCase
 from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
@@ -189,12 +189,11 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                                  f"{capacity.weights_bytes / 1e9:.1f} GB - workspace "
                                  f"{capacity.workspace_bytes / 1e9:.1f} GB leaves "
                                  f"{capacity.kv_bytes / 1e9:.1f} GB per device")
-    requests = build_requests(serving)
     outcome = simulate_serving(
-        requests, replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
+        iter_requests(serving), replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens, price=pricers(model, faults),
         router=spec.router, context_tokens=case.workload.model.seq_len,
-        request_overhead_s=spec.overhead_on(cluster.device))
+        request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)

@@ -89,7 +89,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
 # Serving (a scenario with a `serving:` block; contract names, docs/serving.md): one row per (case, rate).
 # Latencies per request as vLLM's `bench serve` defines them (llmsim.serving.metrics), over finished requests.
 SERVING_COLUMNS: dict[str, tuple[str, str]] = {
-    "request_rate": ("requests/s", "offered arrival rate (a trace as recorded: its mean rate)"),
+    "request_rate": ("requests/s", "offered arrival rate (a trace as recorded: its mean rate; a closed loop: the "
+                                   "rate achieved, requests sent / duration)"),
+    "concurrency": ("clients", "a closed loop's clients, each with at most one request in flight (arrival kind "
+                               "concurrency); empty for an open loop"),
     "requests_per_s": ("requests/s", "finished requests / duration (first arrival to last token)"),
     "output_tokens_per_s": ("tokens/s", "generated tokens / duration"),
     "ttft_mean_s": ("s", "mean time to first token (arrival to first token)"),
@@ -187,6 +190,7 @@ class Result(BaseModel):
     bubble_time_s: float | None = None
     other_time_s: float | None = None
     request_rate: float | None = None
+    concurrency: int | None = None
     requests_per_s: float | None = None
     output_tokens_per_s: float | None = None
     ttft_mean_s: float | None = None

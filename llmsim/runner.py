@@ -226,7 +226,7 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
         except TraceError as exc:
             raise ScenarioError(file, "serving.arrival.path", str(exc)) from None
     seed = scenario.seed if spec.seed is None else spec.seed
-    rates = spec.arrival.rates
+    sweep = spec.arrival.sweep   # rates, or a closed loop's clients
     planned: list[PlannedCase] = []
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
         cls = registry.get(name)
@@ -248,12 +248,12 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             # (default tp, as vLLM's tensor parallelism does) and its experts over ep ranks
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
                             ep=strategy.ep, etp=strategy.expert_tp)
-            for rate in rates:
-                tag = f"@rate={rate:g}" if len(rates) > 1 and rate is not None else ""
+            for key, value in sweep:
+                tag = f"@{key}={value:g}" if len(sweep) > 1 and value is not None else ""
                 case = Case(scenario=scenario.name, name=strategy.name + suffix + tag, workload=scenario.workload,
                             sharing=scenario.sharing_choice(strategy), strategy=strategy, layout=layout,
                             seed=scenario.seed, scenario_dir=scenario_dir,
-                            serving=ServingCase(spec.at_rate(rate), seed, scheduler, trace))
+                            serving=ServingCase(spec.at_point(key, value), seed, scheduler, trace))
                 planned.append(PlannedCase(cls, settings, case))
     return planned
 

@@ -33,7 +33,7 @@ from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, Engin
                                    write_checkpoint)
 from llmsim.serving.metrics import summarize
 from llmsim.serving.replay import Replay, outcome_of, prompt_ids
-from llmsim.serving.requests import build_requests
+from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.spec import ServingCase
 
 NOT_INSTALLED = ("vllm is not installed (on a CPU machine: pip install 'llmsim[vllm]' in an environment of its own, "
@@ -266,7 +266,7 @@ class VllmBackend(Backend):
             engine.start_s = time.perf_counter() - started
             # each server's first prefill and decode, before the replay (warm_up), with the first request's prompt
             # length (within the context: two tokens of answer)
-            first = build_requests(serving)[0]
+            first = next(iter_requests(serving))
             prompt = [EOS_ID + 1] * max(1, min(first.input_tokens, args.max_model_len - 2))
             warm = time.perf_counter()
             for url in engine.urls:
@@ -291,7 +291,8 @@ class VllmBackend(Backend):
         base["batch"] = spec.scheduler.max_num_seqs
         args = engine_args(case, settings)
         model = case.workload.model
-        requests = build_requests(serving)
+        requests = iter_requests(serving)
+        closed_loop = closed_loop_of(serving)
         run_dir = self.context.run_dir
         logs = Path(run_dir) / "engine" if run_dir is not None else Path(tempfile.gettempdir())
         # what the servers are: cases that differ only in their requests (the rates of one case) share them
@@ -302,7 +303,7 @@ class VllmBackend(Backend):
                             lambda r: prompt_ids(r, model.vocab, serving.seed, EOS_ID + 1), count_tokens,
                             request_timeout_s=settings.request_timeout_s, run_timeout_s=settings.run_timeout_s,
                             metrics_interval_s=settings.metrics_interval_s, router=spec.router)
-            answers, metrics, wall = replay.run(requests)
+            answers, metrics, wall = replay.run(requests, closed_loop)
         except EngineError as exc:
             self.close()
             return case.result(self, status="failed", error=f"vLLM server: {exc}", **base)
@@ -313,7 +314,7 @@ class VllmBackend(Backend):
             self.close()
         start_s, logs_of = (0.0 if reused else engine.start_s), engine.logs
         log = logs_of[0]
-        outcome = outcome_of(answers, metrics, wall)
+        outcome = outcome_of(answers, metrics, wall, closed_loop)
         row = summarize(outcome, serving.rate, spec.slo)
         extra = {**row.pop("extra"), **{k: None for k in SIMULATION_ONLY}}
         # measured by the engine, not per request: the KV gauge's peak over the run and the preemption counter

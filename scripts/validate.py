@@ -509,13 +509,16 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 # tables: ENGINE_COLUMNS).
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
-                                    "max_batch_total_tokens"))
+                                    "max_batch_total_tokens"), "concurrency")
+# `concurrency` (optional; blank = an open loop): a run measured with N clients, vLLM's `bench serve
+# --max-concurrency N` at `--request-rate inf` (its request_rate cell `inf`): priced as the closed loop of
+# serving.arrival kind concurrency (docs/serving.md, "Closed loop"), every request queued at t = 0 and N in flight.
 # The engine policies' own keys (serving.scheduler.<column>, docs/scenario.md), passed through when a row gives
 # them (blank or absent = the policy's default, which is the engine's): numbers here, their ranges and the kind
 # they belong to are the scenario's rules (a bad one is refused naming the row and the key).
 SERVING_SCHEDULER_KEYS = {"delay_factor": float, "waiting_served_ratio": float, "max_waiting_tokens": int,
                           "max_batch_total_tokens": int}
-SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens"}
+SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens", "concurrency"}
 SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
                     "memory_utilization", "published")
 # request_rate words for "every request at t = 0": `offline` (vLLM benchmark_throughput.py: one LLM.generate over
@@ -649,6 +652,11 @@ def read_serving_runs(path: Path) -> list[dict[str, object]]:
                 names = ", ".join(LENGTH_DISTRIBUTIONS)
                 raise ScenarioError(str(path), f"{where}.{missing}",
                                     f"required for a priced row (or a lengths distribution: {names})")
+            if row.get("concurrency") is not None and row["request_rate"] != "inf":
+                raise ScenarioError(str(path), f"{where}.concurrency",
+                                    f"{row['concurrency']} clients with request_rate {row['request_rate']!r}: a closed "
+                                    f"loop is priced at request_rate inf only (vLLM --max-concurrency with "
+                                    f"--request-rate inf)")
             if row["tp"] * row["pp"] != row["n_devices"]:
                 raise ScenarioError(str(path), f"{where}.n_devices",
                                     f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
@@ -674,7 +682,11 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
     trace = None
     lengths: dict[str, object] = (dict(LENGTH_DISTRIBUTIONS[str(r["lengths"])]) if r.get("lengths") is not None
                                   else {"input": r["input_len"], "output": r["output_len"]})
-    if r["request_rate"] in ALL_AT_ONCE:
+    if r.get("concurrency") is not None:
+        # N clients over the request list (vLLM's semaphore at request rate inf): the closed loop
+        serving["arrival"] = {"kind": "concurrency", "clients": r["concurrency"]}
+        serving["lengths"] = lengths
+    elif r["request_rate"] in ALL_AT_ONCE:
         # every request at t = 0: a trace of the lengths llmsim's sampler draws for this seed (the same pairs a
         # Poisson row with this lengths block gets, in order)
         count = int(r["requests"])  # type: ignore[call-overload]
@@ -900,6 +912,11 @@ def read_capacity_runs(path: Path) -> list[dict[str, object]]:
         row = _typed_row(path, where, raw, CAPACITY, _capacity_value, ("source", "metric", "engine"),
                          CAPACITY_REQUIRED)
         if not row["skip_reason"]:
+            if row.get("concurrency") is not None and row["request_rate"] != "inf":
+                raise ScenarioError(str(path), f"{where}.concurrency",
+                                    f"{row['concurrency']} clients with request_rate {row['request_rate']!r}: a closed "
+                                    f"loop is priced at request_rate inf only (vLLM --max-concurrency with "
+                                    f"--request-rate inf)")
             if row["tp"] * row["pp"] != row["n_devices"]:
                 raise ScenarioError(str(path), f"{where}.n_devices",
                                     f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")

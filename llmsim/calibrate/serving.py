@@ -54,7 +54,7 @@ from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, P
 from llmsim.costmodel.iteration import IterationModel, iteration_times, kv_bytes_per_token, kv_capacity, token_costs
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import read_rows
-from llmsim.serving.requests import Request, build_requests
+from llmsim.serving.requests import Request, build_requests, closed_loop_of, iter_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import StalledError, simulate_serving
 from llmsim.serving.spec import ServingCase
@@ -129,9 +129,18 @@ def _serving_case(scenario: Scenario, case: str, run_dir: Path, scenario_file: P
             raise CalibrationError(f"{scenario_file}: serving.arrival.path {spec.arrival.path!r} is not found from the "
                                    f"run folder; give it as an absolute path")
         trace = str(path)
-    rate = _rate_of(case, spec.arrival.rates)
     seed = scenario.seed if spec.seed is None else spec.seed
+    if spec.arrival.closed:
+        return ServingCase(spec.at_point("clients", _clients_of(case, spec.arrival.clients_list)), seed,
+                           BUILTIN[kind], trace)
+    rate = _rate_of(case, spec.arrival.rates)
     return ServingCase(spec.at_rate(rate), seed, BUILTIN[kind], trace)
+
+
+def _clients_of(case: str, clients: list[int]) -> int:
+    """A closed loop's clients of a case: its '@clients=N' suffix, else the scenario's one client count."""
+    found = re.search(r"@clients=([0-9]+)$", case)
+    return int(found.group(1)) if found else clients[0]
 
 
 def _load_resolved(scenario_file: Path) -> Scenario:
@@ -191,7 +200,10 @@ class _Replay:
         self.reference, profile = serving_profile(scenario.workload, sharing)
         self.costs = token_costs(self.reference, profile)
         self.context = scenario.workload.model.seq_len
-        self.requests: list[Request] = build_requests(obs.serving)
+        # a closed loop bounded by duration_s has no list in advance: drawn again (the same) for each simulation
+        self.requests: list[Request] | None = (None if obs.serving.spec.arrival.closed
+                                               and obs.serving.spec.requests is None else build_requests(obs.serving))
+        self.closed_loop = closed_loop_of(obs.serving)
         sched = self.spec.scheduler
         block = self.spec.kv_block_tokens
         if obs.kv_cache_bytes is not None:   # the engine's own pool (vllm: --kv-cache-memory-bytes)
@@ -217,11 +229,13 @@ class _Replay:
             return one
 
         spec, serving = self.spec, self.obs.serving
-        outcome = simulate_serving(self.requests, replicas=spec.replicas,
+        requests = self.requests if self.requests is not None else iter_requests(serving)
+        outcome = simulate_serving(requests, replicas=spec.replicas,
                                    make_scheduler=lambda kv: serving.scheduler(spec.scheduler, kv),
                                    kv_blocks=self.blocks, block_tokens=spec.kv_block_tokens, price=price,
                                    router=spec.router, context_tokens=self.context,
-                                   request_overhead_s=cluster.device.request_overhead_s)
+                                   request_overhead_s=cluster.device.request_overhead_s,
+                                   closed_loop=self.closed_loop)
         seqs = outcome.sequences
         ttft = np.array([s.token_times[0] - s.request.arrival_s for s in seqs])
         tpot = np.array([(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1)

@@ -153,10 +153,16 @@ class PlanFile(_Strict):
     @classmethod
     def _goal_rate_is_the_arrival_rate(cls, data: Any) -> Any:
         """A serving plan's arrival rate is goal.request_rate: filled in, so the block validates as a scenario's."""
+        goal = data.get("goal") if isinstance(data, dict) else None
+        if isinstance(goal, dict) and "concurrency" in goal:
+            raise _KeyedError("goal.concurrency", "a serving plan's goal is a request rate, not a closed loop's "
+                                                  "clients: write goal.request_rate (allowed: request_rate)")
         if not isinstance(data, dict) or not isinstance(data.get("serving"), dict):
             return data
         arrival = data["serving"].get("arrival")
-        goal = data.get("goal")
+        if isinstance(arrival, dict) and arrival.get("kind") == "concurrency":
+            raise _KeyedError("serving.arrival.kind", "a plan's goal is a rate: a closed loop (concurrency) is not "
+                                                      "planned (allowed: poisson, gamma, constant)")
         if not isinstance(arrival, dict) or not isinstance(goal, dict):
             return data
         if "rate" in arrival:

@@ -149,12 +149,15 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
     points: list[Point] = []
     if ok.empty:
         points.append(Point(f"{where}: no serving case ran to completion."))
-    ok["_strategy"] = ok["case"].map(lambda c: str(c).split("@rate=")[0])
+    ok["_strategy"] = ok["case"].map(lambda c: str(c).split("@rate=")[0].split("@clients=")[0])
     for strategy, group in ok.groupby("_strategy", sort=False):
         details = []
         met = []
         for _, row in group.sort_values("request_rate").iterrows():
-            text = (f"{fmt_rate(_f(row['request_rate']))} requests/s offered: {served_text(row)}, TTFT p50/p99 "
+            clients = row.get("concurrency")
+            load = (f"{fmt_rate(_f(row['request_rate']))} requests/s offered" if missing(clients) else
+                    f"{count(int(clients), 'client')} ({fmt_rate(_f(row['request_rate']))} requests/s achieved)")
+            text = (f"{load}: {served_text(row)}, TTFT p50/p99 "
                     f"{_ms(row['ttft_p50_s'])}/{_ms(row['ttft_p99_s'])}, TPOT p50/p99 "
                     f"{_ms(row['tpot_p50_s'])}/{_ms(row['tpot_p99_s'])}")
             if not missing(row.get("goodput_rps")):
@@ -162,7 +165,8 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
             if row.get("slo_met") is True:
                 met.append(_f(row["request_rate"]))
             details.append(text + ".")
-        head = f"{where}: {strategy} served {len(group)} rate{'s' if len(group) != 1 else ''}"
+        closed = "concurrency" in group and not group["concurrency"].isna().all()
+        head = f"{where}: {strategy} served {count(len(group), 'client count' if closed else 'rate')}"
         if "slo_met" in group and not group["slo_met"].isna().all():
             head += (f"; the highest that met the SLO: {fmt_rate(max(met))} requests/s." if met
                      else "; none met the SLO.")

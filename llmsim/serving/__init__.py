@@ -1,7 +1,8 @@
 """Request-level serving: the `serving:` block of a scenario simulated on a cluster of model replicas.
 
 * spec        the `serving:` block (contract names: docs/scenario.md), pydantic
-* requests    the request list: arrivals (poisson, gamma, constant, trace) and lengths, seeded, the same
+* requests    the request list: arrivals (poisson, gamma, constant, trace; or a closed loop of clients) and
+              lengths, seeded, the same
               list for every backend
 * kvcache     the paged KV cache of one replica (blocks of kv_block_tokens tokens)
 * scheduling  the base class every policy subclasses (Iteration, mix_of, Scheduler)

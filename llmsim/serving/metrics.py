@@ -10,7 +10,10 @@ Per run, over the finished requests: means and percentiles (numpy's linear inter
 requests_per_s and output_tokens_per_s = counts / duration, the duration running from the first arrival
 to the last token (vLLM bench's benchmark_duration: the arrivals' span plus the drain of the requests still
 running after the last arrival, so requests_per_s is below the offered rate even when all are served);
-goodput_rps over the same window. The extras say exactly what happened: requests_sent = done + rejected +
+goodput_rps over the same window. A closed loop (arrival kind concurrency) has no offered rate: its request_rate is
+the rate achieved, requests sent / duration, and its `concurrency` column the clients (empty for an open loop);
+each request's arrival is when its client sent it, so TTFT and E2E are timed from the send, as vLLM's `bench serve
+--max-concurrency` times them (after its semaphore). The extras say exactly what happened: requests_sent = done + rejected +
 unfinished (unfinished: accepted, never completed; 0 in the simulation, which drains every request),
 arrival_span_s (first to last arrival) and duration_s.
 SLO (DistServe, Zhong et al. 2024, OSDI '24, Sec. 2): a request is good when its TTFT and its TPOT are
@@ -66,11 +69,13 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
         if seqs else np.array([])
     duration = outcome.duration_s
     sent = len(seqs) + len(outcome.rejected)
-    if rate is None and sent > 1:  # a trace as recorded: its mean arrival rate
+    if outcome.clients is not None:  # a closed loop: the rate its clients achieved, requests sent / duration
+        rate = sent / duration if duration > 0 else None
+    elif rate is None and sent > 1:  # a trace as recorded: its mean arrival rate
         arrivals = sorted([s.request.arrival_s for s in seqs] + [r.request.arrival_s for r in outcome.rejected])
         rate = (sent - 1) / arrivals[-1] if arrivals[-1] > 0 else None
     row: dict[str, Any] = dict(
-        request_rate=rate,
+        request_rate=rate, concurrency=outcome.clients,
         requests_per_s=len(seqs) / duration if duration > 0 else None,
         output_tokens_per_s=float(outputs.sum()) / duration if duration > 0 else None,
         ttft_mean_s=_stat(ttft), tpot_mean_s=_stat(tpot), itl_mean_s=_stat(itl), e2e_mean_s=_stat(e2e),
@@ -91,6 +96,8 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
         mean_in_system=outcome.occupancy_s / duration if duration > 0 else None,
         iterations=sum(outcome.iterations), max_batch=max(outcome.max_batch, default=0),
         kv_blocks_per_replica=outcome.kv_blocks, sim_events=outcome.events, sim_wall_s=outcome.wall_s)
+    if outcome.clients is not None:
+        extra.update(think_s=outcome.think_s)
     if slo is not None:
         tpot_all = np.zeros(len(seqs))
         tpot_all[multi] = tpot

@@ -16,6 +16,11 @@ A request the server refuses (HTTP 4xx/5xx) is a rejection: `context` when the e
 length (vLLM's `max_model_len` check), else `error`; one that fails mid-stream, times out, or is still
 open when the run's time runs out is a rejection `error`/`timeout`. None of them loses the row.
 
+A closed loop (llmsim.serving.requests.ClosedLoop) is replayed by `clients` worker tasks instead of the arrival
+schedule: each takes the next request of the list, sends it at once (its arrival_s becomes the send time, so TTFT
+and E2E are timed from the send, as vLLM's `bench serve --max-concurrency` times them after its semaphore), reads
+its whole answer, sleeps think_s and takes the next; none sends at or after until_s.
+
 Several servers (replicas) are fed by the simulation's own router (llmsim.serving.router: round-robin, or
 least outstanding requests, a request outstanding from its send to its last token or failure); each answer
 records which server it went to.
@@ -30,12 +35,12 @@ import json
 import random
 import time
 from array import array
-from collections.abc import Callable, Sequence as Seq
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence as Seq
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmsim.serving.kvcache import Sequence
-from llmsim.serving.requests import Request
+from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.simulate import Rejection, ServingOutcome
 
@@ -147,10 +152,13 @@ class Replay:
         self.metrics_interval_s = metrics_interval_s
         self.transport = transport
 
-    def run(self, requests: Seq[Request]) -> tuple[list[Answer], Metrics, float]:
+    def run(self, requests: Iterable[Request], closed_loop: ClosedLoop | None = None
+            ) -> tuple[list[Answer], Metrics, float]:
         """(answers in request order, the engine's metrics, wall seconds): blocks until every request finished,
-        failed or the run's time ran out."""
-        return asyncio.run(self._run(requests))
+        failed or the run's time ran out. Open loop (closed_loop None): each request is sent at its arrival_s.
+        Closed loop: requests (lazily: endless when closed_loop.until_s bounds them) are sent by
+        closed_loop.clients workers, each answer's request carrying its send time as arrival_s."""
+        return asyncio.run(self._run(requests, closed_loop))
 
     def body(self, request: Request) -> dict[str, Any]:
         """The /v1/completions request: exactly output_tokens tokens, streamed, greedy, prompt as ids."""
@@ -161,10 +169,15 @@ class Replay:
                 "skip_special_tokens": False,
                 "stream_options": {"include_usage": True}}
 
-    async def _run(self, requests: Seq[Request]) -> tuple[list[Answer], Metrics, float]:
+    async def _run(self, requests: Iterable[Request], closed_loop: ClosedLoop | None = None
+                   ) -> tuple[list[Answer], Metrics, float]:
         import httpx
 
-        answers = [Answer(r) for r in requests]
+        # a closed loop bounded by duration takes requests as it goes; otherwise every answer exists from the start
+        # (one never sent is a timeout)
+        lazy = closed_loop is not None and closed_loop.until_s is not None
+        source = iter(requests)
+        answers = [] if lazy else [Answer(r) for r in source]
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         timeout = httpx.Timeout(self.request_timeout_s)
         metrics = Metrics()
@@ -182,20 +195,49 @@ class Replay:
                 finally:
                     endpoint.outstanding -= 1
 
+            def pick(answer: Answer) -> Endpoint:
+                endpoint = route.pick()
+                assert isinstance(endpoint, Endpoint)
+                endpoint.outstanding += 1
+                answer.replica = endpoint.index
+                return endpoint
+
             async def send_all() -> None:
                 tasks = []
                 for answer in answers:
                     delay = answer.request.arrival_s - (time.perf_counter() - start)
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    endpoint = route.pick()
-                    assert isinstance(endpoint, Endpoint)
-                    endpoint.outstanding += 1
-                    answer.replica = endpoint.index
-                    tasks.append(asyncio.create_task(routed(answer, endpoint)))
+                    tasks.append(asyncio.create_task(routed(answer, pick(answer))))
                 await asyncio.gather(*tasks)
 
-            sender = asyncio.create_task(send_all())
+            taken = iter(answers)
+
+            def next_answer() -> Answer | None:
+                """The next request in id order, for whichever client asks first (one event loop: no race)."""
+                if not lazy:
+                    return next(taken, None)
+                request = next(source, None)
+                if request is None:
+                    return None
+                answers.append(Answer(request))
+                return answers[-1]
+
+            async def user(loop: ClosedLoop) -> None:
+                """One client of the closed loop: send, read the whole answer, think, and again."""
+                while loop.until_s is None or time.perf_counter() - start < loop.until_s:
+                    answer = next_answer()
+                    if answer is None:
+                        return
+                    answer.request = replace(answer.request, arrival_s=time.perf_counter() - start)
+                    await routed(answer, pick(answer))
+                    if loop.think_s:
+                        await asyncio.sleep(loop.think_s)
+
+            async def clients(loop: ClosedLoop) -> None:
+                await asyncio.gather(*(user(loop) for _ in range(loop.clients)))
+
+            sender = asyncio.create_task(send_all() if closed_loop is None else clients(closed_loop))
             try:
                 await asyncio.wait_for(asyncio.shield(sender), self.run_timeout_s)
             except asyncio.TimeoutError:
@@ -281,10 +323,11 @@ class Replay:
                 pass
 
 
-def outcome_of(answers: Seq[Answer], metrics: Metrics, wall_s: float) -> ServingOutcome:
+def outcome_of(answers: Seq[Answer], metrics: Metrics, wall_s: float,
+               closed_loop: ClosedLoop | None = None) -> ServingOutcome:
     """The measured run as a ServingOutcome: finished requests as sequences with their token times and the
     server they went to, the others as rejections; what the engine does not report per request (when it was first
-    scheduled, iterations, batch sizes) is left unknown."""
+    scheduled, iterations, batch sizes) is left unknown. `closed_loop`: the loop the answers were sent by."""
     sequences, rejected = [], []
     for answer in answers:
         if answer.error is not None:
@@ -302,4 +345,6 @@ def outcome_of(answers: Seq[Answer], metrics: Metrics, wall_s: float) -> Serving
         # requests in the system integrated over time = the sum of their times in it (Little's L x T)
         occupancy_s=sum(s.token_times[-1] - s.request.arrival_s for s in sequences),
         preemptions=metrics.preemptions or 0, kv_blocks=0, kv_peak_used=[0], iterations=[0], busy_s=[0.0],
-        compute_s=[0.0], max_batch=[0], events=0, wall_s=wall_s)
+        compute_s=[0.0], max_batch=[0], events=0, wall_s=wall_s,
+        clients=None if closed_loop is None else closed_loop.clients,
+        think_s=None if closed_loop is None else closed_loop.think_s)

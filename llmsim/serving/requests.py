@@ -6,6 +6,12 @@ are the same at every rate of a sweep and only the gaps scale (common random num
 curve is smooth). The first request arrives at t = 0, as vLLM's `bench serve` sends its first request
 at once and then sleeps each gap (vllm/benchmarks/serve.py, `get_request`).
 
+A closed loop (arrival kind `concurrency`) has the same list, the same lengths in the same order, but no arrival
+times in advance: every request is queued at t = 0 (arrival_s 0 in the list, as vLLM's `bench serve` creates every
+request task at once and lets a semaphore hold all but N back) and is *sent* when a client is free; the simulation
+and the measured client give each request its send time as arrival_s (`ClosedLoop`). Bounded by `duration_s`, the
+list is drawn lazily (`iter_requests`): a client sends nothing at or after duration_s.
+
 Trace files: JSONL (one object per line) or CSV (a header line), with the columns TRACE_COLUMNS:
 arrival_s (seconds, any origin: the first arrival becomes t = 0), input_tokens and output_tokens.
 """
@@ -16,11 +22,12 @@ import csv
 import json
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmsim.serving.spec import (TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength, QuantileLength,
-                                 ServingCase, ServingSpec, UniformLength)
+from llmsim.serving.spec import (MAX_REQUESTS, TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength,
+                                 QuantileLength, ServingCase, ServingSpec, UniformLength)
 
 
 @dataclass(frozen=True)
@@ -182,9 +189,61 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
     return out
 
 
-def build_requests(case: ServingCase) -> list[Request]:
-    """The request list of one (case, rate): deterministic for the seed, the same for every backend."""
+@dataclass(frozen=True)
+class ClosedLoop:
+    """A closed loop: `clients` clients, each sending its next request `think_s` seconds after its previous one's
+    last token (the client's clock), none at or after `until_s` (serving.duration_s; None: bounded by the request
+    count). Requests are taken in id order by whichever client is free first."""
+
+    clients: int
+    think_s: float = 0.0
+    until_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.clients, int) and self.clients >= 1):
+            raise ValueError(f"clients must be a whole number >= 1 (got {self.clients!r})")
+        if not self.think_s >= 0:
+            raise ValueError(f"think_s must be >= 0 seconds (got {self.think_s!r})")
+
+
+def closed_loop_of(case: ServingCase) -> ClosedLoop | None:
+    """The closed loop of a (case, clients) point, or None for an open-loop arrival."""
+    if case.clients is None:
+        return None
+    return ClosedLoop(case.clients, case.think_s, case.spec.duration_s)
+
+
+def iter_requests(case: ServingCase) -> Iterator[Request]:
+    """The request list of one (case, point) in id order, lazily: what build_requests gives, and for a closed loop
+    bounded by duration_s an endless stream (the clients stop taking from it at duration_s). Request i has the
+    same lengths in an open and a closed loop of the same seed."""
+    if not case.spec.arrival.closed:
+        yield from build_requests(case)
+        return
     spec = case.spec
+    assert spec.lengths is not None, "a closed loop draws its lengths (ServingSpec._count)"
+    lengths = _stream(case.seed, "lengths")
+    i = 0
+    while spec.requests is None or i < spec.requests:
+        if i >= MAX_REQUESTS:   # bounded by duration_s only: the same bound as an open loop's rate x duration_s
+            raise ValueError(f"serving.duration_s: a closed loop of {case.clients} clients sent {MAX_REQUESTS:,} "
+                             f"requests before duration_s={spec.duration_s:g} s; allowed: at most {MAX_REQUESTS:,} "
+                             f"in one run (shorten duration_s, or give requests)")
+        n_in, n_out = draw_pair(spec.lengths, lengths)
+        yield Request(i, 0.0, n_in, n_out)
+        i += 1
+
+
+def build_requests(case: ServingCase) -> list[Request]:
+    """The request list of one (case, rate): deterministic for the seed, the same for every backend.
+
+    A closed loop's list has every arrival_s 0 (all queued at t = 0; see ClosedLoop); one bounded by duration_s
+    has no list in advance (ValueError: use iter_requests)."""
+    spec = case.spec
+    if spec.arrival.closed:
+        if spec.requests is None:
+            raise ValueError("a closed loop bounded by duration_s has no request list in advance: use iter_requests")
+        return list(iter_requests(case))
     lengths = _stream(case.seed, "lengths")
     times: list[float] = []
     trace_lengths: list[tuple[int, int]] = []

@@ -7,6 +7,11 @@ plus max_tokens longer than max_model_len), and as vLLM refuses a context that i
 (at start-up; here per request, since lengths vary): `context` (prompt + output longer than the model's
 context) and `kv-cache` (more blocks than a replica has).
 
+A closed loop (llmsim.serving.requests.ClosedLoop) replaces the arrival process by its clients: one SimPy process
+per client takes the next request of the list, sends it at once (its arrival_s becomes the send time), waits for
+its last token as the client sees it (the finish plus request_overhead_s), thinks think_s seconds and takes the
+next; a rejected request costs no time. Replicas and router are the same as in an open loop.
+
 Deterministic: the same request list, scheduler, prices and seed give the same outcome.
 """
 
@@ -14,12 +19,12 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable, Sequence as Seq
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.replica import Pricer, Replica, Timeline
-from llmsim.serving.requests import Request
+from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
 from llmsim.sim.entities import CountingEnvironment
@@ -50,6 +55,8 @@ class ServingOutcome:
     wall_s: float
     extra: dict[str, float] = field(default_factory=dict)
     timelines: list[Timeline] = field(default_factory=list)   # per replica, every iteration (simulation only)
+    clients: int | None = None        # a closed loop's clients (None: open loop)
+    think_s: float | None = None      # a closed loop's think time, seconds
 
     @property
     def kv_peak_utilization(self) -> float:
@@ -58,14 +65,25 @@ class ServingOutcome:
 
 
 class StalledError(RuntimeError):
-    """A scheduler left requests unfinished with nothing more to run (a policy that never schedules them)."""
+    """A scheduler left requests unfinished with nothing more to run (a policy that never schedules them), or a
+    closed loop whose every request is rejected at once (it would never advance time)."""
 
 
-def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: Callable[[KVCache], Scheduler],
+# Rejections in a row, with none accepted, after which a closed loop bounded by duration_s is taken as one whose
+# every request is rejected: rejections cost no simulated time, so its clients would never reach duration_s.
+MAX_REJECTIONS_IN_A_ROW = 100_000
+
+
+def simulate_serving(requests: Iterable[Request], *, replicas: int, make_scheduler: Callable[[KVCache], Scheduler],
                      kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
-                     context_tokens: int, request_overhead_s: float = 0.0) -> ServingOutcome:
+                     context_tokens: int, request_overhead_s: float = 0.0,
+                     closed_loop: ClosedLoop | None = None) -> ServingOutcome:
     """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
     scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
+
+    Open loop (closed_loop None): each request arrives at its arrival_s. Closed loop: `requests` is taken in order
+    (lazily: it may be endless when closed_loop.until_s bounds it) by closed_loop.clients clients; a request's
+    arrival_s in the outcome is when it was sent.
 
     `request_overhead_s` (seconds, >= 0): each request's time outside the engine's passes (API server,
     tokenisation, IPC hop to the engine and back, detokenisation: vLLM's request path, docs/serving.md). It is
@@ -81,10 +99,14 @@ def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: C
     env = CountingEnvironment()
     occupancy = _Occupancy()
     done: list[Sequence] = []
+    answered: dict[int, object] = {}   # request id -> the event its client waits on (closed loop)
 
     def finished(seq: Sequence) -> None:
         occupancy.change(env.now, -1)
         done.append(seq)
+        event = answered.pop(seq.request.id, None)
+        if event is not None:
+            event.succeed()  # type: ignore[attr-defined]
 
     pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens)), price(i), finished)
             for i in range(replicas)]
@@ -93,23 +115,57 @@ def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: C
     accepted: list[Sequence] = []
     probe = KVCache(kv_blocks, block_tokens)
 
-    def arrivals():  # noqa: ANN202 - a SimPy generator
-        for request in requests:
-            if request.arrival_s > env.now:
-                yield env.timeout(request.arrival_s - env.now)
-            if request.input_tokens + request.output_tokens > context_tokens:
-                rejected.append(Rejection(request, "context"))
-                continue
-            if probe.blocks_for(request.input_tokens + request.output_tokens - 1) > kv_blocks:
-                rejected.append(Rejection(request, "kv-cache"))
-                continue
-            replica = route.pick()
-            seq = Sequence(request, replica.index)
-            accepted.append(seq)
-            occupancy.change(env.now, +1)
-            replica.arrive(seq)  # type: ignore[attr-defined]
+    def admit(request: Request) -> Sequence | None:
+        """Reject the request (counted) or route it to a replica now; its sequence, or None if rejected."""
+        if request.input_tokens + request.output_tokens > context_tokens:
+            rejected.append(Rejection(request, "context"))
+            return None
+        if probe.blocks_for(request.input_tokens + request.output_tokens - 1) > kv_blocks:
+            rejected.append(Rejection(request, "kv-cache"))
+            return None
+        replica = route.pick()
+        seq = Sequence(request, replica.index)
+        accepted.append(seq)
+        occupancy.change(env.now, +1)
+        replica.arrive(seq)  # type: ignore[attr-defined]
+        return seq
 
-    env.process(arrivals())
+    if closed_loop is None:
+        listed = requests if isinstance(requests, list) else list(requests)
+
+        def arrivals():  # noqa: ANN202 - a SimPy generator
+            for request in listed:
+                if request.arrival_s > env.now:
+                    yield env.timeout(request.arrival_s - env.now)
+                admit(request)
+
+        env.process(arrivals())
+    else:
+        source = iter(requests)
+        in_a_row = [0]   # rejections since the last accepted request
+
+        def client():  # noqa: ANN202 - a SimPy generator: one client of the closed loop
+            while closed_loop.until_s is None or env.now < closed_loop.until_s:
+                request = next(source, None)
+                if request is None:
+                    return
+                seq = admit(replace(request, arrival_s=env.now))
+                if seq is None:
+                    in_a_row[0] += 1
+                    if closed_loop.until_s is not None and in_a_row[0] >= MAX_REJECTIONS_IN_A_ROW:
+                        raise StalledError(f"a closed loop's {MAX_REJECTIONS_IN_A_ROW} requests in a row were "
+                                           f"rejected ({rejected[-1].reason}): no request fits the replica")
+                else:
+                    in_a_row[0] = 0
+                    event = answered[request.id] = env.event()
+                    yield event
+                    if request_overhead_s:   # the client sees the last token that much later
+                        yield env.timeout(request_overhead_s)
+                if closed_loop.think_s:
+                    yield env.timeout(closed_loop.think_s)
+
+        for _ in range(closed_loop.clients):
+            env.process(client())
     for replica in pool:
         env.process(replica.run())
     env.run()
@@ -121,7 +177,9 @@ def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: C
         for seq in done:
             seq.token_times = array("d", (t + request_overhead_s for t in seq.token_times))
     duration = max((seq.token_times[-1] for seq in done), default=0.0)
-    last_arrival = requests[-1].arrival_s if requests else 0.0
+    last_arrival = max((r.request.arrival_s for r in rejected), default=0.0)
+    if accepted:
+        last_arrival = max(last_arrival, max(s.request.arrival_s for s in accepted))
     duration = max(duration, last_arrival)
     occupancy.change(duration, 0)
     occupancy.integral += request_overhead_s * len(done)   # each is in the system that much longer (Little's law)
@@ -132,7 +190,9 @@ def simulate_serving(requests: Seq[Request], *, replicas: int, make_scheduler: C
         iterations=[r.iterations for r in pool], busy_s=[r.busy_s for r in pool],
         compute_s=[r.compute_s for r in pool], max_batch=[r.max_batch for r in pool],
         events=env.events_processed, wall_s=time.perf_counter() - start,
-        timelines=[r.timeline for r in pool])
+        timelines=[r.timeline for r in pool],
+        clients=None if closed_loop is None else closed_loop.clients,
+        think_s=None if closed_loop is None else closed_loop.think_s)
 
 
 class _Occupancy:

@@ -4,6 +4,7 @@
 serving:
   requests: 500                                # or duration_s: 600
   arrival: {kind: poisson, rate: [2, 4, 8]}    # requests/s; poisson | gamma (+ cv) | constant | trace (+ path)
+                                               # | concurrency (closed loop: clients, + think_s; no rate)
   lengths: {input: 467, output: 256}           # a number, or {kind: uniform|lognormal|exponential|quantiles, ...}
                                                # (+ filter: min, max_input, max_total); omitted with a trace
   scheduler: {kind: continuous, max_num_seqs: 256, max_batched_tokens: 8192}   # static | continuous |
@@ -242,12 +243,24 @@ class Arrival(_Strict):
     (cv > 1 bursty, < 1 smoother; cv = 1 is poisson; vLLM's `--burstiness` is 1/cv^2); constant: one every
     1/rate seconds; trace: the times (and lengths) of a JSONL/CSV file with columns arrival_s, input_tokens,
     output_tokens, sorted by arrival, shifted to start at t = 0 and replayed with the recorded gaps or, with a rate,
-    gaps scaled to that mean rate."""
+    gaps scaled to that mean rate.
 
-    kind: Literal["poisson", "gamma", "constant", "trace"] = "poisson"
+    concurrency (a closed loop): `clients` clients, each sending its next request `think_s` seconds after the
+    last token of its previous one; every request is queued at t = 0 and taken in order. With think_s = 0 this is
+    vLLM's `bench serve --max-concurrency N` at its default request rate inf (vllm/benchmarks/serve.py at
+    def9ce85: every request task created at t = 0, each waits on an asyncio.Semaphore(N) before it is sent, and
+    its TTFT and latency are timed from the send, after the semaphore: vllm/benchmarks/lib/endpoint_request_func.py
+    at 3aee4a4f, `st = time.perf_counter()` inside the request function). No rate is given: the rate is what the
+    engine achieves (the row's request_rate)."""
+
+    kind: Literal["poisson", "gamma", "constant", "trace", "concurrency"] = "poisson"
     rate: PositiveFloat | list[PositiveFloat] | None = Field(None, description="requests/s; a list sweeps")
     cv: PositiveFloat | None = Field(None, description="gamma: coefficient of variation of the gaps")
     path: str | None = Field(None, description="trace: a .jsonl or .csv file, relative to the scenario")
+    clients: PositiveInt | list[PositiveInt] | None = Field(
+        None, description="concurrency: clients in the closed loop (requests in flight at most); a list sweeps")
+    think_s: NonNegativeFloat | None = Field(
+        None, description="concurrency: seconds between a client's last token and its next request (default 0)")
 
     @field_validator("rate", mode="before")
     @classmethod
@@ -265,9 +278,43 @@ class Arrival(_Strict):
             raise ValueError(f"{value!r}: {repeats}")
         return value
 
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _clients(cls, value: Any) -> Any:
+        """One message for both forms: a whole number of clients >= 1, or a non-empty list of them."""
+        if value is None:
+            return value
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise ValueError(f"{value!r}: allowed: a whole number of clients >= 1, or a non-empty list of them "
+                             f"(a sweep)")
+        repeats = sweep_repeats(values)
+        if repeats:
+            raise ValueError(f"{value!r}: {repeats}")
+        return value
+
+    @field_validator("think_s", mode="before")
+    @classmethod
+    def _think(cls, value: Any) -> Any:
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0 <= value < math.inf):
+            raise ValueError(f"{value!r}: allowed: seconds >= 0 (finite)")
+        return value
+
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "Arrival":
-        if self.kind != "trace" and self.rate is None:
+        if self.kind == "concurrency":
+            if self.rate is not None:
+                raise KeyedValueError("rate", "a closed loop (kind 'concurrency') sets no rate: its clients send "
+                                              "as fast as the engine answers (allowed: clients, think_s)")
+            if self.clients is None:
+                raise KeyedValueError("clients", "arrival kind 'concurrency' needs clients (a whole number >= 1, "
+                                                 "or a list of them)")
+        else:
+            for key in ("clients", "think_s"):
+                if getattr(self, key) is not None:
+                    raise KeyedValueError(key, f"{key} is for arrival kind 'concurrency' (got kind {self.kind!r})")
+        if self.kind not in ("trace", "concurrency") and self.rate is None:
             raise KeyedValueError("rate", f"arrival kind {self.kind!r} needs a rate (requests/s)")
         if self.kind == "gamma" and self.cv is None:
             raise KeyedValueError("cv", "arrival kind 'gamma' needs cv, the coefficient of variation of the gaps "
@@ -282,11 +329,34 @@ class Arrival(_Strict):
         return self
 
     @property
+    def closed(self) -> bool:
+        """Whether this is a closed loop (kind concurrency): requests go out as earlier ones finish."""
+        return self.kind == "concurrency"
+
+    @property
     def rates(self) -> list[float | None]:
-        """The sweep's rates (one None for a trace replayed as recorded)."""
+        """The sweep's rates (one None for a trace replayed as recorded, and one None per point of a closed
+        loop, whose rate is an outcome)."""
+        if self.closed:
+            return [None] * len(self.clients_list)
         if self.rate is None:
             return [None]
         return [float(r) for r in (self.rate if isinstance(self.rate, list) else [self.rate])]
+
+    @property
+    def clients_list(self) -> list[int]:
+        """A closed loop's sweep of client counts (empty for an open loop)."""
+        if self.clients is None:
+            return []
+        return list(self.clients) if isinstance(self.clients, list) else [self.clients]
+
+    @property
+    def sweep(self) -> list[tuple[str, float | int | None]]:
+        """The points of the sweep, as (key, value): ("rate", r) for an open loop (("rate", None) for a trace as
+        recorded), ("clients", n) for a closed loop."""
+        if self.closed:
+            return [("clients", n) for n in self.clients_list]
+        return [("rate", r) for r in self.rates]
 
 
 class SchedulerSpec(_Strict):
@@ -458,6 +528,10 @@ class ServingSpec(_Strict):
         """This spec with one rate of the sweep."""
         return self.model_copy(update={"arrival": self.arrival.model_copy(update={"rate": rate})})
 
+    def at_point(self, key: str, value: float | int | None) -> "ServingSpec":
+        """This spec at one point of its arrival sweep (Arrival.sweep): a rate, or a closed loop's clients."""
+        return self.model_copy(update={"arrival": self.arrival.model_copy(update={key: value})})
+
 
 @dataclass(frozen=True)
 class ServingCase:
@@ -473,3 +547,14 @@ class ServingCase:
     def rate(self) -> float | None:
         rate = self.spec.arrival.rate
         return None if rate is None else float(rate)  # type: ignore[arg-type]
+
+    @property
+    def clients(self) -> int | None:
+        """A closed loop's clients at this point of the sweep (None for an open loop)."""
+        clients = self.spec.arrival.clients
+        return None if clients is None else int(clients)  # type: ignore[arg-type]
+
+    @property
+    def think_s(self) -> float:
+        """A closed loop's think time, seconds (0 when not given)."""
+        return float(self.spec.arrival.think_s or 0.0)

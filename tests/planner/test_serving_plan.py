@@ -218,6 +218,11 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
      "exceed the model's context"),
     ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp and dtype"),
     ({"rate_tolerance": 0}, "rate_tolerance", "greater than 0"),
+    # a closed loop (issue 16's concurrency arrival) is run, not planned: refused naming the key
+    ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
+    ({"goal": {"concurrency": 8}}, "goal.concurrency", "write goal.request_rate"),
+    ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
+     "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
 ])
 def test_bad_serving_goal_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
                                              key: str, words: str) -> None:

@@ -20,7 +20,7 @@ from llmsim.runner import plan_cases, run_scenario
 from llmsim.serving.engine import (EngineArgs, EngineError, ServerProcess, architecture_of, checkpoint_problem,
                                    count_tokens, free_port, hf_config, tokenizer_json, write_checkpoint)
 from llmsim.serving.replay import Replay, outcome_of, parse_prometheus, prompt_ids
-from llmsim.serving.requests import Request
+from llmsim.serving.requests import ClosedLoop, Request
 from llmsim_plugins.vllm import VllmBackend, engine_args, unsupported, vllm_version
 
 FAKE = Path(__file__).resolve().parents[1] / "serving" / "fake_openai_server.py"
@@ -225,6 +225,62 @@ def test_the_run_timeout_counts_unfinished_requests_and_loses_nothing(tmp_path: 
     assert answers[1].error == "timeout" and answers[2].error == "timeout"
 
 
+def _in_flight_most(answers: list) -> int:  # noqa: ANN001 - Answers
+    """The most requests between their send and their last token read, at any instant (a send at the very time
+    of another's last read counts after it)."""
+    events = sorted([(a.request.arrival_s, 1) for a in answers] + [(a.token_times[-1], -1) for a in answers])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_the_closed_loop_client_keeps_n_requests_in_flight_and_sends_in_order(tmp_path: Path) -> None:
+    """Two clients over six requests: the first two go out at once, each next one only after its client read the
+    whole previous answer and thought think_s; arrival_s is the send time, so TTFT is timed from the send."""
+    port, think = free_port(), 0.03
+    requests = [Request(i, 0.0, 10, 5) for i in range(6)]
+    with ServerProcess(fake_command(port, tmp_path / "pids", "--max-model-len", "256"), port, tmp_path / "log"):
+        replay = Replay(f"http://127.0.0.1:{port}", "llmsim", lambda r: prompt_ids(r, 300, 0, 2), count_tokens,
+                        metrics_interval_s=0.01)
+        answers, metrics, wall = replay.run(iter(requests), ClosedLoop(2, think_s=think))
+    assert [a.error for a in answers] == [None] * 6 and [a.request.id for a in answers] == list(range(6))
+    sends = [a.request.arrival_s for a in answers]
+    assert sends == sorted(sends) and sends[1] < PREFILL_S     # taken in id order; the first two at once
+    assert _in_flight_most(answers) == 2
+    finishes = sorted(a.token_times[-1] for a in answers)
+    for k in range(2, 6):   # the k-th send waits for the (k-1)-th finish at least (some client's) and its think
+        assert sends[k] >= finishes[k - 2] + think
+    for a in answers:
+        assert a.token_times[0] - a.request.arrival_s >= PREFILL_S
+    outcome = outcome_of(answers, metrics, wall, ClosedLoop(2, think_s=think))
+    from llmsim.serving.metrics import summarize
+
+    row = summarize(outcome, None, None)
+    assert row["concurrency"] == 2 and row["request_rate"] == pytest.approx(6 / outcome.duration_s)
+    assert row["extra"]["think_s"] == think
+
+
+def test_a_closed_loop_bounded_by_duration_sends_nothing_after_it(tmp_path: Path) -> None:
+    """until_s (duration_s): the clients draw requests as they go from an endless list and stop sending at it."""
+    port = free_port()
+
+    def endless():  # noqa: ANN202
+        i = 0
+        while True:
+            yield Request(i, 0.0, 8, 3)
+            i += 1
+
+    with ServerProcess(fake_command(port, tmp_path / "pids", "--max-model-len", "256"), port, tmp_path / "log"):
+        replay = Replay(f"http://127.0.0.1:{port}", "llmsim", lambda r: prompt_ids(r, 300, 0, 2), count_tokens)
+        answers, _, _ = replay.run(endless(), ClosedLoop(3, until_s=0.4))
+    assert len(answers) >= 3 and all(a.error is None for a in answers)
+    assert max(a.request.arrival_s for a in answers) < 0.4
+    assert [a.request.id for a in answers] == list(range(len(answers)))
+    assert _in_flight_most(answers) <= 3
+
+
 # -- the server's lifecycle ----------------------------------------------------------------------------------------
 
 def _pids(path: Path) -> list[int]:
@@ -326,6 +382,33 @@ def test_the_backend_writes_the_serving_row_and_the_same_requests_as_the_model(
             return [(r["request_id"], r["arrival_s"], r["input_tokens"], r["output_tokens"]) for r in csv.DictReader(f)]
 
     assert table(measured) == table(modeled) and len(table(measured)) == 12
+    assert wait_gone(_pids(FakeVllm.pid_file)) == []
+
+
+def test_a_closed_loop_row_has_its_clients_and_the_achieved_rate_beside_the_model_s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """arrival kind concurrency through the runner: one row per client count, measured and modeled, each with
+    `concurrency` = clients and request_rate = requests sent / duration; the same requests (ids and lengths; the
+    send times are each backend's own)."""
+    FakeVllm.pid_file = tmp_path / "pids"
+    rows, run_dir = _run(tmp_path, FakeVllm, monkeypatch, ["vllm", "roofline"],
+                         arrival={"kind": "concurrency", "clients": [1, 3]})
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    assert sorted((r["backend"], r["case"], r["concurrency"]) for r in rows) == [
+        ("roofline", "tp1@clients=1", 1), ("roofline", "tp1@clients=3", 3),
+        ("vllm", "tp1@clients=1", 1), ("vllm", "tp1@clients=3", 3)]
+    for row in rows:
+        assert row["request_rate"] == pytest.approx(row["requests_sent"] / row["duration_s"], rel=1e-9)
+        assert row["requests_done"] == 12
+    import csv
+
+    def table(row: dict) -> list[tuple[str, ...]]:
+        with open(run_dir / row["requests_file"]) as f:
+            return [(r["request_id"], r["input_tokens"], r["output_tokens"]) for r in csv.DictReader(f)]
+
+    measured = {r["case"]: r for r in rows if r["backend"] == "vllm"}
+    modeled = {r["case"]: r for r in rows if r["backend"] == "roofline"}
+    assert all(table(measured[c]) == table(modeled[c]) for c in measured)
     assert wait_gone(_pids(FakeVllm.pid_file)) == []
 
 

@@ -60,6 +60,19 @@ def test_a_serving_run_report_has_the_serving_section(tmp_path: Path) -> None:
     assert "tp1 served 3 rates; the highest that met the SLO: 8 requests/s." in text
 
 
+def test_a_closed_loop_run_report_names_its_clients_and_the_rate_achieved(tmp_path: Path) -> None:
+    """Closed-loop rows (arrival kind concurrency): request_rate is the rate achieved, concurrency the clients;
+    the summary says so instead of "offered", and groups the client counts under one strategy."""
+    store = ResultStore(tmp_path)
+    for clients, rate in ((1, 2.5), (8, 12.0)):
+        store.add(_serving(f"tp1@clients={clients}", rate).model_copy(update={"concurrency": clients}))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "tp1 served 2 client counts" in text
+    assert "1 client (2.5 requests/s achieved)" in text and "8 clients (12 requests/s achieved)" in text
+    assert "requests/s offered" not in text
+
+
 def test_the_knee_marks_the_highest_rate_that_met_the_slo_on_both_panels() -> None:
     frame = _frame([_serving(f"tp1@rate={r}", r, ttft=0.01 * r) for r in (2, 8, 16)])   # slo_met: rate < 10
     assert F.knee_rate(F.serving_rows(frame)) == 8.0

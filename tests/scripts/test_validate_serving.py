@@ -194,6 +194,10 @@ def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_pat
                                     "is for kind 'tgi' (got kind 'continuous')"),
     ("max_waiting_tokens", "many", "S1.max_waiting_tokens: 'many'"),
     ("delay_factor", "nan", "S1.delay_factor: 'nan': allowed: a finite number"),
+    ("concurrency", "0", "S1.concurrency: '0': must be >= 1"),
+    ("concurrency", "2.5", "S1.concurrency: '2.5'"),
+    ("concurrency", "8", "S1.concurrency: 8 clients with request_rate 40.0: a closed loop is priced at request_rate "
+                         "inf only"),
 ])
 def test_a_bad_serving_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, column: str, text: str,
                                                    says: str) -> None:
@@ -222,3 +226,21 @@ def test_the_vllm_v0_and_tgi_rows_name_their_engines_policy(v) -> None:
     rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
     assert {r["scheduler"] for k, r in rows.items() if k.startswith("SO")} == {"prefill-first"}
     assert {r["scheduler"] for k, r in rows.items() if k.startswith("SN")} == {"tgi"}
+
+
+def test_a_concurrency_row_is_the_closed_loop_of_its_clients(v, tmp_path: Path, capsys) -> None:
+    """A row measured with vLLM's --max-concurrency N at --request-rate inf (the optional `concurrency` column) is
+    priced as the scenario's closed loop: N clients over the row's requests; blank keeps the open loop."""
+    row = _row(v, request_rate="inf", concurrency=4, metric="requests_per_s", published=100.0)
+    typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
+    scenario, trace = v.serving_scenario(typed)
+    assert scenario["serving"]["arrival"] == {"kind": "concurrency", "clients": 4} and trace is None
+    assert scenario["serving"]["lengths"] == {"input": 20, "output": 12}
+    simulated = v.simulate_serving_row(typed)
+    assert simulated["concurrency"] == 4 and simulated["status"] == "ok"
+    assert simulated["request_rate"] == pytest.approx(30 / simulated["duration_s"], rel=1e-9)
+    path = _write(tmp_path, [row])
+    assert v.main(["--table", "serving", "--path", str(path)]) == 0
+    assert "S1" in capsys.readouterr().out
+    typed["concurrency"] = None   # blank: every request at t = 0, as before
+    assert v.serving_scenario(typed)[0]["serving"]["arrival"]["kind"] == "trace"

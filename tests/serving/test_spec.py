@@ -123,6 +123,22 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
                                                               "longest prompt, seq_len - 1 = 63"),
     ("serving.scheduler={kind: tgi, max_batch_total_tokens: 63}", "serving.scheduler.max_batch_total_tokens: 63 is "
                                                                   "below the model's context seq_len=64"),
+    # the closed loop (arrival kind concurrency)
+    ("serving.arrival={kind: concurrency, clients: 0}", "serving.arrival.clients: 0: allowed: a whole number of "
+                                                        "clients >= 1"),
+    ("serving.arrival={kind: concurrency, clients: -4}", "serving.arrival.clients: -4: allowed: a whole number"),
+    ("serving.arrival={kind: concurrency, clients: 2.5}", "serving.arrival.clients: 2.5: allowed: a whole number"),
+    ("serving.arrival={kind: concurrency, clients: [4, 0]}", "serving.arrival.clients: [4, 0]: allowed: a whole "
+                                                             "number"),
+    ("serving.arrival={kind: concurrency, clients: '8'}", "serving.arrival.clients: '8': allowed: a whole number"),
+    ("serving.arrival={kind: concurrency, clients: 4, rate: 2}", "serving.arrival.rate: a closed loop (kind "
+                                                                 "'concurrency') sets no rate"),
+    ("serving.arrival={kind: concurrency, clients: 4, think_s: -1}", "serving.arrival.think_s: -1: allowed: seconds "
+                                                                     ">= 0"),
+    ("serving.arrival={kind: concurrency}", "serving.arrival.clients: arrival kind 'concurrency' needs clients"),
+    ("serving.arrival.clients=4", "serving.arrival.clients: clients is for arrival kind 'concurrency' (got kind "
+                                  "'poisson')"),
+    ("serving.arrival.think_s=1", "serving.arrival.think_s: think_s is for arrival kind 'concurrency'"),
 ])
 def test_bad_serving_input_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        change: str, expected: str) -> None:
@@ -143,6 +159,22 @@ def test_a_trace_missing_a_column_names_the_file_and_the_column(tmp_path: Path, 
     message = _error(tmp_path, capsys, data=data)
     assert message == (f"serving.arrival.path: {tmp_path / 'trace.csv'}: missing column 'output_tokens' (the header "
                        f"has arrival_s, input_tokens; needed: arrival_s, input_tokens, output_tokens)")
+
+
+def test_a_clients_list_sweeps_like_a_rate_list(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path, SERVING)
+    assert main(["validate", str(path), "--set", "serving.arrival={kind: concurrency, clients: [1, 8], "
+                                                 "think_s: 0.5}"]) == 0
+    assert "2 client counts = 2 cases" in capsys.readouterr().out
+    spec = load_scenario(path, ["serving.arrival={kind: concurrency, clients: [1, 8]}"]).serving
+    assert spec is not None and spec.arrival.sweep == [("clients", 1), ("clients", 8)]
+    assert spec.arrival.rates == [None, None] and spec.at_point("clients", 8).arrival.clients == 8
+
+
+def test_the_json_schema_has_the_closed_loop_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    arrival = json.loads(capsys.readouterr().out)["$defs"]["Arrival"]["properties"]
+    assert {"clients", "think_s"} <= set(arrival) and "concurrency" in json.dumps(arrival["kind"])
 
 
 def test_a_rate_list_sweeps_like_nodes(tmp_path: Path, capsys) -> None:
