@@ -130,7 +130,7 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.arrival={kind: concurrency, clients: 2.5}", "serving.arrival.clients: 2.5: allowed: a whole number"),
     ("serving.arrival={kind: concurrency, clients: [4, 0]}", "serving.arrival.clients: [4, 0]: allowed: a whole "
                                                              "number"),
-    ("serving.arrival={kind: concurrency, clients: '8'}", "serving.arrival.clients: '8': allowed: a whole number"),
+    ("serving.arrival={kind: concurrency, clients: '8'}", "serving.arrival.clients: '8' is text, not a number"),
     ("serving.arrival={kind: concurrency, clients: 4, rate: 2}", "serving.arrival.rate: a closed loop (kind "
                                                                  "'concurrency') sets no rate"),
     ("serving.arrival={kind: concurrency, clients: 4, think_s: -1}", "serving.arrival.think_s: -1: allowed: seconds "
