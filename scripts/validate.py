@@ -841,7 +841,7 @@ def serving_by_metric(outcomes: list[ServingOutcome]) -> dict[str, list[ServingO
 CAPACITY = ("row_id", "run", "engine", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_devices", "tp", "pp",
             "intra_node", "inter_node", "context", "dataset", "input_median", "input_p90", "output_median",
             "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens", "chunk_tokens",
-            "kv_block_tokens", "memory_utilization", "slo_itl_s", "slo_itl_percentile", "slo_queue_s",
+            "kv_block_tokens", "memory_utilization", "step_overhead_s", "step_overhead_per_seq_s", "slo_itl_s", "slo_itl_percentile", "slo_queue_s",
             "slo_queue_percentile", "slo_ttft_s", "slo_tpot_s", "slo_percentile", "rate_start", "rate_tolerance",
             "metric", "published", "read_error", "skip_reason", "assumptions", "source")
 CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "output_p90", "max_num_seqs",
@@ -849,6 +849,8 @@ CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "outpu
 CAPACITY_FLOATS = {"duration_s", "slo_itl_s", "slo_queue_s", "slo_ttft_s", "slo_tpot_s", "rate_start",
                    "read_error"}
 CAPACITY_PERCENTILES = {"slo_itl_percentile", "slo_queue_percentile", "slo_percentile"}
+# the engine's host time per iteration (serving.step_overhead_s / step_overhead_per_seq_s; blank = the device's, 0)
+CAPACITY_HOST = {"step_overhead_s", "step_overhead_per_seq_s"}
 CAPACITY_REQUIRED = ("hardware", "n_devices", "tp", "pp", "context", "input_median", "input_p90", "output_median",
                      "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens",
                      "kv_block_tokens", "memory_utilization", "rate_start", "rate_tolerance", "published")
@@ -872,6 +874,11 @@ def _capacity_value(column: str, text: str) -> object:
         number = float(text)
         if not 0 < number < math.inf:
             raise ValueError("must be a positive number")
+        return number
+    if column in CAPACITY_HOST:
+        number = float(text)
+        if not 0 <= number < math.inf:
+            raise ValueError("must be a number >= 0 (seconds)")
         return number
     if column in CAPACITY_PERCENTILES:
         number = float(text)
@@ -964,6 +971,7 @@ def capacity_task(r: dict[str, object]):
                                                          ("max_batched_tokens", "max_batched_tokens"),
                                                          ("chunk_tokens", "chunk_tokens")) if r[column] is not None},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"],
+        **{key: r[key] for key in sorted(CAPACITY_HOST) if r[key] is not None},
         "slo": capacity_slo(r).model_dump(), "seed": SERVING_SEED})
     workload = Workload(model=model_spec(r, r["context"]), mode="prefill", batch=1, dtype=r["dtype"] or "bfloat16")
     sharing = SharingChoice(tie_embeddings=workload.model.tie_embeddings)
