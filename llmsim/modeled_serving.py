@@ -32,7 +32,7 @@ from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
 from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
-from llmsim.serving.spec import ServingCase
+from llmsim.serving.spec import HostStep, ServingCase
 from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
 
 if TYPE_CHECKING:
@@ -97,8 +97,11 @@ def _degraded(cluster: ClusterSpec, tier: str, factor: float) -> ClusterSpec:
         update={"bandwidth_bytes_per_s": cluster.inter.bandwidth_bytes_per_s * factor}))
 
 
-def pricers(model: IterationModel, faults: ServingFaults):  # noqa: ANN201 - Callable[[int], Pricer]
-    """price(i): replica i's iteration pricer, (seconds, compute seconds) of a Mix, with its faults."""
+def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Callable[[int], Pricer]
+            host: HostStep = HostStep()):
+    """price(i): replica i's iteration pricer, (seconds, compute seconds) of a Mix, with its faults; `host` adds
+    the engine's host time of the iteration (HostStep.seconds of its sequences, Mix.rows), which the device does
+    not overlap (vLLM V0-style engines: scheduling, input preparation, sampling, output processing in line)."""
 
     def price(i: int) -> Pricer:
         here = model
@@ -113,7 +116,7 @@ def pricers(model: IterationModel, faults: ServingFaults):  # noqa: ANN201 - Cal
             seconds = compute + t.comm + t.bubble * slowdown + t.other
             if rng is not None:
                 seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
-            return seconds, compute
+            return seconds + host.seconds(mix.rows), compute
 
         return one
 
@@ -191,7 +194,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                                  f"{capacity.kv_bytes / 1e9:.1f} GB per device")
     outcome = simulate_serving(
         iter_requests(serving), replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
-        kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens, price=pricers(model, faults),
+        kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens,
+        price=pricers(model, faults, spec.host_step_on(cluster.device)),
         router=spec.router, context_tokens=case.workload.model.seq_len,
         request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
     row = summarize(outcome, serving.rate, spec.slo)
@@ -199,7 +203,10 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
                  for busy in outcome.compute_s)
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
-    extra.update(energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device), router=spec.router, replicas=spec.replicas,
+    host = spec.host_step_on(cluster.device)
+    extra.update(energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
+                 step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
+                 replicas=spec.replicas,
                  events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
                  sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
     written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)

@@ -24,6 +24,9 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
              capacity      published serving capacity: the highest request rate one replica sustains under a latency
                            SLO (Sarathi-Serve's capacity search, DistServe's goodput), priced by the serving planner's
                            rate search, llmsim.planner.serve.rate_search (validation/serving_capacity.csv)
+             capacity-ratios  ratios of capacities a paper's text states ("up to 2.6x higher serving capacity than
+                           vLLM"), priced from the capacity rows' rate searches, each run once and shared with the
+                           capacity table (validation/serving_capacity_ratios.csv)
 
 Every row is priced by the roofline (llmsim.costmodel.estimate) on the configuration the source published (a
 serving row by the request-level serving simulation of the scenario it describes, `serving_scenario`; a capacity
@@ -850,7 +853,7 @@ def serving_by_metric(outcomes: list[ServingOutcome]) -> dict[str, list[ServingO
 CAPACITY = ("row_id", "run", "engine", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_devices", "tp", "pp",
             "intra_node", "inter_node", "context", "dataset", "input_median", "input_p90", "output_median",
             "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens", "chunk_tokens",
-            "kv_block_tokens", "memory_utilization", "slo_itl_s", "slo_itl_percentile", "slo_queue_s",
+            "kv_block_tokens", "memory_utilization", "step_overhead_s", "step_overhead_per_seq_s", "slo_itl_s", "slo_itl_percentile", "slo_queue_s",
             "slo_queue_percentile", "slo_ttft_s", "slo_tpot_s", "slo_percentile", "rate_start", "rate_tolerance",
             "metric", "published", "read_error", "skip_reason", "assumptions", "source")
 CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "output_p90", "max_num_seqs",
@@ -858,9 +861,12 @@ CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "outpu
 CAPACITY_FLOATS = {"duration_s", "slo_itl_s", "slo_queue_s", "slo_ttft_s", "slo_tpot_s", "rate_start",
                    "read_error"}
 CAPACITY_PERCENTILES = {"slo_itl_percentile", "slo_queue_percentile", "slo_percentile"}
+# the engine's host time per iteration (serving.step_overhead_s / step_overhead_per_seq_s; blank = the device's, 0)
+CAPACITY_HOST = {"step_overhead_s", "step_overhead_per_seq_s"}
 CAPACITY_REQUIRED = ("hardware", "n_devices", "tp", "pp", "context", "input_median", "input_p90", "output_median",
                      "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens",
                      "kv_block_tokens", "memory_utilization", "rate_start", "rate_tolerance", "published")
+CAPACITY_CONFIGURATION = tuple(c for c in CAPACITY_REQUIRED if c != "published")   # what the rate search needs
 CAPACITY_METRICS = ("capacity_rps",)     # requests/s one replica sustains under the row's SLO
 # The standard normal's 0.9 quantile: a lognormal's P90 = median x exp(sigma x Z90) (Phi^-1(0.9)).
 Z90 = 1.2815515655446004
@@ -880,6 +886,11 @@ def _capacity_value(column: str, text: str) -> object:
         number = float(text)
         if not 0 < number < math.inf:
             raise ValueError("must be a positive number")
+        return number
+    if column in CAPACITY_HOST:
+        number = float(text)
+        if not 0 <= number < math.inf:
+            raise ValueError("must be a number >= 0 (seconds)")
         return number
     if column in CAPACITY_PERCENTILES:
         number = float(text)
@@ -912,25 +923,30 @@ def read_capacity_runs(path: Path) -> list[dict[str, object]]:
         row = _typed_row(path, where, raw, CAPACITY, _capacity_value, ("source", "metric", "engine"),
                          CAPACITY_REQUIRED)
         if not row["skip_reason"]:
-            if row.get("concurrency") is not None and row["request_rate"] != "inf":
-                raise ScenarioError(str(path), f"{where}.concurrency",
-                                    f"{row['concurrency']} clients with request_rate {row['request_rate']!r}: a closed "
-                                    f"loop is priced at request_rate inf only (vLLM --max-concurrency with "
-                                    f"--request-rate inf)")
-            if row["tp"] * row["pp"] != row["n_devices"]:
-                raise ScenarioError(str(path), f"{where}.n_devices",
-                                    f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")
-            for length in ("input", "output"):
-                if row[f"{length}_p90"] <= row[f"{length}_median"]:
-                    raise ScenarioError(str(path), f"{where}.{length}_p90",
-                                        f"{row[f'{length}_p90']} <= {length}_median; allowed: a P90 above the median")
-            try:
-                capacity_slo(row)
-            except ValidationError as exc:
-                raise ScenarioError(str(path), f"{where}.slo_itl_s",
-                                    exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+            check_capacity_configuration(path, where, row)
         rows.append(row)
     return rows
+
+
+def check_capacity_configuration(path: Path, where: str, row: dict[str, object]) -> None:
+    """A row's configuration can be priced: every CAPACITY_CONFIGURATION column filled, n_devices = tp x pp, P90s
+    above the medians, a valid SLO. Raises ScenarioError (file, row.column, what). Checked for a priced row, and for
+    a skipped one a ratio uses (its published capacity may be missing; its configuration may not)."""
+    blank = [c for c in CAPACITY_CONFIGURATION if row[c] is None]
+    if blank:
+        raise ScenarioError(str(path), f"{where}.{blank[0]}", "required to price the row's configuration")
+    if row["tp"] * row["pp"] != row["n_devices"]:  # type: ignore[operator]
+        raise ScenarioError(str(path), f"{where}.n_devices",
+                            f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")  # type: ignore[operator]
+    for length in ("input", "output"):
+        if row[f"{length}_p90"] <= row[f"{length}_median"]:  # type: ignore[operator]
+            raise ScenarioError(str(path), f"{where}.{length}_p90",
+                                f"{row[f'{length}_p90']} <= {length}_median; allowed: a P90 above the median")
+    try:
+        capacity_slo(row)
+    except ValidationError as exc:
+        raise ScenarioError(str(path), f"{where}.slo_itl_s",
+                            exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def capacity_lengths(r: dict[str, object]) -> dict[str, object]:
@@ -967,6 +983,7 @@ def capacity_task(r: dict[str, object]):
                                                          ("max_batched_tokens", "max_batched_tokens"),
                                                          ("chunk_tokens", "chunk_tokens")) if r[column] is not None},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"],
+        **{key: r[key] for key in sorted(CAPACITY_HOST) if r[key] is not None},
         "slo": capacity_slo(r).model_dump(), "seed": SERVING_SEED})
     workload = Workload(model=model_spec(r, r["context"]), mode="prefill", batch=1, dtype=r["dtype"] or "bfloat16")
     sharing = SharingChoice(tie_embeddings=workload.model.tie_embeddings)
@@ -1015,25 +1032,47 @@ def capacity_cases(path: Path) -> list[CapacityCase]:
             for r in read_capacity_runs(path)]
 
 
-def run_capacity_case(case: CapacityCase) -> CapacityOutcome:
+# The rate search of each configuration, run once per process: the capacity table and the capacity-ratios table
+# share it (a ratio row prices capacity rows; run together, each configuration is searched once). Keyed by the
+# row's pricing columns (its published value, skip_reason and prose do not change the search).
+_RATE_SEARCHES: dict[tuple, tuple[Any, str | None]] = {}
+
+
+def capacity_search(row: dict[str, object], file: str, row_id: str) -> tuple[Any, str | None]:
+    """(the llmsim.planner.serve.rate_search result, None), or (None, why it has no capacity) for one capacity row's
+    configuration, memoised in _RATE_SEARCHES. A row that sustains its rate_start has no capacity to report (the
+    search only halves down from there). Raises ScenarioError (file, row.column) for a configuration the serving
+    model rejects."""
     from llmsim.planner.serve import rate_search
-    if case.row is None:
-        return CapacityOutcome(case)
+    key = tuple((c, row[c]) for c in CAPACITY if c not in ("published", "read_error", "skip_reason", "assumptions",
+                                                          "source", "run", "row_id"))
+    if key in _RATE_SEARCHES:
+        return _RATE_SEARCHES[key]
     try:
-        task = capacity_task(case.row)
+        task = capacity_task(row)
     except ScenarioError as exc:
-        raise ScenarioError(case.file, case.row_id, f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
+        raise ScenarioError(file, row_id, f"{exc.key}: {exc.message}" if exc.key else exc.message) from None
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         column = ".".join(str(p) for p in err["loc"]) or "model"
-        raise ScenarioError(case.file, f"{case.row_id}.{column}", err["msg"]) from None
+        raise ScenarioError(file, f"{row_id}.{column}", err["msg"]) from None
     result, _ = rate_search(task)
     if result.limits:
-        return CapacityOutcome(case, failure=result.reason)
-    if result.sustained_at_least:
-        return CapacityOutcome(case, failure=f"it sustains rate_start={task.goal_rate:g} requests/s itself: raise "
-                                             f"rate_start above the capacity")
-    return CapacityOutcome(case, result=result)
+        answer: tuple[Any, str | None] = (None, result.reason)
+    elif result.sustained_at_least:
+        answer = (None, f"it sustains rate_start={task.goal_rate:g} requests/s itself: raise rate_start above the "
+                        f"capacity")
+    else:
+        answer = (result, None)
+    _RATE_SEARCHES[key] = answer
+    return answer
+
+
+def run_capacity_case(case: CapacityCase) -> CapacityOutcome:
+    if case.row is None:
+        return CapacityOutcome(case)
+    result, failure = capacity_search(case.row, case.file, case.row_id)
+    return CapacityOutcome(case, result=result, failure=failure)
 
 
 def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutcome]) -> None:
@@ -1052,6 +1091,160 @@ def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutc
               f"{o.predicted:>10.3g}{o.error:>+9.1%}  {len(o.result.probes):>6}{rate:>11.3g}"
               f"{(itl or math.nan) * 1e3:>11.1f}{queue if queue is not None else math.nan:>12.3g}")
     print_skipped(outcomes, "the simulation refused it")
+    skipped = sum(o.result is None for o in outcomes)
+    print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {len(outcomes) - skipped} rows; "
+          f"mean error {_pct(mean_error(outcomes))}; {skipped} skipped\n")
+
+
+# --------------------------------------------------------------------------- capacity ratios (stated in a paper's text)
+#
+# A paper's text often states a *ratio* of capacities where the capacities themselves are only bars in a figure
+# ("up to 2.6x higher serving capacity ... as compared to vLLM"). A ratio row names the capacity rows of its
+# numerator and denominator (paired in order) in a capacity table; each capacity row is priced by its rate search
+# (capacity_search, shared with the capacity table: one search per configuration), and the predicted ratio is
+# predicted(numerator) / predicted(denominator) for `one` pair, or the largest of the pairs' ratios for `max`
+# (a statement "up to X": the most over the configurations the paper reports). A capacity row a ratio uses needs
+# its configuration, not its published capacity (check_capacity_configuration). Error = predicted ratio /
+# published ratio - 1 (+ = the model puts the numerator further ahead than the paper).
+
+CAPACITY_RATIOS = ("row_id", "statement", "capacity_file", "numerator", "denominator", "reduction", "published",
+                   "skip_reason", "assumptions", "source")
+RATIO_REDUCTIONS = ("one", "max")    # one: a single pair; max: "up to", the largest ratio over the pairs
+
+
+def read_capacity_ratios(path: Path) -> list[dict[str, object]]:
+    """The rows of a capacity-ratio table, typed: numerator and denominator as tuples of capacity row ids, published
+    a float, capacity_file a Path (relative to `path`'s folder), `capacity_rows` the capacity table's rows by id.
+    Raises ScenarioError (file, row.column, what): a missing column, an unknown reduction, a count mismatch, a row id
+    the capacity table does not have, a used capacity row whose configuration is incomplete."""
+    raw_rows = _csv_rows(path, CAPACITY_RATIOS, "capacity-ratio table")
+    tables: dict[Path, dict[str, dict[str, object]]] = {}
+    rows = []
+    for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
+        row: dict[str, object] = {c: (raw.get(c) or "").strip() or None for c in CAPACITY_RATIOS}
+        where = str(row["row_id"] or f"line {n}")
+        for column in ("row_id", "statement", "source", "capacity_file", "numerator", "denominator", "reduction"):
+            if not row[column]:
+                raise ScenarioError(str(path), f"{where}.{column}", "every ratio row names its row_id, statement, "
+                                    "source, capacity_file, numerator, denominator and reduction")
+        if row["reduction"] not in RATIO_REDUCTIONS:
+            raise ScenarioError(str(path), f"{where}.reduction",
+                                f"{row['reduction']!r}; allowed: {', '.join(RATIO_REDUCTIONS)}")
+        if row["published"] is None:
+            if not row["skip_reason"]:
+                raise ScenarioError(str(path), f"{where}.published", "required for a priced row")
+        else:
+            try:
+                value = float(row["published"])  # type: ignore[arg-type]
+            except ValueError:
+                value = math.nan
+            if not 0 < value < math.inf:
+                raise ScenarioError(str(path), f"{where}.published",
+                                    f"{row['published']!r}: must be a positive number (a ratio, e.g. 2.6)")
+            row["published"] = value
+        num, den = str(row["numerator"]).split(), str(row["denominator"]).split()
+        if len(num) != len(den):
+            raise ScenarioError(str(path), f"{where}.denominator",
+                                f"{len(den)} row ids for {len(num)} in numerator; allowed: as many (paired in order)")
+        if row["reduction"] == "one" and len(num) != 1:
+            raise ScenarioError(str(path), f"{where}.numerator",
+                                f"{len(num)} row ids with reduction one; allowed: one pair (or reduction max)")
+        row["numerator"], row["denominator"] = tuple(num), tuple(den)
+        capacity_path = path.parent / str(row["capacity_file"])
+        if capacity_path not in tables:
+            if not capacity_path.exists():
+                raise ScenarioError(str(path), f"{where}.capacity_file", f"{capacity_path}: not found")
+            tables[capacity_path] = {str(r["row_id"]): r for r in read_capacity_runs(capacity_path)}
+        capacity = tables[capacity_path]
+        for column, ids in (("numerator", num), ("denominator", den)):
+            for row_id in ids:
+                if row_id not in capacity:
+                    raise ScenarioError(str(path), f"{where}.{column}", f"{row_id!r} is not a row of {capacity_path}")
+        if not row["skip_reason"]:
+            for row_id in dict.fromkeys(num + den):
+                check_capacity_configuration(capacity_path, row_id, capacity[row_id])
+        row["capacity_file"] = capacity_path
+        row["capacity_rows"] = capacity
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class RatioCase:
+    row_id: str
+    label: str
+    reduction: str
+    published: float
+    pairs: tuple[tuple[str, str], ...]          # (numerator, denominator) capacity row ids
+    capacity_rows: dict[str, dict[str, object]] | None   # None: skipped
+    skip_reason: str | None = None
+    file: str = ""                               # the capacity table
+
+
+@dataclass(frozen=True)
+class RatioResult:
+    ratio: float                                 # the reduced predicted ratio
+    pair: tuple[str, str]                        # the pair it comes from (the largest one for max)
+    capacities: dict[str, float]                 # predicted capacity (requests/s) of every row used
+
+
+@dataclass(frozen=True)
+class RatioOutcome:
+    case: RatioCase
+    result: RatioResult | None = None
+    failure: str | None = None
+
+    @property
+    def predicted(self) -> float | None:
+        return None if self.result is None else self.result.ratio
+
+    @property
+    def error(self) -> float | None:
+        """predicted / published ratio - 1."""
+        return None if self.result is None else self.result.ratio / self.case.published - 1
+
+
+def capacity_ratio_cases(path: Path) -> list[RatioCase]:
+    return [RatioCase(str(r["row_id"]), str(r["statement"]), str(r["reduction"]),
+                      float(r["published"]) if r["published"] is not None else math.nan,  # type: ignore[arg-type]
+                      tuple(zip(r["numerator"], r["denominator"])),  # type: ignore[call-overload]
+                      None if r["skip_reason"] else r["capacity_rows"],  # type: ignore[arg-type]
+                      r["skip_reason"], str(r["capacity_file"]))  # type: ignore[arg-type]
+            for r in read_capacity_ratios(path)]
+
+
+def run_ratio_case(case: RatioCase) -> RatioOutcome:
+    """The ratio of predicted capacities, each row's rate search run once (capacity_search). A capacity row with no
+    capacity (its search refused, or it sustains its rate_start) leaves the ratio unpriced, saying which."""
+    if case.capacity_rows is None:
+        return RatioOutcome(case)
+    capacities: dict[str, float] = {}
+    for row_id in dict.fromkeys(i for pair in case.pairs for i in pair):
+        result, failure = capacity_search(case.capacity_rows[row_id], case.file, row_id)
+        if result is None:
+            return RatioOutcome(case, failure=f"{row_id}: {failure}")
+        capacities[row_id] = float(result.sustained_rate)
+    ratios = {pair: capacities[pair[0]] / capacities[pair[1]] for pair in case.pairs}
+    pair = max(ratios, key=ratios.__getitem__)   # one pair, or the largest ("up to")
+    return RatioOutcome(case, result=RatioResult(ratios[pair], pair, capacities))
+
+
+def print_ratio_table(table: "Table", path: Path, outcomes: list[RatioOutcome]) -> None:
+    print(f"== {table.name} ({table.kind}): {path}")
+    header = (f"{'row':<6}{'statement':<72}{'published':>10}{'predicted':>10}{'error':>9}  "
+              f"pairs: predicted capacities (requests/s), * the one reported")
+    print(header)
+    print("-" * len(header))
+    for o in outcomes:
+        if o.result is None:
+            continue
+        r = o.result
+        pairs = "; ".join(f"{'*' if (n, d) == r.pair and len(o.case.pairs) > 1 else ''}{n}/{d} "
+                          f"{r.capacities[n]:.3g}/{r.capacities[d]:.3g} = {r.capacities[n] / r.capacities[d]:.2f}"
+                          for n, d in o.case.pairs)
+        print(f"{o.case.row_id[:5]:<6}{o.case.label[:71]:<72}{o.case.published:>10.3g}{r.ratio:>10.3g}"
+              f"{o.error:>+9.1%}  {pairs}")
+    print_skipped(outcomes, "a capacity row has no capacity")
     skipped = sum(o.result is None for o in outcomes)
     print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {len(outcomes) - skipped} rows; "
           f"mean error {_pct(mean_error(outcomes))}; {skipped} skipped\n")
@@ -1077,6 +1270,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
     Table("serving", "serving", VALIDATION / "serving_online.csv", serving_cases),
     Table("capacity", "serving", VALIDATION / "serving_capacity.csv", capacity_cases),
+    Table("capacity-ratios", "serving", VALIDATION / "serving_capacity_ratios.csv", capacity_ratio_cases),
 )}
 
 
@@ -1121,7 +1315,7 @@ def print_summary(results: list[tuple[Table, list]]) -> None:
             print(f"  {table.name:<20}{priced:>4} priced{len(outcomes) - priced:>4} skipped   median |error| "
                   f"{_pct(median_abs_error(outcomes), signed=False):>7}   mean error {_pct(mean_error(outcomes)):>7}")
             # one figure per metric: a throughput and a latency are not one population (a capacity is one metric)
-            if kind == "serving" and table.name != "capacity":
+            if kind == "serving" and table.name not in ("capacity", "capacity-ratios"):
                 for metric, group in serving_by_metric(outcomes).items():
                     n = sum(o.result is not None for o in group)
                     print(f"    {metric:<18}{n:>4} priced{len(group) - n:>4} skipped   median |error| "
@@ -1153,6 +1347,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if table.name == "capacity":
                 outcomes = [run_capacity_case(c) for c in table.cases(path)]
+            elif table.name == "capacity-ratios":
+                outcomes = [run_ratio_case(c) for c in table.cases(path)]
             elif table.kind == "serving":
                 outcomes = [run_serving_case(c) for c in table.cases(path)]
             else:
@@ -1160,8 +1356,9 @@ def main(argv: list[str] | None = None) -> int:
         except LLMSimError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        (print_capacity_table if table.name == "capacity" else print_serving_table if table.kind == "serving"
-         else print_table)(table, path, outcomes)
+        printer = {"capacity": print_capacity_table, "capacity-ratios": print_ratio_table}.get(
+            table.name, print_serving_table if table.kind == "serving" else print_table)
+        printer(table, path, outcomes)
         results.append((table, outcomes))
     if results:
         print_summary(results)

@@ -248,6 +248,36 @@ def test_serving_request_overhead_s_adds_to_ttft_and_e2e_not_tpot_and_the_device
         assert b["itl_p99_s"] == pytest.approx(a["itl_p99_s"], rel=1e-12)
 
 
+def test_serving_step_overhead_slows_every_iteration_and_the_device_default_is_0(tmp_path: Path) -> None:
+    """serving.step_overhead_s / step_overhead_per_seq_s: host time added to every iteration (so to TPOT and ITL,
+    unlike request_overhead_s); h100-sxm has none in the catalog, so a scenario without the keys is unchanged."""
+    data = _scenario()
+    data["backends"] = {"roofline": H100}
+    _, plain = _run(tmp_path / "plain", data)
+    host = {"step_overhead_s": 0.003, "step_overhead_per_seq_s": 0.0002}
+    _, slowed = _run(tmp_path / "slowed", {**data, "serving": {**data["serving"], **host}})
+    for a, b in zip(sorted(plain, key=lambda r: r["case"]), sorted(slowed, key=lambda r: r["case"])):
+        assert (a["step_overhead_s"], a["step_overhead_per_seq_s"]) == (0.0, 0.0)
+        assert (b["step_overhead_s"], b["step_overhead_per_seq_s"]) == (0.003, 0.0002)
+        assert b["tpot_p50_s"] >= a["tpot_p50_s"] + 0.0032 * (1 - 1e-9)   # at least one sequence an iteration
+        assert b["itl_p50_s"] > a["itl_p50_s"] and b["ttft_p50_s"] > a["ttft_p50_s"]
+
+
+@pytest.mark.parametrize("key", ["step_overhead_s", "step_overhead_per_seq_s"])
+def test_a_negative_step_overhead_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      key: str) -> None:
+    import yaml
+
+    from llmsim.cli import main
+    data = _scenario()
+    data["serving"][key] = -0.001
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err
+
+
 def test_a_negative_request_overhead_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 

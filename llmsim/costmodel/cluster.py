@@ -49,6 +49,8 @@ class DeviceSpec(Protocol):
     efficiency: Efficiency | None
     overlaps_communication: bool
     request_overhead_s: float  # per served request, outside the engine's passes (read by the serving simulation)
+    step_overhead_s: float  # host seconds per engine iteration, not overlapped (read by the serving simulation)
+    step_overhead_per_seq_s: float  # host seconds per iteration per sequence it runs (the same)
 
 
 class LinkSpec(Protocol):

@@ -116,6 +116,19 @@ class DeviceSpec(BaseModel):
                                "TTFT and end-to-end latency, not to TPOT/ITL, and it does not occupy the engine "
                                "(docs/serving.md). 0 = not modeled: no sourced figure for the GPU entries; "
                                "`llmsim calibrate` fits it from measured serving rows")
+    step_overhead_s: float = Field(
+        0.0, ge=0, description="host (CPU) seconds of each engine iteration that do not overlap the device's "
+                               "work, fixed part: scheduling, input preparation, sampling bookkeeping, output "
+                               "processing between forward passes (vLLM V0-style engines, which run them in line); "
+                               "added to every iteration's time by the serving simulation with "
+                               "step_overhead_per_seq_s x the sequences it runs (docs/serving.md). 0 = not "
+                               "modeled: an engine-and-host property, no sourced figure for a device in general; a "
+                               "scenario's serving.step_overhead_s overrides it")
+    step_overhead_per_seq_s: float = Field(
+        0.0, ge=0, description="host seconds of each engine iteration per sequence it runs (the part of "
+                               "step_overhead_s that grows with the batch: per-sequence input preparation, sampler "
+                               "results, detokenisation); 0 = not modeled; serving.step_overhead_per_seq_s "
+                               "overrides it")
     source: Source
 
     @model_validator(mode="before")

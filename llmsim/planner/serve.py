@@ -167,6 +167,7 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     spec = task.spec.model_copy(update={"replicas": replicas}).at_rate(rate)
     case = ServingCase(spec, task.seed, BUILTIN[spec.scheduler.kind])
     split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
+    host = spec.host_step_on(replica.cluster.device)   # the engine's host time per iteration (0 unless set)
 
     def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
         def one(mix: Mix) -> tuple[float, float]:
@@ -174,8 +175,9 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
             split["compute"] += t.compute
             split["communication"] += t.comm
             split["bubble"] += t.bubble
-            split["other"] += t.other
-            return t.step, t.compute
+            cpu = host.seconds(mix.rows)
+            split["other"] += t.other + cpu
+            return t.step + cpu, t.compute
         return one
 
     outcome = simulate_serving(build_requests(case), replicas=replicas,

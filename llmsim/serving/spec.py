@@ -19,6 +19,8 @@ serving:
                                                # queue_s (+ queue_percentile 50)
   seed: null                                   # default: the scenario's seed
   request_overhead_s: null                     # per request outside the engine; default: the device entry's
+  step_overhead_s: null                        # host seconds per iteration, not overlapped; default: the device's
+  step_overhead_per_seq_s: null                # + host seconds per iteration per sequence run; default: the device's
 ```
 
 Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,
@@ -481,6 +483,20 @@ def arrival_count_problem(requests: int | None, duration_s: float | None,
     return None
 
 
+@dataclass(frozen=True)
+class HostStep:
+    """Host (CPU) time of one engine iteration that does not overlap the device: `fixed_s` + `per_seq_s` x the
+    sequences the iteration runs (seconds). Vidur's CPU overhead (schedule, sampler, prepare inputs, process model
+    outputs, Ray hop: vidur/entities/execution_time.py `_get_cpu_overhead`) in two terms; zero by default."""
+
+    fixed_s: float = 0.0
+    per_seq_s: float = 0.0
+
+    def seconds(self, seqs: float) -> float:
+        """Host seconds of an iteration running `seqs` sequences (0 for an empty one)."""
+        return self.fixed_s + self.per_seq_s * seqs if seqs > 0 else 0.0
+
+
 class ServingSpec(_Strict):
     """A request-level serving run: the workload's model, dtype and the strategies' tp/pp describe one replica."""
 
@@ -502,6 +518,15 @@ class ServingSpec(_Strict):
         None, description="seconds each request spends outside the engine's forward passes (API server, "
                           "tokenisation, IPC to the engine, detokenisation), added to its TTFT and end-to-end "
                           "latency, not to TPOT/ITL; default the device entry's request_overhead_s (0 on GPUs)")
+    step_overhead_s: NonNegativeFloat | None = Field(
+        None, description="host seconds of every engine iteration that do not overlap the forward pass (scheduling, "
+                          "input preparation, sampling, output processing: vLLM V0-style engines run them in "
+                          "line), the fixed part; added to the iteration's time (so to TPOT/ITL and throughput); "
+                          "default the device entry's step_overhead_s (0 on every built-in entry)")
+    step_overhead_per_seq_s: NonNegativeFloat | None = Field(
+        None, description="host seconds of every engine iteration per sequence it runs (the part that grows with "
+                          "the batch); default the device entry's step_overhead_per_seq_s (0 on every built-in "
+                          "entry)")
 
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":
@@ -523,6 +548,14 @@ class ServingSpec(_Strict):
         if self.request_overhead_s is not None:
             return self.request_overhead_s
         return float(getattr(device, "request_overhead_s", 0.0) or 0.0)
+
+    def host_step_on(self, device: Any) -> "HostStep":
+        """The host time of one engine iteration (serving.step_overhead_s / step_overhead_per_seq_s, else the
+        device entry's)."""
+        def pick(key: str) -> float:
+            value = getattr(self, key)
+            return float(value if value is not None else getattr(device, key, 0.0) or 0.0)
+        return HostStep(pick("step_overhead_s"), pick("step_overhead_per_seq_s"))
 
     def at_rate(self, rate: float | None) -> "ServingSpec":
         """This spec with one rate of the sweep."""

@@ -110,6 +110,16 @@ def test_run_level_bounds_decide_slo_met(v, tmp_path: Path) -> None:
     assert not run.met and run.attainment == 1.0   # every request served, the ITL bound alone fails it
 
 
+def test_a_rows_host_time_per_iteration_reaches_the_simulation(v, tmp_path: Path) -> None:
+    """step_overhead_s / step_overhead_per_seq_s become the serving keys of the row's task; blank = the device
+    entry's (0 on a100-80gb)."""
+    rows = v.read_capacity_runs(_write(tmp_path, [_row(v), _row(v, row_id="C2", step_overhead_s=0.002,
+                                                              step_overhead_per_seq_s=0.0001)]))
+    plain, host = (v.capacity_task(r) for r in rows)
+    assert plain.spec.host_step_on(plain.node.device).seconds(8) == 0.0
+    assert host.spec.host_step_on(host.node.device).seconds(8) == pytest.approx(0.0028)
+
+
 def test_an_slo_needs_a_bound_and_percentiles_in_range() -> None:
     with pytest.raises(ValidationError, match="at least one bound"):
         Slo()
@@ -126,6 +136,8 @@ def test_an_slo_needs_a_bound_and_percentiles_in_range() -> None:
     ({"rate_tolerance": 2}, "C1.rate_tolerance"),
     ({"published": ""}, "C1.published"),
     ({"n_devices": 2}, "C1.n_devices"),
+    ({"step_overhead_s": "-0.001"}, "C1.step_overhead_s"),
+    ({"step_overhead_per_seq_s": "x"}, "C1.step_overhead_per_seq_s"),
 ])
 def test_a_bad_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, change, where) -> None:
     path = _write(tmp_path, [_row(v, **change)])

@@ -16,7 +16,7 @@ from llmsim.serving.kvcache import KVCache
 from llmsim.serving.metrics import requests_table, summarize
 from llmsim.serving.requests import Request, build_requests
 from llmsim.serving.schedulers import BUILTIN
-from llmsim.serving.spec import ServingCase, ServingSpec
+from llmsim.serving.spec import HostStep, ServingCase, ServingSpec
 from tests.serving.helpers import fixed_requests, linear_seconds, run
 
 CATALOG = load_catalog()
@@ -131,6 +131,32 @@ def test_at_a_vanishing_rate_ttft_is_the_priced_prefill_plus_the_request_overhea
     for key in ("tpot_mean_s", "tpot_p99_s", "itl_mean_s", "itl_p99_s", "queue_p50_s"):
         assert row[key] == pytest.approx(before[key], rel=1e-12), key
     assert outcome.busy_s == plain.busy_s and outcome.iterations == plain.iterations   # not on the engine
+
+
+def test_at_a_vanishing_rate_every_iteration_pays_the_host_step() -> None:
+    """The engine's host time per iteration (scheduling, input preparation, sampling, output processing, not
+    overlapped in a V0-style engine) adds fixed + per-sequence x sequences to every iteration: one request alone
+    runs one sequence, so its TTFT and each inter-token gap grow by fixed + per_seq, and the engine is busy that
+    much longer."""
+    model, _ = _llama_model(tp=2)
+    prompt, output, host = 300, 12, HostStep(0.002, 0.0005)
+    requests = fixed_requests(4, 100.0, prompt, output)
+    plain = run(requests, price=pricers(model, ServingFaults()))
+    outcome = run(requests, price=pricers(model, ServingFaults(), host))
+    prefill = iteration_time(model, Mix.prefill(prompt))
+    steps = [iteration_time(model, Mix.decode(prompt + k)) for k in range(1, output)]
+    for seq in outcome.sequences:
+        assert seq.token_times[0] - seq.request.arrival_s == pytest.approx(prefill + 0.0025, rel=1e-12)
+        gaps = [b - a for a, b in zip(seq.token_times, seq.token_times[1:])]
+        assert gaps == pytest.approx([s + 0.0025 for s in steps], rel=1e-9)
+    assert outcome.iterations == plain.iterations
+    assert sum(outcome.busy_s) == pytest.approx(sum(plain.busy_s) + 0.0025 * sum(plain.iterations), rel=1e-9)
+
+
+def test_the_host_step_grows_with_the_sequences_an_iteration_runs() -> None:
+    assert HostStep(0.002, 0.0005).seconds(8) == pytest.approx(0.006)
+    assert HostStep(0.002, 0.0005).seconds(0) == 0.0          # no iteration, no host time
+    assert HostStep().seconds(64) == 0.0                      # the default: not modeled
 
 
 def test_the_request_overhead_keeps_littles_law_and_does_not_change_scheduling_under_load() -> None:

@@ -44,7 +44,8 @@ def test_the_json_schema_has_the_serving_block(capsys: pytest.CaptureFixture[str
     assert "serving" in schema["properties"]
     serving = schema["$defs"]["ServingSpec"]["properties"]
     assert set(serving) >= {"requests", "duration_s", "arrival", "lengths", "scheduler", "kv_block_tokens",
-                            "memory_utilization", "replicas", "router", "slo", "request_overhead_s"}
+                            "memory_utilization", "replicas", "router", "slo", "request_overhead_s",
+                            "step_overhead_s", "step_overhead_per_seq_s"}
 
 
 def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data: dict | None = None) -> str:
