@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
-from llmsim.serving.spec import Lengths, ServingSpec, length_bounds
+from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, length_bounds
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
@@ -590,6 +590,9 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
     if mode_given and w.mode == "train":
         return "workload.mode", ("'train' cannot be served; with a serving: block leave mode out (the request list "
                                  "sets the batches and lengths) or write decode")
+    few = arrival_count_problem(serving.requests, serving.duration_s, serving.arrival.rates, at_least_one=True)
+    if few is not None:
+        return f"serving.{few[0]}", few[1]
     lengths = serving.lengths
     if lengths is not None:
         problem = _lengths_past_context(lengths, w.model.seq_len)

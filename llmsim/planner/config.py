@@ -177,7 +177,7 @@ class PlanFile(_Strict):
         if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
             problem = arrival_count_problem(*(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
                                               for v in (serving.get("requests"), serving.get("duration_s"))),
-                                            [float(rate)])
+                                            [float(rate)], at_least_one=True)
             if problem is not None:  # the rate the plan states is its goal: the error names that key
                 key, message = problem
                 raise _KeyedError("goal.request_rate" if key == "arrival.rate" else f"serving.{key}", message)

@@ -456,11 +456,12 @@ MAX_SIMULATED_S = 1e9
 MAX_REQUESTS = 1_000_000
 
 
-def arrival_count_problem(requests: int | None, duration_s: float | None,
-                          rates: list[float | None]) -> tuple[str, str] | None:
-    """(key, message) when the run's size is unusable, else None: more than MAX_REQUESTS requests, fewer than one
-    expected in duration_s, or a span past MAX_SIMULATED_S. `rates` in requests/s (None: a trace as recorded);
-    keys are relative to the serving block."""
+def arrival_count_problem(requests: int | None, duration_s: float | None, rates: list[float | None],
+                          at_least_one: bool = False) -> tuple[str, str] | None:
+    """(key, message) when the run's size is unusable, else None: more than MAX_REQUESTS requests, a span past
+    MAX_SIMULATED_S, or (`at_least_one`: the user's own rates, not a rate search's probes, which may go lower)
+    fewer than one request expected in duration_s. `rates` in requests/s (None: a trace as recorded); keys are
+    relative to the serving block."""
     rates_given = [r for r in rates if r is not None]
     if requests is not None and requests > MAX_REQUESTS:
         return "requests", f"{requests}: allowed: at most {MAX_REQUESTS:,} requests in one run"
@@ -472,7 +473,7 @@ def arrival_count_problem(requests: int | None, duration_s: float | None,
             return "arrival.rate", (f"{max(rates_given):g} requests/s for duration_s={duration_s:g} s is "
                                     f"{duration_s * max(rates_given):.3g} requests; allowed: at most "
                                     f"{MAX_REQUESTS:,} in one run (rate x duration_s)")
-        if rates_given and duration_s * min(rates_given) < 1:
+        if at_least_one and rates_given and duration_s * min(rates_given) < 1:
             return "arrival.rate", (f"{min(rates_given):g} requests/s for duration_s={duration_s:g} s expects "
                                     f"{duration_s * min(rates_given):.3g} requests; allowed: rate x duration_s "
                                     f">= 1")
