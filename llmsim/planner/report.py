@@ -69,7 +69,7 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
             w = workload_for(plan, c.precision) if plan is not None else None
             precisions[c.precision] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
                                        else (None, None))
-        records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
+        records.append((e.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
                         c.virtual_stages, c.recompute, splits[split_key], *precisions[c.precision], c.hardware,
                         c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
@@ -82,7 +82,13 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
                           if c.topology or c.mesh else NOT_PLACED)))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
-    place = {id(e): i for i, e in enumerate(rows)}
+    wanted = {id(e) for e in top or []}  # the top rows' places (near the front: the best feasible ones)
+    place: dict[int, int] = {}
+    for i, e in enumerate(rows):
+        if len(place) == len(wanted):
+            break
+        if id(e) in wanted:
+            place[id(e)] = i
     rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
     chosen = np.zeros(len(frame), dtype=bool)
     for k, e in enumerate(top or [], start=1):
