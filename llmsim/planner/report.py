@@ -69,7 +69,7 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
             w = workload_for(plan, c.precision) if plan is not None else None
             precisions[c.precision] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
                                        else (None, None))
-        records.append((e.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
+        records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
                         c.virtual_stages, c.recompute, splits[split_key], *precisions[c.precision], c.hardware,
                         c.n_devices, e.feasible, e.reason, e.step_time_s,
                         e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),

@@ -18,7 +18,6 @@ the ones that do not fit in memory, by how far.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import time
@@ -150,11 +149,6 @@ class Evaluation:
     power_w: float = 0.0
     memory_detail: dict[str, float] = field(default_factory=dict)
     sim: dict[str, float | bool | None] = field(default_factory=dict)  # the cluster re-check, top-k only
-
-    @functools.cached_property
-    def name(self) -> str:
-        """config.name, built once (rank compares the names of tied rows, plan_frame writes every row's)."""
-        return self.config.name
 
 
 @dataclass
@@ -389,7 +383,7 @@ def rank(rows: list[Evaluation], objective: str) -> list[Evaluation]:
         if tie and start is None:
             start = i
         elif not tie and start is not None:
-            out[start:i + 1] = sorted(out[start:i + 1], key=lambda r: rows[r].name)
+            out[start:i + 1] = sorted(out[start:i + 1], key=lambda r: rows[r].config.name)
             start = None
     return [rows[r] for r in out]
 
