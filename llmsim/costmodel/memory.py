@@ -428,9 +428,18 @@ def zero3_unit_bytes(workload: "Workload", profile: "WorkloadProfile", sharing: 
     return params, grads
 
 
-# Every pipeline stage of a plan asks for the same layer inventory (and the planner for thousands of plans):
-# a pure function of hashable values (pydantic models, frozen dataclasses), cached.
-@functools.lru_cache(maxsize=4096)
+def activation_plan_key(workload: "Workload", plan: Plan) -> Plan:
+    """The plan with only the fields the activation sizes read (activation_bytes_per_layer,
+    edge_activation_bytes): a dense model's saved tensors are sized by micro_batch, tp, sp and cp
+    (activations.SavedTensor.bytes) and chosen by recompute (activations.layer_inventory); dp, pp, the split,
+    the schedule, ZeRO and the overlaps never enter. A mixture of experts' routed tokens follow more of the
+    plan (moe.expert_activation_bytes): its plan is kept whole. tests/costmodel/test_memory.py checks that
+    plans agreeing on these fields size alike."""
+    if workload.model.moe is not None:
+        return plan
+    return Plan(tp=plan.tp, cp=plan.cp, micro_batch=plan.micro_batch, sp=plan.sp, recompute=plan.recompute)
+
+
 def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", plan: Plan,
                                options: Options) -> tuple[float, float]:
     """(bytes one layer keeps per micro-batch, working set of one layer while it is recomputed) on one device.
@@ -441,7 +450,16 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     that layer's whole inventory (the second number; 0 otherwise); op-level selective recomputation
     (`selective-op`) and JAX's dots policy (`selective-dots`) keep their op outputs and, while one layer is
     recomputed, the rest of that layer's inventory (the tensors of `none` it does not already keep).
+    Cached per `activation_plan_key` (the planner asks for thousands of plans that differ elsewhere).
     """
+    return _activation_bytes_per_layer(workload, sharing, activation_plan_key(workload, plan), options)
+
+
+# Every pipeline stage of a plan asks for the same layer inventory (and the planner for thousands of plans):
+# a pure function of hashable values (pydantic models, frozen dataclasses), cached.
+@functools.lru_cache(maxsize=4096)
+def _activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", plan: Plan,
+                                options: Options) -> tuple[float, float]:
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saves_fp8_inputs(workload)
     items = layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8,
@@ -460,11 +478,16 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
     return kept, working
 
 
-@functools.lru_cache(maxsize=4096)  # as activation_bytes_per_layer
 def edge_activation_bytes(workload: "Workload", sharing: "SharingChoice", plan: Plan) -> tuple[float, float]:
     """(first stage, last stage) bytes kept outside the layers per micro-batch on one device: the embeddings'
     ids, and the final norm, LM head input and fp32 log-probabilities of the loss (vocabulary-parallel over
-    tp); costmodel.activations.edge_inventory. A frozen base (LoRA) keeps no embedding ids nor head input."""
+    tp); costmodel.activations.edge_inventory. A frozen base (LoRA) keeps no embedding ids nor head input.
+    Cached per `activation_plan_key`."""
+    return _edge_activation_bytes(workload, sharing, activation_plan_key(workload, plan))
+
+
+@functools.lru_cache(maxsize=4096)  # as _activation_bytes_per_layer
+def _edge_activation_bytes(workload: "Workload", sharing: "SharingChoice", plan: Plan) -> tuple[float, float]:
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     trainable = sharing.lora is None
     return (inventory_bytes(edge_inventory(spec, elem, "input", trainable), spec, plan),

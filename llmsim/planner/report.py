@@ -82,7 +82,13 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
                           if c.topology or c.mesh else NOT_PLACED)))
     frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
-    place = {id(e): i for i, e in enumerate(rows)}
+    wanted = {id(e) for e in top or []}  # the top rows' places (near the front: the best feasible ones)
+    place: dict[int, int] = {}
+    for i, e in enumerate(rows):
+        if len(place) == len(wanted):
+            break
+        if id(e) in wanted:
+            place[id(e)] = i
     rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
     chosen = np.zeros(len(frame), dtype=bool)
     for k, e in enumerate(top or [], start=1):

@@ -202,25 +202,64 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
     return min(bounds, default=0.0)
 
 
+Check = tuple[str, str, bool, float, Callable[[float], str]]
+
+
+def _checks(plan: PlanFile) -> list[Check]:
+    """The goals and limits the plan sets, in the order `judge` lists them: (limit, the metric it reads
+    ("power_w": the configuration's power), upper (True: broken above the bound, need/limit = value/bound;
+    False: broken below it, bound/value), bound, the reason line of a value)."""
+    g, lim = plan.goal, plan.limits
+    out: list[Check] = []
+    if plan.workload.mode == "train":
+        if g.deadline_s is not None:
+            out.append(("deadline", "time_to_goal_s", True, g.deadline_s,
+                        lambda t: f"deadline: {t / 86400:.1f} days > {g.deadline_days:g}"))
+    else:
+        if g.tokens_per_s is not None:
+            out.append(("throughput", "tokens_per_s", False, g.tokens_per_s,
+                        lambda tps: f"throughput: {tps:,.0f} tokens/s < {g.tokens_per_s:,.0f}"))
+        if g.max_step_latency_s is not None:
+            out.append(("latency", "latency_s", True, g.max_step_latency_s,
+                        lambda s: f"latency: {s * 1e3:.1f} ms > {g.max_step_latency_s * 1e3:g} ms"))
+    if lim.max_power_w is not None:
+        out.append(("power", "power_w", True, lim.max_power_w,
+                    lambda w: f"power: {w / 1e3:,.1f} kW > {lim.max_power_w / 1e3:,.1f} kW"))
+    return out
+
+
 def judge(plan: PlanFile, metrics: dict[str, float], power_w: float) -> tuple[tuple[str, ...], list[str], float]:
     """(limits broken, their reasons, shortfall = largest need/limit ratio) against the goal and limits."""
-    g, lim = plan.goal, plan.limits
     broken: list[tuple[str, str, float]] = []
-    if plan.workload.mode == "train":
-        if g.deadline_s is not None and metrics["time_to_goal_s"] > g.deadline_s:
-            broken.append(("deadline", f"deadline: {metrics['time_to_goal_s'] / 86400:.1f} days > "
-                                       f"{g.deadline_days:g}", metrics["time_to_goal_s"] / g.deadline_s))
-    else:
-        if g.tokens_per_s is not None and metrics["tokens_per_s"] < g.tokens_per_s:
-            broken.append(("throughput", f"throughput: {metrics['tokens_per_s']:,.0f} tokens/s < "
-                                         f"{g.tokens_per_s:,.0f}", g.tokens_per_s / metrics["tokens_per_s"]))
-        if g.max_step_latency_s is not None and metrics["latency_s"] > g.max_step_latency_s:
-            broken.append(("latency", f"latency: {metrics['latency_s'] * 1e3:.1f} ms > "
-                                      f"{g.max_step_latency_s * 1e3:g} ms", metrics["latency_s"] / g.max_step_latency_s))
-    if lim.max_power_w is not None and power_w > lim.max_power_w:
-        broken.append(("power", f"power: {power_w / 1e3:,.1f} kW > {lim.max_power_w / 1e3:,.1f} kW",
-                       power_w / lim.max_power_w))
+    for limit, metric, upper, bound, reason in _checks(plan):
+        value = power_w if metric == "power_w" else metrics[metric]
+        if value > bound if upper else value < bound:
+            broken.append((limit, reason(value), value / bound if upper else bound / value))
     return tuple(b[0] for b in broken), [b[1] for b in broken], max((b[2] for b in broken), default=1.0)
+
+
+def judge_columns(plan: PlanFile, metrics: dict[str, np.ndarray], power_w: np.ndarray
+                  ) -> tuple[list[tuple[str, ...]], list[str], np.ndarray]:
+    """`judge` of every row of columns (metrics as goal_metrics names them, power_w: numpy arrays of n):
+    (each row's limits broken, its reasons "; "-joined, its shortfall column). The same checks (`_checks`),
+    reason lines and ratios as judge row by row (tests/planner/test_search.py); a NaN metric breaks nothing."""
+    n = len(power_w)
+    code = np.zeros(n, dtype=np.int64)
+    shortfall = np.ones(n)
+    reasons = [""] * n
+    checks = _checks(plan)
+    for k, (limit, metric, upper, bound, reason) in enumerate(checks):
+        value = np.asarray(power_w if metric == "power_w" else metrics[metric], dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            broken = value > bound if upper else value < bound
+            ratio = value / bound if upper else bound / value
+        at = np.flatnonzero(broken)
+        code[at] |= 1 << k
+        shortfall[at] = np.maximum(shortfall[at], ratio[at])
+        for i, v in zip(at.tolist(), value[at].tolist()):
+            reasons[i] = f"{reasons[i]}; {reason(v)}" if reasons[i] else reason(v)
+    names = [tuple(checks[k][0] for k in range(len(checks)) if c >> k & 1) for c in range(1 << len(checks))]
+    return [names[c] for c in code.tolist()], reasons, shortfall
 
 
 def evaluate(ctx: Context, c: Config) -> Evaluation:
@@ -253,6 +292,8 @@ def table_evaluations(ctx: Context, table: PricedTable) -> Callable[[int], Evalu
     and limits judged (`judge`) on the priced numbers."""
     cols = {k: v.tolist() for k, v in table.columns.items()}
     cap = ctx.hardware.capacity
+    judged = judge_columns(ctx.plan, table.columns, table.columns["power_w"])  # judge, over the columns
+    limits_of, reasons_of, shortfall_of = judged[0], judged[1], judged[2].tolist()
 
     def row(i: int) -> Evaluation:
         c = table.configs[i]
@@ -266,8 +307,8 @@ def table_evaluations(ctx: Context, table: PricedTable) -> Callable[[int], Evalu
             return Evaluation(c, False, f"error: {table.error[i]}", ("error",), math.inf, total, cap, power_w=power,
                               memory_detail=detail)
         metrics = {k: cols[k][i] for k in ("time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")}
-        limits, reasons, shortfall = judge(ctx.plan, metrics, power)
-        return Evaluation(c, not limits, "; ".join(reasons), limits, shortfall, total, cap,
+        limits = limits_of[i]
+        return Evaluation(c, not limits, reasons_of[i], limits, shortfall_of[i], total, cap,
                           step_time_s=cols["step_time_s"][i], compute_time_s=cols["compute_time_s"][i],
                           comm_time_s=cols["comm_time_s"][i], bubble_time_s=cols["bubble_time_s"][i],
                           other_time_s=cols["other_time_s"][i], mfu=cols["mfu"][i], power_w=power,

@@ -370,13 +370,13 @@ def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray)
     each field as a column over the rows; a group with fewer stages gets an empty stage (zeros: never the
     busiest, never the largest)."""
     width = max(len(items) for items in per_group)
+    values = operator.attrgetter(*fields)
+    empty = (0.0,) * len(fields)
     out = []
     for k in range(width):
-        table = np.zeros((len(per_group), len(fields)))
-        for gi, items in enumerate(per_group):
-            if k < len(items):
-                item = items[k]
-                table[gi] = item if isinstance(item, tuple) else [getattr(item, f) for f in fields]
+        # one array from the groups' tuples at once (each value made a float as an assignment would)
+        table = np.array([(items[k] if isinstance(items[k], tuple) else values(items[k])) if k < len(items) else empty
+                          for items in per_group], dtype=float)
         rows = np.take(table.T, group_of, axis=1)  # one gather, each field a contiguous row
         out.append(dict(zip(fields, rows)))
     return out

@@ -276,3 +276,40 @@ def test_the_params_memo_counts_as_the_functions_do_for_plans_that_differ_in_wha
         for args, block, whole in cases:
             assert stage_block_params(*args) == block, args[3:]
             assert stage_params(*args) == whole, args[3:]
+
+
+def test_activation_sizes_keyed_by_activation_plan_key_are_those_of_the_whole_plan() -> None:
+    """activation_bytes_per_layer and edge_activation_bytes are cached per activation_plan_key (micro_batch, tp,
+    sp, cp, recompute of a dense model; a mixture of experts' whole plan): for random plans that differ in
+    everything (dp, pp, the schedule, ZeRO, the split, ep ...), each equals the uncached function asked with the
+    whole plan, for a dense model (plain, LoRA, shared layers, float8) and a mixture of experts. A key missing a
+    field the sizes read fails here (the key's default would be sized instead)."""
+    import random
+
+    from llmsim.costmodel import memory
+
+    rng = random.Random(7)
+    dense = gpt2()
+    fp8 = dense.model_copy(update={"dtype": "float8"})
+    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
+                     mode="train", batch=8)
+    checked = 0
+    for w, sharings in ((dense, [dict(), dict(tie=False, layer_groups=4), dict(lora=LoraSpec(rank=8))]),
+                        (fp8, [dict()]), (moe_w, [dict()])):
+        for kw in sharings:
+            _, sharing = profiled(w, **kw)
+            for _ in range(60):
+                pp = rng.choice([1, 2, 4])
+                plan = Plan(dp=rng.choice([1, 2, 4]), tp=rng.choice([1, 2, 4]), pp=pp, cp=rng.choice([1, 2]),
+                            micro_batch=rng.choice([1, 2, 4]), microbatches=rng.choice([1, 2, 8]),
+                            sp=rng.choice([False, True]), zero=rng.choice([0, 1, 3]),
+                            schedule=rng.choice(["gpipe", "1f1b"]),
+                            recompute=rng.choice(["none", "selective", "selective-op", "full"]),
+                            ep=rng.choice([1, 2]) if w is moe_w else 1, etp=rng.choice([1, 2]) if w is moe_w else 1)
+                options = Options()
+                assert memory.activation_bytes_per_layer(w, sharing, plan, options) == \
+                    memory._activation_bytes_per_layer.__wrapped__(w, sharing, plan, options), plan
+                assert memory.edge_activation_bytes(w, sharing, plan) == \
+                    memory._edge_activation_bytes.__wrapped__(w, sharing, plan), plan
+                checked += 1
+    assert checked == 300

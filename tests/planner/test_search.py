@@ -126,3 +126,40 @@ def test_rank_orders_as_the_objective_key_sorts_ties_by_name_included() -> None:
         for case in (rows, tied, tied[::-1]):
             want = sorted(case, key=objective_key(objective))
             assert [id(e) for e in rank(case, objective)] == [id(e) for e in want], objective
+
+
+def test_judge_columns_judges_every_row_as_judge_does() -> None:
+    """judge_columns (the table path's judge over columns) gives each row judge's limits, reasons and shortfall,
+    for a training plan (deadline, power) and inference plans (throughput, latency, power), on random metrics
+    around the bounds (NaN rows break nothing, as a NaN compares false in judge)."""
+    import math
+    import random
+
+    import numpy as np
+
+    from llmsim.planner.search import judge, judge_columns
+
+    rng = random.Random(3)
+    train = small_plan(limits={"max_devices": 16, "memory_headroom": 0.0, "max_power_w": 5000.0})
+    infer = [small_plan(workload={"model": {"preset": "tiny", "layers": 4}, "mode": mode, "batch": 8},
+                        goal={"tokens_per_s": 2e4, "max_step_latency_s": 0.05},
+                        limits={"max_devices": 16, "memory_headroom": 0.0, "max_power_w": 5000.0})
+             for mode in ("decode", "prefill")]
+    names = ("time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")
+    for plan in (train, *infer, small_plan()):
+        n = 400
+        cols = {"time_to_goal_s": np.array([rng.uniform(0.2, 3.0) * 86400 for _ in range(n)]),
+                "cost_usd": np.array([rng.uniform(1, 1e4) for _ in range(n)]),
+                "energy_j": np.array([rng.uniform(1, 1e9) for _ in range(n)]),
+                "tokens_per_s": np.array([rng.uniform(0.2, 3.0) * 2e4 for _ in range(n)]),
+                "latency_s": np.array([rng.uniform(0.2, 3.0) * 0.05 for _ in range(n)])}
+        power = np.array([rng.uniform(0.2, 3.0) * 5000.0 for _ in range(n)])
+        cols["time_to_goal_s"][:3] = math.nan
+        cols["tokens_per_s"][3:6] = math.nan
+        limits, reasons, shortfall = judge_columns(plan, cols, power)
+        kinds = set()
+        for i in range(n):
+            expected = judge(plan, {k: float(cols[k][i]) for k in names}, float(power[i]))
+            assert (limits[i], reasons[i], float(shortfall[i])) == (expected[0], "; ".join(expected[1]), expected[2])
+            kinds.add(limits[i])
+        assert len(kinds) >= 3 or plan.limits.max_power_w is None  # rows that break none, one and two limits
