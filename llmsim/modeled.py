@@ -27,6 +27,7 @@ from llmsim.costmodel.plan import AttentionKernel
 from llmsim.costmodel.step import StepTimes
 from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
+from llmsim.engine_options import engine_options, option_fields
 from llmsim.errors import KeyedValueError, ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
@@ -36,6 +37,9 @@ from llmsim.strict import StrictModel, sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+_OPTION = option_fields()  # the option keys' defaults and descriptions, declared once (llmsim.engine_options)
 
 
 class ModeledSettings(StrictModel):
@@ -51,34 +55,17 @@ class ModeledSettings(StrictModel):
                                                                    "device's (8 where it names none)")
     intra_node: str | None = Field(None, description="link inside a node; default: the device's")
     inter_node: str | None = Field(None, description="link between nodes; default: the device's")
-    attention: AttentionKernel = Field(
-        "flash", description="attention kernel modeled: flash (FlashAttention-2), cudnn (cuDNN fused attention, "
-                             "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), fused-softmax, "
-                             "math (costmodel.plan.Options)")
-    main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
-    grad_accumulation_fusion: bool = Field(
-        False, description="the weight-gradient GEMMs add into the gradient accumulator themselves (Megatron-LM "
-                           "--gradient-accumulation-fusion, NeMo gradient_accumulation_fusion): no accumulation "
-                           "pass over the layers' weights (costmodel.plan.Options)")
-    params_fp32: bool = Field(False, description="training: fp32 parameters cast to the workload dtype inside each "
-                                                 "layer, no 16-bit copy, no separate master (JAX/Flax, MaxText): "
-                                                 "16 B per parameter with Adam; gradients reduced in the workload "
-                                                 "dtype (costmodel.plan.Options)")
-    compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
-                                                   "between GEMMs fuse; default: the device's (TPU compiled, "
-                                                   "GPU and CPU eager)")
-    sampler: Literal["none", "sort-top-p"] = Field(
-        "none", description="inference: what choosing each generated token costs after the LM head: none, or "
-                            "sort-top-p (FasterTransformer v5's top-p sampling; costmodel.sampling)")
+    attention: AttentionKernel = _OPTION["attention"]
+    main_grads_fp32: bool = _OPTION["main_grads_fp32"]
+    grad_accumulation_fusion: bool = _OPTION["grad_accumulation_fusion"]
+    params_fp32: bool = _OPTION["params_fp32"]
+    compile: bool | None = _OPTION["compile"]
+    sampler: Literal["none", "sort-top-p"] = _OPTION["sampler"]
     topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "
                                                    "slices is this torus; sets devices_per_node")
     mesh: dict[str, str] | None = Field(None, description="TPU: mesh axes pinned to torus dimensions, e.g. "
                                                           "{tp: z, dp: xy}; the rest are laid innermost first")
-    all_reduce: Literal["nccl", "vllm"] = Field(
-        "nccl", description="library of the tensor-parallel all-reduces of inference passes (decode, prefill, "
-                            "serving iterations): nccl, or vllm (vLLM's custom all-reduce where vLLM uses it: "
-                            "2, 4, 6 or 8 GPUs of one node, fully connected beyond 2, under 8 MiB; NCCL "
-                            "otherwise)")
+    all_reduce: Literal["nccl", "vllm"] = _OPTION["all_reduce"]
     power_limit_w: float | None = Field(None, gt=0, description="board power limit of every device in watts "
                                         "(nvidia-smi -pl), above the device's idle_power_w and at most its "
                                         "max_power_w; below max_power_w compute runs at the lower clock the limit "
@@ -117,10 +104,7 @@ class ModeledSettings(StrictModel):
 
     @property
     def options(self) -> Options:
-        return Options(attention=self.attention, main_grads_fp32=self.main_grads_fp32,
-                       grad_accumulation_fusion=self.grad_accumulation_fusion, compile=self.compile,
-                       params_fp32=self.params_fp32,
-                       all_reduce=self.all_reduce, sampler=self.sampler)
+        return engine_options(self)
 
     def cluster(self, catalog: Catalog) -> ClusterSpec:
         """The cluster these settings describe; ScenarioError keyed inside the settings otherwise."""

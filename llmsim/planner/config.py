@@ -21,6 +21,7 @@ from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_s
                            load_file_model, parse_file_model)
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
+from llmsim.engine_options import EngineOptions
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
 from llmsim.serving.spec import ServingSpec, arrival_count_problem
 from llmsim.strict import StrictModel
@@ -141,6 +142,11 @@ class PlanFile(_Strict):
         20, description="plan.csv keeps the feasible Pareto front and the best csv_top configurations of each "
                         "hardware choice (default 20); plan.parquet holds every configuration evaluated")
     search: SearchSpace = Field(default_factory=SearchSpace)
+    options: EngineOptions = Field(default_factory=EngineOptions,
+                                   description="the modeled software choices every candidate is priced with (attention "
+                                               "kernel, fp32 main grads, gradient-accumulation fusion, fp32 params, "
+                                               "compile, sampler, all_reduce): the keys of a modeled backend's "
+                                               "settings; best.yaml's backends carry them")
     simulate: bool = Field(True, description="re-check the top_k with the SimPy cluster simulation")
     serving: ServingSpec | None = Field(None, description="a serving goal: the scenario's serving block (lengths, "
                                                           "arrival kind, scheduler, KV cache, slo); the rate is "

@@ -452,7 +452,8 @@ def _simulated(ctx: Any, e: Evaluation) -> Evaluation:
     from llmsim.planner.search import goal_metrics, judge
     from llmsim.sim import simulate_case
     hw = ctx.hardware
-    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster_of(e.config))
+    sim = simulate_case(ctx.plan.workload, ctx.profile, ctx.sharing, e.config.plan(), hw.cluster_of(e.config),
+                        ctx.options)
     metrics = goal_metrics(ctx.plan, e.config.n_devices, hw.usd_per_device_hour, sim.step_s, sim.energy_j, sim.tpot_s)
     limits, reasons, shortfall = judge(ctx.plan, metrics, e.power_w)
     t = sim.times

@@ -193,6 +193,7 @@ def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]
     spec = hw.cluster_of(c)
     cluster: dict[str, Any] = {"hardware": hw.name, "nodes": spec.nodes, "devices_per_node": spec.devices_per_node,
                                "intra_node": spec.intra.name, "inter_node": spec.inter.name}
+    chosen = plan.options.model_dump(mode="json", exclude_defaults=True)  # the plan's options, as settings keys
     if c.topology:  # a TPU: its slices' shape and the mapping, devices per node following from the shape
         del cluster["devices_per_node"]
         cluster["topology"] = "x".join(map(str, c.topology))
@@ -205,7 +206,7 @@ def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]
         "workload": workload_for(plan, c.precision).model_dump(mode="json"),  # the precision the plan priced
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
         "strategies": [strategy],
-        "backends": {"roofline": dict(cluster), "cluster": dict(cluster, trace=False)},
+        "backends": {"roofline": dict(cluster, **chosen), "cluster": dict(cluster, **chosen, trace=False)},
     }
 
 

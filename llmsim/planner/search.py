@@ -471,7 +471,7 @@ def precision_contexts(plan: PlanFile, hardware: list[Hardware], sharing: Sharin
             if w not in profiles:
                 profiles[w] = workload_profile(w, sharing)
             pplan = plan if w is plan.workload else plan.model_copy(update={"workload": w})
-            out.append((hw, cand.label, Context(pplan, hw, profiles[w], sharing)))
+            out.append((hw, cand.label, Context(pplan, hw, profiles[w], sharing, options=plan.options.options)))
     return out
 
 
@@ -482,9 +482,9 @@ def dropped_precisions(plan: PlanFile, hardware: list[Hardware]) -> list[str]:
 
 def simulate_candidate(task: tuple) -> tuple[float, float, float | None]:
     """(step s, energy J, tpot s or None) of one candidate on the cluster simulation: the picklable task the
-    re-check maps over (task = workload, profile, sharing, plan, cluster; llmsim.executor)."""
-    workload, profile, sharing, cplan, cluster = task
-    sim = simulate_case(workload, profile, sharing, cplan, cluster)
+    re-check maps over (task = workload, profile, sharing, plan, cluster, options; llmsim.executor)."""
+    workload, profile, sharing, cplan, cluster, options = task
+    sim = simulate_case(workload, profile, sharing, cplan, cluster, options)
     return sim.step_s, sim.energy_j, sim.tpot_s
 
 
@@ -499,7 +499,7 @@ def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware
     top = [e for e in rows if e.feasible][:k]
     profiles = {(h.name, label): ctx.profile for h, label, ctx in precision_contexts(plan, hardware, sharing, profile)}
     tasks = [(workload_for(plan, e.config.precision), profiles[(e.config.hardware, e.config.precision)], sharing,
-              e.config.plan(), by_name[e.config.hardware].cluster_of(e.config)) for e in top]
+              e.config.plan(), by_name[e.config.hardware].cluster_of(e.config), plan.options.options) for e in top]
     sims = (executor or LocalExecutor()).map(simulate_candidate, tasks, progress)
     for e, (step_s, energy_j, tpot_s) in zip(top, sims):
         hw = by_name[e.config.hardware]

@@ -85,6 +85,7 @@ class ServingTask:
     factor: float = 1.0
     start_replicas: int | None = None  # given: skip the rate search, size the replicas from here (what-ifs)
     precision: str = ""            # planner.precisions label: "" = the plan's workload dtype as written
+    options: Options = Options()   # the plan's modeled software choices (PlanFile.options)
 
     @property
     def size(self) -> int:
@@ -154,12 +155,12 @@ class _Replica:
         self.cluster = task.cluster(n)
         self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1)
         costs = token_costs(task.reference, task.profile)
-        self.model = IterationModel(costs, task.reference, self.plan, self.cluster, Options())
+        self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options)
         _ = self.model.rates  # a CostModelError now, not inside the simulation
         sched = spec.scheduler
         self.capacity: KVCapacity = kv_capacity(task.reference, task.profile, task.sharing, self.plan, self.cluster,
                                                 costs, spec.memory_utilization, spec.kv_block_tokens,
-                                                sched.max_batched_tokens, sched.max_num_seqs, Options())
+                                                sched.max_batched_tokens, sched.max_num_seqs, task.options)
 
 
 def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int) -> RunSummary:
@@ -382,7 +383,7 @@ def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoic
                                   sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
                                   goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
                                   max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
-                                  precision=cand.label)
+                                  precision=cand.label, options=plan.options.options)
                       for tp, pp in candidate_shapes(plan, hw.devices_per_node)]
     return tasks
 

@@ -136,6 +136,7 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
     cluster_spec = hw.cluster(c.n_devices)
     cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
                "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
+    chosen = plan.options.model_dump(mode="json", exclude_defaults=True)  # the plan's options, as settings keys
     workload = workload_for(plan, c.precision).model_dump(mode="json")  # the precision the plan priced
     if "mode" not in plan.workload.model_fields_set:
         workload.pop("mode")  # a serving scenario leaves mode out
@@ -146,7 +147,7 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
         "strategies": [{"name": c.name, "tp": c.tp, "pp": c.pp}],
         "serving": serving,
-        "backends": {"roofline": dict(cluster), "cluster": dict(cluster, trace=False)},
+        "backends": {"roofline": dict(cluster, **chosen), "cluster": dict(cluster, **chosen, trace=False)},
         "seed": spec.seed if spec.seed is not None else 0,
     }
 

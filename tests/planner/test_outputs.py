@@ -185,3 +185,22 @@ def test_plan_csv_holds_the_pareto_front_and_the_best_of_each_hardware(tmp_path:
     feasible = full[full["feasible"]]
     for _, row in front.iterrows():  # nothing feasible beats a front row on both cost and time
         assert not ((feasible["cost_usd"] < row["cost_usd"]) & (feasible["time_to_goal_s"] < row["time_to_goal_s"])).any()
+
+
+def test_the_plans_options_price_every_candidate_and_travel_to_best_yaml(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`options:` holds a modeled backend's software keys (the same names, llmsim.engine_options): the search,
+    the re-check and best.yaml all use them, so `llmsim run best.yaml` prices what the plan priced."""
+    hw = [{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 4}]
+    options = {"attention": "math", "main_grads_fp32": True}
+    plain = run_plan(small_plan(hardware=hw), small_catalog(), tmp_path / "plain", simulate=False)
+    chosen = run_plan(small_plan(hardware=hw, options=options), small_catalog(), tmp_path / "opt", simulate=False)
+    assert chosen.top[0].step_time_s != pytest.approx(plain.top[0].step_time_s, rel=1e-6)  # the options priced
+    best = yaml.safe_load((chosen.run_dir / "best.yaml").read_text())
+    assert options.items() <= best["backends"]["roofline"].items() and options.items() <= best["backends"]["cluster"].items()
+    assert main(["run", str(chosen.run_dir / "best.yaml"), "--backend", "roofline", "--out", str(tmp_path)]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    row = pd.read_csv(run_dir / "results.csv").iloc[0]
+    assert row["step_time_s"] == pytest.approx(chosen.top[0].step_time_s, rel=1e-9)
+    simulated = run_plan(small_plan(hardware=hw, options=options, simulate=True), small_catalog(), tmp_path / "sim")
+    assert simulated.top[0].sim["step_time_s"] == pytest.approx(chosen.top[0].step_time_s, rel=0.05)

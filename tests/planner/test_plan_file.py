@@ -30,6 +30,8 @@ def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
     ({"limits": {"max_devices": 0}}, "limits.max_devices", "greater than or equal to 1"),
     ({"workload": {"model": {"preset": "tiny"}, "mode": "decode"}, "goal": {"tokens": 5}}, "goal.tokens",
      "takes {tokens_per_s, max_step_latency_s}"),
+    ({"options": {"attention": "magic"}}, "options.attention", "'flash', 'cudnn', 'flash3', 'fused-softmax' or 'math'"),
+    ({"options": {"hardware": "h100-sxm"}}, "options.hardware", "allowed: attention, main_grads_fp32"),
     ({"sharing": {"lora": {"targets": ["gate"]}}}, "sharing.lora.targets",
      "target 'gate' is not a projection of a gelu block (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
 ])

@@ -292,3 +292,14 @@ def test_numbers_that_look_inconsistent_say_why() -> None:
     enough = dataclasses.replace(run, row={"slo_attainment": 1.0, "goodput_rps": 39.0})
     plain = " ".join(candidate_lines(plan, dataclasses.replace(c, replicas=4, at_goal=enough)))
     assert "below the goal" not in plain and "drain" not in plain
+
+
+def test_a_serving_plans_options_reach_every_candidate_and_its_iteration_model() -> None:
+    """`options:` (attention kernel, all_reduce, ...) prices a serving plan's iterations as a modeled backend's
+    settings price a serving run's: every task carries them, and the replica's iteration model uses them."""
+    from llmsim.planner.serve import _Replica, serving_tasks
+    plan = parse_plan(serving_plan(options={"attention": "math", "all_reduce": "vllm"}))
+    hardware = resolve_hardware(plan, CATALOG)
+    tasks = serving_tasks(plan, hardware, sharing_choice(plan))
+    assert tasks and all(t.options.attention == "math" and t.options.all_reduce == "vllm" for t in tasks)
+    assert _Replica(tasks[0], tasks[0].size).model.options.attention == "math"

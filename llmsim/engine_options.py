@@ -1,0 +1,63 @@
+"""The software choices of the modeled stack as a user writes them (costmodel.plan.Options at the edge): the
+same keys in a modeled backend's settings (`backends.roofline.attention`) and in a plan file's `options:` block,
+declared once here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmsim.costmodel import Options
+from llmsim.costmodel.plan import AttentionKernel
+from llmsim.strict import StrictModel
+
+
+class EngineOptions(StrictModel):
+    """Software choices the cost model cannot read off the workload (costmodel.plan.Options documents each)."""
+
+    attention: AttentionKernel = Field(
+        "flash", description="attention kernel modeled: flash (FlashAttention-2), cudnn (cuDNN fused attention, "
+                             "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), fused-softmax, "
+                             "math (costmodel.plan.Options)")
+    main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
+    grad_accumulation_fusion: bool = Field(
+        False, description="the weight-gradient GEMMs add into the gradient accumulator themselves (Megatron-LM "
+                           "--gradient-accumulation-fusion, NeMo gradient_accumulation_fusion): no accumulation "
+                           "pass over the layers' weights (costmodel.plan.Options)")
+    params_fp32: bool = Field(False, description="training: fp32 parameters cast to the workload dtype inside each "
+                                                 "layer, no 16-bit copy, no separate master (JAX/Flax, MaxText): "
+                                                 "16 B per parameter with Adam; gradients reduced in the workload "
+                                                 "dtype (costmodel.plan.Options)")
+    compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
+                                                   "between GEMMs fuse; default: the device's (TPU compiled, "
+                                                   "GPU and CPU eager)")
+    sampler: Literal["none", "sort-top-p"] = Field(
+        "none", description="inference: what choosing each generated token costs after the LM head: none, or "
+                            "sort-top-p (FasterTransformer v5's top-p sampling; costmodel.sampling)")
+    all_reduce: Literal["nccl", "vllm"] = Field(
+        "nccl", description="library of the tensor-parallel all-reduces of inference passes (decode, prefill, "
+                            "serving iterations): nccl, or vllm (vLLM's custom all-reduce where vLLM uses it: "
+                            "2, 4, 6 or 8 GPUs of one node, fully connected beyond 2, under 8 MiB; NCCL "
+                            "otherwise)")
+
+    @property
+    def options(self) -> Options:
+        return engine_options(self)
+
+
+OPTION_KEYS = ("attention", "main_grads_fp32", "grad_accumulation_fusion", "params_fp32", "compile", "sampler",
+               "all_reduce")
+
+
+def engine_options(settings: object) -> Options:
+    """costmodel.plan.Options from any settings object carrying the OPTION_KEYS (EngineOptions, a modeled
+    backend's settings)."""
+    return Options(**{key: getattr(settings, key) for key in OPTION_KEYS})
+
+
+def option_fields():  # noqa: ANN201 - dict[str, pydantic FieldInfo]
+    """The FieldInfo of each option key, for a settings model that declares them among its own fields (in its
+    own order) without restating their defaults and descriptions: `attention: AttentionKernel =
+    option_fields()["attention"]`."""
+    return {key: EngineOptions.model_fields[key] for key in OPTION_KEYS}
