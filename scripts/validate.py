@@ -808,12 +808,16 @@ def print_skipped(outcomes: Sequence[Any], refused_by: str) -> None:
         print(f"skipped, {len(ids)} row{'s' if len(ids) > 1 else ''} (in no median): {why}\n    {' '.join(ids)}")
 
 
-def print_serving_table(table: "Table", path: Path, outcomes: list[ServingOutcome]) -> None:
+def print_header(table: "Table", path: Path, header: str) -> None:
+    """A table's title line, its column header and a rule under it."""
     print(f"== {table.name} ({table.kind}): {path}")
-    header = (f"{'row':<8}{'run':<48}{'metric':<16}{'published':>11}{'predicted':>11}{'error':>9}  "
-              f"{'batch max':>9}{'kv peak':>8}{'preempt':>8}")
     print(header)
     print("-" * len(header))
+
+
+def print_serving_table(table: "Table", path: Path, outcomes: list[ServingOutcome]) -> None:
+    print_header(table, path, f"{'row':<8}{'run':<48}{'metric':<16}{'published':>11}{'predicted':>11}{'error':>9}  "
+                              f"{'batch max':>9}{'kv peak':>8}{'preempt':>8}")
     for o in outcomes:
         if o.result is None:
             continue
@@ -1076,11 +1080,8 @@ def run_capacity_case(case: CapacityCase) -> CapacityOutcome:
 
 
 def print_capacity_table(table: "Table", path: Path, outcomes: list[CapacityOutcome]) -> None:
-    print(f"== {table.name} ({table.kind}): {path}")
-    header = (f"{'row':<10}{'run':<46}{'engine':<19}{'published':>10}{'predicted':>10}{'error':>9}  "
-              f"{'probes':>6}{'first miss':>11}{'itl p99 ms':>11}{'queue p50 s':>12}")
-    print(header)
-    print("-" * len(header))
+    print_header(table, path, f"{'row':<10}{'run':<46}{'engine':<19}{'published':>10}{'predicted':>10}{'error':>9}  "
+                              f"{'probes':>6}{'first miss':>11}{'itl p99 ms':>11}{'queue p50 s':>12}")
     for o in outcomes:
         if o.result is None:
             continue
@@ -1230,11 +1231,8 @@ def run_ratio_case(case: RatioCase) -> RatioOutcome:
 
 
 def print_ratio_table(table: "Table", path: Path, outcomes: list[RatioOutcome]) -> None:
-    print(f"== {table.name} ({table.kind}): {path}")
-    header = (f"{'row':<6}{'statement':<72}{'published':>10}{'predicted':>10}{'error':>9}  "
-              f"pairs: predicted capacities (requests/s), * the one reported")
-    print(header)
-    print("-" * len(header))
+    print_header(table, path, f"{'row':<6}{'statement':<72}{'published':>10}{'predicted':>10}{'error':>9}  "
+                              f"pairs: predicted capacities (requests/s), * the one reported")
     for o in outcomes:
         if o.result is None:
             continue
@@ -1281,11 +1279,8 @@ def _pct(x: float | None, signed: bool = True) -> str:
 
 
 def print_table(table: Table, path: Path, outcomes: list[Outcome]) -> None:
-    print(f"== {table.name} ({table.kind}): {path}")
-    header = (f"{'row':<20}{'run':<44}{'published s':>13}{'predicted s':>13}{'error':>9}  "
-              f"{'compute':>7}{'comm':>6}{'bubble':>7}{'other':>6}{'mem GB':>8} fits")
-    print(header)
-    print("-" * len(header))
+    print_header(table, path, f"{'row':<20}{'run':<44}{'published s':>13}{'predicted s':>13}{'error':>9}  "
+                              f"{'compute':>7}{'comm':>6}{'bubble':>7}{'other':>6}{'mem GB':>8} fits")
     for o in outcomes:
         if o.result is None:
             continue

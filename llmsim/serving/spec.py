@@ -240,6 +240,21 @@ class Lengths(_Strict):
         return self.max_total is None or n_in + n_out <= self.max_total
 
 
+def _sweep(value: Any, valid: Any, one: str) -> Any:
+    """A sweepable value (one, or a non-empty list that repeats none) whose every item passes `valid` (booleans
+    never do); a ValueError saying `one` is allowed otherwise. One message for both forms (pydantic would name
+    the branch of the union it tried last)."""
+    if value is None:
+        return value
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(not isinstance(v, bool) and valid(v) for v in values):
+        raise ValueError(f"{value!r}: allowed: {one}, or a non-empty list of them (a sweep)")
+    repeats = sweep_repeats(values)
+    if repeats:
+        raise ValueError(f"{value!r}: {repeats}")
+    return value
+
+
 class Arrival(_Strict):
     """When requests arrive. poisson: exponential gaps; gamma: gamma gaps with coefficient of variation `cv`
     (cv > 1 bursty, < 1 smoother; cv = 1 is poisson; vLLM's `--burstiness` is 1/cv^2); constant: one every
@@ -268,32 +283,14 @@ class Arrival(_Strict):
     @classmethod
     def _rate(cls, value: Any) -> Any:
         """One message for both forms (pydantic would name the branch of the union it tried last)."""
-        if value is None:
-            return value
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
-                                 for v in values):  # nan fails every comparison
-            raise ValueError(f"{value!r}: allowed: a rate > 0 in requests/s (finite), or a non-empty list of them "
-                             f"(a sweep)")
-        repeats = sweep_repeats(values)
-        if repeats:
-            raise ValueError(f"{value!r}: {repeats}")
-        return value
+        return _sweep(value, lambda v: isinstance(v, (int, float)) and 0 < v < math.inf,  # nan fails every comparison
+                      "a rate > 0 in requests/s (finite)")
 
     @field_validator("clients", mode="before")
     @classmethod
     def _clients(cls, value: Any) -> Any:
         """One message for both forms: a whole number of clients >= 1, or a non-empty list of them."""
-        if value is None:
-            return value
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise ValueError(f"{value!r}: allowed: a whole number of clients >= 1, or a non-empty list of them "
-                             f"(a sweep)")
-        repeats = sweep_repeats(values)
-        if repeats:
-            raise ValueError(f"{value!r}: {repeats}")
-        return value
+        return _sweep(value, lambda v: isinstance(v, int) and v >= 1, "a whole number of clients >= 1")
 
     @field_validator("think_s", mode="before")
     @classmethod
