@@ -595,6 +595,11 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
         return f"serving.{few[0]}", few[1]
     lengths = serving.lengths
     if lengths is not None:
+        from llmsim.serving.requests import filter_problem  # the drawing side of the serving block
+
+        unpassable = filter_problem(lengths)
+        if unpassable is not None:
+            return f"serving.lengths.{unpassable[0]}", unpassable[1]
         problem = _lengths_past_context(lengths, w.model.seq_len)
         if problem is not None:
             return "serving.lengths", problem

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmsim.serving.spec import (MAX_REQUESTS, TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength,
-                                 QuantileLength, ServingCase, ServingSpec, UniformLength)
+                                 QuantileLength, ServingCase, ServingSpec, UniformLength, length_bounds)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,25 @@ def probe_pairs(lengths: Lengths) -> list[tuple[int, int]]:
     answer on every call and platform)."""
     rng = _stream(0, "probe")
     return [(draw_length(lengths.input, rng), draw_length(lengths.output, rng)) for _ in range(PROBE_DRAWS)]
+
+
+def filter_problem(lengths: Lengths) -> tuple[str, str] | None:
+    """(key, message) when a lengths block's filter refuses every pair of the probe (probe_pairs), else None.
+
+    Lengths itself refuses a filter that its forms' bounds rule out; an unbounded form (lognormal, exponential)
+    may still put almost no mass where the filter passes (median 1e6 under max_input 100). The key is the filter
+    key that refused the most of the pairs, relative to the lengths block."""
+    if not lengths.filtered or math.inf not in (length_bounds(lengths.input)[1], length_bounds(lengths.output)[1]):
+        return None
+    pairs = probe_pairs(lengths)
+    if any(lengths.passes(n_in, n_out) for n_in, n_out in pairs):
+        return None
+    refused = {"min": sum(1 for a, b in pairs if lengths.min is not None and min(a, b) < lengths.min),
+               "max_input": sum(1 for a, _ in pairs if lengths.max_input is not None and a > lengths.max_input),
+               "max_total": sum(1 for a, b in pairs if lengths.max_total is not None and a + b > lengths.max_total)}
+    key = max(refused, key=lambda k: refused[k])
+    return key, (f"{getattr(lengths, key)}: none of {PROBE_DRAWS:,} drawn pairs passes the filter ({refused[key]:,} "
+                 f"fail {key}); allowed: a filter some drawn lengths pass")
 
 
 def draw_pair(lengths: Lengths, rng: random.Random) -> tuple[int, int]:

@@ -207,25 +207,7 @@ class Lengths(_Strict):
         if self.max_total is not None and low_total > self.max_total:
             raise KeyedValueError("max_total", f"{self.max_total}: every prompt + output is longer (at least "
                                                f"{low_total} tokens; allowed: max_total >= the shortest pair)")
-        if self.filtered and math.inf in (in_hi, out_hi):
-            self._check_probe()
         return self
-
-    def _check_probe(self) -> None:
-        """An unbounded form (lognormal, exponential) may still put almost no mass where the filter passes
-        (median 1e6 under max_input 100): refuse a filter that none of the probe's pairs passes, naming the
-        filter key that refused the most of them."""
-        from llmsim.serving.requests import PROBE_DRAWS, probe_pairs  # requests imports this module
-
-        pairs = probe_pairs(self)
-        if any(self.passes(n_in, n_out) for n_in, n_out in pairs):
-            return
-        refused = {"min": sum(1 for a, b in pairs if self.min is not None and min(a, b) < self.min),
-                   "max_input": sum(1 for a, _ in pairs if self.max_input is not None and a > self.max_input),
-                   "max_total": sum(1 for a, b in pairs if self.max_total is not None and a + b > self.max_total)}
-        key = max(refused, key=lambda k: refused[k])
-        raise KeyedValueError(key, f"{getattr(self, key)}: none of {PROBE_DRAWS:,} drawn pairs passes the filter "
-                                   f"({refused[key]:,} fail {key}); allowed: a filter some drawn lengths pass")
 
     @property
     def filtered(self) -> bool:
