@@ -109,3 +109,13 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_the_core_has_no_import_cycle() -> None:
     """Not even through TYPE_CHECKING or function-level imports: each module can be read bottom-up."""
     assert find_cycle(import_graph()) == []
+
+
+def test_every_core_package_is_installed_by_pyproject() -> None:
+    """setuptools installs only the packages pyproject.toml lists: an editable install finds the others on the
+    source path, a wheel or `pip install .` silently leaves them out (llmsim.serving was missing)."""
+    import tomllib
+
+    listed = set(tomllib.loads((CORE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(CORE.parent).parts) for p in CORE.rglob("__init__.py")}
+    assert packages - listed == set()
