@@ -521,6 +521,15 @@ class ServingSpec(_Strict):
         problem = arrival_count_problem(self.requests, self.duration_s, self.arrival.rates)
         if problem is not None:
             raise KeyedValueError(*problem)
+        think = self.arrival.think_s or 0.0
+        if self.arrival.kind == "concurrency" and think:
+            # a client's requests follow one another think_s apart: the run spans at least that many thinks
+            turns = math.ceil(self.requests / min(self.arrival.clients_list)) - 1 if self.requests else 1
+            if think > MAX_SIMULATED_S or think * turns > MAX_SIMULATED_S:
+                raise KeyedValueError("arrival.think_s", (
+                    f"{think:g} s: {max(turns, 1)} think{'s' if turns > 1 else ''} per client span "
+                    f"{think * max(turns, 1):.3g} s of simulated time; allowed: think_s x (requests / clients - 1) "
+                    f"and think_s <= {MAX_SIMULATED_S:g} s (the simulated clock's resolution)"))
         return self
 
     def overhead_on(self, device: Any) -> float:

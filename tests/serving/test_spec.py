@@ -89,6 +89,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
      "seq_len=64"),
     ("serving.lengths={input: {kind: exponential, mean: 20}, output: 3, min: 4}",
      "serving.lengths.min: 4: no output length reaches it (the most is 3 tokens"),
+    ("serving.arrival={kind: concurrency, clients: 2, think_s: 1.0e+13}",
+     "serving.arrival.think_s: 1e+13 s: 9 thinks per client span 9e+13 s of simulated time"),
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
     ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
     ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
