@@ -120,6 +120,8 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
     frame = run.frame
     cdf = cdf_cases(frame)
     cdf_names = ", ".join(_label(r) for _, r in cdf.iterrows()) or "none"
+    # a closed loop's rate is what the engine achieved with its clients, not a rate offered to it
+    offered = "achieved (closed loop)" if F.closed_loop(F.serving_rows(frame)) else "offered"
     chosen = timeline_case(frame)
     timeline_name = f"{_label(chosen[0])}, {chosen[1]}" if chosen is not None else "no case"
     specs = [
@@ -143,13 +145,13 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
          lambda: F.parity(frame)),
         ("serving_latency", "Latency against load",
          "time to first token and time per output token, median (solid) and 99th percentile (dashed), against "
-         "the offered request rate; dotted: the SLO bounds.", lambda: F.serving_latency(frame)),
+         f"the {offered} request rate; dotted: the SLO bounds.", lambda: F.serving_latency(frame)),
         ("serving_goodput", "Goodput against load",
-         "requests/s served and requests/s meeting the SLO (goodput) against the offered rate; the dashed "
+         f"requests/s served and requests/s meeting the SLO (goodput) against the {offered} rate; the dashed "
          "diagonal is every offered request served.", lambda: F.serving_goodput(frame)),
         ("serving_knee", "Throughput-latency knee",
          "time to first token at the 99th percentile (dotted: the SLO's TTFT bound) and goodput against the "
-         "offered rate; the dash-dotted vertical line marks the highest rate whose requests met the SLO (TTFT and "
+         f"{offered} rate; the dash-dotted vertical line marks the highest rate whose requests met the SLO (TTFT and "
          "TPOT within bounds for at least the SLO's percentile of them).", lambda: F.serving_knee(frame)),
         ("latency_cdf", "Latency distributions",
          f"per-request TTFT and TPOT as cumulative distributions (log time), from the per-request CSVs under "

@@ -14,7 +14,7 @@ cluster in milliseconds), so per-case charts draw one panel per backend, each on
 from __future__ import annotations
 
 import itertools
-
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -461,12 +461,23 @@ def serving_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def serving_curves(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """One curve per (strategy, backend): the case name without its @rate= suffix, rows by rate."""
-    strategy = rows["case"].map(lambda c: str(c).split("@rate=")[0])
+    """One curve per (strategy, backend): the case name without its sweep suffix (@rate= for an open loop,
+    @clients= for a closed one), rows by request rate (offered, or achieved in a closed loop)."""
+    strategy = rows["case"].map(lambda c: re.split(r"@(?:rate|clients)=", str(c))[0])
     curves = []
     for (name, backend), g in rows.groupby([strategy, rows["backend"]], sort=False):
         curves.append((f"{name} ({backend})", g.sort_values("request_rate")))
     return curves
+
+
+def closed_loop(rows: pd.DataFrame) -> bool:
+    """Whether the serving rows are a closed loop (fixed concurrency): their rate is achieved, not offered."""
+    return "concurrency" in rows and rows["concurrency"].notna().any()
+
+
+def rate_axis(rows: pd.DataFrame) -> str:
+    """The x label of a figure against the request rate: offered (open loop) or achieved (closed loop)."""
+    return "achieved requests/s (closed loop: clients sweep)" if closed_loop(rows) else "offered requests/s"
 
 
 def _slo_line(ax: Axes, rows: pd.DataFrame, column: str) -> None:
@@ -492,7 +503,7 @@ def serving_latency(frame: pd.DataFrame) -> tuple[Figure, Any]:
                 ax.plot(rate, values, color=f"C{i}", ls=style, marker=marker, ms=4, label=f"{name} {q}")
         _slo_line(ax, rows, slo)
         ax.set_title(label, fontsize=10, loc="left")
-        ax.set_xlabel("offered requests/s")
+        ax.set_xlabel(rate_axis(rows))
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v)))
@@ -518,7 +529,7 @@ def serving_goodput(frame: pd.DataFrame) -> tuple[Figure, Axes]:
         if has_value(g["goodput_rps"]).any():
             ax.plot(rate, g["goodput_rps"].map(_num), color=f"C{i}", ls=":", marker="s", ms=4,
                     label=f"{name} goodput")
-    ax.set_xlabel("offered requests/s")
+    ax.set_xlabel(rate_axis(rows))
     ax.set_ylabel("requests/s")
     ax.set_xlim(0, top * 1.05)
     ax.set_ylim(0, None)
@@ -577,7 +588,7 @@ def serving_knee(frame: pd.DataFrame) -> tuple[Figure, Any]:
     good.set_ylim(0, None)
     handles: dict[str, Any] = {}
     for ax in (lat, good):
-        ax.set_xlabel("offered requests/s")
+        ax.set_xlabel(rate_axis(rows))
         ax.grid(alpha=0.3, which="both")
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)

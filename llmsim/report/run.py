@@ -219,7 +219,14 @@ def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
     arrival = serving.get("arrival") or {}
     rates = sorted({float(r) for r in frame.get("request_rate", pd.Series(dtype=float)) if not missing(r)})
     kind = arrival.get("kind", "poisson")
-    parts = [f"serving: {kind} arrivals" + (f" at {', '.join(f'{r:g}' for r in rates)} requests/s" if rates else "")]
+    if kind == "concurrency":  # a closed loop: its clients, not a rate (the rows' rates are what it achieved)
+        clients = sorted({int(c) for c in frame.get("concurrency", pd.Series(dtype=float)) if not missing(c)})
+        think = arrival.get("think_s") or 0
+        parts = [f"serving: a closed loop of {', '.join(map(str, clients))} client{'s' if clients != [1] else ''}"
+                 + (f", {think:g} s think time" if think else "")]
+    else:
+        parts = [f"serving: {kind} arrivals" + (f" at {', '.join(f'{r:g}' for r in rates)} requests/s" if rates
+                                                else "")]
     lengths = serving.get("lengths")
     if lengths:
         bounds = [f"{word} {lengths[key]}" for key, word in (("min", "each ≥"), ("max_input", "prompt ≤"),

@@ -161,3 +161,20 @@ def test_a_modeled_serving_run_report_draws_the_knee_the_cdfs_and_the_timeline_o
     knee = f"single@rate={max(met):g} (roofline), the highest rate that met the SLO"
     assert f"{knee}: sequences in each iteration" in text
     assert "Cases: single@rate=50 (roofline), single@rate=400 (roofline), single@rate=5000 (roofline)." in text
+
+
+def test_a_closed_loops_client_counts_are_one_curve_against_the_achieved_rate() -> None:
+    """The closed loop's cases are tp1@clients=N: one curve per strategy (not one point per client count), its
+    x axis the rate achieved, and the timeline the highest rate that met the SLO (the summary's rule)."""
+    from llmsim.report.build import timeline_case
+    rows = [_serving(f"tp1@clients={n}", r).model_copy(update={"concurrency": n})
+            for n, r in ((1, 0.5), (16, 6.4), (64, 15.4))]   # slo_met: rate < 10
+    frame = _frame(rows)
+    ((name, curve),) = F.serving_curves(F.serving_rows(frame))
+    assert name == "tp1 (roofline)" and list(curve["request_rate"]) == [0.5, 6.4, 15.4]
+    assert F.knee_rate(curve) == 6.4
+    fig, axes = F.serving_latency(frame)
+    assert axes[0][0].get_xlabel().startswith("achieved requests/s")
+    frame["timeline_file"] = "requests/x.timeline.csv"
+    chosen, why = timeline_case(frame)
+    assert chosen["case"] == "tp1@clients=16" and why == "the highest rate that met the SLO"
