@@ -48,6 +48,7 @@ import json
 import math
 import statistics
 import sys
+import time
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -1060,7 +1061,11 @@ def capacity_search(row: dict[str, object], file: str, row_id: str) -> tuple[Any
         err = exc.errors(include_url=False)[0]
         column = ".".join(str(p) for p in err["loc"]) or "model"
         raise ScenarioError(file, f"{row_id}.{column}", err["msg"]) from None
+    started = time.perf_counter()
     result, _ = rate_search(task)
+    # a rate search simulates several rates (seconds to a minute each): say which one finished, on stderr
+    print(f"  {row_id}: rate search of {row['engine']} done, {len(result.probes)} rates simulated in "
+          f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     if result.limits:
         answer: tuple[Any, str | None] = (None, result.reason)
     elif result.sustained_at_least:

@@ -98,7 +98,8 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                                      stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
                                      op_overhead_s=_positive(row.get("op_overhead_s"))))
     if not found and busy:
-        raise CalibrationError(f"every ok measured row of backend '{backend}' ({busy}) was timed on a busy host "
+        raise CalibrationError(f"{', '.join(str(d) for d in run_dirs)}: every ok measured row of backend "
+                               f"'{backend}' ({busy}) was timed on a busy host "
                                f"(host_load_per_core > {BUSY_LOAD_PER_CORE:g}: processes waited for a core); rerun on "
                                f"a quiet host, or pass --include-busy to fit them anyway")
     if not found:

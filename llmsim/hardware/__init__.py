@@ -318,8 +318,12 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
         if err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
-            msg = "each entry needs type: device or type: link (allowed: device, link)"
+            given = (err.get("ctx") or {}).get("tag")
+            msg = (f"{given!r}: allowed: device, link" if given is not None else
+                   "each entry needs type: device or type: link (allowed: device, link)")
             where = f"{where}.type" if where else "type"
+        elif err["type"] == "list_type" and err["loc"] == ("entries",):
+            msg = "expected a list of entries ({type: device, name: ...} or {type: link, name: ...})"
         else:
             msg = err["msg"].removeprefix("Value error, ")
         others = [where_of(e) or "the file" for e in errors[1:]]
