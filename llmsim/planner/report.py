@@ -120,8 +120,9 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
             **dict(zip(("sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd", "sim_energy_j", "sim_feasible"),
                        sim_columns)),
             "topology": topology, "slices": slices, "mesh": mesh}
-    frame = pd.DataFrame({k: data[k] for k in STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS},
-                         index=pd.RangeIndex(n))
+    names = STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS
+    frame = (pd.DataFrame({k: data[k] for k in names}, index=pd.RangeIndex(n)) if n else
+             pd.DataFrame.from_records([], columns=names))  # no row: every column of objects, as records make it
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
     chosen = np.zeros(len(frame), dtype=bool)
