@@ -12,6 +12,7 @@ The report is a llmsim.report Document, rendered by the same markdown and HTML r
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,7 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     splits: dict[tuple, str | None] = {}  # the stage_layers column per (stated split, pp, schedule, v): few
     precisions: dict[str, tuple[str | None, str | None]] = {}  # (dtype, fp8 recipe) per precision label
 
-    def split_of(c: Config) -> str | None:
-        split_key = (c.stage_layers, c.pp, c.schedule, c.virtual_stages)
+    def split_of(split_key: tuple, c: Config) -> str | None:
         if split_key not in splits:
             split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
             splits[split_key] = describe_split(split) if split else None
@@ -79,11 +79,18 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
             precisions[label] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
                                  else (None, None))
         return precisions[label]
-    fields = list(zip(*((c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
-                         c.virtual_stages, c.recompute, c.hardware, c.n_devices) for c in configs))) or [()] * 14
+    # the configurations' fields, a column at a time by C-level getters (a row's Python values, as records held
+    # them; no tuple per row)
     (dp, tp, pp, cp, ep, sp, zero, micro_batch, microbatches, schedule, virtual_stages, recompute, hw_name,
-     n_devices) = fields
-    labels = [precision_of(c.precision) for c in configs]
+     n_devices) = (list(map(operator.attrgetter(f), configs)) for f in (
+        "dp", "tp", "pp", "cp", "ep", "sp", "zero", "micro_batch", "microbatches", "schedule", "virtual_stages",
+        "recompute", "hardware", "n_devices"))
+    split_keys = list(map(operator.attrgetter("stage_layers", "pp", "schedule", "virtual_stages"), configs))
+    for key, c in dict(zip(split_keys[::-1], configs[::-1])).items():  # each key's first configuration
+        split_of(key, c)
+    labels = list(map(operator.attrgetter("precision"), configs))
+    for label in set(labels):
+        precision_of(label)
     priced = col["priced"]
 
     def number(name: str, present: np.ndarray | None = None) -> Any:
@@ -104,8 +111,8 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     everyone = np.ones(n, dtype=bool)
     data = {"strategy": [c.name for c in configs], "dp": dp, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "sp": sp,
             "zero": zero, "micro_batch": micro_batch, "microbatches": microbatches, "schedule": schedule,
-            "virtual_stages": virtual_stages, "recompute": recompute, "stage_layers": [split_of(c) for c in configs],
-            "dtype": [x[0] for x in labels], "fp8_recipe": [x[1] for x in labels], "hardware": hw_name,
+            "virtual_stages": virtual_stages, "recompute": recompute, "stage_layers": [splits[k] for k in split_keys],
+            "dtype": [precisions[x][0] for x in labels], "fp8_recipe": [precisions[x][1] for x in labels], "hardware": hw_name,
             "n_devices": n_devices, "feasible": col["feasible"], "reason": table.reasons,
             "step_time_s": number("step_time_s"), "time_to_goal_s": number("time_to_goal_s"),
             "cost_usd": number("cost_usd"), "energy_j": number("energy_j"),
