@@ -15,8 +15,8 @@ from llmsim.planner.precisions import workload_for
 from llmsim.planner.report import (CONTRACT_COLUMNS, EXTRA_COLUMNS, NOT_PLACED, NOT_SIMULATED, STRATEGY_COLUMNS,
                                    plan_frame)
 from llmsim.planner.run import run_plan
-from llmsim.planner.search import (Rows, chain_kept, precision_contexts, rank, search, sharing_choice, table_evaluations,
-                                   table_rows, workload_profile)
+from llmsim.planner.search import (Rows, chain_kept, precision_contexts, rank, search, sharing_choice,
+                                   table_evaluations, table_rows, workload_profile)
 from llmsim.planner.space import axes_of, chains, groups
 from llmsim.planner.table import price_table
 from llmsim.stages import describe_split
