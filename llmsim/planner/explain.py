@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from llmsim.planner.config import PlanFile
-from llmsim.planner.search import Evaluation, SearchStats
+from llmsim.planner.search import Evaluation, Rows, SearchStats, first_rows
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label, perturb_cluster
 from llmsim.report.units import fmt_bytes
 
@@ -203,7 +204,7 @@ class Explanation:
     precision_notes: list[str] = field(default_factory=list)    # searched precisions a hardware cannot run
 
 
-def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list[str]:
+def diagnose(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile) -> list[str]:
     """What keeps the goal out of reach, most fundamental first (memory, then device limit / goal, power)."""
     priced = [e for e in rows if e.step_time_s is not None]
     if not priced:
@@ -245,9 +246,10 @@ def diagnose(rows: list[Evaluation], stats: SearchStats, plan: PlanFile) -> list
     return out
 
 
-def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: list[Evaluation]) -> Explanation:
-    """The explanation of a ranked search; `top` = the re-checked (or first) top_k feasible rows."""
-    counts = Counter(k for e in rows for k in e.limits)
+def explain(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile, top: list[Evaluation]) -> Explanation:
+    """The explanation of a ranked search; `top` = the re-checked (or first) top_k feasible rows. `rows`: a
+    list of Evaluations or search.Rows (whose limits are counted on their columns)."""
+    counts = rows.limit_counts() if isinstance(rows, Rows) else Counter(k for e in rows for k in e.limits)
     if stats.pruned_by_group or stats.pruned_by_micro_batch:
         counts["memory"] += stats.pruned_by_group + stats.pruned_by_micro_batch
     if top:
@@ -262,7 +264,7 @@ def explain(rows: list[Evaluation], stats: SearchStats, plan: PlanFile, top: lis
         time_name = "time to goal" if plan.workload.mode == "train" else latency_name(plan)
         runners = [(describe(e), [versus(e, best, plan.objective, time_name)] + why(e, plan)) for e in top[1:]]
         return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
-    closest = [e for e in rows if not e.feasible][:max(plan.top_k, 1)]
+    closest = first_rows(rows, max(plan.top_k, 1), feasible=False)
     limiting = diagnose(rows, stats, plan)
     headline = "no configuration meets the goal within the limits; " + limiting[0].split(":")[0] + " limits"
     return Explanation(headline, limiting=limiting,
@@ -357,7 +359,7 @@ def _price_ignoring_memory(ctx: Any, e: Evaluation) -> Evaluation:
     return replace(priced, capacity_bytes=e.capacity_bytes, reason=e.reason, limits=e.limits, feasible=False)
 
 
-def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, contexts: dict[tuple[str, str], Any],
+def limit_of(e: Evaluation, who: str, rows: Sequence[Evaluation], plan: PlanFile, contexts: dict[tuple[str, str], Any],
              sensitivity: Sensitivity | None) -> Limit:
     """The limiting factor of `e` and the one change that would move its objective most.
 
@@ -377,10 +379,12 @@ def limit_of(e: Evaluation, who: str, rows: list[Evaluation], plan: PlanFile, co
     shares = step_shares(priced if priced is not None else e)
     base = _metric(e, plan.objective)
     best: tuple[float, str, tuple[str, ...]] | None = None   # (relative change of the metric, change, its limits)
-    for other in rows:
-        what = _one_field_apart(e.config, other.config)
+    configs = rows.configs if isinstance(rows, Rows) else [other.config for other in rows]
+    for i, config in enumerate(configs):  # an Evaluation only for the neighbours (Rows make them when read)
+        what = _one_field_apart(e.config, config)
         if what is None or not base:
             continue
+        other = rows[i]
         ctx = contexts.get((other.config.hardware, other.config.precision))
         if other.step_time_s is None and other.limits == ("memory",) and ctx is not None:
             other = _price_ignoring_memory(ctx, other)

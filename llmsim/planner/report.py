@@ -12,6 +12,8 @@ The report is a llmsim.report Document, rendered by the same markdown and HTML r
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
                                    sensitivity_rows)
 from llmsim.planner.precisions import workload_for
-from llmsim.planner.search import Evaluation, Hardware, SearchStats
+from llmsim.planner.search import Evaluation, Hardware, Rows, SearchStats
+from llmsim.planner.space import Config
 from llmsim.report.units import fmt_bytes
 from llmsim.report.raster import png as raster_png
 from llmsim.results import write_atomic
@@ -42,7 +45,7 @@ NOT_SIMULATED = (None,) * 5  # the sim_ columns of a row the cluster simulation 
 NOT_PLACED = (None,) * 3     # topology, slices, mesh of a row off a TPU torus
 
 
-def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | None = None,
+def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int | None = None,
                plan: PlanFile | None = None, top: list[Evaluation] | None = None,
                simulated: bool = False) -> pd.DataFrame:
     """The ranked rows as plan.csv's table. `layers`: the model's, to write each row's layers per stage
@@ -53,44 +56,85 @@ def plan_frame(rows: list[Evaluation], hardware: list[Hardware], layers: int | N
     model's numbers, over every row; `top` is the plan's final order of its best (the printed table; top[0]
     is the winner best.yaml holds), which a `simulated` plan re-ordered by the cluster simulation
     (search.simulate_top). `rechecked_rank` is a row's place in that re-checked order (empty where the row
-    was not re-checked, or the plan was not simulated) and `chosen` marks the winner."""
+    was not re-checked, or the plan was not simulated) and `chosen` marks the winner.
+
+    `rows`: search.Rows (their columns are read; `top` must be rows read from them) or a list of Evaluations.
+    A number no row has (every row unpriced) is a column of None, as a table of Python records makes it."""
+    table = rows if isinstance(rows, Rows) else Rows.from_evaluations(rows)
+    configs, col, n = table.configs, table.columns, len(table)
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
-    records = []
     splits: dict[tuple, str | None] = {}  # the stage_layers column per (stated split, pp, schedule, v): few
     precisions: dict[str, tuple[str | None, str | None]] = {}  # (dtype, fp8 recipe) per precision label
-    for e in rows:
-        c = e.config
-        split_key = (c.stage_layers, c.pp, c.schedule, c.virtual_stages)
+
+    def split_of(split_key: tuple, c: Config) -> str | None:
         if split_key not in splits:
             split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
             splits[split_key] = describe_split(split) if split else None
-        if c.precision not in precisions:
-            w = workload_for(plan, c.precision) if plan is not None else None
-            precisions[c.precision] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
-                                       else (None, None))
-        records.append((c.name, c.dp, c.tp, c.pp, c.cp, c.ep, c.sp, c.zero, c.micro_batch, c.microbatches, c.schedule,
-                        c.virtual_stages, c.recompute, splits[split_key], *precisions[c.precision], c.hardware,
-                        c.n_devices, e.feasible, e.reason, e.step_time_s,
-                        e.time_to_goal_s, e.cost_usd, e.energy_j, -(-c.n_devices // per_node[c.hardware]),
-                        e.tokens_per_s, e.latency_s, e.mfu, e.memory_bytes, e.capacity_bytes, e.compute_time_s,
-                        e.comm_time_s, e.bubble_time_s, e.other_time_s, e.power_w, price[c.hardware],
-                        *((e.sim.get("step_time_s"), e.sim.get("time_to_goal_s"), e.sim.get("cost_usd"),
-                           e.sim.get("energy_j"), e.sim.get("feasible")) if e.sim else NOT_SIMULATED),
-                        *(("x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
-                           " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None)
-                          if c.topology or c.mesh else NOT_PLACED)))
-    frame = pd.DataFrame.from_records(records, columns=STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS)
+        return splits[split_key]
+
+    def precision_of(label: str) -> tuple[str | None, str | None]:
+        if label not in precisions:
+            w = workload_for(plan, label) if plan is not None else None
+            precisions[label] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
+                                 else (None, None))
+        return precisions[label]
+    # the configurations' fields, a column at a time by C-level getters (a row's Python values, as records held
+    # them; no tuple per row)
+    (dp, tp, pp, cp, ep, sp, zero, micro_batch, microbatches, schedule, virtual_stages, recompute, hw_name,
+     n_devices) = (list(map(operator.attrgetter(f), configs)) for f in (
+        "dp", "tp", "pp", "cp", "ep", "sp", "zero", "micro_batch", "microbatches", "schedule", "virtual_stages",
+        "recompute", "hardware", "n_devices"))
+    split_keys = list(map(operator.attrgetter("stage_layers", "pp", "schedule", "virtual_stages"), configs))
+    for key, c in dict(zip(split_keys[::-1], configs[::-1])).items():  # each key's first configuration
+        split_of(key, c)
+    labels = list(map(operator.attrgetter("precision"), configs))
+    for label in set(labels):
+        precision_of(label)
+    priced = col["priced"]
+
+    def number(name: str, present: np.ndarray | None = None) -> Any:
+        """A float column (NaN where absent); None throughout where no row has the number."""
+        present = priced if present is None else present
+        return np.where(present, col[name], np.nan) if present.any() else [None] * n
+    made = table.made()
+    sims = {i: e.sim for i, e in made.items() if e.sim}
+    sim_columns = [[None] * n for _ in range(5)]
+    for i, sim in sims.items():
+        for j, k in enumerate(("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "feasible")):
+            sim_columns[j][i] = sim.get(k)
+    placed = any(c.topology or c.mesh for c in configs)
+    places = ([(("x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
+                 " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None) if c.topology or c.mesh else NOT_PLACED)
+               for c in configs] if placed else [])
+    topology, slices, mesh = (list(x) for x in zip(*places)) if places else ([None] * n,) * 3
+    everyone = np.ones(n, dtype=bool)
+    data = {"strategy": [c.name for c in configs], "dp": dp, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "sp": sp,
+            "zero": zero, "micro_batch": micro_batch, "microbatches": microbatches, "schedule": schedule,
+            "virtual_stages": virtual_stages, "recompute": recompute, "stage_layers": [splits[k] for k in split_keys],
+            "dtype": [precisions[x][0] for x in labels], "fp8_recipe": [precisions[x][1] for x in labels],
+            "hardware": hw_name,
+            "n_devices": n_devices, "feasible": col["feasible"], "reason": table.reasons,
+            "step_time_s": number("step_time_s"), "time_to_goal_s": number("time_to_goal_s"),
+            "cost_usd": number("cost_usd"), "energy_j": number("energy_j"),
+            "nodes": [-(-d // per_node[h]) for d, h in zip(n_devices, hw_name)],
+            "tokens_per_s": number("tokens_per_s"), "latency_s": number("latency_s"),
+            "mfu": number("mfu", priced & ~np.isnan(col["mfu"])),
+            "peak_memory_bytes_per_device": number("memory_bytes", everyone),
+            "memory_capacity_bytes": number("capacity_bytes", everyone),
+            "compute_time_s": number("compute_time_s"), "comm_time_s": number("comm_time_s"),
+            "bubble_time_s": number("bubble_time_s"), "other_time_s": number("other_time_s"),
+            "power_w": number("power_w", everyone), "usd_per_device_hour": [price[h] for h in hw_name],
+            **dict(zip(("sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd", "sim_energy_j", "sim_feasible"),
+                       sim_columns)),
+            "topology": topology, "slices": slices, "mesh": mesh}
+    names = STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS
+    frame = (pd.DataFrame({k: data[k] for k in names}, index=pd.RangeIndex(n)) if n else
+             pd.DataFrame.from_records([], columns=names))  # no row: every column of objects, as records make it
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
-    wanted = {id(e) for e in top or []}  # the top rows' places (near the front: the best feasible ones)
-    place: dict[int, int] = {}
-    for i, e in enumerate(rows):
-        if len(place) == len(wanted):
-            break
-        if id(e) in wanted:
-            place[id(e)] = i
     rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
     chosen = np.zeros(len(frame), dtype=bool)
+    place = {id(e): i for i, e in made.items()}  # the top rows' places: rows read from `table`
     for k, e in enumerate(top or [], start=1):
         if simulated:
             rechecked[place[id(e)]] = k

@@ -16,8 +16,9 @@ from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.precisions import candidates
 from llmsim.planner.explain import Explanation, choice_lines, explain, limit_of, training_sensitivity
 from llmsim.planner.report import plan_frame, write_outputs
-from llmsim.planner.search import (Evaluation, Hardware, SearchStats, dropped_precisions, precision_contexts,
-                                   resolve_hardware, search, sharing_choice, simulate_top, workload_profile)
+from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
+                                   precision_contexts, resolve_hardware, search, sharing_choice, simulate_top,
+                                   workload_profile)
 from llmsim.planner.serve import Mapper
 from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
@@ -27,7 +28,7 @@ from llmsim.results import new_run_dir
 @dataclass
 class PlanOutcome:
     run_dir: Path
-    rows: list[Evaluation]
+    rows: Rows                   # every row, ranked: a sequence of Evaluations over columns (search.Rows)
     stats: SearchStats
     top: list[Evaluation]        # the best feasible (re-checked by simulation when it ran), best first
     closest: list[Evaluation]    # when nothing is feasible: the nearest misses
@@ -63,14 +64,14 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
     rows, stats = search(plan, hardware, sharing, profile, progress)
     simulated = plan.simulate if simulate is None else simulate
-    if simulated and any(e.feasible for e in rows[:1]):
+    if simulated and len(rows) and bool(rows.columns["feasible"][0]):
         if progress:
             progress(f"re-checking the best {plan.top_k} with the cluster simulation")
         top = simulate_top(plan, rows, hardware, profile, sharing, plan.top_k, executor, task_progress)
     else:
         simulated = False
-        top = [e for e in rows if e.feasible][:plan.top_k]
-    closest = [] if top else [e for e in rows if not e.feasible][:plan.top_k]
+        top = first_rows(rows, plan.top_k)
+    closest = [] if top else first_rows(rows, plan.top_k, feasible=False)
     explanation = explain(rows, stats, plan, top)
     explanation.precision_notes = dropped_precisions(plan, hardware)
     if top:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import operator
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, TypeVar, overload
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,7 +37,7 @@ from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
 from llmsim.planner.precisions import candidates, workload_for
-from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PricedTable, goal_metrics, price_table  # noqa: F401
+from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PRICED, PricedTable, goal_metrics, price_table  # noqa: F401
 from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules, slice_layouts
 from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
@@ -316,6 +317,188 @@ def table_evaluations(ctx: Context, table: PricedTable) -> Callable[[int], Evalu
     return row
 
 
+# Row columns of `Rows` (numpy float arrays over the rows; NaN where a row has no such number).
+ROW_NUMBERS = ("memory_bytes", *MEMORY_PARTS, "power_w", "capacity_bytes", "shortfall", *PRICED)
+_EVAL_PRICED = ("step_time_s", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s", "mfu")
+_EVAL_METRICS = ("time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")
+
+
+class Rows(Sequence[Evaluation]):
+    """Evaluated configurations as columns: what `search` returns, ranked. A sequence of `Evaluation`s to its
+    readers (`rows[i]`, iteration, slices), each made from the columns when first read and kept (the same
+    object every time: `simulate_top` writes its `sim` into it, `plan_frame` reads it back); the planner's own
+    passes over every row (ranking, plan_frame, explain's counts and neighbours) read the columns and make an
+    `Evaluation` only for the rows they keep.
+
+    `configs[i]`: row i's Config; `columns`: `ROW_NUMBERS` (float) and `fits`, `priced` (a step price: the
+    Evaluation's step_time_s is not None), `feasible` (bool), numpy arrays of len(configs); `limits`,
+    `reasons`, `errors` (the cost model's message where it could not price the row, else ""): lists."""
+
+    def __init__(self, configs: Sequence[Config], columns: dict[str, np.ndarray], limits: list[tuple[str, ...]],
+                 reasons: list[str], errors: list[str], made: dict[int, Evaluation] | None = None) -> None:
+        self.configs = configs
+        self.columns = columns
+        self.limits = limits
+        self.reasons = reasons
+        self.errors = errors
+        self._made: dict[int, Evaluation] = made if made is not None else {}
+
+    @classmethod
+    def from_evaluations(cls, rows: Sequence[Evaluation]) -> "Rows":
+        """Rows over Evaluations made one by one (search.evaluate: inference, pricing="scalar"): the same
+        objects, read back as they are; their numbers as columns (None as NaN)."""
+        def column(get: Callable[[Evaluation], object]) -> np.ndarray:
+            return np.fromiter((math.nan if (v := get(e)) is None else v for e in rows), dtype=float, count=len(rows))
+        columns = {k: column(operator.attrgetter(k)) for k in ROW_NUMBERS if k not in MEMORY_PARTS}
+        for k in MEMORY_PARTS:
+            columns[k] = column(lambda e, k=k: e.memory_detail.get(k))
+        columns["fits"] = np.fromiter((e.limits != ("memory",) for e in rows), dtype=bool, count=len(rows))
+        columns["priced"] = np.fromiter((e.step_time_s is not None for e in rows), dtype=bool, count=len(rows))
+        columns["feasible"] = np.fromiter((e.feasible for e in rows), dtype=bool, count=len(rows))
+        return cls([e.config for e in rows], columns, [e.limits for e in rows], [e.reason for e in rows],
+                   [e.reason.removeprefix("error: ") if e.limits == ("error",) else "" for e in rows],
+                   dict(enumerate(rows)))
+
+    @classmethod
+    def concat(cls, parts: Sequence["Rows"]) -> "Rows":
+        """The rows of `parts`, one after the other."""
+        if not parts:
+            return cls.from_evaluations([])
+        made, at = {}, 0
+        for part in parts:
+            made.update({at + i: e for i, e in part._made.items()})
+            at += len(part)
+        return cls([c for part in parts for c in part.configs],
+                   {k: np.concatenate([part.columns[k] for part in parts]) for k in parts[0].columns},
+                   [x for part in parts for x in part.limits], [x for part in parts for x in part.reasons],
+                   [x for part in parts for x in part.errors], made)
+
+    def take(self, order: Sequence[int] | np.ndarray) -> "Rows":
+        """The rows at `order` (positions), in that order; the Evaluations made so far go with them."""
+        order = np.asarray(order, dtype=np.int64)
+        at = order.tolist()
+        made = {new: self._made[old] for new, old in enumerate(at) if old in self._made} if self._made else {}
+        return Rows([self.configs[i] for i in at], {k: v[order] for k, v in self.columns.items()},
+                    [self.limits[i] for i in at], [self.reasons[i] for i in at], [self.errors[i] for i in at], made)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    @overload
+    def __getitem__(self, i: int) -> Evaluation: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Evaluation]: ...
+
+    def __getitem__(self, i: int | slice) -> Evaluation | list[Evaluation]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} of {n}")
+        i = i % n if n else i
+        e = self._made.get(i)
+        if e is None:
+            e = self._made[i] = self._evaluation(i)
+        return e
+
+    def __iter__(self) -> Iterator[Evaluation]:
+        return (self[i] for i in range(len(self)))
+
+    def _evaluation(self, i: int) -> Evaluation:
+        """Row i as table_evaluations made it: the memory verdict, a cost-model error, or the judged price."""
+        col = self.columns
+        c, total, cap, power = (self.configs[i], float(col["memory_bytes"][i]), float(col["capacity_bytes"][i]),
+                                float(col["power_w"][i]))
+        detail = {k: float(col[k][i]) for k in MEMORY_PARTS}
+        if not col["priced"][i]:
+            return Evaluation(c, False, self.reasons[i], self.limits[i], float(col["shortfall"][i]), total, cap,
+                              power_w=power, memory_detail=detail)
+        return Evaluation(c, bool(col["feasible"][i]), self.reasons[i], self.limits[i], float(col["shortfall"][i]),
+                          total, cap, power_w=power, memory_detail=detail,
+                          **{k: float(col[k][i]) for k in (*_EVAL_PRICED, *_EVAL_METRICS)})
+
+    def index_of(self, e: Evaluation) -> int:
+        """The position of an Evaluation read from these rows (by identity)."""
+        for i, made in self._made.items():
+            if made is e:
+                return i
+        raise ValueError("not a row of these rows")
+
+    def made(self) -> dict[int, Evaluation]:
+        """The rows made into Evaluations so far, by position."""
+        return dict(self._made)
+
+    def first(self, k: int, feasible: bool = True) -> list[Evaluation]:
+        """The first k rows whose feasibility is `feasible`, as Evaluations."""
+        return [self[i] for i in np.flatnonzero(self.columns["feasible"] == feasible)[:max(k, 0)].tolist()]
+
+    def limit_counts(self) -> Counter:
+        """How many rows break each limit (a row may break several)."""
+        per_tuple = Counter(self.limits)
+        out: Counter = Counter()
+        for limits, n in per_tuple.items():
+            for k in limits:
+                out[k] += n
+        return out
+
+
+def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> list[Evaluation]:
+    """The first k rows whose feasibility is `feasible` (Rows: found on their columns)."""
+    if isinstance(rows, Rows):
+        return rows.first(k, feasible)
+    return [e for e in rows if e.feasible == feasible][:max(k, 0)]
+
+
+def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray) -> Rows:
+    """The rows `keep` (positions) of a priced table as Rows: the numbers of `table_evaluations`, as columns.
+    A row over memory: reason memory, shortfall memory / capacity; one the cost model could not price: reason
+    error, shortfall infinite; the others judged on their price (`judge_columns`)."""
+    cols = {k: v[keep] for k, v in table.columns.items()}
+    n = len(keep)
+    cap = ctx.hardware.capacity
+    errors = [table.error[i] for i in keep.tolist()]
+    fits = cols["fits"].astype(bool)
+    failed = np.fromiter((bool(x) for x in errors), dtype=bool, count=n)
+    priced = fits & ~failed
+    limits, reasons, shortfall = judge_columns(ctx.plan, cols, cols["power_w"])
+    over = np.flatnonzero(~fits)
+    bytes_text: dict[float, str] = {}  # fmt_bytes of the distinct totals (many rows share one)
+
+    def text(x: float) -> str:
+        t = bytes_text.get(x)
+        if t is None:
+            t = bytes_text[x] = fmt_bytes(x)
+        return t
+    usable = fmt_bytes(cap)
+    totals = cols["memory_bytes"][over]
+    for i, total in zip(over.tolist(), totals.tolist()):
+        limits[i] = ("memory",)
+        reasons[i] = f"memory: needs {text(total)}/device > {usable} usable"
+    shortfall[over] = totals / cap if len(over) else totals
+    for i in np.flatnonzero(fits & failed).tolist():
+        limits[i], reasons[i] = ("error",), f"error: {errors[i]}"
+        shortfall[i] = math.inf
+    columns = {k: cols[k] for k in ("memory_bytes", *MEMORY_PARTS, "power_w", *PRICED)}
+    columns["capacity_bytes"] = np.full(n, cap)
+    columns["shortfall"] = shortfall
+    columns["fits"], columns["priced"] = fits, priced
+    columns["feasible"] = priced & np.fromiter((not x for x in limits), dtype=bool, count=n)
+    return Rows(table.configs if len(keep) == len(table) and (keep == np.arange(n)).all()
+                else [table.configs[i] for i in keep.tolist()], columns, limits, reasons, errors)
+
+
+def chain_kept(fits: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
+    """Which rows of chains laid end to end (`lengths`, in the order of `fits`) are evaluated one by one: a
+    chain's rows up to and including its first that does not fit (the larger micro-batches after it overflow
+    too: space.chains)."""
+    n = len(fits)
+    start = np.repeat(np.cumsum([0, *lengths[:-1]]).astype(np.int64), lengths) if n else np.zeros(0, np.int64)
+    bad = (~fits).astype(np.int64)
+    before = np.cumsum(bad) - bad  # rows that do not fit before each row, over all chains
+    return before - before[start] == 0 if n else np.zeros(0, dtype=bool)
+
+
 @dataclass
 class SearchStats:
     """How much of the space each stage handled (the report shows it; the benchmark times it)."""
@@ -353,15 +536,17 @@ def objective_key(objective: str) -> Callable[[Evaluation], tuple]:
     return key
 
 
-def rank(rows: list[Evaluation], objective: str) -> list[Evaluation]:
+RowsT = TypeVar("RowsT", list[Evaluation], Rows)
+
+
+def rank(rows: RowsT, objective: str) -> RowsT:
     """`sorted(rows, key=objective_key(objective))`, with numpy: a stable lexsort of the key's numbers as
     columns, then, only where two rows tie on all of them, their names (the key's last element), which
     are costly to build. The same order (tests/planner/test_search.py); Python's sort where a number is NaN,
-    whose tuple order numpy cannot copy."""
-    fields = {"cost": ("cost_usd", "time_to_goal_s", "n_devices"),
-              "time": ("time_to_goal_s", "cost_usd", "n_devices"),
-              "energy": ("energy_j", "time_to_goal_s", "cost_usd"),
-              "devices": ("n_devices", "cost_usd", "time_to_goal_s")}[objective]
+    whose tuple order numpy cannot copy. A list of Evaluations gives a list; `Rows` give Rows, ranked on
+    their columns (no Evaluation made)."""
+    if isinstance(rows, Rows):
+        return rows.take(_rank_rows(rows, objective))
     n = len(rows)
     feasible = np.fromiter((e.feasible for e in rows), dtype=bool, count=n)
     unpriced = np.fromiter((e.step_time_s is None for e in rows), dtype=bool, count=n)
@@ -369,9 +554,42 @@ def rank(rows: list[Evaluation], objective: str) -> list[Evaluation]:
     def column(f: str) -> np.ndarray:  # as objective_key: a row without the number ranks it as infinite
         values = ((e.config.n_devices if f == "n_devices" else getattr(e, f)) for e in rows)
         return np.fromiter((math.inf if v is None else v for v in values), dtype=float, count=n)
-    metrics = [column(f) for f in fields]
+    metrics = [column(f) for f in RANK_FIELDS[objective]]
     if any(np.isnan(col).any() for col in (shortfall, *metrics)):
         return sorted(rows, key=objective_key(objective))
+    return [rows[r] for r in _rank_order(feasible, unpriced, shortfall, metrics, lambda r: rows[r].config.name)]
+
+
+RANK_FIELDS = {"cost": ("cost_usd", "time_to_goal_s", "n_devices"),
+               "time": ("time_to_goal_s", "cost_usd", "n_devices"),
+               "energy": ("energy_j", "time_to_goal_s", "cost_usd"),
+               "devices": ("n_devices", "cost_usd", "time_to_goal_s")}  # objective_key's numbers, in its order
+
+
+def _rank_rows(rows: Rows, objective: str) -> list[int]:
+    """rank's order (positions) of Rows, from their columns: an unpriced row's numbers as infinite (the
+    Evaluation's None, as objective_key reads it)."""
+    col = rows.columns
+    priced = col["priced"]
+    n = len(rows)
+
+    def column(f: str) -> np.ndarray:
+        if f == "n_devices":
+            return np.fromiter((c.n_devices for c in rows.configs), dtype=float, count=n)
+        return np.where(priced, col[f], math.inf)
+    metrics = [column(f) for f in RANK_FIELDS[objective]]
+    shortfall = col["shortfall"]
+    if any(np.isnan(c).any() for c in (shortfall, *metrics)):  # as rank: Python's sort of the Evaluations
+        key = objective_key(objective)
+        return sorted(range(n), key=lambda i: key(rows[i]))
+    return _rank_order(col["feasible"], ~priced, shortfall, metrics, lambda r: rows.configs[r].name)
+
+
+def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarray, metrics: list[np.ndarray],
+                name: Callable[[int], str]) -> list[int]:
+    """The positions in objective_key's order of rows given as columns (no NaN): a stable lexsort of the
+    numbers, then names (`name(position)`) only among rows tied on all of them."""
+    n = len(feasible)
     columns = [np.where(feasible, 0.0, col) for col in (unpriced.astype(float), shortfall)]
     keys = (*metrics[::-1], *columns[::-1], (~feasible).astype(float))  # lexsort: the last key is the first
     order = np.lexsort(keys)
@@ -383,16 +601,17 @@ def rank(rows: list[Evaluation], objective: str) -> list[Evaluation]:
         if tie and start is None:
             start = i
         elif not tie and start is not None:
-            out[start:i + 1] = sorted(out[start:i + 1], key=lambda r: rows[r].config.name)
+            out[start:i + 1] = sorted(out[start:i + 1], key=name)
             start = None
-    return [rows[r] for r in out]
+    return out
 
 
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
            profile: WorkloadProfile | None = None,
            progress: Callable[[str], None] | None = None,
-           pricing: Literal["table", "scalar"] = "table") -> tuple[list[Evaluation], SearchStats]:
-    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted).
+           pricing: Literal["table", "scalar"] = "table") -> tuple[Rows, SearchStats]:
+    """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted), as
+    `Rows`: a sequence of Evaluations to read, columns underneath (an Evaluation is made for a row when read).
 
     `pricing`: "table" prices each hardware's candidates at once (planner.table, numpy columns); "scalar"
     one by one (`evaluate`). The two give the same rows (tests/planner/test_table.py)."""
@@ -400,7 +619,8 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
     stats = SearchStats(per_hardware={hw.name: 0 for hw in hardware})
-    rows: list[Evaluation] = []
+    parts: list[Rows] = []            # table pricing: each hardware and precision's rows, as columns
+    evaluated: list[Evaluation] = []  # pricing one by one
     # price_table's stage memory terms (per precision: they follow the workload's dtype; and per FP8 GEMM layout
     # trait of the device, which keys them inside) and space.chains' valid shapes of each group: the same for
     # every hardware choice
@@ -428,29 +648,36 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
                              for shape, slices, mesh in places)
         if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
             table = price_table(ctx, [c for chain in found for c in chain], shared.setdefault(label, {}))
-            priced = table_evaluations(ctx, table)
+            lengths = [len(chain) for chain in found]
+            kept = chain_kept(table.columns["fits"].astype(bool), lengths)
+            part = table_rows(ctx, table, np.flatnonzero(kept))
+            over = int((~part.columns["fits"]).sum())
+            stats.screened += len(table)
+            stats.feasible += int(part.columns["feasible"].sum())
+            stats.memory_rejected += over
+            stats.pruned_by_micro_batch += len(table) - len(part)
+            stats.priced += len(part) - over
+            parts.append(part)
         else:
-            priced = None
-        at = 0
-        for chain in found:
-            for i, c in enumerate(chain):
-                e = priced(at + i) if priced else evaluate(ctx, c)
-                stats.screened += 1
-                stats.feasible += e.feasible
-                rows.append(e)
-                if e.limits == ("memory",):
-                    stats.memory_rejected += 1
-                    rest = len(chain) - i - 1
-                    stats.pruned_by_micro_batch += rest
-                    stats.screened += rest
-                    break
-                stats.priced += 1
-            at += len(chain)
+            for chain in found:
+                for i, c in enumerate(chain):
+                    e = evaluate(ctx, c)
+                    stats.screened += 1
+                    stats.feasible += e.feasible
+                    evaluated.append(e)
+                    if e.limits == ("memory",):
+                        stats.memory_rejected += 1
+                        rest = len(chain) - i - 1
+                        stats.pruned_by_micro_batch += rest
+                        stats.screened += rest
+                        break
+                    stats.priced += 1
         stats.per_hardware[hw.name] = stats.per_hardware.get(hw.name, 0) + stats.screened - before
         if progress:
             progress(f"{hw.name}{' ' + label if label else ''}: "
                      f"{count(stats.screened - before, 'configuration')} screened")
-    rows = rank(rows, plan.objective)
+    rows = rank(Rows.concat(parts), plan.objective) if parts else \
+        Rows.from_evaluations(rank(evaluated, plan.objective))
     stats.seconds = time.perf_counter() - start
     return rows, stats
 
@@ -488,7 +715,7 @@ def simulate_candidate(task: tuple) -> tuple[float, float, float | None]:
     return sim.step_s, sim.energy_j, sim.tpot_s
 
 
-def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware], profile: WorkloadProfile,
+def simulate_top(plan: PlanFile, rows: Sequence[Evaluation], hardware: list[Hardware], profile: WorkloadProfile,
                  sharing: SharingChoice, k: int, executor: Executor | None = None,
                  progress: Progress | None = None) -> list[Evaluation]:
     """Re-check the first k feasible rows with the SimPy cluster simulation (llmsim.sim, healthy cluster,
@@ -496,7 +723,7 @@ def simulate_top(plan: PlanFile, rows: list[Evaluation], hardware: list[Hardware
     depend on it); reorder those k by the simulated objective (still-feasible first). Returns the re-checked
     rows in their new order. progress(done, k) after each simulation."""
     by_name = {h.name: h for h in hardware}
-    top = [e for e in rows if e.feasible][:k]
+    top = first_rows(rows, k)
     profiles = {(h.name, label): ctx.profile for h, label, ctx in precision_contexts(plan, hardware, sharing, profile)}
     tasks = [(workload_for(plan, e.config.precision), profiles[(e.config.hardware, e.config.precision)], sharing,
               e.config.plan(), by_name[e.config.hardware].cluster_of(e.config), plan.options.options) for e in top]
