@@ -164,7 +164,7 @@ def test_plan_recheck_is_the_same_on_ray(ray_session) -> None:
     assert [e.config for e in on_ray] == [e.config for e in local]
     assert [e.sim for e in on_ray] == sims_local  # exactly: the same simulation, run elsewhere
     task = (plan.workload, profile, sharing, local[0].config.plan(),
-            hardware[0].cluster(local[0].config.n_devices))
+            hardware[0].cluster(local[0].config.n_devices), plan.options.options)
     assert simulate_candidate(task) == simulate_candidate(task)
 
 
