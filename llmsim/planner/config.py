@@ -19,9 +19,9 @@ from pydantic import Field, model_validator
 
 from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
                            load_file_model, parse_file_model)
+from llmsim.engine_options import EngineOptions
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
-from llmsim.engine_options import EngineOptions
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
 from llmsim.serving.spec import ServingSpec, arrival_count_problem
 from llmsim.strict import StrictModel
