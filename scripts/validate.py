@@ -535,29 +535,100 @@ SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row 
 # output length for every request. Each is the `serving.lengths` block of the scenario the row describes
 # (docs/scenario.md), drawn with SERVING_SEED: the same lengths for every row that names it.
 #
-# sharegpt-vllm: the ShareGPT sample of vLLM's benchmarks (benchmarks/benchmark_throughput.py read at 018efffd,
-#   the stored version nearest the rows' 9ddbe888, whose throughput-tests.json sets no --output-len and leaves
-#   --seed at 0; benchmark_serving.py's `sample_sharegpt_requests` is the same sampler: the first
-#   two turns of each conversation, shuffled; prompt = the human turn, output = the token count of the answer,
-#   asked as max_tokens (the throughput benchmark with ignore_eos; the serving one on random `load_format dummy`
-#   weights, where an early EOS is rare), so a request makes that many tokens; a pair with prompt or output
-#   < 4 tokens, prompt > 1024 or prompt + output > 2048 is skipped and the next conversation taken: the filter,
-#   as `min`, `max_input`, `max_total`). The one published description of this sample's lengths found is
-#   Kwon et al. 2023 (PagedAttention, SOSP '23), Fig. 11: ShareGPT prompts mean 161.31 tokens, answers mean
-#   337.99, both histograms with the mode at the short end and a long right tail to 2,000 tokens ("8.4x longer
-#   input prompts and 5.8x longer outputs on average than the Alpaca dataset, with higher variance", Sec. 6.1),
-#   counted with the tokenizers of that paper's OPT/LLaMA models. The figure publishes means only, so each
-#   length is the exponential distribution of that mean (the largest-entropy distribution on the positive
-#   reals with a given mean: it assumes nothing the source does not give, and its mode is at 0 as the
-#   histograms'); after the filter the drawn means are 163 and 333 tokens (200,000 draws). NOT corrected for
-#   Llama 3's 128k-entry tokenizer (fewer tokens per text): no source here gives the ratio for this text.
-#   The 200 prompts the benchmark drew with its own seed are not reproduced (the file is not downloadable
-#   here): another 200 draws of the same distribution.
-LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
-    "sharegpt-vllm": {"input": {"kind": "exponential", "mean": 161.31},
-                      "output": {"kind": "exponential", "mean": 337.99},
-                      "min": 4, "max_input": 1024, "max_total": 2048},
+# The ShareGPT samplers: vLLM's benchmarks/benchmark_throughput.py (read at 018efffd, the stored version nearest
+#   the rows' 9ddbe888, whose throughput-tests.json sets no --output-len and leaves --seed at 0;
+#   benchmark_serving.py's `sample_sharegpt_requests` is the same sampler) takes the first two turns of each
+#   conversation, shuffled; prompt = the human turn, output = the token count of the answer, asked as max_tokens
+#   (the throughput benchmark with ignore_eos; the serving one on random `load_format dummy` weights, where an
+#   early EOS is rare), so a request makes that many tokens; a pair with prompt or output < 4 tokens, prompt > 1024
+#   or prompt + output > 2048 is skipped and the next conversation taken: the filter, as `min`, `max_input`,
+#   `max_total` (SHAREGPT_FILTER). The token counts depend on the model's tokenizer, so there is one distribution
+#   per tokenizer family, each from the sampler's own printed token totals (the benchmark's deterministic sample
+#   statistics, not a performance figure):
+# sharegpt-vllm-llama3 (Llama 3's 128k-entry tokenizer; the Llama 3 8B and 70B rows): the very sample of the rows,
+#   200 prompts at seed 0, as vLLM 0.6.6's benchmark_throughput.py printed it for Llama-3.3-70B-Instruct in
+#   vllm-project/vllm issue #12315 (2025-01-22): "Throughput: 3.28 requests/s, 1414.42 total tokens/s, 714.48
+#   output tokens/s" (and 3.47 / 1496.33 / 755.85 in a second run), so 431.2 tokens a request, 217.83 of them
+#   output, 213.40 prompt. A 1000-prompt sample (vllm-project/vllm PR #14036, Llama-3.1-8B: 39.72 req/s, 16360.76
+#   total and 7468.34 output tok/s) gives 223.9 / 188.0: the spread of the sample means.
+# sharegpt-vllm-mistral (the Mistral 32k SentencePiece tokenizer; the Mixtral 8x7B rows): lmdeploy's
+#   benchmark/profile_throughput.py, the same sampler and filter with ignore_eos (read at 01143d5a), printed for
+#   Mixtral-8x22B-v0.1 (InternLM/lmdeploy PR #1515, 3000 prompts): 741,804 prompt and 712,850 completion tokens,
+#   247.27 / 237.62 a request (a completion may count one token past its max_new_tokens: < 0.5%).
+#   Mixtral 8x22B's Mistral SentencePiece tokenizer has 32,768 entries to 8x7B's 32,000: taken as counting
+#   ShareGPT's text alike (an assumption); a 3000-prompt sample, not the rows' 200.
+# Only means are published, so each length is the exponential distribution (the largest-entropy distribution on
+#   the positive reals with a given mean; the histograms of Kwon et al. 2023, PagedAttention, Fig. 11 have their
+#   mode at the short end and a long right tail), its mean before the filter chosen so that the mean after the
+#   filter is the published one (exponential_means_before_filter: exact, no draws). NOT reproduced: the tail
+#   beyond the mean (the longest answer of 200 sets the end of an offline run), and the benchmark's own 200
+#   prompts (ShareGPT is not downloadable here): 200 draws of the distribution with llmsim's seed.
+# Before 2026-12-01 one distribution stood for both tokenizers, with the only means then found, Kwon et al. 2023
+#   Fig. 11 (161.31 / 337.99, the whole conversations' turns counted with OPT/LLaMA tokenizers): the answers 1.5x
+#   too long for this sampler (docs/validation.md, "the ShareGPT sample's own means").
+SHAREGPT_FILTER: dict[str, int] = {"min": 4, "max_input": 1024, "max_total": 2048}
+SHAREGPT_MEANS: dict[str, tuple[float, float]] = {   # published (prompt, output) means after the filter
+    "sharegpt-vllm-llama3": (1414.42 / 3.28 - 714.48 / 3.28, 714.48 / 3.28),
+    "sharegpt-vllm-mistral": (741_804 / 3000, 712_850 / 3000),
 }
+
+
+def _rounded_exponential_pmf(mean: float, largest: int) -> list[float]:
+    """P(L = k), k = 1..largest, of llmsim's exponential length (requests.draw_length: max(1, round(mean * E)))."""
+    return [math.exp(-(0.0 if k == 1 else k - 0.5) / mean) - math.exp(-(k + 0.5) / mean)
+            for k in range(1, largest + 1)]
+
+
+def filtered_exponential_means(mean_in: float, mean_out: float, minimum: int, max_input: int,
+                               max_total: int) -> tuple[float, float]:
+    """Mean prompt and output tokens of the pairs an exponential `lengths` block keeps after its filter (prompt
+    and output >= minimum, prompt <= max_input, prompt + output <= max_total; a refused pair drawn again): the
+    exact expectation over the rounded-exponential probabilities, O(max_input) after a prefix sum."""
+    p_in = _rounded_exponential_pmf(mean_in, max_input)
+    p_out = _rounded_exponential_pmf(mean_out, max_total)
+    mass, weighted = [0.0], [0.0]    # prefix sums of P(o) and o * P(o) over o = 1..k
+    for k, p in enumerate(p_out, start=1):
+        mass.append(mass[-1] + (p if k >= minimum else 0.0))
+        weighted.append(weighted[-1] + (k * p if k >= minimum else 0.0))
+    total = sum_in = sum_out = 0.0
+    for i in range(minimum, max_input + 1):
+        room = max_total - i             # the longest output a prompt of i tokens may have
+        kept = p_in[i - 1] * mass[room]
+        total += kept
+        sum_in += i * kept
+        sum_out += p_in[i - 1] * weighted[room]
+    if not total > 0:
+        raise ValueError(f"no pair of exponential lengths with means {mean_in:.4g} / {mean_out:.4g} passes the filter")
+    return sum_in / total, sum_out / total
+
+
+def exponential_means_before_filter(target_in: float, target_out: float, minimum: int, max_input: int,
+                                    max_total: int) -> tuple[float, float]:
+    """The exponential means (prompt, output) whose pairs, after the filter, have the published means
+    (target_in, target_out): fixed-point iteration m <- m * target / filtered_mean(m), to 1e-9 relative.
+    ValueError when it does not converge (a target the filter cannot reach: a prompt mean past max_input)."""
+    mean_in, mean_out = target_in, target_out
+    for _ in range(500):
+        try:
+            got_in, got_out = filtered_exponential_means(mean_in, mean_out, minimum, max_input, max_total)
+        except ValueError:
+            break
+        if abs(got_in / target_in - 1) < 1e-9 and abs(got_out / target_out - 1) < 1e-9:
+            return mean_in, mean_out
+        mean_in, mean_out = mean_in * target_in / got_in, mean_out * target_out / got_out
+    raise ValueError(f"no exponential lengths reach means {target_in} / {target_out} after the filter")
+
+
+def _sharegpt_lengths(name: str) -> dict[str, object]:
+    """The `serving.lengths` block of a ShareGPT distribution (SHAREGPT_MEANS)."""
+    f = SHAREGPT_FILTER
+    mean_in, mean_out = exponential_means_before_filter(*SHAREGPT_MEANS[name], f["min"], f["max_input"],
+                                                        f["max_total"])
+    return {"input": {"kind": "exponential", "mean": round(mean_in, 4)},
+            "output": {"kind": "exponential", "mean": round(mean_out, 4)}, **f}
+
+
+LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {name: _sharegpt_lengths(name) for name in SHAREGPT_MEANS}
 
 # metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
 # The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,

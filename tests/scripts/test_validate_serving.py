@@ -91,12 +91,13 @@ def test_the_serving_table_loads_and_every_row_names_its_source(v) -> None:
 
 def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tmp_path: Path) -> None:
     """ST01, vLLM's throughput test of Llama 3 8B on one A100: 200 ShareGPT requests handed to the engine at
-    once, their lengths drawn with seed 0 from the exponential distributions of PagedAttention's Fig. 11 means
-    under the benchmark's filter, priced as the scenario written out here by hand."""
+    once, their lengths drawn with seed 0 from exponential distributions whose means after the benchmark's filter
+    are the sample's published ones (Llama 3 tokenizer), priced as the scenario written out here by hand."""
     [st01] = [r for r in v.read_serving_runs(v.TABLES["serving"].default) if r["row_id"] == "ST01"]
-    assert st01["lengths"] == "sharegpt-vllm" and st01["input_len"] is None and st01["output_len"] is None
-    sharegpt = Lengths.model_validate({"input": {"kind": "exponential", "mean": 161.31},
-                                       "output": {"kind": "exponential", "mean": 337.99},
+    assert st01["lengths"] == "sharegpt-vllm-llama3" and st01["input_len"] is None and st01["output_len"] is None
+    mean_in, mean_out = v.exponential_means_before_filter(*v.SHAREGPT_MEANS["sharegpt-vllm-llama3"], 4, 1024, 2048)
+    sharegpt = Lengths.model_validate({"input": {"kind": "exponential", "mean": round(mean_in, 4)},
+                                       "output": {"kind": "exponential", "mean": round(mean_out, 4)},
                                        "min": 4, "max_input": 1024, "max_total": 2048})
     pairs = draw_lengths(sharegpt, 200, 0)
     assert len(set(pairs)) > 150 and max(i + o for i, o in pairs) <= 2048      # a spread, under the filter
@@ -126,9 +127,7 @@ def test_an_online_row_is_the_serving_simulation_at_its_rate(v, tmp_path: Path) 
     data = {"name": "so06", "workload": {"model": {"preset": "llama3-70b", "seq_len": 8192}, "dtype": "bfloat16"},
             "strategies": [{"name": "tp4", "tp": 4}],
             "serving": {"requests": 200, "arrival": {"kind": "poisson", "rate": 1},
-                        "lengths": {"input": {"kind": "exponential", "mean": 161.31},
-                                    "output": {"kind": "exponential", "mean": 337.99},
-                                    "min": 4, "max_input": 1024, "max_total": 2048},
+                        "lengths": v.LENGTH_DISTRIBUTIONS["sharegpt-vllm-llama3"],
                         "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192},
                         "kv_block_tokens": 16, "memory_utilization": 0.9},
             "backends": {"roofline": {"hardware": "h200", "nodes": 1, "devices_per_node": 4,
@@ -186,8 +185,8 @@ def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_pat
     ("context", "", "S1.context: required for a priced row"),
     ("hardware", "h999", "serving.csv: S1: backends.roofline.hardware"),     # refused by the scenario it describes
     ("scheduler", "fancy", "serving.csv: S1: serving.scheduler.kind"),
-    ("lengths", "sharegpt", "S1.lengths: 'sharegpt': allowed: sharegpt-vllm"),
-    ("lengths", "sharegpt-vllm", "S1.input_len: blank with lengths 'sharegpt-vllm'"),
+    ("lengths", "sharegpt", "S1.lengths: 'sharegpt': allowed: sharegpt-vllm-llama3, sharegpt-vllm-mistral"),
+    ("lengths", "sharegpt-vllm-llama3", "S1.input_len: blank with lengths 'sharegpt-vllm-llama3'"),
     ("output_len", "", "S1.output_len: required for a priced row (or a lengths distribution"),
     ("waiting_served_ratio", "-1", "serving.csv: S1: serving.scheduler.waiting_served_ratio"),
     ("waiting_served_ratio", "0.3", "serving.csv: S1: serving.scheduler.waiting_served_ratio: waiting_served_ratio "
@@ -244,3 +243,42 @@ def test_a_concurrency_row_is_the_closed_loop_of_its_clients(v, tmp_path: Path, 
     assert "S1" in capsys.readouterr().out
     typed["concurrency"] = None   # blank: every request at t = 0, as before
     assert v.serving_scenario(typed)[0]["serving"]["arrival"]["kind"] == "trace"
+
+
+def test_the_sharegpt_distributions_have_the_published_means_after_the_filter(v) -> None:
+    """Each named ShareGPT distribution keeps, after the benchmark's filter, the prompt and output means its
+    source printed (exactly by filtered_exponential_means; and in 200,000 draws of llmsim's own sampler), and
+    the Mixtral rows read the Mistral tokenizer's, the Llama 3 rows Llama 3's."""
+    f = v.SHAREGPT_FILTER
+    assert v.SHAREGPT_MEANS["sharegpt-vllm-llama3"] == pytest.approx((213.40, 217.83), abs=0.01)
+    assert v.SHAREGPT_MEANS["sharegpt-vllm-mistral"] == pytest.approx((247.27, 237.62), abs=0.01)
+    for name, (target_in, target_out) in v.SHAREGPT_MEANS.items():
+        block = v.LENGTH_DISTRIBUTIONS[name]
+        exact = v.filtered_exponential_means(block["input"]["mean"], block["output"]["mean"], f["min"],
+                                             f["max_input"], f["max_total"])
+        assert exact == pytest.approx((target_in, target_out), rel=1e-4)
+        pairs = draw_lengths(Lengths.model_validate(block), 200_000, 1)
+        drawn_in = sum(i for i, _ in pairs) / len(pairs)
+        drawn_out = sum(o for _, o in pairs) / len(pairs)
+        assert drawn_in == pytest.approx(target_in, rel=0.01) and drawn_out == pytest.approx(target_out, rel=0.01)
+        # the filter moves the means: the exponential's own means differ from the published ones
+        assert block["output"]["mean"] != pytest.approx(target_out, rel=1e-3)
+    rows = v.read_serving_runs(v.TABLES["serving"].default)
+    for r in rows:
+        if r["lengths"] is not None:
+            mixtral = "mixtral" in str(r["run"]).lower()
+            assert r["lengths"] == ("sharegpt-vllm-mistral" if mixtral else "sharegpt-vllm-llama3"), r["row_id"]
+
+
+def test_filtered_means_match_a_brute_force_sum_and_the_solver_refuses_the_unreachable(v) -> None:
+    """The prefix-sum expectation equals a direct double sum over every kept pair (a small filter), and a target
+    mean past what the filter allows is an error, not a loop."""
+    mean_in, mean_out, lo, max_in, max_total = 30.0, 50.0, 2, 60, 100
+    p_in = v._rounded_exponential_pmf(mean_in, max_in)
+    p_out = v._rounded_exponential_pmf(mean_out, max_total)
+    kept = [(i, o, p_in[i - 1] * p_out[o - 1]) for i in range(lo, max_in + 1) for o in range(lo, max_total - i + 1)]
+    total = sum(w for _, _, w in kept)
+    brute = (sum(i * w for i, _, w in kept) / total, sum(o * w for _, o, w in kept) / total)
+    assert v.filtered_exponential_means(mean_in, mean_out, lo, max_in, max_total) == pytest.approx(brute, rel=1e-12)
+    with pytest.raises(ValueError, match="no exponential lengths"):
+        v.exponential_means_before_filter(70.0, 50.0, lo, max_in, max_total)     # a prompt mean past max_input
