@@ -163,6 +163,18 @@ class Lengths(_Strict):
     max_input: PositiveInt | None = Field(None, description="filter: prompt at most this many tokens")
     max_total: PositiveInt | None = Field(None, description="filter: prompt + output at most this many tokens")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _two_sides(cls, data: Any) -> Any:
+        """A distribution written for the block itself ({kind: lognormal, ...} in place of {input, output}) is
+        named as such, with the shape that was meant, not as five missing and unknown keys."""
+        if isinstance(data, dict) and "kind" in data and "input" not in data and "output" not in data:
+            kind = data["kind"]
+            raise ValueError(f"one distribution (kind {kind!r}) given for the whole block: a lengths block takes "
+                             f"input and output, each a token count or a form, e.g. "
+                             f"{{input: {{kind: {kind}, ...}}, output: 256}}; forms: {LENGTH_FORMS}")
+        return data
+
     @field_validator("input", "output", mode="before")
     @classmethod
     def _one_form(cls, value: Any) -> Any:

@@ -87,6 +87,10 @@ def test_the_same_seed_gives_the_same_filtered_list() -> None:
     ("serving.lengths.min=9", "serving.lengths.min: 9: no output length reaches it"),
     ("serving.lengths.max_tokens=9", "serving.lengths.max_tokens: unknown key; allowed: input, output, min, "
                                      "max_input, max_total"),
+    # one form for the whole block: named as such, with the shape meant (not five missing and unknown keys)
+    ("serving.lengths={kind: lognormal, median: 100, sigma: 1}",
+     "serving.lengths: one distribution (kind 'lognormal') given for the whole block: a lengths block takes input "
+     "and output, each a token count or a form, e.g. {input: {kind: lognormal, ...}, output: 256}"),
 ])
 def test_bad_lengths_are_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  change: str, expected: str) -> None:
