@@ -52,7 +52,7 @@ from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, params_memo,
-                                     stage_expert_params, stage_memory,
+                                     stage_activation_terms, stage_expert_params, stage_memory,
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
@@ -299,20 +299,49 @@ def _stage_key(plan, whole: bool):
                    virtual_stages=plan.v)
 
 
-def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms]:
-    """The memory terms (memory.stage_memory_terms) of each stage of `c`'s group that can be the busiest,
-    computed once per `_stage_key` and device trait they read (the FP8 GEMM layouts: precision.any_layout)
-    and kept in `shared`, which the hardware choices of one precision share."""
+def _static_key(plan):
+    """What a training stage's memory terms other than the activations (`memory.stage_memory_terms` with
+    activations=False) depend on: the `_stage_key` less the micro-batch, recompute, sp and cp, which only the
+    activation terms read (`memory.stage_activation_terms`, sized by `memory.activation_plan_key`)."""
+    return replace(plan, micro_batch=1, recompute="none", sp=False, cp=1)
+
+
+def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms] | list[tuple]:
+    """The memory terms (memory.stage_memory_terms) of each stage of `c`'s group that can be the busiest, kept
+    in `shared`, which the hardware choices of one precision share; keyed by the device trait they read (the
+    FP8 GEMM layouts: precision.any_layout). A dense model's (not float8, grouping exact): the terms without
+    activations once per `_static_key`, the activation terms once per what sizes them (the stage's kind; tp,
+    cp, micro-batch, sp and recompute: memory.activation_plan_key), as tuples of MEMORY_FIELDS; else the
+    whole terms once per `_stage_key`."""
     w = ctx.plan.workload
     plan = c.plan()
     device = ctx.hardware.device
-    skey = ("memory", _stage_key(plan, _whole(ctx)), precision.any_layout(device))
-    memory = shared.get(skey)
-    if memory is None:
-        memory = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
-                                                    device=device)
+    layouts = precision.any_layout(device)
+    whole = _whole(ctx)
+    if whole or precision.is_fp8(w) or w.model.moe is not None:
+        skey = ("memory", _stage_key(plan, whole), layouts)
+        memory = shared.get(skey)
+        if memory is None:
+            memory = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                        device=device)
+                                     for st in memory_stages(w, plan)]
+        return memory  # type: ignore[return-value]
+    skey = ("static", _static_key(_stage_key(plan, whole)), layouts)
+    static = shared.get(skey)
+    if static is None:
+        static = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                    activations=False, device=device)
                                  for st in memory_stages(w, plan)]
-    return memory  # type: ignore[return-value]
+    out = []
+    for t in static:  # type: ignore[attr-defined]
+        kind = t.kind if plan.pp > 1 else "only"
+        akey = ("activations", plan.tp, plan.cp, plan.micro_batch, plan.sp, plan.recompute, kind)
+        act = shared.get(akey)
+        if act is None:
+            act = shared[akey] = stage_activation_terms(w, ctx.sharing, plan, ctx.options, t.index)
+        out.append((t.index, t.params, t.trainable, t.elem, t.grad_elem, t.state_bytes, t.zero3_params,
+                    t.zero3_grads, t.fp8_copy, t.layers, *act, t.kv_cache, t.expert_params))
+    return out
 
 
 def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
