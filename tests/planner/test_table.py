@@ -248,7 +248,7 @@ def test_dense_stage_terms_split_into_static_and_activation_terms_agree() -> Non
     from llmsim.costmodel.memory import memory_stages, stage_memory_terms
     from llmsim.planner.table import MEMORY_FIELDS, _stage_terms
 
-    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 7}, "mode": "train", "batch": 16},
                       hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
                       limits={"max_devices": 32, "memory_headroom": 0.0},
                       search={"cp": [1, 2], "virtual_stages": [2, 3],
