@@ -146,6 +146,17 @@ class Group:
     nodes: int
     rings: tuple[Ring, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Collective prices are cached per (collective, fabric) and a collective hashes its group: hashed once
+        # (the value the dataclass's own __hash__ gives), not per lookup.
+        object.__setattr__(self, "_hash", hash((self.size, self.per_node, self.nodes, self.rings)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __reduce__(self) -> tuple:
+        return Group, (self.size, self.per_node, self.nodes, self.rings)  # the hash is made again where unpickled
+
     @property
     def crosses_nodes(self) -> bool:
         return self.nodes > 1

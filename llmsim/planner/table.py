@@ -299,11 +299,13 @@ def _stage_key(plan, whole: bool):
                    virtual_stages=plan.v)
 
 
-def _static_key(plan):
-    """What a training stage's memory terms other than the activations (`memory.stage_memory_terms` with
-    activations=False) depend on: the `_stage_key` less the micro-batch, recompute, sp and cp, which only the
-    activation terms read (`memory.stage_activation_terms`, sized by `memory.activation_plan_key`)."""
-    return replace(plan, micro_batch=1, recompute="none", sp=False, cp=1)
+def _static_key(c: Config) -> tuple:
+    """What a dense training stage's memory terms other than the activations (`memory.stage_memory_terms` with
+    activations=False) depend on, of the fields `_stage_key` keeps: tp (= etp), pp, the chunks per device
+    (Config.v, which fixes the default split), the split and ep; not the micro-batch, recompute, sp or cp,
+    which only the activation terms read (`memory.stage_activation_terms`, sized by
+    `memory.activation_plan_key`). tests/planner/test_table.py checks the split terms against the whole."""
+    return (c.tp, c.pp, c.v, c.stage_layers, c.ep)
 
 
 def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms] | list[tuple]:
@@ -314,11 +316,11 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     cp, micro-batch, sp and recompute: memory.activation_plan_key), as tuples of MEMORY_FIELDS; else the
     whole terms once per `_stage_key`."""
     w = ctx.plan.workload
-    plan = c.plan()
     device = ctx.hardware.device
     layouts = precision.any_layout(device)
     whole = _whole(ctx)
     if whole or precision.is_fp8(w) or w.model.moe is not None:
+        plan = c.plan()
         skey = ("memory", _stage_key(plan, whole), layouts)
         memory = shared.get(skey)
         if memory is None:
@@ -326,18 +328,21 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
                                                         device=device)
                                      for st in memory_stages(w, plan)]
         return memory  # type: ignore[return-value]
-    skey = ("static", _static_key(_stage_key(plan, whole)), layouts)
+    plan = None  # built only where a part is computed
+    skey = ("static", *_static_key(c), layouts)
     static = shared.get(skey)
     if static is None:
+        plan = c.plan()
         static = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
                                                     activations=False, device=device)
                                  for st in memory_stages(w, plan)]
+    sized_by = ("activations", c.tp, c.cp, c.micro_batch, c.sp, c.recompute)
     out = []
     for t in static:  # type: ignore[attr-defined]
-        kind = t.kind if plan.pp > 1 else "only"
-        akey = ("activations", plan.tp, plan.cp, plan.micro_batch, plan.sp, plan.recompute, kind)
+        akey = (*sized_by, t.kind if c.pp > 1 else "only")
         act = shared.get(akey)
         if act is None:
+            plan = plan or c.plan()
             act = shared[akey] = stage_activation_terms(w, ctx.sharing, plan, ctx.options, t.index)
         out.append((t.index, t.params, t.trainable, t.elem, t.grad_elem, t.state_bytes, t.zero3_params,
                     t.zero3_grads, t.fp8_copy, t.layers, *act, t.kv_cache, t.expert_params))
@@ -366,10 +371,12 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
     fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
     steps, slot_of, alike = [], {}, {}
+    syncs = [(s.stages, s.comm.time(fabric)) for s in work.syncs]  # each priced once, not once per stage
+    ranked = work.v > 1  # interleaved: a stage's exposed reductions depend on its rank
     for index, st in enumerate(work.stages):
-        sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        # interleaved: a stage's exposed reductions depend on its rank (step.interleaved_reduce_exposed)
-        key = (id(st), sync, index if work.v > 1 else 0)
+        # (step.interleaved_reduce_exposed); the same sum, in the same order, as step's over work.syncs
+        sync = sum(t for stages, t in syncs if index in stages) if syncs else 0
+        key = (id(st), sync, index if ranked else 0)
         if key in slot_of:  # equal stages: the first stands for them (the first of equals), counted
             row = slot_of[key]
             steps[row] = steps[row][:-1] + (steps[row][-1] + 1,)
