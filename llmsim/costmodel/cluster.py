@@ -146,13 +146,15 @@ class Group:
     nodes: int
     rings: tuple[Ring, ...] = ()
 
-    def __post_init__(self) -> None:
-        # Collective prices are cached per (collective, fabric) and a collective hashes its group: hashed once
-        # (the value the dataclass's own __hash__ gives), not per lookup.
-        object.__setattr__(self, "_hash", hash((self.size, self.per_node, self.nodes, self.rings)))
-
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[attr-defined, no-any-return]
+        # a collective's price is cached per (collective, fabric) (work._comm_time) and a collective hashes its
+        # group: hashed once, when first asked (the value the dataclass's own __hash__ gives)
+        try:
+            return self._hash  # type: ignore[attr-defined, no-any-return]
+        except AttributeError:
+            value = hash((self.size, self.per_node, self.nodes, self.rings))
+            object.__setattr__(self, "_hash", value)
+            return value
 
     def __reduce__(self) -> tuple:
         return Group, (self.size, self.per_node, self.nodes, self.rings)  # the hash is made again where unpickled

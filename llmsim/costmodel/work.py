@@ -119,13 +119,15 @@ class Comm:
     count: int = 1
     algorithm: AllReduceAlgorithm = "nccl"   # an all-reduce's library (collectives.AllReduceAlgorithm)
 
-    def __post_init__(self) -> None:
-        # its price is cached per (collective, fabric) (`_comm_time`): hashed once (the value the dataclass's own
-        # __hash__ gives), not per lookup
-        object.__setattr__(self, "_hash", hash((self.op, self.size, self.group, self.count, self.algorithm)))
-
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[attr-defined, no-any-return]
+        # its price is cached per (collective, fabric) (work._comm_time): hashed once, when first asked (the value
+        # the dataclass's own __hash__ gives; not at construction, where a test may hold an unhashable field)
+        try:
+            return self._hash  # type: ignore[attr-defined, no-any-return]
+        except AttributeError:
+            value = hash((self.op, self.size, self.group, self.count, self.algorithm))
+            object.__setattr__(self, "_hash", value)
+            return value
 
     def __reduce__(self) -> tuple:
         return Comm, (self.op, self.size, self.group, self.count, self.algorithm)  # hashed again where unpickled

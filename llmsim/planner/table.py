@@ -37,11 +37,13 @@ thousands of random configurations.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import itertools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -190,24 +192,31 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
-    with params_memo():  # the stage parameter counts: the micro-batch, dp, recompute ... do not change them
+    with params_memo(), _collector_paused():  # params_memo: the micro-batch, dp, recompute ... do not change them
         return _price_table(ctx, configs, {} if shared is None else shared)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a table is priced, as it was after: pricing makes a few
+    hundred thousand small objects (keys, tuples, the cost model's work), few in cycles, and each of the
+    collections they would set off walks every object alive, the caller's candidates with them (a 70B plan's
+    hundreds of thousands of Configs). What cycles pricing leaves are collected by the next collection."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
-    keys: dict[tuple, int] = {}
-    firsts: list[Config] = []
-    group_of = np.empty(n, dtype=np.int64)
-    key_of = _key_function(ctx)
-    for i, c in enumerate(configs):
-        k = key_of(c)
-        g = keys.get(k)
-        if g is None:
-            g = keys[k] = len(firsts)
-            firsts.append(c)
-        group_of[i] = g
+    keys: dict[tuple, int] = {}  # each group's key, numbered in the order of its first row
+    group_of = np.array([keys.setdefault(k, len(keys)) for k in map(_key_function(ctx), configs)], dtype=np.int64)
+    firsts = [configs[i] for i in np.unique(group_of, return_index=True)[1].tolist()]
     rows = _Rows.of(configs)
     # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
