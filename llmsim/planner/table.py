@@ -16,7 +16,8 @@ module gives the same numbers for thousands at once, through the same code:
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
   these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
   hardware choices of a search through `shared`, the memory terms per FP8 GEMM layout trait of the device:
-  precision.any_layout); each data-parallel
+  precision.any_layout; a dense model's memory terms in two parts, those without activations per
+  `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
   (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
