@@ -146,6 +146,19 @@ class Group:
     nodes: int
     rings: tuple[Ring, ...] = ()
 
+    def __hash__(self) -> int:
+        # a collective's price is cached per (collective, fabric) (work._comm_time) and a collective hashes its
+        # group: hashed once, when first asked (the value the dataclass's own __hash__ gives)
+        try:
+            return self._hash  # type: ignore[attr-defined, no-any-return]
+        except AttributeError:
+            value = hash((self.size, self.per_node, self.nodes, self.rings))
+            object.__setattr__(self, "_hash", value)
+            return value
+
+    def __reduce__(self) -> tuple:
+        return Group, (self.size, self.per_node, self.nodes, self.rings)  # the hash is made again where unpickled
+
     @property
     def crosses_nodes(self) -> bool:
         return self.nodes > 1

@@ -584,15 +584,7 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         param_elem, grad_elem, state = FP32_BYTES, FP32_BYTES, ADAM_STATE_BYTES_FP32
     per_layer = working = edge = kv = 0.0
     if train and activations:
-        per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
-        if workload.model.moe is not None:  # the stage's own share of MoE layers, not the model's
-            one_moe_layer = moe.expert_activation_bytes(workload, plan, 1.0)
-            per_layer += one_moe_layer * (moe.stage_moe_share(workload, plan, index) - moe.moe_layer_share(workload))
-        # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
-        # each micro-batch in flight keeps its own until its backward.
-        first, last = edge_activation_bytes(workload, sharing, plan)
-        edge = ((first if kind == "first" or plan.pp == 1 else 0.0)
-                + (last if kind == "last" or plan.pp == 1 else 0.0))
+        per_layer, working, edge = stage_activation_terms(workload, sharing, plan, options, stage)
     elif not train:
         kv_heads = workload.model.kv_heads or workload.model.heads
         kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
@@ -600,6 +592,25 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     return StageMemoryTerms(kind, index, params, trainable, param_elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
                             layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None)
+
+
+def stage_activation_terms(workload: "Workload", sharing: "SharingChoice", plan: Plan, options: Options,
+                           stage: Stage) -> tuple[float, float, float]:
+    """A training stage's activation terms of `StageMemoryTerms`, bytes on one device: (per_layer_activation,
+    working, edge_activation). They follow `activation_plan_key` (and for a mixture of experts the stage's share
+    of MoE layers); the other terms do not read the micro-batch, recompute, sp or cp (the planner prices
+    them apart: planner.table)."""
+    kind, index = stage_of(plan, stage)
+    per_layer, working = activation_bytes_per_layer(workload, sharing, plan, options)
+    if workload.model.moe is not None:  # the stage's own share of MoE layers, not the model's
+        one_moe_layer = moe.expert_activation_bytes(workload, plan, 1.0)
+        per_layer += one_moe_layer * (moe.stage_moe_share(workload, plan, index) - moe.moe_layer_share(workload))
+    # The embeddings live on the first stage, the final norm, head and loss on the last (both with pp = 1);
+    # each micro-batch in flight keeps its own until its backward.
+    first, last = edge_activation_bytes(workload, sharing, plan)
+    edge = ((first if kind == "first" or plan.pp == 1 else 0.0)
+            + (last if kind == "last" or plan.pp == 1 else 0.0))
+    return per_layer, working, edge
 
 
 def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Num, edp: Num = 1) -> dict[str, Num]:

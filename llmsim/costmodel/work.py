@@ -119,6 +119,19 @@ class Comm:
     count: int = 1
     algorithm: AllReduceAlgorithm = "nccl"   # an all-reduce's library (collectives.AllReduceAlgorithm)
 
+    def __hash__(self) -> int:
+        # its price is cached per (collective, fabric) (work._comm_time): hashed once, when first asked (the value
+        # the dataclass's own __hash__ gives; not at construction, where a test may hold an unhashable field)
+        try:
+            return self._hash  # type: ignore[attr-defined, no-any-return]
+        except AttributeError:
+            value = hash((self.op, self.size, self.group, self.count, self.algorithm))
+            object.__setattr__(self, "_hash", value)
+            return value
+
+    def __reduce__(self) -> tuple:
+        return Comm, (self.op, self.size, self.group, self.count, self.algorithm)  # hashed again where unpickled
+
     def phases(self, fabric: Fabric) -> Phases:
         """Its stretches on one rank's ports; a p2p message crosses the group's slowest hop."""
         return _comm_phases(self, fabric)
@@ -340,12 +353,7 @@ class Groups:
 
     @classmethod
     def of(cls, plan: Plan, devices_per_node: int) -> "Groups":
-        return cls(tp=place_group(plan.tp, 1, devices_per_node),
-                   cp=place_group(plan.cp, plan.tp, devices_per_node),
-                   pp=place_group(plan.pp, plan.tp * plan.cp, devices_per_node),
-                   dp=place_grid(((plan.cp, plan.tp), (plan.dp, plan.tp * plan.cp * plan.pp)), devices_per_node),
-                   ep=moe.ep_group(plan.ep, plan.etp, devices_per_node),
-                   etp=moe.etp_group(plan.etp, devices_per_node))
+        return _groups_of(plan.tp, plan.cp, plan.pp, plan.dp, plan.ep, plan.etp, devices_per_node)
 
     @classmethod
     def on(cls, plan: Plan, cluster: ClusterSpec) -> "Groups":
@@ -363,6 +371,18 @@ class Groups:
         return cls(tp=g["tp"], cp=g["cp"], pp=g["pp"], dp=dp,
                    ep=moe.ep_group(plan.ep, plan.etp, cluster.devices_per_node),
                    etp=moe.etp_group(plan.etp, cluster.devices_per_node))
+
+
+@functools.lru_cache(maxsize=65536)
+def _groups_of(tp: int, cp: int, pp: int, dp: int, ep: int, etp: int, devices_per_node: int) -> Groups:
+    """Groups.of for these degrees: a pure function of integers, cached (a planner's search places the same
+    few thousand degree combinations for every micro-batch, recompute and schedule; Groups is frozen)."""
+    return Groups(tp=place_group(tp, 1, devices_per_node),
+                  cp=place_group(cp, tp, devices_per_node),
+                  pp=place_group(pp, tp * cp, devices_per_node),
+                  dp=place_grid(((cp, tp), (dp, tp * cp * pp)), devices_per_node),
+                  ep=moe.ep_group(ep, etp, devices_per_node),
+                  etp=moe.etp_group(etp, devices_per_node))
 
 
 def cross_slice_syncs(plan: Plan, stages: tuple["StageWork", ...], v: int) -> tuple["SyncWork", ...]:

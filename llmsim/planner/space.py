@@ -21,6 +21,7 @@ its weights and optimizer state alone overflow the device (search.py), and yield
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,6 +119,40 @@ class Config:
     def describe_split(self) -> str:
         """'layers per stage 6, 8 x 15' when the split is not the default one, else ''."""
         return f"layers per stage {compact_split(self.stage_layers)}" if self.split_keys() else ""
+
+
+_SET = {f: Config.__dict__[f].__set__ for f in Config.__slots__}  # each field's slot, set directly
+assert tuple(_SET) == tuple(f.name for f in dataclasses.fields(Config)), "make_config sets every field of Config"
+
+
+def make_config(hardware: str, n_devices: int, dp: int, tp: int, pp: int, cp: int, sp: bool, zero: int,
+                micro_batch: int, microbatches: int, recompute: str, schedule: str, virtual_stages: int,
+                stage_layers: tuple[int, ...] = (), ep: int = 1, precision: str = "", topology: tuple[int, ...] = (),
+                slices: int = 1, mesh: tuple[tuple[str, str], ...] = ()) -> Config:
+    """Config(...) with the same arguments, made about three times faster: each slot set once through its
+    descriptor, where the frozen dataclass's __init__ goes through object.__setattr__ by name (chains makes
+    one per candidate, hundreds of thousands per plan). Equal to, and hashing as, Config(...)."""
+    c = object.__new__(Config)
+    _SET["hardware"](c, hardware)
+    _SET["n_devices"](c, n_devices)
+    _SET["dp"](c, dp)
+    _SET["tp"](c, tp)
+    _SET["pp"](c, pp)
+    _SET["cp"](c, cp)
+    _SET["sp"](c, sp)
+    _SET["zero"](c, zero)
+    _SET["micro_batch"](c, micro_batch)
+    _SET["microbatches"](c, microbatches)
+    _SET["recompute"](c, recompute)
+    _SET["schedule"](c, schedule)
+    _SET["virtual_stages"](c, virtual_stages)
+    _SET["stage_layers"](c, stage_layers)
+    _SET["ep"](c, ep)
+    _SET["precision"](c, precision)
+    _SET["topology"](c, topology)
+    _SET["slices"](c, slices)
+    _SET["mesh"](c, mesh)
+    return c
 
 
 @functools.lru_cache(maxsize=4096)
@@ -405,15 +440,20 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
     if w.batch % g.dp:
         return
     train = w.mode == "train"
+    hardware, n, dp, tp, pp, cp, zero, split, ep, label = (g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, g.zero,
+                                                          g.stage_layers, g.ep, g.precision)
     for sp, schedule, v, layouts in _shapes(plan, g, axes, shapes):
         for recompute in axes.recompute:
-            chain = [Config(g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, sp, g.zero, mb, m, recompute, schedule,
-                            v, g.stage_layers, g.ep, g.precision)
-                     for mb, m in layouts]
+            if not layouts:
+                continue
+            mb, m = layouts[0]
+            first = make_config(hardware, n, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v, split, ep, label)
+            if train and duplicate_problem(w, first) is not None:
+                continue  # training: duplicate_problem does not read the micro-batch, so one verdict per chain
+            chain = [first, *(make_config(hardware, n, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v, split,
+                                          ep, label) for mb, m in layouts[1:])]
             if not train:
                 chain = [c for c in chain if duplicate_problem(w, c) is None]
-            elif chain and duplicate_problem(w, chain[0]) is not None:
-                continue  # training: duplicate_problem does not read the micro-batch, so one verdict per chain
             if chain:
                 yield chain
 

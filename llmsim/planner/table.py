@@ -16,7 +16,8 @@ module gives the same numbers for thousands at once, through the same code:
   micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
   these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
   hardware choices of a search through `shared`, the memory terms per FP8 GEMM layout trait of the device:
-  precision.any_layout); each data-parallel
+  precision.any_layout; a dense model's memory terms in two parts, those without activations per
+  `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
   (`_dp_times`, `Comm.time`);
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
@@ -37,11 +38,13 @@ thousands of random configurations.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import itertools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -52,7 +55,7 @@ from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, params_memo,
-                                     stage_expert_params, stage_memory,
+                                     stage_activation_terms, stage_expert_params, stage_memory,
                                      stage_memory_terms, stage_params)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
@@ -190,24 +193,31 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
-    with params_memo():  # the stage parameter counts: the micro-batch, dp, recompute ... do not change them
+    with params_memo(), _collector_paused():  # params_memo: the micro-batch, dp, recompute ... do not change them
         return _price_table(ctx, configs, {} if shared is None else shared)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a table is priced, as it was after: pricing makes a few
+    hundred thousand small objects (keys, tuples, the cost model's work), few in cycles, and each of the
+    collections they would set off walks every object alive, the caller's candidates with them (a 70B plan's
+    hundreds of thousands of Configs). What cycles pricing leaves are collected by the next collection."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
-    keys: dict[tuple, int] = {}
-    firsts: list[Config] = []
-    group_of = np.empty(n, dtype=np.int64)
-    key_of = _key_function(ctx)
-    for i, c in enumerate(configs):
-        k = key_of(c)
-        g = keys.get(k)
-        if g is None:
-            g = keys[k] = len(firsts)
-            firsts.append(c)
-        group_of[i] = g
+    keys: dict[tuple, int] = {}  # each group's key, numbered in the order of its first row
+    group_of = np.array([keys.setdefault(k, len(keys)) for k in map(_key_function(ctx), configs)], dtype=np.int64)
+    firsts = [configs[i] for i in np.unique(group_of, return_index=True)[1].tolist()]
     rows = _Rows.of(configs)
     # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
@@ -299,20 +309,54 @@ def _stage_key(plan, whole: bool):
                    virtual_stages=plan.v)
 
 
-def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms]:
-    """The memory terms (memory.stage_memory_terms) of each stage of `c`'s group that can be the busiest,
-    computed once per `_stage_key` and device trait they read (the FP8 GEMM layouts: precision.any_layout)
-    and kept in `shared`, which the hardware choices of one precision share."""
+def _static_key(c: Config) -> tuple:
+    """What a dense training stage's memory terms other than the activations (`memory.stage_memory_terms` with
+    activations=False) depend on, of the fields `_stage_key` keeps: tp (= etp), pp, the chunks per device
+    (Config.v, which fixes the default split), the split and ep; not the micro-batch, recompute, sp or cp,
+    which only the activation terms read (`memory.stage_activation_terms`, sized by
+    `memory.activation_plan_key`). tests/planner/test_table.py checks the split terms against the whole."""
+    return (c.tp, c.pp, c.v, c.stage_layers, c.ep)
+
+
+def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemoryTerms] | list[tuple]:
+    """The memory terms (memory.stage_memory_terms) of each stage of `c`'s group that can be the busiest, kept
+    in `shared`, which the hardware choices of one precision share; keyed by the device trait they read (the
+    FP8 GEMM layouts: precision.any_layout). A dense model's (not float8, grouping exact): the terms without
+    activations once per `_static_key`, the activation terms once per what sizes them (the stage's kind; tp,
+    cp, micro-batch, sp and recompute: memory.activation_plan_key), as tuples of MEMORY_FIELDS; else the
+    whole terms once per `_stage_key`."""
     w = ctx.plan.workload
-    plan = c.plan()
     device = ctx.hardware.device
-    skey = ("memory", _stage_key(plan, _whole(ctx)), precision.any_layout(device))
-    memory = shared.get(skey)
-    if memory is None:
-        memory = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
-                                                    device=device)
+    layouts = precision.any_layout(device)
+    whole = _whole(ctx)
+    if whole or precision.is_fp8(w) or w.model.moe is not None:
+        plan = c.plan()
+        skey = ("memory", _stage_key(plan, whole), layouts)
+        memory = shared.get(skey)
+        if memory is None:
+            memory = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                        device=device)
+                                     for st in memory_stages(w, plan)]
+        return memory  # type: ignore[return-value]
+    plan = None  # built only where a part is computed
+    skey = ("static", *_static_key(c), layouts)
+    static = shared.get(skey)
+    if static is None:
+        plan = c.plan()
+        static = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,
+                                                    activations=False, device=device)
                                  for st in memory_stages(w, plan)]
-    return memory  # type: ignore[return-value]
+    sized_by = ("activations", c.tp, c.cp, c.micro_batch, c.sp, c.recompute)
+    out = []
+    for t in static:  # type: ignore[attr-defined]
+        akey = (*sized_by, t.kind if c.pp > 1 else "only")
+        act = shared.get(akey)
+        if act is None:
+            plan = plan or c.plan()
+            act = shared[akey] = stage_activation_terms(w, ctx.sharing, plan, ctx.options, t.index)
+        out.append((t.index, t.params, t.trainable, t.elem, t.grad_elem, t.state_bytes, t.zero3_params,
+                    t.zero3_grads, t.fp8_copy, t.layers, *act, t.kv_cache, t.expert_params))
+    return out
 
 
 def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
@@ -337,10 +381,12 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
     fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
     steps, slot_of, alike = [], {}, {}
+    syncs = [(s.stages, s.comm.time(fabric)) for s in work.syncs]  # each priced once, not once per stage
+    ranked = work.v > 1  # interleaved: a stage's exposed reductions depend on its rank
     for index, st in enumerate(work.stages):
-        sync = sum(s.comm.time(fabric) for s in work.syncs if index in s.stages)
-        # interleaved: a stage's exposed reductions depend on its rank (step.interleaved_reduce_exposed)
-        key = (id(st), sync, index if work.v > 1 else 0)
+        # (step.interleaved_reduce_exposed); the same sum, in the same order, as step's over work.syncs
+        sync = sum(t for stages, t in syncs if index in stages) if syncs else 0
+        key = (id(st), sync, index if ranked else 0)
         if key in slot_of:  # equal stages: the first stands for them (the first of equals), counted
             row = slot_of[key]
             steps[row] = steps[row][:-1] + (steps[row][-1] + 1,)

@@ -238,3 +238,35 @@ def test_table_combines_each_stage_count_apart(monkeypatch: pytest.MonkeyPatch) 
     assert all(len(w) == 1 for w in widths), widths
     seen = set().union(*widths)
     assert {1, 2, 3} <= seen and max(seen) >= 4, seen
+
+
+def test_dense_stage_terms_split_into_static_and_activation_terms_agree() -> None:
+    """A dense model's memory terms are shared in two parts (table._stage_terms): the terms without activations
+    per `_static_key` (no micro-batch, recompute, sp, cp) and the activation terms per stage kind and what sizes
+    them; put together, on every training configuration of a space (in a shuffled order, so that each part is
+    first computed for another configuration), they equal the configuration's own stage_memory_terms."""
+    from llmsim.costmodel.memory import memory_stages, stage_memory_terms
+    from llmsim.planner.table import MEMORY_FIELDS, _stage_terms
+
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 7}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
+                      limits={"max_devices": 32, "memory_headroom": 0.0},
+                      search={"cp": [1, 2], "virtual_stages": [2, 3],
+                              "recompute": ["none", "selective-op", "selective-dots", "full"]})
+    sharing = sharing_choice(plan)
+    profile = workload_profile(plan.workload, sharing)
+    w = plan.workload
+    checked = 0
+    for hw in hardware(plan, small_catalog()):
+        ctx = Context(plan, hw, profile, sharing)
+        space = _space(plan, hw)
+        random.Random(1).shuffle(space)
+        shared: dict = {}
+        for c in space:
+            own = c.plan()
+            got = _stage_terms(ctx, c, shared)
+            want = [stage_memory_terms(w, profile, sharing, own, ctx.options, st, device=hw.device)
+                    for st in memory_stages(w, own)]
+            assert [tuple(t) for t in got] == [tuple(getattr(t, f) for f in MEMORY_FIELDS) for t in want], c.name
+            checked += 1
+    assert checked > 100
