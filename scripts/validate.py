@@ -545,8 +545,11 @@ SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row 
 #   `max_total` (SHAREGPT_FILTER). The token counts depend on the model's tokenizer, so there is one distribution
 #   per tokenizer family, each from the sampler's own printed token totals (the benchmark's deterministic sample
 #   statistics, not a performance figure):
-# sharegpt-vllm-llama3 (Llama 3's 128k-entry tokenizer; the Llama 3 8B and 70B rows): the very sample of the rows,
-#   200 prompts at seed 0, as vLLM 0.6.6's benchmark_throughput.py printed it for Llama-3.3-70B-Instruct in
+# sharegpt-vllm-llama3 (Llama 3's 128k-entry tokenizer; the Llama 3 8B and 70B rows): the rows' prompt count and
+#   seed, 200 prompts at seed 0 (presumably the rows' very sample: the same sampler, seed and tokenizer, if neither
+#   changed between the rows' mid-2024 build and vLLM 0.6.6, not checked line by line; the serving benchmark's
+#   sampler was aligned to the throughput one in vLLM PR #4279), as vLLM 0.6.6's benchmark_throughput.py printed it
+#   for Llama-3.3-70B-Instruct in
 #   vllm-project/vllm issue #12315 (2025-01-22): "Throughput: 3.28 requests/s, 1414.42 total tokens/s, 714.48
 #   output tokens/s" (and 3.47 / 1496.33 / 755.85 in a second run), so 431.2 tokens a request, 217.83 of them
 #   output, 213.40 prompt. A 1000-prompt sample (vllm-project/vllm PR #14036, Llama-3.1-8B: 39.72 req/s, 16360.76
