@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)
 
     executor = make_executor(args.executor, args.ray_address)
+    executor.check()  # an unreachable Ray cluster is refused before the run folder is made
     outcome = run_scenario(scenario, registry, planned, out, manager=manager, resume=resume, progress=progress,
                            scenario_dir=Path(args.scenario).resolve().parent, executor=executor)
     frame = rows_frame(read_rows(outcome.run_dir))
@@ -286,6 +287,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if plan.serving is not None and args.no_simulate:
         raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
     with make_executor(args.executor, args.ray_address) as executor, task_bar("re-checked") as bar:
+        executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
         outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress,
                            executor=executor, task_progress=bar)
     for h in outcome.hardware:

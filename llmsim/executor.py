@@ -80,6 +80,10 @@ class Executor(ABC):
                 progress(done, len(tasks))
         return out
 
+    def check(self) -> None:
+        """Refuse, before any output is written, an executor that cannot run (UsageError, exit 2); the default
+        can always run. Called by the CLI before it makes a run folder."""
+
     def close(self) -> None:
         """Release what this executor started (a local Ray); it can be used again afterwards."""
 
@@ -110,6 +114,9 @@ class RayExecutor(Executor):
         self.name = f"ray@{address}" if address else "ray"
         self._where = where  # the option or variable the address came from, for its error
         self._started = False
+
+    def check(self) -> None:
+        self._check_reachable()
 
     def _check_reachable(self) -> None:
         """A HOST:PORT nobody listens on makes ray.init retry for minutes: refuse it after one bounded try."""

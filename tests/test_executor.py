@@ -95,6 +95,28 @@ def test_cli_executor_errors_are_one_line(write_scenario, tmp_path: Path, monkey
     assert not out.exists()  # nothing ran
 
 
+def test_an_unreachable_ray_cluster_is_refused_before_any_folder_is_made(
+        write_scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`llmsim run` and `llmsim plan` check the Ray address (one bounded TCP connect) before they make their run
+    folder: no empty results.jsonl is left behind."""
+    import socket
+
+    monkeypatch.setattr(ex, "ray_installed", lambda: True)     # the check is ours, before Ray is imported
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "devices_per_node": 1}})
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Ray cluster answers" in err
+    assert not out.exists()
+    plan = Path(__file__).resolve().parents[1] / "scenarios" / "plan-train-70b.yaml"
+    assert main(["plan", str(plan), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"]) == 2
+    assert "no Ray cluster answers" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("address", ["garbage", "ray://x", "h:0", "h:99999", ":6379"])
 def test_a_malformed_ray_address_is_refused_before_ray_starts(address: str) -> None:
     if not ex.ray_installed():

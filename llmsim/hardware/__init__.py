@@ -308,6 +308,13 @@ class Catalog(BaseModel):
 
 
 def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
+    """The device and link entries of one catalog file's parsed YAML. ScenarioError (file, key, what) on the first
+    problem, the others' places counted."""
+    if isinstance(data, dict) and "entries" not in data:  # a file written with other top-level keys (devices: ...)
+        unknown = ", ".join(str(k) for k in data)
+        raise ScenarioError(origin, "entries", "required key is missing: a catalog file holds "
+                                               "entries: [{type: device, name: ...}, {type: link, name: ...}]"
+                                               + (f" (unknown top-level key: {unknown})" if unknown else ""))
     try:
         return _CatalogFile.model_validate(data).entries
     except ValidationError as exc:

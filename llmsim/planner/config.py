@@ -11,6 +11,8 @@ as in a scenario) and switch the cluster-simulation re-check off (`simulate`).
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -180,13 +182,17 @@ class PlanFile(_Strict):
         if rate is None:
             raise _KeyedError("goal.request_rate", "required key is missing: a serving plan takes {request_rate}")
         serving = data["serving"]
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
-            problem = arrival_count_problem(*(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                                              for v in (serving.get("requests"), serving.get("duration_s"))),
-                                            [float(rate)], at_least_one=True)
-            if problem is not None:  # the rate the plan states is its goal: the error names that key
-                key, message = problem
-                raise _KeyedError("goal.request_rate" if key == "arrival.rate" else f"serving.{key}", message)
+        usable = isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate < math.inf
+        if not usable:
+            # goal.request_rate's own check names the bad value; the arrival gets a stand-in so that the same
+            # mistake is not reported a second time under a key the user never wrote (serving.arrival.rate)
+            return {**data, "serving": {**serving, "arrival": {**arrival, "rate": 1.0}}}
+        problem = arrival_count_problem(*(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                                          for v in (serving.get("requests"), serving.get("duration_s"))),
+                                        [float(rate)], at_least_one=True)
+        if problem is not None:  # the rate the plan states is its goal: the error names that key
+            key, message = problem
+            raise _KeyedError("goal.request_rate" if key == "arrival.rate" else f"serving.{key}", message)
         return {**data, "serving": {**serving, "arrival": {**arrival, "rate": rate}}}
 
     @model_validator(mode="after")

@@ -130,6 +130,8 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
     ("entries:\n  - {name: x1}\n", "entries[0].type", "each entry needs type: device or type: link"),
     ("entries:\n  - {type: gizmo, name: x1}\n", "entries[0].type", "'gizmo': allowed: device, link"),
     ("entries: 5\n", "entries", "expected a list of entries"),
+    ("devices:\n  - {name: x1}\n", "entries", "a catalog file holds entries: [{type: device, name: ...}, {type: "
+                                             "link, name: ...}] (unknown top-level key: devices)"),
     ("entries:\n  - {type: device, name: x1, memory_bytes: -5, memory_bw_bytes_per_s: 1.0e12}\n",
      "entries[0].memory_bytes", "(and 3 more problems: entries[0].idle_power_w, entries[0].max_power_w"),
 ])

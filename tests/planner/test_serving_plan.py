@@ -236,6 +236,16 @@ def test_bad_serving_goal_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Capt
     assert len(err.splitlines()) == 1 and key in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("rate", [-3, 0, float("inf"), "fast", [1, 2]])
+def test_a_bad_goal_rate_is_reported_once_under_its_own_key(rate: object) -> None:
+    """The goal's rate is copied into the serving block's arrival; a bad one is named at goal.request_rate
+    only, not again as a problem of serving.arrival.rate, a key the user never wrote."""
+    with pytest.raises(ScenarioError) as info:
+        parse_plan({**serving_plan(), "goal": {"request_rate": rate}}, "plan.yaml")
+    assert str(info.value).startswith("plan.yaml: goal.request_rate: ")
+    assert "arrival" not in str(info.value) and "more problem" not in str(info.value)
+
+
 def test_request_rate_without_a_serving_block_is_refused() -> None:
     data = {"name": "p", "workload": {"model": {"preset": "tiny"}, "mode": "decode", "batch": 8},
             "goal": {"tokens_per_s": 5, "request_rate": 3}, "hardware": [{"name": "a100-80gb"}]}
