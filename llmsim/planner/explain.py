@@ -517,8 +517,12 @@ def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[s
         out.append("; ".join(clauses))
     if sensitivity is not None:
         flips = sensitivity.flips
+        # equal on the objective as priced and in every what-if: the tie-break, not the price, keeps the order
+        tied = sensitivity.base[0] == sensitivity.base[1] and all(r.winner == r.runner_up for r in sensitivity.rows)
+        steady = ("robust (the winner and the runner-up tie in every case; the tie-break keeps the order)" if tied
+                  else "robust (the winner stays ahead in every case)")
         out.append("choice under ±20% link bandwidth, GEMM efficiency, memory efficiency: "
-                   + ("robust (the winner stays ahead in every case)" if not flips else
+                   + (steady if not flips else
                       "flips under " + ", ".join(knob_label(r.knob, r.factor) for r in flips)))
     return out
 
@@ -544,5 +548,6 @@ def sensitivity_rows(s: Sensitivity) -> list[list[str]]:
         nw, nr = notes(r.note)
         rows.append([knob_label(r.knob, r.factor), fmt(r.winner, r.winner_feasible, r.times[0], nw),
                      fmt(r.runner_up, r.runner_up_feasible, r.times[1], nr),
-                     "runner-up (flips)" if r.flips else "winner"])
+                     ("runner-up (flips; both miss)" if not (r.winner_feasible or r.runner_up_feasible)
+                      else "runner-up (flips)") if r.flips else "winner"])
     return rows

@@ -206,3 +206,21 @@ def test_a_step_that_memory_efficiency_moves_most_is_limited_by_memory_bandwidth
     gemm = replace(s, rows=[replace(r, times=(step * 0.9, step)) if r.knob == "gemm" and r.factor > 1 else r
                             for r in s.rows])
     assert limit_of(top[0], "winner", rows, plan, contexts, gemm).factor == "compute"
+
+
+def test_the_choice_line_says_tie_when_winner_and_runner_up_are_equal_in_every_case() -> None:
+    """'stays ahead' would be false for two configurations of the same price in every what-if (the 70B plan's
+    context-parallel variants): the line says they tie and the tie-break keeps the order; and a what-if in which
+    the runner-up ranks first while both miss the goal says so."""
+    from llmsim.planner.explain import Sensitivity, SensitivityRow, choice_lines
+
+    def row(w: float, r: float, ok: bool = True, flips: bool = False) -> SensitivityRow:
+        return SensitivityRow("link", 0.8, w, r, ok, ok, flips)
+
+    tied = Sensitivity("cost (USD)", "a", "b", (10.0, 10.0), [row(11.0, 11.0), row(9.0, 9.0)])
+    assert choice_lines([], tied)[-1].endswith("robust (the winner and the runner-up tie in every case; the "
+                                               "tie-break keeps the order)")
+    ahead = Sensitivity("cost (USD)", "a", "b", (10.0, 12.0), [row(11.0, 13.0), row(9.0, 9.5)])
+    assert choice_lines([], ahead)[-1].endswith("robust (the winner stays ahead in every case)")
+    both_miss = Sensitivity("cost (USD)", "a", "b", (10.0, 12.0), [row(11.0, 10.5, ok=False, flips=True)])
+    assert sensitivity_rows(both_miss)[1][-1] == "runner-up (flips; both miss)"
