@@ -303,7 +303,7 @@ def test_scientific_notation_without_a_dot_is_a_number(text: str, value: object)
 def test_a_plans_goal_rate_is_blamed_for_a_run_too_large(tmp_path: Path, capsys) -> None:
     plan = REPO / "scenarios" / "plan-serve-slo-8b.yaml"
     err = one_line_error(capsys, ["plan", str(plan), "--set", "goal.request_rate=1e9", "--out", str(tmp_path)])
-    assert "goal.request_rate: 1e+09 requests/s for duration_s=15 s is 1.5e+10 requests" in err
+    assert "goal.request_rate: 1e+09 requests/s for duration_s=60 s is 6e+10 requests" in err
 
 
 @pytest.mark.parametrize("setting, key", [('workload.batch="4"', "workload.batch"),
