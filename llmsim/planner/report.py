@@ -12,7 +12,6 @@ The report is a llmsim.report Document, rendered by the same markdown and HTML r
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,33 +63,25 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     configs, col, n = table.configs, table.columns, len(table)
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
-    splits: dict[tuple, str | None] = {}  # the stage_layers column per (stated split, pp, schedule, v): few
-    precisions: dict[str, tuple[str | None, str | None]] = {}  # (dtype, fp8 recipe) per precision label
 
-    def split_of(split_key: tuple, c: Config) -> str | None:
-        if split_key not in splits:
-            split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
-            splits[split_key] = describe_split(split) if split else None
-        return splits[split_key]
+    def split_of(c: Config) -> str | None:
+        split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
+        return describe_split(split) if split else None
 
     def precision_of(label: str) -> tuple[str | None, str | None]:
-        if label not in precisions:
-            w = workload_for(plan, label) if plan is not None else None
-            precisions[label] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
-                                 else (None, None))
-        return precisions[label]
-    # the configurations' fields, a column at a time by C-level getters (a row's Python values, as records held
-    # them; no tuple per row)
-    (dp, tp, pp, cp, ep, sp, zero, micro_batch, microbatches, schedule, virtual_stages, recompute, hw_name,
-     n_devices) = (list(map(operator.attrgetter(f), configs)) for f in (
-        "dp", "tp", "pp", "cp", "ep", "sp", "zero", "micro_batch", "microbatches", "schedule", "virtual_stages",
-        "recompute", "hardware", "n_devices"))
-    split_keys = list(map(operator.attrgetter("stage_layers", "pp", "schedule", "virtual_stages"), configs))
-    for key, c in dict(zip(split_keys[::-1], configs[::-1])).items():  # each key's first configuration
-        split_of(key, c)
-    labels = list(map(operator.attrgetter("precision"), configs))
-    for label in set(labels):
-        precision_of(label)
+        w = workload_for(plan, label) if plan is not None else None
+        return (w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None else (None, None)
+    # the configurations' fields, a column at a time (Rows.field: the Python values, as records held them); the
+    # columns that follow from a few distinct values (the split, the precision, the hardware's node size and price)
+    # worked out once per distinct value
+    field = table.field
+    hw_name, n_devices = field("hardware"), field("n_devices")
+    split_first, split_at = _distinct(field("stage_layers"), field("pp"), field("schedule"), field("virtual_stages"))
+    stage_layers = _objects([split_of(configs[i]) for i in split_first.tolist()])[split_at]
+    label_first, label_at = _distinct(field("precision"))
+    dtypes, recipes = zip(*(precision_of(configs[i].precision) for i in label_first.tolist())) if n else ((), ())
+    hw_first, hw_at = _distinct(hw_name)
+    hw_names = [configs[i].hardware for i in hw_first.tolist()]
     priced = col["priced"]
 
     def number(name: str, present: np.ndarray | None = None) -> Any:
@@ -109,22 +100,24 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
                for c in configs] if placed else [])
     topology, slices, mesh = (list(x) for x in zip(*places)) if places else ([None] * n,) * 3
     everyone = np.ones(n, dtype=bool)
-    data = {"strategy": [c.name for c in configs], "dp": dp, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "sp": sp,
-            "zero": zero, "micro_batch": micro_batch, "microbatches": microbatches, "schedule": schedule,
-            "virtual_stages": virtual_stages, "recompute": recompute, "stage_layers": [splits[k] for k in split_keys],
-            "dtype": [precisions[x][0] for x in labels], "fp8_recipe": [precisions[x][1] for x in labels],
+    data = {"strategy": table.names(), "dp": field("dp"), "tp": field("tp"), "pp": field("pp"), "cp": field("cp"),
+            "ep": field("ep"), "sp": field("sp"), "zero": field("zero"), "micro_batch": field("micro_batch"),
+            "microbatches": field("microbatches"), "schedule": field("schedule"),
+            "virtual_stages": field("virtual_stages"), "recompute": field("recompute"), "stage_layers": stage_layers,
+            "dtype": _objects(dtypes)[label_at], "fp8_recipe": _objects(recipes)[label_at],
             "hardware": hw_name,
             "n_devices": n_devices, "feasible": col["feasible"], "reason": table.reasons,
             "step_time_s": number("step_time_s"), "time_to_goal_s": number("time_to_goal_s"),
             "cost_usd": number("cost_usd"), "energy_j": number("energy_j"),
-            "nodes": [-(-d // per_node[h]) for d, h in zip(n_devices, hw_name)],
+            "nodes": -(-n_devices // np.array([per_node[h] for h in hw_names], dtype=np.int64)[hw_at]),
             "tokens_per_s": number("tokens_per_s"), "latency_s": number("latency_s"),
             "mfu": number("mfu", priced & ~np.isnan(col["mfu"])),
             "peak_memory_bytes_per_device": number("memory_bytes", everyone),
             "memory_capacity_bytes": number("capacity_bytes", everyone),
             "compute_time_s": number("compute_time_s"), "comm_time_s": number("comm_time_s"),
             "bubble_time_s": number("bubble_time_s"), "other_time_s": number("other_time_s"),
-            "power_w": number("power_w", everyone), "usd_per_device_hour": [price[h] for h in hw_name],
+            "power_w": number("power_w", everyone),
+            "usd_per_device_hour": np.array([price[h] for h in hw_names], dtype=float)[hw_at],
             **dict(zip(("sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd", "sim_energy_j", "sim_feasible"),
                        sim_columns)),
             "topology": topology, "slices": slices, "mesh": mesh}
@@ -142,6 +135,22 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     frame.insert(1, "rechecked_rank", rechecked)
     frame.insert(2, "chosen", chosen)
     return mark_pareto_front(frame)
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-d numpy array of Python objects (tuples and None kept as they are)."""
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each distinct combination of the columns' values, each row's combination as an index
+    into those), for columns of few distinct values."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:
+        codes, uniques = pd.factorize(column, use_na_sentinel=False)
+        key = key * len(uniques) + codes
+    _, first, at = np.unique(key, return_index=True, return_inverse=True)
+    return first, at
 
 
 def compact_frame(frame: pd.DataFrame, per_hardware: int) -> pd.DataFrame:
@@ -183,7 +192,8 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
 
     fig, axes = new_figure(8.0, 5.2)
     ax = axes[0][0]
-    priced = frame[frame["step_time_s"].notna()]
+    # the columns drawn, of the priced rows (not the whole table: a copy of every column costs more than the drawing)
+    priced = frame.loc[frame["step_time_s"].notna(), ["hardware", "feasible", "time_to_goal_s", "cost_usd"]]
     train = plan.workload.mode == "train"
     scale = 86400.0 if train else 1e-3
     colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
@@ -226,8 +236,7 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """The whole table as Parquet (pyarrow; `pandas.read_parquet(path)` reads it back). `sim_feasible`, empty
     but for the re-checked rows, is written as a nullable boolean."""
-    out = frame.copy()
-    out["sim_feasible"] = out["sim_feasible"].astype("boolean")
+    out = frame.assign(sim_feasible=frame["sim_feasible"].astype("boolean"))  # the other columns not copied
     out.to_parquet(path, index=False, engine="pyarrow")
 
 

@@ -206,3 +206,17 @@ def test_a_step_that_memory_efficiency_moves_most_is_limited_by_memory_bandwidth
     gemm = replace(s, rows=[replace(r, times=(step * 0.9, step)) if r.knob == "gemm" and r.factor > 1 else r
                             for r in s.rows])
     assert limit_of(top[0], "winner", rows, plan, contexts, gemm).factor == "compute"
+
+
+@pytest.mark.parametrize("memory_bytes", [1.2e6, 3e6])
+def test_the_neighbours_found_on_the_columns_are_those_of_every_row(memory_bytes: float) -> None:
+    """limit_of over search.Rows (its one-field neighbours found on Rows.field columns) says what it says over the
+    same rows as a list of Evaluations (every row asked `_one_field_apart`), for every feasible row as `e`."""
+    plan, rows, top, contexts = _searched(memory_bytes)
+    listed = list(rows)
+    asked = 0
+    for e in [x for x in listed if x.feasible][:6] + top:
+        for who in ("winner", "runner-up"):
+            assert limit_of(e, who, rows, plan, contexts, None) == limit_of(e, who, listed, plan, contexts, None)
+            asked += 1
+    assert asked >= 8
