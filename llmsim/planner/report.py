@@ -233,11 +233,20 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
     return fig, ax
 
 
+# plan.parquet's columns of few distinct values (the strategy fields, the hardware's, the reasons), which Parquet
+# stores as a dictionary of their values; the others (a number per configuration, its name) plainly, which for
+# them is smaller and faster to write than a dictionary tried on every column and given up (booleans are
+# run-length encoded either way).
+DICTIONARY_COLUMNS = ([c for c in STRATEGY_COLUMNS if c not in ("strategy", "sp")]
+                      + ["rechecked_rank", "hardware", "n_devices", "reason", "nodes", "memory_capacity_bytes",
+                         "power_w", "usd_per_device_hour", "topology", "slices", "mesh"])
+
+
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """The whole table as Parquet (pyarrow; `pandas.read_parquet(path)` reads it back). `sim_feasible`, empty
-    but for the re-checked rows, is written as a nullable boolean."""
+    but for the re-checked rows, is written as a nullable boolean; DICTIONARY_COLUMNS dictionary-encoded."""
     out = frame.assign(sim_feasible=frame["sim_feasible"].astype("boolean"))  # the other columns not copied
-    out.to_parquet(path, index=False, engine="pyarrow")
+    out.to_parquet(path, index=False, engine="pyarrow", use_dictionary=DICTIONARY_COLUMNS)
 
 
 def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:

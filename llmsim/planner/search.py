@@ -18,6 +18,7 @@ the ones that do not fit in memory, by how far.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import time
@@ -495,10 +496,12 @@ def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> lis
     return [e for e in rows if e.feasible == feasible][:max(k, 0)]
 
 
-def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray) -> Rows:
+def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray,
+               fields: dict[str, np.ndarray] | None = None) -> Rows:
     """The rows `keep` (positions) of a priced table as Rows: the numbers of `table_evaluations`, as columns.
     A row over memory: reason memory, shortfall memory / capacity; one the cost model could not price: reason
-    error, shortfall infinite; the others judged on their price (`judge_columns`)."""
+    error, shortfall infinite; the others judged on their price (`judge_columns`). `fields`: Rows.field columns
+    of the kept rows already read (chain_fields)."""
     cols = {k: v[keep] for k, v in table.columns.items()}
     n = len(keep)
     cap = ctx.hardware.capacity
@@ -530,7 +533,22 @@ def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray) -> Rows:
     columns["fits"], columns["priced"] = fits, priced
     columns["feasible"] = priced & np.fromiter(map(operator.not_, limits), dtype=bool, count=n)
     return Rows(table.configs if len(keep) == len(table) and (keep == np.arange(n)).all()
-                else _gather(table.configs, keep), columns, limits, reasons, errors)
+                else _gather(table.configs, keep), columns, limits, reasons, errors, fields=fields)
+
+
+# The Config fields that vary along a chain (space.chains: a group's configurations that differ only in the
+# micro-batch, and so in the micro-batch count); a chain's members share every other field.
+CHAIN_VARIES = ("micro_batch", "microbatches")
+
+
+def chain_fields(found: Sequence[Sequence[Config]], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows.field columns over the rows `keep` of the chains `found` laid end to end, of the fields a chain's
+    members share (all but CHAIN_VARIES): read once from each chain's first member and repeated along it (a
+    chain of 7 read once instead of 7 times; Rows reads CHAIN_VARIES from the rows when asked)."""
+    heads = [chain[0] for chain in found]
+    repeat = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+    return {f.name: np.repeat(_config_column(heads, f.name), repeat)[keep] for f in dataclasses.fields(Config)
+            if f.name not in CHAIN_VARIES}
 
 
 def chain_kept(fits: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
@@ -692,8 +710,8 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
             table = price_table(ctx, [c for chain in found for c in chain], shared.setdefault(label, {}))
             lengths = [len(chain) for chain in found]
-            kept = chain_kept(table.columns["fits"].astype(bool), lengths)
-            part = table_rows(ctx, table, np.flatnonzero(kept))
+            keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), lengths))
+            part = table_rows(ctx, table, keep, chain_fields(found, keep))
             over = int((~part.columns["fits"]).sum())
             stats.screened += len(table)
             stats.feasible += int(part.columns["feasible"].sum())
