@@ -243,3 +243,36 @@ def test_the_collector_is_paused_inside_and_as_it_was_after() -> None:
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_points_legend_sits_where_matplotlib_puts_a_best_legend(seed: int) -> None:
+    """PointsLegend (the Pareto figure's legend) draws the same pixels as ax.legend(loc="best") over thousands of
+    scatter points filling three of the four quarters, so it is placed where matplotlib places it: in the empty
+    quarter, which is not the first place matplotlib tries (upper right) for every seed."""
+    import numpy as np
+
+    from llmsim.planner.report import PointsLegend
+    from llmsim.report.figures import new_figure
+    from llmsim.report.raster import png
+
+    rng = np.random.default_rng(seed)
+
+    def draw(ours: bool) -> bytes:
+        fig, axes = new_figure(8.0, 5.2)
+        ax = axes[0][0]
+        for i, corner in enumerate(rng.permutation([(0, 0.5), (0.5, 0.5), (0, 0), (0.5, 0)])[:3]):
+            ax.scatter(*(np.asarray(corner)[:, None] + rng.uniform(0, 0.5, (2, 4000))), s=4, label=f"set {i}")
+        ax.plot([0, 1], [0.5, 0.5], "-", label="a line")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        handles, labels = ax.get_legend_handles_labels()
+        if ours:
+            ax.legend_ = PointsLegend(ax, handles, labels, fontsize=8, loc="best")
+        else:
+            ax.legend(fontsize=8, loc="best")
+        return png(fig)
+    state = rng.bit_generator.state
+    plain = draw(False)
+    rng.bit_generator.state = state  # the same points
+    assert draw(True) == plain
