@@ -78,7 +78,7 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     field = table.field
     hw_name, n_devices = field("hardware"), field("n_devices")
     split_first, split_at = _distinct(field("stage_layers"), field("pp"), field("schedule"), field("virtual_stages"))
-    stage_layers = _objects([split_of(configs[i]) for i in split_first.tolist()])[split_at]
+    stage_layers = _taken([split_of(configs[i]) for i in split_first.tolist()], split_at)
     label_first, label_at = _distinct(field("precision"))
     dtypes, recipes = zip(*(precision_of(configs[i].precision) for i in label_first.tolist())) if n else ((), ())
     hw_first, hw_at = _distinct(hw_name)
@@ -91,22 +91,20 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
         return np.where(present, col[name], np.nan) if present.any() else [None] * n
     made = table.made()
     sims = {i: e.sim for i, e in made.items() if e.sim}
-    sim_columns = [[None] * n for _ in range(5)]
-    for i, sim in sims.items():
-        for j, k in enumerate(("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "feasible")):
-            sim_columns[j][i] = sim.get(k)
-    placed = any(c.topology or c.mesh for c in configs)
+    sim_columns = [_sparse(n, {i: sim.get(k) for i, sim in sims.items()})
+                   for k in ("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "feasible")]
+    placed = any(map(bool, field("topology"))) or any(map(bool, field("mesh")))
     places = ([(("x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
                  " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None) if c.topology or c.mesh else NOT_PLACED)
                for c in configs] if placed else [])
-    topology, slices, mesh = (list(x) for x in zip(*places)) if places else ([None] * n,) * 3
+    topology, slices, mesh = (list(x) for x in zip(*places)) if places else (_sparse(n, {}),) * 3
     everyone = np.ones(n, dtype=bool)
     data = {"strategy": table.names(), "dp": field("dp"), "tp": field("tp"), "pp": field("pp"), "cp": field("cp"),
             "ep": field("ep"), "sp": field("sp"), "zero": field("zero"), "micro_batch": field("micro_batch"),
-            "microbatches": field("microbatches"), "schedule": field("schedule"),
-            "virtual_stages": field("virtual_stages"), "recompute": field("recompute"), "stage_layers": stage_layers,
-            "dtype": _objects(dtypes)[label_at], "fp8_recipe": _objects(recipes)[label_at],
-            "hardware": hw_name,
+            "microbatches": field("microbatches"), "schedule": _few(field("schedule")),
+            "virtual_stages": field("virtual_stages"), "recompute": _few(field("recompute")),
+            "stage_layers": stage_layers, "dtype": _taken(dtypes, label_at), "fp8_recipe": _taken(recipes, label_at),
+            "hardware": _taken(hw_names, hw_at),
             "n_devices": n_devices, "feasible": col["feasible"], "reason": table.reasons,
             "step_time_s": number("step_time_s"), "time_to_goal_s": number("time_to_goal_s"),
             "cost_usd": number("cost_usd"), "energy_j": number("energy_j"),
@@ -126,7 +124,7 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     frame = (pd.DataFrame({k: data[k] for k in names}, index=pd.RangeIndex(n)) if n else
              pd.DataFrame.from_records([], columns=names))  # no row: every column of objects, as records make it
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
-    rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
+    rechecked = pd.arrays.IntegerArray(np.zeros(len(frame), dtype=np.int64), np.ones(len(frame), dtype=bool))  # <NA>s
     chosen = np.zeros(len(frame), dtype=bool)
     place = {id(e): i for i, e in made.items()}  # the top rows' places: rows read from `table`
     for k, e in enumerate(top or [], start=1):
@@ -138,9 +136,27 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     return mark_pareto_front(frame)
 
 
-def _objects(values: Sequence[Any]) -> np.ndarray:
-    """A 1-d numpy array of Python objects (tuples and None kept as they are)."""
-    return np.fromiter(values, dtype=object, count=len(values))
+def _taken(distinct: Sequence[Any], at: np.ndarray) -> Any:
+    """The column pandas makes of the list [distinct[i] for i in at], built from the distinct values: pandas infers
+    a column's dtype from the kinds of value present (text, None, numbers), which are those of `distinct` when
+    each is taken at least once, and the rows are then taken at once (for text, an arrow take)."""
+    return pd.Series(list(distinct), dtype=None if len(distinct) else object).array.take(at)
+
+
+def _few(values: np.ndarray) -> Any:
+    """The column pandas makes of `values` (objects, few of them distinct), as _taken."""
+    at, distinct = pd.factorize(values, use_na_sentinel=False)
+    return _taken(list(distinct), at)
+
+
+def _sparse(n: int, values: dict[int, Any]) -> Any:
+    """The column pandas makes of a list of n Nones with `values` (row -> value) at their rows: inferred from None
+    and the values, as from the whole list (re-checked rows' simulated numbers: float; their verdicts: objects)."""
+    if len(values) == n:
+        return [values[i] for i in range(n)]
+    at = np.zeros(n, dtype=np.int64)
+    at[list(values)] = np.arange(1, len(values) + 1)
+    return _taken([None, *values.values()], at)
 
 
 def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
