@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
+
 from llmsim.planner.config import PlanFile
 from llmsim.planner.search import Evaluation, Rows, SearchStats, first_rows
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label, perturb_cluster
@@ -351,6 +353,17 @@ def _one_field_apart(a: Any, b: Any) -> str | None:
     return diff
 
 
+def _one_apart_candidates(c: Any, rows: Sequence[Evaluation]) -> list[int]:
+    """The positions of the rows whose configuration differs from `c` in exactly one CHANGE_FIELDS field, in
+    order: every row `_one_field_apart` can name a field for (Rows: counted on their field columns)."""
+    if not isinstance(rows, Rows):
+        return list(range(len(rows)))
+    differ = np.zeros(len(rows), dtype=np.int64)
+    for f in CHANGE_FIELDS:
+        differ += rows.field(f) != getattr(c, f)
+    return np.flatnonzero(differ == 1).tolist()
+
+
 def _price_ignoring_memory(ctx: Any, e: Evaluation) -> Evaluation:
     """A row rejected for memory, priced as if it fitted (to say what memory costs the plan)."""
     from llmsim.planner.search import evaluate
@@ -380,7 +393,8 @@ def limit_of(e: Evaluation, who: str, rows: Sequence[Evaluation], plan: PlanFile
     base = _metric(e, plan.objective)
     best: tuple[float, str, tuple[str, ...]] | None = None   # (relative change of the metric, change, its limits)
     configs = rows.configs if isinstance(rows, Rows) else [other.config for other in rows]
-    for i, config in enumerate(configs):  # an Evaluation only for the neighbours (Rows make them when read)
+    for i in _one_apart_candidates(e.config, rows):  # an Evaluation only for the neighbours (Rows make them)
+        config = configs[i]
         what = _one_field_apart(e.config, config)
         if what is None or not base:
             continue

@@ -12,7 +12,6 @@ The report is a llmsim.report Document, rendered by the same markdown and HTML r
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from matplotlib.legend import Legend
 
 from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
@@ -64,33 +64,25 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     configs, col, n = table.configs, table.columns, len(table)
     price = {h.name: h.usd_per_device_hour for h in hardware}
     per_node = {h.name: h.devices_per_node for h in hardware}
-    splits: dict[tuple, str | None] = {}  # the stage_layers column per (stated split, pp, schedule, v): few
-    precisions: dict[str, tuple[str | None, str | None]] = {}  # (dtype, fp8 recipe) per precision label
 
-    def split_of(split_key: tuple, c: Config) -> str | None:
-        if split_key not in splits:
-            split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
-            splits[split_key] = describe_split(split) if split else None
-        return splits[split_key]
+    def split_of(c: Config) -> str | None:
+        split = c.stage_layers or (c.plan().layers_per_stage(layers) if layers else ())
+        return describe_split(split) if split else None
 
     def precision_of(label: str) -> tuple[str | None, str | None]:
-        if label not in precisions:
-            w = workload_for(plan, label) if plan is not None else None
-            precisions[label] = ((w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None
-                                 else (None, None))
-        return precisions[label]
-    # the configurations' fields, a column at a time by C-level getters (a row's Python values, as records held
-    # them; no tuple per row)
-    (dp, tp, pp, cp, ep, sp, zero, micro_batch, microbatches, schedule, virtual_stages, recompute, hw_name,
-     n_devices) = (list(map(operator.attrgetter(f), configs)) for f in (
-        "dp", "tp", "pp", "cp", "ep", "sp", "zero", "micro_batch", "microbatches", "schedule", "virtual_stages",
-        "recompute", "hardware", "n_devices"))
-    split_keys = list(map(operator.attrgetter("stage_layers", "pp", "schedule", "virtual_stages"), configs))
-    for key, c in dict(zip(split_keys[::-1], configs[::-1])).items():  # each key's first configuration
-        split_of(key, c)
-    labels = list(map(operator.attrgetter("precision"), configs))
-    for label in set(labels):
-        precision_of(label)
+        w = workload_for(plan, label) if plan is not None else None
+        return (w.dtype, w.fp8.recipe if w.fp8 is not None else None) if w is not None else (None, None)
+    # the configurations' fields, a column at a time (Rows.field: the Python values, as records held them); the
+    # columns that follow from a few distinct values (the split, the precision, the hardware's node size and price)
+    # worked out once per distinct value
+    field = table.field
+    hw_name, n_devices = field("hardware"), field("n_devices")
+    split_first, split_at = _distinct(field("stage_layers"), field("pp"), field("schedule"), field("virtual_stages"))
+    stage_layers = _taken([split_of(configs[i]) for i in split_first.tolist()], split_at)
+    label_first, label_at = _distinct(field("precision"))
+    dtypes, recipes = zip(*(precision_of(configs[i].precision) for i in label_first.tolist())) if n else ((), ())
+    hw_first, hw_at = _distinct(hw_name)
+    hw_names = [configs[i].hardware for i in hw_first.tolist()]
     priced = col["priced"]
 
     def number(name: str, present: np.ndarray | None = None) -> Any:
@@ -99,32 +91,32 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
         return np.where(present, col[name], np.nan) if present.any() else [None] * n
     made = table.made()
     sims = {i: e.sim for i, e in made.items() if e.sim}
-    sim_columns = [[None] * n for _ in range(5)]
-    for i, sim in sims.items():
-        for j, k in enumerate(("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "feasible")):
-            sim_columns[j][i] = sim.get(k)
-    placed = any(c.topology or c.mesh for c in configs)
+    sim_columns = [_sparse(n, {i: sim.get(k) for i, sim in sims.items()})
+                   for k in ("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "feasible")]
+    placed = any(map(bool, field("topology"))) or any(map(bool, field("mesh")))
     places = ([(("x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
                  " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None) if c.topology or c.mesh else NOT_PLACED)
                for c in configs] if placed else [])
-    topology, slices, mesh = (list(x) for x in zip(*places)) if places else ([None] * n,) * 3
+    topology, slices, mesh = (list(x) for x in zip(*places)) if places else (_sparse(n, {}),) * 3
     everyone = np.ones(n, dtype=bool)
-    data = {"strategy": [c.name for c in configs], "dp": dp, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "sp": sp,
-            "zero": zero, "micro_batch": micro_batch, "microbatches": microbatches, "schedule": schedule,
-            "virtual_stages": virtual_stages, "recompute": recompute, "stage_layers": [splits[k] for k in split_keys],
-            "dtype": [precisions[x][0] for x in labels], "fp8_recipe": [precisions[x][1] for x in labels],
-            "hardware": hw_name,
+    data = {"strategy": table.names(), "dp": field("dp"), "tp": field("tp"), "pp": field("pp"), "cp": field("cp"),
+            "ep": field("ep"), "sp": field("sp"), "zero": field("zero"), "micro_batch": field("micro_batch"),
+            "microbatches": field("microbatches"), "schedule": _few(field("schedule")),
+            "virtual_stages": field("virtual_stages"), "recompute": _few(field("recompute")),
+            "stage_layers": stage_layers, "dtype": _taken(dtypes, label_at), "fp8_recipe": _taken(recipes, label_at),
+            "hardware": _taken(hw_names, hw_at),
             "n_devices": n_devices, "feasible": col["feasible"], "reason": table.reasons,
             "step_time_s": number("step_time_s"), "time_to_goal_s": number("time_to_goal_s"),
             "cost_usd": number("cost_usd"), "energy_j": number("energy_j"),
-            "nodes": [-(-d // per_node[h]) for d, h in zip(n_devices, hw_name)],
+            "nodes": -(-n_devices // np.array([per_node[h] for h in hw_names], dtype=np.int64)[hw_at]),
             "tokens_per_s": number("tokens_per_s"), "latency_s": number("latency_s"),
             "mfu": number("mfu", priced & ~np.isnan(col["mfu"])),
             "peak_memory_bytes_per_device": number("memory_bytes", everyone),
             "memory_capacity_bytes": number("capacity_bytes", everyone),
             "compute_time_s": number("compute_time_s"), "comm_time_s": number("comm_time_s"),
             "bubble_time_s": number("bubble_time_s"), "other_time_s": number("other_time_s"),
-            "power_w": number("power_w", everyone), "usd_per_device_hour": [price[h] for h in hw_name],
+            "power_w": number("power_w", everyone),
+            "usd_per_device_hour": np.array([price[h] for h in hw_names], dtype=float)[hw_at],
             **dict(zip(("sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd", "sim_energy_j", "sim_feasible"),
                        sim_columns)),
             "topology": topology, "slices": slices, "mesh": mesh}
@@ -132,7 +124,7 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     frame = (pd.DataFrame({k: data[k] for k in names}, index=pd.RangeIndex(n)) if n else
              pd.DataFrame.from_records([], columns=names))  # no row: every column of objects, as records make it
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
-    rechecked = pd.array([pd.NA] * len(frame), dtype="Int64")
+    rechecked = pd.arrays.IntegerArray(np.zeros(len(frame), dtype=np.int64), np.ones(len(frame), dtype=bool))  # <NA>s
     chosen = np.zeros(len(frame), dtype=bool)
     place = {id(e): i for i, e in made.items()}  # the top rows' places: rows read from `table`
     for k, e in enumerate(top or [], start=1):
@@ -142,6 +134,40 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     frame.insert(1, "rechecked_rank", rechecked)
     frame.insert(2, "chosen", chosen)
     return mark_pareto_front(frame)
+
+
+def _taken(distinct: Sequence[Any], at: np.ndarray) -> Any:
+    """The column pandas makes of the list [distinct[i] for i in at], built from the distinct values: pandas infers
+    a column's dtype from the kinds of value present (text, None, numbers), which are those of `distinct` when
+    each is taken at least once, and the rows are then taken at once (for text, an arrow take)."""
+    return pd.Series(list(distinct), dtype=None if len(distinct) else object).array.take(at)
+
+
+def _few(values: np.ndarray) -> Any:
+    """The column pandas makes of `values` (objects, few of them distinct), as _taken."""
+    at, distinct = pd.factorize(values, use_na_sentinel=False)
+    return _taken(list(distinct), at)
+
+
+def _sparse(n: int, values: dict[int, Any]) -> Any:
+    """The column pandas makes of a list of n Nones with `values` (row -> value) at their rows: inferred from None
+    and the values, as from the whole list (re-checked rows' simulated numbers: float; their verdicts: objects)."""
+    if len(values) == n:
+        return [values[i] for i in range(n)]
+    at = np.zeros(n, dtype=np.int64)
+    at[list(values)] = np.arange(1, len(values) + 1)
+    return _taken([None, *values.values()], at)
+
+
+def _distinct(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each distinct combination of the columns' values, each row's combination as an index
+    into those), for columns of few distinct values."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:
+        codes, uniques = pd.factorize(column, use_na_sentinel=False)
+        key = key * len(uniques) + codes
+    _, first, at = np.unique(key, return_index=True, return_inverse=True)
+    return first, at
 
 
 def compact_frame(frame: pd.DataFrame, per_hardware: int) -> pd.DataFrame:
@@ -183,7 +209,8 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
 
     fig, axes = new_figure(8.0, 5.2)
     ax = axes[0][0]
-    priced = frame[frame["step_time_s"].notna()]
+    # the columns drawn, of the priced rows (not the whole table: a copy of every column costs more than the drawing)
+    priced = frame.loc[frame["step_time_s"].notna(), ["hardware", "feasible", "time_to_goal_s", "cost_usd"]]
     train = plan.workload.mode == "train"
     scale = 86400.0 if train else 1e-3
     colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
@@ -218,17 +245,40 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
     ax.set_ylabel("cost (USD)" if train else "cost (USD per hour of serving)")
     ax.set_title(f"{plan.name}: cost against time, {len(priced):,} priced configurations")
     ax.grid(True, which="both", alpha=0.25)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:  # ax.legend(fontsize=8, loc="best"), placed on the points as one array
+        ax.legend_ = PointsLegend(ax, handles, labels, fontsize=8, loc="best")
     return fig, ax
+
+
+class PointsLegend(Legend):
+    """matplotlib's Legend, placed at loc="best" as matplotlib places it, its placement handed the scatter points
+    as one array: Legend._find_best_position counts the points inside each of nine candidate boxes and converts
+    the list of points it gathers (an entry per point) anew for each box, at each of the six times a
+    constrained-layout savefig asks. One array gives the same counts, so the same place and the same pixels
+    (tests/planner/test_outputs.py), ~10x sooner: it was 0.45 s of the 70B plan's 0.9 s figure (~80,000 points)."""
+
+    def _auto_legend_data(self, *args: Any, **kwargs: Any) -> Any:
+        data = super()._auto_legend_data(*args, **kwargs)
+        if isinstance(data, tuple) and len(data) == 3 and isinstance(data[2], list):  # (bboxes, lines, points)
+            return data[0], data[1], np.asarray(data[2], dtype=float).reshape(-1, 2)
+        return data
+
+
+# plan.parquet's columns of few distinct values (the strategy fields, the hardware's, the reasons), which Parquet
+# stores as a dictionary of their values; the others (a number per configuration, its name) plainly, which for
+# them is smaller and faster to write than a dictionary tried on every column and given up (booleans are
+# run-length encoded either way).
+DICTIONARY_COLUMNS = ([c for c in STRATEGY_COLUMNS if c not in ("strategy", "sp")]
+                      + ["rechecked_rank", "hardware", "n_devices", "reason", "nodes", "memory_capacity_bytes",
+                         "power_w", "usd_per_device_hour", "topology", "slices", "mesh"])
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """The whole table as Parquet (pyarrow; `pandas.read_parquet(path)` reads it back). `sim_feasible`, empty
-    but for the re-checked rows, is written as a nullable boolean."""
-    out = frame.copy()
-    out["sim_feasible"] = out["sim_feasible"].astype("boolean")
-    out.to_parquet(path, index=False, engine="pyarrow")
+    but for the re-checked rows, is written as a nullable boolean; DICTIONARY_COLUMNS dictionary-encoded."""
+    out = frame.assign(sim_feasible=frame["sim_feasible"].astype("boolean"))  # the other columns not copied
+    out.to_parquet(path, index=False, engine="pyarrow", use_dictionary=DICTIONARY_COLUMNS)
 
 
 def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]:

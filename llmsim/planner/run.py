@@ -5,7 +5,9 @@ Kept apart from the CLI so tests and notebooks get the same outcome object the c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,31 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
         return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
+    with collector_paused():
+        return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused (automatic collections only; restored on the way out).
+
+    A plan's search holds 10^5 to 10^6 live objects (configurations, rows, their reasons), and every full
+    collection walks them all while finding next to nothing: the 70B training plan (404,694 rows) ran 13 full
+    collections of ~0.2 s each, 3.3 s of its ~26 s CPU in the collector, which freed ~10^4 objects; paused, its
+    peak memory is the same (1.24 GB). Nothing the plan computes depends on when the collector runs."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simulate: bool | None,
+                     progress: Callable[[str], None] | None, executor: Executor | None,
+                     task_progress: Progress | None) -> PlanOutcome:
+    """run_plan of a training or inference plan: search, re-check, explain, write."""
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first

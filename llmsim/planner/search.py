@@ -18,6 +18,7 @@ the ones that do not fit in memory, by how far.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import time
@@ -212,20 +213,25 @@ def _checks(plan: PlanFile) -> list[Check]:
     False: broken below it, bound/value), bound, the reason line of a value)."""
     g, lim = plan.goal, plan.limits
     out: list[Check] = []
+    # each reason line's bound written once (judge_columns writes a line for each of 10^5 rows)
     if plan.workload.mode == "train":
         if g.deadline_s is not None:
+            days = f"{g.deadline_days:g}"
             out.append(("deadline", "time_to_goal_s", True, g.deadline_s,
-                        lambda t: f"deadline: {t / 86400:.1f} days > {g.deadline_days:g}"))
+                        lambda t: f"deadline: {t / 86400:.1f} days > {days}"))
     else:
         if g.tokens_per_s is not None:
+            rate = f"{g.tokens_per_s:,.0f}"
             out.append(("throughput", "tokens_per_s", False, g.tokens_per_s,
-                        lambda tps: f"throughput: {tps:,.0f} tokens/s < {g.tokens_per_s:,.0f}"))
+                        lambda tps: f"throughput: {tps:,.0f} tokens/s < {rate}"))
         if g.max_step_latency_s is not None:
+            ms = f"{g.max_step_latency_s * 1e3:g}"
             out.append(("latency", "latency_s", True, g.max_step_latency_s,
-                        lambda s: f"latency: {s * 1e3:.1f} ms > {g.max_step_latency_s * 1e3:g} ms"))
+                        lambda s: f"latency: {s * 1e3:.1f} ms > {ms} ms"))
     if lim.max_power_w is not None:
+        kw = f"{lim.max_power_w / 1e3:,.1f}"
         out.append(("power", "power_w", True, lim.max_power_w,
-                    lambda w: f"power: {w / 1e3:,.1f} kW > {lim.max_power_w / 1e3:,.1f} kW"))
+                    lambda w: f"power: {w / 1e3:,.1f} kW > {kw} kW"))
     return out
 
 
@@ -247,7 +253,7 @@ def judge_columns(plan: PlanFile, metrics: dict[str, np.ndarray], power_w: np.nd
     n = len(power_w)
     code = np.zeros(n, dtype=np.int64)
     shortfall = np.ones(n)
-    reasons = [""] * n
+    reasons = np.full(n, "", dtype=object)
     checks = _checks(plan)
     for k, (limit, metric, upper, bound, reason) in enumerate(checks):
         value = np.asarray(power_w if metric == "power_w" else metrics[metric], dtype=float)
@@ -257,10 +263,11 @@ def judge_columns(plan: PlanFile, metrics: dict[str, np.ndarray], power_w: np.nd
         at = np.flatnonzero(broken)
         code[at] |= 1 << k
         shortfall[at] = np.maximum(shortfall[at], ratio[at])
-        for i, v in zip(at.tolist(), value[at].tolist()):
-            reasons[i] = f"{reasons[i]}; {reason(v)}" if reasons[i] else reason(v)
+        lines = list(map(reason, value[at].tolist()))
+        reasons[at] = lines if k == 0 else [f"{before}; {line}" if before else line
+                                            for before, line in zip(reasons[at].tolist(), lines)]
     names = [tuple(checks[k][0] for k in range(len(checks)) if c >> k & 1) for c in range(1 << len(checks))]
-    return [names[c] for c in code.tolist()], reasons, shortfall
+    return [names[c] for c in code.tolist()], reasons.tolist(), shortfall
 
 
 def evaluate(ctx: Context, c: Config) -> Evaluation:
@@ -332,16 +339,33 @@ class Rows(Sequence[Evaluation]):
 
     `configs[i]`: row i's Config; `columns`: `ROW_NUMBERS` (float) and `fits`, `priced` (a step price: the
     Evaluation's step_time_s is not None), `feasible` (bool), numpy arrays of len(configs); `limits`,
-    `reasons`, `errors` (the cost model's message where it could not price the row, else ""): lists."""
+    `reasons`, `errors` (the cost model's message where it could not price the row, else ""): lists.
+    `field(name)`: a Config field over the rows as a numpy array, and `names()`: each row's Config.name, read
+    from the configurations once and carried through `take` and `concat` (the ranking, plan_frame and
+    explain read them)."""
 
     def __init__(self, configs: Sequence[Config], columns: dict[str, np.ndarray], limits: list[tuple[str, ...]],
-                 reasons: list[str], errors: list[str], made: dict[int, Evaluation] | None = None) -> None:
+                 reasons: list[str], errors: list[str], made: dict[int, Evaluation] | None = None,
+                 fields: dict[str, np.ndarray] | None = None) -> None:
         self.configs = configs
         self.columns = columns
         self.limits = limits
         self.reasons = reasons
         self.errors = errors
         self._made: dict[int, Evaluation] = made if made is not None else {}
+        self._fields: dict[str, np.ndarray] = fields if fields is not None else {}  # field name (or NAMES) -> array
+
+    def field(self, name: str) -> np.ndarray:
+        """The Config field `name` of every row (an int or bool field as int64 or bool, any other as objects:
+        the Python values), read from the configurations once."""
+        got = self._fields.get(name)
+        if got is None:
+            got = self._fields[name] = _config_column(self.configs, name)
+        return got
+
+    def names(self) -> np.ndarray:
+        """Each row's Config.name (objects), built once: the ranking's tie-break and plan.parquet's strategy."""
+        return self.field(NAMES)
 
     @classmethod
     def from_evaluations(cls, rows: Sequence[Evaluation]) -> "Rows":
@@ -368,18 +392,23 @@ class Rows(Sequence[Evaluation]):
         for part in parts:
             made.update({at + i: e for i, e in part._made.items()})
             at += len(part)
+        read = set.intersection(*(set(part._fields) for part in parts))  # the fields every part has read
         return cls([c for part in parts for c in part.configs],
                    {k: np.concatenate([part.columns[k] for part in parts]) for k in parts[0].columns},
                    [x for part in parts for x in part.limits], [x for part in parts for x in part.reasons],
-                   [x for part in parts for x in part.errors], made)
+                   [x for part in parts for x in part.errors], made,
+                   {k: np.concatenate([part._fields[k] for part in parts]) for k in read})
 
     def take(self, order: Sequence[int] | np.ndarray) -> "Rows":
         """The rows at `order` (positions), in that order; the Evaluations made so far go with them."""
         order = np.asarray(order, dtype=np.int64)
-        at = order.tolist()
-        made = {new: self._made[old] for new, old in enumerate(at) if old in self._made} if self._made else {}
-        return Rows([self.configs[i] for i in at], {k: v[order] for k, v in self.columns.items()},
-                    [self.limits[i] for i in at], [self.reasons[i] for i in at], [self.errors[i] for i in at], made)
+        made = {}
+        if self._made:  # the new positions of the rows made so far, in the new order
+            for new in np.flatnonzero(np.isin(order, list(self._made))).tolist():
+                made[new] = self._made[int(order[new])]
+        return Rows(_gather(self.configs, order), {k: v[order] for k, v in self.columns.items()},
+                    _gather(self.limits, order), _gather(self.reasons, order), _gather(self.errors, order), made,
+                    {k: v[order] for k, v in self._fields.items()})
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -443,6 +472,23 @@ class Rows(Sequence[Evaluation]):
         return out
 
 
+def _gather(values: Sequence, order: np.ndarray) -> list:
+    """[values[i] for i in order], the same objects (a numpy gather: faster over 10^5 rows)."""
+    return np.fromiter(values, dtype=object, count=len(values))[order].tolist()
+
+
+NAMES = "name"  # Rows.field's key of Config.name, a property read like a field
+_NUMERIC_FIELDS = {"int": np.int64, "bool": np.bool_}
+
+
+def _config_column(configs: Sequence[Config], name: str) -> np.ndarray:
+    """Config attribute `name` of each configuration as a numpy array: int64 or bool for the fields annotated
+    so (the Python values exactly), objects for any other."""
+    values = list(map(operator.attrgetter(name), configs))
+    dtype = _NUMERIC_FIELDS.get(Config.__annotations__.get(name, ""), object)
+    return np.fromiter(values, dtype=object, count=len(values)) if dtype is object else np.array(values, dtype=dtype)
+
+
 def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> list[Evaluation]:
     """The first k rows whose feasibility is `feasible` (Rows: found on their columns)."""
     if isinstance(rows, Rows):
@@ -450,16 +496,18 @@ def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> lis
     return [e for e in rows if e.feasible == feasible][:max(k, 0)]
 
 
-def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray) -> Rows:
+def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray,
+               fields: dict[str, np.ndarray] | None = None) -> Rows:
     """The rows `keep` (positions) of a priced table as Rows: the numbers of `table_evaluations`, as columns.
     A row over memory: reason memory, shortfall memory / capacity; one the cost model could not price: reason
-    error, shortfall infinite; the others judged on their price (`judge_columns`)."""
+    error, shortfall infinite; the others judged on their price (`judge_columns`). `fields`: Rows.field columns
+    of the kept rows already read (chain_fields)."""
     cols = {k: v[keep] for k, v in table.columns.items()}
     n = len(keep)
     cap = ctx.hardware.capacity
-    errors = [table.error[i] for i in keep.tolist()]
+    errors = _gather(table.error, keep)
     fits = cols["fits"].astype(bool)
-    failed = np.fromiter((bool(x) for x in errors), dtype=bool, count=n)
+    failed = np.fromiter(map(bool, errors), dtype=bool, count=n)
     priced = fits & ~failed
     limits, reasons, shortfall = judge_columns(ctx.plan, cols, cols["power_w"])
     over = np.flatnonzero(~fits)
@@ -483,9 +531,24 @@ def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray) -> Rows:
     columns["capacity_bytes"] = np.full(n, cap)
     columns["shortfall"] = shortfall
     columns["fits"], columns["priced"] = fits, priced
-    columns["feasible"] = priced & np.fromiter((not x for x in limits), dtype=bool, count=n)
+    columns["feasible"] = priced & np.fromiter(map(operator.not_, limits), dtype=bool, count=n)
     return Rows(table.configs if len(keep) == len(table) and (keep == np.arange(n)).all()
-                else [table.configs[i] for i in keep.tolist()], columns, limits, reasons, errors)
+                else _gather(table.configs, keep), columns, limits, reasons, errors, fields=fields)
+
+
+# The Config fields that vary along a chain (space.chains: a group's configurations that differ only in the
+# micro-batch, and so in the micro-batch count); a chain's members share every other field.
+CHAIN_VARIES = ("micro_batch", "microbatches")
+
+
+def chain_fields(found: Sequence[Sequence[Config]], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows.field columns over the rows `keep` of the chains `found` laid end to end, of the fields a chain's
+    members share (all but CHAIN_VARIES): read once from each chain's first member and repeated along it (a
+    chain of 7 read once instead of 7 times; Rows reads CHAIN_VARIES from the rows when asked)."""
+    heads = [chain[0] for chain in found]
+    repeat = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+    return {f.name: np.repeat(_config_column(heads, f.name), repeat)[keep] for f in dataclasses.fields(Config)
+            if f.name not in CHAIN_VARIES}
 
 
 def chain_kept(fits: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
@@ -575,14 +638,14 @@ def _rank_rows(rows: Rows, objective: str) -> list[int]:
 
     def column(f: str) -> np.ndarray:
         if f == "n_devices":
-            return np.fromiter((c.n_devices for c in rows.configs), dtype=float, count=n)
+            return rows.field("n_devices").astype(float)
         return np.where(priced, col[f], math.inf)
     metrics = [column(f) for f in RANK_FIELDS[objective]]
     shortfall = col["shortfall"]
     if any(np.isnan(c).any() for c in (shortfall, *metrics)):  # as rank: Python's sort of the Evaluations
         key = objective_key(objective)
         return sorted(range(n), key=lambda i: key(rows[i]))
-    return _rank_order(col["feasible"], ~priced, shortfall, metrics, lambda r: rows.configs[r].name)
+    return _rank_order(col["feasible"], ~priced, shortfall, metrics, rows.names().__getitem__)
 
 
 def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarray, metrics: list[np.ndarray],
@@ -593,16 +656,14 @@ def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarra
     columns = [np.where(feasible, 0.0, col) for col in (unpriced.astype(float), shortfall)]
     keys = (*metrics[::-1], *columns[::-1], (~feasible).astype(float))  # lexsort: the last key is the first
     order = np.lexsort(keys)
-    sorted_keys = np.column_stack([k[order] for k in keys])
-    same = np.all(sorted_keys[1:] == sorted_keys[:-1], axis=1) if n > 1 else np.zeros(0, dtype=bool)
+    same = np.ones(max(n - 1, 0), dtype=bool)  # sorted row i + 1 ties row i on every number
+    for k in keys:
+        ranked = k[order]
+        same &= ranked[1:] == ranked[:-1]
     out = order.tolist()
-    start = None
-    for i, tie in enumerate(np.append(same, False).tolist()):  # runs of equal numbers: by name, stably
-        if tie and start is None:
-            start = i
-        elif not tie and start is not None:
-            out[start:i + 1] = sorted(out[start:i + 1], key=name)
-            start = None
+    edges = np.diff(np.concatenate(([0], same.view(np.int8), [0])))  # runs of ties: +1 where one starts, -1 after
+    for start, stop in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
+        out[start:stop + 1] = sorted(out[start:stop + 1], key=name)  # by name, stably
     return out
 
 
@@ -649,8 +710,8 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
         if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
             table = price_table(ctx, [c for chain in found for c in chain], shared.setdefault(label, {}))
             lengths = [len(chain) for chain in found]
-            kept = chain_kept(table.columns["fits"].astype(bool), lengths)
-            part = table_rows(ctx, table, np.flatnonzero(kept))
+            keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), lengths))
+            part = table_rows(ctx, table, keep, chain_fields(found, keep))
             over = int((~part.columns["fits"]).sum())
             stats.screened += len(table)
             stats.feasible += int(part.columns["feasible"].sum())

@@ -224,3 +224,17 @@ def test_the_choice_line_says_tie_when_winner_and_runner_up_are_equal_in_every_c
     assert choice_lines([], ahead)[-1].endswith("robust (the winner stays ahead in every case)")
     both_miss = Sensitivity("cost (USD)", "a", "b", (10.0, 12.0), [row(11.0, 10.5, ok=False, flips=True)])
     assert sensitivity_rows(both_miss)[1][-1] == "runner-up (flips; both miss)"
+
+
+@pytest.mark.parametrize("memory_bytes", [1.2e6, 3e6])
+def test_the_neighbours_found_on_the_columns_are_those_of_every_row(memory_bytes: float) -> None:
+    """limit_of over search.Rows (its one-field neighbours found on Rows.field columns) says what it says over the
+    same rows as a list of Evaluations (every row asked `_one_field_apart`), for every feasible row as `e`."""
+    plan, rows, top, contexts = _searched(memory_bytes)
+    listed = list(rows)
+    asked = 0
+    for e in [x for x in listed if x.feasible][:6] + top:
+        for who in ("winner", "runner-up"):
+            assert limit_of(e, who, rows, plan, contexts, None) == limit_of(e, who, listed, plan, contexts, None)
+            asked += 1
+    assert asked >= 8

@@ -204,3 +204,75 @@ def test_the_plans_options_price_every_candidate_and_travel_to_best_yaml(tmp_pat
     assert row["step_time_s"] == pytest.approx(chosen.top[0].step_time_s, rel=1e-9)
     simulated = run_plan(small_plan(hardware=hw, options=options, simulate=True), small_catalog(), tmp_path / "sim")
     assert simulated.top[0].sim["step_time_s"] == pytest.approx(chosen.top[0].step_time_s, rel=0.05)
+
+
+def test_plan_parquet_reads_back_as_the_frame_its_dictionary_columns_are_columns(tmp_path: Path) -> None:
+    """plan.parquet is plan_frame's table value for value and dtype for dtype (sim_feasible as a nullable boolean),
+    whichever columns are dictionary-encoded; each of those names a column, and they are stored as dictionaries."""
+    import pyarrow.parquet as pq
+
+    from llmsim.planner.report import DICTIONARY_COLUMNS
+
+    plan = small_plan(simulate=True)
+    outcome = run_plan(plan, small_catalog(), tmp_path)
+    frame = plan_frame(outcome.rows, outcome.hardware, plan.workload.model.layers, plan, outcome.top,
+                       outcome.simulated)
+    assert set(DICTIONARY_COLUMNS) <= set(frame.columns)
+    back = pd.read_parquet(outcome.run_dir / "plan.parquet")
+    pd.testing.assert_frame_equal(back, frame.assign(sim_feasible=frame["sim_feasible"].astype("boolean")),
+                                  check_exact=True)
+    meta = pq.ParquetFile(outcome.run_dir / "plan.parquet").metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert all(any("DICTIONARY" in e for e in encodings[c]) for c in DICTIONARY_COLUMNS)
+    assert not any("DICTIONARY" in e for e in encodings["strategy"] + encodings["cost_usd"])
+
+
+def test_the_collector_is_paused_inside_and_as_it_was_after() -> None:
+    import gc
+
+    from llmsim.planner.run import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_points_legend_sits_where_matplotlib_puts_a_best_legend(seed: int) -> None:
+    """PointsLegend (the Pareto figure's legend) draws the same pixels as ax.legend(loc="best") over thousands of
+    scatter points filling three of the four quarters, so it is placed where matplotlib places it: in the empty
+    quarter, which is not the first place matplotlib tries (upper right) for every seed."""
+    import numpy as np
+
+    from llmsim.planner.report import PointsLegend
+    from llmsim.report.figures import new_figure
+    from llmsim.report.raster import png
+
+    rng = np.random.default_rng(seed)
+
+    def draw(ours: bool) -> bytes:
+        fig, axes = new_figure(8.0, 5.2)
+        ax = axes[0][0]
+        for i, corner in enumerate(rng.permutation([(0, 0.5), (0.5, 0.5), (0, 0), (0.5, 0)])[:3]):
+            ax.scatter(*(np.asarray(corner)[:, None] + rng.uniform(0, 0.5, (2, 4000))), s=4, label=f"set {i}")
+        ax.plot([0, 1], [0.5, 0.5], "-", label="a line")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        handles, labels = ax.get_legend_handles_labels()
+        if ours:
+            ax.legend_ = PointsLegend(ax, handles, labels, fontsize=8, loc="best")
+        else:
+            ax.legend(fontsize=8, loc="best")
+        return png(fig)
+    state = rng.bit_generator.state
+    plain = draw(False)
+    rng.bit_generator.state = state  # the same points
+    assert draw(True) == plain

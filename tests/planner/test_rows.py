@@ -4,6 +4,7 @@ plan_frame's columns are the per-row records it wrote from Evaluations."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from llmsim.planner.report import (CONTRACT_COLUMNS, EXTRA_COLUMNS, NOT_PLACED, 
 from llmsim.planner.run import run_plan
 from llmsim.planner.search import (Rows, chain_kept, precision_contexts, rank, search, sharing_choice,
                                    table_evaluations, table_rows, workload_profile)
-from llmsim.planner.space import axes_of, chains, groups
+from llmsim.planner.space import Config, axes_of, chains, groups
 from llmsim.planner.table import price_table
 from llmsim.stages import describe_split
 from tests.planner.helpers import BASE, hardware, small_catalog, small_plan
@@ -69,6 +70,41 @@ def test_ranking_the_columns_is_ranking_the_evaluations(objective: str) -> None:
     ranked = rank(fresh, objective)
     assert not ranked.made()  # ranked without an Evaluation
     assert [e.config for e in ranked] == [e.config for e in rank(list(fresh), objective)]
+
+
+def test_fields_and_names_are_the_configurations_and_travel_with_the_rows() -> None:
+    """Rows.field(f) holds every row's Config.f (ints and bools as such, the rest the objects themselves) and
+    Rows.names() its Config.name, read once, and the same after take and concat."""
+    plan = small_plan()
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    fields = [f.name for f in dataclasses.fields(Config)]
+
+    def check(r: Rows) -> None:
+        for f in fields:
+            got = r.field(f)
+            assert got.tolist() == [getattr(c, f) for c in r.configs], f
+            assert got.dtype == {"int": np.int64, "bool": np.bool_}.get(Config.__annotations__[f], object), f
+            assert r.field(f) is got  # read once
+        assert r.names().tolist() == [c.name for c in r.configs]
+    check(rows)
+    shuffled = rows.take(np.random.default_rng(2).permutation(len(rows)))
+    assert shuffled._fields.keys() == rows._fields.keys()  # carried, not read again
+    check(shuffled)
+    half = len(rows) // 2
+    joined = Rows.concat([rows.take(np.arange(half)), rows.take(np.arange(half, len(rows)))])
+    assert joined._fields.keys() == rows._fields.keys()
+    check(joined)
+    assert [c for c in joined.configs] == list(rows.configs)
+
+
+def test_take_keeps_the_evaluations_made_at_their_new_places() -> None:
+    plan = small_plan()
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    made = {i: rows[i] for i in (0, 3, 7)}
+    order = np.array([7, 1, 0, 7, 5])  # a row twice, rows left out
+    taken = rows.take(order)
+    assert taken.made() == {0: made[7], 2: made[0], 3: made[7]}
+    assert [e.config for e in taken] == [rows.configs[i] for i in order]
 
 
 def _records_frame(rows, hardware, layers, plan) -> pd.DataFrame:
