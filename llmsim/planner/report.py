@@ -202,9 +202,12 @@ def pareto_front(cost: np.ndarray, time: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
+MISS_COLOR = "#9a9a9a"   # pareto_figure: configurations that miss the goal
+
+
 def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None) -> tuple[Any, Any]:
     """Cost against time to goal (inference: cost per hour against step latency), log-log, per hardware,
-    feasible points solid, misses faint, the Pareto front of the feasible ones drawn as a line."""
+    feasible points in the hardware's colour, misses in grey, the Pareto front of the feasible ones drawn as a line."""
     from llmsim.report.figures import new_figure
 
     fig, axes = new_figure(8.0, 5.2)
@@ -221,7 +224,10 @@ def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None
             miss = miss.sample(PARETO_SAMPLE, random_state=0)
         if len(ok) > PARETO_SAMPLE:
             ok = ok.sample(PARETO_SAMPLE, random_state=0)
-        ax.scatter(miss["time_to_goal_s"] / scale, miss["cost_usd"], s=4, color=color, alpha=0.08, linewidths=0)
+        # the misses in grey, whatever their hardware: thousands of faint dots of a hardware's colour read as
+        # solid ones, and those past the deadline looked as if they met the goal
+        ax.scatter(miss["time_to_goal_s"] / scale, miss["cost_usd"], s=4, color=MISS_COLOR, alpha=0.12,
+                   linewidths=0, label="misses the goal (any hardware)" if i == 0 and len(miss) else None)
         ax.scatter(ok["time_to_goal_s"] / scale, ok["cost_usd"], s=7, color=color, alpha=0.5, linewidths=0,
                    label=f"{name} (meets the goal)")
     feasible = priced[priced["feasible"]]
@@ -379,7 +385,7 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
                                 + [b for name, lines in explanation.closest
                                    for b in (Paragraph(name), Bullets(lines))]))
     sections.append(Section("Cost against time", [Figure(
-        "pareto", "Cost against time to goal", "each dot a priced configuration; solid: meets the goal",
+        "pareto", "Cost against time to goal", "each dot a priced configuration; coloured: meets the goal, grey: misses it",
         png=figure_png, skipped=None if figure_png else "no configuration could be priced")]))
     limits = ", ".join(f"{k}: {v:,}" for k, v in sorted(explanation.limit_counts.items(), key=lambda kv: -kv[1]))
     prices = [f"{h.name}: ${h.usd_per_device_hour:g} per device-hour"
