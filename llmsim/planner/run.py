@@ -5,15 +5,14 @@ Kept apart from the CLI so tests and notebooks get the same outcome object the c
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmsim.errors import ScenarioError
 from llmsim.executor import Executor, Progress
 from llmsim.hardware import Catalog
+from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.precisions import candidates
 from llmsim.planner.explain import Explanation, choice_lines, explain, limit_of, training_sensitivity
@@ -63,23 +62,6 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
     with collector_paused():
         return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused (automatic collections only; restored on the way out).
-
-    A plan's search holds 10^5 to 10^6 live objects (configurations, rows, their reasons), and every full
-    collection walks them all while finding next to nothing: the 70B training plan (404,694 rows) ran 13 full
-    collections of ~0.2 s each, 3.3 s of its ~26 s CPU in the collector, which freed ~10^4 objects; paused, its
-    peak memory is the same (1.24 GB). Nothing the plan computes depends on when the collector runs."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simulate: bool | None,

@@ -38,13 +38,11 @@ thousands of random configurations.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import itertools
 import math
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,6 +61,7 @@ from llmsim.costmodel.step import (StageParts, _per_microbatch, combine_stages, 
                                    zero3_unit_terms, zero3_unit_times)
 from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
                                    optimizer_step_time, train_work)
+from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile
 from llmsim.planner.space import Config
 
@@ -193,23 +192,8 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
-    with params_memo(), _collector_paused():  # params_memo: the micro-batch, dp, recompute ... do not change them
+    with params_memo(), collector_paused():  # params_memo: the micro-batch, dp, recompute ... do not change them
         return _price_table(ctx, configs, {} if shared is None else shared)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a table is priced, as it was after: pricing makes a few
-    hundred thousand small objects (keys, tuples, the cost model's work), few in cycles, and each of the
-    collections they would set off walks every object alive, the caller's candidates with them (a 70B plan's
-    hundreds of thousands of Configs). What cycles pricing leaves are collected by the next collection."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:

@@ -230,7 +230,7 @@ def test_plan_parquet_reads_back_as_the_frame_its_dictionary_columns_are_columns
 def test_the_collector_is_paused_inside_and_as_it_was_after() -> None:
     import gc
 
-    from llmsim.planner.run import collector_paused
+    from llmsim.planner.collector import collector_paused
 
     assert gc.isenabled()
     with collector_paused():
