@@ -421,9 +421,9 @@ def limit_of(e: Evaluation, who: str, rows: Sequence[Evaluation], plan: PlanFile
     if priced is not None and sensitivity is not None and "simulation" in sensitivity.priced_by:
         shares_of = f"simulated {shares_of}"
     largest_why = f"its largest share of the {shares_of}"
-    knob, moved = _strongest_whatif(sensitivity, index), plan.objective
+    knob, moved = strongest_whatif(sensitivity, index), plan.objective
     if knob is None:  # the objective does not move (a cost set by the device count): what moves the step does
-        knob, moved = _strongest_whatif(sensitivity, index, "time"), shares_of.removeprefix("simulated ")
+        knob, moved = strongest_whatif(sensitivity, index, "time"), shares_of.removeprefix("simulated ")
     if knob is not None and largest in ("compute", "communication") and KNOB_FACTOR[knob[0]] != largest:
         largest, largest_why = KNOB_FACTOR[knob[0]], (f"{knob_label(knob[0], knob[2])} moves its {moved} "
                                                       f"most: {knob[1]:+.1%}")
@@ -446,7 +446,7 @@ KNOB_FACTOR = {"link": "communication", "gemm": "compute", "memory": "memory ban
 WHATIF_DECIDES = 0.01
 
 
-def _strongest_whatif(sensitivity: Sensitivity | None, index: int,
+def strongest_whatif(sensitivity: Sensitivity | None, index: int,
                       by: Literal["objective", "time"] = "objective") -> tuple[str, float, float] | None:
     """(knob, relative change, factor) of the +20% what-if that lowers configuration `index`'s objective (or, by
     "time", its step time or latency) most, if it does by more than WHATIF_DECIDES; else None."""

@@ -16,7 +16,7 @@ import yaml
 from llmsim.planner.config import PlanFile
 from llmsim.planner.precisions import workload_for
 from llmsim.planner.explain import (Explanation, Limit, Sensitivity, SensitivityRow, choice_lines, fmt_duration,
-                                    fmt_energy, fmt_usd)
+                                    fmt_energy, fmt_usd, strongest_whatif)
 from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
 from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, objective_key, plan_serving, what_if
@@ -67,6 +67,13 @@ def serving_limit(c: CandidateResult, who: str, sensitivity: Sensitivity | None,
     memory = bool(run.row.get("preemptions")) or run.rejected > 0
     factor = "memory" if memory else max(("compute", "communication", "bubble"), key=lambda k: shares[k])
     why = "its KV cache ran out: requests preempted or rejected" if memory else "its largest share of the busy time"
+    # The compute share is kernel time, FLOP-bound or bandwidth-bound alike (explain.KNOB_FACTOR): when +20% of
+    # memory efficiency lowers the objective more than +20% of GEMM efficiency (a decode-heavy replica reading
+    # its weights and KV cache), the limit is named memory bandwidth, as a training plan's is.
+    strongest = strongest_whatif(sensitivity, 0 if who == "winner" else 1) if factor == "compute" else None
+    if strongest is not None and strongest[0] == "memory":
+        factor = "memory bandwidth"
+        why = "memory efficiency +20% lowers its objective most; kernel time is its largest share"
     busy = "busy time"  # Limit.shares_of: the replicas' busy time, not one step
     broke = ""
     if c.first_miss is not None:

@@ -185,9 +185,17 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     outcome = run_plan(parse_plan(serving_plan()), CATALOG, tmp_path)
     why = outcome.explanation
     assert [lim.who for lim in why.limits] == ["winner", "runner-up"]
-    assert all(lim.factor in ("memory", "communication", "bubble", "compute") for lim in why.limits)
+    assert all(lim.factor in ("memory", "memory bandwidth", "communication", "bubble", "compute")
+               for lim in why.limits)
     s = why.sensitivity
     assert s is not None and len(s.rows) == 6
+    from llmsim.planner.explain import strongest_whatif
+    for index, lim in enumerate(why.limits):  # kernel time that memory efficiency moves most is memory bandwidth
+        strongest = strongest_whatif(s, index)
+        if lim.factor == "memory bandwidth":
+            assert strongest is not None and strongest[0] == "memory"
+        if lim.factor == "compute":
+            assert strongest is None or strongest[0] != "memory"
     for r in s.rows:  # flips: the runner-up would rank first (feasible first, then cheaper)
         if r.winner_feasible and not r.runner_up_feasible:
             assert not r.flips
