@@ -300,6 +300,9 @@ class SensitivityRow:
     flips: bool                    # the runner-up would rank first
     note: str = ""                 # serving: the replicas each needs ('winner|runner-up')
     times: tuple[float | None, float | None] = (None, None)  # the tie-break: time to goal (inference: latency)
+    # what each breaks where it misses (search.Evaluation.limits, serve.CandidateResult.limits): the table names
+    # the criterion, so "misses" under -20% bandwidth reads as the deadline or memory, not a guess
+    limits: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
 
 @dataclass
@@ -511,7 +514,7 @@ def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluati
             w, r = again
             out.rows.append(SensitivityRow(knob, factor, _metric(w, plan.objective), _metric(r, plan.objective),
                                            w.feasible, r.feasible, key(r) < key(w),
-                                           times=(w.time_to_goal_s, r.time_to_goal_s)))
+                                           times=(w.time_to_goal_s, r.time_to_goal_s), limits=(w.limits, r.limits)))
     return out
 
 
@@ -542,15 +545,17 @@ def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[s
 
 
 def sensitivity_rows(s: Sensitivity) -> list[list[str]]:
-    """The sensitivity table as text cells: what-if, winner, runner-up, first."""
-    def fmt(v: float | None, ok: bool, t: float | None, note: str) -> str:
+    """The sensitivity table as text cells: what-if, winner, runner-up, first. A configuration that misses
+    says which limits it breaks, e.g. "(misses: deadline)" (SensitivityRow.limits)."""
+    def fmt(v: float | None, ok: bool, t: float | None, note: str, broken: tuple[str, ...] = ()) -> str:
+        missed = "" if ok else " (misses" + (": " + ", ".join(broken) if broken else "") + ")"
         if v is None:
-            return "–" + ("" if ok else " (misses)")
+            return "–" + missed
         text = fmt_usd(v) if s.metric.startswith("cost") else fmt_duration(v) if s.metric.startswith("time") else \
             fmt_energy(v) if s.metric.startswith("energy") else f"{v:,.0f}"
         if t is not None and not s.metric.startswith("time"):
             text += f", {fmt_duration(t)}"
-        return text + (f", {note}" if note else "") + ("" if ok else " (misses)")
+        return text + (f", {note}" if note else "") + missed
 
     def notes(note: str) -> tuple[str, str]:
         a, _, b = note.partition("|")
@@ -560,8 +565,8 @@ def sensitivity_rows(s: Sensitivity) -> list[list[str]]:
              "winner"]]
     for r in s.rows:
         nw, nr = notes(r.note)
-        rows.append([knob_label(r.knob, r.factor), fmt(r.winner, r.winner_feasible, r.times[0], nw),
-                     fmt(r.runner_up, r.runner_up_feasible, r.times[1], nr),
+        rows.append([knob_label(r.knob, r.factor), fmt(r.winner, r.winner_feasible, r.times[0], nw, r.limits[0]),
+                     fmt(r.runner_up, r.runner_up_feasible, r.times[1], nr, r.limits[1]),
                      ("runner-up (flips; both miss)" if not (r.winner_feasible or r.runner_up_feasible)
                       else "runner-up (flips)") if r.flips else "winner"])
     return rows

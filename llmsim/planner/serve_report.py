@@ -111,7 +111,8 @@ def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int, str], S
         w, r = results[i], results[i + 1]
         out.rows.append(SensitivityRow(knob, factor, metric(w, plan.objective), metric(r, plan.objective),
                                        w.feasible, r.feasible, key(r) < key(w),
-                                       note=f"{w.replicas or '–'} rep.|{r.replicas or '–'} rep."))
+                                       note=f"{w.replicas or '–'} rep.|{r.replicas or '–'} rep.",
+                                       limits=(w.limits, r.limits)))
     return out
 
 

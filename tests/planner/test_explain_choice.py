@@ -226,6 +226,20 @@ def test_the_choice_line_says_tie_when_winner_and_runner_up_are_equal_in_every_c
     assert sensitivity_rows(both_miss)[1][-1] == "runner-up (flips; both miss)"
 
 
+def test_a_configuration_that_misses_in_a_what_if_names_what_it_breaks() -> None:
+    """'(misses)' alone left the reader to guess whether the deadline, memory or power failed: the cell names
+    the limits (search.Evaluation.limits / serve.CandidateResult.limits), and says only '(misses)' where none
+    were recorded."""
+    from llmsim.planner.explain import Sensitivity, SensitivityRow
+    rows = [SensitivityRow("link", 0.8, 11.0, 10.5, False, True, True, limits=(("deadline", "power"), ())),
+            SensitivityRow("gemm", 1.2, None, 9.0, False, True, True, limits=(("memory",), ())),
+            SensitivityRow("memory", 0.8, 11.0, 12.0, False, True, True)]
+    cells = sensitivity_rows(Sensitivity("cost (USD)", "a", "b", (10.0, 12.0), rows))
+    assert cells[1][1].endswith("(misses: deadline, power)") and "misses" not in cells[1][2]
+    assert cells[2][1] == "– (misses: memory)"
+    assert cells[3][1].endswith("(misses)")
+
+
 @pytest.mark.parametrize("memory_bytes", [1.2e6, 3e6])
 def test_the_neighbours_found_on_the_columns_are_those_of_every_row(memory_bytes: float) -> None:
     """limit_of over search.Rows (its one-field neighbours found on Rows.field columns) says what it says over the
