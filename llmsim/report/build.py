@@ -148,7 +148,10 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
          f"the {offered} request rate; dotted: the SLO bounds.", lambda: F.serving_latency(frame)),
         ("serving_goodput", "Goodput against load",
          f"requests/s served and requests/s meeting the SLO (goodput) against the {offered} rate; the dashed "
-         "diagonal is every offered request served.", lambda: F.serving_goodput(frame)),
+         "diagonal is every offered request served. Served counts finished requests over the whole run, first "
+         "arrival to last token (as vLLM's bench serve does), so a run that keeps up still sits below the "
+         "diagonal by its drain: the last requests' latency after the last arrival, a share that shrinks as the "
+         "run spans more arrivals.", lambda: F.serving_goodput(frame)),
         ("serving_knee", "Throughput-latency knee",
          "time to first token at the 99th percentile (dotted: the SLO's TTFT bound) and goodput against the "
          f"{offered} rate; the dash-dotted vertical line marks the highest rate whose requests met the SLO (TTFT and "
