@@ -631,7 +631,35 @@ def _sharegpt_lengths(name: str) -> dict[str, object]:
             "output": {"kind": "exponential", "mean": round(mean_out, 4)}, **f}
 
 
-LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {name: _sharegpt_lengths(name) for name in SHAREGPT_MEANS}
+# vLLM's random dataset (`bench serve --dataset-name random`): each request's prompt and output length drawn
+#   uniformly from the integers of a range around --random-input-len / --random-output-len, with ignore_eos, so a
+#   request makes exactly its drawn output. The range is vLLM's RandomDataset.get_sampling_params
+#   (vllm/benchmarks/datasets.py, the rule read in vllm-project/vllm's stored copies of 2025-2026): the prompt's
+#   tokens less the tokenizer's special tokens (real = input - special) from floor(real (1 - r)) to
+#   ceil(real (1 + r)), the output from max(1, floor(output (1 - r))) to max(1, ceil(output (1 + r))), r the
+#   --random-range-ratio; the server adds the special tokens back (a Llama 3 BOS), so the engine sees `special`
+#   more prompt tokens. (Name, --random-input-len, --random-output-len, r, special tokens of the tokenizer):
+# vllm-random-20k-2k-r0.15: the vLLM blog's FP8 KV-cache post (2026-04-22), "~20k input tokens and ~2k output
+#   tokens (±15% variance)" for Llama-3.1-8B (its BOS the one special token), taken as 20000 / 2000 at r 0.15.
+VLLM_RANDOM_DATASETS: tuple[tuple[str, int, int, float, int], ...] = (
+    ("vllm-random-20k-2k-r0.15", 20_000, 2_000, 0.15, 1),
+)
+
+
+def vllm_random_lengths(input_len: int, output_len: int, range_ratio: float, special_tokens: int) -> dict[str, object]:
+    """The `serving.lengths` block of vLLM's random dataset (VLLM_RANDOM_DATASETS): uniform integer ranges, the
+    prompt's counted as the engine sees it (special tokens included)."""
+    real = max(0, input_len - special_tokens)
+    low_in, high_in = math.floor(real * (1 - range_ratio)), math.ceil(real * (1 + range_ratio))
+    low_out = max(1, math.floor(output_len * (1 - range_ratio)))
+    high_out = max(1, math.ceil(output_len * (1 + range_ratio)))
+    return {"input": {"kind": "uniform", "min": low_in + special_tokens, "max": high_in + special_tokens},
+            "output": {"kind": "uniform", "min": low_out, "max": high_out}}
+
+
+LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
+    **{name: _sharegpt_lengths(name) for name in SHAREGPT_MEANS},
+    **{name: vllm_random_lengths(i, o, r, special) for name, i, o, r, special in VLLM_RANDOM_DATASETS}}
 
 # metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
 # The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,
