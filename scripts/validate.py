@@ -657,9 +657,32 @@ def vllm_random_lengths(input_len: int, output_len: int, range_ratio: float, spe
             "output": {"kind": "uniform", "min": low_out, "max": high_out}}
 
 
+# SGLang's random dataset (`python -m sglang.bench_serving --dataset-name random`, ignore_eos by default): the
+#   prompt uniform on the integers max(int(input r), 1)..input, the output's max_new_tokens on int(output r)..output
+#   (sglang/bench_serving.py `sample_random_requests`, numpy's global generator seeded with --seed, default 1), r
+#   the --random-range-ratio (default 0.0 in the runs here). Every run of the SGLang cookbook's Llama 3.1 page
+#   printed as "Total input tokens" exactly the sum of those prompt draws (numpy seed 1) and as "Total generated
+#   tokens" that of the output draws plus one a request (e.g. 10 prompts of 1000 / 1000: 6,101 and 4,220 = 4,210 +
+#   10), so a request generates its draw + 1 tokens: the output range here is one higher. (Name, --random-input-len,
+#   --random-output-len, r):
+# sglang-random-1k-1k-r0 and sglang-random-8k-1k-r0: the cookbook's "standard" and "summarization" scenarios.
+SGLANG_RANDOM_DATASETS: tuple[tuple[str, int, int, float], ...] = (
+    ("sglang-random-1k-1k-r0", 1_000, 1_000, 0.0),
+    ("sglang-random-8k-1k-r0", 8_000, 1_000, 0.0),
+)
+
+
+def sglang_random_lengths(input_len: int, output_len: int, range_ratio: float) -> dict[str, object]:
+    """The `serving.lengths` block of SGLang's random dataset (SGLANG_RANDOM_DATASETS): uniform integer ranges,
+    the output one token past the drawn max_new_tokens (what the published totals count)."""
+    return {"input": {"kind": "uniform", "min": max(int(input_len * range_ratio), 1), "max": input_len},
+            "output": {"kind": "uniform", "min": int(output_len * range_ratio) + 1, "max": output_len + 1}}
+
+
 LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
     **{name: _sharegpt_lengths(name) for name in SHAREGPT_MEANS},
-    **{name: vllm_random_lengths(i, o, r, special) for name, i, o, r, special in VLLM_RANDOM_DATASETS}}
+    **{name: vllm_random_lengths(i, o, r, special) for name, i, o, r, special in VLLM_RANDOM_DATASETS},
+    **{name: sglang_random_lengths(i, o, r) for name, i, o, r in SGLANG_RANDOM_DATASETS}}
 
 # metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
 # The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,

@@ -288,9 +288,20 @@ def test_a_vllm_random_dataset_is_its_uniform_ranges_with_the_special_tokens_add
         assert all(lo_in <= i <= hi_in and lo_out <= o <= hi_out for i, o in pairs)
         assert sum(i for i, _ in pairs) / len(pairs) == pytest.approx((lo_in + hi_in) / 2, rel=0.01)
     rows = v.read_serving_runs(v.TABLES["serving"].default)
-    names = {name for name, *_ in v.VLLM_RANDOM_DATASETS}
+    names = {name for name, *_ in v.VLLM_RANDOM_DATASETS + v.SGLANG_RANDOM_DATASETS}
     random_rows = [r for r in rows if r["lengths"] in names]
     assert random_rows and all(r["concurrency"] and r["request_rate"] == "inf" for r in random_rows)
+
+
+def test_an_sglang_random_dataset_draws_prompts_from_one_and_outputs_one_past_the_draw(v) -> None:
+    """SGLang's sampler: prompts on max(int(input r), 1)..input, max_new_tokens on int(output r)..output, and the
+    published totals count one generated token more a request; the cookbook's two scenarios at r = 0."""
+    assert v.sglang_random_lengths(1_000, 1_000, 0.0) == {"input": {"kind": "uniform", "min": 1, "max": 1_000},
+                                                          "output": {"kind": "uniform", "min": 1, "max": 1_001}}
+    assert v.sglang_random_lengths(8_000, 1_000, 0.5) == {"input": {"kind": "uniform", "min": 4_000, "max": 8_000},
+                                                          "output": {"kind": "uniform", "min": 501, "max": 1_001}}
+    for name, *args in v.SGLANG_RANDOM_DATASETS:
+        assert v.LENGTH_DISTRIBUTIONS[name] == v.sglang_random_lengths(*args)
 
 
 def test_filtered_means_match_a_brute_force_sum_and_the_solver_refuses_the_unreachable(v) -> None:
