@@ -42,7 +42,7 @@ import dataclasses
 import itertools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -130,29 +130,53 @@ def _whole(ctx) -> bool:
     return ctx.hardware.node.is_torus or w.mode != "train" or w.model.moe is not None
 
 
-def group_key(ctx, c: Config) -> tuple:
-    """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
-    (module docstring). float8 adds the micro-batch count: the weights' FP8 casts, once per step, are spread
-    over the micro-batches' forwards (compute.phase_times), so only dp and ZeRO vary in its groups."""
-    return _key_function(ctx)(c)
-
-
-def _key_function(ctx) -> Callable[[Config], tuple]:
-    """group_key for one hardware choice and workload, with what does not change between rows looked up once."""
-    node = ctx.hardware.devices_per_node
+def _row_fields(ctx) -> tuple[str, ...]:
+    """The fields that vary in a group (VARY_IN_GROUP) which its key holds all the same, but for the node: where
+    every configuration is its own group (`_whole`) dp, ZeRO and the micro-batch count; with float8 the
+    micro-batch count (the weights' FP8 casts, once per step, are spread over the micro-batches' forwards:
+    compute.phase_times), so only dp and ZeRO vary in its groups; else none."""
     if _whole(ctx):
-        return lambda c: (*_key_of(c), min(c.n_devices, node), c.dp, c.zero, c.microbatches)
+        return ("dp", "zero", "microbatches")
     if precision.is_fp8(ctx.plan.workload):
-        return lambda c: (*_key_of(c), min(c.n_devices, node), c.microbatches)
+        return ("microbatches",)
+    return ()
 
-    def key(c: Config) -> tuple:
-        # a part of one node is a node of that many devices (ClusterSpec.with_devices)
-        base = (*_key_of(c), min(c.n_devices, node))
-        if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
-            # micro-batches in flight differ, which _combine computes per row from its own schedule
-            return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
-        return base
+
+def group_key(ctx, c: Config) -> tuple:
+    """The fields that fix the per-micro-batch work (KEY_FIELDS), the devices per node of the group's cluster
+    (a part of one node is a node of that many devices: ClusterSpec.with_devices) and `_row_fields`. Without
+    row fields GPipe is keyed as 1F1B: they run the same work per micro-batch; only the bubble and the
+    micro-batches in flight differ, which _combine computes per row from its own schedule."""
+    fields = _row_fields(ctx)
+    key = (*_key_of(c), min(c.n_devices, ctx.hardware.devices_per_node), *(getattr(c, f) for f in fields))
+    if not fields and c.schedule == "gpipe":
+        return key[:_SCHEDULE_AT] + ("1f1b",) + key[_SCHEDULE_AT + 1:]
     return key
+
+
+def _grouped(ctx, configs: Sequence[Config]) -> tuple[dict[tuple, int], list[int], np.ndarray, "_Rows"]:
+    """(each group's key (group_key), numbered in the order of its first row; each group's first row; each
+    row's group; the rows' columns). group_key is called once per distinct (KEY_FIELDS, node, row fields),
+    not once per row: the rows are first told apart by those as integer columns (the KEY_FIELDS tuples read
+    by one C-level pass and numbered by a dict), and the columns `_Rows` needs come from the same passes."""
+    n = len(configs)
+    key_rows = list(map(_key_of, configs))
+    number = {k: i for i, k in enumerate(dict.fromkeys(key_rows))}  # each distinct KEY_FIELDS tuple: a kind
+    kind_of = np.fromiter(map(number.__getitem__, key_rows), dtype=np.int64, count=n)
+    rows = _Rows.of(configs, kind_of, np.unique(kind_of, return_index=True)[1])
+    columns = {"dp": rows.dp, "zero": rows.zero, "microbatches": rows.m}
+    node = np.minimum(rows.devices, ctx.hardware.devices_per_node)
+    subgroups, sub_of = _distinct([kind_of, node, *(columns[f] for f in _row_fields(ctx))])
+    keys: dict[tuple, int] = {}
+    firsts: list[int] = []
+    group_of_sub = np.empty(len(subgroups), dtype=np.int64)
+    for s in np.argsort(subgroups).tolist():  # in the order of their first rows: groups numbered as they appear
+        row = int(subgroups[s])
+        g = keys.setdefault(group_key(ctx, configs[row]), len(keys))
+        if g == len(firsts):
+            firsts.append(row)
+        group_of_sub[s] = g
+    return keys, firsts, group_of_sub[sub_of], rows
 
 
 @dataclass
@@ -199,10 +223,8 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
 def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
-    keys: dict[tuple, int] = {}  # each group's key, numbered in the order of its first row
-    group_of = np.array([keys.setdefault(k, len(keys)) for k in map(_key_function(ctx), configs)], dtype=np.int64)
-    firsts = [configs[i] for i in np.unique(group_of, return_index=True)[1].tolist()]
-    rows = _Rows.of(configs)
+    keys, first_rows, group_of, rows = _grouped(ctx, configs)
+    firsts = [configs[i] for i in first_rows]
     # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
     layouts = precision.any_layout(ctx.hardware.device)
@@ -266,17 +288,26 @@ class _Rows:
     zero_dp: np.ndarray    # ZeRO shards over dp x cp less the TPU slices' replicas (Plan.zero_dp)
     schedule: np.ndarray
 
-    _FIELDS = ("dp", "zero", "microbatches", "n_devices", "pp", "cp", "ep", "dcn_replicas", "v")
+    _FIELDS = ("dp", "zero", "microbatches", "n_devices")  # the fields that vary in a group: read row by row
 
     @classmethod
-    def of(cls, configs: Sequence[Config]) -> "_Rows":
-        get = operator.attrgetter(*cls._FIELDS)  # one flat pass (np.fromiter), not an array of a list of tuples
+    def of(cls, configs: Sequence[Config], kind_of: np.ndarray, kinds: np.ndarray) -> "_Rows":
+        """The columns of `configs`, of which `kind_of[i]` numbers row i's KEY_FIELDS (its kind) and `kinds[k]`
+        is a row of kind k: what those fix (pp, cp, ep, the chunks per device, the schedule) read once per
+        kind; dp, ZeRO, the micro-batch count and the devices in one flat pass (np.fromiter)."""
+        get = operator.attrgetter(*cls._FIELDS)
         table = np.fromiter(itertools.chain.from_iterable(map(get, configs)), dtype=np.int64,
                             count=len(configs) * len(cls._FIELDS)).reshape(len(configs), len(cls._FIELDS))
-        dp, zero, m, devices, pp, cp, ep, dcn, v = table.T
+        dp, zero, m, devices = table.T
+        reps = [configs[i] for i in kinds.tolist()]
+        pp, cp, ep, v = (np.array([getattr(c, f) for c in reps], dtype=np.int64)[kind_of]
+                         for f in ("pp", "cp", "ep", "v"))
+        dcn = np.ones(len(configs), dtype=np.int64)  # only several TPU slices have replicas (Config.dcn_replicas)
+        for i in np.flatnonzero(np.array([c.slices > 1 for c in reps])[kind_of]).tolist():
+            dcn[i] = configs[i].dcn_replicas
         dp_cp = cp * dp
         return cls(dp, zero, m, devices, pp, v, dp_cp, np.maximum(dp_cp // ep, 1), np.maximum(dp_cp // dcn, 1),
-                   np.array([c.schedule for c in configs]))
+                   np.array([c.schedule for c in reps])[kind_of])
 
     def take(self, at: np.ndarray) -> "_Rows":
         return _Rows(**{f.name: getattr(self, f.name)[at] for f in dataclasses.fields(self)})
