@@ -438,8 +438,8 @@ def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray)
         # one array from the groups' tuples at once (each value made a float as an assignment would)
         table = np.array([(items[k] if isinstance(items[k], tuple) else values(items[k])) if k < len(items) else empty
                           for items in per_group], dtype=float)
-        rows = np.take(table.T, group_of, axis=1)  # one gather, each field a contiguous row
-        out.append(dict(zip(fields, rows)))
+        # each field's column gathered from a contiguous row of the groups' values
+        out.append({f: column[group_of] for f, column in zip(fields, np.ascontiguousarray(table.T))})
     return out
 
 
