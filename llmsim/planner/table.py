@@ -38,6 +38,7 @@ thousands of random configurations.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import math
@@ -395,18 +396,21 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
     # one object per distinct fabric: the cached collective prices (Comm.time) find it by identity
     fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
-    steps, slot_of, alike = [], {}, {}
     syncs = [(s.stages, s.comm.time(fabric)) for s in work.syncs]  # each priced once, not once per stage
     ranked = work.v > 1  # interleaved: a stage's exposed reductions depend on its rank
-    for index, st in enumerate(work.stages):
-        # (step.interleaved_reduce_exposed); the same sum, in the same order, as step's over work.syncs
-        sync = sum(t for stages, t in syncs if index in stages) if syncs else 0
-        key = (id(st), sync, index if ranked else 0)
-        if key in slot_of:  # equal stages: the first stands for them (the first of equals), counted
-            row = slot_of[key]
-            steps[row] = steps[row][:-1] + (steps[row][-1] + 1,)
-            continue
-        slot_of[key] = len(steps)
+    stages = work.stages
+    # equal stages: the first stands for them (the first of equals), counted; a stage is told apart by its
+    # StageWork and, where they apply, its sharing syncs and its rank (step.interleaved_reduce_exposed): the
+    # same sum, in the same order, as step's over work.syncs
+    keys: list = ([(id(st), sum(t for where, t in syncs if index in where) if syncs else 0, index if ranked else 0)
+                   for index, st in enumerate(stages)] if syncs or ranked else list(map(id, stages)))
+    copies = collections.Counter(keys)
+    first = dict(zip(reversed(keys), reversed(range(len(keys)))))  # each key's first stage (the last one written)
+    steps, alike = [], {}
+    for key in dict.fromkeys(keys):  # in the order of their first stages
+        index = first[key]
+        st = stages[index]
+        sync = key[1] if syncs or ranked else 0
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             params_key = ("params", tkey, index)  # the hardware choices of a search ask the same: computed once
@@ -422,7 +426,7 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
                              moe.data_parallel_params(plan, params, experts) * elem,
                              st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed,
                              *zero3_unit_terms(work, st, fabric))
-        steps.append((index, *alike[id(st)], sync, 1))
+        steps.append((index, *alike[id(st)], sync, copies[key]))
     return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps)
 
 
