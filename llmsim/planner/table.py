@@ -159,7 +159,7 @@ def _grouped(ctx, configs: Sequence[Config]) -> tuple[dict[tuple, int], list[int
     """(each group's key (group_key), numbered in the order of its first row; each group's first row; each
     row's group; the rows' columns). group_key is called once per distinct (KEY_FIELDS, node, row fields),
     not once per row: the rows are first told apart by those as integer columns (the KEY_FIELDS tuples read
-    by one C-level pass and numbered by a dict), and the columns `_Rows` needs come from the same passes."""
+    by one C-level pass and numbered by a dict: a row's kind; `_Rows.of` reads what a kind fixes once)."""
     n = len(configs)
     key_rows = list(map(_key_of, configs))
     number = {k: i for i, k in enumerate(dict.fromkeys(key_rows))}  # each distinct KEY_FIELDS tuple: a kind
