@@ -36,6 +36,7 @@ Transformer Engine's userbuffers run them (`tp_overlaps`); `overlap_p2p`, `overl
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -163,7 +164,9 @@ Comms = tuple[Comm, ...]
 
 
 def comms_time(comms: Comms, fabric: Fabric) -> float:
-    return sum(c.time(fabric) for c in comms)
+    """Seconds of `comms` one after another, each alone on its ports (Comm.time; the cache asked directly: a
+    stage's collectives are summed hundreds of thousands of times in a planner's table)."""
+    return sum(map(_comm_time, comms, itertools.repeat(fabric)))
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ Overlaps = tuple[Overlapped, ...]
 
 
 def overlaps_time(items: Overlaps, fabric: Fabric) -> float:
-    return sum(o.time(fabric) for o in items)
+    return sum(o.time(fabric) for o in items) if items else 0
 
 
 def overlapped_gemm_s(items: Overlaps) -> float:

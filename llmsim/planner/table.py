@@ -38,11 +38,12 @@ thousands of random configurations.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -130,29 +131,53 @@ def _whole(ctx) -> bool:
     return ctx.hardware.node.is_torus or w.mode != "train" or w.model.moe is not None
 
 
-def group_key(ctx, c: Config) -> tuple:
-    """The fields that fix the per-micro-batch work; the whole configuration where the grouping is not exact
-    (module docstring). float8 adds the micro-batch count: the weights' FP8 casts, once per step, are spread
-    over the micro-batches' forwards (compute.phase_times), so only dp and ZeRO vary in its groups."""
-    return _key_function(ctx)(c)
-
-
-def _key_function(ctx) -> Callable[[Config], tuple]:
-    """group_key for one hardware choice and workload, with what does not change between rows looked up once."""
-    node = ctx.hardware.devices_per_node
+def _row_fields(ctx) -> tuple[str, ...]:
+    """The fields that vary in a group (VARY_IN_GROUP) which its key holds all the same, but for the node: where
+    every configuration is its own group (`_whole`) dp, ZeRO and the micro-batch count; with float8 the
+    micro-batch count (the weights' FP8 casts, once per step, are spread over the micro-batches' forwards:
+    compute.phase_times), so only dp and ZeRO vary in its groups; else none."""
     if _whole(ctx):
-        return lambda c: (*_key_of(c), min(c.n_devices, node), c.dp, c.zero, c.microbatches)
+        return ("dp", "zero", "microbatches")
     if precision.is_fp8(ctx.plan.workload):
-        return lambda c: (*_key_of(c), min(c.n_devices, node), c.microbatches)
+        return ("microbatches",)
+    return ()
 
-    def key(c: Config) -> tuple:
-        # a part of one node is a node of that many devices (ClusterSpec.with_devices)
-        base = (*_key_of(c), min(c.n_devices, node))
-        if c.schedule == "gpipe":  # GPipe and 1F1B run the same work per micro-batch; only the bubble and the
-            # micro-batches in flight differ, which _combine computes per row from its own schedule
-            return base[:_SCHEDULE_AT] + ("1f1b",) + base[_SCHEDULE_AT + 1:]
-        return base
+
+def group_key(ctx, c: Config) -> tuple:
+    """The fields that fix the per-micro-batch work (KEY_FIELDS), the devices per node of the group's cluster
+    (a part of one node is a node of that many devices: ClusterSpec.with_devices) and `_row_fields`. Without
+    row fields GPipe is keyed as 1F1B: they run the same work per micro-batch; only the bubble and the
+    micro-batches in flight differ, which _combine computes per row from its own schedule."""
+    fields = _row_fields(ctx)
+    key = (*_key_of(c), min(c.n_devices, ctx.hardware.devices_per_node), *(getattr(c, f) for f in fields))
+    if not fields and c.schedule == "gpipe":
+        return key[:_SCHEDULE_AT] + ("1f1b",) + key[_SCHEDULE_AT + 1:]
     return key
+
+
+def _grouped(ctx, configs: Sequence[Config]) -> tuple[dict[tuple, int], list[int], np.ndarray, "_Rows"]:
+    """(each group's key (group_key), numbered in the order of its first row; each group's first row; each
+    row's group; the rows' columns). group_key is called once per distinct (KEY_FIELDS, node, row fields),
+    not once per row: the rows are first told apart by those as integer columns (the KEY_FIELDS tuples read
+    by one C-level pass and numbered by a dict: a row's kind; `_Rows.of` reads what a kind fixes once)."""
+    n = len(configs)
+    key_rows = list(map(_key_of, configs))
+    number = {k: i for i, k in enumerate(dict.fromkeys(key_rows))}  # each distinct KEY_FIELDS tuple: a kind
+    kind_of = np.fromiter(map(number.__getitem__, key_rows), dtype=np.int64, count=n)
+    rows = _Rows.of(configs, kind_of, np.unique(kind_of, return_index=True)[1])
+    columns = {"dp": rows.dp, "zero": rows.zero, "microbatches": rows.m}
+    node = np.minimum(rows.devices, ctx.hardware.devices_per_node)
+    subgroups, sub_of = _distinct([kind_of, node, *(columns[f] for f in _row_fields(ctx))])
+    keys: dict[tuple, int] = {}
+    firsts: list[int] = []
+    group_of_sub = np.empty(len(subgroups), dtype=np.int64)
+    for s in np.argsort(subgroups).tolist():  # in the order of their first rows: groups numbered as they appear
+        row = int(subgroups[s])
+        g = keys.setdefault(group_key(ctx, configs[row]), len(keys))
+        if g == len(firsts):
+            firsts.append(row)
+        group_of_sub[s] = g
+    return keys, firsts, group_of_sub[sub_of], rows
 
 
 @dataclass
@@ -199,10 +224,8 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
 def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
-    keys: dict[tuple, int] = {}  # each group's key, numbered in the order of its first row
-    group_of = np.array([keys.setdefault(k, len(keys)) for k in map(_key_function(ctx), configs)], dtype=np.int64)
-    firsts = [configs[i] for i in np.unique(group_of, return_index=True)[1].tolist()]
-    rows = _Rows.of(configs)
+    keys, first_rows, group_of, rows = _grouped(ctx, configs)
+    firsts = [configs[i] for i in first_rows]
     # the memory terms follow the key less the node (_stage_key drops it): found by it before a Plan is built,
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
     layouts = precision.any_layout(ctx.hardware.device)
@@ -266,17 +289,26 @@ class _Rows:
     zero_dp: np.ndarray    # ZeRO shards over dp x cp less the TPU slices' replicas (Plan.zero_dp)
     schedule: np.ndarray
 
-    _FIELDS = ("dp", "zero", "microbatches", "n_devices", "pp", "cp", "ep", "dcn_replicas", "v")
+    _FIELDS = ("dp", "zero", "microbatches", "n_devices")  # the fields that vary in a group: read row by row
 
     @classmethod
-    def of(cls, configs: Sequence[Config]) -> "_Rows":
-        get = operator.attrgetter(*cls._FIELDS)  # one flat pass (np.fromiter), not an array of a list of tuples
+    def of(cls, configs: Sequence[Config], kind_of: np.ndarray, kinds: np.ndarray) -> "_Rows":
+        """The columns of `configs`, of which `kind_of[i]` numbers row i's KEY_FIELDS (its kind) and `kinds[k]`
+        is a row of kind k: what those fix (pp, cp, ep, the chunks per device, the schedule) read once per
+        kind; dp, ZeRO, the micro-batch count and the devices in one flat pass (np.fromiter)."""
+        get = operator.attrgetter(*cls._FIELDS)
         table = np.fromiter(itertools.chain.from_iterable(map(get, configs)), dtype=np.int64,
                             count=len(configs) * len(cls._FIELDS)).reshape(len(configs), len(cls._FIELDS))
-        dp, zero, m, devices, pp, cp, ep, dcn, v = table.T
+        dp, zero, m, devices = table.T
+        reps = [configs[i] for i in kinds.tolist()]
+        pp, cp, ep, v = (np.array([getattr(c, f) for c in reps], dtype=np.int64)[kind_of]
+                         for f in ("pp", "cp", "ep", "v"))
+        dcn = np.ones(len(configs), dtype=np.int64)  # only several TPU slices have replicas (Config.dcn_replicas)
+        for i in np.flatnonzero(np.array([c.slices > 1 for c in reps])[kind_of]).tolist():
+            dcn[i] = configs[i].dcn_replicas
         dp_cp = cp * dp
         return cls(dp, zero, m, devices, pp, v, dp_cp, np.maximum(dp_cp // ep, 1), np.maximum(dp_cp // dcn, 1),
-                   np.array([c.schedule for c in configs]))
+                   np.array([c.schedule for c in reps])[kind_of])
 
     def take(self, at: np.ndarray) -> "_Rows":
         return _Rows(**{f.name: getattr(self, f.name)[at] for f in dataclasses.fields(self)})
@@ -364,18 +396,21 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
     # one object per distinct fabric: the cached collective prices (Comm.time) find it by identity
     fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
-    steps, slot_of, alike = [], {}, {}
     syncs = [(s.stages, s.comm.time(fabric)) for s in work.syncs]  # each priced once, not once per stage
     ranked = work.v > 1  # interleaved: a stage's exposed reductions depend on its rank
-    for index, st in enumerate(work.stages):
-        # (step.interleaved_reduce_exposed); the same sum, in the same order, as step's over work.syncs
-        sync = sum(t for stages, t in syncs if index in stages) if syncs else 0
-        key = (id(st), sync, index if ranked else 0)
-        if key in slot_of:  # equal stages: the first stands for them (the first of equals), counted
-            row = slot_of[key]
-            steps[row] = steps[row][:-1] + (steps[row][-1] + 1,)
-            continue
-        slot_of[key] = len(steps)
+    stages = work.stages
+    # equal stages: the first stands for them (the first of equals), counted; a stage is told apart by its
+    # StageWork and, where they apply, its sharing syncs and its rank (step.interleaved_reduce_exposed): the
+    # same sum, in the same order, as step's over work.syncs
+    keys: list = ([(id(st), sum(t for where, t in syncs if index in where) if syncs else 0, index if ranked else 0)
+                   for index, st in enumerate(stages)] if syncs or ranked else list(map(id, stages)))
+    copies = collections.Counter(keys)
+    first = dict(zip(reversed(keys), reversed(range(len(keys)))))  # each key's first stage (the last one written)
+    steps, alike = [], {}
+    for key in dict.fromkeys(keys):  # in the order of their first stages
+        index = first[key]
+        st = stages[index]
+        sync = key[1] if syncs or ranked else 0
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
             params_key = ("params", tkey, index)  # the hardware choices of a search ask the same: computed once
@@ -391,7 +426,7 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
                              moe.data_parallel_params(plan, params, experts) * elem,
                              st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed,
                              *zero3_unit_terms(work, st, fabric))
-        steps.append((index, *alike[id(st)], sync, 1))
+        steps.append((index, *alike[id(st)], sync, copies[key]))
     return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps)
 
 
@@ -407,8 +442,8 @@ def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray)
         # one array from the groups' tuples at once (each value made a float as an assignment would)
         table = np.array([(items[k] if isinstance(items[k], tuple) else values(items[k])) if k < len(items) else empty
                           for items in per_group], dtype=float)
-        rows = np.take(table.T, group_of, axis=1)  # one gather, each field a contiguous row
-        out.append(dict(zip(fields, rows)))
+        # each field's column gathered from a contiguous row of the groups' values
+        out.append({f: column[group_of] for f, column in zip(fields, np.ascontiguousarray(table.T))})
     return out
 
 
@@ -442,8 +477,11 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
     """The step and goal metrics (`PRICED`) of rows `r` (group_of[i]: row i's group in `groups`): the cost
     model's array-generic formulas over columns (module docstring); NaN where the group could not be priced."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
-    pairs, pair_of = np.unique(np.column_stack([group_of, r.dp]), axis=0, return_inverse=True)
+    # the distinct (group, dp) pairs in order, found as one integer each (np.unique of rows sorts far slower)
+    span = int(r.dp.max()) + 1
+    codes, pair_of = np.unique(group_of * span + r.dp, return_inverse=True)
     pair_of = pair_of.reshape(-1)
+    pairs = np.column_stack([codes // span, codes % span])
     rates = device_rates(hw.cluster(1), w.dtype)
     hides = hw.device.overlaps_communication
     optimizer_bytes, optimizer_ops = _optimizer_totals(ctx.profile)

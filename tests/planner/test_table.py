@@ -190,9 +190,9 @@ def test_only_groups_with_a_row_that_fits_are_timed(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(table_module, "train_work", lambda *args: timed.append(args[3]) or real(*args))
     table = price_table(ctx, configs)
     fits = table.columns["fits"]
-    key = table_module._key_function(ctx)
-    with_fit = {key(c) for c, ok in zip(configs, fits) if ok}
-    assert 0 < len(with_fit) < len({key(c) for c in configs})   # the small GPU overflows some whole groups
+    keys = [table_module.group_key(ctx, c) for c in configs]
+    with_fit = {k for k, ok in zip(keys, fits) if ok}
+    assert 0 < len(with_fit) < len(set(keys))   # the small GPU overflows some whole groups
     assert len(timed) == len(with_fit)
     assert np.isnan(table.columns["step_time_s"][~fits]).all()
     assert not np.isnan(table.columns["step_time_s"][fits]).any()
@@ -270,3 +270,34 @@ def test_dense_stage_terms_split_into_static_and_activation_terms_agree() -> Non
             assert [tuple(t) for t in got] == [tuple(getattr(t, f) for f in MEMORY_FIELDS) for t in want], c.name
             checked += 1
     assert checked > 100
+
+
+def test_rows_are_grouped_as_group_key_says() -> None:
+    """price_table tells the rows apart by integer columns (table._grouped) and calls group_key once per
+    distinct one: the same groups, numbered in the order of their first rows, as group_key row by row, for a
+    dense bf16 workload (GPipe and 1F1B together), float8 (the micro-batch count in the key) and TPU slices
+    (each configuration its own group, several slices with replicas over the data-center network)."""
+    from llmsim.planner import table as table_module
+
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8},
+                                {"name": "h100-sxm", "usd_per_device_hour": 3.0}, {"name": "tpu-v5p"}],
+                      search={"dtype": ["bfloat16", "float8"], "cp": [1, 2], "virtual_stages": [2]},
+                      limits={"max_devices": 64, "memory_headroom": 0.0})
+    sharing = sharing_choice(plan)
+    rng = random.Random(1)
+    seen = set()
+    for hw, label, ctx in precision_contexts(plan, hardware(plan, small_catalog()), sharing,
+                                             workload_profile(plan.workload, sharing)):
+        configs = _space(ctx.plan, hw, label)
+        rng.shuffle(configs)
+        keys, firsts, group_of, rows = table_module._grouped(ctx, configs)
+        want: dict[tuple, int] = {}
+        expected = [want.setdefault(table_module.group_key(ctx, c), len(want)) for c in configs]
+        assert keys == want and group_of.tolist() == expected
+        assert firsts == [expected.index(g) for g in range(len(want))]
+        assert rows.edp.tolist() == [c.plan().edp for c in configs]
+        assert rows.zero_dp.tolist() == [c.plan().zero_dp for c in configs]
+        assert rows.v.tolist() == [c.v for c in configs] and rows.schedule.tolist() == [c.schedule for c in configs]
+        seen.add((hw.node.is_torus, label, any(c.dcn_replicas > 1 for c in configs)))
+    assert {(False, "", False), (False, "float8-delayed", False), (True, "", True)} <= seen
