@@ -19,6 +19,7 @@ the ones that do not fit in memory, by how far.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 import time
@@ -39,7 +40,8 @@ from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
 from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PRICED, PricedTable, goal_metrics, price_table  # noqa: F401
-from llmsim.planner.space import Axes, Config, Group, axes_of, chains, groups, members, schedules, slice_layouts
+from llmsim.planner.space import (Axes, Config, Group, axes_of, chains, groups, member_count, schedules,
+                                  slice_layouts)
 from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
@@ -542,13 +544,26 @@ CHAIN_VARIES = ("micro_batch", "microbatches")
 
 
 def chain_fields(found: Sequence[Sequence[Config]], keep: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows.field columns over the rows `keep` of the chains `found` laid end to end, of the fields a chain's
-    members share (all but CHAIN_VARIES): read once from each chain's first member and repeated along it (a
-    chain of 7 read once instead of 7 times; Rows reads CHAIN_VARIES from the rows when asked)."""
+    """Rows.field columns over the rows `keep` of the chains `found` laid end to end: the fields a chain's
+    members share (all but CHAIN_VARIES) read once from each chain's first member and repeated along it (a
+    chain of 7 read once instead of 7 times; Rows reads `microbatches` from the rows when asked), and the
+    names (NAMES), each chain's parts around the micro-batch (Config.name_around_micro_batch) built once and
+    joined with each row's micro-batch: 4x sooner than Config.name row by row (~400,000 rows of the 70B plan)."""
     heads = [chain[0] for chain in found]
     repeat = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
-    return {f.name: np.repeat(_config_column(heads, f.name), repeat)[keep] for f in dataclasses.fields(Config)
-            if f.name not in CHAIN_VARIES}
+    out = {f.name: np.repeat(_config_column(heads, f.name), repeat)[keep] for f in dataclasses.fields(Config)
+           if f.name not in CHAIN_VARIES}
+    flat = itertools.chain.from_iterable(found)
+    micro_batch = np.fromiter(map(operator.attrgetter("micro_batch"), flat), dtype=np.int64, count=int(repeat.sum()))
+    out["micro_batch"] = micro_batch = micro_batch[keep]
+    around = [c.name_around_micro_batch() for c in heads]
+    before = np.fromiter((b for b, _ in around), dtype=object, count=len(heads))
+    after = np.fromiter((a for _, a in around), dtype=object, count=len(heads))
+    chain_of = np.repeat(np.arange(len(heads)), repeat)[keep]
+    values, which = np.unique(micro_batch, return_inverse=True)  # few distinct micro-batches: each written once
+    text = np.array([str(v) for v in values.tolist()], dtype=object)[which.reshape(-1)]
+    out[NAMES] = before[chain_of] + text + after[chain_of]  # object arrays: Python's str + per row
+    return out
 
 
 def chain_kept(fits: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
@@ -687,6 +702,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     # every hardware choice
     shared: dict[str, dict[tuple, object]] = {}
     shapes: dict[tuple, list] = {}
+    counted: dict[tuple, list] = {}  # the same of the pruned groups, counted on the plan as written (member_count)
     for hw, label, ctx in precision_contexts(plan, hardware, sharing, profile):
         axes: Axes = axes_of(plan, hw.devices_per_node)
         before = stats.screened
@@ -695,7 +711,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
             bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
             if hw.capacity and bound > hw.capacity:
                 stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
-                skipped = sum(1 for _ in members(plan, g, axes))
+                skipped = member_count(plan, g, axes, counted)
                 stats.pruned_by_group += skipped
                 stats.screened += skipped
                 stats.groups_pruned += 1

@@ -74,10 +74,17 @@ class Config:
     @property
     def name(self) -> str:
         """A scenario strategy name ([a-z0-9-]) that says what the configuration is."""
-        # one f-string for the fields every name has (the planner names every row of plan.parquet)
+        before, after = self.name_around_micro_batch()
+        return f"{before}{self.micro_batch}{after}"
+
+    def name_around_micro_batch(self) -> tuple[str, str]:
+        """`name` = before + str(micro_batch) + after: the two parts, which the members of a chain (space.chains:
+        they differ only in the micro-batch and its count) share, so the planner builds them once per chain
+        (search.chain_fields) for the name of every row of plan.parquet."""
+        # one f-string for the fields every name has
         parts = [f"dp{self.dp}-tp{self.tp}{'-sp' if self.sp else ''}-pp{self.pp}"
                  f"{f'-cp{self.cp}' if self.cp > 1 else ''}{f'-ep{self.ep}' if self.ep > 1 else ''}"
-                 f"-z{self.zero}-mb{self.micro_batch}-{self.recompute}"]
+                 f"-z{self.zero}-mb", self.recompute]
         if self.pp > 1:
             parts.append(self.schedule + (f"{self.virtual_stages}" if self.schedule == "interleaved" else ""))
         if self.stage_layers:
@@ -87,7 +94,7 @@ class Config:
         if self.topology:
             parts.append("t" + "x".join(map(str, self.topology)) + (f"-s{self.slices}" if self.slices > 1 else ""))
             parts += [f"{axis}-on-{dims}" for axis, dims in self.mesh]
-        return "-".join(parts)
+        return parts[0], "-" + "-".join(parts[1:])
 
     def describe_slices(self) -> str:
         """'2 slices of 4x4x4, tp on z' for a TPU configuration, else ''."""
@@ -437,6 +444,37 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
     count)]) of each group shape, which the groups of every ZeRO stage and hardware ask alike (`_shapes`).
     """
     w = plan.workload
+    train = w.mode == "train"
+    hardware, n, dp, tp, pp, cp, zero, split, ep, label = (g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, g.zero,
+                                                          g.stage_layers, g.ep, g.precision)
+    for first, layouts in _chain_firsts(plan, g, axes, shapes):
+        sp, recompute, schedule, v = first.sp, first.recompute, first.schedule, first.virtual_stages
+        chain = [first] + [make_config(hardware, n, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v, split,
+                                       ep, label) for mb, m in layouts[1:]]
+        if not train:
+            chain = [c for c in chain if duplicate_problem(w, c) is None]
+        if chain:
+            yield chain
+
+
+def member_count(plan: PlanFile, g: Group, axes: Axes,
+                 shapes: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]] | None = None) -> int:
+    """How many configurations `chains` gives (`members`), for a training plan without making any but each
+    chain's first (its members are all kept or all duplicates): search counts the members of the groups it
+    prunes, ~100,000 of the 70B plan's."""
+    if plan.workload.mode != "train":
+        return sum(map(len, chains(plan, g, axes, shapes)))
+    return sum(len(layouts) for _, layouts in _chain_firsts(plan, g, axes, shapes))
+
+
+def _chain_firsts(plan: PlanFile, g: Group, axes: Axes,
+                  shapes: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]] | None
+                  ) -> Iterator[tuple[Config, list[tuple[int, int]]]]:
+    """Each chain of `chains` as its first configuration and the (micro_batch, micro-batch count) of all its
+    members, in order. Training: a chain whose first is a duplicate is left out (duplicate_problem does not
+    read the micro-batch there, so one verdict per chain); inference: every chain with a member (`chains`
+    checks each)."""
+    w = plan.workload
     if w.batch % g.dp:
         return
     train = w.mode == "train"
@@ -449,13 +487,8 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
             mb, m = layouts[0]
             first = make_config(hardware, n, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v, split, ep, label)
             if train and duplicate_problem(w, first) is not None:
-                continue  # training: duplicate_problem does not read the micro-batch, so one verdict per chain
-            chain = [first, *(make_config(hardware, n, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v, split,
-                                          ep, label) for mb, m in layouts[1:])]
-            if not train:
-                chain = [c for c in chain if duplicate_problem(w, c) is None]
-            if chain:
-                yield chain
+                continue
+            yield first, layouts
 
 
 def _shapes(plan: PlanFile, g: Group, axes: Axes,

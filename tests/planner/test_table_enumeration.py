@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from llmsim.planner.space import Config, axes_of, chains, groups, is_candidate, make_config
+from llmsim.planner.space import Config, axes_of, chains, groups, is_candidate, make_config, member_count
 from tests.planner.helpers import hardware, small_catalog, small_plan
 
 
@@ -59,4 +59,20 @@ def test_chains_yield_only_candidates_in_micro_batch_order() -> None:
                 for c in chain:
                     assert is_candidate(plan, hw.devices_per_node, c) is None, c.name
                     seen += 1
+    assert seen > 100
+
+
+@pytest.mark.parametrize("mode", ["train", "prefill"])
+def test_member_count_counts_the_chains_members(mode: str) -> None:
+    """member_count (the pruned groups' count, training: without making the members) is the members of chains."""
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": mode, "batch": 16},
+                      goal={"tokens": 5e5, "deadline_days": 1.0} if mode == "train" else {"tokens_per_s": 1e3},
+                      search={"cp": [1, 2], "virtual_stages": [2, 3], "recompute": ["none", "selective", "full"]})
+    seen = 0
+    for hw in hardware(plan, small_catalog()):
+        axes = axes_of(plan, hw.devices_per_node)
+        for g in groups(plan, hw.name, hw.devices_per_node, axes):
+            want = sum(map(len, chains(plan, g, axes)))
+            assert member_count(plan, g, axes) == want == member_count(plan, g, axes, {})
+            seen += want
     assert seen > 100
