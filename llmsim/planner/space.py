@@ -128,38 +128,47 @@ class Config:
         return f"layers per stage {compact_split(self.stage_layers)}" if self.split_keys() else ""
 
 
-_SET = {f: Config.__dict__[f].__set__ for f in Config.__slots__}  # each field's slot, set directly
-assert tuple(_SET) == tuple(f.name for f in dataclasses.fields(Config)), "make_config sets every field of Config"
+class _ConfigSlots:
+    """Config's slots, in its order, without its frozen __setattr__: make_config fills one, then makes it a Config."""
+
+    __slots__ = Config.__slots__
+
+
+assert Config.__slots__ == tuple(f.name for f in dataclasses.fields(Config)), "make_config sets every field of Config"
 
 
 def make_config(hardware: str, n_devices: int, dp: int, tp: int, pp: int, cp: int, sp: bool, zero: int,
                 micro_batch: int, microbatches: int, recompute: str, schedule: str, virtual_stages: int,
                 stage_layers: tuple[int, ...] = (), ep: int = 1, precision: str = "", topology: tuple[int, ...] = (),
                 slices: int = 1, mesh: tuple[tuple[str, str], ...] = ()) -> Config:
-    """Config(...) with the same arguments, made about three times faster: each slot set once through its
-    descriptor, where the frozen dataclass's __init__ goes through object.__setattr__ by name (chains makes
-    one per candidate, hundreds of thousands per plan). Equal to, and hashing as, Config(...)."""
-    c = object.__new__(Config)
-    _SET["hardware"](c, hardware)
-    _SET["n_devices"](c, n_devices)
-    _SET["dp"](c, dp)
-    _SET["tp"](c, tp)
-    _SET["pp"](c, pp)
-    _SET["cp"](c, cp)
-    _SET["sp"](c, sp)
-    _SET["zero"](c, zero)
-    _SET["micro_batch"](c, micro_batch)
-    _SET["microbatches"](c, microbatches)
-    _SET["recompute"](c, recompute)
-    _SET["schedule"](c, schedule)
-    _SET["virtual_stages"](c, virtual_stages)
-    _SET["stage_layers"](c, stage_layers)
-    _SET["ep"](c, ep)
-    _SET["precision"](c, precision)
-    _SET["topology"](c, topology)
-    _SET["slices"](c, slices)
-    _SET["mesh"](c, mesh)
-    return c
+    """Config(...) with the same arguments, made about six times faster (chains makes one per candidate, ~700,000
+    for the 70B plan): the frozen dataclass's __init__ sets each field through object.__setattr__ by name, and
+    even each slot's descriptor called directly is 3.5x slower than plain attribute stores, which the
+    interpreter specialises. So the fields are stored into a _ConfigSlots, a class of exactly Config's slots,
+    and its class then set to Config (Python allows it between classes of the same slots and base: the object's
+    memory layout is the same), which from then on is frozen. Equal to, and hashing as, Config(...)."""
+    c = object.__new__(_ConfigSlots)
+    c.hardware = hardware
+    c.n_devices = n_devices
+    c.dp = dp
+    c.tp = tp
+    c.pp = pp
+    c.cp = cp
+    c.sp = sp
+    c.zero = zero
+    c.micro_batch = micro_batch
+    c.microbatches = microbatches
+    c.recompute = recompute
+    c.schedule = schedule
+    c.virtual_stages = virtual_stages
+    c.stage_layers = stage_layers
+    c.ep = ep
+    c.precision = precision
+    c.topology = topology
+    c.slices = slices
+    c.mesh = mesh
+    c.__class__ = Config  # type: ignore[assignment]
+    return c  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=4096)
