@@ -486,9 +486,22 @@ _NUMERIC_FIELDS = {"int": np.int64, "bool": np.bool_}
 def _config_column(configs: Sequence[Config], name: str) -> np.ndarray:
     """Config attribute `name` of each configuration as a numpy array: int64 or bool for the fields annotated
     so (the Python values exactly), objects for any other."""
-    values = list(map(operator.attrgetter(name), configs))
-    dtype = _NUMERIC_FIELDS.get(Config.__annotations__.get(name, ""), object)
-    return np.fromiter(values, dtype=object, count=len(values)) if dtype is object else np.array(values, dtype=dtype)
+    return _config_columns(configs, (name,))[name]
+
+
+def _config_columns(configs: Sequence[Config], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """_config_column of each of `names`, several read in one pass over the configurations (one attrgetter of
+    them all per configuration, the tuples transposed: 2x sooner than a pass per name)."""
+    if len(names) == 1:
+        columns: list[Sequence] = [list(map(operator.attrgetter(names[0]), configs))]
+    else:
+        columns = list(zip(*map(operator.attrgetter(*names), configs))) or [()] * len(names)
+    out = {}
+    for name, values in zip(names, columns):
+        dtype = _NUMERIC_FIELDS.get(Config.__annotations__.get(name, ""), object)
+        out[name] = (np.fromiter(values, dtype=object, count=len(values)) if dtype is object
+                     else np.array(values, dtype=dtype))
+    return out
 
 
 def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> list[Evaluation]:
@@ -546,20 +559,21 @@ CHAIN_VARIES = ("micro_batch", "microbatches")
 def chain_fields(found: Sequence[Sequence[Config]], keep: np.ndarray) -> dict[str, np.ndarray]:
     """Rows.field columns over the rows `keep` of the chains `found` laid end to end: the fields a chain's
     members share (all but CHAIN_VARIES) read once from each chain's first member and repeated along it (a
-    chain of 7 read once instead of 7 times; Rows reads `microbatches` from the rows when asked), and the
-    names (NAMES), each chain's parts around the micro-batch (Config.name_around_micro_batch) built once and
-    joined with each row's micro-batch: 4x sooner than Config.name row by row (~400,000 rows of the 70B plan)."""
+    chain of 7 read once instead of 7 times), `micro_batch` read from the rows (Rows reads `microbatches` from
+    them when asked), and the names (NAMES): each chain's parts around the micro-batch
+    (Config.name_around_micro_batch) built once and joined with each row's micro-batch, where Config.name row
+    by row built every part of ~400,000 names of the 70B plan."""
     heads = [chain[0] for chain in found]
     repeat = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
-    out = {f.name: np.repeat(_config_column(heads, f.name), repeat)[keep] for f in dataclasses.fields(Config)
-           if f.name not in CHAIN_VARIES}
+    chain_of = np.repeat(np.arange(len(heads)), repeat)[keep]  # each kept row's chain
+    shared = [f.name for f in dataclasses.fields(Config) if f.name not in CHAIN_VARIES]
+    out = {name: column[chain_of] for name, column in _config_columns(heads, shared).items()}
     flat = itertools.chain.from_iterable(found)
     micro_batch = np.fromiter(map(operator.attrgetter("micro_batch"), flat), dtype=np.int64, count=int(repeat.sum()))
     out["micro_batch"] = micro_batch = micro_batch[keep]
     around = [c.name_around_micro_batch() for c in heads]
     before = np.fromiter((b for b, _ in around), dtype=object, count=len(heads))
     after = np.fromiter((a for _, a in around), dtype=object, count=len(heads))
-    chain_of = np.repeat(np.arange(len(heads)), repeat)[keep]
     values, which = np.unique(micro_batch, return_inverse=True)  # few distinct micro-batches: each written once
     text = np.array([str(v) for v in values.tolist()], dtype=object)[which.reshape(-1)]
     out[NAMES] = before[chain_of] + text + after[chain_of]  # object arrays: Python's str + per row
@@ -666,7 +680,9 @@ def _rank_rows(rows: Rows, objective: str) -> list[int]:
 def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarray, metrics: list[np.ndarray],
                 name: Callable[[int], str]) -> list[int]:
     """The positions in objective_key's order of rows given as columns (no NaN): a stable lexsort of the
-    numbers, then names (`name(position)`) only among rows tied on all of them."""
+    numbers, then names (`name(position)`) only among rows tied on all of them: the tied rows (most of the 70B
+    plan's 404,694, in 118,873 runs) sorted by name at once, stably, and each one's place in that order the
+    last key of a second lexsort; one Python sort instead of one per run (2x sooner)."""
     n = len(feasible)
     columns = [np.where(feasible, 0.0, col) for col in (unpriced.astype(float), shortfall)]
     keys = (*metrics[::-1], *columns[::-1], (~feasible).astype(float))  # lexsort: the last key is the first
@@ -675,11 +691,15 @@ def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarra
     for k in keys:
         ranked = k[order]
         same &= ranked[1:] == ranked[:-1]
-    out = order.tolist()
-    edges = np.diff(np.concatenate(([0], same.view(np.int8), [0])))  # runs of ties: +1 where one starts, -1 after
-    for start, stop in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
-        out[start:stop + 1] = sorted(out[start:stop + 1], key=name)  # by name, stably
-    return out
+    tied = np.zeros(n, dtype=bool)  # in sorted order: a row that ties its neighbour before or after it
+    tied[:-1] |= same
+    tied[1:] |= same
+    if not tied.any():
+        return order.tolist()
+    by_name = sorted(order[tied].tolist(), key=name)  # stable: equal names keep their order of the first lexsort
+    name_place = np.zeros(n, dtype=np.int64)
+    name_place[by_name] = np.arange(len(by_name))
+    return np.lexsort((name_place, *keys)).tolist()  # equal numbers and names: by position, as the first lexsort
 
 
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
