@@ -19,6 +19,7 @@ the ones that do not fit in memory, by how far.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import operator
@@ -167,18 +168,23 @@ class Context:
     bound_terms: dict = field(default_factory=dict)  # static_lower_bound's stage terms, per (tp, pp, split, stage)
 
 
-def _group_splits(layers: int, g: Group, axes: Axes) -> set[tuple[int, ...]]:
+def _group_splits(layers: int, g: Group, axes: Axes) -> frozenset[tuple[int, ...]]:
     """The layer splits the members of a group run: its stated one, or the default split of each schedule
     the axes try (interleaving splits in chunks of v layers, so its default may differ)."""
-    if g.stage_layers:
-        return {g.stage_layers}
+    return frozenset((g.stage_layers,)) if g.stage_layers else _default_splits(layers, g.pp, axes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _default_splits(layers: int, pp: int, axes: Axes) -> frozenset[tuple[int, ...]]:
+    """_group_splits of a group without a stated split. Cached: the thousands of groups of a plan have a few
+    pipeline depths."""
     out = set()
-    for schedule, v in schedules(axes, g.pp) or [("1f1b", 1)]:
+    for schedule, v in schedules(axes, pp) or [("1f1b", 1)]:
         try:
-            out.add(default_split(layers, g.pp, v if schedule == "interleaved" else 1))
+            out.add(default_split(layers, pp, v if schedule == "interleaved" else 1))
         except SplitError:  # such members are invalid (space.shape_problem)
             continue
-    return out
+    return frozenset(out)
 
 
 def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
