@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from llmsim.costmodel import Options
-from llmsim.costmodel.plan import AttentionKernel
+from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
 from llmsim.strict import StrictModel
 
 
@@ -61,3 +61,13 @@ def option_fields():  # noqa: ANN201 - dict[str, pydantic FieldInfo]
     own order) without restating their defaults and descriptions: `attention: AttentionKernel =
     option_fields()["attention"]`."""
     return {key: EngineOptions.model_fields[key] for key in OPTION_KEYS}
+
+
+def serving_attention_problem(kernel: str) -> str | None:
+    """Why a serving run or plan cannot price attention kernel `kernel`, or None: a serving iteration prices a
+    fused kernel (costmodel.iteration: FlashAttention-2 `flash`, FlashAttention-3 `flash3`, cuDNN's `cudnn`), as
+    the engines run, not an unfused one (`fused-softmax`, `math`)."""
+    if kernel in FUSED_ATTENTION:
+        return None
+    return (f"{kernel!r}: a serving run prices a fused attention kernel, as vLLM runs (allowed with serving: "
+            f"{', '.join(FUSED_ATTENTION)})")

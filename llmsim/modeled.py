@@ -27,7 +27,7 @@ from llmsim.costmodel.plan import AttentionKernel
 from llmsim.costmodel.step import StepTimes
 from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
-from llmsim.engine_options import engine_options, option_fields
+from llmsim.engine_options import engine_options, option_fields, serving_attention_problem
 from llmsim.errors import KeyedValueError, ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, serve_case
@@ -224,12 +224,11 @@ class ModeledBackend(Backend):
 
     @classmethod
     def check_serving(cls, settings: BaseModel) -> tuple[str, str] | None:
-        """Serving prices a fused attention kernel (vLLM's FlashAttention / paged attention)."""
+        """Serving prices a fused attention kernel (vLLM's FlashAttention / paged attention): flash
+        (FlashAttention-2), flash3 (FlashAttention-3: vLLM on Hopper) or cudnn; not the unfused ones."""
         assert isinstance(settings, ModeledSettings)
-        if settings.attention != "flash":
-            return "attention", (f"{settings.attention!r}: a serving run prices a fused attention kernel, as vLLM "
-                                 f"runs (allowed with serving: flash)")
-        return None
+        problem = serving_attention_problem(settings.attention)
+        return ("attention", problem) if problem else None
 
     # -- running ----------------------------------------------------------------------------------
     def serving_faults(self, case: Case, settings: Any, cluster: ClusterSpec) -> ServingFaults:

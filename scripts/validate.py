@@ -513,7 +513,7 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 # tables: ENGINE_COLUMNS).
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
-                                    "max_batch_total_tokens"), "concurrency")
+                                    "max_batch_total_tokens"), "concurrency", "attention")
 # `concurrency` (optional; blank = an open loop): a run measured with N clients, vLLM's `bench serve
 # --max-concurrency N` at `--request-rate inf` (its request_rate cell `inf`): priced as the closed loop of
 # serving.arrival kind concurrency (docs/serving.md, "Closed loop"), every request queued at t = 0 and N in flight.
@@ -827,6 +827,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
         serving["lengths"] = lengths
     backend = {"hardware": r["hardware"], "nodes": 1, "devices_per_node": r["n_devices"],
                "all_reduce": r.get("all_reduce") or "nccl"}
+    if r.get("attention"):  # the engine's fused attention kernel (costmodel.plan.FUSED_ATTENTION); blank = flash
+        backend["attention"] = r["attention"]
     for key in ("intra_node", "inter_node"):
         if r[key] is not None:
             backend[key] = r[key]

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel import precision
 from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD,
-                                      Rates, device_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
+                                      Rates, attention_fractions, device_rates, gemm_wave, gemm_weight_bytes,
+                                      replicated_kv_projection)
 from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
@@ -298,7 +299,10 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) if tokens else 0.0
     # Attention, one fused kernel per layer (FlashAttention / paged attention): the prompt chunks are
     # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read.
-    attention_rate = rates.sustained_flops * eff.attention
+    # The kernel's forward fraction of peak (Options.attention: flash = FlashAttention-2, the default; flash3 =
+    # FlashAttention-3, what vLLM's FLASH_ATTN backend runs on Hopper, vllm/v1/attention/backends/fa_utils.py
+    # get_flash_attn_version); CostModelError when the device has no figure for it.
+    attention_rate = rates.sustained_flops * attention_fractions(eff, model.options.attention)[0]
     per_pair = c.attention_flops_per_pair / div
     kv_read = c.kv_bytes_per_token / c.layers / kv_split
     prefill_att = max((mix.prefill_pairs + CAUSAL_FLOP_SHARE * mix.prefill_square) * per_pair / attention_rate,

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
                            load_file_model, parse_file_model)
-from llmsim.engine_options import EngineOptions
+from llmsim.engine_options import EngineOptions, serving_attention_problem
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
@@ -273,6 +273,9 @@ class PlanFile(_Strict):
                                                 "allowed search keys are tp, pp and dtype")
         if not self.simulate:
             raise _KeyedError("simulate", "a serving plan is found by simulation; it cannot be switched off")
+        problem = serving_attention_problem(self.options.attention)
+        if problem:
+            raise _KeyedError("options.attention", problem)
 
 
 def parse_plan(data: dict[str, Any], file: str = "<plan>") -> PlanFile:

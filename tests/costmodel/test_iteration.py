@@ -177,3 +177,28 @@ def test_a_vllm_serving_iteration_prices_its_all_reduces_as_forward_work_does(tp
     assert iteration_time(model, decode) == pytest.approx(
         price(forward_work(w, profile, plan, cluster, vllm, "decode", 2), cluster.fabric).step, rel=1e-12)
     assert iteration_time(model, decode) < iteration_time(nccl, decode)
+
+
+def test_the_fused_attention_kernel_prices_a_prompts_attention_and_a_device_without_its_figure_is_an_error() -> None:
+    """Options.attention reaches the serving iteration: FlashAttention-3 (what vLLM's FLASH_ATTN backend runs on
+    Hopper) prices a long prompt chunk's attention at its own fraction of peak: the same price as FlashAttention-2
+    on a device whose two fractions are equal, a lower one at the H100's catalog fractions; a decode step, bound by
+    reading the cache, prices the same; an A100 (no FlashAttention-3 figure) cannot price it (CostModelError)."""
+    from llmsim.costmodel import CostModelError
+    w = _llama(1, seq_len=8192)
+    costs = token_costs(w, profile_workload(w, UNTIED))
+    h100 = replace(a100_cluster(1, 1), device=CATALOG.device("h100-sxm"))
+    eff = h100.device.efficiency
+    alike = replace(h100, device=h100.device.model_copy(update={"efficiency": eff.model_copy(
+        update={"attention_flash3": eff.attention})}))
+
+    def seconds(cluster, kernel: str, mix: Mix) -> float:
+        return iteration_time(IterationModel(costs, w, Plan(), cluster, Options(attention=kernel)), mix)
+
+    chunk, decode = Mix.prefill(8192), Mix.decode(4096)
+    assert seconds(alike, "flash3", chunk) == pytest.approx(seconds(alike, "flash", chunk), rel=1e-12)
+    assert eff.attention_flash3 > eff.attention
+    assert seconds(h100, "flash3", chunk) < seconds(h100, "flash", chunk)
+    assert seconds(h100, "flash3", decode) == pytest.approx(seconds(h100, "flash", decode), rel=1e-12)
+    with pytest.raises(CostModelError, match="flash3"):
+        seconds(a100_cluster(1, 1), "flash3", chunk)

@@ -229,6 +229,8 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     # a closed loop (issue 16's concurrency arrival) is run, not planned: refused naming the key
     ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
     ({"goal": {"concurrency": 8}}, "goal.concurrency", "write goal.request_rate"),
+    # an unfused attention kernel has no serving price (costmodel.iteration prices a fused one)
+    ({"options": {"attention": "math"}}, "options.attention", "allowed with serving: flash, cudnn, flash3"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
      "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
 ])
@@ -316,8 +318,8 @@ def test_a_serving_plans_options_reach_every_candidate_and_its_iteration_model()
     """`options:` (attention kernel, all_reduce, ...) prices a serving plan's iterations as a modeled backend's
     settings price a serving run's: every task carries them, and the replica's iteration model uses them."""
     from llmsim.planner.serve import _Replica, serving_tasks
-    plan = parse_plan(serving_plan(options={"attention": "math", "all_reduce": "vllm"}))
+    plan = parse_plan(serving_plan(options={"attention": "cudnn", "all_reduce": "vllm"}))
     hardware = resolve_hardware(plan, CATALOG)
     tasks = serving_tasks(plan, hardware, sharing_choice(plan))
-    assert tasks and all(t.options.attention == "math" and t.options.all_reduce == "vllm" for t in tasks)
-    assert _Replica(tasks[0], tasks[0].size).model.options.attention == "math"
+    assert tasks and all(t.options.attention == "cudnn" and t.options.all_reduce == "vllm" for t in tasks)
+    assert _Replica(tasks[0], tasks[0].size).model.options.attention == "cudnn"
