@@ -177,7 +177,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     try:
         costs = token_costs(ref, profile)
         model = IterationModel(costs, ref, plan, cluster, options)
-        _ = model.rates  # CostModelError now, not inside the simulation
+        _ = model.rates, model.attention_fraction  # CostModelError now (a skipped row), not inside the simulation
     except CostModelError as exc:
         return case.result(backend, status="skipped", error=str(exc), **base)
     capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,

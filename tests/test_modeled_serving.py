@@ -115,6 +115,20 @@ def test_a_replica_with_no_room_for_its_cache_is_a_does_not_fit_row(tmp_path: Pa
                                        "141.1 GB")
 
 
+def test_an_attention_kernel_the_device_has_no_figure_for_is_a_skipped_row_naming_it(tmp_path: Path) -> None:
+    """FlashAttention-3 runs on Hopper: served on an A100 (no efficiency.attention_flash3), each rate is a skipped
+    row saying so, as a training case is; on an H100 the same scenario runs."""
+    data = _scenario()
+    data["backends"] = {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1,
+                                     "attention": "flash3"}}
+    _, rows = _run(tmp_path / "a100", data)
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert "attention kernel 'flash3' has no measured efficiency on this device" in rows[0]["error"]
+    data["backends"] = {"roofline": {**H100, "devices_per_node": 1, "attention": "flash3"}}
+    _, rows = _run(tmp_path / "h100", data)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
 def test_a_request_longer_than_the_context_is_a_counted_rejection_and_the_row_is_kept(tmp_path: Path) -> None:
     """The tiny model's context is 64 tokens: 50 + 20 does not fit, vLLM answers such a request with an error."""
     data = _scenario(lengths={"input": {"kind": "uniform", "min": 10, "max": 50}, "output": 20})

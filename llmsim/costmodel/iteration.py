@@ -219,6 +219,14 @@ class IterationModel:
         return device_rates(self.cluster, self.workload.dtype)
 
     @functools.cached_property
+    def attention_fraction(self) -> float:
+        """The fused attention kernel's forward fraction of peak FLOP/s (Options.attention: flash =
+        FlashAttention-2, the default; flash3 = FlashAttention-3, what vLLM's FLASH_ATTN backend runs on Hopper,
+        vllm/v1/attention/backends/fa_utils.py get_flash_attn_version; cudnn). CostModelError when the device's
+        catalog entry has no figure for it (compute.attention_fractions)."""
+        return attention_fractions(self.rates.efficiency, self.options.attention)[0]
+
+    @functools.cached_property
     def groups(self) -> Groups:
         """Where tp and pp land (work.Groups.on: nodes, or the axes of a TPU torus)."""
         return Groups.on(self.plan, self.cluster)
@@ -298,11 +306,9 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     gemm_rates = rates.gemm if rates.gemm is not None else rates
     matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) if tokens else 0.0
     # Attention, one fused kernel per layer (FlashAttention / paged attention): the prompt chunks are
-    # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read.
-    # The kernel's forward fraction of peak (Options.attention: flash = FlashAttention-2, the default; flash3 =
-    # FlashAttention-3, what vLLM's FLASH_ATTN backend runs on Hopper, vllm/v1/attention/backends/fa_utils.py
-    # get_flash_attn_version); CostModelError when the device has no figure for it.
-    attention_rate = rates.sustained_flops * attention_fractions(eff, model.options.attention)[0]
+    # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read,
+    # at the fused kernel's fraction of peak (IterationModel.attention_fraction).
+    attention_rate = rates.sustained_flops * model.attention_fraction
     per_pair = c.attention_flops_per_pair / div
     kv_read = c.kv_bytes_per_token / c.layers / kv_split
     prefill_att = max((mix.prefill_pairs + CAUSAL_FLOP_SHARE * mix.prefill_square) * per_pair / attention_rate,

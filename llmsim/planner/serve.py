@@ -156,7 +156,7 @@ class _Replica:
         self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1)
         costs = token_costs(task.reference, task.profile)
         self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options)
-        _ = self.model.rates  # a CostModelError now, not inside the simulation
+        _ = self.model.rates, self.model.attention_fraction  # a CostModelError now, not inside the simulation
         sched = spec.scheduler
         self.capacity: KVCapacity = kv_capacity(task.reference, task.profile, task.sharing, self.plan, self.cluster,
                                                 costs, spec.memory_utilization, spec.kv_block_tokens,

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from llmsim.cli import main
+from llmsim.costmodel import CostModelError
 from llmsim.config import parse_scenario
 from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
@@ -322,4 +323,9 @@ def test_a_serving_plans_options_reach_every_candidate_and_its_iteration_model()
     hardware = resolve_hardware(plan, CATALOG)
     tasks = serving_tasks(plan, hardware, sharing_choice(plan))
     assert tasks and all(t.options.attention == "cudnn" and t.options.all_reduce == "vllm" for t in tasks)
-    assert _Replica(tasks[0], tasks[0].size).model.options.attention == "cudnn"
+    # the plan's made-up devices have no cuDNN attention figure: the replica's iteration model, which prices
+    # the plan's kernel, says so when it is built (not inside the simulation)
+    with pytest.raises(CostModelError, match="attention kernel 'cudnn' has no measured efficiency"):
+        _Replica(tasks[0], tasks[0].size)
+    flash = serving_tasks(parse_plan(serving_plan(options={"all_reduce": "vllm"})), hardware, sharing_choice(plan))
+    assert _Replica(flash[0], flash[0].size).model.options.all_reduce == "vllm"
