@@ -538,9 +538,13 @@ def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[s
         tied = sensitivity.base[0] == sensitivity.base[1] and all(r.winner == r.runner_up for r in sensitivity.rows)
         steady = ("robust (the winner and the runner-up tie in every case; the tie-break keeps the order)" if tied
                   else "robust (the winner stays ahead in every case)")
+        # the order of the two can hold while the goal itself does not: say where the winner misses it
+        missed = [r for r in sensitivity.rows if not r.winner_feasible]
         out.append("choice under ±20% link bandwidth, GEMM efficiency, memory efficiency: "
                    + (steady if not flips else
-                      "flips under " + ", ".join(knob_label(r.knob, r.factor) for r in flips)))
+                      "flips under " + ", ".join(knob_label(r.knob, r.factor) for r in flips))
+                   + ("; the winner misses the goal under " + ", ".join(knob_label(r.knob, r.factor) for r in missed)
+                      if missed else ""))
     return out
 
 

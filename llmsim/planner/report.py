@@ -429,7 +429,7 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
     table = run_dir / "plan.parquet"
     write_parquet(frame, table)
     csv = run_dir / "plan.csv"
-    compact_frame(frame, plan.csv_top).to_csv(csv, index=False, float_format="%.6g")
+    compact_frame(frame, plan.csv_top).to_csv(csv, index=False)  # full precision: the numbers the terminal and plan.parquet show
     written += [table, csv]
     winner = int(frame.index[frame["chosen"]][0]) if top else None
     fig, _ = pareto_figure(frame, plan, winner)

@@ -226,7 +226,7 @@ def _checks(plan: PlanFile) -> list[Check]:
         if g.deadline_s is not None:
             days = f"{g.deadline_days:g}"
             out.append(("deadline", "time_to_goal_s", True, g.deadline_s,
-                        lambda t: f"deadline: {t / 86400:.1f} days > {days}"))
+                        lambda t: f"deadline: {t / 86400:.1f} days > {days} days"))
     else:
         if g.tokens_per_s is not None:
             rate = f"{g.tokens_per_s:,.0f}"

@@ -337,6 +337,19 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
     return key
 
 
+def what_if_key(objective: str) -> Callable[[CandidateResult], tuple]:
+    """objective_key less what a what-if does not price (`what_if` re-sizes the replicas without a rate search,
+    so every what-if's sustained_rate is 0, and the names after it are the plan's tie-break, not a price):
+    feasible first by the objective, cost and devices; the misses by what they miss. Two what-ifs equal on this
+    key tie, and a tie keeps the plan's order (planner.explain: a flip is the what-if's doing)."""
+    full = objective_key(objective)
+
+    def key(c: CandidateResult) -> tuple:
+        k = full(c)
+        return k[:4] if k[0] == 0 else k[:2]
+    return key
+
+
 def candidate_shapes(plan: PlanFile, devices_per_node: int) -> list[tuple[int, int]]:
     """(tp, pp) replica shapes: the plan's search.tp / search.pp, or powers of two up to devices_per_node
     (a replica inside one node), kept where the strategy rules accept them (heads divide over tp, ...)."""

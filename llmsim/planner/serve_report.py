@@ -19,7 +19,7 @@ from llmsim.planner.explain import (Explanation, Limit, Sensitivity, Sensitivity
                                     fmt_energy, fmt_usd, strongest_whatif)
 from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
-from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, objective_key, plan_serving, what_if
+from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, plan_serving, what_if, what_if_key
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
 from llmsim.results import write_atomic
 
@@ -97,8 +97,9 @@ def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int, str], S
                         runner_up: CandidateResult, mapper: Mapper = map) -> Sensitivity:
     """The winner and the runner-up re-sized (planner.serve.what_if: the fewest replicas from the chosen count
     that meet the SLO at the goal rate) on hardware with each knob at -20% and +20%; `flips` where the
-    runner-up would then rank first."""
-    key = objective_key(plan.objective)
+    runner-up would then rank first on what the what-if prices (serve.what_if_key: equal cost and devices tie,
+    and a tie keeps the order)."""
+    key = what_if_key(plan.objective)
     jobs = [(knob, factor, c) for knob in KNOBS for factor in SENSITIVITY_FACTORS for c in (winner, runner_up)]
     results = list(mapper(_what_if_job, [(tasks[(c.hardware, c.tp, c.pp, c.precision)], c, knob, factor)
                                          for knob, factor, c in jobs]))
@@ -290,7 +291,7 @@ def write_serving_outputs(run_dir: Path, plan: PlanFile, results: list[Candidate
     """plan.csv, plan.md, plan.html, plan.yaml and (when a candidate meets the goal) best.yaml."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown
-    serving_frame(plan, results).to_csv(run_dir / "plan.csv", index=False, float_format="%.6g")
+    serving_frame(plan, results).to_csv(run_dir / "plan.csv", index=False)  # full precision, as plan.parquet
     doc = serving_document(plan, explanation, results, seconds, hardware, spec)
     write_atomic(run_dir / "plan.md", render_markdown(doc))
     write_atomic(run_dir / "plan.html", render_html(doc))

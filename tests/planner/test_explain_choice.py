@@ -224,6 +224,11 @@ def test_the_choice_line_says_tie_when_winner_and_runner_up_are_equal_in_every_c
     assert choice_lines([], ahead)[-1].endswith("robust (the winner stays ahead in every case)")
     both_miss = Sensitivity("cost (USD)", "a", "b", (10.0, 12.0), [row(11.0, 10.5, ok=False, flips=True)])
     assert sensitivity_rows(both_miss)[1][-1] == "runner-up (flips; both miss)"
+    # the order holds in every what-if while the winner misses the goal in one: "robust" alone would hide that
+    fragile = Sensitivity("cost (USD)", "a", "b", (10.0, 12.0), [row(11.0, 13.0, ok=False), row(9.0, 9.5)])
+    assert choice_lines([], fragile)[-1].endswith("robust (the winner stays ahead in every case); the winner "
+                                                  "misses the goal under link bandwidth -20%")
+    assert "misses the goal" not in choice_lines([], ahead)[-1]
 
 
 def test_a_configuration_that_misses_in_a_what_if_names_what_it_breaks() -> None:

@@ -204,6 +204,8 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
             assert r.flips
         elif r.winner_feasible and r.runner_up != r.winner:
             assert r.flips == (r.runner_up < r.winner)
+        elif r.winner_feasible and r.runner_up == r.winner:  # a tie keeps the order (serve.what_if_key)
+            assert not r.flips
     # a slower device never needs fewer replicas, a faster one never more
     minus = {r.knob: r for r in s.rows if r.factor < 1}
     plus = {r.knob: r for r in s.rows if r.factor > 1}
@@ -329,3 +331,18 @@ def test_a_serving_plans_options_reach_every_candidate_and_its_iteration_model()
         _Replica(tasks[0], tasks[0].size)
     flash = serving_tasks(parse_plan(serving_plan(options={"all_reduce": "vllm"})), hardware, sharing_choice(plan))
     assert _Replica(flash[0], flash[0].size).model.options.all_reduce == "vllm"
+
+
+def test_two_what_ifs_equal_in_what_they_price_tie_and_keep_the_order() -> None:
+    """A what-if re-sizes the replicas without a rate search, so both sustained rates are 0 and the plan's last
+    tie-breaks (hardware, tp) would decide between two equal prices: the trial of 2026-12-01 saw a serving plan's
+    winner and runner-up at $7.00/h each "flip" in five of six what-ifs. what_if_key ranks them on what the what-if
+    prices (objective, cost, devices; a miss by what it misses): equal there is a tie, no flip."""
+    from llmsim.planner.serve import CandidateResult, objective_key, what_if_key
+    a = CandidateResult("h100", 2, 1, True, "", (), replicas=1, n_devices=2, cost_usd=7.0)
+    b = dataclasses.replace(a, hardware="a100", tp=1, n_devices=2)
+    key = what_if_key("cost")
+    assert objective_key("cost")(b) < objective_key("cost")(a)      # the names alone would put b first
+    assert key(a) == key(b) and not key(b) < key(a)
+    assert key(dataclasses.replace(b, cost_usd=6.0)) < key(a)      # a lower price is a flip
+    assert key(a) < key(dataclasses.replace(b, feasible=False, limits=("slo",)))
