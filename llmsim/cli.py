@@ -135,7 +135,7 @@ def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
 @contextmanager
 def task_bar(what: str) -> Iterator[Callable[[int, int], None]]:
     """A progress(done, total) for llmsim.executor maps: a rich progress bar on stderr, "what done/total",
-    shown from the first finished task on (nothing for a command that maps nothing)."""
+    shown from the map's start (Executor.map reports 0 done first; nothing for a command that maps nothing)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console)
@@ -286,7 +286,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
     if plan.serving is not None and args.no_simulate:
         raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
-    with make_executor(args.executor, args.ray_address) as executor, task_bar("re-checked") as bar:
+    # a serving plan's tasks are its candidates' rate searches; a training plan's, the re-checks of its best
+    what = "candidates searched" if plan.serving is not None else "re-checked"
+    with make_executor(args.executor, args.ray_address) as executor, task_bar(what) as bar:
         executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
         outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress,
                            executor=executor, task_progress=bar)

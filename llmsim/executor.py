@@ -71,9 +71,13 @@ class Executor(ABC):
         """(index in tasks, fn(task)) as each task finishes; a task that raises re-raises here."""
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T], progress: Progress | None = None) -> list[R]:
-        """[fn(t) for t in tasks], in the order of tasks; progress(done, total) after each one."""
+        """[fn(t) for t in tasks], in the order of tasks; progress(0, total) before the first (a long first task,
+        such as a serving candidate's rate search, shows its bar and elapsed time at once) and progress(done,
+        total) after each one."""
         tasks = list(tasks)
         out: list[Any] = [None] * len(tasks)
+        if progress and tasks:
+            progress(0, len(tasks))
         for done, (i, result) in enumerate(self.as_completed(fn, tasks), start=1):
             out[i] = result
             if progress:

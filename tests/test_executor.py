@@ -41,7 +41,7 @@ def test_local_map_keeps_order_and_counts_progress() -> None:
     seen: list[tuple[int, int]] = []
     out = ex.LocalExecutor().map(functools.partial(square_plus, 1), [3, 1, 2], lambda d, n: seen.append((d, n)))
     assert out == [10, 2, 5]
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
 def test_choice_of_executor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +163,7 @@ def test_ray_map_equals_local_and_raises_the_tasks_error(ray_session) -> None:
     seen: list[int] = []
     on_ray = ex.RayExecutor().map(fn, tasks, lambda d, n: seen.append(d))
     assert on_ray == ex.LocalExecutor().map(fn, tasks)
-    assert seen == list(range(1, 21))
+    assert seen == list(range(0, 21))  # 0 first: the map has started
     with pytest.raises(ScenarioError, match="-1 is negative"):  # the task's own class, through Ray
         ex.RayExecutor().map(fn, [1, -1])
     assert ray_session.is_initialized()  # an executor does not stop a Ray it did not start
