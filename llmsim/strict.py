@@ -49,8 +49,18 @@ class StrictModel(BaseModel):
                     raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
                 if isinstance(value, str) and field is not None and _only_numeric(field.annotation):
                     # pydantic's lax mode reads the text "4" as 4: a quoted number is usually a templating slip
-                    raise KeyedValueError(name, f"{value!r} is text, not a number (write it without quotes)")
+                    raise KeyedValueError(name, f"{value!r} is text, not a number"
+                                                + (" (write it without quotes)" if _numeric_text(value) else ""))
         return data
+
+
+def _numeric_text(text: str) -> bool:
+    """Whether `text` reads as a number ("4", "2.5e3"): a quoted number, for which the fix is the quotes."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _only_numeric(annotation: Any) -> bool:

@@ -312,3 +312,9 @@ def test_a_quoted_number_is_refused_not_read_as_a_number(capsys, setting: str, k
     """pydantic's lax mode reads the text "4" as 4; a quoted number is a slip (a template's quoting), named."""
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", setting])
     assert f"{key}: " in err and "is text, not a number (write it without quotes)" in err
+
+
+def test_a_word_for_a_number_is_refused_without_a_hint_about_quotes(capsys) -> None:
+    """`--set workload.batch=abc` has no quotes to remove: the error says it is text, not a number, and stops."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "workload.batch=abc"])
+    assert "workload.batch: " in err and "'abc' is text, not a number" in err and "quotes" not in err

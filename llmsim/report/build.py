@@ -151,7 +151,8 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
          "diagonal is every offered request served. Served counts finished requests over the whole run, first "
          "arrival to last token (as vLLM's bench serve does), so a run that keeps up still sits below the "
          "diagonal by its drain: the last requests' latency after the last arrival, a share that shrinks as the "
-         "run spans more arrivals.", lambda: F.serving_goodput(frame)),
+         "run spans more arrivals; a point above it is a sample of arrivals that came faster than the nominal "
+         "rate.", lambda: F.serving_goodput(frame)),
         ("serving_knee", "Throughput-latency knee",
          "time to first token at the 99th percentile (dotted: the SLO's TTFT bound) and goodput against the "
          f"{offered} rate; the dash-dotted vertical line marks the highest rate whose requests met the SLO (TTFT and "
