@@ -475,3 +475,22 @@ def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
     blocks = max(0, math.floor(left / (per_token * block_tokens))) if per_token > 0 else 0
     return KVCapacity(device_bytes=device, weights_bytes=weights, workspace_bytes=workspace, kv_bytes=left,
                       bytes_per_token=per_token, block_tokens=block_tokens, blocks=blocks)
+
+
+def prefill_rate_bound(model: IterationModel, max_tokens: int) -> float:
+    """Prompt tokens per second one replica prefills at best, an upper bound for the serving simulation's
+    iterations (planner.serve uses it to prove a probe rate misses without simulating it).
+
+    An iteration computes at most `max_tokens` prompt tokens (the scheduler's budget, or the batch of whole
+    prompts a policy takes whole: the caller says which); pricing c of them
+    with nothing else (no attention over their own or cached keys, one sampled row, no decodes) is a lower
+    bound on any iteration that computes c prompt tokens, since every other term of `iteration_times` only adds
+    time. The best c / time over c = the powers of two up to `max_tokens` and `max_tokens` itself is taken; the
+    wave quantization of the GEMMs makes the per-token time wiggle between those sizes by a few percent, far
+    inside the margin its caller applies (serve.PREFILL_BOUND_MARGIN). Tokens/s; ServingPriceError/
+    CostModelError as iteration_times."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
+    sizes = {2 ** k for k in range(max_tokens.bit_length()) if 2 ** k <= max_tokens}
+    sizes.add(max_tokens)
+    return max(c / iteration_times(model, Mix(prefill_tokens=c, rows=1)).step for c in sorted(sizes))

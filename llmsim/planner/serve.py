@@ -13,7 +13,8 @@ modeled backends do: llmsim.modeled_serving), not by the step roofline. For ever
    request is a miss). Starting at the goal rate, the rate is halved until a run meets the SLO (or until one
    replica's share of the goal would need more than max_devices), then bisected (geometric midpoint) between
    the highest rate that met and the lowest that missed until they are within `rate_tolerance`. A replica
-   that sustains the goal rate itself needs no more search (its rate is reported as "at least").
+   that sustains the goal rate itself needs no more search (its rate is reported as "at least"). A halving
+   rate that a prefill bound proves missed is not simulated (`_proven_miss`; the same answer).
 2. **Replicas.** R0 = ceil(goal rate / sustained rate); the service of R replicas behind the router is
    simulated at the goal rate (the same span, the same seed: exactly what best.yaml runs) and R is
    moved from R0 to the fewest that meets the SLO (down while R - 1 still meets it, up while R misses,
@@ -43,7 +44,9 @@ from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.iteration import IterationModel, KVCapacity, Mix, iteration_times, kv_capacity, token_costs
+from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iteration_times, kv_capacity,
+                                        prefill_rate_bound, token_costs)
+from llmsim.serving.bounds import ttft_attainment_bound
 from llmsim.serving.metrics import summarize
 from llmsim.serving.requests import build_requests
 from llmsim.serving.schedulers import BUILTIN
@@ -55,6 +58,10 @@ from llmsim.serving.spec import ServingCase, ServingSpec
 from llmsim.workload.profile import WorkloadProfile
 
 HOUR_S = 3600.0
+# The replica's best prefill rate (costmodel.iteration.prefill_rate_bound) is taken this many times over before
+# it proves a probe missed (`_proven_miss`): a margin for what the bound leaves out (sizes between those priced),
+# so that only probes far past what a replica can prefill are skipped.
+PREFILL_BOUND_MARGIN = 2.0
 
 
 def rented_devices(n: int, devices_per_node: int) -> int:
@@ -137,6 +144,9 @@ class CandidateResult:
     at_sustained: RunSummary | None = None        # one replica at its sustained rate
     first_miss: RunSummary | None = None          # one replica at the lowest rate that missed
     simulations: int = 0
+    # rates the search did not simulate because a bound proves they miss (`_proven_miss`): (rate, an upper bound
+    # on the attainment there), highest first
+    proven_misses: list[tuple[float, float]] = field(default_factory=list)
     knob: str = ""
     factor: float = 1.0
     precision: str = ""                           # planner.precisions label ("" = the plan's workload dtype)
@@ -158,15 +168,48 @@ class _Replica:
         self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options)
         _ = self.model.rates, self.model.attention_fraction  # a CostModelError now, not inside the simulation
         sched = spec.scheduler
+        # the most prompt tokens one iteration can compute: the token budget, or a batch of whole prompts where a
+        # policy takes them whole (static batches of max_num_seqs prompts of up to the context)
+        self.prefill_cap = max(sched.max_batched_tokens, sched.max_num_seqs * task.context_tokens)
+        self.prefill_rate: float | None = None   # _prefill_tokens_per_s, when a rate search first asks
         self.capacity: KVCapacity = kv_capacity(task.reference, task.profile, task.sharing, self.plan, self.cluster,
                                                 costs, spec.memory_utilization, spec.kv_block_tokens,
                                                 sched.max_batched_tokens, sched.max_num_seqs, task.options)
 
 
+def _prefill_tokens_per_s(replica: _Replica) -> float:
+    """The replica's best prefill rate, tokens/s (costmodel.iteration.prefill_rate_bound up to the most prompt
+    tokens one of its iterations can compute), priced once per replica."""
+    if replica.prefill_rate is None:
+        replica.prefill_rate = prefill_rate_bound(replica.model, replica.prefill_cap)
+    return replica.prefill_rate
+
+
+def _case_at(task: ServingTask, rate: float, replicas: int) -> ServingCase:
+    """The plan's serving block on `replicas` replicas with arrivals at `rate` (its request list: build_requests)."""
+    spec = task.spec.model_copy(update={"replicas": replicas}).at_rate(rate)
+    return ServingCase(spec, task.seed, BUILTIN[spec.scheduler.kind])
+
+
+def _proven_miss(task: ServingTask, replica: _Replica, rate: float) -> float | None:
+    """An upper bound on one replica's SLO attainment at `rate` when it proves the SLO missed (below the
+    percentile), else None: the share of the requests whose prompts could be prefilled by their TTFT deadlines
+    at PREFILL_BOUND_MARGIN x the replica's best prefill rate (serving.bounds.ttft_attainment_bound). None
+    without a TTFT bound."""
+    slo = task.spec.slo
+    if slo is None or slo.ttft_s is None:
+        return None
+    case = _case_at(task, rate, 1)
+    best = PREFILL_BOUND_MARGIN * _prefill_tokens_per_s(replica)
+    bound = ttft_attainment_bound(build_requests(case), best, slo.ttft_s,
+                                  case.spec.overhead_on(replica.cluster.device))
+    return bound if bound < slo.percentile / 100 else None
+
+
 def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int) -> RunSummary:
     """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`."""
-    spec = task.spec.model_copy(update={"replicas": replicas}).at_rate(rate)
-    case = ServingCase(spec, task.seed, BUILTIN[spec.scheduler.kind])
+    case = _case_at(task, rate, replicas)
+    spec = case.spec
     split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
     host = spec.host_step_on(replica.cluster.device)   # the engine's host time per iteration (0 unless set)
 
@@ -219,8 +262,15 @@ def _rate_search(task: ServingTask, replica: _Replica, out: CandidateResult, max
         return run
 
     floor = task.goal_rate / max_replicas    # below this the goal needs more than max_devices
-    hi: RunSummary | None = None
-    lo = probe(task.goal_rate)
+    # the halving's rates above the floor that a bound proves missed are not simulated (the same rates, the same
+    # verdicts: the search's answer does not change); the lowest of them is simulated only if it ends up the
+    # first miss the report explains
+    rate, proven = task.goal_rate, None
+    while rate > floor and (bound := _proven_miss(task, replica, rate)) is not None:
+        out.proven_misses.append((rate, bound))
+        proven, rate = rate, max(rate / 2, floor)
+    hi: RunSummary | float | None = proven   # a rate: proven missed, not simulated
+    lo = probe(rate)
     while not lo.met:
         hi = lo
         if lo.rate <= floor:
@@ -230,13 +280,17 @@ def _rate_search(task: ServingTask, replica: _Replica, out: CandidateResult, max
     if hi is None:
         out.sustained_rate, out.sustained_at_least, out.at_sustained = lo.rate, True, lo
         return
-    while (hi.rate - lo.rate) / hi.rate > task.rate_tolerance:
-        mid = probe(math.sqrt(lo.rate * hi.rate))
+
+    def rate_of(run: RunSummary | float) -> float:
+        return run if isinstance(run, float) else run.rate
+    while (rate_of(hi) - lo.rate) / rate_of(hi) > task.rate_tolerance:
+        mid = probe(math.sqrt(lo.rate * rate_of(hi)))
         if mid.met:
             lo = mid
         else:
             hi = mid
-    out.sustained_rate, out.at_sustained, out.first_miss = lo.rate, lo, hi
+    out.sustained_rate, out.at_sustained = lo.rate, lo
+    out.first_miss = probe(hi) if isinstance(hi, float) else hi
 
 
 def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_replicas: int) -> RunSummary | None:
@@ -325,12 +379,15 @@ def search_candidate(task: ServingTask) -> CandidateResult:
 
 def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
     """Feasible first by the objective (cost or energy per hour, devices, or time = e2e p99 at the goal), ties by
-    cost, devices and then the higher sustained rate; then the misses, those that run before those that cannot."""
+    cost, devices and then the higher sustained rate; then the misses, those that run before those that cannot,
+    the closer first: the higher sustained rate, then the higher attainment at the lowest rate that missed (a
+    candidate that sustains no rate at all is still nearer the goal the more of its requests met the SLO)."""
     def key(c: CandidateResult) -> tuple:
         if not c.feasible:
             order = {"power": 0, "devices": 1, "slo": 2, "memory": 3, "error": 4}
-            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, c.hardware, c.tp, c.pp,
-                    c.precision)
+            nearest = c.first_miss.attainment if c.first_miss is not None else 0.0
+            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, c.hardware,
+                    c.tp, c.pp, c.precision)
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
         return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.precision)

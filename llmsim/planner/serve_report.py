@@ -128,7 +128,8 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
     records = []
     for i, c in enumerate(results, 1):
         row = c.at_goal.row if c.at_goal else {}
-        probes = ";".join(f"{r:.4g}:{a:.3f}:{'met' if m else 'missed'}" for r, a, m in c.probes)
+        probes = ";".join([f"{r:.4g}:<={a:.3f}:missed (bound, not simulated)" for r, a in c.proven_misses]
+                          + [f"{r:.4g}:{a:.3f}:{'met' if m else 'missed'}" for r, a, m in c.probes])
         w = workload_for(plan, c.precision)
         records.append([i, c.hardware, c.tp, c.pp, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
                         c.replicas or None, c.n_devices or None, c.devices_used or None,
@@ -178,7 +179,8 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
     row = c.at_goal.row if c.at_goal else {}
     goal = plan.goal.request_rate
     lines = [f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; probes: "
-             + ", ".join(f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes) + ")"]
+             + ", ".join([f"{r:.3g}✗ (bound)" for r, _ in c.proven_misses]
+                         + [f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes]) + ")"]
     if c.at_goal and c.sustained_rate and c.replicas * c.sustained_rate < goal:
         lines.append(f"{c.replicas} x {c.sustained_rate:.4g} = {c.replicas * c.sustained_rate:.3g} requests/s is "
                      f"below the goal, yet the {c.replicas} replicas meet the SLO at {goal:g} requests/s by "

@@ -346,3 +346,53 @@ def test_two_what_ifs_equal_in_what_they_price_tie_and_keep_the_order() -> None:
     assert key(a) == key(b) and not key(b) < key(a)
     assert key(dataclasses.replace(b, cost_usd=6.0)) < key(a)      # a lower price is a flip
     assert key(a) < key(dataclasses.replace(b, feasible=False, limits=("slo",)))
+
+
+def test_the_prefill_bound_never_falls_below_what_the_simulation_attains() -> None:
+    """The bound a rate search skips probes by (serve._proven_miss) must be sound for the simulation itself: at
+    light load, at the knee and far past it, the simulated SLO attainment of one replica is at most the TTFT
+    bound at the replica's best prefill rate with no margin at all (PREFILL_BOUND_MARGIN is on top of this)."""
+    from llmsim.planner.serve import _case_at, _prefill_tokens_per_s, _Replica, simulate_at
+    from llmsim.serving.bounds import ttft_attainment_bound
+    from llmsim.serving.requests import build_requests
+    plan, tasks = _tasks(serving_plan())
+    task = tasks[0]
+    replica = _Replica(task, task.size)
+    best = _prefill_tokens_per_s(replica)
+    for rate in (5.0, 40.0, 160.0, 1280.0):
+        case = _case_at(task, rate, 1)
+        bound = ttft_attainment_bound(build_requests(case), best, task.spec.slo.ttft_s)
+        assert simulate_at(task, replica, rate, 1).attainment <= bound + 1e-12
+
+
+def test_probes_a_bound_proves_missed_are_not_simulated_and_the_answer_is_the_same(monkeypatch) -> None:
+    """A goal far past what one replica prefills: the halving's first rates are proven missed without a
+    simulation (the trial of 2026-12-01: 13 minutes for an unreachable goal), and the candidate's answer —
+    sustained rate, first miss, replicas, cost, the runs the report explains — is what the search finds when it
+    simulates every probe."""
+    import llmsim.planner.serve as serve
+    plan, tasks = _tasks(serving_plan(rate=2560.0, limits={"max_devices": 64}))
+    task = next(t for t in tasks if t.hardware == "slow-a" and t.tp == 1)
+    fast = search_candidate(task)
+    monkeypatch.setattr(serve, "_proven_miss", lambda *args: None)
+    full = search_candidate(task)
+    assert fast.proven_misses and not full.proven_misses
+    assert [r for r, _ in fast.proven_misses] == [r for r, _, _ in full.probes[:len(fast.proven_misses)]]
+    assert all(not met for _, _, met in full.probes[:len(fast.proven_misses)])
+    assert fast.simulations < full.simulations
+    assert (fast.sustained_rate, fast.replicas, fast.cost_usd, fast.feasible, fast.limits) == \
+        (full.sustained_rate, full.replicas, full.cost_usd, full.feasible, full.limits)
+    assert fast.first_miss == full.first_miss and fast.at_sustained == full.at_sustained
+    assert fast.at_goal == full.at_goal
+
+
+def test_candidates_that_sustain_no_rate_rank_by_how_many_requests_met_the_slo_at_their_last_probe() -> None:
+    """When every candidate misses even at its floor (sustained rate 0 for all), the closest is the one whose
+    lowest probe served the most requests within the SLO, not the first name in the alphabet."""
+    from llmsim.planner.serve import RunSummary, objective_key
+
+    def missed(hardware: str, attainment: float) -> CandidateResult:
+        run = RunSummary(100.0, 1, False, attainment, {}, 0, 0, 0, {}, 0.0, 60.0)
+        return CandidateResult(hardware, 1, 1, False, "slo: ...", ("slo",), first_miss=run)
+    near, far = missed("z-gpu", 0.4), missed("a-gpu", 0.01)
+    assert sorted([far, near], key=objective_key("cost")) == [near, far]
