@@ -320,7 +320,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         rate = [] if train else ["–" if e.tokens_per_s is None else f"{e.tokens_per_s:,.0f}"]
         table.add_row(str(i), describe(e), time_text, *rate, cost_text, fmt_energy(e.energy_j),
                       f"{e.config.n_devices:,}", "yes" if e.feasible else e.reason)
-    Console(stderr=True, width=max(err_console.width, 160)).print(table)
+    if shown:  # none fits in memory: no row to show, the explanation below says why
+        Console(stderr=True, width=max(err_console.width, 160)).print(table)
     err_console.print(outcome.explanation.headline, highlight=False)
     for line in outcome.explanation.winner or outcome.explanation.limiting:
         err_console.print(f"  {line}", highlight=False)

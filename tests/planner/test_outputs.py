@@ -133,6 +133,20 @@ def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "best by cost" in captured.err and "example" in captured.err  # no price given: the example is flagged
 
 
+def test_a_plan_where_nothing_fits_prints_no_empty_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing fits in memory: there is no closest configuration to list (the trial of 2026-12-01 saw an empty
+    'closest configurations' table above the memory explanation); the explanation alone says why, exit 0."""
+    data = {"name": "cli-nofit", "workload": {"model": {"preset": "llama2-70b"}, "mode": "train", "batch": 8},
+            "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb"}],
+            "limits": {"max_devices": 1}, "simulate": False}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "no configuration fits in device memory" in err
+    assert "closest configurations" not in err and "┃ configuration" not in err
+
+
 def test_a_serving_plan_names_its_token_step_and_shows_tokens_per_s(tmp_path: Path, capsys) -> None:
     """Issue 15 item 14: `plan` on a serve plan had no tokens/s column and printed 'step latency 6.0 ms'
     beside 'step 2.85 s' without saying which is which."""
