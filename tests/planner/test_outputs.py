@@ -120,13 +120,18 @@ def test_best_yaml_runs_on_the_roofline(tmp_path: Path, capsys: pytest.CaptureFi
     assert row["step_time_s"] == pytest.approx(outcome.top[0].step_time_s, rel=1e-9)
 
 
-def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = {"name": "cli-plan", "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
+def _plan_on_a100(tmp_path: Path, name: str, preset: str, max_devices: int) -> None:
+    """`llmsim plan` of a 1e6-token, 1-day training goal for `preset` on up to `max_devices` A100s (exit 0)."""
+    data = {"name": name, "workload": {"model": {"preset": preset}, "mode": "train", "batch": 8},
             "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb"}],
-            "limits": {"max_devices": 8}, "simulate": False}
+            "limits": {"max_devices": max_devices}, "simulate": False}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+
+
+def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _plan_on_a100(tmp_path, "cli-plan", "tiny", 8)
     captured = capsys.readouterr()
     folder = Path(captured.out.strip().splitlines()[-1])
     assert folder.is_dir() and (folder / "plan.csv").is_file() and folder.parent.name == "plan-cli-plan"
@@ -136,12 +141,7 @@ def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_a_plan_where_nothing_fits_prints_no_empty_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Nothing fits in memory: there is no closest configuration to list (the trial of 2026-12-01 saw an empty
     'closest configurations' table above the memory explanation); the explanation alone says why, exit 0."""
-    data = {"name": "cli-nofit", "workload": {"model": {"preset": "llama2-70b"}, "mode": "train", "batch": 8},
-            "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb"}],
-            "limits": {"max_devices": 1}, "simulate": False}
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(data))
-    assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    _plan_on_a100(tmp_path, "cli-nofit", "llama2-70b", 1)
     err = capsys.readouterr().err
     assert "no configuration fits in device memory" in err
     assert "closest configurations" not in err and "┃ configuration" not in err
