@@ -212,8 +212,11 @@ def diagnose(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile) -> 
     if not priced:
         smallest = min((e.memory_bytes / e.capacity_bytes for e in rows if e.capacity_bytes),
                        default=stats.pruned_need)  # every group pruned: its weights and optimizer state alone
+        # rows: the members of the groups that were priced (each overflows); the pruned groups' members are
+        # counted apart, so "more" only when some were priced, else every one of them overflowed by the bound
+        pruned = (f"{stats.pruned_by_group:,} more" if rows else f"all {stats.pruned_by_group:,}")
         return [f"memory: no configuration fits in device memory (the smallest needs {smallest:.4g}x the "
-                f"capacity; {stats.pruned_by_group:,} more overflow on weights and optimizer state alone). "
+                f"capacity; {pruned} overflow on weights and optimizer state alone). "
                 f"Allow more devices (max_devices), ZeRO or pipeline stages, or choose a device with more memory."]
     out = []
     goal_limits = [e for e in priced if set(e.limits) - {"power"}]

@@ -381,9 +381,10 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
         sections.append(choice_section(explanation))
     else:
         sections.append(Section("What limits", [Bullets(explanation.limiting)]))
-        sections.append(Section("Closest configurations", [_table(closest, plan, False)]
-                                + [b for name, lines in explanation.closest
-                                   for b in (Paragraph(name), Bullets(lines))]))
+        if closest:  # none fits in memory: no row to list (an empty table said nothing), "What limits" says why
+            sections.append(Section("Closest configurations", [_table(closest, plan, False)]
+                                    + [b for name, lines in explanation.closest
+                                       for b in (Paragraph(name), Bullets(lines))]))
     sections.append(Section("Cost against time", [Figure(
         "pareto", "Cost against time to goal", "each dot a priced configuration; coloured: meets the goal, grey: misses it",
         png=figure_png, skipped=None if figure_png else "no configuration could be priced")]))
@@ -401,8 +402,9 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
         *prices,
         *(f"no candidates: {note}" for note in explanation.precision_notes),
         f"plan.csv lists the feasible Pareto front and the best {plan.csv_top} of each hardware choice; "
-        "plan.parquet every configuration evaluated one by one, ranked (pandas.read_parquet); best.yaml "
-        "reproduces the winner with `llmsim run best.yaml`."])]))
+        "plan.parquet every configuration evaluated one by one, ranked (pandas.read_parquet)"
+        + ("; best.yaml reproduces the winner with `llmsim run best.yaml`." if top else
+           "; no best.yaml: nothing meets the goal.")])]))
     meta = plan_meta(plan, f"{plan.workload.mode}, batch {plan.workload.batch}", goal)
     return Document(f"llmsim plan: {plan.name}", summary, sections, meta)
 

@@ -142,9 +142,14 @@ def test_a_plan_where_nothing_fits_prints_no_empty_table(tmp_path: Path, capsys:
     """Nothing fits in memory: there is no closest configuration to list (the trial of 2026-12-01 saw an empty
     'closest configurations' table above the memory explanation); the explanation alone says why, exit 0."""
     _plan_on_a100(tmp_path, "cli-nofit", "llama2-70b", 1)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "no configuration fits in device memory" in err
     assert "closest configurations" not in err and "┃ configuration" not in err
+    # every group was pruned by its weights alone: "all N overflow", not "N more"; plan.md alike, no best.yaml
+    assert "more overflow" not in err and " overflow on weights and optimizer state alone" in err
+    md = (Path(captured.out.strip().splitlines()[-1]) / "plan.md").read_text()
+    assert "Closest configurations" not in md and "no best.yaml: nothing meets the goal" in md
 
 
 def test_a_serving_plan_names_its_token_step_and_shows_tokens_per_s(tmp_path: Path, capsys) -> None:
