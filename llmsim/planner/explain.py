@@ -178,6 +178,79 @@ def tie_text(e: Evaluation, best: Evaluation, objective: str, time_name: str = "
             f"{shown[m](_measure(e, m))} against the winner's {shown[m](_measure(best, m))}")
 
 
+# The numbers two configurations must share to price alike: what the plan ranks on and shows (step, time to
+# goal, cost, energy; an inference plan's rate and latency), and, when the plan re-checked them, the simulation's.
+PRICE_FIELDS = ("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "tokens_per_s", "latency_s")
+SIM_PRICE_FIELDS = ("step_time_s", "time_to_goal_s", "cost_usd", "energy_j")
+
+
+def prices_alike(a: Evaluation, b: Evaluation) -> bool:
+    """Whether two configurations price alike: the same device count and every PRICE_FIELDS number equal to a
+    relative 1e-9 (a reordering of float operations, not a difference of the model; None only with None), and
+    the same for the simulation's numbers when both were re-checked. Such configurations differ only in how
+    the same work is arranged (e.g. dp 512 x micro-batch 1 against dp 128 x cp 4 x micro-batch 4: the same
+    tokens per device, the context-parallel exchange hidden under attention), so neither tells the other
+    anything."""
+    if a.config.n_devices != b.config.n_devices:
+        return False
+    pairs = [(getattr(a, f), getattr(b, f)) for f in PRICE_FIELDS]
+    if a.sim and b.sim:
+        pairs += [(a.sim.get(f), b.sim.get(f)) for f in SIM_PRICE_FIELDS]
+    return all((x is None and y is None) or _same(x, y) for x, y in pairs)
+
+
+def _alike_mask(rows: Rows, winner: Evaluation) -> np.ndarray:
+    """prices_alike(row, winner) over every row of `rows`, on their columns (table prices only)."""
+    alike = rows.field("n_devices") == winner.config.n_devices
+    for f in PRICE_FIELDS:
+        column, value = rows.columns[f], getattr(winner, f)
+        alike &= (np.isnan(column) if value is None
+                  else np.abs(column - value) <= 1e-9 * np.maximum(np.abs(column), abs(value)))
+    return alike
+
+
+def distinct_runner_up(top: list[Evaluation], rows: Sequence[Evaluation]) -> tuple[Evaluation | None, list[Evaluation]]:
+    """The runner-up that the limits and the sensitivity compare with the winner `top[0]`, and the feasible
+    configurations that price alike with the winner (prices_alike), best-ranked first.
+
+    The runner-up is the best-ranked feasible configuration that does not price alike: among the re-checked
+    `top` first, then among the other rows in their (table) order. A configuration that prices alike would tie
+    the winner in every what-if too, and the sensitivity would say nothing. None when every feasible row prices
+    alike. The ties are counted over `rows` (on their columns for search.Rows) and listed in rank order."""
+    winner = top[0]
+    runner = next((e for e in top[1:] if not prices_alike(e, winner)), None)
+    if isinstance(rows, Rows):
+        alike = _alike_mask(rows, winner) & rows.columns["feasible"]
+        try:
+            alike[rows.index_of(winner)] = False
+        except ValueError:
+            pass
+        if runner is None:
+            others = np.flatnonzero(rows.columns["feasible"] & ~alike)
+            mine = {id(e) for e in top}
+            runner = next((rows[i] for i in others.tolist() if id(rows[i]) not in mine), None)
+        ties = [rows[i] for i in np.flatnonzero(alike).tolist()]
+        # a re-checked row ties only if the simulation prices it alike too
+        return runner, [e for e in ties if not e.sim or prices_alike(e, winner)]
+    ties = [e for e in rows if e.feasible and e is not winner and prices_alike(e, winner)]
+    if runner is None:
+        mine = {id(e) for e in top}   # by identity: two rows can be equal as dataclasses
+        runner = next((e for e in rows if e.feasible and id(e) not in mine and not prices_alike(e, winner)), None)
+    return runner, ties
+
+
+def tie_line(ties: list[Evaluation], runner_up: Evaluation | None, shown: int = 3) -> str | None:
+    """The sentence that says which configurations price exactly as the winner and which one the runner-up is
+    instead, or None without ties."""
+    if not ties:
+        return None
+    names = "; ".join(describe(e) for e in ties[:shown]) + (f"; {len(ties) - shown:,} more" if len(ties) > shown else "")
+    head = (f"{len(ties):,} other configuration{'s' if len(ties) != 1 else ''} price{'' if len(ties) != 1 else 's'} "
+            f"exactly as the winner (the same work per device, arranged otherwise): {names}")
+    return head + (f"; the runner-up is the best that prices differently: {describe(runner_up)}" if runner_up
+                   else "; every other feasible configuration prices alike, so there is no runner-up to compare")
+
+
 def versus(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal") -> str:
     """How a runner-up compares to the winner on the objective and on time; a tie on the objective says so
     and names the measure that ranks them (tie_text)."""

@@ -15,7 +15,8 @@ from llmsim.hardware import Catalog
 from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.precisions import candidates
-from llmsim.planner.explain import Explanation, choice_lines, explain, limit_of, training_sensitivity
+from llmsim.planner.explain import (Explanation, choice_lines, distinct_runner_up, explain, limit_of, tie_line,
+                                    training_sensitivity)
 from llmsim.planner.report import plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
                                    precision_contexts, resolve_hardware, search, sharing_choice, simulate_top,
@@ -85,11 +86,15 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
     explanation.precision_notes = dropped_precisions(plan, hardware)
     if top:
         contexts = {(h.name, label): ctx for h, label, ctx in precision_contexts(plan, hardware, sharing, profile)}
-        sensitivity = training_sensitivity(plan, top[0], top[1], contexts, simulated) if len(top) > 1 else None
+        # the runner-up the limits and the what-ifs compare: the best that does not price exactly as the winner
+        runner_up, ties = distinct_runner_up(top, rows)
+        sensitivity = (training_sensitivity(plan, top[0], runner_up, contexts, simulated) if runner_up is not None
+                       else None)
         explanation.limits = [limit_of(e, who, rows, plan, contexts, sensitivity)
-                              for e, who in zip(top[:2], ("winner", "runner-up"))]
+                              for e, who in zip((top[0], runner_up), ("winner", "runner-up")) if e is not None]
         explanation.sensitivity = sensitivity
-        explanation.choice = choice_lines(explanation.limits, sensitivity)
+        tie = tie_line(ties, runner_up)
+        explanation.choice = ([tie] if tie else []) + choice_lines(explanation.limits, sensitivity)
     frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
     write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from llmsim.planner.explain import tie_text, versus
-from llmsim.planner.search import objective_key
+from llmsim.planner import run_plan
+from llmsim.planner.explain import describe, distinct_runner_up, prices_alike, tie_line, tie_text, versus
+from llmsim.planner.search import Rows, objective_key, search
+from tests.planner.helpers import hardware, small_catalog, small_plan
 
 
 def _e(cost: float, time: float, devices: int, energy: float = 1e7, name: str = "a") -> Any:
@@ -42,3 +45,73 @@ def test_equal_on_every_measure_says_either_is_as_good() -> None:
 @pytest.mark.parametrize("objective", ["cost", "time", "energy", "devices"])
 def test_no_tie_no_tie_text(objective: str) -> None:
     assert tie_text(_e(80.0, 0.008, 32, 2e7), _e(72.0, 0.0072, 16), objective) is None
+
+
+# --- the runner-up the limits and the sensitivity compare: the best that does not price alike (issue 18 item 5)
+
+@pytest.fixture(scope="module")
+def feasible_row() -> Any:
+    """A real feasible row of a small plan's search (its Config and memory numbers; the prices are set below)."""
+    plan = small_plan(hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 4}])
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    return next(e for e in rows if e.feasible)
+
+
+def _priced(row: Any, cost: float, devices: int | None = None, step: float = 1.0) -> Any:
+    """`row` with every PRICE_FIELDS number set from `cost` (the same cost: the same prices), a new object."""
+    config = row.config if devices is None else SimpleNamespace(n_devices=devices)
+    return replace(row, cost_usd=cost, time_to_goal_s=cost * 10, energy_j=cost * 1e5, step_time_s=step,
+                   tokens_per_s=None, latency_s=None, sim={}, config=config)
+
+
+def test_prices_alike_needs_every_priced_number_and_the_device_count(feasible_row: Any) -> None:
+    a = _priced(feasible_row, 72.0)
+    assert prices_alike(a, _priced(feasible_row, 72.0))
+    assert prices_alike(a, _priced(feasible_row, 72.0 * (1 + 1e-12)))    # a float reordering
+    assert not prices_alike(a, _priced(feasible_row, 72.0 * (1 + 1e-6)))  # a real difference, however small
+    assert not prices_alike(a, _priced(feasible_row, 72.0, devices=feasible_row.config.n_devices * 2))
+    assert not prices_alike(a, _priced(feasible_row, 72.0, step=1.5))
+    resimulated = _priced(feasible_row, 72.0)
+    a.sim, resimulated.sim = {"cost_usd": 70.0}, {"cost_usd": 71.0}  # alike by the table, not by the simulation
+    assert not prices_alike(a, resimulated)
+
+
+def test_the_runner_up_skips_configurations_that_price_exactly_as_the_winner(feasible_row: Any) -> None:
+    winner, tie1, tie2, other, later = (_priced(feasible_row, c) for c in (72.0, 72.0, 72.0, 73.0, 80.0))
+    rows = [winner, tie1, tie2, other, later]
+    for given in (rows, Rows.from_evaluations(rows)):   # a list, and the search's columns
+        top = list(given)[:3]                           # every re-checked one ties: the runner-up is found beyond
+        runner, ties = distinct_runner_up(top, given)
+        assert runner is other and [id(e) for e in ties] == [id(tie1), id(tie2)]   # equal as dataclasses
+        runner, ties = distinct_runner_up([winner, other], given)
+        assert runner is other and [id(e) for e in ties] == [id(tie1), id(tie2)]
+    line = tie_line([tie1, tie2], other)
+    assert line is not None and line.startswith("2 other configurations price exactly as the winner")
+    assert line.endswith("the runner-up is the best that prices differently: " + describe(other))
+    assert tie_line([], other) is None
+
+
+def test_without_a_distinct_configuration_there_is_no_runner_up(feasible_row: Any) -> None:
+    winner, tie = _priced(feasible_row, 72.0), _priced(feasible_row, 72.0)
+    runner, ties = distinct_runner_up([winner, tie], [winner, tie])
+    assert runner is None and len(ties) == 1 and ties[0] is tie
+    assert "there is no runner-up to compare" in (tie_line(ties, runner) or "")
+
+
+def test_a_plan_whose_best_ties_compares_the_winner_with_a_runner_up_that_prices_differently(tmp_path: Any) -> None:
+    """Llama-3-8B at 4k on 32 H100s: dp 16 x cp 2 x micro-batch 4 and dp 32 x micro-batch 2 put the same tokens
+    on each device, and the context-parallel exchange hides under attention, so they price alike; the sensitivity
+    used to compare two such configurations ('tie in every case') and said nothing."""
+    plan = small_plan(workload={"model": {"preset": "llama3-8b", "seq_len": 4096}, "mode": "train", "batch": 64},
+                      hardware=[{"name": "h100-sxm", "usd_per_device_hour": 1.0, "devices_per_node": 8}],
+                      search={"cp": [1, 2, 4]}, limits={"max_devices": 32, "memory_headroom": 0.1},
+                      goal={"tokens": 1e9, "deadline_days": 30})
+    outcome = run_plan(plan, small_catalog(), tmp_path)
+    why, winner = outcome.explanation, outcome.top[0]
+    assert prices_alike(outcome.top[1], winner)                  # the case under test: the first runner-up ties
+    s = why.sensitivity
+    assert s is not None and s.runner_up != describe(outcome.top[1]) and s.base[0] != s.base[1]
+    assert why.choice[0].startswith(("1 other configuration prices exactly", "2 other configurations price exactly"))
+    assert why.choice[0].endswith("the runner-up is the best that prices differently: " + s.runner_up)
+    assert not any("tie in every case" in line for line in why.choice)
+    assert why.choice[0] in (outcome.run_dir / "plan.md").read_text()
