@@ -333,8 +333,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _print_serving_plan(plan: Any, outcome: Any) -> None:
     """A serving plan's candidates (the best top_k that meet the goal, else the closest) and the explanation."""
     from llmsim.planner.explain import fmt_duration, fmt_usd
-    from llmsim.planner.serve_report import describe_candidate, describe_rate
+    from llmsim.planner.serve_report import describe_candidate, describe_rate, dropped_note
 
+    dropped = dropped_note(outcome.results)
+    if dropped:  # candidates the cost model cannot price (a kernel the device has no figure for): said once
+        err_console.print(f"[yellow]llmsim: note: {escape(dropped)}[/]", highlight=False, soft_wrap=True)
     shown = outcome.top[:plan.top_k] or outcome.results[:plan.top_k]
     title = (f"best by {plan.objective}: {plan.goal.request_rate:g} requests/s under the SLO" if outcome.top
              else "nothing meets the goal: the closest candidates")

@@ -47,6 +47,7 @@ from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iteration_times, kv_capacity,
                                         prefill_rate_bound, token_costs)
 from llmsim.serving.bounds import ttft_attainment_bound
+from llmsim.serving.early_stop import EarlyStop
 from llmsim.serving.metrics import summarize
 from llmsim.serving.requests import build_requests
 from llmsim.serving.schedulers import BUILTIN
@@ -105,12 +106,17 @@ class ServingTask:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One simulated run: the SLO verdict and where the replicas' iteration time went (seconds, summed)."""
+    """One simulated run: the SLO verdict and where the replicas' iteration time went (seconds, summed).
+
+    A run stopped early (`stopped`: its misses already exceeded what the percentile allows, so its verdict
+    "missed" is certain; llmsim.serving.early_stop) knows only bounds: `attainment` is then the upper bound,
+    `row` holds request_rate alone, the miss counts are those counted by the stop (lower bounds), and the time
+    split, energy and duration cover the simulated time up to the stop."""
 
     rate: float
     replicas: int
     met: bool
-    attainment: float
+    attainment: float                  # SLO attainment; stopped early: an upper bound on it
     row: dict[str, Any]                # the serving result columns (llmsim.serving.metrics.summarize)
     misses_ttft: int                   # requests over the TTFT bound (served ones)
     misses_tpot: int                   # requests over the TPOT bound
@@ -118,6 +124,13 @@ class RunSummary:
     time_split: dict[str, float]       # compute, communication, bubble, other: over every iteration
     energy_j: float
     duration_s: float
+    stopped: EarlyStop | None = None   # set when the run stopped once its SLO was certainly missed
+
+    @property
+    def attainment_at_least(self) -> float:
+        """The SLO attainment, or for a run stopped early the share of its requests already known to meet the
+        SLO (a lower bound)."""
+        return self.attainment if self.stopped is None else self.stopped.attainment_at_least
 
 
 @dataclass
@@ -147,6 +160,9 @@ class CandidateResult:
     # rates the search did not simulate because a bound proves they miss (`_proven_miss`): (rate, an upper bound
     # on the attainment there), highest first
     proven_misses: list[tuple[float, float]] = field(default_factory=list)
+    # probes stopped early once their SLO was certainly missed (RunSummary.stopped), by index into `probes`:
+    # their attainment there is the upper bound
+    stopped_probes: dict[int, EarlyStop] = field(default_factory=dict)
     knob: str = ""
     factor: float = 1.0
     precision: str = ""                           # planner.precisions label ("" = the plan's workload dtype)
@@ -206,8 +222,11 @@ def _proven_miss(task: ServingTask, replica: _Replica, rate: float) -> float | N
     return bound if bound < slo.percentile / 100 else None
 
 
-def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int) -> RunSummary:
-    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`."""
+def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int,
+                stop_early: bool = False) -> RunSummary:
+    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`.
+    `stop_early`: stop the run once its SLO misses exceed what the percentile allows (RunSummary.stopped; a run
+    that meets the SLO is simulated to its end either way, so its summary is the same)."""
     case = _case_at(task, rate, replicas)
     spec = case.spec
     split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
@@ -228,7 +247,16 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
                                make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
                                kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
                                router=spec.router, context_tokens=task.context_tokens,
-                               request_overhead_s=spec.overhead_on(replica.cluster.device))
+                               request_overhead_s=spec.overhead_on(replica.cluster.device),
+                               stop_on_miss=spec.slo if stop_early else None)
+    device = replica.cluster.device
+    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
+    if outcome.stopped is not None:
+        s = outcome.stopped
+        return RunSummary(rate=rate, replicas=replicas, met=False, attainment=s.attainment_at_most,
+                          row={"request_rate": rate}, misses_ttft=s.misses_ttft, misses_tpot=s.misses_tpot,
+                          rejected=s.rejected, time_split=split, energy_j=energy, duration_s=outcome.duration_s,
+                          stopped=s)
     row = summarize(outcome, rate, spec.slo)
     extra = row.pop("extra")
     slo = spec.slo
@@ -236,8 +264,6 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     ttft = [s.token_times[0] - s.request.arrival_s for s in outcome.sequences]
     tpot = [(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1) if s.request.output_tokens > 1
             else 0.0 for s in outcome.sequences]
-    device = replica.cluster.device
-    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
     return RunSummary(rate=rate, replicas=replicas, met=bool(extra["slo_met"]), attainment=row["slo_attainment"] or 0.0,
                       row=row, misses_ttft=sum(slo.ttft_s is not None and t > slo.ttft_s for t in ttft),
                       misses_tpot=sum(slo.tpot_s is not None and t > slo.tpot_s for t in tpot),
@@ -256,8 +282,12 @@ def _max_replicas(task: ServingTask) -> int:
 def _rate_search(task: ServingTask, replica: _Replica, out: CandidateResult, max_replicas: int) -> None:
     """Step 1 of the module docstring: out.sustained_rate, probes, at_sustained and first_miss."""
     def probe(rate: float) -> RunSummary:
-        run = simulate_at(task, replica, rate, 1)
+        # a miss at the floor ends the search, and the report uses no more of it than its verdict and bounds:
+        # that probe may stop early (a probe above the floor is reported in full, in plan.csv's rate_probes)
+        run = simulate_at(task, replica, rate, 1, stop_early=rate <= floor)
         out.simulations += 1
+        if run.stopped is not None:
+            out.stopped_probes[len(out.probes)] = run.stopped
         out.probes.append((rate, run.attainment, run.met))
         return run
 
@@ -300,7 +330,8 @@ def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_repl
     def run(r: int) -> RunSummary:
         if r not in runs:
             n = rented_devices(r * task.size, task.node.devices_per_node)
-            runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r)
+            # only a run that meets the SLO is used: one that misses may stop as soon as that is certain
+            runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r, stop_early=True)
             out.simulations += 1
         return runs[r]
 
@@ -381,13 +412,20 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
     """Feasible first by the objective (cost or energy per hour, devices, or time = e2e p99 at the goal), ties by
     cost, devices and then the higher sustained rate; then the misses, those that run before those that cannot,
     the closer first: the higher sustained rate, then the higher attainment at the lowest rate that missed (a
-    candidate that sustains no rate at all is still nearer the goal the more of its requests met the SLO)."""
+    candidate that sustains no rate at all is still nearer the goal the more of its requests met the SLO; that
+    probe, at the floor, stops early once its misses exceed what the percentile allows, so the attainment taken
+    is what is known then, the share of its requests already finished within the SLO, RunSummary.
+    attainment_at_least, a lower bound; at equal bounds, often 0 when requests take longer than the stop, the
+    faster replica first: the output tokens per second it generated up to the stop, EarlyStop.
+    output_tokens_per_s). Deterministic: the same tasks give the same order."""
     def key(c: CandidateResult) -> tuple:
         if not c.feasible:
             order = {"power": 0, "devices": 1, "slo": 2, "memory": 3, "error": 4}
-            nearest = c.first_miss.attainment if c.first_miss is not None else 0.0
-            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, c.hardware,
-                    c.tp, c.pp, c.precision)
+            miss = c.first_miss
+            nearest = miss.attainment_at_least if miss is not None else 0.0
+            speed = miss.stopped.output_tokens_per_s if miss is not None and miss.stopped is not None else 0.0
+            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, -speed,
+                    c.hardware, c.tp, c.pp, c.precision)
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
         return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.precision)
