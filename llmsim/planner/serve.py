@@ -35,6 +35,7 @@ builtin map, in process).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,7 +50,7 @@ from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iterati
 from llmsim.serving.bounds import ttft_attainment_bound
 from llmsim.serving.early_stop import EarlyStop
 from llmsim.serving.metrics import summarize
-from llmsim.serving.requests import build_requests
+from llmsim.serving.requests import Request, build_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import simulate_serving
 from llmsim.planner.config import PlanFile
@@ -201,6 +202,28 @@ def _prefill_tokens_per_s(replica: _Replica) -> float:
     return replica.prefill_rate
 
 
+# Request lists kept per process, by (serving block at the rate, seed): every candidate of a plan probes the same
+# rates (the goal, its halvings, the floors) with the same block and seed, and a list is a pure function of those
+# (serving.requests.build_requests: the replicas do not enter it), so it is built once, not once per candidate
+# and again for the simulation after the bound (at 2,000 requests/s over 60 s a list is 120,000 requests). The few
+# most recent are kept: a search walks down its rates, and candidates go one after another in a process.
+REQUEST_LISTS_KEPT = 8
+_REQUEST_LISTS: OrderedDict[tuple[str, int], list[Request]] = OrderedDict()
+
+
+def _requests(case: ServingCase) -> list[Request]:
+    """build_requests(case), memoised in _REQUEST_LISTS (callers only read the list)."""
+    key = (case.spec.model_copy(update={"replicas": 1}).model_dump_json(), case.seed)
+    hit = _REQUEST_LISTS.get(key)
+    if hit is None:
+        hit = _REQUEST_LISTS[key] = build_requests(case)
+        while len(_REQUEST_LISTS) > REQUEST_LISTS_KEPT:
+            _REQUEST_LISTS.popitem(last=False)
+    else:
+        _REQUEST_LISTS.move_to_end(key)
+    return hit
+
+
 def _case_at(task: ServingTask, rate: float, replicas: int) -> ServingCase:
     """The plan's serving block on `replicas` replicas with arrivals at `rate` (its request list: build_requests)."""
     spec = task.spec.model_copy(update={"replicas": replicas}).at_rate(rate)
@@ -217,7 +240,7 @@ def _proven_miss(task: ServingTask, replica: _Replica, rate: float) -> float | N
         return None
     case = _case_at(task, rate, 1)
     best = PREFILL_BOUND_MARGIN * _prefill_tokens_per_s(replica)
-    bound = ttft_attainment_bound(build_requests(case), best, slo.ttft_s,
+    bound = ttft_attainment_bound(_requests(case), best, slo.ttft_s,
                                   case.spec.overhead_on(replica.cluster.device))
     return bound if bound < slo.percentile / 100 else None
 
@@ -243,7 +266,7 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
             return t.step + cpu, t.compute
         return one
 
-    outcome = simulate_serving(build_requests(case), replicas=replicas,
+    outcome = simulate_serving(_requests(case), replicas=replicas,
                                make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
                                kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
                                router=spec.router, context_tokens=task.context_tokens,

@@ -27,11 +27,18 @@ from collections.abc import Generator, Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import simpy
 
 from llmsim.serving.kvcache import Sequence
 from llmsim.serving.requests import Request
 from llmsim.serving.spec import Slo
+
+
+# How long after a request's TTFT deadline its miss is checked, seconds: far below any latency that matters, far
+# above the rounding of the times it compares (MissCounter.deadlines).
+DEADLINE_PAST_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -124,14 +131,19 @@ class MissCounter:
         self._check(now)
 
     def deadlines(self, env: simpy.Environment) -> Generator[simpy.Event, Any, None]:
-        """A SimPy process: at each request's TTFT deadline (arrival order), a request with no first token yet is
-        a miss. Nothing to do without a TTFT bound."""
+        """A SimPy process: just after each request's TTFT deadline (arrival order), a request with no first token
+        yet is a miss. Nothing to do without a TTFT bound.
+
+        It wakes DEADLINE_PAST_S after the deadline (and a few units in the last place more, at large times): at the
+        deadline itself the TTFT the metrics would compute, (now + overhead) - arrival, rounds to the bound, which
+        is not over it. The check itself is what makes a miss certain; the delay only lets it pass."""
         ttft_s = self.slo.ttft_s
         if ttft_s is None:
             return
         o = self.overhead_s
         for request in sorted(self.requests, key=lambda r: r.arrival_s):
             due = request.arrival_s + ttft_s - o
+            due += DEADLINE_PAST_S + 16 * math.ulp(abs(due) + ttft_s + o)
             if due > env.now:
                 yield env.timeout(due - env.now)
             if request.id in self.counted:

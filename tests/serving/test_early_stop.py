@@ -63,6 +63,11 @@ def test_the_stop_is_sound_and_a_met_run_is_unchanged(rate: float, slo: Slo, ove
     assert stop.rejected <= row["extra"]["requests_rejected"]
     assert stop.misses <= stop.requests - row["extra"]["slo_good_requests"]
     assert stop.time_s < full.duration_s and early.events < full.events   # it did stop early
+    if slo.ttft_s is not None:   # and no later than just after the deadline of the first TTFT miss too many
+        late = sorted(s.request.arrival_s + slo.ttft_s - overhead for s in full.sequences
+                      if s.token_times[0] - s.request.arrival_s > slo.ttft_s)
+        if len(late) > stop.allowed:
+            assert stop.time_s <= late[stop.allowed] + 1e-6
     assert all(s.finished for s in early.sequences)
 
 
