@@ -14,11 +14,13 @@ modeled backends do: llmsim.modeled_serving), not by the step roofline. For ever
    replica's share of the goal would need more than max_devices), then bisected (geometric midpoint) between
    the highest rate that met and the lowest that missed until they are within `rate_tolerance`. A replica
    that sustains the goal rate itself needs no more search (its rate is reported as "at least"). A halving
-   rate that a prefill bound proves missed is not simulated (`_proven_miss`; the same answer).
+   rate that a prefill bound proves missed is not simulated (`_proven_miss`; the same answer). The probe at the
+   floor stops once its misses exceed what the percentile allows (llmsim.serving.early_stop): a miss there ends
+   the search, and only its verdict and what the stop knew are reported (RunSummary.stopped).
 2. **Replicas.** R0 = ceil(goal rate / sustained rate); the service of R replicas behind the router is
    simulated at the goal rate (the same span, the same seed: exactly what best.yaml runs) and R is
    moved from R0 to the fewest that meets the SLO (down while R - 1 still meets it, up while R misses,
-   within max_devices).
+   within max_devices). Only a run that meets the SLO is used, so a run that misses stops early too.
 3. **Cost.** The devices are R x tp x pp, rented as whole nodes (or part of one node), the planner's rule;
    cost = rented devices x usd_per_device_hour (per hour of serving); energy = the modeled energy of the
    goal-rate run per hour (costmodel.energy, busy replicas at full power, idle and spare devices at idle).
