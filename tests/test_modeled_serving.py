@@ -351,8 +351,8 @@ def test_validate_says_which_serving_cases_a_kernel_without_a_figure_will_skip(
     assert capsys.readouterr().err == ""
 
 
-def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from llmsim.cli import main
     path = _serve_8b_on(tmp_path, "h100-sxm", "h100-sxm", "flash4")
     assert main(["validate", str(path)]) == 2

@@ -424,7 +424,8 @@ def test_an_unreachable_candidate_stops_its_floor_probe_early_with_the_same_verd
         (full.feasible, full.limits, full.reason, full.sustained_rate, full.simulations, full.proven_misses)
     stop = fast.first_miss.stopped
     assert not fast.first_miss.met and not full.first_miss.met and full.first_miss.stopped is None
-    assert stop.attainment_at_least <= full.first_miss.attainment <= stop.attainment_at_most == fast.first_miss.attainment
+    assert stop.attainment_at_least <= full.first_miss.attainment <= stop.attainment_at_most
+    assert fast.first_miss.attainment == stop.attainment_at_most
     assert stop.time_s < full.first_miss.duration_s
     from llmsim.planner.serve_report import probe_csv, probe_line
     assert "missed (stopped early at" in probe_csv(fast) and "(stopped early)" in probe_line(fast)

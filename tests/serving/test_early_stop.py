@@ -79,6 +79,6 @@ def test_a_stopped_run_has_no_result_row_and_a_closed_loop_cannot_stop() -> None
         summarize(stopped, 60.0, slo)
     spec = SchedulerSpec(kind="continuous")
     with pytest.raises(ValueError, match="stop_on_miss needs an open loop"):
-        simulate_serving(_requests(10, 1.0, seed=1), replicas=1, make_scheduler=lambda kv: BUILTIN["continuous"](spec, kv),
-                         kv_blocks=1000, block_tokens=16, price=linear_price, router="round-robin",
+        simulate_serving(_requests(10, 1.0, seed=1), replicas=1,
+                         make_scheduler=lambda kv: BUILTIN["continuous"](spec, kv), kv_blocks=1000, block_tokens=16, price=linear_price, router="round-robin",
                          context_tokens=4096, closed_loop=ClosedLoop(clients=2), stop_on_miss=slo)
