@@ -25,7 +25,7 @@ from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, Scenari
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.results import latest_run_dir, read_rows, rows_frame
-from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario
+from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario, serving_kernel_problem
 from llmsim.wording import count
 
 err_console = Console(stderr=True)
@@ -45,19 +45,33 @@ def _warn_broken(registry: BackendRegistry) -> None:
                           highlight=False)
 
 
-def _load(path: str, overrides: list[str], backends: list[str] | None) -> tuple[Scenario, list[PlannedCase], object,
-                                                                               BackendRegistry]:
+def _load(path: str, overrides: list[str], backends: list[str] | None,
+          catalog_out: list[Any] | None = None) -> tuple[Scenario, list[PlannedCase], object, BackendRegistry]:
+    """The scenario, its planned cases, the plugin manager and the registry; `catalog_out` gets the catalog."""
     scenario = load_scenario(path, overrides)
     registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
+    if catalog_out is not None:
+        catalog_out.append(catalog)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    scenario, planned, _, _ = _load(args.scenario, args.set, args.backend)
+    catalog: list[Any] = []
+    scenario, planned, _, _ = _load(args.scenario, args.set, args.backend, catalog)
+    if scenario.serving is not None:  # rows a run would skip: said as the run's rows say it, once per backend point
+        skipped: dict[tuple[str, str], int] = {}
+        for item in planned:
+            problem = serving_kernel_problem(item.backend, item.settings, catalog[0])
+            if problem:
+                key = (f"backends.{item.backend.name}.attention", problem)
+                skipped[key] = skipped.get(key, 0) + 1
+        for (key, problem), n in skipped.items():
+            err_console.print(f"[yellow]llmsim: note: {escape(args.scenario)}: {key}: {escape(problem)}; "
+                              f"{count(n, 'case')} will be skipped[/]", highlight=False, soft_wrap=True)
     n = len(scenario.strategies)
     # A serving scenario's rates are cases of their own (runner.plan_serving_cases), not backend settings.
     rates = len(scenario.serving.arrival.sweep) if scenario.serving is not None else 1
@@ -333,8 +347,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _print_serving_plan(plan: Any, outcome: Any) -> None:
     """A serving plan's candidates (the best top_k that meet the goal, else the closest) and the explanation."""
     from llmsim.planner.explain import fmt_duration, fmt_usd
-    from llmsim.planner.serve_report import describe_candidate, describe_rate
+    from llmsim.planner.serve_report import describe_candidate, describe_rate, dropped_note
 
+    dropped = dropped_note(outcome.results)
+    if dropped:  # candidates the cost model cannot price (a kernel the device has no figure for): said once
+        err_console.print(f"[yellow]llmsim: note: {escape(dropped)}[/]", highlight=False, soft_wrap=True)
     shown = outcome.top[:plan.top_k] or outcome.results[:plan.top_k]
     title = (f"best by {plan.objective}: {plan.goal.request_rate:g} requests/s under the SLO" if outcome.top
              else "nothing meets the goal: the closest candidates")

@@ -4,7 +4,7 @@ declared once here."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -63,11 +63,14 @@ def option_fields():  # noqa: ANN201 - dict[str, pydantic FieldInfo]
     return {key: EngineOptions.model_fields[key] for key in OPTION_KEYS}
 
 
-def serving_attention_problem(kernel: str) -> str | None:
+def serving_attention_problem(kernel: object) -> str | None:
     """Why a serving run or plan cannot price attention kernel `kernel`, or None: a serving iteration prices a
     fused kernel (costmodel.iteration: FlashAttention-2 `flash`, FlashAttention-3 `flash3`, cuDNN's `cudnn`), as
-    the engines run, not an unfused one (`fused-softmax`, `math`)."""
+    the engines run, not an unfused one (`fused-softmax`, `math`); a value that names no kernel at all gets the
+    same allowed list (a serving block's, not every kernel's)."""
     if kernel in FUSED_ATTENTION:
         return None
+    if kernel not in get_args(AttentionKernel):
+        return f"{kernel!r}: unknown attention kernel (allowed with serving: {', '.join(FUSED_ATTENTION)})"
     return (f"{kernel!r}: a serving run prices a fused attention kernel, as vLLM runs (allowed with serving: "
             f"{', '.join(FUSED_ATTENTION)})")

@@ -23,6 +23,10 @@ from pydantic import BaseModel, ValidationError
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import Scenario, allowed_keys, describe_error, one_value_expected
 from llmsim.costmodel import precision
+from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY
+from llmsim.costmodel.compute import attention_problem
+from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
+from llmsim.engine_options import serving_attention_problem
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path
@@ -55,7 +59,8 @@ def _non_finite(value: Any, where: tuple[str | int, ...] = ()) -> tuple[tuple[st
     return None
 
 
-def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: str) -> BaseModel:
+def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: str,
+                      serving: bool = False) -> BaseModel:
     # YAML reads .inf and .nan as floats, and a plugin's model may let them through (`gt=0` passes .inf, .nan
     # compares false with every bound): no backend setting means anything by them, built-in or a plugin's, so
     # they are refused here, before any plugin sees them, as the scenario's own keys are (llmsim.strict).
@@ -70,6 +75,11 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         # pydantic names the branch of a union it tried ("constrained-int", "list[constrained-int]"): not a key
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
         where = format_key_path(("backends", name) + loc)
+        if serving and loc == ("attention",) and _is_attention_kernel(cls, "attention"):
+            # a serving block prices only the fused kernels: the allowed list is theirs (engine_options)
+            problem = serving_attention_problem(err.get("input"))
+            if problem:
+                raise ScenarioError(file, where, problem) from None
         if err["type"] == "extra_forbidden" and len(loc) == 1:
             allowed = ", ".join(cls.Settings.model_fields) or "none"
             raise ScenarioError(file, where, f"unknown setting of backend '{name}'; allowed: {allowed}") from None
@@ -83,6 +93,13 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         else:
             message = one_value_expected(err) or f"{err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}"
         raise ScenarioError(file, where, message) from None
+
+
+def _is_attention_kernel(cls: type[Backend], key: str) -> bool:
+    """Whether the backend's setting `key` is the modeled stack's attention kernel (engine_options), not a
+    plugin's own setting of that name."""
+    field = cls.Settings.model_fields.get(key)
+    return field is not None and field.annotation == AttentionKernel
 
 
 def missing_backend(name: str, registry: BackendRegistry) -> str:
@@ -124,7 +141,7 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     sweeps = {}
     for name, raw in backends.items():
         cls = registry.get(name)
-        settings = _backend_settings(name, cls, raw, file)
+        settings = _backend_settings(name, cls, raw, file, scenario.serving is not None)
         try:
             settings = cls.resolve_settings(settings, catalog)
         except ScenarioError as exc:
@@ -193,12 +210,28 @@ def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, l
                                    f"hardware that does: {capable}")
 
 
+def serving_kernel_problem(cls: type[Backend], settings: BaseModel, catalog: Catalog) -> str | None:
+    """Why a serving run of a modeled backend's `settings` cannot price its attention kernel on the device they
+    name (its catalog entry has no figure for it: costmodel.compute.attention_problem, the reason each such row
+    is skipped with), or None (also for a backend without the modeled stack's `attention` setting)."""
+    kernel = getattr(settings, "attention", None)
+    if not _is_attention_kernel(cls, "attention") or kernel not in FUSED_ATTENTION:
+        return None
+    device = cls.device(settings, catalog)
+    if device is None:
+        return None
+    problem = attention_problem(device.efficiency or DEFAULT_EFFICIENCY, kernel)   # as ClusterSpec.efficiency
+    return None if problem is None else problem.replace("on this device", f"on {device.name}")
+
+
 def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict[str, Any],
                    sweeps: dict[str, list[tuple[str, BaseModel]]], file: str, scenario_dir: Path) -> list[PlannedCase]:
     """The cases of a serving scenario: (strategy, backend point, rate), each replica tp x pp devices.
 
     Checked here: every backend serves (and its settings allow it), the cluster holds the replicas, the
-    scheduler kind is installed, the trace file reads. A list of rates suffixes the case names
+    scheduler kind is installed, the trace file reads. A device without a figure for the attention kernel is not
+    refused: its rows are skipped with the reason, as a training case's are (`llmsim validate` says which first:
+    serving_kernel_problem). A list of rates suffixes the case names
     "@rate=R" as a list of nodes suffixes "@nodes=N"."""
     spec = scenario.serving
     assert spec is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llmsim import hookimpl
 from llmsim.config import parse_scenario
@@ -317,3 +318,45 @@ def test_the_engine_policies_run_on_both_modeled_backends(tmp_path: Path, kind: 
         roofline, cluster = ([_requests(run_dir, r) for r in rows if r["case"] == rate and r["backend"] == b][0]
                              for b in ("roofline", "cluster"))
         assert [r["arrival_s"] for r in roofline] == [r["arrival_s"] for r in cluster]
+
+
+def _serve_8b_on(tmp_path: Path, roofline: str, cluster: str, attention: str) -> Path:
+    """scenarios/serve-8b.yaml with both backends' hardware and attention kernel set."""
+    data = yaml.safe_load(Path("scenarios/serve-8b.yaml").read_text())
+    data["backends"]["roofline"].update(hardware=roofline, attention=attention)
+    data["backends"]["cluster"].update(hardware=cluster, attention=attention)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_validate_says_which_serving_cases_a_kernel_without_a_figure_will_skip(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FlashAttention-3 on an A100 (no figure for it): a run skips those rows with the reason (the test above);
+    validate says so first, with the run's own words, once per backend point, and the scenario stays valid."""
+    from llmsim.cli import main
+    for cluster, skipped in (("h100-sxm", ["roofline"]), ("a100-80gb", ["cluster", "roofline"])):
+        path = _serve_8b_on(tmp_path, "a100-80gb", cluster, "flash3")
+        assert main(["validate", str(path)]) == 0
+        out, err = capsys.readouterr()
+        assert "ok — " in out and "6 cases" in out
+        notes = sorted(err.strip().splitlines())
+        assert len(notes) == len(skipped)
+        for name, note in zip(skipped, notes):
+            assert note == (f"llmsim: note: {path}: backends.{name}.attention: attention kernel 'flash3' has no "
+                            f"measured efficiency on a100-80gb (its catalog entry sets no efficiency.attention_flash3)"
+                            f"; kernels it has: flash; 3 cases will be skipped")
+    path = _serve_8b_on(tmp_path, "h100-sxm", "h100-sxm", "flash3")
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmsim.cli import main
+    path = _serve_8b_on(tmp_path, "h100-sxm", "h100-sxm", "flash4")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    # the first backend in the file (yaml.safe_dump sorts the keys: cluster)
+    assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel "
+                   f"(allowed with serving: flash, cudnn, flash3)")

@@ -137,10 +137,18 @@ def attention_fractions(efficiency: Efficiency, kernel: str) -> tuple[float, flo
     (FlashAttention-3 runs on Hopper only; cuDNN's fused attention is measured on H100 only)."""
     fractions = efficiency.attention_fractions(kernel)
     if fractions is None:
-        have = ", ".join(k for k in FUSED_ATTENTION if efficiency.attention_fractions(k) is not None)
-        raise CostModelError(f"attention kernel {kernel!r} has no measured efficiency on this device (its catalog "
-                             f"entry sets no efficiency.attention_{kernel}); kernels it has: {have}")
+        raise CostModelError(attention_problem(efficiency, kernel))
     return fractions
+
+
+def attention_problem(efficiency: Efficiency, kernel: str) -> str | None:
+    """Why a device with `efficiency` cannot price the fused attention `kernel` (its catalog entry has no figure
+    for it), in the words a skipped row gives; None when it can."""
+    if efficiency.attention_fractions(kernel) is not None:
+        return None
+    have = ", ".join(k for k in FUSED_ATTENTION if efficiency.attention_fractions(k) is not None)
+    return (f"attention kernel {kernel!r} has no measured efficiency on this device (its catalog entry sets no "
+            f"efficiency.attention_{kernel}); kernels it has: {have}")
 
 
 def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:

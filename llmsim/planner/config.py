@@ -159,6 +159,19 @@ class PlanFile(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _serving_attention(cls, data: Any) -> Any:
+        """A serving plan's options.attention is one of the fused kernels a serving iteration prices: a value
+        that is not, a known kernel or none, is named with those (engine_options.serving_attention_problem), not
+        with every kernel a training plan allows."""
+        if isinstance(data, dict) and isinstance(data.get("serving"), dict) and isinstance(data.get("options"), dict) \
+                and "attention" in data["options"]:
+            problem = serving_attention_problem(data["options"]["attention"])
+            if problem:
+                raise _KeyedError("options.attention", problem)
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _goal_rate_is_the_arrival_rate(cls, data: Any) -> Any:
         """A serving plan's arrival rate is goal.request_rate: filled in, so the block validates as a scenario's."""
         goal = data.get("goal") if isinstance(data, dict) else None

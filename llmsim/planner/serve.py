@@ -14,11 +14,13 @@ modeled backends do: llmsim.modeled_serving), not by the step roofline. For ever
    replica's share of the goal would need more than max_devices), then bisected (geometric midpoint) between
    the highest rate that met and the lowest that missed until they are within `rate_tolerance`. A replica
    that sustains the goal rate itself needs no more search (its rate is reported as "at least"). A halving
-   rate that a prefill bound proves missed is not simulated (`_proven_miss`; the same answer).
+   rate that a prefill bound proves missed is not simulated (`_proven_miss`; the same answer). The probe at the
+   floor stops once its misses exceed what the percentile allows (llmsim.serving.early_stop): a miss there ends
+   the search, and only its verdict and what the stop knew are reported (RunSummary.stopped).
 2. **Replicas.** R0 = ceil(goal rate / sustained rate); the service of R replicas behind the router is
    simulated at the goal rate (the same span, the same seed: exactly what best.yaml runs) and R is
    moved from R0 to the fewest that meets the SLO (down while R - 1 still meets it, up while R misses,
-   within max_devices).
+   within max_devices). Only a run that meets the SLO is used, so a run that misses stops early too.
 3. **Cost.** The devices are R x tp x pp, rented as whole nodes (or part of one node), the planner's rule;
    cost = rented devices x usd_per_device_hour (per hour of serving); energy = the modeled energy of the
    goal-rate run per hour (costmodel.energy, busy replicas at full power, idle and spare devices at idle).
@@ -35,6 +37,7 @@ builtin map, in process).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,8 +50,9 @@ from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iteration_times, kv_capacity,
                                         prefill_rate_bound, token_costs)
 from llmsim.serving.bounds import ttft_attainment_bound
+from llmsim.serving.early_stop import EarlyStop
 from llmsim.serving.metrics import summarize
-from llmsim.serving.requests import build_requests
+from llmsim.serving.requests import Request, build_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import simulate_serving
 from llmsim.planner.config import PlanFile
@@ -105,12 +109,17 @@ class ServingTask:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One simulated run: the SLO verdict and where the replicas' iteration time went (seconds, summed)."""
+    """One simulated run: the SLO verdict and where the replicas' iteration time went (seconds, summed).
+
+    A run stopped early (`stopped`: its misses already exceeded what the percentile allows, so its verdict
+    "missed" is certain; llmsim.serving.early_stop) knows only bounds: `attainment` is then the upper bound,
+    `row` holds request_rate alone, the miss counts are those counted by the stop (lower bounds), and the time
+    split, energy and duration cover the simulated time up to the stop."""
 
     rate: float
     replicas: int
     met: bool
-    attainment: float
+    attainment: float                  # SLO attainment; stopped early: an upper bound on it
     row: dict[str, Any]                # the serving result columns (llmsim.serving.metrics.summarize)
     misses_ttft: int                   # requests over the TTFT bound (served ones)
     misses_tpot: int                   # requests over the TPOT bound
@@ -118,6 +127,13 @@ class RunSummary:
     time_split: dict[str, float]       # compute, communication, bubble, other: over every iteration
     energy_j: float
     duration_s: float
+    stopped: EarlyStop | None = None   # set when the run stopped once its SLO was certainly missed
+
+    @property
+    def attainment_at_least(self) -> float:
+        """The SLO attainment, or for a run stopped early the share of its requests already known to meet the
+        SLO (a lower bound)."""
+        return self.attainment if self.stopped is None else self.stopped.attainment_at_least
 
 
 @dataclass
@@ -147,6 +163,9 @@ class CandidateResult:
     # rates the search did not simulate because a bound proves they miss (`_proven_miss`): (rate, an upper bound
     # on the attainment there), highest first
     proven_misses: list[tuple[float, float]] = field(default_factory=list)
+    # probes stopped early once their SLO was certainly missed (RunSummary.stopped), by index into `probes`:
+    # their attainment there is the upper bound
+    stopped_probes: dict[int, EarlyStop] = field(default_factory=dict)
     knob: str = ""
     factor: float = 1.0
     precision: str = ""                           # planner.precisions label ("" = the plan's workload dtype)
@@ -185,6 +204,28 @@ def _prefill_tokens_per_s(replica: _Replica) -> float:
     return replica.prefill_rate
 
 
+# Request lists kept per process, by (serving block at the rate, seed): every candidate of a plan probes the same
+# rates (the goal, its halvings, the floors) with the same block and seed, and a list is a pure function of those
+# (serving.requests.build_requests: the replicas do not enter it), so it is built once, not once per candidate
+# and again for the simulation after the bound (at 2,000 requests/s over 60 s a list is 120,000 requests). The few
+# most recent are kept: a search walks down its rates, and candidates go one after another in a process.
+REQUEST_LISTS_KEPT = 8
+_REQUEST_LISTS: OrderedDict[tuple[str, int], list[Request]] = OrderedDict()
+
+
+def _requests(case: ServingCase) -> list[Request]:
+    """build_requests(case), memoised in _REQUEST_LISTS (callers only read the list)."""
+    key = (case.spec.model_copy(update={"replicas": 1}).model_dump_json(), case.seed)
+    hit = _REQUEST_LISTS.get(key)
+    if hit is None:
+        hit = _REQUEST_LISTS[key] = build_requests(case)
+        while len(_REQUEST_LISTS) > REQUEST_LISTS_KEPT:
+            _REQUEST_LISTS.popitem(last=False)
+    else:
+        _REQUEST_LISTS.move_to_end(key)
+    return hit
+
+
 def _case_at(task: ServingTask, rate: float, replicas: int) -> ServingCase:
     """The plan's serving block on `replicas` replicas with arrivals at `rate` (its request list: build_requests)."""
     spec = task.spec.model_copy(update={"replicas": replicas}).at_rate(rate)
@@ -201,13 +242,16 @@ def _proven_miss(task: ServingTask, replica: _Replica, rate: float) -> float | N
         return None
     case = _case_at(task, rate, 1)
     best = PREFILL_BOUND_MARGIN * _prefill_tokens_per_s(replica)
-    bound = ttft_attainment_bound(build_requests(case), best, slo.ttft_s,
+    bound = ttft_attainment_bound(_requests(case), best, slo.ttft_s,
                                   case.spec.overhead_on(replica.cluster.device))
     return bound if bound < slo.percentile / 100 else None
 
 
-def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int) -> RunSummary:
-    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`."""
+def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int,
+                stop_early: bool = False) -> RunSummary:
+    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`.
+    `stop_early`: stop the run once its SLO misses exceed what the percentile allows (RunSummary.stopped; a run
+    that meets the SLO is simulated to its end either way, so its summary is the same)."""
     case = _case_at(task, rate, replicas)
     spec = case.spec
     split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
@@ -224,11 +268,20 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
             return t.step + cpu, t.compute
         return one
 
-    outcome = simulate_serving(build_requests(case), replicas=replicas,
+    outcome = simulate_serving(_requests(case), replicas=replicas,
                                make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
                                kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
                                router=spec.router, context_tokens=task.context_tokens,
-                               request_overhead_s=spec.overhead_on(replica.cluster.device))
+                               request_overhead_s=spec.overhead_on(replica.cluster.device),
+                               stop_on_miss=spec.slo if stop_early else None)
+    device = replica.cluster.device
+    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
+    if outcome.stopped is not None:
+        s = outcome.stopped
+        return RunSummary(rate=rate, replicas=replicas, met=False, attainment=s.attainment_at_most,
+                          row={"request_rate": rate}, misses_ttft=s.misses_ttft, misses_tpot=s.misses_tpot,
+                          rejected=s.rejected, time_split=split, energy_j=energy, duration_s=outcome.duration_s,
+                          stopped=s)
     row = summarize(outcome, rate, spec.slo)
     extra = row.pop("extra")
     slo = spec.slo
@@ -236,8 +289,6 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     ttft = [s.token_times[0] - s.request.arrival_s for s in outcome.sequences]
     tpot = [(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1) if s.request.output_tokens > 1
             else 0.0 for s in outcome.sequences]
-    device = replica.cluster.device
-    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
     return RunSummary(rate=rate, replicas=replicas, met=bool(extra["slo_met"]), attainment=row["slo_attainment"] or 0.0,
                       row=row, misses_ttft=sum(slo.ttft_s is not None and t > slo.ttft_s for t in ttft),
                       misses_tpot=sum(slo.tpot_s is not None and t > slo.tpot_s for t in tpot),
@@ -256,8 +307,12 @@ def _max_replicas(task: ServingTask) -> int:
 def _rate_search(task: ServingTask, replica: _Replica, out: CandidateResult, max_replicas: int) -> None:
     """Step 1 of the module docstring: out.sustained_rate, probes, at_sustained and first_miss."""
     def probe(rate: float) -> RunSummary:
-        run = simulate_at(task, replica, rate, 1)
+        # a miss at the floor ends the search, and the report uses no more of it than its verdict and bounds:
+        # that probe may stop early (a probe above the floor is reported in full, in plan.csv's rate_probes)
+        run = simulate_at(task, replica, rate, 1, stop_early=rate <= floor)
         out.simulations += 1
+        if run.stopped is not None:
+            out.stopped_probes[len(out.probes)] = run.stopped
         out.probes.append((rate, run.attainment, run.met))
         return run
 
@@ -300,7 +355,8 @@ def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_repl
     def run(r: int) -> RunSummary:
         if r not in runs:
             n = rented_devices(r * task.size, task.node.devices_per_node)
-            runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r)
+            # only a run that meets the SLO is used: one that misses may stop as soon as that is certain
+            runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r, stop_early=True)
             out.simulations += 1
         return runs[r]
 
@@ -381,13 +437,20 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
     """Feasible first by the objective (cost or energy per hour, devices, or time = e2e p99 at the goal), ties by
     cost, devices and then the higher sustained rate; then the misses, those that run before those that cannot,
     the closer first: the higher sustained rate, then the higher attainment at the lowest rate that missed (a
-    candidate that sustains no rate at all is still nearer the goal the more of its requests met the SLO)."""
+    candidate that sustains no rate at all is still nearer the goal the more of its requests met the SLO; that
+    probe, at the floor, stops early once its misses exceed what the percentile allows, so the attainment taken
+    is what is known then, the share of its requests already finished within the SLO, RunSummary.
+    attainment_at_least, a lower bound; at equal bounds, often 0 when requests take longer than the stop, the
+    faster replica first: the output tokens per second it generated up to the stop, EarlyStop.
+    output_tokens_per_s). Deterministic: the same tasks give the same order."""
     def key(c: CandidateResult) -> tuple:
         if not c.feasible:
             order = {"power": 0, "devices": 1, "slo": 2, "memory": 3, "error": 4}
-            nearest = c.first_miss.attainment if c.first_miss is not None else 0.0
-            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, c.hardware,
-                    c.tp, c.pp, c.precision)
+            miss = c.first_miss
+            nearest = miss.attainment_at_least if miss is not None else 0.0
+            speed = miss.stopped.output_tokens_per_s if miss is not None and miss.stopped is not None else 0.0
+            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, -speed,
+                    c.hardware, c.tp, c.pp, c.precision)
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
         return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.precision)

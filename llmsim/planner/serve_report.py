@@ -44,6 +44,65 @@ def describe_rate(c: CandidateResult) -> str:
     return ("≥ " if c.sustained_at_least else "") + f"{c.sustained_rate:.3g} requests/s per replica"
 
 
+# Why a candidate's rate search did not run, by its limit (planner.serve.rate_search stops before any probe)
+NOT_SEARCHED = {"memory": "no room for a KV cache, so it serves no request at any rate",
+                "error": "the cost model cannot price its iterations at any rate",
+                "devices": "one replica alone needs more devices than max_devices"}
+
+
+def probe_csv(c: CandidateResult) -> str:
+    """plan.csv's rate_probes: `rate:attainment:met|missed` per probe, in search order, after the rates a bound
+    proved missed (`rate:<=bound:missed (bound, not simulated)`); a probe stopped early once its SLO was
+    certainly missed gives its attainment's upper bound and what the stop knew (planner.serve.RunSummary)."""
+    parts = [f"{r:.4g}:<={a:.3f}:missed (bound, not simulated)" for r, a in c.proven_misses]
+    for i, (r, a, m) in enumerate(c.probes):
+        stop = c.stopped_probes.get(i)
+        if stop is None:
+            parts.append(f"{r:.4g}:{a:.3f}:{'met' if m else 'missed'}")
+        else:
+            parts.append(f"{r:.4g}:<={a:.3f}:missed (stopped early at {stop.time_s:.4g} s: {stop.misses} of "
+                         f"{stop.requests} requests missed, {stop.allowed} allowed; >={stop.attainment_at_least:.3f} "
+                         f"met; {stop.output_tokens_per_s:.4g} output tokens/s)")
+    return ";".join(parts)
+
+
+def probe_marks(c: CandidateResult) -> str:
+    """The probes as the terminal and plan.md show them: '2000✗ (bound), 125✗ (stopped early), 40✓'."""
+    return ", ".join([f"{r:.3g}✗ (bound)" for r, _ in c.proven_misses]
+                     + [f"{r:.3g}{'✓' if m else '✗'}" + (" (stopped early)" if i in c.stopped_probes else "")
+                        for i, (r, _, m) in enumerate(c.probes)])
+
+
+def probe_line(c: CandidateResult) -> str:
+    """What the candidate's rate search found, with its probes; or why it was not searched."""
+    if c.sustained_rate:
+        return (f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; "
+                f"probes: {probe_marks(c)})")
+    if c.first_miss is not None:
+        stop = c.first_miss.stopped
+        known = (f"attainment ≤ {c.first_miss.attainment:.3f} there, stopped early once {stop.misses} of "
+                 f"{stop.requests} requests missed" if stop is not None
+                 else f"attainment {c.first_miss.attainment:.3f} there")
+        return (f"one replica sustains no rate down to {c.first_miss.rate:.3g} requests/s ({known}; probes: "
+                f"{probe_marks(c)})")
+    limit = c.limits[0] if c.limits else "error"
+    return f"one replica not searched: {NOT_SEARCHED.get(limit, c.reason)}"
+
+
+def dropped_note(results: list[CandidateResult]) -> str | None:
+    """One line for the candidates the cost model cannot price (limit `error`, e.g. an attention kernel the
+    device's catalog entry has no figure for): how many of all, which, and why; None when there are none."""
+    dropped = [c for c in results if c.limits and c.limits[0] == "error"]
+    if not dropped:
+        return None
+    by_reason: dict[str, list[str]] = {}
+    for c in dropped:
+        by_reason.setdefault(c.reason.removeprefix("error: "), []).append(f"{c.hardware} {c.name}")
+    why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+    return (f"{len(dropped)} of {len(results)} candidate{'' if len(results) == 1 else 's'} dropped, the cost model "
+            f"cannot price {'it' if len(dropped) == 1 else 'them'} ({why})")
+
+
 def metric(c: CandidateResult, objective: str) -> float | None:
     if objective == "time":
         return c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
@@ -128,8 +187,7 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
     records = []
     for i, c in enumerate(results, 1):
         row = c.at_goal.row if c.at_goal else {}
-        probes = ";".join([f"{r:.4g}:<={a:.3f}:missed (bound, not simulated)" for r, a in c.proven_misses]
-                          + [f"{r:.4g}:{a:.3f}:{'met' if m else 'missed'}" for r, a, m in c.probes])
+        probes = probe_csv(c)
         w = workload_for(plan, c.precision)
         records.append([i, c.hardware, c.tp, c.pp, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
                         c.replicas or None, c.n_devices or None, c.devices_used or None,
@@ -178,9 +236,7 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
     and its devices, cost and energy."""
     row = c.at_goal.row if c.at_goal else {}
     goal = plan.goal.request_rate
-    lines = [f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; probes: "
-             + ", ".join([f"{r:.3g}✗ (bound)" for r, _ in c.proven_misses]
-                         + [f"{r:.3g}{'✓' if m else '✗'}" for r, _, m in c.probes]) + ")"]
+    lines = [probe_line(c)]
     if c.at_goal and c.sustained_rate and c.replicas * c.sustained_rate < goal:
         lines.append(f"{c.replicas} x {c.sustained_rate:.4g} = {c.replicas * c.sustained_rate:.3g} requests/s is "
                      f"below the goal, yet the {c.replicas} replicas meet the SLO at {goal:g} requests/s by "
@@ -210,7 +266,7 @@ def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitiv
         for k in c.limits:
             counts[k] = counts.get(k, 0) + 1
     if not feasible:
-        lines = [f"{describe_candidate(c)}: {c.reason}" for c in results[:max(plan.top_k, 1)]]
+        lines = [f"{describe_candidate(c)}: {c.reason}; {probe_line(c)}" for c in results[:max(plan.top_k, 1)]]
         kind = results[0].limits[0] if results and results[0].limits else "slo"
         return Explanation(f"no candidate sustains {plan.goal.request_rate:g} requests/s under the SLO within the "
                            f"limits; {kind} limits", limiting=lines, limit_counts=counts)
@@ -282,6 +338,7 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
         f"highest rate that met and the lowest that missed are within {plan.rate_tolerance:.0%}.",
         *prices,
         *(f"no candidates: {note}" for note in explanation.precision_notes),
+        *([note] if (note := dropped_note(results)) else []),
         "plan.csv lists every candidate, ranked; best.yaml re-simulates the winner with `llmsim run best.yaml`."])]))
     meta = plan_meta(plan, "serving", goal)
     return Document(f"llmsim plan: {plan.name}", [Point(explanation.headline, explanation.winner

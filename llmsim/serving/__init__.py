@@ -11,6 +11,8 @@
 * replica     one replica as a SimPy process: its scheduler forms each iteration, the cost model prices it
 * router      round-robin or least-outstanding across the replicas
 * simulate    the whole run on the SimPy engine of llmsim.sim
+* early_stop  stopping a run once its SLO is certainly missed (a rate search's probes at overload)
+* bounds      a bound on a run's SLO attainment from the request list alone (probes a rate search skips)
 * metrics     TTFT, TPOT, ITL, end-to-end and queueing latency, throughput, goodput, the per-request table
 
 Torch-free, like llmsim.sim and llmsim.costmodel. Nothing is imported here: llmsim.config imports

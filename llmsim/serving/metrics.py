@@ -53,7 +53,12 @@ def _stat(values: np.ndarray, q: float | None = None) -> float | None:
 
 
 def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> dict[str, Any]:
-    """The serving result columns (llmsim.results.SERVING_COLUMNS) and the run's extras."""
+    """The serving result columns (llmsim.results.SERVING_COLUMNS) and the run's extras. ValueError for a run
+    stopped early (outcome.stopped): its percentiles, rates and goodput would be those of the requests finished
+    by the stop, not the run's; llmsim.serving.early_stop.EarlyStop says what is known of it."""
+    if outcome.stopped is not None:
+        raise ValueError("a run stopped early has no result row: only bounds on its SLO attainment are known "
+                         "(outcome.stopped)")
     seqs = outcome.sequences
     arrival = np.array([s.request.arrival_s for s in seqs])
     first = np.array([s.token_times[0] for s in seqs])

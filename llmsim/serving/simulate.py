@@ -22,11 +22,15 @@ from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+import simpy
+
+from llmsim.serving.early_stop import EarlyStop, MissCounter
 from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.replica import Pricer, Replica, Timeline
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
+from llmsim.serving.spec import Slo
 from llmsim.sim.entities import CountingEnvironment
 
 
@@ -57,6 +61,9 @@ class ServingOutcome:
     timelines: list[Timeline] = field(default_factory=list)   # per replica, every iteration (simulation only)
     clients: int | None = None        # a closed loop's clients (None: open loop)
     think_s: float | None = None      # a closed loop's think time, seconds
+    # set when the run stopped once its SLO was certainly missed (stop_on_miss): `sequences` are then the
+    # requests finished by that time, and nothing else of the run is complete (llmsim.serving.early_stop)
+    stopped: EarlyStop | None = None
 
     @property
     def kv_peak_utilization(self) -> float:
@@ -77,7 +84,7 @@ MAX_REJECTIONS_IN_A_ROW = 100_000
 def simulate_serving(requests: Iterable[Request], *, replicas: int, make_scheduler: Callable[[KVCache], Scheduler],
                      kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
                      context_tokens: int, request_overhead_s: float = 0.0,
-                     closed_loop: ClosedLoop | None = None) -> ServingOutcome:
+                     closed_loop: ClosedLoop | None = None, stop_on_miss: Slo | None = None) -> ServingOutcome:
     """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
     scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
 
@@ -92,18 +99,29 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     scheduling decision), TTFT and end-to-end latency grow by it, TPOT and ITL do not. Sequence.token_times are
     the client's times; scheduled_s (queue) and the timelines stay the engine's.
 
+    `stop_on_miss` (open loop only): the run stops as soon as more of its requests are certain to miss this SLO's
+    per-request bounds than its percentile allows (llmsim.serving.early_stop); the outcome's `stopped` then says
+    what is known, and `sequences` holds the requests finished by then. A run that meets the SLO runs to its end,
+    exactly as without it.
+
     Raises StalledError when requests are left unfinished with no replica able to run them."""
     if not request_overhead_s >= 0:
         raise ValueError(f"request_overhead_s must be >= 0 seconds (got {request_overhead_s!r})")
+    if stop_on_miss is not None and closed_loop is not None:
+        raise ValueError("stop_on_miss needs an open loop: a closed loop's requests sent are not known in advance")
     start = time.perf_counter()
     env = CountingEnvironment()
     occupancy = _Occupancy()
     done: list[Sequence] = []
     answered: dict[int, object] = {}   # request id -> the event its client waits on (closed loop)
 
+    counter: MissCounter | None = None
+
     def finished(seq: Sequence) -> None:
         occupancy.change(env.now, -1)
         done.append(seq)
+        if counter is not None:
+            counter.finish(seq, env.now)
         event = answered.pop(seq.request.id, None)
         if event is not None:
             event.succeed()  # type: ignore[attr-defined]
@@ -119,13 +137,19 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         """Reject the request (counted) or route it to a replica now; its sequence, or None if rejected."""
         if request.input_tokens + request.output_tokens > context_tokens:
             rejected.append(Rejection(request, "context"))
+            if counter is not None:
+                counter.reject(request, env.now)
             return None
         if probe.blocks_for(request.input_tokens + request.output_tokens - 1) > kv_blocks:
             rejected.append(Rejection(request, "kv-cache"))
+            if counter is not None:
+                counter.reject(request, env.now)
             return None
         replica = route.pick()
         seq = Sequence(request, replica.index)
         accepted.append(seq)
+        if counter is not None:
+            counter.accept(seq)
         occupancy.change(env.now, +1)
         replica.arrive(seq)  # type: ignore[attr-defined]
         return seq
@@ -140,6 +164,9 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
                 admit(request)
 
         env.process(arrivals())
+        if stop_on_miss is not None and listed:
+            counter = MissCounter(listed, stop_on_miss, request_overhead_s)
+            env.process(counter.deadlines(env))
     else:
         source = iter(requests)
         in_a_row = [0]   # rejections since the last accepted request
@@ -168,8 +195,14 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
             env.process(client())
     for replica in pool:
         env.process(replica.run())
-    env.run()
-    if len(done) != len(accepted):
+    if counter is None:
+        env.run()
+    else:
+        _run_until_stopped(env, counter)
+    stopped = counter.stopped if counter is not None else None
+    if stopped is not None:   # the finished requests only: the others' tokens are not all out
+        accepted = sorted(done, key=lambda s: s.request.id)
+    elif len(done) != len(accepted):
         kinds = {type(r.scheduler).__name__ for r in pool}
         raise StalledError(f"scheduler {', '.join(sorted(kinds))} stopped with {len(accepted) - len(done)} of "
                            f"{len(accepted)} requests unfinished")
@@ -181,6 +214,8 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     if accepted:
         last_arrival = max(last_arrival, max(s.request.arrival_s for s in accepted))
     duration = max(duration, last_arrival)
+    if stopped is not None:   # the simulated time covered: up to the stop (a client sees the tokens later)
+        duration = stopped.time_s
     occupancy.change(duration, 0)
     occupancy.integral += request_overhead_s * len(done)   # each is in the system that much longer (Little's law)
     return ServingOutcome(
@@ -192,7 +227,16 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         events=env.events_processed, wall_s=time.perf_counter() - start,
         timelines=[r.timeline for r in pool],
         clients=None if closed_loop is None else closed_loop.clients,
-        think_s=None if closed_loop is None else closed_loop.think_s)
+        think_s=None if closed_loop is None else closed_loop.think_s, stopped=stopped)
+
+
+def _run_until_stopped(env: simpy.Environment, counter: MissCounter) -> None:
+    """env.run(), but returning as soon as `counter` says the SLO is certainly missed."""
+    try:
+        while counter.stopped is None:
+            env.step()
+    except simpy.core.EmptySchedule:
+        pass
 
 
 class _Occupancy:

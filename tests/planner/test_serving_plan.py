@@ -234,6 +234,9 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"goal": {"concurrency": 8}}, "goal.concurrency", "write goal.request_rate"),
     # an unfused attention kernel has no serving price (costmodel.iteration prices a fused one)
     ({"options": {"attention": "math"}}, "options.attention", "allowed with serving: flash, cudnn, flash3"),
+    # a value that is no kernel at all: the allowed list is the serving one, not every kernel's
+    ({"options": {"attention": "flash4"}}, "options.attention",
+     "'flash4': unknown attention kernel (allowed with serving: flash, cudnn, flash3)"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
      "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
 ])
@@ -396,3 +399,91 @@ def test_candidates_that_sustain_no_rate_rank_by_how_many_requests_met_the_slo_a
         return CandidateResult(hardware, 1, 1, False, "slo: ...", ("slo",), first_miss=run)
     near, far = missed("z-gpu", 0.4), missed("a-gpu", 0.01)
     assert sorted([far, near], key=objective_key("cost")) == [near, far]
+
+
+def _without_early_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every simulation of the search runs to its end (planner.serve.simulate_at's stop_early ignored)."""
+    import llmsim.planner.serve as serve
+    real = serve.simulate_at
+    monkeypatch.setattr(serve, "simulate_at", lambda *args, stop_early=False: real(*args))
+
+
+def test_an_unreachable_candidate_stops_its_floor_probe_early_with_the_same_verdict(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate that sustains no rate: its probe at the floor stops once its misses exceed what the
+    percentile allows. The answer is the one the full simulation gives (the same probes and verdicts, the same
+    reason), and the stop's bounds hold the full run's attainment."""
+    plan, tasks = _tasks(serving_plan(rate=2560.0, limits={"max_devices": 2}))
+    task = next(t for t in tasks if t.hardware == "slow-a" and t.tp == 1)
+    fast = search_candidate(task)
+    _without_early_stop(monkeypatch)
+    full = search_candidate(task)
+    assert fast.stopped_probes and not full.stopped_probes
+    assert [(r, m) for r, _, m in fast.probes] == [(r, m) for r, _, m in full.probes]
+    assert (fast.feasible, fast.limits, fast.reason, fast.sustained_rate, fast.simulations, fast.proven_misses) == \
+        (full.feasible, full.limits, full.reason, full.sustained_rate, full.simulations, full.proven_misses)
+    stop = fast.first_miss.stopped
+    assert not fast.first_miss.met and not full.first_miss.met and full.first_miss.stopped is None
+    assert stop.attainment_at_least <= full.first_miss.attainment <= stop.attainment_at_most
+    assert fast.first_miss.attainment == stop.attainment_at_most
+    assert stop.time_s < full.first_miss.duration_s
+    from llmsim.planner.serve_report import probe_csv, probe_line
+    assert "missed (stopped early at" in probe_csv(fast) and "(stopped early)" in probe_line(fast)
+
+
+def test_a_plan_whose_candidates_sustain_a_rate_is_the_same_with_and_without_the_early_stop(
+        searched: tuple[Any, list[CandidateResult]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a run that misses stops early, and only where nothing of it but its verdict is reported (a probe at
+    the floor, a replica count that misses): plan.csv is the same to the byte."""
+    from llmsim.planner.serve_report import serving_frame
+    plan, results = searched
+    _without_early_stop(monkeypatch)
+    _, tasks = _tasks(serving_plan())
+    full = plan_serving(tasks, plan.objective)
+    assert serving_frame(plan, results).to_csv() == serving_frame(plan, full).to_csv()
+    assert [c.at_goal for c in results] == [c.at_goal for c in full]
+
+
+def test_candidates_stopped_early_rank_by_what_the_stop_knew() -> None:
+    """Two candidates that sustain no rate, both stopped before any request finished (lower bound 0): the one
+    that generated more output tokens per second up to the stop ranks first, whatever the names."""
+    from llmsim.planner.serve import RunSummary, objective_key
+    from llmsim.serving.early_stop import EarlyStop
+
+    def stopped(hardware: str, tokens: int) -> CandidateResult:
+        stop = EarlyStop(2.0, 1000, 11, 0, 11, 0, 0, tokens)
+        run = RunSummary(100.0, 1, False, stop.attainment_at_most, {"request_rate": 100.0}, 11, 0, 0, {}, 0.0, 2.0,
+                         stopped=stop)
+        return CandidateResult(hardware, 1, 1, False, "slo: ...", ("slo",), first_miss=run)
+    fast, slow = stopped("z-gpu", 9000), stopped("a-gpu", 3000)
+    assert sorted([slow, fast], key=objective_key("cost")) == [fast, slow]
+
+
+def test_an_infeasible_candidate_says_why_it_was_not_searched() -> None:
+    """When nothing meets the goal, each closest candidate has its probe line: the probes of one that sustains
+    no rate, or why one was not searched at all (no room for a KV cache, ...)."""
+    from llmsim.planner.serve_report import serving_explanation
+    plan = parse_plan(serving_plan())
+    memory = CandidateResult("a100-80gb", 1, 1, False, "memory: no room for a KV cache (...)", ("memory",))
+    error = CandidateResult("a100-80gb", 2, 1, False, "error: attention kernel 'flash3' ...", ("error",))
+    lines = serving_explanation(plan, [memory, error], None).limiting
+    assert lines[0].endswith("; one replica not searched: no room for a KV cache, so it serves no request at any rate")
+    assert lines[1].endswith("; one replica not searched: the cost model cannot price its iterations at any rate")
+
+
+def test_candidates_the_cost_model_cannot_price_are_counted_on_one_line(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """FlashAttention-3 on an A100-like device (no figure for it) and an H100-like one: the A100's candidates are
+    dropped, and the terminal and plan.md say how many and why, once."""
+    devices = [CATALOG.devices[n].model_dump(mode="json") for n in ("slow-a", "slow-h")]
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"entries": devices}))
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(serving_plan(options={"attention": "flash3"})))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--hardware", str(tmp_path / "slow.yaml")]) == 0
+    out, err = capsys.readouterr()
+    notes = [line for line in err.splitlines() if "dropped" in line]
+    assert len(notes) == 1 and notes[0].startswith("llmsim: note: 2 of 4 candidates dropped, the cost model cannot "
+                                                   "price them (slow-a tp1-pp1, slow-a tp2-pp1: attention kernel "
+                                                   "'flash3' has no measured efficiency")
+    md = (Path(out.strip().splitlines()[-1]) / "plan.md").read_text()
+    assert "2 of 4 candidates dropped" in md
