@@ -67,9 +67,10 @@ def probe_csv(c: CandidateResult) -> str:
 
 
 def probe_marks(c: CandidateResult) -> str:
-    """The probes as the terminal and plan.md show them: '2000✗ (bound), 125✗ (stopped early), 40✓'."""
-    return ", ".join([f"{r:.3g}✗ (bound)" for r, _ in c.proven_misses]
-                     + [f"{r:.3g}{'✓' if m else '✗'}" + (" (stopped early)" if i in c.stopped_probes else "")
+    """The probes as the terminal and plan.md show them: "2,000✗ (bound), 125✗ (stopped early), 40✓" (rates to
+    four significant digits, thousands separated: "2e+03" read as an exponent, not a request rate)."""
+    return ", ".join([f"{r:,.4g}✗ (bound)" for r, _ in c.proven_misses]
+                     + [f"{r:,.4g}{'✓' if m else '✗'}" + (" (stopped early)" if i in c.stopped_probes else "")
                         for i, (r, _, m) in enumerate(c.probes)])
 
 

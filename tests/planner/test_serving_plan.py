@@ -487,3 +487,11 @@ def test_candidates_the_cost_model_cannot_price_are_counted_on_one_line(tmp_path
                                                    "'flash3' has no measured efficiency")
     md = (Path(out.strip().splitlines()[-1]) / "plan.md").read_text()
     assert "2 of 4 candidates dropped" in md
+
+
+def test_probe_marks_write_rates_as_numbers_not_exponents() -> None:
+    from types import SimpleNamespace
+    from llmsim.planner.serve_report import probe_marks
+    c = SimpleNamespace(proven_misses=[(2000.0, 0.1), (1000.0, 0.2)], probes=[(125.0, 0.4, False), (62.5, 1.0, True)],
+                        stopped_probes={0})
+    assert probe_marks(c) == "2,000✗ (bound), 1,000✗ (bound), 125✗ (stopped early), 62.5✓"
