@@ -81,10 +81,10 @@ def probe_line(c: CandidateResult) -> str:
                 f"probes: {probe_marks(c)})")
     if c.first_miss is not None:
         stop = c.first_miss.stopped
-        known = (f"attainment ≤ {c.first_miss.attainment:.3f} there, stopped early once {stop.misses} of "
-                 f"{stop.requests} requests missed" if stop is not None
+        known = (f"attainment ≤ {c.first_miss.attainment:.3f} there, stopped early once {stop.misses:,} of "
+                 f"{stop.requests:,} requests missed" if stop is not None
                  else f"attainment {c.first_miss.attainment:.3f} there")
-        return (f"one replica sustains no rate down to {c.first_miss.rate:.3g} requests/s ({known}; probes: "
+        return (f"one replica sustains no rate down to {c.first_miss.rate:,.4g} requests/s ({known}; probes: "
                 f"{probe_marks(c)})")
     limit = c.limits[0] if c.limits else "error"
     return f"one replica not searched: {NOT_SEARCHED.get(limit, c.reason)}"
