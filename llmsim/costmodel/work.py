@@ -45,8 +45,7 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
                                       op_sac_recomputed_share, phase_times, runs_compiled)
-from llmsim.costmodel.memory import (FP32_BYTES, accumulated_params, stage_block_params, stage_expert_params, stage_params,
-                                     tp_block_params)
+from llmsim.costmodel.memory import FP32_BYTES, stage_param_counts, tp_block_params
 from llmsim.costmodel import moe, precision, sampling
 from llmsim.costmodel.arrays import Num, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
@@ -424,6 +423,25 @@ def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: Phas
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
+def recompute_layer_time(workload: "Workload", plan: Plan, options: Options, fwd: PhaseTimes) -> float:
+    """Seconds one layer's backward spends recomputing its forward under `plan.recompute` (one layer's forward
+    `fwd`): none, all of it (full), the attention core unless a fused kernel (selective: Megatron's core-attention
+    checkpointing, which a fused kernel does not need), `op_sac_recompute_time` (selective-op),
+    `dots_recompute_time` (selective-dots). Only the plan's own policy is computed."""
+    policy = plan.recompute
+    if policy == "none":
+        return 0.0
+    if policy == "full":
+        return fwd.total
+    if policy == "selective":
+        return fwd.attention if options.attention not in FUSED_ATTENTION else 0.0
+    if policy == "selective-op":
+        return op_sac_recompute_time(workload, plan, options, fwd)
+    if policy == "selective-dots":
+        return dots_recompute_time(fwd)
+    raise KeyError(policy)
+
+
 def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fwd: PhaseTimes) -> float:
     """Seconds one layer's backward spends recomputing under torchtitan's op-level SAC (`selective-op`,
     costmodel.activations): the recomputed projections' share of the forward GEMMs
@@ -512,7 +530,15 @@ def _tp_collectives(size: float, plan: Plan, group: Group, count: int,
     `algorithm`'s library (an inference engine's choice: Options.all_reduce)."""
     if plan.tp <= 1 or count <= 0:
         return ()
-    if plan.sp:
+    return _tp_comms(size, plan.sp, group, count, algorithm)
+
+
+@functools.lru_cache(maxsize=65536)
+def _tp_comms(size: float, sp: bool, group: Group, count: int, algorithm: AllReduceAlgorithm) -> Comms:
+    """`_tp_collectives` of tp > 1, one tuple per distinct question: the work of thousands of plans (a planner's
+    table) holds the same Comm objects, whose cached prices (`_comm_time`) are then found without building and
+    comparing new ones. Comm is frozen, so sharing one is the same as building an equal one."""
+    if sp:
         return (Comm("reduce-scatter", size, group, count), Comm("all-gather", size, group, count))
     return (Comm("all-reduce", size, group, count, algorithm),)
 
@@ -624,10 +650,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
     fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
     bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
-    recompute = {"none": 0.0, "full": fwd.total,
-                 "selective": fwd.attention if options.attention not in FUSED_ATTENTION else 0.0,
-                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd),
-                 "selective-dots": dots_recompute_time(fwd)}[plan.recompute]
+    recompute = recompute_layer_time(workload, plan, options, fwd)
     counts = plan.layers_per_stage(spec.layers)
 
     edge_div = plan.tp * plan.cp
@@ -699,10 +722,11 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             if plan.recompute == "full":  # the recomputed forward runs the experts and their collectives again
                 st_recompute_s += st_fwd_s - fwd_s
                 st_tp_recompute, st_recompute_overlap = st_tp_fwd, st_fwd_overlap
-        params, trainable = stage_params(workload, profile, sharing, plan, index)
-        layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, index)
+        counts = stage_param_counts(workload, profile, sharing, plan, index, options)
+        params, trainable = counts.params, counts.trainable
+        layer_params, layer_trainable = counts.layer_params, counts.layer_trainable
         # routed experts reduce and gather over the expert-data-parallel group, not dp (costmodel.moe)
-        experts = stage_expert_params(workload, profile, plan, index)
+        experts = counts.experts
         reduced = moe.data_parallel_params(plan, layer_trainable, experts if sharing.lora is None else 0.0)
         gathered = moe.data_parallel_params(plan, layer_params, experts)
         # ZeRO shards the experts' optimizer step over edp: as many parameters as dp*cp/edp times theirs over dp x cp
@@ -730,8 +754,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             tp_fwd_overlap=st_fwd_overlap, tp_recompute_overlap=st_recompute_overlap, tp_bwd_overlap=st_bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
             recv_gather=recv_gather,
-            accumulate_s=accumulate_time(rates, accumulated_params(workload, profile, sharing, plan, index, options),
-                                         plan.microbatches, workload.dtype, options),
+            accumulate_s=accumulate_time(rates, counts.accumulated, plan.microbatches, workload.dtype, options),
             optimizer_s=optimizer_time(rates, updated, plan, workload.dtype, options,
                                        (optimizer_bytes * share, optimizer_ops * share)),
             grad_bytes_layer=reduced / n * grad_elem if n else 0.0,
