@@ -44,7 +44,7 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
                                       place_group, plan_on, torus_groups, with_cp)
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
-                                      op_sac_recomputed_share, phase_times, runs_compiled)
+                                      op_sac_recomputed_share, phase_times, phase_times_of, runs_compiled)
 from llmsim.costmodel.memory import FP32_BYTES, stage_param_counts, tp_block_params
 from llmsim.costmodel import moe, precision, sampling
 from llmsim.costmodel.arrays import Num, pick
@@ -618,8 +618,15 @@ def _pipeline_message(size: float, plan: Plan, options: Options, groups: Groups)
     if plan.pp <= 1:
         return None, ()
     split = plan.tp > 1 and (options.p2p_scatter_gather or plan.sp)
-    gather = (Comm("all-gather", size, groups.tp),) if split and not plan.sp else ()
-    return Comm("p2p", size / plan.tp if split else size, groups.pp), gather
+    return _pipeline_comms(size, plan.tp, split, split and not plan.sp, groups.pp, groups.tp)
+
+
+@functools.lru_cache(maxsize=65536)
+def _pipeline_comms(size: float, tp: int, split: bool, gathered: bool, pp_group: Group, tp_group: Group
+                    ) -> tuple[Comm, Comms]:
+    """`_pipeline_message` of pp > 1, one answer per distinct question (shared Comm objects, as `_tp_comms`)."""
+    gather = (Comm("all-gather", size, tp_group),) if gathered else ()
+    return Comm("p2p", size / tp if split else size, pp_group), gather
 
 
 def _stage_kinds(pp: int) -> list[str]:
@@ -648,16 +655,17 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     elem = DTYPE_BYTES[workload.dtype]
     # bytes per gradient element reduced across data parallelism; params_fp32: the 16-bit cotangent
     grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
-    fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
-    bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
+    # one layer's forward and backward (layer_phase_times), the embedding's and the head's (over tp x cp)
+    edge_div = plan.tp * plan.cp
+    layer_div = edge_div * spec.layers
+    fwd, bwd, embed_f, embed_b, head_f, head_b = phase_times_of(
+        profile, workload, plan, options, rates,
+        (("forward", "layers", layer_div), ("backward", "layers", layer_div), ("forward", "embed", edge_div),
+         ("backward", "embed", edge_div), ("forward", "head", edge_div), ("backward", "head", edge_div)))
     recompute = recompute_layer_time(workload, plan, options, fwd)
     counts = plan.layers_per_stage(spec.layers)
-
-    edge_div = plan.tp * plan.cp
-    embed = [phase_times(profile, workload, plan, options, rates, ph, "embed", edge_div).total
-             for ph in ("forward", "backward")]
-    head = [phase_times(profile, workload, plan, options, rates, ph, "head", edge_div).total
-            for ph in ("forward", "backward")]
+    embed = [embed_f.total, embed_b.total]
+    head = [head_f.total, head_b.total]
 
     activation = plan.micro_batch * (spec.seq_len // plan.cp) * spec.hidden * elem
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
