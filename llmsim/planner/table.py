@@ -60,7 +60,7 @@ from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import (StageParts, _per_microbatch, combine_stages, data_parallel_exposed, zero3_exposed,
                                    zero3_unit_terms, zero3_unit_times)
 from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
-                                   optimizer_step_time, train_work)
+                                   optimizer_step_time, stage_step_memo, train_work)
 from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile
 from llmsim.planner.space import Config
@@ -237,7 +237,9 @@ def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) ->
     out = _memory(ctx, rows, terms, group_of)
     fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
     timed, local = np.unique(group_of[fit], return_inverse=True)
-    with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
+    # the groups' phase times (pp, the schedule, the split and recompute do not change them) and their stages'
+    # per-step terms (the micro-batch size, recompute and sp do not change them)
+    with phase_memo(), stage_step_memo():
         clusters: dict[int, object] = {}  # off a torus, the cluster of n devices (and its fabric) built once
         groups = [_group(ctx, firsts[g], shared, clusters) for g in timed.tolist()]
     error = [""] * n
