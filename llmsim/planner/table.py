@@ -11,7 +11,8 @@ module gives the same numbers for thousands at once, through the same code:
   fits): the step's work is built only for the groups with a row that fits;
 * per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
   phase times asked once per distinct question: compute.phase_memo; the stage parameter counts likewise for
-  the whole table: memory.params_memo, memory.stage_param_counts), and
+  the whole table: memory.params_memo, memory.stage_param_counts; and each stage's per-step terms, which the
+  micro-batch size, recompute and sp do not change: work.stage_step_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
   micro-batch (`step._per_microbatch`), its parameters (the counts train_work read), and the memory terms
   (`memory.stage_memory_terms`, shared by the groups of one `_stage_key`, which differ only by the node, and by
