@@ -319,6 +319,7 @@ class _PhaseMemo:
 
     def __init__(self) -> None:
         self.results: dict[tuple, PhaseTimes] = {}
+        self.many: dict[tuple, tuple[PhaseTimes, ...]] = {}  # phase_times_of
         self.alive: dict[int, object] = {}
 
 
@@ -370,6 +371,23 @@ def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, op
         out = memo.results[key] = _phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
         for obj in (profile, workload, rates.efficiency, rates.gemm and rates.gemm.efficiency):
             memo.alive[id(obj)] = obj
+    return out
+
+
+def phase_times_of(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
+                   questions: tuple[tuple[str, str, int], ...], steps: int = 1) -> tuple[PhaseTimes, ...]:
+    """`phase_times` of each (phase, region, divide) of `questions`, in their order: the same numbers. Inside
+    `phase_memo` the questions of one call are answered by one look-up (its key built once, not once per
+    question: a training step asks six of every plan, work.train_work)."""
+    memo = _PHASE_MEMO.get()
+    if memo is None:
+        return tuple(_phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
+                     for phase, region, divide in questions)
+    key = (id(profile), id(workload), options, _rates_key(rates), questions, steps, *phase_plan_key(workload, plan))
+    out = memo.many.get(key)
+    if out is None:
+        out = memo.many[key] = tuple(phase_times(profile, workload, plan, options, rates, phase, region, divide, steps)
+                                     for phase, region, divide in questions)
     return out
 
 

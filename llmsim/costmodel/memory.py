@@ -249,6 +249,7 @@ class _ParamsMemo:
 
     def __init__(self) -> None:
         self.results: dict[tuple, tuple[float, float]] = {}
+        self.counts: dict[tuple, "StageParamCounts"] = {}  # stage_param_counts
         self.alive: dict[int, object] = {}
 
 
@@ -350,6 +351,46 @@ def stage_params(workload: "Workload", profile: "WorkloadProfile", sharing: "Sha
                  stage: Stage) -> tuple[float, float]:
     """Public name of the per-stage parameter count: (parameters, trainable) on one device of `stage`."""
     return _stage_params(workload, profile, sharing, plan, stage)
+
+
+@dataclass(frozen=True)
+class StageParamCounts:
+    """What a training step reads of one device's parameters on a stage, before ZeRO: `stage_params`
+    (params, trainable), `stage_block_params` (layer_params, layer_trainable: the Transformer blocks'),
+    `stage_expert_params` (experts: the routed experts among them) and `accumulated_params` (accumulated)."""
+
+    params: float
+    trainable: float
+    layer_params: float
+    layer_trainable: float
+    experts: float
+    accumulated: float
+
+
+def stage_param_counts(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                       stage: Stage, options: Options) -> StageParamCounts:
+    """The four counts a step reads of `stage` (StageParamCounts), the same functions' numbers. Inside
+    `params_memo` one look-up answers them all: they read the plan's `params_plan_key` fields, and
+    accumulated_params only `Options.grad_accumulation_fusion` of the options (work.train_work and the
+    planner's table ask them of every stage of thousands of plans)."""
+    memo = _PARAMS_MEMO.get()
+    if memo is None:
+        return _stage_param_counts(workload, profile, sharing, plan, stage, options)
+    key = (id(workload), id(profile), id(sharing), stage, options.grad_accumulation_fusion, *params_plan_key(plan))
+    out = memo.counts.get(key)
+    if out is None:
+        out = memo.counts[key] = _stage_param_counts(workload, profile, sharing, plan, stage, options)
+        for obj in (workload, profile, sharing):
+            memo.alive[id(obj)] = obj
+    return out
+
+
+def _stage_param_counts(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                        stage: Stage, options: Options) -> StageParamCounts:
+    return StageParamCounts(*stage_params(workload, profile, sharing, plan, stage),
+                            *stage_block_params(workload, profile, sharing, plan, stage),
+                            stage_expert_params(workload, profile, plan, stage),
+                            accumulated_params(workload, profile, sharing, plan, stage, options))
 
 
 def accumulated_params(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,

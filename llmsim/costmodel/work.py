@@ -37,6 +37,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -44,9 +47,8 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
                                       place_group, plan_on, torus_groups, with_cp)
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
-                                      op_sac_recomputed_share, phase_times, runs_compiled)
-from llmsim.costmodel.memory import (FP32_BYTES, accumulated_params, stage_block_params, stage_expert_params, stage_params,
-                                     tp_block_params)
+                                      op_sac_recomputed_share, phase_times, phase_times_of, runs_compiled)
+from llmsim.costmodel.memory import FP32_BYTES, stage_param_counts, tp_block_params
 from llmsim.costmodel import moe, precision, sampling
 from llmsim.costmodel.arrays import Num, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
@@ -424,6 +426,25 @@ def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: Phas
     return layers * (forward * (2 if plan.recompute == "full" else 1) + backward)
 
 
+def recompute_layer_time(workload: "Workload", plan: Plan, options: Options, fwd: PhaseTimes) -> float:
+    """Seconds one layer's backward spends recomputing its forward under `plan.recompute` (one layer's forward
+    `fwd`): none, all of it (full), the attention core unless a fused kernel (selective: Megatron's core-attention
+    checkpointing, which a fused kernel does not need), `op_sac_recompute_time` (selective-op),
+    `dots_recompute_time` (selective-dots). Only the plan's own policy is computed."""
+    policy = plan.recompute
+    if policy == "none":
+        return 0.0
+    if policy == "full":
+        return fwd.total
+    if policy == "selective":
+        return fwd.attention if options.attention not in FUSED_ATTENTION else 0.0
+    if policy == "selective-op":
+        return op_sac_recompute_time(workload, plan, options, fwd)
+    if policy == "selective-dots":
+        return dots_recompute_time(fwd)
+    raise KeyError(policy)
+
+
 def op_sac_recompute_time(workload: "Workload", plan: Plan, options: Options, fwd: PhaseTimes) -> float:
     """Seconds one layer's backward spends recomputing under torchtitan's op-level SAC (`selective-op`,
     costmodel.activations): the recomputed projections' share of the forward GEMMs
@@ -512,7 +533,15 @@ def _tp_collectives(size: float, plan: Plan, group: Group, count: int,
     `algorithm`'s library (an inference engine's choice: Options.all_reduce)."""
     if plan.tp <= 1 or count <= 0:
         return ()
-    if plan.sp:
+    return _tp_comms(size, plan.sp, group, count, algorithm)
+
+
+@functools.lru_cache(maxsize=65536)
+def _tp_comms(size: float, sp: bool, group: Group, count: int, algorithm: AllReduceAlgorithm) -> Comms:
+    """`_tp_collectives` of tp > 1, one tuple per distinct question: the work of thousands of plans (a planner's
+    table) holds the same Comm objects, whose cached prices (`_comm_time`) are then found without building and
+    comparing new ones. Comm is frozen, so sharing one is the same as building an equal one."""
+    if sp:
         return (Comm("reduce-scatter", size, group, count), Comm("all-gather", size, group, count))
     return (Comm("all-reduce", size, group, count, algorithm),)
 
@@ -592,8 +621,15 @@ def _pipeline_message(size: float, plan: Plan, options: Options, groups: Groups)
     if plan.pp <= 1:
         return None, ()
     split = plan.tp > 1 and (options.p2p_scatter_gather or plan.sp)
-    gather = (Comm("all-gather", size, groups.tp),) if split and not plan.sp else ()
-    return Comm("p2p", size / plan.tp if split else size, groups.pp), gather
+    return _pipeline_comms(size, plan.tp, split, split and not plan.sp, groups.pp, groups.tp)
+
+
+@functools.lru_cache(maxsize=65536)
+def _pipeline_comms(size: float, tp: int, split: bool, gathered: bool, pp_group: Group, tp_group: Group
+                    ) -> tuple[Comm, Comms]:
+    """`_pipeline_message` of pp > 1, one answer per distinct question (shared Comm objects, as `_tp_comms`)."""
+    gather = (Comm("all-gather", size, tp_group),) if gathered else ()
+    return Comm("p2p", size / tp if split else size, pp_group), gather
 
 
 def _stage_kinds(pp: int) -> list[str]:
@@ -622,19 +658,17 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     elem = DTYPE_BYTES[workload.dtype]
     # bytes per gradient element reduced across data parallelism; params_fp32: the 16-bit cotangent
     grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
-    fwd = layer_phase_times(profile, workload, plan, options, rates, "forward")
-    bwd = layer_phase_times(profile, workload, plan, options, rates, "backward")
-    recompute = {"none": 0.0, "full": fwd.total,
-                 "selective": fwd.attention if options.attention not in FUSED_ATTENTION else 0.0,
-                 "selective-op": op_sac_recompute_time(workload, plan, options, fwd),
-                 "selective-dots": dots_recompute_time(fwd)}[plan.recompute]
-    counts = plan.layers_per_stage(spec.layers)
-
+    # one layer's forward and backward (layer_phase_times), the embedding's and the head's (over tp x cp)
     edge_div = plan.tp * plan.cp
-    embed = [phase_times(profile, workload, plan, options, rates, ph, "embed", edge_div).total
-             for ph in ("forward", "backward")]
-    head = [phase_times(profile, workload, plan, options, rates, ph, "head", edge_div).total
-            for ph in ("forward", "backward")]
+    layer_div = edge_div * spec.layers
+    fwd, bwd, embed_f, embed_b, head_f, head_b = phase_times_of(
+        profile, workload, plan, options, rates,
+        (("forward", "layers", layer_div), ("backward", "layers", layer_div), ("forward", "embed", edge_div),
+         ("backward", "embed", edge_div), ("forward", "head", edge_div), ("backward", "head", edge_div)))
+    recompute = recompute_layer_time(workload, plan, options, fwd)
+    counts = plan.layers_per_stage(spec.layers)
+    embed = [embed_f.total, embed_b.total]
+    head = [head_f.total, head_b.total]
 
     activation = plan.micro_batch * (spec.seq_len // plan.cp) * spec.hidden * elem
     p2p, recv_gather = _pipeline_message(activation, plan, options, groups)
@@ -679,7 +713,6 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                                                       layer_gemm_shares(workload, plan), bwd.matmul / 2,
                                                       spec.parallel_block)
         bwd_overlap += regathers
-    optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
     kinds = _stage_kinds(plan.pp)
     by_key: dict[tuple[str, int], StageWork] = {}
     keys = [(kind, n, share) for kind, n, share in zip(kinds, counts, shares)]
@@ -699,49 +732,22 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             if plan.recompute == "full":  # the recomputed forward runs the experts and their collectives again
                 st_recompute_s += st_fwd_s - fwd_s
                 st_tp_recompute, st_recompute_overlap = st_tp_fwd, st_fwd_overlap
-        params, trainable = stage_params(workload, profile, sharing, plan, index)
-        layer_params, layer_trainable = stage_block_params(workload, profile, sharing, plan, index)
-        # routed experts reduce and gather over the expert-data-parallel group, not dp (costmodel.moe)
-        experts = stage_expert_params(workload, profile, plan, index)
-        reduced = moe.data_parallel_params(plan, layer_trainable, experts if sharing.lora is None else 0.0)
-        gathered = moe.data_parallel_params(plan, layer_params, experts)
-        # ZeRO shards the experts' optimizer step over edp: as many parameters as dp*cp/edp times theirs over dp x cp
-        updated = moe.optimizer_params(plan, trainable, experts, sharing.lora is None)
-        share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
-        edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
+        fixed = stage_step_terms(workload, profile, sharing, plan, cluster, rates, groups, options, index, n)
         first, last = kind == "first", kind == "last" or plan.pp == 1
-        split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
-        # ZeRO 1/2: each rank updated its shard of the trainable parameters; the all-gather hands the updated
-        # values round (Megatron-Core's distributed optimizer gathers its param buffers, which hold only
-        # parameters with requires_grad: a frozen base under LoRA is never updated, so never gathered)
-        gathered_after = moe.data_parallel_params(plan, trainable, experts if sharing.lora is None else 0.0)
-        gather_after = ((Comm("all-gather", gathered_after * elem, groups.dp),)
-                        if plan.zero in (1, 2) and plan.dp_cp > 1 and gathered_after > 0 else ())
-        chunk = n // plan.v
-        amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
-                              if chunk else 0.0 for phase in ("forward", "backward"))
         by_key[key] = StageWork(
-            layers=chunk,
-            fwd_layer_s=st_fwd_s + amax_fwd, bwd_layer_s=st_bwd_s + amax_bwd, recompute_layer_s=st_recompute_s,
-            cp_layer_s=cp_layer,
+            layers=fixed.layers,
+            fwd_layer_s=st_fwd_s + fixed.amax_fwd, bwd_layer_s=st_bwd_s + fixed.amax_bwd,
+            recompute_layer_s=st_recompute_s, cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
             tp_fwd=st_tp_fwd, tp_recompute=st_tp_recompute, tp_bwd=st_tp_bwd,
             tp_fwd_overlap=st_fwd_overlap, tp_recompute_overlap=st_recompute_overlap, tp_bwd_overlap=st_bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
-            recv_gather=recv_gather,
-            accumulate_s=accumulate_time(rates, accumulated_params(workload, profile, sharing, plan, index, options),
-                                         plan.microbatches, workload.dtype, options),
-            optimizer_s=optimizer_time(rates, updated, plan, workload.dtype, options,
-                                       (optimizer_bytes * share, optimizer_ops * share)),
-            grad_bytes_layer=reduced / n * grad_elem if n else 0.0,
-            grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
-            grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
-            param_bytes_layer=(precision.gathered_layer_bytes(workload, plan, gathered / n, elem)
-                               if n else 0.0),
-            param_bytes_embed=edge_params * elem * (split if first else 0.0),
-            param_bytes_head=edge_params * elem * (split if last else 0.0),
-            gather_after_step=gather_after)
+            recv_gather=recv_gather, accumulate_s=fixed.accumulate_s, optimizer_s=fixed.optimizer_s,
+            grad_bytes_layer=fixed.grad_bytes_layer, grad_bytes_embed=fixed.grad_bytes_embed,
+            grad_bytes_head=fixed.grad_bytes_head, param_bytes_layer=fixed.param_bytes_layer,
+            param_bytes_embed=fixed.param_bytes_embed, param_bytes_head=fixed.param_bytes_head,
+            gather_after_step=fixed.gather_after_step)
     stages = tuple(by_key[key] for key in keys)
     return StepWork(stages=stages, microbatches=plan.microbatches,
                     schedule=plan.schedule,
@@ -754,6 +760,132 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     syncs=(sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
                            + cross_slice_syncs(plan, stages, plan.v)),
                     comm_shares_cores=not cluster.device.overlaps_communication)
+
+
+@dataclass(frozen=True)
+class StageStepTerms:
+    """What train_work's stage holds that neither the micro-batch size, the recompute policy, sequence
+    parallelism nor the schedule (but for its chunks per device) changes: its layers per model chunk, the
+    delayed-scaling amax seconds per layer and pass, the step's accumulation and optimizer seconds, the
+    gradient and parameter bytes data parallelism moves, and ZeRO 1/2's gather after the step (StageWork's
+    fields of the same names)."""
+
+    layers: int
+    amax_fwd: float
+    amax_bwd: float
+    accumulate_s: float
+    optimizer_s: float
+    grad_bytes_layer: float
+    grad_bytes_embed: float
+    grad_bytes_head: float
+    param_bytes_layer: float
+    param_bytes_embed: float
+    param_bytes_head: float
+    gather_after_step: Comms
+
+
+class _StepMemo:
+    """stage_step_memo's table: StageStepTerms by (objects, stage, the plan fields they read), and the objects
+    keyed by id() in it, kept alive so that no id is reused while the memo lives."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple, StageStepTerms] = {}
+        self.alive: dict[int, object] = {}
+
+
+# The open memo of this thread / task, if any: scoped to the `with stage_step_memo()` block that opened it (as
+# compute.phase_memo), so two threads pricing tables never share one.
+_STEP_MEMO: ContextVar[_StepMemo | None] = ContextVar("llmsim_stage_step_memo", default=None)
+
+
+@contextmanager
+def stage_step_memo() -> Iterator[None]:
+    """Within this block, `stage_step_terms` computes each distinct question once: calls whose arguments agree on
+    the objects (workload, profile, sharing, cluster, options), the stage and the plan fields the terms read
+    (`stage_step_plan_key`) share one result. The planner's table builds the work of thousands of plans that
+    differ only in the micro-batch size, recompute or sequence parallelism; the numbers are the same as
+    without the block. Nested blocks share the outer one's table."""
+    if _STEP_MEMO.get() is not None:
+        yield
+        return
+    token = _STEP_MEMO.set(_StepMemo())
+    try:
+        yield
+    finally:
+        _STEP_MEMO.reset(token)
+
+
+def stage_step_plan_key(plan: Plan) -> tuple:
+    """The fields of `plan` that `stage_step_terms` reads (through the parameter counts, the data-parallel and
+    expert-data-parallel shares, the groups it places, the optimizer's shard and the accumulation's count):
+    tp, pp, cp, dp, ZeRO, the micro-batch count, the chunks per device, the split, ep, etp and the slices'
+    replicas; not the micro-batch size, recompute, sp, the overlaps or the schedule's name.
+    tests/costmodel/test_work.py checks that plans agreeing on these get the same work."""
+    return (plan.tp, plan.pp, plan.cp, plan.dp, plan.zero, plan.microbatches, plan.v, plan.stage_layers, plan.ep,
+            plan.etp, plan.dcn_replicas)
+
+
+def stage_step_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                     cluster: ClusterSpec, rates: Rates, groups: Groups, options: Options, index: int,
+                     layers: int) -> StageStepTerms:
+    """StageStepTerms of stage `index` (`layers` layers, all its chunks) of `plan` as it runs on `cluster`
+    (`rates`, `groups`: its device's and its placed groups, train_work's). Inside `stage_step_memo`, a question
+    asked before is answered from its table."""
+    memo = _STEP_MEMO.get()
+    if memo is None:
+        return _stage_step_terms(workload, profile, sharing, plan, cluster, rates, groups, options, index, layers)
+    key = (id(workload), id(profile), id(sharing), id(cluster), id(options), index, layers, *stage_step_plan_key(plan))
+    out = memo.results.get(key)
+    if out is None:
+        out = memo.results[key] = _stage_step_terms(workload, profile, sharing, plan, cluster, rates, groups, options,
+                                                    index, layers)
+        for obj in (workload, profile, sharing, cluster, options):
+            memo.alive[id(obj)] = obj
+    return out
+
+
+def _stage_step_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                      cluster: ClusterSpec, rates: Rates, groups: Groups, options: Options, index: int,
+                      n: int) -> StageStepTerms:
+    elem = DTYPE_BYTES[workload.dtype]
+    # bytes per gradient element reduced across data parallelism; params_fp32: the 16-bit cotangent
+    grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
+    kind = _stage_kinds(plan.pp)[index]
+    counts = stage_param_counts(workload, profile, sharing, plan, index, options)
+    params, trainable = counts.params, counts.trainable
+    layer_params, layer_trainable = counts.layer_params, counts.layer_trainable
+    # routed experts reduce and gather over the expert-data-parallel group, not dp (costmodel.moe)
+    experts = counts.experts
+    reduced = moe.data_parallel_params(plan, layer_trainable, experts if sharing.lora is None else 0.0)
+    gathered = moe.data_parallel_params(plan, layer_params, experts)
+    # ZeRO shards the experts' optimizer step over edp: as many parameters as dp*cp/edp times theirs over dp x cp
+    updated = moe.optimizer_params(plan, trainable, experts, sharing.lora is None)
+    share = trainable / profile.trainable_params if profile.trainable_params else 0.0  # of the optimizer
+    optimizer_bytes, optimizer_ops = _optimizer_totals(profile)
+    edge_params, edge_trainable = params - layer_params, trainable - layer_trainable
+    first, last = kind == "first", kind == "last" or plan.pp == 1
+    split = 0.5 if plan.pp == 1 else 1.0  # the only stage holds both embedding and head
+    # ZeRO 1/2: each rank updated its shard of the trainable parameters; the all-gather hands the updated
+    # values round (Megatron-Core's distributed optimizer gathers its param buffers, which hold only
+    # parameters with requires_grad: a frozen base under LoRA is never updated, so never gathered)
+    gathered_after = moe.data_parallel_params(plan, trainable, experts if sharing.lora is None else 0.0)
+    gather_after = ((Comm("all-gather", gathered_after * elem, groups.dp),)
+                    if plan.zero in (1, 2) and plan.dp_cp > 1 and gathered_after > 0 else ())
+    chunk = n // plan.v
+    amax_fwd, amax_bwd = (_delayed_amax_time(workload, plan, groups, cluster, rates, chunk, phase) / chunk
+                          if chunk else 0.0 for phase in ("forward", "backward"))
+    return StageStepTerms(
+        layers=chunk, amax_fwd=amax_fwd, amax_bwd=amax_bwd,
+        accumulate_s=accumulate_time(rates, counts.accumulated, plan.microbatches, workload.dtype, options),
+        optimizer_s=optimizer_time(rates, updated, plan, workload.dtype, options,
+                                   (optimizer_bytes * share, optimizer_ops * share)),
+        grad_bytes_layer=reduced / n * grad_elem if n else 0.0,
+        grad_bytes_embed=edge_trainable * grad_elem * (split if first else 0.0),
+        grad_bytes_head=edge_trainable * grad_elem * (split if last else 0.0),
+        param_bytes_layer=(precision.gathered_layer_bytes(workload, plan, gathered / n, elem) if n else 0.0),
+        param_bytes_embed=edge_params * elem * (split if first else 0.0),
+        param_bytes_head=edge_params * elem * (split if last else 0.0),
+        gather_after_step=gather_after)
 
 
 def _delayed_amax_time(workload: "Workload", plan: Plan, groups: Groups, cluster: ClusterSpec, rates: Rates,

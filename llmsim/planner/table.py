@@ -11,11 +11,12 @@ module gives the same numbers for thousands at once, through the same code:
   fits): the step's work is built only for the groups with a row that fits;
 * per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
   phase times asked once per distinct question: compute.phase_memo; the stage parameter counts likewise for
-  the whole table: memory.params_memo), and
+  the whole table: memory.params_memo, memory.stage_param_counts; and each stage's per-step terms, which the
+  micro-batch size, recompute and sp do not change: work.stage_step_memo), and
   price what does not depend on dp, ZeRO or m: each stage's compute and exposed communication per
-  micro-batch (`step._per_microbatch`), its parameters, and the memory terms (`memory.stage_memory_terms`;
-  these two shared by the groups of one `_stage_key`, which differ only by the node, and by the
-  hardware choices of a search through `shared`, the memory terms per FP8 GEMM layout trait of the device:
+  micro-batch (`step._per_microbatch`), its parameters (the counts train_work read), and the memory terms
+  (`memory.stage_memory_terms`, shared by the groups of one `_stage_key`, which differ only by the node, and by
+  the hardware choices of a search through `shared`, the memory terms per FP8 GEMM layout trait of the device:
   precision.any_layout; a dense model's memory terms in two parts, those without activations per
   `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
@@ -53,15 +54,14 @@ from llmsim.costmodel import moe, precision
 from llmsim.costmodel.compute import device_rates, phase_memo
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.memory import (StageMemoryTerms, accumulated_params, memory_stages, params_memo,
-                                     stage_activation_terms, stage_expert_params, stage_memory,
-                                     stage_memory_terms, stage_params)
+from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, params_memo, stage_activation_terms,
+                                     stage_memory, stage_memory_terms, stage_param_counts)
 from llmsim.costmodel.pipeline import bubble_fraction, in_flight_microbatches
 from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import (StageParts, _per_microbatch, combine_stages, data_parallel_exposed, zero3_exposed,
                                    zero3_unit_terms, zero3_unit_times)
 from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
-                                   optimizer_step_time, train_work)
+                                   optimizer_step_time, stage_step_memo, train_work)
 from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile
 from llmsim.planner.space import Config
@@ -210,7 +210,7 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
 
     Memory first, for every row (the stage memory terms of each group); then the step only for the rows
     that fit, as evaluate does: a group none of whose rows fits is never timed (no `train_work`), its step
-    columns NaN and its error "". `shared`: the stage memory terms and parameters of earlier calls for the
+    columns NaN and its error "". `shared`: the stage memory terms of earlier calls for the
     same plan file (they do not depend on the hardware), filled in here; pass one dict to the calls of every
     hardware choice."""
     if not configs:
@@ -238,9 +238,11 @@ def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) ->
     out = _memory(ctx, rows, terms, group_of)
     fit = np.flatnonzero(out["fits"])  # the rows to time, and their groups (`local`: numbered 0.. among them)
     timed, local = np.unique(group_of[fit], return_inverse=True)
-    with phase_memo():  # the groups' phase times: pp, the schedule, the split and recompute do not change them
+    # the groups' phase times (pp, the schedule, the split and recompute do not change them) and their stages'
+    # per-step terms (the micro-batch size, recompute and sp do not change them)
+    with phase_memo(), stage_step_memo():
         clusters: dict[int, object] = {}  # off a torus, the cluster of n devices (and its fabric) built once
-        groups = [_group(ctx, firsts[g], tkeys[g], shared, clusters) for g in timed.tolist()]
+        groups = [_group(ctx, firsts[g], shared, clusters) for g in timed.tolist()]
     error = [""] * n
     for i, g in zip(fit.tolist(), local.tolist()):
         error[i] = groups[g].error
@@ -375,11 +377,11 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     return out
 
 
-def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
-    """A group's shared numbers from the cost model's scalar functions (train_work, stage parameters); `shared`
-    holds the stage parameters (and those the accumulation pass adds: memory.accumulated_params) computed for
-    an earlier group of the same `tkey` (its group key less the node, which fixes its `_stage_key`);
-    `clusters` the clusters (off a torus) of the earlier groups' device counts (search.Hardware.cluster_of)."""
+def _group(ctx, c: Config, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
+    """A group's shared numbers from the cost model's scalar functions (train_work, the stage parameter counts
+    it read: memory.stage_param_counts, one per stage and params_plan_key inside price_table's params_memo);
+    `shared` keeps one object per distinct fabric; `clusters` the clusters (off a torus) of the earlier groups'
+    device counts (search.Hardware.cluster_of)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     plan = c.plan()
     whole = _whole(ctx)
@@ -413,17 +415,14 @@ def _group(ctx, c: Config, tkey: tuple, shared: dict[tuple, object], clusters: d
         sync = key[1] if syncs or ranked else 0
         if id(st) not in alike:
             compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            params_key = ("params", tkey, index)  # the hardware choices of a search ask the same: computed once
-            if params_key not in shared:
-                shared[params_key] = (*stage_params(w, ctx.profile, ctx.sharing, plan, index),
-                                      accumulated_params(w, ctx.profile, ctx.sharing, plan, index, options))
-            params, trainable, accumulated = shared[params_key]  # type: ignore[misc]
+            # as train_work counted them (params_memo: one count per stage and params_plan_key)
+            counts = stage_param_counts(w, ctx.profile, ctx.sharing, plan, index, options)
+            trainable, experts = counts.trainable, counts.experts  # as train_work (a MoE group is whole)
             share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
-            experts = stage_expert_params(w, ctx.profile, plan, index)  # as train_work (a MoE group is whole)
-            alike[id(st)] = (compute_mb, comm_mb, backward_mb, accumulated,
+            alike[id(st)] = (compute_mb, comm_mb, backward_mb, counts.accumulated,
                              moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
                              work.grad_bytes(st), work.param_bytes(st),
-                             moe.data_parallel_params(plan, params, experts) * elem,
+                             moe.data_parallel_params(plan, counts.params, experts) * elem,
                              st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed,
                              *zero3_unit_terms(work, st, fabric))
         steps.append((index, *alike[id(st)], sync, copies[key]))

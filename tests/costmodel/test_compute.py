@@ -345,12 +345,13 @@ def test_the_weight_bytes_a_pass_reads_once_are_the_traced_bytes_that_do_not_gro
 def test_the_phase_memo_answers_as_phase_times_does_for_plans_that_differ_in_what_its_key_drops() -> None:
     """Inside phase_memo, phase_times keys a plan by phase_plan_key (tp, cp, micro_batch; float8: m); plans that
     differ in that key and in everything else (pp, schedule, recompute, sp, dp, ZeRO) get the numbers
-    computed without the memo, whatever the order they are asked in. A key missing a field phase_times reads
-    fails here (the first plan asked would answer for the others)."""
+    computed without the memo, whatever the order they are asked in; so does phase_times_of (several questions,
+    one look-up). A key missing a field phase_times reads fails here (the first plan asked would answer for the
+    others)."""
     import random
 
     from llmsim.config import SharingChoice
-    from llmsim.costmodel.compute import phase_memo
+    from llmsim.costmodel.compute import phase_memo, phase_times_of
     from llmsim.hardware import load_catalog
     from llmsim.workload.profile import profile_workload
 
@@ -376,3 +377,9 @@ def test_the_phase_memo_answers_as_phase_times_does_for_plans_that_differ_in_wha
     with phase_memo():
         for args, want in cases:
             assert phase_times(*args) == want, args[2]
+            # phase_times_of: the same question among others, answered by one look-up of them all
+            profile, w, plan, options, rates, phase, region, divide = args
+            questions = (("forward", "embed", plan.tp * plan.cp), (phase, region, divide))
+            assert phase_times_of(profile, w, plan, options, rates, questions)[1] == want, args[2]
+    assert phase_times_of(profile, w, plan, options, rates, questions) == tuple(
+        phase_times(profile, w, plan, options, rates, *q) for q in questions)  # outside the memo too

@@ -242,11 +242,14 @@ def test_the_params_memo_counts_as_the_functions_do_for_plans_that_differ_in_wha
     the chunks per device, ep, etp); plans that differ in that key and in everything else (dp, cp, the
     micro-batch and its count, sp, ZeRO, recompute, the schedule where it leaves v alone) get the counts made
     without the memo, whatever the order they are asked in, for a dense model with LoRA or shared layers
-    and for a mixture of experts with dense first layers. A key missing a field the counts read fails here
-    (the first plan asked would answer for the others)."""
+    and for a mixture of experts with dense first layers; so does stage_param_counts (the four counts a step
+    reads, one look-up keyed by params_plan_key and Options.grad_accumulation_fusion), asked with and without
+    fused gradient accumulation. A key missing a field the counts read fails here (the first plan asked would
+    answer for the others)."""
     import random
 
-    from llmsim.costmodel.memory import params_memo, stage_block_params
+    from llmsim.costmodel.memory import (StageParamCounts, accumulated_params, params_memo, stage_block_params,
+                                         stage_expert_params, stage_param_counts)
 
     rng = random.Random(5)
     dense = gpt2()
@@ -270,12 +273,18 @@ def test_the_params_memo_counts_as_the_functions_do_for_plans_that_differ_in_wha
                             ep=rng.choice([1, 2]) if w is moe_w else 1, etp=rng.choice([1, 2]) if w is moe_w else 1)
                 stage = rng.choice([*range(pp), "first", "middle", "last"])
                 args = (w, profile, sharing, plan, stage)
-                cases.append((args, stage_block_params(*args), stage_params(*args)))
+                options = Options(grad_accumulation_fusion=rng.choice([False, True]))
+                counts = StageParamCounts(*stage_params(*args), *stage_block_params(*args),
+                                          stage_expert_params(w, profile, plan, stage),
+                                          accumulated_params(*args, options))
+                assert stage_param_counts(*args, options) == counts  # the same functions, outside the memo
+                cases.append((args, options, stage_block_params(*args), stage_params(*args), counts))
     rng.shuffle(cases)
     with params_memo():
-        for args, block, whole in cases:
+        for args, options, block, whole, counts in cases:
             assert stage_block_params(*args) == block, args[3:]
             assert stage_params(*args) == whole, args[3:]
+            assert stage_param_counts(*args, options) == counts, (args[3:], options)
 
 
 def test_activation_sizes_keyed_by_activation_plan_key_are_those_of_the_whole_plan() -> None:

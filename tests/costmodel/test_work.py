@@ -671,3 +671,55 @@ def test_the_step_carries_the_sharing_syncs_of_its_layer_groups() -> None:
     assert [s.name for s in work.syncs] == ["tied-embedding", "shared-layers"]
     assert work.syncs == sharing_syncs(workload, profile, sharing, plan, 8, 4)
     assert work.syncs[1].comm.size == pytest.approx(PER_LAYER * 2 * 4, rel=1e-12)   # 2 blocks, fp32 gradients
+
+
+# -- the per-step terms of a stage, memoized on the plan fields they read ------------------------------------
+
+def test_the_stage_step_memo_builds_the_work_as_without_it_for_plans_that_differ_in_what_its_key_drops() -> None:
+    """Inside stage_step_memo, train_work's per-stage step terms (stage_step_terms: layers per chunk, amax
+    seconds, accumulation and optimizer seconds, the gradient and parameter bytes, ZeRO 1/2's gather) are keyed
+    by stage_step_plan_key; plans that share a key and differ in the micro-batch size, recompute, sp, the
+    schedule or the overlaps, and plans that differ in a key field, get the work made without the memo, whatever
+    the order they are asked in: a dense model (plain, LoRA, shared layers), float8 under delayed scaling (its
+    amax bookkeeping) and a mixture of experts. A key missing a field the terms read fails here (the first
+    plan asked would answer for the others)."""
+    import random
+
+    from llmsim.config import LoraSpec, ModelSpec, Workload
+    from llmsim.costmodel.work import stage_step_memo, train_work
+    from llmsim.hardware import load_catalog
+    from tests.costmodel.helpers import gpt2, profiled
+
+    rng = random.Random(11)
+    cluster = load_catalog().cluster("h100-sxm", nodes=2, devices_per_node=8)
+    dense = gpt2(batch=16)
+    fp8 = Workload(model=ModelSpec(preset="gpt2-small"), mode="train", batch=16, dtype="float8",
+                   fp8={"recipe": "delayed"})
+    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
+                     mode="train", batch=16)
+    cases = []
+    for w, sharings in ((dense, [dict(), dict(tie=False, layer_groups=4), dict(lora=LoraSpec(rank=8))]),
+                        (fp8, [dict()]), (moe_w, [dict()])):
+        for kw in sharings:
+            profile, sharing = profiled(w, **kw)
+            for _ in range(12):
+                pp = rng.choice([1, 2, 4])
+                base = Plan(dp=rng.choice([1, 2]), tp=rng.choice([1, 2]), pp=pp, cp=rng.choice([1, 2]),
+                            microbatches=rng.choice([1, 2, 4]), zero=rng.choice([0, 1, 2, 3]),
+                            ep=rng.choice([1, 2]) if w is moe_w else 1)
+                for _ in range(4):  # the same key: what it drops changes
+                    plan = dataclasses.replace(base, micro_batch=rng.choice([1, 2]), sp=rng.choice([False, True]),
+                                               recompute=rng.choice(["none", "selective", "full"]),
+                                               schedule=rng.choice(["gpipe", "1f1b"]),
+                                               overlap_param_gather=rng.choice([False, True]))
+                    cases.append((w, profile, sharing, plan))
+                for field in ("dp", "zero", "microbatches", "cp"):  # one key field changes
+                    value = {"dp": 4, "zero": (base.zero + 1) % 4, "microbatches": 8, "cp": 3 - base.cp}[field]
+                    cases.append((w, profile, sharing, dataclasses.replace(base, **{field: value})))
+    want = [train_work(w, profile, sharing, plan, cluster) for w, profile, sharing, plan in cases]
+    order = list(range(len(cases)))
+    rng.shuffle(order)
+    with stage_step_memo():
+        for i in order:
+            w, profile, sharing, plan = cases[i]
+            assert train_work(w, profile, sharing, plan, cluster) == want[i], plan
