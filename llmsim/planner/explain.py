@@ -239,14 +239,19 @@ def distinct_runner_up(top: list[Evaluation], rows: Sequence[Evaluation]) -> tup
     return runner, ties
 
 
-def tie_line(ties: list[Evaluation], runner_up: Evaluation | None, shown: int = 3) -> str | None:
-    """The sentence that says which configurations price exactly as the winner and which one the runner-up is
-    instead, or None without ties."""
+def tie_line(ties: list[Evaluation], runner_up: Evaluation | None, winner: Evaluation | None = None,
+             shown: int = 3) -> str | None:
+    """The sentence that says which configurations price exactly as the winner, in which strategy fields they
+    differ from it (given the winner), and which one the runner-up is instead; None without ties."""
     if not ties:
         return None
     names = "; ".join(describe(e) for e in ties[:shown]) + (f"; {len(ties) - shown:,} more" if len(ties) > shown else "")
+    fields = [f.replace("_", "-") for f in CHANGE_FIELDS
+              if winner is not None and any(getattr(e.config, f) != getattr(winner.config, f) for e in ties)]
+    apart = (f"they differ from it only in {', '.join(fields)}: the same step, whatever these change hidden under "
+             f"it or cancelling out" if fields else "the same work per device, arranged otherwise")
     head = (f"{len(ties):,} other configuration{'s' if len(ties) != 1 else ''} price{'' if len(ties) != 1 else 's'} "
-            f"exactly as the winner (the same work per device, arranged otherwise): {names}")
+            f"exactly as the winner ({apart}): {names}")
     return head + (f"; the runner-up is the best that prices differently: {describe(runner_up)}" if runner_up
                    else "; every other feasible configuration prices alike, so there is no runner-up to compare")
 
@@ -257,7 +262,11 @@ def versus(e: Evaluation, best: Evaluation, objective: str, time_name: str = "ti
     def rel(a: float | None, b: float | None) -> str:
         if a is None or b is None or b == 0:
             return "–"
-        return f"{(a / b - 1):+.0%}"
+        change = a / b - 1
+        # a difference under half a percent would print as "+0%", which reads as a tie: show its digits
+        if change == 0 or abs(change) >= 0.005:
+            return f"{change:+.0%}"
+        return f"{change * 100:+.2f}%" if abs(change) >= 1e-4 else ("+" if change > 0 else "-") + "<0.01%"
     tie = tie_text(e, best, objective, time_name)
     return ((f"{tie}; " if tie else "")
             + f"against the winner: cost {rel(e.cost_usd, best.cost_usd)}, time "
@@ -344,7 +353,7 @@ def explain(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile, top:
         return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
     closest = first_rows(rows, max(plan.top_k, 1), feasible=False)
     limiting = diagnose(rows, stats, plan)
-    headline = "no configuration meets the goal within the limits; " + limiting[0].split(":")[0] + " limits"
+    headline = "no configuration meets the goal within the limits; what limits it: " + limiting[0].split(":")[0]
     return Explanation(headline, limiting=limiting,
                        closest=[(describe(e), [e.reason] + why(e, plan)[:2]) for e in closest],
                        limit_counts=dict(counts))
@@ -594,6 +603,19 @@ def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluati
     return out
 
 
+def _hidden_note(row: SensitivityRow, move: float, limits: list[Limit]) -> str:
+    """Why slower links move the winner more than its exposed communication can: with the link at `row.factor`
+    (< 1) the exposed share would grow at most by 1/factor - 1 of itself; a larger move means collectives that ran
+    hidden under compute (ZeRO-3's gathers, overlapped gradient reduction) no longer fit under it."""
+    if row.knob != "link" or row.factor >= 1 or not limits:
+        return ""
+    exposed = limits[0].shares.get("communication", 0.0)
+    if move <= 2 * exposed * (1 / row.factor - 1):
+        return ""
+    return (f" (its exposed communication, {_pct(exposed)} of the step, explains far less: collectives that "
+            f"overlap compute stop hiding under it)")
+
+
 def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[str]:
     """The sentences the report and the terminal show under the winner: per configuration, each clause says
     what it is — the limit and why it is the limit, the shares of its step time (or busy time), and the one
@@ -616,11 +638,19 @@ def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[s
                   else "robust (the winner stays ahead in every case)")
         # the order of the two can hold while the goal itself does not: say where the winner misses it
         missed = [r for r in sensitivity.rows if not r.winner_feasible]
+        # and how far the winner's own objective moves: a step near the knee where overlapped communication
+        # stops hiding under compute moves far more at -20% than its exposed share says
+        base = sensitivity.base[0]
+        moves = [(abs(r.winner / base - 1), r) for r in sensitivity.rows if r.winner is not None and base]
+        largest = max(moves, key=lambda m: m[0], default=None)
         out.append("choice under ±20% link bandwidth, GEMM efficiency, memory efficiency: "
                    + (steady if not flips else
                       "flips under " + ", ".join(knob_label(r.knob, r.factor) for r in flips))
                    + ("; the winner misses the goal under " + ", ".join(knob_label(r.knob, r.factor) for r in missed)
-                      if missed else ""))
+                      if missed else "")
+                   + (f"; the winner's {sensitivity.metric} moves most under {knob_label(largest[1].knob, largest[1].factor)}:"
+                      f" {largest[1].winner / base - 1:+.1%}" + _hidden_note(largest[1], largest[0], limits)
+                      if largest is not None and largest[0] > 0 else ""))
     return out
 
 

@@ -376,8 +376,10 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
                          else " (roofline cost model).")),
             _table(top, plan, simulated)]))
         sections.append(Section("Why", [Paragraph("Winner: " + describe(top[0])), Bullets(explanation.winner)]
-                                + [b for name, lines in explanation.runners_up
-                                   for b in (Paragraph("Runner-up: " + name), Bullets(lines))]))
+                                + [b for rank, (name, lines) in enumerate(explanation.runners_up, start=2)
+                                   # "#2", not "Runner-up": a tied row is listed too, and the runner-up of the
+                                   # limits and the sensitivity is the best that prices differently
+                                   for b in (Paragraph(f"#{rank}: " + name), Bullets(lines))]))
         sections.append(choice_section(explanation))
     else:
         sections.append(Section("What limits", [Bullets(explanation.limiting)]))

@@ -93,7 +93,7 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
         explanation.limits = [limit_of(e, who, rows, plan, contexts, sensitivity)
                               for e, who in zip((top[0], runner_up), ("winner", "runner-up")) if e is not None]
         explanation.sensitivity = sensitivity
-        tie = tie_line(ties, runner_up)
+        tie = tie_line(ties, runner_up, top[0])
         explanation.choice = ([tie] if tie else []) + choice_lines(explanation.limits, sensitivity)
     frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
     write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)

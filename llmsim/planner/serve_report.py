@@ -270,7 +270,8 @@ def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitiv
         lines = [f"{describe_candidate(c)}: {c.reason}; {probe_line(c)}" for c in results[:max(plan.top_k, 1)]]
         kind = results[0].limits[0] if results and results[0].limits else "slo"
         return Explanation(f"no candidate sustains {plan.goal.request_rate:g} requests/s under the SLO within the "
-                           f"limits; {kind} limits", limiting=lines, limit_counts=counts)
+                           f"limits; what limits it: {'the SLO' if kind == 'slo' else kind}", limiting=lines,
+                           limit_counts=counts)
     best = feasible[0]
 
     headline = (f"best by {plan.objective}: {describe_candidate(best)} — sustains {plan.goal.request_rate:g} "

@@ -600,6 +600,6 @@ def search_axis_problem(plan: PlanFile) -> tuple[str, str] | None:
             upto = max(64, *given)
             allowed = [v for v in range(1, upto + 1) if _axis_problem(w, axis, v) is None]
             shown = ", ".join(map(str, allowed[:16])) + (", ..." if len(allowed) > 16 else "")
-            first = problems[0]
+            first = problems[0].removeprefix(f"{axis}: ")  # the key names the axis already: "search.tp: 5 does ..."
             return f"search.{axis}", first if "allowed" in first else f"{first}; allowed values: {shown or 'none'}"
     return None

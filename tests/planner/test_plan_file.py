@@ -70,8 +70,8 @@ def test_contract_example_and_shipped_plans_load() -> None:
 
 
 @pytest.mark.parametrize("search, key, words", [
-    ({"tp": [3]}, "search.tp", "tp: 3 does not divide heads=4"),
-    ({"dp": [3, 5]}, "search.dp", "dp: 3 does not divide the batch 8; allowed values: 1, 2, 4, 8"),
+    ({"tp": [3]}, "search.tp", "search.tp: 3 does not divide heads=4"),   # the axis named once, by the key
+    ({"dp": [3, 5]}, "search.dp", "search.dp: 3 does not divide the batch 8; allowed values: 1, 2, 4, 8"),
     ({"pp": [9]}, "search.pp", "more than layers=2"),
 ])
 def test_a_search_axis_no_configuration_can_use_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],

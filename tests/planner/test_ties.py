@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmsim.planner import run_plan
-from llmsim.planner.explain import describe, distinct_runner_up, prices_alike, tie_line, tie_text, versus
+from llmsim.planner.explain import CHANGE_FIELDS, describe, distinct_runner_up, prices_alike, tie_line, tie_text, versus
 from llmsim.planner.search import Rows, objective_key, search
 from tests.planner.helpers import hardware, small_catalog, small_plan
 
@@ -115,3 +115,18 @@ def test_a_plan_whose_best_ties_compares_the_winner_with_a_runner_up_that_prices
     assert why.choice[0].endswith("the runner-up is the best that prices differently: " + s.runner_up)
     assert not any("tie in every case" in line for line in why.choice)
     assert why.choice[0] in (outcome.run_dir / "plan.md").read_text()
+
+
+def test_a_difference_under_half_a_percent_is_not_printed_as_plus_zero() -> None:
+    assert "cost +0.07%" in versus(_e(1000.7, 1.0, 8), _e(1000.0, 1.0, 8), "cost")
+    assert "cost +10%" in versus(_e(1100.0, 1.0, 8), _e(1000.0, 1.0, 8), "cost")
+    assert "cost -<0.01%" in versus(_e(999.9999, 1.0, 8), _e(1000.0, 1.0, 8), "cost")
+
+
+def test_the_tie_line_names_the_fields_the_ties_differ_in(feasible_row: Any) -> None:
+    winner = feasible_row
+    moved = replace(winner, config=SimpleNamespace(**{f: getattr(winner.config, f) for f in CHANGE_FIELDS},
+                                                   n_devices=winner.config.n_devices))
+    moved.config.micro_batch, moved.config.cp = winner.config.micro_batch * 2, winner.config.cp * 2
+    line = tie_line([moved], None, winner, shown=0)
+    assert line is not None and "(they differ from it only in cp, micro-batch: the same step" in line
