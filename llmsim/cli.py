@@ -300,8 +300,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
     if plan.serving is not None and args.no_simulate:
         raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
-    # a serving plan's tasks are its candidates' rate searches; a training plan's, the re-checks of its best
-    what = "candidates searched" if plan.serving is not None else "re-checked"
+    # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the runner-up
+    # (the lines before each phase say which); a training plan's, the re-checks of its best
+    what = "simulation tasks done" if plan.serving is not None else "re-checked"
     with make_executor(args.executor, args.ray_address) as executor, task_bar(what) as bar:
         executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
         outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress,

@@ -398,8 +398,10 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
     if task.start_replicas is None:
         _rate_search(task, replica, out, max_replicas)
         if out.at_sustained is None:
-            out.reason, out.limits = (f"slo: one replica misses the SLO even at {task.goal_rate / max_replicas:.3g} "
-                                      f"requests/s, the share of the goal max_devices allows"), ("slo",)
+            out.reason, out.limits = (f"slo: one replica misses the SLO even at {task.goal_rate / max_replicas:,.4g} "
+                                      f"requests/s, its share of the goal when max_devices={task.max_devices:,} "
+                                      f"allows {max_replicas:,} replicas of {task.size:,} devices "
+                                      f"({task.goal_rate:,.4g} / {max_replicas:,})"), ("slo",)
     return out, max_replicas
 
 

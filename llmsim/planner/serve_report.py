@@ -44,6 +44,40 @@ def describe_rate(c: CandidateResult) -> str:
     return ("≥ " if c.sustained_at_least else "") + f"{c.sustained_rate:.3g} requests/s per replica"
 
 
+def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) -> str | None:
+    """None unless `c` ties the winner on the objective; else what they tie on and the tie-break that ranks the
+    winner first (planner.serve.objective_key: the objective, then cost, devices, the higher sustained rate),
+    e.g. "ties the winner on cost ($7.00 per hour each) and devices (2 each); ranked below it by the tie-break,
+    the rate one replica sustains: 27.1 against ≥ 40 requests/s"."""
+    def same(a: float | None, b: float | None) -> bool:
+        return a is not None and b is not None and abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    e2e = {k: (r.at_goal.row.get("e2e_p99_s") if r.at_goal else None) for k, r in (("c", c), ("best", best))}
+    measures = [("cost", c.cost_usd, best.cost_usd, lambda v: f"{fmt_usd(v)} per hour"),
+                ("devices", c.n_devices, best.n_devices, lambda v: f"{v:,.0f}"),
+                ("sustained rate", c.sustained_rate, best.sustained_rate, None)]
+    first = {"cost": 0, "devices": 1}.get(objective)
+    if objective == "energy":
+        measures.insert(0, ("energy", c.energy_j, best.energy_j, lambda v: f"{v / 3.6e6:,.2f} kWh per hour"))
+    elif objective == "time":
+        measures.insert(0, ("e2e p99", e2e["c"], e2e["best"], lambda v: f"{v * 1e3:,.1f} ms"))
+    if first is not None:  # the objective itself leads the order (objective_key: metric, then cost, devices)
+        measures.insert(0, measures.pop(first))
+    tied: list[str] = []
+    for name, mine, theirs, shown in measures:
+        if name == "sustained rate" and same(mine, theirs):
+            break
+        if shown is None or not same(mine, theirs):
+            if not tied:
+                return None
+            decided = (f"the rate one replica sustains: {describe_rate(c).removesuffix(' per replica')} against "
+                       f"{describe_rate(best).removesuffix(' per replica')}" if name == "sustained rate"
+                       else f"{name}: {shown(mine) if mine is not None else '–'} against "
+                            f"{shown(theirs) if theirs is not None else '–'}")
+            return f"ties the winner on {' and '.join(tied)}; ranked below it by the tie-break, {decided}"
+        tied.append(f"{name} ({shown(theirs)} each)")
+    return f"ties the winner on {' and '.join(tied)}: the names order them only, so either is as good"
+
+
 # Why a candidate's rate search did not run, by its limit (planner.serve.rate_search stops before any probe)
 NOT_SEARCHED = {"memory": "no room for a KV cache, so it serves no request at any rate",
                 "error": "the cost model cannot price its iterations at any rate",
@@ -250,6 +284,8 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
         drain = (f" (requests meeting the SLO per second of the run's {c.at_goal.duration_s:.3g} s, first arrival "
                  f"to last token: the drain after the last arrival counts, as in vLLM's benchmark_duration, so "
                  f"it is below the offered {goal:g} even when every request meets the SLO)")
+    elif c.at_goal and (row.get("slo_attainment") or 0) >= 0.999 and goodput < goal:
+        drain = " (per second of the run's whole duration, the drain after the last arrival included)"
     lines += [f"{c.replicas} replica{'' if c.replicas == 1 else 's'} at {goal:g} requests/s: TTFT p99 "
               f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO "
               f"attainment {row.get('slo_attainment') or 0:.3f}, goodput {goodput:.3g} requests/s{drain}",
@@ -276,7 +312,8 @@ def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitiv
 
     headline = (f"best by {plan.objective}: {describe_candidate(best)} — sustains {plan.goal.request_rate:g} "
                 f"requests/s under the SLO for {fmt_usd(best.cost_usd)} per hour")
-    runners = [(describe_candidate(c), candidate_lines(plan, c)) for c in feasible[1:plan.top_k]]
+    runners = [(describe_candidate(c), [t for t in [serving_tie_text(c, best, plan.objective)] if t]
+                + candidate_lines(plan, c)) for c in feasible[1:plan.top_k]]
     out = Explanation(headline, candidate_lines(plan, best), runners, limit_counts=counts)
     out.limits = [serving_limit(c, who, sensitivity, plan.objective)
                   for c, who in zip(feasible[:2], ("winner", "runner-up"))]
@@ -324,8 +361,8 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
     if feasible:
         sections.append(Section("Why", [Paragraph("Winner: " + describe_candidate(feasible[0])),
                                         Bullets(explanation.winner)]
-                                + [b for name, lines in explanation.runners_up
-                                   for b in (Paragraph("Runner-up: " + name), Bullets(lines))]))
+                                + [b for rank, (name, lines) in enumerate(explanation.runners_up, start=2)
+                                   for b in (Paragraph(f"#{rank}: " + name), Bullets(lines))]))
         sections.append(choice_section(explanation))
     else:
         sections.append(Section("What limits", [Bullets(explanation.limiting)]))
