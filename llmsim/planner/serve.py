@@ -36,8 +36,8 @@ builtin map, in process).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -204,26 +204,26 @@ def _prefill_tokens_per_s(replica: _Replica) -> float:
     return replica.prefill_rate
 
 
-# Request lists kept per process, by (serving block at the rate, seed): every candidate of a plan probes the same
+# Request lists memoised per process (_request_list, a pure function), by (serving block at the rate, seed): every candidate of a plan probes the same
 # rates (the goal, its halvings, the floors) with the same block and seed, and a list is a pure function of those
 # (serving.requests.build_requests: the replicas do not enter it), so it is built once, not once per candidate
 # and again for the simulation after the bound (at 2,000 requests/s over 60 s a list is 120,000 requests). The few
 # most recent are kept: a search walks down its rates, and candidates go one after another in a process.
 REQUEST_LISTS_KEPT = 8
-_REQUEST_LISTS: OrderedDict[tuple[str, int], list[Request]] = OrderedDict()
 
 
-def _requests(case: ServingCase) -> list[Request]:
-    """build_requests(case), memoised in _REQUEST_LISTS (callers only read the list)."""
-    key = (case.spec.model_copy(update={"replicas": 1}).model_dump_json(), case.seed)
-    hit = _REQUEST_LISTS.get(key)
-    if hit is None:
-        hit = _REQUEST_LISTS[key] = build_requests(case)
-        while len(_REQUEST_LISTS) > REQUEST_LISTS_KEPT:
-            _REQUEST_LISTS.popitem(last=False)
-    else:
-        _REQUEST_LISTS.move_to_end(key)
-    return hit
+@functools.lru_cache(maxsize=REQUEST_LISTS_KEPT)
+def _request_list(spec_json: str, seed: int, trace: str | None) -> tuple[Request, ...]:
+    """build_requests of the serving block `spec_json` (ServingSpec as JSON: hashable, and equal for equal blocks)
+    at `seed` (and its trace file, if any), as an immutable tuple (Request is frozen): a pure function, so
+    memoised."""
+    spec = ServingSpec.model_validate_json(spec_json)
+    return tuple(build_requests(ServingCase(spec, seed, BUILTIN[spec.scheduler.kind], trace)))
+
+
+def _requests(case: ServingCase) -> tuple[Request, ...]:
+    """build_requests(case), the same list for every replica count (_request_list)."""
+    return _request_list(case.spec.model_copy(update={"replicas": 1}).model_dump_json(), case.seed, case.trace)
 
 
 def _case_at(task: ServingTask, rate: float, replicas: int) -> ServingCase:
