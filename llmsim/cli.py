@@ -45,27 +45,24 @@ def _warn_broken(registry: BackendRegistry) -> None:
                           highlight=False)
 
 
-def _load(path: str, overrides: list[str], backends: list[str] | None,
-          catalog_out: list[Any] | None = None) -> tuple[Scenario, list[PlannedCase], object, BackendRegistry]:
-    """The scenario, its planned cases, the plugin manager and the registry; `catalog_out` gets the catalog."""
+def _load(path: str, overrides: list[str], backends: list[str] | None
+          ) -> tuple[Scenario, list[PlannedCase], object, BackendRegistry, Any]:
+    """The scenario, its planned cases, the plugin manager, the registry and the hardware catalog."""
     scenario = load_scenario(path, overrides)
     registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
-    if catalog_out is not None:
-        catalog_out.append(catalog)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
-    return scenario, planned, manager, registry
+    return scenario, planned, manager, registry, catalog
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    catalog: list[Any] = []
-    scenario, planned, _, _ = _load(args.scenario, args.set, args.backend, catalog)
+    scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     if scenario.serving is not None:  # rows a run would skip: said as the run's rows say it, once per backend point
         skipped: dict[tuple[str, str], int] = {}
         for item in planned:
-            problem = serving_kernel_problem(item.backend, item.settings, catalog[0])
+            problem = serving_kernel_problem(item.backend, item.settings, catalog)
             if problem:
                 key = (f"backends.{item.backend.name}.attention", problem)
                 skipped[key] = skipped.get(key, 0) + 1
@@ -83,7 +80,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    scenario, planned, manager, registry = _load(args.scenario, args.set, args.backend)
+    scenario, planned, manager, registry, _ = _load(args.scenario, args.set, args.backend)
     out = Path(args.out)
     resume = None
     if args.resume:
