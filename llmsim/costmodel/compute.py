@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llmsim.costmodel.memo import scoped_memo
 from llmsim.costmodel import precision
 from llmsim.costmodel.arrays import Num, is_array
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
@@ -335,14 +336,8 @@ def phase_memo() -> Iterator[None]:
     it reads (`phase_plan_key`) share one result. The planner prices thousands of plans that differ in
     fields phase_times never reads (pp, the schedule, the split, recompute, sp, dp, ZeRO); the numbers are
     the same as without the block. Nested blocks share the outer one's table."""
-    if _PHASE_MEMO.get() is not None:
+    with scoped_memo(_PHASE_MEMO, _PhaseMemo):
         yield
-        return
-    token = _PHASE_MEMO.set(_PhaseMemo())
-    try:
-        yield
-    finally:
-        _PHASE_MEMO.reset(token)
 
 
 def phase_plan_key(workload: "Workload", plan: Plan) -> tuple:

@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from llmsim.costmodel.memo import scoped_memo
 from llmsim.config import lora_params_per_block
 from llmsim.costmodel.activations import edge_inventory, inventory_bytes, layer_inventory
 from llmsim.costmodel.pipeline import in_flight_microbatches
@@ -266,14 +267,8 @@ def params_memo() -> Iterator[None]:
     thousands of plans that differ in fields a parameter count never reads (dp, cp, the micro-batch and its
     count, recompute, sp, ZeRO, the overlaps); the numbers are the same as without the block. Nested blocks
     share the outer one's table."""
-    if _PARAMS_MEMO.get() is not None:
+    with scoped_memo(_PARAMS_MEMO, _ParamsMemo):
         yield
-        return
-    token = _PARAMS_MEMO.set(_ParamsMemo())
-    try:
-        yield
-    finally:
-        _PARAMS_MEMO.reset(token)
 
 
 def params_plan_key(plan: Plan) -> tuple:

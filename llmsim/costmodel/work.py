@@ -43,6 +43,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
+from llmsim.costmodel.memo import scoped_memo
 from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_grid,
                                       place_group, plan_on, torus_groups, with_cp)
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
@@ -805,14 +806,8 @@ def stage_step_memo() -> Iterator[None]:
     (`stage_step_plan_key`) share one result. The planner's table builds the work of thousands of plans that
     differ only in the micro-batch size, recompute or sequence parallelism; the numbers are the same as
     without the block. Nested blocks share the outer one's table."""
-    if _STEP_MEMO.get() is not None:
+    with scoped_memo(_STEP_MEMO, _StepMemo):
         yield
-        return
-    token = _STEP_MEMO.set(_StepMemo())
-    try:
-        yield
-    finally:
-        _STEP_MEMO.reset(token)
 
 
 def stage_step_plan_key(plan: Plan) -> tuple:
