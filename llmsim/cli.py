@@ -285,25 +285,38 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collector_off_to_exit() -> None:
+    """Automatic collections off from here to the process's exit, and the objects alive at the exit frozen out of
+    the interpreter's final full passes (gc.freeze): for a process that ends when its plan does, whose garbage the
+    exit frees at once (planner.collector pauses the collector inside a plan whatever the caller).
+
+    A plan's rows are freed only by a collection: torch.fx.wrap (run by the import of torch._dynamo, which the
+    first meta-device trace asks for) keeps its own frame in a reference cycle, and so do the exceptions
+    matplotlib's mathtext parser (pyparsing) raises for the figure's tick labels; through their callers' frames the
+    cycles hold the locals of the plan's whole call stack, the 404,694 rows of the 70B plan among them. The one
+    collection that freed them walked ~10^6 objects, ~0.5-0.9 s; the imports before it (torch, matplotlib, pandas)
+    ran ~5 full collections, ~0.5 s."""
+    gc.disable()
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Search the plan's configurations; the best ones as a table on stderr, the run folder last on stdout.
 
-    Python's cyclic collector is paused for the whole command (planner.collector): the imports (torch,
-    matplotlib, pandas: ~500,000 objects) ran ~5 full collections and the search's objects one more as the
-    plan returned, ~1 s walking objects that live on, for a few thousand freed."""
-    from llmsim.planner.collector import collector_paused
-
-    with collector_paused():
-        return _plan_command(args)
-
-
-def _plan_command(args: argparse.Namespace) -> int:
+    Run as the program (`main` with argv None) a training or inference plan leaves cyclic garbage to the process's
+    exit (`_collector_off_to_exit`), from the imports on; a serving plan's simulations make cycles
+    as they go, so the collector runs again once it is loaded."""
+    if args.program:
+        _collector_off_to_exit()
     from llmsim.hardware import load_catalog
     from llmsim.planner import load_plan, run_plan
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
     from llmsim.planner.precisions import candidates
 
     plan = load_plan(args.plan, args.set)
+    if args.program and plan.serving is not None:
+        gc.enable()
     manager = get_plugin_manager()
     entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
     catalog = load_catalog([Path(f) for f in args.hardware], entries)
@@ -513,12 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `llmsim` command. `argv` None: the program's own command line (the console script, `python -m llmsim`),
+    whose process ends when main returns (`args.program`); a list: a call from Python, whose process goes on."""
     # At exit the interpreter collects in full passes over every object still alive (torch's alone ~300,000),
     # ~0.8 s that frees nothing a finished command needs: they are frozen out of those passes first (gc.freeze,
     # once per process however often main runs).
     atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
+    args.program = argv is None
     try:
         return args.func(args)
     except LLMSimError as exc:

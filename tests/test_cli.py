@@ -230,3 +230,34 @@ def test_a_plan_error_found_while_planning_is_one_line() -> None:
     done = subprocess.run([sys.executable, "-m", "llmsim", "plan", str(REPO / "scenarios" / "plan-train-70b.yaml"),
                            "--set", "hardware[0].name=a100"], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("llmsim: error:")
+
+
+def test_the_plan_program_leaves_its_garbage_to_the_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`llmsim plan` as the program (main() reads sys.argv: the console script) turns the cyclic collector off to
+    the process's exit (cli._collector_off_to_exit) and freezes what is alive at the exit; called with a list (from
+    Python, whose process goes on) it leaves the collector as it was."""
+    import atexit
+    import gc
+
+    import yaml
+
+    data = {"name": "gc-plan", "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
+            "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb"}],
+            "limits": {"max_devices": 2}, "simulate": False}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    args = ["plan", str(path), "--out", str(tmp_path / "out")]
+    assert gc.isenabled()
+    assert main(args) == 0
+    assert gc.isenabled()  # a call from Python: as it was
+    registered: list = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(sys, "argv", ["llmsim", *args])
+    try:
+        assert main() == 0
+        assert not gc.isenabled()  # the program: off to the exit
+        assert gc.freeze in registered
+    finally:
+        gc.enable()
+    capsys.readouterr()
