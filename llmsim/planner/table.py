@@ -202,10 +202,10 @@ ZERO3_FIELDS = ("units", "window_f", "window_b", "first_f", "first_b", "last_f",
                 "embed_params", "head_params", "layer_grads", "unit_embed_grads", "unit_head_grads")  # zero3_unit_terms
 STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "grads", "weights",
                "gathered", "chunk_grads", "head_grads", "embed_grads", *ZERO3_FIELDS, "sync", "copies")
-# the step fields _combine reads per row; the others (the bytes of the data-parallel collectives) per (group, dp)
-# pair only (_dp_times)
-ROW_STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share",
-                   *ZERO3_FIELDS[:7], "sync", "copies")
+# the step fields _combine reads on every row; the others on the ZeRO-3 rows only (ZeRO-3's unit terms) or per
+# (group, dp) pair (the bytes of the data-parallel collectives: _dp_times)
+ROW_STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "sync",
+                   "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
@@ -541,12 +541,18 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
     placement = _dp_placements(groups, [(int(g), int(d)) for g, d in pairs.tolist()])
     reads = _dp_reads(placement[0], pair_of, _dp_needs(zero, dp_cp, r.v))
     memo: dict[tuple, object] = {}
+    # ZeRO-3's exposed seconds (step.zero3_exposed) computed on its own rows only, 0 elsewhere
+    sharded = np.flatnonzero(zero >= 3)
+    sharded_pair, sharded_group, sharded_m = pair_of[sharded], group_of[sharded], m[sharded]
     for slot, by_group in _slots([g.steps for g in groups], STEP_FIELDS, group_of, ROW_STEP_FIELDS):
-        times = _dp_times(placement, by_group, pairs[:, 0], pair_of, reads, memo)
+        per_pair, per_pair3 = _dp_times(placement, by_group, pairs[:, 0], reads, memo)
+        times = {name: t[pair_of] if isinstance(t, np.ndarray) else t for name, t in per_pair.items()}
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
         gather = np.where(((zero == 1) | (zero == 2)) & (dp_cp > 1), times["gather"], 0.0)
-        zero3 = np.where(zero >= 3, zero3_exposed(m, hides, *(slot[f] for f in ZERO3_FIELDS[:7]),
-                                                  *(times[f"zero3 {u}"] for u in ZERO3_TIMES)), 0.0)
+        zero3 = np.zeros(len(zero))
+        if len(sharded):
+            zero3[sharded] = zero3_exposed(sharded_m, hides, *(by_group[f][sharded_group] for f in ZERO3_FIELDS[:7]),
+                                           *np.take(per_pair3, sharded_pair, axis=1))
         parts_list.append((slot["index"].astype(np.int64), StageParts(
             slot["compute_mb"], slot["comm_mb"],
             data_parallel_exposed(zero, hides, True, slot["backward_mb"], zero3, reduce,
@@ -647,14 +653,14 @@ def _dp_reads(where: np.ndarray, pair_of: np.ndarray, needs: dict[str, np.ndarra
 
 
 def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray], pair_group: np.ndarray,
-              pair_of: np.ndarray, reads: dict[str, np.ndarray], memo: dict[tuple, object]
-              ) -> dict[str, np.ndarray | float]:
+              reads: dict[str, np.ndarray], memo: dict[tuple, object]
+              ) -> tuple[dict[str, np.ndarray | float], np.ndarray]:
     """Each data-parallel collective of one stage slot (DP_COLLECTIVES, and ZeRO-3's per-unit ones: ZERO3_TIMES),
     priced once per distinct (fabric and group, bytes) among the (group, dp) pairs with a row that reads it
     (`reads`, _dp_reads; `Comm.time`, step.zero3_unit_times; `memo` keeps each price for the other slots of
-    the same _combine, whose placements it indexes), spread over the rows; 0 where no row of the pair reads it
-    (a plain 0.0 where no row reads it at all). `slot`: the slot's fields over the groups, `pair_group` each
-    pair's group."""
+    the same _combine, whose placements it indexes), per pair: (DP_COLLECTIVES' by name, each 0 where no row of
+    the pair reads it, a plain 0.0 where no row reads it at all; ZeRO-3's, (ZERO3_TIMES, pairs)). `slot`: the
+    slot's fields over the groups, `pair_group` each pair's group."""
     where, placed = placement
     out: dict[str, np.ndarray | float] = {}
     for name, (op, parts) in DP_COLLECTIVES.items():
@@ -678,12 +684,11 @@ def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndar
                 t = memo[key] = Comm(op, size, group).time(fabric)
             priced[u] = t
         per_pair[at] = priced[distinct_of]
-        out[name] = per_pair[pair_of]
+        out[name] = per_pair
+    per_pair3 = np.zeros((len(ZERO3_TIMES), len(where)))
     at = reads["zero3"]
     if not len(at):
-        out.update((f"zero3 {u}", 0.0) for u in ZERO3_TIMES)
-        return out
-    per_pair3 = np.zeros((len(ZERO3_TIMES), len(where)))
+        return out, per_pair3
     groups = pair_group[at]
     columns = [where[at], *(slot[f][groups] for f in ZERO3_FIELDS[7:])]
     firsts, distinct_of = _distinct(columns)
@@ -696,6 +701,4 @@ def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndar
             t3 = memo[key] = zero3_unit_times(group, fabric, *units)
         priced3[u] = t3
     per_pair3[:, at] = priced3[distinct_of].T
-    for u, column in zip(ZERO3_TIMES, np.take(per_pair3, pair_of, axis=1)):
-        out[f"zero3 {u}"] = column
-    return out
+    return out, per_pair3
