@@ -9,7 +9,9 @@ module gives the same numbers for thousands at once, through the same code:
   m = B / (dp x micro_batch) and (GPipe or 1F1B) the bubble and the micro-batches in flight vary;
 * memory first, for every row (as search.evaluate, which prices the step only where the configuration
   fits): the step's work is built only for the groups with a row that fits;
-* per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
+* per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work; the
+  groups that differ only in the micro-batch size together, `_families`: work.train_works builds what the size
+  does not change once for them, and `_family` reads each stage's parameters and bytes once; its
   phase times asked once per distinct question: compute.phase_memo; the stage parameter counts likewise for
   the whole table: memory.params_memo, memory.stage_param_counts; and each stage's per-step terms, which the
   micro-batch size, recompute and sp do not change: work.stage_step_memo), and
@@ -20,7 +22,7 @@ module gives the same numbers for thousands at once, through the same code:
   precision.any_layout; a dense model's memory terms in two parts, those without activations per
   `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
-  (`_dp_times`, `Comm.time`);
+  (`_dp_times`, `Comm.time`), ZeRO-3's exposed time computed on the ZeRO-3 rows only;
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
