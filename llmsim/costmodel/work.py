@@ -782,7 +782,7 @@ def _train_work_at(workload: "Workload", profile: "WorkloadProfile", plan: Plan,
             grad_bytes_head=step.grad_bytes_head, param_bytes_layer=step.param_bytes_layer,
             param_bytes_embed=step.param_bytes_embed, param_bytes_head=step.param_bytes_head,
             gather_after_step=step.gather_after_step)
-    stages = tuple(by_key[key] for key in keys)
+    stages = tuple(map(by_key.__getitem__, keys))
     return StepWork(stages=stages, microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,

@@ -257,8 +257,9 @@ def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) ->
             for at, grp in zip(family, _family(ctx, [firsts[timed[at]] for at in family], shared, clusters)):
                 groups[at] = grp
     error = [""] * n
-    for i, g in zip(fit.tolist(), local.tolist()):
-        error[i] = groups[g].error
+    if any(g.error for g in groups):  # the rows of groups the cost model could not price carry its message
+        for i, g in zip(fit.tolist(), local.tolist()):
+            error[i] = groups[g].error
     step = _combine_by_width(ctx, rows.take(fit), groups, local.reshape(-1))
     for k in PRICED:
         out[k] = np.full(n, np.nan)
