@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -652,6 +652,17 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                cluster: ClusterSpec, options: Options = Options()) -> StepWork:
     """The training step of one pipeline replica, stage by stage. Raises CostModelError if the device
     cannot be priced in the workload's dtype."""
+    return train_works(workload, profile, sharing, plan, cluster, (plan.micro_batch,), options)[0]
+
+
+def train_works(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+                cluster: ClusterSpec, micro_batches: Sequence[int], options: Options = Options()) -> list[StepWork]:
+    """`train_work` of `plan` with each micro-batch size of `micro_batches` (replace(plan, micro_batch=b)), in their
+    order: the same work, built by the same code (train_work is this with one size). What the micro-batch size
+    does not change is built once for all of them: the device's rates, the placed groups, the split, each
+    stage's per-step terms (`stage_step_terms`, which read no micro-batch size: `stage_step_plan_key`) and the
+    parameter-sharing syncs (`sharing_syncs`: the embedding and shared blocks' gradients). A planner's table
+    prices thousands of plans that differ only in the micro-batch size. Raises CostModelError as train_work."""
     spec = workload.model
     rates = device_rates(cluster, workload.dtype)
     plan = plan_on(plan, cluster)
@@ -659,6 +670,32 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     elem = DTYPE_BYTES[workload.dtype]
     # bytes per gradient element reduced across data parallelism; params_fp32: the 16-bit cotangent
     grad_elem = FP32_BYTES if options.main_grads_fp32 and not options.params_fp32 else elem
+    counts = plan.layers_per_stage(spec.layers)
+    kinds = _stage_kinds(plan.pp)
+    # each stage's share of MoE layers (costmodel.moe.stage_moe_layers): stages alike (same kind, layers and
+    # share) share one StageWork, whose per-step terms are built once here
+    shares = ([moe.stage_moe_share(workload, plan, i) for i in range(plan.pp)] if spec.moe is not None
+              else [0.0] * plan.pp)
+    keys = list(zip(kinds, counts, shares))
+    fixed: dict[tuple[str, int, float], StageStepTerms] = {}
+    for index, key in enumerate(keys):
+        if key not in fixed:
+            fixed[key] = stage_step_terms(workload, profile, sharing, plan, cluster, rates, groups, options, index,
+                                          key[1])
+    syncs = sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
+    return [_train_work_at(workload, profile, plan if b == plan.micro_batch else replace(plan, micro_batch=b),
+                           cluster, options, rates, groups, keys, fixed, syncs)
+            for b in micro_batches]
+
+
+def _train_work_at(workload: "Workload", profile: "WorkloadProfile", plan: Plan, cluster: ClusterSpec,
+                   options: Options, rates: Rates, groups: Groups, keys: list[tuple[str, int, float]],
+                   fixed: dict[tuple[str, int, float], StageStepTerms], syncs: tuple[SyncWork, ...]) -> StepWork:
+    """train_works' step of one micro-batch size (`plan`'s): what the micro-batch size changes (each pass's
+    seconds, the activation and so every tensor-parallel, context-parallel and pipeline message, the experts'
+    work), over the stages `keys` (kind, layers, share of MoE layers) and their per-step terms `fixed`."""
+    spec = workload.model
+    elem = DTYPE_BYTES[workload.dtype]
     # one layer's forward and backward (layer_phase_times), the embedding's and the head's (over tp x cp)
     edge_div = plan.tp * plan.cp
     layer_div = edge_div * spec.layers
@@ -667,7 +704,6 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
         (("forward", "layers", layer_div), ("backward", "layers", layer_div), ("forward", "embed", edge_div),
          ("backward", "embed", edge_div), ("forward", "head", edge_div), ("backward", "head", edge_div)))
     recompute = recompute_layer_time(workload, plan, options, fwd)
-    counts = plan.layers_per_stage(spec.layers)
     embed = [embed_f.total, embed_b.total]
     head = [head_f.total, head_b.total]
 
@@ -700,7 +736,6 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     # own share of MoE layers (costmodel.moe.stage_moe_layers)
     expert_layer = (moe_layer_work(workload, profile, plan, rates, groups, runs_compiled(options, rates, "experts"))
                     if spec.moe is not None else None)
-    shares = [moe.stage_moe_share(workload, plan, i) for i in range(plan.pp)] if expert_layer else [0.0] * plan.pp
     amax_sp = precision.sp_amax_reductions(workload, plan)
     if amax_sp:  # current scaling + sp: the FP8-gathered tensors' amax, one fp32 each, over tp
         tp_fwd += (Comm("all-reduce", precision.AMAX_BYTES, groups.tp, amax_sp),)
@@ -714,10 +749,8 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                                                       layer_gemm_shares(workload, plan), bwd.matmul / 2,
                                                       spec.parallel_block)
         bwd_overlap += regathers
-    kinds = _stage_kinds(plan.pp)
-    by_key: dict[tuple[str, int], StageWork] = {}
-    keys = [(kind, n, share) for kind, n, share in zip(kinds, counts, shares)]
-    for index, key in enumerate(keys):  # stages alike share one StageWork
+    by_key: dict[tuple[str, int, float], StageWork] = {}
+    for key in keys:  # stages alike share one StageWork
         kind, n, share_moe = key
         if key in by_key:
             continue
@@ -733,23 +766,23 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
             if plan.recompute == "full":  # the recomputed forward runs the experts and their collectives again
                 st_recompute_s += st_fwd_s - fwd_s
                 st_tp_recompute, st_recompute_overlap = st_tp_fwd, st_fwd_overlap
-        fixed = stage_step_terms(workload, profile, sharing, plan, cluster, rates, groups, options, index, n)
+        step = fixed[key]
         first, last = kind == "first", kind == "last" or plan.pp == 1
         by_key[key] = StageWork(
-            layers=fixed.layers,
-            fwd_layer_s=st_fwd_s + fixed.amax_fwd, bwd_layer_s=st_bwd_s + fixed.amax_bwd,
+            layers=step.layers,
+            fwd_layer_s=st_fwd_s + step.amax_fwd, bwd_layer_s=st_bwd_s + step.amax_bwd,
             recompute_layer_s=st_recompute_s, cp_layer_s=cp_layer,
             embed_fwd_s=embed[0] if first else 0.0, embed_bwd_s=embed[1] if first else 0.0,
             head_fwd_s=head[0] if last else 0.0, head_bwd_s=head[1] if last else 0.0,
             tp_fwd=st_tp_fwd, tp_recompute=st_tp_recompute, tp_bwd=st_tp_bwd,
             tp_fwd_overlap=st_fwd_overlap, tp_recompute_overlap=st_recompute_overlap, tp_bwd_overlap=st_bwd_overlap,
             tp_embed=tp_edge if first else (), tp_head=tp_edge if last else (),
-            recv_gather=recv_gather, accumulate_s=fixed.accumulate_s, optimizer_s=fixed.optimizer_s,
-            grad_bytes_layer=fixed.grad_bytes_layer, grad_bytes_embed=fixed.grad_bytes_embed,
-            grad_bytes_head=fixed.grad_bytes_head, param_bytes_layer=fixed.param_bytes_layer,
-            param_bytes_embed=fixed.param_bytes_embed, param_bytes_head=fixed.param_bytes_head,
-            gather_after_step=fixed.gather_after_step)
-    stages = tuple(by_key[key] for key in keys)
+            recv_gather=recv_gather, accumulate_s=step.accumulate_s, optimizer_s=step.optimizer_s,
+            grad_bytes_layer=step.grad_bytes_layer, grad_bytes_embed=step.grad_bytes_embed,
+            grad_bytes_head=step.grad_bytes_head, param_bytes_layer=step.param_bytes_layer,
+            param_bytes_embed=step.param_bytes_embed, param_bytes_head=step.param_bytes_head,
+            gather_after_step=step.gather_after_step)
+    stages = tuple(map(by_key.__getitem__, keys))
     return StepWork(stages=stages, microbatches=plan.microbatches,
                     schedule=plan.schedule,
                     virtual_stages=plan.v, p2p=p2p,
@@ -758,8 +791,7 @@ def train_work(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
                     overlap_param_gather=(plan.overlap_param_gather and plan.zero in (1, 2)
                                           and cluster.device.overlaps_communication),
                     overlap_p2p=plan.p2p_overlapped and plan.pp > 1 and cluster.device.overlaps_communication,
-                    syncs=(sharing_syncs(workload, profile, sharing, plan, cluster.devices_per_node, grad_elem)
-                           + cross_slice_syncs(plan, stages, plan.v)),
+                    syncs=syncs + cross_slice_syncs(plan, stages, plan.v),
                     comm_shares_cores=not cluster.device.overlaps_communication)
 
 

@@ -9,7 +9,9 @@ module gives the same numbers for thousands at once, through the same code:
   m = B / (dp x micro_batch) and (GPipe or 1F1B) the bubble and the micro-batches in flight vary;
 * memory first, for every row (as search.evaluate, which prices the step only where the configuration
   fits): the step's work is built only for the groups with a row that fits;
-* per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work, its
+* per such group, the cost model's own scalar functions build the work once (costmodel.work.train_work; the
+  groups that differ only in the micro-batch size together, `_families`: work.train_works builds what the size
+  does not change once for them, and `_family` reads each stage's parameters and bytes once; its
   phase times asked once per distinct question: compute.phase_memo; the stage parameter counts likewise for
   the whole table: memory.params_memo, memory.stage_param_counts; and each stage's per-step terms, which the
   micro-batch size, recompute and sp do not change: work.stage_step_memo), and
@@ -20,7 +22,7 @@ module gives the same numbers for thousands at once, through the same code:
   precision.any_layout; a dense model's memory terms in two parts, those without activations per
   `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
-  (`_dp_times`, `Comm.time`);
+  (`_dp_times`, `Comm.time`), ZeRO-3's exposed time computed on the ZeRO-3 rows only;
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
@@ -61,7 +63,7 @@ from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.step import (StageParts, _per_microbatch, combine_stages, data_parallel_exposed, zero3_exposed,
                                    zero3_unit_terms, zero3_unit_times)
 from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_time, optimizer_shard,
-                                   optimizer_step_time, stage_step_memo, train_work)
+                                   optimizer_step_time, stage_step_memo, train_works)
 from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile
 from llmsim.planner.space import Config
@@ -121,6 +123,7 @@ KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in V
 GROUP_FIELDS = len(KEY_FIELDS) + 1
 _key_of = operator.attrgetter(*KEY_FIELDS)
 _SCHEDULE_AT = KEY_FIELDS.index("schedule")
+_MICRO_BATCH_AT = KEY_FIELDS.index("micro_batch")
 _NODE_AT = len(KEY_FIELDS)  # group_key: the devices per node of the group's cluster, after the key fields
 
 
@@ -184,7 +187,8 @@ def _grouped(ctx, configs: Sequence[Config]) -> tuple[dict[tuple, int], list[int
 class _Group:
     """What a group's configurations share, as Python numbers (one cost-model call each)."""
 
-    plan: object                     # the first member's costmodel Plan
+    plan: object                     # a costmodel Plan of the group's (its tp, cp, pp: _dp_placements; its
+    #                                  family's first where `_family` built several)
     fabric: object
     dp_group: object | None          # the work's own data-parallel group where the key pins dp (torus)
     node: int                        # devices per node of the group's cluster
@@ -200,6 +204,10 @@ ZERO3_FIELDS = ("units", "window_f", "window_b", "first_f", "first_b", "last_f",
                 "embed_params", "head_params", "layer_grads", "unit_embed_grads", "unit_head_grads")  # zero3_unit_terms
 STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "grads", "weights",
                "gathered", "chunk_grads", "head_grads", "embed_grads", *ZERO3_FIELDS, "sync", "copies")
+# the step fields _combine reads on every row; the others on the ZeRO-3 rows only (ZeRO-3's unit terms) or per
+# (group, dp) pair (the bytes of the data-parallel collectives: _dp_times)
+ROW_STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "sync",
+                   "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
@@ -242,10 +250,16 @@ def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) ->
     # per-step terms (the micro-batch size, recompute and sp do not change them)
     with phase_memo(), stage_step_memo():
         clusters: dict[int, object] = {}  # off a torus, the cluster of n devices (and its fabric) built once
-        groups = [_group(ctx, firsts[g], shared, clusters) for g in timed.tolist()]
+        timed_keys = list(keys)
+        timed_keys = [timed_keys[g] for g in timed.tolist()]
+        groups: list[_Group] = [None] * len(timed_keys)  # type: ignore[list-item]
+        for family in _families(ctx, timed_keys):
+            for at, grp in zip(family, _family(ctx, [firsts[timed[at]] for at in family], shared, clusters)):
+                groups[at] = grp
     error = [""] * n
-    for i, g in zip(fit.tolist(), local.tolist()):
-        error[i] = groups[g].error
+    if any(g.error for g in groups):  # the rows of groups the cost model could not price carry its message
+        for i, g in zip(fit.tolist(), local.tolist()):
+            error[i] = groups[g].error
     step = _combine_by_width(ctx, rows.take(fit), groups, local.reshape(-1))
     for k in PRICED:
         out[k] = np.full(n, np.nan)
@@ -377,12 +391,32 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     return out
 
 
-def _group(ctx, c: Config, shared: dict[tuple, object], clusters: dict[int, object]) -> _Group:
-    """A group's shared numbers from the cost model's scalar functions (train_work, the stage parameter counts
-    it read: memory.stage_param_counts, one per stage and params_plan_key inside price_table's params_memo);
+def _families(ctx, keys: list[tuple]) -> list[list[int]]:
+    """The groups of `keys` (their group_key, in order) by their key less the micro-batch size, each family in
+    the order of its groups, the families in the order of their first ones: the groups `_family` builds at once.
+    Every group is its own family where the key holds row fields (`_row_fields`: the work follows the
+    micro-batch count, dp or ZeRO, which the first rows of a family's groups need not share)."""
+    if _row_fields(ctx):
+        return [[g] for g in range(len(keys))]
+    families: dict[tuple, list[int]] = {}
+    for g, k in enumerate(keys):
+        families.setdefault(k[:_MICRO_BATCH_AT] + k[_MICRO_BATCH_AT + 1:], []).append(g)
+    return list(families.values())
+
+
+def _family(ctx, members: list[Config], shared: dict[tuple, object], clusters: dict[int, object]) -> list[_Group]:
+    """Each group's shared numbers (`_Group`) from the cost model's scalar functions, for the groups whose first
+    rows are `members` (a `_families` family: their keys differ only in the micro-batch size). Their work is
+    built at once (costmodel.work.train_works: the first member's plan with each member's micro-batch size; by
+    the groups' premise what is priced here does not follow dp, ZeRO or the micro-batch count, in which the
+    first members may differ); what the micro-batch size does not change of each stage (the parameter counts
+    train_work read: memory.stage_param_counts, one per stage and params_plan_key inside price_table's
+    params_memo; the gradient and parameter bytes; the sharing syncs) is read once, from the first member's
+    work, whose stages stand for the others' (train_works builds the same stages alike for every size).
     `shared` keeps one object per distinct fabric; `clusters` the clusters (off a torus) of the earlier groups'
     device counts (search.Hardware.cluster_of)."""
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
+    c = members[0]
     plan = c.plan()
     whole = _whole(ctx)
     if c.topology:
@@ -392,12 +426,15 @@ def _group(ctx, c: Config, shared: dict[tuple, object], clusters: dict[int, obje
         if cluster is None:
             cluster = clusters[c.n_devices] = hw.cluster_of(c)
     try:
-        work = train_work(w, ctx.profile, ctx.sharing, plan, cluster, options)
+        works = train_works(w, ctx.profile, ctx.sharing, plan, cluster, [m.micro_batch for m in members], options)
     except CostModelError as exc:
-        return _Group(plan, cluster.fabric, None, 1, [], str(exc))
+        if len(members) > 1:  # each group its own message
+            return [grp for m in members for grp in _family(ctx, [m], shared, clusters)]
+        return [_Group(plan, cluster.fabric, None, 1, [], str(exc))]
     # one object per distinct fabric: the cached collective prices (Comm.time) find it by identity
     fabric = shared.setdefault(("fabric", cluster.fabric), cluster.fabric)
     elem = DTYPE_BYTES[w.dtype]
+    work = works[0]
     syncs = [(s.stages, s.comm.time(fabric)) for s in work.syncs]  # each priced once, not once per stage
     ranked = work.v > 1  # interleaved: a stage's exposed reductions depend on its rank
     stages = work.stages
@@ -408,41 +445,57 @@ def _group(ctx, c: Config, shared: dict[tuple, object], clusters: dict[int, obje
                    for index, st in enumerate(stages)] if syncs or ranked else list(map(id, stages)))
     copies = collections.Counter(keys)
     first = dict(zip(reversed(keys), reversed(range(len(keys)))))  # each key's first stage (the last one written)
-    steps, alike = [], {}
-    for key in dict.fromkeys(keys):  # in the order of their first stages
-        index = first[key]
-        st = stages[index]
-        sync = key[1] if syncs or ranked else 0
-        if id(st) not in alike:
-            compute_mb, comm_mb, backward_mb = _per_microbatch(work, st, fabric)
-            # as train_work counted them (params_memo: one count per stage and params_plan_key)
-            counts = stage_param_counts(w, ctx.profile, ctx.sharing, plan, index, options)
-            trainable, experts = counts.trainable, counts.experts  # as train_work (a MoE group is whole)
-            share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
-            alike[id(st)] = (compute_mb, comm_mb, backward_mb, counts.accumulated,
-                             moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None), share,
-                             work.grad_bytes(st), work.param_bytes(st),
-                             moe.data_parallel_params(plan, counts.params, experts) * elem,
-                             st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed,
-                             *zero3_unit_terms(work, st, fabric))
-        steps.append((index, *alike[id(st)], sync, copies[key]))
-    return _Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps)
+    order = [(first[key], key[1] if syncs or ranked else 0, copies[key]) for key in dict.fromkeys(keys)]
+    standing: dict[int, int] = {}  # each distinct StageWork: the first stage in `order` that it is
+    for index, _, _ in order:
+        standing.setdefault(id(stages[index]), index)
+    fixed = {}  # per distinct StageWork (by that stage): what the micro-batch size does not change
+    for at in standing.values():
+        st = stages[at]
+        # as train_work counted them (params_memo: one count per stage and params_plan_key)
+        counts = stage_param_counts(w, ctx.profile, ctx.sharing, plan, at, options)
+        trainable, experts = counts.trainable, counts.experts  # as train_work (a MoE group is whole)
+        share = trainable / ctx.profile.trainable_params if ctx.profile.trainable_params else 0.0
+        fixed[at] = (counts.accumulated, moe.optimizer_params(plan, trainable, experts, ctx.sharing.lora is None),
+                     share, work.grad_bytes(st), work.param_bytes(st),
+                     moe.data_parallel_params(plan, counts.params, experts) * elem,
+                     st.layers * st.grad_bytes_layer, st.grad_bytes_head, st.grad_bytes_embed)
+    out = []
+    for work in works:
+        steps, alike = [], {}
+        for index, sync, count in order:  # in the order of their first stages
+            at = standing[id(stages[index])]
+            if at not in alike:
+                st = work.stages[at]
+                alike[at] = (*_per_microbatch(work, st, fabric), *fixed[at], *zero3_unit_terms(work, st, fabric))
+            steps.append((index, *alike[at], sync, count))
+        out.append(_Group(plan, fabric, work.dp_group if whole else None, cluster.devices_per_node, steps))
+    return out
 
 
-def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray) -> list[dict[str, np.ndarray]]:
+def _slots(per_group: list[list], fields: tuple[str, ...], group_of: np.ndarray,
+           per_row: tuple[str, ...] | None = None) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Per stage slot (the k-th distinct stage of each group: `per_group[g]`, tuples or objects with `fields`),
-    each field as a column over the rows; a group with fewer stages gets an empty stage (zeros: never the
-    busiest, never the largest)."""
+    (the fields `per_row` (default: all) as columns over the rows, every field as a column over the groups); a
+    group with fewer stages gets an empty stage (zeros: never the busiest, never the largest)."""
     width = max(len(items) for items in per_group)
     values = operator.attrgetter(*fields)
     empty = (0.0,) * len(fields)
+    # every slot's values at once, (groups, width, fields): one flat pass over the groups' tuples (each value made a
+    # float as an assignment would)
+    flat = itertools.chain.from_iterable(
+        itertools.chain.from_iterable(itertools.chain((item if isinstance(item, tuple) else values(item)
+                                                       for item in items), itertools.repeat(empty, width - len(items))))
+        for items in per_group)
+    table = np.fromiter(flat, dtype=float, count=len(per_group) * width * len(fields)).reshape(
+        len(per_group), width, len(fields))
+    rows = [fields.index(f) for f in (fields if per_row is None else per_row)]
     out = []
     for k in range(width):
-        # one array from the groups' tuples at once (each value made a float as an assignment would)
-        table = np.array([(items[k] if isinstance(items[k], tuple) else values(items[k])) if k < len(items) else empty
-                          for items in per_group], dtype=float)
-        # each field's column gathered from a contiguous row of the groups' values
-        out.append({f: column[group_of] for f, column in zip(fields, np.ascontiguousarray(table.T))})
+        by_group = np.ascontiguousarray(table[:, k, :].T)  # (fields, groups)
+        # the row fields gathered in one pass: (row fields, rows), each a contiguous row
+        gathered = np.take(by_group[rows], group_of, axis=1)
+        out.append(({fields[i]: column for i, column in zip(rows, gathered)}, dict(zip(fields, by_group))))
     return out
 
 
@@ -451,7 +504,7 @@ def _memory(ctx, r: _Rows, terms: list[list[StageMemoryTerms]], group_of: np.nda
     hw = ctx.hardware
     out: dict[str, np.ndarray] = {}
     best_total = None
-    for slot in _slots(terms, MEMORY_FIELDS, group_of):
+    for slot, _ in _slots(terms, MEMORY_FIELDS, group_of):
         st = StageMemoryTerms(kind="", train=True, experts_trainable=ctx.sharing.lora is None,
                               **{f: slot[f] for f in MEMORY_FIELDS if f not in ("index",)}, index=slot["index"])
         held = in_flight_microbatches(r.schedule, r.pp, r.m, r.v, slot["index"])
@@ -489,14 +542,20 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
     fraction = bubble_fraction(r.schedule, r.pp, m, r.v)
     parts_list = []
     placement = _dp_placements(groups, [(int(g), int(d)) for g, d in pairs.tolist()])
-    needs = _dp_needs(zero, dp_cp, r.v)
+    reads = _dp_reads(placement[0], pair_of, _dp_needs(zero, dp_cp, r.v))
     memo: dict[tuple, object] = {}
-    for slot in _slots([g.steps for g in groups], STEP_FIELDS, group_of):
-        times = _dp_times(placement, slot, pair_of, needs, memo)
+    # ZeRO-3's exposed seconds (step.zero3_exposed) computed on its own rows only, 0 elsewhere
+    sharded = np.flatnonzero(zero >= 3)
+    sharded_pair, sharded_group, sharded_m = pair_of[sharded], group_of[sharded], m[sharded]
+    for slot, by_group in _slots([g.steps for g in groups], STEP_FIELDS, group_of, ROW_STEP_FIELDS):
+        per_pair, per_pair3 = _dp_times(placement, by_group, pairs[:, 0], reads, memo)
+        times = {name: t[pair_of] if isinstance(t, np.ndarray) else t for name, t in per_pair.items()}
         reduce = np.where(zero == 0, times["all-reduce"], times["reduce-scatter"])
         gather = np.where(((zero == 1) | (zero == 2)) & (dp_cp > 1), times["gather"], 0.0)
-        zero3 = np.where(zero >= 3, zero3_exposed(m, hides, *(slot[f] for f in ZERO3_FIELDS[:7]),
-                                                  *(times[f"zero3 {u}"] for u in ZERO3_TIMES)), 0.0)
+        zero3 = np.zeros(len(zero))
+        if len(sharded):
+            zero3[sharded] = zero3_exposed(sharded_m, hides, *(by_group[f][sharded_group] for f in ZERO3_FIELDS[:7]),
+                                           *np.take(per_pair3, sharded_pair, axis=1))
         parts_list.append((slot["index"].astype(np.int64), StageParts(
             slot["compute_mb"], slot["comm_mb"],
             data_parallel_exposed(zero, hides, True, slot["backward_mb"], zero3, reduce,
@@ -584,57 +643,65 @@ def _distinct(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return order[new], distinct_of
 
 
-def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray],
-              pair_of: np.ndarray, needs: dict[str, np.ndarray], memo: dict[tuple, object]) -> dict[str, np.ndarray]:
-    """Each data-parallel collective of one stage slot (DP_COLLECTIVES, and ZeRO-3's per-unit ones: ZERO3_TIMES),
-    priced once per distinct (fabric and group, bytes) among the (group, dp) pairs with a row that reads it
-    (`needs`, _dp_needs; `Comm.time`, step.zero3_unit_times; `memo` keeps each price for the other slots of
-    the same _combine, whose placements it indexes), spread over the rows; 0 where no row of the pair reads it."""
-    where, placed = placement
-    first_row = np.full(len(where), -1)
-    first_row[pair_of[::-1]] = np.arange(len(pair_of))[::-1]
-
-    def wanted(name: str) -> np.ndarray:
+def _dp_reads(where: np.ndarray, pair_of: np.ndarray, needs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per data-parallel collective (DP_COLLECTIVES, and "zero3": ZeRO-3's per-unit ones), the (group, dp) pairs
+    with a row that reads it (`needs`, _dp_needs) and a placement (`where` >= 0: a priced group): the same for
+    every stage slot of one _combine."""
+    out = {}
+    for name in (*DP_COLLECTIVES, "zero3"):
         pairs = np.zeros(len(where), dtype=bool)
         pairs[pair_of[needs[name]]] = True
-        return np.flatnonzero(pairs & (where >= 0))
-
-    out: dict[str, np.ndarray] = {}
-    for name, (op, parts) in DP_COLLECTIVES.items():
-        at = wanted(name)
-        per_pair = np.zeros(len(where))
-        if len(at):
-            rows = first_row[at]
-            nbytes = slot[parts[0]][rows]
-            for extra in parts[1:]:
-                nbytes = nbytes + slot[extra][rows]
-            place = where[at]
-            firsts, distinct_of = _distinct([place, nbytes])
-            priced = np.empty(len(firsts))
-            for u, (p, size) in enumerate(zip(place[firsts].tolist(), nbytes[firsts].tolist())):
-                key = (p, op, size)  # the same collective recurs in other slots: priced once (memo)
-                t = memo.get(key)
-                if t is None:
-                    fabric, group = placed[p]
-                    t = memo[key] = Comm(op, size, group).time(fabric)
-                priced[u] = t
-            per_pair[at] = priced[distinct_of]
-        out[name] = per_pair[pair_of]
-    at = wanted("zero3")
-    per_pair3 = np.zeros((len(where), len(ZERO3_TIMES)))
-    if len(at):
-        rows = first_row[at]
-        columns = [where[at], *(slot[f][rows] for f in ZERO3_FIELDS[7:])]
-        firsts, distinct_of = _distinct(columns)
-        priced3 = np.empty((len(firsts), len(ZERO3_TIMES)))
-        for u, (p, *units) in enumerate(zip(*(col[firsts].tolist() for col in columns))):
-            key = (p, "zero3", *units)
-            t3 = memo.get(key)
-            if t3 is None:
-                fabric, group = placed[p]
-                t3 = memo[key] = zero3_unit_times(group, fabric, *units)
-            priced3[u] = t3
-        per_pair3[at] = priced3[distinct_of]
-    for j, u in enumerate(ZERO3_TIMES):
-        out[f"zero3 {u}"] = per_pair3[pair_of, j]
+        out[name] = np.flatnonzero(pairs & (where >= 0))
     return out
+
+
+def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndarray], pair_group: np.ndarray,
+              reads: dict[str, np.ndarray], memo: dict[tuple, object]
+              ) -> tuple[dict[str, np.ndarray | float], np.ndarray]:
+    """Each data-parallel collective of one stage slot (DP_COLLECTIVES, and ZeRO-3's per-unit ones: ZERO3_TIMES),
+    priced once per distinct (fabric and group, bytes) among the (group, dp) pairs with a row that reads it
+    (`reads`, _dp_reads; `Comm.time`, step.zero3_unit_times; `memo` keeps each price for the other slots of
+    the same _combine, whose placements it indexes), per pair: (DP_COLLECTIVES' by name, each 0 where no row of
+    the pair reads it, a plain 0.0 where no row reads it at all; ZeRO-3's, (ZERO3_TIMES, pairs)). `slot`: the
+    slot's fields over the groups, `pair_group` each pair's group."""
+    where, placed = placement
+    out: dict[str, np.ndarray | float] = {}
+    for name, (op, parts) in DP_COLLECTIVES.items():
+        at = reads[name]
+        if not len(at):
+            out[name] = 0.0
+            continue
+        per_pair = np.zeros(len(where))
+        groups = pair_group[at]
+        nbytes = slot[parts[0]][groups]
+        for extra in parts[1:]:
+            nbytes = nbytes + slot[extra][groups]
+        place = where[at]
+        firsts, distinct_of = _distinct([place, nbytes])
+        priced = np.empty(len(firsts))
+        for u, (p, size) in enumerate(zip(place[firsts].tolist(), nbytes[firsts].tolist())):
+            key = (p, op, size)  # the same collective recurs in other slots: priced once (memo)
+            t = memo.get(key)
+            if t is None:
+                fabric, group = placed[p]
+                t = memo[key] = Comm(op, size, group).time(fabric)
+            priced[u] = t
+        per_pair[at] = priced[distinct_of]
+        out[name] = per_pair
+    per_pair3 = np.zeros((len(ZERO3_TIMES), len(where)))
+    at = reads["zero3"]
+    if not len(at):
+        return out, per_pair3
+    groups = pair_group[at]
+    columns = [where[at], *(slot[f][groups] for f in ZERO3_FIELDS[7:])]
+    firsts, distinct_of = _distinct(columns)
+    priced3 = np.empty((len(firsts), len(ZERO3_TIMES)))
+    for u, (p, *units) in enumerate(zip(*(col[firsts].tolist() for col in columns))):
+        key = (p, "zero3", *units)
+        t3 = memo.get(key)
+        if t3 is None:
+            fabric, group = placed[p]
+            t3 = memo[key] = zero3_unit_times(group, fabric, *units)
+        priced3[u] = t3
+    per_pair3[:, at] = priced3[distinct_of].T
+    return out, per_pair3

@@ -723,3 +723,53 @@ def test_the_stage_step_memo_builds_the_work_as_without_it_for_plans_that_differ
         for i in order:
             w, profile, sharing, plan = cases[i]
             assert train_work(w, profile, sharing, plan, cluster) == want[i], plan
+
+
+def test_train_works_builds_each_micro_batch_size_as_train_work_does() -> None:
+    """train_works (one plan at several micro-batch sizes, what the size does not change built once) gives, for
+    every size, the work train_work builds for the plan with that size: equal StepWork (every stage's seconds,
+    collectives and per-step terms, the syncs), outside and inside the memos, in any order of sizes. Cases: a
+    dense model (plain, LoRA, tied embeddings and shared layers: their syncs), context and tensor parallelism
+    with sp, every recompute policy, the interleaved schedule, tp_comm_overlap, float8 under delayed scaling
+    and a mixture of experts (its shares of MoE layers per stage). A term that follows the micro-batch size but
+    were built once would give the first size's value to the others and fail here."""
+    import random
+
+    from llmsim.config import LoraSpec, ModelSpec, Workload
+    from llmsim.costmodel.compute import phase_memo
+    from llmsim.costmodel.work import stage_step_memo, train_work, train_works
+    from llmsim.hardware import load_catalog
+    from tests.costmodel.helpers import gpt2, profiled
+
+    rng = random.Random(5)
+    cluster = load_catalog().cluster("h100-sxm", nodes=2, devices_per_node=8)
+    dense = gpt2(batch=16)
+    fp8 = Workload(model=ModelSpec(preset="gpt2-small"), mode="train", batch=16, dtype="float8",
+                   fp8={"recipe": "delayed"})
+    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
+                     mode="train", batch=16)
+    checked = 0
+    for w, sharings in ((dense, [dict(), dict(tie=True, layer_groups=4), dict(lora=LoraSpec(rank=8))]),
+                        (fp8, [dict()]), (moe_w, [dict()])):
+        for kw in sharings:
+            profile, sharing = profiled(w, **kw)
+            for _ in range(10):
+                pp = rng.choice([1, 2, 4])
+                schedule = rng.choice(["gpipe", "1f1b", "interleaved"]) if pp > 1 else "1f1b"
+                tp = rng.choice([1, 2, 4])
+                plan = Plan(dp=rng.choice([1, 2]), tp=tp, pp=pp, cp=rng.choice([1, 2]),
+                            sp=tp > 1 and rng.random() < 0.5,
+                            microbatches=rng.choice([1, 2, 4]), zero=rng.choice([0, 1, 3]), schedule=schedule,
+                            virtual_stages=2 if schedule == "interleaved" else 1,
+                            recompute=rng.choice(["none", "selective", "selective-op", "full"]),
+                            tp_comm_overlap=rng.random() < 0.3, micro_batch=rng.choice([1, 2]),
+                            ep=rng.choice([1, 2]) if w is moe_w else 1)
+                sizes = rng.sample([1, 2, 3, 4, 8], 3)
+                want = [train_work(w, profile, sharing, dataclasses.replace(plan, micro_batch=b), cluster)
+                        for b in sizes]
+                assert train_works(w, profile, sharing, plan, cluster, sizes) == want, plan
+                with phase_memo(), stage_step_memo():
+                    assert train_works(w, profile, sharing, plan, cluster, sizes) == want, plan
+                assert len({s.fwd_layer_s for work in want for s in work.stages}) > 1  # the sizes differ in it
+                checked += 1
+    assert checked == 50

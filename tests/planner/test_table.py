@@ -174,7 +174,7 @@ def test_stage_terms_shared_between_groups_do_not_depend_on_what_the_key_drops()
 
 
 def test_only_groups_with_a_row_that_fits_are_timed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory first, as evaluate: train_work runs once per group with a row that fits, never for a group whose
+    """Memory first, as evaluate: the work is built once per group with a row that fits, never for a group whose
     rows all overflow; those rows have NaN step columns and no error (evaluate stops at the memory verdict)."""
     from llmsim.planner import table as table_module
 
@@ -185,9 +185,9 @@ def test_only_groups_with_a_row_that_fits_are_timed(monkeypatch: pytest.MonkeyPa
     hw = hardware(plan, small_catalog())[0]
     ctx = Context(plan, hw, workload_profile(plan.workload, sharing), sharing)
     configs = _space(plan, hw)
-    timed: list = []
-    real = table_module.train_work
-    monkeypatch.setattr(table_module, "train_work", lambda *args: timed.append(args[3]) or real(*args))
+    timed: list = []  # one micro-batch size per group built (train_works builds a family's at once)
+    real = table_module.train_works
+    monkeypatch.setattr(table_module, "train_works", lambda *args: timed.extend(args[5]) or real(*args))
     table = price_table(ctx, configs)
     fits = table.columns["fits"]
     keys = [table_module.group_key(ctx, c) for c in configs]
@@ -301,3 +301,41 @@ def test_rows_are_grouped_as_group_key_says() -> None:
         assert rows.v.tolist() == [c.v for c in configs] and rows.schedule.tolist() == [c.schedule for c in configs]
         seen.add((hw.node.is_torus, label, any(c.dcn_replicas > 1 for c in configs)))
     assert {(False, "", False), (False, "float8-delayed", False), (True, "", True)} <= seen
+
+
+def test_groups_that_differ_only_in_the_micro_batch_size_are_built_as_one_family() -> None:
+    """table._families puts the groups whose keys differ only in the micro-batch size together (a dense bf16
+    workload; every group alone with float8, whose groups fix the micro-batch count), and _family builds
+    each member's numbers (_Group.steps: every stage's seconds per micro-batch, parameters, bytes, ZeRO-3
+    terms) as it builds that group alone. A number of a family's first member given to the others (one that
+    follows the micro-batch size) fails here; so does a family missing from the space (families of one)."""
+    from llmsim.planner import table as table_module
+
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 6}, "mode": "train", "batch": 16},
+                      sharing={"tie_embeddings": True},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8},
+                                {"name": "h100-sxm", "usd_per_device_hour": 3.0}],
+                      search={"dtype": ["bfloat16", "float8"], "cp": [1, 2], "virtual_stages": [2, 3]},
+                      limits={"max_devices": 32, "memory_headroom": 0.0})
+    sharing = sharing_choice(plan)
+    families_seen = 0
+    for hw, label, ctx in precision_contexts(plan, hardware(plan, small_catalog()), sharing,
+                                             workload_profile(plan.workload, sharing)):
+        configs = _space(ctx.plan, hw, label)
+        random.Random(2).shuffle(configs)
+        keys, firsts, _, _ = table_module._grouped(ctx, configs)
+        families = table_module._families(ctx, list(keys))
+        assert sorted(g for f in families for g in f) == list(range(len(keys)))
+        if label:  # float8: the key holds the micro-batch count
+            assert all(len(f) == 1 for f in families)
+            continue
+        several = [f for f in families if len(f) > 1]
+        assert several
+        for family in several[:40]:
+            members = [configs[firsts[g]] for g in family]
+            assert len({m.micro_batch for m in members}) == len(members)
+            together = table_module._family(ctx, members, {}, {})
+            alone = [table_module._family(ctx, [m], {}, {})[0] for m in members]
+            assert [(g.steps, g.error, g.node) for g in together] == [(g.steps, g.error, g.node) for g in alone]
+            families_seen += 1
+    assert families_seen >= 40
