@@ -679,10 +679,31 @@ def sglang_random_lengths(input_len: int, output_len: int, range_ratio: float) -
             "output": {"kind": "uniform", "min": int(output_len * range_ratio) + 1, "max": output_len + 1}}
 
 
+# SGLang's random dataset as its 2024 bench_serving drew it (0.2.x, before the + 1 of the rows above): the same
+#   prompt range, the output's max_new_tokens on int(output r)..output with nothing added. SGLang PR #1262 (H100 SXM,
+#   2024-08-30) printed 5,000 prompts of 32 / 128 at r 0 as "Total input tokens: 82922" and "Total generated
+#   tokens: 321605": exactly numpy's draws at seed 1, randint(1, 33) and randint(0, 129) over 5,000 requests (the
+#   output total is the requested lengths'; + 1 a request would print 326,605). A draw of 0 asks no token; llmsim's
+#   lengths start at 1, so the output is priced on 1..output (the 0 draws, ~1 in 129, priced as 1 token: +0.8% of
+#   the output tokens). (Name, --random-input-len, --random-output-len, r):
+# sglang-v02-random-32-128-r0: SGLang PR #1262's offline run.
+SGLANG_V02_RANDOM_DATASETS: tuple[tuple[str, int, int, float], ...] = (
+    ("sglang-v02-random-32-128-r0", 32, 128, 0.0),
+)
+
+
+def sglang_v02_random_lengths(input_len: int, output_len: int, range_ratio: float) -> dict[str, object]:
+    """The `serving.lengths` block of SGLang 0.2's random dataset (SGLANG_V02_RANDOM_DATASETS): the prompt as
+    `sglang_random_lengths`, the output the drawn max_new_tokens itself, at least 1."""
+    return {"input": {"kind": "uniform", "min": max(int(input_len * range_ratio), 1), "max": input_len},
+            "output": {"kind": "uniform", "min": max(int(output_len * range_ratio), 1), "max": output_len}}
+
+
 LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
     **{name: _sharegpt_lengths(name) for name in SHAREGPT_MEANS},
     **{name: vllm_random_lengths(i, o, r, special) for name, i, o, r, special in VLLM_RANDOM_DATASETS},
-    **{name: sglang_random_lengths(i, o, r) for name, i, o, r in SGLANG_RANDOM_DATASETS}}
+    **{name: sglang_random_lengths(i, o, r) for name, i, o, r in SGLANG_RANDOM_DATASETS},
+    **{name: sglang_v02_random_lengths(i, o, r) for name, i, o, r in SGLANG_V02_RANDOM_DATASETS}}
 
 # metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
 # The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,

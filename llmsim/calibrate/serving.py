@@ -345,7 +345,7 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
                     for obs, modeled in zip(observations, predict(theta)) for key in FITTED if key in obs.measured]
 
         before = predict(start)
-        # Two starts, the better fit kept: the stock entry, and the fit of the others with the attention efficiency
+        # Starts, the best fit kept: the stock entry, and the fit of the others with the attention efficiency
         # held at the base's. Rows at few prompt lengths barely see attention apart from the GEMMs, and
         # Levenberg-Marquardt from the stock entry alone can trade the two into a corner (matmul at its bound 1.0
         # with attention 0.07, 5% rms off rows that the held-attention fit matches exactly); from the held fit the
@@ -361,7 +361,15 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
         first = least_squares(lambda t: log_errors(held(t)), [start[i] for i in free],
                               tuple(SERVING_BOUNDS[i] for i in free))
         # the held fit itself stays a candidate: the free fit from it is kept only where it lowers the residual
-        candidates = [held(first), *(least_squares(log_errors, s, SERVING_BOUNDS) for s in (start, held(first)))]
+        # A third start: the stock entry with the attention at the GEMMs' fraction of peak, the order a fused
+        # attention kernel reaches (FlashAttention-2: 50-73% of an A100's peak to its GEMMs' ~80%; docs/costmodel.md)
+        # where the base's belongs to llmsim's eager attention. From a base whose attention is far too slow, the
+        # rows at long prompts sit past saturation, and LM from there (or from the held fit) can stop in the corner
+        # above; the serving iteration's fused elementwise bytes (costmodel.iteration.SERVING_FUSED_REGIONS) leave
+        # the prompt passes more to the GEMMs and the attention, which is when it did.
+        fused_attention = [start[0], start[0], *start[2:]]
+        candidates = [held(first), *(least_squares(log_errors, s, SERVING_BOUNDS)
+                                     for s in (start, held(first), fused_attention))]
         theta = min(candidates, key=lambda t: sum(e * e for e in log_errors(t)))
         after = predict(theta)
     except (CostModelError, StalledError) as exc:

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel import precision
-from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD,
-                                      Rates, attention_fractions, device_rates, gemm_wave, gemm_weight_bytes,
-                                      replicated_kv_projection)
+from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, COMPILED_REGIONS, KERNELS_EMBED, KERNELS_HEAD,
+                                      KERNELS_PER_LAYER_FORWARD, Rates, attention_fractions, device_rates, gemm_wave,
+                                      gemm_weight_bytes, replicated_kv_projection)
 from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
@@ -49,6 +49,21 @@ if TYPE_CHECKING:
 FP32_LOGIT_BYTES = 4
 # vLLM's sampler turns the logits to float32 before sampling (vllm/v1/sample/sampler.py, `Sampler.forward`:
 # `logits = logits.to(torch.float32)`), so its profile run holds max_num_seqs x vocab/tp fp32 logits.
+
+
+# A serving engine runs a layer's elementwise ops as fused kernels, not as eager PyTorch: vLLM's Llama layer
+# (vllm/model_executor/models/llama.py, LlamaDecoderLayer) is fused_add_rms_norm, QKV GEMM, rotary_embedding
+# (in place on q and k), attention with its reshape_and_cache write, output GEMM, fused_add_rms_norm, gate-up
+# GEMM, silu_and_mul, down GEMM: each elementwise step one CUDA kernel (csrc/layernorm_kernels.cu,
+# pos_encoding_kernels.cu, activation_kernels.cu, cache_kernels.cu) that reads its inputs once and writes its
+# outputs once; SGLang calls the same ops from sgl-kernel / FlashInfer, TGI its own fused RMSNorm and SiLU, and
+# the fused-MoE kernel does the experts' SiLU-and-mul. Those are the 9 fused kernels per layer that the kernel
+# latency already counts (compute.KERNELS_PER_LAYER_FORWARD). So a serving iteration prices the `layers` and
+# `experts` regions' elementwise bytes as their fused traffic (workload.profile.OpTotals.traffic(True): what
+# crosses each group of ops between two GEMMs), exactly as `compile: true` prices those regions on a GPU
+# (compute.COMPILED_REGIONS); the embedding and the LM head keep their traced bytes. Llama 3 8B: a layer's
+# elementwise traffic 0.24 of eager, ~200 KB a token.
+SERVING_FUSED_REGIONS = COMPILED_REGIONS
 
 
 class ServingPriceError(ValueError):
@@ -69,7 +84,7 @@ class TokenCosts:
     mm_flops_decode: float
     mm_bytes_prefill: float          # layer GEMM activations in and out, per token (weights apart)
     mm_bytes_decode: float
-    other_bytes_prefill: float       # norms, rotary, activations, residual adds, cache writes, per token
+    other_bytes_prefill: float       # norms, rotary, activations, residual adds, cache writes, per token (fused)
     other_bytes_decode: float
     attention_flops_per_pair: float  # QK^T and PV over one (query, key) pair, all layers (4 heads hd L)
     kv_bytes_per_token: float        # K and V of one cached token, all layers, whole model
@@ -96,7 +111,8 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
     once per pass: compute.gemm_weight_bytes) are taken out of the GEMM bytes; the pricing adds each
     device's own weights back once per pass. The head's final norm runs over every token and its GEMM over
     one row per sequence: the two unknowns follow from the prefill pass (S tokens per row) and a decode
-    step (one). Raises ServingPriceError for a profile not traced that way.
+    step (one). The layers' and experts' elementwise bytes are the fused engine's (SERVING_FUSED_REGIONS).
+    Raises ServingPriceError for a profile not traced that way.
     """
     spec = workload.model
     n = workload.decode_tokens - 1
@@ -107,8 +123,11 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
     ops = profile.ops
 
     def get(phase: str, region: str, kind: str) -> tuple[float, float, int]:
+        """FLOPs, bytes and op count; a fused region's elementwise bytes as fused (SERVING_FUSED_REGIONS)."""
         t = ops.get((phase, region, kind))
-        return (t.flops, t.bytes, t.count) if t is not None else (0.0, 0.0, 0)
+        if t is None:
+            return 0.0, 0.0, 0
+        return t.flops, t.traffic(kind == "other" and region in SERVING_FUSED_REGIONS), t.count
 
     one = Plan()
     w_layers = gemm_weight_bytes(workload, one, "layers", traced=True) * profile.layers
@@ -142,8 +161,8 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
         ops_prefill=(pe_c, pc + pa_c + po_c, phc + pho_c),
         ops_decode=(round(de_c / n), round((dc + da_c + do_c) / n), round((dhc + dho_c) / n)),
         moe_layers=getattr(profile, "moe_layers", 0),
-        experts_prefill=expert_token_costs(profile, workload, "prefill", prompt),
-        experts_decode=expert_token_costs(profile, workload, "decode", steps, n))
+        experts_prefill=expert_token_costs(profile, workload, "prefill", prompt, compiled=True),
+        experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True))
 
 
 @dataclass(frozen=True)

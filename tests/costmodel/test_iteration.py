@@ -39,7 +39,9 @@ def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp:
                                                                              split: tuple[int, ...] | None,
                                                                              device: str) -> None:
     """tp 16 > kv_heads 8: replicated KV heads; pp 2 with 4 sequences: two micro-batches fill the pipeline;
-    3 + 1 layers: an uneven split; float8: FP8 GEMMs and the casts of their inputs, on an H100."""
+    3 + 1 layers: an uneven split; float8: FP8 GEMMs and the casts of their inputs, on an H100. A serving
+    engine's layers run fused elementwise kernels: forward_work prices them so with `compile: true`
+    (iteration.SERVING_FUSED_REGIONS is compute.COMPILED_REGIONS)."""
     w = _llama(batch, dtype=dtype)
     profile = profile_workload(w, UNTIED)
     cluster = replace(a100_cluster(2, 8), device=CATALOG.device(device))
@@ -48,8 +50,9 @@ def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp:
     prefill = sum((Mix.prefill(64) for _ in range(batch)), Mix())
     # forward_work prices a decode step at the mean cache length: prompt + decode_tokens / 2 keys.
     decode = sum((Mix.decode(64 + 1.5) for _ in range(batch)), Mix())
-    expected_prefill = price(forward_work(w, profile, plan, cluster, Options(), "prefill"), cluster.fabric).step
-    expected_decode = price(forward_work(w, profile, plan, cluster, Options(), "decode", 2), cluster.fabric).step
+    fused = Options(compile=True)
+    expected_prefill = price(forward_work(w, profile, plan, cluster, fused, "prefill"), cluster.fabric).step
+    expected_decode = price(forward_work(w, profile, plan, cluster, fused, "decode", 2), cluster.fabric).step
     assert iteration_time(model, prefill) == pytest.approx(expected_prefill, rel=1e-12)
     assert iteration_time(model, decode) == pytest.approx(expected_decode, rel=1e-12)
 
@@ -69,6 +72,21 @@ def test_per_token_costs_do_not_depend_on_the_traced_shape_for_gemms_and_attenti
     assert traced == pytest.approx(a.attention_flops_per_pair * (65 + 66))
     # K and V of one token: 2 x kv_heads x head_dim x layers x 2 bytes
     assert a.kv_bytes_per_token == 2 * 8 * 128 * spec.layers * 2
+
+
+def test_a_serving_iteration_prices_the_layers_elementwise_ops_as_fused_kernels() -> None:
+    """vLLM's and SGLang's Llama layer runs its norms, rotary, SiLU-and-mul and cache write as fused kernels
+    (iteration.SERVING_FUSED_REGIONS): the per-token elementwise bytes are the profile's fused traffic, about a
+    quarter of eager PyTorch's for Llama 3 8B (fp32 norm upcasts, separate SiLU and multiply never reach HBM),
+    while the embedding and the LM head keep their traced bytes."""
+    w = _llama(1, 64)
+    profile = profile_workload(w, UNTIED)
+    costs = token_costs(w, profile)
+    for phase, tokens, per_token in (("prefill", 64, costs.other_bytes_prefill), ("decode", 2, costs.other_bytes_decode)):
+        other = profile.ops[(phase, "layers", "other")]
+        assert per_token == pytest.approx(other.traffic(True) / tokens, rel=1e-12)
+        assert per_token < 0.4 * other.bytes / tokens
+    assert costs.embed_bytes_prefill == pytest.approx(profile.ops[("prefill", "embed", "other")].bytes / 64, rel=1e-12)
 
 
 def test_a_profile_not_traced_for_serving_is_refused() -> None:
@@ -172,10 +190,11 @@ def test_a_vllm_serving_iteration_prices_its_all_reduces_as_forward_work_does(tp
     nccl = IterationModel(token_costs(w, profile), w, Plan(tp=tp), cluster)
     prefill = Mix.prefill(64) + Mix.prefill(64)
     decode = Mix.decode(64 + 1.5) + Mix.decode(64 + 1.5)
+    fused = replace(vllm, compile=True)   # a serving engine's fused elementwise kernels (SERVING_FUSED_REGIONS)
     assert iteration_time(model, prefill) == pytest.approx(
-        price(forward_work(w, profile, plan, cluster, vllm, "prefill"), cluster.fabric).step, rel=1e-12)
+        price(forward_work(w, profile, plan, cluster, fused, "prefill"), cluster.fabric).step, rel=1e-12)
     assert iteration_time(model, decode) == pytest.approx(
-        price(forward_work(w, profile, plan, cluster, vllm, "decode", 2), cluster.fabric).step, rel=1e-12)
+        price(forward_work(w, profile, plan, cluster, fused, "decode", 2), cluster.fabric).step, rel=1e-12)
     assert iteration_time(model, decode) < iteration_time(nccl, decode)
 
 

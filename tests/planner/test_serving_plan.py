@@ -156,7 +156,9 @@ def test_precision_is_searched_where_the_hardware_runs_it(tmp_path: Path) -> Non
     """search.dtype [bfloat16, float8]: float8 candidates on the H100-like device only (the A100 has no FP8
     units: said in plan.md), each precision priced with its own traced reference (float8 reads 1-byte weights,
     so the same replica sustains a higher rate), and best.yaml states the precision the winner was priced at."""
-    plan, tasks = _tasks(serving_plan(search={"tp": [1], "pp": [1], "dtype": ["bfloat16", "float8"]}))
+    # a goal above what one bf16 replica of slow-h sustains (80 req/s, the serving iteration's fused elementwise
+    # kernels), so both precisions are searched below it and can differ
+    plan, tasks = _tasks(serving_plan(rate=160.0, search={"tp": [1], "pp": [1], "dtype": ["bfloat16", "float8"]}))
     # "" labels the plan's own workload dtype (planner.precisions), as in a training plan
     assert sorted((t.hardware, t.precision) for t in tasks) == [("slow-a", ""), ("slow-h", ""), ("slow-h", "float8-delayed")]
     by = {(c.hardware, c.precision): c for c in plan_serving(tasks, "cost")}

@@ -304,6 +304,20 @@ def test_an_sglang_random_dataset_draws_prompts_from_one_and_outputs_one_past_th
         assert v.LENGTH_DISTRIBUTIONS[name] == v.sglang_random_lengths(*args)
 
 
+def test_sglang_0_2_random_dataset_is_the_draws_whose_totals_its_printout_gives(v) -> None:
+    """SGLang 0.2's sampler (no token added): numpy's global generator at bench_serving's seed 1 draws prompts on
+    1..32 and max_new_tokens on 0..128 for PR #1262's 5,000 requests, and their sums are the printed totals
+    (82,922 input, 321,605 generated); the named distribution prices the output on 1..128 (a 0 draw as 1)."""
+    np = pytest.importorskip("numpy")
+    np.random.seed(1)
+    prompts = np.random.randint(1, 33, size=5_000)
+    outputs = np.random.randint(0, 129, size=5_000)
+    assert (int(prompts.sum()), int(outputs.sum())) == (82_922, 321_605)
+    assert v.LENGTH_DISTRIBUTIONS["sglang-v02-random-32-128-r0"] == {
+        "input": {"kind": "uniform", "min": 1, "max": 32}, "output": {"kind": "uniform", "min": 1, "max": 128}}
+    assert v.sglang_v02_random_lengths(1_000, 1_000, 0.5)["output"] == {"kind": "uniform", "min": 500, "max": 1_000}
+
+
 def test_filtered_means_match_a_brute_force_sum_and_the_solver_refuses_the_unreachable(v) -> None:
     """The prefix-sum expectation equals a direct double sum over every kept pair (a small filter), and a target
     mean past what the filter allows is an error, not a loop."""
