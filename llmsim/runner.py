@@ -334,17 +334,20 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    write_atomic(run_dir / "environment.json", json.dumps(environment_record(), indent=2))
-    context = RunContext(catalog=build_catalog(scenario, scenario_dir, manager), run_dir=run_dir, manager=manager)
     instances: dict[str, Backend] = {}
-    done = store.done()
-    todo = [item for item in planned if (item.case.name, item.backend.name) not in done]
-    modeled = [item for item in todo if item.backend.kind == "modeled"]
-    measured = [item for item in todo if item.backend.kind != "modeled"]
-    k = len(planned) - len(todo)
     interrupted = False
     executor = executor or LocalExecutor()
+    # From here a Ctrl-C is an interrupted run of this folder (RunOutcome.interrupted: the caller prints the
+    # --resume command), also while the environment is recorded and the catalog built, before any case starts.
     try:
+        write_atomic(run_dir / "environment.json", json.dumps(environment_record(), indent=2))
+        context = RunContext(catalog=build_catalog(scenario, scenario_dir, manager), run_dir=run_dir,
+                             manager=manager)
+        done = store.done()
+        todo = [item for item in planned if (item.case.name, item.backend.name) not in done]
+        modeled = [item for item in todo if item.backend.kind == "modeled"]
+        measured = [item for item in todo if item.backend.kind != "modeled"]
+        k = len(planned) - len(todo)
         with interrupt.handling():
             if modeled:
                 task = ModeledCaseTask(context.catalog, run_dir)

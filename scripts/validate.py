@@ -61,6 +61,7 @@ from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estim
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.scaling import with_layers
 from llmsim.errors import LLMSimError, ScenarioError
+from llmsim.wording import count
 from llmsim.config import parse_scenario
 from llmsim.hardware import load_catalog
 from llmsim.plugins import get_plugin_manager
@@ -839,8 +840,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
     elif r["request_rate"] in ALL_AT_ONCE:
         # every request at t = 0: a trace of the lengths llmsim's sampler draws for this seed (the same pairs a
         # Poisson row with this lengths block gets, in order)
-        count = int(r["requests"])  # type: ignore[call-overload]
-        pairs = draw_lengths(Lengths.model_validate(lengths), count, SERVING_SEED)
+        n_requests = int(r["requests"])  # type: ignore[call-overload]
+        pairs = draw_lengths(Lengths.model_validate(lengths), n_requests, SERVING_SEED)
         serving["arrival"] = {"kind": "trace", "path": "all-at-once.csv"}
         trace = "arrival_s,input_tokens,output_tokens\n" + "".join(f"0,{i},{o}\n" for i, o in pairs)
     else:
@@ -978,7 +979,7 @@ def print_serving_table(table: "Table", path: Path, outcomes: list[ServingOutcom
     print_skipped(outcomes, "the simulation refused it")
     for metric, group in serving_by_metric(outcomes).items():
         print(f"  {metric:<20} median |error| {_pct(median_abs_error(group), signed=False):>7} over "
-              f"{sum(o.error is not None for o in group)} rows; mean error {_pct(mean_error(group))}")
+              f"{count(sum(o.error is not None for o in group), 'row')}; mean error {_pct(mean_error(group))}")
     skipped = sum(o.result is None for o in outcomes)
     print(f"median |error| {_pct(median_abs_error(outcomes), signed=False)} over {len(outcomes) - skipped} rows "
           f"(every metric); mean error {_pct(mean_error(outcomes))}; {skipped} skipped\n")

@@ -121,6 +121,30 @@ def test_interrupted_before_the_first_row_is_still_a_run_that_resumes(tmp_path: 
     assert code == 0 and resumed == partial and len(_rows(resumed)) == len(STRATEGIES)
 
 
+def test_interrupted_while_the_run_is_set_up_is_still_a_run_that_resumes(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """A Ctrl-C after the run folder is made but before any case starts (the environment being recorded, the
+    catalog built) prints the --resume command as a later one does, not a bare "interrupted"."""
+    import llmsim.runner
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MODELED))
+    original = llmsim.runner.environment_record
+
+    def interrupt_while_recording():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llmsim.runner, "environment_record", interrupt_while_recording)
+    code = main(["run", str(path), "--out", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    partial = Path(out.strip().splitlines()[-1])
+    assert code == 130 and (partial / "scenario.yaml").exists(), err
+    assert "interrupted before any case finished" in err and "--resume" in err, err
+    monkeypatch.setattr(llmsim.runner, "environment_record", original)
+    code, resumed = _run(path, tmp_path / "b", "--resume", capsys=capsys)
+    assert code == 0 and resumed == partial and len(_rows(resumed)) == len(STRATEGIES)
+
+
 @pytest.mark.parametrize(("change", "difference"), [
     ({"name": "another-test"}, "name: 'resume-test' there, 'another-test' now"),
     ({"workload": {**MODELED["workload"], "batch": 32}}, "workload.batch: 16 there, 32 now"),

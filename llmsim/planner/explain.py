@@ -303,7 +303,10 @@ def diagnose(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile) -> 
     out = []
     goal_limits = [e for e in priced if set(e.limits) - {"power"}]
     if len(goal_limits) == len(priced):
-        kind = Counter(k for e in goal_limits for k in e.limits if k != "power").most_common(1)[0][0]
+        # the goal limits every configuration misses (throughput and latency, say), else the most common one
+        ranked = [k for k, _ in Counter(k for e in goal_limits for k in e.limits if k != "power").most_common()]
+        shared = [k for k in ranked if all(k in e.limits for e in goal_limits)]
+        kind = " and ".join(shared) if shared else ranked[0]
         if plan.workload.mode == "train":
             fastest = min(priced, key=lambda e: e.time_to_goal_s or math.inf)
             n, limit = fastest.config.n_devices, plan.limits.max_devices

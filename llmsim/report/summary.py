@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.report.document import Point
 from llmsim.report.figures import (BREAKDOWN, CROSS_HARDWARE, by_backend, device_capacity, panel_title,
                                    parity_pairs)
@@ -191,6 +192,17 @@ def _ties(ok: pd.DataFrame, best: pd.Series) -> list[str]:
             _f(best.get("n_devices")) and noise(r, best)]
 
 
+def _busy_cases(ok: pd.DataFrame) -> list[str]:
+    """The measured cases timed on a busy host (`host_load_per_core` above BUSY_LOAD_PER_CORE, recorded by
+    llmsim.measure.host_load): their times carry the other processes' share of the cores, so a ranking that
+    includes them can be the load's, not the strategies' (a single-process case on oversubscribed cores ran
+    ~100x slower than on a quiet host in the trial of 2026-12-01)."""
+    if "host_load_per_core" not in ok:
+        return []
+    return [str(r["case"]) for _, r in ok.iterrows()
+            if not missing(r.get("host_load_per_core")) and float(r["host_load_per_core"]) > BUSY_LOAD_PER_CORE]
+
+
 def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
     """Winner, most efficient, and losers' reasons for the rows of one backend."""
     if "mode" in rows and (rows["mode"] == "serve").all():
@@ -210,6 +222,12 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
         if ties:
             head += (f" Within its noise: {', '.join(ties)} — these measurements do not tell them apart; more "
                      f"timed steps (steps:) or a quieter machine would.")
+        busy = _busy_cases(ok)
+        if busy:
+            head += (f" {', '.join(busy)} {'was' if len(busy) == 1 else 'were'} timed while the host was busy "
+                     f"(load above {BUSY_LOAD_PER_CORE:g} per core): other processes took cores from "
+                     f"{'it' if len(busy) == 1 else 'them'}, so this ranking may not hold on a quiet host; rerun "
+                     f"there, or with `threads: 1`.")
         energy = ok_rows(ok, "joules_per_token")
         if not energy.empty:
             green = energy.loc[energy["joules_per_token"].astype(float).idxmin()]

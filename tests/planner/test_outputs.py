@@ -173,6 +173,21 @@ def test_a_serving_plan_names_its_token_step_and_shows_tokens_per_s(tmp_path: Pa
     assert "step latency" not in flat and " step " not in flat.replace("token step ", "")
 
 
+def test_an_unreachable_serving_goal_names_every_limit_its_configurations_miss(tmp_path: Path, capsys) -> None:
+    """The trial of 2026-12-01 (cb6bb9f): a goal of 1e12 tokens/s within 0.1 ms said "what limits it: throughput"
+    while every configuration also missed the latency bound."""
+    serve = {"name": "serve-unreachable", "workload": {"model": {"preset": "tiny"}, "mode": "decode", "batch": 8,
+                                                       "decode_tokens": 16},
+             "goal": {"tokens_per_s": 1e12, "max_step_latency_s": 1e-7},
+             "hardware": [{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 2}],
+             "limits": {"max_devices": 2}, "simulate": False}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    flat = " ".join(capsys.readouterr().err.split())
+    assert "what limits it: throughput and latency" in flat or "what limits it: latency and throughput" in flat, flat
+
+
 def test_memory_headroom_defaults_to_vllms_share_and_the_winner_says_what_is_kept_free() -> None:
     """Issue 15 item 14: '77.3 of 77.3 GB usable (headroom 0%)' read as no headroom, and the default was 0."""
     from llmsim.planner.config import DEFAULT_MEMORY_HEADROOM

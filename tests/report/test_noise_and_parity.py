@@ -74,6 +74,19 @@ def test_a_strategy_inside_the_winners_noise_is_not_named_slower() -> None:
     assert "albert: 3.00× slower" in text
 
 
+def test_a_ranking_with_rows_timed_on_a_busy_host_says_so() -> None:
+    """The trial of 2026-12-01: moe-cpu's single-process case, timed beside other jobs, took 4.85 s a step against
+    47 ms on a quiet host, and the summary named dp2 the fastest without a word on the load."""
+    busy = measured("single", 4.85, 4.5, 5.2)
+    busy = busy.model_copy(update={"extra": {"host_load_per_core": 4.2}})
+    quiet = measured("dp2", 0.035, 0.034, 0.036).model_copy(update={"extra": {"host_load_per_core": 0.4}})
+    text = summary_text([busy, quiet])
+    assert "the fastest strategy that fits is dp2" in text
+    assert "single was timed while the host was busy (load above 1 per core)" in text, text
+    assert "dp2 was timed" not in text and "dp2, single" not in text
+    assert "busy" not in summary_text([quiet])
+
+
 def test_two_runs_of_the_same_case_compare_within_noise(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a", [measured("single", 11.8, 9.9, 13.9), row("single", step=0.122)])
     b = make_run(tmp_path / "b", [measured("single", 9.4, 8.9, 11.0), row("single", step=0.122)])
