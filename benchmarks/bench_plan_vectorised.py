@@ -8,17 +8,22 @@ In one run, on scenarios/plan-train-70b.yaml (llama2-70b, two hardware choices):
 * configurations priced per second by the scalar path (search.evaluate, one at a time) on a random sample of
   them, and by the vectorised path (planner.table.price_table, numpy columns) on all of them, and the ratio;
 * the whole `run_plan` (load, search, cluster re-check of the top_k, plan.csv / plan.parquet, report) and
-  the size of what it writes.
+  the size of what it writes, with its search in this process (`--executor local`) and with each hardware
+  choice priced in a forked worker (executor.ForkExecutor, what `llmsim plan` does by default), side by side:
+  wall seconds and CPU seconds of this process and its workers, and their ratio (parallel / sequential).
 Targets (issue 18): ratio >= 10x, >= 100,000 configurations/s on one core; the plan under 10 s.
 Times are CPU seconds of this process (time.process_time: the command is single-threaded, so this is
-one core's time, and it holds on a machine shared with other jobs); wall seconds are shown beside them.
+one core's time, and it holds on a machine shared with other jobs); wall seconds are shown beside them. The
+parallel plan's wall time gains only where a second core is free: read it with the load average printed.
 The size plan.csv had before it was made compact (every row) is measured by writing the full table as CSV.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from llmsim.executor import ForkExecutor, LocalExecutor
 from llmsim.hardware import load_catalog
 from llmsim.planner import load_plan, run_plan
 from llmsim.planner.search import (Context, evaluate, resolve_hardware, sharing_choice, static_lower_bound,
@@ -78,8 +84,19 @@ def main() -> None:
     _, scalar_s, scalar_wall = timed(lambda: [evaluate(ctx, c) for ctx, c in sample])
     scalar_rate, table_rate = len(sample) / scalar_s, total / table_s
 
+    def whole_plan(executor, out: Path):  # type: ignore[no-untyped-def]
+        """run_plan on `executor`: (outcome, CPU s of this process and its workers, wall s)."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        outcome, cpu, wall = timed(lambda: run_plan(load_plan(PLAN, overrides), catalog, out, str(PLAN),
+                                                    executor=executor))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers, reaped at its close
+        return outcome, cpu + (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime), wall
+
     with tempfile.TemporaryDirectory() as tmp:
-        outcome, plan_s, plan_wall = timed(lambda: run_plan(load_plan(PLAN, overrides), catalog, Path(tmp), str(PLAN)))
+        load_before = os.getloadavg()[0]
+        outcome, plan_s, plan_wall = whole_plan(LocalExecutor(), Path(tmp) / "sequential")
+        _, par_s, par_wall = whole_plan(ForkExecutor(), Path(tmp) / "parallel")
+        load_after = os.getloadavg()[0]
         sizes = {p.name: p.stat().st_size / 1e6 for p in outcome.run_dir.iterdir() if p.is_file()}
         full = Path(tmp) / "every-row.csv"  # plan.csv as it was: every row
         pd.read_parquet(outcome.run_dir / "plan.parquet").to_csv(full, index=False, float_format="%.6g")
@@ -97,6 +114,11 @@ def main() -> None:
     print(f"{'  ratio (target >= 10x)':<62}{table_rate / scalar_rate:>15.1f}x")
     print(f"{'  vectorised pricing of all candidates':<62}{table_s:>14.2f} s  [{table_wall:.2f}]")
     print(f"{'whole plan: load, search, re-check, report (target < 10 s)':<62}{plan_s:>14.2f} s  [{plan_wall:.2f}]")
+    print(f"{'  sequential | parallel (' + str(ForkExecutor().max_workers) + ' cores), wall s':<62}"
+          f"{plan_wall:>7.2f} | {par_wall:.2f}   ratio {par_wall / plan_wall:.2f}x")
+    print(f"{'  sequential | parallel, CPU s (this process and its workers)':<62}"
+          f"{plan_s:>7.2f} | {par_s:.2f}   ratio {par_s / plan_s:.2f}x")
+    print(f"{'  load average (1 min) before | after':<62}{load_before:>7.2f} | {load_after:.2f}")
     for name in ("plan.csv", "plan.parquet", "plan.csv with every row (before)"):
         if name in sizes:
             print(f"{'  ' + name + ' size':<62}{sizes[name]:>13.2f} MB")

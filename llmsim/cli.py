@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")
     p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
     p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k")
-    executor_args(p, "the cluster-simulation re-checks")
+    executor_args(p, "the cluster-simulation re-checks (and, but for local, the pricing of each hardware choice, "
+                     "in processes forked on this machine's cores)")
     p.set_defaults(func=cmd_plan)
     return parser
 

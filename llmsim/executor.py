@@ -1,4 +1,4 @@
-"""Where independent evaluations run: in this process, one after another, or as tasks on Ray.
+"""Where independent evaluations run: in this process, one after another, in processes forked from it, or on Ray.
 
 One interface, `Executor.map(fn, tasks, progress=...)` -> the results in the order of `tasks`, and
 `Executor.as_completed(fn, tasks)` -> (index, result) pairs as each task finishes. `fn` and every task
@@ -17,14 +17,23 @@ Choice (`make_executor`, `--executor` and `--ray-address` of `llmsim run` and `l
   this command on this machine (all its cores); an error when Ray is not installed.
 * `auto` (default): `ray` when Ray is installed and either an address is given or a map has at least
   AUTO_RAY_MIN_TASKS tasks; `local` otherwise. Ray is imported and started only then, lazily.
+
+A few heavy tasks whose inputs this process already holds (the planner's enumeration and pricing of each
+hardware choice: seconds of numpy each, after imports and a workload profile that a fresh Ray worker would
+redo) go to `Executor.few_heavy()`: `ForkExecutor`, workers forked from this process on this machine's cores,
+under `auto` and `ray`; this process, one after another, under `local`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import logging
+import multiprocessing
 import os
+import signal
 import socket
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -84,6 +93,13 @@ class Executor(ABC):
                 progress(done, len(tasks))
         return out
 
+    def few_heavy(self) -> "Executor":
+        """Where a few heavy tasks run (no more than this machine has cores, each seconds of CPU, their inputs
+        already in this process): on this machine's cores, in worker processes forked from this one
+        (ForkExecutor; Ray's start-up, 10-25 s, costs more than such a map saves, and its fresh workers would
+        import and profile again). LocalExecutor answers itself: `--executor local` stays in this process."""
+        return ForkExecutor()
+
     def check(self) -> None:
         """Refuse, before any output is written, an executor that cannot run (UsageError, exit 2); the default
         can always run. Called by the CLI before it makes a run folder."""
@@ -106,6 +122,80 @@ class LocalExecutor(Executor):
     def as_completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
         for i, task in enumerate(tasks):
             yield i, fn(task)
+
+    def few_heavy(self) -> Executor:
+        return self
+
+
+def fork_available() -> bool:
+    """Whether worker processes can be forked here: on Linux. (macOS lists fork, but its system libraries are
+    not fork-safe, and Python starts processes there by spawning, which would import and profile again.)"""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+class ForkExecutor(Executor):
+    """The first task in this process while the others run in worker processes forked from it (the stdlib's
+    `concurrent.futures.ProcessPoolExecutor`, fork context): min(tasks, cores) processes at work, this one
+    included; the pool is made for each map and closed at its end. In this process, in order, where fork is
+    unavailable (`fork_available`), or for a single task or core (`usable_cores`).
+
+    Forked, a worker starts with this process's memory (its imports, the plan, the workload profile) and no
+    start-up; its task and result cross a pipe pickled (the planner's rows go as columns: search.Rows), which
+    the task this process runs itself does not. The workers ignore SIGINT: Ctrl-C reaches this process, which
+    stops them (as a task's exception does: it re-raises here as itself) and goes on to its one-line message.
+    A worker killed (out of memory) raises the stdlib's BrokenProcessPool here: the machine failed, not the
+    input (errors.py)."""
+
+    name = "fork"
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = max_workers or usable_cores()
+
+    def as_completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        tasks = list(tasks)
+        workers = min(len(tasks), self.max_workers) - 1  # this process is the other one
+        if workers < 1 or not fork_available():
+            yield from LocalExecutor().as_completed(fn, tasks)
+            return
+        for stream in (sys.stdout, sys.stderr):  # a child flushes at its exit what it inherited unwritten
+            if stream is not None:
+                stream.flush()
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                      initializer=_ignore_sigint)
+        done = False
+        try:
+            # the workers are forked at the first submit, before this process runs its own task
+            futures = {pool.submit(fn, task): i for i, task in enumerate(tasks[1:], start=1)}
+            yield 0, fn(tasks[0])
+            for future in concurrent.futures.as_completed(futures):
+                yield futures[future], future.result()
+            done = True
+        finally:
+            if not done:  # an error, Ctrl-C or a consumer that stopped early: the other tasks are not waited for
+                _terminate_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a `taskset` or a container's limit), else os.cpu_count()."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def _ignore_sigint() -> None:
+    """A fork worker's initializer: Ctrl-C (SIGINT to the terminal's whole process group) is the parent's to
+    handle, which stops the workers; a worker of its own would print its traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop the pool's workers now, mid-task: Python 3.14's terminate_workers, or the processes it holds before."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 class RayExecutor(Executor):

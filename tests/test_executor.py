@@ -44,6 +44,49 @@ def test_local_map_keeps_order_and_counts_progress() -> None:
     assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
+def pid_of(x: int) -> tuple[int, int]:
+    """A picklable task: (its input, the process that ran it)."""
+    import os
+
+    return x, os.getpid()
+
+
+@pytest.mark.skipif(not ex.fork_available(), reason="forked workers need Linux")
+def test_fork_map_equals_local_runs_in_workers_and_raises_the_tasks_error() -> None:
+    import multiprocessing
+    import os
+
+    fork = ex.ForkExecutor(max_workers=3)
+    seen: list[tuple[int, int]] = []
+    assert fork.map(functools.partial(square_plus, 1), [3, 1, 2, 5], lambda d, n: seen.append((d, n))) == \
+        ex.LocalExecutor().map(functools.partial(square_plus, 1), [3, 1, 2, 5])
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    ran = fork.map(pid_of, [0, 1, 2])
+    assert ran[0][1] == os.getpid() and {pid for _, pid in ran[1:]} - {os.getpid()}  # the first here, others forked
+    with pytest.raises(ScenarioError, match="x: -1 is negative"):  # a worker's error, as itself
+        fork.map(functools.partial(square_plus, 0), [1, -1, 2])
+    assert not multiprocessing.active_children()  # the workers stopped, none left behind
+
+
+def test_fork_runs_in_this_process_without_fork_or_a_second_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    assert ex.ForkExecutor(max_workers=4).map(pid_of, [7]) == [(7, os.getpid())]
+    assert ex.ForkExecutor(max_workers=1).map(pid_of, [1, 2]) == [(1, os.getpid()), (2, os.getpid())]
+    monkeypatch.setattr(ex, "fork_available", lambda: False)
+    assert ex.ForkExecutor(max_workers=4).map(pid_of, [1, 2]) == [(1, os.getpid()), (2, os.getpid())]
+
+
+def test_few_heavy_tasks_fork_unless_local() -> None:
+    """`--executor local` keeps the planner's pricing in this process; auto and ray fork it (Ray's start-up costs
+    more than a few heavy tasks save)."""
+    local = ex.LocalExecutor()
+    assert local.few_heavy() is local
+    assert isinstance(ex.AutoExecutor().few_heavy(), ex.ForkExecutor)
+    assert isinstance(ex.RayExecutor().few_heavy(), ex.ForkExecutor)
+    assert ex.ForkExecutor().max_workers == ex.usable_cores() >= 1
+
+
 def test_choice_of_executor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ex, "ray_installed", lambda: True)
     assert isinstance(ex.make_executor("local", environ={"RAY_ADDRESS": "10.0.0.1:6379"}), ex.LocalExecutor)

@@ -94,9 +94,10 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
     sim_columns = [_sparse(n, {i: sim.get(k) for i, sim in sims.items()})
                    for k in ("step_time_s", "time_to_goal_s", "cost_usd", "energy_j", "feasible")]
     placed = any(map(bool, field("topology"))) or any(map(bool, field("mesh")))
-    places = ([(("x".join(map(str, c.topology)) or None, c.slices if c.topology else None,
-                 " ".join(f"{axis}:{dims}" for axis, dims in c.mesh) or None) if c.topology or c.mesh else NOT_PLACED)
-               for c in configs] if placed else [])
+    places = ([(("x".join(map(str, shape)) or None, n_slices if shape else None,
+                 " ".join(f"{axis}:{dims}" for axis, dims in pins) or None) if shape or pins else NOT_PLACED)
+               for shape, n_slices, pins in zip(field("topology").tolist(), field("slices").tolist(),
+                                             field("mesh").tolist())] if placed else [])
     topology, slices, mesh = (list(x) for x in zip(*places)) if places else (_sparse(n, {}),) * 3
     everyone = np.ones(n, dtype=bool)
     data = {"strategy": table.names(), "dp": field("dp"), "tp": field("tp"), "pp": field("pp"), "cp": field("cp"),

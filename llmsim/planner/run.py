@@ -45,7 +45,8 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     """Search the plan's space and write plan.parquet, plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
 
     `executor` runs the cluster-simulation re-checks (llmsim.executor; default: in this process), with
-    task_progress(done, total) after each. A serving plan (a `serving:` block) is searched by simulation
+    task_progress(done, total) after each, and, through its `few_heavy()`, the search's pricing of each hardware
+    choice and precision (under `auto` or `ray`: in forked workers, one per core; the same rows). A serving plan (a `serving:` block) is searched by simulation
     instead (planner.serve): the executor runs its candidates' rate searches and the sensitivity's what-ifs,
     and it returns a ServingPlanOutcome."""
     check_hardware(plan, catalog, file)
@@ -72,7 +73,7 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
     sharing = sharing_choice(plan)
     profile = workload_profile(plan.workload, sharing)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
-    rows, stats = search(plan, hardware, sharing, profile, progress)
+    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor)
     simulated = plan.simulate if simulate is None else simulate
     if simulated and len(rows) and bool(rows.columns["feasible"][0]):
         if progress:

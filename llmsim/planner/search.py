@@ -39,6 +39,7 @@ from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
+from llmsim.planner.columns import CONFIG_FIELDS, ConfigColumns
 from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PRICED, PricedTable, goal_metrics, price_table  # noqa: F401
 from llmsim.planner.space import (Axes, Config, Group, axes_of, chains, groups, member_count, schedules,
@@ -350,18 +351,42 @@ class Rows(Sequence[Evaluation]):
     `reasons`, `errors` (the cost model's message where it could not price the row, else ""): lists.
     `field(name)`: a Config field over the rows as a numpy array, and `names()`: each row's Config.name, read
     from the configurations once and carried through `take` and `concat` (the ranking, plan_frame and
-    explain read them)."""
+    explain read them).
 
-    def __init__(self, configs: Sequence[Config], columns: dict[str, np.ndarray], limits: list[tuple[str, ...]],
-                 reasons: list[str], errors: list[str], made: dict[int, Evaluation] | None = None,
-                 fields: dict[str, np.ndarray] | None = None) -> None:
-        self.configs = configs
+    `configs` None: the configurations are the fields' columns in `fields` (every Config field:
+    planner.columns.ConfigColumns), a Config made for a row when read. Rows pickle so (`__reduce__`): a forked
+    worker's rows cross the pipe as columns (llmsim.executor.ForkExecutor)."""
+
+    def __init__(self, configs: Sequence[Config] | None, columns: dict[str, np.ndarray],
+                 limits: list[tuple[str, ...]], reasons: list[str], errors: list[str],
+                 made: dict[int, Evaluation] | None = None, fields: dict[str, np.ndarray] | None = None) -> None:
+        self._configs = configs
         self.columns = columns
         self.limits = limits
         self.reasons = reasons
         self.errors = errors
         self._made: dict[int, Evaluation] = made if made is not None else {}
         self._fields: dict[str, np.ndarray] = fields if fields is not None else {}  # field name (or NAMES) -> array
+        self._as_columns = ConfigColumns(self._fields) if configs is None else None
+
+    @property
+    def configs(self) -> Sequence[Config]:
+        """Row i's Config at [i]: the Configs given, or ConfigColumns over the fields."""
+        return self._configs if self._configs is not None else self._as_columns  # type: ignore[return-value]
+
+    def __reduce__(self) -> tuple:
+        """Pickled as columns: every Config field and the names (read from the Configs here if not yet), the
+        numbers, the limits, reasons and errors, the Evaluations made so far; unpickled with configs None. The
+        70B plan's rows of one hardware choice: ~60 MB, ~0.1 s each way, against ~4 s with their Configs."""
+        self._read_config_fields()
+        self.names()
+        return Rows, (None, self.columns, self.limits, self.reasons, self.errors, self._made, self._fields)
+
+    def _read_config_fields(self) -> None:
+        """Every Config field into `_fields` (those not read yet, from the Configs)."""
+        missing = [name for name in CONFIG_FIELDS if name not in self._fields]
+        if missing:
+            self._fields.update(_config_columns(self.configs, missing))
 
     def field(self, name: str) -> np.ndarray:
         """The Config field `name` of every row (an int or bool field as int64 or bool, any other as objects:
@@ -400,8 +425,12 @@ class Rows(Sequence[Evaluation]):
         for part in parts:
             made.update({at + i: e for i, e in part._made.items()})
             at += len(part)
+        as_columns = any(part._configs is None for part in parts)  # then all are: Configs are not remade
+        if as_columns:
+            for part in parts:
+                part._read_config_fields()
         read = set.intersection(*(set(part._fields) for part in parts))  # the fields every part has read
-        return cls([c for part in parts for c in part.configs],
+        return cls(None if as_columns else [c for part in parts for c in part.configs],
                    {k: np.concatenate([part.columns[k] for part in parts]) for k in parts[0].columns},
                    [x for part in parts for x in part.limits], [x for part in parts for x in part.reasons],
                    [x for part in parts for x in part.errors], made,
@@ -414,7 +443,8 @@ class Rows(Sequence[Evaluation]):
         if self._made:  # the new positions of the rows made so far, in the new order
             for new in np.flatnonzero(np.isin(order, list(self._made))).tolist():
                 made[new] = self._made[int(order[new])]
-        return Rows(_gather(self.configs, order), {k: v[order] for k, v in self.columns.items()},
+        return Rows(None if self._configs is None else _gather(self._configs, order),
+                    {k: v[order] for k, v in self.columns.items()},
                     _gather(self.limits, order), _gather(self.reasons, order), _gather(self.errors, order), made,
                     {k: v[order] for k, v in self._fields.items()})
 
@@ -705,80 +735,140 @@ def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarra
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
            profile: WorkloadProfile | None = None,
            progress: Callable[[str], None] | None = None,
-           pricing: Literal["table", "scalar"] = "table") -> tuple[Rows, SearchStats]:
+           pricing: Literal["table", "scalar"] = "table", executor: Executor | None = None) -> tuple[Rows, SearchStats]:
     """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted), as
     `Rows`: a sequence of Evaluations to read, columns underneath (an Evaluation is made for a row when read).
 
     `pricing`: "table" prices each hardware's candidates at once (planner.table, numpy columns); "scalar"
-    one by one (`evaluate`). The two give the same rows (tests/planner/test_table.py)."""
+    one by one (`evaluate`). The two give the same rows (tests/planner/test_table.py).
+
+    Each (hardware, precision) is enumerated and priced on its own (`price_context`), on `executor.few_heavy()`
+    (llmsim.executor; default: in this process, one after another; under `auto` or `ray`, in workers forked
+    from this process, one per core). The rows, the counts and the progress lines ("a100-80gb: N
+    configurations screened", in the order of the choices) are the same whatever runs them
+    (tests/planner/test_search_parallel.py)."""
     start = time.perf_counter()
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
     stats = SearchStats(per_hardware={hw.name: 0 for hw in hardware})
     parts: list[Rows] = []            # table pricing: each hardware and precision's rows, as columns
     evaluated: list[Evaluation] = []  # pricing one by one
-    # price_table's stage memory terms (per precision: they follow the workload's dtype; and per FP8 GEMM layout
-    # trait of the device, which keys them inside) and space.chains' valid shapes of each group: the same for
-    # every hardware choice
-    shared: dict[str, dict[tuple, object]] = {}
-    shapes: dict[tuple, list] = {}
-    # the pruned groups' members are counted on the plan as written (member_count): its precision's valid shapes
-    # are those of `shapes`, another precision's kept apart
-    counted: dict[tuple, list] = {}
-    for hw, label, ctx in precision_contexts(plan, hardware, sharing, profile):
-        axes: Axes = axes_of(plan, hw.devices_per_node)
-        before = stats.screened
-        found: list[list[Config]] = []
-        for g in groups(ctx.plan, hw.name, hw.devices_per_node, axes, label):
-            bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
-            if hw.capacity and bound > hw.capacity:
-                stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
-                skipped = member_count(plan, g, axes, shapes if ctx.plan is plan else counted)
-                stats.pruned_by_group += skipped
-                stats.screened += skipped
-                stats.groups_pruned += 1
-                continue
-            places = hw.placements(g)
-            if places == UNPLACED:  # off a torus: the configurations as chains gives them
-                found.extend(chains(ctx.plan, g, axes, shapes))
-                continue
-            for chain in chains(ctx.plan, g, axes, shapes):
-                found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
-                             for shape, slices, mesh in places)
-        if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
-            table = price_table(ctx, [c for chain in found for c in chain], shared.setdefault(label, {}))
-            lengths = [len(chain) for chain in found]
-            keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), lengths))
-            part = table_rows(ctx, table, keep, chain_fields(found, keep))
-            over = int((~part.columns["fits"]).sum())
-            stats.screened += len(table)
-            stats.feasible += int(part.columns["feasible"].sum())
-            stats.memory_rejected += over
-            stats.pruned_by_micro_batch += len(table) - len(part)
-            stats.priced += len(part) - over
-            parts.append(part)
-        else:
-            for chain in found:
-                for i, c in enumerate(chain):
-                    e = evaluate(ctx, c)
-                    stats.screened += 1
-                    stats.feasible += e.feasible
-                    evaluated.append(e)
-                    if e.limits == ("memory",):
-                        stats.memory_rejected += 1
-                        rest = len(chain) - i - 1
-                        stats.pruned_by_micro_batch += rest
-                        stats.screened += rest
-                        break
-                    stats.priced += 1
-        stats.per_hardware[hw.name] = stats.per_hardware.get(hw.name, 0) + stats.screened - before
-        if progress:
-            progress(f"{hw.name}{' ' + label if label else ''}: "
-                     f"{count(stats.screened - before, 'configuration')} screened")
+    contexts = precision_contexts(plan, hardware, sharing, profile)
+    tasks = [(plan, hw, label, ctx, ctx.plan is plan, pricing) for hw, label, ctx in contexts]
+    done: dict[int, ContextPrice] = {}  # finished, not yet added: the contexts are added and reported in order
+    reported = 0
+    runner = (executor or LocalExecutor()).few_heavy()
+    for i, result in runner.as_completed(functools.partial(price_context, SearchCaches()), tasks):
+        done[i] = result
+        while reported in done:
+            hw, label, _ = contexts[reported]
+            got = done.pop(reported)
+            reported += 1
+            _add_stats(stats, got.stats, hw.name)
+            if got.part is not None:
+                parts.append(got.part)
+            evaluated.extend(got.evaluated)
+            if progress:
+                progress(f"{hw.name}{' ' + label if label else ''}: "
+                         f"{count(got.stats.screened, 'configuration')} screened")
     rows = rank(Rows.concat(parts), plan.objective) if parts else \
         Rows.from_evaluations(rank(evaluated, plan.objective))
     stats.seconds = time.perf_counter() - start
     return rows, stats
+
+
+@dataclass
+class SearchCaches:
+    """What the contexts of one search share in one process, to be filled once: price_table's stage memory
+    terms per precision label (`shared`: they follow the workload's dtype, and per FP8 GEMM layout trait of the
+    device, which keys them inside), space.chains' valid shapes of each group (`shapes`: the same for every
+    hardware choice), and, apart, those member_count reads for the pruned groups of a precision other than the
+    plan's as written (`counted`). Caches only: a context priced with them empty (in a forked worker, which
+    fills its own) gives the same rows; the 70B plan's second hardware choice costs ~0.5 s more so."""
+
+    shared: dict[str, dict[tuple, object]] = field(default_factory=dict)
+    shapes: dict[tuple, list] = field(default_factory=dict)
+    counted: dict[tuple, list] = field(default_factory=dict)
+
+
+@dataclass
+class ContextPrice:
+    """One (hardware, precision)'s share of a search: its rows (table pricing: Rows, pickled as columns) or its
+    Evaluations (one by one), and its counts (per_hardware left to the search)."""
+
+    part: Rows | None
+    evaluated: list[Evaluation]
+    stats: SearchStats
+
+
+# (the plan as written, the hardware, the precision label, its Context, whether the context's plan is the plan as
+# written, pricing): one task of search's map
+ContextTask = tuple[PlanFile, Hardware, str, Context, bool, str]
+
+
+def price_context(caches: SearchCaches, task: ContextTask) -> ContextPrice:
+    """Screen, enumerate and price one (hardware, precision) of a plan: the groups whose weights alone overflow
+    counted (member_count), the others' configurations priced (table: price_table, the chains cut after their
+    first overflow; scalar: evaluate one by one). A module-level function of its task and caches (see
+    SearchCaches), so that search can run it in a forked worker."""
+    plan, hw, label, ctx, as_written, pricing = task
+    stats = SearchStats()
+    axes: Axes = axes_of(plan, hw.devices_per_node)
+    found: list[list[Config]] = []
+    for g in groups(ctx.plan, hw.name, hw.devices_per_node, axes, label):
+        bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
+        if hw.capacity and bound > hw.capacity:
+            stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
+            # the pruned groups' members are counted on the plan as written (member_count): its precision's
+            # valid shapes are those of `shapes`, another precision's kept apart
+            skipped = member_count(plan, g, axes, caches.shapes if as_written else caches.counted)
+            stats.pruned_by_group += skipped
+            stats.screened += skipped
+            stats.groups_pruned += 1
+            continue
+        places = hw.placements(g)
+        if places == UNPLACED:  # off a torus: the configurations as chains gives them
+            found.extend(chains(ctx.plan, g, axes, caches.shapes))
+            continue
+        for chain in chains(ctx.plan, g, axes, caches.shapes):
+            found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
+                         for shape, slices, mesh in places)
+    if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
+        table = price_table(ctx, [c for chain in found for c in chain], caches.shared.setdefault(label, {}))
+        lengths = [len(chain) for chain in found]
+        keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), lengths))
+        part = table_rows(ctx, table, keep, chain_fields(found, keep))
+        over = int((~part.columns["fits"]).sum())
+        stats.screened += len(table)
+        stats.feasible += int(part.columns["feasible"].sum())
+        stats.memory_rejected += over
+        stats.pruned_by_micro_batch += len(table) - len(part)
+        stats.priced += len(part) - over
+        return ContextPrice(part, [], stats)
+    evaluated: list[Evaluation] = []
+    for chain in found:
+        for i, c in enumerate(chain):
+            e = evaluate(ctx, c)
+            stats.screened += 1
+            stats.feasible += e.feasible
+            evaluated.append(e)
+            if e.limits == ("memory",):
+                stats.memory_rejected += 1
+                rest = len(chain) - i - 1
+                stats.pruned_by_micro_batch += rest
+                stats.screened += rest
+                break
+            stats.priced += 1
+    return ContextPrice(None, evaluated, stats)
+
+
+def _add_stats(stats: SearchStats, part: SearchStats, hardware: str) -> None:
+    """Add one context's counts (price_context) to the search's."""
+    for name in ("screened", "pruned_by_group", "groups_pruned", "pruned_by_micro_batch", "memory_rejected",
+                 "priced", "feasible"):
+        setattr(stats, name, getattr(stats, name) + getattr(part, name))
+    stats.pruned_need = min(stats.pruned_need, part.pruned_need)
+    stats.per_hardware[hardware] = stats.per_hardware.get(hardware, 0) + part.screened
 
 
 def precision_contexts(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice,
