@@ -685,18 +685,14 @@ def test_the_stage_step_memo_builds_the_work_as_without_it_for_plans_that_differ
     plan asked would answer for the others)."""
     import random
 
-    from llmsim.config import LoraSpec, ModelSpec, Workload
+    from llmsim.config import LoraSpec
     from llmsim.costmodel.work import stage_step_memo, train_work
     from llmsim.hardware import load_catalog
-    from tests.costmodel.helpers import gpt2, profiled
+    from tests.costmodel.helpers import profiled
 
     rng = random.Random(11)
     cluster = load_catalog().cluster("h100-sxm", nodes=2, devices_per_node=8)
-    dense = gpt2(batch=16)
-    fp8 = Workload(model=ModelSpec(preset="gpt2-small"), mode="train", batch=16, dtype="float8",
-                   fp8={"recipe": "delayed"})
-    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
-                     mode="train", batch=16)
+    dense, fp8, moe_w = _dense_fp8_moe_workloads()
     cases = []
     for w, sharings in ((dense, [dict(), dict(tie=False, layer_groups=4), dict(lora=LoraSpec(rank=8))]),
                         (fp8, [dict()]), (moe_w, [dict()])):
@@ -735,19 +731,15 @@ def test_train_works_builds_each_micro_batch_size_as_train_work_does() -> None:
     were built once would give the first size's value to the others and fail here."""
     import random
 
-    from llmsim.config import LoraSpec, ModelSpec, Workload
+    from llmsim.config import LoraSpec
     from llmsim.costmodel.compute import phase_memo
     from llmsim.costmodel.work import stage_step_memo, train_work, train_works
     from llmsim.hardware import load_catalog
-    from tests.costmodel.helpers import gpt2, profiled
+    from tests.costmodel.helpers import profiled
 
     rng = random.Random(5)
     cluster = load_catalog().cluster("h100-sxm", nodes=2, devices_per_node=8)
-    dense = gpt2(batch=16)
-    fp8 = Workload(model=ModelSpec(preset="gpt2-small"), mode="train", batch=16, dtype="float8",
-                   fp8={"recipe": "delayed"})
-    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
-                     mode="train", batch=16)
+    dense, fp8, moe_w = _dense_fp8_moe_workloads()
     checked = 0
     for w, sharings in ((dense, [dict(), dict(tie=True, layer_groups=4), dict(lora=LoraSpec(rank=8))]),
                         (fp8, [dict()]), (moe_w, [dict()])):
@@ -773,3 +765,16 @@ def test_train_works_builds_each_micro_batch_size_as_train_work_does() -> None:
                 assert len({s.fwd_layer_s for work in want for s in work.stages}) > 1  # the sizes differ in it
                 checked += 1
     assert checked == 50
+
+
+def _dense_fp8_moe_workloads():
+    """A dense GPT-2 (batch 16), the same under float8 delayed scaling, and an 8-layer tiny MoE whose first layer
+    is dense: the three kinds of stage a memo or a family of micro-batch sizes must keep apart."""
+    from llmsim.config import ModelSpec, Workload
+    from tests.costmodel.helpers import gpt2
+
+    fp8 = Workload(model=ModelSpec(preset="gpt2-small"), mode="train", batch=16, dtype="float8",
+                   fp8={"recipe": "delayed"})
+    moe_w = Workload(model=ModelSpec(preset="tiny-moe", layers=8, seq_len=64, moe={"first_dense_layers": 1}),
+                     mode="train", batch=16)
+    return gpt2(batch=16), fp8, moe_w
