@@ -153,10 +153,14 @@ def _same(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
 
 
-def tie_text(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal") -> str | None:
+def tie_text(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal",
+             rate_goal: bool = False) -> str | None:
     """None unless `e` ties the winner on the objective; else what they tie on and what ranks the winner
     first: 'ties the winner on cost ($72.00 each); ranked second by token step: 7.5 ms against 7.2 ms', or,
-    equal on every measure, that only the configurations' names order them (either is as good)."""
+    equal on every measure, that only the configurations' names order them (either is as good).
+
+    `rate_goal`: an inference plan, whose goal is a tokens/s floor: a tie that serves more tokens/s than the
+    winner says so, as the ranking (objective_key) does not count a rate past the goal."""
     order = RANK_ORDER[objective]
     if not _same(_measure(e, order[0]), _measure(best, order[0])):
         return None
@@ -174,8 +178,13 @@ def tie_text(e: Evaluation, best: Evaluation, objective: str, time_name: str = "
         return (f"ties the winner on {ties} ({values}): the configurations' names order them only, so either is "
                 f"as good")
     m = first[0]
+    more = ""
+    rate, best_rate = getattr(e, "tokens_per_s", None), getattr(best, "tokens_per_s", None)
+    if rate_goal and rate and best_rate and rate > best_rate and not _same(rate, best_rate):
+        more = (f"; it serves more tokens/s ({rate:,.0f} against {best_rate:,.0f}), which the ranking does not "
+                f"count once the goal's rate is met")
     return (f"ties the winner on {ties} ({values}); ranked below it by the tie-break, {label[m]}: "
-            f"{shown[m](_measure(e, m))} against the winner's {shown[m](_measure(best, m))}")
+            f"{shown[m](_measure(e, m))} against the winner's {shown[m](_measure(best, m))}{more}")
 
 
 # The numbers two configurations must share to price alike: what the plan ranks on and shows (step, time to
@@ -256,7 +265,8 @@ def tie_line(ties: list[Evaluation], runner_up: Evaluation | None, winner: Evalu
                    else "; every other feasible configuration prices alike, so there is no runner-up to compare")
 
 
-def versus(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal") -> str:
+def versus(e: Evaluation, best: Evaluation, objective: str, time_name: str = "time to goal",
+           rate_goal: bool = False) -> str:
     """How a runner-up compares to the winner on the objective and on time; a tie on the objective says so
     and names the measure that ranks them (tie_text)."""
     def rel(a: float | None, b: float | None) -> str:
@@ -267,7 +277,7 @@ def versus(e: Evaluation, best: Evaluation, objective: str, time_name: str = "ti
         if change == 0 or abs(change) >= 0.005:
             return f"{change:+.0%}"
         return f"{change * 100:+.2f}%" if abs(change) >= 1e-4 else ("+" if change > 0 else "-") + "<0.01%"
-    tie = tie_text(e, best, objective, time_name)
+    tie = tie_text(e, best, objective, time_name, rate_goal)
     return ((f"{tie}; " if tie else "")
             + f"against the winner: cost {rel(e.cost_usd, best.cost_usd)}, time "
             f"{rel(e.time_to_goal_s, best.time_to_goal_s)}, energy {rel(e.energy_j, best.energy_j)}, devices "
@@ -352,7 +362,8 @@ def explain(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile, top:
                         f"{fmt_duration(best.latency_s)}, {fmt_rate(best.tokens_per_s)}, {fmt_usd(best.cost_usd)} "
                         f"and {fmt_energy(best.energy_j)} per hour")
         time_name = "time to goal" if plan.workload.mode == "train" else latency_name(plan)
-        runners = [(describe(e), [versus(e, best, plan.objective, time_name)] + why(e, plan)) for e in top[1:]]
+        runners = [(describe(e), [versus(e, best, plan.objective, time_name, plan.workload.mode != "train")]
+                    + why(e, plan)) for e in top[1:]]
         return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
     closest = first_rows(rows, max(plan.top_k, 1), feasible=False)
     limiting = diagnose(rows, stats, plan)

@@ -28,6 +28,20 @@ def test_a_tie_on_the_objective_names_the_tie_break_that_ranks_the_winner_first(
                            "7.5 ms against the winner's 7.2 ms; against the winner: cost +0%"), text
 
 
+def test_a_tie_that_serves_more_tokens_per_s_says_the_ranking_does_not_count_it() -> None:
+    """The trial of 2026-12-01: plan-serve-8b's #2 served 20,246 tokens/s against the winner's 20,134 at the same
+    cost and ranked below it on token step; the line did not say why more throughput did not rank it first."""
+    winner, runner = _e(72.0, 0.0072, 16), _e(72.0, 0.0075, 16)
+    winner.tokens_per_s, runner.tokens_per_s = 20134.0, 20246.0
+    text = tie_text(runner, winner, "cost", "token step", rate_goal=True)
+    assert text is not None and text.endswith(
+        "; it serves more tokens/s (20,246 against 20,134), which the ranking does not count once the goal's rate "
+        "is met"), text
+    assert "tokens/s" not in (tie_text(runner, winner, "cost", "token step") or "")  # a training plan: no rate goal
+    winner.tokens_per_s = 20246.0
+    assert "tokens/s" not in (tie_text(runner, winner, "cost", "token step", rate_goal=True) or "")
+
+
 def test_the_same_time_under_objective_time_is_a_tie_broken_by_cost() -> None:
     winner, runner = _e(1000.0, 86400.0 * 3, 64), _e(1500.0, 86400.0 * 3, 64)
     assert tie_text(runner, winner, "time") == ("ties the winner on time to goal (time to goal 3.0 days each); "
