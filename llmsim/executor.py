@@ -21,7 +21,9 @@ Choice (`make_executor`, `--executor` and `--ray-address` of `llmsim run` and `l
 A few heavy tasks whose inputs this process already holds (the planner's enumeration and pricing of each
 hardware choice: seconds of numpy each, after imports and a workload profile that a fresh Ray worker would
 redo) go to `Executor.few_heavy()`: `ForkExecutor`, workers forked from this process on this machine's cores,
-under `auto` and `ray`; this process, one after another, under `local`.
+under `auto` and `ray`; this process, one after another, under `local`. Its `beside(fn, task)` starts one task
+in a forked worker while this process goes on with work of its own (the plan's Pareto figure, drawn while the
+plan writes its tables), and runs it in this process, when its result is asked for, under `local`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import socket
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from llmsim.errors import UsageError
 
@@ -100,6 +102,12 @@ class Executor(ABC):
         import and profile again). LocalExecutor answers itself: `--executor local` stays in this process."""
         return ForkExecutor()
 
+    def beside(self, fn: Callable[[T], R], task: T) -> "Pending[R]":
+        """fn(task), to go with this process's own next work: here, in this process when `result()` is first
+        asked (so `--executor local` stays one thing after another); ForkExecutor starts it in a forked worker
+        at once. Use as `with executor.few_heavy().beside(fn, task) as pending: ...; pending.result()`."""
+        return Deferred(fn, task)
+
     def check(self) -> None:
         """Refuse, before any output is written, an executor that cannot run (UsageError, exit 2); the default
         can always run. Called by the CLI before it makes a run folder."""
@@ -112,6 +120,38 @@ class Executor(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Pending(ABC, Generic[R]):
+    """A task begun beside this process's own work (Executor.beside). `result()` waits for it and returns its
+    value or raises its exception as itself; leaving the `with` block without the result (this process's own work
+    raised, or Ctrl-C) stops it."""
+
+    @abstractmethod
+    def result(self) -> R:
+        """fn(task), waited for (the same value whatever ran it)."""
+
+    def close(self) -> None:
+        """Stop the task if it has not finished, and release what runs it."""
+
+    def __enter__(self) -> "Pending[R]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Deferred(Pending[R]):
+    """fn(task) in this process, run when `result()` is first asked (once: the value is kept)."""
+
+    def __init__(self, fn: Callable[[T], R], task: T) -> None:
+        self._run: Callable[[], R] | None = lambda: fn(task)
+        self._value: R | None = None
+
+    def result(self) -> R:
+        if self._run is not None:
+            self._value, self._run = self._run(), None
+        return self._value  # type: ignore[return-value]
 
 
 class LocalExecutor(Executor):
@@ -160,8 +200,7 @@ class ForkExecutor(Executor):
         for stream in (sys.stdout, sys.stderr):  # a child flushes at its exit what it inherited unwritten
             if stream is not None:
                 stream.flush()
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                                      initializer=_ignore_sigint)
+        pool = _fork_pool(workers)
         done = False
         try:
             # the workers are forked at the first submit, before this process runs its own task
@@ -175,6 +214,38 @@ class ForkExecutor(Executor):
                 _terminate_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def beside(self, fn: Callable[[T], R], task: T) -> Pending[R]:
+        """fn(task) in one worker forked now (its task and result cross a pipe pickled); in this process, as
+        Executor.beside, where fork is unavailable or this process may use a single core."""
+        if self.max_workers < 2 or not fork_available():
+            return Deferred(fn, task)
+        return Forked(fn, task)
+
+
+class Forked(Pending[R]):
+    """fn(task) in a worker forked from this process (ForkExecutor.beside): a pool of one, closed with it."""
+
+    def __init__(self, fn: Callable[[T], R], task: T) -> None:
+        self._pool = _fork_pool(1)
+        self._future = self._pool.submit(fn, task)  # the worker is forked here
+
+    def result(self) -> R:
+        return self._future.result()
+
+    def close(self) -> None:
+        if not self._future.done():  # this process's own work failed or was interrupted: do not wait for it
+            _terminate_workers(self._pool)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fork_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool of `workers` forked from this process (at its first submit), set up by `_forked_worker`."""
+    for stream in (sys.stdout, sys.stderr):  # a child inherits what is buffered unwritten: written once, here
+        if stream is not None:
+            stream.flush()
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                  initializer=_forked_worker)
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity: a `taskset` or a container's limit), else os.cpu_count()."""
@@ -182,10 +253,21 @@ def usable_cores() -> int:
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
-def _ignore_sigint() -> None:
-    """A fork worker's initializer: Ctrl-C (SIGINT to the terminal's whole process group) is the parent's to
-    handle, which stops the workers; a worker of its own would print its traceback."""
+def _forked_worker() -> None:
+    """A fork worker's initializer. Ctrl-C (SIGINT to the terminal's whole process group) is the parent's to
+    handle, which stops the workers; a worker of its own would print its traceback. And stdout and stderr objects
+    of its own over the same descriptors: a fork copies the forking thread alone, and another thread of the parent
+    may hold a stream's lock at that instant (a progress bar's refresh writing to stderr, as `llmsim plan`'s runs
+    while the plan writes its outputs); the worker flushes its streams as it exits, and would wait on that lock
+    for ever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # none, or not over a descriptor (a test's capture)
+            continue
+        setattr(sys, name, open(fd, "w", buffering=1, encoding=stream.encoding, errors=stream.errors, closefd=False))
 
 
 def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:

@@ -12,14 +12,14 @@ The report is a llmsim.report Document, rendered by the same markdown and HTML r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.legend import Legend
 
 from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
@@ -28,7 +28,6 @@ from llmsim.planner.precisions import workload_for
 from llmsim.planner.search import Evaluation, Hardware, Rows, SearchStats
 from llmsim.planner.space import Config
 from llmsim.report.units import fmt_bytes
-from llmsim.report.raster import png as raster_png
 from llmsim.results import write_atomic
 from llmsim.stages import describe_split
 
@@ -40,7 +39,6 @@ EXTRA_COLUMNS = ["nodes", "tokens_per_s", "latency_s", "mfu", "peak_memory_bytes
                  "memory_capacity_bytes", "compute_time_s", "comm_time_s", "bubble_time_s", "other_time_s",
                  "power_w", "usd_per_device_hour", "sim_step_time_s", "sim_time_to_goal_s", "sim_cost_usd",
                  "sim_energy_j", "sim_feasible", "topology", "slices", "mesh"]
-PARETO_SAMPLE = 20000  # at most this many non-front points are drawn (the front always is)
 NOT_SIMULATED = (None,) * 5  # the sim_ columns of a row the cluster simulation did not re-check
 NOT_PLACED = (None,) * 3     # topology, slices, mesh of a row off a TPU torus
 
@@ -203,73 +201,35 @@ def pareto_front(cost: np.ndarray, time: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-MISS_COLOR = "#9a9a9a"   # pareto_figure: configurations that miss the goal
+FIGURE_COLUMNS = ["hardware", "feasible", "time_to_goal_s", "cost_usd"]  # what the Pareto figure reads
 
 
-def pareto_figure(frame: pd.DataFrame, plan: PlanFile, winner: int | None = None) -> tuple[Any, Any]:
-    """Cost against time to goal (inference: cost per hour against step latency), log-log, per hardware,
-    feasible points in the hardware's colour, misses in grey, the Pareto front of the feasible ones drawn as a line."""
-    from llmsim.report.figures import new_figure
+@dataclass(frozen=True)
+class ParetoTask:
+    """What figures/pareto.png is drawn from (planner.figure), picklable: it crosses to the worker that draws it."""
 
-    fig, axes = new_figure(8.0, 5.2)
-    ax = axes[0][0]
-    # the columns drawn, of the priced rows (not the whole table: a copy of every column costs more than the drawing)
-    priced = frame.loc[frame["step_time_s"].notna(), ["hardware", "feasible", "time_to_goal_s", "cost_usd"]]
-    train = plan.workload.mode == "train"
-    scale = 86400.0 if train else 1e-3
-    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
-    for i, (name, part) in enumerate(priced.groupby("hardware", sort=False)):
-        color = colors[i % len(colors)]
-        ok, miss = part[part["feasible"]], part[~part["feasible"]]
-        if len(miss) > PARETO_SAMPLE:
-            miss = miss.sample(PARETO_SAMPLE, random_state=0)
-        if len(ok) > PARETO_SAMPLE:
-            ok = ok.sample(PARETO_SAMPLE, random_state=0)
-        # the misses in grey, whatever their hardware: thousands of faint dots of a hardware's colour read as
-        # solid ones, and those past the deadline looked as if they met the goal
-        ax.scatter(miss["time_to_goal_s"] / scale, miss["cost_usd"], s=4, color=MISS_COLOR, alpha=0.12,
-                   linewidths=0, label="misses the goal (any hardware)" if i == 0 and len(miss) else None)
-        ax.scatter(ok["time_to_goal_s"] / scale, ok["cost_usd"], s=7, color=color, alpha=0.5, linewidths=0,
-                   label=f"{name} (meets the goal)")
-    feasible = priced[priced["feasible"]]
-    if len(feasible):
-        idx = pareto_front(feasible["cost_usd"].to_numpy(float), feasible["time_to_goal_s"].to_numpy(float))
-        front = feasible.iloc[idx]
-        ax.plot(front["time_to_goal_s"] / scale, front["cost_usd"], "-o", color="#1d2330", ms=3, lw=1.2,
-                label="Pareto front")
-    if winner is not None and winner in frame.index and pd.notna(frame.loc[winner, "step_time_s"]):
-        row = frame.loc[winner]
-        ax.scatter([row["time_to_goal_s"] / scale], [row["cost_usd"]], s=120, marker="*", color="#C44E52",
-                   zorder=5, label="chosen")
-    if train and plan.goal.deadline_days:
-        ax.axvline(plan.goal.deadline_days, color="#C44E52", ls="--", lw=1, label="deadline")
-    if not train and plan.goal.max_step_latency_s:
-        ax.axvline(plan.goal.max_step_latency_s * 1e3, color="#C44E52", ls="--", lw=1, label="latency limit")
-    if len(priced):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel("time to goal (days)" if train else f"{latency_name(plan)} latency (ms)")
-    ax.set_ylabel("cost (USD)" if train else "cost (USD per hour of serving)")
-    ax.set_title(f"{plan.name}: cost against time, {len(priced):,} priced configurations")
-    ax.grid(True, which="both", alpha=0.25)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:  # ax.legend(fontsize=8, loc="best"), placed on the points as one array
-        ax.legend_ = PointsLegend(ax, handles, labels, fontsize=8, loc="best")
-    return fig, ax
+    points: pd.DataFrame       # pareto_points of the plan's table
+    plan: PlanFile
+    winner: int | None         # the chosen row's index in the table, starred; None: nothing meets the goal
 
 
-class PointsLegend(Legend):
-    """matplotlib's Legend, placed at loc="best" as matplotlib places it, its placement handed the scatter points
-    as one array: Legend._find_best_position counts the points inside each of nine candidate boxes and converts
-    the list of points it gathers (an entry per point) anew for each box, at each of the six times a
-    constrained-layout savefig asks. One array gives the same counts, so the same place and the same pixels
-    (tests/planner/test_outputs.py), ~10x sooner: it was 0.45 s of the 70B plan's 0.9 s figure (~80,000 points)."""
+def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows the Pareto figure draws, the priced ones (a step time), and only the columns it reads: a copy of
+    every column costs more than the drawing, and these are what a worker that draws it is sent."""
+    return frame.loc[frame["step_time_s"].notna(), FIGURE_COLUMNS]
 
-    def _auto_legend_data(self, *args: Any, **kwargs: Any) -> Any:
-        data = super()._auto_legend_data(*args, **kwargs)
-        if isinstance(data, tuple) and len(data) == 3 and isinstance(data[2], list):  # (bboxes, lines, points)
-            return data[0], data[1], np.asarray(data[2], dtype=float).reshape(-1, 2)
-        return data
+
+def pareto_task(frame: pd.DataFrame, plan: PlanFile, top: Sequence[Evaluation]) -> ParetoTask:
+    """The figure of plan_frame's `frame` (its `chosen` row starred when `top` has a winner)."""
+    winner = int(frame.index[frame["chosen"]][0]) if top else None
+    return ParetoTask(pareto_points(frame), plan, winner)
+
+
+def pareto_png(task: ParetoTask) -> bytes:
+    """figures/pareto.png's bytes: planner.figure, and matplotlib with it, imported only where this runs."""
+    from llmsim.planner.figure import draw_png
+
+    return draw_png(task)
 
 
 # plan.parquet's columns of few distinct values (the strategy fields, the hardware's, the reasons), which Parquet
@@ -425,30 +385,26 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
 
 def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,
                   top: list[Evaluation], closest: list[Evaluation], stats: SearchStats, hardware: list[Hardware],
-                  simulated: bool) -> list[Path]:
-    """plan.parquet (every row), plan.csv (`compact_frame`), figures/pareto.png, plan.md, plan.html and (when
-    something is feasible) best.yaml."""
+                  simulated: bool, figure: Callable[[], bytes] | None = None) -> list[Path]:
+    """plan.parquet (every row), plan.csv (`compact_frame`), best.yaml (when something is feasible), plan.yaml,
+    figures/pareto.png, plan.md and plan.html. `figure`: the PNG's bytes when called, drawn meanwhile beside this
+    process (run.py: Executor.beside of `pareto_png`); default: drawn here, when the report needs it."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown
-    written = []
-    table = run_dir / "plan.parquet"
+    table, csv = run_dir / "plan.parquet", run_dir / "plan.csv"
     write_parquet(frame, table)
-    csv = run_dir / "plan.csv"
     compact_frame(frame, plan.csv_top).to_csv(csv, index=False)  # full precision: the numbers the terminal and plan.parquet show
-    written += [table, csv]
-    winner = int(frame.index[frame["chosen"]][0]) if top else None
-    fig, _ = pareto_figure(frame, plan, winner)
-    png = raster_png(fig)
+    written = [table, csv]
+    if top:
+        hw = {h.name: h for h in hardware}[top[0].config.hardware]
+        write_atomic(run_dir / "best.yaml", best_yaml(plan, top[0], hw))
+    write_atomic(run_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    png = figure() if figure is not None else pareto_png(pareto_task(frame, plan, top))
     (run_dir / "figures").mkdir(exist_ok=True)
     (run_dir / "figures" / "pareto.png").write_bytes(png)
     written.append(run_dir / "figures" / "pareto.png")
     doc = plan_document(plan, explanation, top, closest, stats, hardware, png, simulated)
     write_atomic(run_dir / "plan.md", render_markdown(doc))
     write_atomic(run_dir / "plan.html", render_html(doc))
-    written += [run_dir / "plan.md", run_dir / "plan.html"]
-    if top:
-        hw = {h.name: h for h in hardware}[top[0].config.hardware]
-        write_atomic(run_dir / "best.yaml", best_yaml(plan, top[0], hw))
-        written.append(run_dir / "best.yaml")
-    write_atomic(run_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
+    written += [run_dir / "plan.md", run_dir / "plan.html"] + ([run_dir / "best.yaml"] if top else [])
     return written

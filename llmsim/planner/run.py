@@ -10,20 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmsim.errors import ScenarioError
-from llmsim.executor import Executor, Progress
+from llmsim.config import SharingChoice
+from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog
 from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.precisions import candidates
 from llmsim.planner.explain import (Explanation, choice_lines, distinct_runner_up, explain, limit_of, tie_line,
                                     training_sensitivity)
-from llmsim.planner.report import plan_frame, write_outputs
+from llmsim.planner.report import pareto_png, pareto_task, plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
                                    precision_contexts, resolve_hardware, search, sharing_choice, simulate_top,
                                    workload_profile)
 from llmsim.planner.serve import Mapper
 from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
+from llmsim.workload.profile import WorkloadProfile
 from llmsim.results import new_run_dir
 
 
@@ -83,6 +85,20 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
         simulated = False
         top = first_rows(rows, plan.top_k)
     closest = [] if top else first_rows(rows, plan.top_k, feasible=False)
+    frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
+    # the Pareto figure (matplotlib's import, the drawing, the PNG: ~1 s for the 70B plan) is drawn in a worker
+    # forked now, while this process explains the choice (its what-ifs are simulations) and writes the tables;
+    # under --executor local, here, when the report asks for it
+    here = executor or LocalExecutor()
+    with here.few_heavy().beside(pareto_png, pareto_task(frame, plan, top)) as figure:
+        explanation = _explanation(plan, rows, stats, top, hardware, sharing, profile, simulated)
+        write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated, figure.result)
+    return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)
+
+
+def _explanation(plan: PlanFile, rows: Rows, stats: SearchStats, top: list[Evaluation], hardware: list[Hardware],
+                 sharing: SharingChoice, profile: WorkloadProfile, simulated: bool) -> Explanation:
+    """Why the winner wins, what limits it and the runner-up, and how its choice stands the what-ifs."""
     explanation = explain(rows, stats, plan, top)
     explanation.precision_notes = dropped_precisions(plan, hardware)
     if top:
@@ -96,6 +112,4 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
         explanation.sensitivity = sensitivity
         tie = tie_line(ties, runner_up, top[0])
         explanation.choice = ([tie] if tie else []) + choice_lines(explanation.limits, sensitivity)
-    frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
-    write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated)
-    return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)
+    return explanation

@@ -12,7 +12,8 @@ from llmsim.cli import main
 from llmsim.config import parse_scenario
 from llmsim.planner import run_plan
 from llmsim.planner.explain import explain
-from llmsim.planner.report import CONTRACT_COLUMNS, pareto_figure, plan_frame
+from llmsim.planner.figure import pareto_figure
+from llmsim.planner.report import CONTRACT_COLUMNS, pareto_points, plan_frame
 from llmsim.planner.search import search
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
@@ -73,7 +74,7 @@ def test_winner_explanation_covers_memory_communication_bubble() -> None:
 def test_pareto_figure_returns_fig_and_ax() -> None:
     plan = small_plan()
     rows, _ = search(plan, hardware(plan, small_catalog()))
-    fig, ax = pareto_figure(plan_frame(rows, hardware(plan, small_catalog())), plan, 0)
+    fig, ax = pareto_figure(pareto_points(plan_frame(rows, hardware(plan, small_catalog()))), plan, 0)
     assert ax.get_xscale() == "log" and fig.axes
 
 
@@ -286,7 +287,7 @@ def test_the_points_legend_sits_where_matplotlib_puts_a_best_legend(seed: int) -
     quarter, which is not the first place matplotlib tries (upper right) for every seed."""
     import numpy as np
 
-    from llmsim.planner.report import PointsLegend
+    from llmsim.planner.figure import PointsLegend
     from llmsim.report.figures import new_figure
     from llmsim.report.raster import png
 
