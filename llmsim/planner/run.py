@@ -85,12 +85,12 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
         simulated = False
         top = first_rows(rows, plan.top_k)
     closest = [] if top else first_rows(rows, plan.top_k, feasible=False)
-    frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
     # the Pareto figure (matplotlib's import, the drawing, the PNG: ~1 s for the 70B plan) is drawn in a worker
-    # forked now, while this process explains the choice (its what-ifs are simulations) and writes the tables;
-    # under --executor local, here, when the report asks for it
+    # forked now, while this process builds the table, explains the choice (its what-ifs are simulations) and
+    # writes the files; under --executor local, here, when the report asks for it
     here = executor or LocalExecutor()
-    with here.few_heavy().beside(pareto_png, pareto_task(frame, plan, top)) as figure:
+    with here.few_heavy().beside(pareto_png, pareto_task(rows, plan, top)) as figure:
+        frame = plan_frame(rows, hardware, plan.workload.model.layers, plan, top, simulated)
         explanation = _explanation(plan, rows, stats, top, hardware, sharing, profile, simulated)
         write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated, figure.result)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)

@@ -13,7 +13,7 @@ from llmsim.config import parse_scenario
 from llmsim.planner import run_plan
 from llmsim.planner.explain import explain
 from llmsim.planner.figure import pareto_figure
-from llmsim.planner.report import CONTRACT_COLUMNS, pareto_points, plan_frame
+from llmsim.planner.report import CONTRACT_COLUMNS, FIGURE_COLUMNS, pareto_points, plan_frame
 from llmsim.planner.search import search
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
@@ -74,8 +74,25 @@ def test_winner_explanation_covers_memory_communication_bubble() -> None:
 def test_pareto_figure_returns_fig_and_ax() -> None:
     plan = small_plan()
     rows, _ = search(plan, hardware(plan, small_catalog()))
-    fig, ax = pareto_figure(pareto_points(plan_frame(rows, hardware(plan, small_catalog()))), plan, 0)
+    fig, ax = pareto_figure(pareto_points(rows), plan, 0)
     assert ax.get_xscale() == "log" and fig.axes
+
+
+@pytest.mark.parametrize("mode", ["train", "decode"])
+def test_pareto_points_are_the_priced_rows_of_the_table(mode: str) -> None:
+    """The figure's points, made from the rows before the table (report.pareto_points: sent to the worker that
+    draws it), are plan_frame's priced rows and the columns the figure reads, value for value, dtype for dtype."""
+    over = {} if mode == "train" else {"workload": {"model": {"preset": "tiny", "layers": 4}, "mode": "decode",
+                                                    "batch": 8, "decode_tokens": 16},
+                                       "goal": {"tokens_per_s": 100, "max_step_latency_s": 1.0}}
+    plan = small_plan(**over)
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    frame = plan_frame(rows, hardware(plan, small_catalog()), plan.workload.model.layers, plan)
+    expected = frame.loc[frame["step_time_s"].notna(), FIGURE_COLUMNS]
+    points = pareto_points(rows)
+    assert len(points) and points["feasible"].any()
+    assert mode == "decode" or len(points) < len(frame)  # training: some rows over memory, unpriced
+    pd.testing.assert_frame_equal(points, expected)
 
 
 def test_run_folder_and_best_yaml_reproduce_the_winner(tmp_path: Path) -> None:
