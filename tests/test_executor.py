@@ -77,6 +77,60 @@ def test_fork_runs_in_this_process_without_fork_or_a_second_task(monkeypatch: py
     assert ex.ForkExecutor(max_workers=4).map(pid_of, [1, 2]) == [(1, os.getpid()), (2, os.getpid())]
 
 
+def test_beside_runs_here_when_asked_under_local() -> None:
+    """`--executor local` stays one thing after another in this process: the task runs when its result is asked
+    for, once, and not at all when it never is."""
+    import os
+
+    ran: list[int] = []
+    pending = ex.LocalExecutor().few_heavy().beside(ran.append, 1)
+    assert ran == []
+    with pending:
+        assert pending.result() is None and pending.result() is None and ran == [1]
+    with ex.LocalExecutor().beside(pid_of, 2) as unasked:
+        pass
+    assert ex.ForkExecutor(max_workers=1).beside(pid_of, 3).result() == (3, os.getpid())  # one core: here too
+
+
+@pytest.mark.skipif(not ex.fork_available(), reason="forked workers need Linux")
+def test_beside_forks_a_worker_and_raises_its_error_as_itself() -> None:
+    import multiprocessing
+    import os
+
+    with ex.ForkExecutor(max_workers=2).beside(pid_of, 4) as pending:
+        x, pid = pending.result()
+    assert x == 4 and pid != os.getpid()
+    with pytest.raises(ScenarioError, match="x: -1 is negative"):
+        with ex.ForkExecutor(max_workers=2).beside(functools.partial(square_plus, 0), -1) as failing:
+            failing.result()
+    assert not multiprocessing.active_children()
+
+
+def sleep_then(x: int) -> int:
+    """A picklable task that outlasts any test: only stopping it ends it."""
+    import time
+
+    time.sleep(600)
+    return x
+
+
+@pytest.mark.skipif(not ex.fork_available(), reason="forked workers need Linux")
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ScenarioError])
+def test_beside_stops_its_worker_when_this_process_fails(error: type[BaseException]) -> None:
+    """This process's own work raises (Ctrl-C, a user error) before it asks for the result: leaving the block stops
+    the worker at once (it would sleep for 600 s) and leaves no process behind."""
+    import multiprocessing
+    import os
+
+    with pytest.raises(error):
+        with ex.ForkExecutor(max_workers=2).beside(sleep_then, 1):
+            (worker,) = multiprocessing.active_children()
+            raise error(None, "k", "bad") if error is ScenarioError else error()
+    assert not multiprocessing.active_children()
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker.pid, 0)
+
+
 def test_few_heavy_tasks_fork_unless_local() -> None:
     """`--executor local` keeps the planner's pricing in this process; auto and ray fork it (Ray's start-up costs
     more than a few heavy tasks save)."""

@@ -10,6 +10,7 @@ import yaml
 
 from llmsim.cli import main
 from llmsim.config import parse_scenario
+from llmsim.errors import ScenarioError
 from llmsim.planner import run_plan
 from llmsim.planner.explain import explain
 from llmsim.planner.figure import pareto_figure
@@ -146,6 +147,39 @@ def _plan_on_a100(tmp_path: Path, name: str, preset: str, max_devices: int) -> N
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+
+
+def figure_that_fails(task: object) -> bytes:
+    """A stand-in for report.pareto_png (picklable: module level) that fails as bad input does, naming its process."""
+    import os
+
+    raise ScenarioError(None, "figure", f"not drawn in process {os.getpid()}")
+
+
+@pytest.mark.parametrize("executor", ["auto", "local"])
+def test_a_failure_drawing_the_figure_is_the_one_line_error(executor: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figure is drawn in a worker forked beside the plan (auto) or in this process (local): an error there is
+    the command's usual one line and exit 2, and no worker is left."""
+    import multiprocessing
+    import os
+
+    import llmsim.planner.run as run_module
+    from llmsim.executor import fork_available, usable_cores
+
+    monkeypatch.setattr(run_module, "pareto_png", figure_that_fails)
+    data = {"name": "cli-figure", "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
+            "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb"}],
+            "limits": {"max_devices": 8}, "simulate": False}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--executor", executor]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("llmsim:")]
+    assert line.startswith("llmsim: error: figure: not drawn in process ")
+    forked = executor == "auto" and fork_available() and usable_cores() > 1
+    assert (int(line.rsplit(" ", 1)[1]) != os.getpid()) == forked
+    assert not multiprocessing.active_children()
 
 
 def test_cli_prints_the_folder_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
