@@ -84,6 +84,11 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
 
     def number(name: str, present: np.ndarray | None = None) -> Any:
         return _number(col, name, priced if present is None else present)
+
+    def own(name: str) -> np.ndarray:
+        """A field the frame holds as it is: a copy, so that writing into the frame (made with copy=False, below)
+        never writes into the rows' own columns."""
+        return field(name).copy()
     made = table.made()
     sims = {i: e.sim for i, e in made.items() if e.sim}
     sim_columns = [_sparse(n, {i: sim.get(k) for i, sim in sims.items()})
@@ -95,13 +100,13 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
                                              field("mesh").tolist())] if placed else [])
     topology, slices, mesh = (list(x) for x in zip(*places)) if places else (_sparse(n, {}),) * 3
     everyone = np.ones(n, dtype=bool)
-    data = {"strategy": table.names(), "dp": field("dp"), "tp": field("tp"), "pp": field("pp"), "cp": field("cp"),
-            "ep": field("ep"), "sp": field("sp"), "zero": field("zero"), "micro_batch": field("micro_batch"),
-            "microbatches": field("microbatches"), "schedule": _few(field("schedule")),
-            "virtual_stages": field("virtual_stages"), "recompute": _few(field("recompute")),
+    data = {"strategy": table.names(), "dp": own("dp"), "tp": own("tp"), "pp": own("pp"), "cp": own("cp"),
+            "ep": own("ep"), "sp": own("sp"), "zero": own("zero"), "micro_batch": own("micro_batch"),
+            "microbatches": own("microbatches"), "schedule": _few(field("schedule")),
+            "virtual_stages": own("virtual_stages"), "recompute": _few(field("recompute")),
             "stage_layers": stage_layers, "dtype": _taken(dtypes, label_at), "fp8_recipe": _taken(recipes, label_at),
             "hardware": _taken(hw_names, hw_at),
-            "n_devices": n_devices, "feasible": col["feasible"], "reason": table.reasons,
+            "n_devices": own("n_devices"), "feasible": col["feasible"].copy(), "reason": table.reasons,
             "step_time_s": number("step_time_s"), "time_to_goal_s": number("time_to_goal_s"),
             "cost_usd": number("cost_usd"), "energy_j": number("energy_j"),
             "nodes": -(-n_devices // np.array([per_node[h] for h in hw_names], dtype=np.int64)[hw_at]),
@@ -117,8 +122,8 @@ def plan_frame(rows: Sequence[Evaluation], hardware: list[Hardware], layers: int
                        sim_columns)),
             "topology": topology, "slices": slices, "mesh": mesh}
     names = STRATEGY_COLUMNS + CONTRACT_COLUMNS + EXTRA_COLUMNS
-    # copy=False: each column stays the array it was made as, not copied into one block per dtype (~100 MB of
-    # floats for the 70B plan's 404,694 rows, 0.1-0.3 s); nothing writes into the frame's columns afterwards
+    # copy=False: each column stays the array made for it here (`own`, `number`, ...), not copied again into one
+    # block per dtype (~100 MB of floats for the 70B plan's 404,694 rows, 0.1-0.3 s)
     frame = (pd.DataFrame({k: data[k] for k in names}, index=pd.RangeIndex(n), copy=False) if n else
              pd.DataFrame.from_records([], columns=names))  # no row: every column of objects, as records make it
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))

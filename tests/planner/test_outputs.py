@@ -149,6 +149,19 @@ def _plan_on_a100(tmp_path: Path, name: str, preset: str, max_devices: int) -> N
     assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
 
 
+def test_writing_into_the_table_leaves_the_rows_alone() -> None:
+    """plan_frame's columns are its own (the frame is made with copy=False): writing into it changes no row."""
+    plan = small_plan()
+    rows, _ = search(plan, hardware(plan, small_catalog()))
+    dp, feasible, cost = rows.field("dp").copy(), rows.columns["feasible"].copy(), rows.columns["cost_usd"].copy()
+    frame = plan_frame(rows, hardware(plan, small_catalog()), plan.workload.model.layers, plan)
+    for name in frame.columns:
+        if frame[name].dtype.kind in "biuf":
+            frame.iloc[0, frame.columns.get_loc(name)] = 0 if frame[name].dtype.kind != "b" else not frame[name][0]
+    assert (rows.field("dp") == dp).all() and (rows.columns["feasible"] == feasible).all()
+    assert ((rows.columns["cost_usd"] == cost) | (cost != cost)).all()
+
+
 def figure_that_fails(task: object) -> bytes:
     """A stand-in for report.pareto_png (picklable: module level) that fails as bad input does, naming its process."""
     import os
