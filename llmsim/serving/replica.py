@@ -109,9 +109,10 @@ class Replica:
                 self._wakeup = None
                 continue
             mix = iteration.mix or mix_of(iteration.work)
-            done = [(seq, 1) for seq, last in unsent if last]
-            if done and mix.decode_seqs:        # V0 decodes its finished requests once more (module docstring)
-                mix = mix + mix_of(done)
+            if unsent and mix.decode_seqs:      # V0 decodes its finished requests once more (module docstring)
+                done = [(seq, 1) for seq, last in unsent if last]
+                if done:
+                    mix = mix + mix_of(done)
             self.timeline.add(env.now, len(iteration.work), round(mix.tokens), scheduler.kv.used, len(scheduler.waiting))
             seconds, compute = self.price(mix)
             yield env.timeout(seconds)
@@ -128,15 +129,21 @@ class Replica:
                 if seq.computed >= request.input_tokens + seq.generated:   # every known token computed: sample
                     seq.generated += 1
                     last = seq.generated >= request.output_tokens
-                    sampled.append((seq, last))
-                    if last:
-                        seq.finished = True
-                        scheduler.finish(seq)
+                    if lagged:                  # out at the next iteration's end (`_deliver`)
+                        sampled.append((seq, last))
+                        if last:
+                            seq.finished = True
+                            scheduler.finish(seq)
+                    else:                       # out now
+                        seq.token_times.append(now)
+                        if last:
+                            seq.finished = True
+                            self.outstanding -= 1
+                            scheduler.finish(seq)
+                            self.on_finish(seq)
             if lagged:
                 self._deliver(unsent, now)      # the previous iteration's tokens, processed while this one ran
                 unsent = sampled
-            else:
-                self._deliver(sampled, now)
 
     def _wasted_step(self, finished: list[tuple[Sequence, int]]) -> Generator[simpy.Event, Any, None]:
         """The decode step V0 runs for requests whose last token it has not processed yet (their stop is found
