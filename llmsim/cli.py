@@ -55,8 +55,21 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
+    _note_trace(scenario, scenario_dir, path)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
+
+
+def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
+    """Say where a trace replay departs from the trace file (serving.requests.trace_notes); plan_cases has read it."""
+    spec = scenario.serving
+    if spec is None or spec.arrival.kind != "trace" or spec.arrival.path is None:
+        return
+    from llmsim.serving.requests import read_trace, trace_notes
+
+    for key, note in trace_notes(spec, read_trace(scenario_dir / spec.arrival.path)):
+        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
+                          soft_wrap=True)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
