@@ -421,6 +421,15 @@ def _print_choice(explanation: Any) -> None:
         Console(stderr=True, width=max(err_console.width, 160)).print(table)
 
 
+def _check_writable(path: Path) -> None:
+    """Raise the OSError writing `path` would raise (main turns it into one line, exit 2), leaving no file behind."""
+    existed = path.exists()
+    with open(path, "a", encoding="utf-8"):
+        pass
+    if not existed:
+        path.unlink()
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last.
 
@@ -430,6 +439,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from llmsim.calibrate.serving import calibrate_serving, has_serving_rows
     from llmsim.hardware import load_catalog
 
+    if args.out is not None:
+        _check_writable(args.out)  # before the fit, which takes seconds to minutes
     if has_serving_rows(args.run_dirs, args.backend):
         step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]
         if step_folders:
