@@ -772,20 +772,9 @@ def price_context(caches: SearchCaches, task: ContextTask) -> ContextPrice:
     axes: Axes = axes_of(plan, hw.devices_per_node)
     kept = _screened_groups(caches, task, axes, stats)
     if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
-        heads: list[Config] = []
-        layouts: list[list[tuple[int, int]]] = []
-        for g, places in kept:
-            for first, layout in chain_heads(ctx.plan, g, axes, caches.shapes):
-                if places == UNPLACED:  # off a torus: the chain as chain_heads gives it
-                    heads.append(first)
-                    layouts.append(layout)
-                    continue
-                for shape, slices, mesh in places:
-                    heads.append(replace(first, topology=shape, slices=slices, mesh=mesh))
-                    layouts.append(layout)
-        found = ChainedConfigs.of_chains(heads, layouts)
+        found = chained_configs(ctx.plan, kept, axes, caches.shapes)
         table = price_table(ctx, found, caches.shared.setdefault(label, {}))
-        keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), list(map(len, layouts))))
+        keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), found.lengths().tolist()))
         part = table_rows(ctx, table, keep)
         over = int((~part.columns["fits"]).sum())
         stats.screened += len(table)
@@ -802,6 +791,26 @@ def price_context(caches: SearchCaches, task: ContextTask) -> ContextPrice:
                             for shape, slices, mesh in places]):
                 _evaluate_chain(ctx, placed, stats, evaluated)
     return ContextPrice(None, evaluated, stats)
+
+
+def chained_configs(plan: PlanFile, kept: Sequence[tuple[Group, tuple]], axes: Axes,
+                    shapes: dict[tuple, list] | None = None) -> ChainedConfigs:
+    """The configurations of the groups `kept` (each with its placements: Hardware.placements) as chains, in the
+    order of `chains` (a TPU chain once per placement, one after the other), without a Config per member:
+    space.chain_heads' first configuration of each chain (placed) and its members' micro-batch sizes and
+    counts (columns.ChainedConfigs). Training plans (inference's chains are checked member by member)."""
+    heads: list[Config] = []
+    layouts: list[list[tuple[int, int]]] = []
+    for g, places in kept:
+        for first, layout in chain_heads(plan, g, axes, shapes):
+            if places == UNPLACED:  # off a torus: the chain as chain_heads gives it
+                heads.append(first)
+                layouts.append(layout)
+                continue
+            for shape, slices, mesh in places:
+                heads.append(replace(first, topology=shape, slices=slices, mesh=mesh))
+                layouts.append(layout)
+    return ChainedConfigs.of_chains(heads, layouts)
 
 
 def _screened_groups(caches: SearchCaches, task: ContextTask, axes: Axes, stats: SearchStats
