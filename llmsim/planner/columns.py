@@ -5,6 +5,10 @@ Why: a forked worker's rows cross a pipe pickled (llmsim.executor.ForkExecutor, 
 to unpickle (9 MB), their fields as columns 0.04 s and 0.05 s. The planner reads a few hundred rows one by
 one (the best, their neighbours, one per distinct split or precision) and the rest column by column
 (Rows.field), so the parent never needs the other Configs.
+
+`ChainedConfigs` holds the candidates a search enumerates the same way from the start: a Config per chain (its
+first member) and the micro-batch size and count per row, which is all that varies along a chain; a priced
+table's kept rows then become ConfigColumns (search.table_rows) without a Config made per row on the way.
 """
 
 from __future__ import annotations
