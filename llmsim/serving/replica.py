@@ -21,6 +21,18 @@ is run and priced (`_wasted_step`), and the tokens come out at its end, the queu
 iteration decodes other requests, the finished ones are priced as decode rows of it (a prompt-only iteration of
 prefill-first holds no running request, so none is added there). Their blocks are freed when the last token is
 sampled, not a step later: the scheduler sees every token at once.
+
+The next iteration formed while the current one runs (the scheduler spec's `overlap_schedule`: SGLang's overlap
+scheduler, the default from v0.4). python/sglang/srt/managers/scheduler.py `event_loop_overlap`: each pass of its
+loop receives the requests that reached the scheduler (`recv_requests`), forms the next batch
+(`get_next_batch_to_run`), launches it behind the batch the GPU is running, and only then waits for that batch's
+result (`process_batch_result` of the last batch). So the batch that runs after iteration N was formed when N
+started, and a request arriving while N runs can join the iteration after the next one at the earliest (without
+overlap, `event_loop_normal`, it joins the next). With nothing running the loop reads and launches at once. Here:
+arrivals while an iteration runs are held and handed to the scheduler just after the next iteration is formed;
+an idle replica takes them at once. Its tokens are not delayed (the result of N is processed as soon as N ends,
+while N + 1 runs). Not modelled: that SGLang, too, learns a request is finished only when it processes its last
+token, so the finished request is one more (discarded) row of the iteration formed meanwhile.
 """
 
 from __future__ import annotations
@@ -82,20 +94,33 @@ class Replica:
         self.max_batch = 0            # most sequences in one iteration
         self.timeline = Timeline()    # batch, tokens, KV use and queue at each iteration's start
         self._wakeup: simpy.Event | None = None
+        self._held: list[Sequence] | None = None   # overlap_schedule: arrivals the next iteration was formed without
 
     def arrive(self, seq: Sequence) -> None:
-        """A request routed here: queue it and wake the replica if it sleeps."""
+        """A request routed here: queue it (or, with overlap_schedule while an iteration runs, hold it until
+        the next iteration is formed) and wake the replica if it sleeps."""
         self.outstanding += 1
-        self.scheduler.add(seq)
+        if self._held is not None:
+            self._held.append(seq)
+        else:
+            self.scheduler.add(seq)
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
 
     def run(self) -> Generator[simpy.Event, Any, None]:
         env, scheduler = self.env, self.scheduler
         lagged = scheduler.async_output       # tokens come out one iteration late (module docstring)
+        overlap = scheduler.overlap_schedule  # arrivals join one iteration later (module docstring)
         unsent: list[tuple[Sequence, bool]] = []   # tokens sampled, not yet out: (sequence, its last token?)
         while True:
             iteration = scheduler.schedule(env.now)
+            if overlap:                         # formed, as SGLang's loop does, before the last arrivals are read
+                held, self._held = self._held, []
+                if held:
+                    for seq in held:
+                        scheduler.add(seq)
+                    if iteration is None:       # nothing ran: the engine reads them and schedules at once
+                        continue
             if iteration is None:
                 if unsent:                      # nothing else to run: one wasted step, then the queue is drained
                     done = [(seq, 1) for seq, last in unsent if last]
@@ -104,6 +129,7 @@ class Replica:
                     self._deliver(unsent, env.now)
                     unsent = []
                     continue
+                self._held = None               # asleep: an arrival is read at once
                 self._wakeup = env.event()
                 yield self._wakeup
                 self._wakeup = None

@@ -387,6 +387,11 @@ class SchedulerSpec(_Strict):
                            "token reaches the client at the end of the iteration after the one that sampled it, "
                            "and a finished request is decoded once more (alone, when nothing else runs); default "
                            "false (a token is out when its iteration ends)")
+    overlap_schedule: bool = Field(
+        False, description="the engine forms the next iteration while the current one runs (SGLang's overlap "
+                           "scheduler, on by default from v0.4): a request that arrives while an iteration runs "
+                           "is scheduled no earlier than the iteration after the next (at once when nothing "
+                           "runs); default false (it can join the next iteration)")
 
     @model_validator(mode="after")
     def _policy_keys(self) -> "SchedulerSpec":

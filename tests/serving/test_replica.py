@@ -92,3 +92,33 @@ def test_the_flag_defaults_off_and_takes_only_a_boolean() -> None:
     assert SchedulerSpec(async_output=True).async_output is True
     with pytest.raises(ValidationError, match="not a boolean"):
         SchedulerSpec.model_validate({"async_output": 1})
+
+
+# --------------------------------------------------------------------------- overlap_schedule (SGLang)
+
+def test_an_arrival_during_an_iteration_joins_the_one_after_the_next_with_overlap_schedule() -> None:
+    """Request 0 alone at t = 0 (a prefill, then decode steps of the linear price's 10 ms and a bit); request 1
+    arrives during its second iteration. Without overlap it is prefilled in the third iteration; with
+    overlap_schedule (SGLang's overlap loop forms the third iteration when the second starts) in the fourth, so
+    its TTFT is one decode step of request 0 longer; request 0, alone at first, is not delayed (an idle replica
+    schedules at once) and its token times do not change before request 1 joins."""
+    requests = [Request(0, 0.0, 100, 20), Request(1, 0.015, 100, 5)]
+    plain = {s.request.id: s for s in run(requests, "prefill-first").sequences}
+    overlap = {s.request.id: s for s in run(requests, "prefill-first", overlap_schedule=True).sequences}
+    assert overlap[0].token_times[:2] == plain[0].token_times[:2]
+    assert plain[1].scheduled_s == pytest.approx(plain[0].token_times[1])       # the third iteration's start
+    assert overlap[1].scheduled_s == pytest.approx(overlap[0].token_times[2])   # the fourth's
+    step = overlap[0].token_times[2] - overlap[0].token_times[1]
+    ttft = lambda s: s.token_times[0] - s.request.arrival_s  # noqa: E731
+    assert ttft(overlap[1]) - ttft(plain[1]) == pytest.approx(step, rel=1e-9)
+
+
+def test_overlap_schedule_schedules_an_arrival_at_once_when_nothing_runs() -> None:
+    """Two requests far apart: each finds the replica idle and is prefilled at its arrival, as without it."""
+    requests = [Request(0, 0.0, 100, 3), Request(1, 5.0, 100, 3)]
+    plain = run(requests, "continuous").sequences
+    overlap = run(requests, "continuous", overlap_schedule=True).sequences
+    assert [s.token_times for s in overlap] == [s.token_times for s in plain]
+    assert SchedulerSpec().overlap_schedule is False
+    with pytest.raises(ValidationError):
+        SchedulerSpec.model_validate({"overlap_schedule": 1})
