@@ -78,7 +78,12 @@ def comparison_frame(runs: list[Run]) -> pd.DataFrame:
                     both = base is not None and new is not None
                     row[f"{m.column}_within_noise@{letter}"] = both and noise(indexes[0].get(key), idx.get(key))
         out.append(row)
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    # a metric no row of any run has (a serving column in a training comparison, MFU in a serving one): no columns
+    empty = [m.column for m in METRICS
+             if not frame.empty and frame[[f"{m.column}@{x}" for x in letters]].isna().all().all()]
+    return frame.drop(columns=[c for c in frame.columns if c.split("@")[0].removesuffix("_change_pct")
+                               .removesuffix("_within_noise") in empty])
 
 
 def metric_table(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> Table | None:
@@ -160,8 +165,9 @@ def summary_metrics(frame: pd.DataFrame, letters: list[str]) -> tuple[str, ...]:
 
 
 def reported(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> bool:
-    """Whether some run has a value of `metric` (a section per metric only then: a serving run has no MFU)."""
-    return bool(any_value(frame, [f"{metric.column}@{x}" for x in letters]).any())
+    """Whether some run has a value of `metric` (a section per metric only then: a serving run has no MFU);
+    comparison_frame keeps the columns of these only."""
+    return f"{metric.column}@{letters[0]}" in frame
 
 
 def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
@@ -171,6 +177,8 @@ def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
         details = []
         for column in summary_metrics(frame, letters):
             m = _metric(column)
+            if f"{column}_change_pct@{x}" not in frame:  # no row has it (comparison_frame)
+                continue
             changes = frame[["case", "backend", f"{column}_change_pct@{x}"]].dropna()
             if changes.empty:
                 continue

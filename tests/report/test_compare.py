@@ -108,3 +108,4 @@ def test_serving_runs_are_compared_on_their_own_metrics(tmp_path: Path) -> None:
     assert "Fastest strategy" not in summary  # a serving row's tokens/s is its offered load's, not a ranking
     frame = pd.read_csv(folder / "comparison.csv")
     assert frame.loc[0, "ttft_p99_s_change_pct@B"] == pytest.approx(-50.0)
+    assert "mfu@A" not in frame and "step_time_s@B" not in frame  # no column of a metric no row has
