@@ -4,7 +4,8 @@
     python benchmarks/bench_plan_vectorised.py [--scalar-sample 2000] [--max-devices N]
 
 In one run, on scenarios/plan-train-70b.yaml (llama2-70b, two hardware choices):
-* the candidate configurations of its space (every member of the groups whose weights fit; planner.space),
+* the candidate configurations of its space (every member of the groups whose weights fit; planner.space), made
+  one Config each (space.chains) and as chains (search.chained_configs, what the search prices), and their ratio,
 * configurations priced per second by the scalar path (search.evaluate, one at a time) on a random sample of
   them, and by the vectorised path (planner.table.price_table, numpy columns) on all of them, and the ratio;
 * the whole `run_plan` (load, search, cluster re-check of the top_k, plan.csv / plan.parquet, report) and
@@ -34,8 +35,8 @@ import pandas as pd
 from llmsim.executor import ForkExecutor, LocalExecutor
 from llmsim.hardware import load_catalog
 from llmsim.planner import load_plan, run_plan
-from llmsim.planner.search import (Context, evaluate, resolve_hardware, sharing_choice, static_lower_bound,
-                                   workload_profile)
+from llmsim.planner.search import (Context, chained_configs, evaluate, resolve_hardware, sharing_choice,
+                                   static_lower_bound, workload_profile)
 from llmsim.planner.space import axes_of, chains, groups
 from llmsim.planner.table import price_table
 
@@ -73,10 +74,22 @@ def main() -> None:
                               if static_lower_bound(ctx, g, axes) <= hw.capacity
                               for chain in chains(plan, g, axes, shapes) for c in chain]))
         return out
+    def enumerate_chained():
+        """As search.price_context: the same candidates as chains (columns.ChainedConfigs), no Config per member."""
+        out, shapes = [], {}
+        for hw in hardware:
+            ctx = Context(plan, hw, profile, sharing)
+            axes = axes_of(plan, hw.devices_per_node)
+            kept = [(g, hw.placements(g)) for g in groups(plan, hw.name, hw.devices_per_node, axes)
+                    if static_lower_bound(ctx, g, axes) <= hw.capacity]
+            out.append((ctx, chained_configs(plan, kept, axes, shapes)))
+        return out
     candidates, enumerate_s, _ = timed(enumerate_space)
+    chained, chained_s, _ = timed(enumerate_chained)
     total = sum(len(c) for _, c in candidates)
+    assert total == sum(len(c) for _, c in chained)
     shared: dict = {}  # as search: the stage memory terms shared by the hardware choices
-    _, table_s, table_wall = timed(lambda: [price_table(ctx, configs, shared) for ctx, configs in candidates])
+    _, table_s, table_wall = timed(lambda: [price_table(ctx, configs, shared) for ctx, configs in chained])
 
     rng = random.Random(0)
     flat = [(ctx, c) for ctx, configs in candidates for c in configs]
@@ -107,7 +120,10 @@ def main() -> None:
     print(f"{'load + profile (llama2-70b, 2 layers traced, scaled)':<62}{setup_s:>14.2f} s")
     print(f"{'(CPU seconds of this process; wall seconds in brackets)':<62}")
     print(f"{'candidates (members of the groups that fit)':<62}{total:>16,}")
-    print(f"{'  enumerating them (planner.space)':<62}{enumerate_s:>14.2f} s")
+    print(f"{'  enumerating them, a Config each (planner.space.chains)':<62}{enumerate_s:>14.2f} s")
+    # run second: the shape checks' caches (space.shape_problem, layout_problem) are warm, the ratio flatters it
+    print(f"{'  enumerating them as chains (search.chained_configs; 2nd)':<62}{chained_s:>14.2f} s"
+          f"   ratio {chained_s / enumerate_s:.2f}x")
     print(f"{'scalar path, configurations/s (random sample of ' + str(len(sample)) + ')':<62}{scalar_rate:>14,.0f} /s"
           f"  [{len(sample) / scalar_wall:,.0f}]")
     print(f"{'vectorised path, configurations/s (all of them)':<62}{table_rate:>14,.0f} /s  [{total / table_wall:,.0f}]")

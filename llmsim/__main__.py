@@ -1,5 +1,5 @@
 import sys
 
-from llmsim.cli import main
+from llmsim.entry import main
 
 sys.exit(main())

@@ -55,8 +55,21 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
+    _note_trace(scenario, scenario_dir, path)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
+
+
+def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
+    """Say where a trace replay departs from the trace file (serving.requests.trace_notes); plan_cases has read it."""
+    spec = scenario.serving
+    if spec is None or spec.arrival.kind != "trace" or spec.arrival.path is None:
+        return
+    from llmsim.serving.requests import read_trace, trace_notes
+
+    for key, note in trace_notes(spec, read_trace(scenario_dir / spec.arrival.path)):
+        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
+                          soft_wrap=True)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -408,6 +421,15 @@ def _print_choice(explanation: Any) -> None:
         Console(stderr=True, width=max(err_console.width, 160)).print(table)
 
 
+def _check_writable(path: Path) -> None:
+    """Raise the OSError writing `path` would raise (main turns it into one line, exit 2), leaving no file behind."""
+    existed = path.exists()
+    with open(path, "a", encoding="utf-8"):
+        pass
+    if not existed:
+        path.unlink()
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last.
 
@@ -417,6 +439,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from llmsim.calibrate.serving import calibrate_serving, has_serving_rows
     from llmsim.hardware import load_catalog
 
+    if args.out is not None:
+        _check_writable(args.out)  # before the fit, which takes seconds to minutes
     if has_serving_rows(args.run_dirs, args.backend):
         step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]
         if step_folders:

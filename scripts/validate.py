@@ -514,7 +514,7 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 # tables: ENGINE_COLUMNS).
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
-                                    "max_batch_total_tokens"), "concurrency", "attention")
+                                    "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention")
 # `concurrency` (optional; blank = an open loop): a run measured with N clients, vLLM's `bench serve
 # --max-concurrency N` at `--request-rate inf` (its request_rate cell `inf`): priced as the closed loop of
 # serving.arrival kind concurrency (docs/serving.md, "Closed loop"), every request queued at t = 0 and N in flight.
@@ -523,6 +523,10 @@ SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "
 # they belong to are the scenario's rules (a bad one is refused naming the row and the key).
 SERVING_SCHEDULER_KEYS = {"delay_factor": float, "waiting_served_ratio": float, "max_waiting_tokens": int,
                           "max_batch_total_tokens": int}
+# The scheduler's flags (serving.scheduler.<column>: true or false; blank or absent = false): `async_output`, the
+# engine's output processing overlapped with the next iteration (vLLM V0 >= 0.6.0, docs/serving.md);
+# `overlap_schedule`, the next iteration formed while the current one runs (SGLang >= 0.4's overlap scheduler).
+SERVING_SCHEDULER_FLAGS = ("async_output", "overlap_schedule")
 SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens", "concurrency"}
 SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
                     "memory_utilization", "published")
@@ -741,6 +745,10 @@ def _serving_value(column: str, text: str) -> object:
         if not 0 < value <= 1:
             raise ValueError("allowed: 0 < memory_utilization <= 1")
         return value
+    if column in SERVING_SCHEDULER_FLAGS:
+        if text.lower() not in ("true", "false"):
+            raise ValueError("allowed: true, false (or blank: false)")
+        return text.lower() == "true"
     if column in SERVING_SCHEDULER_KEYS:
         number = SERVING_SCHEDULER_KEYS[column](text)
         if not math.isfinite(number):
@@ -828,7 +836,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
         "requests": r["requests"],
         "scheduler": {"kind": r["scheduler"], "max_num_seqs": r["max_num_seqs"],
                       "max_batched_tokens": r["max_batched_tokens"],
-                      **{key: r[key] for key in SERVING_SCHEDULER_KEYS if r.get(key) is not None}},
+                      **{key: r[key] for key in SERVING_SCHEDULER_KEYS if r.get(key) is not None},
+                      **{key: True for key in SERVING_SCHEDULER_FLAGS if r.get(key)}},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
     trace = None
     lengths: dict[str, object] = (dict(LENGTH_DISTRIBUTIONS[str(r["lengths"])]) if r.get("lengths") is not None

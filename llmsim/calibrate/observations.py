@@ -73,8 +73,10 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
     time they waited for a core as the host's own speed. Raises CalibrationError when no row is left."""
     found: list[Observation] = []
     busy = 0
+    used: dict[Path, int] = {}  # measured rows of the backend per folder, busy ones included
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
+        used[run_dir] = 0
         results, scenario_file = run_dir / "results.jsonl", run_dir / "scenario.yaml"
         if not results.exists() or not scenario_file.exists():
             raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
@@ -86,6 +88,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                 continue
             if row.get("strategy") not in names:
                 continue
+            used[run_dir] += 1
             if is_busy(row) and not include_busy:
                 busy += 1
                 continue
@@ -97,6 +100,11 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                                      stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
                                      stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
                                      op_overhead_s=_positive(row.get("op_overhead_s"))))
+    unused = [d for d, n in used.items() if n == 0]
+    if unused and len(unused) < len(used):  # a folder given but fitting nothing: said, not quietly dropped
+        raise CalibrationError(f"{unused[0]}: no ok measured rows of backend '{backend}' (with peak_flops_per_s) while "
+                               f"the other folders have some; allowed: run folders of measured '{backend}' rows "
+                               f"(leave this one out, or calibrate its backend with --backend)")
     if not found and busy:
         raise CalibrationError(f"{', '.join(str(d) for d in run_dirs)}: every ok measured row of backend "
                                f"'{backend}' ({busy}) was timed on a busy host "

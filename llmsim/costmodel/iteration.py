@@ -178,6 +178,10 @@ class Mix:
     rows             sequences whose last position goes through the LM head this pass (vLLM samples every
                      scheduled request, a partial prefill's token is discarded: gpu_model_runner's
                      `logits_indices` is one per request)
+    layer_kernels    kernels each layer launches in this pass beyond the fused engine's KERNELS_PER_LAYER_FORWARD
+                     (an engine policy's own count, e.g. TGI 2.1's unfused ones: policies/tgi.py); 0 by default
+    pass_kernels     kernels the pass launches after the LM head beyond KERNELS_HEAD (an engine's sampler and
+                     input bookkeeping, e.g. TGI 2.1's); each at the device's fixed time per kernel; 0 by default
     """
 
     prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
@@ -187,6 +191,8 @@ class Mix:
     decode_seqs: float = 0
     decode_keys: float = 0
     rows: float = 0
+    layer_kernels: float = 0           # per layer, the same in every micro-batch and sum of a pass: `__add__` takes the max
+    pass_kernels: float = 0
 
     @property
     def tokens(self) -> float:
@@ -197,7 +203,8 @@ class Mix:
         return Mix(self.prefill_tokens + other.prefill_tokens, self.prefill_pairs + other.prefill_pairs,
                    self.prefill_square + other.prefill_square, self.prefix_tokens + other.prefix_tokens,
                    self.decode_seqs + other.decode_seqs, self.decode_keys + other.decode_keys,
-                   self.rows + other.rows)
+                   self.rows + other.rows, max(self.layer_kernels, other.layer_kernels),
+                   self.pass_kernels + other.pass_kernels)
 
     @staticmethod
     def prefill(chunk: int, prefix: int = 0) -> "Mix":
@@ -211,11 +218,13 @@ class Mix:
         return Mix(decode_seqs=1, decode_keys=keys, rows=1)
 
     def share(self, parts: int) -> "Mix":
-        """1/parts of every sum: one of `parts` equal micro-batches (pipeline parallel inference)."""
+        """1/parts of every sum: one of `parts` equal micro-batches (pipeline parallel inference); each
+        micro-batch launches every layer's kernels, so `layer_kernels` is kept whole."""
         if parts == 1:
             return self
         return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,
-                   self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts)
+                   self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts,
+                   self.layer_kernels, self.pass_kernels / parts)
 
 
 @dataclass(frozen=True)
@@ -341,7 +350,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     ops = c.ops_prefill if pre else c.ops_decode
     if eff.op_overhead_s:
         other += eff.op_overhead_s * ops[1] / c.layers
-    other += eff.kernel_latency_s * KERNELS_PER_LAYER_FORWARD   # one pass launches every kernel of the layer
+    # one pass launches every kernel of the layer (and an engine's own beyond the fused count: Mix.layer_kernels)
+    other += eff.kernel_latency_s * (KERNELS_PER_LAYER_FORWARD + mix.layer_kernels)
     experts, a2a = _experts(model, mix, rates, moe_share)
     first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0
@@ -354,7 +364,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
         head_bytes = rows * c.head_bytes_per_row / tp + model.head_weight_bytes
         head = (rates.matmul_time(head_flops, head_bytes, model.wave("head", max(1, math.ceil(rows))))
                 + rates.memory_time((tokens * c.head_other_per_token + rows * c.head_other_per_row) / tp)
-                + eff.op_overhead_s * ops[2] + eff.kernel_latency_s * KERNELS_HEAD)
+                + eff.op_overhead_s * ops[2] + eff.kernel_latency_s * (KERNELS_HEAD + mix.pass_kernels))
     activation = tokens * model.activation_bytes_per_token
     groups = model.groups
     _, recv_gather = _pipeline_message(activation, plan, model.options, groups)

@@ -35,16 +35,23 @@ from llmsim.distributed.spec import (LAUNCHER_PID_ENV, PG_BACKENDS, RESULT_FILE,
 from llmsim.measure.device import MeasuredDevice, rank_device
 from llmsim.measure.loop import time_steps
 from llmsim.measure.summary import slowest
+from llmsim.workload.profile import profile_workload
 
 
 def run_rank(spec: WorkerSpec, rank: int, device: MeasuredDevice) -> RankRecord:
     """Build, warm up, time and profile this rank's steps. Collective: every rank must call it."""
     threads = spec.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    # The parent profiled this workload on the meta device before it measured the single-process case; doing
+    # the same here first imports what a step imports lazily (torch._dynamo through the optimizer step, ~70 MB
+    # of modules), so that a rank's peak, like the single process's, counts what the step holds, not the
+    # process's one-time setup.
+    profile_workload(spec.workload, spec.sharing)
     memory = device.memory()
     inject_fault(rank)
     step = RankStep(spec, device.torch_device)
     timings = time_steps(step.step, device, steps=spec.steps, warmup=spec.warmup, before_step=dist.barrier)
+    peak_memory = memory.peak_bytes()  # before the profiled step: the profiler's own buffers are not the step's
     comm: dict[str, float] = {}
     if spec.profile_comm:
         dist.barrier()
@@ -54,7 +61,7 @@ def run_rank(spec: WorkerSpec, rank: int, device: MeasuredDevice) -> RankRecord:
     loads = step.expert_loads() if step.model.moe_modules() else []
     return RankRecord(expert_tokens=loads if rank == 0 else [], rank=rank, host=socket.gethostname(), threads=threads, step_times_s=timings.step_times_s,
                       optimizer_times_s=timings.optimizer_s, first_token_times_s=timings.first_token_s,
-                      losses=losses, peak_memory_bytes=memory.peak_bytes(), memory_method=memory.method,
+                      losses=losses, peak_memory_bytes=peak_memory, memory_method=memory.method,
                       notes=step.notes, **comm)
 
 

@@ -18,9 +18,7 @@ the ones that do not fit in memory, by how far.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
 import math
 import operator
 import time
@@ -39,10 +37,10 @@ from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
-from llmsim.planner.columns import CONFIG_FIELDS, ConfigColumns
+from llmsim.planner.columns import CONFIG_FIELDS, ChainedConfigs, ConfigColumns, config_columns
 from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PRICED, PricedTable, goal_metrics, price_table  # noqa: F401
-from llmsim.planner.space import (Axes, Config, Group, axes_of, chains, groups, member_count, schedules,
+from llmsim.planner.space import (Axes, Config, Group, axes_of, chain_heads, chains, groups, member_count, schedules,
                                   slice_layouts)
 from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
@@ -386,7 +384,7 @@ class Rows(Sequence[Evaluation]):
         """Every Config field into `_fields` (those not read yet, from the Configs)."""
         missing = [name for name in CONFIG_FIELDS if name not in self._fields]
         if missing:
-            self._fields.update(_config_columns(self.configs, missing))
+            self._fields.update(config_columns(self.configs, missing))
 
     def field(self, name: str) -> np.ndarray:
         """The Config field `name` of every row (an int or bool field as int64 or bool, any other as objects:
@@ -516,28 +514,11 @@ def _gather(values: Sequence, order: np.ndarray) -> list:
 
 
 NAMES = "name"  # Rows.field's key of Config.name, a property read like a field
-_NUMERIC_FIELDS = {"int": np.int64, "bool": np.bool_}
 
 
 def _config_column(configs: Sequence[Config], name: str) -> np.ndarray:
-    """Config attribute `name` of each configuration as a numpy array: int64 or bool for the fields annotated
-    so (the Python values exactly), objects for any other."""
-    return _config_columns(configs, (name,))[name]
-
-
-def _config_columns(configs: Sequence[Config], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """_config_column of each of `names`, several read in one pass over the configurations (one attrgetter of
-    them all per configuration, the tuples transposed: 2x sooner than a pass per name)."""
-    if len(names) == 1:
-        columns: list[Sequence] = [list(map(operator.attrgetter(names[0]), configs))]
-    else:
-        columns = list(zip(*map(operator.attrgetter(*names), configs))) or [()] * len(names)
-    out = {}
-    for name, values in zip(names, columns):
-        dtype = _NUMERIC_FIELDS.get(Config.__annotations__.get(name, ""), object)
-        out[name] = (np.fromiter(values, dtype=object, count=len(values)) if dtype is object
-                     else np.array(values, dtype=dtype))
-    return out
+    """Config attribute `name` of each configuration as a numpy array (columns.config_columns' types)."""
+    return config_columns(configs, (name,))[name]
 
 
 def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> list[Evaluation]:
@@ -547,12 +528,13 @@ def first_rows(rows: Sequence[Evaluation], k: int, feasible: bool = True) -> lis
     return [e for e in rows if e.feasible == feasible][:max(k, 0)]
 
 
-def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray,
-               fields: dict[str, np.ndarray] | None = None) -> Rows:
+def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray) -> Rows:
     """The rows `keep` (positions) of a priced table as Rows: the numbers of `table_evaluations`, as columns.
     A row over memory: reason memory, shortfall memory / capacity; one the cost model could not price: reason
-    error, shortfall infinite; the others judged on their price (`judge_columns`). `fields`: Rows.field columns
-    of the kept rows already read (chain_fields)."""
+    error, shortfall infinite; the others judged on their price (`judge_columns`). The configurations as
+    columns (ConfigColumns): every Config field and the names read from the table's chains
+    (columns.ChainedConfigs: a field the members of a chain share once per chain), a Config made for a row
+    only when read."""
     cols = {k: v[keep] for k, v in table.columns.items()}
     n = len(keep)
     cap = ctx.hardware.capacity
@@ -583,37 +565,10 @@ def table_rows(ctx: Context, table: PricedTable, keep: np.ndarray,
     columns["shortfall"] = shortfall
     columns["fits"], columns["priced"] = fits, priced
     columns["feasible"] = priced & np.fromiter(map(operator.not_, limits), dtype=bool, count=n)
-    return Rows(table.configs if len(keep) == len(table) and (keep == np.arange(n)).all()
-                else _gather(table.configs, keep), columns, limits, reasons, errors, fields=fields)
-
-
-# The Config fields that vary along a chain (space.chains: a group's configurations that differ only in the
-# micro-batch, and so in the micro-batch count); a chain's members share every other field.
-CHAIN_VARIES = ("micro_batch", "microbatches")
-
-
-def chain_fields(found: Sequence[Sequence[Config]], keep: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows.field columns over the rows `keep` of the chains `found` laid end to end: the fields a chain's
-    members share (all but CHAIN_VARIES) read once from each chain's first member and repeated along it (a
-    chain of 7 read once instead of 7 times), `micro_batch` read from the rows (Rows reads `microbatches` from
-    them when asked), and the names (NAMES): each chain's parts around the micro-batch
-    (Config.name_around_micro_batch) built once and joined with each row's micro-batch, where Config.name row
-    by row built every part of ~400,000 names of the 70B plan."""
-    heads = [chain[0] for chain in found]
-    repeat = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
-    chain_of = np.repeat(np.arange(len(heads)), repeat)[keep]  # each kept row's chain
-    shared = [f.name for f in dataclasses.fields(Config) if f.name not in CHAIN_VARIES]
-    out = {name: column[chain_of] for name, column in _config_columns(heads, shared).items()}
-    flat = itertools.chain.from_iterable(found)
-    micro_batch = np.fromiter(map(operator.attrgetter("micro_batch"), flat), dtype=np.int64, count=int(repeat.sum()))
-    out["micro_batch"] = micro_batch = micro_batch[keep]
-    around = [c.name_around_micro_batch() for c in heads]
-    before = np.fromiter((b for b, _ in around), dtype=object, count=len(heads))
-    after = np.fromiter((a for _, a in around), dtype=object, count=len(heads))
-    values, which = np.unique(micro_batch, return_inverse=True)  # few distinct micro-batches: each written once
-    text = np.array([str(v) for v in values.tolist()], dtype=object)[which.reshape(-1)]
-    out[NAMES] = before[chain_of] + text + after[chain_of]  # object arrays: Python's str + per row
-    return out
+    kept = table.configs.take(keep)
+    fields = kept.columns()
+    fields[NAMES] = kept.names()
+    return Rows(None, columns, limits, reasons, errors, fields=fields)
 
 
 def chain_kept(fits: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
@@ -808,36 +763,19 @@ ContextTask = tuple[PlanFile, Hardware, str, Context, bool, str]
 
 def price_context(caches: SearchCaches, task: ContextTask) -> ContextPrice:
     """Screen, enumerate and price one (hardware, precision) of a plan: the groups whose weights alone overflow
-    counted (member_count), the others' configurations priced (table: price_table, the chains cut after their
-    first overflow; scalar: evaluate one by one). A module-level function of its task and caches (see
-    SearchCaches), so that search can run it in a forked worker."""
+    counted (member_count), the others' configurations priced (table: price_table over the chains as
+    columns.ChainedConfigs, each chain cut after its first overflow; scalar: evaluate one by one). A
+    module-level function of its task and caches (see SearchCaches), so that search can run it in a forked
+    worker."""
     plan, hw, label, ctx, as_written, pricing = task
     stats = SearchStats()
     axes: Axes = axes_of(plan, hw.devices_per_node)
-    found: list[list[Config]] = []
-    for g in groups(ctx.plan, hw.name, hw.devices_per_node, axes, label):
-        bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
-        if hw.capacity and bound > hw.capacity:
-            stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
-            # the pruned groups' members are counted on the plan as written (member_count): its precision's
-            # valid shapes are those of `shapes`, another precision's kept apart
-            skipped = member_count(plan, g, axes, caches.shapes if as_written else caches.counted)
-            stats.pruned_by_group += skipped
-            stats.screened += skipped
-            stats.groups_pruned += 1
-            continue
-        places = hw.placements(g)
-        if places == UNPLACED:  # off a torus: the configurations as chains gives them
-            found.extend(chains(ctx.plan, g, axes, caches.shapes))
-            continue
-        for chain in chains(ctx.plan, g, axes, caches.shapes):
-            found.extend([replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
-                         for shape, slices, mesh in places)
+    kept = _screened_groups(caches, task, axes, stats)
     if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
-        table = price_table(ctx, [c for chain in found for c in chain], caches.shared.setdefault(label, {}))
-        lengths = [len(chain) for chain in found]
-        keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), lengths))
-        part = table_rows(ctx, table, keep, chain_fields(found, keep))
+        found = chained_configs(ctx.plan, kept, axes, caches.shapes)
+        table = price_table(ctx, found, caches.shared.setdefault(label, {}))
+        keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), found.lengths().tolist()))
+        part = table_rows(ctx, table, keep)
         over = int((~part.columns["fits"]).sum())
         stats.screened += len(table)
         stats.feasible += int(part.columns["feasible"].sum())
@@ -846,20 +784,70 @@ def price_context(caches: SearchCaches, task: ContextTask) -> ContextPrice:
         stats.priced += len(part) - over
         return ContextPrice(part, [], stats)
     evaluated: list[Evaluation] = []
-    for chain in found:
-        for i, c in enumerate(chain):
-            e = evaluate(ctx, c)
-            stats.screened += 1
-            stats.feasible += e.feasible
-            evaluated.append(e)
-            if e.limits == ("memory",):
-                stats.memory_rejected += 1
-                rest = len(chain) - i - 1
-                stats.pruned_by_micro_batch += rest
-                stats.screened += rest
-                break
-            stats.priced += 1
+    for g, places in kept:
+        for chain in chains(ctx.plan, g, axes, caches.shapes):
+            for placed in ([chain] if places == UNPLACED else
+                           [[replace(c, topology=shape, slices=slices, mesh=mesh) for c in chain]
+                            for shape, slices, mesh in places]):
+                _evaluate_chain(ctx, placed, stats, evaluated)
     return ContextPrice(None, evaluated, stats)
+
+
+def chained_configs(plan: PlanFile, kept: Sequence[tuple[Group, tuple]], axes: Axes,
+                    shapes: dict[tuple, list] | None = None) -> ChainedConfigs:
+    """The configurations of the groups `kept` (each with its placements: Hardware.placements) as chains, in the
+    order of `chains` (a TPU chain once per placement, one after the other), without a Config per member:
+    space.chain_heads' first configuration of each chain (placed) and its members' micro-batch sizes and
+    counts (columns.ChainedConfigs). Training plans (inference's chains are checked member by member)."""
+    heads: list[Config] = []
+    layouts: list[list[tuple[int, int]]] = []
+    for g, places in kept:
+        for first, layout in chain_heads(plan, g, axes, shapes):
+            if places == UNPLACED:  # off a torus: the chain as chain_heads gives it
+                heads.append(first)
+                layouts.append(layout)
+                continue
+            for shape, slices, mesh in places:
+                heads.append(replace(first, topology=shape, slices=slices, mesh=mesh))
+                layouts.append(layout)
+    return ChainedConfigs.of_chains(heads, layouts)
+
+
+def _screened_groups(caches: SearchCaches, task: ContextTask, axes: Axes, stats: SearchStats
+                     ) -> list[tuple[Group, tuple]]:
+    """The groups of one context whose weights and optimizer state fit (static_lower_bound), with their
+    placements (Hardware.placements); the members of the others counted in `stats` on the plan as written
+    (member_count: its precision's valid shapes are those of `caches.shapes`, another precision's kept apart)."""
+    plan, hw, label, ctx, as_written, _ = task
+    out = []
+    for g in groups(ctx.plan, hw.name, hw.devices_per_node, axes, label):
+        bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
+        if hw.capacity and bound > hw.capacity:
+            stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
+            skipped = member_count(plan, g, axes, caches.shapes if as_written else caches.counted)
+            stats.pruned_by_group += skipped
+            stats.screened += skipped
+            stats.groups_pruned += 1
+            continue
+        out.append((g, hw.placements(g)))
+    return out
+
+
+def _evaluate_chain(ctx: Context, chain: list[Config], stats: SearchStats, evaluated: list[Evaluation]) -> None:
+    """Evaluate a chain's configurations one by one (`evaluate`) up to its first that overflows memory; the
+    larger micro-batches after it counted, not evaluated (space.chains)."""
+    for i, c in enumerate(chain):
+        e = evaluate(ctx, c)
+        stats.screened += 1
+        stats.feasible += e.feasible
+        evaluated.append(e)
+        if e.limits == ("memory",):
+            stats.memory_rejected += 1
+            rest = len(chain) - i - 1
+            stats.pruned_by_micro_batch += rest
+            stats.screened += rest
+            return
+        stats.priced += 1
 
 
 def _add_stats(stats: SearchStats, part: SearchStats, hardware: str) -> None:

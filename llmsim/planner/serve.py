@@ -57,6 +57,7 @@ from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import simulate_serving
 from llmsim.planner.config import PlanFile
 from llmsim.planner.precisions import candidates
+from llmsim.wording import count
 from llmsim.planner.whatif import perturb_cluster
 from llmsim.serving.spec import ServingCase, ServingSpec
 from llmsim.workload.profile import WorkloadProfile
@@ -400,7 +401,7 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
         if out.at_sustained is None:
             out.reason, out.limits = (f"slo: one replica misses the SLO even at {task.goal_rate / max_replicas:,.4g} "
                                       f"requests/s, its share of the goal when max_devices={task.max_devices:,} "
-                                      f"allows {max_replicas:,} replicas of {task.size:,} devices "
+                                      f"allows {count(max_replicas, 'replica')} of {count(task.size, 'device')} "
                                       f"({task.goal_rate:,.4g} / {max_replicas:,})"), ("slo",)
     return out, max_replicas
 

@@ -80,7 +80,7 @@ class Config:
     def name_around_micro_batch(self) -> tuple[str, str]:
         """`name` = before + str(micro_batch) + after: the two parts, which the members of a chain (space.chains:
         they differ only in the micro-batch and its count) share, so the planner builds them once per chain
-        (search.chain_fields) for the name of every row of plan.parquet."""
+        (columns.ChainedConfigs.names) for the name of every row of plan.parquet."""
         # one f-string for the fields every name has
         parts = [f"dp{self.dp}-tp{self.tp}{'-sp' if self.sp else ''}-pp{self.pp}"
                  f"{f'-cp{self.cp}' if self.cp > 1 else ''}{f'-ep{self.ep}' if self.ep > 1 else ''}"
@@ -456,7 +456,7 @@ def chains(plan: PlanFile, g: Group, axes: Axes,
     train = w.mode == "train"
     hardware, n, dp, tp, pp, cp, zero, split, ep, label = (g.hardware, g.n_devices, g.dp, g.tp, g.pp, g.cp, g.zero,
                                                           g.stage_layers, g.ep, g.precision)
-    for first, layouts in _chain_firsts(plan, g, axes, shapes):
+    for first, layouts in chain_heads(plan, g, axes, shapes):
         sp, recompute, schedule, v = first.sp, first.recompute, first.schedule, first.virtual_stages
         chain = [first] + [make_config(hardware, n, dp, tp, pp, cp, sp, zero, mb, m, recompute, schedule, v, split,
                                        ep, label) for mb, m in layouts[1:]]
@@ -473,16 +473,17 @@ def member_count(plan: PlanFile, g: Group, axes: Axes,
     prunes, ~100,000 of the 70B plan's."""
     if plan.workload.mode != "train":
         return sum(map(len, chains(plan, g, axes, shapes)))
-    return sum(len(layouts) for _, layouts in _chain_firsts(plan, g, axes, shapes))
+    return sum(len(layouts) for _, layouts in chain_heads(plan, g, axes, shapes))
 
 
-def _chain_firsts(plan: PlanFile, g: Group, axes: Axes,
+def chain_heads(plan: PlanFile, g: Group, axes: Axes,
                   shapes: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]] | None
                   ) -> Iterator[tuple[Config, list[tuple[int, int]]]]:
     """Each chain of `chains` as its first configuration and the (micro_batch, micro-batch count) of all its
-    members, in order. Training: a chain whose first is a duplicate is left out (duplicate_problem does not
-    read the micro-batch there, so one verdict per chain); inference: every chain with a member (`chains`
-    checks each)."""
+    members, in order (a list kept per group shape: do not change it). Training: a chain whose first is a
+    duplicate is left out (duplicate_problem does not read the micro-batch there, so one verdict per chain),
+    the chains exactly as `chains` gives them, without a Config per member (search prices them as
+    columns.ChainedConfigs); inference: every chain with a member (`chains` checks each)."""
     w = plan.workload
     if w.batch % g.dp:
         return

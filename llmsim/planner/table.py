@@ -66,6 +66,7 @@ from llmsim.costmodel.work import (Comm, Groups, _optimizer_totals, accumulate_t
                                    optimizer_step_time, stage_step_memo, train_works)
 from llmsim.planner.collector import collector_paused
 from llmsim.planner.config import PlanFile
+from llmsim.planner.columns import ChainedConfigs
 from llmsim.planner.space import Config
 
 HOUR_S = 3600.0
@@ -106,9 +107,10 @@ COLUMNS = ("memory_bytes", *MEMORY_PARTS, "fits", "power_w", *PRICED)
 @dataclass
 class PricedTable:
     """Columns over the candidates (`COLUMNS`, numpy arrays of len(configs)); `error[i]` the cost model's
-    message where it could not price candidate i (else "")."""
+    message where it could not price candidate i (else ""). `configs`: the candidates as chains (a Config made
+    for a row when read)."""
 
-    configs: Sequence[Config]
+    configs: ChainedConfigs
     columns: dict[str, np.ndarray]
     error: list[str]
 
@@ -122,6 +124,7 @@ VARY_IN_GROUP = ("hardware", "n_devices", "dp", "zero", "microbatches")
 KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in VARY_IN_GROUP)
 GROUP_FIELDS = len(KEY_FIELDS) + 1
 _key_of = operator.attrgetter(*KEY_FIELDS)
+_key_less_micro_batch = operator.attrgetter(*(f for f in KEY_FIELDS if f != "micro_batch"))  # a chain's
 _SCHEDULE_AT = KEY_FIELDS.index("schedule")
 _MICRO_BATCH_AT = KEY_FIELDS.index("micro_batch")
 _NODE_AT = len(KEY_FIELDS)  # group_key: the devices per node of the group's cluster, after the key fields
@@ -158,16 +161,20 @@ def group_key(ctx, c: Config) -> tuple:
     return key
 
 
-def _grouped(ctx, configs: Sequence[Config]) -> tuple[dict[tuple, int], list[int], np.ndarray, "_Rows"]:
+def _grouped(ctx, configs: ChainedConfigs) -> tuple[dict[tuple, int], list[int], np.ndarray, "_Rows"]:
     """(each group's key (group_key), numbered in the order of its first row; each group's first row; each
     row's group; the rows' columns). group_key is called once per distinct (KEY_FIELDS, node, row fields),
-    not once per row: the rows are first told apart by those as integer columns (the KEY_FIELDS tuples read
-    by one C-level pass and numbered by a dict: a row's kind; `_Rows.of` reads what a kind fixes once)."""
-    n = len(configs)
-    key_rows = list(map(_key_of, configs))
-    number = {k: i for i, k in enumerate(dict.fromkeys(key_rows))}  # each distinct KEY_FIELDS tuple: a kind
-    kind_of = np.fromiter(map(number.__getitem__, key_rows), dtype=np.int64, count=n)
-    rows = _Rows.of(configs, kind_of, np.unique(kind_of, return_index=True)[1])
+    not once per row: the rows are first told apart by those as integer columns (a row's kind: its chain's
+    KEY_FIELDS less the micro-batch, read once per chain by one C-level pass and numbered by a dict, with the
+    row's micro-batch; `_Rows.of` reads what a kind fixes once). `configs` as any sequence: each its own chain."""
+    configs = ChainedConfigs.of_configs(configs)
+    number: dict[tuple, int] = {}
+    chain_kind = np.fromiter((number.setdefault(k, len(number)) for k in map(_key_less_micro_batch, configs.heads)),
+                             dtype=np.int64, count=len(configs.heads))
+    kind_code = chain_kind[configs.chain_of] * (int(configs.micro_batch.max(initial=0)) + 1) + configs.micro_batch
+    _, kinds, kind_of = np.unique(kind_code, return_index=True, return_inverse=True)
+    kind_of = kind_of.reshape(-1)
+    rows = _Rows.of(configs, kind_of, kinds)
     columns = {"dp": rows.dp, "zero": rows.zero, "microbatches": rows.m}
     node = np.minimum(rows.devices, ctx.hardware.devices_per_node)
     subgroups, sub_of = _distinct([kind_of, node, *(columns[f] for f in _row_fields(ctx))])
@@ -212,7 +219,7 @@ MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_byt
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
 
-def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | None = None) -> PricedTable:
+def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tuple, object] | None = None) -> PricedTable:
     """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
     search.Context), as columns. The same numbers as search.evaluate row by row.
 
@@ -221,7 +228,8 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
     columns NaN and its error "". `shared`: the stage memory terms of earlier calls for the
     same plan file (they do not depend on the hardware), filled in here; pass one dict to the calls of every
     hardware choice."""
-    if not configs:
+    configs = ChainedConfigs.of_configs(configs)
+    if not len(configs):
         return PricedTable(configs, {k: np.empty(0, dtype=bool if k == "fits" else float) for k in COLUMNS}, [])
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
@@ -229,7 +237,7 @@ def price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object] | No
         return _price_table(ctx, configs, {} if shared is None else shared)
 
 
-def _price_table(ctx, configs: Sequence[Config], shared: dict[tuple, object]) -> PricedTable:
+def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object]) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
     keys, first_rows, group_of, rows = _grouped(ctx, configs)
@@ -305,23 +313,25 @@ class _Rows:
     zero_dp: np.ndarray    # ZeRO shards over dp x cp less the TPU slices' replicas (Plan.zero_dp)
     schedule: np.ndarray
 
-    _FIELDS = ("dp", "zero", "microbatches", "n_devices")  # the fields that vary in a group: read row by row
+    _FIELDS = ("dp", "zero", "n_devices")  # the fields that vary in a group but not along a chain
 
     @classmethod
-    def of(cls, configs: Sequence[Config], kind_of: np.ndarray, kinds: np.ndarray) -> "_Rows":
+    def of(cls, configs: ChainedConfigs, kind_of: np.ndarray, kinds: np.ndarray) -> "_Rows":
         """The columns of `configs`, of which `kind_of[i]` numbers row i's KEY_FIELDS (its kind) and `kinds[k]`
         is a row of kind k: what those fix (pp, cp, ep, the chunks per device, the schedule) read once per
-        kind; dp, ZeRO, the micro-batch count and the devices in one flat pass (np.fromiter)."""
+        kind (from its chain's head); dp, ZeRO and the devices, which a chain's members share, once per chain
+        in one flat pass (np.fromiter); the micro-batch count the rows' own."""
+        heads, chain_of = configs.heads, configs.chain_of
         get = operator.attrgetter(*cls._FIELDS)
-        table = np.fromiter(itertools.chain.from_iterable(map(get, configs)), dtype=np.int64,
-                            count=len(configs) * len(cls._FIELDS)).reshape(len(configs), len(cls._FIELDS))
-        dp, zero, m, devices = table.T
-        reps = [configs[i] for i in kinds.tolist()]
+        table = np.fromiter(itertools.chain.from_iterable(map(get, heads)), dtype=np.int64,
+                            count=len(heads) * len(cls._FIELDS)).reshape(len(heads), len(cls._FIELDS))
+        dp, zero, devices = table[chain_of].T
+        m = configs.microbatches
+        reps = [heads[i] for i in chain_of[kinds].tolist()]
         pp, cp, ep, v = (np.array([getattr(c, f) for c in reps], dtype=np.int64)[kind_of]
                          for f in ("pp", "cp", "ep", "v"))
-        dcn = np.ones(len(configs), dtype=np.int64)  # only several TPU slices have replicas (Config.dcn_replicas)
-        for i in np.flatnonzero(np.array([c.slices > 1 for c in reps])[kind_of]).tolist():
-            dcn[i] = configs[i].dcn_replicas
+        # only several TPU slices have replicas (Config.dcn_replicas, of fields a chain's members share)
+        dcn = np.array([c.dcn_replicas if c.slices > 1 else 1 for c in heads], dtype=np.int64)[chain_of]
         dp_cp = cp * dp
         return cls(dp, zero, m, devices, pp, v, dp_cp, np.maximum(dp_cp // ep, 1), np.maximum(dp_cp // dcn, 1),
                    np.array([c.schedule for c in reps])[kind_of])

@@ -16,7 +16,8 @@ import pandas as pd
 
 from llmsim.report import compare_figures as CF
 from llmsim.report.document import Cell, Document, Paragraph, Point, Section, Table
-from llmsim.report.metrics import METRICS, NOISE_PCT, SUMMARY_METRICS, Metric, noise, pct_change, tone
+from llmsim.report.metrics import (METRICS, NOISE_PCT, SERVING_SUMMARY_METRICS, SUMMARY_METRICS, Metric, noise,
+                                   pct_change, tone)
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, workload_text
@@ -77,7 +78,12 @@ def comparison_frame(runs: list[Run]) -> pd.DataFrame:
                     both = base is not None and new is not None
                     row[f"{m.column}_within_noise@{letter}"] = both and noise(indexes[0].get(key), idx.get(key))
         out.append(row)
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    # a metric no row of any run has (a serving column in a training comparison, MFU in a serving one): no columns
+    empty = [m.column for m in METRICS
+             if not frame.empty and frame[[f"{m.column}@{x}" for x in letters]].isna().all().all()]
+    return frame.drop(columns=[c for c in frame.columns if c.split("@")[0].removesuffix("_change_pct")
+                               .removesuffix("_within_noise") in empty])
 
 
 def metric_table(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> Table | None:
@@ -151,13 +157,28 @@ def _metric(column: str) -> Metric:
     return next(m for m in METRICS if m.column == column)
 
 
+def summary_metrics(frame: pd.DataFrame, letters: list[str]) -> tuple[str, ...]:
+    """The columns a comparison summarises and draws: a serving run's requests/s, TTFT and TPOT p99 and goodput
+    where any row has requests/s, else throughput, energy and memory."""
+    serving = any_value(frame, [f"requests_per_s@{x}" for x in letters]).any()
+    return SERVING_SUMMARY_METRICS if serving else SUMMARY_METRICS
+
+
+def reported(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> bool:
+    """Whether some run has a value of `metric` (a section per metric only then: a serving run has no MFU);
+    comparison_frame keeps the columns of these only."""
+    return f"{metric.column}@{letters[0]}" in frame
+
+
 def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
-    """Per other run: the median change of throughput, energy and memory over the cases both ran."""
+    """Per other run: the median change of the summary metrics (summary_metrics) over the cases both ran."""
     points = []
     for x in letters[1:]:
         details = []
-        for column in SUMMARY_METRICS:
+        for column in summary_metrics(frame, letters):
             m = _metric(column)
+            if f"{column}_change_pct@{x}" not in frame:  # no row has it (comparison_frame)
+                continue
             changes = frame[["case", "backend", f"{column}_change_pct@{x}"]].dropna()
             if changes.empty:
                 continue
@@ -218,20 +239,26 @@ def comparison_document(runs: list[Run]) -> Document:
     labels = dict(zip(letters, run_labels(runs)))
     summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]} ({hardware_of(r)})" for x, r in
                                                    zip(letters, runs)) + f"; {letters[0]} is the baseline.")]
-    summary += change_points(frame, letters) + [fastest_point(runs, letters)] + status_points(frame, letters)
+    # serving rows' tokens/s follow the offered rate (the load), so "fastest" would rank the load
+    fastest = [] if summary_metrics(frame, letters) == SERVING_SUMMARY_METRICS else [fastest_point(runs, letters)]
+    summary += change_points(frame, letters) + fastest + status_points(frame, letters)
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
     figs = [
         render("change", "Change against the baseline",
                 f"percent change of each case against {letters[0]}; green is better, red is worse.",
-                lambda: CF.changes(frame, letters, [_metric(c) for c in SUMMARY_METRICS])),
+                lambda: CF.changes(frame, letters, [_metric(c) for c in summary_metrics(frame, letters)])),
         render("throughput", "Throughput per run", "tokens/s of every case, one bar per run.",
                 lambda: CF.grouped(frame, letters, _metric("tokens_per_s"))),
     ]
     sections.append(Section("Changes at a glance", figs, "glance"))
-    for m in METRICS:
+    shown = [m for m in METRICS if reported(frame, m, letters)]
+    for m in shown:
         table = metric_table(frame, m, letters)
         sections.append(Section(m.title, [table] if table else [Paragraph("No run reports this metric.")],
                                 m.column))
+    if not shown:
+        sections.append(Section("Metrics", [Paragraph("No run reports a metric: no case ran in any run.")],
+                                "metrics"))
     status = status_table(runs, letters)
     sections.append(Section("Not run or not fitting", [status] if status else
                             [Paragraph("Every case ran in every run.")], "not-run"))

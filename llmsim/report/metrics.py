@@ -34,7 +34,21 @@ METRICS: list[Metric] = [
     Metric("joules_per_token", "Energy per token", "joules", False),
     Metric("scaling_efficiency", "Scaling efficiency", "percent", True),
 ]
+# A serving row's own columns (docs/results.md): a latency or a rate of requests, not a step; no step-time spread
+SERVING_METRICS: list[Metric] = [
+    Metric("requests_per_s", "Requests per second", "rate", True, timed=False),
+    Metric("output_tokens_per_s", "Output tokens per second", "rate", True, timed=False),
+    Metric("ttft_p50_s", "TTFT p50", "seconds", False, timed=False),
+    Metric("ttft_p99_s", "TTFT p99", "seconds", False, timed=False),
+    Metric("tpot_p50_s", "TPOT p50", "seconds", False, timed=False),
+    Metric("tpot_p99_s", "TPOT p99", "seconds", False, timed=False),
+    Metric("goodput_rps", "Goodput (requests/s meeting the SLO)", "rate", True, timed=False),
+    Metric("slo_attainment", "SLO attainment", "percent", True, timed=False),
+]
+METRICS += SERVING_METRICS
 SUMMARY_METRICS = ("tokens_per_s", "joules_per_token", "peak_memory_bytes_per_device")
+# what a comparison of serving runs summarises and draws instead (comparison_document picks by the rows)
+SERVING_SUMMARY_METRICS = ("requests_per_s", "ttft_p99_s", "tpot_p99_s", "goodput_rps")
 
 
 def pct_change(base: Any, new: Any) -> float | None:

@@ -26,6 +26,9 @@ from llmsim.wording import count
 MAX_DETAILS = 8      # losers explained per backend; the tables have the rest
 MAX_REASON = 240     # characters of an error message quoted in the summary
 SAME_SPEED = 0.01    # within 1%: "as fast", no reason to look for
+# A measured case more than this many times its device ratio faster than a one-device case of the same backend
+# and hardware: beyond what smaller per-process working sets (caches) give; the one-device time was starved
+SUPERLINEAR = 1.5
 BIG_SHARE = 0.1      # waiting that takes this share of a step is named even when it is not the main reason
 BREAKDOWN_LABEL = {col: label for col, label, _ in BREAKDOWN}
 
@@ -110,8 +113,11 @@ def loser_details(ok: pd.DataFrame, best: pd.Series) -> list[str]:
     if len(elsewhere):
         counts = sorted({int(_f(n)) for n in elsewhere["n_devices"] if not missing(n)})
         sizes = ", ".join(str(n) for n in counts) or "unknown"
+        # the scaling figure draws a strategy only where it ran on two or more device counts (figures.scaling)
+        curves = ok.groupby(["backend", "strategy"])["n_devices"].nunique().ge(2).any() \
+            if {"backend", "strategy"} <= set(ok.columns) else False
         details.append(f"{count(len(elsewhere), 'more case')} ran on other device counts "
-                       f"({sizes}): see the tables and the scaling figure.")
+                       f"({sizes}): see the tables{' and the scaling figure' if curves else ''}.")
     return details
 
 
@@ -203,6 +209,29 @@ def _busy_cases(ok: pd.DataFrame) -> list[str]:
             if not missing(r.get("host_load_per_core")) and float(r["host_load_per_core"]) > BUSY_LOAD_PER_CORE]
 
 
+def _superlinear(ok: pd.DataFrame) -> list[tuple[str, str, float, int]]:
+    """(case, one-device case, speed-up, device ratio) where a measured case on n devices is more than SUPERLINEAR x
+    n times faster than the fastest measured one-device case on the same hardware: that speed-up is not the
+    strategy's. Seen here: moe-cpu's `single` at 6.3 s per step against dp2's 85 ms on a loaded 2-core host (its
+    2 OpenMP threads spin-waiting for cores), 78 ms with `threads: 1` (trial of 2026-12-01)."""
+    if "kind" not in ok or "hardware" not in ok:
+        return []
+    measured = ok[ok["kind"] == "measured"]
+    out = []
+    for _, group in measured.groupby("hardware"):
+        n = group["n_devices"].map(_f)
+        single = group[n == 1]
+        if single.empty:
+            continue
+        base = single.loc[single["tokens_per_s"].astype(float).idxmax()]
+        for _, r in group[n > 1].iterrows():
+            ratio = float(r["tokens_per_s"]) / float(base["tokens_per_s"])
+            devices = int(_f(r["n_devices"]))
+            if ratio > SUPERLINEAR * devices:
+                out.append((str(r["case"]), str(base["case"]), ratio, devices))
+    return out
+
+
 def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
     """Winner, most efficient, and losers' reasons for the rows of one backend."""
     if "mode" in rows and (rows["mode"] == "serve").all():
@@ -228,6 +257,10 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
                      f"(load above {BUSY_LOAD_PER_CORE:g} per core): other processes took cores from "
                      f"{'it' if len(busy) == 1 else 'them'}, so this ranking may not hold on a quiet host; rerun "
                      f"there, or with `threads: 1`.")
+        for case, single, ratio, devices in _superlinear(ok):
+            head += (f" {case} ran {ratio:.1f}× faster than {single} on {devices}× its devices, more than the device "
+                     f"ratio: {single}'s time is not this host's own (its threads waited for cores), so do not "
+                     f"read this as the strategy's speed-up; rerun {single} with `threads: 1` or on a quiet host.")
         energy = ok_rows(ok, "joules_per_token")
         if not energy.empty:
             green = energy.loc[energy["joules_per_token"].astype(float).idxmin()]

@@ -4,6 +4,35 @@ advances by that much, and the iteration's tokens come out at its end.
 SimPy style (llmsim.sim, SimPy's carwash.py): the `Replica` owns its scheduler and KV cache; `run` is its one
 generator. A replica with nothing to do sleeps on an event that the next arrival routed to it triggers. An
 engine's own host overheads (scheduling, detokenisation, HTTP) are not modelled: iterations run back to back.
+
+Output processing overlapped with the next iteration (the scheduler spec's `async_output`: vLLM V0's
+asynchronous output processor, vLLM >= 0.6.0). vllm/engine/llm_engine.py `step` appends the sampler output of
+iteration N to `ctx.output_queue`; the model runner calls the engine's `async_callback` (`_process_model_outputs`:
+detokenise, stop checks, build the RequestOutputs) while iteration N + 1 runs on the GPU
+(vllm/worker/model_runner.py `execute_model`: after the forward pass is launched, before the sampler's result is
+read), and `step` returns those outputs, iteration N's, at the end of iteration N + 1; only when no request is left
+unfinished does `step` drain the queue at once ("Drain async postprocessor"). So with it a token reaches the API
+server one iteration after the one that sampled it: the first token one iteration after its prefill. Here: the
+tokens an iteration samples are recorded (token_times, the request's finish for the client) at the end of the
+replica's next iteration. V0 finds that a request is finished only when it processes its last token, so the
+finished request is scheduled once more and its output of that step thrown away (`_process_model_outputs`,
+`finished_before`): when the replica has nothing else to run, that wasted decode step of the finished requests
+is run and priced (`_wasted_step`), and the tokens come out at its end, the queue then drained; when the next
+iteration decodes other requests, the finished ones are priced as decode rows of it (a prompt-only iteration of
+prefill-first holds no running request, so none is added there). Their blocks are freed when the last token is
+sampled, not a step later: the scheduler sees every token at once.
+
+The next iteration formed while the current one runs (the scheduler spec's `overlap_schedule`: SGLang's overlap
+scheduler, the default from v0.4). python/sglang/srt/managers/scheduler.py `event_loop_overlap`: each pass of its
+loop receives the requests that reached the scheduler (`recv_requests`), forms the next batch
+(`get_next_batch_to_run`), launches it behind the batch the GPU is running, and only then waits for that batch's
+result (`process_batch_result` of the last batch). So the batch that runs after iteration N was formed when N
+started, and a request arriving while N runs can join the iteration after the next one at the earliest (without
+overlap, `event_loop_normal`, it joins the next). With nothing running the loop reads and launches at once. Here:
+arrivals while an iteration runs are held and handed to the scheduler just after the next iteration is formed;
+an idle replica takes them at once. Its tokens are not delayed (the result of N is processed as soon as N ends,
+while N + 1 runs). Not modelled: that SGLang, too, learns a request is finished only when it processes its last
+token, so the finished request is one more (discarded) row of the iteration formed meanwhile.
 """
 
 from __future__ import annotations
@@ -65,24 +94,51 @@ class Replica:
         self.max_batch = 0            # most sequences in one iteration
         self.timeline = Timeline()    # batch, tokens, KV use and queue at each iteration's start
         self._wakeup: simpy.Event | None = None
+        self._held: list[Sequence] | None = None   # overlap_schedule: arrivals the next iteration was formed without
 
     def arrive(self, seq: Sequence) -> None:
-        """A request routed here: queue it and wake the replica if it sleeps."""
+        """A request routed here: queue it (or, with overlap_schedule while an iteration runs, hold it until
+        the next iteration is formed) and wake the replica if it sleeps."""
         self.outstanding += 1
-        self.scheduler.add(seq)
+        if self._held is not None:
+            self._held.append(seq)
+        else:
+            self.scheduler.add(seq)
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
 
     def run(self) -> Generator[simpy.Event, Any, None]:
         env, scheduler = self.env, self.scheduler
+        lagged = scheduler.async_output       # tokens come out one iteration late (module docstring)
+        overlap = scheduler.overlap_schedule  # arrivals join one iteration later (module docstring)
+        unsent: list[tuple[Sequence, bool]] = []   # tokens sampled, not yet out: (sequence, its last token?)
         while True:
             iteration = scheduler.schedule(env.now)
+            if overlap:                         # formed, as SGLang's loop does, before the last arrivals are read
+                held, self._held = self._held, []
+                if held:
+                    for seq in held:
+                        scheduler.add(seq)
+                    if iteration is None:       # nothing ran: the engine reads them and schedules at once
+                        continue
             if iteration is None:
+                if unsent:                      # nothing else to run: one wasted step, then the queue is drained
+                    done = [(seq, 1) for seq, last in unsent if last]
+                    if done:
+                        yield from self._wasted_step(done)
+                    self._deliver(unsent, env.now)
+                    unsent = []
+                    continue
+                self._held = None               # asleep: an arrival is read at once
                 self._wakeup = env.event()
                 yield self._wakeup
                 self._wakeup = None
                 continue
             mix = iteration.mix or mix_of(iteration.work)
+            if unsent and mix.decode_seqs:      # V0 decodes its finished requests once more (module docstring)
+                done = [(seq, 1) for seq, last in unsent if last]
+                if done:
+                    mix = mix + mix_of(done)
             self.timeline.add(env.now, len(iteration.work), round(mix.tokens), scheduler.kv.used, len(scheduler.waiting))
             seconds, compute = self.price(mix)
             yield env.timeout(seconds)
@@ -92,14 +148,45 @@ class Replica:
             if len(iteration.work) > self.max_batch:
                 self.max_batch = len(iteration.work)
             now = env.now
+            sampled: list[tuple[Sequence, bool]] = []
             for seq, n in iteration.work:
                 seq.computed += n
                 request = seq.request
                 if seq.computed >= request.input_tokens + seq.generated:   # every known token computed: sample
                     seq.generated += 1
-                    seq.token_times.append(now)
-                    if seq.generated >= request.output_tokens:
-                        seq.finished = True
-                        self.outstanding -= 1
-                        scheduler.finish(seq)
-                        self.on_finish(seq)
+                    last = seq.generated >= request.output_tokens
+                    if lagged:                  # out at the next iteration's end (`_deliver`)
+                        sampled.append((seq, last))
+                        if last:
+                            seq.finished = True
+                            scheduler.finish(seq)
+                    else:                       # out now
+                        seq.token_times.append(now)
+                        if last:
+                            seq.finished = True
+                            self.outstanding -= 1
+                            scheduler.finish(seq)
+                            self.on_finish(seq)
+            if lagged:
+                self._deliver(unsent, now)      # the previous iteration's tokens, processed while this one ran
+                unsent = sampled
+
+    def _wasted_step(self, finished: list[tuple[Sequence, int]]) -> Generator[simpy.Event, Any, None]:
+        """The decode step V0 runs for requests whose last token it has not processed yet (their stop is found
+        while this step runs): priced and timed like any iteration, its tokens thrown away."""
+        mix = mix_of(finished)
+        self.timeline.add(self.env.now, len(finished), round(mix.tokens), self.scheduler.kv.used,
+                          len(self.scheduler.waiting))
+        seconds, compute = self.price(mix)
+        yield self.env.timeout(seconds)
+        self.iterations += 1
+        self.busy_s += seconds
+        self.compute_s += compute
+
+    def _deliver(self, tokens: list[tuple[Sequence, bool]], now: float) -> None:
+        """One token of each sequence comes out at `now`, in order; a request whose last token it is leaves."""
+        for seq, last in tokens:
+            seq.token_times.append(now)
+            if last:
+                self.outstanding -= 1
+                self.on_finish(seq)

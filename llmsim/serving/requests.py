@@ -208,6 +208,21 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
     return out
 
 
+def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> list[tuple[str, str]]:
+    """(key, note) for a trace replay that does not do what its file alone says (read_trace's `rows`): a `lengths`
+    block replaces the recorded token counts (the arrival times are kept: build_requests), and `requests` above
+    the trace's length sends only the trace's requests. Said before a run, not refused: both are valid uses."""
+    notes = []
+    if spec.lengths is not None:
+        notes.append(("serving.lengths", "the lengths block replaces the trace's recorded input_tokens and "
+                                         "output_tokens (its arrival times are kept); omit lengths to replay the "
+                                         "recorded lengths"))
+    if spec.requests is not None and spec.requests > len(rows):
+        notes.append(("serving.requests", f"{spec.requests:,} asked but the trace has {len(rows):,} requests: "
+                                          f"{len(rows):,} are sent"))
+    return notes
+
+
 @dataclass(frozen=True)
 class ClosedLoop:
     """A closed loop: `clients` clients, each sending its next request `think_s` seconds after its previous one's

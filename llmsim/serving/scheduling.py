@@ -69,6 +69,20 @@ class Scheduler(ABC):
         self.waiting.append(seq)
 
     @property
+    def async_output(self) -> bool:
+        """Whether the engine processes an iteration's outputs while the next one runs, so that its tokens come
+        out an iteration late (serving.scheduler.async_output; llmsim.serving.replica). A plugin's policy may
+        override it."""
+        return bool(getattr(self.spec, "async_output", False))
+
+    @property
+    def overlap_schedule(self) -> bool:
+        """Whether the engine forms each iteration while the previous one runs, so that a request arriving
+        during an iteration can join only the one after the next (serving.scheduler.overlap_schedule;
+        llmsim.serving.replica). A plugin's policy may override it."""
+        return bool(getattr(self.spec, "overlap_schedule", False))
+
+    @property
     def idle(self) -> bool:
         """Nothing waiting and nothing running."""
         return not self.waiting and not self.running

@@ -11,6 +11,7 @@ serving:
                                                # chunked-prefill (+ chunk_tokens) | prefill-first (+ delay_factor)
                                                # | tgi (+ waiting_served_ratio, max_waiting_tokens,
                                                # max_batch_total_tokens) | a plugin's
+                                               # (+ async_output: any kind)
   kv_block_tokens: 16
   memory_utilization: 0.9
   replicas: 1
@@ -380,6 +381,17 @@ class SchedulerSpec(_Strict):
         None, description="tgi: TGI's max_batch_total_tokens, the tokens (prompt + max new tokens) all running "
                           "requests may reserve; default the replica's KV cache (TGI infers it from free memory "
                           "for flash-attention models); at most the KV cache")
+    async_output: bool = Field(
+        False, description="the engine processes an iteration's outputs while the next iteration runs (vLLM "
+                           "V0's asynchronous output processor, on by default from v0.6.0 with CUDA graphs): a "
+                           "token reaches the client at the end of the iteration after the one that sampled it, "
+                           "and a finished request is decoded once more (alone, when nothing else runs); default "
+                           "false (a token is out when its iteration ends)")
+    overlap_schedule: bool = Field(
+        False, description="the engine forms the next iteration while the current one runs (SGLang's overlap "
+                           "scheduler, on by default from v0.4): a request that arrives while an iteration runs "
+                           "is scheduled no earlier than the iteration after the next (at once when nothing "
+                           "runs); default false (it can join the next iteration)")
 
     @model_validator(mode="after")
     def _policy_keys(self) -> "SchedulerSpec":
@@ -424,7 +436,7 @@ class Slo(_Strict):
     @classmethod
     def _percentile(cls, value: float) -> float:
         if not 0 < value <= 100:
-            raise ValueError(f"{value}: allowed 0 < percentile <= 100")
+            raise ValueError(f"{value:g}: allowed 0 < percentile <= 100")
         return value
 
     @model_validator(mode="after")

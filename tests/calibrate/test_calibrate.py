@@ -127,3 +127,14 @@ def test_the_command_writes_into_the_first_run_folder_by_default(runs: list[Path
 def test_the_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     assert main(["calibrate", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_is_refused_before_the_fit(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--out is checked first: a fit takes seconds to minutes, and its table printed before the error read as a
+    success (trial of 2026-12-01)."""
+    import llmsim.calibrate as calibration
+
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: pytest.fail("the fit ran before --out was checked"))
+    assert main(["calibrate", str(tmp_path), "--out", str(tmp_path / "missing" / "x.yaml")]) == 2
+    captured = capsys.readouterr()
+    assert "x.yaml: No such file or directory" in captured.err and captured.out == ""

@@ -96,3 +96,16 @@ def test_rows_timed_on_a_busy_host_are_left_out_unless_asked(tmp_path: Path) -> 
         read_observations([run])
     assert [o.case for o in read_observations([run], include_busy=True)] == ["s"]
     assert busy_cases([run]) == ["s"]
+
+
+def test_a_folder_that_fits_nothing_beside_others_that_do_is_named_not_dropped(tmp_path: Path) -> None:
+    """Trial of 2026-12-01: a modeled-only folder given with a measured one was quietly ignored (alone it is an
+    error); now it is the same one line, naming that folder."""
+    measured = synthetic_run(tmp_path, "train", 32, 2, 2)
+    (tmp_path / "other").mkdir()
+    modeled = synthetic_run(tmp_path / "other", "train", 32, 2, 1)
+    rows = [json.loads(line) for line in (modeled / "results.jsonl").read_text().splitlines()]
+    (modeled / "results.jsonl").write_text("".join(json.dumps({**r, "kind": "modeled"}) + "\n" for r in rows))
+    with pytest.raises(CalibrationError, match=f"{modeled}: no ok measured rows of backend 'cpu'"):
+        read_observations([measured, modeled])
+    assert [o.case for o in read_observations([measured])] == ["s"]

@@ -144,6 +144,33 @@ def test_pipeline_parallel_iterations_fill_and_drain_the_pipeline() -> None:
     assert t.bubble < t.compute + t.comm  # the LM head makes the last stage the slower one
 
 
+@pytest.mark.parametrize("pp", [1, 2])
+def test_an_engines_own_kernels_cost_the_devices_fixed_time_per_kernel(pp: int) -> None:
+    """Mix.layer_kernels adds that many kernels to every layer of the pass and Mix.pass_kernels that many after the
+    LM head (an engine policy's own count, e.g. TGI 2.1's), each at the device's kernel_latency_s and nothing else;
+    0 of both prices exactly what a Mix without them does. With pp 2 and one sequence the pass runs whole."""
+    model = _model(pp=pp)
+    base = Mix.decode(300)
+    lat = model.rates.efficiency.kernel_latency_s
+    assert lat > 0
+    t0 = iteration_times(model, base)
+    assert iteration_times(model, replace(base, layer_kernels=0, pass_kernels=0)) == t0
+    t = iteration_times(model, replace(base, layer_kernels=3, pass_kernels=40))
+    layers = model.costs.layers
+    assert t.step - t0.step == pytest.approx(lat * (3 * layers + 40), rel=1e-9)
+
+
+def test_mixes_add_an_engines_kernels_per_pass_and_share_them_per_micro_batch() -> None:
+    """`+` of two parts of one pass: the per-layer count is the pass's (max), the kernels after the head add up;
+    a micro-batch's share keeps the per-layer count and takes its share of the rest."""
+    a, b = replace(Mix.decode(10), layer_kernels=2, pass_kernels=5), replace(Mix.decode(20), layer_kernels=2, pass_kernels=7)
+    both = a + b
+    assert (both.layer_kernels, both.pass_kernels) == (2, 12)
+    assert (both + Mix.decode(5)).layer_kernels == 2
+    half = both.share(2)
+    assert (half.layer_kernels, half.pass_kernels, half.rows) == (2, 6, 1)
+
+
 def test_kv_capacity_is_the_memory_models_leftover() -> None:
     """capacity = memory x utilisation - the busiest stage's parameters (costmodel.memory) - workspace, in
     whole blocks of the per-device bytes of a token (its layers, its KV heads)."""

@@ -90,6 +90,20 @@ def test_strategy_runs_and_matches_the_single_process_loss(name: str) -> None:
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+def test_a_ranks_peak_memory_counts_its_step_like_the_single_process() -> None:
+    """A rank's peak is the step's, as the single process's is: not the ~70 MB of modules a fresh process imports
+    at its first optimizer step (torch._dynamo), which the parent had imported before its own case, nor the
+    profiled step's buffers (worker.run_rank). The dp rank holds the same model and optimizer plus DDP's gradient
+    buckets and gloo's buffers; before the fix it reported ~10x the single process's peak."""
+    backend = CpuBackend(RunContext())
+    single = backend.run(_case(), SETTINGS)
+    dp = backend.run(_case(dp=2), SETTINGS)
+    assert single.status == dp.status == "ok", (single.error, dp.error)
+    mib = 2 ** 20
+    assert 0 < dp.peak_memory_bytes_per_device <= 2 * single.peak_memory_bytes_per_device + 16 * mib, \
+        (dp.peak_memory_bytes_per_device / mib, single.peak_memory_bytes_per_device / mib)
+
+
 def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
     """The fused [q;k;v] and [gate;up] weights are re-laid out per shard: tp=2 with kv_heads=2 splits
     the KV heads, kv_heads=1 replicates the one KV head on both ranks (gradients summed)."""

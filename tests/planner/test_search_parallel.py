@@ -3,7 +3,11 @@ this process: the same rows in the same order, the same counts, the same progres
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +16,7 @@ import pytest
 from llmsim.executor import ForkExecutor, fork_available
 from llmsim.hardware import load_catalog
 from llmsim.planner.columns import CONFIG_FIELDS, ConfigColumns
+from llmsim.planner import search as search_module
 from llmsim.planner.config import parse_plan
 from llmsim.planner.search import NAMES, Rows, SearchStats, resolve_hardware, search
 from tests.planner.helpers import hardware, small_catalog, small_plan
@@ -63,18 +68,41 @@ def _same_rows(a: Rows, b: Rows) -> None:
     assert list(a) == list(b)  # every Evaluation, made from the columns
 
 
+_PRICE_CONTEXT = search_module.price_context
+_PIDS_AT: Path | None = None  # where _recorded writes (set by _pricing_pids)
+
+
+def _recorded(caches: Any, task: Any) -> Any:
+    """search.price_context, leaving a file named by the process that ran it (module-level: the executor pickles
+    it by name; a forked worker inherits the patched module)."""
+    assert _PIDS_AT is not None
+    (_PIDS_AT / f"priced-{os.getpid()}-{task[1].name}-{task[2]}").touch()
+    return _PRICE_CONTEXT(caches, task)
+
+
+def _pricing_pids(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], set[int]]:
+    """Record the process that prices each context (search.price_context, looked up when search runs): the ids
+    of those processes, read back from files in tmp_path."""
+    monkeypatch.setattr(search_module, "price_context", _recorded)
+    monkeypatch.setattr(sys.modules[__name__], "_PIDS_AT", tmp_path)
+    return lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("priced-*")}
+
+
 @needs_fork
 @pytest.mark.parametrize("case", CASES)
-def test_forked_search_equals_the_search_in_this_process(case: str) -> None:
+def test_forked_search_equals_the_search_in_this_process(case: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
     plan, catalog = CASES[case]()
     here, here_stats, here_lines = _searched(plan, catalog, None)
+    pids = _pricing_pids(monkeypatch, tmp_path)
     forked, forked_stats, forked_lines = _searched(plan, catalog, ForkExecutor(max_workers=2))
     _same_rows(forked, here)
     here_stats.seconds = forked_stats.seconds = 0.0
     assert forked_stats == here_stats
     assert forked_lines == here_lines and len(here_lines) == len(set(here_lines)) >= 2  # one per context, in order
-    if plan.workload.mode == "train":  # a worker's rows came back as columns: the pipe was crossed
-        assert isinstance(forked.configs, ConfigColumns) and not isinstance(here.configs, ConfigColumns)
+    assert len(pids()) == 2 and os.getpid() in pids()  # a worker priced a context: the pipe was crossed
+    if plan.workload.mode == "train":  # table pricing: the rows' configurations are columns in either process
+        assert isinstance(forked.configs, ConfigColumns) and isinstance(here.configs, ConfigColumns)
 
 
 def test_rows_pickle_as_columns_and_read_back_the_same() -> None:
@@ -106,8 +134,9 @@ def test_config_columns_give_python_values() -> None:
         ConfigColumns({name: rows.field(name) for name in CONFIG_FIELDS[1:]})
 
 
-def test_one_hardware_choice_runs_in_this_process() -> None:
-    """A single context is no reason to fork: the rows keep their Configs."""
+def test_one_hardware_choice_runs_in_this_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A single context is no reason to fork: it is priced in this process."""
     plan = small_plan(hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 4}])
+    pids = _pricing_pids(monkeypatch, tmp_path)
     rows, _ = search(plan, resolve_hardware(plan, small_catalog()), executor=ForkExecutor(max_workers=2))
-    assert not isinstance(rows.configs, ConfigColumns)
+    assert len(rows) and pids() == {os.getpid()}

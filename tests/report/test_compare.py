@@ -81,3 +81,31 @@ def test_runs_from_different_hardware_compare_on_case_and_backend(tmp_path: Path
     b = make_run(tmp_path / "h100", [row("dp", step=0.5, hardware="h100-sxm")])
     frame = pd.read_csv(write_comparison([a, b], tmp_path / "out") / "comparison.csv")
     assert frame.loc[0, "tokens_per_s_change_pct@B"] == pytest.approx(100.0)
+
+
+def _serving(case: str, rps: float, ttft_p99: float, tpot_p99: float, goodput: float):
+    r = row(case, "cluster", step=None)
+    return r.model_copy(update={"mode": "serve", "tokens_per_s": 100 * rps, "requests_per_s": rps,
+                                "output_tokens_per_s": 100 * rps, "ttft_p50_s": ttft_p99 / 2,
+                                "ttft_p99_s": ttft_p99, "tpot_p50_s": tpot_p99 / 2, "tpot_p99_s": tpot_p99,
+                                "goodput_rps": goodput, "slo_attainment": goodput / rps})
+
+
+def test_serving_runs_are_compared_on_their_own_metrics(tmp_path: Path) -> None:
+    """Trial of 2026-12-01: two serving runs compared on tokens/s, memory and energy only, with empty Step time and
+    MFU sections. Now requests/s, TTFT, TPOT, goodput and SLO attainment, and no section a serving row lacks."""
+    before = make_run(tmp_path / "s" / "a", [_serving("tp1@rate=4", 4.0, 0.20, 0.020, 3.0)])
+    after = make_run(tmp_path / "s" / "b", [_serving("tp1@rate=4", 4.0, 0.10, 0.025, 3.6)])
+    folder = write_comparison([before, after], tmp_path / "out")
+    md = (folder / "report.md").read_text()
+    for title in ("Requests per second", "TTFT p99", "TPOT p99", "Goodput (requests/s meeting the SLO)",
+                  "SLO attainment"):
+        assert f"## {title}" in md, title
+    assert "## Step time" not in md and "## MFU" not in md and "No run reports this metric" not in md
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "TTFT p99: median −50.0%" in summary and "TPOT p99: median +25.0%" in summary
+    assert "Goodput (requests/s meeting the SLO): median +20.0%" in summary
+    assert "Fastest strategy" not in summary  # a serving row's tokens/s is its offered load's, not a ranking
+    frame = pd.read_csv(folder / "comparison.csv")
+    assert frame.loc[0, "ttft_p99_s_change_pct@B"] == pytest.approx(-50.0)
+    assert "mfu@A" not in frame and "step_time_s@B" not in frame  # no column of a metric no row has

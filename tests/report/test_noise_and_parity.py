@@ -109,3 +109,28 @@ def test_the_report_shows_the_spread(tmp_path: Path) -> None:
     fig, axes = F.throughput(frame)
     bars = [c for ax in axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 1  # the measured panel only; a modeled row has no spread
+
+
+def test_a_speed_up_beyond_the_device_ratio_is_flagged_not_credited_to_the_strategy() -> None:
+    """Trial of 2026-12-01: moe-cpu's single process was starved on a loaded host (6.3 s per step) and dp2 on 2
+    processes took 85 ms; the summary ranked dp2 first with no word on a 74x speed-up from 2x the devices."""
+    def on(n: int, case: str, step: float):
+        r = measured(case, step, 0.9 * step, 1.1 * step)
+        return r.model_copy(update={"n_devices": n, "dp": n, "tokens_per_s": 512 / step})
+    text = summary_text([on(1, "single", 6.29), on(2, "dp2", 0.085)])
+    assert "dp2 ran 74.0× faster than single on 2× its devices" in text
+    assert "rerun single with `threads: 1`" in text
+    fair = summary_text([on(1, "single", 0.16), on(2, "dp2", 0.085)])  # 1.9x on 2x the devices: no flag
+    assert "its devices" not in fair
+
+
+def test_the_summary_points_to_the_scaling_figure_only_when_it_is_drawn() -> None:
+    """A strategy on one device count beside others on another: the tables compare them, the scaling figure
+    (a curve per strategy over two or more counts) has nothing to draw (moe-cpu's report said otherwise)."""
+    def on(n: int, case: str, step: float, strategy: str | None = None):
+        r = measured(case, step, 0.9 * step, 1.1 * step)
+        return r.model_copy(update={"n_devices": n, "dp": n, "strategy": strategy or case})
+    alone = summary_text([on(1, "single", 0.2), on(2, "dp2", 0.1), on(2, "ep2", 0.11)])
+    assert "1 more case ran on other device counts (1): see the tables." in alone
+    swept = summary_text([on(1, "dp@1", 0.2, "dp"), on(2, "dp@2", 0.1, "dp"), on(2, "ep2", 0.11)])
+    assert "see the tables and the scaling figure." in swept

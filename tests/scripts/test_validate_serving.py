@@ -92,7 +92,8 @@ def test_the_serving_table_loads_and_every_row_names_its_source(v) -> None:
 def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tmp_path: Path) -> None:
     """ST01, vLLM's throughput test of Llama 3 8B on one A100: 200 ShareGPT requests handed to the engine at
     once, their lengths drawn with seed 0 from exponential distributions whose means after the benchmark's filter
-    are the sample's published ones (Llama 3 tokenizer), priced as the scenario written out here by hand."""
+    are the sample's published ones (Llama 3 tokenizer), V0's asynchronous output processing on, priced as the
+    scenario written out here by hand."""
     [st01] = [r for r in v.read_serving_runs(v.TABLES["serving"].default) if r["row_id"] == "ST01"]
     assert st01["lengths"] == "sharegpt-vllm-llama3" and st01["input_len"] is None and st01["output_len"] is None
     mean_in, mean_out = v.exponential_means_before_filter(*v.SHAREGPT_MEANS["sharegpt-vllm-llama3"], 4, 1024, 2048)
@@ -106,7 +107,8 @@ def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tm
     data = {"name": "st01", "workload": {"model": {"preset": "llama3-8b", "seq_len": 8192}, "dtype": "bfloat16"},
             "strategies": [{"name": "tp1"}],
             "serving": {"requests": 200, "arrival": {"kind": "trace", "path": "at-once.csv"},
-                        "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                        "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192,
+                                      "async_output": True},
                         "kv_block_tokens": 16, "memory_utilization": 0.9},
             "backends": {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1,
                                       "intra_node": "nvlink3", "inter_node": "ib-hdr200x8", "all_reduce": "vllm"}},
@@ -121,14 +123,16 @@ def test_an_offline_row_is_the_serving_simulation_of_every_request_at_once(v, tm
 
 def test_an_online_row_is_the_serving_simulation_at_its_rate(v, tmp_path: Path) -> None:
     """SO06, vLLM's serving test of Llama 3 70B at tp 4 on H200 at 1 request/s (Poisson): the median ITL the
-    validation prints is the simulation's own, in seconds against the published milliseconds."""
+    validation prints is the simulation's own (V0's asynchronous output processing on), in seconds against the
+    published milliseconds."""
     [so06] = [r for r in v.read_serving_runs(v.TABLES["serving"].default) if r["row_id"] == "SO06"]
     assert so06["metric"] == "itl_p50_ms" and so06["request_rate"] == 1.0
     data = {"name": "so06", "workload": {"model": {"preset": "llama3-70b", "seq_len": 8192}, "dtype": "bfloat16"},
             "strategies": [{"name": "tp4", "tp": 4}],
             "serving": {"requests": 200, "arrival": {"kind": "poisson", "rate": 1},
                         "lengths": v.LENGTH_DISTRIBUTIONS["sharegpt-vllm-llama3"],
-                        "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192},
+                        "scheduler": {"kind": "prefill-first", "max_num_seqs": 256, "max_batched_tokens": 8192,
+                                      "async_output": True},
                         "kv_block_tokens": 16, "memory_utilization": 0.9},
             "backends": {"roofline": {"hardware": "h200", "nodes": 1, "devices_per_node": 4,
                                       "intra_node": "nvlink4", "inter_node": "ib-ndr400x8", "all_reduce": "vllm"}},
@@ -193,6 +197,7 @@ def test_the_printed_medians_are_those_of_the_printed_rows_per_metric(v, tmp_pat
                                     "is for kind 'tgi' (got kind 'continuous')"),
     ("max_waiting_tokens", "many", "S1.max_waiting_tokens: 'many'"),
     ("delay_factor", "nan", "S1.delay_factor: 'nan': allowed: a finite number"),
+    ("async_output", "yes", "S1.async_output: 'yes': allowed: true, false"),
     ("concurrency", "0", "S1.concurrency: '0': must be >= 1"),
     ("concurrency", "2.5", "S1.concurrency: '2.5'"),
     ("concurrency", "8", "S1.concurrency: 8 clients with request_rate 40.0: a closed loop is priced at request_rate "
@@ -217,6 +222,35 @@ def test_the_policy_keys_of_a_row_reach_its_scenario(v) -> None:
                                                 "waiting_served_ratio": 0.5, "max_waiting_tokens": 7}
     typed.update(waiting_served_ratio=None, max_waiting_tokens=None)
     assert set(v.serving_scenario(typed)[0]["serving"]["scheduler"]) == {"kind", "max_num_seqs", "max_batched_tokens"}
+
+
+def test_a_rows_async_output_reaches_its_scenario_and_the_vllm_0_6_rows_set_it(v) -> None:
+    """`async_output` true becomes serving.scheduler.async_output; blank leaves the key out (false). The rows of
+    vLLM V0 >= 0.6.0 with CUDA graphs (the CI builds of late 2024: SO, ST; the docs' batch-1 latency run SV02)
+    set it; TGI, SGLang and vLLM V1 rows do not."""
+    row = _row(v)
+    typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
+    typed["async_output"] = v._serving_value("async_output", "True")
+    assert v.serving_scenario(typed)[0]["serving"]["scheduler"]["async_output"] is True
+    typed["async_output"] = None
+    assert "async_output" not in v.serving_scenario(typed)[0]["serving"]["scheduler"]
+    rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
+    on = {k for k, r in rows.items() if r["async_output"]}
+    assert on == {k for k in rows if k[:2] in ("SO", "ST")} | {"SV02"}
+
+
+def test_a_rows_overlap_schedule_reaches_its_scenario_and_the_sglang_0_5_rows_set_it(v) -> None:
+    """`overlap_schedule` true becomes serving.scheduler.overlap_schedule; blank leaves the key out (false). The
+    SGLang 0.5.6 rows (SG) set it (the overlap scheduler is SGLang's default from v0.4); SGLang 0.2.14 (SB), TGI,
+    vLLM rows do not."""
+    row = _row(v)
+    typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
+    typed["overlap_schedule"] = v._serving_value("overlap_schedule", "true")
+    assert v.serving_scenario(typed)[0]["serving"]["scheduler"]["overlap_schedule"] is True
+    typed["overlap_schedule"] = None
+    assert "overlap_schedule" not in v.serving_scenario(typed)[0]["serving"]["scheduler"]
+    rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
+    assert {k for k, r in rows.items() if r["overlap_schedule"]} == {k for k in rows if k.startswith("SG")}
 
 
 def test_the_vllm_v0_and_tgi_rows_name_their_engines_policy(v) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -174,6 +176,33 @@ def test_tgi_the_prefill_budget_and_max_batch_total_tokens_bound_a_new_batch() -
     _, log = _recording("tgi", requests, max_batch_total_tokens=100)
     assert log[0][0] == [(0, 30)]
     assert all(len(work) == 1 for work, *_ in log)
+
+
+def test_tgi_prices_the_kernels_its_server_launches_beyond_a_fused_engines() -> None:
+    """TGI 2.1's passes carry its own kernels (policies/tgi.py, counted in its source): 2 per layer (rotary in two
+    calls, SiLU and the product unfused); after the LM head 29 per pass and 8 per sampled sequence (the top-p
+    sampler the benchmark's requests turn on, the batch update), 8 more per decode step (the CUDA graph's input
+    copies), 2 more per prompt in a prefill. Other policies price none."""
+    from llmsim.serving.kvcache import Sequence
+    kv = KVCache(10_000, 16)
+    tgi = BUILTIN["tgi"](SchedulerSpec(kind="tgi", max_batched_tokens=4096), kv)
+    for i in range(3):
+        tgi.add(Sequence(Request(i, 0.0, 100, 5), 0))
+    prefill = tgi.schedule(0.0)
+    assert prefill is not None and prefill.mix is not None
+    assert prefill.mix.layer_kernels == 2 and prefill.mix.pass_kernels == 29 + 3 * (8 + 2)
+    assert replace(prefill.mix, layer_kernels=0, pass_kernels=0) == mix_of(prefill.work)
+    for seq, n in prefill.work:        # what the replica does at the pass's end: the prompt is cached, a token out
+        seq.computed += n
+        seq.generated += 1
+    decode = tgi.schedule(0.1)
+    assert decode is not None and decode.mix is not None and all(n == 1 for _, n in decode.work)
+    assert decode.mix.layer_kernels == 2 and decode.mix.pass_kernels == 29 + 8 + 3 * 8
+    kv2 = KVCache(10_000, 16)
+    v1 = BUILTIN["continuous"](SchedulerSpec(kind="continuous", max_batched_tokens=4096), kv2)
+    v1.add(Sequence(Request(0, 0.0, 100, 5), 0))
+    first = v1.schedule(0.0)
+    assert first is not None and (first.mix is None or (first.mix.layer_kernels, first.mix.pass_kernels) == (0, 0))
 
 
 # --------------------------------------------------------------------------- laws that hold for every policy

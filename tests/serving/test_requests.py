@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmsim.serving.requests import TraceError, build_requests, read_trace
+from llmsim.serving.requests import TraceError, build_requests, read_trace, trace_notes
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.spec import ServingCase, ServingSpec
 
@@ -75,6 +75,20 @@ def test_a_trace_is_replayed_as_recorded_or_scaled_to_a_rate(tmp_path: Path) -> 
                                   arrival={"kind": "trace", "path": csv, "rate": 2}))
     # recorded: 2 gaps in 3 s, a mean rate of 2/3 per s; at 2 per s every gap is a third as long
     assert [r.arrival_s for r in scaled] == pytest.approx([0.0, 1 / 3])
+
+
+def test_a_trace_replay_that_departs_from_its_file_is_said(tmp_path: Path) -> None:
+    """Lengths given with a trace replace its recorded counts; more requests than it holds send what it holds.
+    Both are said before a run (cli._note_trace); a plain replay says nothing."""
+    csv = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n0,10,3\n1,20,4\n", "t.csv")
+    rows = read_trace(csv)
+    plain = _case(trace=csv, requests=None, lengths=None, arrival={"kind": "trace", "path": csv})
+    assert trace_notes(plain.spec, rows) == []
+    drawn = _case(trace=csv, requests=5, arrival={"kind": "trace", "path": csv})
+    notes = dict(trace_notes(drawn.spec, rows))
+    assert set(notes) == {"serving.lengths", "serving.requests"}
+    assert "replaces the trace's recorded" in notes["serving.lengths"] and "2 are sent" in notes["serving.requests"]
+    assert [r.output_tokens for r in build_requests(drawn)] == [7, 7]  # what the note says: drawn, not recorded
 
 
 @pytest.mark.parametrize("text,name,column", [

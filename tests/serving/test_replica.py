@@ -1,0 +1,124 @@
+"""The replica's output timing: with `async_output` (vLLM V0's asynchronous output processor) every token comes
+out at the end of the iteration after the one that sampled it, and a request's finish costs one wasted decode
+step when nothing else runs (llmsim.serving.replica)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from llmsim.costmodel.iteration import Mix
+from llmsim.serving.requests import Request
+from llmsim.serving.spec import SchedulerSpec
+from tests.serving.helpers import linear_seconds, run
+
+PROMPT, OUTPUT = 100, 6
+
+
+def _decode(keys: int) -> float:
+    """One decode step of one sequence attending over `keys` keys, at the tests' linear price."""
+    return linear_seconds(Mix(decode_seqs=1, decode_keys=keys, rows=1))
+
+
+@pytest.mark.parametrize("kind", ["prefill-first", "continuous"])
+def test_one_request_alone_gets_each_token_one_iteration_late(kind: str) -> None:
+    """A lone request: its prefill P, then decode steps d_j (keys PROMPT + j) for j = 1..OUTPUT-1, then the step
+    V0 wastes on the finished request (keys PROMPT + OUTPUT). Without the lag token i comes out at the end of
+    iteration i; with it at the end of iteration i + 1: TTFT grows by exactly d_1, every gap is the next step's,
+    and the replica runs one iteration more, that wasted step."""
+    request = [Request(0, 0.0, PROMPT, OUTPUT)]
+    plain = run(request, kind)
+    lagged = run(request, kind, async_output=True)
+    before = list(plain.sequences[0].token_times)
+    after = list(lagged.sequences[0].token_times)
+    prefill = linear_seconds(Mix.prefill(PROMPT))
+    steps = [_decode(PROMPT + j) for j in range(1, OUTPUT)] + [_decode(PROMPT + OUTPUT)]
+    assert before[0] == pytest.approx(prefill, rel=1e-12)
+    assert after == pytest.approx([t + steps[i] for i, t in enumerate(before)], rel=1e-12)
+    assert after[0] - before[0] == pytest.approx(steps[0], rel=1e-12)        # TTFT: one decode step more
+    gaps_before = [b - a for a, b in zip(before, before[1:])]
+    gaps_after = [b - a for a, b in zip(after, after[1:])]
+    assert gaps_after == pytest.approx(steps[1:], rel=1e-12)                  # each gap the next step's
+    assert gaps_after[:-1] == pytest.approx(gaps_before[1:], rel=1e-12)
+    assert lagged.iterations == [plain.iterations[0] + 1]
+    assert lagged.busy_s[0] == pytest.approx(plain.busy_s[0] + steps[-1], rel=1e-12)
+
+
+def test_a_token_comes_out_when_the_next_iteration_ends() -> None:
+    """Two overlapping requests under prefill-first, every iteration priced STEP_S: the scheduler forms the same
+    iterations with and without the lag (it sees every token at once), so a token sampled by iteration i (out at
+    its end E_i without the lag) comes out at E_{i+1}, whatever iteration i + 1 is (the second request's prefill
+    holds the first one's decode token back a whole prompt iteration); the last one at the end of the wasted
+    step that follows it."""
+    step_s = 0.01
+
+    def constant(replica: int):  # noqa: ANN202 - a Pricer factory
+        return lambda mix: (step_s, step_s)
+
+    requests = [Request(0, 0.0, PROMPT, 40), Request(1, 0.05, 60, 5)]
+    plain = run(requests, "prefill-first", price=constant)
+    lagged = run(requests, "prefill-first", price=constant, async_output=True)
+    ends = [t + step_s for t in plain.timelines[0].time_s]           # E_i, iteration by iteration
+    later = {round(e, 9): f for e, f in zip(ends, ends[1:] + [ends[-1] + step_s])}
+    for p, q in zip(plain.sequences, lagged.sequences):
+        assert list(q.token_times) == pytest.approx([later[round(t, 9)] for t in p.token_times], rel=1e-12)
+    # the second request's first token waits one iteration more (the decode after its prefill)
+    assert lagged.sequences[1].token_times[0] - plain.sequences[1].token_times[0] == pytest.approx(step_s)
+    assert lagged.iterations == [plain.iterations[0] + 1]
+
+
+def test_a_finished_request_is_priced_as_a_row_of_the_next_decode_iteration() -> None:
+    """V0 schedules a finished request once more, with the other decodes, before it knows it is finished: the
+    decode iteration after the short request's last token carries its row (one more sequence and its keys)."""
+    requests = [Request(0, 0.0, PROMPT, 40), Request(1, 0.0, PROMPT, 3)]
+    priced: list[Mix] = []
+
+    def recording(replica: int):  # noqa: ANN202 - a Pricer factory
+        def price(mix: Mix) -> tuple[float, float]:
+            priced.append(mix)
+            return linear_seconds(mix), linear_seconds(mix)
+        return price
+
+    run(requests, "prefill-first", async_output=True, price=recording)
+    # iteration 0: both prompts; 1, 2: both decode (the short one's tokens 2 and 3); 3: the long one decodes and
+    # the short one, finished at iteration 2, runs its wasted row; 4 on: the long one alone
+    assert [m.decode_seqs for m in priced[:5]] == [0, 2, 2, 2, 1]
+    assert priced[3].decode_keys == (PROMPT + 3) + (PROMPT + 3)
+    assert sum(1 for m in priced if m.decode_seqs) == 39 + 1     # the long one's 39 decodes + its wasted step
+
+
+def test_the_flag_defaults_off_and_takes_only_a_boolean() -> None:
+    assert SchedulerSpec().async_output is False
+    assert SchedulerSpec(async_output=True).async_output is True
+    with pytest.raises(ValidationError, match="not a boolean"):
+        SchedulerSpec.model_validate({"async_output": 1})
+
+
+# --------------------------------------------------------------------------- overlap_schedule (SGLang)
+
+def test_an_arrival_during_an_iteration_joins_the_one_after_the_next_with_overlap_schedule() -> None:
+    """Request 0 alone at t = 0 (a prefill, then decode steps of the linear price's 10 ms and a bit); request 1
+    arrives during its second iteration. Without overlap it is prefilled in the third iteration; with
+    overlap_schedule (SGLang's overlap loop forms the third iteration when the second starts) in the fourth, so
+    its TTFT is one decode step of request 0 longer; request 0, alone at first, is not delayed (an idle replica
+    schedules at once) and its token times do not change before request 1 joins."""
+    requests = [Request(0, 0.0, 100, 20), Request(1, 0.015, 100, 5)]
+    plain = {s.request.id: s for s in run(requests, "prefill-first").sequences}
+    overlap = {s.request.id: s for s in run(requests, "prefill-first", overlap_schedule=True).sequences}
+    assert overlap[0].token_times[:2] == plain[0].token_times[:2]
+    assert plain[1].scheduled_s == pytest.approx(plain[0].token_times[1])       # the third iteration's start
+    assert overlap[1].scheduled_s == pytest.approx(overlap[0].token_times[2])   # the fourth's
+    step = overlap[0].token_times[2] - overlap[0].token_times[1]
+    ttft = lambda s: s.token_times[0] - s.request.arrival_s  # noqa: E731
+    assert ttft(overlap[1]) - ttft(plain[1]) == pytest.approx(step, rel=1e-9)
+
+
+def test_overlap_schedule_schedules_an_arrival_at_once_when_nothing_runs() -> None:
+    """Two requests far apart: each finds the replica idle and is prefilled at its arrival, as without it."""
+    requests = [Request(0, 0.0, 100, 3), Request(1, 5.0, 100, 3)]
+    plain = run(requests, "continuous").sequences
+    overlap = run(requests, "continuous", overlap_schedule=True).sequences
+    assert [s.token_times for s in overlap] == [s.token_times for s in plain]
+    assert SchedulerSpec().overlap_schedule is False
+    with pytest.raises(ValidationError):
+        SchedulerSpec.model_validate({"overlap_schedule": 1})
