@@ -367,7 +367,7 @@ def explain(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile, top:
         return Explanation(headline, why(best, plan), runners, limit_counts=dict(counts))
     closest = first_rows(rows, max(plan.top_k, 1), feasible=False)
     limiting = diagnose(rows, stats, plan)
-    headline = "no configuration meets the goal within the limits; what limits it: " + limiting[0].split(":")[0]
+    headline = "nothing meets the goal within the limits; what limits it: " + limiting[0].split(":")[0]
     return Explanation(headline, limiting=limiting,
                        closest=[(describe(e), [e.reason] + why(e, plan)[:2]) for e in closest],
                        limit_counts=dict(counts))

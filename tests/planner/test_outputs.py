@@ -53,6 +53,8 @@ def test_nothing_fits_names_memory() -> None:
     assert not any(e.feasible for e in rows)
     assert why.limiting[0].startswith("memory:")
     assert why.limit_counts["memory"] == stats.screened
+    # the line docs/planning.md tells scripts to look for, also when no row was priced (trial of 2026-12-01)
+    assert why.headline.startswith("nothing meets the goal")
 
 
 def test_power_limit_is_the_limiting_factor() -> None:
