@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmsim import interrupt
 from llmsim.config import Scenario, load_scenario
 from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make_executor
 from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
@@ -339,10 +340,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the runner-up
     # (the lines before each phase say which); a training plan's, the re-checks of its best
     what = "simulation tasks done" if plan.serving is not None else "re-checked"
-    with make_executor(args.executor, args.ray_address) as executor, task_bar(what) as bar:
+    with make_executor(args.executor, args.ray_address) as executor, task_bar(what) as bar, interrupt.handling():
         executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
         outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress,
                            executor=executor, task_progress=bar)
+        interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
     for h in outcome.hardware:
         if h.example_price:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
