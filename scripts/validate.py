@@ -219,7 +219,7 @@ INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "voca
         "first_dense_layers", "ep", "etp", "virtual_stages"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
-         "compile", "tp_comm_overlap", "grad_accum_fusion", "parallel_block", "params_fp32"}
+         "compile", "tp_comm_overlap", "grad_accum_fusion", "parallel_block", "params_fp32", "async_output"}
 # Columns a priced row must fill (a skipped row may leave what the model would need blank).
 REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "recompute",
                          "n_devices", "devices_per_node", "hardware", "published"),
@@ -254,7 +254,11 @@ FUSION_COLUMNS = ("grad_accum_fusion",)
 LORA_COLUMNS = ("lora_rank", "lora_alpha", "lora_targets")
 # Optional column of an inference table (blank or absent = nccl): the library of the engine's tensor-parallel
 # all-reduces (costmodel.plan.Options.all_reduce; vllm = vLLM's custom all-reduce where vLLM uses it).
-ENGINE_COLUMNS = ("all_reduce",)
+ENGINE_COLUMNS = ("all_reduce", "async_output")
+# `async_output` (blank or absent = false): vLLM V0's asynchronous output processor (0.6.0 on, with CUDA graphs) was
+# on. It learns that a request is finished only when it processes the last token, during the next step, so it
+# decodes once more and discards the result ("an extra decode run is done", V0 scheduler): a batch's wall time
+# is one decode step longer (the serving table's rows price the same lag through serving.scheduler.async_output).
 
 
 
@@ -443,10 +447,12 @@ def _moe_plan(r: dict[str, object]) -> dict[str, object]:
 
 def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
     """The roofline of one published batch: prefill of input_len tokens, then output_len tokens in all
-    (the first from the prefill), as `mode: decode` prices it (step_time = TTFT + (output_len - 1) x TPOT)."""
+    (the first from the prefill), as `mode: decode` prices it (step_time = TTFT + (output_len - 1) x TPOT); with
+    `async_output` one more decode step, the one V0 runs before it knows the batch finished (ENGINE_COLUMNS)."""
     def price(catalog) -> StepBreakdown:
         spec = model_spec(r, r["input_len"])
-        workload = Workload(model=spec, mode="decode", batch=r["batch"], decode_tokens=r["output_len"],
+        tokens = r["output_len"] + (1 if r.get("async_output") else 0)
+        workload = Workload(model=spec, mode="decode", batch=r["batch"], decode_tokens=tokens,
                             dtype=r["dtype"] or "bfloat16")
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings)
         plan = Plan(dp=1, tp=r["tp"], pp=r["pp"], micro_batch=r["batch"], microbatches=1, **_moe_plan(r))

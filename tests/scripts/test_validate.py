@@ -174,11 +174,16 @@ def test_a_training_row_is_the_roofline_estimate_of_its_configuration(v, tmp_pat
 
 
 def test_an_inference_row_is_the_decode_of_the_whole_batch(v) -> None:
+    """VL07 ran vLLM V0 0.6.x's async output processor (async_output): 128 tokens and the one more decode step V0
+    runs before it knows the batch finished, so the prefill then 128 decode steps."""
     [vl07] = [r for r in v.read_runs(v.TABLES["vllm"].default, "inference") if r["row_id"] == "VL07"]
+    assert vl07["async_output"] is True and vl07["output_len"] == 128
     got = v.inference_price(vl07)(load_catalog())
-    assert got.step_time_s == pytest.approx(got.ttft_s + 127 * got.tpot_s, rel=1e-12)
+    assert got.step_time_s == pytest.approx(got.ttft_s + 128 * got.tpot_s, rel=1e-12)
+    without = v.inference_price({**vl07, "async_output": None})(load_catalog())
+    assert without.step_time_s == pytest.approx(without.ttft_s + 127 * without.tpot_s, rel=1e-12)
     model = ModelSpec(preset="llama3-8b", seq_len=32)
-    workload = Workload(model=model, mode="decode", batch=8, decode_tokens=128, dtype="bfloat16")
+    workload = Workload(model=model, mode="decode", batch=8, decode_tokens=129, dtype="bfloat16")
     sharing = SharingChoice(tie_embeddings=False)
     profile = with_layers(profile_workload(workload.model_copy(
         update={"model": model.model_copy(update={"layers": 2})}), sharing), 32)
