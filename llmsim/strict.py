@@ -47,6 +47,12 @@ class StrictModel(BaseModel):
                         and _only_bool(field.annotation)):
                     # pydantic's lax mode reads 1/0 as true/false; `parallel_block: 1` is refused as `batch: true` is
                     raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
+                if isinstance(value, str) and field is not None and _only_bool(field.annotation):
+                    # pydantic's lax mode reads the text "yes", "on", "1" as true: refused as the number 1 is
+                    # (YAML's own unquoted yes/no/on/off are booleans already when they get here)
+                    raise KeyedValueError(name, f"{value!r} is text, not a boolean (allowed: true, false)")
+                if value is None and field is not None and field.annotation is bool:
+                    raise KeyedValueError(name, "null is not a boolean (allowed: true, false)")
                 if isinstance(value, str) and field is not None and _only_numeric(field.annotation):
                     # pydantic's lax mode reads the text "4" as 4: a quoted number is usually a templating slip
                     raise KeyedValueError(name, f"{value!r} is text, not a number"

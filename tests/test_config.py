@@ -68,7 +68,7 @@ def test_preset_fills_and_explicit_fields_override() -> None:
      "strategies[0].overlap_p2p: Megatron-Core overlaps pipeline sends and receives only in the interleaved "
      "schedule (got 1f1b"),
     ("strategies", [{"name": "bad", "tp_comm_overlap": "yes please"}],
-     "strategies[0].tp_comm_overlap: 'yes please': Input should be a valid boolean"),
+     "strategies[0].tp_comm_overlap: 'yes please' is text, not a boolean (allowed: true, false)"),
     ("workload.model.activation", "relu", "workload.model.activation: 'relu': Input should be 'gelu', 'swiglu' or 'geglu'"),
     ("workload.model.preset", "gpt5", "unknown preset 'gpt5'; allowed: tiny, bert-base"),
     ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),
@@ -266,3 +266,23 @@ def test_a_frozen_fp8_base_without_lora_is_refused_not_ignored():
         parse_scenario({**base, "strategies": [{"name": "a"}]}, "f.yaml")
     # one strategy with LoRA over the base is enough (the others run the same scenario without it)
     parse_scenario({**base, "strategies": [{"name": "a"}, {"name": "b", "sharing": {"lora": {"rank": 8}}}]}, "f.yaml")
+
+
+def test_text_or_null_for_a_boolean_key_is_refused_naming_the_allowed_values():
+    """pydantic's lax mode read the text "yes", "on", "1" as true, and null gave its own "Input should be a valid
+    boolean" (trial of 2026-12-01, on serving.scheduler.async_output); unquoted YAML yes/no stay booleans."""
+    import pytest as _pytest
+
+    from llmsim.config import parse_scenario
+    from llmsim.errors import ScenarioError
+
+    def scenario(value):
+        return {"name": "x", "workload": {"model": {"preset": "gpt2-small", "causal": value}, "mode": "train",
+                                          "batch": 8}, "strategies": [{"name": "a"}]}
+
+    for value, says in (("yes", "'yes' is text, not a boolean (allowed: true, false)"),
+                        ("1", "'1' is text, not a boolean"), (None, "null is not a boolean (allowed: true, false)")):
+        with _pytest.raises(ScenarioError, match=r"workload\.model\.causal: " + says.replace("(", r"\(")
+                            .replace(")", r"\)")):
+            parse_scenario(scenario(value), "f.yaml")
+    assert parse_scenario(scenario(False), "f.yaml").workload.model.causal is False

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from llmsim.serving.spec import (MAX_REQUESTS, TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength,
                                  QuantileLength, ServingCase, ServingSpec, UniformLength, length_bounds)
+from llmsim.wording import count
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,9 @@ def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> list[t
                                          "output_tokens (its arrival times are kept); omit lengths to replay the "
                                          "recorded lengths"))
     if spec.requests is not None and spec.requests > len(rows):
-        notes.append(("serving.requests", f"{spec.requests:,} asked but the trace has {len(rows):,} requests: "
-                                          f"{len(rows):,} are sent"))
+        held = count(len(rows), "request")
+        notes.append(("serving.requests", f"{spec.requests:,} asked but the trace has {held}: "
+                                          f"{'it is' if len(rows) == 1 else 'they are'} all sent"))
     return notes
 
 

@@ -87,7 +87,7 @@ def test_a_trace_replay_that_departs_from_its_file_is_said(tmp_path: Path) -> No
     drawn = _case(trace=csv, requests=5, arrival={"kind": "trace", "path": csv})
     notes = dict(trace_notes(drawn.spec, rows))
     assert set(notes) == {"serving.lengths", "serving.requests"}
-    assert "replaces the trace's recorded" in notes["serving.lengths"] and "2 are sent" in notes["serving.requests"]
+    assert "replaces the trace's recorded" in notes["serving.lengths"] and "the trace has 2 requests: they are all sent" in notes["serving.requests"]
     assert [r.output_tokens for r in build_requests(drawn)] == [7, 7]  # what the note says: drawn, not recorded
 
 
