@@ -68,7 +68,8 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
         return
     from llmsim.serving.requests import read_trace, trace_notes
 
-    for key, note in trace_notes(spec, read_trace(scenario_dir / spec.arrival.path)):
+    rows = read_trace(scenario_dir / spec.arrival.path)
+    for key, note in trace_notes(spec, rows, scenario.workload.model.seq_len):
         err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
                           soft_wrap=True)
 

@@ -239,6 +239,12 @@ def comparison_document(runs: list[Run]) -> Document:
     labels = dict(zip(letters, run_labels(runs)))
     summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]} ({hardware_of(r)})" for x, r in
                                                    zip(letters, runs)) + f"; {letters[0]} is the baseline.")]
+    serving = [x for x, r in zip(letters, runs) if "mode" in r.frame and (r.frame["mode"] == "serve").any()]
+    if serving and len(serving) < len(runs):  # a serving run's rows are rates, a step run's steps: no shared metric
+        summary.append(Point(f"{', '.join(serving)} {'is a serving run' if len(serving) == 1 else 'are serving runs'} "
+                             f"and {', '.join(x for x in letters if x not in serving)} not: their rows share no "
+                             f"case and few metrics, so little below compares; compare serving runs with serving "
+                             f"runs."))
     # serving rows' tokens/s follow the offered rate (the load), so "fastest" would rank the load
     fastest = [] if summary_metrics(frame, letters) == SERVING_SUMMARY_METRICS else [fastest_point(runs, letters)]
     summary += change_points(frame, letters) + fastest + status_points(frame, letters)

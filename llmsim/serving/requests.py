@@ -209,11 +209,19 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
     return out
 
 
-def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> list[tuple[str, str]]:
+def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: int | None = None
+                ) -> list[tuple[str, str]]:
     """(key, note) for a trace replay that does not do what its file alone says (read_trace's `rows`): a `lengths`
-    block replaces the recorded token counts (the arrival times are kept: build_requests), and `requests` above
-    the trace's length sends only the trace's requests. Said before a run, not refused: both are valid uses."""
+    block replaces the recorded token counts (the arrival times are kept: build_requests), `requests` above the
+    trace's length sends only the trace's requests, and requests longer than `context` (prompt + output tokens;
+    the workload's seq_len) are rejected and counted, as vLLM does. Said before a run, not refused: all are valid."""
     notes = []
+    long = sum(1 for _, n_in, n_out in rows if context is not None and n_in + n_out > context)
+    if long and spec.lengths is None:
+        notes.append(("serving.arrival.path", f"{long:,} of the trace's {count(len(rows), 'request')} "
+                                              f"{'is' if long == 1 else 'are'} longer than the context "
+                                              f"(workload.model.seq_len = {context:,} tokens, prompt + output): "
+                                              f"rejected and counted (rejected_context), as vLLM does"))
     if spec.lengths is not None:
         notes.append(("serving.lengths", "the lengths block replaces the trace's recorded input_tokens and "
                                          "output_tokens (its arrival times are kept); omit lengths to replay the "

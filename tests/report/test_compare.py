@@ -109,3 +109,11 @@ def test_serving_runs_are_compared_on_their_own_metrics(tmp_path: Path) -> None:
     frame = pd.read_csv(folder / "comparison.csv")
     assert frame.loc[0, "ttft_p99_s_change_pct@B"] == pytest.approx(-50.0)
     assert "mfu@A" not in frame and "step_time_s@B" not in frame  # no column of a metric no row has
+
+
+def test_a_serving_run_compared_with_a_step_run_is_said(tmp_path: Path) -> None:
+    """Trial of 2026-12-01: a training run against a serving run gave a report of A-only tables and no word why."""
+    step = make_run(tmp_path / "s" / "a", [row("dp", step=1.0, jpt=2.0, memory=10e9)])
+    served = make_run(tmp_path / "s" / "b", [_serving("tp1@rate=4", 4.0, 0.20, 0.020, 3.0)])
+    md = (write_comparison([step, served], tmp_path / "out") / "report.md").read_text()
+    assert "B is a serving run and A not: their rows share no case" in md

@@ -89,6 +89,9 @@ def test_a_trace_replay_that_departs_from_its_file_is_said(tmp_path: Path) -> No
     assert set(notes) == {"serving.lengths", "serving.requests"}
     assert "replaces the trace's recorded" in notes["serving.lengths"] and "the trace has 2 requests: they are all sent" in notes["serving.requests"]
     assert [r.output_tokens for r in build_requests(drawn)] == [7, 7]  # what the note says: drawn, not recorded
+    [(key, note)] = trace_notes(plain.spec, rows, context=20)   # 20 + 4 tokens > 20: one request rejected
+    assert key == "serving.arrival.path" and note.startswith("1 of the trace's 2 requests is longer than the context")
+    assert trace_notes(plain.spec, rows, context=24) == []
 
 
 @pytest.mark.parametrize("text,name,column", [
