@@ -1,6 +1,6 @@
 """The plan's Pareto figure (matplotlib): cost against time to goal of every priced configuration, per hardware.
 
-A module of its own, imported only where the figure is drawn (report.pareto_png): `llmsim plan` draws it in a
+A module of its own, imported only where the figure is drawn (run.pareto_png): `llmsim plan` draws it in a
 worker forked beside its own work (executor.Executor.beside), so the plan's process neither imports matplotlib
 (~0.3 s) nor draws and rasterises (~0.7 s for the 70B plan's ~80,000 points).
 """

@@ -249,13 +249,6 @@ def pareto_task(rows: Rows, plan: PlanFile, top: Sequence[Evaluation]) -> Pareto
     return ParetoTask(pareto_points(rows), plan, winner)
 
 
-def pareto_png(task: ParetoTask) -> bytes:
-    """figures/pareto.png's bytes: planner.figure, and matplotlib with it, imported only where this runs."""
-    from llmsim.planner.figure import draw_png
-
-    return draw_png(task)
-
-
 # plan.parquet's columns of few distinct values (the strategy fields, the hardware's, the reasons), which Parquet
 # stores as a dictionary of their values; the others (a number per configuration, its name) plainly, which for
 # them is smaller and faster to write than a dictionary tried on every column and given up (booleans are
@@ -411,7 +404,7 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
                   top: list[Evaluation], closest: list[Evaluation], stats: SearchStats, hardware: list[Hardware],
                   simulated: bool, figure: Callable[[], bytes]) -> list[Path]:
     """plan.parquet (every row), plan.csv (`compact_frame`), best.yaml (when something is feasible), plan.yaml,
-    figures/pareto.png, plan.md and plan.html. `figure()`: the PNG's bytes (`pareto_png`), asked for once the
+    figures/pareto.png, plan.md and plan.html. `figure()`: the PNG's bytes (`run.pareto_png`), asked for once the
     tables are written (run.py draws it meanwhile beside this process: Executor.beside)."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown

@@ -19,7 +19,7 @@ from llmsim.planner.config import PlanFile, check_hardware
 from llmsim.planner.precisions import candidates
 from llmsim.planner.explain import (Explanation, choice_lines, distinct_runner_up, explain, limit_of, tie_line,
                                     training_sensitivity)
-from llmsim.planner.report import pareto_png, pareto_task, plan_frame, write_outputs
+from llmsim.planner.report import ParetoTask, pareto_task, plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
                                    precision_contexts, resolve_hardware, search, sharing_choice, simulate_top,
                                    workload_profile)
@@ -100,6 +100,15 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
         explanation = _explanation(plan, rows, stats, top, hardware, sharing, profile, simulated)
         write_outputs(run_dir, plan, frame, explanation, top, closest, stats, hardware, simulated, figure.result)
     return PlanOutcome(run_dir, rows, stats, top, closest, explanation, hardware, simulated)
+
+
+def pareto_png(task: ParetoTask) -> bytes:
+    """figures/pareto.png's bytes: planner.figure, and matplotlib with it, imported only where this runs (in the
+    worker `beside` forks, or here under --executor local). Here, not in planner.report, which planner.figure
+    reads its ParetoTask from: the modules import one way (tests/test_layout.py, no import cycle)."""
+    from llmsim.planner.figure import draw_png
+
+    return draw_png(task)
 
 
 def _explanation(plan: PlanFile, rows: Rows, stats: SearchStats, top: list[Evaluation], hardware: list[Hardware],

@@ -165,7 +165,7 @@ def test_writing_into_the_table_leaves_the_rows_alone() -> None:
 
 
 def figure_that_fails(task: object) -> bytes:
-    """A stand-in for report.pareto_png (picklable: module level) that fails as bad input does, naming its process."""
+    """A stand-in for run.pareto_png (picklable: module level) that fails as bad input does, naming its process."""
     import os
 
     raise ScenarioError(None, "figure", f"not drawn in process {os.getpid()}")
