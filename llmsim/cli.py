@@ -123,9 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from llmsim.report.terminal import WIDTH, headline_table
 
         Console(stderr=True, width=err_console.width if err_console.is_terminal else WIDTH).print(headline_table(frame))
-    err_console.print(("interrupted after: " if outcome.interrupted else "done: ")
-                      + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
-                      highlight=False)
+    if len(frame) or not outcome.interrupted:  # an interrupt before any row is said once, below
+        err_console.print(("interrupted after: " if outcome.interrupted else "done: ")
+                          + (", ".join(f"{v} {k}" for k, v in counts.items()) or "no case finished"),
+                          highlight=False)
     if outcome.interrupted:  # stop now: the figures take seconds, and --resume or `llmsim report` builds them
         resume_cmd = escape(_resume_command(args, outcome.run_dir))
         if len(frame):
