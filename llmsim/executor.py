@@ -197,9 +197,6 @@ class ForkExecutor(Executor):
         if workers < 1 or not fork_available():
             yield from LocalExecutor().as_completed(fn, tasks)
             return
-        for stream in (sys.stdout, sys.stderr):  # a child flushes at its exit what it inherited unwritten
-            if stream is not None:
-                stream.flush()
         pool = _fork_pool(workers)
         done = False
         try:
