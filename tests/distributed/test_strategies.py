@@ -94,13 +94,16 @@ def test_a_ranks_peak_memory_counts_its_step_like_the_single_process() -> None:
     """A rank's peak is the step's, as the single process's is: not the ~70 MB of modules a fresh process imports
     at its first optimizer step (torch._dynamo), which the parent had imported before its own case, nor the
     profiled step's buffers (worker.run_rank). The dp rank holds the same model and optimizer plus DDP's gradient
-    buckets and gloo's buffers; before the fix it reported ~10x the single process's peak."""
+    buckets and gloo's buffers, a fresh process's thread pools and allocator arenas; before the fix it reported ~10x
+    the single process's peak."""
     backend = CpuBackend(RunContext())
     single = backend.run(_case(), SETTINGS)
     dp = backend.run(_case(dp=2), SETTINGS)
     assert single.status == dp.status == "ok", (single.error, dp.error)
     mib = 2 ** 20
-    assert 0 < dp.peak_memory_bytes_per_device <= 2 * single.peak_memory_bytes_per_device + 16 * mib, \
+    # 12-25 MB against 4.5-10 MB here (the single process's peak is smaller in a test worker that ran much
+    # before); the lazy import alone was ~70 MB, the two causes together 104 MB
+    assert 0 < dp.peak_memory_bytes_per_device <= 2 * single.peak_memory_bytes_per_device + 40 * mib, \
         (dp.peak_memory_bytes_per_device / mib, single.peak_memory_bytes_per_device / mib)
 
 
