@@ -25,7 +25,36 @@ from llmsim.planner.space import Config, make_config
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(Config))  # Config's fields, in its order
 
 
-class ConfigColumns(Sequence[Config]):
+class LazyConfigs(Sequence[Config]):
+    """A sequence of Configs made one at a time as they are read (`_at`), from columns held by the subclass:
+    indexing (negative too), slices (a list) and iteration, once for ConfigColumns and ChainedConfigs."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _at(self, i: int) -> Config:
+        """Configuration i, -len(self) <= i < len(self)."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> Config: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Config]: ...
+
+    def __getitem__(self, i: int | slice) -> Config | list[Config]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(n))]
+        if not -n <= i < n:
+            raise IndexError(f"configuration {i} of {n}")
+        return self._at(i)
+
+    def __iter__(self) -> Iterator[Config]:
+        return (self._at(i) for i in range(len(self)))
+
+
+class ConfigColumns(LazyConfigs):
     """A read-only sequence of Configs over `columns`: every Config field (CONFIG_FIELDS) as a numpy array of
     one length; an int or bool field as int64 or bool, any other as objects holding the Python values (as
     search.Rows.field reads them). Row i is `make_config` of the row's values as Python objects: equal to,
@@ -41,22 +70,9 @@ class ConfigColumns(Sequence[Config]):
     def __len__(self) -> int:
         return self._n
 
-    @overload
-    def __getitem__(self, i: int) -> Config: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Config]: ...
-
-    def __getitem__(self, i: int | slice) -> Config | list[Config]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        if not -self._n <= i < self._n:
-            raise IndexError(f"configuration {i} of {self._n}")
+    def _at(self, i: int) -> Config:
         # numpy scalars (int64, bool_) back to Python's int and bool: names, YAML and equality see the same values
         return make_config(*(v.item() if isinstance(v := column[i], np.generic) else v for column in self._columns))
-
-    def __iter__(self) -> Iterator[Config]:
-        return (self[i] for i in range(self._n))
 
 
 _NUMERIC_FIELDS = {"int": np.int64, "bool": np.bool_}
@@ -86,7 +102,7 @@ _MICRO_BATCH_AT, _MICROBATCHES_AT = (CONFIG_FIELDS.index(name) for name in CHAIN
 _every_field = operator.attrgetter(*CONFIG_FIELDS)
 
 
-class ChainedConfigs(Sequence[Config]):
+class ChainedConfigs(LazyConfigs):
     """Configurations laid out as chains (space.chain_heads: a chain's members differ only in the micro-batch size
     and count, CHAIN_VARIES): each chain's first member as a Config (`heads`), and per row its chain
     (`chain_of`), micro-batch size and micro-batch count (int64 columns), the rows of a chain one after the
@@ -165,20 +181,7 @@ class ChainedConfigs(Sequence[Config]):
     def __len__(self) -> int:
         return len(self.chain_of)
 
-    @overload
-    def __getitem__(self, i: int) -> Config: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Config]: ...
-
-    def __getitem__(self, i: int | slice) -> Config | list[Config]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"configuration {i} of {len(self)}")
+    def _at(self, i: int) -> Config:
         values = list(_every_field(self.heads[int(self.chain_of[i])]))
         values[_MICRO_BATCH_AT], values[_MICROBATCHES_AT] = int(self.micro_batch[i]), int(self.microbatches[i])
         return make_config(*values)
-
-    def __iter__(self) -> Iterator[Config]:
-        return (self[i] for i in range(len(self)))
