@@ -56,7 +56,7 @@ class ServingOutcome:
 
     sequences: list[Sequence]
     rejected: list[Rejection]
-    duration_s: float                 # first arrival (t = 0) to the last token
+    duration_s: float                 # first arrival (t = 0) to the last token (or the last pass's end)
     occupancy_s: float                # integral over time of the requests in the system (Little's L x T)
     preemptions: int
     kv_blocks: int                    # per replica
@@ -224,6 +224,9 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     if accepted:
         last_arrival = max(last_arrival, max(s.request.arrival_s for s in accepted))
     duration = max(duration, last_arrival)
+    # the engine's last pass may end after the last token: V0's wasted decode step of the finished requests
+    # (async_output), which an offline run's wall time includes (llmsim.serving.replica)
+    duration = max(duration, max(r.last_end_s for r in pool))
     if stopped is not None:   # the simulated time covered: up to the stop (a client sees the tokens later)
         duration = stopped.time_s
     occupancy.change(duration, 0)

@@ -170,7 +170,8 @@ def _next_request_joins(kind: str, **flags: bool) -> tuple[float, list[float], f
 @pytest.mark.parametrize("async_output", [False, True])
 def test_a_client_s_next_request_joins_the_iteration_after_the_one_in_progress(kind: str, async_output: bool) -> None:
     """The client sends its next request when it reads the previous one's last token, which the engine streams
-    once the iteration that sampled it ended (with async_output, once the next one ended). By then the engine has
+    once the iteration that sampled it ended (with async_output too: V0's server sends it from the next pass's
+    callback, right after that pass was launched, and decodes the finished request once more). By then the engine has
     formed the iteration that runs next (vLLM's engine core schedules right after processing an iteration's
     output; the request makes its round trip through the HTTP server meanwhile), so the new request is first
     scheduled in the iteration after that one: here the first iteration that starts strictly after the send. It
