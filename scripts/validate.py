@@ -258,7 +258,7 @@ ENGINE_COLUMNS = ("all_reduce", "async_output")
 # `async_output` (blank or absent = false): vLLM V0's asynchronous output processor (0.6.0 on, with CUDA graphs) was
 # on. It learns that a request is finished only when it processes the last token, during the next step, so it
 # decodes once more and discards the result ("an extra decode run is done", V0 scheduler): a batch's wall time
-# is one decode step longer (the serving table's rows price the same lag through serving.scheduler.async_output).
+# is one decode step longer (the serving table's rows price the same step through serving.scheduler.async_output).
 
 
 

@@ -10,17 +10,23 @@ asynchronous output processor, vLLM >= 0.6.0). vllm/engine/llm_engine.py `step` 
 iteration N to `ctx.output_queue`; the model runner calls the engine's `async_callback` (`_process_model_outputs`:
 detokenise, stop checks, build the RequestOutputs) while iteration N + 1 runs on the GPU
 (vllm/worker/model_runner.py `execute_model`: after the forward pass is launched, before the sampler's result is
-read), and `step` returns those outputs, iteration N's, at the end of iteration N + 1; only when no request is left
-unfinished does `step` drain the queue at once ("Drain async postprocessor"). So with it a token reaches the API
-server one iteration after the one that sampled it: the first token one iteration after its prefill. Here: the
-tokens an iteration samples are recorded (token_times, the request's finish for the client) at the end of the
-replica's next iteration. V0 finds that a request is finished only when it processes its last token, so the
-finished request is scheduled once more and its output of that step thrown away (`_process_model_outputs`,
-`finished_before`): when the replica has nothing else to run, that wasted decode step of the finished requests
-is run and priced (`_wasted_step`), and the tokens come out at its end, the queue then drained; when the next
-iteration decodes other requests, the finished ones are priced as decode rows of it (a prompt-only iteration of
-prefill-first holds no running request, so none is added there). Their blocks are freed when the last token is
-sampled, not a step later: the scheduler sees every token at once.
+read). Where the tokens go from there depends on the front end. The OpenAI server's engine (vllm/engine/
+multiprocessing/engine.py `MQLLMEngine`, its default front end; AsyncLLMEngine alike) registers
+`process_request_outputs_callback` whenever the processor is on, and `_process_model_outputs` calls it at once
+("Immediately process request outputs here"), sending iteration N's tokens to the API server from inside that
+callback: right after iteration N + 1 was launched, not when it ends. The offline `LLM.generate` reads what
+`step` returns, iteration N's outputs at the end of N + 1 (the queue drained at once only when no request is left
+unfinished), so its wall time ends after the last iteration. Here (no host time is priced, so "after N + 1 was
+launched" is "when N ended"): a token comes out at the end of the iteration that sampled it, as without the flag,
+and the run's duration runs to the end of the replica's last iteration. What the flag changes is the work: V0
+finds that a request is finished only when it processes its last token, so the finished request is scheduled
+once more and its output of that step thrown away (`_process_model_outputs`, `finished_before`): when the replica
+has nothing else to run, that wasted decode step of the finished requests is run and priced (`_wasted_step`);
+when the next iteration decodes other requests, the finished ones are priced as decode rows of it (a prompt-only
+iteration of prefill-first holds no running request, so none is added there). Their blocks are freed when the last
+token is sampled, not a step later: the scheduler sees every token at once. Not priced: the host time between N's
+end and N + 1's launch (scheduling, input preparation; for an eager prompt pass, launching the whole forward) by
+which a streamed token leaves later still.
 
 The next iteration formed while the current one runs (the scheduler spec's `overlap_schedule`: SGLang's overlap
 scheduler, the default from v0.4). python/sglang/srt/managers/scheduler.py `event_loop_overlap`: each pass of its
@@ -92,6 +98,7 @@ class Replica:
         self.busy_s = 0.0             # time in iterations
         self.compute_s = 0.0          # of which the devices compute (energy)
         self.max_batch = 0            # most sequences in one iteration
+        self.last_end_s = 0.0         # when its last iteration ended (a wasted step may end after the last token)
         self.timeline = Timeline()    # batch, tokens, KV use and queue at each iteration's start
         self._wakeup: simpy.Event | None = None
         self._held: list[Sequence] | None = None   # overlap_schedule: arrivals the next iteration was formed without
@@ -109,9 +116,9 @@ class Replica:
 
     def run(self) -> Generator[simpy.Event, Any, None]:
         env, scheduler = self.env, self.scheduler
-        lagged = scheduler.async_output       # tokens come out one iteration late (module docstring)
-        overlap = scheduler.overlap_schedule  # arrivals join one iteration later (module docstring)
-        unsent: list[tuple[Sequence, bool]] = []   # tokens sampled, not yet out: (sequence, its last token?)
+        wasteful = scheduler.async_output       # finished requests are decoded once more (module docstring)
+        overlap = scheduler.overlap_schedule    # arrivals join one iteration later (module docstring)
+        finished: list[Sequence] = []           # requests that sampled their last token in the last iteration
         while True:
             iteration = scheduler.schedule(env.now)
             if overlap:                         # formed, as SGLang's loop does, before the last arrivals are read
@@ -122,12 +129,9 @@ class Replica:
                     if iteration is None:       # nothing ran: the engine reads them and schedules at once
                         continue
             if iteration is None:
-                if unsent:                      # nothing else to run: one wasted step, then the queue is drained
-                    done = [(seq, 1) for seq, last in unsent if last]
-                    if done:
-                        yield from self._wasted_step(done)
-                    self._deliver(unsent, env.now)
-                    unsent = []
+                if finished:                    # nothing else to run: V0's wasted step of the finished requests
+                    yield from self._wasted_step([(seq, 1) for seq in finished])
+                    finished = []
                     continue
                 self._held = None               # asleep: an arrival is read at once
                 self._wakeup = env.event()
@@ -135,41 +139,32 @@ class Replica:
                 self._wakeup = None
                 continue
             mix = iteration.mix or mix_of(iteration.work)
-            if unsent and mix.decode_seqs:      # V0 decodes its finished requests once more (module docstring)
-                done = [(seq, 1) for seq, last in unsent if last]
-                if done:
-                    mix = mix + mix_of(done)
+            if finished and mix.decode_seqs:    # V0 decodes its finished requests once more (module docstring)
+                mix = mix + mix_of([(seq, 1) for seq in finished])
+            finished = []
             self.timeline.add(env.now, len(iteration.work), round(mix.tokens), scheduler.kv.used, len(scheduler.waiting))
             seconds, compute = self.price(mix)
             yield env.timeout(seconds)
             self.iterations += 1
             self.busy_s += seconds
             self.compute_s += compute
+            self.last_end_s = env.now
             if len(iteration.work) > self.max_batch:
                 self.max_batch = len(iteration.work)
             now = env.now
-            sampled: list[tuple[Sequence, bool]] = []
             for seq, n in iteration.work:
                 seq.computed += n
                 request = seq.request
                 if seq.computed >= request.input_tokens + seq.generated:   # every known token computed: sample
                     seq.generated += 1
-                    last = seq.generated >= request.output_tokens
-                    if lagged:                  # out at the next iteration's end (`_deliver`)
-                        sampled.append((seq, last))
-                        if last:
-                            seq.finished = True
-                            scheduler.finish(seq)
-                    else:                       # out now
-                        seq.token_times.append(now)
-                        if last:
-                            seq.finished = True
-                            self.outstanding -= 1
-                            scheduler.finish(seq)
-                            self.on_finish(seq)
-            if lagged:
-                self._deliver(unsent, now)      # the previous iteration's tokens, processed while this one ran
-                unsent = sampled
+                    seq.token_times.append(now)
+                    if seq.generated >= request.output_tokens:
+                        seq.finished = True
+                        self.outstanding -= 1
+                        scheduler.finish(seq)
+                        self.on_finish(seq)
+                        if wasteful:
+                            finished.append(seq)
 
     def _wasted_step(self, finished: list[tuple[Sequence, int]]) -> Generator[simpy.Event, Any, None]:
         """The decode step V0 runs for requests whose last token it has not processed yet (their stop is found
@@ -182,11 +177,4 @@ class Replica:
         self.iterations += 1
         self.busy_s += seconds
         self.compute_s += compute
-
-    def _deliver(self, tokens: list[tuple[Sequence, bool]], now: float) -> None:
-        """One token of each sequence comes out at `now`, in order; a request whose last token it is leaves."""
-        for seq, last in tokens:
-            seq.token_times.append(now)
-            if last:
-                self.outstanding -= 1
-                self.on_finish(seq)
+        self.last_end_s = self.env.now

@@ -70,9 +70,9 @@ class Scheduler(ABC):
 
     @property
     def async_output(self) -> bool:
-        """Whether the engine processes an iteration's outputs while the next one runs, so that its tokens come
-        out an iteration late (serving.scheduler.async_output; llmsim.serving.replica). A plugin's policy may
-        override it."""
+        """Whether the engine processes an iteration's outputs while the next one runs, so that it decodes a
+        finished request once more before it knows it finished (serving.scheduler.async_output;
+        llmsim.serving.replica). A plugin's policy may override it."""
         return bool(getattr(self.spec, "async_output", False))
 
     @property

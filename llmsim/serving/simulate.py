@@ -12,6 +12,16 @@ per client takes the next request of the list, sends it at once (its arrival_s b
 its last token as the client sees it (the finish plus request_overhead_s), thinks think_s seconds and takes the
 next; a rejected request costs no time. Replicas and router are the same as in an open loop.
 
+Which iteration a client's next request joins (think_s 0): the finish is signalled from inside the replica's process
+(an event the client waits on), and the replica forms its next iteration in the same step, before SimPy resumes the
+client; so the request, sent at the very instant the iteration ended, is scheduled in the iteration after the one
+formed then, never in that one. That is a real engine's order: vLLM's engine core (vllm/v1/engine/core.py
+`run_busy_loop`: read the input queue, then `step`: schedule, execute, `update_from_output`) schedules its next
+iteration right after queueing an iteration's outputs, while the last token still has to reach the client through
+the API server and the new request has to come back through it. With the scheduler's `overlap_schedule` (vLLM V1's
+async scheduling, SGLang's overlap loop) that next iteration was formed even earlier, when the ending one started,
+and the request joins one iteration later still (llmsim.serving.replica). tests/serving/test_closed_loop.py pins both.
+
 Deterministic: the same request list, scheduler, prices and seed give the same outcome.
 """
 
@@ -46,7 +56,7 @@ class ServingOutcome:
 
     sequences: list[Sequence]
     rejected: list[Rejection]
-    duration_s: float                 # first arrival (t = 0) to the last token
+    duration_s: float                 # first arrival (t = 0) to the last token (or the last pass's end)
     occupancy_s: float                # integral over time of the requests in the system (Little's L x T)
     preemptions: int
     kv_blocks: int                    # per replica
@@ -214,6 +224,9 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     if accepted:
         last_arrival = max(last_arrival, max(s.request.arrival_s for s in accepted))
     duration = max(duration, last_arrival)
+    # the engine's last pass may end after the last token: V0's wasted decode step of the finished requests
+    # (async_output), which an offline run's wall time includes (llmsim.serving.replica)
+    duration = max(duration, max(r.last_end_s for r in pool))
     if stopped is not None:   # the simulated time covered: up to the stop (a client sees the tokens later)
         duration = stopped.time_s
     occupancy.change(duration, 0)

@@ -384,9 +384,9 @@ class SchedulerSpec(_Strict):
     async_output: bool = Field(
         False, description="the engine processes an iteration's outputs while the next iteration runs (vLLM "
                            "V0's asynchronous output processor, on by default from v0.6.0 with CUDA graphs): a "
-                           "token reaches the client at the end of the iteration after the one that sampled it, "
-                           "and a finished request is decoded once more (alone, when nothing else runs); default "
-                           "false (a token is out when its iteration ends)")
+                           "finished request is decoded once more (alone, after its last token, when nothing else "
+                           "runs); a token is still out when its iteration ends (the server streams it from the "
+                           "next pass's callback); default false")
     overlap_schedule: bool = Field(
         False, description="the engine forms the next iteration while the current one runs (SGLang's overlap "
                            "scheduler, on by default from v0.4): a request that arrives while an iteration runs "

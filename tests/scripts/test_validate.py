@@ -192,6 +192,18 @@ def test_an_inference_row_is_the_decode_of_the_whole_batch(v) -> None:
     assert got.step_time_s == pytest.approx(expected.step_time_s, rel=1e-12)
 
 
+def test_every_inference_row_of_the_late_2024_v0_builds_runs_the_async_output_processor(v) -> None:
+    """The vllm and moe-serve tables' rows come from vLLM's CI builds 9513, 9523 and 9555 (V0 0.6.3-0.6.4, CUDA
+    graphs, no pipeline parallelism or speculative decoding), where V0's async output processor is on: each sets
+    async_output, and every row of both tables is such a row (a row of another build would have to say)."""
+    for table in ("vllm", "moe-serve"):
+        rows = v.read_runs(v.TABLES[table].default, "inference")
+        assert rows
+        for r in rows:
+            assert any(f"builds/{b}" in r["source"] for b in (9513, 9523, 9555)), r["row_id"]
+            assert r["async_output"] is True and r["pp"] == 1, r["row_id"]
+
+
 def test_the_median_is_that_of_the_printed_rows_and_skipped_rows_are_listed_with_their_reason(
         v, tmp_path: Path, capsys) -> None:
     rows = [_training_row(v, row_id="T1", published=40000), _training_row(v, row_id="T2", published=90000),

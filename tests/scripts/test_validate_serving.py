@@ -239,10 +239,11 @@ def test_a_rows_async_output_reaches_its_scenario_and_the_vllm_0_6_rows_set_it(v
     assert on == {k for k in rows if k[:2] in ("SO", "ST")} | {"SV02"}
 
 
-def test_a_rows_overlap_schedule_reaches_its_scenario_and_the_sglang_0_5_rows_set_it(v) -> None:
+def test_a_rows_overlap_schedule_reaches_its_scenario_and_the_engines_that_overlap_set_it(v) -> None:
     """`overlap_schedule` true becomes serving.scheduler.overlap_schedule; blank leaves the key out (false). The
-    SGLang 0.5.6 rows (SG) set it (the overlap scheduler is SGLang's default from v0.4); SGLang 0.2.14 (SB), TGI,
-    vLLM rows do not."""
+    SGLang 0.5.6 rows (SG) set it (the overlap scheduler is SGLang's default from v0.4) and so do the vLLM v0.19.1
+    rows (SC: async scheduling, vLLM's default from v0.14); SGLang 0.2.14 (SB), TGI and the vLLM V0 / V1 < 0.14
+    rows do not."""
     row = _row(v)
     typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
     typed["overlap_schedule"] = v._serving_value("overlap_schedule", "true")
@@ -250,7 +251,7 @@ def test_a_rows_overlap_schedule_reaches_its_scenario_and_the_sglang_0_5_rows_se
     typed["overlap_schedule"] = None
     assert "overlap_schedule" not in v.serving_scenario(typed)[0]["serving"]["scheduler"]
     rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
-    assert {k for k, r in rows.items() if r["overlap_schedule"]} == {k for k in rows if k.startswith("SG")}
+    assert {k for k, r in rows.items() if r["overlap_schedule"]} == {k for k in rows if k[:2] in ("SG", "SC")}
 
 
 def test_the_vllm_v0_and_tgi_rows_name_their_engines_policy(v) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from llmsim.costmodel.iteration import Mix
 from llmsim.serving.replica import Pricer
-from llmsim.serving.requests import Request
+from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import SchedulerSpec, Slo
@@ -30,9 +30,10 @@ def fixed_requests(n: int, gap: float, input_tokens: int, output_tokens: int) ->
 
 def run(requests: list[Request], kind: str = "continuous", *, blocks: int = 100_000, block_tokens: int = 16,
         replicas: int = 1, router: str = "round-robin", context: int = 100_000, price: Any = linear_price,
-        request_overhead_s: float = 0.0, stop_on_miss: Slo | None = None, **scheduler: Any) -> ServingOutcome:
+        request_overhead_s: float = 0.0, stop_on_miss: Slo | None = None, closed_loop: ClosedLoop | None = None,
+        **scheduler: Any) -> ServingOutcome:
     spec = SchedulerSpec(kind=kind, **scheduler)
     return simulate_serving(requests, replicas=replicas, make_scheduler=lambda kv: BUILTIN[kind](spec, kv),
                             kv_blocks=blocks, block_tokens=block_tokens, price=price, router=router,
                             context_tokens=context, request_overhead_s=request_overhead_s,
-                            stop_on_miss=stop_on_miss)
+                            stop_on_miss=stop_on_miss, closed_loop=closed_loop)

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from llmsim.serving.metrics import summarize
-from llmsim.serving.requests import ClosedLoop, build_requests, closed_loop_of, iter_requests
+from llmsim.serving.requests import ClosedLoop, Request, build_requests, closed_loop_of, iter_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import StalledError, simulate_serving
 from llmsim.serving.spec import SchedulerSpec, ServingCase, ServingSpec
-from tests.serving.helpers import linear_price
+from tests.serving.helpers import linear_price, run
 
 LENGTHS = {"input": {"kind": "uniform", "min": 20, "max": 400},
            "output": {"kind": "lognormal", "median": 40, "sigma": 0.7}}
@@ -152,3 +152,42 @@ def test_a_closed_loop_bounded_by_duration_stops_at_the_run_size_bound(monkeypat
     monkeypatch.setattr(requests_module, "MAX_REQUESTS", 50)
     with pytest.raises(ValueError, match="serving.duration_s: a closed loop of 4 clients sent 50 requests"):
         _closed(_case(4, requests=None, duration_s=1e6))
+
+
+# ------------------------------------------------------------------ which iteration a client's next request joins
+
+def _next_request_joins(kind: str, **flags: bool) -> tuple[float, list[float], float]:
+    """Two clients on one replica: request 0 (3 tokens) finishes while request 1 (30 tokens) keeps the replica
+    busy, and request 0's client sends request 2 at that instant. (When request 2 was sent, the replica's iteration
+    start times, when request 2 was first scheduled.)"""
+    requests = [Request(0, 0.0, 100, 3), Request(1, 0.0, 100, 30), Request(2, 0.0, 100, 3)]
+    outcome = run(requests, kind, closed_loop=ClosedLoop(2), **flags)
+    sent = {s.request.id: s for s in outcome.sequences}[2]
+    return sent.request.arrival_s, list(outcome.timelines[0].time_s), sent.scheduled_s
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked-prefill", "prefill-first"])
+@pytest.mark.parametrize("async_output", [False, True])
+def test_a_client_s_next_request_joins_the_iteration_after_the_one_in_progress(kind: str, async_output: bool) -> None:
+    """The client sends its next request when it reads the previous one's last token, which the engine streams
+    once the iteration that sampled it ended (with async_output too: V0's server sends it from the next pass's
+    callback, right after that pass was launched, and decodes the finished request once more). By then the engine has
+    formed the iteration that runs next (vLLM's engine core schedules right after processing an iteration's
+    output; the request makes its round trip through the HTTP server meanwhile), so the new request is first
+    scheduled in the iteration after that one: here the first iteration that starts strictly after the send. It
+    never joins the iteration that starts at the very instant of the send (the simulation's replica forms that
+    one before the client's process runs: llmsim.serving.simulate)."""
+    sent, starts, scheduled = _next_request_joins(kind, async_output=async_output)
+    assert sent in starts                                   # the replica formed an iteration at that instant ...
+    assert scheduled == min(t for t in starts if t > sent)  # ... and the request joins the next one
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked-prefill"])
+def test_with_overlap_schedule_a_client_s_next_request_joins_one_iteration_later(kind: str) -> None:
+    """With overlap_schedule (vLLM V1's async scheduling from v0.14, SGLang's overlap loop) the iteration after the
+    one in progress was formed when that one started, so the request sent at an iteration's end joins the second
+    iteration that starts after the send."""
+    sent, starts, scheduled = _next_request_joins(kind, overlap_schedule=True)
+    later = [t for t in starts if t > sent]
+    assert scheduled == later[1]
+    assert _next_request_joins(kind)[2] == later[0]         # the same run without it: one iteration earlier

@@ -1,6 +1,7 @@
-"""The replica's output timing: with `async_output` (vLLM V0's asynchronous output processor) every token comes
-out at the end of the iteration after the one that sampled it, and a request's finish costs one wasted decode
-step when nothing else runs (llmsim.serving.replica)."""
+"""The replica's work and output timing: with `async_output` (vLLM V0's asynchronous output processor) a token is
+still streamed when the iteration that sampled it ends (the server sends it from the next pass's callback, right
+after that pass is launched), and a request's finish costs one wasted decode step, alone when nothing else runs
+(llmsim.serving.replica); with `overlap_schedule` an arrival joins one iteration later."""
 
 from __future__ import annotations
 
@@ -21,35 +22,30 @@ def _decode(keys: int) -> float:
 
 
 @pytest.mark.parametrize("kind", ["prefill-first", "continuous"])
-def test_one_request_alone_gets_each_token_one_iteration_late(kind: str) -> None:
-    """A lone request: its prefill P, then decode steps d_j (keys PROMPT + j) for j = 1..OUTPUT-1, then the step
-    V0 wastes on the finished request (keys PROMPT + OUTPUT). Without the lag token i comes out at the end of
-    iteration i; with it at the end of iteration i + 1: TTFT grows by exactly d_1, every gap is the next step's,
-    and the replica runs one iteration more, that wasted step."""
+def test_one_request_alone_streams_each_token_when_its_iteration_ends_and_then_pays_the_wasted_step(kind: str) -> None:
+    """A lone request: its prefill P, then decode steps d_j (keys PROMPT + j) for j = 1..OUTPUT-1. The OpenAI server
+    streams each token from the async callback of the next pass, right after that pass is launched, so token i is
+    out when iteration i ends, with or without the processor; what the processor adds is the step V0 wastes on the
+    finished request (keys PROMPT + OUTPUT), after the last token: one iteration more, priced, and the run (an
+    offline generate call's wall time) that much longer."""
     request = [Request(0, 0.0, PROMPT, OUTPUT)]
     plain = run(request, kind)
-    lagged = run(request, kind, async_output=True)
-    before = list(plain.sequences[0].token_times)
-    after = list(lagged.sequences[0].token_times)
-    prefill = linear_seconds(Mix.prefill(PROMPT))
-    steps = [_decode(PROMPT + j) for j in range(1, OUTPUT)] + [_decode(PROMPT + OUTPUT)]
-    assert before[0] == pytest.approx(prefill, rel=1e-12)
-    assert after == pytest.approx([t + steps[i] for i, t in enumerate(before)], rel=1e-12)
-    assert after[0] - before[0] == pytest.approx(steps[0], rel=1e-12)        # TTFT: one decode step more
-    gaps_before = [b - a for a, b in zip(before, before[1:])]
-    gaps_after = [b - a for a, b in zip(after, after[1:])]
-    assert gaps_after == pytest.approx(steps[1:], rel=1e-12)                  # each gap the next step's
-    assert gaps_after[:-1] == pytest.approx(gaps_before[1:], rel=1e-12)
-    assert lagged.iterations == [plain.iterations[0] + 1]
-    assert lagged.busy_s[0] == pytest.approx(plain.busy_s[0] + steps[-1], rel=1e-12)
+    wasteful = run(request, kind, async_output=True)
+    assert list(wasteful.sequences[0].token_times) == list(plain.sequences[0].token_times)
+    assert plain.sequences[0].token_times[0] == pytest.approx(linear_seconds(Mix.prefill(PROMPT)), rel=1e-12)
+    wasted = _decode(PROMPT + OUTPUT)
+    assert wasteful.iterations == [plain.iterations[0] + 1]
+    assert wasteful.busy_s[0] == pytest.approx(plain.busy_s[0] + wasted, rel=1e-12)
+    assert wasteful.duration_s == pytest.approx(plain.duration_s + wasted, rel=1e-12)
+    assert plain.duration_s == plain.sequences[0].token_times[-1]
 
 
-def test_a_token_comes_out_when_the_next_iteration_ends() -> None:
-    """Two overlapping requests under prefill-first, every iteration priced STEP_S: the scheduler forms the same
-    iterations with and without the lag (it sees every token at once), so a token sampled by iteration i (out at
-    its end E_i without the lag) comes out at E_{i+1}, whatever iteration i + 1 is (the second request's prefill
-    holds the first one's decode token back a whole prompt iteration); the last one at the end of the wasted
-    step that follows it."""
+def test_a_token_is_streamed_when_its_own_iteration_ends_whatever_runs_next() -> None:
+    """Two overlapping requests under prefill-first, every iteration priced STEP_S whatever it holds: the
+    scheduler forms the same iterations with and without the processor (it sees every token at once), and the
+    server streams a token sampled by iteration i when i + 1 is launched, i.e. at i's end, even when i + 1 is the
+    second request's prefill: every token time is the plain run's. The only difference is the wasted step after
+    the last token (the short request's wasted row rides in a decode iteration that runs anyway)."""
     step_s = 0.01
 
     def constant(replica: int):  # noqa: ANN202 - a Pricer factory
@@ -57,14 +53,11 @@ def test_a_token_comes_out_when_the_next_iteration_ends() -> None:
 
     requests = [Request(0, 0.0, PROMPT, 40), Request(1, 0.05, 60, 5)]
     plain = run(requests, "prefill-first", price=constant)
-    lagged = run(requests, "prefill-first", price=constant, async_output=True)
-    ends = [t + step_s for t in plain.timelines[0].time_s]           # E_i, iteration by iteration
-    later = {round(e, 9): f for e, f in zip(ends, ends[1:] + [ends[-1] + step_s])}
-    for p, q in zip(plain.sequences, lagged.sequences):
-        assert list(q.token_times) == pytest.approx([later[round(t, 9)] for t in p.token_times], rel=1e-12)
-    # the second request's first token waits one iteration more (the decode after its prefill)
-    assert lagged.sequences[1].token_times[0] - plain.sequences[1].token_times[0] == pytest.approx(step_s)
-    assert lagged.iterations == [plain.iterations[0] + 1]
+    wasteful = run(requests, "prefill-first", price=constant, async_output=True)
+    for p, q in zip(plain.sequences, wasteful.sequences):
+        assert list(q.token_times) == list(p.token_times)
+    assert wasteful.iterations == [plain.iterations[0] + 1]
+    assert wasteful.duration_s == pytest.approx(plain.duration_s + step_s, rel=1e-12)
 
 
 def test_a_finished_request_is_priced_as_a_row_of_the_next_decode_iteration() -> None:
