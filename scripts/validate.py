@@ -1175,8 +1175,8 @@ def capacity_lengths(r: dict[str, object]) -> dict[str, object]:
                                       for length in ("input", "output")}
     else:
         lengths = {length: {"kind": "lognormal", "median": r[f"{length}_median"],
-                            "sigma": math.log(r[f"{length}_p90"] / r[f"{length}_median"]) / Z90}  # type: ignore[operator]
-                   for length in ("input", "output")}
+                            "sigma": math.log(r[f"{length}_p90"] / r[f"{length}_median"])  # type: ignore[operator]
+                            / Z90} for length in ("input", "output")}
     if r.get("lengths_max_total") is not None:
         lengths["max_total"] = r["lengths_max_total"]
     return lengths
