@@ -1016,8 +1016,10 @@ def serving_by_metric(outcomes: list[ServingOutcome]) -> dict[str, list[ServingO
 # under a stated latency SLO (Sarathi-Serve's Figures 10-11, DistServe's per-GPU goodput). It is priced by the
 # serving planner's own rate search (llmsim.planner.serve.rate_search: halve from `rate_start` until a run meets
 # the SLO, then bisect to `rate_tolerance`), on one replica of tp x pp devices of the row's hardware, the requests
-# arriving as a Poisson process for `duration_s` simulated seconds, their lengths lognormal from the dataset's
-# published median and P90 (`capacity_lengths`). The error is predicted capacity / published capacity - 1.
+# arriving as a Poisson process for `duration_s` simulated seconds or `requests` requests (the source's trial), their
+# lengths lognormal from the dataset's published median and P90, or through the dataset's own quantiles where a
+# `lengths_quantiles` file gives them, and capped where the source caps them (`capacity_lengths`). The error is
+# predicted capacity / published capacity - 1.
 
 CAPACITY = ("row_id", "run", "engine", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_devices", "tp", "pp",
             "intra_node", "inter_node", "context", "dataset", "input_median", "input_p90", "output_median",
@@ -1025,15 +1027,27 @@ CAPACITY = ("row_id", "run", "engine", "preset", *MODEL_COLUMNS, "dtype", "hardw
             "kv_block_tokens", "memory_utilization", "step_overhead_s", "step_overhead_per_seq_s", "slo_itl_s", "slo_itl_percentile", "slo_queue_s",
             "slo_queue_percentile", "slo_ttft_s", "slo_tpot_s", "slo_percentile", "rate_start", "rate_tolerance",
             "metric", "published", "read_error", "skip_reason", "assumptions", "source")
+# Optional columns (blank or absent: the row is priced as before they existed):
+# `requests`             requests per probe of the search, the source's trial size (serving.requests), in place of
+#                        duration_s (a row gives one of the two): a probe's span is then requests / rate, as the
+#                        source's run at that rate was;
+# `lengths_quantiles`    a file of the dataset's own length quantiles, relative to the table's folder (columns
+#                        LENGTH_QUANTILE_COLUMNS: p from 0 to 1, prompt and output tokens at p): prompt and output are
+#                        drawn through them, each on its own (serving.lengths kind quantiles), in place of the
+#                        lognormal through median and P90 (which stay in the row, and must agree with the file);
+# `lengths_max_total`    the source's cap on prompt + output tokens of a request (its length generator's
+#                        max_tokens): a drawn pair over it is drawn again (serving.lengths max_total).
+CAPACITY_OPTIONAL = ("requests", "lengths_quantiles", "lengths_max_total")
+LENGTH_QUANTILE_COLUMNS = ("p", "input_tokens", "output_tokens")
 CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "output_p90", "max_num_seqs",
-                 "max_batched_tokens", "chunk_tokens", "kv_block_tokens"}
+                 "max_batched_tokens", "chunk_tokens", "kv_block_tokens", "requests", "lengths_max_total"}
 CAPACITY_FLOATS = {"duration_s", "slo_itl_s", "slo_queue_s", "slo_ttft_s", "slo_tpot_s", "rate_start",
                    "read_error"}
 CAPACITY_PERCENTILES = {"slo_itl_percentile", "slo_queue_percentile", "slo_percentile"}
 # the engine's host time per iteration (serving.step_overhead_s / step_overhead_per_seq_s; blank = the device's, 0)
 CAPACITY_HOST = {"step_overhead_s", "step_overhead_per_seq_s"}
 CAPACITY_REQUIRED = ("hardware", "n_devices", "tp", "pp", "context", "input_median", "input_p90", "output_median",
-                     "output_p90", "duration_s", "scheduler", "max_num_seqs", "max_batched_tokens",
+                     "output_p90", "scheduler", "max_num_seqs", "max_batched_tokens",
                      "kv_block_tokens", "memory_utilization", "rate_start", "rate_tolerance", "published")
 CAPACITY_CONFIGURATION = tuple(c for c in CAPACITY_REQUIRED if c != "published")   # what the rate search needs
 CAPACITY_METRICS = ("capacity_rps",)     # requests/s one replica sustains under the row's SLO
@@ -1071,6 +1085,8 @@ def _capacity_value(column: str, text: str) -> object:
         if not 0 < number < 1:
             raise ValueError("allowed: 0 < rate_tolerance < 1 (relative)")
         return number
+    if column == "lengths_quantiles":
+        return text                        # a path, resolved against the table's folder by read_capacity_runs
     if column == "metric":
         if text not in CAPACITY_METRICS:
             raise ValueError(f"allowed: {', '.join(CAPACITY_METRICS)}")
@@ -1089,12 +1105,34 @@ def read_capacity_runs(path: Path) -> list[dict[str, object]]:
     rows = []
     for n, raw in enumerate(raw_rows, start=2):           # line 1 is the header
         where = raw.get("row_id") or f"line {n}"
-        row = _typed_row(path, where, raw, CAPACITY, _capacity_value, ("source", "metric", "engine"),
-                         CAPACITY_REQUIRED)
+        row = _typed_row(path, where, raw, CAPACITY + CAPACITY_OPTIONAL, _capacity_value,
+                         ("source", "metric", "engine"), CAPACITY_REQUIRED)
+        if row["lengths_quantiles"] is not None:
+            row["lengths_quantiles"] = path.parent / str(row["lengths_quantiles"])
+            try:
+                points = length_quantiles(row["lengths_quantiles"])
+            except ScenarioError as exc:
+                raise ScenarioError(str(path), f"{where}.lengths_quantiles", f"{exc}") from None
+            check_quantiles_agree(path, where, row, points)
         if not row["skip_reason"]:
             check_capacity_configuration(path, where, row)
         rows.append(row)
     return rows
+
+
+def check_quantiles_agree(path: Path, where: str, row: dict[str, object], points: dict[str, list[list[float]]]) -> None:
+    """The row's published median and P90 are the quantile file's at p = 0.5 and 0.9 (within half a percent or one
+    token: the file is the dataset the row names). Raises ScenarioError (file, row.column, what)."""
+    from llmsim.serving.requests import quantile_tokens
+    from llmsim.serving.spec import QuantileLength
+    for length in ("input", "output"):
+        form = QuantileLength(kind="quantiles", points=points[length])
+        for column, p in ((f"{length}_median", 0.5), (f"{length}_p90", 0.9)):
+            given, file_value = row[column], quantile_tokens(form, p)
+            if given is not None and abs(given - file_value) > max(1.0, 0.005 * file_value):  # type: ignore[operator]
+                raise ScenarioError(str(path), f"{where}.{column}",
+                                    f"{given} but the lengths_quantiles file has {file_value:g} at p={p:g} "
+                                    f"(allowed: the file's own value)")
 
 
 def check_capacity_configuration(path: Path, where: str, row: dict[str, object]) -> None:
@@ -1104,6 +1142,10 @@ def check_capacity_configuration(path: Path, where: str, row: dict[str, object])
     blank = [c for c in CAPACITY_CONFIGURATION if row[c] is None]
     if blank:
         raise ScenarioError(str(path), f"{where}.{blank[0]}", "required to price the row's configuration")
+    if (row["duration_s"] is None) == (row.get("requests") is None):
+        raise ScenarioError(str(path), f"{where}.duration_s",
+                            "give one of duration_s (simulated seconds of arrivals per probe) and requests "
+                            "(requests per probe), not both or neither")
     if row["tp"] * row["pp"] != row["n_devices"]:  # type: ignore[operator]
         raise ScenarioError(str(path), f"{where}.n_devices",
                             f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")  # type: ignore[operator]
@@ -1119,13 +1161,48 @@ def check_capacity_configuration(path: Path, where: str, row: dict[str, object])
 
 
 def capacity_lengths(r: dict[str, object]) -> dict[str, object]:
-    """The `serving.lengths` of a row: lognormal prompt and output lengths with the dataset's published median and
-    P90, sigma = ln(P90 / median) / Z90. Median and P90 (not mean and std) because they are what the sources give
-    for every dataset and they pin the body and the tail that sets the load; the tail beyond P90 is the
-    lognormal's, not the dataset's (a dataset filtered to a context has none above it: the row's assumptions)."""
-    return {length: {"kind": "lognormal", "median": r[f"{length}_median"],
-                     "sigma": math.log(r[f"{length}_p90"] / r[f"{length}_median"]) / Z90}  # type: ignore[operator]
-            for length in ("input", "output")}
+    """The `serving.lengths` of a row. Without a `lengths_quantiles` file: lognormal prompt and output lengths with
+    the dataset's published median and P90, sigma = ln(P90 / median) / Z90 (median and P90, not mean and std,
+    because they are what the sources give for every dataset and they pin the body and the tail that sets the
+    load; the tail beyond P90 is the lognormal's, not the dataset's). With one: each length through the dataset's
+    own quantiles (serving.lengths kind quantiles), prompt and output drawn independently. With
+    `lengths_max_total`: a pair longer than the source's cap is drawn again, as a dataset filtered to its engine's
+    max_seq_len has none above it (Sarathi-Serve's trace generator clips every request to it)."""
+    quantiles = r.get("lengths_quantiles")
+    if quantiles is not None:
+        points = length_quantiles(Path(str(quantiles)))
+        lengths: dict[str, object] = {length: {"kind": "quantiles", "points": points[length]}
+                                      for length in ("input", "output")}
+    else:
+        lengths = {length: {"kind": "lognormal", "median": r[f"{length}_median"],
+                            "sigma": math.log(r[f"{length}_p90"] / r[f"{length}_median"])  # type: ignore[operator]
+                            / Z90} for length in ("input", "output")}
+    if r.get("lengths_max_total") is not None:
+        lengths["max_total"] = r["lengths_max_total"]
+    return lengths
+
+
+@functools.lru_cache(maxsize=8)
+def length_quantiles(path: Path) -> dict[str, list[list[float]]]:
+    """The quantile points ([[p, tokens], ...], p from 0 to 1) of a dataset's length file: one line per p with the
+    prompt and output tokens at that quantile (LENGTH_QUANTILE_COLUMNS), e.g. computed from a trace file the source
+    names (validation/README.md says how each file was made). Raises ScenarioError (the file, what is wrong)."""
+    from llmsim.serving.spec import QuantileLength
+    raw = _csv_rows(path, LENGTH_QUANTILE_COLUMNS, "length quantiles") if path.is_file() else None
+    if raw is None:
+        raise ScenarioError(str(path), None, "no such length-quantile file")
+    points: dict[str, list[list[float]]] = {"input": [], "output": []}
+    try:
+        for line in raw:
+            p = float(line["p"])
+            points["input"].append([p, float(line["input_tokens"])])
+            points["output"].append([p, float(line["output_tokens"])])
+        for length in ("input", "output"):
+            QuantileLength(kind="quantiles", points=points[length])
+    except (ValueError, TypeError) as exc:
+        message = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ScenarioError(str(path), None, f"not a length-quantile file ({message})") from None
+    return points
 
 
 def capacity_slo(r: dict[str, object]):
@@ -1140,13 +1217,15 @@ def capacity_slo(r: dict[str, object]):
 
 def capacity_task(r: dict[str, object]):
     """The serving planner's task (llmsim.planner.serve.ServingTask) of one row: one replica of tp x pp devices on
-    one node of the row's hardware, requests arriving (Poisson) for duration_s, the search starting at rate_start."""
+    one node of the row's hardware, requests arriving (Poisson) for duration_s or `requests` of them, the search
+    starting at rate_start."""
     from llmsim.modeled_serving import serving_profile
     from llmsim.planner.serve import ServingTask
     from llmsim.serving.spec import ServingSpec
 
+    span = {"requests": r["requests"]} if r.get("requests") is not None else {"duration_s": r["duration_s"]}
     spec = ServingSpec.model_validate({
-        "duration_s": r["duration_s"], "arrival": {"kind": "poisson", "rate": r["rate_start"]},
+        **span, "arrival": {"kind": "poisson", "rate": r["rate_start"]},
         "lengths": capacity_lengths(r),
         "scheduler": {key: r[column] for key, column in (("kind", "scheduler"), ("max_num_seqs", "max_num_seqs"),
                                                          ("max_batched_tokens", "max_batched_tokens"),
@@ -1213,8 +1292,8 @@ def capacity_search(row: dict[str, object], file: str, row_id: str) -> tuple[Any
     search only halves down from there). Raises ScenarioError (file, row.column) for a configuration the serving
     model rejects."""
     from llmsim.planner.serve import rate_search
-    key = tuple((c, row[c]) for c in CAPACITY if c not in ("published", "read_error", "skip_reason", "assumptions",
-                                                          "source", "run", "row_id"))
+    key = tuple((c, row.get(c)) for c in CAPACITY + CAPACITY_OPTIONAL
+                if c not in ("published", "read_error", "skip_reason", "assumptions", "source", "run", "row_id"))
     if key in _RATE_SEARCHES:
         return _RATE_SEARCHES[key]
     try:

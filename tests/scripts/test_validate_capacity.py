@@ -164,3 +164,88 @@ def test_the_table_prints_each_row_and_the_median_of_its_errors(v, tmp_path: Pat
     errors = sorted(abs(predicted / p - 1) for p in (100, 50))
     assert f"median |error| {sum(errors) / 2:.1%} over 2 rows" in out
     assert "C3" in out and "not published" in out
+
+
+# ------------------------------------------------------------------ the source's lengths, caps and trial size
+
+
+def _quantiles(tmp_path: Path, points: list[tuple[float, float, float]], name: str = "lengths.csv") -> str:
+    """A length-quantile file (p, input_tokens, output_tokens) beside the table; its name relative to the table."""
+    with (tmp_path / name).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["p", "input_tokens", "output_tokens"])
+        writer.writerows(points)
+    return name
+
+
+# median 12 and P90 20 prompt tokens, output 30 and 45, as _row's
+TINY_QUANTILES = [(0.0, 2, 5), (0.5, 12, 30), (0.9, 20, 45), (1.0, 40, 60)]
+
+
+def test_a_quantile_file_replaces_the_lognormal_and_the_cap_filters_pairs(v, tmp_path: Path) -> None:
+    name = _quantiles(tmp_path, TINY_QUANTILES)
+    [plain, traced] = v.read_capacity_runs(_write(tmp_path, [
+        _row(v, lengths_quantiles="", lengths_max_total="", requests=""),
+        _row(v, row_id="C2", lengths_quantiles=name, lengths_max_total=70)]))
+    assert v.capacity_lengths(plain)["input"]["kind"] == "lognormal" and "max_total" not in v.capacity_lengths(plain)
+    lengths = v.capacity_lengths(traced)
+    assert lengths["input"] == {"kind": "quantiles", "points": [[p, i] for p, i, _ in TINY_QUANTILES]}
+    assert lengths["output"] == {"kind": "quantiles", "points": [[p, o] for p, _, o in TINY_QUANTILES]}
+    assert lengths["max_total"] == 70
+    # the task's request list never holds a pair over the cap, and some pairs were over it before the cap
+    from llmsim.serving.requests import draw_lengths
+    from llmsim.serving.spec import Lengths
+    capped = draw_lengths(v.capacity_task(traced).spec.lengths, 2000, 0)
+    assert max(a + b for a, b in capped) <= 70
+    uncapped = draw_lengths(Lengths.model_validate({k: lengths[k] for k in ("input", "output")}), 2000, 0)
+    assert max(a + b for a, b in uncapped) > 70
+
+
+def test_requests_per_probe_replace_the_span(v, tmp_path: Path) -> None:
+    """`requests` (the source's trial size) in place of duration_s: every probe simulates that many requests."""
+    [r] = v.read_capacity_runs(_write(tmp_path, [_row(v, duration_s="", requests=40)]))
+    task = v.capacity_task(r)
+    assert task.spec.requests == 40 and task.spec.duration_s is None
+    replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
+    for rate in (5.0, 50.0):
+        assert simulate_at(task, replica, rate, 1).row["requests_per_s"] is not None
+        from llmsim.planner.serve import _case_at, _requests
+        assert len(_requests(_case_at(task, rate, 1))) == 40
+
+
+@pytest.mark.parametrize(("change", "where", "what"), [
+    ({"requests": 40}, "C1.duration_s", "one of duration_s"),                     # both
+    ({"duration_s": "", "requests": ""}, "C1.duration_s", "one of duration_s"),    # neither
+    ({"lengths_quantiles": "absent.csv"}, "C1.lengths_quantiles", "no such"),
+    ({"lengths_quantiles": "QUANTILES", "input_median": 14}, "C1.input_median", "at p=0.5"),
+    ({"lengths_quantiles": "QUANTILES", "output_p90": 50}, "C1.output_p90", "at p=0.9"),
+    ({"lengths_quantiles": "BAD"}, "C1.lengths_quantiles", "not a length-quantile file"),
+    ({"lengths_max_total": 0}, "C1.lengths_max_total", ">= 1"),
+])
+def test_a_bad_length_or_span_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, change, where, what) -> None:
+    """A row gives duration_s or requests; its quantile file exists, is a CDF, and agrees with its median and P90."""
+    good = _quantiles(tmp_path, TINY_QUANTILES)
+    bad = _quantiles(tmp_path, [(0.0, 5, 5), (0.5, 3, 30), (1.0, 40, 60)], "bad.csv")   # tokens fall
+    change = {k: {"QUANTILES": good, "BAD": bad}.get(val, val) if isinstance(val, str) else val
+              for k, val in change.items()}
+    path = _write(tmp_path, [_row(v, **{"requests": "", "lengths_quantiles": "", **change})])
+    assert v.main(["--table", "capacity", "--path", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and where in err and what in err
+
+
+def test_the_shipped_chat_rows_draw_the_artifacts_trace_under_its_cap(v) -> None:
+    """The openchat_sharegpt4 rows draw through the trace file's quantiles (validation/lengths/, computed from
+    sarathi-serve's sharegpt_8k_filtered_stats_llama2_tokenizer.csv: no prompt over 8141 tokens), capped at the
+    engine's max_seq_len 8192, with the artifact's 2048 requests per trial; the arxiv rows' lognormal at 16384."""
+    rows = v.read_capacity_runs(v.TABLES["capacity"].default)
+    for r in rows:
+        chat = r["dataset"] == "openchat_sharegpt4"
+        assert r["lengths_max_total"] == r["context"] == (8192 if chat else 16384)
+        assert r["requests"] == 2048 and r["duration_s"] is None
+        assert (r["lengths_quantiles"] is not None) == chat
+        if r["scheduler"] in ("prefill-first", "continuous"):
+            assert r["max_batched_tokens"] == r["context"]   # vllm_scheduler_max_tokens_in_batch = max_seq_len
+    chat = next(r for r in rows if r["lengths_quantiles"] is not None)
+    points = v.length_quantiles(chat["lengths_quantiles"])
+    assert points["input"][-1] == [1.0, 8141.0] and points["output"][-1] == [1.0, 1024.0]
