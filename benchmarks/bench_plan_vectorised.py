@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Scalar against vectorised pricing of the planner's candidates, and the 70B training plan end to end.
 
-    python benchmarks/bench_plan_vectorised.py [--scalar-sample 2000] [--max-devices N]
+    python benchmarks/bench_plan_vectorised.py [--scalar-sample 2000] [--max-devices N] [--command-pairs K]
 
 In one run, on scenarios/plan-train-70b.yaml (llama2-70b, two hardware choices):
+* the workload profile traced (torch, torch._dynamo and the meta-device trace: llmsim.workload.trace) and read
+  back from the profile store (llmsim.workload.profile_store, what a plan of a workload profiled before does),
+  side by side, and their ratio;
 * the candidate configurations of its space (every member of the groups whose weights fit; planner.space), made
   one Config each (space.chains) and as chains (search.chained_configs, what the search prices), and their ratio,
 * configurations priced per second by the scalar path (search.evaluate, one at a time) on a random sample of
@@ -11,7 +14,11 @@ In one run, on scenarios/plan-train-70b.yaml (llama2-70b, two hardware choices):
 * the whole `run_plan` (load, search, cluster re-check of the top_k, plan.csv / plan.parquet, report) and
   the size of what it writes, with its search in this process (`--executor local`) and with each hardware
   choice priced in a forked worker (executor.ForkExecutor, what `llmsim plan` does by default), side by side:
-  wall seconds and CPU seconds of this process and its workers, and their ratio (parallel / sequential).
+  wall seconds and CPU seconds of this process and its workers, and their ratio (parallel / sequential);
+* the command itself (`python -m llmsim plan`, a fresh process: its imports and exit included) with the profile
+  store off (LLMSIM_PROFILE_CACHE=0: it traces, as a first plan of a workload does) and with it holding the
+  profile, interleaved K pairs: wall and CPU seconds side by side and the ratio pair by pair.
+The store lives in a temporary XDG_CACHE_HOME for the run (the user's ~/.cache is not touched).
 Targets (issue 18): ratio >= 10x, >= 100,000 configurations/s on one core; the plan under 10 s.
 Times are CPU seconds of this process (time.process_time: the command is single-threaded, so this is
 one core's time, and it holds on a machine shared with other jobs); wall seconds are shown beside them. The
@@ -25,6 +32,9 @@ import argparse
 import os
 import random
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +49,7 @@ from llmsim.planner.search import (Context, chained_configs, evaluate, resolve_h
                                    static_lower_bound, workload_profile)
 from llmsim.planner.space import axes_of, chains, groups
 from llmsim.planner.table import price_table
+from llmsim.workload.profile_store import ENV_SWITCH
 
 PLAN = Path(__file__).resolve().parents[1] / "scenarios" / "plan-train-70b.yaml"
 TARGET_RATIO, TARGET_RATE, TARGET_PLAN_S = 10.0, 100_000, 10.0
@@ -55,13 +66,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scalar-sample", type=int, default=1000, help="configurations the scalar path prices")
     parser.add_argument("--max-devices", type=int, default=None, help="override limits.max_devices")
+    parser.add_argument("--command-pairs", type=int, default=2,
+                        help="interleaved pairs of the command, profile store off | on (0: skip)")
     args = parser.parse_args()
     overrides = [f"limits.max_devices={args.max_devices}"] if args.max_devices else []
+    store = tempfile.TemporaryDirectory()
+    os.environ["XDG_CACHE_HOME"] = store.name  # this run's profile store (and its commands')
+
     def setup():
         plan = load_plan(PLAN, overrides)
         sharing = sharing_choice(plan)
         return plan, sharing, workload_profile(plan.workload, sharing)
-    (plan, sharing, profile), setup_s, _ = timed(setup)
+    os.environ[ENV_SWITCH] = "0"
+    (plan, sharing, profile), setup_s, setup_wall = timed(setup)  # traced: torch, torch._dynamo, the trace
+    del os.environ[ENV_SWITCH]
+    workload_profile(plan.workload, sharing)  # kept (the trace is this process's cached one)
+    stored, stored_s, stored_wall = timed(lambda: workload_profile(plan.workload, sharing))
+    assert stored == profile
     catalog = load_catalog()
     hardware = resolve_hardware(plan, catalog)
 
@@ -114,11 +135,14 @@ def main() -> None:
         full = Path(tmp) / "every-row.csv"  # plan.csv as it was: every row
         pd.read_parquet(outcome.run_dir / "plan.parquet").to_csv(full, index=False, float_format="%.6g")
         sizes["plan.csv with every row (before)"] = full.stat().st_size / 1e6
+        command = command_pairs(args.command_pairs, overrides, Path(tmp))
 
     print(f"{'measurement':<62}{'value':>16}")
     print("-" * 78)
-    print(f"{'load + profile (llama2-70b, 2 layers traced, scaled)':<62}{setup_s:>14.2f} s")
     print(f"{'(CPU seconds of this process; wall seconds in brackets)':<62}")
+    print(f"{'load + profile (llama2-70b, 2 layers traced, scaled)':<62}{setup_s:>14.2f} s  [{setup_wall:.2f}]")
+    print(f"{'  profile read back from the store | traced, CPU s':<62}{stored_s:>7.3f} | {setup_s:.2f}"
+          f"   ratio {stored_s / setup_s:.3f}x")
     print(f"{'candidates (members of the groups that fit)':<62}{total:>16,}")
     print(f"{'  enumerating them, a Config each (planner.space.chains)':<62}{enumerate_s:>14.2f} s")
     # run second: the shape checks' caches (space.shape_problem, layout_problem) are warm, the ratio flatters it
@@ -139,6 +163,37 @@ def main() -> None:
         if name in sizes:
             print(f"{'  ' + name + ' size':<62}{sizes[name]:>13.2f} MB")
     print(f"{'  rows searched':<62}{len(outcome.rows):>16,}")
+    if command:
+        (off_wall, off_cpu), (on_wall, on_cpu) = command
+        def line(what: str, on: list[float], off: list[float]) -> str:
+            ratios = sorted(a / b for a, b in zip(on, off))
+            return (f"{'  ' + what:<62}{statistics.median(on):>7.2f} | {statistics.median(off):.2f}   ratio "
+                    f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})")
+        print(f"{'command `python -m llmsim plan` (' + str(len(on_wall)) + ' interleaved pairs), medians':<62}")
+        print(line("store holding the profile | store off (traced), wall s", on_wall, off_wall))
+        print(line("store holding the profile | store off (traced), CPU s", on_cpu, off_cpu))
+        print(f"{'  load average (1 min) after':<62}{os.getloadavg()[0]:>7.2f}")
+    store.cleanup()
+
+
+def command_pairs(pairs: int, overrides: list[str], tmp: Path) -> tuple[tuple[list, list], tuple[list, list]] | None:
+    """`python -m llmsim plan` run `pairs` times with the profile store off, interleaved with as many runs with it
+    holding the profile (main has kept it): (wall s, CPU s of the command and its workers) of each kind."""
+    if pairs <= 0:
+        return None
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    out: tuple[tuple[list, list], tuple[list, list]] = (([], []), ([], []))
+    for _ in range(pairs):
+        for kind, env in enumerate(({**os.environ, ENV_SWITCH: "0"}, dict(os.environ))):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "llmsim", "plan", str(PLAN), "--out", str(tmp / "command"), *sets],
+                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            out[kind][0].append(wall)
+            out[kind][1].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return out
 
 
 if __name__ == "__main__":

@@ -17,23 +17,23 @@ import os
 import statistics
 from collections.abc import Iterator
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, RaplMeter, find_meter
-from llmsim.measure.device import CpuDevice
 from llmsim.measure.fit import fit_problem, host_available_bytes, host_need
 from llmsim.measure.host_load import load_per_core
-from llmsim.measure.host_probes import host_rates
 from llmsim.measure.loop import time_steps
-from llmsim.measure.memory import release_freed_memory
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, rank_breakdown, summarize_ranks
 from llmsim.workload.profile import profile_workload
-from llmsim.workload.step import WorkloadStep
 
 __all__ = ["CpuBackend", "CpuSettings"]
+
+# torch, and the modules that measure with it (llmsim.measure.device, host_probes, memory; llmsim.workload.step),
+# are imported where a case runs, not with this module: every command loads the installed plugins (their
+# hooks: the hardware catalog's entries among them), and `llmsim plan` needs no torch once its workload's
+# profile is kept (llmsim.workload.profile_store); torch's import is ~1.5 s of a 10 s plan here.
 
 
 class CpuSettings(BaseModel):
@@ -51,6 +51,8 @@ class CpuSettings(BaseModel):
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op thread count set to `threads` for a block, then restored."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -103,6 +105,12 @@ class CpuBackend(Backend):
             return refused
         if case.layout.world > 1:
             return self._run_distributed(case, settings)
+        import torch
+
+        from llmsim.measure.device import CpuDevice
+        from llmsim.measure.host_probes import host_rates
+        from llmsim.workload.step import WorkloadStep
+
         if settings.threads:
             torch.set_num_threads(settings.threads)
         threads = torch.get_num_threads()
@@ -137,6 +145,7 @@ class CpuBackend(Backend):
         """
         from llmsim.distributed.launch import launch
         from llmsim.distributed.spec import WorkerSpec, unsupported_reason
+        from llmsim.measure.host_probes import host_rates
 
         world = case.layout.world
         threads = settings.threads or max(1, (os.cpu_count() or 1) // world)
@@ -179,6 +188,10 @@ class CpuBackend(Backend):
     @staticmethod
     def _single_process_step_s(case: Case, settings: CpuSettings, threads: int) -> float:
         """The whole step on one process with one rank's threads: m*C of T = m*C/n."""
+        from llmsim.measure.device import CpuDevice
+        from llmsim.measure.memory import release_freed_memory
+        from llmsim.workload.step import WorkloadStep
+
         try:
             with torch_threads(threads):
                 step = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)

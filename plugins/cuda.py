@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, find_meter
 from llmsim.hardware import Catalog
-from llmsim.measure.device import CudaDevice, CudaEventDevice
 from llmsim.measure.fit import device_need, fit_problem
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
@@ -192,6 +191,7 @@ class CudaBackend(Backend):
         if case.layout.world > 1:
             return self._run_distributed(case, settings)
         torch = _torch()
+        from llmsim.measure.device import CudaEventDevice  # torch's: imported where a case runs (as torch)
         from llmsim.workload.step import TORCH_DTYPES, WorkloadStep
 
         device = CudaEventDevice(settings.device)
@@ -266,6 +266,7 @@ class CudaBackend(Backend):
         torch = _torch()
         from llmsim.distributed.launch import launch
         from llmsim.distributed.spec import WorkerSpec, unsupported_reason
+        from llmsim.measure.device import CudaDevice
 
         world = case.layout.world
         have = torch.cuda.device_count()

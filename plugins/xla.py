@@ -28,18 +28,18 @@ import os
 import re
 from collections.abc import Callable
 from glob import glob
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
-from llmsim.measure.device import XlaDevice
-from llmsim.measure.host_probes import host_peak_flops
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit
-from llmsim.workload.step import ADAMW_LR, Mark, WorkloadStep
+
+if TYPE_CHECKING:  # torch's modules (as torch itself) are imported where a case runs, not with this module:
+    # every command loads the installed plugins, and `llmsim plan` needs no torch (plugins/cpu.py)
+    from llmsim.workload.step import Mark, WorkloadStep
 
 XLA_VERSION = "2.9.0"
 NOT_INSTALLED = (f"torch_xla is not installed (pip install 'llmsim[xla]' in a separate environment with "
@@ -68,6 +68,8 @@ def xla_unavailable_reason() -> str | None:
         xla_version = importlib.metadata.version("torch_xla")
     except importlib.metadata.PackageNotFoundError:
         return None  # a source build: trust it
+    import torch
+
     if _minor(xla_version) != _minor(torch.__version__):
         return (f"torch_xla {xla_version} needs the matching torch ({'.'.join(map(str, _minor(xla_version)))}.x); "
                 f"this environment has torch {torch.__version__} (pip install 'llmsim[xla]' pins the pair)")
@@ -95,6 +97,10 @@ def build_step(case: Case, device: Any, cut: Callable[[], None]) -> WorkloadStep
     """The case's WorkloadStep, built on the CPU from the scenario seed (the cpu backend's weights and
     inputs) with the strategy's micro-batches, then moved to `device`. Decode calls `cut` after every
     generated token (torch_xla.sync: one small graph per position). Needs no torch_xla itself."""
+    import torch
+
+    from llmsim.workload.step import ADAMW_LR, WorkloadStep
+
     step = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
     step.model.to(device)
     step.device = torch.device(device)
@@ -121,6 +127,8 @@ def run_step(step: WorkloadStep, mark: Mark) -> Any:
     def first_token_only(label: str) -> None:
         if label == "first_token":
             mark(label)
+
+    import torch
 
     if step.workload.mode == "train":
         return step.step(first_token_only)
@@ -163,6 +171,7 @@ class XlaBackend(Backend):
                                error=f"PJRT_DEVICE={current} in this process but device {wanted} requested "
                                      f"(the runtime is chosen once per process)")
         os.environ["PJRT_DEVICE"] = wanted
+        from llmsim.measure.device import XlaDevice
 
         device = XlaDevice()
         step = build_step(case, device.torch_device, cut=device.torch_xla.sync)
@@ -201,6 +210,8 @@ class XlaBackend(Backend):
         """(hardware column, peak FLOP/s or None, why MFU is empty)."""
         dtype = case.workload.dtype
         if pjrt == "CPU":
+            from llmsim.measure.host_probes import host_peak_flops
+
             return "cpu-host", host_peak_flops(dtype), None
         kind = ""
         try:

@@ -180,7 +180,7 @@ class Options:
       where it would and NCCL elsewhere (costmodel.collectives.custom_all_reduce_kind). Training passes keep
       NCCL.
     compile: the model runs compiled (torch.compile's Inductor, XLA): the elementwise ops between two GEMMs
-      fuse and move only the bytes that cross the fused region (workload.profile._FusionTracker,
+      fuse and move only the bytes that cross the fused region (workload.trace._FusionTracker,
       OpTotals.fused_bytes) instead of eager PyTorch's per-op reads and writes. None = the device's way
       (DeviceSpec.compiled: TPUs always run XLA programs; GPUs and CPU hosts run eagerly).
     grad_accumulation_fusion: the weight-gradient GEMMs add into the gradient accumulator in their epilogue

@@ -13,13 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmsim import interrupt
 from llmsim.energy import EnergyMeter
-from llmsim.measure.device import MeasuredDevice
 from llmsim.measure.summary import Energy, StepSummary, summarize
-from llmsim.workload.step import Mark
+
+if TYPE_CHECKING:  # annotations only: importing this module (a plugin's) does not import torch
+    from llmsim.measure.device import MeasuredDevice
+    from llmsim.workload.step import Mark
 
 Keep = Literal["none", "timed", "all"]
 

@@ -16,7 +16,6 @@ from typing import Any
 from llmsim.backend import Backend, Case
 from llmsim.measure.summary import Energy, MeasuredSplit, StepSummary
 from llmsim.results import Result, fill_derived
-from llmsim.workload.moe import load_imbalance
 from llmsim.workload.profile import profile_workload
 
 
@@ -39,6 +38,8 @@ def measured_result(backend: Backend, case: Case, summary: StepSummary, *, hardw
         values.update(energy_j_per_step=energy.j_per_step, energy_source=energy.source)
     values["extra"] = {**(extra or {}), "step_times_s": json.dumps([round(t, 6) for t in summary.step_times_s])}
     if expert_tokens:
+        from llmsim.workload.moe import load_imbalance  # torch's module: imported where a MoE run is measured
+
         values["expert_load_imbalance"] = load_imbalance(expert_tokens)
         values["extra"]["expert_tokens"] = json.dumps(expert_tokens)
     return fill_derived(case.result(backend, **values), case.workload.tokens_per_step)

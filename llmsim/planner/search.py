@@ -47,6 +47,7 @@ from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
 from llmsim.workload.profile import WorkloadProfile, profile_workload
+from llmsim.workload.profile_store import stored_profile
 from llmsim.wording import count
 
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
@@ -120,7 +121,12 @@ def sharing_choice(plan: PlanFile) -> SharingChoice:
 
 
 def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    """The profile of the full workload: traced with 2 layers and scaled when that is exact."""
+    """The profile of the full workload: traced with 2 layers and scaled when that is exact; kept on disk
+    between plans (llmsim.workload.profile_store: a plan of a workload profiled before imports no torch)."""
+    return stored_profile(workload, sharing, functools.partial(_traced_profile, workload, sharing))
+
+
+def _traced_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
     layers = workload.model.layers
     if layers <= SCALE_FROM_LAYERS or sharing.layer_groups is not None:
         return profile_workload(workload, sharing)

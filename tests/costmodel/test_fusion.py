@@ -1,4 +1,4 @@
-"""Compiled execution: the fused elementwise traffic of the traced graph (workload.profile._FusionTracker) and
+"""Compiled execution: the fused elementwise traffic of the traced graph (workload.trace._FusionTracker) and
 how the cost model prices it (Options.compile, DeviceSpec.compiled).
 
 Hand-computed cases on meta tensors, N = bytes of one (rows x cols) bf16 tensor:
@@ -20,7 +20,8 @@ from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Options, Plan, estimate
 from llmsim.costmodel.cluster import plan_on
 from llmsim.costmodel.compute import device_rates, runs_compiled
-from llmsim.workload.profile import _OpRecorder, profile_workload
+from llmsim.workload.profile import profile_workload
+from llmsim.workload.trace import _OpRecorder
 from tests.costmodel.helpers import CATALOG
 
 ROWS, COLS = 64, 32

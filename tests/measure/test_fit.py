@@ -15,6 +15,7 @@ from llmsim.measure.fit import Need, device_need, fit_problem, host_available_by
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases
+from llmsim.workload import step as workload_step
 from llmsim.workload.profile import profile_workload
 from llmsim_plugins.cpu import CpuBackend, CpuSettings
 from tests.conftest import TINY_SCENARIO
@@ -29,9 +30,16 @@ def _case(model: dict[str, Any], mode: str = "train", dtype: str = "float32", **
 
 
 def _never_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: Any, **kwargs: Any) -> None:
+    """The model is never built on a real device (the profile's trace on the meta device allocates nothing). The
+    plugin imports WorkloadStep where a case runs (plugins/cpu.py: no torch at import), from its module: patched
+    there."""
+    built = workload_step.WorkloadStep
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("device") == "meta":
+            return built(*args, **kwargs)
         raise AssertionError("the model was built although it cannot fit")
-    monkeypatch.setattr(cpu_plugin, "WorkloadStep", refuse)
+    monkeypatch.setattr(workload_step, "WorkloadStep", refuse)
 
 
 def test_a_70b_model_on_the_cpu_backend_does_not_fit_before_allocating(tmp_path: Path,

@@ -1,0 +1,111 @@
+"""Workload profiles kept on disk between runs, so that a plan whose workload was profiled before skips torch.
+
+A plan prices its candidates from one `WorkloadProfile` (llmsim.workload.profile), traced on the meta device
+in ~3 s of a 10 s plan on a 2-core host, and most of that is imports, not tracing: torch (~1.5 s) and
+torch._dynamo (~1.4 s, which the trace pulls in: llmsim.workload.trace). The profile is a pure function of
+the workload, the sharing choice, llmsim's code and torch's, so it is kept under `~/.cache/llmsim/profiles/`
+(`$XDG_CACHE_HOME`, as the host probes: llmsim.measure.host_probes) keyed by all four:
+
+* the workload (`Workload.model_dump_json`: every field, the model's included) and the sharing choice (its repr);
+* llmsim's code: a SHA-256 of every `.py` file of the installed llmsim package (~140 files, ~10 ms), so any
+  edit to the model, the step, the tracer or the depth scaling (or anything else) makes a new key;
+* torch's version (its distribution metadata, read without importing torch) and Python's major.minor.
+
+Read back, a profile is the one traced: JSON keeps every int and float exactly (repr round-trips) and the
+order of `ops`, which the cost model sums in (tests/workload/test_profile_store.py). A file that cannot be
+read or written only costs the trace; `LLMSIM_PROFILE_CACHE=0` turns the store off (a cold run's timing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from llmsim.config import SharingChoice, Workload
+from llmsim.workload.profile_data import OpTotals, WorkloadProfile
+
+FORMAT = 1            # the file layout below; a change of it is a change of key
+ENV_SWITCH = "LLMSIM_PROFILE_CACHE"  # "0": neither read nor write
+
+
+def store_dir() -> Path:
+    """Where profiles are kept: $XDG_CACHE_HOME/llmsim/profiles (default ~/.cache/llmsim/profiles)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmsim" / "profiles"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of llmsim's own sources (every .py file under the package, by relative path), once per process."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _torch_version() -> str:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def profile_key(workload: Workload, sharing: SharingChoice) -> str:
+    """Everything a traced profile depends on (module docstring), as one string."""
+    return json.dumps({"format": FORMAT, "code": code_digest(), "torch": _torch_version(),
+                       "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+                       "workload": workload.model_dump_json(), "sharing": repr(sharing)}, sort_keys=True)
+
+
+def to_json(profile: WorkloadProfile) -> dict:
+    """The profile as JSON values: its scalar fields, and `ops` as a list in its own order."""
+    out = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name != "ops"}
+    out["ops"] = [[*key, t.flops, t.bytes, t.count, t.fused_bytes] for key, t in profile.ops.items()]
+    return out
+
+
+def from_json(data: dict) -> WorkloadProfile:
+    """`to_json`'s inverse: the same values, the same types, `ops` in the same order."""
+    fields = dict(data)
+    ops = {(phase, region, kind): OpTotals(flops=flops, bytes=nbytes, count=count, fused_bytes=fused)
+           for phase, region, kind, flops, nbytes, count, fused in fields.pop("ops")}
+    return WorkloadProfile(**fields, ops=ops)
+
+
+def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[], WorkloadProfile],
+                   directory: Path | None = None) -> WorkloadProfile:
+    """The profile of (workload, sharing) kept under `directory` (default `store_dir()`), else `make()`'s, then
+    kept. The file's key is checked whole (not only its hash in the name). Off (`enabled`): `make()`."""
+    if not enabled():
+        return make()
+    key = profile_key(workload, sharing)
+    path = (directory or store_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    try:
+        data = json.loads(path.read_text())
+        if data["key"] == key:
+            return from_json(data["profile"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, damaged or another key's: traced again below
+    profile = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "profile": to_json(profile)}))
+        tmp.replace(path)  # atomic: two plans writing at once never leave half a file
+    except OSError:
+        pass  # a read-only home only costs the next run the trace
+    return profile

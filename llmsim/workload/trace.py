@@ -1,0 +1,363 @@
+"""The meta-device trace behind the workload profile (llmsim.workload.profile): one step run on shapes only.
+
+The step is traced on the meta device (shapes only, no memory, no arithmetic) under a
+TorchDispatchMode that sees every aten op. For each op we record
+* FLOPs, from torch's own formulas (`torch.utils.flop_counter.flop_registry`; matmuls and attention),
+* bytes moved, as the sizes of its tensor inputs plus outputs (views move nothing),
+* its kind: `matmul`, `attention` or `other` (memory-bound: norms, activations, adds, softmax, ...),
+* its phase (forward, backward, optimizer, prefill, decode) and region (embed, layers, experts, head), from
+  torch's ModuleTracker, so a cost model can split layers over pipeline stages. `experts` holds the ops of
+  the routed experts of MoE layers (their MLPs), traced with balanced routing (llmsim.workload.moe: each
+  expert gets tokens*top_k/experts tokens, so the FLOPs are exactly those of top-k routing); the router,
+  the token permutation and the shared experts stay in `layers`.
+Activation bytes are the tensors autograd saves for backward in the forward pass, deduplicated by
+storage, parameters excluded.
+
+The only module of the profile that imports torch: llmsim.workload.profile imports it when a trace is
+asked for, so a process that reads a profile back (llmsim.workload.profile_store) never loads torch. A trace
+also imports torch._dynamo (~1.4 s here), which torch asks for itself: every elementwise reference its meta
+kernels run (torch/_prims_common/wrappers.py, `@torch._disable_dynamo`), the first call of a
+TorchDispatchMode's `__torch_dispatch__` (torch/utils/_python_dispatch.py, `_should_skip_dynamo`), and the
+optimizer's step (torch/optim/optimizer.py, `_use_grad_for_differentiable`) each import it; no public API
+avoids it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+from torch.utils.module_tracker import ModuleTracker
+
+from llmsim.config import SharingChoice, Workload
+from llmsim.workload.model import count_active_parameters
+from llmsim.workload.profile_data import OpTotals, WorkloadProfile
+from llmsim.workload.step import WorkloadStep
+
+_EXPERTS_MARK = ".mlp.experts."  # module path of a routed expert (llmsim.workload.moe.MoELayer.experts)
+_ATTENTION_MARK = "attention"
+_BLOCK = re.compile(r"\.blocks\.(\d+)")   # module path of the Transformer block an op runs in
+_MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_scaled_mm", "convolution"}
+
+
+def _tensor_bytes(tensors: list) -> int:
+    """Bytes the tensors occupy in memory: a broadcast (stride-0, `expand`ed) dimension repeats the same
+    elements, so it is not counted (a weight expanded over the batch for a bmm is read once, not b times)."""
+    total = 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            elements = 1
+            for size, stride in zip(t.shape, t.stride()):
+                if stride != 0:
+                    elements *= size
+            total += elements * t.element_size()
+    return total
+
+
+def _storage_view(t: torch.Tensor) -> tuple:
+    """What a tensor reads of its storage: the storage, offset, shape and strides (two slices of one
+    storage, e.g. q and k of a fused QKV output, are two different reads)."""
+    return _storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride())
+
+
+# `other` ops a fusing compiler still runs as kernels of their own, so a chain breaks at them: the embedding's
+# backward (a scatter-add into the table) and the data-dependent ops of MoE routing (aten fallbacks in
+# Inductor, torch/_inductor/lowering.py make_fallback: sort, topk, nonzero; cumsum of the routing counts).
+# The embedding lookup itself fuses with what reads it (Inductor lowers aten.embedding to a pointwise load
+# with an indirect index; XLA fuses a gather into its consumers): it reads the rows it returns.
+_UNFUSED_OPS = {"embedding_dense_backward", "sort", "topk", "nonzero", "cumsum", "argsort", "histc", "bincount"}
+
+
+@dataclass
+class _Made:
+    """An output of an elementwise kernel of `group`: written to HBM only once something outside that kernel
+    needs it (`written`), then charged to the producer's `totals`."""
+
+    group: tuple[str, int, str | None]
+    nbytes: int
+    totals: OpTotals
+    written: bool = False
+
+
+class _FusionTracker:
+    """The HBM traffic of the traced step's elementwise ops when a compiler fuses them (OpTotals.fused_bytes).
+
+    Mechanism: a compiler (torch.compile's Inductor, XLA) fuses the pointwise and reduction ops between two
+    GEMMs into one kernel that keeps its intermediates in registers or on-chip memory and reads from and
+    writes to HBM only what crosses the kernel's boundary. Inductor's scheduler fuses nodes that share
+    reads or feed one another (Ansel et al. 2024, "PyTorch 2", ASPLOS, Sec. 4.4 "Scheduling and fusion";
+    torch/_inductor/scheduler.py `can_fuse`); XLA's loop and input fusion do the same for elementwise ops and
+    the reductions they feed (openxla.org/xla/operation_semantics; XLA GPU fusion pass, "Fusion" in the XLA
+    architecture docs). A kernel cannot contain a GEMM, attention or other unfused op and what depends on
+    it at once (that would be a cycle through the GEMM), so the elementwise ops of one phase are grouped by
+    their GEMM depth: the longest chain of unfused ops from the phase's inputs to the op. Ops of one depth
+    need no GEMM between them: one group = one fused region (any number of kernels that exchange nothing
+    through HBM). Each Transformer block is a compiled region of its own, whose inputs and outputs go
+    through HBM: torchtitan compiles each block separately (apply_compile), and MaxText runs its layers as
+    the body of one jax.lax.scan (base.yml `scan_layers: True`), a loop body XLA does not fuse across; so a
+    group is (phase, GEMM depth, block), and every block of a model costs the same (costmodel.scaling stays
+    exact). Per group:
+      reads  = each distinct input view not produced inside the group, once (what eager PyTorch reads per op)
+      writes = each output that something outside the group needs: an unfused op (GEMM, attention), an
+               elementwise op of another depth or phase, autograd's saved tensors (`saved`), or memory that
+               outlives the step (an in-place update of a parameter, optimizer state or the KV cache).
+    An output nothing reads is dead code to the compiler (not written). Assumptions: the saved tensors are
+    eager autograd's (Inductor's min-cut partitioner may recompute cheap ops instead of saving them: fewer
+    bytes still); a reduction is one pass over its input (Inductor's persistent reductions and XLA's input
+    fusion; a vocab-wide softmax may take two); no elementwise op fuses into a GEMM's epilogue or prologue.
+    """
+
+    def __init__(self) -> None:
+        self.depth: dict[int, tuple[str, int]] = {}     # storage -> (phase, GEMM depth) of its last writer
+        self.made: dict[int, _Made] = {}
+        self.read: set[tuple] = set()                    # (group, storage view) read from HBM already
+        self.alive: dict[int, object] = {}              # the storages keyed, kept alive (no address reuse)
+
+    def _keep(self, t: torch.Tensor) -> int:
+        key = _storage_key(t)
+        self.alive.setdefault(key, t.untyped_storage())
+        return key
+
+    def need(self, key: int) -> None:
+        """Something outside its kernel reads this storage: an elementwise kernel that made it writes it."""
+        made = self.made.get(key)
+        if made is not None and not made.written:
+            made.written = True
+            made.totals.fused_bytes = (made.totals.fused_bytes or 0.0) + made.nbytes
+
+    def saved(self, t: torch.Tensor) -> None:
+        """Autograd saves `t` for the backward: it goes to HBM."""
+        self.need(_storage_key(t))
+
+    def record(self, phase: str, block: str | None, kind: str, func: Any, args: tuple, ins: list, outs: list,
+               totals: OpTotals, eager_bytes: float) -> None:
+        """One op of `phase` whose eager traffic was `eager_bytes`: an elementwise one charges its fused
+        traffic to `totals` (an `other` op that does not fuse, its eager bytes)."""
+        name = func._overloadpacket.__name__
+        fused = kind == "other" and name not in _UNFUSED_OPS
+        schema_args = func._schema.arguments
+        mutates = any(a.alias_info is not None and a.alias_info.is_write for a in schema_args)
+        tensors = [t for t in ins if isinstance(t, torch.Tensor)]
+        results = [t for t in outs if isinstance(t, torch.Tensor)]
+        if fused and not mutates and results and {_storage_key(t) for t in results} <= {_storage_key(t) for t in tensors}:
+            return                              # an alias (aten._unsafe_view, ...): no kernel, no traffic
+        if fused and mutates and not results:   # in-place without a result (aten._foreach_add_, ...)
+            results = [a for a, arg in zip(args, schema_args) if isinstance(a, torch.Tensor) and arg.alias_info
+                       and arg.alias_info.is_write]
+        depth = max((d for t in tensors for p, d in [self.depth.get(_storage_key(t), (phase, 0))] if p == phase),
+                    default=0)
+        if not fused:  # a GEMM, attention or unfused op: reads its inputs from HBM, its outputs one level deeper
+            if kind == "other":
+                totals.fused_bytes = (totals.fused_bytes or 0.0) + eager_bytes
+            for t in tensors:
+                self.need(_storage_key(t))
+            for t in results:
+                key = self._keep(t)
+                self.depth[key] = (phase, depth + 1)
+                self.made.pop(key, None)
+            return
+        group = (phase, depth, block)
+        if totals.fused_bytes is None:
+            totals.fused_bytes = 0.0
+        in_keys = set()
+        for i, t in enumerate(tensors):
+            key = _storage_key(t)
+            in_keys.add(key)
+            if name == "copy_" and i == 0:      # the destination of a copy is written, not read
+                continue
+            if name == "embedding" and i == 0:  # a lookup reads the rows it returns, not the whole table
+                totals.fused_bytes += _tensor_bytes(results)
+                continue
+            made = self.made.get(key)
+            if made is not None and made.group == group:
+                continue                        # made inside this fused region: never leaves the chip
+            self.need(key)
+            view = (group, _storage_view(t))
+            if view not in self.read:
+                self.read.add(view)
+                totals.fused_bytes += _tensor_bytes([t])
+        for t in results:
+            key = self._keep(t)
+            self.depth[key] = (phase, depth)
+            made = self.made.get(key)
+            if made is not None and made.group == group:
+                continue                        # updated in place inside the region
+            nbytes = _tensor_bytes([t])
+            if key in in_keys:                  # in place into memory that outlives this region: written
+                totals.fused_bytes += nbytes
+                self.made[key] = _Made(group, nbytes, totals, written=True)
+            else:
+                self.made[key] = _Made(group, nbytes, totals)
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records FLOPs and bytes of every aten op, keyed by (phase, region, kind), and the fused traffic of the
+    elementwise ones (_FusionTracker)."""
+
+    def __init__(self, tracker: ModuleTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.phase = "forward"
+        self.ops: dict[tuple[str, str, str], OpTotals] = defaultdict(OpTotals)
+        self.fusion = _FusionTracker()
+
+    def _where(self) -> tuple[str, bool]:
+        """(region, inside core attention) from the modules the op runs in."""
+        parents = self.tracker.parents
+        in_attention = any(p.endswith(".core") for p in parents)
+        if any(_EXPERTS_MARK in p for p in parents):
+            return "experts", False
+        if any(".blocks." in p for p in parents):
+            return "layers", in_attention
+        if any(p.endswith(("tok_emb", "pos_emb", "type_emb")) for p in parents):
+            return "embed", False
+        return "head", False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet not in flop_registry:
+            # Composite ops (aten.linear under inference_mode, ...) reach us undecomposed; decompose them
+            # so that their matmuls are seen and counted like in training.
+            with self:  # re-enter this mode so that the decomposition's ops are recorded too
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        out = func(*args, **kwargs)
+        if func.is_view:
+            return out
+        name = packet.__name__
+        flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
+        region, in_attention = self._where()
+        kind = ("attention" if in_attention or _ATTENTION_MARK in name else
+                "matmul" if name in _MATMUL_OPS else "other")
+        ins, _ = tree_flatten((args, kwargs))
+        outs, _ = tree_flatten(out)
+        totals = self.ops[(self.phase, region, kind)]
+        totals.flops += flops
+        if name == "embedding":  # a lookup reads the rows it returns, not the whole table
+            nbytes = 2 * _tensor_bytes(outs) + _tensor_bytes(ins[1:2])
+        else:
+            nbytes = _tensor_bytes(ins) + _tensor_bytes(outs)
+        totals.bytes += nbytes
+        totals.count += 1
+        block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
+        self.fusion.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
+        return out
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+class _SavedActivations:
+    """Sums the bytes autograd saves for backward, once per storage, parameters and buffers excluded.
+
+    Buffers are module state like parameters, resident whatever autograd saves: RoPE's cos and sin tables
+    (RotaryEmbedding, cast to the model dtype with the model, so `.to(x.dtype)` is a no-op) are saved as views
+    by every layer's rotation, one storage for the whole model. Counted, they went once into the layers' bytes
+    of a trace, so a short trace scaled to L layers (costmodel.scaling.with_layers) counted them L/2 times
+    (6,144 bytes too many for tiny-moe at 8 layers: 2 x 64 x 8 x 2 bytes, three times)."""
+
+    def __init__(self, model: torch.nn.Module, tracker: ModuleTracker) -> None:
+        self.param_storages = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
+        self.tracker = tracker
+        self.seen: dict[int, tuple[int, bool]] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self.param_storages and key not in self.seen:
+            in_layers = any(".blocks." in p for p in self.tracker.parents)
+            self.seen[key] = (t.untyped_storage().nbytes(), in_layers)
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(n for n, _ in self.seen.values())
+
+    @property
+    def in_layers(self) -> int:
+        return sum(n for n, inside in self.seen.values() if inside)
+
+
+def _expert_counts(step: WorkloadStep) -> tuple[int, int]:
+    """(routed-expert parameters, active parameters) of the built model (workload.model.count_active_parameters)."""
+    experts = sum(m.expert_params() for m in step.model.moe_modules())
+    return experts, count_active_parameters(step.model)
+
+
+def _param_counts(step: WorkloadStep) -> tuple[int, int, int, int, int, int]:
+    unique = {id(p): p for p in step.model.parameters()}
+    size = {i: p.numel() for i, p in unique.items()}
+    elem = torch.tensor([], dtype=step.dtype).element_size()
+    params = sum(size.values())
+    trainable = sum(size[i] for i, p in unique.items() if p.requires_grad)
+    layer_ids = {id(p) for p in step.model.blocks.parameters()}
+    layer_params = sum(size[i] for i in unique if i in layer_ids)
+    return params, trainable, params * elem, trainable * elem, layer_params, params - layer_params
+
+
+def trace_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
+    """The traced profile of `workload` as written (every layer built and run on the meta device)."""
+    step = WorkloadStep(workload, sharing, device="meta")
+    params, trainable, param_bytes, trainable_bytes, layer_params, embed_params = _param_counts(step)
+    expert_params, active_params = _expert_counts(step)
+    spec = workload.model
+    tracker = ModuleTracker()
+    recorder = _OpRecorder(tracker)
+    activation_bytes = activation_layers = kv_bytes = 0
+    with tracker, recorder:
+        if workload.mode == "train":
+            saved = _SavedActivations(step.model, tracker)
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                recorder.fusion.saved(t)
+                return saved.pack(t)
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, saved.unpack):
+                loss = step.forward_loss()
+            activation_bytes, activation_layers = saved.total, saved.in_layers
+            recorder.phase = "backward"
+            loss.backward()
+            recorder.phase = "optimizer"
+            assert step.optimizer is not None
+            step.optimizer.step()
+            step.optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                recorder.phase = "prefill"
+                token, cache = step.prefill(step.cache_len)
+                if cache is not None:
+                    kv_bytes = sum(_tensor_bytes([c.k, c.v]) for c in cache)
+                if workload.mode == "decode" and workload.decode_tokens > 1:
+                    n = workload.decode_tokens - 1
+                    first, last = spec.seq_len, spec.seq_len + n - 1
+                    recorder.phase = "decode"
+                    step.decode_one(token, cache, first)
+                    if n > 1:
+                        step.decode_one(token, cache, last)
+                    traced = 2 if n > 1 else 1
+                    # Scale the traced decode steps to all n steps (affine in the position: exact). Only
+                    # this phase records under "decode" keys, so they hold the traced steps alone.
+                    for key, totals in list(recorder.ops.items()):
+                        if key[0] == "decode":
+                            recorder.ops[key] = OpTotals()
+                            recorder.ops[key].add(totals, n / traced)
+    return WorkloadProfile(
+        mode=workload.mode, dtype=workload.dtype, batch=workload.batch, seq_len=spec.seq_len,
+        layers=spec.layers, tokens_per_step=workload.tokens_per_step, params=params,
+        trainable_params=trainable, param_bytes=param_bytes, trainable_param_bytes=trainable_bytes,
+        layer_params=layer_params, embed_params=embed_params, activation_bytes=activation_bytes,
+        activation_bytes_per_layer=activation_layers // spec.layers, kv_cache_bytes=kv_bytes,
+        ops=dict(recorder.ops), moe_layers=spec.moe_layers, expert_params=expert_params,
+        active_params=active_params)
