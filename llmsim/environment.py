@@ -13,6 +13,15 @@ from typing import Any
 PACKAGES = ("llmsim", "torch", "pydantic", "pluggy", "pandas", "simpy", "nvidia-ml-py")
 
 
+def cache_dir() -> Path:
+    """Where llmsim keeps per-user files between runs (host probes, workload profiles): `$XDG_CACHE_HOME/llmsim`,
+    else `~/.cache/llmsim`. An empty or relative XDG_CACHE_HOME is ignored, as the XDG Base Directory
+    specification says ("If an implementation encounters a relative path in any of these variables it should
+    consider the path invalid and ignore it"), so a stray value never writes into the working folder."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "llmsim"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

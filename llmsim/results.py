@@ -388,7 +388,8 @@ def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn,
             rows[(row["case"], row["backend"])] = row
         elif number == len(lines):  # the last line, and no newline after it: a write cut short
             warn(f"{path}: line {number}: an incomplete last row (the run stopped while writing it) is left "
-                 f"out; the {count(len(rows), 'complete row')} before it are used (llmsim run --resume redoes it)")
+                 f"out; the {count(len(rows), 'complete row')} before it {'is' if len(rows) == 1 else 'are'} used "
+                 "(llmsim run --resume redoes it)")
         elif damaged is not None:
             damaged.append(f"line {number}: {problem}")
         else:

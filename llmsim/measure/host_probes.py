@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from llmsim.environment import cache_dir as user_cache_dir
 from llmsim.environment import cpu_model
 
 PROBE_SIZE = 1024          # square matmul edge; large enough to reach the BLAS plateau on a few cores
@@ -108,10 +109,6 @@ def measure_op_overhead() -> float:
     return _best(chain) / OVERHEAD_CHAIN
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmsim"
-
-
 def measure_host_rates(dtype: str) -> HostRates:
     """The three probes for `dtype` now (about 1.5 s in all)."""
     from llmsim.workload.step import TORCH_DTYPES
@@ -132,7 +129,7 @@ def host_rates(dtype: str, cache_dir: Path | None = None) -> HostRates:
 
 def _cache_file(dtype: str, threads: int, cache_dir: Path | None) -> tuple[str, Path]:
     key = f"v{PROBE_VERSION}|{cpu_model()}|{os.cpu_count()}|{threads}|{torch.__version__}|{dtype}"
-    return key, (cache_dir or _cache_dir()) / f"host-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    return key, (cache_dir or user_cache_dir()) / f"host-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
 def cached_rates(dtype: str, cache_dir: Path | None = None) -> HostRates | None:

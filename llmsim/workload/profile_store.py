@@ -13,7 +13,11 @@ the workload, the sharing choice, llmsim's code and torch's, so it is kept under
 
 Read back, a profile is the one traced: JSON keeps every int and float exactly (repr round-trips) and the
 order of `ops`, which the cost model sums in (tests/workload/test_profile_store.py). A file that cannot be
-read or written only costs the trace; `LLMSIM_PROFILE_CACHE=0` turns the store off (a cold run's timing).
+read or written, was cut short, or whose values no longer match the digest written with them (edited by hand)
+only costs the trace, and is written again. `LLMSIM_PROFILE_CACHE` = 0, false, off or no turns the store off
+(a cold run's timing); 1, true, on, yes or unset leaves it on; anything else is a one-line error (exit 2).
+Files are never pruned: each edit of llmsim's sources makes a new key, and a file is ~2.5 KB; delete the
+folder to reclaim them.
 """
 
 from __future__ import annotations
@@ -29,19 +33,32 @@ from importlib import metadata
 from pathlib import Path
 
 from llmsim.config import SharingChoice, Workload
+from llmsim.environment import cache_dir
+from llmsim.errors import LLMSimError
 from llmsim.workload.profile_data import OpTotals, WorkloadProfile
 
-FORMAT = 1            # the file layout below; a change of it is a change of key
-ENV_SWITCH = "LLMSIM_PROFILE_CACHE"  # "0": neither read nor write
+FORMAT = 2            # the file layout below (2: with the profile's digest); a change of it is a change of key
+ENV_SWITCH = "LLMSIM_PROFILE_CACHE"  # off: neither read nor write
+SWITCH_OFF = ("0", "false", "off", "no")
+SWITCH_ON = ("", "1", "true", "on", "yes")
 
 
 def store_dir() -> Path:
     """Where profiles are kept: $XDG_CACHE_HOME/llmsim/profiles (default ~/.cache/llmsim/profiles)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmsim" / "profiles"
+    return cache_dir() / "profiles"
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1") != "0"
+    """Whether the store is read and written (`LLMSIM_PROFILE_CACHE`, unset: on).
+
+    Raises LLMSimError (exit 2, one line) for a value that is neither on nor off."""
+    value = os.environ.get(ENV_SWITCH, "1").strip().lower()
+    if value in SWITCH_OFF:
+        return False
+    if value in SWITCH_ON:
+        return True
+    raise LLMSimError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r}: allowed: {', '.join(SWITCH_ON[1:])} (on), "
+                      f"{', '.join(SWITCH_OFF)} (off)")
 
 
 @functools.cache
@@ -78,6 +95,12 @@ def to_json(profile: WorkloadProfile) -> dict:
     return out
 
 
+def _digest(profile: object) -> str:
+    """SHA-256 of a profile's JSON values as written: a file whose numbers were changed after it was written
+    (by hand, or a partial copy) no longer matches and is traced again, never priced."""
+    return hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()
+
+
 def from_json(data: dict) -> WorkloadProfile:
     """`to_json`'s inverse: the same values, the same types, `ops` in the same order."""
     fields = dict(data)
@@ -96,15 +119,16 @@ def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[]
     path = (directory or store_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
     try:
         data = json.loads(path.read_text())
-        if data["key"] == key:
+        if data["key"] == key and data["digest"] == _digest(data["profile"]):
             return from_json(data["profile"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # absent, damaged or another key's: traced again below
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # absent, damaged, edited or another key's: traced again below
     profile = make()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "profile": to_json(profile)}))
+        stored = to_json(profile)
+        tmp.write_text(json.dumps({"key": key, "digest": _digest(stored), "profile": stored}))
         tmp.replace(path)  # atomic: two plans writing at once never leave half a file
     except OSError:
         pass  # a read-only home only costs the next run the trace

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
+from llmsim.errors import LLMSimError
 from llmsim.workload import profile_store
 from llmsim.workload.profile import profile_workload
 from llmsim.workload.profile_data import WorkloadProfile
@@ -101,6 +102,48 @@ def test_a_file_of_another_key_or_damaged_is_traced_again(tmp_path: Path) -> Non
     stored_profile(workload, sharing, lambda: calls.append(1) or traced, tmp_path)
     assert calls == [1, 1]
     assert json.loads(path.read_text())["key"] == profile_key(workload, sharing)  # written again, whole
+
+
+@pytest.mark.parametrize("edit", [
+    lambda p: p.update(params="x"),                       # a type the cost model cannot multiply
+    lambda p: p.update(params=None),
+    lambda p: p["ops"][0].__setitem__(3, p["ops"][0][3] * 2 + 1),   # a plausible number, changed by hand
+])
+def test_a_file_whose_values_were_edited_is_traced_again(tmp_path: Path, edit) -> None:  # noqa: ANN001
+    workload, sharing = PROFILED[0]
+    traced = profile_workload(workload, sharing)
+    stored_profile(workload, sharing, lambda: traced, tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    edit(data["profile"])
+    path.write_text(json.dumps(data))
+    calls = []
+    got = stored_profile(workload, sharing, lambda: calls.append(1) or traced, tmp_path)
+    assert calls == [1]
+    _same(got, traced)
+    assert stored_profile(workload, sharing, lambda: calls.append(1) or traced, tmp_path) is not traced
+    assert calls == [1]                                   # written again whole: read back the next time
+
+
+@pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("OFF", False), ("no", False),
+                                           ("1", True), ("true", True), ("on", True), ("yes", True), ("", True)])
+def test_the_switch_reads_the_usual_words(monkeypatch: pytest.MonkeyPatch, value: str, on: bool) -> None:
+    monkeypatch.setenv(profile_store.ENV_SWITCH, value)
+    assert profile_store.enabled() is on
+
+
+def test_a_switch_value_neither_on_nor_off_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(profile_store.ENV_SWITCH, "garbage")
+    with pytest.raises(LLMSimError, match=r"LLMSIM_PROFILE_CACHE='garbage': allowed: 1, true, on, yes \(on\), 0"):
+        profile_store.enabled()
+
+
+@pytest.mark.parametrize("value", ["", "relative/cache"])
+def test_an_empty_or_relative_xdg_cache_home_is_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       value: str) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert profile_store.store_dir() == tmp_path / ".cache" / "llmsim" / "profiles"
 
 
 def test_the_switch_turns_the_store_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
