@@ -1016,7 +1016,8 @@ def serving_by_metric(outcomes: list[ServingOutcome]) -> dict[str, list[ServingO
 # under a stated latency SLO (Sarathi-Serve's Figures 10-11, DistServe's per-GPU goodput). It is priced by the
 # serving planner's own rate search (llmsim.planner.serve.rate_search: halve from `rate_start` until a run meets
 # the SLO, then bisect to `rate_tolerance`), on one replica of tp x pp devices of the row's hardware, the requests
-# arriving as a Poisson process for `duration_s` simulated seconds or `requests` requests (the source's trial), their
+# arriving as a Poisson process for `duration_s` simulated seconds, `requests` requests, or both, whichever limit
+# comes first (the source's trial), their
 # lengths lognormal from the dataset's published median and P90, or through the dataset's own quantiles where a
 # `lengths_quantiles` file gives them, and capped where the source caps them (`capacity_lengths`). The error is
 # predicted capacity / published capacity - 1.
@@ -1029,8 +1030,9 @@ CAPACITY = ("row_id", "run", "engine", "preset", *MODEL_COLUMNS, "dtype", "hardw
             "metric", "published", "read_error", "skip_reason", "assumptions", "source")
 # Optional columns (blank or absent: the row is priced as before they existed):
 # `requests`             requests per probe of the search, the source's trial size (serving.requests), in place of
-#                        duration_s (a row gives one of the two): a probe's span is then requests / rate, as the
-#                        source's run at that rate was;
+#                        duration_s or beside it (a row gives one or both): alone, a probe's span is requests /
+#                        rate, as the source's run at that rate was; with duration_s, the source's time limit,
+#                        arrivals stop at whichever comes first (sarathi-serve's trial: 2,048 requests, 1,800 s);
 # `lengths_quantiles`    a file of the dataset's own length quantiles, relative to the table's folder (columns
 #                        LENGTH_QUANTILE_COLUMNS: p from 0 to 1, prompt and output tokens at p): prompt and output are
 #                        drawn through them, each on its own (serving.lengths kind quantiles), in place of the
@@ -1142,10 +1144,10 @@ def check_capacity_configuration(path: Path, where: str, row: dict[str, object])
     blank = [c for c in CAPACITY_CONFIGURATION if row[c] is None]
     if blank:
         raise ScenarioError(str(path), f"{where}.{blank[0]}", "required to price the row's configuration")
-    if (row["duration_s"] is None) == (row.get("requests") is None):
+    if row["duration_s"] is None and row.get("requests") is None:
         raise ScenarioError(str(path), f"{where}.duration_s",
-                            "give one of duration_s (simulated seconds of arrivals per probe) and requests "
-                            "(requests per probe), not both or neither")
+                            "give duration_s (simulated seconds of arrivals per probe), requests (requests per "
+                            "probe) or both (arrivals stop at whichever comes first)")
     if row["tp"] * row["pp"] != row["n_devices"]:  # type: ignore[operator]
         raise ScenarioError(str(path), f"{where}.n_devices",
                             f"{row['n_devices']} != tp x pp = {row['tp'] * row['pp']} (one replica)")  # type: ignore[operator]
@@ -1217,13 +1219,13 @@ def capacity_slo(r: dict[str, object]):
 
 def capacity_task(r: dict[str, object]):
     """The serving planner's task (llmsim.planner.serve.ServingTask) of one row: one replica of tp x pp devices on
-    one node of the row's hardware, requests arriving (Poisson) for duration_s or `requests` of them, the search
-    starting at rate_start."""
+    one node of the row's hardware, requests arriving (Poisson) for duration_s or `requests` of them (both: until
+    whichever limit comes first), the search starting at rate_start."""
     from llmsim.modeled_serving import serving_profile
     from llmsim.planner.serve import ServingTask
     from llmsim.serving.spec import ServingSpec
 
-    span = {"requests": r["requests"]} if r.get("requests") is not None else {"duration_s": r["duration_s"]}
+    span = {key: r[key] for key in ("requests", "duration_s") if r.get(key) is not None}
     spec = ServingSpec.model_validate({
         **span, "arrival": {"kind": "poisson", "rate": r["rate_start"]},
         "lengths": capacity_lengths(r),

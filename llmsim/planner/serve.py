@@ -7,7 +7,8 @@ modeled backends do: llmsim.modeled_serving), not by the step roofline. For ever
 `search_candidate` does, on its own:
 
 1. **Rate search on one replica.** A rate r is *sustained* when a run of requests arriving at r for the plan's
-   span of time (serving.duration_s, or serving.requests / the goal rate: `span_spec`), with the plan's
+   span of time (serving.duration_s, or serving.requests / the goal rate, or the shorter of the two when both
+   are given: `span_spec`), with the plan's
    arrival kind, lengths and seed, meets the SLO:
    slo_attainment >= percentile / 100, DistServe's attainment goal (llmsim.serving.metrics; a rejected
    request is a miss). Starting at the goal rate, the rate is halved until a run meets the SLO (or until one
@@ -491,11 +492,16 @@ def span_spec(spec: ServingSpec, goal_rate: float) -> ServingSpec:
     """The block every run of a serving plan simulates: arrivals over a fixed span of time, `duration_s` as
     given or `requests / goal rate` when the block gives a count. A fixed span (not a fixed count) loads one
     replica probed at rate r for as long as each of R replicas is loaded in the goal-rate run, so the two
-    judge the same steady state; a fixed count would give the R replicas 1/R of the time to build queues."""
-    if spec.duration_s is not None:
+    judge the same steady state; a fixed count would give the R replicas 1/R of the time to build queues. A block
+    with both limits (arrivals stop at whichever comes first) spans the shorter: min(duration_s, requests / goal
+    rate)."""
+    if spec.requests is None:
+        assert spec.duration_s is not None
         return spec
-    assert spec.requests is not None
-    return spec.model_copy(update={"requests": None, "duration_s": spec.requests / goal_rate})
+    span = spec.requests / goal_rate
+    if spec.duration_s is not None:
+        span = min(span, spec.duration_s)
+    return spec.model_copy(update={"requests": None, "duration_s": span})
 
 
 def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoice) -> list[ServingTask]:

@@ -12,6 +12,10 @@ request task at once and lets a semaphore hold all but N back) and is *sent* whe
 and the measured client give each request its send time as arrival_s (`ClosedLoop`). Bounded by `duration_s`, the
 list is drawn lazily (`iter_requests`): a client sends nothing at or after duration_s.
 
+Both `requests` and `duration_s` given: arrivals stop at whichever limit comes first (a benchmark's trial of N
+requests with a time limit, e.g. sarathi-serve's capacity search: 2,048 requests, 30 minutes). The list is then the
+prefix of either one-limit list of the same seed that both limits allow: the same draws, cut earlier.
+
 Trace files: JSONL (one object per line) or CSV (a header line), with the columns TRACE_COLUMNS:
 arrival_s (seconds, any origin: the first arrival becomes t = 0), input_tokens and output_tokens.
 """
@@ -305,14 +309,15 @@ def build_requests(case: ServingCase) -> list[Request]:
         keep = len(times)
         if spec.requests is not None:
             keep = min(keep, spec.requests)
-        elif spec.duration_s is not None:
-            keep = sum(1 for t in times if t < spec.duration_s)
+        if spec.duration_s is not None:   # times rise: those before duration_s are a prefix
+            keep = min(keep, sum(1 for t in times if t < spec.duration_s))
         times, trace_lengths = times[:keep], trace_lengths[:keep]
     else:
         gaps = _gaps(spec, _stream(case.seed, "arrivals"))
         t = 0.0
-        while (spec.requests is not None and len(times) < spec.requests) or \
-                (spec.duration_s is not None and t < spec.duration_s):
+        # arrivals stop at whichever limit comes first (one given: that one; ServingSpec needs at least one)
+        while (spec.requests is None or len(times) < spec.requests) and \
+                (spec.duration_s is None or t < spec.duration_s):
             times.append(t)
             t += next(gaps)
     out: list[Request] = []

@@ -2,7 +2,8 @@
 
 ```yaml
 serving:
-  requests: 500                                # or duration_s: 600
+  requests: 500                                # or duration_s: 600, or both: arrivals stop at whichever
+                                               # limit comes first (a benchmark's count and its time limit)
   arrival: {kind: poisson, rate: [2, 4, 8]}    # requests/s; poisson | gamma (+ cv) | constant | trace (+ path)
                                                # | concurrency (closed loop: clients, + think_s; no rate)
   lengths: {input: 467, output: 256}           # a number, or {kind: uniform|lognormal|exponential|quantiles, ...}
@@ -464,7 +465,8 @@ def arrival_count_problem(requests: int | None, duration_s: float | None, rates:
     """(key, message) when the run's size is unusable, else None: more than MAX_REQUESTS requests, a span past
     MAX_SIMULATED_S, or (`at_least_one`: the user's own rates, not a rate search's probes, which may go lower)
     fewer than one request expected in duration_s. `rates` in requests/s (None: a trace as recorded); keys are
-    relative to the serving block."""
+    relative to the serving block. Both limits given: arrivals stop at whichever comes first, so the count bounds
+    the size (rate x duration_s may exceed it) and duration_s bounds the span (requests / rate may exceed it)."""
     rates_given = [r for r in rates if r is not None]
     if requests is not None and requests > MAX_REQUESTS:
         return "requests", f"{requests}: allowed: at most {MAX_REQUESTS:,} requests in one run"
@@ -472,7 +474,7 @@ def arrival_count_problem(requests: int | None, duration_s: float | None, rates:
         if duration_s > MAX_SIMULATED_S:
             return "duration_s", (f"{duration_s:g} s: allowed: at most {MAX_SIMULATED_S:g} s (the simulated "
                                   f"clock's resolution)")
-        if rates_given and duration_s * max(rates_given) > MAX_REQUESTS:
+        if requests is None and rates_given and duration_s * max(rates_given) > MAX_REQUESTS:
             return "arrival.rate", (f"{max(rates_given):g} requests/s for duration_s={duration_s:g} s is "
                                     f"{duration_s * max(rates_given):.3g} requests; allowed: at most "
                                     f"{MAX_REQUESTS:,} in one run (rate x duration_s)")
@@ -480,7 +482,7 @@ def arrival_count_problem(requests: int | None, duration_s: float | None, rates:
             return "arrival.rate", (f"{min(rates_given):g} requests/s for duration_s={duration_s:g} s expects "
                                     f"{duration_s * min(rates_given):.3g} requests; allowed: rate x duration_s "
                                     f">= 1")
-    if requests is not None and rates_given and requests / min(rates_given) > MAX_SIMULATED_S:
+    if requests is not None and duration_s is None and rates_given and requests / min(rates_given) > MAX_SIMULATED_S:
         return "arrival.rate", (f"{min(rates_given):g} requests/s: {requests} requests would span "
                                 f"{requests / min(rates_given):.3g} s of simulated time; allowed: requests / rate "
                                 f"<= {MAX_SIMULATED_S:g} s (the simulated clock's resolution)")
@@ -504,8 +506,11 @@ class HostStep:
 class ServingSpec(_Strict):
     """A request-level serving run: the workload's model, dtype and the strategies' tp/pp describe one replica."""
 
-    requests: PositiveInt | None = Field(None, description="how many requests (or duration_s)")
-    duration_s: PositiveFloat | None = Field(None, description="requests arriving in this many seconds (or requests)")
+    requests: PositiveInt | None = Field(None, description="how many requests (or duration_s; with both, arrivals "
+                                                           "stop at whichever limit comes first)")
+    duration_s: PositiveFloat | None = Field(None, description="requests arriving in this many seconds (or requests; "
+                                                               "with both, arrivals stop at whichever limit comes "
+                                                               "first)")
     arrival: Arrival
     lengths: Lengths | None = Field(None, description="prompt and output tokens; omitted: from the trace")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -535,10 +540,9 @@ class ServingSpec(_Strict):
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":
         trace = self.arrival.kind == "trace"
-        if self.requests is not None and self.duration_s is not None:
-            raise KeyedValueError("duration_s", "give requests or duration_s, not both")
         if not trace and self.requests is None and self.duration_s is None:
-            raise KeyedValueError("requests", "give requests (a count) or duration_s (seconds of arrivals)")
+            raise KeyedValueError("requests", "give requests (a count), duration_s (seconds of arrivals) or both "
+                                              "(arrivals stop at whichever comes first)")
         if not trace and self.lengths is None:
             raise KeyedValueError("lengths", "lengths are needed unless arrival.kind is 'trace' "
                                              "(whose file gives them)")

@@ -127,6 +127,16 @@ def test_a_fixed_request_count_becomes_a_fixed_span_at_the_goal_rate() -> None:
     assert spec.requests is None and spec.duration_s == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("requests,duration_s,span", [(200, 1.5, 1.5), (200, 4.0, 2.5)])
+def test_both_limits_become_the_shorter_span_at_the_goal_rate(requests: int, duration_s: float, span: float) -> None:
+    """requests and duration_s together (arrivals stop at whichever comes first): at the goal rate of 80/s, 200
+    requests take 2.5 s, so a 1.5 s limit binds and a 4 s one does not."""
+    plan = parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": duration_s,
+                                            "requests": requests}))
+    spec = span_spec(plan.serving, 80.0)
+    assert spec.requests is None and spec.duration_s == pytest.approx(span)
+
+
 def test_winner_meets_the_slo_when_resimulated(tmp_path: Path) -> None:
     plan = parse_plan(serving_plan())
     outcome = run_plan(plan, CATALOG, tmp_path)

@@ -213,9 +213,27 @@ def test_requests_per_probe_replace_the_span(v, tmp_path: Path) -> None:
         assert len(_requests(_case_at(task, rate, 1))) == 40
 
 
+def test_requests_and_duration_together_stop_arrivals_at_whichever_comes_first(v, tmp_path: Path) -> None:
+    """Both cells (the source's trial and its time limit): at a low rate the time binds (fewer than `requests`
+    arrive, none at or after duration_s), at a high rate the count does; each list is a prefix of the one-limit
+    list of the same seed, and every probe's list is the one its backend is given."""
+    from llmsim.planner.serve import _case_at, _requests
+    [r] = v.read_capacity_runs(_write(tmp_path, [_row(v, duration_s=3, requests=40)]))
+    task = v.capacity_task(r)
+    assert task.spec.requests == 40 and task.spec.duration_s == 3
+    [by_count] = v.read_capacity_runs(_write(tmp_path, [_row(v, duration_s="", requests=40)]))
+    count_task = v.capacity_task(by_count)
+    slow, fast = _requests(_case_at(task, 5.0, 1)), _requests(_case_at(task, 50.0, 1))
+    assert 1 < len(slow) < 40 and max(q.arrival_s for q in slow) < 3          # the time limit binds
+    assert len(fast) == 40 and max(q.arrival_s for q in fast) < 3            # the count binds
+    assert slow == _requests(_case_at(count_task, 5.0, 1))[:len(slow)]
+    assert fast == _requests(_case_at(count_task, 50.0, 1))
+
+
 @pytest.mark.parametrize(("change", "where", "what"), [
-    ({"requests": 40}, "C1.duration_s", "one of duration_s"),                     # both
-    ({"duration_s": "", "requests": ""}, "C1.duration_s", "one of duration_s"),    # neither
+    ({"duration_s": "", "requests": ""}, "C1.duration_s", "or both"),              # neither
+    ({"duration_s": 0, "requests": 40}, "C1.duration_s", "positive number"),      # both, one bad
+    ({"duration_s": 3, "requests": 0}, "C1.requests", ">= 1"),
     ({"lengths_quantiles": "absent.csv"}, "C1.lengths_quantiles", "no such"),
     ({"lengths_quantiles": "QUANTILES", "input_median": 14}, "C1.input_median", "at p=0.5"),
     ({"lengths_quantiles": "QUANTILES", "output_p90": 50}, "C1.output_p90", "at p=0.9"),
@@ -223,7 +241,7 @@ def test_requests_per_probe_replace_the_span(v, tmp_path: Path) -> None:
     ({"lengths_max_total": 0}, "C1.lengths_max_total", ">= 1"),
 ])
 def test_a_bad_length_or_span_cell_is_one_line_and_exit_2(v, tmp_path: Path, capsys, change, where, what) -> None:
-    """A row gives duration_s or requests; its quantile file exists, is a CDF, and agrees with its median and P90."""
+    """A row gives duration_s, requests or both; its quantile file exists, is a CDF, and agrees with its median and P90."""
     good = _quantiles(tmp_path, TINY_QUANTILES)
     bad = _quantiles(tmp_path, [(0.0, 5, 5), (0.5, 3, 30), (1.0, 40, 60)], "bad.csv")   # tokens fall
     change = {k: {"QUANTILES": good, "BAD": bad}.get(val, val) if isinstance(val, str) else val
@@ -237,12 +255,13 @@ def test_a_bad_length_or_span_cell_is_one_line_and_exit_2(v, tmp_path: Path, cap
 def test_the_shipped_chat_rows_draw_the_artifacts_trace_under_its_cap(v) -> None:
     """The openchat_sharegpt4 rows draw through the trace file's quantiles (validation/lengths/, computed from
     sarathi-serve's sharegpt_8k_filtered_stats_llama2_tokenizer.csv: no prompt over 8141 tokens), capped at the
-    engine's max_seq_len 8192, with the artifact's 2048 requests per trial; the arxiv rows' lognormal at 16384."""
+    engine's max_seq_len 8192, with the artifact's 2048 requests per trial under its 1,800 s time limit; the arxiv
+    rows' lognormal at 16384."""
     rows = v.read_capacity_runs(v.TABLES["capacity"].default)
     for r in rows:
         chat = r["dataset"] == "openchat_sharegpt4"
         assert r["lengths_max_total"] == r["context"] == (8192 if chat else 16384)
-        assert r["requests"] == 2048 and r["duration_s"] is None
+        assert r["requests"] == 2048 and r["duration_s"] == 1800   # num_requests, and --time-limit 30 minutes
         assert (r["lengths_quantiles"] is not None) == chat
         if r["scheduler"] in ("prefill-first", "continuous"):
             assert r["max_batched_tokens"] == r["context"]   # vllm_scheduler_max_tokens_in_batch = max_seq_len

@@ -118,6 +118,20 @@ def test_a_closed_loop_bounded_by_duration_sends_nothing_after_it_and_drains() -
     assert sorted(s.request.id for s in outcome.sequences) == list(range(len(arrivals)))
 
 
+@pytest.mark.parametrize("requests,binding", [(10_000, "duration_s"), (12, "requests")])
+def test_a_closed_loop_with_both_limits_stops_sending_at_whichever_comes_first(requests: int, binding: str) -> None:
+    """Both limits: the clients send the list's requests in order until it runs out or duration_s passes; the
+    count-bound run sends exactly its requests, the time-bound one what a loop bounded by duration_s alone sends."""
+    outcome = _closed(_case(4, requests=requests, duration_s=3.0))
+    sent = sorted(s.request.id for s in outcome.sequences)
+    assert max(s.request.arrival_s for s in outcome.sequences) < 3.0 and sent == list(range(len(sent)))
+    if binding == "requests":
+        assert len(sent) == 12
+    else:
+        alone = _closed(_case(4, requests=None, duration_s=3.0))
+        assert 4 < len(sent) < requests and len(sent) == len(alone.sequences)
+
+
 def test_the_closed_loop_is_deterministic_and_depends_on_the_clients() -> None:
     def once(clients: int) -> list[tuple[float, float]]:
         return [(s.request.arrival_s, s.token_times[-1]) for s in _closed(_case(clients), replicas=2).sequences]

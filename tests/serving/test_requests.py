@@ -55,6 +55,32 @@ def test_a_duration_gives_the_requests_that_arrive_in_it() -> None:
     assert len(requests) == 120 and requests[-1].arrival_s == pytest.approx(59.5)
 
 
+@pytest.mark.parametrize("rate,binding", [(2.0, "duration_s"), (50.0, "requests")])
+def test_requests_and_duration_stop_arrivals_at_whichever_comes_first(rate: float, binding: str) -> None:
+    """Both limits: at 2 requests/s the 30 s run out before 100 requests arrive, at 50 requests/s the count comes
+    first. The list is a prefix of each one-limit list of the same seed (the same draws, cut earlier), and the same
+    seed gives the same list."""
+    arrival = {"kind": "poisson", "rate": rate}
+    both = build_requests(_case(5, requests=100, duration_s=30, arrival=arrival))
+    assert both == build_requests(_case(5, requests=100, duration_s=30, arrival=arrival))
+    by_count = build_requests(_case(5, requests=100, arrival=arrival))
+    by_time = build_requests(_case(5, requests=None, duration_s=30, arrival=arrival))
+    assert both == by_count[:len(both)] == by_time[:len(both)]
+    assert all(r.arrival_s < 30 for r in both)
+    if binding == "duration_s":
+        assert both == by_time and len(both) < 100
+    else:
+        assert both == by_count and len(by_time) > 100
+
+
+def test_a_trace_is_cut_by_whichever_limit_comes_first(tmp_path: Path) -> None:
+    path = _trace(tmp_path, "".join(f'{{"arrival_s": {t}, "input_tokens": 5, "output_tokens": 2}}\n'
+                                    for t in range(10)), "t.jsonl")
+    trace = {"arrival": {"kind": "trace", "path": "t.jsonl"}, "lengths": None}
+    assert len(build_requests(_case(trace=path, requests=8, duration_s=3.5, **trace))) == 4     # time first
+    assert len(build_requests(_case(trace=path, requests=2, duration_s=3.5, **trace))) == 2     # count first
+
+
 def _trace(tmp_path: Path, text: str, name: str) -> str:
     path = tmp_path / name
     path.write_text(text)

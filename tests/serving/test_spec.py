@@ -69,7 +69,10 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.scheduler.chunk_tokens=64", "serving.scheduler.chunk_tokens: chunk_tokens is for kind 'chunked-prefill'"),
     ("serving.scheduler.max_batched_tokens=32", "serving.scheduler.max_batched_tokens: 32 is below the model's "
                                                 "context seq_len=64"),
-    ("serving.duration_s=60", "serving.duration_s: give requests or duration_s, not both"),
+    ("serving={arrival: {rate: 2}, lengths: {input: 8, output: 4}}",
+     "serving.requests: give requests (a count), duration_s (seconds of arrivals) or both"),
+    ("serving.duration_s=0", "serving.duration_s: 0: Input should be greater than 0"),
+    ("serving.duration_s=-5", "serving.duration_s: -5: Input should be greater than 0"),
     ("serving.arrival={kind: gamma, rate: 2}", "serving.arrival.cv: arrival kind 'gamma' needs cv"),
     ("serving.arrival={kind: poisson, rate: 2, path: t.csv}", "serving.arrival.path: path is for arrival kind 'trace'"),
     # the run's size: the simulated clock keeps microseconds to 1e9 s, and a typo may not simulate for days
@@ -197,3 +200,23 @@ def test_the_json_schema_has_the_engine_policies_keys(capsys: pytest.CaptureFixt
     scheduler = json.loads(capsys.readouterr().out)["$defs"]["SchedulerSpec"]["properties"]
     assert set(scheduler) >= {"delay_factor", "waiting_served_ratio", "max_waiting_tokens", "max_batch_total_tokens"}
     assert "prefill-first" in scheduler["kind"]["description"] and "tgi" in scheduler["kind"]["description"]
+
+
+def test_requests_and_duration_together_validate_and_the_schema_says_whichever_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both limits (a benchmark's trial of N requests under a time limit): valid, and the size checks take the
+    binding one: a count bounds rate x duration_s, a duration bounds requests / rate."""
+    path = _write(tmp_path, SERVING)
+    assert main(["validate", str(path), "--set", "serving.duration_s=60"]) == 0
+    spec = load_scenario(path, ["serving.duration_s=60"]).serving
+    assert spec is not None and spec.requests == 20 and spec.duration_s == 60
+    # 1e9 requests/s for 10 s alone is 1e10 requests (an error above); with requests: 20, 20 of them
+    assert main(["validate", str(path), "--set", "serving.arrival.rate=1e9", "--set", "serving.duration_s=10"]) == 0
+    # 20 requests at 1e-8 requests/s alone span 2e9 s, past the clock's 1e9 s; with duration_s: 2e8, 2e8 s
+    assert main(["validate", str(path), "--set", "serving.arrival.rate=1e-8"]) == 2
+    assert main(["validate", str(path), "--set", "serving.arrival.rate=1e-8", "--set",
+                 "serving.duration_s=2e8"]) == 0
+    capsys.readouterr()
+    assert main(["schema"]) == 0
+    serving = json.loads(capsys.readouterr().out)["$defs"]["ServingSpec"]["properties"]
+    assert "whichever" in serving["requests"]["description"] and "whichever" in serving["duration_s"]["description"]
