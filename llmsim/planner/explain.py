@@ -307,9 +307,19 @@ def diagnose(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile) -> 
         # rows: the members of the groups that were priced (each overflows); the pruned groups' members are
         # counted apart, so "more" only when some were priced, else every one of them overflowed by the bound
         pruned = (f"{stats.pruned_by_group:,} more" if rows else f"all {stats.pruned_by_group:,}")
-        return [f"memory: no configuration fits in device memory (the smallest needs {smallest:.4g}x the "
-                f"capacity; {pruned} overflow on weights and optimizer state alone). "
-                f"Allow more devices (max_devices), ZeRO or pipeline stages, or choose a device with more memory."]
+        head = (f"memory: no configuration fits in device memory (the smallest needs {smallest:.4g}x the "
+                f"capacity; {pruned} overflow on weights and optimizer state alone). ")
+        limit = plan.limits.max_devices
+        if 0 < stats.largest_devices and 2 * stats.largest_devices <= limit:
+            # max_devices does not bind: whole nodes and the search axes (dp divides the batch, pp the layers,
+            # tp within a node) form no larger configuration (space.groups, space.node_problem)
+            return [head + f"The largest configuration the search can form uses {stats.largest_devices:,} "
+                    f"devices, under max_devices={limit:,}: only whole nodes are planned, and no product of the "
+                    "search's degrees (dp dividing the batch, pp the layers, tp within a node) fills more of them. "
+                    "Choose devices_per_node or search axes (search.dp, search.pp, search.tp) whose products are "
+                    "whole nodes, or a device with more memory."]
+        return [head + "Allow more devices (max_devices), ZeRO or pipeline stages, or choose a device with more "
+                "memory."]
     out = []
     goal_limits = [e for e in priced if set(e.limits) - {"power"}]
     if len(goal_limits) == len(priced):

@@ -595,6 +595,7 @@ class SearchStats:
     screened: int = 0          # configurations counted: pruned by group + memory-checked + priced
     pruned_by_group: int = 0   # members of groups whose weights alone overflow (not listed one by one)
     pruned_need: float = math.inf  # smallest lower bound / capacity among the pruned groups
+    largest_devices: int = 0   # the most devices of any group formed (whole nodes, the axes, max_devices)
     groups_pruned: int = 0
     pruned_by_micro_batch: int = 0  # larger micro-batches than one that overflows (not listed one by one)
     memory_rejected: int = 0
@@ -827,6 +828,7 @@ def _screened_groups(caches: SearchCaches, task: ContextTask, axes: Axes, stats:
     plan, hw, label, ctx, as_written, _ = task
     out = []
     for g in groups(ctx.plan, hw.name, hw.devices_per_node, axes, label):
+        stats.largest_devices = max(stats.largest_devices, g.n_devices)
         bound = static_lower_bound(ctx, g, axes) if hw.capacity else 0.0
         if hw.capacity and bound > hw.capacity:
             stats.pruned_need = min(stats.pruned_need, bound / hw.capacity)
@@ -862,6 +864,7 @@ def _add_stats(stats: SearchStats, part: SearchStats, hardware: str) -> None:
                  "priced", "feasible"):
         setattr(stats, name, getattr(stats, name) + getattr(part, name))
     stats.pruned_need = min(stats.pruned_need, part.pruned_need)
+    stats.largest_devices = max(stats.largest_devices, part.largest_devices)
     stats.per_hardware[hardware] = stats.per_hardware.get(hardware, 0) + part.screened
 
 

@@ -57,6 +57,23 @@ def test_nothing_fits_names_memory() -> None:
     assert why.headline.startswith("nothing meets the goal")
 
 
+@pytest.mark.parametrize(("per_node", "max_devices", "blamed"), [(3, 10_000, "whole nodes"), (4, 16, "max_devices")])
+def test_nothing_fits_blames_whole_nodes_when_max_devices_does_not_bind(per_node: int, max_devices: int,
+                                                                          blamed: str) -> None:
+    """3-device nodes: the tiny model's batch of 8 and 4 layers give degrees of powers of two, no product of which
+    fills whole 3-device nodes, so only 1 or 2 devices are ever formed and raising max_devices changes nothing
+    (trial of 2026-12-01: the message said "Allow more devices (max_devices)")."""
+    plan = small_plan(hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": per_node}],
+                      limits={"max_devices": max_devices, "memory_headroom": 0.0})
+    rows, stats = search(plan, hardware(plan, small_catalog(2e5)))
+    why = explain(rows, stats, plan, [])
+    assert why.limiting[0].startswith("memory:") and blamed in why.limiting[0]
+    if per_node == 3:
+        assert stats.largest_devices == 2 and "Allow more devices" not in why.limiting[0]
+    else:
+        assert stats.largest_devices == 16
+
+
 def test_power_limit_is_the_limiting_factor() -> None:
     plan = small_plan(limits={"max_devices": 16, "max_power_w": 100})
     rows, stats = search(plan, hardware(plan, small_catalog()))
