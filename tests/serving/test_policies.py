@@ -8,8 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from llmsim.serving.kvcache import KVCache
+from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.policies.sglang import INIT_NEW_TOKEN_RATIO, NEW_TOKEN_RATIO_DECAY
 from llmsim.serving.requests import Request, build_requests
 from llmsim.serving.schedulers import BUILTIN, Iteration, mix_of
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
@@ -223,8 +224,6 @@ def test_sglang_new_token_ratio_decays_per_decode_step_and_lets_a_waiting_reques
     """Same cache and A; B asks 100 + 300 and waits while 0.7 x A's remaining tokens leave too little. Each decode
     step lowers the ratio by 0.001 (and A's remaining output falls by one): B joins at the first step where
     100 + 300 < 1,000 - (100 + generated) - ratio x (500 - generated), in a prompt batch of its own."""
-    from llmsim.serving.kvcache import KVCache, Sequence
-    from llmsim.serving.policies.sglang import INIT_NEW_TOKEN_RATIO, NEW_TOKEN_RATIO_DECAY
     requests = [Request(0, 0.0, 100, 500), Request(1, 0.0, 100, 300)]
     _, log = _recording("sglang", requests, blocks=1000, block_tokens=1)
     joined = next(i for i, (work, *_) in enumerate(log) if (1, 100) in work)
@@ -247,7 +246,6 @@ def test_sglang_retracts_the_fewest_generated_to_the_back_of_the_queue_when_the_
     from the back of (generated, -prompt) descending, B first, until 20 slots per request left are free (here
     B's 14 cannot reach 20 but A is the last: kept); B goes behind C, the ratio is re-estimated from A alone,
     min(1, (20 + 20 x 1) / 40) = 1.0, and A decodes."""
-    from llmsim.serving.kvcache import KVCache, Sequence
     kv = KVCache(60, 1)
     scheduler = BUILTIN["sglang"](SchedulerSpec(kind="sglang"), kv)
     a, b, c = (Sequence(Request(i, 0.0, 10, 40), 0) for i in range(3))
