@@ -67,7 +67,7 @@ def llmsim_serving_schedulers() -> list[type["Scheduler"]]:
 
     Returns a list of subclasses of ``llmsim.serving.schedulers.Scheduler``, each with a ``kind`` (the
     name a scenario gives as ``serving.scheduler.kind``; unique: a kind already taken by a built-in
-    policy — static, continuous, chunked-prefill, prefill-first, tgi — or another plugin is an error naming
+    policy — static, continuous, chunked-prefill, prefill-first, tgi, sglang — or another plugin is an error naming
     both) and a ``schedule(now)`` method returning the next ``Iteration`` or None. The class is built once per replica
     with the scenario's ``serving.scheduler`` block and the replica's KV cache; the base class's docstring
     says what state it may use. Anything else in the list marks the plugin as broken.

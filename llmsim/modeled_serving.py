@@ -18,6 +18,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import HostStep, ServingCase
 from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
+from llmsim.workload.profile_store import stored_profile
 
 if TYPE_CHECKING:
     from llmsim.backend import Backend, Case
@@ -79,13 +81,19 @@ def reference_workload(workload: Workload) -> Workload:
 def serving_profile(workload: Workload, sharing: SharingChoice) -> tuple[Workload, WorkloadProfile]:
     """(reference workload, its profile). Without layer sharing or LoRA (whose layers differ), a
     SCALE_FROM_LAYERS-layer slice is traced and scaled to the depth (costmodel.scaling.with_layers: exact for
-    identical layers), so a 126-layer model profiles in the time of two layers."""
+    identical layers), so a 126-layer model profiles in the time of two layers; the profile is kept on disk
+    between runs (llmsim.workload.profile_store), so a serving run or plan of a model served before skips
+    the trace and torch's import."""
     ref = reference_workload(workload)
+    return ref, stored_profile(ref, sharing, partial(_traced_reference, ref, sharing), recipe="serving-reference")
+
+
+def _traced_reference(ref: Workload, sharing: SharingChoice) -> WorkloadProfile:
     layers = ref.model.layers
     if sharing.layer_groups is not None or sharing.lora is not None or layers <= SCALE_FROM_LAYERS:
-        return ref, profile_workload(ref, sharing)
+        return profile_workload(ref, sharing)
     short = ref.model_copy(update={"model": ref.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
-    return ref, with_layers(profile_workload(short, sharing), layers)
+    return with_layers(profile_workload(short, sharing), layers)
 
 
 def _degraded(cluster: ClusterSpec, tier: str, factor: float) -> ClusterSpec:

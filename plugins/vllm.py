@@ -163,7 +163,8 @@ def unsupported(case: Case) -> str | None:
     kind = serving.spec.scheduler.kind
     if kind not in ("continuous", "chunked-prefill"):
         return (f"scheduler {kind!r} has no vLLM equivalent in the engine this backend starts (vLLM V1 schedules "
-                f"continuous or chunked-prefill iterations; prefill-first is vLLM V0's, tgi is TGI's); model it "
+                f"continuous or chunked-prefill iterations; prefill-first is vLLM V0's, tgi is TGI's, sglang is "
+                f"SGLang's); model it "
                 f"with roofline / cluster")
     problem = parallel_problem(case.layout.tp, case.layout.pp, case.layout.cp, len(host_cores()),
                                case.workload.model, serving.spec.replicas)

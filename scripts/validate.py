@@ -583,10 +583,21 @@ SERVING_SEED = 0   # the request list's seed (the arrival gaps of a Poisson row 
 # Before 2026-12-01 one distribution stood for both tokenizers, with the only means then found, Kwon et al. 2023
 #   Fig. 11 (161.31 / 337.99, the whole conversations' turns counted with OPT/LLaMA tokenizers): the answers 1.5x
 #   too long for this sampler (docs/validation.md, "the ShareGPT sample's own means").
+# sharegpt-sglang-llama3 (Llama 3's tokenizer; the SM rows): SGLang 0.3.0's bench_serving (sglang/bench_serving.py
+#   sample_sharegpt_requests: the same first-two-turns pairs, shuffled after random.seed(1), the same filter; both
+#   of its backends, sglang and vllm, ask max_tokens = the answer's length with ignore_eos) for the 5,000 prompts of
+#   sgl-project/sglang benchmark/benchmark_vllm_060/README.md. Output: that README's four offline runs divide to
+#   194.35, 194.28, 194.36 and 194.36 output tokens a request (output tok/s over req/s; the req/s printed to two
+#   decimals, so each ratio is known to about +-0.05): their common interval is 194.31-194.33, taken as 194.32.
+#   Prompt: the README prints no input total; the mean of the largest published Llama 3 sample is taken instead,
+#   2,000 prompts of vLLM's sampler at its seed 0 (sgl-project/sglang issue #1639, maintainer zhyncs, 2024-10-17:
+#   "Total input tokens: 453502", "Total generated tokens: 376493"): 226.75 (its output mean, 188.25, shows the
+#   spread between samples: the SGLang 5,000 sample's own 194.32 is used for the output). An assumption.
 SHAREGPT_FILTER: dict[str, int] = {"min": 4, "max_input": 1024, "max_total": 2048}
 SHAREGPT_MEANS: dict[str, tuple[float, float]] = {   # published (prompt, output) means after the filter
     "sharegpt-vllm-llama3": (1414.42 / 3.28 - 714.48 / 3.28, 714.48 / 3.28),
     "sharegpt-vllm-mistral": (741_804 / 3000, 712_850 / 3000),
+    "sharegpt-sglang-llama3": (453_502 / 2000, 194.32),
 }
 
 

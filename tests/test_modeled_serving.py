@@ -360,3 +360,23 @@ def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(
     # the first backend in the file (yaml.safe_dump sorts the keys: cluster)
     assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel "
                    f"(allowed with serving: flash, cudnn, flash3)")
+
+
+def test_the_serving_reference_profile_is_kept_between_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run of the same served model reads its reference profile back: no trace, the same profile."""
+    from llmsim import modeled_serving
+    from llmsim.config import SharingChoice, Workload
+    from llmsim.workload.profile_store import store_dir
+
+    workload = Workload(model={"preset": "tiny", "layers": 5, "seq_len": 64}, mode="decode", batch=1,
+                        dtype="float32")
+    sharing = SharingChoice(False)
+    ref, first = modeled_serving.serving_profile(workload, sharing)
+    assert list(store_dir().glob("*.json"))
+
+    def no_trace(*_: object) -> None:
+        raise AssertionError("traced again")
+
+    monkeypatch.setattr(modeled_serving, "profile_workload", no_trace)
+    again_ref, again = modeled_serving.serving_profile(workload, sharing)
+    assert again_ref == ref and again == first and again is not first

@@ -123,7 +123,8 @@ def sharing_choice(plan: PlanFile) -> SharingChoice:
 def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
     """The profile of the full workload: traced with 2 layers and scaled when that is exact; kept on disk
     between plans (llmsim.workload.profile_store: a plan of a workload profiled before imports no torch)."""
-    return stored_profile(workload, sharing, functools.partial(_traced_profile, workload, sharing))
+    return stored_profile(workload, sharing, functools.partial(_traced_profile, workload, sharing),
+                          recipe="planner")
 
 
 def _traced_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:

@@ -7,7 +7,7 @@
 * kvcache     the paged KV cache of one replica (blocks of kv_block_tokens tokens)
 * scheduling  the base class every policy subclasses (Iteration, mix_of, Scheduler)
 * schedulers  static, continuous, chunked-prefill, and the hook through which plugins add policies
-* policies/   the engines' own: prefill-first (vLLM V0's scheduler), tgi (TGI 2.1's router)
+* policies/   the engines' own: prefill-first (vLLM V0's scheduler), tgi (TGI 2.1's router), sglang (SGLang 0.3's)
 * replica     one replica as a SimPy process: its scheduler forms each iteration, the cost model prices it
 * router      round-robin or least-outstanding across the replicas
 * simulate    the whole run on the SimPy engine of llmsim.sim

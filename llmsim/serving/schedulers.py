@@ -24,6 +24,9 @@ Built in:
 * `tgi` (Hugging Face TGI 2.1's router; llmsim.serving.policies.tgi): new requests are prefilled in a pass of
   their own and then join the running batch, admitted by TGI's waiting_served_ratio / max_waiting_tokens rule
   with their whole length reserved up front; never preempted.
+* `sglang` (SGLang 0.3's scheduler; llmsim.serving.policies.sglang): prompt batches of their own, chunked at the
+  budget, admitted while the cache can reserve each new request's whole output and new_token_ratio of the
+  running ones'; decodes retracted to the back of the queue when the cache runs out.
 `continuous` and `chunked-prefill` follow vllm/v1/core/sched/scheduler.py, `Scheduler.schedule`: running requests in
 order, each its pending tokens (capped by the chunk and the budget); when the KV cache cannot give one its blocks, the
 most recently admitted running request is preempted (blocks freed, recomputed later from its prompt and
@@ -41,13 +44,14 @@ from typing import ClassVar
 
 from llmsim.costmodel.iteration import Mix
 from llmsim.serving.kvcache import KVCache, Sequence
+from llmsim.serving.policies.sglang import SglangScheduler
 from llmsim.serving.policies.tgi import TgiScheduler
 from llmsim.serving.policies.vllm_v0 import PrefillFirstScheduler
 from llmsim.serving.scheduling import Iteration, Scheduler, mix_of
 from llmsim.serving.spec import SchedulerSpec
 
 __all__ = ["BUILTIN", "ChunkedPrefillScheduler", "ContinuousScheduler", "Iteration", "PrefillFirstScheduler",
-           "Scheduler", "StaticScheduler", "TgiScheduler", "mix_of"]
+           "Scheduler", "SglangScheduler", "StaticScheduler", "TgiScheduler", "mix_of"]
 
 
 class IterationLevelScheduler(Scheduler):
@@ -155,4 +159,4 @@ class StaticScheduler(Scheduler):
 
 BUILTIN: dict[str, type[Scheduler]] = {cls.kind: cls for cls in (StaticScheduler, ContinuousScheduler,
                                                                  ChunkedPrefillScheduler, PrefillFirstScheduler,
-                                                                 TgiScheduler)}
+                                                                 TgiScheduler, SglangScheduler)}

@@ -54,7 +54,7 @@ DEFAULT_MAX_NUM_SEQS = 256
 # The token budget of one iteration. vLLM's own default depends on its version, the entry point and the
 # device (2,048 to 16,384 in v1); llmsim takes the serving issue's example value, 8,192.
 DEFAULT_MAX_BATCHED_TOKENS = 8192
-BUILTIN_SCHEDULERS = ("static", "continuous", "chunked-prefill", "prefill-first", "tgi")
+BUILTIN_SCHEDULERS = ("static", "continuous", "chunked-prefill", "prefill-first", "tgi", "sglang")
 # The defaults of the engines' own policies (llmsim.serving.policies): vLLM V0's SchedulerConfig.delay_factor
 # (vllm/config.py, 0.0: no delay) and TGI 2.1's launcher (huggingface/text-generation-inference v2.1.0,
 # launcher/src/main.rs: `waiting_served_ratio` default_value "0.3", `max_waiting_tokens` default_value "20"; the
@@ -359,7 +359,8 @@ class SchedulerSpec(_Strict):
     """How a replica forms each iteration (llmsim.serving.schedulers)."""
 
     kind: str = Field("continuous", description="static | continuous | chunked-prefill | prefill-first (vLLM V0's "
-                                                "default scheduler) | tgi (TGI 2.1's router), or a plugin's policy")
+                                                "default scheduler) | tgi (TGI 2.1's router) | sglang (SGLang 0.3's "
+                                                "scheduler), or a plugin's policy")
     max_num_seqs: PositiveInt = Field(DEFAULT_MAX_NUM_SEQS, description="sequences in one iteration at most "
                                                                         "(vLLM max_num_seqs; TGI max_batch_size)")
     max_batched_tokens: PositiveInt = Field(DEFAULT_MAX_BATCHED_TOKENS, description="tokens one iteration "

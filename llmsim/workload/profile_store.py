@@ -81,10 +81,11 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def profile_key(workload: Workload, sharing: SharingChoice) -> str:
-    """Everything a traced profile depends on (module docstring), as one string."""
+def profile_key(workload: Workload, sharing: SharingChoice, recipe: str = "") -> str:
+    """Everything a traced profile depends on (module docstring), as one string; `recipe` names the caller's way
+    of making it (the planner's and the serving reference's differ), so two callers never read each other's."""
     return json.dumps({"format": FORMAT, "code": code_digest(), "torch": _torch_version(),
-                       "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+                       "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "recipe": recipe,
                        "workload": workload.model_dump_json(), "sharing": repr(sharing)}, sort_keys=True)
 
 
@@ -110,12 +111,13 @@ def from_json(data: dict) -> WorkloadProfile:
 
 
 def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[], WorkloadProfile],
-                   directory: Path | None = None) -> WorkloadProfile:
-    """The profile of (workload, sharing) kept under `directory` (default `store_dir()`), else `make()`'s, then
-    kept. The file's key is checked whole (not only its hash in the name). Off (`enabled`): `make()`."""
+                   directory: Path | None = None, recipe: str = "") -> WorkloadProfile:
+    """The profile of (workload, sharing) made by `recipe` (profile_key), kept under `directory` (default
+    `store_dir()`), else `make()`'s, then kept. The file's key is checked whole (not only its hash in the name).
+    Off (`enabled`): `make()`."""
     if not enabled():
         return make()
-    key = profile_key(workload, sharing)
+    key = profile_key(workload, sharing, recipe)
     path = (directory or store_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
     try:
         data = json.loads(path.read_text())

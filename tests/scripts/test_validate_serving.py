@@ -287,6 +287,12 @@ def test_the_sharegpt_distributions_have_the_published_means_after_the_filter(v)
     f = v.SHAREGPT_FILTER
     assert v.SHAREGPT_MEANS["sharegpt-vllm-llama3"] == pytest.approx((213.40, 217.83), abs=0.01)
     assert v.SHAREGPT_MEANS["sharegpt-vllm-mistral"] == pytest.approx((247.27, 237.62), abs=0.01)
+    # SGLang 0.3.0's 5,000-prompt sample: its output mean lies in the interval all four offline runs of
+    # benchmark_vllm_060's README allow (output tok/s over req/s, req/s printed to 0.01)
+    prompt_mean, output_mean = v.SHAREGPT_MEANS["sharegpt-sglang-llama3"]
+    assert prompt_mean == pytest.approx(226.75, abs=0.01)
+    for req_s, tok_s in ((22.03, 4281.51), (21.27, 4132.37), (19.84, 3856.01), (19.04, 3700.64)):
+        assert tok_s / (req_s + 0.005) <= output_mean <= tok_s / (req_s - 0.005)
     for name, (target_in, target_out) in v.SHAREGPT_MEANS.items():
         block = v.LENGTH_DISTRIBUTIONS[name]
         exact = v.filtered_exponential_means(block["input"]["mean"], block["output"]["mean"], f["min"],
@@ -302,7 +308,10 @@ def test_the_sharegpt_distributions_have_the_published_means_after_the_filter(v)
     for r in rows:
         if r["lengths"] in v.SHAREGPT_MEANS:
             mixtral = "mixtral" in str(r["run"]).lower()
-            assert r["lengths"] == ("sharegpt-vllm-mistral" if mixtral else "sharegpt-vllm-llama3"), r["row_id"]
+            sglang_sample = "benchmark_vllm_060" in str(r["source"])  # SGLang 0.3.0's bench_serving, 5,000 prompts
+            expected = ("sharegpt-vllm-mistral" if mixtral else
+                        "sharegpt-sglang-llama3" if sglang_sample else "sharegpt-vllm-llama3")
+            assert r["lengths"] == expected, r["row_id"]
 
 
 def test_a_vllm_random_dataset_is_its_uniform_ranges_with_the_special_tokens_added_back(v) -> None:

@@ -1,5 +1,5 @@
-"""The engines' own policies on cases checked by hand: `prefill-first` (vLLM V0's default scheduler) and `tgi`
-(TGI 2.1's router), and the queueing laws and reproducibility for both."""
+"""The engines' own policies on cases checked by hand: `prefill-first` (vLLM V0's default scheduler), `tgi`
+(TGI 2.1's router) and `sglang` (SGLang 0.3's scheduler), and the queueing laws and reproducibility for all."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from llmsim.serving.kvcache import KVCache
+from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.metrics import requests_table, summarize
+from llmsim.serving.policies.sglang import INIT_NEW_TOKEN_RATIO, NEW_TOKEN_RATIO_DECAY
 from llmsim.serving.requests import Request, build_requests
 from llmsim.serving.schedulers import BUILTIN, Iteration, mix_of
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
@@ -205,6 +206,72 @@ def test_tgi_prices_the_kernels_its_server_launches_beyond_a_fused_engines() -> 
     assert first is not None and (first.mix is None or (first.mix.layer_kernels, first.mix.pass_kernels) == (0, 0))
 
 
+# --------------------------------------------------------------------------- sglang (SGLang 0.3)
+
+def test_sglang_admits_a_request_only_while_the_cache_can_reserve_its_whole_output() -> None:
+    """1,000 one-token slots. A (100 + 500) is admitted: 600 < 1,000. B (100 + 500) would need 600 more, but the
+    cache has 900 free less 0.7 x A's 500 still to come = 550 (PrefillAdder: prompt + max_new_tokens >=
+    rem_total_tokens refuses): B waits, and A decodes alone. V0's prefill-first admits both at once (their
+    prompts fit)."""
+    requests = [Request(0, 0.0, 100, 500), Request(1, 0.0, 100, 500)]
+    _, log = _recording("sglang", requests, blocks=1000, block_tokens=1)
+    assert log[0][0] == [(0, 100)] and log[1][0] == [(0, 1)]
+    _, v0 = _recording("prefill-first", requests, blocks=1000, block_tokens=1)
+    assert v0[0][0] == [(0, 100), (1, 100)]
+
+
+def test_sglang_new_token_ratio_decays_per_decode_step_and_lets_a_waiting_request_in() -> None:
+    """Same cache and A; B asks 100 + 300 and waits while 0.7 x A's remaining tokens leave too little. Each decode
+    step lowers the ratio by 0.001 (and A's remaining output falls by one): B joins at the first step where
+    100 + 300 < 1,000 - (100 + generated) - ratio x (500 - generated), in a prompt batch of its own."""
+    requests = [Request(0, 0.0, 100, 500), Request(1, 0.0, 100, 300)]
+    _, log = _recording("sglang", requests, blocks=1000, block_tokens=1)
+    joined = next(i for i, (work, *_) in enumerate(log) if (1, 100) in work)
+    expected = next(g for g in range(1, 500)
+                    if 400 < 1000 - (100 + g) - (INIT_NEW_TOKEN_RATIO - g * NEW_TOKEN_RATIO_DECAY) * (500 - g))
+    assert joined == expected and log[joined][0] == [(1, 100)]        # g decode steps ran before it
+    assert all(work == [(0, 1)] for work, *_ in log[1:joined])
+    # idle: the ratio returns to 0.7
+    scheduler = BUILTIN["sglang"](SchedulerSpec(kind="sglang"), KVCache(100, 1))
+    scheduler.new_token_ratio = 0.2
+    assert scheduler.schedule(0.0) is None and scheduler.new_token_ratio == INIT_NEW_TOKEN_RATIO
+    seq = Sequence(Request(0, 0.0, 10, 5), 0)
+    scheduler.add(seq)
+    assert scheduler.schedule(0.0).work == [(seq, 10)]
+
+
+def test_sglang_retracts_the_fewest_generated_to_the_back_of_the_queue_when_the_cache_runs_out() -> None:
+    """Driven by hand: A and B (10 + 40 each) run, A has generated 20 tokens and B 5, C waits, and no slot is
+    free. No prompt batch fits, and the decode step finds fewer free slots than requests: retract_decode frees
+    from the back of (generated, -prompt) descending, B first, until 20 slots per request left are free (here
+    B's 14 cannot reach 20 but A is the last: kept); B goes behind C, the ratio is re-estimated from A alone,
+    min(1, (20 + 20 x 1) / 40) = 1.0, and A decodes."""
+    kv = KVCache(60, 1)
+    scheduler = BUILTIN["sglang"](SchedulerSpec(kind="sglang"), kv)
+    a, b, c = (Sequence(Request(i, 0.0, 10, 40), 0) for i in range(3))
+    for seq, generated in ((a, 20), (b, 5)):
+        scheduler.add(seq)
+        scheduler.admit(seq, 0.0)
+        seq.generated, seq.computed = generated, 10 + generated - 1
+        assert kv.grow(seq, seq.computed)
+    kv.free = 0                                  # the rest of the cache held elsewhere
+    scheduler.add(c)
+    it = scheduler.schedule(1.0)
+    assert scheduler.running == [a] and list(scheduler.waiting) == [c, b] and scheduler.preemptions == 1
+    assert b.computed == 0 and b.blocks == 0 and b.generated == 5
+    assert scheduler.new_token_ratio == pytest.approx(1.0)
+    assert it is not None and it.work == [(a, 1)] and kv.free == 13
+
+
+def test_sglang_splits_the_prompt_past_the_chunk_and_continues_it_first() -> None:
+    """Budget 64: A's 100-token prompt runs as 64 then 36 (the inflight request continues first, with no
+    admission check); B's 30 tokens take the 28 left of the second batch and its last 2 a batch of their own
+    (A's first decode waits for it); then both decode."""
+    requests = [Request(0, 0.0, 100, 3), Request(1, 0.0, 30, 3)]
+    _, log = _recording("sglang", requests, blocks=1000, block_tokens=1, max_batched_tokens=64)
+    assert [work for work, *_ in log[:4]] == [[(0, 64)], [(0, 36), (1, 28)], [(1, 2)], [(0, 1), (1, 1)]]
+
+
 # --------------------------------------------------------------------------- laws that hold for every policy
 
 def _spec(**serving) -> ServingSpec:
@@ -214,7 +281,7 @@ def _spec(**serving) -> ServingSpec:
                                        **serving})
 
 
-@pytest.mark.parametrize("kind", ["prefill-first", "tgi"])
+@pytest.mark.parametrize("kind", ["prefill-first", "tgi", "sglang"])
 def test_littles_law_holds_for_the_engine_policies(kind: str) -> None:
     case = ServingCase(_spec(), seed=1, scheduler=BUILTIN[kind])
     outcome = run(build_requests(case), kind, replicas=2)
@@ -225,7 +292,7 @@ def test_littles_law_holds_for_the_engine_policies(kind: str) -> None:
     assert row["requests_per_s"] == pytest.approx(20.0, rel=0.05)
 
 
-@pytest.mark.parametrize("kind", ["prefill-first", "tgi"])
+@pytest.mark.parametrize("kind", ["prefill-first", "tgi", "sglang"])
 def test_the_engine_policies_are_deterministic(kind: str) -> None:
     def once(seed: int) -> str:
         case = ServingCase(_spec(requests=300), seed=seed, scheduler=BUILTIN[kind])

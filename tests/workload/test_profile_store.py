@@ -81,6 +81,8 @@ def test_every_input_of_a_trace_is_in_the_key(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.undo()
     monkeypatch.setattr(profile_store, "_torch_version", lambda: "0.0")
     assert profile_key(workload, sharing) != key
+    monkeypatch.undo()
+    assert profile_key(workload, sharing, "serving-reference") != key  # another caller's way of making it
 
 
 def test_the_code_digest_follows_llmsim_sources() -> None:

@@ -5,13 +5,17 @@
 * `tgi` (tgi.py): Hugging Face TGI 2.1's router: new requests are prefilled in a pass of their own, then join
   the running batch, under its waiting_served_ratio / max_waiting_tokens admission rule and with their whole
   length reserved in the KV cache up front.
+* `sglang` (sglang.py): SGLang 0.3's scheduler: prompt batches of their own (chunked at max_batched_tokens),
+  admitted only while the cache can reserve each new request's whole output and a decaying share of the running
+  ones' (new_token_ratio), and decodes retracted (recompute, to the back of the queue) when the cache runs out.
 
-Both subclass llmsim.serving.scheduling.Scheduler and are registered in llmsim.serving.schedulers.BUILTIN, so
+All subclass llmsim.serving.scheduling.Scheduler and are registered in llmsim.serving.schedulers.BUILTIN, so
 `serving.scheduler.kind` names them and every path that builds a scheduler from the registry (the modeled
 backends, the planner, calibration) runs them.
 """
 
+from llmsim.serving.policies.sglang import SglangScheduler
 from llmsim.serving.policies.tgi import TgiScheduler
 from llmsim.serving.policies.vllm_v0 import PrefillFirstScheduler
 
-__all__ = ["PrefillFirstScheduler", "TgiScheduler"]
+__all__ = ["PrefillFirstScheduler", "SglangScheduler", "TgiScheduler"]
