@@ -183,7 +183,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                                 params=profile.params, trainable_params=profile.trainable_params,
                                 params_active=profile.active_params, energy_source="modeled")
     try:
-        costs = token_costs(ref, profile)
+        costs = token_costs(ref, profile, spec.kv_cache_dtype)
         model = IterationModel(costs, ref, plan, cluster, options)
         _ = model.rates, model.attention_fraction  # CostModelError now (a skipped row), not inside the simulation
     except CostModelError as exc:

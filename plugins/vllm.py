@@ -112,7 +112,7 @@ def engine_args(case: Case, settings: VllmSettings) -> EngineArgs:
                       block_size=spec.kv_block_tokens, max_model_len=case.workload.model.seq_len,
                       dtype=VLLM_DTYPES[case.workload.dtype], seed=serving.seed, enforce_eager=settings.enforce_eager,
                       kv_cache_bytes=int(spec.memory_utilization * settings.memory_gib * GIB),
-                      tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                      tensor_parallel_size=tp, pipeline_parallel_size=pp, kv_cache_dtype=spec.kv_cache_dtype,
                       cores_per_rank=(tuple(str(c) for c in host_cores()[:tp * pp * spec.replicas])
                                       if tp * pp > 1 else None))
 

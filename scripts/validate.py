@@ -520,7 +520,10 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 # tables: ENGINE_COLUMNS).
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
-                                    "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention")
+                                    "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
+                    "kv_cache_dtype")
+# `kv_cache_dtype` (optional; blank = auto): the engine's KV-cache element type, serving.kv_cache_dtype (auto |
+# float8: vLLM --kv-cache-dtype fp8); the scenario's rules refuse any other value, naming the row.
 # `concurrency` (optional; blank = an open loop): a run measured with N clients, vLLM's `bench serve
 # --max-concurrency N` at `--request-rate inf` (its request_rate cell `inf`): priced as the closed loop of
 # serving.arrival kind concurrency (docs/serving.md, "Closed loop"), every request queued at t = 0 and N in flight.
@@ -856,6 +859,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
                       **{key: r[key] for key in SERVING_SCHEDULER_KEYS if r.get(key) is not None},
                       **{key: True for key in SERVING_SCHEDULER_FLAGS if r.get(key)}},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
+    if r.get("kv_cache_dtype"):   # blank = the scenario's default, auto (the block as before the key existed)
+        serving["kv_cache_dtype"] = r["kv_cache_dtype"]
     trace = None
     lengths: dict[str, object] = (dict(LENGTH_DISTRIBUTIONS[str(r["lengths"])]) if r.get("lengths") is not None
                                   else {"input": r["input_len"], "output": r["output_len"]})

@@ -198,7 +198,7 @@ class _Replay:
         self.plan = Plan(dp=1, tp=strategy.tp, pp=strategy.pp, micro_batch=1, microbatches=1)
         sharing = scenario.sharing_choice(strategy)
         self.reference, profile = serving_profile(scenario.workload, sharing)
-        self.costs = token_costs(self.reference, profile)
+        self.costs = token_costs(self.reference, profile, self.spec.kv_cache_dtype)
         self.context = scenario.workload.model.seq_len
         # a closed loop bounded by duration_s has no list in advance: drawn again (the same) for each simulation
         self.requests: list[Request] | None = (None if obs.serving.spec.arrival.closed

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from llmsim.costmodel.cluster import ClusterSpec
-from llmsim.costmodel import precision
+from llmsim.costmodel import kv_dtype, precision
 from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, COMPILED_REGIONS, KERNELS_EMBED, KERNELS_HEAD,
                                       KERNELS_PER_LAYER_FORWARD, Rates, attention_fractions, device_rates, gemm_wave,
                                       gemm_weight_bytes, replicated_kv_projection)
@@ -100,9 +100,12 @@ class TokenCosts:
     moe_layers: int = 0
     experts_prefill: ExpertTokenCosts = ExpertTokenCosts()
     experts_decode: ExpertTokenCosts = ExpertTokenCosts()
+    # the cache's element type (serving.kv_cache_dtype, costmodel.kv_dtype): kv_bytes_per_token is already its
+    # bytes; the attention kernel reads it for its FP8 path (IterationModel.attention_rate_scale)
+    kv_cache_dtype: str = "auto"
 
 
-def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
+def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype: str = "auto") -> TokenCosts:
     """Per-token costs from a profile traced in decode mode (a prompt of S tokens for B sequences, then
     n = decode_tokens - 1 >= 2 token steps, traced at the first and last position and scaled: profile.py).
 
@@ -112,6 +115,8 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
     device's own weights back once per pass. The head's final norm runs over every token and its GEMM over
     one row per sequence: the two unknowns follow from the prefill pass (S tokens per row) and a decode
     step (one). The layers' and experts' elementwise bytes are the fused engine's (SERVING_FUSED_REGIONS).
+    `kv_cache_dtype` (serving.kv_cache_dtype): the traced K and V bytes per token times
+    kv_dtype.kv_bytes_scale (float8: 1 byte an element instead of the traced 2).
     Raises ServingPriceError for a profile not traced that way.
     """
     spec = workload.model
@@ -154,7 +159,8 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
         mm_bytes_prefill=max(pb - w_layers, 0.0) / prompt, mm_bytes_decode=max(db - n * w_layers, 0.0) / steps,
         other_bytes_prefill=po / prompt, other_bytes_decode=do / steps,
         attention_flops_per_pair=pa_f / (b * s * s),
-        kv_bytes_per_token=profile.kv_cache_bytes / (b * cache_len),
+        kv_bytes_per_token=_kv_bytes_per_token(profile.kv_cache_bytes / (b * cache_len), workload.dtype,
+                                               kv_cache_dtype),
         embed_bytes_prefill=pe / prompt, embed_bytes_decode=de / steps,
         head_flops_per_row=phf / b, head_bytes_per_row=max(phb - w_head, 0.0) / b,
         head_other_per_token=per_token, head_other_per_row=max(per_row_decode - per_token, 0.0),
@@ -162,7 +168,15 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile") -> TokenCosts:
         ops_decode=(round(de_c / n), round((dc + da_c + do_c) / n), round((dhc + dho_c) / n)),
         moe_layers=getattr(profile, "moe_layers", 0),
         experts_prefill=expert_token_costs(profile, workload, "prefill", prompt, compiled=True),
-        experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True))
+        experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True),
+        kv_cache_dtype=kv_cache_dtype)
+
+
+def _kv_bytes_per_token(traced: float, workload_dtype: str, kv_cache_dtype: str) -> float:
+    """One cached token's K and V bytes in the cache's own type (the traced figure untouched for auto)."""
+    if kv_cache_dtype == "auto":
+        return traced
+    return traced * kv_dtype.kv_bytes_scale(workload_dtype, kv_cache_dtype)
 
 
 @dataclass(frozen=True)
@@ -255,6 +269,14 @@ class IterationModel:
         return attention_fractions(self.rates.efficiency, self.options.attention)[0]
 
     @functools.cached_property
+    def attention_rate_scale(self) -> float:
+        """The attention kernel's rate over its 16-bit one: FlashAttention-3's FP8 path with a float8 KV cache
+        on a device with FP8 units (kv_dtype.attention_rate_scale), else 1.0 (a float8 cache dequantized in
+        the kernel: the bytes halve, the math stays 16-bit)."""
+        return kv_dtype.attention_rate_scale(self.costs.kv_cache_dtype, self.options.attention,
+                                             bool(self.cluster.device.peak_flops.get("float8")))
+
+    @functools.cached_property
     def groups(self) -> Groups:
         """Where tp and pp land (work.Groups.on: nodes, or the axes of a TPU torus)."""
         return Groups.on(self.plan, self.cluster)
@@ -337,6 +359,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read,
     # at the fused kernel's fraction of peak (IterationModel.attention_fraction).
     attention_rate = rates.sustained_flops * model.attention_fraction
+    if model.attention_rate_scale != 1.0:    # FP8 attention math (float8 KV cache, FA3 on Hopper: kv_dtype)
+        attention_rate *= model.attention_rate_scale
     per_pair = c.attention_flops_per_pair / div
     kv_read = c.kv_bytes_per_token / c.layers / kv_split
     prefill_att = max((mix.prefill_pairs + CAUSAL_FLOP_SHARE * mix.prefill_square) * per_pair / attention_rate,

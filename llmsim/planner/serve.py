@@ -185,7 +185,7 @@ class _Replica:
         spec = task.spec
         self.cluster = task.cluster(n)
         self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1)
-        costs = token_costs(task.reference, task.profile)
+        costs = token_costs(task.reference, task.profile, spec.kv_cache_dtype)
         self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options)
         _ = self.model.rates, self.model.attention_fraction  # a CostModelError now, not inside the simulation
         sched = spec.scheduler

@@ -244,6 +244,8 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
     if "mode" not in plan.workload.model_fields_set:
         workload.pop("mode")  # a serving scenario leaves mode out
     serving = spec.model_copy(update={"replicas": c.replicas}).model_dump(mode="json", exclude_none=True)
+    if serving.get("kv_cache_dtype") == "auto":  # the default is left out, as before the key existed
+        del serving["kv_cache_dtype"]
     return {
         "name": f"{plan.name}-best",
         "workload": workload,

@@ -143,6 +143,10 @@ def free_port(host: str = "127.0.0.1", exclude: Sequence[int] = ()) -> int:
             return port
 
 
+# serving.kv_cache_dtype -> vLLM's --kv-cache-dtype (auto passes none)
+VLLM_KV_CACHE_DTYPES = {"float8": "fp8"}
+
+
 @dataclass(frozen=True)
 class EngineArgs:
     """The scenario's serving settings in vLLM's terms (vllm/engine/arg_utils.py names)."""
@@ -162,6 +166,9 @@ class EngineArgs:
     # the cores the ranks are bound to, in order, replica after replica (VLLM_CPU_OMP_THREADS_BIND "0|1|...": replica
     # i's rank j on core i*ranks + j); None: vLLM's own choice ("auto")
     cores_per_rank: tuple[str, ...] | None = None
+    # serving.kv_cache_dtype: "auto" passes no flag (vLLM's default, the model dtype); "float8" -> --kv-cache-dtype
+    # fp8 (vllm/config/cache.py CacheDType: fp8 = fp8_e4m3 on CUDA)
+    kv_cache_dtype: str = "auto"
 
     @property
     def ranks(self) -> int:
@@ -180,6 +187,8 @@ class EngineArgs:
             flags += ["--long-prefill-token-threshold", str(self.long_prefill_token_threshold)]
         if self.enforce_eager:
             flags.append("--enforce-eager")
+        if self.kv_cache_dtype != "auto":
+            flags += ["--kv-cache-dtype", VLLM_KV_CACHE_DTYPES[self.kv_cache_dtype]]
         if self.ranks > 1:
             # one worker process per rank, started by the engine core (vllm/v1/executor/multiproc_executor.py);
             # vLLM's CPU platform turns "uni" into "mp" at every size (vllm/platforms/cpu.py,

@@ -15,6 +15,7 @@ serving:
                                                # (+ async_output: any kind)
   kv_block_tokens: 16
   memory_utilization: 0.9
+  kv_cache_dtype: auto                         # | float8 (FP8 E4M3 cache: vLLM --kv-cache-dtype fp8)
   replicas: 1
   router: round-robin                          # | least-outstanding
   slo: {ttft_s: 0.5, tpot_s: 0.05, percentile: 99}   # per request; or per run: itl_s (+ itl_percentile 99),
@@ -520,6 +521,13 @@ class ServingSpec(_Strict):
     memory_utilization: float = Field(DEFAULT_MEMORY_UTILIZATION, gt=0, le=1,
                                       description="share of device memory the replica may use (vLLM "
                                                   "gpu_memory_utilization)")
+    kv_cache_dtype: Literal["auto", "float8"] = Field(
+        "auto", description="element type of the KV cache: auto = the workload's 16-bit type (vLLM's "
+                            "--kv-cache-dtype auto; bfloat16 for a float8 workload, whose cache engines keep 16-bit "
+                            "unless asked), float8 = FP8 E4M3, one byte per element (vLLM --kv-cache-dtype fp8, "
+                            "TensorRT-LLM's FP8 KV cache, SGLang fp8_e4m3): twice the tokens in the same memory, half "
+                            "the K and V bytes a decode step reads, FP8 attention math where the kernel has an FP8 "
+                            "path (flash3 on Hopper); costmodel.kv_dtype")
     replicas: PositiveInt = Field(1, description="data-parallel copies of the model, each tp x pp devices")
     router: Literal["round-robin", "least-outstanding"] = "round-robin"
     slo: Slo | None = None

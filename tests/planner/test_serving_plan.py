@@ -527,3 +527,21 @@ def test_a_runner_up_that_ties_the_winner_on_cost_says_what_ranks_the_winner_fir
     assert serving_tie_text(cand(7.0, 4, 50.0), winner, "cost") == (
         "ties the winner on cost ($7.00 per hour each); ranked below it by the tie-break, devices: 4 against 2")
     assert serving_tie_text(cand(7.0, 2, 40.0, at_least=True), winner, "cost").endswith("either is as good")
+
+
+def test_a_float8_kv_cache_flows_into_the_candidates_replica_and_best_yaml() -> None:
+    """serving.kv_cache_dtype reaches each candidate's iteration model and KV capacity (twice the blocks, or
+    twice + 1), and the winner's scenario carries it; auto leaves best.yaml's serving block as it was."""
+    from llmsim.planner.serve import _Replica
+    from llmsim.planner.serve_report import best_scenario
+    _, tasks = _tasks(serving_plan())
+    plan8, tasks8 = _tasks(serving_plan(serving={**serving_plan()["serving"], "kv_cache_dtype": "float8"}))
+    for task, task8 in zip(tasks, tasks8):
+        assert task8.spec.kv_cache_dtype == "float8" and task.spec.kv_cache_dtype == "auto"
+        bf16, fp8 = _Replica(task, task.tp * task.pp), _Replica(task8, task8.tp * task8.pp)
+        assert fp8.model.costs.kv_bytes_per_token == bf16.model.costs.kv_bytes_per_token / 2
+        assert fp8.capacity.blocks in (2 * bf16.capacity.blocks, 2 * bf16.capacity.blocks + 1)
+    results = plan_serving(tasks8[:1], plan8.objective)
+    hw = resolve_hardware(plan8, CATALOG)[0]
+    assert best_scenario(plan8, results[0], hw, tasks8[0].spec)["serving"]["kv_cache_dtype"] == "float8"
+    assert "kv_cache_dtype" not in best_scenario(plan8, results[0], hw, tasks[0].spec)["serving"]

@@ -152,6 +152,14 @@ def test_the_scheduler_maps_to_vllm_flags(tmp_path: Path) -> None:
     assert "--enable-chunked-prefill" in cli and cli[cli.index("--long-prefill-token-threshold") + 1] == "64"
 
 
+def test_a_float8_kv_cache_maps_to_vllms_fp8_flag_and_auto_to_none(tmp_path: Path) -> None:
+    planned, *_ = _case(tmp_path)
+    assert "--kv-cache-dtype" not in engine_args(planned[0].case, planned[0].settings).cli()
+    fp8, *_ = _case(tmp_path, kv_cache_dtype="float8")
+    cli = engine_args(fp8[0].case, fp8[0].settings).cli()
+    assert cli[cli.index("--kv-cache-dtype") + 1] == "fp8"
+
+
 def planned_ok(tmp_path: Path):  # noqa: ANN201
     return _case(tmp_path)[0][0].case
 

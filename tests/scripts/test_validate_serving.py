@@ -374,3 +374,19 @@ def test_filtered_means_match_a_brute_force_sum_and_the_solver_refuses_the_unrea
     assert v.filtered_exponential_means(mean_in, mean_out, lo, max_in, max_total) == pytest.approx(brute, rel=1e-12)
     with pytest.raises(ValueError, match="no exponential lengths"):
         v.exponential_means_before_filter(70.0, 50.0, lo, max_in, max_total)     # a prompt mean past max_input
+
+
+def test_a_rows_kv_cache_dtype_reaches_its_scenario_and_the_fp8_rows_set_it(v) -> None:
+    """`kv_cache_dtype` float8 becomes serving.kv_cache_dtype; blank leaves the key out (auto: the block as before
+    the column). The fp8-kvcache post's FP8 rows set it, its BF16 rows do not."""
+    row = _row(v)
+    typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
+    typed["kv_cache_dtype"] = v._serving_value("kv_cache_dtype", "float8")
+    assert v.serving_scenario(typed)[0]["serving"]["kv_cache_dtype"] == "float8"
+    typed["kv_cache_dtype"] = None
+    assert "kv_cache_dtype" not in v.serving_scenario(typed)[0]["serving"]
+    rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["serving"].default)}
+    fp8 = {k for k, r in rows.items() if r["kv_cache_dtype"] == "float8"}
+    assert {"SC05", "SC06", "SC07", "SC08", "SC22", "SC24", "SC26", "SC28"} <= fp8
+    assert not fp8 & {"SC01", "SC02", "SC03", "SC04", "SC21", "SC23", "SC25", "SC27"}
+    assert all("FP8" in str(rows[k]["run"]) for k in fp8)
