@@ -21,8 +21,8 @@ from llmsim.planner.explain import (Explanation, choice_lines, distinct_runner_u
                                     training_sensitivity)
 from llmsim.planner.report import ParetoTask, pareto_task, plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
-                                   precision_contexts, resolve_hardware, search, sharing_choice, simulate_top,
-                                   workload_profile)
+                                   precision_contexts, prepare_search, resolve_hardware, search, sharing_choice,
+                                   simulate_top)
 from llmsim.planner.serve import Mapper
 from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
@@ -74,9 +74,10 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
                      task_progress: Progress | None) -> PlanOutcome:
     """run_plan of a training or inference plan: search, re-check, explain, write."""
     sharing = sharing_choice(plan)
-    profile = workload_profile(plan.workload, sharing)
+    # a profile not yet stored is traced in a forked worker while this process readies the search (prepare_search)
+    profile, caches = prepare_search(plan, hardware, sharing, executor)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
-    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor)
+    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor, caches=caches)
     simulated = plan.simulate if simulate is None else simulate
     if simulated and len(rows) and bool(rows.columns["feasible"][0]):
         if progress:
