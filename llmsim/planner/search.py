@@ -33,7 +33,6 @@ from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
 from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
@@ -46,12 +45,10 @@ from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
-from llmsim.workload.profile import WorkloadProfile, profile_workload
-from llmsim.workload.profile_store import keep_profile, read_profile, stored_profile
+from llmsim.planner.profiling import (SCALE_FROM_LAYERS, PlanProfile, sharing_choice,  # noqa: F401 (re-exported)
+                                      workload_profile)
+from llmsim.workload.profile import WorkloadProfile
 from llmsim.wording import count
-
-SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
-
 
 UNPLACED = (((), 1, ()),)  # Hardware.placements off a torus: no slice shape, one slice, no mesh pins
 
@@ -116,55 +113,24 @@ def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
     return out
 
 
-def sharing_choice(plan: PlanFile) -> SharingChoice:
-    return SharingChoice.resolve(plan.sharing, plan.workload.model)
+def prepare_search(plan: PlanFile, hardware: list[Hardware], profile: PlanProfile) -> tuple[WorkloadProfile,
+                                                                                           "SearchCaches"]:
+    """The plan's workload profile (`profile.result()`) and the search's caches, the shapes of every group filled
+    in first (`warm_shapes`: they read no profile, and are the same for every hardware choice).
 
-
-def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    """The profile of the full workload: traced with 2 layers and scaled when that is exact; kept on disk
-    between plans (llmsim.workload.profile_store: a plan of a workload profiled before imports no torch)."""
-    return stored_profile(workload, sharing, functools.partial(_traced_profile, workload, sharing))
-
-
-def prepare_search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice,
-                   executor: Executor | None = None) -> tuple[WorkloadProfile, "SearchCaches"]:
-    """The plan's workload profile (`workload_profile`) and the search's caches, the shapes of every group filled
-    in (`warm_shapes`, the same for every hardware choice: they read no profile).
-
-    A profile the store (llmsim.workload.profile_store) does not hold is traced on `executor.few_heavy()`'s
-    `beside`: in a worker forked now (torch's import, torch._dynamo's and the trace, ~1.3 s of the 70B plan's
-    first run), while this process fills the shapes (~0.4 s of each hardware choice's search otherwise, in each
-    forked search worker); under --executor local, here, after them. The profile is the same either way (a
-    pure function of the workload and the sharing choice), and so are the caches (caches only: search fills
-    what is missing). Kept in the store as `workload_profile` keeps it. A profile read back from the store
-    leaves the caches to the search, as before."""
+    A profile being traced in a forked worker (planner.profiling.PlanProfile: the store had none) is waited for
+    after the shapes, which this process fills meanwhile (~0.4 s of each hardware choice's search otherwise, and
+    again in each forked search worker, which now gets them with its task); under --executor local it is traced
+    here, after them. The caches are caches only: a search given empty ones (`search`'s default) fills what it
+    reads, to the same rows."""
     caches = SearchCaches()
-    stored = read_profile(plan.workload, sharing)
-    if stored is not None:
-        return stored, caches
-    with (executor or LocalExecutor()).few_heavy().beside(_traced_profile_of, (plan.workload, sharing)) as pending:
-        for hw, label, pplan in _precision_plans(plan, hardware):
-            axes = axes_of(plan, hw.devices_per_node)
-            for g in groups(pplan, hw.name, hw.devices_per_node, axes, label):
-                warm_shapes(pplan, g, axes, caches.shapes)
-                if pplan is not plan:  # member_count of its pruned groups reads the plan as written's, kept apart
-                    warm_shapes(plan, g, axes, caches.counted)
-        profile = pending.result()
-    keep_profile(plan.workload, sharing, profile)
-    return profile, caches
-
-
-def _traced_profile_of(task: tuple[Workload, SharingChoice]) -> WorkloadProfile:
-    """`_traced_profile` of (workload, sharing): the task prepare_search runs beside its own work."""
-    return _traced_profile(*task)
-
-
-def _traced_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    layers = workload.model.layers
-    if layers <= SCALE_FROM_LAYERS or sharing.layer_groups is not None:
-        return profile_workload(workload, sharing)
-    short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
-    return with_layers(profile_workload(short, sharing), layers)
+    for hw, label, pplan in _precision_plans(plan, hardware):
+        axes = axes_of(plan, hw.devices_per_node)
+        for g in groups(pplan, hw.name, hw.devices_per_node, axes, label):
+            warm_shapes(pplan, g, axes, caches.shapes)
+            if pplan is not plan:  # member_count of its pruned groups reads the plan as written's, kept apart
+                warm_shapes(plan, g, axes, caches.counted)
+    return profile.result(), caches
 
 
 @dataclass
