@@ -341,35 +341,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     as they go, so the collector runs again once it is loaded."""
     if args.program:
         _collector_off_to_exit()
-    from llmsim.planner.config import load_plan
-    from llmsim.planner.profiling import PlanProfile, sharing_choice
+    from llmsim.planner.profiling import warm_tracer
 
-    plan = load_plan(args.plan, args.set)
-    if args.program and plan.serving is not None:
-        gc.enable()
-    with make_executor(args.executor, args.ray_address) as executor, \
-            (PlanProfile(plan.workload, sharing_choice(plan), executor) if plan.serving is None
-             else nullcontext()) as profile:
-        # a training or inference plan's workload profile, if the store lacks it, is traced from here in a worker
-        # forked now (under --executor local: in this process, when the search asks for it), beside the imports,
-        # the catalog and the checks below (planner.profiling)
-        from llmsim.hardware import load_catalog
-        from llmsim.planner import run_plan
+    # a worker forked now imports torch for the workload profile's trace while the plan file is read; it traces if
+    # the store lacks the profile (a training or inference plan's), beside the imports, the catalog and the checks
+    # below (planner.profiling); else it is stopped. Under --executor local: nothing forked, traced here later
+    with make_executor(args.executor, args.ray_address) as executor, executor.few_heavy().spare(warm_tracer) as spare:
+        from llmsim.planner.config import load_plan
+        from llmsim.planner.profiling import PlanProfile, sharing_choice
 
-        manager = get_plugin_manager()
-        entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
-        catalog = load_catalog([Path(f) for f in args.hardware], entries)
-        progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
-        if plan.serving is not None and args.no_simulate:
-            raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
-        # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the
-        # runner-up (the lines before each phase say which); a training plan's, the re-checks of its best
-        what = "simulation tasks done" if plan.serving is not None else "re-checked"
-        with task_bar(what) as bar, interrupt.handling():
-            executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
-            outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None,
-                               progress, executor=executor, task_progress=bar, profile=profile)
-            interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
+        plan = load_plan(args.plan, args.set)
+        if args.program and plan.serving is not None:
+            gc.enable()
+        with (PlanProfile(plan.workload, sharing_choice(plan), executor, spare) if plan.serving is None
+              else nullcontext()) as profile:
+            spare.close()  # not given the trace (the store holds the profile, or a serving plan): stopped now
+            from llmsim.hardware import load_catalog
+            from llmsim.planner import run_plan
+
+            manager = get_plugin_manager()
+            entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
+            catalog = load_catalog([Path(f) for f in args.hardware], entries)
+            progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
+            if plan.serving is not None and args.no_simulate:
+                raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
+            # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the
+            # runner-up (the lines before each phase say which); a training plan's, the re-checks of its best
+            what = "simulation tasks done" if plan.serving is not None else "re-checked"
+            with task_bar(what) as bar, interrupt.handling():
+                executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
+                outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None,
+                                   progress, executor=executor, task_progress=bar, profile=profile)
+                interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
     from llmsim.planner.precisions import candidates
 

@@ -3,9 +3,10 @@
 A training or inference plan prices every candidate from one `WorkloadProfile` (llmsim.workload.profile), traced
 on the meta device. A first plan of a workload (the store, llmsim.workload.profile_store, holds none) spends
 ~1.3 s of a ~10 s 70B plan on it on a 2-core host, mostly imports: torch's and torch._dynamo's. They need nothing
-but the workload, so `PlanProfile` starts the trace in a worker forked from the CLI right after the plan file is
-read (Executor.beside), and the process goes on with its own imports (pandas, the plugins, the planner), the
-catalog, the checks and the search's group shapes (search.prepare_search) while the other core traces. Under
+but the workload, so `llmsim plan` forks a spare worker (Executor.spare) as it starts, which imports them
+(`warm_tracer`) while the command reads the plan file; `PlanProfile` then hands it the trace if the store lacks
+the profile (else stops it), and the process goes on with its own imports (pandas, the plugins, the planner),
+the catalog, the checks and the search's group shapes (search.prepare_search) while the other core traces. Under
 `--executor local` it is traced here when first asked for (after those), as before. The profile is the same
 either way: a pure function of the workload and the sharing choice.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel.scaling import with_layers
-from llmsim.executor import Executor, LocalExecutor, Pending
+from llmsim.executor import Executor, LocalExecutor, Pending, Spare
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 from llmsim.workload.profile_store import keep_profile, read_profile, stored_profile
 
@@ -45,18 +46,32 @@ def traced_profile(task: tuple[Workload, SharingChoice]) -> WorkloadProfile:
     return with_layers(profile_workload(short, sharing), layers)
 
 
+def warm_tracer() -> None:
+    """What a trace imports before it traces: torch and the tracer (llmsim.workload.trace), and torch._dynamo,
+    which torch imports itself at the trace's first meta-device op (trace.py's docstring). `llmsim plan` runs it
+    in a spare worker forked before it reads the plan (Executor.spare), the worker that traces if the store
+    lacks the profile."""
+    import torch._dynamo  # noqa: F401
+    import llmsim.workload.trace  # noqa: F401
+
+
 class PlanProfile:
     """`workload_profile` of (workload, sharing), begun now: read from the store at once, or traced on
     `executor.few_heavy().beside` (a forked worker; under --executor local, here, when `result()` is first
     asked) and kept in the store once got. Use as `with PlanProfile(...) as profile: ...; profile.result()`;
     leaving the block without the result (an error, Ctrl-C) stops the worker."""
 
-    def __init__(self, workload: Workload, sharing: SharingChoice, executor: Executor | None = None) -> None:
+    def __init__(self, workload: Workload, sharing: SharingChoice, executor: Executor | None = None,
+                 spare: Spare | None = None) -> None:
+        """`spare`: a worker readied for the trace (`warm_tracer`, Executor.spare), used if the store lacks the
+        profile; else one is forked now (Executor.beside)."""
         self.workload, self.sharing = workload, sharing
         self._got = read_profile(workload, sharing)
         self._pending: Pending[WorkloadProfile] | None = None
         if self._got is None:
-            self._pending = (executor or LocalExecutor()).few_heavy().beside(traced_profile, (workload, sharing))
+            task = (workload, sharing)
+            self._pending = (spare.begin(traced_profile, task) if spare is not None else
+                             (executor or LocalExecutor()).few_heavy().beside(traced_profile, task))
 
     @property
     def traced(self) -> bool:

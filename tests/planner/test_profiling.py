@@ -4,6 +4,7 @@ read back from the store; traced only when the store lacks it; a worker left una
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -137,3 +138,55 @@ def test_the_cli_imports_no_pandas_nor_the_search_before_a_plan_is_read() -> Non
 
 def test_search_module_re_exports_the_profile_helpers() -> None:
     assert search_module.workload_profile is workload_profile and search_module.sharing_choice is sharing_choice
+
+
+def _pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def _write_pid(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+
+
+@needs_fork
+def test_a_spare_worker_is_forked_at_once_and_runs_its_task_after_warm(tmp_path: Path) -> None:
+    """Executor.spare: warm() starts in a worker forked now; the task begun later runs in that same worker."""
+    marker = tmp_path / "warm"
+    with ForkExecutor(max_workers=2).spare(functools.partial(_write_pid, str(marker))) as spare:
+        with spare.begin(_pid, None) as pending:
+            worker = pending.result()
+    assert worker != os.getpid() and marker.read_text() == str(worker)
+
+
+@needs_fork
+def test_a_spare_never_given_its_task_is_stopped() -> None:
+    with ForkExecutor(max_workers=2).spare(warm_tracer_slowly) as spare:
+        pids = list(spare._pool._processes)  # type: ignore[attr-defined]
+    assert len(pids) == 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    with pytest.raises(RuntimeError, match="one task"):
+        spare.begin(_pid, None)
+
+
+def warm_tracer_slowly() -> None:
+    import time
+
+    time.sleep(30)  # stopped long before
+
+
+def test_the_local_executor_spares_nothing_and_runs_the_task_here() -> None:
+    spare = LocalExecutor().few_heavy().spare(lambda: pytest.fail("nothing is readied under --executor local"))
+    assert spare.begin(_pid, None).result() == os.getpid()
+
+
+@needs_fork
+def test_a_plan_profile_traced_in_the_spare_worker(store: Path) -> None:
+    from llmsim.planner.profiling import warm_tracer
+
+    workload, sharing = _workload()
+    with ForkExecutor(max_workers=2).spare(warm_tracer) as spare, PlanProfile(workload, sharing, None, spare) as begun:
+        assert begun.traced and spare._pool is None  # type: ignore[attr-defined]  # the trace was handed to it
+        assert begun.result() == traced_profile((workload, sharing))
+    with ForkExecutor(max_workers=2).spare(warm_tracer) as spare, PlanProfile(workload, sharing, None, spare) as again:
+        assert not again.traced and spare._pool is not None  # type: ignore[attr-defined]  # left idle: stopped
