@@ -341,7 +341,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     as they go, so the collector runs again once it is loaded."""
     if args.program:
         _collector_off_to_exit()
-    from llmsim.planner.profiling import warm_tracer
+    from llmsim.workload.warm import warm_tracer  # a light module: forked before the planner's imports
 
     # a worker forked now imports torch for the workload profile's trace while the plan file is read; it traces if
     # the store lacks the profile (a training or inference plan's), beside the imports, the catalog and the checks

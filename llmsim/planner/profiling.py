@@ -4,7 +4,8 @@ A training or inference plan prices every candidate from one `WorkloadProfile` (
 on the meta device. A first plan of a workload (the store, llmsim.workload.profile_store, holds none) spends
 ~1.3 s of a ~10 s 70B plan on it on a 2-core host, mostly imports: torch's and torch._dynamo's. They need nothing
 but the workload, so `llmsim plan` forks a spare worker (Executor.spare) as it starts, which imports them
-(`warm_tracer`) while the command reads the plan file; `PlanProfile` then hands it the trace if the store lacks
+(llmsim.workload.warm.warm_tracer, a light module: the fork comes before the planner's imports) while the
+command reads the plan file; `PlanProfile` then hands it the trace if the store lacks
 the profile (else stops it), and the process goes on with its own imports (pandas, the plugins, the planner),
 the catalog, the checks and the search's group shapes (search.prepare_search) while the other core traces. Under
 `--executor local` it is traced here when first asked for (after those), as before. The profile is the same
@@ -21,6 +22,7 @@ from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Pending, Spare
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 from llmsim.workload.profile_store import keep_profile, read_profile, stored_profile
+from llmsim.workload.warm import warm_tracer  # noqa: F401 (the spare worker's warm-up, beside the profile's code)
 
 SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
 
@@ -46,15 +48,6 @@ def traced_profile(task: tuple[Workload, SharingChoice]) -> WorkloadProfile:
     return with_layers(profile_workload(short, sharing), layers)
 
 
-def warm_tracer() -> None:
-    """What a trace imports before it traces: torch and the tracer (llmsim.workload.trace), and torch._dynamo,
-    which torch imports itself at the trace's first meta-device op (trace.py's docstring). `llmsim plan` runs it
-    in a spare worker forked before it reads the plan (Executor.spare), the worker that traces if the store
-    lacks the profile."""
-    import torch._dynamo  # noqa: F401
-    import llmsim.workload.trace  # noqa: F401
-
-
 class PlanProfile:
     """`workload_profile` of (workload, sharing), begun now: read from the store at once, or traced on
     `executor.few_heavy().beside` (a forked worker; under --executor local, here, when `result()` is first
@@ -63,7 +56,7 @@ class PlanProfile:
 
     def __init__(self, workload: Workload, sharing: SharingChoice, executor: Executor | None = None,
                  spare: Spare | None = None) -> None:
-        """`spare`: a worker readied for the trace (`warm_tracer`, Executor.spare), used if the store lacks the
+        """`spare`: a worker readied for the trace (`warm_tracer`: Executor.spare), used if the store lacks the
         profile; else one is forked now (Executor.beside)."""
         self.workload, self.sharing = workload, sharing
         self._got = read_profile(workload, sharing)

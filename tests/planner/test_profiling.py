@@ -136,6 +136,16 @@ def test_the_cli_imports_no_pandas_nor_the_search_before_a_plan_is_read() -> Non
     assert out.stdout.strip() == "[]"
 
 
+def test_the_spare_worker_is_forked_before_the_planner_is_imported() -> None:
+    """cli.cmd_plan forks its spare worker with llmsim.workload.warm's warm_tracer, imported first: a module that
+    imports nothing, so the fork does not wait for the planner's (or torch's) imports."""
+    code = ("import sys, llmsim.cli; before = set(sys.modules); from llmsim.workload.warm import warm_tracer; "
+            "print(sorted(m for m in set(sys.modules) - before if m != 'llmsim.workload.warm'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() in ("[]", "['llmsim.workload']")
+
+
 def test_search_module_re_exports_the_profile_helpers() -> None:
     assert search_module.workload_profile is workload_profile and search_module.sharing_choice is sharing_choice
 
@@ -182,7 +192,7 @@ def test_the_local_executor_spares_nothing_and_runs_the_task_here() -> None:
 
 @needs_fork
 def test_a_plan_profile_traced_in_the_spare_worker(store: Path) -> None:
-    from llmsim.planner.profiling import warm_tracer
+    from llmsim.workload.warm import warm_tracer
 
     workload, sharing = _workload()
     with ForkExecutor(max_workers=2).spare(warm_tracer) as spare, PlanProfile(workload, sharing, None, spare) as begun:
