@@ -23,7 +23,7 @@ from rich.table import Table
 
 from llmsim import interrupt
 from llmsim.config import Scenario, load_scenario
-from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make_executor
+from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, Spare, core_free, make_executor
 from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.wording import count
@@ -345,8 +345,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     # a worker forked now imports torch for the workload profile's trace while the plan file is read; it traces if
     # the store lacks the profile (a training or inference plan's), beside the imports, the catalog and the checks
-    # below (planner.profiling); else it is stopped. Under --executor local: nothing forked, traced here later
-    with make_executor(args.executor, args.ray_address) as executor, executor.few_heavy().spare(warm_tracer) as spare:
+    # below (planner.profiling); else it is stopped. Only with a core free: on a busy host its import, wasted when
+    # the store holds the profile, took a repeated 70B plan's wall 1.04x (4 pairs at load 3-3.9); PlanProfile then
+    # forks the trace after reading the plan, where the store lacks it. Under --executor local: nothing forked
+    executor = make_executor(args.executor, args.ray_address)
+    with executor, (executor.few_heavy().spare(warm_tracer) if core_free() else Spare()) as spare:
         from llmsim.planner.config import load_plan
         from llmsim.planner.profiling import PlanProfile, sharing_choice
 

@@ -306,6 +306,17 @@ def usable_cores() -> int:
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
+def core_free() -> bool:
+    """Whether a core is likely idle for work begun on speculation (a spare worker whose task may never come): the
+    1-minute load average under this process's usable cores less half a core (True where the load cannot be
+    read). Only where work runs: never what it computes."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return True
+    return load < usable_cores() - 0.5
+
+
 def _forked_worker() -> None:
     """A fork worker's initializer. Ctrl-C (SIGINT to the terminal's whole process group) is the parent's to
     handle, which stops the workers; a worker of its own would print its traceback. And stdout and stderr objects
