@@ -23,7 +23,7 @@ from rich.table import Table
 
 from llmsim import interrupt
 from llmsim.config import Scenario, load_scenario
-from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, Spare, core_free, make_executor
+from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, core_free, make_executor
 from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
 from llmsim.wording import count
@@ -349,7 +349,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # the store holds the profile, took a repeated 70B plan's wall 1.04x (4 pairs at load 3-3.9); PlanProfile then
     # forks the trace after reading the plan, where the store lacks it. Under --executor local: nothing forked
     executor = make_executor(args.executor, args.ray_address)
-    with executor, (executor.few_heavy().spare(warm_tracer) if core_free() else Spare()) as spare:
+    spare = executor.few_heavy().spare(warm_tracer) if core_free() else None
+    with executor, spare or nullcontext():
         from llmsim.planner.config import load_plan
         from llmsim.planner.profiling import PlanProfile, sharing_choice
 
@@ -358,7 +359,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             gc.enable()
         with (PlanProfile(plan.workload, sharing_choice(plan), executor, spare) if plan.serving is None
               else nullcontext()) as profile:
-            spare.close()  # not given the trace (the store holds the profile, or a serving plan): stopped now
+            if spare is not None:  # not given the trace (the store holds the profile, or a serving plan): stopped now
+                spare.close()
             from llmsim.hardware import load_catalog
             from llmsim.planner import run_plan
 

@@ -200,3 +200,17 @@ def test_a_plan_profile_traced_in_the_spare_worker(store: Path) -> None:
         assert begun.result() == traced_profile((workload, sharing))
     with ForkExecutor(max_workers=2).spare(warm_tracer) as spare, PlanProfile(workload, sharing, None, spare) as again:
         assert not again.traced and spare._pool is not None  # type: ignore[attr-defined]  # left idle: stopped
+
+
+@needs_fork
+@pytest.mark.parametrize("free", [True, False])
+def test_the_plan_command_never_traces_in_its_own_process(free: bool, tmp_path: Path) -> None:
+    """`llmsim plan` (default executor) with the store empty traces in a forked worker, a spare one with a core
+    free (executor.core_free) or one forked after the plan is read: torch never in the command's own modules."""
+    code = ("import sys, llmsim.cli as c; c.core_free = lambda: %s; "
+            "rc = c.main(['plan', 'scenarios/plan-train-70b.yaml', '--set', 'limits.max_devices=16', '--no-simulate', "
+            "'--out', sys.argv[1]]); print('torch' in sys.modules, rc)") % free
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path)})
+    assert out.stdout.strip().splitlines()[-1] == "False 0"
+    assert list((tmp_path / "llmsim" / "profiles").glob("*.json"))  # traced (in a worker) and kept
