@@ -17,7 +17,9 @@ In one run, on scenarios/plan-train-70b.yaml (llama2-70b, two hardware choices):
   wall seconds and CPU seconds of this process and its workers, and their ratio (parallel / sequential);
 * the command itself (`python -m llmsim plan`, a fresh process: its imports and exit included) with the profile
   store off (LLMSIM_PROFILE_CACHE=0: it traces, as a first plan of a workload does) and with it holding the
-  profile, interleaved K pairs: wall and CPU seconds side by side and the ratio pair by pair.
+  profile, interleaved K pairs: wall and CPU seconds side by side and the ratio pair by pair. The command traces
+  in a spare worker forked as it starts (planner.profiling), beside its own start-up: the wall ratio is what of
+  the trace is left on the critical path (the CPU ratio, the trace's whole cost).
 The store lives in a temporary XDG_CACHE_HOME for the run (the user's ~/.cache is not touched).
 Targets (issue 18): ratio >= 10x, >= 100,000 configurations/s on one core; the plan under 10 s.
 Times are CPU seconds of this process (time.process_time: the command is single-threaded, so this is

@@ -13,8 +13,8 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, NoReturn
 from pathlib import Path
 
 from rich.console import Console
@@ -23,18 +23,25 @@ from rich.table import Table
 
 from llmsim import interrupt
 from llmsim.config import Scenario, load_scenario
-from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, make_executor
+from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, core_free, make_executor
 from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
 from llmsim.plugins import get_plugin_manager
-from llmsim.registry import BackendRegistry
-from llmsim.results import latest_run_dir, read_rows, rows_frame
-from llmsim.runner import PlannedCase, build_catalog, plan_cases, run_scenario, serving_kernel_problem
 from llmsim.wording import count
+
+if TYPE_CHECKING:
+    from llmsim.registry import BackendRegistry
+    from llmsim.runner import PlannedCase
+
+# The backends' registry, the runner and the results (pandas with them) are imported by the commands that use
+# them: `llmsim plan` forks its profile's worker (planner.profiling) before those imports, so that they run
+# beside the trace, and `llmsim hardware` or `schema` need none of them.
 
 err_console = Console(stderr=True)
 
 
 def _registry(warn: bool = True) -> tuple[BackendRegistry, object]:
+    from llmsim.registry import BackendRegistry
+
     manager = get_plugin_manager()
     registry = BackendRegistry.from_manager(manager)
     if warn:
@@ -51,6 +58,8 @@ def _warn_broken(registry: BackendRegistry) -> None:
 def _load(path: str, overrides: list[str], backends: list[str] | None
           ) -> tuple[Scenario, list[PlannedCase], object, BackendRegistry, Any]:
     """The scenario, its planned cases, the plugin manager, the registry and the hardware catalog."""
+    from llmsim.runner import build_catalog, plan_cases
+
     scenario = load_scenario(path, overrides)
     registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
@@ -75,6 +84,8 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from llmsim.runner import serving_kernel_problem
+
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     if scenario.serving is not None:  # rows a run would skip: said as the run's rows say it, once per backend point
         skipped: dict[tuple[str, str], int] = {}
@@ -97,6 +108,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from llmsim.results import latest_run_dir, read_rows, rows_frame
+    from llmsim.runner import run_scenario
+
     scenario, planned, manager, registry, _ = _load(args.scenario, args.set, args.backend)
     out = Path(args.out)
     resume = None
@@ -292,6 +306,8 @@ def _saved_scenario_problem(runs: list[Any]) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from llmsim.scaffold import write_plugin
 
+    from llmsim.registry import BackendRegistry
+
     taken = BackendRegistry.from_manager(get_plugin_manager()).names
     if args.name in taken:  # its entry point would collide with an installed backend's name
         raise UsageError("new-plugin", f"a backend named {args.name!r} is already installed; allowed: a name other "
@@ -325,28 +341,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
     as they go, so the collector runs again once it is loaded."""
     if args.program:
         _collector_off_to_exit()
-    from llmsim.hardware import load_catalog
-    from llmsim.planner import load_plan, run_plan
+    from llmsim.workload.warm import warm_tracer  # a light module: forked before the planner's imports
+
+    # a worker forked now imports torch for the workload profile's trace while the plan file is read; it traces if
+    # the store lacks the profile (a training or inference plan's), beside the imports, the catalog and the checks
+    # below (planner.profiling); else it is stopped. Only with a core free: on a busy host its import, wasted when
+    # the store holds the profile, took a repeated 70B plan's wall 1.04x (4 pairs at load 3-3.9); PlanProfile then
+    # forks the trace after reading the plan, where the store lacks it. Under --executor local: nothing forked
+    executor = make_executor(args.executor, args.ray_address)
+    spare = executor.few_heavy().spare(warm_tracer) if core_free() else None
+    with executor, spare or nullcontext():
+        from llmsim.planner.config import load_plan
+        from llmsim.planner.profiling import PlanProfile, sharing_choice
+
+        plan = load_plan(args.plan, args.set)
+        if args.program and plan.serving is not None:
+            gc.enable()
+        with (PlanProfile(plan.workload, sharing_choice(plan), executor, spare) if plan.serving is None
+              else nullcontext()) as profile:
+            if spare is not None:  # not given the trace (the store holds the profile, or a serving plan): stopped now
+                spare.close()
+            from llmsim.hardware import load_catalog
+            from llmsim.planner import run_plan
+
+            manager = get_plugin_manager()
+            entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
+            catalog = load_catalog([Path(f) for f in args.hardware], entries)
+            progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
+            if plan.serving is not None and args.no_simulate:
+                raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
+            # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the
+            # runner-up (the lines before each phase say which); a training plan's, the re-checks of its best
+            what = "simulation tasks done" if plan.serving is not None else "re-checked"
+            with task_bar(what) as bar, interrupt.handling():
+                executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
+                outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None,
+                                   progress, executor=executor, task_progress=bar, profile=profile)
+                interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
     from llmsim.planner.precisions import candidates
 
-    plan = load_plan(args.plan, args.set)
-    if args.program and plan.serving is not None:
-        gc.enable()
-    manager = get_plugin_manager()
-    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
-    catalog = load_catalog([Path(f) for f in args.hardware], entries)
-    progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
-    if plan.serving is not None and args.no_simulate:
-        raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
-    # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the runner-up
-    # (the lines before each phase say which); a training plan's, the re-checks of its best
-    what = "simulation tasks done" if plan.serving is not None else "re-checked"
-    with make_executor(args.executor, args.ray_address) as executor, task_bar(what) as bar, interrupt.handling():
-        executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
-        outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None, progress,
-                           executor=executor, task_progress=bar)
-        interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
     for h in outcome.hardware:
         if h.example_price:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"

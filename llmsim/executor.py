@@ -108,6 +108,14 @@ class Executor(ABC):
         at once. Use as `with executor.few_heavy().beside(fn, task) as pending: ...; pending.result()`."""
         return Deferred(fn, task)
 
+    def spare(self, warm: Callable[[], object]) -> "Spare":
+        """A worker for one task known only later, readied now by `warm()` (imports the task will need): here,
+        nothing is readied and the task runs in this process when its result is asked (`Spare.begin` gives a
+        Deferred); ForkExecutor forks the worker at once and runs warm() in it. Use as `with
+        executor.few_heavy().spare(warm) as spare: ...; with spare.begin(fn, task) as pending: ...`; a spare never
+        begun is stopped when the block is left, mid-warm() if need be."""
+        return Spare()
+
     def check(self) -> None:
         """Refuse, before any output is written, an executor that cannot run (UsageError, exit 2); the default
         can always run. Called by the CLI before it makes a run folder."""
@@ -152,6 +160,45 @@ class Deferred(Pending[R]):
         if self._run is not None:
             self._value, self._run = self._run(), None
         return self._value  # type: ignore[return-value]
+
+
+class Spare:
+    """A worker readied for one task given later (Executor.spare): this base runs nothing ahead, and `begin`
+    defers the task to this process (Executor.beside's way)."""
+
+    def begin(self, fn: Callable[[T], R], task: T) -> Pending[R]:
+        """fn(task), begun in the spare worker (here: when its result is asked). Once per spare."""
+        return Deferred(fn, task)
+
+    def close(self) -> None:
+        """Stop the worker if no task was begun in it, or if its task has not finished."""
+
+    def __enter__(self) -> "Spare":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ForkedSpare(Spare):
+    """A worker forked now (a pool of one), running `warm()` at once; `begin` hands it the task, which runs after
+    warm() in the same process (Forked over this pool)."""
+
+    def __init__(self, warm: Callable[[], object]) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = _fork_pool(1)
+        self._pool.submit(warm)  # the worker is forked here
+
+    def begin(self, fn: Callable[[T], R], task: T) -> Pending[R]:
+        if self._pool is None:
+            raise RuntimeError("a spare worker takes one task")
+        pool, self._pool = self._pool, None
+        return Forked(fn, task, pool)
+
+    def close(self) -> None:
+        if self._pool is not None:  # never given its task: not waited for
+            _terminate_workers(self._pool)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class LocalExecutor(Executor):
@@ -218,13 +265,22 @@ class ForkExecutor(Executor):
             return Deferred(fn, task)
         return Forked(fn, task)
 
+    def spare(self, warm: Callable[[], object]) -> Spare:
+        """A worker forked now, running warm(), for one task given later (Executor.spare); as Executor.spare's
+        where fork is unavailable or this process may use a single core."""
+        if self.max_workers < 2 or not fork_available():
+            return Spare()
+        return ForkedSpare(warm)
+
 
 class Forked(Pending[R]):
-    """fn(task) in a worker forked from this process (ForkExecutor.beside): a pool of one, closed with it."""
+    """fn(task) in a worker forked from this process (ForkExecutor.beside): a pool of one, closed with it; or
+    in the worker of a pool of one forked before (ForkedSpare.begin), after what that pool runs already."""
 
-    def __init__(self, fn: Callable[[T], R], task: T) -> None:
-        self._pool = _fork_pool(1)
-        self._future = self._pool.submit(fn, task)  # the worker is forked here
+    def __init__(self, fn: Callable[[T], R], task: T,
+                 pool: concurrent.futures.ProcessPoolExecutor | None = None) -> None:
+        self._pool = pool or _fork_pool(1)
+        self._future = self._pool.submit(fn, task)  # the worker is forked here (unless it was already)
 
     def result(self) -> R:
         return self._future.result()
@@ -248,6 +304,17 @@ def usable_cores() -> int:
     """The cores this process may run on (its affinity: a `taskset` or a container's limit), else os.cpu_count()."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def core_free() -> bool:
+    """Whether a core is likely idle for work begun on speculation (a spare worker whose task may never come): the
+    1-minute load average under this process's usable cores less half a core (True where the load cannot be
+    read). Only where work runs: never what it computes."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return True
+    return load < usable_cores() - 0.5
 
 
 def _forked_worker() -> None:

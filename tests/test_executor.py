@@ -324,3 +324,18 @@ def test_rows_keep_the_planned_order_when_modeled_cases_run_first(write_scenario
     assert [(r["case"], r["backend"]) for r in map(json.loads, lines)] == planned
     # progress: the modeled cases as they finish, then each measured one as it starts
     assert captured.err.index("[2/4] b on roofline") < captured.err.index("[3/4] a on cpu")
+
+
+def test_core_free_reads_the_load_against_the_usable_cores(monkeypatch) -> None:  # noqa: ANN001
+    from llmsim import executor as ex
+
+    monkeypatch.setattr(ex, "usable_cores", lambda: 2)
+    monkeypatch.setattr(ex.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert ex.core_free()
+    monkeypatch.setattr(ex.os, "getloadavg", lambda: (1.6, 0.0, 0.0))
+    assert not ex.core_free()
+
+    def unreadable() -> tuple:
+        raise OSError("no load average here")
+    monkeypatch.setattr(ex.os, "getloadavg", unreadable)
+    assert ex.core_free()

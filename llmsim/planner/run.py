@@ -21,8 +21,9 @@ from llmsim.planner.explain import (Explanation, choice_lines, distinct_runner_u
                                     training_sensitivity)
 from llmsim.planner.report import ParetoTask, pareto_task, plan_frame, write_outputs
 from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
-                                   precision_contexts, resolve_hardware, search, sharing_choice, simulate_top,
-                                   workload_profile)
+                                   precision_contexts, prepare_search, resolve_hardware, search, sharing_choice,
+                                   simulate_top)
+from llmsim.planner.profiling import PlanProfile
 from llmsim.planner.serve import Mapper
 from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
@@ -44,14 +45,17 @@ class PlanOutcome:
 
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
              progress: Callable[[str], None] | None = None, executor: Executor | None = None,
-             task_progress: Progress | None = None) -> PlanOutcome | ServingPlanOutcome:
+             task_progress: Progress | None = None, profile: PlanProfile | None = None
+             ) -> PlanOutcome | ServingPlanOutcome:
     """Search the plan's space and write plan.parquet, plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
 
     `executor` runs the cluster-simulation re-checks (llmsim.executor; default: in this process), with
     task_progress(done, total) after each, and, through its `few_heavy()`, the search's pricing of each hardware
     choice and precision (under `auto` or `ray`: in forked workers, one per core; the same rows). A serving plan (a `serving:` block) is searched by simulation
     instead (planner.serve): the executor runs its candidates' rate searches and the sensitivity's what-ifs,
-    and it returns a ServingPlanOutcome."""
+    and it returns a ServingPlanOutcome. `profile`: the plan's workload profile begun by the caller
+    (planner.profiling.PlanProfile of the plan's workload and sharing choice, on the same executor: `llmsim plan`
+    starts it as soon as the plan is read); default: begun here. A serving plan does not read it."""
     check_hardware(plan, catalog, file)
     axis_problem = search_axis_problem(plan)
     if axis_problem is not None:
@@ -65,18 +69,19 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
         return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
-    with collector_paused():
-        return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress)
+    with collector_paused(), (profile or PlanProfile(plan.workload, sharing_choice(plan), executor)) as begun:
+        return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun)
 
 
 def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simulate: bool | None,
                      progress: Callable[[str], None] | None, executor: Executor | None,
-                     task_progress: Progress | None) -> PlanOutcome:
+                     task_progress: Progress | None, begun: PlanProfile) -> PlanOutcome:
     """run_plan of a training or inference plan: search, re-check, explain, write."""
     sharing = sharing_choice(plan)
-    profile = workload_profile(plan.workload, sharing)
+    # a profile not yet stored is traced in a forked worker while this process readies the search (prepare_search)
+    profile, caches = prepare_search(plan, hardware, begun)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
-    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor)
+    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor, caches=caches)
     simulated = plan.simulate if simulate is None else simulate
     if simulated and len(rows) and bool(rows.columns["feasible"][0]):
         if progress:

@@ -33,7 +33,6 @@ from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, estimate, memory_breakdown
 from llmsim.costmodel.memory import memory_stages, stage_memory, stage_memory_terms
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Progress
 from llmsim.hardware import Catalog, DeviceSpec
 from llmsim.planner.config import PlanFile, price_of
@@ -41,17 +40,15 @@ from llmsim.planner.columns import CONFIG_FIELDS, ChainedConfigs, ConfigColumns,
 from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PRICED, PricedTable, goal_metrics, price_table  # noqa: F401
 from llmsim.planner.space import (Axes, Config, Group, axes_of, chain_heads, chains, groups, member_count, schedules,
-                                  slice_layouts)
+                                  slice_layouts, warm_shapes)
 from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
-from llmsim.workload.profile import WorkloadProfile, profile_workload
-from llmsim.workload.profile_store import stored_profile
+from llmsim.planner.profiling import (SCALE_FROM_LAYERS, PlanProfile, sharing_choice,  # noqa: F401 (re-exported)
+                                      workload_profile)
+from llmsim.workload.profile import WorkloadProfile
 from llmsim.wording import count
-
-SCALE_FROM_LAYERS = 2  # trace this many layers and scale (exact without layer sharing)
-
 
 UNPLACED = (((), 1, ()),)  # Hardware.placements off a torus: no slice shape, one slice, no mesh pins
 
@@ -116,23 +113,24 @@ def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
     return out
 
 
-def sharing_choice(plan: PlanFile) -> SharingChoice:
-    return SharingChoice.resolve(plan.sharing, plan.workload.model)
+def prepare_search(plan: PlanFile, hardware: list[Hardware], profile: PlanProfile) -> tuple[WorkloadProfile,
+                                                                                           "SearchCaches"]:
+    """The plan's workload profile (`profile.result()`) and the search's caches, the shapes of every group filled
+    in first (`warm_shapes`: they read no profile, and are the same for every hardware choice).
 
-
-def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    """The profile of the full workload: traced with 2 layers and scaled when that is exact; kept on disk
-    between plans (llmsim.workload.profile_store: a plan of a workload profiled before imports no torch)."""
-    return stored_profile(workload, sharing, functools.partial(_traced_profile, workload, sharing),
-                          recipe="planner")
-
-
-def _traced_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    layers = workload.model.layers
-    if layers <= SCALE_FROM_LAYERS or sharing.layer_groups is not None:
-        return profile_workload(workload, sharing)
-    short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
-    return with_layers(profile_workload(short, sharing), layers)
+    A profile being traced in a forked worker (planner.profiling.PlanProfile: the store had none) is waited for
+    after the shapes, which this process fills meanwhile (~0.4 s of each hardware choice's search otherwise, and
+    again in each forked search worker, which now gets them with its task); under --executor local it is traced
+    here, after them. The caches are caches only: a search given empty ones (`search`'s default) fills what it
+    reads, to the same rows."""
+    caches = SearchCaches()
+    for hw, label, pplan in _precision_plans(plan, hardware):
+        axes = axes_of(plan, hw.devices_per_node)
+        for g in groups(pplan, hw.name, hw.devices_per_node, axes, label):
+            warm_shapes(pplan, g, axes, caches.shapes)
+            if pplan is not plan:  # member_count of its pruned groups reads the plan as written's, kept apart
+                warm_shapes(plan, g, axes, caches.counted)
+    return profile.result(), caches
 
 
 @dataclass
@@ -698,7 +696,8 @@ def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarra
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
            profile: WorkloadProfile | None = None,
            progress: Callable[[str], None] | None = None,
-           pricing: Literal["table", "scalar"] = "table", executor: Executor | None = None) -> tuple[Rows, SearchStats]:
+           pricing: Literal["table", "scalar"] = "table", executor: Executor | None = None,
+           caches: SearchCaches | None = None) -> tuple[Rows, SearchStats]:
     """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted), as
     `Rows`: a sequence of Evaluations to read, columns underneath (an Evaluation is made for a row when read).
 
@@ -709,7 +708,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     (llmsim.executor; default: in this process, one after another; under `auto` or `ray`, in workers forked
     from this process, one per core). The rows, the counts and the progress lines ("a100-80gb: N
     configurations screened", in the order of the choices) are the same whatever runs them
-    (tests/planner/test_search_parallel.py)."""
+    (tests/planner/test_search_parallel.py). `caches`: prepare_search's (default: empty; the same rows)."""
     start = time.perf_counter()
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
@@ -721,7 +720,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     done: dict[int, ContextPrice] = {}  # finished, not yet added: the contexts are added and reported in order
     reported = 0
     runner = (executor or LocalExecutor()).few_heavy()
-    for i, result in runner.as_completed(functools.partial(price_context, SearchCaches()), tasks):
+    for i, result in runner.as_completed(functools.partial(price_context, caches or SearchCaches()), tasks):
         done[i] = result
         while reported in done:
             hw, label, _ = contexts[reported]
@@ -878,15 +877,22 @@ def precision_contexts(plan: PlanFile, hardware: list[Hardware], sharing: Sharin
     profiles: dict[Workload, WorkloadProfile] = {}
     if profile is not None:
         profiles[plan.workload] = profile
+    for hw, label, pplan in _precision_plans(plan, hardware):
+        w = pplan.workload
+        if w not in profiles:
+            profiles[w] = workload_profile(w, sharing)
+        out.append((hw, label, Context(pplan, hw, profiles[w], sharing, options=plan.options.options)))
+    return out
+
+
+def _precision_plans(plan: PlanFile, hardware: list[Hardware]) -> Iterator[tuple[Hardware, str, PlanFile]]:
+    """(hardware, precision label, the plan with that precision's workload: `plan` itself for the workload as
+    written) for every precision each hardware choice is planned with (planner.precisions)."""
     for hw in hardware:
         found, _ = candidates(plan, hw.device)
         for cand in found:
             w = cand.workload
-            if w not in profiles:
-                profiles[w] = workload_profile(w, sharing)
-            pplan = plan if w is plan.workload else plan.model_copy(update={"workload": w})
-            out.append((hw, cand.label, Context(pplan, hw, profiles[w], sharing, options=plan.options.options)))
-    return out
+            yield hw, cand.label, plan if w is plan.workload else plan.model_copy(update={"workload": w})
 
 
 def dropped_precisions(plan: PlanFile, hardware: list[Hardware]) -> list[str]:

@@ -501,6 +501,15 @@ def chain_heads(plan: PlanFile, g: Group, axes: Axes,
             yield first, layouts
 
 
+def warm_shapes(plan: PlanFile, g: Group, axes: Axes,
+                cache: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]]) -> None:
+    """Put in `cache` the shapes `chain_heads` (and so `chains` and `member_count`) will read for group `g`
+    (`_shapes`; none for a dp that does not divide the batch, which chain_heads never asks): work that needs no
+    workload profile, done while one is traced (search.prepare_search)."""
+    if plan.workload.batch % g.dp == 0:
+        _shapes(plan, g, axes, cache)
+
+
 def _shapes(plan: PlanFile, g: Group, axes: Axes,
             cache: dict[tuple, list[tuple[bool, str, int, list[tuple[int, int]]]]] | None
             ) -> list[tuple[bool, str, int, list[tuple[int, int]]]]:

@@ -110,22 +110,36 @@ def from_json(data: dict) -> WorkloadProfile:
     return WorkloadProfile(**fields, ops=ops)
 
 
-def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[], WorkloadProfile],
-                   directory: Path | None = None, recipe: str = "") -> WorkloadProfile:
-    """The profile of (workload, sharing) made by `recipe` (profile_key), kept under `directory` (default
-    `store_dir()`), else `make()`'s, then kept. The file's key is checked whole (not only its hash in the name).
-    Off (`enabled`): `make()`."""
+def _path(key: str, directory: Path | None) -> Path:
+    """The file of `key` under `directory` (default `store_dir()`): named by a hash of the key."""
+    return (directory or store_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def read_profile(workload: Workload, sharing: SharingChoice, directory: Path | None = None,
+                 recipe: str = "") -> WorkloadProfile | None:
+    """The profile of (workload, sharing) made by `recipe` (profile_key) kept under `directory` (default
+    `store_dir()`); None when the store is off (`enabled`) or holds none that can be used (absent, damaged, edited,
+    another key's: the file's key is checked whole, not only its hash in the name)."""
     if not enabled():
-        return make()
+        return None
     key = profile_key(workload, sharing, recipe)
-    path = (directory or store_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_path(key, directory).read_text())
         if data["key"] == key and data["digest"] == _digest(data["profile"]):
             return from_json(data["profile"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # absent, damaged, edited or another key's: traced again below
-    profile = make()
+        pass  # absent, damaged, edited or another key's: the caller traces it
+    return None
+
+
+def keep_profile(workload: Workload, sharing: SharingChoice, profile: WorkloadProfile,
+                 directory: Path | None = None, recipe: str = "") -> None:
+    """Keep a profile of (workload, sharing) traced by `recipe` under `directory` (default `store_dir()`) for the
+    next run; nothing when the store is off. A folder that cannot be written only costs the next run the trace."""
+    if not enabled():
+        return
+    key = profile_key(workload, sharing, recipe)
+    path = _path(key, directory)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -134,4 +148,15 @@ def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[]
         tmp.replace(path)  # atomic: two plans writing at once never leave half a file
     except OSError:
         pass  # a read-only home only costs the next run the trace
+
+
+def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[], WorkloadProfile],
+                   directory: Path | None = None, recipe: str = "") -> WorkloadProfile:
+    """The profile of (workload, sharing) made by `recipe` kept under `directory` (default `store_dir()`:
+    `read_profile`), else `make()`'s, then kept (`keep_profile`). Off (`enabled`): `make()`."""
+    got = read_profile(workload, sharing, directory, recipe)
+    if got is not None:
+        return got
+    profile = make()
+    keep_profile(workload, sharing, profile, directory, recipe)
     return profile

@@ -14,7 +14,8 @@ Activation bytes are the tensors autograd saves for backward in the forward pass
 storage, parameters excluded.
 
 The only module of the profile that imports torch: llmsim.workload.profile imports it when a trace is
-asked for, so a process that reads a profile back (llmsim.workload.profile_store) never loads torch. A trace
+asked for (and llmsim.workload.warm ahead of a trace, in `llmsim plan`'s spare worker), so a process that reads a
+profile back (llmsim.workload.profile_store) never loads torch. A trace
 also imports torch._dynamo (~1.4 s here), which torch asks for itself: every elementwise reference its meta
 kernels run (torch/_prims_common/wrappers.py, `@torch._disable_dynamo`), the first call of a
 TorchDispatchMode's `__torch_dispatch__` (torch/utils/_python_dispatch.py, `_should_skip_dynamo`), and the
