@@ -24,7 +24,8 @@ from rich.table import Table
 from llmsim import interrupt
 from llmsim.config import Scenario, load_scenario
 from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, core_free, make_executor
-from llmsim.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError, path_error
+from llmsim.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError,
+                           machine_error, path_error)
 from llmsim.plugins import get_plugin_manager
 from llmsim.wording import count
 
@@ -605,8 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except OSError as exc:  # a path the user gave that cannot be used is bad input; the machine's failures are not
         error = path_error(args.command, exc)
-        if error is None:
-            raise
+        if error is None:  # the machine's failure (a full disk, an I/O error): one line, exit 1, not a traceback
+            print(f"llmsim: error: {machine_error(exc)}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"llmsim: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

@@ -708,8 +708,11 @@ class Scenario(_Strict):
         return SharingChoice.resolve(self.sharing_for(strategy), self.workload.model)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
-    """Apply `--set a.b[0].c=value` overrides; the value is parsed as YAML (so 4, true, [1, 2] work)."""
+def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,
+                    created: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply `--set a.b[0].c=value` overrides; the value is parsed as YAML (so 4, true, [1, 2] work). A top-level
+    block the file lacks is created; `created` (if given) gets {block: the --set that created it}, so an error
+    inside that block can say where it came from (load_file_model)."""
     for item in overrides:
         if "=" not in item:
             raise ScenarioError(file, None, f"--set {item!r}: expected KEY=VALUE, e.g. workload.batch=16")
@@ -739,6 +742,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> di
             else:
                 if isinstance(node, dict) and node.get(index) is None:
                     node[index] = {}
+                    if i == 0 and created is not None:
+                        created.setdefault(str(index), item)
                 node = node[index]
     return data
 
@@ -860,7 +865,17 @@ def load_file_model(model: type[FileModel], path: str | Path, overrides: list[st
         key, command = other_kind
         raise ScenarioError(file, key, f"this file has {key}: and is read by `llmsim {command}`; run "
                                        f"`llmsim {command} {file}`")
-    return parse_file_model(model, apply_overrides(data, overrides or [], file), file)
+    created: dict[str, str] = {}
+    data = apply_overrides(data, overrides or [], file, created)
+    try:
+        return parse_file_model(model, data, file)
+    except ScenarioError as exc:
+        block = (exc.key or "").split(".")[0].split("[")[0]
+        if block not in created:
+            raise
+        raise ScenarioError(exc.file, exc.key, f"{exc.message} (this file has no {block}: block; --set "
+                                               f"{created[block]} created one, which needs its other keys too: "
+                                               f"add the block to the file)") from None
 
 
 def parse_scenario(data: dict[str, Any], file: str = "<scenario>") -> Scenario:

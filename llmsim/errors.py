@@ -92,6 +92,14 @@ def path_error(where: str, exc: OSError) -> LLMSimError | None:
     return UsageError(where, f"{path}{exc.strerror or exc}")
 
 
+def machine_error(exc: OSError) -> str:
+    """One line for an OSError that is the machine's, not the input's (path_error gave None): what failed, where,
+    and that the rows saved before it stay saved (results are written row by row, llmsim.results)."""
+    path = f"{exc.filename}: " if exc.filename else ""
+    return (f"{path}{exc.strerror or exc} (errno {exc.errno}; a failure of this machine, not of the input; rows saved "
+            f"before it are kept, and `llmsim run SCENARIO.yaml --resume` finishes a run once it is fixed)")
+
+
 def format_key_path(loc: tuple[str | int, ...]) -> str:
     """Turn a pydantic location tuple into the dotted path a user sees: ('strategies', 2, 'tp') -> strategies[2].tp."""
     out = ""

@@ -261,3 +261,21 @@ def test_the_plan_program_leaves_its_garbage_to_the_exit(tmp_path: Path, monkeyp
     finally:
         gc.enable()
     capsys.readouterr()
+
+
+def test_a_full_disk_is_one_line_and_exit_1_not_a_traceback(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """The machine's OSError (ENOSPC while a row is saved) is no input error (exit 2) and no bug (traceback)."""
+    import errno
+
+    from llmsim import results
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "results.jsonl"))
+
+    monkeypatch.setattr(results.ResultStore, "add", full)
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml"
+    code = main(["run", str(scenario), "--backend", "roofline", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and "No space left on device" in err[0] and "results.jsonl" in err[0], err
+    assert "Traceback" not in err[0]

@@ -318,3 +318,16 @@ def test_a_word_for_a_number_is_refused_without_a_hint_about_quotes(capsys) -> N
     """`--set workload.batch=abc` has no quotes to remove: the error says it is text, not a number, and stops."""
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "workload.batch=abc"])
     assert "workload.batch: " in err and "'abc' is text, not a number" in err and "quotes" not in err
+
+
+@pytest.mark.parametrize("verb, path", [("validate", "scenarios/quickstart.yaml"), ("plan", "scenarios/plan-train-70b.yaml")])
+def test_a_set_that_creates_a_block_the_file_lacks_says_so(capsys, verb: str, path: str) -> None:  # noqa: ANN001
+    """--set serving.X on a file without a serving block creates one; its missing keys are blamed on that --set."""
+    assert main([verb, str(REPO / path), "--set", "serving.kv_cache_dtype=float8"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "serving.arrival: required key is missing" in err
+    assert "no serving: block; --set serving.kv_cache_dtype=float8 created one" in err
+    # a key of a block the file has keeps its plain message
+    assert main([verb, str(REPO / path), "--set", "workload.batch=x"]) == EXIT_BAD_INPUT
+    assert "created one" not in capsys.readouterr().err

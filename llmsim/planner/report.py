@@ -394,6 +394,8 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
     model = plan.workload.model.preset or "custom"
     dtypes = f"{plan.workload.dtype}" if not plan.search.dtype else \
         f"precision searched: {', '.join(plan.search.dtype)}"
+    if plan.serving is not None and plan.serving.kv_cache_dtype != "auto":
+        dtypes += f", KV cache {plan.serving.kv_cache_dtype}"
     return [("plan", plan.name), ("workload", f"{model} {what}, {dtypes}"),
             ("goal", goal), ("objective", plan.objective),
             ("limits", f"max_devices {plan.limits.max_devices:,}" + (

@@ -194,7 +194,9 @@ def workload_text(frame: pd.DataFrame, scenario: dict[str, Any] | None = None) -
     first = frame.iloc[0]
     params = "" if missing(first.get("params")) else f", {fmt_count(float(first['params']))} parameters"
     if first["mode"] == "serve":
-        return f"{serving_text(frame, scenario or {})}, {first['dtype']}{params}"
+        kv = ((scenario or {}).get("serving") or {}).get("kv_cache_dtype", "auto")
+        kv_text = "" if kv in (None, "auto") else f", KV cache {kv}"
+        return f"{serving_text(frame, scenario or {})}, {first['dtype']}{kv_text}{params}"
     return f"{first['mode']}, batch {first['batch']} × {first['seq_len']} tokens, {first['dtype']}{params}"
 
 

@@ -140,14 +140,17 @@ def keep_profile(workload: Workload, sharing: SharingChoice, profile: WorkloadPr
         return
     key = profile_key(workload, sharing, recipe)
     path = _path(key, directory)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         stored = to_json(profile)
         tmp.write_text(json.dumps({"key": key, "digest": _digest(stored), "profile": stored}))
         tmp.replace(path)  # atomic: two plans writing at once never leave half a file
-    except OSError:
-        pass  # a read-only home only costs the next run the trace
+    except OSError:  # a read-only home, a full disk, a folder where the file goes: only costs the next run the trace
+        try:
+            tmp.unlink(missing_ok=True)  # no half-written or orphaned temporary file left behind
+        except OSError:
+            pass
 
 
 def stored_profile(workload: Workload, sharing: SharingChoice, make: Callable[[], WorkloadProfile],

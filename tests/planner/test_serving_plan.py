@@ -545,3 +545,12 @@ def test_a_float8_kv_cache_flows_into_the_candidates_replica_and_best_yaml() -> 
     hw = resolve_hardware(plan8, CATALOG)[0]
     assert best_scenario(plan8, results[0], hw, tasks8[0].spec)["serving"]["kv_cache_dtype"] == "float8"
     assert "kv_cache_dtype" not in best_scenario(plan8, results[0], hw, tasks[0].spec)["serving"]
+
+
+def test_the_plan_header_names_an_fp8_kv_cache() -> None:
+    from llmsim.planner.report import plan_meta
+
+    data = serving_plan()
+    data["serving"]["kv_cache_dtype"] = "float8"
+    assert dict(plan_meta(parse_plan(data), "serving", "goal"))["workload"].endswith(", KV cache float8")
+    assert "KV cache" not in dict(plan_meta(parse_plan(serving_plan()), "serving", "goal"))["workload"]

@@ -27,6 +27,13 @@ def test_the_header_of_a_serving_run_shows_the_serving_workload_not_a_batch() ->
     assert "batch" not in text
 
 
+def test_an_fp8_kv_cache_is_named_in_the_header_and_auto_is_not() -> None:
+    fp8 = {"serving": {**SCENARIO["serving"], "kv_cache_dtype": "float8"}}
+    assert workload_text(_frame(), fp8).endswith("1 replica, bfloat16, KV cache float8, 8.03G parameters")
+    auto = {"serving": {**SCENARIO["serving"], "kv_cache_dtype": "auto"}}
+    assert "KV cache" not in workload_text(_frame(), auto)
+
+
 def test_length_distributions_and_traces_are_named() -> None:
     scenario = {"serving": {"arrival": {"kind": "gamma"}, "lengths": {
         "input": {"kind": "uniform", "min": 100, "max": 500},

@@ -183,3 +183,14 @@ def test_a_plan_of_a_stored_profile_imports_no_torch(tmp_path: Path) -> None:
                            check=True).stdout.split() for _ in range(2)]
     assert runs[0][1] == "True"          # traced: torch imported for the trace
     assert runs[1] == [runs[0][0], "False"]  # read back: the same profile, no torch
+
+
+def test_a_folder_where_the_file_goes_is_traced_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A directory at the profile's path: the write fails, the trace is used, and no `<key>.<pid>.tmp` stays."""
+    workload, sharing = PROFILED[0]
+    key = profile_key(workload, sharing)
+    import hashlib
+    (tmp_path / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json").mkdir()
+    got = stored_profile(workload, sharing, lambda: profile_workload(workload, sharing), tmp_path)
+    _same(got, profile_workload(workload, sharing))
+    assert not list(tmp_path.glob("*.tmp"))
