@@ -748,6 +748,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,
     return data
 
 
+MISSING_KEY = "required key is missing"  # a required key's error, as every file's reader prints it
 SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
 
 
@@ -782,7 +783,7 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
-        return "required key is missing"
+        return MISSING_KEY
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{_shown(err.get('input'))}: expected a mapping of keys"
     if kind == "list_type":
@@ -871,8 +872,8 @@ def load_file_model(model: type[FileModel], path: str | Path, overrides: list[st
         return parse_file_model(model, data, file)
     except ScenarioError as exc:
         block = (exc.key or "").split(".")[0].split("[")[0]
-        if block not in created:
-            raise
+        if block not in created or exc.message != MISSING_KEY:
+            raise  # an error of the value itself reads as it is
         raise ScenarioError(exc.file, exc.key, f"{exc.message} (this file has no {block}: block; --set "
                                                f"{created[block]} created one, which needs its other keys too: "
                                                f"add the block to the file)") from None
