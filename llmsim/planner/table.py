@@ -22,7 +22,8 @@ module gives the same numbers for thousands at once, through the same code:
   precision.any_layout; a dense model's memory terms in two parts, those without activations per
   `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
-  (`_dp_times`, `Comm.time`), ZeRO-3's exposed time computed on the ZeRO-3 rows only;
+  (`_dp_times`, `Comm.time`), over every width of the table (`_DpPrices`), ZeRO-3's exposed time computed on
+  the ZeRO-3 rows only;
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
