@@ -22,7 +22,8 @@ module gives the same numbers for thousands at once, through the same code:
   precision.any_layout; a dense model's memory terms in two parts, those without activations per
   `_static_key` and the activation terms per what sizes them: `_stage_terms`); each data-parallel
   group is placed once (`_dp_placements`) and each of its collectives priced once per distinct size
-  (`_dp_times`, `Comm.time`), ZeRO-3's exposed time computed on the ZeRO-3 rows only;
+  (`_dp_times`, `Comm.time`), over every width of the table (`_DpPrices`), ZeRO-3's exposed time computed on
+  the ZeRO-3 rows only;
 * the formulas that combine them are the cost model's array-generic ones, called with columns:
   `step.zero3_exposed`, `step.data_parallel_exposed`, `step.combine_stages`, `pipeline.bubble_fraction`,
   `pipeline.in_flight_microbatches`, `work.accumulate_time`, `work.optimizer_step_time`,
@@ -281,8 +282,11 @@ def _combine_by_width(ctx, r: "_Rows", groups: list[_Group], group_of: np.ndarra
     slots (an interleaved pipeline of 32 stages has 32 where most groups have 3), the missing ones zeros that
     never win (`_slots`) and cost as much as real ones; each row's numbers are the same either way (its own
     slots in the same order; a zero slot only adds 0.0). Rows of groups that could not be priced (no
-    stages) are NaN, as `_combine` makes them."""
+    stages) are NaN, as `_combine` makes them. The widths share one `_DpPrices`: a data-parallel group placed,
+    or a collective priced, for one width is not placed or priced again for another (the two tables of
+    scenarios/plan-train-70b.yaml asked ~39,000 prices width by width, ~11,000 of them distinct)."""
     out = {k: np.full(len(group_of), np.nan) for k in PRICED}
+    prices = _DpPrices()
     width = np.array([len(g.steps) for g in groups], dtype=np.int64)
     row_width = width[group_of]
     for w in np.unique(row_width).tolist():
@@ -292,7 +296,7 @@ def _combine_by_width(ctx, r: "_Rows", groups: list[_Group], group_of: np.ndarra
         renumber = np.full(len(groups), -1, dtype=np.int64)
         renumber[members] = np.arange(len(members))
         at = np.flatnonzero(row_width == w)
-        part = _combine(ctx, r.take(at), [groups[g] for g in members.tolist()], renumber[group_of[at]])
+        part = _combine(ctx, r.take(at), [groups[g] for g in members.tolist()], renumber[group_of[at]], prices)
         for k in PRICED:
             out[k][at] = part[k]
     return out
@@ -535,9 +539,12 @@ def _memory(ctx, r: _Rows, terms: list[list[StageMemoryTerms]], group_of: np.nda
     return out
 
 
-def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[str, np.ndarray]:
+def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray,
+             prices: "_DpPrices | None" = None) -> dict[str, np.ndarray]:
     """The step and goal metrics (`PRICED`) of rows `r` (group_of[i]: row i's group in `groups`): the cost
-    model's array-generic formulas over columns (module docstring); NaN where the group could not be priced."""
+    model's array-generic formulas over columns (module docstring); NaN where the group could not be priced.
+    `prices`: the placements and collective prices of earlier calls on the same table (`_DpPrices`), added to."""
+    prices = _DpPrices() if prices is None else prices
     w, hw, options = ctx.plan.workload, ctx.hardware, ctx.options
     # the distinct (group, dp) pairs in order, found as one integer each (np.unique of rows sorts far slower)
     span = int(r.dp.max()) + 1
@@ -551,9 +558,9 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
     shard = optimizer_shard(dp_cp, zero)
     fraction = bubble_fraction(r.schedule, r.pp, m, r.v)
     parts_list = []
-    placement = _dp_placements(groups, [(int(g), int(d)) for g, d in pairs.tolist()])
+    placement = _dp_placements(groups, [(int(g), int(d)) for g, d in pairs.tolist()], prices)
     reads = _dp_reads(placement[0], pair_of, _dp_needs(zero, dp_cp, r.v))
-    memo: dict[tuple, object] = {}
+    memo = prices.memo
     # ZeRO-3's exposed seconds (step.zero3_exposed) computed on its own rows only, 0 elsewhere
     sharded = np.flatnonzero(zero >= 3)
     sharded_pair, sharded_group, sharded_m = pair_of[sharded], group_of[sharded], m[sharded]
@@ -589,14 +596,29 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray) -> dict[
                                other_time_s=t.other, mfu=mfu, **metrics).items()}
 
 
-def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]]) -> tuple[np.ndarray, list[tuple]]:
+@dataclass
+class _DpPrices:
+    """What the `_combine` calls of one table share about data parallelism: the distinct fabrics (numbered),
+    the distinct placed (fabric, data-parallel group) pairs (`placed`, numbered by `numbers`; `ids` the number of
+    each placement question asked: `_dp_placements`) and the price of each collective asked of one (`memo`, keyed by that number: `_dp_times`). Pure caches of
+    the cost model's own answers: a row's numbers are the same with a fresh one."""
+
+    fabric_ids: dict[object, int] = dataclasses.field(default_factory=dict)
+    ids: dict[tuple, int] = dataclasses.field(default_factory=dict)
+    numbers: dict[tuple, int] = dataclasses.field(default_factory=dict)
+    placed: list[tuple] = dataclasses.field(default_factory=list)
+    memo: dict[tuple, object] = dataclasses.field(default_factory=dict)
+
+
+def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]], prices: _DpPrices | None = None
+                   ) -> tuple[np.ndarray, list[tuple]]:
     """Per (group, dp) pair, the index of its (fabric, data-parallel group) among the distinct ones, each
-    placed once by the cost model (`Groups.of`, which places dp from tp, cp, pp and the devices per node;
-    a torus group's own); -1 where the group could not be priced."""
-    fabric_ids: dict[object, int] = {}
+    placed once per distinct (fabric, node, tp, cp, pp, dp) by the cost model (`Groups.of`, which places dp
+    from tp, cp, pp and the devices per node; a torus group's own); -1 where the group could not be priced. `prices` (`_DpPrices`) numbers them as
+    earlier calls did, and keeps the new ones."""
+    prices = _DpPrices() if prices is None else prices
+    fabric_ids, ids, numbers, placed = prices.fabric_ids, prices.ids, prices.numbers, prices.placed
     group_fabric = [fabric_ids.setdefault(g.fabric, len(fabric_ids)) for g in groups]
-    ids: dict[tuple, int] = {}
-    placed: list[tuple] = []
     out = np.full(len(pairs), -1, dtype=np.int64)
     for p, (g, d) in enumerate(pairs):
         grp = groups[g]
@@ -606,9 +628,11 @@ def _dp_placements(groups: list[_Group], pairs: list[tuple[int, int]]) -> tuple[
         key = ((group_fabric[g], grp.node, pl.tp, pl.cp, pl.pp, d) if grp.dp_group is None
                else (group_fabric[g], grp.dp_group))
         at = ids.get(key)
-        if at is None:
-            at = ids[key] = len(placed)
-            placed.append((grp.fabric, grp.dp_group or Groups.of(replace(pl, dp=d), grp.node).dp))
+        if at is None:  # degrees that place the same group on the same fabric share its number (and prices)
+            group = grp.dp_group or Groups.of(replace(pl, dp=d), grp.node).dp
+            at = ids[key] = numbers.setdefault((group_fabric[g], group), len(placed))
+            if at == len(placed):
+                placed.append((grp.fabric, group))
         out[p] = at
     return out, placed
 
@@ -670,9 +694,9 @@ def _dp_times(placement: tuple[np.ndarray, list[tuple]], slot: dict[str, np.ndar
               ) -> tuple[dict[str, np.ndarray | float], np.ndarray]:
     """Each data-parallel collective of one stage slot (DP_COLLECTIVES, and ZeRO-3's per-unit ones: ZERO3_TIMES),
     priced once per distinct (fabric and group, bytes) among the (group, dp) pairs with a row that reads it
-    (`reads`, _dp_reads; `Comm.time`, step.zero3_unit_times; `memo` keeps each price for the other slots of
-    the same _combine, whose placements it indexes), per pair: (DP_COLLECTIVES' by name, each 0 where no row of
-    the pair reads it, a plain 0.0 where no row reads it at all; ZeRO-3's, (ZERO3_TIMES, pairs)). `slot`: the
+    (`reads`, _dp_reads; `Comm.time`, step.zero3_unit_times; `memo` keeps each price for the other slots and
+    widths of the same table, whose placements it indexes: `_DpPrices`), per pair: (DP_COLLECTIVES' by name,
+    each 0 where no row of the pair reads it, a plain 0.0 where no row reads it at all; ZeRO-3's, (ZERO3_TIMES, pairs)). `slot`: the
     slot's fields over the groups, `pair_group` each pair's group."""
     where, placed = placement
     out: dict[str, np.ndarray | float] = {}

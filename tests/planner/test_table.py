@@ -227,9 +227,9 @@ def test_table_combines_each_stage_count_apart(monkeypatch: pytest.MonkeyPatch) 
     widths: list[set[int]] = []
     combine = table._combine
 
-    def recorded(ctx, r, groups, group_of):
+    def recorded(ctx, r, groups, group_of, *shared):
         widths.append({len(g.steps) for g in groups})
-        return combine(ctx, r, groups, group_of)
+        return combine(ctx, r, groups, group_of, *shared)
     monkeypatch.setattr(table, "_combine", recorded)
     plan = small_plan(workload={"model": {"preset": "tiny", "layers": 12}, "mode": "train", "batch": 16},
                       hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
@@ -339,3 +339,47 @@ def test_groups_that_differ_only_in_the_micro_batch_size_are_built_as_one_family
             assert [(g.steps, g.error, g.node) for g in together] == [(g.steps, g.error, g.node) for g in alone]
             families_seen += 1
     assert families_seen >= 40
+
+
+def test_widths_share_data_parallel_placements_and_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_combine_by_width hands one `_DpPrices` to every width's `_combine`: each data-parallel collective is
+    priced once per distinct (fabric, placed group, op, bytes) over the whole table, and every column is
+    exactly what a fresh one per width gives (the placement numbers differ; the prices they stand for do
+    not). A memo keyed by something coarser than the placed group (two placements one number) fails the
+    equality; one keyed finer (tp, cp, pp, dp) prices a collective twice and fails the count."""
+    from llmsim.planner import table as table_module
+
+    plan = small_plan(workload={"model": {"preset": "tiny", "layers": 12}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
+                      limits={"max_devices": 64, "memory_headroom": 0.0},
+                      search={"cp": [1, 2], "zero": [0, 1, 3], "virtual_stages": [2, 3]})
+    sharing = sharing_choice(plan)
+    (hw, label, ctx), = precision_contexts(plan, hardware(plan, small_catalog()), sharing,
+                                           workload_profile(plan.workload, sharing))
+    configs = _space(ctx.plan, hw, label)
+    asked: list[tuple] = []
+    comm, unit_times = table_module.Comm, table_module.zero3_unit_times
+
+    def counted_comm(op, size, group, *rest):
+        asked.append((op, size, group))
+        return comm(op, size, group, *rest)
+
+    def counted_units(group, fabric, *units):
+        asked.append(("zero3", group, *units))
+        return unit_times(group, fabric, *units)
+    monkeypatch.setattr(table_module, "Comm", counted_comm)
+    monkeypatch.setattr(table_module, "zero3_unit_times", counted_units)
+    shared = price_table(ctx, configs).columns
+    assert len(asked) == len(set(asked)) > 100   # one fabric here: each collective priced once
+    widths = set()
+    combine = table_module._combine
+
+    def fresh(ctx, r, groups, group_of, *_shared):  # the placements and prices of this width alone
+        widths.add(len(groups[0].steps))
+        return combine(ctx, r, groups, group_of)
+    monkeypatch.setattr(table_module, "_combine", fresh)
+    alone = price_table(ctx, configs).columns
+    assert len(widths) >= 3
+    assert len(asked) > 2 * len(set(asked))   # width by width, the same collectives asked again
+    for k in PRICED:
+        np.testing.assert_array_equal(shared[k], alone[k], err_msg=k)
