@@ -797,15 +797,16 @@ def describe_error(err: dict[str, Any]) -> str:
                                                               "bool", "float", "too_short", "finite")) else msg
 
 
-def allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """The keys allowed where an unknown key was found, for the error message."""
+def _model_at(model: type[BaseModel], path: tuple[Any, ...]) -> Any:
+    """The pydantic model that holds the keys at `path` (list indexes skipped; the first model in a union or
+    a list's items); None where the path leaves the models."""
     current: Any = model
-    for part in loc[:-1]:
+    for part in path:
         if isinstance(part, int):
             continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
-            return ""
+            return None
         ann = field.annotation
         for candidate in getattr(ann, "__args__", ()) + (ann,):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
@@ -815,8 +816,46 @@ def allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
                 if isinstance(inner, type) and issubclass(inner, BaseModel):
                     current = inner
                     break
-    fields = getattr(current, "model_fields", None)
+    return current
+
+
+def allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """The keys allowed where an unknown key was found, for the error message."""
+    fields = getattr(_model_at(model, loc[:-1]), "model_fields", None)
     return f"; allowed: {', '.join(fields)}" if fields else ""
+
+
+# annotated_types' bound classes (what pydantic's Field(gt=..., le=...) stores) and how a message writes them
+_BOUNDS = {"Gt": ("gt", ">"), "Ge": ("ge", ">="), "Lt": ("lt", "<"), "Le": ("le", "<=")}
+
+
+def _bounds_in(metadata: Any) -> list[str]:
+    """'> 0', '<= 1' for each bound in a field's metadata, and in the metadata of the types it annotates (a
+    list's or a union's `Annotated[float, Field(gt=0)]` items)."""
+    found: list[str] = []
+    for item in metadata:
+        named = _BOUNDS.get(type(item).__name__)
+        if named is not None:
+            found.append(f"{named[1]} {getattr(item, named[0])}")
+        found += _bounds_in(getattr(item, "metadata", ()))
+    return found
+
+
+def allowed_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """'; allowed: > 0 and <= 1' for a number out of its field's bounds: pydantic's message names only the
+    bound that was broken ('Input should be greater than 0'), this names them all. '' where the field or its
+    bounds cannot be found (a union of differently bounded types names the bounds of all its members)."""
+    parent = _model_at(model, tuple(p for p in loc[:-1]))
+    name = next((p for p in reversed(loc) if not isinstance(p, int)), None)
+    field = getattr(parent, "model_fields", {}).get(name) if name is not None else None
+    if field is None:
+        return ""
+    bounds = _bounds_in(field.metadata)
+    if not bounds:
+        for arg in getattr(field.annotation, "__args__", ()):
+            bounds += _bounds_in(getattr(arg, "__metadata__", ()))
+    bounds = sorted(dict.fromkeys(bounds), key=lambda b: not b.startswith(">"))  # the lower bound first
+    return f"; allowed: {' and '.join(bounds)}" if len(bounds) > 1 else ""
 
 
 def validation_error(model: type[BaseModel], exc: ValidationError, file: str) -> ScenarioError:
@@ -832,6 +871,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += f" (to compare several values of {loc[2]}, list one strategy per value)"
     if err["type"] == "extra_forbidden":
         message += allowed_keys(model, loc)
+    elif err["type"].startswith(("greater_than", "less_than")):
+        message += allowed_range(model, loc)
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import Scenario, allowed_keys, describe_error, one_value_expected
+from llmsim.config import Scenario, allowed_keys, allowed_range, describe_error, one_value_expected
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY
 from llmsim.costmodel.compute import attention_problem
@@ -92,6 +92,8 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
             message = describe_error(err) + allowed_keys(cls.Settings, (*loc, ""))
         else:
             message = one_value_expected(err) or f"{err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}"
+            if err["type"].startswith(("greater_than", "less_than")):
+                message += allowed_range(cls.Settings, loc)
         raise ScenarioError(file, where, message) from None
 
 

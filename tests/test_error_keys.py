@@ -102,3 +102,22 @@ def test_the_other_problems_of_one_file_are_named_by_their_keys(capsys: pytest.C
     does not fix one problem to learn of the next (the trial's '(and 1 more problem)')."""
     err = _validate(capsys, [QUICKSTART, "--set", "workload.batch=0", "--set", "workload.dtype=int3"])
     assert err.endswith("(and 1 more problem: workload.dtype)"), err
+
+
+@pytest.mark.parametrize("value, broken", [("-0.5", "greater than 0"), ("1.5", "less than or equal to 1")])
+def test_a_number_out_of_bounds_names_every_bound(capsys: pytest.CaptureFixture[str], value: str,
+                                                  broken: str) -> None:
+    """pydantic names only the bound that was broken; the message names the whole allowed range."""
+    err = _validate(capsys, ["scenarios/serve-8b.yaml", "--set", f"serving.memory_utilization={value}"])
+    assert "serving.memory_utilization: " in err and broken in err and "allowed: > 0 and <= 1" in err, err
+
+
+def test_the_range_names_the_lower_bound_first(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _validate(capsys, [QUICKSTART, "--set", "workload.batch=0"])
+    assert "workload.batch: 0: " in err and "allowed: >= 1 and <= 2147483647" in err, err
+
+
+def test_a_one_sided_bound_adds_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Where the broken bound is the only one, pydantic's sentence already says what is allowed."""
+    err = _validate(capsys, ["scenarios/serve-8b.yaml", "--set", "serving.kv_block_tokens=0"])
+    assert "serving.kv_block_tokens: " in err and "allowed:" not in err, err
