@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel.scaling import with_layers
@@ -97,9 +97,10 @@ def profile_at_depth(workload: Workload, sharing: SharingChoice, layers: int | N
     depth), traced short wherever that is exact (`slice_depths`), else every layer. Cached per process.
 
     Dense: the short traces, scaled or extrapolated. With MoE layers among dense ones: an all-dense and an
-    all-MoE slice each taken to its count of layers, added, and the edges of the kind layer 0 is not (that kind
-    at 0 layers) taken away: exact, since the layers of each kind are alike and every quantity is edges +
-    per-layer sums (with two depths the first layer's difference stays with its own kind)."""
+    all-MoE slice each taken to its count of layers, added, and one kind's edges (that kind at 0 layers) taken
+    away: exact, since the layers of each kind are alike and every quantity is edges + per-layer sums (with two
+    depths the edges taken away are those of the kind layer 0 is not, so its first layer's difference counts
+    once)."""
     spec = workload.model
     full = workload if layers in (None, spec.layers) else _with(workload, layers=layers)
     depths = slice_depths(full, sharing)
@@ -107,33 +108,33 @@ def profile_at_depth(workload: Workload, sharing: SharingChoice, layers: int | N
         return _traced(full, sharing)
     n = full.model.layers
     if full.model.moe is None or full.model.moe_layers == n:
-        return _at(_slicer(workload, sharing, None, depths), n)
+        return _at(_slices(workload, sharing, None, depths), n)
     n_moe = full.model.moe_layers
-    moe, dense = _slicer(workload, sharing, True, depths), _slicer(workload, sharing, False, depths)
-    # one depth: every layer alike, any kind's edges; two: the kind of layer 0 keeps its first layer's difference
+    moe, dense = _slices(workload, sharing, True, depths), _slices(workload, sharing, False, depths)
+    # one depth: every layer alike, the dense slice's edges; two: the kind of layer 0 keeps its first layer's
+    # difference, so the edges taken away are the other kind's
     other = moe if len(depths) == 2 and not full.model.is_moe_layer(0) else dense
     return _combine([(1, _at(moe, n_moe)), (1, _at(dense, n - n_moe)), (-1, _at(other, 0))])
 
 
-def _slicer(workload: Workload, sharing: SharingChoice, moe: bool | None,
-            depths: Sequence[int]) -> Callable[[], list[WorkloadProfile]]:
-    """() -> the traces of `workload` at `depths` (all dense for moe False, all MoE for True, as written for None)."""
+def _slices(workload: Workload, sharing: SharingChoice, moe: bool | None,
+            depths: Sequence[int]) -> list[WorkloadProfile]:
+    """The traces of `workload` at `depths`: all dense (moe False), all MoE (True) or as written (None)."""
     update: dict[str, object] = {}
     if moe is False:
         update["moe"] = None
     elif moe is True:
         assert workload.model.moe is not None
         update["moe"] = workload.model.moe.model_copy(update={"layer_freq": 1, "first_dense_layers": 0})
-    return lambda: [_traced(_with(workload, layers=d, **update), sharing) for d in depths]
+    return [_traced(_with(workload, layers=d, **update), sharing) for d in depths]
 
 
-def _at(traces: Callable[[], list[WorkloadProfile]], layers: int) -> WorkloadProfile:
+def _at(traces: Sequence[WorkloadProfile], layers: int) -> WorkloadProfile:
     """The profile at `layers` layers from the traces of one or two depths: one scaled (with_layers), two
     extrapolated linearly (P(d) + (layers - d) (P(d+1) - P(d)), an affine combination: `_combine`)."""
-    got = traces()
-    if len(got) == 1:
-        return with_layers(got[0], layers)
-    shallow, deep = got
+    if len(traces) == 1:
+        return with_layers(traces[0], layers)
+    shallow, deep = traces
     steps = layers - shallow.layers
     return _combine([(1 - steps, shallow), (steps, deep)])
 
