@@ -3,7 +3,9 @@
 Every layer of a Transformer without cross-layer sharing has the same shapes, so parameters, FLOPs,
 bytes, saved activations and the KV cache (2 x b x kv_heads x T x head_dim per layer, K and V: Pope et
 al. 2022, "Efficiently Scaling Transformer Inference", Sec. 2.1) grow linearly with depth while the
-embedding and head stay. The planner and the GPT-3 175B tests rely on this.
+embedding and head stay. The planner and the GPT-3 175B tests rely on this. Where the first layers differ (LoRA in
+training, layer_groups), workload.profile.profile_at_depth extrapolates two depths instead; its profile equals the
+traced one too.
 """
 
 from __future__ import annotations
