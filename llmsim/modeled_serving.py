@@ -27,14 +27,13 @@ from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, kv_capacity, token_costs
-from llmsim.costmodel.scaling import with_layers
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
 from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import HostStep, ServingCase
-from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
+from llmsim.workload.profile import WorkloadProfile, profile_at_depth
 from llmsim.workload.profile_store import stored_profile
 
 if TYPE_CHECKING:
@@ -79,21 +78,12 @@ def reference_workload(workload: Workload) -> Workload:
 
 
 def serving_profile(workload: Workload, sharing: SharingChoice) -> tuple[Workload, WorkloadProfile]:
-    """(reference workload, its profile). Without layer sharing or LoRA (whose layers differ), a
-    SCALE_FROM_LAYERS-layer slice is traced and scaled to the depth (costmodel.scaling.with_layers: exact for
-    identical layers), so a 126-layer model profiles in the time of two layers; the profile is kept on disk
-    between runs (llmsim.workload.profile_store), so a serving run or plan of a model served before skips
-    the trace and torch's import."""
+    """(reference workload, its profile at the served depth, traced short where that is exact:
+    workload.profile.profile_at_depth), so a 126-layer model, LoRA adapters included, profiles in the time of a
+    few layers; the profile is kept on disk between runs (llmsim.workload.profile_store), so a serving run or
+    plan of a model served before skips the trace and torch's import."""
     ref = reference_workload(workload)
-    return ref, stored_profile(ref, sharing, partial(_traced_reference, ref, sharing), recipe="serving-reference")
-
-
-def _traced_reference(ref: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    layers = ref.model.layers
-    if sharing.layer_groups is not None or sharing.lora is not None or layers <= SCALE_FROM_LAYERS:
-        return profile_workload(ref, sharing)
-    short = ref.model_copy(update={"model": ref.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
-    return with_layers(profile_workload(short, sharing), layers)
+    return ref, stored_profile(ref, sharing, partial(profile_at_depth, ref, sharing), recipe="serving-reference")
 
 
 def _degraded(cluster: ClusterSpec, tier: str, factor: float) -> ClusterSpec:

@@ -59,7 +59,6 @@ from pydantic import ValidationError
 from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import CostModelError, Options, Plan, StepBreakdown, estimate
 from llmsim.costmodel.cluster import plan_on
-from llmsim.costmodel.scaling import with_layers
 from llmsim.errors import LLMSimError, ScenarioError
 from llmsim.wording import count
 from llmsim.config import parse_scenario
@@ -70,7 +69,7 @@ from llmsim.results import read_rows
 from llmsim.runner import plan_cases, run_scenario
 from llmsim.serving.requests import draw_lengths
 from llmsim.serving.spec import Lengths
-from llmsim.workload.profile import profile_workload
+from llmsim.workload.profile import profile_at_depth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import validate_fastertransformer as ft  # noqa: E402  (the older dev tables' scripts, beside this one)
@@ -79,7 +78,6 @@ import validate_narayanan as nara  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = ROOT / "validation"
 SHARED = ROOT.parent / "shared" / "validation"
-PROFILED_LAYERS = 2      # trace 2 layers and scale (exact without cross-layer sharing: costmodel.scaling)
 Kind = Literal["training", "inference", "serving"]
 
 
@@ -392,9 +390,6 @@ def lora_spec(r: dict[str, object]) -> LoraSpec | None:
     return LoraSpec(**fields)
 
 
-def _profile(workload: Workload, sharing: SharingChoice, layers: int):
-    short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": PROFILED_LAYERS})})
-    return with_layers(profile_workload(short, sharing), layers)
 
 
 def _cluster(r: dict[str, object], catalog, devices_per_node: int):
@@ -426,7 +421,7 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
                           grad_accumulation_fusion=bool(r.get("grad_accum_fusion")), compile=r.get("compile"),
                           params_fp32=bool(r.get("params_fp32")))
         cluster = _cluster(r, catalog, r["devices_per_node"])
-        return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan_on(plan, cluster),
+        return estimate(workload, profile_at_depth(workload, sharing), sharing, plan_on(plan, cluster),
                         cluster, options)
     return price
 
@@ -458,7 +453,7 @@ def inference_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         plan = Plan(dp=1, tp=r["tp"], pp=r["pp"], micro_batch=r["batch"], microbatches=1, **_moe_plan(r))
         # The GPUs the row ran on, inside one node (every published row fits one 8-GPU node).
         cluster = _cluster(r, catalog, max(r["n_devices"], 1))
-        return estimate(workload, _profile(workload, sharing, spec.layers), sharing, plan, cluster,
+        return estimate(workload, profile_at_depth(workload, sharing), sharing, plan, cluster,
                         Options(attention=r["attention"] or "flash", compile=r.get("compile"),
                                 all_reduce=r.get("all_reduce") or "nccl"))
     return price

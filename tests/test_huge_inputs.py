@@ -81,17 +81,24 @@ def test_a_batch_beyond_a_tensor_dimension_is_refused_before_anything_runs(tmp_p
     assert "workload.batch: 1000000000000: Input should be less than or equal to 2147483647" in done.stderr
 
 
-def test_deep_models_are_traced_as_a_slice_and_shared_ones_refused() -> None:
+def test_deep_models_are_traced_as_a_slice_and_mixed_shared_ones_refused() -> None:
     """Deeper than MAX_TRACED_LAYERS: the profile equals the 2-layer slice scaled (exact for identical
-    layers); with layer_groups or LoRA, where scaling is not exact, a ScenarioError names the key."""
+    layers); shared blocks from two slices (profile.slice_depths); shared blocks of both dense and MoE kinds,
+    which no slice gives exactly, a ScenarioError naming the key."""
     spec = ModelSpec(layers=MAX_TRACED_LAYERS + 1, hidden=64, heads=4, vocab=100, seq_len=16)
     deep = profile_workload(Workload(model=spec, batch=2), SharingChoice(True))
     block = 12 * 64 * 64 + 13 * 64
     assert deep.layers == MAX_TRACED_LAYERS + 1
     assert deep.layer_params == (MAX_TRACED_LAYERS + 1) * block
     assert deep.params == (MAX_TRACED_LAYERS + 1) * block + (100 + 16) * 64 + 2 * 64
-    with pytest.raises(ScenarioError, match=r"workload\.model\.layers: 257 layers with sharing\.layer_groups"):
-        profile_workload(Workload(model=spec, batch=2), SharingChoice(True, layer_groups=2))
+    even = spec.model_copy(update={"layers": MAX_TRACED_LAYERS + 2})
+    shared = profile_workload(Workload(model=even, batch=2), SharingChoice(True, layer_groups=2))
+    assert (shared.layers, shared.layer_params) == (MAX_TRACED_LAYERS + 2, 2 * block)
+    moe = ModelSpec(preset="tiny-moe", layers=MAX_TRACED_LAYERS + 2, seq_len=16)
+    assert moe.moe is not None
+    mixed = moe.model_copy(update={"moe": moe.moe.model_copy(update={"layer_freq": 2})})
+    with pytest.raises(ScenarioError, match=r"workload\.model\.layers: 258 layers with sharing\.layer_groups"):
+        profile_workload(Workload(model=mixed, batch=2), SharingChoice(True, layer_groups=2))
 
 
 @pytest.mark.slow  # a CLI subprocess each

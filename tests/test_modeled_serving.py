@@ -377,6 +377,6 @@ def test_the_serving_reference_profile_is_kept_between_runs(monkeypatch: pytest.
     def no_trace(*_: object) -> None:
         raise AssertionError("traced again")
 
-    monkeypatch.setattr(modeled_serving, "profile_workload", no_trace)
+    monkeypatch.setattr(modeled_serving, "profile_at_depth", no_trace)
     again_ref, again = modeled_serving.serving_profile(workload, sharing)
     assert again_ref == ref and again == first and again is not first

@@ -48,7 +48,7 @@ import numpy as np
 
 from llmsim.calibrate.model import EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, Calibration, CaseFit
 from llmsim.calibrate.observations import CalibrationError
-from llmsim.calibrate.optimiser import least_squares
+from llmsim.calibrate.optimiser import least_squares, polish
 from llmsim.config import Scenario, parse_scenario
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan
 from llmsim.costmodel.iteration import IterationModel, iteration_times, kv_bytes_per_token, kv_capacity, token_costs
@@ -370,7 +370,7 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
         fused_attention = [start[0], start[0], *start[2:]]
         candidates = [held(first), *(least_squares(log_errors, s, SERVING_BOUNDS)
                                      for s in (start, held(first), fused_attention))]
-        theta = min(candidates, key=lambda t: sum(e * e for e in log_errors(t)))
+        theta = polish(log_errors, min(candidates, key=lambda t: sum(e * e for e in log_errors(t))), SERVING_BOUNDS)
         after = predict(theta)
     except (CostModelError, StalledError) as exc:
         raise CalibrationError(f"cannot simulate the measured serving rows: {exc}") from None

@@ -24,6 +24,7 @@ class _Profile(Protocol):
     embed_params: int
     activation_bytes: int
     activation_bytes_per_layer: int
+    activation_bytes_in_layers: int
     kv_cache_bytes: int
     ops: dict[Any, Any]
     moe_layers: int
@@ -63,6 +64,7 @@ def with_layers(profile: ProfileT, layers: int) -> ProfileT:
         profile, layers=layers, params=params, trainable_params=trainable, param_bytes=params * elem,
         trainable_param_bytes=trainable * elem, layer_params=layer_params,
         activation_bytes=edge_activations + layers * profile.activation_bytes_per_layer,
+        activation_bytes_in_layers=_scaled_count(profile.activation_bytes_in_layers, layers, profile.layers),
         kv_cache_bytes=_scaled_count(profile.kv_cache_bytes, layers, profile.layers), ops=ops,
         moe_layers=_scaled_count(profile.moe_layers, layers, profile.layers),
         expert_params=_scaled_count(profile.expert_params, layers, profile.layers),

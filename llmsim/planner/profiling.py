@@ -18,9 +18,8 @@ can fork the worker before those imports.
 from __future__ import annotations
 
 from llmsim.config import SharingChoice, Workload
-from llmsim.costmodel.scaling import with_layers
 from llmsim.executor import Executor, LocalExecutor, Pending, Spare
-from llmsim.workload.profile import SCALE_FROM_LAYERS, WorkloadProfile, profile_workload
+from llmsim.workload.profile import WorkloadProfile, profile_at_depth
 from llmsim.workload.profile_store import keep_profile, read_profile, stored_profile
 from llmsim.workload.warm import warm_tracer  # noqa: F401 (the spare worker's warm-up, beside the profile's code)
 
@@ -32,20 +31,16 @@ def sharing_choice(plan) -> SharingChoice:  # noqa: ANN001 (a planner.config.Pla
 
 
 def workload_profile(workload: Workload, sharing: SharingChoice) -> WorkloadProfile:
-    """The profile of the full workload: traced with 2 layers and scaled when that is exact; kept on disk
+    """The profile of the full workload, traced short where that is exact (`traced_profile`); kept on disk
     between plans (llmsim.workload.profile_store: a plan of a workload profiled before imports no torch)."""
     return stored_profile(workload, sharing, lambda: traced_profile((workload, sharing)), recipe=RECIPE)
 
 
 def traced_profile(task: tuple[Workload, SharingChoice]) -> WorkloadProfile:
-    """The profile of (workload, sharing), traced (with SCALE_FROM_LAYERS layers and scaled where that is exact:
-    costmodel.scaling); a module-level function of one picklable task, for Executor.beside."""
+    """The profile of (workload, sharing) at its depth, traced short where that is exact
+    (workload.profile.profile_at_depth); a module-level function of one picklable task, for Executor.beside."""
     workload, sharing = task
-    layers = workload.model.layers
-    if layers <= SCALE_FROM_LAYERS or sharing.layer_groups is not None:
-        return profile_workload(workload, sharing)
-    short = workload.model_copy(update={"model": workload.model.model_copy(update={"layers": SCALE_FROM_LAYERS})})
-    return with_layers(profile_workload(short, sharing), layers)
+    return profile_at_depth(workload, sharing)
 
 
 class PlanProfile:

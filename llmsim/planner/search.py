@@ -1,7 +1,7 @@
 """Screen, price and rank every configuration of a plan; re-check the best with the cluster simulation.
 
-For each hardware choice the workload is profiled once (`profile_workload` is cached; a model deeper
-than two layers is traced with two and scaled, exactly: costmodel.scaling), then the space is walked
+For each hardware choice the workload is profiled once (planner.profiling: traced short where that is exact,
+workload.profile.profile_at_depth), then the space is walked
 group by group (space.py). Pruning is safe by construction, never by heuristics:
 * a group (tp, pp, cp, dp, zero) whose weights, gradients and optimizer state alone — computed by
   the cost model's own `memory_breakdown` per pipeline stage, activations left out — exceed the device
@@ -45,8 +45,7 @@ from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
-from llmsim.planner.profiling import (SCALE_FROM_LAYERS, PlanProfile, sharing_choice,  # noqa: F401 (re-exported)
-                                      workload_profile)
+from llmsim.planner.profiling import PlanProfile, sharing_choice, workload_profile  # noqa: F401 (re-exported)
 from llmsim.workload.profile import WorkloadProfile
 from llmsim.wording import count
 

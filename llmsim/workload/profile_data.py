@@ -72,6 +72,9 @@ class WorkloadProfile:
     moe_layers: int = 0         # MoE layers in the full depth (0 = dense)
     expert_params: int = 0      # parameters of all routed experts, all layers
     active_params: int = 0      # parameters one token touches (non-expert + top_k routed + shared); = params dense
+    # saved for backward inside the layers, all of them (train): activation_bytes_per_layer is it // layers; kept
+    # whole so that a profile taken to another depth from layers that differ (LoRA's first) floors it as a trace
+    activation_bytes_in_layers: int = 0
 
     def flops(self, phase: str | None = None, kind: str | None = None, region: str | None = None) -> float:
         return sum(t.flops for (p, r, k), t in self.ops.items()

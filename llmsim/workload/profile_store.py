@@ -37,7 +37,10 @@ from llmsim.environment import cache_dir
 from llmsim.errors import LLMSimError
 from llmsim.workload.profile_data import OpTotals, WorkloadProfile
 
-FORMAT = 2            # the file layout below (2: with the profile's digest); a change of it is a change of key
+# The file layout below; a change of it is a change of key. 2: with the profile's digest; 3: the profile has
+# activation_bytes_in_layers, and allocations no longer count as bytes moved (the code digest alone would do;
+# a format 2 file read by from_json would take 0 for the new field).
+FORMAT = 3
 ENV_SWITCH = "LLMSIM_PROFILE_CACHE"  # off: neither read nor write
 SWITCH_OFF = ("0", "false", "off", "no")
 SWITCH_ON = ("", "1", "true", "on", "yes")

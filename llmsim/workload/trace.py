@@ -3,7 +3,7 @@
 The step is traced on the meta device (shapes only, no memory, no arithmetic) under a
 TorchDispatchMode that sees every aten op. For each op we record
 * FLOPs, from torch's own formulas (`torch.utils.flop_counter.flop_registry`; matmuls and attention),
-* bytes moved, as the sizes of its tensor inputs plus outputs (views move nothing),
+* bytes moved, as the sizes of its tensor inputs plus outputs (views and allocations move nothing),
 * its kind: `matmul`, `attention` or `other` (memory-bound: norms, activations, adds, softmax, ...),
 * its phase (forward, backward, optimizer, prefill, decode) and region (embed, layers, experts, head), from
   torch's ModuleTracker, so a cost model can split layers over pipeline stages. `experts` holds the ops of
@@ -73,6 +73,16 @@ def _storage_view(t: torch.Tensor) -> tuple:
 # The embedding lookup itself fuses with what reads it (Inductor lowers aten.embedding to a pointwise load
 # with an indirect index; XLA fuses a gather into its consumers): it reads the rows it returns.
 _UNFUSED_OPS = {"embedding_dense_backward", "sort", "topk", "nonzero", "cumsum", "argsort", "histc", "bincount"}
+
+# Ops that only allocate: their output is uninitialised memory, so no kernel runs and no byte moves (a caching
+# allocator hands out a block it holds: c10/cuda/CUDACachingAllocator.cpp; `torch.empty` documents "uninitialized
+# data"). What fills the memory is an op of its own and is counted there (the KV cache's copy_ in each layer,
+# autograd's copy_ into the new_empty_strided of an in-place view's backward). A serving engine allocates its KV
+# cache once, not per step (vLLM's gpu_memory_utilization pool), and the prefill's `new_cache` (two aten.empty
+# per layer, outside every module) once counted here as bytes moved in the `head` region, which a short trace
+# scaled to the full depth kept at its own depth. The fusion tracker still sees them: a fresh buffer is written
+# to HBM only once something outside its region needs it.
+_ALLOCATION_OPS = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "empty_permuted"}
 
 
 @dataclass
@@ -246,8 +256,11 @@ class _OpRecorder(TorchDispatchMode):
             nbytes = 2 * _tensor_bytes(outs) + _tensor_bytes(ins[1:2])
         else:
             nbytes = _tensor_bytes(ins) + _tensor_bytes(outs)
-        totals.bytes += nbytes
-        totals.count += 1
+        if name in _ALLOCATION_OPS:  # no kernel, no traffic
+            nbytes = 0
+        else:
+            totals.bytes += nbytes
+            totals.count += 1
         block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
         self.fusion.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
         return out
@@ -361,4 +374,4 @@ def trace_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProfil
         layer_params=layer_params, embed_params=embed_params, activation_bytes=activation_bytes,
         activation_bytes_per_layer=activation_layers // spec.layers, kv_cache_bytes=kv_bytes,
         ops=dict(recorder.ops), moe_layers=spec.moe_layers, expert_params=expert_params,
-        active_params=active_params)
+        active_params=active_params, activation_bytes_in_layers=activation_layers)

@@ -60,3 +60,24 @@ def test_least_squares_recovers_a_roofline_like_model_in_few_calls() -> None:
         assert got == pytest.approx(want, rel=1e-3)
     assert fitted[3] == 2.0                  # unseen: stays
     assert len(calls) < 150, len(calls)     # 65 when written
+
+
+def _staircase(theta: list[float]) -> list[float]:
+    """Residuals of a narrow valley (log a + log b = log 6, a / b near 3/2 by a weak second residual) that move
+    in steps of 0.02 in log units, as a median of simulated requests does: a 1% finite difference sees zero."""
+    la, lb = (round(math.log(v) / 0.02) * 0.02 for v in theta)
+    return [10 * (la + lb - math.log(6.0)), 0.1 * (la - lb - math.log(1.5))]
+
+
+def test_polish_walks_a_stepped_valley_least_squares_stops_in() -> None:
+    bounds = [(1e-3, 1e3), (1e-3, 1e3)]
+    start = [6.0, 1.0]  # on the valley's floor, far along it from the minimum (3, 2)
+    stalled = optimiser.least_squares(_staircase, start, bounds, fd_steps=(0.01,))
+    cost = lambda t: sum(r * r for r in _staircase(t))  # noqa: E731
+    polished = optimiser.polish(_staircase, stalled, bounds)
+    assert stalled == start and cost(polished) < 0.3 * cost(stalled)  # LM saw a flat Jacobian and never moved
+    assert polished[0] == pytest.approx(3.0, rel=0.1) and polished[1] == pytest.approx(2.0, rel=0.1)
+
+
+def test_polish_keeps_a_start_it_cannot_better() -> None:
+    assert optimiser.polish(lambda t: [math.log(t[0])], [1.0], [(0.1, 10.0)]) == [1.0]
