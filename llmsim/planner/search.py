@@ -645,7 +645,8 @@ def rank(rows: RowsT, objective: str) -> RowsT:
     metrics = [column(f) for f in RANK_FIELDS[objective]]
     if any(np.isnan(col).any() for col in (shortfall, *metrics)):
         return sorted(rows, key=objective_key(objective))
-    return [rows[r] for r in _rank_order(feasible, unpriced, shortfall, metrics, lambda r: rows[r].config.name)]
+    return [rows[r] for r in _rank_order(feasible, unpriced, shortfall, metrics,
+                                         lambda at: [rows[r].config.name for r in at])]
 
 
 RANK_FIELDS = {"cost": ("cost_usd", "time_to_goal_s", "n_devices"),
@@ -674,9 +675,10 @@ def _rank_rows(rows: Rows, objective: str) -> list[int]:
 
 
 def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarray, metrics: list[np.ndarray],
-                name: Callable[[int], str]) -> list[int]:
+                names: Callable[[np.ndarray], Sequence[str]]) -> list[int]:
     """The positions in objective_key's order of rows given as columns (no NaN): a stable lexsort of the
-    numbers, then names (`name(position)`) only among rows tied on all of them."""
+    numbers, then names (`names(positions)`: the names of the rows at an array of positions) only among rows
+    tied on all of them (`_by_name_within_runs`)."""
     n = len(feasible)
     columns = [np.where(feasible, 0.0, col) for col in (unpriced.astype(float), shortfall)]
     keys = (*metrics[::-1], *columns[::-1], (~feasible).astype(float))  # lexsort: the last key is the first
@@ -685,11 +687,25 @@ def _rank_order(feasible: np.ndarray, unpriced: np.ndarray, shortfall: np.ndarra
     for k in keys:
         ranked = k[order]
         same &= ranked[1:] == ranked[:-1]
-    out = order.tolist()
     edges = np.diff(np.concatenate(([0], same.view(np.int8), [0])))  # runs of ties: +1 where one starts, -1 after
-    for start, stop in zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()):
-        out[start:stop + 1] = sorted(out[start:stop + 1], key=name)  # by name, stably
-    return out
+    _by_name_within_runs(order, np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), names)
+    return order.tolist()
+
+
+def _by_name_within_runs(order: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                         names: Callable[[np.ndarray], Sequence[str]]) -> None:
+    """Sort each run order[start:stop + 1] by its rows' names, stably, in place: what
+    `sorted(run, key=name)` does to each run, done for all the runs of one length at once (a stable numpy
+    argsort along the rows of a (runs, length) array of names, which compares them with `<` as sorted does). The
+    70B plan's ~119,000 runs of 2 to 16 tied rows took ~0.3 s as one Python sort each, ~0.05 s so."""
+    lengths = stops - starts + 1
+    for length in np.unique(lengths).tolist():
+        at = starts[lengths == length][:, None] + np.arange(length)   # (runs, length): positions in order
+        members = order[at]
+        named = np.empty(members.shape, dtype=object)
+        named.ravel()[:] = names(members.ravel())
+        by_name = np.argsort(named, axis=1, kind="stable")
+        order[at] = np.take_along_axis(members, by_name, axis=1)
 
 
 def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | None = None,
