@@ -292,18 +292,27 @@ class LoraSpec(_Strict):
                                                         "aliases qkv = q,k,v; out = o; mlp = the MLP's")
 
 
-def lora_allowed_projections(activation: str) -> tuple[str, ...]:
+LORA_ATTENTION = ("q", "k", "v", "o")
+
+
+def lora_allowed_projections(activation: str, moe: bool = False) -> tuple[str, ...]:
     """The projections a block of this MLP activation has: a GELU MLP has no gate (its fc is `up`, its
-    proj `down`, as in PEFT's naming of a plain two-layer MLP's up/down projections)."""
+    proj `down`, as in PEFT's naming of a plain two-layer MLP's up/down projections). In a mixture-of-experts
+    model (`moe`) only the attention's: adapters on the routed experts' MLPs (one per expert, or shared across
+    them) are not modelled (llmsim.workload.moe has no single MLP projection to adapt)."""
+    if moe:
+        return LORA_ATTENTION
     return LORA_PROJECTIONS if activation == "swiglu" else tuple(p for p in LORA_PROJECTIONS if p != "gate")
 
 
-def lora_projections(targets: tuple[str, ...], activation: str) -> tuple[str, ...]:
+def lora_projections(targets: tuple[str, ...], activation: str, moe: bool = False) -> tuple[str, ...]:
     """Targets with the aliases expanded, deduplicated, in block order (q k v o gate up down).
 
-    `mlp` means the MLP's projections of this activation (gate, up, down; GELU: up, down). Raises
-    ValueError naming the allowed targets for a projection the block does not have (`gate` with GELU)."""
-    allowed = lora_allowed_projections(activation)
+    `mlp` means the MLP's projections of this activation (gate, up, down; GELU: up, down; none in a mixture of
+    experts). Raises ValueError naming the allowed targets for a projection the block does not have (`gate`
+    with GELU, any MLP projection of an MoE model) or where the targets name no projection at all."""
+    allowed = lora_allowed_projections(activation, moe)
+    block = "mixture-of-experts" if moe else activation
     wanted: set[str] = set()
     for target in targets:
         if target in LORA_ALIASES:
@@ -311,8 +320,11 @@ def lora_projections(targets: tuple[str, ...], activation: str) -> tuple[str, ..
         elif target in allowed:
             wanted.add(target)
         else:
-            raise ValueError(f"target {target!r} is not a projection of a {activation} block (allowed: "
+            raise ValueError(f"target {target!r} is not a projection of a {block} block LoRA can adapt (allowed: "
                              f"{', '.join(allowed)}; aliases {', '.join(LORA_ALIASES)})")
+    if not wanted:
+        raise ValueError(f"{', '.join(targets)} names no projection of a {block} block LoRA can adapt (allowed: "
+                         f"{', '.join(allowed)}; aliases {', '.join(LORA_ALIASES)})")
     return tuple(p for p in LORA_PROJECTIONS if p in wanted)
 
 
@@ -341,7 +353,7 @@ def lora_adapters(spec: ModelSpec, targets: tuple[str, ...]) -> list[LoraAdapter
              "v": ("attn.qkv", q + kv, h, kv, "column"), "o": ("attn.out", 0, h, h, "row"),
              "gate": ("mlp.fc", 0, h, ffn, "column"), "up": ("mlp.fc", ffn if swiglu else 0, h, ffn, "column"),
              "down": ("mlp.proj", 0, ffn, h, "row")}
-    names = lora_projections(targets, spec.activation)
+    names = lora_projections(targets, spec.activation, spec.moe is not None)
     return [LoraAdapter(name, *table[name]) for name in names]  # type: ignore[arg-type]
 
 
@@ -542,9 +554,13 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     """Cross-layer sharing must split the layers evenly: None, or (key inside the sharing block, message)."""
     if sharing.lora is not None:
         try:
-            lora_projections(sharing.lora.targets, m.activation)
+            adapters = lora_adapters(m, sharing.lora.targets)
         except ValueError as e:
             return "lora.targets", str(e)
+        widest = min(min(a.in_features, a.out_features) for a in adapters)
+        if sharing.lora.rank > widest:  # B A of rank r has rank min(r, in, out): a larger r adds only parameters
+            return "lora.rank", (f"{sharing.lora.rank} exceeds the smallest dimension of an adapted projection "
+                                 f"({widest}); allowed: 1 ... {widest}")
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
                                 f"(allowed: {_divisors(m.layers)})")

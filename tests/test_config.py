@@ -78,7 +78,9 @@ def test_preset_fills_and_explicit_fields_override() -> None:
     ("workload.colour", "red", "workload.colour: unknown key; allowed: model, mode, batch"),
     ("sharing.layer_groups", 3, "sharing.layer_groups: 3 does not divide layers=2"),
     ("sharing.lora", {"targets": ["gate"]}, "sharing.lora.targets: target 'gate' is not a projection of a gelu "
-     "block (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
+     "block LoRA can adapt (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
+    ("sharing.lora", {"rank": 100_000}, "sharing.lora.rank: 100000 exceeds the smallest dimension of an adapted "
+     "projection"),
     ("sharing.lora", {"targets": ["q_proj"]}, "sharing.lora.targets[0]: 'q_proj': Input should be 'q', 'k', 'v'"),
     ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
     ("name", "../../etc", "name: '../../etc': String should match pattern"),  # run folders stay under --out

@@ -439,7 +439,7 @@ class Slo(_Strict):
     @classmethod
     def _percentile(cls, value: float) -> float:
         if not 0 < value <= 100:
-            raise ValueError(f"{value:g}: allowed 0 < percentile <= 100")
+            raise ValueError(f"{value:g}: allowed: 0 < percentile <= 100")
         return value
 
     @model_validator(mode="after")

@@ -62,8 +62,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
 @pytest.mark.parametrize("change,expected", [
     ("serving.arrival.rate=-2", "serving.arrival.rate: -2: allowed: a rate > 0 in requests/s"),
     ("serving.arrival.rate=[2, 0]", "serving.arrival.rate: [2, 0]: allowed: a rate > 0"),
-    ("serving.slo.percentile=0", "serving.slo.percentile: 0: allowed 0 < percentile <= 100"),
-    ("serving.slo.percentile=100.5", "serving.slo.percentile: 100.5: allowed 0 < percentile <= 100"),
+    ("serving.slo.percentile=0", "serving.slo.percentile: 0: allowed: 0 < percentile <= 100"),
+    ("serving.slo.percentile=100.5", "serving.slo.percentile: 100.5: allowed: 0 < percentile <= 100"),
     ("serving.scheduler.kind=lottery", "serving.scheduler.kind: unknown scheduler 'lottery'; allowed: static, "
                                        "continuous, chunked-prefill"),
     ("serving.scheduler.chunk_tokens=64", "serving.scheduler.chunk_tokens: chunk_tokens is for kind 'chunked-prefill'"),

@@ -86,9 +86,27 @@ def test_llama2_7b_rank_16_has_exactly_pefts_trainable_count(targets: tuple[str,
 
 
 def test_gelu_has_no_gate_and_says_which_targets_it_has() -> None:
-    with pytest.raises(ValueError, match=r"target 'gate' is not a projection of a gelu block \(allowed: q, k, v, "
+    with pytest.raises(ValueError, match=r"target 'gate' is not a projection of a gelu block LoRA can adapt \(allowed: q, k, v, "
                                          r"o, up, down; aliases qkv, out, mlp\)"):
         build_model(_spec("gelu"), tie_embeddings=True, lora=LoraSpec(rank=RANK, targets=("gate",)))
+
+
+def _moe_spec() -> ModelSpec:
+    return ModelSpec(layers=2, hidden=32, heads=4, kv_heads=2, ffn_hidden=48, vocab=64, seq_len=8,
+                     activation="swiglu", moe={"experts": 4, "top_k": 2, "expert_ffn_hidden": 16})
+
+
+def test_a_mixture_of_experts_adapts_its_attention_only() -> None:
+    """The routed experts have no single MLP projection to adapt (workload.moe): the default targets (qkv, out,
+    mlp) adapt q, k, v, o; a target on the MLP is refused by name (it was an AttributeError in the model)."""
+    with torch.device("meta"):
+        model = build_model(_moe_spec(), tie_embeddings=True, lora=LoraSpec(rank=RANK))
+    for block in model.blocks:
+        trainable = {n for n, p in block.named_parameters() if p.requires_grad}
+        assert trainable and all(n.startswith("attn.") for n in trainable), trainable
+    for targets in (("gate",), ("mlp",), ("down", "q")):
+        with pytest.raises(ValueError, match=r"mixture-of-experts block LoRA can adapt \(allowed: q, k, v, o;"):
+            build_model(_moe_spec(), tie_embeddings=True, lora=LoraSpec(rank=RANK, targets=targets))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
