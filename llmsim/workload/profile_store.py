@@ -105,11 +105,28 @@ def _digest(profile: object) -> str:
     return hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()
 
 
+# JSON's types of each scalar field of a profile as to_json writes them (an int field is a JSON integer: no bool)
+_FIELD_TYPES = {f.name: (str,) if f.type in ("str", str) else (int,)
+                for f in dataclasses.fields(WorkloadProfile) if f.name != "ops"}
+
+
+def _typed(value: object, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
 def from_json(data: dict) -> WorkloadProfile:
-    """`to_json`'s inverse: the same values, the same types, `ops` in the same order."""
+    """`to_json`'s inverse: the same values, the same types, `ops` in the same order. TypeError for a value of
+    another type than to_json writes (a file edited by hand whose digest was made to match): read as damaged."""
     fields = dict(data)
+    rows = fields.pop("ops")
+    if not all(k in _FIELD_TYPES and _typed(v, _FIELD_TYPES[k]) for k, v in fields.items()):
+        raise TypeError("a stored profile field of another type than written")
+    if not all(isinstance(r, list) and len(r) == 7 and all(isinstance(x, str) for x in r[:3])
+               and all(_typed(x, (int, float)) for x in r[3:6]) and (r[6] is None or _typed(r[6], (int, float)))
+               for r in rows):
+        raise TypeError("a stored profile operator row of another shape than written")
     ops = {(phase, region, kind): OpTotals(flops=flops, bytes=nbytes, count=count, fused_bytes=fused)
-           for phase, region, kind, flops, nbytes, count, fused in fields.pop("ops")}
+           for phase, region, kind, flops, nbytes, count, fused in rows}
     return WorkloadProfile(**fields, ops=ops)
 
 

@@ -194,3 +194,25 @@ def test_a_folder_where_the_file_goes_is_traced_and_leaves_no_temporary_file(tmp
     got = stored_profile(workload, sharing, lambda: profile_workload(workload, sharing), tmp_path)
     _same(got, profile_workload(workload, sharing))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("edit", ["params_text", "ops_row_short", "ops_row_text"])
+def test_an_edited_file_whose_digest_was_made_to_match_is_read_as_damaged(tmp_path: Path, edit: str) -> None:
+    """A value of another type than to_json writes (a hand edit whose digest was recomputed) is no profile: the
+    caller traces again (it was a TypeError deep in the planner's pricing)."""
+    from llmsim.workload.profile_store import _digest, _path, keep_profile, read_profile
+
+    workload, sharing = PROFILED[0]
+    keep_profile(workload, sharing, profile_workload(workload, sharing), tmp_path)
+    assert read_profile(workload, sharing, tmp_path) is not None
+    path = _path(profile_key(workload, sharing), tmp_path)
+    data = json.loads(path.read_text())
+    if edit == "params_text":
+        data["profile"]["params"] = "abc"
+    elif edit == "ops_row_short":
+        data["profile"]["ops"][0] = data["profile"]["ops"][0][:5]
+    else:
+        data["profile"]["ops"][0][3] = "many"
+    data["digest"] = _digest(data["profile"])
+    path.write_text(json.dumps(data))
+    assert read_profile(workload, sharing, tmp_path) is None
