@@ -128,10 +128,13 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
     ops = profile.ops
 
     def get(phase: str, region: str, kind: str) -> tuple[float, float, int]:
-        """FLOPs, bytes and op count; a fused region's elementwise bytes as fused (SERVING_FUSED_REGIONS)."""
+        """FLOPs, bytes and op count; a fused region's elementwise bytes as fused (SERVING_FUSED_REGIONS), and a
+        fused region's bytes as the engine runs LoRA (scale and add inside the adapter's GEMMs: OpTotals.served)."""
         t = ops.get((phase, region, kind))
         if t is None:
             return 0.0, 0.0, 0
+        if region in SERVING_FUSED_REGIONS and kind != "attention":
+            return t.flops, t.served(), t.count
         return t.flops, t.traffic(kind == "other" and region in SERVING_FUSED_REGIONS), t.count
 
     one = Plan()

@@ -39,8 +39,8 @@ from llmsim.workload.profile_data import OpTotals, WorkloadProfile
 
 # The file layout below; a change of it is a change of key. 2: with the profile's digest; 3: the profile has
 # activation_bytes_in_layers, and allocations no longer count as bytes moved (the code digest alone would do;
-# a format 2 file read by from_json would take 0 for the new field).
-FORMAT = 3
+# a format 2 file read by from_json would take 0 for the new field); 4: each op row ends with engine_bytes.
+FORMAT = 4
 ENV_SWITCH = "LLMSIM_PROFILE_CACHE"  # off: neither read nor write
 SWITCH_OFF = ("0", "false", "off", "no")
 SWITCH_ON = ("", "1", "true", "on", "yes")
@@ -95,7 +95,7 @@ def profile_key(workload: Workload, sharing: SharingChoice, recipe: str = "") ->
 def to_json(profile: WorkloadProfile) -> dict:
     """The profile as JSON values: its scalar fields, and `ops` as a list in its own order."""
     out = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name != "ops"}
-    out["ops"] = [[*key, t.flops, t.bytes, t.count, t.fused_bytes] for key, t in profile.ops.items()]
+    out["ops"] = [[*key, t.flops, t.bytes, t.count, t.fused_bytes, t.engine_bytes] for key, t in profile.ops.items()]
     return out
 
 
@@ -108,8 +108,9 @@ def _digest(profile: object) -> str:
 def from_json(data: dict) -> WorkloadProfile:
     """`to_json`'s inverse: the same values, the same types, `ops` in the same order."""
     fields = dict(data)
-    ops = {(phase, region, kind): OpTotals(flops=flops, bytes=nbytes, count=count, fused_bytes=fused)
-           for phase, region, kind, flops, nbytes, count, fused in fields.pop("ops")}
+    ops = {(phase, region, kind): OpTotals(flops=flops, bytes=nbytes, count=count, fused_bytes=fused,
+                                           engine_bytes=engine)
+           for phase, region, kind, flops, nbytes, count, fused, engine in fields.pop("ops")}
     return WorkloadProfile(**fields, ops=ops)
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_work, ServingPriceError, forward_workspace_bytes,
                                         iteration_time, iteration_times, kv_capacity, token_costs)
@@ -87,6 +87,37 @@ def test_a_serving_iteration_prices_the_layers_elementwise_ops_as_fused_kernels(
         assert per_token == pytest.approx(other.traffic(True) / tokens, rel=1e-12)
         assert per_token < 0.4 * other.bytes / tokens
     assert costs.embed_bytes_prefill == pytest.approx(profile.ops[("prefill", "embed", "other")].bytes / 64, rel=1e-12)
+
+
+ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def test_a_served_lora_loses_its_scale_and_add_passes_and_nothing_else() -> None:
+    """A serving engine folds LoRA's alpha/r into B at load and its expand GEMM adds into the base projection's
+    output in place (vLLM: LoRALayerWeights.optimize, Punica's expand with add_inputs; trace._OpRecorder.
+    _record_engine). So a served Llama layer with adapters on all seven projections moves exactly the base
+    model's elementwise bytes, and its GEMMs move the base GEMMs' bytes plus the adapters' shrink and expand
+    (as traced) plus one read of each adapted output slice (the expand's read of the tile it adds to), while
+    the eager and fused profiles (training, `compile: true`) keep the scale and add as traced."""
+    w = _llama(2, 64)
+    base = profile_workload(w, UNTIED)
+    lora = profile_workload(w, SharingChoice(tie_embeddings=False, lora=LoraSpec(rank=16, targets=ALL_TARGETS)))
+    cb, cl = token_costs(w, base), token_costs(w, lora)
+    hidden, kv, ffn = 4096, 8 * 128, 14336                  # Llama 3 8B: 8 KV heads of 128, SwiGLU width 14336
+    outputs = hidden + kv + kv + hidden + ffn + ffn + hidden   # q k v o gate up down
+    rmw = outputs * 2 * w.model.layers                      # bf16 output slices read by the expand, per token
+    assert cl.other_bytes_prefill == cb.other_bytes_prefill
+    assert cl.other_bytes_decode == cb.other_bytes_decode
+    assert cl.mm_flops_decode > cb.mm_flops_decode        # the shrink and expand GEMMs stay
+    for phase, tokens in (("prefill", 2 * 64), ("decode", 2 * 2)):
+        gemms = lora.ops[(phase, "layers", "matmul")]
+        assert gemms.served() == gemms.bytes + rmw * tokens
+        other = lora.ops[(phase, "layers", "other")]
+        assert other.served() == base.ops[(phase, "layers", "other")].traffic(True) < other.traffic(True)
+        assert other.bytes > base.ops[(phase, "layers", "other")].bytes   # eager: PEFT's scale and add as traced
+    assert cl.mm_bytes_decode == pytest.approx(cb.mm_bytes_decode + (lora.ops[("decode", "layers", "matmul")].bytes
+                                               - base.ops[("decode", "layers", "matmul")].bytes) / 4 + rmw, rel=1e-12)
+    assert all(t.engine_bytes is None for t in base.ops.values())   # no LoRA: every serving number as before
 
 
 def test_a_profile_not_traced_for_serving_is_refused() -> None:
