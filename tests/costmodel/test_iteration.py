@@ -115,9 +115,30 @@ def test_a_served_lora_loses_its_scale_and_add_passes_and_nothing_else() -> None
         other = lora.ops[(phase, "layers", "other")]
         assert other.served() == base.ops[(phase, "layers", "other")].traffic(True) < other.traffic(True)
         assert other.bytes > base.ops[(phase, "layers", "other")].bytes   # eager: PEFT's scale and add as traced
-    assert cl.mm_bytes_decode == pytest.approx(cb.mm_bytes_decode + (lora.ops[("decode", "layers", "matmul")].bytes
-                                               - base.ops[("decode", "layers", "matmul")].bytes) / 4 + rmw, rel=1e-12)
     assert all(t.engine_bytes is None for t in base.ops.values())   # no LoRA: every serving number as before
+
+
+def test_a_served_loras_adapters_are_weights_read_once_per_pass() -> None:
+    """The adapters' A and B are GEMM weights: a pass reads them once whatever its tokens, so the per-token GEMM
+    bytes leave them out (as the base weights) and the iteration adds one layer's on each rank per pass."""
+    w = _llama(2, 64)
+    base = profile_workload(w, UNTIED)
+    lora = profile_workload(w, SharingChoice(tie_embeddings=False, lora=LoraSpec(rank=16, targets=ALL_TARGETS)))
+    cb, cl = token_costs(w, base), token_costs(w, lora)
+    adapters = lora.trainable_param_bytes                  # r (in + out) per adapter, bf16, all layers
+    assert adapters == 2 * 16 * (4096 + 4096 + 2 * (4096 + 1024) + 4096 + 4096 + 2 * (4096 + 14336)
+                                 + 14336 + 4096) * w.model.layers
+    assert cb.adapter_weight_bytes == 0 and cl.adapter_weight_bytes == adapters
+    rmw = (4096 * 3 + 1024 * 2 + 14336 * 2) * 2 * w.model.layers
+    for phase, passes, tokens, per_token in (("prefill", 1, 2 * 64, cl.mm_bytes_prefill),
+                                             ("decode", 2, 2 * 2, cl.mm_bytes_decode)):
+        activations = (lora.ops[(phase, "layers", "matmul")].bytes - base.ops[(phase, "layers", "matmul")].bytes
+                       - passes * adapters) / tokens
+        base_per_token = cb.mm_bytes_prefill if phase == "prefill" else cb.mm_bytes_decode
+        assert per_token == pytest.approx(base_per_token + activations + rmw, rel=1e-12)
+    for tp in (1, 2):
+        model = IterationModel(cl, w, Plan(tp=tp), a100_cluster())
+        assert model.layer_adapter_bytes == adapters / w.model.layers / tp
 
 
 def test_a_profile_not_traced_for_serving_is_refused() -> None:
