@@ -308,8 +308,8 @@ class _OpRecorder(TorchDispatchMode):
             if func._overloadpacket.__name__ in ("add", "add_"):   # the add: the expand reads the output it adds to
                 base = next(t for t in ins if isinstance(t, torch.Tensor))
                 gemms = self.ops[(self.phase, region, "matmul")]
-                gemms.engine_bytes = (gemms.bytes if gemms.engine_bytes is None else gemms.engine_bytes) + \
-                    _tensor_bytes([base])
+                before = gemms.bytes if gemms.engine_bytes is None else gemms.engine_bytes
+                gemms.engine_bytes = before + _tensor_bytes([base])
             return
         if kind != "other" and totals.engine_bytes is not None:
             totals.engine_bytes += nbytes          # a GEMM after the first add: its own traffic, as in `bytes`
