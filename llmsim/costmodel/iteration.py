@@ -103,6 +103,10 @@ class TokenCosts:
     # the cache's element type (serving.kv_cache_dtype, costmodel.kv_dtype): kv_bytes_per_token is already its
     # bytes; the attention kernel reads it for its FP8 path (IterationModel.attention_rate_scale)
     kv_cache_dtype: str = "auto"
+    # LoRA's adapters (A and B of every adapted projection, all layers, tp = 1, bytes): GEMM weights like the
+    # base ones, read once per pass whatever its tokens (a served adapter: vLLM's shrink and expand read each
+    # active adapter's A and B once per kernel); 0 without LoRA
+    adapter_weight_bytes: float = 0.0
 
 
 def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype: str = "auto") -> TokenCosts:
@@ -128,14 +132,20 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
     ops = profile.ops
 
     def get(phase: str, region: str, kind: str) -> tuple[float, float, int]:
-        """FLOPs, bytes and op count; a fused region's elementwise bytes as fused (SERVING_FUSED_REGIONS)."""
+        """FLOPs, bytes and op count; a fused region's elementwise bytes as fused (SERVING_FUSED_REGIONS), and a
+        fused region's bytes as the engine runs LoRA (scale and add inside the adapter's GEMMs: OpTotals.served)."""
         t = ops.get((phase, region, kind))
         if t is None:
             return 0.0, 0.0, 0
+        if region in SERVING_FUSED_REGIONS and kind != "attention":
+            return t.flops, t.served(), t.count
         return t.flops, t.traffic(kind == "other" and region in SERVING_FUSED_REGIONS), t.count
 
     one = Plan()
-    w_layers = gemm_weight_bytes(workload, one, "layers", traced=True) * profile.layers
+    # a LoRA model trains its adapters only (workload.model.LoRALinear freezes every base weight): its trainable
+    # parameters are the adapters; a model without LoRA has every parameter trainable (no adapter)
+    adapters = float(profile.trainable_param_bytes) if profile.trainable_params < profile.params else 0.0
+    w_layers = gemm_weight_bytes(workload, one, "layers", traced=True) * profile.layers + adapters
     w_head = gemm_weight_bytes(workload, one, "head", traced=True)
     pf, pb, pc = get("prefill", "layers", "matmul")
     df, db, dc = get("decode", "layers", "matmul")
@@ -169,7 +179,7 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
         moe_layers=getattr(profile, "moe_layers", 0),
         experts_prefill=expert_token_costs(profile, workload, "prefill", prompt, compiled=True),
         experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True),
-        kv_cache_dtype=kv_cache_dtype)
+        kv_cache_dtype=kv_cache_dtype, adapter_weight_bytes=adapters)
 
 
 def _kv_bytes_per_token(traced: float, workload_dtype: str, kv_cache_dtype: str) -> float:
@@ -299,6 +309,16 @@ class IterationModel:
         return gemm_weight_bytes(self.workload, self.plan, "layers")
 
     @functools.cached_property
+    def layer_adapter_bytes(self) -> float:
+        """One layer's LoRA adapters on one tensor-parallel rank, read once per pass (TokenCosts.adapter_weight_bytes
+        over layers and tp). Exact at tp = 1; at tp > 1 vLLM slices one of A and B and replicates the other (its
+        column-parallel LoRA layers slice B, its row-parallel ones A: "RowParallelLinearWithShardedLoRA ... differs
+        from RowParallelLinearWithLoRA by slicing the LoRA B's also", vllm/lora/fully_sharded_layers.py), so this
+        undercounts by the replicated part's (tp - 1)/tp, bounded by the adapters' own 0.6% of a Llama 3 8B
+        layer's weights at r = 16 (1.31 M of 218 M parameters)."""
+        return self.costs.adapter_weight_bytes / self.costs.layers / self.plan.tp
+
+    @functools.cached_property
     def head_weight_bytes(self) -> float:
         return gemm_weight_bytes(self.workload, self.plan, "head")
 
@@ -353,6 +373,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     # the K/V projections a rank repeats when tp > kv_heads; float8 layers at their own rates.
     mm_flops = (pre * c.mm_flops_prefill + dec * c.mm_flops_decode) / div + tokens * model.replicated_kv_flops_per_token
     mm_bytes = (pre * c.mm_bytes_prefill + dec * c.mm_bytes_decode) / div + model.layer_weight_bytes
+    if c.adapter_weight_bytes:              # LoRA's A and B, read once per pass like the base weights
+        mm_bytes += model.layer_adapter_bytes
     gemm_rates = rates.gemm if rates.gemm is not None else rates
     matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) if tokens else 0.0
     # Attention, one fused kernel per layer (FlashAttention / paged attention): the prompt chunks are

@@ -36,6 +36,27 @@ from llmsim.workload.moe import MoELayer
 INIT_STD = 0.02  # GPT-2 / BERT initializer range
 
 
+LORA_MERGE_MARK = ".lora_merge"  # module path of a LoRALinear's scale-and-add (LoRAMerge), which the trace reads
+
+
+class LoRAMerge(nn.Module):
+    """y[..., start:stop] += (alpha/r) * delta: LoRA's scale and add, as PEFT runs them (two elementwise passes
+    over [tokens, stop - start] after the expand GEMM). A module of its own (no parameters) only so that the trace
+    can tell these ops apart: a serving engine folds the scale into B and adds inside the expand GEMM
+    (trace._OpRecorder._record_engine), training runs them as written."""
+
+    def __init__(self, scaling: float) -> None:
+        super().__init__()
+        self.scaling = scaling
+
+    def forward(self, y: torch.Tensor, delta: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        delta = delta * self.scaling
+        if start == 0 and stop == y.shape[-1]:
+            return y + delta  # the whole output (an unfused projection): PEFT's own add
+        y[..., start:stop] += delta  # only this projection's columns of the fused output
+        return y
+
+
 class LoRALinear(nn.Module):
     """y = base(x) + (alpha/r) * x A_p^T B_p^T on the output slice of each adapted projection p, with `base`
     frozen (Hu et al. 2021, "LoRA"; one adapter per projection, as PEFT's target_modules).
@@ -58,15 +79,12 @@ class LoRALinear(nn.Module):
         for a in self.lora_a.values():
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.scaling = alpha / rank
+        self.lora_merge = LoRAMerge(self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         for p, (start, stop) in self.slices.items():
-            delta = F.linear(F.linear(x, self.lora_a[p]), self.lora_b[p]) * self.scaling
-            if start == 0 and stop == y.shape[-1]:
-                y = y + delta  # the whole output (an unfused projection): PEFT's own add
-            else:
-                y[..., start:stop] += delta  # only this projection's columns of the fused output
+            y = self.lora_merge(y, F.linear(F.linear(x, self.lora_a[p]), self.lora_b[p]), start, stop)
         return y
 
 

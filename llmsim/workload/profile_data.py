@@ -21,14 +21,20 @@ class OpTotals:
     `bytes` is what eager PyTorch moves: every op reads its inputs and writes its outputs. `fused_bytes`
     (the `other` kind only; None = the same as `bytes`) is what a compiler that fuses the elementwise chains
     between two GEMMs into one kernel moves (see _FusionTracker): each chain's external inputs, read once,
-    and the outputs something outside the chain needs."""
+    and the outputs something outside the chain needs. `engine_bytes` (None = the same as `traffic(True)`) is what
+    a serving engine moves where it runs an op unlike the trace: a model with LoRA traced for inference, whose
+    scale and add a serving engine folds into the adapter's GEMMs (trace._OpRecorder._record_engine); only the
+    serving iteration reads it (costmodel.iteration.token_costs)."""
 
     flops: float = 0.0
     bytes: float = 0.0
     count: int = 0
     fused_bytes: float | None = None
+    engine_bytes: float | None = None
 
     def add(self, other: "OpTotals", scale: float = 1.0) -> None:
+        if self.engine_bytes is not None or other.engine_bytes is not None:
+            self.engine_bytes = self.served() + other.served() * scale
         if self.fused_bytes is not None or other.fused_bytes is not None:
             self.fused_bytes = self.traffic(True) + other.traffic(True) * scale
         self.flops += other.flops * scale
@@ -39,10 +45,15 @@ class OpTotals:
         """HBM bytes of these ops, run eagerly (compiled False) or compiled with fusion (True)."""
         return self.fused_bytes if compiled and self.fused_bytes is not None else self.bytes
 
+    def served(self) -> float:
+        """HBM bytes of these ops in a serving engine: fused elementwise chains, LoRA inside its GEMMs."""
+        return self.engine_bytes if self.engine_bytes is not None else self.traffic(True)
+
     def scaled(self, scale: float) -> "OpTotals":
         """These totals times `scale` (a profile scaled to another depth: costmodel.scaling)."""
         return OpTotals(flops=self.flops * scale, bytes=self.bytes * scale, count=int(round(self.count * scale)),
-                        fused_bytes=None if self.fused_bytes is None else self.fused_bytes * scale)
+                        fused_bytes=None if self.fused_bytes is None else self.fused_bytes * scale,
+                        engine_bytes=None if self.engine_bytes is None else self.engine_bytes * scale)
 
 
 @dataclass(frozen=True)

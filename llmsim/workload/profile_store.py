@@ -39,8 +39,8 @@ from llmsim.workload.profile_data import OpTotals, WorkloadProfile
 
 # The file layout below; a change of it is a change of key. 2: with the profile's digest; 3: the profile has
 # activation_bytes_in_layers, and allocations no longer count as bytes moved (the code digest alone would do;
-# a format 2 file read by from_json would take 0 for the new field).
-FORMAT = 3
+# a format 2 file read by from_json would take 0 for the new field); 4: each op row ends with engine_bytes.
+FORMAT = 4
 ENV_SWITCH = "LLMSIM_PROFILE_CACHE"  # off: neither read nor write
 SWITCH_OFF = ("0", "false", "off", "no")
 SWITCH_ON = ("", "1", "true", "on", "yes")
@@ -95,7 +95,7 @@ def profile_key(workload: Workload, sharing: SharingChoice, recipe: str = "") ->
 def to_json(profile: WorkloadProfile) -> dict:
     """The profile as JSON values: its scalar fields, and `ops` as a list in its own order."""
     out = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name != "ops"}
-    out["ops"] = [[*key, t.flops, t.bytes, t.count, t.fused_bytes] for key, t in profile.ops.items()]
+    out["ops"] = [[*key, t.flops, t.bytes, t.count, t.fused_bytes, t.engine_bytes] for key, t in profile.ops.items()]
     return out
 
 
@@ -121,12 +121,13 @@ def from_json(data: dict) -> WorkloadProfile:
     rows = fields.pop("ops")
     if not all(k in _FIELD_TYPES and _typed(v, _FIELD_TYPES[k]) for k, v in fields.items()):
         raise TypeError("a stored profile field of another type than written")
-    if not all(isinstance(r, list) and len(r) == 7 and all(isinstance(x, str) for x in r[:3])
-               and all(_typed(x, (int, float)) for x in r[3:6]) and (r[6] is None or _typed(r[6], (int, float)))
-               for r in rows):
+    if not all(isinstance(r, list) and len(r) == 8 and all(isinstance(x, str) for x in r[:3])
+               and all(_typed(x, (int, float)) for x in r[3:6])
+               and all(x is None or _typed(x, (int, float)) for x in r[6:]) for r in rows):
         raise TypeError("a stored profile operator row of another shape than written")
-    ops = {(phase, region, kind): OpTotals(flops=flops, bytes=nbytes, count=count, fused_bytes=fused)
-           for phase, region, kind, flops, nbytes, count, fused in rows}
+    ops = {(phase, region, kind): OpTotals(flops=flops, bytes=nbytes, count=count, fused_bytes=fused,
+                                           engine_bytes=engine)
+           for phase, region, kind, flops, nbytes, count, fused, engine in rows}
     return WorkloadProfile(**fields, ops=ops)
 
 

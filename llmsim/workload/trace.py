@@ -37,7 +37,7 @@ from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
 from llmsim.config import SharingChoice, Workload
-from llmsim.workload.model import count_active_parameters
+from llmsim.workload.model import LORA_MERGE_MARK, count_active_parameters
 from llmsim.workload.profile_data import OpTotals, WorkloadProfile
 from llmsim.workload.step import WorkloadStep
 
@@ -124,7 +124,8 @@ class _FusionTracker:
     fusion; a vocab-wide softmax may take two); no elementwise op fuses into a GEMM's epilogue or prologue.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, attr: str = "fused_bytes") -> None:
+        self.attr = attr                                 # the OpTotals field charged: fused_bytes, engine_bytes
         self.depth: dict[int, tuple[str, int]] = {}     # storage -> (phase, GEMM depth) of its last writer
         self.made: dict[int, _Made] = {}
         self.read: set[tuple] = set()                    # (group, storage view) read from HBM already
@@ -135,12 +136,31 @@ class _FusionTracker:
         self.alive.setdefault(key, t.untyped_storage())
         return key
 
+    def _charge(self, totals: OpTotals, nbytes: float) -> None:
+        setattr(totals, self.attr, (getattr(totals, self.attr) or 0.0) + nbytes)
+
     def need(self, key: int) -> None:
         """Something outside its kernel reads this storage: an elementwise kernel that made it writes it."""
         made = self.made.get(key)
         if made is not None and not made.written:
             made.written = True
-            made.totals.fused_bytes = (made.totals.fused_bytes or 0.0) + made.nbytes
+            self._charge(made.totals, made.nbytes)
+
+    def alias(self, ins: list, outs: list) -> None:
+        """An op this tracker's engine does not run as a pass of its own (LoRA's scale and add, which a serving
+        engine folds into the adapter's expand GEMM: `_OpRecorder`): no traffic; its outputs stand for its first
+        tensor input (the base projection's output for the add, the expand's for the scale), at that input's
+        GEMM depth and with its producer, so what reads them later fuses and is charged as without the op."""
+        src = next((t for t in ins if isinstance(t, torch.Tensor)), None)
+        if src is None:
+            return
+        key = _storage_key(src)
+        for t in outs:
+            if isinstance(t, torch.Tensor) and (out := self._keep(t)) != key:
+                if key in self.depth:
+                    self.depth[out] = self.depth[key]
+                if key in self.made:
+                    self.made[out] = self.made[key]
 
     def saved(self, t: torch.Tensor) -> None:
         """Autograd saves `t` for the backward: it goes to HBM."""
@@ -165,7 +185,7 @@ class _FusionTracker:
                     default=0)
         if not fused:  # a GEMM, attention or unfused op: reads its inputs from HBM, its outputs one level deeper
             if kind == "other":
-                totals.fused_bytes = (totals.fused_bytes or 0.0) + eager_bytes
+                self._charge(totals, eager_bytes)
             for t in tensors:
                 self.need(_storage_key(t))
             for t in results:
@@ -174,8 +194,8 @@ class _FusionTracker:
                 self.made.pop(key, None)
             return
         group = (phase, depth, block)
-        if totals.fused_bytes is None:
-            totals.fused_bytes = 0.0
+        if getattr(totals, self.attr) is None:
+            setattr(totals, self.attr, 0.0)
         in_keys = set()
         for i, t in enumerate(tensors):
             key = _storage_key(t)
@@ -183,7 +203,7 @@ class _FusionTracker:
             if name == "copy_" and i == 0:      # the destination of a copy is written, not read
                 continue
             if name == "embedding" and i == 0:  # a lookup reads the rows it returns, not the whole table
-                totals.fused_bytes += _tensor_bytes(results)
+                self._charge(totals, _tensor_bytes(results))
                 continue
             made = self.made.get(key)
             if made is not None and made.group == group:
@@ -192,7 +212,7 @@ class _FusionTracker:
             view = (group, _storage_view(t))
             if view not in self.read:
                 self.read.add(view)
-                totals.fused_bytes += _tensor_bytes([t])
+                self._charge(totals, _tensor_bytes([t]))
         for t in results:
             key = self._keep(t)
             self.depth[key] = (phase, depth)
@@ -201,7 +221,7 @@ class _FusionTracker:
                 continue                        # updated in place inside the region
             nbytes = _tensor_bytes([t])
             if key in in_keys:                  # in place into memory that outlives this region: written
-                totals.fused_bytes += nbytes
+                self._charge(totals, nbytes)
                 self.made[key] = _Made(group, nbytes, totals, written=True)
             else:
                 self.made[key] = _Made(group, nbytes, totals)
@@ -211,12 +231,15 @@ class _OpRecorder(TorchDispatchMode):
     """Records FLOPs and bytes of every aten op, keyed by (phase, region, kind), and the fused traffic of the
     elementwise ones (_FusionTracker)."""
 
-    def __init__(self, tracker: ModuleTracker) -> None:
+    def __init__(self, tracker: ModuleTracker, engine_lora: bool = False) -> None:
         super().__init__()
         self.tracker = tracker
         self.phase = "forward"
         self.ops: dict[tuple[str, str, str], OpTotals] = defaultdict(OpTotals)
         self.fusion = _FusionTracker()
+        # A model with LoRA traced for inference: also the traffic of a serving engine that runs LoRA's scale
+        # and add inside the adapter's GEMMs (OpTotals.engine_bytes; `_record_engine`). None: not traced.
+        self.engine = _FusionTracker("engine_bytes") if engine_lora else None
 
     def _where(self) -> tuple[str, bool]:
         """(region, inside core attention) from the modules the op runs in."""
@@ -263,7 +286,34 @@ class _OpRecorder(TorchDispatchMode):
             totals.count += 1
         block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
         self.fusion.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
+        if self.engine is not None:
+            self._record_engine(region, block, kind, func, args, ins, outs, totals, nbytes)
         return out
+
+    def _record_engine(self, region: str, block: str | None, kind: str, func: Any, args: tuple, ins: list,
+                       outs: list, totals: OpTotals, nbytes: float) -> None:
+        """The op as a serving engine with LoRA runs it (OpTotals.engine_bytes; docs/serving.md, "LoRA").
+
+        vLLM folds the scaling alpha/r into B when it loads an adapter (vllm/lora/lora_weights.py,
+        `LoRALayerWeights.optimize`: `self.lora_b *= self.scaling`) and its expand kernel adds x A^T B^T into the
+        base projection's output in place (vllm/lora/punica_wrapper/punica_gpu.py `add_lora_linear`: shrink, then
+        expand with add_inputs=True; vllm/lora/ops/triton_ops/kernel_utils.py `do_expand_kernel`: with ADD_INPUTS
+        it loads the output tile, adds its accumulator and stores it). So LoRA's scale and add (the ops under a
+        `LoRAMerge`) are no passes of their own: their traffic is the expand's one extra read of the output slice
+        it adds to (its write is the expand's own output, traced already), charged to the layer GEMMs; every other
+        op moves what it moves in `fusion`."""
+        if any(p.endswith(LORA_MERGE_MARK) for p in self.tracker.parents):
+            assert self.engine is not None
+            self.engine.alias(ins, outs)
+            if func._overloadpacket.__name__ in ("add", "add_"):   # the add: the expand reads the output it adds to
+                base = next(t for t in ins if isinstance(t, torch.Tensor))
+                gemms = self.ops[(self.phase, region, "matmul")]
+                before = gemms.bytes if gemms.engine_bytes is None else gemms.engine_bytes
+                gemms.engine_bytes = before + _tensor_bytes([base])
+            return
+        if kind != "other" and totals.engine_bytes is not None:
+            totals.engine_bytes += nbytes          # a GEMM after the first add: its own traffic, as in `bytes`
+        self.engine.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -328,7 +378,7 @@ def trace_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProfil
     expert_params, active_params = _expert_counts(step)
     spec = workload.model
     tracker = ModuleTracker()
-    recorder = _OpRecorder(tracker)
+    recorder = _OpRecorder(tracker, engine_lora=sharing.lora is not None and workload.mode != "train")
     activation_bytes = activation_layers = kv_bytes = 0
     with tracker, recorder:
         if workload.mode == "train":

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from llmsim.config import ModelSpec, SharingChoice, Workload
+from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_work, ServingPriceError, forward_workspace_bytes,
                                         iteration_time, iteration_times, kv_capacity, token_costs)
@@ -87,6 +87,58 @@ def test_a_serving_iteration_prices_the_layers_elementwise_ops_as_fused_kernels(
         assert per_token == pytest.approx(other.traffic(True) / tokens, rel=1e-12)
         assert per_token < 0.4 * other.bytes / tokens
     assert costs.embed_bytes_prefill == pytest.approx(profile.ops[("prefill", "embed", "other")].bytes / 64, rel=1e-12)
+
+
+ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def test_a_served_lora_loses_its_scale_and_add_passes_and_nothing_else() -> None:
+    """A serving engine folds LoRA's alpha/r into B at load and its expand GEMM adds into the base projection's
+    output in place (vLLM: LoRALayerWeights.optimize, Punica's expand with add_inputs; trace._OpRecorder.
+    _record_engine). So a served Llama layer with adapters on all seven projections moves exactly the base
+    model's elementwise bytes, and its GEMMs move the base GEMMs' bytes plus the adapters' shrink and expand
+    (as traced) plus one read of each adapted output slice (the expand's read of the tile it adds to), while
+    the eager and fused profiles (training, `compile: true`) keep the scale and add as traced."""
+    w = _llama(2, 64)
+    base = profile_workload(w, UNTIED)
+    lora = profile_workload(w, SharingChoice(tie_embeddings=False, lora=LoraSpec(rank=16, targets=ALL_TARGETS)))
+    cb, cl = token_costs(w, base), token_costs(w, lora)
+    hidden, kv, ffn = 4096, 8 * 128, 14336                  # Llama 3 8B: 8 KV heads of 128, SwiGLU width 14336
+    outputs = hidden + kv + kv + hidden + ffn + ffn + hidden   # q k v o gate up down
+    rmw = outputs * 2 * w.model.layers                      # bf16 output slices read by the expand, per token
+    assert cl.other_bytes_prefill == cb.other_bytes_prefill
+    assert cl.other_bytes_decode == cb.other_bytes_decode
+    assert cl.mm_flops_decode > cb.mm_flops_decode        # the shrink and expand GEMMs stay
+    for phase, tokens in (("prefill", 2 * 64), ("decode", 2 * 2)):
+        gemms = lora.ops[(phase, "layers", "matmul")]
+        assert gemms.served() == gemms.bytes + rmw * tokens
+        other = lora.ops[(phase, "layers", "other")]
+        assert other.served() == base.ops[(phase, "layers", "other")].traffic(True) < other.traffic(True)
+        assert other.bytes > base.ops[(phase, "layers", "other")].bytes   # eager: PEFT's scale and add as traced
+    assert all(t.engine_bytes is None for t in base.ops.values())   # no LoRA: every serving number as before
+
+
+def test_a_served_loras_adapters_are_weights_read_once_per_pass() -> None:
+    """The adapters' A and B are GEMM weights: a pass reads them once whatever its tokens, so the per-token GEMM
+    bytes leave them out (as the base weights) and the iteration adds one layer's on each rank per pass."""
+    w = _llama(2, 64)
+    base = profile_workload(w, UNTIED)
+    lora = profile_workload(w, SharingChoice(tie_embeddings=False, lora=LoraSpec(rank=16, targets=ALL_TARGETS)))
+    cb, cl = token_costs(w, base), token_costs(w, lora)
+    adapters = lora.trainable_param_bytes                  # r (in + out) per adapter, bf16, all layers
+    assert adapters == 2 * 16 * (4096 + 4096 + 2 * (4096 + 1024) + 4096 + 4096 + 2 * (4096 + 14336)
+                                 + 14336 + 4096) * w.model.layers
+    assert cb.adapter_weight_bytes == 0 and cl.adapter_weight_bytes == adapters
+    rmw = (4096 * 3 + 1024 * 2 + 14336 * 2) * 2 * w.model.layers
+    for phase, passes, tokens, per_token in (("prefill", 1, 2 * 64, cl.mm_bytes_prefill),
+                                             ("decode", 2, 2 * 2, cl.mm_bytes_decode)):
+        activations = (lora.ops[(phase, "layers", "matmul")].bytes - base.ops[(phase, "layers", "matmul")].bytes
+                       - passes * adapters) / tokens
+        base_per_token = cb.mm_bytes_prefill if phase == "prefill" else cb.mm_bytes_decode
+        assert per_token == pytest.approx(base_per_token + activations + rmw, rel=1e-12)
+    for tp in (1, 2):
+        model = IterationModel(cl, w, Plan(tp=tp), a100_cluster())
+        assert model.layer_adapter_bytes == adapters / w.model.layers / tp
 
 
 def test_a_profile_not_traced_for_serving_is_refused() -> None:

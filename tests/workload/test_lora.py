@@ -165,3 +165,18 @@ def test_adapter_forward_flops_are_pefts(targets: tuple[str, ...]) -> None:
     adapters = 2 * tokens * _adapter_params(spec, targets, RANK)
     assert lora.flops(phase="forward", kind="matmul", region="layers") == \
         full.flops(phase="forward", kind="matmul", region="layers") + adapters
+
+
+def test_training_keeps_pefts_scale_and_add_and_only_inference_traces_an_engines_bytes() -> None:
+    """LoRA's scale and add run in a LoRAMerge submodule (no parameters: the state dict is PEFT's): a training
+    profile has no engine_bytes (PEFT's eager ops as traced); a decode profile's serving bytes differ from its fused
+    ones in the layers' GEMMs and elementwise ops only."""
+    spec = ModelSpec(preset="tiny")
+    sharing = SharingChoice(tie_embeddings=True, lora=LoraSpec(rank=4, targets=["qkv", "out", "mlp"]))
+    model = build_model(spec, tie_embeddings=True, lora=sharing.lora)
+    assert not any("lora_merge" in name for name in model.state_dict())
+    train = profile_workload(Workload(model=spec, mode="train", batch=2), sharing)
+    assert all(t.engine_bytes is None for t in train.ops.values())
+    decode = profile_workload(Workload(model=spec, mode="decode", batch=2, decode_tokens=3), sharing)
+    differ = {key for key, t in decode.ops.items() if t.served() != t.traffic(True)}
+    assert differ == {(phase, "layers", kind) for phase in ("prefill", "decode") for kind in ("matmul", "other")}

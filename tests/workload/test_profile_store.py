@@ -210,7 +210,7 @@ def test_an_edited_file_whose_digest_was_made_to_match_is_read_as_damaged(tmp_pa
     if edit == "params_text":
         data["profile"]["params"] = "abc"
     elif edit == "ops_row_short":
-        data["profile"]["ops"][0] = data["profile"]["ops"][0][:5]
+        data["profile"]["ops"][0] = data["profile"]["ops"][0][:6]
     else:
         data["profile"]["ops"][0][3] = "many"
     data["digest"] = _digest(data["profile"])
