@@ -47,7 +47,8 @@ import dataclasses
 import itertools
 import math
 import operator
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -220,7 +221,8 @@ MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_byt
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
 
-def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tuple, object] | None = None) -> PricedTable:
+def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tuple, object] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> PricedTable:
     """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
     search.Context), as columns. The same numbers as search.evaluate row by row.
 
@@ -235,10 +237,14 @@ def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tu
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
     with params_memo(), collector_paused():  # params_memo: the micro-batch, dp, recompute ... do not change them
-        return _price_table(ctx, configs, {} if shared is None else shared)
+        return _price_table(ctx, configs, {} if shared is None else shared, progress)
 
 
-def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object]) -> PricedTable:
+PROGRESS_EVERY_S = 5.0  # price_table's progress: at most one call per this many seconds while groups are timed
+
+
+def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object],
+                 progress: Callable[[int, int], None] | None = None) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
     keys, first_rows, group_of, rows = _grouped(ctx, configs)
@@ -262,9 +268,15 @@ def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object]) -> P
         timed_keys = list(keys)
         timed_keys = [timed_keys[g] for g in timed.tolist()]
         groups: list[_Group] = [None] * len(timed_keys)  # type: ignore[list-item]
+        rows_of = np.bincount(local.reshape(-1), minlength=len(timed_keys)).tolist()  # fitting rows per timed group
+        done, last = n - len(fit), time.monotonic()  # the rows over memory are done: screened, never timed
         for family in _families(ctx, timed_keys):
             for at, grp in zip(family, _family(ctx, [firsts[timed[at]] for at in family], shared, clusters)):
                 groups[at] = grp
+                done += rows_of[at]
+            if progress is not None and time.monotonic() - last >= PROGRESS_EVERY_S:
+                progress(done, n)
+                last = time.monotonic()
     error = [""] * n
     if any(g.error for g in groups):  # the rows of groups the cost model could not price carry its message
         for i, g in zip(fit.tolist(), local.tolist()):
