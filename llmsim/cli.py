@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 err_console = Console(stderr=True)
 
 
+def _say(text: str) -> None:
+    """One progress line on stderr: `llmsim plan`'s lines said while a hardware choice is priced (planner.search's
+    `live`), a module-level function so that a forked pricing worker gets it pickled (by name: the worker's copy of
+    this module and its console)."""
+    err_console.print(text, highlight=False)
+
+
 def _registry(warn: bool = True) -> tuple[BackendRegistry, object]:
     from llmsim.registry import BackendRegistry
 
@@ -377,7 +384,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             with task_bar(what) as bar, interrupt.handling():
                 executor.check()  # an unreachable Ray cluster is refused before the plan folder is made
                 outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None,
-                                   progress, executor=executor, task_progress=bar, profile=profile)
+                                   progress, executor=executor, task_progress=bar, profile=profile, live=_say)
                 interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
     from llmsim.planner.precisions import candidates

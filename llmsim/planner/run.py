@@ -45,8 +45,8 @@ class PlanOutcome:
 
 def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", simulate: bool | None = None,
              progress: Callable[[str], None] | None = None, executor: Executor | None = None,
-             task_progress: Progress | None = None, profile: PlanProfile | None = None
-             ) -> PlanOutcome | ServingPlanOutcome:
+             task_progress: Progress | None = None, profile: PlanProfile | None = None,
+             live: Callable[[str], None] | None = None) -> PlanOutcome | ServingPlanOutcome:
     """Search the plan's space and write plan.parquet, plan.csv, figures/pareto.png, plan.md, plan.html, best.yaml.
 
     `executor` runs the cluster-simulation re-checks (llmsim.executor; default: in this process), with
@@ -55,7 +55,9 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     instead (planner.serve): the executor runs its candidates' rate searches and the sensitivity's what-ifs,
     and it returns a ServingPlanOutcome. `profile`: the plan's workload profile begun by the caller
     (planner.profiling.PlanProfile of the plan's workload and sharing choice, on the same executor: `llmsim plan`
-    starts it as soon as the plan is read); default: begun here. A serving plan does not read it."""
+    starts it as soon as the plan is read); default: begun here. A serving plan does not read it. `live`: the
+    lines said while each hardware choice is priced (search's `live`: a module-level function, pickled into
+    forked workers)."""
     check_hardware(plan, catalog, file)
     axis_problem = search_axis_problem(plan)
     if axis_problem is not None:
@@ -70,18 +72,19 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
         return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
     with collector_paused(), (profile or PlanProfile(plan.workload, sharing_choice(plan), executor)) as begun:
-        return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun)
+        return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun, live)
 
 
 def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simulate: bool | None,
                      progress: Callable[[str], None] | None, executor: Executor | None,
-                     task_progress: Progress | None, begun: PlanProfile) -> PlanOutcome:
+                     task_progress: Progress | None, begun: PlanProfile,
+                     live: Callable[[str], None] | None = None) -> PlanOutcome:
     """run_plan of a training or inference plan: search, re-check, explain, write."""
     sharing = sharing_choice(plan)
     # a profile not yet stored is traced in a forked worker while this process readies the search (prepare_search)
     profile, caches = prepare_search(plan, hardware, begun)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
-    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor, caches=caches)
+    rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor, caches=caches, live=live)
     simulated = plan.simulate if simulate is None else simulate
     if simulated and len(rows) and bool(rows.columns["feasible"][0]):
         if progress:

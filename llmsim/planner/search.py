@@ -712,7 +712,7 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
            profile: WorkloadProfile | None = None,
            progress: Callable[[str], None] | None = None,
            pricing: Literal["table", "scalar"] = "table", executor: Executor | None = None,
-           caches: SearchCaches | None = None) -> tuple[Rows, SearchStats]:
+           caches: SearchCaches | None = None, live: Callable[[str], None] | None = None) -> tuple[Rows, SearchStats]:
     """Every configuration of the plan's space, evaluated and ranked (pruned groups are only counted), as
     `Rows`: a sequence of Evaluations to read, columns underneath (an Evaluation is made for a row when read).
 
@@ -723,7 +723,11 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     (llmsim.executor; default: in this process, one after another; under `auto` or `ray`, in workers forked
     from this process, one per core). The rows, the counts and the progress lines ("a100-80gb: N
     configurations screened", in the order of the choices) are the same whatever runs them
-    (tests/planner/test_search_parallel.py). `caches`: prepare_search's (default: empty; the same rows)."""
+    (tests/planner/test_search_parallel.py). `caches`: prepare_search's (default: empty; the same rows).
+    `live`: lines said while a context is priced, from whichever process prices it ("h100-sxm: pricing 950,364
+    configurations", then every table.PROGRESS_EVERY_S seconds "h100-sxm: 120,000 of 950,364 configurations priced":
+    `PricingLines`); pickled into forked workers, so a module-level function (llmsim.cli's); not among
+    `progress`'s ordered lines, since their timing and process vary."""
     start = time.perf_counter()
     sharing = sharing or sharing_choice(plan)
     profile = profile or workload_profile(plan.workload, sharing)
@@ -735,7 +739,8 @@ def search(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice | No
     done: dict[int, ContextPrice] = {}  # finished, not yet added: the contexts are added and reported in order
     reported = 0
     runner = (executor or LocalExecutor()).few_heavy()
-    for i, result in runner.as_completed(functools.partial(price_context, caches or SearchCaches()), tasks):
+    price = functools.partial(price_context, caches or SearchCaches(), **({"live": live} if live else {}))
+    for i, result in runner.as_completed(price, tasks):
         done[i] = result
         while reported in done:
             hw, label, _ = contexts[reported]
@@ -783,19 +788,38 @@ class ContextPrice:
 ContextTask = tuple[PlanFile, Hardware, str, Context, bool, str]
 
 
-def price_context(caches: SearchCaches, task: ContextTask) -> ContextPrice:
+@dataclass(frozen=True)
+class PricingLines:
+    """price_table's progress(done, total) as the lines `say` prints for one context (search's `live`); picklable
+    where `say` is."""
+
+    name: str                      # the hardware choice and its precision label
+    say: Callable[[str], None]
+
+    def start(self, total: int) -> None:
+        self.say(f"{self.name}: pricing {count(total, 'configuration')}")
+
+    def __call__(self, done: int, total: int) -> None:
+        self.say(f"{self.name}: {done:,} of {count(total, 'configuration')} priced")
+
+
+def price_context(caches: SearchCaches, task: ContextTask, live: Callable[[str], None] | None = None
+                  ) -> ContextPrice:
     """Screen, enumerate and price one (hardware, precision) of a plan: the groups whose weights alone overflow
     counted (member_count), the others' configurations priced (table: price_table over the chains as
     columns.ChainedConfigs, each chain cut after its first overflow; scalar: evaluate one by one). A
     module-level function of its task and caches (see SearchCaches), so that search can run it in a forked
-    worker."""
+    worker. `live`: search's (PricingLines)."""
     plan, hw, label, ctx, as_written, pricing = task
+    lines = PricingLines(f"{hw.name}{' ' + label if label else ''}", live) if live else None
     stats = SearchStats()
     axes: Axes = axes_of(plan, hw.devices_per_node)
     kept = _screened_groups(caches, task, axes, stats)
     if pricing == "table" and plan.workload.mode == "train":  # inference: row by row (planner.table)
         found = chained_configs(ctx.plan, kept, axes, caches.shapes)
-        table = price_table(ctx, found, caches.shared.setdefault(label, {}))
+        if lines:
+            lines.start(len(found))
+        table = price_table(ctx, found, caches.shared.setdefault(label, {}), lines)
         keep = np.flatnonzero(chain_kept(table.columns["fits"].astype(bool), found.lengths().tolist()))
         part = table_rows(ctx, table, keep)
         over = int((~part.columns["fits"]).sum())

@@ -35,7 +35,8 @@ Exact by construction where the grouping holds; a float8 workload's groups also 
 casts are spread over the micro-batches), so dp and ZeRO vary in them (its FP8 weight copies are sharded by
 ZeRO-3 in memory.stage_memory, a column formula); where the grouping does not hold (a TPU torus, whose axes
 are laid out together and whose ZeRO spans slices; a mixture of experts; inference, whose batch per replica
-follows dp) every configuration is its own group, still through the same code (torus, MoE), or the search
+follows dp) every configuration is its own group, still through the same code (torus, MoE; a MoE group's
+memory terms, which read none of dp, ZeRO or m, still shared per `_stage_key`: `_memory_plan`), or the search
 prices it row by row with search.evaluate (inference). tests/planner/test_table.py checks both paths agree to 1e-9 on
 thousands of random configurations.
 """
@@ -47,7 +48,8 @@ import dataclasses
 import itertools
 import math
 import operator
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -220,7 +222,8 @@ MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_byt
                  "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
 
-def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tuple, object] | None = None) -> PricedTable:
+def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tuple, object] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> PricedTable:
     """Memory, step and goal metrics of every configuration in `configs` (one hardware choice: `ctx`, a
     search.Context), as columns. The same numbers as search.evaluate row by row.
 
@@ -235,10 +238,14 @@ def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tu
     if ctx.plan.workload.mode != "train":
         raise ValueError("inference is priced row by row (search.evaluate): its batch per replica follows dp")
     with params_memo(), collector_paused():  # params_memo: the micro-batch, dp, recompute ... do not change them
-        return _price_table(ctx, configs, {} if shared is None else shared)
+        return _price_table(ctx, configs, {} if shared is None else shared, progress)
 
 
-def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object]) -> PricedTable:
+PROGRESS_EVERY_S = 5.0  # price_table's progress: at most one call per this many seconds while groups are timed
+
+
+def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object],
+                 progress: Callable[[int, int], None] | None = None) -> PricedTable:
     """price_table of a non-empty training table, inside params_memo."""
     n = len(configs)
     keys, first_rows, group_of, rows = _grouped(ctx, configs)
@@ -247,8 +254,9 @@ def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object]) -> P
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
     layouts = precision.any_layout(ctx.hardware.device)
     terms, tkeys = [], []
+    by_plan = ctx.hardware.node.is_torus  # off a torus the row fields do not change them (`_memory_plan`)
     for k, g in keys.items():
-        tkeys.append(k[:_NODE_AT] + k[_NODE_AT + 1:])
+        tkeys.append(k[:_NODE_AT] + k[_NODE_AT + 1:] if by_plan else k[:_NODE_AT])
         if ("terms", tkeys[-1], layouts) not in shared:
             shared[("terms", tkeys[-1], layouts)] = _stage_terms(ctx, firsts[g], shared)
         terms.append(shared[("terms", tkeys[-1], layouts)])
@@ -262,9 +270,15 @@ def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object]) -> P
         timed_keys = list(keys)
         timed_keys = [timed_keys[g] for g in timed.tolist()]
         groups: list[_Group] = [None] * len(timed_keys)  # type: ignore[list-item]
+        rows_of = np.bincount(local.reshape(-1), minlength=len(timed_keys)).tolist()  # fitting rows per timed group
+        done, last = n - len(fit), time.monotonic()  # the rows over memory are done: screened, never timed
         for family in _families(ctx, timed_keys):
             for at, grp in zip(family, _family(ctx, [firsts[timed[at]] for at in family], shared, clusters)):
                 groups[at] = grp
+                done += rows_of[at]
+            if progress is not None and time.monotonic() - last >= PROGRESS_EVERY_S:
+                progress(done, n)
+                last = time.monotonic()
     error = [""] * n
     if any(g.error for g in groups):  # the rows of groups the cost model could not price carry its message
         for i, g in zip(fit.tolist(), local.tolist()):
@@ -355,6 +369,16 @@ def _stage_key(plan, whole: bool):
                    virtual_stages=plan.v)
 
 
+def _memory_plan(ctx) -> bool:
+    """Whether a stage's memory terms are keyed by the whole plan (`_stage_key`): on a torus (its slices) only.
+    memory.stage_memory_terms of a training stage reads neither dp, the ZeRO stage nor the micro-batch count (they
+    enter through memory.stage_memory's columns; a mixture of experts' edp too), so where every configuration is
+    its own group for its work (`_whole`: a mixture of experts) its memory terms are still shared by the
+    configurations of one `_stage_key`: the MoE plan of issue 18 (qwen3-30b-a3b, 512 h100-sxm) built them once per
+    configuration, 76% of its pricing (107 of 140 s under cProfile at max_devices 64: branch moeSpeed)."""
+    return ctx.hardware.node.is_torus
+
+
 def _static_key(c: Config) -> tuple:
     """What a dense training stage's memory terms other than the activations (`memory.stage_memory_terms` with
     activations=False) depend on, of the fields `_stage_key` keeps: tp (= etp), pp, the chunks per device
@@ -377,7 +401,7 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
     whole = _whole(ctx)
     if whole or precision.is_fp8(w) or w.model.moe is not None:
         plan = c.plan()
-        skey = ("memory", _stage_key(plan, whole), layouts)
+        skey = ("memory", _stage_key(plan, _memory_plan(ctx)), layouts)
         memory = shared.get(skey)
         if memory is None:
             memory = shared[skey] = [stage_memory_terms(w, ctx.profile, ctx.sharing, plan, ctx.options, st,

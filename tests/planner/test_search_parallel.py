@@ -140,3 +140,66 @@ def test_one_hardware_choice_runs_in_this_process(monkeypatch: pytest.MonkeyPatc
     pids = _pricing_pids(monkeypatch, tmp_path)
     rows, _ = search(plan, resolve_hardware(plan, small_catalog()), executor=ForkExecutor(max_workers=2))
     assert len(rows) and pids() == {os.getpid()}
+
+
+def _said(text: str) -> None:
+    """search's `live`, appending each line to a file named by the process that said it (module-level: pickled by
+    name into a forked worker, which inherits `_PIDS_AT`)."""
+    assert _PIDS_AT is not None
+    with open(_PIDS_AT / f"said-{os.getpid()}", "a") as f:
+        f.write(text + "\n")
+
+
+def _moe_two_choices() -> Any:
+    """A mixture of experts (every configuration its own group: planner.table._whole) on two hardware choices."""
+    return small_plan(workload={"model": {"preset": "tiny-moe"}, "mode": "train", "batch": 16},
+                      hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4},
+                                {"name": "a100-80gb", "usd_per_device_hour": 2.0, "devices_per_node": 8}],
+                      limits={"max_devices": 16, "memory_headroom": 0.0})
+
+
+def _pricing_lines(lines: list[str], name: str) -> tuple[int, list[tuple[int, int]]]:
+    """(the count a context's first line says it prices, the (done, total) of its later lines), of `name`."""
+    mine = [line.removeprefix(f"{name}: ") for line in lines if line.startswith(f"{name}: ")]
+    first = mine[0].removeprefix("pricing ").removesuffix(" configurations")
+    ticks = [tuple(int(x.replace(",", "")) for x in line.removesuffix(" configurations priced").split(" of "))
+             for line in mine[1:]]
+    return int(first.replace(",", "")), ticks  # type: ignore[misc]
+
+
+def test_pricing_says_how_many_it_prices_and_how_far_it_got(monkeypatch: pytest.MonkeyPatch) -> None:
+    """search's `live` (issue 18: a long pricing is silent): a line as each context's pricing starts with the count
+    it screens, then (every table.PROGRESS_EVERY_S seconds, here every group) how many are priced; the rows and the
+    ordered progress lines are those of a search without it."""
+    plan, catalog = _moe_two_choices(), small_catalog()
+    quiet, quiet_stats, quiet_lines = _searched(plan, catalog, None)
+    from llmsim.planner import table as table_module
+
+    monkeypatch.setattr(table_module, "PROGRESS_EVERY_S", 0.0)
+    said: list[str] = []
+    lines: list[str] = []
+    rows, stats = search(plan, hardware(plan, catalog), progress=lines.append, live=said.append)
+    _same_rows(rows, quiet)
+    assert lines == quiet_lines
+    for hw in ("small-gpu", "a100-80gb"):
+        total, ticks = _pricing_lines(said, hw)
+        assert 0 < total <= stats.per_hardware[hw]  # the groups pruned for their weights alone are not priced
+        assert len(ticks) >= 2 and all(t == total for _, t in ticks)
+        done = [d for d, _ in ticks]
+        assert done == sorted(done) and 0 < done[0] and done[-1] == total
+
+
+@needs_fork
+def test_a_forked_worker_says_its_pricing_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The context a forked worker prices says its lines from there (search's `live`, pickled by name)."""
+    from llmsim.planner import table as table_module
+    monkeypatch.setattr(table_module, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(sys.modules[__name__], "_PIDS_AT", tmp_path)
+    plan, catalog = _moe_two_choices(), small_catalog()
+    search(plan, hardware(plan, catalog), executor=ForkExecutor(max_workers=2), live=_said)
+    by_pid = {int(p.name.split("-")[1]): p.read_text().splitlines() for p in tmp_path.glob("said-*")}
+    assert len(by_pid) == 2 and os.getpid() in by_pid
+    worker = next(lines for pid, lines in by_pid.items() if pid != os.getpid())
+    name = worker[0].split(":")[0]
+    total, ticks = _pricing_lines(worker, name)
+    assert total > 0 and ticks and ticks[-1] == (total, total)
