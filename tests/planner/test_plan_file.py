@@ -33,7 +33,7 @@ def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
     ({"options": {"attention": "magic"}}, "options.attention", "'flash', 'cudnn', 'flash3', 'fused-softmax' or 'math'"),
     ({"options": {"hardware": "h100-sxm"}}, "options.hardware", "allowed: attention, main_grads_fp32"),
     ({"sharing": {"lora": {"targets": ["gate"]}}}, "sharing.lora.targets",
-     "target 'gate' is not a projection of a gelu block (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
+     "target 'gate' is not a projection of a gelu block LoRA can adapt (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
 ])
 def test_bad_plan_is_one_line(tmp_path: Path, change: dict, key: str, words: str) -> None:
     path = _write(tmp_path, {**GOOD, **change})
