@@ -557,10 +557,10 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
             adapters = lora_adapters(m, sharing.lora.targets)
         except ValueError as e:
             return "lora.targets", str(e)
-        widest = min(min(a.in_features, a.out_features) for a in adapters)
-        if sharing.lora.rank > widest:  # B A of rank r has rank min(r, in, out): a larger r adds only parameters
+        smallest = min(min(a.in_features, a.out_features) for a in adapters)
+        if sharing.lora.rank > smallest:  # B A of rank r has rank min(r, in, out): a larger r adds only parameters
             return "lora.rank", (f"{sharing.lora.rank} exceeds the smallest dimension of an adapted projection "
-                                 f"({widest}); allowed: 1 ... {widest}")
+                                 f"({smallest}); allowed: 1 ... {smallest}")
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
                                 f"(allowed: {_divisors(m.layers)})")
