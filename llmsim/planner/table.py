@@ -254,7 +254,7 @@ def _price_table(ctx, configs: ChainedConfigs, shared: dict[tuple, object],
     # and the device's FP8 GEMM layouts (the float8 weight copies: _stage_terms)
     layouts = precision.any_layout(ctx.hardware.device)
     terms, tkeys = [], []
-    by_plan = ctx.hardware.node.is_torus  # off a torus the row fields do not change them (`_memory_plan`)
+    by_plan = _memory_plan(ctx)  # off a torus the row fields do not change the memory terms
     for k, g in keys.items():
         tkeys.append(k[:_NODE_AT] + k[_NODE_AT + 1:] if by_plan else k[:_NODE_AT])
         if ("terms", tkeys[-1], layouts) not in shared:
