@@ -43,7 +43,7 @@ from llmsim.costmodel.work import (Comm, Groups, Overlapped, StageWork, StepWork
                                    _pipeline_message, _stage_kinds, _tp_collectives, tp_collectives_per_layer)
 
 if TYPE_CHECKING:
-    from llmsim.config import SharingChoice, Workload
+    from llmsim.config import ModelSpec, SharingChoice, Workload
     from llmsim.workload.profile import WorkloadProfile
 
 FP32_LOGIT_BYTES = 4
@@ -107,6 +107,28 @@ class TokenCosts:
     # base ones, read once per pass whatever its tokens (a served adapter: vLLM's shrink and expand read each
     # active adapter's A and B once per kernel); 0 without LoRA
     adapter_weight_bytes: float = 0.0
+    # kernels a served LoRA adds to every layer of every pass (lora_layer_kernels); 0 without LoRA
+    adapter_layer_kernels: int = 0
+
+
+# A served LoRA's kernels, read in vLLM's source (vllm/lora/punica_wrapper/punica_gpu.py, V1):
+# `PunicaWrapperGPU.add_lora_linear` allocates its rank-r buffer with `torch.zeros` (a fill kernel), then launches
+# one `lora_shrink` and one `lora_expand` Triton kernel over all of the module's slices: 3 kernels per wrapped
+# linear. vLLM wraps every linear the model supports, whatever the adapter targets
+# (vllm/lora/models.py `LoRAModelManager._create_lora_modules` matches `supported_lora_modules`, the model's
+# packed modules): a dense layer's qkv_proj, o_proj, gate_up_proj and down_proj (fc1 / fc2 without a gate).
+LORA_KERNELS_PER_LINEAR = 3
+LORA_LINEARS_DENSE_LAYER = 4
+LORA_LINEARS_ATTENTION = 2       # qkv_proj, o_proj: llmsim adapts only the attention of a mixture of experts
+
+
+def lora_layer_kernels(spec: "ModelSpec") -> int:
+    """Kernels a served LoRA adds to each layer of a pass: 3 per linear vLLM wraps, 4 linears in a dense layer,
+    the attention's 2 in a mixture of experts (llmsim's LoRA on an MoE model adapts the attention only:
+    config.check_sharing; vLLM's expert LoRA kernels are not counted). Each is priced at the device's fixed time
+    per kernel (efficiency.kernel_latency_s), as every kernel of the pass is."""
+    linears = LORA_LINEARS_ATTENTION if spec.moe is not None else LORA_LINEARS_DENSE_LAYER
+    return LORA_KERNELS_PER_LINEAR * linears
 
 
 def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype: str = "auto") -> TokenCosts:
@@ -179,7 +201,8 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
         moe_layers=getattr(profile, "moe_layers", 0),
         experts_prefill=expert_token_costs(profile, workload, "prefill", prompt, compiled=True),
         experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True),
-        kv_cache_dtype=kv_cache_dtype, adapter_weight_bytes=adapters)
+        kv_cache_dtype=kv_cache_dtype, adapter_weight_bytes=adapters,
+        adapter_layer_kernels=lora_layer_kernels(spec) if adapters else 0)
 
 
 def _kv_bytes_per_token(traced: float, workload_dtype: str, kv_cache_dtype: str) -> float:
@@ -396,8 +419,9 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     ops = c.ops_prefill if pre else c.ops_decode
     if eff.op_overhead_s:
         other += eff.op_overhead_s * ops[1] / c.layers
-    # one pass launches every kernel of the layer (and an engine's own beyond the fused count: Mix.layer_kernels)
-    other += eff.kernel_latency_s * (KERNELS_PER_LAYER_FORWARD + mix.layer_kernels)
+    # one pass launches every kernel of the layer (and an engine's own beyond the fused count: Mix.layer_kernels;
+    # a served LoRA's: TokenCosts.adapter_layer_kernels)
+    other += eff.kernel_latency_s * (KERNELS_PER_LAYER_FORWARD + mix.layer_kernels + c.adapter_layer_kernels)
     experts, a2a = _experts(model, mix, rates, moe_share)
     first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0

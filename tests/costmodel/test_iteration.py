@@ -15,7 +15,7 @@ import pytest
 from llmsim.config import LoraSpec, ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Options, Plan, memory_breakdown
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_work, ServingPriceError, forward_workspace_bytes,
-                                        iteration_time, iteration_times, kv_capacity, token_costs)
+                                        iteration_time, iteration_times, kv_capacity, lora_layer_kernels, token_costs)
 from llmsim.costmodel.step import _per_microbatch, price
 from llmsim.costmodel.work import forward_work
 from llmsim.workload.profile import profile_workload
@@ -139,6 +139,25 @@ def test_a_served_loras_adapters_are_weights_read_once_per_pass() -> None:
     for tp in (1, 2):
         model = IterationModel(cl, w, Plan(tp=tp), a100_cluster())
         assert model.layer_adapter_bytes == adapters / w.model.layers / tp
+
+
+def test_a_served_lora_launches_punicas_kernels_in_every_layer() -> None:
+    """vLLM wraps every supported linear of a layer (qkv, o, gate_up, down) when LoRA is on, whatever the adapter
+    targets, and each wrapped linear launches 3 kernels (a zeroed buffer, lora_shrink, lora_expand): a served
+    LoRA adds 12 kernels to each layer of every pass, each at the device's fixed time per kernel; an MoE model
+    (LoRA on the attention only) 6; no LoRA none."""
+    w = _llama(2, 64)
+    base = token_costs(w, profile_workload(w, UNTIED))
+    lora = token_costs(w, profile_workload(w, SharingChoice(tie_embeddings=False, lora=LoraSpec(rank=16,
+                                                                                                  targets=("q", "v")))))
+    assert (base.adapter_layer_kernels, lora.adapter_layer_kernels) == (0, 12)
+    assert lora_layer_kernels(ModelSpec(preset="mixtral-8x7b")) == 6
+    cluster = a100_cluster()
+    kernel_s = cluster.device.efficiency.kernel_latency_s
+    for mix in (Mix.decode(300), Mix.prefill(512)):
+        with_kernels = iteration_time(IterationModel(lora, w, Plan(), cluster), mix)
+        without = iteration_time(IterationModel(replace(lora, adapter_layer_kernels=0), w, Plan(), cluster), mix)
+        assert with_kernels - without == pytest.approx(12 * w.model.layers * kernel_s, rel=1e-9)
 
 
 def test_a_profile_not_traced_for_serving_is_refused() -> None:
