@@ -58,6 +58,11 @@ def test_cycles_become_seconds_at_the_devices_clock() -> None:
     # the clocks are those of the datasheet peaks: SMs x dense FLOP per clock per SM x clock = peak
     assert 108 * 2048 * a100.sm_clock_hz == pytest.approx(a100.peak_flops["bfloat16"], rel=1e-3)
     assert 132 * 4096 * h100.sm_clock_hz == pytest.approx(h100.peak_flops["bfloat16"], rel=1e-3)
+    # Blackwell: the same cycles at the clock of its peak, 148 SMs x 8,192 dense FLOP per clock (an estimate)
+    for name in ("b200", "gb200"):
+        blackwell = catalog.device(name)
+        assert 148 * 8192 * blackwell.sm_clock_hz == pytest.approx(blackwell.peak_flops["bfloat16"], rel=1e-3)
+        assert blackwell.efficiency.kernel_latency_s == pytest.approx(18300 / blackwell.sm_clock_hz)
 
 
 def test_each_kernel_of_a_decode_pass_pays_its_cycles(tmp_path: Path) -> None:
