@@ -220,7 +220,8 @@ class _Replay:
     def metrics(self, cluster: ClusterSpec) -> dict[str, float]:
         """TTFT and TPOT p50/p99 of the replayed requests on `cluster` (seconds; the same definitions as
         llmsim.serving.metrics)."""
-        model = IterationModel(self.costs, self.reference, self.plan, cluster, self.options)
+        model = IterationModel(self.costs, self.reference, self.plan, cluster, self.options,
+                               pipeline_in_flight=self.obs.serving.scheduler.pipeline_in_flight)
 
         def price(_: int):  # noqa: ANN202 - a Pricer
             def one(mix):  # noqa: ANN001, ANN202

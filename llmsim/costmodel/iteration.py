@@ -229,6 +229,8 @@ class Mix:
                      (an engine policy's own count, e.g. TGI 2.1's unfused ones: policies/tgi.py); 0 by default
     pass_kernels     kernels the pass launches after the LM head beyond KERNELS_HEAD (an engine's sampler and
                      input bookkeeping, e.g. TGI 2.1's); each at the device's fixed time per kernel; 0 by default
+    longest_chunk    c of the pass's longest prompt chunk and the p tokens cached before it (one sequence: an
+    longest_prefix   engine puts it in one micro-batch whole; iteration_times with pp batches in flight)
     """
 
     prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
@@ -240,6 +242,8 @@ class Mix:
     rows: float = 0
     layer_kernels: float = 0           # per layer, the same in every micro-batch and sum of a pass: `__add__` takes the max
     pass_kernels: float = 0
+    longest_chunk: float = 0           # not split by `share`; `__add__` keeps the longer chunk
+    longest_prefix: float = 0
 
     @property
     def tokens(self) -> float:
@@ -251,13 +255,14 @@ class Mix:
                    self.prefill_square + other.prefill_square, self.prefix_tokens + other.prefix_tokens,
                    self.decode_seqs + other.decode_seqs, self.decode_keys + other.decode_keys,
                    self.rows + other.rows, max(self.layer_kernels, other.layer_kernels),
-                   self.pass_kernels + other.pass_kernels)
+                   self.pass_kernels + other.pass_kernels,
+                   *max((self.longest_chunk, self.longest_prefix), (other.longest_chunk, other.longest_prefix)))
 
     @staticmethod
     def prefill(chunk: int, prefix: int = 0) -> "Mix":
         """One prompt chunk of `chunk` tokens after `prefix` cached ones, its last position sampled."""
         return Mix(prefill_tokens=chunk, prefill_pairs=chunk * prefix, prefill_square=chunk * chunk,
-                   prefix_tokens=prefix, rows=1)
+                   prefix_tokens=prefix, rows=1, longest_chunk=chunk, longest_prefix=prefix)
 
     @staticmethod
     def decode(keys: float) -> "Mix":
@@ -266,12 +271,13 @@ class Mix:
 
     def share(self, parts: int) -> "Mix":
         """1/parts of every sum: one of `parts` equal micro-batches (pipeline parallel inference); each
-        micro-batch launches every layer's kernels, so `layer_kernels` is kept whole."""
+        micro-batch launches every layer's kernels, so `layer_kernels` is kept whole, and the longest chunk is
+        one sequence's, not split."""
         if parts == 1:
             return self
         return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,
                    self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts,
-                   self.layer_kernels, self.pass_kernels / parts)
+                   self.layer_kernels, self.pass_kernels / parts, self.longest_chunk, self.longest_prefix)
 
 
 @dataclass(frozen=True)
@@ -287,6 +293,9 @@ class IterationModel:
     plan: Plan
     cluster: ClusterSpec
     options: Options = Options()
+    # with pp > 1: the engine keeps pp batches in flight, its pipeline full between iterations (the scheduler's
+    # `pipeline_in_flight`; iteration_times), or it fills and drains the pipeline every iteration (static batches)
+    pipeline_in_flight: bool = True
 
     # What every iteration reads, computed once per replica (a serving run prices ~10^5 iterations).
     @functools.cached_property
@@ -494,8 +503,31 @@ def iteration_work(model: IterationModel, mix: Mix) -> StepWork:
 
 def iteration_times(model: IterationModel, mix: Mix) -> StepTimes:
     """Where one iteration's time goes (costmodel.step.price of `iteration_work`): compute, exposed
-    tensor- and pipeline-parallel communication, and the pipeline's fill and drain (bubble). Seconds."""
-    return price(iteration_work(model, mix), model.cluster.fabric)
+    tensor- and pipeline-parallel communication, and the pipeline's fill and drain (bubble). Seconds.
+
+    With pp > 1 the mix runs as m micro-batches over p stages. An engine that drains its pipeline every
+    iteration (a static batch: `IterationModel.pipeline_in_flight` False) waits the flow shop's makespan, m
+    times the bottleneck stage plus one pass of every other stage (`price`; (2p - 1) stage times at m = p). An
+    engine that keeps its pp batches in flight (vLLM, SGLang, Sarathi-Serve: Scheduler.pipeline_in_flight) never
+    drains: in the steady state each micro-batch is back at the first stage after the longer of the bottleneck
+    stage's m micro-batches and its own pass through every stage, so an iteration of the whole running set
+    takes max(m x stage_c, sum over s of stage_s), i.e. the bubble shrinks by (m - 1) stage_c (to 0 for equal
+    stages at m = p: a weight-bound decode step then costs one device's read of all the weights, as at pp = 1,
+    while the cache holds pp times the tokens). The micro-batches hold whole sequences, so the pass is also no
+    shorter than its longest prompt chunk's own pass through every stage (`Mix.longest_chunk`): the two lower
+    bounds of a flow shop's makespan, its bottleneck machine's load and its longest job (Pinedo, "Scheduling",
+    Ch. 6)."""
+    fabric = model.cluster.fabric
+    times = price(iteration_work(model, mix), fabric)
+    m = inference_microbatches(model.plan, math.ceil(mix.rows))
+    if not model.pipeline_in_flight or model.plan.pp <= 1 or m <= 1:
+        return times
+    busy = times.compute + times.comm          # the critical (bottleneck) stage: m micro-batches
+    longest = busy / m + times.bubble          # one equal micro-batch through every stage
+    if mix.longest_chunk > 0:                  # the longest chunk's micro-batch: the chunk alone, one micro-batch
+        chunk = replace(Mix.prefill(mix.longest_chunk, mix.longest_prefix), layer_kernels=mix.layer_kernels)
+        longest = max(longest, price(iteration_work(model, chunk), fabric).step)
+    return replace(times, bubble=max(0.0, longest - busy))
 
 
 def iteration_time(model: IterationModel, mix: Mix) -> float:

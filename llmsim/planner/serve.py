@@ -186,7 +186,8 @@ class _Replica:
         self.cluster = task.cluster(n)
         self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1)
         costs = token_costs(task.reference, task.profile, spec.kv_cache_dtype)
-        self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options)
+        self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options,
+                                    pipeline_in_flight=BUILTIN[spec.scheduler.kind].pipeline_in_flight)
         _ = self.model.rates, self.model.attention_fraction  # a CostModelError now, not inside the simulation
         sched = spec.scheduler
         # the most prompt tokens one iteration can compute: the token budget, or a batch of whole prompts where a

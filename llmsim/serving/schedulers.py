@@ -116,6 +116,7 @@ class StaticScheduler(Scheduler):
     """Request-level batches, FasterTransformer-style (module docstring)."""
 
     kind = "static"
+    pipeline_in_flight = False      # each step fills and drains the pipeline (FasterTransformer's GPT pipeline)
 
     def __init__(self, spec: SchedulerSpec, kv: KVCache) -> None:
         super().__init__(spec, kv)

@@ -32,6 +32,7 @@ def mix_of(work: list[tuple[Sequence, int]]) -> Mix:
     decoding (attending over its cache and the new token); anything else computes a prompt chunk after the
     tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way)."""
     pre = pairs = square = prefix = dec = keys = 0
+    longest = (0, 0)                            # (c, p) of the longest prompt chunk
     for seq, n in work:
         done = seq.computed
         if n == 1 and seq.generated and done == seq.request.input_tokens + seq.generated - 1:
@@ -42,8 +43,9 @@ def mix_of(work: list[tuple[Sequence, int]]) -> Mix:
             pairs += n * done
             square += n * n
             prefix += done
+            longest = max(longest, (n, done))
     return Mix(prefill_tokens=pre, prefill_pairs=pairs, prefill_square=square, prefix_tokens=prefix,
-               decode_seqs=dec, decode_keys=keys, rows=len(work))
+               decode_seqs=dec, decode_keys=keys, rows=len(work), longest_chunk=longest[0], longest_prefix=longest[1])
 
 
 class Scheduler(ABC):
@@ -56,6 +58,13 @@ class Scheduler(ABC):
     """
 
     kind: ClassVar[str]
+    # With pp > 1, whether the engine keeps pp batches in flight so that its pipeline never drains between
+    # iterations: vLLM V0 runs one scheduler per virtual engine (`pipeline_parallel_size` of them, each stepped
+    # as its own task: vllm/engine/async_llm_engine.py `run_engine_loop`), V1 a batch queue of
+    # `max_concurrent_batches` = pp (vllm/v1/engine/core.py `step_with_batch_queue`), SGLang and Sarathi-Serve
+    # their own micro-batch loops. A FasterTransformer-style static batch runs every step through the whole
+    # pipeline and waits for it (StaticScheduler: False). costmodel.iteration.iteration_times prices either.
+    pipeline_in_flight: ClassVar[bool] = True
 
     def __init__(self, spec: SchedulerSpec, kv: KVCache) -> None:
         self.spec = spec

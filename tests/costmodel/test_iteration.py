@@ -46,7 +46,9 @@ def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp:
     profile = profile_workload(w, UNTIED)
     cluster = replace(a100_cluster(2, 8), device=CATALOG.device(device))
     plan = Plan(tp=tp, pp=pp, micro_batch=batch, stage_layers=split)
-    model = IterationModel(token_costs(w, profile), w, Plan(tp=tp, pp=pp, stage_layers=split), cluster)
+    # forward_work's pipeline fills and drains every pass: the iteration of an engine that does the same
+    model = IterationModel(token_costs(w, profile), w, Plan(tp=tp, pp=pp, stage_layers=split), cluster,
+                           pipeline_in_flight=False)
     prefill = sum((Mix.prefill(64) for _ in range(batch)), Mix())
     # forward_work prices a decode step at the mean cache length: prompt + decode_tokens / 2 keys.
     decode = sum((Mix.decode(64 + 1.5) for _ in range(batch)), Mix())
@@ -202,9 +204,10 @@ def test_a_chunk_after_a_cached_prefix_pays_for_its_attention_to_the_prefix() ->
 
 
 def test_pipeline_parallel_iterations_fill_and_drain_the_pipeline() -> None:
-    """pp stages: a pass of at least pp sequences splits into pp micro-batches; the critical stage waits one
-    pass of the other stage per micro-batch (GPipe order, costmodel.step.price); one sequence runs whole."""
-    model = _model(pp=2)
+    """pp stages, an engine that drains its pipeline every iteration (a static batch): a pass of at least pp
+    sequences splits into pp micro-batches; the critical stage waits one pass of the other stage per micro-batch
+    (GPipe order, costmodel.step.price); one sequence runs whole."""
+    model = replace(_model(pp=2), pipeline_in_flight=False)
     fabric = model.cluster.fabric
     for mix, m in ((sum((Mix.decode(200) for _ in range(8)), Mix()), 2), (Mix.decode(200), 1)):
         t, work = iteration_times(model, mix), iteration_work(model, mix)
@@ -213,6 +216,52 @@ def test_pipeline_parallel_iterations_fill_and_drain_the_pipeline() -> None:
         other_mb = sum(_per_microbatch(work, other, fabric)[:2])
         assert t.bubble == pytest.approx(other_mb, rel=1e-12)  # the other stage's pass of one micro-batch
     assert t.bubble < t.compute + t.comm  # the LM head makes the last stage the slower one
+
+
+def test_an_engine_with_pp_batches_in_flight_never_drains_its_pipeline() -> None:
+    """vLLM, SGLang, Sarathi-Serve keep pp batches in flight (Scheduler.pipeline_in_flight): an iteration of m = pp
+    micro-batches takes the longer of the bottleneck stage's m micro-batches and one micro-batch's pass through
+    every stage, max(m x stage_c, stage_c + stage_other): here the bottleneck's, no bubble. A single sequence (one
+    micro-batch) still passes every stage, as when draining. A weight-bound decode step then costs about what it
+    costs on one device (each stage reads its half of the weights twice), where draining costs ~(2p - 1)/p of it."""
+    full, drains = _model(pp=2), replace(_model(pp=2), pipeline_in_flight=False)
+    batch = sum((Mix.decode(200) for _ in range(8)), Mix())
+    t_full, t_drain = iteration_times(full, batch), iteration_times(drains, batch)
+    assert (t_full.compute, t_full.comm) == (t_drain.compute, t_drain.comm)
+    stage_c = (t_drain.compute + t_drain.comm) / 2
+    assert t_full.step == pytest.approx(max(2 * stage_c, stage_c + t_drain.bubble), rel=1e-12)
+    assert t_full.bubble == 0.0 < t_drain.bubble
+    one = Mix.decode(200)
+    assert iteration_times(full, one) == iteration_times(drains, one)
+    # Llama 3 8B's 32 layers (its LM head, on the last stage, then a small share of a stage): pp 2 within 10% of one
+    # device, draining ~1.5x
+    deep = _llama(layers=32)
+    costs = token_costs(deep, profile_workload(deep, UNTIED))
+    single, pp2 = (IterationModel(costs, deep, Plan(pp=pp), a100_cluster()) for pp in (1, 2))
+    t1, t2, t2_drain = (iteration_time(model, batch) for model in (single, pp2, replace(pp2, pipeline_in_flight=False)))
+    assert t2 < 1.1 * t1 and t2_drain > 1.4 * t1
+
+
+def test_a_prompt_is_not_split_across_micro_batches() -> None:
+    """With pp batches in flight a pass is no shorter than its longest prompt chunk's own pass through every stage
+    (a chunk is one sequence, in one micro-batch), whatever the equal split of the mix would give."""
+    model = _model(pp=2)
+    chunk = Mix.prefill(2048, 512)
+    mixed = chunk + sum((Mix.decode(300) for _ in range(8)), Mix())
+    assert (mixed.longest_chunk, mixed.longest_prefix) == (2048, 512)
+    assert mixed.share(2).longest_chunk == 2048
+    assert (Mix.prefill(16) + chunk).longest_chunk == 2048
+    alone = iteration_times(model, chunk).step                # one sequence: one micro-batch, every stage
+    t = iteration_times(model, mixed)
+    assert t.step >= alone
+    assert t.step < iteration_times(replace(model, pipeline_in_flight=False), mixed).step + alone
+
+
+def test_only_the_static_batch_drains_the_pipeline() -> None:
+    from llmsim.serving.schedulers import BUILTIN
+    assert {kind: cls.pipeline_in_flight for kind, cls in BUILTIN.items()} == {
+        "static": False, "continuous": True, "chunked-prefill": True, "prefill-first": True, "tgi": True,
+        "sglang": True}
 
 
 @pytest.mark.parametrize("pp", [1, 2])

@@ -123,7 +123,7 @@ def test_mix_of_tells_a_decode_from_a_prompt_chunk() -> None:
     c.computed, c.generated = 0, 2         # preempted: recomputes 82 tokens as one prompt
     mix = mix_of([(a, 1), (b, 30), (c, 82)])
     assert mix == Mix(prefill_tokens=112, prefill_pairs=30 * 20, prefill_square=30 * 30 + 82 * 82, prefix_tokens=20,
-                      decode_seqs=1, decode_keys=103, rows=3)
+                      decode_seqs=1, decode_keys=103, rows=3, longest_chunk=82, longest_prefix=0)
     assert linear_seconds(mix) > 0
 
 
