@@ -21,6 +21,9 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
   serving    serving       request-level serving runs: vLLM's CI throughput tests (200 ShareGPT prompts at once) and
                            serving tests (Poisson arrivals), TGI in vLLM's nightly comparison; TTFT, ITL and
                            throughput per metric, priced by the serving simulation (validation/serving_online.csv)
+             trtllm-blog   TensorRT-LLM's blog tables (v0.5-v0.7, late 2023): offline static batches of fixed
+                           lengths (gptSessionBenchmark), FP8 weights and KV cache on H100/H200, FP16 on A100; output
+                           tokens/s per GPU and the first token's latency (validation/serving_trtllm_blog.csv)
              capacity      published serving capacity: the highest request rate one replica sustains under a latency
                            SLO (Sarathi-Serve's capacity search, DistServe's goodput), priced by the serving planner's
                            rate search, llmsim.planner.serve.rate_search (validation/serving_capacity.csv)
@@ -516,7 +519,8 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
-                    "kv_cache_dtype")
+                    "kv_cache_dtype", *MODEL_OPTIONAL_COLUMNS)
+# `parallel_block` (optional; blank = false): the attention and the MLP off one norm (GPT-J's block; ModelSpec).
 # `kv_cache_dtype` (optional; blank = auto): the engine's KV-cache element type, serving.kv_cache_dtype (auto |
 # float8: vLLM --kv-cache-dtype fp8); the scenario's rules refuse any other value, naming the row.
 # `concurrency` (optional; blank = an open loop): a run measured with N clients, vLLM's `bench serve
@@ -732,6 +736,9 @@ LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
 SERVING_METRICS: dict[str, tuple[str, float]] = {
     "requests_per_s": ("requests_per_s", 1.0),
     "output_tokens_per_s": ("output_tokens_per_s", 1.0),
+    # output tokens/s per GPU of the replica (TensorRT-LLM's blogs: out_tps = output_seqlen x batch_size /
+    # total_latency / tp): the simulated row's tokens_per_s_per_device, output_tokens_per_s / n_devices
+    "output_tokens_per_s_per_device": ("tokens_per_s_per_device", 1.0),
     "ttft_mean_ms": ("ttft_mean_s", 1e-3),
     "ttft_p50_ms": ("ttft_p50_s", 1e-3),
     "ttft_p99_ms": ("ttft_p99_s", 1e-3),
@@ -1528,6 +1535,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("moe-train", "training", VALIDATION / "moe_training.csv", lambda p: run_cases(p, "training")),
     Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
     Table("serving", "serving", VALIDATION / "serving_online.csv", serving_cases),
+    Table("trtllm-blog", "serving", VALIDATION / "serving_trtllm_blog.csv", serving_cases),
     Table("capacity", "serving", VALIDATION / "serving_capacity.csv", capacity_cases),
     Table("capacity-ratios", "serving", VALIDATION / "serving_capacity_ratios.csv", capacity_ratio_cases),
 )}
