@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD
+from llmsim.costmodel.iteration import inference_microbatches
 from llmsim.costmodel.work import tp_collectives_per_layer
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ def pass_launches(model: "IterationModel", mix: "Mix") -> float:
     (KERNELS_HEAD, and an engine's own sampler kernels, Mix.pass_kernels) on the last, once per micro-batch
     (costmodel.iteration.inference_microbatches). Each rank's host launches its own kernels, in parallel with the
     other ranks' (one worker process per GPU), so the count is per rank, not per replica."""
-    from llmsim.costmodel.iteration import inference_microbatches
-
     plan = model.plan
     per_layer = layer_launches(mix.layer_kernels, plan.tp, tp_collectives_per_layer(model.workload.model))
     stages = model.stage_layers
