@@ -26,13 +26,14 @@ from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.eager import priced_pass_seconds
 from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, kv_capacity, token_costs
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
 from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
-from llmsim.serving.spec import HostStep, ServingCase
+from llmsim.serving.spec import EagerLaunch, HostStep, ServingCase
 from llmsim.workload.profile import WorkloadProfile, profile_at_depth
 from llmsim.workload.profile_store import stored_profile
 
@@ -96,10 +97,12 @@ def _degraded(cluster: ClusterSpec, tier: str, factor: float) -> ClusterSpec:
 
 
 def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Callable[[int], Pricer]
-            host: HostStep = HostStep()):
+            host: HostStep = HostStep(), eager: EagerLaunch = EagerLaunch()):
     """price(i): replica i's iteration pricer, (seconds, compute seconds) of a Mix, with its faults; `host` adds
     the engine's host time of the iteration (HostStep.seconds of its sequences, Mix.rows), which the device does
-    not overlap (vLLM V0-style engines: scheduling, input preparation, sampling, output processing in line)."""
+    not overlap (vLLM V0-style engines: scheduling, input preparation, sampling, output processing in line);
+    `eager` says which passes the engine launches from Python, each taking at least its host launch time
+    (costmodel.eager.priced_pass_seconds)."""
 
     def price(i: int) -> Pricer:
         here = model
@@ -111,7 +114,8 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
         def one(mix: Mix) -> tuple[float, float]:
             t = iteration_times(here, mix)
             compute = t.compute * slowdown
-            seconds = compute + t.comm + t.bubble * slowdown + t.other
+            seconds = priced_pass_seconds(here, mix, compute + t.comm + t.bubble * slowdown + t.other,
+                                          eager.passes, eager.per_kernel_s)
             if rng is not None:
                 seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
             return seconds + host.seconds(mix.rows), compute
@@ -193,7 +197,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     outcome = simulate_serving(
         iter_requests(serving), replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens,
-        price=pricers(model, faults, spec.host_step_on(cluster.device)),
+        price=pricers(model, faults, spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device)),
         router=spec.router, context_tokens=case.workload.model.seq_len,
         request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
     row = summarize(outcome, serving.rate, spec.slo)
@@ -202,7 +206,9 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                  for busy in outcome.compute_s)
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
     host = spec.host_step_on(cluster.device)
-    extra.update(energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
+    eager = spec.eager_launch_on(cluster.device)
+    extra.update(eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s,
+                 energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
                  step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
                  replicas=spec.replicas,
                  events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,

@@ -1064,6 +1064,10 @@ CAPACITY_INTS = {"context", "input_median", "input_p90", "output_median", "outpu
 CAPACITY_FLOATS = {"duration_s", "slo_itl_s", "slo_queue_s", "slo_ttft_s", "slo_tpot_s", "rate_start",
                    "read_error"}
 CAPACITY_PERCENTILES = {"slo_itl_percentile", "slo_queue_percentile", "slo_percentile"}
+# Every capacity row ran in the sarathi-serve artifact (microsoft/sarathi-serve@02d2567e: its vLLM, Orca and
+# Sarathi-Serve schedulers in one engine, docs/serving.md), which captures no CUDA graph anywhere in sarathi/: every
+# pass is launched eagerly from Python (serving.scheduler.eager all; costmodel.eager).
+CAPACITY_EAGER = "all"
 # the engine's host time per iteration (serving.step_overhead_s / step_overhead_per_seq_s; blank = the device's, 0)
 CAPACITY_HOST = {"step_overhead_s", "step_overhead_per_seq_s"}
 CAPACITY_REQUIRED = ("hardware", "n_devices", "tp", "pp", "context", "input_median", "input_p90", "output_median",
@@ -1249,7 +1253,8 @@ def capacity_task(r: dict[str, object]):
         "lengths": capacity_lengths(r),
         "scheduler": {key: r[column] for key, column in (("kind", "scheduler"), ("max_num_seqs", "max_num_seqs"),
                                                          ("max_batched_tokens", "max_batched_tokens"),
-                                                         ("chunk_tokens", "chunk_tokens")) if r[column] is not None},
+                                                         ("chunk_tokens", "chunk_tokens")) if r[column] is not None}
+                      | {"eager": CAPACITY_EAGER},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"],
         **{key: r[key] for key in sorted(CAPACITY_HOST) if r[key] is not None},
         "slo": capacity_slo(r).model_dump(), "seed": SERVING_SEED})

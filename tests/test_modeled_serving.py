@@ -380,3 +380,47 @@ def test_the_serving_reference_profile_is_kept_between_runs(monkeypatch: pytest.
     monkeypatch.setattr(modeled_serving, "profile_at_depth", no_trace)
     again_ref, again = modeled_serving.serving_profile(workload, sharing)
     assert again_ref == ref and again == first and again is not first
+
+
+def test_eager_passes_take_at_least_their_host_launch_time(tmp_path: Path) -> None:
+    """serving.scheduler.eager (costmodel.eager): a pass launched from Python takes max(device time,
+    eager_launch_s x its kernels). One request of the tiny model on h100-sxm (eager_launch_s > 0 in the catalog), so
+    its TTFT is the prompt pass and its ITLs the decode passes: prefill-first defaults to V0's rule (prompt passes
+    eager, decode replayed), which lengthens the TTFT only; `all` lengthens the decode steps too; `none` is the
+    device time alone."""
+    from llmsim.config import ModelSpec
+    from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD
+    from llmsim.costmodel.eager import layer_launches
+    from llmsim.hardware import load_catalog
+
+    per_kernel = load_catalog().device("h100-sxm").eager_launch_s
+    assert per_kernel > 0
+    layers = ModelSpec(preset="tiny").layers
+    launch = per_kernel * (layers * layer_launches(0, 1, 2) + KERNELS_EMBED + KERNELS_HEAD)
+    rows = {}
+    for eager in (None, "none", "all"):
+        data = _scenario(requests=1, arrival={"kind": "poisson", "rate": 1.0}, slo=None)
+        data["serving"]["scheduler"] = {"kind": "prefill-first", **({"eager": eager} if eager else {})}
+        data["backends"] = {"roofline": H100}
+        _, (row,) = _run(tmp_path / str(eager), data)
+        rows[eager] = row
+    default, graphs, eager_all = rows[None], rows["none"], rows["all"]
+    assert default["eager_passes"] == "prompt" and graphs["eager_passes"] == "none" and eager_all["eager_passes"] == "all"
+    assert default["eager_launch_s"] == per_kernel
+    assert graphs["ttft_p50_s"] < launch                       # the tiny model's prompt pass: device time well below
+    assert default["ttft_p50_s"] == pytest.approx(launch, rel=1e-6)   # host-bound: the launches
+    assert default["itl_p50_s"] == pytest.approx(graphs["itl_p50_s"], rel=1e-12)   # decode replays its graph
+    assert eager_all["itl_p50_s"] == pytest.approx(launch, rel=1e-6)
+
+
+def test_the_eager_key_takes_none_prompt_or_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from llmsim.cli import main
+    data = _scenario()
+    data["serving"]["scheduler"] = {"kind": "prefill-first", "eager": "decode"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eager" in err

@@ -51,6 +51,7 @@ class DeviceSpec(Protocol):
     request_overhead_s: float  # per served request, outside the engine's passes (read by the serving simulation)
     step_overhead_s: float  # host seconds per engine iteration, not overlapped (read by the serving simulation)
     step_overhead_per_seq_s: float  # host seconds per iteration per sequence it runs (the same)
+    eager_launch_s: float  # host seconds to launch one kernel of an eager pass (read by the serving simulation)
 
 
 class LinkSpec(Protocol):

@@ -47,6 +47,7 @@ from llmsim.config import SharingChoice, Strategy, Workload, check_strategy_shap
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
+from llmsim.costmodel.eager import priced_pass_seconds
 from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iteration_times, kv_capacity,
                                         prefill_rate_bound, token_costs)
@@ -259,6 +260,7 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     spec = case.spec
     split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
     host = spec.host_step_on(replica.cluster.device)   # the engine's host time per iteration (0 unless set)
+    eager = spec.eager_launch_on(replica.cluster.device)  # eager passes' host launch time (costmodel.eager)
 
     def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
         def one(mix: Mix) -> tuple[float, float]:
@@ -267,8 +269,9 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
             split["communication"] += t.comm
             split["bubble"] += t.bubble
             cpu = host.seconds(mix.rows)
-            split["other"] += t.other + cpu
-            return t.step + cpu, t.compute
+            step = priced_pass_seconds(replica.model, mix, t.step, eager.passes, eager.per_kernel_s)
+            split["other"] += t.other + cpu + (step - t.step)   # the GPU waiting on an eager pass's launches
+            return step + cpu, t.compute
         return one
 
     outcome = simulate_serving(_requests(case), replicas=replicas,

@@ -395,6 +395,23 @@ class SchedulerSpec(_Strict):
                            "scheduler, on by default from v0.4): a request that arrives while an iteration runs "
                            "is scheduled no earlier than the iteration after the next (at once when nothing "
                            "runs); default false (it can join the next iteration)")
+    eager: Literal["none", "prompt", "all"] | None = Field(
+        None, description="which passes the engine launches eagerly from Python instead of replaying a captured CUDA "
+                          "graph: none | prompt (the passes that hold a prompt: vLLM V0, which graphs decode only) "
+                          "| all (no CUDA graphs: the sarathi-serve code base, --enforce-eager); an eager pass "
+                          "takes max(device time, the device entry's eager_launch_s x its kernels) "
+                          "(costmodel.eager); default prompt for kind prefill-first (vLLM V0's scheduler), none "
+                          "otherwise")
+
+    @property
+    def eager_passes(self) -> str:
+        """The passes the engine runs eagerly (costmodel.eager.EAGER_PASSES): `eager` when given, else derived from
+        the policy: prefill-first is vLLM V0's scheduler, whose engine replays CUDA graphs for pure-decode passes
+        only (vllm/worker/model_runner.py `ModelRunner.execute_model`: the graph runner only when `prefill_meta is
+        None`), so its passes with a prompt are eager; every other built-in kind: none."""
+        if self.eager is not None:
+            return self.eager
+        return "prompt" if self.kind == "prefill-first" else "none"
 
     @model_validator(mode="after")
     def _policy_keys(self) -> "SchedulerSpec":
@@ -505,6 +522,16 @@ class HostStep:
         return self.fixed_s + self.per_seq_s * seqs if seqs > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class EagerLaunch:
+    """Where an engine launches its passes eagerly and what a launch costs the host: `passes` one of
+    costmodel.eager.EAGER_PASSES ("none", "prompt", "all"), `per_kernel_s` host seconds per kernel launched (the
+    device entry's eager_launch_s). Not modeled by default (per_kernel_s 0)."""
+
+    passes: str = "none"
+    per_kernel_s: float = 0.0
+
+
 class ServingSpec(_Strict):
     """A request-level serving run: the workload's model, dtype and the strategies' tp/pp describe one replica."""
 
@@ -582,6 +609,11 @@ class ServingSpec(_Strict):
             value = getattr(self, key)
             return float(value if value is not None else getattr(device, key, 0.0) or 0.0)
         return HostStep(pick("step_overhead_s"), pick("step_overhead_per_seq_s"))
+
+    def eager_launch_on(self, device: Any) -> "EagerLaunch":
+        """Which passes run eagerly (serving.scheduler.eager, else the policy's) and the host seconds per kernel
+        launched (the device entry's eager_launch_s; 0 = not modeled)."""
+        return EagerLaunch(self.scheduler.eager_passes, float(getattr(device, "eager_launch_s", 0.0) or 0.0))
 
     def at_rate(self, rate: float | None) -> "ServingSpec":
         """This spec with one rate of the sweep."""

@@ -120,6 +120,15 @@ def test_a_rows_host_time_per_iteration_reaches_the_simulation(v, tmp_path: Path
     assert host.spec.host_step_on(host.node.device).seconds(8) == pytest.approx(0.0028)
 
 
+def test_every_capacity_row_runs_every_pass_eagerly(v, tmp_path: Path) -> None:
+    """The capacity rows ran in the sarathi-serve artifact, which captures no CUDA graph: every pass of every
+    scheduler is eager (serving.scheduler.eager all), at the device entry's host time per kernel."""
+    (row,) = v.read_capacity_runs(_write(tmp_path, [_row(v)]))
+    task = v.capacity_task(row)
+    eager = task.spec.eager_launch_on(task.node.device)
+    assert task.spec.scheduler.eager == "all" and eager.passes == "all" and eager.per_kernel_s > 0
+
+
 def test_an_slo_needs_a_bound_and_percentiles_in_range() -> None:
     with pytest.raises(ValidationError, match="at least one bound"):
         Slo()

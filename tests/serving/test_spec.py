@@ -202,6 +202,19 @@ def test_the_json_schema_has_the_engine_policies_keys(capsys: pytest.CaptureFixt
     assert "prefill-first" in scheduler["kind"]["description"] and "tgi" in scheduler["kind"]["description"]
 
 
+def test_the_json_schema_has_the_eager_key_and_the_policy_gives_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """serving.scheduler.eager: none | prompt | all; unset, prefill-first (vLLM V0) runs its prompt passes eagerly and
+    every other built-in kind none (costmodel.eager)."""
+    from llmsim.serving.spec import SchedulerSpec
+    assert main(["schema"]) == 0
+    scheduler = json.loads(capsys.readouterr().out)["$defs"]["SchedulerSpec"]["properties"]
+    assert "eager" in scheduler and all(word in json.dumps(scheduler["eager"]) for word in ("none", "prompt", "all"))
+    assert SchedulerSpec(kind="prefill-first").eager_passes == "prompt"
+    assert SchedulerSpec(kind="continuous").eager_passes == "none"
+    assert SchedulerSpec(kind="chunked-prefill", eager="all").eager_passes == "all"
+    assert SchedulerSpec(kind="prefill-first", eager="none").eager_passes == "none"
+
+
 def test_requests_and_duration_together_validate_and_the_schema_says_whichever_first(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Both limits (a benchmark's trial of N requests under a time limit): valid, and the size checks take the
