@@ -52,13 +52,15 @@ def layer_launches(layer_kernels: float, tp: int, tp_collectives: int) -> float:
 
 
 def pass_launches(model: "IterationModel", mix: "Mix") -> float:
-    """Kernels the busiest pipeline stage's host launches for one pass of `mix`: its layers' (`layer_launches`),
+    """Kernels the busiest pipeline stage's host launches for one pass of `mix`: its layers' (`layer_launches`, with
+    a served LoRA's Punica kernels: TokenCosts.adapter_layer_kernels),
     plus the embedding (KERNELS_EMBED, and its all-reduce at tp > 1) on the first stage and the LM head
     (KERNELS_HEAD, and an engine's own sampler kernels, Mix.pass_kernels) on the last, once per micro-batch
     (costmodel.iteration.inference_microbatches). Each rank's host launches its own kernels, in parallel with the
     other ranks' (one worker process per GPU), so the count is per rank, not per replica."""
     plan = model.plan
-    per_layer = layer_launches(mix.layer_kernels, plan.tp, tp_collectives_per_layer(model.workload.model))
+    per_layer = layer_launches(mix.layer_kernels + model.costs.adapter_layer_kernels, plan.tp,
+                               tp_collectives_per_layer(model.workload.model))
     stages = model.stage_layers
     busiest = 0.0
     for i, layers in enumerate(stages):

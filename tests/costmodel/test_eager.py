@@ -54,6 +54,9 @@ def test_a_pass_counts_every_layer_the_embedding_and_the_head_per_rank(tp: int) 
     per_layer = layer_launches(0, tp, 2)
     assert kernels == 4 * per_layer + KERNELS_EMBED + KERNELS_HEAD + (1 if tp > 1 else 0)
     assert pass_launches(model, replace(Mix.prefill(64), pass_kernels=7)) == kernels + 7
+    # a served LoRA's Punica kernels (TokenCosts.adapter_layer_kernels) are launched in every layer too
+    lora = replace(model, costs=replace(model.costs, adapter_layer_kernels=12))
+    assert pass_launches(lora, Mix.prefill(64)) == kernels + 4 * 12
 
 
 def test_with_stages_the_busiest_stages_host_bounds_the_pass() -> None:
