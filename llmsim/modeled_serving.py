@@ -194,6 +194,9 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                                  f"{capacity.weights_bytes / 1e9:.1f} GB - workspace "
                                  f"{capacity.workspace_bytes / 1e9:.1f} GB leaves "
                                  f"{capacity.kv_bytes / 1e9:.1f} GB per device")
+    short = capacity.misses_context(case.workload.model.seq_len)
+    if short is not None:
+        return case.result(backend, status="does-not-fit", extra=memory, **base, error=short)
     outcome = simulate_serving(
         iter_requests(serving), replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens,

@@ -116,6 +116,25 @@ def test_a_replica_with_no_room_for_its_cache_is_a_does_not_fit_row(tmp_path: Pa
                                        "141.1 GB")
 
 
+def test_a_cache_smaller_than_one_request_of_the_context_is_a_does_not_fit_row(tmp_path: Path) -> None:
+    """Llama 3 8B on one H100 at memory_utilization 0.1972: room for 19 blocks (304 tokens), less than one request
+    of its 8,192-token context. vLLM refuses to start then (check_enough_kv_cache_memory); the row says so and
+    why, where it was a row of every request rejected. 0.25 leaves room for the whole context: it runs."""
+    data = _scenario()
+    data["workload"] = {"model": {"preset": "llama3-8b"}, "dtype": "bfloat16"}
+    data["serving"]["arrival"] = {"kind": "poisson", "rate": 8}
+    data["backends"] = {"roofline": {"hardware": "h100-sxm", "nodes": 1, "devices_per_node": 1}}
+    data["serving"]["memory_utilization"] = 0.1972
+    _, rows = _run(tmp_path / "small", data)
+    assert rows[0]["status"] == "does-not-fit"
+    assert rows[0]["error"].startswith("the KV cache holds 304 tokens (19 blocks of 16), fewer than one request of "
+                                       "the model's context (8,192 tokens)")
+    assert "raise serving.memory_utilization or lower workload.model.seq_len" in rows[0]["error"]
+    data["serving"]["memory_utilization"] = 0.25
+    _, rows = _run(tmp_path / "enough", data)
+    assert rows[0]["status"] == "ok"
+
+
 def test_an_attention_kernel_the_device_has_no_figure_for_is_a_skipped_row_naming_it(tmp_path: Path) -> None:
     """FlashAttention-3 runs on Hopper: served on an A100 (no efficiency.attention_flash3), each rate is a skipped
     row saying so, as a training case is; on an H100 the same scenario runs."""

@@ -577,6 +577,19 @@ class KVCapacity:
     def tokens(self) -> int:
         return self.blocks * self.block_tokens
 
+    def misses_context(self, context_tokens: int) -> str | None:
+        """Why this cache cannot serve one request of the whole context (`context_tokens`, the engine's
+        max_model_len), or None when it can. An engine refuses to start then: vLLM checks at start-up that one
+        max_model_len request's KV fits the cache (vllm/v1/core/kv_cache_utils.py, `check_enough_kv_cache_memory`:
+        "Try increasing `gpu_memory_utilization` or decreasing `max_model_len`"), rather than reject every long
+        request at run time."""
+        if self.blocks == 0 or self.tokens >= context_tokens:
+            return None
+        return (f"the KV cache holds {self.tokens:,} tokens ({self.blocks:,} blocks of {self.block_tokens}), fewer "
+                f"than one request of the model's context ({context_tokens:,} tokens): {self.kv_bytes / 1e9:.2f} GB "
+                f"per device left after weights and workspace, {self.bytes_per_token * context_tokens / 1e9:.2f} GB "
+                f"needed; raise serving.memory_utilization or lower workload.model.seq_len (vLLM refuses to start so)")
+
 
 def kv_bytes_per_token(costs: TokenCosts, workload: "Workload", plan: Plan) -> float:
     """K and V of one cached token on one device: its 1/pp of the layers and its KV heads (1/min(tp,

@@ -401,6 +401,10 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
                       f"{c.weights_bytes / 1e9:.1f} GB - workspace {c.workspace_bytes / 1e9:.1f} GB per device)")
         out.limits = ("memory",)
         return out, max_replicas
+    short = replica.capacity.misses_context(task.context_tokens)
+    if short is not None:
+        out.reason, out.limits = f"memory: {short}", ("memory",)
+        return out, max_replicas
     if task.start_replicas is None:
         _rate_search(task, replica, out, max_replicas)
         if out.at_sustained is None:

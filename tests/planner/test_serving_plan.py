@@ -121,6 +121,20 @@ def test_search_candidate_is_pure_and_its_task_picklable() -> None:
         [(c.hardware, c.tp, c.replicas) for c in plan_serving(tasks, plan.objective)]
 
 
+def test_a_candidate_whose_cache_cannot_hold_one_context_is_not_searched() -> None:
+    """A replica whose KV cache holds fewer tokens than the model's context cannot start (vLLM's start-up check):
+    the candidate is infeasible on memory, saying so, and no rate is probed."""
+    from dataclasses import replace
+    plan, tasks = _tasks(serving_plan())
+    task = tasks[0]
+    result = search_candidate(task)
+    assert result.feasible and result.kv_blocks * 16 >= task.context_tokens
+    huge = replace(task, context_tokens=result.kv_blocks * 16 + 1)
+    short = search_candidate(huge)
+    assert not short.feasible and short.limits == ("memory",) and not short.probes
+    assert short.reason.startswith(f"memory: the KV cache holds {result.kv_blocks * 16:,} tokens")
+
+
 def test_a_fixed_request_count_becomes_a_fixed_span_at_the_goal_rate() -> None:
     plan = parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": None, "requests": 200}))
     spec = span_spec(plan.serving, 80.0)
