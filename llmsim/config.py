@@ -619,6 +619,12 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
         problem = _lengths_past_context(lengths, w.model.seq_len)
         if problem is not None:
             return "serving.lengths", problem
+    if serving.kv_block_tokens > w.model.seq_len:
+        # a block holds the tokens of one sequence: one larger than the context is never filled
+        return "serving.kv_block_tokens", (
+            f"{serving.kv_block_tokens} exceeds the model's context seq_len={w.model.seq_len}: a cache block holds "
+            f"one sequence's tokens, so every sequence would hold a block it can never fill (allowed: 1 ... "
+            f"{w.model.seq_len}; vLLM's GPU block sizes are 1 ... 256)")
     sched = serving.scheduler
     if sched.kind in ("static", "continuous", "prefill-first") and sched.max_batched_tokens < w.model.seq_len:
         # vLLM (vllm/config/scheduler.py; V0's SchedulerConfig._verify_args likewise) refuses

@@ -419,6 +419,10 @@ class SchedulerSpec(_Strict):
         for key, owner in POLICY_KEYS.items():
             if getattr(self, key) is not None and self.kind in BUILTIN_SCHEDULERS and self.kind != owner:
                 raise KeyedValueError(key, f"{key} is for kind {owner!r} (got kind {self.kind!r})")
+        if self.chunk_tokens is not None and self.chunk_tokens > self.max_batched_tokens:
+            raise KeyedValueError("chunk_tokens", f"{self.chunk_tokens} exceeds max_batched_tokens="
+                                  f"{self.max_batched_tokens}, the tokens one iteration computes at most, so a chunk "
+                                  f"of it could never run (allowed: 1 ... {self.max_batched_tokens})")
         return self
 
     @property

@@ -69,6 +69,10 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.scheduler.chunk_tokens=64", "serving.scheduler.chunk_tokens: chunk_tokens is for kind 'chunked-prefill'"),
     ("serving.scheduler.max_batched_tokens=32", "serving.scheduler.max_batched_tokens: 32 is below the model's "
                                                 "context seq_len=64"),
+    ("serving.scheduler={kind: chunked-prefill, max_batched_tokens: 64, chunk_tokens: 128}",
+     "serving.scheduler.chunk_tokens: 128 exceeds max_batched_tokens=64, the tokens one iteration computes at most"),
+    ("serving.kv_block_tokens=100", "serving.kv_block_tokens: 100 exceeds the model's context seq_len=64: a cache "
+                                    "block holds one sequence's tokens"),
     ("serving={arrival: {rate: 2}, lengths: {input: 8, output: 4}}",
      "serving.requests: give requests (a count), duration_s (seconds of arrivals) or both"),
     ("serving.duration_s=0", "serving.duration_s: 0: Input should be greater than 0"),
