@@ -34,7 +34,7 @@ from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
-from llmsim.serving.requests import TraceError, read_trace
+from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
 from llmsim.strategy import Layout, resolve_layout
@@ -257,9 +257,12 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
         assert spec.arrival.path is not None
         trace = str((scenario_dir / spec.arrival.path).resolve())
         try:
-            read_trace(trace)
+            rows = read_trace(trace)
         except TraceError as exc:
             raise ScenarioError(file, "serving.arrival.path", str(exc)) from None
+        problem = trace_span_problem(spec, rows)
+        if problem is not None:
+            raise ScenarioError(file, f"serving.{problem[0]}", problem[1])
     seed = scenario.seed if spec.seed is None else spec.seed
     sweep = spec.arrival.sweep   # rates, or a closed loop's clients
     planned: list[PlannedCase] = []
