@@ -159,20 +159,14 @@ def _number(value: object) -> float | None:
     """A trace field as a number: a JSON number, or text holding one (every CSV field is text, and a JSON string
     holding a number reads as a CSV field would); None for anything else. A boolean is no number, though Python's
     bool is an int (JSON `true` read as 1.0)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
+    try:
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(int(value))   # exact for long digit strings
-        except ValueError:
-            pass
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
+    except OverflowError:   # a JSON integer past float's range (1 followed by 400 zeros)
+        return math.inf
 
 
 def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
@@ -212,6 +206,10 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TraceError(file, f"line {number}: not JSON ({exc.msg})") from None
+            except ValueError as exc:   # an integer of more than sys.get_int_max_str_digits() digits
+                raise TraceError(file, f"line {number}: not a usable JSON object ({exc})") from None
+            except RecursionError:
+                raise TraceError(file, f"line {number}: not a usable JSON object (nested too deeply)") from None
             if not isinstance(row, dict):
                 raise TraceError(file, f"line {number}: expected an object with {', '.join(TRACE_COLUMNS)}")
             for column in TRACE_COLUMNS:
@@ -252,19 +250,21 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
 def trace_span_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> tuple[str, str] | None:
     """(key relative to the serving block, message) when a trace scaled to a rate would span more simulated time
     than MAX_SIMULATED_S (read_trace holds the recorded span to it; ServingSpec holds requests / rate to it when
-    requests is given), else None. A trace scaled to `rate` sends its n requests (n - 1) / rate seconds apart
-    overall (build_requests); duration_s, when given, cuts the arrivals inside the limit."""
+    requests is given, but a prefix of uneven gaps may span more), else None. Scaled to `rate`, the whole trace's
+    n arrivals span (n - 1) / rate (build_requests); those sent (`requests` cuts) their share of it; duration_s,
+    when given, cuts the arrivals inside the limit."""
     rates = [r for r in spec.arrival.rates if r is not None]
-    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
-    if not rates or spec.duration_s is not None or sent < 2 or rows[sent - 1][0] == rows[0][0]:
+    total = rows[-1][0] - rows[0][0]
+    if not rates or spec.duration_s is not None or total == 0:   # no gap to scale: every arrival at t = 0
         return None
+    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
     slowest = min(rates)
-    span = (sent - 1) / slowest
+    span = (rows[sent - 1][0] - rows[0][0]) * ((len(rows) - 1) / total / slowest)   # build_requests' scale
     if span <= MAX_SIMULATED_S:
         return None
     return "arrival.rate", (f"{slowest:g} requests/s: the trace's {count(sent, 'request')} would span {span:.3g} s "
-                            f"of simulated time; allowed: (requests - 1) / rate <= {MAX_SIMULATED_S:g} s (the "
-                            f"simulated clock's resolution)")
+                            f"of simulated time (its mean gap scaled to 1 / rate); allowed: a replay spanning at "
+                            f"most {MAX_SIMULATED_S:g} s (the simulated clock's resolution)")
 
 
 def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: int | None = None

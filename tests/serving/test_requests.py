@@ -158,6 +158,22 @@ def test_a_trace_beyond_the_simulated_clock_is_refused_naming_its_line(tmp_path:
     assert [t for t, _, _ in read_trace(near)] == [5.0, 1000000005.0]   # exactly 1e9 s: allowed
 
 
+@pytest.mark.parametrize("line, problem", [
+    ('{"arrival_s": 1' + "0" * 400 + ', "input_tokens": 5, "output_tokens": 3}', "arrival_s 1" + "0" * 400 +
+     " is not finite"),
+    ('{"arrival_s": 1' + "0" * 5000 + ', "input_tokens": 5, "output_tokens": 3}', "not a usable JSON object "
+                                                                                   "(Exceeds the limit"),
+    ("[" * 200_000 + "]" * 200_000, "not a usable JSON object (nested too deeply)"),
+])
+def test_a_json_line_python_cannot_hold_is_a_trace_error(tmp_path: Path, line: str, problem: str) -> None:
+    """An integer past float's range (OverflowError), past Python's digit limit or nested past the recursion
+    limit (ValueError, RecursionError) were tracebacks, not one line."""
+    path = _trace(tmp_path, line + "\n", "x.jsonl")
+    with pytest.raises(TraceError) as exc:
+        read_trace(path)
+    assert str(exc.value).startswith(f"{path}: line 1: {problem}")
+
+
 @pytest.mark.parametrize("text,name", [("\ufeffarrival_s,input_tokens,output_tokens\n0,5,3\n", "bom.csv"),
                                        ('\ufeff{"arrival_s": 0, "input_tokens": 5, "output_tokens": 3}\n', "bom.jsonl")])
 def test_a_trace_saved_with_a_byte_order_mark_reads(tmp_path: Path, text: str, name: str) -> None:

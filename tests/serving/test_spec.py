@@ -176,8 +176,9 @@ def test_a_trace_missing_a_column_names_the_file_and_the_column(tmp_path: Path, 
                                    "first arrival (line 2); allowed: a trace spanning at most 1e+09 s (the simulated "
                                    "clock's resolution)"),
     ("0,12,4\n1,12,4\n", {"rate": 1e-300}, "serving.arrival.rate: 1e-300 requests/s: the trace's 2 requests would "
-                                             "span 1e+300 s of simulated time; allowed: (requests - 1) / rate <= "
-                                             "1e+09 s (the simulated clock's resolution)"),
+                                             "span 1e+300 s of simulated time (its mean gap scaled to 1 / rate); "
+                                             "allowed: a replay spanning at most 1e+09 s (the simulated clock's "
+                                             "resolution)"),
     ("0,12,4,5\n", {}, "serving.arrival.path: {trace}: line 2: 4 fields, the header has 3 (arrival_s, input_tokens, "
                         "output_tokens)"),
 ])
