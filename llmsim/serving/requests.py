@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,8 +207,9 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TraceError(file, f"line {number}: not JSON ({exc.msg})") from None
-            except ValueError as exc:   # an integer of more than sys.get_int_max_str_digits() digits
-                raise TraceError(file, f"line {number}: not a usable JSON object ({exc})") from None
+            except ValueError:   # an integer of more than sys.get_int_max_str_digits() digits
+                raise TraceError(file, f"line {number}: not a usable JSON object (a number of more than "
+                                       f"{sys.get_int_max_str_digits():,} digits)") from None
             except RecursionError:
                 raise TraceError(file, f"line {number}: not a usable JSON object (nested too deeply)") from None
             if not isinstance(row, dict):

@@ -161,8 +161,8 @@ def test_a_trace_beyond_the_simulated_clock_is_refused_naming_its_line(tmp_path:
 @pytest.mark.parametrize("line, problem", [
     ('{"arrival_s": 1' + "0" * 400 + ', "input_tokens": 5, "output_tokens": 3}', "arrival_s 1" + "0" * 400 +
      " is not finite"),
-    ('{"arrival_s": 1' + "0" * 5000 + ', "input_tokens": 5, "output_tokens": 3}', "not a usable JSON object "
-                                                                                   "(Exceeds the limit"),
+    ('{"arrival_s": 1' + "0" * 5000 + ', "input_tokens": 5, "output_tokens": 3}', "not a usable JSON object (a "
+                                                                                   "number of more than 4,300 digits)"),
     ("[" * 200_000 + "]" * 200_000, "not a usable JSON object (nested too deeply)"),
 ])
 def test_a_json_line_python_cannot_hold_is_a_trace_error(tmp_path: Path, line: str, problem: str) -> None:
