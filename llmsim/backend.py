@@ -89,6 +89,8 @@ class Backend(ABC):
          where the backend gives one), then `check_layout(settings, layout, catalog)` for each. A serving
          scenario instead needs `serves`, `check_serving(settings)` for each point, and a world that holds
          serving.replicas x tp x pp.
+      `llmsim validate` then says which rows a run would skip (runner.skip_notes): `availability()` once per
+      backend and `known_skip(settings, workload, catalog)` for each point, as notes, not errors.
     Running (`llmsim run`, after every pair validated):
       6. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
          not called.
@@ -159,6 +161,16 @@ class Backend(ABC):
         tile the torus and follow the user's `mesh` pins), before anything runs.
 
         Returns None, or (key inside this backend's settings, or "" for the strategy itself, message)."""
+        return None
+
+    @classmethod
+    def known_skip(cls, settings: BaseModel, workload: Workload, catalog: Catalog) -> tuple[str, str] | None:
+        """Why every case these settings run would be a `skipped` row, where the catalog says so before anything
+        runs (a modeled device without a peak for the workload's dtype), in the words the row will have; or None.
+        Not an error: the other backends' rows still run. `llmsim validate` says it as a note (the runner checks
+        availability() itself).
+
+        Returns None, or (key inside this backend's settings, message)."""
         return None
 
     @classmethod

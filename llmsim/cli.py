@@ -92,19 +92,13 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from llmsim.runner import serving_kernel_problem
+    from llmsim.runner import skip_notes
 
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
-    if scenario.serving is not None:  # rows a run would skip: said as the run's rows say it, once per backend point
-        skipped: dict[tuple[str, str], int] = {}
-        for item in planned:
-            problem = serving_kernel_problem(item.backend, item.settings, catalog)
-            if problem:
-                key = (f"backends.{item.backend.name}.attention", problem)
-                skipped[key] = skipped.get(key, 0) + 1
-        for (key, problem), n in skipped.items():
-            err_console.print(f"[yellow]llmsim: note: {escape(args.scenario)}: {key}: {escape(problem)}; "
-                              f"{count(n, 'case')} will be skipped[/]", highlight=False, soft_wrap=True)
+    # rows a run would skip: said as the run's rows say it, once per backend (point)
+    for key, problem, n in skip_notes(planned, catalog, scenario):
+        err_console.print(f"[yellow]llmsim: note: {escape(args.scenario)}: {key}: {escape(problem)}; "
+                          f"{count(n, 'case')} will be skipped[/]", highlight=False, soft_wrap=True)
     n = len(scenario.strategies)
     # A serving scenario's rates are cases of their own (runner.plan_serving_cases), not backend settings.
     rates = len(scenario.serving.arrival.sweep) if scenario.serving is not None else 1

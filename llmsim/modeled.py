@@ -18,10 +18,11 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmsim.backend import Backend, Case, RunContext
+from llmsim.config import Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
 from llmsim.costmodel.cluster import plan_on, torus_groups
 from llmsim.costmodel import precision
-from llmsim.costmodel.compute import device_rates
+from llmsim.costmodel.compute import device_rates, rates_problem
 from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.plan import AttentionKernel
 from llmsim.costmodel.step import StepTimes
@@ -194,6 +195,17 @@ class ModeledBackend(Backend):
         """The catalog device the settings name (None when the catalog has no such device)."""
         assert isinstance(settings, ModeledSettings)
         return catalog.devices.get(settings.hardware)
+
+    @classmethod
+    def known_skip(cls, settings: BaseModel, workload: Workload, catalog: Catalog) -> tuple[str, str] | None:
+        """The device the settings name lacks FP8 units for a float8 workload, or a peak FLOP/s or memory
+        bandwidth for its dtype (cpu-host has neither until `llmsim calibrate`): run() skips every such row with
+        these words (precision.device_problem, then device_rates)."""
+        device = cls.device(settings, catalog)
+        if device is None:
+            return None
+        problem = precision.device_problem(workload, device) or rates_problem(device, workload.dtype)
+        return None if problem is None else ("hardware", problem)
 
     @classmethod
     def check_layout(cls, settings: BaseModel, layout: Layout, catalog: Catalog) -> tuple[str, str] | None:

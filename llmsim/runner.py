@@ -34,7 +34,7 @@ from llmsim.hardware import Catalog, load_catalog
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
-from llmsim.serving.requests import TraceError, read_trace
+from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
 from llmsim.strategy import Layout, resolve_layout
@@ -257,9 +257,12 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
         assert spec.arrival.path is not None
         trace = str((scenario_dir / spec.arrival.path).resolve())
         try:
-            read_trace(trace)
+            rows = read_trace(trace)
         except TraceError as exc:
             raise ScenarioError(file, "serving.arrival.path", str(exc)) from None
+        problem = trace_span_problem(spec, rows)
+        if problem is not None:
+            raise ScenarioError(file, f"serving.{problem[0]}", problem[1])
     seed = scenario.seed if spec.seed is None else spec.seed
     sweep = spec.arrival.sweep   # rates, or a closed loop's clients
     planned: list[PlannedCase] = []
@@ -444,14 +447,52 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
                                               f"({difference}); start a new run instead")
 
 
+def unavailable(cls: type[Backend]) -> str | None:
+    """Why no case of backend `cls` runs here (its availability(): not installed, no device), as its skipped
+    rows say it, or None."""
+    reason = cls.availability()
+    return f"backend '{cls.name}' cannot run here: {reason}" if reason else None
+
+
+def no_fp8(cls: type[Backend], workload: Any) -> str | None:
+    """Why a measured backend skips a float8 workload (it runs no FP8 GEMMs), or None."""
+    if workload.dtype == "float8" and cls.kind == "measured":
+        return f"backend '{cls.name}' runs no FP8 GEMMs (dtype float8 is priced by the modeled backends only)"
+    return None
+
+
+def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str, int]]:
+    """(key, reason, cases) for the planned cases a run would write as `skipped` rows, known before anything
+    runs, once per (key, reason): a backend that cannot run here (unavailable, asked once per backend), a float8
+    workload on a measured backend, a backend point whose device lacks the workload's peak (Backend.known_skip),
+    a serving attention kernel without a figure on the device (serving_kernel_problem). `llmsim validate` says
+    them as notes; the scenario stays valid (the other rows run)."""
+    found: dict[tuple[str, str], int] = {}
+    availability: dict[str, str | None] = {}
+    for item in planned:
+        cls, name = item.backend, item.backend.name
+        where = f"backends.{name}" if name in scenario.backends else "--backend"
+        if name not in availability:
+            availability[name] = unavailable(cls)
+        problem: tuple[str, str] | None = None
+        if availability[name]:
+            problem = where, str(availability[name])
+        elif (fp8 := no_fp8(cls, item.case.workload)) is not None:
+            problem = where, fp8
+        elif (known := cls.known_skip(item.settings, item.case.workload, catalog)) is not None:
+            problem = f"backends.{name}.{known[0]}" if known[0] else where, known[1]
+        elif item.case.serving is not None and (kernel := serving_kernel_problem(cls, item.settings, catalog)):
+            problem = f"backends.{name}.attention", kernel
+        if problem is not None:
+            found[problem] = found.get(problem, 0) + 1
+    return [(key, reason, n) for (key, reason), n in found.items()]
+
+
 def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunContext) -> Result:
     cls = item.backend
-    reason = cls.availability()
+    reason = unavailable(cls) or no_fp8(cls, item.case.workload)
     if reason:
-        return _failed_row(item, "skipped", f"backend '{cls.name}' cannot run here: {reason}")
-    if item.case.workload.dtype == "float8" and cls.kind == "measured":
-        return _failed_row(item, "skipped", f"backend '{cls.name}' runs no FP8 GEMMs (dtype float8 is priced by "
-                                            f"the modeled backends only)")
+        return _failed_row(item, "skipped", reason)
     try:
         backend = instances.get(cls.name) or instances.setdefault(cls.name, cls(context))
         return backend.run(item.case, item.settings)

@@ -4,6 +4,7 @@ list for every backend, faults of the cluster backend, does-not-fit, rejections,
 from __future__ import annotations
 
 import csv
+import json
 import types
 from pathlib import Path
 from typing import Any
@@ -443,3 +444,35 @@ def test_the_eager_key_takes_none_prompt_or_all(tmp_path: Path, capsys: pytest.C
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "eager" in err
+
+
+def test_validate_says_which_backends_cannot_run_here_and_which_devices_lack_the_dtypes_peak(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 2: serve-vllm-cpu.yaml validated "ok — 6 cases" on a machine without vLLM, then the run said
+    "done: 6 skipped". validate now says why first, in the rows' own words: once per backend that cannot run here
+    (its availability()), once per backend point whose device has no peak for the workload's dtype (cpu-host
+    before `llmsim calibrate`)."""
+    from llmsim.cli import main
+    from llmsim_plugins.vllm import VllmBackend
+    monkeypatch.setattr(VllmBackend, "availability", classmethod(lambda cls: "vllm is not installed (test)"))
+    path = "scenarios/serve-vllm-cpu.yaml"
+    assert main(["validate", path]) == 0
+    out, err = capsys.readouterr()
+    assert "ok — 1 strategy × 2 backend settings × 3 rates = 6 cases" in out
+    assert err.strip().splitlines() == [
+        f"llmsim: note: {path}: backends.vllm: backend 'vllm' cannot run here: vllm is not installed (test); "
+        f"3 cases will be skipped",
+        f"llmsim: note: {path}: backends.cluster.hardware: device 'cpu-host' has no peak FLOP/s for bfloat16; it has: "
+        f"none (measured at run time: run `llmsim calibrate` first); 3 cases will be skipped"]
+    # the run skips exactly those rows, with the same words
+    assert main(["run", path, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in next(tmp_path.glob("*/*/results.jsonl")).read_text().splitlines()]
+    assert {(r["backend"], r["status"], r["error"]) for r in rows} == {
+        ("vllm", "skipped", "backend 'vllm' cannot run here: vllm is not installed (test)"),
+        ("cluster", "skipped", "device 'cpu-host' has no peak FLOP/s for bfloat16; it has: none (measured at run "
+                               "time: run `llmsim calibrate` first)")}
+    # a backend that runs, on a device with the peak: nothing to say
+    monkeypatch.setattr(VllmBackend, "availability", classmethod(lambda cls: None))
+    assert main(["validate", path, "--set", "backends.cluster.hardware=h100-sxm"]) == 0
+    assert capsys.readouterr().err == ""

@@ -35,6 +35,7 @@ from llmsim.costmodel.power import device_clock_share
 if TYPE_CHECKING:
     from llmsim.config import Workload
     from llmsim.costmodel.cluster import ClusterSpec
+    from llmsim.hardware import DeviceSpec
     from llmsim.workload.profile import WorkloadProfile
 
 # Fused scale-mask-softmax between the two attention GEMMs, passes over the s x s matrix:
@@ -152,6 +153,24 @@ def attention_problem(efficiency: Efficiency, kernel: str) -> str | None:
             f"efficiency.attention_{kernel}); kernels it has: {have}")
 
 
+def rates_problem(device: "DeviceSpec", dtype: str) -> str | None:
+    """Why device_rates cannot give `device`'s ceilings for `dtype` (the catalog entry lacks the peak FLOP/s, or
+    the memory bandwidth), or None. A pure look-up of the entry, so `llmsim validate` can say before a run which
+    rows a modeled backend will skip (Backend.known_skip)."""
+    if dtype == "float8":
+        if not device.peak_flops.get("float8"):
+            return (f"device {device.name!r} has no float8 peak FLOP/s (no FP8 units in the catalog); it has: "
+                    f"{', '.join(device.peak_flops) or 'none'}")
+        dtype = "bfloat16"   # the rest of a float8 step runs at the bf16 ceilings
+    if not device.peak_flops.get(dtype):  # type: ignore[call-overload]
+        have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
+        return f"device {device.name!r} has no peak FLOP/s for {dtype}; it has: {have}"
+    if not device.memory_bw_bytes_per_s:
+        return (f"device {device.name!r} has no memory bandwidth in the catalog "
+                f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
+    return None
+
+
 def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
     """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one.
 
@@ -159,22 +178,15 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
     device's float8 peak and FP8 MAMF (`Efficiency.matmul_float8`, else the bf16 fraction); a device
     without a float8 peak (no FP8 units: A100, TPU v4/v5e) cannot price it."""
     device = cluster.device
+    problem = rates_problem(device, dtype)
+    if problem is not None:
+        raise CostModelError(problem)
     if dtype == "float8":
-        fp8 = device.peak_flops.get("float8")
-        if not fp8:
-            raise CostModelError(f"device {device.name!r} has no float8 peak FLOP/s (no FP8 units in the "
-                                 f"catalog); it has: {', '.join(device.peak_flops) or 'none'}")
         base = device_rates(cluster, "bfloat16")
         eff = base.efficiency
         fp8_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})
-        return replace(base, gemm=replace(base, peak_flops=fp8, efficiency=fp8_eff))
-    peak = device.peak_flops.get(dtype)  # type: ignore[call-overload]
-    if not peak:
-        have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
-        raise CostModelError(f"device {device.name!r} has no peak FLOP/s for {dtype}; it has: {have}")
-    if not device.memory_bw_bytes_per_s:
-        raise CostModelError(f"device {device.name!r} has no memory bandwidth in the catalog "
-                             f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
+        return replace(base, gemm=replace(base, peak_flops=device.peak_flops["float8"], efficiency=fp8_eff))
+    peak = device.peak_flops[dtype]  # type: ignore[index]
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
                  compute_units=device.compute_units, compiled=device.compiled,
                  clock_share=device_clock_share(device), fp8_any_layout=precision.any_layout(device))

@@ -4,12 +4,17 @@ Rows are matched on (case, backend), the identity of a result row; the first run
 every other run is compared with it: change = (other − baseline) / baseline × 100. A case that ran in
 one run but not in another (or stopped fitting) is a status change, listed with its reason rather
 than hidden. Runs may come from different scenarios (a scenario copied per hardware choice), as long
-as their case names match.
+as their case names match. A serving row whose name matches no earlier run's is matched on its sweep point
+instead, (name without the sweep suffix, backend, rate or clients): a scenario with one rate names its case
+`tp1`, a sweep `tp1@rate=8` (runner._serving_cases), and the names are the run folders' own (resume keys on
+them), so the comparison, not the name, bridges the two.
 """
 
 from __future__ import annotations
 
+import re
 import string
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -38,16 +43,77 @@ def run_labels(runs: list[Run]) -> list[str]:
                                                                                           names)]
 
 
-def _keys(runs: list[Run]) -> list[tuple[str, str]]:
-    keys: dict[tuple[str, str], None] = {}
-    for run in runs:
-        for case, backend in zip(run.frame["case"], run.frame["backend"]):
-            keys[(str(case), str(backend))] = None
-    return list(keys)
+Key = tuple[str, str]
+# The suffix a serving sweep adds to a case name (runner._serving_cases: "@rate=8", "@clients=16"), last.
+SWEEP_SUFFIX = re.compile(r"@(rate|clients)=([^@]*)$")
 
 
-def _index(run: Run) -> dict[tuple[str, str], pd.Series]:
-    return {(str(r["case"]), str(r["backend"])): r for _, r in run.frame.iterrows()}
+def _single(value: Any) -> Any:
+    """A scenario's one sweep value (a scalar or a one-element list), else None (a sweep names its cases)."""
+    if isinstance(value, list):
+        return value[0] if len(value) == 1 else None
+    return value
+
+
+def sweep_point(row: pd.Series, scenario: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    """(case name without the sweep suffix, backend, "rate" | "clients", value as the suffix writes it) of a
+    serving row, or None (not a serving row, or its point unknown). The point is the one asked for: the name's
+    suffix, else the saved scenario's single rate or clients (a skipped row has no measured columns), else the
+    row's `concurrency` or `request_rate`."""
+    if row.get("mode") != "serve":
+        return None
+    case, backend = str(row["case"]), str(row["backend"])
+    tagged = SWEEP_SUFFIX.search(case)
+    if tagged:
+        return case[:tagged.start()], backend, tagged.group(1), tagged.group(2)
+    serving = scenario.get("serving") if isinstance(scenario, dict) else None
+    arrival = serving.get("arrival") if isinstance(serving, dict) else None
+    if isinstance(arrival, dict):
+        key = "clients" if arrival.get("kind") == "concurrency" else "rate"
+        value = _single(arrival.get(key))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return case, backend, key, f"{value:g}"
+    for key, column in (("clients", "concurrency"), ("rate", "request_rate")):
+        value = row.get(column)
+        if not missing(value):
+            return case, backend, key, f"{float(value):g}"
+    return None
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Which rows of the runs are the same case: `keys` in order of first appearance, per run its rows by key,
+    and the rows matched on their sweep point (run letter, its case, backend, the case it joined and the letter
+    of the run that named it so)."""
+
+    keys: list[Key]
+    indexes: list[dict[Key, pd.Series]]
+    by_point: list[tuple[str, str, str, str, str]]
+
+
+def match_rows(runs: list[Run]) -> Matching:
+    """Match rows on (case, backend); a serving row whose (case, backend) no earlier run has joins an earlier
+    run's row of the same sweep point (`sweep_point`) whose case this run does not have under its own name."""
+    keys: dict[Key, None] = {}
+    points: dict[tuple[str, str, str, str], tuple[Key, str]] = {}   # -> the first key of that point, its run
+    indexes: list[dict[Key, pd.Series]] = []
+    by_point: list[tuple[str, str, str, str, str]] = []
+    for letter, run in zip(run_letters(len(runs)), runs):
+        own = {(str(c), str(b)) for c, b in zip(run.frame["case"], run.frame["backend"])}
+        index: dict[Key, pd.Series] = {}
+        for _, r in run.frame.iterrows():
+            key: Key = (str(r["case"]), str(r["backend"]))
+            point = sweep_point(r, run.scenario)
+            found = points.get(point) if point is not None and key not in keys else None
+            if found is not None and found[0] not in own and found[0] not in index:
+                by_point.append((letter, key[0], key[1], found[0][0], found[1]))
+                key = found[0]
+            index[key] = r
+            keys.setdefault(key, None)
+            if point is not None:
+                points.setdefault(point, (key, letter))
+        indexes.append(index)
+    return Matching(list(keys), indexes, by_point)
 
 
 def value(row: pd.Series | None, metric: Metric) -> float | None:
@@ -60,9 +126,10 @@ def value(row: pd.Series | None, metric: Metric) -> float | None:
 def comparison_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per (case, backend): status and metrics per run (suffix @A, @B, …) and changes vs A."""
     letters = run_letters(len(runs))
-    indexes = [_index(r) for r in runs]
+    matching = match_rows(runs)
+    indexes = matching.indexes
     out = []
-    for key in _keys(runs):
+    for key in matching.keys:
         row: dict[str, Any] = dict(zip(KEY, key))
         for letter, idx in zip(letters, indexes):
             r = idx.get(key)
@@ -118,9 +185,10 @@ def metric_table(frame: pd.DataFrame, metric: Metric, letters: list[str]) -> Tab
 
 def status_table(runs: list[Run], letters: list[str]) -> Table | None:
     """(case, backend) pairs whose status is not ok in every run, with each run's status and reason."""
-    indexes = [_index(r) for r in runs]
+    matching = match_rows(runs)
+    indexes = matching.indexes
     body = []
-    for key in _keys(runs):
+    for key in matching.keys:
         rows = [idx.get(key) for idx in indexes]
         statuses = ["absent" if r is None else str(r.get("status")) for r in rows]
         if all(s == "ok" for s in statuses):
@@ -247,6 +315,11 @@ def comparison_document(runs: list[Run]) -> Document:
                              f"runs."))
     # serving rows' tokens/s follow the offered rate (the load), so "fastest" would rank the load
     fastest = [] if summary_metrics(frame, letters) == SERVING_SUMMARY_METRICS else [fastest_point(runs, letters)]
+    by_point = match_rows(runs).by_point
+    if by_point:
+        summary.append(Point("Matched by sweep point, the names differing only by the sweep suffix: "
+                             + "; ".join(f"{case} on {backend} in {x} = {target} in {y}"
+                                         for x, case, backend, target, y in by_point) + "."))
     summary += change_points(frame, letters) + fastest + status_points(frame, letters)
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
     figs = [

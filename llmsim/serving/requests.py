@@ -17,7 +17,9 @@ requests with a time limit, e.g. sarathi-serve's capacity search: 2,048 requests
 prefix of either one-limit list of the same seed that both limits allow: the same draws, cut earlier.
 
 Trace files: JSONL (one object per line) or CSV (a header line), with the columns TRACE_COLUMNS:
-arrival_s (seconds, any origin: the first arrival becomes t = 0), input_tokens and output_tokens.
+arrival_s (seconds, any origin: the first arrival becomes t = 0), input_tokens and output_tokens. UTF-8 with or
+without a byte-order mark; numbers as JSON numbers or text (a CSV field is text; so may a JSON string be), never a
+boolean; the arrivals span at most MAX_SIMULATED_S, as requests / rate may (read_trace, trace_span_problem).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import csv
 import json
 import math
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmsim.serving.spec import (MAX_REQUESTS, TRACE_COLUMNS, ExponentialLength, Length, Lengths, LognormalLength,
-                                 QuantileLength, ServingCase, ServingSpec, UniformLength, length_bounds)
+from llmsim.serving.spec import (MAX_REQUESTS, MAX_SIMULATED_S, TRACE_COLUMNS, ExponentialLength, Length, Lengths,
+                                 LognormalLength, QuantileLength, ServingCase, ServingSpec, UniformLength,
+                                 length_bounds)
 from llmsim.wording import count
 
 
@@ -152,26 +156,49 @@ def _gaps(spec: ServingSpec, rng: random.Random):  # noqa: ANN202 - a generator 
             yield rng.gammavariate(shape, 1.0 / (rate * shape))
 
 
+def _number(value: object) -> float | None:
+    """A trace field as a number: a JSON number, or text holding one (every CSV field is text, and a JSON string
+    holding a number reads as a CSV field would); None for anything else. A boolean is no number, though Python's
+    bool is an int (JSON `true` read as 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+    except OverflowError:   # a JSON integer past float's range (1 followed by 400 zeros)
+        return math.inf
+
+
 def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
     """(arrival_s, input_tokens, output_tokens) of every row of a JSONL or CSV trace, sorted by arrival.
 
+    UTF-8, with or without a byte-order mark (Excel's "CSV UTF-8" writes one). A number is a JSON number or text
+    holding one (`_number`); token counts are whole numbers >= 1. The arrivals may span at most MAX_SIMULATED_S
+    (as requests / rate may: a token time added to an arrival far beyond it is rounded away).
     Raises TraceError naming the file, and the column or line, for anything unreadable."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise TraceError(file, f"cannot read the trace: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise TraceError(file, "not UTF-8 text (a trace is JSONL or CSV)") from None
     records: list[tuple[int, dict]] = []
     if file.endswith(".csv"):
-        reader = csv.DictReader(text.splitlines())
-        header = reader.fieldnames or []
+        reader = csv.reader(text.splitlines())
+        header = next(reader, [])
         for column in TRACE_COLUMNS:
             if column not in header:
                 raise TraceError(file, f"missing column {column!r} (the header has {', '.join(header) or 'nothing'}; "
                                        f"needed: {', '.join(TRACE_COLUMNS)})", column)
-        records = [(i + 2, row) for i, row in enumerate(reader)]
+        for fields in reader:
+            if not fields:   # a blank line
+                continue
+            if len(fields) != len(header):   # csv.DictReader would file extras under None, fill missing with None
+                raise TraceError(file, f"line {reader.line_num}: {len(fields)} fields, the header has {len(header)} "
+                                       f"({', '.join(header)})")
+            records.append((reader.line_num, dict(zip(header, fields))))
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -180,6 +207,11 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TraceError(file, f"line {number}: not JSON ({exc.msg})") from None
+            except ValueError:   # an integer of more than sys.get_int_max_str_digits() digits
+                raise TraceError(file, f"line {number}: not a usable JSON object (a number of more than "
+                                       f"{sys.get_int_max_str_digits():,} digits)") from None
+            except RecursionError:
+                raise TraceError(file, f"line {number}: not a usable JSON object (nested too deeply)") from None
             if not isinstance(row, dict):
                 raise TraceError(file, f"line {number}: expected an object with {', '.join(TRACE_COLUMNS)}")
             for column in TRACE_COLUMNS:
@@ -190,35 +222,60 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
     if not records:
         raise TraceError(file, "has no requests")
     out: list[tuple[float, int, int]] = []
+    lines: list[int] = []
     for number, row in records:
-        try:
-            arrival = float(row["arrival_s"])
-        except (TypeError, ValueError):
+        arrival = _number(row["arrival_s"])
+        if arrival is None:
             raise TraceError(file, f"line {number}: arrival_s {row['arrival_s']!r} is not a number",
-                             "arrival_s") from None
+                             "arrival_s")
         if not math.isfinite(arrival):
             raise TraceError(file, f"line {number}: arrival_s {row['arrival_s']!r} is not finite", "arrival_s")
         counts = []
         for column in ("input_tokens", "output_tokens"):
-            value = row[column]
-            try:
-                count = int(value) if not isinstance(value, float) or value.is_integer() else -1
-            except (TypeError, ValueError):
-                count = -1
-            if isinstance(value, bool) or count < 1:
-                raise TraceError(file, f"line {number}: {column} {value!r} is not a whole number >= 1", column)
-            counts.append(count)
+            value = _number(row[column])
+            if value is None or not math.isfinite(value) or not value.is_integer() or value < 1:
+                raise TraceError(file, f"line {number}: {column} {row[column]!r} is not a whole number >= 1", column)
+            counts.append(int(value))
         out.append((arrival, counts[0], counts[1]))
+        lines.append(number)
+    first = min(range(len(out)), key=lambda i: out[i][0])
+    last = max(range(len(out)), key=lambda i: out[i][0])
+    span = out[last][0] - out[first][0]
+    if span > MAX_SIMULATED_S:
+        raise TraceError(file, f"line {lines[last]}: arrival_s {out[last][0]:g} is {span:.3g} s after the first "
+                               f"arrival (line {lines[first]}); allowed: a trace spanning at most "
+                               f"{MAX_SIMULATED_S:g} s (the simulated clock's resolution)", "arrival_s")
     out.sort(key=lambda r: r[0])
     return out
+
+
+def trace_span_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> tuple[str, str] | None:
+    """(key relative to the serving block, message) when a trace scaled to a rate would span more simulated time
+    than MAX_SIMULATED_S (read_trace holds the recorded span to it; ServingSpec holds requests / rate to it when
+    requests is given, but a prefix of uneven gaps may span more), else None. Scaled to `rate`, the whole trace's
+    n arrivals span (n - 1) / rate (build_requests); those sent (`requests` cuts) their share of it; duration_s,
+    when given, cuts the arrivals inside the limit."""
+    rates = [r for r in spec.arrival.rates if r is not None]
+    total = rows[-1][0] - rows[0][0]
+    if not rates or spec.duration_s is not None or total == 0:   # no gap to scale: every arrival at t = 0
+        return None
+    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
+    slowest = min(rates)
+    span = (rows[sent - 1][0] - rows[0][0]) * ((len(rows) - 1) / total / slowest)   # build_requests' scale
+    if span <= MAX_SIMULATED_S:
+        return None
+    return "arrival.rate", (f"{slowest:g} requests/s: the trace's {count(sent, 'request')} would span {span:.3g} s "
+                            f"of simulated time (its mean gap scaled to 1 / rate); allowed: a replay spanning at "
+                            f"most {MAX_SIMULATED_S:g} s (the simulated clock's resolution)")
 
 
 def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: int | None = None
                 ) -> list[tuple[str, str]]:
     """(key, note) for a trace replay that does not do what its file alone says (read_trace's `rows`): a `lengths`
     block replaces the recorded token counts (the arrival times are kept: build_requests), `requests` above the
-    trace's length sends only the trace's requests, and requests longer than `context` (prompt + output tokens;
-    the workload's seq_len) are rejected and counted, as vLLM does. Said before a run, not refused: all are valid."""
+    trace's length sends only the trace's requests, requests longer than `context` (prompt + output tokens;
+    the workload's seq_len) are rejected and counted, as vLLM does, and arrivals all at one time have no mean rate
+    (request_rate is left empty) and no gap a rate could scale. Said before a run, not refused: all are valid."""
     notes = []
     long = sum(1 for _, n_in, n_out in rows if context is not None and n_in + n_out > context)
     if long and spec.lengths is None:
@@ -230,6 +287,16 @@ def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: 
         notes.append(("serving.lengths", "the lengths block replaces the trace's recorded input_tokens and "
                                          "output_tokens (its arrival times are kept); omit lengths to replay the "
                                          "recorded lengths"))
+    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
+    if sent > 1 and rows[sent - 1][0] == rows[0][0]:   # rows are sorted: those sent are a prefix
+        burst = (f"every arrival of the trace is at the same time ({count(sent, 'request')} at t = 0, a burst): ")
+        if spec.arrival.rate is None:   # metrics.summarize: (sent - 1) / span has no value
+            notes.append(("serving.arrival.path", burst + "it has no mean arrival rate, so request_rate is left "
+                                                          "empty"))
+        else:
+            notes.append(("serving.arrival.rate", burst + "there is no gap for the rate to scale, so every request "
+                                                          "arrives at t = 0 whatever the rate (request_rate says the "
+                                                          "rate asked)"))
     if spec.requests is not None and spec.requests > len(rows):
         held = count(len(rows), "request")
         notes.append(("serving.requests", f"{spec.requests:,} asked but the trace has {held}: "

@@ -117,3 +117,41 @@ def test_a_serving_run_compared_with_a_step_run_is_said(tmp_path: Path) -> None:
     served = make_run(tmp_path / "s" / "b", [_serving("tp1@rate=4", 4.0, 0.20, 0.020, 3.0)])
     md = (write_comparison([step, served], tmp_path / "out") / "report.md").read_text()
     assert "B is a serving run and A not: their rows share no case" in md
+
+
+def _rated(run: Path, rates: object) -> Path:
+    """The run's saved scenario with a serving block of these rates (`llmsim run` saves the resolved scenario)."""
+    import yaml
+    saved = yaml.safe_load((run / "scenario.yaml").read_text())
+    saved["workload"].pop("mode")   # a serving scenario's rows say mode serve, its workload has none
+    saved["serving"] = {"requests": 60, "arrival": {"kind": "poisson", "rate": rates}, "lengths": {"input": 8,
+                                                                                                  "output": 4}}
+    (run / "scenario.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    return run
+
+
+def test_a_rate_run_alone_and_in_a_sweep_compare_by_strategy_backend_and_rate(tmp_path: Path) -> None:
+    """Issue 16, item 3: a one-rate scenario names its case `tp1`, a sweep `tp1@rate=8`; the same (strategy, rate)
+    run both ways said "no case ran in both". Serving rows whose names differ only by the sweep suffix match on
+    (name without it, backend, rate); the names stay as the runs wrote them (resume and run folders use them)."""
+    sweep = _rated(make_run(tmp_path / "s" / "sweep", [_serving("tp1@rate=4", 4.0, 0.20, 0.020, 3.0),
+                                                      _serving("tp1@rate=8", 7.5, 0.40, 0.040, 6.0)]), [4, 8])
+    alone = _rated(make_run(tmp_path / "s" / "alone", [_serving("tp1", 7.5, 0.20, 0.040, 6.0)]), [8])
+    folder = write_comparison([sweep, alone], tmp_path / "out")
+    frame = pd.read_csv(folder / "comparison.csv").set_index("case")
+    assert list(frame.index) == ["tp1@rate=4", "tp1@rate=8"]
+    assert frame.loc["tp1@rate=8", "status@B"] == "ok" and frame.loc["tp1@rate=4", "status@B"] == "absent"
+    assert frame.loc["tp1@rate=8", "ttft_p99_s_change_pct@B"] == pytest.approx(-50.0)
+    md = (folder / "report.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "no case ran in both" not in summary and "TTFT p99: median −50.0% over 1 matched case" in summary
+    assert "Matched by sweep point, the names differing only by the sweep suffix: tp1 on cluster in B = " \
+           "tp1@rate=8 in A." in summary
+    # the other way round: the baseline ran alone, the sweep is compared with it
+    frame = pd.read_csv(write_comparison([alone, sweep], tmp_path / "back") / "comparison.csv").set_index("case")
+    assert frame.loc["tp1", "ttft_p99_s_change_pct@B"] == pytest.approx(100.0)
+    assert frame.loc["tp1@rate=4", "status@A"] == "absent"
+    # another rate alone matches nothing: its rows stay apart
+    other = _rated(make_run(tmp_path / "s" / "other", [_serving("tp1", 2.0, 0.1, 0.01, 2.0)]), 2)
+    frame = pd.read_csv(write_comparison([sweep, other], tmp_path / "apart") / "comparison.csv")
+    assert sorted(frame["case"]) == ["tp1", "tp1@rate=4", "tp1@rate=8"]

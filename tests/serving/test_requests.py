@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -141,3 +142,96 @@ def test_an_empty_or_unreadable_trace_is_an_error(tmp_path: Path) -> None:
         read_trace(_trace(tmp_path, "{nope\n", "e.jsonl"))
     with pytest.raises(TraceError, match="cannot read"):
         read_trace(tmp_path / "missing.jsonl")
+
+
+def test_a_trace_beyond_the_simulated_clock_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """An arrival 1e300 s after the first: every token time added to it rounded away (TTFT = TPOT = 0.0). The span
+    is held to MAX_SIMULATED_S, as requests / rate is (issue 16, 1a)."""
+    path = _trace(tmp_path, '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 3}\n'
+                            '{"arrival_s": 1e300, "input_tokens": 5, "output_tokens": 3}\n', "far.jsonl")
+    with pytest.raises(TraceError) as exc:
+        read_trace(path)
+    assert str(exc.value) == (f"{path}: line 2: arrival_s 1e+300 is 1e+300 s after the first arrival (line 1); "
+                              f"allowed: a trace spanning at most 1e+09 s (the simulated clock's resolution)")
+    assert exc.value.column == "arrival_s"
+    near = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n5,5,3\n1000000005,5,3\n", "near.csv")
+    assert [t for t, _, _ in read_trace(near)] == [5.0, 1000000005.0]   # exactly 1e9 s: allowed
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"arrival_s": 1' + "0" * 400 + ', "input_tokens": 5, "output_tokens": 3}', "arrival_s 1" + "0" * 400 +
+     " is not finite"),
+    ('{"arrival_s": 1' + "0" * 5000 + ', "input_tokens": 5, "output_tokens": 3}', "not a usable JSON object (a "
+                                                                                   "number of more than 4,300 digits)"),
+    ("[" * 200_000 + "]" * 200_000, "not a usable JSON object (nested too deeply)"),
+])
+def test_a_json_line_python_cannot_hold_is_a_trace_error(tmp_path: Path, line: str, problem: str) -> None:
+    """An integer past float's range (OverflowError), past Python's digit limit or nested past the recursion
+    limit (ValueError, RecursionError) were tracebacks, not one line."""
+    path = _trace(tmp_path, line + "\n", "x.jsonl")
+    with pytest.raises(TraceError) as exc:
+        read_trace(path)
+    assert str(exc.value).startswith(f"{path}: line 1: {problem}")
+
+
+@pytest.mark.parametrize("text,name", [("\ufeffarrival_s,input_tokens,output_tokens\n0,5,3\n", "bom.csv"),
+                                       ('\ufeff{"arrival_s": 0, "input_tokens": 5, "output_tokens": 3}\n', "bom.jsonl")])
+def test_a_trace_saved_with_a_byte_order_mark_reads(tmp_path: Path, text: str, name: str) -> None:
+    """Excel's "CSV UTF-8" starts the file with U+FEFF: the first column read '\\ufeffarrival_s' (issue 16, 1b)."""
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    assert read_trace(path) == [(0.0, 5, 3)]
+
+
+@pytest.mark.parametrize("row,fields", [("0,5,3,9", 4), ("0,5", 2)])
+def test_a_csv_row_whose_fields_do_not_match_the_header_is_refused(tmp_path: Path, row: str, fields: int) -> None:
+    """csv.DictReader files extra fields under None and fills missing ones with None (issue 16, 1c)."""
+    path = _trace(tmp_path, f"arrival_s,input_tokens,output_tokens\n0,5,3\n{row}\n", "n.csv")
+    with pytest.raises(TraceError) as exc:
+        read_trace(path)
+    assert str(exc.value) == (f"{path}: line 3: {fields} fields, the header has 3 (arrival_s, input_tokens, "
+                              f"output_tokens)")
+
+
+@pytest.mark.parametrize("column", ["arrival_s", "input_tokens", "output_tokens"])
+def test_a_boolean_is_no_number_in_any_trace_column(tmp_path: Path, column: str) -> None:
+    """JSON true was read as 1.0 (bool is an int subclass; issue 16, 1d)."""
+    row = {"arrival_s": 0, "input_tokens": 5, "output_tokens": 3, column: True}
+    path = _trace(tmp_path, json.dumps(row) + "\n", "b.jsonl")
+    with pytest.raises(TraceError, match=f"line 1: {column} True is not ") as exc:
+        read_trace(path)
+    assert exc.value.column == column
+
+
+def test_a_json_string_holding_a_number_reads_as_the_number_in_every_column(tmp_path: Path) -> None:
+    """As a CSV field does: every CSV value is text (docs/serving.md says so)."""
+    path = _trace(tmp_path, '{"arrival_s": "1.5", "input_tokens": "5", "output_tokens": "3.0"}\n'
+                            '{"arrival_s": 0, "input_tokens": 6, "output_tokens": 2}\n', "s.jsonl")
+    assert read_trace(path) == [(0.0, 6, 2), (1.5, 5, 3)]
+    csv = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n0,5.0,3\n", "s.csv")
+    assert read_trace(csv) == [(0.0, 5, 3)]
+    for bad in ('"x"', '"2.5"', '"0"', '"nan"', "[1]", "null"):
+        path = _trace(tmp_path, f'{{"arrival_s": 0, "input_tokens": {bad}, "output_tokens": 3}}\n', "bad.jsonl")
+        with pytest.raises(TraceError, match="input_tokens .* is not a whole number >= 1"):
+            read_trace(path)
+
+
+def test_a_trace_whose_arrivals_are_all_at_one_time_says_it_has_no_rate(tmp_path: Path) -> None:
+    """Every request at t = 0: no mean arrival rate (request_rate is left empty), and a rate scales no gap; both
+    said before a run (issue 16, 1e)."""
+    csv = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n7,10,3\n7,20,4\n", "t.csv")
+    rows = read_trace(csv)
+    recorded = _case(trace=csv, requests=None, lengths=None, arrival={"kind": "trace", "path": csv})
+    [(key, note)] = trace_notes(recorded.spec, rows)
+    assert key == "serving.arrival.path"
+    assert note == ("every arrival of the trace is at the same time (2 requests at t = 0, a burst): it has no mean "
+                    "arrival rate, so request_rate is left empty")
+    scaled = _case(trace=csv, requests=None, lengths=None, arrival={"kind": "trace", "path": csv, "rate": 2})
+    [(key, note)] = trace_notes(scaled.spec, rows)
+    assert key == "serving.arrival.rate"
+    assert note == ("every arrival of the trace is at the same time (2 requests at t = 0, a burst): there is no gap "
+                    "for the rate to scale, so every request arrives at t = 0 whatever the rate (request_rate says "
+                    "the rate asked)")
+    assert [r.arrival_s for r in build_requests(scaled)] == [0.0, 0.0]
+    one = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n7,10,3\n", "one.csv")
+    assert trace_notes(recorded.spec, read_trace(one)) == []   # one request: nothing to say of gaps

@@ -171,6 +171,28 @@ def test_a_trace_missing_a_column_names_the_file_and_the_column(tmp_path: Path, 
                        f"has arrival_s, input_tokens; needed: arrival_s, input_tokens, output_tokens)")
 
 
+@pytest.mark.parametrize("rows, arrival, expected", [
+    ("0,12,4\n1e300,12,4\n", {}, "serving.arrival.path: {trace}: line 3: arrival_s 1e+300 is 1e+300 s after the "
+                                   "first arrival (line 2); allowed: a trace spanning at most 1e+09 s (the simulated "
+                                   "clock's resolution)"),
+    ("0,12,4\n1,12,4\n", {"rate": 1e-300}, "serving.arrival.rate: 1e-300 requests/s: the trace's 2 requests would "
+                                             "span 1e+300 s of simulated time (its mean gap scaled to 1 / rate); "
+                                             "allowed: a replay spanning at most 1e+09 s (the simulated clock's "
+                                             "resolution)"),
+    ("0,12,4,5\n", {}, "serving.arrival.path: {trace}: line 2: 4 fields, the header has 3 (arrival_s, input_tokens, "
+                        "output_tokens)"),
+])
+def test_a_trace_beyond_the_clock_or_with_a_bad_row_is_one_line(tmp_path: Path, capsys, rows: str, arrival: dict,
+                                                                 expected: str) -> None:
+    """Issue 16, 1a and 1c: an arrival 1e300 s out (or a rate that spreads the trace that far) gave TTFT = TPOT = 0;
+    an extra field was dropped silently."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    data = {**SERVING, "serving": {**SERVING["serving"], "requests": None, "lengths": None,
+                                   "arrival": {"kind": "trace", "path": "trace.csv", **arrival}}}
+    assert _error(tmp_path, capsys, data=data) == expected.format(trace=trace)
+
+
 def test_a_clients_list_sweeps_like_a_rate_list(tmp_path: Path, capsys) -> None:
     path = _write(tmp_path, SERVING)
     assert main(["validate", str(path), "--set", "serving.arrival={kind: concurrency, clients: [1, 8], "
