@@ -178,7 +178,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                                 params_active=profile.active_params, energy_source="modeled")
     try:
         costs = token_costs(ref, profile, spec.kv_cache_dtype)
-        model = IterationModel(costs, ref, plan, cluster, options, pipeline_in_flight=serving.scheduler.pipeline_in_flight)
+        model = IterationModel(costs, ref, plan, cluster, options,
+                               pipeline_in_flight=serving.scheduler.pipeline_in_flight)
         _ = model.rates, model.attention_fraction  # CostModelError now (a skipped row), not inside the simulation
     except CostModelError as exc:
         return case.result(backend, status="skipped", error=str(exc), **base)

@@ -5,7 +5,8 @@ Kept apart from the CLI so tests and notebooks get the same outcome object the c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from llmsim.planner.precisions import candidates
 from llmsim.planner.explain import (Explanation, choice_lines, distinct_runner_up, explain, limit_of, tie_line,
                                     training_sensitivity)
 from llmsim.planner.report import ParetoTask, pareto_task, plan_frame, write_outputs
-from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchStats, dropped_precisions, first_rows,
-                                   precision_contexts, prepare_search, resolve_hardware, search, sharing_choice,
-                                   simulate_top)
+from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchCaches, SearchStats, dropped_precisions,
+                                   first_rows, precision_contexts, prepare_search, resolve_hardware, search,
+                                   sharing_choice, simulate_top)
 from llmsim.planner.profiling import PlanProfile
 from llmsim.planner.serve import Mapper
 from llmsim.planner.space import search_axis_problem
@@ -70,9 +71,26 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         # the precisions of search.dtype (or the workload's own) each device can run: devices that can run none
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
-        return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
+        with _removed_if_left_empty(run_dir):
+            return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
     with collector_paused(), (profile or PlanProfile(plan.workload, sharing_choice(plan), executor)) as begun:
         return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun, live)
+
+
+@contextmanager
+def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
+    """A plan stopped before it writes (Ctrl-C, an error) leaves no empty run folder behind: the folder made
+    first (so that an unusable --out fails before the search) is removed if nothing was written in it, and its
+    out/plan-NAME parent too if that is left empty. A folder with any file in it is kept."""
+    try:
+        yield
+    except BaseException:
+        for folder in (run_dir, run_dir.parent):
+            try:
+                folder.rmdir()          # only an empty folder
+            except OSError:
+                break
+        raise
 
 
 def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simulate: bool | None,
@@ -84,6 +102,17 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
     # a profile not yet stored is traced in a forked worker while this process readies the search (prepare_search)
     profile, caches = prepare_search(plan, hardware, begun)
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
+    with _removed_if_left_empty(run_dir):
+        return _search_and_write(plan, hardware, sharing, profile, caches, run_dir, simulate, progress, executor,
+                                 task_progress, live)
+
+
+def _search_and_write(plan: PlanFile, hardware: list[Hardware], sharing: SharingChoice, profile: WorkloadProfile,
+                      caches: SearchCaches, run_dir: Path, simulate: bool | None,
+                      progress: Callable[[str], None] | None,
+                      executor: Executor | None, task_progress: Progress | None,
+                      live: Callable[[str], None] | None) -> PlanOutcome:
+    """The search, the re-check, the explanation and the files of a training or inference plan in `run_dir`."""
     rows, stats = search(plan, hardware, sharing, profile, progress, executor=executor, caches=caches, live=live)
     simulated = plan.simulate if simulate is None else simulate
     if simulated and len(rows) and bool(rows.columns["feasible"][0]):

@@ -12,6 +12,7 @@ from llmsim.cli import main
 from llmsim.config import parse_scenario
 from llmsim.errors import ScenarioError
 from llmsim.planner import run_plan
+from llmsim.planner.config import parse_plan
 from llmsim.planner.explain import explain
 from llmsim.planner.figure import pareto_figure
 from llmsim.planner.report import CONTRACT_COLUMNS, FIGURE_COLUMNS, pareto_points, plan_frame
@@ -418,3 +419,20 @@ def test_a_ctrl_c_lost_during_the_re_check_still_stops_the_plan_before_it_writes
     with interrupt.handling(), pytest.raises(KeyboardInterrupt):
         run_plan(small_plan(simulate=True), small_catalog(), tmp_path)
     assert not list(tmp_path.rglob("plan.csv")) and not list(tmp_path.rglob("best.yaml"))
+    assert not list(tmp_path.iterdir())     # nor an empty run folder (out/plan-NAME/STAMP) left behind
+
+
+def test_an_interrupted_serving_plan_leaves_no_empty_folder(tmp_path: Path, monkeypatch) -> None:
+    """A serving plan stopped during its search (Ctrl-C) leaves --out as it found it; a folder something was
+    written in would be kept."""
+    from llmsim.planner import run as plan_run
+    from tests.planner.test_serving_plan import CATALOG, serving_plan
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plan_run, "run_serving_plan", stopped)
+    (tmp_path / "earlier").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(parse_plan(serving_plan()), CATALOG, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["earlier"]
