@@ -488,6 +488,30 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
     return [(key, reason, n) for (key, reason), n in found.items()]
 
 
+def eager_mismatch_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
+    """(key, note) where a serving scenario's measured engine runs every pass eagerly (a backend setting
+    `enforce_eager: true`, vLLM's --enforce-eager, the vllm backend's default) while its modeled backends price
+    CUDA-graph passes (serving.scheduler.eager not `all`) on a device whose eager launches cost something
+    (eager_launch_s > 0): the two sides would compare eager against graphs. Once per measured backend."""
+    spec = scenario.serving
+    if spec is None or spec.scheduler.eager_passes == "all":
+        return []
+    modeled_gpu = any(item.backend.kind == "modeled" and (hw := getattr(item.settings, "hardware", None)) in
+                      catalog.devices and float(getattr(catalog.devices[hw], "eager_launch_s", 0.0) or 0.0) > 0
+                      for item in planned)
+    if not modeled_gpu:
+        return []
+    notes: dict[str, str] = {}
+    for item in planned:
+        if item.backend.kind == "measured" and getattr(item.settings, "enforce_eager", False):
+            name = item.backend.name
+            notes[f"backends.{name}.enforce_eager"] = (
+                f"the measured engine runs every pass eagerly while the modeled backends price serving.scheduler."
+                f"eager = {spec.scheduler.eager_passes} (CUDA graphs); to compare like with like set "
+                f"serving.scheduler.eager: all, or backends.{name}.enforce_eager: false")
+    return list(notes.items())
+
+
 def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunContext) -> Result:
     cls = item.backend
     reason = unavailable(cls) or no_fp8(cls, item.case.workload)
