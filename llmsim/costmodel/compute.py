@@ -35,7 +35,7 @@ from llmsim.costmodel.power import device_clock_share
 if TYPE_CHECKING:
     from llmsim.config import Workload
     from llmsim.costmodel.cluster import ClusterSpec
-    from llmsim.hardware import DeviceSpec
+    from llmsim.costmodel.cluster import DeviceSpec
     from llmsim.workload.profile import WorkloadProfile
 
 # Fused scale-mask-softmax between the two attention GEMMs, passes over the s x s matrix:
