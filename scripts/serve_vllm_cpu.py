@@ -9,9 +9,11 @@ that other work on a shared host does not swamp the engine (root; children inher
 TTFT p50 by x4 (25 vs 99 ms); SCHED_RR (chrt) preempts the other work at every wake-up of the engine's processes
 (API server, engine core, worker hand off each iteration) and brought that under 12% (docs/validation.md).
 It leaves one stall of its own: vLLM's message-queue readers spin for 1 s after each message, so under SCHED_RR
-the engine exhausts the kernel's real-time budget (950 of every 1000 ms per core) and every real-time task of the
-core is held ~50 ms about once a second: the TTFT p99s here are p50 + ~50 ms (docs/validation.md, "Where the TTFT
-p99 comes from").
+the engine exhausts the kernel's real-time budget (950 of every 1000 ms per core; on Linux >= 6.12 the fair deadline
+server gives starved normal tasks the same 50 ms) and every real-time task of the core is held ~50 ms about once a
+second: the TTFT p99s here are p50 + ~50 ms (docs/validation.md, "Where the TTFT p99 comes from"). On an idle guest
+the vCPUs' own speed still varies ~1.8x between 50 ms slices (docs/validation.md, "Re-measured on an idle guest"):
+the p99 comparison needs a host with dedicated cores.
 About 15 minutes with --repeat 2 (engine starts ~25 s each under chrt, one per length and repeat).
 
 1. Step calibration, independently of vLLM: the `cpu` backend runs the served model in decode mode (a

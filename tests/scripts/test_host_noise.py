@@ -1,0 +1,36 @@
+"""scripts/host_noise.py: the spread of a fixed piece of work, and its argument checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("host_noise", REPO / "scripts" / "host_noise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prints_the_spread_of_the_tries(capsys: pytest.CaptureFixture[str]) -> None:
+    noise = _module()
+    assert noise.main(["--tries", "5", "--iterations", "1000", "--gap-s", "0"]) == 0
+    out = capsys.readouterr().out
+    match = re.fullmatch(r"core 0, 5 tries: min ([\d.]+) ms, p50 ([\d.]+), p90 ([\d.]+), max ([\d.]+); "
+                         r"max/min ([\d.]+)\n", out)
+    assert match is not None, out
+    lo, p50, p90, hi, _ = map(float, match.groups())
+    assert lo <= p50 <= p90 <= hi
+
+
+def test_a_core_outside_the_affinity_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _module().main(["--core", "4096"])
+    assert exit_info.value.code == 2
+    assert "--core 4096: allowed:" in capsys.readouterr().err
