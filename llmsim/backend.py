@@ -90,7 +90,8 @@ class Backend(ABC):
          scenario instead needs `serves`, `check_serving(settings)` for each point, and a world that holds
          serving.replicas x tp x pp.
       `llmsim validate` then says which rows a run would skip (runner.skip_notes): `availability()` once per
-      backend and `known_skip(settings, workload, catalog)` for each point, as notes, not errors.
+      backend and `known_skip(settings, workload, catalog)` for each point, and which would not fit
+      (`known_does_not_fit(settings, case, catalog)`, runner.fit_notes), as notes, not errors.
     Running (`llmsim run`, after every pair validated):
       6. `availability()` before each case: a reason -> the case's row is `skipped` with it, `run` is
          not called.
@@ -171,6 +172,14 @@ class Backend(ABC):
         availability() itself).
 
         Returns None, or (key inside this backend's settings, message)."""
+        return None
+
+    @classmethod
+    def known_does_not_fit(cls, settings: BaseModel, case: Case, catalog: Catalog) -> str | None:
+        """Why this case's row would be `does-not-fit`, where that is known before anything runs (a modeled
+        serving replica whose KV cache holds less than one request of the context), in the row's words; or None
+        (the default: a backend that only finds out by running). Not an error: a sweep's point may not fit.
+        `llmsim validate` says it as a note (runner.fit_notes)."""
         return None
 
     @classmethod

@@ -92,13 +92,16 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from llmsim.runner import eager_mismatch_notes, skip_notes
+    from llmsim.runner import eager_mismatch_notes, fit_notes, skip_notes
 
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     # rows a run would skip: said as the run's rows say it, once per backend (point)
     for key, problem, n in skip_notes(planned, catalog, scenario):
         err_console.print(f"[yellow]llmsim: note: {escape(args.scenario)}: {key}: {escape(problem)}; "
                           f"{count(n, 'case')} will be skipped[/]", highlight=False, soft_wrap=True)
+    for key, reason, n in fit_notes(planned, catalog):
+        err_console.print(f"[yellow]llmsim: note: {escape(args.scenario)}: {key}: {escape(reason)}; "
+                          f"{count(n, 'case')} will be does-not-fit[/]", highlight=False, soft_wrap=True)
     for key, note in eager_mismatch_notes(planned, catalog, scenario):
         err_console.print(f"[yellow]llmsim: note: {escape(args.scenario)}: {key}: {escape(note)}[/]",
                           highlight=False, soft_wrap=True)

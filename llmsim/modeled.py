@@ -31,7 +31,7 @@ from llmsim.costmodel.work import inference_plan
 from llmsim.engine_options import engine_options, option_fields, serving_attention_problem
 from llmsim.errors import KeyedValueError, ScenarioError
 from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
-from llmsim.modeled_serving import ServingFaults, serve_case
+from llmsim.modeled_serving import ServingFaults, kv_fit_problem, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strategy import Layout
 from llmsim.strict import StrictModel, sweep_repeats
@@ -206,6 +206,20 @@ class ModeledBackend(Backend):
             return None
         problem = precision.device_problem(workload, device) or rates_problem(device, workload.dtype)
         return None if problem is None else ("hardware", problem)
+
+    @classmethod
+    def known_does_not_fit(cls, settings: BaseModel, case: Case, catalog: Catalog) -> str | None:
+        """A serving case whose replica has no KV cache, or one below a request of the whole context
+        (modeled_serving.kv_fit_problem: the memory model's leftover, no simulation); None for anything else,
+        and where known_skip already skips the point."""
+        assert isinstance(settings, ModeledSettings)
+        if case.serving is None or cls.known_skip(settings, case.workload, catalog) is not None:
+            return None
+        try:
+            cluster = settings.cluster(catalog)
+        except ScenarioError:
+            return None
+        return kv_fit_problem(case, cluster, settings.options)
 
     @classmethod
     def check_layout(cls, settings: BaseModel, layout: Layout, catalog: Catalog) -> tuple[str, str] | None:

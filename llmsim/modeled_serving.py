@@ -27,7 +27,7 @@ from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import priced_pass_seconds
-from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, kv_capacity, token_costs
+from llmsim.costmodel.iteration import IterationModel, KVCapacity, Mix, iteration_times, kv_capacity, token_costs
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
@@ -161,6 +161,34 @@ def write_timeline_file(run_dir: str | Path | None, case: str, backend: str, out
     return _write_beside_requests(Path(run_dir), timeline_file_name(case, backend), timeline_table(outcome))
 
 
+def capacity_problem(capacity: KVCapacity, memory_utilization: float, context_tokens: int) -> str | None:
+    """Why a replica with this KV cache cannot serve (the words of its `does-not-fit` row), or None: no room
+    for a cache at all, or a cache below one request of the whole context (KVCapacity.misses_context)."""
+    if capacity.blocks == 0:
+        return (f"no room for a KV cache: {capacity.device_bytes / 1e9:.1f} GB usable (memory_utilization "
+                f"{memory_utilization}) - weights {capacity.weights_bytes / 1e9:.1f} GB - workspace "
+                f"{capacity.workspace_bytes / 1e9:.1f} GB leaves {capacity.kv_bytes / 1e9:.1f} GB per device")
+    return capacity.misses_context(context_tokens)
+
+
+def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str | None:
+    """What serve_case would say of a serving case that cannot fit on `cluster` (capacity_problem), without
+    simulating anything: `llmsim validate`'s note (ModeledBackend.known_does_not_fit). None when it fits, or
+    when pricing it fails (the run's row says that)."""
+    serving = case.serving
+    assert isinstance(serving, ServingCase)
+    spec, sched = serving.spec, serving.spec.scheduler
+    plan = replace(Plan.of(case.strategy, case.layout), dp=1, micro_batch=1, microbatches=1)
+    ref, profile = serving_profile(case.workload, case.sharing)
+    try:
+        costs = token_costs(ref, profile, spec.kv_cache_dtype)
+    except CostModelError:
+        return None
+    capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,
+                           spec.kv_block_tokens, sched.max_batched_tokens, sched.max_num_seqs, options)
+    return capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
+
+
 def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
                faults: ServingFaults = ServingFaults()) -> Result:
     """Simulate the case's serving run on `cluster`; the row with the serving columns (or a skipped /
@@ -188,14 +216,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     memory = dict(mem_params_bytes=capacity.weights_bytes, mem_workspace_bytes=capacity.workspace_bytes,
                   mem_kv_cache_bytes=max(capacity.kv_bytes, 0.0), kv_blocks_per_replica=capacity.blocks,
                   kv_capacity_tokens=capacity.tokens, kv_bytes_per_token=capacity.bytes_per_token)
-    if capacity.blocks == 0:
-        return case.result(backend, status="does-not-fit", extra=memory, **base,
-                           error=f"no room for a KV cache: {capacity.device_bytes / 1e9:.1f} GB usable "
-                                 f"(memory_utilization {spec.memory_utilization}) - weights "
-                                 f"{capacity.weights_bytes / 1e9:.1f} GB - workspace "
-                                 f"{capacity.workspace_bytes / 1e9:.1f} GB leaves "
-                                 f"{capacity.kv_bytes / 1e9:.1f} GB per device")
-    short = capacity.misses_context(case.workload.model.seq_len)
+    short = capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
     if short is not None:
         return case.result(backend, status="does-not-fit", extra=memory, **base, error=short)
     outcome = simulate_serving(

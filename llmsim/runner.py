@@ -488,6 +488,19 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
     return [(key, reason, n) for (key, reason), n in found.items()]
 
 
+def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str, int]]:
+    """(backend key, reason, cases) for the planned cases a run would write as `does-not-fit` rows, known
+    before anything runs (Backend.known_does_not_fit: a served replica whose KV cache is below one request of
+    the context), once per (key, reason). A note, not an error: a sweep's point may not fit."""
+    found: dict[tuple[str, str], int] = {}
+    for item in planned:
+        reason = item.backend.known_does_not_fit(item.settings, item.case, catalog)
+        if reason is not None:
+            key = (f"backends.{item.backend.name}", reason)
+            found[key] = found.get(key, 0) + 1
+    return [(key, reason, n) for (key, reason), n in found.items()]
+
+
 def eager_mismatch_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where a serving scenario's measured engine runs every pass eagerly (a backend setting
     `enforce_eager: true`, vLLM's --enforce-eager, the vllm backend's default) while its modeled backends price

@@ -136,6 +136,37 @@ def test_a_cache_smaller_than_one_request_of_the_context_is_a_does_not_fit_row(t
     assert rows[0]["status"] == "ok"
 
 
+def test_validate_says_which_cases_will_not_fit_in_the_rows_words(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The trial's finding: a scenario whose every row would be does-not-fit (KV cache below one context)
+    validated "ok" without a word. validate now notes it before anything runs, once per backend and reason, in
+    the words the run's rows then carry; a scenario that fits gets no note."""
+    from llmsim.cli import main
+    data = _scenario()
+    data["workload"] = {"model": {"preset": "llama3-8b"}, "dtype": "bfloat16"}
+    data["serving"]["memory_utilization"] = 0.1972
+    data["backends"] = {"roofline": {"hardware": "h100-sxm", "nodes": 1, "devices_per_node": 1}}
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok — 1 strategy × 1 backend setting × 2 rates = 2 cases" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"llmsim: note: {path}: backends.roofline: the KV cache holds 304 tokens (19 blocks "
+                               f"of 16), fewer than one request of the model's context (8,192 tokens)")
+    assert lines[0].endswith("(vLLM refuses to start so); 2 cases will be does-not-fit")
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in next((tmp_path / "runs").glob("*/*/results.jsonl")).read_text().splitlines()]
+    note = lines[0].split("backends.roofline: ", 1)[1].rsplit("; 2 cases", 1)[0]
+    assert {(r["status"], r["error"]) for r in rows} == {("does-not-fit", note)}
+    data["serving"]["memory_utilization"] = 0.25
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_an_attention_kernel_the_device_has_no_figure_for_is_a_skipped_row_naming_it(tmp_path: Path) -> None:
     """FlashAttention-3 runs on Hopper: served on an A100 (no efficiency.attention_flash3), each rate is a skipped
     row saying so, as a training case is; on an H100 the same scenario runs."""
