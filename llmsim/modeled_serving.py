@@ -182,10 +182,10 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
     ref, profile = serving_profile(case.workload, case.sharing)
     try:
         costs = token_costs(ref, profile, spec.kv_cache_dtype)
+        capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,
+                               spec.kv_block_tokens, sched.max_batched_tokens, sched.max_num_seqs, options)
     except CostModelError:
         return None
-    capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,
-                           spec.kv_block_tokens, sched.max_batched_tokens, sched.max_num_seqs, options)
     return capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
 
 

@@ -494,7 +494,10 @@ def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, s
     the context), once per (key, reason). A note, not an error: a sweep's point may not fit."""
     found: dict[tuple[str, str], int] = {}
     for item in planned:
-        reason = item.backend.known_does_not_fit(item.settings, item.case, catalog)
+        try:
+            reason = item.backend.known_does_not_fit(item.settings, item.case, catalog)
+        except Exception:  # noqa: BLE001 - a note must not break validate; the run's row says what went wrong
+            continue
         if reason is not None:
             key = (f"backends.{item.backend.name}", reason)
             found[key] = found.get(key, 0) + 1

@@ -167,6 +167,23 @@ def test_validate_says_which_cases_will_not_fit_in_the_rows_words(
     assert capsys.readouterr().err == ""
 
 
+def test_a_fit_check_that_raises_gives_no_note_and_validate_still_passes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate's does-not-fit note runs cost-model code before anything runs; whatever it raises must not turn
+    `llmsim validate` into a traceback (the run's row reports it)."""
+    from llmsim.cli import main
+    from llmsim.modeled import ModeledBackend
+
+    def broken(cls: Any, settings: Any, case: Any, catalog: Any) -> str | None:
+        raise RuntimeError("broken fit check (test)")
+    monkeypatch.setattr(ModeledBackend, "known_does_not_fit", classmethod(broken))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_scenario()))
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok — " in out and err == ""
+
+
 def test_an_attention_kernel_the_device_has_no_figure_for_is_a_skipped_row_naming_it(tmp_path: Path) -> None:
     """FlashAttention-3 runs on Hopper: served on an A100 (no efficiency.attention_flash3), each rate is a skipped
     row saying so, as a training case is; on an H100 the same scenario runs."""
