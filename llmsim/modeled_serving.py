@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from llmsim.config import SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, Options, Plan
+from llmsim.costmodel.cluster import torus_groups
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import priced_pass_seconds
 from llmsim.costmodel.iteration import IterationModel, KVCapacity, Mix, iteration_times, kv_capacity, token_costs
+from llmsim.costmodel.torus import TorusError
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
@@ -161,6 +163,26 @@ def write_timeline_file(run_dir: str | Path | None, case: str, backend: str, out
     return _write_beside_requests(Path(run_dir), timeline_file_name(case, backend), timeline_table(outcome))
 
 
+def replica_plan(case: "Case", cluster: ClusterSpec) -> Plan:
+    """The plan one replica's iterations are priced on: the strategy's tp and pp, one micro-batch, dp 1 (each
+    replica serves alone), except on a TPU slice, whose mesh must be mapped whole (costmodel.cluster.torus_groups):
+    there dp is serving.replicas, the replicas side by side in the slice (dp prices nothing in an iteration)."""
+    assert case.serving is not None
+    dp = case.serving.spec.replicas if cluster.is_torus else 1
+    return replace(Plan.of(case.strategy, case.layout), dp=dp, micro_batch=1, microbatches=1)
+
+
+def torus_problem(plan: Plan, cluster: ClusterSpec) -> str | None:
+    """Why the replicas' mesh does not tile the TPU slice (a skipped row, not a failure mid-simulation), or None."""
+    if not cluster.is_torus:
+        return None
+    try:
+        torus_groups({"tp": plan.tp, "pp": plan.pp, "dp": plan.dp}, cluster)
+    except TorusError as exc:
+        return f"{exc}: serving.replicas x tp x pp must tile the slice"
+    return None
+
+
 def capacity_problem(capacity: KVCapacity, memory_utilization: float, context_tokens: int) -> str | None:
     """Why a replica with this KV cache cannot serve (the words of its `does-not-fit` row), or None: no room
     for a cache at all, or a cache below one request of the whole context (KVCapacity.misses_context)."""
@@ -178,7 +200,7 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
     serving = case.serving
     assert isinstance(serving, ServingCase)
     spec, sched = serving.spec, serving.spec.scheduler
-    plan = replace(Plan.of(case.strategy, case.layout), dp=1, micro_batch=1, microbatches=1)
+    plan = replica_plan(case, cluster)
     ref, profile = serving_profile(case.workload, case.sharing)
     try:
         costs = token_costs(ref, profile, spec.kv_cache_dtype)
@@ -196,7 +218,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     serving = case.serving
     assert isinstance(serving, ServingCase)
     spec = serving.spec
-    plan = replace(Plan.of(case.strategy, case.layout), dp=1, micro_batch=1, microbatches=1)
+    plan = replica_plan(case, cluster)
     devices = spec.replicas * plan.tp * plan.pp
     ref, profile = serving_profile(case.workload, case.sharing)
     sched = spec.scheduler
@@ -204,6 +226,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                                 n_devices=devices, dp=spec.replicas, mode="serve", batch=sched.max_num_seqs,
                                 params=profile.params, trainable_params=profile.trainable_params,
                                 params_active=profile.active_params, energy_source="modeled")
+    if (mesh := torus_problem(plan, cluster)) is not None:
+        return case.result(backend, status="skipped", error=mesh, **base)
     try:
         costs = token_costs(ref, profile, spec.kv_cache_dtype)
         model = IterationModel(costs, ref, plan, cluster, options,

@@ -489,9 +489,9 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
 
 
 def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str, int]]:
-    """(backend key, reason, cases) for the planned cases a run would write as `does-not-fit` rows, known
-    before anything runs (Backend.known_does_not_fit: a served replica whose KV cache is below one request of
-    the context), once per (key, reason). A note, not an error: a sweep's point may not fit."""
+    """(where, reason, cases) for the planned cases a run would write as `does-not-fit` rows, known before
+    anything runs (Backend.known_does_not_fit: a served replica whose KV cache is below one request of the
+    context), once per (backend, strategy, reason): where = 'backends.NAME, strategy NAME'. A note, not an error: a sweep's point may not fit."""
     found: dict[tuple[str, str], int] = {}
     for item in planned:
         try:
@@ -499,7 +499,7 @@ def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, s
         except Exception:  # noqa: BLE001 - a note must not break validate; the run's row says what went wrong
             continue
         if reason is not None:
-            key = (f"backends.{item.backend.name}", reason)
+            key = (f"backends.{item.backend.name}, strategy {item.case.strategy.name}", reason)
             found[key] = found.get(key, 0) + 1
     return [(key, reason, n) for (key, reason), n in found.items()]
 

@@ -3,8 +3,8 @@
 
 Times one fixed piece of work (a Python multiply-add loop) many times, pinned to one core, with a sleep between
 tries, and prints min / p50 / p90 / max in ms and max / min. On a dedicated core the spread is a few percent; on
-the development guest (Firecracker, AMD EPYC vCPUs) it was 12.3-23.7 ms, ~1.8x, even at the highest real-time
-priority (`chrt -r 20`), so the vCPU's speed varies under the guest from one slice to the next and a latency
+the development guest (Firecracker, AMD EPYC vCPUs) it was 12.3-23.7 ms, ~1.9x, even at real-time priority 20
+(`chrt -r 20`, above the measured engine's 10), so the vCPU's speed varies under the guest from one slice to the next and a latency
 tail measured there is partly the host's (docs/validation.md, "Re-measured on an idle guest").
 
 Usage: [chrt -r 20] python scripts/host_noise.py [--core N] [--tries 60] [--iterations 300000] [--gap-s 0.05]
@@ -40,14 +40,19 @@ def spread(core: int, tries: int, iterations: int, gap_s: float) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--core", type=int, default=0)
-    parser.add_argument("--tries", type=int, default=60)
-    parser.add_argument("--iterations", type=int, default=300_000)
-    parser.add_argument("--gap-s", type=float, default=0.05)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="A dedicated core gives max/min within a few percent; the development "
+                                            "guest gave ~1.9 even under chrt -r 20.")
+    parser.add_argument("--core", type=int, default=0, help="the core to pin to (default 0)")
+    parser.add_argument("--tries", type=int, default=60, help="how many times to time the work (>= 2; default 60)")
+    parser.add_argument("--iterations", type=int, default=300_000,
+                        help="multiply-adds per try (>= 10,000 so a try lasts ~0.5 ms or more; default 300,000, "
+                             "~13-24 ms here)")
+    parser.add_argument("--gap-s", type=float, default=0.05,
+                        help="sleep between tries in seconds (0 to 10; default 0.05: one try per scheduler slice)")
     args = parser.parse_args(argv)
-    if args.tries < 2 or args.iterations < 1 or args.gap_s < 0:
-        parser.error("--tries must be >= 2, --iterations >= 1, --gap-s >= 0")
+    if args.tries < 2 or args.iterations < 10_000 or not 0 <= args.gap_s <= 10:
+        parser.error("--tries must be >= 2, --iterations >= 10000, --gap-s between 0 and 10 seconds")
     if hasattr(os, "sched_getaffinity") and args.core not in os.sched_getaffinity(0):
         parser.error(f"--core {args.core}: allowed: {sorted(os.sched_getaffinity(0))}")
     t = spread(args.core, args.tries, args.iterations, args.gap_s)

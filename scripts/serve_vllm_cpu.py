@@ -12,7 +12,7 @@ It leaves one stall of its own: vLLM's message-queue readers spin for 1 s after 
 the engine exhausts the kernel's real-time budget (950 of every 1000 ms per core; on Linux >= 6.12 the fair deadline
 server gives starved normal tasks the same 50 ms) and every real-time task of the core is held ~50 ms about once a
 second: the TTFT p99s here are p50 + ~50 ms (docs/validation.md, "Where the TTFT p99 comes from"). On an idle guest
-the vCPUs' own speed still varies ~1.8x between 50 ms slices (docs/validation.md, "Re-measured on an idle guest"):
+the vCPUs' own speed still varies ~1.9x between 50 ms slices (docs/validation.md, "Re-measured on an idle guest"):
 the p99 comparison needs a host with dedicated cores.
 About 15 minutes with --repeat 2 (engine starts ~25 s each under chrt, one per length and repeat).
 

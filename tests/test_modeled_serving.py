@@ -130,7 +130,9 @@ def test_a_cache_smaller_than_one_request_of_the_context_is_a_does_not_fit_row(t
     assert rows[0]["status"] == "does-not-fit"
     assert rows[0]["error"].startswith("the KV cache holds 304 tokens (19 blocks of 16), fewer than one request of "
                                        "the model's context (8,192 tokens)")
-    assert "raise serving.memory_utilization or lower workload.model.seq_len" in rows[0]["error"]
+    assert rows[0]["error"].endswith("(vLLM refuses to start with such a cache); raise serving.memory_utilization, "
+                                     "shard wider (a strategy's tp or pp), store it in float8 (serving.kv_cache_dtype) "
+                                     "or lower workload.model.seq_len")
     data["serving"]["memory_utilization"] = 0.25
     _, rows = _run(tmp_path / "enough", data)
     assert rows[0]["status"] == "ok"
@@ -153,13 +155,13 @@ def test_validate_says_which_cases_will_not_fit_in_the_rows_words(
     assert "ok — 1 strategy × 1 backend setting × 2 rates = 2 cases" in out
     lines = err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"llmsim: note: {path}: backends.roofline: the KV cache holds 304 tokens (19 blocks "
+    assert lines[0].startswith(f"llmsim: note: {path}: backends.roofline, strategy single: the KV cache holds 304 tokens (19 blocks "
                                f"of 16), fewer than one request of the model's context (8,192 tokens)")
-    assert lines[0].endswith("(vLLM refuses to start so); 2 cases will be does-not-fit")
+    assert lines[0].endswith("or lower workload.model.seq_len; 2 cases will be does-not-fit")
     assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 0
     capsys.readouterr()
     rows = [json.loads(line) for line in next((tmp_path / "runs").glob("*/*/results.jsonl")).read_text().splitlines()]
-    note = lines[0].split("backends.roofline: ", 1)[1].rsplit("; 2 cases", 1)[0]
+    note = lines[0].split("strategy single: ", 1)[1].rsplit("; 2 cases", 1)[0]
     assert {(r["status"], r["error"]) for r in rows} == {("does-not-fit", note)}
     data["serving"]["memory_utilization"] = 0.25
     path.write_text(yaml.safe_dump(data))
@@ -182,6 +184,24 @@ def test_a_fit_check_that_raises_gives_no_note_and_validate_still_passes(
     assert main(["validate", str(path)]) == 0
     out, err = capsys.readouterr()
     assert "ok — " in out and err == ""
+
+
+def test_replicas_on_a_tpu_slice_tile_it_and_a_mesh_that_does_not_is_a_skipped_row(tmp_path: Path) -> None:
+    """Trial 17's first finding: tp 2 served on a 4-chip v5e slice was a `failed` row from inside the simulation
+    (the slice's mesh is mapped whole, and the replica was priced at dp 1), even with 2 replicas filling it. The
+    replicas now sit side by side in the slice (dp = replicas there); a mesh that leaves chips over is a skipped
+    row saying so."""
+    data = _scenario()
+    data["serving"]["arrival"] = {"kind": "poisson", "rate": 50}
+    data["strategies"] = [{"name": "tp2", "tp": 2}]
+    data["backends"] = {"roofline": {"hardware": "tpu-v5e", "nodes": 1, "devices_per_node": 4}}
+    _, rows = _run(tmp_path / "one", data)
+    assert (rows[0]["status"], rows[0]["error"]) == (
+        "skipped", "the mesh tp2 x cp1 x pp1 x dp1 = 2 devices does not fill a 2x2 slice of 4 chips: serving.replicas "
+                   "x tp x pp must tile the slice")
+    data["serving"]["replicas"] = 2
+    _, rows = _run(tmp_path / "two", data)
+    assert rows[0]["status"] == "ok" and rows[0]["ttft_p50_s"] > 0
 
 
 def test_an_attention_kernel_the_device_has_no_figure_for_is_a_skipped_row_naming_it(tmp_path: Path) -> None:

@@ -588,7 +588,8 @@ class KVCapacity:
         return (f"the KV cache holds {self.tokens:,} tokens ({self.blocks:,} blocks of {self.block_tokens}), fewer "
                 f"than one request of the model's context ({context_tokens:,} tokens): {self.kv_bytes / 1e9:.2f} GB "
                 f"per device left after weights and workspace, {self.bytes_per_token * context_tokens / 1e9:.2f} GB "
-                f"needed; raise serving.memory_utilization or lower workload.model.seq_len (vLLM refuses to start so)")
+                f"needed (vLLM refuses to start with such a cache); raise serving.memory_utilization, shard wider "
+                f"(a strategy's tp or pp), store it in float8 (serving.kv_cache_dtype) or lower workload.model.seq_len")
 
 
 def kv_bytes_per_token(costs: TokenCosts, workload: "Workload", plan: Plan) -> float:
