@@ -108,9 +108,12 @@ class ClusterSpec:
 
     @functools.cached_property
     def fabric(self) -> Fabric:
-        """What one device sees of the two fabrics when nothing else uses them."""
-        return Fabric(intra=self.intra_channel, inter=self.inter_channel,
-                      kernel_latency_s=self.efficiency.kernel_latency_s)
+        """What one device sees of the two fabrics when nothing else uses them. The fixed time of a custom
+        all-reduce kernel: the device's measured one (Efficiency.custom_all_reduce_s) where it has one, else its
+        generic per-kernel time (Efficiency.kernel_latency_s)."""
+        eff = self.efficiency
+        fixed = eff.kernel_latency_s if eff.custom_all_reduce_s is None else eff.custom_all_reduce_s
+        return Fabric(intra=self.intra_channel, inter=self.inter_channel, kernel_latency_s=fixed)
 
     def with_devices(self, n: int) -> "ClusterSpec":
         """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""

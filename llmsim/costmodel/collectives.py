@@ -92,8 +92,9 @@ class Fabric:
 
     intra: Channel
     inter: Channel
-    # The fixed time of one kernel of a pass on the device (Efficiency.kernel_latency_s): what a collective that
-    # runs as one kernel of the engine's own (a custom all-reduce) costs beyond its syncs and bytes.
+    # What a collective that runs as one kernel of the engine's own (a custom all-reduce) costs beyond its syncs
+    # and bytes: the device's measured time of that kernel (Efficiency.custom_all_reduce_s) where it has one,
+    # else its fixed time of one kernel of a pass (Efficiency.kernel_latency_s); ClusterSpec.fabric chooses.
     kernel_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -224,7 +225,8 @@ def custom_all_reduce_phases(kind: CustomKind, size: float, p: int, ch: Channel,
     bytes into each rank. Two-shot (`cross_device_reduce_2stage`): start barrier, each rank loads its 1/p of
     every peer's buffer and reduces it (reduce-scatter), a barrier, then loads the other ranks' reduced parts
     (all-gather); the kernel's exit needs no third barrier: 2·S·(p-1)/p bytes, a ring's volume, over two load
-    rounds. Time = one kernel of the pass (`kernel_latency_s`, in place of NCCL's launch latency) + the two
+    rounds. Time = the kernel's fixed time (`kernel_latency_s`, Fabric.kernel_latency_s: measured in a CUDA
+    graph where the device has a figure, else one kernel of the pass; in place of NCCL's launch latency) + the two
     barriers and each round of loads one flag latency of the link (`Channel.flag_latency`) + the bytes at the
     channel's bandwidth. Seconds on an uncontended port; sizes in bytes."""
     if p <= 1 or size <= 0:
