@@ -148,8 +148,8 @@ def test_the_one_shot_kernel_on_h100_prices_as_measured_in_a_cuda_graph(p: int) 
     # the catalog's fixed time (3.8 us) + 3 flags (0.6 us) + (p - 1) x 512 KiB at 360 GB/s is within the printed
     # resolution (0.5 us) of the published time at every tp; the generic kernel time (10 us) would be 6 us over
     fabric = load_catalog().cluster("h100-sxm", 1, devices_per_node=8).fabric
-    got = phases_time(custom_all_reduce_phases("one-shot", 512 * KiB, p, fabric.intra, fabric.custom_fixed_s("one-shot")),
-                      fabric)
+    fixed = fabric.custom_fixed_s("one-shot")
+    got = phases_time(custom_all_reduce_phases("one-shot", 512 * KiB, p, fabric.intra, fixed), fabric)
     assert got == pytest.approx(PUBLISHED_ONE_SHOT_512KIB_H100_S[p], abs=0.5e-6)
 
 
