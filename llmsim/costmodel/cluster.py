@@ -108,9 +108,11 @@ class ClusterSpec:
 
     @functools.cached_property
     def fabric(self) -> Fabric:
-        """What one device sees of the two fabrics when nothing else uses them."""
-        return Fabric(intra=self.intra_channel, inter=self.inter_channel,
-                      kernel_latency_s=self.efficiency.kernel_latency_s)
+        """What one device sees of the two fabrics when nothing else uses them, and the device's fixed times of
+        a custom all-reduce kernel (Fabric.custom_fixed_s)."""
+        eff = self.efficiency
+        return Fabric(intra=self.intra_channel, inter=self.inter_channel, kernel_latency_s=eff.kernel_latency_s,
+                      one_shot_fixed_s=eff.custom_all_reduce_one_shot_s)
 
     def with_devices(self, n: int) -> "ClusterSpec":
         """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""
@@ -234,7 +236,7 @@ def collective_phases(op: Op, size: float, group: Group, fabric: Fabric,
     if algorithm == "vllm" and op == "all-reduce" and not group.rings:
         kind = custom_all_reduce_kind(size, group.size, group.nodes, fabric.intra)
         if kind is not None:
-            return custom_all_reduce_phases(kind, size, group.size, fabric.intra, fabric.kernel_latency_s)
+            return custom_all_reduce_phases(kind, size, group.size, fabric.intra, fabric.custom_fixed_s(kind))
     if group.rings:
         return torus_phases(op, size, group.rings, group.nodes, fabric)
     return hierarchical_phases(op, size, group.per_node, group.nodes, fabric)

@@ -95,10 +95,21 @@ class Fabric:
     # The fixed time of one kernel of a pass on the device (Efficiency.kernel_latency_s): what a collective that
     # runs as one kernel of the engine's own (a custom all-reduce) costs beyond its syncs and bytes.
     kernel_latency_s: float = 0.0
+    # The one-shot custom all-reduce kernel's own fixed time, measured in a CUDA graph on this device
+    # (Efficiency.custom_all_reduce_one_shot_s); None = no measurement, `kernel_latency_s` (`custom_fixed_s`).
+    one_shot_fixed_s: float | None = None
 
     def __post_init__(self) -> None:
         # Collective prices are cached per (collective, fabric): hash the two channels once, not per lookup.
-        object.__setattr__(self, "_hash", hash((self.intra, self.inter, self.kernel_latency_s)))
+        object.__setattr__(self, "_hash", hash((self.intra, self.inter, self.kernel_latency_s, self.one_shot_fixed_s)))
+
+    def custom_fixed_s(self, kind: "CustomKind") -> float:
+        """The fixed time of vLLM's custom all-reduce kernel `kind` on this device: the one-shot kernel's measured
+        one where the device has it, else (and for the two-shot kernel, whose published timings are not a fixed
+        time plus bytes at the link's rate: docs/costmodel.md) one kernel of the pass."""
+        if kind == "one-shot" and self.one_shot_fixed_s is not None:
+            return self.one_shot_fixed_s
+        return self.kernel_latency_s
 
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined, no-any-return]
@@ -224,7 +235,9 @@ def custom_all_reduce_phases(kind: CustomKind, size: float, p: int, ch: Channel,
     bytes into each rank. Two-shot (`cross_device_reduce_2stage`): start barrier, each rank loads its 1/p of
     every peer's buffer and reduces it (reduce-scatter), a barrier, then loads the other ranks' reduced parts
     (all-gather); the kernel's exit needs no third barrier: 2·S·(p-1)/p bytes, a ring's volume, over two load
-    rounds. Time = one kernel of the pass (`kernel_latency_s`, in place of NCCL's launch latency) + the two
+    rounds. Time = the kernel's fixed time (`kernel_latency_s`, Fabric.custom_fixed_s: the one-shot kernel's as
+    measured in a CUDA graph where the device has it, else one kernel of the pass; in place of NCCL's launch
+    latency) + the two
     barriers and each round of loads one flag latency of the link (`Channel.flag_latency`) + the bytes at the
     channel's bandwidth. Seconds on an uncontended port; sizes in bytes."""
     if p <= 1 or size <= 0:

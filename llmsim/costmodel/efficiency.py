@@ -101,7 +101,9 @@ class Efficiency(BaseModel):
     what decode of a small model at small batch mostly consists of. 0 by default (TPU: one compiled XLA
     program per step; CPU: op_overhead_s instead). `kernel_latency_cycles` states that time in SM clock cycles,
     the unit of the latencies a small kernel is bound by (`kernel_latency_seconds`); the catalog loader turns
-    it into `kernel_latency_s` with the device's `sm_clock_hz`.
+    it into `kernel_latency_s` with the device's `sm_clock_hz`. `custom_all_reduce_one_shot_s` is the fixed time of one
+    kernel measured on its own: vLLM's one-shot custom all-reduce in a CUDA graph, where a device has a published
+    timing of it (`Fabric.custom_fixed_s`); elsewhere, and for the two-shot kernel, one kernel of the pass.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -129,6 +131,10 @@ class Efficiency(BaseModel):
     kernel_latency_cycles: float = Field(0.0, ge=0, description="the same fixed time counted in SM clock cycles "
                                          "(kernel_latency_s = cycles / the device's sm_clock_hz, "
                                          "kernel_latency_seconds); an explicit kernel_latency_s takes precedence")
+    custom_all_reduce_one_shot_s: float | None = Field(
+        None, ge=0, description="fixed time of vLLM's one-shot custom all-reduce kernel as a CUDA graph runs it, "
+                                "beyond its flag latencies and bytes (collectives.custom_all_reduce_phases), "
+                                "measured on this device; None = no measurement: `kernel_latency_s`")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")
