@@ -28,7 +28,8 @@ from llmsim.costmodel.cluster import torus_groups
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import priced_pass_seconds
-from llmsim.costmodel.iteration import IterationModel, KVCapacity, Mix, iteration_times, kv_capacity, token_costs
+from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, iteration_times, kv_capacity,
+                                       token_costs)
 from llmsim.costmodel.torus import TorusError
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
@@ -183,6 +184,16 @@ def torus_problem(plan: Plan, cluster: ClusterSpec) -> str | None:
     return None
 
 
+def replica_capacity(case: "Case", ref: Workload, profile: WorkloadProfile, plan: Plan, cluster: ClusterSpec,
+                     costs: TokenCosts, options: Options) -> KVCapacity:
+    """One replica's KV cache (costmodel.iteration.kv_capacity) under the case's serving settings: its
+    memory_utilization, block size and the largest pass its scheduler may form."""
+    assert case.serving is not None
+    spec = case.serving.spec
+    return kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization, spec.kv_block_tokens,
+                       spec.scheduler.max_batched_tokens, spec.scheduler.max_num_seqs, options)
+
+
 def capacity_problem(capacity: KVCapacity, memory_utilization: float, context_tokens: int) -> str | None:
     """Why a replica with this KV cache cannot serve (the words of its `does-not-fit` row), or None: no room
     for a cache at all, or a cache below one request of the whole context (KVCapacity.misses_context)."""
@@ -199,13 +210,12 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
     when pricing it fails (the run's row says that)."""
     serving = case.serving
     assert isinstance(serving, ServingCase)
-    spec, sched = serving.spec, serving.spec.scheduler
+    spec = serving.spec
     plan = replica_plan(case, cluster)
     ref, profile = serving_profile(case.workload, case.sharing)
     try:
         costs = token_costs(ref, profile, spec.kv_cache_dtype)
-        capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,
-                               spec.kv_block_tokens, sched.max_batched_tokens, sched.max_num_seqs, options)
+        capacity = replica_capacity(case, ref, profile, plan, cluster, costs, options)
     except CostModelError:
         return None
     return capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
@@ -235,8 +245,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         _ = model.rates, model.attention_fraction  # CostModelError now (a skipped row), not inside the simulation
     except CostModelError as exc:
         return case.result(backend, status="skipped", error=str(exc), **base)
-    capacity = kv_capacity(ref, profile, case.sharing, plan, cluster, costs, spec.memory_utilization,
-                           spec.kv_block_tokens, sched.max_batched_tokens, sched.max_num_seqs, options)
+    capacity = replica_capacity(case, ref, profile, plan, cluster, costs, options)
     memory = dict(mem_params_bytes=capacity.weights_bytes, mem_workspace_bytes=capacity.workspace_bytes,
                   mem_kv_cache_bytes=max(capacity.kv_bytes, 0.0), kv_blocks_per_replica=capacity.blocks,
                   kv_capacity_tokens=capacity.tokens, kv_bytes_per_token=capacity.bytes_per_token)

@@ -491,7 +491,8 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
 def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str, int]]:
     """(where, reason, cases) for the planned cases a run would write as `does-not-fit` rows, known before
     anything runs (Backend.known_does_not_fit: a served replica whose KV cache is below one request of the
-    context), once per (backend, strategy, reason): where = 'backends.NAME, strategy NAME'. A note, not an error: a sweep's point may not fit."""
+    context), once per (backend, strategy, reason): where = 'backends.NAME, strategy NAME'.
+    A note, not an error: a sweep's point may not fit."""
     found: dict[tuple[str, str], int] = {}
     for item in planned:
         try:
