@@ -112,7 +112,9 @@ class ClusterSpec:
         a custom all-reduce kernel (Fabric.custom_fixed_s)."""
         eff = self.efficiency
         return Fabric(intra=self.intra_channel, inter=self.inter_channel, kernel_latency_s=eff.kernel_latency_s,
-                      one_shot_fixed_s=eff.custom_all_reduce_one_shot_s)
+                      one_shot_fixed_s=eff.custom_all_reduce_one_shot_s,
+                      two_shot_fixed_s=eff.custom_all_reduce_two_shot_s,
+                      two_shot_round_s=eff.custom_all_reduce_two_shot_round_s)
 
     def with_devices(self, n: int) -> "ClusterSpec":
         """The same hardware with n devices: whole nodes, or part of one node when n fits in one."""
@@ -236,7 +238,8 @@ def collective_phases(op: Op, size: float, group: Group, fabric: Fabric,
     if algorithm == "vllm" and op == "all-reduce" and not group.rings:
         kind = custom_all_reduce_kind(size, group.size, group.nodes, fabric.intra)
         if kind is not None:
-            return custom_all_reduce_phases(kind, size, group.size, fabric.intra, fabric.custom_fixed_s(kind))
+            return custom_all_reduce_phases(kind, size, group.size, fabric.intra, fabric.custom_fixed_s(kind),
+                                            round_s=fabric.custom_round_s(kind))
     if group.rings:
         return torus_phases(op, size, group.rings, group.nodes, fabric)
     return hierarchical_phases(op, size, group.per_node, group.nodes, fabric)

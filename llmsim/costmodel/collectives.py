@@ -58,6 +58,14 @@ CUSTOM_AR_BYTE_MULTIPLE = 16
 # connected, `(world_size <= 4 && bytes < 512 * 1024) || (world_size <= 8 && bytes < 256 * 1024)` runs
 # one-stage (one-shot), anything larger the two-stage kernel (two-shot).
 CUSTOM_AR_ONE_SHOT_BELOW: tuple[tuple[int, int], ...] = ((4, 512 * 1024), (8, 256 * 1024))
+# Its launch (CustomAllreduce::allreduce, unchanged from v0.6 to 2026): `threads = 512` per block and
+# `blocks = std::min(block_limit, (size + threads - 1) / threads)` with `block_limit = 36` on CUDA
+# (`defaultBlockLimit`), `size` counted in 16-byte packs (`packed_t<T>::P`, "goal: generate ld.128 and st.128").
+# Each thread walks its elements in a grid-stride loop (`idx += gridDim.x * blockDim.x`): one round of the grid
+# covers at most 36 x 512 packs = 288 KiB of what the kernel's loop walks.
+CUSTOM_AR_THREADS = 512
+CUSTOM_AR_BLOCK_LIMIT = 36
+CUSTOM_AR_PACK_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -98,18 +106,28 @@ class Fabric:
     # The one-shot custom all-reduce kernel's own fixed time, measured in a CUDA graph on this device
     # (Efficiency.custom_all_reduce_one_shot_s); None = no measurement, `kernel_latency_s` (`custom_fixed_s`).
     one_shot_fixed_s: float | None = None
+    # The two-shot kernel's, measured the same way (Efficiency.custom_all_reduce_two_shot_s, ..._round_s): its
+    # fixed time and the time each round of its grid-stride loops costs beyond its bytes; None = no measurement
+    # (`kernel_latency_s`, no round term).
+    two_shot_fixed_s: float | None = None
+    two_shot_round_s: float | None = None
 
     def __post_init__(self) -> None:
         # Collective prices are cached per (collective, fabric): hash the two channels once, not per lookup.
-        object.__setattr__(self, "_hash", hash((self.intra, self.inter, self.kernel_latency_s, self.one_shot_fixed_s)))
+        object.__setattr__(self, "_hash", hash((self.intra, self.inter, self.kernel_latency_s, self.one_shot_fixed_s,
+                                                self.two_shot_fixed_s, self.two_shot_round_s)))
 
     def custom_fixed_s(self, kind: "CustomKind") -> float:
-        """The fixed time of vLLM's custom all-reduce kernel `kind` on this device: the one-shot kernel's measured
-        one where the device has it, else (and for the two-shot kernel, whose published timings are not a fixed
-        time plus bytes at the link's rate: docs/costmodel.md) one kernel of the pass."""
-        if kind == "one-shot" and self.one_shot_fixed_s is not None:
-            return self.one_shot_fixed_s
-        return self.kernel_latency_s
+        """The fixed time of vLLM's custom all-reduce kernel `kind` on this device: the kernel's own, measured in a
+        CUDA graph, where the device has it, else one kernel of the pass (`kernel_latency_s`)."""
+        measured = self.one_shot_fixed_s if kind == "one-shot" else self.two_shot_fixed_s
+        return self.kernel_latency_s if measured is None else measured
+
+    def custom_round_s(self, kind: "CustomKind") -> float:
+        """Seconds each grid-stride round of the custom all-reduce kernel `kind` costs beyond its bytes: the
+        two-shot kernel's measured figure where the device has one, else 0 (the one-shot kernel's published
+        times are its bytes at the link's rate: docs/costmodel.md)."""
+        return (self.two_shot_round_s or 0.0) if kind == "two-shot" else 0.0
 
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined, no-any-return]
@@ -225,8 +243,22 @@ def custom_all_reduce_kind(size: float, p: int, nodes: int, ch: Channel) -> Cust
     return "two-shot"
 
 
+def custom_two_shot_rounds(size: float, p: int) -> int:
+    """Rounds of the grid-stride loop in each stage of vLLM's two-shot kernel (`cross_device_reduce_2stage`)
+    for `size` bytes over p ranks: the kernel's grid (CUSTOM_AR_BLOCK_LIMIT blocks at most, CUSTOM_AR_THREADS
+    threads, one 16-byte pack per thread and round) walks the rank's part, `part = size / ngpus` packs (the last
+    rank's `largest_part` adds the remainder), in both stages: reduce-scatter (`idx` from `start + tid` below
+    `end`) and all-gather (`idx` from `tid` below `largest_part`)."""
+    packs = int(size) // CUSTOM_AR_PACK_BYTES
+    if packs <= 0 or p <= 0:
+        return 0
+    blocks = min(CUSTOM_AR_BLOCK_LIMIT, -(-packs // CUSTOM_AR_THREADS))
+    largest_part = packs // p + packs % p
+    return -(-largest_part // (blocks * CUSTOM_AR_THREADS))
+
+
 def custom_all_reduce_phases(kind: CustomKind, size: float, p: int, ch: Channel, kernel_latency_s: float,
-                             tier: Tier = "intra") -> Phases:
+                             tier: Tier = "intra", round_s: float = 0.0) -> Phases:
     """vLLM's custom all-reduce of `size` bytes over p fully connected ranks, as one phase on a rank's port.
 
     From its kernels (csrc/custom_all_reduce.cuh). One-shot (`cross_device_reduce_1stage`): a start barrier
@@ -235,17 +267,21 @@ def custom_all_reduce_phases(kind: CustomKind, size: float, p: int, ch: Channel,
     bytes into each rank. Two-shot (`cross_device_reduce_2stage`): start barrier, each rank loads its 1/p of
     every peer's buffer and reduces it (reduce-scatter), a barrier, then loads the other ranks' reduced parts
     (all-gather); the kernel's exit needs no third barrier: 2·S·(p-1)/p bytes, a ring's volume, over two load
-    rounds. Time = the kernel's fixed time (`kernel_latency_s`, Fabric.custom_fixed_s: the one-shot kernel's as
+    rounds. Time = the kernel's fixed time (`kernel_latency_s`, Fabric.custom_fixed_s: the kernel's own as
     measured in a CUDA graph where the device has it, else one kernel of the pass; in place of NCCL's launch
     latency) + the two
     barriers and each round of loads one flag latency of the link (`Channel.flag_latency`) + the bytes at the
-    channel's bandwidth. Seconds on an uncontended port; sizes in bytes."""
+    channel's bandwidth; the two-shot kernel also `round_s` (Fabric.custom_round_s: measured on H100, 0
+    elsewhere) for each grid-stride round of each of its two stages (`custom_two_shot_rounds`). Seconds on an
+    uncontended port; sizes in bytes."""
     if p <= 1 or size <= 0:
         return NO_PHASES
     flag = ch.latency if ch.flag_latency is None else ch.flag_latency
     barriers, rounds = 2, (1 if kind == "one-shot" else 2)
     nbytes = (p - 1) * size if kind == "one-shot" else 2 * size * (p - 1) / p
-    return (Phase(tier, nbytes / ch.efficiency_of("all-reduce"), kernel_latency_s + (barriers + rounds) * flag),)
+    grid = 2 * custom_two_shot_rounds(size, p) * round_s if kind == "two-shot" and round_s else 0.0
+    return (Phase(tier, nbytes / ch.efficiency_of("all-reduce"),
+                  kernel_latency_s + (barriers + rounds) * flag + grid),)
 
 
 # -- the same algorithms as seconds on an uncontended channel ------------------------------------------

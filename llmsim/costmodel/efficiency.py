@@ -103,7 +103,10 @@ class Efficiency(BaseModel):
     the unit of the latencies a small kernel is bound by (`kernel_latency_seconds`); the catalog loader turns
     it into `kernel_latency_s` with the device's `sm_clock_hz`. `custom_all_reduce_one_shot_s` is the fixed time of one
     kernel measured on its own: vLLM's one-shot custom all-reduce in a CUDA graph, where a device has a published
-    timing of it (`Fabric.custom_fixed_s`); elsewhere, and for the two-shot kernel, one kernel of the pass.
+    timing of it (`Fabric.custom_fixed_s`); elsewhere one kernel of the pass. `custom_all_reduce_two_shot_s` and
+    `custom_all_reduce_two_shot_round_s` are the two-shot kernel's, from the same published timings: its fixed
+    time and what each grid-stride round of its two stages costs beyond its bytes (`Fabric.custom_round_s`,
+    collectives.custom_two_shot_rounds); elsewhere one kernel of the pass and no round term.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -135,6 +138,14 @@ class Efficiency(BaseModel):
         None, ge=0, description="fixed time of vLLM's one-shot custom all-reduce kernel as a CUDA graph runs it, "
                                 "beyond its flag latencies and bytes (collectives.custom_all_reduce_phases), "
                                 "measured on this device; None = no measurement: `kernel_latency_s`")
+    custom_all_reduce_two_shot_s: float | None = Field(
+        None, ge=0, description="fixed time of vLLM's two-shot custom all-reduce kernel as a CUDA graph runs it, "
+                                "beyond its flag latencies, grid rounds and bytes (collectives."
+                                "custom_all_reduce_phases), measured on this device; None = `kernel_latency_s`")
+    custom_all_reduce_two_shot_round_s: float | None = Field(
+        None, ge=0, description="seconds each grid-stride round of each of the two-shot kernel's two stages costs "
+                                "beyond its bytes (collectives.custom_two_shot_rounds), measured on this device; "
+                                "None = no round term")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
                                                       description="GEMM output tiles for wave quantization")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")

@@ -206,11 +206,14 @@ def test_phases_time_reads_each_phase_on_its_own_tier() -> None:
 def test_equal_fabrics_hash_alike_so_the_price_cache_finds_them() -> None:
     a = Fabric(intra=Channel(1e9, 1e-6), inter=Channel(2e9, 1e-6))
     b = Fabric(intra=Channel(1e9, 1e-6), inter=Channel(2e9, 1e-6))
-    assert a == b and hash(a) == hash(b) == hash((a.intra, a.inter, a.kernel_latency_s, a.one_shot_fixed_s))
+    assert a == b and hash(a) == hash(b) == hash((a.intra, a.inter, a.kernel_latency_s, a.one_shot_fixed_s,
+                                                  a.two_shot_fixed_s, a.two_shot_round_s))
     assert hash(Fabric(intra=Channel(2e9, 1e-6), inter=Channel(1e9, 1e-6))) != hash(a)
     # the device's kernel latency prices a custom all-reduce: fabrics that differ in it are different keys
     assert Fabric(a.intra, a.inter, kernel_latency_s=12e-6) != a
     assert Fabric(a.intra, a.inter, a.kernel_latency_s, one_shot_fixed_s=3.8e-6) != a
+    assert Fabric(a.intra, a.inter, a.kernel_latency_s, two_shot_fixed_s=7.4e-6) != a
+    assert hash(Fabric(a.intra, a.inter, a.kernel_latency_s, two_shot_round_s=1.86e-6)) != hash(a)
 
 
 def test_hierarchical_reduce_scatter_and_all_gather_are_the_intra_ring_then_the_inter_shard() -> None:

@@ -9,7 +9,7 @@ from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Options, Plan, estimate
 from llmsim.costmodel.cluster import Group, collective_phases, place_group
 from llmsim.costmodel.collectives import (CUSTOM_AR_MAX_BYTES, Channel, Fabric, custom_all_reduce_kind,
-                                          custom_all_reduce_phases, phases_time)
+                                          custom_all_reduce_phases, custom_two_shot_rounds, phases_time)
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
@@ -153,19 +153,76 @@ def test_the_one_shot_kernel_on_h100_prices_as_measured_in_a_cuda_graph(p: int) 
     assert got == pytest.approx(PUBLISHED_ONE_SHOT_512KIB_H100_S[p], abs=0.5e-6)
 
 
-def test_a_device_without_a_measurement_and_the_two_shot_kernel_keep_the_per_kernel_time() -> None:
+def test_a_device_without_a_measurement_keeps_the_per_kernel_time_and_no_round_term() -> None:
     catalog = load_catalog()
     a100, h200 = (catalog.cluster(name, 1, devices_per_node=8) for name in ("a100-80gb", "h200"))
     assert a100.efficiency.custom_all_reduce_one_shot_s is None
+    assert a100.efficiency.custom_all_reduce_two_shot_s is None
+    assert a100.efficiency.custom_all_reduce_two_shot_round_s is None
     for kind in ("one-shot", "two-shot"):
         assert a100.fabric.custom_fixed_s(kind) == pytest.approx(18300 / 1.41e9)
-    # H200: the H100's one-shot measurement (same GH100 die, clocks and NVLink 4); its two-shot kernel's published
-    # times are not a fixed time plus bytes at the link's rate, so it stays one kernel of the pass (10 us)
-    assert h200.fabric.custom_fixed_s("one-shot") == pytest.approx(3.8e-6)
-    assert h200.fabric.custom_fixed_s("two-shot") == h200.efficiency.kernel_latency_s == pytest.approx(18300 / 1.83e9)
+        assert a100.fabric.custom_round_s(kind) == 0.0
     group = place_group(4, 1, 8)
     one, two = 128 * KiB, 4 * 1024 * KiB                 # a decode (one-shot) and a prefill (two-shot) all-reduce
+    # A100: the two-shot kernel as before, one kernel of the pass + 4 flags + a ring's volume at the link rate
+    assert collective_phases("all-reduce", two, group, a100.fabric, "vllm") == \
+        custom_all_reduce_phases("two-shot", two, 4, a100.fabric.intra, 18300 / 1.41e9)
+    # H200: the H100's measurements (same GH100 die, clocks and NVLink 4: an assumption)
+    assert h200.fabric.custom_fixed_s("one-shot") == pytest.approx(3.8e-6)
+    assert h200.fabric.custom_fixed_s("two-shot") == pytest.approx(7.4e-6)
+    assert h200.fabric.custom_round_s("two-shot") == pytest.approx(1.86e-6)
+    assert h200.fabric.custom_round_s("one-shot") == 0.0
     assert collective_phases("all-reduce", one, group, h200.fabric, "vllm") == \
         custom_all_reduce_phases("one-shot", one, 4, h200.fabric.intra, 3.8e-6)
     assert collective_phases("all-reduce", two, group, h200.fabric, "vllm") == \
-        custom_all_reduce_phases("two-shot", two, 4, h200.fabric.intra, 18300 / 1.83e9)
+        custom_all_reduce_phases("two-shot", two, 4, h200.fabric.intra, 7.4e-6, round_s=1.86e-6)
+
+
+# The two-shot kernel's grid (CustomAllreduce::allreduce: at most 36 blocks of 512 threads, 16-byte packs) walks
+# the rank's part, S/p, in rounds of 288 KiB, in each of its two stages.
+@pytest.mark.parametrize("p, mib, rounds", [
+    (4, 0.5, 1), (4, 1, 1), (4, 1.5, 2), (4, 2, 2), (4, 3, 3), (4, 4, 4),
+    (6, 0.5, 1), (6, 1, 1), (6, 1.5, 1), (6, 2, 2), (6, 3, 2), (6, 4, 3),
+    (8, 0.25, 1), (8, 7.5, 4),
+])
+def test_the_two_shot_kernels_grid_walks_the_ranks_part_in_rounds_of_288_kib(p: int, mib: float, rounds: int) -> None:
+    assert custom_two_shot_rounds(mib * 1024 * KiB, p) == rounds
+
+
+def test_a_part_below_one_round_needs_fewer_blocks_but_one_round() -> None:
+    # 256 KiB = 16,384 packs: 32 blocks of 512 (under the cap of 36); tp 8: 2,048 packs each, one round
+    assert custom_two_shot_rounds(256 * KiB, 8) == 1
+    # 36 x 512 packs exactly per rank: one round; one pack more (on the last rank's remainder): two
+    assert custom_two_shot_rounds(4 * 36 * 512 * 16, 4) == 1
+    assert custom_two_shot_rounds(4 * 36 * 512 * 16 + 16, 4) == 2
+
+
+def test_the_two_shot_kernel_on_h100_is_its_fixed_time_flags_grid_rounds_and_bytes_by_hand() -> None:
+    # Llama 3 70B prefill of 256 tokens at tp 4: 256 x 8192 x 2 B = 4 MiB; the rank's part is 1 MiB, 4 rounds
+    fabric = load_catalog().cluster("h100-sxm", 1, devices_per_node=8).fabric
+    size, p = 4 * 1024 * KiB, 4
+    by_hand = 7.4e-6 + 4 * 0.6e-6 + 2 * 4 * 1.86e-6 + 2 * size * 3 / 4 / 360e9       # = 42.16 us
+    got = phases_time(collective_phases("all-reduce", size, place_group(p, 1, 8), fabric, "vllm"), fabric)
+    assert got == pytest.approx(by_hand, rel=1e-12)
+    assert got == pytest.approx(42.16e-6, rel=1e-3)
+
+
+# vllm-project/vllm PR #24111 (H100 SXM, the same benchmark: 10 all-reduces in one CUDA graph, ms to 3 decimals):
+# the two-shot kernel (ca_2stage) on bf16 (n, 8192) tensors of 0.5 / 1 / 1.5 / 2 / 3 / 4 MiB at tp 4 and 6
+# (PR #24532 prints tp 4 again: 17 / 18 / 25 / 26 / 35 / 42 us).
+PUBLISHED_TWO_SHOT_H100_S = {
+    4: {0.5: 17e-6, 1: 18e-6, 1.5: 27e-6, 2: 27e-6, 3: 35e-6, 4: 43e-6},
+    6: {0.5: 15e-6, 1: 17e-6, 1.5: 20e-6, 2: 26e-6, 3: 29e-6, 4: 37e-6},
+}
+
+
+@pytest.mark.parametrize("p", sorted(PUBLISHED_TWO_SHOT_H100_S))
+def test_the_two_shot_kernel_on_h100_prices_as_measured_in_a_cuda_graph(p: int) -> None:
+    # within 12% at every published point (the per-kernel time and link-rate bytes alone: up to 31% fast at tp 4)
+    fabric = load_catalog().cluster("h100-sxm", 1, devices_per_node=8).fabric
+    group = place_group(p, 1, 8)
+    for mib, published in PUBLISHED_TWO_SHOT_H100_S[p].items():
+        size = int(mib * 1024 * KiB)
+        assert custom_all_reduce_kind(size, p, 1, fabric.intra) == "two-shot"
+        got = phases_time(collective_phases("all-reduce", size, group, fabric, "vllm"), fabric)
+        assert got == pytest.approx(published, rel=0.125), (p, mib)
