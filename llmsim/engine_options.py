@@ -18,8 +18,9 @@ class EngineOptions(StrictModel):
 
     attention: AttentionKernel = Field(
         "flash", description="attention kernel modeled: flash (FlashAttention-2), cudnn (cuDNN fused attention, "
-                             "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), fused-softmax, "
-                             "math (costmodel.plan.Options)")
+                             "Transformer Engine's default on Hopper), flash3 (FlashAttention-3), trtllm-mmha "
+                             "(TensorRT-LLM before XQA: prefill as flash, a decode step reads the KV cache once per "
+                             "query head), fused-softmax, math (costmodel.plan.Options)")
     main_grads_fp32: bool = Field(False, description="accumulate and reduce gradients in fp32 (Megatron-LM)")
     grad_accumulation_fusion: bool = Field(
         False, description="the weight-gradient GEMMs add into the gradient accumulator themselves (Megatron-LM "
@@ -65,9 +66,9 @@ def option_fields():  # noqa: ANN201 - dict[str, pydantic FieldInfo]
 
 def serving_attention_problem(kernel: object) -> str | None:
     """Why a serving run or plan cannot price attention kernel `kernel`, or None: a serving iteration prices a
-    fused kernel (costmodel.iteration: FlashAttention-2 `flash`, FlashAttention-3 `flash3`, cuDNN's `cudnn`), as
-    the engines run, not an unfused one (`fused-softmax`, `math`); a value that names no kernel at all gets the
-    same allowed list (a serving block's, not every kernel's)."""
+    fused kernel (costmodel.iteration: FlashAttention-2 `flash`, FlashAttention-3 `flash3`, cuDNN's `cudnn`,
+    TensorRT-LLM's pre-XQA `trtllm-mmha`), as the engines run, not an unfused one (`fused-softmax`, `math`); a
+    value that names no kernel at all gets the same allowed list (a serving block's, not every kernel's)."""
     if kernel in FUSED_ATTENTION:
         return None
     if kernel not in get_args(AttentionKernel):

@@ -433,7 +433,7 @@ def test_validate_says_which_serving_cases_a_kernel_without_a_figure_will_skip(
         for name, note in zip(skipped, notes):
             assert note == (f"llmsim: note: {path}: backends.{name}.attention: attention kernel 'flash3' has no "
                             f"measured efficiency on a100-80gb (its catalog entry sets no efficiency.attention_flash3)"
-                            f"; kernels it has: flash; 3 cases will be skipped")
+                            f"; kernels it has: flash, trtllm-mmha; 3 cases will be skipped")
     path = _serve_8b_on(tmp_path, "h100-sxm", "h100-sxm", "flash3")
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().err == ""
@@ -447,7 +447,18 @@ def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(
     err = capsys.readouterr().err.strip()
     # the first backend in the file (yaml.safe_dump sorts the keys: cluster)
     assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel "
-                   f"(allowed with serving: flash, cudnn, flash3)")
+                   f"(allowed with serving: flash, cudnn, flash3, trtllm-mmha)")
+
+
+def test_trtllm_mmha_is_a_serving_kernel_every_device_with_flashs_figure_prices(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`attention: trtllm-mmha` (TensorRT-LLM's pre-XQA kernels) validates in a serving scenario with no note on
+    an A100: its prefill is priced at FlashAttention-2's figure, which every catalog entry has."""
+    from llmsim.cli import main
+    path = _serve_8b_on(tmp_path, "a100-80gb", "a100-80gb", "trtllm-mmha")
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok — " in out and err == ""
 
 
 def test_the_serving_reference_profile_is_kept_between_runs(monkeypatch: pytest.MonkeyPatch) -> None:

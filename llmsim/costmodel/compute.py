@@ -143,6 +143,31 @@ def attention_fractions(efficiency: Efficiency, kernel: str) -> tuple[float, flo
     return fractions
 
 
+# Decode kernels that read a grouped-query model's cache once per query head, not once per KV head:
+# TensorRT-LLM's masked multi-head attention (MMHA) generation kernel before XQA. Its template
+# (cpp/tensorrt_llm/kernels/decoderMaskedMultiheadAttention/decoderMaskedMultiheadAttentionTemplate.h, read at
+# 02519b0c and in the file index's older const-auto version of late 2023) says "The different kernels assign a
+# threadblock for B x H pair. The grid has size (1, B, H)": `batch_beam_idx = blockIdx.y`, `hi = blockIdx.x`,
+# `hi_kv = hi / qhead_per_kv`, and each block loops over all `kv_loop_length` cached keys and values of head
+# `hi_kv` ("For MQA/GQA mode, write only with the first Q head of each group per KV head" is its only GQA
+# branch: the new token's K/V write). XQA (v0.7+, docs/source/blogs/XQA-kernel.md at 585c7565: "optimization
+# for MQA and GQA during generation phase ... reducing data loading") is NVIDIA's kernel that shares them.
+PER_QUERY_HEAD_DECODE: tuple[str, ...] = ("trtllm-mmha",)
+
+
+def decode_kv_reads(kernel: str, heads: int, kv_heads: int, tp: int = 1) -> float:
+    """How many times a decode step's attention kernel reads each cached K and V element one tensor-parallel
+    rank holds: 1 for the flash-style kernels (FlashAttention, FlashInfer, paged attention: a KV head's cache
+    is loaded once for its group of query heads), or query heads per KV head on the rank for a kernel in
+    PER_QUERY_HEAD_DECODE (TensorRT-LLM's MMHA, one thread block per (sequence, query head), each loading its
+    KV head's whole cache). A rank holds heads/tp query heads and kv_heads/min(tp, kv_heads) KV heads (K/V
+    replicated once tp exceeds them, as costmodel.memory's kv_cache), so the factor is
+    heads x min(tp, kv_heads) / (tp x kv_heads): heads / kv_heads at tp <= kv_heads, 1 for MHA. Dimensionless."""
+    if kernel not in PER_QUERY_HEAD_DECODE:
+        return 1.0
+    return heads * min(tp, kv_heads) / (tp * kv_heads)
+
+
 def attention_problem(efficiency: Efficiency, kernel: str) -> str | None:
     """Why a device with `efficiency` cannot price the fused attention `kernel` (its catalog entry has no figure
     for it), in the words a skipped row gives; None when it can."""
@@ -473,7 +498,7 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
             forward_fraction = (attention_fractions(rates.efficiency, options.attention)[0]
                                 if options.attention in FUSED_ATTENTION else rates.efficiency.attention)
             attention = max(at_flops / (rates.sustained_flops * forward_fraction),
-                            rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps)))
+                            rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps, options)))
         elif options.attention in FUSED_ATTENTION:
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
             forward_fraction, backward_fraction = attention_fractions(rates.efficiency, options.attention)
@@ -495,12 +520,15 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
     return PhaseTimes(matmul=matmul, attention=attention, other=other)
 
 
-def _kv_read_bytes(profile: "WorkloadProfile", workload: "Workload", plan: Plan, divide: int, steps: int) -> float:
-    """K and V bytes one decode step reads on one device, at the mean cache length of the generation."""
+def _kv_read_bytes(profile: "WorkloadProfile", workload: "Workload", plan: Plan, divide: int, steps: int,
+                   options: Options = Options()) -> float:
+    """K and V bytes one decode step reads on one device, at the mean cache length of the generation (times
+    decode_kv_reads for a kernel that reads them once per query head)."""
     spec = workload.model
     cache_len = spec.seq_len + workload.decode_tokens
     mean_len = spec.seq_len + workload.decode_tokens / 2
     kv = spec.kv_heads or spec.heads
     kv_split = min(plan.tp, kv)
     per_micro_batch = profile.kv_cache_bytes * plan.micro_batch / profile.batch * mean_len / cache_len
-    return per_micro_batch / kv_split / (divide // (plan.tp * plan.cp) or 1)
+    reads = decode_kv_reads(options.attention, spec.heads, kv, plan.tp)   # TensorRT-LLM's MMHA: per query head
+    return per_micro_batch * reads / kv_split / (divide // (plan.tp * plan.cp) or 1)

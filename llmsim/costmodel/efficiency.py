@@ -153,8 +153,11 @@ class Efficiency(BaseModel):
 
     def attention_fractions(self, kernel: str) -> tuple[float, float] | None:
         """(forward, backward) fractions of peak FLOP/s of the fused attention `kernel` (`flash`, `cudnn`,
-        `flash3`: costmodel.plan.FUSED_ATTENTION) on this device; None when the entry has no figure for it."""
+        `flash3`, `trtllm-mmha`: costmodel.plan.FUSED_ATTENTION) on this device; None when the entry has no figure
+        for it. `trtllm-mmha` (TensorRT-LLM's context FMHA and generation MMHA) has no measured figure of its own:
+        FlashAttention-2's (costmodel.plan.Options)."""
         forward, backward = {"flash": (self.attention, self.attention_backward),
+                             "trtllm-mmha": (self.attention, self.attention_backward),
                              "cudnn": (self.attention_cudnn, self.attention_cudnn_backward),
                              "flash3": (self.attention_flash3, self.attention_flash3_backward)}[kernel]
         if forward is None:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel import kv_dtype, precision
 from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, COMPILED_REGIONS, KERNELS_EMBED, KERNELS_HEAD,
-                                      KERNELS_PER_LAYER_FORWARD, Rates, attention_fractions, device_rates, gemm_wave,
-                                      gemm_weight_bytes, replicated_kv_projection)
+                                      KERNELS_PER_LAYER_FORWARD, Rates, attention_fractions, decode_kv_reads,
+                                      device_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
 from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
@@ -419,7 +419,10 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     kv_read = c.kv_bytes_per_token / c.layers / kv_split
     prefill_att = max((mix.prefill_pairs + CAUSAL_FLOP_SHARE * mix.prefill_square) * per_pair / attention_rate,
                       rates.memory_time(mix.prefix_tokens * kv_read))
-    decode_att = max(mix.decode_keys * per_pair / attention_rate, rates.memory_time(mix.decode_keys * kv_read))
+    # the decoding sequences' caches, read once per KV head (flash-style kernels) or once per query head
+    # (TensorRT-LLM's MMHA generation kernel: compute.decode_kv_reads); the prompt's prefix as above
+    decode_read = kv_read * decode_kv_reads(model.options.attention, spec.heads, spec.kv_heads or spec.heads, tp)
+    decode_att = max(mix.decode_keys * per_pair / attention_rate, rates.memory_time(mix.decode_keys * decode_read))
     other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
     if precision.is_fp8(w):   # casts of the GEMM inputs to FP8 (the weights are stored in FP8)
         other_bytes += (precision.activation_cast_bytes(w, plan, "prefill", rows_int, rates.fp8_any_layout)

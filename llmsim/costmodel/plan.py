@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 # them in bf16: FP8 is a GEMM precision (Transformer Engine's fp8_autocast and torchao's Float8Linear wrap bf16
 # modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2}
-AttentionKernel = Literal["flash", "cudnn", "flash3", "fused-softmax", "math"]
+AttentionKernel = Literal["flash", "cudnn", "flash3", "trtllm-mmha", "fused-softmax", "math"]
 # The fused (flash-style) kernels: they price alike (causal half of the FLOPs, no s x s tensor kept) and
-# differ only in the fraction of peak each reaches on a device (Efficiency.attention_fractions).
-FUSED_ATTENTION: tuple[str, ...] = ("flash", "cudnn", "flash3")
+# differ only in the fraction of peak each reaches on a device (Efficiency.attention_fractions), and, for
+# trtllm-mmha, in how often a decode step reads the cache (compute.decode_kv_reads).
+FUSED_ATTENTION: tuple[str, ...] = ("flash", "cudnn", "flash3", "trtllm-mmha")
 Sampler = Literal["none", "sort-top-p"]
 
 
@@ -155,6 +156,12 @@ class Options:
                      Hopper; torch SDPA's cuDNN backend): priced as flash at the device's
                      `attention_cudnn` efficiency (CostModelError where the catalog has none).
       flash3         FlashAttention-3 (Hopper only): priced as flash at `attention_flash3`.
+      trtllm-mmha    TensorRT-LLM's attention before its XQA kernel (v0.5/v0.6): the context phase's fused
+                     MHA priced as flash (at `attention`, FlashAttention-2's fraction: no figure of its own);
+                     the generation phase's masked multi-head attention kernel runs one thread block per
+                     (sequence, query head), each reading its KV head's whole cache, so a decode step reads
+                     a grouped-query model's cache heads / kv_heads times (compute.decode_kv_reads). An
+                     inference engine's kernels: a training run prices it as flash.
       fused-softmax  two batched GEMMs around a fused scale-mask-softmax kernel (Megatron-LM before flash
                      attention): full s x s FLOPs at matmul efficiency plus the score matrix's memory
                      traffic (SOFTMAX_PASSES_*); saves the s x s probabilities for backward.

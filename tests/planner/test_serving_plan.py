@@ -259,10 +259,11 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
     ({"goal": {"concurrency": 8}}, "goal.concurrency", "write goal.request_rate"),
     # an unfused attention kernel has no serving price (costmodel.iteration prices a fused one)
-    ({"options": {"attention": "math"}}, "options.attention", "allowed with serving: flash, cudnn, flash3"),
+    ({"options": {"attention": "math"}}, "options.attention",
+     "allowed with serving: flash, cudnn, flash3, trtllm-mmha"),
     # a value that is no kernel at all: the allowed list is the serving one, not every kernel's
     ({"options": {"attention": "flash4"}}, "options.attention",
-     "'flash4': unknown attention kernel (allowed with serving: flash, cudnn, flash3)"),
+     "'flash4': unknown attention kernel (allowed with serving: flash, cudnn, flash3, trtllm-mmha)"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
      "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
 ])

@@ -101,3 +101,18 @@ def test_the_parallel_block_column_reaches_the_model(v) -> None:
     rows = {r["row_id"]: r for r in v.read_serving_runs(TABLE)}
     assert v.serving_scenario(rows["TB09"])[0]["workload"]["model"]["parallel_block"] is True
     assert "parallel_block" not in v.serving_scenario(rows["TB01"])[0]["workload"]["model"]
+
+
+def test_the_v05_rows_price_tensorrt_llms_mmha_kernel_and_the_later_rows_do_not(v) -> None:
+    """TensorRT-LLM v0.5's generation kernel reads a GQA cache once per query head: the v0.5 rows TB01-TB16
+    (H200launch, H100vsA100: 'TensorRT-LLM v0.5.0' in their assumptions) carry `attention: trtllm-mmha` into the
+    scenario's backend; the v0.7a and v0.8a rows (improved GQA kernels, XQA) keep the default."""
+    v05 = {f"TB{i:02d}" for i in range(1, 17)}
+    for r in v.read_serving_runs(TABLE):
+        if r["row_id"] in v05:
+            assert "TensorRT-LLM v0.5.0" in str(r["assumptions"]) and r["attention"] == "trtllm-mmha", r["row_id"]
+        else:
+            assert "v0.5.0" not in str(r["run"]) and not r["attention"], r["row_id"]
+        if r["skip_reason"] is None:
+            backend = v.serving_scenario(r)[0]["backends"]["roofline"]
+            assert backend.get("attention") == (r["attention"] or None), r["row_id"]
