@@ -56,6 +56,19 @@ def test_the_catalog_part_of_the_torchtitan_runs() -> None:
     assert device_clock_share(h100) == 1.0
 
 
+def test_the_pcie_a100_computes_at_the_clock_300_watts_hold() -> None:
+    """a100-80gb-pcie: ((300 - 50) / (400 - 50))^(1/3) = 0.894 of the SXM4 part's clock on every FLOP ceiling,
+    and its own 1,935 GB/s (not the SXM4 part's 2,039) for memory-bound work."""
+    pcie, sxm = CATALOG.device("a100-80gb-pcie"), CATALOG.device("a100-80gb")
+    assert device_clock_share(pcie) == pytest.approx((250 / 350) ** (1 / 3)) == pytest.approx(0.8939, abs=1e-4)
+    assert device_clock_share(sxm) == 1.0 and busy_power_w(pcie) == 300
+    a = device_rates(_cluster(pcie), "float16")
+    b = device_rates(_cluster(sxm), "float16")
+    assert a.clock_share * a.efficiency.sustained * a.peak_flops == pytest.approx(
+        0.8939 * b.efficiency.sustained * b.peak_flops, rel=1e-4)
+    assert a.memory_bw == pytest.approx(b.memory_bw * 1935 / 2039)
+
+
 def _cluster(device: Device) -> ClusterSpec:
     return ClusterSpec(device=device, intra=Link(), inter=Link(), nodes=1, devices_per_node=1)
 
