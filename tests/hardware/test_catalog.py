@@ -38,18 +38,23 @@ def test_accelerators_carry_every_number_the_cost_model_needs() -> None:
     assert catalog.device("h100-sxm").peak_flops["bfloat16"] == pytest.approx(989.4e12)
 
 
-def test_the_a100_80gb_pcie_is_the_sxm4_die_with_its_own_memory_power_and_bridge() -> None:
-    """a100-80gb-pcie (NVIDIA A100 datasheet, A100 80GB PCIe column): the SXM4 part's peaks, SMs, clock and
-    efficiencies; 1,935 GB/s; a 300 W board limit on the 400 W the die draws at full clock; two cards joined by an
-    NVLink bridge of 600 GB/s both ways (one peer, not switched), the pairs of a host over PCIe Gen4."""
+def test_the_a100_80gb_pcie_is_the_sxm4_die_with_its_own_memory_power_gemm_rate_and_bridge() -> None:
+    """a100-80gb-pcie (NVIDIA A100 datasheet, A100 80GB PCIe column): the SXM4 part's peaks, SMs and clock; 1,935
+    GB/s; 300 W; its own measured GEMM fraction (ml-engineering MAMF 256.4 of 312 TFLOP/s, where the SXM4 part's is
+    267.9); two cards joined by an NVLink bridge of 600 GB/s both ways (one peer, not switched), the pairs of a host
+    over PCIe Gen4."""
     catalog = load_catalog()
     pcie, sxm = catalog.device("a100-80gb-pcie"), catalog.device("a100-80gb")
     assert pcie.memory_bw_bytes_per_s == 1935e9 and sxm.memory_bw_bytes_per_s == 2039e9
     assert pcie.memory_bytes == sxm.memory_bytes == 80 * 2**30
-    assert pcie.power_limit_w == 300 and pcie.max_power_w == sxm.max_power_w == 400 and sxm.power_limit_w is None
+    assert pcie.max_power_w == 300 and sxm.max_power_w == 400 and pcie.power_limit_w is None
     assert pcie.peak_flops == sxm.peak_flops and pcie.compute_units == sxm.compute_units == 108
     assert pcie.sm_clock_hz == sxm.sm_clock_hz and pcie.eager_launch_s == sxm.eager_launch_s
-    assert pcie.efficiency == sxm.efficiency.model_copy(update={"source": pcie.efficiency.source})
+    assert pcie.efficiency.matmul == pytest.approx(256.4 / 312, abs=5e-4)
+    assert sxm.efficiency.matmul == pytest.approx(267.9 / 312, abs=5e-4)
+    assert pcie.efficiency == sxm.efficiency.model_copy(update={"source": pcie.efficiency.source,
+                                                                "matmul": pcie.efficiency.matmul})
+    assert "256.4" in pcie.efficiency.source
     assert "1,935 GB/s" in pcie.source and "max TDP 300 W" in pcie.source and "NC96ads v4" in pcie.source
     bridge = catalog.link("nvlink3-bridge")
     assert (pcie.devices_per_node, pcie.intra_node, pcie.inter_node) == (2, "nvlink3-bridge", "pcie4")

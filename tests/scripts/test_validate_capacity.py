@@ -289,4 +289,4 @@ def test_the_shipped_rows_run_on_the_part_the_artifact_ran(v) -> None:
         assert (r["hardware"], r["intra_node"]) == ("a100-80gb-pcie", "nvlink3-bridge"), r["row_id"]
         assert r["n_devices"] == r["tp"] in (1, 2)
         task = v.capacity_task(r)
-        assert task.node.device.power_limit_w == 300 and task.node.intra.name == "nvlink3-bridge"
+        assert task.node.device.max_power_w == 300 and task.node.intra.name == "nvlink3-bridge"
