@@ -56,6 +56,19 @@ def test_the_catalog_part_of_the_torchtitan_runs() -> None:
     assert device_clock_share(h100) == 1.0
 
 
+def test_the_pcie_a100_is_rated_at_300_watts_and_its_gemm_rate_is_measured_not_derated_again() -> None:
+    """a100-80gb-pcie: 300 W is its rating, not a limit under a higher one, so no DVFS share applies on top of its
+    measured MAMF (256.4 of 312 TFLOP/s, taken at that power); a busy card draws 300 W. Its GEMM ceiling is
+    256.4 / 267.9 of the SXM4 part's, its memory 1,935 / 2,039."""
+    pcie, sxm = CATALOG.device("a100-80gb-pcie"), CATALOG.device("a100-80gb")
+    assert device_clock_share(pcie) == 1.0 and busy_power_w(pcie) == 300 and busy_power_w(sxm) == 400
+    a = device_rates(_cluster(pcie), "float16")
+    b = device_rates(_cluster(sxm), "float16")
+    assert a.clock_share == b.clock_share == 1.0
+    assert a.efficiency.matmul / b.efficiency.matmul == pytest.approx(256.4 / 267.9, rel=1e-3)
+    assert a.memory_bw == pytest.approx(b.memory_bw * 1935 / 2039)
+
+
 def _cluster(device: Device) -> ClusterSpec:
     return ClusterSpec(device=device, intra=Link(), inter=Link(), nodes=1, devices_per_node=1)
 

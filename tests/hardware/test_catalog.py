@@ -10,8 +10,8 @@ import yaml
 from llmsim.errors import ScenarioError
 from llmsim.hardware import load_catalog
 
-DEVICES = ["a100-40gb", "a100-80gb", "h100-sxm", "h200", "tpu-v4", "tpu-v5e", "tpu-v5p", "cpu-host"]
-LINKS = ["pcie4", "pcie5", "nvlink3", "nvlink4", "ib-hdr200x8", "ib-ndr400x8", "roce400x8", "opa100x4",
+DEVICES = ["a100-40gb", "a100-80gb", "a100-80gb-pcie", "h100-sxm", "h200", "tpu-v4", "tpu-v5e", "tpu-v5p", "cpu-host"]
+LINKS = ["pcie4", "pcie5", "nvlink3", "nvlink3-bridge", "nvlink4", "ib-hdr200x8", "ib-ndr400x8", "roce400x8", "opa100x4",
          "ici-v4", "ici-v5p", "ethernet-100g", "loopback"]
 
 
@@ -36,6 +36,31 @@ def test_accelerators_carry_every_number_the_cost_model_needs() -> None:
     # dense, not sparse, peaks: the datasheet numbers the MFU convention uses
     assert catalog.device("a100-80gb").peak_flops["bfloat16"] == 312e12
     assert catalog.device("h100-sxm").peak_flops["bfloat16"] == pytest.approx(989.4e12)
+
+
+def test_the_a100_80gb_pcie_is_the_sxm4_die_with_its_own_memory_power_gemm_rate_and_bridge() -> None:
+    """a100-80gb-pcie (NVIDIA A100 datasheet, A100 80GB PCIe column): the SXM4 part's peaks, SMs and clock; 1,935
+    GB/s; 300 W; its own measured GEMM fraction (ml-engineering MAMF 256.4 of 312 TFLOP/s, where the SXM4 part's is
+    267.9); two cards joined by an NVLink bridge of 600 GB/s both ways (one peer, not switched), the pairs of a host
+    over PCIe Gen4."""
+    catalog = load_catalog()
+    pcie, sxm = catalog.device("a100-80gb-pcie"), catalog.device("a100-80gb")
+    assert pcie.memory_bw_bytes_per_s == 1935e9 and sxm.memory_bw_bytes_per_s == 2039e9
+    assert pcie.memory_bytes == sxm.memory_bytes == 80 * 2**30
+    assert pcie.max_power_w == 300 and sxm.max_power_w == 400 and pcie.power_limit_w is None
+    assert pcie.peak_flops == sxm.peak_flops and pcie.compute_units == sxm.compute_units == 108
+    assert pcie.sm_clock_hz == sxm.sm_clock_hz and pcie.eager_launch_s == sxm.eager_launch_s
+    assert pcie.efficiency.matmul == pytest.approx(256.4 / 312, abs=5e-4)
+    assert sxm.efficiency.matmul == pytest.approx(267.9 / 312, abs=5e-4)
+    assert pcie.efficiency == sxm.efficiency.model_copy(update={"source": pcie.efficiency.source,
+                                                                "matmul": pcie.efficiency.matmul})
+    assert "256.4" in pcie.efficiency.source
+    assert "1,935 GB/s" in pcie.source and "max TDP 300 W" in pcie.source and "NC96ads v4" in pcie.source
+    bridge = catalog.link("nvlink3-bridge")
+    assert (pcie.devices_per_node, pcie.intra_node, pcie.inter_node) == (2, "nvlink3-bridge", "pcie4")
+    assert bridge.bandwidth_bytes_per_s == catalog.link("nvlink3").bandwidth_bytes_per_s == 300e9
+    assert not bridge.fully_connected and catalog.link("nvlink3").fully_connected
+    assert "NVLink Bridge for 2 GPUs: 600 GB/s" in bridge.source
 
 
 def _write(tmp_path: Path, entries: list[dict]) -> Path:

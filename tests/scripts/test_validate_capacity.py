@@ -277,3 +277,16 @@ def test_the_shipped_chat_rows_draw_the_artifacts_trace_under_its_cap(v) -> None
     chat = next(r for r in rows if r["lengths_quantiles"] is not None)
     points = v.length_quantiles(chat["lengths_quantiles"])
     assert points["input"][-1] == [1.0, 8141.0] and points["output"][-1] == [1.0, 1024.0]
+
+
+def test_the_shipped_rows_run_on_the_part_the_artifact_ran(v) -> None:
+    """Every capacity row is priced on a100-80gb-pcie with tp 2 over the pair's NVLink bridge: the paper's Sec. 5
+    (Azure NC96ads v4, 4 x A100 80GB with pairwise NVLink) and the artifact's figure-5-6 README ('A100 80GB PCIe
+    GPUs that are connected with NVLINK in a pairwise manner'); the SXM4 part (a100-80gb) before."""
+    rows = v.read_capacity_runs(v.TABLES["capacity"].default)
+    assert len(rows) == 24
+    for r in rows:
+        assert (r["hardware"], r["intra_node"]) == ("a100-80gb-pcie", "nvlink3-bridge"), r["row_id"]
+        assert r["n_devices"] == r["tp"] in (1, 2)
+        task = v.capacity_task(r)
+        assert task.node.device.max_power_w == 300 and task.node.intra.name == "nvlink3-bridge"
