@@ -315,6 +315,10 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
             key = "name" if exc.key == "hardware" else exc.key
             raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
         devices.append(device)
+        if h.usd_per_device_hour is None and h.name not in EXAMPLE_USD_PER_DEVICE_HOUR:
+            raise ScenarioError(file, f"hardware[{i}].usd_per_device_hour",
+                                f"device {h.name!r} has no example price: give your own usd_per_device_hour "
+                                f"(example prices exist for {', '.join(EXAMPLE_USD_PER_DEVICE_HOUR)})")
         lacking = [d for d in plan_dtypes(plan) if d != "float8" and not device.peak_flops.get(d)]  # type: ignore[call-overload]
         if lacking or not device.memory_bw_bytes_per_s:
             raise ScenarioError(file, f"hardware[{i}].name", f"device {h.name!r} has no catalog peak FLOP/s for "

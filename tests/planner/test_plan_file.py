@@ -57,6 +57,16 @@ def test_unknown_hardware_and_bad_yaml_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert len(err.splitlines()) == 1 and "not valid YAML" in err
 
 
+def test_device_without_an_example_price_needs_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A catalog device with no example price and none given is a one-line error (exit 2), not a KeyError."""
+    path = _write(tmp_path, {**GOOD, "hardware": [{"name": "a100-80gb"}, {"name": "a100-80gb-pcie"}]})
+    assert main(["plan", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hardware[1].usd_per_device_hour" in err and "a100-80gb-pcie" in err
+    priced = _write(tmp_path, {**GOOD, "hardware": [{"name": "a100-80gb-pcie", "usd_per_device_hour": 1.5}]})
+    assert main(["plan", str(priced), "--out", str(tmp_path)]) == 0
+
+
 def test_yaml_tags_are_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, None, text="name: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ScenarioError, match="not valid YAML"):
