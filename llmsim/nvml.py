@@ -256,14 +256,15 @@ class NvmlEnergy:
 
 # -- which catalog device an NVML name is ---------------------------------------------------------
 # (pattern in the lower-cased NVML name, catalog name). Only boards whose datasheet figures equal the
-# catalog entry's: the 80 GB PCIe A100 has its own entry (a100-80gb-pcie: 1,935 GB/s and a 300 W limit,
-# NVIDIA A100 datasheet); the 40 GB PCIe A100 has the SXM4 40 GB part's peaks and 1,555 GB/s (its 250 W
+# catalog entry's: the 80 GB PCIe A100 has its own entry (a100-80gb-pcie: 1,935 GB/s, its 300 W rating as
+# max_power_w and its own measured GEMM rate, NVIDIA A100 datasheet); the 40 GB PCIe A100 has the SXM4 40 GB part's peaks and 1,555 GB/s (its 250 W
 # limit is not modelled); the PCIe/NVL H100 and the H200 NVL do not (lower clocks), so they are not
 # matched to the SXM entries.
 NVML_NAME_TO_CATALOG: tuple[tuple[str, str], ...] = (
     ("a100-sxm4-80gb", "a100-80gb"),
     ("a100 80gb pcie", "a100-80gb-pcie"),
     ("a100-pcie-80gb", "a100-80gb-pcie"),
+    ("a100 pcie 80gb", "a100-80gb-pcie"),
     ("a100-sxm4-40gb", "a100-40gb"),
     ("a100-pcie-40gb", "a100-40gb"),
     ("h100 80gb hbm3", "h100-sxm"),

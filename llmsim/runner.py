@@ -505,6 +505,19 @@ def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, s
     return [(key, reason, n) for (key, reason), n in found.items()]
 
 
+def inference_kernel_notes(planned: list[PlannedCase]) -> list[tuple[str, str]]:
+    """(key, note) where a training case names the attention kernel `trtllm-mmha` (TensorRT-LLM's pre-XQA
+    generation kernel, costmodel.plan.Options): a training step has no decode pass, so it prices the context
+    kernel alone, as flash. Once per backend."""
+    notes: dict[str, str] = {}
+    for item in planned:
+        if getattr(item.settings, "attention", None) == "trtllm-mmha" and item.case.workload.mode == "train":
+            notes[f"backends.{item.backend.name}.attention"] = (
+                "trtllm-mmha is an inference engine's kernel (TensorRT-LLM before XQA: it changes only how a decode "
+                "step reads the KV cache); a training step has no decode, so it is priced as flash")
+    return list(notes.items())
+
+
 def eager_mismatch_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where a serving scenario's measured engine runs every pass eagerly (a backend setting
     `enforce_eager: true`, vLLM's --enforce-eager, the vllm backend's default) while its modeled backends price

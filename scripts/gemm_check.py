@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmsim.costmodel.compute import Rates, device_rates  # noqa: E402
 from llmsim.costmodel.efficiency import gemm_efficiency  # noqa: E402
+from llmsim.errors import ScenarioError  # noqa: E402
 
 DEFAULT_CSV = ROOT / "validation" / "gemm_microbench.csv"
 COLUMNS = ("row_id", "hardware", "dtype", "m", "n", "k", "published_tflops", "kernel", "assumptions", "source")
@@ -118,8 +119,18 @@ def read_rows(path: Path) -> list[GemmRow]:
                                  f"{', '.join(INPUT_BYTES)}")
             if not rec["source"].strip():
                 raise ValueError(f"{path}: row {rec['row_id']}: empty source")
-            rows.append(GemmRow(rec["row_id"], rec["hardware"], rec["dtype"], int(rec["m"]), int(rec["n"]),
-                                int(rec["k"]), float(rec["published_tflops"]), rec["kernel"], rec["source"]))
+            try:
+                shape = [int(rec[c]) for c in ("m", "n", "k")]
+                tflops = float(rec["published_tflops"])
+            except ValueError:
+                raise ValueError(f"{path}: row {rec['row_id']}: m, n, k must be whole numbers and published_tflops "
+                                 f"a number (got {rec['m']!r}, {rec['n']!r}, {rec['k']!r}, "
+                                 f"{rec['published_tflops']!r})") from None
+            if min(shape) < 1 or tflops <= 0:
+                raise ValueError(f"{path}: row {rec['row_id']}: m, n, k must be >= 1 and published_tflops > 0 "
+                                 f"(got {shape[0]}, {shape[1]}, {shape[2]}, {tflops:g})")
+            rows.append(GemmRow(rec["row_id"], rec["hardware"], rec["dtype"], *shape, tflops, rec["kernel"],
+                                rec["source"]))
     return rows
 
 
@@ -189,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = read_rows(args.path)
+        priced = price_all(rows)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report(price_all(rows)))
+    except ScenarioError as exc:  # a hardware name the catalog does not hold
+        print(f"error: {args.path}: {exc}", file=sys.stderr)
+        return 2
+    print(report(priced))
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from llmsim import Backend, Case, hookimpl
@@ -262,3 +263,24 @@ class Nested(Fake):
 def test_a_nested_backend_setting_names_the_keys_allowed_where_it_broke(raw: dict, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         _backend_settings("nested", Nested, raw, "s.yaml")
+
+
+def test_a_training_case_with_an_inference_kernel_gets_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`attention: trtllm-mmha` changes only a decode step's KV read: a training case says so once per backend
+    (run and validate), a decode case and a flash training case say nothing."""
+    from llmsim.cli import main
+
+    def scenario(mode: str, attention: str) -> Path:
+        path = tmp_path / f"{mode}-{attention}.yaml"
+        workload = {"model": {"preset": "tiny"}, "mode": mode, "batch": 2}
+        path.write_text(yaml.safe_dump({"name": "k", "workload": workload, "strategies": [{"name": "tp1", "tp": 1}],
+                                        "backends": {"roofline": {"hardware": "a100-80gb", "devices_per_node": 1,
+                                                                     "attention": attention}}}))
+        return path
+
+    assert main(["validate", str(scenario("train", "trtllm-mmha"))]) == 0
+    err = capsys.readouterr().err
+    assert err.count("llmsim: note:") == 1 and "backends.roofline.attention" in err and "priced as flash" in err
+    for mode, attention in (("decode", "trtllm-mmha"), ("train", "flash")):
+        assert main(["validate", str(scenario(mode, attention))]) == 0
+        assert "note:" not in capsys.readouterr().err

@@ -194,6 +194,8 @@ class LinkSpec(BaseModel):
                                                      "link (NVSwitch, a full xGMI mesh): peer loads and stores "
                                                      "between any pair, what vLLM's custom all-reduce needs beyond "
                                                      "2 devices")
+    max_devices: int | None = Field(None, ge=2, description="most devices the link can join (an NVLink bridge: one "
+                                                        "pair, 2); None = as many as a node or cluster has")
     flag_latency_s: float | None = Field(None, ge=0, description="one small store seen by a peer spinning on it "
                                                                  "(a kernel's barrier flag); default latency_s")
     collective_efficiency: dict[Literal["all-reduce", "reduce-scatter", "all-gather"], float] = Field(
@@ -265,6 +267,18 @@ class Catalog(BaseModel):
                                                f"{', '.join(self.links)}")
             links[key] = self.link(name, key=key)
         per_node = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
+        # A link that joins only a few devices (an NVLink bridge: one pair) cannot carry a larger node, nor join
+        # nodes whose devices together outnumber it.
+        for key, joined, what in (("devices_per_node", per_node, f"devices_per_node {per_node}"),
+                                  ("inter_node", nodes * per_node if nodes > 1 else 0,
+                                   f"{nodes} nodes of {per_node}")):
+            link = links["intra_node" if key == "devices_per_node" else "inter_node"]
+            if link.max_devices is not None and joined > link.max_devices:
+                wider = [n for n, ln in self.links.items() if ln.max_devices is None]
+                fix = (f"set devices_per_node <= {link.max_devices}, or an intra_node link that joins more"
+                       if key == "devices_per_node" else "join the nodes with a link that joins more")
+                raise ScenarioError(None, key, f"link {link.name!r} joins at most {link.max_devices} devices, not "
+                                               f"{what}; {fix}: {', '.join(wider)}")
         return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
                            devices_per_node=per_node)
 

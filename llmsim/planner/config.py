@@ -315,15 +315,21 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
             key = "name" if exc.key == "hardware" else exc.key
             raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
         devices.append(device)
-        if h.usd_per_device_hour is None and h.name not in EXAMPLE_USD_PER_DEVICE_HOUR:
-            raise ScenarioError(file, f"hardware[{i}].usd_per_device_hour",
-                                f"device {h.name!r} has no example price: give your own usd_per_device_hour "
-                                f"(example prices exist for {', '.join(EXAMPLE_USD_PER_DEVICE_HOUR)})")
         lacking = [d for d in plan_dtypes(plan) if d != "float8" and not device.peak_flops.get(d)]  # type: ignore[call-overload]
         if lacking or not device.memory_bw_bytes_per_s:
             raise ScenarioError(file, f"hardware[{i}].name", f"device {h.name!r} has no catalog peak FLOP/s for "
                                                              f"{', '.join(lacking) or plan.workload.dtype} or no "
                                                              f"memory bandwidth")
+    unpriced = [i for i, h in enumerate(plan.hardware)
+                if h.usd_per_device_hour is None and h.name not in EXAMPLE_USD_PER_DEVICE_HOUR]
+    if unpriced:  # every one named at once, not one per run
+        names = ", ".join(repr(plan.hardware[i].name) for i in unpriced)
+        raise ScenarioError(file, f"hardware[{unpriced[0]}].usd_per_device_hour",
+                            f"{'device' if len(unpriced) == 1 else 'devices'} {names} "
+                            f"(hardware[{'], hardware['.join(map(str, unpriced))}]) {'has' if len(unpriced) == 1 else 'have'} "
+                            f"no example price: give "
+                            f"your own usd_per_device_hour (example prices exist for "
+                            f"{', '.join(EXAMPLE_USD_PER_DEVICE_HOUR)})")
     if not any(candidates(plan, d)[0] for d in devices):  # every searched precision is float8, and none runs it
         mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but the stated recipe is mxfp8
         key = "search.dtype" if plan.search.dtype else "workload.fp8.recipe" if mx else "workload.dtype"

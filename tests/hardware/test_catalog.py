@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmsim.cli import main
 from llmsim.errors import ScenarioError
 from llmsim.hardware import load_catalog
 
@@ -61,6 +62,29 @@ def test_the_a100_80gb_pcie_is_the_sxm4_die_with_its_own_memory_power_gemm_rate_
     assert bridge.bandwidth_bytes_per_s == catalog.link("nvlink3").bandwidth_bytes_per_s == 300e9
     assert not bridge.fully_connected and catalog.link("nvlink3").fully_connected
     assert "NVLink Bridge for 2 GPUs: 600 GB/s" in bridge.source
+
+
+def test_a_bridge_joins_one_pair_and_no_more(tmp_path: Path, capsys) -> None:
+    """An NVLink bridge joins two cards (`max_devices: 2`): a node of 4 or 8 on it, or nodes joined by it, is a
+    one-line error naming the key (exit 2 from the command line), not a cluster priced as if one bridge joined
+    them all; a pair, and pairs over pcie4, are fine."""
+    catalog = load_catalog()
+    assert catalog.link("nvlink3-bridge").max_devices == 2 and catalog.link("nvlink3").max_devices is None
+    assert catalog.cluster("a100-80gb-pcie", 2).devices_per_node == 2
+    for kwargs, key in (({"devices_per_node": 4}, "devices_per_node"), ({"devices_per_node": 8}, "devices_per_node"),
+                        ({"inter_node": "nvlink3-bridge"}, "inter_node")):
+        with pytest.raises(ScenarioError) as info:
+            catalog.cluster("a100-80gb-pcie", 2, **kwargs)
+        assert info.value.key == key and "joins at most 2 devices" in info.value.message
+    assert catalog.cluster("a100-80gb-pcie", 1, inter_node="nvlink3-bridge").devices_per_node == 2
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "bridge", "workload": {"model": {"preset": "tiny", "seq_len": 16}, "mode": "decode", "batch": 1},
+        "strategies": [{"name": "tp4", "tp": 4}],
+        "backends": {"roofline": {"hardware": "a100-80gb-pcie", "nodes": 1, "devices_per_node": 4}}}))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "backends.roofline.devices_per_node" in err and "nvlink3" in err
 
 
 def _write(tmp_path: Path, entries: list[dict]) -> Path:

@@ -63,6 +63,12 @@ def test_device_without_an_example_price_needs_one(tmp_path: Path, capsys: pytes
     assert main(["plan", str(path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "hardware[1].usd_per_device_hour" in err and "a100-80gb-pcie" in err
+    path = _write(tmp_path, {**GOOD, "hardware": [{"name": "h100-sxm-96gb"}, {"name": "a100-80gb"},
+                                                  {"name": "a100-80gb-pcie"}]})
+    assert main(["plan", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()  # every unpriced device named at once
+    assert len(err.splitlines()) == 1 and "hardware[0].usd_per_device_hour" in err
+    assert "'h100-sxm-96gb', 'a100-80gb-pcie' (hardware[0], hardware[2])" in err
     priced = _write(tmp_path, {**GOOD, "hardware": [{"name": "a100-80gb-pcie", "usd_per_device_hour": 1.5}]})
     assert main(["plan", str(priced), "--out", str(tmp_path)]) == 0
 

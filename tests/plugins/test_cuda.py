@@ -198,6 +198,7 @@ def test_availability_names_the_missing_piece(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(("nvml_name", "catalog"), [
     ("NVIDIA H200", "h200"), ("NVIDIA A100-SXM4-80GB", "a100-80gb"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
     ("NVIDIA A100 80GB PCIe", "a100-80gb-pcie"), ("NVIDIA A100-PCIE-80GB", "a100-80gb-pcie"),
+    ("NVIDIA A100 PCIe 80GB", "a100-80gb-pcie"),
     ("NVIDIA A100-PCIE-40GB", "a100-40gb"), ("NVIDIA H100 80GB HBM3", "h100-sxm"),
     ("NVIDIA H100 PCIe", None), ("NVIDIA H200 NVL", None), ("NVIDIA GeForce RTX 4090", None), ("Tesla T4", None)])
 def test_nvml_names_map_to_catalog_devices(nvml_name: str, catalog: str | None) -> None:

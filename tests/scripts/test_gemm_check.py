@@ -94,3 +94,18 @@ def test_bad_csv_is_one_line_exit_2(g, tmp_path, capsys):
     missing.write_text("row_id,m\nA1,1\n")
     assert g.main(["--path", str(missing)]) == 2
     assert "missing column" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row, words", [
+    ("A1,nodev,bfloat16,128,256,512,100.0,k,a,s", "unknown device 'nodev'"),
+    ("A1,h100-sxm,bfloat16,0,256,512,100.0,k,a,s", "must be >= 1"),
+    ("A1,h100-sxm,bfloat16,128,wide,512,100.0,k,a,s", "whole numbers"),
+    ("A1,h100-sxm,bfloat16,128,256,512,-1,k,a,s", "published_tflops > 0"),
+])
+def test_a_bad_row_is_one_line_exit_2_not_a_traceback(g, tmp_path, capsys, row, words):
+    """An unknown device, a zero or non-numeric dimension, a non-positive rate: one line naming the file, exit 2."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("row_id,hardware,dtype,m,n,k,published_tflops,kernel,assumptions,source\n" + row + "\n")
+    assert g.main(["--path", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(bad) in err and words in err
