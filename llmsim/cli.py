@@ -74,16 +74,16 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
     _note_trace(scenario, scenario_dir, path)
-    _note_inference_kernels(planned, path)
+    _note_inference_kernels(planned, scenario, path)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 
 
-def _note_inference_kernels(planned: list, path: str) -> None:
+def _note_inference_kernels(planned: list, scenario: Scenario, path: str) -> None:
     """Say where a training case names an inference engine's attention kernel (runner.inference_kernel_notes)."""
     from llmsim.runner import inference_kernel_notes
 
-    for key, note in inference_kernel_notes(planned):
+    for key, note in inference_kernel_notes(planned, scenario):
         err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
                           soft_wrap=True)
 

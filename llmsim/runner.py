@@ -505,10 +505,12 @@ def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, s
     return [(key, reason, n) for (key, reason), n in found.items()]
 
 
-def inference_kernel_notes(planned: list[PlannedCase]) -> list[tuple[str, str]]:
+def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where a training case names the attention kernel `trtllm-mmha` (TensorRT-LLM's pre-XQA
     generation kernel, costmodel.plan.Options): a training step has no decode pass, so it prices the context
-    kernel alone, as flash. Once per backend."""
+    kernel alone, as flash. Once per backend; none for a serving scenario (its iterations decode)."""
+    if scenario.serving is not None:
+        return []
     notes: dict[str, str] = {}
     for item in planned:
         if getattr(item.settings, "attention", None) == "trtllm-mmha" and item.case.workload.mode == "train":
