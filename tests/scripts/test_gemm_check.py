@@ -3,26 +3,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 from llmsim.costmodel.compute import device_rates
 from llmsim.costmodel.efficiency import gemm_efficiency
 from llmsim.hardware import load_catalog
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts.scriptload import load_script
 
 
 @pytest.fixture(scope="module")
 def g():
-    spec = importlib.util.spec_from_file_location("gemm_check", ROOT / "scripts" / "gemm_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gemm_check.py")
 
 
 @pytest.fixture(scope="module")

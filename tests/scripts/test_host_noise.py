@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.scripts.scriptload import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("host_noise", REPO / "scripts" / "host_noise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("host_noise.py")
 
 
 def test_prints_the_spread_of_the_tries(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,23 +3,18 @@ the tests check the arithmetic and which events are read)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts.scriptload import load_script
 
 
 @pytest.fixture(scope="module")
 def m():
-    spec = importlib.util.spec_from_file_location("mlperf_step_time", ROOT / "scripts" / "mlperf_step_time.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("mlperf_step_time.py")
 
 
 def _line(key: str, time_ms: int, value=None, event_type: str = "POINT_IN_TIME", **metadata) -> str:

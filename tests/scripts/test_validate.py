@@ -5,7 +5,6 @@ estimate, and the printed median is the median of the printed per-row errors."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 import statistics
 import sys
@@ -18,20 +17,15 @@ from llmsim.costmodel import Options, Plan, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
+from tests.scripts.scriptload import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 NEW_TABLES = {"torchtitan": "training", "maxtext": "training", "fp8-for-later": "training", "vllm": "inference",
               "moe-train": "training", "moe-serve": "inference", "mlperf": "training"}
 
 
 @pytest.fixture(scope="module")
 def v():
-    path = ROOT / "scripts" / "validate.py"
-    spec = importlib.util.spec_from_file_location("validate", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate.py")
 
 
 def _write(tmp_path: Path, rows: list[dict[str, object]], name: str = "table.csv") -> Path:

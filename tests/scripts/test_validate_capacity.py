@@ -7,7 +7,6 @@ one line with exit 2."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import sys
 from dataclasses import replace
@@ -18,18 +17,12 @@ from pydantic import ValidationError
 
 from llmsim.planner.serve import _Replica, rate_search, rented_devices, simulate_at
 from llmsim.serving.spec import Slo
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts.scriptload import load_script
 
 
 @pytest.fixture(scope="module")
 def v():
-    path = ROOT / "scripts" / "validate.py"
-    spec = importlib.util.spec_from_file_location("validate_capacity_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate.py", "validate_capacity_under_test")
 
 
 def _row(v, **values: object) -> dict[str, object]:

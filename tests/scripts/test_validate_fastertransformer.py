@@ -4,7 +4,6 @@ prediction is the cost model's own estimate, and the printed median is the media
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 import statistics
 import sys
@@ -17,6 +16,7 @@ from llmsim.costmodel import Options, Plan, estimate
 from llmsim.costmodel.scaling import with_layers
 from llmsim.hardware import load_catalog
 from llmsim.workload.profile import profile_workload
+from tests.scripts.scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_TABLE = ROOT.parent / "shared" / "validation" / "fastertransformer_gpt_dev.csv"
@@ -27,12 +27,7 @@ HEADER = ["row_id", "model", "layers", "hidden_size", "attention_heads", "vocab_
 
 @pytest.fixture(scope="module")
 def vf():
-    path = ROOT / "scripts" / "validate_fastertransformer.py"
-    spec = importlib.util.spec_from_file_location("validate_fastertransformer", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate_fastertransformer.py")
 
 
 def _row(row_id: str, model: str, layers: int, hidden: int, heads: int, tp: int, batch: int, input_len: int,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts.scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_TABLE = ROOT.parent / "shared" / "validation" / "narayanan2021_table1.csv"
@@ -18,11 +19,7 @@ HEADER = ["model", "params_billion", "layers", "hidden_size", "attention_heads",
 
 @pytest.fixture(scope="module")
 def vn():
-    spec = importlib.util.spec_from_file_location("validate_narayanan", ROOT / "scripts" / "validate_narayanan.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate_narayanan.py")
 
 
 def _table(tmp_path: Path, rows: list[dict[str, object]]) -> Path:

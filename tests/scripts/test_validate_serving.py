@@ -6,7 +6,6 @@ and bad cells are one line with exit 2."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -21,18 +20,14 @@ from llmsim.results import read_rows
 from llmsim.runner import plan_cases, run_scenario
 from llmsim.serving.requests import draw_lengths
 from llmsim.serving.spec import Lengths
+from tests.scripts.scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def v():
-    path = ROOT / "scripts" / "validate.py"
-    spec = importlib.util.spec_from_file_location("validate_serving_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate.py", "validate_serving_under_test")
 
 
 def _simulate(data: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -6,11 +6,11 @@ metric is the replica's output tokens per second over its devices; `parallel_blo
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts.scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "validation" / "serving_trtllm_blog.csv"
@@ -22,12 +22,7 @@ HELD_OUT = ("docs/source/performance", "perf-overview", "performance.html", "dee
 
 @pytest.fixture(scope="module")
 def v():
-    path = ROOT / "scripts" / "validate.py"
-    spec = importlib.util.spec_from_file_location("validate_trtllm_blog_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validate.py", "validate_trtllm_blog_under_test")
 
 
 def test_the_table_loads_and_every_row_names_a_blog_and_none_a_held_out_page(v) -> None:
