@@ -269,16 +269,16 @@ class Catalog(BaseModel):
         per_node = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
         # A link that joins only a few devices (an NVLink bridge: one pair) cannot carry a larger node, nor join
         # nodes whose devices together outnumber it.
-        for key, joined, what in (("devices_per_node", per_node, f"devices_per_node {per_node}"),
-                                  ("inter_node", nodes * per_node if nodes > 1 else 0,
-                                   f"{nodes} nodes of {per_node}")):
-            link = links["intra_node" if key == "devices_per_node" else "inter_node"]
+        checks = [("devices_per_node", links["intra_node"], per_node, f"devices_per_node {per_node}",
+                   "set devices_per_node <= {n}, or an intra_node link that joins more")]
+        if nodes > 1:
+            checks.append(("inter_node", links["inter_node"], nodes * per_node, f"{nodes} nodes of {per_node}",
+                           "join the nodes with a link that joins more"))
+        for key, link, joined, what, fix in checks:
             if link.max_devices is not None and joined > link.max_devices:
-                wider = [n for n, ln in self.links.items() if ln.max_devices is None]
-                fix = (f"set devices_per_node <= {link.max_devices}, or an intra_node link that joins more"
-                       if key == "devices_per_node" else "join the nodes with a link that joins more")
+                wider = ", ".join(n for n, ln in self.links.items() if ln.max_devices is None)
                 raise ScenarioError(None, key, f"link {link.name!r} joins at most {link.max_devices} devices, not "
-                                               f"{what}; {fix}: {', '.join(wider)}")
+                                               f"{what}; {fix.format(n=link.max_devices)}: {wider}")
         return ClusterSpec(device=device, intra=links["intra_node"], inter=links["inter_node"], nodes=nodes,
                            devices_per_node=per_node)
 
