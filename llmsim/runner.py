@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import Scenario, allowed_keys, allowed_range, describe_error, one_value_expected
 from llmsim.costmodel import precision
-from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY
+from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
 from llmsim.costmodel.compute import attention_problem
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
 from llmsim.engine_options import serving_attention_problem
@@ -31,6 +31,7 @@ from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path
 from llmsim.hardware import Catalog, load_catalog
+from llmsim.modeled import ModeledSettings
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
@@ -517,6 +518,26 @@ def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> li
             notes[f"backends.{item.backend.name}.attention"] = (
                 "trtllm-mmha is an inference engine's kernel (TensorRT-LLM before XQA: it changes only how a decode "
                 "step reads the KV cache); a training step has no decode, so it is priced as flash")
+    return list(notes.items())
+
+
+def cross_node_tp_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str]]:
+    """(where, note) where a modeled case's tensor-parallel group spans nodes (costmodel.cluster.tp_span_note: tp
+    above the cluster's devices per node, e.g. tp 4 on a100-80gb-pcie, whose node is one NVLink-bridged pair, or tp
+    16 on 8-GPU h100-sxm nodes): its all-reduces cross the inter-node link, named with its bandwidth. Training,
+    inference and serving alike (a served replica's tp ranks are placed as a training job's). Once per (backend,
+    strategy, note): where = 'backends.NAME, strategy NAME'. A note: the case is priced so."""
+    notes: dict[str, str] = {}
+    for item in planned:
+        if not isinstance(item.settings, ModeledSettings):
+            continue
+        try:
+            cluster = item.settings.cluster(catalog)
+        except ScenarioError:  # check_settings has refused it already; nothing to say here
+            continue
+        note = tp_span_note(item.case.layout.tp, cluster)
+        if note is not None:
+            notes.setdefault(f"backends.{item.backend.name}, strategy {item.case.strategy.name}", note)
     return list(notes.items())
 
 
