@@ -594,3 +594,9 @@ def test_a_served_replica_whose_tp_spans_nodes_gets_a_note(tmp_path: Path, capsy
         assert err.count("llmsim: note:") == notes, err
         if notes:
             assert "strategy tp16: tp = 16 spans 2 nodes of 8 h100-sxm" in err and "inter-node link ib-ndr400x8" in err
+
+
+def test_a_serving_row_records_its_attention_kernel_and_all_reduce_library(tmp_path: Path) -> None:
+    """A modeled serving row names the kernel and library its iterations were priced with (results.COLUMNS)."""
+    _, rows = _run(tmp_path, _scenario())
+    assert rows and all(r["attention_kernel"] == "flash" and r["all_reduce"] == "nccl" for r in rows)
