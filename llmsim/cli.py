@@ -291,7 +291,14 @@ def _host_row(power_source: str) -> tuple[dict[str, str], str, str]:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(Scenario.model_json_schema(), indent=2))
+    """The scenario's JSON Schema, each installed backend's block spelled out (llmsim.schema): from the plugin
+    manager's backends and hardware entries, as `validate` sees them."""
+    from llmsim.hardware import load_catalog
+    from llmsim.schema import scenario_schema
+
+    registry, manager = _registry()
+    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]  # type: ignore[attr-defined]
+    print(json.dumps(scenario_schema(registry, load_catalog(None, entries)), indent=2))
     return 0
 
 

@@ -30,7 +30,7 @@ from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
 from llmsim.engine_options import engine_options, option_fields, serving_attention_problem
 from llmsim.errors import KeyedValueError, ScenarioError
-from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
+from llmsim.hardware import CATALOG_DEVICE, CATALOG_LINK, DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
 from llmsim.modeled_serving import ServingFaults, kv_fit_problem, priced_options, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strategy import Layout
@@ -49,13 +49,16 @@ class ModeledSettings(StrictModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)")
+    hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)",
+                          json_schema_extra=CATALOG_DEVICE)
     nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(
         1, description="nodes; a list sweeps")
     devices_per_node: PositiveInt | None = Field(None, description="devices in one node; default: the catalog "
                                                                    "device's (8 where it names none)")
-    intra_node: str | None = Field(None, description="link inside a node; default: the device's")
-    inter_node: str | None = Field(None, description="link between nodes; default: the device's")
+    intra_node: str | None = Field(None, description="link inside a node; default: the device's",
+                                   json_schema_extra=CATALOG_LINK)
+    inter_node: str | None = Field(None, description="link between nodes; default: the device's",
+                                   json_schema_extra=CATALOG_LINK)
     attention: AttentionKernel = _OPTION["attention"]
     main_grads_fp32: bool = _OPTION["main_grads_fp32"]
     grad_accumulation_fusion: bool = _OPTION["grad_accumulation_fusion"]

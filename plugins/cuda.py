@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.energy import EnergyMeter, find_meter
-from llmsim.hardware import Catalog
+from llmsim.hardware import CATALOG_DEVICE, Catalog
 from llmsim.measure.fit import device_need, fit_problem
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
@@ -52,7 +52,8 @@ class CudaSettings(BaseModel):
     autocast: bool = Field(False, description="float32 weights + torch.autocast in the scenario dtype, "
                                               "instead of casting the model to it")
     hardware: str | None = Field(None, description="catalog device for MFU and modeled energy; default: "
-                                                   "matched from the name NVML reports")
+                                                   "matched from the name NVML reports",
+                                 json_schema_extra=CATALOG_DEVICE)
     power_sampling: bool = Field(True, description="also integrate sampled power next to the energy counter")
     sample_interval_s: float = Field(0.02, gt=0, description="power sampling period")
     timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
