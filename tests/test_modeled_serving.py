@@ -446,8 +446,8 @@ def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     # the first backend in the file (yaml.safe_dump sorts the keys: cluster)
-    assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel "
-                   f"(allowed with serving: flash, cudnn, flash3, trtllm-mmha)")
+    assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel; "
+                   f"allowed with serving: flash, cudnn, flash3, trtllm-mmha")
 
 
 def test_trtllm_mmha_is_a_serving_kernel_every_device_with_flashs_figure_prices(
