@@ -31,7 +31,7 @@ from llmsim.measure.fit import device_need, fit_problem
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
-from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
+from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for, mig_reason
 from llmsim.wording import count
 from llmsim.workload.profile import profile_workload
 
@@ -151,6 +151,9 @@ class CudaBackend(Backend):
         if settings.hardware:
             return settings.hardware, None
         name = catalog_name_for(nvml_name)
+        mig = mig_reason(nvml_name)   # a MIG instance: a slice of a board, never priced as the board
+        if mig is not None:
+            return None, mig
         if name is None or name not in self.context.catalog.devices:
             return None, (f"GPU {nvml_name!r} is not in the hardware catalog; set backends.cuda.hardware "
                           f"to a catalog device or add one (docs/hardware.md)")
