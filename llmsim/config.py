@@ -774,9 +774,13 @@ MISSING_KEY = "required key is missing"  # a required key's error, as every file
 SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
 
 
-def _shown(value: object) -> str:
+def shown_value(value: object) -> str:
+    """A wrong value as an error quotes it: its repr, cut to SHOWN_VALUE_CHARS."""
     text = repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
+
+
+_shown = shown_value
 
 
 _ONE_VALUE = {"int_type": "integer", "int_parsing": "integer", "float_type": "number", "float_parsing": "number",
