@@ -154,14 +154,18 @@ class CoreAttention(nn.Module):
     window; on the meta device it is left out (not traced, not priced: say so in docs/costmodel.md).
     """
 
-    def __init__(self, grouped: bool, dropout: float = 0.0) -> None:
+    def __init__(self, grouped: bool, dropout: float = 0.0, sink_heads: int = 0) -> None:
         super().__init__()
         self.grouped = grouped
         self.dropout = dropout
+        # gpt-oss's attention sinks: one learned logit per head (transformers' GptOssAttention.sinks); a parameter
+        # of this module, not an argument (a module tracker hooks the gradients of tensor arguments)
+        self.sinks = nn.Parameter(torch.zeros(sink_heads)) if sink_heads else None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
-                window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
+                window: int | None = None) -> torch.Tensor:
         p = self.dropout if self.training else 0.0
+        sinks = self.sinks
         tq, tk = q.shape[-2], k.shape[-2]
         banded = window is not None and is_causal and tk > window
         if q.is_meta or (not banded and sinks is None):
@@ -201,9 +205,8 @@ class Attention(nn.Module):
                             if self.qk_norm_over == "projection" else (self.head_dim, self.head_dim))
         self.q_norm = nn.RMSNorm(q_width, eps=spec.norm_eps) if spec.qk_norm else None
         self.k_norm = nn.RMSNorm(k_width, eps=spec.norm_eps) if spec.qk_norm else None
-        self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout)
-        # gpt-oss's attention sinks: one learned logit per head (transformers' GptOssAttention.sinks)
-        self.sinks = nn.Parameter(torch.zeros(self.heads)) if spec.attention_sinks else None
+        self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout,
+                                  sink_heads=self.heads if spec.attention_sinks else 0)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
                 start: int, window: int | None = None) -> torch.Tensor:
@@ -239,7 +242,7 @@ class Attention(nn.Module):
                 k, v = k[:, :, -window:], v[:, :, -window:]
         # A single new token attends to every cached one (a windowed layer's: the last `window`): no mask. A
         # prompt from position 0 is causal (windowed: banded).
-        y = self.core(q, k, v, is_causal, window, self.sinks)  # (B, nh, T, hs)
+        y = self.core(q, k, v, is_causal, window)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
