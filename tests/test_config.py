@@ -340,4 +340,5 @@ def test_a_bad_window_exits_2_with_one_line(write_scenario, capsys) -> None:
     path = write_scenario(workload=workload)
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "workload.model.full_attention_every" in err and "\n" not in err
+    assert "workload.model.full_attention_every: full_attention_every=2 needs sliding_window" in err
+    assert "\n" not in err
