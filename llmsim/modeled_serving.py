@@ -265,7 +265,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens,
         price=pricers(model, faults, spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device)),
         router=spec.router, context_tokens=case.workload.model.seq_len,
-        request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
+        request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving),
+        kv_layout=capacity.layout)
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
