@@ -308,9 +308,9 @@ class Block(nn.Module):
                 start: int, window: int | None = None) -> torch.Tensor:
         if self.norm2 is None:  # parallel block: both branches read one normed input, summed
             h = self.norm1(x)
-            y = self.attn(h, rope, cache, start, window) + self.mlp(h)
+            y = self.attn(h, rope, cache, start, window=window) + self.mlp(h)
             return x + (self.drop_attn(y) if self.drop_attn is not None else y)
-        y = self.attn(self.norm1(x), rope, cache, start, window)
+        y = self.attn(self.norm1(x), rope, cache, start, window=window)
         x = x + (self.drop_attn(y) if self.drop_attn is not None else y)
         y = self.mlp(self.norm2(x))
         return x + (self.drop_mlp(y) if self.drop_mlp is not None else y)
