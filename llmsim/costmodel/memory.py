@@ -109,7 +109,15 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan,
 
 
 def kv_projection_params(spec: "ModelSpec") -> int:
-    """Parameters of one layer's K and V projections: 2 x hidden x kv_heads x head_dim weights (+ biases)."""
+    """Parameters of one layer's K and V projections: 2 x hidden x kv_heads x head_dim weights (+ biases).
+    Multi-head latent attention: what every tensor-parallel rank holds whole instead (ModelSpec.kv_split = 1),
+    its down-projections hidden -> q_lora_rank and hidden -> kv_lora_rank + rope (+ their biases) and the two
+    latent RMSNorms (q_lora_rank + kv_lora_rank weights): vLLM/SGLang deepseek_v2.py ReplicatedLinear, Megatron-
+    Core MLA's 'duplicated' down-projections."""
+    if spec.mla is not None:
+        m = spec.mla
+        down = (m.q_lora_rank or 0) + m.cache_width
+        return spec.hidden * down + (down if spec.bias else 0) + (m.q_lora_rank or 0) + m.kv_lora_rank
     kv = spec.kv_heads or spec.heads
     width = kv * spec.head_width
     return 2 * width * spec.hidden + (2 * width if spec.bias else 0)
@@ -150,7 +158,7 @@ def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
     if tp <= 1:
         return per_block
     kv, replicated = kv_projection_params(spec), tp_replicated_layer_params(spec)
-    kv_split = min(tp, spec.kv_heads or spec.heads)
+    kv_split = spec.kv_split(tp)
     return (per_block - kv - replicated) / tp + kv / kv_split + replicated
 
 
@@ -585,6 +593,7 @@ class StageMemoryTerms:
     train: bool = True
     expert_params: float = 0.0  # routed-expert parameters on the device (not in params): ZeRO over edp
     experts_trainable: bool = True  # False under LoRA: the experts are frozen base weights
+    expert_elem: float = 0.0    # bytes per routed-expert weight; 0 = elem (float8 serving: 1, precision.expert_weight_elem)
 
 
 def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -622,12 +631,13 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     if train and activations:
         per_layer, working, edge = stage_activation_terms(workload, sharing, plan, options, stage)
     elif not train:
-        kv_heads = workload.model.kv_heads or workload.model.heads
-        kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
+        # KV heads are replicated once tp exceeds them; a latent (mla) cache is whole on every rank
+        kv_split = workload.model.kv_split(plan.tp)
         # the stage's layers' share of the cache (1/pp with an even split)
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     return StageMemoryTerms(kind, index, params, trainable, param_elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
-                            layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None)
+                            layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None,
+                            0.0 if train else precision.expert_weight_elem(workload))
 
 
 def stage_activation_terms(workload: "Workload", sharing: "SharingChoice", plan: Plan, options: Options,
@@ -668,7 +678,7 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
         activations = held * t.layers * t.per_layer_activation + pick(t.layers != 0, t.working, 0.0)
         activations = activations + held * t.edge_activation
     if is_array(t.expert_params) or t.expert_params:
-        experts = moe.expert_memory(t.expert_params, t.elem, t.grad_elem, t.state_bytes, zero, edp,
+        experts = moe.expert_memory(t.expert_params, t.expert_elem or t.elem, t.grad_elem, t.state_bytes, zero, edp,
                                     t.train and t.experts_trainable)
         params, grads, optimizer = params + experts.params, grads + experts.grads, optimizer + experts.optimizer
     return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,

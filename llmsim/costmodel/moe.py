@@ -52,6 +52,7 @@ from llmsim.costmodel.arrays import Num, maximum, pick
 from llmsim.costmodel.cluster import Group
 from llmsim.costmodel.collectives import COLLECTIVE_BASE_LATENCY_S, NO_PHASES, Fabric, Phase, Phases
 from llmsim.costmodel.compute import Rates, _weighted_wave
+from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.stages import stage_layer_ranges
 
@@ -283,7 +284,7 @@ class ExpertMemory:
     optimizer: Num
 
 
-def expert_memory(expert_params_here: float, elem: int, grad_elem: int, state_bytes: int, zero: Num,
+def expert_memory(expert_params_here: float, elem: float, grad_elem: int, state_bytes: int, zero: Num,
                   edp: Num, train: bool) -> ExpertMemory:
     """Memory of the routed experts one device holds (`expert_params_here` parameters: its E/ep experts of
     its stage's MoE layers, 1/etp of each), with ZeRO over the expert-data-parallel group of `edp` ranks
@@ -384,7 +385,8 @@ def experts_time(workload: "Workload", plan: "Plan", rates: Rates, costs: Expert
     gated = spec.activation in ("swiglu", "geglu")
     shapes = expert_shapes(spec.hidden, spec.expert_ffn, gated, plan.etp)
     reads = (2 if trainable else 1) if backward else 1
-    weights = reads * active * sum(k * n for k, n in shapes) * DTYPE_BYTES[workload.dtype]
+    # float8 serving: weights stored and read in FP8 (precision.expert_weight_elem)
+    weights = reads * active * sum(k * n for k, n in shapes) * precision.expert_weight_elem(workload)
     m = max(int(round(batch.tokens / active)), 1) if active else 1
     wave = (_weighted_wave(shapes, m, backward, rates.compute_units, rates.efficiency.matmul_tiles)
             if rates.compute_units else 1.0)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.gemms import linear_shapes
+from llmsim.costmodel.gemms import attention_input_gemms, linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES
 
 if TYPE_CHECKING:
@@ -185,12 +185,13 @@ def fused_inputs(workload: "Workload", phase: str) -> tuple[bool, ...]:
     fusion (vLLM's compile passes fuse RMSNorm + quant and SiLU-and-mul + quant: vllm/compilation/fusion.py,
     activation_quant_fusion.py). torchao (`saved_activations: bfloat16`): every cast apart."""
     assert workload.fp8 is not None
+    inputs = attention_input_gemms(workload.model)   # mla: its down- and up-projections, each as QKV
     if workload.fp8.saved_activations != "float8":
-        return (False,) * 4
+        return (False,) * (3 + inputs)
     if phase == "backward":
         dact = workload.model.activation in TE_FUSED_DACT and workload.fp8.recipe != "current"
-        return (False, False, dact, False)
-    return FUSED_FORWARD_INPUTS
+        return (False,) * inputs + (False, dact, False)
+    return FUSED_FORWARD_INPUTS[:1] * inputs + FUSED_FORWARD_INPUTS[1:]
 
 
 def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int, any_layout: bool) -> float:
@@ -255,6 +256,18 @@ def layer_gemm_params(workload: "Workload", plan: "Plan") -> float:
 def layer_weight_elem(workload: "Workload") -> float:
     """Bytes per weight a layer GEMM reads: the FP8 copy (1) for float8, else the workload dtype's."""
     return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
+
+
+def expert_weight_elem(workload: "Workload") -> float:
+    """Bytes per routed-expert weight held and read: 1 (FP8) when a float8 workload serves (prefill, decode),
+    as inference stores the layer GEMM weights (fp8_weight_copy_bytes): vLLM's Fp8MoEMethod
+    (vllm/model_executor/layers/quantization/fp8.py) allocates w13_weight and w2_weight as torch.float8_e4m3fn,
+    and DeepSeek-V3's released checkpoint stores its experts in FP8 (DeepSeek-V3 report Sec. 3.3; config.json
+    quantization_config fmt e4m3, weight_block_size [128, 128]; the block scales, 1/16384 of the weights,
+    left out). Training keeps them in the workload dtype, as before. Bytes."""
+    if is_fp8(workload) and workload.mode != "train":
+        return float(FP8_BYTES)
+    return float(DTYPE_BYTES[workload.dtype])
 
 
 def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float, any_layout: bool,
