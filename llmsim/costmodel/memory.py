@@ -637,7 +637,7 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     return StageMemoryTerms(kind, index, params, trainable, param_elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
                             layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None,
-                            0.0 if train else precision.expert_weight_elem(workload))
+                            param_elem if train else precision.expert_weight_elem(workload))
 
 
 def stage_activation_terms(workload: "Workload", sharing: "SharingChoice", plan: Plan, options: Options,
@@ -678,7 +678,8 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
         activations = held * t.layers * t.per_layer_activation + pick(t.layers != 0, t.working, 0.0)
         activations = activations + held * t.edge_activation
     if is_array(t.expert_params) or t.expert_params:
-        experts = moe.expert_memory(t.expert_params, t.expert_elem or t.elem, t.grad_elem, t.state_bytes, zero, edp,
+        expert_elem = t.expert_elem if is_array(t.expert_elem) or t.expert_elem else t.elem
+        experts = moe.expert_memory(t.expert_params, expert_elem, t.grad_elem, t.state_bytes, zero, edp,
                                     t.train and t.experts_trainable)
         params, grads, optimizer = params + experts.params, grads + experts.grads, optimizer + experts.optimizer
     return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
-from llmsim.costmodel import Options, Plan
+from llmsim.costmodel import Options, Plan, memory_breakdown, precision
 from llmsim.costmodel.compute import decode_kv_reads, layer_gemm_shares, replicated_kv_projection
 from llmsim.costmodel.gemms import linear_shapes
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_time, kv_bytes_per_token, kv_capacity,
@@ -152,3 +152,30 @@ def test_a_pure_prefill_and_a_pure_decode_step_cost_what_forward_work_prices(tp:
     expected_decode = price(forward_work(w, profile, plan, cluster, fused, "decode", 2), cluster.fabric).step
     assert iteration_time(model, prefill) == pytest.approx(expected_prefill, rel=1e-9)
     assert iteration_time(model, decode) == pytest.approx(expected_decode, rel=1e-9)
+
+
+def test_the_decode_memory_holds_the_whole_latent_on_every_rank() -> None:
+    """What the decode planner (costmodel.memory) counts: the latent cache whole at any tp, where a multi-head
+    model's splits over its heads."""
+    w = _v3_slice()
+    profile = profile_workload(w, UNTIED)
+    for tp in (1, 2, 8):
+        assert memory_breakdown(w, profile, UNTIED, Plan(tp=tp)).kv_cache == profile.kv_cache_bytes
+    mha = Workload(model=ModelSpec(preset="llama2-7b", layers=2, seq_len=64), mode="decode", batch=2, decode_tokens=3)
+    mha_profile = profile_workload(mha, UNTIED)
+    assert memory_breakdown(mha, mha_profile, UNTIED, Plan(tp=8)).kv_cache == mha_profile.kv_cache_bytes / 8
+
+
+def test_float8_serving_keeps_the_routed_experts_in_fp8() -> None:
+    """float8 inference stores the routed experts' weights at 1 byte (precision.expert_weight_elem), as the layer
+    GEMM weights; training keeps them in the workload dtype."""
+    bf16, fp8 = _v3_slice(layers=3, moe=True), _v3_slice(layers=3, moe=True, dtype="float8")
+    params = {w.dtype: memory_breakdown(w, profile_workload(w, UNTIED), UNTIED, Plan(tp=8, etp=8)).params
+              for w in (bf16, fp8)}
+    profile = profile_workload(bf16, UNTIED)
+    experts = profile.expert_params / 8                      # each expert split over the 8 ranks (etp = tp)
+    layer_gemms = 3 * precision.layer_gemm_params(fp8, Plan(tp=8))   # FP8 before: 1 byte saved each
+    assert experts > 0
+    assert params["bfloat16"] - params["float8"] == pytest.approx(layer_gemms + experts * (2 - 1), rel=1e-12)
+    train = Workload(model=fp8.model, mode="train", batch=2, dtype="float8")
+    assert precision.expert_weight_elem(train) == 2 and precision.expert_weight_elem(fp8) == 1
