@@ -75,6 +75,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
     _note_trace(scenario, scenario_dir, path)
     _note_inference_kernels(planned, scenario, path)
+    _note_cross_node_tp(planned, catalog, path)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 
@@ -86,6 +87,15 @@ def _note_inference_kernels(planned: list, scenario: Scenario, path: str) -> Non
     for key, note in inference_kernel_notes(planned, scenario):
         err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
                           soft_wrap=True)
+
+
+def _note_cross_node_tp(planned: list, catalog: Any, path: str) -> None:
+    """Say where a modeled case's tensor-parallel group spans nodes (runner.cross_node_tp_notes)."""
+    from llmsim.runner import cross_node_tp_notes
+
+    for where, note in cross_node_tp_notes(planned, catalog):
+        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {escape(where)}: {escape(note)}[/]",
+                          highlight=False, soft_wrap=True)
 
 
 def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
@@ -281,7 +291,14 @@ def _host_row(power_source: str) -> tuple[dict[str, str], str, str]:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(Scenario.model_json_schema(), indent=2))
+    """The scenario's JSON Schema, each installed backend's block spelled out (llmsim.schema): from the plugin
+    manager's backends and hardware entries, as `validate` sees them."""
+    from llmsim.hardware import load_catalog
+    from llmsim.schema import scenario_schema
+
+    registry, manager = _registry()
+    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]  # type: ignore[attr-defined]
+    print(json.dumps(scenario_schema(registry, load_catalog(None, entries)), indent=2))
     return 0
 
 
@@ -404,6 +421,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
                               f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
                               highlight=False)
+    from llmsim.planner.search import tp_span_notes
+
+    for note in tp_span_notes(plan, outcome.hardware):  # a searched tp beyond a node: its all-reduces cross nodes
+        err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(note)}[/]", highlight=False,
+                          soft_wrap=True)
     # a precision some hardware cannot run (float8 without FP8 units): said once (planner.precisions)
     for note in [why for h in plan.hardware for why in candidates(plan, catalog.devices[h.name])[1]]:
         err_console.print(f"[yellow]llmsim: note: no candidates of that precision: {note}[/]", highlight=False)

@@ -43,6 +43,10 @@ class _Strict(StrictModel):
     """Unknown keys refused, values frozen, no boolean for a number (llmsim.strict)."""
 
 
+# Stored element types of routed-expert weights other than the workload's (MoeSpec.expert_weight_dtype).
+EXPERT_WEIGHT_DTYPES: tuple[str, ...] = ("mxfp4",)
+
+
 class MoeSpec(_Strict):
     """Mixture-of-experts layers (docs/moe.md): a router picks `top_k` of `experts` routed expert MLPs per
     token (Shazeer et al. 2017; Switch Transformer, Fedus et al. 2021; GShard, Lepikhin et al. 2020)."""
@@ -67,6 +71,17 @@ class MoeSpec(_Strict):
                                           "through the residual)")
     load_imbalance: float | None = Field(None, ge=1, description="cost model only: busiest expert's tokens / "
                                          "mean; null = derived from routing statistics")
+    expert_weight_dtype: str | None = Field(None, description="the routed experts' stored weights: null = the "
+                                            "workload dtype; mxfp4 = OCP MX FP4 (E2M1 values, one E8M0 scale "
+                                            "per 32: 4.25 bits a weight; gpt-oss checkpoints), run weight-only "
+                                            "(read 4-bit, computed at the 16-bit rate)")
+
+    @field_validator("expert_weight_dtype", mode="before")
+    @classmethod
+    def _expert_weight_dtype_choice(cls, value: Any) -> Any:
+        if value is None or value in EXPERT_WEIGHT_DTYPES:
+            return value
+        raise ValueError(f"{value!r}: allowed: null (the workload dtype), {', '.join(EXPERT_WEIGHT_DTYPES)}")
 
     @model_validator(mode="after")
     def _check(self) -> "MoeSpec":
@@ -154,6 +169,16 @@ class ModelSpec(_Strict):
                                                     "and their outputs are summed (GPT-J, PaLM Sec. 2, MaxText's "
                                                     "decoder of 2023): one norm per layer, one tensor-parallel "
                                                     "reduction per layer and pass instead of two")
+    sliding_window: PositiveInt | None = Field(
+        None, description="tokens a windowed (local) attention layer attends to: each query sees itself and the "
+                          "window - 1 tokens before it (Hugging Face `sliding_window`; gpt-oss 128, Gemma 2 "
+                          "4096, Gemma 3 1024); null = every layer attends to the whole context")
+    full_attention_every: PositiveInt | None = Field(
+        None, description="with sliding_window: layer i (0-based) attends to the whole context when (i + 1) % k "
+                          "== 0, the others are windowed (gpt-oss, Gemma 2: 2 = sliding, full, sliding, ...; "
+                          "Gemma 3: 6 = five local, one global); null = every layer windowed (Mistral 7B v0.1)")
+    attention_sinks: bool = Field(False, description="one learned logit per head added to the softmax "
+                                                     "denominator (gpt-oss): heads parameters a layer, no GEMM")
 
     @field_validator("qk_norm", mode="before")
     @classmethod
@@ -202,6 +227,16 @@ class ModelSpec(_Strict):
         if self.heads % self.kv_heads:  # type: ignore[operator]
             raise _KeyedError("kv_heads", f"kv_heads={self.kv_heads} must divide heads={self.heads} "
                              f"(allowed: {', '.join(str(d) for d in range(1, self.heads + 1) if self.heads % d == 0)})")
+        if self.full_attention_every is not None and self.sliding_window is None:
+            raise _KeyedError("full_attention_every", f"full_attention_every={self.full_attention_every} needs "
+                                                      f"sliding_window (allowed: null without a sliding_window)")
+        if self.full_attention_every == 1:
+            raise _KeyedError("full_attention_every", "full_attention_every=1 makes every layer full (allowed: "
+                                                      "2 or more, or null = every layer windowed; for no window "
+                                                      "drop sliding_window)")
+        if self.sliding_window is not None and not self.causal:
+            raise _KeyedError("sliding_window", f"sliding_window={self.sliding_window} needs a causal decoder "
+                                                f"(allowed: null with causal: false)")
         if self.moe is not None and not self.moe_layers:
             raise _KeyedError("moe.first_dense_layers", f"no layer is a mixture of experts (first_dense_layers="
                              f"{self.moe.first_dense_layers} with layers={self.layers}; allowed: first_dense_layers "
@@ -226,6 +261,11 @@ class ModelSpec(_Strict):
                                          f"(allowed: false)")
         if self.parallel_block:
             raise _KeyedError("parallel_block", "parallel_block=true with mla is not modelled (allowed: false)")
+        if self.sliding_window is not None:
+            raise _KeyedError("sliding_window", f"sliding_window={self.sliding_window} with mla is not modelled "
+                                                f"(allowed: null)")
+        if self.attention_sinks:
+            raise _KeyedError("attention_sinks", "attention_sinks=true with mla is not modelled (allowed: false)")
 
     def kv_split(self, tp: int) -> int:
         """Ways one tensor-parallel group splits the KV cache (and the K/V projections): min(tp, kv_heads),
@@ -251,6 +291,31 @@ class ModelSpec(_Strict):
             return 0
         lo, hi, f = max(layers.start, m.first_dense_layers), layers.stop, m.layer_freq
         return max((hi + f - 1) // f - (lo + f - 1) // f, 0) if hi > lo else 0
+
+    def is_windowed_layer(self, layer: int) -> bool:
+        """Layer `layer` (0-based) attends to the last `sliding_window` tokens only: a sliding_window is set and
+        the layer is not one of every `full_attention_every`-th ((layer + 1) % k == 0 is full, as Hugging Face's
+        `layer_types` of gpt-oss and Gemma 2 (sliding first, alternating) and Gemma 3 (5 sliding : 1 full))."""
+        if self.sliding_window is None:
+            return False
+        k = self.full_attention_every
+        return k is None or (layer + 1) % k != 0
+
+    def windowed_layers_in(self, layers: range) -> int:
+        """How many of the 0-based layer indices `layers` (a step-1 range) are windowed (`is_windowed_layer`)."""
+        if self.sliding_window is None or layers.stop <= layers.start:
+            return 0
+        n = layers.stop - layers.start
+        k = self.full_attention_every
+        if k is None:
+            return n
+        full = layers.stop // k - layers.start // k    # i + 1 in (start, stop] divisible by k
+        return n - full
+
+    @property
+    def windowed_layers(self) -> int:
+        """Windowed (sliding-window) layers in the full depth (0 without a sliding_window)."""
+        return self.windowed_layers_in(range(self.layers))
 
     @property
     def moe_layers(self) -> int:
@@ -660,6 +725,9 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
                                 f"(allowed: {_divisors(m.layers)})")
+    if sharing.layer_groups is not None and m.sliding_window is not None:
+        return "layer_groups", (f"{sharing.layer_groups} with workload.model.sliding_window: a shared block would "
+                                f"serve windowed and full layers alike (allowed: null with a sliding_window)")
     if sharing.layer_groups is not None and m.moe is not None:
         k = sharing.layer_groups
         mixed = next((i for i in range(m.layers) if m.is_moe_layer(i) != m.is_moe_layer(i % k)), None)
@@ -870,9 +938,13 @@ MISSING_KEY = "required key is missing"  # a required key's error, as every file
 SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
 
 
-def _shown(value: object) -> str:
+def shown_value(value: object) -> str:
+    """A wrong value as an error quotes it: its repr, cut to SHOWN_VALUE_CHARS."""
     text = repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
+
+
+_shown = shown_value
 
 
 _ONE_VALUE = {"int_type": "integer", "int_parsing": "integer", "float_type": "number", "float_parsing": "number",

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
+from llmsim.config import shown_value as shown
 from llmsim.costmodel import Options
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
 from llmsim.strict import StrictModel
@@ -68,10 +69,14 @@ def serving_attention_problem(kernel: object) -> str | None:
     """Why a serving run or plan cannot price attention kernel `kernel`, or None: a serving iteration prices a
     fused kernel (costmodel.iteration: FlashAttention-2 `flash`, FlashAttention-3 `flash3`, cuDNN's `cudnn`,
     TensorRT-LLM's pre-XQA `trtllm-mmha`), as the engines run, not an unfused one (`fused-softmax`, `math`); a
-    value that names no kernel at all gets the same allowed list (a serving block's, not every kernel's)."""
+    value that names no kernel at all, or a list or mapping where one value belongs, gets the same allowed list (a
+    serving block's, not every kernel's), in the words of every other key's (config.one_value_expected)."""
+    allowed = f"allowed with serving: {', '.join(FUSED_ATTENTION)}"
+    if isinstance(kernel, (list, tuple, dict)):  # as config.one_value_expected words it for every other key
+        given = "a mapping" if isinstance(kernel, dict) else "a list"
+        return f"{shown(kernel)}: expected one value, not {given}; {allowed}"
     if kernel in FUSED_ATTENTION:
         return None
     if kernel not in get_args(AttentionKernel):
-        return f"{kernel!r}: unknown attention kernel (allowed with serving: {', '.join(FUSED_ATTENTION)})"
-    return (f"{kernel!r}: a serving run prices a fused attention kernel, as vLLM runs (allowed with serving: "
-            f"{', '.join(FUSED_ATTENTION)})")
+        return f"{shown(kernel)}: unknown attention kernel; {allowed}"
+    return f"{kernel!r}: a serving run prices a fused attention kernel, as vLLM runs; {allowed}"

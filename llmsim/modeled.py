@@ -30,8 +30,8 @@ from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
 from llmsim.engine_options import engine_options, option_fields, serving_attention_problem
 from llmsim.errors import KeyedValueError, ScenarioError
-from llmsim.hardware import DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
-from llmsim.modeled_serving import ServingFaults, kv_fit_problem, serve_case
+from llmsim.hardware import CATALOG_DEVICE, CATALOG_LINK, DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
+from llmsim.modeled_serving import ServingFaults, kv_fit_problem, priced_options, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strategy import Layout
 from llmsim.strict import StrictModel, sweep_repeats
@@ -49,13 +49,16 @@ class ModeledSettings(StrictModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)")
+    hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)",
+                          json_schema_extra=CATALOG_DEVICE)
     nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(
         1, description="nodes; a list sweeps")
     devices_per_node: PositiveInt | None = Field(None, description="devices in one node; default: the catalog "
                                                                    "device's (8 where it names none)")
-    intra_node: str | None = Field(None, description="link inside a node; default: the device's")
-    inter_node: str | None = Field(None, description="link between nodes; default: the device's")
+    intra_node: str | None = Field(None, description="link inside a node; default: the device's",
+                                   json_schema_extra=CATALOG_LINK)
+    inter_node: str | None = Field(None, description="link between nodes; default: the device's",
+                                   json_schema_extra=CATALOG_LINK)
     attention: AttentionKernel = _OPTION["attention"]
     main_grads_fp32: bool = _OPTION["main_grads_fp32"]
     grad_accumulation_fusion: bool = _OPTION["grad_accumulation_fusion"]
@@ -288,7 +291,8 @@ class ModeledBackend(Backend):
         fp8_problem = precision.device_problem(case.workload, cluster.device)
         if fp8_problem is not None:  # one device of several lacks FP8 (none of them: runner.check_fp8 refuses)
             return case.result(self, status="skipped", error=fp8_problem, hardware=cluster.device.name,
-                               nodes=cluster.nodes, energy_source="modeled")
+                               nodes=cluster.nodes, energy_source="modeled",
+                               **priced_options(options, "serve" if case.serving is not None else case.workload.mode))
         if case.serving is not None:
             return serve_case(self, case, cluster, options, self.serving_faults(case, settings, cluster))
         profile = profile_workload(case.workload, case.sharing)
@@ -297,7 +301,8 @@ class ModeledBackend(Backend):
                      trainable_params=profile.trainable_params, params_active=profile.active_params,
                      expert_load_imbalance=assumed_imbalance(case.workload, plan if case.workload.mode == "train"
                                                              else inference_plan(plan)),
-                     energy_source="modeled", model_flops_per_step=profile.model_flops_per_step)
+                     energy_source="modeled", model_flops_per_step=profile.model_flops_per_step,
+                     **priced_options(options, case.workload.mode))
         try:
             peak = device_rates(cluster, case.workload.dtype).peak_flops
             one_device = self.one_device_time(case, profile, plan, cluster, options)
@@ -305,8 +310,7 @@ class ModeledBackend(Backend):
             return case.result(self, status="skipped", error=str(exc), **where)
         memory = memory_breakdown(case.workload, profile, case.sharing, plan, options, device=cluster.device)
         extra: dict[str, Any] = {f"mem_{k}_bytes": v for k, v in memory.as_dict().items()}
-        extra.update(memory_stage=memory.stage, memory_stage_index=memory.stage_index,
-                     attention_kernel=options.attention)
+        extra.update(memory_stage=memory.stage, memory_stage_index=memory.stage_index)
         values: dict[str, Any] = dict(where, peak_memory_bytes_per_device=memory.total, extra=extra)
         capacity = cluster.device.memory_bytes
         if not memory.fits(capacity):

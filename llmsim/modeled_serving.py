@@ -221,6 +221,13 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
     return capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
 
 
+def priced_options(options: Options, mode: str) -> dict[str, str | None]:
+    """The result columns `attention_kernel` and `all_reduce` of a modeled row (llmsim.results.COLUMNS): the kernel
+    and all-reduce library it was priced with; `all_reduce` only where it prices something, an inference pass or a
+    serving iteration (costmodel.plan.Options: training passes keep NCCL), else empty."""
+    return dict(attention_kernel=options.attention, all_reduce=None if mode == "train" else options.all_reduce)
+
+
 def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
                faults: ServingFaults = ServingFaults()) -> Result:
     """Simulate the case's serving run on `cluster`; the row with the serving columns (or a skipped /
@@ -235,7 +242,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     base: dict[str, Any] = dict(hardware=cluster.device.name, nodes=math.ceil(devices / cluster.devices_per_node),
                                 n_devices=devices, dp=spec.replicas, mode="serve", batch=sched.max_num_seqs,
                                 params=profile.params, trainable_params=profile.trainable_params,
-                                params_active=profile.active_params, energy_source="modeled")
+                                params_active=profile.active_params, energy_source="modeled",
+                                **priced_options(options, "serve"))
     if (mesh := torus_problem(plan, cluster)) is not None:
         return case.result(backend, status="skipped", error=mesh, **base)
     try:
@@ -257,7 +265,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens,
         price=pricers(model, faults, spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device)),
         router=spec.router, context_tokens=case.workload.model.seq_len,
-        request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
+        request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving),
+        kv_layout=capacity.layout)
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)

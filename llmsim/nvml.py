@@ -20,6 +20,7 @@ Energy of one span of work (`NvmlEnergy`):
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -272,8 +273,38 @@ NVML_NAME_TO_CATALOG: tuple[tuple[str, str], ...] = (
 )
 
 
+# A MIG (Multi-Instance GPU) instance is named after its board plus its profile: "NVIDIA A100 80GB PCIe MIG 1g.10gb",
+# "NVIDIA A100-SXM4-40GB MIG 3g.20gb", "NVIDIA H100 80GB HBM3 MIG 1g.10gb+me". A profile <g>g.<m>gb is g of the
+# board's compute slices (7 on A100 and H100) and m GB of its memory (NVIDIA Multi-Instance GPU User Guide, "Supported
+# MIG Profiles": A100 80GB 1g.10gb ... 7g.80gb, A100 40GB 1g.5gb ... 7g.40gb, "+me" adds a media engine).
+MIG_PROFILE = re.compile(r"\bmig\s+(\d+)g\.(\d+)gb(\+me)?\b", re.IGNORECASE)
+
+
+def mig_profile(nvml_name: str) -> str | None:
+    """The MIG profile of an NVML name ("1g.10gb"), or None for a whole board."""
+    found = MIG_PROFILE.search(nvml_name)
+    return None if found is None else found.group(0).split(None, 1)[1].lower()
+
+
+def mig_reason(nvml_name: str) -> str | None:
+    """Why a MIG instance gets no catalog device (catalog_name_for), as one line naming backends.cuda.hardware, or
+    None for a whole board: an instance has a slice of the board's compute and memory, so the board's peak FLOP/s,
+    bandwidth and power would price it as the whole board."""
+    found = MIG_PROFILE.search(nvml_name)
+    if found is None:
+        return None
+    slices, gb = int(found.group(1)), int(found.group(2))
+    return (f"GPU {nvml_name!r} is a MIG instance ({mig_profile(nvml_name)}: {slices} compute "
+            f"slice{'s' if slices > 1 else ''} and {gb} GB of the board's memory), not a whole board; the catalog "
+            f"prices whole boards, so MFU and modeled energy are left empty (backends.cuda.hardware names a whole "
+            f"board: setting it would price this part as the board)")
+
+
 def catalog_name_for(nvml_name: str) -> str | None:
-    """The catalog device for a GPU name as NVML reports it ("NVIDIA H200" -> "h200"), None if unknown."""
+    """The catalog device for a GPU name as NVML reports it ("NVIDIA H200" -> "h200"), None if unknown, and None for
+    a MIG instance of a catalog board (mig_reason: a slice of its compute and memory, not the board)."""
+    if MIG_PROFILE.search(nvml_name):
+        return None
     lowered = " ".join(nvml_name.lower().split())
     if lowered in ("nvidia h200", "nvidia h200 141gb hbm3e"):
         return "h200"

@@ -57,6 +57,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "tie_embeddings": ("", "input embedding and LM head share one matrix"),
     "layer_groups": ("", "distinct layer weight sets (empty = no cross-layer sharing)"),
     "lora_rank": ("", "LoRA adapter rank (empty = full fine-tuning)"),
+    "attention_kernel": ("", "modeled: the attention kernel the row was priced with (the backend's `attention` setting: "
+                             "flash, cudnn, flash3, trtllm-mmha, fused-softmax, math; costmodel.plan.Options); empty "
+                             "for a backend that does not price one (a measured row)"),
+    "all_reduce": ("", "modeled inference and serving rows: the library of the tensor-parallel all-reduces priced (the "
+                       "backend's `all_reduce` setting: nccl, or vllm, vLLM's custom all-reduce where vLLM uses it); "
+                       "empty for a training row (its all-reduces are NCCL's) and for a backend that does not price "
+                       "one (a measured row)"),
     "status": ("", "ok | skipped | failed | does-not-fit"),
     "error": ("", "why a row is not ok"),
     "step_time_s": ("s", "wall time of one step (decode: the whole generation)"),
@@ -163,6 +170,8 @@ class Result(BaseModel):
     tie_embeddings: bool | None = None
     layer_groups: int | None = None
     lora_rank: int | None = None
+    attention_kernel: str | None = None
+    all_reduce: str | None = None
     status: Status = "ok"
     error: str | None = None
     step_time_s: float | None = None

@@ -21,16 +21,18 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import Scenario, allowed_keys, allowed_range, describe_error, one_value_expected
+from llmsim.config import (Scenario, allowed_keys, allowed_range, describe_error, one_value_expected,
+                           shown_value)
 from llmsim.costmodel import precision
-from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY
+from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
 from llmsim.costmodel.compute import attention_problem
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
 from llmsim.engine_options import serving_attention_problem
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path
-from llmsim.hardware import Catalog, load_catalog
+from llmsim.hardware import CATALOG_KEY, Catalog, load_catalog
+from llmsim.modeled import ModeledSettings
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
@@ -59,8 +61,26 @@ def _non_finite(value: Any, where: tuple[str | int, ...] = ()) -> tuple[tuple[st
     return None
 
 
+def _catalog_kind(cls: type[Backend], loc: tuple[str | int, ...]) -> str | None:
+    """'device' or 'link' where the backend's setting at `loc` (a top-level key) names a hardware catalog entry
+    (its Field's json_schema_extra: llmsim.hardware.CATALOG_DEVICE / CATALOG_LINK), else None."""
+    field = cls.Settings.model_fields.get(str(loc[0])) if len(loc) == 1 else None
+    extra = field.json_schema_extra if field is not None else None
+    kind = extra.get(CATALOG_KEY) if isinstance(extra, dict) else None
+    return kind if kind in ("device", "link") else None
+
+
+def _catalog_value_problem(value: Any, kind: str, catalog: Catalog) -> str:
+    """A value of the wrong type (a list, a mapping, a number) where one catalog name belongs, with the names allowed,
+    as the catalog words an unknown name (Catalog.cluster: "unknown device 'h100'; allowed: ...")."""
+    given = (", not a mapping" if isinstance(value, dict) else ", not a list" if isinstance(value, (list, tuple))
+             else "")
+    names = catalog.devices if kind == "device" else catalog.links
+    return f"{shown_value(value)}: expected one {kind} name{given}; allowed: {', '.join(names)}"
+
+
 def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: str,
-                      serving: bool = False) -> BaseModel:
+                      serving: bool = False, catalog: Catalog | None = None) -> BaseModel:
     # YAML reads .inf and .nan as floats, and a plugin's model may let them through (`gt=0` passes .inf, .nan
     # compares false with every bound): no backend setting means anything by them, built-in or a plugin's, so
     # they are refused here, before any plugin sees them, as the scenario's own keys are (llmsim.strict).
@@ -90,6 +110,9 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
             message = describe_error(err) + allowed_keys(cls.Settings, loc)
         elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):  # a value where keys belong
             message = describe_error(err) + allowed_keys(cls.Settings, (*loc, ""))
+        elif catalog is not None and (kind := _catalog_kind(cls, loc)) is not None and err["type"] in (
+                "string_type", "literal_error"):  # a list, mapping or number where one device or link name belongs
+            message = _catalog_value_problem(err.get("input"), kind, catalog)
         else:
             message = one_value_expected(err) or f"{err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}"
             if err["type"].startswith(("greater_than", "less_than")):
@@ -143,7 +166,7 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     sweeps = {}
     for name, raw in backends.items():
         cls = registry.get(name)
-        settings = _backend_settings(name, cls, raw, file, scenario.serving is not None)
+        settings = _backend_settings(name, cls, raw, file, scenario.serving is not None, catalog)
         try:
             settings = cls.resolve_settings(settings, catalog)
         except ScenarioError as exc:
@@ -520,6 +543,26 @@ def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> li
             notes[f"backends.{item.backend.name}.attention"] = (
                 "trtllm-mmha is an inference engine's kernel (TensorRT-LLM before XQA: it changes only how a decode "
                 "step reads the KV cache); a training step has no decode, so it is priced as flash")
+    return list(notes.items())
+
+
+def cross_node_tp_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str]]:
+    """(where, note) where a modeled case's tensor-parallel group spans nodes (costmodel.cluster.tp_span_note: tp
+    above the cluster's devices per node, e.g. tp 4 on a100-80gb-pcie, whose node is one NVLink-bridged pair, or tp
+    16 on 8-GPU h100-sxm nodes): its all-reduces cross the inter-node link, named with its bandwidth. Training,
+    inference and serving alike (a served replica's tp ranks are placed as a training job's). Once per (backend,
+    strategy, note): where = 'backends.NAME, strategy NAME'. A note: the case is priced so."""
+    notes: dict[str, str] = {}
+    for item in planned:
+        if not isinstance(item.settings, ModeledSettings):
+            continue
+        try:
+            cluster = item.settings.cluster(catalog)
+        except ScenarioError:  # check_settings has refused it already; nothing to say here
+            continue
+        note = tp_span_note(item.case.layout.tp, cluster)
+        if note is not None:
+            notes.setdefault(f"backends.{item.backend.name}, strategy {item.case.strategy.name}", note)
     return list(notes.items())
 
 

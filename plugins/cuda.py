@@ -27,12 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.config import mla_tp_problem
 from llmsim.energy import EnergyMeter, find_meter
-from llmsim.hardware import Catalog
+from llmsim.hardware import CATALOG_DEVICE, Catalog
 from llmsim.measure.fit import device_need, fit_problem
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
-from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for
+from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for, mig_reason
 from llmsim.wording import count
 from llmsim.workload.profile import profile_workload
 
@@ -53,7 +53,8 @@ class CudaSettings(BaseModel):
     autocast: bool = Field(False, description="float32 weights + torch.autocast in the scenario dtype, "
                                               "instead of casting the model to it")
     hardware: str | None = Field(None, description="catalog device for MFU and modeled energy; default: "
-                                                   "matched from the name NVML reports")
+                                                   "matched from the name NVML reports",
+                                 json_schema_extra=CATALOG_DEVICE)
     power_sampling: bool = Field(True, description="also integrate sampled power next to the energy counter")
     sample_interval_s: float = Field(0.02, gt=0, description="power sampling period")
     timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
@@ -151,6 +152,9 @@ class CudaBackend(Backend):
         if settings.hardware:
             return settings.hardware, None
         name = catalog_name_for(nvml_name)
+        mig = mig_reason(nvml_name)   # a MIG instance: a slice of a board, never priced as the board
+        if mig is not None:
+            return None, mig
         if name is None or name not in self.context.catalog.devices:
             return None, (f"GPU {nvml_name!r} is not in the hardware catalog; set backends.cuda.hardware "
                           f"to a catalog device or add one (docs/hardware.md)")

@@ -288,3 +288,57 @@ def test_text_or_null_for_a_boolean_key_is_refused_naming_the_allowed_values():
                             .replace(")", r"\)")):
             parse_scenario(scenario(value), "f.yaml")
     assert parse_scenario(scenario(False), "f.yaml").workload.model.causal is False
+
+
+# -- sliding-window attention, attention sinks, MXFP4 experts (ModelSpec.sliding_window, full_attention_every,
+# attention_sinks; MoeSpec.expert_weight_dtype) --------------------------------------------------------------
+@pytest.mark.parametrize("model,expected", [
+    ({"full_attention_every": 2}, "workload.model.full_attention_every: full_attention_every=2 needs sliding_window"),
+    ({"sliding_window": 8, "full_attention_every": 1}, "workload.model.full_attention_every: full_attention_every=1 "
+     "makes every layer full (allowed: 2 or more"),
+    ({"sliding_window": 0}, "workload.model.sliding_window: 0"),
+    ({"preset": "bert-base", "sliding_window": 8}, "workload.model.sliding_window: sliding_window=8 needs a causal "
+     "decoder"),
+    ({"preset": "tiny-moe", "moe": {"expert_weight_dtype": "fp4"}}, "workload.model.moe.expert_weight_dtype: 'fp4': "
+     "allowed: null (the workload dtype), mxfp4"),
+])
+def test_window_and_expert_dtype_rejections_name_key_and_allowed_values(model: dict, expected: str) -> None:
+    data = _with("workload.model", {"preset": "tiny", **model})
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(data, "s.yaml")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_layer_groups_cannot_share_blocks_across_windowed_and_full_layers() -> None:
+    data = _with("workload.model", {"preset": "tiny", "sliding_window": 8, "full_attention_every": 2})
+    data["strategies"] = [{"name": "shared", "sharing": {"layer_groups": 1}}]
+    with pytest.raises(ScenarioError, match="strategies.0..sharing.layer_groups: 1 with workload.model.sliding_window"):
+        parse_scenario(data, "s.yaml")
+
+
+def test_which_layers_are_windowed() -> None:
+    """Every k-th layer full, (i + 1) % k == 0: gpt-oss / Gemma 2 (k = 2) sliding first, Gemma 3 (k = 6) five
+    sliding then one global; no k: every layer windowed (Mistral 7B v0.1); no window: none."""
+    from llmsim.config import ModelSpec
+
+    gpt_oss = ModelSpec(preset="gpt-oss-20b")
+    assert [gpt_oss.is_windowed_layer(i) for i in range(4)] == [True, False, True, False]
+    assert gpt_oss.windowed_layers == 12 and gpt_oss.sliding_window == 128 and gpt_oss.attention_sinks
+    gemma3 = ModelSpec(preset="tiny", layers=12, sliding_window=16, full_attention_every=6)
+    assert [i for i in range(12) if not gemma3.is_windowed_layer(i)] == [5, 11]
+    for lo in range(12):
+        for hi in range(lo, 13):
+            assert gemma3.windowed_layers_in(range(lo, hi)) == sum(map(gemma3.is_windowed_layer, range(lo, hi)))
+    assert ModelSpec(preset="tiny", sliding_window=16).windowed_layers == 2
+    assert ModelSpec(preset="tiny").windowed_layers == 0
+
+
+def test_a_bad_window_exits_2_with_one_line(write_scenario, capsys) -> None:
+    from llmsim.cli import main
+
+    workload = {**TINY_SCENARIO["workload"], "model": {"preset": "tiny", "full_attention_every": 2}}
+    path = write_scenario(workload=workload)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "workload.model.full_attention_every: full_attention_every=2 needs sliding_window" in err
+    assert "\n" not in err

@@ -446,8 +446,8 @@ def test_a_bad_attention_value_in_a_serving_scenario_lists_the_serving_kernels(
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     # the first backend in the file (yaml.safe_dump sorts the keys: cluster)
-    assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel "
-                   f"(allowed with serving: flash, cudnn, flash3, trtllm-mmha)")
+    assert err == (f"llmsim: error: {path}: backends.cluster.attention: 'flash4': unknown attention kernel; "
+                   f"allowed with serving: flash, cudnn, flash3, trtllm-mmha")
 
 
 def test_trtllm_mmha_is_a_serving_kernel_every_device_with_flashs_figure_prices(
@@ -575,3 +575,28 @@ def test_validate_notes_a_measured_eager_engine_beside_modeled_graph_passes(caps
     for fix in ("serving.scheduler.eager=all", "backends.vllm.enforce_eager=false"):
         assert main(["validate", path, "--set", "backends.vllm={}", "--set", fix]) == 0
         assert "enforce_eager" not in capsys.readouterr().err
+
+
+def test_a_served_replica_whose_tp_spans_nodes_gets_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A served replica of tp 16 on 8-GPU h100-sxm nodes: its all-reduces cross the inter-node link; validate says
+    so once per (backend, strategy), naming the link; tp 8 (one node) says nothing."""
+    from llmsim.cli import main
+    data = yaml.safe_load(Path("scenarios/serve-8b.yaml").read_text())
+    for name in ("roofline", "cluster"):
+        data["backends"][name].update(nodes=2, devices_per_node=8)
+    for tp, notes in ((16, 2), (8, 0)):
+        data["strategies"] = [{"name": f"tp{tp}", "tp": tp}]
+        data["workload"]["model"] = {"preset": "llama3-8b", "heads": 32, "kv_heads": 16}
+        path = tmp_path / f"serve-tp{tp}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        assert main(["validate", str(path)]) == 0
+        err = capsys.readouterr().err
+        assert err.count("llmsim: note:") == notes, err
+        if notes:
+            assert "strategy tp16: tp = 16 spans 2 nodes of 8 h100-sxm" in err and "inter-node link ib-ndr400x8" in err
+
+
+def test_a_serving_row_records_its_attention_kernel_and_all_reduce_library(tmp_path: Path) -> None:
+    """A modeled serving row names the kernel and library its iterations were priced with (results.COLUMNS)."""
+    _, rows = _run(tmp_path, _scenario())
+    assert rows and all(r["attention_kernel"] == "flash" and r["all_reduce"] == "nccl" for r in rows)

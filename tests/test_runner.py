@@ -284,3 +284,30 @@ def test_a_training_case_with_an_inference_kernel_gets_a_note(tmp_path: Path, ca
     for mode, attention in (("decode", "trtllm-mmha"), ("train", "flash")):
         assert main(["validate", str(scenario(mode, attention))]) == 0
         assert "note:" not in capsys.readouterr().err
+
+
+def test_a_tensor_parallel_group_over_nodes_gets_a_note_naming_the_inter_node_link(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tp 4 on a100-80gb-pcie (its catalog node is one NVLink-bridged pair): every tp all-reduce crosses pcie4
+    between the pairs; validate (and run, through the same load) says so, naming the link and its bandwidth,
+    once per (backend, strategy); tp 2 (one pair) says nothing. Training and inference alike."""
+    from llmsim.cli import main
+
+    def scenario(mode: str, tp: int) -> Path:
+        path = tmp_path / f"{mode}-{tp}.yaml"
+        workload = {"model": {"preset": "tiny"}, "mode": mode, "batch": 4}
+        path.write_text(yaml.safe_dump({"name": "k", "workload": workload,
+                                        "strategies": [{"name": f"tp{tp}", "tp": tp}],
+                                        "backends": {"roofline": {"hardware": "a100-80gb-pcie", "nodes": 2}}}))
+        return path
+
+    for mode in ("train", "decode"):
+        path = scenario(mode, 4)
+        assert main(["validate", str(path)]) == 0
+        err = capsys.readouterr().err
+        assert err.count("llmsim: note:") == 1, err
+        assert (f"llmsim: note: {path}: backends.roofline, strategy tp4: tp = 4 spans 2 nodes of 2 a100-80gb-pcie "
+                f"(devices_per_node 2): each tensor-parallel all-reduce crosses the inter-node link pcie4 (31.5 GB/s "
+                f"per device per direction) besides nvlink3-bridge (300 GB/s) inside a node") in err
+        assert main(["validate", str(scenario(mode, 2))]) == 0
+        assert "note:" not in capsys.readouterr().err

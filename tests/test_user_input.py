@@ -331,3 +331,31 @@ def test_a_set_that_creates_a_block_the_file_lacks_says_so(capsys, verb: str, pa
     # a key of a block the file has keeps its plain message
     assert main([verb, str(REPO / path), "--set", "workload.batch=x"]) == EXIT_BAD_INPUT
     assert "created one" not in capsys.readouterr().err
+
+
+SERVE = REPO / "scenarios" / "serve-8b.yaml"
+KERNELS = "'flash', 'cudnn', 'flash3', 'trtllm-mmha', 'fused-softmax' or 'math'"
+SERVING_KERNELS = "allowed with serving: flash, cudnn, flash3, trtllm-mmha"
+
+
+@pytest.mark.parametrize("path, override, said", [
+    # a list where one value belongs says so, with the values allowed, whichever key and block it is
+    (QUICKSTART, "backends.roofline.attention=[flash]", f"['flash']: expected one value, not a list; allowed: {KERNELS}"),
+    (SERVE, "backends.roofline.attention=[flash]", f"['flash']: expected one value, not a list; {SERVING_KERNELS}"),
+    (SERVE, "backends.roofline.attention={a: 1}", f"{{'a': 1}}: expected one value, not a mapping; {SERVING_KERNELS}"),
+    (SERVE, "backends.roofline.attention=flash4", f"'flash4': unknown attention kernel; {SERVING_KERNELS}"),
+    (QUICKSTART, "backends.roofline.all_reduce=[nccl]", "['nccl']: expected one value, not a list; allowed: 'nccl' or "
+                                                        "'vllm'"),
+    (QUICKSTART, "backends.roofline.hardware=[h100-sxm]", "['h100-sxm']: expected one device name, not a list; allowed: "
+                                                          "cpu-host, a100-40gb, a100-80gb, a100-80gb-pcie, h100-sxm,"),
+    (SERVE, "backends.roofline.hardware=3", "3: expected one device name; allowed: cpu-host, a100-40gb,"),
+    (QUICKSTART, "backends.roofline.inter_node=[pcie4]", "['pcie4']: expected one link name, not a list; allowed: pcie4, "
+                                                         "pcie5,"),
+])
+def test_a_wrong_value_of_a_backend_setting_is_one_line_with_the_allowed_values(capsys, path: Path, override: str,
+                                                                               said: str) -> None:
+    """New-user trial: `attention: [flash]` said 'unknown attention kernel' in a serving scenario where `hardware:
+    [h100-sxm]` said 'expected one string' with no names: each now says what was expected and what is allowed."""
+    key = override.split("=")[0]
+    err = one_line_error(capsys, ["validate", str(path), "--backend", "roofline", "--set", override])
+    assert err.startswith(f"{path}: {key}: {said}"), err

@@ -51,6 +51,7 @@ from llmsim.calibrate.observations import CalibrationError
 from llmsim.calibrate.optimiser import least_squares, polish
 from llmsim.config import Scenario, parse_scenario
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan
+from llmsim.costmodel.window import KVLayout
 from llmsim.costmodel.iteration import IterationModel, iteration_times, kv_bytes_per_token, kv_capacity, token_costs
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import read_rows
@@ -206,9 +207,12 @@ class _Replay:
         self.closed_loop = closed_loop_of(obs.serving)
         sched = self.spec.scheduler
         block = self.spec.kv_block_tokens
+        # full and sliding-window layers' groups (costmodel.window.KVLayout; one group of every layer without a window)
+        self.layout = KVLayout.of(self.costs.layers, self.costs.windowed_layers, self.costs.window)
         if obs.kv_cache_bytes is not None:   # the engine's own pool (vllm: --kv-cache-memory-bytes)
             per_token = kv_bytes_per_token(self.costs, self.reference, self.plan)
-            self.blocks = math.floor(obs.kv_cache_bytes / (per_token * block))
+            group = self.layout.group_layers / self.costs.layers if self.layout.group_layers else 1.0
+            self.blocks = math.floor(obs.kv_cache_bytes / (per_token * block * group))
         else:
             self.blocks = kv_capacity(self.reference, profile, sharing, self.plan, base, self.costs,
                                       self.spec.memory_utilization, block, sched.max_batched_tokens,
@@ -236,7 +240,7 @@ class _Replay:
                                    kv_blocks=self.blocks, block_tokens=spec.kv_block_tokens, price=price,
                                    router=spec.router, context_tokens=self.context,
                                    request_overhead_s=cluster.device.request_overhead_s,
-                                   closed_loop=self.closed_loop)
+                                   closed_loop=self.closed_loop, kv_layout=self.layout)
         seqs = outcome.sequences
         ttft = np.array([s.token_times[0] - s.request.arrival_s for s in seqs])
         tpot = np.array([(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1)

@@ -177,6 +177,26 @@ def place_group(size: int, stride: int, devices_per_node: int) -> Group:
     return Group(size=size, per_node=per_node, nodes=math.ceil(size / per_node))
 
 
+def tp_span_note(tp: int, cluster: ClusterSpec) -> str | None:
+    """Why a tensor-parallel group of `tp` ranks on `cluster` is slower than one inside a node, as a note, or
+    None: with tp innermost in the rank order (`place_group`, stride 1) it spans nodes when tp exceeds the
+    devices per node, and each of its all-reduces (per layer, forward and backward, or per decode step) then
+    crosses the `inter` link between nodes (costmodel.collectives.hierarchical_phases prices it so). A note, not
+    a price: the user may not have meant it (a100-80gb-pcie's node is one NVLink-bridged pair). None on a TPU
+    slice (its tensor-parallel axis lies on the torus inside a slice, `torus_groups`). Bandwidths in GB/s per
+    device per direction, the catalog's `bandwidth_bytes_per_s` (docs/hardware.md)."""
+    if cluster.is_torus:
+        return None
+    group = place_group(tp, 1, cluster.devices_per_node)
+    if not group.crosses_nodes:
+        return None
+    return (f"tp = {tp} spans {group.nodes} nodes of {cluster.devices_per_node} {cluster.device.name} "
+            f"(devices_per_node {cluster.devices_per_node}): each tensor-parallel all-reduce crosses the inter-node "
+            f"link {cluster.inter.name} ({cluster.inter.bandwidth_bytes_per_s / 1e9:g} GB/s per device per "
+            f"direction) besides {cluster.intra.name} ({cluster.intra.bandwidth_bytes_per_s / 1e9:g} GB/s) inside "
+            f"a node; for tp inside one node keep tp <= {cluster.devices_per_node}")
+
+
 def place_grid(axes: tuple[tuple[int, int], ...], devices_per_node: int) -> Group:
     """Where a group spanning several mesh axes lands: `axes` = (size, stride) of each axis, innermost first,
     its members every combination of one member per axis (e.g. Megatron-Core's data-parallel group with

@@ -541,6 +541,12 @@ def _kv_read_bytes(profile: "WorkloadProfile", workload: "Workload", plan: Plan,
     kv = spec.kv_heads or spec.heads
     kv_split = spec.kv_split(plan.tp)   # 1 for multi-head latent attention: every rank reads the whole latent
     per_micro_batch = profile.kv_cache_bytes * plan.micro_batch / profile.batch * mean_len / cache_len
+    window, n_win = spec.sliding_window, spec.windowed_layers_in(range(profile.layers))
+    if window is not None and n_win:   # a windowed layer caches and reads min(length, W) tokens (costmodel.window)
+        n_full = profile.layers - n_win
+        per_micro_batch = (profile.kv_cache_bytes * plan.micro_batch / profile.batch
+                           * (n_full * mean_len + n_win * min(mean_len, window))
+                           / (n_full * cache_len + n_win * min(cache_len, window)))
     reads = decode_kv_reads(options.attention, spec.heads, kv, plan.tp,   # TensorRT-LLM's MMHA: per query head
                             spec.mla is not None)
     return per_micro_batch * reads / kv_split / (divide // (plan.tp * plan.cp) or 1)

@@ -39,6 +39,7 @@ from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
 from llmsim.costmodel import moe
 from llmsim.costmodel.moe import ExpertTokenCosts, expert_token_costs
+from llmsim.costmodel.window import KVLayout, causal_window_share, window_kept_tokens, window_pairs
 from llmsim.costmodel.work import (Comm, Groups, Overlapped, StageWork, StepWork,
                                    _pipeline_message, _stage_kinds, _tp_collectives, tp_collectives_per_layer)
 
@@ -113,6 +114,11 @@ class TokenCosts:
     # prompt's: multi-head latent attention decodes in the absorbed form (workload.model.LatentCoreAttention:
     # 2 (kv_lora + rope) + 2 kv_lora per head instead of 2 (nope + rope) + 2 v); None = attention_flops_per_pair
     decode_attention_flops_per_pair: float | None = None
+    # sliding-window layers (ModelSpec.sliding_window): their window W and how many of the `layers` they are.
+    # attention_flops_per_pair and kv_bytes_per_token are then what every layer would cost attending to (and
+    # caching) the whole context; a windowed layer's pairs and cached tokens are the Mix's window_* sums
+    window: int | None = None
+    windowed_layers: int = 0
 
 
 # A served LoRA's kernels, read in vLLM's source (vllm/lora/punica_wrapper/punica_gpu.py, V1):
@@ -189,14 +195,21 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
     per_row_prefill, per_row_decode = pho / b, dho / steps     # = S x + y and x + y
     per_token = max((per_row_prefill - per_row_decode) / (s - 1), 0.0)
     cache_len = s + workload.decode_tokens                      # workload.step: the cache holds the prompt + output
+    # sliding-window layers: the trace capped their prompt pairs at causal_window_share and their caches at W
+    # slots (workload.trace, workload.model.Transformer.new_cache); undo both to the full-context figures of every
+    # layer, so that the Mix's window_* sums price the windowed layers exactly
+    window, n_win = spec.sliding_window, spec.windowed_layers_in(range(profile.layers))
+    n_full = profile.layers - n_win
+    pair_layers = (n_full + n_win * causal_window_share(s, window)) / profile.layers
+    cached_layers = (n_full * cache_len + n_win * window_kept_tokens(cache_len, window)) / (profile.layers * cache_len)
     return TokenCosts(
         layers=profile.layers,
         mm_flops_prefill=pf / prompt, mm_flops_decode=df / steps,
         mm_bytes_prefill=max(pb - w_layers, 0.0) / prompt, mm_bytes_decode=max(db - n * w_layers, 0.0) / steps,
         other_bytes_prefill=po / prompt, other_bytes_decode=do / steps,
-        attention_flops_per_pair=pa_f / (b * s * s),
-        kv_bytes_per_token=_kv_bytes_per_token(profile.kv_cache_bytes / (b * cache_len), workload.dtype,
-                                               kv_cache_dtype),
+        attention_flops_per_pair=pa_f / (b * s * s) / pair_layers,
+        kv_bytes_per_token=_kv_bytes_per_token(profile.kv_cache_bytes / (b * cache_len) / cached_layers,
+                                               workload.dtype, kv_cache_dtype),
         embed_bytes_prefill=pe / prompt, embed_bytes_decode=de / steps,
         head_flops_per_row=phf / b, head_bytes_per_row=max(phb - w_head, 0.0) / b,
         head_other_per_token=per_token, head_other_per_row=max(per_row_decode - per_token, 0.0),
@@ -207,6 +220,7 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
         experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True),
         kv_cache_dtype=kv_cache_dtype, adapter_weight_bytes=adapters,
         adapter_layer_kernels=lora_layer_kernels(spec) if adapters else 0,
+        window=window if n_win else None, windowed_layers=n_win,
         # the n traced steps attend s+1 .. s+n keys each (affine in the position: the mean s + (n+1)/2)
         decode_attention_flops_per_pair=(da_f / (steps * (s + (n + 1) / 2)) if spec.mla is not None else None))
 
@@ -237,6 +251,10 @@ class Mix:
                      input bookkeeping, e.g. TGI 2.1's); each at the device's fixed time per kernel; 0 by default
     longest_chunk    c of the pass's longest prompt chunk and the p tokens cached before it (one sequence: an
     longest_prefix   engine puts it in one micro-batch whole; iteration_times with pp batches in flight)
+    window_pairs     the same sums as a sliding-window layer of window W (ModelSpec.sliding_window) sees them:
+    window_prefix    sum of costmodel.window.window_pairs(c, p, W) (each query's min(i + 1, W) keys), sum of
+    window_keys      min(p, W - 1) (the prefix tokens its chunk reads), sum of min(k, W); 0 without windowed
+                     layers (TokenCosts.windowed_layers 0: never read)
     """
 
     prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
@@ -250,6 +268,9 @@ class Mix:
     pass_kernels: float = 0
     longest_chunk: float = 0           # not split by `share`; `__add__` keeps the longer chunk
     longest_prefix: float = 0
+    window_pairs: float = 0
+    window_prefix: float = 0
+    window_keys: float = 0
 
     @property
     def tokens(self) -> float:
@@ -262,18 +283,23 @@ class Mix:
                    self.decode_seqs + other.decode_seqs, self.decode_keys + other.decode_keys,
                    self.rows + other.rows, max(self.layer_kernels, other.layer_kernels),
                    self.pass_kernels + other.pass_kernels,
-                   *max((self.longest_chunk, self.longest_prefix), (other.longest_chunk, other.longest_prefix)))
+                   *max((self.longest_chunk, self.longest_prefix), (other.longest_chunk, other.longest_prefix)),
+                   self.window_pairs + other.window_pairs, self.window_prefix + other.window_prefix,
+                   self.window_keys + other.window_keys)
 
     @staticmethod
-    def prefill(chunk: int, prefix: int = 0) -> "Mix":
-        """One prompt chunk of `chunk` tokens after `prefix` cached ones, its last position sampled."""
+    def prefill(chunk: int, prefix: int = 0, window: int | None = None) -> "Mix":
+        """One prompt chunk of `chunk` tokens after `prefix` cached ones, its last position sampled; `window`: the
+        model's sliding window (the window_* sums), None without windowed layers."""
         return Mix(prefill_tokens=chunk, prefill_pairs=chunk * prefix, prefill_square=chunk * chunk,
-                   prefix_tokens=prefix, rows=1, longest_chunk=chunk, longest_prefix=prefix)
+                   prefix_tokens=prefix, rows=1, longest_chunk=chunk, longest_prefix=prefix,
+                   **_window_prefill(chunk, prefix, window))
 
     @staticmethod
-    def decode(keys: float) -> "Mix":
+    def decode(keys: float, window: int | None = None) -> "Mix":
         """One sequence generating a token while attending over `keys` keys (its cache + the new token)."""
-        return Mix(decode_seqs=1, decode_keys=keys, rows=1)
+        return Mix(decode_seqs=1, decode_keys=keys, rows=1,
+                   window_keys=0 if window is None else min(keys, window))
 
     def share(self, parts: int) -> "Mix":
         """1/parts of every sum: one of `parts` equal micro-batches (pipeline parallel inference); each
@@ -283,7 +309,15 @@ class Mix:
             return self
         return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,
                    self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts,
-                   self.layer_kernels, self.pass_kernels / parts, self.longest_chunk, self.longest_prefix)
+                   self.layer_kernels, self.pass_kernels / parts, self.longest_chunk, self.longest_prefix,
+                   self.window_pairs / parts, self.window_prefix / parts, self.window_keys / parts)
+
+
+def _window_prefill(chunk: int, prefix: int, window: int | None) -> dict[str, float]:
+    """A prompt chunk's window_pairs and window_prefix (Mix) for a model with windowed layers of `window`."""
+    if window is None:
+        return {}
+    return {"window_pairs": window_pairs(chunk, prefix, window), "window_prefix": min(prefix, window - 1)}
 
 
 @dataclass(frozen=True)
@@ -431,6 +465,12 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
                                             spec.mla is not None)
     decode_pair = per_pair if c.decode_attention_flops_per_pair is None else c.decode_attention_flops_per_pair / div
     decode_att = max(mix.decode_keys * decode_pair / attention_rate, rates.memory_time(mix.decode_keys * decode_read))
+    if c.windowed_layers:   # the mean layer: the windowed layers' share at their capped pairs and reads (Mix.window_*)
+        share = c.windowed_layers / c.layers
+        window_prefill = max(mix.window_pairs * per_pair / attention_rate, rates.memory_time(mix.window_prefix * kv_read))
+        window_decode = max(mix.window_keys * decode_pair / attention_rate, rates.memory_time(mix.window_keys * decode_read))
+        prefill_att = (1 - share) * prefill_att + share * window_prefill
+        decode_att = (1 - share) * decode_att + share * window_decode
     other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
     if precision.is_fp8(w):   # casts of the GEMM inputs to FP8 (the weights are stored in FP8)
         other_bytes += (precision.activation_cast_bytes(w, plan, "prefill", rows_int, rates.fp8_any_layout)
@@ -536,7 +576,8 @@ def iteration_times(model: IterationModel, mix: Mix) -> StepTimes:
     busy = times.compute + times.comm          # the critical (bottleneck) stage: m micro-batches
     longest = busy / m + times.bubble          # one equal micro-batch through every stage
     if mix.longest_chunk > 0:                  # the longest chunk's micro-batch: the chunk alone, one micro-batch
-        chunk = replace(Mix.prefill(mix.longest_chunk, mix.longest_prefix), layer_kernels=mix.layer_kernels)
+        chunk = replace(Mix.prefill(mix.longest_chunk, mix.longest_prefix, model.costs.window),
+                        layer_kernels=mix.layer_kernels)
         longest = max(longest, price(iteration_work(model, chunk), fabric).step)
     return replace(times, bubble=max(0.0, longest - busy))
 
@@ -580,13 +621,17 @@ class KVCapacity:
     weights_bytes: float       # parameters on the busiest device (costmodel.memory)
     workspace_bytes: float     # forward_workspace_bytes
     kv_bytes: float            # what is left for the cache on that device
-    bytes_per_token: float     # K and V of one token on one device (its layers, its KV heads)
+    bytes_per_token: float     # K and V of one token on one device (its layers, its KV heads), every layer full
     block_tokens: int
     blocks: int
+    layout: KVLayout = KVLayout()   # full and sliding-window layers' groups (costmodel.window.KVLayout)
 
     @property
     def tokens(self) -> int:
-        return self.blocks * self.block_tokens
+        """The longest sequence the cache holds (blocks x block_tokens without windowed layers)."""
+        if self.layout.window is None:
+            return self.blocks * self.block_tokens
+        return self.layout.tokens_in(self.blocks, self.block_tokens)
 
     def misses_context(self, context_tokens: int) -> str | None:
         """Why this cache cannot serve one request of the whole context (`context_tokens`, the engine's
@@ -630,9 +675,12 @@ def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
     workspace = forward_workspace_bytes(workload, replica, max_batched_tokens, max_num_seqs)
     left = device - weights - workspace
     per_token = kv_bytes_per_token(costs, workload, replica)
-    blocks = max(0, math.floor(left / (per_token * block_tokens))) if per_token > 0 else 0
+    layout = KVLayout.of(costs.layers, costs.windowed_layers, costs.window)
+    # one pool block holds block_tokens tokens of one group of layers (KVLayout: all of them without a window)
+    block_bytes = per_token * block_tokens * (layout.group_layers / costs.layers if layout.group_layers else 1.0)
+    blocks = max(0, math.floor(left / block_bytes)) if per_token > 0 else 0
     return KVCapacity(device_bytes=device, weights_bytes=weights, workspace_bytes=workspace, kv_bytes=left,
-                      bytes_per_token=per_token, block_tokens=block_tokens, blocks=blocks)
+                      bytes_per_token=per_token, block_tokens=block_tokens, blocks=blocks, layout=layout)
 
 
 def prefill_rate_bound(model: IterationModel, max_tokens: int) -> float:

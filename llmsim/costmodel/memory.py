@@ -593,7 +593,7 @@ class StageMemoryTerms:
     train: bool = True
     expert_params: float = 0.0  # routed-expert parameters on the device (not in params): ZeRO over edp
     experts_trainable: bool = True  # False under LoRA: the experts are frozen base weights
-    expert_elem: float = 0.0    # bytes per routed-expert weight; 0 = elem (float8 serving: 1, precision.expert_weight_elem)
+    expert_elem: float | None = None  # bytes of one stored expert weight (moe.expert_weight_elem); None = elem
 
 
 def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -635,9 +635,10 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         kv_split = workload.model.kv_split(plan.tp)
         # the stage's layers' share of the cache (1/pp with an even split)
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
+    expert_elem = None if train else moe.expert_weight_elem(workload)   # MXFP4 experts served weight-only
     return StageMemoryTerms(kind, index, params, trainable, param_elem, grad_elem, state, z3_params, z3_grads, fp8_copy,
                             layers_here, per_layer, working, edge, kv, train, experts, sharing.lora is None,
-                            param_elem if train else precision.expert_weight_elem(workload))
+                            expert_elem)
 
 
 def stage_activation_terms(workload: "Workload", sharing: "SharingChoice", plan: Plan, options: Options,
@@ -678,8 +679,8 @@ def stage_memory(t: StageMemoryTerms, zero: Num, dp: Num, zero_dp: Num, held: Nu
         activations = held * t.layers * t.per_layer_activation + pick(t.layers != 0, t.working, 0.0)
         activations = activations + held * t.edge_activation
     if is_array(t.expert_params) or t.expert_params:
-        expert_elem = t.expert_elem if is_array(t.expert_elem) or t.expert_elem else t.elem
-        experts = moe.expert_memory(t.expert_params, expert_elem, t.grad_elem, t.state_bytes, zero, edp,
+        experts = moe.expert_memory(t.expert_params, t.elem if t.expert_elem is None else t.expert_elem,
+                                    t.grad_elem, t.state_bytes, zero, edp,
                                     t.train and t.experts_trainable)
         params, grads, optimizer = params + experts.params, grads + experts.grads, optimizer + experts.optimizer
     return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,

@@ -61,6 +61,37 @@ if TYPE_CHECKING:
     from llmsim.costmodel.plan import Plan
     from llmsim.workload.profile import WorkloadProfile
 
+# MXFP4 routed-expert weights (MoeSpec.expert_weight_dtype: mxfp4; gpt-oss checkpoints): OCP Microscaling Formats
+# (MX) Specification v1.0 (2023-09), Sec. 5: MXFP4 = blocks of 32 FP4 E2M1 elements (4 bits) sharing one 8-bit E8M0
+# scale, (32 x 4 + 8) / 32 = 4.25 bits a weight. vLLM stores them so (vllm/model_executor/layers/quantization/
+# mxfp4.py, Mxfp4MoEMethod.create_weights: uint8 weights of two elements, one uint8 scale per mxfp4_block = 32;
+# the stored copy at index commit afdb4a4f) and on Hopper runs them weight-only: get_mxfp4_backend picks Triton's
+# matmul_ogs (triton_kernels, torch >= 2.8) or Marlin, FlashInfer's SM90 MXFP4xBF16 only on request
+# (VLLM_USE_FLASHINFER_MOE_MXFP4_BF16), every one with bf16 activations (Mxfp4Config.get_supported_act_dtypes):
+# the expert GEMMs read 4.25-bit weights and compute at the 16-bit tensor-core rate. Their biases stay bf16
+# (w13_bias, w2_bias: 8,640 of 24.9 M parameters an expert for gpt-oss, priced at 4.25 bits too: 0.03% off).
+MXFP4_BITS_PER_WEIGHT = (32 * 4 + 8) / 32     # 4.25
+MXFP4_BYTES_PER_WEIGHT = MXFP4_BITS_PER_WEIGHT / 8
+
+
+def expert_weight_elem(workload: "Workload") -> float:
+    """Bytes of one routed-expert weight as stored and read: MXFP4's 4.25 bits for `expert_weight_dtype: mxfp4`
+    in prefill, decode and serving (the checkpoint served weight-only); FP8's 1 byte for a float8 workload's
+    prefill, decode and serving; else the workload dtype's. A training step
+    keeps 16-bit experts (MXFP4 is the released checkpoint's storage, not a training format here)."""
+    moe = workload.model.moe
+    if moe is not None and moe.expert_weight_dtype == "mxfp4" and workload.mode != "train":
+        return MXFP4_BYTES_PER_WEIGHT
+    if precision.is_fp8(workload) and workload.mode != "train":
+        # float8 serving stores and reads the experts in FP8, as it does the layer GEMM weights
+        # (precision.fp8_weight_copy_bytes): vLLM's Fp8MoEMethod (vllm/model_executor/layers/quantization/fp8.py)
+        # allocates w13_weight and w2_weight as torch.float8_e4m3fn, and DeepSeek-V3's released checkpoint stores
+        # its experts in FP8 (DeepSeek-V3 report Sec. 3.3; config.json quantization_config fmt e4m3,
+        # weight_block_size [128, 128]; the block scales, 1/16384 of the weights, left out)
+        return float(precision.FP8_BYTES)
+    return DTYPE_BYTES[workload.dtype]
+
+
 # Per MoE layer and micro-batch (Megatron-Core MoEAlltoAllTokenDispatcher: token_permutation's all-to-all
 # (dispatch) and token_unpermutation's (combine); autograd runs each one's conjugate in the backward).
 A2A_PER_MOE_LAYER_FORWARD = 2
@@ -385,8 +416,7 @@ def experts_time(workload: "Workload", plan: "Plan", rates: Rates, costs: Expert
     gated = spec.activation in ("swiglu", "geglu")
     shapes = expert_shapes(spec.hidden, spec.expert_ffn, gated, plan.etp)
     reads = (2 if trainable else 1) if backward else 1
-    # float8 serving: weights stored and read in FP8 (precision.expert_weight_elem)
-    weights = reads * active * sum(k * n for k, n in shapes) * precision.expert_weight_elem(workload)
+    weights = reads * active * sum(k * n for k, n in shapes) * expert_weight_elem(workload)
     m = max(int(round(batch.tokens / active)), 1) if active else 1
     wave = (_weighted_wave(shapes, m, backward, rates.compute_units, rates.efficiency.matmul_tiles)
             if rates.compute_units else 1.0)

@@ -258,18 +258,6 @@ def layer_weight_elem(workload: "Workload") -> float:
     return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
 
 
-def expert_weight_elem(workload: "Workload") -> float:
-    """Bytes per routed-expert weight held and read: 1 (FP8) when a float8 workload serves (prefill, decode),
-    as inference stores the layer GEMM weights (fp8_weight_copy_bytes): vLLM's Fp8MoEMethod
-    (vllm/model_executor/layers/quantization/fp8.py) allocates w13_weight and w2_weight as torch.float8_e4m3fn,
-    and DeepSeek-V3's released checkpoint stores its experts in FP8 (DeepSeek-V3 report Sec. 3.3; config.json
-    quantization_config fmt e4m3, weight_block_size [128, 128]; the block scales, 1/16384 of the weights,
-    left out). Training keeps them in the workload dtype, as before. Bytes."""
-    if is_fp8(workload) and workload.mode != "train":
-        return float(FP8_BYTES)
-    return float(DTYPE_BYTES[workload.dtype])
-
-
 def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float, any_layout: bool,
                           frozen: bool = False) -> float:
     """Memory of the FP8 weight copies training keeps beside the bf16 weights (`copies` bytes per GEMM

@@ -22,6 +22,12 @@ CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
 DEFAULT_DEVICES_PER_NODE = 8
 Source = Annotated[str, Field(min_length=3, description="datasheet, paper or measurement the numbers come from")]
+# A backend setting that names a catalog entry says so in its JSON Schema (pydantic json_schema_extra):
+# `hardware: str = Field(..., json_schema_extra=CATALOG_DEVICE)`. `llmsim schema` lists the catalog's names there
+# (llmsim.schema), from the catalog the plugin manager's hooks give, without knowing which backend declared it.
+CATALOG_KEY = "x-llmsim-catalog"
+CATALOG_DEVICE: dict[str, str] = {CATALOG_KEY: "device"}
+CATALOG_LINK: dict[str, str] = {CATALOG_KEY: "link"}
 
 
 class TorusSpec(BaseModel):

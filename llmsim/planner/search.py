@@ -41,6 +41,7 @@ from llmsim.planner.precisions import candidates, workload_for
 from llmsim.planner.table import HOUR_S, MEMORY_PARTS, PRICED, PricedTable, goal_metrics, price_table  # noqa: F401
 from llmsim.planner.space import (Axes, Config, Group, axes_of, chain_heads, chains, groups, member_count, schedules,
                                   slice_layouts, warm_shapes)
+from llmsim.costmodel.cluster import tp_span_note
 from llmsim.costmodel.torus import wraps
 from llmsim.report.units import fmt_bytes
 from llmsim.sim import simulate_case
@@ -110,6 +111,20 @@ def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
         node = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node)
         out.append(Hardware(h.name, node, price, example, plan.limits.memory_headroom))
     return out
+
+
+def tp_span_notes(plan: PlanFile, hardware: list[Hardware]) -> list[str]:
+    """Per hardware choice whose node holds fewer devices than the largest tp of the plan's `search.tp`: that
+    tp's all-reduces cross the inter-node link (costmodel.cluster.tp_span_note, named with its bandwidth), as
+    its candidates are priced. The default tp axis stays inside a node (space.axes_of, serve.candidate_shapes),
+    so only a tp the plan names is said. One note per hardware choice."""
+    notes = []
+    for hw in hardware:
+        wide = [tp for tp in plan.search.tp or () if tp > hw.devices_per_node]
+        note = tp_span_note(max(wide), hw.cluster(max(wide))) if wide and not hw.node.is_torus else None
+        if note is not None:
+            notes.append(f"search.tp: {hw.name}: {note}")
+    return notes
 
 
 def prepare_search(plan: PlanFile, hardware: list[Hardware], profile: PlanProfile) -> tuple[WorkloadProfile,

@@ -277,6 +277,7 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     outcome = simulate_serving(_requests(case), replicas=replicas,
                                make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
                                kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
+                               kv_layout=replica.capacity.layout,
                                router=spec.router, context_tokens=task.context_tokens,
                                request_overhead_s=spec.overhead_on(replica.cluster.device),
                                stop_on_miss=spec.slo if stop_early else None)

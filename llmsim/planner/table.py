@@ -219,8 +219,7 @@ STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "
 ROW_STEP_FIELDS = ("index", "compute_mb", "comm_mb", "backward_mb", "accumulated", "updated", "share", "sync",
                    "copies")
 MEMORY_FIELDS = ("index", "params", "trainable", "elem", "grad_elem", "state_bytes", "zero3_params", "zero3_grads",
-                 "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params",
-                 "expert_elem")
+                 "fp8_copy", "layers", "per_layer_activation", "working", "edge_activation", "kv_cache", "expert_params")
 
 
 def price_table(ctx, configs: Sequence[Config] | ChainedConfigs, shared: dict[tuple, object] | None = None,
@@ -426,7 +425,7 @@ def _stage_terms(ctx, c: Config, shared: dict[tuple, object]) -> list[StageMemor
             plan = plan or c.plan()
             act = shared[akey] = stage_activation_terms(w, ctx.sharing, plan, ctx.options, t.index)
         out.append((t.index, t.params, t.trainable, t.elem, t.grad_elem, t.state_bytes, t.zero3_params,
-                    t.zero3_grads, t.fp8_copy, t.layers, *act, t.kv_cache, t.expert_params, t.expert_elem))
+                    t.zero3_grads, t.fp8_copy, t.layers, *act, t.kv_cache, t.expert_params))
     return out
 
 

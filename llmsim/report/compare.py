@@ -123,6 +123,61 @@ def value(row: pd.Series | None, metric: Metric) -> float | None:
     return None if missing(v) else float(v)
 
 
+# Result columns that say what a modeled row was priced with (results.COLUMNS), and their titles: a comparison
+# shows where they differ, since a change of kernel or library changes the prices without a change of workload.
+PRICED_WITH: tuple[tuple[str, str], ...] = (("attention_kernel", "attention kernel"), ("all_reduce", "all-reduce library"))
+
+
+def priced_with(row: pd.Series | None, column: str) -> str | None:
+    """The row's value of a PRICED_WITH column, or None (no row, a row that does not price it, an older run)."""
+    if row is None or column not in row:
+        return None
+    v = row.get(column)
+    return None if missing(v) or v == "" else str(v)
+
+
+def priced_with_table(frame: pd.DataFrame, letters: list[str]) -> Table | None:
+    """Per (case, backend) that some run priced with a kernel or library: each run's attention kernel and
+    all-reduce library (– where that run's row prices none), a row whose values differ between runs first."""
+    shown = [(c, t) for c, t in PRICED_WITH if any_value(frame, [f"{c}@{x}" for x in letters]).any()]
+    if not shown:
+        return None
+    headers = ["case", "backend"] + [f"{title} {x}" for _, title in shown for x in letters]
+    body, differ = [], []
+    for _, r in frame.iterrows():
+        values = [[r.get(f"{c}@{x}") for x in letters] for c, _ in shown]
+        if all(missing(v) for vs in values for v in vs):
+            continue
+        cells = [Cell(str(r["case"]), str(r["case"]).lower()), Cell(str(r["backend"]), str(r["backend"]).lower())]
+        cells += [Cell("–" if missing(v) else str(v), "" if missing(v) else str(v)) for vs in values for v in vs]
+        (differ if any(len({v for v in vs if not missing(v)}) > 1 for vs in values) else body).append(cells)
+    return Table(headers, differ + body, [False] * len(headers),
+                 caption="What each modeled row was priced with (results.csv columns attention_kernel and "
+                         "all_reduce); rows where the runs differ first; – where a run's row prices none (a measured "
+                         "backend, a training row's all-reduce).")
+
+
+def priced_with_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
+    """Per other run and PRICED_WITH column, the matched cases whose value differs from the baseline's."""
+    points = []
+    for x in letters[1:]:
+        for column, title in PRICED_WITH:
+            a, b = f"{column}@{letters[0]}", f"{column}@{x}"
+            if a not in frame or b not in frame:
+                continue
+            changed: dict[tuple[str, str], list[str]] = {}
+            for _, r in frame.iterrows():
+                va, vb = r.get(a), r.get(b)
+                if not missing(va) and not missing(vb) and va != vb:
+                    changed.setdefault((str(va), str(vb)), []).append(f"{r['case']} on {r['backend']}")
+            for (va, vb), cases in changed.items():
+                named = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
+                points.append(Point(f"The {title} differs: {va} in {letters[0]}, {vb} in {x}, for "
+                                    f"{count(len(cases), 'matched case')} ({named}): a change of what is priced, "
+                                    f"not of the workload."))
+    return points
+
+
 def comparison_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per (case, backend): status and metrics per run (suffix @A, @B, …) and changes vs A."""
     letters = run_letters(len(runs))
@@ -134,6 +189,9 @@ def comparison_frame(runs: list[Run]) -> pd.DataFrame:
         for letter, idx in zip(letters, indexes):
             r = idx.get(key)
             row[f"status@{letter}"] = "absent" if r is None else r.get("status")
+        for column, _ in PRICED_WITH:  # what a modeled row was priced with (empty: not priced, or no such row)
+            for letter, idx in zip(letters, indexes):
+                row[f"{column}@{letter}"] = priced_with(idx.get(key), column)
         for m in METRICS:
             base = value(indexes[0].get(key), m)
             row[f"{m.column}@{letters[0]}"] = base
@@ -320,8 +378,12 @@ def comparison_document(runs: list[Run]) -> Document:
         summary.append(Point("Matched by sweep point, the names differing only by the sweep suffix: "
                              + "; ".join(f"{case} on {backend} in {x} = {target} in {y}"
                                          for x, case, backend, target, y in by_point) + "."))
-    summary += change_points(frame, letters) + fastest + status_points(frame, letters)
+    summary += (change_points(frame, letters) + priced_with_points(frame, letters) + fastest
+                + status_points(frame, letters))
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
+    priced = priced_with_table(frame, letters)
+    if priced is not None:
+        sections.append(Section("Attention kernel and all-reduce library", [priced], "priced-with"))
     figs = [
         render("change", "Change against the baseline",
                 f"percent change of each case against {letters[0]}; green is better, red is worse.",

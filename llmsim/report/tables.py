@@ -23,6 +23,7 @@ RESULTS: list[tuple[str, str, str]] = [
     ("backend", "backend", "text"),
     ("kind", "kind", "text"),
     ("hardware", "hardware", "text"),
+    ("priced_with", "priced with", "text"),      # a modeled row's attention_kernel, all_reduce (priced_with)
     ("n_devices", "devices", "int"),
     ("step_time_s", "step time", "seconds"),
     ("tokens_per_s", "tokens/s", "rate"),
@@ -49,11 +50,25 @@ def _table(frame: pd.DataFrame, spec: list[tuple[str, str, str]], caption: str =
     return Table([h for _, h, _ in spec], rows, [how != "text" for _, _, how in spec], caption)
 
 
+# Text columns of RESULTS that are not the row's identity: shown only where some row has a value (a measured
+# backend prices no attention kernel or all-reduce library: results.COLUMNS)
+OPTIONAL_TEXT = ("priced_with",)
+
+
+def priced_with(row: Any) -> str | None:
+    """'flash3, vllm': the attention kernel and all-reduce library a modeled row was priced with (result columns
+    attention_kernel and all_reduce; a training row's all-reduce is empty), one cell to keep the table narrow; None
+    for a row that prices neither (measured)."""
+    parts = [str(v) for v in (row.get("attention_kernel"), row.get("all_reduce")) if not missing(v) and v != ""]
+    return ", ".join(parts) or None
+
+
 def _drop_empty(frame: pd.DataFrame, spec: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """Columns no row has a value in (TTFT in a training run) only add noise; the identity columns stay."""
+    """Columns no row has a value in (TTFT in a training run, the attention kernel in a measured one) only add
+    noise; the identity columns stay."""
     keep = []
     for col, header, how in spec:
-        if how == "text" or any_value(frame, [col]).any():
+        if (how == "text" and col not in OPTIONAL_TEXT) or any_value(frame, [col]).any():
             keep.append((col, header, how))
     return keep
 
@@ -67,7 +82,12 @@ def spread_text(row: Any) -> str:
 def results_table(frame: pd.DataFrame) -> Table:
     """Every ok row; measured rows show their step-time spread (p10–p90) beside the mean step."""
     ok = frame[frame["status"] == "ok"]
-    table = _table(ok, _drop_empty(ok, RESULTS))
+    ok = ok.assign(priced_with=[priced_with(r) for _, r in ok.iterrows()])
+    spec = _drop_empty(ok, RESULTS)
+    priced = ("priced with: the attention kernel and (inference, serving) the all-reduce library a modeled row "
+              "was priced with (results.csv: attention_kernel, all_reduce)." if ("priced_with", "priced with", "text")
+              in spec else "")
+    table = _table(ok, spec, priced)
     if not any(spread(r) for _, r in ok.iterrows()):
         return table
     at = table.columns.index("step time") + 1
@@ -78,7 +98,7 @@ def results_table(frame: pd.DataFrame) -> Table:
     return Table(table.columns[:at] + ["step p10–p90"] + table.columns[at:], rows,
                  table.numeric[:at] + [True] + table.numeric[at:],
                  "step p10–p90: the spread of a measured row's timed steps; two rows whose ranges overlap are "
-                 "within noise of each other.")
+                 "within noise of each other." + (f" {priced}" if priced else ""))
 
 
 def breakdown_table(frame: pd.DataFrame) -> Table | None:

@@ -76,7 +76,20 @@ def checkpoint_problem(spec: ModelSpec) -> str | None:
                 f"kv_heads) and GPT-2-style (gelu, layernorm, learned, bias, kv_heads = heads) models")
     if spec.vocab <= len(SPECIAL_TOKENS):
         return f"vocab={spec.vocab} leaves no ordinary token beside {len(SPECIAL_TOKENS)} special ones"
+    if spec.attention_sinks:
+        return "attention_sinks: no Llama- or GPT-2-style Hugging Face config has them (gpt-oss's own is not exported)"
+    if spec.moe is not None and spec.moe.expert_weight_dtype is not None:
+        return (f"moe.expert_weight_dtype={spec.moe.expert_weight_dtype}: the dummy checkpoint holds 16-bit weights "
+                f"(allowed: null)")
+    if spec.sliding_window is not None and (spec.full_attention_every is not None or arch_is_gpt2(spec) or spec.bias):
+        return (f"sliding_window={spec.sliding_window} with full_attention_every={spec.full_attention_every}, "
+                f"bias={spec.bias}: only a window on every layer of a Llama-style model without bias is exported "
+                f"(MistralForCausalLM's sliding_window); allowed: full_attention_every null, bias false")
     return None
+
+
+def arch_is_gpt2(spec: ModelSpec) -> bool:
+    return architecture_of(spec) == "gpt2"
 
 
 def hf_config(spec: ModelSpec, dtype: str, tie_embeddings: bool) -> dict[str, Any]:
@@ -84,6 +97,14 @@ def hf_config(spec: ModelSpec, dtype: str, tie_embeddings: bool) -> dict[str, An
     arch = architecture_of(spec)
     common: dict[str, Any] = dict(vocab_size=spec.vocab, torch_dtype=dtype, tie_word_embeddings=tie_embeddings,
                                   bos_token_id=EOS_ID, eos_token_id=EOS_ID)
+    if arch == "llama" and spec.sliding_window is not None:
+        # every layer windowed: Mistral 7B v0.1's config (transformers' MistralConfig `sliding_window`, the window
+        # of every layer); a Llama config has no window
+        return dict(common, architectures=["MistralForCausalLM"], model_type="mistral", hidden_size=spec.hidden,
+                    intermediate_size=spec.ffn_hidden, num_hidden_layers=spec.layers,
+                    num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_width,
+                    max_position_embeddings=max(spec.seq_len, spec.max_positions or 0), rms_norm_eps=spec.norm_eps,
+                    rope_theta=ROPE_THETA, hidden_act="silu", sliding_window=spec.sliding_window)
     if arch == "llama":
         return dict(common, architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=spec.hidden,
                     intermediate_size=spec.ffn_hidden, num_hidden_layers=spec.layers,

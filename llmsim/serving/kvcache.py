@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from array import array
 
+from llmsim.costmodel.window import KVLayout
 from llmsim.serving.requests import Request
 
 
@@ -55,13 +56,16 @@ class Sequence:
 
 
 class KVCache:
-    """`blocks` blocks of `block_tokens` tokens; tracks the peak in use."""
+    """`blocks` blocks of `block_tokens` tokens; tracks the peak in use. `layout`: how full and sliding-window
+    layers share the blocks (costmodel.window.KVLayout; default every layer full, a block = B tokens of every
+    layer)."""
 
-    def __init__(self, blocks: int, block_tokens: int) -> None:
+    def __init__(self, blocks: int, block_tokens: int, layout: KVLayout = KVLayout()) -> None:
         if blocks < 0 or block_tokens < 1:
             raise ValueError(f"a KV cache needs blocks >= 0 and block_tokens >= 1 (got {blocks}, {block_tokens})")
         self.blocks = blocks
         self.block_tokens = block_tokens
+        self.layout = layout
         self.free = blocks
         self.peak_used = 0
 
@@ -69,13 +73,20 @@ class KVCache:
     def used(self) -> int:
         return self.blocks - self.free
 
+    @property
+    def window(self) -> int | None:
+        """The sliding window of the model's windowed layers (None: every layer full)."""
+        return self.layout.window
+
     def blocks_for(self, tokens: int) -> int:
-        """Blocks that hold `tokens` tokens."""
-        return -(-tokens // self.block_tokens)
+        """Blocks that hold `tokens` tokens (of every group: KVLayout.blocks_for)."""
+        if self.layout.window is None and self.layout.full_groups == 1:
+            return -(-tokens // self.block_tokens)
+        return self.layout.blocks_for(tokens, self.block_tokens)
 
     def grow(self, seq: Sequence, tokens: int) -> bool:
         """Give `seq` the blocks to hold `tokens` tokens; False (nothing changes) when too few are free."""
-        need = -(-tokens // self.block_tokens) - seq.blocks
+        need = self.blocks_for(tokens) - seq.blocks
         if need <= 0:
             return True
         if need > self.free:

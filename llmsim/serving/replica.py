@@ -138,9 +138,9 @@ class Replica:
                 yield self._wakeup
                 self._wakeup = None
                 continue
-            mix = iteration.mix or mix_of(iteration.work)
+            mix = iteration.mix or mix_of(iteration.work, scheduler.kv.window)
             if finished and mix.decode_seqs:    # V0 decodes its finished requests once more (module docstring)
-                mix = mix + mix_of([(seq, 1) for seq in finished])
+                mix = mix + mix_of([(seq, 1) for seq in finished], scheduler.kv.window)
             finished = []
             self.timeline.add(env.now, len(iteration.work), round(mix.tokens), scheduler.kv.used, len(scheduler.waiting))
             seconds, compute = self.price(mix)
@@ -169,7 +169,7 @@ class Replica:
     def _wasted_step(self, finished: list[tuple[Sequence, int]]) -> Generator[simpy.Event, Any, None]:
         """The decode step V0 runs for requests whose last token it has not processed yet (their stop is found
         while this step runs): priced and timed like any iteration, its tokens thrown away."""
-        mix = mix_of(finished)
+        mix = mix_of(finished, self.scheduler.kv.window)
         self.timeline.add(self.env.now, len(finished), round(mix.tokens), self.scheduler.kv.used,
                           len(self.scheduler.waiting))
         seconds, compute = self.price(mix)

@@ -47,6 +47,7 @@ from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.policies.sglang import SglangScheduler
 from llmsim.serving.policies.tgi import TgiScheduler
 from llmsim.serving.policies.vllm_v0 import PrefillFirstScheduler
+from llmsim.costmodel.window import window_pairs
 from llmsim.serving.scheduling import Iteration, Scheduler, mix_of
 from llmsim.serving.spec import SchedulerSpec
 
@@ -64,6 +65,7 @@ class IterationLevelScheduler(Scheduler):
         chunk = self.spec.chunk if self.chunked else budget
         kv, running = self.kv, self.running
         block = kv.block_tokens
+        plain = kv.window is None                  # every layer full: blocks x block tokens (KVCache.blocks_for)
         work: list[tuple[Sequence, int]] = []
         preempted = False
         i = 0
@@ -73,7 +75,8 @@ class IterationLevelScheduler(Scheduler):
             if n > chunk or n > budget:
                 n = min(n, chunk, budget)
             # kv.grow, with its no-new-block case inline (most decode steps stay inside their last block)
-            fits = seq.blocks * block >= seq.computed + n or kv.grow(seq, seq.computed + n)
+            fits = ((seq.blocks * block >= seq.computed + n if plain else kv.blocks_for(seq.computed + n) <= seq.blocks)
+                    or kv.grow(seq, seq.computed + n))
             while not fits:
                 victim = running.pop()
                 self.preempt(victim)
@@ -142,12 +145,16 @@ class StaticScheduler(Scheduler):
                 return None
             rows = len(self.running)
             work = [(seq, seq.request.input_tokens) for seq in self.running]
+            window = self.kv.window            # padded rows at the longest prompt, as a windowed layer sees them
             return Iteration(work, Mix(prefill_tokens=rows * self.longest_prompt, prefill_square=rows *
-                                       self.longest_prompt ** 2, rows=rows))
+                                       self.longest_prompt ** 2, rows=rows,
+                                       window_pairs=rows * window_pairs(self.longest_prompt, 0, window) if window else 0))
         self.step += 1
         rows = len(self.running)
         work = [(seq, 1) for seq in self.running if not seq.finished]
-        return Iteration(work, Mix(decode_seqs=rows, decode_keys=rows * (self.longest_prompt + self.step), rows=rows))
+        keys = self.longest_prompt + self.step
+        return Iteration(work, Mix(decode_seqs=rows, decode_keys=rows * keys, rows=rows,
+                                   window_keys=rows * min(keys, self.kv.window) if self.kv.window else 0))
 
     def finish(self, seq: Sequence) -> None:
         """Finished rows stay in the batch as padding until its longest answer is done."""

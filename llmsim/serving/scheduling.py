@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from llmsim.costmodel.iteration import Mix
+from llmsim.costmodel.window import window_pairs
 from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.spec import SchedulerSpec
 
@@ -27,25 +28,33 @@ class Iteration:
     mix: Mix | None = None
 
 
-def mix_of(work: list[tuple[Sequence, int]]) -> Mix:
+def mix_of(work: list[tuple[Sequence, int]], window: int | None = None) -> Mix:
     """The cost model's view of an iteration: a sequence that has generated a token and computes one more is
     decoding (attending over its cache and the new token); anything else computes a prompt chunk after the
-    tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way)."""
+    tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way).
+    `window`: the model's sliding window (KVCache.window), whose layers see each sequence capped (Mix.window_*)."""
     pre = pairs = square = prefix = dec = keys = 0
+    w_pairs = w_prefix = w_keys = 0
     longest = (0, 0)                            # (c, p) of the longest prompt chunk
     for seq, n in work:
         done = seq.computed
         if n == 1 and seq.generated and done == seq.request.input_tokens + seq.generated - 1:
             dec += 1
             keys += done + 1
+            if window is not None:
+                w_keys += min(done + 1, window)
         else:
             pre += n
             pairs += n * done
             square += n * n
             prefix += done
             longest = max(longest, (n, done))
+            if window is not None:
+                w_pairs += window_pairs(n, done, window)
+                w_prefix += min(done, window - 1)
     return Mix(prefill_tokens=pre, prefill_pairs=pairs, prefill_square=square, prefix_tokens=prefix,
-               decode_seqs=dec, decode_keys=keys, rows=len(work), longest_chunk=longest[0], longest_prefix=longest[1])
+               decode_seqs=dec, decode_keys=keys, rows=len(work), longest_chunk=longest[0], longest_prefix=longest[1],
+               window_pairs=w_pairs, window_prefix=w_prefix, window_keys=w_keys)
 
 
 class Scheduler(ABC):

@@ -36,6 +36,7 @@ import simpy
 
 from llmsim.serving.early_stop import EarlyStop, MissCounter
 from llmsim.serving.kvcache import KVCache, Sequence
+from llmsim.costmodel.window import KVLayout
 from llmsim.serving.replica import Pricer, Replica, Timeline
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
@@ -94,7 +95,8 @@ MAX_REJECTIONS_IN_A_ROW = 100_000
 def simulate_serving(requests: Iterable[Request], *, replicas: int, make_scheduler: Callable[[KVCache], Scheduler],
                      kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
                      context_tokens: int, request_overhead_s: float = 0.0,
-                     closed_loop: ClosedLoop | None = None, stop_on_miss: Slo | None = None) -> ServingOutcome:
+                     closed_loop: ClosedLoop | None = None, stop_on_miss: Slo | None = None,
+                     kv_layout: KVLayout = KVLayout()) -> ServingOutcome:
     """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
     scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
 
@@ -136,12 +138,12 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         if event is not None:
             event.succeed()  # type: ignore[attr-defined]
 
-    pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens)), price(i), finished)
+    pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout)), price(i), finished)
             for i in range(replicas)]
     route = Router(router, pool)
     rejected: list[Rejection] = []
     accepted: list[Sequence] = []
-    probe = KVCache(kv_blocks, block_tokens)
+    probe = KVCache(kv_blocks, block_tokens, kv_layout)
 
     def admit(request: Request) -> Sequence | None:
         """Reject the request (counted) or route it to a replica now; its sequence, or None if rejected."""

@@ -140,16 +140,55 @@ class CoreAttention(nn.Module):
     """dropout(softmax(q k^T / sqrt(hs))) v, as its own module so that profilers can attribute its cost.
 
     Dropout on the attention probabilities applies in training mode only (as nn.Dropout does).
+
+    `window` (a sliding-window layer, ModelSpec.sliding_window): a prompt's query at position i attends to keys
+    i - window + 1 .. i only (Hugging Face's sliding_window mask; Beltagy et al. 2020, "Longformer"; Mistral 7B,
+    Jiang et al. 2023, Sec. 2). A single decoding query gets the cached keys already cut to the window
+    (Attention.forward). On the meta device (the profile's trace: shapes only) the prompt runs the causal kernel
+    unmasked: a band mask would be a T x T tensor that a windowed flash kernel never reads (FlashAttention's
+    `window_size`), and the trace caps the windowed layers' attention FLOPs at the window itself
+    (workload.trace, `_OpRecorder.window_share`).
+
+    `sinks` (gpt-oss's attention sinks, one learned logit per head): softmax over [q k^T / sqrt(hs), sink], the
+    sink's column dropped after the softmax (transformers' GptOssAttention, eager_attention_forward), computed
+    here as one extra key of zeros whose score is the sink through an additive mask column and whose value is
+    zero. Cost: one more key per query and a per-head scalar, under 1% of a layer's attention at a 128-token
+    window; on the meta device it is left out (not traced, not priced: say so in docs/costmodel.md).
     """
 
-    def __init__(self, grouped: bool, dropout: float = 0.0) -> None:
+    def __init__(self, grouped: bool, dropout: float = 0.0, sink_heads: int = 0) -> None:
         super().__init__()
         self.grouped = grouped
         self.dropout = dropout
+        # gpt-oss's attention sinks: one learned logit per head (transformers' GptOssAttention.sinks); a parameter
+        # of this module, not an argument (a module tracker hooks the gradients of tensor arguments)
+        self.sinks = nn.Parameter(torch.zeros(sink_heads)) if sink_heads else None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
+                window: int | None = None) -> torch.Tensor:
         p = self.dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=p, enable_gqa=self.grouped)
+        sinks = self.sinks
+        tq, tk = q.shape[-2], k.shape[-2]
+        banded = window is not None and is_causal and tk > window
+        if q.is_meta or (not banded and sinks is None):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=p,
+                                                  enable_gqa=self.grouped)
+        # an explicit additive mask: causal (and the band) over the keys, then the sinks' column
+        qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
+        kpos = torch.arange(tk, device=q.device)[None, :]
+        allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+        if is_causal:
+            allowed &= kpos <= qpos
+        if window is not None:
+            allowed &= kpos > qpos - window
+        mask = torch.zeros(tq, tk, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+        mask = mask.expand(q.shape[0], q.shape[1], tq, tk)
+        if sinks is not None:
+            zeros = k.new_zeros(*k.shape[:-2], 1, k.shape[-1])
+            k, v = torch.cat((k, zeros), dim=-2), torch.cat((v, zeros), dim=-2)
+            sink = sinks.to(q.dtype).view(1, -1, 1, 1).expand(q.shape[0], q.shape[1], tq, 1)
+            mask = torch.cat((mask, sink), dim=-1)   # SDPA adds the mask after scaling q k^T
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=self.grouped)
 
 
 class Attention(nn.Module):
@@ -168,10 +207,15 @@ class Attention(nn.Module):
                             if self.qk_norm_over == "projection" else (self.head_dim, self.head_dim))
         self.q_norm = nn.RMSNorm(q_width, eps=spec.norm_eps) if spec.qk_norm else None
         self.k_norm = nn.RMSNorm(k_width, eps=spec.norm_eps) if spec.qk_norm else None
-        self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout)
+        self.core = CoreAttention(grouped=self.kv_heads != self.heads, dropout=spec.dropout,
+                                  sink_heads=self.heads if spec.attention_sinks else 0)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
-                start: int) -> torch.Tensor:
+                start: int, window: int | None = None) -> torch.Tensor:
+        """`window`: this layer's sliding window (None = the whole context). Its KV cache (KVCache, made by
+        Transformer.new_cache) then holds min(length, window) slots, a ring: position p lives in slot p % slots,
+        so a decoding query finds exactly the last `window` tokens there (their order does not matter to the
+        softmax; rotary is applied before they are cached)."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
@@ -184,15 +228,23 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q, start), rope(k, start)
-        if cache is not None:
-            cache.k[:, :, start:start + t] = k
-            cache.v[:, :, start:start + t] = v
-            k, v = cache.k[:, :, :start + t], cache.v[:, :, :start + t]
-        # A single new token attends to every cached one: no mask. A prompt from position 0 is causal.
         is_causal = self.causal and t > 1
         if is_causal and start > 0:
             raise NotImplementedError("chunked prefill (several new tokens after a cached prefix) is not modeled")
-        y = self.core(q, k, v, is_causal)  # (B, nh, T, hs)
+        if cache is not None and cache.k.shape[-2] < start + t:   # a windowed layer's ring of slots
+            _ring_write(cache, k, v, start)
+            if not is_causal:   # one decoding token: every slot filled so far (at most the window's tokens)
+                filled = min(start + t, cache.k.shape[-2])
+                k, v = cache.k[:, :, :filled], cache.v[:, :, :filled]
+        elif cache is not None:
+            cache.k[:, :, start:start + t] = k
+            cache.v[:, :, start:start + t] = v
+            k, v = cache.k[:, :, :start + t], cache.v[:, :, :start + t]
+            if window is not None and not is_causal and start + t > window:   # cache of the whole length
+                k, v = k[:, :, -window:], v[:, :, -window:]
+        # A single new token attends to every cached one (a windowed layer's: the last `window`): no mask. A
+        # prompt from position 0 is causal (windowed: banded).
+        y = self.core(q, k, v, is_causal, window)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -288,6 +340,22 @@ class MLAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
+def _ring_write(cache: KVCache, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+    """Store the K and V of positions start .. start + t - 1 into a ring of `slots` slots (slot = position %
+    slots): only the last `slots` of them survive, written as at most two contiguous slices."""
+    slots, t = cache.k.shape[-2], k.shape[-2]
+    first = max(start, start + t - slots)        # the oldest position kept
+    src = first - start
+    n = start + t - first
+    s0 = first % slots
+    head = min(n, slots - s0)
+    cache.k[:, :, s0:s0 + head] = k[:, :, src:src + head]
+    cache.v[:, :, s0:s0 + head] = v[:, :, src:src + head]
+    if n > head:
+        cache.k[:, :, :n - head] = k[:, :, src + head:src + n]
+        cache.v[:, :, :n - head] = v[:, :, src + head:src + n]
+
+
 class MLP(nn.Module):
     """The block's MLP of width `ffn` (default the model's ffn_hidden; an expert's own width in MoE layers)."""
 
@@ -332,12 +400,12 @@ class Block(nn.Module):
         self.drop_mlp = Dropout(spec.dropout) if spec.dropout > 0 and not spec.parallel_block else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
-                start: int) -> torch.Tensor:
+                start: int, window: int | None = None) -> torch.Tensor:
         if self.norm2 is None:  # parallel block: both branches read one normed input, summed
             h = self.norm1(x)
-            y = self.attn(h, rope, cache, start) + self.mlp(h)
+            y = self.attn(h, rope, cache, start, window) + self.mlp(h)
             return x + (self.drop_attn(y) if self.drop_attn is not None else y)
-        y = self.attn(self.norm1(x), rope, cache, start)
+        y = self.attn(self.norm1(x), rope, cache, start, window)
         x = x + (self.drop_attn(y) if self.drop_attn is not None else y)
         y = self.mlp(self.norm2(x))
         return x + (self.drop_mlp(y) if self.drop_mlp is not None else y)
@@ -403,8 +471,11 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device | str,
                   kv_heads: int | None = None) -> list[KVCache]:
         """Empty KV caches of every layer for `length` positions. `kv_heads`: the KV heads one device holds
-        (a tensor-parallel rank's share); default all of the model's. Multi-head latent attention: the latent
-        c_kv and the shared rotary key of every token (KVCache), whole on every rank whatever `kv_heads`."""
+        (a tensor-parallel rank's share); default all of the model's. A windowed layer (ModelSpec.
+        is_windowed_layer) keeps min(length, sliding_window) slots, a ring (Attention.forward): a serving engine
+        keeps only the window's tokens for it (vLLM V1's SlidingWindowManager.remove_skipped_blocks). Multi-head
+        latent attention: the latent c_kv and the shared rotary key of every token (KVCache), whole on every rank
+        whatever `kv_heads`."""
         mla = self.spec.mla
         if mla is not None:
             return [KVCache(torch.empty(batch, 1, length, mla.kv_lora_rank, dtype=dtype, device=device),
@@ -412,9 +483,17 @@ class Transformer(nn.Module):
                     for _ in range(self.spec.layers)]
         kv = kv_heads or self.spec.kv_heads or self.spec.heads
         hs = self.spec.head_width
-        return [KVCache(torch.empty(batch, kv, length, hs, dtype=dtype, device=device),
-                        torch.empty(batch, kv, length, hs, dtype=dtype, device=device))
-                for _ in range(self.spec.layers)]
+        caches = []
+        for layer in range(self.spec.layers):
+            window = self.layer_window(layer)
+            n = length if window is None else min(length, window)
+            caches.append(KVCache(torch.empty(batch, kv, n, hs, dtype=dtype, device=device),
+                                  torch.empty(batch, kv, n, hs, dtype=dtype, device=device)))
+        return caches
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window layer `layer` attends over (None: the whole context)."""
+        return self.spec.sliding_window if self.spec.is_windowed_layer(layer) else None
 
     # -- the forward in pieces: a pipeline stage runs some of them (llmsim.distributed.parallelize) ----
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -432,7 +511,8 @@ class Transformer(nn.Module):
                    start: int = 0) -> torch.Tensor:
         """The residual stream through layers `layers` (indices 0..spec.layers-1; shared blocks repeat)."""
         for layer in layers:
-            x = self.block_for_layer(layer)(x, self.rope, cache[layer] if cache else None, start)
+            x = self.block_for_layer(layer)(x, self.rope, cache[layer] if cache else None, start,
+                                            self.layer_window(layer))
         return x
 
     def final(self, x: torch.Tensor, head: Literal["all", "last", "none"] = "all",

@@ -129,6 +129,27 @@ PRESETS: dict[str, dict[str, Any]] = {
                      mla=dict(kv_lora_rank=32, q_lora_rank=48, qk_nope_head_dim=16, qk_rope_head_dim=8,
                               v_head_dim=16),
                      moe=dict(experts=4, top_k=2, expert_ffn_hidden=64, shared_experts=1, first_dense_layers=1)),
+    # OpenAI 2025, gpt-oss-120b & gpt-oss-20b model card (arXiv:2508.10925, Table 1: 116.8B / 20.9B total, 5.1B /
+    # 3.6B active), and the released config.json (huggingface.co/openai/gpt-oss-20b and gpt-oss-120b): 24 / 36
+    # layers, hidden 2880, 64 query heads and 8 KV heads of head_dim 64 (64 x 64 = 4096 != 2880), attention
+    # bias, 32 / 128 routed experts of width 2880 (intermediate_size), top 4 (experts_per_token) with the
+    # softmax over the chosen 4 (= renormalised top-k), expert biases, vocabulary 201,088, untied, RMSNorm (eps
+    # 1e-5), rotary (YaRN to max_position_embeddings 131,072), layer_types alternating sliding_attention /
+    # full_attention from layer 0 with sliding_window 128 (full_attention_every 2), attention sinks, and the
+    # experts' weights stored in MXFP4 (quantization_config quant_method mxfp4, modules_to_not_convert: the
+    # attention, router, embeddings and head). Its SwiGLU clamps (swiglu_limit 7.0, alpha 1.702): priced as
+    # llmsim's swiglu (elementwise ops in the fused expert kernel, no GEMM); its router's bias (experts per
+    # layer, 768 / 4,608 parameters in all) is not built. `moe.expert_weight_dtype: mxfp4` is the checkpoint's.
+    "gpt-oss-20b": dict(_LLAMA, layers=24, hidden=2880, heads=64, kv_heads=8, head_dim=64, ffn_hidden=2880,
+                        vocab=201088, seq_len=131072, max_positions=131072, norm_eps=1e-5, bias=True,
+                        sliding_window=128, full_attention_every=2, attention_sinks=True,
+                        moe=dict(experts=32, top_k=4, expert_ffn_hidden=2880, norm_topk_prob=True,
+                                 expert_weight_dtype="mxfp4")),
+    "gpt-oss-120b": dict(_LLAMA, layers=36, hidden=2880, heads=64, kv_heads=8, head_dim=64, ffn_hidden=2880,
+                         vocab=201088, seq_len=131072, max_positions=131072, norm_eps=1e-5, bias=True,
+                         sliding_window=128, full_attention_every=2, attention_sinks=True,
+                         moe=dict(experts=128, top_k=4, expert_ffn_hidden=2880, norm_topk_prob=True,
+                                  expert_weight_dtype="mxfp4")),
     # A toy mixture of experts for tests and the cpu scenario: every MoE feature, seconds on a laptop.
     "tiny-moe": dict(layers=2, hidden=64, heads=4, ffn_hidden=128, vocab=512, seq_len=64, max_positions=128,
                      activation="swiglu", norm="rmsnorm", positions="rotary", bias=False, causal=True,
@@ -168,6 +189,9 @@ PUBLISHED_MOE_PARAMS: dict[str, tuple[float, float]] = {
     "mixtral-8x7b": (46.7e9, 12.9e9),
     "qwen3-30b-a3b": (30.5e9, 3.3e9),
     "olmoe-1b-7b": (6.9e9, 1.3e9),
+    # gpt-oss model card (arXiv:2508.10925), Table 1: 20.9B / 3.6B and 116.8B / 5.1B (total / active).
+    "gpt-oss-20b": (20.9e9, 3.6e9),
+    "gpt-oss-120b": (116.8e9, 5.1e9),
 }
 # Published (total, activated, precision) parameter counts of the DeepSeek (MLA) presets. DeepSeek-V3: 671B total,
 # 37B activated (DeepSeek-V3 report, abstract and Sec. 4.2; the checkpoint's 685B include the 14B multi-token
@@ -184,3 +208,6 @@ PUBLISHED_MLA_PARAMS: dict[str, tuple[float, float, float]] = {
 # The sources give one decimal of a billion, rounded (Mixtral's 12.88B is "12.9B") or cut (Qwen's 3.353B active
 # is "3.3B"), so a count agrees when it lies within 0.1B; the exact counts are checked by hand in the tests.
 PUBLISHED_MOE_PRECISION = 0.1e9
+# Presets whose source counts the active parameters without the token-embedding table (a lookup, no GEMM): the
+# gpt-oss card's 3.6B / 5.1B are llmsim's 4.19B / 5.71B active less the 201,088 x 2880 = 579M embedding.
+ACTIVE_WITHOUT_EMBEDDING = frozenset({"gpt-oss-20b", "gpt-oss-120b"})

@@ -86,6 +86,13 @@ def slice_depths(workload: Workload, sharing: SharingChoice) -> tuple[int, ...] 
         # the k blocks hold both kinds: an all-dense and an all-MoE slice would each count k blocks of its own kind
         return None if layers > MAX_TRACED_LAYERS else ()
     d = max(SCALE_FROM_LAYERS, sharing.layer_groups or 0)
+    k = spec.full_attention_every if spec.sliding_window is not None else None
+    if k is not None:
+        # windowed and full layers in a period of k (ModelSpec.is_windowed_layer): a slice of whole periods is
+        # every layer's kind in proportion only when the depth is whole periods too, and only with one MoE kind
+        if layers % k or mixed or two:
+            return None if layers > MAX_TRACED_LAYERS else ()
+        d = -(-d // k) * k
     depths = (d, d + 1) if two else (d,)
     traced = sum(depths) * (2 if mixed else 1)
     return depths if traced < layers else ()

@@ -37,6 +37,7 @@ from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
 from llmsim.config import SharingChoice, Workload
+from llmsim.costmodel.window import causal_window_share
 from llmsim.workload.model import LORA_MERGE_MARK, count_active_parameters
 from llmsim.workload.profile_data import OpTotals, WorkloadProfile
 from llmsim.workload.step import WorkloadStep
@@ -231,9 +232,16 @@ class _OpRecorder(TorchDispatchMode):
     """Records FLOPs and bytes of every aten op, keyed by (phase, region, kind), and the fused traffic of the
     elementwise ones (_FusionTracker)."""
 
-    def __init__(self, tracker: ModuleTracker, engine_lora: bool = False) -> None:
+    def __init__(self, tracker: ModuleTracker, engine_lora: bool = False,
+                 windowed_blocks: frozenset[str] = frozenset(), window_share: float = 1.0) -> None:
         super().__init__()
         self.tracker = tracker
+        # Sliding-window layers (ModelSpec.sliding_window): the blocks (by index) whose attention is windowed and
+        # the share of the causal prompt's pairs they compute (costmodel.window.causal_window_share): their
+        # attention FLOPs outside decode are the causal kernel's counted ones times it. A decode step needs no
+        # share: its keys are already the window's (the cache is cut to it: workload.model.Attention).
+        self.windowed_blocks = windowed_blocks
+        self.window_share = window_share
         self.phase = "forward"
         self.ops: dict[tuple[str, str, str], OpTotals] = defaultdict(OpTotals)
         self.fusion = _FusionTracker()
@@ -274,6 +282,9 @@ class _OpRecorder(TorchDispatchMode):
         ins, _ = tree_flatten((args, kwargs))
         outs, _ = tree_flatten(out)
         totals = self.ops[(self.phase, region, kind)]
+        block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
+        if kind == "attention" and self.phase != "decode" and block in self.windowed_blocks:
+            flops *= self.window_share
         totals.flops += flops
         if name == "embedding":  # a lookup reads the rows it returns, not the whole table
             nbytes = 2 * _tensor_bytes(outs) + _tensor_bytes(ins[1:2])
@@ -284,7 +295,6 @@ class _OpRecorder(TorchDispatchMode):
         else:
             totals.bytes += nbytes
             totals.count += 1
-        block = next((m.group(1) for p in self.tracker.parents if (m := _BLOCK.search(p))), None)
         self.fusion.record(self.phase, block, kind, func, args, ins, outs, totals, nbytes)
         if self.engine is not None:
             self._record_engine(region, block, kind, func, args, ins, outs, totals, nbytes)
@@ -378,7 +388,10 @@ def trace_workload(workload: Workload, sharing: SharingChoice) -> WorkloadProfil
     expert_params, active_params = _expert_counts(step)
     spec = workload.model
     tracker = ModuleTracker()
-    recorder = _OpRecorder(tracker, engine_lora=sharing.lora is not None and workload.mode != "train")
+    windowed = frozenset(str(i) for i in range(len(step.model.blocks)) if spec.is_windowed_layer(i))
+    recorder = _OpRecorder(tracker, engine_lora=sharing.lora is not None and workload.mode != "train",
+                           windowed_blocks=windowed, window_share=causal_window_share(spec.seq_len,
+                                                                                      spec.sliding_window))
     activation_bytes = activation_layers = kv_bytes = 0
     with tracker, recorder:
         if workload.mode == "train":

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from llmsim.config import ModelSpec, SharingChoice, Workload
-from llmsim.costmodel import Options, Plan, memory_breakdown, precision
+from llmsim.costmodel import Options, Plan, memory_breakdown, moe, precision
 from llmsim.costmodel.compute import decode_kv_reads, layer_gemm_shares, replicated_kv_projection
 from llmsim.costmodel.gemms import linear_shapes
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_time, kv_bytes_per_token, kv_capacity,
@@ -167,7 +167,7 @@ def test_the_decode_memory_holds_the_whole_latent_on_every_rank() -> None:
 
 
 def test_float8_serving_keeps_the_routed_experts_in_fp8() -> None:
-    """float8 inference stores the routed experts' weights at 1 byte (precision.expert_weight_elem), as the layer
+    """float8 inference stores the routed experts' weights at 1 byte (moe.expert_weight_elem), as the layer
     GEMM weights; training keeps them in the workload dtype."""
     bf16, fp8 = _v3_slice(layers=3, moe=True), _v3_slice(layers=3, moe=True, dtype="float8")
     params = {w.dtype: memory_breakdown(w, profile_workload(w, UNTIED), UNTIED, Plan(tp=8, etp=8)).params
@@ -178,4 +178,4 @@ def test_float8_serving_keeps_the_routed_experts_in_fp8() -> None:
     assert experts > 0
     assert params["bfloat16"] - params["float8"] == pytest.approx(layer_gemms + experts * (2 - 1), rel=1e-12)
     train = Workload(model=fp8.model, mode="train", batch=2, dtype="float8")
-    assert precision.expert_weight_elem(train) == 2 and precision.expert_weight_elem(fp8) == 1
+    assert moe.expert_weight_elem(train) == 2 and moe.expert_weight_elem(fp8) == 1

@@ -163,3 +163,17 @@ def test_judge_columns_judges_every_row_as_judge_does() -> None:
             assert (limits[i], reasons[i], float(shortfall[i])) == (expected[0], "; ".join(expected[1]), expected[2])
             kinds.add(limits[i])
         assert len(kinds) >= 3 or plan.limits.max_power_w is None  # rows that break none, one and two limits
+
+
+def test_a_searched_tp_beyond_a_node_gets_a_note_per_hardware_choice() -> None:
+    """search.tp: [2, 8] on 4-device nodes: tp 8 spans two nodes, its all-reduces cross the inter-node link (named
+    with its bandwidth) for each choice; the default axis (tp inside a node) says nothing."""
+    from llmsim.planner.search import resolve_hardware, tp_span_notes
+
+    catalog = small_catalog()
+    plan = small_plan(search={"tp": [2, 8]})
+    notes = tp_span_notes(plan, resolve_hardware(plan, catalog))
+    assert [n.split(":")[1].strip() for n in notes] == ["small-gpu", "a100-80gb"]
+    assert all("tp = 8 spans 2 nodes of 4" in n and "inter-node link ib-hdr200x8 (25 GB/s" in n for n in notes)
+    plan = small_plan()
+    assert tp_span_notes(plan, resolve_hardware(plan, catalog)) == []

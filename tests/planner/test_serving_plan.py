@@ -263,7 +263,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
      "allowed with serving: flash, cudnn, flash3, trtllm-mmha"),
     # a value that is no kernel at all: the allowed list is the serving one, not every kernel's
     ({"options": {"attention": "flash4"}}, "options.attention",
-     "'flash4': unknown attention kernel (allowed with serving: flash, cudnn, flash3, trtllm-mmha)"),
+     "'flash4': unknown attention kernel; allowed with serving: flash, cudnn, flash3, trtllm-mmha"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
      "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
 ])

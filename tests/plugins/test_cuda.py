@@ -200,9 +200,26 @@ def test_availability_names_the_missing_piece(monkeypatch: pytest.MonkeyPatch) -
     ("NVIDIA A100 80GB PCIe", "a100-80gb-pcie"), ("NVIDIA A100-PCIE-80GB", "a100-80gb-pcie"),
     ("NVIDIA A100 PCIe 80GB", "a100-80gb-pcie"),
     ("NVIDIA A100-PCIE-40GB", "a100-40gb"), ("NVIDIA H100 80GB HBM3", "h100-sxm"),
-    ("NVIDIA H100 PCIe", None), ("NVIDIA H200 NVL", None), ("NVIDIA GeForce RTX 4090", None), ("Tesla T4", None)])
+    ("NVIDIA H100 PCIe", None), ("NVIDIA H200 NVL", None), ("NVIDIA GeForce RTX 4090", None), ("Tesla T4", None),
+    # a MIG instance is a slice of its board's compute and memory: never the board's entry
+    ("NVIDIA A100 80GB PCIe MIG 1g.10gb", None), ("NVIDIA A100-SXM4-40GB MIG 3g.20gb", None),
+    ("NVIDIA A100-SXM4-80GB MIG 7g.80gb", None), ("NVIDIA H100 80GB HBM3 MIG 1g.10gb+me", None)])
 def test_nvml_names_map_to_catalog_devices(nvml_name: str, catalog: str | None) -> None:
     assert catalog_name_for(nvml_name) == catalog
+
+
+def test_a_mig_instance_leaves_mfu_empty_saying_it_is_a_slice_of_the_board() -> None:
+    """New-user trial: "A100 80GB PCIe MIG 1g.10gb" was matched to a100-80gb-pcie, so a seventh of the board was
+    priced as all of it. Now no device: MFU and modeled energy stay empty, the reason names the part and the key."""
+    backend = CudaBackend(RunContext())
+    name, reason = backend._catalog_device("NVIDIA A100 80GB PCIe MIG 1g.10gb", CudaSettings())
+    assert name is None and reason == (
+        "GPU 'NVIDIA A100 80GB PCIe MIG 1g.10gb' is a MIG instance (1g.10gb: 1 compute slice and 10 GB of the "
+        "board's memory), not a whole board; the catalog prices whole boards, so MFU and modeled energy are left "
+        "empty (backends.cuda.hardware names a whole board: setting it would price this part as the board)")
+    # the user's own entry (a catalog file's device for the slice) is theirs to name
+    assert backend._catalog_device("NVIDIA A100 80GB PCIe MIG 1g.10gb", CudaSettings(hardware="a100-40gb")) == \
+        ("a100-40gb", None)
 
 
 def test_unknown_gpu_leaves_mfu_empty_with_the_reason() -> None:

@@ -575,3 +575,20 @@ def test_a_port_taken_between_free_port_and_the_server_s_bind_is_replaced_by_ano
             with ServerProcess(fake_command(taken, pid_file), taken, tmp_path / "again.log", startup_timeout_s=60,
                                poll_s=0.05):
                 pass
+
+
+def test_a_window_on_every_layer_is_exported_as_mistral_and_a_mixed_one_refused() -> None:
+    """MistralForCausalLM's config has one sliding_window for every layer; gpt-oss's alternating layers, its
+    sinks and its MXFP4 experts have no Llama- or GPT-2-style config: refused, one line, naming the keys."""
+    llama = dict(preset="tiny", activation="swiglu", norm="rmsnorm", positions="rotary", bias=False)
+    every = ModelSpec(**llama, sliding_window=16)
+    assert checkpoint_problem(every) is None
+    config = hf_config(every, "float32", tie_embeddings=True)
+    assert config["architectures"] == ["MistralForCausalLM"] and config["sliding_window"] == 16
+    mixed = checkpoint_problem(ModelSpec(**llama, sliding_window=16, full_attention_every=2))
+    assert mixed is not None and "full_attention_every=2" in mixed and "\n" not in mixed
+    sinks = checkpoint_problem(ModelSpec(**llama, attention_sinks=True))
+    assert sinks is not None and "attention_sinks" in sinks
+    assert "expert_weight_dtype=mxfp4" in (checkpoint_problem(ModelSpec(preset="gpt-oss-20b", sliding_window=None,
+                                                                          full_attention_every=None,
+                                                                          attention_sinks=False)) or "")

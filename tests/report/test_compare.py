@@ -155,3 +155,35 @@ def test_a_rate_run_alone_and_in_a_sweep_compare_by_strategy_backend_and_rate(tm
     other = _rated(make_run(tmp_path / "s" / "other", [_serving("tp1", 2.0, 0.1, 0.01, 2.0)]), 2)
     frame = pd.read_csv(write_comparison([sweep, other], tmp_path / "apart") / "comparison.csv")
     assert sorted(frame["case"]) == ["tp1", "tp1@rate=4", "tp1@rate=8"]
+
+
+def test_the_attention_kernel_and_all_reduce_library_each_run_priced_with_are_compared(tmp_path: Path) -> None:
+    """Two runs of the same cases priced with another attention kernel (and all-reduce library): comparison.csv has
+    each run's values, the report a table of them (rows that differ first) and a summary line naming the change;
+    a measured row (no kernel priced) shows –."""
+    def priced(case: str, step: float, kernel: str | None, library: str | None, backend: str = "roofline"):
+        r = row(case, backend, kind="modeled" if kernel else "measured", step=step)
+        return r.model_copy(update={"attention_kernel": kernel, "all_reduce": library})
+
+    a = make_run(tmp_path / "s" / "a", [priced("tp1", 1.0, "flash", "nccl"), priced("tp2", 1.0, "flash", "nccl"),
+                                        priced("tp1", 1.1, None, None, "cuda")])
+    b = make_run(tmp_path / "s" / "b", [priced("tp1", 0.9, "flash3", "nccl"), priced("tp2", 0.9, "flash", "vllm"),
+                                        priced("tp1", 1.1, None, None, "cuda")])
+    out = write_comparison([a, b], tmp_path / "out")
+    frame = pd.read_csv(out / "comparison.csv").set_index(["case", "backend"])
+    assert list(frame.loc[("tp1", "roofline"), ["attention_kernel@A", "attention_kernel@B"]]) == ["flash", "flash3"]
+    assert list(frame.loc[("tp2", "roofline"), ["all_reduce@A", "all_reduce@B"]]) == ["nccl", "vllm"]
+    assert frame.loc[("tp1", "cuda"), ["attention_kernel@A", "all_reduce@B"]].isna().all()
+    md = (out / "report.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "The attention kernel differs: flash in A, flash3 in B, for 1 matched case (tp1 on roofline)" in summary
+    assert "The all-reduce library differs: nccl in A, vllm in B, for 1 matched case (tp2 on roofline)" in summary
+    table = md.split("## Attention kernel and all-reduce library", 1)[1].split("\n## ", 1)[0]
+    assert ("| case | backend | attention kernel A | attention kernel B | all-reduce library A | all-reduce library B |"
+            in table)
+    assert "| tp1 | roofline | flash | flash3 | nccl | nccl |" in table and "| tp1 | cuda |" not in table
+
+
+def test_runs_that_price_no_kernel_have_no_such_section(compared: Path) -> None:
+    md = (compared / "report.md").read_text()
+    assert "Attention kernel and all-reduce library" not in md and "differs:" not in md

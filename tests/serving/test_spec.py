@@ -109,8 +109,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
                            "serving.replicas (1); omit dp"),
     ("workload.mode=train", "workload.mode: 'train' cannot be served"),
     ("backends.roofline.attention=math", "backends.roofline.attention: 'math': a serving run prices a fused "
-                                         "attention kernel, as vLLM runs (allowed with serving: flash, cudnn, "
-                                         "flash3, trtllm-mmha)"),
+                                         "attention kernel, as vLLM runs; allowed with serving: flash, cudnn, "
+                                         "flash3, trtllm-mmha"),
     # the engines' policies: their keys, their ranges, their rules
     ("serving.scheduler.delay_factor=0.5", "serving.scheduler.delay_factor: delay_factor is for kind 'prefill-first' "
                                            "(got kind 'continuous')"),

@@ -82,10 +82,10 @@ TGI_ROW_KERNELS = 8               # per sequence sampled: the top-p cumsum loop,
 TGI_PREFILL_ROW_KERNELS = 2       # per prompt in a prefill: its position and adapter index
 
 
-def tgi_pass(work: list[tuple[Sequence, int]], prefill: bool) -> Iteration:
+def tgi_pass(work: list[tuple[Sequence, int]], prefill: bool, window: int | None = None) -> Iteration:
     """An iteration of TGI 2.1 with its own kernels priced (module docstring): a prefill of new requests or a
     decode step of the running batch."""
-    mix = mix_of(work)
+    mix = mix_of(work, window)
     rows = len(work)
     per_row = TGI_ROW_KERNELS + (TGI_PREFILL_ROW_KERNELS if prefill else 0)
     per_pass = TGI_PASS_KERNELS + (0 if prefill else TGI_DECODE_INPUT_KERNELS)
@@ -117,7 +117,7 @@ class TgiScheduler(Scheduler):
             if not batch:
                 return None
             self.waiting_tokens = 1
-            return tgi_pass([(seq, seq.pending) for seq in batch], prefill=True)
+            return tgi_pass([(seq, seq.pending) for seq in batch], prefill=True, window=self.kv.window)
         if not self.decode_next:
             if self.waiting_tokens >= self.max_waiting_tokens:
                 min_size = None
@@ -127,10 +127,11 @@ class TgiScheduler(Scheduler):
             if batch:
                 self.waiting_tokens = 1
                 self.decode_next = True
-                return tgi_pass([(seq, seq.pending) for seq in batch], prefill=True)
+                return tgi_pass([(seq, seq.pending) for seq in batch], prefill=True, window=self.kv.window)
         self.decode_next = False
         self.waiting_tokens += 1
-        return tgi_pass([(seq, 1) for seq in self.running if seq.pending == 1], prefill=False)
+        return tgi_pass([(seq, 1) for seq in self.running if seq.pending == 1], prefill=False,
+                        window=self.kv.window)
 
     def next_batch(self, min_size: int | None, now: float) -> list[Sequence]:
         """TGI's `State::next_batch`: the requests admitted (blocks reserved, moved to running), or none."""

@@ -1,0 +1,43 @@
+"""What every modeled backend's row records (llmsim.modeled): the software choices it was priced with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from llmsim.cli import main
+from llmsim.results import COLUMNS
+
+
+def _run(tmp_path: Path, mode: str, settings: dict, capsys: pytest.CaptureFixture[str]) -> pd.DataFrame:
+    path = tmp_path / f"{mode}.yaml"
+    workload = {"model": {"preset": "tiny"}, "mode": mode, "batch": 2}
+    path.write_text(yaml.safe_dump({"name": f"priced-{mode}", "workload": workload,
+                                    "strategies": [{"name": "tp1"}],
+                                    "backends": {"roofline": {"hardware": "h100-sxm", "devices_per_node": 1,
+                                                              **settings}}}))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    report = (run_dir / "report.md").read_text()
+    frame = pd.read_csv(run_dir / "results.csv")
+    frame.attrs["report"] = report
+    return frame
+
+
+def test_a_modeled_row_records_its_attention_kernel_and_all_reduce_library(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """results.csv columns attention_kernel and all_reduce (contract columns, declared once in results.COLUMNS):
+    the backend's settings a row was priced with; a training row leaves all_reduce empty (its all-reduces are
+    NCCL's whatever the setting); report.md's results table shows them in one 'priced with' cell."""
+    assert {"attention_kernel", "all_reduce"} <= set(COLUMNS)
+    decode = _run(tmp_path, "decode", {"attention": "flash3", "all_reduce": "vllm"}, capsys)
+    assert decode.loc[0, "status"] == "ok"
+    assert (decode.loc[0, "attention_kernel"], decode.loc[0, "all_reduce"]) == ("flash3", "vllm")
+    assert "| priced with |" in decode.attrs["report"] and "| flash3, vllm |" in decode.attrs["report"]
+    train = _run(tmp_path, "train", {"attention": "cudnn", "all_reduce": "vllm"}, capsys)
+    assert train.loc[0, "attention_kernel"] == "cudnn" and pd.isna(train.loc[0, "all_reduce"])
+    assert "| cudnn |" in train.attrs["report"]
+    assert "attention_kernel" not in train.columns[list(train.columns).index("other_time_s"):]  # not an extra
