@@ -308,7 +308,8 @@ class MLAttention(nn.Module):
         self.core = LatentCoreAttention(grouped=False, dropout=spec.dropout)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
-                start: int) -> torch.Tensor:
+                start: int, window: int | None = None) -> torch.Tensor:
+        """`window`: always None (config refuses sliding_window with mla); taken for Block's call."""
         b, t, _ = x.shape
         h = self.heads
         q = self.q_b(x if self.q_a is None or self.q_a_norm is None else self.q_a_norm(self.q_a(x)))
