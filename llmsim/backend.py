@@ -157,6 +157,12 @@ class Backend(ABC):
         return None
 
     @classmethod
+    def check_workload(cls, workload: Workload) -> tuple[str, str] | None:
+        """Checks of the workload this backend cannot run at all (a model it has no form for), before anything
+        runs. Returns None, or (key inside `workload`, message naming what is allowed)."""
+        return None
+
+    @classmethod
     def check_layout(cls, settings: BaseModel, layout: Layout, catalog: Catalog) -> tuple[str, str] | None:
         """Checks of one strategy's layout on these settings that need both (a TPU slice: its mesh axes must
         tile the torus and follow the user's `mesh` pins), before anything runs.

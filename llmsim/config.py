@@ -96,6 +96,42 @@ class MoeSpec(_Strict):
         return self
 
 
+class MlaSpec(_Strict):
+    """Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434 Sec. 2.1, eqs. 37-47; the names are Hugging
+    Face DeepseekV2Config / DeepseekV3Config's): queries through a low-rank latent of `q_lora_rank` (null: a
+    direct hidden -> heads x (nope + rope) projection, DeepSeek-V2-Lite), keys and values through a shared
+    latent c_kv of `kv_lora_rank` plus one decoupled rotary key of `qk_rope_head_dim` shared by all heads. A
+    decode step caches c_kv and that key only: kv_lora_rank + qk_rope_head_dim elements per token and layer
+    (the paper's Table 1: (d_c + d_h^R) l)."""
+
+    kv_lora_rank: PositiveInt = Field(description="width of the compressed key-value latent c_kv (d_c; "
+                                                  "DeepSeek-V2/V3: 512); what the KV cache holds per token")
+    q_lora_rank: PositiveInt | None = Field(None, description="width of the compressed query latent (d_c'; "
+                                                              "V2/V3: 1536); null = a direct query projection "
+                                                              "(DeepSeek-V2-Lite)")
+    qk_nope_head_dim: PositiveInt = Field(128, description="per-head query/key width without rotary (d_h)")
+    qk_rope_head_dim: PositiveInt = Field(64, description="per-head width of the decoupled rotary query and of "
+                                                          "the one rotary key shared by all heads (d_h^R)")
+    v_head_dim: PositiveInt = Field(128, description="per-head value width (d_h)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MlaSpec":
+        if self.qk_rope_head_dim % 2:
+            raise _KeyedError("qk_rope_head_dim", f"qk_rope_head_dim={self.qk_rope_head_dim} must be even "
+                                                  f"(rotary rotates pairs; allowed: 2, 4, ..., DeepSeek: 64)")
+        return self
+
+    @property
+    def cache_width(self) -> int:
+        """Elements one token caches per layer: the latent c_kv and the shared rotary key (d_c + d_h^R)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Query/key width of one head in the decompressed form: nope + rope."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
 class ModelSpec(_Strict):
     """The Transformer's shape. A `preset` fills every field; explicit fields override it."""
 
@@ -127,6 +163,8 @@ class ModelSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training only: attention probabilities and the "
                                                             "attention-out and MLP-out residual branches")
     moe: MoeSpec | None = Field(None, description="mixture-of-experts layers (docs/moe.md); null = dense")
+    mla: MlaSpec | None = Field(None, description="multi-head latent attention (DeepSeek-V2/V3; docs/scenario.md); "
+                                                  "null = multi-head / grouped-query attention")
     parallel_block: bool = Field(False, description="true = the attention and the MLP read the same normed input "
                                                     "and their outputs are summed (GPT-J, PaLM Sec. 2, MaxText's "
                                                     "decoder of 2023): one norm per layer, one tensor-parallel "
@@ -159,19 +197,24 @@ class ModelSpec(_Strict):
             merged = {**PRESETS[name], **data}
             if isinstance(PRESETS[name].get("moe"), dict) and isinstance(data.get("moe"), dict):
                 merged["moe"] = {**PRESETS[name]["moe"], **data["moe"]}  # moe keys override one by one
+            if isinstance(PRESETS[name].get("mla"), dict) and isinstance(data.get("mla"), dict):
+                merged["mla"] = {**PRESETS[name]["mla"], **data["mla"]}  # mla keys override one by one
             data = merged
         return data
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "ModelSpec":
         fill: dict[str, Any] = {}
+        if self.mla is not None:
+            self._check_mla(self.mla)
+            fill["head_dim"] = self.mla.qk_head_dim
         if self.kv_heads is None:
             fill["kv_heads"] = self.heads
         if self.ffn_hidden is None:
             fill["ffn_hidden"] = 4 * self.hidden
         if self.max_positions is None:
             fill["max_positions"] = self.seq_len
-        if self.head_dim is None:
+        if self.head_dim is None and "head_dim" not in fill:
             if self.hidden % self.heads:
                 divisors = ", ".join(str(d) for d in range(1, min(self.hidden, 128) + 1) if self.hidden % d == 0)
                 raise _KeyedError("heads", f"hidden={self.hidden} must be divisible by heads={self.heads} "
@@ -199,6 +242,39 @@ class ModelSpec(_Strict):
                              f"{self.moe.first_dense_layers} with layers={self.layers}; allowed: first_dense_layers "
                              f"< {self.layers})")
         return self
+
+    def _check_mla(self, mla: MlaSpec) -> None:
+        """The rules of an `mla` model: every head has its own decompressed K and V (no grouped KV heads),
+        head_dim is nope + rope, the decoupled key is rotary, and the block is sequential without q/k norms."""
+        if self.kv_heads is not None and self.kv_heads != self.heads:
+            raise _KeyedError("kv_heads", f"kv_heads={self.kv_heads} with mla: multi-head latent attention "
+                                          f"decompresses keys and values for every head (allowed: omit kv_heads, "
+                                          f"or {self.heads} = heads)")
+        if self.head_dim is not None and self.head_dim != mla.qk_head_dim:
+            raise _KeyedError("head_dim", f"head_dim={self.head_dim} with mla: it is qk_nope_head_dim + "
+                                          f"qk_rope_head_dim (allowed: omit head_dim, or {mla.qk_head_dim})")
+        if self.positions != "rotary":
+            raise _KeyedError("positions", f"positions={self.positions} with mla: its decoupled key is rotary "
+                                           f"(allowed: rotary)")
+        if self.qk_norm:
+            raise _KeyedError("qk_norm", f"qk_norm={self.qk_norm} with mla: the latents have their own RMSNorms "
+                                         f"(allowed: false)")
+        if self.parallel_block:
+            raise _KeyedError("parallel_block", "parallel_block=true with mla is not modelled (allowed: false)")
+        if self.sliding_window is not None:
+            raise _KeyedError("sliding_window", f"sliding_window={self.sliding_window} with mla is not modelled "
+                                                f"(allowed: null)")
+        if self.attention_sinks:
+            raise _KeyedError("attention_sinks", "attention_sinks=true with mla is not modelled (allowed: false)")
+
+    def kv_split(self, tp: int) -> int:
+        """Ways one tensor-parallel group splits the KV cache (and the K/V projections): min(tp, kv_heads),
+        the KV heads replicated once tp exceeds them (Megatron-LM GQA); 1 for multi-head latent attention,
+        whose latent cache and down-projections every rank holds whole (vLLM/SGLang ReplicatedLinear for
+        kv_a_proj_with_mqa; SGLang's DP attention exists because the latent does not split over tp)."""
+        if self.mla is not None:
+            return 1
+        return min(tp, self.kv_heads or self.heads)
 
     def is_moe_layer(self, layer: int) -> bool:
         """Layer `layer` (0-based) is a mixture of experts: layer >= first_dense_layers and layer % layer_freq
@@ -267,8 +343,30 @@ class ModelSpec(_Strict):
 
     @property
     def attention_width(self) -> int:
-        """heads * head_dim: the query (and attention output) width, = hidden unless head_dim is stated."""
+        """heads * head_dim: the query (and attention output) width, = hidden unless head_dim is stated.
+        With mla: heads * v_head_dim, the attention output (the out projection's input)."""
+        if self.mla is not None:
+            return self.heads * self.mla.v_head_dim
         return self.heads * self.head_width
+
+    @property
+    def cache_elements_per_layer(self) -> int:
+        """Elements one token caches in one layer: K and V of every KV head (2 x kv_heads x head_dim), or the
+        latent and the shared rotary key of multi-head latent attention (kv_lora_rank + qk_rope_head_dim,
+        DeepSeek-V2 Table 1)."""
+        if self.mla is not None:
+            return self.mla.cache_width
+        return 2 * (self.kv_heads or self.heads) * self.head_width
+
+
+def mla_tp_problem(spec: ModelSpec, tp: int) -> str | None:
+    """Why the real backends cannot run this model at this tensor-parallel degree, or None: multi-head latent
+    attention is not sharded here (its replicated down-projections need the shared rotary key's gradient summed
+    over the ranks, Megatron-Core MLA's duplicated linears; not written). The modeled backends price it."""
+    if spec.mla is None or tp <= 1:
+        return None
+    return (f"tensor parallelism (tp={tp}) of a multi-head latent attention model (workload.model.mla) is not "
+            f"implemented in the real backends (allowed: tp 1; the roofline / cluster backends model any tp)")
 
 
 class Fp8Spec(_Strict):
@@ -612,6 +710,9 @@ def stage_layer_counts(s: Strategy, layers: int) -> tuple[int, ...]:
 
 def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     """Cross-layer sharing must split the layers evenly: None, or (key inside the sharing block, message)."""
+    if sharing.lora is not None and m.mla is not None:
+        return "lora", ("LoRA on a multi-head latent attention model (workload.model.mla) is not modelled: its "
+                        "adapters target the fused q/k/v projection (allowed: no lora with mla)")
     if sharing.lora is not None:
         try:
             adapters = lora_adapters(m, sharing.lora.targets)

@@ -178,6 +178,9 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
         if repeated:  # a plugin's own sweep: the built-in lists (nodes, rates) refuse repeats when validated
             raise ScenarioError(file, f"backends.{name}", f"the sweep has the point {repeated[0][1:] or 'as given'!r} "
                                                           f"more than once; each point runs once")
+        problem = cls.check_workload(scenario.workload)
+        if problem:
+            raise ScenarioError(file, f"workload.{problem[0]}", f"{problem[1]} (backend '{name}')")
         for _, point in sweeps[name]:
             problem = cls.check_settings(point, catalog)
             if problem:

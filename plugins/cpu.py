@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
+from llmsim.config import mla_tp_problem
 from llmsim.energy import EnergyMeter, RaplMeter, find_meter
 from llmsim.measure.fit import fit_problem, host_available_bytes, host_need
 from llmsim.measure.host_load import load_per_core
@@ -103,6 +104,9 @@ class CpuBackend(Backend):
         refused = self._does_not_fit(case)
         if refused is not None:
             return refused
+        unsharded = mla_tp_problem(case.workload.model, case.layout.tp)
+        if unsharded:
+            return case.result(self, status="skipped", error=unsharded)
         if case.layout.world > 1:
             return self._run_distributed(case, settings)
         import torch

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
+from llmsim.config import mla_tp_problem
 from llmsim.energy import EnergyMeter, find_meter
 from llmsim.hardware import CATALOG_DEVICE, Catalog
 from llmsim.measure.fit import device_need, fit_problem
@@ -192,6 +193,9 @@ class CudaBackend(Backend):
         reason = cuda_unavailable_reason()
         if reason:
             return case.result(self, status="skipped", error=reason)
+        unsharded = mla_tp_problem(case.workload.model, case.layout.tp)
+        if unsharded:
+            return case.result(self, status="skipped", error=unsharded)
         if case.layout.world > 1:
             return self._run_distributed(case, settings)
         torch = _torch()

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, Case, Result, hookimpl
+from llmsim.config import Workload
 from llmsim.modeled_serving import requests_file_name, write_requests_file
 from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, EngineArgs, EngineError, ServerProcess,
                                    checkpoint_problem, count_tokens, free_port, vllm_command, warm_up,
@@ -216,6 +217,16 @@ class VllmBackend(Backend):
     serves = True
     # argv[0] of the server: this interpreter, whose environment has vLLM (tests put a fake server here)
     python = sys.executable
+
+    @classmethod
+    def check_workload(cls, workload: Workload) -> tuple[str, str] | None:
+        """A multi-head latent attention model (DeepSeek-V2/V3) has no checkpoint form here: this backend writes
+        Llama- or GPT-2-style checkpoints only (llmsim.serving.engine.hf_config), not DeepseekV3ForCausalLM."""
+        if workload.model.mla is not None:
+            return "model.mla", ("the vllm backend writes Llama- or GPT-2-style checkpoints; a multi-head latent "
+                                 "attention model (DeepSeek) has none here (allowed: a model without mla; model it "
+                                 "with roofline / cluster)")
+        return None
 
     @classmethod
     def availability(cls) -> str | None:

@@ -93,7 +93,7 @@ kernel's inventory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmsim.config import lora_adapters
 from llmsim.costmodel.gemms import mlp_width
@@ -169,12 +169,13 @@ def _norm_stats(spec: "ModelSpec", name: str) -> SavedTensor:
 def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Save]:
     """What the core attention (softmax(q k^T / sqrt(d)) v, with attention dropout) keeps, by kernel."""
     a, g, d, s = spec.heads, spec.kv_heads or spec.heads, spec.head_width, spec.seq_len
+    vd = spec.mla.v_head_dim if spec.mla is not None else d   # mla: q/k of nope + rope, v of v_head_dim
     dropout = spec.dropout > 0
     q, k, v = (SavedTensor("q", a * d, e, "tensor"), SavedTensor("k", g * d, e, "kv"),
-               SavedTensor("v", g * d, e, "kv"))
+               SavedTensor("v", g * vd, e, "kv"))
     if kernel in FUSED_ATTENTION:  # FlashAttention-2/3 and cuDNN's fused attention keep the same tensors
         op = f"{kernel} attention"
-        saves = [q, k, v, SavedTensor("attn.output", a * d, e, "tensor"),
+        saves = [q, k, v, SavedTensor("attn.output", a * vd, e, "tensor"),
                  SavedTensor("attn.logsumexp", a, FP32_BYTES, "tensor")]
         if dropout:
             saves.append(SavedTensor("attn.rng_state", RNG_STATE_BYTES, 1, "whole", per="layer"))
@@ -182,7 +183,7 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
     if kernel == "fused-softmax":
         op = "fused-softmax attention"
         k_used = k if g == a else SavedTensor("k.expanded", a * d, e, "tensor")
-        v_used = v if g == a else SavedTensor("v.expanded", a * d, e, "tensor")
+        v_used = v if g == a else SavedTensor("v.expanded", a * vd, e, "tensor")
         saves = [q, k_used, SavedTensor("attn.probs", a * s, e, "tensor")]
         if dropout:
             saves += [SavedTensor("attn.dropout_mask", a * s, MASK_BYTES, "tensor"),
@@ -191,7 +192,7 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
     op = "math attention"
     up = max(e, FP32_BYTES)  # the math path's fp32 upcast of 16-bit q, k, v
     saves = [SavedTensor("attn.q_scaled", a * d, up, "tensor"), SavedTensor("attn.k_scaled", a * d, up, "tensor"),
-             v if (up == e and g == a) else SavedTensor("attn.v_math", a * d, up, "tensor"),
+             v if (up == e and g == a) else SavedTensor("attn.v_math", a * vd, up, "tensor"),
              SavedTensor("attn.probs", a * s, up, "tensor")]
     if dropout:
         saves += [SavedTensor("attn.dropout_mask", a * s, MASK_BYTES, "tensor"),
@@ -226,14 +227,17 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
                 + [Save(f"lora {p} B", SavedTensor(f"lora.{p}.a_output", lora.rank, e, "whole")) for p in ours])
 
     saves = [Save("norm1", SavedTensor("layer.input", h, e, "sequence")), Save("norm1", _norm_stats(spec, "norm1"))]
-    saves += linear("qkv linear", SavedTensor("norm1.output", h, e, "sequence"), ("q", "k", "v"))
+    if spec.mla is not None:
+        saves += _mla_projection_saves(spec, e, linear)
+    else:
+        saves += linear("qkv linear", SavedTensor("norm1.output", h, e, "sequence"), ("q", "k", "v"))
     if spec.qk_norm:
         saves += [Save("q norm", SavedTensor("q.pre_norm", a * d, e, "tensor")),
                   Save("q norm", SavedTensor("q_norm.stats", a, FP32_BYTES, "tensor")),
                   Save("k norm", SavedTensor("k.pre_norm", g * d, e, "kv")),
                   Save("k norm", SavedTensor("k_norm.stats", g, FP32_BYTES, "kv"))]
     saves += _core_saves(spec, kernel, e)
-    saves += linear("out linear", SavedTensor("attn.output", a * d, e, "tensor"), ("o",))
+    saves += linear("out linear", SavedTensor("attn.output", spec.attention_width, e, "tensor"), ("o",))
     if spec.parallel_block:  # the MLP reads norm1's output: the same tensor, kept once (_unique)
         saves += linear("fc linear", SavedTensor("norm1.output", h, e, "sequence"), ("gate", "up"))
     else:
@@ -249,6 +253,25 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
     saves += linear("proj linear", SavedTensor("activation.output", f, e, "tensor"), ("down",))
     if dropout:  # a parallel block drops the branches' sum once: this mask (MaxText's DecoderLayer)
         saves.append(Save("mlp-out dropout", SavedTensor("mlp_out.dropout_mask", h, MASK_BYTES, "sequence")))
+    return saves
+
+
+def _mla_projection_saves(spec: "ModelSpec", e: int, linear: Any) -> list[Save]:
+    """What multi-head latent attention's projections keep (llmsim.workload.model.MLAttention; Megatron-Core
+    multi_latent_attention.py): the two down-projections read norm1's output (one tensor, kept once); each
+    latent RMSNorm keeps its input and its rstd, and each up-projection its input (the normed latent): q_lora
+    and kv_lora elements per token, whole on every tensor-parallel rank (the down-projections are replicated).
+    The rotary parts keep nothing (their backward reads only the cos/sin tables); the decompressed q, k, v are
+    the core attention's (_core_saves, q and k of nope + rope per head, v of v_head_dim)."""
+    assert spec.mla is not None
+    m, h = spec.mla, spec.hidden
+    saves = linear("q/kv down linear", SavedTensor("norm1.output", h, e, "sequence"), ())
+    latents = ([("q_a", m.q_lora_rank)] if m.q_lora_rank is not None else []) + [("kv_a", m.kv_lora_rank)]
+    for name, width in latents:
+        saves += [Save(f"{name} norm", SavedTensor(f"{name}.output", width, e, "whole")),
+                  Save(f"{name} norm", SavedTensor(f"{name}_norm.stats", 1, FP32_BYTES, "whole"))]
+        saves += linear(f"{name[0]}{'v' if name == 'kv_a' else ''} up linear",
+                        SavedTensor(f"{name}_norm.output", width, e, "whole"), ())
     return saves
 
 
@@ -343,8 +366,9 @@ def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Rec
         return (saves[0].tensor,)
     if recompute == "selective":
         a, g, d = spec.heads, spec.kv_heads or spec.heads, spec.head_width
+        vd = spec.mla.v_head_dim if spec.mla is not None else d
         checkpoint = [SavedTensor("q", a * d, dtype_bytes, "tensor"), SavedTensor("k", g * d, dtype_bytes, "kv"),
-                      SavedTensor("v", g * d, dtype_bytes, "kv")]
+                      SavedTensor("v", g * vd, dtype_bytes, "kv")]
         core_at = next(i for i, s in enumerate(saves) if s.in_core)
         saves = ([s for s in saves[:core_at] if not s.in_core] + [Save("attention checkpoint", t) for t in checkpoint]
                  + [s for s in saves[core_at:] if not s.in_core])

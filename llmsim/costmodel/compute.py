@@ -28,7 +28,8 @@ from llmsim.costmodel import precision
 from llmsim.costmodel.arrays import Num, is_array
 from llmsim.costmodel.efficiency import Efficiency, gemm_efficiency
 from llmsim.costmodel.activations import op_sac_projections
-from llmsim.costmodel.gemms import linear_shapes as _linear_shapes, mlp_width
+from llmsim.costmodel.gemms import (attention_input_gemms, linear_shapes as _linear_shapes, mla_replicated_weights,
+                                    mlp_width)
 from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
 from llmsim.costmodel.power import device_clock_share
 
@@ -155,15 +156,18 @@ def attention_fractions(efficiency: Efficiency, kernel: str) -> tuple[float, flo
 PER_QUERY_HEAD_DECODE: tuple[str, ...] = ("trtllm-mmha",)
 
 
-def decode_kv_reads(kernel: str, heads: int, kv_heads: int, tp: int = 1) -> float:
+def decode_kv_reads(kernel: str, heads: int, kv_heads: int, tp: int = 1, latent: bool = False) -> float:
     """How many times a decode step's attention kernel reads each cached K and V element one tensor-parallel
     rank holds: 1 for the flash-style kernels (FlashAttention, FlashInfer, paged attention: a KV head's cache
     is loaded once for its group of query heads), or query heads per KV head on the rank for a kernel in
     PER_QUERY_HEAD_DECODE (TensorRT-LLM's MMHA, one thread block per (sequence, query head), each loading its
     KV head's whole cache). A rank holds heads/tp query heads and kv_heads/min(tp, kv_heads) KV heads (K/V
     replicated once tp exceeds them, as costmodel.memory's kv_cache), so the factor is
-    heads x min(tp, kv_heads) / (tp x kv_heads): heads / kv_heads at tp <= kv_heads, 1 for MHA. Dimensionless."""
-    if kernel not in PER_QUERY_HEAD_DECODE:
+    heads x min(tp, kv_heads) / (tp x kv_heads): heads / kv_heads at tp <= kv_heads, 1 for MHA. Dimensionless.
+    `latent` (multi-head latent attention): 1 for every kernel, the absorbed decode reads the one latent of a
+    sequence once for all its heads (FlashMLA, vLLM's and SGLang's MLA backends; DeepSeek-V3 inference/model.py
+    attn_impl "absorb")."""
+    if latent or kernel not in PER_QUERY_HEAD_DECODE:
         return 1.0
     return heads * min(tp, kv_heads) / (tp * kv_heads)
 
@@ -269,6 +273,8 @@ def layer_gemm_shares(workload: "Workload", plan: Plan) -> tuple[float, float, f
     (QKV, attention out, MLP up, MLP down): in x out of each (2 FLOPs per weight per token, the tokens
     cancel). The same shares hold for the backward's data- and weight-gradient GEMMs."""
     weights = [k * n for k, n in _linear_shapes(workload, plan)]
+    inputs = attention_input_gemms(workload.model)  # multi-head latent attention: its projections are "QKV"
+    weights = [sum(weights[:inputs])] + weights[inputs:]
     total = sum(weights)
     return tuple(w / total for w in weights)  # type: ignore[return-value]
 
@@ -299,8 +305,13 @@ def replicated_kv_projection(workload: "Workload", plan: Plan, tokens: int) -> t
 
     FLOPs: 2 x tokens x (2 x hidden x kv_heads x head_dim) x (1/min(tp, kv_heads) - 1/tp) (Kaplan et al.
     2020: 2 FLOPs per weight per token); bytes: those extra weights read once. Zero when tp <= kv_heads.
+    Multi-head latent attention: its down-projections (gemms.mla_replicated_weights), which every rank runs
+    whole: 2 x tokens x weights x (1 - 1/tp).
     """
     spec = workload.model
+    if spec.mla is not None:
+        excess = mla_replicated_weights(spec) * (1 - 1 / plan.tp)
+        return 2 * tokens * excess, excess * DTYPE_BYTES[workload.dtype]
     kv = spec.kv_heads or spec.heads
     if plan.tp <= kv:
         return 0.0, 0.0
@@ -528,7 +539,7 @@ def _kv_read_bytes(profile: "WorkloadProfile", workload: "Workload", plan: Plan,
     cache_len = spec.seq_len + workload.decode_tokens
     mean_len = spec.seq_len + workload.decode_tokens / 2
     kv = spec.kv_heads or spec.heads
-    kv_split = min(plan.tp, kv)
+    kv_split = spec.kv_split(plan.tp)   # 1 for multi-head latent attention: every rank reads the whole latent
     per_micro_batch = profile.kv_cache_bytes * plan.micro_batch / profile.batch * mean_len / cache_len
     window, n_win = spec.sliding_window, spec.windowed_layers_in(range(profile.layers))
     if window is not None and n_win:   # a windowed layer caches and reads min(length, W) tokens (costmodel.window)
@@ -536,5 +547,6 @@ def _kv_read_bytes(profile: "WorkloadProfile", workload: "Workload", plan: Plan,
         per_micro_batch = (profile.kv_cache_bytes * plan.micro_batch / profile.batch
                            * (n_full * mean_len + n_win * min(mean_len, window))
                            / (n_full * cache_len + n_win * min(cache_len, window)))
-    reads = decode_kv_reads(options.attention, spec.heads, kv, plan.tp)   # TensorRT-LLM's MMHA: per query head
+    reads = decode_kv_reads(options.attention, spec.heads, kv, plan.tp,   # TensorRT-LLM's MMHA: per query head
+                            spec.mla is not None)
     return per_micro_batch * reads / kv_split / (divide // (plan.tp * plan.cp) or 1)

@@ -110,6 +110,10 @@ class TokenCosts:
     adapter_weight_bytes: float = 0.0
     # kernels a served LoRA adds to every layer of every pass (lora_layer_kernels); 0 without LoRA
     adapter_layer_kernels: int = 0
+    # a decode step's attention FLOPs per (query, cached key) pair, all layers, when they differ from the
+    # prompt's: multi-head latent attention decodes in the absorbed form (workload.model.LatentCoreAttention:
+    # 2 (kv_lora + rope) + 2 kv_lora per head instead of 2 (nope + rope) + 2 v); None = attention_flops_per_pair
+    decode_attention_flops_per_pair: float | None = None
     # sliding-window layers (ModelSpec.sliding_window): their window W and how many of the `layers` they are.
     # attention_flops_per_pair and kv_bytes_per_token are then what every layer would cost attending to (and
     # caching) the whole context; a windowed layer's pairs and cached tokens are the Mix's window_* sums
@@ -180,7 +184,7 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
     pa_f, _, pa_c = get("prefill", "layers", "attention")
     _, po, po_c = get("prefill", "layers", "other")
     _, do, do_c = get("decode", "layers", "other")
-    _, da_b, da_c = get("decode", "layers", "attention")
+    da_f, da_b, da_c = get("decode", "layers", "attention")
     _, pe, pe_c = get("prefill", "embed", "other")
     _, de, de_c = get("decode", "embed", "other")
     phf, phb, phc = get("prefill", "head", "matmul")
@@ -216,7 +220,9 @@ def token_costs(workload: "Workload", profile: "WorkloadProfile", kv_cache_dtype
         experts_decode=expert_token_costs(profile, workload, "decode", steps, n, compiled=True),
         kv_cache_dtype=kv_cache_dtype, adapter_weight_bytes=adapters,
         adapter_layer_kernels=lora_layer_kernels(spec) if adapters else 0,
-        window=window if n_win else None, windowed_layers=n_win)
+        window=window if n_win else None, windowed_layers=n_win,
+        # the n traced steps attend s+1 .. s+n keys each (affine in the position: the mean s + (n+1)/2)
+        decode_attention_flops_per_pair=(da_f / (steps * (s + (n + 1) / 2)) if spec.mla is not None else None))
 
 
 def _kv_bytes_per_token(traced: float, workload_dtype: str, kv_cache_dtype: str) -> float:
@@ -434,7 +440,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     pre, dec = mix.prefill_tokens, mix.decode_seqs
     tokens = pre + dec
     rows_int = max(1, math.ceil(tokens))
-    kv_split = min(tp, spec.kv_heads or spec.heads)
+    kv_split = spec.kv_split(tp)                   # 1 for multi-head latent attention: the latent is whole
     # GEMMs: FLOPs and activations per token, this rank's weights once per pass (phase_times' rule), and
     # the K/V projections a rank repeats when tp > kv_heads; float8 layers at their own rates.
     mm_flops = (pre * c.mm_flops_prefill + dec * c.mm_flops_decode) / div + tokens * model.replicated_kv_flops_per_token
@@ -455,12 +461,14 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
                       rates.memory_time(mix.prefix_tokens * kv_read))
     # the decoding sequences' caches, read once per KV head (flash-style kernels) or once per query head
     # (TensorRT-LLM's MMHA generation kernel: compute.decode_kv_reads); the prompt's prefix as above
-    decode_read = kv_read * decode_kv_reads(model.options.attention, spec.heads, spec.kv_heads or spec.heads, tp)
-    decode_att = max(mix.decode_keys * per_pair / attention_rate, rates.memory_time(mix.decode_keys * decode_read))
+    decode_read = kv_read * decode_kv_reads(model.options.attention, spec.heads, spec.kv_heads or spec.heads, tp,
+                                            spec.mla is not None)
+    decode_pair = per_pair if c.decode_attention_flops_per_pair is None else c.decode_attention_flops_per_pair / div
+    decode_att = max(mix.decode_keys * decode_pair / attention_rate, rates.memory_time(mix.decode_keys * decode_read))
     if c.windowed_layers:   # the mean layer: the windowed layers' share at their capped pairs and reads (Mix.window_*)
         share = c.windowed_layers / c.layers
         window_prefill = max(mix.window_pairs * per_pair / attention_rate, rates.memory_time(mix.window_prefix * kv_read))
-        window_decode = max(mix.window_keys * per_pair / attention_rate, rates.memory_time(mix.window_keys * decode_read))
+        window_decode = max(mix.window_keys * decode_pair / attention_rate, rates.memory_time(mix.window_keys * decode_read))
         prefill_att = (1 - share) * prefill_att + share * window_prefill
         decode_att = (1 - share) * decode_att + share * window_decode
     other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
@@ -642,9 +650,11 @@ class KVCapacity:
 
 def kv_bytes_per_token(costs: TokenCosts, workload: "Workload", plan: Plan) -> float:
     """K and V of one cached token on one device: its 1/pp of the layers and its KV heads (1/min(tp,
-    kv_heads): replicated once tp exceeds them, as costmodel.memory's kv_cache)."""
+    kv_heads): replicated once tp exceeds them, as costmodel.memory's kv_cache). Multi-head latent attention:
+    the whole latent on every tensor-parallel rank (ModelSpec.kv_split = 1), so tp does not grow the capacity
+    in tokens beyond what its smaller weights leave."""
     spec = workload.model
-    return costs.kv_bytes_per_token / plan.pp / min(plan.tp, spec.kv_heads or spec.heads)
+    return costs.kv_bytes_per_token / plan.pp / spec.kv_split(plan.tp)
 
 
 def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,

@@ -109,7 +109,15 @@ def distinct_blocks_on_device(layers: int, layer_groups: int | None, plan: Plan,
 
 
 def kv_projection_params(spec: "ModelSpec") -> int:
-    """Parameters of one layer's K and V projections: 2 x hidden x kv_heads x head_dim weights (+ biases)."""
+    """Parameters of one layer's K and V projections: 2 x hidden x kv_heads x head_dim weights (+ biases).
+    Multi-head latent attention: what every tensor-parallel rank holds whole instead (ModelSpec.kv_split = 1),
+    its down-projections hidden -> q_lora_rank and hidden -> kv_lora_rank + rope (+ their biases) and the two
+    latent RMSNorms (q_lora_rank + kv_lora_rank weights): vLLM/SGLang deepseek_v2.py ReplicatedLinear, Megatron-
+    Core MLA's 'duplicated' down-projections."""
+    if spec.mla is not None:
+        m = spec.mla
+        down = (m.q_lora_rank or 0) + m.cache_width
+        return spec.hidden * down + (down if spec.bias else 0) + (m.q_lora_rank or 0) + m.kv_lora_rank
     kv = spec.kv_heads or spec.heads
     width = kv * spec.head_width
     return 2 * width * spec.hidden + (2 * width if spec.bias else 0)
@@ -150,7 +158,7 @@ def tp_block_params(spec: "ModelSpec", per_block: float, tp: int) -> float:
     if tp <= 1:
         return per_block
     kv, replicated = kv_projection_params(spec), tp_replicated_layer_params(spec)
-    kv_split = min(tp, spec.kv_heads or spec.heads)
+    kv_split = spec.kv_split(tp)
     return (per_block - kv - replicated) / tp + kv / kv_split + replicated
 
 
@@ -623,8 +631,8 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     if train and activations:
         per_layer, working, edge = stage_activation_terms(workload, sharing, plan, options, stage)
     elif not train:
-        kv_heads = workload.model.kv_heads or workload.model.heads
-        kv_split = min(plan.tp, kv_heads)  # KV heads are replicated once tp exceeds them
+        # KV heads are replicated once tp exceeds them; a latent (mla) cache is whole on every rank
+        kv_split = workload.model.kv_split(plan.tp)
         # the stage's layers' share of the cache (1/pp with an even split)
         kv = profile.kv_cache_bytes * layers_here / workload.model.layers / (plan.dp * kv_split)
     expert_elem = None if train else moe.expert_weight_elem(workload)   # MXFP4 experts served weight-only

@@ -52,6 +52,7 @@ from llmsim.costmodel.arrays import Num, maximum, pick
 from llmsim.costmodel.cluster import Group
 from llmsim.costmodel.collectives import COLLECTIVE_BASE_LATENCY_S, NO_PHASES, Fabric, Phase, Phases
 from llmsim.costmodel.compute import Rates, _weighted_wave
+from llmsim.costmodel import precision
 from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.stages import stage_layer_ranges
 
@@ -75,11 +76,19 @@ MXFP4_BYTES_PER_WEIGHT = MXFP4_BITS_PER_WEIGHT / 8
 
 def expert_weight_elem(workload: "Workload") -> float:
     """Bytes of one routed-expert weight as stored and read: MXFP4's 4.25 bits for `expert_weight_dtype: mxfp4`
-    in prefill, decode and serving (the checkpoint served weight-only); else the workload dtype's. A training step
+    in prefill, decode and serving (the checkpoint served weight-only); FP8's 1 byte for a float8 workload's
+    prefill, decode and serving; else the workload dtype's. A training step
     keeps 16-bit experts (MXFP4 is the released checkpoint's storage, not a training format here)."""
     moe = workload.model.moe
     if moe is not None and moe.expert_weight_dtype == "mxfp4" and workload.mode != "train":
         return MXFP4_BYTES_PER_WEIGHT
+    if precision.is_fp8(workload) and workload.mode != "train":
+        # float8 serving stores and reads the experts in FP8, as it does the layer GEMM weights
+        # (precision.fp8_weight_copy_bytes): vLLM's Fp8MoEMethod (vllm/model_executor/layers/quantization/fp8.py)
+        # allocates w13_weight and w2_weight as torch.float8_e4m3fn, and DeepSeek-V3's released checkpoint stores
+        # its experts in FP8 (DeepSeek-V3 report Sec. 3.3; config.json quantization_config fmt e4m3,
+        # weight_block_size [128, 128]; the block scales, 1/16384 of the weights, left out)
+        return float(precision.FP8_BYTES)
     return DTYPE_BYTES[workload.dtype]
 
 
@@ -306,7 +315,7 @@ class ExpertMemory:
     optimizer: Num
 
 
-def expert_memory(expert_params_here: float, elem: int, grad_elem: int, state_bytes: int, zero: Num,
+def expert_memory(expert_params_here: float, elem: float, grad_elem: int, state_bytes: int, zero: Num,
                   edp: Num, train: bool) -> ExpertMemory:
     """Memory of the routed experts one device holds (`expert_params_here` parameters: its E/ep experts of
     its stage's MoE layers, 1/etp of each), with ZeRO over the expert-data-parallel group of `edp` ranks

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmsim.costmodel.gemms import linear_shapes
+from llmsim.costmodel.gemms import attention_input_gemms, linear_shapes
 from llmsim.costmodel.plan import DTYPE_BYTES
 
 if TYPE_CHECKING:
@@ -185,12 +185,13 @@ def fused_inputs(workload: "Workload", phase: str) -> tuple[bool, ...]:
     fusion (vLLM's compile passes fuse RMSNorm + quant and SiLU-and-mul + quant: vllm/compilation/fusion.py,
     activation_quant_fusion.py). torchao (`saved_activations: bfloat16`): every cast apart."""
     assert workload.fp8 is not None
+    inputs = attention_input_gemms(workload.model)   # mla: its down- and up-projections, each as QKV
     if workload.fp8.saved_activations != "float8":
-        return (False,) * 4
+        return (False,) * (3 + inputs)
     if phase == "backward":
         dact = workload.model.activation in TE_FUSED_DACT and workload.fp8.recipe != "current"
-        return (False, False, dact, False)
-    return FUSED_FORWARD_INPUTS
+        return (False,) * inputs + (False, dact, False)
+    return FUSED_FORWARD_INPUTS[:1] * inputs + FUSED_FORWARD_INPUTS[1:]
 
 
 def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int, any_layout: bool) -> float:

@@ -419,7 +419,11 @@ def cp_exposed_time(workload: "Workload", plan: Plan, fwd: PhaseTimes, bwd: Phas
     spec = workload.model
     kv = spec.kv_heads or spec.heads
     kv_local = kv // plan.tp if plan.tp <= kv else 1
-    block = 2 * plan.micro_batch * (spec.seq_len // plan.cp) * kv_local * spec.head_dim * DTYPE_BYTES[workload.dtype]
+    # K and V of the local heads per token; multi-head latent attention exchanges its decompressed per-head K
+    # (nope + rope) and V (v_head_dim), as Megatron-Core's MLA under context parallelism runs its core attention
+    width = (kv_local * (spec.mla.qk_head_dim + spec.mla.v_head_dim) if spec.mla is not None
+             else 2 * kv_local * spec.head_dim)
+    block = plan.micro_batch * (spec.seq_len // plan.cp) * width * DTYPE_BYTES[workload.dtype]
     exchange = (plan.cp - 1) * Comm("p2p", block, groups.cp).time(cluster.fabric)
     hide = 1.0 if cluster.device.overlaps_communication else 0.0
     forward = max(0.0, exchange - hide * fwd.attention / layers)

@@ -66,6 +66,9 @@ def checkpoint_problem(spec: ModelSpec) -> str | None:
     """Why the model cannot be written as a checkpoint vLLM serves, or None."""
     if not spec.causal:
         return "a bidirectional encoder (causal: false) is not a generative model vLLM serves"
+    if spec.mla is not None:
+        return ("a multi-head latent attention model (mla) has no Llama- or GPT-2-style checkpoint form here "
+                "(DeepseekV3ForCausalLM is not written)")
     if architecture_of(spec) is None:
         return (f"no Hugging Face architecture matches activation={spec.activation}, norm={spec.norm}, "
                 f"positions={spec.positions}, bias={spec.bias}, qk_norm={spec.qk_norm}, kv_heads={spec.kv_heads} "

@@ -128,7 +128,9 @@ class RotaryEmbedding(nn.Module):
 
 @dataclass
 class KVCache:
-    """Preallocated keys and values of one layer: (B, n_kv, T_max, hs) each."""
+    """Preallocated keys and values of one layer: (B, n_kv, T_max, hs) each. Multi-head latent attention
+    (MLAttention) caches its latent instead: `k` holds c_kv (B, 1, T_max, kv_lora_rank) and `v` the shared
+    rotary key k_pe (B, 1, T_max, qk_rope_head_dim), DeepSeek-V3 inference/model.py's kv_cache and pe_cache."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -246,6 +248,99 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class LatentCoreAttention(CoreAttention):
+    """Core attention of multi-head latent attention: the decompressed form (CoreAttention's SDPA, q and k of
+    d_n + d_r per head, v of d_v) for training and prefill, and for decoding the absorbed form (DeepSeek-V2
+    Sec. 2.1.2: W^UK folded into the query, W^UV applied after the weighted sum; deepseek-ai/DeepSeek-V3
+    inference/model.py MLA with attn_impl "absorb"): every head scores against the one cached latent c_kv and
+    shared rotary key k_pe and sums the latent rows, so the cache is read once per sequence for all heads
+    (MQA-like).
+
+    Absorbed: q_lat (B, nh, T, d_c), q_pe (B, nh, T, d_r), c_kv (B, 1, S, d_c), k_pe (B, 1, S, d_r) ->
+    (B, nh, T, d_c). FLOPs per head, query row and cached token: 2 (d_c + d_r) for the scores and 2 d_c for the
+    weighted sum. One module named `core` for both, so the trace counts their ops as attention."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,  # type: ignore[override]
+                q_pe: torch.Tensor | None = None, k_pe: torch.Tensor | None = None,
+                scale: float | None = None) -> torch.Tensor:
+        if q_pe is None or k_pe is None or scale is None:
+            return super().forward(q, k, v, is_causal)
+        scores = (torch.matmul(q, k.transpose(-1, -2)) + torch.matmul(q_pe, k_pe.transpose(-1, -2))) * scale
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class MLAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434 Sec. 2.1, eqs. 37-47; Hugging Face
+    modeling_deepseek.py DeepseekV2Attention; Megatron-Core multi_latent_attention.py). With d_c = kv_lora_rank,
+    d_c' = q_lora_rank, d_n = qk_nope_head_dim, d_r = qk_rope_head_dim, d_v = v_head_dim, n_h = heads:
+
+      queries   c_q = RMSNorm(x W^DQ) (hidden -> d_c'), q = c_q W^UQ (d_c' -> n_h (d_n + d_r));
+                without q_lora_rank one direct projection hidden -> n_h (d_n + d_r) (DeepSeek-V2-Lite)
+      keys/vals [c_kv, k_pe] = x W^DKV (hidden -> d_c + d_r; k_pe one rotary key shared by all heads),
+                c_kv = RMSNorm(c_kv), [k_nope, v] = c_kv W^UKV (d_c -> n_h (d_n + d_v))
+      attention q and k of d_n + d_r per head (k_pe broadcast to every head), v of d_v; out n_h d_v -> hidden.
+
+    Training and prefill run this decompressed form (q_b / kv_b are plain GEMMs, then SDPA); a prefill writes
+    only [c_kv, k_pe] to the cache. A decode step (one new token against the cache) runs the absorbed form
+    (LatentCoreAttention): q_nope W^UK per head into the latent, attention over the latent, then W^UV and the
+    out projection. Biases follow HF's attention_bias on the down- and out projections (none on q_b, kv_b)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        assert spec.mla is not None
+        m = spec.mla
+        self.heads, self.kv_heads = spec.heads, spec.heads
+        self.nope, self.rope_dim, self.v_dim, self.kv_lora = (m.qk_nope_head_dim, m.qk_rope_head_dim,
+                                                              m.v_head_dim, m.kv_lora_rank)
+        self.scale = m.qk_head_dim ** -0.5
+        q_width = self.heads * m.qk_head_dim
+        if m.q_lora_rank is None:
+            self.q_a = self.q_a_norm = None
+            self.q_b = nn.Linear(spec.hidden, q_width, bias=spec.bias)
+        else:
+            self.q_a = nn.Linear(spec.hidden, m.q_lora_rank, bias=spec.bias)
+            self.q_a_norm = nn.RMSNorm(m.q_lora_rank, eps=spec.norm_eps)
+            self.q_b = nn.Linear(m.q_lora_rank, q_width, bias=False)
+        self.kv_a = nn.Linear(spec.hidden, m.cache_width, bias=spec.bias)
+        self.kv_a_norm = nn.RMSNorm(m.kv_lora_rank, eps=spec.norm_eps)
+        self.kv_b = nn.Linear(m.kv_lora_rank, self.heads * (m.qk_nope_head_dim + m.v_head_dim), bias=False)
+        self.out = nn.Linear(self.heads * m.v_head_dim, spec.hidden, bias=spec.bias)
+        self.core = LatentCoreAttention(grouped=False, dropout=spec.dropout)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache | None,
+                start: int, window: int | None = None) -> torch.Tensor:
+        """`window`: always None (config refuses sliding_window with mla); taken for Block's call."""
+        b, t, _ = x.shape
+        h = self.heads
+        q = self.q_b(x if self.q_a is None or self.q_a_norm is None else self.q_a_norm(self.q_a(x)))
+        q = q.view(b, t, h, self.nope + self.rope_dim).transpose(1, 2)            # (B, nh, T, d_n + d_r)
+        q_nope, q_pe = q.split([self.nope, self.rope_dim], dim=-1)
+        c_kv, k_pe = self.kv_a(x).split([self.kv_lora, self.rope_dim], dim=-1)
+        c_kv = self.kv_a_norm(c_kv).unsqueeze(1)                                   # (B, 1, T, d_c)
+        k_pe = k_pe.unsqueeze(1)                                                   # (B, 1, T, d_r)
+        if rope is not None:
+            q_pe, k_pe = rope(q_pe, start), rope(k_pe, start)
+        if cache is not None:
+            cache.k[:, :, start:start + t] = c_kv
+            cache.v[:, :, start:start + t] = k_pe
+        if cache is not None and start > 0:
+            if t > 1:
+                raise NotImplementedError("chunked prefill (several new tokens after a cached prefix) is not "
+                                          "modeled")
+            # absorbed decode: W^UK into the query, attention over the latent, W^UV after the weighted sum
+            w = self.kv_b.weight.view(h, self.nope + self.v_dim, self.kv_lora)
+            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w[:, :self.nope])
+            c_kv_all = cache.k[:, :, :start + t]
+            lat = self.core(q_lat, c_kv_all, c_kv_all, False, q_pe, cache.v[:, :, :start + t], self.scale)
+            y = torch.einsum("bhtc,hvc->bhtv", lat, w[:, self.nope:])              # (B, nh, T, d_v)
+        else:
+            kv = self.kv_b(c_kv.squeeze(1)).view(b, t, h, self.nope + self.v_dim).transpose(1, 2)
+            k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+            k = torch.cat((k_nope, k_pe.expand(b, h, t, self.rope_dim)), dim=-1)
+            y = self.core(torch.cat((q_nope, q_pe), dim=-1), k, v, t > 1)          # causal: every MLA is a decoder
+        return self.out(y.transpose(1, 2).reshape(b, t, -1))
+
+
 def _ring_write(cache: KVCache, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
     """Store the K and V of positions start .. start + t - 1 into a ring of `slots` slots (slot = position %
     slots): only the last `slots` of them survive, written as at most two contiguous slices."""
@@ -297,7 +392,8 @@ class Block(nn.Module):
 
     def __init__(self, spec: ModelSpec, moe: bool = False) -> None:
         super().__init__()
-        self.norm1, self.attn = _norm(spec), Attention(spec)
+        self.norm1 = _norm(spec)
+        self.attn: nn.Module = MLAttention(spec) if spec.mla is not None else Attention(spec)
         self.norm2 = None if spec.parallel_block else _norm(spec)
         self.mlp: nn.Module = MoELayer(spec, MLP) if moe else MLP(spec)
         # No modules at all without dropout: the traced module tree (and every profile) stays as it was.
@@ -327,7 +423,8 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(spec.max_positions or spec.seq_len, spec.hidden) \
             if spec.positions == "learned" else None
         self.type_emb = nn.Embedding(spec.type_vocab, spec.hidden) if spec.type_vocab else None
-        self.rope = RotaryEmbedding(spec.head_width, max_positions or spec.seq_len) \
+        rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_width
+        self.rope = RotaryEmbedding(rope_width, max_positions or spec.seq_len) \
             if spec.positions == "rotary" else None
         distinct = layer_groups or spec.layers
         self.blocks = nn.ModuleList(Block(spec, moe=spec.is_moe_layer(i)) for i in range(distinct))
@@ -377,7 +474,14 @@ class Transformer(nn.Module):
         """Empty KV caches of every layer for `length` positions. `kv_heads`: the KV heads one device holds
         (a tensor-parallel rank's share); default all of the model's. A windowed layer (ModelSpec.
         is_windowed_layer) keeps min(length, sliding_window) slots, a ring (Attention.forward): a serving engine
-        keeps only the window's tokens for it (vLLM V1's SlidingWindowManager.remove_skipped_blocks)."""
+        keeps only the window's tokens for it (vLLM V1's SlidingWindowManager.remove_skipped_blocks). Multi-head
+        latent attention: the latent c_kv and the shared rotary key of every token (KVCache), whole on every rank
+        whatever `kv_heads`."""
+        mla = self.spec.mla
+        if mla is not None:
+            return [KVCache(torch.empty(batch, 1, length, mla.kv_lora_rank, dtype=dtype, device=device),
+                            torch.empty(batch, 1, length, mla.qk_rope_head_dim, dtype=dtype, device=device))
+                    for _ in range(self.spec.layers)]
         kv = kv_heads or self.spec.kv_heads or self.spec.heads
         hs = self.spec.head_width
         caches = []

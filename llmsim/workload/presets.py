@@ -88,6 +88,47 @@ PRESETS: dict[str, dict[str, Any]] = {
                         ffn_hidden=1024, vocab=50304, seq_len=4096, max_positions=4096, norm_eps=1e-5,
                         moe=dict(experts=64, top_k=8, expert_ffn_hidden=1024, norm_topk_prob=False,
                                  aux_loss_coeff=0.01)),
+    # -- multi-head latent attention (docs/scenario.md `mla`) --------------------------------------------------
+    # DeepSeek-AI 2024, "DeepSeek-V3 Technical Report" (arXiv 2412.19437) Sec. 4.2 and the released config.json
+    # (deepseek-ai/DeepSeek-V3): 61 layers, hidden 7168, 128 heads, q_lora_rank 1536, kv_lora_rank 512,
+    # qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128, intermediate_size 18432 (the first 3 dense
+    # layers: first_k_dense_replace 3), 256 routed experts of moe_intermediate_size 2048 + 1 shared, top 8
+    # (norm_topk_prob true), moe_layer_freq 1, vocabulary 129,280, untied, rms_norm_eps 1e-6, no attention
+    # bias, max_position_embeddings 163,840 (seq_len: the 4K pre-training length, Sec. 4.2). The multi-token
+    # prediction module (14B of the checkpoint's 685B) is not built. Its sigmoid gate with a bias
+    # (topk_method noaux_tc, no auxiliary loss) is priced as llmsim's softmax router: the same hidden x experts
+    # GEMM; aux_loss_coeff 0.0001 is the report's sequence-wise balance factor alpha (Sec. 4.2).
+    "deepseek-v3": dict(_LLAMA, layers=61, hidden=7168, heads=128, ffn_hidden=18432, vocab=129280, seq_len=4096,
+                        max_positions=163840, norm_eps=1e-6,
+                        mla=dict(kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                                 v_head_dim=128),
+                        moe=dict(experts=256, top_k=8, expert_ffn_hidden=2048, shared_experts=1,
+                                 first_dense_layers=3, norm_topk_prob=True, aux_loss_coeff=0.0001)),
+    # DeepSeek-AI 2024, "DeepSeek-V2" (arXiv 2405.04434) Sec. 3.1.2 and the released config.json
+    # (deepseek-ai/DeepSeek-V2): 60 layers, hidden 5120, 128 heads, q_lora_rank 1536, kv_lora_rank 512, nope 128,
+    # rope 64, v 128, intermediate_size 12288 (first_k_dense_replace 1), 160 routed experts of 1536 + 2 shared,
+    # top 6 (norm_topk_prob false), vocabulary 102,400, untied, rms_norm_eps 1e-6, seq_len 4096 (pre-training).
+    "deepseek-v2": dict(_LLAMA, layers=60, hidden=5120, heads=128, ffn_hidden=12288, vocab=102400, seq_len=4096,
+                        max_positions=163840, norm_eps=1e-6,
+                        mla=dict(kv_lora_rank=512, q_lora_rank=1536),
+                        moe=dict(experts=160, top_k=6, expert_ffn_hidden=1536, shared_experts=2,
+                                 first_dense_layers=1, norm_topk_prob=False, aux_loss_coeff=0.003)),
+    # DeepSeek-V2 paper Appendix B (DeepSeek-V2-Lite) and the released config.json (deepseek-ai/DeepSeek-V2-Lite):
+    # 27 layers, hidden 2048, 16 heads, no query compression (q_lora_rank null), kv_lora_rank 512, intermediate
+    # 10944 (first layer dense), 64 routed experts of 1408 + 2 shared, top 6, vocabulary 102,400, untied.
+    "deepseek-v2-lite": dict(_LLAMA, layers=27, hidden=2048, heads=16, ffn_hidden=10944, vocab=102400,
+                             seq_len=4096, max_positions=163840, norm_eps=1e-6,
+                             mla=dict(kv_lora_rank=512, q_lora_rank=None),
+                             moe=dict(experts=64, top_k=6, expert_ffn_hidden=1408, shared_experts=2,
+                                      first_dense_layers=1, norm_topk_prob=False, aux_loss_coeff=0.001)),
+    # A toy of DeepSeek's shape for tests and the cpu scenario: MLA (both latents) and MoE with a shared expert
+    # and a dense first layer, seconds on a laptop.
+    "tiny-mla": dict(layers=2, hidden=64, heads=4, ffn_hidden=128, vocab=512, seq_len=64, max_positions=128,
+                     activation="swiglu", norm="rmsnorm", positions="rotary", bias=False, causal=True,
+                     tie_embeddings=False,
+                     mla=dict(kv_lora_rank=32, q_lora_rank=48, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                              v_head_dim=16),
+                     moe=dict(experts=4, top_k=2, expert_ffn_hidden=64, shared_experts=1, first_dense_layers=1)),
     # OpenAI 2025, gpt-oss-120b & gpt-oss-20b model card (arXiv:2508.10925, Table 1: 116.8B / 20.9B total, 5.1B /
     # 3.6B active), and the released config.json (huggingface.co/openai/gpt-oss-20b and gpt-oss-120b): 24 / 36
     # layers, hidden 2880, 64 query heads and 8 KV heads of head_dim 64 (64 x 64 = 4096 != 2880), attention
@@ -151,6 +192,18 @@ PUBLISHED_MOE_PARAMS: dict[str, tuple[float, float]] = {
     # gpt-oss model card (arXiv:2508.10925), Table 1: 20.9B / 3.6B and 116.8B / 5.1B (total / active).
     "gpt-oss-20b": (20.9e9, 3.6e9),
     "gpt-oss-120b": (116.8e9, 5.1e9),
+}
+# Published (total, activated, precision) parameter counts of the DeepSeek (MLA) presets. DeepSeek-V3: 671B total,
+# 37B activated (DeepSeek-V3 report, abstract and Sec. 4.2; the checkpoint's 685B include the 14B multi-token
+# prediction module, not built). DeepSeek-V2: 236B total, 21B activated; DeepSeek-V2-Lite: 15.7B total, 2.4B
+# activated (DeepSeek-V2 paper, abstract and Appendix B). DeepSeek's activated counts leave out the input
+# embedding table (a row lookup, no compute): llmsim's count_active_parameters minus vocab x hidden agrees
+# (V3 36.6B -> "37B", V2 20.9B -> "21B", Lite 2.45B -> "2.4B"); the V2/V3 figures are whole billions (within
+# 0.5B), Lite's one decimal (within 0.1B).
+PUBLISHED_MLA_PARAMS: dict[str, tuple[float, float, float]] = {
+    "deepseek-v3": (671e9, 37e9, 0.5e9),
+    "deepseek-v2": (236e9, 21e9, 0.5e9),
+    "deepseek-v2-lite": (15.7e9, 2.4e9, 0.1e9),
 }
 # The sources give one decimal of a billion, rounded (Mixtral's 12.88B is "12.9B") or cut (Qwen's 3.353B active
 # is "3.3B"), so a count agrees when it lies within 0.1B; the exact counts are checked by hand in the tests.
