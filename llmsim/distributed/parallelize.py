@@ -212,6 +212,7 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
         # Attention.forward splits and views with these counts: make them the local ones.
         block.attn.heads = heads // tp
         block.attn.kv_heads = max(kv_heads // tp, 1)
+        _keep_local_sinks(block, mesh.get_local_rank(), heads // tp)
         row_out = Shard(1) if sequence_parallel else Replicate()
         plan: dict[str, Any] = {
             "attn.qkv": ColwiseParallel(),
@@ -249,6 +250,15 @@ def apply_tensor_parallel(model: Transformer, root: DeviceMesh, *, sequence_para
         _shard_vocabulary(model, mesh)
         state.vocab_parallel = True
     return state
+
+
+def _keep_local_sinks(block: Block, rank: int, local_heads: int) -> None:
+    """gpt-oss's attention sinks (one learned logit per query head, CoreAttention.sinks) follow their heads: the
+    column-parallel qkv gives tp rank r the query heads r*local_heads .. (r+1)*local_heads - 1, so the rank keeps
+    those heads' sinks as a plain parameter of its own (no tp reduction: no other rank reads them)."""
+    sinks = getattr(block.attn.core, "sinks", None)
+    if sinks is not None:
+        block.attn.core.sinks = nn.Parameter(sinks.detach()[rank * local_heads:(rank + 1) * local_heads].clone())
 
 
 def vocab_parallel_possible(spec: Any, tp: int) -> bool:

@@ -538,6 +538,9 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+    if isinstance(module, CoreAttention) and module.sinks is not None:
+        # transformers' GptOssPreTrainedModel._init_weights: the sinks drawn like the weights (initializer_range)
+        nn.init.normal_(module.sinks, mean=0.0, std=INIT_STD)
 
 
 def build_model(spec: ModelSpec, *, tie_embeddings: bool, layer_groups: int | None = None,

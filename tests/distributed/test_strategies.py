@@ -118,6 +118,18 @@ def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
         assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+def test_tensor_parallel_keeps_each_ranks_attention_sinks_and_windows() -> None:
+    """gpt-oss's attention sinks (one logit per query head, drawn at init) follow their heads over tp=2, with
+    sliding-window layers beside full ones: the losses of steps 1 and 2 equal the single process's (a rank that
+    kept every head's sinks, or another rank's, fails at the softmax or gives other losses)."""
+    case = _case(dict(kv_heads=2, positions="rotary", sliding_window=8, full_attention_every=2,
+                      attention_sinks=True), tp=2)
+    r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
+    assert r.status == "ok", r.error
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+
+
 @SLOW
 def test_tensor_parallel_with_a_stated_head_dim_and_qk_norm() -> None:
     """Heads of 24 with hidden 64 and 4 heads (head_dim != hidden/heads, issue 14) and Qwen3's q/k head norms:
