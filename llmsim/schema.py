@@ -41,12 +41,23 @@ def _catalog_names(node: Any, names: dict[str, list[str]]) -> None:
         _catalog_names(value, names)
 
 
+def _preset_fills_the_shape(defs: dict[str, Any]) -> None:
+    """A model with a `preset` needs none of the shape's fields (the preset fills them: ModelSpec._apply_preset);
+    without one it needs them all. Pydantic's schema lists them as required either way, which refused every scenario
+    that names a preset; here they are required only when `preset` is absent (JSON Schema's anyOf of the two)."""
+    model = defs.get("ModelSpec", {})
+    required = model.pop("required", [])
+    if required:
+        model["anyOf"] = [{"required": ["preset"]}, {"required": required}]
+
+
 def scenario_schema(registry: BackendRegistry, catalog: Catalog) -> dict[str, Any]:
     """The scenario's JSON Schema with `backends` spelled out: per installed backend (registry) its settings'
     schema (its definitions under $defs as `NAME.Model`), the catalog's names where a setting names an entry; a
     backend not installed here stays a free-form mapping (validation names the installed ones)."""
     schema = Scenario.model_json_schema()
     defs = schema.setdefault("$defs", {})
+    _preset_fills_the_shape(defs)
     names = {"device": list(catalog.devices), "link": list(catalog.links)}
     blocks: dict[str, Any] = {}
     for name in registry.names:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim import Backend, hookimpl
@@ -89,3 +91,24 @@ def test_the_schema_module_imports_no_built_in_plugin() -> None:
             "'llmsim_plugins')]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in SCENARIOS if not p.name.startswith("plan-")],  # plans: not scenarios
+                         ids=lambda p: p.name)
+def test_every_shipped_scenario_passes_the_schema(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An editor or CI that checks a scenario with `llmsim schema`'s output accepts the files we ship (a model
+    named by its preset, without layers / hidden / heads / vocab / seq_len, was refused)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(yaml.safe_load(path.read_text()), _schema(capsys))
+
+
+def test_a_model_without_a_preset_still_needs_its_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = _schema(capsys)
+    scenario = {"name": "x", "workload": {"model": {"layers": 2, "hidden": 64}}, "strategies": [{"name": "s"}],
+                "backends": {"roofline": {}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(scenario, schema)
