@@ -24,6 +24,9 @@ Tables (validation/README.md lists their sources and assumptions; docs/validatio
              trtllm-blog   TensorRT-LLM's blog tables (v0.5-v0.7, late 2023): offline static batches of fixed
                            lengths (gptSessionBenchmark), FP8 weights and KV cache on H100/H200, FP16 on A100; output
                            tokens/s per GPU and the first token's latency (validation/serving_trtllm_blog.csv)
+             deepseek-serve  DeepSeek (multi-head latent attention, MoE) served: the SGLang cookbook's R1-0528 on 8
+                           B200 and V3.1 on 8 MI300X (tp 8, FP8, fixed-length random prompts at 1-100 clients),
+                           vLLM and SGLang PRs on H100/H200 (validation/serving_deepseek.csv)
              capacity      published serving capacity: the highest request rate one replica sustains under a latency
                            SLO (Sarathi-Serve's capacity search, DistServe's goodput), priced by the serving planner's
                            rate search, llmsim.planner.serve.rate_search (validation/serving_capacity.csv)
@@ -597,6 +600,9 @@ SHAREGPT_MEANS: dict[str, tuple[float, float]] = {   # published (prompt, output
     "sharegpt-vllm-llama3": (1414.42 / 3.28 - 714.48 / 3.28, 714.48 / 3.28),
     "sharegpt-vllm-mistral": (741_804 / 3000, 712_850 / 3000),
     "sharegpt-sglang-llama3": (453_502 / 2000, 194.32),
+    # SGLang PR #1060 (DeepSeek-V2-Lite with --enable-mla, 1,000 ShareGPT prompts at once): its printed totals
+    # "Total input tokens: 236142", "Total generated tokens: 215614" (rows DS03/DS04 of serving_deepseek.csv)
+    "sharegpt-sglang-deepseek": (236_142 / 1000, 215_614 / 1000),
 }
 
 
@@ -693,6 +699,8 @@ def vllm_random_lengths(input_len: int, output_len: int, range_ratio: float, spe
 SGLANG_RANDOM_DATASETS: tuple[tuple[str, int, int, float], ...] = (
     ("sglang-random-1k-1k-r0", 1_000, 1_000, 0.0),
     ("sglang-random-8k-1k-r0", 8_000, 1_000, 0.0),
+    # the cookbook's DeepSeek-V3.1 page (MI300X) 1k / 8k scenario (serving_deepseek.csv DS41-DS76)
+    ("sglang-random-1k-8k-r0", 1_000, 8_000, 0.0),
 )
 
 
@@ -713,6 +721,11 @@ def sglang_random_lengths(input_len: int, output_len: int, range_ratio: float) -
 # sglang-v02-random-32-128-r0: SGLang PR #1262's offline run.
 SGLANG_V02_RANDOM_DATASETS: tuple[tuple[str, int, int, float], ...] = (
     ("sglang-v02-random-32-128-r0", 32, 128, 0.0),
+    # the SGLang cookbook's DeepSeek-R1 page (8 B200, SGLang 0.5.6.post1): its printed totals equal numpy's draws at
+    #   seed 1 with nothing added (serving_deepseek.csv DS05-DS40; checked by the rows' author for all nine runs)
+    ("sglang-v02-random-1k-1k-r0", 1_000, 1_000, 0.0),
+    ("sglang-v02-random-1k-8k-r0", 1_000, 8_000, 0.0),
+    ("sglang-v02-random-8k-1k-r0", 8_000, 1_000, 0.0),
 )
 
 
@@ -1541,6 +1554,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("moe-serve", "inference", VALIDATION / "moe_serving.csv", lambda p: run_cases(p, "inference")),
     Table("serving", "serving", VALIDATION / "serving_online.csv", serving_cases),
     Table("trtllm-blog", "serving", VALIDATION / "serving_trtllm_blog.csv", serving_cases),
+    Table("deepseek-serve", "serving", VALIDATION / "serving_deepseek.csv", serving_cases),
     Table("capacity", "serving", VALIDATION / "serving_capacity.csv", capacity_cases),
     Table("capacity-ratios", "serving", VALIDATION / "serving_capacity_ratios.csv", capacity_ratio_cases),
 )}
