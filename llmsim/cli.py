@@ -76,6 +76,10 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     _note_trace(scenario, scenario_dir, path)
     _note_inference_kernels(planned, scenario, path)
     _note_cross_node_tp(planned, catalog, path)
+    window = scenario.workload.model.window_note()
+    if window is not None:
+        err_console.print(f"[yellow]llmsim: note: {escape(path)}: workload.model.sliding_window: {escape(window)}[/]",
+                          highlight=False, soft_wrap=True)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 

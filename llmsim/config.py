@@ -276,6 +276,16 @@ class ModelSpec(_Strict):
             return 1
         return min(tp, self.kv_heads or self.heads)
 
+    def window_note(self) -> str | None:
+        """A note where `sliding_window` spans the whole context (seq_len): every windowed layer then attends to
+        every token, as a full layer does, so the window changes nothing priced or run. Not an error: a short
+        seq_len under a preset's window (gpt-oss at seq_len 64) is a fair test."""
+        if self.sliding_window is None or self.sliding_window < self.seq_len:
+            return None
+        return (f"sliding_window={self.sliding_window} is not below seq_len={self.seq_len}: no layer's window cuts "
+                f"anything, every layer attends to the whole context (a window limits attention when it is "
+                f"1..{self.seq_len - 1})")
+
     def is_moe_layer(self, layer: int) -> bool:
         """Layer `layer` (0-based) is a mixture of experts: layer >= first_dense_layers and layer % layer_freq
         == 0 (DeepSeek-V3's modeling code: first_k_dense_replace and moe_layer_freq; Megatron-Core's

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmsim.config import Scenario
+from llmsim.config import EXPERT_WEIGHT_DTYPES, Scenario
 from llmsim.hardware import CATALOG_KEY, Catalog
 from llmsim.registry import BackendRegistry
+from llmsim.workload.presets import PRESETS
 
 
 def _catalog_names(node: Any, names: dict[str, list[str]]) -> None:
@@ -51,6 +52,20 @@ def _preset_fills_the_shape(defs: dict[str, Any]) -> None:
         model["anyOf"] = [{"required": ["preset"]}, {"required": required}]
 
 
+def _named_choices(defs: dict[str, Any]) -> None:
+    """The model keys whose values validation checks against a list pydantic cannot see (a validator, not a
+    Literal): `preset` (the preset table) and `moe.expert_weight_dtype`, offered as enums so an editor completes them."""
+    for model, key, values in (("ModelSpec", "preset", list(PRESETS)),
+                               ("MoeSpec", "expert_weight_dtype", list(EXPERT_WEIGHT_DTYPES))):
+        prop = defs.get(model, {}).get("properties", {}).get(key)
+        if prop is not None:
+            description = prop.get("description")
+            prop.clear()
+            prop["anyOf"] = [{"enum": values}, {"type": "null"}]
+            if description:
+                prop["description"] = description
+
+
 def scenario_schema(registry: BackendRegistry, catalog: Catalog) -> dict[str, Any]:
     """The scenario's JSON Schema with `backends` spelled out: per installed backend (registry) its settings'
     schema (its definitions under $defs as `NAME.Model`), the catalog's names where a setting names an entry; a
@@ -58,6 +73,7 @@ def scenario_schema(registry: BackendRegistry, catalog: Catalog) -> dict[str, An
     schema = Scenario.model_json_schema()
     defs = schema.setdefault("$defs", {})
     _preset_fills_the_shape(defs)
+    _named_choices(defs)
     names = {"device": list(catalog.devices), "link": list(catalog.links)}
     blocks: dict[str, Any] = {}
     for name in registry.names:

@@ -342,3 +342,25 @@ def test_a_bad_window_exits_2_with_one_line(write_scenario, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "workload.model.full_attention_every: full_attention_every=2 needs sliding_window" in err
     assert "\n" not in err
+
+
+def test_a_window_that_spans_the_whole_context_is_noted_not_refused() -> None:
+    """sliding_window >= seq_len cuts nothing (every layer attends to the whole context): a note, no error, so a
+    short seq_len under a preset's window still validates."""
+    from llmsim.config import ModelSpec
+
+    assert ModelSpec(preset="gpt-oss-20b", seq_len=4096).window_note() is None
+    note = ModelSpec(preset="gpt-oss-20b", seq_len=4096, sliding_window=1_000_000).window_note()
+    assert note is not None and "seq_len=4096" in note and "1..4095" in note
+    assert ModelSpec(preset="gpt-oss-20b", seq_len=64).window_note() is not None
+    assert ModelSpec(preset="llama3-8b").window_note() is None
+
+
+def test_the_window_note_reaches_validate(tmp_path, capsys) -> None:
+    from llmsim.cli import main
+
+    path = tmp_path / "w.yaml"
+    path.write_text("name: w\nworkload:\n  model: {preset: gpt-oss-20b, seq_len: 256, sliding_window: 4096}\n"
+                    "  mode: prefill\n  batch: 1\nstrategies: [{name: s}]\nbackends: {roofline: {hardware: h100-sxm, nodes: 1, devices_per_node: 1}}\n")
+    assert main(["validate", str(path)]) == 0
+    assert "workload.model.sliding_window: sliding_window=4096 is not below seq_len=256" in capsys.readouterr().err

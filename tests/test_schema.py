@@ -112,3 +112,12 @@ def test_a_model_without_a_preset_still_needs_its_shape(capsys: pytest.CaptureFi
                 "backends": {"roofline": {}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(scenario, schema)
+
+
+def test_presets_and_expert_weight_dtypes_are_offered_as_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    from llmsim.workload.presets import PRESETS
+
+    defs = _schema(capsys)["$defs"]
+    preset = defs["ModelSpec"]["properties"]["preset"]
+    assert {"enum": list(PRESETS)} in preset["anyOf"] and "deepseek-v3" in PRESETS and "gpt-oss-20b" in PRESETS
+    assert {"enum": ["mxfp4"]} in defs["MoeSpec"]["properties"]["expert_weight_dtype"]["anyOf"]
