@@ -592,3 +592,22 @@ def test_a_window_on_every_layer_is_exported_as_mistral_and_a_mixed_one_refused(
     assert "expert_weight_dtype=mxfp4" in (checkpoint_problem(ModelSpec(preset="gpt-oss-20b", sliding_window=None,
                                                                           full_attention_every=None,
                                                                           attention_sinks=False)) or "")
+
+
+def test_a_mixture_of_experts_is_exported_as_mixtral_or_refused() -> None:
+    """A MoE model was written as a dense Llama (its experts dropped: vLLM measured another model). Mixtral's form
+    keeps experts, top-k and the expert width; what Mixtral cannot express (a shared expert, dense layers) is
+    refused in one line naming the keys."""
+    llama = dict(preset="tiny", activation="swiglu", norm="rmsnorm", positions="rotary", bias=False)
+    moe = ModelSpec(**llama, moe={"experts": 4, "top_k": 2, "expert_ffn_hidden": 96})
+    assert checkpoint_problem(moe) is None
+    config = hf_config(moe, "float32", tie_embeddings=True)
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["model_type"] == "mixtral"
+    assert (config["num_local_experts"], config["num_experts_per_tok"], config["intermediate_size"]) == (4, 2, 96)
+    shared = checkpoint_problem(ModelSpec(**llama, moe={"experts": 4, "top_k": 2, "shared_experts": 1,
+                                                         "first_dense_layers": 1}))
+    assert shared is not None and "moe.shared_experts=1" in shared and "moe.first_dense_layers=1" in shared
+    assert "\n" not in shared
+    gpt2 = checkpoint_problem(ModelSpec(preset="tiny", activation="gelu", norm="layernorm", positions="learned",
+                                        bias=True, moe={"experts": 4, "top_k": 1}))
+    assert gpt2 is not None and "MixtralForCausalLM" in gpt2
