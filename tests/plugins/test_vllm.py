@@ -552,6 +552,28 @@ def test_a_real_vllm_engine_serves_the_requests(tmp_path: Path) -> None:
     assert [r["engine_reused"] for r in rows] == [False, True] and rows[1]["engine_start_s"] == 0
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_real_vllm_engine_serves_a_mixture_of_experts_as_mixtral(tmp_path: Path) -> None:
+    """The MoE checkpoint (MixtralForCausalLM) loads and serves: the engine's log names the architecture."""
+    if vllm_version() is None:
+        pytest.skip("vllm is not installed in this environment (docs/serving.md: make .venv-vllm)")
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    data = serving_scenario(requests=8, lengths={"input": 32, "output": 8})
+    data["workload"]["model"]["moe"] = {"experts": 4, "top_k": 2}
+    data["backends"] = {"vllm": {"memory_gib": 1}}
+    path.write_text(yaml.safe_dump(data))
+    scenario = load_scenario(path)
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    outcome = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path)), tmp_path / "out")
+    row = json.loads((outcome.run_dir / "results.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "ok" and row["requests_done"] == 8, row["error"]
+    logs = "".join(p.read_text(errors="replace") for p in (outcome.run_dir / "engine").glob("*.log"))
+    assert "MixtralForCausalLM" in logs
+
+
 def test_a_port_taken_between_free_port_and_the_server_s_bind_is_replaced_by_another(tmp_path: Path) -> None:
     """free_port closes its socket before the server binds the port: another process may take it in between
     (the race); the server then exits with EADDRINUSE and is started again on a fresh port."""
