@@ -907,8 +907,8 @@ class Scenario(_Strict):
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,
                     created: dict[str, str] | None = None) -> dict[str, Any]:
     """Apply `--set a.b[0].c=value` overrides; the value is parsed as YAML (so 4, true, [1, 2] work). A top-level
-    block the file lacks is created; `created` (if given) gets {block: the --set that created it}, so an error
-    inside that block can say where it came from (load_file_model)."""
+    block the file lacks is created, at any depth; `created` (if given) gets {the block's key path: the --set that
+    created it}, so an error inside that block can say where it came from (load_file_model)."""
     for item in overrides:
         if "=" not in item:
             raise ScenarioError(file, None, f"--set {item!r}: expected KEY=VALUE, e.g. workload.batch=16")
@@ -938,8 +938,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,
             else:
                 if isinstance(node, dict) and node.get(index) is None:
                     node[index] = {}
-                    if i == 0 and created is not None:
-                        created.setdefault(str(index), item)
+                    if created is not None:
+                        created.setdefault(format_key_path(tuple(parts[:i + 1])), item)
                 node = node[index]
     return data
 
@@ -948,9 +948,13 @@ MISSING_KEY = "required key is missing"  # a required key's error, as every file
 SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
 
 
+_YAML_SPELLING = {None: "null", True: "true", False: "false"}  # how the user wrote these in YAML or --set
+
+
 def shown_value(value: object) -> str:
-    """A wrong value as an error quotes it: its repr, cut to SHOWN_VALUE_CHARS."""
-    text = repr(value)
+    """A wrong value as an error quotes it: its repr, cut to SHOWN_VALUE_CHARS; YAML's null, true and false as
+    the user wrote them (not Python's None, True, False)."""
+    text = _YAML_SPELLING[value] if isinstance(value, (bool, type(None))) else repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
 
 
@@ -974,6 +978,17 @@ def one_value_expected(err: dict[str, Any]) -> str | None:
     return f"{_shown(value)}: expected one {what}, not {given}" + (f"; allowed: {allowed}" if allowed else "")
 
 
+def wrong_kind(err: dict[str, Any]) -> str | None:
+    """Null, a number or a boolean where another kind of single value belongs (`kv_lora_rank: null`): pydantic
+    says 'Input should be a valid integer' after Python's None; this says `null: expected an integer`. None for
+    any other error (text is strict.py's, a list or mapping one_value_expected's)."""
+    what = _ONE_VALUE.get(err["type"])
+    value = err.get("input")
+    if what is None or err["type"] == "literal_error" or isinstance(value, (str, list, tuple, dict)):
+        return None
+    return f"{_shown(value)}: expected {'an' if what[0] in 'aeiou' else 'a'} {what}"
+
+
 def describe_error(err: dict[str, Any]) -> str:
     """One readable sentence from one pydantic error."""
     kind, msg = err["type"], err["msg"]
@@ -991,9 +1006,12 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "too_short":
         least = (err.get("ctx") or {}).get("min_length", 1)
         return f"{_shown(err.get('input'))}: needs at least {count(least, 'item')}"
+    wrong = wrong_kind(err)
+    if wrong is not None:
+        return wrong
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return f"{err.get('input')!r}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
+    return f"{_shown(err.get('input'))}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
                                                               "bool", "float", "too_short", "finite")) else msg
 
 
@@ -1045,17 +1063,27 @@ def allowed_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """'; allowed: > 0 and <= 1' for a number out of its field's bounds: pydantic's message names only the
     bound that was broken ('Input should be greater than 0'), this names them all. '' where the field or its
     bounds cannot be found (a union of differently bounded types names the bounds of all its members)."""
-    parent = _model_at(model, tuple(p for p in loc[:-1]))
-    name = next((p for p in reversed(loc) if not isinstance(p, int)), None)
-    field = getattr(parent, "model_fields", {}).get(name) if name is not None else None
+    while loc and isinstance(loc[-1], int):  # an item of a list: its field's bounds (stage_layers[1])
+        loc = loc[:-1]
+    parent = _model_at(model, tuple(loc[:-1]))
+    field = getattr(parent, "model_fields", {}).get(loc[-1]) if loc else None
     if field is None:
         return ""
     bounds = _bounds_in(field.metadata)
-    if not bounds:
-        for arg in getattr(field.annotation, "__args__", ()):
-            bounds += _bounds_in(getattr(arg, "__metadata__", ()))
+    pending = list(getattr(field.annotation, "__args__", ()))
+    while not bounds and pending:  # a union's or a list's members, to any depth (list[NonNegativeInt] | None)
+        arg = pending.pop(0)
+        bounds += _bounds_in(getattr(arg, "__metadata__", ()))
+        pending += [a for a in getattr(arg, "__args__", ()) if not hasattr(arg, "__metadata__")]
     bounds = sorted(dict.fromkeys(bounds), key=lambda b: not b.startswith(">"))  # the lower bound first
-    return f"; allowed: {' and '.join(bounds)}" if len(bounds) > 1 else ""
+    return f"; allowed: {' and '.join(bounds)}" if bounds else ""
+
+
+def out_of_range(model: type[BaseModel], err: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """A number outside its field's bounds, with every bound (`0: out of range; allowed: >= 1`); pydantic's own
+    sentence where the field's bounds cannot be found."""
+    allowed = allowed_range(model, loc)
+    return f"{_shown(err.get('input'))}: out of range{allowed}" if allowed else describe_error(err)
 
 
 def validation_error(model: type[BaseModel], exc: ValidationError, file: str) -> ScenarioError:
@@ -1072,7 +1100,7 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
     if err["type"] == "extra_forbidden":
         message += allowed_keys(model, loc)
     elif err["type"].startswith(("greater_than", "less_than")):
-        message += allowed_range(model, loc)
+        message = out_of_range(model, err, loc)
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"
@@ -1112,8 +1140,10 @@ def load_file_model(model: type[FileModel], path: str | Path, overrides: list[st
     try:
         return parse_file_model(model, data, file)
     except ScenarioError as exc:
-        block = (exc.key or "").split(".")[0].split("[")[0]
-        if block not in created or exc.message != MISSING_KEY:
+        key = exc.key or ""
+        block = next((path for path in sorted(created, key=len, reverse=True)
+                      if key.startswith(path) and key[len(path):len(path) + 1] in (".", "[")), None)
+        if block is None or exc.message != MISSING_KEY:
             raise  # an error of the value itself reads as it is
         raise ScenarioError(exc.file, exc.key, f"{exc.message} (this file has no {block}: block; --set "
                                                f"{created[block]} created one, which needs its other keys too: "

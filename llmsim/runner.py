@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import (Scenario, allowed_keys, allowed_range, describe_error, one_value_expected,
-                           shown_value)
+from llmsim.config import (Scenario, allowed_keys, describe_error, one_value_expected, out_of_range,
+                           shown_value, wrong_kind)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
 from llmsim.costmodel.compute import attention_problem
@@ -114,9 +114,11 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
                 "string_type", "literal_error"):  # a list, mapping or number where one device or link name belongs
             message = _catalog_value_problem(err.get("input"), kind, catalog)
         else:
-            message = one_value_expected(err) or f"{err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}"
             if err["type"].startswith(("greater_than", "less_than")):
-                message += allowed_range(cls.Settings, loc)
+                message = out_of_range(cls.Settings, err, loc)
+            else:
+                message = (one_value_expected(err) or wrong_kind(err)
+                           or f"{shown_value(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}")
         raise ScenarioError(file, where, message) from None
 
 

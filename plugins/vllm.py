@@ -221,7 +221,8 @@ class VllmBackend(Backend):
     @classmethod
     def check_workload(cls, workload: Workload) -> tuple[str, str] | None:
         """A multi-head latent attention model (DeepSeek-V2/V3) has no checkpoint form here: this backend writes
-        Llama- or GPT-2-style checkpoints only (llmsim.serving.engine.hf_config), not DeepseekV3ForCausalLM."""
+        Llama-, Mistral-, Mixtral- or GPT-2-style checkpoints only (llmsim.serving.engine.hf_config), not
+        DeepseekV3ForCausalLM."""
         if workload.model.mla is not None:
             return "model.mla", ("the vllm backend writes Llama- or GPT-2-style checkpoints; a multi-head latent "
                                  "attention model (DeepSeek) has none here (allowed: a model without mla; model it "

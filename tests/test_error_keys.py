@@ -104,12 +104,11 @@ def test_the_other_problems_of_one_file_are_named_by_their_keys(capsys: pytest.C
     assert err.endswith("(and 1 more problem: workload.dtype)"), err
 
 
-@pytest.mark.parametrize("value, broken", [("-0.5", "greater than 0"), ("1.5", "less than or equal to 1")])
-def test_a_number_out_of_bounds_names_every_bound(capsys: pytest.CaptureFixture[str], value: str,
-                                                  broken: str) -> None:
+@pytest.mark.parametrize("value", ["-0.5", "1.5"])
+def test_a_number_out_of_bounds_names_every_bound(capsys: pytest.CaptureFixture[str], value: str) -> None:
     """pydantic names only the bound that was broken; the message names the whole allowed range."""
     err = _validate(capsys, ["scenarios/serve-8b.yaml", "--set", f"serving.memory_utilization={value}"])
-    assert "serving.memory_utilization: " in err and broken in err and "allowed: > 0 and <= 1" in err, err
+    assert f"serving.memory_utilization: {value}: out of range; allowed: > 0 and <= 1" in err, err
 
 
 def test_the_range_names_the_lower_bound_first(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,7 +116,7 @@ def test_the_range_names_the_lower_bound_first(capsys: pytest.CaptureFixture[str
     assert "workload.batch: 0: " in err and "allowed: >= 1 and <= 2147483647" in err, err
 
 
-def test_a_one_sided_bound_adds_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    """Where the broken bound is the only one, pydantic's sentence already says what is allowed."""
+def test_a_one_sided_bound_is_named_the_same_way(capsys: pytest.CaptureFixture[str]) -> None:
+    """A key bounded on one side reads like one bounded on both (pydantic's own sentence differed by type)."""
     err = _validate(capsys, ["scenarios/serve-8b.yaml", "--set", "serving.kv_block_tokens=0"])
-    assert "serving.kv_block_tokens: " in err and "allowed:" not in err, err
+    assert "serving.kv_block_tokens: 0: out of range; allowed: >= 1" in err, err

@@ -78,7 +78,7 @@ def test_a_batch_beyond_a_tensor_dimension_is_refused_before_anything_runs(tmp_p
     (tmp_path / "wide.yaml").write_text(yaml.safe_dump(scenario))
     done = _llmsim("run", "wide.yaml", "--out", "out", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "workload.batch: 1000000000000: Input should be less than or equal to 2147483647" in done.stderr
+    assert "workload.batch: 1000000000000: out of range; allowed: >= 1 and <= 2147483647" in done.stderr
 
 
 def test_deep_models_are_traced_as_a_slice_and_mixed_shared_ones_refused() -> None:

@@ -138,11 +138,11 @@ def test_an_uneven_pipeline_is_accepted_and_laid_out() -> None:
 @pytest.mark.parametrize(("layers", "strategy", "expected"), [
     (7, dict(pp=3, stage_layers=[1, 3, 2]), "strategies[0].stage_layers: the counts add up to 6, not layers=7"),
     (7, dict(pp=3, stage_layers=[1, 3]), "strategies[0].stage_layers: 2 counts for pp=3 (one per pipeline stage)"),
-    (7, dict(pp=3, stage_layers=[1, -3, 9]), "strategies[0].stage_layers[1]: -3: Input should be greater than or "
-                                             "equal to 0"),
+    (7, dict(pp=3, stage_layers=[1, -3, 9]), "strategies[0].stage_layers[1]: -3: out of range; "
+                                             "allowed: >= 0"),
     (8, dict(pp=4, first_stage_layers=3), "strategies[0].first_stage_layers: 3: leaves 5 layers for the other 3"),
-    (8, dict(pp=4, first_stage_layers=0), "strategies[0].first_stage_layers: 0: Input should be greater than or "
-                                          "equal to 1"),
+    (8, dict(pp=4, first_stage_layers=0), "strategies[0].first_stage_layers: 0: out of range; "
+                                          "allowed: >= 1"),
     (8, dict(pp=2, embedding_as_layer=True), "strategies[0].embedding_as_layer: layers + 1 (embedding) = 9 is not "
                                             "divisible by pp=2"),
     (8, dict(pp=2, stage_layers=[4, 4], last_stage_layers=4), "strategies[0].stage_layers: give either"),

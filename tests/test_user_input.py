@@ -333,6 +333,31 @@ def test_a_set_that_creates_a_block_the_file_lacks_says_so(capsys, verb: str, pa
     assert "created one" not in capsys.readouterr().err
 
 
+def test_a_set_that_creates_a_nested_block_says_so(capsys) -> None:  # noqa: ANN001
+    """--set workload.model.moe.X on a dense model creates a moe block deep in the file; its missing experts are
+    blamed on that --set, not left as a bare 'required key is missing'."""
+    set_ = "workload.model.moe.expert_weight_dtype=mxfp4"
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", set_])
+    assert "workload.model.moe.experts: required key is missing" in err
+    assert f"no workload.model.moe: block; --set {set_} created one" in err
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("null", "workload.batch: null: expected an integer"),       # YAML's spelling, not Python's None
+    ("0", "workload.batch: 0: out of range; allowed: >= 1 and <= 2147483647"),
+])
+def test_a_wrong_number_names_its_allowed_range_and_yaml_spelling(capsys, value: str, expected: str) -> None:  # noqa: ANN001
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", f"workload.batch={value}"])
+    assert expected in err
+
+
+def test_a_list_item_out_of_range_names_the_bound(capsys) -> None:  # noqa: ANN001
+    """stage_layers' items are bounded by the list's item type: the bound is found through list[...] | None."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "strategies[0].pp=2",
+                                  "--set", "strategies[0].stage_layers=[-1, 3]"])
+    assert "strategies[0].stage_layers[0]: -1: out of range; allowed: >= 0" in err
+
+
 SERVE = REPO / "scenarios" / "serve-8b.yaml"
 KERNELS = "'flash', 'cudnn', 'flash3', 'trtllm-mmha', 'fused-softmax' or 'math'"
 SERVING_KERNELS = "allowed with serving: flash, cudnn, flash3, trtllm-mmha"

@@ -81,10 +81,34 @@ def checkpoint_problem(spec: ModelSpec) -> str | None:
     if spec.moe is not None and spec.moe.expert_weight_dtype is not None:
         return (f"moe.expert_weight_dtype={spec.moe.expert_weight_dtype}: the dummy checkpoint holds 16-bit weights "
                 f"(allowed: null)")
+    if spec.moe is not None:
+        problem = _mixtral_problem(spec)
+        if problem:
+            return problem
     if spec.sliding_window is not None and (spec.full_attention_every is not None or arch_is_gpt2(spec) or spec.bias):
         return (f"sliding_window={spec.sliding_window} with full_attention_every={spec.full_attention_every}, "
                 f"bias={spec.bias}: only a window on every layer of a Llama-style model without bias is exported "
                 f"(MistralForCausalLM's sliding_window); allowed: full_attention_every null, bias false")
+    return None
+
+
+def _mixtral_problem(spec: ModelSpec) -> str | None:
+    """Why a mixture of experts has no MixtralForCausalLM form, or None. Mixtral (transformers' MixtralConfig,
+    vLLM's MixtralForCausalLM) routes every layer's tokens to top-k of `num_local_experts` SwiGLU experts of width
+    `intermediate_size`, gate weights softmaxed over the chosen k (llmsim's norm_topk_prob), dropless, no shared
+    expert, no dense layer, no bias."""
+    moe = spec.moe
+    assert moe is not None
+    if architecture_of(spec) != "llama":
+        return "a mixture of experts is exported as MixtralForCausalLM, a Llama-style model (swiglu, rmsnorm, rotary)"
+    unlike = [f"{key}={value}" for key, value, mixtral in (
+        ("moe.shared_experts", moe.shared_experts, 0), ("moe.layer_freq", moe.layer_freq, 1),
+        ("moe.first_dense_layers", moe.first_dense_layers, 0), ("moe.norm_topk_prob", moe.norm_topk_prob, True),
+        ("moe.capacity_factor", moe.capacity_factor, None), ("bias", spec.bias, False)) if value != mixtral]
+    if unlike:
+        return (f"{', '.join(unlike)}: a mixture of experts is exported as MixtralForCausalLM (every layer MoE, no "
+                f"shared expert, top-k weights renormalised, dropless, no bias); allowed: shared_experts 0, layer_freq "
+                f"1, first_dense_layers 0, norm_topk_prob true, capacity_factor null, bias false")
     return None
 
 
@@ -97,6 +121,14 @@ def hf_config(spec: ModelSpec, dtype: str, tie_embeddings: bool) -> dict[str, An
     arch = architecture_of(spec)
     common: dict[str, Any] = dict(vocab_size=spec.vocab, torch_dtype=dtype, tie_word_embeddings=tie_embeddings,
                                   bos_token_id=EOS_ID, eos_token_id=EOS_ID)
+    if arch == "llama" and spec.moe is not None:
+        # Mixtral 8x7B's config keys (transformers MixtralConfig); sliding_window null = full attention
+        return dict(common, architectures=["MixtralForCausalLM"], model_type="mixtral", hidden_size=spec.hidden,
+                    intermediate_size=spec.expert_ffn, num_hidden_layers=spec.layers,
+                    num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.head_width,
+                    max_position_embeddings=max(spec.seq_len, spec.max_positions or 0), rms_norm_eps=spec.norm_eps,
+                    rope_theta=ROPE_THETA, hidden_act="silu", num_local_experts=spec.moe.experts,
+                    num_experts_per_tok=spec.moe.top_k, sliding_window=spec.sliding_window)
     if arch == "llama" and spec.sliding_window is not None:
         # every layer windowed: Mistral 7B v0.1's config (transformers' MistralConfig `sliding_window`, the window
         # of every layer); a Llama config has no window

@@ -27,7 +27,7 @@ def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
     ({"goal": {"tokens_per_s": 5}}, "goal.tokens_per_s", "training takes {tokens, deadline_days}"),
     ({"goal": {"deadline_days": 3}}, "goal.tokens", "required key is missing"),
     ({"hardware": [{"name": "a100-80gb", "price": 2}]}, "hardware[0].price", "allowed: name, usd_per_device_hour"),
-    ({"limits": {"max_devices": 0}}, "limits.max_devices", "greater than or equal to 1"),
+    ({"limits": {"max_devices": 0}}, "limits.max_devices", "out of range; allowed: >= 1"),
     ({"workload": {"model": {"preset": "tiny"}, "mode": "decode"}, "goal": {"tokens": 5}}, "goal.tokens",
      "takes {tokens_per_s, max_step_latency_s}"),
     ({"options": {"attention": "magic"}}, "options.attention",

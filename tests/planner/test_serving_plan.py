@@ -240,7 +240,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change, key, words", [
-    ({"goal": {"request_rate": -3}}, "goal.request_rate", "greater than 0"),
+    ({"goal": {"request_rate": -3}}, "goal.request_rate", "-3: out of range; allowed: > 0"),
     ({"goal": {"tokens": 1e9}}, "goal.request_rate", "a serving plan takes {request_rate}"),
     ({"goal": {"request_rate": 5, "tokens": 1e9}}, "goal.tokens", "a serving plan takes {request_rate}"),
     ({"goal": {"request_rate": 5, "tokens_per_s": 10}}, "goal.tokens_per_s", "a serving plan takes {request_rate}"),
@@ -254,7 +254,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
      "exceed the model's context"),
     ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp and dtype"),
-    ({"rate_tolerance": 0}, "rate_tolerance", "greater than 0"),
+    ({"rate_tolerance": 0}, "rate_tolerance", "0: out of range; allowed: > 0"),
     # a closed loop (issue 16's concurrency arrival) is run, not planned: refused naming the key
     ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
     ({"goal": {"concurrency": 8}}, "goal.concurrency", "write goal.request_rate"),

@@ -552,6 +552,28 @@ def test_a_real_vllm_engine_serves_the_requests(tmp_path: Path) -> None:
     assert [r["engine_reused"] for r in rows] == [False, True] and rows[1]["engine_start_s"] == 0
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_real_vllm_engine_serves_a_mixture_of_experts_as_mixtral(tmp_path: Path) -> None:
+    """The MoE checkpoint (MixtralForCausalLM) loads and serves: the engine's log names the architecture."""
+    if vllm_version() is None:
+        pytest.skip("vllm is not installed in this environment (docs/serving.md: make .venv-vllm)")
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    data = serving_scenario(requests=8, lengths={"input": 32, "output": 8})
+    data["workload"]["model"]["moe"] = {"experts": 4, "top_k": 2}
+    data["backends"] = {"vllm": {"memory_gib": 1}}
+    path.write_text(yaml.safe_dump(data))
+    scenario = load_scenario(path)
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    outcome = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path)), tmp_path / "out")
+    row = json.loads((outcome.run_dir / "results.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "ok" and row["requests_done"] == 8, row["error"]
+    logs = "".join(p.read_text(errors="replace") for p in (outcome.run_dir / "engine").glob("*.log"))
+    assert "MixtralForCausalLM" in logs
+
+
 def test_a_port_taken_between_free_port_and_the_server_s_bind_is_replaced_by_another(tmp_path: Path) -> None:
     """free_port closes its socket before the server binds the port: another process may take it in between
     (the race); the server then exits with EADDRINUSE and is started again on a fresh port."""
@@ -592,3 +614,22 @@ def test_a_window_on_every_layer_is_exported_as_mistral_and_a_mixed_one_refused(
     assert "expert_weight_dtype=mxfp4" in (checkpoint_problem(ModelSpec(preset="gpt-oss-20b", sliding_window=None,
                                                                           full_attention_every=None,
                                                                           attention_sinks=False)) or "")
+
+
+def test_a_mixture_of_experts_is_exported_as_mixtral_or_refused() -> None:
+    """A MoE model was written as a dense Llama (its experts dropped: vLLM measured another model). Mixtral's form
+    keeps experts, top-k and the expert width; what Mixtral cannot express (a shared expert, dense layers) is
+    refused in one line naming the keys."""
+    llama = dict(preset="tiny", activation="swiglu", norm="rmsnorm", positions="rotary", bias=False)
+    moe = ModelSpec(**llama, moe={"experts": 4, "top_k": 2, "expert_ffn_hidden": 96})
+    assert checkpoint_problem(moe) is None
+    config = hf_config(moe, "float32", tie_embeddings=True)
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["model_type"] == "mixtral"
+    assert (config["num_local_experts"], config["num_experts_per_tok"], config["intermediate_size"]) == (4, 2, 96)
+    shared = checkpoint_problem(ModelSpec(**llama, moe={"experts": 4, "top_k": 2, "shared_experts": 1,
+                                                         "first_dense_layers": 1}))
+    assert shared is not None and "moe.shared_experts=1" in shared and "moe.first_dense_layers=1" in shared
+    assert "\n" not in shared
+    gpt2 = checkpoint_problem(ModelSpec(preset="tiny", activation="gelu", norm="layernorm", positions="learned",
+                                        bias=True, moe={"experts": 4, "top_k": 1}))
+    assert gpt2 is not None and "MixtralForCausalLM" in gpt2

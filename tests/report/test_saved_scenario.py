@@ -29,7 +29,7 @@ def _cut_short(text: str) -> str:
 
 @pytest.mark.parametrize("damage, key, says", [
     (_cut_short, "workload.dtype", "'bfloat16', but the rows in results.jsonl ran dtype 'float32'"),
-    (lambda t: t.replace("batch: 4", "batch: -4"), "workload.batch", "-4: Input should be greater than or equal to 1"),
+    (lambda t: t.replace("batch: 4", "batch: -4"), "workload.batch", "-4: out of range; allowed: >= 1"),
     (lambda t: t.replace("batch: 4", "batch: 8"), "workload.batch", "8, but the rows in results.jsonl ran batch 4"),
     (lambda t: t[:len(t) // 2] + "\n  - [", None, "not valid YAML"),
     (lambda t: "", None, "expected a mapping at the top level"),

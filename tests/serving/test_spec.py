@@ -75,8 +75,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
                                     "block holds one sequence's tokens"),
     ("serving={arrival: {rate: 2}, lengths: {input: 8, output: 4}}",
      "serving.requests: give requests (a count), duration_s (seconds of arrivals) or both"),
-    ("serving.duration_s=0", "serving.duration_s: 0: Input should be greater than 0"),
-    ("serving.duration_s=-5", "serving.duration_s: -5: Input should be greater than 0"),
+    ("serving.duration_s=0", "serving.duration_s: 0: out of range; allowed: > 0"),
+    ("serving.duration_s=-5", "serving.duration_s: -5: out of range; allowed: > 0"),
     ("serving.arrival={kind: gamma, rate: 2}", "serving.arrival.cv: arrival kind 'gamma' needs cv"),
     ("serving.arrival={kind: poisson, rate: 2, path: t.csv}", "serving.arrival.path: path is for arrival kind 'trace'"),
     # the run's size: the simulated clock keeps microseconds to 1e9 s, and a typo may not simulate for days
@@ -101,7 +101,7 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
     ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
     ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
-    ("serving.memory_utilization=0", "serving.memory_utilization: 0: Input should be greater than 0"),
+    ("serving.memory_utilization=0", "serving.memory_utilization: 0: out of range; allowed: > 0"),
     ("serving.replicas=2", "serving.replicas: replicas x tp x pp = 2 x 1 x 1 = 2 devices (strategy 'single') but "
                            "backend 'roofline' has 1"),
     ("serving.queue=3", "serving.queue: unknown key; allowed: requests, duration_s, arrival"),
@@ -118,12 +118,12 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
      "serving.scheduler.waiting_served_ratio: waiting_served_ratio is for kind 'tgi' (got kind 'prefill-first')"),
     ("serving.scheduler={kind: tgi, chunk_tokens: 16}", "serving.scheduler.chunk_tokens: chunk_tokens is for kind "
                                                         "'chunked-prefill' (got kind 'tgi')"),
-    ("serving.scheduler={kind: prefill-first, delay_factor: -1}", "serving.scheduler.delay_factor: -1: Input should "
-                                                                  "be greater than or equal to 0"),
+    ("serving.scheduler={kind: prefill-first, delay_factor: -1}", "serving.scheduler.delay_factor: -1: out of range; "
+                                                                  "allowed: >= 0"),
     ("serving.scheduler={kind: tgi, waiting_served_ratio: -0.3}", "serving.scheduler.waiting_served_ratio: -0.3: "
-                                                                  "Input should be greater than or equal to 0"),
-    ("serving.scheduler={kind: tgi, max_waiting_tokens: -1}", "serving.scheduler.max_waiting_tokens: -1: Input "
-                                                              "should be greater than or equal to 0"),
+                                                                  "out of range; allowed: >= 0"),
+    ("serving.scheduler={kind: tgi, max_waiting_tokens: -1}", "serving.scheduler.max_waiting_tokens: -1: out "
+                                                              "of range; allowed: >= 0"),
     ("serving.scheduler={kind: tgi, max_waiting_tokens: 2.5}", "serving.scheduler.max_waiting_tokens: 2.5: Input "
                                                                "should be a valid integer"),
     ("serving.scheduler={kind: tgi, waiting_served_ratio: .inf}", "serving.scheduler.waiting_served_ratio: inf: Input "

@@ -56,7 +56,7 @@ def test_layer_pattern_first_dense_and_frequency() -> None:
 @pytest.mark.parametrize("model, strategy, expected", [
     ({"moe": {"top_k": 5}}, {}, "workload.model.moe.top_k: top_k=5 exceeds experts=4"),
     ({"moe": {"load_imbalance": 2.5}}, {}, "workload.model.moe.load_imbalance: load_imbalance=2.5 exceeds experts/top_k = 2"),
-    ({"moe": {"experts": 1}}, {}, "workload.model.moe.experts: 1: Input should be greater than or equal to 2"),
+    ({"moe": {"experts": 1}}, {}, "workload.model.moe.experts: 1: out of range; allowed: >= 2"),
     ({"moe": {"first_dense_layers": 2}}, {}, "no layer is a mixture of experts"),
     ({"moe": {"capacity_factor": 0}}, {}, "capacity_factor"),
     ({}, {"ep": 3}, "strategies[0].ep: 3 does not divide experts=4 (allowed: 1, 2, 4)"),
