@@ -272,6 +272,28 @@ NVML_NAME_TO_CATALOG: tuple[tuple[str, str], ...] = (
     ("h100 sxm", "h100-sxm"),
 )
 
+# Whole names (lower-cased, spaces collapsed), matched exactly: each is a prefix of another board's name that is not
+# the same part ("NVIDIA L40" of "NVIDIA L40S"; "NVIDIA H800" of "NVIDIA H800 PCIe", 114 SMs and a lower clock), so a
+# substring rule would price the wrong board. Where each name comes from (the string NVML's nvmlDeviceGetName and
+# torch.cuda.get_device_name report; vLLM and SGLang name their tuned kernel-config files after it, spaces as "_"):
+# "NVIDIA H800": vllm-project/vllm@36d3567f vllm/model_executor/layers/fused_moe/configs/E=128,N=192,
+#   device_name=NVIDIA_H800,dtype=fp8_w8a8.json (the H800 SXM5; the PCIe card reports "NVIDIA H800 PCIe").
+# "NVIDIA L40S": vllm-project/vllm@b4ba912c, same folder, E=128,N=1856,device_name=NVIDIA_L40S.json.
+# "NVIDIA L40": the nvidia-smi names GPU clouds list as their type ids ("L40": "NVIDIA L40", "L40S": "NVIDIA L40S"
+#   beside "H100 SXM": "NVIDIA H100 80GB HBM3", "H200 SXM": "NVIDIA H200") and DCGM exporter settings that take
+#   "exact nvidia-smi names" ("NVIDIA L40"); vLLM PR #6384 (the serving_online rows SF02-SF04) ran on one.
+# "NVIDIA B300 SXM6 AC": SGLang's fused-MoE configs (E=160,N=192,device_name=NVIDIA_B300_SXM6_AC,dtype=fp8_w8a8.json)
+#   and nvidia-smi output of B300 hosts in public benchmark notes ("8x NVIDIA B300 SXM6 AC", compute capability 10.3).
+# "NVIDIA GB300": SGLang's fused-MoE configs (configs/triton_3_7_1/E=512,N=512,device_name=NVIDIA_GB300.json) and the
+#   CUDA compute-capability tables of public tools ("NVIDIA GB300": "10.3").
+NVML_EXACT_NAME_TO_CATALOG: dict[str, str] = {
+    "nvidia h800": "h800",
+    "nvidia l40s": "l40s",
+    "nvidia l40": "l40",
+    "nvidia b300 sxm6 ac": "b300",
+    "nvidia gb300": "gb300",
+}
+
 
 # A MIG (Multi-Instance GPU) instance is named after its board plus its profile: "NVIDIA A100 80GB PCIe MIG 1g.10gb",
 # "NVIDIA A100-SXM4-40GB MIG 3g.20gb", "NVIDIA H100 80GB HBM3 MIG 1g.10gb+me". A profile <g>g.<m>gb is g of the
@@ -308,6 +330,8 @@ def catalog_name_for(nvml_name: str) -> str | None:
     lowered = " ".join(nvml_name.lower().split())
     if lowered in ("nvidia h200", "nvidia h200 141gb hbm3e"):
         return "h200"
+    if lowered in NVML_EXACT_NAME_TO_CATALOG:
+        return NVML_EXACT_NAME_TO_CATALOG[lowered]
     for pattern, name in NVML_NAME_TO_CATALOG:
         if pattern in lowered:
             return name

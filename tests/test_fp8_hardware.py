@@ -76,10 +76,10 @@ def test_measured_backends_still_skip_float8(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_only_blackwell_has_mx_units_in_the_catalog() -> None:
-    assert sorted(d.name for d in CATALOG.devices.values() if d.microscaling) == ["b200", "gb200"]
+    assert sorted(d.name for d in CATALOG.devices.values() if d.microscaling) == ["b200", "b300", "gb200", "gb300"]
     w = parse_scenario({"name": "x", "workload": {"model": {"preset": "tiny"}, "dtype": "float8",
                                                   "fp8": {"recipe": "mxfp8"}}}).workload
-    assert precision.capable_devices(w, CATALOG.devices.values()) == ["b200", "gb200"]
+    assert precision.capable_devices(w, CATALOG.devices.values()) == ["b200", "gb200", "b300", "gb300"]
     assert precision.default_recipe(CATALOG.devices["b200"]) == "mxfp8"
     assert precision.default_recipe(CATALOG.devices["h100-sxm"]) == "delayed"
     assert precision.device_problem(w.model_copy(update={"dtype": "bfloat16", "fp8": None}),
