@@ -286,7 +286,12 @@ NVML_NAME_TO_CATALOG: tuple[tuple[str, str], ...] = (
 #   and nvidia-smi output of B300 hosts in public benchmark notes ("8x NVIDIA B300 SXM6 AC", compute capability 10.3).
 # "NVIDIA GB300": SGLang's fused-MoE configs (configs/triton_3_7_1/E=512,N=512,device_name=NVIDIA_GB300.json) and the
 #   CUDA compute-capability tables of public tools ("NVIDIA GB300": "10.3").
+# "NVIDIA B200": vllm-project/vllm vllm/model_executor/layers/fused_moe/configs/E=128,N=704,device_name=NVIDIA_B200,
+#   dtype=fp8_w8a8.json (and SGLang's triton_3_4_0/E=384,N=256,device_name=NVIDIA_B200,... configs).
+# "NVIDIA GB200": vLLM's E=128,N=512,device_name=NVIDIA_GB200,dtype=fp8_w8a8.json (vLLM PR #29757, Mistral Large 3).
 NVML_EXACT_NAME_TO_CATALOG: dict[str, str] = {
+    "nvidia b200": "b200",
+    "nvidia gb200": "gb200",
     "nvidia h800": "h800",
     "nvidia l40s": "l40s",
     "nvidia l40": "l40",

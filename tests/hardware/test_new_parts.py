@@ -89,6 +89,8 @@ def test_blackwell_ultra_has_blackwells_fp8_and_mx_units_and_ada_none() -> None:
     ("NVIDIA L40", "l40"),
     ("NVIDIA B300 SXM6 AC", "b300"),
     ("NVIDIA GB300", "gb300"),
+    ("NVIDIA B200", "b200"),            # catalog entries before these, unmapped until now
+    ("NVIDIA GB200", "gb200"),
     ("NVIDIA  L40S", "l40s"),           # spaces collapsed, as for the other names
     ("NVIDIA H800 PCIe", None),         # 114 SMs, lower clocks: not the SXM5 part
     ("NVIDIA L4", None),
