@@ -91,8 +91,7 @@ def expert_weight_elem(workload: "Workload") -> float:
         return float(precision.FP8_BYTES)
     if precision.is_fp4(workload) and workload.mode != "train":
         # float4 serving stores the experts in FP4 as it does the layer GEMM weights: nvidia/DeepSeek-R1-FP4
-        # quantizes every linear layer of the blocks, the experts included (hf_quant_config.json: NVFP4,
-        # exclude_modules lm_head)
+        # quantizes the linear operators within the transformer blocks, the experts included (its model card)
         return precision.layer_weight_elem(workload)
     return DTYPE_BYTES[workload.dtype]
 

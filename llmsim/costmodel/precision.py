@@ -55,8 +55,9 @@ layer GEMMs. Element sizes from the formats' definitions, the block scales inclu
 Engine transformer_engine/common/recipe/__init__.py NVFP4BlockScaling, NVIDIA/TransformerEngine@d0067d0);
 MXFP4 = E2M1 + one E8M0 scale per 32 = 4.25 bits (OCP Microscaling Formats v1.0, Sec. 5.3 / 6.3).
 The embedding, the LM head, attention and the kept tensors stay 16-bit, as the released FP4 checkpoints
-leave them (nvidia/DeepSeek-R1-FP4 hf_quant_config.json: quant_algo NVFP4, exclude_modules lm_head; ModelOpt
-quantizes the linear layers only; the KV cache follows serving.kv_cache_dtype).
+leave them (TensorRT Model Optimizer's NVFP4 export, hf_quant_config.json: quant_algo NVFP4, group_size 16,
+exclude_modules [lm_head]; nvidia/DeepSeek-R1-FP4's model card: only the weights and activations of the linear
+operators within transformer blocks are quantized; the KV cache follows serving.kv_cache_dtype).
 
 * inference on a device with FP4 tensor cores (a catalog float4 peak: Blackwell): W4A4, the GEMMs at the
   float4 peak (costmodel.compute.device_rates), the weights read at the format's bits, each GEMM input
