@@ -76,6 +76,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     _note_trace(scenario, scenario_dir, path)
     _note_inference_kernels(planned, scenario, path)
     _note_cross_node_tp(planned, catalog, path)
+    _note_fp4_weight_only(planned, catalog, path)
     window = scenario.workload.model.window_note()
     if window is not None:
         err_console.print(f"[yellow]llmsim: note: {escape(path)}: workload.model.sliding_window: {escape(window)}[/]",
@@ -98,6 +99,15 @@ def _note_cross_node_tp(planned: list, catalog: Any, path: str) -> None:
     from llmsim.runner import cross_node_tp_notes
 
     for where, note in cross_node_tp_notes(planned, catalog):
+        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {escape(where)}: {escape(note)}[/]",
+                          highlight=False, soft_wrap=True)
+
+
+def _note_fp4_weight_only(planned: list, catalog: Any, path: str) -> None:
+    """Say where a float4 workload is priced weight-only (runner.fp4_weight_only_notes: no FP4 tensor cores)."""
+    from llmsim.runner import fp4_weight_only_notes
+
+    for where, note in fp4_weight_only_notes(planned, catalog):
         err_console.print(f"[yellow]llmsim: note: {escape(path)}: {escape(where)}: {escape(note)}[/]",
                           highlight=False, soft_wrap=True)
 

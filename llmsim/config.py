@@ -398,16 +398,29 @@ class Fp8Spec(_Strict):
                                 "has sharing.lora")
 
 
+class Fp4Spec(_Strict):
+    """How a `dtype: float4` workload stores and runs its layer GEMMs (docs/scenario.md; costmodel.precision)."""
+
+    recipe: Literal["nvfp4", "mxfp4"] = Field(
+        "nvfp4", description="block-scaled FP4 format: nvfp4 (E2M1 values, an E4M3 scale per 16 elements and an "
+                             "FP32 per-tensor scale: 4.5 bits; NVIDIA) or mxfp4 (E2M1, an E8M0 scale per 32: "
+                             "4.25 bits; OCP MX v1.0). Training runs nvfp4 only (Transformer Engine's "
+                             "NVFP4BlockScaling; it has no MXFP4 recipe)")
+
+
 class Workload(_Strict):
     model: ModelSpec
     mode: Literal["train", "prefill", "decode"] = "train"
     batch: PositiveInt = Field(8, le=MAX_DIMENSION, description="global batch, in sequences (at most 2^31 - 1: it "
                                                           "is a tensor dimension of the traced step)")
     decode_tokens: PositiveInt = Field(64, description="decode: tokens generated per sequence after the prompt")
-    dtype: Literal["float32", "bfloat16", "float16", "float8"] = Field(
-        "bfloat16", description="float8: bf16 mixed precision with FP8 GEMMs in the transformer layers (`fp8`)")
+    dtype: Literal["float32", "bfloat16", "float16", "float8", "float4"] = Field(
+        "bfloat16", description="float8: bf16 mixed precision with FP8 GEMMs in the transformer layers (`fp8`); "
+                                "float4: the same with block-scaled FP4 (W4A4) layer GEMMs (`fp4`)")
     fp8: Fp8Spec | None = Field(None, description="the FP8 recipe of a `dtype: float8` workload; default "
                                                   "{recipe: delayed}")
+    fp4: Fp4Spec | None = Field(None, description="the FP4 format of a `dtype: float4` workload; default "
+                                                  "{recipe: nvfp4}")
 
     @model_validator(mode="after")
     def _check(self) -> "Workload":
@@ -415,6 +428,10 @@ class Workload(_Strict):
             raise _KeyedError("fp8", f"fp8 is set but dtype is {self.dtype}; fp8 needs dtype: float8")
         if self.dtype == "float8" and self.fp8 is None:
             object.__setattr__(self, "fp8", Fp8Spec())
+        if self.fp4 is not None and self.dtype != "float4":
+            raise _KeyedError("fp4", f"fp4 is set but dtype is {self.dtype}; fp4 needs dtype: float4")
+        if self.dtype == "float4" and self.fp4 is None:
+            object.__setattr__(self, "fp4", Fp4Spec())
         if (self.mode == "decode" and self.model.positions == "learned"
                 and "max_positions" not in self.model.model_fields_set):
             # No table size given (explicitly or by a preset, whose published size is kept): size it for what
@@ -876,6 +893,14 @@ class Scenario(_Strict):
                 problem = check_sharing(self.sharing_for(strategy), self.workload.model)
                 if problem:
                     raise _KeyedError(f"strategies[{i}].sharing.{problem[0]}", problem[1])
+        fp4 = self.workload.fp4
+        if fp4 is not None and fp4.recipe != "nvfp4" and self.workload.mode == "train" and self.serving is None:
+            # Transformer Engine's FP4 training recipe is NVFP4BlockScaling only (transformer_engine/common/recipe
+            # /__init__.py at NVIDIA/TransformerEngine@d0067d0: DelayedScaling, Float8CurrentScaling,
+            # MXFP8BlockScaling, Float8BlockScaling, NVFP4BlockScaling; no MXFP4 recipe)
+            raise _KeyedError("workload.fp4.recipe", f"fp4 recipe {fp4.recipe} is not a training recipe (Transformer "
+                              "Engine trains FP4 as NVFP4BlockScaling only); allowed in training: nvfp4; mxfp4 "
+                              "is priced for prefill, decode and serving")
         fp8 = self.workload.fp8
         if (fp8 is not None and fp8.frozen_weights == "float8"
                 and all(self.sharing_for(s).lora is None for s in self.strategies)):

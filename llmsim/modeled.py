@@ -216,7 +216,8 @@ class ModeledBackend(Backend):
         (modeled_serving.kv_fit_problem: the memory model's leftover, no simulation); None for anything else,
         and where known_skip already skips the point."""
         assert isinstance(settings, ModeledSettings)
-        if case.serving is None or cls.known_skip(settings, case.workload, catalog) is not None:
+        if case.serving is None or cls.known_skip(settings, case.workload.model_copy(update={"mode": "decode"}),
+                                                   catalog) is not None:   # served: inference (runner.inference_view)
             return None
         try:
             cluster = settings.cluster(catalog)
@@ -288,7 +289,7 @@ class ModeledBackend(Backend):
     def run(self, case: Case, settings: Any) -> Result:
         cluster = self.cluster(settings)
         options = settings.options
-        fp8_problem = precision.device_problem(case.workload, cluster.device)
+        fp8_problem = precision.device_problem(case.workload, cluster.device, serving=case.serving is not None)
         if fp8_problem is not None:  # one device of several lacks FP8 (none of them: runner.check_fp8 refuses)
             return case.result(self, status="skipped", error=fp8_problem, hardware=cluster.device.name,
                                nodes=cluster.nodes, energy_source="modeled",

@@ -78,7 +78,7 @@ def reference_workload(workload: Workload) -> Workload:
     model = spec.model_copy(update={"seq_len": prompt, "max_positions": max(spec.max_positions or 0,
                                                                             prompt + REFERENCE_DECODE_TOKENS)})
     return Workload(model=model, mode="decode", batch=1, decode_tokens=REFERENCE_DECODE_TOKENS, dtype=workload.dtype,
-                    fp8=workload.fp8)
+                    fp8=workload.fp8, fp4=workload.fp4)
 
 
 def serving_profile(workload: Workload, sharing: SharingChoice) -> tuple[Workload, WorkloadProfile]:

@@ -223,15 +223,20 @@ def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, l
     rows are skipped with the reason (ModeledBackend.run). Backends that name no device (measured ones) skip
     their float8 rows in any case (`_run_one`)."""
     w = scenario.workload
-    if not precision.is_fp8(w):
+    if not precision.is_quantized(w):
         return
     devices = [d for name, points in sweeps.items() for _, point in points
                if (d := registry.get(name).device(point, catalog)) is not None]
-    problems = [precision.device_problem(w, d) for d in devices]
+    problems = [precision.device_problem(w, d, serving=scenario.serving is not None) for d in devices]
     if not devices or any(p is None for p in problems):
         return
     names = ", ".join(sorted({d.name for d in devices}))
     capable = ", ".join(precision.capable_devices(w, catalog.devices.values())) or "none in the catalog"
+    if precision.is_fp4(w):   # float4 training on devices without FP4 tensor cores (inference runs weight-only)
+        raise ScenarioError(file, "workload.dtype", f"dtype float4 in training needs FP4 tensor cores (a float4 "
+                                                    f"peak); none of this scenario's hardware has them ({names}); "
+                                                    f"hardware that does: {capable}; allowed here: float32, "
+                                                    f"bfloat16, float16, float8")
     mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but not for the recipe (mxfp8)
     key = "workload.fp8.recipe" if mx else "workload.dtype"
     what = "fp8 recipe mxfp8 needs MX block-scaled tensor cores (Blackwell)" if mx else \
@@ -483,9 +488,14 @@ def unavailable(cls: type[Backend]) -> str | None:
 
 
 def no_fp8(cls: type[Backend], workload: Any) -> str | None:
-    """Why a measured backend skips a float8 workload (it runs no FP8 GEMMs), or None."""
+    """Why a measured backend skips a float8 or float4 workload (it runs no FP8/FP4 GEMMs), or None. float4:
+    torch runs FP4 GEMMs only on sm_100 (torch._scaled_mm with block scales), which no measured backend here
+    drives, so every measured backend skips it."""
     if workload.dtype == "float8" and cls.kind == "measured":
         return f"backend '{cls.name}' runs no FP8 GEMMs (dtype float8 is priced by the modeled backends only)"
+    if workload.dtype == "float4" and cls.kind == "measured":
+        return (f"backend '{cls.name}' runs no FP4 GEMMs (dtype float4 is priced by the modeled backends only; "
+                f"FP4 tensor-core GEMMs need an sm_100 GPU and a block-scaled GEMM path this backend does not have)")
     return None
 
 
@@ -507,13 +517,22 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
             problem = where, str(availability[name])
         elif (fp8 := no_fp8(cls, item.case.workload)) is not None:
             problem = where, fp8
-        elif (known := cls.known_skip(item.settings, item.case.workload, catalog)) is not None:
+        elif (known := cls.known_skip(item.settings, inference_view(item.case), catalog)) is not None:
             problem = f"backends.{name}.{known[0]}" if known[0] else where, known[1]
         elif item.case.serving is not None and (kernel := serving_kernel_problem(cls, item.settings, catalog)):
             problem = f"backends.{name}.attention", kernel
         if problem is not None:
             found[problem] = found.get(problem, 0) + 1
     return [(key, reason, n) for (key, reason), n in found.items()]
+
+
+def inference_view(case: Any) -> Any:
+    """The case's workload, as a serving case runs it: inference (mode decode) whatever workload.mode says (a
+    float4 workload is refused in training on a device without FP4 tensor cores, priced weight-only when
+    served: costmodel.precision.device_problem)."""
+    if case.serving is None or case.workload.mode != "train":
+        return case.workload
+    return case.workload.model_copy(update={"mode": "decode"})
 
 
 def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str, int]]:
@@ -545,6 +564,23 @@ def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> li
             notes[f"backends.{item.backend.name}.attention"] = (
                 "trtllm-mmha is an inference engine's kernel (TensorRT-LLM before XQA: it changes only how a decode "
                 "step reads the KV cache); a training step has no decode, so it is priced as flash")
+    return list(notes.items())
+
+
+def fp4_weight_only_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str]]:
+    """(where, note) where a modeled case prices a float4 workload weight-only: its device has no FP4 tensor
+    cores (costmodel.precision.weight_only_note). Once per backend: where = 'backends.NAME'."""
+    notes: dict[str, str] = {}
+    for item in planned:
+        if not isinstance(item.settings, ModeledSettings) or not precision.is_fp4(item.case.workload):
+            continue
+        try:
+            cluster = item.settings.cluster(catalog)
+        except ScenarioError:  # check_settings has refused it already; nothing to say here
+            continue
+        note = precision.weight_only_note(item.case.workload, cluster.device)
+        if note is not None:
+            notes.setdefault(f"backends.{item.backend.name}", note)
     return list(notes.items())
 
 

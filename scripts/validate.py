@@ -230,7 +230,7 @@ REQUIRED = {"training": ("seq_len", "global_batch", "micro_batch", "dp", "tp", "
             "inference": ("batch", "input_len", "output_len", "tp", "pp", "n_devices", "hardware", "published")}
 CHOICES = {"recompute": ("none", "selective", "selective-op", "selective-dots", "full"),
            "attention": ("flash", "cudnn", "flash3", "trtllm-mmha", "fused-softmax", "math"),
-           "dtype": ("float32", "bfloat16", "float16", "float8"), "zero": (0, 1, 2, 3),
+           "dtype": ("float32", "bfloat16", "float16", "float8", "float4"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
            "fp8_frozen": ("bfloat16", "float8"),
            "schedule": ("gpipe", "1f1b", "interleaved"), "all_reduce": ("nccl", "vllm")}

@@ -279,3 +279,52 @@ def test_a_full_disk_is_one_line_and_exit_1_not_a_traceback(tmp_path, monkeypatc
     assert code == 1
     assert len(err) == 1 and "No space left on device" in err[0] and "results.jsonl" in err[0], err
     assert "Traceback" not in err[0]
+
+
+# dtype float4 (fp4): bad input is one line, exit 2; measured backends skip it; a weight-only run says so
+def _fp4_scenario(tmp_path: Path, backends: dict, **workload: object) -> Path:
+    import yaml
+
+    data = {"name": "fp4", "strategies": [{"name": "single"}], "backends": backends,
+            "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8, "dtype": "float4", **workload}}
+    path = tmp_path / "fp4.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("backends, workload, key, words", [
+    ({"roofline": {"hardware": "h100-sxm"}}, {}, "workload.dtype", "needs FP4 tensor cores"),
+    ({"roofline": {"hardware": "b200"}}, {"dtype": "bfloat16", "fp4": {"recipe": "nvfp4"}}, "workload.fp4",
+     "fp4 needs dtype: float4"),
+    ({"roofline": {"hardware": "b200"}}, {"fp4": {"recipe": "fp4"}}, "workload.fp4.recipe", "nvfp4"),
+    ({"roofline": {"hardware": "b200"}}, {"fp4": {"recipe": "mxfp4"}}, "workload.fp4.recipe",
+     "allowed in training: nvfp4"),
+])
+def test_float4_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, backends: dict, workload: dict, key: str,
+                                             words: str) -> None:
+    path = _fp4_scenario(tmp_path, backends, **workload)
+    assert main(["validate", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"llmsim: error: {path}: {key}: ") and words in lines[0]
+
+
+def test_float4_inference_on_h100_is_priced_weight_only_with_a_note(tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    path = _fp4_scenario(tmp_path, {"roofline": {"hardware": "h100-sxm"}, "cpu": {"steps": 1, "warmup": 0}},
+                         mode="decode", decode_tokens=4)
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "backends.roofline: device 'h100-sxm' has no FP4 tensor cores" in captured.err
+    assert "weight-only" in captured.err
+    rows = pd.read_csv(Path(captured.out.strip().splitlines()[-1]) / "results.csv").set_index("backend")
+    assert rows.loc["roofline", "status"] == "ok"
+    assert rows.loc["cpu", "status"] == "skipped" and "runs no FP4 GEMMs" in rows.loc["cpu", "error"]
+
+
+def test_schema_lists_float4_and_the_fp4_recipes(capsys) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    workload = schema["$defs"]["Workload"]["properties"]
+    assert "float4" in workload["dtype"]["enum"]
+    assert schema["$defs"]["Fp4Spec"]["properties"]["recipe"]["enum"] == ["nvfp4", "mxfp4"]

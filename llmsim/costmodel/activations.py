@@ -136,7 +136,7 @@ class SavedTensor:
 
     name: str
     elements: float
-    bytes_per_element: int
+    bytes_per_element: float
     split: Split
     per: Per = "token"
 
@@ -201,7 +201,7 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
 
 
 def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
-                lora: "LoraSpec | None" = None, fp8_inputs: bool = False) -> list[Save]:
+                lora: "LoraSpec | None" = None, fp8_inputs: float = False) -> list[Save]:
     """Every (op, tensor) pair of one training layer without recomputation, in forward order.
 
     With LoRA (a frozen base, Hu et al. 2021) a base linear keeps nothing (its weight takes no gradient and
@@ -219,7 +219,9 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
 
     def linear(op: str, tensor: SavedTensor, projections: tuple[str, ...]) -> list[Save]:
         if lora is None and fp8_inputs:
-            return [Save(op, SavedTensor(tensor.name + ".fp8", tensor.elements, FP8_INPUT_BYTES, tensor.split))]
+            # fp8_inputs: True = FP8_INPUT_BYTES, or the bytes of the kept copy (precision.saved_input_bytes)
+            return [Save(op, SavedTensor(tensor.name + ".fp8", tensor.elements, fp8_inputs * FP8_INPUT_BYTES,
+                                         tensor.split))]
         if lora is None:
             return [Save(op, tensor)]
         ours = [p for p in projections if p in adapted]
@@ -345,7 +347,7 @@ def dots_inventory(spec: "ModelSpec", dtype_bytes: int) -> tuple[SavedTensor, ..
 
 
 def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,
-                    lora: "LoraSpec | None" = None, fp8_inputs: bool = False,
+                    lora: "LoraSpec | None" = None, fp8_inputs: float = False,
                     reduce_scatters: bool = False) -> tuple[SavedTensor, ...]:
     """The tensors one layer holds between its forward and its backward under `recompute`.
 

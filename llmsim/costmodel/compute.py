@@ -191,6 +191,8 @@ def rates_problem(device: "DeviceSpec", dtype: str) -> str | None:
             return (f"device {device.name!r} has no float8 peak FLOP/s (no FP8 units in the catalog); it has: "
                     f"{', '.join(device.peak_flops) or 'none'}")
         dtype = "bfloat16"   # the rest of a float8 step runs at the bf16 ceilings
+    if dtype == "float4":    # FP4 GEMMs at the float4 peak where there is one, else weight-only (precision)
+        dtype = "bfloat16"
     if not device.peak_flops.get(dtype):  # type: ignore[call-overload]
         have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
         return f"device {device.name!r} has no peak FLOP/s for {dtype}; it has: {have}"
@@ -205,11 +207,22 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
 
     float8: the bf16 ceilings (attention, elementwise ops, the LM head, MFU's denominator) with `gemm` at the
     device's float8 peak and FP8 MAMF (`Efficiency.matmul_float8`, else the bf16 fraction); a device
-    without a float8 peak (no FP8 units: A100, TPU v4/v5e) cannot price it."""
+    without a float8 peak (no FP8 units: A100, TPU v4/v5e) cannot price it.
+    float4: the same with `gemm` at the device's float4 peak and FP4 MAMF. No published FP4 MAMF (a large
+    dense GEMM's achieved fraction) was found for B200/GB200, so FP4 takes the FP8 fraction
+    (`Efficiency.matmul_float8`, else the bf16 one): an estimate. A device without a float4 peak (Hopper,
+    Ampere, CDNA3) runs a float4 workload weight-only (precision.weight_only): the bf16 ceilings, no `gemm`."""
     device = cluster.device
     problem = rates_problem(device, dtype)
     if problem is not None:
         raise CostModelError(problem)
+    if dtype == "float4":
+        base = device_rates(cluster, "bfloat16")
+        if not precision.has_fp4_units(device):
+            return base
+        eff = base.efficiency
+        fp4_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})
+        return replace(base, gemm=replace(base, peak_flops=device.peak_flops["float4"], efficiency=fp4_eff))
     if dtype == "float8":
         base = device_rates(cluster, "bfloat16")
         eff = base.efficiency
@@ -247,7 +260,8 @@ def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: boo
     in proportion to the micro-batch. Layers: the (in, out) shapes of `_linear_shapes` (QKV with K and V
     over min(tp, kv_heads), attention output, gated or plain MLP up, MLP down); head: hidden x vocab/tp.
     Biases (a row per GEMM, < 0.1%) stay with the batch-proportional part. Other regions: 0.
-    The layers of a float8 workload read their FP8 weight copies (1 byte, costmodel.precision) unless
+    The layers of a float8 workload read their FP8 weight copies (1 byte, costmodel.precision), a float4
+    one its FP4 weights (4.5 or 4.25 bits, costmodel.precision.FP4_BYTES), unless
     `traced` asks for what the profile traced (the storage dtype).
     """
     spec = workload.model
@@ -393,7 +407,7 @@ def phase_plan_key(workload: "Workload", plan: Plan) -> tuple:
     replicated_kv_projection, the float8 casts, _kv_read_bytes): tp, cp, micro_batch, and the micro-batch
     count where a float8 workload spreads its weight casts over it. tests/costmodel/test_compute.py checks
     that plans agreeing on these price alike."""
-    return (plan.tp, plan.cp, plan.micro_batch, plan.microbatches if precision.is_fp8(workload) else 0)
+    return (plan.tp, plan.cp, plan.micro_batch, plan.microbatches if precision.is_quantized(workload) else 0)
 
 
 def phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
@@ -481,9 +495,9 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
     matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
         if mm_flops or mm_bytes else 0.0
     other = rates.memory_time(ot.traffic(runs_compiled(options, rates, region)) * share)
-    if region == "layers" and precision.is_fp8(workload) and (mm_flops or mm_bytes):
-        # FP8 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes, writing the
-        # copies the device's FP8 GEMMs need (precision.copies)
+    if region == "layers" and precision.is_quantized(workload) and rates.gemm is not None and (mm_flops or mm_bytes):
+        # FP8/FP4 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes, writing the
+        # copies the device's FP8 GEMMs need (precision.copies); none for weight-only FP4 (no `gemm` rates)
         casts = precision.activation_cast_bytes(workload, plan, phase, tokens, rates.fp8_any_layout) * layers_here
         # a frozen base kept in FP8 (`frozen_weights: float8`) is never cast: its weights never change
         frozen_fp8 = precision.frozen_fp8(workload) and profile.trainable_params <= 0.5 * profile.params

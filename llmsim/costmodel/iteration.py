@@ -472,7 +472,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
         prefill_att = (1 - share) * prefill_att + share * window_prefill
         decode_att = (1 - share) * decode_att + share * window_decode
     other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div
-    if precision.is_fp8(w):   # casts of the GEMM inputs to FP8 (the weights are stored in FP8)
+    if precision.is_quantized(w) and rates.gemm is not None:   # casts of the GEMM inputs to FP8/FP4 (weights stored so)
         other_bytes += (precision.activation_cast_bytes(w, plan, "prefill", rows_int, rates.fp8_any_layout)
                         * tokens / rows_int)
     other = rates.memory_time(other_bytes)

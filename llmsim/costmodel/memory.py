@@ -505,7 +505,7 @@ def activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", p
 def _activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", plan: Plan,
                                 options: Options) -> tuple[float, float]:
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
-    fp8 = precision.saves_fp8_inputs(workload)
+    fp8 = precision.saved_input_bytes(workload)   # bytes of a kept quantized GEMM input (0: bf16)
     items = layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8,
                             reduce_scatters=plan.sp and plan.tp > 1)
     kept = inventory_bytes(items, spec, plan) + moe.expert_activation_bytes(workload, plan)
@@ -615,7 +615,7 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
     z3_params, z3_grads = zero3_unit_bytes(workload, profile, sharing, plan, options, stage)
     layers_here = layers_per_device(workload.model.layers, plan, index)
     fp8_copy = 0.0
-    if precision.is_fp8(workload):  # FP8 weight copies of the layers' GEMMs (costmodel.precision)
+    if precision.is_quantized(workload):  # FP8 (or FP4) weight copies of the layers' GEMMs (costmodel.precision)
         # ZeRO-3 shards them like the weights (stage_memory): they are made from the gathered weights
         # (torchao float8 FSDP2)
         # under LoRA the layers' GEMM weights are the frozen base (`frozen_weights: float8`: FP8 only)

@@ -89,6 +89,10 @@ def expert_weight_elem(workload: "Workload") -> float:
         # its experts in FP8 (DeepSeek-V3 report Sec. 3.3; config.json quantization_config fmt e4m3,
         # weight_block_size [128, 128]; the block scales, 1/16384 of the weights, left out)
         return float(precision.FP8_BYTES)
+    if precision.is_fp4(workload) and workload.mode != "train":
+        # float4 serving stores the experts in FP4 as it does the layer GEMM weights: nvidia/DeepSeek-R1-FP4
+        # quantizes the linear operators within the transformer blocks, the experts included (its model card)
+        return precision.layer_weight_elem(workload)
     return DTYPE_BYTES[workload.dtype]
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # Bytes of the tensors a workload keeps (parameters, activations, gradients, KV cache). A float8 workload keeps
 # them in bf16: FP8 is a GEMM precision (Transformer Engine's fp8_autocast and torchao's Float8Linear wrap bf16
 # modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
-DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2}
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2, "float4": 2}
 AttentionKernel = Literal["flash", "cudnn", "flash3", "trtllm-mmha", "fused-softmax", "math"]
 # The fused (flash-style) kernels: they price alike (causal half of the FLOPs, no s x s tensor kept) and
 # differ only in the fraction of peak each reaches on a device (Efficiency.attention_fractions), and, for

@@ -47,6 +47,36 @@ arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; T
   per-tensor amax all-reduce over tp for the tensors sequence parallelism gathers in FP8 (`sp_amax_reductions`).
 
 Inference keeps the weights in FP8 (vLLM/TensorRT-LLM FP8 checkpoints): the GEMMs read 1 byte per weight.
+
+FP4 (`dtype: float4`, `fp4.recipe`): the same mechanism with block-scaled E2M1 operands (W4A4) in the same
+layer GEMMs. Element sizes from the formats' definitions, the block scales included: NVFP4 = 4-bit E2M1 values
++ one E4M3 scale byte per 16 elements (+ one FP32 per-tensor scale, negligible) = 4.5 bits (NVIDIA,
+"Introducing NVFP4 for Efficient and Accurate Low-Precision Inference", developer blog 2025; Transformer
+Engine transformer_engine/common/recipe/__init__.py NVFP4BlockScaling, NVIDIA/TransformerEngine@d0067d0);
+MXFP4 = E2M1 + one E8M0 scale per 32 = 4.25 bits (OCP Microscaling Formats v1.0, Sec. 5.3 / 6.3).
+The embedding, the LM head, attention and the kept tensors stay 16-bit, as the released FP4 checkpoints
+leave them (TensorRT Model Optimizer's NVFP4 export, hf_quant_config.json: quant_algo NVFP4, group_size 16,
+exclude_modules [lm_head]; nvidia/DeepSeek-R1-FP4's model card: only the weights and activations of the linear
+operators within transformer blocks are quantized; the KV cache follows serving.kv_cache_dtype).
+
+* inference on a device with FP4 tensor cores (a catalog float4 peak: Blackwell): W4A4, the GEMMs at the
+  float4 peak (costmodel.compute.device_rates), the weights read at the format's bits, each GEMM input
+  quantized by one cast (bf16 read, 0.5 byte + its scales written; nvfp4 reads the input once more for the
+  per-tensor amax its global scale needs, as `current`).
+* inference elsewhere (Hopper, Ampere, CDNA3): weight-only, as vLLM runs an NVFP4/MXFP4 checkpoint there
+  (the Marlin FP4 kernels, vllm/model_executor/layers/quantization/utils/marlin_utils_fp4.py: bf16
+  activations, the FP4 weights dequantized inside the GEMM): the weights read at the format's bits, the GEMM
+  at the 16-bit rate, no activation casts (`weight_only`; the run says so).
+* training (nvfp4 only; TE has no MXFP4 recipe): Transformer Engine's NVFP4BlockScaling runs fprop, dgrad and
+  wgrad in FP4 (recipe docstring; Abecassis et al., "Pretraining Large Language Models with NVFP4",
+  arXiv:2509.25149, Sec. 4). Its scales run along one direction, so "when Transformer Engine needs both the
+  tensor and its transpose ... both versions are computed from the high precision input": two copies of
+  every operand, as mxfp8, on every device, weights included (2 x 4.5 bits beside the bf16 weight), and the
+  saved GEMM inputs at 4.5 bits. The random Hadamard transform on the wgrad inputs (16x16, applied inside the
+  cast kernel: 16 multiply-adds per element on a memory-bound pass) and stochastic rounding add no bytes and
+  are not priced. Layers the paper keeps in BF16 (its first and last few blocks) are a knob of the training
+  script (NeMo first_last_layers_bf16 / num_layers_at_{start,end}_in_bf16, default off, not set by the
+  MLPerf v5.1 NVFP4 configs), so every layer runs FP4 here.
 """
 
 from __future__ import annotations
@@ -64,6 +94,11 @@ if TYPE_CHECKING:
     from llmsim.hardware import DeviceSpec
 
 FP8_BYTES = 1                 # E4M3 / E5M2 (Micikevicius et al. 2022)
+E2M1_BYTES = 0.5              # FP4 E2M1 value (OCP MX v1.0, Sec. 5.3.3; NVFP4 uses the same element)
+NVFP4_BLOCK = 16              # elements per E4M3 scale (TE NVFP4BlockScaling docstring: "each group of 16")
+MXFP4_BLOCK = 32              # elements per E8M0 scale (OCP MX v1.0, Sec. 5.3)
+# Bytes per FP4 element, its block scale included: nvfp4 0.5 + 1/16 = 4.5 bits, mxfp4 0.5 + 1/32 = 4.25 bits
+FP4_BYTES: dict[str, float] = {"nvfp4": E2M1_BYTES + 1 / NVFP4_BLOCK, "mxfp4": E2M1_BYTES + 1 / MXFP4_BLOCK}
 HIGH_BYTES = 2                # the bf16 the casts read
 MX_BLOCK = 32                 # elements per shared scale (OCP MX v1.0, Sec. 5.3)
 MX_SCALE_BYTES = 1            # E8M0 scale
@@ -98,12 +133,57 @@ def is_fp8(workload: "Workload") -> bool:
     return workload.dtype == "float8"
 
 
-def device_problem(workload: "Workload", device: "DeviceSpec") -> str | None:
+def is_fp4(workload: "Workload") -> bool:
+    return workload.dtype == "float4"
+
+
+def is_quantized(workload: "Workload") -> bool:
+    """Whether the layer GEMMs take quantized operands (float8 or float4): the casts, copies and weight bytes
+    of this module apply."""
+    return workload.dtype in ("float8", "float4")
+
+
+def recipe(workload: "Workload") -> str:
+    """The workload's FP8 recipe or FP4 format (delayed, current, mxfp8, nvfp4, mxfp4)."""
+    if is_fp4(workload):
+        assert workload.fp4 is not None
+        return workload.fp4.recipe
+    assert workload.fp8 is not None
+    return workload.fp8.recipe
+
+
+def has_fp4_units(device: "DeviceSpec") -> bool:
+    """Whether `device` has FP4 tensor cores: a catalog float4 peak (Blackwell)."""
+    return bool(device.peak_flops.get("float4"))
+
+
+def weight_only(workload: "Workload", device: "DeviceSpec") -> bool:
+    """A float4 prefill/decode/serving workload on a device without FP4 tensor cores: the FP4 weights are read
+    at their bits and dequantized inside a 16-bit GEMM (vLLM's Marlin FP4 path; module docstring)."""
+    return is_fp4(workload) and not has_fp4_units(device)
+
+
+def weight_only_note(workload: "Workload", device: "DeviceSpec") -> str | None:
+    """The run note for a weight-only float4 workload (`weight_only`), else None."""
+    if not weight_only(workload, device):
+        return None
+    assert workload.fp4 is not None
+    return (f"device {device.name!r} has no FP4 tensor cores (no float4 peak in the catalog): {workload.fp4.recipe} "
+            f"is priced weight-only (weights stored and read at {8 * FP4_BYTES[workload.fp4.recipe]:g} bits, "
+            f"GEMMs at the 16-bit rate, as vLLM's Marlin FP4 kernels run it)")
+
+
+def device_problem(workload: "Workload", device: "DeviceSpec", serving: bool = False) -> str | None:
     """Why `device` cannot run this workload's FP8 GEMMs (None: it can, or the workload is not float8).
 
     FP8 needs FP8 tensor cores, i.e. a catalog float8 peak (H100 and later, CDNA3, TPU v6e and later; not A100,
     TPU v4/v5e). The `mxfp8` recipe also needs MX block-scaled tensor cores (`DeviceSpec.microscaling`:
     Blackwell, SM 10.0+; Transformer Engine docs, "MXFP8": "native hardware acceleration on Blackwell GPUs")."""
+    if is_fp4(workload):  # `serving`: a serving scenario, whose iterations are inference whatever workload.mode
+        if workload.mode == "train" and not serving and not has_fp4_units(device):
+            return (f"float4 training needs FP4 tensor cores (a float4 peak FLOP/s in the catalog); device "
+                    f"{device.name!r} has none")
+        return None          # inference without FP4 units: weight-only (weight_only)
     if not is_fp8(workload):
         return None
     if not device.peak_flops.get("float8"):
@@ -116,7 +196,9 @@ def device_problem(workload: "Workload", device: "DeviceSpec") -> str | None:
 
 
 def capable_devices(workload: "Workload", devices: "Iterable[DeviceSpec]") -> list[str]:
-    """The names of `devices` that can run this workload's FP8 GEMMs (device_problem is None)."""
+    """The names of `devices` that can run this workload's FP8 (FP4) GEMMs (device_problem is None)."""
+    if is_fp4(workload):
+        return [d.name for d in devices if has_fp4_units(d)]
     return [d.name for d in devices if d.peak_flops and device_problem(workload, d) is None]
 
 
@@ -138,6 +220,8 @@ def copies(workload: "Workload", any_layout: bool) -> int:
     any layout (`any_layout`, DeviceSpec.fp8_gemm_any_layout; TE quantizer.cpp `create_transpose`)."""
     if workload.mode != "train":
         return INFERENCE_COPIES
+    if is_fp4(workload):   # NVFP4's scales run along rows or columns: both copies on every device
+        return TRAINING_COPIES
     assert workload.fp8 is not None
     if any_layout and workload.fp8.recipe in PER_TENSOR_RECIPES:
         return 1
@@ -147,12 +231,25 @@ def copies(workload: "Workload", any_layout: bool) -> int:
 def cast_bytes_per_element(workload: "Workload", any_layout: bool) -> float:
     """Bytes one cast of one bf16 element to FP8 moves: read 2, write 1 per copy (+ an MX scale byte per 32
     elements per copy), + one more read of the input for `current` scaling's amax pass. `any_layout`:
-    DeviceSpec.fp8_gemm_any_layout of the device (`copies`)."""
-    assert workload.fp8 is not None
-    n = copies(workload, any_layout)
-    out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
-    amax = HIGH_BYTES if workload.fp8.recipe == "current" else 0.0
+    DeviceSpec.fp8_gemm_any_layout of the device (`copies`). float4: FP4_BYTES per copy, and nvfp4's amax
+    pass (its FP32 per-tensor scale comes from the tensor's amax, as `current`)."""
+    out = copies(workload, any_layout) * quantized_element_bytes(workload)
+    amax = HIGH_BYTES if amax_pass(workload) else 0.0
     return HIGH_BYTES + out + amax
+
+
+def quantized_element_bytes(workload: "Workload") -> float:
+    """Bytes one quantized copy of one element takes, its block scale included: FP8 1 (+ 1/32 for mxfp8),
+    FP4 FP4_BYTES."""
+    if is_fp4(workload):
+        return FP4_BYTES[recipe(workload)]
+    return FP8_BYTES + (MX_SCALE_BYTES / MX_BLOCK if recipe(workload) == "mxfp8" else 0.0)
+
+
+def amax_pass(workload: "Workload") -> bool:
+    """Whether a cast reads its input once more for a per-tensor amax first: `current` scaling and nvfp4 (its
+    second-level FP32 per-tensor scale, TE NVFP4BlockScaling docstring)."""
+    return recipe(workload) in ("current", "nvfp4")
 
 
 def fused_cast_bytes_per_element(workload: "Workload", any_layout: bool) -> float:
@@ -162,11 +259,10 @@ def fused_cast_bytes_per_element(workload: "Workload", any_layout: bool) -> floa
     producer writes the FP8 copies in place of its bf16 output, so no read of it and no more than the bytes it
     wrote (n copies of 1 byte, + MX scales, against 2): max(n + scales - 2, 0). current (FUSED_NORM_AMAX_FP8,
     FUSED_ACTIVATION_AMAX_FP8): the producer writes bf16 and its amax in one pass, then one quantize pass
-    reads the bf16 once and writes the copies: the separate amax read is gone. `any_layout`: as `copies`."""
-    assert workload.fp8 is not None
-    n = copies(workload, any_layout)
-    out = n * FP8_BYTES + (n * MX_SCALE_BYTES / MX_BLOCK if workload.fp8.recipe == "mxfp8" else 0.0)
-    if workload.fp8.recipe == "current":
+    reads the bf16 once and writes the copies: the separate amax read is gone. nvfp4 as current (its amax
+    first), mxfp4 as mxfp8. `any_layout`: as `copies`."""
+    out = copies(workload, any_layout) * quantized_element_bytes(workload)
+    if amax_pass(workload):
         return HIGH_BYTES + out
     return max(out - HIGH_BYTES, 0.0)
 
@@ -183,13 +279,13 @@ def fused_inputs(workload: "Workload", phase: str) -> tuple[bool, ...]:
     under delayed or mxfp8 scaling (`_act_func(...)[2]`; none for swiglu/geglu or current scaling); every
     other dY is cast apart (cast_transpose of the incoming gradient). Inference prices the same forward
     fusion (vLLM's compile passes fuse RMSNorm + quant and SiLU-and-mul + quant: vllm/compilation/fusion.py,
-    activation_quant_fusion.py). torchao (`saved_activations: bfloat16`): every cast apart."""
-    assert workload.fp8 is not None
+    activation_quant_fusion.py). torchao (`saved_activations: bfloat16`): every cast apart. float4 as
+    Transformer Engine (no dact fusion for nvfp4, as current; mxfp4 is inference only)."""
     inputs = attention_input_gemms(workload.model)   # mla: its down- and up-projections, each as QKV
-    if workload.fp8.saved_activations != "float8":
+    if not saves_fp8_inputs(workload):
         return (False,) * (3 + inputs)
     if phase == "backward":
-        dact = workload.model.activation in TE_FUSED_DACT and workload.fp8.recipe != "current"
+        dact = workload.model.activation in TE_FUSED_DACT and not amax_pass(workload)
         return (False,) * inputs + (False, dact, False)
     return FUSED_FORWARD_INPUTS[:1] * inputs + FUSED_FORWARD_INPUTS[1:]
 
@@ -202,14 +298,13 @@ def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens
     into the kernel that produces its input (`fused_inputs`) moves `fused_cast_bytes_per_element`, any other
     `cast_bytes_per_element`. `any_layout`: DeviceSpec.fp8_gemm_any_layout of the device (`copies`).
     """
-    if not is_fp8(workload):
+    if not is_quantized(workload):
         return 0.0
-    assert workload.fp8 is not None
     shapes = linear_shapes(workload, plan)
     apart, fused = cast_bytes_per_element(workload, any_layout), fused_cast_bytes_per_element(workload, any_layout)
     if phase == "backward":
         total = sum(n * (fused if f else apart) for (_, n), f in zip(shapes, fused_inputs(workload, phase)))
-        if workload.fp8.saved_activations == "bfloat16":
+        if not saves_fp8_inputs(workload):
             total += sum(k for k, _ in shapes) * apart
     else:
         total = sum(k * (fused if f else apart) for (k, _), f in zip(shapes, fused_inputs(workload, phase)))
@@ -242,8 +337,9 @@ def sp_amax_reductions(workload: "Workload", plan: "Plan") -> int:
 
 def weight_cast_bytes(workload: "Workload", plan: "Plan", any_layout: bool) -> float:
     """Bytes casting one layer's GEMM weights to FP8 moves on one tensor-parallel rank (training: once per
-    optimizer step; inference: never, the weights are stored in FP8); `any_layout` as `copies`."""
-    if not is_fp8(workload) or workload.mode != "train":
+    optimizer step; inference: never, the weights are stored in FP8); `any_layout` as `copies`. float4 alike
+    (two FP4 copies)."""
+    if not is_quantized(workload) or workload.mode != "train":
         return 0.0
     return sum(k * n for k, n in linear_shapes(workload, plan)) * cast_bytes_per_element(workload, any_layout)
 
@@ -254,7 +350,10 @@ def layer_gemm_params(workload: "Workload", plan: "Plan") -> float:
 
 
 def layer_weight_elem(workload: "Workload") -> float:
-    """Bytes per weight a layer GEMM reads: the FP8 copy (1) for float8, else the workload dtype's."""
+    """Bytes per weight a layer GEMM reads: the FP8 copy (1) for float8, the FP4 one (FP4_BYTES: 4.5 bits
+    nvfp4, 4.25 mxfp4) for float4, else the workload dtype's."""
+    if is_fp4(workload):
+        return FP4_BYTES[recipe(workload)]
     return FP8_BYTES if is_fp8(workload) else DTYPE_BYTES[workload.dtype]
 
 
@@ -265,13 +364,14 @@ def fp8_weight_copy_bytes(workload: "Workload", layer_gemm_params: float, any_la
     inference stores the weights in FP8 instead: 1 - 2 = -1 byte per GEMM weight. `frozen`: the weights are
     a frozen base (LoRA); with `frozen_weights: float8` training keeps the FP8 copies instead of the bf16
     weight too: copies - 2 bytes per GEMM weight (-1 on Blackwell, 0 on Hopper), added to the 2 bytes the
-    memory model counts per parameter. Bytes."""
-    if not is_fp8(workload):
+    memory model counts per parameter. float4: FP4_BYTES per copy (two in training; inference stores them
+    instead of bf16: FP4_BYTES - 2 per GEMM weight). Bytes."""
+    if not is_quantized(workload):
         return 0.0
     if workload.mode == "train":
-        held = layer_gemm_params * copies(workload, any_layout) * FP8_BYTES
+        held = layer_gemm_params * copies(workload, any_layout) * layer_weight_elem(workload)
         return held - layer_gemm_params * HIGH_BYTES if frozen and frozen_fp8(workload) else held
-    return -layer_gemm_params * (HIGH_BYTES - FP8_BYTES)
+    return -layer_gemm_params * (HIGH_BYTES - layer_weight_elem(workload))
 
 
 def frozen_fp8(workload: "Workload") -> bool:
@@ -280,8 +380,19 @@ def frozen_fp8(workload: "Workload") -> bool:
 
 
 def saves_fp8_inputs(workload: "Workload") -> bool:
-    """Whether a training layer keeps its GEMM inputs in FP8 (Transformer Engine) rather than bf16."""
+    """Whether a training layer keeps its GEMM inputs quantized (Transformer Engine: FP8, or FP4 under
+    NVFP4BlockScaling) rather than bf16."""
+    if is_fp4(workload):
+        return True
     return is_fp8(workload) and workload.fp8 is not None and workload.fp8.saved_activations == "float8"
+
+
+def saved_input_bytes(workload: "Workload") -> float:
+    """Bytes per element of a GEMM input a training layer keeps quantized (`saves_fp8_inputs`): 1 for FP8, the
+    FP4 copy's FP4_BYTES for float4 (the column-wise copy the wgrad GEMM reads); 0 when it keeps bf16."""
+    if not saves_fp8_inputs(workload):
+        return 0.0
+    return FP4_BYTES[recipe(workload)] if is_fp4(workload) else float(FP8_BYTES)
 
 
 def gathered_layer_bytes(workload: "Workload", plan: "Plan", layer_params: float, elem: int) -> float:

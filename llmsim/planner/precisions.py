@@ -60,7 +60,7 @@ def workload_for(plan: PlanFile, label: str) -> Workload:
         return w
     dtype, _, recipe = label.partition("-")
     if dtype != "float8":
-        return w if w.dtype == dtype else w.model_copy(update={"dtype": dtype, "fp8": None})
+        return w if w.dtype == dtype else w.model_copy(update={"dtype": dtype, "fp8": None, "fp4": None})
     fp8 = (w.fp8 or Fp8Spec()).model_copy(update={"recipe": recipe})
     return w.model_copy(update={"dtype": "float8", "fp8": fp8})
 

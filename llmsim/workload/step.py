@@ -22,9 +22,9 @@ from llmsim.workload.model import Transformer, build_model
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                         "float16": torch.float16,
-                                        # float8 is traced (meta device) in its storage dtype, bf16; the FP8
+                                        # float8 and float4 are traced (meta device) in their storage dtype, bf16; the FP8 and FP4
                                         # GEMMs are priced by llmsim.costmodel.precision, never executed
-                                        "float8": torch.bfloat16}
+                                        "float8": torch.bfloat16, "float4": torch.bfloat16}
 ADAMW_LR = 1e-4  # any small value: the step's cost does not depend on it
 
 Mark = Callable[[str], None]

@@ -260,22 +260,24 @@ def test_the_script_prices_every_priced_row_of_the_mlperf_table(v, capsys) -> No
 
 
 def test_the_mlperf_rows_are_fp8_runs_on_h100_h200_b200_gb200_gb300_and_price(v) -> None:
-    """One row per device of the table prices; every row is a float8 Transformer Engine run with the
-    tensor-parallel overlap its config sets, and its published seconds are the logged step time."""
+    """One row per device of the table prices; every row is a float8 Transformer Engine run (or, MLPerf v5.1's
+    NVFP4 runs, a float4 one) with the tensor-parallel overlap its config sets, and its published seconds are
+    the logged step time."""
     rows = v.read_runs(v.TABLES["mlperf"].default, "training")
     assert {r["hardware"] for r in rows if not r["skip_reason"]} == {"h100-sxm", "h200", "b200", "gb200", "gb300"}
     for r in rows:
-        assert r["dtype"] == "float8", r["row_id"]
+        assert r["dtype"] in ("float8", "float4"), r["row_id"]
         assert r["metric"] == "mlperf_step_s" and "training_results_v" in r["source"], r["row_id"]
         assert v.PUBLISHED_SECONDS["mlperf_step_s"](r, r["published"]) == r["published"]
-        if r["skip_reason"]:        # the NVFP4 runs
-            assert "NVFP4" in r["skip_reason"], r["row_id"]
+        assert not r["skip_reason"], r["row_id"]   # every run priced: NVFP4 (float4) and GB300 (catalog) included
+        if r["dtype"] == "float4":  # NVFP4 (ML31-ML36): TP_COMM_OVERLAP=False ("TP overlap not supported yet")
+            assert "_fp4.sh" in r["source"] and not r["tp_comm_overlap"] and not r["fp8_recipe"], r["row_id"]
             continue
         assert r["fp8_recipe"] in ("delayed", "current"), r["row_id"]    # TE delayed; MLPerf v5.1 "tensorwise"
         # TP_COMM_OVERLAP as the config sets it (True with tp > 1, but for ML29's tp 1)
         assert r["tp_comm_overlap"] is True or r["tp"] == 1, r["row_id"]
     for device in ("h100-sxm", "b200", "gb200", "gb300"):
-        r = next(r for r in rows if r["hardware"] == device and not r["skip_reason"] and r["tp"] > 1)
+        r = next(r for r in rows if r["hardware"] == device and r["dtype"] == "float8" and r["tp"] > 1)
         assert v._moe_plan(r)["tp_comm_overlap"] is True
         assert v.training_price(r)(v._catalog()).step_time_s > 0
     lora = [r for r in rows if r["lora_rank"]]

@@ -1,0 +1,131 @@
+"""dtype float4 (fp4: nvfp4 | mxfp4): FP4 weights at their bits, W4A4 GEMMs at the float4 peak on Blackwell,
+weight-only elsewhere in inference, NVFP4 training's two FP4 copies (costmodel.precision, costmodel.compute)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from llmsim.config import ModelSpec, SharingChoice, Workload, parse_scenario
+from llmsim.costmodel import Options, Plan, estimate
+from llmsim.costmodel import precision
+from llmsim.costmodel.compute import device_rates, gemm_weight_bytes
+from llmsim.costmodel.memory import memory_breakdown
+from llmsim.costmodel.moe import expert_weight_elem
+from llmsim.errors import ScenarioError
+from llmsim.hardware import load_catalog
+from llmsim.workload.profile import profile_workload
+
+SPEC = dict(layers=2, hidden=1024, heads=16, ffn_hidden=4096, vocab=32000, seq_len=1024, activation="swiglu",
+            norm="rmsnorm", positions="rotary", bias=False)
+SHARING = SharingChoice(tie_embeddings=False)
+CATALOG = load_catalog()
+ONE = Plan(micro_batch=1, microbatches=1)
+
+
+def _w(dtype: str, mode: str = "decode", **extra) -> Workload:
+    more = {"decode_tokens": 8} if mode == "decode" else {}
+    return Workload(model=ModelSpec(**SPEC), mode=mode, batch=8, dtype=dtype, **more, **extra)
+
+
+def _price(w: Workload, hardware: str, plan: Plan = ONE):
+    cluster = CATALOG.cluster(hardware, nodes=1, devices_per_node=plan.world)
+    return estimate(w, profile_workload(w, SHARING), SHARING, plan, cluster, Options())
+
+
+def test_fp4_needs_dtype_float4_and_defaults_to_nvfp4() -> None:
+    with pytest.raises(ValidationError, match="fp4 needs dtype: float4"):
+        Workload(model=ModelSpec(**SPEC), dtype="float8", fp4={"recipe": "nvfp4"})
+    assert Workload(model=ModelSpec(**SPEC), dtype="float4").fp4.recipe == "nvfp4"
+    with pytest.raises(ValidationError):
+        Workload(model=ModelSpec(**SPEC), dtype="float4", fp4={"recipe": "fp4"})
+
+
+def test_fp4_element_sizes_from_the_formats() -> None:
+    # NVFP4: 4-bit E2M1 + an E4M3 byte per 16 = 4.5 bits; MXFP4: + an E8M0 byte per 32 = 4.25 bits
+    assert precision.FP4_BYTES["nvfp4"] * 8 == 4.5
+    assert precision.FP4_BYTES["mxfp4"] * 8 == 4.25
+
+
+@pytest.mark.parametrize("recipe, bits", [("nvfp4", 4.5), ("mxfp4", 4.25)])
+def test_float4_layer_weights_are_read_at_the_formats_bits(recipe: str, bits: float) -> None:
+    bf16 = gemm_weight_bytes(_w("bfloat16"), ONE, "layers")
+    fp4 = gemm_weight_bytes(_w("float4", fp4={"recipe": recipe}), ONE, "layers")
+    assert fp4 == pytest.approx(bf16 * bits / 16)
+    # the LM head stays 16-bit (the FP4 checkpoints exclude lm_head)
+    assert gemm_weight_bytes(_w("float4"), ONE, "head") == gemm_weight_bytes(_w("bfloat16"), ONE, "head")
+
+
+def test_float4_gemms_run_at_the_float4_peak_on_b200_and_weight_only_on_h100() -> None:
+    b200 = device_rates(CATALOG.cluster("b200", nodes=1, devices_per_node=1), "float4")
+    assert b200.gemm is not None and b200.gemm.peak_flops == CATALOG.devices["b200"].peak_flops["float4"]
+    assert b200.peak_flops == CATALOG.devices["b200"].peak_flops["bfloat16"]   # the rest of the step: bf16
+    h100 = device_rates(CATALOG.cluster("h100-sxm", nodes=1, devices_per_node=1), "float4")
+    assert h100.gemm is None and h100.peak_flops == CATALOG.devices["h100-sxm"].peak_flops["bfloat16"]
+    w = _w("float4")
+    assert precision.weight_only_note(w, CATALOG.devices["b200"]) is None
+    note = precision.weight_only_note(w, CATALOG.devices["h100-sxm"])
+    assert note is not None and "weight-only" in note and "4.5 bits" in note
+
+
+def test_float4_prefill_is_faster_than_float8_on_b200_and_at_the_16_bit_rate_on_h100() -> None:
+    big = dict(mode="prefill")
+    b = {d: _price(_w(d, **big), "b200") for d in ("bfloat16", "float8", "float4")}
+    assert b["float4"].compute_time_s < b["float8"].compute_time_s < b["bfloat16"].compute_time_s
+    h = {d: _price(_w(d, **big), "h100-sxm") for d in ("bfloat16", "float4")}
+    # weight-only: the same 16-bit GEMM FLOP rate, fewer weight bytes, no activation casts: never slower than bf16
+    # and far from the W4A4 speed-up
+    assert h["float4"].compute_time_s <= h["bfloat16"].compute_time_s
+    assert h["float4"].compute_time_s > 0.5 * h["bfloat16"].compute_time_s
+
+
+def test_float4_decode_reads_fewer_bytes_everywhere() -> None:
+    for hw in ("b200", "h100-sxm"):
+        assert _price(_w("float4"), hw).step_time_s < _price(_w("bfloat16"), hw).step_time_s
+
+
+def test_float4_inference_stores_the_layer_weights_at_4_5_bits() -> None:
+    w4, wb = _w("float4"), _w("bfloat16")
+    mem4 = memory_breakdown(w4, profile_workload(w4, SHARING), SHARING, ONE, Options())
+    memb = memory_breakdown(wb, profile_workload(wb, SHARING), SHARING, ONE, Options())
+    gemm = SPEC["layers"] * precision.layer_gemm_params(w4, ONE)
+    assert mem4.params == pytest.approx(memb.params - gemm * (2 - 4.5 / 8))
+
+
+def test_nvfp4_training_keeps_two_fp4_copies_and_fp4_inputs() -> None:
+    plan = Plan(micro_batch=4, microbatches=2)
+    w4, w8, wb = _w("float4", mode="train"), _w("float8", mode="train", fp8={"recipe": "mxfp8"}), _w("bfloat16", mode="train")
+    b200 = CATALOG.devices["b200"]
+    mem = {k: memory_breakdown(w, profile_workload(w, SHARING), SHARING, plan, Options(), device=b200)
+           for k, w in (("fp4", w4), ("fp8", w8), ("bf", wb))}
+    gemm = SPEC["layers"] * precision.layer_gemm_params(w4, plan)
+    # row-wise and column-wise NVFP4 copies of every layer GEMM weight (TE NVFP4BlockScaling), beside bf16
+    assert mem["fp4"].params == pytest.approx(mem["bf"].params + 2 * gemm * 4.5 / 8)
+    # the saved GEMM inputs at 4.5 bits: below FP8's 1 byte
+    assert mem["fp4"].activations < mem["fp8"].activations < mem["bf"].activations
+    assert precision.copies(w4, any_layout=True) == 2
+    # a cast: read bf16, read it again for the per-tensor amax, write two 4.5-bit copies
+    assert precision.cast_bytes_per_element(w4, True) == pytest.approx(2 + 2 + 2 * 4.5 / 8)
+    assert precision.saved_input_bytes(w4) == pytest.approx(4.5 / 8)
+    trained = _price(w4, "b200", plan)
+    assert trained.step_time_s < _price(w8, "b200", plan).step_time_s
+
+
+def test_float4_training_needs_fp4_tensor_cores_and_nvfp4() -> None:
+    w = _w("float4", mode="train")
+    assert precision.device_problem(w, CATALOG.devices["h100-sxm"]) is not None
+    assert precision.device_problem(w, CATALOG.devices["gb200"]) is None
+    assert precision.device_problem(_w("float4"), CATALOG.devices["h100-sxm"]) is None     # inference: weight-only
+    assert precision.device_problem(w, CATALOG.devices["h100-sxm"], serving=True) is None  # served: inference
+    base = {"name": "x", "workload": {"model": {"preset": "tiny"}, "dtype": "float4", "fp4": {"recipe": "mxfp4"}}}
+    with pytest.raises(ScenarioError, match="workload.fp4.recipe: .*allowed in training: nvfp4"):
+        parse_scenario(base)
+    decode = {**base, "workload": {**base["workload"], "mode": "decode"}}
+    assert parse_scenario(decode).workload.fp4.recipe == "mxfp4"
+
+
+def test_float4_serving_stores_the_experts_in_fp4() -> None:
+    moe = dict(SPEC, moe={"experts": 8, "top_k": 2})
+    w = Workload(model=ModelSpec(**moe), mode="decode", batch=8, decode_tokens=8, dtype="float4")
+    assert expert_weight_elem(w) == pytest.approx(4.5 / 8)
+    assert expert_weight_elem(w.model_copy(update={"mode": "train"})) == 2
