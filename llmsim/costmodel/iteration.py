@@ -606,7 +606,7 @@ def iteration_times(model: IterationModel, mix: Mix, ranks: tuple[Mix, ...] = ()
 # ---------------------------------------------------------------------------------------------------
 #
 # SGLang --enable-dp-attention (python/sglang/srt/layers/dp_attention.py), TensorRT-LLM enable_attention_dp
-# (docs/source/blogs/tech_blog/blog14_Scaling_Expert_Parallelism_in_TensorRT-LLM.md), vLLM --data-parallel-size
+# (docs/source/blogs/tech_blog/blog4_Scaling_Expert_Parallelism_in_TensorRT-LLM.md), vLLM --data-parallel-size
 # with --enable-expert-parallel: the replica's tp devices form D attention ranks of tp/D devices; each rank runs
 # its own requests through attention (and the dense MLPs, shared experts, embedding and LM head, replicated per
 # rank: TensorRT-LLM's modeling_deepseekv3.py builds them with tp 1 under attention DP), with its own KV cache;
@@ -615,7 +615,9 @@ def iteration_times(model: IterationModel, mix: Mix, ranks: tuple[Mix, ...] = ()
 # tensorrt_llm/_torch/modules/fused_moe/communication/allgather_reducescatter.py at 0f39b2d7, the fallback
 # "that always works" and the only method without MNNVL or DeepEP: communication_factory.py; SGLang's
 # dp_gather / dp_scatter in dp_attention.py alike). So the ranks run in lockstep, layer by layer, and one
-# iteration takes the slowest rank's own work plus the experts over all ranks' tokens plus the exchange.
+# iteration takes the slowest rank's own work plus the experts over all ranks' tokens plus the exchange
+# (TensorRT-LLM's docs/source/blogs/tech_blog/blog10_ADP_Balance_Strategy.md at 011cfc2c: "the execution time for
+# the Attention module in any given iteration is bounded by the rank with the highest workload").
 
 EXCHANGE_COMBINE_BYTES = 2
 # the reduce-scatter carries the experts' outputs in the activation type, bfloat16 (TensorRT-LLM's combine of
