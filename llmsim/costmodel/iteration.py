@@ -609,7 +609,8 @@ def iteration_times(model: IterationModel, mix: Mix, ranks: tuple[Mix, ...] = ()
 # (docs/source/blogs/tech_blog/blog4_Scaling_Expert_Parallelism_in_TensorRT-LLM.md), vLLM --data-parallel-size
 # with --enable-expert-parallel: the replica's tp devices form D attention ranks of tp/D devices; each rank runs
 # its own requests through attention (and the dense MLPs, shared experts, embedding and LM head, replicated per
-# rank: TensorRT-LLM's modeling_deepseekv3.py builds them with tp 1 under attention DP), with its own KV cache;
+# rank: TensorRT-LLM's tensorrt_llm/_torch/models/modeling_deepseekv3.py, DeepseekV3DecoderLayer._compute_mlp_tp_size:
+# "If using attention DP, the MLP also uses DP instead of TP", mlp_tp_size = 1), with its own KV cache;
 # at every MoE layer the ranks' tokens meet: each device gathers every rank's hidden states, runs its 1/ep of
 # the experts on all of them, and reduce-scatters the outputs back (TensorRT-LLM's AllGatherReduceScatter,
 # tensorrt_llm/_torch/modules/fused_moe/communication/allgather_reducescatter.py at 0f39b2d7, the fallback
