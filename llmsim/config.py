@@ -625,6 +625,11 @@ class Strategy(_Strict):
     ep_comm_overlap: bool = Field(False, description=(
         "the dispatch/combine all-to-all overlapped with computation (Megatron-Core "
         "--overlap-moe-expert-parallel-comm, DeepSeek's dual micro-batch overlap); needs ep > 1"))
+    attention_dp: PositiveInt = Field(1, description=(
+        "attention data parallelism inside one serving replica of tp devices: attention_dp ranks each run their own "
+        "requests through attention (tp / attention_dp devices each, own KV cache and scheduler), the routed experts "
+        "expert-parallel over all tp devices in lockstep (SGLang --dp N --enable-dp-attention, TensorRT-LLM "
+        "enable_attention_dp); divides tp; MoE models, serving only; 1 = off"))
     sharing: Sharing | None = Field(None, description="override the scenario's sharing for this strategy "
                                                       "(keys given here replace the scenario's)")
 
@@ -712,6 +717,14 @@ def check_expert_parallel(s: Strategy, m: ModelSpec) -> Problem:
                            f"(workload.model.moe); omit etp for a dense model")
     if s.ep_comm_overlap and s.ep == 1:
         return "ep_comm_overlap", "overlaps the expert-parallel all-to-all; it needs ep > 1"
+    if s.attention_dp > 1:
+        if m.moe is None:
+            return "attention_dp", (f"{s.attention_dp}: attention data parallelism is modeled for a "
+                                    f"mixture-of-experts model only (this one is dense; allowed: 1)")
+        if s.tp % s.attention_dp:
+            return "attention_dp", f"{s.attention_dp} does not divide tp={s.tp} (allowed: {_divisors(s.tp)})"
+        if s.pp > 1:
+            return "attention_dp", f"{s.attention_dp} with pp={s.pp} is not modeled (allowed with pp 1; or 1)"
     if m.moe is None:
         return None
     if m.moe.experts % s.ep:
@@ -907,6 +920,10 @@ class Scenario(_Strict):
             # only a LoRA base is frozen: without one the setting would be ignored, silently
             raise _KeyedError("workload.fp8.frozen_weights", "float8 keeps a frozen base's weights in FP8 only, and "
                              "no strategy freezes a base (set sharing.lora, or omit frozen_weights)")
+        for i, strategy in enumerate(self.strategies):
+            if strategy.attention_dp > 1 and self.serving is None:
+                raise _KeyedError(f"strategies[{i}].attention_dp", f"{strategy.attention_dp}: attention data "
+                                  f"parallelism is modeled for serving (a serving: block) only (allowed: 1)")
         if self.serving is not None:
             problem = check_serving(self.serving, self.workload, "mode" in self.workload.model_fields_set)
             if problem:

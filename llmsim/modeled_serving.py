@@ -14,6 +14,7 @@ prompt.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -114,14 +115,20 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
         slowdown = faults.slowdown if faults.straggler_replica == i else 1.0
         rng = random.Random(f"llmsim-serving-jitter-{faults.seed}-{i}") if faults.jitter > 0 else None
 
-        def one(mix: Mix) -> tuple[float, float]:
-            t = iteration_times(here, mix)
+        def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
+            # attention data parallelism (plan.attention_dp > 1): the ranks' mixes of one lockstep iteration
+            # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted
+            ranks = mix if isinstance(mix, tuple) else ()
+            if ranks:
+                mix = functools.reduce(lambda a, b: a + b, ranks)
+            assert isinstance(mix, Mix)
+            t = iteration_times(here, mix, ranks)
             compute = t.compute * slowdown
             seconds = priced_pass_seconds(here, mix, compute + t.comm + t.bubble * slowdown + t.other,
                                           eager.passes, eager.per_kernel_s)
             if rng is not None:
                 seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
-            return seconds + host.seconds(mix.rows), compute
+            return seconds + host.seconds(max(m.rows for m in ranks) if ranks else mix.rows), compute
 
         return one
 
@@ -266,7 +273,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         price=pricers(model, faults, spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device)),
         router=spec.router, context_tokens=case.workload.model.seq_len,
         request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving),
-        kv_layout=capacity.layout)
+        kv_layout=capacity.layout, attention_dp=plan.attention_dp)
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
@@ -277,7 +284,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     extra.update(eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s,
                  energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
                  step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
-                 replicas=spec.replicas,
+                 replicas=spec.replicas, **({"attention_dp": plan.attention_dp} if plan.attention_dp > 1 else {}),
                  events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
                  sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
     written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)

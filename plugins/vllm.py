@@ -161,6 +161,9 @@ def unsupported(case: Case) -> str | None:
     serving = case.serving
     if serving is None:
         return "the vllm backend runs serving scenarios only (a serving: block)"
+    if case.strategy.attention_dp > 1:
+        return (f"attention_dp={case.strategy.attention_dp}: this backend starts one vLLM server of tp x pp ranks on "
+                f"CPU (no data-parallel attention ranks with expert parallelism); model it with roofline / cluster")
     kind = serving.spec.scheduler.kind
     if kind not in ("continuous", "chunked-prefill"):
         return (f"scheduler {kind!r} has no vLLM equivalent in the engine this backend starts (vLLM V1 schedules "

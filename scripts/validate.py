@@ -220,7 +220,7 @@ PARAMS_COLUMNS = ("params_fp32",)
 INTS = {"layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "vocab", "n_devices", "seq_len",
         "global_batch", "micro_batch", "dp", "tp", "pp", "cp", "zero", "devices_per_node", "batch", "input_len",
         "output_len", "slices", "lora_rank", "experts", "top_k", "expert_ffn_hidden", "shared_experts",
-        "first_dense_layers", "ep", "etp", "virtual_stages"}
+        "first_dense_layers", "ep", "etp", "virtual_stages", "attention_dp"}
 NONNEGATIVE = {"zero", "shared_experts", "first_dense_layers"}   # the other integers are >= 1
 BOOLS = {"tie_embeddings", "sp", "grads_fp32", "fp8_all_gather", "ep_comm_overlap", "overlap_param_gather",
          "compile", "tp_comm_overlap", "grad_accum_fusion", "parallel_block", "params_fp32", "async_output"}
@@ -522,7 +522,10 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
-                    "kv_cache_dtype", *MODEL_OPTIONAL_COLUMNS)
+                    "kv_cache_dtype", "attention_dp", "router", *MODEL_OPTIONAL_COLUMNS)
+# `attention_dp` (optional; blank = 1): the replica's attention data-parallel ranks, Strategy.attention_dp (SGLang
+# --dp N --enable-dp-attention, TensorRT-LLM enable_attention_dp with tp N). `router` (optional; blank = the
+# scenario's default, round-robin): serving.router, which also assigns a replica's requests to its attention-DP ranks.
 # `parallel_block` (optional; blank = false): the attention and the MLP off one norm (GPT-J's block; ModelSpec).
 # `kv_cache_dtype` (optional; blank = auto): the engine's KV-cache element type, serving.kv_cache_dtype (auto |
 # float8: vLLM --kv-cache-dtype fp8); the scenario's rules refuse any other value, naming the row.
@@ -864,7 +867,7 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
     one node of the row's hardware, priced by the roofline backend; the row's context is the model's seq_len
     (vLLM's max_model_len)."""
     strategy: dict[str, object] = {"name": f"tp{r['tp']}-pp{r['pp']}", "tp": r["tp"], "pp": r["pp"]}
-    for key in ("ep", "etp"):
+    for key in ("ep", "etp", "attention_dp"):
         if r.get(key) is not None:
             strategy[key] = r[key]
     serving: dict[str, object] = {
@@ -876,6 +879,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
     if r.get("kv_cache_dtype"):   # blank = the scenario's default, auto (the block as before the key existed)
         serving["kv_cache_dtype"] = r["kv_cache_dtype"]
+    if r.get("router"):           # blank = the scenario's default (the block as before the column existed)
+        serving["router"] = r["router"]
     trace = None
     lengths: dict[str, object] = (dict(LENGTH_DISTRIBUTIONS[str(r["lengths"])]) if r.get("lengths") is not None
                                   else {"input": r["input_len"], "output": r["output_len"]})

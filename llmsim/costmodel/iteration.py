@@ -412,6 +412,14 @@ class IterationModel:
         return hit
 
     @functools.cached_property
+    def rank_model(self) -> "IterationModel":
+        """With attention data parallelism: one attention rank's model (attention_rank_plan), whose stages price
+        a rank's own work (attention_dp_times); the model itself without it."""
+        if self.plan.attention_dp <= 1:
+            return self
+        return replace(self, plan=attention_rank_plan(self.plan))
+
+    @functools.cached_property
     def activation_bytes_per_token(self) -> int:
         """One token's hidden state: what a tensor-parallel all-reduce and a pipeline message carry per token."""
         return self.workload.model.hidden * DTYPE_BYTES[self.workload.dtype]
@@ -428,10 +436,12 @@ def inference_microbatches(plan: Plan, sequences: int) -> int:
 
 
 def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers: int,
-                moe_share: float = 0.0) -> StageWork:
+                moe_share: float = 0.0, experts: tuple[float, tuple[Comm, ...]] | None = None) -> StageWork:
     """One pipeline stage of `layers` layers running `mix` (already one micro-batch's share) on one
     tensor-parallel rank; the per-layer terms follow compute.phase_times. `moe_share`: the stage's share of
-    MoE layers (moe.stage_moe_share), of which its mean layer runs the routed experts."""
+    MoE layers (moe.stage_moe_share), of which its mean layer runs the routed experts. `experts`: the mean
+    layer's routed-expert seconds and exchange when they are not this mix's own (attention data parallelism:
+    the experts run every rank's tokens, `attention_dp_times`); None = `_experts` of `mix`."""
     c, plan, w = model.costs, model.plan, model.workload
     spec = w.model
     eff = rates.efficiency
@@ -482,7 +492,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     # one pass launches every kernel of the layer (and an engine's own beyond the fused count: Mix.layer_kernels;
     # a served LoRA's: TokenCosts.adapter_layer_kernels)
     other += eff.kernel_latency_s * (KERNELS_PER_LAYER_FORWARD + mix.layer_kernels + c.adapter_layer_kernels)
-    experts, a2a = _experts(model, mix, rates, moe_share)
+    experts_s, a2a = _experts(model, mix, rates, moe_share) if experts is None else experts
     first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0
     if first:
@@ -498,7 +508,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     activation = tokens * model.activation_bytes_per_token
     groups = model.groups
     _, recv_gather = _pipeline_message(activation, plan, model.options, groups)
-    layer_s = matmul + prefill_att + decode_att + other + experts
+    layer_s = matmul + prefill_att + decode_att + other + experts_s
     algorithm = model.options.all_reduce
     tp_fwd = _tp_collectives(activation, plan, groups.tp, tp_collectives_per_layer(model.workload.model), algorithm)
     overlap: tuple[Overlapped, ...] = ()
@@ -538,21 +548,25 @@ def _experts(model: IterationModel, mix: Mix, rates: Rates, share: float) -> tup
     return seconds, (Comm("all-to-all", size, model.groups.ep, moe.A2A_PER_MOE_LAYER_FORWARD),)
 
 
-def iteration_work(model: IterationModel, mix: Mix) -> StepWork:
+def iteration_work(model: IterationModel, mix: Mix,
+                   experts: tuple[float, tuple[Comm, ...]] | None = None) -> StepWork:
     """The iteration as one forward-only step of the replica's pipeline (costmodel.work's data): with pp > 1,
-    `inference_microbatches` equal shares of the mix fill and drain the stages (GPipe order)."""
+    `inference_microbatches` equal shares of the mix fill and drain the stages (GPipe order). `experts`: the
+    routed experts' seconds and exchange of every stage's mean layer when another mix sets them (attention data
+    parallelism, pp 1: `attention_dp_times`)."""
     plan = model.plan
     rates = model.rates
     m = inference_microbatches(plan, math.ceil(mix.rows))
     part = mix.share(m)
     keys = list(zip(_stage_kinds(plan.pp), model.stage_layers, model.stage_moe_shares))
-    stages = {key: _stage_work(model, part, rates, *key) for key in dict.fromkeys(keys)}  # alike stages priced once
+    stages = {key: _stage_work(model, part, rates, *key, experts=experts)  # alike stages priced once
+              for key in dict.fromkeys(keys)}
     p2p, _ = _pipeline_message(part.tokens * model.activation_bytes_per_token, plan, model.options, model.groups)
     return StepWork(stages=tuple(stages[key] for key in keys), microbatches=m, schedule="gpipe",
                     forward_only=True, p2p=p2p, comm_shares_cores=not model.cluster.device.overlaps_communication)
 
 
-def iteration_times(model: IterationModel, mix: Mix) -> StepTimes:
+def iteration_times(model: IterationModel, mix: Mix, ranks: tuple[Mix, ...] = ()) -> StepTimes:
     """Where one iteration's time goes (costmodel.step.price of `iteration_work`): compute, exposed
     tensor- and pipeline-parallel communication, and the pipeline's fill and drain (bubble). Seconds.
 
@@ -567,7 +581,12 @@ def iteration_times(model: IterationModel, mix: Mix) -> StepTimes:
     while the cache holds pp times the tokens). The micro-batches hold whole sequences, so the pass is also no
     shorter than its longest prompt chunk's own pass through every stage (`Mix.longest_chunk`): the two lower
     bounds of a flow shop's makespan, its bottleneck machine's load and its longest job (Pinedo, "Scheduling",
-    Ch. 6)."""
+    Ch. 6).
+
+    With attention data parallelism (plan.attention_dp = D > 1) `ranks` are the D ranks' own mixes and `mix` their
+    sum (`attention_dp_times`); without `ranks` the mix is taken as D equal shares."""
+    if model.plan.attention_dp > 1:
+        return attention_dp_times(model, ranks or (mix.share(model.plan.attention_dp),) * model.plan.attention_dp)
     fabric = model.cluster.fabric
     times = price(iteration_work(model, mix), fabric)
     m = inference_microbatches(model.plan, math.ceil(mix.rows))
@@ -580,6 +599,77 @@ def iteration_times(model: IterationModel, mix: Mix) -> StepTimes:
                         layer_kernels=mix.layer_kernels)
         longest = max(longest, price(iteration_work(model, chunk), fabric).step)
     return replace(times, bubble=max(0.0, longest - busy))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention data parallelism (Strategy.attention_dp)
+# ---------------------------------------------------------------------------------------------------
+#
+# SGLang --enable-dp-attention (python/sglang/srt/layers/dp_attention.py), TensorRT-LLM enable_attention_dp
+# (docs/source/blogs/tech_blog/blog4_Scaling_Expert_Parallelism_in_TensorRT-LLM.md), vLLM --data-parallel-size
+# with --enable-expert-parallel: the replica's tp devices form D attention ranks of tp/D devices; each rank runs
+# its own requests through attention (and the dense MLPs, shared experts, embedding and LM head, replicated per
+# rank: TensorRT-LLM's tensorrt_llm/_torch/models/modeling_deepseekv3.py, DeepseekV3DecoderLayer._compute_mlp_tp_size:
+# "If using attention DP, the MLP also uses DP instead of TP", mlp_tp_size = 1), with its own KV cache;
+# at every MoE layer the ranks' tokens meet: each device gathers every rank's hidden states, runs its 1/ep of
+# the experts on all of them, and reduce-scatters the outputs back (TensorRT-LLM's AllGatherReduceScatter,
+# tensorrt_llm/_torch/modules/fused_moe/communication/allgather_reducescatter.py at 0f39b2d7, the fallback
+# "that always works" and the only method without MNNVL or DeepEP: communication_factory.py; SGLang's
+# dp_gather / dp_scatter in dp_attention.py alike). So the ranks run in lockstep, layer by layer, and one
+# iteration takes the slowest rank's own work plus the experts over all ranks' tokens plus the exchange
+# (TensorRT-LLM's docs/source/blogs/tech_blog/blog10_ADP_Balance_Strategy.md at 011cfc2c: "the execution time for
+# the Attention module in any given iteration is bounded by the rank with the highest workload").
+
+EXCHANGE_COMBINE_BYTES = 2
+# the reduce-scatter carries the experts' outputs in the activation type, bfloat16 (TensorRT-LLM's combine of
+# `final_hidden_states`); the gather carries the inputs in the layer GEMMs' type (post-quant dispatch: FP8 for a
+# float8 model, allgather_reducescatter.py: "AllGather ALWAYS supports post-quant dispatch")
+
+
+def attention_rank_plan(plan: Plan) -> Plan:
+    """One attention-DP rank's plan: tp / attention_dp devices, the attention_dp ranks as dp, the experts' ep and
+    etp as the replica's (Megatron-Core's expert grid carved from tp x dp, which is what the replica is)."""
+    d = plan.attention_dp
+    return replace(plan, tp=plan.tp // d, dp=d, attention_dp=1, zero=0)
+
+
+def exchange_bytes(tokens: float, hidden: int, dispatch_elem: float, combine_elem: float = EXCHANGE_COMBINE_BYTES
+                   ) -> tuple[float, float]:
+    """The gathered buffer of one MoE layer's dispatch all-gather and the buffer its combine reduce-scatters, bytes
+    (the whole buffer, collectives' convention): every rank's `tokens` (summed over the attention-DP ranks) x hidden,
+    at dispatch_elem and combine_elem bytes an element."""
+    return tokens * hidden * dispatch_elem, tokens * hidden * combine_elem
+
+
+def attention_dp_times(model: IterationModel, ranks: tuple[Mix, ...]) -> StepTimes:
+    """One lockstep iteration of the D attention-DP ranks (their mixes `ranks`, D of them): the slowest rank's own
+    work (attention, dense layers, head on tp/D devices: `attention_rank_plan`) with, in every MoE layer, the
+    routed experts of all ranks' tokens on the replica's plan (`_experts` of the sum: tp x ep devices share them)
+    and the exchange (an all-gather and a reduce-scatter of all ranks' tokens over the tp devices,
+    `exchange_bytes`). Seconds; one pricing path: each rank is costmodel.step.price of its `iteration_work`."""
+    plan = model.plan
+    if plan.pp != 1 or len(ranks) != plan.attention_dp:
+        raise ValueError(f"attention data parallelism prices pp 1 and attention_dp={plan.attention_dp} rank mixes "
+                         f"(got pp {plan.pp}, {len(ranks)} mixes)")
+    total = functools.reduce(lambda a, b: a + b, ranks)
+    share = model.stage_moe_shares[0]
+    seconds, _ = _experts(model, total, model.rates, share)
+    comms: tuple[Comm, ...] = ()
+    spec = model.workload.model
+    if spec.moe is not None and share > 0 and total.tokens > 0:
+        elem = 1 if model.workload.dtype == "float8" else DTYPE_BYTES[model.workload.dtype]   # FP8 dispatch: 1 byte
+        gather, scatter = exchange_bytes(total.tokens, spec.hidden, elem)
+        comms = (Comm("all-gather", gather * share, model.groups.tp), Comm("reduce-scatter", scatter * share,
+                                                                           model.groups.tp))
+    rank_model = model.rank_model
+    fabric = model.cluster.fabric
+    worst: StepTimes | None = None
+    for mix in dict.fromkeys(ranks):          # alike ranks priced once
+        times = price(iteration_work(rank_model, mix, (seconds, comms)), fabric)
+        if worst is None or times.step > worst.step:
+            worst = times
+    assert worst is not None
+    return worst
 
 
 def iteration_time(model: IterationModel, mix: Mix) -> float:
@@ -669,7 +759,9 @@ def kv_capacity(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
     (vllm/v1/core/kv_cache_utils.py). `blocks` is 0 when nothing is left (the replica cannot serve).
     """
     device = cluster.device.memory_bytes * memory_utilization
-    replica = replace(plan, dp=1, zero=0)
+    # with attention data parallelism, one attention rank's device (its attention and dense weights over tp /
+    # attention_dp, the experts over ep) holds one rank's cache: the capacity is per rank
+    replica = attention_rank_plan(plan) if plan.attention_dp > 1 else replace(plan, dp=1, zero=0)
     weights = max(memory_breakdown(workload, profile, sharing, replica, options, stage, cluster.device).params
                   for stage in memory_stages(workload, replica))
     workspace = forward_workspace_bytes(workload, replica, max_batched_tokens, max_num_seqs)

@@ -64,6 +64,9 @@ class Plan:
     ep: int = 1
     etp: int = 1
     ep_comm_overlap: bool = False
+    # Attention data parallelism of a serving replica (Strategy.attention_dp): its tp devices run attention as
+    # attention_dp ranks of tp / attention_dp each, the experts over all tp (costmodel.iteration); 1 = off.
+    attention_dp: int = 1
 
     @property
     def edp(self) -> int:
@@ -129,6 +132,7 @@ class Plan:
                    overlap_param_gather=strategy.overlap_param_gather, tp_comm_overlap=strategy.tp_comm_overlap,
                    overlap_p2p=strategy.overlap_p2p,
                    ep=layout.ep, etp=layout.etp, ep_comm_overlap=strategy.ep_comm_overlap,
+                   attention_dp=strategy.attention_dp,
                    stage_layers=_stated_split(layout.stage_layers, strategy.virtual_stages
                                               if strategy.schedule == "interleaved" else 1))
 

@@ -151,20 +151,22 @@ class Replica:
             self.last_end_s = env.now
             if len(iteration.work) > self.max_batch:
                 self.max_batch = len(iteration.work)
-            now = env.now
-            for seq, n in iteration.work:
-                seq.computed += n
-                request = seq.request
-                if seq.computed >= request.input_tokens + seq.generated:   # every known token computed: sample
-                    seq.generated += 1
-                    seq.token_times.append(now)
-                    if seq.generated >= request.output_tokens:
-                        seq.finished = True
-                        self.outstanding -= 1
-                        scheduler.finish(seq)
-                        self.on_finish(seq)
-                        if wasteful:
-                            finished.append(seq)
+            for seq in advance(iteration.work, env.now, scheduler, self.on_finish):
+                self.outstanding -= 1
+                if wasteful:
+                    finished.append(seq)
+
+    @property
+    def preemptions(self) -> int:
+        return self.scheduler.preemptions
+
+    @property
+    def kv_peak_used(self) -> int:
+        return self.scheduler.kv.peak_used
+
+    @property
+    def kinds(self) -> set[str]:
+        return {type(self.scheduler).__name__}
 
     def _wasted_step(self, finished: list[tuple[Sequence, int]]) -> Generator[simpy.Event, Any, None]:
         """The decode step V0 runs for requests whose last token it has not processed yet (their stop is found
@@ -173,6 +175,168 @@ class Replica:
         self.timeline.add(self.env.now, len(finished), round(mix.tokens), self.scheduler.kv.used,
                           len(self.scheduler.waiting))
         seconds, compute = self.price(mix)
+        yield self.env.timeout(seconds)
+        self.iterations += 1
+        self.busy_s += seconds
+        self.compute_s += compute
+        self.last_end_s = self.env.now
+
+
+def advance(work: list[tuple[Sequence, int]], now: float, scheduler: Scheduler,
+            on_finish: Callable[[Sequence], None]) -> list[Sequence]:
+    """Credit an iteration's work that ended at `now`: each sequence's computed tokens; one that computed every
+    known token samples its next one (at `now`); one that sampled its last is finished (scheduler.finish, then
+    on_finish). The sequences finished, in order."""
+    done: list[Sequence] = []
+    for seq, n in work:
+        seq.computed += n
+        request = seq.request
+        if seq.computed >= request.input_tokens + seq.generated:   # every known token computed: sample
+            seq.generated += 1
+            seq.token_times.append(now)
+            if seq.generated >= request.output_tokens:
+                seq.finished = True
+                scheduler.finish(seq)
+                on_finish(seq)
+                done.append(seq)
+    return done
+
+
+# (iteration seconds, of which the devices compute) for the attention-DP ranks' mixes of one lockstep iteration.
+LockstepPricer = Callable[[tuple[Mix, ...]], tuple[float, float]]
+
+
+class _Rank:
+    """One attention-DP rank of a lockstep replica: its own scheduler (queue, running batch, KV cache)."""
+
+    def __init__(self, index: int, scheduler: Scheduler) -> None:
+        self.index = index
+        self.scheduler = scheduler
+        self.outstanding = 0          # requests assigned here and not finished (the assignment's load figure)
+        self.held: list[Sequence] = []
+
+
+class LockstepReplica:
+    """A replica whose tp devices run attention as D data-parallel ranks (Strategy.attention_dp): each rank has its
+    own scheduler and KV cache and forms its own batch; the ranks run every iteration together, since every MoE
+    layer exchanges all ranks' tokens (costmodel.iteration.attention_dp_times), so an iteration starts when the
+    replica is free and ends for every rank when the slowest one's is done; a rank with nothing to run joins it
+    idle (SGLang runs an IDLE forward on such a rank, scheduler.py `prepare_mlp_sync_batch`; TensorRT-LLM pads
+    it with a dummy request). A request routed to the replica goes to one rank by the replica's `policy`
+    (serving.router): round-robin (SGLang's DataParallelController default, `load_balance_method` round_robin) or
+    least-outstanding (TensorRT-LLM's attention-DP balancing of new requests over the ranks' active ones). The
+    replica's own overlap (overlap_schedule) and wasted finished step (async_output) follow Replica's rules, per
+    rank. The same interface as Replica for the router and the simulation."""
+
+    def __init__(self, env: simpy.Environment, index: int, schedulers: list[Scheduler], price: LockstepPricer,
+                 on_finish: Callable[[Sequence], None], policy: str = "round-robin") -> None:
+        from llmsim.serving.router import Router   # the one rule for picking among equals
+        self.env = env
+        self.index = index
+        self.ranks = [_Rank(i, sched) for i, sched in enumerate(schedulers)]
+        self.assign = Router(policy, self.ranks)
+        self.price = price
+        self.on_finish = on_finish
+        self.outstanding = 0
+        self.iterations = 0
+        self.busy_s = 0.0
+        self.compute_s = 0.0
+        self.max_batch = 0            # most sequences in one iteration, all ranks
+        self.last_end_s = 0.0
+        self.timeline = Timeline()    # the ranks' sums at each iteration's start
+        self._wakeup: simpy.Event | None = None
+        self._holding = False         # overlap_schedule: arrivals held until the next iteration is formed
+        self._rank_of: dict[int, _Rank] = {}
+
+    @property
+    def preemptions(self) -> int:
+        return sum(r.scheduler.preemptions for r in self.ranks)
+
+    @property
+    def kv_peak_used(self) -> int:
+        """The fullest rank's peak KV blocks (each rank has the replica's kv_blocks)."""
+        return max(r.scheduler.kv.peak_used for r in self.ranks)
+
+    @property
+    def kinds(self) -> set[str]:
+        return {type(r.scheduler).__name__ for r in self.ranks}
+
+    def arrive(self, seq: Sequence) -> None:
+        """A request routed here: assign it to a rank (policy), queue it there (or hold it, overlap_schedule, while
+        an iteration runs) and wake the replica if it sleeps."""
+        self.outstanding += 1
+        rank = self.assign.pick()
+        rank.outstanding += 1
+        self._rank_of[seq.request.id] = rank
+        if self._holding:
+            rank.held.append(seq)
+        else:
+            rank.scheduler.add(seq)
+        if self._wakeup is not None and not self._wakeup.triggered:
+            self._wakeup.succeed()
+
+    def _done(self, seq: Sequence) -> None:
+        self.outstanding -= 1
+        self._rank_of.pop(seq.request.id).outstanding -= 1
+        self.on_finish(seq)
+
+    def run(self) -> Generator[simpy.Event, Any, None]:
+        env, ranks = self.env, self.ranks
+        first = ranks[0].scheduler
+        wasteful, overlap = first.async_output, first.overlap_schedule
+        finished: list[list[Sequence]] = [[] for _ in ranks]
+        while True:
+            iterations = [r.scheduler.schedule(env.now) for r in ranks]
+            if overlap:
+                added = False
+                if self._holding:
+                    for r in ranks:
+                        held, r.held = r.held, []
+                        for seq in held:
+                            r.scheduler.add(seq)
+                        added = added or bool(held)
+                self._holding = True
+                if added and all(it is None for it in iterations):
+                    continue
+            if all(it is None for it in iterations):
+                if any(finished):             # V0's wasted step of the finished requests, every rank at once
+                    mixes = tuple(mix_of([(seq, 1) for seq in f], r.scheduler.kv.window) if f else Mix()
+                                  for f, r in zip(finished, ranks))
+                    finished = [[] for _ in ranks]
+                    yield from self._step(mixes, sum(int(m.decode_seqs) for m in mixes))
+                    continue
+                self._holding = False
+                self._wakeup = env.event()
+                yield self._wakeup
+                self._wakeup = None
+                continue
+            mixes_list: list[Mix] = []
+            for it, f, r in zip(iterations, finished, ranks):
+                if it is None:
+                    mixes_list.append(Mix())
+                    continue
+                mix = it.mix or mix_of(it.work, r.scheduler.kv.window)
+                if f and mix.decode_seqs:
+                    mix = mix + mix_of([(seq, 1) for seq in f], r.scheduler.kv.window)
+                mixes_list.append(mix)
+            finished = [[] for _ in ranks]
+            batch = sum(len(it.work) for it in iterations if it is not None)
+            yield from self._step(tuple(mixes_list), batch)
+            self.max_batch = max(self.max_batch, batch)
+            now = env.now
+            for i, (it, r) in enumerate(zip(iterations, ranks)):
+                if it is None:
+                    continue
+                done = advance(it.work, now, r.scheduler, self._done)
+                if wasteful:
+                    finished[i].extend(done)
+
+    def _step(self, mixes: tuple[Mix, ...], batch: int) -> Generator[simpy.Event, Any, None]:
+        """One lockstep iteration of the ranks' mixes: recorded, priced, timed."""
+        ranks = self.ranks
+        self.timeline.add(self.env.now, batch, round(sum(m.tokens for m in mixes)),
+                          sum(r.scheduler.kv.used for r in ranks), sum(len(r.scheduler.waiting) for r in ranks))
+        seconds, compute = self.price(mixes)
         yield self.env.timeout(seconds)
         self.iterations += 1
         self.busy_s += seconds

@@ -37,7 +37,7 @@ import simpy
 from llmsim.serving.early_stop import EarlyStop, MissCounter
 from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.costmodel.window import KVLayout
-from llmsim.serving.replica import Pricer, Replica, Timeline
+from llmsim.serving.replica import LockstepReplica, Pricer, Replica, Timeline
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
@@ -96,7 +96,7 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
                      kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
                      context_tokens: int, request_overhead_s: float = 0.0,
                      closed_loop: ClosedLoop | None = None, stop_on_miss: Slo | None = None,
-                     kv_layout: KVLayout = KVLayout()) -> ServingOutcome:
+                     kv_layout: KVLayout = KVLayout(), attention_dp: int = 1) -> ServingOutcome:
     """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
     scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
 
@@ -115,6 +115,9 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     per-request bounds than its percentile allows (llmsim.serving.early_stop); the outcome's `stopped` then says
     what is known, and `sequences` holds the requests finished by then. A run that meets the SLO runs to its end,
     exactly as without it.
+
+    `attention_dp` (>= 1): each replica is a LockstepReplica of that many attention-DP ranks, each with its own
+    scheduler and `kv_blocks`; `price(i)` then prices a tuple of the ranks' mixes (Strategy.attention_dp).
 
     Raises StalledError when requests are left unfinished with no replica able to run them."""
     if not request_overhead_s >= 0:
@@ -138,8 +141,14 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         if event is not None:
             event.succeed()  # type: ignore[attr-defined]
 
-    pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout)), price(i), finished)
-            for i in range(replicas)]
+    pool: list[Replica | LockstepReplica]
+    if attention_dp > 1:
+        pool = [LockstepReplica(env, i, [make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout))
+                                         for _ in range(attention_dp)], price(i), finished, router)  # type: ignore[arg-type]
+                for i in range(replicas)]
+    else:
+        pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout)), price(i), finished)
+                for i in range(replicas)]
     route = Router(router, pool)
     rejected: list[Rejection] = []
     accepted: list[Sequence] = []
@@ -215,7 +224,7 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     if stopped is not None:   # the finished requests only: the others' tokens are not all out
         accepted = sorted(done, key=lambda s: s.request.id)
     elif len(done) != len(accepted):
-        kinds = {type(r.scheduler).__name__ for r in pool}
+        kinds = set().union(*(r.kinds for r in pool))
         raise StalledError(f"scheduler {', '.join(sorted(kinds))} stopped with {len(accepted) - len(done)} of "
                            f"{len(accepted)} requests unfinished")
     if request_overhead_s:
@@ -235,8 +244,8 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     occupancy.integral += request_overhead_s * len(done)   # each is in the system that much longer (Little's law)
     return ServingOutcome(
         sequences=sorted(accepted, key=lambda s: s.request.id), rejected=rejected, duration_s=duration,
-        occupancy_s=occupancy.integral, preemptions=sum(r.scheduler.preemptions for r in pool),
-        kv_blocks=kv_blocks, kv_peak_used=[r.scheduler.kv.peak_used for r in pool],
+        occupancy_s=occupancy.integral, preemptions=sum(r.preemptions for r in pool),
+        kv_blocks=kv_blocks, kv_peak_used=[r.kv_peak_used for r in pool],
         iterations=[r.iterations for r in pool], busy_s=[r.busy_s for r in pool],
         compute_s=[r.compute_s for r in pool], max_batch=[r.max_batch for r in pool],
         events=env.events_processed, wall_s=time.perf_counter() - start,
