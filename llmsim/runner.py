@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import (Scenario, allowed_keys, describe_error, one_value_expected, out_of_range,
+from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, one_value_expected, out_of_range,
                            shown_value, wrong_kind)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
@@ -317,6 +317,9 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
                                     f"allowed: {allowed}")
             # the strategy's expert grid too: a mixture of experts served at tp splits each expert over etp
             # (default tp, as vLLM's tensor parallelism does) and its experts over ep ranks
+            problem = serving_expert_grid_problem(strategy)
+            if problem is not None:
+                raise ScenarioError(file, f"strategies[{i}].{problem[0]}", problem[1])
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
                             ep=strategy.ep, etp=strategy.expert_tp)
             for key, value in sweep:
@@ -327,6 +330,24 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
                             serving=ServingCase(spec.at_point(key, value), seed, scheduler, trace))
                 planned.append(PlannedCase(cls, settings, case))
     return planned
+
+
+def serving_expert_grid_problem(strategy: Strategy) -> tuple[str, str] | None:
+    """A serving replica's expert grid is carved from its own tp ranks (replicas share nothing), so ep x etp must
+    divide tp: (key, one line) where it does not. etp defaults to tp (Megatron-Core's convention), so `tp: 8, ep: 8`
+    alone asks 64 expert ranks of 8 GPUs; vLLM's `--tensor-parallel-size 8 --enable-expert-parallel` is ep 8 with
+    whole experts on each rank, i.e. `etp: 1`."""
+    tp, ep, grid = strategy.tp, strategy.ep, strategy.ep * strategy.expert_tp
+    if tp % grid == 0:
+        return None
+    if tp % ep:
+        return "ep", (f"{ep} does not divide tp={tp}: a serving replica's experts are spread over its own "
+                      f"tensor-parallel ranks (allowed: {', '.join(str(d) for d in range(1, tp + 1) if tp % d == 0)})")
+    allowed = ", ".join(str(d) for d in range(1, tp // ep + 1) if (tp // ep) % d == 0)
+    unset = " (etp unset means tp, Megatron-Core's default)" if strategy.etp is None else ""
+    return "etp", (f"ep*etp = {ep}*{strategy.expert_tp} = {grid} expert ranks do not divide the tp={tp} ranks of a "
+                   f"serving replica{unset}; allowed etp: {allowed} (etp: 1 = whole experts on each rank, vLLM's "
+                   f"--enable-expert-parallel)")
 
 
 Progress = Callable[[int, int, PlannedCase], None]

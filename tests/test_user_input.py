@@ -384,3 +384,18 @@ def test_a_wrong_value_of_a_backend_setting_is_one_line_with_the_allowed_values(
     key = override.split("=")[0]
     err = one_line_error(capsys, ["validate", str(path), "--backend", "roofline", "--set", override])
     assert err.startswith(f"{path}: {key}: {said}"), err
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["strategies[0].ep=8"], "strategies[0].etp: ep*etp = 8*8 = 64 expert ranks do not divide the tp=8 ranks of a "
+                             "serving replica (etp unset means tp"),
+    (["strategies[0].ep=16"], "strategies[0].ep: 16 does not divide tp=8"),
+    (["strategies[0].ep=2", "strategies[0].etp=8"], "allowed etp: 1, 2, 4"),
+])
+def test_a_serving_expert_grid_larger_than_the_replica_is_refused(capsys, sets: list[str], expected: str) -> None:  # noqa: ANN001
+    """tp 8 with ep 8 and etp unset (= tp) asked 64 expert ranks of 8 GPUs and priced each expert split 64 ways
+    (13 GB of DeepSeek-V3 weights a GPU instead of ~85): refused, naming the key and the etp that fits."""
+    args = ["validate", str(REPO / "scenarios" / "serve-deepseek-v3.yaml")]
+    for item in sets:
+        args += ["--set", item]
+    assert expected in one_line_error(capsys, args)
