@@ -724,7 +724,8 @@ def check_expert_parallel(s: Strategy, m: ModelSpec) -> Problem:
         if s.tp % s.attention_dp:
             return "attention_dp", f"{s.attention_dp} does not divide tp={s.tp} (allowed: {_divisors(s.tp)})"
         if s.pp > 1:
-            return "attention_dp", f"{s.attention_dp} with pp={s.pp} is not modeled (allowed with pp 1; or 1)"
+            return "attention_dp", (f"{s.attention_dp} with pp={s.pp} is not modeled (allowed: pp 1, or "
+                                    f"attention_dp 1)")
     if m.moe is None:
         return None
     if m.moe.experts % s.ep:

@@ -22,7 +22,7 @@ from llmsim.config import Workload
 from llmsim.costmodel import ClusterSpec, CostModelError, Options, Plan, memory_breakdown, single_device_step_time
 from llmsim.costmodel.cluster import plan_on, torus_groups
 from llmsim.costmodel import precision
-from llmsim.costmodel.compute import device_rates, rates_problem
+from llmsim.costmodel.compute import rates_problem, workload_rates
 from llmsim.costmodel.moe import assumed_imbalance
 from llmsim.costmodel.plan import AttentionKernel
 from llmsim.costmodel.step import StepTimes
@@ -305,7 +305,7 @@ class ModeledBackend(Backend):
                      energy_source="modeled", model_flops_per_step=profile.model_flops_per_step,
                      **priced_options(options, case.workload.mode))
         try:
-            peak = device_rates(cluster, case.workload.dtype).peak_flops
+            peak = workload_rates(cluster, case.workload).peak_flops
             one_device = self.one_device_time(case, profile, plan, cluster, options)
         except CostModelError as exc:
             return case.result(self, status="skipped", error=str(exc), **where)

@@ -233,8 +233,9 @@ def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, l
     names = ", ".join(sorted({d.name for d in devices}))
     capable = ", ".join(precision.capable_devices(w, catalog.devices.values())) or "none in the catalog"
     if precision.is_fp4(w):   # float4 training on devices without FP4 tensor cores (inference runs weight-only)
-        raise ScenarioError(file, "workload.dtype", f"dtype float4 in training needs FP4 tensor cores (a float4 "
-                                                    f"peak); none of this scenario's hardware has them ({names}); "
+        raise ScenarioError(file, "workload.dtype", f"dtype float4 in training needs FP4 tensor cores that take "
+                                                    f"NVFP4 (NVIDIA Blackwell); none of this scenario's hardware has "
+                                                    f"them ({names}); "
                                                     f"hardware that does: {capable}; allowed here: float32, "
                                                     f"bfloat16, float16, float8")
     mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but not for the recipe (mxfp8)

@@ -182,6 +182,11 @@ def attention_problem(efficiency: Efficiency, kernel: str) -> str | None:
             f"efficiency.attention_{kernel}); kernels it has: {have}")
 
 
+def workload_rates(cluster: "ClusterSpec", workload: "Workload") -> Rates:
+    """device_rates for the workload's dtype and, for float4, its fp4 recipe (nvfp4 needs NVFP4 units)."""
+    return device_rates(cluster, workload.dtype, precision.fp4_recipe_of(workload))
+
+
 def rates_problem(device: "DeviceSpec", dtype: str) -> str | None:
     """Why device_rates cannot give `device`'s ceilings for `dtype` (the catalog entry lacks the peak FLOP/s, or
     the memory bandwidth), or None. A pure look-up of the entry, so `llmsim validate` can say before a run which
@@ -202,7 +207,7 @@ def rates_problem(device: "DeviceSpec", dtype: str) -> str | None:
     return None
 
 
-def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
+def device_rates(cluster: "ClusterSpec", dtype: str, fp4_recipe: str = "nvfp4") -> Rates:
     """The cluster device's ceilings for `dtype`; CostModelError when the catalog entry lacks one.
 
     float8: the bf16 ceilings (attention, elementwise ops, the LM head, MFU's denominator) with `gemm` at the
@@ -211,14 +216,16 @@ def device_rates(cluster: "ClusterSpec", dtype: str) -> Rates:
     float4: the same with `gemm` at the device's float4 peak and FP4 MAMF. No published FP4 MAMF (a large
     dense GEMM's achieved fraction) was found for B200/GB200, so FP4 takes the FP8 fraction
     (`Efficiency.matmul_float8`, else the bf16 one): an estimate. A device without a float4 peak (Hopper,
-    Ampere, CDNA3) runs a float4 workload weight-only (precision.weight_only): the bf16 ceilings, no `gemm`."""
+    Ampere, CDNA3), or nvfp4 on one whose FP4 units take MX scales only (CDNA4), runs a float4 workload
+    weight-only (precision.weight_only): the bf16 ceilings, no `gemm`. `fp4_recipe`: the workload's fp4 recipe
+    (workload_rates passes it)."""
     device = cluster.device
     problem = rates_problem(device, dtype)
     if problem is not None:
         raise CostModelError(problem)
     if dtype == "float4":
         base = device_rates(cluster, "bfloat16")
-        if not precision.has_fp4_units(device):
+        if not precision.has_fp4_units(device, fp4_recipe):
             return base
         eff = base.efficiency
         fp4_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})

@@ -33,7 +33,7 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel import kv_dtype, precision
 from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, COMPILED_REGIONS, KERNELS_EMBED, KERNELS_HEAD,
                                       KERNELS_PER_LAYER_FORWARD, Rates, attention_fractions, decode_kv_reads,
-                                      device_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
+                                      workload_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
 from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
@@ -340,7 +340,7 @@ class IterationModel:
     # What every iteration reads, computed once per replica (a serving run prices ~10^5 iterations).
     @functools.cached_property
     def rates(self) -> Rates:
-        return device_rates(self.cluster, self.workload.dtype)
+        return workload_rates(self.cluster, self.workload)
 
     @functools.cached_property
     def attention_fraction(self) -> float:

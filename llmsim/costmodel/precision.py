@@ -152,15 +152,22 @@ def recipe(workload: "Workload") -> str:
     return workload.fp8.recipe
 
 
-def has_fp4_units(device: "DeviceSpec") -> bool:
-    """Whether `device` has FP4 tensor cores: a catalog float4 peak (Blackwell)."""
-    return bool(device.peak_flops.get("float4"))
+def has_fp4_units(device: "DeviceSpec", fp4_recipe: str = "nvfp4") -> bool:
+    """Whether `device`'s tensor cores run `fp4_recipe`'s block-scaled FP4 GEMMs: a catalog float4 peak, and for
+    nvfp4 (E4M3 scales per 16) NVFP4 units (DeviceSpec.nvfp4: NVIDIA Blackwell). mxfp4 (E8M0 scales per 32, the
+    OCP MX format) runs on any float4 peak (Blackwell; AMD CDNA4, MI355X)."""
+    return bool(device.peak_flops.get("float4")) and (fp4_recipe != "nvfp4" or device.nvfp4)
+
+
+def fp4_recipe_of(workload: "Workload") -> str:
+    """The fp4 recipe of a float4 workload (nvfp4 when unset), for has_fp4_units."""
+    return workload.fp4.recipe if workload.fp4 is not None else "nvfp4"
 
 
 def weight_only(workload: "Workload", device: "DeviceSpec") -> bool:
     """A float4 prefill/decode/serving workload on a device without FP4 tensor cores: the FP4 weights are read
     at their bits and dequantized inside a 16-bit GEMM (vLLM's Marlin FP4 path; module docstring)."""
-    return is_fp4(workload) and not has_fp4_units(device)
+    return is_fp4(workload) and not has_fp4_units(device, fp4_recipe_of(workload))
 
 
 def weight_only_note(workload: "Workload", device: "DeviceSpec") -> str | None:
@@ -168,7 +175,9 @@ def weight_only_note(workload: "Workload", device: "DeviceSpec") -> str | None:
     if not weight_only(workload, device):
         return None
     assert workload.fp4 is not None
-    return (f"device {device.name!r} has no FP4 tensor cores (no float4 peak in the catalog): {workload.fp4.recipe} "
+    units = ("no FP4 tensor cores (no float4 peak in the catalog)" if not device.peak_flops.get("float4") else
+             "FP4 tensor cores for OCP MX scales only (MXFP4), not NVFP4's E4M3 scales per 16")
+    return (f"device {device.name!r} has {units}: {workload.fp4.recipe} "
             f"is priced weight-only (weights stored and read at {8 * FP4_BYTES[workload.fp4.recipe]:g} bits, "
             f"GEMMs at the 16-bit rate, as vLLM's Marlin FP4 kernels run it)")
 
@@ -180,7 +189,10 @@ def device_problem(workload: "Workload", device: "DeviceSpec", serving: bool = F
     TPU v4/v5e). The `mxfp8` recipe also needs MX block-scaled tensor cores (`DeviceSpec.microscaling`:
     Blackwell, SM 10.0+; Transformer Engine docs, "MXFP8": "native hardware acceleration on Blackwell GPUs")."""
     if is_fp4(workload):  # `serving`: a serving scenario, whose iterations are inference whatever workload.mode
-        if workload.mode == "train" and not serving and not has_fp4_units(device):
+        if workload.mode == "train" and not serving and not has_fp4_units(device, fp4_recipe_of(workload)):
+            if device.peak_flops.get("float4"):  # FP4 units for MX scales only (CDNA4): not NVFP4's
+                return (f"float4 training (recipe nvfp4) needs NVFP4 tensor cores (E4M3 scales per 16: NVIDIA "
+                        f"Blackwell); device {device.name!r} takes OCP MX scales only (mxfp4, not a training recipe)")
             return (f"float4 training needs FP4 tensor cores (a float4 peak FLOP/s in the catalog); device "
                     f"{device.name!r} has none")
         return None          # inference without FP4 units: weight-only (weight_only)
@@ -198,7 +210,7 @@ def device_problem(workload: "Workload", device: "DeviceSpec", serving: bool = F
 def capable_devices(workload: "Workload", devices: "Iterable[DeviceSpec]") -> list[str]:
     """The names of `devices` that can run this workload's FP8 (FP4) GEMMs (device_problem is None)."""
     if is_fp4(workload):
-        return [d.name for d in devices if has_fp4_units(d)]
+        return [d.name for d in devices if has_fp4_units(d, fp4_recipe_of(workload))]
     return [d.name for d in devices if d.peak_flops and device_problem(workload, d) is None]
 
 

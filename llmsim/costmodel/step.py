@@ -42,7 +42,7 @@ import numpy as np
 from llmsim.costmodel.arrays import Num, is_array, maximum, pick
 from llmsim.costmodel.cluster import ClusterSpec, Group, plan_on
 from llmsim.costmodel.collectives import Fabric
-from llmsim.costmodel.compute import CostModelError, device_rates
+from llmsim.costmodel.compute import CostModelError, workload_rates
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.memory import MemoryBreakdown, memory_breakdown
 from llmsim.costmodel.pipeline import bubble_fraction
@@ -453,7 +453,7 @@ def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "Sharing
              cluster: ClusterSpec, options: Options = Options()) -> StepBreakdown:
     """Model one step of `workload` under `plan` on `cluster`. Raises CostModelError if it cannot."""
     plan = plan_on(plan, cluster)
-    rates = device_rates(cluster, workload.dtype)
+    rates = workload_rates(cluster, workload)
     t = step_times(workload, profile, sharing, plan, cluster, options)
     memory = memory_breakdown(workload, profile, sharing, plan, options, device=cluster.device)
     energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.compute + t.other)

@@ -47,7 +47,7 @@ from llmsim.costmodel.memo import scoped_memo
 from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, neighbour_p2p_phases, place_grid,
                                       place_group, plan_on, torus_groups, with_cp)
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
-from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, device_rates, layer_gemm_shares,
+from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, workload_rates, layer_gemm_shares,
                                       op_sac_recomputed_share, phase_times, phase_times_of, runs_compiled)
 from llmsim.costmodel.memory import FP32_BYTES, stage_param_counts, tp_block_params
 from llmsim.costmodel import moe, precision, sampling
@@ -668,7 +668,7 @@ def train_works(workload: "Workload", profile: "WorkloadProfile", sharing: "Shar
     parameter-sharing syncs (`sharing_syncs`: the embedding and shared blocks' gradients). A planner's table
     prices thousands of plans that differ only in the micro-batch size. Raises CostModelError as train_work."""
     spec = workload.model
-    rates = device_rates(cluster, workload.dtype)
+    rates = workload_rates(cluster, workload)
     plan = plan_on(plan, cluster)
     groups = Groups.on(plan, cluster)
     elem = DTYPE_BYTES[workload.dtype]
@@ -1064,7 +1064,7 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
     # the split as stated or defaulted for the strategy's schedule, before inference drops interleaving
     plan = replace(inference_plan(plan), schedule="1f1b", virtual_stages=1,
                    stage_layers=plan.layers_per_stage(spec.layers))
-    rates = device_rates(cluster, workload.dtype)
+    rates = workload_rates(cluster, workload)
     groups = Groups.on(plan, cluster)
     layer_t = layer_phase_times(profile, workload, plan, options, rates, phase, steps)
     edge_div = plan.tp * plan.cp

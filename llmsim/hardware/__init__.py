@@ -105,6 +105,13 @@ class DeviceSpec(BaseModel):
         False, description="tensor cores that take OCP MX block-scaled operands natively (MXFP8: one E8M0 scale "
                            "per 32 elements): NVIDIA Blackwell, SM 10.0+ (Transformer Engine docs, 'MXFP8'); the "
                            "fp8 recipe mxfp8 runs only where true")
+    nvfp4: bool = Field(
+        False, description="tensor cores that take NVFP4 operands natively (E2M1 values with an E4M3 scale per 16 "
+                           "elements): NVIDIA Blackwell's 5th-generation tensor cores (NVIDIA technical blog "
+                           "'Introducing NVFP4 for Efficient and Accurate Low-Precision Inference', 2025; Transformer "
+                           "Engine's NVFP4BlockScaling needs Blackwell). A float4 peak without it (AMD CDNA4, MI355X: "
+                           "OCP MX block scales only, one E8M0 per 32 elements: MXFP4) runs the mxfp4 recipe at that "
+                           "peak and nvfp4 weight-only (costmodel.precision.has_fp4_units)")
     fp8_gemm_any_layout: bool = Field(
         False, description="FP8 GEMMs with per-tensor scales take their operands in any layout (not only TN): "
                            "Transformer Engine's nvte_is_non_tn_fp8_gemm_supported(), compute capability 10.x-11.x "

@@ -125,10 +125,12 @@ class SearchSpace(_Strict):
     sp: list[bool] | None = None
     ep: list[PositiveInt] | None = Field(None, description="expert-parallel sizes (MoE workloads; default: the "
                                          "divisors of the routed experts; expert tensor parallel = tp)")
-    dtype: list[Literal["float32", "bfloat16", "float16", "float8"]] | None = Field(
+    dtype: list[Literal["float32", "bfloat16", "float16", "float8", "float4"]] | None = Field(
         None, description="precisions (default: the workload's dtype); float8 runs the workload's fp8 recipe, else "
                           "the device's default (mxfp8 on Blackwell, delayed elsewhere); hardware without FP8 "
-                          "has no float8 candidates")
+                          "has no float8 candidates; float4 runs the workload's fp4 recipe (default nvfp4): "
+                          "weight-only for inference where the tensor cores do not take it, no candidate for "
+                          "training there")
 
 
 class PlanFile(_Strict):
@@ -315,7 +317,8 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
             key = "name" if exc.key == "hardware" else exc.key
             raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
         devices.append(device)
-        lacking = [d for d in plan_dtypes(plan) if d != "float8" and not device.peak_flops.get(d)]  # type: ignore[call-overload]
+        lacking = [d for d in plan_dtypes(plan)  # float8 / float4: decided per device by planner.precisions
+                   if d not in ("float8", "float4") and not device.peak_flops.get(d)]  # type: ignore[call-overload]
         if lacking or not device.memory_bw_bytes_per_s:
             raise ScenarioError(file, f"hardware[{i}].name", f"device {h.name!r} has no catalog peak FLOP/s for "
                                                              f"{', '.join(lacking) or plan.workload.dtype} or no "

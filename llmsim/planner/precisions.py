@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from llmsim.config import Fp8Spec, Workload
+from llmsim.config import Fp4Spec, Fp8Spec, Workload
 from llmsim.costmodel import precision
 from llmsim.hardware import DeviceSpec
 
@@ -27,6 +27,7 @@ class PlanFile(Protocol):
 
     workload: Workload
     search: Any
+    serving: Any        # a serving goal (its iterations are inference whatever workload.mode) or None
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,12 @@ def workload_for(plan: PlanFile, label: str) -> Workload:
     if not label:
         return w
     dtype, _, recipe = label.partition("-")
+    if dtype == "float4":  # the plan's fp4 recipe where it states one, else nvfp4 (Fp4Spec's default)
+        return w if w.dtype == dtype else w.model_copy(update={"dtype": dtype, "fp8": None, "fp4": w.fp4 or Fp4Spec()})
     if dtype != "float8":
         return w if w.dtype == dtype else w.model_copy(update={"dtype": dtype, "fp8": None, "fp4": None})
     fp8 = (w.fp8 or Fp8Spec()).model_copy(update={"recipe": recipe})
-    return w.model_copy(update={"dtype": "float8", "fp8": fp8})
+    return w.model_copy(update={"dtype": "float8", "fp8": fp8, "fp4": None})
 
 
 def candidates(plan: PlanFile, device: DeviceSpec) -> tuple[list[Candidate], list[str]]:
@@ -75,8 +78,9 @@ def candidates(plan: PlanFile, device: DeviceSpec) -> tuple[list[Candidate], lis
         w = workload_for(plan, label)
         if w == plan.workload:  # the workload as written: unlabeled (names as before precision was searched)
             w, label = plan.workload, ""
-        problem = precision.device_problem(w, device)
-        if problem is None and dtype != "float8" and not device.peak_flops.get(dtype):  # type: ignore[call-overload]
+        problem = precision.device_problem(w, device, serving=plan.serving is not None)
+        if problem is None and dtype not in ("float8", "float4") \
+                and not device.peak_flops.get(dtype):  # type: ignore[call-overload]
             problem = f"device {device.name!r} has no catalog peak FLOP/s for {dtype}"
         if problem is not None:
             dropped.append(problem)
@@ -88,6 +92,8 @@ def candidates(plan: PlanFile, device: DeviceSpec) -> tuple[list[Candidate], lis
 def describe_label(plan: PlanFile, label: str) -> str:
     """'bfloat16', 'float8 (delayed scaling)': what precision a configuration assumes, for the report."""
     w = workload_for(plan, label)
+    if w.dtype == "float4" and w.fp4 is not None:
+        return f"float4 ({w.fp4.recipe})"
     if w.dtype != "float8" or w.fp8 is None:
         return w.dtype
     return f"float8 ({w.fp8.recipe})"

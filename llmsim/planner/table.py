@@ -56,7 +56,7 @@ import numpy as np
 
 from llmsim.costmodel import CostModelError
 from llmsim.costmodel import moe, precision
-from llmsim.costmodel.compute import device_rates, phase_memo
+from llmsim.costmodel.compute import phase_memo, workload_rates
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.memory import (StageMemoryTerms, memory_stages, params_memo, stage_activation_terms,
@@ -575,7 +575,7 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray,
     codes, pair_of = np.unique(group_of * span + r.dp, return_inverse=True)
     pair_of = pair_of.reshape(-1)
     pairs = np.column_stack([codes // span, codes % span])
-    rates = device_rates(hw.cluster(1), w.dtype)
+    rates = workload_rates(hw.cluster(1), w)
     hides = hw.device.overlaps_communication
     optimizer_bytes, optimizer_ops = _optimizer_totals(ctx.profile)
     zero, m, dp_cp = r.zero, r.m, r.dp_cp

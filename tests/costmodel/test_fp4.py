@@ -129,3 +129,22 @@ def test_float4_serving_stores_the_experts_in_fp4() -> None:
     w = Workload(model=ModelSpec(**moe), mode="decode", batch=8, decode_tokens=8, dtype="float4")
     assert expert_weight_elem(w) == pytest.approx(4.5 / 8)
     assert expert_weight_elem(w.model_copy(update={"mode": "train"})) == 2
+
+
+def test_nvfp4_needs_nvfp4_units_and_mxfp4_runs_on_any_float4_peak() -> None:
+    """MI355X (CDNA4) has a float4 peak for OCP MX scales (E8M0 per 32) only: mxfp4 runs there at the float4 peak,
+    nvfp4 (E4M3 per 16) weight-only with a note saying why; Blackwell runs both; training nvfp4 is refused there."""
+    mi355x, b200 = CATALOG.device("mi355x"), CATALOG.device("b200")
+    nv, mx = _w("float4"), _w("float4", fp4={"recipe": "mxfp4"})
+    assert precision.has_fp4_units(b200, "nvfp4") and precision.has_fp4_units(b200, "mxfp4")
+    assert precision.has_fp4_units(mi355x, "mxfp4") and not precision.has_fp4_units(mi355x, "nvfp4")
+    assert precision.weight_only(nv, mi355x) and not precision.weight_only(mx, mi355x)
+    assert "OCP MX scales only" in (precision.weight_only_note(nv, mi355x) or "")
+    cluster = CATALOG.cluster("mi355x", nodes=1, devices_per_node=1)
+    assert device_rates(cluster, "float4", "mxfp4").gemm.peak_flops == mi355x.peak_flops["float4"]
+    assert device_rates(cluster, "float4", "nvfp4").gemm is None   # the 16-bit ceilings: weight-only
+    assert _price(nv, "mi355x").step_time_s > _price(mx, "mi355x").step_time_s
+    train = _w("float4", mode="train")
+    assert "takes OCP MX scales only" in (precision.device_problem(train, mi355x) or "")
+    assert precision.device_problem(train, b200) is None
+    assert "mi355x" not in precision.capable_devices(train, CATALOG.devices.values())

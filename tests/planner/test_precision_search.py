@@ -123,3 +123,52 @@ def test_a_plan_whose_hardware_all_lacks_the_precision_is_one_line(tmp_path: Pat
     assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"llmsim: error: {path}: {key}: ")
+
+
+def _fp4_serving_plan(hardware: list[str], dtypes: list[str] | None) -> Any:
+    """Llama-3-8B served in float4 (nvfp4): a device without NVFP4 units runs it weight-only, as `llmsim run` does."""
+    data: dict[str, Any] = {
+        "name": "fp4-serve",
+        "workload": {"model": {"preset": "llama3-8b"}, "dtype": "float4"},
+        "serving": {"duration_s": 5, "arrival": {"kind": "poisson"}, "lengths": {"input": 256, "output": 32},
+                    "scheduler": {"kind": "continuous", "max_num_seqs": 64, "max_batched_tokens": 8192},
+                    "slo": {"ttft_s": 1.0, "tpot_s": 0.1, "percentile": 90}},
+        "goal": {"request_rate": 2},
+        "hardware": [{"name": name, "usd_per_device_hour": 1.0} for name in hardware],
+        "search": {"tp": [1], "pp": [1], **({"dtype": dtypes} if dtypes else {})},
+        "limits": {"max_devices": 1}, "objective": "cost", "top_k": 4,
+    }
+    return parse_plan(data)
+
+
+def test_a_float4_serving_plan_keeps_devices_without_fp4_units_as_weight_only() -> None:
+    """The trial's `llmsim plan` refused a float4 plan listing an h100 ('no catalog peak FLOP/s for float4') while
+    `llmsim run` prices it weight-only; and searching [float8, float4] crashed on a float4 workload (the float8
+    candidate kept the fp4 block)."""
+    plan = _fp4_serving_plan(["b200", "h100-sxm", "mi355x"], None)
+    check_hardware(plan, CATALOG, "p.yaml")          # no refusal
+    from llmsim.planner.precisions import candidates, describe_label, workload_for
+    for name in ("b200", "h100-sxm", "mi355x"):
+        found, dropped = candidates(plan, CATALOG.device(name))
+        assert [c.workload.dtype for c in found] == ["float4"] and not dropped, name
+    both = _fp4_serving_plan(["h100-sxm"], ["float8", "float4"])
+    labels = [c.label for c in candidates(both, CATALOG.device("h100-sxm"))[0]]
+    assert labels == ["float8-delayed", ""]
+    assert workload_for(both, "float8-delayed").fp4 is None and workload_for(both, "float8-delayed").dtype == "float8"
+    assert describe_label(both, "") == "float4 (nvfp4)"
+    bf16 = _fp4_serving_plan(["h100-sxm"], ["bfloat16"])
+    assert workload_for(bf16, "bfloat16").fp4 is None
+
+
+def test_float4_training_plan_has_no_candidates_on_devices_without_nvfp4_units() -> None:
+    plan = _plan(2.0, ["bfloat16", "float4"], hardware=[{"name": "gb200", "usd_per_device_hour": 7.0},
+                                                        {"name": "mi355x", "usd_per_device_hour": 5.0}])
+    gb200, _ = candidates_of(plan, "gb200")
+    mi355x, dropped = candidates_of(plan, "mi355x")
+    assert "float4" in [c.label for c in gb200] and "float4" not in [c.label for c in mi355x]
+    assert any("OCP MX scales only" in d for d in dropped)
+
+
+def candidates_of(plan: Any, name: str) -> tuple[list, list[str]]:
+    from llmsim.planner.precisions import candidates
+    return candidates(plan, CATALOG.device(name))
