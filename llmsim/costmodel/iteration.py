@@ -641,6 +641,15 @@ def exchange_bytes(tokens: float, hidden: int, dispatch_elem: float, combine_ele
     return tokens * hidden * dispatch_elem, tokens * hidden * combine_elem
 
 
+def dispatch_element_bytes(workload: "Workload", rates: Rates) -> float:
+    """Bytes of one element the exchange's all-gather carries: post-quant dispatch, the experts' GEMM inputs as
+    quantized (FP8 1 byte, NVFP4 4.5 bits with its scales: precision.quantized_element_bytes) where the device runs
+    the quantized GEMMs (`rates.gemm`), else the activation type (a weight-only float4 runs 16-bit GEMMs)."""
+    if precision.is_quantized(workload) and rates.gemm is not None:
+        return precision.quantized_element_bytes(workload)
+    return DTYPE_BYTES[workload.dtype]
+
+
 def attention_dp_times(model: IterationModel, ranks: tuple[Mix, ...]) -> StepTimes:
     """One lockstep iteration of the D attention-DP ranks (their mixes `ranks`, D of them): the slowest rank's own
     work (attention, dense layers, head on tp/D devices: `attention_rank_plan`) with, in every MoE layer, the
@@ -657,8 +666,7 @@ def attention_dp_times(model: IterationModel, ranks: tuple[Mix, ...]) -> StepTim
     comms: tuple[Comm, ...] = ()
     spec = model.workload.model
     if spec.moe is not None and share > 0 and total.tokens > 0:
-        elem = 1 if model.workload.dtype == "float8" else DTYPE_BYTES[model.workload.dtype]   # FP8 dispatch: 1 byte
-        gather, scatter = exchange_bytes(total.tokens, spec.hidden, elem)
+        gather, scatter = exchange_bytes(total.tokens, spec.hidden, dispatch_element_bytes(model.workload, model.rates))
         comms = (Comm("all-gather", gather * share, model.groups.tp), Comm("reduce-scatter", scatter * share,
                                                                            model.groups.tp))
     rank_model = model.rank_model

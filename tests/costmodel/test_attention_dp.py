@@ -118,3 +118,17 @@ def test_the_kv_cache_is_per_rank_with_the_attention_weights_replicated(tiny_mla
     # the replicated part: everything but the routed experts, once whole instead of 1/4
     rank = kv_capacity(w, profile, UNTIED, attention_rank_plan(dp_plan), cluster, costs, 0.9, 16, 256, 32)
     assert rank.weights_bytes == dp.weights_bytes
+
+
+@pytest.mark.parametrize("dtype, fp4, hardware, expected", [
+    ("bfloat16", None, "b200", 2.0),
+    ("float8", None, "h100-sxm", 1.0),                   # post-quant dispatch: FP8 inputs
+    ("float4", {"recipe": "nvfp4"}, "b200", 4.5 / 8),     # NVFP4 inputs with their E4M3 scales
+    ("float4", {"recipe": "nvfp4"}, "h100-sxm", 2.0),     # weight-only: the GEMMs take 16-bit activations
+])
+def test_the_dispatch_carries_the_experts_gemm_inputs(dtype: str, fp4, hardware: str, expected: float) -> None:  # noqa: ANN001
+    from llmsim.costmodel.compute import workload_rates
+    from llmsim.costmodel.iteration import dispatch_element_bytes
+    w = Workload(model=ModelSpec(preset="tiny-mla", seq_len=64), dtype=dtype, **({"fp4": fp4} if fp4 else {}))
+    rates = workload_rates(CATALOG.cluster(hardware, nodes=1, devices_per_node=1), w)
+    assert dispatch_element_bytes(w, rates) == pytest.approx(expected)
