@@ -63,9 +63,11 @@ def _warn_broken(registry: BackendRegistry) -> None:
                           highlight=False)
 
 
-def _load(path: str, overrides: list[str], backends: list[str] | None
+def _load(path: str, overrides: list[str], backends: list[str] | None, notes: list[str] | None = None
           ) -> tuple[Scenario, list[PlannedCase], object, BackendRegistry, Any]:
-    """The scenario, its planned cases, the plugin manager, the registry and the hardware catalog."""
+    """The scenario, its planned cases, the plugin manager, the registry and the hardware catalog. The notes
+    printed about them (how a case is priced: an inference kernel in training, a tp group over nodes, float4
+    weight-only, a window that cuts nothing) are also appended to `notes`, so that a run keeps them (notes.txt)."""
     from llmsim.runner import build_catalog, plan_cases
 
     scenario = load_scenario(path, overrides)
@@ -74,42 +76,46 @@ def _load(path: str, overrides: list[str], backends: list[str] | None
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
     _note_trace(scenario, scenario_dir, path)
-    _note_inference_kernels(planned, scenario, path)
-    _note_cross_node_tp(planned, catalog, path)
-    _note_fp4_weight_only(planned, catalog, path)
+    kept = notes if notes is not None else []
+    _note_inference_kernels(planned, scenario, path, kept)
+    _note_cross_node_tp(planned, catalog, path, kept)
+    _note_fp4_weight_only(planned, catalog, path, kept)
     window = scenario.workload.model.window_note()
     if window is not None:
-        err_console.print(f"[yellow]llmsim: note: {escape(path)}: workload.model.sliding_window: {escape(window)}[/]",
-                          highlight=False, soft_wrap=True)
+        _say_note(path, "workload.model.sliding_window", window, kept)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 
 
-def _note_inference_kernels(planned: list, scenario: Scenario, path: str) -> None:
+def _say_note(path: str, where: str, note: str, kept: list[str]) -> None:
+    """One `llmsim: note:` line on stderr, kept (as `where: note`) for the run folder's notes.txt."""
+    err_console.print(f"[yellow]llmsim: note: {escape(path)}: {escape(where)}: {escape(note)}[/]", highlight=False,
+                      soft_wrap=True)
+    kept.append(f"{where}: {note}")
+
+
+def _note_inference_kernels(planned: list, scenario: Scenario, path: str, kept: list[str]) -> None:
     """Say where a training case names an inference engine's attention kernel (runner.inference_kernel_notes)."""
     from llmsim.runner import inference_kernel_notes
 
     for key, note in inference_kernel_notes(planned, scenario):
-        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
-                          soft_wrap=True)
+        _say_note(path, key, note, kept)
 
 
-def _note_cross_node_tp(planned: list, catalog: Any, path: str) -> None:
+def _note_cross_node_tp(planned: list, catalog: Any, path: str, kept: list[str]) -> None:
     """Say where a modeled case's tensor-parallel group spans nodes (runner.cross_node_tp_notes)."""
     from llmsim.runner import cross_node_tp_notes
 
     for where, note in cross_node_tp_notes(planned, catalog):
-        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {escape(where)}: {escape(note)}[/]",
-                          highlight=False, soft_wrap=True)
+        _say_note(path, where, note, kept)
 
 
-def _note_fp4_weight_only(planned: list, catalog: Any, path: str) -> None:
+def _note_fp4_weight_only(planned: list, catalog: Any, path: str, kept: list[str]) -> None:
     """Say where a float4 workload is priced weight-only (runner.fp4_weight_only_notes: no FP4 tensor cores)."""
     from llmsim.runner import fp4_weight_only_notes
 
     for where, note in fp4_weight_only_notes(planned, catalog):
-        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {escape(where)}: {escape(note)}[/]",
-                          highlight=False, soft_wrap=True)
+        _say_note(path, where, note, kept)
 
 
 def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
@@ -153,7 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from llmsim.results import latest_run_dir, read_rows, rows_frame
     from llmsim.runner import run_scenario
 
-    scenario, planned, manager, registry, _ = _load(args.scenario, args.set, args.backend)
+    notes: list[str] = []
+    scenario, planned, manager, registry, _ = _load(args.scenario, args.set, args.backend, notes)
     out = Path(args.out)
     resume = None
     if args.resume:
@@ -172,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     executor = make_executor(args.executor, args.ray_address)
     executor.check()  # an unreachable Ray cluster is refused before the run folder is made
     outcome = run_scenario(scenario, registry, planned, out, manager=manager, resume=resume, progress=progress,
-                           scenario_dir=Path(args.scenario).resolve().parent, executor=executor)
+                           scenario_dir=Path(args.scenario).resolve().parent, executor=executor, notes=notes)
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
     if len(frame):

@@ -896,6 +896,9 @@ class Scenario(_Strict):
             if names.index(name) != i:
                 raise _KeyedError(f"strategies[{i}].name", f"duplicate strategy name {name!r}")
         for i, strategy in enumerate(self.strategies):
+            if strategy.attention_dp > 1 and self.serving is None:   # before its shape: the reason that stays
+                raise _KeyedError(f"strategies[{i}].attention_dp", f"{strategy.attention_dp}: attention data "
+                                  f"parallelism is modeled for serving (a serving: block) only (allowed: 1)")
             problem = check_strategy_shape(strategy, self.workload)
             if problem:
                 raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])
@@ -921,10 +924,6 @@ class Scenario(_Strict):
             # only a LoRA base is frozen: without one the setting would be ignored, silently
             raise _KeyedError("workload.fp8.frozen_weights", "float8 keeps a frozen base's weights in FP8 only, and "
                              "no strategy freezes a base (set sharing.lora, or omit frozen_weights)")
-        for i, strategy in enumerate(self.strategies):
-            if strategy.attention_dp > 1 and self.serving is None:
-                raise _KeyedError(f"strategies[{i}].attention_dp", f"{strategy.attention_dp}: attention data "
-                                  f"parallelism is modeled for serving (a serving: block) only (allowed: 1)")
         if self.serving is not None:
             problem = check_serving(self.serving, self.workload, "mode" in self.workload.model_fields_set)
             if problem:

@@ -254,6 +254,11 @@ def fill_derived(r: Result, tokens_per_step: int) -> Result:
 
 
 # ----------------------------------------------------------------------------------------- storage
+# The run folder's notes: how its cases are priced, as `llmsim run` printed them (one `key: note` a line); the
+# report's "About this run" lists them.
+RUN_NOTES = "notes.txt"
+
+
 def new_run_dir(out: Path, scenario: str) -> Path:
     """A new folder out/<scenario>/<timestamp>[-n] (never an existing one: two runs in a second differ)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

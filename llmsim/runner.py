@@ -30,12 +30,12 @@ from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
 from llmsim.engine_options import serving_attention_problem
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
-from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path
+from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path, one_line
 from llmsim.hardware import CATALOG_KEY, Catalog, load_catalog
 from llmsim.modeled import ModeledSettings
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
-from llmsim.results import Result, ResultStore, new_run_dir, write_atomic
+from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
 from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
@@ -377,7 +377,8 @@ def saved_scenario(scenario: Scenario) -> dict[str, Any]:
 
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
                  *, manager: Any = None, resume: Path | None = None, progress: Progress | None = None,
-                 scenario_dir: Path = Path("."), executor: Executor | None = None) -> RunOutcome:
+                 scenario_dir: Path = Path("."), executor: Executor | None = None,
+                 notes: list[str] | None = None) -> RunOutcome:
     """Run every planned case, persisting each row as it finishes; the report is the caller's to build.
 
     `resume`: an earlier run folder of this very scenario (ScenarioError keyed `--resume` otherwise: a
@@ -386,7 +387,9 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     depend on nothing but the case, its settings, the catalog and the run folder; then it is closed (a local
     Ray stops) and the measured cases run one after another in this process, alone on the machine. Rows are
     saved as they finish and put back in the planned order at the end, so the files do not depend on the
-    executor. progress(k, n, case): a measured case as it starts, a modeled one as it finishes.
+    executor. progress(k, n, case): a measured case as it starts, a modeled one as it finishes. `notes`: how
+    cases are priced, as `llmsim run` printed them (cli._load), kept in the folder's notes.txt (RUN_NOTES), one
+    a line, for the report.
     """
     resolved = saved_scenario(scenario)
     if resume is not None:
@@ -394,6 +397,8 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if notes:
+        write_atomic(run_dir / RUN_NOTES, "".join(f"{one_line(note)}\n" for note in notes))
     instances: dict[str, Backend] = {}
     interrupted = False
     executor = executor or LocalExecutor()

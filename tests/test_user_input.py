@@ -399,3 +399,24 @@ def test_a_serving_expert_grid_larger_than_the_replica_is_refused(capsys, sets: 
     for item in sets:
         args += ["--set", item]
     assert expected in one_line_error(capsys, args)
+
+
+def test_attention_dp_in_training_is_refused_for_that_before_its_shape(capsys) -> None:  # noqa: ANN001
+    """A training scenario with attention_dp said '2 does not divide tp=1' first: the reason that stays whatever
+    tp is (serving only) comes first."""
+    err = one_line_error(capsys, ["validate", str(REPO / "scenarios" / "moe-strategies.yaml"),
+                                  "--set", "strategies[0].attention_dp=2"])
+    assert "strategies[0].attention_dp: 2: attention data parallelism is modeled for serving" in err
+
+
+def test_a_run_keeps_its_notes_in_the_folder_and_the_report(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The weight-only float4 note (and every note of how a case is priced) reached only stderr: the run folder
+    now keeps it (notes.txt) and report.md lists it under 'About this run'."""
+    assert main(["run", str(REPO / "scenarios" / "serve-llama-fp4-b200.yaml"), "--backend", "roofline",
+                 "--set", "backends.roofline.hardware=h100-sxm", "--set", "serving.requests=20",
+                 "--out", str(tmp_path)]) == 0
+    run = next((tmp_path / "serve-llama-fp4-b200").iterdir())
+    notes = (run / "notes.txt").read_text().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("backends.roofline: device 'h100-sxm'") and "weight-only" in notes[0]
+    assert f"Note: {notes[0]}" in (run / "report.md").read_text()
+    capsys.readouterr()

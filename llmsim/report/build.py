@@ -204,7 +204,8 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
         Section("About this run", [Paragraph(
             "Columns and units: docs/results.md of llmsim. All rows, with every column: results.csv and "
             "results.jsonl in this folder; the resolved scenario: scenario.yaml; the machine: "
-            "environment.json.")],
+            "environment.json" + ("; how cases are priced, as the run said it (notes.txt):" if run.notes else "."))]
+            + [Paragraph(f"Note: {note}") for note in run.notes],
             "about"),
     ]
     meta = [("scenario", scenario), ("run", run.path.name), ("workload", workload_text(frame, run.scenario)),

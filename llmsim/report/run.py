@@ -11,7 +11,7 @@ import pandas as pd
 
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import DamagedRows, read_rows, rows_frame
+from llmsim.results import RUN_NOTES, DamagedRows, read_rows, rows_frame
 from llmsim.userinput import read_yaml
 from llmsim.wording import count
 
@@ -26,6 +26,7 @@ class Run:
     scenario: dict[str, Any] = field(default_factory=dict)
     scenario_problem: ScenarioError | None = None  # scenario.yaml missing, damaged or not this run's: its error
     rows_problem: str | None = None  # results.jsonl lines that are not rows (left out of the report): one line
+    notes: tuple[str, ...] = ()      # notes.txt: how the cases are priced, as `llmsim run` printed them
 
 
     @property
@@ -167,7 +168,10 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     else:
         rows_problem = None
     scenario, problem = read_saved_scenario(run_dir, frame)
-    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), scenario, problem, rows_problem)
+    notes_file = run_dir / RUN_NOTES
+    notes = tuple(line for line in notes_file.read_text(errors="replace").splitlines() if line.strip()) \
+        if notes_file.is_file() else ()
+    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), scenario, problem, rows_problem, notes)
 
 
 def catalog_capacity() -> dict[str, float]:
