@@ -656,8 +656,9 @@ def _divisors(n: int, limit: int = 64) -> str:
     return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
-    """Rules that depend only on the model and the strategy, not on the device count.
+def check_strategy_shape(s: Strategy, w: Workload, serving: bool = False) -> Problem:
+    """Rules that depend only on the model and the strategy, not on the device count. `serving`: the strategy
+    describes a serving replica, whose expert grid is carved from its own tp ranks (the ep it may take divides tp).
 
     None when valid, else (key inside the strategy, message naming what is allowed); the caller prefixes
     the path."""
@@ -696,7 +697,7 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
         return e.key, e.message
     if m.seq_len % s.cp:
         return "cp", f"{s.cp} does not divide seq_len={m.seq_len} (allowed: {_divisors(m.seq_len)})"
-    problem = check_expert_parallel(s, m)
+    problem = check_expert_parallel(s, m, serving)
     if problem:
         return problem
     if s.cp > 1 and w.mode == "decode":
@@ -704,9 +705,10 @@ def check_strategy_shape(s: Strategy, w: Workload) -> Problem:
     return None
 
 
-def check_expert_parallel(s: Strategy, m: ModelSpec) -> Problem:
+def check_expert_parallel(s: Strategy, m: ModelSpec, serving: bool = False) -> Problem:
     """Expert-parallel rules that need only the file: ep and etp on a dense model, ep dividing the experts,
-    etp dividing the expert widths. That ep*etp divides the tp*cp*dp ranks it is carved from needs dp: it is
+    etp dividing the expert widths; in `serving`, the ep values offered also divide tp (a serving replica's
+    experts live on its own tp ranks: runner.serving_expert_grid_problem). That ep*etp divides the tp*cp*dp ranks it is carved from needs dp: it is
     checked with the device count (llmsim.strategy.resolve_layout)."""
     if m.moe is None:
         if s.ep > 1:
@@ -729,6 +731,11 @@ def check_expert_parallel(s: Strategy, m: ModelSpec) -> Problem:
     if m.moe is None:
         return None
     if m.moe.experts % s.ep:
+        if serving:   # offer only what the replica can also take: ep dividing both the experts and tp
+            allowed = ", ".join(str(d) for d in range(1, min(m.moe.experts, s.tp) + 1)
+                                if m.moe.experts % d == 0 and s.tp % d == 0)
+            return "ep", (f"{s.ep} does not divide experts={m.moe.experts} (allowed in a serving replica of "
+                          f"tp={s.tp}: {allowed})")
         return "ep", f"{s.ep} does not divide experts={m.moe.experts} (allowed: {_divisors(m.moe.experts)})"
     if m.expert_ffn % s.expert_tp:
         return ("etp" if s.etp is not None else "tp"), (f"{s.expert_tp} (the expert tensor-parallel size) does not "
@@ -899,7 +906,7 @@ class Scenario(_Strict):
             if strategy.attention_dp > 1 and self.serving is None:   # before its shape: the reason that stays
                 raise _KeyedError(f"strategies[{i}].attention_dp", f"{strategy.attention_dp}: attention data "
                                   f"parallelism is modeled for serving (a serving: block) only (allowed: 1)")
-            problem = check_strategy_shape(strategy, self.workload)
+            problem = check_strategy_shape(strategy, self.workload, self.serving is not None)
             if problem:
                 raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])
         problem = check_sharing(self.sharing, self.workload.model)
@@ -1051,6 +1058,10 @@ def describe_error(err: dict[str, Any]) -> str:
     wrong = wrong_kind(err)
     if wrong is not None:
         return wrong
+    if kind == "int_from_float":   # pydantic: 'Input should be a valid integer, got a number with a fractional part'
+        return f"{_shown(err.get('input'))}: expected a whole number"
+    if kind == "int_parsing_size":  # 1e30: 'Unable to parse input string as an integer, exceeded maximum size'
+        return f"{_shown(err.get('input'))}: too large for a whole number"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return f"{_shown(err.get('input'))}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
@@ -1143,6 +1154,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += allowed_keys(model, loc)
     elif err["type"].startswith(("greater_than", "less_than")):
         message = out_of_range(model, err, loc)
+    elif err["type"] in ("int_from_float", "int_parsing_size"):   # 2.5, 1e30: what the field takes
+        message += allowed_range(model, loc) or "; allowed: an integer"
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"

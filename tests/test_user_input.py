@@ -345,6 +345,9 @@ def test_a_set_that_creates_a_nested_block_says_so(capsys) -> None:  # noqa: ANN
 @pytest.mark.parametrize("value, expected", [
     ("null", "workload.batch: null: expected an integer"),       # YAML's spelling, not Python's None
     ("0", "workload.batch: 0: out of range; allowed: >= 1 and <= 2147483647"),
+    # the trial: pydantic's 'got a number with a fractional part' / 'exceeded maximum size'
+    ("2.5", "workload.batch: 2.5: expected a whole number; allowed: >= 1 and <= 2147483647"),
+    ("1e30", "workload.batch: 1e+30: too large for a whole number; allowed: >= 1 and <= 2147483647"),
 ])
 def test_a_wrong_number_names_its_allowed_range_and_yaml_spelling(capsys, value: str, expected: str) -> None:  # noqa: ANN001
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", f"workload.batch={value}"])
@@ -391,6 +394,9 @@ def test_a_wrong_value_of_a_backend_setting_is_one_line_with_the_allowed_values(
                              "serving replica (etp unset means tp"),
     (["strategies[0].ep=16"], "strategies[0].ep: 16 does not divide tp=8"),
     (["strategies[0].ep=2", "strategies[0].etp=8"], "allowed etp: 1, 2, 4"),
+    # the trial: `ep: 3` offered 16, 32 and 64, each then refused for tp 8
+    (["strategies[0].ep=3"], "strategies[0].ep: 3 does not divide experts=256 (allowed in a serving replica of tp=8: "
+                             "1, 2, 4, 8)"),
 ])
 def test_a_serving_expert_grid_larger_than_the_replica_is_refused(capsys, sets: list[str], expected: str) -> None:  # noqa: ANN001
     """tp 8 with ep 8 and etp unset (= tp) asked 64 expert ranks of 8 GPUs and priced each expert split 64 ways

@@ -110,7 +110,10 @@ class SearchSpace(_Strict):
     (1 for decode); dp = divisors of the batch; micro_batch = divisors of the per-replica batch;
     virtual_stages = 2..4 for interleaved; ep (mixture-of-experts workloads) = the divisors of the routed
     experts, with the expert tensor-parallel size = tp (Megatron-Core's default); dtype = the workload's
-    (planner.precisions: the FP8 recipe and which hardware can run it).
+    (planner.precisions: the FP8 recipe and which hardware can run it). A serving plan of a mixture of experts
+    searches its replicas' expert layouts instead (planner.serve.expert_layouts): ep = 1 and tp (the grid
+    filling the replica's tp ranks, etp = tp / ep) and attention_dp = 1 and tp (at pp 1); search.ep and
+    search.attention_dp narrow them.
     """
 
     tp: list[PositiveInt] | None = None
@@ -125,6 +128,9 @@ class SearchSpace(_Strict):
     sp: list[bool] | None = None
     ep: list[PositiveInt] | None = Field(None, description="expert-parallel sizes (MoE workloads; default: the "
                                          "divisors of the routed experts; expert tensor parallel = tp)")
+    attention_dp: list[PositiveInt] | None = Field(None, description="attention data-parallel sizes of a serving "
+                                                   "plan's mixture-of-experts replicas (default: 1 and tp at pp 1; "
+                                                   "values not dividing tp are left out)")
     dtype: list[Literal["float32", "bfloat16", "float16", "float8", "float4"]] | None = Field(
         None, description="precisions (default: the workload's dtype); float8 runs the workload's fp8 recipe, else "
                           "the device's default (mxfp8 on Blackwell, delayed elsewhere); hardware without FP8 "
@@ -247,7 +253,17 @@ class PlanFile(_Strict):
 
     def _check_search_ep(self) -> None:
         """search.ep: expert parallelism needs a mixture of experts whose routed experts each size divides
-        (the scenario's rule, llmsim.strategy)."""
+        (the scenario's rule, llmsim.strategy); search.attention_dp: a serving plan of a mixture of experts
+        (Strategy.attention_dp's rules)."""
+        adps = self.search.attention_dp if self.search is not None else None
+        if adps and any(d > 1 for d in adps):
+            if self.serving is None:
+                raise _KeyedError("search.attention_dp", "attention data parallelism is searched in serving plans "
+                                                         "(a serving: block) only; allowed here: [1]")
+            if self.workload.model.moe is None:
+                raise _KeyedError("search.attention_dp", "attention data parallelism is modeled for a "
+                                                         "mixture-of-experts model only (this one is dense); "
+                                                         "allowed: [1]")
         sizes = self.search.ep if self.search is not None else None
         if not sizes:
             return
@@ -265,7 +281,8 @@ class PlanFile(_Strict):
 
     def _check_serving(self) -> None:
         """The rules a serving goal adds: a scenario's serving rules, an SLO, a synthetic arrival at the goal's
-        rate, replicas and strategy left to the search (only tp and pp are searched), a built-in scheduler."""
+        rate, replicas and strategy left to the search (tp and pp; a mixture of experts' ep and attention_dp), a
+        built-in scheduler."""
         s = self.serving
         assert s is not None
         problem = check_serving(s, self.workload, "mode" in self.workload.model_fields_set)
@@ -282,10 +299,12 @@ class PlanFile(_Strict):
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
-        for axis in [k for k in SearchSpace.model_fields if k not in ("tp", "pp", "dtype")
+        searched = ("tp", "pp", "ep", "attention_dp", "dtype")
+        for axis in [k for k in SearchSpace.model_fields if k not in searched
                      and getattr(self.search, k) is not None]:
-            raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x dtype x tp x pp x replicas: "
-                                                "allowed search keys are tp, pp and dtype")
+            raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x dtype x tp x pp (x ep x "
+                                                "attention_dp for a mixture of experts) x replicas: allowed search "
+                                                f"keys are {', '.join(searched)}")
         if not self.simulate:
             raise _KeyedError("simulate", "a serving plan is found by simulation; it cannot be switched off")
         problem = serving_attention_problem(self.options.attention)

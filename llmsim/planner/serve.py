@@ -77,6 +77,37 @@ def rented_devices(n: int, devices_per_node: int) -> int:
 
 
 @dataclass(frozen=True)
+class ReplicaExperts:
+    """How a mixture-of-experts replica spreads its routed experts and its attention over its tp devices (the
+    strategy keys ep, etp, attention_dp: docs/scenario.md). The default, ep 1 with etp = tp, splits every expert
+    over the tp ranks like the dense layers (vLLM's --tensor-parallel-size alone); ep = tp with etp 1 gives each
+    rank whole experts (vLLM's --enable-expert-parallel, SGLang's --ep); attention_dp = tp runs attention as tp
+    data-parallel ranks, each with its own batch and KV cache, the experts over all of them (SGLang
+    --enable-dp-attention, TensorRT-LLM enable_attention_dp). A dense model has the default only."""
+
+    ep: int = 1
+    etp: int | None = None          # None = tp (Megatron-Core's default, Strategy.expert_tp)
+    attention_dp: int = 1
+
+    def label(self) -> str:
+        """'' for the default; '-ep8' / '-adp8' / '-ep8-adp8' (a candidate's name: CandidateResult.name)."""
+        return (f"-ep{self.ep}" if self.ep > 1 else "") + (f"-adp{self.attention_dp}" if self.attention_dp > 1 else "")
+
+    def strategy(self, tp: int, pp: int) -> Strategy:
+        """The strategy of a replica of this shape (the one best.yaml writes)."""
+        return Strategy(tp=tp, pp=pp, ep=self.ep, etp=self.etp, attention_dp=self.attention_dp)
+
+    def keys(self) -> dict[str, int]:
+        """The strategy keys beyond tp and pp that differ from the defaults (best.yaml, plan.csv)."""
+        out = {"ep": self.ep} if self.ep > 1 else {}
+        if self.etp is not None:
+            out["etp"] = self.etp
+        if self.attention_dp > 1:
+            out["attention_dp"] = self.attention_dp
+        return out
+
+
+@dataclass(frozen=True)
 class ServingTask:
     """Everything one candidate's search needs, picklable (plain data, pydantic models, frozen dataclasses)."""
 
@@ -100,11 +131,17 @@ class ServingTask:
     start_replicas: int | None = None  # given: skip the rate search, size the replicas from here (what-ifs)
     precision: str = ""            # planner.precisions label: "" = the plan's workload dtype as written
     options: Options = Options()   # the plan's modeled software choices (PlanFile.options)
+    experts: ReplicaExperts = ReplicaExperts()   # ep, etp, attention_dp of a mixture-of-experts replica
 
     @property
     def size(self) -> int:
         """Devices of one replica."""
         return self.tp * self.pp
+
+    @property
+    def shape(self) -> tuple[str, int, int, ReplicaExperts, str]:
+        """What identifies the candidate: hardware, tp, pp, the experts' layout and the precision."""
+        return (self.hardware, self.tp, self.pp, self.experts, self.precision)
 
     def cluster(self, n: int) -> ClusterSpec:
         return perturb_cluster(self.node.with_devices(n), self.knob, self.factor)
@@ -172,11 +209,18 @@ class CandidateResult:
     knob: str = ""
     factor: float = 1.0
     precision: str = ""                           # planner.precisions label ("" = the plan's workload dtype)
+    experts: ReplicaExperts = ReplicaExperts()    # ep, etp, attention_dp (a mixture-of-experts replica)
 
     @property
     def name(self) -> str:
-        """'tp1-pp1', or 'tp1-pp1-float8-delayed' for a searched precision (the training plan's label rule)."""
-        return f"tp{self.tp}-pp{self.pp}" + (f"-{self.precision}" if self.precision else "")
+        """'tp1-pp1', 'tp8-pp1-ep8-adp8' for a mixture of experts' layout, or 'tp1-pp1-float8-delayed' for a
+        searched precision (the training plan's label rule)."""
+        return f"tp{self.tp}-pp{self.pp}" + self.experts.label() + (f"-{self.precision}" if self.precision else "")
+
+    @property
+    def shape(self) -> tuple[str, int, int, ReplicaExperts, str]:
+        """ServingTask.shape of the task this answers."""
+        return (self.hardware, self.tp, self.pp, self.experts, self.precision)
 
 
 class _Replica:
@@ -185,7 +229,9 @@ class _Replica:
     def __init__(self, task: ServingTask, n: int) -> None:
         spec = task.spec
         self.cluster = task.cluster(n)
-        self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1)
+        strategy = task.experts.strategy(task.tp, task.pp)
+        self.plan = Plan(dp=1, tp=task.tp, pp=task.pp, micro_batch=1, microbatches=1, ep=strategy.ep,
+                         etp=strategy.expert_tp, attention_dp=strategy.attention_dp)
         costs = token_costs(task.reference, task.profile, spec.kv_cache_dtype)
         self.model = IterationModel(costs, task.reference, self.plan, self.cluster, task.options,
                                     pipeline_in_flight=BUILTIN[spec.scheduler.kind].pipeline_in_flight)
@@ -193,7 +239,9 @@ class _Replica:
         sched = spec.scheduler
         # the most prompt tokens one iteration can compute: the token budget, or a batch of whole prompts where a
         # policy takes them whole (static batches of max_num_seqs prompts of up to the context)
-        self.prefill_cap = max(sched.max_batched_tokens, sched.max_num_seqs * task.context_tokens)
+        # (per attention-DP rank: each has its own scheduler, so the replica takes attention_dp times that)
+        self.prefill_cap = (max(sched.max_batched_tokens, sched.max_num_seqs * task.context_tokens)
+                            * self.plan.attention_dp)
         self.prefill_rate: float | None = None   # _prefill_tokens_per_s, when a rate search first asks
         self.capacity: KVCapacity = kv_capacity(task.reference, task.profile, task.sharing, self.plan, self.cluster,
                                                 costs, spec.memory_utilization, spec.kv_block_tokens,
@@ -263,12 +311,17 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
     eager = spec.eager_launch_on(replica.cluster.device)  # eager passes' host launch time (costmodel.eager)
 
     def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
-        def one(mix: Mix) -> tuple[float, float]:
-            t = iteration_times(replica.model, mix)
+        def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
+            # attention data parallelism: the ranks' mixes of one lockstep iteration (modeled_serving.pricers)
+            ranks = mix if isinstance(mix, tuple) else ()
+            if ranks:
+                mix = functools.reduce(lambda a, b: a + b, ranks)
+            assert isinstance(mix, Mix)
+            t = iteration_times(replica.model, mix, ranks)
             split["compute"] += t.compute
             split["communication"] += t.comm
             split["bubble"] += t.bubble
-            cpu = host.seconds(mix.rows)
+            cpu = host.seconds(max(m.rows for m in ranks) if ranks else mix.rows)
             step = priced_pass_seconds(replica.model, mix, t.step, eager.passes, eager.per_kernel_s)
             split["other"] += t.other + cpu + (step - t.step)   # the GPU waiting on an eager pass's launches
             return step + cpu, t.compute
@@ -280,7 +333,8 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
                                kv_layout=replica.capacity.layout,
                                router=spec.router, context_tokens=task.context_tokens,
                                request_overhead_s=spec.overhead_on(replica.cluster.device),
-                               stop_on_miss=spec.slo if stop_early else None)
+                               stop_on_miss=spec.slo if stop_early else None,
+                               attention_dp=replica.plan.attention_dp)
     device = replica.cluster.device
     energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
     if outcome.stopped is not None:
@@ -385,7 +439,7 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
     cannot run (out.reason, out.limits: devices, error, memory, slo). Also the most replicas max_devices allows.
     The published-capacity dev table (scripts/validate.py --table capacity) prices its rows with this."""
     out = CandidateResult(task.hardware, task.tp, task.pp, False, "", (), knob=task.knob, factor=task.factor,
-                          precision=task.precision)
+                          precision=task.precision, experts=task.experts)
     max_replicas = _max_replicas(task)
     if max_replicas == 0:
         out.reason, out.limits = f"devices: one replica needs {task.size} > max_devices={task.max_devices}", ("devices",)
@@ -463,10 +517,11 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
             nearest = miss.attainment_at_least if miss is not None else 0.0
             speed = miss.stopped.output_tokens_per_s if miss is not None and miss.stopped is not None else 0.0
             return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, -speed,
-                    c.hardware, c.tp, c.pp, c.precision)
+                    c.hardware, c.tp, c.pp, c.experts.label(), c.precision)
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
-        return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.precision)
+        return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.experts.label(),
+                c.precision)
     return key
 
 
@@ -483,17 +538,41 @@ def what_if_key(objective: str) -> Callable[[CandidateResult], tuple]:
     return key
 
 
-def candidate_shapes(plan: PlanFile, devices_per_node: int) -> list[tuple[int, int]]:
-    """(tp, pp) replica shapes: the plan's search.tp / search.pp, or powers of two up to devices_per_node
-    (a replica inside one node), kept where the strategy rules accept them (heads divide over tp, ...)."""
+def candidate_shapes(plan: PlanFile, devices_per_node: int) -> list[tuple[int, int, ReplicaExperts]]:
+    """(tp, pp, experts) replica shapes: the plan's search.tp / search.pp, or powers of two up to devices_per_node
+    (a replica inside one node), kept where the strategy rules accept them (heads divide over tp, ...); for a
+    mixture of experts, each with every expert layout of `expert_layouts`."""
     powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
     tps = sorted(set(plan.search.tp or powers))
     pps = sorted(set(plan.search.pp or powers))
     out = []
     for tp in tps:
         for pp in pps:
-            if check_strategy_shape(Strategy(tp=tp, pp=pp), plan.workload) is None:
-                out.append((tp, pp))
+            for experts in expert_layouts(plan, tp, pp):
+                if check_strategy_shape(experts.strategy(tp, pp), plan.workload, serving=True) is None:
+                    out.append((tp, pp, experts))
+    return out
+
+
+def expert_layouts(plan: PlanFile, tp: int, pp: int) -> list[ReplicaExperts]:
+    """The expert layouts searched for a replica of tp x pp devices: the default alone for a dense model; for a
+    mixture of experts, each ep of search.ep (default 1 and tp: experts split by tp, or whole experts on each
+    rank) that divides tp (a serving replica's expert grid is carved from its own tp ranks: ep x etp divides tp,
+    runner.serving_expert_grid_problem; here etp = tp / ep, the grid filling the replica) times each
+    attention_dp of search.attention_dp (default 1 and, at pp 1, tp) that divides tp; attention data parallelism
+    runs at pp 1 only (config.check_expert_parallel)."""
+    if plan.workload.model.moe is None:
+        return [ReplicaExperts()]
+    eps = sorted(set(plan.search.ep or [1, tp]))
+    adps = sorted(set(plan.search.attention_dp or ([1, tp] if pp == 1 else [1])))
+    out = []
+    for ep in eps:
+        if tp % ep:
+            continue
+        for adp in adps:
+            if tp % adp or (adp > 1 and pp > 1):
+                continue
+            out.append(ReplicaExperts(ep=ep, etp=None if ep == 1 else tp // ep, attention_dp=adp))
     return out
 
 
@@ -534,8 +613,8 @@ def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoic
                                   sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
                                   goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
                                   max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
-                                  precision=cand.label, options=plan.options.options)
-                      for tp, pp in candidate_shapes(plan, hw.devices_per_node)]
+                                  precision=cand.label, options=plan.options.options, experts=experts)
+                      for tp, pp, experts in candidate_shapes(plan, hw.devices_per_node)]
     return tasks
 
 

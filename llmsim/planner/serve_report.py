@@ -23,7 +23,7 @@ from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, plan_serv
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
 from llmsim.results import write_atomic
 
-SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "dtype", "fp8_recipe", "replicas", "n_devices", "devices_used", "feasible", "reason",
+SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "ep", "etp", "attention_dp", "dtype", "fp8_recipe", "replicas", "n_devices", "devices_used", "feasible", "reason",
                         "sustained_rate_rps", "sustained_at_least", "step_time_s", "time_to_goal_s", "cost_usd",
                         "energy_j", "ttft_p99_s", "tpot_p99_s", "slo_attainment", "goodput_rps", "preemptions",
                         "kv_blocks_per_replica", "simulations", "rate_probes"]
@@ -35,7 +35,8 @@ def describe_candidate(c: CandidateResult) -> str:
     reps = f"{c.replicas} replica" + ("" if c.replicas == 1 else "s") if c.replicas else "–"
     n = c.n_devices or c.tp * c.pp
     precision = f", {c.precision}" if c.precision else ""
-    return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}{precision}, {reps})"
+    experts = "".join(f", {key} {value}" for key, value in c.experts.keys().items() if key != "etp")
+    return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}{experts}{precision}, {reps})"
 
 
 def describe_rate(c: CandidateResult) -> str:
@@ -187,7 +188,7 @@ def serving_limit(c: CandidateResult, who: str, sensitivity: Sensitivity | None,
     return Limit(who, factor, shares, f"{best[1]}: {objective} {gain:+.1%}{broke}", gain, why, busy)
 
 
-def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int, str], ServingTask], winner: CandidateResult,
+def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[Any, ...], ServingTask], winner: CandidateResult,
                         runner_up: CandidateResult, mapper: Mapper = map) -> Sensitivity:
     """The winner and the runner-up re-sized (planner.serve.what_if: the fewest replicas from the chosen count
     that meet the SLO at the goal rate) on hardware with each knob at -20% and +20%; `flips` where the
@@ -195,7 +196,7 @@ def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[str, int, int, str], S
     and a tie keeps the order)."""
     key = what_if_key(plan.objective)
     jobs = [(knob, factor, c) for knob in KNOBS for factor in SENSITIVITY_FACTORS for c in (winner, runner_up)]
-    results = list(mapper(_what_if_job, [(tasks[(c.hardware, c.tp, c.pp, c.precision)], c, knob, factor)
+    results = list(mapper(_what_if_job, [(tasks[c.shape], c, knob, factor)
                                          for knob, factor, c in jobs]))
     out = Sensitivity(plan.objective, describe_candidate(winner), describe_candidate(runner_up),
                       (metric(winner, plan.objective), metric(runner_up, plan.objective)),
@@ -224,7 +225,8 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
         row = c.at_goal.row if c.at_goal else {}
         probes = probe_csv(c)
         w = workload_for(plan, c.precision)
-        records.append([i, c.hardware, c.tp, c.pp, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
+        strategy = c.experts.strategy(c.tp, c.pp)
+        records.append([i, c.hardware, c.tp, c.pp, strategy.ep, strategy.expert_tp, strategy.attention_dp, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
                         c.replicas or None, c.n_devices or None, c.devices_used or None,
                         c.feasible, c.reason, c.sustained_rate or None, c.sustained_at_least,
                         row.get("tpot_p50_s"), row.get("e2e_p99_s"), c.cost_usd, c.energy_j, row.get("ttft_p99_s"),
@@ -250,7 +252,7 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
         "name": f"{plan.name}-best",
         "workload": workload,
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
-        "strategies": [{"name": c.name, "tp": c.tp, "pp": c.pp}],
+        "strategies": [{"name": c.name, "tp": c.tp, "pp": c.pp, **c.experts.keys()}],
         "serving": serving,
         "backends": {"roofline": dict(cluster, **chosen), "cluster": dict(cluster, **chosen, trace=False)},
         "seed": spec.seed if spec.seed is not None else 0,
@@ -348,7 +350,9 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
     rows = []
     for i, c in enumerate(results[:max(plan.top_k, 1) * 3], 1):
         row = c.at_goal.row if c.at_goal else {}
-        rows.append([Cell(str(i), i), Cell(f"{c.hardware} tp{c.tp} pp{c.pp}" + (f" {c.precision}" if c.precision else "")), Cell(describe_rate(c), c.sustained_rate),
+        rows.append([Cell(str(i), i), Cell(f"{c.hardware} tp{c.tp} pp{c.pp}"
+                                           + "".join(f" {k} {v}" for k, v in c.experts.keys().items() if k != "etp")
+                                           + (f" {c.precision}" if c.precision else "")), Cell(describe_rate(c), c.sustained_rate),
                      Cell(str(c.replicas or "–"), c.replicas), Cell(str(c.n_devices or "–"), c.n_devices),
                      Cell(fmt_usd(c.cost_usd), c.cost_usd), Cell(fmt_duration(row.get("ttft_p99_s")), row.get("ttft_p99_s")),
                      Cell(fmt_duration(row.get("tpot_p99_s")), row.get("tpot_p99_s")),
@@ -445,7 +449,7 @@ def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
     if len(feasible) > 1:
         if progress:
             progress("re-sizing the winner and the runner-up under ±20% link bandwidth, GEMM and memory efficiency")
-        by_shape = {(t.hardware, t.tp, t.pp, t.precision): t for t in tasks}
+        by_shape = {t.shape: t for t in tasks}
         sensitivity = serving_sensitivity(plan, by_shape, feasible[0], feasible[1], mapper)
     explanation = serving_explanation(plan, results, sensitivity)
     explanation.precision_notes = list(precision_notes or [])

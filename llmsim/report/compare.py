@@ -323,6 +323,8 @@ def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
                 details.append(f"{m.title}: unchanged in {cases} ({'; '.join(why)}).")
                 continue
             noisy = f", {n_noise} within noise" if n_noise else ""
+            n_small = len(pct) - n_better - n_worse - n_noise   # the rest: changes under NOISE_PCT, uncoloured
+            noisy += f", {n_small} within ±{NOISE_PCT}%" if n_small else ""
             text = (f"{m.title}: median {fmt_change(float(pct.median()))} over {cases} "
                     f"({n_better} better, {n_worse} worse{noisy}")
             if len(pct) > 1:

@@ -253,7 +253,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {**serving_plan()["serving"], "replicas": 2}}, "serving.replicas", "the plan searches the replicas"),
     ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
      "exceed the model's context"),
-    ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp and dtype"),
+    ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp, ep, attention_dp, dtype"),
     ({"rate_tolerance": 0}, "rate_tolerance", "0: out of range; allowed: > 0"),
     # a closed loop (issue 16's concurrency arrival) is run, not planned: refused naming the key
     ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
@@ -569,3 +569,74 @@ def test_the_plan_header_names_an_fp8_kv_cache() -> None:
     data["serving"]["kv_cache_dtype"] = "float8"
     assert dict(plan_meta(parse_plan(data), "serving", "goal"))["workload"].endswith(", KV cache float8")
     assert "KV cache" not in dict(plan_meta(parse_plan(serving_plan()), "serving", "goal"))["workload"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A mixture of experts: the replicas' expert layouts (ep, etp, attention_dp) are searched
+# ---------------------------------------------------------------------------------------------------
+
+def _moe_plan(**over: Any) -> dict[str, Any]:
+    return serving_plan(workload={"model": {"preset": "tiny-moe"}, "dtype": "bfloat16"}, **over)
+
+
+def test_a_moe_serving_plan_searches_expert_and_attention_data_parallel_layouts() -> None:
+    """tp 2 of a mixture of experts: experts split by tp (ep 1, etp = tp), whole on each rank (ep 2, etp 1), each
+    with and without attention data parallelism; tp 1 and a dense model have the default alone."""
+    from llmsim.planner.serve import ReplicaExperts
+    _, tasks = _tasks(_moe_plan())
+    shapes = {(t.hardware, t.tp, t.experts) for t in tasks}
+    for hw in ("slow-a", "slow-h"):
+        assert {e for h, tp, e in shapes if h == hw and tp == 2} == {
+            ReplicaExperts(), ReplicaExperts(attention_dp=2), ReplicaExperts(ep=2, etp=1),
+            ReplicaExperts(ep=2, etp=1, attention_dp=2)}
+        assert {e for h, tp, e in shapes if h == hw and tp == 1} == {ReplicaExperts()}
+    _, dense = _tasks(serving_plan())
+    assert {t.experts for t in dense} == {ReplicaExperts()}
+    _, narrowed = _tasks(_moe_plan(search={"tp": [2], "pp": [1], "ep": [2], "attention_dp": [1]}))
+    assert {t.experts for t in narrowed} == {ReplicaExperts(ep=2, etp=1)}
+    _, piped = _tasks(_moe_plan(search={"tp": [2], "pp": [2]}))   # attention DP runs at pp 1 only
+    assert {t.experts.attention_dp for t in piped} == {1}
+
+
+def test_a_moe_replicas_experts_are_split_as_its_scenario_splits_them(tmp_path: Path) -> None:
+    """The plan priced a mixture of experts' replica with every expert whole on every rank (Plan's ep 1, etp 1
+    at tp 8: DeepSeek-V3 at 657 GB a device, 'no room for a KV cache'); each candidate's weights per device now
+    equal what `llmsim run` of its strategy finds, and best.yaml writes the layout it searched."""
+    from llmsim.modeled_serving import replica_capacity, replica_plan, serving_profile
+    from llmsim.costmodel import Options
+    from llmsim.costmodel.iteration import token_costs
+    from llmsim.planner.serve import _Replica
+    from llmsim.planner.serve_report import best_scenario
+    plan, tasks = _tasks(_moe_plan(search={"tp": [2], "pp": [1]}))
+    hw = resolve_hardware(plan, CATALOG)[0]
+    manager = get_plugin_manager()
+    registry = BackendRegistry.from_manager(manager)
+    weights = {}
+    for task in [t for t in tasks if t.hardware == hw.name]:
+        replica = _Replica(task, task.size)
+        result = CandidateResult(task.hardware, task.tp, task.pp, True, "", (), replicas=1, n_devices=task.size,
+                                 experts=task.experts)
+        best = best_scenario(plan, result, hw, task.spec)
+        assert {k: v for k, v in best["strategies"][0].items() if k not in ("name", "tp", "pp")} == task.experts.keys()
+        scenario = parse_scenario({**best, "backends": {"roofline": best["backends"]["roofline"]}}, "best.yaml")
+        [planned] = plan_cases(scenario, registry, "best.yaml", ["roofline"], catalog=CATALOG)
+        case = planned.case
+        cluster = replica.cluster
+        ref, profile = serving_profile(case.workload, case.sharing)
+        run_capacity = replica_capacity(case, ref, profile, replica_plan(case, cluster), cluster,
+                                        token_costs(ref, profile, "auto"), Options())
+        assert replica.capacity.weights_bytes == pytest.approx(run_capacity.weights_bytes)
+        assert replica.capacity.blocks == run_capacity.blocks
+        weights[task.experts.label()] = replica.capacity.weights_bytes
+    # whole experts on each rank (ep 1 was priced so before) would weigh more than the split ones
+    assert weights[""] == pytest.approx(weights["-ep2"])
+    assert weights["-adp2"] > weights[""]          # attention weights replicated on both attention-DP ranks
+
+
+def test_search_attention_dp_is_refused_where_it_cannot_run() -> None:
+    with pytest.raises(ScenarioError, match="search.attention_dp: .*mixture-of-experts model only"):
+        parse_plan(serving_plan(search={"tp": [2], "attention_dp": [2]}))
+    with pytest.raises(ScenarioError, match="search.attention_dp: .*serving plans"):
+        parse_plan({"name": "t", "workload": {"model": {"preset": "tiny-moe"}, "mode": "train", "batch": 8},
+                    "goal": {"tokens": 1e6}, "hardware": [{"name": "h100-sxm"}],
+                    "search": {"attention_dp": [2]}})

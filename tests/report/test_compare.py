@@ -60,6 +60,8 @@ def test_report_shows_changes_and_status_changes(compared: Path) -> None:
     assert "B against the baseline A:" in summary
     assert ("Throughput (tokens/s): median +2.5% over 2 matched cases (1 better, 1 worse; from −20.0% for pp on "
             "roofline to +25.0% for dp on roofline)") in summary
+    # a change under 0.5% is not coloured, and the count says so (it read "0 better, 1 worse" for two cases)
+    assert "over 3 matched cases (1 better, 1 worse, 1 within ±0.5%" in summary
     assert "big on roofline: ok in A, does-not-fit in B." in summary
     assert "gone on roofline: ok in A, absent in B." in summary
     assert "| dp | roofline | 512 | 640 | +25.0% |" in md
