@@ -396,6 +396,10 @@ class Fp8Spec(_Strict):
                                 "weight beside its FP8 copies) or float8 (the FP8 copies only, no bf16 weight: "
                                 "Transformer Engine's fp8_model_init, NeMo's fp8_params); refused unless a strategy "
                                 "has sharing.lora")
+    attention: Literal["bfloat16", "float8"] = Field(
+        "bfloat16", description="the precision of the core attention's matmuls (QK^T, PV) in training: bfloat16, "
+                                "or float8 (Transformer Engine's FP8 dot-product attention, fp8_dpa / NVTE_FP8_DPA: "
+                                "cuDNN's FP8 fused attention at the FP8 peak, Q, K, V kept in FP8); training only")
 
 
 class Fp4Spec(_Strict):
@@ -406,6 +410,10 @@ class Fp4Spec(_Strict):
                              "FP32 per-tensor scale: 4.5 bits; NVIDIA) or mxfp4 (E2M1, an E8M0 scale per 32: "
                              "4.25 bits; OCP MX v1.0). Training runs nvfp4 only (Transformer Engine's "
                              "NVFP4BlockScaling; it has no MXFP4 recipe)")
+    attention: Literal["bfloat16", "float8"] = Field(
+        "bfloat16", description="the precision of the core attention's matmuls in training: bfloat16, or float8 "
+                                "(Transformer Engine's FP8 dot-product attention beside the FP4 GEMMs, its own FP8 "
+                                "recipe current scaling: NVTE_DPA_FP8_RECIPE=Float8CurrentScaling); training only")
 
 
 class Workload(_Strict):
@@ -925,6 +933,15 @@ class Scenario(_Strict):
             raise _KeyedError("workload.fp4.recipe", f"fp4 recipe {fp4.recipe} is not a training recipe (Transformer "
                               "Engine trains FP4 as NVFP4BlockScaling only); allowed in training: nvfp4; mxfp4 "
                               "is priced for prefill, decode and serving")
+        quantized = self.workload.fp8 or self.workload.fp4
+        if quantized is not None and quantized.attention == "float8" and (
+                self.workload.mode != "train" or self.serving is not None):
+            # Transformer Engine's FP8 dot-product attention is a training feature; in inference an engine runs
+            # its attention in FP8 with an FP8 KV cache (serving.kv_cache_dtype), which prices that cache's reads
+            block = "fp8" if self.workload.fp8 is not None else "fp4"
+            raise _KeyedError(f"workload.{block}.attention", "float8 (Transformer Engine's FP8 dot-product "
+                              "attention) is priced for training only; in prefill, decode and serving the "
+                              "attention follows the KV cache (serving.kv_cache_dtype); allowed here: bfloat16")
         fp8 = self.workload.fp8
         if (fp8 is not None and fp8.frozen_weights == "float8"
                 and all(self.sharing_for(s).lora is None for s in self.strategies)):

@@ -232,11 +232,13 @@ CHOICES = {"recompute": ("none", "selective", "selective-op", "selective-dots", 
            "attention": ("flash", "cudnn", "flash3", "trtllm-mmha", "fused-softmax", "math"),
            "dtype": ("float32", "bfloat16", "float16", "float8", "float4"), "zero": (0, 1, 2, 3),
            "fp8_recipe": ("delayed", "current", "mxfp8"), "fp8_saved": ("float8", "bfloat16"),
-           "fp8_frozen": ("bfloat16", "float8"),
+           "fp8_frozen": ("bfloat16", "float8"), "fp8_attention": ("bfloat16", "float8"),
            "schedule": ("gpipe", "1f1b", "interleaved"), "all_reduce": ("nccl", "vllm")}
 # Optional columns of a training table (blank or absent = the default): a float8 row's recipe
-# (config.Fp8Spec: recipe, saved_activations, param_all_gather, frozen_weights).
-FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather", "fp8_frozen")
+# (config.Fp8Spec: recipe, saved_activations, param_all_gather, frozen_weights), and of a float8 or float4 row
+# the precision of its core attention (Fp8Spec.attention / Fp4Spec.attention: float8 = Transformer Engine's FP8
+# dot-product attention, the MLPerf configs' FP8_DPA=1; blank = bfloat16).
+FP8_COLUMNS = ("fp8_recipe", "fp8_saved", "fp8_all_gather", "fp8_frozen", "fp8_attention")
 # Optional column of either table: the run was compiled (torch.compile); blank = the device's way
 # (costmodel.plan.Options.compile: TPU rows are XLA-compiled, GPU rows eager).
 COMPILE_COLUMNS = ("compile",)
@@ -346,6 +348,9 @@ def _check_priced(r: dict[str, object], kind: Kind, file: str, where: str) -> No
     if kind == "training" and r["global_batch"] % (r["dp"] * r["micro_batch"]):
         raise ScenarioError(file, f"{where}.global_batch",
                             f"{r['global_batch']} is not a multiple of dp x micro_batch = {r['dp'] * r['micro_batch']}")
+    if r.get("fp8_attention") == "float8" and r.get("dtype") not in ("float8", "float4"):
+        raise ScenarioError(file, f"{where}.fp8_attention", f"float8 attention needs dtype float8 or float4 "
+                                                           f"(got {r.get('dtype') or 'bfloat16'})")
     catalog = _catalog()
     catalog.device(r["hardware"], key=f"{where}.hardware", file=file)
     for key in ("intra_node", "inter_node"):
@@ -416,8 +421,10 @@ def training_price(r: dict[str, object]) -> Callable[[object], StepBreakdown]:
         if dtype == "float8":
             fp8 = {"recipe": r.get("fp8_recipe") or "delayed", "saved_activations": r.get("fp8_saved") or "float8",
                    "param_all_gather": bool(r.get("fp8_all_gather")),
-                   "frozen_weights": r.get("fp8_frozen") or "bfloat16"}
-        workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8)
+                   "frozen_weights": r.get("fp8_frozen") or "bfloat16",
+                   "attention": r.get("fp8_attention") or "bfloat16"}
+        fp4 = {"attention": r.get("fp8_attention") or "bfloat16"} if dtype == "float4" else None
+        workload = Workload(model=spec, mode="train", batch=r["global_batch"], dtype=dtype, fp8=fp8, fp4=fp4)
         sharing = SharingChoice(tie_embeddings=spec.tie_embeddings, lora=lora_spec(r))
         replicas = r["dp"] * r["micro_batch"]      # divides the global batch (read_runs checked it)
         plan = Plan(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r["cp"], micro_batch=r["micro_batch"],

@@ -238,7 +238,8 @@ def test_a_value_of_the_wrong_shape_says_what_is_expected_in_plain_words() -> No
     base = {"name": "x", "workload": {"model": {"preset": "gpt2-small"}, "mode": "train", "batch": 8},
             "strategies": [{"name": "a"}]}
     cases = [({**base, "workload": {**base["workload"], "fp8": 3}},
-              "workload.fp8: 3: expected a mapping of keys; allowed: recipe, saved_activations, param_all_gather, frozen_weights"),
+              "workload.fp8: 3: expected a mapping of keys; allowed: recipe, saved_activations, param_all_gather, frozen_weights, "
+              "attention"),
              ({**base, "strategies": []}, "strategies: []: needs at least 1 item"),
              ({**base, "strategies": 5}, "strategies: 5: expected a list")]
     for data, message in cases:

@@ -166,8 +166,11 @@ def _norm_stats(spec: "ModelSpec", name: str) -> SavedTensor:
     return SavedTensor(f"{name}.stats", 2 if spec.norm == "layernorm" else 1, FP32_BYTES, "sequence")
 
 
-def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Save]:
-    """What the core attention (softmax(q k^T / sqrt(d)) v, with attention dropout) keeps, by kernel."""
+def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int,
+                fp8_attention: tuple[float, float] | None = None) -> list[Save]:
+    """What the core attention (softmax(q k^T / sqrt(d)) v, with attention dropout) keeps, by kernel.
+    `fp8_attention`: (bytes of q, k, v; bytes of O) a fused kernel keeps under FP8 attention (Transformer Engine's
+    FusedAttnFunc saves q_fp8, k_fp8, v_fp8 and O as out_fp8 or 16-bit: costmodel.precision); None = `e`."""
     a, g, d, s = spec.heads, spec.kv_heads or spec.heads, spec.head_width, spec.seq_len
     vd = spec.mla.v_head_dim if spec.mla is not None else d   # mla: q/k of nope + rope, v of v_head_dim
     dropout = spec.dropout > 0
@@ -175,7 +178,12 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
                SavedTensor("v", g * vd, e, "kv"))
     if kernel in FUSED_ATTENTION:  # FlashAttention-2/3 and cuDNN's fused attention keep the same tensors
         op = f"{kernel} attention"
-        saves = [q, k, v, SavedTensor("attn.output", a * vd, e, "tensor"),
+        o_bytes: float = e
+        if fp8_attention is not None:
+            qkv_bytes, o_bytes = fp8_attention
+            q, k, v = (SavedTensor("q.fp8", a * d, qkv_bytes, "tensor"), SavedTensor("k.fp8", g * d, qkv_bytes, "kv"),
+                       SavedTensor("v.fp8", g * vd, qkv_bytes, "kv"))
+        saves = [q, k, v, SavedTensor("attn.output", a * vd, o_bytes, "tensor"),
                  SavedTensor("attn.logsumexp", a, FP32_BYTES, "tensor")]
         if dropout:
             saves.append(SavedTensor("attn.rng_state", RNG_STATE_BYTES, 1, "whole", per="layer"))
@@ -201,7 +209,8 @@ def _core_saves(spec: "ModelSpec", kernel: "AttentionKernel", e: int) -> list[Sa
 
 
 def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
-                lora: "LoraSpec | None" = None, fp8_inputs: float = False) -> list[Save]:
+                lora: "LoraSpec | None" = None, fp8_inputs: float = False,
+                fp8_attention: tuple[float, float] | None = None) -> list[Save]:
     """Every (op, tensor) pair of one training layer without recomputation, in forward order.
 
     With LoRA (a frozen base, Hu et al. 2021) a base linear keeps nothing (its weight takes no gradient and
@@ -238,7 +247,7 @@ def layer_saves(spec: "ModelSpec", kernel: "AttentionKernel", dtype_bytes: int,
                   Save("q norm", SavedTensor("q_norm.stats", a, FP32_BYTES, "tensor")),
                   Save("k norm", SavedTensor("k.pre_norm", g * d, e, "kv")),
                   Save("k norm", SavedTensor("k_norm.stats", g, FP32_BYTES, "kv"))]
-    saves += _core_saves(spec, kernel, e)
+    saves += _core_saves(spec, kernel, e, fp8_attention)
     saves += linear("out linear", SavedTensor("attn.output", spec.attention_width, e, "tensor"), ("o",))
     if spec.parallel_block:  # the MLP reads norm1's output: the same tensor, kept once (_unique)
         saves += linear("fc linear", SavedTensor("norm1.output", h, e, "sequence"), ("gate", "up"))
@@ -348,7 +357,8 @@ def dots_inventory(spec: "ModelSpec", dtype_bytes: int) -> tuple[SavedTensor, ..
 
 def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Recompute, dtype_bytes: int,
                     lora: "LoraSpec | None" = None, fp8_inputs: float = False,
-                    reduce_scatters: bool = False) -> tuple[SavedTensor, ...]:
+                    reduce_scatters: bool = False,
+                    fp8_attention: tuple[float, float] | None = None) -> tuple[SavedTensor, ...]:
     """The tensors one layer holds between its forward and its backward under `recompute`.
 
     none: every saved tensor. selective: the core attention's own saves are dropped and its checkpointed
@@ -363,7 +373,7 @@ def layer_inventory(spec: "ModelSpec", kernel: "AttentionKernel", recompute: Rec
         return op_sac_inventory(spec, kernel, dtype_bytes, reduce_scatters)
     if recompute == "selective-dots":
         return dots_inventory(spec, dtype_bytes)
-    saves = layer_saves(spec, kernel, dtype_bytes, lora, fp8_inputs)
+    saves = layer_saves(spec, kernel, dtype_bytes, lora, fp8_inputs, fp8_attention)
     if recompute == "full":
         return (saves[0].tensor,)
     if recompute == "selective":

@@ -111,6 +111,7 @@ class Rates:
     compiled: bool = False       # the device runs compiled programs only (DeviceSpec.compiled: TPU/XLA)
     clock_share: float = 1.0     # clock held under a power limit below the rated power (costmodel.power)
     fp8_any_layout: bool = False  # FP8 GEMMs take any operand layout (DeviceSpec.fp8_gemm_any_layout: Blackwell)
+    fp8_peak_flops: float = 0.0   # float8/float4: the device's float8 peak, for FP8 attention (0: none)
 
     @property
     def sustained_flops(self) -> float:
@@ -229,12 +230,14 @@ def device_rates(cluster: "ClusterSpec", dtype: str, fp4_recipe: str = "nvfp4") 
             return base
         eff = base.efficiency
         fp4_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})
-        return replace(base, gemm=replace(base, peak_flops=device.peak_flops["float4"], efficiency=fp4_eff))
+        return replace(base, gemm=replace(base, peak_flops=device.peak_flops["float4"], efficiency=fp4_eff),
+                       fp8_peak_flops=device.peak_flops.get("float8") or 0.0)
     if dtype == "float8":
         base = device_rates(cluster, "bfloat16")
         eff = base.efficiency
         fp8_eff = eff.model_copy(update={"matmul": eff.matmul_float8 or eff.matmul})
-        return replace(base, gemm=replace(base, peak_flops=device.peak_flops["float8"], efficiency=fp8_eff))
+        return replace(base, gemm=replace(base, peak_flops=device.peak_flops["float8"], efficiency=fp8_eff),
+                       fp8_peak_flops=device.peak_flops["float8"])
     peak = device.peak_flops[dtype]  # type: ignore[index]
     return Rates(peak_flops=peak, memory_bw=device.memory_bw_bytes_per_s, efficiency=cluster.efficiency,
                  compute_units=device.compute_units, compiled=device.compiled,
@@ -460,7 +463,7 @@ def _rates_key(rates: Rates | None) -> tuple | None:
     if rates is None:
         return None
     return (rates.peak_flops, rates.memory_bw, id(rates.efficiency), rates.compute_units, rates.clock_share,
-            rates.fp8_any_layout, _rates_key(rates.gemm))
+            rates.fp8_any_layout, rates.fp8_peak_flops, _rates_key(rates.gemm))
 
 
 def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, options: Options, rates: Rates,
@@ -512,6 +515,9 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
             casts += (precision.weight_cast_bytes(workload, plan, rates.fp8_any_layout) * layers_here
                       / plan.microbatches)
         other += rates.memory_time(casts)
+    if region == "layers" and (at.flops or at.bytes) and precision.fp8_attention(workload):
+        # FP8 attention's quantize / dequantize passes around the fused kernel (precision.attention_cast_bytes)
+        other += rates.memory_time(precision.attention_cast_bytes(workload, plan, phase, tokens) * layers_here)
     if rates.efficiency.op_overhead_s:  # every device launches all ops of its layers for every micro-batch
         stages = divide // (plan.tp * plan.cp) if region == "layers" else 1
         other += rates.efficiency.op_overhead_s * (mm.count + at.count + ot.count) / stages / steps
@@ -534,11 +540,17 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
         elif options.attention in FUSED_ATTENTION:
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
             forward_fraction, backward_fraction = attention_fractions(rates.efficiency, options.attention)
+            sustained = rates.sustained_flops
+            if precision.fp8_attention(workload) and rates.fp8_peak_flops:
+                # FP8 attention (Transformer Engine fp8_dpa): the FP8 peak at the FP8 kernel's share of it
+                sustained = rates.fp8_peak_flops * rates.efficiency.sustained * rates.clock_share
+                forward_fraction, backward_fraction = precision.fp8_attention_fractions(forward_fraction,
+                                                                                        backward_fraction)
             fraction = forward_fraction
             if backward:
                 flops *= FLASH_BACKWARD_FLOP_RATIO
                 fraction = backward_fraction
-            attention = flops / (rates.sustained_flops * fraction)
+            attention = flops / (sustained * fraction)
         else:  # fused-softmax
             heads_local = spec.heads / plan.tp
             matrix = plan.micro_batch * heads_local * (spec.seq_len / plan.cp) * spec.seq_len * elem

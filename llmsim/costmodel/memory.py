@@ -506,12 +506,13 @@ def _activation_bytes_per_layer(workload: "Workload", sharing: "SharingChoice", 
                                 options: Options) -> tuple[float, float]:
     spec, elem = workload.model, DTYPE_BYTES[workload.dtype]
     fp8 = precision.saved_input_bytes(workload)   # bytes of a kept quantized GEMM input (0: bf16)
+    fp8_core = precision.fp8_attention_saved_bytes(workload)   # FP8 attention's kept q, k, v and O
     items = layer_inventory(spec, options.attention, plan.recompute, elem, sharing.lora, fp8,
-                            reduce_scatters=plan.sp and plan.tp > 1)
+                            reduce_scatters=plan.sp and plan.tp > 1, fp8_attention=fp8_core)
     kept = inventory_bytes(items, spec, plan) + moe.expert_activation_bytes(workload, plan)
     if plan.recompute not in ("full", "selective-op", "selective-dots"):
         return kept, 0.0
-    rebuilt = layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8)
+    rebuilt = layer_inventory(spec, options.attention, "none", elem, sharing.lora, fp8, fp8_attention=fp8_core)
     # selective-op, selective-dots: what the recomputation rebuilds beside what the layer already keeps
     if plan.recompute in ("selective-op", "selective-dots"):
         names = {t.name for t in items}

@@ -48,6 +48,28 @@ arXiv:2209.05433, Sec. 3-4: per-tensor scaling, E4M3 forward / E5M2 gradients; T
 
 Inference keeps the weights in FP8 (vLLM/TensorRT-LLM FP8 checkpoints): the GEMMs read 1 byte per weight.
 
+FP8 attention (`fp8.attention: float8`, or `fp4.attention: float8` beside FP4 GEMMs; training only): Transformer
+Engine's FP8 dot-product attention (DotProductAttention under fp8_autocast with the recipe's fp8_dpa, NeMo's
+fp8_dot_product_attention / the MLPerf configs' FP8_DPA=1, NVTE_FP8_DPA_BWD=1 by default) runs the core attention
+as cuDNN's FP8 fused attention (FusedAttnBackend "FP8"), forward and backward. What it changes, read in
+NVIDIA/TransformerEngine transformer_engine/pytorch/attention/dot_product_attention/backends.py, FusedAttnFunc
+(the version with NVTE_DPA_FP8CS_O_in_F16):
+
+* the attention core's matmul FLOPs (QK^T, PV and the backward's five) run at the FP8 peak, at the FP8 kernel's own
+  share of it (`fp8_attention_fractions`, FP8_ATTENTION_SPEEDUP_RATIO below); softmax, masking and the rest of
+  the kernel stay inside the fused kernel as in 16-bit (costmodel.compute).
+* the casts around the kernel, priced as memory-bound passes (`attention_cast_bytes`): forward, Q, K and V are
+  quantized before the kernel (`combine_and_quantize(qkv_layout, q, k, v, QKV_quantizer)` unless they arrive in
+  FP8), and under delayed scaling the FP8 output is dequantized for the out projection (`out_.dequantize()`); under
+  current scaling the kernel writes O in 16-bit and keeps it so (`NVTE_DPA_FP8CS_O_in_F16`, default "1"): no pass.
+  Backward: the incoming dO is quantized (`ctx.dO_quantizer(d_out)`). Each pass reads 2 bytes and writes 1 per
+  element (+ one more read for current scaling's amax); the dequantize reads 1 and writes 2.
+* the saved activations (`ctx.save_for_backward`): q_fp8, k_fp8, v_fp8 at 1 byte instead of 16-bit, and O
+  as out_fp8 (1 byte) under delayed scaling, in 16-bit under current scaling (costmodel.activations).
+* the recipe of the attention's casts: the workload's fp8 recipe (delayed, current; mxfp8 priced as current, its
+  amax pass); beside FP4 GEMMs Transformer Engine takes a separate FP8 recipe for attention (NVTE_DPA_FP8_RECIPE;
+  the MLPerf v5.1 NVFP4 configs set Float8CurrentScaling, config_common_fp4.sh): current.
+
 FP4 (`dtype: float4`, `fp4.recipe`): the same mechanism with block-scaled E2M1 operands (W4A4) in the same
 layer GEMMs. Element sizes from the formats' definitions, the block scales included: NVFP4 = 4-bit E2M1 values
 + one E4M3 scale byte per 16 elements (+ one FP32 per-tensor scale, negligible) = 4.5 bits (NVIDIA,
@@ -189,6 +211,9 @@ def device_problem(workload: "Workload", device: "DeviceSpec", serving: bool = F
     TPU v4/v5e). The `mxfp8` recipe also needs MX block-scaled tensor cores (`DeviceSpec.microscaling`:
     Blackwell, SM 10.0+; Transformer Engine docs, "MXFP8": "native hardware acceleration on Blackwell GPUs")."""
     if is_fp4(workload):  # `serving`: a serving scenario, whose iterations are inference whatever workload.mode
+        if fp8_attention(workload) and not device.peak_flops.get("float8"):  # a float8 workload: below
+            return (f"fp4.attention: float8 needs FP8 tensor cores; device {device.name!r} has no float8 peak "
+                    f"FLOP/s in the catalog (allowed there: attention: bfloat16)")
         if workload.mode == "train" and not serving and not has_fp4_units(device, fp4_recipe_of(workload)):
             if device.peak_flops.get("float4"):  # FP4 units for MX scales only (CDNA4): not NVFP4's
                 return (f"float4 training (recipe nvfp4) needs NVFP4 tensor cores (E4M3 scales per 16: NVIDIA "
@@ -422,3 +447,75 @@ def param_gather_elem(workload: "Workload") -> float | None:
     if is_fp8(workload) and workload.fp8 is not None and workload.fp8.param_all_gather:
         return FP8_BYTES
     return None
+
+
+# FP8 attention's speed relative to the FP8 peak, as a ratio to the same kernel's 16-bit fraction of the 16-bit
+# peak, measured on one device with one kernel and one shape: cuDNN's fused attention forward on H100 80GB SXM5,
+# head dim 128, sequence 8k, no causal mask, 16k tokens per batch (FlashAttention-3 paper, Shah et al. 2024,
+# arXiv:2407.08608, Sec. 4: its FP16/BF16 forward figure, cuDNN 600 TFLOP/s, and its FP8 forward figure, cuDNN
+# 971 TFLOP/s; the panels without causal mask, whose 512-token bars are the higher ones of each pair, 497 and
+# 617). FP8 fraction 971 / 1978.9 = 0.491 of the FP8 peak against 600 / 989.4 = 0.606 of the BF16 peak: ratio
+# 0.809, FP8 attention 1.62x the 16-bit kernel's throughput. It scales the catalog's 16-bit fraction of whatever
+# fused kernel a row names (compute.attention_fractions), forward and backward: no FP8 backward throughput is
+# published (the paper has no FP8 backward; cuDNN publishes none), so the backward takes the forward's ratio, an
+# estimate; so do devices other than the H100 (Blackwell: no published FP8 attention figure), marked estimates.
+FP8_ATTENTION_FORWARD_H100 = 971 / 1978.9
+BF16_ATTENTION_FORWARD_H100_NONCAUSAL = 600 / 989.4
+FP8_ATTENTION_SPEEDUP_RATIO = FP8_ATTENTION_FORWARD_H100 / BF16_ATTENTION_FORWARD_H100_NONCAUSAL
+# The attention recipe beside FP4 GEMMs (TE's separate DPA recipe; MLPerf v5.1 config_common_fp4.sh
+# NVTE_DPA_FP8_RECIPE="Float8CurrentScaling").
+FP4_ATTENTION_RECIPE = "current"
+
+
+def fp8_attention(workload: "Workload") -> bool:
+    """Whether the core attention runs in FP8 (`fp8.attention` / `fp4.attention: float8`; training only)."""
+    spec = workload.fp8 if is_fp8(workload) else workload.fp4 if is_fp4(workload) else None
+    return spec is not None and spec.attention == "float8"
+
+
+def attention_recipe(workload: "Workload") -> str:
+    """The FP8 recipe of the attention's casts: the workload's fp8 recipe, current beside FP4 GEMMs."""
+    if is_fp4(workload):
+        return FP4_ATTENTION_RECIPE
+    assert workload.fp8 is not None
+    return workload.fp8.recipe
+
+
+def fp8_attention_fractions(forward: float, backward: float) -> tuple[float, float]:
+    """(forward, backward) fractions of the FP8 peak FP8 attention reaches, from a fused kernel's 16-bit
+    fractions of the 16-bit peak (FP8_ATTENTION_SPEEDUP_RATIO; the backward's an estimate)."""
+    return forward * FP8_ATTENTION_SPEEDUP_RATIO, backward * FP8_ATTENTION_SPEEDUP_RATIO
+
+
+def attention_output_fp8(workload: "Workload") -> bool:
+    """Whether FP8 attention keeps its output O in FP8 (delayed scaling's out_fp8) rather than 16-bit (current
+    scaling with NVTE_DPA_FP8CS_O_in_F16, its default)."""
+    return fp8_attention(workload) and attention_recipe(workload) == "delayed"
+
+
+def attention_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens: int) -> float:
+    """Bytes FP8 attention's casts move around the kernel for `tokens` rows of one layer on one tensor-parallel
+    rank (module docstring): forward, Q, K, V quantized (+ the FP8 O dequantized under delayed scaling);
+    backward, dO quantized. 0 without FP8 attention."""
+    if not fp8_attention(workload) or phase not in ("forward", "backward"):
+        return 0.0
+    spec = workload.model
+    d = spec.head_width
+    vd = spec.mla.v_head_dim if spec.mla is not None else d
+    q = spec.heads * d / plan.tp
+    kv = (spec.kv_heads or spec.heads) * (d + vd) / spec.kv_split(plan.tp) if spec.mla is None else \
+        spec.heads * (d + vd) / plan.tp
+    o = spec.heads * vd / plan.tp
+    quantize = HIGH_BYTES + FP8_BYTES + (HIGH_BYTES if attention_recipe(workload) != "delayed" else 0.0)
+    if phase == "backward":
+        return tokens * o * quantize
+    out = o * (FP8_BYTES + HIGH_BYTES) if attention_output_fp8(workload) else 0.0
+    return tokens * ((q + kv) * quantize + out)
+
+
+def fp8_attention_saved_bytes(workload: "Workload") -> tuple[float, float] | None:
+    """(bytes per element of the q, k, v a fused FP8 attention keeps; of its output O): FP8 for q, k, v, and O in
+    FP8 under delayed scaling or 16-bit (module docstring); None without FP8 attention."""
+    if not fp8_attention(workload):
+        return None
+    return float(FP8_BYTES), float(FP8_BYTES if attention_output_fp8(workload) else HIGH_BYTES)

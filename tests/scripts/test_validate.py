@@ -427,3 +427,27 @@ def test_a_default_run_reports_the_tables_it_can_read_and_names_the_missing(v, t
     assert "absent.csv: not found (table narayanan" in err
     assert "not run (file not found, see above): narayanan" in out and "vllm" in out.split("== summary")[1]
     assert v.main(["--table", "narayanan"]) == 2
+
+
+def test_the_fp8_attention_column_reaches_the_workload(v, tmp_path: Path, capsys) -> None:
+    """Optional column fp8_attention (blank = bfloat16): float8 prices Transformer Engine's FP8 dot-product
+    attention (Fp8Spec.attention / Fp4Spec.attention); on a 16-bit row it is one line, exit 2."""
+    base = _training_row(v, dtype="float8", attention="cudnn", seq_len=4096, recompute="none")  # long: attention counts
+    rows = [dict(base, row_id="BF", fp8_attention=""), dict(base, row_id="F8", fp8_attention="float8")]
+    bf, f8 = v.read_runs(_write(tmp_path, rows), "training")
+    t_bf, t_f8 = (v.training_price(r)(load_catalog()) for r in (bf, f8))
+    assert t_f8.step_time_s < t_bf.step_time_s
+    assert t_f8.memory.activations < t_bf.memory.activations
+    path = _write(tmp_path, [_training_row(v, fp8_attention="float8")], "bad.csv")   # a bfloat16 row
+    assert v.main(["--table", "mlperf", "--path", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "T1.fp8_attention" in err, err
+
+
+def test_the_mlperf_rows_whose_configs_set_fp8_dpa_are_marked(v) -> None:
+    """FP8_DPA=1 in the submission's config (docs/validation.md, FP8 attention): the Llama 2 70B LoRA runs on
+    8 H100 (v4.1), B200 (v4.1 preview) and every v5.0 B200/GB200 one, and the two Llama 3.1 8B NVFP4 runs
+    (config_common_fp8attn.sh); the others leave attention in 16-bit (FP8_DPA=0 or unset)."""
+    rows = v.read_runs(v.TABLES["mlperf"].default, "training")
+    marked = {r["row_id"] for r in rows if r["fp8_attention"] == "float8"}
+    assert marked == {"ML19", "ML23", "ML24", "ML25", "ML26", "ML27", "ML28", "ML31", "ML36"}
