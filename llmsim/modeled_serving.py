@@ -28,7 +28,7 @@ from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.cluster import torus_groups
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
-from llmsim.costmodel.eager import priced_pass_seconds
+from llmsim.costmodel.eager import priced_pass_seconds, with_engine_kernels
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, iteration_times, kv_capacity,
                                        token_costs)
 from llmsim.costmodel.torus import TorusError
@@ -106,7 +106,8 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
     the engine's host time of the iteration (HostStep.seconds of its sequences, Mix.rows), which the device does
     not overlap (vLLM V0-style engines: scheduling, input preparation, sampling, output processing in line);
     `eager` says which passes the engine launches from Python, each taking at least its host launch time
-    (costmodel.eager.priced_pass_seconds)."""
+    (costmodel.eager.priced_pass_seconds), and whose model code's kernels a pass launches (EagerLaunch.engine_kernels:
+    costmodel.eager.with_engine_kernels, on the GPU and at launch)."""
 
     def price(i: int) -> Pricer:
         here = model
@@ -120,7 +121,12 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
             # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted
             ranks = mix if isinstance(mix, tuple) else ()
             if ranks:
+                # each rank's pass launches its engine's kernels (costmodel.eager.with_engine_kernels)
+                ranks = tuple(with_engine_kernels(here, r, eager.engine_kernels) for r in ranks)
                 mix = functools.reduce(lambda a, b: a + b, ranks)
+            else:
+                assert isinstance(mix, Mix)
+                mix = with_engine_kernels(here, mix, eager.engine_kernels)
             assert isinstance(mix, Mix)
             t = iteration_times(here, mix, ranks)
             compute = t.compute * slowdown
@@ -281,7 +287,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
     host = spec.host_step_on(cluster.device)
     eager = spec.eager_launch_on(cluster.device)
-    extra.update(eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s,
+    extra.update(eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s, engine_kernels=eager.engine_kernels,
                  energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
                  step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
                  replicas=spec.replicas, **({"attention_dp": plan.attention_dp} if plan.attention_dp > 1 else {}),

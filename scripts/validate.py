@@ -529,7 +529,7 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
-                    "kv_cache_dtype", "attention_dp", "router", *MODEL_OPTIONAL_COLUMNS)
+                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", *MODEL_OPTIONAL_COLUMNS)
 # `attention_dp` (optional; blank = 1): the replica's attention data-parallel ranks, Strategy.attention_dp (SGLang
 # --dp N --enable-dp-attention, TensorRT-LLM enable_attention_dp with tp N). `router` (optional; blank = the
 # scenario's default, round-robin): serving.router, which also assigns a replica's requests to its attention-DP ranks.
@@ -548,6 +548,10 @@ SERVING_SCHEDULER_KEYS = {"delay_factor": float, "waiting_served_ratio": float, 
 # engine's output processing overlapped with the next iteration (vLLM V0 >= 0.6.0, docs/serving.md);
 # `overlap_schedule`, the next iteration formed while the current one runs (SGLang >= 0.4's overlap scheduler).
 SERVING_SCHEDULER_FLAGS = ("async_output", "overlap_schedule")
+# `engine_kernels` (optional; blank = the policy's default, fused for prefill-first): serving.scheduler.engine_kernels,
+# whose model code launches a pass's kernels (fused | sglang | sglang-rocm; costmodel.eager): the SGLang rows of a
+# DeepSeek-V3-shaped float8 model, whose extend pass SGLang launches from Python with more kernels a layer.
+SERVING_SCHEDULER_WORDS = ("engine_kernels",)
 SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens", "concurrency"}
 SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
                     "memory_utilization", "published")
@@ -882,7 +886,8 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
         "scheduler": {"kind": r["scheduler"], "max_num_seqs": r["max_num_seqs"],
                       "max_batched_tokens": r["max_batched_tokens"],
                       **{key: r[key] for key in SERVING_SCHEDULER_KEYS if r.get(key) is not None},
-                      **{key: True for key in SERVING_SCHEDULER_FLAGS if r.get(key)}},
+                      **{key: True for key in SERVING_SCHEDULER_FLAGS if r.get(key)},
+                      **{key: r[key] for key in SERVING_SCHEDULER_WORDS if r.get(key)}},
         "kv_block_tokens": r["kv_block_tokens"], "memory_utilization": r["memory_utilization"]}
     if r.get("kv_cache_dtype"):   # blank = the scenario's default, auto (the block as before the key existed)
         serving["kv_cache_dtype"] = r["kv_cache_dtype"]

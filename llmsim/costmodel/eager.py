@@ -23,6 +23,7 @@ Pure and torch-free.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD
@@ -30,6 +31,7 @@ from llmsim.costmodel.iteration import inference_microbatches
 from llmsim.costmodel.work import tp_collectives_per_layer
 
 if TYPE_CHECKING:
+    from llmsim.config import ModelSpec
     from llmsim.costmodel.iteration import IterationModel, Mix
 
 # vLLM's attention backends write the new tokens' K and V into the paged cache with a kernel of their own before
@@ -37,6 +39,64 @@ if TYPE_CHECKING:
 # `flash_attn_varlen_func`; csrc/cache_kernels.cu), which KERNELS_PER_LAYER_FORWARD's 9 leave out (their GPU
 # time is priced as the attention's bytes).
 KV_WRITE_KERNELS = 1
+
+# Whose model code launches a pass's kernels (serving.scheduler.engine_kernels): "fused" = the fused engine's count
+# above (vLLM's model code; KERNELS_PER_LAYER_FORWARD); "sglang" = SGLang's model code on CUDA, "sglang-rocm" the same
+# on ROCm, which launch more kernels for some models in a pass that extends prompts (`engine_layer_kernels`).
+ENGINE_KERNELS = ("fused", "sglang", "sglang-rocm")
+
+# SGLang's DeepSeek-V3 extend ("prefill") pass, counted in its source, one host launch per Python-level op that
+# starts GPU work (a C++ op launching several kernels counts once; allocations, views and splits none). Path:
+# python/sglang/srt/models/deepseek_v2.py, an MLA model with q_lora (DeepSeek-V3/R1 and V3.1: 61 layers, the
+# first 3 dense) and FP8 block-scaled weights, tensor parallel, no DP attention, its prompt without a cached
+# prefix (AttnForwardMethod.MHA_CHUNKED_KV on CUDA with trtllm_mla, .MHA on ROCm with aiter: both go through
+# `forward_normal_prepare` / `forward_normal_core`).
+#
+# CUDA, sglang 0.5.6.post1 (PyPI wheel sglang-0.5.6.post1-py3-none-any.whl; B200 defaults for
+# DeepseekV3ForCausalLM: attention trtllm_mla, MoE runner flashinfer_trtllm, which sets
+# disable_shared_experts_fusion, and enable_flashinfer_allreduce_fusion at one node: server_args.py), per layer:
+#   before attention: the previous layer's all-reduce fused with the residual add and RMSNorm (flashinfer
+#     trtllm_allreduce_fusion, layers/communicator.py `prepare_attn` / `forward_with_allreduce_fusion`) 1;
+#   fused_qkv_a_proj_with_mqa 2 (every FP8 block linear is 2: sglang_per_token_group_quant_fp8 and the GEMM,
+#     layers/quantization/fp8_utils.py, any of its GEMM backends); q_a_layernorm 1; q_b_proj 2; kv_a_layernorm 1;
+#     kv_b_proj 2 x 2 (0.5.6.post1's `forward_normal_prepare` calls it twice, once inside the non-gfx95 branch
+#     and once after; 0.5.7 calls it once); the rotary embedding 1 (sgl-kernel apply_rope_with_cos_sin_cache_
+#     inplace, layers/rotary_embedding.py `forward_cuda`); `q[..., nope:] = q_pe` 1; set_mla_kv_buffer 1;
+#     concat_and_cast_mha_k_triton 1 (16 heads a rank, not the 128-head concat_mla_k); flashinfer
+#     trtllm_ragged_attention_deepseek 1 (layers/attention/trtllm_mla_backend.py `forward_extend`); o_proj 2;
+#   before the MLP: the o_proj all-reduce fused with the add and RMSNorm 1: 19 for the attention side;
+#   MoE layer: shared experts (not fused into the routed ones under flashinfer_trtllm) gate_up 2, silu_and_mul 1,
+#     down 2; the router gate F.linear 1; the routed experts (quantization/fp8.py `apply_with_router_logits`):
+#     per_token_group_quant_fp8 1, the scales' transpose `.t().contiguous()` 1, the correction bias cast 1, the
+#     logits cast to float32 1, flashinfer trtllm_fp8_block_scale_moe 1 (routing, permute, both GEMMs and the
+#     finalize in one call); the shared output added 1: 12, so 31 a MoE layer; its all-reduce is fused into the
+#     next layer's norm (DeepseekV2MoE.forward_normal with should_allreduce_fusion);
+#   dense layer: gate_up 2, silu_and_mul 1, down 2: 5, so 24.
+#   Above FUSE_ALLREDUCE_MAX_BATCH_SIZE = 2048 tokens in the pass (layers/communicator.py) the flashinfer fusion
+#   is off at both sites: the all-reduce and fused_add_rmsnorm launch apart, one more kernel at each (+2).
+SGLANG_DSV3_CUDA_ATTENTION_KERNELS = 19
+SGLANG_DSV3_CUDA_MOE_KERNELS = 12
+SGLANG_DSV3_CUDA_DENSE_MLP_KERNELS = 5
+SGLANG_FUSED_ALLREDUCE_MAX_TOKENS = 2048      # layers/communicator.py FUSE_ALLREDUCE_MAX_BATCH_SIZE (0.5.6.post1)
+SGLANG_UNFUSED_ALLREDUCE_EXTRA_KERNELS = 2    # the two all-reduce + norm sites, each one kernel more unfused
+#
+# ROCm, sglang 0.5.7 (PyPI wheel sglang-0.5.7-py3-none-any.whl; MI300X = gfx942, not gfx95; SGLANG_USE_AITER as
+# in SGLang's ROCm images: attention aiter, aiter block-FP8 linears and fused MoE; no flashinfer fusion; shared
+# experts fused into the routed ones, DeepseekV2ForCausalLM.determine_num_fused_shared_experts), per layer:
+#   before attention fused_add_rmsnorm 1; fused_qkv_a 2 (aiter_per1x128_quant and gemm_a8w8_blockscale,
+#     fp8_utils.py `aiter_w8a8_block_fp8_linear`); q_a_layernorm 1; q_b_proj 2; kv_a_layernorm 1; the rotary
+#     embedding in PyTorch ops 13 (DeepseekScalingRotaryEmbedding re-dispatches to `forward_native` on HIP:
+#     the cos/sin gather 1, two repeat_interleave 2, and for each of q and k the GPT-J rotation's negation and
+#     stack and the multiply, multiply, add: 5 + 5); `q[..., nope:] = q_pe` 1; the latent written into
+#     latent_cache in two slices and set_kv_buffer 3 (`_set_mla_kv_buffer`, neither CUDA nor gfx95); kv_b_proj 2;
+#     concat_and_cast_mha_k_triton 1; aiter flash_attn_varlen_func 1 (layers/attention/aiter_backend.py
+#     `forward_extend`, no prefix); o_proj 2; before the MLP the all-reduce 1 and fused_add_rmsnorm 1: 32;
+#   MoE layer: the gate F.linear 1, aiter_biased_grouped_topk 1 (layers/moe/topk.py), fused_append_shared_experts
+#     1, aiter fused_moe 1 (quantization/fp8.py `maybe_apply_hip_fused_experts`), the all-reduce 1: 5, so 37;
+#   dense layer: gate_up 2, the activation 1, down 2 and its all-reduce 1: 6, so 38.
+SGLANG_DSV3_ROCM_ATTENTION_KERNELS = 32
+SGLANG_DSV3_ROCM_MOE_KERNELS = 5
+SGLANG_DSV3_ROCM_DENSE_MLP_KERNELS = 6
 
 # Where a serving engine runs its passes eagerly (serving.scheduler.eager): "none" = every pass replays a captured
 # graph; "prompt" = the passes that hold a prompt (chunk) run eagerly, pure-decode passes replay graphs (vLLM V0);
@@ -71,6 +131,52 @@ def pass_launches(model: "IterationModel", mix: "Mix") -> float:
             kernels += KERNELS_HEAD + mix.pass_kernels
         busiest = max(busiest, kernels)
     return busiest * inference_microbatches(plan, max(1, round(mix.rows)))
+
+
+def sglang_dsv3_layer_launches(spec: "ModelSpec", rocm: bool, tp: int, pass_tokens: int) -> float:
+    """Kernels one layer of a DeepSeek-V3-shaped model (MLA with a query latent, MoE) launches on one rank's host in
+    an extend pass of SGLang's model code, averaged over the layers (the first `first_dense_layers` dense, the rest
+    MoE): the counts of the constants above, read in SGLang 0.5.6.post1 (CUDA) and 0.5.7 (ROCm). `pass_tokens`: the
+    tokens of the pass (SGLang fuses each all-reduce with its RMSNorm on CUDA up to 2,048 of them); at tp 1 the
+    two all-reduces of the ROCm path are not launched (the CUDA path's fused kernels are then the norms alone)."""
+    assert spec.moe is not None
+    layers = spec.layers
+    dense = min(spec.moe.first_dense_layers, layers)
+    if rocm:
+        attention = SGLANG_DSV3_ROCM_ATTENTION_KERNELS - (1 if tp <= 1 else 0)
+        moe = SGLANG_DSV3_ROCM_MOE_KERNELS - (1 if tp <= 1 else 0)
+        mlp = SGLANG_DSV3_ROCM_DENSE_MLP_KERNELS - (1 if tp <= 1 else 0)
+    else:
+        unfused = tp > 1 and pass_tokens > SGLANG_FUSED_ALLREDUCE_MAX_TOKENS
+        attention = SGLANG_DSV3_CUDA_ATTENTION_KERNELS + (SGLANG_UNFUSED_ALLREDUCE_EXTRA_KERNELS if unfused else 0)
+        moe, mlp = SGLANG_DSV3_CUDA_MOE_KERNELS, SGLANG_DSV3_CUDA_DENSE_MLP_KERNELS
+    return attention + (dense * mlp + (layers - dense) * moe) / layers
+
+
+def engine_layer_kernels(engine_kernels: str, spec: "ModelSpec", dtype: str, tp: int, prefill_tokens: int,
+                         pass_tokens: int) -> float:
+    """Kernels each layer of a pass launches beyond the fused engine's (`layer_launches` with no engine kernels:
+    KERNELS_PER_LAYER_FORWARD, the KV write, the tensor-parallel collectives), in the model code `engine_kernels`
+    names (ENGINE_KERNELS), for a pass computing `prefill_tokens` prompt tokens of `pass_tokens` in all.
+    "sglang" / "sglang-rocm": a pass that extends prompts of a DeepSeek-V3-shaped float8 model (MLA with a query
+    latent, MoE, FP8 block weights: `sglang_dsv3_layer_launches`); 0 for a decode pass (SGLang replays a CUDA
+    graph of another path, the absorbed MLA, not counted here) and for other models (a dense Llama layer in
+    SGLang launches the fused count: not re-counted). "fused": 0."""
+    if engine_kernels not in ("sglang", "sglang-rocm") or prefill_tokens <= 0:
+        return 0.0
+    if spec.mla is None or spec.mla.q_lora_rank is None or spec.moe is None or dtype != "float8":
+        return 0.0
+    fused = layer_launches(0.0, tp, tp_collectives_per_layer(spec))
+    return max(0.0, sglang_dsv3_layer_launches(spec, engine_kernels == "sglang-rocm", tp, pass_tokens) - fused)
+
+
+def with_engine_kernels(model: "IterationModel", mix: "Mix", engine_kernels: str) -> "Mix":
+    """`mix` with the kernels the engine's model code launches beyond the fused count added to its layer_kernels
+    (`engine_layer_kernels`): priced on the GPU at the device's fixed time per kernel (iteration_times) and, in an
+    eager pass, at the host's launch time (`pass_launches`). Unchanged for "fused"."""
+    extra = engine_layer_kernels(engine_kernels, model.workload.model, model.workload.dtype, model.plan.tp,
+                                 int(mix.prefill_tokens), int(round(mix.prefill_tokens + mix.decode_seqs)))
+    return replace(mix, layer_kernels=mix.layer_kernels + extra) if extra > 0 else mix
 
 
 def eager_launch_seconds(kernels: float, per_kernel_s: float) -> float:

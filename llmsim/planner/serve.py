@@ -47,7 +47,7 @@ from llmsim.config import SharingChoice, Strategy, Workload, check_strategy_shap
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
-from llmsim.costmodel.eager import priced_pass_seconds
+from llmsim.costmodel.eager import priced_pass_seconds, with_engine_kernels
 from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iteration_times, kv_capacity,
                                         prefill_rate_bound, token_costs)
@@ -312,10 +312,15 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
 
     def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
         def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
-            # attention data parallelism: the ranks' mixes of one lockstep iteration (modeled_serving.pricers)
+            # attention data parallelism: the ranks' mixes of one lockstep iteration (modeled_serving.pricers);
+            # each pass launches its engine's kernels (costmodel.eager.with_engine_kernels)
             ranks = mix if isinstance(mix, tuple) else ()
             if ranks:
+                ranks = tuple(with_engine_kernels(replica.model, r, eager.engine_kernels) for r in ranks)
                 mix = functools.reduce(lambda a, b: a + b, ranks)
+            else:
+                assert isinstance(mix, Mix)
+                mix = with_engine_kernels(replica.model, mix, eager.engine_kernels)  # the engine's model code
             assert isinstance(mix, Mix)
             t = iteration_times(replica.model, mix, ranks)
             split["compute"] += t.compute

@@ -400,7 +400,15 @@ class SchedulerSpec(_Strict):
                           "graph: none | prompt (the passes that hold a prompt: vLLM V0, which graphs decode only) "
                           "| all (no CUDA graphs: the sarathi-serve code base, --enforce-eager); an eager pass "
                           "takes max(device time, the device entry's eager_launch_s x its kernels) "
-                          "(costmodel.eager); default prompt for kind prefill-first (vLLM V0's scheduler), none "
+                          "(costmodel.eager); default prompt for kind prefill-first (vLLM V0's scheduler) and "
+                          "kind sglang (SGLang graphs decode only), none otherwise")
+    engine_kernels: Literal["fused", "sglang", "sglang-rocm"] | None = Field(
+        None, description="whose model code launches a pass's kernels: fused (the fused engine's count, vLLM's "
+                          "model code) | sglang (SGLang's on CUDA) | sglang-rocm (SGLang's on ROCm): SGLang's "
+                          "extend pass of a DeepSeek-V3-shaped float8 model (MLA with a query latent, MoE) "
+                          "launches 31 (CUDA, 0.5.6.post1) or 37 (ROCm, 0.5.7) kernels a MoE layer, counted in "
+                          "its source (costmodel.eager), priced on the GPU and, in an eager pass, at launch; "
+                          "other models and decode passes as fused; default sglang for kind sglang, fused "
                           "otherwise")
 
     @property
@@ -408,10 +416,22 @@ class SchedulerSpec(_Strict):
         """The passes the engine runs eagerly (costmodel.eager.EAGER_PASSES): `eager` when given, else derived from
         the policy: prefill-first is vLLM V0's scheduler, whose engine replays CUDA graphs for pure-decode passes
         only (vllm/worker/model_runner.py `ModelRunner.execute_model`: the graph runner only when `prefill_meta is
-        None`), so its passes with a prompt are eager; every other built-in kind: none."""
+        None`), so its passes with a prompt are eager; sglang is SGLang's scheduler, whose engine does the same
+        (python/sglang/srt/model_executor/model_runner.py: `forward_decode` replays the CUDA graph runner,
+        `forward_extend` calls the model, sglang 0.3.0; 0.5.6.post1 and 0.5.7 the same unless
+        --enable-piecewise-cuda-graph, default False in server_args.py: ForwardMode.is_cuda_graph is decode,
+        target-verify, idle); every other built-in kind: none."""
         if self.eager is not None:
             return self.eager
-        return "prompt" if self.kind == "prefill-first" else "none"
+        return "prompt" if self.kind in ("prefill-first", "sglang") else "none"
+
+    @property
+    def engine_kernels_of(self) -> str:
+        """Whose model code launches a pass's kernels (costmodel.eager.ENGINE_KERNELS): `engine_kernels` when
+        given, else "sglang" for kind sglang (SGLang's own scheduler), "fused" for every other kind."""
+        if self.engine_kernels is not None:
+            return self.engine_kernels
+        return "sglang" if self.kind == "sglang" else "fused"
 
     @model_validator(mode="after")
     def _policy_keys(self) -> "SchedulerSpec":
@@ -530,10 +550,12 @@ class HostStep:
 class EagerLaunch:
     """Where an engine launches its passes eagerly and what a launch costs the host: `passes` one of
     costmodel.eager.EAGER_PASSES ("none", "prompt", "all"), `per_kernel_s` host seconds per kernel launched (the
-    device entry's eager_launch_s). Not modeled by default (per_kernel_s 0)."""
+    device entry's eager_launch_s), `engine_kernels` whose model code launches a pass's kernels (SchedulerSpec.
+    engine_kernels_of). Not modeled by default (per_kernel_s 0)."""
 
     passes: str = "none"
     per_kernel_s: float = 0.0
+    engine_kernels: str = "fused"   # whose model code launches a pass's kernels (costmodel.eager.ENGINE_KERNELS)
 
 
 class ServingSpec(_Strict):
@@ -615,9 +637,11 @@ class ServingSpec(_Strict):
         return HostStep(pick("step_overhead_s"), pick("step_overhead_per_seq_s"))
 
     def eager_launch_on(self, device: Any) -> "EagerLaunch":
-        """Which passes run eagerly (serving.scheduler.eager, else the policy's) and the host seconds per kernel
-        launched (the device entry's eager_launch_s; 0 = not modeled)."""
-        return EagerLaunch(self.scheduler.eager_passes, float(getattr(device, "eager_launch_s", 0.0) or 0.0))
+        """Which passes run eagerly (serving.scheduler.eager, else the policy's), the host seconds per kernel
+        launched (the device entry's eager_launch_s; 0 = not modeled) and whose model code's kernels a pass launches
+        (serving.scheduler.engine_kernels, else the policy's)."""
+        return EagerLaunch(self.scheduler.eager_passes, float(getattr(device, "eager_launch_s", 0.0) or 0.0),
+                           self.scheduler.engine_kernels_of)
 
     def at_rate(self, rate: float | None) -> "ServingSpec":
         """This spec with one rate of the sweep."""

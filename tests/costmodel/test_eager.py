@@ -11,8 +11,9 @@ import pytest
 from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Plan
 from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD
-from llmsim.costmodel.eager import (KV_WRITE_KERNELS, eager_launch_seconds, eager_pass_seconds, layer_launches,
-                                    pass_launches, priced_pass_seconds, runs_eagerly)
+from llmsim.costmodel.eager import (KV_WRITE_KERNELS, eager_launch_seconds, eager_pass_seconds, engine_layer_kernels,
+                                    layer_launches, pass_launches, priced_pass_seconds, runs_eagerly,
+                                    sglang_dsv3_layer_launches, with_engine_kernels)
 from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, token_costs
 from llmsim.workload.profile import profile_workload
 from tests.costmodel.helpers import a100_cluster
@@ -86,3 +87,67 @@ def test_a_graph_replay_and_an_unmodeled_host_keep_the_device_time() -> None:
     assert priced_pass_seconds(model, decode, device, "none", slow) == device
     assert priced_pass_seconds(model, Mix.prefill(64), device, "all", 0.0) == device  # 0 = not modeled
     assert priced_pass_seconds(model, decode, device, "all", slow) == pytest.approx(pass_launches(model, decode))
+
+
+# ---------------------------------------------------------------- SGLang's model code (serving.scheduler.engine_kernels)
+
+def _dsv3(layers: int = 4, dense: int = 1, tp: int = 8, dtype: str = "float8") -> IterationModel:
+    """A DeepSeek-V3-shaped slice (MLA with q_lora 1536, MoE, the first `dense` layers dense) on H100s."""
+    from llmsim.costmodel.cluster import ClusterSpec
+    from tests.costmodel.helpers import CATALOG
+    model = ModelSpec(preset="deepseek-v3", layers=layers, seq_len=64, moe={"first_dense_layers": dense})
+    w = Workload(model=model, mode="decode", batch=1, decode_tokens=3, dtype=dtype)
+    cluster = ClusterSpec(device=CATALOG.device("h100-sxm"), intra=CATALOG.link("nvlink4"),
+                          inter=CATALOG.link("ib-ndr400x8"), nodes=1, devices_per_node=8)
+    return IterationModel(token_costs(w, profile_workload(w, UNTIED)), w, Plan(tp=tp), cluster)
+
+
+def test_sglang_launches_a_deepseek_v3_extend_layer_as_counted_by_hand() -> None:
+    """DeepSeek-V3 (61 layers, 3 dense), tp 8, float8: SGLang 0.5.6.post1 on CUDA launches 19 kernels on the
+    attention side and 12 in a MoE layer's MLP, 5 in a dense one's; SGLang 0.5.7 on ROCm 32, 5 and 6. Beyond the
+    fused count (9 + the KV write + 2 all-reduces = 12) that is, averaged over the layers:"""
+    spec = ModelSpec(preset="deepseek-v3")
+    assert spec.layers == 61 and spec.moe is not None and spec.moe.first_dense_layers == 3
+    cuda = 19 + (3 * 5 + 58 * 12) / 61
+    rocm = 32 + (3 * 6 + 58 * 5) / 61
+    assert sglang_dsv3_layer_launches(spec, False, 8, 1000) == pytest.approx(cuda)
+    assert engine_layer_kernels("sglang", spec, "float8", 8, 1000, 1000) == pytest.approx(cuda - 12)
+    assert engine_layer_kernels("sglang-rocm", spec, "float8", 8, 1000, 1000) == pytest.approx(rocm - 12)
+    # above 2,048 tokens in the pass SGLang's flashinfer all-reduce + RMSNorm fusion is off: 2 kernels more
+    assert engine_layer_kernels("sglang", spec, "float8", 8, 8000, 8000) == pytest.approx(cuda - 12 + 2)
+    # at tp 1 there is no all-reduce: the fused count is 10; ROCm launches its two all-reduces no more
+    assert engine_layer_kernels("sglang", spec, "float8", 1, 8000, 8000) == pytest.approx(cuda - 10)
+    assert engine_layer_kernels("sglang-rocm", spec, "float8", 1, 100, 100) == pytest.approx(
+        31 + (3 * 5 + 58 * 4) / 61 - 10)
+
+
+def test_sglang_kernels_only_in_a_deepseek_float8_extend_pass() -> None:
+    spec = ModelSpec(preset="deepseek-v3")
+    assert engine_layer_kernels("fused", spec, "float8", 8, 1000, 1000) == 0           # vLLM's model code
+    assert engine_layer_kernels("sglang", spec, "float8", 8, 0, 64) == 0               # decode: not counted
+    assert engine_layer_kernels("sglang", spec, "bfloat16", 8, 1000, 1000) == 0        # not the FP8 block path
+    assert engine_layer_kernels("sglang", ModelSpec(preset="llama3-8b"), "float8", 8, 1000, 1000) == 0
+    assert engine_layer_kernels("sglang", ModelSpec(preset="deepseek-v3", moe=None), "float8", 8, 1000, 1000) == 0
+
+
+def test_an_eager_sglang_prefill_of_a_deepseek_shaped_model_waits_for_its_launches_by_hand() -> None:
+    """4 layers (1 dense), tp 8, one 64-token prompt: per layer 19 + (5 + 3 x 12) / 4 = 29.25 launches, the pass
+    4 x 29.25 + the embedding and its all-reduce + the head = 121; at 1 s a launch the host binds (121 s), at
+    1 ns the device time does."""
+    model = _dsv3()
+    mix = with_engine_kernels(model, Mix.prefill(64), "sglang")
+    assert mix.layer_kernels == pytest.approx(29.25 - 12)
+    kernels = 4 * 29.25 + KERNELS_EMBED + 1 + KERNELS_HEAD
+    assert pass_launches(model, mix) == pytest.approx(kernels) == pytest.approx(121)
+    device = iteration_times(model, mix).step
+    assert priced_pass_seconds(model, mix, device, "prompt", 1.0) == pytest.approx(121.0)
+    assert priced_pass_seconds(model, mix, device, "prompt", 1e-9) == device
+    # the same prompt in the fused engine's code: 12 a layer, 4 x 12 + 4 = 52 launches
+    assert pass_launches(model, with_engine_kernels(model, Mix.prefill(64), "fused")) == 52
+    # the GPU prices the extra kernels too, at the device's fixed time per kernel
+    eff = model.cluster.device.efficiency
+    assert eff is not None
+    extra = iteration_times(model, mix).step - iteration_times(model, Mix.prefill(64)).step
+    assert extra == pytest.approx(4 * (29.25 - 12) * eff.kernel_latency_s, rel=1e-6)
+    # a decode step replays SGLang's graph of another path: unchanged
+    assert with_engine_kernels(model, Mix.decode(64), "sglang") == Mix.decode(64)

@@ -242,6 +242,26 @@ def test_the_json_schema_has_the_eager_key_and_the_policy_gives_its_default(caps
     assert SchedulerSpec(kind="prefill-first", eager="none").eager_passes == "none"
 
 
+def test_sglang_runs_its_prompts_eagerly_in_its_own_model_code_and_the_schema_says_so(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Kind sglang (SGLang's scheduler): SGLang replays CUDA graphs for decode batches only (model_runner.py
+    forward_extend), so its prompt passes are eager, launched by SGLang's model code (engine_kernels sglang);
+    every other kind keeps the fused engine's count unless told; a value outside the three is refused."""
+    from pydantic import ValidationError
+
+    from llmsim.serving.spec import SchedulerSpec
+    assert SchedulerSpec(kind="sglang").eager_passes == "prompt"
+    assert SchedulerSpec(kind="sglang").engine_kernels_of == "sglang"
+    assert SchedulerSpec(kind="prefill-first").engine_kernels_of == "fused"
+    assert SchedulerSpec(kind="prefill-first", engine_kernels="sglang-rocm").engine_kernels_of == "sglang-rocm"
+    assert SchedulerSpec(kind="sglang", engine_kernels="fused", eager="none").eager_passes == "none"
+    with pytest.raises(ValidationError, match="engine_kernels"):
+        SchedulerSpec(kind="sglang", engine_kernels="trtllm")  # type: ignore[arg-type]
+    assert main(["schema"]) == 0
+    scheduler = json.loads(capsys.readouterr().out)["$defs"]["SchedulerSpec"]["properties"]
+    assert all(word in json.dumps(scheduler["engine_kernels"]) for word in ("fused", "sglang", "sglang-rocm"))
+
+
 def test_requests_and_duration_together_validate_and_the_schema_says_whichever_first(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Both limits (a benchmark's trial of N requests under a time limit): valid, and the size checks take the
