@@ -406,6 +406,12 @@ class Fp4Spec(_Strict):
                              "FP32 per-tensor scale: 4.5 bits; NVIDIA) or mxfp4 (E2M1, an E8M0 scale per 32: "
                              "4.25 bits; OCP MX v1.0). Training runs nvfp4 only (Transformer Engine's "
                              "NVFP4BlockScaling; it has no MXFP4 recipe)")
+    layers: Literal["all", "mlp"] = Field(
+        "all", description="which layer GEMMs run in FP4: all (QKV or MLA's projections, attention out, MLP up and "
+                           "down: ModelOpt's NVFP4 export of the Llama checkpoints) or mlp (the MLP and expert GEMMs; "
+                           "the attention projections stay in the 16-bit dtype: nvidia/DeepSeek-R1-FP4 as "
+                           "TensorRT-LLM runs it, its tech blog 1's precision table); mlp is priced for prefill, "
+                           "decode and serving")
 
 
 class Workload(_Strict):
@@ -925,6 +931,11 @@ class Scenario(_Strict):
             raise _KeyedError("workload.fp4.recipe", f"fp4 recipe {fp4.recipe} is not a training recipe (Transformer "
                               "Engine trains FP4 as NVFP4BlockScaling only); allowed in training: nvfp4; mxfp4 "
                               "is priced for prefill, decode and serving")
+        if fp4 is not None and fp4.layers == "mlp" and self.workload.mode == "train" and self.serving is None:
+            # Transformer Engine's recipe quantizes every Linear of its fp8_autocast region; a training script that
+            # keeps attention out of FP4 is not priced (its casts and copies differ)
+            raise _KeyedError("workload.fp4.layers", "mlp (FP4 MLP GEMMs beside 16-bit attention projections) is "
+                              "priced for prefill, decode and serving; allowed in training: all")
         fp8 = self.workload.fp8
         if (fp8 is not None and fp8.frozen_weights == "float8"
                 and all(self.sharing_for(s).lora is None for s in self.strategies)):
