@@ -414,6 +414,12 @@ class Fp4Spec(_Strict):
         "bfloat16", description="the precision of the core attention's matmuls in training: bfloat16, or float8 "
                                 "(Transformer Engine's FP8 dot-product attention beside the FP4 GEMMs, its own FP8 "
                                 "recipe current scaling: NVTE_DPA_FP8_RECIPE=Float8CurrentScaling); training only")
+    layers: Literal["all", "mlp"] = Field(
+        "all", description="which layer GEMMs run in FP4: all (QKV or MLA's projections, attention out, MLP up and "
+                           "down: ModelOpt's NVFP4 export of the Llama checkpoints) or mlp (the MLP and expert GEMMs; "
+                           "the attention projections stay in the 16-bit dtype: nvidia/DeepSeek-R1-FP4 as "
+                           "TensorRT-LLM runs it, its tech blog 1's precision table); mlp is priced for prefill, "
+                           "decode and serving")
 
 
 class Workload(_Strict):
@@ -942,6 +948,11 @@ class Scenario(_Strict):
             raise _KeyedError(f"workload.{block}.attention", "float8 (Transformer Engine's FP8 dot-product "
                               "attention) is priced for training only; in prefill, decode and serving the "
                               "attention follows the KV cache (serving.kv_cache_dtype); allowed here: bfloat16")
+        if fp4 is not None and fp4.layers == "mlp" and self.workload.mode == "train" and self.serving is None:
+            # Transformer Engine's recipe quantizes every Linear of its fp8_autocast region; a training script that
+            # keeps attention out of FP4 is not priced (its casts and copies differ)
+            raise _KeyedError("workload.fp4.layers", "mlp (FP4 MLP GEMMs beside 16-bit attention projections) is "
+                              "priced for prefill, decode and serving; allowed in training: all")
         fp8 = self.workload.fp8
         if (fp8 is not None and fp8.frozen_weights == "float8"
                 and all(self.sharing_for(s).lora is None for s in self.strategies)):

@@ -529,7 +529,9 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
-                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", *MODEL_OPTIONAL_COLUMNS)
+                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "fp4_layers", *MODEL_OPTIONAL_COLUMNS)
+# `fp4_layers` (optional; blank = all): a float4 row's workload.fp4.layers (all | mlp: the attention projections
+# kept 16-bit, nvidia/DeepSeek-R1-FP4 as TensorRT-LLM runs it); the scenario's rules refuse any other value.
 # `attention_dp` (optional; blank = 1): the replica's attention data-parallel ranks, Strategy.attention_dp (SGLang
 # --dp N --enable-dp-attention, TensorRT-LLM enable_attention_dp with tp N). `router` (optional; blank = the
 # scenario's default, round-robin): serving.router, which also assigns a replica's requests to its attention-DP ranks.
@@ -917,8 +919,10 @@ def serving_scenario(r: dict[str, object]) -> tuple[dict[str, Any], str | None]:
     for key in ("intra_node", "inter_node"):
         if r[key] is not None:
             backend[key] = r[key]
-    scenario = {"name": "validate-serving",
-                "workload": {"model": model_fields(r, r["context"]), "dtype": r["dtype"] or "bfloat16"},  # type: ignore[arg-type]
+    workload: dict[str, Any] = {"model": model_fields(r, r["context"]), "dtype": r["dtype"] or "bfloat16"}  # type: ignore[arg-type]
+    if r.get("fp4_layers"):   # blank = all (the scenario's default)
+        workload["fp4"] = {"layers": r["fp4_layers"]}
+    scenario = {"name": "validate-serving", "workload": workload,
                 "strategies": [strategy], "serving": serving, "backends": {"roofline": backend},
                 "seed": SERVING_SEED}
     return scenario, trace

@@ -277,11 +277,32 @@ def gemm_weight_bytes(workload: "Workload", plan: Plan, region: str, traced: boo
     spec = workload.model
     elem = DTYPE_BYTES[workload.dtype]
     if region == "layers":
-        layer_elem = elem if traced else precision.layer_weight_elem(workload)
-        return sum(k * n for k, n in _linear_shapes(workload, plan)) * layer_elem
+        if traced:
+            return sum(k * n for k, n in _linear_shapes(workload, plan)) * elem
+        quantized, kept = precision.layer_gemm_split(workload, plan)   # kept: fp4.layers mlp's attention
+        return quantized * precision.layer_weight_elem(workload) + kept * elem
     if region == "head":
         return spec.hidden * -(-spec.vocab // plan.tp) * elem
     return 0.0
+
+
+def layer_matmul_time(workload: "Workload", plan: Plan, rates: Rates, flops: float, activation_bytes: float,
+                      weight_bytes: float, wave: float) -> float:
+    """Seconds of one layer region's GEMMs (`flops`, their activations in and out `activation_bytes`, the weights
+    they read `weight_bytes`, gemm_weight_bytes' mix) at the quantized rates (`rates.gemm`) where the workload
+    quantizes them. Under `fp4.layers: mlp` the attention projections run at the 16-bit rates
+    (precision.kept_16bit_share of the FLOPs and activations, their 16-bit weights' share of the bytes); a
+    weight-only or unquantized workload has no `gemm` rates and runs all at the 16-bit ones."""
+    gemm = rates.gemm if rates.gemm is not None else rates
+    kept = precision.kept_16bit_share(workload, plan) if rates.gemm is not None else 0.0
+    if not kept:
+        return gemm.matmul_time(flops, activation_bytes + weight_bytes, wave)
+    quantized_w, kept_w = precision.layer_gemm_split(workload, plan)
+    quantized_b = quantized_w * precision.layer_weight_elem(workload)
+    kept_b = kept_w * DTYPE_BYTES[workload.dtype]
+    weights_kept = weight_bytes * kept_b / (quantized_b + kept_b)
+    return (gemm.matmul_time(flops * (1 - kept), activation_bytes * (1 - kept) + weight_bytes - weights_kept, wave)
+            + rates.matmul_time(flops * kept, activation_bytes * kept + weights_kept, wave))
 
 
 def _weight_reads(phase: str, trainable: bool) -> int:
@@ -483,6 +504,7 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
     at = ops.get((phase, region, "attention"), _NONE)
     ot = ops.get((phase, region, "other"), _NONE)
     mm_flops, mm_bytes = mm.flops * share, mm.bytes * share
+    weights_read = 0.0   # of mm_bytes, the weights (layer_matmul_time splits them by precision)
     if region in ("layers", "head") and (mm.flops or mm.bytes):
         # Weights are read once per pass of each micro-batch, whatever its size (gemm_weight_bytes): take
         # the traced whole-model weights (tp = 1, every traced layer and decode step) out of the traced
@@ -493,17 +515,21 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
         trainable = profile.trainable_params > 0.5 * profile.params  # frozen base (LoRA): no dW
         reads = _weight_reads(phase, trainable)
         traced_weights = reads * gemm_weight_bytes(workload, replace(plan, tp=1), region, traced=True) * count * steps
-        mm_bytes = (max(mm.bytes - traced_weights, 0.0) * share
-                    + reads * gemm_weight_bytes(workload, plan, region) * here)
+        weights_read = reads * gemm_weight_bytes(workload, plan, region) * here
+        mm_bytes = max(mm.bytes - traced_weights, 0.0) * share + weights_read
     if region == "layers" and (mm_flops or mm_bytes):
         # The profile traces one device's whole model; its 1/tp share misses the K/V projections that
         # every rank repeats when tp > kv_heads. The backward repeats them twice (input and weight grads).
         extra_flops, _ = replicated_kv_projection(workload, plan, tokens)
         passes = 2 if backward else 1
         mm_flops += extra_flops * layers_here * passes
-    gemm_rates = rates.gemm if (rates.gemm is not None and region == "layers") else rates
-    matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, gemm_wave(workload, plan, tokens, region, backward, rates)) \
-        if mm_flops or mm_bytes else 0.0
+    wave = gemm_wave(workload, plan, tokens, region, backward, rates) if mm_flops or mm_bytes else 1.0
+    if not (mm_flops or mm_bytes):
+        matmul = 0.0
+    elif region == "layers":
+        matmul = layer_matmul_time(workload, plan, rates, mm_flops, mm_bytes - weights_read, weights_read, wave)
+    else:
+        matmul = rates.matmul_time(mm_flops, mm_bytes, wave)
     other = rates.memory_time(ot.traffic(runs_compiled(options, rates, region)) * share)
     if region == "layers" and precision.is_quantized(workload) and rates.gemm is not None and (mm_flops or mm_bytes):
         # FP8/FP4 casts of the GEMM inputs (and, once per step, of the weights): memory-bound passes, writing the

@@ -33,7 +33,8 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel import kv_dtype, precision
 from llmsim.costmodel.compute import (CAUSAL_FLOP_SHARE, COMPILED_REGIONS, KERNELS_EMBED, KERNELS_HEAD,
                                       KERNELS_PER_LAYER_FORWARD, Rates, attention_fractions, decode_kv_reads,
-                                      workload_rates, gemm_wave, gemm_weight_bytes, replicated_kv_projection)
+                                      workload_rates, gemm_wave, gemm_weight_bytes, layer_matmul_time,
+                                      replicated_kv_projection)
 from llmsim.costmodel.memory import memory_breakdown, memory_stages
 from llmsim.costmodel.plan import DTYPE_BYTES, Options, Plan
 from llmsim.costmodel.step import StepTimes, price
@@ -454,11 +455,11 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     # GEMMs: FLOPs and activations per token, this rank's weights once per pass (phase_times' rule), and
     # the K/V projections a rank repeats when tp > kv_heads; float8 layers at their own rates.
     mm_flops = (pre * c.mm_flops_prefill + dec * c.mm_flops_decode) / div + tokens * model.replicated_kv_flops_per_token
-    mm_bytes = (pre * c.mm_bytes_prefill + dec * c.mm_bytes_decode) / div + model.layer_weight_bytes
+    mm_bytes = (pre * c.mm_bytes_prefill + dec * c.mm_bytes_decode) / div
     if c.adapter_weight_bytes:              # LoRA's A and B, read once per pass like the base weights
         mm_bytes += model.layer_adapter_bytes
-    gemm_rates = rates.gemm if rates.gemm is not None else rates
-    matmul = gemm_rates.matmul_time(mm_flops, mm_bytes, model.wave("layers", rows_int)) if tokens else 0.0
+    matmul = layer_matmul_time(w, model.plan, rates, mm_flops, mm_bytes, model.layer_weight_bytes,
+                               model.wave("layers", rows_int)) if tokens else 0.0
     # Attention, one fused kernel per layer (FlashAttention / paged attention): the prompt chunks are
     # compute-bound (causal half of their own square), the prefix and the decoding sequences' caches are read,
     # at the fused kernel's fraction of peak (IterationModel.attention_fraction).

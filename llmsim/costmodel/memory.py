@@ -620,8 +620,8 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
         # ZeRO-3 shards them like the weights (stage_memory): they are made from the gathered weights
         # (torchao float8 FSDP2)
         # under LoRA the layers' GEMM weights are the frozen base (`frozen_weights: float8`: FP8 only)
-        fp8_copy = precision.fp8_weight_copy_bytes(workload,
-                                                   layers_here * precision.layer_gemm_params(workload, plan),
+        fp8_copy = precision.fp8_weight_copy_bytes(workload,   # the GEMMs it quantizes (fp4.layers)
+                                                   layers_here * precision.layer_gemm_split(workload, plan)[0],
                                                    precision.any_layout(device), frozen=sharing.lora is not None)
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32

@@ -339,12 +339,15 @@ def activation_cast_bytes(workload: "Workload", plan: "Plan", phase: str, tokens
         return 0.0
     shapes = linear_shapes(workload, plan)
     apart, fused = cast_bytes_per_element(workload, any_layout), fused_cast_bytes_per_element(workload, any_layout)
+    quantized = quantized_gemms(workload)   # a GEMM kept 16-bit (fp4.layers: mlp) casts nothing
     if phase == "backward":
-        total = sum(n * (fused if f else apart) for (_, n), f in zip(shapes, fused_inputs(workload, phase)))
+        total = sum(n * (fused if f else apart) * q
+                    for (_, n), f, q in zip(shapes, fused_inputs(workload, phase), quantized))
         if not saves_fp8_inputs(workload):
-            total += sum(k for k, _ in shapes) * apart
+            total += sum(k * q for (k, _), q in zip(shapes, quantized)) * apart
     else:
-        total = sum(k * (fused if f else apart) for (k, _), f in zip(shapes, fused_inputs(workload, phase)))
+        total = sum(k * (fused if f else apart) * q
+                    for (k, _), f, q in zip(shapes, fused_inputs(workload, phase), quantized))
     return tokens * total
 
 
@@ -384,6 +387,45 @@ def weight_cast_bytes(workload: "Workload", plan: "Plan", any_layout: bool) -> f
 def layer_gemm_params(workload: "Workload", plan: "Plan") -> float:
     """GEMM weights of one layer on one tensor-parallel rank (QKV, attention out, MLP up, MLP down)."""
     return float(sum(k * n for k, n in linear_shapes(workload, plan)))
+
+
+def attention_kept_16bit(workload: "Workload") -> bool:
+    """Whether a float4 workload keeps its attention projections out of FP4 (`fp4.layers: mlp`): nvidia/
+    DeepSeek-R1-FP4 quantizes the MoE and dense FFN layers, and TensorRT-LLM runs its attention modules in bf16
+    (docs/source/blogs/tech_blog/blog1_Pushing_Latency_Boundaries_Optimizing_DeepSeek-R1_Performance_on_NVIDIA_
+    B200_GPUs.md, "Precision Strategy": 64x Attention Modules bf16, 3x Dense FFN Layers nvfp4, 58x MoE FFN
+    Layers nvfp4; blog3_...: "The MoE layers inside this checkpoint have been quantized into FP4")."""
+    return is_fp4(workload) and workload.fp4 is not None and workload.fp4.layers == "mlp"
+
+
+def quantized_gemms(workload: "Workload") -> tuple[bool, ...]:
+    """Per layer GEMM (linear_shapes order: the attention's input projections, attention out, MLP up, MLP down),
+    whether it runs quantized: every one, but the attention's (inputs and out) under `fp4.layers: mlp`."""
+    inputs = attention_input_gemms(workload.model)
+    if attention_kept_16bit(workload):
+        return (False,) * (inputs + 1) + (True, True)
+    return (True,) * (inputs + 3)
+
+
+def layer_gemm_split(workload: "Workload", plan: "Plan") -> tuple[float, float]:
+    """(quantized, 16-bit) GEMM weights of one layer on one tensor-parallel rank: all quantized for a float8 or
+    float4 workload, but the attention projections under `fp4.layers: mlp` (`quantized_gemms`)."""
+    quantized = kept = 0.0
+    for (k, n), q in zip(linear_shapes(workload, plan), quantized_gemms(workload)):
+        if q:
+            quantized += k * n
+        else:
+            kept += k * n
+    return quantized, kept
+
+
+def kept_16bit_share(workload: "Workload", plan: "Plan") -> float:
+    """The share of one layer's GEMM FLOPs (2 per weight and token: Kaplan et al. 2020) that runs at the 16-bit
+    rate under `fp4.layers: mlp`: the attention projections' weights over all; 0 otherwise."""
+    if not attention_kept_16bit(workload):
+        return 0.0
+    quantized, kept = layer_gemm_split(workload, plan)
+    return kept / (quantized + kept) if kept else 0.0
 
 
 def layer_weight_elem(workload: "Workload") -> float:

@@ -148,3 +148,52 @@ def test_nvfp4_needs_nvfp4_units_and_mxfp4_runs_on_any_float4_peak() -> None:
     assert "takes OCP MX scales only" in (precision.device_problem(train, mi355x) or "")
     assert precision.device_problem(train, b200) is None
     assert "mi355x" not in precision.capable_devices(train, CATALOG.devices.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# fp4.layers: mlp — the attention projections kept 16-bit (nvidia/DeepSeek-R1-FP4 as TensorRT-LLM runs it)
+# ---------------------------------------------------------------------------------------------------
+
+def _mlp(mode: str = "decode") -> Workload:
+    return _w("float4", mode=mode, fp4={"layers": "mlp"})
+
+
+def test_fp4_layers_mlp_keeps_the_attention_projections_16_bit_in_weights_and_casts() -> None:
+    # SPEC: hidden 1024, 16 heads (multi-head: QKV 1024 -> 3072), attention out 1024 -> 1024, gated MLP 1024 ->
+    # 8192 and 4096 -> 1024: attention 4 M weights of 16 M
+    attention, mlp = 1024 * 3072 + 1024 * 1024, 1024 * 8192 + 4096 * 1024
+    w = _mlp()
+    assert precision.layer_gemm_split(w, ONE) == (mlp, attention)
+    assert precision.kept_16bit_share(w, ONE) == pytest.approx(attention / (attention + mlp))
+    assert precision.kept_16bit_share(_w("float4"), ONE) == 0.0
+    assert gemm_weight_bytes(w, ONE, "layers") == pytest.approx(mlp * 4.5 / 8 + attention * 2)
+    # only the MLP GEMMs' inputs are cast to FP4 (up's fused into the norm, down's into the activation)
+    fused = precision.fused_cast_bytes_per_element(w, False)
+    assert precision.activation_cast_bytes(w, ONE, "prefill", 10, False) == pytest.approx(10 * (1024 + 4096) * fused)
+    # and stored so: the attention projections at 2 bytes, the MLP at 4.5 bits
+    mem_mlp = memory_breakdown(w, profile_workload(w, SHARING), SHARING, ONE, Options())
+    w_all = _w("float4")
+    mem_all = memory_breakdown(w_all, profile_workload(w_all, SHARING), SHARING, ONE, Options())
+    assert mem_mlp.params - mem_all.params == pytest.approx(SPEC["layers"] * attention * (2 - 4.5 / 8))
+
+
+def test_fp4_layers_mlp_runs_the_attention_projections_at_the_16_bit_rate() -> None:
+    """On B200's FP4 tensor cores a prefill of fp4.layers mlp sits between all-FP4 and bf16; on H100 (weight-only,
+    every GEMM at the 16-bit rate) only the attention weights' bytes differ."""
+    big = dict(mode="prefill")
+    b = {k: _price(w, "b200") for k, w in (("all", _w("float4", **big)), ("mlp", _mlp("prefill")),
+                                              ("bf16", _w("bfloat16", **big)))}
+    assert b["all"].compute_time_s < b["mlp"].compute_time_s < b["bf16"].compute_time_s
+    h_all, h_mlp = _price(_w("float4"), "h100-sxm"), _price(_mlp(), "h100-sxm")
+    assert h_mlp.step_time_s > h_all.step_time_s       # decode reads the 16-bit attention weights
+
+
+def test_fp4_layers_is_checked_and_mlp_is_priced_for_inference_only() -> None:
+    with pytest.raises(ValidationError, match="'all' or 'mlp'"):
+        Workload(model=ModelSpec(**SPEC), dtype="float4", fp4={"layers": "attention"})
+    data = {"name": "t", "workload": {"model": {"preset": "tiny"}, "dtype": "float4", "fp4": {"layers": "mlp"}},
+            "strategies": [{"tp": 1}], "backends": {"roofline": {"hardware": "b200"}}}
+    with pytest.raises(ScenarioError, match="workload.fp4.layers: mlp .* allowed in training: all"):
+        parse_scenario(data, "t.yaml")
+    data["workload"]["mode"] = "prefill"
+    assert parse_scenario(data, "t.yaml").workload.fp4.layers == "mlp"
