@@ -262,7 +262,9 @@ class Mix:
                      rows at the decode per-token costs, its LM head m + 1 rows, and its cache is read once (the
                      flash kernels take a query of several tokens per sequence: vLLM V1 runs every request as
                      a varlen query, FlashAttention's `flash_attn_varlen_func`; FlashInfer's and FlashMLA's decode
-                     kernels take q_len = m + 1 for speculative verification); 0 without speculation
+                     kernels take q_len = m + 1 for speculative verification; TensorRT-LLM's MTP runs the K + 1
+                     tokens through the FP8 FlashMLA generation kernel on Hopper under a causal mask: blog2,
+                     "Attention for MTP"); 0 without speculation
     """
 
     prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
@@ -712,7 +714,10 @@ def draft_head_model(model: IterationModel, layers: int) -> IterationModel:
     head (DeepSeek-V3 report, Sec. 2.2: "the embedding layer and the output head ... shared with the main model");
     EAGLE's draft is one decoder layer over the target's features with the target's LM head (Li et al. 2024, EAGLE,
     Sec. 3; vLLM's vllm/model_executor/models/llama_eagle.py `EagleLlamaForCausalLM`: num_hidden_layers 1,
-    lm_head shared). pp 1 only (the spec block refuses pp > 1)."""
+    lm_head shared); TensorRT-LLM's "MTP Eagle", its default path for DeepSeek-V3/R1, calls the one MTP module K
+    times for K draft tokens, embedding and output head shared with the main model
+    (docs/source/blogs/tech_blog/blog2_DeepSeek_R1_MTP_Implementation_and_Optimization.md, "MTP Eagle", "MTP
+    Modules"). pp 1 only (the spec block refuses pp > 1).
     if model.plan.pp != 1:
         raise ValueError(f"a draft head is priced at pp 1 (got pp {model.plan.pp})")
     return replace(model, draft_layers=layers)
