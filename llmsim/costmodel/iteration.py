@@ -717,7 +717,7 @@ def draft_head_model(model: IterationModel, layers: int) -> IterationModel:
     lm_head shared); TensorRT-LLM's "MTP Eagle", its default path for DeepSeek-V3/R1, calls the one MTP module K
     times for K draft tokens, embedding and output head shared with the main model
     (docs/source/blogs/tech_blog/blog2_DeepSeek_R1_MTP_Implementation_and_Optimization.md, "MTP Eagle", "MTP
-    Modules"). pp 1 only (the spec block refuses pp > 1).
+    Modules"). pp 1 only (the spec block refuses pp > 1)."""
     if model.plan.pp != 1:
         raise ValueError(f"a draft head is priced at pp 1 (got pp {model.plan.pp})")
     return replace(model, draft_layers=layers)
