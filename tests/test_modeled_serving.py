@@ -658,13 +658,14 @@ def test_a_bad_speculative_block_is_one_line_naming_the_key_exit_2(
     assert len(err.splitlines()) == 1 and key in err and "allowed" in err, err
 
 
-@pytest.mark.parametrize("change,key", [
-    ({"scheduler": {"kind": "static"}}, "serving.speculative"),
-    ({"scheduler": {"kind": "sglang"}}, "serving.speculative"),
-    ({"strategies": [{"name": "pp2", "pp": 2}]}, "strategies[0].pp"),
+@pytest.mark.parametrize("change,key,words", [
+    ({"scheduler": {"kind": "static"}}, "serving.speculative", "scheduler kind 'static' does not run speculative"),
+    ({"scheduler": {"kind": "sglang"}}, "serving.speculative", "scheduler kind 'sglang' does not run speculative"),
+    ({"strategies": [{"name": "pp2", "pp": 2}]}, "strategies[0].pp", "speculative decoding (serving.speculative) is "
+                                                                      "modeled at pp 1 only"),
 ])
 def test_speculative_decoding_refuses_what_it_does_not_model_in_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], key: str) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], key: str, words: str) -> None:
     from llmsim.cli import main
     data = _scenario(speculative=SPECULATIVE)
     if "strategies" in change:
@@ -676,7 +677,7 @@ def test_speculative_decoding_refuses_what_it_does_not_model_in_one_line(
     path.write_text(yaml.safe_dump(data))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and key in err and "allowed" in err, err
+    assert len(err.splitlines()) == 1 and f"{key}: " in err and words in err and "allowed" in err, err
 
 
 def test_a_training_scenario_cannot_hold_a_speculative_serving_block(tmp_path: Path,
