@@ -690,3 +690,18 @@ def test_a_training_scenario_cannot_hold_a_speculative_serving_block(tmp_path: P
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "workload.mode" in err, err
+
+
+def test_speculative_decoding_runs_with_replicas_and_attention_dp_ranks(tmp_path: Path) -> None:
+    """Two replicas behind the router, and a mixture of experts whose tp 2 runs attention as 2 data-parallel ranks
+    (one acceptance stream per replica, drawn in rank order): every row ok with its accept length."""
+    data = _scenario(arrival={"kind": "poisson", "rate": 50}, replicas=2, speculative=SPECULATIVE)
+    _, rows = _run(tmp_path / "replicas", data)
+    moe = _scenario(arrival={"kind": "poisson", "rate": 50}, speculative={**SPECULATIVE, "method": "mtp"})
+    moe["workload"]["model"] = {"preset": "tiny-moe"}
+    moe["strategies"] = [{"name": "adp2", "tp": 2, "ep": 2, "etp": 1, "attention_dp": 2}]
+    _, adp = _run(tmp_path / "adp", moe)
+    for row in rows + adp:
+        assert row["status"] == "ok", row["error"]
+        assert row["accept_length"] == pytest.approx(2.533, rel=0.15)
+    assert all(row["attention_dp"] == 2 for row in adp)
