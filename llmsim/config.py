@@ -888,6 +888,11 @@ def check_serving_strategy(s: Strategy, serving: ServingSpec) -> Problem:
         return "zero", "ZeRO shards training state; a serving replica holds its whole tp x pp share (use zero: 0)"
     if s.schedule == "interleaved":
         return "schedule", "interleaved is a training pipeline schedule; serving fills the pipeline in order (1f1b)"
+    if serving.speculative is not None and s.pp > 1:
+        # the draft passes and the verify are priced as passes of one pipeline stage (costmodel.iteration
+        # draft_times); no engine's pipelined speculative schedule was read, so pp > 1 is refused, not guessed
+        return "pp", (f"{s.pp}: speculative decoding (serving.speculative) is modeled at pp 1 only "
+                      f"(allowed: pp 1, or no serving.speculative)")
     return None
 
 

@@ -23,21 +23,22 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmsim.config import SharingChoice, Workload
+from llmsim.config import ModelSpec, Sharing, SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.cluster import torus_groups
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import priced_pass_seconds, with_engine_kernels
-from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, iteration_times, kv_capacity,
-                                       token_costs)
+from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, draft_head_model, draft_times,
+                                        iteration_times, kv_bytes_per_token, kv_capacity, token_costs,
+                                        with_draft_memory)
 from llmsim.costmodel.torus import TorusError
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import Pricer
 from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
-from llmsim.serving.spec import EagerLaunch, HostStep, ServingCase
+from llmsim.serving.spec import EagerLaunch, HostStep, ServingCase, Speculative
 from llmsim.workload.profile import WorkloadProfile, profile_at_depth
 from llmsim.workload.profile_store import stored_profile
 
@@ -101,13 +102,16 @@ def _degraded(cluster: ClusterSpec, tier: str, factor: float) -> ClusterSpec:
 
 
 def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Callable[[int], Pricer]
-            host: HostStep = HostStep(), eager: EagerLaunch = EagerLaunch()):
+            host: HostStep = HostStep(), eager: EagerLaunch = EagerLaunch(),
+            draft: tuple[IterationModel, int] | None = None):
     """price(i): replica i's iteration pricer, (seconds, compute seconds) of a Mix, with its faults; `host` adds
     the engine's host time of the iteration (HostStep.seconds of its sequences, Mix.rows), which the device does
     not overlap (vLLM V0-style engines: scheduling, input preparation, sampling, output processing in line);
     `eager` says which passes the engine launches from Python, each taking at least its host launch time
     (costmodel.eager.priced_pass_seconds), and whose model code's kernels a pass launches (EagerLaunch.engine_kernels:
-    costmodel.eager.with_engine_kernels, on the GPU and at launch)."""
+    costmodel.eager.with_engine_kernels, on the GPU and at launch). `draft` (speculative decoding): the draft's model
+    and k, whose k draft passes over the iteration's decoding sequences run after the verify pass on the same devices
+    (costmodel.iteration.draft_times), a straggler's slowdown on their compute too."""
 
     def price(i: int) -> Pricer:
         here = model
@@ -130,8 +134,12 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
             assert isinstance(mix, Mix)
             t = iteration_times(here, mix, ranks)
             compute = t.compute * slowdown
-            seconds = priced_pass_seconds(here, mix, compute + t.comm + t.bubble * slowdown + t.other,
-                                          eager.passes, eager.per_kernel_s)
+            device_s = compute + t.comm + t.bubble * slowdown + t.other
+            if draft is not None and mix.decode_seqs:
+                d = draft_times(draft[0], mix, draft[1], ranks)
+                compute += d.compute * slowdown
+                device_s += d.compute * slowdown + d.comm + d.bubble * slowdown + d.other
+            seconds = priced_pass_seconds(here, mix, device_s, eager.passes, eager.per_kernel_s)
             if rng is not None:
                 seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
             return seconds + host.seconds(max(m.rows for m in ranks) if ranks else mix.rows), compute
@@ -234,6 +242,34 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
     return capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
 
 
+def speculative_draft(case: "Case", speculative: Speculative, model: IterationModel, capacity: KVCapacity
+                      ) -> tuple[IterationModel | None, float, float]:
+    """The draft of speculative decoding on one replica: (its IterationModel, None for ngram's host-side lookup;
+    its weights per device, bytes; its K and V per token per device, bytes).
+
+    mtp / eagle: a head of draft_layers of the target's mean layers (costmodel.iteration.draft_head_model), whose
+    weights are that share of the device's parameters (weights x draft_layers / layers) and whose cache is that
+    share of a token's K and V. draft: the preset `draft_model` traced like the target (serving_profile) and run on
+    the same tp (vLLM's draft_tensor_parallel_size defaults to the target's), its parameters over tp and its own
+    cache per token (costmodel.iteration.kv_bytes_per_token). CostModelError as token_costs."""
+    if speculative.method == "ngram":
+        return None, 0.0, 0.0
+    layers = case.workload.model.layers
+    if speculative.method in ("mtp", "eagle"):
+        share = speculative.draft_layers / layers
+        return (draft_head_model(model, speculative.draft_layers), capacity.weights_bytes * share,
+                capacity.bytes_per_token * share)
+    assert speculative.draft_model is not None
+    spec = ModelSpec.model_validate({"preset": speculative.draft_model})
+    workload = Workload(model=spec, mode="decode", dtype=case.workload.dtype, fp8=case.workload.fp8,
+                        fp4=case.workload.fp4)
+    ref, profile = serving_profile(workload, SharingChoice.resolve(Sharing(), spec))
+    assert case.serving is not None
+    costs = token_costs(ref, profile, case.serving.spec.kv_cache_dtype)
+    draft = IterationModel(costs, ref, model.plan, model.cluster, model.options)
+    return draft, profile.param_bytes / model.plan.tp, kv_bytes_per_token(costs, ref, model.plan)
+
+
 def priced_options(options: Options, mode: str) -> dict[str, str | None]:
     """The result columns `attention_kernel` and `all_reduce` of a modeled row (llmsim.results.COLUMNS): the kernel
     and all-reduce library it was priced with; `all_reduce` only where it prices something, an inference pass or a
@@ -267,6 +303,16 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     except CostModelError as exc:
         return case.result(backend, status="skipped", error=str(exc), **base)
     capacity = replica_capacity(case, ref, profile, plan, cluster, costs, options)
+    draft: tuple[IterationModel, int] | None = None
+    speculative = spec.speculative
+    if speculative is not None:
+        try:
+            draft_model, draft_weights, draft_kv = speculative_draft(case, speculative, model, capacity)
+        except CostModelError as exc:
+            return case.result(backend, status="skipped", error=f"serving.speculative: {exc}", **base)
+        capacity = with_draft_memory(capacity, draft_weights, draft_kv)
+        if draft_model is not None:
+            draft = (draft_model, speculative.num_draft_tokens)
     memory = dict(mem_params_bytes=capacity.weights_bytes, mem_workspace_bytes=capacity.workspace_bytes,
                   mem_kv_cache_bytes=max(capacity.kv_bytes, 0.0), kv_blocks_per_replica=capacity.blocks,
                   kv_capacity_tokens=capacity.tokens, kv_bytes_per_token=capacity.bytes_per_token)
@@ -276,10 +322,11 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     outcome = simulate_serving(
         iter_requests(serving), replicas=spec.replicas, make_scheduler=lambda kv: serving.scheduler(sched, kv),
         kv_blocks=capacity.blocks, block_tokens=spec.kv_block_tokens,
-        price=pricers(model, faults, spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device)),
+        price=pricers(model, faults, spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device), draft),
         router=spec.router, context_tokens=case.workload.model.seq_len,
         request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving),
-        kv_layout=capacity.layout, attention_dp=plan.attention_dp)
+        kv_layout=capacity.layout, attention_dp=plan.attention_dp, speculative=speculative,
+        speculative_seed=serving.seed)
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
@@ -291,6 +338,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
                  energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
                  step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
                  replicas=spec.replicas, **({"attention_dp": plan.attention_dp} if plan.attention_dp > 1 else {}),
+                 **({"speculative_method": speculative.method, "num_draft_tokens": speculative.num_draft_tokens,
+                     "expected_accept_length": speculative.mean_accept_length} if speculative is not None else {}),
                  events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
                  sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
     written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)

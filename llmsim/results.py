@@ -121,6 +121,8 @@ SERVING_COLUMNS: dict[str, tuple[str, str]] = {
     "slo_attainment": ("", "share of the requests sent that meet both SLO bounds"),
     "kv_peak_utilization": ("", "peak KV-cache blocks in use / blocks, fullest replica"),
     "preemptions": ("", "preemptions by recompute, all replicas"),
+    "accept_length": ("tokens", "speculative decoding: mean tokens emitted per verify step (accepted drafts + the "
+                                "bonus token; SGLang's accept length); empty without serving.speculative"),
 }
 COLUMNS.update(SERVING_COLUMNS)
 
@@ -221,6 +223,7 @@ class Result(BaseModel):
     slo_attainment: float | None = None
     kv_peak_utilization: float | None = None
     preemptions: int | None = None
+    accept_length: float | None = None
     extra: dict[str, Any] = {}
 
     def row(self) -> dict[str, Any]:

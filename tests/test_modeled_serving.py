@@ -65,9 +65,10 @@ def test_one_row_per_case_and_rate_with_the_serving_columns_and_a_request_table(
         ("single@rate=50", "roofline")]
     for row in rows:
         assert row["status"] == "ok" and row["mode"] == "serve" and row["kind"] == "modeled"
-        open_loop = [c for c in SERVING_COLUMNS if c != "concurrency"]   # concurrency: a closed loop's clients only
+        # concurrency: a closed loop's clients only; accept_length: speculative decoding's only
+        open_loop = [c for c in SERVING_COLUMNS if c not in ("concurrency", "accept_length")]
         assert all(row[c] is not None for c in open_loop), [c for c in open_loop if row[c] is None]
-        assert row["concurrency"] is None
+        assert row["concurrency"] is None and row["accept_length"] is None
         assert row["requests_done"] == 60 and row["n_devices"] == 1
         # docs/results.md: ttft_s / tpot_s of a serving row are the means over its requests
         assert row["ttft_s"] == row["ttft_mean_s"] and row["tpot_s"] == row["tpot_mean_s"]
@@ -600,3 +601,107 @@ def test_a_serving_row_records_its_attention_kernel_and_all_reduce_library(tmp_p
     """A modeled serving row names the kernel and library its iterations were priced with (results.COLUMNS)."""
     _, rows = _run(tmp_path, _scenario())
     assert rows and all(r["attention_kernel"] == "flash" and r["all_reduce"] == "nccl" for r in rows)
+
+
+SPECULATIVE = {"method": "eagle", "num_draft_tokens": 3, "acceptance": 0.7}
+
+
+def test_speculative_decoding_runs_on_both_modeled_backends_with_its_accept_length(tmp_path: Path) -> None:
+    """An EAGLE head (1 layer, k = 3, acceptance 0.7) beside the tiny model: the row's accept_length is near
+    1 + 0.7 + 0.49 + 0.343, its TPOT below the run without speculation, and the draft's layer takes its share of
+    the KV cache; a draft model (the same preset) costs more cache than the head; ngram none."""
+    def scenario(**serving: Any) -> dict[str, Any]:
+        data = _scenario(arrival={"kind": "poisson", "rate": 50}, **serving)
+        data["workload"]["model"] = {"preset": "tiny", "layers": 8}   # the head: 1 of 8 layers
+        return data
+
+    _, plain = _run(tmp_path / "plain", scenario())
+    _, rows = _run(tmp_path / "eagle", scenario(speculative=SPECULATIVE))
+    by = {r["backend"]: r for r in plain}
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert row["accept_length"] == pytest.approx(1 + 0.7 + 0.49 + 0.343, rel=0.1)
+        assert row["expected_accept_length"] == pytest.approx(2.533)
+        assert row["speculative_method"] == "eagle" and row["num_draft_tokens"] == 3
+        assert row["tpot_mean_s"] < by[row["backend"]]["tpot_mean_s"]
+        assert row["kv_blocks_per_replica"] < by[row["backend"]]["kv_blocks_per_replica"]
+    _, drafted = _run(tmp_path / "draft", scenario(speculative={
+        "method": "draft", "draft_model": "tiny", "num_draft_tokens": 3, "acceptance": 0.7}))
+    _, ngram = _run(tmp_path / "ngram", scenario(speculative={
+        "method": "ngram", "num_draft_tokens": 3, "acceptance": 0.7}))
+    for a, b, c in zip(sorted(rows, key=lambda r: r["backend"]), sorted(drafted, key=lambda r: r["backend"]),
+                       sorted(ngram, key=lambda r: r["backend"])):
+        assert b["status"] == "ok" and c["status"] == "ok"
+        assert b["kv_blocks_per_replica"] < a["kv_blocks_per_replica"] < c["kv_blocks_per_replica"]
+        assert c["kv_blocks_per_replica"] == by[c["backend"]]["kv_blocks_per_replica"]
+
+
+@pytest.mark.parametrize("speculative,key", [
+    ({**SPECULATIVE, "num_draft_tokens": 0}, "serving.speculative.num_draft_tokens"),
+    ({**SPECULATIVE, "acceptance": 0}, "serving.speculative.acceptance"),
+    ({**SPECULATIVE, "acceptance": 1.5}, "serving.speculative.acceptance"),
+    ({**SPECULATIVE, "acceptance": [0.9, 0.8]}, "serving.speculative.acceptance"),
+    ({**SPECULATIVE, "method": "draft"}, "serving.speculative.draft_model"),
+    ({**SPECULATIVE, "method": "draft", "draft_model": "llama9-1b"}, "serving.speculative.draft_model"),
+    ({**SPECULATIVE, "draft_model": "tiny"}, "serving.speculative.draft_model"),
+    ({**SPECULATIVE, "method": "ngram", "draft_layers": 2}, "serving.speculative.draft_layers"),
+    ({**SPECULATIVE, "method": "medusa"}, "serving.speculative.method"),
+])
+def test_a_bad_speculative_block_is_one_line_naming_the_key_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], speculative: dict[str, Any], key: str) -> None:
+    from llmsim.cli import main
+    data = _scenario(speculative=speculative)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err and "allowed" in err, err
+
+
+@pytest.mark.parametrize("change,key,words", [
+    ({"scheduler": {"kind": "static"}}, "serving.speculative", "scheduler kind 'static' does not run speculative"),
+    ({"scheduler": {"kind": "sglang"}}, "serving.speculative", "scheduler kind 'sglang' does not run speculative"),
+    ({"strategies": [{"name": "pp2", "pp": 2}]}, "strategies[0].pp", "speculative decoding (serving.speculative) is "
+                                                                      "modeled at pp 1 only"),
+])
+def test_speculative_decoding_refuses_what_it_does_not_model_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], key: str, words: str) -> None:
+    from llmsim.cli import main
+    data = _scenario(speculative=SPECULATIVE)
+    if "strategies" in change:
+        data["strategies"] = change["strategies"]
+        data["workload"]["model"] = {"preset": "tiny", "layers": 4}
+    else:
+        data["serving"].update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{key}: " in err and words in err and "allowed" in err, err
+
+
+def test_a_training_scenario_cannot_hold_a_speculative_serving_block(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from llmsim.cli import main
+    data = _scenario(speculative=SPECULATIVE)
+    data["workload"]["mode"] = "train"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "workload.mode" in err, err
+
+
+def test_speculative_decoding_runs_with_replicas_and_attention_dp_ranks(tmp_path: Path) -> None:
+    """Two replicas behind the router, and a mixture of experts whose tp 2 runs attention as 2 data-parallel ranks
+    (one acceptance stream per replica, drawn in rank order): every row ok with its accept length."""
+    data = _scenario(arrival={"kind": "poisson", "rate": 50}, replicas=2, speculative=SPECULATIVE)
+    _, rows = _run(tmp_path / "replicas", data)
+    moe = _scenario(arrival={"kind": "poisson", "rate": 50}, speculative={**SPECULATIVE, "method": "mtp"})
+    moe["workload"]["model"] = {"preset": "tiny-moe"}
+    moe["strategies"] = [{"name": "adp2", "tp": 2, "ep": 2, "etp": 1, "attention_dp": 2}]
+    _, adp = _run(tmp_path / "adp", moe)
+    for row in rows + adp:
+        assert row["status"] == "ok", row["error"]
+        assert row["accept_length"] == pytest.approx(2.533, rel=0.15)
+    assert all(row["attention_dp"] == 2 for row in adp)

@@ -256,6 +256,16 @@ class Mix:
     window_prefix    sum of costmodel.window.window_pairs(c, p, W) (each query's min(i + 1, W) keys), sum of
     window_keys      min(p, W - 1) (the prefix tokens its chunk reads), sum of min(k, W); 0 without windowed
                      layers (TokenCosts.windowed_layers 0: never read)
+    verify_tokens    speculative decoding (serving.speculative): the draft tokens the decoding sequences verify
+    verify_pairs     beside their own token (sum of m, m drafts each), and the query-key pairs those m queries add
+                     (sum of m k + m (m + 1) / 2 over a sequence of k keys: draft j attends k + j keys). A
+                     decoding sequence with m drafts is one (m + 1)-token query over its cache: its GEMMs see m + 1
+                     rows at the decode per-token costs, its LM head m + 1 rows, and its cache is read once (the
+                     flash kernels take a query of several tokens per sequence: vLLM V1 runs every request as
+                     a varlen query, FlashAttention's `flash_attn_varlen_func`; FlashInfer's and FlashMLA's decode
+                     kernels take q_len = m + 1 for speculative verification; TensorRT-LLM's MTP runs the K + 1
+                     tokens through the FP8 FlashMLA generation kernel on Hopper under a causal mask: blog2,
+                     "Attention for MTP"); 0 without speculation
     """
 
     prefill_tokens: float = 0          # counts, fractional only in one micro-batch's share (`share`)
@@ -272,10 +282,12 @@ class Mix:
     window_pairs: float = 0
     window_prefix: float = 0
     window_keys: float = 0
+    verify_tokens: float = 0
+    verify_pairs: float = 0
 
     @property
     def tokens(self) -> float:
-        return self.prefill_tokens + self.decode_seqs
+        return self.prefill_tokens + self.decode_seqs + self.verify_tokens
 
 
     def __add__(self, other: "Mix") -> "Mix":
@@ -286,7 +298,8 @@ class Mix:
                    self.pass_kernels + other.pass_kernels,
                    *max((self.longest_chunk, self.longest_prefix), (other.longest_chunk, other.longest_prefix)),
                    self.window_pairs + other.window_pairs, self.window_prefix + other.window_prefix,
-                   self.window_keys + other.window_keys)
+                   self.window_keys + other.window_keys, self.verify_tokens + other.verify_tokens,
+                   self.verify_pairs + other.verify_pairs)
 
     @staticmethod
     def prefill(chunk: int, prefix: int = 0, window: int | None = None) -> "Mix":
@@ -311,7 +324,8 @@ class Mix:
         return Mix(self.prefill_tokens / parts, self.prefill_pairs / parts, self.prefill_square / parts,
                    self.prefix_tokens / parts, self.decode_seqs / parts, self.decode_keys / parts, self.rows / parts,
                    self.layer_kernels, self.pass_kernels / parts, self.longest_chunk, self.longest_prefix,
-                   self.window_pairs / parts, self.window_prefix / parts, self.window_keys / parts)
+                   self.window_pairs / parts, self.window_prefix / parts, self.window_keys / parts,
+                   self.verify_tokens / parts, self.verify_pairs / parts)
 
 
 def _window_prefill(chunk: int, prefix: int, window: int | None) -> dict[str, float]:
@@ -337,6 +351,10 @@ class IterationModel:
     # with pp > 1: the engine keeps pp batches in flight, its pipeline full between iterations (the scheduler's
     # `pipeline_in_flight`; iteration_times), or it fills and drains the pipeline every iteration (static batches)
     pipeline_in_flight: bool = True
+    # speculative decoding's draft head (serving.speculative, methods mtp and eagle): a model of this many of the
+    # target's mean layers, with its embedding lookup and its LM head, at the target's width and plan (pp 1); None:
+    # the target itself (draft_head_model)
+    draft_layers: int | None = None
 
     # What every iteration reads, computed once per replica (a serving run prices ~10^5 iterations).
     @functools.cached_property
@@ -366,7 +384,10 @@ class IterationModel:
 
     @functools.cached_property
     def stage_layers(self) -> tuple[int, ...]:
-        """Layers of each pipeline stage (Plan.layers_per_stage: the strategy's split, even by default)."""
+        """Layers of each pipeline stage (Plan.layers_per_stage: the strategy's split, even by default); a draft
+        head's own layers (draft_layers) on its one stage."""
+        if self.draft_layers is not None:
+            return (self.draft_layers,)
         return self.plan.layers_per_stage(self.workload.model.layers)
 
     @functools.cached_property
@@ -448,7 +469,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     eff = rates.efficiency
     tp = plan.tp
     div = tp * c.layers                            # a rank computes 1/tp of one layer of the model's L
-    pre, dec = mix.prefill_tokens, mix.decode_seqs
+    # a decoding sequence's verified drafts run the decode step's per-token costs (Mix.verify_tokens)
+    pre, dec = mix.prefill_tokens, mix.decode_seqs + mix.verify_tokens
     tokens = pre + dec
     rows_int = max(1, math.ceil(tokens))
     kv_split = spec.kv_split(tp)                   # 1 for multi-head latent attention: the latent is whole
@@ -475,7 +497,8 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     decode_read = kv_read * decode_kv_reads(model.options.attention, spec.heads, spec.kv_heads or spec.heads, tp,
                                             spec.mla is not None)
     decode_pair = per_pair if c.decode_attention_flops_per_pair is None else c.decode_attention_flops_per_pair / div
-    decode_att = max(mix.decode_keys * decode_pair / attention_rate, rates.memory_time(mix.decode_keys * decode_read))
+    decode_att = max((mix.decode_keys + mix.verify_pairs) * decode_pair / attention_rate,
+                     rates.memory_time(mix.decode_keys * decode_read))
     if c.windowed_layers:   # the mean layer: the windowed layers' share at their capped pairs and reads (Mix.window_*)
         share = c.windowed_layers / c.layers
         window_prefill = max(mix.window_pairs * per_pair / attention_rate, rates.memory_time(mix.window_prefix * kv_read))
@@ -500,7 +523,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
         embed = (rates.memory_time((pre * c.embed_bytes_prefill + dec * c.embed_bytes_decode) / tp)
                  + eff.op_overhead_s * ops[0] + eff.kernel_latency_s * KERNELS_EMBED)
     if last:
-        rows = mix.rows
+        rows = mix.rows + mix.verify_tokens       # speculative verification samples every verified position
         head_flops = rows * c.head_flops_per_row / tp
         head_bytes = rows * c.head_bytes_per_row / tp + model.head_weight_bytes
         head = (rates.matmul_time(head_flops, head_bytes, model.wave("head", max(1, math.ceil(rows))))
@@ -533,10 +556,10 @@ def _experts(model: IterationModel, mix: Mix, rates: Rates, share: float) -> tup
     differently from a dense model's."""
     c, plan, w = model.costs, model.plan, model.workload
     spec = w.model
-    tokens = mix.prefill_tokens + mix.decode_seqs
+    tokens = mix.prefill_tokens + mix.decode_seqs + mix.verify_tokens
     if spec.moe is None or not c.moe_layers or tokens <= 0 or share <= 0:
         return 0.0, ()
-    pre, dec = mix.prefill_tokens / tokens, mix.decode_seqs / tokens
+    pre, dec = mix.prefill_tokens / tokens, (mix.decode_seqs + mix.verify_tokens) / tokens
     a, b = c.experts_prefill, c.experts_decode
     costs = ExpertTokenCosts(mm_flops=pre * a.mm_flops + dec * b.mm_flops, mm_bytes=pre * a.mm_bytes + dec * b.mm_bytes,
                              other_bytes=pre * a.other_bytes + dec * b.other_bytes,
@@ -679,6 +702,66 @@ def attention_dp_times(model: IterationModel, ranks: tuple[Mix, ...]) -> StepTim
             worst = times
     assert worst is not None
     return worst
+
+
+# ---------------------------------------------------------------------------------------------------
+# Speculative decoding's draft passes (serving.speculative; llmsim.serving.speculative draws the acceptance)
+# ---------------------------------------------------------------------------------------------------
+
+def draft_head_model(model: IterationModel, layers: int) -> IterationModel:
+    """The draft head of MTP or EAGLE on the target's replica: `layers` transformer layers of the target's width
+    (its mean layer: the target's per-token costs per layer, the same plan), the shared embedding lookup and the
+    shared LM head. DeepSeek-V3's MTP module is one transformer block with the main model's embedding and output
+    head (DeepSeek-V3 report, Sec. 2.2: "the embedding layer and the output head ... shared with the main model");
+    EAGLE's draft is one decoder layer over the target's features with the target's LM head (Li et al. 2024, EAGLE,
+    Sec. 3; vLLM's vllm/model_executor/models/llama_eagle.py `EagleLlamaForCausalLM`: num_hidden_layers 1,
+    lm_head shared); TensorRT-LLM's "MTP Eagle", its default path for DeepSeek-V3/R1, calls the one MTP module K
+    times for K draft tokens, embedding and output head shared with the main model
+    (docs/source/blogs/tech_blog/blog2_DeepSeek_R1_MTP_Implementation_and_Optimization.md, "MTP Eagle", "MTP
+    Modules"). pp 1 only (the spec block refuses pp > 1)."""
+    if model.plan.pp != 1:
+        raise ValueError(f"a draft head is priced at pp 1 (got pp {model.plan.pp})")
+    return replace(model, draft_layers=layers)
+
+
+def draft_pass_mix(mix: Mix, k: int) -> Mix:
+    """One of the k draft passes over the decoding sequences of `mix`, each one new token per sequence attending
+    its cache: the keys at the mean of the k passes (pass j, 0-based, attends j more keys than the sequence's
+    decode_keys, so the mean adds (k - 1) / 2 per sequence; attention is linear in the keys apart from the
+    roofline's max). The draft proposes one chain (SGLang --speculative-eagle-topk 1, vLLM's EAGLE proposer)."""
+    seqs = mix.decode_seqs
+    if seqs <= 0:
+        return Mix()
+    more = seqs * (k - 1) / 2
+    return Mix(decode_seqs=seqs, decode_keys=mix.decode_keys + more, rows=seqs,
+               window_keys=mix.window_keys + more if mix.window_keys else 0)
+
+
+def draft_times(draft: IterationModel, mix: Mix, k: int, ranks: tuple[Mix, ...] = ()) -> StepTimes:
+    """The k sequential draft passes of one speculative iteration (seconds, StepTimes's parts each k times one
+    pass): every decoding sequence of `mix` proposes k tokens one after the other, each pass a decode step of the
+    draft (`draft_pass_mix`) on `draft`, a draft head (draft_head_model) or a draft model's own IterationModel.
+    `ranks`: the attention-DP ranks' mixes (attention_dp_times). A mix with no decoding sequence drafts nothing."""
+    if mix.decode_seqs <= 0:
+        return StepTimes(0.0, 0.0, 0.0, 0.0)
+    one = iteration_times(draft, draft_pass_mix(mix, k), tuple(draft_pass_mix(r, k) for r in ranks) if ranks else ())
+    return StepTimes(k * one.compute, k * one.comm, k * one.bubble, k * one.other)
+
+
+def with_draft_memory(capacity: "KVCapacity", weight_bytes: float, bytes_per_token: float) -> "KVCapacity":
+    """A replica's KV cache when a speculative draft lives beside the target on every device: the draft's weights
+    (`weight_bytes` per device) come off the cache's memory and its own K and V (`bytes_per_token` per token per
+    device) share the pool's blocks with the target's (vLLM puts the draft's attention layers in the same KV cache
+    groups: vllm/v1/worker/gpu_model_runner.py `get_kv_cache_spec` walks every Attention layer of the loaded
+    models, the drafter's included), so each block holds fewer tokens' worth of bytes."""
+    left = capacity.kv_bytes - weight_bytes
+    per_token = capacity.bytes_per_token + bytes_per_token
+    blocks = capacity.blocks
+    if capacity.bytes_per_token > 0 and capacity.kv_bytes > 0:
+        blocks = max(0, math.floor(capacity.blocks * (left / capacity.kv_bytes)
+                                   * (capacity.bytes_per_token / per_token)))
+    return replace(capacity, weights_bytes=capacity.weights_bytes + weight_bytes, kv_bytes=left,
+                   bytes_per_token=per_token, blocks=blocks)
 
 
 def iteration_time(model: IterationModel, mix: Mix) -> float:

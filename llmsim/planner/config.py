@@ -218,6 +218,10 @@ class PlanFile(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "PlanFile":
+        if self.serving is not None and self.serving.speculative is not None:
+            # the plan's search prices the target's iterations only (planner.serve.simulate_at): refused, not ignored
+            raise _KeyedError("serving.speculative", "speculative decoding is not searched by llmsim plan (allowed: "
+                                                     "omit it; run the scenario with it instead)")
         if self.serving is not None:
             self._check_serving()
         elif self.goal.request_rate is not None:

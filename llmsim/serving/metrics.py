@@ -5,7 +5,12 @@ Per request, with t = 0 at the first arrival:
 * TTFT = first token - arrival; E2E = last token - arrival; queue = first scheduled - arrival (vLLM's
   "queued time");
 * TPOT = (E2E - TTFT) / (output tokens - 1), for requests of more than one output token;
-* ITL = the gaps between consecutive tokens of a request (all gaps of all requests pooled).
+* ITL = the gaps between consecutive streamed chunks of a request (all gaps of all requests pooled): vLLM's
+  `bench serve` appends one ITL per chunk it receives (vllm/benchmarks/lib/endpoint_request_func.py,
+  `output.itl.append(timestamp - most_recent_timestamp)` per SSE chunk), and the tokens one iteration emits for
+  a request go out in one chunk, so with speculative decoding a burst of a + 1 tokens is one gap, not a + 1 (TPOT
+  still divides by every token: (E2E - TTFT) / (output - 1)). Without speculation every chunk is one token;
+* accept_length (speculative decoding, serving.speculative) = tokens emitted / verify steps over the run.
 Per run, over the finished requests: means and percentiles (numpy's linear interpolation, as vLLM),
 requests_per_s and output_tokens_per_s = counts / duration, the duration running from the first arrival
 to the last token (vLLM bench's benchmark_duration: the arrivals' span plus the drain of the requests still
@@ -52,6 +57,15 @@ def _stat(values: np.ndarray, q: float | None = None) -> float | None:
     return float(np.mean(values) if q is None else np.percentile(values, q))
 
 
+def chunk_gaps(token_times: Any) -> np.ndarray:
+    """The gaps between a request's streamed chunks, seconds: tokens out at the same instant (one iteration's
+    speculative burst) are one chunk (module docstring)."""
+    times = np.frombuffer(token_times, dtype=np.float64)
+    if times.size < 2:
+        return np.array([])
+    return np.diff(times[np.concatenate(([True], np.diff(times) > 0))])
+
+
 def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> dict[str, Any]:
     """The serving result columns (llmsim.results.SERVING_COLUMNS) and the run's extras. ValueError for a run
     stopped early (outcome.stopped): its percentiles, rates and goodput would be those of the requests finished
@@ -70,8 +84,7 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
     queue = queue[~np.isnan(queue)]
     multi = outputs > 1
     tpot = (last[multi] - first[multi]) / (outputs[multi] - 1)
-    itl = np.concatenate([np.diff(np.frombuffer(s.token_times, dtype=np.float64)) for s in seqs]) \
-        if seqs else np.array([])
+    itl = np.concatenate([chunk_gaps(s.token_times) for s in seqs]) if seqs else np.array([])
     duration = outcome.duration_s
     sent = len(seqs) + len(outcome.rejected)
     if outcome.clients is not None:  # a closed loop: the rate its clients achieved, requests sent / duration
@@ -88,7 +101,8 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
         tpot_p50_s=_stat(tpot, 50), tpot_p90_s=_stat(tpot, 90), tpot_p99_s=_stat(tpot, 99),
         itl_p50_s=_stat(itl, 50), itl_p99_s=_stat(itl, 99), e2e_p50_s=_stat(e2e, 50), e2e_p99_s=_stat(e2e, 99),
         queue_p50_s=_stat(queue, 50), goodput_rps=None, slo_attainment=None,
-        kv_peak_utilization=outcome.kv_peak_utilization, preemptions=outcome.preemptions)
+        kv_peak_utilization=outcome.kv_peak_utilization, preemptions=outcome.preemptions,
+        accept_length=outcome.extra.get("accept_length"))
     arrivals_all = [s.request.arrival_s for s in seqs] + [r.request.arrival_s for r in outcome.rejected]
     extra: dict[str, Any] = dict(
         requests_sent=sent, requests_done=len(seqs), requests_rejected=len(outcome.rejected),
@@ -140,7 +154,7 @@ def requests_table(outcome: ServingOutcome) -> str:
         r, times = s.request, s.token_times
         ttft = times[0] - r.arrival_s
         tpot = (times[-1] - times[0]) / (r.output_tokens - 1) if r.output_tokens > 1 else None
-        itl = max((b - a for a, b in zip(times, times[1:])), default=None)
+        itl = max((b - a for a, b in zip(times, times[1:])), default=None)   # a burst's zero gaps never the max
         queue = None if s.scheduled_s is None else s.scheduled_s - r.arrival_s   # unknown for a measured engine
         lines.append((r.id, [r.id, s.replica, "ok", "", r.arrival_s, r.input_tokens, r.output_tokens, queue, ttft,
                              tpot, times[-1] - r.arrival_s, itl, s.preemptions, times[-1]]))

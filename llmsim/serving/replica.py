@@ -52,6 +52,7 @@ import simpy
 from llmsim.costmodel.iteration import Mix
 from llmsim.serving.kvcache import Sequence
 from llmsim.serving.schedulers import Scheduler, mix_of
+from llmsim.serving.speculative import Speculator
 
 # (iteration seconds, of which the devices compute) for one mix on this replica.
 Pricer = Callable[[Mix], tuple[float, float]]
@@ -87,10 +88,13 @@ class Replica:
     """tp x pp devices serving one copy of the model behind the router."""
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, price: Pricer,
-                 on_finish: Callable[[Sequence], None]) -> None:
+                 on_finish: Callable[[Sequence], None], speculator: Speculator | None = None) -> None:
         self.env = env
         self.index = index
         self.scheduler = scheduler
+        self.speculator = speculator  # speculative decoding (llmsim.serving.speculative), None without
+        if speculator is not None:
+            scheduler.draft_tokens, scheduler.lookahead = speculator.k, speculator.lookahead
         self.price = price
         self.on_finish = on_finish
         self.outstanding = 0          # routed here and not finished (the router's load figure)
@@ -151,7 +155,7 @@ class Replica:
             self.last_end_s = env.now
             if len(iteration.work) > self.max_batch:
                 self.max_batch = len(iteration.work)
-            for seq in advance(iteration.work, env.now, scheduler, self.on_finish):
+            for seq in advance(iteration.work, env.now, scheduler, self.on_finish, self.speculator):
                 self.outstanding -= 1
                 if wasteful:
                     finished.append(seq)
@@ -183,14 +187,32 @@ class Replica:
 
 
 def advance(work: list[tuple[Sequence, int]], now: float, scheduler: Scheduler,
-            on_finish: Callable[[Sequence], None]) -> list[Sequence]:
+            on_finish: Callable[[Sequence], None], speculator: Speculator | None = None) -> list[Sequence]:
     """Credit an iteration's work that ended at `now`: each sequence's computed tokens; one that computed every
     known token samples its next one (at `now`); one that sampled its last is finished (scheduler.finish, then
-    on_finish). The sequences finished, in order."""
+    on_finish). The sequences finished, in order.
+
+    A decoding sequence that verified m >= 1 speculative drafts (1 + m tokens computed; `speculator` given) keeps
+    the a drafts the speculator accepts and the target's own next token: a + 1 tokens out at `now` (at most its
+    output's remainder), its cache holding the last token and the accepted drafts (llmsim.serving.speculative)."""
     done: list[Sequence] = []
     for seq, n in work:
-        seq.computed += n
         request = seq.request
+        if (n > 1 and speculator is not None and seq.generated
+                and seq.computed == request.input_tokens + seq.generated - 1):   # a verify step
+            accepted = speculator.accept(n - 1)
+            out = min(accepted + 1, request.output_tokens - seq.generated)
+            speculator.record(out)
+            seq.computed += 1 + accepted
+            seq.generated += out
+            seq.token_times.extend([now] * out)
+            if seq.generated >= request.output_tokens:
+                seq.finished = True
+                scheduler.finish(seq)
+                on_finish(seq)
+                done.append(seq)
+            continue
+        seq.computed += n
         if seq.computed >= request.input_tokens + seq.generated:   # every known token computed: sample
             seq.generated += 1
             seq.token_times.append(now)
@@ -229,11 +251,16 @@ class LockstepReplica:
     rank. The same interface as Replica for the router and the simulation."""
 
     def __init__(self, env: simpy.Environment, index: int, schedulers: list[Scheduler], price: LockstepPricer,
-                 on_finish: Callable[[Sequence], None], policy: str = "round-robin") -> None:
+                 on_finish: Callable[[Sequence], None], policy: str = "round-robin",
+                 speculator: Speculator | None = None) -> None:
         from llmsim.serving.router import Router   # the one rule for picking among equals
         self.env = env
         self.index = index
         self.ranks = [_Rank(i, sched) for i, sched in enumerate(schedulers)]
+        self.speculator = speculator  # one stream for the replica's ranks, drawn in rank order
+        if speculator is not None:
+            for sched in schedulers:
+                sched.draft_tokens, sched.lookahead = speculator.k, speculator.lookahead
         self.assign = Router(policy, self.ranks)
         self.price = price
         self.on_finish = on_finish
@@ -327,7 +354,7 @@ class LockstepReplica:
             for i, (it, r) in enumerate(zip(iterations, ranks)):
                 if it is None:
                     continue
-                done = advance(it.work, now, r.scheduler, self._done)
+                done = advance(it.work, now, r.scheduler, self._done, self.speculator)
                 if wasteful:
                     finished[i].extend(done)
 

@@ -66,6 +66,7 @@ class IterationLevelScheduler(Scheduler):
         kv, running = self.kv, self.running
         block = kv.block_tokens
         plain = kv.window is None                  # every layer full: blocks x block tokens (KVCache.blocks_for)
+        drafts, lookahead = self.draft_tokens, self.lookahead
         work: list[tuple[Sequence, int]] = []
         preempted = False
         i = 0
@@ -74,16 +75,24 @@ class IterationLevelScheduler(Scheduler):
             n = seq.request.input_tokens + seq.generated - seq.computed
             if n > chunk or n > budget:
                 n = min(n, chunk, budget)
+            need = seq.computed + n
+            if drafts and n == 1 and seq.generated:
+                # speculative decoding (llmsim.serving.speculative): the last token and its drafts, trimmed to the
+                # budget (vLLM: num_new_tokens = min(num_tokens_with_spec - num_computed_tokens, token_budget),
+                # spec tokens cut to what was scheduled); KV slots for them and the draft's lookahead ones, at most
+                # the sequence's peak (K and V past its last output token are never kept)
+                n = min(1 + drafts, budget)
+                need = min(seq.computed + n + lookahead, seq.peak_tokens)
             # kv.grow, with its no-new-block case inline (most decode steps stay inside their last block)
-            fits = ((seq.blocks * block >= seq.computed + n if plain else kv.blocks_for(seq.computed + n) <= seq.blocks)
-                    or kv.grow(seq, seq.computed + n))
+            fits = ((seq.blocks * block >= need if plain else kv.blocks_for(need) <= seq.blocks)
+                    or kv.grow(seq, need))
             while not fits:
                 victim = running.pop()
                 self.preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
-                fits = kv.grow(seq, seq.computed + n)
+                fits = kv.grow(seq, need)
             if not fits:
                 break
             work.append((seq, n))

@@ -21,7 +21,7 @@ from llmsim.serving.spec import SchedulerSpec
 @dataclass
 class Iteration:
     """One forward pass of a replica: each sequence in it with the tokens it computes (a prompt chunk, or
-    1 for a decoding sequence). `mix` overrides what is priced (static batching pads its rows); None = the
+    1 for a decoding sequence; 1 + m with speculative decoding, its last token and m drafts to verify). `mix` overrides what is priced (static batching pads its rows); None = the
     plain sum of the work (`mix_of`)."""
 
     work: list[tuple[Sequence, int]] = field(default_factory=list)
@@ -32,17 +32,23 @@ def mix_of(work: list[tuple[Sequence, int]], window: int | None = None) -> Mix:
     """The cost model's view of an iteration: a sequence that has generated a token and computes one more is
     decoding (attending over its cache and the new token); anything else computes a prompt chunk after the
     tokens it has cached (a preempted sequence recomputes its prompt and its generated tokens that way).
-    `window`: the model's sliding window (KVCache.window), whose layers see each sequence capped (Mix.window_*)."""
+    `window`: the model's sliding window (KVCache.window), whose layers see each sequence capped (Mix.window_*).
+    A decoding sequence computing 1 + m tokens verifies m speculative drafts (Mix.verify_tokens, verify_pairs)."""
     pre = pairs = square = prefix = dec = keys = 0
     w_pairs = w_prefix = w_keys = 0
+    v_tokens = v_pairs = 0
     longest = (0, 0)                            # (c, p) of the longest prompt chunk
     for seq, n in work:
         done = seq.computed
-        if n == 1 and seq.generated and done == seq.request.input_tokens + seq.generated - 1:
+        if seq.generated and done == seq.request.input_tokens + seq.generated - 1:
             dec += 1
             keys += done + 1
             if window is not None:
                 w_keys += min(done + 1, window)
+            if n > 1:                           # m = n - 1 drafts: draft j attends done + 1 + j keys
+                m = n - 1
+                v_tokens += m
+                v_pairs += m * (done + 1) + m * (m + 1) // 2
         else:
             pre += n
             pairs += n * done
@@ -54,7 +60,8 @@ def mix_of(work: list[tuple[Sequence, int]], window: int | None = None) -> Mix:
                 w_prefix += min(done, window - 1)
     return Mix(prefill_tokens=pre, prefill_pairs=pairs, prefill_square=square, prefix_tokens=prefix,
                decode_seqs=dec, decode_keys=keys, rows=len(work), longest_chunk=longest[0], longest_prefix=longest[1],
-               window_pairs=w_pairs, window_prefix=w_prefix, window_keys=w_keys)
+               window_pairs=w_pairs, window_prefix=w_prefix, window_keys=w_keys, verify_tokens=v_tokens,
+               verify_pairs=v_pairs)
 
 
 class Scheduler(ABC):
@@ -81,6 +88,11 @@ class Scheduler(ABC):
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
+        # speculative decoding (serving.speculative; llmsim.serving.speculative): drafts a decoding sequence verifies
+        # per iteration and the KV slots reserved beyond them; 0 without speculation. Read by the policies that
+        # run it (SPECULATIVE_SCHEDULERS).
+        self.draft_tokens = 0
+        self.lookahead = 0
 
     def add(self, seq: Sequence) -> None:
         """A request routed to this replica arrives."""

@@ -41,7 +41,8 @@ from llmsim.serving.replica import LockstepReplica, Pricer, Replica, Timeline
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
-from llmsim.serving.spec import Slo
+from llmsim.serving.spec import Slo, Speculative
+from llmsim.serving.speculative import Speculator, accept_length
 from llmsim.sim.entities import CountingEnvironment
 
 
@@ -96,7 +97,8 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
                      kv_blocks: int, block_tokens: int, price: Callable[[int], Pricer], router: str,
                      context_tokens: int, request_overhead_s: float = 0.0,
                      closed_loop: ClosedLoop | None = None, stop_on_miss: Slo | None = None,
-                     kv_layout: KVLayout = KVLayout(), attention_dp: int = 1) -> ServingOutcome:
+                     kv_layout: KVLayout = KVLayout(), attention_dp: int = 1,
+                     speculative: Speculative | None = None, speculative_seed: int = 0) -> ServingOutcome:
     """Serve `requests` on `replicas` replicas, each with `kv_blocks` blocks of `block_tokens` tokens and the
     scheduler `make_scheduler` builds over its cache; `price(i)` prices replica i's iterations.
 
@@ -118,6 +120,10 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
 
     `attention_dp` (>= 1): each replica is a LockstepReplica of that many attention-DP ranks, each with its own
     scheduler and `kv_blocks`; `price(i)` then prices a tuple of the ranks' mixes (Strategy.attention_dp).
+
+    `speculative` (serving.speculative): speculative decoding, each replica's acceptance drawn from its own stream
+    seeded by `speculative_seed` and the replica's index (llmsim.serving.speculative); the outcome's extra then
+    holds `accept_length`, the mean tokens emitted per verify step.
 
     Raises StalledError when requests are left unfinished with no replica able to run them."""
     if not request_overhead_s >= 0:
@@ -141,13 +147,16 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         if event is not None:
             event.succeed()  # type: ignore[attr-defined]
 
+    speculators = [Speculator(speculative, speculative_seed, i) for i in range(replicas)] if speculative else []
     pool: list[Replica | LockstepReplica]
     if attention_dp > 1:
         pool = [LockstepReplica(env, i, [make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout))
-                                         for _ in range(attention_dp)], price(i), finished, router)  # type: ignore[arg-type]
+                                         for _ in range(attention_dp)], price(i), finished, router,  # type: ignore[arg-type]
+                                speculators[i] if speculators else None)
                 for i in range(replicas)]
     else:
-        pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout)), price(i), finished)
+        pool = [Replica(env, i, make_scheduler(KVCache(kv_blocks, block_tokens, kv_layout)), price(i), finished,
+                        speculators[i] if speculators else None)
                 for i in range(replicas)]
     route = Router(router, pool)
     rejected: list[Rejection] = []
@@ -242,8 +251,13 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         duration = stopped.time_s
     occupancy.change(duration, 0)
     occupancy.integral += request_overhead_s * len(done)   # each is in the system that much longer (Little's law)
+    extra: dict[str, float] = {}
+    if speculators:
+        length = accept_length(speculators)
+        if length is not None:
+            extra["accept_length"] = length
     return ServingOutcome(
-        sequences=sorted(accepted, key=lambda s: s.request.id), rejected=rejected, duration_s=duration,
+        sequences=sorted(accepted, key=lambda s: s.request.id), rejected=rejected, duration_s=duration, extra=extra,
         occupancy_s=occupancy.integral, preemptions=sum(r.preemptions for r in pool),
         kv_blocks=kv_blocks, kv_peak_used=[r.kv_peak_used for r in pool],
         iterations=[r.iterations for r in pool], busy_s=[r.busy_s for r in pool],

@@ -24,6 +24,8 @@ serving:
   request_overhead_s: null                     # per request outside the engine; default: the device entry's
   step_overhead_s: null                        # host seconds per iteration, not overlapped; default: the device's
   step_overhead_per_seq_s: null                # + host seconds per iteration per sequence run; default: the device's
+  speculative: null                            # {method: mtp|eagle|draft|ngram, num_draft_tokens: k, acceptance,
+                                               #  draft_layers (mtp/eagle), draft_model (draft)}
 ```
 
 Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,
@@ -491,6 +493,107 @@ class Slo(_Strict):
         return self
 
 
+SPECULATIVE_METHODS = ("mtp", "eagle", "draft", "ngram")
+# Scheduler kinds that run speculative decoding here: vLLM V1's loop (continuous, chunked-prefill), which counts the
+# draft tokens in its token budget and KV slots (vllm/v1/core/sched/scheduler.py `Scheduler.schedule`).
+SPECULATIVE_SCHEDULERS = ("continuous", "chunked-prefill")
+
+
+class Speculative(_Strict):
+    """Speculative decoding (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding";
+    EAGLE: Li et al. 2024; DeepSeek-V3's multi-token prediction, DeepSeek-AI 2024, Sec. 2.2): each decode iteration
+    every decoding sequence drafts `num_draft_tokens` k tokens, the target verifies the k + 1 positions in one
+    forward, and the sequence emits its accepted drafts and one token of the target's own (the bonus token).
+    vLLM `--speculative-config {method, num_speculative_tokens}`, SGLang `--speculative-algorithm EAGLE|EAGLE3|NEXTN
+    --speculative-num-steps k --speculative-eagle-topk 1 --speculative-num-draft-tokens k+1`, TensorRT-LLM MTP
+    `num_nextn_predict_layers`. The acceptance is an input, like the lengths: the workload's own (a model and data
+    set property); llmsim.serving.speculative draws it per sequence per step."""
+
+    method: Literal["mtp", "eagle", "draft", "ngram"] = Field(
+        description="mtp | eagle: a draft head of draft_layers layers at the target's width; draft: a separate model "
+                    "(draft_model) runs its own decode steps; ngram: prompt lookup, no device work")
+    num_draft_tokens: PositiveInt = Field(description="k >= 1 tokens proposed per sequence per step (a chain; SGLang "
+                                                      "eagle topk 1)")
+    acceptance: float | list[float] = Field(
+        description="per-position conditional acceptance probability in (0, 1]: position i is accepted with this "
+                    "probability given position i - 1 was; one for every position, or a list of k of them")
+    draft_layers: PositiveInt = Field(1, description="mtp / eagle: transformer layers of the draft head (the "
+                                                     "target's width); default 1")
+    draft_model: str | None = Field(None, description="draft only: a model preset, the draft model (its own decode "
+                                                      "steps on the replica's devices)")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        if value not in SPECULATIVE_METHODS:
+            raise ValueError(f"{value!r}: allowed: {', '.join(SPECULATIVE_METHODS)}")
+        return value
+
+    @field_validator("num_draft_tokens", mode="before")
+    @classmethod
+    def _k(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{value!r}: allowed: a whole number of draft tokens >= 1")
+        return value
+
+    @field_validator("acceptance", mode="before")
+    @classmethod
+    def _acceptance(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        ok = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                                  for v in values)
+        if not ok:
+            raise ValueError(f"{value!r}: allowed: a probability in (0, 1], or a list of num_draft_tokens of them")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Speculative":
+        if isinstance(self.acceptance, list) and len(self.acceptance) != self.num_draft_tokens:
+            raise KeyedValueError("acceptance", f"{len(self.acceptance)} probabilities for num_draft_tokens="
+                                  f"{self.num_draft_tokens} (allowed: one probability, or a list of "
+                                  f"{self.num_draft_tokens}, one per draft position)")
+        if self.method == "draft":
+            from llmsim.workload.presets import PRESETS
+            if self.draft_model is None:
+                raise KeyedValueError("draft_model", f"method draft needs draft_model, a model preset (allowed: "
+                                                     f"{', '.join(PRESETS)})")
+            if self.draft_model not in PRESETS:
+                raise KeyedValueError("draft_model", f"unknown preset {self.draft_model!r} (allowed: "
+                                                     f"{', '.join(PRESETS)})")
+        elif self.draft_model is not None:
+            raise KeyedValueError("draft_model", f"draft_model is for method 'draft' (got method {self.method!r}; "
+                                                 f"allowed: omit it)")
+        if "draft_layers" in self.model_fields_set and self.method not in ("mtp", "eagle"):
+            raise KeyedValueError("draft_layers", f"draft_layers is for methods mtp and eagle (got method "
+                                                  f"{self.method!r}; allowed: omit it)")
+        return self
+
+    @property
+    def probabilities(self) -> tuple[float, ...]:
+        """p_1 ... p_k, the conditional acceptance of each draft position."""
+        if isinstance(self.acceptance, list):
+            return tuple(float(p) for p in self.acceptance)
+        return (float(self.acceptance),) * self.num_draft_tokens
+
+    @property
+    def mean_accept_length(self) -> float:
+        """Expected tokens emitted per verify step: 1 + sum over i of p_1 x ... x p_i (the bonus token and each
+        draft position reached by an unbroken run of acceptances; Leviathan et al. 2023, eq. 1, with per-position
+        rates)."""
+        total, run = 1.0, 1.0
+        for p in self.probabilities:
+            run *= p
+            total += run
+        return total
+
+    @property
+    def lookahead(self) -> int:
+        """Extra KV slots a decoding sequence gets beyond its verify window: vLLM reserves num_speculative_tokens
+        more for a draft that writes its own K and V ahead (eagle, mtp, a draft model; `num_lookahead_tokens` in
+        vllm/v1/core/sched/scheduler.py `Scheduler.__init__`), none for ngram."""
+        return 0 if self.method == "ngram" else self.num_draft_tokens
+
+
 # The longest simulated span a run may cover, in seconds (31.7 years). The simulated clock is a float64 of
 # seconds: at 1e9 s its spacing is 1.2e-7 s (IEEE 754 binary64, 52-bit fraction: 2**29 * 2**-52), so token
 # times keep sub-microsecond resolution; far beyond it a 10 ms prefill added to an arrival time is rounded
@@ -598,6 +701,10 @@ class ServingSpec(_Strict):
         None, description="host seconds of every engine iteration per sequence it runs (the part that grows with "
                           "the batch); default the device entry's step_overhead_per_seq_s (0 on every built-in "
                           "entry)")
+    speculative: Speculative | None = Field(
+        None, description="speculative decoding: {method: mtp|eagle|draft|ngram, num_draft_tokens, acceptance, "
+                          "draft_layers, draft_model}; each decode step drafts k tokens per sequence, verifies k + 1 "
+                          "and emits the accepted ones and a bonus token (llmsim.serving.speculative); default none")
 
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":
@@ -611,6 +718,10 @@ class ServingSpec(_Strict):
         problem = arrival_count_problem(self.requests, self.duration_s, self.arrival.rates)
         if problem is not None:
             raise KeyedValueError(*problem)
+        if self.speculative is not None and self.scheduler.kind not in SPECULATIVE_SCHEDULERS:
+            raise KeyedValueError("speculative", f"scheduler kind {self.scheduler.kind!r} does not run speculative "
+                                                 f"decoding here (allowed: scheduler kinds "
+                                                 f"{', '.join(SPECULATIVE_SCHEDULERS)}, vLLM V1's loop)")
         think = self.arrival.think_s or 0.0
         if self.arrival.kind == "concurrency" and think:
             # a client's requests follow one another think_s apart: the run spans at least that many thinks

@@ -368,3 +368,58 @@ def test_the_fused_attention_kernel_prices_a_prompts_attention_and_a_device_with
     assert seconds(h100, "flash3", decode) == pytest.approx(seconds(h100, "flash", decode), rel=1e-12)
     with pytest.raises(CostModelError, match="flash3"):
         seconds(a100_cluster(1, 1), "flash3", chunk)
+
+
+def _verify(seqs: int, keys: int, k: int) -> Mix:
+    """`seqs` decoding sequences at `keys` keys, each verifying k drafts (what serving.scheduling.mix_of gives)."""
+    return Mix(decode_seqs=seqs, decode_keys=seqs * keys, rows=seqs, verify_tokens=seqs * k,
+               verify_pairs=seqs * (k * keys + k * (k + 1) // 2))
+
+
+def test_a_speculative_verify_is_a_k_plus_1_token_query_reading_each_cache_once() -> None:
+    """Verifying k drafts costs more than one decode token and less than k + 1 decode steps (the weights and the
+    cache read once); its GEMMs and LM head price (k + 1) x the rows: at a batch where the decode GEMMs are
+    weight-bound, 4 rows per sequence are nearly free, and a pure verify of n sequences with k drafts prices the
+    GEMM and head work of n (k + 1) decode rows."""
+    model = _model()
+    one = iteration_time(model, _verify(8, 1000, 0))
+    assert one == pytest.approx(iteration_time(model, sum((Mix.decode(1000) for _ in range(8)), Mix())), rel=1e-12)
+    verify = iteration_time(model, _verify(8, 1000, 3))
+    assert one < verify < 4 * one
+    assert verify < 1.3 * one       # memory-bound decode: the 24 more rows cost little beside the weights and caches
+    # the GEMMs see the rows: 32 verify rows of 8 sequences price as the GEMMs of 32 decoding sequences (the
+    # attention apart: 32 sequences would read 32 caches)
+    wide = iteration_times(model, _verify(8, 1, 3))
+    rows = iteration_times(model, sum((Mix.decode(1) for _ in range(32)), Mix()))
+    assert wide.step == pytest.approx(rows.step, rel=0.02)
+
+
+def test_draft_passes_are_k_decode_steps_of_the_draft_head() -> None:
+    """An EAGLE / MTP head of 1 layer of a 4-layer model: k passes of one layer + embedding + LM head over the
+    decoding sequences, between 1/4 of and a whole target decode step each; nothing without decoding sequences."""
+    from llmsim.costmodel.iteration import draft_head_model, draft_pass_mix, draft_times
+    model = _model()
+    head = draft_head_model(model, 1)
+    mix = _verify(8, 1000, 3)
+    draft = draft_times(head, mix, 3)
+    pass_mix = draft_pass_mix(mix, 3)
+    assert pass_mix.decode_keys == 8 * 1000 + 8 * 1.0            # the mean of the 3 passes' keys: + (3 - 1) / 2 each
+    assert draft.step == pytest.approx(3 * iteration_time(head, pass_mix), rel=1e-12)
+    target = iteration_time(model, pass_mix)
+    assert target / 4 < iteration_time(head, pass_mix) < target
+    assert draft_times(head, Mix.prefill(100), 3).step == 0.0
+    with pytest.raises(ValueError, match="pp 1"):
+        draft_head_model(_model(pp=2), 1)
+
+
+def test_a_drafts_memory_comes_off_the_kv_cache() -> None:
+    """with_draft_memory: the draft's weights leave fewer bytes for the cache and its own K and V per token take a
+    share of every block."""
+    from llmsim.costmodel.iteration import KVCapacity, with_draft_memory
+    cap = KVCapacity(device_bytes=80e9, weights_bytes=16e9, workspace_bytes=2e9, kv_bytes=54e9,
+                     bytes_per_token=131072, block_tokens=16, blocks=math.floor(54e9 / (131072 * 16)))
+    same = with_draft_memory(cap, 0.0, 0.0)
+    assert same.blocks == cap.blocks
+    eagle = with_draft_memory(cap, 0.5e9, 131072 / 32)
+    assert eagle.weights_bytes == 16.5e9 and eagle.kv_bytes == 53.5e9
+    assert eagle.blocks == pytest.approx(53.5e9 / (131072 * (1 + 1 / 32) * 16), abs=2)

@@ -266,6 +266,10 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
      "'flash4': unknown attention kernel; allowed with serving: flash, cudnn, flash3, trtllm-mmha"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
      "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
+    # speculative decoding is priced by a scenario's run, not searched by a plan: refused, not ignored
+    ({"serving": {**serving_plan()["serving"], "speculative": {"method": "ngram", "num_draft_tokens": 2,
+                                                               "acceptance": 0.5}}},
+     "serving.speculative", "not searched by llmsim plan"),
 ])
 def test_bad_serving_goal_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
                                              key: str, words: str) -> None:

@@ -171,6 +171,8 @@ def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None
     assert "prefill-first is vLLM V0's" in (unsupported(v0[0].case) or "")
     two, *_ = _case(tmp_path, replicas=2)
     assert unsupported(two[0].case) is None             # replicas: one server each, behind the router
+    spec, *_ = _case(tmp_path, speculative={"method": "ngram", "num_draft_tokens": 3, "acceptance": 0.7})
+    assert "random weights" in (unsupported(spec[0].case) or "")   # a draft's acceptance would mean nothing
     blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32
     assert "multiple of 32" in (unsupported(blocks[0].case) or "")
     ok = planned_ok(tmp_path)
