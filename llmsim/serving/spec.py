@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, field_validator, model_validator
 
 from llmsim.errors import KeyedValueError
+from llmsim.serving.disagg_spec import Disaggregation
 from llmsim.strict import StrictModel, sweep_repeats
 
 
@@ -576,6 +577,11 @@ class ServingSpec(_Strict):
         None, description="host seconds of every engine iteration per sequence it runs (the part that grows with "
                           "the batch); default the device entry's step_overhead_per_seq_s (0 on every built-in "
                           "entry)")
+    disaggregation: Disaggregation | None = Field(
+        None, description="prefill-decode disaggregation: prefill instances and decode instances, each prompt's KV "
+                          "cache sent from one to the other over kv_transfer.link (DistServe; SGLang "
+                          "--disaggregation-mode; vLLM NixlConnector); replaces replicas; "
+                          "llmsim.serving.disaggregation")
 
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":
@@ -589,6 +595,14 @@ class ServingSpec(_Strict):
         problem = arrival_count_problem(self.requests, self.duration_s, self.arrival.rates)
         if problem is not None:
             raise KeyedValueError(*problem)
+        if self.disaggregation is not None:
+            if "replicas" in self.model_fields_set:
+                raise KeyedValueError("replicas", "with disaggregation the instances are disaggregation.prefill."
+                                                  "replicas and disaggregation.decode.replicas (omit replicas)")
+            if self.scheduler.kind == "static":
+                raise KeyedValueError("scheduler.kind", "static batching is not modeled with disaggregation (a "
+                                                        "decode instance admits requests every iteration); allowed: "
+                                                        "continuous, chunked-prefill, prefill-first, tgi, sglang")
         think = self.arrival.think_s or 0.0
         if self.arrival.kind == "concurrency" and think:
             # a client's requests follow one another think_s apart: the run spans at least that many thinks
