@@ -25,6 +25,9 @@ from pydantic import Field
 from llmsim.strict import StrictModel
 
 PositiveInt = Annotated[int, Field(ge=1)]
+# llmsim.hardware.CATALOG_LINK, spelled out: importing llmsim.hardware here would close an import cycle
+# (hardware -> costmodel -> config -> serving.spec -> this module). `llmsim schema` lists the catalog's links there.
+CATALOG_LINK: dict[str, str] = {"x-llmsim-catalog": "link"}
 
 
 class DisaggPool(StrictModel):
@@ -39,7 +42,8 @@ class KVTransfer(StrictModel):
     """How a prompt's KV cache moves from its prefill instance to a decode instance."""
 
     link: str | None = Field(None, description="a catalog link (llmsim catalog); default the scenario's intra_node "
-                                               "link when both sides fit one node, else its inter_node link")
+                                               "link when both sides fit one node, else its inter_node link",
+                                   json_schema_extra=CATALOG_LINK)
     layerwise: bool = Field(False, description="send each layer's KV as soon as the prefill has computed it "
                                                "(overlapped with the prefill): only the last layer's share is "
                                                "left after the prefill ends")

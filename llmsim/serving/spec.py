@@ -24,6 +24,9 @@ serving:
   request_overhead_s: null                     # per request outside the engine; default: the device entry's
   step_overhead_s: null                        # host seconds per iteration, not overlapped; default: the device's
   step_overhead_per_seq_s: null                # + host seconds per iteration per sequence run; default: the device's
+  disaggregation: null                         # {prefill: {replicas, tp}, decode: {replicas, tp}, kv_transfer:
+                                               # {link, layerwise}}: prefill-decode disaggregation
+                                               # (llmsim.serving.disaggregation; replaces replicas)
 ```
 
 Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,
