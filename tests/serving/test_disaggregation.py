@@ -177,3 +177,14 @@ def test_a_closed_loop_runs_through_both_sides() -> None:
     assert len(outcome.sequences) == 40 and outcome.clients == 4
     row = summarize(outcome, None, None)
     assert row["extra"]["mean_in_system"] == pytest.approx(4.0, rel=0.1)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked-prefill", "prefill-first", "tgi", "sglang"])
+def test_every_iteration_level_policy_serves_both_sides_to_the_end(kind: str) -> None:
+    """A decode instance's new arrivals have their prompt cached: each policy admits them as one-token work, priced as
+    decode steps; every request finishes, on a decode cache small enough to make some wait."""
+    case = ServingCase(_spec(requests=150), seed=2, scheduler=BUILTIN[kind])
+    outcome = _pd(build_requests(case), kind, decode_blocks=1500, max_batched_tokens=4096)
+    row = summarize(outcome, 6.0, None)
+    assert len(outcome.sequences) == 150
+    assert row["extra"]["mean_in_system"] == pytest.approx(row["requests_per_s"] * row["e2e_mean_s"], rel=1e-9)
