@@ -60,12 +60,6 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
         etp = case.strategy.etp if case.strategy.etp is not None else tp
         return replace(plan, tp=tp, etp=etp)
 
-    from llmsim.runner import serving_expert_grid_problem   # the strategy's own rule, at the side's tp
-    for side, tp in (("prefill", tp_p), ("decode", tp_d)):
-        problem = serving_expert_grid_problem(case.strategy.model_copy(update={"tp": tp}))
-        if problem is not None:
-            return case.result(backend, status="skipped", error=f"serving.disaggregation.{side}.tp={tp}: "
-                                                                f"{problem[1]}", **base)
     plan_p, plan_d = side_plan(tp_p), side_plan(tp_d)
     in_flight = serving.scheduler.pipeline_in_flight
     try:

@@ -242,9 +242,6 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     serving = case.serving
     assert isinstance(serving, ServingCase)
     spec = serving.spec
-    if spec.disaggregation is not None:   # prefill and decode instances: llmsim.modeled_disaggregated
-        from llmsim.modeled_disaggregated import serve_disaggregated
-        return serve_disaggregated(backend, case, cluster, options, faults)
     plan = replica_plan(case, cluster)
     devices = spec.replicas * plan.tp * plan.pp
     ref, profile = serving_profile(case.workload, case.sharing)

@@ -333,6 +333,13 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             problem = serving_expert_grid_problem(strategy)
             if problem is not None:
                 raise ScenarioError(file, f"strategies[{i}].{problem[0]}", problem[1])
+            disagg = spec.disaggregation
+            for side in ("prefill", "decode") if disagg is not None else ():
+                tp = disagg.tp_of(side, strategy.tp)   # each side's expert grid is carved from its own tp
+                problem = serving_expert_grid_problem(strategy.model_copy(update={"tp": tp}))
+                if problem is not None and tp != strategy.tp:
+                    raise ScenarioError(file, f"serving.disaggregation.{side}.tp",
+                                        f"{tp}: {problem[1]} (strategy {strategy.name!r})")
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
                             ep=strategy.ep, etp=strategy.expert_tp)
             for key, value in sweep:

@@ -135,3 +135,21 @@ def test_the_vllm_backend_skips_a_disaggregated_case_with_the_reason() -> None:
 def test_the_pd_scenario_validates(capsys: Any) -> None:
     from tests.conftest import REPO
     assert main(["validate", str(REPO / "scenarios" / "serve-llama-pd.yaml")]) == 0
+
+
+def test_a_sides_tp_must_hold_the_strategys_expert_grid(tmp_path: Path, capsys: Any) -> None:
+    """A mixture of experts at tp 2, ep 2, etp 1: a decode side of tp 1 cannot carve ep x etp = 2 from its ranks."""
+    data = _scenario({"disaggregation": {"decode": {"tp": 1}}})
+    data["workload"] = {"model": {"preset": "tiny-moe"}, "dtype": "bfloat16"}
+    data["strategies"] = [{"name": "s", "tp": 2, "ep": 2, "etp": 1}]
+    err = _error(tmp_path, capsys, data)
+    assert err.startswith("serving.disaggregation.decode.tp: 1: ")
+
+
+def test_a_moe_model_runs_with_each_side_at_its_own_tp(tmp_path: Path) -> None:
+    data = _scenario({"disaggregation": {"prefill": {"tp": 2}, "decode": {"tp": 4}}})
+    data["workload"] = {"model": {"preset": "tiny-moe"}, "dtype": "bfloat16"}
+    data["backends"]["roofline"]["devices_per_node"] = 8
+    data["strategies"] = [{"name": "s", "tp": 2, "ep": 2, "etp": 1}]
+    (row,) = _rows(tmp_path, data)
+    assert row["status"] == "ok" and row["n_devices"] == 6

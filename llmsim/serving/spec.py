@@ -599,9 +599,10 @@ class ServingSpec(_Strict):
         if problem is not None:
             raise KeyedValueError(*problem)
         if self.disaggregation is not None:
-            if "replicas" in self.model_fields_set:
-                raise KeyedValueError("replicas", "with disaggregation the instances are disaggregation.prefill."
-                                                  "replicas and disaggregation.decode.replicas (omit replicas)")
+            if self.replicas != 1:   # 1, the default, is what a saved run folder's scenario writes out
+                raise KeyedValueError("replicas", f"{self.replicas}: with disaggregation the instances are "
+                                                  "disaggregation.prefill.replicas and disaggregation.decode.replicas "
+                                                  "(allowed: 1, or omit replicas)")
             if self.scheduler.kind == "static":
                 raise KeyedValueError("scheduler.kind", "static batching is not modeled with disaggregation (a "
                                                         "decode instance admits requests every iteration); allowed: "
