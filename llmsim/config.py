@@ -893,6 +893,12 @@ def check_serving_strategy(s: Strategy, serving: ServingSpec) -> Problem:
         # draft_times); no engine's pipelined speculative schedule was read, so pp > 1 is refused, not guessed
         return "pp", (f"{s.pp}: speculative decoding (serving.speculative) is modeled at pp 1 only "
                       f"(allowed: pp 1, or no serving.speculative)")
+    if serving.disaggregation is not None:   # llmsim.serving.disaggregation prices pp 1, no attention DP
+        if s.attention_dp > 1:
+            return "attention_dp", (f"{s.attention_dp}: attention data parallelism is not modeled with "
+                                    f"serving.disaggregation (allowed: 1)")
+        if s.pp > 1:
+            return "pp", f"{s.pp}: pipeline parallelism is not modeled with serving.disaggregation (allowed: 1)"
     return None
 
 
@@ -972,6 +978,14 @@ class Scenario(_Strict):
                 problem = check_serving_strategy(strategy, self.serving)
                 if problem:
                     raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])
+                disagg = self.serving.disaggregation
+                for side in ("prefill", "decode") if disagg is not None else ():
+                    tp = getattr(disagg, side).tp
+                    if tp is not None:   # the pool's tp must shard the model as a strategy's would
+                        problem = check_strategy_shape(strategy.model_copy(update={"tp": tp}), self.workload)
+                        if problem:
+                            raise _KeyedError(f"serving.disaggregation.{side}.{problem[0]}",
+                                              f"{problem[1]} (strategy {strategy.name!r})")
         return self
 
     def sharing_for(self, strategy: Strategy) -> Sharing:

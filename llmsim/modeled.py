@@ -31,6 +31,7 @@ from llmsim.costmodel.work import inference_plan
 from llmsim.engine_options import engine_options, option_fields, serving_attention_problem
 from llmsim.errors import KeyedValueError, ScenarioError
 from llmsim.hardware import CATALOG_DEVICE, CATALOG_LINK, DEFAULT_DEVICES_PER_NODE, Catalog, DeviceSpec
+from llmsim.modeled_disaggregated import serve_disaggregated
 from llmsim.modeled_serving import ServingFaults, kv_fit_problem, priced_options, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strategy import Layout
@@ -294,6 +295,9 @@ class ModeledBackend(Backend):
             return case.result(self, status="skipped", error=fp8_problem, hardware=cluster.device.name,
                                nodes=cluster.nodes, energy_source="modeled",
                                **priced_options(options, "serve" if case.serving is not None else case.workload.mode))
+        if case.serving is not None and case.serving.spec.disaggregation is not None:
+            # prefill and decode instances (llmsim.modeled_disaggregated)
+            return serve_disaggregated(self, case, cluster, options, self.serving_faults(case, settings, cluster))
         if case.serving is not None:
             return serve_case(self, case, cluster, options, self.serving_faults(case, settings, cluster))
         profile = profile_workload(case.workload, case.sharing)

@@ -189,7 +189,7 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                 raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
     check_fp8(scenario, registry, sweeps, catalog, file)
     if scenario.serving is not None:
-        return _serving_cases(scenario, registry, backends, sweeps, file, scenario_dir)
+        return _serving_cases(scenario, registry, backends, sweeps, file, scenario_dir, catalog)
     for (i, strategy), name in itertools.product(enumerate(scenario.strategies), backends):
         cls = registry.get(name)
         for suffix, settings in sweeps[name]:
@@ -261,7 +261,8 @@ def serving_kernel_problem(cls: type[Backend], settings: BaseModel, catalog: Cat
 
 
 def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict[str, Any],
-                   sweeps: dict[str, list[tuple[str, BaseModel]]], file: str, scenario_dir: Path) -> list[PlannedCase]:
+                   sweeps: dict[str, list[tuple[str, BaseModel]]], file: str, scenario_dir: Path,
+                   catalog: Catalog | None = None) -> list[PlannedCase]:
     """The cases of a serving scenario: (strategy, backend point, rate), each replica tp x pp devices.
 
     Checked here: every backend serves (and its settings allow it), the cluster holds the replicas, the
@@ -297,6 +298,10 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
         problem = trace_span_problem(spec, rows)
         if problem is not None:
             raise ScenarioError(file, f"serving.{problem[0]}", problem[1])
+    link = spec.disaggregation.kv_transfer.link if spec.disaggregation is not None else None
+    if link is not None and catalog is not None and link not in catalog.links:
+        raise ScenarioError(file, "serving.disaggregation.kv_transfer.link",
+                            f"unknown link {link!r}; allowed: {', '.join(catalog.links)}")
     seed = scenario.seed if spec.seed is None else spec.seed
     sweep = spec.arrival.sweep   # rates, or a closed loop's clients
     planned: list[PlannedCase] = []
@@ -304,6 +309,13 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
         cls = registry.get(name)
         for suffix, settings in sweeps[name]:
             world, need = cls.world_size(settings), spec.replicas * strategy.tp * strategy.pp
+            if spec.disaggregation is not None:   # prefill replicas x tp_p + decode replicas x tp_d (pp 1)
+                need = spec.disaggregation.devices(strategy.tp)
+                if world is not None and world < need:
+                    raise ScenarioError(file, "serving.disaggregation",
+                                        f"prefill and decode instances need {need} devices (strategy "
+                                        f"{strategy.name!r}) but backend '{name}' has {world}; allowed: at most "
+                                        f"{world} devices in all, or more nodes")
             if world is not None and world < need:
                 point = f" (at {suffix[1:]})" if suffix else ""
                 fit = world // (strategy.tp * strategy.pp)
@@ -321,6 +333,13 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             problem = serving_expert_grid_problem(strategy)
             if problem is not None:
                 raise ScenarioError(file, f"strategies[{i}].{problem[0]}", problem[1])
+            disagg = spec.disaggregation
+            for side in ("prefill", "decode") if disagg is not None else ():
+                tp = disagg.tp_of(side, strategy.tp)   # each side's expert grid is carved from its own tp
+                problem = serving_expert_grid_problem(strategy.model_copy(update={"tp": tp}))
+                if problem is not None and tp != strategy.tp:
+                    raise ScenarioError(file, f"serving.disaggregation.{side}.tp",
+                                        f"{tp}: {problem[1]} (strategy {strategy.name!r})")
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
                             ep=strategy.ep, etp=strategy.expert_tp)
             for key, value in sweep:

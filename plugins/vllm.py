@@ -164,6 +164,9 @@ def unsupported(case: Case) -> str | None:
     if serving.spec.speculative is not None:
         return ("serving.speculative: the server this backend starts holds random weights (--load-format dummy), so "
                 "a draft's acceptance would mean nothing; model it with roofline / cluster")
+    if serving.spec.disaggregation is not None:
+        return ("serving.disaggregation: this backend starts colocated vLLM servers on CPU (no prefill and decode "
+                "instances with a KV connector); model it with roofline / cluster")
     if case.strategy.attention_dp > 1:
         return (f"attention_dp={case.strategy.attention_dp}: this backend starts one vLLM server of tp x pp ranks on "
                 f"CPU (no data-parallel attention ranks with expert parallelism); model it with roofline / cluster")

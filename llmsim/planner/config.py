@@ -300,6 +300,10 @@ class PlanFile(_Strict):
                                              "{ttft_s, tpot_s, percentile} (or the run-level itl_s, queue_s)")
         if "replicas" in s.model_fields_set:
             raise _KeyedError("serving.replicas", "the plan searches the replicas: leave it out")
+        if s.disaggregation is not None:
+            raise _KeyedError("serving.disaggregation", "a plan searches colocated replicas; prefill-decode "
+                                                        "disaggregation is not searched (state it in a scenario and "
+                                                        "llmsim run it)")
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")

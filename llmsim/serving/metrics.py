@@ -180,8 +180,8 @@ def timeline_table(outcome: ServingOutcome, max_rows: int = MAX_TIMELINE_ROWS) -
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(TIMELINE_COLUMNS)
-    blocks = outcome.kv_blocks
     for replica, t in enumerate(outcome.timelines):
+        blocks = outcome.kv_blocks_each[replica] if outcome.kv_blocks_each else outcome.kv_blocks
         stride = -(-len(t) // max_rows) or 1
         for i in range(0, len(t), stride):
             used = t.kv_blocks_used[i]

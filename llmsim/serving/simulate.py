@@ -76,10 +76,16 @@ class ServingOutcome:
     # set when the run stopped once its SLO was certainly missed (stop_on_miss): `sequences` are then the
     # requests finished by that time, and nothing else of the run is complete (llmsim.serving.early_stop)
     stopped: EarlyStop | None = None
+    # blocks of each replica where they differ (prefill and decode instances of a disaggregated run,
+    # llmsim.serving.disaggregation); empty: every replica has kv_blocks
+    kv_blocks_each: list[int] = field(default_factory=list)
 
     @property
     def kv_peak_utilization(self) -> float:
         """The fullest any replica's KV cache got: peak blocks in use / blocks."""
+        if self.kv_blocks_each:
+            return max((used / blocks for used, blocks in zip(self.kv_peak_used, self.kv_blocks_each) if blocks),
+                       default=0.0)
         return max(self.kv_peak_used) / self.kv_blocks if self.kv_blocks else 0.0
 
 

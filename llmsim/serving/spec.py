@@ -26,6 +26,9 @@ serving:
   step_overhead_per_seq_s: null                # + host seconds per iteration per sequence run; default: the device's
   speculative: null                            # {method: mtp|eagle|draft|ngram, num_draft_tokens: k, acceptance,
                                                #  draft_layers (mtp/eagle), draft_model (draft)}
+  disaggregation: null                         # {prefill: {replicas, tp}, decode: {replicas, tp}, kv_transfer:
+                                               # {link, layerwise}}: prefill-decode disaggregation
+                                               # (llmsim.serving.disaggregation; replaces replicas)
 ```
 
 Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,
@@ -42,6 +45,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, field_validator, model_validator
 
 from llmsim.errors import KeyedValueError
+from llmsim.serving.disagg_spec import Disaggregation
 from llmsim.strict import StrictModel, sweep_repeats
 
 
@@ -705,6 +709,11 @@ class ServingSpec(_Strict):
         None, description="speculative decoding: {method: mtp|eagle|draft|ngram, num_draft_tokens, acceptance, "
                           "draft_layers, draft_model}; each decode step drafts k tokens per sequence, verifies k + 1 "
                           "and emits the accepted ones and a bonus token (llmsim.serving.speculative); default none")
+    disaggregation: Disaggregation | None = Field(
+        None, description="prefill-decode disaggregation: prefill instances and decode instances, each prompt's KV "
+                          "cache sent from one to the other over kv_transfer.link (DistServe; SGLang "
+                          "--disaggregation-mode; vLLM NixlConnector); replaces replicas; "
+                          "llmsim.serving.disaggregation")
 
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":
@@ -722,6 +731,18 @@ class ServingSpec(_Strict):
             raise KeyedValueError("speculative", f"scheduler kind {self.scheduler.kind!r} does not run speculative "
                                                  f"decoding here (allowed: scheduler kinds "
                                                  f"{', '.join(SPECULATIVE_SCHEDULERS)}, vLLM V1's loop)")
+        if self.disaggregation is not None:
+            if self.speculative is not None:   # the disaggregated decode instances price no draft (its own loop)
+                raise KeyedValueError("speculative", "speculative decoding is not modeled with serving."
+                                                     "disaggregation (allowed: one of the two blocks)")
+            if self.replicas != 1:   # 1, the default, is what a saved run folder's scenario writes out
+                raise KeyedValueError("replicas", f"{self.replicas}: with disaggregation the instances are "
+                                                  "disaggregation.prefill.replicas and disaggregation.decode.replicas "
+                                                  "(allowed: 1, or omit replicas)")
+            if self.scheduler.kind == "static":
+                raise KeyedValueError("scheduler.kind", "static batching is not modeled with disaggregation (a "
+                                                        "decode instance admits requests every iteration); allowed: "
+                                                        "continuous, chunked-prefill, prefill-first, tgi, sglang")
         think = self.arrival.think_s or 0.0
         if self.arrival.kind == "concurrency" and think:
             # a client's requests follow one another think_s apart: the run spans at least that many thinks

@@ -251,6 +251,8 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {**serving_plan()["serving"], "slo": {"ttft_s": 1, "tpot_s": 1, "percentile": 0}}},
      "serving.slo.percentile", "allowed: 0 < percentile <= 100"),
     ({"serving": {**serving_plan()["serving"], "replicas": 2}}, "serving.replicas", "the plan searches the replicas"),
+    ({"serving": {**serving_plan()["serving"], "disaggregation": {}}}, "serving.disaggregation",
+     "disaggregation is not searched"),
     ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
      "exceed the model's context"),
     ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp, ep, attention_dp, dtype"),
