@@ -39,13 +39,15 @@ from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+import simpy
+
 from llmsim.costmodel.window import KVLayout
 from llmsim.serving.kvcache import KVCache, Sequence
 from llmsim.serving.replica import Pricer, Replica
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
-from llmsim.serving.simulate import (MAX_REJECTIONS_IN_A_ROW, Rejection, ServingOutcome, StalledError, _Occupancy)
+from llmsim.serving.simulate import Rejection, ServingOutcome, StalledError, Occupancy, start_arrivals
 from llmsim.sim.entities import CountingEnvironment
 
 
@@ -163,9 +165,9 @@ def simulate_disaggregated(requests: Iterable[Request], *, prefill: Pool, decode
         raise ValueError(f"request_overhead_s must be >= 0 seconds (got {request_overhead_s!r})")
     start = time.perf_counter()
     env = CountingEnvironment()
-    occupancy = _Occupancy()
+    occupancy = Occupancy()
     done: list[Sequence] = []
-    answered: dict[int, object] = {}
+    answered: dict[int, simpy.Event] = {}   # a closed-loop client waits on its request's (start_arrivals)
     watch = _Watch({}, set(), [])
     transfers: list[float] = []
     n_pre = prefill.replicas
@@ -237,41 +239,7 @@ def simulate_disaggregated(requests: Iterable[Request], *, prefill: Pool, decode
         replica.arrive(Sequence(replace(request, output_tokens=1), replica.index))  # type: ignore[attr-defined]
         return True
 
-    if closed_loop is None:
-        listed = requests if isinstance(requests, list) else list(requests)
-
-        def arrivals():  # noqa: ANN202 - a SimPy generator
-            for request in listed:
-                if request.arrival_s > env.now:
-                    yield env.timeout(request.arrival_s - env.now)
-                admit(request)
-
-        env.process(arrivals())
-    else:
-        source = iter(requests)
-        in_a_row = [0]
-
-        def client():  # noqa: ANN202 - a SimPy generator: one client of the closed loop (simulate_serving's)
-            while closed_loop.until_s is None or env.now < closed_loop.until_s:
-                request = next(source, None)
-                if request is None:
-                    return
-                if not admit(replace(request, arrival_s=env.now)):
-                    in_a_row[0] += 1
-                    if closed_loop.until_s is not None and in_a_row[0] >= MAX_REJECTIONS_IN_A_ROW:
-                        raise StalledError(f"a closed loop's {MAX_REJECTIONS_IN_A_ROW} requests in a row were "
-                                           f"rejected ({rejected[-1].reason}): no request fits the instances")
-                else:
-                    in_a_row[0] = 0
-                    event = answered[request.id] = env.event()
-                    yield event
-                    if request_overhead_s:
-                        yield env.timeout(request_overhead_s)
-                if closed_loop.think_s:
-                    yield env.timeout(closed_loop.think_s)
-
-        for _ in range(closed_loop.clients):
-            env.process(client())
+    start_arrivals(env, requests, closed_loop, admit, answered, rejected, request_overhead_s, "the instances")
     pool = pre_pool + dec_pool
     for replica in pool:
         env.process(replica.run())

@@ -138,7 +138,7 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         raise ValueError("stop_on_miss needs an open loop: a closed loop's requests sent are not known in advance")
     start = time.perf_counter()
     env = CountingEnvironment()
-    occupancy = _Occupancy()
+    occupancy = Occupancy()
     done: list[Sequence] = []
     answered: dict[int, object] = {}   # request id -> the event its client waits on (closed loop)
 
@@ -190,45 +190,10 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         replica.arrive(seq)  # type: ignore[attr-defined]
         return seq
 
-    if closed_loop is None:
-        listed = requests if isinstance(requests, list) else list(requests)
-
-        def arrivals():  # noqa: ANN202 - a SimPy generator
-            for request in listed:
-                if request.arrival_s > env.now:
-                    yield env.timeout(request.arrival_s - env.now)
-                admit(request)
-
-        env.process(arrivals())
-        if stop_on_miss is not None and listed:
-            counter = MissCounter(listed, stop_on_miss, request_overhead_s)
-            env.process(counter.deadlines(env))
-    else:
-        source = iter(requests)
-        in_a_row = [0]   # rejections since the last accepted request
-
-        def client():  # noqa: ANN202 - a SimPy generator: one client of the closed loop
-            while closed_loop.until_s is None or env.now < closed_loop.until_s:
-                request = next(source, None)
-                if request is None:
-                    return
-                seq = admit(replace(request, arrival_s=env.now))
-                if seq is None:
-                    in_a_row[0] += 1
-                    if closed_loop.until_s is not None and in_a_row[0] >= MAX_REJECTIONS_IN_A_ROW:
-                        raise StalledError(f"a closed loop's {MAX_REJECTIONS_IN_A_ROW} requests in a row were "
-                                           f"rejected ({rejected[-1].reason}): no request fits the replica")
-                else:
-                    in_a_row[0] = 0
-                    event = answered[request.id] = env.event()
-                    yield event
-                    if request_overhead_s:   # the client sees the last token that much later
-                        yield env.timeout(request_overhead_s)
-                if closed_loop.think_s:
-                    yield env.timeout(closed_loop.think_s)
-
-        for _ in range(closed_loop.clients):
-            env.process(client())
+    listed = start_arrivals(env, requests, closed_loop, admit, answered, rejected, request_overhead_s, "the replica")
+    if listed and stop_on_miss is not None:
+        counter = MissCounter(listed, stop_on_miss, request_overhead_s)
+        env.process(counter.deadlines(env))
     for replica in pool:
         env.process(replica.run())
     if counter is None:
@@ -274,6 +239,53 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         think_s=None if closed_loop is None else closed_loop.think_s, stopped=stopped)
 
 
+
+def start_arrivals(env: simpy.Environment, requests: Iterable[Request], closed_loop: ClosedLoop | None,
+                   admit: Callable[[Request], object], answered: dict[int, simpy.Event], rejected: list[Rejection],
+                   request_overhead_s: float, what: str) -> list[Request] | None:
+    """Start the requests' arrivals in `env`: an open loop's list at its arrival times (returned), or a closed
+    loop's clients (None returned), each sending its next request `think_s` after its last one was answered
+    (`answered[request.id]`, an event its replica succeeds at the last token; the client sees it
+    `request_overhead_s` later). `admit(request)` routes a request or rejects it (falsy). A closed loop whose
+    MAX_REJECTIONS_IN_A_ROW requests in a row are rejected raises StalledError naming `what` it does not fit.
+    simulate_serving's and serving.disaggregation's one driver."""
+    if closed_loop is None:
+        listed = requests if isinstance(requests, list) else list(requests)
+
+        def arrivals():  # noqa: ANN202 - a SimPy generator
+            for request in listed:
+                if request.arrival_s > env.now:
+                    yield env.timeout(request.arrival_s - env.now)
+                admit(request)
+
+        env.process(arrivals())
+        return listed
+    source = iter(requests)
+    in_a_row = [0]   # rejections since the last accepted request
+
+    def client():  # noqa: ANN202 - a SimPy generator: one client of the closed loop
+        while closed_loop.until_s is None or env.now < closed_loop.until_s:
+            request = next(source, None)
+            if request is None:
+                return
+            if not admit(replace(request, arrival_s=env.now)):
+                in_a_row[0] += 1
+                if closed_loop.until_s is not None and in_a_row[0] >= MAX_REJECTIONS_IN_A_ROW:
+                    raise StalledError(f"a closed loop's {MAX_REJECTIONS_IN_A_ROW} requests in a row were "
+                                       f"rejected ({rejected[-1].reason}): no request fits {what}")
+            else:
+                in_a_row[0] = 0
+                event = answered[request.id] = env.event()
+                yield event
+                if request_overhead_s:   # the client sees the last token that much later
+                    yield env.timeout(request_overhead_s)
+            if closed_loop.think_s:
+                yield env.timeout(closed_loop.think_s)
+
+    for _ in range(closed_loop.clients):
+        env.process(client())
+    return None
+
 def _run_until_stopped(env: simpy.Environment, counter: MissCounter) -> None:
     """env.run(), but returning as soon as `counter` says the SLO is certainly missed."""
     try:
@@ -283,7 +295,7 @@ def _run_until_stopped(env: simpy.Environment, counter: MissCounter) -> None:
         pass
 
 
-class _Occupancy:
+class Occupancy:
     """Requests in the system (arrived and accepted, not finished) and its integral over time."""
 
     def __init__(self) -> None:
