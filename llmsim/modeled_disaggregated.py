@@ -19,7 +19,7 @@ from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.iteration import IterationModel, token_costs
 from llmsim.modeled_serving import (ServingFaults, capacity_problem, pricers, priced_options, replica_capacity,
-                                    replica_plan, serving_profile, write_requests_file, write_timeline_file)
+                                    replica_plan, run_extras, serving_profile)
 from llmsim.results import Result
 from llmsim.serving.disaggregation import (Pool, kv_bytes_per_port, simulate_disaggregated, transfer_link,
                                            transfer_seconds)
@@ -111,19 +111,9 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
     energy = sum(step_energy_j(cluster.device, tp_p if i < n_p else tp_d, outcome.duration_s, busy)
                  for i, busy in enumerate(outcome.compute_s))
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
-    extra.update(eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s,
-                 energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
-                 step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
+    extra.update(run_extras(backend, case, cluster, outcome, energy),
                  replicas=n_p + n_d, prefill_replicas=n_p, prefill_tp=tp_p, decode_replicas=n_d, decode_tp=tp_d,
-                 kv_transfer_link=spec_link.name, kv_transfer_layerwise=layerwise,
-                 events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
-                 sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
-    written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)
-    if written is not None:
-        extra["requests_file"] = written
-    timeline = write_timeline_file(backend.context.run_dir, case.name, backend.name, outcome)
-    if timeline is not None:
-        extra["timeline_file"] = timeline
+                 kv_transfer_link=spec_link.name, kv_transfer_layerwise=layerwise)
     tokens_per_s = row["output_tokens_per_s"]
     peak = max(c.weights_bytes + c.workspace_bytes + max(c.kv_bytes, 0.0) for c in (cap_p, cap_d))
     return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],

@@ -277,6 +277,31 @@ def priced_options(options: Options, mode: str) -> dict[str, str | None]:
     return dict(attention_kernel=options.attention, all_reduce=None if mode == "train" else options.all_reduce)
 
 
+def run_extras(backend: "Backend", case: "Case", cluster: ClusterSpec, outcome: ServingOutcome,
+               energy_j: float) -> dict[str, Any]:
+    """The extras every modeled serving row carries (colocated or disaggregated): the engine's host settings it
+    was priced with, the energy, the simulation's speed, and the per-request and timeline CSVs written under the
+    run folder (write_requests_file, write_timeline_file)."""
+    serving = case.serving
+    assert isinstance(serving, ServingCase)
+    spec = serving.spec
+    host = spec.host_step_on(cluster.device)
+    eager = spec.eager_launch_on(cluster.device)
+    extra: dict[str, Any] = dict(
+        eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s, engine_kernels=eager.engine_kernels,
+        energy_j=energy_j, scheduler=spec.scheduler.kind, request_overhead_s=spec.overhead_on(cluster.device),
+        step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
+        events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
+        sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
+    written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)
+    if written is not None:
+        extra["requests_file"] = written
+    timeline = write_timeline_file(backend.context.run_dir, case.name, backend.name, outcome)
+    if timeline is not None:
+        extra["timeline_file"] = timeline
+    return extra
+
+
 def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
                faults: ServingFaults = ServingFaults()) -> Result:
     """Simulate the case's serving run on `cluster`; the row with the serving columns (or a skipped /
@@ -332,22 +357,10 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
                  for busy in outcome.compute_s)
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
-    host = spec.host_step_on(cluster.device)
-    eager = spec.eager_launch_on(cluster.device)
-    extra.update(eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s, engine_kernels=eager.engine_kernels,
-                 energy_j=energy, scheduler=sched.kind, request_overhead_s=spec.overhead_on(cluster.device),
-                 step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
+    extra.update(run_extras(backend, case, cluster, outcome, energy),
                  replicas=spec.replicas, **({"attention_dp": plan.attention_dp} if plan.attention_dp > 1 else {}),
                  **({"speculative_method": speculative.method, "num_draft_tokens": speculative.num_draft_tokens,
-                     "expected_accept_length": speculative.mean_accept_length} if speculative is not None else {}),
-                 events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,
-                 sim_s_per_wall_s=outcome.duration_s / outcome.wall_s if outcome.wall_s > 0 else None)
-    written = write_requests_file(backend.context.run_dir, case.name, backend.name, outcome)
-    if written is not None:
-        extra["requests_file"] = written
-    timeline = write_timeline_file(backend.context.run_dir, case.name, backend.name, outcome)
-    if timeline is not None:
-        extra["timeline_file"] = timeline
+                     "expected_accept_length": speculative.mean_accept_length} if speculative is not None else {}))
     tokens_per_s = row["output_tokens_per_s"]
     return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
                        latency_p50_s=row["e2e_p50_s"], latency_p99_s=row["e2e_p99_s"], tokens_per_s=tokens_per_s,
