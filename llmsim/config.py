@@ -835,6 +835,14 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
     few = arrival_count_problem(serving.requests, serving.duration_s, serving.arrival.rates, at_least_one=True)
     if few is not None:
         return f"serving.{few[0]}", few[1]
+    speculative = serving.speculative
+    if speculative is not None and speculative.method == "draft":   # the draft is a preset model
+        if speculative.draft_model is None:
+            return "serving.speculative.draft_model", (f"method draft needs draft_model, a model preset (allowed: "
+                                                       f"{', '.join(PRESETS)})")
+        if speculative.draft_model not in PRESETS:
+            return "serving.speculative.draft_model", (f"unknown preset {speculative.draft_model!r} (allowed: "
+                                                       f"{', '.join(PRESETS)})")
     lengths = serving.lengths
     if lengths is not None:
         from llmsim.serving.requests import filter_problem  # the drawing side of the serving block

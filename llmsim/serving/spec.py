@@ -556,15 +556,8 @@ class Speculative(_Strict):
             raise KeyedValueError("acceptance", f"{len(self.acceptance)} probabilities for num_draft_tokens="
                                   f"{self.num_draft_tokens} (allowed: one probability, or a list of "
                                   f"{self.num_draft_tokens}, one per draft position)")
-        if self.method == "draft":
-            from llmsim.workload.presets import PRESETS
-            if self.draft_model is None:
-                raise KeyedValueError("draft_model", f"method draft needs draft_model, a model preset (allowed: "
-                                                     f"{', '.join(PRESETS)})")
-            if self.draft_model not in PRESETS:
-                raise KeyedValueError("draft_model", f"unknown preset {self.draft_model!r} (allowed: "
-                                                     f"{', '.join(PRESETS)})")
-        elif self.draft_model is not None:
+        # method draft's draft_model names a preset: config.check_serving checks it (no model code imported here)
+        if self.method != "draft" and self.draft_model is not None:
             raise KeyedValueError("draft_model", f"draft_model is for method 'draft' (got method {self.method!r}; "
                                                  f"allowed: omit it)")
         if "draft_layers" in self.model_fields_set and self.method not in ("mtp", "eagle"):
