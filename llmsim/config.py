@@ -23,7 +23,7 @@ from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, len
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
-from llmsim.wording import count
+from llmsim.wording import count, shown_value
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -825,6 +825,28 @@ def _lengths_past_context(lengths: Lengths, seq_len: int) -> str | None:
             f"(allowed: shorter lengths, a max_total filter, or a larger workload.model.seq_len)")
 
 
+def _draft_shortfall(name: str, seq_len: int) -> str | None:
+    """What keeps preset `name` from drafting for a served context of `seq_len` tokens (draft_model_problem)."""
+    draft = ModelSpec.model_validate({"preset": name})
+    if not draft.causal:
+        return f"{name!r} is not a causal decoder (a draft proposes the next tokens)"
+    if draft.positions == "learned" and (draft.max_positions or draft.seq_len) < seq_len:
+        return (f"{name!r} holds {draft.max_positions or draft.seq_len} positions, fewer than the served context "
+                f"seq_len={seq_len}")
+    return None
+
+
+def draft_model_problem(name: str, seq_len: int) -> str | None:
+    """Why preset `name` cannot be the draft model of a served context of `seq_len` tokens, with the presets that
+    can, or None: a draft proposes the next tokens, so it is a causal decoder, and it runs on the same sequences,
+    so its context holds seq_len (a learned position table of max_positions; the draft is priced at the target's
+    seq_len: modeled_serving.speculative_draft). The draft's tokenizer matching the target's is not checked."""
+    shortfall = _draft_shortfall(name, seq_len)
+    if shortfall is None:
+        return None
+    return f"{shortfall}; allowed: {', '.join(n for n in PRESETS if _draft_shortfall(n, seq_len) is None)}"
+
+
 def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Problem:
     """A serving block needs a decoder that generates (key path from the top of the file, message)."""
     if not w.model.causal:
@@ -836,6 +858,16 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
     if few is not None:
         return f"serving.{few[0]}", few[1]
     speculative = serving.speculative
+    if speculative is not None:
+        budget = serving.scheduler.max_batched_tokens
+        if speculative.num_draft_tokens + 1 > budget:   # one decoding sequence verifies k + 1 tokens in one step
+            return "serving.speculative.num_draft_tokens", (
+                f"{speculative.num_draft_tokens}: a decoding sequence verifies num_draft_tokens + 1 tokens in one "
+                f"step, more than serving.scheduler.max_batched_tokens={budget}; allowed: 1 ... {budget - 1}")
+        if speculative.method in ("mtp", "eagle") and speculative.draft_layers > w.model.layers:
+            return "serving.speculative.draft_layers", (
+                f"{speculative.draft_layers}: a draft head of more layers than the model's {w.model.layers}; "
+                f"allowed: 1 ... {w.model.layers}")
     if speculative is not None and speculative.method == "draft":   # the draft is a preset model
         if speculative.draft_model is None:
             return "serving.speculative.draft_model", (f"method draft needs draft_model, a model preset (allowed: "
@@ -843,6 +875,9 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
         if speculative.draft_model not in PRESETS:
             return "serving.speculative.draft_model", (f"unknown preset {speculative.draft_model!r} (allowed: "
                                                        f"{', '.join(PRESETS)})")
+        problem = draft_model_problem(speculative.draft_model, w.model.seq_len)
+        if problem is not None:
+            return "serving.speculative.draft_model", problem
     lengths = serving.lengths
     if lengths is not None:
         from llmsim.serving.requests import filter_problem  # the drawing side of the serving block
@@ -1049,19 +1084,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,
 
 
 MISSING_KEY = "required key is missing"  # a required key's error, as every file's reader prints it
-SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
-
-
-_YAML_SPELLING = {None: "null", True: "true", False: "false"}  # how the user wrote these in YAML or --set
-
-
-def shown_value(value: object) -> str:
-    """A wrong value as an error quotes it: its repr, cut to SHOWN_VALUE_CHARS; YAML's null, true and false as
-    the user wrote them (not Python's None, True, False)."""
-    text = _YAML_SPELLING[value] if isinstance(value, (bool, type(None))) else repr(value)
-    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
-
-
 _shown = shown_value
 
 

@@ -260,7 +260,8 @@ def speculative_draft(case: "Case", speculative: Speculative, model: IterationMo
         return (draft_head_model(model, speculative.draft_layers), capacity.weights_bytes * share,
                 capacity.bytes_per_token * share)
     assert speculative.draft_model is not None
-    spec = ModelSpec.model_validate({"preset": speculative.draft_model})
+    # on the target's sequences: its context is the target's (config.draft_model_problem checked that it holds it)
+    spec = ModelSpec.model_validate({"preset": speculative.draft_model, "seq_len": case.workload.model.seq_len})
     workload = Workload(model=spec, mode="decode", dtype=case.workload.dtype, fp8=case.workload.fp8,
                         fp4=case.workload.fp4)
     ref, profile = serving_profile(workload, SharingChoice.resolve(Sharing(), spec))

@@ -1,4 +1,5 @@
-"""Counts in sentences: '1 strategy', '2 strategies', '1,024 devices' (English plurals said once)."""
+"""Words of messages said once: counts in sentences ('1 strategy', '2 strategies', '1,024 devices'), and a
+wrong value as an error quotes it (`shown_value`)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,14 @@ def count(n: float, noun: str, plural: str | None = None) -> str:
         many = IRREGULAR.get(last, last + "s")
         plural = f"{head} {many}" if head else many
     return f"{value:,} {plural}"
+
+
+SHOWN_VALUE_CHARS = 60  # a wrong value is quoted up to this many characters: the error stays one short line
+_YAML_SPELLING = {None: "null", True: "true", False: "false"}  # how the user wrote these in YAML or --set
+
+
+def shown_value(value: object) -> str:
+    """A wrong value as an error quotes it: its repr, cut to SHOWN_VALUE_CHARS; YAML's null, true and false as
+    the user wrote them (not Python's None, True, False)."""
+    text = _YAML_SPELLING[value] if isinstance(value, (bool, type(None))) else repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"

@@ -646,6 +646,10 @@ def test_speculative_decoding_runs_on_both_modeled_backends_with_its_accept_leng
     ({**SPECULATIVE, "draft_model": "tiny"}, "serving.speculative.draft_model"),
     ({**SPECULATIVE, "method": "ngram", "draft_layers": 2}, "serving.speculative.draft_layers"),
     ({**SPECULATIVE, "method": "medusa"}, "serving.speculative.method"),
+    # the trial: an encoder passed validate and failed the run; k past the token budget ran at TTFT 9.7e9 s
+    ({**SPECULATIVE, "method": "draft", "draft_model": "bert-base"}, "serving.speculative.draft_model"),
+    ({**SPECULATIVE, "num_draft_tokens": 100_000_000}, "serving.speculative.num_draft_tokens"),
+    ({**SPECULATIVE, "draft_layers": 100}, "serving.speculative.draft_layers"),
 ])
 def test_a_bad_speculative_block_is_one_line_naming_the_key_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], speculative: dict[str, Any], key: str) -> None:
@@ -705,3 +709,14 @@ def test_speculative_decoding_runs_with_replicas_and_attention_dp_ranks(tmp_path
         assert row["status"] == "ok", row["error"]
         assert row["accept_length"] == pytest.approx(2.533, rel=0.15)
     assert all(row["attention_dp"] == 2 for row in adp)
+
+
+def test_a_draft_model_must_be_a_decoder_whose_context_holds_the_served_one() -> None:
+    """The trial: draft_model bert-base (an encoder) and gpt2-small (1,024 learned positions under an 8k context)
+    passed validate, then failed the run with pydantic's text; both are refused naming what fits."""
+    from llmsim.config import draft_model_problem
+    assert "not a causal decoder" in draft_model_problem("bert-base", 8192)
+    problem = draft_model_problem("gpt2-small", 8192)
+    assert problem.startswith("'gpt2-small' holds 1024 positions, fewer than the served context seq_len=8192")
+    assert "llama3-8b" in problem and "gpt2-small" not in problem.split("allowed: ")[1]
+    assert draft_model_problem("gpt2-small", 1024) is None and draft_model_problem("qwen3-4b", 8192) is None

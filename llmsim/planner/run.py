@@ -65,6 +65,10 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         raise ScenarioError(file, *axis_problem)
     hardware = resolve_hardware(plan, catalog)
     if plan.serving is not None:
+        from llmsim.planner.serve import expert_search_problem
+        expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
+        if expert_problem is not None:
+            raise ScenarioError(file, *expert_problem)
         run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
         mapper: Mapper = map if executor is None else \
             (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731

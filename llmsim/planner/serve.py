@@ -559,6 +559,31 @@ def candidate_shapes(plan: PlanFile, devices_per_node: int) -> list[tuple[int, i
     return out
 
 
+def expert_search_problem(plan: PlanFile, devices_per_node: int) -> tuple[str, str] | None:
+    """(key, one line) when search.ep or search.attention_dp lists no value any searched replica can take (each
+    divides the replica's tp; attention_dp > 1 needs pp 1), so a plan of a mixture of experts would have no
+    candidate at all; None otherwise. `devices_per_node`: the largest of the plan's hardware (the default tp list)."""
+    if plan.workload.model.moe is None:
+        return None
+    powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
+    tps = sorted(set(plan.search.tp or powers))
+    pps = sorted(set(plan.search.pp or powers))
+    allowed = sorted({d for tp in tps for d in range(1, tp + 1) if tp % d == 0})
+    for key in ("ep", "attention_dp"):
+        values = getattr(plan.search, key)
+        if not values:
+            continue
+        usable = [v for v in values if any(tp % v == 0 for tp in tps)]
+        if key == "attention_dp" and 1 not in pps:
+            usable = [v for v in usable if v == 1]
+        if not usable:
+            listed = ", ".join(map(str, values))
+            where = "" if key == "ep" or 1 in pps else " (attention_dp > 1 runs at pp 1, and search.pp lists no 1)"
+            return f"search.{key}", (f"[{listed}]: no value divides a searched tp ({', '.join(map(str, tps))}), so no "
+                                     f"replica can take one{where}; allowed: {', '.join(map(str, allowed))}")
+    return None
+
+
 def expert_layouts(plan: PlanFile, tp: int, pp: int) -> list[ReplicaExperts]:
     """The expert layouts searched for a replica of tp x pp devices: the default alone for a dense model; for a
     mixture of experts, each ep of search.ep (default 1 and tp: experts split by tp, or whole experts on each

@@ -250,9 +250,25 @@ def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
                   else ""]
         limits = [x for x in limits if x]
         parts.append(f"{name} scheduler" + (f" ({', '.join(limits)})" if limits else ""))
-    replicas = serving.get("replicas") or frame.iloc[0].get("replicas")
-    if replicas and not missing(replicas):
-        parts.append(count(int(replicas), "replica"))
+    disaggregation = serving.get("disaggregation")
+    if disaggregation:   # prefill and decode instances, not replicas (docs/serving.md)
+        sides = []
+        for side, letter in (("prefill", "P"), ("decode", "D")):
+            block = disaggregation.get(side) or {}
+            tp = block.get("tp")
+            sides.append(f"{block.get('replicas', 1)}{letter}" + (f" tp{tp}" if tp else ""))
+        parts.append("disaggregated " + " + ".join(sides))
+    else:
+        replicas = serving.get("replicas") or frame.iloc[0].get("replicas")
+        if replicas and not missing(replicas):
+            parts.append(count(int(replicas), "replica"))
+    speculative = serving.get("speculative")
+    if speculative:
+        acceptance = speculative.get("acceptance")
+        accept = (", ".join(f"{a:g}" for a in acceptance) if isinstance(acceptance, list) else f"{acceptance:g}"
+                  if isinstance(acceptance, (int, float)) else str(acceptance))
+        parts.append(f"speculative {speculative.get('method')} k={speculative.get('num_draft_tokens')} "
+                     f"(acceptance {accept})")
     return ", ".join(parts)
 
 

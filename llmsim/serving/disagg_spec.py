@@ -41,8 +41,9 @@ class DisaggPool(StrictModel):
 class KVTransfer(StrictModel):
     """How a prompt's KV cache moves from its prefill instance to a decode instance."""
 
-    link: str | None = Field(None, description="a catalog link (llmsim catalog); default the scenario's intra_node "
-                                               "link when both sides fit one node, else its inter_node link",
+    link: str | None = Field(None, description="a catalog link (llmsim hardware lists them); default the "
+                                               "scenario's intra_node link when both sides fit one node, else its "
+                                               "inter_node link",
                                    json_schema_extra=CATALOG_LINK)
     layerwise: bool = Field(False, description="send each layer's KV as soon as the prefill has computed it "
                                                "(overlapped with the prefill): only the last layer's share is "

@@ -47,6 +47,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, f
 from llmsim.errors import KeyedValueError
 from llmsim.serving.disagg_spec import Disaggregation
 from llmsim.strict import StrictModel, sweep_repeats
+from llmsim.wording import shown_value
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -530,14 +531,14 @@ class Speculative(_Strict):
     @classmethod
     def _method(cls, value: Any) -> Any:
         if value not in SPECULATIVE_METHODS:
-            raise ValueError(f"{value!r}: allowed: {', '.join(SPECULATIVE_METHODS)}")
+            raise ValueError(f"{shown_value(value)}: allowed: {', '.join(SPECULATIVE_METHODS)}")
         return value
 
     @field_validator("num_draft_tokens", mode="before")
     @classmethod
     def _k(cls, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{value!r}: allowed: a whole number of draft tokens >= 1")
+            raise ValueError(f"{shown_value(value)}: allowed: a whole number of draft tokens >= 1")
         return value
 
     @field_validator("acceptance", mode="before")
@@ -547,7 +548,7 @@ class Speculative(_Strict):
         ok = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
                                   for v in values)
         if not ok:
-            raise ValueError(f"{value!r}: allowed: a probability in (0, 1], or a list of num_draft_tokens of them")
+            raise ValueError(f"{shown_value(value)}: allowed: a probability in (0, 1], or a list of num_draft_tokens of them")
         return value
 
     @model_validator(mode="after")

@@ -646,3 +646,15 @@ def test_search_attention_dp_is_refused_where_it_cannot_run() -> None:
         parse_plan({"name": "t", "workload": {"model": {"preset": "tiny-moe"}, "mode": "train", "batch": 8},
                     "goal": {"tokens": 1e6}, "hardware": [{"name": "h100-sxm"}],
                     "search": {"attention_dp": [2]}})
+
+
+@pytest.mark.parametrize("search, key", [({"tp": [2], "attention_dp": [3]}, "search.attention_dp"),
+                                         ({"tp": [2], "ep": [4]}, "search.ep"),
+                                         ({"tp": [2], "pp": [2], "attention_dp": [2]}, "search.attention_dp")])
+def test_search_lists_no_replica_can_take_are_one_line_not_an_empty_plan(tmp_path: Path, search: dict,
+                                                                          key: str) -> None:
+    """The trial: search.attention_dp [3] left 0 candidates, and the plan blamed the SLO with an empty plan.csv."""
+    plan = parse_plan(_moe_plan(search=search))
+    with pytest.raises(ScenarioError, match=f"plan.yaml: {key}: .*no value divides a searched tp"):
+        run_plan(plan, CATALOG, tmp_path, file="plan.yaml")
+    assert not any(tmp_path.iterdir())

@@ -49,3 +49,18 @@ def test_the_summary_says_what_happened_to_every_request_and_over_which_window()
     assert served_text(row) == ("190 of 200 requests served (6 rejected, 4 unfinished) at 1.71 requests/s over "
                                 "117 s, first arrival to last token (99.5 s of arrivals, then 17.5 s for the requests still "
                                 "running after the last arrival to finish)")
+
+
+def test_the_report_names_disaggregation_and_speculation() -> None:
+    """The trial: a 1P1D run read '1 replica' beside a colocated run's '2 replicas' on the same two devices, and a
+    speculative run's report never said so."""
+    import pandas as pd
+
+    from llmsim.report.run import serving_text
+    frame = pd.DataFrame([{"request_rate": 2.0, "scheduler": "chunked-prefill", "replicas": 2}])
+    pd_text = serving_text(frame, {"serving": {"replicas": 1, "disaggregation": {
+        "prefill": {"replicas": 1, "tp": None}, "decode": {"replicas": 2, "tp": 4}}}})
+    assert "disaggregated 1P + 2D tp4" in pd_text and "replica" not in pd_text
+    spec_text = serving_text(frame, {"serving": {"replicas": 1, "speculative": {
+        "method": "eagle", "num_draft_tokens": 3, "acceptance": 0.8}}})
+    assert spec_text.endswith("1 replica, speculative eagle k=3 (acceptance 0.8)")
