@@ -78,6 +78,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     _note_trace(scenario, scenario_dir, path)
     kept = notes if notes is not None else []
     _note_inference_kernels(planned, scenario, path, kept)
+    _note_engine_kernels(scenario, path, kept)
     _note_cross_node_tp(planned, catalog, path, kept)
     _note_fp4_weight_only(planned, catalog, path, kept)
     window = scenario.workload.model.window_note()
@@ -99,6 +100,14 @@ def _note_inference_kernels(planned: list, scenario: Scenario, path: str, kept: 
     from llmsim.runner import inference_kernel_notes
 
     for key, note in inference_kernel_notes(planned, scenario):
+        _say_note(path, key, note, kept)
+
+
+def _note_engine_kernels(scenario: Scenario, path: str, kept: list[str]) -> None:
+    """Say where SGLang's kernel counts are named for a model they were not counted for (runner.engine_kernel_notes)."""
+    from llmsim.runner import engine_kernel_notes
+
+    for key, note in engine_kernel_notes(scenario):
         _say_note(path, key, note, kept)
 
 

@@ -26,6 +26,7 @@ from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, one
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
 from llmsim.costmodel.compute import attention_problem
+from llmsim.costmodel.eager import sglang_counted
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
 from llmsim.engine_options import serving_attention_problem
 from llmsim.environment import environment_record
@@ -599,18 +600,49 @@ def fit_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, s
 
 
 def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> list[tuple[str, str]]:
-    """(key, note) where a training case names the attention kernel `trtllm-mmha` (TensorRT-LLM's pre-XQA
-    generation kernel, costmodel.plan.Options): a training step has no decode pass, so it prices the context
-    kernel alone, as flash. Once per backend; none for a serving scenario (its iterations decode)."""
+    """(key, note) where a training case's attention kernel prices otherwise than its name says: `trtllm-mmha`
+    (TensorRT-LLM's pre-XQA generation kernel, costmodel.plan.Options): a training step has no decode pass, so it
+    prices the context kernel alone, as flash; FP8 attention (`fp8.attention` / `fp4.attention: float8`,
+    Transformer Engine's FP8 dot-product attention on cuDNN's fused kernel) under an unfused kernel (math,
+    fused-softmax: no FP8 path, 16-bit) or under flash (FlashAttention-2 has no FP8 kernel: flash's fraction of
+    peak times cuDNN's measured FP8/BF16 ratio, costmodel.precision). Once per backend; none for a serving
+    scenario (its iterations decode, and FP8 attention is refused there)."""
     if scenario.serving is not None:
         return []
     notes: dict[str, str] = {}
     for item in planned:
-        if getattr(item.settings, "attention", None) == "trtllm-mmha" and item.case.workload.mode == "train":
+        kernel = getattr(item.settings, "attention", None)
+        if kernel == "trtllm-mmha" and item.case.workload.mode == "train":
             notes[f"backends.{item.backend.name}.attention"] = (
                 "trtllm-mmha is an inference engine's kernel (TensorRT-LLM before XQA: it changes only how a decode "
                 "step reads the KV cache); a training step has no decode, so it is priced as flash")
+        elif kernel is not None and precision.fp8_attention(item.case.workload):
+            if kernel not in FUSED_ATTENTION:
+                notes[f"backends.{item.backend.name}.attention"] = (
+                    f"{kernel} has no FP8 path: FP8 attention (workload's attention: float8) is priced for the fused "
+                    f"kernels (flash, cudnn, flash3), so this case's attention runs 16-bit")
+            elif kernel == "flash":
+                notes[f"backends.{item.backend.name}.attention"] = (
+                    "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has no FP8 path): "
+                    "priced at flash's fraction of peak times cuDNN's FP8/BF16 ratio; attention: cudnn prices "
+                    "cuDNN's own fraction")
     return list(notes.items())
+
+
+def engine_kernel_notes(scenario: Scenario) -> list[tuple[str, str]]:
+    """(key, note) where a serving scenario names SGLang's kernel counts (serving.scheduler.engine_kernels sglang /
+    sglang-rocm) for a model they were not counted for (costmodel.eager: a DeepSeek-V3-shaped float8 model's extend
+    pass): the pass is priced with the fused count, as if the key were unset. Said only when the key is written."""
+    serving = scenario.serving
+    if serving is None or "engine_kernels" not in serving.scheduler.model_fields_set:
+        return []
+    kernels = serving.scheduler.engine_kernels
+    spec, dtype = scenario.workload.model, scenario.workload.dtype
+    if kernels in ("sglang", "sglang-rocm") and not sglang_counted(spec, dtype):
+        return [("serving.scheduler.engine_kernels", f"{kernels}: SGLang's launches are counted for a DeepSeek-V3-"
+                 f"shaped float8 model (MLA with a query latent, MoE) only; this model's passes are priced with the "
+                 f"fused count, as with engine_kernels: fused")]
+    return []
 
 
 def fp4_weight_only_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str]]:

@@ -426,3 +426,30 @@ def test_a_run_keeps_its_notes_in_the_folder_and_the_report(tmp_path: Path, caps
     assert len(notes) == 1 and notes[0].startswith("backends.roofline: device 'h100-sxm'") and "weight-only" in notes[0]
     assert f"Note: {notes[0]}" in (run / "report.md").read_text()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("kernel, said", [("math", "math has no FP8 path"),
+                                          ("flash", "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has "
+                                                    "no FP8 path)"), ("cudnn", None)])
+def test_fp8_attention_under_a_kernel_without_an_fp8_path_is_said(capsys, kernel: str, said: str | None) -> None:  # noqa: ANN001
+    """The trial: fp8.attention float8 under attention math was silently 16-bit, and under flash (FA2) priced FP8
+    without a word; each now says how it is priced (cudnn: nothing to say)."""
+    assert main(["validate", str(QUICKSTART), "--backend", "roofline", "--set", "workload.dtype=float8",
+                 "--set", "workload.fp8={attention: float8}", "--set", "backends.roofline.hardware=h100-sxm",
+                 "--set", f"backends.roofline.attention={kernel}"]) == 0
+    err = capsys.readouterr().err
+    if said is None:
+        assert "backends.roofline.attention" not in err
+    else:
+        assert f"backends.roofline.attention: {said}" in " ".join(err.split())
+
+
+def test_sglang_kernel_counts_named_for_a_model_they_were_not_counted_for_are_said(capsys) -> None:  # noqa: ANN001
+    """The trial: engine_kernels sglang on a dense Llama changed nothing without a word."""
+    assert main(["validate", str(REPO / "scenarios" / "serve-8b.yaml"),
+                 "--set", "serving.scheduler.engine_kernels=sglang"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "serving.scheduler.engine_kernels: sglang: SGLang's launches are counted for a DeepSeek-V3-shaped" in err
+    assert main(["validate", str(REPO / "scenarios" / "serve-deepseek-v3.yaml"),
+                 "--set", "serving.scheduler.engine_kernels=sglang"]) == 0
+    assert "engine_kernels" not in capsys.readouterr().err

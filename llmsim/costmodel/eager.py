@@ -153,6 +153,12 @@ def sglang_dsv3_layer_launches(spec: "ModelSpec", rocm: bool, tp: int, pass_toke
     return attention + (dense * mlp + (layers - dense) * moe) / layers
 
 
+def sglang_counted(spec: "ModelSpec", dtype: str) -> bool:
+    """Whether SGLang's kernel counts (`sglang_dsv3_layer_launches`) were counted for this model: a DeepSeek-V3-
+    shaped float8 model (MLA with a query latent, MoE, FP8 block weights)."""
+    return spec.mla is not None and spec.mla.q_lora_rank is not None and spec.moe is not None and dtype == "float8"
+
+
 def engine_layer_kernels(engine_kernels: str, spec: "ModelSpec", dtype: str, tp: int, prefill_tokens: int,
                          pass_tokens: int) -> float:
     """Kernels each layer of a pass launches beyond the fused engine's (`layer_launches` with no engine kernels:
@@ -164,7 +170,7 @@ def engine_layer_kernels(engine_kernels: str, spec: "ModelSpec", dtype: str, tp:
     SGLang launches the fused count: not re-counted). "fused": 0."""
     if engine_kernels not in ("sglang", "sglang-rocm") or prefill_tokens <= 0:
         return 0.0
-    if spec.mla is None or spec.mla.q_lora_rank is None or spec.moe is None or dtype != "float8":
+    if not sglang_counted(spec, dtype):
         return 0.0
     fused = layer_launches(0.0, tp, tp_collectives_per_layer(spec))
     return max(0.0, sglang_dsv3_layer_launches(spec, engine_kernels == "sglang-rocm", tp, pass_tokens) - fused)
