@@ -338,9 +338,10 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             for side in ("prefill", "decode") if disagg is not None else ():
                 tp = disagg.tp_of(side, strategy.tp)   # each side's expert grid is carved from its own tp
                 problem = serving_expert_grid_problem(strategy.model_copy(update={"tp": tp}))
-                if problem is not None and tp != strategy.tp:
+                if problem is not None and tp != strategy.tp:   # the strategy's key that the side's tp breaks
                     raise ScenarioError(file, f"serving.disaggregation.{side}.tp",
-                                        f"{tp}: {problem[1]} (strategy {strategy.name!r})")
+                                        f"{tp}: strategies[{i}].{problem[0]} {problem[1]} (strategy "
+                                        f"{strategy.name!r})")
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
                             ep=strategy.ep, etp=strategy.expert_tp)
             for key, value in sweep:

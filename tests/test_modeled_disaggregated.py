@@ -143,7 +143,8 @@ def test_a_sides_tp_must_hold_the_strategys_expert_grid(tmp_path: Path, capsys: 
     data["workload"] = {"model": {"preset": "tiny-moe"}, "dtype": "bfloat16"}
     data["strategies"] = [{"name": "s", "tp": 2, "ep": 2, "etp": 1}]
     err = _error(tmp_path, capsys, data)
-    assert err.startswith("serving.disaggregation.decode.tp: 1: ")
+    # the trial: "1: 2 does not divide tp=1" left the 2 unnamed; the strategy's key it breaks is named
+    assert err.startswith("serving.disaggregation.decode.tp: 1: strategies[0].ep 2 does not divide tp=1")
 
 
 def test_a_moe_model_runs_with_each_side_at_its_own_tp(tmp_path: Path) -> None:
