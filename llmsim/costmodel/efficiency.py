@@ -79,7 +79,10 @@ DEFAULT_MEMORY = HBM_STREAM_A100
 # H200's 4.8 TB/s, the A100 stream's 0.88 within 2%); with an FP8 cache it reaches less: each byte read is one
 # element to convert and scale before the 16-bit (Hopper XQA) math, twice the elements per byte, so the kernel
 # is no longer at the memory ceiling alone (H200 -6.5%, B200 -23%). Taken at 16k, the shorter of the two
-# lengths (served caches are shorter still), as fractions of the catalog's peak bandwidth.
+# lengths (served caches are shorter still), as fractions of the catalog's peak bandwidth. The B200 FP8 figure is
+# not used by the catalog: measured at 16 query heads per KV head, it disagrees with the -8% that vLLM's
+# fp8-kvcache post implies on B200 at Llama 3.1 8B's 4 (the group moves the kernel's work per byte on
+# Blackwell), while on Hopper the two engines agree (XQA -6.5% at 16; vLLM's FlashAttention-3 on H100 -8% at 4).
 XQA_DECODE_H200_BF16 = 4.31e12 / 4.8e12
 XQA_DECODE_H200_FP8 = 4.03e12 / 4.8e12
 TRTLLM_GEN_DECODE_B200_BF16 = 7.08e12 / 8.0e12
