@@ -20,14 +20,16 @@ import validate as v  # noqa: E402
 
 import llmsim.modeled_serving as ms  # noqa: E402
 from llmsim.costmodel import iteration as it  # noqa: E402
+from llmsim.costmodel.step import StepTimes  # noqa: E402
 from llmsim.costmodel.compute import (KERNELS_PER_LAYER_FORWARD, decode_kv_reads,  # noqa: E402
                                       layer_matmul_time)
 
-RECORD: list = []
+RECORD: list[tuple[it.IterationModel, it.Mix, StepTimes]] = []   # every iteration the simulation prices
 _orig = ms.iteration_times
 
 
-def _rec(model, mix, ranks=()):
+def _rec(model: it.IterationModel, mix: it.Mix, ranks: tuple[it.Mix, ...] = ()) -> StepTimes:
+    """costmodel.iteration.iteration_times, each call recorded in RECORD."""
     t = _orig(model, mix, ranks)
     RECORD.append((model, mix, t))
     return t
@@ -37,7 +39,9 @@ ms.iteration_times = _rec
 
 
 def components(model: it.IterationModel, mix: it.Mix) -> dict[str, float]:
-    """One decode-only iteration's per-rank seconds by part (pp = 1 assumed), _stage_work's formulas."""
+    """One decode-only iteration's per-rank seconds by part (pp = 1 assumed), _stage_work's formulas: gemm (and
+    gemm_c, its FLOP-bound time), att (att_c FLOP-bound, att_m the cache read), other (elementwise bytes and the
+    fixed time per kernel), summed over the layers; kv_bytes and w_bytes the cache and GEMM weight bytes read."""
     c, plan, w, rates = model.costs, model.plan, model.workload, model.rates
     spec = w.model
     tp, L = plan.tp, c.layers
@@ -66,6 +70,7 @@ def components(model: it.IterationModel, mix: it.Mix) -> dict[str, float]:
 
 
 def main() -> None:
+    """Print one line per serving row of --table (and --rows): the decode iterations' means and time split."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", required=True)
     ap.add_argument("--rows", default="")
@@ -76,7 +81,7 @@ def main() -> None:
     print(f"{'row':6} {'err':>7} {'batch':>6} {'kvlen':>6} {'KV/W':>6} {'dec%':>5} {'gemm%':>6} {'att%':>5} "
           f"{'oth%':>5} {'head%':>5} {'comm%':>5} {'gemm':>4} {'att':>4} {'Wt GB':>6} {'KV GB':>6} {'ms/step':>7} "
           f"{'metric'}")
-    seen = {}
+    seen: dict[str, list[tuple[it.IterationModel, it.Mix, StepTimes]]] = {}
     for case in cases:
         key = repr(v.serving_scenario(case.row))
         RECORD.clear()
@@ -87,7 +92,6 @@ def main() -> None:
         err = out.error
         tot = defaultdict(float)
         n = 0
-        step_s = 0.0
         all_s = sum(t.step for _, _, t in calls) or 1.0
         for model, mix, t in calls:
             if mix.prefill_tokens or not mix.decode_seqs:
