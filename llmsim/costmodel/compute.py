@@ -130,6 +130,14 @@ class Rates:
             return 0.0
         return nbytes / (self.memory_bw * self.efficiency.memory)
 
+    def decode_kv_time(self, nbytes: float, kv_float8: bool = False) -> float:
+        """Seconds a decode step's attention kernel takes to stream `nbytes` of cached K and V (0 for none), at
+        the decode kernel's own fraction of peak bandwidth for a 16-bit or an FP8 (`kv_float8`) cache
+        (Efficiency.decode_kv_memory; a plain stream's where the device has no measurement)."""
+        if nbytes <= 0:
+            return 0.0
+        return nbytes / (self.memory_bw * self.efficiency.decode_kv_memory(kv_float8))
+
 
 class CostModelError(ValueError):
     """The case cannot be priced on this hardware (no peak for the dtype, an uncalibrated device...)."""
@@ -562,7 +570,7 @@ def _phase_times(profile: "WorkloadProfile", workload: "Workload", plan: Plan, o
             forward_fraction = (attention_fractions(rates.efficiency, options.attention)[0]
                                 if options.attention in FUSED_ATTENTION else rates.efficiency.attention)
             attention = max(at_flops / (rates.sustained_flops * forward_fraction),
-                            rates.memory_time(_kv_read_bytes(profile, workload, plan, divide, steps, options)))
+                            rates.decode_kv_time(_kv_read_bytes(profile, workload, plan, divide, steps, options)))
         elif options.attention in FUSED_ATTENTION:
             flops = at_flops * (CAUSAL_FLOP_SHARE if spec.causal else 1.0)
             forward_fraction, backward_fraction = attention_fractions(rates.efficiency, options.attention)

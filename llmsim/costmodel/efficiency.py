@@ -69,6 +69,25 @@ FLASH_ATTENTION3_H100_BACKWARD = 559 / 989.4
 HBM_STREAM_A100 = 1.80 / 2.04
 DEFAULT_MEMORY = HBM_STREAM_A100
 
+# A decode step's attention kernel streams the cached K and V of every decoding sequence: memory-bound, but its
+# own kernel, whose achieved bandwidth is measured apart from a plain stream's. TensorRT-LLM's Skip Softmax
+# Attention blog (NVIDIA/TensorRT-LLM docs/source/blogs/tech_blog/
+# blog16_Accelerating_Long_Context_Inference_with_Skip_Softmax_Attention.md at 0cedc792, "Decode Baseline (we
+# report memory bandwidth in TB/s)": q_heads 64, kv_heads 4, head_dim 128, batch 64; Hopper = the XQA kernel,
+# Blackwell = trtllm-gen) gives, at seqlen 16k (64k in brackets): H200 BF16 4.31 (4.37), FP8 4.03 (4.10) TB/s;
+# B200 BF16 7.08 (7.10), FP8 5.46 (5.68) TB/s. With a 16-bit cache the kernel streams like any copy (0.90 of the
+# H200's 4.8 TB/s, the A100 stream's 0.88 within 2%); with an FP8 cache it reaches less: each byte read is one
+# element to convert and scale before the 16-bit (Hopper XQA) math, twice the elements per byte, so the kernel
+# is no longer at the memory ceiling alone (H200 -6.5%, B200 -23%). Taken at 16k, the shorter of the two
+# lengths (served caches are shorter still), as fractions of the catalog's peak bandwidth. The B200 FP8 figure is
+# not used by the catalog: measured at 16 query heads per KV head, it disagrees with the -8% that vLLM's
+# fp8-kvcache post implies on B200 at Llama 3.1 8B's 4 (the group moves the kernel's work per byte on
+# Blackwell), while on Hopper the two engines agree (XQA -6.5% at 16; vLLM's FlashAttention-3 on H100 -8% at 4).
+XQA_DECODE_H200_BF16 = 4.31e12 / 4.8e12
+XQA_DECODE_H200_FP8 = 4.03e12 / 4.8e12
+TRTLLM_GEN_DECODE_B200_BF16 = 7.08e12 / 8.0e12
+TRTLLM_GEN_DECODE_B200_FP8 = 5.46e12 / 8.0e12
+
 # cuBLAS splits a GEMM's output into thread-block tiles; one wave runs one tile per SM. The largest
 # Ampere/Hopper tiles are 256x128, with 128x128 chosen when that quantizes better (NVIDIA Deep Learning
 # Performance Guide, "Matrix Multiplication Background", sections on tile and wave quantization).
@@ -92,7 +111,9 @@ class Efficiency(BaseModel):
     FlashAttention-2) reaches (forward, and backward unless `attention_backward` gives the backward kernel's
     own); `attention_cudnn` and `attention_flash3` (each with its `_backward`) are the other fused kernels'
     fractions, set only where a measurement exists (`attention_fractions`). `memory` is the
-    fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches. `op_overhead_s` is a
+    fraction of peak memory bandwidth a streaming (memory-bound) kernel reaches; `decode_attention_memory` and
+    `decode_attention_memory_float8` the decode attention kernel's own, reading a 16-bit or an FP8 KV cache, set
+    only where measured (`decode_kv_memory`). `op_overhead_s` is a
     fixed cost per operator (Python and dispatcher time in eager PyTorch): it adds up when the host runs
     the ops itself (CPU) and hides behind queued kernels on an accelerator, hence 0 by default; the
     calibration fits it for a host. `kernel_latency_s` is the accelerator's counterpart: the time each
@@ -124,6 +145,11 @@ class Efficiency(BaseModel):
     attention_flash3_backward: float | None = Field(None, gt=0, le=1, description="FlashAttention-3's backward "
                                                     "fraction; None = the same as `attention_flash3`")
     memory: float = Field(DEFAULT_MEMORY, gt=0, le=1, description="streaming fraction of peak memory bandwidth")
+    decode_attention_memory: float | None = Field(None, gt=0, le=1, description="fraction of peak memory "
+                                                  "bandwidth a decode step's attention kernel reaches reading a "
+                                                  "16-bit KV cache; None = `memory`")
+    decode_attention_memory_float8: float | None = Field(None, gt=0, le=1, description="the same reading an FP8 "
+                                                         "KV cache; None = `decode_attention_memory`")
     matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
                                         "peak (FP8 MAMF); None = the same fraction as `matmul`")
     sustained: float = Field(1.0, gt=0, le=1, description="share of the burst FLOP rate held under sustained load")
@@ -163,6 +189,17 @@ class Efficiency(BaseModel):
         if forward is None:
             return None
         return forward, backward or forward
+
+    def decode_kv_memory(self, kv_float8: bool) -> float:
+        """Fraction of peak memory bandwidth a decode step's attention kernel reaches streaming the KV cache:
+        `decode_attention_memory_float8` for an FP8 cache (`kv_float8`), else `decode_attention_memory`, each
+        falling back to the next (the FP8 one to the 16-bit one, that to `memory`, a plain stream's), so an entry
+        without a measured decode kernel prices its cache reads as any stream (XQA_DECODE_H200_* for the
+        measurements). Dimensionless."""
+        sixteen = self.decode_attention_memory or self.memory
+        if kv_float8:
+            return self.decode_attention_memory_float8 or sixteen
+        return sixteen
 
 
 DEFAULT_EFFICIENCY = Efficiency(source="llmsim defaults: MAMF H100 SXM (matmul), FlashAttention-2 on A100 "

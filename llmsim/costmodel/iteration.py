@@ -497,12 +497,14 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     decode_read = kv_read * decode_kv_reads(model.options.attention, spec.heads, spec.kv_heads or spec.heads, tp,
                                             spec.mla is not None)
     decode_pair = per_pair if c.decode_attention_flops_per_pair is None else c.decode_attention_flops_per_pair / div
+    # the decode kernel's own achieved bandwidth, lower for an FP8 cache (Efficiency.decode_kv_memory)
+    kv_float8 = c.kv_cache_dtype == "float8"
     decode_att = max((mix.decode_keys + mix.verify_pairs) * decode_pair / attention_rate,
-                     rates.memory_time(mix.decode_keys * decode_read))
+                     rates.decode_kv_time(mix.decode_keys * decode_read, kv_float8))
     if c.windowed_layers:   # the mean layer: the windowed layers' share at their capped pairs and reads (Mix.window_*)
         share = c.windowed_layers / c.layers
         window_prefill = max(mix.window_pairs * per_pair / attention_rate, rates.memory_time(mix.window_prefix * kv_read))
-        window_decode = max(mix.window_keys * decode_pair / attention_rate, rates.memory_time(mix.window_keys * decode_read))
+        window_decode = max(mix.window_keys * decode_pair / attention_rate, rates.decode_kv_time(mix.window_keys * decode_read, kv_float8))
         prefill_att = (1 - share) * prefill_att + share * window_prefill
         decode_att = (1 - share) * decode_att + share * window_decode
     other_bytes = (pre * c.other_bytes_prefill + dec * c.other_bytes_decode) / div

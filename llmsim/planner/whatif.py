@@ -3,7 +3,8 @@
 Three knobs (issue 18, "search that explains itself"), each a multiplier on what the cost model reads:
 * `link`: the line rate of both link tiers (intra-node and inter-node `bandwidth_bytes_per_s`);
 * `gemm`: the device's large-GEMM fraction of peak (`Efficiency.matmul`, and `matmul_float8` when set);
-* `memory`: the device's streaming fraction of peak memory bandwidth (`Efficiency.memory`).
+* `memory`: the device's streaming fraction of peak memory bandwidth (`Efficiency.memory`, and the decode attention
+  kernel's own, `decode_attention_memory` / `decode_attention_memory_float8`, when set).
 
 The factor is applied as given, also where it lifts a fraction above 1 (0.88 x 1.2 = 1.06 of the HBM peak):
 a sensitivity asks how the choice moves with the number, not whether the device could reach it. Pure: no
@@ -37,6 +38,9 @@ def perturb_cluster(cluster: ClusterSpec, knob: str, factor: float) -> ClusterSp
             update["matmul_float8"] = eff.matmul_float8 * factor
     elif knob == "memory":
         update = {"memory": eff.memory * factor}
+        for field in ("decode_attention_memory", "decode_attention_memory_float8"):   # the decode kernel's own
+            if getattr(eff, field) is not None:
+                update[field] = getattr(eff, field) * factor
     else:
         raise ValueError(f"unknown knob {knob!r}; allowed: {', '.join(KNOBS)}")
     device = cluster.device.model_copy(update={"efficiency": eff.model_copy(update=update)})  # type: ignore[attr-defined]
