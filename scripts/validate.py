@@ -529,7 +529,8 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
-                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "fp4_layers", *MODEL_OPTIONAL_COLUMNS)
+                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "eager", "fp4_layers",
+                    *MODEL_OPTIONAL_COLUMNS)
 # `fp4_layers` (optional; blank = all): a float4 row's workload.fp4.layers (all | mlp: the attention projections
 # kept 16-bit, nvidia/DeepSeek-R1-FP4 as TensorRT-LLM runs it); the scenario's rules refuse any other value.
 # `attention_dp` (optional; blank = 1): the replica's attention data-parallel ranks, Strategy.attention_dp (SGLang
@@ -553,7 +554,10 @@ SERVING_SCHEDULER_FLAGS = ("async_output", "overlap_schedule")
 # `engine_kernels` (optional; blank = the policy's default, fused for prefill-first): serving.scheduler.engine_kernels,
 # whose model code launches a pass's kernels (fused | sglang | sglang-rocm; costmodel.eager): the SGLang rows of a
 # DeepSeek-V3-shaped float8 model, whose extend pass SGLang launches from Python with more kernels a layer.
-SERVING_SCHEDULER_WORDS = ("engine_kernels",)
+# `eager` (optional; blank = the policy's default): serving.scheduler.eager (none | prompt | all), the passes the engine
+# launches from Python instead of replaying a CUDA graph: `all` for a run served with vLLM's --enforce-eager, or an
+# engine path that captured no graph (costmodel.eager), as the row's assumptions state.
+SERVING_SCHEDULER_WORDS = ("engine_kernels", "eager")
 SERVING_INTS = {"context", "requests", "max_num_seqs", "max_batched_tokens", "kv_block_tokens", "concurrency"}
 SERVING_REQUIRED = ("hardware", "n_devices", "tp", "pp", "request_rate", "context", "requests", "scheduler", "max_num_seqs", "max_batched_tokens", "kv_block_tokens",
                     "memory_utilization", "published")
