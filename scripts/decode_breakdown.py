@@ -1,11 +1,12 @@
-"""Where a serving row's decode time goes: per-step GEMM / attention / other / head / collectives (analysis aid).
+"""Where a serving row's decode time goes: per-step GEMM / attention / other / rest / collectives (analysis aid).
 
 Runs the serving rows of a dev table through validate.py's simulation with costmodel.iteration.iteration_times
 wrapped, keeps every decode-only iteration (no prompt tokens), and prints, per row: the error, the mean decode batch,
 the mean KV length a decoding sequence attends over, the KV bytes vs the GEMM weight bytes read per step (one rank),
 and the decode time's split (seconds summed over the decode iterations, the components of
 costmodel.iteration._stage_work recomputed with its own formulas), with whether the GEMMs and the attention are
-priced compute- or memory-bound. Usage: scripts/decode_breakdown.py --table trtllm-blog [--rows TB01,TB02]
+priced compute- or memory-bound. `rest` is the step's compute not in the three layer parts: the LM head, the
+embedding and a mixture of experts' routed experts (large for MoE rows). Usage: scripts/decode_breakdown.py --table trtllm-blog [--rows TB01,TB02]
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def main() -> None:
     want = set(filter(None, a.rows.split(",")))
     cases = [c for c in table.cases(table.default) if c.row is not None and (not want or c.row_id in want)]
     print(f"{'row':6} {'err':>7} {'batch':>6} {'kvlen':>6} {'KV/W':>6} {'dec%':>5} {'gemm%':>6} {'att%':>5} "
-          f"{'oth%':>5} {'head%':>5} {'comm%':>5} {'gemm':>4} {'att':>4} {'Wt GB':>6} {'KV GB':>6} {'ms/step':>7} "
+          f"{'oth%':>5} {'rest%':>5} {'comm%':>5} {'gemm':>4} {'att':>4} {'Wt GB':>6} {'KV GB':>6} {'ms/step':>7} "
           f"{'metric'}")
     seen: dict[str, list[tuple[it.IterationModel, it.Mix, StepTimes]]] = {}
     for case in cases:
@@ -104,7 +105,7 @@ def main() -> None:
             tot["keys"] += mix.decode_keys
             tot["comm"] += t.comm
             tot["step"] += t.step
-            tot["head"] += t.compute - comp["gemm"] - comp["att"] - comp["other"]
+            tot["rest"] += t.compute - comp["gemm"] - comp["att"] - comp["other"]
         if not n:
             print(f"{case.row_id:6} no decode-only iteration")
             continue
@@ -112,7 +113,7 @@ def main() -> None:
         pct = lambda k: f"{100 * tot[k] / s:5.0f}"  # noqa: E731
         print(f"{case.row_id:6} {(err or 0):+7.1%} {tot['seqs'] / n:6.0f} {tot['keys'] / tot['seqs']:6.0f} "
               f"{tot['kv_bytes'] / tot['w_bytes']:6.2f} {100 * s / all_s:5.0f} {pct('gemm'):>6} {pct('att')} "
-              f"{pct('other')} {pct('head')} {pct('comm')} "
+              f"{pct('other')} {pct('rest')} {pct('comm')} "
               f"{'C' if tot['gemm_c'] >= 0.999 * tot['gemm'] else 'M':>4} {'C' if tot['att_c'] > tot['att_m'] else 'M':>4} "
               f"{tot['w_bytes'] / n / 1e9:6.1f} {tot['kv_bytes'] / n / 1e9:6.1f} {1e3 * s / n:7.2f} {case.metric}")
 
