@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 
 from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
@@ -160,6 +160,15 @@ class SearchSpace(_Strict):
         None, description="serving plans: prefill-decode disaggregated units searched beside the colocated "
                           "replicas, {prefill: [instances], decode: [instances], kv_transfer: {layerwise}}; each "
                           "side's tp from search.tp, pp 1; default none (colocated replicas only)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_disaggregation(self, handler: Any) -> dict[str, Any]:
+        """The resolved plan (plan.yaml) of a plan without search.disaggregation is the one written before the key
+        existed: a null `disaggregation` is left out."""
+        data = handler(self)
+        if isinstance(data, dict) and "disaggregation" in data and data["disaggregation"] is None:
+            del data["disaggregation"]
+        return data
 
 
 class PlanFile(_Strict):

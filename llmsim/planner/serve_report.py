@@ -50,7 +50,7 @@ def describe_rate(c: CandidateResult) -> str:
     if not c.sustained_rate:
         return "–"
     return ("≥ " if c.sustained_at_least else "") + (f"{c.sustained_rate:.3g} requests/s per "
-                                                      f"{'unit' if c.unit is not None else 'replica'}")
+                                                      f"{'unit' if getattr(c, 'unit', None) is not None else 'replica'}")
 
 
 def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) -> str | None:
@@ -119,18 +119,19 @@ def probe_marks(c: CandidateResult) -> str:
 
 def probe_line(c: CandidateResult) -> str:
     """What the candidate's rate search found, with its probes; or why it was not searched."""
+    one = "one unit" if c.unit is not None else "one replica"
     if c.sustained_rate:
-        return (f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; "
-                f"probes: {probe_marks(c)})")
+        return (f"{one} sustains {describe_rate(c).removesuffix(' per ' + one.split()[1])} (SLO met up to that "
+                f"rate; probes: {probe_marks(c)})")
     if c.first_miss is not None:
         stop = c.first_miss.stopped
         known = (f"attainment ≤ {c.first_miss.attainment:.3f} there, stopped early once {stop.misses:,} of "
                  f"{stop.requests:,} requests missed" if stop is not None
                  else f"attainment {c.first_miss.attainment:.3f} there")
-        return (f"one replica sustains no rate down to {c.first_miss.rate:,.4g} requests/s ({known}; probes: "
+        return (f"{one} sustains no rate down to {c.first_miss.rate:,.4g} requests/s ({known}; probes: "
                 f"{probe_marks(c)})")
     limit = c.limits[0] if c.limits else "error"
-    return f"one replica not searched: {NOT_SEARCHED.get(limit, c.reason)}"
+    return f"{one} not searched: {NOT_SEARCHED.get(limit, c.reason)}"
 
 
 def dropped_note(results: list[CandidateResult]) -> str | None:
@@ -209,15 +210,22 @@ def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[Any, ...], ServingTask
     out = Sensitivity(plan.objective, describe_candidate(winner), describe_candidate(runner_up),
                       (metric(winner, plan.objective), metric(runner_up, plan.objective)),
                       priced_by="the serving simulation (replicas re-sized at the goal rate)",
-                      base_note=f"{winner.replicas} rep.|{runner_up.replicas} rep.")
+                      base_note=f"{_sized(winner, winner.replicas)}|{_sized(runner_up, runner_up.replicas)}")
     for i in range(0, len(results), 2):
         knob, factor, _ = jobs[i]
         w, r = results[i], results[i + 1]
         out.rows.append(SensitivityRow(knob, factor, metric(w, plan.objective), metric(r, plan.objective),
                                        w.feasible, r.feasible, key(r) < key(w),
-                                       note=f"{w.replicas or '–'} rep.|{r.replicas or '–'} rep.",
+                                       note=f"{_sized(winner, w.replicas)}|{_sized(runner_up, r.replicas)}",
                                        limits=(w.limits, r.limits)))
     return out
+
+
+def _sized(c: CandidateResult, n: int) -> str:
+    """'2 rep.' of a colocated candidate, '2 units' of a disaggregated one ('–' for none): the sensitivity's notes."""
+    if c.unit is None:
+        return f"{n or '–'} rep."
+    return f"{n or '–'} unit{'' if n == 1 else 's'}"
 
 
 def _what_if_job(job: tuple[ServingTask, CandidateResult, str, float]) -> CandidateResult:
@@ -320,7 +328,9 @@ def best_yaml(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> st
         units = (f"# units: {c.replicas}. This file is ONE of the {c.replicas} disaggregated units ({c.unit.label()}, "
                  f"{c.unit.devices} devices) behind a router,\n# at its share of the goal, {goal:g} / {c.replicas} = "
                  f"{goal / c.replicas:.6g} requests/s (llmsim runs one disaggregated unit: serving.replicas > 1 is "
-                 f"refused with\n# serving.disaggregation). Every unit is this one.\n")
+                 f"refused with\n# serving.disaggregation). Every unit is this one.\n") if c.replicas > 1 else (
+                 f"# units: 1. This file is the whole deployment: one disaggregated unit ({c.unit.label()}, "
+                 f"{c.unit.devices} devices) at the goal rate.\n")
     head = (f"# The winner of serving plan {plan.name!r} ({plan.objective}): {describe_candidate(c)}.\n" + units +
             f"# Simulated at {plan.goal.request_rate:g} requests/s{' (one unit at its share)' if units else ''}: TTFT p99 {fmt_duration(row.get('ttft_p99_s'))}, "
             f"TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO attainment {row.get('slo_attainment', 0):.3f}; "
