@@ -604,6 +604,10 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
         out.reason, out.limits = (f"error: speculative decoding (serving.speculative) is modeled at pp 1 only "
                                   f"(pp {task.pp})"), ("error",)
         return out, max_replicas
+    if task.unit is not None and task.node.is_torus:
+        # modeled_disaggregated's own refusal: its instances would have to tile the torus
+        out.reason, out.limits = "error: serving.disaggregation is not modeled on a TPU slice", ("error",)
+        return out, max_replicas
     try:
         n = rented_devices(task.size, task.node.devices_per_node)
         replica: _Replica | _Unit = _Unit(task, n) if task.unit is not None else _Replica(task, n)

@@ -146,3 +146,16 @@ def test_speculative_candidates_equal_llmsim_run_with_the_block(tmp_path: Path,
     assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--hardware", str(tmp_path / "slow.yaml")]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "dropped" in line]
     assert len(notes) == 1 and "1 of 2 candidates dropped" in notes[0] and "pp 1 only" in notes[0]
+
+
+def test_a_unit_on_a_tpu_slice_is_left_out_with_the_reason() -> None:
+    """The disaggregated simulation refuses a TPU slice (modeled_disaggregated): such units are not searched, each
+    saying why as a candidate the cost model cannot price does."""
+    from llmsim.planner.search import sharing_choice
+    from llmsim.planner.serve import rate_search, serving_tasks
+    plan = parse_plan(serving_plan(hardware=[{"name": "tpu-v5e"}],
+                                   search={"tp": [1], "pp": [1], "disaggregation": {"prefill": [1], "decode": [1]}}))
+    tasks = serving_tasks(plan, resolve_hardware(plan, CATALOG), sharing_choice(plan))
+    [unit] = [t for t in tasks if t.unit is not None]
+    out, _ = rate_search(unit)
+    assert out.limits == ("error",) and "not modeled on a TPU slice" in out.reason
