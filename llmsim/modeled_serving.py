@@ -252,21 +252,27 @@ def speculative_draft(case: "Case", speculative: Speculative, model: IterationMo
     share of a token's K and V. draft: the preset `draft_model` traced like the target (serving_profile) and run on
     the same tp (vLLM's draft_tensor_parallel_size defaults to the target's), its parameters over tp and its own
     cache per token (costmodel.iteration.kv_bytes_per_token). CostModelError as token_costs."""
+    assert case.serving is not None
+    return workload_draft(case.workload, case.serving.spec.kv_cache_dtype, speculative, model, capacity)
+
+
+def workload_draft(workload: Workload, kv_cache_dtype: str, speculative: Speculative, model: IterationModel,
+                   capacity: KVCapacity) -> tuple[IterationModel | None, float, float]:
+    """speculative_draft of a served `workload` (its model, context and precision) with the serving block's
+    `kv_cache_dtype`: the one rule, for a scenario's case and for a serving plan's candidate (planner.serve)."""
     if speculative.method == "ngram":
         return None, 0.0, 0.0
-    layers = case.workload.model.layers
+    layers = workload.model.layers
     if speculative.method in ("mtp", "eagle"):
         share = speculative.draft_layers / layers
         return (draft_head_model(model, speculative.draft_layers), capacity.weights_bytes * share,
                 capacity.bytes_per_token * share)
     assert speculative.draft_model is not None
     # on the target's sequences: its context is the target's (config.draft_model_problem checked that it holds it)
-    spec = ModelSpec.model_validate({"preset": speculative.draft_model, "seq_len": case.workload.model.seq_len})
-    workload = Workload(model=spec, mode="decode", dtype=case.workload.dtype, fp8=case.workload.fp8,
-                        fp4=case.workload.fp4)
-    ref, profile = serving_profile(workload, SharingChoice.resolve(Sharing(), spec))
-    assert case.serving is not None
-    costs = token_costs(ref, profile, case.serving.spec.kv_cache_dtype)
+    spec = ModelSpec.model_validate({"preset": speculative.draft_model, "seq_len": workload.model.seq_len})
+    drafted = Workload(model=spec, mode="decode", dtype=workload.dtype, fp8=workload.fp8, fp4=workload.fp4)
+    ref, profile = serving_profile(drafted, SharingChoice.resolve(Sharing(), spec))
+    costs = token_costs(ref, profile, kv_cache_dtype)
     draft = IterationModel(costs, ref, model.plan, model.cluster, model.options)
     return draft, profile.param_bytes / model.plan.tp, kv_bytes_per_token(costs, ref, model.plan)
 

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 
 from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
@@ -101,6 +101,25 @@ Recompute = Literal["none", "selective", "selective-op", "selective-dots", "full
 Schedule = Literal["gpipe", "1f1b", "interleaved"]
 
 
+class PlanKVTransfer(_Strict):
+    """How a searched disaggregated unit's KV cache moves (serving.disaggregation.kv_transfer of a scenario, less
+    `link`: a plan's unit takes its hardware's own links, intra_node inside one node, else inter_node)."""
+
+    layerwise: bool = Field(False, description="send each layer's KV as soon as the prefill has computed it "
+                                               "(serving.disaggregation.kv_transfer.layerwise)")
+
+
+class DisaggregationSearch(_Strict):
+    """search.disaggregation of a serving plan: prefill-decode disaggregated units searched beside the colocated
+    replicas (planner.serve). A unit is x prefill instances of tp a and y decode instances of tp b on one
+    hardware choice (x in `prefill`, y in `decode`, a and b each from search.tp), pp 1, attention_dp 1."""
+
+    prefill: list[PositiveInt] = Field(min_length=1, description="prefill instances per unit to search")
+    decode: list[PositiveInt] = Field(min_length=1, description="decode instances per unit to search")
+    kv_transfer: PlanKVTransfer = Field(default_factory=PlanKVTransfer,
+                                        description="how a prompt's KV cache moves (layerwise)")
+
+
 class SearchSpace(_Strict):
     """Narrow the enumerated degrees (null = the default: every value the model and batch allow).
 
@@ -137,6 +156,19 @@ class SearchSpace(_Strict):
                           "has no float8 candidates; float4 runs the workload's fp4 recipe (default nvfp4): "
                           "weight-only for inference where the tensor cores do not take it, no candidate for "
                           "training there")
+    disaggregation: DisaggregationSearch | None = Field(
+        None, description="serving plans: prefill-decode disaggregated units searched beside the colocated "
+                          "replicas, {prefill: [instances], decode: [instances], kv_transfer: {layerwise}}; each "
+                          "side's tp from search.tp, pp 1; default none (colocated replicas only)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_disaggregation(self, handler: Any) -> dict[str, Any]:
+        """The resolved plan (plan.yaml) of a plan without search.disaggregation is the one written before the key
+        existed: a null `disaggregation` is left out."""
+        data = handler(self)
+        if isinstance(data, dict) and "disaggregation" in data and data["disaggregation"] is None:
+            del data["disaggregation"]
+        return data
 
 
 class PlanFile(_Strict):
@@ -218,10 +250,9 @@ class PlanFile(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "PlanFile":
-        if self.serving is not None and self.serving.speculative is not None:
-            # the plan's search prices the target's iterations only (planner.serve.simulate_at): refused, not ignored
-            raise _KeyedError("serving.speculative", "speculative decoding is not searched by llmsim plan (allowed: "
-                                                     "omit it; run the scenario with it instead)")
+        if self.serving is None and self.search.disaggregation is not None:
+            raise _KeyedError("search.disaggregation", "prefill-decode disaggregation is searched in serving plans "
+                                                       "(a serving: block and goal.request_rate) only")
         if self.serving is not None:
             self._check_serving()
         elif self.goal.request_rate is not None:
@@ -301,13 +332,27 @@ class PlanFile(_Strict):
         if "replicas" in s.model_fields_set:
             raise _KeyedError("serving.replicas", "the plan searches the replicas: leave it out")
         if s.disaggregation is not None:
-            raise _KeyedError("serving.disaggregation", "a plan searches colocated replicas; prefill-decode "
-                                                        "disaggregation is not searched (state it in a scenario and "
-                                                        "llmsim run it)")
+            raise _KeyedError("serving.disaggregation", "a plan searches the deployment: write "
+                                                        "search.disaggregation {prefill: [instances], decode: "
+                                                        "[instances]} instead (each side's tp from search.tp)")
+        pps = self.search.pp
+        if s.speculative is not None and pps and 1 not in pps:
+            # the serving simulation prices speculative decoding at pp 1 only (config.check_serving_strategy)
+            raise _KeyedError("search.pp", f"[{', '.join(map(str, pps))}]: serving.speculative is modeled at pp 1 "
+                                           f"only, so no candidate can run it (allowed: a list with 1, or no "
+                                           f"serving.speculative)")
+        disagg = self.search.disaggregation
+        if disagg is not None and s.speculative is not None:
+            raise _KeyedError("search.disaggregation", "the disaggregated simulation runs no speculative decoding "
+                                                       "(serving.speculative): allowed: one of the two")
+        if disagg is not None and pps and 1 not in pps:
+            raise _KeyedError("search.disaggregation", f"disaggregated units run at pp 1, and search.pp "
+                                                       f"[{', '.join(map(str, pps))}] lists no 1 (allowed: add 1 to "
+                                                       f"search.pp, or omit search.disaggregation)")
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
-        searched = ("tp", "pp", "ep", "attention_dp", "dtype")
+        searched = ("tp", "pp", "ep", "attention_dp", "dtype", "disaggregation")
         for axis in [k for k in SearchSpace.model_fields if k not in searched
                      and getattr(self.search, k) is not None]:
             raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x dtype x tp x pp (x ep x "

@@ -49,9 +49,11 @@ from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import priced_pass_seconds, with_engine_kernels
 from llmsim.costmodel.power import busy_power_w
-from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, iteration_times, kv_capacity,
-                                        prefill_rate_bound, token_costs)
+from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, draft_times, iteration_times, kv_capacity,
+                                        prefill_rate_bound, token_costs, with_draft_memory)
 from llmsim.serving.bounds import ttft_attainment_bound
+from llmsim.serving.disaggregation import (Pool, kv_bytes_per_port, simulate_disaggregated, transfer_link,
+                                           transfer_seconds)
 from llmsim.serving.early_stop import EarlyStop
 from llmsim.serving.metrics import summarize
 from llmsim.serving.requests import Request, build_requests
@@ -108,6 +110,36 @@ class ReplicaExperts:
 
 
 @dataclass(frozen=True)
+class DisaggUnit:
+    """A prefill-decode disaggregated unit (search.disaggregation; llmsim.serving.disaggregation): `prefill`
+    instances of `prefill_tp` devices and `decode` instances of `decode_tp` devices, pp 1, on one hardware choice,
+    each prompt's KV cache sent over the hardware's link (intra_node when the unit fits one node, else inter_node;
+    modeled_disaggregated's default), layer by layer where `layerwise`. The simulation runs one unit (it refuses
+    serving.replicas > 1 with disaggregation); a plan needs `units` of them behind a router."""
+
+    prefill: int
+    prefill_tp: int
+    decode: int
+    decode_tp: int
+    layerwise: bool = False
+
+    @property
+    def devices(self) -> int:
+        """Devices of one unit: prefill x prefill_tp + decode x decode_tp."""
+        return self.prefill * self.prefill_tp + self.decode * self.decode_tp
+
+    def label(self) -> str:
+        """'1P-tp2+3D-tp4' (a candidate's name)."""
+        return f"{self.prefill}P-tp{self.prefill_tp}+{self.decode}D-tp{self.decode_tp}"
+
+    def block(self) -> dict[str, Any]:
+        """The scenario's serving.disaggregation block of one unit (best.yaml)."""
+        return {"prefill": {"replicas": self.prefill, "tp": self.prefill_tp},
+                "decode": {"replicas": self.decode, "tp": self.decode_tp},
+                "kv_transfer": {"layerwise": self.layerwise}}
+
+
+@dataclass(frozen=True)
 class ServingTask:
     """Everything one candidate's search needs, picklable (plain data, pydantic models, frozen dataclasses)."""
 
@@ -132,16 +164,18 @@ class ServingTask:
     precision: str = ""            # planner.precisions label: "" = the plan's workload dtype as written
     options: Options = Options()   # the plan's modeled software choices (PlanFile.options)
     experts: ReplicaExperts = ReplicaExperts()   # ep, etp, attention_dp of a mixture-of-experts replica
+    unit: DisaggUnit | None = None   # a disaggregated unit (search.disaggregation) in place of a colocated replica
+    served: Workload | None = None   # the served workload at this precision (a speculative draft's context, dtype)
 
     @property
     def size(self) -> int:
-        """Devices of one replica."""
-        return self.tp * self.pp
+        """Devices of one replica (of one disaggregated unit: DisaggUnit.devices)."""
+        return self.unit.devices if self.unit is not None else self.tp * self.pp
 
     @property
-    def shape(self) -> tuple[str, int, int, ReplicaExperts, str]:
-        """What identifies the candidate: hardware, tp, pp, the experts' layout and the precision."""
-        return (self.hardware, self.tp, self.pp, self.experts, self.precision)
+    def shape(self) -> tuple[str, int, int, ReplicaExperts, str, DisaggUnit | None]:
+        """What identifies the candidate: hardware, tp, pp, the experts' layout, the precision and the unit."""
+        return (self.hardware, self.tp, self.pp, self.experts, self.precision, self.unit)
 
     def cluster(self, n: int) -> ClusterSpec:
         return perturb_cluster(self.node.with_devices(n), self.knob, self.factor)
@@ -210,17 +244,19 @@ class CandidateResult:
     factor: float = 1.0
     precision: str = ""                           # planner.precisions label ("" = the plan's workload dtype)
     experts: ReplicaExperts = ReplicaExperts()    # ep, etp, attention_dp (a mixture-of-experts replica)
+    unit: DisaggUnit | None = None                # a disaggregated unit: `replicas` counts units
 
     @property
     def name(self) -> str:
-        """'tp1-pp1', 'tp8-pp1-ep8-adp8' for a mixture of experts' layout, or 'tp1-pp1-float8-delayed' for a
-        searched precision (the training plan's label rule)."""
-        return f"tp{self.tp}-pp{self.pp}" + self.experts.label() + (f"-{self.precision}" if self.precision else "")
+        """'tp1-pp1', 'tp8-pp1-ep8-adp8' for a mixture of experts' layout, 'tp1-pp1-float8-delayed' for a
+        searched precision (the training plan's label rule), or '1P-tp2+3D-tp4' for a disaggregated unit."""
+        shape = self.unit.label() if self.unit is not None else f"tp{self.tp}-pp{self.pp}" + self.experts.label()
+        return shape + (f"-{self.precision}" if self.precision else "")
 
     @property
-    def shape(self) -> tuple[str, int, int, ReplicaExperts, str]:
+    def shape(self) -> tuple[str, int, int, ReplicaExperts, str, DisaggUnit | None]:
         """ServingTask.shape of the task this answers."""
-        return (self.hardware, self.tp, self.pp, self.experts, self.precision)
+        return (self.hardware, self.tp, self.pp, self.experts, self.precision, self.unit)
 
 
 class _Replica:
@@ -246,6 +282,55 @@ class _Replica:
         self.capacity: KVCapacity = kv_capacity(task.reference, task.profile, task.sharing, self.plan, self.cluster,
                                                 costs, spec.memory_utilization, spec.kv_block_tokens,
                                                 sched.max_batched_tokens, sched.max_num_seqs, task.options)
+        # speculative decoding: the draft beside the target on every device, its weights and K/V in the same
+        # memory, its k passes after each verify pass (modeled_serving.serve_case's rule, workload_draft)
+        self.draft: tuple[IterationModel, int] | None = None
+        if spec.speculative is not None:
+            from llmsim.modeled_serving import workload_draft
+            served = task.served if task.served is not None else task.reference
+            draft_model, weights, kv = workload_draft(served, spec.kv_cache_dtype, spec.speculative, self.model,
+                                                      self.capacity)
+            self.capacity = with_draft_memory(self.capacity, weights, kv)
+            if draft_model is not None:
+                self.draft = (draft_model, spec.speculative.num_draft_tokens)
+
+
+class _Unit:
+    """The iteration models and KV capacities of one disaggregated unit's two sides on n rented devices
+    (modeled_disaggregated.serve_disaggregated's, side by side), and the link its KV transfers cross."""
+
+    def __init__(self, task: ServingTask, n: int) -> None:
+        unit = task.unit
+        assert unit is not None
+        spec = task.spec
+        sched = spec.scheduler
+        self.cluster = task.cluster(n)
+        self.costs = token_costs(task.reference, task.profile, spec.kv_cache_dtype)
+        in_flight = BUILTIN[sched.kind].pipeline_in_flight
+        self.models: list[IterationModel] = []
+        self.capacities: list[KVCapacity] = []
+        for tp in (unit.prefill_tp, unit.decode_tp):
+            plan = Plan(dp=1, tp=tp, pp=1, micro_batch=1, microbatches=1, ep=1, etp=tp, attention_dp=1)
+            model = IterationModel(self.costs, task.reference, plan, self.cluster, task.options,
+                                   pipeline_in_flight=in_flight)
+            _ = model.rates, model.attention_fraction  # a CostModelError now, not inside the simulation
+            self.models.append(model)
+            self.capacities.append(kv_capacity(task.reference, task.profile, task.sharing, plan, self.cluster,
+                                               self.costs, spec.memory_utilization, spec.kv_block_tokens,
+                                               sched.max_batched_tokens, sched.max_num_seqs, task.options))
+        # the link: the hardware's intra-node link when the unit fits one node, else its inter-node link
+        # (modeled_disaggregated's default when kv_transfer.link is not named)
+        c = self.cluster
+        link = c.intra if unit.devices <= c.devices_per_node else c.inter
+        self.link = transfer_link(link.bandwidth_bytes_per_s, link.latency_s, link.efficiency, link.shared_per_node,
+                                  min(max(unit.prefill_tp, unit.decode_tp), c.devices_per_node))
+        self.layers = task.reference.model.layers
+        self.split_d = task.reference.model.kv_split(unit.decode_tp)
+
+    @property
+    def capacity(self) -> KVCapacity:
+        """The decode side's KV capacity (the unit's reported kv_blocks, as modeled_disaggregated reports it)."""
+        return self.capacities[1]
 
 
 def _prefill_tokens_per_s(replica: _Replica) -> float:
@@ -284,13 +369,13 @@ def _case_at(task: ServingTask, rate: float, replicas: int) -> ServingCase:
     return ServingCase(spec, task.seed, BUILTIN[spec.scheduler.kind])
 
 
-def _proven_miss(task: ServingTask, replica: _Replica, rate: float) -> float | None:
+def _proven_miss(task: ServingTask, replica: "_Replica | _Unit", rate: float) -> float | None:
     """An upper bound on one replica's SLO attainment at `rate` when it proves the SLO missed (below the
     percentile), else None: the share of the requests whose prompts could be prefilled by their TTFT deadlines
     at PREFILL_BOUND_MARGIN x the replica's best prefill rate (serving.bounds.ttft_attainment_bound). None
     without a TTFT bound."""
     slo = task.spec.slo
-    if slo is None or slo.ttft_s is None:
+    if slo is None or slo.ttft_s is None or isinstance(replica, _Unit):   # a unit: every probe is simulated
         return None
     case = _case_at(task, rate, 1)
     best = PREFILL_BOUND_MARGIN * _prefill_tokens_per_s(replica)
@@ -299,58 +384,53 @@ def _proven_miss(task: ServingTask, replica: _Replica, rate: float) -> float | N
     return bound if bound < slo.percentile / 100 else None
 
 
-def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int,
-                stop_early: bool = False) -> RunSummary:
-    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`.
-    `stop_early`: stop the run once its SLO misses exceed what the percentile allows (RunSummary.stopped; a run
-    that meets the SLO is simulated to its end either way, so its summary is the same)."""
-    case = _case_at(task, rate, replicas)
-    spec = case.spec
-    split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
-    host = spec.host_step_on(replica.cluster.device)   # the engine's host time per iteration (0 unless set)
-    eager = spec.eager_launch_on(replica.cluster.device)  # eager passes' host launch time (costmodel.eager)
-
+def _split_pricer(model: IterationModel, host: Any, eager: Any, split: dict[str, float],
+                  draft: tuple[IterationModel, int] | None = None) -> Callable[[int], Callable]:
+    """price(i): an iteration pricer (modeled_serving.pricers' arithmetic, without faults) that also adds up
+    where the time goes in `split` (seconds: compute, communication, bubble, other). `draft` (speculative
+    decoding): the draft's model and k, whose k passes over the decoding sequences follow the verify pass
+    (costmodel.iteration.draft_times, as modeled_serving.pricers prices them)."""
     def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
         def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
             # attention data parallelism: the ranks' mixes of one lockstep iteration (modeled_serving.pricers);
             # each pass launches its engine's kernels (costmodel.eager.with_engine_kernels)
             ranks = mix if isinstance(mix, tuple) else ()
             if ranks:
-                ranks = tuple(with_engine_kernels(replica.model, r, eager.engine_kernels) for r in ranks)
+                ranks = tuple(with_engine_kernels(model, r, eager.engine_kernels) for r in ranks)
                 mix = functools.reduce(lambda a, b: a + b, ranks)
             else:
                 assert isinstance(mix, Mix)
-                mix = with_engine_kernels(replica.model, mix, eager.engine_kernels)  # the engine's model code
+                mix = with_engine_kernels(model, mix, eager.engine_kernels)  # the engine's model code
             assert isinstance(mix, Mix)
-            t = iteration_times(replica.model, mix, ranks)
-            split["compute"] += t.compute
-            split["communication"] += t.comm
-            split["bubble"] += t.bubble
+            t = iteration_times(model, mix, ranks)
+            compute, comm, bubble, other = t.compute, t.comm, t.bubble, t.other
+            device_s = t.step
+            if draft is not None and mix.decode_seqs:
+                d = draft_times(draft[0], mix, draft[1], ranks)
+                compute, comm, bubble, other = compute + d.compute, comm + d.comm, bubble + d.bubble, other + d.other
+                device_s = t.compute + t.comm + t.bubble + t.other + d.compute + d.comm + d.bubble + d.other
+            split["compute"] += compute
+            split["communication"] += comm
+            split["bubble"] += bubble
             cpu = host.seconds(max(m.rows for m in ranks) if ranks else mix.rows)
-            step = priced_pass_seconds(replica.model, mix, t.step, eager.passes, eager.per_kernel_s)
-            split["other"] += t.other + cpu + (step - t.step)   # the GPU waiting on an eager pass's launches
-            return step + cpu, t.compute
+            step = priced_pass_seconds(model, mix, device_s, eager.passes, eager.per_kernel_s)
+            split["other"] += other + cpu + (step - device_s)   # the GPU waiting on an eager pass's launches
+            return step + cpu, compute
         return one
+    return price
 
-    outcome = simulate_serving(_requests(case), replicas=replicas,
-                               make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
-                               kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens, price=price,
-                               kv_layout=replica.capacity.layout,
-                               router=spec.router, context_tokens=task.context_tokens,
-                               request_overhead_s=spec.overhead_on(replica.cluster.device),
-                               stop_on_miss=spec.slo if stop_early else None,
-                               attention_dp=replica.plan.attention_dp)
-    device = replica.cluster.device
-    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
+
+def _summary(task: ServingTask, outcome: Any, rate: float, replicas: int, split: dict[str, float],
+             energy: float, slo: Any) -> RunSummary:
+    """A simulated outcome as a RunSummary (stopped early: what the stop knew)."""
     if outcome.stopped is not None:
         s = outcome.stopped
         return RunSummary(rate=rate, replicas=replicas, met=False, attainment=s.attainment_at_most,
                           row={"request_rate": rate}, misses_ttft=s.misses_ttft, misses_tpot=s.misses_tpot,
                           rejected=s.rejected, time_split=split, energy_j=energy, duration_s=outcome.duration_s,
                           stopped=s)
-    row = summarize(outcome, rate, spec.slo)
+    row = summarize(outcome, rate, slo)
     extra = row.pop("extra")
-    slo = spec.slo
     assert slo is not None
     ttft = [s.token_times[0] - s.request.arrival_s for s in outcome.sequences]
     tpot = [(s.token_times[-1] - s.token_times[0]) / (s.request.output_tokens - 1) if s.request.output_tokens > 1
@@ -362,6 +442,68 @@ def simulate_at(task: ServingTask, replica: _Replica, rate: float, replicas: int
                       time_split=split, energy_j=energy, duration_s=outcome.duration_s)
 
 
+def simulate_at(task: ServingTask, replica: "_Replica | _Unit", rate: float, replicas: int,
+                stop_early: bool = False) -> RunSummary:
+    """`replicas` replicas behind the plan's router serving the plan's requests arriving at `rate`.
+    `stop_early`: stop the run once its SLO misses exceed what the percentile allows (RunSummary.stopped; a run
+    that meets the SLO is simulated to its end either way, so its summary is the same). A disaggregated unit
+    (`replica` a _Unit, `replicas` 1) runs to its end (simulate_unit)."""
+    if isinstance(replica, _Unit):
+        assert replicas == 1
+        return simulate_unit(task, replica, rate)
+    case = _case_at(task, rate, replicas)
+    spec = case.spec
+    split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
+    host = spec.host_step_on(replica.cluster.device)   # the engine's host time per iteration (0 unless set)
+    eager = spec.eager_launch_on(replica.cluster.device)  # eager passes' host launch time (costmodel.eager)
+    outcome = simulate_serving(_requests(case), replicas=replicas,
+                               make_scheduler=lambda kv: case.scheduler(spec.scheduler, kv),
+                               kv_blocks=replica.capacity.blocks, block_tokens=spec.kv_block_tokens,
+                               price=_split_pricer(replica.model, host, eager, split, replica.draft),
+                               kv_layout=replica.capacity.layout,
+                               router=spec.router, context_tokens=task.context_tokens,
+                               request_overhead_s=spec.overhead_on(replica.cluster.device),
+                               stop_on_miss=spec.slo if stop_early else None,
+                               attention_dp=replica.plan.attention_dp,
+                               speculative=spec.speculative, speculative_seed=task.seed)
+    device = replica.cluster.device
+    energy = sum(step_energy_j(device, task.size, outcome.duration_s, busy) for busy in outcome.compute_s)
+    return _summary(task, outcome, rate, replicas, split, energy, spec.slo)
+
+
+def simulate_unit(task: ServingTask, unit: "_Unit", rate: float) -> RunSummary:
+    """One disaggregated unit serving the plan's requests arriving at `rate` (llmsim.serving.disaggregation, as
+    modeled_disaggregated.serve_disaggregated runs a scenario's: the same pools, schedulers, pricers and KV
+    transfer), simulated to its end."""
+    shape = task.unit
+    assert shape is not None
+    case = _case_at(task, rate, 1)
+    spec = case.spec
+    sched = spec.scheduler
+    split = {"compute": 0.0, "communication": 0.0, "bubble": 0.0, "other": 0.0}
+    device = unit.cluster.device
+    host, eager = spec.host_step_on(device), spec.eager_launch_on(device)
+    price_p = _split_pricer(unit.models[0], host, eager, split)
+    price_d = _split_pricer(unit.models[1], host, eager, split)
+    cap_p, cap_d = unit.capacities
+
+    def transfer(request: Request, span_s: float) -> tuple[float, float]:
+        per_port = kv_bytes_per_port(unit.costs.kv_bytes_per_token, request.input_tokens, shape.prefill_tp,
+                                     shape.decode_tp, unit.split_d)
+        return transfer_seconds(per_port, unit.link, unit.layers, span_s, shape.layerwise)
+
+    outcome = simulate_disaggregated(
+        _requests(case),
+        prefill=Pool(shape.prefill, cap_p.blocks, lambda kv: case.scheduler(sched, kv), price_p, cap_p.layout),
+        decode=Pool(shape.decode, cap_d.blocks, lambda kv: case.scheduler(sched, kv),
+                    lambda j: price_d(shape.prefill + j), cap_d.layout),
+        block_tokens=spec.kv_block_tokens, router=spec.router, context_tokens=task.context_tokens,
+        transfer=transfer, request_overhead_s=spec.overhead_on(device))
+    energy = sum(step_energy_j(device, shape.prefill_tp if i < shape.prefill else shape.decode_tp,
+                               outcome.duration_s, busy) for i, busy in enumerate(outcome.compute_s))
+    return _summary(task, outcome, rate, 1, split, energy, spec.slo)
+
+
 def _max_replicas(task: ServingTask) -> int:
     """The most replicas whose rented devices stay within max_devices (0: not even one)."""
     r = task.max_devices // task.size
@@ -370,7 +512,7 @@ def _max_replicas(task: ServingTask) -> int:
     return r
 
 
-def _rate_search(task: ServingTask, replica: _Replica, out: CandidateResult, max_replicas: int) -> None:
+def _rate_search(task: ServingTask, replica: "_Replica | _Unit", out: CandidateResult, max_replicas: int) -> None:
     """Step 1 of the module docstring: out.sustained_rate, probes, at_sustained and first_miss."""
     def probe(rate: float) -> RunSummary:
         # a miss at the floor ends the search, and the report uses no more of it than its verdict and bounds:
@@ -420,9 +562,16 @@ def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_repl
 
     def run(r: int) -> RunSummary:
         if r not in runs:
-            n = rented_devices(r * task.size, task.node.devices_per_node)
-            # only a run that meets the SLO is used: one that misses may stop as soon as that is certain
-            runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r, stop_early=True)
+            if task.unit is not None:
+                # r units behind a router: one unit simulated at its share of the goal, goal / r (the simulation
+                # runs one disaggregated unit; a Poisson stream at goal / r is burstier than a router's share of
+                # one at the goal, so this errs on the safe side)
+                n = rented_devices(task.size, task.node.devices_per_node)
+                runs[r] = replace(simulate_at(task, _Unit(task, n), task.goal_rate / r, 1), replicas=r)
+            else:
+                n = rented_devices(r * task.size, task.node.devices_per_node)
+                # only a run that meets the SLO is used: one that misses may stop as soon as that is certain
+                runs[r] = simulate_at(task, _Replica(task, n), task.goal_rate, r, stop_early=True)
             out.simulations += 1
         return runs[r]
 
@@ -444,33 +593,47 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
     cannot run (out.reason, out.limits: devices, error, memory, slo). Also the most replicas max_devices allows.
     The published-capacity dev table (scripts/validate.py --table capacity) prices its rows with this."""
     out = CandidateResult(task.hardware, task.tp, task.pp, False, "", (), knob=task.knob, factor=task.factor,
-                          precision=task.precision, experts=task.experts)
+                          precision=task.precision, experts=task.experts, unit=task.unit)
     max_replicas = _max_replicas(task)
+    what = "one unit" if task.unit is not None else "one replica"
     if max_replicas == 0:
-        out.reason, out.limits = f"devices: one replica needs {task.size} > max_devices={task.max_devices}", ("devices",)
+        out.reason, out.limits = f"devices: {what} needs {task.size} > max_devices={task.max_devices}", ("devices",)
+        return out, max_replicas
+    if task.spec.speculative is not None and task.pp > 1:
+        # the serving simulation's own refusal (config.check_serving_strategy): no pipelined speculative schedule
+        out.reason, out.limits = (f"error: speculative decoding (serving.speculative) is modeled at pp 1 only "
+                                  f"(pp {task.pp})"), ("error",)
+        return out, max_replicas
+    if task.unit is not None and task.node.is_torus:
+        # modeled_disaggregated's own refusal: its instances would have to tile the torus
+        out.reason, out.limits = "error: serving.disaggregation is not modeled on a TPU slice", ("error",)
         return out, max_replicas
     try:
-        replica = _Replica(task, rented_devices(task.size, task.node.devices_per_node))
+        n = rented_devices(task.size, task.node.devices_per_node)
+        replica: _Replica | _Unit = _Unit(task, n) if task.unit is not None else _Replica(task, n)
     except CostModelError as exc:
         out.reason, out.limits = f"error: {exc}", ("error",)
         return out, max_replicas
     out.kv_blocks = replica.capacity.blocks
-    if replica.capacity.blocks == 0:
-        c = replica.capacity
-        out.reason = (f"memory: no room for a KV cache ({c.device_bytes / 1e9:.1f} GB usable - weights "
-                      f"{c.weights_bytes / 1e9:.1f} GB - workspace {c.workspace_bytes / 1e9:.1f} GB per device)")
-        out.limits = ("memory",)
-        return out, max_replicas
-    short = replica.capacity.misses_context(task.context_tokens)
-    if short is not None:
-        out.reason, out.limits = f"memory: {short}", ("memory",)
-        return out, max_replicas
+    sides = list(zip(("prefill", "decode"), replica.capacities)) if isinstance(replica, _Unit) \
+        else [("", replica.capacity)]
+    for side, c in sides:
+        where = f"a {side} instance: " if side else ""
+        if c.blocks == 0:
+            out.reason = (f"memory: {where}no room for a KV cache ({c.device_bytes / 1e9:.1f} GB usable - weights "
+                          f"{c.weights_bytes / 1e9:.1f} GB - workspace {c.workspace_bytes / 1e9:.1f} GB per device)")
+            out.limits = ("memory",)
+            return out, max_replicas
+        short = c.misses_context(task.context_tokens)
+        if short is not None:
+            out.reason, out.limits = f"memory: {where}{short}", ("memory",)
+            return out, max_replicas
     if task.start_replicas is None:
         _rate_search(task, replica, out, max_replicas)
         if out.at_sustained is None:
-            out.reason, out.limits = (f"slo: one replica misses the SLO even at {task.goal_rate / max_replicas:,.4g} "
+            out.reason, out.limits = (f"slo: {what} misses the SLO even at {task.goal_rate / max_replicas:,.4g} "
                                       f"requests/s, its share of the goal when max_devices={task.max_devices:,} "
-                                      f"allows {count(max_replicas, 'replica')} of {count(task.size, 'device')} "
+                                      f"allows {count(max_replicas, what.split()[1])} of {count(task.size, 'device')} "
                                       f"({task.goal_rate:,.4g} / {max_replicas:,})"), ("slo",)
     return out, max_replicas
 
@@ -496,7 +659,8 @@ def search_candidate(task: ServingTask) -> CandidateResult:
     device = task.node.device
     out.cost_usd = out.n_devices * task.usd_per_device_hour
     spare_j = (out.n_devices - out.devices_used) * device.idle_power_w * at_goal.duration_s
-    out.energy_j = (at_goal.energy_j + spare_j) / at_goal.duration_s * HOUR_S if at_goal.duration_s > 0 else 0.0
+    busy_j = at_goal.energy_j * (out.replicas if task.unit is not None else 1)  # a unit's run: one of `replicas`
+    out.energy_j = (busy_j + spare_j) / at_goal.duration_s * HOUR_S if at_goal.duration_s > 0 else 0.0
     out.power_w = out.n_devices * busy_power_w(device)
     if task.max_power_w is not None and out.power_w > task.max_power_w:
         out.reason, out.limits = f"power: {out.power_w / 1e3:,.1f} kW > {task.max_power_w / 1e3:,.1f} kW", ("power",)
@@ -522,12 +686,17 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
             nearest = miss.attainment_at_least if miss is not None else 0.0
             speed = miss.stopped.output_tokens_per_s if miss is not None and miss.stopped is not None else 0.0
             return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, -speed,
-                    c.hardware, c.tp, c.pp, c.experts.label(), c.precision)
+                    c.hardware, c.tp, c.pp, c.experts.label(), c.precision, _unit_label(c))
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
         return (0, metric, c.cost_usd, c.n_devices, -c.sustained_rate, c.hardware, c.tp, c.pp, c.experts.label(),
-                c.precision)
+                c.precision, _unit_label(c))
     return key
+
+
+def _unit_label(c: CandidateResult) -> str:
+    """'' for a colocated replica (before every unit at equal keys), else the unit's label."""
+    return c.unit.label() if c.unit is not None else ""
 
 
 def what_if_key(objective: str) -> Callable[[CandidateResult], tuple]:
@@ -643,9 +812,34 @@ def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoic
                                   sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
                                   goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
                                   max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
-                                  precision=cand.label, options=plan.options.options, experts=experts)
+                                  precision=cand.label, options=plan.options.options, experts=experts,
+                                  served=cand.workload)
                       for tp, pp, experts in candidate_shapes(plan, hw.devices_per_node)]
+            tasks += [ServingTask(hardware=hw.name, tp=unit.prefill_tp, pp=1, node=hw.node,
+                                  usd_per_device_hour=hw.usd_per_device_hour, reference=reference, profile=profile,
+                                  sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
+                                  goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
+                                  max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
+                                  precision=cand.label, options=plan.options.options, unit=unit, served=cand.workload)
+                      for unit in candidate_units(plan, hw.devices_per_node)]
     return tasks
+
+
+def candidate_units(plan: PlanFile, devices_per_node: int) -> list[DisaggUnit]:
+    """The disaggregated units of search.disaggregation (none without it): every prefill count x decode count x
+    prefill tp x decode tp, each tp from search.tp (default: the powers of two up to devices_per_node) that
+    shards the model at pp 1 (the strategy rules, as a colocated replica's; a mixture of experts' experts split
+    over each side's tp, ep 1: modeled_disaggregated's default grid), and at most limits.max_devices devices in
+    all (a larger unit could not be rented even once)."""
+    search = plan.search.disaggregation
+    if search is None:
+        return []
+    powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
+    tps = [tp for tp in sorted(set(plan.search.tp or powers))
+           if check_strategy_shape(Strategy(tp=tp, pp=1), plan.workload, serving=True) is None]
+    units = [DisaggUnit(x, a, y, b, search.kv_transfer.layerwise)
+             for x in sorted(set(search.prefill)) for y in sorted(set(search.decode)) for a in tps for b in tps]
+    return [u for u in units if u.devices <= plan.limits.max_devices]
 
 
 Mapper = Callable[[Callable[[ServingTask], CandidateResult], list[ServingTask]], Iterable[CandidateResult]]

@@ -27,14 +27,21 @@ SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "ep", "etp", "attention_
                         "sustained_rate_rps", "sustained_at_least", "step_time_s", "time_to_goal_s", "cost_usd",
                         "energy_j", "ttft_p99_s", "tpot_p99_s", "slo_attainment", "goodput_rps", "preemptions",
                         "kv_blocks_per_replica", "simulations", "rate_probes"]
+# plan.csv's columns of a disaggregated unit (search.disaggregation), after `replicas`: present only in a plan
+# that searches units (so a plan without the key writes the same plan.csv), blank on a colocated replica's row
+UNIT_COLUMNS = ["prefill_instances", "prefill_tp", "decode_instances", "decode_tp"]
 OBJECTIVE_METRIC = {"cost": "cost_usd", "devices": "n_devices", "energy": "energy_j", "time": "e2e_p99_s"}
 
 
 def describe_candidate(c: CandidateResult) -> str:
-    """'2 x h100-sxm (tp1, pp1, 2 replicas)'; with a searched precision '... (tp1, pp1, float8-delayed, 2 replicas)'."""
+    """'2 x h100-sxm (tp1, pp1, 2 replicas)'; with a searched precision '... (tp1, pp1, float8-delayed, 2 replicas)';
+    a disaggregated unit '8 x h100-sxm (1P-tp2+3D-tp2, 2 units)'."""
+    precision = f", {c.precision}" if c.precision else ""
+    if c.unit is not None:
+        units = f"{c.replicas} unit" + ("" if c.replicas == 1 else "s") if c.replicas else "–"
+        return f"{c.n_devices or c.unit.devices} x {c.hardware} ({c.unit.label()}{precision}, {units})"
     reps = f"{c.replicas} replica" + ("" if c.replicas == 1 else "s") if c.replicas else "–"
     n = c.n_devices or c.tp * c.pp
-    precision = f", {c.precision}" if c.precision else ""
     experts = "".join(f", {key} {value}" for key, value in c.experts.keys().items() if key != "etp")
     return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}{experts}{precision}, {reps})"
 
@@ -42,7 +49,8 @@ def describe_candidate(c: CandidateResult) -> str:
 def describe_rate(c: CandidateResult) -> str:
     if not c.sustained_rate:
         return "–"
-    return ("≥ " if c.sustained_at_least else "") + f"{c.sustained_rate:.3g} requests/s per replica"
+    return ("≥ " if c.sustained_at_least else "") + (f"{c.sustained_rate:.3g} requests/s per "
+                                                      f"{'unit' if getattr(c, 'unit', None) is not None else 'replica'}")
 
 
 def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) -> str | None:
@@ -111,18 +119,19 @@ def probe_marks(c: CandidateResult) -> str:
 
 def probe_line(c: CandidateResult) -> str:
     """What the candidate's rate search found, with its probes; or why it was not searched."""
+    one = "one unit" if c.unit is not None else "one replica"
     if c.sustained_rate:
-        return (f"one replica sustains {describe_rate(c).removesuffix(' per replica')} (SLO met up to that rate; "
-                f"probes: {probe_marks(c)})")
+        return (f"{one} sustains {describe_rate(c).removesuffix(' per ' + one.split()[1])} (SLO met up to that "
+                f"rate; probes: {probe_marks(c)})")
     if c.first_miss is not None:
         stop = c.first_miss.stopped
         known = (f"attainment ≤ {c.first_miss.attainment:.3f} there, stopped early once {stop.misses:,} of "
                  f"{stop.requests:,} requests missed" if stop is not None
                  else f"attainment {c.first_miss.attainment:.3f} there")
-        return (f"one replica sustains no rate down to {c.first_miss.rate:,.4g} requests/s ({known}; probes: "
+        return (f"{one} sustains no rate down to {c.first_miss.rate:,.4g} requests/s ({known}; probes: "
                 f"{probe_marks(c)})")
     limit = c.limits[0] if c.limits else "error"
-    return f"one replica not searched: {NOT_SEARCHED.get(limit, c.reason)}"
+    return f"{one} not searched: {NOT_SEARCHED.get(limit, c.reason)}"
 
 
 def dropped_note(results: list[CandidateResult]) -> str | None:
@@ -201,15 +210,22 @@ def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[Any, ...], ServingTask
     out = Sensitivity(plan.objective, describe_candidate(winner), describe_candidate(runner_up),
                       (metric(winner, plan.objective), metric(runner_up, plan.objective)),
                       priced_by="the serving simulation (replicas re-sized at the goal rate)",
-                      base_note=f"{winner.replicas} rep.|{runner_up.replicas} rep.")
+                      base_note=f"{_sized(winner, winner.replicas)}|{_sized(runner_up, runner_up.replicas)}")
     for i in range(0, len(results), 2):
         knob, factor, _ = jobs[i]
         w, r = results[i], results[i + 1]
         out.rows.append(SensitivityRow(knob, factor, metric(w, plan.objective), metric(r, plan.objective),
                                        w.feasible, r.feasible, key(r) < key(w),
-                                       note=f"{w.replicas or '–'} rep.|{r.replicas or '–'} rep.",
+                                       note=f"{_sized(winner, w.replicas)}|{_sized(runner_up, r.replicas)}",
                                        limits=(w.limits, r.limits)))
     return out
+
+
+def _sized(c: CandidateResult, n: int) -> str:
+    """'2 rep.' of a colocated candidate, '2 units' of a disaggregated one ('–' for none): the sensitivity's notes."""
+    if c.unit is None:
+        return f"{n or '–'} rep."
+    return f"{n or '–'} unit{'' if n == 1 else 's'}"
 
 
 def _what_if_job(job: tuple[ServingTask, CandidateResult, str, float]) -> CandidateResult:
@@ -220,24 +236,38 @@ def _what_if_job(job: tuple[ServingTask, CandidateResult, str, float]) -> Candid
 def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFrame:
     """plan.csv of a serving plan: one row per candidate (replica shape x precision), ranked; `dtype` and
     `fp8_recipe` say what precision each assumes (as a training plan's plan.csv does)."""
+    units = plan.search.disaggregation is not None
+    columns = SERVING_PLAN_COLUMNS
+    if units:
+        at = columns.index("replicas") + 1
+        columns = columns[:at] + UNIT_COLUMNS + columns[at:]
     records = []
     for i, c in enumerate(results, 1):
         row = c.at_goal.row if c.at_goal else {}
         probes = probe_csv(c)
         w = workload_for(plan, c.precision)
         strategy = c.experts.strategy(c.tp, c.pp)
-        records.append([i, c.hardware, c.tp, c.pp, strategy.ep, strategy.expert_tp, strategy.attention_dp, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
-                        c.replicas or None, c.n_devices or None, c.devices_used or None,
+        u = c.unit
+        unit = ([u.prefill, u.prefill_tp, u.decode, u.decode_tp] if u is not None else [None] * 4) if units else []
+        # a unit's row: tp and pp blank (each side's tp is in its own column), replicas counts units
+        shape = [None, None, None, None, None] if u is not None else \
+            [c.tp, c.pp, strategy.ep, strategy.expert_tp, strategy.attention_dp]
+        records.append([i, c.hardware, *shape, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
+                        c.replicas or None, *unit, c.n_devices or None, c.devices_used or None,
                         c.feasible, c.reason, c.sustained_rate or None, c.sustained_at_least,
                         row.get("tpot_p50_s"), row.get("e2e_p99_s"), c.cost_usd, c.energy_j, row.get("ttft_p99_s"),
                         row.get("tpot_p99_s"), row.get("slo_attainment"), row.get("goodput_rps"),
                         row.get("preemptions"), c.kv_blocks, c.simulations, probes])
-    return pd.DataFrame.from_records(records, columns=SERVING_PLAN_COLUMNS)
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> dict[str, Any]:
     """A serving scenario (plain data) that `llmsim run` accepts and that re-simulates the winner: its replica
-    shape, its replicas, the goal rate and the plan's span of arrivals (`spec`: serve.span_spec's block)."""
+    shape, its replicas, the goal rate and the plan's span of arrivals (`spec`: serve.span_spec's block). A
+    disaggregated unit: ONE unit (the simulation refuses serving.replicas > 1 with serving.disaggregation) at its
+    share of the goal, goal / units, on the devices one unit rents (best_yaml's header says how many units)."""
+    if c.unit is not None:
+        return _unit_scenario(plan, c, hw, spec)
     cluster_spec = hw.cluster(c.n_devices)
     cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
                "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
@@ -259,10 +289,50 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
     }
 
 
+def _unit_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> dict[str, Any]:
+    """best_scenario of a disaggregated unit: one unit, serving.disaggregation stating its two sides, arrivals at
+    goal / units (planner.serve._size_replicas simulated exactly that run)."""
+    from llmsim.planner.serve import rented_devices
+    unit = c.unit
+    assert unit is not None and c.replicas
+    cluster_spec = hw.cluster(rented_devices(unit.devices, hw.node.devices_per_node))
+    cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
+               "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
+    chosen = plan.options.model_dump(mode="json", exclude_defaults=True)
+    workload = workload_for(plan, c.precision).model_dump(mode="json")
+    if "mode" not in plan.workload.model_fields_set:
+        workload.pop("mode")
+    share = spec.at_rate(float(plan.goal.request_rate) / c.replicas)
+    serving = share.model_copy(update={"disaggregation": None}).model_dump(mode="json", exclude_none=True)
+    serving.pop("replicas", None)
+    if serving.get("kv_cache_dtype") == "auto":
+        del serving["kv_cache_dtype"]
+    serving["disaggregation"] = unit.block()
+    name = f"{unit.prefill}p-tp{unit.prefill_tp}-{unit.decode}d-tp{unit.decode_tp}"
+    return {
+        "name": f"{plan.name}-best",
+        "workload": workload,
+        "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
+        "strategies": [{"name": name, "tp": unit.prefill_tp, "pp": 1}],
+        "serving": serving,
+        "backends": {"roofline": dict(cluster, **chosen), "cluster": dict(cluster, **chosen, trace=False)},
+        "seed": spec.seed if spec.seed is not None else 0,
+    }
+
+
 def best_yaml(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> str:
     row = c.at_goal.row if c.at_goal else {}
-    head = (f"# The winner of serving plan {plan.name!r} ({plan.objective}): {describe_candidate(c)}.\n"
-            f"# Simulated at {plan.goal.request_rate:g} requests/s: TTFT p99 {fmt_duration(row.get('ttft_p99_s'))}, "
+    units = ""
+    if c.unit is not None:
+        goal = float(plan.goal.request_rate)  # type: ignore[arg-type]
+        units = (f"# units: {c.replicas}. This file is ONE of the {c.replicas} disaggregated units ({c.unit.label()}, "
+                 f"{c.unit.devices} devices) behind a router,\n# at its share of the goal, {goal:g} / {c.replicas} = "
+                 f"{goal / c.replicas:.6g} requests/s (llmsim runs one disaggregated unit: serving.replicas > 1 is "
+                 f"refused with\n# serving.disaggregation). Every unit is this one.\n") if c.replicas > 1 else (
+                 f"# units: 1. This file is the whole deployment: one disaggregated unit ({c.unit.label()}, "
+                 f"{c.unit.devices} devices) at the goal rate.\n")
+    head = (f"# The winner of serving plan {plan.name!r} ({plan.objective}): {describe_candidate(c)}.\n" + units +
+            f"# Simulated at {plan.goal.request_rate:g} requests/s{' (one unit at its share)' if units else ''}: TTFT p99 {fmt_duration(row.get('ttft_p99_s'))}, "
             f"TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO attainment {row.get('slo_attainment', 0):.3f}; "
             f"{fmt_usd(c.cost_usd)} per hour.\n#   llmsim run best.yaml\n")
     return head + yaml.safe_dump(best_scenario(plan, c, hw, spec), sort_keys=False, default_flow_style=None,
@@ -276,13 +346,20 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
     row = c.at_goal.row if c.at_goal else {}
     goal = plan.goal.request_rate
     lines = [probe_line(c)]
-    if c.at_goal and c.sustained_rate and c.replicas * c.sustained_rate < goal:
+    if c.at_goal and c.sustained_rate and c.replicas * c.sustained_rate < goal and c.unit is not None:
+        lines.append(f"{c.replicas} x {c.sustained_rate:.4g} = {c.replicas * c.sustained_rate:.3g} requests/s is "
+                     f"below the goal, yet one unit meets the SLO at its share {goal / c.replicas:.4g} requests/s by "
+                     f"simulation: one unit's rate is a lower bound (its search stops within rate_tolerance "
+                     f"{plan.rate_tolerance:.0%})")
+    elif c.at_goal and c.sustained_rate and c.replicas * c.sustained_rate < goal:
         lines.append(f"{c.replicas} x {c.sustained_rate:.4g} = {c.replicas * c.sustained_rate:.3g} requests/s is "
                      f"below the goal, yet the {c.replicas} replicas meet the SLO at {goal:g} requests/s by "
                      f"simulation: one replica's rate is a lower bound (its search stops within rate_tolerance "
                      f"{plan.rate_tolerance:.0%}), and the router spreads one arrival stream's bursts over "
                      f"{c.replicas} replicas")
     goodput = row.get("goodput_rps") or 0
+    if c.unit is not None and c.replicas:   # one unit's run: the units' goodput is replicas times it
+        goodput *= c.replicas
     drain = ""
     if c.at_goal and (row.get("slo_attainment") or 0) >= 0.999 and goodput < 0.95 * goal:
         drain = (f" (requests meeting the SLO per second of the run's {c.at_goal.duration_s:.3g} s, first arrival "
@@ -290,7 +367,11 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
                  f"it is below the offered {goal:g} even when every request meets the SLO)")
     elif c.at_goal and (row.get("slo_attainment") or 0) >= 0.999 and goodput < goal:
         drain = " (per second of the run's whole duration, the drain after the last arrival included)"
-    lines += [f"{c.replicas} replica{'' if c.replicas == 1 else 's'} at {goal:g} requests/s: TTFT p99 "
+    at = f"{c.replicas} replica{'' if c.replicas == 1 else 's'} at {goal:g} requests/s"
+    if c.unit is not None:
+        at = (f"{c.replicas} unit{'' if c.replicas == 1 else 's'} at {goal:g} requests/s (one unit simulated at its "
+              f"share, {goal / c.replicas:.4g} requests/s)")
+    lines += [f"{at}: TTFT p99 "
               f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO "
               f"attainment {row.get('slo_attainment') or 0:.3f}, goodput {goodput:.3g} requests/s{drain}",
               f"{c.n_devices} devices rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "

@@ -252,7 +252,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
      "serving.slo.percentile", "allowed: 0 < percentile <= 100"),
     ({"serving": {**serving_plan()["serving"], "replicas": 2}}, "serving.replicas", "the plan searches the replicas"),
     ({"serving": {**serving_plan()["serving"], "disaggregation": {}}}, "serving.disaggregation",
-     "disaggregation is not searched"),
+     "write search.disaggregation"),
     ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
      "exceed the model's context"),
     ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp, ep, attention_dp, dtype"),
@@ -268,10 +268,18 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
      "'flash4': unknown attention kernel; allowed with serving: flash, cudnn, flash3, trtllm-mmha"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "concurrency", "clients": 8}}},
      "serving.arrival.kind", "a closed loop (concurrency) is not planned"),
-    # speculative decoding is priced by a scenario's run, not searched by a plan: refused, not ignored
+    # speculative decoding runs at pp 1 only: a plan whose search.pp lists no 1 has no candidate that can run it
     ({"serving": {**serving_plan()["serving"], "speculative": {"method": "ngram", "num_draft_tokens": 2,
-                                                               "acceptance": 0.5}}},
-     "serving.speculative", "not searched by llmsim plan"),
+                                                               "acceptance": 0.5}},
+      "search": {"tp": [1], "pp": [2, 4]}},
+     "search.pp", "serving.speculative is modeled at pp 1 only"),
+    # disaggregated units run at pp 1, and without speculation
+    ({"search": {"tp": [1], "pp": [2], "disaggregation": {"prefill": [1], "decode": [1]}}},
+     "search.disaggregation", "search.pp [2] lists no 1"),
+    ({"serving": {**serving_plan()["serving"], "speculative": {"method": "ngram", "num_draft_tokens": 2,
+                                                               "acceptance": 0.5}},
+      "search": {"disaggregation": {"prefill": [1], "decode": [1]}}},
+     "search.disaggregation", "runs no speculative decoding"),
 ])
 def test_bad_serving_goal_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
                                              key: str, words: str) -> None:
