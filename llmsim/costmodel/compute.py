@@ -389,7 +389,10 @@ def gemm_wave(workload: "Workload", plan: Plan, tokens: int, region: str, backwa
 
 @functools.lru_cache(maxsize=4096)
 def _weighted_wave(shapes: tuple[tuple[int, int], ...], tokens: int, backward: bool, units: int,
-                   tiles: tuple[tuple[int, int], ...]) -> float:
+                   tiles: tuple[tuple[int, int], ...], problems: int = 1) -> float:
+    """FLOP-weighted gemm_efficiency of `shapes` ((k, n) weights) for `tokens` rows (backward: the data and the
+    weight gradient). `problems`: that many equal GEMMs of each shape in one grouped launch, sharing its waves (a
+    MoE layer's active experts: efficiency.wave_efficiency)."""
     outputs: list[tuple[int, int, int]] = []  # (rows, cols, flops weight)
     for k, n in shapes:
         weight = tokens * k * n
@@ -398,7 +401,7 @@ def _weighted_wave(shapes: tuple[tuple[int, int], ...], tokens: int, backward: b
         else:
             outputs.append((tokens, n, weight))
     total = sum(w for _, _, w in outputs)
-    slowed = sum(w / gemm_efficiency(r, c, units, tiles) for r, c, w in outputs)
+    slowed = sum(w / gemm_efficiency(r, c, units, tiles, problems) for r, c, w in outputs)
     return total / slowed if slowed else 1.0
 
 

@@ -208,26 +208,34 @@ DEFAULT_EFFICIENCY = Efficiency(source="llmsim defaults: MAMF H100 SXM (matmul),
 
 @functools.lru_cache(maxsize=4096)  # pure, and called for the same few shapes by every case of a sweep
 def wave_efficiency(m: int, n: int, compute_units: int | None,
-                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES) -> float:
+                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES, problems: int = 1) -> float:
     """Useful fraction of the tile slots a GEMM with an m x n output occupies, best tiling.
 
     A GEMM runs in ceil(tiles / units) waves; the last wave is partly idle, and edge tiles are partly
     empty. Returns 1.0 when the device does not declare compute units (no wave model).
+
+    `problems`: that many equal m x n GEMMs launched as one grouped kernel, whose tiles share the waves (a MoE
+    layer's experts: SGLang's and vLLM's fused_moe Triton kernel launches one grid of cdiv(EM, BLOCK_SIZE_M) x
+    cdiv(N, BLOCK_SIZE_N) blocks over every expert's padded rows, sglang python/sglang/srt/layers/moe/
+    fused_moe_triton/fused_moe_triton_kernels.py `invoke_fused_moe_kernel` at 018e2ed1; Megatron-Core's
+    GroupedMLP one grouped GEMM): ceil(problems x tiles / units) waves for them all, not `problems` launches of
+    ceil(tiles / units) each.
     """
     if not compute_units or m <= 0 or n <= 0:
         return 1.0
+    problems = max(int(problems), 1)
     best = 0.0
     for tm, tn in tiles:
         for a, b in ((m, n), (n, m)):
-            count = math.ceil(a / tm) * math.ceil(b / tn)
+            count = problems * math.ceil(a / tm) * math.ceil(b / tn)
             waves = math.ceil(count / compute_units)
-            best = max(best, (a * b) / (waves * compute_units * tm * tn))
+            best = max(best, (problems * a * b) / (waves * compute_units * tm * tn))
     return best
 
 
 @functools.lru_cache(maxsize=4096)
 def gemm_efficiency(m: int, n: int, compute_units: int | None,
-                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES) -> float:
+                    tiles: tuple[tuple[int, int], ...] = DEFAULT_MATMUL_TILES, problems: int = 1) -> float:
     """Shape efficiency of a GEMM with an m x n output: the better of the tiled and the skinny kernel.
 
     A GEMM whose short side is below the smallest tile side (m = 1..127 rows with 128-wide tiles: decode
@@ -235,8 +243,9 @@ def gemm_efficiency(m: int, n: int, compute_units: int | None,
     SMs (no partial wave) and the short side is padded to `MMA_ROWS` (16), so its efficiency is
     short / (16 * ceil(short / 16)): 1/16 for one row, 1.0 from 16 rows on. Larger GEMMs keep the tile
     wave quantization (`wave_efficiency`) unchanged. Returns 1.0 when the device declares no compute units.
+    `problems`: equal GEMMs of one grouped launch sharing the waves (`wave_efficiency`).
     """
-    wave = wave_efficiency(m, n, compute_units, tiles)
+    wave = wave_efficiency(m, n, compute_units, tiles, problems)
     short = min(m, n)
     if not compute_units or short <= 0 or short >= min(min(tile) for tile in tiles):
         return wave

@@ -274,8 +274,9 @@ def expert_gemm_time(rates: Rates, batch: ExpertBatch, shapes: tuple[tuple[int, 
     act = sum(m * (k + n) for k, n in shapes) * (2 if backward else 1)
     nbytes = (weights * reads + act) * elem
     gemm = rates.gemm if rates.gemm is not None else rates
+    # one grouped launch over the active experts: their tiles share the waves (efficiency.wave_efficiency)
     wave = (_weighted_wave(tuple(shapes), max(int(round(m)), 1), backward, rates.compute_units,
-                           rates.efficiency.matmul_tiles) if rates.compute_units else 1.0)
+                           rates.efficiency.matmul_tiles, max(int(round(active)), 1)) if rates.compute_units else 1.0)
     return active * gemm.matmul_time(flops, nbytes, wave)
 
 
@@ -422,7 +423,11 @@ def experts_time(workload: "Workload", plan: "Plan", rates: Rates, costs: Expert
     reads = (2 if trainable else 1) if backward else 1
     weights = reads * active * sum(k * n for k, n in shapes) * expert_weight_elem(workload)
     m = max(int(round(batch.tokens / active)), 1) if active else 1
-    wave = (_weighted_wave(shapes, m, backward, rates.compute_units, rates.efficiency.matmul_tiles)
+    # the active experts' GEMMs run as one grouped launch whose tiles share the waves (SGLang's / vLLM's fused_moe
+    # grid over every expert's rows, Megatron-Core's grouped GEMM: efficiency.wave_efficiency `problems`), not
+    # one launch per expert, which would leave most SMs idle once an expert's m rows reach a full tile
+    wave = (_weighted_wave(shapes, m, backward, rates.compute_units, rates.efficiency.matmul_tiles,
+                           max(int(round(active)), 1))
             if rates.compute_units else 1.0)
     gemm = rates.gemm if rates.gemm is not None else rates
     seconds = gemm.matmul_time(costs.mm_flops * per_layer, costs.mm_bytes * per_layer + weights, wave)

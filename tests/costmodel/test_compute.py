@@ -383,3 +383,14 @@ def test_the_phase_memo_answers_as_phase_times_does_for_plans_that_differ_in_wha
             assert phase_times_of(profile, w, plan, options, rates, questions)[1] == want, args[2]
     assert phase_times_of(profile, w, plan, options, rates, questions) == tuple(
         phase_times(profile, w, plan, options, rates, *q) for q in questions)  # outside the memo too
+
+
+def test_a_grouped_launchs_problems_share_the_waves() -> None:
+    """Equal GEMMs launched as one grouped kernel (a MoE layer's experts: SGLang's / vLLM's fused_moe grid over
+    every expert's rows) fill ceil(problems x tiles / units) waves together, not one launch's waves each."""
+    alone = wave_efficiency(128, 512, 148, ((128, 128),))
+    assert alone == pytest.approx(4 / 148, rel=1e-12)                       # one expert's 4 tiles on 148 SMs
+    grouped = wave_efficiency(128, 512, 148, ((128, 128),), problems=256)
+    assert grouped == pytest.approx(1024 / (7 * 148), rel=1e-12)             # 1,024 tiles in 7 waves
+    assert wave_efficiency(128, 512, 148, ((128, 128),), problems=1) == alone
+    assert gemm_efficiency(128, 512, 148, ((128, 128),), problems=256) == grouped
