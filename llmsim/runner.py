@@ -41,6 +41,7 @@ from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
 from llmsim.strategy import Layout, resolve_layout
+from llmsim.wording import literal_error
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
                 message = out_of_range(cls.Settings, err, loc)
             else:
                 message = (one_value_expected(err) or wrong_kind(err)
+                           or (literal_error(err) if err["type"] == "literal_error" else None)
                            or f"{shown_value(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}")
         raise ScenarioError(file, where, message) from None
 

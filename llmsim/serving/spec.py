@@ -527,13 +527,6 @@ class Speculative(_Strict):
     draft_model: str | None = Field(None, description="draft only: a model preset, the draft model (its own decode "
                                                       "steps on the replica's devices)")
 
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method(cls, value: Any) -> Any:
-        if value not in SPECULATIVE_METHODS:
-            raise ValueError(f"{shown_value(value)}: allowed: {', '.join(SPECULATIVE_METHODS)}")
-        return value
-
     @field_validator("num_draft_tokens", mode="before")
     @classmethod
     def _k(cls, value: Any) -> Any:

@@ -100,7 +100,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
      "serving.arrival.think_s: 1e+13 s: 9 thinks per client span 9e+13 s of simulated time"),
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
     ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
-    ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
+    ("serving.router=random", "serving.router: 'random' is not one of the allowed values (allowed: round-robin, "
+                              "least-outstanding)"),
     ("serving.memory_utilization=0", "serving.memory_utilization: 0: out of range; allowed: > 0"),
     ("serving.replicas=2", "serving.replicas: replicas x tp x pp = 2 x 1 x 1 = 2 devices (strategy 'single') but "
                            "backend 'roofline' has 1"),
