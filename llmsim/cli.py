@@ -84,6 +84,9 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     window = scenario.workload.model.window_note()
     if window is not None:
         _say_note(path, "workload.model.sliding_window", window, kept)
+    unused = scenario.serving.speculative.unused_note() if scenario.serving and scenario.serving.speculative else None
+    if unused is not None:
+        _say_note(path, f"serving.speculative.{unused[0]}", unused[1], kept)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 

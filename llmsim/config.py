@@ -864,9 +864,9 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
             return "serving.speculative.num_draft_tokens", (
                 f"{speculative.num_draft_tokens}: a decoding sequence verifies num_draft_tokens + 1 tokens in one "
                 f"step, more than serving.scheduler.max_batched_tokens={budget}; allowed: 1 ... {budget - 1}")
-        if speculative.method in ("mtp", "eagle") and speculative.draft_layers > w.model.layers:
+        if speculative.head_layers > w.model.layers:
             return "serving.speculative.draft_layers", (
-                f"{speculative.draft_layers}: a draft head of more layers than the model's {w.model.layers}; "
+                f"{speculative.head_layers}: a draft head of more layers than the model's {w.model.layers}; "
                 f"allowed: 1 ... {w.model.layers}")
     if speculative is not None and speculative.method == "draft":   # the draft is a preset model
         if speculative.draft_model is None:
