@@ -50,6 +50,6 @@ def literal_choices(err: dict[str, Any]) -> str:
 
 def literal_error(err: dict[str, Any]) -> str:
     """A value a Literal key does not take, in the one form every such key's error has (docs/scenario.md,
-    "Errors"): `'x' is not one of the allowed values (allowed: a, b, c)`; pydantic would say `Input should be
+    "Validity rules"): `'x' is not one of the allowed values (allowed: a, b, c)`; pydantic would say `Input should be
     'a', 'b' or 'c'`."""
     return f"{shown_value(err.get('input'))} is not one of the allowed values (allowed: {literal_choices(err)})"

@@ -563,9 +563,9 @@ class Speculative(_Strict):
     def _head_default(cls, data: Any) -> Any:
         """draft_layers null or omitted is the method's default: a head of 1 layer for mtp / eagle (the default
         it always had: an EAGLE head is one decoder layer, Li et al. 2024; DeepSeek-V3 trains one MTP module, Sec.
-        2.2), nothing for draft / ngram, which have no head. So `--set serving.speculative.method=ngram` switches a file that
-        states draft_layers for its eagle head; a draft_layers stated with draft / ngram is kept as written and
-        unused (`unused_note`)."""
+        2.2), nothing for draft / ngram, which have no head. So `--set serving.speculative.method=ngram` switches
+        a file that states draft_layers for its eagle head; a draft_layers stated with draft / ngram is kept as
+        written and unused (`unused_note`)."""
         if isinstance(data, dict) and data.get("draft_layers") is None and data.get("method") in HEAD_METHODS:
             return {**data, "draft_layers": 1}
         return data
