@@ -80,10 +80,14 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     _note_inference_kernels(planned, scenario, path, kept)
     _note_engine_kernels(scenario, path, kept)
     _note_cross_node_tp(planned, catalog, path, kept)
+    _note_absent_backends(planned, scenario, registry, path, kept)
     _note_fp4_weight_only(planned, catalog, path, kept)
     window = scenario.workload.model.window_note()
     if window is not None:
         _say_note(path, "workload.model.sliding_window", window, kept)
+    unused = scenario.serving.speculative.unused_note() if scenario.serving and scenario.serving.speculative else None
+    if unused is not None:
+        _say_note(path, f"serving.speculative.{unused[0]}", unused[1], kept)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 
@@ -116,6 +120,16 @@ def _note_cross_node_tp(planned: list, catalog: Any, path: str, kept: list[str])
     from llmsim.runner import cross_node_tp_notes
 
     for where, note in cross_node_tp_notes(planned, catalog):
+        _say_note(path, where, note, kept)
+
+
+def _note_absent_backends(planned: list, scenario: Scenario, registry: BackendRegistry, path: str,
+                          kept: list[str]) -> None:
+    """Say the hardware of a modeled backend asked for with --backend that the file does not configure
+    (runner.absent_backend_notes)."""
+    from llmsim.runner import absent_backend_notes
+
+    for where, note in absent_backend_notes(planned, scenario, registry):
         _say_note(path, where, note, kept)
 
 

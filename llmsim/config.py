@@ -23,7 +23,7 @@ from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, len
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
-from llmsim.wording import count, shown_value
+from llmsim.wording import count, literal_choices, literal_error, shown_value
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -864,9 +864,9 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
             return "serving.speculative.num_draft_tokens", (
                 f"{speculative.num_draft_tokens}: a decoding sequence verifies num_draft_tokens + 1 tokens in one "
                 f"step, more than serving.scheduler.max_batched_tokens={budget}; allowed: 1 ... {budget - 1}")
-        if speculative.method in ("mtp", "eagle") and speculative.draft_layers > w.model.layers:
+        if speculative.head_layers > w.model.layers:
             return "serving.speculative.draft_layers", (
-                f"{speculative.draft_layers}: a draft head of more layers than the model's {w.model.layers}; "
+                f"{speculative.head_layers}: a draft head of more layers than the model's {w.model.layers}; "
                 f"allowed: 1 ... {w.model.layers}")
     if speculative is not None and speculative.method == "draft":   # the draft is a preset model
         if speculative.draft_model is None:
@@ -1100,7 +1100,7 @@ def one_value_expected(err: dict[str, Any]) -> str | None:
     if what is None or not isinstance(value, (list, tuple, dict)):
         return None
     given = "a mapping" if isinstance(value, dict) else "a list"
-    allowed = (err.get("ctx") or {}).get("expected")
+    allowed = literal_choices(err) if err["type"] == "literal_error" else (err.get("ctx") or {}).get("expected")
     return f"{_shown(value)}: expected one {what}, not {given}" + (f"; allowed: {allowed}" if allowed else "")
 
 
@@ -1135,6 +1135,8 @@ def describe_error(err: dict[str, Any]) -> str:
     wrong = wrong_kind(err)
     if wrong is not None:
         return wrong
+    if kind == "literal_error":
+        return literal_error(err)
     if kind == "int_from_float":   # pydantic: 'Input should be a valid integer, got a number with a fractional part'
         return f"{_shown(err.get('input'))}: expected a whole number"
     if kind == "int_parsing_size":  # 1e30: 'Unable to parse input string as an integer, exceeded maximum size'

@@ -264,8 +264,8 @@ def workload_draft(workload: Workload, kv_cache_dtype: str, speculative: Specula
         return None, 0.0, 0.0
     layers = workload.model.layers
     if speculative.method in ("mtp", "eagle"):
-        share = speculative.draft_layers / layers
-        return (draft_head_model(model, speculative.draft_layers), capacity.weights_bytes * share,
+        share = speculative.head_layers / layers
+        return (draft_head_model(model, speculative.head_layers), capacity.weights_bytes * share,
                 capacity.bytes_per_token * share)
     assert speculative.draft_model is not None
     # on the target's sequences: its context is the target's (config.draft_model_problem checked that it holds it)

@@ -41,6 +41,7 @@ from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
 from llmsim.strategy import Layout, resolve_layout
+from llmsim.wording import literal_error
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
                 message = out_of_range(cls.Settings, err, loc)
             else:
                 message = (one_value_expected(err) or wrong_kind(err)
+                           or (literal_error(err) if err["type"] == "literal_error" else None)
                            or f"{shown_value(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}")
         raise ScenarioError(file, where, message) from None
 
@@ -165,6 +167,9 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
         if name not in registry.backends:
             key = f"backends.{name}" if name in scenario.backends else "--backend"
             raise ScenarioError(file, key, missing_backend(name, registry))
+    for name in backends:
+        if name not in scenario.backends:  # asked for with --backend: the file's modeled cluster, if it has one
+            backends[name] = carried_settings(scenario, name, registry)[0]
     catalog = catalog or build_catalog(scenario, scenario_dir)
     sweeps = {}
     for name, raw in backends.items():
@@ -198,9 +203,11 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
             if not isinstance(layout, Layout):
                 point = f" (backend '{name}' at {suffix[1:]})" if suffix else ""
                 if name not in scenario.backends:  # asked for with --backend: its settings are the defaults
-                    point += (f" (backend '{name}' is not in the file's backends: it runs with its default "
-                              f"settings, world size {cls.world_size(settings)}; configure backends.{name} or "
-                              f"--set backends.{name}.KEY=VALUE)")
+                    source = carried_settings(scenario, name, registry)[1]
+                    how = (f"backends.{source}'s cluster" if source is not None else "its default settings")
+                    point += (f" (backend '{name}' is not in the file's backends: it runs with {how}, world size "
+                              f"{cls.world_size(settings)}; configure backends.{name} or --set "
+                              f"backends.{name}.KEY=VALUE)")
                 world = cls.describe_world(settings, catalog)
                 raise ScenarioError(file, f"strategies[{i}].{layout[0]}",
                                     layout[1] + (f" ({world})" if world else "") + point)
@@ -214,6 +221,41 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                         seed=scenario.seed, scenario_dir=scenario_dir)
             planned.append(PlannedCase(cls, settings, case))
     return planned
+
+
+def carried_settings(scenario: Scenario, name: str, registry: BackendRegistry) -> tuple[dict[str, Any], str | None]:
+    """The settings of backend `name`, asked for with --backend but not in the file's backends, and the backend
+    they come from: a modeled backend (its settings a ModeledSettings: roofline, cluster, a plugin's) takes the
+    cluster keys (ModeledSettings': hardware, nodes, devices_per_node, links, topology, mesh, power limit, the
+    cost model's options) that the file's first modeled backend states, so that `--backend cluster` on a file
+    that sets up only the roofline simulates the same hardware, as a user comparing the two expects; without
+    one, or for another kind of backend, its defaults ({}, None)."""
+    cls = registry.backends.get(name)
+    if cls is None or not issubclass(cls.Settings, ModeledSettings):
+        return {}, None
+    for other, raw in scenario.backends.items():
+        source = registry.backends.get(other)
+        if source is None or not issubclass(source.Settings, ModeledSettings) or not isinstance(raw, dict):
+            continue
+        return {k: v for k, v in raw.items() if k in ModeledSettings.model_fields}, other
+    return {}, None
+
+
+def absent_backend_notes(planned: list[PlannedCase], scenario: Scenario, registry: BackendRegistry
+                         ) -> list[tuple[str, str]]:
+    """(where, note) for a modeled backend asked for with --backend that the file does not configure: the hardware
+    it runs on and where that came from (carried_settings: the file's modeled backend, or the backend's default
+    `hardware`), and the key that changes it. Once per backend: where = 'backends.NAME'."""
+    notes: dict[str, str] = {}
+    for item in planned:
+        name = item.backend.name
+        if name in scenario.backends or name in notes or not isinstance(item.settings, ModeledSettings):
+            continue
+        hardware, source = item.settings.hardware, carried_settings(scenario, name, registry)[1]
+        whose = f"the cluster of backends.{source}" if source is not None else "its default settings"
+        notes[name] = (f"not in the file's backends: runs on {hardware} with {whose}; --set "
+                       f"backends.{name}.hardware=NAME runs it on another device")
+    return [(f"backends.{name}", note) for name, note in notes.items()]
 
 
 def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, list[tuple[str, BaseModel]]],

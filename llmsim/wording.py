@@ -1,7 +1,10 @@
-"""Words of messages said once: counts in sentences ('1 strategy', '2 strategies', '1,024 devices'), and a
-wrong value as an error quotes it (`shown_value`)."""
+"""Words of messages said once: counts in sentences ('1 strategy', '2 strategies', '1,024 devices'), a
+wrong value as an error quotes it (`shown_value`), and a value a Literal key does not take (`literal_error`)."""
 
 from __future__ import annotations
+
+import ast
+from typing import Any
 
 # Nouns llmsim counts whose plural is not noun + "s".
 IRREGULAR = {"strategy": "strategies", "process": "processes", "entry": "entries", "batch": "batches",
@@ -30,3 +33,23 @@ def shown_value(value: object) -> str:
     the user wrote them (not Python's None, True, False)."""
     text = _YAML_SPELLING[value] if isinstance(value, (bool, type(None))) else repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
+
+
+def literal_choices(err: dict[str, Any]) -> str:
+    """The values a Literal key allows, as the other errors list them (`fused, sglang, sglang-rocm`; YAML's
+    true / false / null as the user writes them), from pydantic's literal_error context, which holds them as
+    Python reprs (`'fused', 'sglang' or 'sglang-rocm'`); that text itself where it does not read back."""
+    expected = str((err.get("ctx") or {}).get("expected", ""))
+    head, sep, last = expected.rpartition(" or ")
+    try:
+        values = ast.literal_eval(f"[{head}, {last}]" if sep else f"[{expected}]")
+    except (ValueError, SyntaxError):
+        return expected
+    return ", ".join(v if isinstance(v, str) else shown_value(v) for v in values)
+
+
+def literal_error(err: dict[str, Any]) -> str:
+    """A value a Literal key does not take, in the one form every such key's error has (docs/scenario.md,
+    "Validity rules"): `'x' is not one of the allowed values (allowed: a, b, c)`; pydantic would say `Input should be
+    'a', 'b' or 'c'`."""
+    return f"{shown_value(err.get('input'))} is not one of the allowed values (allowed: {literal_choices(err)})"

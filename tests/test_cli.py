@@ -149,6 +149,39 @@ def test_a_backend_added_by_flag_says_it_runs_with_its_defaults(write_scenario, 
             "configure backends.roofline or --set backends.roofline.KEY=VALUE)") in err
 
 
+def test_a_modeled_backend_added_by_flag_runs_on_the_files_modeled_cluster_and_says_so(write_scenario,
+                                                                                        capsys) -> None:
+    """Fresh-user trial: `--backend cluster` on a file that sets up only the roofline (h100-sxm) ran on a100-80gb,
+    the cluster plugin's default, without a word. It takes the roofline's cluster keys (hardware, nodes,
+    devices_per_node, ...) and a note says which hardware it runs on and the key that changes it; a file with no
+    modeled backend leaves the defaults, said the same way; a backend the file configures gets no note."""
+    from llmsim.config import load_scenario
+    from llmsim.plugins import get_plugin_manager
+    from llmsim.registry import BackendRegistry
+    from llmsim.runner import plan_cases
+
+    roofline = {"hardware": "h100-sxm", "nodes": [1, 2], "devices_per_node": 4, "attention": "math"}
+    path = write_scenario(workload={"model": {"preset": "tiny"}, "batch": 8},
+                          backends={"cpu": {"steps": 1}, "roofline": roofline})
+    assert main(["validate", str(path), "--backend", "cluster"]) == 0
+    err = capsys.readouterr().err
+    assert (f"llmsim: note: {path}: backends.cluster: not in the file's backends: runs on h100-sxm with the cluster "
+            f"of backends.roofline; --set backends.cluster.hardware=NAME runs it on another device") in err
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    planned = plan_cases(load_scenario(path), registry, str(path), ["cluster"])
+    assert [(p.settings.hardware, p.settings.nodes, p.settings.devices_per_node, p.settings.attention)
+            for p in planned] == [("h100-sxm", 1, 4, "math"), ("h100-sxm", 2, 4, "math")]
+
+    bare = write_scenario(workload={"model": {"preset": "tiny"}, "batch": 8}, backends={"cpu": {"steps": 1}},
+                          name="bare.yaml")
+    assert main(["validate", str(bare), "--backend", "roofline"]) == 0
+    assert (f"llmsim: note: {bare}: backends.roofline: not in the file's backends: runs on a100-80gb with its "
+            f"default settings; --set backends.roofline.hardware=NAME runs it on another device") in \
+        capsys.readouterr().err
+    assert main(["validate", str(path), "--backend", "roofline"]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
 def test_a_plan_file_given_to_run_and_a_scenario_given_to_plan_name_the_right_command(capsys) -> None:
     plan, scenario = REPO / "scenarios" / "plan-train-70b.yaml", REPO / "scenarios" / "quickstart.yaml"
     assert main(["validate", str(plan)]) == 2

@@ -69,9 +69,11 @@ def test_preset_fills_and_explicit_fields_override() -> None:
      "schedule (got 1f1b"),
     ("strategies", [{"name": "bad", "tp_comm_overlap": "yes please"}],
      "strategies[0].tp_comm_overlap: 'yes please' is text, not a boolean (allowed: true, false)"),
-    ("workload.model.activation", "relu", "workload.model.activation: 'relu': Input should be 'gelu', 'swiglu' or 'geglu'"),
+    ("workload.model.activation", "relu", "workload.model.activation: 'relu' is not one of the allowed values "
+     "(allowed: gelu, swiglu, geglu)"),
     ("workload.model.preset", "gpt5", "unknown preset 'gpt5'; allowed: tiny, bert-base"),
-    ("workload.mode", "serve", "workload.mode: 'serve': Input should be 'train', 'prefill' or 'decode'"),
+    ("workload.mode", "serve", "workload.mode: 'serve' is not one of the allowed values (allowed: train, prefill, "
+     "decode)"),
     ("workload.batch", 0, "workload.batch: 0: out of range; allowed: >= 1"),
     ("workload.model.head_dim", 0, "workload.model.head_dim: 0: out of range; allowed: >= 1"),
     ("workload.model.qk_norm", "maybe", "workload.model.qk_norm: 'maybe': allowed: false, true (= head), head, projection"),
@@ -81,7 +83,8 @@ def test_preset_fills_and_explicit_fields_override() -> None:
      "block LoRA can adapt (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
     ("sharing.lora", {"rank": 100_000}, "sharing.lora.rank: 100000 exceeds the smallest dimension of an adapted "
      "projection"),
-    ("sharing.lora", {"targets": ["q_proj"]}, "sharing.lora.targets[0]: 'q_proj': Input should be 'q', 'k', 'v'"),
+    ("sharing.lora", {"targets": ["q_proj"]}, "sharing.lora.targets[0]: 'q_proj' is not one of the allowed values "
+     "(allowed: q, k, v,"),
     ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
     ("name", "../../etc", "name: '../../etc': String should match pattern"),  # run folders stay under --out
     ("strategies", [{"name": "bad", "sharing": {"layer_groups": 5}}],

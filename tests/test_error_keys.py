@@ -30,7 +30,7 @@ def _validate(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     ("workload.model.hidden=100", "workload.model.heads", "must be divisible by heads=12 (allowed heads: 1, 2, 4, "
                                                           "5, 10, 20, 25, 50, 100; or state head_dim)"),
     ("workload.model.max_positions=128", "workload.model.seq_len", "max_positions=128"),
-    ("workload.dtype=[bfloat16]", "workload.dtype", "expected one value, not a list; allowed: 'float32'"),
+    ("workload.dtype=[bfloat16]", "workload.dtype", "expected one value, not a list; allowed: float32, bfloat16"),
 ])
 def test_a_model_rule_names_its_own_key(capsys: pytest.CaptureFixture[str], setting: str, key: str,
                                         allowed: str) -> None:
@@ -120,3 +120,26 @@ def test_a_one_sided_bound_is_named_the_same_way(capsys: pytest.CaptureFixture[s
     """A key bounded on one side reads like one bounded on both (pydantic's own sentence differed by type)."""
     err = _validate(capsys, ["scenarios/serve-8b.yaml", "--set", "serving.kv_block_tokens=0"])
     assert "serving.kv_block_tokens: 0: out of range; allowed: >= 1" in err, err
+
+
+SERVE = "scenarios/serve-llama-eagle.yaml"
+
+
+@pytest.mark.parametrize("setting, line", [
+    ("serving.scheduler.engine_kernels=foo", "serving.scheduler.engine_kernels: 'foo' is not one of the allowed "
+                                             "values (allowed: fused, sglang, sglang-rocm)"),
+    ("workload.fp8={attention: fp4}", "workload.fp8.attention: 'fp4' is not one of the allowed values (allowed: "
+                                      "bfloat16, float8)"),
+    ("workload.fp4={layers: attention}", "workload.fp4.layers: 'attention' is not one of the allowed values "
+                                         "(allowed: all, mlp)"),
+    ("strategies[0].zero=4", "strategies[0].zero: 4 is not one of the allowed values (allowed: 0, 1, 2, 3)"),
+    ("serving.speculative.method=medusa", "serving.speculative.method: 'medusa' is not one of the allowed values "
+                                          "(allowed: mtp, eagle, draft, ngram)"),
+    ("backends.roofline.all_reduce=null", "backends.roofline.all_reduce: null is not one of the allowed values "
+                                          "(allowed: nccl, vllm)"),   # a backend's setting: the same words
+])
+def test_a_literal_key_names_the_value_and_every_allowed_one(capsys: pytest.CaptureFixture[str], setting: str,
+                                                             line: str) -> None:
+    """Fresh-user trial: a Literal key said pydantic's "Input should be 'fused', 'sglang' or 'sglang-rocm'"; every
+    one now says, in one line from one formatter (wording.literal_error), the value and the values allowed."""
+    assert _validate(capsys, [SERVE, "--set", setting]) == f"llmsim: error: {SERVE}: {line}"

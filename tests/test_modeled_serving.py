@@ -644,7 +644,6 @@ def test_speculative_decoding_runs_on_both_modeled_backends_with_its_accept_leng
     ({**SPECULATIVE, "method": "draft"}, "serving.speculative.draft_model"),
     ({**SPECULATIVE, "method": "draft", "draft_model": "llama9-1b"}, "serving.speculative.draft_model"),
     ({**SPECULATIVE, "draft_model": "tiny"}, "serving.speculative.draft_model"),
-    ({**SPECULATIVE, "method": "ngram", "draft_layers": 2}, "serving.speculative.draft_layers"),
     ({**SPECULATIVE, "method": "medusa"}, "serving.speculative.method"),
     # the trial: an encoder passed validate and failed the run; k past the token budget ran at TTFT 9.7e9 s
     ({**SPECULATIVE, "method": "draft", "draft_model": "bert-base"}, "serving.speculative.draft_model"),

@@ -362,7 +362,7 @@ def test_a_list_item_out_of_range_names_the_bound(capsys) -> None:  # noqa: ANN0
 
 
 SERVE = REPO / "scenarios" / "serve-8b.yaml"
-KERNELS = "'flash', 'cudnn', 'flash3', 'trtllm-mmha', 'fused-softmax' or 'math'"
+KERNELS = "flash, cudnn, flash3, trtllm-mmha, fused-softmax, math"
 SERVING_KERNELS = "allowed with serving: flash, cudnn, flash3, trtllm-mmha"
 
 
@@ -372,8 +372,8 @@ SERVING_KERNELS = "allowed with serving: flash, cudnn, flash3, trtllm-mmha"
     (SERVE, "backends.roofline.attention=[flash]", f"['flash']: expected one value, not a list; {SERVING_KERNELS}"),
     (SERVE, "backends.roofline.attention={a: 1}", f"{{'a': 1}}: expected one value, not a mapping; {SERVING_KERNELS}"),
     (SERVE, "backends.roofline.attention=flash4", f"'flash4': unknown attention kernel; {SERVING_KERNELS}"),
-    (QUICKSTART, "backends.roofline.all_reduce=[nccl]", "['nccl']: expected one value, not a list; allowed: 'nccl' or "
-                                                        "'vllm'"),
+    (QUICKSTART, "backends.roofline.all_reduce=[nccl]", "['nccl']: expected one value, not a list; allowed: nccl, "
+                                                        "vllm"),
     (QUICKSTART, "backends.roofline.hardware=[h100-sxm]", "['h100-sxm']: expected one device name, not a list; allowed: "
                                                           "cpu-host, a100-40gb, a100-80gb, a100-80gb-pcie, h100-sxm,"),
     (SERVE, "backends.roofline.hardware=3", "3: expected one device name; allowed: cpu-host, a100-40gb,"),

@@ -5,7 +5,8 @@ happened without opening the report: per (case, backend) the status, step time (
 p10–p90 spread of its timed steps), tokens/s, MFU and memory per device; a row that did not run says why.
 A serving run (rows of mode "serve") has no step of its own to time: its table shows what a serving benchmark
 ends with (vLLM's `bench serve`), TTFT and TPOT at p50 and p99, requests/s and goodput (requests/s within
-the SLO), instead of columns that would all read "–".
+the SLO), instead of columns that would all read "–"; and, when a row ran speculative decoding, its accept
+length (results.csv's accept_length: the mean tokens a verify step emitted, which is what divides its TPOT).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ SERVING_COLUMNS = (("TTFT p50", "ttft_p50_s", fmt_seconds), ("TTFT p99", "ttft_p
                    ("TPOT p50", "tpot_p50_s", fmt_seconds), ("TPOT p99", "tpot_p99_s", fmt_seconds),
                    ("req/s", "requests_per_s", fmt_rate), ("goodput req/s", "goodput_rps", fmt_rate))
 SERVING_HEADERS = ("case", "backend", "status", *(c[0] for c in SERVING_COLUMNS), "why not ok")
+# Shown after TPOT p99 when any row ran speculative decoding (serving.speculative: a row has accept_length), and
+# only then (docs/serving.md, "Speculative decoding").
+ACCEPT_COLUMN = ("accept length", "accept_length", fmt_rate)
 WIDTH = 140          # columns the table is laid out for when stderr is not a terminal (a log, a CI job)
 
 
@@ -41,9 +45,21 @@ def is_serving(frame: pd.DataFrame) -> bool:
     return "mode" in frame and len(frame) > 0 and bool((frame["mode"] == "serve").all())
 
 
+def serving_columns(frame: pd.DataFrame) -> tuple[tuple[str, str, object], ...]:
+    """A serving run's numeric columns: SERVING_COLUMNS, with ACCEPT_COLUMN after the TPOTs when any row of the
+    run has an accept_length (it ran serving.speculative)."""
+    column = ACCEPT_COLUMN[1]
+    if column not in frame or all(missing(v) for v in frame[column].head(MAX_ROWS)):
+        return SERVING_COLUMNS
+    return (*SERVING_COLUMNS[:4], ACCEPT_COLUMN, *SERVING_COLUMNS[4:])
+
+
 def headers(frame: pd.DataFrame) -> tuple[str, ...]:
-    """The table's columns: SERVING_HEADERS for a serving run, else HEADERS."""
-    return SERVING_HEADERS if is_serving(frame) else HEADERS
+    """The table's columns: a serving run's (SERVING_HEADERS, with accept length when a row ran speculative
+    decoding: serving_columns), else HEADERS."""
+    if not is_serving(frame):
+        return HEADERS
+    return ("case", "backend", "status", *(c[0] for c in serving_columns(frame)), "why not ok")
 
 
 def _reason(r: pd.Series) -> str:
@@ -65,8 +81,9 @@ def _status(r: pd.Series) -> str:
 def headline_rows(frame: pd.DataFrame) -> list[list[str]]:
     """One list of cell texts per row of the run, in `headers(frame)` order (at most MAX_ROWS)."""
     if is_serving(frame):
+        columns = serving_columns(frame)
         return [[str(r["case"]), str(r["backend"]), _status(r),
-                 *(_cell(r.get(column), fmt) if r.get("status") == "ok" else "–" for _, column, fmt in SERVING_COLUMNS),
+                 *(_cell(r.get(column), fmt) if r.get("status") == "ok" else "–" for _, column, fmt in columns),
                  "" if r.get("status") == "ok" else _reason(r)] for _, r in frame.head(MAX_ROWS).iterrows()]
     out = []
     for _, r in frame.head(MAX_ROWS).iterrows():

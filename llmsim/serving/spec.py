@@ -499,6 +499,7 @@ class Slo(_Strict):
 
 
 SPECULATIVE_METHODS = ("mtp", "eagle", "draft", "ngram")
+HEAD_METHODS = ("mtp", "eagle")   # the methods whose draft is a head of draft_layers layers at the target's width
 # Scheduler kinds that run speculative decoding here: vLLM V1's loop (continuous, chunked-prefill), which counts the
 # draft tokens in its token budget and KV slots (vllm/v1/core/sched/scheduler.py `Scheduler.schedule`).
 SPECULATIVE_SCHEDULERS = ("continuous", "chunked-prefill")
@@ -522,17 +523,11 @@ class Speculative(_Strict):
     acceptance: float | list[float] = Field(
         description="per-position conditional acceptance probability in (0, 1]: position i is accepted with this "
                     "probability given position i - 1 was; one for every position, or a list of k of them")
-    draft_layers: PositiveInt = Field(1, description="mtp / eagle: transformer layers of the draft head (the "
-                                                     "target's width); default 1")
+    draft_layers: PositiveInt | None = Field(None, description="mtp / eagle: transformer layers of the draft head "
+                                                              "(the target's width); null or omitted: 1; with draft "
+                                                              "/ ngram unused (said in a run note)")
     draft_model: str | None = Field(None, description="draft only: a model preset, the draft model (its own decode "
                                                       "steps on the replica's devices)")
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method(cls, value: Any) -> Any:
-        if value not in SPECULATIVE_METHODS:
-            raise ValueError(f"{shown_value(value)}: allowed: {', '.join(SPECULATIVE_METHODS)}")
-        return value
 
     @field_validator("num_draft_tokens", mode="before")
     @classmethod
@@ -561,10 +556,35 @@ class Speculative(_Strict):
         if self.method != "draft" and self.draft_model is not None:
             raise KeyedValueError("draft_model", f"draft_model is for method 'draft' (got method {self.method!r}; "
                                                  f"allowed: omit it)")
-        if "draft_layers" in self.model_fields_set and self.method not in ("mtp", "eagle"):
-            raise KeyedValueError("draft_layers", f"draft_layers is for methods mtp and eagle (got method "
-                                                  f"{self.method!r}; allowed: omit it)")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_default(cls, data: Any) -> Any:
+        """draft_layers null or omitted is the method's default: a head of 1 layer for mtp / eagle (the default
+        it always had: an EAGLE head is one decoder layer, Li et al. 2024; DeepSeek-V3 trains one MTP module, Sec.
+        2.2), nothing for draft / ngram, which have no head. So `--set serving.speculative.method=ngram` switches
+        a file that states draft_layers for its eagle head; a draft_layers stated with draft / ngram is kept as
+        written and unused (`unused_note`)."""
+        if isinstance(data, dict) and data.get("draft_layers") is None and data.get("method") in HEAD_METHODS:
+            return {**data, "draft_layers": 1}
+        return data
+
+    @property
+    def head_layers(self) -> int:
+        """The draft head's layers (mtp / eagle; 1 where none is stated); 0 for draft / ngram, which have none."""
+        if self.method not in HEAD_METHODS:
+            return 0
+        return self.draft_layers or 1
+
+    def unused_note(self) -> tuple[str, str] | None:
+        """(key inside serving.speculative, note) where a key of another method is given and not used: a
+        draft_layers with method draft or ngram (a run note, not an error: switching method with `--set` leaves
+        the file's draft_layers behind). None otherwise."""
+        if self.method in HEAD_METHODS or self.draft_layers is None:
+            return None
+        return "draft_layers", (f"{self.draft_layers} is unused: method {self.method} has no draft head (draft_layers "
+                                f"is for mtp and eagle); the run ignores it")
 
     @property
     def probabilities(self) -> tuple[float, ...]:

@@ -96,7 +96,8 @@ def test_attention_float8_needs_a_quantized_workload_and_names_its_allowed_value
         Workload(model=ModelSpec(**SPEC), dtype="bfloat16", fp4={"attention": "float8"})
     base = {"name": "x", "workload": {"model": {"preset": "tiny"}, "dtype": "float8",
                                       "fp8": {"attention": "float16"}}}
-    with pytest.raises(ScenarioError, match="workload.fp8.attention.*'bfloat16' or 'float8'"):
+    with pytest.raises(ScenarioError, match=r"workload.fp8.attention: 'float16' is not one of the allowed values "
+                                            r"\(allowed: bfloat16, float8\)"):
         parse_scenario(base)
 
 

@@ -31,7 +31,8 @@ def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
     ({"workload": {"model": {"preset": "tiny"}, "mode": "decode"}, "goal": {"tokens": 5}}, "goal.tokens",
      "takes {tokens_per_s, max_step_latency_s}"),
     ({"options": {"attention": "magic"}}, "options.attention",
-     "'flash', 'cudnn', 'flash3', 'trtllm-mmha', 'fused-softmax' or 'math'"),
+     "'magic' is not one of the allowed values (allowed: flash, cudnn, flash3, trtllm-mmha, fused-softmax, "
+     "math)"),
     ({"options": {"hardware": "h100-sxm"}}, "options.hardware", "allowed: attention, main_grads_fp32"),
     ({"sharing": {"lora": {"targets": ["gate"]}}}, "sharing.lora.targets",
      "target 'gate' is not a projection of a gelu block LoRA can adapt (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),

@@ -94,3 +94,27 @@ def test_a_run_measured_on_a_busy_host_says_so_under_the_table():
     assert [row[2] for row in headline_rows(busy)] == ["ok*", "ok"]  # the busy row is marked, the modeled not
     assert caption.startswith("* measured while the host was busy")
     assert busy_note([]) is None and busy_note([1.0]) is None  # exactly one task per core is not busy
+
+
+def test_a_speculative_serving_run_shows_its_accept_length_and_only_then() -> None:
+    """Fresh-user trial: results.csv had accept_length for a speculative run, the terminal table did not. The
+    column comes after the TPOTs when any row has one (a row without, or one that did not run, reads "–"), and a
+    run without speculation keeps SERVING_HEADERS."""
+    from llmsim.report.terminal import SERVING_HEADERS
+
+    serve = dict(mode="serve", request_rate=8.0, ttft_p50_s=0.031, ttft_p99_s=0.212, tpot_p50_s=0.0112,
+                 tpot_p99_s=0.0154, requests_per_s=7.93, goodput_rps=7.5)
+    eagle = row("tp1@rate=8", "roofline").model_copy(update={**serve, "accept_length": 2.5312})
+    plain = row("tp1@rate=8", "cluster").model_copy(update=serve)
+    failed = row("tp1@rate=24", "roofline", status="failed", error="engine stopped").model_copy(
+        update={"mode": "serve", "request_rate": 24.0})
+    frame = frame_of([eagle, plain, failed])
+    assert headline_rows(frame) == [
+        ["tp1@rate=8", "roofline", "ok", "31 ms", "212 ms", "11.2 ms", "15.4 ms", "2.53", "7.93", "7.5", ""],
+        ["tp1@rate=8", "cluster", "ok", "31 ms", "212 ms", "11.2 ms", "15.4 ms", "–", "7.93", "7.5", ""],
+        ["tp1@rate=24", "roofline", "failed", "–", "–", "–", "–", "–", "–", "–", "engine stopped"],
+    ]
+    assert [c.header for c in headline_table(frame).columns] == [
+        "case", "backend", "status", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "accept length", "req/s",
+        "goodput req/s", "why not ok"]
+    assert [c.header for c in headline_table(frame_of([plain])).columns] == list(SERVING_HEADERS[:-1])

@@ -84,7 +84,8 @@ def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(tmp_path: Pa
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert err == f"llmsim: error: {path}: serving.kv_cache_dtype: 'fp8': Input should be 'auto' or 'float8'"
+    assert err == (f"llmsim: error: {path}: serving.kv_cache_dtype: 'fp8' is not one of the allowed values "
+                   f"(allowed: auto, float8)")
 
 
 def test_the_json_schema_has_the_key(capsys: pytest.CaptureFixture[str]) -> None:

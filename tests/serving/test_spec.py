@@ -100,7 +100,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
      "serving.arrival.think_s: 1e+13 s: 9 thinks per client span 9e+13 s of simulated time"),
     ("serving.lengths.input=0", "serving.lengths.input: 0: allowed: a token count >= 1"),
     ("serving.lengths.output={kind: uniform, min: 5, max: 2}", "serving.lengths.output.max: uniform: max=2 is below min=5"),
-    ("serving.router=random", "serving.router: 'random': Input should be 'round-robin' or 'least-outstanding'"),
+    ("serving.router=random", "serving.router: 'random' is not one of the allowed values (allowed: round-robin, "
+                              "least-outstanding)"),
     ("serving.memory_utilization=0", "serving.memory_utilization: 0: out of range; allowed: > 0"),
     ("serving.replicas=2", "serving.replicas: replicas x tp x pp = 2 x 1 x 1 = 2 devices (strategy 'single') but "
                            "backend 'roofline' has 1"),
@@ -280,3 +281,40 @@ def test_requests_and_duration_together_validate_and_the_schema_says_whichever_f
     assert main(["schema"]) == 0
     serving = json.loads(capsys.readouterr().out)["$defs"]["ServingSpec"]["properties"]
     assert "whichever" in serving["requests"]["description"] and "whichever" in serving["duration_s"]["description"]
+
+
+EAGLE_FILE = "scenarios/serve-llama-eagle.yaml"   # speculative: {method: eagle, ..., draft_layers: 1}
+
+
+@pytest.mark.parametrize("overrides, method, head", [
+    (["serving.speculative.method=ngram"], "ngram", 0),
+    (["serving.speculative.method=draft", "serving.speculative.draft_model=qwen3-4b"], "draft", 0),
+    (["serving.speculative.draft_layers=null"], "eagle", 1),
+    (["serving.speculative.method=mtp", "serving.speculative.draft_layers=null"], "mtp", 1),
+])
+def test_set_switches_the_speculative_method_of_a_file_that_states_draft_layers(
+        capsys: pytest.CaptureFixture[str], overrides: list[str], method: str, head: int) -> None:
+    """Fresh-user trial: `--set serving.speculative.method=ngram` on the shipped eagle scenario was refused
+    ("draft_layers is for methods mtp and eagle") and draft_layers: null too, so the method could not be switched
+    without rewriting the block. null is the method's default (a 1-layer head for mtp / eagle, none for draft /
+    ngram); a draft_layers left behind for draft / ngram is kept as written, unused, and said in one run note."""
+    argv = [EAGLE_FILE] + [arg for o in overrides for arg in ("--set", o)]
+    assert main(["validate", *argv]) == 0
+    err = capsys.readouterr().err
+    spec = load_scenario(EAGLE_FILE, overrides).serving
+    assert spec is not None and spec.speculative is not None
+    assert spec.speculative.method == method and spec.speculative.head_layers == head
+    notes = [line for line in err.splitlines() if "draft_layers" in line]
+    if head:
+        assert notes == [] and spec.speculative.draft_layers == 1
+    else:
+        assert notes == [f"llmsim: note: {EAGLE_FILE}: serving.speculative.draft_layers: 1 is unused: method "
+                         f"{method} has no draft head (draft_layers is for mtp and eagle); the run ignores it"]
+
+
+def test_draft_layers_omitted_with_draft_or_ngram_is_no_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    data = json.loads(json.dumps(SERVING))
+    data["serving"]["speculative"] = {"method": "ngram", "num_draft_tokens": 2, "acceptance": 0.5}
+    assert main(["validate", str(_write(tmp_path, data))]) == 0
+    assert "note" not in capsys.readouterr().err
