@@ -16,6 +16,7 @@ from llmsim.calibrate import CalibrationError, calibrate_serving
 from llmsim.calibrate.serving import SERVING_BOUNDS
 from llmsim.cli import main
 from llmsim.config import parse_scenario
+from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD
 from llmsim.hardware import load_catalog
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
@@ -35,6 +36,18 @@ TRUE = {"matmul": 0.45, "memory_bw_bytes_per_s": 2.0e12, "kernel_latency_s": 3.0
 # measured 0.337 (more of TTFT in attention, less in the GEMMs that pin matmul).
 MODEL = {"layers": 8, "hidden": 4096, "heads": 32, "kv_heads": 8, "ffn_hidden": 11008, "vocab": 32000, "seq_len": 4096,
          "activation": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False}
+
+
+def _decode_step_s(bandwidth: float, kernel_latency_s: float) -> float:
+    """MODEL's decode step at batch 1 as the two parameters set it: its 16-bit weights read once (the layers' Q, K, V,
+    O and SwiGLU matrices, the untied embedding and LM head) plus the fixed time of every kernel of the pass
+    (costmodel.compute's fused counts), seconds; the cache reads and FLOPs of a 64-token context are left out."""
+    m = MODEL
+    kv = m["kv_heads"] * m["hidden"] // m["heads"]
+    layer = m["hidden"] * (2 * m["hidden"] + 2 * kv) + 3 * m["hidden"] * m["ffn_hidden"]
+    weight_bytes = 2 * (m["layers"] * layer + 2 * m["vocab"] * m["hidden"])
+    kernels = m["layers"] * KERNELS_PER_LAYER_FORWARD + KERNELS_EMBED + KERNELS_HEAD
+    return weight_bytes / bandwidth + kernels * kernel_latency_s
 
 
 def _true_catalog(folder: Path) -> Path:
@@ -104,9 +117,13 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     # the decode step (weights / bandwidth + kernels x latency), and the fit ends 19% low on the one and 17% low on
     # the other (1.62 TB/s, 24.8 us) with every median within 2% (next test). 25% on each still fails a fit that
     # did not move (the stock entry's 2.95 TB/s and 10 us are 47% and 67% off).
+    # Since decode attention reads the cache at its own fraction of the bandwidth (0.898 on the H100 entries, the same
+    # in the true and the fitted entry), the same medians (all within 2.2%) are met at 3.0 TB/s and 37 us: the rows
+    # pin the decode step these two make together, weights / bandwidth + kernels x latency (3.93 ms true), not each
+    # (the stock entry's step, 1.9 ms, is 52% off: a fit that did not move fails).
     assert entry.efficiency.matmul == pytest.approx(TRUE["matmul"], rel=0.10)
-    assert entry.memory_bw_bytes_per_s == pytest.approx(TRUE["memory_bw_bytes_per_s"], rel=0.25)
-    assert entry.efficiency.kernel_latency_s == pytest.approx(TRUE["kernel_latency_s"], rel=0.25)
+    assert _decode_step_s(entry.memory_bw_bytes_per_s, entry.efficiency.kernel_latency_s) == pytest.approx(
+        _decode_step_s(TRUE["memory_bw_bytes_per_s"], TRUE["kernel_latency_s"]), rel=0.05)
     assert entry.request_overhead_s == pytest.approx(TRUE["request_overhead_s"], rel=0.10)
     assert entry.efficiency.memory == 1.0 and entry.efficiency.op_overhead_s == 0.0
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
