@@ -521,7 +521,8 @@ def _print_serving_plan(plan: Any, outcome: Any) -> None:
     title = (f"best by {plan.objective}: {plan.goal.request_rate:g} requests/s under the SLO" if outcome.top
              else "nothing meets the goal: the closest candidates")
     units = any(c.unit is not None for c in shown)   # a disaggregated unit's rate is one unit's, not one replica's
-    table = Table("#", "configuration", "sustained (1 replica or unit)" if units else "sustained (1 replica)", "cost/h", "TTFT p99", "TPOT p99", "meets goal",
+    sustained = "sustained (1 replica or unit)" if units else "sustained (1 replica)"
+    table = Table("#", "configuration", sustained, "cost/h", "TTFT p99", "TPOT p99", "meets goal",
                   title=title)
     for i, c in enumerate(shown, 1):
         row = c.at_goal.row if c.at_goal else {}

@@ -447,7 +447,8 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
         count = f"{c.replicas} unit{'' if c.replicas == 1 else 's'}" if c.unit is not None and c.replicas else \
             str(c.replicas or "–")
         rows.append([Cell(str(i), i), Cell(shape + (f" {c.precision}" if c.precision else "")),
-                     Cell(describe_rate(c), c.sustained_rate), Cell(count, c.replicas), Cell(str(c.n_devices or "–"), c.n_devices),
+                     Cell(describe_rate(c), c.sustained_rate), Cell(count, c.replicas),
+                     Cell(str(c.n_devices or "–"), c.n_devices),
                      Cell(fmt_usd(c.cost_usd), c.cost_usd), Cell(fmt_duration(row.get("ttft_p99_s")), row.get("ttft_p99_s")),
                      Cell(fmt_duration(row.get("tpot_p99_s")), row.get("tpot_p99_s")),
                      Cell(f"{row['slo_attainment']:.3f}" if row.get("slo_attainment") is not None else "–",
