@@ -470,6 +470,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for note in tp_span_notes(plan, outcome.hardware):  # a searched tp beyond a node: its all-reduces cross nodes
         err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(note)}[/]", highlight=False,
                           soft_wrap=True)
+    from llmsim.planner.serve import unused_counts_note
+
+    unused = unused_counts_note(plan, [h.devices_per_node for h in outcome.hardware])
+    if unused:  # search.disaggregation instance counts no unit can use (limits.max_devices): said once
+        err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(unused)}[/]", highlight=False,
+                          soft_wrap=True)
     # a precision some hardware cannot run (float8 without FP8 units): said once (planner.precisions)
     for note in [why for h in plan.hardware for why in candidates(plan, catalog.devices[h.name])[1]]:
         err_console.print(f"[yellow]llmsim: note: no candidates of that precision: {note}[/]", highlight=False)
@@ -514,7 +520,9 @@ def _print_serving_plan(plan: Any, outcome: Any) -> None:
     shown = outcome.top[:plan.top_k] or outcome.results[:plan.top_k]
     title = (f"best by {plan.objective}: {plan.goal.request_rate:g} requests/s under the SLO" if outcome.top
              else "nothing meets the goal: the closest candidates")
-    table = Table("#", "configuration", "sustained (1 replica)", "cost/h", "TTFT p99", "TPOT p99", "meets goal",
+    units = any(c.unit is not None for c in shown)   # a disaggregated unit's rate is one unit's, not one replica's
+    sustained = "sustained (1 replica or unit)" if units else "sustained (1 replica)"
+    table = Table("#", "configuration", sustained, "cost/h", "TTFT p99", "TPOT p99", "meets goal",
                   title=title)
     for i, c in enumerate(shown, 1):
         row = c.at_goal.row if c.at_goal else {}

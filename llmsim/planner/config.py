@@ -26,7 +26,7 @@ from llmsim.errors import ScenarioError
 from llmsim.hardware import Catalog
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
 from llmsim.serving.spec import ServingSpec, arrival_count_problem
-from llmsim.strict import StrictModel
+from llmsim.strict import StrictModel, sweep_repeats
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -118,6 +118,27 @@ class DisaggregationSearch(_Strict):
     decode: list[PositiveInt] = Field(min_length=1, description="decode instances per unit to search")
     kv_transfer: PlanKVTransfer = Field(default_factory=PlanKVTransfer,
                                         description="how a prompt's KV cache moves (layerwise)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counts(cls, data: Any) -> Any:
+        """prefill and decode are sweep lists of instance counts: a boolean (`[true]`, which pydantic's lax mode
+        reads as 1) and a repeated count (which would search the same units twice) are refused, as a scenario's
+        sweep lists refuse repeats (strict.sweep_repeats)."""
+        if not isinstance(data, dict):
+            return data
+        for side in ("prefill", "decode"):
+            values = data.get(side)
+            if not isinstance(values, list):
+                continue
+            for i, v in enumerate(values):
+                if isinstance(v, bool):
+                    raise _KeyedError(f"{side}[{i}]", f"{str(v).lower()} is a boolean, not an instance count "
+                                                      f"(allowed: integers >= 1)")
+            problem = sweep_repeats(values)
+            if problem is not None:
+                raise _KeyedError(side, problem)
+        return data
 
 
 class SearchSpace(_Strict):
@@ -345,6 +366,13 @@ class PlanFile(_Strict):
         if disagg is not None and s.speculative is not None:
             raise _KeyedError("search.disaggregation", "the disaggregated simulation runs no speculative decoding "
                                                        "(serving.speculative): allowed: one of the two")
+        if disagg is not None and s.scheduler.kind == "static":   # ServingSpec._count's refusal, at the plan's key
+            kinds = ", ".join(k for k in BUILTIN_SCHEDULERS if k != "static")
+            raise _KeyedError("search.disaggregation", f"static batching is not modeled with disaggregation (a decode "
+                                                       f"instance admits requests every iteration), and "
+                                                       f"serving.scheduler.kind is static (allowed: "
+                                                       f"serving.scheduler.kind {kinds}, or omit "
+                                                       f"search.disaggregation)")
         if disagg is not None and pps and 1 not in pps:
             raise _KeyedError("search.disaggregation", f"disaggregated units run at pp 1, and search.pp "
                                                        f"[{', '.join(map(str, pps))}] lists no 1 (allowed: add 1 to "

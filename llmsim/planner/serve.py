@@ -842,6 +842,30 @@ def candidate_units(plan: PlanFile, devices_per_node: int) -> list[DisaggUnit]:
     return [u for u in units if u.devices <= plan.limits.max_devices]
 
 
+def unused_counts_note(plan: PlanFile, devices_per_node: list[int]) -> str | None:
+    """The instance counts of search.disaggregation that no unit uses on any hardware choice (`devices_per_node`:
+    each choice's), because every unit with them exceeds limits.max_devices (candidate_units leaves them out), in
+    one note; None when every count is used, or when no tp shards the model (then no unit exists at all)."""
+    search = plan.search.disaggregation
+    if search is None:
+        return None
+    units = [u for n in devices_per_node for u in candidate_units(plan, n)]
+    powers = [2**k for n in devices_per_node for k in range(n.bit_length()) if 2**k <= n]
+    tps = [tp for tp in sorted(set(plan.search.tp or powers))
+           if check_strategy_shape(Strategy(tp=tp, pp=1), plan.workload, serving=True) is None]
+    if not tps:
+        return None
+    parts = []
+    for side, counts, other, used in (("prefill", search.prefill, search.decode, {u.prefill for u in units}),
+                                      ("decode", search.decode, search.prefill, {u.decode for u in units})):
+        # the smallest unit holding n instances of this side: every instance at the smallest tp, fewest of the other
+        parts += [f"{side} {n} (at least {(n + min(other)) * tps[0]} devices)" for n in counts if n not in used]
+    if not parts:
+        return None
+    return (f"search.disaggregation: instance counts {', '.join(parts)} left out: no unit with them fits "
+            f"limits.max_devices = {plan.limits.max_devices}")
+
+
 Mapper = Callable[[Callable[[ServingTask], CandidateResult], list[ServingTask]], Iterable[CandidateResult]]
 
 

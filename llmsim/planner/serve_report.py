@@ -19,7 +19,8 @@ from llmsim.planner.explain import (Explanation, Limit, Sensitivity, Sensitivity
                                     fmt_energy, fmt_usd, strongest_whatif)
 from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
-from llmsim.planner.serve import CandidateResult, Mapper, ServingTask, plan_serving, what_if, what_if_key
+from llmsim.planner.serve import (CandidateResult, Mapper, ServingTask, plan_serving, unused_counts_note, what_if,
+                                  what_if_key)
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
 from llmsim.results import write_atomic
 
@@ -258,7 +259,14 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
                         row.get("tpot_p50_s"), row.get("e2e_p99_s"), c.cost_usd, c.energy_j, row.get("ttft_p99_s"),
                         row.get("tpot_p99_s"), row.get("slo_attainment"), row.get("goodput_rps"),
                         row.get("preemptions"), c.kv_blocks, c.simulations, probes])
-    return pd.DataFrame.from_records(records, columns=columns)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    # counts are integers, blank where not applicable (a unit's tp, a replica's unit columns): pandas would write
+    # a column holding a blank as floats ("2.0"), so those columns are nullable integers
+    for name in ["tp", "pp", "ep", "etp", "attention_dp", "replicas", *UNIT_COLUMNS, "n_devices", "devices_used"]:
+        if name in frame.columns and frame[name].notna().any() and \
+                all(float(v).is_integer() for v in frame[name].dropna()):
+            frame[name] = frame[name].astype("Int64")
+    return frame
 
 
 def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> dict[str, Any]:
@@ -426,23 +434,32 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
 
     slo = spec.slo
     goal = f"{plan.goal.request_rate:g} requests/s ({spec.arrival.kind}) under {slo_words(slo)}"
-    cols = ["#", "candidate", "sustained rate", "replicas", "devices", "cost / hour", "TTFT p99", "TPOT p99",
+    cols = ["#", "candidate", "sustained rate", "replicas / units" if plan.search.disaggregation is not None
+            else "replicas", "devices", "cost / hour", "TTFT p99", "TPOT p99",
             "SLO attainment", "meets goal"]
     rows = []
     for i, c in enumerate(results[:max(plan.top_k, 1) * 3], 1):
         row = c.at_goal.row if c.at_goal else {}
-        rows.append([Cell(str(i), i), Cell(f"{c.hardware} tp{c.tp} pp{c.pp}"
-                                           + "".join(f" {k} {v}" for k, v in c.experts.keys().items() if k != "etp")
-                                           + (f" {c.precision}" if c.precision else "")), Cell(describe_rate(c), c.sustained_rate),
-                     Cell(str(c.replicas or "–"), c.replicas), Cell(str(c.n_devices or "–"), c.n_devices),
+        shape = (f"{c.hardware} {c.unit.label()}" if c.unit is not None else
+                 f"{c.hardware} tp{c.tp} pp{c.pp}" + "".join(f" {k} {v}" for k, v in c.experts.keys().items()
+                                                             if k != "etp"))
+        # a disaggregated unit's count is its units, not replicas (the column says which)
+        count = f"{c.replicas} unit{'' if c.replicas == 1 else 's'}" if c.unit is not None and c.replicas else \
+            str(c.replicas or "–")
+        rows.append([Cell(str(i), i), Cell(shape + (f" {c.precision}" if c.precision else "")),
+                     Cell(describe_rate(c), c.sustained_rate), Cell(count, c.replicas),
+                     Cell(str(c.n_devices or "–"), c.n_devices),
                      Cell(fmt_usd(c.cost_usd), c.cost_usd), Cell(fmt_duration(row.get("ttft_p99_s")), row.get("ttft_p99_s")),
                      Cell(fmt_duration(row.get("tpot_p99_s")), row.get("tpot_p99_s")),
                      Cell(f"{row['slo_attainment']:.3f}" if row.get("slo_attainment") is not None else "–",
                           row.get("slo_attainment")),
                      Cell("yes" if c.feasible else c.reason)])
     sections = [Section("Candidates", [
-        Paragraph("Each replica shape's highest rate under the SLO, found by bisection on the serving simulation "
-                  "(docs/planning.md, 'Serving plans'), the replicas the goal rate needs and their cost."),
+        Paragraph(("Each replica shape's (or disaggregated unit's) highest rate under the SLO, found by bisection on "
+                   "the serving simulation (docs/planning.md, 'Serving plans'), the replicas (units) the goal rate "
+                   "needs and their cost.") if plan.search.disaggregation is not None else
+                  ("Each replica shape's highest rate under the SLO, found by bisection on the serving simulation "
+                   "(docs/planning.md, 'Serving plans'), the replicas the goal rate needs and their cost.")),
         Table(cols, rows, [True, False, True, True, True, True, True, True, True, False])])]
     feasible = [c for c in results if c.feasible]
     if feasible:
@@ -465,6 +482,7 @@ def serving_document(plan: PlanFile, explanation: Explanation, results: list[Can
         *prices,
         *(f"no candidates: {note}" for note in explanation.precision_notes),
         *([note] if (note := dropped_note(results)) else []),
+        *([note] if (note := unused_counts_note(plan, [h.devices_per_node for h in hardware])) else []),
         "plan.csv lists every candidate, ranked; best.yaml re-simulates the winner with `llmsim run best.yaml`."])]))
     meta = plan_meta(plan, "serving", goal)
     return Document(f"llmsim plan: {plan.name}", [Point(explanation.headline, explanation.winner
