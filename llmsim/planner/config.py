@@ -122,23 +122,27 @@ class DisaggregationSearch(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _counts(cls, data: Any) -> Any:
-        """prefill and decode are sweep lists of instance counts: a boolean (`[true]`, which pydantic's lax mode
-        reads as 1) and a repeated count (which would search the same units twice) are refused, as a scenario's
-        sweep lists refuse repeats (strict.sweep_repeats)."""
-        if not isinstance(data, dict):
-            return data
-        for side in ("prefill", "decode"):
-            values = data.get(side)
-            if not isinstance(values, list):
-                continue
-            for i, v in enumerate(values):
-                if isinstance(v, bool):
-                    raise _KeyedError(f"{side}[{i}]", f"{str(v).lower()} is a boolean, not an instance count "
-                                                      f"(allowed: integers >= 1)")
-            problem = sweep_repeats(values)
-            if problem is not None:
-                raise _KeyedError(side, problem)
+        """prefill and decode are sweep lists of instance counts (_refuse_bad_sweeps)."""
+        return _refuse_bad_sweeps(data, ("prefill", "decode"), "an instance count")
+
+
+def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str) -> Any:
+    """The integer sweep lists `keys` of a search mapping `data`: a boolean (`[true]`, which pydantic's lax mode reads
+    as 1) and a repeated value (which would search the same candidates twice) are refused, as a scenario's sweep
+    lists refuse repeats (strict.sweep_repeats). Raises _KeyedError naming `key[i]`; returns `data` unchanged."""
+    if not isinstance(data, dict):
         return data
+    for key in keys:
+        values = data.get(key)
+        if not isinstance(values, list):
+            continue
+        for i, v in enumerate(values):
+            if isinstance(v, bool):
+                raise _KeyedError(f"{key}[{i}]", f"{str(v).lower()} is a boolean, not {what} (allowed: integers >= 1)")
+        problem = sweep_repeats(values)
+        if problem is not None:
+            raise _KeyedError(key, problem)
+    return data
 
 
 class SearchSpace(_Strict):
@@ -181,6 +185,13 @@ class SearchSpace(_Strict):
         None, description="serving plans: prefill-decode disaggregated units searched beside the colocated "
                           "replicas, {prefill: [instances], decode: [instances], kv_transfer: {layerwise}}; each "
                           "side's tp from search.tp, pp 1; default none (colocated replicas only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweeps(cls, data: Any) -> Any:
+        """The searched degrees are sweep lists: no booleans, no repeats (_refuse_bad_sweeps)."""
+        return _refuse_bad_sweeps(data, ("tp", "pp", "cp", "dp", "micro_batch", "virtual_stages", "ep", "attention_dp"),
+                                  "a parallel degree or size")
 
     @model_serializer(mode="wrap")
     def _without_unset_disaggregation(self, handler: Any) -> dict[str, Any]:

@@ -44,6 +44,15 @@ def test_repeated_or_boolean_instance_counts_are_refused(counts: dict[str, Any],
     assert "repeated" in message or "boolean" in message
 
 
+@pytest.mark.parametrize("search, key", [({"tp": [1, 1]}, "search.tp"), ({"tp": [True]}, "search.tp[0]"),
+                                         ({"pp": [1, 2, 1]}, "search.pp"), ({"ep": [1, 1]}, "search.ep")])
+def test_every_searched_degree_refuses_repeats_and_booleans(search: dict[str, Any], key: str) -> None:
+    plan = _pd_plan()
+    message = _refusal({**plan, "search": {**plan["search"], **search}})
+    assert f"{key}:" in message
+    assert "repeated" in message or "boolean" in message
+
+
 def test_counts_no_unit_can_use_are_said_in_one_note() -> None:
     plan = parse_plan(_pd_plan(search={"tp": [1], "pp": [1],
                                        "disaggregation": {"prefill": [1, 10**9], "decode": [1, 100]}}))
