@@ -1141,6 +1141,10 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{_shown(err.get('input'))}: expected a whole number"
     if kind == "int_parsing_size":  # 1e30: 'Unable to parse input string as an integer, exceeded maximum size'
         return f"{_shown(err.get('input'))}: too large for a whole number"
+    if kind == "int_parsing":   # 'x': 'Input should be a valid integer, unable to parse string as an integer'
+        return f"{_shown(err.get('input'))}: expected a whole number"
+    if kind == "float_parsing":  # 'x': 'Input should be a valid number, unable to parse string as a number'
+        return f"{_shown(err.get('input'))}: expected a number"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return f"{_shown(err.get('input'))}: {msg}" if kind.startswith(("literal", "int", "greater", "less", "string_pattern",
@@ -1233,8 +1237,10 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += allowed_keys(model, loc)
     elif err["type"].startswith(("greater_than", "less_than")):
         message = out_of_range(model, err, loc)
-    elif err["type"] in ("int_from_float", "int_parsing_size"):   # 2.5, 1e30: what the field takes
+    elif err["type"] in ("int_from_float", "int_parsing_size", "int_parsing"):   # 2.5, 1e30, 'x': what the field takes
         message += allowed_range(model, loc) or "; allowed: an integer"
+    elif err["type"] == "float_parsing":
+        message += allowed_range(model, loc) or "; allowed: a number"
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"

@@ -354,6 +354,14 @@ def test_a_wrong_number_names_its_allowed_range_and_yaml_spelling(capsys, value:
     assert expected in err
 
 
+def test_text_inside_an_integer_list_names_the_item_and_its_range(capsys) -> None:  # noqa: ANN001
+    """The trial: `--set 'search.disaggregation.prefill=[x]'` printed pydantic's 'unable to parse string as an
+    integer'; text where a number belongs inside a list says what is expected and the allowed range."""
+    err = one_line_error(capsys, ["plan", str(REPO / "scenarios" / "plan-serve-llama-pd.yaml"),
+                                  "--set", "search.disaggregation.prefill=[x]"])
+    assert "search.disaggregation.prefill[0]: 'x': expected a whole number; allowed: >= 1" in err
+
+
 def test_a_list_item_out_of_range_names_the_bound(capsys) -> None:  # noqa: ANN001
     """stage_layers' items are bounded by the list's item type: the bound is found through list[...] | None."""
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "strategies[0].pp=2",
