@@ -14,7 +14,6 @@ prompt.
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import re
@@ -28,7 +27,7 @@ from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.cluster import torus_groups
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
-from llmsim.costmodel.eager import priced_pass_seconds, with_engine_kernels
+from llmsim.costmodel.eager import engine_iteration, priced_pass_seconds
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, draft_head_model, draft_times,
                                         iteration_times, kv_bytes_per_token, kv_capacity, token_costs,
                                         with_draft_memory)
@@ -109,7 +108,7 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
     not overlap (vLLM V0-style engines: scheduling, input preparation, sampling, output processing in line);
     `eager` says which passes the engine launches from Python, each taking at least its host launch time
     (costmodel.eager.priced_pass_seconds), and whose model code's kernels a pass launches (EagerLaunch.engine_kernels:
-    costmodel.eager.with_engine_kernels, on the GPU and at launch). `draft` (speculative decoding): the draft's model
+    costmodel.eager.engine_iteration, on the GPU and at launch). `draft` (speculative decoding): the draft's model
     and k, whose k draft passes over the iteration's decoding sequences run after the verify pass on the same devices
     (costmodel.iteration.draft_times), a straggler's slowdown on their compute too."""
 
@@ -122,16 +121,9 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
 
         def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
             # attention data parallelism (plan.attention_dp > 1): the ranks' mixes of one lockstep iteration
-            # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted
-            ranks = mix if isinstance(mix, tuple) else ()
-            if ranks:
-                # each rank's pass launches its engine's kernels (costmodel.eager.with_engine_kernels)
-                ranks = tuple(with_engine_kernels(here, r, eager.engine_kernels) for r in ranks)
-                mix = functools.reduce(lambda a, b: a + b, ranks)
-            else:
-                assert isinstance(mix, Mix)
-                mix = with_engine_kernels(here, mix, eager.engine_kernels)
-            assert isinstance(mix, Mix)
+            # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted; each
+            # pass launches its engine's kernels (costmodel.eager.engine_iteration)
+            mix, ranks = engine_iteration(here, mix, eager.engine_kernels)
             t = iteration_times(here, mix, ranks)
             compute = t.compute * slowdown
             device_s = compute + t.comm + t.bubble * slowdown + t.other

@@ -23,6 +23,7 @@ Pure and torch-free.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -183,6 +184,18 @@ def with_engine_kernels(model: "IterationModel", mix: "Mix", engine_kernels: str
     extra = engine_layer_kernels(engine_kernels, model.workload.model, model.workload.dtype, model.plan.tp,
                                  int(mix.prefill_tokens), int(round(mix.prefill_tokens + mix.decode_seqs)))
     return replace(mix, layer_kernels=mix.layer_kernels + extra) if extra > 0 else mix
+
+
+def engine_iteration(model: "IterationModel", mix: "Mix | tuple[Mix, ...]",
+                     engine_kernels: str) -> "tuple[Mix, tuple[Mix, ...]]":
+    """One serving iteration as the engine launches it: `mix` is one replica's Mix, or (attention data parallelism)
+    the ranks' mixes of one lockstep iteration; each pass gets its engine's kernels (`with_engine_kernels`). Returns
+    the iteration's whole mix (the ranks' summed) and the ranks' own (empty without attention DP), the two
+    arguments iteration_times takes."""
+    if isinstance(mix, tuple):
+        ranks = tuple(with_engine_kernels(model, r, engine_kernels) for r in mix)
+        return functools.reduce(lambda a, b: a + b, ranks), ranks
+    return with_engine_kernels(model, mix, engine_kernels), ()
 
 
 def eager_launch_seconds(kernels: float, per_kernel_s: float) -> float:

@@ -47,7 +47,7 @@ from llmsim.config import SharingChoice, Strategy, Workload, check_strategy_shap
 from llmsim.costmodel import ClusterSpec, Options, Plan
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
-from llmsim.costmodel.eager import priced_pass_seconds, with_engine_kernels
+from llmsim.costmodel.eager import engine_iteration, priced_pass_seconds
 from llmsim.costmodel.power import busy_power_w
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, draft_times, iteration_times, kv_capacity,
                                         prefill_rate_bound, token_costs, with_draft_memory)
@@ -393,15 +393,8 @@ def _split_pricer(model: IterationModel, host: Any, eager: Any, split: dict[str,
     def price(_: int):  # noqa: ANN202 - a Pricer per replica, adding up where the time goes
         def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
             # attention data parallelism: the ranks' mixes of one lockstep iteration (modeled_serving.pricers);
-            # each pass launches its engine's kernels (costmodel.eager.with_engine_kernels)
-            ranks = mix if isinstance(mix, tuple) else ()
-            if ranks:
-                ranks = tuple(with_engine_kernels(model, r, eager.engine_kernels) for r in ranks)
-                mix = functools.reduce(lambda a, b: a + b, ranks)
-            else:
-                assert isinstance(mix, Mix)
-                mix = with_engine_kernels(model, mix, eager.engine_kernels)  # the engine's model code
-            assert isinstance(mix, Mix)
+            # each pass launches its engine's kernels
+            mix, ranks = engine_iteration(model, mix, eager.engine_kernels)
             t = iteration_times(model, mix, ranks)
             compute, comm, bubble, other = t.compute, t.comm, t.bubble, t.other
             device_s = t.step
