@@ -87,6 +87,11 @@ DEFAULT_MEMORY_HEADROOM = 0.1
 # against simulations spent: each halving of it costs one more simulation per candidate), not a fact.
 DEFAULT_RATE_TOLERANCE = 0.05
 
+# What a serving plan searches (beside hardware and replicas), and the arrivals it plans for: the rate is the goal,
+# so a trace replay or a closed loop of clients has no place in one.
+SERVING_SEARCH_KEYS = ("tp", "pp", "ep", "attention_dp", "dtype", "disaggregation")
+PLAN_ARRIVAL_KINDS = ("poisson", "gamma", "constant")
+
 
 class Limits(_Strict):
     max_devices: PositiveInt = Field(4096, description="most devices one configuration may use")
@@ -244,6 +249,26 @@ class PlanFile(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _serving_plan_keys(cls, data: Any) -> Any:
+        """A serving plan's mistyped search key or arrival kind is named with what a serving plan allows
+        (SERVING_SEARCH_KEYS, PLAN_ARRIVAL_KINDS), not with every key a training plan searches or every arrival a
+        scenario replays."""
+        if not isinstance(data, dict) or not isinstance(data.get("serving"), dict):
+            return data
+        search = data.get("search")
+        if isinstance(search, dict):
+            for key in search:
+                if key not in SearchSpace.model_fields:
+                    raise _KeyedError(f"search.{key}", f"unknown key; allowed: {', '.join(SERVING_SEARCH_KEYS)}")
+        arrival = data["serving"].get("arrival")
+        kind = arrival.get("kind") if isinstance(arrival, dict) else None
+        if kind is not None and kind not in PLAN_ARRIVAL_KINDS + ("trace", "concurrency"):  # those two: own words
+            raise _KeyedError("serving.arrival.kind", f"{kind!r} is not one of the allowed values "
+                                                      f"(allowed: {', '.join(PLAN_ARRIVAL_KINDS)})")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _goal_rate_is_the_arrival_rate(cls, data: Any) -> Any:
         """A serving plan's arrival rate is goal.request_rate: filled in, so the block validates as a scenario's."""
         goal = data.get("goal") if isinstance(data, dict) else None
@@ -255,7 +280,7 @@ class PlanFile(_Strict):
         arrival = data["serving"].get("arrival")
         if isinstance(arrival, dict) and arrival.get("kind") == "concurrency":
             raise _KeyedError("serving.arrival.kind", "a plan's goal is a rate: a closed loop (concurrency) is not "
-                                                      "planned (allowed: poisson, gamma, constant)")
+                                                      f"planned (allowed: {', '.join(PLAN_ARRIVAL_KINDS)})")
         if not isinstance(arrival, dict) or not isinstance(goal, dict):
             return data
         if "rate" in arrival:
@@ -357,7 +382,7 @@ class PlanFile(_Strict):
             raise _KeyedError(*problem)
         if s.arrival.kind == "trace":
             raise _KeyedError("serving.arrival.kind", "a plan's goal is a rate: trace replay is not planned "
-                                                      "(allowed: poisson, gamma, constant)")
+                                                      f"(allowed: {', '.join(PLAN_ARRIVAL_KINDS)})")
         if s.slo is None:
             raise _KeyedError("serving.slo", "required key is missing: a serving plan meets an SLO "
                                              "{ttft_s, tpot_s, percentile} (or the run-level itl_s, queue_s)")
@@ -391,7 +416,7 @@ class PlanFile(_Strict):
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
-        searched = ("tp", "pp", "ep", "attention_dp", "dtype", "disaggregation")
+        searched = SERVING_SEARCH_KEYS
         for axis in [k for k in SearchSpace.model_fields if k not in searched
                      and getattr(self.search, k) is not None]:
             raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x dtype x tp x pp (x ep x "

@@ -256,6 +256,11 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {**serving_plan()["serving"], "lengths": {"input": 60, "output": 16}}}, "serving.lengths",
      "exceed the model's context"),
     ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp, ep, attention_dp, dtype"),
+    # a mistyped key or arrival kind is named with what a serving plan allows, not a training plan's keys or the
+    # arrivals a scenario replays
+    ({"search": {"tpp": [1]}}, "search.tpp", "unknown key; allowed: tp, pp, ep, attention_dp, dtype, disaggregation"),
+    ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "posson"}}}, "serving.arrival.kind",
+     "'posson' is not one of the allowed values (allowed: poisson, gamma, constant)"),
     ({"rate_tolerance": 0}, "rate_tolerance", "0: out of range; allowed: > 0"),
     # a closed loop (issue 16's concurrency arrival) is run, not planned: refused naming the key
     ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
