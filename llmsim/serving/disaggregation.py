@@ -28,6 +28,11 @@ NixlConnector; NVIDIA Dynamo):
    steps only: no prompt is ever in its iterations (DistServe's point: no prefill-decode interference), except a
    preempted request's recompute (preemption by recompute as a colocated replica does it; the engines differ).
 
+An instance with attention data parallelism (Pool.attention_dp > 1: Strategy.attention_dp, a side's own in
+serving.disaggregation) is a LockstepReplica of that many ranks, each with its own scheduler and KV cache, as a
+colocated replica is (llmsim.serving.replica): a request's KV cache lives on its rank's devices, so each prefill rank
+sends its requests' transfers over its own ports (one FIFO per rank, not per instance).
+
 Devices: prefill replicas x tp_p + decode replicas x tp_d; the outcome's per-replica lists hold the prefill
 instances first, then the decode instances (index P + j).
 """
