@@ -209,3 +209,19 @@ def test_a_moe_model_runs_with_each_side_at_its_own_tp(tmp_path: Path) -> None:
     data["strategies"] = [{"name": "s", "tp": 2, "ep": 2, "etp": 1}]
     (row,) = _rows(tmp_path, data)
     assert row["status"] == "ok" and row["n_devices"] == 6
+
+
+def test_validate_notes_a_side_whose_instance_has_no_room_for_a_kv_cache() -> None:
+    """Llama-3-70B served at tp 8 fits an H100's memory; a decode side of tp 1 (141 GB of weights on one 80 GB
+    device) does not: `llmsim validate`'s note (known_does_not_fit) names that side, as the run's row would."""
+    data = _scenario({"disaggregation": {"decode": {"tp": 1}}}, tp=8, devices=16)
+    data["workload"] = {"model": {"preset": "llama3-70b", "seq_len": 64}, "dtype": "bfloat16"}
+    scenario = parse_scenario(data, "pd.yaml")
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    (planned,) = plan_cases(scenario, registry, "pd.yaml")
+    note = planned.backend.known_does_not_fit(planned.settings, planned.case, CATALOG)
+    assert note is not None and note.startswith("a decode instance (tp 1): no room for a KV cache")
+    whole = parse_scenario(_scenario({"disaggregation": {}}, tp=8, devices=16) | {"workload": data["workload"]},
+                           "pd.yaml")
+    (fits,) = plan_cases(whole, registry, "pd.yaml")
+    assert fits.backend.known_does_not_fit(fits.settings, fits.case, CATALOG) is None
