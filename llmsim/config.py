@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, length_bounds
+from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
@@ -936,13 +937,20 @@ def check_serving_strategy(s: Strategy, serving: ServingSpec) -> Problem:
         # draft_times); no engine's pipelined speculative schedule was read, so pp > 1 is refused, not guessed
         return "pp", (f"{s.pp}: speculative decoding (serving.speculative) is modeled at pp 1 only "
                       f"(allowed: pp 1, or no serving.speculative)")
-    if serving.disaggregation is not None:   # llmsim.serving.disaggregation prices pp 1, no attention DP
-        if s.attention_dp > 1:
-            return "attention_dp", (f"{s.attention_dp}: attention data parallelism is not modeled with "
-                                    f"serving.disaggregation (allowed: 1)")
+    if serving.disaggregation is not None:   # llmsim.serving.disaggregation prices pp 1
         if s.pp > 1:
             return "pp", f"{s.pp}: pipeline parallelism is not modeled with serving.disaggregation (allowed: 1)"
     return None
+
+
+def side_problem(side: str, index: int, strategy: Strategy, problem: tuple[str, str]) -> tuple[str, str]:
+    """(key path, message) of a problem of one disaggregated side's strategy (Disaggregation.side_strategy): a key
+    the side can set (tp, ep, etp, attention_dp) is named under serving.disaggregation.<side>, where setting it
+    mends the problem; any other is the strategy's own key, named under strategies[index]."""
+    key, message = problem
+    if key in SIDE_STRATEGY_KEYS:
+        return f"serving.disaggregation.{side}.{key}", f"{message} (strategy {strategy.name!r})"
+    return f"strategies[{index}].{key}", f"{message} (in the serving.disaggregation.{side} instances)"
 
 
 class Scenario(_Strict):
@@ -1023,12 +1031,11 @@ class Scenario(_Strict):
                     raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])
                 disagg = self.serving.disaggregation
                 for side in ("prefill", "decode") if disagg is not None else ():
-                    tp = getattr(disagg, side).tp
-                    if tp is not None:   # the pool's tp must shard the model as a strategy's would
-                        problem = check_strategy_shape(strategy.model_copy(update={"tp": tp}), self.workload)
+                    side_strategy = disagg.side_strategy(side, strategy)
+                    if side_strategy is not strategy:   # the side's own tp / experts, checked as a strategy's
+                        problem = check_strategy_shape(side_strategy, self.workload, serving=True)
                         if problem:
-                            raise _KeyedError(f"serving.disaggregation.{side}.{problem[0]}",
-                                              f"{problem[1]} (strategy {strategy.name!r})")
+                            raise _KeyedError(*side_problem(side, i, strategy, problem))
         return self
 
     def sharing_for(self, strategy: Strategy) -> Sharing:

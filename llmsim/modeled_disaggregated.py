@@ -1,6 +1,7 @@
 """How a modeled backend answers a serving scenario with `serving.disaggregation`: prefill instances and decode
-instances (llmsim.serving.disaggregation), each side's iterations priced by the cost model at its own tp
-(costmodel.iteration), each prompt's KV transfer priced from the catalog link (hardware catalog: latency_s,
+instances (llmsim.serving.disaggregation), each side's iterations priced by the cost model at its own tp and, for a
+mixture of experts, its own ep, etp and attention_dp (serving.disaggregation.<side>: Disaggregation.side_strategy;
+costmodel.iteration), each prompt's KV transfer priced from the catalog link (hardware catalog: latency_s,
 bandwidth_bytes_per_s x efficiency). The colocated path is llmsim.modeled_serving.serve_case, which hands a
 disaggregated case here.
 
@@ -29,6 +30,7 @@ from llmsim.serving.spec import ServingCase
 
 if TYPE_CHECKING:
     from llmsim.backend import Backend, Case
+    from llmsim.costmodel import Plan
 
 
 def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, options: Options,
@@ -55,12 +57,14 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
                                                             "(its instances would have to tile the torus)", **base)
     plan = replica_plan(case, cluster)
 
-    def side_plan(tp: int):  # noqa: ANN202 - Plan
-        # an expert grid that defaulted to the strategy's tp (etp) follows the side's tp, as the strategy's would
-        etp = case.strategy.etp if case.strategy.etp is not None else tp
-        return replace(plan, tp=tp, etp=etp)
+    def side_plan(side: str):  # noqa: ANN202 - Plan
+        # the side's own tp, ep, etp and attention_dp where it sets them, else the strategy's; an expert grid that
+        # defaulted to the strategy's tp (etp unset) follows the side's tp, as the strategy's would
+        s = disagg.side_strategy(side, case.strategy)
+        return replace(plan, tp=s.tp, ep=s.ep, etp=s.expert_tp, attention_dp=s.attention_dp)
 
-    plan_p, plan_d = side_plan(tp_p), side_plan(tp_d)
+    plan_p, plan_d = side_plan("prefill"), side_plan("decode")
+    adp_p, adp_d = plan_p.attention_dp, plan_d.attention_dp
     in_flight = serving.scheduler.pipeline_in_flight
     try:
         costs = token_costs(ref, profile, spec.kv_cache_dtype)
@@ -89,11 +93,14 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
     link = transfer_link(spec_link.bandwidth_bytes_per_s, spec_link.latency_s, spec_link.efficiency,
                          spec_link.shared_per_node, min(max(tp_p, tp_d), cluster.devices_per_node))
     layers = case.workload.model.layers
-    split_d = case.workload.model.kv_split(tp_d)
+    # with attention data parallelism a request's KV cache lives on its rank's tp / attention_dp devices: those
+    # send it (prefill) and receive it (decode)
+    split_d = case.workload.model.kv_split(tp_d // adp_d)
     layerwise = disagg.kv_transfer.layerwise
 
     def transfer(request: Request, span_s: float) -> tuple[float, float]:
-        per_port = kv_bytes_per_port(costs.kv_bytes_per_token, request.input_tokens, tp_p, tp_d, split_d)
+        per_port = kv_bytes_per_port(costs.kv_bytes_per_token, request.input_tokens, tp_p // adp_p, tp_d // adp_d,
+                                     split_d)
         return transfer_seconds(per_port, link, layers, span_s, layerwise)
 
     host, eager = spec.host_step_on(cluster.device), spec.eager_launch_on(cluster.device)
@@ -101,9 +108,9 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
     price_d = pricers(model_d, faults, host, eager)
     outcome = simulate_disaggregated(
         iter_requests(serving),
-        prefill=Pool(n_p, cap_p.blocks, lambda kv: serving.scheduler(sched, kv), price_p, cap_p.layout),
+        prefill=Pool(n_p, cap_p.blocks, lambda kv: serving.scheduler(sched, kv), price_p, cap_p.layout, adp_p),
         decode=Pool(n_d, cap_d.blocks, lambda kv: serving.scheduler(sched, kv),
-                    lambda j: price_d(n_p + j), cap_d.layout),
+                    lambda j: price_d(n_p + j), cap_d.layout, adp_d),
         block_tokens=spec.kv_block_tokens, router=spec.router, context_tokens=case.workload.model.seq_len,
         transfer=transfer, request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
     row = summarize(outcome, serving.rate, spec.slo)
@@ -113,7 +120,9 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)
     extra.update(run_extras(backend, case, cluster, outcome, energy),
                  replicas=n_p + n_d, prefill_replicas=n_p, prefill_tp=tp_p, decode_replicas=n_d, decode_tp=tp_d,
-                 kv_transfer_link=spec_link.name, kv_transfer_layerwise=layerwise)
+                 kv_transfer_link=spec_link.name, kv_transfer_layerwise=layerwise,
+                 **side_layout_extras(disagg.sets_layout("prefill") or disagg.sets_layout("decode") or adp_p > 1
+                                      or adp_d > 1, plan_p, plan_d))
     tokens_per_s = row["output_tokens_per_s"]
     peak = max(c.weights_bytes + c.workspace_bytes + max(c.kv_bytes, 0.0) for c in (cap_p, cap_d))
     return case.result(backend, **base, **row, extra=extra, ttft_s=row["ttft_mean_s"], tpot_s=row["tpot_mean_s"],
@@ -121,3 +130,13 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
                        tokens_per_s_per_device=tokens_per_s / devices if tokens_per_s else None,
                        peak_memory_bytes_per_device=peak,
                        joules_per_token=energy / output_tokens if output_tokens else None)
+
+
+def side_layout_extras(shown: bool, plan_p: "Plan", plan_d: "Plan") -> dict[str, int]:
+    """The row's extras of each side's expert and attention layout (prefill_ep, prefill_etp, prefill_attention_dp,
+    decode_...), where `shown` (a side sets its own, or runs attention data parallelism); none otherwise, so a
+    scenario without them writes the row it wrote before the keys existed."""
+    if not shown:
+        return {}
+    return {f"{side}_{key}": getattr(plan, key) for side, plan in (("prefill", plan_p), ("decode", plan_d))
+            for key in ("ep", "etp", "attention_dp")}

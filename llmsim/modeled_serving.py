@@ -218,7 +218,8 @@ def capacity_problem(capacity: KVCapacity, memory_utilization: float, context_to
 
 
 def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str | None:
-    """What serve_case would say of a serving case that cannot fit on `cluster` (capacity_problem), without
+    """What serve_case (or modeled_disaggregated.serve_disaggregated, of each side) would say of a serving case that
+    cannot fit on `cluster` (capacity_problem), without
     simulating anything: `llmsim validate`'s note (ModeledBackend.known_does_not_fit). None when it fits, or
     when pricing it fails (the run's row says that)."""
     serving = case.serving
@@ -226,12 +227,22 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
     spec = serving.spec
     plan = replica_plan(case, cluster)
     ref, profile = serving_profile(case.workload, case.sharing)
-    try:
-        costs = token_costs(ref, profile, spec.kv_cache_dtype)
-        capacity = replica_capacity(case, ref, profile, plan, cluster, costs, options)
-    except CostModelError:
-        return None
-    return capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
+    disagg = spec.disaggregation
+    # a disaggregated case: each side's instance at its own tp and layout (modeled_disaggregated's words)
+    sides = [("", plan)] if disagg is None else [
+        (f"a {side} instance (tp {s.tp}): ", replace(plan, tp=s.tp, ep=s.ep, etp=s.expert_tp,
+                                                      attention_dp=s.attention_dp))
+        for side in ("prefill", "decode") for s in [disagg.side_strategy(side, case.strategy)]]
+    for words, side_plan in sides:
+        try:
+            costs = token_costs(ref, profile, spec.kv_cache_dtype)
+            capacity = replica_capacity(case, ref, profile, side_plan, cluster, costs, options)
+        except CostModelError:
+            return None
+        short = capacity_problem(capacity, spec.memory_utilization, case.workload.model.seq_len)
+        if short is not None:
+            return words + short
+    return None
 
 
 def speculative_draft(case: "Case", speculative: Speculative, model: IterationModel, capacity: KVCapacity

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, one_value_expected, out_of_range,
-                           shown_value, wrong_kind)
+                           shown_value, side_problem, wrong_kind)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
 from llmsim.costmodel.compute import attention_problem
@@ -378,12 +378,17 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
                 raise ScenarioError(file, f"strategies[{i}].{problem[0]}", problem[1])
             disagg = spec.disaggregation
             for side in ("prefill", "decode") if disagg is not None else ():
-                tp = disagg.tp_of(side, strategy.tp)   # each side's expert grid is carved from its own tp
-                problem = serving_expert_grid_problem(strategy.model_copy(update={"tp": tp}))
-                if problem is not None and tp != strategy.tp:   # the strategy's key that the side's tp breaks
-                    raise ScenarioError(file, f"serving.disaggregation.{side}.tp",
-                                        f"{tp}: strategies[{i}].{problem[0]} {problem[1]} (strategy "
-                                        f"{strategy.name!r})")
+                # each side's expert grid is carved from its own tp, with its own ep / etp where it sets them
+                side_strategy = disagg.side_strategy(side, strategy)
+                problem = serving_expert_grid_problem(side_strategy)
+                if problem is None or side_strategy is strategy:
+                    continue
+                if disagg.sets_layout(side):   # the side's key (ep, etp) that mends it
+                    raise ScenarioError(file, *side_problem(side, i, strategy, problem))
+                tp = side_strategy.tp          # the side's tp alone: the strategy's key that it breaks
+                raise ScenarioError(file, f"serving.disaggregation.{side}.tp",
+                                    f"{tp}: strategies[{i}].{problem[0]} {problem[1]} (strategy "
+                                    f"{strategy.name!r})")
             layout = Layout(dp=spec.replicas, tp=strategy.tp, pp=strategy.pp, cp=1, micro_batch=1, microbatches=1,
                             ep=strategy.ep, etp=strategy.expert_tp)
             for key, value in sweep:

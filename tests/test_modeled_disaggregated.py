@@ -114,13 +114,68 @@ def test_what_disaggregation_does_not_model_is_refused_in_one_line(tmp_path: Pat
     assert err.startswith(key + ":") and words in err
 
 
-def test_attention_dp_inside_disaggregation_is_refused(tmp_path: Path, capsys: Any) -> None:
-    data = _scenario({"disaggregation": {}}, devices=8)
-    data["workload"] = {"model": {"preset": "tiny-mla"}, "dtype": "float32"}
-    data["strategies"] = [{"name": "s", "tp": 2, "ep": 2, "etp": 1, "attention_dp": 2}]
-    err = _error(tmp_path, capsys, data)
-    assert err.startswith("strategies[0].attention_dp: 2: attention data parallelism is not modeled with "
-                          "serving.disaggregation")
+def _moe(serving: dict[str, Any], strategy: dict[str, Any], preset: str = "tiny-moe", **kw: Any) -> dict[str, Any]:
+    """A tiny mixture of experts (4 experts, 4 heads) served disaggregated on one node of 8 H100s."""
+    data = _scenario(serving, devices=8, **kw)
+    data["workload"] = {"model": {"preset": preset}, "dtype": "bfloat16"}
+    data["strategies"] = [{"name": "s", **strategy}]
+    return data
+
+
+def _side_layout(decode: dict[str, Any]) -> dict[str, Any]:
+    return _moe({"requests": 40, "disaggregation": {"prefill": {"tp": 4}, "decode": {"tp": 4, **decode}}},
+                {"tp": 4, "ep": 4, "etp": 1}, rate=50.0)
+
+
+def test_a_decode_side_with_attention_dp_is_priced_with_it(tmp_path: Path) -> None:
+    """The same prefill side, the decode side at tp 4, ep 4 with and without attention_dp 4: the prompts' TTFT is
+    the same, the decode steps are not (each attention-DP rank runs its own quarter of the batch through attention,
+    costmodel.iteration.attention_dp_times), and the KV cache lands whole on one rank's device (tiny-moe's 4 KV heads
+    are not split over tp / attention_dp = 1 device: 4 x the bytes per receiving port). The row names each side's
+    layout."""
+    (plain,) = _rows(tmp_path / "a", _side_layout({}))
+    (adp,) = _rows(tmp_path / "b", _side_layout({"attention_dp": 4}))
+    assert plain["status"] == adp["status"] == "ok"
+    assert adp["ttft_mean_s"] == pytest.approx(plain["ttft_mean_s"], rel=1e-12)
+    assert adp["tpot_mean_s"] != pytest.approx(plain["tpot_mean_s"], rel=1e-3)
+    assert adp["kv_transfer_mean_s"] > plain["kv_transfer_mean_s"]
+    assert "decode_attention_dp" not in plain   # no side layout of its own: the row it wrote before the keys
+    assert (adp["decode_attention_dp"], adp["decode_ep"], adp["decode_etp"]) == (4, 4, 1)
+    assert (adp["prefill_attention_dp"], adp["prefill_ep"], adp["prefill_etp"]) == (1, 4, 1)
+
+
+def test_a_sides_expert_layout_matches_the_same_strategy_given_to_both(tmp_path: Path) -> None:
+    """Both sides stating tp 4, ep 4, etp 1, attention_dp 4 run exactly what a strategy of those keys runs when the
+    sides inherit it (the strategy's attention_dp is each side's default)."""
+    (own,) = _rows(tmp_path / "a", _moe({"disaggregation": {s: {"tp": 4, "ep": 4, "etp": 1, "attention_dp": 4}
+                                                            for s in ("prefill", "decode")}}, {"tp": 1}))
+    (inherited,) = _rows(tmp_path / "b", _moe({"disaggregation": {}}, {"tp": 4, "ep": 4, "etp": 1,
+                                                                      "attention_dp": 4}))
+    assert own["status"] == inherited["status"] == "ok"
+    for key in ("ttft_mean_s", "tpot_mean_s", "kv_transfer_mean_s", "energy_j", "n_devices"):
+        assert own[key] == pytest.approx(inherited[key], rel=1e-12)
+
+
+@pytest.mark.parametrize(("preset", "strategy", "decode", "key", "words"), [
+    ("tiny", {}, {"ep": 2}, "serving.disaggregation.decode.ep",
+     "2: expert parallelism needs a mixture-of-experts model (workload.model.moe); this one is dense (allowed: 1)"),
+    ("tiny", {}, {"tp": 2, "attention_dp": 2}, "serving.disaggregation.decode.attention_dp",
+     "this one is dense; allowed: 1"),
+    ("tiny", {}, {"etp": 1}, "serving.disaggregation.decode.etp", "omit etp for a dense model"),
+    ("tiny-moe", {"tp": 4}, {"ep": 3, "etp": 1}, "serving.disaggregation.decode.ep",
+     "3 does not divide experts=4 (allowed in a serving replica of tp=4: 1, 2, 4)"),
+    ("tiny-moe", {"tp": 2}, {"ep": 4, "etp": 1}, "serving.disaggregation.decode.ep",
+     "4 does not divide tp=2"),
+    ("tiny-moe", {"tp": 4}, {"ep": 2}, "serving.disaggregation.decode.etp",
+     "ep*etp = 2*4 = 8 expert ranks do not divide the tp=4 ranks"),
+    ("tiny-moe", {"tp": 4}, {"attention_dp": 3}, "serving.disaggregation.decode.attention_dp",
+     "3 does not divide tp=4 (allowed: 1, 2, 4)"),
+])
+def test_a_sides_own_expert_layout_is_checked_like_a_strategys(tmp_path: Path, capsys: Any, preset: str,
+                                                               strategy: dict, decode: dict, key: str,
+                                                               words: str) -> None:
+    err = _error(tmp_path, capsys, _moe({"disaggregation": {"decode": decode}}, strategy, preset))
+    assert err.startswith(key + ":") and words in err and "(strategy 's')" in err
 
 
 def test_the_vllm_backend_skips_a_disaggregated_case_with_the_reason() -> None:
@@ -154,3 +209,19 @@ def test_a_moe_model_runs_with_each_side_at_its_own_tp(tmp_path: Path) -> None:
     data["strategies"] = [{"name": "s", "tp": 2, "ep": 2, "etp": 1}]
     (row,) = _rows(tmp_path, data)
     assert row["status"] == "ok" and row["n_devices"] == 6
+
+
+def test_validate_notes_a_side_whose_instance_has_no_room_for_a_kv_cache() -> None:
+    """Llama-3-70B served at tp 8 fits an H100's memory; a decode side of tp 1 (141 GB of weights on one 80 GB
+    device) does not: `llmsim validate`'s note (known_does_not_fit) names that side, as the run's row would."""
+    data = _scenario({"disaggregation": {"decode": {"tp": 1}}}, tp=8, devices=16)
+    data["workload"] = {"model": {"preset": "llama3-70b", "seq_len": 64}, "dtype": "bfloat16"}
+    scenario = parse_scenario(data, "pd.yaml")
+    registry = BackendRegistry.from_manager(get_plugin_manager())
+    (planned,) = plan_cases(scenario, registry, "pd.yaml")
+    note = planned.backend.known_does_not_fit(planned.settings, planned.case, CATALOG)
+    assert note is not None and note.startswith("a decode instance (tp 1): no room for a KV cache")
+    whole = parse_scenario(_scenario({"disaggregation": {}}, tp=8, devices=16) | {"workload": data["workload"]},
+                           "pd.yaml")
+    (fits,) = plan_cases(whole, registry, "pd.yaml")
+    assert fits.backend.known_does_not_fit(fits.settings, fits.case, CATALOG) is None

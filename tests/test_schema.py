@@ -121,3 +121,17 @@ def test_presets_and_expert_weight_dtypes_are_offered_as_choices(capsys: pytest.
     preset = defs["ModelSpec"]["properties"]["preset"]
     assert {"enum": list(PRESETS)} in preset["anyOf"] and "deepseek-v3" in PRESETS and "gpt-oss-20b" in PRESETS
     assert {"enum": ["mxfp4"]} in defs["MoeSpec"]["properties"]["expert_weight_dtype"]["anyOf"]
+
+
+def test_each_disaggregated_side_offers_its_own_expert_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    """serving.disaggregation.prefill / decode: replicas, tp and the strategy's ep, etp, attention_dp (null = the
+    strategy's), nothing else; kv_transfer.link offers the catalog's links."""
+    defs = _schema(capsys)["$defs"]
+    side = defs["DisaggPool"]
+    assert set(side["properties"]) == {"replicas", "tp", "ep", "etp", "attention_dp"}
+    assert side["additionalProperties"] is False
+    for key in ("ep", "etp", "attention_dp"):
+        prop = side["properties"][key]
+        assert prop["default"] is None and {"minimum": 1, "type": "integer"} in prop["anyOf"]
+        assert "strategy's" in prop["description"]
+    assert "nvlink4" in _names(defs["KVTransfer"]["properties"]["link"])

@@ -461,3 +461,22 @@ def test_sglang_kernel_counts_named_for_a_model_they_were_not_counted_for_are_sa
     assert main(["validate", str(REPO / "scenarios" / "serve-deepseek-v3.yaml"),
                  "--set", "serving.scheduler.engine_kernels=sglang"]) == 0
     assert "engine_kernels" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("ep", "2", "serving.disaggregation.decode.ep: 2: expert parallelism needs a mixture-of-experts model "
+                "(workload.model.moe); this one is dense (allowed: 1)"),
+    ("attention_dp", "2", "serving.disaggregation.decode.attention_dp: 2: attention data parallelism is modeled for "
+                          "a mixture-of-experts model only (this one is dense; allowed: 1)"),
+])
+def test_a_dense_models_disaggregated_side_refuses_an_expert_layout(capsys, key: str, value: str,  # noqa: ANN001
+                                                                    expected: str) -> None:
+    err = one_line_error(capsys, ["validate", str(REPO / "scenarios" / "serve-llama-pd.yaml"),
+                                  "--set", f"serving.disaggregation.decode.{key}={value}"])
+    assert expected in err
+
+
+def test_a_plans_unknown_kv_transfer_link_lists_the_catalogs_links(capsys) -> None:  # noqa: ANN001
+    err = one_line_error(capsys, ["plan", str(REPO / "scenarios" / "plan-serve-llama-pd.yaml"),
+                                  "--set", "search.disaggregation.kv_transfer.link=nvlink9"])
+    assert "search.disaggregation.kv_transfer.link: unknown link 'nvlink9'; allowed: " in err and "nvlink4" in err

@@ -23,6 +23,7 @@ from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_s
                            load_file_model, parse_file_model)
 from llmsim.engine_options import EngineOptions, serving_attention_problem
 from llmsim.errors import ScenarioError
+from llmsim.serving.disagg_spec import CATALOG_LINK
 from llmsim.hardware import Catalog
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
 from llmsim.serving.spec import ServingSpec, arrival_count_problem
@@ -107,9 +108,15 @@ Schedule = Literal["gpipe", "1f1b", "interleaved"]
 
 
 class PlanKVTransfer(_Strict):
-    """How a searched disaggregated unit's KV cache moves (serving.disaggregation.kv_transfer of a scenario, less
-    `link`: a plan's unit takes its hardware's own links, intra_node inside one node, else inter_node)."""
+    """How a searched disaggregated unit's KV cache moves (serving.disaggregation.kv_transfer of a scenario): over
+    `link` for every unit searched, else over each hardware choice's own links, intra_node when the unit fits one
+    node, else inter_node."""
 
+    link: str | None = Field(None, description="a catalog link (llmsim hardware lists them) every searched unit's "
+                                               "KV cache crosses; default each hardware choice's intra_node link "
+                                               "when the unit fits one node, else its inter_node link "
+                                               "(serving.disaggregation.kv_transfer.link)",
+                             json_schema_extra=CATALOG_LINK)
     layerwise: bool = Field(False, description="send each layer's KV as soon as the prefill has computed it "
                                                "(serving.disaggregation.kv_transfer.layerwise)")
 
@@ -117,7 +124,9 @@ class PlanKVTransfer(_Strict):
 class DisaggregationSearch(_Strict):
     """search.disaggregation of a serving plan: prefill-decode disaggregated units searched beside the colocated
     replicas (planner.serve). A unit is x prefill instances of tp a and y decode instances of tp b on one
-    hardware choice (x in `prefill`, y in `decode`, a and b each from search.tp), pp 1, attention_dp 1."""
+    hardware choice (x in `prefill`, y in `decode`, a and b each from search.tp), pp 1; for a mixture of experts
+    each side takes each expert layout (ep, etp, attention_dp) a colocated replica of its tp is searched with
+    (planner.serve.candidate_units)."""
 
     prefill: list[PositiveInt] = Field(min_length=1, description="prefill instances per unit to search")
     decode: list[PositiveInt] = Field(min_length=1, description="decode instances per unit to search")
@@ -445,6 +454,11 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
     has no float8 candidates (planner.precisions); the plan is refused only when no hardware choice has any."""
     from llmsim.planner.precisions import candidates, plan_dtypes
 
+    search = plan.search.disaggregation
+    link = search.kv_transfer.link if search is not None else None
+    if link is not None and link not in catalog.links:
+        raise ScenarioError(file, "search.disaggregation.kv_transfer.link",
+                            f"unknown link {link!r}; allowed: {', '.join(catalog.links)}")
     devices = []
     for i, h in enumerate(plan.hardware):
         try:

@@ -76,7 +76,10 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
         with _removed_if_left_empty(run_dir):
-            return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware))
+            search = plan.search.disaggregation
+            link = search.kv_transfer.link if search is not None else None
+            return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware),
+                                    catalog.links[link] if link is not None else None)
     with collector_paused(), (profile or PlanProfile(plan.workload, sharing_choice(plan), executor)) as begun:
         return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun, live)
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from llmsim.config import SharingChoice, Strategy, Workload, check_strategy_shape
 from llmsim.costmodel import ClusterSpec, Options, Plan
+from llmsim.hardware import LinkSpec
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import engine_iteration, priced_pass_seconds
@@ -113,15 +114,20 @@ class ReplicaExperts:
 class DisaggUnit:
     """A prefill-decode disaggregated unit (search.disaggregation; llmsim.serving.disaggregation): `prefill`
     instances of `prefill_tp` devices and `decode` instances of `decode_tp` devices, pp 1, on one hardware choice,
-    each prompt's KV cache sent over the hardware's link (intra_node when the unit fits one node, else inter_node;
-    modeled_disaggregated's default), layer by layer where `layerwise`. The simulation runs one unit (it refuses
-    serving.replicas > 1 with disaggregation); a plan needs `units` of them behind a router."""
+    a mixture of experts' layout on each side (`prefill_experts`, `decode_experts`: serving.disaggregation.<side>'s
+    ep, etp, attention_dp), each prompt's KV cache sent over `link` (search.disaggregation.kv_transfer.link), else
+    the hardware's link (intra_node when the unit fits one node, else inter_node; modeled_disaggregated's default),
+    layer by layer where `layerwise`. The simulation runs one unit (it refuses serving.replicas > 1 with
+    disaggregation); a plan needs `units` of them behind a router."""
 
     prefill: int
     prefill_tp: int
     decode: int
     decode_tp: int
     layerwise: bool = False
+    prefill_experts: ReplicaExperts = ReplicaExperts()
+    decode_experts: ReplicaExperts = ReplicaExperts()
+    link: str | None = None   # a catalog link named by the plan (None: the hardware's own)
 
     @property
     def devices(self) -> int:
@@ -129,14 +135,24 @@ class DisaggUnit:
         return self.prefill * self.prefill_tp + self.decode * self.decode_tp
 
     def label(self) -> str:
-        """'1P-tp2+3D-tp4' (a candidate's name)."""
-        return f"{self.prefill}P-tp{self.prefill_tp}+{self.decode}D-tp{self.decode_tp}"
+        """'1P-tp2+3D-tp4', a mixture of experts' side layouts after each side ('2P-tp8-ep8+1D-tp8-ep8-adp8';
+        ReplicaExperts.label): a candidate's name."""
+        return (f"{self.prefill}P-tp{self.prefill_tp}{self.prefill_experts.label()}"
+                f"+{self.decode}D-tp{self.decode_tp}{self.decode_experts.label()}")
+
+    def side_strategy(self, side: str) -> Strategy:
+        """The strategy an instance of `side` ('prefill' or 'decode') runs: its tp, pp 1, its experts' layout."""
+        if side == "prefill":
+            return self.prefill_experts.strategy(self.prefill_tp, 1)
+        return self.decode_experts.strategy(self.decode_tp, 1)
 
     def block(self) -> dict[str, Any]:
-        """The scenario's serving.disaggregation block of one unit (best.yaml)."""
-        return {"prefill": {"replicas": self.prefill, "tp": self.prefill_tp},
-                "decode": {"replicas": self.decode, "tp": self.decode_tp},
-                "kv_transfer": {"layerwise": self.layerwise}}
+        """The scenario's serving.disaggregation block of one unit (best.yaml): each side's replicas, tp and, where
+        not the defaults, ep, etp and attention_dp."""
+        return {"prefill": {"replicas": self.prefill, "tp": self.prefill_tp, **self.prefill_experts.keys()},
+                "decode": {"replicas": self.decode, "tp": self.decode_tp, **self.decode_experts.keys()},
+                "kv_transfer": {**({"link": self.link} if self.link is not None else {}),
+                                "layerwise": self.layerwise}}
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,7 @@ class ServingTask:
     experts: ReplicaExperts = ReplicaExperts()   # ep, etp, attention_dp of a mixture-of-experts replica
     unit: DisaggUnit | None = None   # a disaggregated unit (search.disaggregation) in place of a colocated replica
     served: Workload | None = None   # the served workload at this precision (a speculative draft's context, dtype)
+    kv_link: LinkSpec | None = None  # search.disaggregation.kv_transfer.link's catalog entry (None: the hardware's)
 
     @property
     def size(self) -> int:
@@ -309,8 +326,12 @@ class _Unit:
         in_flight = BUILTIN[sched.kind].pipeline_in_flight
         self.models: list[IterationModel] = []
         self.capacities: list[KVCapacity] = []
-        for tp in (unit.prefill_tp, unit.decode_tp):
-            plan = Plan(dp=1, tp=tp, pp=1, micro_batch=1, microbatches=1, ep=1, etp=tp, attention_dp=1)
+        self.plans: list[Plan] = []
+        for side in ("prefill", "decode"):
+            s = unit.side_strategy(side)
+            plan = Plan(dp=1, tp=s.tp, pp=1, micro_batch=1, microbatches=1, ep=s.ep, etp=s.expert_tp,
+                        attention_dp=s.attention_dp)
+            self.plans.append(plan)
             model = IterationModel(self.costs, task.reference, plan, self.cluster, task.options,
                                    pipeline_in_flight=in_flight)
             _ = model.rates, model.attention_fraction  # a CostModelError now, not inside the simulation
@@ -318,14 +339,18 @@ class _Unit:
             self.capacities.append(kv_capacity(task.reference, task.profile, task.sharing, plan, self.cluster,
                                                self.costs, spec.memory_utilization, spec.kv_block_tokens,
                                                sched.max_batched_tokens, sched.max_num_seqs, task.options))
-        # the link: the hardware's intra-node link when the unit fits one node, else its inter-node link
-        # (modeled_disaggregated's default when kv_transfer.link is not named)
+        # the link: the plan's search.disaggregation.kv_transfer.link, else the hardware's intra-node link when the
+        # unit fits one node, else its inter-node link (modeled_disaggregated's default when kv_transfer.link is
+        # not named)
         c = self.cluster
-        link = c.intra if unit.devices <= c.devices_per_node else c.inter
+        link = task.kv_link if task.kv_link is not None else (
+            c.intra if unit.devices <= c.devices_per_node else c.inter)
         self.link = transfer_link(link.bandwidth_bytes_per_s, link.latency_s, link.efficiency, link.shared_per_node,
                                   min(max(unit.prefill_tp, unit.decode_tp), c.devices_per_node))
         self.layers = task.reference.model.layers
-        self.split_d = task.reference.model.kv_split(unit.decode_tp)
+        # a request's KV cache lives on its attention-DP rank's tp / attention_dp devices (modeled_disaggregated)
+        self.ranks = tuple(p.attention_dp for p in self.plans)
+        self.split_d = task.reference.model.kv_split(unit.decode_tp // self.ranks[1])
 
     @property
     def capacity(self) -> KVCapacity:
@@ -480,16 +505,19 @@ def simulate_unit(task: ServingTask, unit: "_Unit", rate: float) -> RunSummary:
     price_d = _split_pricer(unit.models[1], host, eager, split)
     cap_p, cap_d = unit.capacities
 
+    adp_p, adp_d = unit.ranks
+
     def transfer(request: Request, span_s: float) -> tuple[float, float]:
-        per_port = kv_bytes_per_port(unit.costs.kv_bytes_per_token, request.input_tokens, shape.prefill_tp,
-                                     shape.decode_tp, unit.split_d)
+        per_port = kv_bytes_per_port(unit.costs.kv_bytes_per_token, request.input_tokens, shape.prefill_tp // adp_p,
+                                     shape.decode_tp // adp_d, unit.split_d)
         return transfer_seconds(per_port, unit.link, unit.layers, span_s, shape.layerwise)
 
     outcome = simulate_disaggregated(
         _requests(case),
-        prefill=Pool(shape.prefill, cap_p.blocks, lambda kv: case.scheduler(sched, kv), price_p, cap_p.layout),
+        prefill=Pool(shape.prefill, cap_p.blocks, lambda kv: case.scheduler(sched, kv), price_p, cap_p.layout,
+                     adp_p),
         decode=Pool(shape.decode, cap_d.blocks, lambda kv: case.scheduler(sched, kv),
-                    lambda j: price_d(shape.prefill + j), cap_d.layout),
+                    lambda j: price_d(shape.prefill + j), cap_d.layout, adp_d),
         block_tokens=spec.kv_block_tokens, router=spec.router, context_tokens=task.context_tokens,
         transfer=transfer, request_overhead_s=spec.overhead_on(device))
     energy = sum(step_energy_j(device, shape.prefill_tp if i < shape.prefill else shape.decode_tp,
@@ -784,10 +812,12 @@ def span_spec(spec: ServingSpec, goal_rate: float) -> ServingSpec:
     return spec.model_copy(update={"requests": None, "duration_s": span})
 
 
-def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoice) -> list[ServingTask]:
+def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoice,
+                  kv_link: LinkSpec | None = None) -> list[ServingTask]:
     """One task per hardware choice x precision it can run (planner.precisions: the plan's `search.dtype`, or the
     workload's own dtype) x replica shape (planner.search.Hardware items). Each precision's reference workload
-    is traced once (modeled_serving.serving_profile) and shared by its tasks."""
+    is traced once (modeled_serving.serving_profile) and shared by its tasks. `kv_link`: the catalog entry of
+    search.disaggregation.kv_transfer.link, every unit's KV link (None: each hardware's own)."""
     from llmsim.modeled_serving import serving_profile  # llmsim.modeled_serving imports the cost model's serving side
 
     assert plan.serving is not None and plan.goal.request_rate is not None
@@ -813,26 +843,38 @@ def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoic
                                   sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
                                   goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
                                   max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
-                                  precision=cand.label, options=plan.options.options, unit=unit, served=cand.workload)
+                                  precision=cand.label, options=plan.options.options, unit=unit, served=cand.workload,
+                                  kv_link=kv_link)
                       for unit in candidate_units(plan, hw.devices_per_node)]
     return tasks
 
 
 def candidate_units(plan: PlanFile, devices_per_node: int) -> list[DisaggUnit]:
     """The disaggregated units of search.disaggregation (none without it): every prefill count x decode count x
-    prefill tp x decode tp, each tp from search.tp (default: the powers of two up to devices_per_node) that
-    shards the model at pp 1 (the strategy rules, as a colocated replica's; a mixture of experts' experts split
-    over each side's tp, ep 1: modeled_disaggregated's default grid), and at most limits.max_devices devices in
-    all (a larger unit could not be rented even once)."""
+    prefill side x decode side, a side being a tp from search.tp (default: the powers of two up to
+    devices_per_node) with, for a mixture of experts, each expert layout a colocated replica of that tp at pp 1 is
+    searched with (`expert_layouts`: search.ep x search.attention_dp, default ep 1 or tp x attention_dp 1 or tp),
+    kept where the strategy rules accept it (as candidate_shapes keeps a replica's), and at most
+    limits.max_devices devices in all (a larger unit could not be rented even once). The units priced are
+    prefill counts x decode counts x S^2, S the sides (tp x layout) kept: for a dense model S is the tps; for a
+    mixture of experts at the default tps 1, 2, 4, 8, S = 1 + 3 x 4 = 13 (narrow search.tp, search.ep or
+    search.attention_dp to price fewer)."""
     search = plan.search.disaggregation
     if search is None:
         return []
-    powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
-    tps = [tp for tp in sorted(set(plan.search.tp or powers))
-           if check_strategy_shape(Strategy(tp=tp, pp=1), plan.workload, serving=True) is None]
-    units = [DisaggUnit(x, a, y, b, search.kv_transfer.layerwise)
-             for x in sorted(set(search.prefill)) for y in sorted(set(search.decode)) for a in tps for b in tps]
+    sides = unit_sides(plan, devices_per_node)
+    units = [DisaggUnit(x, a, y, b, search.kv_transfer.layerwise, pe, de, search.kv_transfer.link)
+             for x in sorted(set(search.prefill)) for y in sorted(set(search.decode))
+             for a, pe in sides for b, de in sides]
     return [u for u in units if u.devices <= plan.limits.max_devices]
+
+
+def unit_sides(plan: PlanFile, devices_per_node: int) -> list[tuple[int, ReplicaExperts]]:
+    """(tp, experts) of one side of a searched unit (candidate_units): each tp of search.tp (default the powers of two
+    up to devices_per_node) with each expert layout of expert_layouts at pp 1 that the strategy rules accept."""
+    powers = [2**k for k in range(devices_per_node.bit_length()) if 2**k <= devices_per_node]
+    return [(tp, experts) for tp in sorted(set(plan.search.tp or powers)) for experts in expert_layouts(plan, tp, 1)
+            if check_strategy_shape(experts.strategy(tp, 1), plan.workload, serving=True) is None]
 
 
 def unused_counts_note(plan: PlanFile, devices_per_node: list[int]) -> str | None:
@@ -843,9 +885,7 @@ def unused_counts_note(plan: PlanFile, devices_per_node: list[int]) -> str | Non
     if search is None:
         return None
     units = [u for n in devices_per_node for u in candidate_units(plan, n)]
-    powers = [2**k for n in devices_per_node for k in range(n.bit_length()) if 2**k <= n]
-    tps = [tp for tp in sorted(set(plan.search.tp or powers))
-           if check_strategy_shape(Strategy(tp=tp, pp=1), plan.workload, serving=True) is None]
+    tps = sorted({tp for n in devices_per_node for tp, _ in unit_sides(plan, n)})
     if not tps:
         return None
     parts = []

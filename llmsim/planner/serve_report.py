@@ -31,6 +31,9 @@ SERVING_PLAN_COLUMNS = ["rank", "hardware", "tp", "pp", "ep", "etp", "attention_
 # plan.csv's columns of a disaggregated unit (search.disaggregation), after `replicas`: present only in a plan
 # that searches units (so a plan without the key writes the same plan.csv), blank on a colocated replica's row
 UNIT_COLUMNS = ["prefill_instances", "prefill_tp", "decode_instances", "decode_tp"]
+# and, in a plan of a mixture of experts, each side's expert layout (serving.disaggregation.<side>'s keys)
+UNIT_EXPERT_COLUMNS = ["prefill_ep", "prefill_etp", "prefill_attention_dp", "decode_ep", "decode_etp",
+                       "decode_attention_dp"]
 OBJECTIVE_METRIC = {"cost": "cost_usd", "devices": "n_devices", "energy": "energy_j", "time": "e2e_p99_s"}
 
 
@@ -238,10 +241,12 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
     """plan.csv of a serving plan: one row per candidate (replica shape x precision), ranked; `dtype` and
     `fp8_recipe` say what precision each assumes (as a training plan's plan.csv does)."""
     units = plan.search.disaggregation is not None
+    unit_experts = units and plan.workload.model.moe is not None
+    unit_columns = UNIT_COLUMNS + (UNIT_EXPERT_COLUMNS if unit_experts else [])
     columns = SERVING_PLAN_COLUMNS
     if units:
         at = columns.index("replicas") + 1
-        columns = columns[:at] + UNIT_COLUMNS + columns[at:]
+        columns = columns[:at] + unit_columns + columns[at:]
     records = []
     for i, c in enumerate(results, 1):
         row = c.at_goal.row if c.at_goal else {}
@@ -250,6 +255,9 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
         strategy = c.experts.strategy(c.tp, c.pp)
         u = c.unit
         unit = ([u.prefill, u.prefill_tp, u.decode, u.decode_tp] if u is not None else [None] * 4) if units else []
+        if unit_experts:
+            unit += [v for side in ("prefill", "decode") for s in [u.side_strategy(side)]
+                     for v in (s.ep, s.expert_tp, s.attention_dp)] if u is not None else [None] * 6
         # a unit's row: tp and pp blank (each side's tp is in its own column), replicas counts units
         shape = [None, None, None, None, None] if u is not None else \
             [c.tp, c.pp, strategy.ep, strategy.expert_tp, strategy.attention_dp]
@@ -262,7 +270,7 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
     frame = pd.DataFrame.from_records(records, columns=columns)
     # counts are integers, blank where not applicable (a unit's tp, a replica's unit columns): pandas would write
     # a column holding a blank as floats ("2.0"), so those columns are nullable integers
-    for name in ["tp", "pp", "ep", "etp", "attention_dp", "replicas", *UNIT_COLUMNS, "n_devices", "devices_used"]:
+    for name in ["tp", "pp", "ep", "etp", "attention_dp", "replicas", *unit_columns, "n_devices", "devices_used"]:
         if name in frame.columns and frame[name].notna().any() and \
                 all(float(v).is_integer() for v in frame[name].dropna()):
             frame[name] = frame[name].astype("Int64")
@@ -316,7 +324,8 @@ def _unit_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) 
     if serving.get("kv_cache_dtype") == "auto":
         del serving["kv_cache_dtype"]
     serving["disaggregation"] = unit.block()
-    name = f"{unit.prefill}p-tp{unit.prefill_tp}-{unit.decode}d-tp{unit.decode_tp}"
+    name = (f"{unit.prefill}p-tp{unit.prefill_tp}{unit.prefill_experts.label()}-{unit.decode}d-tp{unit.decode_tp}"
+            f"{unit.decode_experts.label()}")
     return {
         "name": f"{plan.name}-best",
         "workload": workload,
@@ -530,18 +539,22 @@ class ServingPlanOutcome:
 
 def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
                      progress: Callable[[str], None] | None = None, mapper: Mapper = map,
-                     precision_notes: list[str] | None = None) -> ServingPlanOutcome:
+                     precision_notes: list[str] | None = None, kv_link: Any = None) -> ServingPlanOutcome:
     """Search every candidate (through `mapper`), explain the first two, write the run folder.
-    `precision_notes`: why a hardware choice has no candidates of a searched precision (plan.md's Search)."""
+    `precision_notes`: why a hardware choice has no candidates of a searched precision (plan.md's Search).
+    `kv_link`: the catalog entry of search.disaggregation.kv_transfer.link (serve.serving_tasks)."""
     import time
 
     from llmsim.planner.search import sharing_choice
     from llmsim.planner.serve import serving_tasks
     start = time.perf_counter()
     sharing = sharing_choice(plan)
-    tasks = serving_tasks(plan, hardware, sharing)
+    tasks = serving_tasks(plan, hardware, sharing, kv_link)
     if progress:
-        progress(f"searching the highest rate under the SLO of {len(tasks)} candidate replica shapes by simulation")
+        units = sum(t.unit is not None for t in tasks)
+        of_units = f" ({units} of them disaggregated units)" if units else ""
+        progress(f"searching the highest rate under the SLO of {len(tasks)} candidate replica shapes{of_units} by "
+                 f"simulation")
     results = plan_serving(tasks, plan.objective, mapper)
     feasible = [c for c in results if c.feasible]
     sensitivity = None

@@ -28,6 +28,11 @@ NixlConnector; NVIDIA Dynamo):
    steps only: no prompt is ever in its iterations (DistServe's point: no prefill-decode interference), except a
    preempted request's recompute (preemption by recompute as a colocated replica does it; the engines differ).
 
+An instance with attention data parallelism (Pool.attention_dp > 1: Strategy.attention_dp, a side's own in
+serving.disaggregation) is a LockstepReplica of that many ranks, each with its own scheduler and KV cache, as a
+colocated replica is (llmsim.serving.replica): a request's KV cache lives on its rank's devices, so each prefill rank
+sends its requests' transfers over its own ports (one FIFO per rank, not per instance).
+
 Devices: prefill replicas x tp_p + decode replicas x tp_d; the outcome's per-replica lists hold the prefill
 instances first, then the decode instances (index P + j).
 """
@@ -43,7 +48,7 @@ import simpy
 
 from llmsim.costmodel.window import KVLayout
 from llmsim.serving.kvcache import KVCache, Sequence
-from llmsim.serving.replica import Pricer, Replica
+from llmsim.serving.replica import LockstepReplica, Pricer, Replica
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
@@ -99,15 +104,18 @@ def transfer_seconds(bytes_per_port: float, link: TransferLink, layers: int, pre
 
 @dataclass(frozen=True)
 class Pool:
-    """One side of the deployment: `replicas` instances, each with `kv_blocks` blocks of its own cache layout,
-    the scheduler `make_scheduler` builds over it and the pricer `price(i)` of instance i (i counted from 0 within
-    the side)."""
+    """One side of the deployment: `replicas` instances, each with `kv_blocks` blocks of its own cache layout (per
+    attention-DP rank), the scheduler `make_scheduler` builds over it and the pricer `price(i)` of instance i (i
+    counted from 0 within the side)."""
 
     replicas: int
     kv_blocks: int
     make_scheduler: Callable[[KVCache], Scheduler]
     price: Callable[[int], Pricer]
     kv_layout: KVLayout = KVLayout()
+    # attention data parallelism of each instance (Strategy.attention_dp): > 1 makes an instance a LockstepReplica
+    # of that many ranks, each with its own scheduler and kv_blocks, price(i) pricing a tuple of the ranks' mixes
+    attention_dp: int = 1
 
 
 @dataclass
@@ -180,7 +188,9 @@ def simulate_disaggregated(requests: Iterable[Request], *, prefill: Pool, decode
             event.succeed()  # type: ignore[attr-defined]
 
     originals: dict[int, Request] = {}
-    port_free = [0.0] * n_pre      # when each prefill instance's ports finish their queued transfers
+    # when each prefill instance's ports finish their queued transfers: per attention-DP rank, whose own devices
+    # hold (and send) its requests' KV caches
+    port_free = [[0.0] * prefill.attention_dp for _ in range(n_pre)]
 
     def deliver(dseq: Sequence, at_s: float):  # noqa: ANN202 - a SimPy generator
         yield env.timeout(at_s - env.now)
@@ -205,17 +215,28 @@ def simulate_disaggregated(requests: Iterable[Request], *, prefill: Pool, decode
         now = env.now
         span = now - (pseq.scheduled_s if pseq.scheduled_s is not None else now)
         busy, latency = transfer(request, span)
-        begin = max(now, port_free[pseq.replica])
-        port_free[pseq.replica] = begin + busy
+        ports = port_free[pseq.replica]
+        rank = pre_pool[pseq.replica].finishing_rank if prefill.attention_dp > 1 else 0  # type: ignore[union-attr]
+        begin = max(now, ports[rank])
+        ports[rank] = begin + busy
         arrive_s = begin + busy + latency
         transfers.append(arrive_s - now)
         env.process(deliver(dseq, arrive_s))
 
-    pre_pool = [Replica(env, i, prefill.make_scheduler(KVCache(prefill.kv_blocks, block_tokens, prefill.kv_layout)),
-                        prefill.price(i), prefilled) for i in range(n_pre)]
-    dec_pool = [Replica(env, j, _watched(decode.make_scheduler(KVCache(decode.kv_blocks, block_tokens,
-                                                                       decode.kv_layout)), watch),
-                        decode.price(j), finished) for j in range(decode.replicas)]
+    def instance(side: Pool, i: int, on_finish: Callable[[Sequence], None],
+                 watched: bool) -> Replica | LockstepReplica:
+        """Instance i of `side`: a Replica, or a LockstepReplica of its attention-DP ranks (Pool.attention_dp),
+        its ranks' requests assigned by the router's policy as simulate_serving's are."""
+        def scheduler() -> Scheduler:
+            made = side.make_scheduler(KVCache(side.kv_blocks, block_tokens, side.kv_layout))
+            return _watched(made, watch) if watched else made
+        if side.attention_dp > 1:
+            return LockstepReplica(env, i, [scheduler() for _ in range(side.attention_dp)], side.price(i),  # type: ignore[arg-type]
+                                   on_finish, router)
+        return Replica(env, i, scheduler(), side.price(i), on_finish)
+
+    pre_pool = [instance(prefill, i, prefilled, False) for i in range(n_pre)]
+    dec_pool = [instance(decode, j, finished, True) for j in range(decode.replicas)]
     route = Router(router, pre_pool)
     decode_route = Router(router, dec_pool)
     rejected: list[Rejection] = []

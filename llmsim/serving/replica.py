@@ -274,6 +274,7 @@ class LockstepReplica:
         self._wakeup: simpy.Event | None = None
         self._holding = False         # overlap_schedule: arrivals held until the next iteration is formed
         self._rank_of: dict[int, _Rank] = {}
+        self.finishing_rank = 0       # the rank of the sequence on_finish is handed (_done)
 
     @property
     def preemptions(self) -> int:
@@ -304,7 +305,11 @@ class LockstepReplica:
 
     def _done(self, seq: Sequence) -> None:
         self.outstanding -= 1
-        self._rank_of.pop(seq.request.id).outstanding -= 1
+        rank = self._rank_of.pop(seq.request.id)
+        rank.outstanding -= 1
+        # the rank `seq` ran on, read by on_finish while it runs (a disaggregated prefill instance sends the
+        # prompt's KV cache from that rank's devices: serving.disaggregation)
+        self.finishing_rank = rank.index
         self.on_finish(seq)
 
     def run(self) -> Generator[simpy.Event, Any, None]:

@@ -26,9 +26,10 @@ serving:
   step_overhead_per_seq_s: null                # + host seconds per iteration per sequence run; default: the device's
   speculative: null                            # {method: mtp|eagle|draft|ngram, num_draft_tokens: k, acceptance,
                                                #  draft_layers (mtp/eagle), draft_model (draft)}
-  disaggregation: null                         # {prefill: {replicas, tp}, decode: {replicas, tp}, kv_transfer:
-                                               # {link, layerwise}}: prefill-decode disaggregation
-                                               # (llmsim.serving.disaggregation; replaces replicas)
+  disaggregation: null                         # {prefill: {replicas, tp, ep, etp, attention_dp}, decode: {...},
+                                               # kv_transfer: {link, layerwise}}: prefill-decode disaggregation
+                                               # (llmsim.serving.disaggregation; replaces replicas; a side's
+                                               # tp, ep, etp, attention_dp default to the strategy's)
 ```
 
 Defaults that follow an engine are vLLM's (vllm/config: `block_size` 16, `gpu_memory_utilization` 0.9,

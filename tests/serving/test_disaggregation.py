@@ -204,3 +204,45 @@ def test_speculative_decoding_with_disaggregation_is_refused_in_one_line() -> No
     with pytest.raises(ScenarioError, match="serving.speculative: speculative decoding is not modeled with "
                                             "serving.disaggregation"):
         parse_scenario(data, "t.yaml")
+
+
+def _lockstep_pool(replicas: int, ranks: int, seen: list) -> Pool:  # noqa: ANN001
+    """Instances of `ranks` attention-DP ranks, every lockstep iteration STEP_S, its mixes recorded in `seen`."""
+    spec = SchedulerSpec(kind="continuous", max_num_seqs=64, max_batched_tokens=100_000)
+
+    def price(_: int):  # noqa: ANN202 - a pricer of the ranks' mixes
+        def one(mixes: tuple[Mix, ...]) -> tuple[float, float]:
+            seen.append(mixes)
+            return 0.01, 0.01
+        return one
+    return Pool(replicas, 100_000, lambda kv: BUILTIN["continuous"](spec, kv), price, attention_dp=ranks)
+
+
+def test_attention_dp_instances_run_their_ranks_in_lockstep_and_each_rank_sends_from_its_own_ports() -> None:
+    """Two prompts at t = 0 on one prefill instance: with 2 attention-DP ranks each rank prefills one (every priced
+    iteration carries one mix per rank) and sends its KV from its own devices' ports, so both transfers run at once
+    and both second tokens come out together (with one rank they queue: the next test). The decode instance's ranks
+    take one request each."""
+    prompt = 300
+    seen_p: list = []
+    seen_d: list = []
+    outcome = simulate_disaggregated([Request(i, 0.0, prompt, 3) for i in range(2)],
+                                     prefill=_lockstep_pool(1, 2, seen_p),
+                                     decode=_lockstep_pool(1, 2, seen_d), block_tokens=16, router="round-robin",
+                                     context_tokens=100_000, transfer=_transfer())
+    assert len(outcome.sequences) == 2
+    assert all(len(m) == 2 for m in seen_p + seen_d)
+    assert [m.prefill_tokens for m in seen_p[0]] == [prompt, prompt]
+    first, second = (s.token_times[1] for s in outcome.sequences)
+    assert first == second
+    assert outcome.extra["kv_transfer_mean_s"] == pytest.approx(1e-3 + prompt * KV_PER_TOKEN / 5e9, rel=1e-12)
+    assert max(len(m) and max(x.decode_seqs for x in m) for m in seen_d) == 1  # one request per decode rank
+
+
+def test_one_attention_dp_rank_sends_its_transfers_one_after_another() -> None:
+    """The contrast: plain instances (one rank), the same two prompts prefilled in one iteration: the second
+    transfer waits for the first on the instance's ports (39.3 MB / 5 GB/s), the mean over the two half that."""
+    outcome = _pd([Request(i, 0.0, 300, 3) for i in range(2)])
+    transfer = 1e-3 + 300 * KV_PER_TOKEN / 5e9
+    waited = 300 * KV_PER_TOKEN / 5e9
+    assert outcome.extra["kv_transfer_mean_s"] == pytest.approx(transfer + waited / 2, rel=1e-9)
