@@ -17,7 +17,7 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.errors import ScenarioError, format_key_path
-from llmsim.wording import literal_error
+from llmsim.wording import literal_error, shown_value
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -80,7 +80,8 @@ class DeviceSpec(BaseModel):
 
     name: str
     type: Literal["device"] = "device"
-    peak_flops: dict[Literal["float32", "bfloat16", "float16", "float8", "float4", "int8"], float] = Field(
+    peak_flops: dict[Literal["float32", "bfloat16", "float16", "float8", "float4", "int8"],
+                     Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="dense peak FLOP/s per dtype (float8: E4M3/E5M2 tensor-core GEMMs; "
                                           "float4 where published, for reference; int8 for reference); empty = measured at run time")
     memory_bytes: float = Field(ge=0, description="0 = read from the machine at run time")
@@ -180,6 +181,15 @@ class DeviceSpec(BaseModel):
         else:
             eff = {**eff, "kernel_latency_s": seconds}
         return {**data, "efficiency": eff}
+
+    @field_validator("max_power_w")
+    @classmethod
+    def _max_at_least_idle(cls, value: float, info: ValidationInfo) -> float:
+        """A busy device draws at least what an idle one does (costmodel.energy interpolates between them)."""
+        idle = info.data.get("idle_power_w")  # declared above: validated first
+        if idle is not None and value < idle:
+            raise ValueError(f"{value:g} W is below idle_power_w ({idle:g} W); allowed: >= idle_power_w")
+        return value
 
     @field_validator("power_limit_w")
     @classmethod
@@ -341,6 +351,11 @@ class Catalog(BaseModel):
                            mesh=tuple(sorted((mesh or {}).items())))
 
 
+# pydantic's bound errors: (the ctx key holding the bound, how a message writes it)
+_BOUND_ERRORS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+                 "less_than_equal": ("le", "<=")}
+
+
 def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
     """The device and link entries of one catalog file's parsed YAML. ScenarioError (file, key, what) on the first
     problem, the others' places counted."""
@@ -365,6 +380,11 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
             where = f"{where}.type" if where else "type"
         elif err["type"] == "literal_error":
             msg = literal_error(err)
+        elif err["type"] in _BOUND_ERRORS:  # pydantic's 'Input should be greater than 0' names no allowed range
+            op, sign = _BOUND_ERRORS[err["type"]]
+            bound, given = (err.get("ctx") or {}).get(op), err.get("input")
+            shown = lambda v: f"{v:g}" if isinstance(v, float) else shown_value(v)  # noqa: E731 - -5e+12, not -5000000000000.0
+            msg = f"{shown(given)}: out of range; allowed: {sign} {shown(bound)}"
         elif err["type"] == "list_type" and err["loc"] == ("entries",):
             msg = "expected a list of entries ({type: device, name: ...} or {type: link, name: ...})"
         else:

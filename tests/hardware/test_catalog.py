@@ -183,6 +183,16 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
                                              "link, name: ...}] (unknown top-level key: devices)"),
     ("entries:\n  - {type: device, name: x1, memory_bytes: -5, memory_bw_bytes_per_s: 1.0e12}\n",
      "entries[0].memory_bytes", "(and 3 more problems: entries[0].idle_power_w, entries[0].max_power_w"),
+    # a negative or zero peak priced nothing and gave 'ok' rows (trial 23); a range names its bound
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: -5.0e12}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
+     "entries[0].peak_flops.bfloat16", "-5e+12: out of range; allowed: > 0"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 10, source: my datasheet}\n",
+     "entries[0].max_power_w", "10 W is below idle_power_w (100 W); allowed: >= idle_power_w"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: -3, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
+     "entries[0].memory_bw_bytes_per_s", "-3: out of range; allowed: >= 0"),
 ])
 def test_a_bad_catalog_file_is_one_line_that_says_what_a_catalog_holds(tmp_path: Path, text: str, key: str | None,
                                                                        words: str) -> None:
