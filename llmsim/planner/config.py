@@ -203,7 +203,13 @@ class SearchSpace(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sweeps(cls, data: Any) -> Any:
-        """The searched degrees are sweep lists: no booleans, no repeats (_refuse_bad_sweeps)."""
+        """The searched degrees are sweep lists: no booleans, no repeats (_refuse_bad_sweeps); no list is empty (an
+        empty one would silently mean the default, every value)."""
+        if isinstance(data, dict):
+            for key, values in data.items():
+                if isinstance(values, list) and not values:
+                    raise _KeyedError(key, "an empty list searches nothing; allowed: at least one value, or leave "
+                                           "the key out for the default")
         return _refuse_bad_sweeps(data, ("tp", "pp", "cp", "dp", "micro_batch", "virtual_stages", "ep", "attention_dp"),
                                   "a parallel degree or size")
 

@@ -258,6 +258,8 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"search": {"zero": [1]}}, "search.zero", "allowed search keys are tp, pp, ep, attention_dp, dtype"),
     # a mistyped key or arrival kind is named with what a serving plan allows, not a training plan's keys or the
     # arrivals a scenario replays
+    # an empty list meant the default (every value) without a word: refused (trial 23)
+    ({"search": {"tp": []}}, "search.tp", "an empty list searches nothing"),
     ({"search": {"tpp": [1]}}, "search.tpp", "unknown key; allowed: tp, pp, ep, attention_dp, dtype, disaggregation"),
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "posson"}}}, "serving.arrival.kind",
      "'posson' is not one of the allowed values (allowed: poisson, gamma, constant)"),
