@@ -75,8 +75,8 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
-    _note_trace(scenario, scenario_dir, path)
     kept = notes if notes is not None else []
+    _note_trace(scenario, scenario_dir, path, kept)
     _note_inference_kernels(planned, scenario, path, kept)
     _note_engine_kernels(scenario, path, kept)
     _note_cross_node_tp(planned, catalog, path, kept)
@@ -141,7 +141,7 @@ def _note_fp4_weight_only(planned: list, catalog: Any, path: str, kept: list[str
         _say_note(path, where, note, kept)
 
 
-def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
+def _note_trace(scenario: Scenario, scenario_dir: Path, path: str, kept: list[str]) -> None:
     """Say where a trace replay departs from the trace file (serving.requests.trace_notes); plan_cases has read it."""
     spec = scenario.serving
     if spec is None or spec.arrival.kind != "trace" or spec.arrival.path is None:
@@ -150,8 +150,7 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str) -> None:
 
     rows = read_trace(scenario_dir / spec.arrival.path)
     for key, note in trace_notes(spec, rows, scenario.workload.model.seq_len):
-        err_console.print(f"[yellow]llmsim: note: {escape(path)}: {key}: {escape(note)}[/]", highlight=False,
-                          soft_wrap=True)
+        _say_note(path, key, note, kept)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

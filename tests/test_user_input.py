@@ -436,6 +436,21 @@ def test_a_run_keeps_its_notes_in_the_folder_and_the_report(tmp_path: Path, caps
     capsys.readouterr()
 
 
+def test_a_trace_replays_notes_are_kept_in_the_run_folder(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The trace notes (a request longer than the context rejected, more requests asked than the trace holds)
+    reached stderr only, while every other note went to notes.txt too (trial 23)."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0,100,10\n0.5,9000,10\n")
+    assert main(["run", str(REPO / "scenarios" / "serve-8b.yaml"), "--backend", "roofline",
+                 "--set", f"serving.arrival={{kind: trace, path: {trace}}}", "--set", "serving.lengths=null",
+                 "--out", str(tmp_path / "out")]) == 0
+    run = next((tmp_path / "out" / "serve-8b").iterdir())
+    notes = (run / "notes.txt").read_text()
+    assert "serving.arrival.path: 1 of the trace's 2 requests is longer than the context" in notes
+    assert "serving.requests: 200 asked but the trace has 2 requests" in notes
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("kernel, said", [("math", "math has no FP8 path"),
                                           ("flash", "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has "
                                                     "no FP8 path)"), ("cudnn", None)])
