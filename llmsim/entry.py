@@ -7,6 +7,8 @@ loading; here it is one line and exit code 130, as a Ctrl-C anywhere later (READ
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from llmsim.errors import EXIT_INTERRUPTED  # a light module: only the CLI's import is guarded
@@ -18,4 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmsim: interrupted while starting; nothing was run", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return cli_main(argv)
+    code = cli_main(argv)
+    if argv is None:  # the program ends now: a Ctrl-C in the interpreter's shutdown would print a traceback
+        signal.signal(signal.SIGINT, _interrupted_at_exit)
+    return code
+
+
+def _interrupted_at_exit(signum: int, frame: object) -> None:
+    """Ctrl-C after the command has finished (its rows written; the interpreter joining threads, running atexit
+    hooks, freeing torch): one line and exit code 130 at once, instead of a KeyboardInterrupt traceback from
+    whatever shutdown code was running (trial 23)."""
+    os.write(2, b"llmsim: interrupted\n")
+    os._exit(EXIT_INTERRUPTED)

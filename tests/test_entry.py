@@ -41,3 +41,26 @@ def test_importing_llmsim_does_not_import_torch_and_the_public_names_resolve() -
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         import llmsim
         llmsim.nope  # noqa: B018
+
+
+def test_a_ctrl_c_after_the_command_finished_is_one_line_and_exit_130() -> None:
+    """The program's shutdown (threads joined, atexit hooks, torch freed) ran under Python's default SIGINT
+    handler: a Ctrl-C there printed a KeyboardInterrupt traceback (trial 23). Once the command has returned, the
+    entry point's handler says one line and exits 130; a call from Python (argv given) keeps its own handler."""
+    code = ("import os, signal, sys; from llmsim import entry; sys.argv = ['llmsim', 'backends']; "
+            "code = entry.main(); assert code == 0, code; "
+            "assert signal.getsignal(signal.SIGINT) is entry._interrupted_at_exit; "
+            "os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(5); print('not stopped')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == EXIT_INTERRUPTED, out.stderr
+    assert out.stderr.endswith("llmsim: interrupted\n") and "Traceback" not in out.stderr
+    assert "not stopped" not in out.stdout
+
+
+def test_a_call_from_python_keeps_its_sigint_handler() -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit):
+        entry.main(["--help"])
+    assert signal.getsignal(signal.SIGINT) is before
