@@ -227,6 +227,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from llmsim.report.build import write_report
 
         write_report(outcome.run_dir, frame)
+    except KeyboardInterrupt:  # every row is saved: say where, and how to build the report the Ctrl-C stopped
+        err_console.print(f"llmsim: interrupted while writing the report; every row is saved in "
+                          f"{escape(str(outcome.run_dir))}: build the report with `llmsim report "
+                          f"{escape(str(outcome.run_dir))}`", highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the rows are saved; a broken report must not hide them
         err_console.print(f"[yellow]llmsim: warning: the report could not be built ({escape(type(exc).__name__)}: "
                           f"{escape(str(exc))}); results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]",

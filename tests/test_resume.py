@@ -192,3 +192,21 @@ def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, pause_s:
     run_dir = Path(out.strip().splitlines()[-1])
     assert [r["case"] for r in _rows(run_dir)] == ["s0"]
     assert not (run_dir / "report.html").exists()
+
+
+def test_interrupted_while_the_report_is_written_names_the_saved_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C after 'done:' (the report's figures take seconds) printed only 'llmsim: interrupted': every row is
+    saved, so the line names the folder and the `llmsim report` command that builds the report (trial 23)."""
+    import llmsim.report.build as build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "write_report", interrupted)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MODELED))
+    assert main(["run", str(path), "--out", str(tmp_path / "a")]) == 130
+    err = capsys.readouterr().err
+    run_dir = next((tmp_path / "a" / "resume-test").iterdir())
+    assert len(_rows(run_dir)) == len(STRATEGIES)
+    assert "interrupted while writing the report; every row is saved" in err and f"llmsim report {run_dir}" in err
