@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, one_value_expected, out_of_range,
-                           shown_value, side_problem, wrong_kind)
+from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, out_of_range, shown_value,
+                           side_problem)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
 from llmsim.costmodel.compute import attention_problem
@@ -41,7 +41,6 @@ from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
 from llmsim.strategy import Layout, resolve_layout
-from llmsim.wording import literal_error
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
     found = _non_finite(raw)
     if found:
         raise ScenarioError(file, format_key_path(("backends", name) + found[0]),
-                            f"{found[1]!r}: Input should be a finite number")
+                            f"{found[1]!r}: expected a finite number")
     try:
         return cls.Settings.model_validate(raw)
     except ValidationError as exc:
@@ -119,9 +118,9 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
             if err["type"].startswith(("greater_than", "less_than")):
                 message = out_of_range(cls.Settings, err, loc)
             else:
-                message = (one_value_expected(err) or wrong_kind(err)
-                           or (literal_error(err) if err["type"] == "literal_error" else None)
-                           or f"{shown_value(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}")
+                message = describe_error(err)
+                if err["type"] == "value_error":  # a setting's own rule: quote the value it refused
+                    message = f"{shown_value(err.get('input'))}: {message}"
         raise ScenarioError(file, where, message) from None
 
 

@@ -53,3 +53,24 @@ def literal_error(err: dict[str, Any]) -> str:
     "Validity rules"): `'x' is not one of the allowed values (allowed: a, b, c)`; pydantic would say `Input should be
     'a', 'b' or 'c'`."""
     return f"{shown_value(err.get('input'))} is not one of the allowed values (allowed: {literal_choices(err)})"
+
+
+# pydantic's bound error types: (the ctx key holding the bound, how a message writes it)
+_BOUND_ERRORS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+                 "less_than_equal": ("le", "<=")}
+
+
+def _number(value: object) -> str:
+    """A number as a bound error shows it: -5e+12 and 0, not -5000000000000.0 and 0.0."""
+    return f"{value:g}" if isinstance(value, float) else shown_value(value)
+
+
+def bound_error(err: dict[str, Any]) -> str | None:
+    """A number past the one bound pydantic names, as the other range errors read (`-3: out of range; allowed:
+    >= 0`; pydantic: 'Input should be greater than or equal to 0'); None for any other error. Where the field's
+    model is at hand, config.out_of_range names every bound of the field instead."""
+    bound = _BOUND_ERRORS.get(err.get("type", ""))
+    ctx = err.get("ctx") or {}
+    if bound is None or bound[0] not in ctx:
+        return None
+    return f"{_number(err.get('input'))}: out of range; allowed: {bound[1]} {_number(ctx[bound[0]])}"

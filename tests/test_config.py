@@ -85,8 +85,8 @@ def test_preset_fills_and_explicit_fields_override() -> None:
      "projection"),
     ("sharing.lora", {"targets": ["q_proj"]}, "sharing.lora.targets[0]: 'q_proj' is not one of the allowed values "
      "(allowed: q, k, v,"),
-    ("name", "Bad Name", "name: 'Bad Name': String should match pattern"),
-    ("name", "../../etc", "name: '../../etc': String should match pattern"),  # run folders stay under --out
+    ("name", "Bad Name", "name: 'Bad Name': not a name; allowed: lowercase letters, digits and '-'"),
+    ("name", "../../etc", "name: '../../etc': not a name; allowed: lowercase letters"),  # run folders stay under --out
     ("strategies", [{"name": "bad", "sharing": {"layer_groups": 5}}],
      "strategies[0].sharing.layer_groups: 5 does not divide layers=2"),
 ])

@@ -249,10 +249,10 @@ def test_a_set_path_with_an_empty_part_in_a_plan_is_one_line(capsys) -> None:
     ("serving.arrival.rate=.inf", "serving.arrival.rate", "inf: allowed: a rate > 0 in requests/s (finite)"),
     ("serving.arrival.rate=.nan", "serving.arrival.rate", "nan: allowed: a rate > 0 in requests/s (finite)"),
     ("serving.arrival.rate=[2, .inf]", "serving.arrival.rate", "[2, inf]: allowed: a rate > 0 in requests/s (finite)"),
-    ("serving.slo={ttft_s: .inf, tpot_s: 0.05}", "serving.slo.ttft_s", "inf: Input should be a finite number"),
-    ("serving.duration_s=.inf", "serving.duration_s", "inf: Input should be a finite number"),
-    ("serving.memory_utilization=.nan", "serving.memory_utilization", "nan: Input should be a finite number"),
-    ("backends.cluster.jitter=.nan", "backends.cluster.jitter", "nan: Input should be a finite number"),
+    ("serving.slo={ttft_s: .inf, tpot_s: 0.05}", "serving.slo.ttft_s", "inf: expected a finite number"),
+    ("serving.duration_s=.inf", "serving.duration_s", "inf: expected a finite number"),
+    ("serving.memory_utilization=.nan", "serving.memory_utilization", "nan: expected a finite number"),
+    ("backends.cluster.jitter=.nan", "backends.cluster.jitter", "nan: expected a finite number"),
 ])
 def test_a_non_finite_number_is_one_line(capsys, override: str, key: str, said: str) -> None:
     path = REPO / "scenarios" / "serve-8b.yaml"
@@ -272,7 +272,7 @@ def test_a_non_finite_backend_setting_is_one_line(capsys, override: str, key: st
     """Measured backends' timing settings took .inf (`timeout_s: .inf` passed `gt=0`) and .nan: every backend's
     settings, a plugin's too, are refused before the plugin sees them, as serving rates are."""
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", override])
-    assert err == f"{QUICKSTART}: {key}: {said}: Input should be a finite number", err
+    assert err == f"{QUICKSTART}: {key}: {said}: expected a finite number", err
 
 
 @pytest.mark.parametrize("module, settings, field", [("cpu", "CpuSettings", "timeout_s"),

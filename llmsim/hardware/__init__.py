@@ -17,7 +17,7 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.errors import ScenarioError, format_key_path
-from llmsim.wording import literal_error, shown_value
+from llmsim.wording import bound_error, literal_error
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -351,11 +351,6 @@ class Catalog(BaseModel):
                            mesh=tuple(sorted((mesh or {}).items())))
 
 
-# pydantic's bound errors: (the ctx key holding the bound, how a message writes it)
-_BOUND_ERRORS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-                 "less_than_equal": ("le", "<=")}
-
-
 def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
     """The device and link entries of one catalog file's parsed YAML. ScenarioError (file, key, what) on the first
     problem, the others' places counted."""
@@ -380,11 +375,8 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
             where = f"{where}.type" if where else "type"
         elif err["type"] == "literal_error":
             msg = literal_error(err)
-        elif err["type"] in _BOUND_ERRORS:  # pydantic's 'Input should be greater than 0' names no allowed range
-            op, sign = _BOUND_ERRORS[err["type"]]
-            bound, given = (err.get("ctx") or {}).get(op), err.get("input")
-            shown = lambda v: f"{v:g}" if isinstance(v, float) else shown_value(v)  # noqa: E731 - -5e+12, not -5000000000000.0
-            msg = f"{shown(given)}: out of range; allowed: {sign} {shown(bound)}"
+        elif bound_error(err) is not None:  # pydantic's 'Input should be greater than 0' names no allowed range
+            msg = bound_error(err)
         elif err["type"] == "list_type" and err["loc"] == ("entries",):
             msg = "expected a list of entries ({type: device, name: ...} or {type: link, name: ...})"
         else:

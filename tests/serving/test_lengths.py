@@ -74,8 +74,8 @@ def test_the_same_seed_gives_the_same_filtered_list() -> None:
 
 @pytest.mark.parametrize("change,expected", [
     ("serving.lengths.input={kind: exponential}", "serving.lengths.input: exponential: mean: Field required"),
-    ("serving.lengths.input={kind: exponential, mean: 0}", "serving.lengths.input: exponential: mean: Input should "
-                                                           "be greater than 0"),
+    ("serving.lengths.input={kind: exponential, mean: 0}", "serving.lengths.input: exponential: mean: 0: out of "
+                                                           "range; allowed: > 0"),
     ("serving.lengths.input={kind: quantiles, points: [[0.1, 5], [1, 9]]}",
      "serving.lengths.input: quantiles: points: the first p must be 0 and the last 1"),
     ("serving.lengths.input={kind: quantiles, points: [[0, 9], [1, 5]]}",

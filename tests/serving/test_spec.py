@@ -127,8 +127,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
                                                               "of range; allowed: >= 0"),
     ("serving.scheduler={kind: tgi, max_waiting_tokens: 2.5}", "serving.scheduler.max_waiting_tokens: 2.5: expected "
                                                                "a whole number; allowed: >= 0"),
-    ("serving.scheduler={kind: tgi, waiting_served_ratio: .inf}", "serving.scheduler.waiting_served_ratio: inf: Input "
-                                                                  "should be a finite number"),
+    ("serving.scheduler={kind: tgi, waiting_served_ratio: .inf}", "serving.scheduler.waiting_served_ratio: inf: expected "
+                                                                  "a finite number"),
     ("serving.scheduler={kind: prefill-first, max_batched_tokens: 32}", "serving.scheduler.max_batched_tokens: 32 is "
                                                                         "below the model's context seq_len=64"),
     ("serving.scheduler={kind: tgi, max_batched_tokens: 62}", "serving.scheduler.max_batched_tokens: 62 is below the "
