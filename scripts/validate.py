@@ -756,11 +756,26 @@ def sglang_v02_random_lengths(input_len: int, output_len: int, range_ratio: floa
             "output": {"kind": "uniform", "min": max(int(output_len * range_ratio), 1), "max": output_len}}
 
 
+# InferenceX's (formerly InferenceMAX) random dataset: its own copy of vLLM's old benchmark_serving.py
+#   (SemiAnalysisAI/InferenceX utils/bench_serving/benchmark_serving.py, sample_random_requests: sample_uniform draws
+#   np.random.randint(int(seq_len * range_ratio), seq_len + 1) for the prompt and for the answer alike, each prompt
+#   re-encoded to exactly its drawn length, the answer forced to its drawn length by --ignore-eos), launched by
+#   benchmarks/benchmark_lib.sh run_benchmark_serving with --random-range-ratio 0.8 in every InferenceX workflow
+#   (RANDOM_RANGE_RATIO "0.8"): prompt and answer each uniform on 80-100% of the nominal length, SGLang 0.2's rule
+#   (sglang_v02_random_lengths) exactly. (Name, --random-input-len, --random-output-len, r); serving_inferencex.csv.
+INFERENCEX_RANDOM_DATASETS: tuple[tuple[str, int, int, float], ...] = (
+    ("inferencex-random-1k-1k-r0.8", 1_024, 1_024, 0.8),
+    ("inferencex-random-1k-8k-r0.8", 1_024, 8_192, 0.8),
+    ("inferencex-random-8k-1k-r0.8", 8_192, 1_024, 0.8),
+)
+
+
 LENGTH_DISTRIBUTIONS: dict[str, dict[str, object]] = {
     **{name: _sharegpt_lengths(name) for name in SHAREGPT_MEANS},
     **{name: vllm_random_lengths(i, o, r, special) for name, i, o, r, special in VLLM_RANDOM_DATASETS},
     **{name: sglang_random_lengths(i, o, r) for name, i, o, r in SGLANG_RANDOM_DATASETS},
-    **{name: sglang_v02_random_lengths(i, o, r) for name, i, o, r in SGLANG_V02_RANDOM_DATASETS}}
+    **{name: sglang_v02_random_lengths(i, o, r) for name, i, o, r in SGLANG_V02_RANDOM_DATASETS},
+    **{name: sglang_v02_random_lengths(i, o, r) for name, i, o, r in INFERENCEX_RANDOM_DATASETS}}
 
 # metric -> (the serving row's column, docs/results.md; the published unit in SI units of that column).
 # The names are vLLM bench serve's (vllm/benchmarks/serve.py, calculate_metrics: Tput = completed / duration,
@@ -1580,6 +1595,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("serving", "serving", VALIDATION / "serving_online.csv", serving_cases),
     Table("trtllm-blog", "serving", VALIDATION / "serving_trtllm_blog.csv", serving_cases),
     Table("deepseek-serve", "serving", VALIDATION / "serving_deepseek.csv", serving_cases),
+    Table("inferencex", "serving", VALIDATION / "serving_inferencex.csv", serving_cases),
     Table("capacity", "serving", VALIDATION / "serving_capacity.csv", capacity_cases),
     Table("capacity-ratios", "serving", VALIDATION / "serving_capacity_ratios.csv", capacity_ratio_cases),
 )}
