@@ -114,6 +114,23 @@ def test_a_model_without_a_preset_still_needs_its_shape(capsys: pytest.CaptureFi
         jsonschema.validate(scenario, schema)
 
 
+@pytest.mark.parametrize("change", [{"slo": {"ttft_s": 1, "percentile": 101}},
+                                    {"slo": {"ttft_s": 1, "percentile": 0}},
+                                    {"slo": {"itl_s": 1, "itl_percentile": 150}},
+                                    {"speculative": {"method": "ngram", "num_draft_tokens": 2, "acceptance": 1.5}},
+                                    {"speculative": {"method": "ngram", "num_draft_tokens": 2, "acceptance": [0.5, 0]}}])
+def test_the_schema_bounds_what_the_command_refuses(capsys: pytest.CaptureFixture[str], change: dict) -> None:
+    """An editor checking with the schema flagged no percentile of 101 or acceptance of 1.5, which the command line
+    refuses (trial 23): the schema carries the same ranges."""
+    jsonschema = pytest.importorskip("jsonschema")
+    scenario = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenarios" / "serve-8b.yaml").read_text())
+    schema = _schema(capsys)
+    jsonschema.validate(scenario, schema)
+    scenario["serving"].update(change)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(scenario, schema)
+
+
 def test_presets_and_expert_weight_dtypes_are_offered_as_choices(capsys: pytest.CaptureFixture[str]) -> None:
     from llmsim.workload.presets import PRESETS
 

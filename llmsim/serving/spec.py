@@ -459,6 +459,11 @@ class SchedulerSpec(_Strict):
         return min(self.chunk_tokens or self.max_batched_tokens, self.max_batched_tokens)
 
 
+# JSON Schema bounds for editors (`llmsim schema`); the field validators enforce the same ranges with llmsim's words
+PERCENTILE_SCHEMA: dict[str, Any] = {"exclusiveMinimum": 0, "maximum": 100}
+PROBABILITY_SCHEMA: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+
+
 class Slo(_Strict):
     """Service-level objective. Per request (DistServe's SLO attainment, Zhong et al. 2024, Sec. 2): a request
     is good when its TTFT and its TPOT are within the bounds given (a bound left out does not apply; a rejected
@@ -473,16 +478,17 @@ class Slo(_Strict):
     ttft_s: PositiveFloat | None = Field(None, description="time to first token bound per request, seconds")
     tpot_s: PositiveFloat | None = Field(None, description="time per output token bound per request, seconds")
     percentile: float = Field(99.0, description="share of requests that must meet the per-request bounds "
-                                                "(and not be rejected), in (0, 100]")
+                                                "(and not be rejected), in (0, 100]",
+                              json_schema_extra=PERCENTILE_SCHEMA)
     itl_s: PositiveFloat | None = Field(None, description="bound on the run's itl_percentile-th percentile of the "
                                                           "pooled inter-token gaps, seconds")
     itl_percentile: float = Field(99.0, description="percentile of the pooled inter-token gaps itl_s bounds, "
-                                                    "in (0, 100]")
+                                                    "in (0, 100]", json_schema_extra=PERCENTILE_SCHEMA)
     queue_s: PositiveFloat | None = Field(None, description="bound on the run's queue_percentile-th percentile of "
                                                             "the queueing delays (arrival to first scheduled), "
                                                             "seconds")
     queue_percentile: float = Field(50.0, description="percentile of the queueing delays queue_s bounds, "
-                                                      "in (0, 100]")
+                                                      "in (0, 100]", json_schema_extra=PERCENTILE_SCHEMA)
 
     @field_validator("percentile", "itl_percentile", "queue_percentile")
     @classmethod
@@ -523,7 +529,9 @@ class Speculative(_Strict):
                                                       "eagle topk 1)")
     acceptance: float | list[float] = Field(
         description="per-position conditional acceptance probability in (0, 1]: position i is accepted with this "
-                    "probability given position i - 1 was; one for every position, or a list of k of them")
+                    "probability given position i - 1 was; one for every position, or a list of k of them",
+        json_schema_extra={"anyOf": [PROBABILITY_SCHEMA, {"type": "array", "items": PROBABILITY_SCHEMA,
+                                                          "minItems": 1}]})
     draft_layers: PositiveInt | None = Field(None, description="mtp / eagle: transformer layers of the draft head "
                                                               "(the target's width); null or omitted: 1; with draft "
                                                               "/ ngram unused (said in a run note)")
