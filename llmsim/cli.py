@@ -452,7 +452,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             catalog = load_catalog([Path(f) for f in args.hardware], entries)
             progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
             if plan.serving is not None and args.no_simulate:
-                raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation")
+                from llmsim.planner.config import check_hardware
+
+                check_hardware(plan, catalog, args.plan)  # a mistyped device is the first thing to fix, if any
+                raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation, so it "
+                                                     "cannot be skipped (allowed: --no-simulate with a training or "
+                                                     "step-goal plan only; leave it out here)")
             # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the
             # runner-up (the lines before each phase say which); a training plan's, the re-checks of its best
             what = "simulation tasks done" if plan.serving is not None else "re-checked"
@@ -677,7 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")
     p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
-    p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k")
+    p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k "
+                                                               "(training and step-goal plans; a serving plan is "
+                                                               "found by simulation and refuses it)")
     executor_args(p, "the cluster-simulation re-checks (and, but for local, the pricing of each hardware choice, "
                      "in processes forked on this machine's cores)")
     p.set_defaults(func=cmd_plan)

@@ -332,7 +332,11 @@ def test_cli_serving_plan_prints_the_table_limits_and_sensitivity(tmp_path: Path
     again = load_plan(run_dir / "plan.yaml")  # the resolved plan loads again
     assert again.goal.request_rate == 80.0
     assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate"]) == 2
-    assert "a serving plan is found by simulation" in capsys.readouterr().err
+    assert "a serving plan is found by simulation, so it cannot be skipped (allowed: " in capsys.readouterr().err
+    # a mistyped device is said first, not hidden behind the flag (trial 23)
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate",
+                 "--set", "hardware=[{name: h100-sxn, usd_per_device_hour: 3}]"]) == 2
+    assert "hardware[0].name: unknown device 'h100-sxn'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["prefill-first", "tgi"])
