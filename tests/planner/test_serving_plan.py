@@ -331,7 +331,8 @@ def test_cli_serving_plan_prints_the_table_limits_and_sensitivity(tmp_path: Path
     assert "sensitivity (cost" in err and "memory efficiency +20%" in err
     again = load_plan(run_dir / "plan.yaml")  # the resolved plan loads again
     assert again.goal.request_rate == 80.0
-    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate"]) == 2
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate",
+                 "--hardware", str(tmp_path / "slow.yaml")]) == 2
     assert "a serving plan is found by simulation, so it cannot be skipped (allowed: " in capsys.readouterr().err
     # a mistyped device is said first, not hidden behind the flag (trial 23)
     assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--no-simulate",
