@@ -172,7 +172,18 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
          "each lane a device or stream of one pipeline replica from the cluster trace; gaps are idle time.",
          lambda: _gantt(run)),
     ]
-    return {name: render(name, title, caption, draw) for name, title, caption, draw in specs}
+    skipped = STEP_FIGURES if serving_only(frame) else ()
+    return {name: render(name, title, caption, draw) for name, title, caption, draw in specs if name not in skipped}
+
+
+# Figures of a step (training, prefill, decode) that a run of serving rows only has nothing for: a serving row has
+# no step breakdown, no devices sweep against the ideal T = m·C/n and no pipeline trace (trial 23: empty sections)
+STEP_FIGURES = ("breakdown", "scaling", "gantt")
+
+
+def serving_only(frame: pd.DataFrame) -> bool:
+    """Every row of the run is a serving row (mode serve): the report leaves out the step-only sections."""
+    return len(frame) > 0 and "mode" in frame and bool((frame["mode"] == "serve").all())
 
 
 def _some(table: Table | None) -> list[Block]:
@@ -192,13 +203,14 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
     sections = [
         Section("Results", [*damaged, T.results_table(frame), figs["throughput"]], "results"),
         *serving,
-        Section("Where the time goes", [figs["breakdown"]] + _some(T.breakdown_table(frame)), "breakdown"),
-        Section("Scaling", [figs["scaling"]], "scaling"),
+        *([] if serving_only(frame) else [
+            Section("Where the time goes", [figs["breakdown"]] + _some(T.breakdown_table(frame)), "breakdown"),
+            Section("Scaling", [figs["scaling"]], "scaling")]),
         Section("Energy", [figs["energy"]], "energy"),
         Section("Memory", [figs["memory"]] + _some(T.memory_table(frame, capacity)), "memory"),
         *([Section("Mixture of experts", [experts], "experts")] if (experts := T.experts_table(frame)) else []),
         Section("Modeled vs measured", [figs["parity"]] + _some(T.parity_table(frame)), "parity"),
-        Section("Pipeline timeline", [figs["gantt"]], "timeline"),
+        *([] if serving_only(frame) else [Section("Pipeline timeline", [figs["gantt"]], "timeline")]),
         Section("Not run or not fitting", _some(T.not_ok_table(frame)) or [Paragraph("Every case ran.")],
                 "not-run"),
         Section("About this run", [Paragraph(

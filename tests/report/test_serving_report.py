@@ -58,6 +58,19 @@ def test_a_serving_run_report_has_the_serving_section(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "## Serving" in text and "figures/serving_latency.png" in text and "figures/serving_goodput.png" in text
     assert "tp1 served 3 rates; the highest that met the SLO: 8 requests/s." in text
+    # a serving row has no step breakdown, devices sweep or pipeline trace: those sections were empty (trial 23)
+    for step_only in ("## Where the time goes", "## Scaling", "## Pipeline timeline"):
+        assert step_only not in text
+    assert not (tmp_path / "figures" / "gantt.png").exists()
+
+
+def test_a_run_of_steps_and_serving_rows_keeps_the_step_sections(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.add(row("single", step=0.1))
+    store.add(_serving("tp1@rate=2", 2))
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Serving" in text and "## Where the time goes" in text and "## Scaling" in text
 
 
 def test_a_closed_loop_run_report_names_its_clients_and_the_rate_achieved(tmp_path: Path) -> None:
