@@ -24,7 +24,7 @@ from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
-from llmsim.wording import bound_error, count, literal_choices, literal_error, shown_value
+from llmsim.wording import count, literal_choices, literal_error, number_error, shown_value
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -1152,8 +1152,6 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{_shown(err.get('input'))}: expected a whole number"
     if kind == "float_parsing":  # 'x': 'Input should be a valid number, unable to parse string as a number'
         return f"{_shown(err.get('input'))}: expected a number"
-    if kind == "finite_number":  # .nan / .inf: 'Input should be a finite number'
-        return f"{_shown(err.get('input'))}: expected a finite number"
     ctx = err.get("ctx") or {}
     if kind == "string_pattern_mismatch":  # a name: 'String should match pattern ...' (a regex)
         if ctx.get("pattern") == NAME_PATTERN:
@@ -1162,7 +1160,7 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{_shown(err.get('input'))}: does not match; allowed: the pattern {ctx.get('pattern')}"
     if kind == "string_too_short":  # 'String should have at least 3 characters'
         return f"{_shown(err.get('input'))}: too short; allowed: at least {count(ctx.get('min_length', 1), 'character')}"
-    bounded = bound_error(err)  # a bound where the field's model is not at hand (out_of_range names them all)
+    bounded = number_error(err)  # .nan / .inf; a bound where the field's model is not at hand (out_of_range: all)
     if bounded is not None:
         return bounded
     if msg.startswith("Value error, "):

@@ -3,6 +3,8 @@ values frozen, and a YAML boolean never taken for a number."""
 
 from __future__ import annotations
 
+import math
+
 import types
 import typing
 from typing import Any
@@ -61,12 +63,12 @@ class StrictModel(BaseModel):
 
 
 def _numeric_text(text: str) -> bool:
-    """Whether `text` reads as a number ("4", "2.5e3"): a quoted number, for which the fix is the quotes."""
+    """Whether `text` reads as a finite number ("4", "2.5e3"): a quoted number, for which the fix is the quotes.
+    "inf" and "nan" are not (YAML spells them .inf / .nan, and no key takes them: the hint would mislead)."""
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def _only_numeric(annotation: Any) -> bool:

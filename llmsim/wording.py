@@ -74,3 +74,11 @@ def bound_error(err: dict[str, Any]) -> str | None:
     if bound is None or bound[0] not in ctx:
         return None
     return f"{_number(err.get('input'))}: out of range; allowed: {bound[1]} {_number(ctx[bound[0]])}"
+
+
+def number_error(err: dict[str, Any]) -> str | None:
+    """A number a key cannot take, in llmsim's words: a non-finite one (`nan: expected a finite number`; YAML's .nan
+    / .inf) or one past a bound (bound_error); None for any other error."""
+    if err.get("type") == "finite_number":
+        return f"{_number(err.get('input'))}: expected a finite number"
+    return bound_error(err)

@@ -17,7 +17,7 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.errors import ScenarioError, format_key_path
-from llmsim.wording import bound_error, literal_error
+from llmsim.wording import literal_error, number_error
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -375,8 +375,8 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
             where = f"{where}.type" if where else "type"
         elif err["type"] == "literal_error":
             msg = literal_error(err)
-        elif bound_error(err) is not None:  # pydantic's 'Input should be greater than 0' names no allowed range
-            msg = bound_error(err)
+        elif number_error(err) is not None:  # pydantic's 'Input should be greater than 0' names no allowed range
+            msg = number_error(err)
         elif err["type"] == "list_type" and err["loc"] == ("entries",):
             msg = "expected a list of entries ({type: device, name: ...} or {type: link, name: ...})"
         else:

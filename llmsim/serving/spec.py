@@ -48,7 +48,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, f
 from llmsim.errors import KeyedValueError
 from llmsim.serving.disagg_spec import Disaggregation
 from llmsim.strict import StrictModel, sweep_repeats
-from llmsim.wording import bound_error, shown_value
+from llmsim.wording import number_error, shown_value
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -208,9 +208,12 @@ class Lengths(_Strict):
             if isinstance(keyed, KeyedValueError):  # a rule of the form that names its key (max below min)
                 raise KeyedValueError(keyed.key, f"{value['kind']}: {keyed.message}") from None
             where = ".".join(str(p) for p in err["loc"])
-            message = bound_error(err) or err["msg"].removeprefix("Value error, ")
+            message = number_error(err) or err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = f"unknown key; allowed: {', '.join(form.model_fields)}"
+            elif err["type"] == "missing":  # pydantic: 'Field required'
+                needed = [k for k, f in form.model_fields.items() if f.is_required() and k != "kind"]
+                message = f"required key is missing; {value['kind']} takes {', '.join(needed)}"
             raise ValueError(f"{value['kind']}: {where + ': ' if where else ''}{message}") from None
 
     @model_validator(mode="after")

@@ -193,6 +193,9 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: -3, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
      "entries[0].memory_bw_bytes_per_s", "-3: out of range; allowed: >= 0"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: .nan}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
+     "entries[0].peak_flops.bfloat16", "nan: expected a finite number"),
 ])
 def test_a_bad_catalog_file_is_one_line_that_says_what_a_catalog_holds(tmp_path: Path, text: str, key: str | None,
                                                                        words: str) -> None:

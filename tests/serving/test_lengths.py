@@ -73,7 +73,10 @@ def test_the_same_seed_gives_the_same_filtered_list() -> None:
 
 
 @pytest.mark.parametrize("change,expected", [
-    ("serving.lengths.input={kind: exponential}", "serving.lengths.input: exponential: mean: Field required"),
+    ("serving.lengths.input={kind: exponential}", "serving.lengths.input: exponential: mean: required key is "
+                                                  "missing; exponential takes mean"),
+    ("serving.lengths.input={kind: lognormal, median: 100, sigma: .nan}",
+     "serving.lengths.input: lognormal: sigma: nan: expected a finite number"),
     ("serving.lengths.input={kind: exponential, mean: 0}", "serving.lengths.input: exponential: mean: 0: out of "
                                                            "range; allowed: > 0"),
     ("serving.lengths.input={kind: quantiles, points: [[0.1, 5], [1, 9]]}",
