@@ -261,11 +261,14 @@ def serving_frame(plan: PlanFile, results: list[CandidateResult]) -> pd.DataFram
         # a unit's row: tp and pp blank (each side's tp is in its own column), replicas counts units
         shape = [None, None, None, None, None] if u is not None else \
             [c.tp, c.pp, strategy.ep, strategy.expert_tp, strategy.attention_dp]
+        goodput = row.get("goodput_rps")
+        if u is not None and goodput is not None and c.replicas:  # one unit's run: the deployment's is replicas x it,
+            goodput *= c.replicas                                 # as a colocated row's is (and as the terminal says)
         records.append([i, c.hardware, *shape, w.dtype, w.fp8.recipe if w.fp8 is not None else None,
                         c.replicas or None, *unit, c.n_devices or None, c.devices_used or None,
                         c.feasible, c.reason, c.sustained_rate or None, c.sustained_at_least,
                         row.get("tpot_p50_s"), row.get("e2e_p99_s"), c.cost_usd, c.energy_j, row.get("ttft_p99_s"),
-                        row.get("tpot_p99_s"), row.get("slo_attainment"), row.get("goodput_rps"),
+                        row.get("tpot_p99_s"), row.get("slo_attainment"), goodput,
                         row.get("preemptions"), c.kv_blocks, c.simulations, probes])
     frame = pd.DataFrame.from_records(records, columns=columns)
     # counts are integers, blank where not applicable (a unit's tp, a replica's unit columns): pandas would write

@@ -77,6 +77,11 @@ def test_units_are_searched_beside_the_colocated_replicas(pd_searched: tuple[Any
     row = frame[frame["prefill_instances"].notna() & (frame["decode_instances"] == 2)].iloc[0]
     assert (row["prefill_tp"], row["decode_tp"]) == (1, 1)
     assert frame[frame["prefill_instances"].isna()]["tp"].tolist() == [1]
+    # goodput_rps is the deployment's, as a colocated row's and the terminal's: a unit row's run is one of `replicas`
+    # units at its share of the goal (trial 23b: plan.csv said one unit's, the terminal all of them)
+    unit = next(c for c in results if c.unit is not None and c.feasible and c.unit.label() == "1P-tp1+2D-tp1")
+    assert row["goodput_rps"] == pytest.approx(unit.at_goal.row["goodput_rps"] * unit.replicas)
+    assert row["goodput_rps"] > 0.9 * 300.0
 
 
 def test_a_units_rates_are_what_llmsim_run_of_its_best_yaml_gives(pd_searched: tuple[Any, list[Any], list[Any]],
