@@ -82,6 +82,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     _note_cross_node_tp(planned, catalog, path, kept)
     _note_absent_backends(planned, scenario, registry, path, kept)
     _note_fp4_weight_only(planned, catalog, path, kept)
+    _note_kv_link(planned, catalog, scenario, path, kept)
     window = scenario.workload.model.window_note()
     if window is not None:
         _say_note(path, "workload.model.sliding_window", window, kept)
@@ -130,6 +131,15 @@ def _note_absent_backends(planned: list, scenario: Scenario, registry: BackendRe
     from llmsim.runner import absent_backend_notes
 
     for where, note in absent_backend_notes(planned, scenario, registry):
+        _say_note(path, where, note, kept)
+
+
+def _note_kv_link(planned: list, catalog: Any, scenario: Scenario, path: str, kept: list[str]) -> None:
+    """Say where a disaggregated deployment's named KV link is not the one its instances would use
+    (runner.kv_link_notes)."""
+    from llmsim.runner import kv_link_notes
+
+    for where, note in kv_link_notes(planned, catalog, scenario):
         _say_note(path, where, note, kept)
 
 

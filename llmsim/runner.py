@@ -729,6 +729,40 @@ def cross_node_tp_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tu
     return list(notes.items())
 
 
+def kv_link_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
+    """(key, note) where serving.disaggregation.kv_transfer.link names a link the deployment would not carry its KV
+    cache over on a modeled backend's cluster: the cluster's link inside a node while the instances span nodes, or
+    neither of the cluster's links (a TPU's ICI, a CPU host's memory on a GPU cluster). A note, not a refusal: the
+    transfer is priced over the link named (modeled_disaggregated), which the user may mean as a what-if. Once
+    per (backend, note)."""
+    spec = scenario.serving
+    disagg = spec.disaggregation if spec is not None else None
+    named = disagg.kv_transfer.link if disagg is not None else None
+    if named is None:
+        return []
+    notes: dict[str, str] = {}
+    for item in planned:
+        if not isinstance(item.settings, ModeledSettings):
+            continue
+        try:
+            cluster = item.settings.cluster(catalog)
+        except ScenarioError:  # check_settings has refused it already
+            continue
+        devices = disagg.devices(item.case.strategy.tp)
+        where = f"serving.disaggregation.kv_transfer.link (backends.{item.backend.name})"
+        if named == cluster.intra.name and devices > cluster.devices_per_node:
+            nodes = -(-devices // cluster.devices_per_node)
+            notes.setdefault(where, f"{named!r} is {cluster.device.name}'s link inside a node, but the {devices} "
+                                    f"devices of the prefill and decode instances span {nodes} nodes of "
+                                    f"{cluster.devices_per_node}: their KV cache would cross nodes over "
+                                    f"{cluster.inter.name}; priced over {named!r} as named")
+        elif named not in (cluster.intra.name, cluster.inter.name):
+            notes.setdefault(where, f"{named!r} is neither of {cluster.device.name}'s links (inside a node "
+                                    f"{cluster.intra.name}, between nodes {cluster.inter.name}); priced over it as "
+                                    f"named")
+    return list(notes.items())
+
+
 def eager_mismatch_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where a serving scenario's measured engine runs every pass eagerly (a backend setting
     `enforce_eager: true`, vLLM's --enforce-eager, the vllm backend's default) while its modeled backends price

@@ -504,3 +504,20 @@ def test_unquoted_inf_or_nan_text_is_not_told_to_drop_its_quotes(capsys, setting
     no key takes a non-finite number anyway."""
     err = one_line_error(capsys, ["validate", str(REPO / "scenarios" / "serve-8b.yaml"), "--set", setting])
     assert f"{key}: " in err and "is text, not a number" in err and "without quotes" not in err
+
+
+@pytest.mark.parametrize("link, said", [
+    ("nvlink4", "'nvlink4' is h200's link inside a node, but the 16 devices of the prefill and decode instances "
+                "span 2 nodes of 8"),
+    ("ici-v5p", "'ici-v5p' is neither of h200's links (inside a node nvlink4, between nodes ib-ndr400x8)"),
+    ("ib-ndr400x8", None)])
+def test_a_kv_link_the_instances_would_not_use_is_said(capsys, link: str, said: str | None) -> None:  # noqa: ANN001
+    """kv_transfer.link took NVLink between two nodes (KV transfers 7x faster) or a TPU's ICI on H200 without a
+    word (trial 23b): priced as named, with a note."""
+    assert main(["validate", str(REPO / "scenarios" / "serve-deepseek-v3-pd.yaml"), "--backend", "roofline",
+                 "--set", f"serving.disaggregation.kv_transfer.link={link}"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    if said is None:
+        assert "kv_transfer.link" not in err
+    else:
+        assert "serving.disaggregation.kv_transfer.link (backends.roofline): " + said in err
