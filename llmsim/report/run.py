@@ -256,7 +256,12 @@ def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
         for side, letter in (("prefill", "P"), ("decode", "D")):
             block = disaggregation.get(side) or {}
             tp = block.get("tp")
-            sides.append(f"{block.get('replicas', 1)}{letter}" + (f" tp{tp}" if tp else ""))
+            # a side's own expert layout, as a plan's unit names it (1D-tp8-ep8-adp8): runs differing only there
+            # read apart (trial 23b)
+            layout = "".join(f" {short}{block[key]}" for key, short in (("ep", "ep"), ("etp", "etp"),
+                                                                         ("attention_dp", "adp"))
+                             if block.get(key) is not None)
+            sides.append(f"{block.get('replicas', 1)}{letter}" + (f" tp{tp}" if tp else "") + layout)
         parts.append("disaggregated " + " + ".join(sides))
     else:
         replicas = serving.get("replicas") or frame.iloc[0].get("replicas")

@@ -61,6 +61,10 @@ def test_the_report_names_disaggregation_and_speculation() -> None:
     pd_text = serving_text(frame, {"serving": {"replicas": 1, "disaggregation": {
         "prefill": {"replicas": 1, "tp": None}, "decode": {"replicas": 2, "tp": 4}}}})
     assert "disaggregated 1P + 2D tp4" in pd_text and "replica" not in pd_text
+    # a side's own expert layout is named, so runs differing only there read apart (trial 23b)
+    layout_text = serving_text(frame, {"serving": {"disaggregation": {
+        "prefill": {"replicas": 1, "tp": 8, "attention_dp": 8}, "decode": {"replicas": 1, "tp": 8, "ep": 8}}}})
+    assert "disaggregated 1P tp8 adp8 + 1D tp8 ep8" in layout_text
     spec_text = serving_text(frame, {"serving": {"replicas": 1, "speculative": {
         "method": "eagle", "num_draft_tokens": 3, "acceptance": 0.8}}})
     assert spec_text.endswith("1 replica, speculative eagle k=3 (acceptance 0.8)")
