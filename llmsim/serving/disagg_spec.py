@@ -19,14 +19,15 @@ serving:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from llmsim.strict import StrictModel
 
-if TYPE_CHECKING:
-    from llmsim.config import Strategy
+# llmsim.config.Strategy, not named: importing it, even for type checking only, would close an import cycle
+# (config -> serving.spec -> this module -> config)
+StrategyT = TypeVar("StrategyT", bound=BaseModel)
 
 PositiveInt = Annotated[int, Field(ge=1)]
 # llmsim.hardware.CATALOG_LINK, spelled out: importing llmsim.hardware here would close an import cycle
@@ -86,7 +87,7 @@ class Disaggregation(StrictModel):
         pool: DisaggPool = getattr(self, side)
         return pool.tp if pool.tp is not None else strategy_tp
 
-    def side_strategy(self, side: str, strategy: "Strategy") -> "Strategy":
+    def side_strategy(self, side: str, strategy: StrategyT) -> StrategyT:
         """The strategy an instance of `side` runs: the scenario strategy with the side's own tp, ep, etp and
         attention_dp where it sets them (SIDE_STRATEGY_KEYS); the strategy itself when it sets none."""
         pool: DisaggPool = getattr(self, side)
