@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, out_of_range, shown_value,
                            side_problem)
 from llmsim.costmodel import precision
-from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, tp_span_note
+from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
 from llmsim.costmodel.compute import attention_problem
 from llmsim.costmodel.eager import sglang_counted
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
@@ -709,6 +709,18 @@ def fp4_weight_only_notes(planned: list[PlannedCase], catalog: Catalog) -> list[
     return list(notes.items())
 
 
+def _modeled_clusters(planned: list[PlannedCase], catalog: Catalog) -> Iterator[tuple[PlannedCase, ClusterSpec]]:
+    """Each planned case of a modeled backend with the cluster its settings name; a case whose settings name no
+    usable cluster is left out (check_settings has refused it already; a note has nothing to say of it)."""
+    for item in planned:
+        if not isinstance(item.settings, ModeledSettings):
+            continue
+        try:
+            yield item, item.settings.cluster(catalog)
+        except ScenarioError:
+            continue
+
+
 def cross_node_tp_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tuple[str, str]]:
     """(where, note) where a modeled case's tensor-parallel group spans nodes (costmodel.cluster.tp_span_note: tp
     above the cluster's devices per node, e.g. tp 4 on a100-80gb-pcie, whose node is one NVLink-bridged pair, or tp
@@ -716,13 +728,7 @@ def cross_node_tp_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tu
     inference and serving alike (a served replica's tp ranks are placed as a training job's). Once per (backend,
     strategy, note): where = 'backends.NAME, strategy NAME'. A note: the case is priced so."""
     notes: dict[str, str] = {}
-    for item in planned:
-        if not isinstance(item.settings, ModeledSettings):
-            continue
-        try:
-            cluster = item.settings.cluster(catalog)
-        except ScenarioError:  # check_settings has refused it already; nothing to say here
-            continue
+    for item, cluster in _modeled_clusters(planned, catalog):
         note = tp_span_note(item.case.layout.tp, cluster)
         if note is not None:
             notes.setdefault(f"backends.{item.backend.name}, strategy {item.case.strategy.name}", note)
@@ -741,13 +747,7 @@ def kv_link_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenar
     if named is None:
         return []
     notes: dict[str, str] = {}
-    for item in planned:
-        if not isinstance(item.settings, ModeledSettings):
-            continue
-        try:
-            cluster = item.settings.cluster(catalog)
-        except ScenarioError:  # check_settings has refused it already
-            continue
+    for item, cluster in _modeled_clusters(planned, catalog):
         devices = disagg.devices(item.case.strategy.tp)
         where = f"serving.disaggregation.kv_transfer.link (backends.{item.backend.name})"
         if named == cluster.intra.name and devices > cluster.devices_per_node:
