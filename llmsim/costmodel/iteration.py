@@ -559,9 +559,10 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
 # * SGLang: python/sglang/srt/layers/moe/token_dispatcher/standard.py, StandardDispatcher (the dispatcher when
 #   --moe-a2a-backend is none, its default): dispatch and combine move no data, the ids outside the rank's
 #   experts are masked, and the model's MoE block all-reduces over tp (models/deepseek_v2.py forward_normal);
-# * TensorRT-LLM: an all-to-all or gather/scatter only under attention DP (communication_factory.py, see the
-#   attention-DP block below); without it the fused MoE's moe_ep_size x moe_tp_size = tp ranks reduce with the
-#   layer's all-reduce.
+# * TensorRT-LLM: tensorrt_llm/_torch/modules/fused_moe/communication/communication_factory.py (at 03c36d62),
+#   CommunicationFactory.create_strategy: "If attention does not use data parallelism (either uses TP or single
+#   card), no MoE communication is needed" (returns no method); the moe_ep_size x moe_tp_size = tp ranks reduce
+#   with the layer's all-reduce.
 # Training (costmodel.work) is unchanged: Megatron-Core's dispatcher exchanges sequence-parallel shards.
 
 
