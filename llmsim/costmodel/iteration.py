@@ -518,7 +518,7 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     # one pass launches every kernel of the layer (and an engine's own beyond the fused count: Mix.layer_kernels;
     # a served LoRA's: TokenCosts.adapter_layer_kernels)
     other += eff.kernel_latency_s * (KERNELS_PER_LAYER_FORWARD + mix.layer_kernels + c.adapter_layer_kernels)
-    experts_s, a2a = _experts(model, mix, rates, moe_share) if experts is None else experts
+    experts_s, exchange = (_experts(model, mix, rates, moe_share), ()) if experts is None else experts
     first, last = kind == "first", kind == "last" or plan.pp == 1
     embed = head = 0.0
     if first:
@@ -538,10 +538,10 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
     algorithm = model.options.all_reduce
     tp_fwd = _tp_collectives(activation, plan, groups.tp, tp_collectives_per_layer(model.workload.model), algorithm)
     overlap: tuple[Overlapped, ...] = ()
-    if a2a and plan.ep_comm_overlap and model.cluster.device.overlaps_communication:
-        overlap = (Overlapped(hidden=a2a, gemm_s=layer_s),)
+    if exchange and plan.ep_comm_overlap and model.cluster.device.overlaps_communication:
+        overlap = (Overlapped(hidden=exchange, gemm_s=layer_s),)
     else:
-        tp_fwd += a2a
+        tp_fwd += exchange
     return StageWork(layers=layers, fwd_layer_s=layer_s,
                      embed_fwd_s=embed, head_fwd_s=head,
                      tp_fwd=tp_fwd, tp_fwd_overlap=overlap,
@@ -549,29 +549,48 @@ def _stage_work(model: IterationModel, mix: Mix, rates: Rates, kind: str, layers
                      recv_gather=recv_gather)
 
 
-def _experts(model: IterationModel, mix: Mix, rates: Rates, share: float) -> tuple[float, tuple[Comm, ...]]:
-    """A mixture-of-experts model's routed experts in the mean layer of one pass of `mix` (one micro-batch's
-    share) on the busiest rank of a stage whose layers are `share` MoE layers, and the pass's dispatch and
-    combine all-to-alls (costmodel.moe): the mix's
-    prompt and decode tokens at their own per-token costs; the expert weights read are those of the experts
-    the pass's tokens touch (moe.expected_distinct_experts), which is what makes MoE decode memory-bound
-    differently from a dense model's."""
+# Expert parallelism inside a serving replica's tensor-parallel group exchanges no tokens. The serving engines
+# run ep over the tp ranks on tokens every rank already holds (the attention block's all-reduce leaves the whole
+# batch on each), each rank applying only its local experts (the others masked), and the MoE block's output
+# all-reduce over tp sums the ranks' partial outputs — the same single all-reduce a tensor-parallel MLP ends with:
+# * vLLM: vllm/model_executor/layers/fused_moe/config.py, FusedMoEParallelConfig.use_all2all_kernels =
+#   `dp_size > 1 and use_ep`: with one data-parallel rank (tp 8 --enable-expert-parallel) no dispatch/combine
+#   kernel runs, the FusedMoE layer maps global to local expert ids (expert_map) and reduces over tp;
+# * SGLang: python/sglang/srt/layers/moe/token_dispatcher/standard.py, StandardDispatcher (the dispatcher when
+#   --moe-a2a-backend is none, its default): dispatch and combine move no data, the ids outside the rank's
+#   experts are masked, and the model's MoE block all-reduces over tp (models/deepseek_v2.py forward_normal);
+# * TensorRT-LLM: tensorrt_llm/_torch/modules/fused_moe/communication/communication_factory.py (at 03c36d62),
+#   CommunicationFactory.create_strategy: "If attention does not use data parallelism (either uses TP or single
+#   card), no MoE communication is needed" (returns no method); the moe_ep_size x moe_tp_size = tp ranks reduce
+#   with the layer's all-reduce.
+# Training (costmodel.work) is unchanged: Megatron-Core's dispatcher exchanges sequence-parallel shards.
+
+
+def _experts(model: IterationModel, mix: Mix, rates: Rates, share: float) -> float:
+    """Seconds of a mixture-of-experts model's routed experts in the mean layer of one pass of `mix` (one
+    micro-batch's share) on the busiest rank of a stage whose layers are `share` MoE layers: the mix's prompt
+    and decode tokens at their own per-token costs; the expert weights read are those of the experts the pass's
+    tokens touch (moe.expected_distinct_experts), which is what makes MoE decode memory-bound differently from a
+    dense model's.
+
+    No token exchange is priced here. A serving replica's experts live on its own tensor-parallel ranks (ep
+    divides tp: config's serving expert grid), and after the attention block's all-reduce every one of those
+    ranks holds every token of the pass, so each runs its local experts on the tokens routed to them and the
+    layer's tensor-parallel all-reduce, priced with every layer's (`_tp_collectives`), sums the ranks' partial
+    outputs (the sources: the comment above). Only attention data parallelism, whose ranks hold different tokens,
+    exchanges them (`attention_dp_times`)."""
     c, plan, w = model.costs, model.plan, model.workload
     spec = w.model
     tokens = mix.prefill_tokens + mix.decode_seqs + mix.verify_tokens
     if spec.moe is None or not c.moe_layers or tokens <= 0 or share <= 0:
-        return 0.0, ()
+        return 0.0
     pre, dec = mix.prefill_tokens / tokens, (mix.decode_seqs + mix.verify_tokens) / tokens
     a, b = c.experts_prefill, c.experts_decode
     costs = ExpertTokenCosts(mm_flops=pre * a.mm_flops + dec * b.mm_flops, mm_bytes=pre * a.mm_bytes + dec * b.mm_bytes,
                              other_bytes=pre * a.other_bytes + dec * b.other_bytes,
                              ops_per_layer=a.ops_per_layer if mix.prefill_tokens else b.ops_per_layer)
-    seconds = share * moe.experts_time(w, plan, rates, costs, tokens, c.moe_layers, "prefill" if pre else "decode",
-                                       trainable=False)
-    if plan.ep <= 1:
-        return seconds, ()
-    size = moe.a2a_buffer_bytes(tokens / plan.tp, spec.moe.top_k, spec.hidden, DTYPE_BYTES[w.dtype]) * share
-    return seconds, (Comm("all-to-all", size, model.groups.ep, moe.A2A_PER_MOE_LAYER_FORWARD),)
+    return share * moe.experts_time(w, plan, rates, costs, tokens, c.moe_layers, "prefill" if pre else "decode",
+                                    trainable=False)
 
 
 def iteration_work(model: IterationModel, mix: Mix,
@@ -688,7 +707,7 @@ def attention_dp_times(model: IterationModel, ranks: tuple[Mix, ...]) -> StepTim
                          f"(got pp {plan.pp}, {len(ranks)} mixes)")
     total = functools.reduce(lambda a, b: a + b, ranks)
     share = model.stage_moe_shares[0]
-    seconds, _ = _experts(model, total, model.rates, share)
+    seconds = _experts(model, total, model.rates, share)
     comms: tuple[Comm, ...] = ()
     spec = model.workload.model
     if spec.moe is not None and share > 0 and total.tokens > 0:

@@ -55,7 +55,7 @@ def test_the_exchange_is_priced_as_an_all_gather_and_a_reduce_scatter_of_all_ran
     total = sum(ranks, Mix())
     share = model.stage_moe_shares[0]
     gathered, scattered = exchange_bytes(total.tokens, w.model.hidden, 2)
-    seconds, _ = _experts(model, total, model.rates, share)
+    seconds = _experts(model, total, model.rates, share)
     work = iteration_work(model.rank_model, ranks[0], (seconds, (
         Comm("all-gather", gathered * share, model.groups.tp),
         Comm("reduce-scatter", scattered * share, model.groups.tp))))
@@ -132,3 +132,19 @@ def test_the_dispatch_carries_the_experts_gemm_inputs(dtype: str, fp4, hardware:
     w = Workload(model=ModelSpec(preset="tiny-mla", seq_len=64), dtype=dtype, **({"fp4": fp4} if fp4 else {}))
     rates = workload_rates(CATALOG.cluster(hardware, nodes=1, devices_per_node=1), w)
     assert dispatch_element_bytes(w, rates) == pytest.approx(expected)
+
+
+def test_expert_parallelism_inside_the_tp_group_exchanges_no_tokens(tiny_mla) -> None:
+    """Without attention data parallelism every tp rank holds the whole pass's tokens, so ep over those ranks
+    adds no all-to-all: the iteration's collectives are the tp all-reduces of the same replica without ep
+    (vLLM's use_all2all_kernels needs dp_size > 1; SGLang's StandardDispatcher moves no data). The experts'
+    own time still changes with ep (whole experts on fewer ranks' weights)."""
+    w, _, costs, cluster = tiny_mla
+    mix = _decodes(6, 50) + Mix.prefill(30)
+    with_ep = IterationModel(costs, w, Plan(tp=4, ep=4, etp=1), cluster)
+    without = IterationModel(costs, w, Plan(tp=4, ep=1, etp=4), cluster)
+    ops = {c.op for st in iteration_work(with_ep, mix).stages for c in st.tp_fwd}
+    assert "all-to-all" not in ops
+    assert [(c.op, c.size, c.count) for c in iteration_work(with_ep, mix).stages[0].tp_fwd] == \
+        [(c.op, c.size, c.count) for c in iteration_work(without, mix).stages[0].tp_fwd]
+    assert iteration_times(with_ep, mix).comm == pytest.approx(iteration_times(without, mix).comm, rel=1e-12)
