@@ -57,7 +57,7 @@ class _ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            err_console.print(self.format(record), highlight=False, markup=False)
+            err_console.print(self.format(record), highlight=False, markup=False, soft_wrap=True)
         except Exception:  # noqa: BLE001 - logging's own rule: a failed line never breaks the run
             self.handleError(record)
 
