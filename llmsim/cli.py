@@ -10,6 +10,7 @@ import argparse
 import atexit
 import gc
 import json
+import logging
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -45,6 +46,30 @@ def _say(text: str) -> None:
     `live`), a module-level function so that a forked pricing worker gets it pickled (by name: the worker's copy of
     this module and its console)."""
     err_console.print(text, highlight=False)
+
+
+# llmsim.serving.simulate.PROGRESS_LOG's name (not imported here: the command line keeps SimPy out of its start-up)
+SIMULATION_PROGRESS_LOGGER = "llmsim.serving.progress"
+
+
+class _ConsoleHandler(logging.Handler):
+    """Log records as plain lines on err_console (which writes to whatever sys.stderr is at the time)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err_console.print(self.format(record), highlight=False, markup=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging's own rule: a failed line never breaks the run
+            self.handleError(record)
+
+
+def show_simulation_progress() -> None:
+    """Let a long serving simulation's progress lines (llmsim.serving.simulate.ProgressLine: every ~15 s, requests
+    finished and simulated seconds) reach stderr during `llmsim run`; once per process, however often called."""
+    log = logging.getLogger(SIMULATION_PROGRESS_LOGGER)
+    if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
+        log.addHandler(_ConsoleHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _registry(warn: bool = True) -> tuple[BackendRegistry, object]:
@@ -210,6 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     executor = make_executor(args.executor, args.ray_address)
     executor.check()  # an unreachable Ray cluster is refused before the run folder is made
+    show_simulation_progress()
     outcome = run_scenario(scenario, registry, planned, out, manager=manager, resume=resume, progress=progress,
                            scenario_dir=Path(args.scenario).resolve().parent, executor=executor, notes=notes)
     frame = rows_frame(read_rows(outcome.run_dir))

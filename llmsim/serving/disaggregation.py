@@ -52,7 +52,8 @@ from llmsim.serving.replica import LockstepReplica, Pricer, Replica
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim.serving.router import Router
 from llmsim.serving.schedulers import Scheduler
-from llmsim.serving.simulate import Rejection, ServingOutcome, StalledError, Occupancy, start_arrivals
+from llmsim.serving.simulate import (Occupancy, ProgressLine, Rejection, ServingOutcome, StalledError,
+                                     start_arrivals)
 from llmsim.sim.entities import CountingEnvironment
 
 
@@ -179,10 +180,12 @@ def simulate_disaggregated(requests: Iterable[Request], *, prefill: Pool, decode
     watch = _Watch({}, set(), [])
     transfers: list[float] = []
     n_pre = prefill.replicas
+    progress = ProgressLine()
 
     def finished(seq: Sequence) -> None:
         occupancy.change(env.now, -1)
         done.append(seq)
+        progress.finished(len(done), env.now)
         event = answered.pop(seq.request.id, None)
         if event is not None:
             event.succeed()  # type: ignore[attr-defined]
@@ -260,7 +263,8 @@ def simulate_disaggregated(requests: Iterable[Request], *, prefill: Pool, decode
         replica.arrive(Sequence(replace(request, output_tokens=1), replica.index))  # type: ignore[attr-defined]
         return True
 
-    start_arrivals(env, requests, closed_loop, admit, answered, rejected, request_overhead_s, "the instances")
+    listed = start_arrivals(env, requests, closed_loop, admit, answered, rejected, request_overhead_s, "the instances")
+    progress.total = len(listed) if listed else None
     pool = pre_pool + dec_pool
     for replica in pool:
         env.process(replica.run())

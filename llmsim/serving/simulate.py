@@ -27,6 +27,7 @@ Deterministic: the same request list, scheduler, prices and seed give the same o
 
 from __future__ import annotations
 
+import logging
 import time
 from array import array
 from collections.abc import Callable, Iterable
@@ -44,6 +45,36 @@ from llmsim.serving.schedulers import Scheduler
 from llmsim.serving.spec import Slo, Speculative
 from llmsim.serving.speculative import Speculator, accept_length
 from llmsim.sim.entities import CountingEnvironment
+
+
+# A long simulation (a million requests takes minutes) says how far it is, on the logger below, at most once every
+# PROGRESS_INTERVAL_S wall seconds; the clock is read once every PROGRESS_CHECK_EVERY finished requests. Nothing is
+# printed unless a handler is attached: `llmsim run` attaches one that writes to stderr (cli.show_simulation_progress);
+# the planner's rate searches and the library stay quiet.
+PROGRESS_LOG = logging.getLogger("llmsim.serving.progress")
+PROGRESS_INTERVAL_S = 15.0
+PROGRESS_CHECK_EVERY = 512
+
+
+class ProgressLine:
+    """Progress lines of one simulation: requests finished (of the list's length when it has one), simulated seconds
+    and wall seconds so far, logged at INFO on PROGRESS_LOG."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None      # the request list's length, once known (an open loop's: start_arrivals)
+        self.start = self.last = time.perf_counter()
+
+    def finished(self, done: int, now_s: float) -> None:
+        """After the `done`-th request finished at simulated time `now_s` (seconds)."""
+        if done % PROGRESS_CHECK_EVERY:
+            return
+        wall = time.perf_counter()
+        if wall - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last = wall
+        of = f" of {self.total:,}" if self.total is not None else ""
+        PROGRESS_LOG.info("  serving simulation: %s requests finished%s, %s s simulated, %.0f s so far", f"{done:,}",
+                          of, f"{now_s:,.0f}", wall - self.start)
 
 
 @dataclass(frozen=True)
@@ -143,10 +174,12 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
     answered: dict[int, object] = {}   # request id -> the event its client waits on (closed loop)
 
     counter: MissCounter | None = None
+    progress = ProgressLine()
 
     def finished(seq: Sequence) -> None:
         occupancy.change(env.now, -1)
         done.append(seq)
+        progress.finished(len(done), env.now)
         if counter is not None:
             counter.finish(seq, env.now)
         event = answered.pop(seq.request.id, None)
@@ -191,6 +224,7 @@ def simulate_serving(requests: Iterable[Request], *, replicas: int, make_schedul
         return seq
 
     listed = start_arrivals(env, requests, closed_loop, admit, answered, rejected, request_overhead_s, "the replica")
+    progress.total = len(listed) if listed else None
     if listed and stop_on_miss is not None:
         counter = MissCounter(listed, stop_on_miss, request_overhead_s)
         env.process(counter.deadlines(env))
