@@ -349,6 +349,16 @@ KERNELS_PER_MOE_LAYER_FORWARD = 5
 KERNELS_PER_MOE_LAYER_BACKWARD = 7
 
 
+def ep_inside_tp(plan: "Plan") -> bool:
+    """Whether, at inference, every expert-parallel group lies inside one tensor-parallel group (ep > 1 dividing
+    tp): its ranks then hold the same tokens after the attention block's all-reduce, each applies its own experts
+    to the tokens routed to them, and the MoE block's tp all-reduce sums the partial outputs, so no token is
+    exchanged (vLLM's FusedMoEParallelConfig.use_all2all_kernels needs dp_size > 1; SGLang's StandardDispatcher and
+    TensorRT-LLM without attention DP move no data: the sources above `costmodel.iteration._experts`). An ep wider
+    than tp spans ranks of other replicas, whose tokens differ: that exchange is an all-to-all."""
+    return plan.ep > 1 and plan.tp % plan.ep == 0
+
+
 def tokens_per_rank(workload: "Workload", plan: "Plan", phase: str) -> float:
     """Tokens one rank routes per micro-batch and MoE layer: micro-batch x sequence / cp, split over tp (the
     sequence-parallel layout Megatron-Core requires for MoE with tp > 1; at inference a tensor-parallel

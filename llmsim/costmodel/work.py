@@ -1086,7 +1086,9 @@ def forward_work(workload: "Workload", profile: "WorkloadProfile", plan: Plan, c
         if not share:
             return layer_s, tp_layer, ()
         seconds = layer_s + share * expert_s
-        a2a = a2a_comms(workload, plan, groups.ep, phase, moe.A2A_PER_MOE_LAYER_FORWARD, share)
+        # an ep inside the tp group exchanges no tokens at inference (moe.ep_inside_tp): only the tp all-reduce
+        a2a = () if moe.ep_inside_tp(plan) else a2a_comms(workload, plan, groups.ep, phase,
+                                                            moe.A2A_PER_MOE_LAYER_FORWARD, share)
         if plan.ep_comm_overlap and cluster.device.overlaps_communication and a2a:
             return seconds, tp_layer, (Overlapped(hidden=a2a, gemm_s=seconds),)
         return seconds, tp_layer + a2a, ()

@@ -156,13 +156,28 @@ def test_decode_reads_only_the_experts_the_batch_touches() -> None:
     assert times[64] / times[1] == pytest.approx(touched_64 / touched_1, rel=0.05)
 
 
-def test_forward_work_of_a_moe_decode_step_has_its_all_to_alls() -> None:
+def test_forward_work_of_a_moe_decode_step_has_its_all_to_alls_when_ep_spans_replicas() -> None:
+    """ep 8 over 8 data-parallel replicas of tp 1 (vLLM's DP + EP): each rank's own tokens are dispatched."""
+    w = mixtral("decode", batch=8, seq_len=128)
+    cluster = H100(nodes=1, devices_per_node=8)
+    plan = Plan(dp=8, tp=1, micro_batch=8, microbatches=1, ep=8, etp=1, sp=False)
+    work = forward_work(w, _profile(w), plan, cluster, phase="decode", steps=w.decode_tokens - 1)
+    [a2a] = _a2a(work.stages[0].tp_fwd)
+    assert a2a.size == 8 * 2 * 4096 * 2   # one token per sequence, top-2, bf16
+
+
+def test_forward_work_with_ep_inside_the_tp_group_exchanges_no_tokens() -> None:
+    """ep 8 over the 8 ranks of one tp 8 replica: the ranks hold the same tokens and the tp all-reduce combines
+    (moe.ep_inside_tp): the same collectives as tp 8 without ep."""
     w = mixtral("decode", batch=8, seq_len=128)
     cluster = H100(nodes=1, devices_per_node=8)
     plan = Plan(dp=1, tp=8, micro_batch=8, microbatches=1, ep=8, etp=1, sp=False)
     work = forward_work(w, _profile(w), plan, cluster, phase="decode", steps=w.decode_tokens - 1)
-    [a2a] = _a2a(work.stages[0].tp_fwd)
-    assert a2a.size == 8 / 8 * 2 * 4096 * 2   # one token per sequence, split over tp, top-2, bf16
+    plain = forward_work(w, _profile(w), replace(plan, ep=1, etp=8), cluster, phase="decode",
+                         steps=w.decode_tokens - 1)
+    assert not _a2a(work.stages[0].tp_fwd)
+    assert [(c.op, c.size) for c in work.stages[0].tp_fwd] == [(c.op, c.size) for c in plain.stages[0].tp_fwd]
+    assert moe.ep_inside_tp(plan) and not moe.ep_inside_tp(replace(plan, tp=4))
 
 
 def test_the_cluster_simulation_plays_the_all_to_alls() -> None:
