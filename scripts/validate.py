@@ -623,6 +623,14 @@ SHAREGPT_MEANS: dict[str, tuple[float, float]] = {   # published (prompt, output
     # SGLang PR #1060 (DeepSeek-V2-Lite with --enable-mla, 1,000 ShareGPT prompts at once): its printed totals
     # "Total input tokens: 236142", "Total generated tokens: 215614" (rows DS03/DS04 of serving_deepseek.csv)
     "sharegpt-sglang-deepseek": (236_142 / 1000, 215_614 / 1000),
+    # vLLM 0.11's `bench serve --dataset-name sharegpt` (vllm/benchmarks/datasets.py ShareGPTDataset: the same
+    # first-two-turns pairs and filter) for 1,000 prompts, as GPUStack's Performance Lab printed it
+    # (serving_ep_pairs.csv): sharegpt-vllm-glm (GLM-4.5/4.6's 151,552-entry tokenizer): "Total input tokens:
+    # 214465", "Total generated tokens: 199904" (every SGLang run of the GLM pages); sharegpt-vllm-qwen3 (Qwen3's
+    # tokenizer; 984 requests succeeded): the two Qwen3-235B H100 runs' totals, 212,992 + 214,311 input and
+    # 194,446 + 192,752 output tokens over 2 x 984 requests.
+    "sharegpt-vllm-glm": (214_465 / 1000, 199_904 / 1000),
+    "sharegpt-vllm-qwen3": ((212_992 + 214_311) / 1968, (194_446 + 192_752) / 1968),
 }
 
 
@@ -1596,6 +1604,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("trtllm-blog", "serving", VALIDATION / "serving_trtllm_blog.csv", serving_cases),
     Table("deepseek-serve", "serving", VALIDATION / "serving_deepseek.csv", serving_cases),
     Table("inferencex", "serving", VALIDATION / "serving_inferencex.csv", serving_cases),
+    Table("ep-pairs", "serving", VALIDATION / "serving_ep_pairs.csv", serving_cases),
     Table("capacity", "serving", VALIDATION / "serving_capacity.csv", capacity_cases),
     Table("capacity-ratios", "serving", VALIDATION / "serving_capacity_ratios.csv", capacity_ratio_cases),
 )}
