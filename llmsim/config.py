@@ -28,6 +28,9 @@ from llmsim.wording import count, literal_choices, literal_error, number_error, 
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+# A scenario, plan or strategy name becomes part of file names (the run folder, requests/BACKEND-CASE@...csv):
+# Linux allows 255 bytes a component, so a name is kept well under it, leaving room for the sweep suffixes.
+NAME_MAX_LENGTH = 64
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
@@ -596,7 +599,7 @@ class SharingChoice:
 
 
 class Strategy(_Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "single"
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)] = "single"
     dp: PositiveInt | None = Field(None, description="omitted = fill the world")
     tp: PositiveInt = 1
     pp: PositiveInt = 1
@@ -954,7 +957,7 @@ def side_problem(side: str, index: int, strategy: Strategy, problem: tuple[str, 
 
 
 class Scenario(_Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
     workload: Workload
     sharing: Sharing = Field(default_factory=Sharing)
     strategies: list[Strategy] = Field(default_factory=lambda: [Strategy()], min_length=1)
@@ -1160,6 +1163,8 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{_shown(err.get('input'))}: does not match; allowed: the pattern {ctx.get('pattern')}"
     if kind == "string_too_short":  # 'String should have at least 3 characters'
         return f"{_shown(err.get('input'))}: too short; allowed: at least {count(ctx.get('min_length', 1), 'character')}"
+    if kind == "string_too_long":  # a name longer than NAME_MAX_LENGTH: it becomes part of file names
+        return f"{_shown(err.get('input'))}: too long; allowed: at most {count(ctx.get('max_length', 1), 'character')}"
     bounded = number_error(err)  # .nan / .inf; a bound where the field's model is not at hand (out_of_range: all)
     if bounded is not None:
         return bounded

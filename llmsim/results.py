@@ -289,16 +289,20 @@ def latest_run_dir(out: Path, scenario: str) -> Path | None:
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a kill never leaves half a file. The file gets the
     mode a plain open() would give it (0666 less the umask), not mkstemp's owner-only 0600, so a shared or
-    served report folder stays readable."""
+    served report folder stays readable. A write that fails (a full disk) removes its temporary file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no .NAME.xxxx left beside the file (the old one, if any, stays)
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class ResultStore:

@@ -368,3 +368,19 @@ def test_the_window_note_reaches_validate(tmp_path, capsys) -> None:
                     "  mode: prefill\n  batch: 1\nstrategies: [{name: s}]\nbackends: {roofline: {hardware: h100-sxm, nodes: 1, devices_per_node: 1}}\n")
     assert main(["validate", str(path)]) == 0
     assert "workload.model.sliding_window: sliding_window=4096 is not below seq_len=256" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value", [
+    ("name", "a" * 65),
+    ("strategies", [{"name": "s" * 300}]),
+])
+def test_a_name_too_long_for_a_file_name_is_refused(key: str, value) -> None:
+    # A name becomes part of file names (the run folder; a serving case's requests/ file): one of 300 characters
+    # passed validate and then failed every serving case with "File name too long" (session 24's trial).
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(_with(key, value), "s.yaml")
+    message = str(info.value)
+    assert ": too long; allowed: at most 64 characters" in message
+    assert message.startswith("s.yaml: name: " if key == "name" else "s.yaml: strategies[0].name: ")
+    assert "\n" not in message
+    parse_scenario(_with("name", "a" * 64), "s.yaml")

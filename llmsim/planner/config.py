@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_serializer, model_validator
 
 
-from llmsim.config import (NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
+from llmsim.config import (NAME_MAX_LENGTH, NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
                            load_file_model, parse_file_model)
 from llmsim.engine_options import EngineOptions, serving_attention_problem
 from llmsim.errors import ScenarioError
@@ -224,7 +224,7 @@ class SearchSpace(_Strict):
 
 
 class PlanFile(_Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
     workload: Workload
     sharing: Sharing = Field(default_factory=Sharing)
     goal: Goal
