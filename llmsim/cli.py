@@ -11,6 +11,7 @@ import atexit
 import gc
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -727,6 +728,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null after its reader has gone, so that the interpreter's flush at exit does not raise
+    BrokenPipeError again (the Python docs' recipe, library/signal.html "Note on SIGPIPE")."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor behind stdout (a test's capture): nothing to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `llmsim` command. `argv` None: the program's own command line (the console script, `python -m llmsim`),
     whose process ends when main returns (`args.program`); a list: a call from Python, whose process goes on."""
@@ -742,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     except LLMSimError as exc:
         print(f"llmsim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # stdout's reader left (`llmsim schema | head`): exit 1 and say nothing, as rich's own
+        _stdout_to_devnull()  # consoles do (Console.on_broken_pipe) for the commands that print through them
+        return EXIT_FAILED
     except OSError as exc:  # a path the user gave that cannot be used is bad input; the machine's failures are not
         error = path_error(args.command, exc)
         if error is None:  # the machine's failure (a full disk, an I/O error): one line, exit 1, not a traceback

@@ -15,6 +15,8 @@ from llmsim.errors import EXIT_INTERRUPTED  # a light module: only the CLI's imp
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:   # the program's own streams: a character the terminal's encoding lacks (llmsim's "—", "×" under
+        _replace_unencodable()   # PYTHONIOENCODING=ascii or a C locale) prints as "?" instead of a traceback
     try:
         from llmsim.cli import main as cli_main
     except KeyboardInterrupt:
@@ -32,3 +34,15 @@ def _interrupted_at_exit(signum: int, frame: object) -> None:
     whatever shutdown code was running (trial 23)."""
     os.write(2, b"llmsim: interrupted\n")
     os._exit(EXIT_INTERRUPTED)
+
+
+def _replace_unencodable() -> None:
+    """Let stdout and stderr write "?" for what their encoding cannot (errors="replace"), as the CLI's text has
+    dashes and signs outside ASCII (trial 24: `PYTHONIOENCODING=ascii llmsim validate` ended in UnicodeEncodeError)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="replace")
+            except (OSError, ValueError):   # a stream that cannot change now: leave it as it is
+                pass

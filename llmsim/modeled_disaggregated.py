@@ -20,7 +20,7 @@ from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.iteration import IterationModel, token_costs
 from llmsim.modeled_serving import (ServingFaults, capacity_problem, pricers, priced_options, replica_capacity,
-                                    replica_plan, run_extras, serving_profile)
+                                    replica_plan, run_extras, serving_profile, unknown_memory)
 from llmsim.results import Result
 from llmsim.serving.disaggregation import (Pool, kv_bytes_per_port, simulate_disaggregated, transfer_link,
                                            transfer_seconds)
@@ -74,6 +74,9 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
             _ = m.rates, m.attention_fraction   # CostModelError now (a skipped row), not inside the simulation
     except CostModelError as exc:
         return case.result(backend, status="skipped", error=str(exc), **base)
+    unknown = unknown_memory(cluster)
+    if unknown is not None:
+        return case.result(backend, status="skipped", error=unknown, **base)
     cap_p = replica_capacity(case, ref, profile, plan_p, cluster, costs, options)
     cap_d = replica_capacity(case, ref, profile, plan_d, cluster, costs, options)
     memory = dict(mem_params_bytes=cap_d.weights_bytes, mem_workspace_bytes=cap_d.workspace_bytes,

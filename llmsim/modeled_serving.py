@@ -207,6 +207,16 @@ def replica_capacity(case: "Case", ref: Workload, profile: WorkloadProfile, plan
                        spec.scheduler.max_batched_tokens, spec.scheduler.max_num_seqs, options)
 
 
+def unknown_memory(cluster: ClusterSpec) -> str | None:
+    """Why a serving case cannot be priced on a device whose memory is not known (memory_bytes 0, which a training
+    or step case takes as "assumed to fit"), or None: a replica's KV cache is the memory its weights leave, so its
+    blocks, and with them the batch and every queue, cannot be sized (a `skipped` row, not `does-not-fit`)."""
+    if cluster.device.memory_bytes:
+        return None
+    return (f"{cluster.device.name}: memory_bytes is 0 (unknown); a serving replica's KV cache is the memory its "
+            f"weights leave, so it cannot be sized: give the device's memory_bytes in its hardware file")
+
+
 def capacity_problem(capacity: KVCapacity, memory_utilization: float, context_tokens: int) -> str | None:
     """Why a replica with this KV cache cannot serve (the words of its `does-not-fit` row), or None: no room
     for a cache at all, or a cache below one request of the whole context (KVCapacity.misses_context)."""
@@ -233,6 +243,8 @@ def kv_fit_problem(case: "Case", cluster: ClusterSpec, options: Options) -> str 
         (f"a {side} instance (tp {s.tp}): ", replace(plan, tp=s.tp, ep=s.ep, etp=s.expert_tp,
                                                       attention_dp=s.attention_dp))
         for side in ("prefill", "decode") for s in [disagg.side_strategy(side, case.strategy)]]
+    if unknown_memory(cluster) is not None:   # a skipped row, which the run's row says, not a does-not-fit
+        return None
     for words, side_plan in sides:
         try:
             costs = token_costs(ref, profile, spec.kv_cache_dtype)
@@ -337,6 +349,9 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         _ = model.rates, model.attention_fraction  # CostModelError now (a skipped row), not inside the simulation
     except CostModelError as exc:
         return case.result(backend, status="skipped", error=str(exc), **base)
+    unknown = unknown_memory(cluster)
+    if unknown is not None:
+        return case.result(backend, status="skipped", error=unknown, **base)
     capacity = replica_capacity(case, ref, profile, plan, cluster, costs, options)
     draft: tuple[IterationModel, int] | None = None
     speculative = spec.speculative

@@ -361,3 +361,31 @@ def test_schema_lists_float4_and_the_fp4_recipes(capsys) -> None:
     workload = schema["$defs"]["Workload"]["properties"]
     assert "float4" in workload["dtype"]["enum"]
     assert schema["$defs"]["Fp4Spec"]["properties"]["recipe"]["enum"] == ["nvfp4", "mxfp4"]
+
+
+def test_a_closed_stdout_ends_the_command_quietly(monkeypatch, capsys) -> None:
+    """`llmsim schema | head -c 10`: the reader leaves, the write fails with EPIPE; exit 1 with nothing said (as
+    rich's consoles do for the commands that print through them), not a "machine failure" line advising --resume
+    (trial 24)."""
+    import llmsim.cli as cli
+
+    def closed(args):  # noqa: ANN001, ANN202 - the command, writing into a pipe whose reader is gone
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_schema", closed)
+    assert main(["schema"]) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_a_terminal_without_unicode_gets_question_marks_not_a_traceback() -> None:
+    """PYTHONIOENCODING=ascii (or a C locale): llmsim's dashes and signs print as "?" (trial 24: a traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml"
+    done = subprocess.run([sys.executable, "-m", "llmsim", "validate", str(scenario)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and ": ok ? " in done.stdout, done.stdout

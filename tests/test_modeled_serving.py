@@ -719,3 +719,23 @@ def test_a_draft_model_must_be_a_decoder_whose_context_holds_the_served_one() ->
     assert problem.startswith("'gpt2-small' holds 1024 positions, fewer than the served context seq_len=8192")
     assert "llama3-8b" in problem and "gpt2-small" not in problem.split("allowed: ")[1]
     assert draft_model_problem("gpt2-small", 1024) is None and draft_model_problem("qwen3-4b", 8192) is None
+
+
+@pytest.mark.parametrize("disaggregated", [False, True])
+def test_a_device_of_unknown_memory_gives_a_skipped_serving_row_that_says_why(tmp_path: Path,
+                                                                               disaggregated: bool) -> None:
+    """memory_bytes 0 means "unknown" in a hardware file: a training or step case is taken to fit, but a serving
+    replica's KV cache is the memory its weights leave, so the row is skipped and says so (trial 24: it was a
+    does-not-fit row of "0.0 GB usable", while the same device's training case said ok)."""
+    (tmp_path / "hw.yaml").write_text(yaml.safe_dump({"entries": [{
+        "name": "nomem-gpu", "type": "device", "peak_flops": {"bfloat16": 1.0e15, "float32": 6.0e13},
+        "memory_bytes": 0, "memory_bw_bytes_per_s": 3.0e12, "idle_power_w": 80, "max_power_w": 700,
+        "intra_node": "nvlink4", "inter_node": "ib-ndr400x8", "source": "a test device"}]}))
+    data = _scenario(arrival={"kind": "poisson", "rate": 50})
+    data["hardware_catalog"] = ["hw.yaml"]
+    data["backends"] = {"roofline": {"hardware": "nomem-gpu", "devices_per_node": 2}}
+    if disaggregated:
+        data["serving"]["disaggregation"] = {"prefill": {"replicas": 1, "tp": 1}, "decode": {"replicas": 1, "tp": 1}}
+    _, rows = _run(tmp_path, data)
+    assert [r["status"] for r in rows] == ["skipped"]
+    assert "nomem-gpu: memory_bytes is 0 (unknown)" in rows[0]["error"], rows[0]["error"]
