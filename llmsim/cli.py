@@ -617,25 +617,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _check_writable(args.out)  # before the fit, which takes seconds to minutes
-    if has_serving_rows(args.run_dirs, args.backend):
-        step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]
-        if step_folders:
-            raise CalibrationError(f"{step_folders[0]} holds no measured serving rows while the other folders do: "
-                                   f"calibrate step runs and serving runs in separate calls (the step runs first, "
-                                   f"then the serving runs with --device <its entry> --hardware <its file>)")
-        result = calibrate_serving(args.run_dirs, device=args.device, backend=args.backend,
-                                   hardware_files=args.hardware)
-        default_name = "hardware-serving-calibrated.yaml"
-    else:
-        catalog = load_catalog(args.hardware) if args.hardware else None
-        result = calibrate(args.run_dirs, device=args.device or "cpu-host", backend=args.backend or "cpu",
-                           catalog=catalog, include_busy=args.include_busy)
-        if result.left_out:
-            err_console.print(f"[yellow]llmsim: warning: left out {count(len(result.left_out), 'measured row')} "
-                              f"timed on a busy host (host_load_per_core > 1): "
-                              f"{escape(', '.join(result.left_out[:5]))}{' ...' if len(result.left_out) > 5 else ''}; "
-                              f"--include-busy fits them too[/]", highlight=False)
-        default_name = "hardware-calibrated.yaml"
+    try:
+        if has_serving_rows(args.run_dirs, args.backend):
+            step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]
+            if step_folders:
+                raise CalibrationError(f"{step_folders[0]} holds no measured serving rows while the other folders do: "
+                                       f"calibrate step runs and serving runs in separate calls (the step runs first, "
+                                       f"then the serving runs with --device <its entry> --hardware <its file>)")
+            result = calibrate_serving(args.run_dirs, device=args.device, backend=args.backend,
+                                       hardware_files=args.hardware)
+            default_name = "hardware-serving-calibrated.yaml"
+        else:
+            catalog = load_catalog(args.hardware) if args.hardware else None
+            result = calibrate(args.run_dirs, device=args.device or "cpu-host", backend=args.backend or "cpu",
+                               catalog=catalog, include_busy=args.include_busy)
+            if result.left_out:
+                err_console.print(f"[yellow]llmsim: warning: left out {count(len(result.left_out), 'measured row')} "
+                                  f"timed on a busy host (host_load_per_core > 1): "
+                                  f"{escape(', '.join(result.left_out[:5]))}"
+                                  f"{' ...' if len(result.left_out) > 5 else ''}; "
+                                  f"--include-busy fits them too[/]", highlight=False)
+            default_name = "hardware-calibrated.yaml"
+    except ScenarioError as exc:  # the catalog's words for a scenario's `hardware` key: here it is the flag (trial 24)
+        if args.device is not None and exc.file is None and exc.key == "hardware" and "unknown device" in exc.message:
+            raise UsageError("--device", exc.message) from None
+        raise
     warning = underdetermined_warning(result)
     if warning:
         err_console.print(f"[yellow]llmsim: warning: {escape(warning)}[/]", highlight=False)

@@ -138,3 +138,11 @@ def test_an_unwritable_out_is_refused_before_the_fit(tmp_path: Path, capsys, mon
     assert main(["calibrate", str(tmp_path), "--out", str(tmp_path / "missing" / "x.yaml")]) == 2
     captured = capsys.readouterr()
     assert "x.yaml: No such file or directory" in captured.err and captured.out == ""
+
+
+def test_an_unknown_device_is_named_as_the_flag(tmp_path, capsys) -> None:
+    """`llmsim calibrate RUN --device h999`: the error names --device (it said `hardware:`, a scenario key; trial 24)."""
+    from llmsim.cli import main as cli_main
+
+    assert cli_main(["calibrate", str(tmp_path), "--device", "h999"]) == 2
+    assert capsys.readouterr().err.startswith("llmsim: error: --device: unknown device 'h999'; allowed: cpu-host")
