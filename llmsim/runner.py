@@ -679,7 +679,8 @@ def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> li
 def engine_kernel_notes(scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where a serving scenario names SGLang's kernel counts (serving.scheduler.engine_kernels sglang /
     sglang-rocm) for a model they were not counted for (costmodel.eager: a DeepSeek-V3-shaped float8 model's extend
-    pass, or an nvfp4 float4 one's on CUDA): the pass is priced with the fused count, as if the key were unset. Said only when the key is written."""
+    pass, or an nvfp4 float4 one's on CUDA): the pass is priced with the fused count, as if the key were unset.
+    Said only when the key is written."""
     serving = scenario.serving
     if serving is None or "engine_kernels" not in serving.scheduler.model_fields_set:
         return []

@@ -529,7 +529,8 @@ SERVING = ("row_id", "run", "preset", *MODEL_COLUMNS, "dtype", "hardware", "n_de
 SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "first_dense_layers", "ep", "etp",
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
-                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "eager", "fp4_layers", "recv_interval",
+                    "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "eager", "fp4_layers",
+                    "recv_interval",
                     *MODEL_OPTIONAL_COLUMNS)
 # `fp4_layers` (optional; blank = all): a float4 row's workload.fp4.layers (all | mlp: the attention projections
 # kept 16-bit, nvidia/DeepSeek-R1-FP4 as TensorRT-LLM runs it); the scenario's rules refuse any other value.

@@ -425,7 +425,9 @@ class SchedulerSpec(_Strict):
         None, description="whose model code launches a pass's kernels: fused (the fused engine's count, vLLM's "
                           "model code) | sglang (SGLang's on CUDA) | sglang-rocm (SGLang's on ROCm): SGLang's "
                           "extend pass of a DeepSeek-V3-shaped float8 model (MLA with a query latent, MoE) "
-                          "launches 31 (CUDA, 0.5.6.post1) or 37 (ROCm, 0.5.7) kernels a MoE layer, counted in "
+                          "launches 31 (CUDA, 0.5.6.post1) or 37 (ROCm, 0.5.7) kernels a MoE layer, an nvfp4 "
+                          "float4 one (ModelOpt's checkpoint, CUDA) 24 (fp4.layers mlp) or 29 (all), 2 more with "
+                          "an FP8 KV cache, counted in "
                           "its source (costmodel.eager), priced on the GPU and, in an eager pass, at launch; "
                           "other models and decode passes as fused; default sglang for kind sglang, fused "
                           "otherwise")
