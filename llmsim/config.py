@@ -985,6 +985,13 @@ class Scenario(_Strict):
             if strategy.attention_dp > 1 and self.serving is None:   # before its shape: the reason that stays
                 raise _KeyedError(f"strategies[{i}].attention_dp", f"{strategy.attention_dp}: attention data "
                                   f"parallelism is modeled for serving (a serving: block) only (allowed: 1)")
+            if (strategy.attention_dp > 1 and self.serving is not None
+                    and self.serving.scheduler.recv_interval > 1):
+                # SGLang's recv skipper asserts `not server_args.enable_dp_attention` (sglang 0.5.6.post1, python/
+                # sglang/srt/managers/scheduler_recv_skipper.py `SchedulerRecvSkipper.__init__`)
+                raise _KeyedError("serving.scheduler.recv_interval", f"{self.serving.scheduler.recv_interval} with "
+                                  f"strategies[{i}].attention_dp={strategy.attention_dp}: SGLang skips its reads only "
+                                  f"without attention data parallelism (allowed: 1, or attention_dp 1)")
             problem = check_strategy_shape(strategy, self.workload, self.serving is not None)
             if problem:
                 raise _KeyedError(f"strategies[{i}].{problem[0]}", problem[1])

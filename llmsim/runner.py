@@ -679,16 +679,18 @@ def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> li
 def engine_kernel_notes(scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where a serving scenario names SGLang's kernel counts (serving.scheduler.engine_kernels sglang /
     sglang-rocm) for a model they were not counted for (costmodel.eager: a DeepSeek-V3-shaped float8 model's extend
-    pass): the pass is priced with the fused count, as if the key were unset. Said only when the key is written."""
+    pass, or an nvfp4 float4 one's on CUDA): the pass is priced with the fused count, as if the key were unset.
+    Said only when the key is written."""
     serving = scenario.serving
     if serving is None or "engine_kernels" not in serving.scheduler.model_fields_set:
         return []
     kernels = serving.scheduler.engine_kernels
-    spec, dtype = scenario.workload.model, scenario.workload.dtype
-    if kernels in ("sglang", "sglang-rocm") and not sglang_counted(spec, dtype):
+    spec, dtype, fp4 = scenario.workload.model, scenario.workload.dtype, scenario.workload.fp4
+    recipe = fp4.recipe if fp4 is not None else "nvfp4"
+    if kernels in ("sglang", "sglang-rocm") and not sglang_counted(spec, dtype, kernels == "sglang-rocm", recipe):
         return [("serving.scheduler.engine_kernels", f"{kernels}: SGLang's launches are counted for a DeepSeek-V3-"
-                 f"shaped float8 model (MLA with a query latent, MoE) only; this model's passes are priced with the "
-                 f"fused count, as with engine_kernels: fused")]
+                 f"shaped float8 model (MLA with a query latent, MoE), or an nvfp4 float4 one on CUDA, only; this "
+                 f"model's passes are priced with the fused count, as with engine_kernels: fused")]
     return []
 
 

@@ -51,6 +51,17 @@ def test_attention_dp_with_pipeline_stages_is_refused(write_scenario, capsys) ->
     assert err.startswith("strategies[0].attention_dp: 2 with pp=2 is not modeled")
 
 
+def test_attention_dp_with_a_recv_interval_is_refused(write_scenario, capsys) -> None:
+    """SGLang's recv skipper asserts `not enable_dp_attention`: the scenario refuses the pair, naming the key."""
+    serving = {**SERVING, "scheduler": {**SERVING["scheduler"], "recv_interval": 10}}
+    err = _error(write_scenario, capsys, **MLA, serving=serving,
+                 strategies=[{"name": "s", "tp": 4, "ep": 4, "etp": 1, "attention_dp": 2}])
+    assert err.startswith("serving.scheduler.recv_interval: 10 with strategies[0].attention_dp=2")
+    assert "allowed: 1" in err
+    path = write_scenario(**MLA, serving=serving, strategies=[{"name": "s", "tp": 4, "ep": 4, "etp": 1}])
+    assert main(["validate", str(path)]) == 0
+
+
 def test_the_dp_attention_scenario_validates(capsys) -> None:
     path = REPO / "scenarios" / "serve-deepseek-v3-dp-attention.yaml"
     assert main(["validate", str(path)]) == 0

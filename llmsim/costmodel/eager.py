@@ -81,6 +81,35 @@ SGLANG_DSV3_CUDA_DENSE_MLP_KERNELS = 5
 SGLANG_FUSED_ALLREDUCE_MAX_TOKENS = 2048      # layers/communicator.py FUSE_ALLREDUCE_MAX_BATCH_SIZE (0.5.6.post1)
 SGLANG_UNFUSED_ALLREDUCE_EXTRA_KERNELS = 2    # the two all-reduce + norm sites, each one kernel more unfused
 #
+# CUDA, the same release and B200 path, an NVFP4 checkpoint of ModelOpt (--quantization modelopt_fp4, dtype float4
+# with fp4 recipe nvfp4: nvidia/DeepSeek-R1-0528-FP4-v2 and its kin), per layer, what differs from the FP8 count:
+#   a linear ModelOpt excludes (the checkpoint's hf_quant_config.json exclude_modules; quantization/modelopt_quant.py
+#     `ModelOptFp4Config.is_layer_excluded` also matches the fused fused_qkv_a_proj_with_mqa to an excluded q_a_proj
+#     or kv_a_proj_with_mqa) runs UnquantizedLinearMethod, F.linear: 1 (quantization/unquant.py `apply`; the
+#     bf16 dsv3_fused_a_gemm only at <= 16 tokens, deepseek_v2.py `prepare_qkv_latent`); SGLANG_NVFP4_CKPT_FP8_
+#     GEMM_IN_ATTN, which would put q_b_proj on FP8 blocks, is off by default (srt/environ.py);
+#   an NVFP4 linear is 2 (`ModelOptFp4LinearMethod.apply`: fp4_quantize of the input, then the FP4 GEMM; the
+#     weight's `.T` a view), as an FP8 block linear: so with every attention projection quantized (fp4.layers
+#     all) the attention side is the FP8 count's 19; with them kept 16-bit (fp4.layers mlp: nvidia/DeepSeek-R1-
+#     FP4's recipe, the attention modules bf16) fused_qkv_a, q_b_proj, kv_b_proj twice and o_proj lose their
+#     quantization launch each: 19 - 5 = 14;
+#   MoE layer (FlashInferFP4MoE, the class layers/moe/ep_moe/layer.py `get_moe_impl_class` picks for
+#     modelopt_fp4 under flashinfer_trtllm; layers/moe/fused_moe_triton/layer.py `FlashInferFP4MoE.forward`):
+#     shared experts (unfused: server_args.py sets disable_shared_experts_fusion for flashinfer_trtllm) in NVFP4
+#     gate_up 2, silu_and_mul 1, down 2; the router gate F.linear 1 (deepseek_v2.py `MoEGate.forward` above 16
+#     tokens); the routed experts: fp4_quantize of the hidden states 1, the logits cast to float32 1 (routing
+#     DeepSeekV3), the correction bias cast to bfloat16 none (MoEGate creates it bfloat16 for modelopt_fp4 under
+#     flashinfer_trtllm, so `.to` returns it), flashinfer trtllm_fp4_block_scale_moe 1 (routing, both GEMMs
+#     and the finalize); the shared output added 1: 10;
+#   dense layer: gate_up 2, silu_and_mul 1, down 2 in NVFP4 (the dense FFN layers quantized): 5, as FP8.
+SGLANG_DSV3_CUDA_FP4_16BIT_ATTENTION_KERNELS = 14
+SGLANG_DSV3_CUDA_FP4_MOE_KERNELS = 10
+#   With an FP8 KV cache (serving.kv_cache_dtype float8, --kv-cache-dtype fp8_e4m3), either checkpoint:
+#   mem_cache/memory_pool.py `MLATokenToKVPool.set_mla_kv_buffer` casts the latent and the rope key to the cache's
+#   dtype (`.to(self.dtype)`, one launch each) before set_mla_kv_buffer_triton: 2 more; the extend's ragged
+#   attention reads its bf16 q, k, v (layers/attention/trtllm_mla_backend.py `forward_extend`, no prefix).
+SGLANG_FP8_KV_WRITE_CASTS = 2
+#
 # ROCm, sglang 0.5.7 (PyPI wheel sglang-0.5.7-py3-none-any.whl; MI300X = gfx942, not gfx95; SGLANG_USE_AITER as
 # in SGLang's ROCm images: attention aiter, aiter block-FP8 linears and fused MoE; no flashinfer fusion; shared
 # experts fused into the routed ones, DeepseekV2ForCausalLM.determine_num_fused_shared_experts), per layer:
@@ -134,12 +163,15 @@ def pass_launches(model: "IterationModel", mix: "Mix") -> float:
     return busiest * inference_microbatches(plan, max(1, round(mix.rows)))
 
 
-def sglang_dsv3_layer_launches(spec: "ModelSpec", rocm: bool, tp: int, pass_tokens: int) -> float:
+def sglang_dsv3_layer_launches(spec: "ModelSpec", rocm: bool, tp: int, pass_tokens: int, dtype: str = "float8",
+                               fp4_layers: str = "all", kv_cache_dtype: str = "auto") -> float:
     """Kernels one layer of a DeepSeek-V3-shaped model (MLA with a query latent, MoE) launches on one rank's host in
     an extend pass of SGLang's model code, averaged over the layers (the first `first_dense_layers` dense, the rest
     MoE): the counts of the constants above, read in SGLang 0.5.6.post1 (CUDA) and 0.5.7 (ROCm). `pass_tokens`: the
     tokens of the pass (SGLang fuses each all-reduce with its RMSNorm on CUDA up to 2,048 of them); at tp 1 the
-    two all-reduces of the ROCm path are not launched (the CUDA path's fused kernels are then the norms alone)."""
+    two all-reduces of the ROCm path are not launched (the CUDA path's fused kernels are then the norms alone).
+    `dtype` float8 (FP8 block weights) or, on CUDA, float4 (ModelOpt's NVFP4 checkpoint; `fp4_layers` mlp: its
+    attention projections 16-bit); `kv_cache_dtype` float8 adds the CUDA cache write's two casts."""
     assert spec.moe is not None
     layers = spec.layers
     dense = min(spec.moe.first_dense_layers, layers)
@@ -149,40 +181,56 @@ def sglang_dsv3_layer_launches(spec: "ModelSpec", rocm: bool, tp: int, pass_toke
         mlp = SGLANG_DSV3_ROCM_DENSE_MLP_KERNELS - (1 if tp <= 1 else 0)
     else:
         unfused = tp > 1 and pass_tokens > SGLANG_FUSED_ALLREDUCE_MAX_TOKENS
-        attention = SGLANG_DSV3_CUDA_ATTENTION_KERNELS + (SGLANG_UNFUSED_ALLREDUCE_EXTRA_KERNELS if unfused else 0)
+        attention = SGLANG_DSV3_CUDA_ATTENTION_KERNELS
         moe, mlp = SGLANG_DSV3_CUDA_MOE_KERNELS, SGLANG_DSV3_CUDA_DENSE_MLP_KERNELS
+        if dtype == "float4":
+            moe = SGLANG_DSV3_CUDA_FP4_MOE_KERNELS
+            if fp4_layers == "mlp":
+                attention = SGLANG_DSV3_CUDA_FP4_16BIT_ATTENTION_KERNELS
+        attention += SGLANG_UNFUSED_ALLREDUCE_EXTRA_KERNELS if unfused else 0
+        attention += SGLANG_FP8_KV_WRITE_CASTS if kv_cache_dtype == "float8" else 0
     return attention + (dense * mlp + (layers - dense) * moe) / layers
 
 
-def sglang_counted(spec: "ModelSpec", dtype: str) -> bool:
+def sglang_counted(spec: "ModelSpec", dtype: str, rocm: bool = False, fp4_recipe: str = "nvfp4") -> bool:
     """Whether SGLang's kernel counts (`sglang_dsv3_layer_launches`) were counted for this model: a DeepSeek-V3-
-    shaped float8 model (MLA with a query latent, MoE, FP8 block weights)."""
-    return spec.mla is not None and spec.mla.q_lora_rank is not None and spec.moe is not None and dtype == "float8"
+    shaped model (MLA with a query latent, MoE) with FP8 block weights, or on CUDA an NVFP4 checkpoint (ModelOpt's,
+    --quantization modelopt_fp4; not the ROCm path, not mxfp4)."""
+    shaped = spec.mla is not None and spec.mla.q_lora_rank is not None and spec.moe is not None
+    return shaped and (dtype == "float8" or (dtype == "float4" and not rocm and fp4_recipe == "nvfp4"))
 
 
 def engine_layer_kernels(engine_kernels: str, spec: "ModelSpec", dtype: str, tp: int, prefill_tokens: int,
-                         pass_tokens: int) -> float:
+                         pass_tokens: int, fp4_recipe: str = "nvfp4", fp4_layers: str = "all",
+                         kv_cache_dtype: str = "auto") -> float:
     """Kernels each layer of a pass launches beyond the fused engine's (`layer_launches` with no engine kernels:
     KERNELS_PER_LAYER_FORWARD, the KV write, the tensor-parallel collectives), in the model code `engine_kernels`
     names (ENGINE_KERNELS), for a pass computing `prefill_tokens` prompt tokens of `pass_tokens` in all.
-    "sglang" / "sglang-rocm": a pass that extends prompts of a DeepSeek-V3-shaped float8 model (MLA with a query
-    latent, MoE, FP8 block weights: `sglang_dsv3_layer_launches`); 0 for a decode pass (SGLang replays a CUDA
-    graph of another path, the absorbed MLA, not counted here) and for other models (a dense Llama layer in
-    SGLang launches the fused count: not re-counted). "fused": 0."""
+    "sglang" / "sglang-rocm": a pass that extends prompts of a DeepSeek-V3-shaped model (MLA with a query latent,
+    MoE) with FP8 block weights or (CUDA) an NVFP4 checkpoint (`sglang_counted`, `sglang_dsv3_layer_launches`, with
+    the workload's `fp4_recipe` and `fp4_layers` and the cache's `kv_cache_dtype`); 0 for a decode pass (SGLang
+    replays a CUDA graph of another path, the absorbed MLA, not counted here) and for other models (a dense Llama
+    layer in SGLang launches the fused count: not re-counted). "fused": 0."""
     if engine_kernels not in ("sglang", "sglang-rocm") or prefill_tokens <= 0:
         return 0.0
-    if not sglang_counted(spec, dtype):
+    rocm = engine_kernels == "sglang-rocm"
+    if not sglang_counted(spec, dtype, rocm, fp4_recipe):
         return 0.0
     fused = layer_launches(0.0, tp, tp_collectives_per_layer(spec))
-    return max(0.0, sglang_dsv3_layer_launches(spec, engine_kernels == "sglang-rocm", tp, pass_tokens) - fused)
+    return max(0.0, sglang_dsv3_layer_launches(spec, rocm, tp, pass_tokens, dtype, fp4_layers, kv_cache_dtype)
+               - fused)
 
 
 def with_engine_kernels(model: "IterationModel", mix: "Mix", engine_kernels: str) -> "Mix":
     """`mix` with the kernels the engine's model code launches beyond the fused count added to its layer_kernels
     (`engine_layer_kernels`): priced on the GPU at the device's fixed time per kernel (iteration_times) and, in an
     eager pass, at the host's launch time (`pass_launches`). Unchanged for "fused"."""
-    extra = engine_layer_kernels(engine_kernels, model.workload.model, model.workload.dtype, model.plan.tp,
-                                 int(mix.prefill_tokens), int(round(mix.prefill_tokens + mix.decode_seqs)))
+    workload = model.workload
+    fp4 = workload.fp4
+    extra = engine_layer_kernels(engine_kernels, workload.model, workload.dtype, model.plan.tp,
+                                 int(mix.prefill_tokens), int(round(mix.prefill_tokens + mix.decode_seqs)),
+                                 fp4.recipe if fp4 is not None else "nvfp4", fp4.layers if fp4 is not None else "all",
+                                 model.costs.kv_cache_dtype)
     return replace(mix, layer_kernels=mix.layer_kernels + extra) if extra > 0 else mix
 
 

@@ -39,6 +39,19 @@ arrivals while an iteration runs are held and handed to the scheduler just after
 an idle replica takes them at once. Its tokens are not delayed (the result of N is processed as soon as N ends,
 while N + 1 runs). Not modelled: that SGLang, too, learns a request is finished only when it processes its last
 token, so the finished request is one more (discarded) row of the iteration formed meanwhile.
+
+Arrivals read every N decode iterations (the scheduler spec's `recv_interval`: SGLang's --scheduler-recv-interval
+N, default 1). sglang 0.5.6.post1 python/sglang/srt/managers/scheduler.py `recv_requests` asks its
+SchedulerRecvSkipper (managers/scheduler_recv_skipper.py `handle`) first and returns no request unless the skipper's
+counter, grown by the weight of the last batch's forward mode, reached N: 1 for a decode (or target-verify) batch
+and for no batch, 1,000 for any other mode, such as the extend that computes prompt tokens (srt/environ.py
+SGLANG_SCHEDULER_RECV_SKIPPER_WEIGHT_*). So while the replica decodes, a request that reached the scheduler's
+socket waits until the N-th decode iteration since the last read; after a prompt pass the next read comes at once,
+and an idle loop spins through its N polls without a pass (at once here). Here (`Replica._read_due`): arrivals are
+held and handed to the scheduler at the read; with overlap_schedule the read follows the forming of the next
+iteration and counts that iteration (the last batch launched when SGLang's loop reads), without it the read
+precedes the forming and counts the iteration that just ran. LockstepReplica does not skip reads (SGLang refuses
+the skipper with DP attention; the scenario's rules refuse the pair).
 """
 
 from __future__ import annotations
@@ -105,7 +118,9 @@ class Replica:
         self.last_end_s = 0.0         # when its last iteration ended (a wasted step may end after the last token)
         self.timeline = Timeline()    # batch, tokens, KV use and queue at each iteration's start
         self._wakeup: simpy.Event | None = None
-        self._held: list[Sequence] | None = None   # overlap_schedule: arrivals the next iteration was formed without
+        self._held: list[Sequence] | None = None   # overlap_schedule / recv_interval: arrivals not yet read
+        self.recv_interval = scheduler.recv_interval
+        self._since_read = 0          # recv_interval: SGLang's recv-skipper counter (decode iterations since a read)
 
     def arrive(self, seq: Sequence) -> None:
         """A request routed here: queue it (or, with overlap_schedule while an iteration runs, hold it until
@@ -118,20 +133,54 @@ class Replica:
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
 
+    def _read_due(self, last: Mix | None) -> bool:
+        """Whether the engine reads its arrivals at this pass of its loop, the last iteration launched being `last`
+        (None: nothing runs). SGLang's SchedulerRecvSkipper.handle (sglang 0.5.6.post1, python/sglang/srt/managers/
+        scheduler_recv_skipper.py, called first in scheduler.py `recv_requests`): a counter grows by the weight of
+        the last batch's forward mode, and the socket is read (and the counter zeroed) once it reaches
+        --scheduler-recv-interval; the weights (srt/environ.py) are 1 for DECODE, TARGET_VERIFY and no batch,
+        1,000 for any other mode (an EXTEND: a pass computing prompt tokens). So a decode pass counts one, a
+        prompt pass forces the next read, and an idle loop, which spins without a pass, reads within
+        recv_interval spins: taken as at once. recv_interval 1: every pass reads."""
+        if self.recv_interval <= 1 or last is None or last.prefill_tokens > 0:
+            self._since_read = 0
+            return True
+        self._since_read += 1
+        if self._since_read >= self.recv_interval:
+            self._since_read = 0
+            return True
+        return False
+
+    def _read_held(self) -> bool:
+        """Hand the arrivals not yet read to the scheduler; whether there were any."""
+        held, self._held = self._held, []
+        for seq in held or ():
+            self.scheduler.add(seq)
+        return bool(held)
+
     def run(self) -> Generator[simpy.Event, Any, None]:
         env, scheduler = self.env, self.scheduler
         wasteful = scheduler.async_output       # finished requests are decoded once more (module docstring)
         overlap = scheduler.overlap_schedule    # arrivals join one iteration later (module docstring)
+        skipping = self.recv_interval > 1       # arrivals read every recv_interval decode iterations (docstring)
         finished: list[Sequence] = []           # requests that sampled their last token in the last iteration
+        last: Mix | None = None                 # the iteration that just ran (None after a sleep)
         while True:
+            if skipping and not overlap:        # the loop reads, when due, before it forms the next iteration
+                if self._read_due(last):
+                    self._read_held()
+                elif self._held is None:
+                    self._held = []
             iteration = scheduler.schedule(env.now)
             if overlap:                         # formed, as SGLang's loop does, before the last arrivals are read
-                held, self._held = self._held, []
-                if held:
-                    for seq in held:
-                        scheduler.add(seq)
-                    if iteration is None:       # nothing ran: the engine reads them and schedules at once
+                formed = None if iteration is None else iteration.mix or mix_of(iteration.work, scheduler.kv.window)
+                if not skipping or self._read_due(formed):
+                    if self._read_held() and iteration is None:   # nothing ran: read and scheduled at once
                         continue
+            if iteration is None and skipping and self._held:      # nothing runs: the idle loop reads at once
+                self._since_read = 0
+                self._read_held()
+                continue
             if iteration is None:
                 if finished:                    # nothing else to run: V0's wasted step of the finished requests
                     yield from self._wasted_step([(seq, 1) for seq in finished])
@@ -141,8 +190,10 @@ class Replica:
                 self._wakeup = env.event()
                 yield self._wakeup
                 self._wakeup = None
+                last = None
                 continue
             mix = iteration.mix or mix_of(iteration.work, scheduler.kv.window)
+            last = mix
             if finished and mix.decode_seqs:    # V0 decodes its finished requests once more (module docstring)
                 mix = mix + mix_of([(seq, 1) for seq in finished], scheduler.kv.window)
             finished = []

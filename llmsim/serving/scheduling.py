@@ -113,6 +113,13 @@ class Scheduler(ABC):
         return bool(getattr(self.spec, "overlap_schedule", False))
 
     @property
+    def recv_interval(self) -> int:
+        """Every how many decode iterations the engine reads newly arrived requests (serving.scheduler.recv_interval,
+        SGLang's --scheduler-recv-interval; llmsim.serving.replica): 1 = before every iteration. A plugin's policy
+        may override it."""
+        return max(1, int(getattr(self.spec, "recv_interval", 1) or 1))
+
+    @property
     def idle(self) -> bool:
         """Nothing waiting and nothing running."""
         return not self.waiting and not self.running

@@ -406,6 +406,14 @@ class SchedulerSpec(_Strict):
                            "scheduler, on by default from v0.4): a request that arrives while an iteration runs "
                            "is scheduled no earlier than the iteration after the next (at once when nothing "
                            "runs); default false (it can join the next iteration)")
+    recv_interval: PositiveInt = Field(
+        1, description="the engine reads newly arrived requests only every recv_interval decode iterations "
+                       "(SGLang's --scheduler-recv-interval, python/sglang/srt/managers/scheduler_recv_skipper.py): "
+                       "a request that arrives while the replica decodes joins no earlier than the iteration "
+                       "formed after the recv_interval-th decode iteration since the last read; after an "
+                       "iteration that computes prompt tokens, or with nothing running, it is read at once; "
+                       "default 1 (read before every iteration); not with attention data parallelism (SGLang "
+                       "refuses it there)")
     eager: Literal["none", "prompt", "all"] | None = Field(
         None, description="which passes the engine launches eagerly from Python instead of replaying a captured CUDA "
                           "graph: none | prompt (the passes that hold a prompt: vLLM V0, which graphs decode only) "
@@ -417,7 +425,9 @@ class SchedulerSpec(_Strict):
         None, description="whose model code launches a pass's kernels: fused (the fused engine's count, vLLM's "
                           "model code) | sglang (SGLang's on CUDA) | sglang-rocm (SGLang's on ROCm): SGLang's "
                           "extend pass of a DeepSeek-V3-shaped float8 model (MLA with a query latent, MoE) "
-                          "launches 31 (CUDA, 0.5.6.post1) or 37 (ROCm, 0.5.7) kernels a MoE layer, counted in "
+                          "launches 31 (CUDA, 0.5.6.post1) or 37 (ROCm, 0.5.7) kernels a MoE layer, an nvfp4 "
+                          "float4 one (ModelOpt's checkpoint, CUDA) 24 (fp4.layers mlp) or 29 (all), 2 more with "
+                          "an FP8 KV cache, counted in "
                           "its source (costmodel.eager), priced on the GPU and, in an eager pass, at launch; "
                           "other models and decode passes as fused; default sglang for kind sglang, fused "
                           "otherwise")

@@ -121,6 +121,41 @@ def test_sglang_launches_a_deepseek_v3_extend_layer_as_counted_by_hand() -> None
         31 + (3 * 5 + 58 * 4) / 61 - 10)
 
 
+def test_sglang_launches_an_nvfp4_deepseek_extend_layer_as_counted_by_hand() -> None:
+    """ModelOpt's NVFP4 checkpoint on CUDA (SGLang 0.5.6.post1, modelopt_fp4, flashinfer_trtllm): a MoE layer's MLP
+    10 (the FP8 path's 12 less the scales' transpose and the bias cast: fp4_quantize, the logits cast and one
+    trtllm_fp4_block_scale_moe), a dense one's 5; the attention side 19 with every projection in NVFP4 (quant +
+    GEMM, as FP8) or 14 with them 16-bit (fp4.layers mlp: one F.linear each, kv_b_proj called twice); an FP8 KV
+    cache adds the write's two casts. Not counted on ROCm nor for mxfp4."""
+    spec = ModelSpec(preset="deepseek-v3")
+    moe = (3 * 5 + 58 * 10) / 61
+    assert sglang_dsv3_layer_launches(spec, False, 8, 1000, "float4") == pytest.approx(19 + moe)
+    assert sglang_dsv3_layer_launches(spec, False, 8, 1000, "float4", "mlp") == pytest.approx(14 + moe)
+    assert sglang_dsv3_layer_launches(spec, False, 8, 1000, "float4", "mlp", "float8") == pytest.approx(16 + moe)
+    assert sglang_dsv3_layer_launches(spec, False, 8, 1000, "float8", "all", "float8") == pytest.approx(
+        21 + (3 * 5 + 58 * 12) / 61)
+    assert engine_layer_kernels("sglang", spec, "float4", 8, 1000, 1000, "nvfp4", "mlp", "float8") == pytest.approx(
+        16 + moe - 12)
+    assert engine_layer_kernels("sglang", spec, "float4", 8, 8000, 8000, "nvfp4", "mlp") == pytest.approx(
+        14 + 2 + moe - 12)
+    assert engine_layer_kernels("sglang-rocm", spec, "float4", 8, 1000, 1000) == 0
+    assert engine_layer_kernels("sglang", spec, "float4", 8, 1000, 1000, "mxfp4") == 0
+
+
+def test_an_nvfp4_iteration_model_passes_its_fp4_layers_and_cache_dtype_to_the_count() -> None:
+    """with_engine_kernels reads fp4.layers from the workload and the cache's dtype from the token costs."""
+    from llmsim.costmodel.cluster import ClusterSpec
+    from tests.costmodel.helpers import CATALOG
+    model = ModelSpec(preset="deepseek-v3", layers=4, seq_len=64, moe={"first_dense_layers": 1})
+    w = Workload(model=model, mode="decode", batch=1, decode_tokens=3, dtype="float4", fp4={"layers": "mlp"})
+    cluster = ClusterSpec(device=CATALOG.device("b200"), intra=CATALOG.link("nvlink5"),
+                          inter=CATALOG.link("ib-ndr400x8"), nodes=1, devices_per_node=8)
+    for kv, write in (("auto", 0), ("float8", 2)):
+        it = IterationModel(token_costs(w, profile_workload(w, UNTIED), kv), w, Plan(tp=8), cluster)
+        mix = with_engine_kernels(it, Mix.prefill(64), "sglang")
+        assert mix.layer_kernels == pytest.approx(14 + write + (5 + 3 * 10) / 4 - 12)
+
+
 def test_sglang_kernels_only_in_a_deepseek_float8_extend_pass() -> None:
     spec = ModelSpec(preset="deepseek-v3")
     assert engine_layer_kernels("fused", spec, "float8", 8, 1000, 1000) == 0           # vLLM's model code

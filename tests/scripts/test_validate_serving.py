@@ -249,6 +249,23 @@ def test_a_rows_overlap_schedule_reaches_its_scenario_and_the_engines_that_overl
     assert {k for k, r in rows.items() if r["overlap_schedule"]} == {k for k in rows if k[:2] in ("SG", "SC")}
 
 
+def test_a_rows_recv_interval_reaches_its_scenario_and_the_rows_that_set_it_name_it(v) -> None:
+    """`recv_interval` N becomes serving.scheduler.recv_interval; blank leaves the key out (1). Only the inferencex
+    NVFP4 SGLang rows set it, each as its launch command's --scheduler-recv-interval (10 below 16 clients, 30
+    from 16)."""
+    row = _row(v)
+    typed = {k: (v._serving_value(k, str(x)) if x != "" else None) for k, x in row.items()}
+    typed["recv_interval"] = v._serving_value("recv_interval", "10")
+    assert v.serving_scenario(typed)[0]["serving"]["scheduler"]["recv_interval"] == 10
+    typed["recv_interval"] = None
+    assert "recv_interval" not in v.serving_scenario(typed)[0]["serving"]["scheduler"]
+    rows = {r["row_id"]: r for r in v.read_serving_runs(v.TABLES["inferencex"].default)}
+    set_ = {k: r["recv_interval"] for k, r in rows.items() if r.get("recv_interval")}
+    assert set_ == {f"IX{i}": (10 if i < 86 else 30) for i in range(82, 90)}
+    for k, n in set_.items():
+        assert f"--scheduler-recv-interval {n} " in rows[k]["assumptions"]
+
+
 def test_the_vllm_v0_and_tgi_rows_name_their_engines_policy(v) -> None:
     """SO rows ran vLLM V0 (mid-2024) without chunked prefill, SN rows TGI 2.1: each is priced by that engine's
     policy."""

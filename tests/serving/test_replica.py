@@ -115,3 +115,57 @@ def test_overlap_schedule_schedules_an_arrival_at_once_when_nothing_runs() -> No
     assert SchedulerSpec().overlap_schedule is False
     with pytest.raises(ValidationError):
         SchedulerSpec.model_validate({"overlap_schedule": 1})
+
+
+# --------------------------------------------------------------------------- recv_interval (SGLang's recv skipper)
+
+STEP_S = 0.01
+
+
+def _constant(replica: int):  # noqa: ANN202 - a Pricer factory
+    return lambda mix: (STEP_S, STEP_S)
+
+
+def _scheduled(arrival_s: float, overlap: bool, **scheduler: object) -> float:
+    """When a request arriving at `arrival_s` is first scheduled, request 0 (alone at t = 0, a prefill and 29
+    decode steps, every iteration STEP_S, iteration k starting at k x STEP_S) running."""
+    requests = [Request(0, 0.0, PROMPT, 30), Request(1, arrival_s, PROMPT, 3)]
+    seqs = {s.request.id: s for s in run(requests, "prefill-first", price=_constant, overlap_schedule=overlap,
+                                         **scheduler).sequences}
+    return seqs[1].scheduled_s
+
+
+def test_an_arrival_while_decoding_waits_for_the_nth_decode_iteration_since_the_last_read() -> None:
+    """recv_interval 4, no overlap: the loop reads before iteration 1 (after the prefill, iteration 0: at once),
+    then counts the decode iterations that ran, reading before iteration 5 (4 decodes since), 9, 13. A request
+    arriving during iteration 2 (t = 0.025) is scheduled at iteration 5 (t = 0.05), not 3 as with the default; one
+    arriving during iteration 5 at iteration 9. With overlap_schedule the read follows the forming of the next
+    iteration and counts it: iterations 1..4 formed, the read after forming 4, so iteration 5 (plain overlap: 4)."""
+    assert _scheduled(0.025, False) == pytest.approx(0.03)
+    assert _scheduled(0.025, False, recv_interval=4) == pytest.approx(0.05)
+    assert _scheduled(0.055, False, recv_interval=4) == pytest.approx(0.09)
+    assert _scheduled(0.025, True) == pytest.approx(0.04)
+    assert _scheduled(0.025, True, recv_interval=4) == pytest.approx(0.05)
+    assert _scheduled(0.045, True, recv_interval=4) == pytest.approx(0.09)
+
+
+def test_recv_interval_one_is_the_default_and_changes_nothing() -> None:
+    requests = [Request(0, 0.0, PROMPT, 30), Request(1, 0.025, PROMPT, 3), Request(2, 0.107, 50, 9)]
+    for overlap in (False, True):
+        plain = run(requests, "prefill-first", overlap_schedule=overlap).sequences
+        one = run(requests, "prefill-first", overlap_schedule=overlap, recv_interval=1).sequences
+        assert [s.token_times for s in one] == [s.token_times for s in plain]
+    assert SchedulerSpec().recv_interval == 1
+    with pytest.raises(ValidationError):
+        SchedulerSpec(recv_interval=0)
+
+
+def test_after_a_prompt_pass_or_with_nothing_running_an_arrival_is_read_at_once() -> None:
+    """recv_interval 10: a request arriving while request 1's prompt pass runs is read right after it (the
+    extend's weight forces the read), and one arriving at an idle replica is prefilled at its arrival."""
+    requests = [Request(0, 0.0, PROMPT, 30), Request(1, 0.025, PROMPT, 3), Request(2, 0.115, PROMPT, 3)]
+    seqs = {s.request.id: s for s in run(requests, "prefill-first", price=_constant, recv_interval=10).sequences}
+    assert seqs[1].scheduled_s == pytest.approx(0.11)     # read before iteration 11 (10 decodes since iteration 1)
+    assert seqs[2].scheduled_s == pytest.approx(0.12)     # arrived during request 1's prefill (iteration 11)
+    alone = run([Request(0, 0.0, PROMPT, 3), Request(1, 5.0, PROMPT, 3)], "continuous", recv_interval=10).sequences
+    assert alone[1].scheduled_s == pytest.approx(5.0)
