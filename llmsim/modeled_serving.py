@@ -131,7 +131,8 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
                 d = draft_times(draft[0], mix, draft[1], ranks)
                 compute += d.compute * slowdown
                 device_s += d.compute * slowdown + d.comm + d.bubble * slowdown + d.other
-            seconds = priced_pass_seconds(here, mix, device_s, eager.passes, eager.per_kernel_s)
+            seconds = priced_pass_seconds(here, mix, device_s, eager.passes, eager.per_kernel_s,
+                                          eager.graph_max_batch)
             if rng is not None:
                 seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
             return seconds + host.seconds(max(m.rows for m in ranks) if ranks else mix.rows), compute

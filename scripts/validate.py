@@ -530,8 +530,7 @@ SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
                     "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "eager", "fp4_layers",
-                    "recv_interval",
-                    *MODEL_OPTIONAL_COLUMNS)
+                    "recv_interval", "graph_max_batch", *MODEL_OPTIONAL_COLUMNS)
 # `fp4_layers` (optional; blank = all): a float4 row's workload.fp4.layers (all | mlp: the attention projections
 # kept 16-bit, nvidia/DeepSeek-R1-FP4 as TensorRT-LLM runs it); the scenario's rules refuse any other value.
 # `attention_dp` (optional; blank = 1): the replica's attention data-parallel ranks, Strategy.attention_dp (SGLang
@@ -547,9 +546,12 @@ SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "
 # them (blank or absent = the policy's default, which is the engine's): numbers here, their ranges and the kind
 # they belong to are the scenario's rules (a bad one is refused naming the row and the key).
 SERVING_SCHEDULER_KEYS = {"delay_factor": float, "waiting_served_ratio": float, "max_waiting_tokens": int,
-                          "max_batch_total_tokens": int, "recv_interval": int}
+                          "max_batch_total_tokens": int, "recv_interval": int, "graph_max_batch": int}
 # `recv_interval` (optional; blank = 1): serving.scheduler.recv_interval, SGLang's --scheduler-recv-interval N (the
 # engine reads new requests every N decode iterations; llmsim.serving.replica), as the row's launch command sets it.
+# `graph_max_batch` (optional; blank = no limit, every decode pass replays a graph): serving.scheduler.graph_max_batch,
+# the largest decode batch the engine captured a CUDA graph for, a larger pure-decode pass priced as an eager pass
+# (costmodel.eager.past_graph_capture); set only from the row's own engine version's default (its assumptions).
 # The scheduler's flags (serving.scheduler.<column>: true or false; blank or absent = false): `async_output`, the
 # engine's output processing overlapped with the next iteration (vLLM V0 >= 0.6.0, docs/serving.md);
 # `overlap_schedule`, the next iteration formed while the current one runs (SGLang >= 0.4's overlap scheduler).

@@ -258,10 +258,27 @@ def eager_pass_seconds(device_s: float, host_s: float) -> float:
     return max(device_s, host_s)
 
 
-def runs_eagerly(eager: str, mix: "Mix") -> bool:
+def past_graph_capture(mix: "Mix", graph_max_batch: int | None) -> bool:
+    """Whether `mix` is a pure-decode pass of more sequences than the engine captured a CUDA graph for
+    (serving.scheduler.graph_max_batch; None = no limit), which the engine then runs without a graph, from Python:
+    vLLM V0 only when the batch is at most its largest captured size (vllm/worker/model_runner.py
+    `use_captured_graph = decode_only and not enforce_eager and batch_size <= _BATCH_SIZES_TO_CAPTURE[-1]`, 256 in
+    0.4-0.6); vLLM V1 pads a pass of up to the largest capture size to a captured one and runs a larger one with
+    CUDA graphs off (v1/worker/gpu_model_runner.py: `num_scheduled_tokens <= self.cudagraph_batch_sizes[-1]`, else
+    unpadded, and the cudagraph dispatcher returns CUDAGraphMode.NONE for a size it has no key for; the torch.compile'd
+    pieces then launch from Python); SGLang replays its decode graph only when `CudaGraphRunner.can_run` (the batch
+    at most its max_bs, --cuda-graph-max-bs) and calls `forward_decode` eagerly otherwise (model_executor/
+    model_runner.py `_forward_raw`, 0.5.3 and 0.5.4)."""
+    return (graph_max_batch is not None and mix.prefill_tokens <= 0
+            and mix.decode_seqs > graph_max_batch)
+
+
+def runs_eagerly(eager: str, mix: "Mix", graph_max_batch: int | None = None) -> bool:
     """Whether an engine whose eager passes are `eager` (EAGER_PASSES) launches the pass of `mix` eagerly: every
-    pass ("all"), the passes that compute prompt tokens ("prompt"), or none ("none")."""
-    if eager == "all":
+    pass ("all"), the passes that compute prompt tokens ("prompt"), or none ("none"); and, whatever `eager` says, a
+    pure-decode pass of more sequences than `graph_max_batch`, the largest batch the engine captured a graph for
+    (`past_graph_capture`)."""
+    if eager == "all" or past_graph_capture(mix, graph_max_batch):
         return True
     if eager == "prompt":
         return mix.prefill_tokens > 0
@@ -269,10 +286,11 @@ def runs_eagerly(eager: str, mix: "Mix") -> bool:
 
 
 def priced_pass_seconds(model: "IterationModel", mix: "Mix", device_s: float, eager: str,
-                        per_kernel_s: float) -> float:
+                        per_kernel_s: float, graph_max_batch: int | None = None) -> float:
     """The seconds of one pass of `mix` whose device time is `device_s`, in an engine whose eager passes are
-    `eager`, on a host that launches a kernel in `per_kernel_s`: max(device, host launch) for an eager pass
-    (`eager_pass_seconds`), the device time for a graph replay (or where per_kernel_s is 0: not modeled)."""
-    if per_kernel_s <= 0 or not runs_eagerly(eager, mix):
+    `eager` and whose largest captured decode graph holds `graph_max_batch` sequences (None = no limit), on a host
+    that launches a kernel in `per_kernel_s`: max(device, host launch) for an eager pass (`eager_pass_seconds`),
+    the device time for a graph replay (or where per_kernel_s is 0: not modeled)."""
+    if per_kernel_s <= 0 or not runs_eagerly(eager, mix, graph_max_batch):
         return device_s
     return eager_pass_seconds(device_s, eager_launch_seconds(pass_launches(model, mix), per_kernel_s))

@@ -431,7 +431,8 @@ def _split_pricer(model: IterationModel, host: Any, eager: Any, split: dict[str,
             split["communication"] += comm
             split["bubble"] += bubble
             cpu = host.seconds(max(m.rows for m in ranks) if ranks else mix.rows)
-            step = priced_pass_seconds(model, mix, device_s, eager.passes, eager.per_kernel_s)
+            step = priced_pass_seconds(model, mix, device_s, eager.passes, eager.per_kernel_s,
+                                       eager.graph_max_batch)
             split["other"] += other + cpu + (step - device_s)   # the GPU waiting on an eager pass's launches
             return step + cpu, compute
         return one

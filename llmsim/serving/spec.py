@@ -432,6 +432,16 @@ class SchedulerSpec(_Strict):
                           "other models and decode passes as fused; default sglang for kind sglang, fused "
                           "otherwise")
 
+    graph_max_batch: PositiveInt | None = Field(
+        None, description="the most sequences a pure-decode pass may hold and still replay a captured CUDA graph; "
+                          "a decode pass of more runs eagerly (priced as an eager pass: max(device time, the "
+                          "device entry's eager_launch_s x its kernels), costmodel.eager). The engines' defaults: "
+                          "vLLM V0 (0.4-0.6) 256 (worker/model_runner.py _BATCH_SIZES_TO_CAPTURE[-1]); vLLM V1 "
+                          "0.11 min(2 x max_num_seqs, 512, max_num_batched_tokens) tokens (config "
+                          "max_cudagraph_capture_size); SGLang 0.5.3-0.5.4 --cuda-graph-max-bs 256 at tp < 4, "
+                          "512 at tp >= 4 on a 60-160 GiB GPU (server_args.py); TGI 2.x 32 (--cuda-graphs); "
+                          "default none: every decode pass replays a graph (as before the key)")
+
     @property
     def eager_passes(self) -> str:
         """The passes the engine runs eagerly (costmodel.eager.EAGER_PASSES): `eager` when given, else derived from
@@ -694,11 +704,13 @@ class EagerLaunch:
     """Where an engine launches its passes eagerly and what a launch costs the host: `passes` one of
     costmodel.eager.EAGER_PASSES ("none", "prompt", "all"), `per_kernel_s` host seconds per kernel launched (the
     device entry's eager_launch_s), `engine_kernels` whose model code launches a pass's kernels (SchedulerSpec.
-    engine_kernels_of). Not modeled by default (per_kernel_s 0)."""
+    engine_kernels_of), `graph_max_batch` the most sequences a pure-decode pass replays a graph with (SchedulerSpec.
+    graph_max_batch; None = no limit). Not modeled by default (per_kernel_s 0)."""
 
     passes: str = "none"
     per_kernel_s: float = 0.0
     engine_kernels: str = "fused"   # whose model code launches a pass's kernels (costmodel.eager.ENGINE_KERNELS)
+    graph_max_batch: int | None = None   # most sequences of a graph-replayed decode pass (None = no limit)
 
 
 class ServingSpec(_Strict):
@@ -807,9 +819,10 @@ class ServingSpec(_Strict):
     def eager_launch_on(self, device: Any) -> "EagerLaunch":
         """Which passes run eagerly (serving.scheduler.eager, else the policy's), the host seconds per kernel
         launched (the device entry's eager_launch_s; 0 = not modeled) and whose model code's kernels a pass launches
-        (serving.scheduler.engine_kernels, else the policy's)."""
+        (serving.scheduler.engine_kernels, else the policy's) and the most sequences a decode pass replays a graph
+        with (serving.scheduler.graph_max_batch)."""
         return EagerLaunch(self.scheduler.eager_passes, float(getattr(device, "eager_launch_s", 0.0) or 0.0),
-                           self.scheduler.engine_kernels_of)
+                           self.scheduler.engine_kernels_of, self.scheduler.graph_max_batch)
 
     def at_rate(self, rate: float | None) -> "ServingSpec":
         """This spec with one rate of the sweep."""

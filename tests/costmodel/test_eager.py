@@ -4,6 +4,7 @@ and the head, per rank."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import pytest
@@ -186,3 +187,35 @@ def test_an_eager_sglang_prefill_of_a_deepseek_shaped_model_waits_for_its_launch
     assert extra == pytest.approx(4 * (29.25 - 12) * eff.kernel_latency_s, rel=1e-6)
     # a decode step replays SGLang's graph of another path: unchanged
     assert with_engine_kernels(model, Mix.decode(64), "sglang") == Mix.decode(64)
+
+
+# ---------------------------------------------------------------- decode batches past the captured graphs
+
+def _decodes(seqs: int, keys: int = 64) -> Mix:
+    """A pure-decode pass of `seqs` sequences of `keys` keys each."""
+    return functools.reduce(lambda a, b: a + b, [Mix.decode(keys)] * seqs)
+
+
+def test_a_decode_pass_past_the_largest_captured_graph_runs_eagerly() -> None:
+    """serving.scheduler.graph_max_batch: a pure-decode pass of more sequences than the engine captured a graph for
+    runs from Python (vLLM V0 `batch_size <= _BATCH_SIZES_TO_CAPTURE[-1]`, SGLang CudaGraphRunner.can_run); one of
+    at most that many replays its graph; a pass with a prompt follows `eager` as before; None = no limit."""
+    at, past = _decodes(256), _decodes(257)
+    assert not runs_eagerly("prompt", at, 256) and runs_eagerly("prompt", past, 256)
+    assert not runs_eagerly("none", at, 256) and runs_eagerly("none", past, 256)
+    assert not runs_eagerly("none", past, None) and not runs_eagerly("none", past)
+    assert not runs_eagerly("none", Mix.prefill(64) + _decodes(300), 256)   # not pure decode: `eager` decides
+    assert runs_eagerly("prompt", Mix.prefill(64) + _decodes(300), 256)
+
+
+def test_a_decode_pass_of_one_more_than_the_graph_costs_the_eager_price_one_at_it_the_graph_price() -> None:
+    model = _model(tp=4)
+    slow = 1.0                                             # a second per kernel: any eager pass would show it
+    at, past = _decodes(8), _decodes(9)
+    device_at, device_past = iteration_times(model, at).step, iteration_times(model, past).step
+    assert priced_pass_seconds(model, at, device_at, "prompt", slow, 8) == device_at
+    assert priced_pass_seconds(model, past, device_past, "prompt", slow, 8) == pytest.approx(
+        eager_pass_seconds(device_past, eager_launch_seconds(pass_launches(model, past), slow)))
+    assert priced_pass_seconds(model, past, device_past, "prompt", slow, 8) > 100 * device_past
+    assert priced_pass_seconds(model, past, device_past, "prompt", slow) == device_past     # default: no limit
+    assert priced_pass_seconds(model, past, device_past, "prompt", 0.0, 8) == device_past   # host not modeled

@@ -85,3 +85,16 @@ def test_a_pair_prices_and_expert_parallelism_adds_no_exchange(v) -> None:
         assert outcome.predicted is not None and math.isfinite(outcome.predicted) and outcome.predicted > 0
         predicted.append(outcome.predicted)
     assert predicted[1] / predicted[0] == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_rows_graph_max_batch_reaches_its_scenario_and_every_row_gives_its_engines_default(v) -> None:
+    """`graph_max_batch` (serving.scheduler.graph_max_batch) is passed through as a whole number; blank leaves the key
+    out (no limit). Every row gives its engine version's default largest decode graph: vLLM 0.11 V1 512
+    (min(2 x 1024, 512)), SGLang 0.5.3 / 0.5.4 --cuda-graph-max-bs 512 at tp >= 4 and 256 at tp 2."""
+    rows = v.read_serving_runs(v.TABLES["ep-pairs"].default)
+    assert {r["row_id"]: r["graph_max_batch"] for r in rows} == {
+        r["row_id"]: (256 if r["tp"] < 4 else 512) for r in rows}
+    scenario, _ = v.serving_scenario(rows[0])
+    assert scenario["serving"]["scheduler"]["graph_max_batch"] == 512
+    blank = dict(rows[0], graph_max_batch=None)
+    assert "graph_max_batch" not in v.serving_scenario(blank)[0]["serving"]["scheduler"]

@@ -318,3 +318,22 @@ def test_draft_layers_omitted_with_draft_or_ngram_is_no_note(tmp_path: Path, cap
     data["serving"]["speculative"] = {"method": "ngram", "num_draft_tokens": 2, "acceptance": 0.5}
     assert main(["validate", str(_write(tmp_path, data))]) == 0
     assert "note" not in capsys.readouterr().err
+
+
+def test_graph_max_batch_is_a_whole_number_of_at_least_one_and_reaches_the_eager_launch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """serving.scheduler.graph_max_batch: the most sequences a decode pass replays a CUDA graph with (costmodel.eager.
+    past_graph_capture); unset = no limit; 0, a negative or a fraction is refused in one line (exit 2)."""
+    from llmsim.serving.spec import SchedulerSpec
+    assert SchedulerSpec().graph_max_batch is None
+    path = _write(tmp_path, SERVING)
+    assert main(["validate", str(path), "--set", "serving.scheduler.graph_max_batch=512"]) == 0
+    spec = load_scenario(path, ["serving.scheduler.graph_max_batch=512"]).serving
+    assert spec is not None and spec.scheduler.graph_max_batch == 512
+    assert spec.eager_launch_on(object()).graph_max_batch == 512
+    for bad in ("0", "-3", "2.5", "many"):
+        err = _error(tmp_path, capsys, f"serving.scheduler.graph_max_batch={bad}")
+        assert "serving.scheduler.graph_max_batch" in err, err
+    assert main(["schema"]) == 0
+    scheduler = json.loads(capsys.readouterr().out)["$defs"]["SchedulerSpec"]["properties"]
+    assert "graph_max_batch" in scheduler and "cuda-graph-max-bs" in scheduler["graph_max_batch"]["description"]
