@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 # them: `llmsim plan` forks its profile's worker (planner.profiling) before those imports, so that they run
 # beside the trace, and `llmsim hardware` or `schema` need none of them.
 
-err_console = Console(stderr=True)
+# soft_wrap: a message is one line however long (a terminal wraps it; a log keeps it whole), never cut at 80
+# columns into lines a grep of the log would split. Tables get consoles of their own width.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _say(text: str) -> None:
@@ -99,7 +101,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     scenario = load_scenario(path, overrides)
     registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
-    catalog = build_catalog(scenario, scenario_dir, manager)
+    catalog = build_catalog(scenario, scenario_dir, manager, path)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
     kept = notes if notes is not None else []
     _note_trace(scenario, scenario_dir, path, kept)
@@ -182,16 +184,49 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str, kept: list[st
     spec = scenario.serving
     if spec is None or spec.arrival.kind != "trace" or spec.arrival.path is None:
         return
-    from llmsim.serving.requests import read_trace, trace_notes
+    from llmsim.serving.requests import arrival_order, read_trace_in_file_order, trace_notes, trace_order_notes
 
-    rows = read_trace(scenario_dir / spec.arrival.path)
-    for key, note in trace_notes(spec, rows, scenario.workload.model.seq_len):
+    in_file, lines = read_trace_in_file_order(scenario_dir / spec.arrival.path)
+    rows = arrival_order(in_file)
+    for key, note in trace_order_notes(in_file, lines) + trace_notes(spec, rows, scenario.workload.model.seq_len):
         _say_note(path, key, note, kept)
+
+
+def _validate_catalog(path: str) -> int:
+    """`llmsim validate` of a hardware catalog file (a mapping with `entries:` and no `workload:`): its entries
+    checked as a scenario's `hardware_catalog` would load them (with the built-in catalog and plugins' entries,
+    so a duplicate name or an unknown default link is found too)."""
+    from llmsim.hardware import load_catalog, parse_entries
+    from llmsim.userinput import read_yaml
+
+    manager = get_plugin_manager()
+    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
+    own = [e.name for e in parse_entries(read_yaml(path), path)]
+    catalog = load_catalog([Path(path)], entries)
+    devices = [n for n in own if n in catalog.devices]
+    links = [n for n in own if n in catalog.links]
+    print(f"{path}: ok — a hardware catalog of {count(len(devices), 'device')}"
+          f"{' (' + ', '.join(devices) + ')' if devices else ''} and {count(len(links), 'link')}"
+          f"{' (' + ', '.join(links) + ')' if links else ''}; name it in a scenario's hardware_catalog")
+    return 0
+
+
+def _is_catalog_file(path: str) -> bool:
+    """A mapping with `entries:` and no `workload:`: what a hardware catalog file holds, not a scenario."""
+    from llmsim.userinput import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except ScenarioError:
+        return False  # the scenario reader says what is wrong with the file
+    return "entries" in data and "workload" not in data
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmsim.runner import eager_mismatch_notes, fit_notes, skip_notes
 
+    if _is_catalog_file(args.scenario):
+        return _validate_catalog(args.scenario)
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     # rows a run would skip: said as the run's rows say it, once per backend (point)
     for key, problem, n in skip_notes(planned, catalog, scenario):

@@ -22,7 +22,7 @@ from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, length_bounds
 from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
-from llmsim.strict import StrictModel
+from llmsim.strict import Seed, StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
 from llmsim.wording import count, literal_choices, literal_error, number_error, shown_value
 from llmsim.workload.presets import PRESETS
@@ -964,7 +964,7 @@ class Scenario(_Strict):
     backends: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"cpu": {}}, min_length=1)
     hardware_catalog: list[str] = Field(default_factory=list,
                                         description="extra hardware YAML files, relative to this file")
-    seed: int = 0
+    seed: Seed = 0
     serving: ServingSpec | None = Field(None, description="a request-level serving run (arrivals, lengths, "
                                                           "scheduler, KV cache, replicas, SLO): docs/serving.md")
 

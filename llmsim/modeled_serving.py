@@ -218,6 +218,21 @@ def unknown_memory(cluster: ClusterSpec) -> str | None:
             f"weights leave, so it cannot be sized: give the device's memory_bytes in its hardware file")
 
 
+def none_served(outcome: ServingOutcome, context_tokens: int) -> str | None:
+    """Why a run whose every request was rejected has no result (a row of dashes would read as `ok`): how many
+    were longer than the context, how many larger than the whole KV cache; None when any request was served."""
+    if outcome.sequences or not outcome.rejected:
+        return None
+    long = sum(r.reason == "context" for r in outcome.rejected)
+    large = len(outcome.rejected) - long
+    why = [f"{long:,} longer, prompt + output, than the context of {context_tokens:,} tokens, "
+           f"workload.model.seq_len"] if long else []
+    why += [f"{large:,} larger than the replica's whole KV cache"] if large else []
+    n = len(outcome.rejected)
+    return (f"no request was served: {'its one request was' if n == 1 else f'all {n:,} requests were'} rejected "
+            f"({'; '.join(why)}), as vLLM rejects them")
+
+
 def capacity_problem(capacity: KVCapacity, memory_utilization: float, context_tokens: int) -> str | None:
     """Why a replica with this KV cache cannot serve (the words of its `does-not-fit` row), or None: no room
     for a cache at all, or a cache below one request of the whole context (KVCapacity.misses_context)."""
@@ -380,6 +395,8 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         speculative_seed=serving.seed)
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory}
+    if (nothing := none_served(outcome, case.workload.model.seq_len)) is not None:
+        return case.result(backend, status="skipped", error=nothing, extra=extra, **base)
     energy = sum(step_energy_j(cluster.device, plan.tp * plan.pp, outcome.duration_s, busy)
                  for busy in outcome.compute_s)
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)

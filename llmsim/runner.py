@@ -143,8 +143,15 @@ def missing_backend(name: str, registry: BackendRegistry) -> str:
             + (f"; plugins that failed to load (one may provide it): {broken}" if broken else ""))
 
 
-def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None) -> Catalog:
-    """Built-in catalog + the scenario's `hardware_catalog` files + entries from plugins' hardware hook."""
+def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None, file: str | None = None) -> Catalog:
+    """Built-in catalog + the scenario's `hardware_catalog` files + entries from plugins' hardware hook.
+
+    A `hardware_catalog` path that names no file is the scenario's error (`file`, `hardware_catalog[i]`):
+    the paths are relative to the scenario's folder, which the message names."""
+    for i, name in enumerate(scenario.hardware_catalog):
+        if not (scenario_dir / name).is_file():
+            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: no such file in {scenario_dir} (the "
+                                                                f"paths are relative to the scenario's folder)")
     entries = list(manager.call_each("llmsim_hardware")) if manager is not None else []
     return load_catalog([scenario_dir / f for f in scenario.hardware_catalog],
                         [(plugin, entry) for plugin, found in entries for entry in found])
@@ -169,7 +176,7 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
     for name in backends:
         if name not in scenario.backends:  # asked for with --backend: the file's modeled cluster, if it has one
             backends[name] = carried_settings(scenario, name, registry)[0]
-    catalog = catalog or build_catalog(scenario, scenario_dir)
+    catalog = catalog or build_catalog(scenario, scenario_dir, file=file)
     sweeps = {}
     for name, raw in backends.items():
         cls = registry.get(name)

@@ -7,11 +7,16 @@ import math
 
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmsim.errors import KeyedValueError
+
+# A seed every consumer of it takes: torch.manual_seed refuses 2**64 and above ("Overflow when unpacking long
+# long", which failed the cpu backend's cases of a scenario that validated), numpy's Generator a negative one.
+MAX_SEED = 2**64 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 def _accepts_bool(annotation: Any) -> bool:

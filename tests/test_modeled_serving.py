@@ -231,6 +231,19 @@ def test_a_request_longer_than_the_context_is_a_counted_rejection_and_the_row_is
         assert all(int(r["input_tokens"]) + 20 > 64 for r in rejected)
 
 
+def test_a_run_whose_every_request_is_rejected_is_a_skipped_row_saying_why(tmp_path: Path) -> None:
+    """A trace whose every request is longer than the tiny model's 64-token context (a lengths block that must
+    reject every request is refused before the run): the row said `ok` with dashes (trial 24)."""
+    (tmp_path / "t.csv").write_text("arrival_s,input_tokens,output_tokens\n0,60,20\n0.5,70,3\n")
+    data = _scenario(requests=None, lengths=None, arrival={"kind": "trace", "path": "t.csv"})
+    _, rows = _run(tmp_path, data)
+    assert len(rows) == 2   # 2 backends
+    for row in rows:
+        assert row["status"] == "skipped" and row["requests_rejected"] == row["rejected_context"] == 2
+        assert row["error"].startswith("no request was served: all 2 requests were rejected (2 longer, prompt + "
+                                       "output, than the context of 64 tokens")
+
+
 def _policy_plugin(kind: str) -> types.SimpleNamespace:
     class LongestFirst(ContinuousScheduler):
         """Admit the longest waiting prompt first (a policy no built-in has)."""

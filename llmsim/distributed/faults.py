@@ -2,7 +2,9 @@
 ends the case cleanly (a `failed` row, no process left behind) or, after the results, not at all.
 
 LLMSIM_DIST_FAULT="RANK:WHAT": `kill` (SIGKILL itself), `raise`, `hang` once the process group is up;
-`abort-at-exit` aborts the rank after the process group is torn down, once rank 0 wrote the results.
+`abort-at-exit` aborts the rank after the process group is torn down, once rank 0 wrote the results (in the
+rank's own output folder; at most 30 s, or the seconds given after it, "1:abort-at-exit:3": a rank on another
+node of a multi-node launch never sees rank 0's folder, and would wait the whole 30 s).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ FAULT_ENV = "LLMSIM_DIST_FAULT"
 
 def _wanted(rank: int) -> str:
     who, _, what = os.environ.get(FAULT_ENV, "").partition(":")
-    return what if who and int(who) == rank else ""
+    return what.partition(":")[0] if who and int(who) == rank else ""
+
+
+def _wait_s(default: float) -> float:
+    """The seconds given after the fault's name ("1:abort-at-exit:3"), else `default`."""
+    given = os.environ.get(FAULT_ENV, "").split(":")[2:]
+    return float(given[0]) if given else default
 
 
 def inject_fault(rank: int) -> None:
@@ -35,7 +43,7 @@ def abort_at_exit(rank: int, result: Path, wait_s: float = 30.0) -> None:
     """A crash in teardown after the results: wait for rank 0's `result` file, then abort, when asked."""
     if _wanted(rank) != "abort-at-exit":
         return
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + _wait_s(wait_s)
     while not result.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     os.abort()

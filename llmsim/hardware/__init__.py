@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
+from llmsim.config import allowed_keys, allowed_range, describe_error, out_of_range
 from llmsim.errors import ScenarioError, format_key_path
-from llmsim.wording import literal_error, number_error
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -362,30 +362,52 @@ def parse_entries(data: object, origin: str) -> list[DeviceSpec | LinkSpec]:
     try:
         return _CatalogFile.model_validate(data).entries
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        where_of = lambda e: format_key_path(tuple(p for p in e["loc"] if p not in ("device", "link")))  # noqa: E731
-        err = errors[0]
-        where = where_of(err)
-        if err["type"] == "missing":
-            msg = "required key is missing"
-        elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
-            given = (err.get("ctx") or {}).get("tag")
-            msg = (f"{given!r}: allowed: device, link" if given is not None else
-                   "each entry needs type: device or type: link (allowed: device, link)")
-            where = f"{where}.type" if where else "type"
-        elif err["type"] == "literal_error":
-            msg = literal_error(err)
-        elif number_error(err) is not None:  # pydantic's 'Input should be greater than 0' names no allowed range
-            msg = number_error(err)
-        elif err["type"] == "list_type" and err["loc"] == ("entries",):
-            msg = "expected a list of entries ({type: device, name: ...} or {type: link, name: ...})"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        others = [where_of(e) or "the file" for e in errors[1:]]
-        if others:  # where the others are, so that the user need not fix one to learn of the next
-            named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
-            msg += f" (and {len(others)} more problem{'' if len(others) == 1 else 's'}: {named})"
-        raise ScenarioError(origin, where or None, msg) from None
+        raise _entries_error(exc, origin) from None
+
+
+_ENTRY_MODELS = {"device": DeviceSpec, "link": LinkSpec}  # pydantic's discriminator tag in an error's loc
+
+
+def _entry_problem(err: dict, loc: tuple) -> str:
+    """One pydantic error inside a catalog file in the words of a scenario's errors (config.describe_error): an
+    unknown key with the keys its entry type allows, a number out of range with every bound of its field."""
+    tag = next((p for p in loc if p in _ENTRY_MODELS), None)
+    model = _ENTRY_MODELS.get(tag)
+    inner = loc[loc.index(tag) + 1:] if tag is not None else loc
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        given = (err.get("ctx") or {}).get("tag")
+        return (f"{given!r}: allowed: device, link" if given is not None else
+                "each entry needs type: device or type: link (allowed: device, link)")
+    if err["type"] == "list_type" and loc == ("entries",):
+        return "expected a list of entries ({type: device, name: ...} or {type: link, name: ...})"
+    if model is None:
+        return describe_error(err)
+    if err["type"] == "extra_forbidden":
+        return describe_error(err) + allowed_keys(model, inner)
+    if err["type"].startswith(("greater_than", "less_than")):
+        return out_of_range(model, err, inner)
+    if err["type"] in ("float_parsing", "int_parsing", "int_from_float"):
+        return describe_error(err) + (allowed_range(model, inner) or "")
+    return describe_error(err)
+
+
+def _entries_error(exc: ValidationError, origin: str) -> ScenarioError:
+    """A catalog file's validation errors as one ScenarioError (file, key, what): the first problem, the others'
+    places counted."""
+    errors = exc.errors(include_url=False)
+    where_of = lambda e: format_key_path(tuple(p for p in e["loc"] if p not in _ENTRY_MODELS))  # noqa: E731
+    err = errors[0]
+    where = where_of(err)
+    msg = _entry_problem(err, tuple(err["loc"]))
+    if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        where = f"{where}.type" if where else "type"
+    others = [where_of(e) or "the file" for e in errors[1:]]
+    if others:  # where the others are, so that the user need not fix one to learn of the next
+        named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
+        msg += f" (and {len(others)} more problem{'' if len(others) == 1 else 's'}: {named})"
+    return ScenarioError(origin, where or None, msg)
 
 
 def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tuple[str, dict]] | None = None) -> Catalog:
@@ -394,6 +416,7 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
 
     devices: dict[str, DeviceSpec] = {}
     links: dict[str, LinkSpec] = {}
+    defined_in: dict[str, str] = {}  # entry name -> the file (or plugin) that defines it, for its errors
     sources: list[tuple[str, object]] = [(str(CATALOG_FILE), read_yaml(CATALOG_FILE))]
     for path in extra_files or []:
         sources.append((str(path), read_yaml(path, "entries: [{type: device, name: ...}, ...]")))
@@ -402,12 +425,16 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
     for origin, data in sources:
         for entry in parse_entries(data, origin):
             if entry.name in devices or entry.name in links:
-                raise ScenarioError(origin, f"entries.{entry.name}", "a catalog entry with this name already exists")
+                first = defined_in[entry.name]
+                raise ScenarioError(origin, f"entries.{entry.name}", "a catalog entry with this name already exists "
+                                    f"(in {'the built-in catalog' if first == str(CATALOG_FILE) else first}); give "
+                                    f"yours another name")
             (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry
+            defined_in[entry.name] = origin
     for device in devices.values():  # a device's default links must exist once every source is read
         for key in ("intra_node", "inter_node"):
             link = getattr(device, key)
             if link is not None and link not in links:
-                raise ScenarioError("hardware catalog", f"entries.{device.name}.{key}",
+                raise ScenarioError(defined_in[device.name], f"entries.{device.name}.{key}",
                                     f"unknown link {link!r}; allowed: {', '.join(links)}")
     return Catalog(devices=devices, links=links)

@@ -171,7 +171,19 @@ def _number(value: object) -> float | None:
 
 
 def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
-    """(arrival_s, input_tokens, output_tokens) of every row of a JSONL or CSV trace, sorted by arrival.
+    """(arrival_s, input_tokens, output_tokens) of every row of a JSONL or CSV trace, sorted by arrival (rows of
+    one arrival time in file order); read_trace_in_file_order says how to read one."""
+    return arrival_order(read_trace_in_file_order(path)[0])
+
+
+def arrival_order(rows: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+    """The rows sorted by arrival_s, a stable sort: rows of one time keep their order (their request ids)."""
+    return sorted(rows, key=lambda r: r[0])
+
+
+def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, int]], list[int]]:
+    """(arrival_s, input_tokens, output_tokens) of every row of a JSONL or CSV trace in file order, and the line
+    each came from (for trace_order_notes).
 
     UTF-8, with or without a byte-order mark (Excel's "CSV UTF-8" writes one). A number is a JSON number or text
     holding one (`_number`); token counts are whole numbers >= 1. The arrivals may span at most MAX_SIMULATED_S
@@ -245,8 +257,24 @@ def read_trace(path: str | Path) -> list[tuple[float, int, int]]:
         raise TraceError(file, f"line {lines[last]}: arrival_s {out[last][0]:g} is {span:.3g} s after the first "
                                f"arrival (line {lines[first]}); allowed: a trace spanning at most "
                                f"{MAX_SIMULATED_S:g} s (the simulated clock's resolution)", "arrival_s")
-    out.sort(key=lambda r: r[0])
-    return out
+    return out, lines
+
+
+def trace_order_notes(rows: list[tuple[float, int, int]], lines: list[int]) -> list[tuple[str, str]]:
+    """(key, note) for a trace file whose arrivals a replay does not take as written (read_trace_in_file_order's
+    rows and lines): rows out of arrival order are replayed sorted, and times are relative to the first arrival
+    (a negative first time shifts every arrival). Valid input, said before a run, not refused."""
+    notes = []
+    back = next((i for i in range(1, len(rows)) if rows[i][0] < rows[i - 1][0]), None)
+    if back is not None:
+        notes.append(("serving.arrival.path", f"the trace's rows are not in arrival order (line {lines[back]}'s "
+                                              f"arrival_s {rows[back][0]:g} is before line {lines[back - 1]}'s "
+                                              f"{rows[back - 1][0]:g}): replayed sorted by arrival_s"))
+    first = min(range(len(rows)), key=lambda i: rows[i][0])
+    if rows[first][0] < 0:
+        notes.append(("serving.arrival.path", f"the first arrival is at {rows[first][0]:g} s (line {lines[first]}): "
+                                              f"times are taken relative to it, so the replay starts it at t = 0"))
+    return notes
 
 
 def trace_span_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> tuple[str, str] | None:

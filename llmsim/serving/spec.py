@@ -47,7 +47,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, f
 
 from llmsim.errors import KeyedValueError
 from llmsim.serving.disagg_spec import Disaggregation
-from llmsim.strict import StrictModel, sweep_repeats
+from llmsim.strict import Seed, StrictModel, sweep_repeats
 from llmsim.wording import number_error, shown_value
 
 
@@ -739,7 +739,7 @@ class ServingSpec(_Strict):
     replicas: PositiveInt = Field(1, description="data-parallel copies of the model, each tp x pp devices")
     router: Literal["round-robin", "least-outstanding"] = "round-robin"
     slo: Slo | None = None
-    seed: int | None = Field(None, description="seed of the request list; default the scenario's seed")
+    seed: Seed | None = Field(None, description="seed of the request list; default the scenario's seed")
     request_overhead_s: NonNegativeFloat | None = Field(
         None, description="seconds each request spends outside the engine's forward passes (API server, "
                           "tokenisation, IPC to the engine, detokenisation), added to its TTFT and end-to-end "

@@ -4,6 +4,8 @@ parameters back; too few medians is one line, exit 2."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -93,11 +95,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return _measured_runs(tmp_path_factory.mktemp("serving-calibration"))
 
 
-def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: list[Path], tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "fitted.yaml"
-    assert main(["calibrate", *map(str, runs), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out.splitlines()
+@pytest.fixture(scope="module")
+def fitted(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Any]:
+    """One `llmsim calibrate` of the rows, shared by the tests that read it (a fit took ~80 s of CI, and two
+    tests made one each): the lines it printed, the entry file it wrote and the CalibrationResult behind them
+    (recorded on the way)."""
+    import llmsim.calibrate.serving as serving
+
+    made: list[Any] = []
+    real = serving.calibrate_serving
+    out = tmp_path_factory.mktemp("fit") / "fitted.yaml"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(serving, "calibrate_serving", lambda *args, **kw: made.append(real(*args, **kw)) or made[-1])
+        assert main(["calibrate", *map(str, runs), "--out", str(out)]) == 0
+    assert len(made) == 1
+    return printed.getvalue().splitlines(), out, made[0]
+
+
+def test_the_command_recovers_the_parameters_that_made_the_serving_rows(fitted: tuple[list[str], Path, Any]) -> None:
+    printed, out, _ = fitted
     assert printed[-1] == str(out)
     assert any(line.startswith("fitted to the serving rows: matmul") and "ms per request outside the engine" in line
                for line in printed)
@@ -129,8 +146,8 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(runs: li
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
 
 
-def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(runs: list[Path]) -> None:
-    result = calibrate_serving(runs, backend="vllm")
+def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(fitted: tuple[list[str], Path, Any]) -> None:
+    result = fitted[2]
     assert result.kind == "serving" and len(result.cases) == 8 and result.parameters == len(SERVING_BOUNDS)
     assert min(abs(c.error) for c in result.before) > 0.3          # the stock H100 is far off these rows
     assert result.rms_log_residual < 0.02

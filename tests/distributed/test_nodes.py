@@ -76,13 +76,14 @@ def test_a_node_whose_rank_crashes_in_teardown_keeps_the_results(monkeypatch: py
     as `launch` treats it (tests/distributed/test_strategies.py)."""
     from llmsim.distributed.spec import WorkerSpec
 
-    scenario = parse_scenario(dict(TINY_SCENARIO, workload=dict(TINY_SCENARIO["workload"], batch=4),
-                                   strategies=[{"name": "dp4", "dp": 4}]))
+    # one rank a node (dp2 over 2 nodes), the second node's rank aborts
+    scenario = parse_scenario(dict(TINY_SCENARIO, workload=dict(TINY_SCENARIO["workload"], batch=2),
+                                   strategies=[{"name": "dp2", "dp": 2}]))
     registry = BackendRegistry.from_manager(get_plugin_manager(environ={"LLMSIM_PLUGINS": "cpu"}))
     case = plan_cases(scenario, registry)[0].case
     spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, steps=1, warmup=0,
                                   threads=1)
-    monkeypatch.setenv("LLMSIM_DIST_FAULT", "3:abort-at-exit")
+    monkeypatch.setenv("LLMSIM_DIST_FAULT", "1:abort-at-exit:3")  # rank 0's result is in the other node's folder
     outcome = launch_nodes(spec, 2, timeout_s=300)
-    assert outcome.error is None and len(outcome.records) == 4
+    assert outcome.error is None and len(outcome.records) == 2
     assert outcome.teardown is not None and "after the results were written" in outcome.teardown

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmsim.serving.requests import TraceError, build_requests, read_trace, trace_notes
+from llmsim.serving.requests import (TraceError, build_requests, read_trace, read_trace_in_file_order, trace_notes,
+                                     trace_order_notes)
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.spec import ServingCase, ServingSpec
 
@@ -119,6 +120,20 @@ def test_a_trace_replay_that_departs_from_its_file_is_said(tmp_path: Path) -> No
     [(key, note)] = trace_notes(plain.spec, rows, context=20)   # 20 + 4 tokens > 20: one request rejected
     assert key == "serving.arrival.path" and note.startswith("1 of the trace's 2 requests is longer than the context")
     assert trace_notes(plain.spec, rows, context=24) == []
+
+
+def test_a_trace_out_of_arrival_order_or_with_negative_times_is_said(tmp_path: Path) -> None:
+    """Rows out of order are replayed sorted, times relative to the first arrival: said, not refused (trial 24)."""
+    csv = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n-2,10,3\n1,20,4\n0.5,5,2\n", "t.csv")
+    rows, lines = read_trace_in_file_order(csv)
+    assert rows == [(-2.0, 10, 3), (1.0, 20, 4), (0.5, 5, 2)] and lines == [2, 3, 4]
+    assert read_trace(csv) == [(-2.0, 10, 3), (0.5, 5, 2), (1.0, 20, 4)]
+    order, negative = [note for _, note in trace_order_notes(rows, lines)]
+    assert order == ("the trace's rows are not in arrival order (line 4's arrival_s 0.5 is before line 3's 1): "
+                     "replayed sorted by arrival_s")
+    assert negative.startswith("the first arrival is at -2 s (line 2)")
+    in_order = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n0,10,3\n0,5,2\n1,20,4\n", "u.csv")
+    assert trace_order_notes(*read_trace_in_file_order(in_order)) == []
 
 
 @pytest.mark.parametrize("text,name,column", [
