@@ -15,7 +15,9 @@ from tests.calibrate.helpers import PEAK, SHAPES, TRUE, synthetic_run
 
 
 # A fit takes about a minute on a busy 2-core host: each one a test needs is made once per module and shared
-# (the runs are only read; a test that writes, writes into its own tmp_path).
+# (the runs are only read; a test that writes, writes into its own tmp_path). The module's tests run on one
+# pytest-xdist worker (its group), so that no second worker makes the same fixtures again (~19 s of CI).
+pytestmark = pytest.mark.xdist_group("calibrate-fits")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """One pass of the whole batch per step (micro_batch = batch), as the validation scripts measure."""

@@ -4,6 +4,8 @@ published sizes, the absorbed decode computing what the decompressed attention c
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -18,11 +20,20 @@ SMALL = dict(layers=2, hidden=96, heads=4, vocab=500, seq_len=16, positions="rot
              mla=dict(kv_lora_rank=32, q_lora_rank=48, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12))
 
 
+@functools.lru_cache(maxsize=None)
+def _meta_preset(preset: str) -> torch.nn.Module:
+    """A preset's whole model on the meta device, built once per test process: DeepSeek-V3's 14,848 expert modules
+    take ~12 s to build here, and two tests count them (kept on one xdist worker by their group)."""
+    spec = ModelSpec(preset=preset)
+    with torch.device("meta"):
+        return build_model(spec, tie_embeddings=spec.tie_embeddings)
+
+
+@pytest.mark.xdist_group("deepseek-models")
 @pytest.mark.parametrize("preset", sorted(PUBLISHED_MLA_PARAMS))
 def test_deepseek_presets_match_their_published_totals(preset: str) -> None:
     spec = ModelSpec(preset=preset)
-    with torch.device("meta"):
-        model = build_model(spec, tie_embeddings=spec.tie_embeddings)
+    model = _meta_preset(preset)
     total, active = count_parameters(model)[0], count_active_parameters(model)
     published_total, published_active, precision = PUBLISHED_MLA_PARAMS[preset]
     assert abs(total - published_total) <= precision
@@ -30,6 +41,7 @@ def test_deepseek_presets_match_their_published_totals(preset: str) -> None:
     assert abs(active - spec.vocab * spec.hidden - published_active) <= precision
 
 
+@pytest.mark.xdist_group("deepseek-models")
 def test_deepseek_v3_counts_by_hand() -> None:
     """Per layer: q_a 7168 x 1536 + q_a_norm 1536 + q_b 1536 x 128 x 192 + kv_a 7168 x 576 + kv_a_norm 512
     + kv_b 512 x 128 x 256 + out 128 x 128 x 7168 = 187,107,328 attention parameters, two RMSNorms; 3 dense
@@ -41,10 +53,8 @@ def test_deepseek_v3_counts_by_hand() -> None:
     assert attention == 187_107_328
     dense, moe = 3 * h * f, 257 * 3 * h * fe + h * 256
     total = 61 * (attention + 2 * h) + 3 * dense + 58 * moe + 2 * v * h + h
-    spec = ModelSpec(preset="deepseek-v3")
-    with torch.device("meta"):
-        model = build_model(spec, tie_embeddings=False)
-    assert count_parameters(model)[0] == total == 671_026_404_352
+    assert ModelSpec(preset="deepseek-v3").tie_embeddings is False
+    assert count_parameters(_meta_preset("deepseek-v3"))[0] == total == 671_026_404_352
 
 
 def test_no_query_latent_is_a_direct_projection() -> None:

@@ -5,6 +5,7 @@ region "experts", the parameter fields, and the 2-layer scaling with mixed dense
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -120,11 +121,16 @@ def test_schema_documents_the_moe_keys(capsys) -> None:
 
 
 # ------------------------------------------------------------------------------------------ published sizes
+@functools.lru_cache(maxsize=None)
 def _meta_model(spec: ModelSpec) -> torch.nn.Module:
+    """The model on the meta device, built once per spec and test process: a preset of 128 experts a layer takes
+    seconds to build, and the published-count tests and the by-hand counts build the same ones (read only; the
+    tests that count one preset share an xdist group, so one worker builds it)."""
     with torch.device("meta"):
         return build_model(spec, tie_embeddings=spec.tie_embeddings)
 
 
+@pytest.mark.xdist_group("moe-models")
 @pytest.mark.parametrize("preset", sorted(PUBLISHED_MOE_PARAMS))
 def test_moe_presets_total_and_active_match_their_sources(preset: str) -> None:
     model = _meta_model(ModelSpec(preset=preset))
@@ -137,6 +143,7 @@ def test_moe_presets_total_and_active_match_their_sources(preset: str) -> None:
     assert abs(active - published_active) <= PUBLISHED_MOE_PRECISION
 
 
+@pytest.mark.xdist_group("moe-models")
 def test_mixtral_counts_by_hand() -> None:
     """Per layer: attention q, o (h*h each) and k, v (h * 8 * 128 each), router h*8, 8 SwiGLU experts of
     3*h*f, two RMSNorms; plus the untied embedding and head and the final norm."""
@@ -148,6 +155,7 @@ def test_mixtral_counts_by_hand() -> None:
     assert count_active_parameters(model) == layers * (attn + router + 2 * expert + norms) + edges
 
 
+@pytest.mark.xdist_group("moe-models")
 def test_olmoe_normalises_the_whole_q_and_k_projections() -> None:
     """OLMoE's q_norm / k_norm weigh the whole projection (2048 each), not one head (128): 16 layers x 2 x
     (2048 - 128) parameters more than a per-head norm."""
@@ -311,6 +319,7 @@ def test_scaling_a_dense_rotary_model_from_two_layers_is_exact() -> None:
         (traced.activation_bytes, traced.activation_bytes_per_layer)
 
 
+@pytest.mark.xdist_group("moe-models")
 def test_qwen3_30b_a3b_counts_by_hand() -> None:
     """48 layers of: q (h x 32*128), k and v (h x 4*128 each), o (32*128 x h), per-head q/k norms (2 x 128),
     router h x 128, 128 SwiGLU experts of 3*h*768, two RMSNorms; untied embedding and head, final norm."""
