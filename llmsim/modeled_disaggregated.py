@@ -19,8 +19,8 @@ from llmsim.costmodel import ClusterSpec, Options
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.iteration import IterationModel, token_costs
-from llmsim.modeled_serving import (ServingFaults, capacity_problem, pricers, priced_options, replica_capacity,
-                                    replica_plan, run_extras, serving_profile, unknown_memory)
+from llmsim.modeled_serving import (ServingFaults, capacity_problem, none_served, pricers, priced_options,
+                                    replica_capacity, replica_plan, run_extras, serving_profile, unknown_memory)
 from llmsim.results import Result
 from llmsim.serving.disaggregation import (Pool, kv_bytes_per_port, simulate_disaggregated, transfer_link,
                                            transfer_seconds)
@@ -118,6 +118,8 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
         transfer=transfer, request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
     row = summarize(outcome, serving.rate, spec.slo)
     extra = {**row.pop("extra"), **memory, **outcome.extra}
+    if (nothing := none_served(outcome, case.workload.model.seq_len)) is not None:
+        return case.result(backend, status="skipped", error=nothing, extra=extra, **base)
     energy = sum(step_energy_j(cluster.device, tp_p if i < n_p else tp_d, outcome.duration_s, busy)
                  for i, busy in enumerate(outcome.compute_s))
     output_tokens = sum(s.request.output_tokens for s in outcome.sequences)

@@ -66,6 +66,16 @@ def test_at_a_vanishing_rate_each_side_is_priced_at_its_tp_and_the_kv_crosses_th
     assert pd["kv_transfer_link"] == "ethernet-100g"
 
 
+def test_a_disaggregated_run_whose_every_request_is_rejected_is_a_skipped_row_saying_why(tmp_path: Path) -> None:
+    """A trace of prompts all longer than the tiny model's 64-token context: `skipped`, not an `ok` row of dashes,
+    as the colocated run's (trial 24)."""
+    (tmp_path / "t.csv").write_text("arrival_s,input_tokens,output_tokens\n0,60,20\n1,70,3\n")
+    (row,) = _rows(tmp_path, _scenario({**PD, "requests": None, "lengths": None,
+                                        "arrival": {"kind": "trace", "path": "t.csv"}}))
+    assert row["status"] == "skipped" and row["requests_rejected"] == row["rejected_context"] == 2
+    assert row["error"].startswith("no request was served: all 2 requests were rejected")
+
+
 def test_the_default_link_is_the_nodes_own_when_both_sides_fit_one_node_else_the_network(tmp_path: Path) -> None:
     (inside,) = _rows(tmp_path / "a", _scenario({"disaggregation": {}}, devices=2))
     (across,) = _rows(tmp_path / "b", _scenario({"disaggregation": {}}, devices=1, nodes=2))

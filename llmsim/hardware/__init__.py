@@ -374,8 +374,6 @@ def _entry_problem(err: dict, loc: tuple) -> str:
     tag = next((p for p in loc if p in _ENTRY_MODELS), None)
     model = _ENTRY_MODELS.get(tag)
     inner = loc[loc.index(tag) + 1:] if tag is not None else loc
-    if err["type"] == "missing":
-        return "required key is missing"
     if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
         given = (err.get("ctx") or {}).get("tag")
         return (f"{given!r}: allowed: device, link" if given is not None else
