@@ -192,17 +192,24 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str, kept: list[st
         _say_note(path, key, note, kept)
 
 
+def _catalog(files: list[Path] | None, manager: Any = None) -> Any:
+    """The built-in catalog, the given hardware files and the installed plugins' `llmsim_hardware` entries
+    (hardware.load_catalog), as every command that takes `--hardware` or a catalog file reads them."""
+    from llmsim.hardware import load_catalog
+
+    manager = manager or get_plugin_manager()
+    return load_catalog(files, [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es])
+
+
 def _validate_catalog(path: str) -> int:
     """`llmsim validate` of a hardware catalog file (a mapping with `entries:` and no `workload:`): its entries
     checked as a scenario's `hardware_catalog` would load them (with the built-in catalog and plugins' entries,
     so a duplicate name or an unknown default link is found too)."""
-    from llmsim.hardware import load_catalog, parse_entries
+    from llmsim.hardware import parse_entries
     from llmsim.userinput import read_yaml
 
-    manager = get_plugin_manager()
-    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
     own = [e.name for e in parse_entries(read_yaml(path), path)]
-    catalog = load_catalog([Path(path)], entries)
+    catalog = _catalog([Path(path)])
     devices = [n for n in own if n in catalog.devices]
     links = [n for n in own if n in catalog.links]
     print(f"{path}: ok — a hardware catalog of {count(len(devices), 'device')}"
@@ -368,11 +375,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_hardware(args: argparse.Namespace) -> int:
-    from llmsim.hardware import load_catalog
-
-    manager = get_plugin_manager()
-    entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
-    catalog = load_catalog([Path(f) for f in args.hardware], entries)
+    catalog = _catalog([Path(f) for f in args.hardware])
     devices = Table("device", "bf16 TFLOP/s", "fp32 TFLOP/s", "memory GiB", "mem BW GB/s", "power W (idle–max)",
                     "source", title="devices")
     for d in catalog.devices.values():
@@ -516,12 +519,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
               else nullcontext()) as profile:
             if spare is not None:  # not given the trace (the store holds the profile, or a serving plan): stopped now
                 spare.close()
-            from llmsim.hardware import load_catalog
             from llmsim.planner import run_plan
 
-            manager = get_plugin_manager()
-            entries = [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es]
-            catalog = load_catalog([Path(f) for f in args.hardware], entries)
+            catalog = _catalog([Path(f) for f in args.hardware])
             progress = lambda text: err_console.print(text, highlight=False)  # noqa: E731
             if plan.serving is not None and args.no_simulate:
                 from llmsim.planner.config import check_hardware
