@@ -76,7 +76,9 @@ STRATEGIES = {
     "pp-1f1b": dict(pp=2, schedule="1f1b"),
     "pp-interleaved": dict(pp=2, schedule="interleaved"),
 }
-VARIANTS = {"zero2", "tp", "pp-gpipe", "pp-interleaved"}  # of fsdp, tp-sp and pp-1f1b: slow
+# of fsdp, tp-sp and pp-1f1b: slow. dp's losses and row are checked without the slow marker by the peak-memory test
+# below, which runs the same dp case (one 2-rank launch fewer in the README's test command).
+VARIANTS = {"dp", "zero2", "tp", "pp-gpipe", "pp-interleaved"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=SLOW) if n in VARIANTS else n for n in STRATEGIES])
@@ -91,15 +93,19 @@ def test_strategy_runs_and_matches_the_single_process_loss(name: str) -> None:
 
 
 def test_a_ranks_peak_memory_counts_its_step_like_the_single_process() -> None:
-    """A rank's peak is the step's, as the single process's is: not the ~70 MB of modules a fresh process imports
+    """Data parallelism on 2 ranks gives the single process's losses and a whole row (the `dp` case of the test
+    above, run here), and a rank's peak is the step's, as the single process's is: not the ~70 MB of modules a fresh process imports
     at its first optimizer step (torch._dynamo), which the parent had imported before its own case, nor the
     profiled step's buffers (worker.run_rank). The dp rank holds the same model and optimizer plus DDP's gradient
     buckets and gloo's buffers, a fresh process's thread pools and allocator arenas; before the fix it reported ~10x
     the single process's peak."""
     backend = CpuBackend(RunContext())
     single = backend.run(_case(), SETTINGS)
-    dp = backend.run(_case(dp=2), SETTINGS)
+    case = _case(dp=2)
+    dp = backend.run(case, SETTINGS)
     assert single.status == dp.status == "ok", (single.error, dp.error)
+    _check_row(case, dp)
+    assert json.loads(dp.extra["losses"])[:STEPS] == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
     mib = 2 ** 20
     # 12-25 MB against 4.5-10 MB here (the single process's peak is smaller in a test worker that ran much
     # before); the lazy import alone was ~70 MB, the two causes together 104 MB
@@ -107,15 +113,16 @@ def test_a_ranks_peak_memory_counts_its_step_like_the_single_process() -> None:
         (dp.peak_memory_bytes_per_device / mib, single.peak_memory_bytes_per_device / mib)
 
 
-def test_tensor_parallel_with_grouped_query_attention_and_swiglu() -> None:
+@pytest.mark.parametrize("kv_heads", [pytest.param(2, marks=SLOW), 1])
+def test_tensor_parallel_with_grouped_query_attention_and_swiglu(kv_heads: int) -> None:
     """The fused [q;k;v] and [gate;up] weights are re-laid out per shard: tp=2 with kv_heads=2 splits
-    the KV heads, kv_heads=1 replicates the one KV head on both ranks (gradients summed)."""
-    for kv_heads in (2, 1):
-        case = _case(dict(kv_heads=kv_heads, activation="swiglu", positions="rotary", norm="rmsnorm"), tp=2)
-        r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
-        assert r.status == "ok", r.error
-        losses = json.loads(r.extra["losses"])[:STEPS]
-        assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
+    the KV heads, kv_heads=1 replicates the one KV head on both ranks (gradients summed). kv_heads=2 is a variant
+    (slow): the sinks-and-windows test below splits 2 KV heads of 4 query heads over tp=2 without the marker."""
+    case = _case(dict(kv_heads=kv_heads, activation="swiglu", positions="rotary", norm="rmsnorm"), tp=2)
+    r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
+    assert r.status == "ok", r.error
+    losses = json.loads(r.extra["losses"])[:STEPS]
+    assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
 def test_tensor_parallel_keeps_each_ranks_attention_sinks_and_windows() -> None:
