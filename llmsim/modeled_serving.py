@@ -18,9 +18,9 @@ import math
 import random
 import re
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from llmsim.config import ModelSpec, Sharing, SharingChoice, Workload
 from llmsim.costmodel import ClusterSpec, Options, Plan
@@ -34,7 +34,7 @@ from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCo
 from llmsim.costmodel.torus import TorusError
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
-from llmsim.serving.replica import Pricer
+from llmsim.serving.replica import PRICED_MIXES_KEPT, Pricer
 from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.simulate import ServingOutcome, simulate_serving
 from llmsim.serving.spec import EagerLaunch, HostStep, ServingCase, Speculative
@@ -112,34 +112,55 @@ def pricers(model: IterationModel, faults: ServingFaults,  # noqa: ANN201 - Call
     and k, whose k draft passes over the iteration's decoding sequences run after the verify pass on the same devices
     (costmodel.iteration.draft_times), a straggler's slowdown on their compute too."""
 
+    memos: dict[tuple[bool, float], Callable[[Mix | tuple[Mix, ...]], tuple[float, float, float]]] = {}
+
     def price(i: int) -> Pricer:
-        here = model
-        if faults.degraded_replica == i and faults.bandwidth_factor < 1:
-            here = replace(model, cluster=_degraded(model.cluster, faults.degraded_tier, faults.bandwidth_factor))
+        degraded = faults.degraded_replica == i and faults.bandwidth_factor < 1
         slowdown = faults.slowdown if faults.straggler_replica == i else 1.0
+        if (degraded, slowdown) not in memos:   # replicas alike share one memo
+            memos[degraded, slowdown] = _priced_mixes(model, faults, host, eager, draft, degraded, slowdown)
+        priced = memos[degraded, slowdown]
         rng = random.Random(f"llmsim-serving-jitter-{faults.seed}-{i}") if faults.jitter > 0 else None
 
         def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
-            # attention data parallelism (plan.attention_dp > 1): the ranks' mixes of one lockstep iteration
-            # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted; each
-            # pass launches its engine's kernels (costmodel.eager.engine_iteration)
-            mix, ranks = engine_iteration(here, mix, eager.engine_kernels)
-            t = iteration_times(here, mix, ranks)
-            compute = t.compute * slowdown
-            device_s = compute + t.comm + t.bubble * slowdown + t.other
-            if draft is not None and mix.decode_seqs:
-                d = draft_times(draft[0], mix, draft[1], ranks)
-                compute += d.compute * slowdown
-                device_s += d.compute * slowdown + d.comm + d.bubble * slowdown + d.other
-            seconds = priced_pass_seconds(here, mix, device_s, eager.passes, eager.per_kernel_s,
-                                          eager.graph_max_batch)
+            seconds, compute, host_s = priced(mix)
             if rng is not None:
                 seconds *= max(0.0, 1.0 + rng.gauss(0.0, faults.jitter))
-            return seconds + host.seconds(max(m.rows for m in ranks) if ranks else mix.rows), compute
+            return seconds + host_s, compute
 
         return one
 
     return price
+
+
+def _priced_mixes(model: IterationModel, faults: ServingFaults, host: HostStep, eager: EagerLaunch,
+                  draft: tuple[IterationModel, int] | None, degraded: bool,
+                  slowdown: float) -> Callable[[Mix | tuple[Mix, ...]], tuple[float, float, float]]:
+    """The deterministic part of `pricers`' iteration price for a replica (`degraded`: its link tier slowed by the
+    faults; `slowdown`: a straggler's factor on compute), remembered per mix: (device-and-launch seconds, compute
+    seconds, host seconds) of one mix, before any jitter."""
+    here = model
+    if degraded:
+        here = replace(model, cluster=_degraded(model.cluster, faults.degraded_tier, faults.bandwidth_factor))
+
+    @lru_cache(maxsize=PRICED_MIXES_KEPT)
+    def priced(mix: Mix | tuple[Mix, ...]) -> tuple[float, float, float]:
+        # attention data parallelism (plan.attention_dp > 1): the ranks' mixes of one lockstep iteration
+        # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted; each
+        # pass launches its engine's kernels (costmodel.eager.engine_iteration)
+        whole, ranks = engine_iteration(here, mix, eager.engine_kernels)
+        t = iteration_times(here, whole, ranks)
+        compute = t.compute * slowdown
+        device_s = compute + t.comm + t.bubble * slowdown + t.other
+        if draft is not None and whole.decode_seqs:
+            d = draft_times(draft[0], whole, draft[1], ranks)
+            compute += d.compute * slowdown
+            device_s += d.compute * slowdown + d.comm + d.bubble * slowdown + d.other
+        seconds = priced_pass_seconds(here, whole, device_s, eager.passes, eager.per_kernel_s,
+                                      eager.graph_max_batch)
+        return seconds, compute, host.seconds(max(m.rows for m in ranks) if ranks else whole.rows)
+
+    return priced
 
 
 def requests_file_name(case: str, backend: str) -> str:

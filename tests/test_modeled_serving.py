@@ -752,3 +752,34 @@ def test_a_device_of_unknown_memory_gives_a_skipped_serving_row_that_says_why(tm
     _, rows = _run(tmp_path, data)
     assert [r["status"] for r in rows] == ["skipped"]
     assert "nomem-gpu: memory_bytes is 0 (unknown)" in rows[0]["error"], rows[0]["error"]
+
+
+def test_a_pricer_prices_each_distinct_mix_once_and_jitters_every_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pricers remember each mix's price (a pure function of it; serving.replica.PRICED_MIXES_KEPT): the same
+    mix again, on this replica or on an alike one, is not priced again and costs what the cost model says; a
+    straggler has its own memo; jitter still draws for every iteration."""
+    import llmsim.modeled_serving as modeled_serving
+    from llmsim.costmodel import Plan
+    from llmsim.costmodel.iteration import IterationModel, Mix, iteration_time, token_costs
+    from llmsim.config import ModelSpec, SharingChoice, Workload
+    from llmsim.hardware import load_catalog
+    from llmsim.modeled_serving import ServingFaults, pricers, serving_profile
+
+    ref, profile = serving_profile(Workload(model=ModelSpec(preset="tiny"), dtype="float32"),
+                                   SharingChoice(tie_embeddings=False))
+    model = IterationModel(token_costs(ref, profile), ref, Plan(), load_catalog().cluster("h100-sxm", 1, 8, None, None))
+    priced: list[Mix] = []
+    real = modeled_serving.iteration_times
+    monkeypatch.setattr(modeled_serving, "iteration_times", lambda m, mix, ranks=(): priced.append(mix) or real(m, mix, ranks))
+
+    price = pricers(model, ServingFaults(straggler_replica=2, slowdown=2.0))
+    a, b = Mix.decode(30), Mix.decode(31)
+    first = price(0)(a)
+    assert first[0] == pytest.approx(iteration_time(model, a), rel=1e-12)
+    assert price(0)(a) == first and price(1)(a) == first      # replica 1 is alike: one memo
+    price(0)(b)
+    assert priced == [a, b]
+    slow = price(2)(a)                                         # the straggler: its own prices
+    assert priced == [a, b, a] and slow[1] == pytest.approx(2 * first[1])
+    jittered = pricers(model, ServingFaults(jitter=0.1, seed=3))(0)
+    assert len({jittered(a)[0] for _ in range(5)}) == 5 and priced.count(a) == 3

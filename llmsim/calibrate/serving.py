@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ from llmsim.calibrate.optimiser import least_squares, polish
 from llmsim.config import Scenario, parse_scenario
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan
 from llmsim.costmodel.window import KVLayout
-from llmsim.costmodel.iteration import IterationModel, iteration_times, kv_bytes_per_token, kv_capacity, token_costs
+from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_times, kv_bytes_per_token, kv_capacity,
+                                       token_costs)
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import read_rows
+from llmsim.serving.replica import PRICED_MIXES_KEPT, Pricer
 from llmsim.serving.requests import Request, build_requests, closed_loop_of, iter_requests
 from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import StalledError, simulate_serving
@@ -227,10 +230,12 @@ class _Replay:
         model = IterationModel(self.costs, self.reference, self.plan, cluster, self.options,
                                pipeline_in_flight=self.obs.serving.scheduler.pipeline_in_flight)
 
-        def price(_: int):  # noqa: ANN202 - a Pricer
-            def one(mix):  # noqa: ANN001, ANN202
-                t = iteration_times(model, mix)
-                return t.step, t.compute
+        @lru_cache(maxsize=PRICED_MIXES_KEPT)    # a pure function of the mix on this cluster
+        def one(mix: Mix) -> tuple[float, float]:
+            t = iteration_times(model, mix)
+            return t.step, t.compute
+
+        def price(_: int) -> Pricer:
             return one
 
         spec, serving = self.spec, self.obs.serving

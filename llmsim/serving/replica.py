@@ -70,6 +70,12 @@ from llmsim.serving.speculative import Speculator
 # (iteration seconds, of which the devices compute) for one mix on this replica.
 Pricer = Callable[[Mix], tuple[float, float]]
 
+# Distinct mixes a pricer remembers (functools.lru_cache; ~1.5 KB each with its key: ~25 MB at most). A serving
+# simulation forms the same mix again and again (every lone request's decode step at the same cache length, the
+# same full batch of equal prompts), and the cost model prices one as a pure function of it (~0.2 ms each): a
+# calibration fit's simulations priced each mix 3 times on average (measured, session 26).
+PRICED_MIXES_KEPT = 16384
+
 
 class Timeline:
     """One replica's state at the start of every iteration, in compact arrays (~40 bytes an iteration):
