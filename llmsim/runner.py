@@ -149,7 +149,11 @@ def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None, f
     A `hardware_catalog` path that names no file is the scenario's error (`file`, `hardware_catalog[i]`):
     the paths are relative to the scenario's folder, which the message names."""
     for i, name in enumerate(scenario.hardware_catalog):
-        if not (scenario_dir / name).is_file():
+        path = scenario_dir / name
+        if path.is_dir():
+            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: is a folder in {scenario_dir}, not a "
+                                                                f"hardware file (allowed: a YAML file of entries:)")
+        if not path.is_file():
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: no such file in {scenario_dir} (the "
                                                                 f"paths are relative to the scenario's folder)")
     entries = list(manager.call_each("llmsim_hardware")) if manager is not None else []

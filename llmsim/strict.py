@@ -32,6 +32,37 @@ def _accepts_bool(annotation: Any) -> bool:
         isinstance(annotation, types.UnionType) else False
 
 
+def boolean_for_a_number(model: type[BaseModel], data: Any) -> None:
+    """Raise KeyedValueError where `data` (a model's raw input) gives a YAML boolean to a key of `model` that takes
+    no boolean, or to a value of a mapping-valued key whose values take none (`peak_flops: {bfloat16: true}`):
+    pydantic's lax mode reads true as 1 and false as 0."""
+    if not isinstance(data, dict):
+        return
+    for name, value in data.items():
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if field is None:
+            continue
+        if isinstance(value, bool) and not _accepts_bool(field.annotation):
+            raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
+                                        f"(YAML reads true/false/yes/no/on/off as booleans)")
+        args = typing.get_args(field.annotation)
+        if isinstance(value, dict) and typing.get_origin(field.annotation) is dict and not _accepts_bool(args[1]):
+            for key, item in value.items():
+                if isinstance(item, bool):
+                    raise KeyedValueError(f"{name}.{key}", f"{str(item).lower()} is a boolean, not a number "
+                                                           f"(YAML reads true/false/yes/no/on/off as booleans)")
+
+
+class BooleansAreNotNumbers(BaseModel):
+    """A file model (a hardware catalog entry) whose numbers refuse a YAML boolean (`boolean_for_a_number`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        boolean_for_a_number(cls, data)
+        return data
+
+
 class StrictModel(BaseModel):
     """extra="forbid", frozen, finite floats; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1
     (pydantic's lax mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""

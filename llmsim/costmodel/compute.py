@@ -211,8 +211,9 @@ def rates_problem(device: "DeviceSpec", dtype: str) -> str | None:
         have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
         return f"device {device.name!r} has no peak FLOP/s for {dtype}; it has: {have}"
     if not device.memory_bw_bytes_per_s:
-        return (f"device {device.name!r} has no memory bandwidth in the catalog "
-                f"(run `llmsim calibrate` on measured runs to make an entry that has one)")
+        return (f"device {device.name!r} has no memory bandwidth in the catalog (memory_bw_bytes_per_s: 0, unknown): "
+                f"give it in the device's hardware file, or run `llmsim calibrate` on measured runs to make an "
+                f"entry that has one")
     return None
 
 

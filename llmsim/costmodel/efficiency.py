@@ -15,6 +15,8 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmsim.strict import BooleansAreNotNumbers
+
 # Maximum achievable matmul FLOPS (MAMF), BF16, best shape found by a shape search, divided by the
 # datasheet peak (S. Bekman, "Machine Learning Engineering", compute/accelerator/README.md, "Maximum
 # Achievable Matmul FLOPS comparison table"): A100 SXM 267.9/312 = 0.859 (CUDA 12.1), H100 SXM
@@ -102,7 +104,7 @@ DEFAULT_MATMUL_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 128))
 MMA_ROWS = 16
 
 
-class Efficiency(BaseModel):
+class Efficiency(BooleansAreNotNumbers):
     """Fractions of peak a device reaches: calibratable, and carried by a catalog entry if it has its own.
 
     `matmul` is the large-GEMM fraction of the dtype's peak FLOP/s at the best shape (MAMF); the cost

@@ -17,7 +17,8 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.config import allowed_keys, allowed_range, describe_error, out_of_range
-from llmsim.errors import ScenarioError, format_key_path
+from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
+from llmsim.strict import BooleansAreNotNumbers
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -31,7 +32,7 @@ CATALOG_DEVICE: dict[str, str] = {CATALOG_KEY: "device"}
 CATALOG_LINK: dict[str, str] = {CATALOG_KEY: "link"}
 
 
-class TorusSpec(BaseModel):
+class TorusSpec(BooleansAreNotNumbers):
     """How a TPU's chips join into slices: a `dims`-dimensional torus of ICI links (costmodel.torus)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -75,7 +76,7 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class DeviceSpec(BaseModel):
+class DeviceSpec(BooleansAreNotNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
@@ -203,7 +204,7 @@ class DeviceSpec(BaseModel):
         return value
 
 
-class LinkSpec(BaseModel):
+class LinkSpec(BooleansAreNotNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
@@ -395,10 +396,15 @@ def _entries_error(exc: ValidationError, origin: str) -> ScenarioError:
     """A catalog file's validation errors as one ScenarioError (file, key, what): the first problem, the others'
     places counted."""
     errors = exc.errors(include_url=False)
-    where_of = lambda e: format_key_path(tuple(p for p in e["loc"] if p not in _ENTRY_MODELS))  # noqa: E731
+    # pydantic's "[key]" marks a mapping's key that failed (peak_flops' dtype names): the path to it is enough
+    where_of = lambda e: format_key_path(tuple(p for p in e["loc"] if p not in _ENTRY_MODELS  # noqa: E731
+                                               and p != "[key]"))
     err = errors[0]
     where = where_of(err)
     msg = _entry_problem(err, tuple(err["loc"]))
+    keyed = (err.get("ctx") or {}).get("error")
+    if isinstance(keyed, KeyedValueError):   # a rule that names its key (strict.boolean_for_a_number)
+        where, msg = f"{where}.{keyed.key}" if where else keyed.key, keyed.message
     if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
         where = f"{where}.type" if where else "type"
     others = [where_of(e) or "the file" for e in errors[1:]]

@@ -450,7 +450,14 @@ def parse_plan(data: dict[str, Any], file: str = "<plan>") -> PlanFile:
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> PlanFile:
     """Load and validate a plan file: safe YAML, `--set` overrides, schema and cross-key rules."""
-    return load_file_model(PlanFile, path, overrides, other_kind=("strategies", "run"))
+    try:
+        return load_file_model(PlanFile, path, overrides, other_kind=("strategies", "run"))
+    except ScenarioError as exc:
+        if exc.key != "hardware_catalog":
+            raise
+        # a scenario's key: a plan takes hardware files on its command line (one catalog for every choice)
+        raise ScenarioError(exc.file, exc.key, f"{exc.message} (a plan takes hardware files of its own devices with "
+                                               f"`llmsim plan PLAN.yaml --hardware FILE`)") from None
 
 
 def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:

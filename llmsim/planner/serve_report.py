@@ -19,6 +19,7 @@ from llmsim.planner.explain import (Explanation, Limit, Sensitivity, Sensitivity
                                     fmt_energy, fmt_usd, strongest_whatif)
 from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
+from llmsim.wording import count
 from llmsim.planner.serve import (CandidateResult, Mapper, ServingTask, plan_serving, unused_counts_note, what_if,
                                   what_if_key)
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
@@ -394,7 +395,7 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
     lines += [f"{at}: TTFT p99 "
               f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO "
               f"attainment {row.get('slo_attainment') or 0:.3f}, goodput {goodput:.3g} requests/s{drain}",
-              f"{c.n_devices} devices rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
+              f"{count(c.n_devices, 'device')} rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
               f"{fmt_energy(c.energy_j)} per hour"]
     return lines
 

@@ -218,7 +218,10 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise TraceError(file, f"line {number}: not JSON ({exc.msg})") from None
+                # a file not named *.csv is read as JSONL: say so where its name ends otherwise (a CSV named .txt)
+                hint = "" if file.endswith((".jsonl", ".json")) else \
+                    " (a trace whose name does not end in .csv is read as JSONL; allowed: .csv, .jsonl)"
+                raise TraceError(file, f"line {number}: not JSON ({exc.msg}){hint}") from None
             except ValueError:   # an integer of more than sys.get_int_max_str_digits() digits
                 raise TraceError(file, f"line {number}: not a usable JSON object (a number of more than "
                                        f"{sys.get_int_max_str_digits():,} digits)") from None

@@ -245,3 +245,26 @@ def test_a_missing_hardware_catalog_file_is_the_scenarios_error(tmp_path: Path, 
     assert main(["validate", str(scenario)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "s.yaml: hardware_catalog[0]: 'nothere.yaml': no such file in" in err
+
+
+def test_a_hardware_catalog_path_that_is_a_folder_says_so(tmp_path: Path, capsys) -> None:
+    (tmp_path / "adir").mkdir()
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\nhardware_catalog: [adir]\nworkload: {model: {preset: tiny}, mode: decode, "
+                        "batch: 1}\nstrategies: [{name: single}]\nbackends: {roofline: {hardware: h100-sxm}}\n")
+    assert main(["validate", str(scenario)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "s.yaml: hardware_catalog[0]: 'adir': is a folder in" in err
+
+
+@pytest.mark.parametrize("where, entry", [
+    ("entries[0].compute_units", dict(GPU, compute_units=True)),
+    ("entries[0].efficiency.matmul", dict(GPU, efficiency={"matmul": True, "source": "x"})),
+    ("entries[0].peak_flops.bfloat16", dict(GPU, peak_flops={"bfloat16": False})),
+])
+def test_a_boolean_for_a_number_in_a_hardware_file_is_refused_naming_the_key(tmp_path: Path, capsys, where: str,
+                                                                            entry: dict) -> None:
+    """YAML's true/false is not 1/0 in a hardware file, as in a scenario (pydantic's lax mode read it as one)."""
+    assert main(["validate", str(_write(tmp_path, [dict(entry, source="vendor sheet")]))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{where}: " in err and "is a boolean" in err, err

@@ -34,6 +34,7 @@ def _write(tmp_path: Path, data: object, text: str | None = None) -> Path:
      "'magic' is not one of the allowed values (allowed: flash, cudnn, flash3, trtllm-mmha, fused-softmax, "
      "math)"),
     ({"options": {"hardware": "h100-sxm"}}, "options.hardware", "allowed: attention, main_grads_fp32"),
+    ({"hardware_catalog": ["my.yaml"]}, "hardware_catalog", "`llmsim plan PLAN.yaml --hardware FILE`"),
     ({"sharing": {"lora": {"targets": ["gate"]}}}, "sharing.lora.targets",
      "target 'gate' is not a projection of a gelu block LoRA can adapt (allowed: q, k, v, o, up, down; aliases qkv, out, mlp)"),
 ])

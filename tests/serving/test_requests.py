@@ -250,3 +250,12 @@ def test_a_trace_whose_arrivals_are_all_at_one_time_says_it_has_no_rate(tmp_path
     assert [r.arrival_s for r in build_requests(scaled)] == [0.0, 0.0]
     one = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n7,10,3\n", "one.csv")
     assert trace_notes(recorded.spec, read_trace(one)) == []   # one request: nothing to say of gaps
+
+
+def test_a_csv_trace_named_otherwise_is_read_as_jsonl_and_the_error_says_so(tmp_path: Path) -> None:
+    path = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n0,10,5\n", "t.txt")
+    with pytest.raises(TraceError, match=r"line 1: not JSON .*name does not end in \.csv is read as JSONL"):
+        read_trace(path)
+    with pytest.raises(TraceError) as exc:           # a .jsonl file's own error needs no hint
+        read_trace(_trace(tmp_path, "{nope\n", "e.jsonl"))
+    assert "read as JSONL" not in str(exc.value)
