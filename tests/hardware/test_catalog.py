@@ -268,3 +268,12 @@ def test_a_boolean_for_a_number_in_a_hardware_file_is_refused_naming_the_key(tmp
     assert main(["validate", str(_write(tmp_path, [dict(entry, source="vendor sheet")]))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{where}: " in err and "is a boolean" in err, err
+
+
+def test_validate_of_a_bare_list_of_entries_says_they_go_under_entries(tmp_path: Path, capsys) -> None:
+    """A catalog written as a top-level list of entries (no `entries:`) is not taken for a broken scenario."""
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump([dict(GPU, source="vendor sheet")]))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lists its devices and links under entries:" in err, err
