@@ -694,6 +694,16 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"llmsim: error: {self.prog}: {message} (see: {self.prog} --help)\n")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """As argparse's, but an argument the command does not take points at that command's --help (argparse
+        reports it from the top-level parser: `llmsim schema extra` said "see: llmsim --help")."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"llmsim: error: {prog}: unrecognized arguments: {' '.join(extra)} (see: {prog} --help)\n")
+        return parsed
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="llmsim", description="Simulate and benchmark Transformer workloads.")

@@ -389,3 +389,11 @@ def test_a_terminal_without_unicode_gets_question_marks_not_a_traceback() -> Non
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and ": ok ? " in done.stdout, done.stdout
+
+
+def test_an_argument_a_command_does_not_take_points_at_that_commands_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["schema", "extra"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "llmsim: error: llmsim schema: unrecognized arguments: extra (see: llmsim schema --help)"
