@@ -74,13 +74,11 @@ class StrictModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        # keyed: the message names `workload.batch`, not the model that holds it
+        boolean_for_a_number(cls, data)
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
-                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
-                    # keyed: the message names `workload.batch`, not the model that holds it
-                    raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
-                                                f"(YAML reads true/false/yes/no/on/off as booleans)")
                 if (isinstance(value, (int, float)) and not isinstance(value, bool) and field is not None
                         and _only_bool(field.annotation)):
                     # pydantic's lax mode reads 1/0 as true/false; `parallel_block: 1` is refused as `batch: true` is
