@@ -1259,7 +1259,10 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _KeyedError):
         prefix = format_key_path(loc)
-        return ScenarioError(file, f"{prefix}.{ctx_err.key}" if prefix else ctx_err.key, ctx_err.message)
+        message = ctx_err.message
+        if message.endswith("is text, not a number"):   # strict.StrictModel: what the key takes, as for 2.5 or 1e30
+            message += allowed_range(model, (*loc, ctx_err.key))
+        return ScenarioError(file, f"{prefix}.{ctx_err.key}" if prefix else ctx_err.key, message)
     message = describe_error(err)
     if one_value_expected(err) is not None and loc[:1] == ("strategies",) and len(loc) == 3:
         message += f" (to compare several values of {loc[2]}, list one strategy per value)"

@@ -150,6 +150,11 @@ def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None, f
     the paths are relative to the scenario's folder, which the message names."""
     for i, name in enumerate(scenario.hardware_catalog):
         path = scenario_dir / name
+        first = next(j for j, other in enumerate(scenario.hardware_catalog)
+                     if (scenario_dir / other).resolve() == path.resolve())
+        if first != i:   # its entries would each be "already defined" by the file itself
+            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r} is listed twice (also "
+                                                                f"hardware_catalog[{first}]): list each file once")
         if path.is_dir():
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: is a folder in {scenario_dir}, not a "
                                                                 f"hardware file (allowed: a YAML file of entries:)")

@@ -315,9 +315,12 @@ def test_a_quoted_number_is_refused_not_read_as_a_number(capsys, setting: str, k
 
 
 def test_a_word_for_a_number_is_refused_without_a_hint_about_quotes(capsys) -> None:
-    """`--set workload.batch=abc` has no quotes to remove: the error says it is text, not a number, and stops."""
+    """`--set workload.batch=abc` has no quotes to remove: the error says it is text, not a number, and what the key
+    takes (its bounds, as for a number out of them)."""
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "workload.batch=abc"])
-    assert "workload.batch: " in err and "'abc' is text, not a number" in err and "quotes" not in err
+    assert "workload.batch: " in err and "'abc' is text, not a number; allowed: >= 1" in err and "quotes" not in err
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "seed=abc"])
+    assert err.endswith("seed: 'abc' is text, not a number; allowed: >= 0 and <= 18446744073709551615")
 
 
 @pytest.mark.parametrize("verb, path", [("validate", "scenarios/quickstart.yaml"), ("plan", "scenarios/plan-train-70b.yaml")])

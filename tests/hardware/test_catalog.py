@@ -277,3 +277,13 @@ def test_validate_of_a_bare_list_of_entries_says_they_go_under_entries(tmp_path:
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lists its devices and links under entries:" in err, err
+
+
+def test_a_hardware_file_listed_twice_says_so(tmp_path: Path, capsys) -> None:
+    _write(tmp_path, [dict(GPU, source="vendor sheet")])
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\nhardware_catalog: [hw.yaml, ./hw.yaml]\nworkload: {model: {preset: tiny}, mode: "
+                        "decode, batch: 1}\nstrategies: [{name: single}]\nbackends: {roofline: {hardware: my-gpu}}\n")
+    assert main(["validate", str(scenario)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "hardware_catalog[1]: './hw.yaml' is listed twice (also hardware_catalog[0])" in err
