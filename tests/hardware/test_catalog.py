@@ -238,23 +238,21 @@ def test_validate_of_a_catalog_file_checks_its_entries(tmp_path: Path, capsys) -
     assert err.count("\n") == 0 and "entries.my-gpu.intra_node: unknown link 'warp-drive'" in err
 
 
-def test_a_missing_hardware_catalog_file_is_the_scenarios_error(tmp_path: Path, capsys) -> None:
-    scenario = tmp_path / "s.yaml"
-    scenario.write_text("name: s\nhardware_catalog: [nothere.yaml]\nworkload: {model: {preset: tiny}, mode: decode, "
-                        "batch: 1}\nstrategies: [{name: single}]\nbackends: {roofline: {hardware: h100-sxm}}\n")
-    assert main(["validate", str(scenario)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "s.yaml: hardware_catalog[0]: 'nothere.yaml': no such file in" in err
-
-
-def test_a_hardware_catalog_path_that_is_a_folder_says_so(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("listed, said", [
+    ("[nothere.yaml]", "hardware_catalog[0]: 'nothere.yaml': no such file in"),
+    ("[adir]", "hardware_catalog[0]: 'adir': is a folder in"),
+    ("[hw.yaml, ./hw.yaml]", "hardware_catalog[1]: './hw.yaml' is listed twice (also hardware_catalog[0])"),
+])
+def test_a_hardware_catalog_path_that_names_no_usable_file_is_the_scenarios_error(tmp_path: Path, capsys,
+                                                                                 listed: str, said: str) -> None:
     (tmp_path / "adir").mkdir()
+    _write(tmp_path, [dict(GPU, source="vendor sheet")])
     scenario = tmp_path / "s.yaml"
-    scenario.write_text("name: s\nhardware_catalog: [adir]\nworkload: {model: {preset: tiny}, mode: decode, "
-                        "batch: 1}\nstrategies: [{name: single}]\nbackends: {roofline: {hardware: h100-sxm}}\n")
+    scenario.write_text(f"name: s\nhardware_catalog: {listed}\nworkload: {{model: {{preset: tiny}}, mode: decode, "
+                        f"batch: 1}}\nstrategies: [{{name: single}}]\nbackends: {{roofline: {{hardware: my-gpu}}}}\n")
     assert main(["validate", str(scenario)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "s.yaml: hardware_catalog[0]: 'adir': is a folder in" in err
+    assert err.count("\n") == 0 and f"s.yaml: {said}" in err, err
 
 
 @pytest.mark.parametrize("where, entry", [
@@ -277,13 +275,3 @@ def test_validate_of_a_bare_list_of_entries_says_they_go_under_entries(tmp_path:
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lists its devices and links under entries:" in err, err
-
-
-def test_a_hardware_file_listed_twice_says_so(tmp_path: Path, capsys) -> None:
-    _write(tmp_path, [dict(GPU, source="vendor sheet")])
-    scenario = tmp_path / "s.yaml"
-    scenario.write_text("name: s\nhardware_catalog: [hw.yaml, ./hw.yaml]\nworkload: {model: {preset: tiny}, mode: "
-                        "decode, batch: 1}\nstrategies: [{name: single}]\nbackends: {roofline: {hardware: my-gpu}}\n")
-    assert main(["validate", str(scenario)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "hardware_catalog[1]: './hw.yaml' is listed twice (also hardware_catalog[0])" in err
