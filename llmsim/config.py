@@ -1149,6 +1149,9 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "too_short":
         least = (err.get("ctx") or {}).get("min_length", 1)
         return f"{_shown(err.get('input'))}: needs at least {count(least, 'item')}"
+    given = err.get("input")
+    if kind == "float_type" and isinstance(given, int) and not isinstance(given, bool):
+        return f"{_shown(given)}: too large for a number (at most ~1.8e308)"   # an integer no float can hold
     wrong = wrong_kind(err)
     if wrong is not None:
         return wrong

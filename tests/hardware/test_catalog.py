@@ -205,6 +205,9 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: abc}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
      "entries[0].peak_flops.bfloat16", "'abc': expected a number"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 1" + "0" * 400 + ", "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
+     "entries[0].memory_bytes", "too large for a number (at most ~1.8e308)"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: x}\n",
      "entries[0].source", "'x': too short; allowed: at least 3 characters"),
