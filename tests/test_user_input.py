@@ -249,6 +249,10 @@ def test_a_set_path_with_an_empty_part_in_a_plan_is_one_line(capsys) -> None:
     ("serving.arrival.rate=.inf", "serving.arrival.rate", "inf: allowed: a rate > 0 in requests/s (finite)"),
     ("serving.arrival.rate=.nan", "serving.arrival.rate", "nan: allowed: a rate > 0 in requests/s (finite)"),
     ("serving.arrival.rate=[2, .inf]", "serving.arrival.rate", "[2, inf]: allowed: a rate > 0 in requests/s (finite)"),
+    # an integer no float holds passes `< inf`: it named pydantic's union branches (rate.constrained-float)
+    pytest.param("serving.arrival.rate=1" + "0" * 400, "serving.arrival.rate", "1000000000", id="rate-400-digits"),
+    pytest.param("serving.arrival.rate=[2, 1" + "0" * 400 + "]", "serving.arrival.rate", "[2, 1000000",
+                 id="rate-list-400-digits"),
     ("serving.slo={ttft_s: .inf, tpot_s: 0.05}", "serving.slo.ttft_s", "inf: expected a finite number"),
     ("serving.duration_s=.inf", "serving.duration_s", "inf: expected a finite number"),
     ("serving.memory_utilization=.nan", "serving.memory_utilization", "nan: expected a finite number"),

@@ -248,6 +248,16 @@ class Lengths(_Strict):
         return self.max_total is None or n_in + n_out <= self.max_total
 
 
+def _holds_in_a_float(value: float) -> bool:
+    """Whether a number converts to a float: a YAML integer of 400 digits passes `< math.inf` but no float
+    holds it (pydantic would then name its union's branches, `rate.constrained-float`, in the key path)."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def _sweep(value: Any, valid: Any, one: str) -> Any:
     """A sweepable value (one, or a non-empty list that repeats none) whose every item passes `valid` (booleans
     never do); a ValueError saying `one` is allowed otherwise. One message for both forms (pydantic would name
@@ -256,10 +266,10 @@ def _sweep(value: Any, valid: Any, one: str) -> Any:
         return value
     values = value if isinstance(value, list) else [value]
     if not values or not all(not isinstance(v, bool) and valid(v) for v in values):
-        raise ValueError(f"{value!r}: allowed: {one}, or a non-empty list of them (a sweep)")
+        raise ValueError(f"{shown_value(value)}: allowed: {one}, or a non-empty list of them (a sweep)")
     repeats = sweep_repeats(values)
     if repeats:
-        raise ValueError(f"{value!r}: {repeats}")
+        raise ValueError(f"{shown_value(value)}: {repeats}")
     return value
 
 
@@ -291,8 +301,8 @@ class Arrival(_Strict):
     @classmethod
     def _rate(cls, value: Any) -> Any:
         """One message for both forms (pydantic would name the branch of the union it tried last)."""
-        return _sweep(value, lambda v: isinstance(v, (int, float)) and 0 < v < math.inf,  # nan fails every comparison
-                      "a rate > 0 in requests/s (finite)")
+        return _sweep(value, lambda v: isinstance(v, (int, float)) and 0 < v < math.inf and _holds_in_a_float(v),
+                      "a rate > 0 in requests/s (finite)")  # nan fails every comparison
 
     @field_validator("clients", mode="before")
     @classmethod
