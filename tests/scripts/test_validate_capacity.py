@@ -33,7 +33,7 @@ def _row(v, **values: object) -> dict[str, object]:
                n_devices=1, tp=1, pp=1, context=128, input_median=12, input_p90=20, output_median=30, output_p90=45,
                duration_s=3, scheduler="chunked-prefill", max_num_seqs=1, max_batched_tokens=64, kv_block_tokens=16,
                memory_utilization=0.9, slo_itl_s=0.02, slo_itl_percentile=99, slo_queue_s=0.5,
-               slo_queue_percentile=50, rate_start=800, rate_tolerance=0.1, metric="capacity_rps", published=100,
+               slo_queue_percentile=50, rate_start=100, rate_tolerance=0.1, metric="capacity_rps", published=100,
                source="test")
     row.update(values)
     return row

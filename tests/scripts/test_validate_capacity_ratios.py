@@ -18,7 +18,7 @@ from tests.scripts.test_validate_capacity import _row, _write, v  # noqa: F401  
 
 def _tiny(v, **values: object) -> dict[str, object]:
     """The capacity tests' tiny row, with 1 simulated second a probe (a search is a few seconds here)."""
-    return _row(v, **{"duration_s": 1, "rate_start": 400, **values})
+    return _row(v, **{"duration_s": 1, "rate_start": 100, **values})
 
 
 def _slower(v, **values: object) -> dict[str, object]:
