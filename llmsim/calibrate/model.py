@@ -29,7 +29,7 @@ from typing import Any
 
 from llmsim.calibrate.optimiser import fit
 from llmsim.calibrate.observations import CalibrationError, Observation, busy_cases, read_observations
-from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, estimate
+from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, step_time
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
 from llmsim.wording import count
@@ -111,7 +111,7 @@ def _predictor(observations: list[Observation], catalog: Catalog,
 
     def predict(candidate: DeviceSpec) -> list[float]:
         cluster = ClusterSpec(device=candidate, intra=loopback, inter=loopback, nodes=1, devices_per_node=1)
-        return [estimate(w, p, s, plan, cluster, options).step_time_s for w, p, s, plan in prepared]
+        return [step_time(w, p, s, plan, cluster, options) for w, p, s, plan in prepared]
 
     return predict
 

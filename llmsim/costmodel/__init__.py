@@ -28,7 +28,7 @@ from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY, Efficiency
 from llmsim.costmodel.memory import MemoryBreakdown, memory_breakdown
 from llmsim.costmodel.plan import Options, Plan
-from llmsim.costmodel.step import StepBreakdown, estimate, single_device_step_time
+from llmsim.costmodel.step import StepBreakdown, estimate, single_device_step_time, step_time
 
 __all__ = ["DEFAULT_EFFICIENCY", "ClusterSpec", "CostModelError", "Efficiency", "MemoryBreakdown", "Options",
-           "Plan", "StepBreakdown", "estimate", "memory_breakdown", "single_device_step_time"]
+           "Plan", "StepBreakdown", "estimate", "memory_breakdown", "single_device_step_time", "step_time"]

@@ -464,6 +464,14 @@ def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "Sharing
                          critical_stage=t.critical_stage)
 
 
+def step_time(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
+              cluster: ClusterSpec, options: Options = Options()) -> float:
+    """`estimate(...).step_time_s` alone, seconds, without the memory breakdown and the energy that do not
+    change it: what a fit that prices the same cases on thousands of candidate devices needs (llmsim.calibrate:
+    the memory breakdown was a quarter of each evaluation). Raises CostModelError if it cannot."""
+    return step_times(workload, profile, sharing, plan_on(plan, cluster), cluster, options).step
+
+
 def single_device_step_time(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
                             cluster: ClusterSpec, options: Options = Options()) -> float:
     """The whole step on one device of the cluster, memory ignored: m*C in T = m*C/n."""

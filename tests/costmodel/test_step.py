@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from llmsim.config import LoraSpec, ModelSpec, Workload
-from llmsim.costmodel import CostModelError, Options, Plan, estimate, memory_breakdown, single_device_step_time
+from llmsim.costmodel import (CostModelError, Options, Plan, estimate, memory_breakdown, single_device_step_time,
+                              step_time)
 from llmsim.costmodel.cluster import Group, collective_time
 from llmsim.costmodel.compute import phase_times
 from llmsim.costmodel.step import _per_microbatch
@@ -58,6 +59,17 @@ def test_step_is_the_sum_of_its_parts_and_energy_follows_power() -> None:
     busy = r.compute_time_s + r.other_time_s
     assert r.energy_j == pytest.approx(256 * (dev.idle_power_w * r.step_time_s
                                              + (dev.max_power_w - dev.idle_power_w) * busy))
+
+
+@pytest.mark.parametrize("mode", ["train", "prefill", "decode"])
+def test_step_time_alone_is_the_estimates_step_time(mode: str) -> None:
+    """What the calibration fit prices per evaluation: the same figure as estimate's, without its memory."""
+    workload = gpt2(mode).model_copy(update={"decode_tokens": 8})
+    profile, sharing = profiled(workload)
+    plan = Plan(dp=1, tp=2, pp=2, microbatches=4 if mode == "train" else 1)
+    cluster = a100_cluster(nodes=1)
+    assert step_time(workload, profile, sharing, plan, cluster) == estimate(workload, profile, sharing, plan,
+                                                                            cluster).step_time_s > 0
 
 
 def test_more_data_parallel_replicas_shorten_the_step_but_not_below_ideal() -> None:

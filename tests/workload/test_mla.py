@@ -23,7 +23,8 @@ SMALL = dict(layers=2, hidden=96, heads=4, vocab=500, seq_len=16, positions="rot
 @functools.lru_cache(maxsize=None)
 def _meta_preset(preset: str) -> torch.nn.Module:
     """A preset's whole model on the meta device, built once per test process: DeepSeek-V3's 14,848 expert modules
-    take ~12 s to build here, and two tests count them (kept on one xdist worker by their group)."""
+    take ~3 s to build here (24 s while the meta weights were still drawn: model._init_weights), and two tests
+    count them (kept on one xdist worker by their group)."""
     spec = ModelSpec(preset=preset)
     with torch.device("meta"):
         return build_model(spec, tie_embeddings=spec.tie_embeddings)
