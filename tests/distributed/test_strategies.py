@@ -76,9 +76,10 @@ STRATEGIES = {
     "pp-1f1b": dict(pp=2, schedule="1f1b"),
     "pp-interleaved": dict(pp=2, schedule="interleaved"),
 }
-# of fsdp, tp-sp and pp-1f1b: slow. dp's losses and row are checked without the slow marker by the peak-memory test
-# below, which runs the same dp case (one 2-rank launch fewer in the README's test command).
-VARIANTS = {"dp", "zero2", "tp", "pp-gpipe", "pp-interleaved"}
+# of fsdp and tp-sp: slow. dp's losses and row are checked without the slow marker by the peak-memory test below,
+# which runs the same dp case, and 1F1B's (with its bubble) by the uneven-stages test's last-stage-1 case (pp=2,
+# 1f1b): one 2-rank launch fewer each in the README's test command.
+VARIANTS = {"dp", "zero2", "tp", "pp-gpipe", "pp-1f1b", "pp-interleaved"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=SLOW) if n in VARIANTS else n for n in STRATEGIES])
@@ -117,10 +118,13 @@ def test_a_ranks_peak_memory_counts_its_step_like_the_single_process() -> None:
 def test_tensor_parallel_with_grouped_query_attention_and_swiglu(kv_heads: int) -> None:
     """The fused [q;k;v] and [gate;up] weights are re-laid out per shard: tp=2 with kv_heads=2 splits
     the KV heads, kv_heads=1 replicates the one KV head on both ranks (gradients summed). kv_heads=2 is a variant
-    (slow): the sinks-and-windows test below splits 2 KV heads of 4 query heads over tp=2 without the marker."""
+    (slow): the sinks-and-windows test below splits 2 KV heads of 4 query heads over tp=2 without the marker. The
+    tied embedding and head are split over the vocabulary here too (the tied case of the vocabulary test)."""
     case = _case(dict(kv_heads=kv_heads, activation="swiglu", positions="rotary", norm="rmsnorm"), tp=2)
+    assert case.sharing.tie_embeddings   # the tied case of the vocabulary test below, run here (one launch fewer)
     r = CpuBackend(RunContext()).run(case, LOSSES_ONLY)
     assert r.status == "ok", r.error
+    assert "over the vocabulary, loss_parallel" in json.loads(r.extra["torch_parallelism"])["tp"]
     losses = json.loads(r.extra["losses"])[:STEPS]
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
@@ -151,7 +155,8 @@ def test_tensor_parallel_with_a_stated_head_dim_and_qk_norm() -> None:
         assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("tie", [True, pytest.param(False, marks=SLOW)])
+@SLOW   # tied: also checked, with its losses, by the GQA test above (tp=2, tie_embeddings true)
+@pytest.mark.parametrize("tie", [True, False])
 def test_tensor_parallel_splits_embedding_and_head_over_the_vocabulary(tie: bool) -> None:
     """As Megatron-LM does: a row-wise embedding, a column-wise head with sharded logits and a vocab-parallel
     loss; tied, the two share one sharded weight whose gradient sums both uses. Losses stay the single
@@ -209,6 +214,7 @@ def test_uneven_pipeline_stages_run_for_real_and_match_the_single_process_loss(n
     assert case.layout.stage_layers == split
     r = CpuBackend(RunContext()).run(case, SETTINGS)
     _check_row(case, r)
+    assert r.bubble_time_s > 0  # the pipeline waits for its neighbour stage
     assert r.stage_layers == ",".join(map(str, split))
     assert f"layers per stage {r.stage_layers}" in json.loads(r.extra["torch_parallelism"])["pipeline"]
     losses = json.loads(r.extra["losses"])[:STEPS]
