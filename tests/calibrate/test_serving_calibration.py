@@ -90,6 +90,11 @@ def _measured_runs(folder: Path, inputs: tuple[int, ...] = (64, 2048), rates: li
     return runs
 
 
+# The tests that read the module's runs and fit run on one pytest-xdist worker (their group): spread over two, each
+# worker would make the runs and the ~15 s fit again.
+SHARED_FIT = pytest.mark.xdist_group("serving-calibration-fit")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return _measured_runs(tmp_path_factory.mktemp("serving-calibration"))
@@ -113,6 +118,7 @@ def fitted(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return printed.getvalue().splitlines(), out, made[0]
 
 
+@SHARED_FIT
 def test_the_command_recovers_the_parameters_that_made_the_serving_rows(fitted: tuple[list[str], Path, Any]) -> None:
     printed, out, _ = fitted
     assert printed[-1] == str(out)
@@ -146,6 +152,7 @@ def test_the_command_recovers_the_parameters_that_made_the_serving_rows(fitted: 
     assert entry.peak_flops == load_catalog().device(BASE).peak_flops    # not fitted
 
 
+@SHARED_FIT
 def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(fitted: tuple[list[str], Path, Any]) -> None:
     result = fitted[2]
     assert result.kind == "serving" and len(result.cases) == 8 and result.parameters == len(SERVING_BOUNDS)
@@ -164,12 +171,14 @@ def test_one_serving_row_is_too_few_medians_one_line_exit_2(tmp_path: Path, caps
     assert len(err.splitlines()) == 1 and "measure at least three (rate, length) points" in err
 
 
+@SHARED_FIT
 def test_a_device_without_a_peak_is_one_line_naming_the_step_calibration(runs: list[Path], capsys) -> None:
     assert main(["calibrate", *map(str, runs), "--device", "cpu-host"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "calibrate it from cpu-backend step runs first" in err
 
 
+@SHARED_FIT
 def test_a_run_of_modeled_rows_only_is_refused_saying_so(runs: list[Path], tmp_path: Path, capsys) -> None:
     # `calibrate` on a modeled serving run said "no ok measured rows of backend 'cpu'", a backend the run lacks
     import shutil
