@@ -172,7 +172,10 @@ def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, pause_s:
     no further case started, no report built) and the rows already finished are in the folder."""
     scenario = {"name": "sigint-test", "workload": {"model": {"preset": "tiny"}, "batch": 2, "dtype": "float32"},
                 "strategies": [{"name": f"s{i}"} for i in range(4)],
-                "backends": {"cpu": {"steps": 15, "warmup": 1}}}  # seconds a case: the signal lands inside one
+                # a case must outlast the pause, so that the signal lands inside the second: 15 steps of ~5 ms were
+                # 0.1 s on an idle host (CI54: the third case had started when the signal came); 150 are ~0.8 s
+                # idle, ~3 s on a loaded host
+                "backends": {"cpu": {"steps": 150, "warmup": 1}}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
     proc = subprocess.Popen([sys.executable, "-m", "llmsim", "run", str(path), "--out", str(tmp_path / "out")],
