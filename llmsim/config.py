@@ -11,6 +11,7 @@ Every failure is a `ScenarioError` naming the file, the key path and what is all
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,7 +23,7 @@ from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, length_bounds
 from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
-from llmsim.strict import Seed, StrictModel
+from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
 from llmsim.wording import count, literal_choices, literal_error, number_error, shown_value
 from llmsim.workload.presets import PRESETS
@@ -31,13 +32,12 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 # A scenario, plan or strategy name becomes part of file names (the run folder, requests/BACKEND-CASE@...csv):
 # Linux allows 255 bytes a component, so a name is kept well under it, leaving room for the sweep suffixes.
 NAME_MAX_LENGTH = 64
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Count   # >= 1 and <= strict.MAX_DIMENSION: every size and count of a scenario
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 # The largest size a tensor dimension of the traced step may take (a signed 32-bit index), so that an absurd
-# batch is a validation error rather than an overflow inside torch.
-MAX_DIMENSION = 2**31 - 1
+# batch is a validation error rather than an overflow inside torch: strict.MAX_DIMENSION.
 
 
 _KeyedError = KeyedValueError  # a model rule that names its own key (llmsim.errors)
@@ -1255,10 +1255,23 @@ def out_of_range(model: type[BaseModel], err: dict[str, Any], loc: tuple[Any, ..
     return f"{_shown(err.get('input'))}: out of range{allowed}" if allowed else describe_error(err)
 
 
+# The names pydantic puts in an error's location for the member of a union it tried (`rate.constrained-float`,
+# `input.list[constrained-int]`) or a validator function it ran: no key of a user's file is spelt so.
+_UNION_MEMBER = re.compile(r"^(constrained-(int|float|str)|int|float|str|bool|none|"
+                           r"(list|dict|tuple|set|nullable|tagged-union|literal|function-(after|before|wrap|plain))"
+                           r"\[.*\])$")
+
+
+def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location as the user's keys: pydantic's union members and validator functions left out."""
+    return tuple(p for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
+
+
 def validation_error(model: type[BaseModel], exc: ValidationError, file: str) -> ScenarioError:
-    """Convert pydantic's error list to the first error, as a one-line ScenarioError."""
+    """Convert pydantic's error list to the first error, as a one-line ScenarioError (the other errors named by
+    their keys; a union's other members' errors at the same key are the same problem, not counted again)."""
     err = exc.errors(include_url=False)[0]
-    loc = tuple(p for p in err["loc"] if p not in ("function-after[_check()]",))
+    loc = _user_loc(err["loc"])
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _KeyedError):
         prefix = format_key_path(loc)
@@ -1279,8 +1292,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += allowed_range(model, loc) or "; allowed: a number"
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
-    others = [format_key_path(tuple(p for p in e["loc"] if p not in ("function-after[_check()]",))) or "the file"
-              for e in exc.errors(include_url=False)[1:]]
+    others = [format_key_path(_user_loc(e["loc"])) or "the file" for e in exc.errors(include_url=False)[1:]
+              if _user_loc(e["loc"]) != loc]
     if others:  # where the others are, so that the user need not fix one to learn of the next
         named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
         message += f" (and {count(len(others), 'more problem')}: {named})"

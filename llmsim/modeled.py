@@ -35,10 +35,9 @@ from llmsim.modeled_disaggregated import serve_disaggregated
 from llmsim.modeled_serving import ServingFaults, kv_fit_problem, priced_options, serve_case
 from llmsim.results import Result, fill_derived
 from llmsim.strategy import Layout
-from llmsim.strict import StrictModel, sweep_repeats
+from llmsim.strict import MAX_DIMENSION, Count, StrictModel, sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
-PositiveInt = Annotated[int, Field(ge=1)]
 
 
 _OPTION = option_fields()  # the option keys' defaults and descriptions, declared once (llmsim.engine_options)
@@ -52,9 +51,9 @@ class ModeledSettings(StrictModel):
 
     hardware: str = Field("a100-80gb", description="catalog device name (llmsim hardware lists them)",
                           json_schema_extra=CATALOG_DEVICE)
-    nodes: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+    nodes: Count | Annotated[list[Count], Field(min_length=1)] = Field(
         1, description="nodes; a list sweeps")
-    devices_per_node: PositiveInt | None = Field(None, description="devices in one node; default: the catalog "
+    devices_per_node: Count | None = Field(None, description="devices in one node; default: the catalog "
                                                                    "device's (8 where it names none)")
     intra_node: str | None = Field(None, description="link inside a node; default: the device's",
                                    json_schema_extra=CATALOG_LINK)
@@ -81,8 +80,10 @@ class ModeledSettings(StrictModel):
     def _nodes(cls, value: Any) -> Any:
         """One message for both forms (pydantic would report the first branch of the union it tried)."""
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise ValueError("allowed: a node count >= 1, or a non-empty list of them (a sweep)")
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIMENSION
+                                 for v in values):
+            raise ValueError(f"allowed: a node count >= 1 and <= {MAX_DIMENSION:,}, or a non-empty list of them "
+                             f"(a sweep)")
         repeats = sweep_repeats(values)
         if repeats:
             raise ValueError(repeats)

@@ -18,6 +18,12 @@ from llmsim.errors import KeyedValueError
 MAX_SEED = 2**64 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
+# The largest count or size a user file may give (a signed 32-bit index): a tensor dimension of the traced step, and
+# every count the simulation turns into a float (a 400-digit max_num_seqs validated and then failed its case with
+# "int too large to convert to float"). An absurd value is a validation error naming the bounds.
+MAX_DIMENSION = 2**31 - 1
+Count = Annotated[int, Field(ge=1, le=MAX_DIMENSION)]
+
 
 def _accepts_bool(annotation: Any) -> bool:
     """Whether a field's type admits a boolean (bool itself, or bool inside a union, list or Literal)."""

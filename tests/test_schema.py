@@ -149,6 +149,6 @@ def test_each_disaggregated_side_offers_its_own_expert_layout(capsys: pytest.Cap
     assert side["additionalProperties"] is False
     for key in ("ep", "etp", "attention_dp"):
         prop = side["properties"][key]
-        assert prop["default"] is None and {"minimum": 1, "type": "integer"} in prop["anyOf"]
+        assert prop["default"] is None and {"minimum": 1, "maximum": 2**31 - 1, "type": "integer"} in prop["anyOf"]
         assert "strategy's" in prop["description"]
     assert "nvlink4" in _names(defs["KVTransfer"]["properties"]["link"])

@@ -23,13 +23,12 @@ from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, Field
 
-from llmsim.strict import StrictModel
+from llmsim.strict import Count, StrictModel
 
 # llmsim.config.Strategy, not named: importing it, even for type checking only, would close an import cycle
 # (config -> serving.spec -> this module -> config)
 StrategyT = TypeVar("StrategyT", bound=BaseModel)
 
-PositiveInt = Annotated[int, Field(ge=1)]
 # llmsim.hardware.CATALOG_LINK, spelled out: importing llmsim.hardware here would close an import cycle
 # (hardware -> costmodel -> config -> serving.spec -> this module). `llmsim schema` lists the catalog's links there.
 CATALOG_LINK: dict[str, str] = {"x-llmsim-catalog": "link"}
@@ -47,16 +46,16 @@ class DisaggPool(StrictModel):
     One More Thing, DeepSeek-V3/R1 Inference System Overview", 2025); SGLang's PD examples run a tp 8 prefill
     side and a decode side with --enable-dp-attention and expert parallelism."""
 
-    replicas: PositiveInt = Field(1, description="instances of this side (each tp devices)")
-    tp: PositiveInt | None = Field(None, description="tensor-parallel devices per instance; default the "
+    replicas: Count = Field(1, description="instances of this side (each tp devices)")
+    tp: Count | None = Field(None, description="tensor-parallel devices per instance; default the "
                                                      "strategy's tp")
-    ep: PositiveInt | None = Field(None, description="expert parallelism of this side's instances (the strategy "
+    ep: Count | None = Field(None, description="expert parallelism of this side's instances (the strategy "
                                                      "key ep: whole experts spread over ep of its tp ranks); "
                                                      "default the strategy's ep; MoE models only")
-    etp: PositiveInt | None = Field(None, description="expert tensor parallelism of this side's instances (the "
+    etp: Count | None = Field(None, description="expert tensor parallelism of this side's instances (the "
                                                       "strategy key etp); default the strategy's etp (unset there: "
                                                       "this side's tp); MoE models only")
-    attention_dp: PositiveInt | None = Field(None, description="attention data parallelism of this side's "
+    attention_dp: Count | None = Field(None, description="attention data parallelism of this side's "
                                                                "instances (the strategy key attention_dp: "
                                                                "attention_dp ranks of tp / attention_dp devices, "
                                                                "each with its own requests and KV cache); default "

@@ -36,7 +36,7 @@ from pathlib import Path
 from llmsim.serving.spec import (MAX_REQUESTS, MAX_SIMULATED_S, TRACE_COLUMNS, ExponentialLength, Length, Lengths,
                                  LognormalLength, QuantileLength, ServingCase, ServingSpec, UniformLength,
                                  length_bounds)
-from llmsim.wording import count
+from llmsim.wording import count, shown_value
 
 
 @dataclass(frozen=True)
@@ -241,15 +241,17 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
     for number, row in records:
         arrival = _number(row["arrival_s"])
         if arrival is None:
-            raise TraceError(file, f"line {number}: arrival_s {row['arrival_s']!r} is not a number",
+            raise TraceError(file, f"line {number}: arrival_s {shown_value(row['arrival_s'])} is not a number",
                              "arrival_s")
         if not math.isfinite(arrival):
-            raise TraceError(file, f"line {number}: arrival_s {row['arrival_s']!r} is not finite", "arrival_s")
+            raise TraceError(file, f"line {number}: arrival_s {shown_value(row['arrival_s'])} is not finite",
+                             "arrival_s")
         counts = []
         for column in ("input_tokens", "output_tokens"):
             value = _number(row[column])
             if value is None or not math.isfinite(value) or not value.is_integer() or value < 1:
-                raise TraceError(file, f"line {number}: {column} {row[column]!r} is not a whole number >= 1", column)
+                raise TraceError(file, f"line {number}: {column} {shown_value(row[column])} is not a whole number >= 1",
+                                 column)
             counts.append(int(value))
         out.append((arrival, counts[0], counts[1]))
         lines.append(number)

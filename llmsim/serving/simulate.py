@@ -27,6 +27,7 @@ Deterministic: the same request list, scheduler, prices and seed give the same o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from array import array
@@ -294,7 +295,12 @@ def start_arrivals(env: simpy.Environment, requests: Iterable[Request], closed_l
 
         env.process(arrivals())
         return listed
+    # As many clients as there are requests at most: one beyond them finds none to send (each of the first ones
+    # takes at least one at t = 0), so it is never made (1e8 clients for 200 requests made 1e8 SimPy processes). The
+    # first requests are drawn ahead to count them; the clients take them in id order as before.
     source = iter(requests)
+    ahead = list(itertools.islice(source, closed_loop.clients))
+    source = itertools.chain(ahead, source)
     in_a_row = [0]   # rejections since the last accepted request
 
     def client():  # noqa: ANN202 - a SimPy generator: one client of the closed loop
@@ -316,7 +322,7 @@ def start_arrivals(env: simpy.Environment, requests: Iterable[Request], closed_l
             if closed_loop.think_s:
                 yield env.timeout(closed_loop.think_s)
 
-    for _ in range(closed_loop.clients):
+    for _ in range(len(ahead)):
         env.process(client())
     return None
 

@@ -47,11 +47,10 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, f
 
 from llmsim.errors import KeyedValueError
 from llmsim.serving.disagg_spec import Disaggregation
-from llmsim.strict import Seed, StrictModel, sweep_repeats
+from llmsim.strict import Count, Seed, StrictModel, sweep_repeats
 from llmsim.wording import number_error, shown_value
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 # vLLM's defaults (vllm/config/cache.py: block_size 16 on CUDA, gpu_memory_utilization 0.9;
@@ -85,8 +84,8 @@ class UniformLength(_Strict):
     """Token counts drawn uniformly from the integers min..max (inclusive)."""
 
     kind: Literal["uniform"]
-    min: PositiveInt
-    max: PositiveInt
+    min: Count
+    max: Count
 
     @model_validator(mode="after")
     def _ordered(self) -> "UniformLength":
@@ -138,7 +137,7 @@ class QuantileLength(_Strict):
         return points
 
 
-Length = PositiveInt | Annotated[UniformLength | LognormalLength | ExponentialLength | QuantileLength,
+Length = Count | Annotated[UniformLength | LognormalLength | ExponentialLength | QuantileLength,
                                  Field(discriminator="kind")]
 
 
@@ -170,9 +169,9 @@ class Lengths(_Strict):
                                       "{kind: lognormal, median, sigma}, {kind: exponential, mean} or "
                                       "{kind: quantiles, points}")
     output: Length = Field(description="generated tokens per request, the same forms")
-    min: PositiveInt | None = Field(None, description="filter: prompt and output each at least this many tokens")
-    max_input: PositiveInt | None = Field(None, description="filter: prompt at most this many tokens")
-    max_total: PositiveInt | None = Field(None, description="filter: prompt + output at most this many tokens")
+    min: Count | None = Field(None, description="filter: prompt and output each at least this many tokens")
+    max_input: Count | None = Field(None, description="filter: prompt at most this many tokens")
+    max_total: Count | None = Field(None, description="filter: prompt + output at most this many tokens")
 
     @model_validator(mode="before")
     @classmethod
@@ -195,10 +194,13 @@ class Lengths(_Strict):
                 raise ValueError(f"{value}: allowed: {LENGTH_FORMS}")
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{value!r}: allowed: {LENGTH_FORMS}")
-        form = LENGTH_KINDS.get(value.get("kind"))  # type: ignore[arg-type]
+            raise ValueError(f"{shown_value(value)}: allowed: {LENGTH_FORMS}")
+        if "kind" not in value:
+            raise ValueError(f"{shown_value(value)}: a distribution needs a kind; allowed: "
+                             f"{', '.join(LENGTH_KINDS)} (or a plain token count)")
+        form = LENGTH_KINDS.get(value["kind"])
         if form is None:
-            raise ValueError(f"kind {value.get('kind')!r}: allowed: {', '.join(LENGTH_KINDS)} "
+            raise ValueError(f"kind {shown_value(value['kind'])}: allowed: {', '.join(LENGTH_KINDS)} "
                              "(or a plain token count)")
         try:
             return form.model_validate(value)
@@ -292,7 +294,7 @@ class Arrival(_Strict):
     rate: PositiveFloat | list[PositiveFloat] | None = Field(None, description="requests/s; a list sweeps")
     cv: PositiveFloat | None = Field(None, description="gamma: coefficient of variation of the gaps")
     path: str | None = Field(None, description="trace: a .jsonl or .csv file, relative to the scenario")
-    clients: PositiveInt | list[PositiveInt] | None = Field(
+    clients: Count | list[Count] | None = Field(
         None, description="concurrency: clients in the closed loop (requests in flight at most); a list sweeps")
     think_s: NonNegativeFloat | None = Field(
         None, description="concurrency: seconds between a client's last token and its next request (default 0)")
@@ -307,8 +309,10 @@ class Arrival(_Strict):
     @field_validator("clients", mode="before")
     @classmethod
     def _clients(cls, value: Any) -> Any:
-        """One message for both forms: a whole number of clients >= 1, or a non-empty list of them."""
-        return _sweep(value, lambda v: isinstance(v, int) and v >= 1, "a whole number of clients >= 1")
+        """One message for both forms: a whole number of clients >= 1, or a non-empty list of them; at most
+        MAX_REQUESTS (each client has one request in flight: more clients than a run may send never all send)."""
+        return _sweep(value, lambda v: isinstance(v, int) and 1 <= v <= MAX_REQUESTS,
+                      f"a whole number of clients >= 1 and <= {MAX_REQUESTS:,}")
 
     @field_validator("think_s", mode="before")
     @classmethod
@@ -382,12 +386,12 @@ class SchedulerSpec(_Strict):
     kind: str = Field("continuous", description="static | continuous | chunked-prefill | prefill-first (vLLM V0's "
                                                 "default scheduler) | tgi (TGI 2.1's router) | sglang (SGLang 0.3's "
                                                 "scheduler), or a plugin's policy")
-    max_num_seqs: PositiveInt = Field(DEFAULT_MAX_NUM_SEQS, description="sequences in one iteration at most "
+    max_num_seqs: Count = Field(DEFAULT_MAX_NUM_SEQS, description="sequences in one iteration at most "
                                                                         "(vLLM max_num_seqs; TGI max_batch_size)")
-    max_batched_tokens: PositiveInt = Field(DEFAULT_MAX_BATCHED_TOKENS, description="tokens one iteration "
+    max_batched_tokens: Count = Field(DEFAULT_MAX_BATCHED_TOKENS, description="tokens one iteration "
                                             "computes at most (vLLM max_num_batched_tokens; for tgi, the prompt "
                                             "tokens of one prefill pass, TGI max_batch_prefill_tokens)")
-    chunk_tokens: PositiveInt | None = Field(None, description="chunked-prefill: most prompt tokens of one request "
+    chunk_tokens: Count | None = Field(None, description="chunked-prefill: most prompt tokens of one request "
                                              "per iteration (vLLM long_prefill_token_threshold); default "
                                              "max_batched_tokens")
     delay_factor: NonNegativeFloat | None = Field(
@@ -401,7 +405,7 @@ class SchedulerSpec(_Strict):
     max_waiting_tokens: NonNegativeInt | None = Field(
         None, description="tgi: TGI's max_waiting_tokens; after this many decode steps without an admission, "
                           "any waiting request that fits joins; default 20 (TGI 2.1's launcher)")
-    max_batch_total_tokens: PositiveInt | None = Field(
+    max_batch_total_tokens: Count | None = Field(
         None, description="tgi: TGI's max_batch_total_tokens, the tokens (prompt + max new tokens) all running "
                           "requests may reserve; default the replica's KV cache (TGI infers it from free memory "
                           "for flash-attention models); at most the KV cache")
@@ -416,7 +420,7 @@ class SchedulerSpec(_Strict):
                            "scheduler, on by default from v0.4): a request that arrives while an iteration runs "
                            "is scheduled no earlier than the iteration after the next (at once when nothing "
                            "runs); default false (it can join the next iteration)")
-    recv_interval: PositiveInt = Field(
+    recv_interval: Count = Field(
         1, description="the engine reads newly arrived requests only every recv_interval decode iterations "
                        "(SGLang's --scheduler-recv-interval, python/sglang/srt/managers/scheduler_recv_skipper.py): "
                        "a request that arrives while the replica decodes joins no earlier than the iteration "
@@ -442,7 +446,7 @@ class SchedulerSpec(_Strict):
                           "other models and decode passes as fused; default sglang for kind sglang, fused "
                           "otherwise")
 
-    graph_max_batch: PositiveInt | None = Field(
+    graph_max_batch: Count | None = Field(
         None, description="the most sequences a pure-decode pass may hold and still replay a captured CUDA graph; "
                           "a decode pass of more runs eagerly (priced as an eager pass: max(device time, the "
                           "device entry's eager_launch_s x its kernels), costmodel.eager). The engines' defaults: "
@@ -492,8 +496,7 @@ class SchedulerSpec(_Strict):
         return min(self.chunk_tokens or self.max_batched_tokens, self.max_batched_tokens)
 
 
-# JSON Schema bounds for editors (`llmsim schema`); the field validators enforce the same ranges with llmsim's words
-PERCENTILE_SCHEMA: dict[str, Any] = {"exclusiveMinimum": 0, "maximum": 100}
+# JSON Schema bounds for editors (`llmsim schema`); the field validators enforce the same range with llmsim's words
 PROBABILITY_SCHEMA: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
 
 
@@ -510,25 +513,17 @@ class Slo(_Strict):
 
     ttft_s: PositiveFloat | None = Field(None, description="time to first token bound per request, seconds")
     tpot_s: PositiveFloat | None = Field(None, description="time per output token bound per request, seconds")
-    percentile: float = Field(99.0, description="share of requests that must meet the per-request bounds "
-                                                "(and not be rejected), in (0, 100]",
-                              json_schema_extra=PERCENTILE_SCHEMA)
+    percentile: float = Field(99.0, gt=0, le=100, description="share of requests that must meet the per-request bounds "
+                                                "(and not be rejected), in (0, 100]")
     itl_s: PositiveFloat | None = Field(None, description="bound on the run's itl_percentile-th percentile of the "
                                                           "pooled inter-token gaps, seconds")
-    itl_percentile: float = Field(99.0, description="percentile of the pooled inter-token gaps itl_s bounds, "
-                                                    "in (0, 100]", json_schema_extra=PERCENTILE_SCHEMA)
+    itl_percentile: float = Field(99.0, gt=0, le=100, description="percentile of the pooled inter-token gaps "
+                                                                  "itl_s bounds, in (0, 100]")
     queue_s: PositiveFloat | None = Field(None, description="bound on the run's queue_percentile-th percentile of "
                                                             "the queueing delays (arrival to first scheduled), "
                                                             "seconds")
-    queue_percentile: float = Field(50.0, description="percentile of the queueing delays queue_s bounds, "
-                                                      "in (0, 100]", json_schema_extra=PERCENTILE_SCHEMA)
-
-    @field_validator("percentile", "itl_percentile", "queue_percentile")
-    @classmethod
-    def _percentile(cls, value: float) -> float:
-        if not 0 < value <= 100:
-            raise ValueError(f"{value:g}: allowed: 0 < percentile <= 100")
-        return value
+    queue_percentile: float = Field(50.0, gt=0, le=100, description="percentile of the queueing delays queue_s bounds, "
+                                                      "in (0, 100]")
 
     @model_validator(mode="after")
     def _some_bound(self) -> "Slo":
@@ -558,14 +553,14 @@ class Speculative(_Strict):
     method: Literal["mtp", "eagle", "draft", "ngram"] = Field(
         description="mtp | eagle: a draft head of draft_layers layers at the target's width; draft: a separate model "
                     "(draft_model) runs its own decode steps; ngram: prompt lookup, no device work")
-    num_draft_tokens: PositiveInt = Field(description="k >= 1 tokens proposed per sequence per step (a chain; SGLang "
+    num_draft_tokens: Count = Field(description="k >= 1 tokens proposed per sequence per step (a chain; SGLang "
                                                       "eagle topk 1)")
     acceptance: float | list[float] = Field(
         description="per-position conditional acceptance probability in (0, 1]: position i is accepted with this "
                     "probability given position i - 1 was; one for every position, or a list of k of them",
         json_schema_extra={"anyOf": [PROBABILITY_SCHEMA, {"type": "array", "items": PROBABILITY_SCHEMA,
                                                           "minItems": 1}]})
-    draft_layers: PositiveInt | None = Field(None, description="mtp / eagle: transformer layers of the draft head "
+    draft_layers: Count | None = Field(None, description="mtp / eagle: transformer layers of the draft head "
                                                               "(the target's width); null or omitted: 1; with draft "
                                                               "/ ngram unused (said in a run note)")
     draft_model: str | None = Field(None, description="draft only: a model preset, the draft model (its own decode "
@@ -675,7 +670,7 @@ def arrival_count_problem(requests: int | None, duration_s: float | None, rates:
     the size (rate x duration_s may exceed it) and duration_s bounds the span (requests / rate may exceed it)."""
     rates_given = [r for r in rates if r is not None]
     if requests is not None and requests > MAX_REQUESTS:
-        return "requests", f"{requests}: allowed: at most {MAX_REQUESTS:,} requests in one run"
+        return "requests", f"{shown_value(requests)}: allowed: at most {MAX_REQUESTS:,} requests in one run"
     if duration_s is not None:
         if duration_s > MAX_SIMULATED_S:
             return "duration_s", (f"{duration_s:g} s: allowed: at most {MAX_SIMULATED_S:g} s (the simulated "
@@ -726,15 +721,17 @@ class EagerLaunch:
 class ServingSpec(_Strict):
     """A request-level serving run: the workload's model, dtype and the strategies' tp/pp describe one replica."""
 
-    requests: PositiveInt | None = Field(None, description="how many requests (or duration_s; with both, arrivals "
-                                                           "stop at whichever limit comes first)")
+    # ge=1 alone: arrival_count_problem says the run's own limit, MAX_REQUESTS, in its words
+    requests: Annotated[int, Field(ge=1)] | None = Field(None, description="how many requests (or duration_s; with "
+                                                                            "both, arrivals stop at whichever limit "
+                                                                            "comes first)")
     duration_s: PositiveFloat | None = Field(None, description="requests arriving in this many seconds (or requests; "
                                                                "with both, arrivals stop at whichever limit comes "
                                                                "first)")
     arrival: Arrival
     lengths: Lengths | None = Field(None, description="prompt and output tokens; omitted: from the trace")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    kv_block_tokens: PositiveInt = Field(DEFAULT_BLOCK_TOKENS, description="tokens per KV-cache block (vLLM "
+    kv_block_tokens: Count = Field(DEFAULT_BLOCK_TOKENS, description="tokens per KV-cache block (vLLM "
                                                                            "block_size)")
     memory_utilization: float = Field(DEFAULT_MEMORY_UTILIZATION, gt=0, le=1,
                                       description="share of device memory the replica may use (vLLM "
@@ -746,7 +743,7 @@ class ServingSpec(_Strict):
                             "TensorRT-LLM's FP8 KV cache, SGLang fp8_e4m3): twice the tokens in the same memory, half "
                             "the K and V bytes a decode step reads, FP8 attention math where the kernel has an FP8 "
                             "path (flash3 on Hopper); costmodel.kv_dtype")
-    replicas: PositiveInt = Field(1, description="data-parallel copies of the model, each tp x pp devices")
+    replicas: Count = Field(1, description="data-parallel copies of the model, each tp x pp devices")
     router: Literal["round-robin", "least-outstanding"] = "round-robin"
     slo: Slo | None = None
     seed: Seed | None = Field(None, description="seed of the request list; default the scenario's seed")

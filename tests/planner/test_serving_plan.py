@@ -249,7 +249,7 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {k: v for k, v in serving_plan()["serving"].items() if k != "slo"}}, "serving.slo",
      "required key is missing"),
     ({"serving": {**serving_plan()["serving"], "slo": {"ttft_s": 1, "tpot_s": 1, "percentile": 0}}},
-     "serving.slo.percentile", "allowed: 0 < percentile <= 100"),
+     "serving.slo.percentile", "out of range; allowed: > 0 and <= 100"),
     ({"serving": {**serving_plan()["serving"], "replicas": 2}}, "serving.replicas", "the plan searches the replicas"),
     ({"serving": {**serving_plan()["serving"], "disaggregation": {}}}, "serving.disaggregation",
      "write search.disaggregation"),

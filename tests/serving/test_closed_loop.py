@@ -205,3 +205,14 @@ def test_with_overlap_schedule_a_client_s_next_request_joins_one_iteration_later
     later = [t for t in starts if t > sent]
     assert scheduled == later[1]
     assert _next_request_joins(kind)[2] == later[0]         # the same run without it: one iteration earlier
+
+
+def test_clients_beyond_the_requests_are_never_made_and_change_nothing() -> None:
+    """Trial 27: 1e8 clients for 200 requests ran for minutes (one SimPy process each, all finding no request). A
+    client beyond the run's requests never sends one: the run with 1,000,000 clients is the run with as many
+    clients as requests, event for event, and its row still says the clients asked for."""
+    few = _closed(_case(400))
+    many = _closed(_case(1_000_000))
+    assert many.events == few.events
+    assert [s.token_times for s in many.sequences] == [s.token_times for s in few.sequences]
+    assert many.clients == 1_000_000 and summarize(many, None, None)["concurrency"] == 1_000_000

@@ -62,8 +62,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
 @pytest.mark.parametrize("change,expected", [
     ("serving.arrival.rate=-2", "serving.arrival.rate: -2: allowed: a rate > 0 in requests/s"),
     ("serving.arrival.rate=[2, 0]", "serving.arrival.rate: [2, 0]: allowed: a rate > 0"),
-    ("serving.slo.percentile=0", "serving.slo.percentile: 0: allowed: 0 < percentile <= 100"),
-    ("serving.slo.percentile=100.5", "serving.slo.percentile: 100.5: allowed: 0 < percentile <= 100"),
+    ("serving.slo.percentile=0", "serving.slo.percentile: 0: out of range; allowed: > 0 and <= 100"),
+    ("serving.slo.percentile=100.5", "serving.slo.percentile: 100.5: out of range; allowed: > 0 and <= 100"),
     ("serving.scheduler.kind=lottery", "serving.scheduler.kind: unknown scheduler 'lottery'; allowed: static, "
                                        "continuous, chunked-prefill"),
     ("serving.scheduler.chunk_tokens=64", "serving.scheduler.chunk_tokens: chunk_tokens is for kind 'chunked-prefill'"),
@@ -151,6 +151,26 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
     ("serving.arrival.clients=4", "serving.arrival.clients: clients is for arrival kind 'concurrency' (got kind "
                                   "'poisson')"),
     ("serving.arrival.think_s=1", "serving.arrival.think_s: think_s is for arrival kind 'concurrency'"),
+    # trial 27: more clients than a run may send requests (1e8 clients made 1e8 SimPy processes for 200 requests)
+    ("serving.arrival={kind: concurrency, clients: 1000001}", "serving.arrival.clients: 1000001: allowed: a whole "
+                                                             "number of clients >= 1 and <= 1,000,000"),
+    # trial 27: counts no float holds validated, then failed the case ("int too large to convert to float")
+    pytest.param("serving.scheduler.max_num_seqs=1" + "0" * 400, "serving.scheduler.max_num_seqs: 1000000000",
+                 id="max_num_seqs-400-digits"),
+    pytest.param("serving.scheduler.max_batched_tokens=1" + "0" * 400,
+                 "serving.scheduler.max_batched_tokens: 1000000000", id="max_batched_tokens-400-digits"),
+    ("serving.scheduler.max_num_seqs=2147483648", "serving.scheduler.max_num_seqs: 2147483648: out of range; "
+                                                  "allowed: >= 1 and <= 2147483647"),
+    ("backends.roofline.nodes=2147483648", "backends.roofline.nodes: 2147483648: allowed: a node count >= 1 and "
+                                           "<= 2,147,483,647"),
+    # a union's member (`lengths.input.constrained-int`) is no key of the file; its other member's error is the
+    # same problem, not "1 more"
+    ("serving.lengths.input=2147483648", "serving.lengths.input: 2147483648: out of range; allowed: >= 1 and <= "
+                                         "2147483647"),
+    ("serving.lengths.input={a: 1}", "serving.lengths.input: {'a': 1}: a distribution needs a kind; allowed: "
+                                     "uniform, lognormal"),
+    ("serving.lengths.input=null", "serving.lengths.input: null: allowed: a token count >= 1"),
+    ("serving.slo.percentile=abc", "serving.slo.percentile: 'abc' is text, not a number; allowed: > 0 and <= 100"),
 ])
 def test_bad_serving_input_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        change: str, expected: str) -> None:
