@@ -180,8 +180,15 @@ def _note_fp4_weight_only(planned: list, catalog: Any, path: str, kept: list[str
 
 
 def _note_trace(scenario: Scenario, scenario_dir: Path, path: str, kept: list[str]) -> None:
-    """Say where a trace replay departs from the trace file (serving.requests.trace_notes); plan_cases has read it."""
+    """Say where a trace replay departs from the trace file (serving.requests.trace_notes; plan_cases has read it),
+    and where drawn lengths send some requests past the context (serving.requests.lengths_past_context_note)."""
     spec = scenario.serving
+    if spec is not None and spec.lengths is not None:
+        from llmsim.serving.requests import lengths_past_context_note
+
+        note = lengths_past_context_note(spec.lengths, scenario.workload.model.seq_len)
+        if note is not None:
+            _say_note(path, "serving.lengths", note, kept)
     if spec is None or spec.arrival.kind != "trace" or spec.arrival.path is None:
         return
     from llmsim.serving.requests import arrival_order, read_trace_in_file_order, trace_notes, trace_order_notes
@@ -190,6 +197,14 @@ def _note_trace(scenario: Scenario, scenario_dir: Path, path: str, kept: list[st
     rows = arrival_order(in_file)
     for key, note in trace_order_notes(in_file, lines) + trace_notes(spec, rows, scenario.workload.model.seq_len):
         _say_note(path, key, note, kept)
+
+
+def _a_path(text: str) -> str:
+    """An --out or --dir value: any path but an empty one (`--out ''` wrote the run into the current folder, as
+    if no folder had been named)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; allowed: a folder or file name (or leave the option out)")
+    return text
 
 
 def _catalog(files: list[Path] | None, manager: Any = None) -> Any:
@@ -717,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a scenario; prints the run folder last")
     scenario_args(p)
-    p.add_argument("--out", default="reports", metavar="DIR",
+    p.add_argument("--out", default="reports", type=_a_path, metavar="DIR",
                    help="where run folders go (default: reports -> reports/<scenario name>/<stamp>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                    help="finish an interrupted run (default: the latest run of this scenario)")
@@ -735,13 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One RUN_DIR: rebuild report.md and report.html in it. Two or more: compare "
                                    "them, the first as the baseline, with differences in percent.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default=None, metavar="DIR",
+    p.add_argument("--out", default=None, type=_a_path, metavar="DIR",
                    help="where comparison folders go, as for run and plan (default: reports -> "
                         "reports/compare/<stamp>)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("new-plugin", help="scaffold a third-party backend plugin package")
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")
-    p.add_argument("--dir", metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
+    p.add_argument("--dir", type=_a_path, metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
     p.set_defaults(func=cmd_new_plugin)
     p = sub.add_parser("calibrate", help="fit a device's efficiency factors to measured run folders",
                        description="Step rows (default: the cpu backend's) fit matmul and attention efficiency, memory "
@@ -750,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "by replaying them in the serving simulation. Prints modeled vs measured and the "
                                    "file written last.")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    p.add_argument("--out", type=Path, metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
+    p.add_argument("--out", type=lambda text: Path(_a_path(text)), metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
     p.add_argument("--backend", metavar="NAME", help="the measured backend whose rows to fit (default: cpu for step "
                                                      "rows, any measured backend for serving rows)")
     p.add_argument("--device", metavar="NAME", help="the catalog entry to calibrate (default: cpu-host for step "
@@ -765,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Search hardware x devices x parallel strategy for a training or serving goal; "
                                    "writes plan.parquet, plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")
     p.add_argument("plan", metavar="PLAN.yaml")
-    p.add_argument("--out", default="reports", metavar="DIR",
+    p.add_argument("--out", default="reports", type=_a_path, metavar="DIR",
                    help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")

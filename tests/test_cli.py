@@ -397,3 +397,20 @@ def test_an_argument_a_command_does_not_take_points_at_that_commands_help(capsys
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "llmsim: error: llmsim schema: unrecognized arguments: extra (see: llmsim schema --help)"
+
+
+@pytest.mark.parametrize("args, option", [
+    (["run", "scenarios/quickstart.yaml", "--out", ""], "--out"),
+    (["plan", "scenarios/plan-serve-8b.yaml", "--out", " "], "--out"),
+    (["report", "reports", "--out", ""], "--out"),
+    (["calibrate", "reports", "--out", ""], "--out"),
+    (["new-plugin", "x", "--dir", ""], "--dir"),
+])
+def test_an_empty_output_path_is_one_line_exit_2(capsys, args: list[str], option: str) -> None:
+    """Trial 27: `run --out ''` wrote the run into the current folder as if no folder were named."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"llmsim: error: llmsim {args[0]}: argument {option}: an empty path; allowed: a folder or file "
+                   f"name (or leave the option out) (see: llmsim {args[0]} --help)")

@@ -13,6 +13,7 @@ import pytest
 from llmsim.cli import main
 from llmsim.errors import EXIT_BAD_INPUT, ScenarioError
 from llmsim.userinput import MAX_DEPTH, MAX_TEXT_BYTES, MAX_VALUES, parse_yaml, read_yaml
+from llmsim.results import read_rows
 from tests.conftest import REPO
 
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
@@ -456,6 +457,24 @@ def test_a_trace_replays_notes_are_kept_in_the_run_folder(tmp_path: Path, capsys
     assert "serving.arrival.path: 1 of the trace's 2 requests is longer than the context" in notes
     assert "serving.requests: 200 asked but the trace has 2 requests" in notes
     capsys.readouterr()
+
+
+def test_drawn_lengths_that_send_some_requests_past_the_context_are_said(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 27: a uniform prompt of 100-9,000 tokens on an 8,192-token context rejected 21 of 200 requests without
+    a word (a trace's long requests had a note). The note gives the share the lengths draw, kept with the run; the
+    run's rejected_context counts the run's own."""
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "scenarios" / "serve-8b.yaml"), "--backend", "roofline", "--set",
+                 "serving.arrival.rate=8", "--set", "serving.lengths.input={kind: uniform, min: 100, max: 9000}",
+                 "--out", str(out)]) == 0
+    run = next((out / "serve-8b").iterdir())
+    notes = (run / "notes.txt").read_text()
+    assert "serving.lengths: about 11.6% of the requests these lengths draw are longer than the context" in notes
+    [row] = read_rows(run)
+    assert 0.05 < row["rejected_context"] / 200 < 0.2
+    capsys.readouterr()
+    assert main(["validate", str(REPO / "scenarios" / "serve-8b.yaml")]) == 0   # lengths that all fit: no note
+    assert "serving.lengths" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kernel, said", [("math", "math has no FP8 path"),

@@ -104,6 +104,20 @@ def probe_pairs(lengths: Lengths) -> list[tuple[int, int]]:
     return [(draw_length(lengths.input, rng), draw_length(lengths.output, rng)) for _ in range(PROBE_DRAWS)]
 
 
+def lengths_past_context_note(lengths: Lengths, context: int) -> str | None:
+    """A note when some, not all, requests the lengths block draws are longer than `context` (prompt + output
+    tokens; the workload's seq_len): they are rejected and counted (rejected_context), as vLLM rejects prompt +
+    max_tokens > max_model_len. The share is that of the probe's pairs (probe_pairs) that pass the filter: an
+    estimate for the run's own draws. None when none of them is (config refuses a block of which all are)."""
+    pairs = [p for p in probe_pairs(lengths) if lengths.passes(*p)]
+    long = sum(1 for n_in, n_out in pairs if n_in + n_out > context)
+    if not pairs or long == 0 or long == len(pairs):
+        return None
+    return (f"about {long / len(pairs):.1%} of the requests these lengths draw are longer than the context "
+            f"(workload.model.seq_len = {context:,} tokens, prompt + output; {long:,} of {len(pairs):,} pairs drawn "
+            f"to check): rejected and counted (rejected_context), as vLLM does; a max_total filter keeps them out")
+
+
 def filter_problem(lengths: Lengths) -> tuple[str, str] | None:
     """(key, message) when a lengths block's filter refuses every pair of the probe (probe_pairs), else None.
 
