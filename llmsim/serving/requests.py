@@ -36,6 +36,7 @@ from pathlib import Path
 from llmsim.serving.spec import (MAX_REQUESTS, MAX_SIMULATED_S, TRACE_COLUMNS, ExponentialLength, Length, Lengths,
                                  LognormalLength, QuantileLength, ServingCase, ServingSpec, UniformLength,
                                  length_bounds)
+from llmsim.strict import MAX_DIMENSION
 from llmsim.wording import count, shown_value
 
 
@@ -263,6 +264,9 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
         counts = []
         for column in ("input_tokens", "output_tokens"):
             value = _number(row[column])
+            if value is not None and (math.isinf(value) or value > MAX_DIMENSION):
+                raise TraceError(file, f"line {number}: {column} {shown_value(row[column])} is too large; allowed: "
+                                       f"a whole number >= 1 and <= {MAX_DIMENSION:,}", column)
             if value is None or not math.isfinite(value) or not value.is_integer() or value < 1:
                 raise TraceError(file, f"line {number}: {column} {shown_value(row[column])} is not a whole number >= 1",
                                  column)

@@ -179,6 +179,10 @@ def test_a_trace_beyond_the_simulated_clock_is_refused_naming_its_line(tmp_path:
     ('{"arrival_s": 1' + "0" * 5000 + ', "input_tokens": 5, "output_tokens": 3}', "not a usable JSON object (a "
                                                                                    "number of more than 4,300 digits)"),
     ("[" * 200_000 + "]" * 200_000, "not a usable JSON object (nested too deeply)"),
+    # trial 27: a token count no float holds said "is not a whole number >= 1", with all 400 digits
+    pytest.param('{"arrival_s": 0, "input_tokens": 1' + "0" * 400 + ', "output_tokens": 3}',
+                 "input_tokens 1" + "0" * 58 + "… is too large; allowed: a whole number >= 1 and <= 2,147,483,647",
+                 id="tokens-400-digits"),
 ])
 def test_a_json_line_python_cannot_hold_is_a_trace_error(tmp_path: Path, line: str, problem: str) -> None:
     """An integer past float's range (OverflowError), past Python's digit limit or nested past the recursion
