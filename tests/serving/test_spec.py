@@ -171,6 +171,8 @@ def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *sets: str, data:
                                      "uniform, lognormal"),
     ("serving.lengths.input=null", "serving.lengths.input: null: allowed: a token count >= 1"),
     ("serving.slo.percentile=abc", "serving.slo.percentile: 'abc' is text, not a number; allowed: > 0 and <= 100"),
+    ("serving.lengths.input={kind: exponential, mean: 1e300}", "serving.lengths: none of 10,000 drawn requests fits "
+                                                               "(the shortest is 8.94e+295 tokens)"),
 ])
 def test_bad_serving_input_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        change: str, expected: str) -> None:
