@@ -253,15 +253,18 @@ def test_a_weight_broadcast_over_the_batch_is_counted_once() -> None:
 
 
 def test_a_step_whose_tensors_torch_cannot_address_is_one_line_naming_the_keys() -> None:
-    """A 10^10 x 10^10 embedding overflows torch's storage size: one ScenarioError naming the sizes, not a
-    RuntimeError (the batch that used to reach this is now refused by validation)."""
+    """Logits of 2^28 sequences x 8 tokens x a 2^31 - 1 vocabulary overflow torch's storage size: one
+    ScenarioError naming the sizes, not a RuntimeError. Every size is within validation's bound (2^31 - 1, a
+    signed 32-bit index; a 10^10 embedding, which reached this before, is now refused there): their products are
+    what overflow."""
     from llmsim.config import ModelSpec, SharingChoice, Workload
     from llmsim.errors import ScenarioError
     from llmsim.workload.profile import profile_workload
 
-    workload = Workload(model=ModelSpec(layers=2, hidden=10**10, heads=10, vocab=10**10, seq_len=8, max_positions=8),
-                        mode="train", batch=1)
+    workload = Workload(model=ModelSpec(layers=2, hidden=64, heads=4, vocab=2**31 - 1, seq_len=8, max_positions=8),
+                        mode="train", batch=2**28)
     with pytest.raises(ScenarioError, match=r"^workload: a tensor of this step exceeds what torch can address "
-                                            r"\(2\^63 bytes\): batch=1, seq_len=8, hidden=10000000000") as info:
+                                            r"\(2\^63 bytes\): batch=268435456, seq_len=8, hidden=64, ffn_hidden=256, "
+                                            r"vocab=2147483647") as info:
         profile_workload(workload, SharingChoice(tie_embeddings=True))
     assert "\n" not in str(info.value)
