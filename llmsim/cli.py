@@ -765,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "by replaying them in the serving simulation. Prints modeled vs measured and the "
                                    "file written last.")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    p.add_argument("--out", type=lambda text: Path(_a_path(text)), metavar="FILE", help="hardware YAML to write (default: in the first RUN_DIR)")
+    p.add_argument("--out", type=lambda text: Path(_a_path(text)), metavar="FILE",
+                   help="hardware YAML to write (default: in the first RUN_DIR)")
     p.add_argument("--backend", metavar="NAME", help="the measured backend whose rows to fit (default: cpu for step "
                                                      "rows, any measured backend for serving rows)")
     p.add_argument("--device", metavar="NAME", help="the catalog entry to calibrate (default: cpu-host for step "

@@ -36,10 +36,6 @@ PositiveInt = Count   # >= 1 and <= strict.MAX_DIMENSION: every size and count o
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
-# The largest size a tensor dimension of the traced step may take (a signed 32-bit index), so that an absurd
-# batch is a validation error rather than an overflow inside torch: strict.MAX_DIMENSION.
-
-
 _KeyedError = KeyedValueError  # a model rule that names its own key (llmsim.errors)
 
 

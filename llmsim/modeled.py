@@ -39,7 +39,6 @@ from llmsim.strict import MAX_DIMENSION, Count, StrictModel, sweep_repeats
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 
-
 _OPTION = option_fields()  # the option keys' defaults and descriptions, declared once (llmsim.engine_options)
 
 
@@ -54,7 +53,7 @@ class ModeledSettings(StrictModel):
     nodes: Count | Annotated[list[Count], Field(min_length=1)] = Field(
         1, description="nodes; a list sweeps")
     devices_per_node: Count | None = Field(None, description="devices in one node; default: the catalog "
-                                                                   "device's (8 where it names none)")
+                                                             "device's (8 where it names none)")
     intra_node: str | None = Field(None, description="link inside a node; default: the device's",
                                    json_schema_extra=CATALOG_LINK)
     inter_node: str | None = Field(None, description="link between nodes; default: the device's",

@@ -19,7 +19,7 @@ serving:
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -48,18 +48,18 @@ class DisaggPool(StrictModel):
 
     replicas: Count = Field(1, description="instances of this side (each tp devices)")
     tp: Count | None = Field(None, description="tensor-parallel devices per instance; default the "
-                                                     "strategy's tp")
+                                               "strategy's tp")
     ep: Count | None = Field(None, description="expert parallelism of this side's instances (the strategy "
-                                                     "key ep: whole experts spread over ep of its tp ranks); "
-                                                     "default the strategy's ep; MoE models only")
+                                               "key ep: whole experts spread over ep of its tp ranks); "
+                                               "default the strategy's ep; MoE models only")
     etp: Count | None = Field(None, description="expert tensor parallelism of this side's instances (the "
-                                                      "strategy key etp); default the strategy's etp (unset there: "
-                                                      "this side's tp); MoE models only")
+                                                "strategy key etp); default the strategy's etp (unset there: "
+                                                "this side's tp); MoE models only")
     attention_dp: Count | None = Field(None, description="attention data parallelism of this side's "
-                                                               "instances (the strategy key attention_dp: "
-                                                               "attention_dp ranks of tp / attention_dp devices, "
-                                                               "each with its own requests and KV cache); default "
-                                                               "the strategy's; MoE models only")
+                                                         "instances (the strategy key attention_dp: "
+                                                         "attention_dp ranks of tp / attention_dp devices, "
+                                                         "each with its own requests and KV cache); default "
+                                                         "the strategy's; MoE models only")
 
 
 class KVTransfer(StrictModel):

@@ -138,7 +138,7 @@ class QuantileLength(_Strict):
 
 
 Length = Count | Annotated[UniformLength | LognormalLength | ExponentialLength | QuantileLength,
-                                 Field(discriminator="kind")]
+                           Field(discriminator="kind")]
 
 
 LENGTH_FORMS = ("a token count >= 1, {kind: uniform, min, max}, {kind: lognormal, median, sigma}, "
@@ -387,13 +387,13 @@ class SchedulerSpec(_Strict):
                                                 "default scheduler) | tgi (TGI 2.1's router) | sglang (SGLang 0.3's "
                                                 "scheduler), or a plugin's policy")
     max_num_seqs: Count = Field(DEFAULT_MAX_NUM_SEQS, description="sequences in one iteration at most "
-                                                                        "(vLLM max_num_seqs; TGI max_batch_size)")
+                                                                  "(vLLM max_num_seqs; TGI max_batch_size)")
     max_batched_tokens: Count = Field(DEFAULT_MAX_BATCHED_TOKENS, description="tokens one iteration "
-                                            "computes at most (vLLM max_num_batched_tokens; for tgi, the prompt "
-                                            "tokens of one prefill pass, TGI max_batch_prefill_tokens)")
+                                      "computes at most (vLLM max_num_batched_tokens; for tgi, the prompt "
+                                      "tokens of one prefill pass, TGI max_batch_prefill_tokens)")
     chunk_tokens: Count | None = Field(None, description="chunked-prefill: most prompt tokens of one request "
-                                             "per iteration (vLLM long_prefill_token_threshold); default "
-                                             "max_batched_tokens")
+                                       "per iteration (vLLM long_prefill_token_threshold); default "
+                                       "max_batched_tokens")
     delay_factor: NonNegativeFloat | None = Field(
         None, description="prefill-first: vLLM V0's delay_factor; waiting prompts are scheduled only once the "
                           "oldest has waited delay_factor x the last prompt iteration's time (or nothing runs); "
@@ -554,15 +554,15 @@ class Speculative(_Strict):
         description="mtp | eagle: a draft head of draft_layers layers at the target's width; draft: a separate model "
                     "(draft_model) runs its own decode steps; ngram: prompt lookup, no device work")
     num_draft_tokens: Count = Field(description="k >= 1 tokens proposed per sequence per step (a chain; SGLang "
-                                                      "eagle topk 1)")
+                                                "eagle topk 1)")
     acceptance: float | list[float] = Field(
         description="per-position conditional acceptance probability in (0, 1]: position i is accepted with this "
                     "probability given position i - 1 was; one for every position, or a list of k of them",
         json_schema_extra={"anyOf": [PROBABILITY_SCHEMA, {"type": "array", "items": PROBABILITY_SCHEMA,
                                                           "minItems": 1}]})
     draft_layers: Count | None = Field(None, description="mtp / eagle: transformer layers of the draft head "
-                                                              "(the target's width); null or omitted: 1; with draft "
-                                                              "/ ngram unused (said in a run note)")
+                                                        "(the target's width); null or omitted: 1; with draft "
+                                                        "/ ngram unused (said in a run note)")
     draft_model: str | None = Field(None, description="draft only: a model preset, the draft model (its own decode "
                                                       "steps on the replica's devices)")
 
@@ -732,7 +732,7 @@ class ServingSpec(_Strict):
     lengths: Lengths | None = Field(None, description="prompt and output tokens; omitted: from the trace")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     kv_block_tokens: Count = Field(DEFAULT_BLOCK_TOKENS, description="tokens per KV-cache block (vLLM "
-                                                                           "block_size)")
+                                                                     "block_size)")
     memory_utilization: float = Field(DEFAULT_MEMORY_UTILIZATION, gt=0, le=1,
                                       description="share of device memory the replica may use (vLLM "
                                                   "gpu_memory_utilization)")
