@@ -69,6 +69,16 @@ def _stream(seed: int, what: str) -> random.Random:
 MAX_REDRAWS = 10_000
 
 
+# ln of the largest float: math.exp of more overflows (a lognormal of sigma 200 draws such exponents)
+_MAX_EXPONENT = math.log(sys.float_info.max)
+
+
+def _tokens(drawn: float) -> int:
+    """A drawn token count: rounded, at least 1 and at most MAX_DIMENSION (a wider tail, e.g. an exponential of
+    mean 1e9, draws past it or to inf; such a request is longer than any context, rejected either way)."""
+    return max(1, round(min(drawn, MAX_DIMENSION)))
+
+
 def draw_length(spec: Length, rng: random.Random) -> int:
     """One token count of a length distribution (a fixed number, uniform, lognormal, exponential, quantiles)."""
     if isinstance(spec, int):
@@ -76,11 +86,12 @@ def draw_length(spec: Length, rng: random.Random) -> int:
     if isinstance(spec, UniformLength):
         return rng.randint(spec.min, spec.max)
     if isinstance(spec, ExponentialLength):
-        return max(1, round(spec.mean * rng.expovariate(1.0)))
+        return _tokens(spec.mean * rng.expovariate(1.0))
     if isinstance(spec, QuantileLength):
-        return max(1, round(quantile_tokens(spec, rng.random())))
+        return _tokens(quantile_tokens(spec, rng.random()))
     assert isinstance(spec, LognormalLength)
-    return max(1, round(spec.median * math.exp(spec.sigma * rng.gauss(0.0, 1.0))))
+    exponent = spec.sigma * rng.gauss(0.0, 1.0)
+    return MAX_DIMENSION if exponent > _MAX_EXPONENT else _tokens(spec.median * math.exp(exponent))
 
 
 def quantile_tokens(spec: QuantileLength, u: float) -> float:
