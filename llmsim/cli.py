@@ -743,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     sub.add_parser("backends", help="installed backends and whether they can run here").set_defaults(func=cmd_backends)
     p = sub.add_parser("hardware", help="the hardware catalog")
-    p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
+    p.add_argument("--hardware", action="append", default=[], type=_a_path, metavar="FILE", help="extra catalog YAML")
     p.set_defaults(func=cmd_hardware)
     sub.add_parser("schema", help="JSON Schema of the scenario file").set_defaults(func=cmd_schema)
     p = sub.add_parser("report", help="(re)build a run's report; two or more runs: compare them",
@@ -774,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-busy", action="store_true",
                    help="also fit measured step rows timed on a busy host (host_load_per_core > 1), which are left "
                         "out by default: their time includes waiting for a core")
-    p.add_argument("--hardware", action="append", default=[], type=Path, metavar="FILE",
+    p.add_argument("--hardware", action="append", default=[], type=lambda text: Path(_a_path(text)),
+                   metavar="FILE",
                    help="extra hardware catalog YAML holding --device (repeatable)")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("plan", help="capacity planning: the cheapest (fastest, ...) way to meet a goal",
@@ -785,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")
-    p.add_argument("--hardware", action="append", default=[], metavar="FILE", help="extra catalog YAML")
+    p.add_argument("--hardware", action="append", default=[], type=_a_path, metavar="FILE", help="extra catalog YAML")
     p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k "
                                                                "(training and step-goal plans; a serving plan is "
                                                                "found by simulation and refuses it)")

@@ -405,6 +405,8 @@ def test_an_argument_a_command_does_not_take_points_at_that_commands_help(capsys
     (["report", "reports", "--out", ""], "--out"),
     (["calibrate", "reports", "--out", ""], "--out"),
     (["new-plugin", "x", "--dir", ""], "--dir"),
+    (["hardware", "--hardware", ""], "--hardware"),   # trial 28: '.: cannot read file: Is a directory'
+    (["plan", "scenarios/plan-serve-8b.yaml", "--hardware", ""], "--hardware"),
 ])
 def test_an_empty_output_path_is_one_line_exit_2(capsys, args: list[str], option: str) -> None:
     """Trial 27: `run --out ''` wrote the run into the current folder as if no folder were named."""
@@ -414,3 +416,13 @@ def test_an_empty_output_path_is_one_line_exit_2(capsys, args: list[str], option
     err = capsys.readouterr().err.strip()
     assert err == (f"llmsim: error: llmsim {args[0]}: argument {option}: an empty path; allowed: a folder or file "
                    f"name (or leave the option out) (see: llmsim {args[0]} --help)")
+
+
+@pytest.mark.parametrize("key", ["top_k", "limits.max_devices"])
+def test_a_plan_count_past_2_31_is_one_line_exit_2(capsys, key: str) -> None:
+    """Trial 28: a 400-digit top_k ran, 're-checking the best 9999...' (every digit); a plan's counts are bounded as a
+    scenario's are (strict.MAX_DIMENSION)."""
+    plan = Path(__file__).resolve().parents[1] / "scenarios" / "plan-serve-8b.yaml"
+    assert main(["plan", str(plan), "--set", f"{key}=2147483648"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"llmsim: error: {plan}: {key}: 2147483648: out of range; allowed: >= 1 and <= 2147483647"

@@ -27,9 +27,9 @@ from llmsim.serving.disagg_spec import CATALOG_LINK
 from llmsim.hardware import Catalog
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
 from llmsim.serving.spec import ServingSpec, arrival_count_problem
-from llmsim.strict import StrictModel, sweep_repeats
+from llmsim.strict import Count, StrictModel, sweep_repeats
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Count   # >= 1 and <= strict.MAX_DIMENSION, as every count of a scenario
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 # Illustrative on-demand cloud prices, USD per device-hour, used only when a plan gives none. They are
