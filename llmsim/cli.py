@@ -155,10 +155,11 @@ def _note_cross_node_tp(planned: list, catalog: Any, path: str, kept: list[str])
 def _note_absent_backends(planned: list, scenario: Scenario, registry: BackendRegistry, path: str,
                           kept: list[str]) -> None:
     """Say the hardware of a modeled backend asked for with --backend that the file does not configure
-    (runner.absent_backend_notes)."""
-    from llmsim.runner import absent_backend_notes
+    (runner.absent_backend_notes), or that the file configures without naming one beside a backend that does
+    (runner.default_hardware_notes)."""
+    from llmsim.runner import absent_backend_notes, default_hardware_notes
 
-    for where, note in absent_backend_notes(planned, scenario, registry):
+    for where, note in absent_backend_notes(planned, scenario, registry) + default_hardware_notes(planned, scenario):
         _say_note(path, where, note, kept)
 
 

@@ -273,6 +273,33 @@ def absent_backend_notes(planned: list[PlannedCase], scenario: Scenario, registr
     return [(f"backends.{name}", note) for name, note in notes.items()]
 
 
+def default_hardware_notes(planned: list[PlannedCase], scenario: Scenario) -> list[tuple[str, str]]:
+    """(where, note) for a modeled backend the file configures without a `hardware` key (`cluster: {}`) while
+    another of its modeled backends names a device: it runs on its default device, which a user comparing the
+    two rarely means (trial 28: the cluster rows ran on a100-80gb beside a roofline on h100-sxm without a word).
+    Once per backend: where = 'backends.NAME'."""
+    named: dict[str, str] = {}     # backend -> the hardware its file settings name
+    unnamed: dict[str, str] = {}   # backend -> the default hardware it runs on
+    for item in planned:
+        name, settings = item.backend.name, item.settings
+        raw = scenario.backends.get(name)
+        if not isinstance(settings, ModeledSettings) or name not in scenario.backends:
+            continue
+        if isinstance(raw, dict) and "hardware" in raw:
+            named.setdefault(name, settings.hardware)
+        else:
+            unnamed.setdefault(name, settings.hardware)
+    notes = []
+    for name, hardware in unnamed.items():
+        others = {other: h for other, h in named.items() if h != hardware}
+        if others:
+            other, theirs = next(iter(others.items()))
+            notes.append((f"backends.{name}", f"no hardware given: runs on {hardware} (its default) while "
+                                              f"backends.{other} runs on {theirs}; --set backends.{name}.hardware="
+                                              f"{theirs} compares the same device"))
+    return notes
+
+
 def check_fp8(scenario: Scenario, registry: BackendRegistry, sweeps: dict[str, list[tuple[str, BaseModel]]],
               catalog: Catalog, file: str) -> None:
     """A float8 workload needs FP8 tensor cores (and MX units for `mxfp8`: costmodel.precision.device_problem)

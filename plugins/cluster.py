@@ -26,12 +26,18 @@ from llmsim.workload.profile import WorkloadProfile
 MIB = 2**20
 
 
+# A device 1000x slower than its peers is a failed one, not a straggler (and 1e300 priced a TTFT of 1e299 s as
+# an `ok` row, trial 28): the bound keeps the fault a slowdown.
+MAX_STRAGGLER_SLOWDOWN = 1000.0
+
+
 class Straggler(BaseModel):
     """A slow device: every kernel on it takes `slowdown` times as long."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     rank: int = Field(0, ge=0, description="global rank of the slow device (Megatron order: tp, cp, pp, dp)")
-    slowdown: float = Field(1.5, ge=1.0, description="kernel time factor (1 = healthy)")
+    slowdown: float = Field(1.5, ge=1.0, le=MAX_STRAGGLER_SLOWDOWN,
+                            description="kernel time factor (1 = healthy), at most MAX_STRAGGLER_SLOWDOWN (1000)")
 
 
 class DegradedLink(BaseModel):
@@ -52,7 +58,8 @@ class ClusterSettings(ModeledSettings):
     bucket_mb: Annotated[float, Field(gt=0)] = Field(DEFAULT_BUCKET_BYTES / MIB,
                                                      description="gradient bucket, MiB (PyTorch DDP: 25)")
     prefetch: int = Field(1, ge=0, description="ZeRO-3 all-gathers issued ahead of use")
-    trace: bool = Field(True, description="write a Chrome trace and a Gantt PNG per case into the run folder")
+    trace: bool = Field(True, description="write a Chrome trace and a Gantt PNG per step case into the run folder "
+                                          "(a serving case writes none: docs/cluster.md)")
 
     @property
     def sim_options(self) -> SimOptions:

@@ -477,6 +477,25 @@ def test_drawn_lengths_that_send_some_requests_past_the_context_are_said(tmp_pat
     assert "serving.lengths" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cluster", ["{}", "null", "{jitter: 0.05}"])
+def test_a_modeled_backend_without_hardware_beside_one_with_is_said(capsys, cluster: str) -> None:  # noqa: ANN001
+    """Trial 28: `cluster: {}` ran on a100-80gb beside a roofline on h100-sxm without a word."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    assert main(["validate", str(path), "--set", f"backends.cluster={cluster}"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("backends.cluster: no hardware given: runs on a100-80gb (its default) while backends.roofline runs on "
+            "h100-sxm; --set backends.cluster.hardware=h100-sxm compares the same device") in err
+    assert main(["validate", str(path)]) == 0     # both name their hardware: nothing to say
+    assert "no hardware given" not in capsys.readouterr().err
+
+
+def test_a_straggler_slower_than_a_failed_device_is_one_line(capsys) -> None:  # noqa: ANN001
+    """Trial 28: slowdown 1e300 gave an `ok` row with a TTFT of 1e299 s."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    err = one_line_error(capsys, ["validate", str(path), "--set", "backends.cluster.straggler={rank: 0, slowdown: 1e300}"])
+    assert err == f"{path}: backends.cluster.straggler.slowdown: 1e+300: out of range; allowed: >= 1.0 and <= 1000.0"
+
+
 @pytest.mark.parametrize("kernel, said", [("math", "math has no FP8 path"),
                                           ("flash", "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has "
                                                     "no FP8 path)"), ("cudnn", None)])
