@@ -492,7 +492,8 @@ def test_a_modeled_backend_without_hardware_beside_one_with_is_said(capsys, clus
 def test_a_straggler_slower_than_a_failed_device_is_one_line(capsys) -> None:  # noqa: ANN001
     """Trial 28: slowdown 1e300 gave an `ok` row with a TTFT of 1e299 s."""
     path = REPO / "scenarios" / "serve-8b.yaml"
-    err = one_line_error(capsys, ["validate", str(path), "--set", "backends.cluster.straggler={rank: 0, slowdown: 1e300}"])
+    err = one_line_error(capsys, ["validate", str(path), "--set",
+                                  "backends.cluster.straggler={rank: 0, slowdown: 1e300}"])
     assert err == f"{path}: backends.cluster.straggler.slowdown: 1e+300: out of range; allowed: >= 1.0 and <= 1000.0"
 
 
