@@ -156,7 +156,7 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
                                            f"(a scenario has about a hundred)")
         return loader.construct_document(node)
     except _Duplicate as exc:
-        one = "\n" not in text.strip()  # a --set value is one line: its column says where
+        one = key is not None and "\n" not in text.strip()  # a --set value is one line: its column says where
         where = f"column {exc.mark.column + 1}" if one else f"line {exc.mark.line + 1}"
         first = f"column {exc.first.column + 1}" if one else f"line {exc.first.line + 1}"
         raise ScenarioError(file, key, f"{where}: duplicate key {exc.key!r} (first at {first}); a key may appear "
@@ -166,7 +166,9 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
                                        f"than {MAX_DEPTH} levels deep (a scenario is about 6)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}, " if mark and "\n" in text.strip() else ""  # a --set value is one line
+        # a --set value (a key given) is one line: its column says where; a file's error names its line too, even
+        # in a one-line file (its end is on line 2: "column 1" alone pointed at nothing)
+        line = f"line {mark.line + 1}, " if mark and (key is None or "\n" in text.strip()) else ""
         where = f"{line}column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(file, key, f"{what}: {where}{problem}") from None

@@ -37,6 +37,18 @@ def test_an_invalid_set_value_is_one_line_naming_the_file_and_key(capsys, verb: 
                    f"but got '<stream end>'")
 
 
+@pytest.mark.parametrize("text, where", [("devices: [a\n", "line 2, column 1"),
+                                         ("name: x\ndevices: [a\n", "line 3, column 1"),
+                                         ("a: 1\na: 2\n", "line 2")])
+def test_a_files_yaml_error_names_its_line_even_in_a_one_line_file(tmp_path: Path, capsys, text: str,
+                                                                   where: str) -> None:
+    """Trial 28: a one-line file's error said only `column 1` (the --set value's form), which pointed at nothing."""
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    err = one_line_error(capsys, ["validate", str(path)])
+    assert err.startswith(f"{path}: ") and f": {where}: " in err, err
+
+
 @pytest.mark.parametrize("value, problem", [("!!python/object:os.system", "could not determine a constructor"),
                                             ("*nowhere", "found undefined alias 'nowhere'")])
 def test_tags_and_aliases_in_a_set_value_are_one_line(capsys, value: str, problem: str) -> None:
