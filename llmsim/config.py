@@ -800,11 +800,6 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
     return None
 
 
-def _tokens(n: int) -> str:
-    """A token count as a message writes it: 12,345, or 8.94e+299 for one drawn from `mean: 1e300`."""
-    return f"{n:,}" if n < 10**12 else f"{float(n):.3g}"
-
-
 def _lengths_past_context(lengths: Lengths, seq_len: int) -> str | None:
     """Why every request of the lengths block would be rejected, as vLLM rejects prompt + max_tokens >
     max_model_len (None when some fit): its shortest pair is longer than the context, or, for an unbounded
@@ -823,9 +818,9 @@ def _lengths_past_context(lengths: Lengths, seq_len: int) -> str | None:
         if not pairs or any(a + b <= seq_len for a, b in pairs):
             return None
         shortest = min(a + b for a, b in pairs)
-        what = f"none of {PROBE_DRAWS:,} drawn requests fits (the shortest is {_tokens(shortest)} tokens)"
+        what = f"none of {PROBE_DRAWS:,} drawn requests fits (the shortest is {shortest:,} tokens)"
     else:
-        what = f"the shortest request the forms can draw is {_tokens(shortest)} tokens"
+        what = f"the shortest request the forms can draw is {shortest:,} tokens"
     return (f"{what}, more than the model's context seq_len={seq_len}: every request would be rejected "
             f"(allowed: shorter lengths, a max_total filter, or a larger workload.model.seq_len)")
 

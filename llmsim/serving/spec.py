@@ -113,14 +113,17 @@ class ExponentialLength(_Strict):
     mean: PositiveFloat = Field(le=MAX_DIMENSION, description="mean tokens (before any filter of the lengths block)")
 
 
+QuantileTokens = Annotated[float, Field(gt=0, le=MAX_DIMENSION)]
+
+
 class QuantileLength(_Strict):
     """Token counts through published quantiles: `points` [[p, tokens], ...] with p rising from 0 to 1 and
     tokens not falling; a draw is round(F^-1(U)), U uniform on [0, 1), F^-1 linear between the points (each
     interval between two published quantiles holds its share of the requests, spread evenly)."""
 
     kind: Literal["quantiles"]
-    points: list[tuple[float, Annotated[float, Field(gt=0, le=MAX_DIMENSION)]]] = Field(description="[[p, tokens], ...]: p from 0 to 1 rising, "
-                                                                   "tokens not falling")
+    points: list[tuple[float, QuantileTokens]] = Field(description="[[p, tokens], ...]: p from 0 to 1 rising, "
+                                                                  "tokens not falling")
 
     @field_validator("points")
     @classmethod
