@@ -216,6 +216,10 @@ def override_path(key: str, file: str | None) -> list[str | int]:
     (apply_overrides), which refuses a negative one too, naming the index to write."""
     parts: list[str | int] = []
     pos = 0
+    space = next((i for i, c in enumerate(key) if c.isspace()), None)
+    if space is not None:   # `--set ' serving.requests = 5'` (trial 28): said 'empty part of the key'
+        raise ScenarioError(file, key, f"--set: a space at column {space + 1}: a key has none (write KEY=VALUE with "
+                                       f"no space in or around the key, e.g. --set serving.requests=5)")
     while pos < len(key):
         if key[pos] == "[":
             m = _INDEX.match(key, pos)

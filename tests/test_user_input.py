@@ -244,6 +244,10 @@ def test_a_sweep_list_that_repeats_a_value_is_one_line(capsys, path: Path, overr
     ("[0].tp", "--set: a key starts with a name, not a list index"),
     ("strategies.tp", "--set: 'tp' is not inside a mapping (strategies is a list: give an index, [0])"),
     ("workload.batch[0]", "--set: [0]: workload.batch is not a list"),
+    # trial 28: a space in or around the key said 'empty part of the key'
+    (" workload.batch ", "--set: a space at column 1: a key has none (write KEY=VALUE with no space in or around "
+                         "the key"),
+    ("workload. batch", "--set: a space at column 10: a key has none"),
 ])
 def test_a_set_path_that_names_no_key_is_one_line(capsys, key: str, message: str) -> None:
     for verb, path in (("validate", QUICKSTART), ("run", QUICKSTART)):
