@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import (Scenario, Strategy, allowed_keys, describe_error, out_of_range, shown_value,
+from llmsim.config import (Scenario, Strategy, allowed_keys, allowed_range, describe_error, out_of_range, shown_value,
                            side_problem)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
@@ -106,7 +106,10 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
             raise ScenarioError(file, where, f"unknown setting of backend '{name}'; allowed: {allowed}") from None
         keyed = (err.get("ctx") or {}).get("error")
         if isinstance(keyed, KeyedValueError):  # the rule names the key inside the field that broke it
-            raise ScenarioError(file, f"{where}.{keyed.key}", keyed.message) from None
+            message = keyed.message
+            if message.endswith("is text, not a number"):   # strict.StrictModel: the range, as a scenario key says it
+                message += allowed_range(cls.Settings, (*loc, keyed.key))
+            raise ScenarioError(file, f"{where}.{keyed.key}", message) from None
         if err["type"] == "extra_forbidden":  # an unknown key inside a nested setting (straggler: {rnak: 3})
             message = describe_error(err) + allowed_keys(cls.Settings, loc)
         elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):  # a value where keys belong

@@ -583,3 +583,10 @@ def test_a_kv_link_the_instances_would_not_use_is_said(capsys, link: str, said: 
         assert "kv_transfer.link" not in err
     else:
         assert "serving.disaggregation.kv_transfer.link (backends.roofline): " + said in err
+
+
+def test_text_for_a_backend_number_names_its_range(capsys) -> None:  # noqa: ANN001
+    """Trial 28: `backends.cluster.jitter=abc` said only that it is text; a scenario key says its range too."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    err = one_line_error(capsys, ["validate", str(path), "--set", "backends.cluster.jitter=abc"])
+    assert err == f"{path}: backends.cluster.jitter: 'abc' is text, not a number; allowed: >= 0 and < 1"
