@@ -1190,15 +1190,18 @@ def _model_at(model: type[BaseModel], path: tuple[Any, ...]) -> Any:
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return None
-        ann = field.annotation
+        ann, holder = field.annotation, None
         for candidate in getattr(ann, "__args__", ()) + (ann,):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                current = candidate
+                holder = candidate
                 break
-            for inner in getattr(candidate, "__args__", ()):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    current = inner
-                    break
+            holder = next((inner for inner in getattr(candidate, "__args__", ())
+                           if isinstance(inner, type) and issubclass(inner, BaseModel)), None)
+            if holder is not None:
+                break
+        if holder is None:   # a field of plain values or a free mapping (`backends`): no model holds its keys
+            return None
+        current = holder
     return current
 
 

@@ -590,3 +590,13 @@ def test_text_for_a_backend_number_names_its_range(capsys) -> None:  # noqa: ANN
     path = REPO / "scenarios" / "serve-8b.yaml"
     err = one_line_error(capsys, ["validate", str(path), "--set", "backends.cluster.jitter=abc"])
     assert err == f"{path}: backends.cluster.jitter: 'abc' is text, not a number; allowed: >= 0 and < 1"
+
+
+def test_a_value_where_a_free_mapping_belongs_lists_no_other_keys(capsys) -> None:  # noqa: ANN001
+    """Trial 28: `backends=null` listed the scenario's top-level keys as what backends allows; a mapping of names
+    no model holds (backends) lists nothing, a model's mapping (serving.slo) still its keys."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    assert one_line_error(capsys, ["validate", str(path), "--set", "backends=null"]) == (
+        f"{path}: backends: null: expected a mapping of keys")
+    assert one_line_error(capsys, ["validate", str(path), "--set", "serving.slo=3"]).startswith(
+        f"{path}: serving.slo: 3: expected a mapping of keys; allowed: ttft_s, tpot_s, percentile")
