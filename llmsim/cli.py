@@ -208,6 +208,15 @@ def _a_path(text: str) -> str:
     return text
 
 
+def _a_folder(text: str) -> str:
+    """An --out or --dir folder: a path (_a_path) that is not an existing file (`report RUN --out RUN/results.csv`
+    said '.../results.csv/compare/...: Not a directory' once the comparison was built)."""
+    path = Path(_a_path(text))
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a file, not a folder; allowed: a folder (made if missing)")
+    return text
+
+
 def _catalog(files: list[Path] | None, manager: Any = None) -> Any:
     """The built-in catalog, the given hardware files and the installed plugins' `llmsim_hardware` entries
     (hardware.load_catalog), as every command that takes `--hardware` or a catalog file reads them."""
@@ -733,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a scenario; prints the run folder last")
     scenario_args(p)
-    p.add_argument("--out", default="reports", type=_a_path, metavar="DIR",
+    p.add_argument("--out", default="reports", type=_a_folder, metavar="DIR",
                    help="where run folders go (default: reports -> reports/<scenario name>/<stamp>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                    help="finish an interrupted run (default: the latest run of this scenario)")
@@ -751,13 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One RUN_DIR: rebuild report.md and report.html in it. Two or more: compare "
                                    "them, the first as the baseline, with differences in percent.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default=None, type=_a_path, metavar="DIR",
+    p.add_argument("--out", default=None, type=_a_folder, metavar="DIR",
                    help="where comparison folders go, as for run and plan (default: reports -> "
                         "reports/compare/<stamp>)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("new-plugin", help="scaffold a third-party backend plugin package")
     p.add_argument("name", metavar="NAME", help="plugin and backend name, e.g. my-chip")
-    p.add_argument("--dir", type=_a_path, metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
+    p.add_argument("--dir", type=_a_folder, metavar="DIR", help="where to write it (default: ./llmsim-NAME)")
     p.set_defaults(func=cmd_new_plugin)
     p = sub.add_parser("calibrate", help="fit a device's efficiency factors to measured run folders",
                        description="Step rows (default: the cpu backend's) fit matmul and attention efficiency, memory "
@@ -783,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Search hardware x devices x parallel strategy for a training or serving goal; "
                                    "writes plan.parquet, plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")
     p.add_argument("plan", metavar="PLAN.yaml")
-    p.add_argument("--out", default="reports", type=_a_path, metavar="DIR",
+    p.add_argument("--out", default="reports", type=_a_folder, metavar="DIR",
                    help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")

@@ -426,3 +426,17 @@ def test_a_plan_count_past_2_31_is_one_line_exit_2(capsys, key: str) -> None:
     assert main(["plan", str(plan), "--set", f"{key}=2147483648"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"llmsim: error: {plan}: {key}: 2147483648: out of range; allowed: >= 1 and <= 2147483647"
+
+
+@pytest.mark.parametrize("verb", ["run", "report", "plan"])
+def test_an_output_folder_that_is_a_file_is_one_line_exit_2(tmp_path: Path, capsys, verb: str) -> None:
+    """Trial 28: `report RUN --out RUN/results.csv` failed late with '.../results.csv/compare/...: Not a directory'."""
+    taken = tmp_path / "results.csv"
+    taken.write_text("x\n")
+    first = {"run": "scenarios/quickstart.yaml", "report": str(tmp_path), "plan": "scenarios/plan-serve-8b.yaml"}[verb]
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, first, "--out", str(taken)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"llmsim: error: llmsim {verb}: argument --out: {taken}: a file, not a folder; allowed: a folder "
+                   f"(made if missing) (see: llmsim {verb} --help)")
