@@ -25,7 +25,7 @@ from llmsim.report.metrics import (METRICS, NOISE_PCT, SERVING_SUMMARY_METRICS, 
                                    pct_change, tone)
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
-from llmsim.report.run import Run, environment_text, workload_text
+from llmsim.report.run import Run, environment_text, work_text, workload_text
 from llmsim.report.units import fmt_change, format_value, missing
 from llmsim.wording import count
 
@@ -360,6 +360,18 @@ def fastest_point(runs: list[Run], letters: list[str]) -> Point:
     return Point("Fastest strategy that fits, per run and backend:", details)
 
 
+def workload_points(runs: list[Run], letters: list[str]) -> list[Point]:
+    """A point when the runs asked for different work (another model, other prompt/output lengths, another batch:
+    report.run.work_text): a change between them is then the work's as much as the hardware's, strategy's or
+    code's. Runs of the same work on different hardware are what a comparison is for, and say nothing here."""
+    works = [work_text(run.frame, run.scenario) for run in runs]
+    known = [(x, w) for x, w in zip(letters, works) if w]
+    if len({w for _, w in known}) < 2:
+        return []
+    return [Point("The runs asked for different work, so a change below is partly the work's, not only the "
+                  "hardware's, the strategy's or the code's:", [f"{x}: {w}" for x, w in known])]
+
+
 def comparison_document(runs: list[Run]) -> Document:
     """The comparison report: summary of changes, then one table per metric, then status changes."""
     letters = run_letters(len(runs))
@@ -373,6 +385,8 @@ def comparison_document(runs: list[Run]) -> Document:
                              f"and {', '.join(x for x in letters if x not in serving)} not: their rows share no "
                              f"case and few metrics, so little below compares; compare serving runs with serving "
                              f"runs."))
+    elif not serving or len(serving) == len(runs):
+        summary += workload_points(runs, letters)
     # serving rows' tokens/s follow the offered rate (the load), so "fastest" would rank the load
     fastest = [] if summary_metrics(frame, letters) == SERVING_SUMMARY_METRICS else [fastest_point(runs, letters)]
     by_point = match_rows(runs).by_point

@@ -204,6 +204,30 @@ def workload_text(frame: pd.DataFrame, scenario: dict[str, Any] | None = None) -
     return f"{first['mode']}, batch {first['batch']} × {first['seq_len']} tokens, {first['dtype']}{params}"
 
 
+def work_text(frame: pd.DataFrame, scenario: dict[str, Any] | None = None) -> str:
+    """The work a run asked for, apart from how it ran it: the model's parameters and, for a serving run, the
+    prompt and output lengths it served (or its trace file); for a step run its mode, batch and sequence length.
+    Two runs whose work differs cannot be compared as a change of hardware, strategy or code alone
+    (report.compare.workload_points). '' for a run with no rows."""
+    if frame.empty:
+        return ""
+    first = frame.iloc[0]
+    params = "" if missing(first.get("params")) else f"{fmt_count(float(first['params']))} parameters"
+    if first["mode"] == "serve":
+        serving = (scenario or {}).get("serving") or {}
+        lengths = serving.get("lengths")
+        arrival = serving.get("arrival") or {}
+        if lengths:
+            work = f"{_length_text(lengths.get('input'))} → {_length_text(lengths.get('output'))} tokens"
+        elif arrival.get("kind") == "trace":
+            work = f"the lengths of trace {arrival.get('path')}"
+        else:
+            work = "lengths unknown"
+    else:
+        work = f"{first['mode']}, batch {first['batch']} × {first['seq_len']} tokens"
+    return ", ".join(x for x in (work, params) if x)
+
+
 def _length_text(length: Any) -> str:
     if isinstance(length, dict):
         if length.get("kind") == "uniform":

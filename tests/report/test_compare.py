@@ -189,3 +189,40 @@ def test_the_attention_kernel_and_all_reduce_library_each_run_priced_with_are_co
 def test_runs_that_price_no_kernel_have_no_such_section(compared: Path) -> None:
     md = (compared / "report.md").read_text()
     assert "Attention kernel and all-reduce library" not in md and "differs:" not in md
+
+
+def _with_lengths(run: Path, lengths: dict) -> Path:
+    """The run's saved scenario given a serving block of these lengths."""
+    import yaml
+    saved = yaml.safe_load((run / "scenario.yaml").read_text())
+    saved["workload"].pop("mode")   # a serving scenario's rows say mode serve, its workload has none
+    saved["serving"] = {"requests": 60, "arrival": {"kind": "poisson", "rate": 4}, "lengths": lengths}
+    (run / "scenario.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    return run
+
+
+def test_runs_that_asked_for_different_work_are_said_and_runs_on_other_hardware_are_not(tmp_path: Path) -> None:
+    """Trial 28: `llmsim report A B` said nothing when two serving runs served different lengths; a latency change
+    between them is the prompts' as much as the system's. Another device for the same work is what a
+    comparison is for, and is not flagged."""
+    a = _with_lengths(make_run(tmp_path / "s" / "a", [_serving("tp1@rate=4", 4.0, 0.20, 0.020, 3.0)]),
+                      {"input": 46, "output": 25})
+    b = _with_lengths(make_run(tmp_path / "s" / "b", [_serving("tp1@rate=4", 4.0, 0.40, 0.020, 3.0)]),
+                      {"input": 96, "output": 25})
+    md = (write_comparison([a, b], tmp_path / "out") / "report.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "The runs asked for different work" in summary
+    assert "A: 46 → 25 tokens, 1M parameters" in summary and "B: 96 → 25 tokens, 1M parameters" in summary
+
+    same = _with_lengths(make_run(tmp_path / "s" / "c", [_serving("tp1@rate=4", 4.0, 0.20, 0.020, 3.0)]),
+                         {"input": 46, "output": 25})
+    md = (write_comparison([a, same], tmp_path / "out2") / "report.md").read_text()
+    assert "different work" not in md
+
+    small = make_run(tmp_path / "t" / "a100", [row("dp", step=1.0, hardware="a100-80gb")])
+    other_device = make_run(tmp_path / "t" / "h100", [row("dp", step=0.5, hardware="h100-sxm")])
+    md = (write_comparison([small, other_device], tmp_path / "out3") / "report.md").read_text()
+    assert "different work" not in md
+    bigger = make_run(tmp_path / "t" / "big", [row("dp", step=2.0).model_copy(update={"batch": 8})])
+    md = (write_comparison([small, bigger], tmp_path / "out4") / "report.md").read_text()
+    assert "A: train, batch 4 × 128 tokens, 1M parameters" in md and "B: train, batch 8 × 128 tokens" in md
