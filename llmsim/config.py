@@ -1261,7 +1261,7 @@ _UNION_MEMBER = re.compile(r"^(constrained-(int|float|str)|int|float|str|bool|no
                            r"\[.*\])$")
 
 
-def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+def user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """An error's location as the user's keys: pydantic's union members and validator functions left out."""
     return tuple(p for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
 
@@ -1270,7 +1270,7 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
     """Convert pydantic's error list to the first error, as a one-line ScenarioError (the other errors named by
     their keys; a union's other members' errors at the same key are the same problem, not counted again)."""
     err = exc.errors(include_url=False)[0]
-    loc = _user_loc(err["loc"])
+    loc = user_loc(err["loc"])
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _KeyedError):
         prefix = format_key_path(loc)
@@ -1291,8 +1291,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += allowed_range(model, loc) or "; allowed: a number"
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
-    others = [format_key_path(_user_loc(e["loc"])) or "the file" for e in exc.errors(include_url=False)[1:]
-              if _user_loc(e["loc"]) != loc]
+    others = [format_key_path(user_loc(e["loc"])) or "the file" for e in exc.errors(include_url=False)[1:]
+              if user_loc(e["loc"]) != loc]
     if others:  # where the others are, so that the user need not fix one to learn of the next
         named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
         message += f" (and {count(len(others), 'more problem')}: {named})"

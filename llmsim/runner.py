@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
 from llmsim.config import (Scenario, Strategy, allowed_keys, allowed_range, describe_error, out_of_range, shown_value,
-                           side_problem)
+                           side_problem, user_loc)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
 from llmsim.costmodel.compute import attention_problem
@@ -93,8 +93,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         return cls.Settings.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        # pydantic names the branch of a union it tried ("constrained-int", "list[constrained-int]"): not a key
-        loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
+        loc = user_loc(err["loc"])   # pydantic's union members ("constrained-int") are no key of the file
         where = format_key_path(("backends", name) + loc)
         if serving and loc == ("attention",) and _is_attention_kernel(cls, "attention"):
             # a serving block prices only the fused kernels: the allowed list is theirs (engine_options)
@@ -120,6 +119,10 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         else:
             if err["type"].startswith(("greater_than", "less_than")):
                 message = out_of_range(cls.Settings, err, loc)
+            elif err["type"] in ("int_from_float", "int_parsing_size", "int_parsing", "float_parsing"):
+                # text or 2.5 where a number belongs, at any depth (straggler: {slowdown: abc}): what the key takes,
+                # as for a scenario key (config.validation_error)
+                message = describe_error(err) + allowed_range(cls.Settings, loc)
             else:
                 message = describe_error(err)
                 if err["type"] == "value_error":  # a setting's own rule: quote the value it refused

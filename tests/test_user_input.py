@@ -513,6 +513,19 @@ def test_a_straggler_slower_than_a_failed_device_is_one_line(capsys) -> None:  #
     assert err == f"{path}: backends.cluster.straggler.slowdown: 1e+300: out of range; allowed: >= 1.0 and <= 1000.0"
 
 
+@pytest.mark.parametrize("value, said", [("abc", "'abc': expected a number; allowed: >= 1.0 and <= 1000.0"),
+                                         ("'2x'", "'2x': expected a number; allowed: >= 1.0 and <= 1000.0")])
+def test_text_for_a_nested_backend_number_names_its_range(capsys, value: str, said: str) -> None:  # noqa: ANN001
+    """Trial 28: `straggler: {slowdown: abc}` said "expected a number" without what the key takes, unlike a
+    scenario key or a backend's own number."""
+    path = REPO / "scenarios" / "serve-8b.yaml"
+    err = one_line_error(capsys, ["validate", str(path), "--set",
+                                  f"backends.cluster.straggler={{rank: 0, slowdown: {value}}}"])
+    assert err == f"{path}: backends.cluster.straggler.slowdown: {said}"
+    err = one_line_error(capsys, ["validate", str(path), "--set", "backends.cluster.straggler={rank: x}"])
+    assert err == f"{path}: backends.cluster.straggler.rank: 'x': expected a whole number; allowed: >= 0"
+
+
 @pytest.mark.parametrize("kernel, said", [("math", "math has no FP8 path"),
                                           ("flash", "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has "
                                                     "no FP8 path)"), ("cudnn", None)])
