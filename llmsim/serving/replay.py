@@ -225,11 +225,16 @@ class Replay:
 
             async def user(loop: ClosedLoop) -> None:
                 """One client of the closed loop: send, read the whole answer, think, and again."""
-                while loop.until_s is None or time.perf_counter() - start < loop.until_s:
+                while True:
+                    # one clock reading decides and stamps the send: read twice, a request sent just before
+                    # until_s was stamped after it (the closed-loop test saw 0.4000038 for until_s 0.4)
+                    now = time.perf_counter() - start
+                    if loop.until_s is not None and now >= loop.until_s:
+                        return
                     answer = next_answer()
                     if answer is None:
                         return
-                    answer.request = replace(answer.request, arrival_s=time.perf_counter() - start)
+                    answer.request = replace(answer.request, arrival_s=now)
                     await routed(answer, pick(answer))
                     if loop.think_s:
                         await asyncio.sleep(loop.think_s)
