@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from llmsim.strict import BooleansAreNotNumbers
 

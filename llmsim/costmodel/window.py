@@ -14,7 +14,6 @@ Pure integer arithmetic; no torch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
