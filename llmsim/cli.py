@@ -677,6 +677,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _check_writable(args.out)  # before the fit, which takes seconds to minutes
+    if len({Path(p).resolve() for p in args.run_dirs}) < len(args.run_dirs):
+        # its rows would count twice: as many "cases" again for the same parameters, no new information
+        raise UsageError("calibrate", "the same run folder is given twice")
     try:
         if has_serving_rows(args.run_dirs, args.backend):
             step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]

@@ -376,6 +376,47 @@ def _warn(message: str) -> None:
     print(f"llmsim: warning: {message}", file=sys.stderr)
 
 
+def _column_kinds() -> dict[str, str]:
+    """What each contract column holds, from `Result`'s annotations: 'number', 'whole number', 'text' or
+    'true or false' (the words a damaged row's message uses)."""
+    kinds: dict[str, str] = {}
+    for name, field in Result.model_fields.items():
+        if name == "extra":
+            continue
+        args = set(getattr(field.annotation, "__args__", ())) - {type(None)} or {field.annotation}
+        kinds[name] = ("true or false" if bool in args else "whole number" if int in args
+                       else "number" if float in args else "text")
+    return kinds
+
+
+COLUMN_KINDS = _column_kinds()
+
+
+def _value_problem(column: str, value: Any) -> str | None:
+    """Why a contract column's value is not one llmsim wrote (a number as text, a list, a number too large for
+    a float: the row was edited), or None. A missing value is None in every column."""
+    kind = COLUMN_KINDS.get(column)
+    if value is None or kind is None:
+        return None
+    if kind == "true or false":
+        ok = isinstance(value, bool)
+    elif kind == "text":
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            try:
+                ok = math.isfinite(float(value)) and (kind == "number" or float(value).is_integer())
+            except OverflowError:     # an integer of hundreds of digits
+                ok = False
+    if ok:
+        return None
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    article = {"number": "a ", "whole number": "a "}.get(kind, "")
+    return f"{column} is {shown}, not {article}{kind}"
+
+
 def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn,
               damaged: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume).
@@ -398,13 +439,15 @@ def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn,
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            problem = f"not JSON ({exc.msg} at column {exc.colno})"
+            problem = f"not JSON ({exc.msg}: column {exc.colno})"
         except (ValueError, RecursionError):  # a number too long to convert; absurd nesting
             problem = "not a JSON row llmsim could read"
         else:
             if not isinstance(row, dict) or not isinstance(row.get("case"), str) \
                     or not isinstance(row.get("backend"), str):
                 problem = "JSON but not a result row (a mapping with case and backend)"
+            else:   # a value of the wrong type would fail later, in a report's or a fit's arithmetic
+                problem = next((p for column, value in row.items() if (p := _value_problem(column, value))), None)
         if problem is None:
             rows[(row["case"], row["backend"])] = row
         elif number == len(lines):  # the last line, and no newline after it: a write cut short

@@ -21,13 +21,25 @@ def _run(tmp_path: Path) -> Path:
     return make_run(tmp_path / "r", [row("a", step=1.0), row("b", step=2.0), row("c", step=3.0)])
 
 
+def _edited(line: str, **values: object) -> str:
+    """Row `line` as another case (so that the three rows still read) with these values written over."""
+    return json.dumps({**json.loads(line), "case": "x", **values})
+
+
 @pytest.mark.parametrize("damage, line, problem", [
     (lambda lines: lines[:1] + ["{\"case\": \"a\", \"backe"] + lines[1:], 2, "not JSON (Unterminated string"),
-    (lambda lines: lines[:2] + ["garbage"] + lines[2:], 3, "not JSON (Expecting value at column 1)"),
+    (lambda lines: lines[:2] + ["garbage"] + lines[2:], 3, "not JSON (Expecting value: column 1)"),
     (lambda lines: ["[1, 2]"] + lines, 1, "JSON but not a result row (a mapping with case and backend)"),
     (lambda lines: lines[:1] + [json.dumps({"case": "x"})] + lines[1:], 2, "JSON but not a result row"),
     # the last line, complete with its newline, but not a row: an edit, not a cut write
     (lambda lines: lines + ["garbage"], 4, "not JSON"),
+    # a value of the wrong type (trial 29: a TypeError in the report's formatting, a ValueError in calibrate's fit)
+    (lambda lines: lines[:1] + [_edited(lines[0], ttft_s="abc")] + lines[1:], 2, 'ttft_s is "abc", not a number'),
+    (lambda lines: lines[:1] + [_edited(lines[0], n_devices="x")] + lines[1:], 2, 'n_devices is "x", not a whole number'),
+    (lambda lines: lines[:1] + [_edited(lines[0], step_time_s=[1])] + lines[1:], 2, "step_time_s is [1], not a number"),
+    (lambda lines: lines[:1] + [_edited(lines[0], requests_per_s=10 ** 400)] + lines[1:], 2,
+     "requests_per_s is 1000000000000000000000000000000000000..., not a number"),
+    (lambda lines: lines[:1] + [_edited(lines[0], status=3)] + lines[1:], 2, "status is 3, not text"),
 ])
 def test_a_damaged_line_is_one_line_naming_file_and_line(tmp_path: Path, capsys, damage, line: int,
                                                           problem: str) -> None:

@@ -9,6 +9,7 @@ fit, so that a bad folder is one clear `CalibrationError` before any modelling s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,10 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
         names = [s.name for s in scenario.strategies]
         for row in read_rows(run_dir):  # a damaged line is an error, a cut last line a warning (read_rows)
             if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
-                    or not row.get("step_time_s") or not row.get("peak_flops_per_s")):
+                    or row.get("step_time_s") is None or row.get("peak_flops_per_s") is None):
                 continue
+            measured_s = _measured(run_dir, row, "step_time_s")
+            peak_flops = _measured(run_dir, row, "peak_flops_per_s")
             if row.get("strategy") not in names:
                 continue
             used[run_dir] += 1
@@ -94,7 +97,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                 continue
             index = names.index(row["strategy"])
             found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
-                                     measured_s=float(row["step_time_s"]), peak_flops=float(row["peak_flops_per_s"]),
+                                     measured_s=measured_s, peak_flops=peak_flops,
                                      scenario=scenario, strategy_index=index,
                                      layout=_layout(scenario, index, backend, scenario_file),
                                      stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
@@ -118,8 +121,11 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                 f"{', '.join(str(d) for d in run_dirs)} holds only modeled rows (backends "
                 f"{', '.join(sorted({str(b) for _, b in kinds}))}): calibration fits the model to measurements; "
                 f"allowed: run folders with measured rows (cpu, cuda, xla step rows, or vllm serving rows)")
+        measured = sorted({str(b) for kind, b in kinds if kind == "measured"})
         raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
-                               f"{', '.join(str(d) for d in run_dirs)}")
+                               f"{', '.join(str(d) for d in run_dirs)}"
+                               + (f"; allowed: --backend {' | '.join(measured)} (the backends of its measured rows)"
+                                  if measured and backend not in measured else ""))
     return found
 
 
@@ -130,6 +136,23 @@ def _layout(scenario: Scenario, index: int, backend: str, scenario_file: Path) -
         key, message = layout
         raise CalibrationError(f"{scenario_file}: strategies[{index}].{key}: {message}")
     return layout
+
+
+def _measured(run_dir: Path, row: dict[str, Any], column: str) -> float:
+    """A measured row's time or peak as a positive number; a one-line CalibrationError naming the file, the case
+    and the column where it is not one (0, negative, text: the file was edited), rather than a fit that fails on
+    it or a row quietly left out."""
+    value = row.get(column)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if 0 < number < math.inf:
+            return number
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise CalibrationError(f"{run_dir / 'results.jsonl'}: case {row.get('case')!r}: {column} {shown}: a measured row's "
+                           f"{column} must be a positive number (the file was damaged or edited); allowed: > 0")
 
 
 def _positive(value: Any) -> float | None:

@@ -109,3 +109,35 @@ def test_a_folder_that_fits_nothing_beside_others_that_do_is_named_not_dropped(t
     with pytest.raises(CalibrationError, match=f"{modeled}: no ok measured rows of backend 'cpu'"):
         read_observations([measured, modeled])
     assert [o.case for o in read_observations([measured])] == ["s"]
+
+
+@pytest.mark.parametrize("value", [-1, 0, "abc", "x"])
+def test_a_measured_time_or_peak_that_is_not_a_positive_number_is_one_clear_error(tmp_path: Path,
+                                                                                   value: object) -> None:
+    """Trial 29: step_time_s -1 failed the fit with 'math domain error', "abc" with a ValueError, and 0 was left
+    out and reported as a row 'with no peak_flops_per_s'."""
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for column in ("step_time_s", "peak_flops_per_s"):
+        if column == "step_time_s" and isinstance(value, str):
+            continue    # a contract column of text: read_rows refuses the line itself (tests/test_damaged_rows.py)
+        (run / "results.jsonl").write_text("".join(json.dumps({**r, column: value}) + "\n" for r in rows))
+        with pytest.raises(CalibrationError, match=rf"results.jsonl: case 's': {column} {value!r}: a measured "
+                                                   rf"row's {column} must be a positive number"):
+            read_observations([run])
+
+
+def test_a_backend_without_measured_rows_names_those_that_have_them(tmp_path: Path) -> None:
+    """Trial 29: `--backend nope` said only 'no ok measured rows of backend nope'."""
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    with pytest.raises(CalibrationError, match=r"no ok measured rows of backend 'nope' .*; allowed: --backend cpu \| roofline "
+                                               r"\(the backends of its measured rows\)"):
+        read_observations([run], backend="nope")
+
+
+def test_the_same_folder_twice_is_refused(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 29: `llmsim calibrate RUN RUN` fitted 2 cases out of one row (report refuses the same)."""
+    from llmsim.cli import main
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    assert main(["calibrate", str(run), str(run) + "/"]) == 2
+    assert "the same run folder is given twice" in capsys.readouterr().err
