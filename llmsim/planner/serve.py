@@ -630,6 +630,14 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
         # modeled_disaggregated's own refusal: its instances would have to tile the torus
         out.reason, out.limits = "error: serving.disaggregation is not modeled on a TPU slice", ("error",)
         return out, max_replicas
+    if task.node.is_torus:
+        # `llmsim run` prices replicas on a TPU only where replicas x tp x pp tile a slice of the device's shapes
+        # (modeled_serving.torus_problem); this search rents devices by the node, so its replica counts and its
+        # best.yaml would not be slices (trial 29: a CostModelError mid-search, then a best.yaml that does not run)
+        out.reason, out.limits = (f"error: {task.hardware} is a TPU slice: a serving plan does not search slices yet "
+                                  f"(replicas x tp x pp must tile one); run a serving scenario with "
+                                  f"backends.roofline.topology instead"), ("error",)
+        return out, max_replicas
     try:
         n = rented_devices(task.size, task.node.devices_per_node)
         replica: _Replica | _Unit = _Unit(task, n) if task.unit is not None else _Replica(task, n)
@@ -670,7 +678,11 @@ def search_candidate(task: ServingTask) -> CandidateResult:
         start = math.ceil(task.goal_rate / out.sustained_rate - 1e-9)
     else:
         start = task.start_replicas
-    at_goal = _size_replicas(task, out, start, max_replicas)
+    try:
+        at_goal = _size_replicas(task, out, start, max_replicas)
+    except CostModelError as exc:   # r replicas' mesh the hardware cannot hold (one that does not tile a TPU slice)
+        out.reason, out.limits = f"error: {exc}", ("error",)
+        return out
     if at_goal is None:
         out.reason, out.limits = (f"devices: {max_replicas} replicas (max_devices={task.max_devices}) miss the SLO "
                                   f"at {task.goal_rate:g} requests/s"), ("devices",)

@@ -94,7 +94,7 @@ def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) 
 
 # Why a candidate's rate search did not run, by its limit (planner.serve.rate_search stops before any probe)
 NOT_SEARCHED = {"memory": "no room for a KV cache, so it serves no request at any rate",
-                "error": "the cost model cannot price its iterations at any rate",
+                "error": "not priced (the error before), so no rate was searched",
                 "devices": "one replica alone needs more devices than max_devices"}
 
 

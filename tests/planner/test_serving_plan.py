@@ -135,6 +135,19 @@ def test_a_candidate_whose_cache_cannot_hold_one_context_is_not_searched() -> No
     assert short.reason.startswith(f"memory: the KV cache holds {result.kv_blocks * 16:,} tokens")
 
 
+def test_a_tpu_candidate_is_dropped_with_its_reason_not_a_crash_mid_search() -> None:
+    """Trial 29: a serving plan on tpu-v5p/v5e/v4/v6e raised CostModelError ('the mesh ... does not fill a 1x1x2
+    slice') while sizing replicas, and with that fixed its best.yaml named devices that form no slice. Serving
+    plans rent devices by the node, not by slice: a TPU candidate is dropped, saying why, before any probe."""
+    plan, tasks = _tasks(serving_plan(hardware=[{"name": "tpu-v5p", "usd_per_device_hour": 4.2},
+                                                {"name": "slow-a", "usd_per_device_hour": 1.8}]))
+    results = {(c.hardware, c.tp): c for c in plan_serving(tasks, plan.objective)}
+    tpu = results[("tpu-v5p", 1)]
+    assert not tpu.feasible and tpu.limits == ("error",) and not tpu.probes
+    assert tpu.reason.startswith("error: tpu-v5p is a TPU slice: a serving plan does not search slices yet")
+    assert results[("slow-a", 1)].feasible      # the other hardware is searched as before
+
+
 def test_a_fixed_request_count_becomes_a_fixed_span_at_the_goal_rate() -> None:
     plan = parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": None, "requests": 200}))
     spec = span_spec(plan.serving, 80.0)
@@ -527,7 +540,7 @@ def test_an_infeasible_candidate_says_why_it_was_not_searched() -> None:
     error = CandidateResult("a100-80gb", 2, 1, False, "error: attention kernel 'flash3' ...", ("error",))
     lines = serving_explanation(plan, [memory, error], None).limiting
     assert lines[0].endswith("; one replica not searched: no room for a KV cache, so it serves no request at any rate")
-    assert lines[1].endswith("; one replica not searched: the cost model cannot price its iterations at any rate")
+    assert lines[1].endswith("; one replica not searched: not priced (the error before), so no rate was searched")
 
 
 def test_candidates_the_cost_model_cannot_price_are_counted_on_one_line(tmp_path: Path,
