@@ -1239,7 +1239,9 @@ def allowed_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         return ""
     bounds = _bounds_in(field.metadata)
     pending = list(getattr(field.annotation, "__args__", ()))
-    while not bounds and pending:  # a union's or a list's members, to any depth (list[NonNegativeInt] | None)
+    # a union's or a list's members, to any depth (list[NonNegativeInt] | None), beside the field's own bounds
+    # (`PositiveFloat | None = Field(le=10)`: > 0 from the member, <= 10 from the field)
+    while pending:
         arg = pending.pop(0)
         bounds += _bounds_in(getattr(arg, "__metadata__", ()))
         pending += [a for a in getattr(arg, "__args__", ()) if not hasattr(arg, "__metadata__")]

@@ -368,7 +368,9 @@ def test_graph_max_batch_is_a_whole_number_of_at_least_one_and_reaches_the_eager
      "serving.lengths.input: exponential: mean: 1e+308: out of range"),
     ("serving.lengths.input={kind: uniform, min: 1, max: 1e300}",
      "serving.lengths.input: uniform: max: 1e+300: expected a whole number >= 1 and <= 2,147,483,647"),
-    ("serving.arrival={kind: gamma, rate: 2, cv: 1e300}", "serving.arrival.cv: 1e+300: out of range; allowed: <= 10"),
+    ("serving.arrival={kind: gamma, rate: 2, cv: 1e300}", "serving.arrival.cv: 1e+300: out of range; allowed: > 0 and <= 10"),
+    # trial 29: "0: out of range; allowed: <= 10.0" named only the field's own bound, not its type's > 0
+    ("serving.arrival={kind: gamma, rate: 2, cv: 0}", "serving.arrival.cv: 0: out of range; allowed: > 0 and <= 10"),
 ])
 def test_numbers_no_draw_can_use_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str,
                                               expected: str) -> None:
