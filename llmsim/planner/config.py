@@ -312,8 +312,10 @@ class PlanFile(_Strict):
             # goal.request_rate's own check names the bad value; the arrival gets a stand-in so that the same
             # mistake is not reported a second time under a key the user never wrote (serving.arrival.rate)
             return {**data, "serving": {**serving, "arrival": {**arrival, "rate": 1.0}}}
-        problem = arrival_count_problem(*(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                                          for v in (serving.get("requests"), serving.get("duration_s"))),
+        # a count or span that is itself bad (0, negative, text) is left to its own field's check, which names it:
+        # here it would read as a rate expecting too few requests (trial 29: duration_s -3 blamed the goal's rate)
+        problem = arrival_count_problem(*(v if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                          else None for v in (serving.get("requests"), serving.get("duration_s"))),
                                         [float(rate)], at_least_one=True)
         if problem is not None:  # the rate the plan states is its goal: the error names that key
             key, message = problem

@@ -43,7 +43,7 @@ from llmsim.planner.space import (Axes, Config, Group, axes_of, chain_heads, cha
                                   slice_layouts, warm_shapes)
 from llmsim.costmodel.cluster import tp_span_note
 from llmsim.costmodel.torus import wraps
-from llmsim.report.units import fmt_bytes
+from llmsim.report.units import fmt_bytes, fmt_watts
 from llmsim.sim import simulate_case
 from llmsim.stages import SplitError, default_split
 from llmsim.planner.profiling import PlanProfile, sharing_choice, workload_profile  # noqa: F401 (re-exported)
@@ -255,9 +255,9 @@ def _checks(plan: PlanFile) -> list[Check]:
             out.append(("latency", "latency_s", True, g.max_step_latency_s,
                         lambda s: f"latency: {s * 1e3:.1f} ms > {ms} ms"))
     if lim.max_power_w is not None:
-        kw = f"{lim.max_power_w / 1e3:,.1f}"
+        limit = fmt_watts(lim.max_power_w)
         out.append(("power", "power_w", True, lim.max_power_w,
-                    lambda w: f"power: {w / 1e3:,.1f} kW > {kw} kW"))
+                    lambda w: f"power: {fmt_watts(w)} > {limit}"))
     return out
 
 

@@ -62,6 +62,7 @@ from llmsim.serving.schedulers import BUILTIN
 from llmsim.serving.simulate import simulate_serving
 from llmsim.planner.config import PlanFile
 from llmsim.planner.precisions import candidates
+from llmsim.report.units import fmt_watts
 from llmsim.wording import count
 from llmsim.planner.whatif import perturb_cluster
 from llmsim.serving.spec import ServingCase, ServingSpec
@@ -697,7 +698,7 @@ def search_candidate(task: ServingTask) -> CandidateResult:
     out.energy_j = (busy_j + spare_j) / at_goal.duration_s * HOUR_S if at_goal.duration_s > 0 else 0.0
     out.power_w = out.n_devices * busy_power_w(device)
     if task.max_power_w is not None and out.power_w > task.max_power_w:
-        out.reason, out.limits = f"power: {out.power_w / 1e3:,.1f} kW > {task.max_power_w / 1e3:,.1f} kW", ("power",)
+        out.reason, out.limits = f"power: {fmt_watts(out.power_w)} > {fmt_watts(task.max_power_w)}", ("power",)
         return out
     out.feasible = True
     return out

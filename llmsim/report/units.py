@@ -65,6 +65,15 @@ def fmt_joules(v: float) -> str:
     return f"{v * 1e6:.3g} µJ"
 
 
+def fmt_watts(v: float) -> str:
+    """A power: '1.4 kW', '850 W', '1 W' (a limit of 1 W read '0.0 kW' in kW to one decimal)."""
+    if v >= 1e6:
+        return f"{v / 1e6:,.3g} MW"
+    if v >= 1e3:
+        return f"{v / 1e3:,.3g} kW"
+    return f"{v:.3g} W"
+
+
 def fmt_percent(v: float) -> str:
     """A fraction (0.31) as a percentage ('31.0%')."""
     return f"{100 * v:.1f}%"

@@ -277,6 +277,9 @@ def test_serving_limits_and_sensitivity(tmp_path: Path) -> None:
     ({"serving": {**serving_plan()["serving"], "arrival": {"kind": "posson"}}}, "serving.arrival.kind",
      "'posson' is not one of the allowed values (allowed: poisson, gamma, constant)"),
     ({"rate_tolerance": 0}, "rate_tolerance", "0: out of range; allowed: > 0"),
+    # trial 29: a negative span was blamed on the goal's rate ("goal.request_rate: 40 requests/s for
+    # duration_s=-3 s expects -120 requests")
+    ({"serving": {**serving_plan()["serving"], "duration_s": -3}}, "serving.duration_s", "-3: out of range; allowed: > 0"),
     # a closed loop (issue 16's concurrency arrival) is run, not planned: refused naming the key
     ({"goal": {"request_rate": 5, "concurrency": 8}}, "goal.concurrency", "allowed: request_rate"),
     ({"goal": {"concurrency": 8}}, "goal.concurrency", "write goal.request_rate"),
