@@ -720,7 +720,12 @@ def objective_key(objective: str) -> Callable[[CandidateResult], tuple]:
             miss = c.first_miss
             nearest = miss.attainment_at_least if miss is not None else 0.0
             speed = miss.stopped.output_tokens_per_s if miss is not None and miss.stopped is not None else 0.0
-            return (1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate, -nearest, -speed,
+            # searched first (it was simulated: it sustains a rate, or missed at one), then those that never ran
+            # (one replica needs more devices than allowed, no KV cache, not priced): trial 29 listed four
+            # `devices` candidates that never ran above a simulated one at 77% of the goal
+            ran = bool(c.probes or c.proven_misses or c.at_sustained is not None)
+            return (1, 0 if ran else 1, order.get(c.limits[0] if c.limits else "error", 5), -c.sustained_rate,
+                    -nearest, -speed,
                     c.hardware, c.tp, c.pp, c.experts.label(), c.precision, _unit_label(c))
         e2e = c.at_goal.row.get("e2e_p99_s") if c.at_goal else None
         metric = {"cost": c.cost_usd, "devices": c.n_devices, "energy": c.energy_j, "time": e2e}[objective]
@@ -743,7 +748,7 @@ def what_if_key(objective: str) -> Callable[[CandidateResult], tuple]:
 
     def key(c: CandidateResult) -> tuple:
         k = full(c)
-        return k[:4] if k[0] == 0 else k[:2]
+        return k[:4] if k[0] == 0 else k[:3]
     return key
 
 

@@ -148,6 +148,20 @@ def test_a_tpu_candidate_is_dropped_with_its_reason_not_a_crash_mid_search() -> 
     assert results[("slow-a", 1)].feasible      # the other hardware is searched as before
 
 
+def test_among_the_misses_those_that_ran_rank_before_those_that_never_could() -> None:
+    """Trial 29: with max_devices 1, 'nothing meets the goal: the closest' listed the tp2 candidates that never
+    ran (one replica needs 2 devices) above the simulated tp1 ones, against objective_key's own docstring."""
+    from llmsim.planner.serve import objective_key
+    plan, tasks = _tasks(serving_plan(rate=400.0, limits={"max_devices": 1}))
+    ranked = sorted(plan_serving(tasks, plan.objective), key=objective_key("cost"))
+    assert not any(c.feasible for c in ranked)
+    limits = [c.limits[0] for c in ranked]
+    assert set(limits) == {"slo", "devices"}
+    ran = [bool(c.probes) for c in ranked]
+    assert ran == sorted(ran, reverse=True) and ran[0] and not ran[-1]
+    assert all(c.tp == 1 for c in ranked if c.probes) and all(c.tp == 2 for c in ranked if not c.probes)
+
+
 def test_a_fixed_request_count_becomes_a_fixed_span_at_the_goal_rate() -> None:
     plan = parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": None, "requests": 200}))
     spec = span_spec(plan.serving, 80.0)
