@@ -32,6 +32,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmsim.serving.spec import (MAX_REQUESTS, MAX_SIMULATED_S, TRACE_COLUMNS, ExponentialLength, Length, Lengths,
                                  LognormalLength, QuantileLength, ServingCase, ServingSpec, UniformLength,
@@ -207,6 +208,22 @@ def arrival_order(rows: list[tuple[float, int, int]]) -> list[tuple[float, int, 
     return sorted(rows, key=lambda r: r[0])
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object hook: a JSON object's key given twice raises _DuplicateKey (the default keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, int]], list[int]]:
     """(arrival_s, input_tokens, output_tokens) of every row of a JSONL or CSV trace in file order, and the line
     each came from (for trace_order_notes).
@@ -226,6 +243,10 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
     if file.endswith(".csv"):
         reader = csv.reader(text.splitlines())
         header = next(reader, [])
+        twice = next((c for c in TRACE_COLUMNS if header.count(c) > 1), None)
+        if twice is not None:   # which one is meant? (a scenario's duplicate YAML key is refused alike)
+            raise TraceError(file, f"the header names column {twice!r} {header.count(twice)} times; allowed: each of "
+                                   f"{', '.join(TRACE_COLUMNS)} once", twice)
         for column in TRACE_COLUMNS:
             if column not in header:
                 raise TraceError(file, f"missing column {column!r} (the header has {', '.join(header) or 'nothing'}; "
@@ -242,7 +263,10 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as exc:   # json.loads keeps the last silently: which one is meant?
+                raise TraceError(file, f"line {number}: key {exc.key!r} given twice; allowed: each of "
+                                       f"{', '.join(TRACE_COLUMNS)} once", exc.key) from None
             except json.JSONDecodeError as exc:
                 # a file not named *.csv is read as JSONL: say so where its name ends otherwise (a CSV named .txt)
                 hint = "" if file.endswith((".jsonl", ".json")) else \

@@ -142,6 +142,9 @@ def test_a_trace_out_of_arrival_order_or_with_negative_times_is_said(tmp_path: P
     ("arrival_s,input_tokens,output_tokens\nsoon,5,3\n", "b.csv", "arrival_s"),
     ('{"arrival_s": 0, "input_tokens": 0, "output_tokens": 3}\n', "b.jsonl", "input_tokens"),
     ('{"arrival_s": 0, "input_tokens": 2.5, "output_tokens": 3}\n', "c.jsonl", "input_tokens"),
+    # trial 29: a column or key given twice was read silently, the last one winning
+    ("arrival_s,input_tokens,input_tokens,output_tokens\n0,100,200,20\n", "d.csv", "input_tokens"),
+    ('{"arrival_s": 0, "input_tokens": 100, "output_tokens": 20, "input_tokens": 5}\n', "d.jsonl", "input_tokens"),
 ])
 def test_a_bad_trace_names_its_file_and_column(tmp_path: Path, text: str, name: str, column: str) -> None:
     path = _trace(tmp_path, text, name)
