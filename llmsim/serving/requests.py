@@ -385,8 +385,11 @@ def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: 
                                                           "rate asked)"))
     if spec.requests is not None and spec.requests > len(rows):
         held = count(len(rows), "request")
+        # with duration_s too, arrivals also stop at the span (trial 29: "they are all sent" beside 2 of 3 sent)
+        sent_all = ("all sent" if spec.duration_s is None
+                    else f"sent up to duration_s={spec.duration_s:g} s, at most all of them")
         notes.append(("serving.requests", f"{spec.requests:,} asked but the trace has {held}: "
-                                          f"{'it is' if len(rows) == 1 else 'they are'} all sent"))
+                                          f"{'it is' if len(rows) == 1 else 'they are'} {sent_all}"))
     return notes
 
 

@@ -120,6 +120,11 @@ def test_a_trace_replay_that_departs_from_its_file_is_said(tmp_path: Path) -> No
     [(key, note)] = trace_notes(plain.spec, rows, context=20)   # 20 + 4 tokens > 20: one request rejected
     assert key == "serving.arrival.path" and note.startswith("1 of the trace's 2 requests is longer than the context")
     assert trace_notes(plain.spec, rows, context=24) == []
+    # trial 29: with duration_s too the arrivals stop at the span, so "all sent" was not true
+    spanned = _case(trace=csv, requests=5, duration_s=0.5, lengths=None, arrival={"kind": "trace", "path": csv})
+    assert dict(trace_notes(spanned.spec, rows))["serving.requests"].endswith(
+        "they are sent up to duration_s=0.5 s, at most all of them")
+    assert len(build_requests(spanned)) == 1
 
 
 def test_a_trace_out_of_arrival_order_or_with_negative_times_is_said(tmp_path: Path) -> None:
