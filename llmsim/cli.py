@@ -454,14 +454,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     """One RUN_DIR: rebuild its report.md and report.html. Several: compare them (the first is the
     baseline) into a new folder, printed last."""
     from llmsim.report.build import write_comparison, write_run_report
-    from llmsim.report.run import load_run
+    from llmsim.report.run import load_run, not_a_run_folder
 
     run_dirs = [Path(p) for p in args.run_dirs]
     for run_dir in run_dirs:
         if not run_dir.exists():
             raise UsageError("report", f"{run_dir} does not exist (allowed: a run folder that `llmsim run` wrote)")
         if not (run_dir / "results.jsonl").exists():
-            raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
+            raise UsageError("report", not_a_run_folder(run_dir))
     if len(run_dirs) == 1:
         if args.out is not None:
             raise UsageError("report", "--out is for comparisons (two or more RUN_DIRs); one run's report is "

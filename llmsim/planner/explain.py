@@ -35,8 +35,10 @@ def _pct(x: float) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
+    if seconds >= 86400 * 365 * 1000:   # a goal no run reaches: '5.08e+18 days', not nineteen digits and '.0'
+        return f"{seconds / 86400:.3g} days"
     if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
+        return f"{seconds / 86400:,.1f} days"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 1:

@@ -146,12 +146,23 @@ def _rows_disagree(scenario: Any, frame: pd.DataFrame) -> tuple[str, str] | None
     return None
 
 
+def not_a_run_folder(path: Path) -> str:
+    """Why `path` is no run folder, with what it is instead where that can be told (trial 29: a results.jsonl
+    given itself read 'RUN/results.jsonl has no results.jsonl'; a plan's folder asked 'is it a run folder?')."""
+    if path.is_file() and path.name == "results.jsonl":
+        return f"{path} is a run's results file; allowed: its folder (llmsim report {path.parent})"
+    if (path / "plan.yaml").is_file() or (path / "plan.csv").is_file():
+        return (f"{path} is a plan's folder (plan.md and plan.html are its report, best.yaml its winner); "
+                f"allowed: a run folder (with results.jsonl)")
+    return f"{path} has no results.jsonl (is it a run folder?)"
+
+
 def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     """Read a run folder; one clear error if it is not one. `frame` skips re-reading the rows."""
     run_dir = Path(run_dir)
     if frame is None:
         if not (run_dir / "results.jsonl").is_file():
-            raise UsageError("report", f"{run_dir} has no results.jsonl (is it a run folder?)")
+            raise UsageError("report", not_a_run_folder(run_dir))
         damaged: list[str] = []
         rows = read_rows(run_dir, damaged=damaged)
         if damaged and not rows:

@@ -271,3 +271,10 @@ def test_the_neighbours_found_on_the_columns_are_those_of_every_row(memory_bytes
             assert limit_of(e, who, rows, plan, contexts, None) == limit_of(e, who, listed, plan, contexts, None)
             asked += 1
     assert asked >= 8
+
+
+def test_a_duration_no_run_reaches_reads_as_a_number_of_days_not_nineteen_digits() -> None:
+    """Trial 29: goal.tokens 1.4e30 read 'takes 5083124457904510976.0 days'."""
+    from llmsim.planner.explain import fmt_duration
+    assert fmt_duration(4.39e23) == "5.08e+18 days"
+    assert fmt_duration(86400 * 1234.5) == "1,234.5 days" and fmt_duration(7200) == "2.0 h"
