@@ -688,7 +688,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                        f"calibrate step runs and serving runs in separate calls (the step runs first, "
                                        f"then the serving runs with --device <its entry> --hardware <its file>)")
             result = calibrate_serving(args.run_dirs, device=args.device, backend=args.backend,
-                                       hardware_files=args.hardware)
+                                       hardware_files=args.hardware,
+                                       progress=lambda line: err_console.print(f"llmsim: {escape(line)}",
+                                                                               highlight=False))
             default_name = "hardware-serving-calibrated.yaml"
         else:
             catalog = load_catalog(args.hardware) if args.hardware else None

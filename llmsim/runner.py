@@ -481,13 +481,23 @@ def _failed_row(planned: PlannedCase, status: str, message: str) -> Result:
     return planned.case.result(planned.backend, status=status, error=message)  # type: ignore[arg-type]
 
 
-def saved_scenario(scenario: Scenario) -> dict[str, Any]:
+def saved_scenario(scenario: Scenario, scenario_dir: Path | None = None) -> dict[str, Any]:
     """The scenario as a run folder keeps it (scenario.yaml): every default filled in, so that the file alone
     reruns the run, except a serving scenario's `workload.mode`, which its request list sets and which
-    validation refuses when written (config.check_serving)."""
+    validation refuses when written (config.check_serving). Given the folder the scenario's relative paths are
+    relative to (`scenario_dir`), its files (hardware_catalog, serving.arrival.path) are saved as absolute paths:
+    relative ones would not resolve from the run folder (trial 29: `llmsim validate RUN/scenario.yaml` could not
+    read its trace, `llmsim calibrate` skipped its catalog)."""
     resolved = scenario.model_dump(mode="json")
     if scenario.serving is not None and "mode" not in scenario.workload.model_fields_set:
         resolved["workload"].pop("mode", None)
+    if scenario_dir is not None:
+        def absolute(name: str) -> str:
+            return name if Path(name).is_absolute() else str((scenario_dir / name).resolve())
+        resolved["hardware_catalog"] = [absolute(f) for f in resolved.get("hardware_catalog") or []]
+        arrival = (resolved.get("serving") or {}).get("arrival") or {}
+        if arrival.get("path"):
+            arrival["path"] = absolute(arrival["path"])
     return resolved
 
 
@@ -507,7 +517,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     cases are priced, as `llmsim run` printed them (cli._load), kept in the folder's notes.txt (RUN_NOTES), one
     a line, for the report.
     """
-    resolved = saved_scenario(scenario)
+    resolved = saved_scenario(scenario, scenario_dir)
     if resume is not None:
         check_resumable(resume, resolved)
     run_dir = resume or new_run_dir(out, scenario.name)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -99,6 +99,7 @@ class ServingObservation:
     serving: ServingCase
     measured: dict[str, float]         # FITTED and CHECKED metrics the row has, seconds
     kv_cache_bytes: float | None       # the engine's KV pool, if the row says (vllm backend)
+    unusable: tuple[str, ...] = ()     # FITTED metrics the row gives but not as a positive number (left out)
 
 
 def _metric(row: dict[str, Any], key: str) -> float | None:
@@ -107,6 +108,11 @@ def _metric(row: dict[str, Any], key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) and value > 0 else None
+
+
+def _unusable_medians(observations: Sequence["ServingObservation"]) -> list[str]:
+    """'<case> <metric> (<run folder>)' of each fitted median a row gave that is not a positive number."""
+    return [f"{o.case} {k} ({o.run_dir.name})" for o in observations for k in o.unusable]
 
 
 def _rate_of(case: str, rates: list[float | None]) -> float | None:
@@ -180,7 +186,8 @@ def read_serving_observations(run_dirs: Sequence[Path], backend: str | None = No
                 run_dir=run_dir, case=str(row["case"]), backend=str(row["backend"]), hardware=str(row.get("hardware")),
                 scenario=scenario, strategy_index=names.index(row["strategy"]),
                 serving=_serving_case(scenario, str(row["case"]), run_dir, scenario_file), measured=measured,
-                kv_cache_bytes=_metric(row, "kv_cache_bytes")))
+                kv_cache_bytes=_metric(row, "kv_cache_bytes"),
+                unusable=tuple(k for k in FITTED if row.get(k) is not None and k not in measured)))
     if not found:
         which = f"backend '{backend}'" if backend else "any measured backend"
         raise CalibrationError(f"no ok measured serving rows (mode serve, with TTFT or TPOT p50) of {which} in "
@@ -301,12 +308,15 @@ def serving_catalog(observations: Sequence[ServingObservation], hardware_files: 
 
 def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backend: str | None = None,
                       options: Options = Options(), catalog: Catalog | None = None,
-                      hardware_files: Sequence[Path] = ()) -> Calibration:
+                      hardware_files: Sequence[Path] = (),
+                      progress: Callable[[str], None] | None = None) -> Calibration:
     """Fit `device`'s matmul and attention efficiency, memory bandwidth, kernel latency and per-request
     overhead (module docstring) to the TTFT and
     TPOT medians of the measured serving rows in `run_dirs` (of `backend`; None: any measured one). `device`
     defaults to the hardware the rows name; it must have a peak FLOP/s for the served dtype. `catalog` default:
-    `serving_catalog` of the runs and `hardware_files`."""
+    `serving_catalog` of the runs and `hardware_files`. `progress(line)`: where the fit is, as it goes (a fit
+    simulates every row's requests a few hundred times: seconds on a small CPU model, minutes on a GPU-sized one)."""
+    say = progress or (lambda _: None)
     observations = read_serving_observations(run_dirs, backend)
     catalog = catalog or serving_catalog(observations, hardware_files)
     if device is None:
@@ -315,6 +325,10 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
             raise CalibrationError(f"the serving rows name {len(names)} devices ({', '.join(names)}); pick the "
                                    f"entry to calibrate with --device")
         device = names[0]
+    if device not in catalog.devices:   # catalog.device's error names no file and no way to give one
+        raise CalibrationError(f"device {device!r} is in neither the built-in catalog nor a hardware file the runs "
+                               f"name ({', '.join(sorted({f for o in observations for f in o.scenario.hardware_catalog})) or 'none'}"
+                               f"); allowed: --hardware FILE with its entry, or --device NAME of a known one")
     base = catalog.device(device)
     for dtype in {o.scenario.workload.dtype for o in observations}:
         if not base.peak_flops.get(dtype):  # type: ignore[call-overload]
@@ -325,7 +339,9 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
     if numbers <= len(SERVING_BOUNDS):
         raise CalibrationError(f"{count(numbers, 'measured median')} (TTFT and TPOT p50 of "
                                f"{count(len(observations), 'serving row')}) for {len(SERVING_BOUNDS)} fitted "
-                               f"parameters: measure at least three (rate, length) points")
+                               f"parameters: measure at least three (rate, length) points"
+                               + (f" (a median that is not a positive number is left out: "
+                                  f"{', '.join(dropped[:3])})" if (dropped := _unusable_medians(observations)) else ""))
     intra = catalog.link(base.intra_node or "loopback")
     inter = catalog.link(base.inter_node or "loopback")
 
@@ -368,6 +384,9 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
                 theta[i] = value
             return theta
 
+        say(f"fitting {len(SERVING_BOUNDS)} parameters to {count(numbers, 'measured median')} of "
+            f"{count(len(observations), 'serving row')}: 4 starts, each simulating every row tens of times")
+        say("start 1 of 4: the stock entry, attention held")
         first = least_squares(lambda t: log_errors(held(t)), [start[i] for i in free],
                               tuple(SERVING_BOUNDS[i] for i in free))
         # the held fit itself stays a candidate: the free fit from it is kept only where it lowers the residual
@@ -378,8 +397,11 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
         # above; the serving iteration's fused elementwise bytes (costmodel.iteration.SERVING_FUSED_REGIONS) leave
         # the prompt passes more to the GEMMs and the attention, which is when it did.
         fused_attention = [start[0], start[0], *start[2:]]
-        candidates = [held(first), *(least_squares(log_errors, s, SERVING_BOUNDS)
-                                     for s in (start, held(first), fused_attention))]
+        candidates = [held(first)]
+        for k, (what, s) in enumerate((("the stock entry", start), ("the held fit", held(first)),
+                                       ("attention at the GEMMs' efficiency", fused_attention)), 2):
+            say(f"start {k} of 4: {what}")
+            candidates.append(least_squares(log_errors, s, SERVING_BOUNDS))
         theta = polish(log_errors, min(candidates, key=lambda t: sum(e * e for e in log_errors(t))), SERVING_BOUNDS)
         after = predict(theta)
     except (CostModelError, StalledError) as exc:

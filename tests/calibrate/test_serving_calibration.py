@@ -93,6 +93,7 @@ def _measured_runs(folder: Path, inputs: tuple[int, ...] = (64, 2048), rates: li
 # The tests that read the module's runs and fit run on one pytest-xdist worker (their group): spread over two, each
 # worker would make the runs and the ~15 s fit again.
 SHARED_FIT = pytest.mark.xdist_group("serving-calibration-fit")
+SAID: list[str] = []     # the progress lines of the `fitted` fixture's command
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,15 @@ def fitted(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[
     real = serving.calibrate_serving
     out = tmp_path_factory.mktemp("fit") / "fitted.yaml"
     printed = io.StringIO()
+
+    def recorded(*args: Any, **kw: Any) -> Any:
+        shown = kw.get("progress") or (lambda _: None)
+        kw["progress"] = lambda line: SAID.append(line) or shown(line)
+        made.append(real(*args, **kw))
+        return made[-1]
+
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setattr(serving, "calibrate_serving", lambda *args, **kw: made.append(real(*args, **kw)) or made[-1])
+        patch.setattr(serving, "calibrate_serving", recorded)
         assert main(["calibrate", *map(str, runs), "--out", str(out)]) == 0
     assert len(made) == 1
     return printed.getvalue().splitlines(), out, made[0]
@@ -160,6 +168,29 @@ def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(fitted: tuple[list
     assert result.rms_log_residual < 0.02
     assert max(abs(c.error) for c in result.cases) < 0.03
     assert all(math.isfinite(c.modeled_s) for c in result.checks) and len(result.checks) == 8
+
+
+@SHARED_FIT
+def test_the_fit_says_where_it_is_as_it_goes(fitted: tuple[list[str], Path, Any]) -> None:
+    """Trial 29: a serving calibration of GPU-sized rows ran 9 minutes without a line."""
+    assert SAID[0].startswith("fitting 5 parameters to 8 measured medians of 4 serving rows: 4 starts")
+    assert [line.split(":")[0] for line in SAID[1:]] == [f"start {k} of 4" for k in range(1, 5)]
+
+
+def test_a_median_that_is_not_a_positive_number_is_said_left_out(tmp_path: Path) -> None:
+    """Trial 29: one row's ttft_p50_s of -1 was dropped silently, and the error then asked for three points
+    the user had."""
+    import json
+    runs = _measured_runs(tmp_path, inputs=(64,), rates=[5], requests=6)
+    jsonl = runs[0] / "results.jsonl"
+    jsonl.write_text("".join(json.dumps({**json.loads(line), "ttft_p50_s": -1}) + "\n"
+                             for line in jsonl.read_text().splitlines()))
+    with pytest.raises(CalibrationError, match=r"\(a median that is not a positive number is left out: .*ttft_p50_s"):
+        calibrate_serving(runs)
+    # and a device no catalog the runs name holds points to --hardware (it said only "unknown device")
+    with pytest.raises(CalibrationError, match=r"device 'my-h100' is in neither the built-in catalog nor a hardware "
+                                               r"file the runs name \(.*true.yaml\); allowed: --hardware FILE"):
+        calibrate_serving(runs, device="my-h100")
 
 
 def test_one_serving_row_is_too_few_medians_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -88,3 +88,28 @@ def test_every_scenario_as_a_run_folder_saves_it_reads_back_as_sound(path: Path)
     scenario = parse_scenario(data, str(path))
     again = parse_scenario(yaml.safe_load(yaml.safe_dump(saved_scenario(scenario), sort_keys=False)), "saved")
     assert saved_scenario(again) == saved_scenario(scenario)
+
+
+def test_the_saved_scenario_names_its_files_so_that_they_resolve_from_the_run_folder(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 29: a trace `path: ok.csv` and `hardware_catalog: [cal.yaml]` were saved as written, so
+    `llmsim validate RUN/scenario.yaml` could not read the trace (the files are not copied into the run)."""
+    import shutil
+    from llmsim.hardware import load_catalog
+    where = tmp_path / "scenario"
+    where.mkdir()
+    (where / "ok.csv").write_text("arrival_s,input_tokens,output_tokens\n0,8,4\n0.5,8,4\n")
+    base = load_catalog().devices["a100-80gb"].model_dump(mode="json")
+    (where / "cal.yaml").write_text(yaml.safe_dump({"entries": [dict(base, name="my-a100")]}))
+    (where / "s.yaml").write_text(yaml.safe_dump({
+        "name": "saved-paths", "workload": {"model": {"preset": "tiny"}}, "strategies": [{"name": "tp1"}],
+        "hardware_catalog": ["cal.yaml"],
+        "serving": {"requests": 2, "arrival": {"kind": "trace", "path": "ok.csv"}},
+        "backends": {"roofline": {"hardware": "my-a100"}}}))
+    assert main(["run", str(where / "s.yaml"), "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+    assert saved["serving"]["arrival"]["path"] == str((where / "ok.csv").resolve())
+    assert saved["hardware_catalog"] == [str((where / "cal.yaml").resolve())]
+    shutil.copytree(run_dir, tmp_path / "elsewhere")         # the run folder read from anywhere
+    assert main(["validate", str(tmp_path / "elsewhere" / "scenario.yaml")]) == 0
+    assert main(["run", str(where / "s.yaml"), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
