@@ -621,12 +621,14 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
     saved_file = run_dir / "scenario.yaml"
     if not saved_file.exists():
         raise ScenarioError(None, "--resume", f"{run_dir} is not a run folder (it has no scenario.yaml)")
+    why = "not a mapping of keys"
     try:
         saved = read_yaml(saved_file)
-    except ScenarioError:  # unreadable, not UTF-8, not YAML, beyond the limits of llmsim.userinput
-        saved = None
+    except ScenarioError as exc:  # unreadable, not UTF-8, not YAML, beyond the limits of llmsim.userinput
+        saved, why = None, exc.message
     if not isinstance(saved, dict):
-        raise ScenarioError(None, "--resume", f"{saved_file} is not a readable scenario; start a new run instead")
+        raise ScenarioError(None, "--resume", f"{saved_file} is not a readable scenario ({why}); start a new run "
+                                              f"instead")
     difference = _first_difference(saved, resolved)
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "

@@ -136,7 +136,9 @@ def test_a_damaged_run_folder_is_reported_or_resumed_without_a_traceback(write_s
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
     (run_dir / "scenario.yaml").write_bytes(b"\xff")
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 2
-    assert capsys.readouterr().err.strip().endswith("scenario.yaml is not a readable scenario; start a new run instead")
+    assert capsys.readouterr().err.strip().endswith("scenario.yaml is not a readable scenario (not UTF-8 text (byte "
+                                                    "0xff at offset 0); a scenario, plan or catalog file is YAML "
+                                                    "text); start a new run instead")
 
 
 def test_a_backend_added_by_flag_says_it_runs_with_its_defaults(write_scenario, capsys) -> None:

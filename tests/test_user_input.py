@@ -107,7 +107,9 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
     (run_dir / "scenario.yaml").write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
     err = one_line_error(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run_dir)])
-    assert err.endswith("scenario.yaml is not a readable scenario; start a new run instead")
+    # trial 29: it said why only in the report ("nested more than 64 levels deep"), not here
+    assert err.endswith("scenario.yaml is not a readable scenario (line 1, column 70: nested more than 64 levels "
+                        "deep (a scenario is about 6)); start a new run instead")
     # the report does without the saved scenario, and says in one line that it is damaged (exit 2: bad input)
     assert main(["report", str(run_dir)]) == 2
     captured = capsys.readouterr()
