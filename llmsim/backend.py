@@ -55,7 +55,9 @@ class Case(BaseModel):
             strategy=s.name, dp=lay.dp, tp=lay.tp, pp=lay.pp, cp=lay.cp, ep=lay.ep, etp=lay.etp, sp=s.sp, zero=s.zero,
             micro_batch=lay.micro_batch, microbatches=lay.microbatches, schedule=s.schedule,
             recompute=s.recompute, stage_layers=describe_split(lay.stage_layers) if lay.stage_layers else None,
-            n_devices=lay.world, mode=w.mode, batch=w.batch, seq_len=w.model.seq_len,
+            # a serving case's rows are mode serve, a skipped or failed one too (it said "train": trial 29)
+            n_devices=lay.world, mode="serve" if self.serving is not None else w.mode, batch=w.batch,
+            seq_len=w.model.seq_len,
             dtype=w.dtype, m_submodels=s.m_submodels, tie_embeddings=self.sharing.tie_embeddings,
             layer_groups=self.sharing.layer_groups, lora_rank=self.sharing.lora.rank if self.sharing.lora else None)
         base.update(values)

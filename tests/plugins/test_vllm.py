@@ -525,6 +525,8 @@ def test_without_vllm_the_backend_says_so_in_one_line(tmp_path: Path, monkeypatc
     rows = run_scenario(scenario, registry, plan_cases(scenario, registry, str(path), ["vllm"]), tmp_path / "out")
     row = json.loads((rows.run_dir / "results.jsonl").read_text().splitlines()[0])
     assert row["status"] == "skipped" and "vllm is not installed" in row["error"] and "\n" not in row["error"]
+    # a serving case's row, even skipped, is mode serve (it said train, and the terminal showed step-time columns)
+    assert row["mode"] == "serve"
 
 
 # -- the real engine -----------------------------------------------------------------------------------------------
