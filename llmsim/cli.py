@@ -576,8 +576,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for note in tp_span_notes(plan, outcome.hardware):  # a searched tp beyond a node: its all-reduces cross nodes
         err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(note)}[/]", highlight=False,
                           soft_wrap=True)
-    from llmsim.planner.serve import unused_counts_note
+    from llmsim.planner.serve import short_span_note, unused_counts_note
 
+    short = short_span_note(plan)
+    if short:   # a span of a handful of requests judges nothing (trial 29): said, the plan still shown
+        err_console.print(f"[yellow]llmsim: warning: {escape(args.plan)}: {escape(short)}[/]", highlight=False,
+                          soft_wrap=True)
     unused = unused_counts_note(plan, [h.devices_per_node for h in outcome.hardware])
     if unused:  # search.disaggregation instance counts no unit can use (limits.max_devices): said once
         err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(unused)}[/]", highlight=False,

@@ -896,6 +896,33 @@ def unit_sides(plan: PlanFile, devices_per_node: int) -> list[tuple[int, Replica
             if check_strategy_shape(experts.strategy(tp, 1), plan.workload, serving=True) is None]
 
 
+# How many requests a span must hold, per request the SLO's percentile lets miss, to say something about that
+# percentile: a p99 judged on fewer than 1 / (1 - 0.99) = 100 requests is the worst request's (no miss allowed at
+# all), and the count of misses among n is binomial, n (1 - p) +- sqrt(n p (1 - p)): with 3 allowed it is 3 +- 1.7,
+# a verdict, with 1 a coin. Three per allowed miss (300 at p99, 30 at p90): a floor, not a confidence level; what
+# it guards against is a span of a handful of requests (trial 29: 5 requests "sustained" 40 requests/s).
+REQUESTS_PER_ALLOWED_MISS = 3
+
+
+def short_span_note(plan: PlanFile) -> str | None:
+    """A note when the span each simulation judges holds too few requests at the goal rate for the SLO's
+    percentile (REQUESTS_PER_ALLOWED_MISS), else None."""
+    if plan.serving is None or plan.goal.request_rate is None or plan.serving.slo is None:
+        return None
+    rate = float(plan.goal.request_rate)
+    span = span_spec(plan.serving, rate).duration_s
+    assert span is not None
+    expected = span * rate
+    percentile = plan.serving.slo.percentile
+    needed = REQUESTS_PER_ALLOWED_MISS / (1 - percentile / 100) if percentile < 100 else math.inf
+    if expected >= needed:
+        return None
+    want = f"{needed:,.0f} requests" if math.isfinite(needed) else "many requests"
+    return (f"serving: each simulation judges {span:g} s at the goal's {rate:g} requests/s, about {expected:,.0f} "
+            f"requests, too few to tell a p{percentile:g} (wanted: at least {want}, {REQUESTS_PER_ALLOWED_MISS} per "
+            f"request the percentile lets miss): the answer may be noise; lengthen serving.duration_s (or requests)")
+
+
 def unused_counts_note(plan: PlanFile, devices_per_node: list[int]) -> str | None:
     """The instance counts of search.disaggregation that no unit uses on any hardware choice (`devices_per_node`:
     each choice's), because every unit with them exceeds limits.max_devices (candidate_units leaves them out), in

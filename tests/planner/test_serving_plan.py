@@ -162,6 +162,15 @@ def test_among_the_misses_those_that_ran_rank_before_those_that_never_could() ->
     assert all(c.tp == 1 for c in ranked if c.probes) and all(c.tp == 2 for c in ranked if not c.probes)
 
 
+def test_a_span_of_a_handful_of_requests_is_warned_about() -> None:
+    """Trial 29: `requests: 5` planned in 0.9 s that one A100 'sustains >= 40 requests/s' (goodput 2 requests/s)."""
+    from llmsim.planner.serve import short_span_note
+    assert short_span_note(parse_plan(serving_plan())) is None       # 4 s at 80 requests/s: 320 for a p90
+    note = short_span_note(parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": 0.1})))
+    assert note is not None and note.startswith("serving: each simulation judges 0.1 s at the goal's 80 requests/s, "
+                                                "about 8 requests, too few to tell a p90 (wanted: at least 30")
+
+
 def test_a_fixed_request_count_becomes_a_fixed_span_at_the_goal_rate() -> None:
     plan = parse_plan(serving_plan(serving={**serving_plan()["serving"], "duration_s": None, "requests": 200}))
     spec = span_spec(plan.serving, 80.0)
