@@ -639,6 +639,12 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
                                   f"(replicas x tp x pp must tile one); run a serving scenario with "
                                   f"backends.roofline.topology instead"), ("error",)
         return out, max_replicas
+    if not task.node.device.memory_bytes:
+        # `llmsim run`'s own refusal (modeled_serving.unknown_memory), not "no room for a KV cache (0.0 GB usable)"
+        # (trial 29: the entry `llmsim calibrate` writes for cpu-host has memory_bytes 0)
+        from llmsim.modeled_serving import unknown_memory
+        out.reason, out.limits = f"error: {unknown_memory(task.cluster(task.size))}", ("error",)
+        return out, max_replicas
     try:
         n = rented_devices(task.size, task.node.devices_per_node)
         replica: _Replica | _Unit = _Unit(task, n) if task.unit is not None else _Replica(task, n)

@@ -162,6 +162,18 @@ def test_among_the_misses_those_that_ran_rank_before_those_that_never_could() ->
     assert all(c.tp == 1 for c in ranked if c.probes) and all(c.tp == 2 for c in ranked if not c.probes)
 
 
+def test_a_device_of_unknown_memory_is_dropped_saying_so() -> None:
+    """Trial 29: the entry `llmsim calibrate` writes (memory_bytes 0) read 'memory: no room for a KV cache (0.0 GB
+    usable ...)' in a plan, where `llmsim run` says the memory is unknown."""
+    from dataclasses import replace
+    plan, tasks = _tasks(serving_plan())
+    task = tasks[0]
+    unknown = replace(task, node=replace(task.node, device=task.node.device.model_copy(update={"memory_bytes": 0})))
+    out = search_candidate(unknown)
+    assert not out.feasible and out.limits == ("error",) and not out.probes
+    assert "memory_bytes is 0 (unknown)" in out.reason and "give the device's memory_bytes" in out.reason
+
+
 def test_a_span_of_a_handful_of_requests_is_warned_about() -> None:
     """Trial 29: `requests: 5` planned in 0.9 s that one A100 'sustains >= 40 requests/s' (goodput 2 requests/s)."""
     from llmsim.planner.serve import short_span_note
