@@ -370,7 +370,9 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
             return [math.log(modeled[key] / obs.measured[key]) if modeled.get(key) else MISSING_RESIDUAL
                     for obs, modeled in zip(observations, predict(theta)) for key in FITTED if key in obs.measured]
 
-        before = predict(start)
+        # the base entry's own prediction, as it stands (the fit's start differs from it where the fit's form
+        # cannot hold it: a request overhead of 0 in log space, kernel latency in seconds, no op overhead)
+        before = [r.metrics(cluster_of(base, r.obs)) for r in replays]
         # Starts, the best fit kept: the stock entry, and the fit of the others with the attention efficiency
         # held at the base's. Rows at few prompt lengths barely see attention apart from the GEMMs, and
         # Levenberg-Marquardt from the stock entry alone can trade the two into a corner (matmul at its bound 1.0

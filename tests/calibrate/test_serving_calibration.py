@@ -64,8 +64,9 @@ def _true_catalog(folder: Path) -> Path:
 
 
 def _measured_runs(folder: Path, inputs: tuple[int, ...] = (64, 2048), rates: list[float] = [5, 300],
-                   requests: int = 30) -> list[Path]:
-    """One run folder per prompt length, rows at `rates`, relabelled as a measured engine's on the stock entry."""
+                   requests: int = 30, made_on: str = "true-gpu") -> list[Path]:
+    """One run folder per prompt length, rows at `rates` made on `made_on`, relabelled as a measured engine's on
+    the stock entry."""
     folder.mkdir(parents=True, exist_ok=True)
     catalog = _true_catalog(folder)
     runs = []
@@ -75,7 +76,7 @@ def _measured_runs(folder: Path, inputs: tuple[int, ...] = (64, 2048), rates: li
             "strategies": [{"name": "tp1"}], "hardware_catalog": [str(catalog)],
             "serving": {"requests": requests, "arrival": {"kind": "poisson", "rate": rates},
                         "lengths": {"input": prompt, "output": 16}},
-            "backends": {"roofline": {"hardware": "true-gpu", "nodes": 1, "devices_per_node": 1}}}
+            "backends": {"roofline": {"hardware": made_on, "nodes": 1, "devices_per_node": 1}}}
         manager = get_plugin_manager()
         registry = BackendRegistry.from_manager(manager)
         scenario = parse_scenario(data, "serve.yaml")
@@ -191,6 +192,17 @@ def test_a_median_that_is_not_a_positive_number_is_said_left_out(tmp_path: Path)
     with pytest.raises(CalibrationError, match=r"device 'my-h100' is in neither the built-in catalog nor a hardware "
                                                r"file the runs name \(.*true.yaml\); allowed: --hardware FILE"):
         calibrate_serving(runs, device="my-h100")
+
+
+def test_the_default_column_is_the_base_entrys_own_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 29: on rows the stock h100-sxm made itself, the 'default' column was 6-8% off: it priced the fit's start
+    (a request overhead of 1 ms, no op overhead, kernel latency in seconds), not the entry. The fit is stubbed
+    out here (the start returned as found): only the base's prediction is under test."""
+    import llmsim.calibrate.serving as serving
+    monkeypatch.setattr(serving, "least_squares", lambda f, start, bounds: list(start))
+    monkeypatch.setattr(serving, "polish", lambda f, theta, bounds: list(theta))
+    result = calibrate_serving(_measured_runs(tmp_path, inputs=(64, 512), rates=[5, 40], requests=12, made_on=BASE))
+    assert max(abs(c.error) for c in result.before) < 1e-9
 
 
 def test_one_serving_row_is_too_few_medians_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
