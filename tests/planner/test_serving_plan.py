@@ -361,6 +361,19 @@ def test_a_bad_goal_rate_is_reported_once_under_its_own_key(rate: object) -> Non
     assert "arrival" not in str(info.value) and "more problem" not in str(info.value)
 
 
+@pytest.mark.parametrize("goal", [None, [40], "fast"])
+def test_a_missing_or_malformed_goal_is_reported_once(goal: object) -> None:
+    """Trial 29: a serving plan without a goal, or with `goal: [40]`, added '(and 1 more problem: serving.arrival)',
+    the arrival left without the rate the goal gives it."""
+    data = {k: v for k, v in serving_plan().items() if k != "goal"}
+    if goal is not None:
+        data["goal"] = goal
+    with pytest.raises(ScenarioError) as info:
+        parse_plan(data, "plan.yaml")
+    assert str(info.value).startswith("plan.yaml: goal: ")
+    assert "arrival" not in str(info.value) and "more problem" not in str(info.value)
+
+
 def test_request_rate_without_a_serving_block_is_refused() -> None:
     data = {"name": "p", "workload": {"model": {"preset": "tiny"}, "mode": "decode", "batch": 8},
             "goal": {"tokens_per_s": 5, "request_rate": 3}, "hardware": [{"name": "a100-80gb"}]}
