@@ -1291,6 +1291,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += allowed_range(model, loc) or "; allowed: an integer"
     elif err["type"] == "float_parsing":
         message += allowed_range(model, loc) or "; allowed: a number"
+    elif err["type"] == "finite_number":   # .nan / .inf: what the key takes, as for any other number it refuses
+        message += allowed_range(model, loc)
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(user_loc(e["loc"])) or "the file" for e in exc.errors(include_url=False)[1:]

@@ -164,6 +164,8 @@ def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None, f
         if path.is_dir():
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: is a folder in {scenario_dir}, not a "
                                                                 f"hardware file (allowed: a YAML file of entries:)")
+        if not path.is_file() and Path(name).is_absolute():   # a run folder's saved scenario names its files so
+            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: no such file (moved or deleted since?)")
         if not path.is_file():
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: no such file in {scenario_dir} (the "
                                                                 f"paths are relative to the scenario's folder)")

@@ -130,11 +130,14 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
     (["report", "{tmp}/run/results.jsonl"], "report: {tmp}/run/results.jsonl is a run's results file; allowed: its "
                                             "folder (llmsim report {tmp}/run)"),
     (["report", "{tmp}/plan"], "report: {tmp}/plan is a plan's folder (plan.md and plan.html are its report"),
+    (["report", "{tmp}/run/results.csv"], "report: {tmp}/run/results.csv is a file of a run folder; allowed: the "
+                                          "folder (llmsim report {tmp}/run)"),
 ])
 def test_bad_command_line_input_exits_2_with_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.jsonl").write_text("")
+    (tmp_path / "run" / "results.csv").write_text("")
     (tmp_path / "plan").mkdir()
     (tmp_path / "plan" / "plan.yaml").write_text("name: p\n")
     err = one_line_error(capsys, [a.format(tmp=tmp_path) for a in argv])

@@ -89,6 +89,12 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                 continue
             measured_s = _measured(run_dir, row, "step_time_s")
             peak_flops = _measured(run_dir, row, "peak_flops_per_s")
+            # the probes are optional (absent: the fit goes without them), but one that is there must be a number:
+            # a damaged one read as absent changed the fitted bandwidth with exit 0 (trial 30)
+            probes = {k: None if row.get(k) is None else _measured(run_dir, row, k)
+                      for k in ("stream_bytes_per_s", "stream_large_bytes_per_s", "op_overhead_s")}
+            if row.get("host_load_per_core") is not None:
+                _measured(run_dir, row, "host_load_per_core", minimum=0.0)
             if row.get("strategy") not in names:
                 continue
             used[run_dir] += 1
@@ -100,9 +106,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                                      measured_s=measured_s, peak_flops=peak_flops,
                                      scenario=scenario, strategy_index=index,
                                      layout=_layout(scenario, index, backend, scenario_file),
-                                     stream_bytes_per_s=_positive(row.get("stream_bytes_per_s")),
-                                     stream_large_bytes_per_s=_positive(row.get("stream_large_bytes_per_s")),
-                                     op_overhead_s=_positive(row.get("op_overhead_s"))))
+                                     **probes))
     unused = [d for d, n in used.items() if n == 0]
     if unused and len(unused) < len(used):  # a folder given but fitting nothing: said, not quietly dropped
         raise CalibrationError(f"{unused[0]}: no ok measured rows of backend '{backend}' (with peak_flops_per_s) while "
@@ -138,21 +142,23 @@ def _layout(scenario: Scenario, index: int, backend: str, scenario_file: Path) -
     return layout
 
 
-def _measured(run_dir: Path, row: dict[str, Any], column: str) -> float:
-    """A measured row's time or peak as a positive number; a one-line CalibrationError naming the file, the case
-    and the column where it is not one (0, negative, text: the file was edited), rather than a fit that fails on
-    it or a row quietly left out."""
+def _measured(run_dir: Path, row: dict[str, Any], column: str, minimum: float | None = None) -> float:
+    """A measured row's time, peak or probe as a positive number (`minimum`: at least that instead, a load may be
+    0); a one-line CalibrationError naming the file, the case and the column where it is not one (0, negative,
+    text: the file was edited), rather than a fit that fails on it or a row quietly left out."""
     value = row.get(column)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             number = float(value)
         except OverflowError:
             number = math.inf
-        if 0 < number < math.inf:
+        if (0 < number if minimum is None else minimum <= number) and number < math.inf:
             return number
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    kind = "a positive number" if minimum is None else f"a number >= {minimum:g}"
     raise CalibrationError(f"{run_dir / 'results.jsonl'}: case {row.get('case')!r}: {column} {shown}: a measured row's "
-                           f"{column} must be a positive number (the file was damaged or edited); allowed: > 0")
+                           f"{column} must be {kind} (the file was damaged or edited); allowed: "
+                           f"{'> 0' if minimum is None else f'>= {minimum:g}'}")
 
 
 def _positive(value: Any) -> float | None:

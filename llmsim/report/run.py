@@ -151,6 +151,8 @@ def not_a_run_folder(path: Path) -> str:
     given itself read 'RUN/results.jsonl has no results.jsonl'; a plan's folder asked 'is it a run folder?')."""
     if path.is_file() and path.name == "results.jsonl":
         return f"{path} is a run's results file; allowed: its folder (llmsim report {path.parent})"
+    if path.is_file() and (path.parent / "results.jsonl").is_file():   # results.csv, report.md, scenario.yaml, ...
+        return f"{path} is a file of a run folder; allowed: the folder (llmsim report {path.parent})"
     if (path / "plan.yaml").is_file() or (path / "plan.csv").is_file():
         return (f"{path} is a plan's folder (plan.md and plan.html are its report, best.yaml its winner); "
                 f"allowed: a run folder (with results.jsonl)")

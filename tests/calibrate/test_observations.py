@@ -141,3 +141,18 @@ def test_the_same_folder_twice_is_refused(tmp_path: Path, capsys) -> None:  # no
     run = synthetic_run(tmp_path, "train", 32, 2, 2)
     assert main(["calibrate", str(run), str(run) + "/"]) == 2
     assert "the same run folder is given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("column, value", [("stream_bytes_per_s", -1), ("stream_large_bytes_per_s", "z"),
+                                           ("op_overhead_s", "z"), ("host_load_per_core", "q"),
+                                           ("host_load_per_core", -0.5)])
+def test_a_damaged_probe_is_refused_not_read_as_absent(tmp_path: Path, column: str, value: object) -> None:
+    """Trial 30: stream_bytes_per_s -1 was read as 'not probed', and the fitted bandwidth changed (47.97 -> 20
+    GB/s) with exit 0; a damaged host load read as 'not busy'. An absent probe (null) still fits without it."""
+    run = synthetic_run(tmp_path, "train", 32, 2, 2, probes=True)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, column: value}) + "\n" for r in rows))
+    with pytest.raises(CalibrationError, match=rf"case 's': {column} {value!r}: a measured row's {column} must be"):
+        read_observations([run])
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, column: None}) + "\n" for r in rows))
+    assert len(read_observations([run])) == 1

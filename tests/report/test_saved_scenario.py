@@ -113,3 +113,8 @@ def test_the_saved_scenario_names_its_files_so_that_they_resolve_from_the_run_fo
     shutil.copytree(run_dir, tmp_path / "elsewhere")         # the run folder read from anywhere
     assert main(["validate", str(tmp_path / "elsewhere" / "scenario.yaml")]) == 0
     assert main(["run", str(where / "s.yaml"), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
+    capsys.readouterr()
+    (where / "cal.yaml").rename(tmp_path / "cal.yaml")     # moved since: not "no such file in RUN (relative ...)"
+    assert main(["validate", str(tmp_path / "elsewhere" / "scenario.yaml")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"hardware_catalog[0]: '{(where / 'cal.yaml').resolve()}': no such "
+                                                    f"file (moved or deleted since?)")

@@ -371,6 +371,9 @@ def test_graph_max_batch_is_a_whole_number_of_at_least_one_and_reaches_the_eager
     ("serving.arrival={kind: gamma, rate: 2, cv: 1e300}", "serving.arrival.cv: 1e+300: out of range; allowed: > 0 and <= 10"),
     # trial 29: "0: out of range; allowed: <= 10.0" named only the field's own bound, not its type's > 0
     ("serving.arrival={kind: gamma, rate: 2, cv: 0}", "serving.arrival.cv: 0: out of range; allowed: > 0 and <= 10"),
+    # trial 30: .nan said "expected a finite number" without the range every other refusal of the key names
+    ("serving.arrival={kind: gamma, rate: 2, cv: .nan}",
+     "serving.arrival.cv: nan: expected a finite number; allowed: > 0 and <= 10"),
 ])
 def test_numbers_no_draw_can_use_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str,
                                               expected: str) -> None:
