@@ -494,13 +494,21 @@ def saved_scenario(scenario: Scenario, scenario_dir: Path | None = None) -> dict
     if scenario.serving is not None and "mode" not in scenario.workload.model_fields_set:
         resolved["workload"].pop("mode", None)
     if scenario_dir is not None:
-        def absolute(name: str) -> str:
-            return name if Path(name).is_absolute() else str((scenario_dir / name).resolve())
-        resolved["hardware_catalog"] = [absolute(f) for f in resolved.get("hardware_catalog") or []]
-        arrival = (resolved.get("serving") or {}).get("arrival") or {}
-        if arrival.get("path"):
-            arrival["path"] = absolute(arrival["path"])
+        _absolute_paths(resolved, scenario_dir)
     return resolved
+
+
+def _absolute_paths(saved: dict[str, Any], scenario_dir: Path) -> None:
+    """A saved scenario's file paths (hardware_catalog, serving.arrival.path) made absolute against `scenario_dir`,
+    in place; absolute ones are kept."""
+    def absolute(name: Any) -> Any:
+        return name if not isinstance(name, str) or Path(name).is_absolute() else str((scenario_dir / name).resolve())
+    if isinstance(saved.get("hardware_catalog"), list):
+        saved["hardware_catalog"] = [absolute(f) for f in saved["hardware_catalog"]]
+    serving = saved.get("serving")
+    arrival = serving.get("arrival") if isinstance(serving, dict) else None
+    if isinstance(arrival, dict) and arrival.get("path"):
+        arrival["path"] = absolute(arrival["path"])
 
 
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,
@@ -521,7 +529,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     """
     resolved = saved_scenario(scenario, scenario_dir)
     if resume is not None:
-        check_resumable(resume, resolved)
+        check_resumable(resume, resolved, scenario_dir)
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -617,9 +625,10 @@ def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:
     return None if saved == current else f"{path}: {saved!r} there, {current!r} now"
 
 
-def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
+def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path | None = None) -> None:
     """A run folder may be resumed only by the scenario that started it, unchanged (else its rows would
-    mix two workloads). ScenarioError keyed `--resume`, naming the first difference."""
+    mix two workloads). ScenarioError keyed `--resume`, naming the first difference. A folder saved before its
+    paths were saved absolute (relative ones) compares with them made absolute against `scenario_dir`."""
     saved_file = run_dir / "scenario.yaml"
     if not saved_file.exists():
         raise ScenarioError(None, "--resume", f"{run_dir} is not a run folder (it has no scenario.yaml)")
@@ -631,6 +640,8 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
     if not isinstance(saved, dict):
         raise ScenarioError(None, "--resume", f"{saved_file} is not a readable scenario ({why}); start a new run "
                                               f"instead")
+    if scenario_dir is not None:
+        _absolute_paths(saved, scenario_dir)
     difference = _first_difference(saved, resolved)
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "

@@ -113,6 +113,11 @@ def test_the_saved_scenario_names_its_files_so_that_they_resolve_from_the_run_fo
     shutil.copytree(run_dir, tmp_path / "elsewhere")         # the run folder read from anywhere
     assert main(["validate", str(tmp_path / "elsewhere" / "scenario.yaml")]) == 0
     assert main(["run", str(where / "s.yaml"), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
+    # a folder saved before the paths were saved absolute (as written, relative) still resumes
+    old_style = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+    old_style["hardware_catalog"], old_style["serving"]["arrival"]["path"] = ["cal.yaml"], "ok.csv"
+    (run_dir / "scenario.yaml").write_text(yaml.safe_dump(old_style, sort_keys=False))
+    assert main(["run", str(where / "s.yaml"), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
     capsys.readouterr()
     (where / "cal.yaml").rename(tmp_path / "cal.yaml")     # moved since: not "no such file in RUN (relative ...)"
     assert main(["validate", str(tmp_path / "elsewhere" / "scenario.yaml")]) == 2
