@@ -424,7 +424,8 @@ def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn,
     ResultStore writes each row as one line ending in a newline. A last line without its newline that does
     not parse is a row cut by a kill (the run stopped while writing it): the complete rows are returned and
     `warn` says so; that case is simply not done, as --resume knows. Any other line that is not a row (not
-    JSON, not a mapping with case and backend) means the file was damaged or edited: DamagedRows, one line
+    JSON, not a mapping with case and backend, a contract column of another type than `Result`'s: COLUMN_KINDS)
+    means the file was damaged or edited: DamagedRows, one line
     naming the file and the line, rather than a report that silently lacks rows. Given a `damaged` list, such
     lines are appended to it (one message each) and left out instead, so that a report can still be built from
     the rows that read (llmsim report: it then says so and exits 2)."""
