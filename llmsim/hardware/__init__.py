@@ -284,13 +284,14 @@ class Catalog(BaseModel):
             raise ScenarioError(None, "topology" if topology is not None else "mesh",
                                 f"device {device.name!r} is not a TPU: topology and mesh apply to devices whose "
                                 f"catalog entry has a torus block ({', '.join(self.torus_devices()) or 'none'})")
-        links = {}
-        for key, name in (("intra_node", intra_node), ("inter_node", inter_node)):
-            name = name or getattr(device, key)
-            if name is None:
-                raise ScenarioError(None, key, f"device {device.name!r} names no default link; set one of: "
-                                               f"{', '.join(self.links)}")
-            links[key] = self.link(name, key=key)
+        names = {"intra_node": intra_node or device.intra_node, "inter_node": inter_node or device.inter_node}
+        missing = [key for key, name in names.items() if name is None]
+        if missing:  # both at once when both are missing (trial 30: a plugin's device asked for one, then the other)
+            raise ScenarioError(None, missing[0], f"device {device.name!r} names no default "
+                                                  f"{' or '.join(missing)} link; set {' and '.join(missing)}, "
+                                                  f"{'each ' if len(missing) > 1 else ''}one of: "
+                                                  f"{', '.join(self.links)}")
+        links = {key: self.link(name, key=key) for key, name in names.items() if name is not None}
         per_node = devices_per_node or device.devices_per_node or DEFAULT_DEVICES_PER_NODE
         # A link that joins only a few devices (an NVLink bridge: one pair) cannot carry a larger node, nor join
         # nodes whose devices together outnumber it.

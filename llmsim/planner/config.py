@@ -480,14 +480,17 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
     if link is not None and link not in catalog.links:
         raise ScenarioError(file, "search.disaggregation.kv_transfer.link",
                             f"unknown link {link!r}; allowed: {', '.join(catalog.links)}")
-    devices = []
+    devices, tori = [], []
     for i, h in enumerate(plan.hardware):
         try:
-            device = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node).device
+            cluster = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node)
+            device = cluster.device
         except ScenarioError as exc:  # keyed hardware / intra_node / inter_node: where in the plan
             key = "name" if exc.key == "hardware" else exc.key
             raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
         devices.append(device)
+        if cluster.is_torus:
+            tori.append(h.name)
         lacking = [d for d in plan_dtypes(plan)  # float8 / float4: decided per device by planner.precisions
                    if d not in ("float8", "float4") and not device.peak_flops.get(d)]  # type: ignore[call-overload]
         if lacking or not device.memory_bw_bytes_per_s:
@@ -504,6 +507,12 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
                             f"no example price: give "
                             f"your own usd_per_device_hour (example prices exist for "
                             f"{', '.join(EXAMPLE_USD_PER_DEVICE_HOUR)})")
+    if plan.serving is not None and len(tori) == len(plan.hardware):
+        # planner.serve drops a TPU candidate (it rents devices by the node; slices are not searched): a plan of
+        # TPUs alone would search nothing and answer "nothing meets the goal" (trial 30)
+        raise ScenarioError(file, "hardware", f"a serving plan does not search TPU slices yet ({', '.join(tori)}): "
+                                              f"name a GPU or CPU device, or run a serving scenario with "
+                                              f"backends.roofline.topology")
     if not any(candidates(plan, d)[0] for d in devices):  # every searched precision is float8, and none runs it
         mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but the stated recipe is mxfp8
         key = "search.dtype" if plan.search.dtype else "workload.fp8.recipe" if mx else "workload.dtype"

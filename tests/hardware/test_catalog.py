@@ -148,8 +148,13 @@ def test_catalog_cluster_takes_the_entry_defaults_and_the_callers_choices() -> N
     a100 = catalog.cluster("a100-80gb", 3, devices_per_node=4, inter_node="roce400x8")
     assert (a100.nodes, a100.devices_per_node, a100.intra.name, a100.inter.name) == (3, 4, "nvlink3", "roce400x8")
     assert catalog.cluster("cpu-host", intra_node="loopback", inter_node="loopback").devices_per_node == 8
-    with pytest.raises(ScenarioError, match=r"^intra_node: device 'cpu-host' names no default link"):
+    with pytest.raises(ScenarioError) as both:  # both missing links named at once (trial 30), not one per run
         catalog.cluster("cpu-host")
+    assert str(both.value).startswith("intra_node: device 'cpu-host' names no default intra_node or inter_node "
+                                      "link; set intra_node and inter_node, each one of: ")
+    with pytest.raises(ScenarioError, match=r"^inter_node: device 'cpu-host' names no default inter_node link; "
+                                            r"set inter_node, one of: .*loopback"):
+        catalog.cluster("cpu-host", intra_node="loopback")
     with pytest.raises(ScenarioError, match=r"^inter_node: unknown link 'warp'"):
         catalog.cluster("h200", inter_node="warp")
     with pytest.raises(ScenarioError, match=r"^hardware: unknown device 'h900'"):

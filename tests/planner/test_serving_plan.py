@@ -148,6 +148,22 @@ def test_a_tpu_candidate_is_dropped_with_its_reason_not_a_crash_mid_search() -> 
     assert results[("slow-a", 1)].feasible      # the other hardware is searched as before
 
 
+def test_a_serving_plan_of_tpus_alone_is_refused_before_it_searches(tmp_path: Path) -> None:
+    """Trial 30: with every hardware choice a TPU, each candidate was dropped and the plan answered "nothing meets
+    the goal" with exit 0; it is bad input (one line naming `hardware`, what to do), and no plan folder is made."""
+    from llmsim.planner.config import check_hardware
+    data = serving_plan(hardware=[{"name": "tpu-v5p", "usd_per_device_hour": 4.2},
+                                  {"name": "tpu-v5e", "usd_per_device_hour": 1.2}])
+    with pytest.raises(ScenarioError) as info:
+        check_hardware(parse_plan(data), CATALOG, "plan.yaml")
+    assert str(info.value) == ("plan.yaml: hardware: a serving plan does not search TPU slices yet (tpu-v5p, tpu-v5e): "
+                               "name a GPU or CPU device, or run a serving scenario with backends.roofline.topology")
+    # a TPU beside a GPU is searched as before (the TPU's candidates dropped with their reason, above)
+    check_hardware(parse_plan(serving_plan(hardware=[{"name": "tpu-v5p", "usd_per_device_hour": 4.2},
+                                                     {"name": "slow-a", "usd_per_device_hour": 1.8}])),
+                   CATALOG, "plan.yaml")
+
+
 def test_among_the_misses_those_that_ran_rank_before_those_that_never_could() -> None:
     """Trial 29: with max_devices 1, 'nothing meets the goal: the closest' listed the tp2 candidates that never
     ran (one replica needs 2 devices) above the simulated tp1 ones, against objective_key's own docstring."""
