@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmsim.errors import LLMSimError, UsageError, one_line, path_error
-from llmsim.wording import count
+from llmsim.wording import clipped, count
 
 # name -> (unit, meaning). The order is the column order of results.csv.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -411,8 +411,7 @@ def _value_problem(column: str, value: Any) -> str | None:
                 ok = False
     if ok:
         return None
-    shown = json.dumps(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    shown = clipped(json.dumps(value))
     article = {"number": "a ", "whole number": "a "}.get(kind, "")
     return f"{column} is {shown}, not {article}{kind}"
 

@@ -35,6 +35,12 @@ def shown_value(value: object) -> str:
     return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
 
 
+def clipped(text: str, chars: int = 40) -> str:
+    """`text` cut to `chars` characters, ending in "..." where cut: a damaged file's value quoted in a one-line
+    error (results.read_rows, calibrate.observations)."""
+    return text if len(text) <= chars else text[:chars - 3] + "..."
+
+
 def literal_choices(err: dict[str, Any]) -> str:
     """The values a Literal key allows, as the other errors list them (`fused, sglang, sglang-rocm`; YAML's
     true / false / null as the user writes them), from pydantic's literal_error context, which holds them as

@@ -20,6 +20,7 @@ from llmsim.errors import LLMSimError
 from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.results import read_rows
 from llmsim.strategy import Layout, resolve_layout
+from llmsim.wording import clipped
 
 
 class CalibrationError(LLMSimError):
@@ -154,7 +155,7 @@ def _measured(run_dir: Path, row: dict[str, Any], column: str, minimum: float | 
             number = math.inf
         if (0 < number if minimum is None else minimum <= number) and number < math.inf:
             return number
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    shown = clipped(repr(value))
     kind = "a positive number" if minimum is None else f"a number >= {minimum:g}"
     raise CalibrationError(f"{run_dir / 'results.jsonl'}: case {row.get('case')!r}: {column} {shown}: a measured row's "
                            f"{column} must be {kind} (the file was damaged or edited); allowed: "
