@@ -37,6 +37,7 @@ from llmsim.modeled import ModeledSettings
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
+from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests
 from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import read_yaml
@@ -533,6 +534,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_atomic(run_dir / INPUTS_FILE, json.dumps(input_digests(resolved), indent=2))
     if notes:
         write_atomic(run_dir / RUN_NOTES, "".join(f"{one_line(note)}\n" for note in notes))
     instances: dict[str, Backend] = {}
@@ -628,7 +630,9 @@ def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:
 def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path | None = None) -> None:
     """A run folder may be resumed only by the scenario that started it, unchanged (else its rows would
     mix two workloads). ScenarioError keyed `--resume`, naming the first difference. A folder saved before its
-    paths were saved absolute (relative ones) compares with them made absolute against `scenario_dir`."""
+    paths were saved absolute (relative ones) compares with them made absolute against `scenario_dir`. A file the
+    scenario reads (a trace, a catalog) whose content changed since the run read it is a difference too
+    (llmsim.run_inputs: the folder's inputs.json)."""
     saved_file = run_dir / "scenario.yaml"
     if not saved_file.exists():
         raise ScenarioError(None, "--resume", f"{run_dir} is not a run folder (it has no scenario.yaml)")
@@ -642,7 +646,7 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path 
                                               f"instead")
     if scenario_dir is not None:
         _absolute_paths(saved, scenario_dir)
-    difference = _first_difference(saved, resolved)
+    difference = _first_difference(saved, resolved) or changed_input(run_dir, resolved)
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "
                                               f"({difference}); start a new run instead")

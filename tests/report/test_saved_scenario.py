@@ -123,3 +123,36 @@ def test_the_saved_scenario_names_its_files_so_that_they_resolve_from_the_run_fo
     assert main(["validate", str(tmp_path / "elsewhere" / "scenario.yaml")]) == 2
     assert capsys.readouterr().err.strip().endswith(f"hardware_catalog[0]: '{(where / 'cal.yaml').resolve()}': no such "
                                                     f"file (moved or deleted since?)")
+
+
+def test_a_resume_whose_trace_changed_since_the_run_read_it_is_refused(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The saved scenario names its trace by path, so an edited trace resumed a folder with another request
+    list than its finished rows were served from: the run folder keeps each file's SHA-256 (inputs.json), and a
+    resume whose file changed is refused, the rows kept; the same content (rewritten, touched) resumes."""
+    import json
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0,8,4\n0.5,8,4\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "trace-digest", "workload": {"model": {"preset": "tiny"}}, "strategies": [{"name": "tp1"}],
+        "serving": {"requests": 2, "arrival": {"kind": "trace", "path": "t.csv"}},
+        "backends": {"roofline": {"hardware": "a100-80gb"}}}))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    inputs = json.loads((run_dir / "inputs.json").read_text())
+    assert set(inputs) == {"serving.arrival.path"}
+    assert inputs["serving.arrival.path"]["path"] == str(trace.resolve())
+    assert inputs["serving.arrival.path"]["bytes"] == len(trace.read_bytes())
+    trace.write_text(trace.read_text())                     # the same content: resumes
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
+    capsys.readouterr()
+    rows = (run_dir / "results.jsonl").read_text()
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0,8,4\n0.5,16,4\n")
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llmsim: error: --resume: {run_dir} holds a run of another scenario or an edited one "
+                          f"(serving.arrival.path: {trace.resolve()} changed since the run read it: 51 bytes, sha256 ")
+    assert err.endswith("52 bytes, sha256 22370ab99793... now); start a new run instead") and "\n" not in err
+    assert (run_dir / "results.jsonl").read_text() == rows
+    (run_dir / "inputs.json").unlink()                      # a folder from before inputs.json: compares paths only
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out"), "--resume", str(run_dir)]) == 0
