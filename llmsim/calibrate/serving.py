@@ -57,6 +57,7 @@ from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_times, kv
                                        token_costs)
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import read_rows
+from llmsim.run_inputs import changed_input
 from llmsim.serving.replica import PRICED_MIXES_KEPT, Pricer
 from llmsim.serving.requests import Request, build_requests, closed_loop_of, iter_requests
 from llmsim.serving.schedulers import BUILTIN
@@ -174,6 +175,10 @@ def read_serving_observations(run_dirs: Sequence[Path], backend: str | None = No
         scenario = _load_resolved(scenario_file)
         if scenario.serving is None:
             continue
+        changed = changed_input(run_dir, read_yaml(scenario_file))
+        if changed:  # the fit replays the request list the engine served: another trace is another list
+            raise CalibrationError(f"{run_dir}: {changed}: the fit would replay the run with other inputs than "
+                                   f"it measured with; put the file back as it was, or measure again")
         names = [s.name for s in scenario.strategies]
         for row in read_rows(run_dir):
             if (row.get("mode") != "serve" or row.get("kind") != "measured" or row.get("status") != "ok"

@@ -214,6 +214,20 @@ def test_one_serving_row_is_too_few_medians_one_line_exit_2(tmp_path: Path, caps
     assert len(err.splitlines()) == 1 and "measure at least three (rate, length) points" in err
 
 
+def test_a_run_whose_catalog_changed_since_is_refused_before_the_fit(tmp_path: Path, capsys) -> None:
+    """The fit replays each run's request list and catalog: a file changed since the run read it (its inputs.json
+    digest, llmsim.run_inputs) would fit the measured medians to another input, so it is one line, exit 2."""
+    runs = _measured_runs(tmp_path, inputs=(64,), rates=[5, 40], requests=6)
+    catalog = tmp_path / "true.yaml"
+    catalog.write_text(catalog.read_text() + "# edited\n")
+    assert main(["calibrate", *map(str, runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{runs[0]}: hardware_catalog[0]: {catalog} changed since the run read it: " in err
+    assert err.endswith("the fit would replay the run with other inputs than it measured with; put the file back "
+                        "as it was, or measure again")
+
+
 @SHARED_FIT
 def test_a_device_without_a_peak_is_one_line_naming_the_step_calibration(runs: list[Path], capsys) -> None:
     assert main(["calibrate", *map(str, runs), "--device", "cpu-host"]) == 2
