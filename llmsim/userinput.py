@@ -13,7 +13,9 @@ needs (the numbers below) and far below where those failures begin.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +178,27 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
         loader.dispose()
 
 
+def not_a_regular_file(path: str | Path) -> str | None:
+    """Why `path` is not a file to read, where it is a FIFO, a socket or a device, else None (a missing file or a
+    folder is open()'s own error). Opening a FIFO blocks until something writes to it (trial 31: `llmsim validate
+    FIFO` waited forever), so these are refused before any open."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{what}, not a regular file: give a file (a pipe would be waited on)"
+
+
 def read_text(path: str | Path) -> str:
-    """A user's text file, or a one-line ScenarioError (missing, unreadable, too large, not UTF-8)."""
+    """A user's text file, or a one-line ScenarioError (missing, unreadable, too large, not UTF-8, a FIFO or a
+    device)."""
     file = str(path)
+    special = not_a_regular_file(path)
+    if special:
+        raise ScenarioError(file, None, special)
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_TEXT_BYTES + 1)

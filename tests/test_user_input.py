@@ -626,3 +626,24 @@ def test_a_value_where_a_free_mapping_belongs_lists_no_other_keys(capsys) -> Non
         f"{path}: backends: null: expected a mapping of keys")
     assert one_line_error(capsys, ["validate", str(path), "--set", "serving.slo=3"]).startswith(
         f"{path}: serving.slo: 3: expected a mapping of keys; allowed: ttft_s, tpot_s, percentile")
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 31: `llmsim validate FIFO` blocked in open() until a writer came (forever); a FIFO as a scenario or
+    as a serving trace is one line, exit 2, before any open."""
+    import os
+
+    import yaml
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["validate", str(fifo)]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmsim: error: {fifo}: a FIFO, not a regular file: give a file "
+                                               f"(a pipe would be waited on)")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump({"name": "t", "workload": {"model": {"preset": "tiny"}},
+                                        "strategies": [{"name": "tp1"}],
+                                        "serving": {"requests": 2, "arrival": {"kind": "trace", "path": "fifo"}},
+                                        "backends": {"roofline": {"hardware": "a100-80gb"}}}))
+    assert main(["validate", str(scenario)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"serving.arrival.path: {fifo}: a FIFO, not a regular file: "
+                                                    f"give a file (a pipe would be waited on)")

@@ -38,6 +38,7 @@ from llmsim.serving.spec import (MAX_REQUESTS, MAX_SIMULATED_S, TRACE_COLUMNS, E
                                  LognormalLength, QuantileLength, ServingCase, ServingSpec, UniformLength,
                                  length_bounds)
 from llmsim.strict import MAX_DIMENSION
+from llmsim.userinput import not_a_regular_file
 from llmsim.wording import count, shown_value
 
 
@@ -233,6 +234,9 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
     (as requests / rate may: a token time added to an arrival far beyond it is rounded away).
     Raises TraceError naming the file, and the column or line, for anything unreadable."""
     file = str(path)
+    special = not_a_regular_file(path)
+    if special:
+        raise TraceError(file, special)
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
