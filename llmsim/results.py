@@ -390,6 +390,13 @@ def _column_kinds() -> dict[str, str]:
 
 
 COLUMN_KINDS = _column_kinds()
+# The values a Literal column may hold (status, kind), from `Result`'s annotations: another word is an edited row.
+COLUMN_CHOICES: dict[str, tuple[str, ...]] = {
+    name: field.annotation.__args__ for name, field in Result.model_fields.items()
+    if getattr(field.annotation, "__origin__", None) is Literal}
+# Columns of a physical quantity (a unit in COLUMNS / SERVING_COLUMNS: seconds, bytes, tokens/s, ...) are never
+# negative in a row llmsim wrote (trial 31: a ttft_p50_s of -5 was reported as "0 s").
+NON_NEGATIVE_COLUMNS = frozenset(name for name, (unit, _) in {**COLUMNS, **SERVING_COLUMNS}.items() if unit)
 
 
 def _value_problem(column: str, value: Any) -> str | None:
@@ -398,6 +405,10 @@ def _value_problem(column: str, value: Any) -> str | None:
     kind = COLUMN_KINDS.get(column)
     if value is None or kind is None:
         return None
+    choices = COLUMN_CHOICES.get(column)
+    if choices is not None:
+        return None if value in choices else \
+            f"{column} is {clipped(json.dumps(value))}, not one of {', '.join(choices)}"
     if kind == "true or false":
         ok = isinstance(value, bool)
     elif kind == "text":
@@ -409,6 +420,8 @@ def _value_problem(column: str, value: Any) -> str | None:
                 ok = math.isfinite(float(value)) and (kind == "number" or float(value).is_integer())
             except OverflowError:     # an integer of hundreds of digits
                 ok = False
+    if ok and kind in ("number", "whole number") and column in NON_NEGATIVE_COLUMNS and value < 0:
+        return f"{column} is {clipped(json.dumps(value))}, not a number >= 0"
     if ok:
         return None
     shown = clipped(json.dumps(value))

@@ -39,7 +39,12 @@ def _edited(line: str, **values: object) -> str:
     (lambda lines: lines[:1] + [_edited(lines[0], step_time_s=[1])] + lines[1:], 2, "step_time_s is [1], not a number"),
     (lambda lines: lines[:1] + [_edited(lines[0], requests_per_s=10 ** 400)] + lines[1:], 2,
      "requests_per_s is 1000000000000000000000000000000000000..., not a number"),
-    (lambda lines: lines[:1] + [_edited(lines[0], status=3)] + lines[1:], 2, "status is 3, not text"),
+    (lambda lines: lines[:1] + [_edited(lines[0], status=3)] + lines[1:], 2,
+     "status is 3, not one of ok, skipped, failed, does-not-fit"),
+    # a value no run writes (trial 31: status "great" was reported as such, a TTFT of -5 s as "0 s")
+    (lambda lines: lines[:1] + [_edited(lines[0], status="great")] + lines[1:], 2,
+     'status is "great", not one of ok, skipped, failed, does-not-fit'),
+    (lambda lines: lines[:1] + [_edited(lines[0], ttft_s=-5)] + lines[1:], 2, "ttft_s is -5, not a number >= 0"),
 ])
 def test_a_damaged_line_is_one_line_naming_file_and_line(tmp_path: Path, capsys, damage, line: int,
                                                           problem: str) -> None:
