@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from llmsim.calibrate.optimiser import fit
-from llmsim.calibrate.observations import CalibrationError, Observation, busy_cases, read_observations
+from llmsim.calibrate.observations import (CalibrationError, Observation, busy_cases, other_device_problem,
+                                          read_observations)
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, step_time
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
@@ -134,6 +135,9 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     catalog = catalog or load_catalog()
     base = catalog.device(device)
     observations = read_observations(run_dirs, backend, include_busy)
+    problem = other_device_problem(observations, device)
+    if problem:
+        raise CalibrationError(problem)
     left_out = [] if include_busy else busy_cases(run_dirs, backend)
     peaks: dict[str, float] = {}
     for dtype in {o.dtype for o in observations}:

@@ -43,6 +43,7 @@ class Observation:
     stream_bytes_per_s: float | None = None        # the backend's probes, when the row reports them
     stream_large_bytes_per_s: float | None = None
     op_overhead_s: float | None = None
+    hardware: str | None = None                    # the row's `hardware` column: the device it was measured on
 
     @property
     def strategy(self) -> Strategy:
@@ -107,6 +108,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                                      measured_s=measured_s, peak_flops=peak_flops,
                                      scenario=scenario, strategy_index=index,
                                      layout=_layout(scenario, index, backend, scenario_file),
+                                     hardware=row.get("hardware") if isinstance(row.get("hardware"), str) else None,
                                      **probes))
     unused = [d for d, n in used.items() if n == 0]
     if unused and len(unused) < len(used):  # a folder given but fitting nothing: said, not quietly dropped
@@ -168,3 +170,15 @@ def _positive(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number > 0 else None
+
+
+def other_device_problem(observations: list[Observation], device: str) -> str | None:
+    """Why the rows cannot calibrate `device`: they were measured on other devices (their `hardware` column), or
+    None. A calibrated entry replaces its base's efficiency, bandwidth and peaks with what the rows measured:
+    fitted to a CPU's rows, `--device h100-sxm` wrote an H100 entry with a CPU's 50 GB/s (trial 31). A name
+    that extends the device's or that it extends (cpu-host-calibrated, h100-sxm-serving) is the same device."""
+    ran_on = sorted({o.hardware for o in observations if o.hardware})
+    if not ran_on or any(h == device or h.startswith(f"{device}-") or device.startswith(f"{h}-") for h in ran_on):
+        return None
+    return (f"--device {device}: the measured rows ran on {', '.join(ran_on)}: a fit writes what the rows measured "
+            f"into the entry; allowed: --device {ran_on[0]}")

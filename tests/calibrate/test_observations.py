@@ -157,3 +157,21 @@ def test_a_damaged_probe_is_refused_not_read_as_absent(tmp_path: Path, column: s
         read_observations([run])
     (run / "results.jsonl").write_text("".join(json.dumps({**r, column: None}) + "\n" for r in rows))
     assert len(read_observations([run])) == 1
+
+
+def test_rows_measured_on_another_device_do_not_calibrate_this_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 31: `calibrate RUN --device h100-sxm` on rows the cpu backend measured on cpu-host wrote an
+    h100-sxm-calibrated entry with the CPU's peak and 50 GB/s beside an H100's memory and NVLink."""
+    from llmsim.calibrate.observations import other_device_problem
+    from llmsim.cli import main
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, "hardware": "cpu-host"}) + "\n" for r in rows))
+    observations = read_observations([run])
+    assert other_device_problem(observations, "cpu-host") is None
+    assert other_device_problem(observations, "cpu-host-calibrated") is None   # the same host, its own entry
+    assert main(["calibrate", str(run), "--device", "h100-sxm"]) == 2
+    assert capsys.readouterr().err.strip() == ("llmsim: error: --device h100-sxm: the measured rows ran on "
+                                               "cpu-host: a fit writes what the rows measured into the entry; "
+                                               "allowed: --device cpu-host")
+    assert not (run / "hardware-calibrated.yaml").exists()
