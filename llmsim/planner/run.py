@@ -69,13 +69,14 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
         if expert_problem is not None:
             raise ScenarioError(file, *expert_problem)
+        made_out = not Path(out).exists()   # an --out (or reports/) this plan makes goes with it if left empty
         run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
         mapper: Mapper = map if executor is None else \
             (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731
         # the precisions of search.dtype (or the workload's own) each device can run: devices that can run none
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
-        with _removed_if_left_empty(run_dir):
+        with _removed_if_left_empty(run_dir, Path(out) if made_out else None):
             search = plan.search.disaggregation
             link = search.kv_transfer.link if search is not None else None
             return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware),
@@ -85,14 +86,15 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
 
 
 @contextmanager
-def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
+def _removed_if_left_empty(run_dir: Path, made_out: Path | None = None) -> Iterator[None]:
     """A plan stopped before it writes (Ctrl-C, an error) leaves no empty run folder behind: the folder made
     first (so that an unusable --out fails before the search) is removed if nothing was written in it, and its
-    out/plan-NAME parent too if that is left empty. A folder with any file in it is kept."""
+    out/plan-NAME parent too if that is left empty, and `made_out`, the --out folder the plan itself made (trial
+    31: an empty reports/ was left). A folder with any file in it is kept."""
     try:
         yield
     except BaseException:
-        for folder in (run_dir, run_dir.parent):
+        for folder in (run_dir, run_dir.parent, *([made_out] if made_out is not None else [])):
             try:
                 folder.rmdir()          # only an empty folder
             except OSError:
@@ -108,8 +110,9 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
     sharing = sharing_choice(plan)
     # a profile not yet stored is traced in a forked worker while this process readies the search (prepare_search)
     profile, caches = prepare_search(plan, hardware, begun)
+    made_out = not Path(out).exists()
     run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
-    with _removed_if_left_empty(run_dir):
+    with _removed_if_left_empty(run_dir, Path(out) if made_out else None):
         return _search_and_write(plan, hardware, sharing, profile, caches, run_dir, simulate, progress, executor,
                                  task_progress, live)
 

@@ -436,3 +436,22 @@ def test_an_interrupted_serving_plan_leaves_no_empty_folder(tmp_path: Path, monk
     with pytest.raises(KeyboardInterrupt):
         run_plan(parse_plan(serving_plan()), CATALOG, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["earlier"]
+
+
+def test_an_interrupted_plan_removes_the_out_folder_it_made(tmp_path: Path, monkeypatch) -> None:
+    """Trial 31: `llmsim plan` stopped by Ctrl-C left an empty reports/ (or --out DIR) that it had made itself;
+    an --out that was there before is kept, even empty."""
+    from llmsim.planner import run as plan_run
+    from tests.planner.test_serving_plan import CATALOG, serving_plan
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plan_run, "run_serving_plan", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(parse_plan(serving_plan()), CATALOG, tmp_path / "new-out")
+    assert not (tmp_path / "new-out").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(parse_plan(serving_plan()), CATALOG, tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
