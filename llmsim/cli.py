@@ -208,6 +208,14 @@ def _a_path(text: str) -> str:
     return text
 
 
+def _a_file_or_folder(text: str) -> str:
+    """A SCENARIO.yaml, PLAN.yaml or RUN_DIR argument: any path but an empty one (`report ''` and
+    `calibrate ''` read the current folder, `validate ''` said 'cannot read file' naming nothing: trial 31)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; allowed: a file or folder name")
+    return text
+
+
 def _a_folder(text: str) -> str:
     """An --out or --dir folder: a path (_a_path) that is not an existing file (`report RUN --out RUN/results.csv`
     said '.../results.csv/compare/...: Not a directory' once the comparison was built)."""
@@ -496,7 +504,11 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
         raise UsageError("new-plugin", f"a backend named {args.name!r} is already installed; allowed: a name other "
                                        f"than {', '.join(taken)}")
     target = Path(args.dir) if args.dir else Path(f"llmsim-{args.name}")
-    print(write_plugin(args.name, target))
+    try:
+        written = write_plugin(args.name, target)
+    except OSError as exc:   # a --dir that cannot be made is named by its flag (trial 31)
+        raise (path_error("--dir", exc) if args.dir else None) or exc from None
+    print(written)
     return 0
 
 
@@ -680,7 +692,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from llmsim.hardware import load_catalog
 
     if args.out is not None:
-        _check_writable(args.out)  # before the fit, which takes seconds to minutes
+        try:
+            _check_writable(args.out)  # before the fit, which takes seconds to minutes
+        except OSError as exc:         # named by its flag, as run's and plan's --out are (trial 31)
+            raise (path_error("--out", exc) or exc) from None
     if len({Path(p).resolve() for p in args.run_dirs}) < len(args.run_dirs):
         # its rows would count twice: as many "cases" again for the same parameters, no new information
         raise UsageError("calibrate", "the same run folder is given twice")
@@ -739,12 +754,22 @@ class _OneLineParser(argparse.ArgumentParser):
         return parsed
 
 
+def _installed_version() -> str:
+    """The installed distribution's version (pyproject.toml), or 'unknown' when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("llmsim")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="llmsim", description="Simulate and benchmark Transformer workloads.")
+    parser.add_argument("--version", action="version", version=f"llmsim {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def scenario_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("scenario", metavar="SCENARIO.yaml")
+        p.add_argument("scenario", type=_a_file_or_folder, metavar="SCENARIO.yaml")
         p.add_argument("--backend", action="append", metavar="NAME", help="run only these backends (repeatable)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a scenario key, e.g. --set workload.batch=16 (repeatable)")
@@ -768,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)build a run's report; two or more runs: compare them",
                        description="One RUN_DIR: rebuild report.md and report.html in it. Two or more: compare "
                                    "them, the first as the baseline, with differences in percent.")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", type=_a_file_or_folder, metavar="RUN_DIR")
     p.add_argument("--out", default=None, type=_a_folder, metavar="DIR",
                    help="where comparison folders go, as for run and plan (default: reports -> "
                         "reports/compare/<stamp>)")
@@ -783,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fit the serving iteration's matmul efficiency, memory bandwidth and kernel latency "
                                    "by replaying them in the serving simulation. Prints modeled vs measured and the "
                                    "file written last.")
-    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", type=lambda text: Path(_a_file_or_folder(text)), metavar="RUN_DIR")
     p.add_argument("--out", type=lambda text: Path(_a_path(text)), metavar="FILE",
                    help="hardware YAML to write (default: in the first RUN_DIR)")
     p.add_argument("--backend", metavar="NAME", help="the measured backend whose rows to fit (default: cpu for step "
@@ -800,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="capacity planning: the cheapest (fastest, ...) way to meet a goal",
                        description="Search hardware x devices x parallel strategy for a training or serving goal; "
                                    "writes plan.parquet, plan.csv, plan.md, plan.html and best.yaml; prints the folder last.")
-    p.add_argument("plan", metavar="PLAN.yaml")
+    p.add_argument("plan", type=_a_file_or_folder, metavar="PLAN.yaml")
     p.add_argument("--out", default="reports", type=_a_folder, metavar="DIR",
                    help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

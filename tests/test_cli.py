@@ -442,3 +442,11 @@ def test_an_output_folder_that_is_a_file_is_one_line_exit_2(tmp_path: Path, caps
     err = capsys.readouterr().err.strip()
     assert err == (f"llmsim: error: llmsim {verb}: argument --out: {taken}: a file, not a folder; allowed: a folder "
                    f"(made if missing) (see: llmsim {verb} --help)")
+
+
+def test_version_prints_the_installed_version(capsys) -> None:  # noqa: ANN001
+    """Trial 31: `llmsim --version` said "the following arguments are required: COMMAND"."""
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"llmsim {version('llmsim')}"

@@ -124,7 +124,7 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
     (["report", "{tmp}/nowhere"], "report: {tmp}/nowhere does not exist (allowed: a run folder that `llmsim run` wrote)"),
     (["new-plugin", "Not A Name"], "new-plugin: 'Not A Name' is not a valid plugin name"),
     (["new-plugin", "good-name", "--dir", "{tmp}"], "new-plugin: {tmp} already exists and is not empty"),
-    (["new-plugin", "good-name", "--dir", "{tmp}/a-file/sub"], "new-plugin: {tmp}/a-file/sub: Not a directory"),
+    (["new-plugin", "good-name", "--dir", "{tmp}/a-file/sub"], "--dir: {tmp}/a-file/sub: Not a directory"),
     (["calibrate", "{tmp}"], "{tmp}: not a run folder"),
     # trial 29: a run's results file given itself, and a plan's folder, each said what they are
     (["report", "{tmp}/run/results.jsonl"], "report: {tmp}/run/results.jsonl is a run's results file; allowed: its "
@@ -154,6 +154,32 @@ def test_an_out_folder_that_cannot_be_written_is_one_line_before_anything_runs(t
     err = one_line_error(capsys, [verb, str(path), "--out", str(blocker / "sub"), "--backend", "roofline"]
                          if verb == "run" else [verb, str(path), "--out", str(blocker / "sub"), "--no-simulate"])
     assert err.startswith(f"--out: {blocker}/sub/") and err.endswith(": Not a directory")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", ""], "llmsim report: argument RUN_DIR: an empty path; allowed: a file or folder name"),
+    (["calibrate", ""], "llmsim calibrate: argument RUN_DIR: an empty path; allowed: a file or folder name"),
+    (["validate", " "], "llmsim validate: argument SCENARIO.yaml: an empty path; allowed: a file or folder name"),
+    (["plan", ""], "llmsim plan: argument PLAN.yaml: an empty path; allowed: a file or folder name"),
+])
+def test_an_empty_path_argument_is_one_line(capsys, argv: list[str], message: str) -> None:  # noqa: ANN001
+    """Trial 31: `report ''` and `calibrate ''` read the current folder, `validate ''` said 'cannot read file'
+    naming nothing: the argument parser refuses an empty path (its one line, exit 2)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"llmsim: error: {message}"), err
+
+
+def test_calibrate_out_is_named_by_its_flag(tmp_path: Path, capsys) -> None:
+    """Trial 31: `calibrate RUN --out /tmp` said "calibrate: /tmp: Is a directory", `new-plugin abc --dir X`
+    "new-plugin: X: ...": each names its flag, as run's and plan's --out do."""
+    from tests.calibrate.helpers import synthetic_run
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    assert one_line_error(capsys, ["calibrate", str(run), "--out", str(tmp_path)]) == \
+        f"--out: {tmp_path}: Is a directory"
+    # new-plugin --dir: in test_bad_command_line_input_exits_2_with_one_line
 
 
 def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
