@@ -91,15 +91,28 @@ def _slo(frame: pd.DataFrame) -> dict[str, float]:
     return slo
 
 
-def _latency_cdf(run: Run, cases: pd.DataFrame) -> tuple[object, object]:
-    curves = []
+# What the latency CDF reads of a per-request CSV (llmsim.serving.metrics.REQUEST_COLUMNS)
+CDF_COLUMNS = ("status", "ttft_s", "tpot_s")
+
+
+def request_tables(run: Run, cases: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
+    """(label, per-request table) of every case whose requests/ CSV reads with CDF_COLUMNS, and 'label
+    (file)' of those whose CSV is missing, unreadable or lacks them: named in the figure's caption (trial 31: a
+    damaged CSV was left out of the figure while the caption still listed its case)."""
+    curves, unusable = [], []
     for _, row in cases.iterrows():
         path = run_file(run, row["requests_file"])
         table = read_csv_file(path) if path is not None else None
-        if table is not None:
+        if table is not None and all(c in table for c in CDF_COLUMNS):
             curves.append((_label(row), table))
+        else:
+            unusable.append(f"{_label(row)} ({row['requests_file']})")
+    return curves, unusable
+
+
+def _latency_cdf(run: Run, curves: list[tuple[str, pd.DataFrame]]) -> tuple[object, object]:
     if not curves:
-        raise F.NoData("no serving case has a per-request CSV under requests/ in the run folder")
+        raise F.NoData("no serving case has a readable per-request CSV under requests/ in the run folder")
     return F.latency_cdf(curves, _slo(F.serving_rows(run.frame)))
 
 
@@ -118,8 +131,11 @@ def _timeline(run: Run, chosen: tuple[pd.Series, str] | None) -> tuple[object, o
 def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
     """Every figure of a run report, drawn or with the reason it is absent, by name."""
     frame = run.frame
-    cdf = cdf_cases(frame)
-    cdf_names = ", ".join(_label(r) for _, r in cdf.iterrows()) or "none"
+    curves, unusable = request_tables(run, cdf_cases(frame))
+    cdf_names = ", ".join(label for label, _ in curves) or "none"
+    if unusable:
+        cdf_names += (f"; not drawn, its per-request CSV missing, unreadable or without "
+                      f"{'/'.join(CDF_COLUMNS)}: {', '.join(unusable)}")
     # a closed loop's rate is what the engine achieved with its clients, not a rate offered to it
     offered = "achieved (closed loop)" if F.closed_loop(F.serving_rows(frame)) else "offered"
     chosen = timeline_case(frame)
@@ -160,7 +176,7 @@ def run_figures(run: Run, capacity: dict[str, float]) -> dict[str, Figure]:
         ("latency_cdf", "Latency distributions",
          f"per-request TTFT and TPOT as cumulative distributions (log time), from the per-request CSVs under "
          f"requests/; dotted: the SLO's bounds and percentile. Cases: {cdf_names}.",
-         lambda: _latency_cdf(run, cdf)),
+         lambda: _latency_cdf(run, curves)),
         ("serving_timeline", "Batch size and KV cache over time",
          f"{timeline_name}: sequences in each iteration and the KV-cache blocks in use, per replica, over "
          f"simulated time, from the simulation's per-iteration timeline (requests/*.timeline.csv).",

@@ -176,6 +176,21 @@ def test_a_modeled_serving_run_report_draws_the_knee_the_cdfs_and_the_timeline_o
     assert "Cases: single@rate=50 (roofline), single@rate=400 (roofline), single@rate=5000 (roofline)." in text
 
 
+def test_a_damaged_request_csv_is_named_in_the_caption_not_listed_as_drawn(tmp_path: Path) -> None:
+    """Trial 31: a per-request CSV replaced by 'garbage' was left out of the latency CDFs silently while the
+    caption still listed its case: the caption lists what is drawn and names what is not, with its file."""
+    from llmsim.results import read_rows
+
+    run_dir = simulated_serving_run(tmp_path)
+    damaged = next(r for r in read_rows(run_dir) if r["request_rate"] == 400)
+    (run_dir / damaged["requests_file"]).write_text("garbage\n1,2\n")
+    write_report(run_dir)
+    text = (run_dir / "report.md").read_text()
+    assert (f"Cases: single@rate=50 (roofline), single@rate=5000 (roofline); not drawn, its per-request CSV "
+            f"missing, unreadable or without status/ttft_s/tpot_s: single@rate=400 (roofline) "
+            f"({damaged['requests_file']}).") in text
+
+
 def test_a_closed_loops_client_counts_are_one_curve_against_the_achieved_rate() -> None:
     """The closed loop's cases are tp1@clients=N: one curve per strategy (not one point per client count), its
     x axis the rate achieved, and the timeline the highest rate that met the SLO (the summary's rule)."""
