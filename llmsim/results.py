@@ -372,7 +372,8 @@ class DamagedRows(LLMSimError):
     """A results.jsonl line that is not a result row, other than a last line cut by a kill (bad input: exit 2)."""
 
 
-def _warn(message: str) -> None:
+def print_warning(message: str) -> None:
+    """A warning on stderr, as llmsim words them (read_rows' default `warn`)."""
     print(f"llmsim: warning: {message}", file=sys.stderr)
 
 
@@ -429,7 +430,7 @@ def _value_problem(column: str, value: Any) -> str | None:
     return f"{column} is {shown}, not {article}{kind}"
 
 
-def read_rows(run_dir: Path, warn: Callable[[str], None] = _warn,
+def read_rows(run_dir: Path, warn: Callable[[str], None] = print_warning,
               damaged: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume).
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import RUN_NOTES, DamagedRows, read_rows, rows_frame
+from llmsim.results import RUN_NOTES, DamagedRows, print_warning, read_rows, rows_frame
 from llmsim.userinput import read_yaml
 from llmsim.wording import count
 
@@ -166,13 +166,17 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
         if not (run_dir / "results.jsonl").is_file():
             raise UsageError("report", not_a_run_folder(run_dir))
         damaged: list[str] = []
-        rows = read_rows(run_dir, damaged=damaged)
+        warnings: list[str] = []   # said only when there is a report to go with them: the error is one line
+        rows = read_rows(run_dir, warn=warnings.append, damaged=damaged)
         if damaged and not rows:
             raise DamagedRows(one_line(f"{run_dir / 'results.jsonl'}: {damaged[0]}; the file is damaged or was "
                                        f"edited and no line of it is a row"))
         if not rows:  # a run stopped before its first case: a report of nothing must not replace a real one
-            raise UsageError("report", f"{run_dir} has no rows yet (results.jsonl is empty: no case finished); "
+            what = ("its only line is a row cut by a kill" if warnings else "results.jsonl is empty")
+            raise UsageError("report", f"{run_dir} has no rows yet ({what}: no case finished); "
                                        f"nothing to report, any report already there is left as it is")
+        for warning in warnings:
+            print_warning(warning)
         frame = rows_frame(rows)
         rows_problem = (f"{run_dir / 'results.jsonl'}: {damaged[0]}"
                         + (f" (and {len(damaged) - 1} more damaged lines)" if len(damaged) > 1 else "")

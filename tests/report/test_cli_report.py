@@ -71,3 +71,9 @@ def test_report_of_a_run_with_no_rows_keeps_the_report_already_there(tmp_path: P
     other = make_run(tmp_path / "o", rich_rows())  # nor is an empty run a side of a comparison
     assert main(["report", str(other), str(run), "--out", str(tmp_path / "cmp")]) == 2
     assert "has no rows yet" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
+    # its only line a row cut by a kill: one line saying so, not a warning and then the error (trial 31)
+    (run / "results.jsonl").write_text('{"case": "a", "backend": "roofline", "status": "o')
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"llmsim: error: report: {run} has no rows yet (its only line is a row cut by a kill: no case finished); "
+        f"nothing to report, any report already there is left as it is")
