@@ -208,7 +208,11 @@ def rates_problem(device: "DeviceSpec", dtype: str) -> str | None:
     if dtype == "float4":    # FP4 GEMMs at the float4 peak where there is one, else weight-only (precision)
         dtype = "bfloat16"
     if not device.peak_flops.get(dtype):  # type: ignore[call-overload]
-        have = ", ".join(device.peak_flops) or "none (measured at run time: run `llmsim calibrate` first)"
+        # an empty peak_flops is the measured host's (cpu-host: probed, then `llmsim calibrate`); on another entry it
+        # is a catalog file that left the key out (trial 31: a GPU entry was told to calibrate)
+        have = ", ".join(device.peak_flops) or (
+            "none (measured at run time: run `llmsim calibrate` first)" if device.name.startswith("cpu-host")
+            else "none (its catalog entry gives no peak_flops: add the datasheet's dense peaks per dtype)")
         return f"device {device.name!r} has no peak FLOP/s for {dtype}; it has: {have}"
     if not device.memory_bw_bytes_per_s:
         return (f"device {device.name!r} has no memory bandwidth in the catalog (memory_bw_bytes_per_s: 0, unknown): "

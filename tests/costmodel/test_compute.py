@@ -242,8 +242,13 @@ def test_rates_are_the_catalog_ceilings_and_the_clusters_efficiency() -> None:
     with pytest.raises(CostModelError, match=r"device 'dev' has no peak FLOP/s for float16; it has: bfloat16, "
                                              r"float32"):
         device_rates(cluster, "float16")
-    bare = ClusterSpec(device=Device(peak_flops={}), intra=Link(), inter=Link())
+    host = ClusterSpec(device=Device(name="cpu-host", peak_flops={}), intra=Link(), inter=Link())
     with pytest.raises(CostModelError, match=r"it has: none \(measured at run time: run `llmsim calibrate` first\)"):
+        device_rates(host, "bfloat16")
+    # another entry without peaks left the key out of its file: calibrating would not give it one (trial 31)
+    bare = ClusterSpec(device=Device(peak_flops={}), intra=Link(), inter=Link())
+    with pytest.raises(CostModelError, match=r"it has: none \(its catalog entry gives no peak_flops: add the "
+                                             r"datasheet's dense peaks per dtype\)"):
         device_rates(bare, "bfloat16")
     no_bw = ClusterSpec(device=Device(memory_bw_bytes_per_s=0.0), intra=Link(), inter=Link())
     with pytest.raises(CostModelError, match=r"device 'dev' has no memory bandwidth in the catalog"):
