@@ -364,10 +364,15 @@ class RayExecutor(Executor):
         if endpoint is None:
             return
         try:
-            socket.create_connection(endpoint, timeout=RAY_CONNECT_TIMEOUT_S).close()
+            with socket.create_connection(endpoint, timeout=RAY_CONNECT_TIMEOUT_S) as connection:
+                grpc = speaks_http2(connection)
         except OSError as exc:
             raise UsageError(self._where, f"no Ray cluster answers at {self.address!r} ({exc.strerror or exc}); "
                                           f"start one with `ray start --head` (docs/architecture.md)") from None
+        if not grpc:   # ray.init then retried for minutes, Ray's C++ client logging each try (trial 31)
+            raise UsageError(self._where, f"something answers at {self.address!r} but not a Ray cluster (no gRPC "
+                                          f"server: Ray's GCS and client server speak HTTP/2); allowed: the address "
+                                          f"`ray start --head` prints (docs/architecture.md)")
 
     def _ensure(self) -> Any:
         import ray
@@ -467,6 +472,29 @@ def make_executor(kind: str = "auto", address: str | None = None,
     if kind == "ray":
         return RayExecutor()
     return AutoExecutor()
+
+
+# HTTP/2's client connection preface and an empty SETTINGS frame (RFC 9113, sections 3.4 and 6.5): a gRPC server
+# (Ray's GCS at HOST:PORT, its client server at ray://HOST:PORT) answers with a SETTINGS frame of its own first.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS_FRAME = 4
+
+
+def speaks_http2(connection: socket.socket) -> bool:
+    """Whether the peer of an open TCP connection answers HTTP/2's preface with a SETTINGS frame (a frame header
+    is 9 bytes: length 3, type 1, ...). Anything else (an HTTP/1 reply, a closed connection, silence until the
+    socket's timeout) is not a gRPC server. OSError for a connection that fails on the way."""
+    connection.sendall(HTTP2_PREFACE)
+    header = b""
+    try:
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except TimeoutError:
+        return False
+    return header[3] == HTTP2_SETTINGS_FRAME
 
 
 def ray_endpoint(address: str | None) -> tuple[str, int] | None:

@@ -338,3 +338,39 @@ def test_core_free_reads_the_load_against_the_usable_cores(monkeypatch) -> None:
         raise OSError("no load average here")
     monkeypatch.setattr(ex.os, "getloadavg", unreadable)
     assert ex.core_free()
+
+
+def test_a_ray_address_where_something_else_answers_is_refused_not_retried() -> None:
+    """Trial 31: at an address where a non-Ray server accepted the TCP connect, ray.init retried for minutes while
+    Ray's C++ client logged each try. Ray's GCS and client server are gRPC: a peer that does not answer HTTP/2's
+    preface with a SETTINGS frame is refused at once; one that does passes the check."""
+    import socket
+    import socketserver
+    import threading
+
+    def serve(reply: bytes) -> tuple[socketserver.TCPServer, int]:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(64)
+                self.request.sendall(reply)
+        server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, server.server_address[1]
+
+    http1, port = serve(b"HTTP/1.0 400 Bad request\r\n\r\n")
+    try:
+        with pytest.raises(UsageError, match=r"^--ray-address: something answers at '127\.0\.0\.1:\d+' but not a Ray "
+                                             r"cluster \(no gRPC server"):
+            ex.RayExecutor(f"127.0.0.1:{port}", where="--ray-address")._check_reachable()
+    finally:
+        http1.shutdown()
+        http1.server_close()
+    grpc, port = serve(bytes([0, 0, 6, 4, 0, 0, 0, 0, 0]) + bytes(6))   # a server's SETTINGS frame first
+    try:
+        ex.RayExecutor(f"127.0.0.1:{port}", where="--ray-address")._check_reachable()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            assert ex.speaks_http2(connection)
+    finally:
+        grpc.shutdown()
+        grpc.server_close()
+
