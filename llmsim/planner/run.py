@@ -69,20 +69,26 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
         expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
         if expert_problem is not None:
             raise ScenarioError(file, *expert_problem)
-        made_out = not Path(out).exists()   # an --out (or reports/) this plan makes goes with it if left empty
-        run_dir = new_run_dir(Path(out), f"plan-{plan.name}")
+        run_dir, made_out = _new_plan_folder(out, plan)
         mapper: Mapper = map if executor is None else \
             (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731
         # the precisions of search.dtype (or the workload's own) each device can run: devices that can run none
         # (float8 without FP8 units) are left out, as a training plan leaves out their candidates
         runnable = [h for h in hardware if candidates(plan, h.device)[0]]
-        with _removed_if_left_empty(run_dir, Path(out) if made_out else None):
+        with _removed_if_left_empty(run_dir, made_out):
             search = plan.search.disaggregation
             link = search.kv_transfer.link if search is not None else None
             return run_serving_plan(plan, runnable, run_dir, progress, mapper, dropped_precisions(plan, hardware),
                                     catalog.links[link] if link is not None else None)
     with collector_paused(), (profile or PlanProfile(plan.workload, sharing_choice(plan), executor)) as begun:
         return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun, live)
+
+
+def _new_plan_folder(out: Path, plan: PlanFile) -> tuple[Path, Path | None]:
+    """The plan's folder out/plan-NAME/STAMP, made now, and `out` itself where this made it too (an --out, or
+    reports/, that did not exist): `_removed_if_left_empty` takes it away with the run folder."""
+    made_out = None if Path(out).exists() else Path(out)
+    return new_run_dir(Path(out), f"plan-{plan.name}"), made_out
 
 
 @contextmanager
@@ -110,9 +116,8 @@ def _run_search_plan(plan: PlanFile, hardware: list[Hardware], out: Path, simula
     sharing = sharing_choice(plan)
     # a profile not yet stored is traced in a forked worker while this process readies the search (prepare_search)
     profile, caches = prepare_search(plan, hardware, begun)
-    made_out = not Path(out).exists()
-    run_dir = new_run_dir(Path(out), f"plan-{plan.name}")  # before the search: an unusable --out fails first
-    with _removed_if_left_empty(run_dir, Path(out) if made_out else None):
+    run_dir, made_out = _new_plan_folder(out, plan)  # before the search: an unusable --out fails first
+    with _removed_if_left_empty(run_dir, made_out):
         return _search_and_write(plan, hardware, sharing, profile, caches, run_dir, simulate, progress, executor,
                                  task_progress, live)
 
