@@ -395,19 +395,19 @@ COLUMN_KINDS = _column_kinds()
 COLUMN_CHOICES: dict[str, tuple[str, ...]] = {
     name: field.annotation.__args__ for name, field in Result.model_fields.items()
     if getattr(field.annotation, "__origin__", None) is Literal}
-# Columns of a physical quantity (a unit in COLUMNS / SERVING_COLUMNS: seconds, bytes, tokens/s, ...) are never
-# negative in a row llmsim wrote (trial 31: a ttft_p50_s of -5 was reported as "0 s").
-NON_NEGATIVE_COLUMNS = frozenset(name for name, (unit, _) in {**COLUMNS, **SERVING_COLUMNS}.items() if unit)
+# No numeric contract column is negative in a row llmsim wrote: times, bytes, rates, counts, degrees of
+# parallelism, fractions (trial 31: a ttft_p50_s of -5 was reported as "0 s"; trial 32: n_devices -3 as "-3").
 
 
 def _value_problem(column: str, value: Any) -> str | None:
     """Why a contract column's value is not one llmsim wrote (a number as text, a list, a number too large for
-    a float: the row was edited), or None. A missing value is None in every column."""
+    a float: the row was edited), or None. A missing value is None in every column but status and kind; no
+    number is negative."""
     kind = COLUMN_KINDS.get(column)
-    if value is None or kind is None:
+    if kind is None or (value is None and column not in COLUMN_CHOICES):
         return None
     choices = COLUMN_CHOICES.get(column)
-    if choices is not None:
+    if choices is not None:   # null too: every row has a status and a kind (trial 32: status null read as "nan")
         return None if value in choices else \
             f"{column} is {clipped(json.dumps(value))}, not one of {', '.join(choices)}"
     if kind == "true or false":
@@ -421,7 +421,7 @@ def _value_problem(column: str, value: Any) -> str | None:
                 ok = math.isfinite(float(value)) and (kind == "number" or float(value).is_integer())
             except OverflowError:     # an integer of hundreds of digits
                 ok = False
-    if ok and kind in ("number", "whole number") and column in NON_NEGATIVE_COLUMNS and value < 0:
+    if ok and kind in ("number", "whole number") and value < 0:
         return f"{column} is {clipped(json.dumps(value))}, not a number >= 0"
     if ok:
         return None

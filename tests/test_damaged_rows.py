@@ -45,6 +45,10 @@ def _edited(line: str, **values: object) -> str:
     (lambda lines: lines[:1] + [_edited(lines[0], status="great")] + lines[1:], 2,
      'status is "great", not one of ok, skipped, failed, does-not-fit'),
     (lambda lines: lines[:1] + [_edited(lines[0], ttft_s=-5)] + lines[1:], 2, "ttft_s is -5, not a number >= 0"),
+    # trial 32: a null status was reported as "nan", a negative device count as "-3"
+    (lambda lines: lines[:1] + [_edited(lines[0], status=None)] + lines[1:], 2,
+     "status is null, not one of ok, skipped, failed, does-not-fit"),
+    (lambda lines: lines[:1] + [_edited(lines[0], n_devices=-3)] + lines[1:], 2, "n_devices is -3, not a number >= 0"),
 ])
 def test_a_damaged_line_is_one_line_naming_file_and_line(tmp_path: Path, capsys, damage, line: int,
                                                           problem: str) -> None:
