@@ -26,6 +26,7 @@ from rich.table import Table
 from llmsim import interrupt
 from llmsim.config import Scenario, load_scenario
 from llmsim.executor import AUTO_RAY_MIN_TASKS, EXECUTORS, RAY_ADDRESS_ENV, core_free, make_executor
+from llmsim.userinput import not_a_regular_file
 from llmsim.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, LLMSimError, ScenarioError, UsageError,
                            machine_error, path_error)
 from llmsim.plugins import get_plugin_manager
@@ -674,7 +675,11 @@ def _print_choice(explanation: Any) -> None:
 
 
 def _check_writable(path: Path) -> None:
-    """Raise the OSError writing `path` would raise (main turns it into one line, exit 2), leaving no file behind."""
+    """Raise the OSError writing `path` would raise (main turns it into one line, exit 2), leaving no file behind.
+    A FIFO, socket or device is a UsageError of --out before the open, which would wait on a FIFO (trial 32)."""
+    special = not_a_regular_file(path)
+    if special:
+        raise UsageError("--out", f"{path}: {special}")
     existed = path.exists()
     with open(path, "a", encoding="utf-8"):
         pass

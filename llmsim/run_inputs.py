@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmsim.userinput import not_a_regular_file
+
 INPUTS_FILE = "inputs.json"
 _CHUNK_BYTES = 1 << 20
 
@@ -36,6 +38,8 @@ def input_paths(saved: dict[str, Any]) -> dict[str, str]:
 def digest(path: str) -> dict[str, Any]:
     """{"path", "bytes", "sha256"} of one file; without bytes and sha256 where it cannot be read."""
     record: dict[str, Any] = {"path": path}
+    if not_a_regular_file(path):   # a FIFO would be waited on (trial 32): its reader refuses it in its own words
+        return record
     try:
         sha, size = hashlib.sha256(), 0
         with open(path, "rb") as f:
@@ -57,6 +61,8 @@ def changed_input(run_dir: Path, saved: dict[str, Any]) -> str | None:
     """Why `run_dir`'s files differ from those the resumed scenario reads now, or None: the first key whose file's
     content (SHA-256) is not the one the run read. A folder without inputs.json (written before it existed), an
     unreadable one, or a file unread then or now compares nothing."""
+    if not_a_regular_file(run_dir / INPUTS_FILE):
+        return None
     try:
         then = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

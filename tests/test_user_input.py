@@ -673,3 +673,23 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path: Path, capsys) -> None:  # noq
     assert main(["validate", str(scenario)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"serving.arrival.path: {fifo}: a FIFO, not a regular file: "
                                                     f"give a file (a pipe would be waited on)")
+
+
+def test_a_fifo_in_a_run_folder_or_as_calibrates_out_is_not_waited_on(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 32: a FIFO as the run folder's inputs.json, as a file whose digest it keeps, or as `calibrate --out`
+    was opened and waited on forever."""
+    import os
+
+    from llmsim.run_inputs import changed_input, digest
+    from tests.calibrate.helpers import synthetic_run
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert digest(str(fifo)) == {"path": str(fifo)}                 # no content read: compares nothing
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "inputs.json")
+    assert changed_input(run, {"serving": {"arrival": {"path": str(fifo)}}}) is None
+    (tmp_path / "m").mkdir()
+    measured = synthetic_run(tmp_path / "m", "train", 32, 2, 2)
+    assert one_line_error(capsys, ["calibrate", str(measured), "--out", str(fifo)]) == \
+        f"--out: {fifo}: a FIFO, not a regular file: give a file (a pipe would be waited on)"
