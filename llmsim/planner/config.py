@@ -473,6 +473,7 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
 
     float8 is the exception: a device without FP8 tensor cores (or without MX units, for the mxfp8 recipe) just
     has no float8 candidates (planner.precisions); the plan is refused only when no hardware choice has any."""
+    from llmsim.costmodel.compute import rates_problem
     from llmsim.planner.precisions import candidates, plan_dtypes
 
     search = plan.search.disaggregation
@@ -493,10 +494,10 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
             tori.append(h.name)
         lacking = [d for d in plan_dtypes(plan)  # float8 / float4: decided per device by planner.precisions
                    if d not in ("float8", "float4") and not device.peak_flops.get(d)]  # type: ignore[call-overload]
-        if lacking or not device.memory_bw_bytes_per_s:
-            raise ScenarioError(file, f"hardware[{i}].name", f"device {h.name!r} has no catalog peak FLOP/s for "
-                                                             f"{', '.join(lacking) or plan.workload.dtype} or no "
-                                                             f"memory bandwidth")
+        if lacking or not device.memory_bw_bytes_per_s:   # which one is missing, as `run` says it (trial 32)
+            problem = rates_problem(device, lacking[0] if lacking else plan.workload.dtype)
+            raise ScenarioError(file, f"hardware[{i}].name", problem or f"device {h.name!r} has no catalog peak "
+                                                                        f"FLOP/s or memory bandwidth")
     unpriced = [i for i, h in enumerate(plan.hardware)
                 if h.usd_per_device_hour is None and h.name not in EXAMPLE_USD_PER_DEVICE_HOUR]
     if unpriced:  # every one named at once, not one per run

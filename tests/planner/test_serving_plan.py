@@ -164,6 +164,19 @@ def test_a_serving_plan_of_tpus_alone_is_refused_before_it_searches(tmp_path: Pa
                    CATALOG, "plan.yaml")
 
 
+def test_a_plan_device_without_peaks_says_which_number_is_missing() -> None:
+    """Trial 32: a catalog entry without peak_flops read 'has no catalog peak FLOP/s for bfloat16 or no memory
+    bandwidth' in a plan, where `run` said which one and what to add: the plan says it as `run` does."""
+    from llmsim.planner.config import check_hardware
+    bare = BASE.devices["a100-80gb"].model_copy(update={"name": "bare", "peak_flops": {}})
+    catalog = Catalog(devices={**CATALOG.devices, "bare": bare}, links=BASE.links)
+    with pytest.raises(ScenarioError) as info:
+        check_hardware(parse_plan(serving_plan(hardware=[{"name": "bare", "usd_per_device_hour": 1.0}])), catalog,
+                       "plan.yaml")
+    assert str(info.value) == ("plan.yaml: hardware[0].name: device 'bare' has no peak FLOP/s for bfloat16; it has: "
+                               "none (its catalog entry gives no peak_flops: add the datasheet's dense peaks per dtype)")
+
+
 def test_among_the_misses_those_that_ran_rank_before_those_that_never_could() -> None:
     """Trial 29: with max_devices 1, 'nothing meets the goal: the closest' listed the tp2 candidates that never
     ran (one replica needs 2 devices) above the simulated tp1 ones, against objective_key's own docstring."""
