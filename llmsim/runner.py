@@ -40,7 +40,7 @@ from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_at
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests
 from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
-from llmsim.userinput import read_yaml
+from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.strategy import Layout, resolve_layout
 
 
@@ -165,6 +165,9 @@ def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None, f
         if path.is_dir():
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: is a folder in {scenario_dir}, not a "
                                                                 f"hardware file (allowed: a YAML file of entries:)")
+        special = not_a_regular_file(path)
+        if special:   # a FIFO is no file either, but it exists (trial 32: "no such file")
+            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: {special}")
         if not path.is_file() and Path(name).is_absolute():   # a run folder's saved scenario names its files so
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: no such file (moved or deleted since?)")
         if not path.is_file():

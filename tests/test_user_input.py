@@ -693,3 +693,10 @@ def test_a_fifo_in_a_run_folder_or_as_calibrates_out_is_not_waited_on(tmp_path: 
     measured = synthetic_run(tmp_path / "m", "train", 32, 2, 2)
     assert one_line_error(capsys, ["calibrate", str(measured), "--out", str(fifo)]) == \
         f"--out: {fifo}: a FIFO, not a regular file: give a file (a pipe would be waited on)"
+    import yaml
+    scenario = tmp_path / "s.yaml"   # a hardware catalog that is a FIFO: said so, not "no such file"
+    scenario.write_text(yaml.safe_dump({"name": "t", "workload": {"model": {"preset": "tiny"}},
+                                        "strategies": [{"name": "tp1"}], "hardware_catalog": ["fifo"],
+                                        "backends": {"roofline": {"hardware": "a100-80gb"}}}))
+    assert one_line_error(capsys, ["validate", str(scenario)]).endswith(
+        "hardware_catalog[0]: 'fifo': a FIFO, not a regular file: give a file (a pipe would be waited on)")
