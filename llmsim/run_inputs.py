@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,28 @@ INPUTS_FILE = "inputs.json"
 _CHUNK_BYTES = 1 << 20
 
 
-def input_paths(saved: dict[str, Any]) -> dict[str, str]:
-    """{key path: file} of the files a saved scenario (runner.saved_scenario: its paths absolute) reads."""
-    paths = {}
+def _file_slots(saved: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
+    """(key path, container, index) of every file a saved scenario names: `hardware_catalog[i]` and
+    `serving.arrival.path`. The one list of a scenario's file-valued keys (runner.saved_scenario makes them
+    absolute through `map_input_paths`)."""
     catalogs = saved.get("hardware_catalog")
     if isinstance(catalogs, list):
-        paths.update({f"hardware_catalog[{i}]": f for i, f in enumerate(catalogs) if isinstance(f, str)})
+        yield from ((f"hardware_catalog[{i}]", catalogs, i) for i, f in enumerate(catalogs) if isinstance(f, str))
     serving = saved.get("serving")
     arrival = serving.get("arrival") if isinstance(serving, dict) else None
-    if isinstance(arrival, dict) and isinstance(arrival.get("path"), str):
-        paths["serving.arrival.path"] = arrival["path"]
-    return paths
+    if isinstance(arrival, dict) and isinstance(arrival.get("path"), str) and arrival["path"]:
+        yield "serving.arrival.path", arrival, "path"
+
+
+def input_paths(saved: dict[str, Any]) -> dict[str, str]:
+    """{key path: file} of the files a saved scenario (runner.saved_scenario: its paths absolute) reads."""
+    return {key: container[index] for key, container, index in _file_slots(saved)}
+
+
+def map_input_paths(saved: dict[str, Any], change: Callable[[str], str]) -> None:
+    """Each file path of a saved scenario replaced by change(path), in place."""
+    for _, container, index in list(_file_slots(saved)):
+        container[index] = change(container[index])
 
 
 def digest(path: str) -> dict[str, Any]:

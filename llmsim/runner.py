@@ -37,7 +37,7 @@ from llmsim.modeled import ModeledSettings
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
-from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests
+from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
 from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import not_a_regular_file, read_yaml
@@ -505,14 +505,7 @@ def saved_scenario(scenario: Scenario, scenario_dir: Path | None = None) -> dict
 def _absolute_paths(saved: dict[str, Any], scenario_dir: Path) -> None:
     """A saved scenario's file paths (hardware_catalog, serving.arrival.path) made absolute against `scenario_dir`,
     in place; absolute ones are kept."""
-    def absolute(name: Any) -> Any:
-        return name if not isinstance(name, str) or Path(name).is_absolute() else str((scenario_dir / name).resolve())
-    if isinstance(saved.get("hardware_catalog"), list):
-        saved["hardware_catalog"] = [absolute(f) for f in saved["hardware_catalog"]]
-    serving = saved.get("serving")
-    arrival = serving.get("arrival") if isinstance(serving, dict) else None
-    if isinstance(arrival, dict) and arrival.get("path"):
-        arrival["path"] = absolute(arrival["path"])
+    map_input_paths(saved, lambda name: name if Path(name).is_absolute() else str((scenario_dir / name).resolve()))
 
 
 def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[PlannedCase], out: Path,

@@ -180,7 +180,8 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
         frame = rows_frame(rows)
         rows_problem = (f"{run_dir / 'results.jsonl'}: {damaged[0]}"
                         + (f" (and {len(damaged) - 1} more damaged lines)" if len(damaged) > 1 else "")
-                        + f"; the file is damaged or was edited: the report holds the {count(len(rows), 'row')} that read"
+                        + f"; the file is damaged or was edited: the report holds the "
+                          f"{count(len(rows), 'row')} that read"
                         if damaged else None)
     else:
         rows_problem = None
