@@ -2,7 +2,8 @@
 
 Importing the CLI imports torch, pandas and the plugins (5-12 s on a busy 2-core host), so a Ctrl-C then is
 common. Raised inside an import, Python's KeyboardInterrupt would print a traceback from whatever module was
-loading; here it is one line and exit code 130, as a Ctrl-C anywhere later (README "Exit codes").
+loading; here it is one line and exit code 130, as a Ctrl-C anywhere later (README "Exit codes"). As the
+program, it handles SIGTERM and SIGHUP as Ctrl-C (llmsim.interrupt.stop_on_termination).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import signal
 import sys
 
-from llmsim.errors import EXIT_INTERRUPTED  # a light module: only the CLI's import is guarded
+from llmsim import interrupt  # light modules: only the CLI's import is guarded
+from llmsim.errors import EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:   # the program's own streams: a character the terminal's encoding lacks (llmsim's "—", "×" under
         _replace_unencodable()   # PYTHONIOENCODING=ascii or a C locale) prints as "?" instead of a traceback
+        interrupt.stop_on_termination()  # SIGTERM, SIGHUP: as Ctrl-C (rows kept, the --resume line, exit 130)
     try:
         from llmsim.cli import main as cli_main
     except KeyboardInterrupt:

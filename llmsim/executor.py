@@ -40,6 +40,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from llmsim import interrupt
 from llmsim.errors import UsageError
 
 T = TypeVar("T")
@@ -325,6 +326,7 @@ def _forked_worker() -> None:
     while the plan writes its outputs); the worker flushes its streams as it exits, and would wait on that lock
     for ever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupt.forget_termination()  # the parent's terminate() (SIGTERM) ends the worker, as it ends it by default
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         try:

@@ -11,6 +11,11 @@ So the handler installed here also *records* the request. The runner asks `reque
 case and stops (a case that ended in an exception after the request is the interrupt, not a failure), and
 the timing loop and the distributed launcher call `check()` between steps and polls, so a lost
 KeyboardInterrupt still stops the run at the next step. A second Ctrl-C raises again, as the first did.
+
+The `llmsim` program also stops so on SIGTERM and SIGHUP (`kill`, a job scheduler's stop, a closed terminal):
+`stop_on_termination` passes them to SIGINT's handler, so the rows are kept, `run` prints its --resume line and
+`plan` removes the folder it made, as after Ctrl-C (exit 130). A SIGHUP ignored when the program started
+(`nohup`) stays ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +44,35 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     global _requested
     _requested = True
     raise KeyboardInterrupt
+
+
+TERMINATION = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM or SIGHUP: whatever SIGINT does now (`_handler` within `handling()`, the entry point's one line
+    after the command), else a KeyboardInterrupt as Python's default SIGINT handler raises."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    raise KeyboardInterrupt
+
+
+def stop_on_termination() -> None:
+    """Handle SIGTERM and SIGHUP as Ctrl-C from now on, in the main thread of the `llmsim` program only (a
+    Python caller keeps its own handlers: llmsim.entry installs this where it runs as the program). A signal
+    ignored when this is called stays ignored."""
+    for sig in TERMINATION:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _terminated)
+
+
+def forget_termination() -> None:
+    """Python's default back for the signals `stop_on_termination` took (in a forked worker, which the parent
+    stops with SIGTERM: a KeyboardInterrupt there would print the worker's traceback instead of ending it)."""
+    for sig in TERMINATION:
+        if signal.getsignal(sig) is _terminated:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 @contextmanager

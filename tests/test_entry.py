@@ -64,3 +64,50 @@ def test_a_call_from_python_keeps_its_sigint_handler() -> None:
     with pytest.raises(SystemExit):
         entry.main(["--help"])
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _in_a_fresh_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_sigterm_and_sighup_are_a_ctrl_c_for_the_program() -> None:
+    """Trial 32: SIGTERM or SIGHUP during `plan` left its empty folder, and during `run` no --resume line: only
+    SIGINT was handled. The program passes both to SIGINT's handler: recorded within `interrupt.handling()` and
+    raised as KeyboardInterrupt, the path every Ctrl-C takes."""
+    code = ("import os, signal; from llmsim import interrupt\n"
+            "interrupt.stop_on_termination()\n"
+            "for sig in (signal.SIGTERM, signal.SIGHUP):\n"
+            "    try:\n"
+            "        with interrupt.handling():\n"
+            "            os.kill(os.getpid(), sig)\n"
+            "            for _ in range(10 ** 8): pass\n"
+            "    except KeyboardInterrupt:\n"
+            "        print(sig.name, 'interrupted')\n")
+    out = _in_a_fresh_python(code)
+    assert out.returncode == 0 and out.stdout.split("\n")[:2] == ["SIGTERM interrupted", "SIGHUP interrupted"], \
+        out.stderr
+
+
+def test_an_ignored_sighup_stays_ignored_and_a_forked_worker_gets_the_defaults_back() -> None:
+    """`nohup llmsim run` must outlive its terminal: SIGHUP ignored before stays so. A forked worker, which its
+    parent stops with SIGTERM, dies of it again instead of raising a KeyboardInterrupt of its own."""
+    code = ("import signal; from llmsim import interrupt\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "interrupt.stop_on_termination()\n"
+            "assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN\n"
+            "assert signal.getsignal(signal.SIGTERM) is interrupt._terminated\n"
+            "from llmsim.executor import _forked_worker; _forked_worker()  # a fork worker's initializer\n"
+            "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+            "assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN\n"
+            "print('ok')")
+    out = _in_a_fresh_python(code)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_call_from_python_keeps_its_sigterm_handler() -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        entry.main(["--help"])
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -166,10 +166,12 @@ def test_resume_refuses_the_run_of_another_or_an_edited_scenario(tmp_path: Path,
 
 
 @pytest.mark.slow  # a CLI subprocess per Ctrl-C
-@pytest.mark.parametrize("pause_s", [0.0, 0.3])
-def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, pause_s: float) -> None:
+@pytest.mark.parametrize(("sent", "pause_s"), [(signal.SIGINT, 0.0), (signal.SIGINT, 0.3), (signal.SIGTERM, 0.0),
+                                               (signal.SIGHUP, 0.3)])
+def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, sent: int, pause_s: float) -> None:
     """SIGINT, as a terminal's Ctrl-C sends it, at a few points of a cpu case: the run stops (exit 130,
-    no further case started, no report built) and the rows already finished are in the folder."""
+    no further case started, no report built) and the rows already finished are in the folder. SIGTERM (`kill`)
+    and SIGHUP (a closed terminal) the same (trial 32: the run stopped without the --resume line)."""
     scenario = {"name": "sigint-test", "workload": {"model": {"preset": "tiny"}, "batch": 2, "dtype": "float32"},
                 "strategies": [{"name": f"s{i}"} for i in range(4)],
                 # a case must outlast the pause, so that the signal lands inside the second: 15 steps of ~5 ms were
@@ -187,7 +189,7 @@ def test_ctrl_c_stops_a_measured_run_and_keeps_its_rows(tmp_path: Path, pause_s:
         if line.startswith("[2/4]"):
             break
     time.sleep(pause_s)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     out, err = proc.communicate(timeout=600)  # a guard against a hang, not a bound on the time it takes
     err = "".join(seen) + err
     assert proc.returncode == 130, err
