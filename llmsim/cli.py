@@ -705,8 +705,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         # its rows would count twice: as many "cases" again for the same parameters, no new information
         raise UsageError("calibrate", "the same run folder is given twice")
     try:
-        if has_serving_rows(args.run_dirs, args.backend):
-            step_folders = [d for d in args.run_dirs if not has_serving_rows([d], args.backend)]
+        serving = {d: has_serving_rows([d], args.backend) for d in args.run_dirs}
+        if any(serving.values()):
+            step_folders = [d for d, has in serving.items() if not has]
             if step_folders:
                 raise CalibrationError(f"{step_folders[0]} holds no measured serving rows while the other folders do: "
                                        f"calibrate step runs and serving runs in separate calls (the step runs first, "

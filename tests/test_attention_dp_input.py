@@ -3,10 +3,6 @@ scenario that uses it validates."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from llmsim.cli import main
 from tests.conftest import REPO
 

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llmsim.calibrate.optimiser import fit
-from llmsim.calibrate.observations import (CalibrationError, Observation, busy_cases, other_device_problem,
-                                          read_observations)
+from llmsim.calibrate.observations import CalibrationError, Observation, read_observations, without_busy
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, step_time
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
@@ -134,11 +133,9 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     host only with `include_busy`: observations.read_observations; the others are named in `left_out`)."""
     catalog = catalog or load_catalog()
     base = catalog.device(device)
-    observations = read_observations(run_dirs, backend, include_busy)
-    problem = other_device_problem(observations, device)
-    if problem:
-        raise CalibrationError(problem)
-    left_out = [] if include_busy else busy_cases(run_dirs, backend)
+    every = read_observations(run_dirs, backend, include_busy=True, device=device)  # the rows read once
+    observations = every if include_busy else without_busy(every, run_dirs, backend)
+    left_out = [o.case for o in every if o.busy and not include_busy]
     peaks: dict[str, float] = {}
     for dtype in {o.dtype for o in observations}:
         peaks[dtype] = statistics.median(o.peak_flops for o in observations if o.dtype == dtype)

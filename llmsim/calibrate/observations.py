@@ -44,6 +44,7 @@ class Observation:
     stream_large_bytes_per_s: float | None = None
     op_overhead_s: float | None = None
     hardware: str | None = None                    # the row's `hardware` column: the device it was measured on
+    busy: bool = False                             # timed on a busy host (is_busy): fitted only if asked
 
     @property
     def strategy(self) -> Strategy:
@@ -61,21 +62,15 @@ def is_busy(row: dict[str, Any]) -> bool:
     return load is not None and load > BUSY_LOAD_PER_CORE
 
 
-def busy_cases(run_dirs: Sequence[Path], backend: str = "cpu") -> list[str]:
-    """The cases of the ok measured rows of `backend` that read_observations leaves out as timed on a busy host."""
-    return [str(row.get("case")) for d in run_dirs if (Path(d) / "results.jsonl").exists()
-            for row in read_rows(Path(d)) if row.get("backend") == backend and row.get("kind") == "measured"
-            and row.get("status") == "ok" and is_busy(row)]
-
-
-def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
-                      include_busy: bool = False) -> list[Observation]:
+def read_observations(run_dirs: Sequence[Path], backend: str = "cpu", include_busy: bool = False,
+                      device: str | None = None) -> list[Observation]:
     """The ok rows of `backend` (kind measured) in each run folder, with their resolved scenario.
 
     Rows timed on a busy host (`is_busy`) are left out unless `include_busy`: a fit to them would take the
-    time they waited for a core as the host's own speed. Raises CalibrationError when no row is left."""
+    time they waited for a core as the host's own speed; with it they come back marked `busy`. Given the
+    `device` to calibrate, rows measured on another device are refused first (other_device_problem), busy or
+    not: rerunning on a quiet host would not make them fit. Raises CalibrationError when no row is left."""
     found: list[Observation] = []
-    busy = 0
     used: dict[Path, int] = {}  # measured rows of the backend per folder, busy ones included
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
@@ -85,7 +80,8 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
             raise CalibrationError(f"{run_dir}: not a run folder (needs results.jsonl and scenario.yaml)")
         scenario = load_scenario(scenario_file)
         names = [s.name for s in scenario.strategies]
-        for row in read_rows(run_dir):  # a damaged line is an error, a cut last line a warning (read_rows)
+        # the one read of the rows: a damaged line is an error, a cut last line a warning said once (read_rows)
+        for row in read_rows(run_dir):
             if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
                     or row.get("step_time_s") is None or row.get("peak_flops_per_s") is None):
                 continue
@@ -100,29 +96,25 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
             if row.get("strategy") not in names:
                 continue
             used[run_dir] += 1
-            if is_busy(row) and not include_busy:
-                busy += 1
-                continue
             index = names.index(row["strategy"])
             found.append(Observation(run_dir=run_dir, case=row["case"], mode=row["mode"], dtype=row["dtype"],
                                      measured_s=measured_s, peak_flops=peak_flops,
                                      scenario=scenario, strategy_index=index,
                                      layout=_layout(scenario, index, backend, scenario_file),
                                      hardware=row.get("hardware") if isinstance(row.get("hardware"), str) else None,
-                                     **probes))
+                                     busy=is_busy(row), **probes))
     unused = [d for d, n in used.items() if n == 0]
     if unused and len(unused) < len(used):  # a folder given but fitting nothing: said, not quietly dropped
         raise CalibrationError(f"{unused[0]}: no ok measured rows of backend '{backend}' (with peak_flops_per_s) while "
                                f"the other folders have some; allowed: run folders of measured '{backend}' rows "
                                f"(leave this one out, or calibrate its backend with --backend)")
-    if not found and busy:
-        raise CalibrationError(f"{', '.join(str(d) for d in run_dirs)}: every ok measured row of backend "
-                               f"'{backend}' ({busy}) was timed on a busy host "
-                               f"(host_load_per_core > {BUSY_LOAD_PER_CORE:g}: processes waited for a core); rerun on "
-                               f"a quiet host, or pass --include-busy to fit them anyway")
-    if not found:
+    problem = other_device_problem(found, device) if device is not None else None
+    if problem:
+        raise CalibrationError(problem)
+    kept = found if include_busy else without_busy(found, run_dirs, backend)
+    if not kept:
         kinds = {(r.get("kind"), r.get("backend")) for d in run_dirs if (d / "results.jsonl").exists()
-                 for r in read_rows(d)}
+                 for r in read_rows(d, warn=_said_above)}
         if kinds and all(kind == "modeled" for kind, _ in kinds):
             raise CalibrationError(
                 f"{', '.join(str(d) for d in run_dirs)} holds only modeled rows (backends "
@@ -133,7 +125,22 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu",
                                f"{', '.join(str(d) for d in run_dirs)}"
                                + (f"; allowed: --backend {' | '.join(measured)} (the backends of its measured rows)"
                                   if measured and backend not in measured else ""))
-    return found
+    return kept
+
+
+def without_busy(observations: list[Observation], run_dirs: Sequence[Path], backend: str) -> list[Observation]:
+    """The observations not timed on a busy host; CalibrationError when there were some and all were busy."""
+    kept = [o for o in observations if not o.busy]
+    if observations and not kept:
+        raise CalibrationError(f"{', '.join(str(d) for d in run_dirs)}: every ok measured row of backend "
+                               f"'{backend}' ({len(observations)}) was timed on a busy host "
+                               f"(host_load_per_core > {BUSY_LOAD_PER_CORE:g}: processes waited for a core); rerun on "
+                               f"a quiet host, or pass --include-busy to fit them anyway")
+    return kept
+
+
+def _said_above(warning: str) -> None:
+    """read_rows' warning for a second read of the same file: the first read said it (a cut last row)."""
 
 
 def _layout(scenario: Scenario, index: int, backend: str, scenario_file: Path) -> Layout:

@@ -287,11 +287,13 @@ def serving_entry_name(device: str) -> str:
 
 
 def has_serving_rows(run_dirs: Sequence[Path], backend: str | None = None) -> bool:
-    """Whether the run folders hold ok measured serving rows (of `backend`; None: any measured backend)."""
+    """Whether the run folders hold ok measured serving rows (of `backend`; None: any measured backend).
+
+    A probe before the fit reads the same files: a row cut by a kill is left for that read to say (once)."""
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "results.jsonl").is_file():
             continue
-        for row in read_rows(run_dir):
+        for row in read_rows(run_dir, warn=lambda _said_by_the_fit: None):
             if (row.get("mode") == "serve" and row.get("kind") == "measured" and row.get("status") == "ok"
                     and (backend is None or row.get("backend") == backend)):
                 return True

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from llmsim.calibrate import CalibrationError, Observation, plan_for, read_observations
-from llmsim.calibrate.observations import busy_cases
 from tests.calibrate.helpers import synthetic_run
 
 
@@ -94,8 +93,8 @@ def test_rows_timed_on_a_busy_host_are_left_out_unless_asked(tmp_path: Path) -> 
     (run / "results.jsonl").write_text("".join(json.dumps({**r, "host_load_per_core": 6.5}) + "\n" for r in rows))
     with pytest.raises(CalibrationError, match=r"timed on a busy host .* --include-busy"):
         read_observations([run])
-    assert [o.case for o in read_observations([run], include_busy=True)] == ["s"]
-    assert busy_cases([run]) == ["s"]
+    (observation,) = read_observations([run], include_busy=True)
+    assert (observation.case, observation.busy) == ("s", True)
 
 
 def test_a_folder_that_fits_nothing_beside_others_that_do_is_named_not_dropped(tmp_path: Path) -> None:
@@ -175,3 +174,27 @@ def test_rows_measured_on_another_device_do_not_calibrate_this_one(tmp_path: Pat
                                                "cpu-host: a fit writes what the rows measured into the entry; "
                                                "allowed: --device cpu-host")
     assert not (run / "hardware-calibrated.yaml").exists()
+
+
+def test_another_device_is_said_before_a_busy_host(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Rows of another device timed on a busy host: rerunning on a quiet host (the busy error's advice) would not
+    make them fit this device, so the device is the error said (trial 32)."""
+    from llmsim.cli import main
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(
+        json.dumps({**r, "hardware": "cpu-host", "host_load_per_core": 6.5}) + "\n" for r in rows))
+    with pytest.raises(CalibrationError, match=r"timed on a busy host"):
+        read_observations([run], device="cpu-host")
+    assert main(["calibrate", str(run), "--device", "h100-sxm"]) == 2
+    assert "ran on cpu-host" in capsys.readouterr().err
+
+
+def test_a_cut_last_row_is_warned_once_by_calibrate(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """calibrate reads the rows once (busy ones marked, not re-read), so a row cut by a kill is said once."""
+    from llmsim.cli import main
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    with (run / "results.jsonl").open("a") as rows:
+        rows.write('{"case": "t", "backend": "cpu", "kind": "meas')
+    assert main(["calibrate", str(run), "--out", str(tmp_path / "entry.yaml")]) == 0
+    assert capsys.readouterr().err.count("cut") == 1
