@@ -126,6 +126,7 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
     start = time.perf_counter()
     outcome = LaunchOutcome()
     stack = ExitStack()
+    waited = False
     try:
         port = stack.enter_context(rendezvous_store())
         for rank in range(world):
@@ -167,10 +168,13 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
                 break
             time.sleep(POLL_S)
             interrupt.check()  # a Ctrl-C lost on the way still stops the ranks (the finally kills them)
+        waited = True
     finally:
         _kill_all(procs)
         stack.close()
         outcome.wall_s = time.perf_counter() - start
+        if not waited:  # stopped (Ctrl-C, SIGTERM) or failed to start: no message will point at the folder
+            shutil.rmtree(work, ignore_errors=True)
     if outcome.error is None:
         result = out / RESULT_FILE
         try:

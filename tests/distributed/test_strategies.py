@@ -275,6 +275,23 @@ def test_a_hanging_rank_times_out(tmp_path, monkeypatch: pytest.MonkeyPatch) -> 
     assert os.path.exists(tmp_path / "rank0.log")
 
 
+def test_a_stopped_launch_leaves_no_work_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM while the ranks run (here: as the poll loop checks for it) stops them and removes the
+    launcher's own folder (spec.json); nothing will name it to the user (trial 33 found them left in /tmp)."""
+    case = _case(dp=2)
+    spec = WorkerSpec.from_layout(case.workload, case.sharing, case.strategy, case.layout, steps=1,
+                                  warmup=0, threads=1)
+    monkeypatch.setattr(launch_module.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(launch_module.interrupt, "check", _raise_keyboard_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        launch(spec, timeout_s=60, env={"LLMSIM_DIST_FAULT": "0:hang"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
 def _workers_writing_to(folder: str) -> list[int]:
     """Live worker processes whose command line names `folder` (their --out)."""
     found = []
