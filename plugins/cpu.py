@@ -37,13 +37,19 @@ __all__ = ["CpuBackend", "CpuSettings"]
 # profile is kept (llmsim.workload.profile_store); torch's import is ~1.5 s of a 10 s plan here.
 
 
+# Above any host's hardware threads (a 2-socket AMD EPYC 9965: 2 x 192 cores x 2 SMT = 768, AMD's product page):
+# a larger count is a typo, and OpenMP would try to start that many threads (100000 ran out of memory, trial 33).
+MAX_THREADS = 1024
+
+
 class CpuSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first (allocator, caches, lazy init)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's own "
-                                                        "(several processes: cores / processes each)")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS,
+                                description="torch intra-op threads; default: torch's own "
+                                            "(several processes: cores / processes each)")
     timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
     profile_comm: bool = Field(True, description="several processes: one extra profiled step to measure "
                                                  "exposed communication")

@@ -56,6 +56,12 @@ def test_tags_and_aliases_in_a_set_value_are_one_line(capsys, value: str, proble
     assert err.startswith(f"{QUICKSTART}: workload.batch: --set value {value!r} is not valid YAML: column 1: {problem}")
 
 
+def test_a_thread_count_beyond_any_host_is_one_line(capsys) -> None:  # noqa: ANN001
+    """Trial 33: 100000 threads validated and then ran OpenMP out of memory (exit 1)."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "backends.cpu.threads=100000"])
+    assert err == f"{QUICKSTART}: backends.cpu.threads: 100000: out of range; allowed: >= 1 and <= 1024"
+
+
 def _bomb(levels: int, target: str) -> str:
     """Anchors that each hold two aliases of the previous one: 2**levels values in a few hundred bytes."""
     lines = ["x0: &a0 [1, 2]"] + [f"x{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, levels)]
