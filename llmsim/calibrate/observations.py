@@ -20,7 +20,10 @@ from llmsim.errors import LLMSimError
 from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.results import read_rows
 from llmsim.strategy import Layout, resolve_layout
-from llmsim.wording import clipped
+from llmsim.wording import clipped, count
+
+# What a row must have to be fitted: the measured step and the host's measured matmul peak (the fit's unit)
+FITTED_COLUMNS = ("step_time_s", "peak_flops_per_s")
 
 
 class CalibrationError(LLMSimError):
@@ -72,6 +75,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu", include_bu
     not: rerunning on a quiet host would not make them fit. Raises CalibrationError when no row is left."""
     found: list[Observation] = []
     used: dict[Path, int] = {}  # measured rows of the backend per folder, busy ones included
+    lacking: dict[str, int] = {}  # ok measured rows of the backend without a column the fit needs, per column
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         used[run_dir] = 0
@@ -82,8 +86,12 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu", include_bu
         names = [s.name for s in scenario.strategies]
         # the one read of the rows: a damaged line is an error, a cut last line a warning said once (read_rows)
         for row in read_rows(run_dir):
-            if (row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok"
-                    or row.get("step_time_s") is None or row.get("peak_flops_per_s") is None):
+            if row.get("backend") != backend or row.get("kind") != "measured" or row.get("status") != "ok":
+                continue
+            absent = [c for c in FITTED_COLUMNS if row.get(c) is None]
+            if absent:
+                for column in absent:
+                    lacking[column] = lacking.get(column, 0) + 1
                 continue
             measured_s = _measured(run_dir, row, "step_time_s")
             peak_flops = _measured(run_dir, row, "peak_flops_per_s")
@@ -105,7 +113,8 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu", include_bu
                                      busy=is_busy(row), **probes))
     unused = [d for d, n in used.items() if n == 0]
     if unused and len(unused) < len(used):  # a folder given but fitting nothing: said, not quietly dropped
-        raise CalibrationError(f"{unused[0]}: no ok measured rows of backend '{backend}' (with peak_flops_per_s) while "
+        raise CalibrationError(f"{unused[0]}: no ok measured rows of backend '{backend}' (with "
+                               f"{' and '.join(FITTED_COLUMNS)}) while "
                                f"the other folders have some; allowed: run folders of measured '{backend}' rows "
                                f"(leave this one out, or calibrate its backend with --backend)")
     problem = other_device_problem(found, device) if device is not None else None
@@ -121,8 +130,9 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu", include_bu
                 f"{', '.join(sorted({str(b) for _, b in kinds}))}): calibration fits the model to measurements; "
                 f"allowed: run folders with measured rows (cpu, cuda, xla step rows, or vllm serving rows)")
         measured = sorted({str(b) for kind, b in kinds if kind == "measured"})
-        raise CalibrationError(f"no ok measured rows of backend '{backend}' with peak_flops_per_s in "
+        raise CalibrationError(f"no ok measured rows of backend '{backend}' with {' and '.join(FITTED_COLUMNS)} in "
                                f"{', '.join(str(d) for d in run_dirs)}"
+                               + "".join(f" ({count(n, 'row')} without {c})" for c, n in lacking.items())
                                + (f"; allowed: --backend {' | '.join(measured)} (the backends of its measured rows)"
                                   if measured and backend not in measured else ""))
     return kept

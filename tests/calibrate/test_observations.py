@@ -198,3 +198,13 @@ def test_a_cut_last_row_is_warned_once_by_calibrate(tmp_path: Path, capsys) -> N
         rows.write('{"case": "t", "backend": "cpu", "kind": "meas')
     assert main(["calibrate", str(run), "--out", str(tmp_path / "entry.yaml")]) == 0
     assert capsys.readouterr().err.count("cut") == 1
+
+
+@pytest.mark.parametrize("column", ["step_time_s", "peak_flops_per_s"])
+def test_a_row_without_a_fitted_column_is_named_by_that_column(tmp_path: Path, column: str) -> None:
+    """Trial 33: rows without step_time_s were refused as lacking peak_flops_per_s."""
+    run = synthetic_run(tmp_path, "train", 32, 2, 2)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps({**r, column: None}) + "\n" for r in rows))
+    with pytest.raises(CalibrationError, match=rf"with step_time_s and peak_flops_per_s in .* \(1 row without {column}\)$"):
+        read_observations([run])
