@@ -163,7 +163,8 @@ def build_catalog(scenario: Scenario, scenario_dir: Path, manager: Any = None, f
             raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r} is listed twice (also "
                                                                 f"hardware_catalog[{first}]): list each file once")
         if path.is_dir():
-            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: is a folder in {scenario_dir}, not a "
+            where = "" if Path(name).is_absolute() else f" in {scenario_dir}"
+            raise ScenarioError(file, f"hardware_catalog[{i}]", f"{name!r}: is a folder{where}, not a "
                                                                 f"hardware file (allowed: a YAML file of entries:)")
         special = not_a_regular_file(path)
         if special:   # a FIFO is no file either, but it exists (trial 32: "no such file")

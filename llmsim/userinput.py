@@ -188,8 +188,10 @@ def not_a_regular_file(path: str | Path) -> str | None:
         return None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
-    what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    return f"{what}, not a regular file: give a file (a pipe would be waited on)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO, not a regular file: give a file (a pipe would be waited on)"
+    what = "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{what}, not a regular file: give a file"
 
 
 def read_text(path: str | Path) -> str:

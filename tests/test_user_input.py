@@ -681,6 +681,12 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path: Path, capsys) -> None:  # noq
                                                     f"give a file (a pipe would be waited on)")
 
 
+def test_a_device_is_refused_without_the_pipe_s_reason(capsys) -> None:  # noqa: ANN001
+    """Trial 33: /dev/null was refused "(a pipe would be waited on)": true of a FIFO, not of a device."""
+    assert main(["validate", "/dev/null"]) == 2
+    assert capsys.readouterr().err.strip() == "llmsim: error: /dev/null: a device, not a regular file: give a file"
+
+
 def test_a_fifo_in_a_run_folder_or_as_calibrates_out_is_not_waited_on(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     """Trial 32: a FIFO as the run folder's inputs.json, as a file whose digest it keeps, or as `calibrate --out`
     was opened and waited on forever."""

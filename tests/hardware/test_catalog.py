@@ -249,6 +249,7 @@ def test_validate_of_a_catalog_file_checks_its_entries(tmp_path: Path, capsys) -
 @pytest.mark.parametrize("listed, said", [
     ("[nothere.yaml]", "hardware_catalog[0]: 'nothere.yaml': no such file in"),
     ("[adir]", "hardware_catalog[0]: 'adir': is a folder in"),
+    ("['{tmp}']", "hardware_catalog[0]: '{tmp}': is a folder, not a hardware file"),   # trial 33: not "in" itself
     ("[hw.yaml, ./hw.yaml]", "hardware_catalog[1]: './hw.yaml' is listed twice (also hardware_catalog[0])"),
 ])
 def test_a_hardware_catalog_path_that_names_no_usable_file_is_the_scenarios_error(tmp_path: Path, capsys,
@@ -256,11 +257,11 @@ def test_a_hardware_catalog_path_that_names_no_usable_file_is_the_scenarios_erro
     (tmp_path / "adir").mkdir()
     _write(tmp_path, [dict(GPU, source="vendor sheet")])
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(f"name: s\nhardware_catalog: {listed}\nworkload: {{model: {{preset: tiny}}, mode: decode, "
+    scenario.write_text(f"name: s\nhardware_catalog: {listed.format(tmp=tmp_path)}\nworkload: {{model: {{preset: tiny}}, mode: decode, "
                         f"batch: 1}}\nstrategies: [{{name: single}}]\nbackends: {{roofline: {{hardware: my-gpu}}}}\n")
     assert main(["validate", str(scenario)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"s.yaml: {said}" in err, err
+    assert err.count("\n") == 0 and f"s.yaml: {said.format(tmp=tmp_path)}" in err, err
 
 
 @pytest.mark.parametrize("where, entry", [
