@@ -78,6 +78,17 @@ def test_a_cut_last_line_is_left_out_with_a_warning_and_the_rest_reported(tmp_pa
     assert [r["case"] for r in read_rows(run, warn=lambda _: None)] == ["a", "b"]
 
 
+def test_a_comparison_warns_of_each_cut_last_line_once(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 33: `llmsim report A B` read each run twice (the comparison, then the scenario check) and said
+    each warning twice."""
+    runs = [make_run(tmp_path / name, [row("a", step=1.0), row("b", step=2.0)]) for name in ("r1", "r2")]
+    for run in runs:
+        text = (run / "results.jsonl").read_text()
+        (run / "results.jsonl").write_text(text[: len(text) - 40])
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    assert capsys.readouterr().err.count("an incomplete last row") == 2
+
+
 def test_resume_after_a_cut_last_line_starts_the_next_row_on_its_own_line(tmp_path: Path, capsys) -> None:
     run = _run(tmp_path)
     jsonl = run / "results.jsonl"

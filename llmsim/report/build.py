@@ -8,6 +8,7 @@ report.html, so both reports show the very same pixels.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -275,11 +276,13 @@ def write_run_report(run: Run) -> list[Path]:
     return write_document(doc, run.path)
 
 
-def write_comparison(run_dirs: list[Path], folder: Path | None = None, parent: Path = Path("reports")) -> Path:
+def write_comparison(run_dirs: Sequence[Path | Run], folder: Path | None = None,
+                     parent: Path = Path("reports")) -> Path:
     """Compare runs (the first is the baseline) into `folder` (default: a fresh <parent>/compare/<stamp>/,
     as `llmsim report --out PARENT` makes it: --out is the parent, as for run and plan). The runs are read
-    first: a folder that is not a run, or one without rows, leaves no empty comparison folder behind."""
-    runs = [load_run(Path(p)) for p in run_dirs]
+    first: a folder that is not a run, or one without rows, leaves no empty comparison folder behind. A run
+    already read (load_run) is not read again: its warnings were said once."""
+    runs = [r if isinstance(r, Run) else load_run(Path(r)) for r in run_dirs]
     folder = Path(folder) if folder is not None else new_run_dir(parent, "compare")
     doc = comparison_document(runs)
     write_document(doc, folder)
