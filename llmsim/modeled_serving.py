@@ -32,6 +32,7 @@ from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCo
                                         iteration_times, kv_bytes_per_token, kv_capacity, token_costs,
                                         with_draft_memory)
 from llmsim.costmodel.torus import TorusError
+from llmsim.hardware import DeviceSpec
 from llmsim.results import Result
 from llmsim.serving.metrics import requests_table, summarize, timeline_table
 from llmsim.serving.replica import PRICED_MIXES_KEPT, Pricer
@@ -233,9 +234,14 @@ def unknown_memory(cluster: ClusterSpec) -> str | None:
     """Why a serving case cannot be priced on a device whose memory is not known (memory_bytes 0, which a training
     or step case takes as "assumed to fit"), or None: a replica's KV cache is the memory its weights leave, so its
     blocks, and with them the batch and every queue, cannot be sized (a `skipped` row, not `does-not-fit`)."""
-    if cluster.device.memory_bytes:
+    return unknown_device_memory(cluster.device)
+
+
+def unknown_device_memory(device: DeviceSpec) -> str | None:
+    """unknown_memory's reason for one device (llmsim validate says it before a run: runner.skip_notes)."""
+    if device.memory_bytes:
         return None
-    return (f"{cluster.device.name}: memory_bytes is 0 (unknown); a serving replica's KV cache is the memory its "
+    return (f"{device.name}: memory_bytes is 0 (unknown); a serving replica's KV cache is the memory its "
             f"weights leave, so it cannot be sized: give the device's memory_bytes in its hardware file")
 
 

@@ -34,6 +34,7 @@ from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path, one_line
 from llmsim.hardware import CATALOG_KEY, Catalog, load_catalog
 from llmsim.modeled import ModeledSettings
+from llmsim.modeled_serving import unknown_device_memory
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
@@ -358,6 +359,15 @@ def serving_kernel_problem(cls: type[Backend], settings: BaseModel, catalog: Cat
     return None if problem is None else problem.replace("on this device", f"on {device.name}")
 
 
+def serving_memory_problem(settings: BaseModel, catalog: Catalog) -> str | None:
+    """Why a modeled backend's serving rows will be skipped for a device of unknown memory (memory_bytes 0, as
+    `llmsim calibrate`'s CPU entry has: modeled_serving.unknown_memory, the reason each row is skipped with)."""
+    if not isinstance(settings, ModeledSettings):
+        return None
+    device = catalog.device(settings.hardware) if settings.hardware in catalog.devices else None
+    return None if device is None else unknown_device_memory(device)
+
+
 def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict[str, Any],
                    sweeps: dict[str, list[tuple[str, BaseModel]]], file: str, scenario_dir: Path,
                    catalog: Catalog | None = None) -> list[PlannedCase]:
@@ -672,7 +682,8 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
     """(key, reason, cases) for the planned cases a run would write as `skipped` rows, known before anything
     runs, once per (key, reason): a backend that cannot run here (unavailable, asked once per backend), a float8
     workload on a measured backend, a backend point whose device lacks the workload's peak (Backend.known_skip),
-    a serving attention kernel without a figure on the device (serving_kernel_problem). `llmsim validate` says
+    a serving attention kernel without a figure on the device (serving_kernel_problem), a served device of unknown
+    memory (serving_memory_problem). `llmsim validate` says
     them as notes; the scenario stays valid (the other rows run)."""
     found: dict[tuple[str, str], int] = {}
     availability: dict[str, str | None] = {}
@@ -690,6 +701,8 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
             problem = f"backends.{name}.{known[0]}" if known[0] else where, known[1]
         elif item.case.serving is not None and (kernel := serving_kernel_problem(cls, item.settings, catalog)):
             problem = f"backends.{name}.attention", kernel
+        elif item.case.serving is not None and (memory := serving_memory_problem(item.settings, catalog)):
+            problem = f"backends.{name}.hardware", memory
         if problem is not None:
             found[problem] = found.get(problem, 0) + 1
     return [(key, reason, n) for (key, reason), n in found.items()]

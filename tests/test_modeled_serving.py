@@ -735,7 +735,7 @@ def test_a_draft_model_must_be_a_decoder_whose_context_holds_the_served_one() ->
 
 
 @pytest.mark.parametrize("disaggregated", [False, True])
-def test_a_device_of_unknown_memory_gives_a_skipped_serving_row_that_says_why(tmp_path: Path,
+def test_a_device_of_unknown_memory_gives_a_skipped_serving_row_that_says_why(tmp_path: Path, capsys,  # noqa: ANN001
                                                                                disaggregated: bool) -> None:
     """memory_bytes 0 means "unknown" in a hardware file: a training or step case is taken to fit, but a serving
     replica's KV cache is the memory its weights leave, so the row is skipped and says so (trial 24: it was a
@@ -752,6 +752,13 @@ def test_a_device_of_unknown_memory_gives_a_skipped_serving_row_that_says_why(tm
     _, rows = _run(tmp_path, data)
     assert [r["status"] for r in rows] == ["skipped"]
     assert "nomem-gpu: memory_bytes is 0 (unknown)" in rows[0]["error"], rows[0]["error"]
+    # and validate says so first, in the row's words (trial 33: "ok", then the run skipped it)
+    from llmsim.cli import main
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "s.yaml")]) == 0
+    assert capsys.readouterr().err.strip() == (f"llmsim: note: {tmp_path / 's.yaml'}: backends.roofline.hardware: "
+                                               f"{rows[0]['error']}; 1 case will be skipped")
 
 
 def test_a_pricer_prices_each_distinct_mix_once_and_jitters_every_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
