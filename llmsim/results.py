@@ -299,7 +299,10 @@ def write_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # said of the file asked for (a folder named report.md), not of the temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:  # a full disk, Ctrl-C: no .NAME.xxxx left beside the file (the old one, if any, stays)
         Path(tmp).unlink(missing_ok=True)
         raise

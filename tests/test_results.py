@@ -38,3 +38,15 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path, monkeypa
         write_atomic(path, "new\n")
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
     assert path.read_text() == "old\n"  # the file before the failed write stays whole
+
+
+def test_a_folder_in_the_way_is_named_not_the_temporary_file(tmp_path: Path) -> None:
+    """Session 29's trial: a folder named report.md was said as '.report.md.ff6oyfdq: Is a directory'."""
+    (tmp_path / "report.md").mkdir()
+    try:
+        write_atomic(tmp_path / "report.md", "# report\n")
+    except IsADirectoryError as exc:
+        assert exc.filename == str(tmp_path / "report.md")
+    else:
+        raise AssertionError("a folder was overwritten by a file")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
