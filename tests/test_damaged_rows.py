@@ -107,3 +107,14 @@ def test_a_complete_last_row_without_its_newline_is_kept_and_sealed(tmp_path: Pa
     store = ResultStore(run)
     store.add(row("d", step=4.0))
     assert [r["case"] for r in read_rows(run, warn=pytest.fail)] == ["a", "b", "c", "d"]
+
+
+def test_a_damaged_environment_file_is_warned_of_and_the_report_still_built(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Session 29's trial: a damaged environment.json left the report's environment line blank, unsaid."""
+    run = _run(tmp_path)
+    (run / "environment.json").write_text("{bad")
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"llmsim: warning: {run / 'environment.json'}: Expecting property name" in err
+    assert "the report's environment line is left blank" in err
+    assert (run / "report.md").is_file()

@@ -84,12 +84,21 @@ def read_csv_file(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_environment(path: Path) -> dict[str, Any]:
+    """A run's environment.json; a missing one is {} (an older run), a damaged one {} with a warning naming it
+    (session 29's trial: the report's environment line was blank and nothing said why)."""
+    if not path.exists():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        problem = None if isinstance(data, dict) else f"a JSON {type(data).__name__}, not a mapping"
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        data, problem = {}, one_line(str(exc))
+    if problem is not None:
+        print_warning(f"{path}: {problem}; the report's environment line is left blank (the file is damaged or "
+                      f"was edited)")
         return {}
+    return data
 
 
 SCENARIO_FILE = "scenario.yaml"
@@ -189,7 +198,7 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     notes_file = run_dir / RUN_NOTES
     notes = tuple(line for line in notes_file.read_text(errors="replace").splitlines() if line.strip()) \
         if notes_file.is_file() else ()
-    return Run(run_dir, frame, _read_json(run_dir / "environment.json"), scenario, problem, rows_problem, notes)
+    return Run(run_dir, frame, read_environment(run_dir / "environment.json"), scenario, problem, rows_problem, notes)
 
 
 def catalog_capacity() -> dict[str, float]:
