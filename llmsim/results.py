@@ -380,6 +380,10 @@ def print_warning(message: str) -> None:
     print(f"llmsim: warning: {message}", file=sys.stderr)
 
 
+def said_by_another_read(message: str) -> None:
+    """read_rows' `warn` for a second read of a file in one command: the other read says its warnings (once)."""
+
+
 def _column_kinds() -> dict[str, str]:
     """What each contract column holds, from `Result`'s annotations: 'number', 'whole number', 'text' or
     'true or false' (the words a damaged row's message uses)."""

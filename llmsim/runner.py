@@ -359,12 +359,10 @@ def serving_kernel_problem(cls: type[Backend], settings: BaseModel, catalog: Cat
     return None if problem is None else problem.replace("on this device", f"on {device.name}")
 
 
-def serving_memory_problem(settings: BaseModel, catalog: Catalog) -> str | None:
+def serving_memory_problem(cls: type[Backend], settings: BaseModel, catalog: Catalog) -> str | None:
     """Why a modeled backend's serving rows will be skipped for a device of unknown memory (memory_bytes 0, as
     `llmsim calibrate`'s CPU entry has: modeled_serving.unknown_memory, the reason each row is skipped with)."""
-    if not isinstance(settings, ModeledSettings):
-        return None
-    device = catalog.device(settings.hardware) if settings.hardware in catalog.devices else None
+    device = cls.device(settings, catalog)   # None for a backend that runs on this machine's own device
     return None if device is None else unknown_device_memory(device)
 
 
@@ -701,7 +699,7 @@ def skip_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario)
             problem = f"backends.{name}.{known[0]}" if known[0] else where, known[1]
         elif item.case.serving is not None and (kernel := serving_kernel_problem(cls, item.settings, catalog)):
             problem = f"backends.{name}.attention", kernel
-        elif item.case.serving is not None and (memory := serving_memory_problem(item.settings, catalog)):
+        elif item.case.serving is not None and (memory := serving_memory_problem(cls, item.settings, catalog)):
             problem = f"backends.{name}.hardware", memory
         if problem is not None:
             found[problem] = found.get(problem, 0) + 1

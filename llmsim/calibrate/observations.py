@@ -18,7 +18,7 @@ from typing import Any
 from llmsim.config import Scenario, SharingChoice, Strategy, load_scenario
 from llmsim.errors import LLMSimError
 from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
-from llmsim.results import read_rows
+from llmsim.results import read_rows, said_by_another_read
 from llmsim.strategy import Layout, resolve_layout
 from llmsim.wording import clipped, count
 
@@ -123,7 +123,7 @@ def read_observations(run_dirs: Sequence[Path], backend: str = "cpu", include_bu
     kept = found if include_busy else without_busy(found, run_dirs, backend)
     if not kept:
         kinds = {(r.get("kind"), r.get("backend")) for d in run_dirs if (d / "results.jsonl").exists()
-                 for r in read_rows(d, warn=_said_above)}
+                 for r in read_rows(d, warn=said_by_another_read)}
         if kinds and all(kind == "modeled" for kind, _ in kinds):
             raise CalibrationError(
                 f"{', '.join(str(d) for d in run_dirs)} holds only modeled rows (backends "
@@ -147,10 +147,6 @@ def without_busy(observations: list[Observation], run_dirs: Sequence[Path], back
                                f"(host_load_per_core > {BUSY_LOAD_PER_CORE:g}: processes waited for a core); rerun on "
                                f"a quiet host, or pass --include-busy to fit them anyway")
     return kept
-
-
-def _said_above(warning: str) -> None:
-    """read_rows' warning for a second read of the same file: the first read said it (a cut last row)."""
 
 
 def _layout(scenario: Scenario, index: int, backend: str, scenario_file: Path) -> Layout:

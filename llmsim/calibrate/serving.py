@@ -56,7 +56,7 @@ from llmsim.costmodel.window import KVLayout
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_times, kv_bytes_per_token, kv_capacity,
                                        token_costs)
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
-from llmsim.results import read_rows
+from llmsim.results import read_rows, said_by_another_read
 from llmsim.run_inputs import changed_input
 from llmsim.serving.replica import PRICED_MIXES_KEPT, Pricer
 from llmsim.serving.requests import Request, build_requests, closed_loop_of, iter_requests
@@ -293,7 +293,7 @@ def has_serving_rows(run_dirs: Sequence[Path], backend: str | None = None) -> bo
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "results.jsonl").is_file():
             continue
-        for row in read_rows(run_dir, warn=lambda _said_by_the_fit: None):
+        for row in read_rows(run_dir, warn=said_by_another_read):
             if (row.get("mode") == "serve" and row.get("kind") == "measured" and row.get("status") == "ok"
                     and (backend is None or row.get("backend") == backend)):
                 return True
