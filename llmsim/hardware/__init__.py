@@ -251,6 +251,13 @@ class Catalog(BaseModel):
 
     devices: dict[str, DeviceSpec]
     links: dict[str, LinkSpec]
+    # entry name -> the absolute path of the user's hardware file that defines it (built-in and plugin entries are
+    # not here): a scenario written for these entries (a plan's best.yaml) names the files it needs (files_for)
+    files: dict[str, str] = Field(default_factory=dict)
+
+    def files_for(self, *names: str) -> list[str]:
+        """The user hardware files that define these entries, each once, in order (none for built-in entries)."""
+        return list(dict.fromkeys(self.files[n] for n in names if n in self.files))
 
     def device(self, name: str, key: str = "hardware", file: str | None = None) -> DeviceSpec:
         if name not in self.devices:
@@ -423,6 +430,7 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
     links: dict[str, LinkSpec] = {}
     defined_in: dict[str, str] = {}  # entry name -> the file (or plugin) that defines it, for its errors
     sources: list[tuple[str, object]] = [(str(CATALOG_FILE), read_yaml(CATALOG_FILE))]
+    user_files = {str(path): str(Path(path).resolve()) for path in extra_files or []}
     for path in extra_files or []:
         sources.append((str(path), read_yaml(path, "entries: [{type: device, name: ...}, ...]")))
     for plugin, entry in plugin_entries or []:
@@ -442,4 +450,5 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
             if link is not None and link not in links:
                 raise ScenarioError(defined_in[device.name], f"entries.{device.name}.{key}",
                                     f"unknown link {link!r}; allowed: {', '.join(links)}")
-    return Catalog(devices=devices, links=links)
+    return Catalog(devices=devices, links=links,
+                   files={name: user_files[origin] for name, origin in defined_in.items() if origin in user_files})

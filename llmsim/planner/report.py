@@ -281,6 +281,7 @@ def best_scenario(plan: PlanFile, e: Evaluation, hw: Hardware) -> dict[str, Any]
     strategy = {"name": c.name, **{k: v for k, v in strategy.items() if k != "name"}}
     return {
         "name": f"{plan.name}-best",
+        **hw.catalog_key(),
         "workload": workload_for(plan, c.precision).model_dump(mode="json"),  # the precision the plan priced
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
         "strategies": [strategy],

@@ -62,10 +62,17 @@ class Hardware:
     usd_per_device_hour: float
     example_price: bool
     memory_headroom: float = 0.0       # resolve_hardware passes the plan's limits.memory_headroom
+    catalog_files: tuple[str, ...] = ()  # the user hardware files of its device and links (best.yaml names them)
 
     @property
     def device(self) -> DeviceSpec:
         return self.node.device  # type: ignore[return-value]
+
+    def catalog_key(self) -> dict[str, list[str]]:
+        """A scenario's `hardware_catalog` for this choice (best.yaml): the absolute paths of the plan's --hardware
+        files that define its device and links; none ({}) for built-in entries (trial 34: a best.yaml of a device
+        from --hardware named it but not its file, and `llmsim run best.yaml` said 'unknown device')."""
+        return {"hardware_catalog": list(self.catalog_files)} if self.catalog_files else {}
 
     @property
     def devices_per_node(self) -> int:
@@ -109,7 +116,8 @@ def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
     for h in plan.hardware:
         price, example = price_of(h)
         node = catalog.cluster(h.name, 1, h.devices_per_node, h.intra_node, h.inter_node)
-        out.append(Hardware(h.name, node, price, example, plan.limits.memory_headroom))
+        files = tuple(catalog.files_for(h.name, node.intra.name, node.inter.name))
+        out.append(Hardware(h.name, node, price, example, plan.limits.memory_headroom, files))
     return out
 
 

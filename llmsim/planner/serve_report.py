@@ -300,6 +300,7 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
         del serving["kv_cache_dtype"]
     return {
         "name": f"{plan.name}-best",
+        **hw.catalog_key(),
         "workload": workload,
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
         "strategies": [{"name": c.name, "tp": c.tp, "pp": c.pp, **c.experts.keys()}],
@@ -332,6 +333,7 @@ def _unit_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) 
             f"{unit.decode_experts.label()}")
     return {
         "name": f"{plan.name}-best",
+        **hw.catalog_key(),
         "workload": workload,
         "sharing": plan.sharing.model_dump(mode="json", exclude_none=True),
         "strategies": [{"name": name, "tp": unit.prefill_tp, "pp": 1}],

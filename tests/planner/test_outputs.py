@@ -159,6 +159,24 @@ def test_best_yaml_runs_on_the_roofline(tmp_path: Path, capsys: pytest.CaptureFi
     assert row["step_time_s"] == pytest.approx(outcome.top[0].step_time_s, rel=1e-9)
 
 
+def test_best_yaml_of_a_device_from_a_hardware_file_names_that_file(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 34: `llmsim plan --hardware FILE` chose FILE's device and its best.yaml ran into 'unknown device'."""
+    small = small_catalog().devices["small-gpu"].model_dump(mode="json")
+    (tmp_path / "hw.yaml").write_text(yaml.safe_dump({"entries": [{**small, "memory_bytes": 80e9}]}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "name": "p", "workload": {"model": {"preset": "tiny", "layers": 4}, "mode": "train", "batch": 8},
+        "goal": {"tokens": 5e5, "deadline_days": 1.0}, "limits": {"max_devices": 4}, "simulate": False,
+        "hardware": [{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}]}))
+    assert main(["plan", str(plan), "--hardware", str(tmp_path / "hw.yaml"), "--out", str(tmp_path / "out")]) == 0
+    best = Path(capsys.readouterr().out.strip().splitlines()[-1]) / "best.yaml"
+    assert yaml.safe_load(best.read_text())["hardware_catalog"] == [str(tmp_path / "hw.yaml")]
+    assert main(["run", str(best), "--backend", "roofline", "--out", str(tmp_path / "runs")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pd.read_csv(run_dir / "results.csv").iloc[0]["status"] == "ok"
+
+
 def _plan_on_a100(tmp_path: Path, name: str, preset: str, max_devices: int) -> None:
     """`llmsim plan` of a 1e6-token, 1-day training goal for `preset` on up to `max_devices` A100s (exit 0)."""
     data = {"name": name, "workload": {"model": {"preset": preset}, "mode": "train", "batch": 8},

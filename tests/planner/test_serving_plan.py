@@ -420,6 +420,10 @@ def test_cli_serving_plan_prints_the_table_limits_and_sensitivity(tmp_path: Path
     out, err = capsys.readouterr()
     run_dir = Path(out.strip().splitlines()[-1])
     assert (run_dir / "best.yaml").exists()
+    # its device is the --hardware file's: best.yaml names that file, so `llmsim run best.yaml` finds it (trial 34)
+    assert yaml.safe_load((run_dir / "best.yaml").read_text())["hardware_catalog"] == [str(tmp_path / "slow.yaml")]
+    assert main(["validate", str(run_dir / "best.yaml")]) == 0
+    capsys.readouterr()
     assert "best by cost: 80 requests/s under the SLO" in err and "winner: limited by" in err
     assert "sensitivity (cost" in err and "memory efficiency +20%" in err
     again = load_plan(run_dir / "plan.yaml")  # the resolved plan loads again
