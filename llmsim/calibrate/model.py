@@ -30,12 +30,12 @@ from typing import Any
 from llmsim.calibrate.optimiser import fit
 from llmsim.calibrate.observations import CalibrationError, Observation, read_observations, without_busy
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, step_time
-from llmsim.hardware import Catalog, DeviceSpec, load_catalog
+from llmsim.hardware import MIN_MEMORY_BW_BYTES_PER_S, Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
 from llmsim.wording import count
 
 EFFICIENCY_BOUNDS = (1e-3, 1.0)
-MEMORY_BW_BOUNDS = (1e8, 1e13)        # bytes/s: from a slow laptop to beyond any HBM
+MEMORY_BW_BOUNDS = (MIN_MEMORY_BW_BYTES_PER_S, 1e13)  # bytes/s: from a slow laptop to beyond any HBM
 OVERHEAD_BOUNDS = (1e-7, 1e-2)        # seconds per operator: from a C++ loop to a very slow Python host
 INITIAL_MEMORY_BW = 20e9              # bytes/s, a DDR4/DDR5 socket's order of magnitude: the fit's start
 INITIAL_OVERHEAD_S = 1e-5             # eager PyTorch dispatch is of the order of 10 us per operator

@@ -76,17 +76,25 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+# Floors on a catalog entry's rates: a rate below them is a unit slip (989 for an H100's 989e12 FLOP/s, 3.35 for its
+# 3.35e12 B/s), not a device, and priced it gives times past any clock (1e-300 gave NaN times in "ok" rows: trial 34).
+MIN_PEAK_FLOPS = 1e8              # FLOP/s: 100 MFLOP/s, under a single 2006 CPU core's ~5 GFLOP/s (and any GPU's)
+MIN_MEMORY_BW_BYTES_PER_S = 1e8   # B/s: 100 MB/s, under a slow laptop's DRAM (llmsim calibrate's lower bound too)
+MIN_LINK_BYTES_PER_S = 1e6        # B/s: 1 MB/s, under 10 Mbit/s Ethernet
+
+
 class DeviceSpec(BooleansAreNotNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     type: Literal["device"] = "device"
     peak_flops: dict[Literal["float32", "bfloat16", "float16", "float8", "float4", "int8"],
-                     Annotated[float, Field(gt=0)]] = Field(
+                     Annotated[float, Field(ge=MIN_PEAK_FLOPS)]] = Field(
         default_factory=dict, description="dense peak FLOP/s per dtype (float8: E4M3/E5M2 tensor-core GEMMs; "
                                           "float4 where published, for reference; int8 for reference); empty = measured at run time")
     memory_bytes: float = Field(ge=0, description="0 = read from the machine at run time")
-    memory_bw_bytes_per_s: float = Field(ge=0)
+    memory_bw_bytes_per_s: float = Field(ge=0, description=f"0 = not modeled (cpu-host); else at least "
+                                                           f"{MIN_MEMORY_BW_BYTES_PER_S:g}")
     idle_power_w: float = Field(ge=0)
     max_power_w: float = Field(ge=0)
     power_limit_w: float | None = Field(
@@ -183,6 +191,15 @@ class DeviceSpec(BooleansAreNotNumbers):
             eff = {**eff, "kernel_latency_s": seconds}
         return {**data, "efficiency": eff}
 
+    @field_validator("memory_bw_bytes_per_s")
+    @classmethod
+    def _bandwidth_or_none(cls, value: float) -> float:
+        """0 = not modeled (cpu-host before `llmsim calibrate`); any other figure is a bandwidth, at least the floor."""
+        if 0 < value < MIN_MEMORY_BW_BYTES_PER_S:
+            raise ValueError(f"{value:g} B/s is below {MIN_MEMORY_BW_BYTES_PER_S:g} (100 MB/s): a bandwidth in other "
+                             f"units? allowed: 0 (not modeled) or bytes/s >= {MIN_MEMORY_BW_BYTES_PER_S:g}")
+        return value
+
     @field_validator("max_power_w")
     @classmethod
     def _max_at_least_idle(cls, value: float, info: ValidationInfo) -> float:
@@ -209,7 +226,8 @@ class LinkSpec(BooleansAreNotNumbers):
 
     name: str
     type: Literal["link"] = "link"
-    bandwidth_bytes_per_s: float = Field(gt=0, description="per device, per direction (per node if shared_per_node)")
+    bandwidth_bytes_per_s: float = Field(ge=MIN_LINK_BYTES_PER_S,
+                                         description="per device, per direction (per node if shared_per_node)")
     latency_s: float = Field(ge=0, description="per hop of a ring / per message")
     efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the line rate for large messages")
     shared_per_node: bool = Field(False, description="one port per node, shared by the devices that use it at once")

@@ -195,7 +195,17 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
     # a negative or zero peak priced nothing and gave 'ok' rows (trial 23); a range names its bound
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: -5.0e12}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
-     "entries[0].peak_flops.bfloat16", "-5e+12: out of range; allowed: > 0"),
+     "entries[0].peak_flops.bfloat16", "-5e+12: out of range; allowed: >= 1e+08"),
+    # a unit slip (TFLOP/s, TB/s) priced NaN or 1e11-second TTFTs in "ok" rows (trial 34): refused at the floors
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 989}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
+     "entries[0].peak_flops.bfloat16", "989: out of range; allowed: >= 1e+08"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.35, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
+     "entries[0].memory_bw_bytes_per_s", "3.35 B/s is below 1e+08 (100 MB/s): a bandwidth in other units? allowed: "
+                                         "0 (not modeled) or bytes/s >= 1e+08"),
+    ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 400, latency_s: 1.0e-6, source: my sheet}\n",
+     "entries[0].bandwidth_bytes_per_s", "400: out of range; allowed: >= 1000000.0"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 10, source: my datasheet}\n",
      "entries[0].max_power_w", "10 W is below idle_power_w (100 W); allowed: >= idle_power_w"),
