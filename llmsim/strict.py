@@ -25,6 +25,15 @@ MAX_DIMENSION = 2**31 - 1
 Count = Annotated[int, Field(ge=1, le=MAX_DIMENSION)]
 
 
+def whole_number(value: Any) -> Any:
+    """A float that is a whole number (1e4, 100.0) as the int it is, as pydantic takes one for an int field; any
+    other value as it is. For the before-validators that check a count themselves (serving lengths, clients):
+    without it they refused 1e4 where every Count field took it (trial 34)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _accepts_bool(annotation: Any) -> bool:
     """Whether a field's type admits a boolean (bool itself, or bool inside a union, list or Literal)."""
     if annotation is bool or annotation is Any:

@@ -47,7 +47,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, f
 
 from llmsim.errors import KeyedValueError
 from llmsim.serving.disagg_spec import Disaggregation
-from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel, sweep_repeats
+from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel, sweep_repeats, whole_number
 from llmsim.wording import number_error, shown_value
 
 
@@ -192,6 +192,7 @@ class Lengths(_Strict):
     @classmethod
     def _one_form(cls, value: Any) -> Any:
         """One message naming the form that was meant (pydantic would list every branch of the union)."""
+        value = whole_number(value)
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError(f"{value}: allowed: {LENGTH_FORMS}")
@@ -323,6 +324,7 @@ class Arrival(_Strict):
     def _clients(cls, value: Any) -> Any:
         """One message for both forms: a whole number of clients >= 1, or a non-empty list of them; at most
         MAX_REQUESTS (each client has one request in flight: more clients than a run may send never all send)."""
+        value = [whole_number(v) for v in value] if isinstance(value, list) else whole_number(value)
         return _sweep(value, lambda v: isinstance(v, int) and 1 <= v <= MAX_REQUESTS,
                       f"a whole number of clients >= 1 and <= {MAX_REQUESTS:,}")
 

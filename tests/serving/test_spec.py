@@ -12,6 +12,7 @@ import yaml
 
 from llmsim.cli import main
 from llmsim.config import load_scenario
+from llmsim.errors import ScenarioError
 
 SERVING: dict[str, Any] = {
     "name": "serve-test",
@@ -224,6 +225,18 @@ def test_a_clients_list_sweeps_like_a_rate_list(tmp_path: Path, capsys) -> None:
     spec = load_scenario(path, ["serving.arrival={kind: concurrency, clients: [1, 8]}"]).serving
     assert spec is not None and spec.arrival.sweep == [("clients", 1), ("clients", 8)]
     assert spec.arrival.rates == [None, None] and spec.at_point("clients", 8).arrival.clients == 8
+
+
+def test_whole_number_floats_are_counts_where_every_count_takes_them(tmp_path: Path) -> None:
+    """Trial 34: `serving.lengths.input=1e4` and `clients: 16.0` were refused ("10000.0: allowed: a token count
+    >= 1") while requests, max_num_seqs and replicas took 1e2; a fraction is still refused."""
+    path = _write(tmp_path, SERVING)
+    spec = load_scenario(path, ["serving.lengths={input: 4e1, output: 16.0}",
+                                "serving.arrival={kind: concurrency, clients: [4.0, 8]}"]).serving
+    assert spec is not None and (spec.lengths.input, spec.lengths.output) == (40, 16)
+    assert isinstance(spec.lengths.input, int) and spec.arrival.clients == [4, 8]
+    with pytest.raises(ScenarioError, match=r"serving.lengths.input: 100.5: allowed: a token count >= 1"):
+        load_scenario(path, ["serving.lengths.input=100.5"])
 
 
 def test_the_json_schema_has_the_closed_loop_keys(capsys: pytest.CaptureFixture[str]) -> None:
