@@ -17,7 +17,7 @@ import os
 import statistics
 from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.config import mla_tp_problem
@@ -28,6 +28,7 @@ from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit, rank_breakdown, summarize_ranks
 from llmsim.workload.profile import profile_workload
+from llmsim.strict import StrictModel
 
 __all__ = ["CpuBackend", "CpuSettings"]
 
@@ -42,8 +43,9 @@ __all__ = ["CpuBackend", "CpuSettings"]
 MAX_THREADS = 1024
 
 
-class CpuSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class CpuSettings(StrictModel):
+    """Unknown keys, a YAML boolean or a quoted number for a number are errors (StrictModel), as in a scenario."""
+
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first (allocator, caches, lazy init)")

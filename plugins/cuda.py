@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.config import mla_tp_problem
@@ -35,6 +35,7 @@ from llmsim.measure.summary import Energy, MeasuredSplit, slowest, summarize
 from llmsim.nvml import EnergyReading, Nvml, NvmlEnergy, NvmlUnavailable, catalog_name_for, mig_reason
 from llmsim.wording import count
 from llmsim.workload.profile import profile_workload
+from llmsim.strict import StrictModel
 
 NO_CUDA = "no GPU: no CUDA device (torch.cuda.is_available() is False)"
 
@@ -42,8 +43,9 @@ NO_CUDA = "no GPU: no CUDA device (torch.cuda.is_available() is False)"
 nvml_factory: Callable[[], Nvml] = Nvml
 
 
-class CudaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class CudaSettings(StrictModel):
+    """Unknown keys, a YAML boolean or a quoted number for a number are errors (StrictModel), as in a scenario."""
+
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first (cuBLAS/cuDNN autotuning, allocator, "

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.config import Workload
@@ -36,6 +36,7 @@ from llmsim.serving.metrics import summarize
 from llmsim.serving.replay import Replay, outcome_of, prompt_ids
 from llmsim.serving.requests import closed_loop_of, iter_requests
 from llmsim.serving.spec import ServingCase
+from llmsim.strict import StrictModel
 
 NOT_INSTALLED = ("vllm is not installed (on a CPU machine: pip install 'llmsim[vllm]' in an environment of its own, "
                  "docs/serving.md)")
@@ -56,8 +57,9 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 SIMULATION_ONLY = ("iterations", "max_batch", "kv_blocks_per_replica", "sim_events", "sim_wall_s")
 
 
-class VllmSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class VllmSettings(StrictModel):
+    """Unknown keys, a YAML boolean or a quoted number for a number are errors (StrictModel), as in a scenario."""
+
 
     memory_gib: float = Field(DEFAULT_MEMORY_GIB, gt=0, description="host memory the engine treats as its device "
                               "memory, GiB: the KV cache gets serving.memory_utilization of it "

@@ -30,12 +30,13 @@ from collections.abc import Callable
 from glob import glob
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
 from llmsim.measure.summary import Energy, MeasuredSplit
+from llmsim.strict import StrictModel
 
 if TYPE_CHECKING:  # torch's modules (as torch itself) are imported where a case runs, not with this module:
     # every command loads the installed plugins, and `llmsim plan` needs no torch (plugins/cpu.py)
@@ -46,8 +47,9 @@ NOT_INSTALLED = (f"torch_xla is not installed (pip install 'llmsim[xla]' in a se
                  f"torch {XLA_VERSION})")
 
 
-class XlaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class XlaSettings(StrictModel):
+    """Unknown keys, a YAML boolean or a quoted number for a number are errors (StrictModel), as in a scenario."""
+
 
     steps: int = Field(5, ge=1, description="timed steps")
     warmup: int = Field(2, ge=0, description="untimed steps first; they compile the graphs (train needs 2: "

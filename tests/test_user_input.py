@@ -62,6 +62,18 @@ def test_a_thread_count_beyond_any_host_is_one_line(capsys) -> None:  # noqa: AN
     assert err == f"{QUICKSTART}: backends.cpu.threads: 100000: out of range; allowed: >= 1 and <= 1024"
 
 
+@pytest.mark.parametrize("override, said", [
+    ("backends.cpu.threads=true", "backends.cpu.threads: true is a boolean, not a value of this key"),
+    ("backends.cpu.steps='5'", "backends.cpu.steps: '5' is text, not a number (write it without quotes)"),
+    ("backends.cpu.timeout_s='600'", "backends.cpu.timeout_s: '600' is text, not a number"),
+])
+def test_a_measured_backend_s_settings_are_as_strict_as_a_scenario_s(capsys, override: str, said: str) -> None:  # noqa: ANN001
+    """Trial 34: `threads: true` ran 1 thread and `threads: '2'` 2, where `workload.batch: true` was refused: the
+    measured backends' settings are StrictModels now, as the modeled backends' are."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", override])
+    assert err.startswith(f"{QUICKSTART}: {said}"), err
+
+
 def _bomb(levels: int, target: str) -> str:
     """Anchors that each hold two aliases of the previous one: 2**levels values in a few hundred bytes."""
     lines = ["x0: &a0 [1, 2]"] + [f"x{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, levels)]

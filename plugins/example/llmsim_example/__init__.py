@@ -11,19 +11,19 @@ the gradient all-reduce is not modeled. Replace `predict_step_s` with your own m
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.results import fill_derived
+from llmsim.strict import StrictModel
 from llmsim.workload.profile import WorkloadProfile, profile_workload
 
 DEVICE = "example-npu"
 
 
-class Settings(BaseModel):
-    """The `backends: {example: ...}` block of a scenario."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class Settings(StrictModel):
+    """The `backends: {example: ...}` block of a scenario: unknown keys, a YAML boolean or a quoted number
+    for a number are errors, as in the rest of a scenario (StrictModel)."""
 
     devices: int = Field(1, ge=1, description="accelerators in the (data-parallel) group")
     efficiency: float = Field(0.5, gt=0, le=1, description="fraction of peak FLOP/s the kernels reach")
