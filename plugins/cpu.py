@@ -22,7 +22,7 @@ from pydantic import Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.config import mla_tp_problem
 from llmsim.energy import EnergyMeter, RaplMeter, find_meter
-from llmsim.measure.fit import fit_problem, host_available_bytes, host_need
+from llmsim.measure.fit import allocation_failure, fit_problem, host_available_bytes, host_need
 from llmsim.measure.host_load import load_per_core
 from llmsim.measure.loop import time_steps
 from llmsim.measure.row import measured_result
@@ -117,6 +117,15 @@ class CpuBackend(Backend):
             return case.result(self, status="skipped", error=unsharded)
         if case.layout.world > 1:
             return self._run_distributed(case, settings)
+        try:
+            return self._run_one_process(case, settings)
+        except (RuntimeError, MemoryError) as exc:   # the allocator's failure is a does-not-fit, not a traceback row
+            problem = allocation_failure(exc, host_available_bytes())
+            if problem is None:
+                raise
+            return case.result(self, status="does-not-fit", error=problem, hardware="cpu-host", nodes=1)
+
+    def _run_one_process(self, case: Case, settings: CpuSettings) -> Result:
         import torch
 
         from llmsim.measure.device import CpuDevice

@@ -13,6 +13,7 @@ the cpu backend; the free memory of each GPU (`torch.cuda.mem_get_info`) for cud
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,24 @@ def fit_problem(need: Need, available: tuple[float, str] | None, what: str) -> s
         return None
     return (f"needs at least {_gb(need.total)} {what} ({need.parts()}) > {_gb(available[0])} available "
             f"({available[1]}); checked before allocating, activations not counted")
+
+
+# torch's CPU allocator when malloc fails: c10/core/impl/alloc_cpu.cpp, "DefaultCPUAllocator: can't allocate memory:
+# you tried to allocate N bytes" ("not enough memory: ..." in other versions; a RuntimeError); Python's own
+# MemoryError where a Python object could not be made
+_TRIED_TO_ALLOCATE = re.compile(r"DefaultCPUAllocator: .*you tried to allocate (\d+) bytes")
+
+
+def allocation_failure(exc: BaseException, available: tuple[float, str] | None = None) -> str | None:
+    """A does-not-fit reason where a measured step failed to allocate its memory (what `fit_problem`'s lower bound
+    could not foresee: activations, logits, the inputs), naming the bytes asked and, given, the host's available
+    memory (host_available_bytes); None for any other exception, which stays a failure."""
+    if isinstance(exc, MemoryError):
+        asked = "memory"
+    elif isinstance(exc, RuntimeError) and (found := _TRIED_TO_ALLOCATE.search(str(exc))):
+        asked = _gb(float(found.group(1)))
+    else:
+        return None
+    have = f" with {_gb(available[0])} available ({available[1]})" if available else ""
+    return (f"the step could not allocate {asked}{have}: its activations, logits and inputs come on top of the "
+            f"parameters checked before it ran; allowed: a smaller batch or micro_batch (or seq_len)")

@@ -11,7 +11,8 @@ import pytest
 import llmsim_plugins.cpu as cpu_plugin
 from llmsim.backend import Case, RunContext
 from llmsim.config import parse_scenario
-from llmsim.measure.fit import Need, device_need, fit_problem, host_available_bytes, host_need
+from llmsim.measure.fit import (Need, allocation_failure, device_need, fit_problem, host_available_bytes,
+                               host_need)
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases
@@ -68,6 +69,24 @@ def test_inference_needs_the_parameters_only_and_a_case_that_fits_runs(monkeypat
     assert row.status == "does-not-fit" and f"(parameters {param_bytes / 1e9:.1f} GB)" in row.error
     monkeypatch.setattr(cpu_plugin, "host_available_bytes", lambda: (float(param_bytes), "a test's host"))
     assert CpuBackend(RunContext()).run(case, CpuSettings(steps=1, warmup=0)).status == "ok"
+
+
+@pytest.mark.parametrize("message", [
+    "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "4398046509056 bytes. Error code 12 (Cannot allocate memory)",
+    "DefaultCPUAllocator: not enough memory: you tried to allocate 4398046509056 bytes."])
+def test_a_step_the_allocator_refuses_is_a_does_not_fit_row(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    """Trial 34: batch 2**31 passed the parameters' check and failed with the allocator's RuntimeError as a raw
+    `failed` row; the allocator's words (torch's alloc_cpu.cpp, either version's) make it a does-not-fit row."""
+    def allocator_refuses(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(message)
+    monkeypatch.setattr(workload_step, "WorkloadStep", allocator_refuses)
+    monkeypatch.setattr(cpu_plugin, "host_available_bytes", lambda: (2.0e10, "a test's host"))
+    row = CpuBackend(RunContext()).run(_case({"preset": "tiny"}), CpuSettings(steps=1, warmup=0))
+    assert row.status == "does-not-fit"
+    assert row.error.startswith("the step could not allocate 4398.0 GB with 20.0 GB available (a test's host)")
+    assert allocation_failure(MemoryError()) is not None
+    assert allocation_failure(RuntimeError("shape mismatch")) is None    # any other error stays a failure
 
 
 def test_several_processes_count_every_replica_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
