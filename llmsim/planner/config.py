@@ -514,6 +514,11 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
         raise ScenarioError(file, "hardware", f"a serving plan does not search TPU slices yet ({', '.join(tori)}): "
                                               f"name a GPU or CPU device, or run a serving scenario with "
                                               f"backends.roofline.topology")
+    if plan.serving is not None and not any(d.memory_bytes for d in devices):
+        # planner.serve answers each candidate "memory_bytes is 0": a plan of such devices alone would search
+        # nothing and answer "nothing meets the goal" with exit 0 (trial 34), as TPUs did
+        from llmsim.modeled_serving import unknown_device_memory
+        raise ScenarioError(file, "hardware", f"no hardware choice can serve: {unknown_device_memory(devices[0])}")
     if not any(candidates(plan, d)[0] for d in devices):  # every searched precision is float8, and none runs it
         mx = any(d.peak_flops.get("float8") for d in devices)  # FP8 units, but the stated recipe is mxfp8
         key = "search.dtype" if plan.search.dtype else "workload.fp8.recipe" if mx else "workload.dtype"

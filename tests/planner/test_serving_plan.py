@@ -164,6 +164,22 @@ def test_a_serving_plan_of_tpus_alone_is_refused_before_it_searches(tmp_path: Pa
                    CATALOG, "plan.yaml")
 
 
+def test_a_serving_plan_of_devices_of_unknown_memory_alone_is_refused_before_it_searches() -> None:
+    """Trial 34: every hardware choice with memory_bytes 0 (a calibrated CPU entry) answered "nothing meets the goal"
+    with exit 0, as TPUs alone did; one such device beside a sized one is searched (its candidates say why not)."""
+    from llmsim.hardware import Catalog
+    from llmsim.planner.config import check_hardware
+    nomem = CATALOG.devices["slow-a"].model_copy(update={"name": "nomem", "memory_bytes": 0.0})
+    catalog = Catalog(devices={**CATALOG.devices, "nomem": nomem}, links=CATALOG.links)
+    with pytest.raises(ScenarioError, match=r"^plan.yaml: hardware: no hardware choice can serve: nomem: memory_bytes "
+                                            r"is 0 \(unknown\)"):
+        check_hardware(parse_plan(serving_plan(hardware=[{"name": "nomem", "usd_per_device_hour": 1.0}])), catalog,
+                       "plan.yaml")
+    check_hardware(parse_plan(serving_plan(hardware=[{"name": "nomem", "usd_per_device_hour": 1.0},
+                                                     {"name": "slow-a", "usd_per_device_hour": 1.8}])),
+                   catalog, "plan.yaml")
+
+
 def test_a_plan_device_without_peaks_says_which_number_is_missing() -> None:
     """Trial 32: a catalog entry without peak_flops read 'has no catalog peak FLOP/s for bfloat16 or no memory
     bandwidth' in a plan, where `run` said which one and what to add: the plan says it as `run` does."""
