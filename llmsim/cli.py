@@ -585,9 +585,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
                               f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
                               highlight=False)
-    from llmsim.planner.search import tp_span_notes
+    from llmsim.planner.search import tp_span_notes, weight_only_notes
 
-    for note in tp_span_notes(plan, outcome.hardware):  # a searched tp beyond a node: its all-reduces cross nodes
+    # a searched tp beyond a node (its all-reduces cross nodes); float4 on a device without FP4 tensor cores
+    for note in tp_span_notes(plan, outcome.hardware) + weight_only_notes(plan, outcome.hardware):
         err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(note)}[/]", highlight=False,
                           soft_wrap=True)
     from llmsim.planner.serve import short_span_note, unused_counts_note

@@ -121,6 +121,21 @@ def resolve_hardware(plan: PlanFile, catalog: Catalog) -> list[Hardware]:
     return out
 
 
+def weight_only_notes(plan: PlanFile, hardware: list[Hardware]) -> list[str]:
+    """Per hardware choice without FP4 tensor cores for a float4 precision it is planned with: that it is priced
+    weight-only (precision.weight_only_note, the words `llmsim run` says it in; trial 34: a plan said nothing)."""
+    from llmsim.costmodel import precision
+    from llmsim.planner.precisions import candidates
+
+    notes = []
+    for hw in hardware:
+        for candidate in candidates(plan, hw.device)[0]:
+            note = precision.weight_only_note(candidate.workload, hw.device)
+            if note is not None:
+                notes.append(f"hardware {hw.name}: {note}")
+    return list(dict.fromkeys(notes))
+
+
 def tp_span_notes(plan: PlanFile, hardware: list[Hardware]) -> list[str]:
     """Per hardware choice whose node holds fewer devices than the largest tp of the plan's `search.tp`: that
     tp's all-reduces cross the inter-node link (costmodel.cluster.tp_span_note, named with its bandwidth), as

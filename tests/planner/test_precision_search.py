@@ -172,3 +172,18 @@ def test_float4_training_plan_has_no_candidates_on_devices_without_nvfp4_units()
 def candidates_of(plan: Any, name: str) -> tuple[list, list[str]]:
     from llmsim.planner.precisions import candidates
     return candidates(plan, CATALOG.device(name))
+
+
+def test_a_float4_plan_says_which_hardware_prices_it_weight_only() -> None:
+    """Trial 34: `llmsim plan --set workload.dtype=float4` on H100s priced NVFP4 weight-only and said nothing, where
+    `llmsim run` says so: the plan says it per hardware choice in run's words; a B200 (FP4 tensor cores) is silent."""
+    from llmsim.planner.config import parse_plan
+    from llmsim.planner.search import resolve_hardware, weight_only_notes
+    data = yaml.safe_load(Path("scenarios/plan-serve-8b.yaml").read_text())
+    data["workload"]["dtype"] = "float4"
+    data["hardware"] = [{"name": "h100-sxm", "usd_per_device_hour": 3.5}, {"name": "b200", "usd_per_device_hour": 6}]
+    plan = parse_plan(data)
+    notes = weight_only_notes(plan, resolve_hardware(plan, load_catalog()))
+    assert notes == [f"hardware h100-sxm: device 'h100-sxm' has no FP4 tensor cores (no float4 peak in the catalog): "
+                     f"nvfp4 is priced weight-only (weights stored and read at 4.5 bits, GEMMs at the 16-bit rate, "
+                     f"as vLLM's Marlin FP4 kernels run it)"]
