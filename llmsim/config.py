@@ -193,7 +193,7 @@ class ModelSpec(_Strict):
         if isinstance(data, dict) and data.get("preset") is not None:
             name = data["preset"]
             if name not in PRESETS:
-                raise _KeyedError("preset", f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+                raise _KeyedError("preset", f"unknown preset {shown_value(name)}; allowed: {', '.join(PRESETS)}")
             merged = {**PRESETS[name], **data}
             if isinstance(PRESETS[name].get("moe"), dict) and isinstance(data.get("moe"), dict):
                 merged["moe"] = {**PRESETS[name]["moe"], **data["moe"]}  # moe keys override one by one
@@ -873,8 +873,8 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
             return "serving.speculative.draft_model", (f"method draft needs draft_model, a model preset (allowed: "
                                                        f"{', '.join(PRESETS)})")
         if speculative.draft_model not in PRESETS:
-            return "serving.speculative.draft_model", (f"unknown preset {speculative.draft_model!r} (allowed: "
-                                                       f"{', '.join(PRESETS)})")
+            return "serving.speculative.draft_model", (f"unknown preset {shown_value(speculative.draft_model)} "
+                                                       f"(allowed: {', '.join(PRESETS)})")
         problem = draft_model_problem(speculative.draft_model, w.model.seq_len)
         if problem is not None:
             return "serving.speculative.draft_model", problem

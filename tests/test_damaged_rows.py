@@ -118,3 +118,16 @@ def test_a_damaged_environment_file_is_warned_of_and_the_report_still_built(tmp_
     assert f"llmsim: warning: {run / 'environment.json'}: Expecting property name" in err
     assert "the report's environment line is left blank" in err
     assert (run / "report.md").is_file()
+    # null, a folder, a FIFO (which would be waited on): each said in words, never a hang (trial 34)
+    import os
+    for make, said in ((lambda p: p.write_text("null"), "null, not a mapping of the run's environment"),
+                       (lambda p: p.mkdir(), "a folder, not a file"),
+                       (lambda p: os.mkfifo(p), "a FIFO, not a regular file")):
+        environment = run / "environment.json"
+        if environment.is_dir():
+            environment.rmdir()
+        else:
+            environment.unlink(missing_ok=True)
+        make(environment)
+        assert main(["report", str(run)]) == 0
+        assert f"llmsim: warning: {environment}: {said}" in capsys.readouterr().err

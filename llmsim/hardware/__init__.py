@@ -19,6 +19,7 @@ from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.config import allowed_keys, allowed_range, describe_error, out_of_range
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.strict import BooleansAreNotNumbers
+from llmsim.wording import shown_value
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -279,12 +280,12 @@ class Catalog(BaseModel):
 
     def device(self, name: str, key: str = "hardware", file: str | None = None) -> DeviceSpec:
         if name not in self.devices:
-            raise ScenarioError(file, key, f"unknown device {name!r}; allowed: {', '.join(self.devices)}")
+            raise ScenarioError(file, key, f"unknown device {shown_value(name)}; allowed: {', '.join(self.devices)}")
         return self.devices[name]
 
     def link(self, name: str, key: str = "link", file: str | None = None) -> LinkSpec:
         if name not in self.links:
-            raise ScenarioError(file, key, f"unknown link {name!r}; allowed: {', '.join(self.links)}")
+            raise ScenarioError(file, key, f"unknown link {shown_value(name)}; allowed: {', '.join(self.links)}")
         return self.links[name]
 
     def cluster(self, hardware: str, nodes: int = 1, devices_per_node: int | None = None,

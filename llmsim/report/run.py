@@ -12,7 +12,7 @@ import pandas as pd
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
 from llmsim.results import RUN_NOTES, DamagedRows, print_warning, read_rows, rows_frame
-from llmsim.userinput import read_yaml
+from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.wording import count
 
 TRACE_FILE = "trace.json"
@@ -90,8 +90,13 @@ def read_environment(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
+        if (special := not_a_regular_file(path)) is not None:   # a FIFO would be waited on
+            raise ValueError(special)
         data = json.loads(path.read_text(encoding="utf-8"))
-        problem = None if isinstance(data, dict) else f"a JSON {type(data).__name__}, not a mapping"
+        kind = {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(data), "a number")
+        problem = None if isinstance(data, dict) else f"{kind}, not a mapping of the run's environment"
+    except IsADirectoryError:
+        data, problem = {}, "a folder, not a file"
     except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
         data, problem = {}, one_line(str(exc))
     if problem is not None:
