@@ -138,7 +138,7 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["report", "{tmp}"], "report: {tmp} has no results.jsonl (is it a run folder?)"),
+    (["report", "{tmp}/empty"], "report: {tmp}/empty has no results.jsonl (is it a run folder?)"),
     (["report", "{tmp}/nowhere"], "report: {tmp}/nowhere does not exist (allowed: a run folder that `llmsim run` wrote)"),
     (["new-plugin", "Not A Name"], "new-plugin: 'Not A Name' is not a valid plugin name"),
     (["new-plugin", "good-name", "--dir", "{tmp}"], "new-plugin: {tmp} already exists and is not empty"),
@@ -148,11 +148,15 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
     (["report", "{tmp}/run/results.jsonl"], "report: {tmp}/run/results.jsonl is a run's results file; allowed: its "
                                             "folder (llmsim report {tmp}/run)"),
     (["report", "{tmp}/plan"], "report: {tmp}/plan is a plan's folder (plan.md and plan.html are its report"),
+    # trial 34: the scenario's folder above its timestamped runs
+    (["report", "{tmp}"], "report: {tmp} is not a run folder but holds 1 run folder; allowed: one of them (the "
+                          "newest: llmsim report {tmp}/run)"),
     (["report", "{tmp}/run/results.csv"], "report: {tmp}/run/results.csv is a file of a run folder; allowed: the "
                                           "folder (llmsim report {tmp}/run)"),
 ])
 def test_bad_command_line_input_exits_2_with_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.jsonl").write_text("")
     (tmp_path / "run" / "results.csv").write_text("")
@@ -197,6 +201,10 @@ def test_calibrate_out_is_named_by_its_flag(tmp_path: Path, capsys) -> None:
     run = synthetic_run(tmp_path, "train", 32, 2, 2)
     assert one_line_error(capsys, ["calibrate", str(run), "--out", str(tmp_path)]) == \
         f"--out: {tmp_path}: Is a directory"
+    # trial 34: a missing folder read "No such file or directory" of the file
+    assert one_line_error(capsys, ["calibrate", str(run), "--out", str(tmp_path / "no" / "c.yaml")]) == \
+        f"--out: {tmp_path / 'no' / 'c.yaml'}: its folder {tmp_path / 'no'} does not exist (calibrate writes one " \
+        f"file; make the folder first)"
     # new-plugin --dir: in test_bad_command_line_input_exits_2_with_one_line
 
 
