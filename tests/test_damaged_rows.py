@@ -131,3 +131,16 @@ def test_a_damaged_environment_file_is_warned_of_and_the_report_still_built(tmp_
         make(environment)
         assert main(["report", str(run)]) == 0
         assert f"llmsim: warning: {environment}: {said}" in capsys.readouterr().err
+
+
+def test_a_file_where_the_figures_folder_goes_is_said_so(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 34: `report: RUN/figures: File exists` gave no reason."""
+    run = make_run(tmp_path / "r", [row("a", step=1.0), row("b", step=2.0)])
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    import shutil
+    shutil.rmtree(run / "figures")
+    (run / "figures").write_text("not a folder")
+    assert main(["report", str(run)]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().endswith(
+        f"{run / 'figures'}: a file where the report's figures folder goes (move it away)")

@@ -7,6 +7,7 @@ report.html, so both reports show the very same pixels.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -249,6 +250,9 @@ def write_document(doc: Document, folder: Path) -> list[Path]:
     written: list[Path] = []
     drawn = [f for f in doc.figures() if f.png is not None]
     if drawn:
+        if fig_dir.exists() and not fig_dir.is_dir():   # mkdir's "File exists" named no reason (trial 34)
+            raise NotADirectoryError(errno.ENOTDIR, "a file where the report's figures folder goes (move it away)",
+                                     str(fig_dir))
         fig_dir.mkdir(exist_ok=True)
     for f in drawn:
         path = fig_dir / f"{f.name}.png"
