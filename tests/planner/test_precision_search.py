@@ -184,6 +184,6 @@ def test_a_float4_plan_says_which_hardware_prices_it_weight_only() -> None:
     data["hardware"] = [{"name": "h100-sxm", "usd_per_device_hour": 3.5}, {"name": "b200", "usd_per_device_hour": 6}]
     plan = parse_plan(data)
     notes = weight_only_notes(plan, resolve_hardware(plan, load_catalog()))
-    assert notes == [f"hardware h100-sxm: device 'h100-sxm' has no FP4 tensor cores (no float4 peak in the catalog): "
-                     f"nvfp4 is priced weight-only (weights stored and read at 4.5 bits, GEMMs at the 16-bit rate, "
-                     f"as vLLM's Marlin FP4 kernels run it)"]
+    assert notes == ["hardware h100-sxm: device 'h100-sxm' has no FP4 tensor cores (no float4 peak in the catalog): "
+                     "nvfp4 is priced weight-only (weights stored and read at 4.5 bits, GEMMs at the 16-bit rate, "
+                     "as vLLM's Marlin FP4 kernels run it)"]
