@@ -116,18 +116,18 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
            env: dict[str, str] | None = None) -> LaunchOutcome:
     """Run `spec` on spec.world local processes; never raises for a rank failure or a timeout."""
     world = spec.world
-    work = Path(tempfile.mkdtemp(prefix="llmsim-dist-"))
-    out = log_dir or work
-    out.mkdir(parents=True, exist_ok=True)
-    spec_path = work / "spec.json"
-    spec_path.write_text(spec.model_dump_json())
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     start = time.perf_counter()
     outcome = LaunchOutcome()
     stack = ExitStack()
     waited = False
-    try:
+    work = Path(tempfile.mkdtemp(prefix="llmsim-dist-"))
+    try:   # from here a Ctrl-C removes `work` (the finally): one while spec.json was written left it (CI65)
+        out = log_dir or work
+        out.mkdir(parents=True, exist_ok=True)
+        spec_path = work / "spec.json"
+        spec_path.write_text(spec.model_dump_json())
         port = stack.enter_context(rendezvous_store())
         for rank in range(world):
             rank_env = dict(os.environ, **(env or {}))
