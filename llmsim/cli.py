@@ -682,7 +682,7 @@ def _check_writable(path: Path) -> None:
     special = not_a_regular_file(path)
     if special:
         raise UsageError("--out", f"{path}: {special}")
-    if not path.parent.is_dir() and not path.parent.exists():   # "No such file or directory" named no folder
+    if not path.parent.exists():   # "No such file or directory" named no folder
         raise UsageError("--out", f"{path}: its folder {path.parent} does not exist (calibrate writes one file; "
                                   f"make the folder first)")
     existed = path.exists()
