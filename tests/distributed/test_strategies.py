@@ -319,7 +319,8 @@ def test_killing_llmsim_itself_leaves_no_rank_behind(tmp_path, write_scenario) -
     scenario = write_scenario(strategies=[{"name": "dp2", "dp": 2}],
                               backends={"cpu": {"steps": 1, "warmup": 0, "timeout_s": 300}})
     out = tmp_path / "runs"
-    env = dict(os.environ, LLMSIM_DIST_FAULT="1:hang")
+    # TMPDIR: a SIGKILLed launcher cannot remove its llmsim-dist-* folder (nothing runs after SIGKILL): the test's own
+    env = dict(os.environ, LLMSIM_DIST_FAULT="1:hang", TMPDIR=str(tmp_path))
     parent = subprocess.Popen([sys.executable, "-m", "llmsim", "run", str(scenario), "--out", str(out)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
