@@ -144,3 +144,15 @@ def test_a_file_where_the_figures_folder_goes_is_said_so(tmp_path: Path, capsys)
     assert main(["report", str(run)]) == EXIT_BAD_INPUT
     assert capsys.readouterr().err.strip().endswith(
         f"{run / 'figures'}: a file where the report's figures folder goes (move it away)")
+
+
+def test_rows_without_a_step_time_still_make_a_report(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 35: every ok row with step_time_s null and a measured step spread (an edited file) raised ValueError
+    in the results table ('step time' is not in list): the spread column then goes last."""
+    run = make_run(tmp_path / "r", [row("a", backend="cpu", kind="measured", step=1.0), row("b", step=2.0)])
+    jsonl = run / "results.jsonl"
+    jsonl.write_text("".join(json.dumps({**json.loads(line), "step_time_s": None, "step_time_p10_s": 0.9,
+                                         "step_time_p90_s": 1.1}) + "\n"
+                             for line in jsonl.read_text().splitlines()))
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.md").is_file()

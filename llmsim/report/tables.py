@@ -90,7 +90,8 @@ def results_table(frame: pd.DataFrame) -> Table:
     table = _table(ok, spec, priced)
     if not any(spread(r) for _, r in ok.iterrows()):
         return table
-    at = table.columns.index("step time") + 1
+    # beside the mean step; at the end where no row has one (an edited file: every step_time_s null, trial 35)
+    at = table.columns.index("step time") + 1 if "step time" in table.columns else len(table.columns)
     rows = []
     for cells, (_, r) in zip(table.rows, ok.iterrows()):
         s = spread(r)
