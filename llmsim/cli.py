@@ -692,6 +692,21 @@ def _check_writable(path: Path) -> None:
         path.unlink()
 
 
+CALIBRATION_FILES = ("hardware-calibrated.yaml", "hardware-serving-calibrated.yaml")  # calibrate's own default outputs
+
+
+def _not_an_input(out: Path, run_dirs: list[Path], hardware: list[Path]) -> None:
+    """calibrate's --out may not replace what it reads: a --hardware file, or a file of a RUN_DIR other than a
+    calibration it wrote itself (trial 35: `--out RUN/results.jsonl` replaced the rows with the entry, exit 0)."""
+    target = out.resolve()
+    if any(target == h.resolve() for h in hardware):
+        raise UsageError("--out", f"{out} is a --hardware file this calibration reads; allowed: another file")
+    if target.exists() and target.name not in CALIBRATION_FILES and \
+            any(target.parent == d.resolve() for d in run_dirs):
+        raise UsageError("--out", f"{out} is a file of the run folder {target.parent} this calibration reads; "
+                                  f"allowed: a new file, or {' / '.join(CALIBRATION_FILES)} there")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit, print modeled vs measured per case, write the entry (default: in the first RUN_DIR); its path last.
 
@@ -702,6 +717,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from llmsim.hardware import load_catalog
 
     if args.out is not None:
+        _not_an_input(Path(args.out), [Path(d) for d in args.run_dirs], [Path(h) for h in args.hardware])
         try:
             _check_writable(args.out)  # before the fit, which takes seconds to minutes
         except OSError as exc:         # named by its flag, as run's and plan's --out are (trial 31)

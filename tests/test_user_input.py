@@ -205,6 +205,15 @@ def test_calibrate_out_is_named_by_its_flag(tmp_path: Path, capsys) -> None:
     assert one_line_error(capsys, ["calibrate", str(run), "--out", str(tmp_path / "no" / "c.yaml")]) == \
         f"--out: {tmp_path / 'no' / 'c.yaml'}: its folder {tmp_path / 'no'} does not exist (calibrate writes one " \
         f"file; make the folder first)"
+    # trial 35: --out naming what calibrate reads replaced it (the run's rows, the user's catalog), exit 0
+    rows = (run / "results.jsonl").read_text()
+    assert one_line_error(capsys, ["calibrate", str(run), "--out", str(run / "results.jsonl")]).startswith(
+        f"--out: {run / 'results.jsonl'} is a file of the run folder {run} this calibration reads")
+    assert (run / "results.jsonl").read_text() == rows
+    (tmp_path / "hw.yaml").write_text("entries: []\n")
+    assert one_line_error(capsys, ["calibrate", str(run), "--hardware", str(tmp_path / "hw.yaml"), "--out",
+                                   str(tmp_path / "hw.yaml")]) == \
+        f"--out: {tmp_path / 'hw.yaml'} is a --hardware file this calibration reads; allowed: another file"
     # new-plugin --dir: in test_bad_command_line_input_exits_2_with_one_line
 
 
