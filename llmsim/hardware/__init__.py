@@ -82,6 +82,8 @@ def _number(value: object) -> float | None:
 MIN_PEAK_FLOPS = 1e8              # FLOP/s: 100 MFLOP/s, under a single 2006 CPU core's ~5 GFLOP/s (and any GPU's)
 MIN_MEMORY_BW_BYTES_PER_S = 1e8   # B/s: 100 MB/s, under a slow laptop's DRAM (llmsim calibrate's lower bound too)
 MIN_LINK_BYTES_PER_S = 1e6        # B/s: 1 MB/s, under 10 Mbit/s Ethernet
+MIN_CLOCK_HZ = 1e8                # Hz: 100 MHz, under any accelerator's boost clock (1830 is MHz written as Hz)
+MAX_LATENCY_S = 1e-2              # s: 10 ms, far above any link hop (built-in largest 165 us) or kernel launch (35 us)
 
 
 class DeviceSpec(BooleansAreNotNumbers):
@@ -104,7 +106,8 @@ class DeviceSpec(BooleansAreNotNumbers):
                                 "(costmodel.power) and a busy device draws the limit; None = max_power_w")
     power_per_core: bool = Field(False, description="power figures are per CPU core, scaled by cores in use")
     compute_units: int | None = Field(None, ge=1, description="SMs (GPU): matmul wave quantization; None = not modeled")
-    sm_clock_hz: float | None = Field(None, gt=0, description="boost SM clock from the datasheet, Hz: turns "
+    sm_clock_hz: float | None = Field(None, ge=MIN_CLOCK_HZ,
+                                      description="boost SM clock from the datasheet, Hz: turns "
                                                              "efficiency.kernel_latency_cycles into seconds")
     devices_per_node: int | None = Field(None, ge=1, description="devices in one node (host) by default")
     intra_node: str | None = Field(None, description="default link between devices of one node")
@@ -155,7 +158,7 @@ class DeviceSpec(BooleansAreNotNumbers):
                                "results, detokenisation); 0 = not modeled; serving.step_overhead_per_seq_s "
                                "overrides it")
     eager_launch_s: float = Field(
-        0.0, ge=0, description="host (CPU) seconds to launch one kernel of a forward pass eagerly from Python (module "
+        0.0, ge=0, le=MAX_LATENCY_S, description="host (CPU) seconds to launch one kernel of a forward pass eagerly from Python (module "
                                "code, dispatcher, driver launch): a pass an engine does not replay from a CUDA "
                                "graph (vLLM V0's passes that hold a prompt; every pass of an engine without "
                                "graphs: serving.scheduler.eager) takes max(device time, this x the kernels it "
@@ -229,7 +232,7 @@ class LinkSpec(BooleansAreNotNumbers):
     type: Literal["link"] = "link"
     bandwidth_bytes_per_s: float = Field(ge=MIN_LINK_BYTES_PER_S,
                                          description="per device, per direction (per node if shared_per_node)")
-    latency_s: float = Field(ge=0, description="per hop of a ring / per message")
+    latency_s: float = Field(ge=0, le=MAX_LATENCY_S, description="per hop of a ring / per message")
     efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the line rate for large messages")
     shared_per_node: bool = Field(False, description="one port per node, shared by the devices that use it at once")
     peer_access: bool = Field(False, description="GPUs load and store each other's memory over this link (NVLink, "
