@@ -692,7 +692,8 @@ def _check_writable(path: Path) -> None:
         path.unlink()
 
 
-CALIBRATION_FILES = ("hardware-calibrated.yaml", "hardware-serving-calibrated.yaml")  # calibrate's own default outputs
+STEP_CALIBRATION, SERVING_CALIBRATION = "hardware-calibrated.yaml", "hardware-serving-calibrated.yaml"
+CALIBRATION_FILES = (STEP_CALIBRATION, SERVING_CALIBRATION)  # calibrate's own default outputs in the first RUN_DIR
 
 
 def _not_an_input(out: Path, run_dirs: list[Path], hardware: list[Path]) -> None:
@@ -737,7 +738,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                        hardware_files=args.hardware,
                                        progress=lambda line: err_console.print(f"llmsim: {escape(line)}",
                                                                                highlight=False))
-            default_name = "hardware-serving-calibrated.yaml"
+            default_name = SERVING_CALIBRATION
         else:
             catalog = load_catalog(args.hardware) if args.hardware else None
             result = calibrate(args.run_dirs, device=args.device or "cpu-host", backend=args.backend or "cpu",
@@ -748,7 +749,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                   f"{escape(', '.join(result.left_out[:5]))}"
                                   f"{' ...' if len(result.left_out) > 5 else ''}; "
                                   f"--include-busy fits them too[/]", highlight=False)
-            default_name = "hardware-calibrated.yaml"
+            default_name = STEP_CALIBRATION
     except ScenarioError as exc:  # the catalog's words for a scenario's `hardware` key: here it is the flag (trial 24)
         if args.device is not None and exc.file is None and exc.key == "hardware" and "unknown device" in exc.message:
             raise UsageError("--device", exc.message) from None

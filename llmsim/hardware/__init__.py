@@ -158,11 +158,12 @@ class DeviceSpec(BooleansAreNotNumbers):
                                "results, detokenisation); 0 = not modeled; serving.step_overhead_per_seq_s "
                                "overrides it")
     eager_launch_s: float = Field(
-        0.0, ge=0, le=MAX_LATENCY_S, description="host (CPU) seconds to launch one kernel of a forward pass eagerly from Python (module "
-                               "code, dispatcher, driver launch): a pass an engine does not replay from a CUDA "
-                               "graph (vLLM V0's passes that hold a prompt; every pass of an engine without "
-                               "graphs: serving.scheduler.eager) takes max(device time, this x the kernels it "
-                               "launches) (costmodel.eager); 0 = not modeled")
+        0.0, ge=0, le=MAX_LATENCY_S,
+        description="host (CPU) seconds to launch one kernel of a forward pass eagerly from Python (module "
+                    "code, dispatcher, driver launch): a pass an engine does not replay from a CUDA "
+                    "graph (vLLM V0's passes that hold a prompt; every pass of an engine without "
+                    "graphs: serving.scheduler.eager) takes max(device time, this x the kernels it "
+                    "launches) (costmodel.eager); 0 = not modeled")
     source: Source
 
     @model_validator(mode="before")
