@@ -239,6 +239,13 @@ class NvmlEnergy:
                 notes.append(f"GPU {i}: energy counter jumped by {delta_j:.3g} J in {seconds:.3g} s "
                              f"(> {IMPLAUSIBLE_POWER_W:g} W): counter reset (driver reload?), not used")
                 break
+            if delta_j == 0 and seconds > 0:
+                # A board under load draws tens of watts at least: a counter that did not move was not updated
+                # inside the span (NVML refreshes it about every 100 ms), it is not a reading of zero joules.
+                counter_j = None
+                notes.append(f"GPU {i}: energy counter did not advance in {seconds * 1e3:.3g} ms (NVML updates it "
+                             f"about every 100 ms): not used")
+                break
             counter_j += delta_j
 
         sampled_j: float | None = None

@@ -59,6 +59,11 @@ class CudaSettings(StrictModel):
                                  json_schema_extra=CATALOG_DEVICE)
     power_sampling: bool = Field(True, description="also integrate sampled power next to the energy counter")
     sample_interval_s: float = Field(0.02, gt=0, description="power sampling period")
+    energy_window_s: float = Field(2.0, ge=0, description=(
+        "least seconds the energy meter runs: after the timed steps, untimed steps run under it until this "
+        "much has passed. NVML updates its energy counter about every 100 ms (ML.ENERGY, \"Thermally Stable "
+        "Profiling for Accurate GPU Energy Measurement\"), so 2 s bounds that step at about 5%; 0: the timed "
+        "steps alone"))
     timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
     profile_comm: bool = Field(True, description="several processes: one extra profiled step")
 
@@ -220,6 +225,7 @@ class CudaBackend(Backend):
         memory = device.memory()
         step = WorkloadStep(workload, case.sharing, seed=case.seed, device=device.torch_device,
                             micro_batch=case.layout.micro_batch)
+        memory.forget_peak()  # the built model counts, the float32 copy it was cast from does not
         if settings.compile:
             step.model = torch.compile(step.model)  # type: ignore[assignment]
 
@@ -229,6 +235,7 @@ class CudaBackend(Backend):
         meter = self._meter(nvml, handle, settings)
         with precision:
             timings = time_steps(step.step, device, steps=settings.steps, warmup=settings.warmup, meter=meter,
+                                 energy_window_s=settings.energy_window_s,
                                  keep="timed" if workload.mode == "train" else "none")
         reading = getattr(meter, "reading", None)
         peak_memory = memory.peak_bytes()
@@ -259,7 +266,8 @@ class CudaBackend(Backend):
             energy = Energy.modeled(max_w, summary.step_time_s)
             extra["energy_model"] = f"catalog max power {max_w:g} W x step time"
         if reading is not None:
-            extra.update(_reading_extra(reading, len(summary.step_times_s)))
+            extra.update(_reading_extra(reading, timings.energy_steps or len(summary.step_times_s)))
+            extra.update(energy_steps=timings.energy_steps, energy_window_s=round(timings.energy_window_s, 6))
         return measured_result(self, case, summary, hardware=hardware or gpu_name, peak_memory_bytes=peak_memory,
                                peak_flops_per_s=peak, breakdown=MeasuredSplit.one_device(summary), energy=energy,
                                extra=extra)

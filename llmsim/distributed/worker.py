@@ -50,6 +50,7 @@ def run_rank(spec: WorkerSpec, rank: int, device: MeasuredDevice) -> RankRecord:
     memory = device.memory()
     inject_fault(rank)
     step = RankStep(spec, device.torch_device)
+    memory.forget_peak()  # the built shard counts, the float32 copy it was cast from does not
     timings = time_steps(step.step, device, steps=spec.steps, warmup=spec.warmup, before_step=dist.barrier)
     peak_memory = memory.peak_bytes()  # before the profiled step: the profiler's own buffers are not the step's
     comm: dict[str, float] = {}

@@ -22,6 +22,11 @@ class PeakMemory(Protocol):
 
     def peak_bytes(self) -> float | None: ...
 
+    def forget_peak(self) -> None:
+        """Drop the peak so far, keep the start: a later `peak_bytes()` counts what is held now and what comes
+        after. Called once the model is built, so that a transient of building it (the float32 copy a
+        bfloat16 model is cast from: 2x its weights) is not reported as the step's memory."""
+
 
 def release_freed_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so that
@@ -57,6 +62,14 @@ class PeakRss:
                 return int(line.split()[1]) * 1024
         raise KeyError(field)
 
+    def forget_peak(self) -> None:
+        release_freed_memory()
+        if self.method == "vmhwm":
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass  # allowed at the start, refused now: the peak keeps the transient (rare; method says vmhwm)
+
     def peak(self) -> int:
         """The high-water mark itself (since the reset, or since the process started)."""
         if self.method == "vmhwm":
@@ -83,6 +96,10 @@ class CudaPeak:
     def peak_bytes(self) -> float:
         return float(max(torch.cuda.max_memory_allocated(self.device) - self.start, 0))
 
+    def forget_peak(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
 
 class XlaPeak:
     """What the XLA runtime reports (`xm.get_memory_info`: peak bytes, else bytes in use) when asked;
@@ -99,3 +116,6 @@ class XlaPeak:
             return float(info.get("peak_bytes_used") or info.get("bytes_used"))
         except Exception:  # noqa: BLE001 - the PJRT CPU client has no allocator stats
             return None
+
+    def forget_peak(self) -> None:
+        """Nothing to reset: the runtime's peak is its own (the xla backend reads it as a whole)."""

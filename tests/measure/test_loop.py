@@ -124,3 +124,26 @@ def test_a_meter_without_a_reading_leaves_the_energy_empty() -> None:
     meter = Meter(None)
     timings = time_steps(decode_step, TickDevice(), steps=2, warmup=0, meter=meter)
     assert timings.energy_j is None and timings.metered_energy(meter) is None
+
+
+def test_an_energy_window_runs_more_steps_under_the_meter_and_divides_by_them() -> None:
+    import time
+
+    def slow_step(mark: Any) -> int:
+        time.sleep(0.01)  # each step takes at least 10 ms, so a 50 ms window needs at least 5 steps
+        return 1
+
+    meter = Meter(12.0)
+    timings = time_steps(slow_step, TickDevice(), steps=2, warmup=0, meter=meter, energy_window_s=0.05,
+                         keep="timed")
+    assert len(timings.step_times_s) == 2 and timings.outputs == [1, 1]  # the window's steps are not timed
+    assert timings.energy_steps >= 5 and timings.energy_window_s >= 0.05
+    energy = timings.metered_energy(meter)
+    assert energy is not None and energy.j_per_step == pytest.approx(12.0 / timings.energy_steps)
+    assert meter.events == ["start", "stop"]
+
+
+def test_without_an_energy_window_only_the_timed_steps_are_metered() -> None:
+    timings = time_steps(decode_step, TickDevice(), steps=3, warmup=0, meter=Meter(12.0))
+    assert timings.energy_steps == 3
+    assert time_steps(decode_step, TickDevice(), steps=3, warmup=0).energy_steps == 0

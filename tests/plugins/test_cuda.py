@@ -133,6 +133,17 @@ def test_counter_reset_is_rejected_for_power_sampling() -> None:
     assert "counter reset" in reading.notes[0]
 
 
+def test_a_counter_that_did_not_advance_is_not_a_reading_of_zero_joules() -> None:
+    # Seen on an H200: three tiny steps (~3 ms) between two reads of the same counter value gave 0 J.
+    meter = _energy(FakeNvml(energy_mj=[5_000, 5_000], power_mw=[100_000, 200_000, 300_000]))
+    meter.start()
+    meter.sample()
+    reading = meter.stop()
+    assert reading.method == "power-sampling" and reading.counter_j is None
+    assert reading.joules == pytest.approx(400.0)
+    assert "did not advance" in reading.notes[0]
+
+
 def test_missing_counter_falls_back_to_power_sampling() -> None:
     fake = FakeNvml(energy_mj=[NVMLError_NotSupported()], power_mw=[50_000, 150_000, 250_000, 250_000])
     meter = _energy(fake, sampling=False)  # sampling starts anyway because the counter is missing
@@ -400,10 +411,16 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     fake = FakeNvml(energy_mj=[0, 30_000], power_mw=[100_000], name="NVIDIA H200")
     monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(fake))
 
-    r = CudaBackend(RunContext()).run(_case("train"), CudaSettings(steps=3, warmup=1, power_sampling=False))
+    # A 0.2 s energy window: untimed steps run under the meter after the 3 timed ones, and the counter's 30 J
+    # are divided by all of them.
+    r = CudaBackend(RunContext()).run(_case("train"), CudaSettings(steps=3, warmup=1, power_sampling=False,
+                                                                   energy_window_s=0.2))
     assert r.status == "ok", r.error
     assert r.hardware == "h200" and r.energy_source == "nvml"
-    assert r.extra["energy_method"] == "counter" and r.energy_j_per_step == pytest.approx(10.0)  # 30 J / 3 steps
+    steps = r.extra["energy_steps"]
+    assert steps > 3 and r.extra["energy_window_s"] >= 0.2
+    assert r.extra["energy_method"] == "counter" and r.energy_j_per_step == pytest.approx(30.0 / steps)
+    assert r.extra["energy_counter_j_per_step"] == pytest.approx(30.0 / steps)
     assert r.peak_memory_bytes_per_device == 50_000
     assert r.mfu == pytest.approx(r.model_flops_per_step / r.step_time_s / 66.9e12)  # float32 peak of h200
     assert len(json.loads(r.extra["losses"])) == 3 and r.other_time_s > 0
@@ -411,7 +428,7 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     fake_unknown = FakeNvml(energy_mj=[NVMLError_NotSupported()], power_mw=[NVMLError_NotSupported()],
                             name="NVIDIA GeForce RTX 4090")
     monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(fake_unknown))
-    r = CudaBackend(RunContext()).run(_case("decode"), CudaSettings(steps=2, warmup=0))
+    r = CudaBackend(RunContext()).run(_case("decode"), CudaSettings(steps=2, warmup=0, energy_window_s=0))
     assert r.status == "ok" and r.mfu is None and "RTX 4090" in r.extra["mfu_reason"]
     assert r.hardware == "NVIDIA GeForce RTX 4090" and r.energy_j_per_step is None and r.ttft_s > 0
 
@@ -447,7 +464,8 @@ def test_a_training_step_runs_batch_over_micro_batch_passes(micro_batch: int, pa
     monkeypatch.setattr(step_module, "WorkloadStep", on_cpu)
     monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(FakeNvml(energy_mj=[0, 1_000], power_mw=[1_000])))
     case = _case("train", micro_batch=micro_batch)  # the tiny scenario's batch is 2
-    r = CudaBackend(RunContext()).run(case, CudaSettings(steps=2, warmup=1, power_sampling=False))
+    r = CudaBackend(RunContext()).run(case, CudaSettings(steps=2, warmup=1, power_sampling=False,
+                                                         energy_window_s=0))
     assert r.status == "ok", r.error
     assert r.micro_batch == built[0].micro_batch == micro_batch
     assert len(forwards) == passes * 3  # warm-up + 2 timed steps
