@@ -104,6 +104,12 @@ DEFAULT_MATMUL_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 128))
 MMA_ROWS = 16
 
 
+# A fixed time per kernel, launch or hop above this is a unit slip (a millisecond or microsecond figure written as
+# seconds: `kernel_latency_s: 10`), not a device: the built-in entries' largest is a 165 us link hop, the largest
+# per-kernel figure 35 us (eager_launch_s). Priced, a slip gives 1,000-second steps in `ok` rows (trial 35).
+MAX_FIXED_TIME_S = 1e-2
+
+
 class Efficiency(BooleansAreNotNumbers):
     """Fractions of peak a device reaches: calibratable, and carried by a catalog entry if it has its own.
 
@@ -155,23 +161,24 @@ class Efficiency(BooleansAreNotNumbers):
     matmul_float8: float | None = Field(None, gt=0, le=1, description="large-GEMM fraction of the float8 "
                                         "peak (FP8 MAMF); None = the same fraction as `matmul`")
     sustained: float = Field(1.0, gt=0, le=1, description="share of the burst FLOP rate held under sustained load")
-    op_overhead_s: float = Field(0.0, ge=0, description="serial host cost per operator launch (eager CPU)")
-    kernel_latency_s: float = Field(0.0, ge=0, description="fixed time of each kernel of a pass on an "
+    op_overhead_s: float = Field(0.0, ge=0, le=MAX_FIXED_TIME_S,
+                                 description="serial host cost per operator launch (eager CPU)")
+    kernel_latency_s: float = Field(0.0, ge=0, le=MAX_FIXED_TIME_S, description="fixed time of each kernel of a pass on an "
                                     "accelerator, beyond its bytes and FLOPs (compute.KERNELS_PER_LAYER_*); "
                                     "where 0 and `kernel_latency_cycles` is set, the device's SM clock gives it")
     kernel_latency_cycles: float = Field(0.0, ge=0, description="the same fixed time counted in SM clock cycles "
                                          "(kernel_latency_s = cycles / the device's sm_clock_hz, "
                                          "kernel_latency_seconds); an explicit kernel_latency_s takes precedence")
     custom_all_reduce_one_shot_s: float | None = Field(
-        None, ge=0, description="fixed time of vLLM's one-shot custom all-reduce kernel as a CUDA graph runs it, "
+        None, ge=0, le=MAX_FIXED_TIME_S, description="fixed time of vLLM's one-shot custom all-reduce kernel as a CUDA graph runs it, "
                                 "beyond its flag latencies and bytes (collectives.custom_all_reduce_phases), "
                                 "measured on this device; None = no measurement: `kernel_latency_s`")
     custom_all_reduce_two_shot_s: float | None = Field(
-        None, ge=0, description="fixed time of vLLM's two-shot custom all-reduce kernel as a CUDA graph runs it, "
+        None, ge=0, le=MAX_FIXED_TIME_S, description="fixed time of vLLM's two-shot custom all-reduce kernel as a CUDA graph runs it, "
                                 "beyond its flag latencies, grid rounds and bytes (collectives."
                                 "custom_all_reduce_phases), measured on this device; None = `kernel_latency_s`")
     custom_all_reduce_two_shot_round_s: float | None = Field(
-        None, ge=0, description="seconds each grid-stride round of each of the two-shot kernel's two stages costs "
+        None, ge=0, le=MAX_FIXED_TIME_S, description="seconds each grid-stride round of each of the two-shot kernel's two stages costs "
                                 "beyond its bytes (collectives.custom_two_shot_rounds), measured on this device; "
                                 "None = no round term")
     matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
-from llmsim.costmodel.efficiency import Efficiency, kernel_latency_seconds
+from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S, Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.config import allowed_keys, allowed_range, describe_error, out_of_range
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
@@ -83,7 +83,7 @@ MIN_PEAK_FLOPS = 1e8              # FLOP/s: 100 MFLOP/s, under a single 2006 CPU
 MIN_MEMORY_BW_BYTES_PER_S = 1e8   # B/s: 100 MB/s, under a slow laptop's DRAM (llmsim calibrate's lower bound too)
 MIN_LINK_BYTES_PER_S = 1e6        # B/s: 1 MB/s, under 10 Mbit/s Ethernet
 MIN_CLOCK_HZ = 1e8                # Hz: 100 MHz, under any accelerator's boost clock (1830 is MHz written as Hz)
-MAX_LATENCY_S = 1e-2              # s: 10 ms, far above any link hop (built-in largest 165 us) or kernel launch (35 us)
+MAX_LATENCY_S = MAX_FIXED_TIME_S  # s: 10 ms, far above any link hop (built-in largest 165 us) or kernel launch (35 us)
 
 
 class DeviceSpec(BooleansAreNotNumbers):

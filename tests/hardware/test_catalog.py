@@ -215,6 +215,15 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, eager_launch_s: 34.9, source: my sheet}\n",
      "entries[0].eager_launch_s", "34.9: out of range; allowed: >= 0 and <= 0.01"),
+    # ... and the same slips in the efficiency block (trial 35): a kernel's fixed time, the custom all-reduce's
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, efficiency: {kernel_latency_s: 10}, "
+     "source: my sheet}\n",
+     "entries[0].efficiency.kernel_latency_s", "10: out of range; allowed: >= 0 and <= 0.01"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "efficiency: {custom_all_reduce_two_shot_round_s: 1.86}, source: my sheet}\n",
+     "entries[0].efficiency.custom_all_reduce_two_shot_round_s", "1.86: out of range; allowed: >= 0 and <= 0.01"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 10, source: my datasheet}\n",
      "entries[0].max_power_w", "10 W is below idle_power_w (100 W); allowed: >= idle_power_w"),
