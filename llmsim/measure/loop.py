@@ -54,7 +54,8 @@ class Timings:
 
 def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int, warmup: int,
                before_step: Callable[[], None] | None = None, after_warmup: Callable[[], None] | None = None,
-               meter: EnergyMeter | None = None, energy_window_s: float = 0.0, keep: Keep = "none") -> Timings:
+               meter: EnergyMeter | None = None, energy_window_s: float = 0.0, keep: Keep = "none",
+               clock: Callable[[], float] = time.perf_counter) -> Timings:
     """Warm up, then time `steps` calls of `run(mark)` on `device`'s clock.
 
     `before_step`: called before each timed step, outside the clock (a distributed rank's barrier).
@@ -63,9 +64,10 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
     `energy_window_s`: the least wall time the meter runs; after the timed steps, more steps run under it
     (their outputs and times dropped) until that much has passed since the meter started.
     A meter whose `stop` raises RuntimeError (it got no reading) leaves `energy_j` None.
+    `clock`: the host clock of the warm-up's duration and the energy window (tests pass a fake one).
     """
     outputs: list[Any] = []
-    started = time.perf_counter()
+    started = clock()
     for _ in range(warmup):
         interrupt.check()  # a Ctrl-C whose KeyboardInterrupt a library lost stops here (llmsim.interrupt)
         # Marks stamp the device's clock during warm-up too (stamps dropped): a warm-up step must run exactly
@@ -74,13 +76,13 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
         if keep == "all":
             outputs.append(out)
         device.wait()
-    warmup_s = time.perf_counter() - started
+    warmup_s = clock() - started
     if after_warmup is not None:
         after_warmup()
 
     stamps: list[tuple[Any, Any, dict[str, Any]]] = []
     device.wait()
-    metered_from = time.perf_counter()
+    metered_from = clock()
     if meter is not None:
         meter.start()
     for _ in range(steps):
@@ -99,7 +101,7 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
     energy_j, energy_steps, metered_s = None, 0, 0.0
     if meter is not None:
         energy_steps = steps
-        while time.perf_counter() - metered_from < energy_window_s:
+        while clock() - metered_from < energy_window_s:
             interrupt.check()
             if before_step is not None:
                 before_step()
@@ -107,7 +109,7 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
             run(lambda _label: device.now())  # as a warm-up step: the same work, stamps dropped
             energy_steps += 1
         device.wait()
-        metered_s = time.perf_counter() - metered_from
+        metered_s = clock() - metered_from
         try:
             energy_j = meter.stop()
         except RuntimeError:  # no reading for this span (e.g. NVML with neither counter nor power)

@@ -127,19 +127,18 @@ def test_a_meter_without_a_reading_leaves_the_energy_empty() -> None:
 
 
 def test_an_energy_window_runs_more_steps_under_the_meter_and_divides_by_them() -> None:
-    import time
-
-    def slow_step(mark: Any) -> int:
-        time.sleep(0.01)  # each step takes at least 10 ms, so a 50 ms window needs at least 5 steps
-        return 1
+    ticks = iter(range(1000))
+    clock = lambda: next(ticks) * 0.01  # noqa: E731 - a host clock 10 ms further on at each reading
 
     meter = Meter(12.0)
-    timings = time_steps(slow_step, TickDevice(), steps=2, warmup=0, meter=meter, energy_window_s=0.05,
-                         keep="timed")
+    timings = time_steps(lambda mark: 1, TickDevice(), steps=2, warmup=0, meter=meter, energy_window_s=0.05,
+                         keep="timed", clock=clock)
+    # readings: warm-up start/end (ticks 0, 1), the meter's start (2), then one per check of the window: 3, 4, 5
+    # and 6 are under 0.05 s after it and run a step each, 7 is not; tick 8 ends the window: 0.06 s metered.
     assert len(timings.step_times_s) == 2 and timings.outputs == [1, 1]  # the window's steps are not timed
-    assert timings.energy_steps >= 5 and timings.energy_window_s >= 0.05
+    assert timings.energy_steps == 2 + 4 and timings.energy_window_s == pytest.approx(0.06)
     energy = timings.metered_energy(meter)
-    assert energy is not None and energy.j_per_step == pytest.approx(12.0 / timings.energy_steps)
+    assert energy is not None and energy.j_per_step == pytest.approx(12.0 / 6)
     assert meter.events == ["start", "stop"]
 
 

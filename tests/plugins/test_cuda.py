@@ -411,14 +411,14 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     fake = FakeNvml(energy_mj=[0, 30_000], power_mw=[100_000], name="NVIDIA H200")
     monkeypatch.setattr(cuda_plugin, "nvml_factory", lambda: Nvml(fake))
 
-    # A 0.2 s energy window: untimed steps run under the meter after the 3 timed ones, and the counter's 30 J
-    # are divided by all of them.
+    # A 0.2 s energy window: untimed steps run under the meter after the 3 timed ones until 0.2 s have passed
+    # (none where the timed ones took that long: a loaded host), and the counter's 30 J are divided by all of them.
     r = CudaBackend(RunContext()).run(_case("train"), CudaSettings(steps=3, warmup=1, power_sampling=False,
                                                                    energy_window_s=0.2))
     assert r.status == "ok", r.error
     assert r.hardware == "h200" and r.energy_source == "nvml"
     steps = r.extra["energy_steps"]
-    assert steps > 3 and r.extra["energy_window_s"] >= 0.2
+    assert steps >= 3 and r.extra["energy_window_s"] >= 0.2
     assert r.extra["energy_method"] == "counter" and r.energy_j_per_step == pytest.approx(30.0 / steps)
     assert r.extra["energy_counter_j_per_step"] == pytest.approx(30.0 / steps)
     assert r.peak_memory_bytes_per_device == 50_000
