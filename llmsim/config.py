@@ -25,7 +25,7 @@ from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel
 from llmsim.userinput import override_path, parse_yaml, read_yaml
-from llmsim.wording import count, literal_choices, literal_error, number_error, shown_value
+from llmsim.wording import count, literal_choices, literal_error, number_error, shown_number, shown_value
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -1222,7 +1222,7 @@ def _bounds_in(metadata: Any) -> list[str]:
     for item in metadata:
         named = _BOUNDS.get(type(item).__name__)
         if named is not None:
-            found.append(f"{named[1]} {getattr(item, named[0])}")
+            found.append(f"{named[1]} {shown_number(getattr(item, named[0]))}")  # 1e+06, not 1000000.0
         found += _bounds_in(getattr(item, "metadata", ()))
     return found
 

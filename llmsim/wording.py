@@ -66,7 +66,7 @@ _BOUND_ERRORS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">=")
                  "less_than_equal": ("le", "<=")}
 
 
-def _number(value: object) -> str:
+def shown_number(value: object) -> str:
     """A number as a bound error shows it: -5e+12 and 0, not -5000000000000.0 and 0.0."""
     return f"{value:g}" if isinstance(value, float) else shown_value(value)
 
@@ -79,12 +79,12 @@ def bound_error(err: dict[str, Any]) -> str | None:
     ctx = err.get("ctx") or {}
     if bound is None or bound[0] not in ctx:
         return None
-    return f"{_number(err.get('input'))}: out of range; allowed: {bound[1]} {_number(ctx[bound[0]])}"
+    return f"{shown_number(err.get('input'))}: out of range; allowed: {bound[1]} {shown_number(ctx[bound[0]])}"
 
 
 def number_error(err: dict[str, Any]) -> str | None:
     """A number a key cannot take, in llmsim's words: a non-finite one (`nan: expected a finite number`; YAML's .nan
     / .inf) or one past a bound (bound_error); None for any other error."""
     if err.get("type") == "finite_number":
-        return f"{_number(err.get('input'))}: expected a finite number"
+        return f"{shown_number(err.get('input'))}: expected a finite number"
     return bound_error(err)

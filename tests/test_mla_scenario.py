@@ -25,7 +25,8 @@ def _run(path: Path, tmp_path: Path, overrides: list[str] | None = None) -> list
     return read_rows(outcome.run_dir)
 
 
-@pytest.mark.parametrize("mode", ["train", "decode"])
+# decode is slow (~11 s on 2 cores: a dp2 launch); tests/workload/test_mla.py decodes the same model in-process
+@pytest.mark.parametrize("mode", ["train", pytest.param("decode", marks=pytest.mark.slow)])
 def test_a_tiny_mla_model_trains_and_decodes_on_the_cpu(mode: str, tmp_path: Path) -> None:
     rows = _run(REPO / "scenarios" / "mla-cpu.yaml", tmp_path, [f"workload.mode={mode}"])
     assert [r["status"] for r in rows] == ["ok", "ok"], [(r["case"], r["error"]) for r in rows]

@@ -262,6 +262,7 @@ SMALL = {"layers": 4, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn_hidden": 76
          "activation": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False}
 
 
+@pytest.mark.slow  # ~17 s: two runs and a fit of its own; the `fitted` fixture's tests keep the quick run's fit
 def test_the_attention_efficiency_is_fitted_not_kept_from_the_base(tmp_path: Path) -> None:
     """A base whose attention is 18x too slow for the engine: keeping it (the fit before) left every TTFT off
     whatever the other three parameters; fitted, the medians match and the attention comes back."""
