@@ -31,6 +31,11 @@ class EngineOptions(StrictModel):
                                                  "layer, no 16-bit copy, no separate master (JAX/Flax, MaxText): "
                                                  "16 B per parameter with Adam; gradients reduced in the workload "
                                                  "dtype (costmodel.plan.Options)")
+    master_weights: bool = Field(True, description="training in a 16-bit dtype: an fp32 master copy and fp32 Adam m "
+                                                   "and v (mixed precision, 12 B per parameter); false: neither, m "
+                                                   "and v in the workload dtype (torch AdamW on a model cast to "
+                                                   "bf16, as the measured cpu and cuda backends run: 4 B) "
+                                                   "(costmodel.plan.Options)")
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "
                                                    "GPU and CPU eager)")
@@ -48,8 +53,8 @@ class EngineOptions(StrictModel):
         return engine_options(self)
 
 
-OPTION_KEYS = ("attention", "main_grads_fp32", "grad_accumulation_fusion", "params_fp32", "compile", "sampler",
-               "all_reduce")
+OPTION_KEYS = ("attention", "main_grads_fp32", "grad_accumulation_fusion", "params_fp32", "master_weights", "compile",
+               "sampler", "all_reduce")
 
 
 def engine_options(settings: object) -> Options:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 ADAM_STATE_BYTES_MIXED = 12   # fp32 master + m + v (ZeRO paper, "K = 12")
 ADAM_STATE_BYTES_FP32 = 8     # m + v; the fp32 parameters are the master copy
+ADAM_MOMENTS = 2              # m and v, each one element per parameter (Options.master_weights False: 16-bit)
 FP32_BYTES = 4
 
 
@@ -625,6 +626,8 @@ def stage_memory_terms(workload: "Workload", profile: "WorkloadProfile", sharing
                                                    precision.any_layout(device), frozen=sharing.lora is not None)
     grad_elem = FP32_BYTES if options.main_grads_fp32 else elem
     state = ADAM_STATE_BYTES_MIXED if elem < FP32_BYTES else ADAM_STATE_BYTES_FP32
+    if elem < FP32_BYTES and not options.master_weights:  # no fp32 master; m and v in the workload dtype
+        state = ADAM_MOMENTS * elem
     param_elem = elem
     if train and options.params_fp32:  # fp32 parameters are their own master: Options.params_fp32
         param_elem, grad_elem, state = FP32_BYTES, FP32_BYTES, ADAM_STATE_BYTES_FP32

@@ -183,6 +183,12 @@ class Options:
       produce is in the workload dtype (the cast's transpose, jax convert_element_type, brings it to fp32
       only after the data-parallel reduction), so gradient reductions move 16-bit bytes and ZeRO-3's
       in-flight unit gradient is 16-bit; the ZeRO-3 all-gather moves the 16-bit cast. Training only.
+    master_weights: training in a 16-bit dtype keeps an fp32 master copy of the parameters and fp32 Adam m and v
+      (the mixed-precision recipe: ZeRO's K = 12 bytes, Megatron-LM, DeepSpeed, apex). False = none of it: the
+      16-bit parameters are updated in place and Adam's m and v are in the workload dtype, as torch.optim.AdamW
+      keeps them for a model cast to bfloat16 (`_init_group`: `torch.zeros_like(p)`), which is what llmsim's
+      measured cpu and cuda backends run by default (`precision: model cast`): 2 + 2 + 4 = 8 B per parameter.
+      Ignored with params_fp32 (fp32 parameters are their own master) and for an fp32 workload.
     p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
       over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
     all_reduce: the library of an inference pass's tensor-parallel all-reduces (decode, prefill, serving
@@ -211,6 +217,7 @@ class Options:
     grad_accumulation_fusion: bool = False
     compile: bool | None = None
     params_fp32: bool = False
+    master_weights: bool = True
     p2p_scatter_gather: bool = True
     all_reduce: AllReduceAlgorithm = "nccl"
     sampler: Sampler = "none"

@@ -49,7 +49,7 @@ from llmsim.costmodel.cluster import (ClusterSpec, Group, collective_phases, nei
 from llmsim.costmodel.collectives import AllReduceAlgorithm, Fabric, Op, Phases, phases_time, repeat
 from llmsim.costmodel.compute import (CostModelError, PhaseTimes, Rates, workload_rates, layer_gemm_shares,
                                       op_sac_recomputed_share, phase_times, phase_times_of, runs_compiled)
-from llmsim.costmodel.memory import FP32_BYTES, stage_param_counts, tp_block_params
+from llmsim.costmodel.memory import ADAM_MOMENTS, FP32_BYTES, stage_param_counts, tp_block_params
 from llmsim.costmodel import moe, precision, sampling
 from llmsim.costmodel.arrays import Num, pick
 from llmsim.costmodel.plan import DTYPE_BYTES, FUSED_ATTENTION, Options, Plan
@@ -329,6 +329,9 @@ def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, 
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
     elem = DTYPE_BYTES[dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 or options.params_fp32 else elem
+    if elem < FP32_BYTES and not options.master_weights and not options.params_fp32:
+        # no master (Options.master_weights): read and write the 16-bit parameter, m and v; read the gradient
+        return rates.memory_time(trainable / shard * (2 * (1 + ADAM_MOMENTS) * elem + grad_elem))
     # a 16-bit copy of the updated weights, unless the fp32 parameters are the only copy (params_fp32)
     per_param = ADAM_STATE_RW_BYTES + grad_elem + (elem if elem < FP32_BYTES and not options.params_fp32 else 0)
     return rates.memory_time(trainable / shard * per_param)

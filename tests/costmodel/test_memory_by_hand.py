@@ -157,6 +157,26 @@ def test_fp32_parameters_are_their_own_master() -> None:
     assert inference.params == pytest.approx(total * 2, rel=1e-12)  # training only: a served model is 16-bit
 
 
+def test_without_master_weights_a_16_bit_adam_keeps_its_moments_in_the_workload_dtype() -> None:
+    """Options.master_weights False (torch AdamW on a model cast to bf16, the measured backends' default): 2 B of
+    parameters, 2 B of gradients, 2 x 2 B of m and v per parameter, no fp32 master: 8 B against mixed precision's
+    2 + 2 + 12 = 16. ZeRO-1 shards the moments as it shards the mixed state. fp32 parameters (params_fp32, or an
+    fp32 workload) are their own master either way."""
+    w, p = _workload(), _profile()
+    total = LAYER_PARAMS + EMBED
+    plan = Plan(dp=4, micro_batch=2, microbatches=2)
+    none = memory_breakdown(w, p, TIED, plan, Options(master_weights=False))
+    mixed = memory_breakdown(w, p, TIED, plan, Options())
+    assert (none.params, none.grads, none.optimizer) == pytest.approx((total * 2, total * 2, total * 4), rel=1e-12)
+    assert mixed.optimizer == pytest.approx(total * 12, rel=1e-12)
+    z1 = memory_breakdown(w, p, TIED, Plan(dp=4, micro_batch=2, microbatches=2, zero=1), Options(master_weights=False))
+    assert z1.optimizer == pytest.approx(total * 4 / 4, rel=1e-12)
+    own = memory_breakdown(w, p, TIED, plan, Options(params_fp32=True, master_weights=False))
+    assert own.optimizer == pytest.approx(total * 8, rel=1e-12)
+    fp32 = memory_breakdown(_workload(dtype="float32"), p, TIED, plan, Options(master_weights=False))
+    assert fp32.optimizer == pytest.approx(total * 8, rel=1e-12)
+
+
 def test_activations_from_the_inventory() -> None:
     """Per layer and micro-batch: `sequence` tensors whole on every rank without sp, the rest over tp; sp
     splits everything; cp splits the sequence; the kernel adds its own (module constants above)."""

@@ -32,3 +32,15 @@ def test_the_optimizer_reads_an_fp32_gradient_and_writes_no_16_bit_copy() -> Non
     own = optimizer_step_time(rates, n, 1, "bfloat16", Options(params_fp32=True))
     assert mixed == pytest.approx(rates.memory_time(n * (ADAM_STATE_RW_BYTES + 4 + 2)), rel=1e-12)
     assert own == pytest.approx(rates.memory_time(n * (ADAM_STATE_RW_BYTES + 4)), rel=1e-12)
+
+
+def test_without_master_weights_adam_reads_and_writes_16_bit_parameters_and_moments() -> None:
+    """Options.master_weights False: one pass reading and writing the 16-bit parameter, m and v and reading the
+    gradient, 2 x 3 x 2 + 2 = 14 B per parameter against the fused mixed-precision kernel's 24 + 2 + 2."""
+    rates = device_rates(a100_cluster(), "bfloat16")
+    n = 1e9
+    none = optimizer_step_time(rates, n, 1, "bfloat16", Options(master_weights=False))
+    assert none == pytest.approx(rates.memory_time(n * 14), rel=1e-12)
+    assert optimizer_step_time(rates, n, 4, "bfloat16", Options(master_weights=False)) == pytest.approx(none / 4)
+    fp32 = optimizer_step_time(rates, n, 1, "float32", Options(master_weights=False))
+    assert fp32 == optimizer_step_time(rates, n, 1, "float32", Options())   # fp32 is its own master
