@@ -23,9 +23,9 @@ from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, length_bounds
 from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
-from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel
+from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel, field_range
 from llmsim.userinput import override_path, parse_yaml, read_yaml
-from llmsim.wording import count, literal_choices, literal_error, number_error, shown_number, shown_value
+from llmsim.wording import count, literal_choices, literal_error, number_error, shown_value
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -1212,21 +1212,6 @@ def allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
 
 
 # annotated_types' bound classes (what pydantic's Field(gt=..., le=...) stores) and how a message writes them
-_BOUNDS = {"Gt": ("gt", ">"), "Ge": ("ge", ">="), "Lt": ("lt", "<"), "Le": ("le", "<=")}
-
-
-def _bounds_in(metadata: Any) -> list[str]:
-    """'> 0', '<= 1' for each bound in a field's metadata, and in the metadata of the types it annotates (a
-    list's or a union's `Annotated[float, Field(gt=0)]` items)."""
-    found: list[str] = []
-    for item in metadata:
-        named = _BOUNDS.get(type(item).__name__)
-        if named is not None:
-            found.append(f"{named[1]} {shown_number(getattr(item, named[0]))}")  # 1e+06, not 1000000.0
-        found += _bounds_in(getattr(item, "metadata", ()))
-    return found
-
-
 def allowed_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """'; allowed: > 0 and <= 1' for a number out of its field's bounds: pydantic's message names only the
     bound that was broken ('Input should be greater than 0'), this names them all. '' where the field or its
@@ -1235,18 +1220,7 @@ def allowed_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         loc = loc[:-1]
     parent = _model_at(model, tuple(loc[:-1]))
     field = getattr(parent, "model_fields", {}).get(loc[-1]) if loc else None
-    if field is None:
-        return ""
-    bounds = _bounds_in(field.metadata)
-    pending = list(getattr(field.annotation, "__args__", ()))
-    # a union's or a list's members, to any depth (list[NonNegativeInt] | None), beside the field's own bounds
-    # (`PositiveFloat | None = Field(le=10)`: > 0 from the member, <= 10 from the field)
-    while pending:
-        arg = pending.pop(0)
-        bounds += _bounds_in(getattr(arg, "__metadata__", ()))
-        pending += [a for a in getattr(arg, "__args__", ()) if not hasattr(arg, "__metadata__")]
-    bounds = sorted(dict.fromkeys(bounds), key=lambda b: not b.startswith(">"))  # the lower bound first
-    return f"; allowed: {' and '.join(bounds)}" if bounds else ""
+    return field_range(field) if field is not None else ""
 
 
 def out_of_range(model: type[BaseModel], err: dict[str, Any], loc: tuple[Any, ...]) -> str:

@@ -10,8 +10,10 @@ import typing
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
 
 from llmsim.errors import KeyedValueError
+from llmsim.wording import shown_number
 
 # A seed every consumer of it takes: torch.manual_seed refuses 2**64 and above ("Overflow when unpacking long
 # long", which failed the cpu backend's cases of a scenario that validated), numpy's Generator a negative one.
@@ -32,6 +34,37 @@ def whole_number(value: Any) -> Any:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     return value
+
+
+_BOUNDS = {"Gt": ("gt", ">"), "Ge": ("ge", ">="), "Lt": ("lt", "<"), "Le": ("le", "<=")}
+
+
+def _bounds_in(metadata: Any) -> list[str]:
+    """'> 0', '<= 1' for each bound in a field's metadata, and in the metadata of the types it annotates (a
+    list's or a union's `Annotated[float, Field(gt=0)]` items)."""
+    found: list[str] = []
+    for item in metadata:
+        named = _BOUNDS.get(type(item).__name__)
+        if named is not None:
+            found.append(f"{named[1]} {shown_number(getattr(item, named[0]))}")  # 1e+06, not 1000000.0
+        found += _bounds_in(getattr(item, "metadata", ()))
+    return found
+
+
+def field_range(field: FieldInfo) -> str:
+    """'; allowed: > 0 and <= 1' for a field's bounds ('' where it has none): pydantic's message names only the
+    bound that was broken ('Input should be greater than 0'), this names them all, and so do the messages for a
+    boolean or a quoted number given to it."""
+    bounds = _bounds_in(field.metadata)
+    pending = list(getattr(field.annotation, "__args__", ()))
+    # a union's or a list's members, to any depth (list[NonNegativeInt] | None), beside the field's own bounds
+    # (`PositiveFloat | None = Field(le=10)`: > 0 from the member, <= 10 from the field)
+    while pending:
+        arg = pending.pop(0)
+        bounds += _bounds_in(getattr(arg, "__metadata__", ()))
+        pending += [a for a in getattr(arg, "__args__", ()) if not hasattr(arg, "__metadata__")]
+    bounds = sorted(dict.fromkeys(bounds), key=lambda b: not b.startswith(">"))  # the lower bound first
+    return f"; allowed: {' and '.join(bounds)}" if bounds else ""
 
 
 def _accepts_bool(annotation: Any) -> bool:
@@ -59,7 +92,7 @@ def boolean_for_a_number(model: type[BaseModel], data: Any) -> None:
             continue
         if isinstance(value, bool) and not _accepts_bool(field.annotation):
             raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
-                                        f"(YAML reads true/false/yes/no/on/off as booleans)")
+                                        f"(YAML reads true/false/yes/no/on/off as booleans){field_range(field)}")
         args = typing.get_args(field.annotation)
         if isinstance(value, dict) and typing.get_origin(field.annotation) is dict and not _accepts_bool(args[1]):
             for key, item in value.items():
@@ -68,13 +101,41 @@ def boolean_for_a_number(model: type[BaseModel], data: Any) -> None:
                                                            f"(YAML reads true/false/yes/no/on/off as booleans)")
 
 
+def text_for_a_number(model: type[BaseModel], data: Any) -> None:
+    """Raise KeyedValueError where `data` (a model's raw input) gives text to a key of `model` that takes only
+    numbers, or to a value of a mapping of numbers (`peak_flops: {bfloat16: '1.2e15'}`): pydantic's lax mode reads
+    the text "4" as 4, so a quoted number (usually a templating slip) would pass, and skip no bound."""
+    if not isinstance(data, dict):
+        return
+    for name, value in data.items():
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if field is None:
+            continue
+        if isinstance(value, str) and _only_numeric(field.annotation):
+            raise KeyedValueError(name, _text_message(value) + field_range(field))
+        args = typing.get_args(field.annotation)
+        if isinstance(value, dict) and typing.get_origin(field.annotation) is dict and len(args) == 2 \
+                and _only_numeric(args[1]):
+            for key, item in value.items():
+                if isinstance(item, str):
+                    raise KeyedValueError(f"{name}.{key}", _text_message(item))
+
+
+def _text_message(value: str) -> str:
+    """`'4' is text, not a number (write it without quotes)`; without the hint for text that is no number."""
+    return f"{value!r} is text, not a number" + (" (write it without quotes)" if _numeric_text(value) else "")
+
+
 class BooleansAreNotNumbers(BaseModel):
-    """A file model (a hardware catalog entry) whose numbers refuse a YAML boolean (`boolean_for_a_number`)."""
+    """A file model (a hardware catalog entry) whose numbers refuse a YAML boolean (`boolean_for_a_number`) and
+    quoted text (`text_for_a_number`), as a scenario's do: a quoted '3.8' passed every bound of a catalog entry
+    before (trial 36), since pydantic's lax mode reads it as 3.8 after the range check had nothing to say."""
 
     @model_validator(mode="before")
     @classmethod
     def _no_boolean_for_a_number(cls, data: Any) -> Any:
         boolean_for_a_number(cls, data)
+        text_for_a_number(cls, data)
         return data
 
 
@@ -106,8 +167,7 @@ class StrictModel(BaseModel):
                     raise KeyedValueError(name, "null is not a boolean (allowed: true, false)")
                 if isinstance(value, str) and field is not None and _only_numeric(field.annotation):
                     # pydantic's lax mode reads the text "4" as 4: a quoted number is usually a templating slip
-                    raise KeyedValueError(name, f"{value!r} is text, not a number"
-                                                + (" (write it without quotes)" if _numeric_text(value) else ""))
+                    raise KeyedValueError(name, _text_message(value) + field_range(field))
         return data
 
 

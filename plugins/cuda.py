@@ -38,6 +38,9 @@ from llmsim.workload.profile import profile_workload
 from llmsim.strict import StrictModel
 
 NO_CUDA = "no GPU: no CUDA device (torch.cuda.is_available() is False)"
+# The energy window's ceiling: the wall-clock limit of a case (timeout_s's default). Beyond it the window is a unit
+# slip (2000 meant as milliseconds would run untimed steps for 33 minutes), not a measurement.
+MAX_ENERGY_WINDOW_S = 600.0
 
 # Replaced by tests to inject a fake NVML module (recorded sequences, error classes).
 nvml_factory: Callable[[], Nvml] = Nvml
@@ -59,11 +62,11 @@ class CudaSettings(StrictModel):
                                  json_schema_extra=CATALOG_DEVICE)
     power_sampling: bool = Field(True, description="also integrate sampled power next to the energy counter")
     sample_interval_s: float = Field(0.02, gt=0, description="power sampling period")
-    energy_window_s: float = Field(2.0, ge=0, description=(
+    energy_window_s: float = Field(2.0, ge=0, le=MAX_ENERGY_WINDOW_S, description=(
         "least seconds the energy meter runs: after the timed steps, untimed steps run under it until this "
         "much has passed. NVML updates its energy counter about every 100 ms (ML.ENERGY, \"Thermally Stable "
-        "Profiling for Accurate GPU Energy Measurement\"), so 2 s bounds that step at about 5%; 0: the timed "
-        "steps alone"))
+        "Profiling for Accurate GPU Energy Measurement\"), so over 2 s one missed update is about 5% of the "
+        "reading; 0: the timed steps alone; at most 600 (a case's own limit: a larger value is a unit slip)"))
     timeout_s: float = Field(600.0, gt=0, description="several processes: wall-clock limit of one case")
     profile_comm: bool = Field(True, description="several processes: one extra profiled step")
 
@@ -267,7 +270,7 @@ class CudaBackend(Backend):
             extra["energy_model"] = f"catalog max power {max_w:g} W x step time"
         if reading is not None:
             extra.update(_reading_extra(reading, timings.energy_steps or len(summary.step_times_s)))
-            extra.update(energy_steps=timings.energy_steps, energy_window_s=round(timings.energy_window_s, 6))
+            extra.update(energy_steps=timings.energy_steps, energy_metered_s=round(timings.energy_metered_s, 6))
         return measured_result(self, case, summary, hardware=hardware or gpu_name, peak_memory_bytes=peak_memory,
                                peak_flops_per_s=peak, breakdown=MeasuredSplit.one_device(summary), energy=energy,
                                extra=extra)

@@ -27,25 +27,42 @@ import time
 import torch
 
 from llmsim.config import SharingChoice, load_scenario
+from llmsim.errors import ScenarioError
 from llmsim.workload.step import WorkloadStep
 
 DEFAULT_SETS = ["workload.mode=decode", "workload.batch=16", "workload.model.seq_len=512"]
-WARMUP_TOKENS = 100  # on the H200 host, 10 left the launches 4x slower than the backend's warmed steps
+WARMUP_TOKENS = 100  # decode tokens before the timed windows (10 and 100 gave the same, docs/accelerators.md)
 WINDOWS = 3  # timed windows of --tokens tokens each; the median is reported, all three are printed
+
+
+def _positive(text: str) -> int:
+    """--tokens: a whole number >= 1 (argparse's own one-line error, exit 2, otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: allowed: >= 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", nargs="?", default="scenarios/gpu-model-check.yaml")
     parser.add_argument("--set", action="append", default=None, dest="sets", metavar="KEY=VALUE")
-    parser.add_argument("--tokens", type=int, default=16, help="decode tokens timed and profiled")
+    parser.add_argument("--tokens", type=_positive, default=16, help="decode tokens timed and profiled (>= 1)")
     args = parser.parse_args(argv)
+    sets = args.sets if args.sets is not None else DEFAULT_SETS
+    tokens = WARMUP_TOKENS + (WINDOWS + 1) * args.tokens + 1  # warm-up, the timed windows, the profiled one
+    try:  # the scenario first: a bad file or --set is one line, with or without a GPU
+        scenario = load_scenario(args.scenario, sets + [f"workload.decode_tokens={tokens}"])
+    except ScenarioError as exc:
+        print(f"gpu_decode_launches: {exc}", file=sys.stderr)
+        return 2
+    if scenario.workload.mode != "decode":
+        print(f"gpu_decode_launches: {args.scenario}: workload.mode is {scenario.workload.mode!r}; allowed: decode "
+              f"(--set workload.mode=decode)", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("gpu_decode_launches: no CUDA device", file=sys.stderr)
         return 1
-    sets = args.sets if args.sets is not None else DEFAULT_SETS
-    tokens = WARMUP_TOKENS + (WINDOWS + 1) * args.tokens + 1  # warm-up, the timed windows, the profiled one
-    scenario = load_scenario(args.scenario, sets + [f"workload.decode_tokens={tokens}"])
     workload = scenario.workload
     step = WorkloadStep(workload, SharingChoice.resolve(scenario.sharing, workload.model), seed=scenario.seed,
                         device="cuda")

@@ -600,6 +600,19 @@ def test_text_for_a_nested_backend_number_names_its_range(capsys, value: str, sa
     assert err == f"{path}: backends.cluster.straggler.rank: 'x': expected a whole number; allowed: >= 0"
 
 
+@pytest.mark.parametrize("value, said", [
+    ("true", "true is a boolean, not a value of this key (YAML reads true/false/yes/no/on/off as booleans); "
+             "allowed: >= 0 and <= 600"),
+    ("'2'", "'2' is text, not a number (write it without quotes); allowed: >= 0 and <= 600"),
+    ("2000", "2000: out of range; allowed: >= 0 and <= 600")])
+def test_a_boolean_or_quoted_number_names_the_range_of_the_key(capsys, value: str, said: str) -> None:  # noqa: ANN001
+    """Trial 36: `energy_window_s: true` or `'2'` said what was wrong but not what the key takes, unlike `abc`; and
+    a window of 2000 (milliseconds meant) would have run untimed steps for 33 minutes."""
+    path = REPO / "scenarios" / "gpu-model-check.yaml"
+    err = one_line_error(capsys, ["validate", str(path), "--set", f"backends.cuda.energy_window_s={value}"])
+    assert err == f"{path}: backends.cuda.energy_window_s: {said}"
+
+
 @pytest.mark.parametrize("kernel, said", [("math", "math has no FP8 path"),
                                           ("flash", "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has "
                                                     "no FP8 path)"), ("cudnn", None)])

@@ -30,13 +30,15 @@ from typing import Any
 from llmsim.calibrate.optimiser import fit
 from llmsim.calibrate.observations import CalibrationError, Observation, read_observations, without_busy
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan, step_time
+from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S
 from llmsim.hardware import MIN_MEMORY_BW_BYTES_PER_S, Catalog, DeviceSpec, load_catalog
 from llmsim.workload.profile import profile_workload
 from llmsim.wording import count
 
 EFFICIENCY_BOUNDS = (1e-3, 1.0)
 MEMORY_BW_BOUNDS = (MIN_MEMORY_BW_BYTES_PER_S, 1e13)  # bytes/s: from a slow laptop to beyond any HBM
-OVERHEAD_BOUNDS = (1e-7, 1e-2)        # seconds per operator: from a C++ loop to a very slow Python host
+OVERHEAD_BOUNDS = (1e-7, MAX_FIXED_TIME_S)  # s per operator: from a C++ loop to a very slow Python host (the
+                                            # catalog's own ceiling for op_overhead_s, so a fit always loads)
 INITIAL_MEMORY_BW = 20e9              # bytes/s, a DDR4/DDR5 socket's order of magnitude: the fit's start
 INITIAL_OVERHEAD_S = 1e-5             # eager PyTorch dispatch is of the order of 10 us per operator
 BOUNDS = (EFFICIENCY_BOUNDS, EFFICIENCY_BOUNDS, MEMORY_BW_BOUNDS, OVERHEAD_BOUNDS)  # in theta's order
@@ -156,7 +158,8 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
     if probed:
         small, large, overhead = probed
         bounds[2] = (min(small, large), max(small, large))
-        bounds[3] = (overhead, max(OVERHEAD_BOUNDS[1], overhead))
+        overhead = min(overhead, OVERHEAD_BOUNDS[1])  # a probe past the ceiling (a very loaded host) is held at it
+        bounds[3] = (overhead, OVERHEAD_BOUNDS[1])
         start[2] = math.sqrt(small * large)
         start[3] = max(start[3], overhead)
 

@@ -52,6 +52,7 @@ from llmsim.calibrate.observations import CalibrationError
 from llmsim.calibrate.optimiser import least_squares, polish
 from llmsim.config import Scenario, parse_scenario
 from llmsim.costmodel import ClusterSpec, CostModelError, Efficiency, Options, Plan
+from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S
 from llmsim.costmodel.window import KVLayout
 from llmsim.costmodel.iteration import (IterationModel, Mix, iteration_times, kv_bytes_per_token, kv_capacity,
                                        token_costs)
@@ -68,7 +69,7 @@ from llmsim.wording import count
 
 # seconds per kernel of a pass: from a fused GPU kernel's launch (~2 us, CUDA's launch latency) to a slow
 # eager host dispatching operators one by one (10 ms)
-KERNEL_LATENCY_BOUNDS = (1e-8, 1e-2)
+KERNEL_LATENCY_BOUNDS = (1e-8, MAX_FIXED_TIME_S)
 # the fit's start when the base entry has none: the order of the GPU entries' value (hardware/catalog.yaml,
 # 18,300 SM cycles: 13.0 us on A100, 10.0 us on H100/H200)
 INITIAL_KERNEL_LATENCY_S = 1e-5

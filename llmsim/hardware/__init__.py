@@ -19,7 +19,7 @@ from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.config import allowed_keys, allowed_range, describe_error, out_of_range
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.strict import BooleansAreNotNumbers
-from llmsim.wording import shown_value
+from llmsim.wording import shown_number, shown_value
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 # Devices per node where neither the caller nor the catalog entry says: an NVIDIA HGX/DGX board's 8 GPUs.
@@ -181,13 +181,20 @@ class DeviceSpec(BooleansAreNotNumbers):
         else:
             return data
         cycles, seconds = _number(cycles), _number(seconds)
-        if not cycles or cycles <= 0 or seconds:
-            return data  # nothing to convert, or an explicit kernel_latency_s (field validation checks types)
+        if not cycles or cycles <= 0:
+            return data  # nothing to convert (field validation checks types and signs)
+        clock = _number(data.get("sm_clock_hz"))
+        if clock is not None and clock >= MIN_CLOCK_HZ and kernel_latency_seconds(cycles, clock) > MAX_FIXED_TIME_S:
+            # checked here, in the cycles the user wrote, also beside an explicit kernel_latency_s that wins
+            raise KeyedValueError("efficiency.kernel_latency_cycles",
+                                  f"{shown_number(cycles)}: out of range at sm_clock_hz {shown_number(clock)}; "
+                                  f"allowed: >= 0 and <= {shown_number(MAX_FIXED_TIME_S * clock)} (0.01 s)")
+        if seconds:
+            return data  # an explicit kernel_latency_s wins (field validation checks it)
         if data.get("sm_clock_hz") is None:
             raise ValueError("efficiency.kernel_latency_cycles needs sm_clock_hz (the SM boost clock, Hz) to be "
                              "turned into seconds; allowed: set sm_clock_hz, or give efficiency.kernel_latency_s")
-        clock = _number(data["sm_clock_hz"])
-        if not clock or clock <= 0:
+        if not clock or clock < MIN_CLOCK_HZ:
             return data  # field validation reports sm_clock_hz
         seconds = kernel_latency_seconds(cycles, clock)
         if isinstance(eff, Efficiency):

@@ -39,7 +39,7 @@ class Timings:
     warmup_s: float = 0.0                                     # the warm-up steps, waited for
     energy_j: float | None = None                             # the meter over the metered steps
     energy_steps: int = 0                                     # steps under the meter (timed + window)
-    energy_window_s: float = 0.0                              # wall seconds the meter ran
+    energy_metered_s: float = 0.0                             # wall seconds the meter ran
     outputs: list[Any] = field(default_factory=list)          # what the steps returned (`keep`)
 
     def summary(self, decode_tokens: int = 1) -> StepSummary:
@@ -120,4 +120,4 @@ def time_steps(run: Callable[[Mark], Any], device: MeasuredDevice, *, steps: int
         first_token_s=[device.seconds(start, m["first_token"]) for start, _, m in stamps if "first_token" in m],
         optimizer_s=[device.seconds(m["backward_done"], end) for _, end, m in stamps if "backward_done" in m],
         warmup_s=warmup_s, energy_j=energy_j, energy_steps=energy_steps,
-        energy_window_s=metered_s, outputs=outputs)
+        energy_metered_s=metered_s, outputs=outputs)

@@ -224,6 +224,22 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
      "efficiency: {custom_all_reduce_two_shot_round_s: 1.86}, source: my sheet}\n",
      "entries[0].efficiency.custom_all_reduce_two_shot_round_s", "1.86: out of range; allowed: >= 0 and <= 0.01"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, sm_clock_hz: 1.83e9, "
+     "efficiency: {kernel_latency_cycles: 1e12, kernel_latency_s: 1e-5}, source: my sheet}\n",
+     "entries[0].efficiency.kernel_latency_cycles",
+     "1e+12: out of range at sm_clock_hz 1.83e+09; allowed: >= 0 and <= 1.83e+07 (0.01 s)"),
+    # trial 36: a quoted number passed every bound of a catalog entry (pydantic's lax mode reads '3.8' as 3.8)
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "efficiency: {custom_all_reduce_one_shot_s: '3.8'}, source: my sheet}\n",
+     "entries[0].efficiency.custom_all_reduce_one_shot_s",
+     "'3.8' is text, not a number (write it without quotes); allowed: >= 0 and <= 0.01"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: '1.2e15'}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my sheet}\n",
+     "entries[0].peak_flops.bfloat16", "'1.2e15' is text, not a number (write it without quotes)"),
+    ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 1.0e11, latency_s: '5e-6', source: my sheet}\n",
+     "entries[0].latency_s", "'5e-6' is text, not a number (write it without quotes); allowed: >= 0 and <= 0.01"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 10, source: my datasheet}\n",
      "entries[0].max_power_w", "10 W is below idle_power_w (100 W); allowed: >= idle_power_w"),
@@ -237,7 +253,7 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
     # least 3 characters', an unknown key without the keys its entry type takes
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: abc}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
-     "entries[0].peak_flops.bfloat16", "'abc': expected a number"),
+     "entries[0].peak_flops.bfloat16", "'abc' is text, not a number"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 1" + "0" * 400 + ", "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my datasheet}\n",
      "entries[0].memory_bytes", "too large for a number (at most ~1.8e308)"),

@@ -136,7 +136,7 @@ def test_an_energy_window_runs_more_steps_under_the_meter_and_divides_by_them() 
     # readings: warm-up start/end (ticks 0, 1), the meter's start (2), then one per check of the window: 3, 4, 5
     # and 6 are under 0.05 s after it and run a step each, 7 is not; tick 8 ends the window: 0.06 s metered.
     assert len(timings.step_times_s) == 2 and timings.outputs == [1, 1]  # the window's steps are not timed
-    assert timings.energy_steps == 2 + 4 and timings.energy_window_s == pytest.approx(0.06)
+    assert timings.energy_steps == 2 + 4 and timings.energy_metered_s == pytest.approx(0.06)
     energy = timings.metered_energy(meter)
     assert energy is not None and energy.j_per_step == pytest.approx(12.0 / 6)
     assert meter.events == ["start", "stop"]

@@ -418,7 +418,7 @@ def test_run_assembles_a_row_from_events_memory_and_nvml(monkeypatch: pytest.Mon
     assert r.status == "ok", r.error
     assert r.hardware == "h200" and r.energy_source == "nvml"
     steps = r.extra["energy_steps"]
-    assert steps >= 3 and r.extra["energy_window_s"] >= 0.2
+    assert steps >= 3 and r.extra["energy_metered_s"] >= 0.2
     assert r.extra["energy_method"] == "counter" and r.energy_j_per_step == pytest.approx(30.0 / steps)
     assert r.extra["energy_counter_j_per_step"] == pytest.approx(30.0 / steps)
     assert r.peak_memory_bytes_per_device == 50_000
