@@ -80,16 +80,19 @@ def _accepts_bool(annotation: Any) -> bool:
         isinstance(annotation, types.UnionType) else False
 
 
+def _given_fields(model: type[BaseModel], data: Any) -> list[tuple[str, Any, FieldInfo]]:
+    """(key, value, field) for each key of `data` (a model's raw input) that is a field of `model`."""
+    if not isinstance(data, dict):
+        return []
+    return [(name, value, model.model_fields[name]) for name, value in data.items()
+            if isinstance(name, str) and name in model.model_fields]
+
+
 def boolean_for_a_number(model: type[BaseModel], data: Any) -> None:
     """Raise KeyedValueError where `data` (a model's raw input) gives a YAML boolean to a key of `model` that takes
     no boolean, or to a value of a mapping-valued key whose values take none (`peak_flops: {bfloat16: true}`):
     pydantic's lax mode reads true as 1 and false as 0."""
-    if not isinstance(data, dict):
-        return
-    for name, value in data.items():
-        field = model.model_fields.get(name) if isinstance(name, str) else None
-        if field is None:
-            continue
+    for name, value, field in _given_fields(model, data):
         if isinstance(value, bool) and not _accepts_bool(field.annotation):
             raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
                                         f"(YAML reads true/false/yes/no/on/off as booleans){field_range(field)}")
@@ -105,12 +108,7 @@ def text_for_a_number(model: type[BaseModel], data: Any) -> None:
     """Raise KeyedValueError where `data` (a model's raw input) gives text to a key of `model` that takes only
     numbers, or to a value of a mapping of numbers (`peak_flops: {bfloat16: '1.2e15'}`): pydantic's lax mode reads
     the text "4" as 4, so a quoted number (usually a templating slip) would pass, and skip no bound."""
-    if not isinstance(data, dict):
-        return
-    for name, value in data.items():
-        field = model.model_fields.get(name) if isinstance(name, str) else None
-        if field is None:
-            continue
+    for name, value, field in _given_fields(model, data):
         if isinstance(value, str) and _only_numeric(field.annotation):
             raise KeyedValueError(name, _text_message(value) + field_range(field))
         args = typing.get_args(field.annotation)
