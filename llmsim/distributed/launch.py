@@ -37,6 +37,8 @@ from llmsim.distributed.spec import LAUNCHER_PID_ENV, RESULT_FILE, RankRecord, W
 from llmsim.wording import count
 
 POLL_S = 0.05
+WORK_PREFIX = "llmsim-dist-"     # the launcher's work folder in the temporary directory
+LAUNCHER_FILE = "launcher.pid"   # in it: the pid of the process that made it, while the folder is in use
 RESULTS_GRACE_S = 2.0  # how long a failed case waits for rank 0's result file before giving up on it
 
 
@@ -122,8 +124,10 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
     outcome = LaunchOutcome()
     stack = ExitStack()
     waited = False
-    work = Path(tempfile.mkdtemp(prefix="llmsim-dist-"))
+    sweep_orphaned_work()
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
     try:   # from here a Ctrl-C removes `work` (the finally): one while spec.json was written left it (CI65)
+        (work / LAUNCHER_FILE).write_text(str(os.getpid()))
         out = log_dir or work
         out.mkdir(parents=True, exist_ok=True)
         spec_path = work / "spec.json"
@@ -184,7 +188,38 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
             outcome.error = f"all ranks exited cleanly but {result} is unreadable: {exc}"
     if outcome.error is None or log_dir is not None:
         shutil.rmtree(work, ignore_errors=True)  # a failure without a log_dir keeps its logs for the message
+    else:
+        (work / LAUNCHER_FILE).unlink(missing_ok=True)  # kept on purpose: no later launch sweeps it
     return outcome
+
+
+def sweep_orphaned_work(tmp: Path | None = None) -> list[Path]:
+    """Remove the work folders of launchers that were killed outright (SIGKILL, an OOM kill: nothing of theirs ran
+    after), and return them. Such a folder still holds its LAUNCHER_FILE and that process is gone. A folder in use
+    (its launcher alive), one kept on purpose for a failure's logs (no LAUNCHER_FILE) and anything unreadable are
+    left alone. A recycled pid only keeps a folder longer, never removes one in use."""
+    swept = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+        try:
+            pid = int((folder / LAUNCHER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        swept.append(folder)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def torchrun_command(nnodes: int, nproc_per_node: int, node_rank: int, endpoint: str, rdzv_id: str,

@@ -336,6 +336,11 @@ def test_killing_llmsim_itself_leaves_no_rank_behind(tmp_path, write_scenario) -
         while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in ranks)
+        # its work folder stayed behind (nothing of a SIGKILLed process runs); the next launch sweeps it
+        from llmsim.distributed.launch import WORK_PREFIX, sweep_orphaned_work
+
+        left = list(tmp_path.glob(WORK_PREFIX + "*"))
+        assert len(left) == 1 and sweep_orphaned_work(tmp_path) == left and not left[0].exists()
     finally:
         parent.kill()
         for pid in _workers_writing_to(str(out)):
