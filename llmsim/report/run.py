@@ -170,6 +170,10 @@ def not_a_run_folder(path: Path) -> str:
     if (path / "plan.yaml").is_file() or (path / "plan.csv").is_file():
         return (f"{path} is a plan's folder (plan.md and plan.html are its report, best.yaml its winner); "
                 f"allowed: a run folder (with results.jsonl)")
+    rows = path / "results.jsonl"
+    if path.is_dir() and rows.exists() and not rows.is_file():   # a folder or a FIFO by that name (trial 35)
+        kind = "a folder" if rows.is_dir() else "not a regular file"
+        return f"{rows} is {kind}; allowed: a run folder whose results.jsonl is the file `llmsim run` writes"
     runs = sorted(d for d in path.glob("*") if (d / "results.jsonl").is_file()) if path.is_dir() else []
     if runs:   # the scenario's folder that `llmsim run` makes, above its timestamped runs (trial 34)
         return (f"{path} is not a run folder but holds {count(len(runs), 'run folder')}; allowed: one of them "

@@ -77,3 +77,18 @@ def test_report_of_a_run_with_no_rows_keeps_the_report_already_there(tmp_path: P
     assert capsys.readouterr().err.strip() == (
         f"llmsim: error: report: {run} has no rows yet (its only line is a row cut by a kill: no case finished); "
         f"nothing to report, any report already there is left as it is")
+
+
+def test_a_results_jsonl_that_is_a_folder_or_a_fifo_is_said_to_be_one(tmp_path: Path, capsys) -> None:
+    """Trial 35: both read 'has no results.jsonl', though the run folder has one, of the wrong kind."""
+    import os
+
+    folder_run = tmp_path / "folder-run"
+    (folder_run / "results.jsonl").mkdir(parents=True)
+    assert main(["report", str(folder_run)]) == 2
+    assert f"{folder_run / 'results.jsonl'} is a folder; allowed:" in capsys.readouterr().err
+    fifo_run = tmp_path / "fifo-run"
+    fifo_run.mkdir()
+    os.mkfifo(fifo_run / "results.jsonl")
+    assert main(["report", str(fifo_run)]) == 2   # not opened: a FIFO with no writer would block
+    assert f"{fifo_run / 'results.jsonl'} is not a regular file; allowed:" in capsys.readouterr().err
