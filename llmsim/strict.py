@@ -119,6 +119,21 @@ def text_for_a_number(model: type[BaseModel], data: Any) -> None:
                     raise KeyedValueError(f"{name}.{key}", _text_message(item))
 
 
+def number_or_text_for_a_boolean(model: type[BaseModel], data: Any) -> None:
+    """Raise KeyedValueError where `data` gives a number, text or null to a key of `model` that takes only a
+    boolean: pydantic's lax mode reads 1/0 and the text "yes", "on", "1" as booleans."""
+    for name, value, field in _given_fields(model, data):
+        if not _only_bool(field.annotation):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
+        if isinstance(value, str):
+            # YAML's own unquoted yes/no/on/off are booleans already when they get here
+            raise KeyedValueError(name, f"{value!r} is text, not a boolean (allowed: true, false)")
+        if value is None and field.annotation is bool:
+            raise KeyedValueError(name, "null is not a boolean (allowed: true, false)")
+
+
 def _text_message(value: str) -> str:
     """`'4' is text, not a number (write it without quotes)`; without the hint for text that is no number."""
     return f"{value!r} is text, not a number" + (" (write it without quotes)" if _numeric_text(value) else "")
@@ -126,47 +141,26 @@ def _text_message(value: str) -> str:
 
 class BooleansAreNotNumbers(BaseModel):
     """A file model (a hardware catalog entry) whose numbers refuse a YAML boolean (`boolean_for_a_number`) and
-    quoted text (`text_for_a_number`), as a scenario's do: a quoted '3.8' passed every bound of a catalog entry
+    quoted text (`text_for_a_number`), and whose booleans refuse numbers and text, as a scenario's do: a quoted '3.8' passed every bound of a catalog entry
     before (trial 36), since pydantic's lax mode reads it as 3.8 after the range check had nothing to say."""
 
     @model_validator(mode="before")
     @classmethod
     def _no_boolean_for_a_number(cls, data: Any) -> Any:
         boolean_for_a_number(cls, data)
+        number_or_text_for_a_boolean(cls, data)
         text_for_a_number(cls, data)
         return data
 
 
-class StrictModel(BaseModel):
+class StrictModel(BooleansAreNotNumbers):
     """extra="forbid", frozen, finite floats; `zero: true`, `batch: yes` or `--set tp=true` are errors, not 1
-    (pydantic's lax mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans)."""
+    (pydantic's lax mode reads a bool as the integer 1 or 0, and YAML reads yes/no/on/off as booleans), and so are
+    a quoted number for a number and a number or text for a boolean (the checks of BooleansAreNotNumbers)."""
 
     # allow_inf_nan=False: YAML reads .inf and .nan as floats; no key of a scenario, plan or serving block means
     # anything by them (`rate: .inf` passed `> 0` and `.nan` compares false with every bound)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_boolean_for_a_number(cls, data: Any) -> Any:
-        # keyed: the message names `workload.batch`, not the model that holds it
-        boolean_for_a_number(cls, data)
-        if isinstance(data, dict):
-            for name, value in data.items():
-                field = cls.model_fields.get(name) if isinstance(name, str) else None
-                if (isinstance(value, (int, float)) and not isinstance(value, bool) and field is not None
-                        and _only_bool(field.annotation)):
-                    # pydantic's lax mode reads 1/0 as true/false; `parallel_block: 1` is refused as `batch: true` is
-                    raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
-                if isinstance(value, str) and field is not None and _only_bool(field.annotation):
-                    # pydantic's lax mode reads the text "yes", "on", "1" as true: refused as the number 1 is
-                    # (YAML's own unquoted yes/no/on/off are booleans already when they get here)
-                    raise KeyedValueError(name, f"{value!r} is text, not a boolean (allowed: true, false)")
-                if value is None and field is not None and field.annotation is bool:
-                    raise KeyedValueError(name, "null is not a boolean (allowed: true, false)")
-                if isinstance(value, str) and field is not None and _only_numeric(field.annotation):
-                    # pydantic's lax mode reads the text "4" as 4: a quoted number is usually a templating slip
-                    raise KeyedValueError(name, _text_message(value) + field_range(field))
-        return data
 
 
 def _numeric_text(text: str) -> bool:

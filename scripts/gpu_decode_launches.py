@@ -13,7 +13,9 @@ scripts/gpu-check.sh):
 
 The GPU-busy time is what a graph-replayed decode would take, the thing the roofline's decode step prices; the wall
 time is what this eager model takes. Prints one JSON object. Needs a CUDA GPU (exits 1 without one).
-Usage: python scripts/gpu_decode_launches.py [scenario] [--set key=value ...] [--tokens 16]
+Usage: python scripts/gpu_decode_launches.py [scenario] [--set key=value ...] [--tokens 16]. With no --set, the
+built-in scenario gets gpu-check.sh's decode sets (batch 16 x 512 tokens) and a scenario of yours only
+workload.mode=decode; --set replaces them.
 """
 
 from __future__ import annotations
@@ -35,21 +37,27 @@ WARMUP_TOKENS = 100  # decode tokens before the timed windows (10 and 100 gave t
 WINDOWS = 3  # timed windows of --tokens tokens each; the median is reported, all three are printed
 
 
-def _positive(text: str) -> int:
-    """--tokens: a whole number >= 1 (argparse's own one-line error, exit 2, otherwise)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: allowed: >= 1")
-    return value
+MAX_TOKENS = 1024  # --tokens: each of the WINDOWS + 1 windows runs this many decode tokens after the warm-up
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", nargs="?", default="scenarios/gpu-model-check.yaml")
     parser.add_argument("--set", action="append", default=None, dest="sets", metavar="KEY=VALUE")
-    parser.add_argument("--tokens", type=_positive, default=16, help="decode tokens timed and profiled (>= 1)")
+    parser.add_argument("--tokens", default="16", help=f"decode tokens timed and profiled (1 to {MAX_TOKENS})")
     args = parser.parse_args(argv)
-    sets = args.sets if args.sets is not None else DEFAULT_SETS
+    try:
+        per_window = int(args.tokens)
+    except ValueError:
+        per_window = 0
+    if not 1 <= per_window <= MAX_TOKENS:
+        print(f"gpu_decode_launches: --tokens {args.tokens!r}: allowed: a whole number from 1 to {MAX_TOKENS}",
+              file=sys.stderr)
+        return 2
+    args.tokens = per_window
+    # the built-in scenario as scripts/gpu-check.sh runs it; a scenario of the user's as it is, made a decode
+    default = args.scenario == parser.get_default("scenario")
+    sets = args.sets if args.sets is not None else (DEFAULT_SETS if default else ["workload.mode=decode"])
     tokens = WARMUP_TOKENS + (WINDOWS + 1) * args.tokens + 1  # warm-up, the timed windows, the profiled one
     try:  # the scenario first: a bad file or --set is one line, with or without a GPU
         scenario = load_scenario(args.scenario, sets + [f"workload.decode_tokens={tokens}"])

@@ -138,7 +138,7 @@ class Efficiency(BooleansAreNotNumbers):
     collectives.custom_two_shot_rounds); elsewhere one kernel of the pass and no round term.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `.inf` cycles passed (trial 37)
 
     matmul: float = Field(DEFAULT_MATMUL, gt=0, le=1, description="large-GEMM fraction of peak FLOP/s")
     attention: float = Field(DEFAULT_ATTENTION, gt=0, le=1, description="fused attention fraction of peak FLOP/s")

@@ -66,6 +66,11 @@ class TorusSpec(BooleansAreNotNumbers):
                            max_dim=self.max_side, max_chips=self.max_chips)
 
 
+def _finite_number(value: object) -> bool:
+    """Whether a raw catalog value is a finite int or float as YAML read it (not text, a boolean, inf or nan)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _number(value: object) -> float | None:
     """A YAML scalar as a float (PyYAML reads 1.41e9 as a string), None for anything else (booleans too)."""
     if isinstance(value, bool) or value is None:
@@ -180,14 +185,16 @@ class DeviceSpec(BooleansAreNotNumbers):
             cycles, seconds = eff.get("kernel_latency_cycles"), eff.get("kernel_latency_s")
         else:
             return data
+        if not _finite_number(cycles) or (seconds is not None and not _finite_number(seconds)):
+            return data  # text, a boolean, inf or nan: field validation says which (trial 37: .inf cycles passed)
         cycles, seconds = _number(cycles), _number(seconds)
         if not cycles or cycles <= 0:
-            return data  # nothing to convert (field validation checks types and signs)
+            return data  # nothing to convert (field validation checks signs)
         clock = _number(data.get("sm_clock_hz"))
         if clock is not None and clock >= MIN_CLOCK_HZ and kernel_latency_seconds(cycles, clock) > MAX_FIXED_TIME_S:
             # checked here, in the cycles the user wrote, also beside an explicit kernel_latency_s that wins
             raise KeyedValueError("efficiency.kernel_latency_cycles",
-                                  f"{shown_number(cycles)}: out of range at sm_clock_hz {shown_number(clock)}; "
+                                  f"{cycles:.12g}: out of range at sm_clock_hz {shown_number(clock)}; "
                                   f"allowed: >= 0 and <= {shown_number(MAX_FIXED_TIME_S * clock)} (0.01 s)")
         if seconds:
             return data  # an explicit kernel_latency_s wins (field validation checks it)
@@ -251,8 +258,9 @@ class LinkSpec(BooleansAreNotNumbers):
                                                      "2 devices")
     max_devices: int | None = Field(None, ge=2, description="most devices the link can join (an NVLink bridge: one "
                                                         "pair, 2); None = as many as a node or cluster has")
-    flag_latency_s: float | None = Field(None, ge=0, description="one small store seen by a peer spinning on it "
-                                                                 "(a kernel's barrier flag); default latency_s")
+    flag_latency_s: float | None = Field(None, ge=0, le=MAX_LATENCY_S,
+                                         description="one small store seen by a peer spinning on it (a kernel's "
+                                                     "barrier flag); default latency_s")
     collective_efficiency: dict[Literal["all-reduce", "reduce-scatter", "all-gather"], float] = Field(
         default_factory=dict,
         description="per collective, the share of the ring model's bandwidth term it reaches on this link "

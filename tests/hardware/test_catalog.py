@@ -229,6 +229,17 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
      "efficiency: {kernel_latency_cycles: 1e12, kernel_latency_s: 1e-5}, source: my sheet}\n",
      "entries[0].efficiency.kernel_latency_cycles",
      "1e+12: out of range at sm_clock_hz 1.83e+09; allowed: >= 0 and <= 1.83e+07 (0.01 s)"),
+    # trial 37: a quoted boolean, a link's flag latency in other units, cycles of .inf
+    ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 1.0e11, latency_s: 1.0e-6, shared_per_node: 'yes', "
+     "source: my sheet}\n",
+     "entries[0].shared_per_node", "'yes' is text, not a boolean (allowed: true, false)"),
+    ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 1.0e11, latency_s: 1.0e-6, flag_latency_s: 0.5, "
+     "source: my sheet}\n",
+     "entries[0].flag_latency_s", "0.5: out of range; allowed: >= 0 and <= 0.01"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, sm_clock_hz: 1.83e9, "
+     "efficiency: {kernel_latency_cycles: .inf}, source: my sheet}\n",
+     "entries[0].efficiency.kernel_latency_cycles", "inf: expected a finite number"),
     # trial 36: a quoted number passed every bound of a catalog entry (pydantic's lax mode reads '3.8' as 3.8)
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
