@@ -1242,6 +1242,12 @@ def user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
 
 
+# pydantic's error types for a value where a number belongs (text, 2.5 for an integer, 1e30, .inf, null): their
+# messages add the key's range, wherever the key is (a scenario's, a backend setting's, a catalog entry's).
+NUMBER_WANTED = ("int_from_float", "int_parsing_size", "int_parsing", "float_parsing", "finite_number", "float_type",
+                 "int_type")
+
+
 def validation_error(model: type[BaseModel], exc: ValidationError, file: str) -> ScenarioError:
     """Convert pydantic's error list to the first error, as a one-line ScenarioError (the other errors named by
     their keys; a union's other members' errors at the same key are the same problem, not counted again)."""
@@ -1250,9 +1256,7 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _KeyedError):
         prefix = format_key_path(loc)
-        message = ctx_err.message
-        if message.endswith("is text, not a number"):   # strict.StrictModel: what the key takes, as for 2.5 or 1e30
-            message += allowed_range(model, (*loc, ctx_err.key))
+        message = ctx_err.message   # strict's own words already name the key's range
         return ScenarioError(file, f"{prefix}.{ctx_err.key}" if prefix else ctx_err.key, message)
     message = describe_error(err)
     if one_value_expected(err) is not None and loc[:1] == ("strategies",) and len(loc) == 3:
@@ -1265,8 +1269,8 @@ def validation_error(model: type[BaseModel], exc: ValidationError, file: str) ->
         message += allowed_range(model, loc) or "; allowed: an integer"
     elif err["type"] == "float_parsing":
         message += allowed_range(model, loc) or "; allowed: a number"
-    elif err["type"] == "finite_number":   # .nan / .inf: what the key takes, as for any other number it refuses
-        message += allowed_range(model, loc)
+    elif err["type"] in NUMBER_WANTED and not isinstance(err.get("input"), (list, dict)):
+        message += allowed_range(model, loc)   # .nan / .inf / null: what the key takes, as for any number it refuses
     elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
         message += allowed_keys(model, (*loc, ""))  # the keys of the mapping expected here
     others = [format_key_path(user_loc(e["loc"])) or "the file" for e in exc.errors(include_url=False)[1:]

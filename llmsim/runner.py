@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import (Scenario, Strategy, allowed_keys, allowed_range, describe_error, out_of_range, shown_value,
+from llmsim.config import (NUMBER_WANTED, Scenario, Strategy, allowed_keys, allowed_range, describe_error, out_of_range, shown_value,
                            side_problem, user_loc)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
@@ -90,7 +90,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
     found = _non_finite(raw)
     if found:
         raise ScenarioError(file, format_key_path(("backends", name) + found[0]),
-                            f"{found[1]!r}: expected a finite number")
+                            f"{found[1]!r}: expected a finite number" + allowed_range(cls.Settings, found[0]))
     try:
         return cls.Settings.model_validate(raw)
     except ValidationError as exc:
@@ -107,10 +107,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
             raise ScenarioError(file, where, f"unknown setting of backend '{name}'; allowed: {allowed}") from None
         keyed = (err.get("ctx") or {}).get("error")
         if isinstance(keyed, KeyedValueError):  # the rule names the key inside the field that broke it
-            message = keyed.message
-            if message.endswith("is text, not a number"):   # strict.StrictModel: the range, as a scenario key says it
-                message += allowed_range(cls.Settings, (*loc, keyed.key))
-            raise ScenarioError(file, f"{where}.{keyed.key}", message) from None
+            raise ScenarioError(file, f"{where}.{keyed.key}", keyed.message) from None  # strict names the range
         if err["type"] == "extra_forbidden":  # an unknown key inside a nested setting (straggler: {rnak: 3})
             message = describe_error(err) + allowed_keys(cls.Settings, loc)
         elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):  # a value where keys belong
@@ -121,7 +118,7 @@ def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: 
         else:
             if err["type"].startswith(("greater_than", "less_than")):
                 message = out_of_range(cls.Settings, err, loc)
-            elif err["type"] in ("int_from_float", "int_parsing_size", "int_parsing", "float_parsing"):
+            elif err["type"] in NUMBER_WANTED:
                 # text or 2.5 where a number belongs, at any depth (straggler: {slowdown: abc}): what the key takes,
                 # as for a scenario key (config.validation_error)
                 message = describe_error(err) + allowed_range(cls.Settings, loc)

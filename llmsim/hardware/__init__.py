@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S, Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
-from llmsim.config import allowed_keys, allowed_range, describe_error, out_of_range
+from llmsim.config import NUMBER_WANTED, allowed_keys, allowed_range, describe_error, out_of_range
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.strict import BooleansAreNotNumbers
 from llmsim.wording import shown_number, shown_value
@@ -433,7 +433,7 @@ def _entry_problem(err: dict, loc: tuple) -> str:
         return describe_error(err) + allowed_keys(model, inner)
     if err["type"].startswith(("greater_than", "less_than")):
         return out_of_range(model, err, inner)
-    if err["type"] in ("float_parsing", "int_parsing", "int_from_float"):
+    if err["type"] in NUMBER_WANTED:
         return describe_error(err) + (allowed_range(model, inner) or "")
     return describe_error(err)
 
