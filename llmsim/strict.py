@@ -182,9 +182,14 @@ def _only_numeric(annotation: Any) -> bool:
         return _only_numeric(typing.get_args(annotation)[0])
     if isinstance(annotation, types.UnionType) or origin is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return bool(args) and all(_only_numeric(a) or typing.get_origin(a) is list for a in args) \
+        return bool(args) and all(_only_numeric(a) or typing.get_origin(_unannotated(a)) is list for a in args) \
             and any(_only_numeric(a) for a in args)
     return False
+
+
+def _unannotated(annotation: Any) -> Any:
+    """The type inside `Annotated[T, ...]` (a bounded list of node counts is still a list), else the type."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def _only_bool(annotation: Any) -> bool:

@@ -755,3 +755,11 @@ def test_a_fifo_in_a_run_folder_or_as_calibrates_out_is_not_waited_on(tmp_path: 
                                         "backends": {"roofline": {"hardware": "a100-80gb"}}}))
     assert one_line_error(capsys, ["validate", str(scenario)]).endswith(
         "hardware_catalog[0]: 'fifo': a FIFO, not a regular file: give a file (a pipe would be waited on)")
+
+
+def test_a_quoted_node_count_says_to_drop_the_quotes(capsys) -> None:  # noqa: ANN001
+    """Trial 37: `nodes: '4'` fell through to the nodes validator's own words, without the quotes hint a quoted
+    batch gets (the bounded list in nodes' union hid that the key takes only numbers)."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "backends.roofline.nodes='4'"])
+    assert err == (f"{QUICKSTART}: backends.roofline.nodes: '4' is text, not a number (write it without quotes); "
+                   f"allowed: >= 1 and <= 2147483647")
