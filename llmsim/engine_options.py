@@ -36,6 +36,11 @@ class EngineOptions(StrictModel):
                                                    "and v in the workload dtype (torch AdamW on a model cast to "
                                                    "bf16, as the measured cpu and cuda backends run: 4 B) "
                                                    "(costmodel.plan.Options)")
+    optimizer: Literal["fused", "foreach"] = Field(
+        "fused", description="training on an accelerator: fused (one Adam kernel over the state, FusedAdam) or "
+                             "foreach (torch AdamW's default on CUDA: one pass per operation, the traced loop's "
+                             "bytes; pair with master_weights: false, as the measured cuda backend runs) "
+                             "(costmodel.plan.Options)")
     compile: bool | None = Field(None, description="the model runs compiled (torch.compile / XLA): elementwise ops "
                                                    "between GEMMs fuse; default: the device's (TPU compiled, "
                                                    "GPU and CPU eager)")
@@ -53,8 +58,8 @@ class EngineOptions(StrictModel):
         return engine_options(self)
 
 
-OPTION_KEYS = ("attention", "main_grads_fp32", "grad_accumulation_fusion", "params_fp32", "master_weights", "compile",
-               "sampler", "all_reduce")
+OPTION_KEYS = ("attention", "main_grads_fp32", "grad_accumulation_fusion", "params_fp32", "master_weights", "optimizer",
+               "compile", "sampler", "all_reduce")
 
 
 def engine_options(settings: object) -> Options:

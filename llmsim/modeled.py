@@ -63,6 +63,7 @@ class ModeledSettings(StrictModel):
     grad_accumulation_fusion: bool = _OPTION["grad_accumulation_fusion"]
     params_fp32: bool = _OPTION["params_fp32"]
     master_weights: bool = _OPTION["master_weights"]
+    optimizer: Literal["fused", "foreach"] = _OPTION["optimizer"]
     compile: bool | None = _OPTION["compile"]
     sampler: Literal["none", "sort-top-p"] = _OPTION["sampler"]
     topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "

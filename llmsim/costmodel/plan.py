@@ -27,6 +27,7 @@ AttentionKernel = Literal["flash", "cudnn", "flash3", "trtllm-mmha", "fused-soft
 # trtllm-mmha, in how often a decode step reads the cache (compute.decode_kv_reads).
 FUSED_ATTENTION: tuple[str, ...] = ("flash", "cudnn", "flash3", "trtllm-mmha")
 Sampler = Literal["none", "sort-top-p"]
+OptimizerKernel = Literal["fused", "foreach"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,17 @@ class Options:
       keeps them for a model cast to bfloat16 (`_init_group`: `torch.zeros_like(p)`), which is what llmsim's
       measured cpu and cuda backends run by default (`precision: model cast`): 2 + 2 + 4 = 8 B per parameter.
       Ignored with params_fp32 (fp32 parameters are their own master) and for an fp32 workload.
+    optimizer: how an accelerator runs the Adam step (an eager CPU host always runs the traced loop:
+      Efficiency.op_overhead_s).
+      fused    one kernel over the parameters and their state (apex/Megatron FusedAdam, torch AdamW(fused=True)):
+               each byte of the state read and written once (work.optimizer_step_time).
+      foreach  torch.optim.AdamW's default on CUDA (`_default_to_fused_or_foreach`: foreach, not fused): one
+               multi-tensor kernel per operation of the update (lerp, mul, addcmul, sqrt, div, add, addcdiv), each
+               a pass over its tensors. Priced as the bytes of the loop the profile traced (llmsim's own
+               AdamW, the single-tensor loop with the same operations: 50 B a parameter for a bf16 model, against
+               the fused 14 or 28 B), at the device's memory rate; the launches' own fixed time is not counted.
+               The trace is of the cast model's AdamW (m and v in its dtype), so pair it with master_weights:
+               false, as the measured cuda backend runs.
     p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
       over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
     all_reduce: the library of an inference pass's tensor-parallel all-reduces (decode, prefill, serving
@@ -218,6 +230,7 @@ class Options:
     compile: bool | None = None
     params_fp32: bool = False
     master_weights: bool = True
+    optimizer: OptimizerKernel = "fused"
     p2p_scatter_gather: bool = True
     all_reduce: AllReduceAlgorithm = "nccl"
     sampler: Sampler = "none"

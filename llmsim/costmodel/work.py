@@ -320,13 +320,16 @@ def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, 
     """Adam over 1/shard of `trainable` parameters on one device, seconds (`shard` may be a column).
 
     An accelerator runs a fused kernel (apex/Megatron FusedAdam, torch fused AdamW): the state's bytes
-    once. An eager host (op_overhead_s > 0) runs what the profile traced, PyTorch's AdamW loop of a dozen
-    or so pointwise ops per tensor with their temporaries: `traced` = (bytes, operators) of this device's
-    share, each operator paying the host's per-operator cost.
+    once; with Options.optimizer "foreach" (torch AdamW's default on CUDA) one pass per operation, the traced
+    loop's bytes. An eager host (op_overhead_s > 0) runs what the profile traced, PyTorch's AdamW loop of a
+    dozen or so pointwise ops per tensor with their temporaries: `traced` = (bytes, operators) of this
+    device's share, each operator paying the host's per-operator cost.
     """
     if traced is not None and rates.efficiency.op_overhead_s > 0:
         nbytes, ops = traced
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
+    if traced is not None and options.optimizer == "foreach":
+        return rates.memory_time(traced[0] / shard)
     elem = DTYPE_BYTES[dtype]
     grad_elem = FP32_BYTES if options.main_grads_fp32 or options.params_fp32 else elem
     if elem < FP32_BYTES and not options.master_weights and not options.params_fp32:

@@ -44,3 +44,16 @@ def test_without_master_weights_adam_reads_and_writes_16_bit_parameters_and_mome
     assert optimizer_step_time(rates, n, 4, "bfloat16", Options(master_weights=False)) == pytest.approx(none / 4)
     fp32 = optimizer_step_time(rates, n, 1, "float32", Options(master_weights=False))
     assert fp32 == optimizer_step_time(rates, n, 1, "float32", Options())   # fp32 is its own master
+
+
+def test_a_foreach_optimizer_reads_and_writes_the_traced_loop_on_an_accelerator() -> None:
+    """Options.optimizer "foreach" (torch AdamW's default on CUDA: one pass per operation): the traced loop's bytes
+    of this device's share, over ZeRO's shard, at the memory rate; "fused" prices its one pass and ignores the
+    trace. The launches' fixed time is not counted (the operator count is the single-tensor loop's)."""
+    rates = device_rates(a100_cluster(), "bfloat16")
+    assert rates.efficiency.op_overhead_s == 0   # an accelerator, not the eager CPU host
+    n, traced = 1e9, (50e9, 616.0)
+    foreach = optimizer_step_time(rates, n, 2, "bfloat16", Options(master_weights=False, optimizer="foreach"), traced)
+    assert foreach == pytest.approx(rates.memory_time(50e9 / 2), rel=1e-12)
+    fused = optimizer_step_time(rates, n, 2, "bfloat16", Options(master_weights=False), traced)
+    assert fused == pytest.approx(rates.memory_time(n / 2 * 14), rel=1e-12)
