@@ -10,7 +10,7 @@ from pydantic import Field
 
 from llmsim.config import shown_value as shown
 from llmsim.costmodel import Options
-from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
+from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel, OptimizerKernel
 from llmsim.strict import StrictModel
 
 
@@ -36,7 +36,7 @@ class EngineOptions(StrictModel):
                                                    "and v in the workload dtype (torch AdamW on a model cast to "
                                                    "bf16, as the measured cpu and cuda backends run: 4 B) "
                                                    "(costmodel.plan.Options)")
-    optimizer: Literal["fused", "foreach"] = Field(
+    optimizer: OptimizerKernel = Field(
         "fused", description="training on an accelerator: fused (one Adam kernel over the state, FusedAdam) or "
                              "foreach (torch AdamW's default on CUDA: one pass per operation, the traced loop's "
                              "bytes; pair with master_weights: false, as the measured cuda backend runs) "

@@ -24,7 +24,7 @@ from llmsim.costmodel.cluster import plan_on, torus_groups
 from llmsim.costmodel import precision
 from llmsim.costmodel.compute import rates_problem, workload_rates
 from llmsim.costmodel.moe import assumed_imbalance
-from llmsim.costmodel.plan import AttentionKernel
+from llmsim.costmodel.plan import AttentionKernel, OptimizerKernel
 from llmsim.costmodel.step import StepTimes
 from llmsim.costmodel.torus import TorusError
 from llmsim.costmodel.work import inference_plan
@@ -63,7 +63,7 @@ class ModeledSettings(StrictModel):
     grad_accumulation_fusion: bool = _OPTION["grad_accumulation_fusion"]
     params_fp32: bool = _OPTION["params_fp32"]
     master_weights: bool = _OPTION["master_weights"]
-    optimizer: Literal["fused", "foreach"] = _OPTION["optimizer"]
+    optimizer: OptimizerKernel = _OPTION["optimizer"]
     compile: bool | None = _OPTION["compile"]
     sampler: Literal["none", "sort-top-p"] = _OPTION["sampler"]
     topology: str | None = Field(None, description="TPU slice shape AxB (v5e) or AxBxC (v4, v5p): each of `nodes` "
