@@ -95,7 +95,8 @@ def boolean_for_a_number(model: type[BaseModel], data: Any) -> None:
     for name, value, field in _given_fields(model, data):
         if isinstance(value, bool) and not _accepts_bool(field.annotation):
             raise KeyedValueError(name, f"{str(value).lower()} is a boolean, not a value of this key "
-                                        f"(YAML reads true/false/yes/no/on/off as booleans){field_range(field)}")
+                                        f"(YAML reads true/false/yes/no/on/off as booleans)"
+                                        f"{field_range(field) or _literal_choices(field.annotation)}")
         args = typing.get_args(field.annotation)
         if isinstance(value, dict) and typing.get_origin(field.annotation) is dict and not _accepts_bool(args[1]):
             for key, item in value.items():
@@ -185,6 +186,18 @@ def _only_numeric(annotation: Any) -> bool:
         return bool(args) and all(_only_numeric(a) or typing.get_origin(_unannotated(a)) is list for a in args) \
             and any(_only_numeric(a) for a in args)
     return False
+
+
+def _literal_choices(annotation: Any) -> str:
+    """'; allowed: a, b' for a Literal key (or an optional one), '' for any other (trial 38: `optimizer: true`
+    said what was wrong but not what the key takes)."""
+    annotation = _unannotated(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        literals = [a for a in typing.get_args(annotation) if typing.get_origin(_unannotated(a)) is typing.Literal]
+        annotation = _unannotated(literals[0]) if len(literals) == 1 else annotation
+    if typing.get_origin(annotation) is not typing.Literal:
+        return ""
+    return "; allowed: " + ", ".join(str(a) for a in typing.get_args(annotation))
 
 
 def _unannotated(annotation: Any) -> Any:

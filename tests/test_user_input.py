@@ -763,3 +763,10 @@ def test_a_quoted_node_count_says_to_drop_the_quotes(capsys) -> None:  # noqa: A
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "backends.roofline.nodes='4'"])
     assert err == (f"{QUICKSTART}: backends.roofline.nodes: '4' is text, not a number (write it without quotes); "
                    f"allowed: >= 1 and <= 2147483647")
+
+
+def test_a_boolean_for_a_choice_names_the_choices(capsys) -> None:  # noqa: ANN001
+    """Trial 38: `optimizer: true` said it was a boolean but not what the key takes, unlike `optimizer: apex`."""
+    err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "backends.roofline.optimizer=true"])
+    assert err.endswith("is a boolean, not a value of this key (YAML reads true/false/yes/no/on/off as booleans); "
+                        "allowed: fused, foreach"), err

@@ -199,8 +199,10 @@ class Options:
                a pass over its tensors. Priced as the bytes of the loop the profile traced (llmsim's own
                AdamW, the single-tensor loop with the same operations: 50 B a parameter for a bf16 model, against
                the fused 14 or 28 B), at the device's memory rate; the launches' own fixed time is not counted.
-               The trace is of the cast model's AdamW (m and v in its dtype), so pair it with master_weights:
-               false, as the measured cuda backend runs.
+               The trace is of the cast model's AdamW (m and v in its dtype): with an fp32 master
+               (master_weights, params_fp32) the same loop runs over fp32 tensors, FP32_BYTES / elem times
+               the bytes, plus the 16-bit copy of the weights. The measured cuda backend runs it with
+               master_weights: false.
     p2p_scatter_gather: with tp > 1, send 1/tp of a pipeline activation between stages and all-gather it
       over the tensor-parallel group (Narayanan 2021, Sec. 4.1).
     all_reduce: the library of an inference pass's tensor-parallel all-reduces (decode, prefill, serving

@@ -328,9 +328,14 @@ def optimizer_step_time(rates: Rates, trainable: float, shard: Num, dtype: str, 
     if traced is not None and rates.efficiency.op_overhead_s > 0:
         nbytes, ops = traced
         return rates.memory_time(nbytes / shard) + rates.efficiency.op_overhead_s * ops
-    if traced is not None and options.optimizer == "foreach":
-        return rates.memory_time(traced[0] / shard)
     elem = DTYPE_BYTES[dtype]
+    if traced is not None and options.optimizer == "foreach":
+        # the trace is the cast model's loop (its tensors in the workload dtype); with an fp32 master the same
+        # operations run over fp32 master, m, v and gradient, and the 16-bit copy of the weights is written once
+        if elem < FP32_BYTES and (options.master_weights or options.params_fp32):
+            copy = 0.0 if options.params_fp32 else trainable * elem
+            return rates.memory_time((traced[0] * FP32_BYTES / elem + copy) / shard)
+        return rates.memory_time(traced[0] / shard)
     grad_elem = FP32_BYTES if options.main_grads_fp32 or options.params_fp32 else elem
     if elem < FP32_BYTES and not options.master_weights and not options.params_fp32:
         # no master (Options.master_weights): read and write the 16-bit parameter, m and v; read the gradient

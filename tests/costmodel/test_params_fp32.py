@@ -57,3 +57,15 @@ def test_a_foreach_optimizer_reads_and_writes_the_traced_loop_on_an_accelerator(
     assert foreach == pytest.approx(rates.memory_time(50e9 / 2), rel=1e-12)
     fused = optimizer_step_time(rates, n, 2, "bfloat16", Options(master_weights=False), traced)
     assert fused == pytest.approx(rates.memory_time(n / 2 * 14), rel=1e-12)
+
+
+def test_a_foreach_optimizer_over_an_fp32_master_runs_the_loop_on_fp32_tensors() -> None:
+    """Trial 38: foreach priced the bf16 loop whatever the precision. With an fp32 master (the default) the same
+    operations run over fp32 master, m and v: 4 / 2 times the traced bf16 bytes, plus the 16-bit weight copy;
+    params_fp32 has no copy."""
+    rates = device_rates(a100_cluster(), "bfloat16")
+    n, traced = 1e9, (50e9, 616.0)
+    mixed = optimizer_step_time(rates, n, 1, "bfloat16", Options(optimizer="foreach"), traced)
+    assert mixed == pytest.approx(rates.memory_time(100e9 + n * 2), rel=1e-12)
+    own = optimizer_step_time(rates, n, 1, "bfloat16", Options(optimizer="foreach", params_fp32=True), traced)
+    assert own == pytest.approx(rates.memory_time(100e9), rel=1e-12)
