@@ -25,6 +25,7 @@ avoids it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -84,6 +85,19 @@ _UNFUSED_OPS = {"embedding_dense_backward", "sort", "topk", "nonzero", "cumsum",
 # scaled to the full depth kept at its own depth. The fusion tracker still sees them: a fresh buffer is written
 # to HBM only once something outside its region needs it.
 _ALLOCATION_OPS = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "empty_permuted"}
+
+
+@functools.lru_cache(maxsize=None)
+def _own_kernel(name: str) -> bool:
+    """Whether the aten op `name` (e.g. 'aten::silu_backward') has a kernel of its own for the CPU, the backend every
+    torch build has. torch's dispatcher runs an op's CompositeImplicitAutograd decomposition only on a backend with
+    no kernel for it (c10 OperatorEntry::computeDispatchTableEntryWithDebug: a backend kernel comes before the
+    composite one), so an op with one runs as that one kernel on the CPU and on CUDA. silu_backward has both (its
+    composite math_silu_backward serves the other backends): decomposed, it was traced as about seven passes over
+    the activation (sigmoid, ones, sub, mul x 3, add), where one kernel reads the gradient and the input and writes
+    one result. Measured on an H200 (docs/accelerators.md, "Where a training step's time goes"): 8 silu_backward
+    kernels, 1.63 ms a step, against 4.0 ms priced for the decomposition."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
 
 
 @dataclass
@@ -264,9 +278,10 @@ class _OpRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         packet = func._overloadpacket
-        if packet not in flop_registry:
+        if packet not in flop_registry and not _own_kernel(func.name()):
             # Composite ops (aten.linear under inference_mode, ...) reach us undecomposed; decompose them
-            # so that their matmuls are seen and counted like in training.
+            # so that their matmuls are seen and counted like in training. Not an op with a kernel of its own
+            # (_own_kernel): the device runs it as that one kernel.
             with self:  # re-enter this mode so that the decomposition's ops are recorded too
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:

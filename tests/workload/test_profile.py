@@ -268,3 +268,23 @@ def test_a_step_whose_tensors_torch_cannot_address_is_one_line_naming_the_keys()
                                             r"vocab=2147483647") as info:
         profile_workload(workload, SharingChoice(tie_embeddings=True))
     assert "\n" not in str(info.value)
+
+
+def test_an_op_with_a_kernel_of_its_own_is_traced_as_that_one_kernel() -> None:
+    """silu_backward has a CPU and a CUDA kernel and also a composite decomposition for other backends; torch runs
+    the kernel, so the trace records one op (its gradient and input read, its result written), not the seven
+    passes of the decomposition. SwiGLU and GeGLU (gelu_backward has no decomposition) then trace alike: same
+    shapes, one activation op each way. linear has no kernel of its own (composite only): still decomposed."""
+    from llmsim.workload.trace import _own_kernel
+
+    assert _own_kernel("aten::silu_backward") and not _own_kernel("aten::linear")
+
+    def ops(activation: str) -> dict:
+        spec = ModelSpec(preset="tiny", layers=1, seq_len=64, activation=activation, norm="rmsnorm",
+                         positions="rotary")
+        p = profile_workload(Workload(model=spec, batch=2), SharingChoice(True))
+        return {k: (v.bytes, v.count, v.fused_bytes) for k, v in p.ops.items() if k[2] == "other"}
+
+    swiglu, geglu = ops("swiglu"), ops("geglu")
+    assert swiglu[("backward", "layers", "other")] == geglu[("backward", "layers", "other")]
+    assert swiglu == geglu
