@@ -6,6 +6,9 @@
 #     backend's measured step beside the roofline backend's price for the GPU's catalog entry, in one run each.
 #  3. scripts/gpu_decode_launches.py: one eager decode token of that shape, its GPU operations, GPU-busy and wall
 #     time (why an eager decode is slower than the roofline's graph-replayed one).
+#  4. scripts/gpu_train_breakdown.py: the 8-layer training step's GPU time by phase and kind of kernel (GEMMs,
+#     attention, the rest by aten op), each GEMM shape's TFLOP/s and the SM clock, beside the roofline's price
+#     of each kind.
 # Needs a CUDA build of torch and nvidia-ml-py (pip install -e '.[cuda,test]'). Not run in CI (no GPU).
 # Each part runs even when an earlier one failed; the exit status is 1 when any did. Run folders go under
 # $RUNS (default /tmp/llmsim-gpu-check). PYTHON picks the interpreter (default: python3).
@@ -101,5 +104,8 @@ PY
 
 # 3. One eager decode token of the same 8B shape: GPU operations launched, GPU-busy time and wall time per token.
 "$PY" scripts/gpu_decode_launches.py || failed=1
+
+# 4. The training step of part 2 split by phase and kind of kernel, measured and priced (one JSON object).
+"$PY" scripts/gpu_train_breakdown.py || failed=1
 
 exit "$failed"
