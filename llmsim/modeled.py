@@ -296,7 +296,8 @@ class ModeledBackend(Backend):
         if fp8_problem is not None:  # one device of several lacks FP8 (none of them: runner.check_fp8 refuses)
             return case.result(self, status="skipped", error=fp8_problem, hardware=cluster.device.name,
                                nodes=cluster.nodes, energy_source="modeled",
-                               **priced_options(options, "serve" if case.serving is not None else case.workload.mode))
+                               **priced_options(options, "serve" if case.serving is not None else case.workload.mode,
+                                                case.workload.dtype, cluster.device))
         if case.serving is not None and case.serving.spec.disaggregation is not None:
             # prefill and decode instances (llmsim.modeled_disaggregated)
             return serve_disaggregated(self, case, cluster, options, self.serving_faults(case, settings, cluster))
@@ -309,7 +310,7 @@ class ModeledBackend(Backend):
                      expert_load_imbalance=assumed_imbalance(case.workload, plan if case.workload.mode == "train"
                                                              else inference_plan(plan)),
                      energy_source="modeled", model_flops_per_step=profile.model_flops_per_step,
-                     **priced_options(options, case.workload.mode))
+                     **priced_options(options, case.workload.mode, case.workload.dtype, cluster.device))
         try:
             peak = workload_rates(cluster, case.workload).peak_flops
             one_device = self.one_device_time(case, profile, plan, cluster, options)

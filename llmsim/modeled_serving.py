@@ -28,6 +28,9 @@ from llmsim.costmodel.cluster import torus_groups
 from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import engine_iteration, priced_pass_seconds
+from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY
+from llmsim.costmodel.memory import FP32_BYTES
+from llmsim.costmodel.plan import DTYPE_BYTES
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, draft_head_model, draft_times,
                                         iteration_times, kv_bytes_per_token, kv_capacity, token_costs,
                                         with_draft_memory)
@@ -335,11 +338,22 @@ def workload_draft(workload: Workload, kv_cache_dtype: str, speculative: Specula
     return draft, profile.param_bytes / model.plan.tp, kv_bytes_per_token(costs, ref, model.plan)
 
 
-def priced_options(options: Options, mode: str) -> dict[str, str | None]:
-    """The result columns `attention_kernel` and `all_reduce` of a modeled row (llmsim.results.COLUMNS): the kernel
-    and all-reduce library it was priced with; `all_reduce` only where it prices something, an inference pass or a
-    serving iteration (costmodel.plan.Options: training passes keep NCCL), else empty."""
-    return dict(attention_kernel=options.attention, all_reduce=None if mode == "train" else options.all_reduce)
+def priced_options(options: Options, mode: str, dtype: str = "bfloat16",
+                   device: DeviceSpec | None = None) -> dict[str, str | bool | None]:
+    """The result columns `attention_kernel`, `all_reduce`, `optimizer` and `master_weights` of a modeled row
+    (llmsim.results.COLUMNS): the kernel, all-reduce library and training recipe it was priced with, each only where
+    it prices something, else empty:
+      all_reduce      an inference pass or a serving iteration (costmodel.plan.Options: training passes keep NCCL);
+      optimizer       a training step on an accelerator (an eager host, `op_overhead_s` > 0, prices the traced loop
+                      whatever the setting: costmodel.work.optimizer_step_time);
+      master_weights  a training step in a 16-bit `dtype` without `params_fp32` (fp32 parameters are their own
+                      master)."""
+    train = mode == "train"
+    eager_host = device is not None and (device.efficiency or DEFAULT_EFFICIENCY).op_overhead_s > 0
+    sixteen_bit = DTYPE_BYTES.get(dtype, FP32_BYTES) < FP32_BYTES and not options.params_fp32
+    return dict(attention_kernel=options.attention, all_reduce=None if train else options.all_reduce,
+                optimizer=options.optimizer if train and not eager_host else None,
+                master_weights=options.master_weights if train and sixteen_bit else None)
 
 
 def run_extras(backend: "Backend", case: "Case", cluster: ClusterSpec, outcome: ServingOutcome,

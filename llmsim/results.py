@@ -64,6 +64,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
                        "backend's `all_reduce` setting: nccl, or vllm, vLLM's custom all-reduce where vLLM uses it); "
                        "empty for a training row (its all-reduces are NCCL's) and for a backend that does not price "
                        "one (a measured row)"),
+    "optimizer": ("", "modeled training rows: the Adam implementation the optimizer step was priced as (the backend's "
+                      "`optimizer` setting: fused, one kernel; foreach, torch AdamW's default on CUDA, one pass per "
+                      "operation); empty for inference, serving and measured rows"),
+    "master_weights": ("", "modeled training rows: whether the 16-bit recipe was priced with an fp32 master copy and "
+                           "fp32 Adam moments (the backend's `master_weights` setting: true, mixed precision; false, "
+                           "the model cast to its dtype as the cpu and cuda backends run it); empty for inference, "
+                           "serving and measured rows"),
     "status": ("", "ok | skipped | failed | does-not-fit"),
     "error": ("", "why a row is not ok"),
     "step_time_s": ("s", "wall time of one step (decode: the whole generation)"),
@@ -174,6 +181,8 @@ class Result(BaseModel):
     lora_rank: int | None = None
     attention_kernel: str | None = None
     all_reduce: str | None = None
+    optimizer: str | None = None
+    master_weights: bool | None = None
     status: Status = "ok"
     error: str | None = None
     step_time_s: float | None = None

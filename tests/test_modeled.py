@@ -39,5 +39,27 @@ def test_a_modeled_row_records_its_attention_kernel_and_all_reduce_library(
     assert "| priced with |" in decode.attrs["report"] and "| flash3, vllm |" in decode.attrs["report"]
     train = _run(tmp_path, "train", {"attention": "cudnn", "all_reduce": "vllm"}, capsys)
     assert train.loc[0, "attention_kernel"] == "cudnn" and pd.isna(train.loc[0, "all_reduce"])
-    assert "| cudnn |" in train.attrs["report"]
+    assert "| cudnn, fused, fp32 master |" in train.attrs["report"]
     assert "attention_kernel" not in train.columns[list(train.columns).index("other_time_s"):]  # not an extra
+
+
+def test_a_modeled_training_row_records_its_optimizer_and_master_weights(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """results.csv columns optimizer and master_weights: the training recipe a modeled row was priced with, so that
+    `llmsim report A B` can tell a fused run from a foreach one; empty where the setting prices nothing (an inference
+    row; master_weights of an fp32 workload, which has no 16-bit copy to keep a master of)."""
+    assert {"optimizer", "master_weights"} <= set(COLUMNS)
+    train = _run(tmp_path, "train", {"optimizer": "foreach", "master_weights": False}, capsys)
+    assert (train.loc[0, "optimizer"], bool(train.loc[0, "master_weights"])) == ("foreach", False)
+    assert "| flash, foreach, no fp32 master |" in train.attrs["report"]
+    decode = _run(tmp_path, "decode", {"optimizer": "foreach"}, capsys)
+    assert pd.isna(decode.loc[0, "optimizer"]) and pd.isna(decode.loc[0, "master_weights"])
+    path = tmp_path / "fp32.yaml"
+    path.write_text(yaml.safe_dump({"name": "fp32", "workload": {"model": {"preset": "tiny"}, "mode": "train",
+                                                                 "batch": 2, "dtype": "float32"},
+                                    "strategies": [{"name": "tp1"}],
+                                    "backends": {"roofline": {"hardware": "h100-sxm", "devices_per_node": 1}}}))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    fp32 = pd.read_csv(run_dir / "results.csv")
+    assert fp32.loc[0, "optimizer"] == "fused" and pd.isna(fp32.loc[0, "master_weights"])

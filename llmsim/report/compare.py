@@ -125,7 +125,8 @@ def value(row: pd.Series | None, metric: Metric) -> float | None:
 
 # Result columns that say what a modeled row was priced with (results.COLUMNS), and their titles: a comparison
 # shows where they differ, since a change of kernel or library changes the prices without a change of workload.
-PRICED_WITH: tuple[tuple[str, str], ...] = (("attention_kernel", "attention kernel"), ("all_reduce", "all-reduce library"))
+PRICED_WITH: tuple[tuple[str, str], ...] = (("attention_kernel", "attention kernel"), ("all_reduce", "all-reduce library"),
+                                           ("optimizer", "optimizer"), ("master_weights", "fp32 master copy"))
 
 
 def priced_with(row: pd.Series | None, column: str) -> str | None:
@@ -137,8 +138,8 @@ def priced_with(row: pd.Series | None, column: str) -> str | None:
 
 
 def priced_with_table(frame: pd.DataFrame, letters: list[str]) -> Table | None:
-    """Per (case, backend) that some run priced with a kernel or library: each run's attention kernel and
-    all-reduce library (– where that run's row prices none), a row whose values differ between runs first."""
+    """Per (case, backend) that some run priced with a kernel, library or training recipe: each run's PRICED_WITH
+    values (– where that run's row prices none), a row whose values differ between runs first."""
     shown = [(c, t) for c, t in PRICED_WITH if any_value(frame, [f"{c}@{x}" for x in letters]).any()]
     if not shown:
         return None
@@ -152,9 +153,9 @@ def priced_with_table(frame: pd.DataFrame, letters: list[str]) -> Table | None:
         cells += [Cell("–" if missing(v) else str(v), "" if missing(v) else str(v)) for vs in values for v in vs]
         (differ if any(len({v for v in vs if not missing(v)}) > 1 for vs in values) else body).append(cells)
     return Table(headers, differ + body, [False] * len(headers),
-                 caption="What each modeled row was priced with (results.csv columns attention_kernel and "
-                         "all_reduce); rows where the runs differ first; – where a run's row prices none (a measured "
-                         "backend, a training row's all-reduce).")
+                 caption="What each modeled row was priced with (results.csv columns attention_kernel, all_reduce, "
+                         "optimizer and master_weights); rows where the runs differ first; – where a run's row prices "
+                         "none (a measured backend, a training row's all-reduce, an inference row's optimizer).")
 
 
 def priced_with_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
@@ -399,7 +400,7 @@ def comparison_document(runs: list[Run]) -> Document:
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
     priced = priced_with_table(frame, letters)
     if priced is not None:
-        sections.append(Section("Attention kernel and all-reduce library", [priced], "priced-with"))
+        sections.append(Section("What the modeled rows were priced with", [priced], "priced-with"))
     figs = [
         render("change", "Change against the baseline",
                 f"percent change of each case against {letters[0]}; green is better, red is worse.",

@@ -56,10 +56,15 @@ OPTIONAL_TEXT = ("priced_with",)
 
 
 def priced_with(row: Any) -> str | None:
-    """'flash3, vllm': the attention kernel and all-reduce library a modeled row was priced with (result columns
-    attention_kernel and all_reduce; a training row's all-reduce is empty), one cell to keep the table narrow; None
-    for a row that prices neither (measured)."""
-    parts = [str(v) for v in (row.get("attention_kernel"), row.get("all_reduce")) if not missing(v) and v != ""]
+    """'flash3, vllm' or 'cudnn, foreach, no fp32 master': what a modeled row was priced with (result columns
+    attention_kernel, all_reduce, optimizer and master_weights; each empty where the row prices none: a training
+    row's all-reduce, an inference row's optimizer), one cell to keep the table narrow; None for a row that prices
+    none of them (measured)."""
+    parts = [str(v) for v in (row.get("attention_kernel"), row.get("all_reduce"), row.get("optimizer"))
+             if not missing(v) and v != ""]
+    master = row.get("master_weights")
+    if not missing(master) and master != "":
+        parts.append("fp32 master" if str(master).lower() in ("true", "1") else "no fp32 master")
     return ", ".join(parts) or None
 
 
@@ -84,8 +89,9 @@ def results_table(frame: pd.DataFrame) -> Table:
     ok = frame[frame["status"] == "ok"]
     ok = ok.assign(priced_with=[priced_with(r) for _, r in ok.iterrows()])
     spec = _drop_empty(ok, RESULTS)
-    priced = ("priced with: the attention kernel and (inference, serving) the all-reduce library a modeled row "
-              "was priced with (results.csv: attention_kernel, all_reduce)." if ("priced_with", "priced with", "text")
+    priced = ("priced with: the attention kernel, (inference, serving) the all-reduce library and (training) the "
+              "optimizer and whether an fp32 master copy was kept, as a modeled row was priced (results.csv: "
+              "attention_kernel, all_reduce, optimizer, master_weights)." if ("priced_with", "priced with", "text")
               in spec else "")
     table = _table(ok, spec, priced)
     if not any(spread(r) for _, r in ok.iterrows()):
