@@ -12,6 +12,7 @@ Every failure is a `ScenarioError` naming the file, the key path and what is all
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -25,7 +26,7 @@ from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
 from llmsim.stages import SplitError, split_layers
 from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel, field_range
 from llmsim.userinput import override_path, parse_yaml, read_yaml
-from llmsim.wording import count, literal_choices, literal_error, number_error, shown_value
+from llmsim.wording import count, literal_choices, literal_error, number_error, shown_input, shown_value
 from llmsim.workload.presets import PRESETS
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -1140,7 +1141,7 @@ def describe_error(err: dict[str, Any]) -> str:
         return MISSING_KEY
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{_shown(err.get('input'))}: expected a mapping of keys"
-    if kind == "list_type":
+    if kind in ("list_type", "tuple_type"):   # a tuple field is a list in YAML (matmul_tiles: [[128, 128], ...])
         return f"{_shown(err.get('input'))}: expected a list"
     if kind == "too_short":
         least = (err.get("ctx") or {}).get("min_length", 1)
@@ -1220,6 +1221,11 @@ def allowed_range(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         loc = loc[:-1]
     parent = _model_at(model, tuple(loc[:-1]))
     field = getattr(parent, "model_fields", {}).get(loc[-1]) if loc else None
+    if field is None and len(loc) >= 2:   # a mapping's value (peak_flops.bfloat16): the bounds of its values
+        holder = _model_at(model, tuple(loc[:-2]))
+        mapping = getattr(holder, "model_fields", {}).get(loc[-2])
+        if mapping is not None and typing.get_origin(mapping.annotation) is dict:
+            field = mapping
     return field_range(field) if field is not None else ""
 
 
@@ -1227,7 +1233,7 @@ def out_of_range(model: type[BaseModel], err: dict[str, Any], loc: tuple[Any, ..
     """A number outside its field's bounds, with every bound (`0: out of range; allowed: >= 1`); pydantic's own
     sentence where the field's bounds cannot be found."""
     allowed = allowed_range(model, loc)
-    return f"{_shown(err.get('input'))}: out of range{allowed}" if allowed else describe_error(err)
+    return f"{shown_input(err.get('input'))}: out of range{allowed}" if allowed else describe_error(err)
 
 
 # The names pydantic puts in an error's location for the member of a union it tried (`rate.constrained-float`,

@@ -83,7 +83,7 @@ class ModeledSettings(StrictModel):
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIMENSION
                                  for v in values):
-            raise ValueError(f"allowed: a node count >= 1 and <= {MAX_DIMENSION:,}, or a non-empty list of them "
+            raise ValueError(f"allowed: a node count >= 1 and <= {MAX_DIMENSION}, or a non-empty list of them "
                              f"(a sweep)")
         repeats = sweep_repeats(values)
         if repeats:

@@ -71,6 +71,15 @@ def shown_number(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else shown_value(value)
 
 
+def shown_input(value: object) -> str:
+    """A number the user gave, echoed as written where that is short (3.0, 0.25), in shown_number's form where its
+    repr runs long (-5e+12, not -5000000000000.0); anything else as shown_value."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text if len(text) <= 12 and "e" not in text else f"{value:g}"
+    return shown_value(value)
+
+
 def bound_error(err: dict[str, Any]) -> str | None:
     """A number past the one bound pydantic names, as the other range errors read (`-3: out of range; allowed:
     >= 0`; pydantic: 'Input should be greater than or equal to 0'); None for any other error. Where the field's

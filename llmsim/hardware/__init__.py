@@ -433,6 +433,8 @@ def _entry_problem(err: dict, loc: tuple) -> str:
         return describe_error(err) + allowed_keys(model, inner)
     if err["type"].startswith(("greater_than", "less_than")):
         return out_of_range(model, err, inner)
+    if "matmul_tiles" in inner:   # a list of pairs: say its shape, which no range does
+        return describe_error(err) + "; allowed: a list of [rows, cols] GEMM output tiles, e.g. [[128, 128], [128, 256]]"
     if err["type"] in NUMBER_WANTED:
         return describe_error(err) + (allowed_range(model, inner) or "")
     return describe_error(err)
@@ -451,6 +453,10 @@ def _entries_error(exc: ValidationError, origin: str) -> ScenarioError:
     keyed = (err.get("ctx") or {}).get("error")
     if isinstance(keyed, KeyedValueError):   # a rule that names its key (strict.boolean_for_a_number)
         where, msg = f"{where}.{keyed.key}" if where else keyed.key, keyed.message
+        tag = next((p for p in err["loc"] if p in _ENTRY_MODELS), None)
+        if tag is not None and "allowed:" not in msg:   # a mapping's value (peak_flops.bfloat16: '1e15'): its range
+            inner = tuple(p for p in err["loc"][err["loc"].index(tag) + 1:] if p != "[key]")
+            msg += allowed_range(_ENTRY_MODELS[tag], inner + tuple(keyed.key.split(".")))
     if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
         where = f"{where}.type" if where else "type"
     others = [where_of(e) or "the file" for e in errors[1:]]

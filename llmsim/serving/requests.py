@@ -305,7 +305,7 @@ def read_trace_in_file_order(path: str | Path) -> tuple[list[tuple[float, int, i
             value = _number(row[column])
             if value is not None and (math.isinf(value) or value > MAX_DIMENSION):
                 raise TraceError(file, f"line {number}: {column} {shown_value(row[column])} is too large; allowed: "
-                                       f"a whole number >= 1 and <= {MAX_DIMENSION:,}", column)
+                                       f"a whole number >= 1 and <= {MAX_DIMENSION}", column)
             if value is None or not math.isfinite(value) or not value.is_integer() or value < 1:
                 raise TraceError(file, f"line {number}: {column} {shown_value(row[column])} is not a whole number >= 1",
                                  column)

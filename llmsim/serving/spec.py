@@ -218,7 +218,7 @@ class Lengths(_Strict):
             if err["type"] == "extra_forbidden":
                 message = f"unknown key; allowed: {', '.join(form.model_fields)}"
             elif err["type"].startswith("int_"):   # 1e300 for a uniform bound: pydantic's 'Unable to parse ...'
-                message = f"{shown_value(err.get('input'))}: expected a whole number >= 1 and <= {MAX_DIMENSION:,}"
+                message = f"{shown_value(err.get('input'))}: expected a whole number >= 1 and <= {MAX_DIMENSION}"
             elif err["type"] == "missing":  # pydantic: 'Field required'
                 needed = [k for k, f in form.model_fields.items() if f.is_required() and k != "kind"]
                 message = f"required key is missing; {value['kind']} takes {', '.join(needed)}"

@@ -248,7 +248,17 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
      "'3.8' is text, not a number (write it without quotes); allowed: >= 0 and <= 0.01"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: '1.2e15'}, memory_bytes: 8.0e10, "
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my sheet}\n",
-     "entries[0].peak_flops.bfloat16", "'1.2e15' is text, not a number (write it without quotes)"),
+     "entries[0].peak_flops.bfloat16",
+     "'1.2e15' is text, not a number (write it without quotes); allowed: >= 1e+08"),
+    # trial 37: a mapping's value named no range; a tuple field got pydantic's own words
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: true}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my sheet}\n",
+     "entries[0].peak_flops.bfloat16", "true is a boolean, not a number"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "efficiency: {matmul_tiles: '3'}, source: my sheet}\n",
+     "entries[0].efficiency.matmul_tiles",
+     "'3': expected a list; allowed: a list of [rows, cols] GEMM output tiles, e.g. [[128, 128], [128, 256]]"),
     ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 1.0e11, latency_s: '5e-6', source: my sheet}\n",
      "entries[0].latency_s", "'5e-6' is text, not a number (write it without quotes); allowed: >= 0 and <= 0.01"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "

@@ -189,7 +189,7 @@ def test_a_trace_beyond_the_simulated_clock_is_refused_naming_its_line(tmp_path:
     ("[" * 200_000 + "]" * 200_000, "not a usable JSON object (nested too deeply)"),
     # trial 27: a token count no float holds said "is not a whole number >= 1", with all 400 digits
     pytest.param('{"arrival_s": 0, "input_tokens": 1' + "0" * 400 + ', "output_tokens": 3}',
-                 "input_tokens 1" + "0" * 58 + "… is too large; allowed: a whole number >= 1 and <= 2,147,483,647",
+                 "input_tokens 1" + "0" * 58 + "… is too large; allowed: a whole number >= 1 and <= 2147483647",
                  id="tokens-400-digits"),
 ])
 def test_a_json_line_python_cannot_hold_is_a_trace_error(tmp_path: Path, line: str, problem: str) -> None:
