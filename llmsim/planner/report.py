@@ -397,10 +397,15 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
         f"precision searched: {', '.join(plan.search.dtype)}"
     if plan.serving is not None and plan.serving.kv_cache_dtype != "auto":
         dtypes += f", KV cache {plan.serving.kv_cache_dtype}"
+    # the options the plan was priced with (plan.yaml's `options:`; best.yaml carries them into its backends), so
+    # that two plans' reports say when they priced different recipes or kernels
+    chosen = plan.options.model_dump(mode="json", exclude_defaults=True)
+    options = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in chosen.items())
     return [("plan", plan.name), ("workload", f"{model} {what}, {dtypes}"),
             ("goal", goal), ("objective", plan.objective),
             ("limits", f"max_devices {plan.limits.max_devices:,}" + (
-                f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else ""))]
+                f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else "")),
+            ("options", options or "none: the cost model's defaults")]
 
 
 def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,

@@ -335,6 +335,9 @@ def test_the_plans_options_price_every_candidate_and_travel_to_best_yaml(tmp_pat
     assert chosen.top[0].step_time_s != pytest.approx(plain.top[0].step_time_s, rel=1e-6)  # the options priced
     best = yaml.safe_load((chosen.run_dir / "best.yaml").read_text())
     assert options.items() <= best["backends"]["roofline"].items() and options.items() <= best["backends"]["cluster"].items()
+    # the report names them too (trial 38: only plan.yaml and best.yaml did), and a plan without any says so
+    assert "attention: math, main_grads_fp32: true" in (chosen.run_dir / "plan.md").read_text()
+    assert "none: the cost model's defaults" in (plain.run_dir / "plan.md").read_text()
     assert main(["run", str(chosen.run_dir / "best.yaml"), "--backend", "roofline", "--out", str(tmp_path)]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
     row = pd.read_csv(run_dir / "results.csv").iloc[0]
