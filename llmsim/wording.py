@@ -58,7 +58,12 @@ def literal_error(err: dict[str, Any]) -> str:
     """A value a Literal key does not take, in the one form every such key's error has (docs/scenario.md,
     "Validity rules"): `'x' is not one of the allowed values (allowed: a, b, c)`; pydantic would say `Input should be
     'a', 'b' or 'c'`."""
-    return f"{shown_value(err.get('input'))} is not one of the allowed values (allowed: {literal_choices(err)})"
+    given, allowed = err.get("input"), literal_choices(err)
+    hint = ""
+    if isinstance(given, str) and len(given) >= 2 and given[0] == given[-1] and given[0] in "'\"" \
+            and given[1:-1] in allowed.split(", "):   # "'foreach'": the quotes are part of the value
+        hint = "; write it without the inner quotes"
+    return f"{shown_value(given)} is not one of the allowed values (allowed: {allowed}){hint}"
 
 
 # pydantic's bound error types: (the ctx key holding the bound, how a message writes it)

@@ -137,6 +137,9 @@ SERVE = "scenarios/serve-llama-eagle.yaml"
                                           "(allowed: mtp, eagle, draft, ngram)"),
     ("backends.roofline.all_reduce=null", "backends.roofline.all_reduce: null is not one of the allowed values "
                                           "(allowed: nccl, vllm)"),   # a backend's setting: the same words
+    # trial 38: quotes inside the value (YAML's "'foreach'") hid why a right choice was refused
+    ("backends.roofline.all_reduce=\"'vllm'\"", "backends.roofline.all_reduce: \"'vllm'\" is not one of the allowed "
+                                               "values (allowed: nccl, vllm); write it without the inner quotes"),
 ])
 def test_a_literal_key_names_the_value_and_every_allowed_one(capsys: pytest.CaptureFixture[str], setting: str,
                                                              line: str) -> None:
