@@ -38,6 +38,7 @@ from llmsim.wording import count
 
 POLL_S = 0.05
 WORK_PREFIX = "llmsim-dist-"     # the launcher's work folder in the temporary directory
+NODES_PREFIX = "llmsim-nodes-"   # launch_nodes' work folder (several "nodes" on this host)
 LAUNCHER_FILE = "launcher.pid"   # in it: the pid of the process that made it, while the folder is in use
 RESULTS_GRACE_S = 2.0  # how long a failed case waits for rank 0's result file before giving up on it
 
@@ -199,7 +200,8 @@ def sweep_orphaned_work(tmp: Path | None = None) -> list[Path]:
     (its launcher alive), one kept on purpose for a failure's logs (no LAUNCHER_FILE) and anything unreadable are
     left alone. A recycled pid only keeps a folder longer, never removes one in use."""
     swept = []
-    for folder in Path(tmp or tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+    base = Path(tmp or tempfile.gettempdir())
+    for folder in [f for prefix in (WORK_PREFIX, NODES_PREFIX) for f in sorted(base.glob(prefix + "*"))]:
         try:
             pid = int((folder / LAUNCHER_FILE).read_text())
         except (OSError, ValueError):
@@ -253,7 +255,9 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
     never raises for a rank failure or a timeout (the first node to exit non-zero, or the timeout, stops all)."""
     if spec.world % nnodes:
         raise ValueError(f"world {spec.world} does not split into {nnodes} nodes")
-    work = Path(tempfile.mkdtemp(prefix="llmsim-nodes-"))
+    sweep_orphaned_work()
+    work = Path(tempfile.mkdtemp(prefix=NODES_PREFIX))
+    (work / LAUNCHER_FILE).write_text(str(os.getpid()))   # until this launch ends (sweep_orphaned_work)
     out = log_dir or work
     out.mkdir(parents=True, exist_ok=True)
     spec_path = work / "spec.json"
@@ -317,4 +321,6 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
             outcome.error = f"all nodes exited cleanly but no readable {RESULT_FILE} under {out}: {exc!r}"
     if outcome.error is None or log_dir is not None:
         shutil.rmtree(work, ignore_errors=True)
+    else:
+        (work / LAUNCHER_FILE).unlink(missing_ok=True)  # kept on purpose for the message: no later launch sweeps it
     return outcome

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmsim.distributed.launch import LAUNCHER_FILE, WORK_PREFIX, sweep_orphaned_work
+from llmsim.distributed.launch import LAUNCHER_FILE, NODES_PREFIX, WORK_PREFIX, sweep_orphaned_work
 
 
 def _dead_pid() -> int:
@@ -18,8 +18,8 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _folder(tmp: Path, name: str, pid: object | None) -> Path:
-    folder = tmp / f"{WORK_PREFIX}{name}"
+def _folder(tmp: Path, name: str, pid: object | None, prefix: str = WORK_PREFIX) -> Path:
+    folder = tmp / f"{prefix}{name}"
     folder.mkdir()
     (folder / "spec.json").write_text("{}")
     if pid is not None:
@@ -37,7 +37,11 @@ def test_only_the_folders_of_launchers_that_are_gone_are_swept(tmp_path: Path) -
     other.mkdir()
     (other / LAUNCHER_FILE).write_text(str(_dead_pid()))
 
-    assert sweep_orphaned_work(tmp_path) == [orphan]
-    assert not orphan.exists()
-    assert all(p.exists() for p in (mine, parent, kept, garbled, other))
+    # launch_nodes' folders too (trial 37: they were never swept)
+    nodes_orphan = _folder(tmp_path, "killed", _dead_pid(), NODES_PREFIX)
+    nodes_mine = _folder(tmp_path, "in-use", os.getpid(), NODES_PREFIX)
+
+    assert sweep_orphaned_work(tmp_path) == [orphan, nodes_orphan]
+    assert not orphan.exists() and not nodes_orphan.exists()
+    assert all(p.exists() for p in (mine, parent, kept, garbled, other, nodes_mine))
     assert sweep_orphaned_work(tmp_path) == []
