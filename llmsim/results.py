@@ -58,8 +58,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "layer_groups": ("", "distinct layer weight sets (empty = no cross-layer sharing)"),
     "lora_rank": ("", "LoRA adapter rank (empty = full fine-tuning)"),
     "attention_kernel": ("", "modeled: the attention kernel the row was priced with (the backend's `attention` setting: "
-                             "flash, cudnn, flash3, trtllm-mmha, fused-softmax, math; costmodel.plan.Options); empty "
-                             "for a backend that does not price one (a measured row)"),
+                             "flash, cudnn, flash3, trtllm-mmha, fused-softmax, math; costmodel.plan.Options); "
+                             "measured (cpu, cuda, one process): the kernel torch's scaled_dot_product_attention ran "
+                             "(llmsim.measure.sdpa: cudnn, flash, efficient, flash-cpu, ...), empty where it was not "
+                             "watched (warmup 0, a compiled model, several processes) or no fused kernel ran"),
     "all_reduce": ("", "modeled inference and serving rows: the library of the tensor-parallel all-reduces priced (the "
                        "backend's `all_reduce` setting: nccl, or vllm, vLLM's custom all-reduce where vLLM uses it); "
                        "empty for a training row (its all-reduces are NCCL's) and for a backend that does not price "

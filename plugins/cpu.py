@@ -130,6 +130,7 @@ class CpuBackend(Backend):
 
         from llmsim.measure.device import CpuDevice
         from llmsim.measure.host_probes import host_rates
+        from llmsim.measure.sdpa import attention_kernel_watch, watching_first_call
         from llmsim.workload.step import WorkloadStep
 
         if settings.threads:
@@ -140,7 +141,9 @@ class CpuBackend(Backend):
         step = WorkloadStep(case.workload, case.sharing, seed=case.seed, micro_batch=case.layout.micro_batch)
         memory.forget_peak()  # the built model counts, the float32 copy it was cast from does not
         meter = self._meter()
-        timings = time_steps(step.step, device, steps=settings.steps, warmup=settings.warmup, meter=meter)
+        watch = attention_kernel_watch(settings.warmup, compiled=False)   # which SDPA kernel the step runs
+        run = watching_first_call(step.step, watch) if watch is not None else step.step
+        timings = time_steps(run, device, steps=settings.steps, warmup=settings.warmup, meter=meter)
         peak_memory = memory.peak_bytes()
         loads = [m.tokens_per_expert.tolist() for m in step.model.moe_modules()]  # MoE: what the router did
         del step
@@ -153,7 +156,7 @@ class CpuBackend(Backend):
                                energy=energy, extra={**rates.columns(), "threads": threads,
                                                      "memory_method": memory.method,
                                                      "host_load_per_core": load_per_core()},
-                               expert_tokens=loads)
+                               expert_tokens=loads, attention_kernel=watch.kernel if watch is not None else None)
 
     # -- several processes (torch.distributed, gloo) ---------------------------------------------
     def _run_distributed(self, case: Case, settings: CpuSettings) -> Result:

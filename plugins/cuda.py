@@ -210,6 +210,7 @@ class CudaBackend(Backend):
             return self._run_distributed(case, settings)
         torch = _torch()
         from llmsim.measure.device import CudaEventDevice  # torch's: imported where a case runs (as torch)
+        from llmsim.measure.sdpa import attention_kernel_watch, watching_first_call
         from llmsim.workload.step import TORCH_DTYPES, WorkloadStep
 
         device = CudaEventDevice(settings.device)
@@ -236,8 +237,10 @@ class CudaBackend(Backend):
         if settings.autocast and case.workload.dtype != "float32":
             precision = torch.autocast("cuda", dtype=TORCH_DTYPES[case.workload.dtype])
         meter = self._meter(nvml, handle, settings)
+        watch = attention_kernel_watch(settings.warmup, settings.compile)   # which SDPA kernel the step runs
+        run = watching_first_call(step.step, watch) if watch is not None else step.step
         with precision:
-            timings = time_steps(step.step, device, steps=settings.steps, warmup=settings.warmup, meter=meter,
+            timings = time_steps(run, device, steps=settings.steps, warmup=settings.warmup, meter=meter,
                                  energy_window_s=settings.energy_window_s,
                                  keep="timed" if workload.mode == "train" else "none")
         reading = getattr(meter, "reading", None)
@@ -273,7 +276,7 @@ class CudaBackend(Backend):
             extra.update(energy_steps=timings.energy_steps, energy_metered_s=round(timings.energy_metered_s, 6))
         return measured_result(self, case, summary, hardware=hardware or gpu_name, peak_memory_bytes=peak_memory,
                                peak_flops_per_s=peak, breakdown=MeasuredSplit.one_device(summary), energy=energy,
-                               extra=extra)
+                               extra=extra, attention_kernel=watch.kernel if watch is not None else None)
 
     # -- several GPUs (torch.distributed, NCCL) ------------------------------------------------
     def _run_distributed(self, case: Case, settings: CudaSettings) -> Result:

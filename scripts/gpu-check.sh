@@ -93,6 +93,8 @@ for run in sys.argv[1:]:
     m, r = df.loc["cuda"], df.loc["roofline"]
     print(f"{m['mode']} batch {m['batch']} x {m['seq_len']} tokens, {m['params']:.3g} params, {m['dtype']}, "
           f"on {m['hardware']} ({run}):")
+    print(f"    attention kernel: the cuda backend ran {m.get('attention_kernel')}, "
+          f"the roofline priced {r.get('attention_kernel')}")
     for c in cols:
         a, b = m.get(c), r.get(c)
         if pd.isna(a) and pd.isna(b):

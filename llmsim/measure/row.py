@@ -22,12 +22,14 @@ from llmsim.workload.profile import profile_workload
 def measured_result(backend: Backend, case: Case, summary: StepSummary, *, hardware: str,
                     peak_memory_bytes: float | None, peak_flops_per_s: float | None = None,
                     breakdown: MeasuredSplit | None = None, energy: Energy | None = None,
-                    extra: dict[str, Any] | None = None, expert_tokens: list[list[int]] | None = None) -> Result:
+                    extra: dict[str, Any] | None = None, expert_tokens: list[list[int]] | None = None,
+                    attention_kernel: str | None = None) -> Result:
     """The `ok` row of `case` measured by `backend`; MFU is left empty without a peak. `expert_tokens`: the
-    tokens the run routed to each expert per MoE layer (expert_load_imbalance, and extra `expert_tokens`)."""
+    tokens the run routed to each expert per MoE layer (expert_load_imbalance, and extra `expert_tokens`);
+    `attention_kernel`: the SDPA kernel the run ran (llmsim.measure.sdpa), None where not watched."""
     profile = profile_workload(case.workload, case.sharing)
     values: dict[str, Any] = dict(
-        hardware=hardware, nodes=1, params=profile.params, trainable_params=profile.trainable_params,
+        hardware=hardware, nodes=1, attention_kernel=attention_kernel, params=profile.params, trainable_params=profile.trainable_params,
         params_active=profile.active_params, model_flops_per_step=profile.model_flops_per_step, peak_memory_bytes_per_device=peak_memory_bytes,
         **summary.columns())
     if breakdown is not None:

@@ -153,9 +153,10 @@ def priced_with_table(frame: pd.DataFrame, letters: list[str]) -> Table | None:
         cells += [Cell("–" if missing(v) else str(v), "" if missing(v) else str(v)) for vs in values for v in vs]
         (differ if any(len({v for v in vs if not missing(v)}) > 1 for vs in values) else body).append(cells)
     return Table(headers, differ + body, [False] * len(headers),
-                 caption="What each modeled row was priced with (results.csv columns attention_kernel, all_reduce, "
-                         "optimizer and master_weights); rows where the runs differ first; – where a run's row prices "
-                         "none (a measured backend, a training row's all-reduce, an inference row's optimizer).")
+                 caption="What each modeled row was priced with, and the attention kernel each measured row ran "
+                         "(results.csv columns attention_kernel, all_reduce, optimizer and master_weights); rows where "
+                         "the runs differ first; – where a run's row has none (a training row's all-reduce, an "
+                         "inference row's optimizer, a measured row's recipe).")
 
 
 def priced_with_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
@@ -400,7 +401,7 @@ def comparison_document(runs: list[Run]) -> Document:
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
     priced = priced_with_table(frame, letters)
     if priced is not None:
-        sections.append(Section("What the modeled rows were priced with", [priced], "priced-with"))
+        sections.append(Section("What the rows were priced with or ran", [priced], "priced-with"))
     figs = [
         render("change", "Change against the baseline",
                 f"percent change of each case against {letters[0]}; green is better, red is worse.",

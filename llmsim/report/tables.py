@@ -58,8 +58,11 @@ OPTIONAL_TEXT = ("priced_with",)
 def priced_with(row: Any) -> str | None:
     """'flash3, vllm' or 'cudnn, foreach, no fp32 master': what a modeled row was priced with (result columns
     attention_kernel, all_reduce, optimizer and master_weights; each empty where the row prices none: a training
-    row's all-reduce, an inference row's optimizer), one cell to keep the table narrow; None for a row that prices
-    none of them (measured)."""
+    row's all-reduce, an inference row's optimizer), one cell to keep the table narrow; 'ran cudnn' for a measured
+    row that recorded its attention kernel; None for a row with none of them."""
+    if row.get("kind") == "measured":   # no price: the attention kernel the run ran (llmsim.measure.sdpa)
+        kernel = row.get("attention_kernel")
+        return None if missing(kernel) or kernel == "" else f"ran {kernel}"
     parts = [str(v) for v in (row.get("attention_kernel"), row.get("all_reduce"), row.get("optimizer"))
              if not missing(v) and v != ""]
     master = row.get("master_weights")
@@ -90,9 +93,9 @@ def results_table(frame: pd.DataFrame) -> Table:
     ok = ok.assign(priced_with=[priced_with(r) for _, r in ok.iterrows()])
     spec = _drop_empty(ok, RESULTS)
     priced = ("priced with: the attention kernel, (inference, serving) the all-reduce library and (training) the "
-              "optimizer and whether an fp32 master copy was kept, as a modeled row was priced (results.csv: "
-              "attention_kernel, all_reduce, optimizer, master_weights)." if ("priced_with", "priced with", "text")
-              in spec else "")
+              "optimizer and whether an fp32 master copy was kept, as a modeled row was priced; for a measured row "
+              "the attention kernel it ran (results.csv: attention_kernel, all_reduce, optimizer, master_weights)."
+              if ("priced_with", "priced with", "text") in spec else "")
     table = _table(ok, spec, priced)
     if not any(spread(r) for _, r in ok.iterrows()):
         return table

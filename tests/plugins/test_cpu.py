@@ -40,6 +40,8 @@ def test_tiny_preset_runs_in_each_mode(mode: str) -> None:
         assert r.other_time_s > 0  # the optimizer step
     # the probes `llmsim calibrate` takes as measured
     assert r.extra["peak_flops_per_s"] > 0 and r.extra["stream_bytes_per_s"] > 0 and r.extra["op_overhead_s"] > 0
+    # the attention kernel torch's SDPA ran, watched in the warm-up step (llmsim.measure.sdpa): the CPU's fused loop
+    assert r.attention_kernel == "flash-cpu"
 
 
 def test_multi_device_strategy_torch_cannot_run_here_is_skipped_with_the_reason() -> None:

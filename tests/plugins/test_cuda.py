@@ -336,6 +336,8 @@ def test_tiny_preset_runs_on_the_gpu(mode: str) -> None:
     assert r.peak_memory_bytes_per_device > 0
     assert r.energy_source in ("nvml", "modeled") and r.energy_j_per_step > 0
     assert r.mfu is not None or "mfu_reason" in r.extra
+    # the fused attention kernel torch's SDPA ran (llmsim.measure.sdpa; an H200 with torch 2.11 ran cudnn)
+    assert r.attention_kernel in ("cudnn", "flash", "efficient"), r.attention_kernel
     if mode == "decode":
         assert 0 < r.ttft_s < r.step_time_s
     if mode == "train":

@@ -180,7 +180,7 @@ def test_the_attention_kernel_and_all_reduce_library_each_run_priced_with_are_co
     summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "The attention kernel differs: flash in A, flash3 in B, for 1 matched case (tp1 on roofline)" in summary
     assert "The all-reduce library differs: nccl in A, vllm in B, for 1 matched case (tp2 on roofline)" in summary
-    table = md.split("## What the modeled rows were priced with", 1)[1].split("\n## ", 1)[0]
+    table = md.split("## What the rows were priced with or ran", 1)[1].split("\n## ", 1)[0]
     assert ("| case | backend | attention kernel A | attention kernel B | all-reduce library A | all-reduce library B |"
             in table)
     assert "| tp1 | roofline | flash | flash3 | nccl | nccl |" in table and "| tp1 | cuda |" not in table
@@ -201,14 +201,14 @@ def test_the_training_recipe_each_run_priced_with_is_compared(tmp_path: Path) ->
     summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "The optimizer differs: fused in A, foreach in B, for 1 matched case (tp1 on roofline)" in summary
     assert "The fp32 master copy differs: True in A, False in B" in summary
-    table = md.split("## What the modeled rows were priced with", 1)[1].split("\n## ", 1)[0]
+    table = md.split("## What the rows were priced with or ran", 1)[1].split("\n## ", 1)[0]
     assert "| tp1 | roofline | flash | flash | fused | foreach | True | False |" in table
     assert "all-reduce library" not in table
 
 
 def test_runs_that_price_no_kernel_have_no_such_section(compared: Path) -> None:
     md = (compared / "report.md").read_text()
-    assert "What the modeled rows were priced with" not in md and "differs:" not in md
+    assert "What the rows were priced with or ran" not in md and "differs:" not in md
 
 
 def _with_lengths(run: Path, lengths: dict) -> Path:

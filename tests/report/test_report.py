@@ -192,3 +192,15 @@ def test_float_residue_in_a_breakdown_reads_as_zero() -> None:
     table = breakdown_table(frame)
     assert table is not None and table.rows[0][6].text == "0 s (0%)"
     assert (fmt_seconds(2.5e-9), fmt_seconds(2.4e-14), fmt_seconds(0.0)) == ("2.5 ns", "< 1 ns", "0 s")
+
+
+def test_the_priced_with_cell_names_a_modeled_recipe_and_what_a_measured_row_ran() -> None:
+    """One narrow cell: a modeled row's kernel, library and training recipe; a measured row's attention kernel (what
+    torch's SDPA ran: llmsim.measure.sdpa), marked as run, not priced; nothing where a row has none."""
+    from llmsim.report.tables import priced_with
+
+    assert priced_with({"kind": "modeled", "attention_kernel": "cudnn", "all_reduce": None, "optimizer": "foreach",
+                        "master_weights": False}) == "cudnn, foreach, no fp32 master"
+    assert priced_with({"kind": "modeled", "attention_kernel": "flash3", "all_reduce": "vllm"}) == "flash3, vllm"
+    assert priced_with({"kind": "measured", "attention_kernel": "cudnn"}) == "ran cudnn"
+    assert priced_with({"kind": "measured", "attention_kernel": float("nan")}) is None
