@@ -5,8 +5,10 @@ launching its kernels rather than by the GPU running them. This script measures 
 a scenario (default: scenarios/gpu-model-check.yaml as decode, batch 16 x 512 tokens, the --set overrides of
 scripts/gpu-check.sh):
 
-* wall seconds per token, CUDA events around `--tokens` decode_one calls (after a prefill and warm-up tokens),
-  the median of three such windows;
+* wall seconds per token, CUDA events around `--tokens` decode_one calls after a prefill, the median of three such
+  windows; every pass decodes the same positions, which untimed passes visited first (cuDNN's attention builds an
+  execution plan for each KV length it has not seen, ~50 ms of host time: a first pass over new positions measures
+  that, not the decode);
 * GPU operations per token and the GPU's busy seconds per token, from torch.profiler over the same calls
   (CUDA activity: every kernel, memcpy and memset the stream ran);
 * host seconds per launch if the token is launch-bound: wall per token / GPU operations per token.
@@ -33,11 +35,13 @@ from llmsim.errors import ScenarioError
 from llmsim.workload.step import WorkloadStep
 
 DEFAULT_SETS = ["workload.mode=decode", "workload.batch=16", "workload.model.seq_len=512"]
-WARMUP_TOKENS = 100  # decode tokens before the timed windows (10 and 100 gave the same, docs/accelerators.md)
+WARMUP_PASSES = 2  # untimed passes over the same positions first: allocator, cuBLAS heuristics, GPU clocks, and
+# cuDNN attention's execution plan for each KV length (a length first seen costs ~50 ms of host time: 68 ms a token
+# on the first pass over new positions, 14 ms on the second, measured on an H200; docs/accelerators.md)
 WINDOWS = 3  # timed windows of --tokens tokens each; the median is reported, all three are printed
 
 
-MAX_TOKENS = 1024  # --tokens: each of the WINDOWS + 1 windows runs this many decode tokens after the warm-up
+MAX_TOKENS = 1024  # --tokens: every pass (warm-up, timed, profiled) decodes this many tokens after a prefill
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # the built-in scenario as scripts/gpu-check.sh runs it; a scenario of the user's as it is, made a decode
     default = args.scenario == parser.get_default("scenario")
     sets = args.sets if args.sets is not None else (DEFAULT_SETS if default else ["workload.mode=decode"])
-    tokens = WARMUP_TOKENS + (WINDOWS + 1) * args.tokens + 1  # warm-up, the timed windows, the profiled one
+    tokens = args.tokens + 1  # every pass decodes the same positions: the prompt's end .. + --tokens
     try:  # the scenario first: a bad file or --set is one line, with or without a GPU
         scenario = load_scenario(args.scenario, sets + [f"workload.decode_tokens={tokens}"])
     except ScenarioError as exc:
@@ -76,21 +80,21 @@ def main(argv: list[str] | None = None) -> int:
                         device="cuda")
     seq = workload.model.seq_len
     with torch.inference_mode():
-        token, cache = step.prefill(step.cache_len)
-        position = seq
-        for _ in range(WARMUP_TOKENS):  # allocator, cuBLAS heuristics, lazily loaded kernels, GPU clocks
-            token = step.decode_one(token, cache, position)
-            position += 1
+        for _ in range(WARMUP_PASSES):
+            token, cache = step.prefill(step.cache_len)
+            for i in range(args.tokens):
+                token = step.decode_one(token, cache, seq + i)
         torch.cuda.synchronize()
 
         walls, host = [], []
         for _ in range(WINDOWS):
+            token, cache = step.prefill(step.cache_len)   # untimed: each window decodes the warmed positions
+            torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             issued = time.perf_counter()
-            for _ in range(args.tokens):
-                token = step.decode_one(token, cache, position)
-                position += 1
+            for i in range(args.tokens):
+                token = step.decode_one(token, cache, seq + i)
             host.append((time.perf_counter() - issued) / args.tokens)  # the host's loop, not waiting for the GPU
             end.record()
             torch.cuda.synchronize()
