@@ -102,3 +102,15 @@ def number_error(err: dict[str, Any]) -> str | None:
     if err.get("type") == "finite_number":
         return f"{shown_number(err.get('input'))}: expected a finite number"
     return bound_error(err)
+
+
+def whole_number_option(option: str, text: str, low: int, high: int) -> tuple[int | None, str | None]:
+    """A command-line option that takes a whole number in [low, high], read from `text`: (the number, None), or
+    (None, the one-line problem: `--steps '0': allowed: a whole number from 1 to 20`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        return None, f"{option} {text!r}: allowed: a whole number from {low} to {high}"
+    return value, None

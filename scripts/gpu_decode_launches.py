@@ -32,6 +32,7 @@ import torch
 
 from llmsim.config import SharingChoice, load_scenario
 from llmsim.errors import ScenarioError
+from llmsim.wording import whole_number_option
 from llmsim.workload.step import WorkloadStep
 
 DEFAULT_SETS = ["workload.mode=decode", "workload.batch=16", "workload.model.seq_len=512"]
@@ -50,13 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=None, dest="sets", metavar="KEY=VALUE")
     parser.add_argument("--tokens", default="16", help=f"decode tokens timed and profiled (1 to {MAX_TOKENS})")
     args = parser.parse_args(argv)
-    try:
-        per_window = int(args.tokens)
-    except ValueError:
-        per_window = 0
-    if not 1 <= per_window <= MAX_TOKENS:
-        print(f"gpu_decode_launches: --tokens {args.tokens!r}: allowed: a whole number from 1 to {MAX_TOKENS}",
-              file=sys.stderr)
+    per_window, problem = whole_number_option("--tokens", args.tokens, 1, MAX_TOKENS)
+    if problem is not None or per_window is None:
+        print(f"gpu_decode_launches: {problem}", file=sys.stderr)
         return 2
     args.tokens = per_window
     # the built-in scenario as scripts/gpu-check.sh runs it; a scenario of the user's as it is, made a decode

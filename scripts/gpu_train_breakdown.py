@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmsim.config import SharingChoice, load_scenario  # noqa: E402
 from llmsim.errors import ScenarioError  # noqa: E402
+from llmsim.wording import whole_number_option  # noqa: E402
 
 DEFAULT_SETS = ["workload.mode=train", "workload.model.layers=8", "workload.batch=2"]
 WARMUP_STEPS = 3
@@ -324,13 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"gpu_train_breakdown: {exc}", file=sys.stderr)
         return 2
-    try:
-        steps = int(args.steps)
-    except ValueError:
-        steps = 0
-    if not 1 <= steps <= MAX_STEPS:
-        print(f"gpu_train_breakdown: --steps {args.steps!r}: allowed: a whole number from 1 to {MAX_STEPS}",
-              file=sys.stderr)
+    steps, problem = whole_number_option("--steps", args.steps, 1, MAX_STEPS)
+    if problem is not None or steps is None:
+        print(f"gpu_train_breakdown: {problem}", file=sys.stderr)
         return 2
     out: dict = {"priced": price}
     if not args.price_only:
