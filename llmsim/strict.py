@@ -130,7 +130,9 @@ def number_or_text_for_a_boolean(model: type[BaseModel], data: Any) -> None:
             raise KeyedValueError(name, f"{value} is a number, not a boolean (allowed: true, false)")
         if isinstance(value, str):
             # YAML's own unquoted yes/no/on/off are booleans already when they get here
-            raise KeyedValueError(name, f"{value!r} is text, not a boolean (allowed: true, false)")
+            quoted = value.strip().lower() in ("true", "false", "yes", "no", "on", "off")
+            raise KeyedValueError(name, f"{value!r} is text, not a boolean (allowed: true, false)"
+                                        + ("; write it without quotes" if quoted else ""))
         if value is None and field.annotation is bool:
             raise KeyedValueError(name, "null is not a boolean (allowed: true, false)")
 

@@ -17,7 +17,7 @@ The GPU-busy time is what a graph-replayed decode would take, the thing the roof
 time is what this eager model takes. Prints one JSON object. Needs a CUDA GPU (exits 1 without one).
 Usage: python scripts/gpu_decode_launches.py [scenario] [--set key=value ...] [--tokens 16]. With no --set, the
 built-in scenario gets gpu-check.sh's decode sets (batch 16 x 512 tokens) and a scenario of yours only
-workload.mode=decode; --set replaces them.
+workload.mode=decode; --set adds to them (a later setting of a key wins).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args.tokens = per_window
     # the built-in scenario as scripts/gpu-check.sh runs it; a scenario of the user's as it is, made a decode
     default = args.scenario == parser.get_default("scenario")
-    sets = args.sets if args.sets is not None else (DEFAULT_SETS if default else ["workload.mode=decode"])
+    sets = (DEFAULT_SETS if default else ["workload.mode=decode"]) + (args.sets or [])   # --set adds to these
     tokens = args.tokens + 1  # every pass decodes the same positions: the prompt's end .. + --tokens
     try:  # the scenario first: a bad file or --set is one line, with or without a GPU
         scenario = load_scenario(args.scenario, sets + [f"workload.decode_tokens={tokens}"])

@@ -16,10 +16,12 @@ of kernel:
   matmul / attention / other seconds of the layers, the embedding and the LM head, forward and backward, the
   optimizer step, and the whole step.
 
-Prints one JSON object: `priced`, `measured` and `priced_over_measured` (per phase and kind). Default scenario:
+Prints one JSON object: `priced` (with the memory it prices and whether that fits the device: the measured side
+needs it to), `measured` and `priced_over_measured` (per phase and kind). Default scenario:
 scenarios/gpu-model-check.yaml with gpu-check.sh's training sets (mode train, 8 layers, batch 2); a scenario of
-yours needs a `roofline` backend entry and `workload.mode: train`. Exit 2 on a bad scenario or argument, 1 without
-a GPU (`--price-only` prints the priced side alone).
+yours needs a `roofline` backend entry and is made a training step. `--set` adds to those settings. Exit 2 on a bad
+scenario or argument or a case the cost model cannot price, 1 without a GPU (`--price-only` prints the priced side
+alone).
 Usage: python scripts/gpu_train_breakdown.py [scenario] [--set key=value ...] [--steps 3] [--price-only]
 """
 
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmsim.config import SharingChoice, load_scenario  # noqa: E402
+from llmsim.costmodel.compute import CostModelError  # noqa: E402
 from llmsim.errors import ScenarioError  # noqa: E402
 from llmsim.wording import whole_number_option  # noqa: E402
 
@@ -75,7 +78,9 @@ def kernel_kind(name: str, op: str = "") -> str:
 def priced(scenario_path: str, sets: list[str]) -> dict:
     """The roofline's seconds per kind for one training step of the scenario's roofline entry (one device)."""
 
+    from llmsim.costmodel import memory_breakdown
     from llmsim.costmodel.compute import phase_times_of, workload_rates
+    from llmsim.modeled_serving import priced_options
     from llmsim.costmodel import Plan
     from llmsim.costmodel.cluster import plan_on
     from llmsim.costmodel.step import step_times
@@ -114,10 +119,16 @@ def priced(scenario_path: str, sets: list[str]) -> dict:
             out[phase][kind] += seconds * count * micro
     times = step_times(workload, profile, case.sharing, plan, cluster, options)
     work = train_work(workload, profile, case.sharing, plan, cluster, options)
-    optimizer_s = work.stages[0].optimizer_s
-    return {"device": cluster.device.name, "options": {"master_weights": options.master_weights,
-                                                      "optimizer": options.optimizer},
-            "step_s": times.step, "optimizer_s": optimizer_s,
+    stage = work.stages[0]
+    memory = memory_breakdown(workload, profile, case.sharing, plan, options, device=cluster.device)
+    recipe = {k: v for k, v in priced_options(options, "train", workload.dtype, cluster.device).items()
+              if k in ("attention_kernel", "optimizer", "master_weights")}
+    passes = sum(sum(d.values()) for d in out.values())
+    return {"device": cluster.device.name, "options": recipe,
+            "memory_gb": round(memory.total / 1e9, 2), "fits": memory.fits(cluster.device.memory_bytes),
+            "step_s": times.step, "optimizer_s": stage.optimizer_s,
+            # the rest of the step: gradient accumulation, recomputation, communication (none on one device)
+            "rest_s": round(times.step - passes - stage.optimizer_s, 6),
             "by_phase": {p: {k: round(v, 6) for k, v in d.items()} for p, d in out.items()}}
 
 
@@ -315,14 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", nargs="?", default=str(ROOT / "scenarios" / "gpu-model-check.yaml"))
     parser.add_argument("--set", action="append", default=None, dest="sets", metavar="KEY=VALUE")
     parser.add_argument("--steps", default="3", help=f"training steps profiled (1 to {MAX_STEPS})")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                        help="where the model runs (cpu: the script's own check; no kernels to time)")
     parser.add_argument("--price-only", action="store_true", help="print the roofline's side alone (no GPU)")
     args = parser.parse_args(argv)
-    sets = args.sets if args.sets is not None else DEFAULT_SETS
+    # the built-in scenario as scripts/gpu-check.sh runs it, a scenario of the user's made a training step; --set
+    # adds to these (a later setting of a key wins)
+    default = args.scenario == parser.get_default("scenario")
+    sets = (DEFAULT_SETS if default else ["workload.mode=train"]) + (args.sets or [])
     try:
         price = priced(args.scenario, sets)
-    except ScenarioError as exc:
+    except (ScenarioError, CostModelError) as exc:   # a bad file, or a case the cost model cannot price
         print(f"gpu_train_breakdown: {exc}", file=sys.stderr)
         return 2
     steps, problem = whole_number_option("--steps", args.steps, 1, MAX_STEPS)
@@ -330,13 +342,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_train_breakdown: {problem}", file=sys.stderr)
         return 2
     out: dict = {"priced": price}
+    if not args.price_only and not price["fits"]:
+        print(f"gpu_train_breakdown: {args.scenario}: the step needs {price['memory_gb']:g} GB on the roofline's "
+              f"{price['device']}, more than it holds; allowed: a smaller step (--set workload.batch=..., "
+              f"workload.model.layers=...), or --price-only", file=sys.stderr)
+        return 2
     if not args.price_only:
         import torch
-        if args.device == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             print("gpu_train_breakdown: no CUDA device (--price-only prints the roofline's side alone)",
                   file=sys.stderr)
             return 1
-        got = out["measured"] = measured(args.scenario, sets, steps, args.device)
+        got = out["measured"] = measured(args.scenario, sets, steps)
         out["priced_over_measured"] = {
             phase: {kind: round(seconds / got["gpu_s_by_kind"][phase][kind], 3)
                     for kind, seconds in kinds.items() if got["gpu_s_by_kind"].get(phase, {}).get(kind)}

@@ -289,8 +289,10 @@ def test_text_or_null_for_a_boolean_key_is_refused_naming_the_allowed_values():
         return {"name": "x", "workload": {"model": {"preset": "gpt2-small", "causal": value}, "mode": "train",
                                           "batch": 8}, "strategies": [{"name": "a"}]}
 
-    for value, says in (("yes", "'yes' is text, not a boolean (allowed: true, false)"),
-                        ("1", "'1' is text, not a boolean"), (None, "null is not a boolean (allowed: true, false)")):
+    for value, says in (("yes", "'yes' is text, not a boolean (allowed: true, false); write it without quotes"),
+                        ("false", "'false' is text, not a boolean (allowed: true, false); write it without quotes"),
+                        ("1", "'1' is text, not a boolean (allowed: true, false)$"),
+                        (None, "null is not a boolean (allowed: true, false)")):
         with _pytest.raises(ScenarioError, match=r"workload\.model\.causal: " + says.replace("(", r"\(")
                             .replace(")", r"\)")):
             parse_scenario(scenario(value), "f.yaml")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import math
 
+from typing import Annotated
+
 from pydantic import ConfigDict, Field
 
 from llmsim.strict import BooleansAreNotNumbers
@@ -94,6 +96,11 @@ TRTLLM_GEN_DECODE_B200_FP8 = 5.46e12 / 8.0e12
 # Ampere/Hopper tiles are 256x128, with 128x128 chosen when that quantizes better (NVIDIA Deep Learning
 # Performance Guide, "Matrix Multiplication Background", sections on tile and wave quantization).
 DEFAULT_MATMUL_TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 128))
+# A side of a GEMM output tile: a whole number of rows or columns (a quoted '128' refused, as any quoted number). The
+# largest tiles of Hopper's and Blackwell's GEMM libraries are 256 x 256 (CUTLASS 3 sm90/sm100 tile shapes); 4,096
+# leaves room for any tiling without letting a typo (0, -5, 100000) price every GEMM as one wave.
+MAX_TILE_SIDE = 4096
+TileSide = Annotated[int, Field(ge=1, le=MAX_TILE_SIDE, strict=True)]
 
 # A skinny GEMM (few output rows: decode at small batch, a short prefill) does not run in those tiles:
 # cuBLAS/CUTLASS pick a GEMV or split-K kernel, which parallelises the reduction (K) across thread blocks
@@ -181,8 +188,9 @@ class Efficiency(BooleansAreNotNumbers):
         None, ge=0, le=MAX_FIXED_TIME_S, description="seconds each grid-stride round of each of the two-shot kernel's two stages costs "
                                 "beyond its bytes (collectives.custom_two_shot_rounds), measured on this device; "
                                 "None = no round term")
-    matmul_tiles: tuple[tuple[int, int], ...] = Field(DEFAULT_MATMUL_TILES, min_length=1,
-                                                      description="GEMM output tiles for wave quantization")
+    matmul_tiles: tuple[tuple[TileSide, TileSide], ...] = Field(
+        DEFAULT_MATMUL_TILES, min_length=1, description=f"GEMM output tiles (rows, cols) for wave quantization, "
+                                                        f"each side a whole number from 1 to {MAX_TILE_SIDE}")
     source: str | None = Field(None, description="where these fractions come from (measurement, fit)")
 
 

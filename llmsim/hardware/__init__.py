@@ -8,13 +8,14 @@ Every entry must say where its numbers come from (`source`); an entry without on
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from llmsim.costmodel.cluster import ClusterSpec
-from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S, Efficiency, kernel_latency_seconds
+from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S, MAX_TILE_SIDE, Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.config import NUMBER_WANTED, allowed_keys, allowed_range, describe_error, out_of_range
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
@@ -433,8 +434,13 @@ def _entry_problem(err: dict, loc: tuple) -> str:
         return describe_error(err) + allowed_keys(model, inner)
     if err["type"].startswith(("greater_than", "less_than")):
         return out_of_range(model, err, inner)
-    if "matmul_tiles" in inner:   # a list of pairs: say its shape, which no range does
-        return describe_error(err) + "; allowed: a list of [rows, cols] GEMM output tiles, e.g. [[128, 128], [128, 256]]"
+    if inner == ("peak_flops",) and err["type"] == "dict_type":   # one number where a mapping by dtype belongs
+        dtypes = ", ".join(typing.get_args(typing.get_args(DeviceSpec.model_fields["peak_flops"].annotation)[0]))
+        return (f"{shown_number(err.get('input'))}: expected a mapping of dtype to dense peak FLOP/s; allowed: keys "
+                f"{dtypes}, e.g. {{bfloat16: 9.89e14}}")
+    if "matmul_tiles" in inner:   # a list of pairs: one sentence for every way to get it wrong, with its shape
+        return (f"{shown_value(err.get('input'))}: expected a list of [rows, cols] GEMM output tiles, each side a "
+                f"whole number from 1 to {MAX_TILE_SIDE}; allowed: e.g. [[128, 128], [128, 256]]")
     if err["type"] in NUMBER_WANTED:
         return describe_error(err) + (allowed_range(model, inner) or "")
     return describe_error(err)
@@ -459,7 +465,11 @@ def _entries_error(exc: ValidationError, origin: str) -> ScenarioError:
             msg += allowed_range(_ENTRY_MODELS[tag], inner + tuple(keyed.key.split(".")))
     if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
         where = f"{where}.type" if where else "type"
-    others = [where_of(e) or "the file" for e in errors[1:]]
+    # pydantic drops a list's failed item and then says the list is too short: an echo of that item's own error
+    echoes = [e for e in errors if e["type"] == "too_short"
+              and any(tuple(o["loc"][:len(e["loc"])]) == tuple(e["loc"]) and len(o["loc"]) > len(e["loc"])
+                      for o in errors)]
+    others = [where_of(e) or "the file" for e in errors[1:] if e not in echoes]
     if others:  # where the others are, so that the user need not fix one to learn of the next
         named = ", ".join(dict.fromkeys(others[:3])) + (", ..." if len(others) > 3 else "")
         msg += f" (and {len(others)} more problem{'' if len(others) == 1 else 's'}: {named})"

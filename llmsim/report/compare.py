@@ -17,6 +17,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from llmsim.report import compare_figures as CF
@@ -134,7 +135,10 @@ def priced_with(row: pd.Series | None, column: str) -> str | None:
     if row is None or column not in row:
         return None
     v = row.get(column)
-    return None if missing(v) or v == "" else str(v)
+    if missing(v) or v == "":
+        return None
+    # a boolean (master_weights) as the setting is written, not Python's True / False
+    return str(v).lower() if isinstance(v, (bool, np.bool_)) or str(v) in ("True", "False") else str(v)
 
 
 def priced_with_table(frame: pd.DataFrame, letters: list[str]) -> Table | None:
@@ -156,7 +160,8 @@ def priced_with_table(frame: pd.DataFrame, letters: list[str]) -> Table | None:
                  caption="What each modeled row was priced with, and the attention kernel each measured row ran "
                          "(results.csv columns attention_kernel, all_reduce, optimizer and master_weights); rows where "
                          "the runs differ first; – where a run's row has none (a training row's all-reduce, an "
-                         "inference row's optimizer, a measured row's recipe).")
+                         "inference row's optimizer, a measured row's recipe, a measured row whose kernel was not "
+                         "watched: warmup 0, compile, several processes) or its run predates the column.")
 
 
 def priced_with_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:

@@ -258,7 +258,23 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
      "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
      "efficiency: {matmul_tiles: '3'}, source: my sheet}\n",
      "entries[0].efficiency.matmul_tiles",
-     "'3': expected a list; allowed: a list of [rows, cols] GEMM output tiles, e.g. [[128, 128], [128, 256]]"),
+     "'3': expected a list of [rows, cols] GEMM output tiles, each side a whole number from 1 to 4096; allowed: "
+     "e.g. [[128, 128], [128, 256]]"),
+    # trial 39: one number for peak_flops named no dtype keys
+    ("entries:\n  - {type: device, name: x1, peak_flops: 1.2e15, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, source: my sheet}\n",
+     "entries[0].peak_flops", "1.2e+15: expected a mapping of dtype to dense peak FLOP/s; allowed: keys float32, "
+                              "bfloat16, float16, float8, float4, int8, e.g. {bfloat16: 9.89e14}"),
+    # trial 39: a tile side of 0 divided by zero in a `failed` row; -5 or 100000 priced every GEMM as one wave;
+    # pydantic's echo of the dropped item ("too short") was counted as another problem
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "efficiency: {matmul_tiles: [[0, 128]]}, source: my sheet}\n",
+     "entries[0].efficiency.matmul_tiles[0][0]", "0: out of range; allowed: >= 1 and <= 4096"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "efficiency: {matmul_tiles: [['128', 128]]}, source: my sheet}\n",
+     "entries[0].efficiency.matmul_tiles[0][0]", "'128': expected a list of [rows, cols] GEMM output tiles"),
     ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 1.0e11, latency_s: '5e-6', source: my sheet}\n",
      "entries[0].latency_s", "'5e-6' is text, not a number (write it without quotes); allowed: >= 0 and <= 0.01"),
     ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 1.0e15}, memory_bytes: 8.0e10, "

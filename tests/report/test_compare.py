@@ -200,9 +200,9 @@ def test_the_training_recipe_each_run_priced_with_is_compared(tmp_path: Path) ->
     md = (out / "report.md").read_text()
     summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "The optimizer differs: fused in A, foreach in B, for 1 matched case (tp1 on roofline)" in summary
-    assert "The fp32 master copy differs: True in A, False in B" in summary
+    assert "The fp32 master copy differs: true in A, false in B" in summary
     table = md.split("## What the rows were priced with or ran", 1)[1].split("\n## ", 1)[0]
-    assert "| tp1 | roofline | flash | flash | fused | foreach | True | False |" in table
+    assert "| tp1 | roofline | flash | flash | fused | foreach | true | false |" in table
     assert "all-reduce library" not in table
 
 
