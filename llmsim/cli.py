@@ -107,6 +107,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     kept = notes if notes is not None else []
     _note_trace(scenario, scenario_dir, path, kept)
     _note_inference_kernels(planned, scenario, path, kept)
+    _note_training_options(planned, scenario, path, kept)
     _note_engine_kernels(scenario, path, kept)
     _note_cross_node_tp(planned, catalog, path, kept)
     _note_absent_backends(planned, scenario, registry, path, kept)
@@ -134,6 +135,14 @@ def _note_inference_kernels(planned: list, scenario: Scenario, path: str, kept: 
     from llmsim.runner import inference_kernel_notes
 
     for key, note in inference_kernel_notes(planned, scenario):
+        _say_note(path, key, note, kept)
+
+
+def _note_training_options(planned: list, scenario: Scenario, path: str, kept: list[str]) -> None:
+    """Say where a training recipe is set for a case that prices none (runner.training_option_notes)."""
+    from llmsim.runner import training_option_notes
+
+    for key, note in training_option_notes(planned, scenario):
         _say_note(path, key, note, kept)
 
 

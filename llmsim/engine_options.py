@@ -60,6 +60,9 @@ class EngineOptions(StrictModel):
 
 OPTION_KEYS = ("attention", "main_grads_fp32", "grad_accumulation_fusion", "params_fp32", "master_weights", "optimizer",
                "compile", "sampler", "all_reduce")
+# the keys of OPTION_KEYS that price only a training step's optimizer and its state: an inference or serving case
+# (and, for master_weights, an fp32 workload) ignores them (runner.training_option_notes, the plan report's header)
+TRAINING_ONLY_OPTIONS = ("optimizer", "master_weights")
 
 
 def engine_options(settings: object) -> Options:

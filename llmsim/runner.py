@@ -28,7 +28,7 @@ from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_no
 from llmsim.costmodel.compute import attention_problem
 from llmsim.costmodel.eager import sglang_counted
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
-from llmsim.engine_options import serving_attention_problem
+from llmsim.engine_options import TRAINING_ONLY_OPTIONS, serving_attention_problem
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
 from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path, one_line
@@ -756,6 +756,29 @@ def inference_kernel_notes(planned: list[PlannedCase], scenario: Scenario) -> li
                     "FP8 attention is Transformer Engine's cuDNN fused kernel (FlashAttention-2 has no FP8 path): "
                     "priced at flash's fraction of peak times cuDNN's FP8/BF16 ratio; attention: cudnn prices "
                     "cuDNN's own fraction")
+    return list(notes.items())
+
+
+def training_option_notes(planned: list[PlannedCase], scenario: Scenario) -> list[tuple[str, str]]:
+    """(key, note) where a backend sets a training recipe (`optimizer`, `master_weights`) that its case does not
+    price: an inference or serving case has no optimizer step; an fp32 workload (or `params_fp32`) has no 16-bit
+    copy to keep a master of. Once per backend and key; the row leaves the result column empty (priced_options)."""
+    notes: dict[str, str] = {}
+    for item in planned:
+        given = getattr(item.settings, "model_fields_set", set())
+        workload = item.case.workload
+        serving = scenario.serving is not None
+        for key in TRAINING_ONLY_OPTIONS:
+            if key not in given:
+                continue
+            where = f"backends.{item.backend.name}.{key}"
+            if serving or workload.mode != "train":
+                notes[where] = (f"prices a training step's optimizer; this {'serving' if serving else workload.mode} "
+                                f"case has none, so the setting changes nothing")
+            elif key == "master_weights" and (workload.dtype == "float32"
+                                              or getattr(item.settings, "params_fp32", False)):
+                notes[where] = ("an fp32 master copy is kept of 16-bit weights; this case's weights are fp32 already, "
+                                "so the setting changes nothing")
     return list(notes.items())
 
 

@@ -63,3 +63,24 @@ def test_a_modeled_training_row_records_its_optimizer_and_master_weights(
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
     fp32 = pd.read_csv(run_dir / "results.csv")
     assert fp32.loc[0, "optimizer"] == "fused" and pd.isna(fp32.loc[0, "master_weights"])
+
+
+def test_a_training_recipe_on_a_case_that_prices_none_gets_a_note(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 39: `optimizer` on a decode case and `master_weights` on an fp32 workload were taken silently. Each is
+    now one note naming the key; the row leaves the column empty, as for any setting it does not price."""
+    def validate(mode: str, dtype: str, settings: dict) -> str:
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "workload": {"model": {"preset": "tiny"}, "mode": mode, "batch": 2,
+                                                                  "dtype": dtype},
+                                        "strategies": [{"name": "tp1"}],
+                                        "backends": {"roofline": {"hardware": "h100-sxm", "devices_per_node": 1,
+                                                                  **settings}}}))
+        assert main(["validate", str(path)]) == 0
+        return capsys.readouterr().err
+
+    said = validate("decode", "bfloat16", {"optimizer": "foreach"})
+    assert "backends.roofline.optimizer: prices a training step's optimizer; this decode case has none" in said
+    said = validate("train", "float32", {"master_weights": False})
+    assert "backends.roofline.master_weights: an fp32 master copy is kept of 16-bit weights" in said
+    assert "note" not in validate("train", "bfloat16", {"optimizer": "foreach", "master_weights": False})

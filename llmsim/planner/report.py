@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from llmsim.engine_options import TRAINING_ONLY_OPTIONS
 from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
                                    sensitivity_rows)
@@ -401,6 +402,9 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
     # that two plans' reports say when they priced different recipes or kernels
     chosen = plan.options.model_dump(mode="json", exclude_defaults=True)
     options = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in chosen.items())
+    unpriced = [k for k in chosen if k in TRAINING_ONLY_OPTIONS] if plan.workload.mode != "train" else []
+    if unpriced:   # a training recipe in an inference or serving plan prices nothing (runner.training_option_notes)
+        options += f" ({', '.join(unpriced)}: not priced, this plan has no optimizer step)"
     return [("plan", plan.name), ("workload", f"{model} {what}, {dtypes}"),
             ("goal", goal), ("objective", plan.objective),
             ("limits", f"max_devices {plan.limits.max_devices:,}" + (

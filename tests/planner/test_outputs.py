@@ -338,6 +338,7 @@ def test_the_plans_options_price_every_candidate_and_travel_to_best_yaml(tmp_pat
     # the report names them too (trial 38: only plan.yaml and best.yaml did), and a plan without any says so
     assert "attention: math, main_grads_fp32: true" in (chosen.run_dir / "plan.md").read_text()
     assert "none: the cost model's defaults" in (plain.run_dir / "plan.md").read_text()
+
     assert main(["run", str(chosen.run_dir / "best.yaml"), "--backend", "roofline", "--out", str(tmp_path)]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
     row = pd.read_csv(run_dir / "results.csv").iloc[0]
@@ -476,3 +477,12 @@ def test_an_interrupted_plan_removes_the_out_folder_it_made(tmp_path: Path, monk
     with pytest.raises(KeyboardInterrupt):
         run_plan(parse_plan(serving_plan()), CATALOG, tmp_path / "kept")
     assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
+
+
+def test_a_training_recipe_in_an_inference_plan_is_named_as_not_priced(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 39: a serving or decode plan's header listed `optimizer: foreach` as if it priced it."""
+    assert main(["plan", "scenarios/plan-serve-8b.yaml", "--set", "options.optimizer=foreach",
+                 "--out", str(tmp_path / "out")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "optimizer: foreach (optimizer: not priced, this plan has no optimizer step)" in (run_dir / "plan.md").read_text()
