@@ -532,7 +532,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     """
     resolved = saved_scenario(scenario, scenario_dir)
     if resume is not None:
-        check_resumable(resume, resolved, scenario_dir)
+        check_resumable(resume, resolved, scenario_dir, registry)
     run_dir = resume or new_run_dir(out, scenario.name)
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -629,9 +629,30 @@ def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:
     return None if saved == current else f"{path}: {saved!r} there, {current!r} now"
 
 
-def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path | None = None) -> None:
+def _settings_filled(scenario: dict[str, Any], registry: BackendRegistry) -> dict[str, Any]:
+    """`scenario` (as saved) with each backend's settings completed by its Settings model's defaults, the values
+    given kept as written: a setting stated at its default then reads as one left out (trial 39: `--resume` with
+    `--set backends.roofline.optimizer=fused` was refused as an edit). Settings that do not validate stay as they
+    are."""
+    backends = scenario.get("backends")
+    if not isinstance(backends, dict):
+        return scenario
+    filled: dict[str, Any] = {}
+    for name, raw in backends.items():
+        cls = registry.backends.get(name)
+        try:
+            defaults = cls.Settings().model_dump(mode="json") if cls is not None and isinstance(raw, dict) else {}
+        except ValidationError:   # a settings model with required keys: nothing to fill
+            defaults = {}
+        filled[name] = {**defaults, **raw} if isinstance(raw, dict) else raw
+    return {**scenario, "backends": filled}
+
+
+def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path | None = None,
+                    registry: BackendRegistry | None = None) -> None:
     """A run folder may be resumed only by the scenario that started it, unchanged (else its rows would
-    mix two workloads). ScenarioError keyed `--resume`, naming the first difference. A folder saved before its
+    mix two workloads). ScenarioError keyed `--resume`, naming the first difference; given the `registry`, a backend
+    setting stated at its default on one side and left out on the other is none (_settings_filled). A folder saved before its
     paths were saved absolute (relative ones) compares with them made absolute against `scenario_dir`. A file the
     scenario reads (a trace, a catalog) whose content changed since the run read it is a difference too
     (llmsim.run_inputs: the folder's inputs.json)."""
@@ -648,7 +669,10 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path 
                                               f"instead")
     if scenario_dir is not None:
         _absolute_paths(saved, scenario_dir)
-    difference = _first_difference(saved, resolved) or changed_input(run_dir, resolved)
+    difference = _first_difference(saved, resolved)
+    if difference and registry is not None:   # a setting stated at its default on one side only is no edit
+        difference = _first_difference(_settings_filled(saved, registry), _settings_filled(resolved, registry))
+    difference = difference or changed_input(run_dir, resolved)
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "
                                               f"({difference}); start a new run instead")

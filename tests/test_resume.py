@@ -148,6 +148,9 @@ def test_interrupted_while_the_run_is_set_up_is_still_a_run_that_resumes(tmp_pat
 @pytest.mark.parametrize(("change", "difference"), [
     ({"name": "another-test"}, "name: 'resume-test' there, 'another-test' now"),
     ({"workload": {**MODELED["workload"], "batch": 32}}, "workload.batch: 16 there, 32 now"),
+    # a backend setting changed from its default (left out) is an edit, named with the default it had
+    ({"backends": {"roofline": {**MODELED["backends"]["roofline"], "optimizer": "foreach"}}},
+     "backends.roofline.optimizer: 'fused' there, 'foreach' now"),
 ])
 def test_resume_refuses_the_run_of_another_or_an_edited_scenario(tmp_path: Path, capsys, change: dict,
                                                                  difference: str) -> None:
@@ -163,6 +166,18 @@ def test_resume_refuses_the_run_of_another_or_an_edited_scenario(tmp_path: Path,
     assert err == (f"llmsim: error: --resume: {run_dir} holds a run of another scenario or an edited one "
                    f"({difference}); start a new run instead")
     assert (run_dir / "results.jsonl").read_text() == rows
+
+
+def test_a_backend_setting_stated_at_its_default_resumes(tmp_path: Path, capsys) -> None:
+    """Trial 39: `--set backends.roofline.optimizer=fused` (the default, left out when the run started) was refused
+    as an edit of the scenario. Stated or left out, a default is the same run."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MODELED))
+    code, run_dir = _run(path, tmp_path / "a", capsys=capsys)
+    assert code == 0
+    code, resumed = _run(path, tmp_path / "a", "--resume", str(run_dir), "--set", "backends.roofline.optimizer=fused",
+                         capsys=capsys)
+    assert code == 0 and resumed == run_dir and len(_rows(resumed)) == len(STRATEGIES)
 
 
 @pytest.mark.slow  # a CLI subprocess per Ctrl-C
