@@ -334,9 +334,10 @@ def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
             noisy += f", {n_small} within ±{NOISE_PCT}%" if n_small else ""
             text = (f"{m.title}: median {fmt_change(float(pct.median()))} over {cases} "
                     f"({n_better} better, {n_worse} worse{noisy}")
-            if len(pct) > 1:
-                text += (f"; from {fmt_change(float(pct.min()))} for {lo['case']} on {lo['backend']} to "
-                         f"{fmt_change(float(pct.max()))} for {hi['case']} on {hi['backend']}")
+            low, high = fmt_change(float(pct.min())), fmt_change(float(pct.max()))
+            if len(pct) > 1 and low != high:   # one change for every case is no range (trial 39)
+                text += (f"; from {low} for {lo['case']} on {lo['backend']} to "
+                         f"{high} for {hi['case']} on {hi['backend']}")
             details.append(text + ").")
         head = f"{x} against the baseline {letters[0]}:"
         if not details:

@@ -246,3 +246,14 @@ def test_runs_that_asked_for_different_work_are_said_and_runs_on_other_hardware_
     bigger = make_run(tmp_path / "t" / "big", [row("dp", step=2.0).model_copy(update={"batch": 8})])
     md = (write_comparison([small, bigger], tmp_path / "out4") / "report.md").read_text()
     assert "A: train, batch 4 × 128 tokens, 1M parameters" in md and "B: train, batch 8 × 128 tokens" in md
+
+
+def test_one_change_for_every_case_is_no_range(tmp_path: Path) -> None:
+    """Trial 39: two cases that both got 10% slower were summarised 'from −9.1% for a to −9.1% for b'."""
+    a = make_run(tmp_path / "s" / "a", [row("tp1", "roofline", kind="modeled", step=1.0),
+                                        row("tp2", "roofline", kind="modeled", step=2.0)])
+    b = make_run(tmp_path / "s" / "b", [row("tp1", "roofline", kind="modeled", step=1.1),
+                                        row("tp2", "roofline", kind="modeled", step=2.2)])
+    md = (write_comparison([a, b], tmp_path / "out") / "report.md").read_text()
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "over 2 matched cases" in summary and "; from " not in summary
