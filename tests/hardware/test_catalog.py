@@ -155,6 +155,11 @@ def test_catalog_cluster_takes_the_entry_defaults_and_the_callers_choices() -> N
     with pytest.raises(ScenarioError, match=r"^inter_node: device 'cpu-host' names no default inter_node link; "
                                             r"set inter_node, one of: .*loopback"):
         catalog.cluster("cpu-host", intra_node="loopback")
+    # one device moves nothing over a link: no link asked for (trial 39), loopback standing in for both
+    one = catalog.cluster("cpu-host", devices_per_node=1)
+    assert (one.world, one.intra.name, one.inter.name) == (1, "loopback", "loopback")
+    with pytest.raises(ScenarioError, match="names no default intra_node or inter_node link"):
+        catalog.cluster("cpu-host", nodes=2, devices_per_node=1)
     with pytest.raises(ScenarioError, match=r"^inter_node: unknown link 'warp'"):
         catalog.cluster("h200", inter_node="warp")
     with pytest.raises(ScenarioError, match=r"^hardware: unknown device 'h900'"):
