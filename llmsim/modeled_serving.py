@@ -29,8 +29,7 @@ from llmsim.costmodel.compute import CostModelError
 from llmsim.costmodel.energy import step_energy_j
 from llmsim.costmodel.eager import engine_iteration, priced_pass_seconds
 from llmsim.costmodel.efficiency import DEFAULT_EFFICIENCY
-from llmsim.costmodel.memory import FP32_BYTES
-from llmsim.costmodel.plan import DTYPE_BYTES
+from llmsim.costmodel.plan import master_weights_apply
 from llmsim.costmodel.iteration import (IterationModel, KVCapacity, Mix, TokenCosts, draft_head_model, draft_times,
                                         iteration_times, kv_bytes_per_token, kv_capacity, token_costs,
                                         with_draft_memory)
@@ -350,10 +349,10 @@ def priced_options(options: Options, mode: str, dtype: str = "bfloat16",
                       master)."""
     train = mode == "train"
     eager_host = device is not None and (device.efficiency or DEFAULT_EFFICIENCY).op_overhead_s > 0
-    sixteen_bit = DTYPE_BYTES.get(dtype, FP32_BYTES) < FP32_BYTES and not options.params_fp32
     return dict(attention_kernel=options.attention, all_reduce=None if train else options.all_reduce,
                 optimizer=options.optimizer if train and not eager_host else None,
-                master_weights=options.master_weights if train and sixteen_bit else None)
+                master_weights=(options.master_weights if train and master_weights_apply(dtype, options.params_fp32)
+                                else None))
 
 
 def run_extras(backend: "Backend", case: "Case", cluster: ClusterSpec, outcome: ServingOutcome,

@@ -27,7 +27,7 @@ from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
 from llmsim.costmodel.compute import attention_problem
 from llmsim.costmodel.eager import sglang_counted
-from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel
+from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel, master_weights_apply
 from llmsim.engine_options import TRAINING_ONLY_OPTIONS, serving_attention_problem
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
@@ -799,8 +799,8 @@ def training_option_notes(planned: list[PlannedCase], scenario: Scenario) -> lis
             if serving or workload.mode != "train":
                 notes[where] = (f"prices a training step's optimizer; this {'serving' if serving else workload.mode} "
                                 f"case has none, so the setting changes nothing")
-            elif key == "master_weights" and (workload.dtype == "float32"
-                                              or getattr(item.settings, "params_fp32", False)):
+            elif key == "master_weights" and not master_weights_apply(workload.dtype,
+                                                                      getattr(item.settings, "params_fp32", False)):
                 notes[where] = ("an fp32 master copy is kept of 16-bit weights; this case's weights are fp32 already, "
                                 "so the setting changes nothing")
     return list(notes.items())

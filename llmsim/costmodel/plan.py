@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 # them in bf16: FP8 is a GEMM precision (Transformer Engine's fp8_autocast and torchao's Float8Linear wrap bf16
 # modules); the FP8 copies and what the recipe changes are priced by costmodel.precision.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 2, "float4": 2}
+
+
+def master_weights_apply(dtype: str, params_fp32: bool) -> bool:
+    """Whether Options.master_weights prices anything for a workload in `dtype`: only 16-bit weights have an fp32
+    master copy to keep or not; fp32 weights (an fp32 workload, or `params_fp32`) are their own master."""
+    return DTYPE_BYTES.get(dtype, 4) < 4 and not params_fp32
 AttentionKernel = Literal["flash", "cudnn", "flash3", "trtllm-mmha", "fused-softmax", "math"]
 # The fused (flash-style) kernels: they price alike (causal half of the FLOPs, no s x s tensor kept) and
 # differ only in the fraction of peak each reaches on a device (Efficiency.attention_fractions), and, for
