@@ -262,13 +262,12 @@ def _validate_catalog(path: str) -> int:
 
 
 def _is_catalog_file(path: str) -> bool:
-    """A mapping with `entries:` and no `workload:`: what a hardware catalog file holds, not a scenario."""
+    """A mapping with `entries:` and no `workload:`: what a hardware catalog file holds, not a scenario. A file
+    that holds no mapping is refused here, naming both kinds `validate` reads (an empty file meant as a catalog
+    was told of a scenario's keys alone: trial 39)."""
     from llmsim.userinput import read_yaml
 
-    try:
-        data = read_yaml(path)
-    except ScenarioError:
-        return False  # the scenario reader says what is wrong with the file
+    data = read_yaml(path, "a scenario's name:, workload:, ... or a hardware catalog's entries:")
     return "entries" in data and "workload" not in data
 
 
@@ -359,7 +358,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                           f"{escape(str(exc))}); results are saved — rebuild with `llmsim report {outcome.run_dir}`[/]",
                           highlight=False)
     print(outcome.run_dir)
+    failed = _failed_rows_line(frame)
+    if failed:  # every row and the report are saved; the exit code tells a script that a case broke (trial 39)
+        err_console.print(f"llmsim: error: {escape(failed)}; the other rows and the report are saved; run the "
+                          f"failed cases again with: {escape(_resume_command(args, outcome.run_dir))}",
+                          highlight=False, soft_wrap=True)
+        return EXIT_FAILED
     return 0
+
+
+def _failed_rows_line(frame: Any) -> str | None:
+    """'2 of 6 rows failed (first: tp2 on cuda: RuntimeError: ...)' when a row's status is `failed` (a backend
+    raised: the case could not run for a reason that is neither its input nor its size), else None. `skipped` and
+    `does-not-fit` rows are answers, not failures."""
+    failed = frame[frame["status"] == "failed"]
+    if not len(failed):
+        return None
+    first = failed.iloc[0]
+    error = str(first.get("error") or "no error recorded").splitlines()[0]
+    return (f"{len(failed)} of {count(len(frame), 'row')} failed (first: {first['case']} on {first['backend']}: "
+            f"{error})")
 
 
 def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:

@@ -223,7 +223,8 @@ def read_yaml(path: str | Path, top_keys: str = "name:, workload:, ...") -> dict
     if not isinstance(data, dict):
         if isinstance(data, list) and data and all(isinstance(e, dict) and "type" in e for e in data):
             top_keys = "entries: — a hardware catalog file lists its devices and links under entries:"
-        raise ScenarioError(str(path), None, f"expected a mapping at the top level ({top_keys})")
+        empty = "the file is empty (or holds only comments); " if data is None else ""
+        raise ScenarioError(str(path), None, f"{empty}expected a mapping at the top level ({top_keys})")
     return data
 
 

@@ -39,6 +39,18 @@ def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
     assert "cannot read file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "- a\n"])
+def test_validate_of_a_file_without_a_mapping_names_both_kinds_it_reads(tmp_path: Path, capsys, text: str) -> None:
+    """Trial 39: an empty file meant as a hardware catalog was told of a scenario's keys alone."""
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("expected a mapping at the top level (a scenario's name:, workload:, ... or a hardware "
+                        "catalog's entries:)") and "\n" not in err
+    assert ("the file is empty (or holds only comments)" in err) == (not text.startswith("-"))
+
+
 def test_unknown_backend_flag_exits_2(write_scenario, capsys) -> None:
     assert main(["validate", str(write_scenario()), "--backend", "warp-drive"]) == 2
     err = capsys.readouterr().err
@@ -91,6 +103,33 @@ def test_resume_skips_finished_cases(write_scenario, tmp_path: Path, capsys) -> 
     captured = capsys.readouterr()
     assert Path(captured.out.strip().splitlines()[-1]) == run_dir
     assert "on cpu" not in captured.err  # nothing re-ran
+
+
+def test_a_failed_row_exits_1_after_saving_every_row_and_the_report(write_scenario, tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """Trial 39: a run whose backend raised on a case exited 0, so a script could not tell. The rows and the report
+    are written first; `skipped` and `does-not-fit` rows are answers and keep exit 0 (test above)."""
+    from llmsim_plugins.roofline import RooflineBackend
+
+    real_run = RooflineBackend.run
+
+    def run(self, case, settings):
+        if case.strategy.name == "broken":
+            raise RuntimeError("kernel exploded")
+        return real_run(self, case, settings)
+
+    monkeypatch.setattr(RooflineBackend, "run", run)
+    path = write_scenario(strategies=[{"name": "fine"}, {"name": "broken"}],
+                          backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    run_dir = Path(captured.out.strip().splitlines()[-1])
+    assert (run_dir / "report.md").exists()
+    rows = {r["case"]: r["status"] for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
+    assert rows == {"fine": "ok", "broken": "failed"}
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("llmsim: error: 1 of 2 rows failed (first: broken on roofline: RuntimeError: kernel "
+                           "exploded") and f"--resume {run_dir}" in last
 
 
 @pytest.mark.slow
