@@ -192,8 +192,15 @@ def _note_fp4_weight_only(planned: list, catalog: Any, path: str, kept: list[str
 
 def _note_trace(scenario: Scenario, scenario_dir: Path, path: str, kept: list[str]) -> None:
     """Say where a trace replay departs from the trace file (serving.requests.trace_notes; plan_cases has read it),
-    and where drawn lengths send some requests past the context (serving.requests.lengths_past_context_note)."""
+    where drawn lengths send some requests past the context (serving.requests.lengths_past_context_note), and
+    where an open loop's rate makes it a burst (serving.spec.burst_note)."""
     spec = scenario.serving
+    if spec is not None and not spec.arrival.closed:
+        from llmsim.serving.spec import burst_note
+
+        burst = burst_note(spec.requests, spec.duration_s, spec.arrival.rates)
+        if burst is not None:
+            _say_note(path, "serving.arrival.rate", burst, kept)
     if spec is not None and spec.lengths is not None:
         from llmsim.serving.requests import lengths_past_context_note
 

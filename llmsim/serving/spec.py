@@ -704,6 +704,27 @@ def arrival_count_problem(requests: int | None, duration_s: float | None, rates:
     return None
 
 
+# An open loop whose requests all arrive within this span is a burst, whatever its rate says: one decode step of
+# the smallest model on the fastest device in the catalog takes longer (a few ms), so no iteration sees the
+# arrivals apart. A note, not a limit: vLLM's `bench serve --request-rate inf` is such a burst, on purpose.
+BURST_SPAN_S = 1e-3
+
+
+def burst_note(requests: int | None, duration_s: float | None, rates: list[float | None]) -> str | None:
+    """A note when an open loop of `requests` (no duration_s) at the highest of `rates` (requests/s) arrives
+    within BURST_SPAN_S: every request is then queued at once, and TTFT measures the queue behind them (trial 35:
+    `rate: 1e308` ran as a burst without a word). None otherwise."""
+    rates_given = [r for r in rates if r is not None]
+    if requests is None or duration_s is not None or not rates_given or requests < 2:
+        return None
+    span = requests / max(rates_given)
+    if span >= BURST_SPAN_S:
+        return None
+    return (f"{max(rates_given):g} requests/s brings all {requests:,} requests within {span:.3g} s, less than one "
+            f"iteration: the run is a burst (as vLLM bench serve's --request-rate inf), and TTFT is the wait behind "
+            f"the whole batch; to measure latency under load, give a rate the engine can sustain")
+
+
 @dataclass(frozen=True)
 class HostStep:
     """Host (CPU) time of one engine iteration that does not overlap the device: `fixed_s` + `per_seq_s` x the

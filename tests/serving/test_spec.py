@@ -406,3 +406,27 @@ def test_a_lognormal_too_wide_for_a_float_draws_without_overflow() -> None:
     assert min(draws) == 1 and max(draws) == MAX_DIMENSION
     huge = ExponentialLength(kind="exponential", mean=2**31 - 1)
     assert all(1 <= draw_length(huge, rng) <= MAX_DIMENSION for _ in range(1000))
+
+
+def test_a_rate_that_brings_every_request_within_a_millisecond_is_noted_as_a_burst() -> None:
+    """Trial 35: `rate: 1e308` ran as a burst without a word; a rate whose span is longer, a duration_s, or a
+    trace replayed as recorded get no note."""
+    from llmsim.serving.spec import BURST_SPAN_S, burst_note
+
+    note = burst_note(50, None, [2.0, 1e308])
+    assert note is not None and note.startswith("1e+308 requests/s brings all 50 requests within 5e-307 s")
+    assert "--request-rate inf" in note
+    assert burst_note(50, None, [50 / BURST_SPAN_S * 1.01]) is not None
+    assert burst_note(50, None, [50 / BURST_SPAN_S * 0.99]) is None
+    assert burst_note(50, 10.0, [1e308]) is None
+    assert burst_note(50, None, [None]) is None
+    assert burst_note(1, None, [1e308]) is None
+
+
+def test_validate_says_the_burst_note(capsys) -> None:
+    from tests.conftest import REPO
+
+    path = str(REPO / "scenarios" / "serve-8b.yaml")
+    assert main(["validate", path, "--set", "serving.arrival.rate=1e9"]) == 0
+    err = capsys.readouterr().err
+    assert f"llmsim: note: {path}: serving.arrival.rate: 1e+09 requests/s brings all 200 requests" in err
