@@ -39,7 +39,7 @@ from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
-from llmsim.serving.requests import TraceError, read_trace, trace_span_problem
+from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.strategy import Layout, resolve_layout
@@ -398,7 +398,7 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             rows = read_trace(trace)
         except TraceError as exc:
             raise ScenarioError(file, "serving.arrival.path", str(exc)) from None
-        problem = trace_span_problem(spec, rows)
+        problem = trace_count_problem(spec, rows) or trace_span_problem(spec, rows)
         if problem is not None:
             raise ScenarioError(file, f"serving.{problem[0]}", problem[1])
     link = spec.disaggregation.kv_transfer.link if spec.disaggregation is not None else None

@@ -24,6 +24,7 @@ boolean; the arrivals span at most MAX_SIMULATED_S, as requests / rate may (read
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import math
@@ -357,6 +358,23 @@ def trace_span_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) ->
     return "arrival.rate", (f"{slowest:g} requests/s: the trace's {count(sent, 'request')} would span {span:.3g} s "
                             f"of simulated time (its mean gap scaled to 1 / rate); allowed: a replay spanning at "
                             f"most {MAX_SIMULATED_S:g} s (the simulated clock's resolution)")
+
+
+def trace_count_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> tuple[str, str] | None:
+    """(key relative to the serving block, message) when a replay of the trace (rows in arrival order) would send
+    more than MAX_REQUESTS requests, the bound a count or a rate x duration_s has (trial 35: a trace of 1,000,001
+    rows ran uncapped), else None. `requests` cuts the replay; `duration_s` cuts it at the arrivals before it,
+    scaled to the sweep's highest rate as build_requests scales them."""
+    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
+    rates = [r for r in spec.arrival.rates if r is not None]
+    total = rows[-1][0] - rows[0][0]
+    if spec.duration_s is not None:
+        scale = (len(rows) - 1) / total / max(rates) if rates and total > 0 else 1.0   # build_requests' scale
+        sent = min(sent, bisect.bisect_left([t - rows[0][0] for t, _, _ in rows], spec.duration_s / scale))
+    if sent <= MAX_REQUESTS:
+        return None
+    return "arrival.path", (f"the trace replays {sent:,} requests; allowed: at most {MAX_REQUESTS:,} in one run "
+                            f"(cut it with serving.requests, or duration_s)")
 
 
 def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: int | None = None

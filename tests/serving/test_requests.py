@@ -271,3 +271,26 @@ def test_a_csv_trace_named_otherwise_is_read_as_jsonl_and_the_error_says_so(tmp_
     with pytest.raises(TraceError) as exc:           # a .jsonl file's own error needs no hint
         read_trace(_trace(tmp_path, "{nope\n", "e.jsonl"))
     assert "read as JSONL" not in str(exc.value)
+
+
+def test_a_trace_replaying_more_than_max_requests_is_refused_unless_cut(tmp_path: Path, monkeypatch) -> None:
+    """Trial 35: a trace of 1,000,001 rows ran uncapped, past the bound a count or rate x duration_s has. Its
+    requests or duration_s cut it below the bound (here 10, patched: the real one needs a 20 MB file)."""
+    import llmsim.serving.requests as requests_module
+    from llmsim.serving.requests import trace_count_problem
+
+    monkeypatch.setattr(requests_module, "MAX_REQUESTS", 10)
+    path = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n" + "".join(f"{t},10,3\n" for t in range(11)),
+                  "t.csv")
+    rows = read_trace(path)
+    trace = {"arrival": {"kind": "trace", "path": path}, "lengths": None}
+    assert trace_count_problem(_case(trace=path, requests=None, **trace).spec, rows) == (
+        "arrival.path", "the trace replays 11 requests; allowed: at most 10 in one run (cut it with "
+                        "serving.requests, or duration_s)")
+    assert trace_count_problem(_case(trace=path, requests=10, **trace).spec, rows) is None
+    assert trace_count_problem(_case(trace=path, requests=None, duration_s=10, **trace).spec, rows) is None  # t < 10
+    assert trace_count_problem(_case(trace=path, requests=None, duration_s=10.5, **trace).spec, rows) is not None
+    # scaled to 2 per s (recorded: 1 per s), 5.5 s holds 11 arrivals, 5 s holds 10
+    fast = {"arrival": {"kind": "trace", "path": path, "rate": [1, 2]}, "lengths": None}
+    assert trace_count_problem(_case(trace=path, requests=None, duration_s=5.5, **fast).spec, rows) is not None
+    assert trace_count_problem(_case(trace=path, requests=None, duration_s=5, **fast).spec, rows) is None
