@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -314,6 +315,34 @@ def serving_catalog(observations: Sequence[ServingObservation], hardware_files: 
     return load_catalog(list(files.values()))
 
 
+# Seconds between two "still fitting" lines inside one start: each start simulates every row tens of times,
+# seconds on a small CPU model, minutes on a GPU-sized one (trial 35: a start said nothing until it ended).
+PROGRESS_EVERY_S = 15.0
+
+
+class _Heartbeat:
+    """Counts the fit's simulations of every row and says, at most every `every_s` seconds of `clock`, how many
+    ran and the best root-mean-square miss so far (exp of the rms of log(modeled / measured), minus one)."""
+
+    def __init__(self, say: Callable[[str], None], every_s: float = PROGRESS_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.say, self.every_s, self.clock = say, every_s, clock
+        self.calls = 0
+        self.best = math.inf
+        self.last = clock()
+
+    def tick(self, log_errors: Sequence[float]) -> None:
+        """One simulation of every row, with its residuals (log(modeled / measured) per fitted median)."""
+        self.calls += 1
+        if log_errors:
+            self.best = min(self.best, math.sqrt(sum(e * e for e in log_errors) / len(log_errors)))
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.say(f"  {self.calls} simulations of every row so far; the best fit misses the medians by "
+                     f"{math.expm1(self.best):.1%} rms")
+
+
 def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backend: str | None = None,
                       options: Options = Options(), catalog: Catalog | None = None,
                       hardware_files: Sequence[Path] = (),
@@ -373,10 +402,14 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
             candidate = _candidate(base, name, theta)
             return [r.metrics(cluster_of(candidate, r.obs)) for r in replays]
 
+        heartbeat = _Heartbeat(say)
+
         def log_errors(theta: list[float]) -> list[float]:
             """log(modeled / measured) of every fitted median (a median the simulation lacks: a large miss)."""
-            return [math.log(modeled[key] / obs.measured[key]) if modeled.get(key) else MISSING_RESIDUAL
-                    for obs, modeled in zip(observations, predict(theta)) for key in FITTED if key in obs.measured]
+            errors = [math.log(modeled[key] / obs.measured[key]) if modeled.get(key) else MISSING_RESIDUAL
+                      for obs, modeled in zip(observations, predict(theta)) for key in FITTED if key in obs.measured]
+            heartbeat.tick(errors)
+            return errors
 
         # the base entry's own prediction, as it stands (the fit's start differs from it where the fit's form
         # cannot hold it: a request overhead of 0 in log space, kernel latency in seconds, no op overhead)
@@ -412,6 +445,7 @@ def calibrate_serving(run_dirs: Sequence[Path], device: str | None = None, backe
                                        ("attention at the GEMMs' efficiency", fused_attention)), 2):
             say(f"start {k} of 4: {what}")
             candidates.append(least_squares(log_errors, s, SERVING_BOUNDS))
+        say("polishing the best of the 4 starts (a simplex)")
         theta = polish(log_errors, min(candidates, key=lambda t: sum(e * e for e in log_errors(t))), SERVING_BOUNDS)
         after = predict(theta)
     except (CostModelError, StalledError) as exc:

@@ -175,7 +175,27 @@ def test_the_residuals_shrink_from_the_stock_entry_to_the_fit(fitted: tuple[list
 def test_the_fit_says_where_it_is_as_it_goes(fitted: tuple[list[str], Path, Any]) -> None:
     """Trial 29: a serving calibration of GPU-sized rows ran 9 minutes without a line."""
     assert SAID[0].startswith("fitting 5 parameters to 8 measured medians of 4 serving rows: 4 starts")
-    assert [line.split(":")[0] for line in SAID[1:]] == [f"start {k} of 4" for k in range(1, 5)]
+    phases = [line.split(":")[0] for line in SAID[1:] if not line.startswith("  ")]  # heartbeats: next test
+    assert phases == [f"start {k} of 4" for k in range(1, 5)] + ["polishing the best of the 4 starts (a simplex)"]
+
+
+def test_a_start_says_every_so_often_how_far_it_got() -> None:
+    """Trial 35: inside one start (minutes on GPU-sized rows) the fit said nothing until the start ended."""
+    from llmsim.calibrate.serving import _Heartbeat
+
+    said: list[str] = []
+    now = [0.0]
+    beat = _Heartbeat(said.append, every_s=15.0, clock=lambda: now[0])
+    beat.tick([math.log(1.5), math.log(1.5)])
+    now[0] = 10.0
+    beat.tick([math.log(1.2), -math.log(1.2)])
+    assert said == []                      # 10 s: not yet
+    now[0] = 15.0
+    beat.tick([math.log(2.0)])             # worse than the best so far: the best is said
+    assert said == ["  3 simulations of every row so far; the best fit misses the medians by 20.0% rms"]
+    now[0] = 20.0
+    beat.tick([0.0])
+    assert len(said) == 1                  # 5 s after the last line
 
 
 def test_a_median_that_is_not_a_positive_number_is_said_left_out(tmp_path: Path) -> None:
