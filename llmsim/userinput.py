@@ -141,8 +141,9 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
     if size > MAX_TEXT_BYTES:
         raise ScenarioError(file, key, f"{size:,} bytes is too large (at most {MAX_TEXT_BYTES:,}; a scenario is "
                                        f"a few kB)")
-    loader = _Limited(text)
+    loader = None
     try:
+        loader = _Limited(text)   # its reader refuses a control character here, before any parsing
         node = loader.get_single_node()
         if node is None:
             return None
@@ -166,6 +167,13 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
     except _TooDeep as exc:
         raise ScenarioError(file, key, f"line {exc.mark.line + 1}, column {exc.mark.column + 1}: nested more "
                                        f"than {MAX_DEPTH} levels deep (a scenario is about 6)") from None
+    except yaml.reader.ReaderError as exc:   # a control character (NUL, BEL...): YAML allows none (trial 40)
+        before = text[:exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        where = f"column {column}" if key is not None and "\n" not in text.strip() else f"line {line}, column {column}"
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ScenarioError(file, key, f"{what}: {where}: control character {code:#04x}; YAML text allows tab, "
+                                       f"newline and printable characters only") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         # a --set value (a key given) is one line: its column says where; a file's error names its line too, even
@@ -175,7 +183,8 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(file, key, f"{what}: {where}{problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def not_a_regular_file(path: str | Path) -> str | None:

@@ -137,6 +137,22 @@ def test_a_saved_scenario_beyond_the_limits_is_a_resume_error_not_a_traceback(wr
                                     f"alone")
 
 
+@pytest.mark.parametrize("text, where", [("\x00\x01", "line 1, column 1: control character 0x00"),
+                                         ("name: x\x07\n", "line 1, column 8: control character 0x07"),
+                                         ("name: x\nseed: 1\x1b\n", "line 2, column 8: control character 0x1b")])
+def test_a_control_character_is_one_line_naming_where(tmp_path: Path, capsys, text: str, where: str) -> None:
+    """Trial 40: a NUL or BEL in a file or --set value raised yaml's ReaderError through to a traceback (exit 1)."""
+    path = tmp_path / "ctl.yaml"
+    path.write_text(text)
+    for verb in (["validate", str(path)], ["plan", str(path)], ["hardware", "--hardware", str(path)]):
+        assert one_line_error(capsys, verb) == (f"{path}: not valid YAML: {where}; YAML text allows "
+                                                f"tab, newline and printable characters only")
+    quickstart = REPO / "scenarios" / "quickstart.yaml"
+    assert one_line_error(capsys, ["validate", str(quickstart), "--set", "name=a\x01b"]).endswith(
+        "name: --set value 'a\\x01b' is not valid YAML: column 2: control character 0x01; YAML text allows tab, "
+        "newline and printable characters only")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["report", "{tmp}/empty"], "report: {tmp}/empty has no results.jsonl (is it a run folder?)"),
     (["report", "{tmp}/nowhere"], "report: {tmp}/nowhere does not exist (allowed: a run folder that `llmsim run` wrote)"),
