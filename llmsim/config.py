@@ -855,7 +855,8 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
     if mode_given and w.mode == "train":
         return "workload.mode", ("'train' cannot be served; with a serving: block leave mode out (the request list "
                                  "sets the batches and lengths) or write decode")
-    few = arrival_count_problem(serving.requests, serving.duration_s, serving.arrival.rates, at_least_one=True)
+    rates = [] if serving.arrival.kind == "trace" else serving.arrival.rates   # a trace sends its rows
+    few = arrival_count_problem(serving.requests, serving.duration_s, rates, at_least_one=True)
     if few is not None:
         return f"serving.{few[0]}", few[1]
     speculative = serving.speculative

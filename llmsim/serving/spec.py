@@ -814,7 +814,8 @@ class ServingSpec(_Strict):
         if not trace and self.lengths is None:
             raise KeyedValueError("lengths", "lengths are needed unless arrival.kind is 'trace' "
                                              "(whose file gives them)")
-        problem = arrival_count_problem(self.requests, self.duration_s, self.arrival.rates)
+        # a trace sends its rows, not rate x duration_s of them (trace_count_problem counts them: trial 40)
+        problem = arrival_count_problem(self.requests, self.duration_s, [] if trace else self.arrival.rates)
         if problem is not None:
             raise KeyedValueError(*problem)
         if self.speculative is not None and self.scheduler.kind not in SPECULATIVE_SCHEDULERS:

@@ -294,3 +294,17 @@ def test_a_trace_replaying_more_than_max_requests_is_refused_unless_cut(tmp_path
     fast = {"arrival": {"kind": "trace", "path": path, "rate": [1, 2]}, "lengths": None}
     assert trace_count_problem(_case(trace=path, requests=None, duration_s=5.5, **fast).spec, rows) is not None
     assert trace_count_problem(_case(trace=path, requests=None, duration_s=5, **fast).spec, rows) is None
+
+
+def test_a_trace_is_not_counted_as_rate_times_duration(tmp_path: Path) -> None:
+    """Trial 40: a 100-row trace at rate 200 for duration_s 10,000 was refused as '2e+06 requests'; a trace sends its
+    rows (trace_count_problem counts those)."""
+    from llmsim.serving.requests import trace_count_problem
+
+    path = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n" + "".join(f"{t},10,3\n" for t in range(100)),
+                  "t.csv")
+    spec = _case(trace=path, requests=None, duration_s=10_000, lengths=None,
+                 arrival={"kind": "trace", "path": path, "rate": 200}).spec
+    assert trace_count_problem(spec, read_trace(path)) is None
+    with pytest.raises(ValueError, match="2e\\+06 requests"):   # an open loop at that rate and span still is
+        _case(requests=None, duration_s=10_000, arrival={"kind": "poisson", "rate": 200})
