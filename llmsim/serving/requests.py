@@ -37,7 +37,7 @@ from typing import Any
 
 from llmsim.serving.spec import (MAX_REQUESTS, MAX_SIMULATED_S, TRACE_COLUMNS, ExponentialLength, Length, Lengths,
                                  LognormalLength, QuantileLength, ServingCase, ServingSpec, UniformLength,
-                                 length_bounds)
+                                 burst_text, length_bounds)
 from llmsim.strict import MAX_DIMENSION
 from llmsim.userinput import not_a_regular_file
 from llmsim.wording import count, shown_value
@@ -383,7 +383,8 @@ def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: 
     block replaces the recorded token counts (the arrival times are kept: build_requests), `requests` above the
     trace's length sends only the trace's requests, requests longer than `context` (prompt + output tokens;
     the workload's seq_len) are rejected and counted, as vLLM does, and arrivals all at one time have no mean rate
-    (request_rate is left empty) and no gap a rate could scale. Said before a run, not refused: all are valid."""
+    (request_rate is left empty) and no gap a rate could scale, and a replay that brings every request within
+    BURST_SPAN_S is a burst (spec.burst_text). Said before a run, not refused: all are valid."""
     notes = []
     long = sum(1 for _, n_in, n_out in rows if context is not None and n_in + n_out > context)
     if long and spec.lengths is None:
@@ -405,6 +406,17 @@ def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: 
             notes.append(("serving.arrival.rate", burst + "there is no gap for the rate to scale, so every request "
                                                           "arrives at t = 0 whatever the rate (request_rate says the "
                                                           "rate asked)"))
+    elif sent > 1:   # arrivals apart, but all within BURST_SPAN_S once replayed (trial 40: 500 in 50 us, no note)
+        rates = [r for r in spec.arrival.rates if r is not None]
+        total = rows[-1][0] - rows[0][0]
+        scale = (len(rows) - 1) / total / max(rates) if rates else 1.0   # build_requests' scale
+        times = [(t - rows[0][0]) * scale for t, _, _ in rows[:sent]]
+        if spec.duration_s is not None:
+            sent = bisect.bisect_left(times, spec.duration_s)
+        note = burst_text("the trace's replay" + (f" scaled to {max(rates):g} requests/s" if rates else ""),
+                          sent, times[sent - 1] if sent else 0.0)
+        if note is not None:
+            notes.append(("serving.arrival.rate" if rates else "serving.arrival.path", note))
     if spec.requests is not None and spec.requests > len(rows):
         held = count(len(rows), "request")
         # with duration_s too, arrivals also stop at the span (trial 29: "they are all sent" beside 2 of 3 sent)

@@ -710,19 +710,28 @@ def arrival_count_problem(requests: int | None, duration_s: float | None, rates:
 BURST_SPAN_S = 1e-3
 
 
+def burst_text(what: str, count: float, span_s: float) -> str | None:
+    """The burst note's words when `count` (>= 2) arrivals of `what` (a rate, a trace replay) span less than
+    BURST_SPAN_S seconds, else None."""
+    if count < 2 or span_s >= BURST_SPAN_S:
+        return None
+    return (f"{what} brings {count:,.0f} requests within {span_s:.3g} s, less than one iteration: the run is a "
+            f"burst (as vLLM bench serve's --request-rate inf), and TTFT is the wait behind the whole batch; to "
+            f"measure latency under load, give a rate the engine can sustain")
+
+
 def burst_note(requests: int | None, duration_s: float | None, rates: list[float | None]) -> str | None:
-    """A note when an open loop of `requests` (no duration_s) at the highest of `rates` (requests/s) arrives
-    within BURST_SPAN_S: every request is then queued at once, and TTFT measures the queue behind them (trial 35:
-    `rate: 1e308` ran as a burst without a word). None otherwise."""
+    """A note when an open loop at the highest of `rates` (requests/s) brings its arrivals, `requests` of them or
+    rate x duration_s, within BURST_SPAN_S (the first limit reached ends them): every request is then queued at
+    once, and TTFT measures the queue behind them (trial 35: `rate: 1e308` ran as a burst without a word; trial 40:
+    so did `duration_s: 1e-6` at 1e9 requests/s). None otherwise."""
     rates_given = [r for r in rates if r is not None]
-    if requests is None or duration_s is not None or not rates_given or requests < 2:
+    if not rates_given:
         return None
-    span = requests / max(rates_given)
-    if span >= BURST_SPAN_S:
-        return None
-    return (f"{max(rates_given):g} requests/s brings all {requests:,} requests within {span:.3g} s, less than one "
-            f"iteration: the run is a burst (as vLLM bench serve's --request-rate inf), and TTFT is the wait behind "
-            f"the whole batch; to measure latency under load, give a rate the engine can sustain")
+    rate = max(rates_given)
+    count = min(requests if requests is not None else math.inf, rate * duration_s if duration_s else math.inf)
+    span = min(requests / rate if requests is not None else math.inf, duration_s or math.inf)
+    return burst_text(f"{rate:g} requests/s", count, span)
 
 
 @dataclass(frozen=True)

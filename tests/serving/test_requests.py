@@ -308,3 +308,19 @@ def test_a_trace_is_not_counted_as_rate_times_duration(tmp_path: Path) -> None:
     assert trace_count_problem(spec, read_trace(path)) is None
     with pytest.raises(ValueError, match="2e\\+06 requests"):   # an open loop at that rate and span still is
         _case(requests=None, duration_s=10_000, arrival={"kind": "poisson", "rate": 200})
+
+
+def test_a_trace_replayed_within_a_millisecond_is_noted_as_a_burst(tmp_path: Path) -> None:
+    """Trial 40: 500 arrivals 0.1 us apart (not all at one time) got no burst note; scaled to a slow rate, or
+    spanning more than BURST_SPAN_S, they get none."""
+    path = _trace(tmp_path, "arrival_s,input_tokens,output_tokens\n" + "".join(f"{t * 1e-7},10,3\n" for t in range(500)),
+                  "t.csv")
+    rows = read_trace(path)
+    recorded = _case(trace=path, requests=None, lengths=None, arrival={"kind": "trace", "path": path})
+    [(key, note)] = trace_notes(recorded.spec, rows)
+    assert key == "serving.arrival.path" and note.startswith("the trace's replay brings 500 requests within 4.99e-05 s")
+    scaled = _case(trace=path, requests=None, lengths=None, arrival={"kind": "trace", "path": path, "rate": 10})
+    assert trace_notes(scaled.spec, rows) == []          # 499 gaps of 0.1 s
+    fast = _case(trace=path, requests=None, lengths=None, arrival={"kind": "trace", "path": path, "rate": 1e7})
+    [(key, note)] = trace_notes(fast.spec, rows)
+    assert key == "serving.arrival.rate" and note.startswith("the trace's replay scaled to 1e+07 requests/s brings 500")

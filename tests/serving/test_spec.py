@@ -414,11 +414,15 @@ def test_a_rate_that_brings_every_request_within_a_millisecond_is_noted_as_a_bur
     from llmsim.serving.spec import BURST_SPAN_S, burst_note
 
     note = burst_note(50, None, [2.0, 1e308])
-    assert note is not None and note.startswith("1e+308 requests/s brings all 50 requests within 5e-307 s")
+    assert note is not None and note.startswith("1e+308 requests/s brings 50 requests within 5e-307 s")
     assert "--request-rate inf" in note
     assert burst_note(50, None, [50 / BURST_SPAN_S * 1.01]) is not None
     assert burst_note(50, None, [50 / BURST_SPAN_S * 0.99]) is None
-    assert burst_note(50, 10.0, [1e308]) is None
+    # trial 40: bounded by duration_s, the arrivals of that span (or the count, if it comes first)
+    assert burst_note(None, 1e-6, [1e9]).startswith("1e+09 requests/s brings 1,000 requests within 1e-06 s")
+    assert burst_note(50, 1e-6, [1e9]).startswith("1e+09 requests/s brings 50 requests within 5e-08 s")
+    assert burst_note(None, 10.0, [1e9]) is None          # 10 s of arrivals: a load, however high
+    assert burst_note(None, 1e-9, [1e9]) is None          # one request: no batch to wait behind
     assert burst_note(50, None, [None]) is None
     assert burst_note(1, None, [1e308]) is None
 
@@ -429,4 +433,4 @@ def test_validate_says_the_burst_note(capsys) -> None:
     path = str(REPO / "scenarios" / "serve-8b.yaml")
     assert main(["validate", path, "--set", "serving.arrival.rate=1e9"]) == 0
     err = capsys.readouterr().err
-    assert f"llmsim: note: {path}: serving.arrival.rate: 1e+09 requests/s brings all 200 requests" in err
+    assert f"llmsim: note: {path}: serving.arrival.rate: 1e+09 requests/s brings 200 requests" in err
