@@ -367,9 +367,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(outcome.run_dir)
     failed = _failed_rows_line(frame)
     if failed:  # every row and the report are saved; the exit code tells a script that a case broke (trial 39)
-        err_console.print(f"llmsim: error: {escape(failed)}; the other rows and the report are saved; run the "
-                          f"failed cases again with: {escape(_resume_command(args, outcome.run_dir))}",
-                          highlight=False, soft_wrap=True)
+        saved = ("the report is saved" if (frame["status"] == "failed").all()
+                 else "the other rows and the report are saved")
+        err_console.print(f"llmsim: error: {escape(failed)}; {saved}; run the failed cases again with: "
+                          f"{escape(_resume_command(args, outcome.run_dir))}", highlight=False, soft_wrap=True)
         return EXIT_FAILED
     return 0
 
@@ -388,13 +389,17 @@ def _failed_rows_line(frame: Any) -> str | None:
 
 
 def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
-    """The `llmsim run` command that continues `run_dir`: the same scenario, --set and --backend arguments
+    """The `llmsim run` command that continues `run_dir`: the same scenario, --set, --backend and executor arguments
     (--resume refuses a scenario that differs from the one the folder holds), shell-quoted."""
     parts = ["llmsim", "run", args.scenario]
     for override in args.set:
         parts += ["--set", override]
     for name in args.backend or []:
         parts += ["--backend", name]
+    if getattr(args, "executor", "auto") != "auto":   # a Ray run resumes on Ray (trial 40)
+        parts += ["--executor", args.executor]
+    if getattr(args, "ray_address", None):
+        parts += ["--ray-address", args.ray_address]
     return shlex.join(parts + ["--resume", str(run_dir)])
 
 

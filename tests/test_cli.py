@@ -132,6 +132,32 @@ def test_a_failed_row_exits_1_after_saving_every_row_and_the_report(write_scenar
                            "exploded") and f"--resume {run_dir}" in last
 
 
+def test_the_resume_command_keeps_the_executor_and_an_all_failed_run_says_so(write_scenario, tmp_path: Path, capsys,
+                                                                             monkeypatch) -> None:
+    """Trial 40: the printed --resume command dropped --executor / --ray-address (a Ray run resumed locally), and a
+    run whose every row failed was told 'the other rows ... are saved'."""
+    import argparse
+
+    from llmsim.cli import _resume_command
+    from llmsim_plugins.roofline import RooflineBackend
+
+    args = argparse.Namespace(scenario="my scenario.yaml", set=["seed=1"], backend=["roofline"], executor="ray",
+                              ray_address="ray://head:10001")
+    assert _resume_command(args, Path("/r/x")) == ("llmsim run 'my scenario.yaml' --set seed=1 --backend roofline "
+                                                   "--executor ray --ray-address ray://head:10001 --resume /r/x")
+    args.executor, args.ray_address = "auto", None
+    assert _resume_command(args, Path("/r/x")).endswith("--backend roofline --resume /r/x")
+
+    def run(self, case, settings):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(RooflineBackend, "run", run)
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1 of 1 row failed" in last and "; the report is saved; run the failed cases again with: " in last
+
+
 @pytest.mark.slow
 def test_quickstart_runs_as_the_readme_says(tmp_path: Path) -> None:
     proc = _llmsim("run", str(REPO / "scenarios" / "quickstart.yaml"), "--out", str(tmp_path))
