@@ -629,6 +629,22 @@ def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:
     return None if saved == current else f"{path}: {saved!r} there, {current!r} now"
 
 
+# Backend settings that only end a case that has not finished (the cpu and cuda backends' timeout_s, vllm's
+# startup_timeout_s): they change no finished row, so --resume may raise them to run a case that ran out of time
+# again (trial 40: the printed --resume command could never succeed for a timed-out case). vllm's request_timeout_s
+# and run_timeout_s are not among them: a request they cut is counted in the row.
+RESUME_FREE_SETTINGS = frozenset({"timeout_s", "startup_timeout_s"})
+
+
+def _without_limits(scenario: dict[str, Any]) -> dict[str, Any]:
+    """`scenario` without the backend settings in RESUME_FREE_SETTINGS."""
+    backends = scenario.get("backends")
+    if not isinstance(backends, dict):
+        return scenario
+    return {**scenario, "backends": {name: {k: v for k, v in raw.items() if k not in RESUME_FREE_SETTINGS}
+                                     if isinstance(raw, dict) else raw for name, raw in backends.items()}}
+
+
 def _settings_filled(scenario: dict[str, Any], registry: BackendRegistry) -> dict[str, Any]:
     """`scenario` (as saved) with each backend's settings completed by its Settings model's defaults, the values
     given kept as written: a setting stated at its default then reads as one left out (trial 39: `--resume` with
@@ -652,7 +668,8 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path 
                     registry: BackendRegistry | None = None) -> None:
     """A run folder may be resumed only by the scenario that started it, unchanged (else its rows would
     mix two workloads). ScenarioError keyed `--resume`, naming the first difference; given the `registry`, a backend
-    setting stated at its default on one side and left out on the other is none (_settings_filled). A folder saved before its
+    setting stated at its default on one side and left out on the other is none (_settings_filled), and neither is a
+    time limit that changes no finished row (RESUME_FREE_SETTINGS). A folder saved before its
     paths were saved absolute (relative ones) compares with them made absolute against `scenario_dir`. A file the
     scenario reads (a trace, a catalog) whose content changed since the run read it is a difference too
     (llmsim.run_inputs: the folder's inputs.json)."""
@@ -669,9 +686,10 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path 
                                               f"instead")
     if scenario_dir is not None:
         _absolute_paths(saved, scenario_dir)
-    difference = _first_difference(saved, resolved)
+    saved, current = _without_limits(saved), _without_limits(resolved)   # a time limit raised is no edit
+    difference = _first_difference(saved, current)
     if difference and registry is not None:   # a setting stated at its default on one side only is no edit
-        difference = _first_difference(_settings_filled(saved, registry), _settings_filled(resolved, registry))
+        difference = _first_difference(_settings_filled(saved, registry), _settings_filled(current, registry))
     difference = difference or changed_input(run_dir, resolved)
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "

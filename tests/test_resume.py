@@ -230,3 +230,21 @@ def test_interrupted_while_the_report_is_written_names_the_saved_folder(tmp_path
     run_dir = next((tmp_path / "a" / "resume-test").iterdir())
     assert len(_rows(run_dir)) == len(STRATEGIES)
     assert "interrupted while writing the report; every row is saved" in err and f"llmsim report {run_dir}" in err
+
+
+def test_a_time_limit_raised_on_resume_is_no_edit(tmp_path: Path) -> None:
+    """Trial 40: a case that ran out of backends.cpu.timeout_s failed, and the printed --resume command could never
+    finish it: raising the limit was refused as an edit. A limit that only ends an unfinished case changes no
+    finished row (runner.RESUME_FREE_SETTINGS); any other setting still is an edit."""
+    from llmsim.errors import ScenarioError
+    from llmsim.runner import check_resumable
+
+    saved = {"name": "t", "backends": {"cpu": {"steps": 3, "timeout_s": 1}}}
+    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump(saved))
+    check_resumable(tmp_path, {"name": "t", "backends": {"cpu": {"steps": 3, "timeout_s": 300}}})
+    check_resumable(tmp_path, {"name": "t", "backends": {"cpu": {"steps": 3}}})
+    with pytest.raises(ScenarioError, match="backends.cpu.steps: 3 there, 4 now"):
+        check_resumable(tmp_path, {"name": "t", "backends": {"cpu": {"steps": 4, "timeout_s": 300}}})
+    with pytest.raises(ScenarioError, match="request_timeout_s"):   # vllm's cut requests are counted in the row
+        (tmp_path / "scenario.yaml").write_text(yaml.safe_dump({"name": "t", "backends": {"vllm": {}}}))
+        check_resumable(tmp_path, {"name": "t", "backends": {"vllm": {"request_timeout_s": 5}}})
