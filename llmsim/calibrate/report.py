@@ -6,17 +6,40 @@ Text only (no printing, no files): llmsim.cli prints the table and writes the fi
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import yaml
 
 from llmsim.calibrate.model import Calibration
 from llmsim.wording import count
 
 
+def _labels(result: Calibration) -> tuple[dict[Path, str], int]:
+    """A short tag per run folder ('r1:', 'r2:', ...) when two run folders have cases of one name, so that they are
+    told apart (trial 40: `tp1@rate=2 TTFT p50` twice, from runs at two prompt lengths); none where every name is
+    one folder's. With the width of the case column."""
+    cases = [*result.cases, *result.checks]
+    runs = list(dict.fromkeys(c.run_dir for c in cases))
+    folders_of: dict[str, set[Path]] = {}
+    for c in cases:
+        folders_of.setdefault(c.case, set()).add(c.run_dir)
+    if all(len(folders) < 2 for folders in folders_of.values()):
+        return {}, 28
+    return {run: f"r{k}:" for k, run in enumerate(runs, 1)}, 34
+
+
 def format_table(result: Calibration) -> str:
-    """Modeled vs measured per case, before and after the fit."""
-    lines = [f"{'case':<28}{'mode':<9}{'measured s':>12}{'default s':>12}{'err':>8}{'fitted s':>12}{'err':>8}"]
+    """Modeled vs measured per case, before and after the fit; with cases of several run folders, each tagged with
+    its folder's r1, r2 ... and the folders named below the table."""
+    tags, width = _labels(result)
+
+    def name(c: Any) -> str:
+        return (tags.get(c.run_dir, "") + c.case)[:width - 1]
+
+    lines = [f"{'case':<{width}}{'mode':<9}{'measured s':>12}{'default s':>12}{'err':>8}{'fitted s':>12}{'err':>8}"]
     for b, a in zip(result.before, result.cases):
-        lines.append(f"{a.case[:27]:<28}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
+        lines.append(f"{name(a):<{width}}{a.mode:<9}{a.measured_s:>12.4g}{b.modeled_s:>12.4g}{b.error:>+8.1%}"
                      f"{a.modeled_s:>12.4g}{a.error:>+8.1%}")
     eff = result.entry["efficiency"]
     if result.kind == "serving":
@@ -33,12 +56,15 @@ def format_table(result: Calibration) -> str:
     worst = max(result.cases, key=lambda c: abs(c.error))
     dof = len(result.cases) - result.parameters
     lines.append(f"residuals after the fit: RMS of log(modeled/measured) {result.rms_log_residual:.3f}, worst "
-                 f"{worst.error:+.1%} ({worst.case}); {count(len(result.cases), 'median' if result.kind == 'serving' else 'case')} for "
+                 f"{worst.error:+.1%} ({tags.get(worst.run_dir, '')}{worst.case}); {count(len(result.cases), 'median' if result.kind == 'serving' else 'case')} for "
                  f"{result.parameters} parameters" + (f", {count(dof, 'degree')} of freedom" if dof > 0 else ""))
     if result.checks:
         lines.append("not fitted, as a check (modeled vs measured after the fit):")
         for c in result.checks:
-            lines.append(f"{c.case[:27]:<28}{c.mode:<9}{c.measured_s:>12.4g}{'':>20}{c.modeled_s:>12.4g}{c.error:>+8.1%}")
+            lines.append(f"{name(c):<{width}}{c.mode:<9}{c.measured_s:>12.4g}{'':>20}{c.modeled_s:>12.4g}"
+                         f"{c.error:>+8.1%}")
+    if tags:
+        lines.append("runs: " + ", ".join(f"{tag[:-1]} = {run}" for run, tag in tags.items()))
     return "\n".join(lines)
 
 

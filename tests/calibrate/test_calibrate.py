@@ -108,9 +108,12 @@ def test_the_command_prints_the_table_and_writes_an_entry_that_loads(runs: list[
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == str(path)
     assert lines[0].split() == ["case", "mode", "measured", "s", "default", "s", "err", "fitted", "s", "err"]
-    assert [line.split()[1] for line in lines[1:-3]] == [mode for mode, _, _ in SHAPES]
-    assert lines[-3].startswith("fitted: matmul ")
-    assert lines[-2].startswith("residuals after the fit: RMS of log(modeled/measured) ")
+    # every synthetic run's case is named "s": each is tagged with its folder, named on the last line (trial 40)
+    assert [line.split()[:2] for line in lines[1:-4]] == [[f"r{k}:s", mode] for k, (mode, _, _) in
+                                                         enumerate(SHAPES, 1)]
+    assert lines[-4].startswith("fitted: matmul ")
+    assert lines[-3].startswith("residuals after the fit: RMS of log(modeled/measured) ")
+    assert lines[-2] == "runs: " + ", ".join(f"r{k} = {run}" for k, run in enumerate(runs, 1))
     assert f"hardware_catalog: [{path.name}]" in path.read_text()
     entry = yaml.safe_load(path.read_text())["entries"][0]
     assert entry == fitted.entry
