@@ -233,6 +233,17 @@ def _a_file_or_folder(text: str) -> str:
     return text
 
 
+def _given_twice(paths: list) -> str | None:
+    """The first path of `paths` that names a folder an earlier one names too (`D` and `D/`), as given, or None."""
+    seen: set[Path] = set()
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            return str(path)
+        seen.add(resolved)
+    return None
+
+
 def _a_folder(text: str) -> str:
     """An --out or --dir folder: a path (_a_path) that is not an existing file (`report RUN --out RUN/results.csv`
     said '.../results.csv/compare/...: Not a directory' once the comparison was built)."""
@@ -314,6 +325,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     resume = None
     if args.resume:
         resume = Path(args.resume)
+        if not resume.exists():   # trial 40: said 'has no results.jsonl' of a folder that is not there
+            raise ScenarioError(None, "--resume", f"{resume} does not exist (allowed: a run folder that `llmsim run` "
+                                                  f"wrote, or --resume alone for the latest run)")
         if not (resume / "results.jsonl").exists():
             raise ScenarioError(None, "--resume", f"{resume} is not a run folder (it has no results.jsonl)")
     elif args.resume is not None:
@@ -518,8 +532,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         for path in write_run_report(run)[:2]:
             print(path)
         return _saved_scenario_problem([run])
-    if len({p.resolve() for p in run_dirs}) < len(run_dirs):
-        raise UsageError("report", "the same run folder is given twice")
+    twice = _given_twice(run_dirs)
+    if twice is not None:   # named (trial 40: `D D/` said only 'given twice')
+        raise UsageError("report", f"the same run folder is given twice ({twice})")
     runs = [load_run(p) for p in run_dirs]   # read once: a cut last row is warned once (trial 33)
     print(write_comparison(runs, parent=Path(args.out or "reports")))
     return _saved_scenario_problem(runs)
@@ -762,9 +777,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             _check_writable(args.out)  # before the fit, which takes seconds to minutes
         except OSError as exc:         # named by its flag, as run's and plan's --out are (trial 31)
             raise (path_error("--out", exc) or exc) from None
-    if len({Path(p).resolve() for p in args.run_dirs}) < len(args.run_dirs):
+    twice = _given_twice(args.run_dirs)
+    if twice is not None:
         # its rows would count twice: as many "cases" again for the same parameters, no new information
-        raise UsageError("calibrate", "the same run folder is given twice")
+        raise UsageError("calibrate", f"the same run folder is given twice ({twice})")
     try:
         serving = {d: has_serving_rows([d], args.backend) for d in args.run_dirs}
         if any(serving.values()):

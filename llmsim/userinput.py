@@ -228,11 +228,14 @@ def read_text(path: str | Path) -> str:
 def read_yaml(path: str | Path, top_keys: str = "name:, workload:, ...") -> dict[str, Any]:
     """A user's YAML file that must hold a mapping (scenario, plan, catalog), as a ScenarioError on failure;
     `top_keys` says which keys the mapping should have (a catalog's: entries:)."""
-    data = parse_yaml(read_text(path), str(path))
+    text = read_text(path)
+    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         if isinstance(data, list) and data and all(isinstance(e, dict) and "type" in e for e in data):
             top_keys = "entries: — a hardware catalog file lists its devices and links under entries:"
-        empty = "the file is empty (or holds only comments); " if data is None else ""
+        blank = all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+        empty = ("" if data is not None else "the file is empty (or holds only comments); " if blank
+                 else "the file holds no value (null); ")
         raise ScenarioError(str(path), None, f"{empty}expected a mapping at the top level ({top_keys})")
     return data
 

@@ -39,7 +39,7 @@ def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
     assert "cannot read file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text", ["", "# only a comment\n", "- a\n"])
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "- a\n", "null\n"])
 def test_validate_of_a_file_without_a_mapping_names_both_kinds_it_reads(tmp_path: Path, capsys, text: str) -> None:
     """Trial 39: an empty file meant as a hardware catalog was told of a scenario's keys alone."""
     path = tmp_path / "catalog.yaml"
@@ -48,7 +48,16 @@ def test_validate_of_a_file_without_a_mapping_names_both_kinds_it_reads(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.endswith("expected a mapping at the top level (a scenario's name:, workload:, ... or a hardware "
                         "catalog's entries:)") and "\n" not in err
-    assert ("the file is empty (or holds only comments)" in err) == (not text.startswith("-"))
+    assert ("the file is empty (or holds only comments)" in err) == (text in ("", "# only a comment\n"))
+    assert ("the file holds no value (null)" in err) == (text == "null\n")   # trial 40: it was called empty
+
+
+def test_resume_of_a_folder_that_does_not_exist_says_so(write_scenario, tmp_path: Path, capsys) -> None:
+    """Trial 40: `--resume /nonexistent` said it 'has no results.jsonl'."""
+    assert main(["run", str(write_scenario()), "--resume", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmsim: error: --resume: {tmp_path / 'nowhere'} does not exist "
+                                               f"(allowed: a run folder that `llmsim run` wrote, or --resume alone "
+                                               f"for the latest run)")
 
 
 def test_unknown_backend_flag_exits_2(write_scenario, capsys) -> None:

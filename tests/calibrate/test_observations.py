@@ -140,7 +140,7 @@ def test_the_same_folder_twice_is_refused(tmp_path: Path, capsys) -> None:  # no
     from llmsim.cli import main
     run = synthetic_run(tmp_path, "train", 32, 2, 2)
     assert main(["calibrate", str(run), str(run) + "/"]) == 2
-    assert "the same run folder is given twice" in capsys.readouterr().err
+    assert f"the same run folder is given twice ({run})" in capsys.readouterr().err   # named (trial 40)
 
 
 @pytest.mark.parametrize("column, value", [("stream_bytes_per_s", -1), ("stream_large_bytes_per_s", "z"),
