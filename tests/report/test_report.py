@@ -204,3 +204,20 @@ def test_the_priced_with_cell_names_a_modeled_recipe_and_what_a_measured_row_ran
     assert priced_with({"kind": "modeled", "attention_kernel": "flash3", "all_reduce": "vllm"}) == "flash3, vllm"
     assert priced_with({"kind": "measured", "attention_kernel": "cudnn"}) == "ran cudnn"
     assert priced_with({"kind": "measured", "attention_kernel": float("nan")}) is None
+
+
+def test_a_figure_at_axis_values_near_the_float_limit_draws_without_a_warning() -> None:
+    """Trial 40: a serving run at rate 1e308 printed matplotlib's 'overflow encountered in multiply' (its tick
+    arithmetic) on stderr; the figure is drawn all the same, quietly."""
+    import warnings
+
+    from matplotlib.figure import Figure as MplFigure
+
+    from llmsim.report.raster import png
+
+    fig = MplFigure()
+    ax = fig.add_subplot()
+    ax.plot([0.0, 1e308], [0.1, 0.2], marker="o")   # a linear axis: its tick step overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert png(fig).startswith(b"\x89PNG")
