@@ -310,7 +310,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rates = len(scenario.serving.arrival.sweep) if scenario.serving is not None else 1
     factors = [count(n, 'strategy'), count(len(planned) // (n * rates), 'backend setting')]
     if scenario.serving is not None:
-        factors.append(count(rates, 'client count' if scenario.serving.arrival.closed else 'rate'))
+        arrival = scenario.serving.arrival
+        as_recorded = arrival.kind == "trace" and arrival.rate is None   # trial 40: was "× 1 rate"
+        factors.append("1 replay as recorded" if as_recorded else
+                       count(rates, 'client count' if arrival.closed else 'rate'))
     print(f"{args.scenario}: ok — {' × '.join(factors)} = {count(len(planned), 'case')}")
     return 0
 

@@ -786,3 +786,19 @@ def test_a_boolean_for_a_choice_names_the_choices(capsys) -> None:  # noqa: ANN0
     err = one_line_error(capsys, ["validate", str(QUICKSTART), "--set", "backends.roofline.optimizer=true"])
     assert err.endswith("is a boolean, not a value of this key (YAML reads true/false/yes/no/on/off as booleans); "
                         "allowed: fused, foreach"), err
+
+
+def test_a_trace_replayed_as_recorded_is_counted_as_one_replay(tmp_path: Path, capsys) -> None:
+    """Trial 40: a trace without a rate was counted as '× 1 rate'."""
+    import yaml
+
+    (tmp_path / "t.csv").write_text("arrival_s,input_tokens,output_tokens\n0,10,3\n1,20,4\n")
+    data = yaml.safe_load((REPO / "scenarios" / "serve-8b.yaml").read_text())
+    data["serving"].pop("requests")
+    data["serving"].pop("lengths")
+    data["serving"]["arrival"] = {"kind": "trace", "path": "t.csv"}
+    path = tmp_path / "trace.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path), "--backend", "cluster"]) == 0
+    assert capsys.readouterr().out.strip() == (f"{path}: ok — 1 strategy × 1 backend setting × 1 replay as recorded "
+                                               f"= 1 case")
