@@ -137,8 +137,16 @@ def number_or_text_for_a_boolean(model: type[BaseModel], data: Any) -> None:
             raise KeyedValueError(name, "null is not a boolean (allowed: true, false)")
 
 
+# Words YAML 1.1 reads as text where a reader may mean infinity or not-a-number (YAML's own are .inf and .nan)
+_NON_FINITE_WORDS = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "nan"})
+
+
 def _text_message(value: str) -> str:
-    """`'4' is text, not a number (write it without quotes)`; without the hint for text that is no number."""
+    """`'4' is text, not a number (write it without quotes)`; without the hint for text that is no number; `inf`
+    and `nan` say that YAML reads them as text (trial 40: `rate=inf` got the bare 'is text')."""
+    if value.strip().lower() in _NON_FINITE_WORDS:
+        return (f"{value!r} is text, not a number (YAML writes infinity .inf and not-a-number .nan; a finite number "
+                f"is needed here)")
     return f"{value!r} is text, not a number" + (" (write it without quotes)" if _numeric_text(value) else "")
 
 

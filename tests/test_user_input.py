@@ -802,3 +802,12 @@ def test_a_trace_replayed_as_recorded_is_counted_as_one_replay(tmp_path: Path, c
     assert main(["validate", str(path), "--backend", "cluster"]) == 0
     assert capsys.readouterr().out.strip() == (f"{path}: ok — 1 strategy × 1 backend setting × 1 replay as recorded "
                                                f"= 1 case")
+
+
+@pytest.mark.parametrize("value", ["inf", "-Infinity", "nan"])
+def test_inf_and_nan_written_as_words_say_how_yaml_reads_them(capsys, value: str) -> None:
+    """Trial 40: `--set serving.arrival.rate=inf` said only "'inf' is text, not a number"."""
+    err = one_line_error(capsys, ["validate", str(REPO / "scenarios" / "serve-8b.yaml"), "--set",
+                                  f"serving.arrival.rate={value}"])
+    assert f"serving.arrival.rate: {value!r} is text, not a number (YAML writes infinity .inf and not-a-number " \
+           f".nan; a finite number is needed here)" in err
