@@ -1127,7 +1127,9 @@ def wrong_kind(err: dict[str, Any]) -> str | None:
     value = err.get("input")
     if what is None or err["type"] == "literal_error" or isinstance(value, (str, list, tuple, dict)):
         return None
-    return f"{_shown(value)}: expected {'an' if what[0] in 'aeiou' else 'a'} {what}"
+    # trial 40: `--set name=` read as null said only 'expected a string'
+    empty = "; a key with nothing after it (`KEY:` in a file, `--set KEY=`) is null: write the value" if value is None else ""
+    return f"{_shown(value)}: expected {'an' if what[0] in 'aeiou' else 'a'} {what}{empty}"
 
 
 def describe_error(err: dict[str, Any]) -> str:

@@ -459,6 +459,9 @@ def test_a_set_that_creates_a_nested_block_says_so(capsys) -> None:  # noqa: ANN
 
 @pytest.mark.parametrize("value, expected", [
     ("null", "workload.batch: null: expected an integer"),       # YAML's spelling, not Python's None
+    # trial 40: `--set name=` said only 'null: expected a string'
+    ("", "workload.batch: null: expected an integer; a key with nothing after it (`KEY:` in a file, `--set KEY=`) "
+         "is null: write the value"),
     ("0", "workload.batch: 0: out of range; allowed: >= 1 and <= 2147483647"),
     # the trial: pydantic's 'got a number with a fractional part' / 'exceeded maximum size'
     ("2.5", "workload.batch: 2.5: expected a whole number; allowed: >= 1 and <= 2147483647"),
