@@ -293,6 +293,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from llmsim.runner import eager_mismatch_notes, fit_notes, skip_notes
 
     if _is_catalog_file(args.scenario):
+        if args.set or args.backend:   # trial 41: they were ignored, and the file said ok
+            flag = "--set" if args.set else "--backend"
+            raise UsageError("validate", f"{flag} is for a scenario; {args.scenario} is a hardware catalog, checked "
+                                         f"as written (leave {flag} out, or edit the file)")
         return _validate_catalog(args.scenario)
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     # rows a run would skip: said as the run's rows say it, once per backend (point)

@@ -330,6 +330,12 @@ def test_validate_of_a_catalog_file_checks_its_entries(tmp_path: Path, capsys) -
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "entries.my-gpu.intra_node: unknown link 'warp-drive'" in err
+    # trial 41: --set and --backend were ignored and the file said ok
+    for flag in (["--set", "entries[0].memory_bytes=-1"], ["--backend", "nosuch"]):
+        assert main(["validate", str(path), *flag]) == 2
+        assert capsys.readouterr().err.strip() == (f"llmsim: error: validate: {flag[0]} is for a scenario; {path} is "
+                                                   f"a hardware catalog, checked as written (leave {flag[0]} out, or "
+                                                   f"edit the file)")
 
 
 @pytest.mark.parametrize("listed, said", [
