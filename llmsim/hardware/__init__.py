@@ -492,7 +492,13 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
     defined_in: dict[str, str] = {}  # entry name -> the file (or plugin) that defines it, for its errors
     sources: list[tuple[str, object]] = [(str(CATALOG_FILE), read_yaml(CATALOG_FILE))]
     user_files = {str(path): str(Path(path).resolve()) for path in extra_files or []}
+    seen: dict[str, str] = {}
     for path in extra_files or []:
+        resolved = str(Path(path).resolve())
+        if resolved in seen:   # trial 41: `--hardware hw.yaml --hardware ./hw.yaml` said its entries were defined twice
+            also = f" (also as {seen[resolved]})" if seen[resolved] != str(path) else ""
+            raise ScenarioError(str(path), None, f"the same hardware file is given twice{also}; give it once")
+        seen[resolved] = str(path)
         sources.append((str(path), read_yaml(path, "entries: [{type: device, name: ...}, ...]")))
     for plugin, entry in plugin_entries or []:
         sources.append((f"plugin {plugin}", {"entries": [entry]}))

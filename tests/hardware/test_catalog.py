@@ -376,3 +376,12 @@ def test_validate_of_a_bare_list_of_entries_says_they_go_under_entries(tmp_path:
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lists its devices and links under entries:" in err, err
+
+
+def test_the_same_hardware_file_given_twice_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Trial 41: `--hardware hw.yaml --hardware ./hw.yaml` said its entry 'already exists (in hw.yaml)'."""
+    path = _write(tmp_path, [dict(GPU, source="vendor sheet")])
+    monkeypatch.chdir(tmp_path)
+    assert main(["hardware", "--hardware", path.name, "--hardware", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmsim: error: {path}: the same hardware file is given twice (also "
+                                               f"as {path.name}); give it once")
