@@ -89,8 +89,12 @@ class ${cls}Backend(Backend):
             return case.result(self, hardware=DEVICE, status="skipped",
                                error="this example models data parallelism only (tp = pp = cp = 1)")
         device = self.context.catalog.device(DEVICE)
+        peak = device.peak_flops.get(case.workload.dtype)
+        if not peak:   # a skipped row says why, where a KeyError would fail the row
+            return case.result(self, hardware=DEVICE, status="skipped",
+                               error=f"$device has no peak FLOP/s for {case.workload.dtype} (its catalog entry's "
+                                     f"peak_flops: {', '.join(device.peak_flops)})")
         profile = profile_workload(case.workload, case.sharing)
-        peak = device.peak_flops[case.workload.dtype]
         one_device_s = predict_step_s(profile, peak, device.memory_bw_bytes_per_s, settings.efficiency)
         step_s = one_device_s / case.layout.dp
         energy_j = device.max_power_w * step_s * case.layout.world
@@ -164,6 +168,10 @@ def test_dp_case_is_predicted_and_tp_is_skipped() -> None:
     assert dp.status == "ok" and dp.n_devices == 2 and dp.step_time_s > 0
     assert dp.scaling_efficiency == 1.0  # no communication modeled: ideal data parallelism
     assert tp.status == "skipped" and "data parallelism only" in tp.error
+    # a dtype the device has no peak for: a skipped row that says so
+    fp8 = plan_cases(parse_scenario({**SCENARIO, "workload": {**SCENARIO["workload"], "dtype": "float8"}}), registry)[0]
+    row = backend.run(fp8.case, fp8.settings)
+    assert row.status == "skipped" and "no peak FLOP/s for float8" in row.error
 ''')
 
 _README = Template('''\

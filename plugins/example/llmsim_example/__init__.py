@@ -49,8 +49,12 @@ class ExampleBackend(Backend):
             return case.result(self, hardware=DEVICE, status="skipped",
                                error="this example models data parallelism only (tp = pp = cp = 1)")
         device = self.context.catalog.device(DEVICE)
+        peak = device.peak_flops.get(case.workload.dtype)
+        if not peak:   # a skipped row says why, where a KeyError would fail the row
+            return case.result(self, hardware=DEVICE, status="skipped",
+                               error=f"example-npu has no peak FLOP/s for {case.workload.dtype} (its catalog entry's "
+                                     f"peak_flops: {', '.join(device.peak_flops)})")
         profile = profile_workload(case.workload, case.sharing)
-        peak = device.peak_flops[case.workload.dtype]
         one_device_s = predict_step_s(profile, peak, device.memory_bw_bytes_per_s, settings.efficiency)
         step_s = one_device_s / case.layout.dp
         energy_j = device.max_power_w * step_s * case.layout.world

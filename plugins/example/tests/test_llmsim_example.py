@@ -41,3 +41,7 @@ def test_dp_case_is_predicted_and_tp_is_skipped() -> None:
     assert dp.status == "ok" and dp.n_devices == 2 and dp.step_time_s > 0
     assert dp.scaling_efficiency == 1.0  # no communication modeled: ideal data parallelism
     assert tp.status == "skipped" and "data parallelism only" in tp.error
+    # a dtype the device has no peak for: a skipped row that says so
+    fp8 = plan_cases(parse_scenario({**SCENARIO, "workload": {**SCENARIO["workload"], "dtype": "float8"}}), registry)[0]
+    row = backend.run(fp8.case, fp8.settings)
+    assert row.status == "skipped" and "no peak FLOP/s for float8" in row.error
