@@ -39,6 +39,7 @@ from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
+from llmsim.scenario_diff import differences
 from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import not_a_regular_file, read_yaml
@@ -612,21 +613,10 @@ def _process_instances(run_dir: Path) -> dict[str, Backend]:
     return _INSTANCES["instances"]
 
 
-def _first_difference(saved: Any, current: Any, path: str = "") -> str | None:
+def _first_difference(saved: Any, current: Any) -> str | None:
     """The first key path where two resolved scenarios differ, with both values, or None."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for key in list(dict.fromkeys([*saved, *current])):
-            found = _first_difference(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-        return None
-    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
-        for i, (a, b) in enumerate(zip(saved, current)):
-            found = _first_difference(a, b, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return None if saved == current else f"{path}: {saved!r} there, {current!r} now"
+    found = next(differences(saved, current), None)
+    return None if found is None else f"{found[0]}: {found[1]!r} there, {found[2]!r} now"
 
 
 # Backend settings that only end a case that has not finished (the cpu and cuda backends' timeout_s, vllm's

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from llmsim.report import compare_figures as CF
 from llmsim.report.document import Cell, Document, Paragraph, Point, Section, Table
@@ -28,6 +29,7 @@ from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, work_text, workload_text
 from llmsim.report.units import fmt_change, format_value, missing
+from llmsim.scenario_diff import differences
 from llmsim.wording import count
 
 KEY = ["case", "backend"]
@@ -380,6 +382,40 @@ def workload_points(runs: list[Run], letters: list[str]) -> list[Point]:
                   "hardware's, the strategy's or the code's:", [f"{x}: {w}" for x, w in known])]
 
 
+# The differences one scenario point lists at most (a comparison of two unrelated scenarios differs everywhere)
+MAX_SCENARIO_DIFFERENCES = 8
+
+
+def scenario_points(runs: list[Run], letters: list[str]) -> list[Point]:
+    """Per other run, the keys of its saved scenario that differ from the baseline's, with both values
+    (scenario_diff.differences): what the user changed between the runs, said first (trial 41: a comparison of
+    max_num_seqs 256 against 8 named the change only inside the Runs table's workload cell). None for a run whose
+    scenario.yaml is missing or damaged."""
+    base = runs[0].scenario
+    points = []
+    for x, run in zip(letters[1:], runs[1:]):
+        if not base or not run.scenario:
+            continue
+        found = [f"{key}: {_yaml_value(a)} in {letters[0]}, {_yaml_value(b)} in {x}"
+                 for key, a, b in differences(base, run.scenario)]
+        if not found:
+            points.append(Point(f"{x}'s scenario is {letters[0]}'s, unchanged: a change below is the code's or the "
+                                f"host's (or noise), not the input's."))
+            continue
+        shown = found[:MAX_SCENARIO_DIFFERENCES]
+        more = len(found) - len(shown)
+        points.append(Point(f"{x}'s scenario differs from {letters[0]}'s in {count(len(found), 'key')}"
+                            + (f" ({more} more not listed)" if more else "") + ":", shown))
+    return points
+
+
+def _yaml_value(value: Any) -> str:
+    """A scenario value as YAML writes it on one line (null, true, 8, [1, 2], {kind: continuous})."""
+    if value is None:
+        return "absent"
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
 def comparison_document(runs: list[Run]) -> Document:
     """The comparison report: summary of changes, then one table per metric, then status changes."""
     letters = run_letters(len(runs))
@@ -387,6 +423,7 @@ def comparison_document(runs: list[Run]) -> Document:
     labels = dict(zip(letters, run_labels(runs)))
     summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]} ({hardware_of(r)})" for x, r in
                                                    zip(letters, runs)) + f"; {letters[0]} is the baseline.")]
+    summary += scenario_points(runs, letters)
     serving = [x for x, r in zip(letters, runs) if "mode" in r.frame and (r.frame["mode"] == "serve").any()]
     if serving and len(serving) < len(runs):  # a serving run's rows are rates, a step run's steps: no shared metric
         summary.append(Point(f"{', '.join(serving)} {'is a serving run' if len(serving) == 1 else 'are serving runs'} "

@@ -79,10 +79,18 @@ def fmt_percent(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
+# From this rise on a change reads as a ratio: '+15691.8%' is '×158' (trial 41)
+RATIO_FROM_PCT = 900.0
+
+
 def fmt_change(pct: float) -> str:
-    """A percent difference with its sign ('+12.3%', '−4.0%'); the minus is U+2212 so it reads as one."""
+    """A percent difference with its sign ('+12.3%', '−4.0%'); the minus is U+2212 so it reads as one. A rise of
+    RATIO_FROM_PCT or more is the ratio itself ('×158' for +15,700%: new = old x 158)."""
     if pct == 0:
         return "0.0%"
+    if pct >= RATIO_FROM_PCT:
+        ratio = 1 + pct / 100
+        return f"\u00d7{ratio:,.0f}" if ratio >= 100 else f"\u00d7{ratio:.1f}"
     sign = "+" if pct > 0 else "\u2212"
     return f"{sign}{abs(pct):.1f}%"
 

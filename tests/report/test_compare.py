@@ -257,3 +257,25 @@ def test_one_change_for_every_case_is_no_range(tmp_path: Path) -> None:
     md = (write_comparison([a, b], tmp_path / "out") / "report.md").read_text()
     summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
     assert "over 2 matched cases" in summary and "; from " not in summary
+
+
+def test_the_summary_names_the_scenario_keys_that_differ(tmp_path: Path) -> None:
+    """Trial 41: a comparison of max_num_seqs 256 against 8 named the change only inside the Runs table."""
+    import pandas as pd
+
+    from llmsim.report.compare import MAX_SCENARIO_DIFFERENCES, scenario_points
+    from llmsim.report.run import Run
+
+    base = {"name": "s", "serving": {"scheduler": {"kind": "continuous", "max_num_seqs": 256}},
+            "strategies": [{"name": "tp1", "tp": 1}]}
+    changed = {"name": "s", "serving": {"scheduler": {"kind": "continuous", "max_num_seqs": 8}},
+               "strategies": [{"name": "tp1", "tp": 1}], "seed": 3}
+    runs = [Run(tmp_path / x, pd.DataFrame(), scenario=sc) for x, sc in (("a", base), ("b", changed), ("c", base),
+                                                                         ("d", {}))]
+    b, c = scenario_points(runs, ["A", "B", "C", "D"])
+    assert b.text == "B's scenario differs from A's in 2 keys:"
+    assert b.details == ["serving.scheduler.max_num_seqs: 256 in A, 8 in B", "seed: absent in A, 3 in B"]
+    assert c.text.startswith("C's scenario is A's, unchanged")   # D's has no saved scenario: no point
+    many = {"name": "s", **{f"k{i}": i for i in range(MAX_SCENARIO_DIFFERENCES + 2)}}
+    [point] = scenario_points([runs[0], Run(tmp_path / "e", pd.DataFrame(), scenario=many)], ["A", "B"])
+    assert point.text.endswith("in 12 keys (4 more not listed):") and len(point.details) == MAX_SCENARIO_DIFFERENCES
