@@ -409,7 +409,10 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
             ("goal", goal), ("objective", plan.objective),
             ("limits", f"max_devices {plan.limits.max_devices:,}" + (
                 f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else "")),
-            ("options", options or "none: the cost model's defaults")]
+            ("options", options or "none: the cost model's defaults"),
+            # trial 41: a plan's absolute figure (176 days) carried no error bar
+            ("accuracy", "how close the cost model comes to published runs of this kind: llmsim's docs/validation.md, "
+                         "section 'Result now' (median |error| per dev table)")]
 
 
 def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanation: Explanation,

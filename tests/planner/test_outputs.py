@@ -338,6 +338,8 @@ def test_the_plans_options_price_every_candidate_and_travel_to_best_yaml(tmp_pat
     # the report names them too (trial 38: only plan.yaml and best.yaml did), and a plan without any says so
     assert "attention: math, main_grads_fp32: true" in (chosen.run_dir / "plan.md").read_text()
     assert "none: the cost model's defaults" in (plain.run_dir / "plan.md").read_text()
+    # trial 41: the absolute figure carried no error bar; the header points at the measured errors
+    assert "docs/validation.md, section 'Result now'" in (plain.run_dir / "plan.md").read_text()
 
     assert main(["run", str(chosen.run_dir / "best.yaml"), "--backend", "roofline", "--out", str(tmp_path)]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
