@@ -350,9 +350,10 @@ def trace_span_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) ->
     total = rows[-1][0] - rows[0][0]
     if not rates or spec.duration_s is not None or total == 0:   # no gap to scale: every arrival at t = 0
         return None
-    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
     slowest = min(rates)
-    span = (rows[sent - 1][0] - rows[0][0]) * ((len(rows) - 1) / total / slowest)   # build_requests' scale
+    times = replay_times(rows, slowest)
+    sent = replay_count(spec, times)
+    span = times[sent - 1]
     if span <= MAX_SIMULATED_S:
         return None
     return "arrival.rate", (f"{slowest:g} requests/s: the trace's {count(sent, 'request')} would span {span:.3g} s "
@@ -360,17 +361,33 @@ def trace_span_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) ->
                             f"most {MAX_SIMULATED_S:g} s (the simulated clock's resolution)")
 
 
+def replay_times(rows: list[tuple[float, int, int]], rate: float | None) -> list[float]:
+    """The arrival times (s) a replay of the trace's `rows` (in arrival order) gives: relative to the first, as
+    recorded (`rate` None), or with every gap scaled so that the mean rate is `rate` (requests/s): n arrivals then
+    span (n - 1) / rate. A trace whose arrivals are all at one time has no gap to scale."""
+    start = rows[0][0]
+    recorded = [t - start for t, _, _ in rows]
+    span = recorded[-1]
+    scale = (len(rows) - 1) / span / rate if rate is not None and len(rows) > 1 and span > 0 else 1.0
+    return [t * scale for t in recorded]
+
+
+def replay_count(spec: ServingSpec, times: list[float]) -> int:
+    """How many of a replay's arrivals (`replay_times`, rising) are sent: all, cut by `requests` and by duration_s
+    (those before it: a prefix), whichever comes first."""
+    keep = len(times) if spec.requests is None else min(len(times), spec.requests)
+    if spec.duration_s is not None:
+        keep = min(keep, bisect.bisect_left(times, spec.duration_s))
+    return keep
+
+
 def trace_count_problem(spec: ServingSpec, rows: list[tuple[float, int, int]]) -> tuple[str, str] | None:
     """(key relative to the serving block, message) when a replay of the trace (rows in arrival order) would send
     more than MAX_REQUESTS requests, the bound a count or a rate x duration_s has (trial 35: a trace of 1,000,001
     rows ran uncapped), else None. `requests` cuts the replay; `duration_s` cuts it at the arrivals before it,
     scaled to the sweep's highest rate as build_requests scales them."""
-    sent = len(rows) if spec.requests is None else min(len(rows), spec.requests)
     rates = [r for r in spec.arrival.rates if r is not None]
-    total = rows[-1][0] - rows[0][0]
-    if spec.duration_s is not None:
-        scale = (len(rows) - 1) / total / max(rates) if rates and total > 0 else 1.0   # build_requests' scale
-        sent = min(sent, bisect.bisect_left([t - rows[0][0] for t, _, _ in rows], spec.duration_s / scale))
+    sent = replay_count(spec, replay_times(rows, max(rates) if rates else None))   # the fastest sends the most
     if sent <= MAX_REQUESTS:
         return None
     return "arrival.path", (f"the trace replays {sent:,} requests; allowed: at most {MAX_REQUESTS:,} in one run "
@@ -408,11 +425,8 @@ def trace_notes(spec: ServingSpec, rows: list[tuple[float, int, int]], context: 
                                                           "rate asked)"))
     elif sent > 1:   # arrivals apart, but all within BURST_SPAN_S once replayed (trial 40: 500 in 50 us, no note)
         rates = [r for r in spec.arrival.rates if r is not None]
-        total = rows[-1][0] - rows[0][0]
-        scale = (len(rows) - 1) / total / max(rates) if rates else 1.0   # build_requests' scale
-        times = [(t - rows[0][0]) * scale for t, _, _ in rows[:sent]]
-        if spec.duration_s is not None:
-            sent = bisect.bisect_left(times, spec.duration_s)
+        times = replay_times(rows, max(rates) if rates else None)
+        sent = replay_count(spec, times)
         note = burst_text("the trace's replay" + (f" scaled to {max(rates):g} requests/s" if rates else ""),
                           sent, times[sent - 1] if sent else 0.0)
         if note is not None:
@@ -488,20 +502,9 @@ def build_requests(case: ServingCase) -> list[Request]:
     if spec.arrival.kind == "trace":
         assert case.trace is not None, "the runner resolves the trace path"
         rows = read_trace(case.trace)
-        start = rows[0][0]
-        recorded = [t - start for t, _, _ in rows]
-        span = recorded[-1]
-        scale = 1.0
-        if case.rate is not None and len(rows) > 1 and span > 0:
-            scale = (len(rows) - 1) / span / case.rate   # recorded mean rate / wanted rate
-        times = [t * scale for t in recorded]
-        trace_lengths = [(i, o) for _, i, o in rows]
-        keep = len(times)
-        if spec.requests is not None:
-            keep = min(keep, spec.requests)
-        if spec.duration_s is not None:   # times rise: those before duration_s are a prefix
-            keep = min(keep, sum(1 for t in times if t < spec.duration_s))
-        times, trace_lengths = times[:keep], trace_lengths[:keep]
+        times = replay_times(rows, case.rate)
+        keep = replay_count(spec, times)
+        times, trace_lengths = times[:keep], [(i, o) for _, i, o in rows[:keep]]
     else:
         gaps = _gaps(spec, _stream(case.seed, "arrivals"))
         t = 0.0
