@@ -835,7 +835,10 @@ class PricingLines:
     say: Callable[[str], None]
 
     def start(self, total: int) -> None:
-        self.say(f"{self.name}: pricing {count(total, 'configuration')}")
+        # every micro-batch of every chain, as table columns: those after one that overflows are dropped later, and
+        # the groups skipped whole are not among them (the report's Search section counts each)
+        self.say(f"{self.name}: pricing {count(total, 'configuration')} (the groups whose weights fit, every "
+                 f"micro-batch)")
 
     def __call__(self, done: int, total: int) -> None:
         self.say(f"{self.name}: {done:,} of {count(total, 'configuration')} priced")

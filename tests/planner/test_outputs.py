@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pandas as pd
@@ -340,6 +342,12 @@ def test_the_plans_options_price_every_candidate_and_travel_to_best_yaml(tmp_pat
     assert "none: the cost model's defaults" in (plain.run_dir / "plan.md").read_text()
     # trial 41: the absolute figure carried no error bar; the header points at the measured errors
     assert "docs/validation.md, section 'Result now'" in (plain.run_dir / "plan.md").read_text()
+    # trial 41: the search's counts did not add up; each is named by what happened to it (they sum to the screened)
+    search_line = next(line for line in (plain.run_dir / "plan.md").read_text().splitlines() if "screened in" in line)
+    numbers = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+) (?:configurations screened|skipped whole|"
+                                                            r"priced within|priced and over|dropped because)",
+                                                            search_line)]
+    assert len(numbers) == 5 and numbers[0] == sum(numbers[1:]), search_line
 
     assert main(["run", str(chosen.run_dir / "best.yaml"), "--backend", "roofline", "--out", str(tmp_path)]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])

@@ -161,7 +161,8 @@ def _moe_two_choices() -> Any:
 def _pricing_lines(lines: list[str], name: str) -> tuple[int, list[tuple[int, int]]]:
     """(the count a context's first line says it prices, the (done, total) of its later lines), of `name`."""
     mine = [line.removeprefix(f"{name}: ") for line in lines if line.startswith(f"{name}: ")]
-    first = mine[0].removeprefix("pricing ").removesuffix(" configurations")
+    first = mine[0].removeprefix("pricing ").removesuffix(" configurations (the groups whose weights fit, every "
+                                                          "micro-batch)")
     ticks = [tuple(int(x.replace(",", "")) for x in line.removesuffix(" configurations priced").split(" of "))
              for line in mine[1:]]
     return int(first.replace(",", "")), ticks  # type: ignore[misc]
