@@ -14,7 +14,9 @@ modeled backends do: llmsim.modeled_serving), not by the step roofline. For ever
    request is a miss). Starting at the goal rate, the rate is halved until a run meets the SLO (or until one
    replica's share of the goal would need more than max_devices), then bisected (geometric midpoint) between
    the highest rate that met and the lowest that missed until they are within `rate_tolerance`. A replica
-   that sustains the goal rate itself needs no more search (its rate is reported as "at least"). A halving
+   that sustains the goal rate itself needs no more search (its rate is reported as "at least"), except the
+   winner's: **1b.** `headroom` searches it up from the goal (doubling, then the same bisection), so that the answer
+   says how far above the goal one replica goes (up to HEADROOM_MAX_FACTOR x the goal). A halving
    rate that a prefill bound proves missed is not simulated (`_proven_miss`; the same answer). The probe at the
    floor stops once its misses exceed what the percentile allows (llmsim.serving.early_stop): a miss there ends
    the search, and only its verdict and what the stop knew are reported (RunSummary.stopped).
@@ -673,6 +675,44 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
                                       f"allows {count(max_replicas, what.split()[1])} of {count(task.size, 'device')} "
                                       f"({task.goal_rate:,.4g} / {max_replicas:,})"), ("slo",)
     return out, max_replicas
+
+
+# The winner's headroom: how far above the goal rate one replica (or unit) still meets the SLO, searched upward
+# by doubling to at most this many times the goal rate, then narrowed to the task's rate_tolerance. A bound
+# against a search without end (a tiny model whose replica sustains thousands of requests/s).
+HEADROOM_MAX_FACTOR = 64
+
+
+def headroom(task: ServingTask, result: CandidateResult) -> CandidateResult:
+    """`result` with the highest rate one replica (or unit) sustains under the SLO above the goal rate, where the
+    rate search stopped at the goal (sustained_at_least: one replica met it, so the search went no higher; trial
+    41: the answer said '≥ 20 requests/s' of a replica that sustains 31). The rates are searched up from the goal
+    by doubling until a rate misses, or up to HEADROOM_MAX_FACTOR x the goal (then sustained_at_least stays: it
+    sustains at least that), then narrowed geometrically to rate_tolerance, as the search down is. Its probes join
+    result.probes; result unchanged for any other candidate. Step 1b of the module docstring."""
+    if not (result.feasible and result.sustained_at_least and result.at_sustained is not None):
+        return result
+    n = rented_devices(task.size, task.node.devices_per_node)
+    replica: _Replica | _Unit = _Unit(task, n) if task.unit is not None else _Replica(task, n)
+    out = replace(result, probes=list(result.probes))
+
+    def probe(rate: float) -> RunSummary:
+        run = simulate_at(task, replica, rate, 1)
+        out.simulations += 1
+        out.probes.append((rate, run.attainment, run.met))
+        return run
+
+    lo, hi = result.at_sustained, None
+    while hi is None and lo.rate < task.goal_rate * HEADROOM_MAX_FACTOR:
+        run = probe(min(lo.rate * 2, task.goal_rate * HEADROOM_MAX_FACTOR))
+        lo, hi = (run, None) if run.met else (lo, run)
+    while hi is not None and (hi.rate - lo.rate) / hi.rate > task.rate_tolerance:
+        mid = probe(math.sqrt(lo.rate * hi.rate))
+        lo, hi = (mid, hi) if mid.met else (lo, mid)
+    out.sustained_rate, out.at_sustained, out.sustained_at_least = lo.rate, lo, hi is None
+    if hi is not None:
+        out.first_miss = hi
+    return out
 
 
 def search_candidate(task: ServingTask) -> CandidateResult:

@@ -20,8 +20,8 @@ from llmsim.planner.explain import (Explanation, Limit, Sensitivity, Sensitivity
 from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
 from llmsim.wording import count
-from llmsim.planner.serve import (CandidateResult, Mapper, ServingTask, plan_serving, unused_counts_note, what_if,
-                                  what_if_key)
+from llmsim.planner.serve import (CandidateResult, Mapper, ServingTask, headroom, plan_serving, unused_counts_note,
+                                  what_if, what_if_key)
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
 from llmsim.results import write_atomic
 
@@ -562,12 +562,18 @@ def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
         progress(f"searching the highest rate under the SLO of {len(tasks)} candidate replica shapes{of_units} by "
                  f"simulation")
     results = plan_serving(tasks, plan.objective, mapper)
+    by_shape = {t.shape: t for t in tasks}
+    winner = next((c for c in results if c.feasible), None)
+    if winner is not None and winner.sustained_at_least:
+        if progress:
+            one = "unit" if winner.unit is not None else "replica"
+            progress(f"searching the winner's headroom: the highest rate one {one} sustains above the goal")
+        results[results.index(winner)] = headroom(by_shape[winner.shape], winner)
     feasible = [c for c in results if c.feasible]
     sensitivity = None
     if len(feasible) > 1:
         if progress:
             progress("re-sizing the winner and the runner-up under ±20% link bandwidth, GEMM and memory efficiency")
-        by_shape = {t.shape: t for t in tasks}
         sensitivity = serving_sensitivity(plan, by_shape, feasible[0], feasible[1], mapper)
     explanation = serving_explanation(plan, results, sensitivity)
     explanation.precision_notes = list(precision_notes or [])

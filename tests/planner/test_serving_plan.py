@@ -794,3 +794,28 @@ def test_search_lists_no_replica_can_take_are_one_line_not_an_empty_plan(tmp_pat
     with pytest.raises(ScenarioError, match=f"plan.yaml: {key}: .*no value divides a searched tp"):
         run_plan(plan, CATALOG, tmp_path, file="plan.yaml")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_winners_headroom_is_searched_above_the_goal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 41: a winner whose one replica met the goal rate was reported as '≥ goal'; the user had to raise the
+    goal to learn that it sustains half as much again. headroom searches up from the goal: doubling, then the same
+    bisection to rate_tolerance; up to HEADROOM_MAX_FACTOR x the goal it stays 'at least'."""
+    import llmsim.planner.serve as serve_module
+    from llmsim.planner.serve import headroom
+
+    plan, tasks = _tasks(serving_plan(rate=5.0))   # a goal one replica meets on either device
+    result = search_candidate(tasks[0])
+    assert result.feasible and result.sustained_at_least and result.sustained_rate == 5.0
+    up = headroom(tasks[0], result)
+    assert not up.sustained_at_least and up.at_sustained.met and not up.first_miss.met
+    assert 5.0 < up.sustained_rate < up.first_miss.rate
+    assert (up.first_miss.rate - up.sustained_rate) / up.first_miss.rate <= plan.rate_tolerance
+    assert up.probes[:len(result.probes)] == result.probes and up.probes[len(result.probes)][0] == 10.0
+    assert up.simulations == result.simulations + len(up.probes) - len(result.probes)
+    assert result.sustained_rate == 5.0 and result.sustained_at_least   # the candidate given is not changed
+    assert up.replicas == result.replicas and up.cost_usd == result.cost_usd
+    monkeypatch.setattr(serve_module, "HEADROOM_MAX_FACTOR", 1.5)   # a cap below the first miss: still "at least"
+    capped = headroom(tasks[0], result)
+    assert capped.sustained_at_least and capped.sustained_rate == 7.5 and capped.probes[-1][0] == 7.5
+    missed = dataclasses.replace(result, feasible=False)
+    assert headroom(tasks[0], missed) is missed
