@@ -276,6 +276,11 @@ def _validate_catalog(path: str) -> int:
     print(f"{path}: ok — a hardware catalog of {count(len(devices), 'device')}"
           f"{' (' + ', '.join(devices) + ')' if devices else ''} and {count(len(links), 'link')}"
           f"{' (' + ', '.join(links) + ')' if links else ''}; name it in a scenario's hardware_catalog")
+    for name in devices:   # trial 41: such a device validated as ok, and every case on it was then skipped
+        if not any(catalog.devices[name].peak_flops.values()):
+            _say_note(path, f"entries.{name}.peak_flops", "none given: every modeled case on this device is "
+                                                          "skipped (give e.g. peak_flops: {bfloat16: 989.4e12}, "
+                                                          "FLOP/s of dense math per dtype)", [])
     return 0
 
 

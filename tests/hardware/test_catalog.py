@@ -385,3 +385,16 @@ def test_the_same_hardware_file_given_twice_says_so(tmp_path: Path, capsys, monk
     assert main(["hardware", "--hardware", path.name, "--hardware", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (f"llmsim: error: {path}: the same hardware file is given twice (also "
                                                f"as {path.name}); give it once")
+
+
+def test_validate_of_a_catalog_notes_a_device_without_peaks(tmp_path: Path, capsys) -> None:
+    """Trial 41: a device with `peak_flops: {}` validated as ok, and every case on it was then skipped."""
+    path = _write(tmp_path, [dict(GPU, source="vendor sheet", peak_flops={})])
+    assert main(["validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "ok — a hardware catalog of 1 device (my-gpu)" in captured.out
+    assert captured.err.strip() == (f"llmsim: note: {path}: entries.my-gpu.peak_flops: none given: every modeled case "
+                                    f"on this device is skipped (give e.g. peak_flops: {{bfloat16: 989.4e12}}, FLOP/s "
+                                    f"of dense math per dtype)")
+    with_peaks = _write(tmp_path, [dict(GPU, source="vendor sheet")])
+    assert main(["validate", str(with_peaks)]) == 0 and capsys.readouterr().err == ""
