@@ -102,10 +102,11 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _expanded(root: yaml.Node) -> tuple[int, int, bool]:
+def _expanded(root: yaml.Node) -> tuple[int, int, yaml.Node | None]:
     """(values, depth, recursive) of the node graph with every alias expanded, without expanding it: each
     node's count and depth are computed once (post-order, an explicit stack: no recursion) and reused
-    wherever an alias points at it. `recursive`: an alias inside its own anchor (an infinite value)."""
+    wherever an alias points at it. `recursive`: the anchored node an alias inside it refers to (an infinite
+    value), whose mark says where it is (trial 41: the error named the document's first line), else None."""
     size: dict[int, int] = {}
     depth: dict[int, int] = {}
     on_path: set[int] = set()
@@ -122,15 +123,15 @@ def _expanded(root: yaml.Node) -> tuple[int, int, bool]:
         if key in size:
             continue
         if key in on_path:
-            return 0, 0, True
+            return 0, 0, node
         on_path.add(key)
         stack.append((node, True))
         for kid in _children(node):
             if id(kid) in on_path:
-                return 0, 0, True
+                return 0, 0, kid
             if id(kid) not in size:
                 stack.append((kid, False))
-    return size[id(root)], depth[id(root)], False
+    return size[id(root)], depth[id(root)], None
 
 
 def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = "not valid YAML") -> Any:
@@ -148,9 +149,9 @@ def parse_yaml(text: str, file: str | None, key: str | None = None, what: str = 
         if node is None:
             return None
         values, depth, recursive = _expanded(node)
-        if recursive:
-            raise ScenarioError(file, key, f"line {node.start_mark.line + 1}: an alias refers to the value it is "
-                                           f"inside (a recursive value)")
+        if recursive is not None:
+            raise ScenarioError(file, key, f"line {recursive.start_mark.line + 1}: an alias refers to the value it "
+                                           f"is inside (a recursive value)")
         if depth > MAX_DEPTH:
             raise ScenarioError(file, key, f"nested more than {MAX_DEPTH} levels deep once aliases are expanded "
                                            f"(a scenario is about 6)")

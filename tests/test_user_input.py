@@ -87,6 +87,7 @@ def _bomb(levels: int, target: str) -> str:
     (HEAD + _bomb(40, "strategies"), f"stands for more than {MAX_VALUES:,} values once aliases are expanded"),
     (_bomb(40, "extra") + HEAD, f"stands for more than {MAX_VALUES:,} values once aliases are expanded"),
     ("a: &a [*a]\n", "line 1: an alias refers to the value it is inside"),
+    ("a: 1\nb: 2\nx: &a [*a]\n", "line 3: an alias refers to the value it is inside"),   # trial 41: said line 1
     # deep through aliases: each anchor nests the previous one a level deeper
     ("d0: &d0 [1]\n" + "".join(f"d{i}: &d{i} [*d{i - 1}]\n" for i in range(1, 2 * MAX_DEPTH)),
      f"nested more than {MAX_DEPTH} levels deep once aliases are expanded"),
