@@ -292,9 +292,7 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
     cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
                "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
     chosen = plan.options.model_dump(mode="json", exclude_defaults=True)  # the plan's options, as settings keys
-    workload = workload_for(plan, c.precision).model_dump(mode="json")  # the precision the plan priced
-    if "mode" not in plan.workload.model_fields_set:
-        workload.pop("mode")  # a serving scenario leaves mode out
+    workload = _served_workload(plan, c)
     serving = spec.model_copy(update={"replicas": c.replicas}).model_dump(mode="json", exclude_none=True)
     if serving.get("kv_cache_dtype") == "auto":  # the default is left out, as before the key existed
         del serving["kv_cache_dtype"]
@@ -310,6 +308,26 @@ def best_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -
     }
 
 
+# Workload keys a serving scenario does not read unless the plan's own workload states them: its request list sets
+# the batches and lengths, and a serving scenario leaves mode out (trial 41: best.yaml carried `batch: 8` and
+# `decode_tokens: 64`, the defaults, which meant nothing there)
+_UNSERVED_WORKLOAD_KEYS = ("mode", "batch", "decode_tokens")
+
+
+def _served_workload(plan: PlanFile, c: CandidateResult) -> dict[str, Any]:
+    """best.yaml's workload block of candidate `c`: at the precision the plan priced it (workload_for), without the
+    keys a serving scenario does not read (_UNSERVED_WORKLOAD_KEYS) unless the plan gave them, and without an empty
+    fp8 / fp4 recipe."""
+    workload = workload_for(plan, c.precision).model_dump(mode="json")
+    for key in _UNSERVED_WORKLOAD_KEYS:
+        if key not in plan.workload.model_fields_set:
+            workload.pop(key)
+    for key in ("fp8", "fp4"):
+        if workload.get(key) is None:
+            workload.pop(key, None)
+    return workload
+
+
 def _unit_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) -> dict[str, Any]:
     """best_scenario of a disaggregated unit: one unit, serving.disaggregation stating its two sides, arrivals at
     goal / units (planner.serve._size_replicas simulated exactly that run)."""
@@ -320,9 +338,7 @@ def _unit_scenario(plan: PlanFile, c: CandidateResult, hw: Hardware, spec: Any) 
     cluster = {"hardware": hw.name, "nodes": cluster_spec.nodes, "devices_per_node": cluster_spec.devices_per_node,
                "intra_node": cluster_spec.intra.name, "inter_node": cluster_spec.inter.name}
     chosen = plan.options.model_dump(mode="json", exclude_defaults=True)
-    workload = workload_for(plan, c.precision).model_dump(mode="json")
-    if "mode" not in plan.workload.model_fields_set:
-        workload.pop("mode")
+    workload = _served_workload(plan, c)
     share = spec.at_rate(float(plan.goal.request_rate) / c.replicas)
     serving = share.model_copy(update={"disaggregation": None}).model_dump(mode="json", exclude_none=True)
     serving.pop("replicas", None)

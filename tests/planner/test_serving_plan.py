@@ -250,6 +250,8 @@ def test_winner_meets_the_slo_when_resimulated(tmp_path: Path) -> None:
     winner = outcome.top[0]
     best = yaml.safe_load((outcome.run_dir / "best.yaml").read_text())
     assert best["serving"]["replicas"] == winner.replicas and best["serving"]["arrival"]["rate"] == 80.0
+    # trial 41: the defaults a serving scenario does not read (batch 8, decode_tokens 64) were written out
+    assert not {"mode", "batch", "decode_tokens", "fp8", "fp4"} & set(best["workload"])
     # the slowed devices travel as a hardware file beside best.yaml (as `--hardware FILE` would give them)
     devices = [CATALOG.devices[n].model_dump(mode="json") for n in ("slow-a", "slow-h")]
     (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"entries": devices}))
