@@ -410,7 +410,8 @@ def scenario_points(runs: list[Run], letters: list[str]) -> list[Point]:
 
 
 def _yaml_value(value: Any) -> str:
-    """A scenario value as YAML writes it on one line (null, true, 8, [1, 2], {kind: continuous})."""
+    """A scenario value as YAML writes it on one line (true, 8, [1, 2], {kind: continuous}); `absent` for a key one
+    scenario lacks (or holds as null: the saved scenarios fill every default, so the two read alike)."""
     if value is None:
         return "absent"
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
