@@ -1000,6 +1000,21 @@ def plan_serving(tasks: list[ServingTask], objective: str, mapper: Mapper = map)
     return sorted(results, key=objective_key(objective))
 
 
+def with_headroom(tasks: list[ServingTask], results: list[CandidateResult], objective: str) -> list[CandidateResult]:
+    """`results` (ranked by plan_serving) with the headroom searched (`headroom`) of the winner and of every
+    candidate tied with it on the objective, cost and devices, then ranked again: among those the tie-break is the
+    higher sustained rate, which a rate search stopped at the goal ("≥ goal") does not know (trial 42: an H200 that
+    sustains 36.7 requests/s lost the tie-break to an H100 at 32.2 by its name, both then '≥ 20')."""
+    key = objective_key(objective)
+    first = next((c for c in results if c.feasible), None)
+    if first is None:
+        return results
+    by_shape = {t.shape: t for t in tasks}
+    tied = key(first)[:4]   # (feasible, objective, cost, devices): what ranks before the sustained rate
+    searched = [headroom(by_shape[c.shape], c) if c.feasible and key(c)[:4] == tied else c for c in results]
+    return sorted(searched, key=key)
+
+
 def what_if(task: ServingTask, result: CandidateResult, knob: str, factor: float) -> CandidateResult:
     """`result`'s replicas re-sized on hardware with `knob` x `factor` (the sensitivity table): the same shape,
     the fewest replicas from the chosen count that meet the SLO at the goal rate on the what-if hardware."""

@@ -20,8 +20,8 @@ from llmsim.planner.explain import (Explanation, Limit, Sensitivity, Sensitivity
 from llmsim.planner.report import plan_meta
 from llmsim.planner.search import Hardware
 from llmsim.wording import count
-from llmsim.planner.serve import (CandidateResult, Mapper, ServingTask, headroom, plan_serving, unused_counts_note,
-                                  what_if, what_if_key)
+from llmsim.planner.serve import (CandidateResult, Mapper, ServingTask, plan_serving, unused_counts_note, what_if,
+                                  what_if_key, with_headroom)
 from llmsim.planner.whatif import KNOBS, SENSITIVITY_FACTORS, knob_label
 from llmsim.results import write_atomic
 
@@ -579,12 +579,9 @@ def run_serving_plan(plan: PlanFile, hardware: list[Hardware], run_dir: Path,
                  f"simulation")
     results = plan_serving(tasks, plan.objective, mapper)
     by_shape = {t.shape: t for t in tasks}
-    winner = next((c for c in results if c.feasible), None)
-    if winner is not None and winner.sustained_at_least:
-        if progress:
-            one = "unit" if winner.unit is not None else "replica"
-            progress(f"searching the winner's headroom: the highest rate one {one} sustains above the goal")
-        results[results.index(winner)] = headroom(by_shape[winner.shape], winner)
+    if any(c.feasible and c.sustained_at_least for c in results) and progress:
+        progress("searching the winner's headroom (and its ties'): the highest rate one replica sustains above the goal")
+    results = with_headroom(tasks, results, plan.objective)
     feasible = [c for c in results if c.feasible]
     sensitivity = None
     if len(feasible) > 1:

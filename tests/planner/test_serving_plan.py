@@ -821,3 +821,19 @@ def test_the_winners_headroom_is_searched_above_the_goal(monkeypatch: pytest.Mon
     assert capped.sustained_at_least and capped.sustained_rate == 7.5 and capped.probes[-1][0] == 7.5
     missed = dataclasses.replace(result, feasible=False)
     assert headroom(tasks[0], missed) is missed
+
+
+def test_ties_with_the_winner_are_broken_by_their_searched_headroom() -> None:
+    """Trial 42: two candidates of one price and device count, both '≥ goal', were ranked by hardware name while the
+    text said 'by the rate one replica sustains'; the faster one lost. with_headroom searches the tied ones too."""
+    from llmsim.planner.serve import with_headroom
+
+    same_price = [{"name": "slow-a", "usd_per_device_hour": 3.5}, {"name": "slow-h", "usd_per_device_hour": 3.5}]
+    plan, tasks = _tasks(serving_plan(rate=5.0, hardware=same_price, search={"tp": [1], "pp": [1]}))
+    ranked = plan_serving(tasks, plan.objective)
+    assert [c.hardware for c in ranked] == ["slow-a", "slow-h"]   # both stopped at the goal: the name decides
+    assert all(c.sustained_at_least and c.sustained_rate == 5.0 for c in ranked)
+    searched = with_headroom(tasks, ranked, plan.objective)
+    assert [c.hardware for c in searched] == ["slow-h", "slow-a"]   # the faster device sustains more
+    assert searched[0].sustained_rate > searched[1].sustained_rate > 5.0
+    assert not any(c.sustained_at_least for c in searched)
