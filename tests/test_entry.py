@@ -73,8 +73,10 @@ def _in_a_fresh_python(code: str) -> subprocess.CompletedProcess[str]:
 def test_sigterm_and_sighup_are_a_ctrl_c_for_the_program() -> None:
     """Trial 32: SIGTERM or SIGHUP during `plan` left its empty folder, and during `run` no --resume line: only
     SIGINT was handled. The program passes both to SIGINT's handler: recorded within `interrupt.handling()` and
-    raised as KeyboardInterrupt, the path every Ctrl-C takes."""
+    raised as KeyboardInterrupt, the path every Ctrl-C takes. SIGHUP starts at its default here: a test run under
+    `nohup` hands its children SIGHUP ignored, which the program rightly leaves ignored (the next test)."""
     code = ("import os, signal; from llmsim import interrupt\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
             "interrupt.stop_on_termination()\n"
             "for sig in (signal.SIGTERM, signal.SIGHUP):\n"
             "    try:\n"

@@ -85,8 +85,9 @@ RATIO_FROM_PCT = 900.0
 
 def fmt_change(pct: float) -> str:
     """A percent difference with its sign ('+12.3%', '−4.0%'); the minus is U+2212 so it reads as one. A rise of
-    RATIO_FROM_PCT or more is the ratio itself ('×158' for +15,700%: new = old x 158)."""
-    if pct == 0:
+    RATIO_FROM_PCT or more is the ratio itself ('×158' for +15,700%: new = old x 158). A change that rounds to
+    zero reads '0.0%', without a sign (trial 42: '−0.0%' beside a metric that had not moved)."""
+    if round(pct, 1) == 0:
         return "0.0%"
     if pct >= RATIO_FROM_PCT:
         ratio = 1 + pct / 100
