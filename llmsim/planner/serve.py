@@ -242,6 +242,7 @@ class CandidateResult:
     limits: tuple[str, ...]                       # memory | slo | devices | power | error
     sustained_rate: float = 0.0                   # requests/s one replica sustains (a lower bound within tolerance)
     sustained_at_least: bool = False              # the search stopped at the goal rate: it sustains at least that
+    headroom_cap: float | None = None             # x the goal where the headroom search stopped still meeting the SLO
     probes: list[tuple[float, float, bool]] = field(default_factory=list)  # (rate, attainment, met) per replica
     replicas: int = 0
     n_devices: int = 0                            # rented: whole nodes, or part of one
@@ -712,6 +713,8 @@ def headroom(task: ServingTask, result: CandidateResult) -> CandidateResult:
     out.sustained_rate, out.at_sustained, out.sustained_at_least = lo.rate, lo, hi is None
     if hi is not None:
         out.first_miss = hi
+    else:   # stopped by the cap, not by a miss: the answer says so (trial 42: a bare '≥' looked like the goal's)
+        out.headroom_cap = HEADROOM_MAX_FACTOR
     return out
 
 

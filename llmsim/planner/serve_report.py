@@ -51,11 +51,17 @@ def describe_candidate(c: CandidateResult) -> str:
     return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}{experts}{precision}, {reps})"
 
 
-def describe_rate(c: CandidateResult) -> str:
+def describe_rate(c: CandidateResult, per: bool = True) -> str:
+    """'27.1 requests/s per replica'; '≥ 40 requests/s per replica' where the search stopped at the goal, still
+    meeting the SLO; and where the winner's headroom search stopped at its cap, the cap:
+    '≥ 2,560 requests/s per replica (the search's cap, 64x the goal)'. `per=False` leaves out ' per replica'."""
     if not c.sustained_rate:
         return "–"
-    return ("≥ " if c.sustained_at_least else "") + (f"{c.sustained_rate:.3g} requests/s per "
-                                                      f"{'unit' if getattr(c, 'unit', None) is not None else 'replica'}")
+    unit = "unit" if getattr(c, "unit", None) is not None else "replica"
+    cap = getattr(c, "headroom_cap", None)
+    rate = f"{c.sustained_rate:,.0f}" if c.sustained_rate >= 1000 else f"{c.sustained_rate:.3g}"  # not '2.56e+03'
+    return (("≥ " if c.sustained_at_least else "") + f"{rate} requests/s"
+            + (f" per {unit}" if per else "") + (f" (the search's cap, {cap:g}x the goal)" if cap else ""))
 
 
 def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) -> str | None:
@@ -83,8 +89,8 @@ def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) 
         if shown is None or not same(mine, theirs):
             if not tied:
                 return None
-            decided = (f"the rate one replica sustains: {describe_rate(c).removesuffix(' per replica')} against "
-                       f"{describe_rate(best).removesuffix(' per replica')}" if name == "sustained rate"
+            decided = (f"the rate one replica sustains: {describe_rate(c, per=False)} against "
+                       f"{describe_rate(best, per=False)}" if name == "sustained rate"
                        else f"{name}: {shown(mine) if mine is not None else '–'} against "
                             f"{shown(theirs) if theirs is not None else '–'}")
             return f"ties the winner on {' and '.join(tied)}; ranked below it by the tie-break, {decided}"
@@ -126,7 +132,7 @@ def probe_line(c: CandidateResult) -> str:
     """What the candidate's rate search found, with its probes; or why it was not searched."""
     one = "one unit" if c.unit is not None else "one replica"
     if c.sustained_rate:
-        return (f"{one} sustains {describe_rate(c).removesuffix(' per ' + one.split()[1])} (SLO met up to that "
+        return (f"{one} sustains {describe_rate(c, per=False)} (SLO met up to that "
                 f"rate; probes: {probe_marks(c)})")
     if c.first_miss is not None:
         stop = c.first_miss.stopped
