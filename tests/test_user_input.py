@@ -170,6 +170,9 @@ def test_a_control_character_is_one_line_naming_where(tmp_path: Path, capsys, te
                           "newest: llmsim report {tmp}/run)"),
     (["report", "{tmp}/run/results.csv"], "report: {tmp}/run/results.csv is a file of a run folder; allowed: the "
                                           "folder (llmsim report {tmp}/run)"),
+    # trial 42: a file outside any run folder said it 'has no results.jsonl'
+    (["report", "{tmp}/run", "{tmp}/a-file"], "report: {tmp}/a-file is a file, not a run folder; allowed: a run "
+                                              "folder (with results.jsonl) that `llmsim run` wrote"),
 ])
 def test_bad_command_line_input_exits_2_with_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     (tmp_path / "a-file").write_text("not a folder")

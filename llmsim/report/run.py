@@ -178,6 +178,8 @@ def not_a_run_folder(path: Path) -> str:
     if runs:   # the scenario's folder that `llmsim run` makes, above its timestamped runs (trial 34)
         return (f"{path} is not a run folder but holds {count(len(runs), 'run folder')}; allowed: one of them "
                 f"(the newest: llmsim report {runs[-1]})")
+    if path.is_file():   # trial 42: 'report A FILE' said the file 'has no results.jsonl'
+        return f"{path} is a file, not a run folder; allowed: a run folder (with results.jsonl) that `llmsim run` wrote"
     return f"{path} has no results.jsonl (is it a run folder?)"
 
 
