@@ -39,7 +39,7 @@ from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
-from llmsim.scenario_diff import differences
+from llmsim.scenario_diff import brief, differences
 from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
 from llmsim.serving.spec import ServingCase
 from llmsim.userinput import not_a_regular_file, read_yaml
@@ -616,7 +616,7 @@ def _process_instances(run_dir: Path) -> dict[str, Backend]:
 def _first_difference(saved: Any, current: Any) -> str | None:
     """The first key path where two resolved scenarios differ, with both values, or None."""
     found = next(differences(saved, current), None)
-    return None if found is None else f"{found[0]}: {found[1]!r} there, {found[2]!r} now"
+    return None if found is None else f"{found[0]}: {brief(found[1])} there, {brief(found[2])} now"
 
 
 # Backend settings that only end a case that has not finished (the cpu and cuda backends' timeout_s, vllm's

@@ -4,8 +4,12 @@ all (report.compare.scenario_points)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+# A value written out longer than this is summarised (trial 42: a --resume refusal over a changed strategy list
+# printed both lists in full, about 1.6 KB on one line)
+MAX_VALUE_CHARS = 100
 
 
 def differences(a: Any, b: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -20,3 +24,23 @@ def differences(a: Any, b: Any, path: str = "") -> Iterator[tuple[str, Any, Any]
             yield from differences(x, y, f"{path}[{i}]")
     elif a != b:
         yield path, a, b
+
+
+def brief(value: Any, written: Callable[[Any], str] = repr) -> str:
+    """`value` as `written` writes it (repr, or a YAML flow writer), or where that is longer than MAX_VALUE_CHARS a
+    summary: a list's length and its items' names where they have a `name` ('3 entries: dp, tp, pp'), a mapping's
+    length and keys, else the text cut with '…'."""
+    text = written(value)
+    if len(text) <= MAX_VALUE_CHARS:
+        return text
+    if isinstance(value, list):
+        names = [str(item["name"]) for item in value if isinstance(item, dict) and item.get("name") is not None]
+        listed = f": {', '.join(names)}" if names and len(names) == len(value) else ""
+        summary = f"{len(value)} {'entry' if len(value) == 1 else 'entries'}{listed}"
+    elif isinstance(value, dict):
+        summary = f"{len(value)} {'key' if len(value) == 1 else 'keys'}: {', '.join(map(str, value))}"
+    else:
+        summary = ""
+    if summary and len(summary) <= MAX_VALUE_CHARS:
+        return summary
+    return text[:MAX_VALUE_CHARS - 1].rstrip() + "…"

@@ -151,6 +151,8 @@ def test_interrupted_while_the_run_is_set_up_is_still_a_run_that_resumes(tmp_pat
     # a backend setting changed from its default (left out) is an edit, named with the default it had
     ({"backends": {"roofline": {**MODELED["backends"]["roofline"], "optimizer": "foreach"}}},
      "backends.roofline.optimizer: 'fused' there, 'foreach' now"),
+    # trial 42: a strategy list of another length was printed in full, both lists, ~1.6 KB on one line
+    ({"strategies": STRATEGIES[:2]}, "strategies: 6 entries: s0, s1, s2, s3, s4, s5 there, 2 entries: s0, s1 now"),
 ])
 def test_resume_refuses_the_run_of_another_or_an_edited_scenario(tmp_path: Path, capsys, change: dict,
                                                                  difference: str) -> None:

@@ -29,7 +29,7 @@ from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, work_text, workload_text
 from llmsim.report.units import fmt_change, format_value, missing
-from llmsim.scenario_diff import differences
+from llmsim.scenario_diff import brief, differences
 from llmsim.wording import count
 
 KEY = ["case", "backend"]
@@ -396,7 +396,7 @@ def scenario_points(runs: list[Run], letters: list[str]) -> list[Point]:
     for x, run in zip(letters[1:], runs[1:]):
         if not base or not run.scenario:
             continue
-        found = [f"{key}: {_yaml_value(a)} in {letters[0]}, {_yaml_value(b)} in {x}"
+        found = [f"{key}: {brief(a, _yaml_value)} in {letters[0]}, {brief(b, _yaml_value)} in {x}"
                  for key, a, b in differences(base, run.scenario)]
         if not found:
             points.append(Point(f"{x}'s scenario is {letters[0]}'s, unchanged: a change below is the code's or the "
