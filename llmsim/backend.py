@@ -17,6 +17,11 @@ from llmsim.stages import describe_split
 from llmsim.strategy import Layout
 
 
+# The extras of a row whose case ran out of its time limit (Case.timed_out): the limit's scenario key and seconds.
+TIMED_OUT_SETTING = "timed_out_setting"
+TIMED_OUT_AFTER_S = "timed_out_after_s"
+
+
 class NoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +67,15 @@ class Case(BaseModel):
             layer_groups=self.sharing.layer_groups, lora_rank=self.sharing.lora.rank if self.sharing.lora else None)
         base.update(values)
         return Result(**base)
+
+    def timed_out(self, backend: "Backend", error: str, setting: str, limit_s: float, **values: Any) -> Result:
+        """A `failed` row for a case that ran out of its backend's time limit `setting` (`timeout_s`), after
+        `limit_s` seconds. Its extras name the scenario key and the limit (TIMED_OUT_SETTING, TIMED_OUT_AFTER_S), so
+        that `llmsim run` suggests a --resume command with the limit raised (trial 42: it repeated the limit that
+        had been too short). A setting --resume accepts raised: runner.RESUME_FREE_SETTINGS."""
+        extra = {**values.pop("extra", {}), TIMED_OUT_SETTING: f"backends.{backend.name}.{setting}",
+                 TIMED_OUT_AFTER_S: limit_s}
+        return self.result(backend, status="failed", error=error, extra=extra, **values)
 
 
 @dataclass

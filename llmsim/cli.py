@@ -395,8 +395,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:  # every row and the report are saved; the exit code tells a script that a case broke (trial 39)
         saved = ("the report is saved" if (frame["status"] == "failed").all()
                  else "the other rows and the report are saved")
-        err_console.print(f"llmsim: error: {escape(failed)}; {saved}; run the failed cases again with: "
-                          f"{escape(_resume_command(args, outcome.run_dir))}", highlight=False, soft_wrap=True)
+        raised, why = _raised_limits(frame)
+        err_console.print(f"llmsim: error: {escape(failed)}; {saved}; {escape(why)}run the failed cases again "
+                          f"with: {escape(_resume_command(args, outcome.run_dir, raised))}", highlight=False,
+                          soft_wrap=True)
         return EXIT_FAILED
     return 0
 
@@ -414,12 +416,40 @@ def _failed_rows_line(frame: Any) -> str | None:
             f"{error})")
 
 
-def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+# How much a time limit that a case ran out of is raised in the suggested --resume command
+TIMEOUT_RAISE_FACTOR = 2
+
+
+def _raised_limits(frame: Any) -> tuple[dict[str, float], str]:
+    """The time limits failed rows ran out of (Case.timed_out's extras), each raised TIMEOUT_RAISE_FACTOR-fold,
+    by scenario key, and the words that say so ('1 case ran out of backends.cpu.timeout_s (5 s): '); ({}, '')
+    when none did (trial 42: the suggested --resume repeated the too-short limit, and said nothing of it)."""
+    from llmsim.backend import TIMED_OUT_AFTER_S, TIMED_OUT_SETTING
+
+    if TIMED_OUT_SETTING not in frame:
+        return {}, ""
+    out = frame[(frame["status"] == "failed") & frame[TIMED_OUT_SETTING].notna()]
+    limits: dict[str, float] = {}
+    for key, limit in zip(out[TIMED_OUT_SETTING], out[TIMED_OUT_AFTER_S]):
+        limits[str(key)] = max(limits.get(str(key), 0.0), float(limit))
+    if not limits:
+        return {}, ""
+    said = ", ".join(f"{key} ({limit:g} s)" for key, limit in limits.items())
+    return ({key: limit * TIMEOUT_RAISE_FACTOR for key, limit in limits.items()},
+            f"{count(len(out), 'case')} ran out of {said}: --resume accepts a longer limit; ")
+
+
+def _resume_command(args: argparse.Namespace, run_dir: Path, raised: dict[str, float] | None = None) -> str:
     """The `llmsim run` command that continues `run_dir`: the same scenario, --set, --backend and executor arguments
-    (--resume refuses a scenario that differs from the one the folder holds), shell-quoted."""
+    (--resume refuses a scenario that differs from the one the folder holds), shell-quoted. `raised`: settings
+    (scenario keys) given new values by --set, in place of any --set of them (a time limit a case ran out of)."""
     parts = ["llmsim", "run", args.scenario]
+    raised = raised or {}
     for override in args.set:
-        parts += ["--set", override]
+        if override.split("=", 1)[0].strip() not in raised:
+            parts += ["--set", override]
+    for key, value in raised.items():
+        parts += ["--set", f"{key}={value:g}"]
     for name in args.backend or []:
         parts += ["--backend", name]
     if getattr(args, "executor", "auto") != "auto":   # a Ray run resumes on Ray (trial 40)

@@ -185,6 +185,9 @@ class CpuBackend(Backend):
         if self.context.run_dir is not None:
             log_dir = self.context.run_dir / "distributed" / case.name.replace("/", "_")
         outcome = launch(spec, timeout_s=settings.timeout_s, log_dir=log_dir)
+        if outcome.timed_out_s is not None:
+            return case.timed_out(self, outcome.error or "", "timeout_s", outcome.timed_out_s, **base,
+                                  extra={"worker_pids": json.dumps(outcome.pids)})
         if not outcome.ok:
             return case.result(self, status="failed", error=outcome.error, **base,
                                extra={"worker_pids": json.dumps(outcome.pids)})

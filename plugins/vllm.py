@@ -29,9 +29,9 @@ from pydantic import Field
 from llmsim import Backend, Case, Result, hookimpl
 from llmsim.config import Workload
 from llmsim.modeled_serving import requests_file_name, write_requests_file
-from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, EngineArgs, EngineError, ServerProcess,
-                                   checkpoint_problem, count_tokens, free_port, vllm_command, warm_up,
-                                   write_checkpoint)
+from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, EngineArgs, EngineError,
+                                   EngineStartTimeout, ServerProcess, checkpoint_problem, count_tokens, free_port,
+                                   vllm_command, warm_up, write_checkpoint)
 from llmsim.serving.metrics import summarize
 from llmsim.serving.replay import Replay, outcome_of, prompt_ids
 from llmsim.serving.requests import closed_loop_of, iter_requests
@@ -328,6 +328,9 @@ class VllmBackend(Backend):
                             request_timeout_s=settings.request_timeout_s, run_timeout_s=settings.run_timeout_s,
                             metrics_interval_s=settings.metrics_interval_s, router=spec.router)
             answers, metrics, wall = replay.run(requests, closed_loop)
+        except EngineStartTimeout as exc:
+            self.close()
+            return case.timed_out(self, f"vLLM server: {exc}", "startup_timeout_s", exc.limit_s, **base)
         except EngineError as exc:
             self.close()
             return case.result(self, status="failed", error=f"vLLM server: {exc}", **base)

@@ -167,6 +167,33 @@ def test_the_resume_command_keeps_the_executor_and_an_all_failed_run_says_so(wri
     assert "1 of 1 row failed" in last and "; the report is saved; run the failed cases again with: " in last
 
 
+def test_a_case_that_ran_out_of_time_is_resumed_with_its_limit_raised(write_scenario, tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """Trial 42: the --resume command of a run whose case timed out repeated the too-short limit, and nothing said
+    to raise it. A row made by Case.timed_out names the limit; the command gives it doubled, in place of the --set
+    that set it."""
+    import argparse
+
+    from llmsim.cli import _resume_command
+    from llmsim_plugins.roofline import RooflineBackend
+
+    args = argparse.Namespace(scenario="s.yaml", set=["backends.cpu.timeout_s=5", "seed=2"], backend=None,
+                              executor="auto", ray_address=None)
+    assert _resume_command(args, Path("/r/x"), {"backends.cpu.timeout_s": 10.0}) == (
+        "llmsim run s.yaml --set seed=2 --set backends.cpu.timeout_s=10 --resume /r/x")
+
+    def run(self, case, settings):
+        return case.timed_out(self, "timed out after 5 s; all 2 ranks were killed", "timeout_s", 5.0)
+
+    monkeypatch.setattr(RooflineBackend, "run", run)
+    path = write_scenario(backends={"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 1}})
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--set", "seed=3"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "; 1 case ran out of backends.roofline.timeout_s (5 s): --resume accepts a longer limit; run the failed " \
+           "cases again with: " in last, last
+    assert last.endswith("--set seed=3 --set backends.roofline.timeout_s=10 --resume " + last.rsplit(" ", 1)[-1])
+
+
 @pytest.mark.slow
 def test_quickstart_runs_as_the_readme_says(tmp_path: Path) -> None:
     proc = _llmsim("run", str(REPO / "scenarios" / "quickstart.yaml"), "--out", str(tmp_path))

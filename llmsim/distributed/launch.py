@@ -52,6 +52,7 @@ class LaunchOutcome:
     pids: list[int] = field(default_factory=list)
     wall_s: float = 0.0
     teardown: str | None = None  # a rank that failed after rank 0 had written every rank's results
+    timed_out_s: float | None = None  # the timeout that ended the run, where one did
 
     @property
     def ok(self) -> bool:
@@ -170,6 +171,7 @@ def launch(spec: WorkerSpec, *, timeout_s: float = 600.0, log_dir: Path | None =
                 break
             if time.monotonic() > deadline:
                 outcome.error = f"timed out after {timeout_s:g} s; all {count(world, 'rank')} were killed (logs: {out})"
+                outcome.timed_out_s = timeout_s
                 break
             time.sleep(POLL_S)
             interrupt.check()  # a Ctrl-C lost on the way still stops the ranks (the finally kills them)
@@ -306,6 +308,7 @@ def launch_nodes(spec: WorkerSpec, nnodes: int, *, timeout_s: float = 600.0, log
                 break
             if time.monotonic() > deadline:
                 outcome.error = f"timed out after {timeout_s:g} s; all {nnodes} nodes were killed (logs: {out})"
+                outcome.timed_out_s = timeout_s
                 break
             time.sleep(POLL_S)
     finally:

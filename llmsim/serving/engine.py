@@ -273,6 +273,14 @@ class EngineError(RuntimeError):
     """The server did not come up (exited, or not healthy in time): the message ends with its log's tail."""
 
 
+class EngineStartTimeout(EngineError):
+    """The server was not healthy within `limit_s` seconds (ServerProcess.startup_timeout_s)."""
+
+    def __init__(self, message: str, limit_s: float) -> None:
+        super().__init__(message)
+        self.limit_s = limit_s
+
+
 # What a server that could not bind its port writes (uvicorn: "[Errno 98] error while attempting to bind on
 # address ...: address already in use"; Python's socketserver: "OSError: [Errno 98] Address already in use").
 PORT_TAKEN_WORDS = ("address already in use", "eaddrinuse", f"[errno {errno.EADDRINUSE}]")
@@ -396,7 +404,8 @@ class ServerProcess:
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() - start > self.startup_timeout_s:
-                raise EngineError(f"the server was not ready after {self.startup_timeout_s:g} s: {_tail(self.log)}")
+                raise EngineStartTimeout(f"the server was not ready after {self.startup_timeout_s:g} s: "
+                                         f"{_tail(self.log)}", self.startup_timeout_s)
             time.sleep(self.poll_s)
 
     def stop(self) -> int | None:

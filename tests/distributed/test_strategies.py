@@ -271,7 +271,7 @@ def test_a_hanging_rank_times_out(tmp_path, monkeypatch: pytest.MonkeyPatch) -> 
                                   warmup=0, threads=1)
     # a short limit: whether the rank is still starting or already hangs, the launcher must stop it the same way
     outcome = launch(spec, timeout_s=4, log_dir=tmp_path, env={"LLMSIM_DIST_FAULT": "0:hang"})
-    assert not outcome.ok and "timed out" in outcome.error
+    assert not outcome.ok and "timed out" in outcome.error and outcome.timed_out_s == 4
     assert not any(_alive(pid) for pid in outcome.pids)
     assert os.path.exists(tmp_path / "rank0.log")
 

@@ -17,8 +17,9 @@ from llmsim.config import ModelSpec, load_scenario
 from llmsim.plugins import get_plugin_manager
 from llmsim.registry import BackendRegistry
 from llmsim.runner import plan_cases, run_scenario
-from llmsim.serving.engine import (EngineArgs, EngineError, ServerProcess, architecture_of, checkpoint_problem,
-                                   count_tokens, free_port, hf_config, tokenizer_json, write_checkpoint)
+from llmsim.serving.engine import (EngineArgs, EngineError, EngineStartTimeout, ServerProcess, architecture_of,
+                                   checkpoint_problem, count_tokens, free_port, hf_config, tokenizer_json,
+                                   write_checkpoint)
 from llmsim.serving.replay import Replay, outcome_of, parse_prometheus, prompt_ids
 from llmsim.serving.requests import ClosedLoop, Request
 from llmsim_plugins.vllm import VllmBackend, engine_args, unsupported, vllm_version
@@ -326,11 +327,13 @@ def test_a_server_that_exits_at_start_is_an_engine_error_with_its_log(tmp_path: 
 
 def test_a_server_never_healthy_is_stopped_at_the_startup_timeout(tmp_path: Path) -> None:
     port, pid_file = free_port(), tmp_path / "pids"
-    with pytest.raises(EngineError, match="not ready after 1 s"):
+    with pytest.raises(EngineError, match="not ready after 1 s") as raised:
         with ServerProcess(fake_command(port, pid_file, "--never-healthy", "--child"), port, tmp_path / "log",
                            startup_timeout_s=1):
             pass
     assert wait_gone(_pids(pid_file)) == []
+    # the backend's row then names the limit (Case.timed_out), for the --resume command that raises it
+    assert isinstance(raised.value, EngineStartTimeout) and raised.value.limit_s == 1
 
 
 def test_a_server_deaf_to_sigterm_is_killed(tmp_path: Path) -> None:
