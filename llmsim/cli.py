@@ -294,15 +294,56 @@ def _is_catalog_file(path: str) -> bool:
     return "entries" in data and "workload" not in data
 
 
+def _print_plan_notes(file: str, notes: list[tuple[str, str]]) -> None:
+    """planner.run.plan_notes as `llmsim plan` and `llmsim validate` say them, one line each on stderr."""
+    for level, text in notes:
+        err_console.print(f"[yellow]llmsim: {level}: {escape(file)}: {escape(text)}[/]", highlight=False,
+                          soft_wrap=True)
+
+
+def _validate_plan(args: argparse.Namespace) -> int:
+    """`llmsim validate` of a plan file (one with `goal:`): every check `llmsim plan` makes before its search
+    (planner.run.check_plan: the file, --set, the devices and links in the catalog with --hardware's files, the
+    search axes) and the notes it would print, without searching (trial 41: validate refused plan files)."""
+    from llmsim.planner.config import load_plan
+    from llmsim.planner.run import check_plan, plan_notes
+
+    if args.backend:
+        raise UsageError("validate", f"--backend is for a scenario; {args.scenario} is a plan, whose hardware is its "
+                                     f"hardware: list (leave --backend out)")
+    plan = load_plan(args.scenario, args.set)
+    hardware = check_plan(plan, _catalog([Path(f) for f in args.hardware]), args.scenario)
+    _print_plan_notes(args.scenario, plan_notes(plan, hardware))
+    kind = "serving" if plan.serving is not None else {"train": "training"}.get(plan.workload.mode,
+                                                                                plan.workload.mode)
+    print(f"{args.scenario}: ok — a {kind} plan over {count(len(hardware), 'hardware choice')}, ranked by "
+          f"{plan.objective}; `llmsim plan {args.scenario}` searches it")
+    return 0
+
+
+def _is_plan_file(path: str) -> bool:
+    """A mapping with `goal:` and no `strategies:`: a plan file (`llmsim plan`), not a scenario."""
+    from llmsim.userinput import read_yaml
+
+    data = read_yaml(path, "a scenario's name:, workload:, ..., a plan's goal:, or a hardware catalog's entries:")
+    return "goal" in data and "strategies" not in data
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from llmsim.runner import eager_mismatch_notes, fit_notes, skip_notes
 
+    if _is_plan_file(args.scenario):
+        return _validate_plan(args)
     if _is_catalog_file(args.scenario):
-        if args.set or args.backend:   # trial 41: they were ignored, and the file said ok
-            flag = "--set" if args.set else "--backend"
-            raise UsageError("validate", f"{flag} is for a scenario; {args.scenario} is a hardware catalog, checked "
+        if args.set or args.backend or args.hardware:   # trial 41: they were ignored, and the file said ok
+            flag = "--set" if args.set else "--backend" if args.backend else "--hardware"
+            raise UsageError("validate", f"{flag} is for a {'plan' if flag == '--hardware' else 'scenario'}; "
+                                         f"{args.scenario} is a hardware catalog, checked "
                                          f"as written (leave {flag} out, or edit the file)")
         return _validate_catalog(args.scenario)
+    if args.hardware:
+        raise UsageError("validate", f"--hardware is for a plan; {args.scenario} is a scenario, which names its "
+                                     f"hardware files in hardware_catalog:")
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     # rows a run would skip: said as the run's rows say it, once per backend (point)
     for key, problem, n in skip_notes(planned, catalog, scenario):
@@ -674,32 +715,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                    progress, executor=executor, task_progress=bar, profile=profile, live=_say)
                 interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
     from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
-    from llmsim.planner.precisions import candidates
+    from llmsim.planner.run import plan_notes
 
-    for h in outcome.hardware:
-        if h.example_price:
-            err_console.print(f"[yellow]llmsim: note: {h.name} is priced at the example ${h.usd_per_device_hour:g}"
-                              f"/device-hour; set hardware[].usd_per_device_hour to your own price[/]",
-                              highlight=False)
-    from llmsim.planner.search import tp_span_notes, weight_only_notes
-
-    # a searched tp beyond a node (its all-reduces cross nodes); float4 on a device without FP4 tensor cores
-    for note in tp_span_notes(plan, outcome.hardware) + weight_only_notes(plan, outcome.hardware):
-        err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(note)}[/]", highlight=False,
-                          soft_wrap=True)
-    from llmsim.planner.serve import short_span_note, unused_counts_note
-
-    short = short_span_note(plan)
-    if short:   # a span of a handful of requests judges nothing (trial 29): said, the plan still shown
-        err_console.print(f"[yellow]llmsim: warning: {escape(args.plan)}: {escape(short)}[/]", highlight=False,
-                          soft_wrap=True)
-    unused = unused_counts_note(plan, [h.devices_per_node for h in outcome.hardware])
-    if unused:  # search.disaggregation instance counts no unit can use (limits.max_devices): said once
-        err_console.print(f"[yellow]llmsim: note: {escape(args.plan)}: {escape(unused)}[/]", highlight=False,
-                          soft_wrap=True)
-    # a precision some hardware cannot run (float8 without FP8 units): said once (planner.precisions)
-    for note in [why for h in plan.hardware for why in candidates(plan, catalog.devices[h.name])[1]]:
-        err_console.print(f"[yellow]llmsim: note: no candidates of that precision: {note}[/]", highlight=False)
+    _print_plan_notes(args.plan, plan_notes(plan, outcome.hardware))
     if plan.serving is not None:
         _print_serving_plan(plan, outcome)
         print(outcome.run_dir)
@@ -907,8 +925,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish an interrupted run (default: the latest run of this scenario)")
     executor_args(p, "the cases of modeled backends")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("validate", help="check a scenario without running it")
+    p = sub.add_parser("validate", help="check a scenario, a plan or a hardware catalog without running it")
     scenario_args(p)
+    p.add_argument("--hardware", action="append", default=[], type=_a_path, metavar="FILE",
+                   help="a plan's extra catalog YAML, as `llmsim plan --hardware` takes it")
     p.set_defaults(func=cmd_validate)
     sub.add_parser("backends", help="installed backends and whether they can run here").set_defaults(func=cmd_backends)
     p = sub.add_parser("hardware", help="the hardware catalog")

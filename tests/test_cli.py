@@ -40,14 +40,15 @@ def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "- a\n", "null\n"])
-def test_validate_of_a_file_without_a_mapping_names_both_kinds_it_reads(tmp_path: Path, capsys, text: str) -> None:
-    """Trial 39: an empty file meant as a hardware catalog was told of a scenario's keys alone."""
+def test_validate_of_a_file_without_a_mapping_names_the_kinds_it_reads(tmp_path: Path, capsys, text: str) -> None:
+    """Trial 39: an empty file meant as a hardware catalog was told of a scenario's keys alone. Plans too since
+    `validate` reads them (trial 41)."""
     path = tmp_path / "catalog.yaml"
     path.write_text(text)
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("expected a mapping at the top level (a scenario's name:, workload:, ... or a hardware "
-                        "catalog's entries:)") and "\n" not in err
+    assert err.endswith("expected a mapping at the top level (a scenario's name:, workload:, ..., a plan's goal:, "
+                        "or a hardware catalog's entries:)") and "\n" not in err
     assert ("the file is empty (or holds only comments)" in err) == (text in ("", "# only a comment\n"))
     assert ("the file holds no value (null)" in err) == (text == "null\n")   # trial 40: it was called empty
 
@@ -287,12 +288,30 @@ def test_a_modeled_backend_added_by_flag_runs_on_the_files_modeled_cluster_and_s
 
 def test_a_plan_file_given_to_run_and_a_scenario_given_to_plan_name_the_right_command(capsys) -> None:
     plan, scenario = REPO / "scenarios" / "plan-train-70b.yaml", REPO / "scenarios" / "quickstart.yaml"
-    assert main(["validate", str(plan)]) == 2
+    assert main(["run", str(plan)]) == 2
     assert capsys.readouterr().err.strip() == (f"llmsim: error: {plan}: goal: this file has goal: and is read by "
                                                f"`llmsim plan`; run `llmsim plan {plan}`")
     assert main(["plan", str(scenario)]) == 2
     assert capsys.readouterr().err.strip() == (f"llmsim: error: {scenario}: strategies: this file has strategies: and "
                                                f"is read by `llmsim run`; run `llmsim run {scenario}`")
+
+
+@pytest.mark.parametrize("name", ["plan-train-70b", "plan-serve-slo-8b"])
+def test_validate_checks_a_plan_as_plan_does_before_its_search(name: str, capsys) -> None:
+    """Trial 41: `validate` refused plan files ('run `llmsim plan`'), so a mistyped device was found only by a plan
+    run. It now makes planner.run.check_plan's checks (with --set and --hardware) and searches nothing."""
+    plan = REPO / "scenarios" / f"{name}.yaml"
+    assert main(["validate", str(plan)]) == 0
+    out, err = capsys.readouterr()
+    kind = "training" if "train" in name else "serving"
+    assert out.strip().startswith(f"{plan}: ok — a {kind} plan over 2 hardware choices, ranked by cost; "), out
+    assert main(["validate", str(plan), "--set", "hardware[0].name=h100"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"llmsim: error: {plan}: hardware[0].name: unknown device "
+                                                      f"'h100'; allowed: ")
+    assert main(["validate", str(plan), "--backend", "roofline"]) == 2
+    assert "--backend is for a scenario" in capsys.readouterr().err
+    assert main(["validate", str(REPO / "scenarios" / "quickstart.yaml"), "--hardware", str(plan)]) == 2
+    assert "--hardware is for a plan" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("probed", [False, True])

@@ -59,16 +59,8 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
     starts it as soon as the plan is read); default: begun here. A serving plan does not read it. `live`: the
     lines said while each hardware choice is priced (search's `live`: a module-level function, pickled into
     forked workers)."""
-    check_hardware(plan, catalog, file)
-    axis_problem = search_axis_problem(plan)
-    if axis_problem is not None:
-        raise ScenarioError(file, *axis_problem)
-    hardware = resolve_hardware(plan, catalog)
+    hardware = check_plan(plan, catalog, file)
     if plan.serving is not None:
-        from llmsim.planner.serve import expert_search_problem
-        expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
-        if expert_problem is not None:
-            raise ScenarioError(file, *expert_problem)
         run_dir, made_out = _new_plan_folder(out, plan)
         mapper: Mapper = map if executor is None else \
             (lambda fn, tasks: executor.map(fn, list(tasks), task_progress))  # noqa: E731
@@ -82,6 +74,45 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
                                     catalog.links[link] if link is not None else None)
     with collector_paused(), (profile or PlanProfile(plan.workload, sharing_choice(plan), executor)) as begun:
         return _run_search_plan(plan, hardware, out, simulate, progress, executor, task_progress, begun, live)
+
+
+def check_plan(plan: PlanFile, catalog: Catalog, file: str = "<plan>") -> list[Hardware]:
+    """Every check a plan gets before its search (`llmsim plan` and `llmsim validate PLAN.yaml`): its devices and
+    links in the catalog, priceable (check_hardware), its search axes, and a serving plan's expert layouts;
+    the resolved hardware choices. Raises ScenarioError naming the file and key."""
+    check_hardware(plan, catalog, file)
+    axis_problem = search_axis_problem(plan)
+    if axis_problem is not None:
+        raise ScenarioError(file, *axis_problem)
+    hardware = resolve_hardware(plan, catalog)
+    if plan.serving is not None:
+        from llmsim.planner.serve import expert_search_problem
+        expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
+        if expert_problem is not None:
+            raise ScenarioError(file, *expert_problem)
+    return hardware
+
+
+def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]]:
+    """(level, text) of what a plan's reader should know that is not an error, said by `llmsim plan` after its
+    table and by `llmsim validate` before any search: an example price, a searched tp beyond a node, float4
+    without FP4 tensor cores, a span too short to judge an SLO (a warning), instance counts no unit can use, and a
+    precision some hardware cannot run."""
+    from llmsim.planner.search import tp_span_notes, weight_only_notes
+    from llmsim.planner.serve import short_span_note, unused_counts_note
+
+    out = [("note", f"{h.name} is priced at the example ${h.usd_per_device_hour:g}/device-hour; set "
+                    f"hardware[].usd_per_device_hour to your own price") for h in hardware if h.example_price]
+    out += [("note", note) for note in tp_span_notes(plan, hardware) + weight_only_notes(plan, hardware)]
+    short = short_span_note(plan)
+    if short:
+        out.append(("warning", short))
+    unused = unused_counts_note(plan, [h.devices_per_node for h in hardware])
+    if unused:
+        out.append(("note", unused))
+    out += [("note", f"no candidates of that precision: {why}") for h in hardware
+            for why in candidates(plan, h.device)[1]]
+    return out
 
 
 def _new_plan_folder(out: Path, plan: PlanFile) -> tuple[Path, Path | None]:
