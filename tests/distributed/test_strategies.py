@@ -129,6 +129,8 @@ def test_tensor_parallel_with_grouped_query_attention_and_swiglu(kv_heads: int) 
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
+@SLOW   # TP's head split is checked without the marker by tp-sp and the GQA test; sinks and windows on one rank by
+#         tests/workload (11 s of the README's test command, session 34)
 def test_tensor_parallel_keeps_each_ranks_attention_sinks_and_windows() -> None:
     """gpt-oss's attention sinks (one logit per query head, drawn at init) follow their heads over tp=2, with
     sliding-window layers beside full ones: the losses of steps 1 and 2 equal the single process's (a rank that
@@ -180,7 +182,8 @@ def test_pipeline_with_tensor_parallel_stages_matches_the_single_process_loss() 
     assert losses == pytest.approx(_single_process_losses(case), rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("zero", [pytest.param(2, marks=SLOW), 3])  # world 4
+# world 4: both slow (12 s each); PP and ZeRO-3 each run without the marker (last-stage-1, fsdp)
+@pytest.mark.parametrize("zero", [pytest.param(2, marks=SLOW), pytest.param(3, marks=SLOW)])
 def test_pipeline_with_sharded_data_parallel_stages_matches_the_single_process_loss(zero: int) -> None:
     """PP x ZeRO at world 4: FSDP2 units inside each stage, the tied embedding's shards summed between
     the first and last stage."""
