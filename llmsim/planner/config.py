@@ -22,7 +22,7 @@ from pydantic import Field, model_serializer, model_validator
 from llmsim.config import (NAME_MAX_LENGTH, NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
                            load_file_model, parse_file_model)
 from llmsim.engine_options import EngineOptions, serving_attention_problem
-from llmsim.errors import ScenarioError
+from llmsim.errors import KeyedValueError, ScenarioError
 from llmsim.serving.disagg_spec import CATALOG_LINK
 from llmsim.hardware import Catalog
 from llmsim.serving.schedulers import BUILTIN as BUILTIN_SCHEDULERS
@@ -96,11 +96,22 @@ PLAN_ARRIVAL_KINDS = ("poisson", "gamma", "constant")
 
 class Limits(_Strict):
     max_devices: PositiveInt = Field(4096, description="most devices one configuration may use")
+    min_devices: PositiveInt = Field(1, description="fewest devices one configuration may use (devices rented: whole "
+                                                    "nodes); equal to max_devices, exactly that many: the cluster "
+                                                    "you have")
     max_power_w: PositiveFloat | None = Field(None, description="most watts the devices may draw at full load")
     memory_headroom: float = Field(DEFAULT_MEMORY_HEADROOM, ge=0, lt=1,
                                    description="fraction of device memory kept free (allocator fragmentation, CUDA "
                                                "context, workspaces, communication buffers); default 0.1, the "
                                                "share vLLM leaves by default (gpu_memory_utilization 0.9)")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "Limits":
+        if self.min_devices > self.max_devices:   # trial 41: a plan could not pin the device count
+            raise KeyedValueError("min_devices", f"{self.min_devices:,} is more than max_devices "
+                                                 f"({self.max_devices:,}); allowed: 1 to max_devices (equal to pin "
+                                                 f"the count)")
+        return self
 
 
 Recompute = Literal["none", "selective", "selective-op", "selective-dots", "full"]

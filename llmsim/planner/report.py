@@ -410,7 +410,8 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
         options += f" ({', '.join(unpriced)}: not priced, this plan has no optimizer step)"
     return [("plan", plan.name), ("workload", f"{model} {what}, {dtypes}"),
             ("goal", goal), ("objective", plan.objective),
-            ("limits", f"max_devices {plan.limits.max_devices:,}" + (
+            ("limits", (f"min_devices {plan.limits.min_devices:,}, " if plan.limits.min_devices > 1 else "")
+             + f"max_devices {plan.limits.max_devices:,}" + (
                 f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else "")),
             ("options", options or "none: the cost model's defaults"),
             # trial 41: a plan's absolute figure (176 days) carried no error bar

@@ -186,6 +186,7 @@ class ServingTask:
     unit: DisaggUnit | None = None   # a disaggregated unit (search.disaggregation) in place of a colocated replica
     served: Workload | None = None   # the served workload at this precision (a speculative draft's context, dtype)
     kv_link: LinkSpec | None = None  # search.disaggregation.kv_transfer.link's catalog entry (None: the hardware's)
+    min_devices: int = 1           # limits.min_devices: the fewest devices rented
 
     @property
     def size(self) -> int:
@@ -530,6 +531,14 @@ def simulate_unit(task: ServingTask, unit: "_Unit", rate: float) -> RunSummary:
     return _summary(task, outcome, rate, 1, split, energy, spec.slo)
 
 
+def _min_replicas(task: ServingTask) -> int:
+    """The fewest replicas (units) whose rented devices reach limits.min_devices (1 without it)."""
+    r = 1
+    while rented_devices(r * task.size, task.node.devices_per_node) < task.min_devices:
+        r += 1
+    return r
+
+
 def _max_replicas(task: ServingTask) -> int:
     """The most replicas whose rented devices stay within max_devices (0: not even one)."""
     r = task.max_devices // task.size
@@ -582,8 +591,10 @@ def _rate_search(task: ServingTask, replica: "_Replica | _Unit", out: CandidateR
     out.first_miss = probe(hi) if isinstance(hi, float) else hi
 
 
-def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_replicas: int) -> RunSummary | None:
-    """Step 2: the fewest replicas from `start` that meet the SLO at the goal rate (None: none within the limit)."""
+def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_replicas: int,
+                   min_replicas: int = 1) -> RunSummary | None:
+    """Step 2: the fewest replicas from `start`, and no fewer than `min_replicas` (limits.min_devices), that meet
+    the SLO at the goal rate (None: none within the limit)."""
     runs: dict[int, RunSummary] = {}
 
     def run(r: int) -> RunSummary:
@@ -601,9 +612,9 @@ def _size_replicas(task: ServingTask, out: CandidateResult, start: int, max_repl
             out.simulations += 1
         return runs[r]
 
-    r = min(max(start, 1), max_replicas)
+    r = min(max(start, min_replicas), max_replicas)
     if run(r).met:
-        while r > 1 and run(r - 1).met:
+        while r > min_replicas and run(r - 1).met:
             r -= 1
         return runs[r]
     while r < max_replicas:
@@ -728,8 +739,15 @@ def search_candidate(task: ServingTask) -> CandidateResult:
         start = math.ceil(task.goal_rate / out.sustained_rate - 1e-9)
     else:
         start = task.start_replicas
+    min_replicas = _min_replicas(task)
+    if min_replicas > max_replicas:   # whole nodes of this shape cannot land between the two limits
+        what = "units" if task.unit is not None else "replicas"
+        out.reason, out.limits = (f"devices: min_devices={task.min_devices} needs {min_replicas} {what} of "
+                                  f"{task.size}, {rented_devices(min_replicas * task.size, task.node.devices_per_node)}"
+                                  f" devices rented, over max_devices={task.max_devices}"), ("devices",)
+        return out
     try:
-        at_goal = _size_replicas(task, out, start, max_replicas)
+        at_goal = _size_replicas(task, out, start, max_replicas, min_replicas)
     except CostModelError as exc:   # r replicas' mesh the hardware cannot hold (one that does not tile a TPU slice)
         out.reason, out.limits = f"error: {exc}", ("error",)
         return out
@@ -902,6 +920,7 @@ def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoic
                                   usd_per_device_hour=hw.usd_per_device_hour, reference=reference, profile=profile,
                                   sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
                                   goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
+                                  min_devices=plan.limits.min_devices,
                                   max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
                                   precision=cand.label, options=plan.options.options, experts=experts,
                                   served=cand.workload)
@@ -910,6 +929,7 @@ def serving_tasks(plan: PlanFile, hardware: Iterable[Any], sharing: SharingChoic
                                   usd_per_device_hour=hw.usd_per_device_hour, reference=reference, profile=profile,
                                   sharing=sharing, context_tokens=plan.workload.model.seq_len, spec=spec, seed=seed,
                                   goal_rate=float(plan.goal.request_rate), max_devices=plan.limits.max_devices,
+                                  min_devices=plan.limits.min_devices,
                                   max_power_w=plan.limits.max_power_w, rate_tolerance=plan.rate_tolerance,
                                   precision=cand.label, options=plan.options.options, unit=unit, served=cand.workload,
                                   kv_link=kv_link)

@@ -12,7 +12,7 @@ configuration the planner proposes is one `llmsim run` accepts, plus three of th
   ZeRO needs dp > 1 (with dp = 1 every stage is ZeRO-0), the schedule is 1f1b without a
   pipeline, and inference runs ZeRO-0, no recompute, 1f1b (the cost model ignores them there), and
   micro_batch 1 without a pipeline (a server runs its whole share at once);
-* at most `limits.max_devices` devices.
+* at least `limits.min_devices` and at most `limits.max_devices` devices (rented: whole nodes).
 
 `is_candidate` states these rules for one point (tests enumerate the full product with it);
 `enumerate_space` walks the same space as nested loops, so that a whole subtree can be skipped when
@@ -308,10 +308,12 @@ def layout_problem(w: Workload, dp: int, tp: int, pp: int, cp: int, mb: int, sch
     return out if isinstance(out, Layout) else f"{out[0]}: {out[1]}"
 
 
-def node_problem(n: int, devices_per_node: int, max_devices: int) -> str | None:
-    """Whole nodes (or part of one), and within the device limit."""
+def node_problem(n: int, devices_per_node: int, max_devices: int, min_devices: int = 1) -> str | None:
+    """Whole nodes (or part of one), and within the device limits."""
     if n > max_devices:
         return f"devices: {n} > max_devices={max_devices}"
+    if n < min_devices:
+        return f"devices: {n} < min_devices={min_devices}"
     if n > devices_per_node and n % devices_per_node:
         return f"devices: {n} is not a whole number of {devices_per_node}-device nodes"
     return None
@@ -340,7 +342,7 @@ def duplicate_problem(w: Workload, c: Config) -> str | None:
 def is_candidate(plan: PlanFile, devices_per_node: int, c: Config) -> str | None:
     """None when `c` is a configuration of the plan's space, else why not (the rules, for one point)."""
     w = plan.workload
-    return (node_problem(c.n_devices, devices_per_node, plan.limits.max_devices)
+    return (node_problem(c.n_devices, devices_per_node, plan.limits.max_devices, plan.limits.min_devices)
             or shape_problem(w, c.tp, c.pp, c.cp, c.sp, c.schedule, c.virtual_stages, c.stage_layers)
             or _ep_problem(w, c.ep, c.tp, c.cp, c.dp)
             or _split_problem(w, c)
@@ -428,7 +430,7 @@ def groups(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axes,
                 splits: list[tuple[int, ...]] = [(), *split_candidates(layers, pp)]
                 for dp in axes.dp:
                     n = dp * mp
-                    if node_problem(n, devices_per_node, limit):
+                    if node_problem(n, devices_per_node, limit, plan.limits.min_devices):
                         continue
                     for zero in axes.zero:
                         if zero > 0 and dp == 1:

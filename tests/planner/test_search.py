@@ -177,3 +177,29 @@ def test_a_searched_tp_beyond_a_node_gets_a_note_per_hardware_choice() -> None:
     assert all("tp = 8 spans 2 nodes of 4" in n and "inter-node link ib-hdr200x8 (25 GB/s" in n for n in notes)
     plan = small_plan()
     assert tp_span_notes(plan, resolve_hardware(plan, catalog)) == []
+
+
+def test_min_devices_equal_to_max_devices_pins_the_count() -> None:
+    """Trial 41: a plan could not ask "what is best on the 8 GPUs I have" (only max_devices). With min_devices =
+    max_devices every row is a configuration of exactly that many devices, and the winner is the exhaustive
+    winner among them; a configuration of fewer is not a candidate (space.node_problem)."""
+    catalog = small_catalog()
+    pinned = small_plan(limits={"max_devices": 8, "min_devices": 8, "memory_headroom": 0.0})
+    rows, stats = search(pinned, hardware(pinned, catalog))
+    assert rows and {r.config.n_devices for r in rows} == {8}
+    truth = brute_force(pinned, catalog)
+    eight = {c: m for c, (ok, m) in truth.items() if ok and c.n_devices == 8}
+    assert stats.feasible == len(eight) and rows[0].feasible
+    free, _ = search(small_plan(limits={"max_devices": 8, "memory_headroom": 0.0}),
+                     hardware(pinned, catalog))
+    assert min(r.config.n_devices for r in free) < 8   # the pin removed something
+
+
+def test_min_devices_above_max_devices_is_refused_naming_the_key() -> None:
+    import pytest
+
+    from llmsim.errors import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"limits.min_devices: 16 is more than max_devices \(8\); allowed: 1 to "
+                                            r"max_devices"):
+        small_plan(limits={"max_devices": 8, "min_devices": 16})

@@ -798,6 +798,24 @@ def test_search_lists_no_replica_can_take_are_one_line_not_an_empty_plan(tmp_pat
     assert not any(tmp_path.iterdir())
 
 
+def test_min_devices_sizes_every_candidate_to_at_least_that_many_devices() -> None:
+    """Trial 41: a serving plan could not be asked for the best use of the devices one has. limits.min_devices
+    floors the replicas (their rented devices reach it); a shape whose whole nodes cannot land between the two
+    limits is not a candidate, and says why."""
+    plan, tasks = _tasks(serving_plan(rate=5.0, limits={"max_devices": 16, "min_devices": 4}))
+    results = [search_candidate(t) for t in tasks]
+    free = {(c.hardware, c.tp): c for c in (search_candidate(t) for t in _tasks(serving_plan(rate=5.0))[1])}
+    for c in results:
+        assert c.feasible, c.reason
+        assert c.n_devices >= 4 and c.replicas == 4 // c.tp    # one replica meets the goal: the floor decides
+        assert free[(c.hardware, c.tp)].replicas == 1
+        assert c.at_goal.met and c.at_goal.replicas == c.replicas
+    _, tasks = _tasks(serving_plan(rate=5.0, limits={"max_devices": 12, "min_devices": 9}))
+    c = search_candidate(next(t for t in tasks if t.tp == 1))
+    assert not c.feasible and c.limits == ("devices",)
+    assert c.reason == "devices: min_devices=9 needs 9 replicas of 1, 16 devices rented, over max_devices=12"
+
+
 def test_the_winners_headroom_is_searched_above_the_goal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trial 41: a winner whose one replica met the goal rate was reported as '≥ goal'; the user had to raise the
     goal to learn that it sustains half as much again. headroom searches up from the goal: doubling, then the same
