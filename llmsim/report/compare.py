@@ -28,6 +28,7 @@ from llmsim.report.metrics import (METRICS, NOISE_PCT, SERVING_SUMMARY_METRICS, 
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
 from llmsim.report.run import Run, environment_text, work_text, workload_text
+from llmsim.report.summary import serving_limits
 from llmsim.report.units import fmt_change, format_value, missing
 from llmsim.scenario_diff import brief, differences
 from llmsim.wording import count
@@ -382,6 +383,43 @@ def workload_points(runs: list[Run], letters: list[str]) -> list[Point]:
                   "hardware's, the strategy's or the code's:", [f"{x}: {w}" for x, w in known])]
 
 
+# The cases a serving-limits point lists at most (the rest counted)
+MAX_LIMIT_CASES = 8
+
+
+def serving_limit_points(runs: list[Run], letters: list[str]) -> list[Point]:
+    """Why a serving run's figures moved: per other run, the served cases (by name and backend, in both runs) where
+    what held the rate back (summary.serving_limits: the batch at max_num_seqs, the KV cache full) differs from the
+    baseline's. Trial 41: a comparison of max_num_seqs 256 against 8 named the key but not that B's batch sat at 8
+    while A's never reached 256."""
+    def limits(run: Run) -> dict[tuple[str, str], dict[str, str]]:
+        f = run.frame
+        if "mode" not in f or "status" not in f:
+            return {}
+        served = f[(f["mode"] == "serve") & (f["status"] == "ok")]
+        return {(str(r["case"]), str(r["backend"])): serving_limits(r) for _, r in served.iterrows()}
+
+    def said(held: dict[str, str]) -> str:
+        return " and ".join(held.values()) or "neither limit (the device or the arrivals set the pace)"
+
+    base = limits(runs[0])
+    points = []
+    for x, run in zip(letters[1:], runs[1:]):
+        lines = []
+        for key, mine in limits(run).items():
+            theirs = base.get(key)
+            if theirs is None or set(mine) == set(theirs):
+                continue
+            lines.append(f"{key[0]} on {key[1]}: in {x} {said(mine)}; in {letters[0]} {said(theirs)}")
+        if lines:
+            more = len(lines) - MAX_LIMIT_CASES
+            points.append(Point(f"Why {x}'s serving figures differ from {letters[0]}'s: what held the rate back "
+                                f"differs in {count(len(lines), 'case')}" + (f" ({more} more not listed)" if more > 0
+                                                                            else "") + ":",
+                                lines[:MAX_LIMIT_CASES]))
+    return points
+
+
 # The differences one scenario point lists at most (a comparison of two unrelated scenarios differs everywhere)
 MAX_SCENARIO_DIFFERENCES = 8
 
@@ -440,7 +478,8 @@ def comparison_document(runs: list[Run]) -> Document:
         summary.append(Point("Matched by sweep point, the names differing only by the sweep suffix: "
                              + "; ".join(f"{case} on {backend} in {x} = {target} in {y}"
                                          for x, case, backend, target, y in by_point) + "."))
-    summary += (change_points(frame, letters) + priced_with_points(frame, letters) + fastest
+    summary += (change_points(frame, letters) + serving_limit_points(runs, letters) + priced_with_points(frame, letters)
+                + fastest
                 + status_points(frame, letters))
     sections = [Section("Runs", [runs_table(runs, letters)], "runs")]
     priced = priced_with_table(frame, letters)

@@ -148,6 +148,28 @@ def served_text(row: Any) -> str:
     return text
 
 
+def serving_limits(row: pd.Series) -> dict[str, str]:
+    """What held a served rate back, from its row: the running batch at the scheduler's max_num_seqs (the row's
+    `batch`; new requests waited for a slot), and the KV cache full (preemptions by recompute, or requests
+    rejected for want of blocks), by kind ("batch", "kv"). Empty where neither did: then the device's speed or
+    the arrivals set the pace.
+    `max_batch` is the modeled backends' (0 or absent for a measured row: the batch is then not judged). Trial 41:
+    a comparison of max_num_seqs 256 against 8 said what changed, not why the throughput fell."""
+    out = {}
+    limit, peak = row.get("batch"), row.get("max_batch")
+    if not missing(limit) and not missing(peak) and float(peak) > 0 and float(peak) >= float(limit):
+        out["batch"] = f"the running batch reached max_num_seqs ({int(float(limit)):,})"
+    preempted = 0 if missing(row.get("preemptions")) else int(float(row["preemptions"]))
+    refused = 0 if missing(row.get("rejected_kv_cache")) else int(float(row["rejected_kv_cache"]))
+    if preempted or refused:
+        kv = row.get("kv_peak_utilization")
+        what = [count(preempted, "preemption")] if preempted else []
+        what += [f"{count(refused, 'request')} rejected for want of blocks"] if refused else []
+        out["kv"] = ("the KV cache filled (" + (f"peak {fmt_percent(float(kv))}, " if not missing(kv) else "")
+                     + ", ".join(what) + ")")
+    return out
+
+
 def serving_points(rows: pd.DataFrame) -> list[Point]:
     """Serving rows (mode serve) of one backend: per strategy, what each rate got, and the highest rate that
     met the SLO. Rates are the load, not competitors: no winner is named among them."""
@@ -169,6 +191,9 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
                     f"{_ms(row['tpot_p50_s'])}/{_ms(row['tpot_p99_s'])}")
             if not missing(row.get("goodput_rps")):
                 text += f", goodput {fmt_rate(_f(row['goodput_rps']))} requests/s"
+            limits = serving_limits(row)
+            if limits:
+                text += "; held back: " + " and ".join(limits.values())
             if row.get("slo_met") is True:
                 met.append(_f(row["request_rate"]))
             details.append(text + ".")

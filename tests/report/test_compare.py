@@ -279,3 +279,32 @@ def test_the_summary_names_the_scenario_keys_that_differ(tmp_path: Path) -> None
     many = {"name": "s", **{f"k{i}": i for i in range(MAX_SCENARIO_DIFFERENCES + 2)}}
     [point] = scenario_points([runs[0], Run(tmp_path / "e", pd.DataFrame(), scenario=many)], ["A", "B"])
     assert point.text.endswith("in 12 keys (4 more not listed):") and len(point.details) == MAX_SCENARIO_DIFFERENCES
+
+
+def test_the_summary_says_why_a_serving_run_moved_where_its_limits_differ(tmp_path: Path) -> None:
+    """Trial 41: a comparison of max_num_seqs 256 against 8 said which key changed, not that B's running batch sat at
+    its limit of 8 (A's never reached 256) nor that a KV cache filled. summary.serving_limits reads both off the
+    row; the comparison lists the cases where they differ from the baseline's."""
+    import pandas as pd
+
+    from llmsim.report.compare import serving_limit_points
+    from llmsim.report.run import Run
+    from llmsim.report.summary import serving_limits
+
+    def served(case: str, batch: int, peak: int, preemptions: int = 0, kv: float = 0.3) -> dict:
+        return {"case": case, "backend": "cluster", "mode": "serve", "status": "ok", "batch": batch,
+                "max_batch": peak, "preemptions": preemptions, "rejected_kv_cache": 0, "kv_peak_utilization": kv}
+
+    a = pd.DataFrame([served("tp1@rate=2", 256, 13), served("tp1@rate=8", 256, 40)])
+    b = pd.DataFrame([served("tp1@rate=2", 8, 8), served("tp1@rate=8", 8, 5, preemptions=3, kv=1.0)])
+    assert serving_limits(a.iloc[0]) == {}
+    assert serving_limits(b.iloc[1]) == {"kv": "the KV cache filled (peak 100.0%, 3 preemptions)"}
+    assert serving_limits(pd.Series({**served("x", 8, 0)})) == {}   # a measured row: max_batch 0, not judged
+    runs = [Run(tmp_path / "a", a), Run(tmp_path / "b", b), Run(tmp_path / "c", a)]
+    [point] = serving_limit_points(runs, ["A", "B", "C"])   # C's limits are A's: no point
+    assert point.text == "Why B's serving figures differ from A's: what held the rate back differs in 2 cases:"
+    assert point.details == [
+        "tp1@rate=2 on cluster: in B the running batch reached max_num_seqs (8); in A neither limit (the device or "
+        "the arrivals set the pace)",
+        "tp1@rate=8 on cluster: in B the KV cache filled (peak 100.0%, 3 preemptions); in A neither limit (the "
+        "device or the arrivals set the pace)"]
