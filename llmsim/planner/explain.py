@@ -414,6 +414,9 @@ class SensitivityRow:
     # what each breaks where it misses (search.Evaluation.limits, serve.CandidateResult.limits): the table names
     # the criterion, so "misses" under -20% bandwidth reads as the deadline or memory, not a guess
     limits: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    # the same with the figures that break them ("throughput: 18,230 tokens/s < 20,000"; Evaluation.reason,
+    # CandidateResult.reason): trial 40 read "7.5 ms (misses: throughput)" beside "7.5 ms" as a contradiction
+    reasons: tuple[str, str] = ("", "")
 
 
 @dataclass
@@ -625,7 +628,8 @@ def training_sensitivity(plan: PlanFile, winner: Evaluation, runner_up: Evaluati
             w, r = again
             out.rows.append(SensitivityRow(knob, factor, _metric(w, plan.objective), _metric(r, plan.objective),
                                            w.feasible, r.feasible, key(r) < key(w),
-                                           times=(w.time_to_goal_s, r.time_to_goal_s), limits=(w.limits, r.limits)))
+                                           times=(w.time_to_goal_s, r.time_to_goal_s), limits=(w.limits, r.limits),
+                                           reasons=(w.reason, r.reason)))
     return out
 
 
@@ -682,9 +686,12 @@ def choice_lines(limits: list[Limit], sensitivity: Sensitivity | None) -> list[s
 
 def sensitivity_rows(s: Sensitivity) -> list[list[str]]:
     """The sensitivity table as text cells: what-if, winner, runner-up, first. A configuration that misses
-    says which limits it breaks, e.g. "(misses: deadline)" (SensitivityRow.limits)."""
-    def fmt(v: float | None, ok: bool, t: float | None, note: str, broken: tuple[str, ...] = ()) -> str:
-        missed = "" if ok else " (misses" + (": " + ", ".join(broken) if broken else "") + ")"
+    says which limits it breaks and by how much, e.g. "(misses deadline: 31.2 days > 30 days)"
+    (SensitivityRow.reasons; the limits' names alone where no reason was kept)."""
+    def fmt(v: float | None, ok: bool, t: float | None, note: str, broken: tuple[str, ...] = (),
+            reason: str = "") -> str:
+        missed = "" if ok else (f" (misses {reason})" if reason else
+                                " (misses" + (": " + ", ".join(broken) if broken else "") + ")")
         if v is None:
             return "–" + missed
         text = fmt_usd(v) if s.metric.startswith("cost") else fmt_duration(v) if s.metric.startswith("time") else \
@@ -701,8 +708,9 @@ def sensitivity_rows(s: Sensitivity) -> list[list[str]]:
              "winner"]]
     for r in s.rows:
         nw, nr = notes(r.note)
-        rows.append([knob_label(r.knob, r.factor), fmt(r.winner, r.winner_feasible, r.times[0], nw, r.limits[0]),
-                     fmt(r.runner_up, r.runner_up_feasible, r.times[1], nr, r.limits[1]),
+        rows.append([knob_label(r.knob, r.factor),
+                     fmt(r.winner, r.winner_feasible, r.times[0], nw, r.limits[0], r.reasons[0]),
+                     fmt(r.runner_up, r.runner_up_feasible, r.times[1], nr, r.limits[1], r.reasons[1]),
                      ("runner-up (flips; both miss)" if not (r.winner_feasible or r.runner_up_feasible)
                       else "runner-up (flips)") if r.flips else "winner"])
     return rows

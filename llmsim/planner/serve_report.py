@@ -228,7 +228,7 @@ def serving_sensitivity(plan: PlanFile, tasks: dict[tuple[Any, ...], ServingTask
         out.rows.append(SensitivityRow(knob, factor, metric(w, plan.objective), metric(r, plan.objective),
                                        w.feasible, r.feasible, key(r) < key(w),
                                        note=f"{_sized(winner, w.replicas)}|{_sized(runner_up, r.replicas)}",
-                                       limits=(w.limits, r.limits)))
+                                       limits=(w.limits, r.limits), reasons=(w.reason, r.reason)))
     return out
 
 

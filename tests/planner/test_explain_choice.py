@@ -257,6 +257,12 @@ def test_a_configuration_that_misses_in_a_what_if_names_what_it_breaks() -> None
     assert cells[1][1].endswith("(misses: deadline, power)") and "misses" not in cells[1][2]
     assert cells[2][1] == "– (misses: memory)"
     assert cells[3][1].endswith("(misses)")
+    # trial 40: "7.5 ms (misses: throughput)" beside "7.5 ms" read as a contradiction; with the reason kept, the
+    # cell says what fell short and by how much
+    said = SensitivityRow("link", 0.8, 7.5e-3, 8e-3, False, True, True, limits=(("throughput",), ()),
+                          reasons=("throughput: 18,230 tokens/s < 20,000", ""))
+    [_, cell] = sensitivity_rows(Sensitivity("time", "a", "b", (7.5e-3, 8e-3), [said]))
+    assert cell[1].endswith("(misses throughput: 18,230 tokens/s < 20,000)"), cell
 
 
 @pytest.mark.parametrize("memory_bytes", [1.2e6, 3e6])
