@@ -275,7 +275,8 @@ def _validate_catalog(path: str) -> int:
     links = [n for n in own if n in catalog.links]
     print(f"{path}: ok — a hardware catalog of {count(len(devices), 'device')}"
           f"{' (' + ', '.join(devices) + ')' if devices else ''} and {count(len(links), 'link')}"
-          f"{' (' + ', '.join(links) + ')' if links else ''}; name it in a scenario's hardware_catalog")
+          f"{' (' + ', '.join(links) + ')' if links else ''}; name it in a scenario's hardware_catalog, or give it "
+          f"to `llmsim plan PLAN.yaml --hardware {shlex.quote(path)}`")
     for name in devices:   # trial 41: such a device validated as ok, and every case on it was then skipped
         if not any(catalog.devices[name].peak_flops.values()):
             _say_note(path, f"entries.{name}.peak_flops", "none given: every modeled case on this device is "
@@ -316,8 +317,13 @@ def _validate_plan(args: argparse.Namespace) -> int:
     _print_plan_notes(args.scenario, plan_notes(plan, hardware))
     kind = "serving" if plan.serving is not None else {"train": "training"}.get(plan.workload.mode,
                                                                                 plan.workload.mode)
+    command = ["llmsim", "plan", args.scenario]   # with what was checked (trial 43: --hardware was dropped)
+    for path in args.hardware:
+        command += ["--hardware", path]
+    for override in args.set:
+        command += ["--set", override]
     print(f"{args.scenario}: ok — a {kind} plan over {count(len(hardware), 'hardware choice')}, ranked by "
-          f"{plan.objective}; `llmsim plan {args.scenario}` searches it")
+          f"{plan.objective}; `{shlex.join(command)}` searches it")
     return 0
 
 
@@ -337,7 +343,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if _is_catalog_file(args.scenario):
         if args.set or args.backend or args.hardware:   # trial 41: they were ignored, and the file said ok
             flag = "--set" if args.set else "--backend" if args.backend else "--hardware"
-            raise UsageError("validate", f"{flag} is for a {'plan' if flag == '--hardware' else 'scenario'}; "
+            used = {"--hardware": "a plan", "--set": "a scenario or a plan"}.get(flag, "a scenario")
+            raise UsageError("validate", f"{flag} is for {used}; "
                                          f"{args.scenario} is a hardware catalog, checked "
                                          f"as written (leave {flag} out, or edit the file)")
         return _validate_catalog(args.scenario)

@@ -29,18 +29,30 @@ def differences(a: Any, b: Any, path: str = "") -> Iterator[tuple[str, Any, Any]
 def brief(value: Any, written: Callable[[Any], str] = repr) -> str:
     """`value` as `written` writes it (repr, or a YAML flow writer), or where that is longer than MAX_VALUE_CHARS a
     summary: a list's length and its items' names where they have a `name` ('3 entries: dp, tp, pp'), a mapping's
-    length and keys, else the text cut with '…'."""
+    length and keys, the names cut where they would pass the limit ('14 entries: s0, s1, … (12 more)'; trial 43:
+    a cut of the sorted text read the same on both sides), else the text cut with '…'."""
     text = written(value)
     if len(text) <= MAX_VALUE_CHARS:
         return text
     if isinstance(value, list):
         names = [str(item["name"]) for item in value if isinstance(item, dict) and item.get("name") is not None]
-        listed = f": {', '.join(names)}" if names and len(names) == len(value) else ""
-        summary = f"{len(value)} {'entry' if len(value) == 1 else 'entries'}{listed}"
-    elif isinstance(value, dict):
-        summary = f"{len(value)} {'key' if len(value) == 1 else 'keys'}: {', '.join(map(str, value))}"
-    else:
-        summary = ""
-    if summary and len(summary) <= MAX_VALUE_CHARS:
-        return summary
+        return _counted(len(value), "entry", "entries", names if len(names) == len(value) else [])
+    if isinstance(value, dict):
+        return _counted(len(value), "key", "keys", [str(k) for k in value])
     return text[:MAX_VALUE_CHARS - 1].rstrip() + "…"
+
+
+def _counted(n: int, one: str, many: str, names: list[str]) -> str:
+    """'14 entries: s0, s1, … (12 more)': the count, then as many names as fit in MAX_VALUE_CHARS."""
+    head = f"{n} {one if n == 1 else many}"
+    shown: list[str] = []
+    for name in names:
+        rest = len(names) - len(shown) - 1
+        tail = f", … ({rest} more)" if rest else ""
+        if len(f"{head}: {', '.join([*shown, name])}{tail}") > MAX_VALUE_CHARS:
+            break
+        shown.append(name)
+    if not shown:
+        return head
+    more = len(names) - len(shown)
+    return f"{head}: {', '.join(shown)}" + (f", … ({more} more)" if more else "")

@@ -21,5 +21,11 @@ def test_a_short_value_is_written_whole_and_a_long_one_is_summarised() -> None:
     assert brief(unnamed) == "8 entries"
     backends = {name: {"hardware": "h100-sxm", "nodes": [1, 2, 4, 8]} for name in ("roofline", "cluster")}
     assert brief(backends) == "2 keys: roofline, cluster"
+    # trial 43: long names fell back to the cut text, the same on both sides of a comparison
+    long_names = [{"name": f"strategy-long-name-{i}", "tp": 1, "pp": 1} for i in range(14)]
+    said = brief(long_names)
+    assert said.startswith("14 entries: strategy-long-name-0, strategy-long-name-1, ") and said.endswith(" more)")
+    assert len(said) <= MAX_VALUE_CHARS
+    assert brief([{"name": "x" * 200, "tp": 1}]) == "1 entry"
     long_text = "x" * 300
     assert len(brief(long_text)) == MAX_VALUE_CHARS and brief(long_text).endswith("…")

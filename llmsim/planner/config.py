@@ -499,7 +499,9 @@ def check_hardware(plan: PlanFile, catalog: Catalog, file: str) -> None:
             device = cluster.device
         except ScenarioError as exc:  # keyed hardware / intra_node / inter_node: where in the plan
             key = "name" if exc.key == "hardware" else exc.key
-            raise ScenarioError(file, f"hardware[{i}].{key}", exc.message) from None
+            hint = (" (a device or link of your own: its hardware file, with --hardware FILE)"
+                    if exc.message.startswith("unknown ") else "")   # trial 43
+            raise ScenarioError(file, f"hardware[{i}].{key}", exc.message + hint) from None
         devices.append(device)
         if cluster.is_torus:
             tori.append(h.name)

@@ -51,17 +51,18 @@ def describe_candidate(c: CandidateResult) -> str:
     return f"{n} x {c.hardware} (tp{c.tp}, pp{c.pp}{experts}{precision}, {reps})"
 
 
-def describe_rate(c: CandidateResult, per: bool = True) -> str:
+def describe_rate(c: CandidateResult, per: bool = True, cap: bool = True) -> str:
     """'27.1 requests/s per replica'; '≥ 40 requests/s per replica' where the search stopped at the goal, still
     meeting the SLO; and where the winner's headroom search stopped at its cap, the cap:
-    '≥ 2,560 requests/s per replica (the search's cap, 64x the goal)'. `per=False` leaves out ' per replica'."""
+    '≥ 2,560 requests/s per replica (the search's cap, 64x the goal)'. `per=False` leaves out ' per replica',
+    `cap=False` the cap."""
     if not c.sustained_rate:
         return "–"
     unit = "unit" if getattr(c, "unit", None) is not None else "replica"
-    cap = getattr(c, "headroom_cap", None)
+    capped = getattr(c, "headroom_cap", None) if cap else None
     rate = f"{c.sustained_rate:,.0f}" if c.sustained_rate >= 1000 else f"{c.sustained_rate:.3g}"  # not '2.56e+03'
     return (("≥ " if c.sustained_at_least else "") + f"{rate} requests/s"
-            + (f" per {unit}" if per else "") + (f" (the search's cap, {cap:g}x the goal)" if cap else ""))
+            + (f" per {unit}" if per else "") + (f" (the search's cap, {capped:g}x the goal)" if capped else ""))
 
 
 def serving_tie_text(c: CandidateResult, best: CandidateResult, objective: str) -> str | None:
@@ -131,6 +132,9 @@ def probe_marks(c: CandidateResult) -> str:
 def probe_line(c: CandidateResult) -> str:
     """What the candidate's rate search found, with its probes; or why it was not searched."""
     one = "one unit" if c.unit is not None else "one replica"
+    if c.sustained_rate and c.headroom_cap:   # trial 43: '(the search's cap, 64x the goal) (SLO met up to ...)'
+        return (f"{one} sustains {describe_rate(c, per=False, cap=False)}: the SLO was met at every rate probed up to "
+                f"the search's cap, {c.headroom_cap:g}x the goal (probes: {probe_marks(c)})")
     if c.sustained_rate:
         return (f"{one} sustains {describe_rate(c, per=False)} (SLO met up to that "
                 f"rate; probes: {probe_marks(c)})")

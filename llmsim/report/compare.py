@@ -349,13 +349,26 @@ def change_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
     return points
 
 
+# A status change shared by more cases than this is one point with their count (the table lists them all)
+MAX_STATUS_POINTS = 3
+
+
 def status_points(frame: pd.DataFrame, letters: list[str]) -> list[Point]:
+    """Every case whose status differs from the baseline's (ok in A, does-not-fit in B), one point each; a change
+    shared by more than MAX_STATUS_POINTS cases is one point that counts them (trial 43: 26 bullets "X on roofline:
+    ok in A, absent in B" repeated the "Not run or not fitting" table)."""
     points = []
+    a = letters[0]
     for x in letters[1:]:
-        changed = frame[frame[f"status@{letters[0]}"] != frame[f"status@{x}"]]
-        for _, r in changed.iterrows():
-            points.append(Point(f"{r['case']} on {r['backend']}: {r[f'status@{letters[0]}']} in {letters[0]}, "
-                                f"{r[f'status@{x}']} in {x}."))
+        changed = frame[frame[f"status@{a}"] != frame[f"status@{x}"]]
+        for (before, after), group in changed.groupby([f"status@{a}", f"status@{x}"], sort=False):
+            cases = [f"{r['case']} on {r['backend']}" for _, r in group.iterrows()]
+            if len(cases) <= MAX_STATUS_POINTS:
+                points += [Point(f"{case}: {before} in {a}, {after} in {x}.") for case in cases]
+                continue
+            named = ", ".join(cases[:MAX_STATUS_POINTS]) + f", … ({len(cases) - MAX_STATUS_POINTS} more)"
+            points.append(Point(f"{count(len(cases), 'case')} {before} in {a}, {after} in {x}: {named}; each is in "
+                                f"\"Not run or not fitting\" below."))
     return points
 
 

@@ -333,7 +333,8 @@ def test_validate_of_a_catalog_file_checks_its_entries(tmp_path: Path, capsys) -
     # trial 41: --set and --backend were ignored and the file said ok
     for flag in (["--set", "entries[0].memory_bytes=-1"], ["--backend", "nosuch"]):
         assert main(["validate", str(path), *flag]) == 2
-        assert capsys.readouterr().err.strip() == (f"llmsim: error: validate: {flag[0]} is for a scenario; {path} is "
+        used = "a scenario or a plan" if flag[0] == "--set" else "a scenario"
+        assert capsys.readouterr().err.strip() == (f"llmsim: error: validate: {flag[0]} is for {used}; {path} is "
                                                    f"a hardware catalog, checked as written (leave {flag[0]} out, or "
                                                    f"edit the file)")
 

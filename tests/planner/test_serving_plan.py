@@ -822,7 +822,7 @@ def test_the_winners_headroom_is_searched_above_the_goal(monkeypatch: pytest.Mon
     bisection to rate_tolerance; up to HEADROOM_MAX_FACTOR x the goal it stays 'at least'."""
     import llmsim.planner.serve as serve_module
     from llmsim.planner.serve import headroom
-    from llmsim.planner.serve_report import describe_rate
+    from llmsim.planner.serve_report import describe_rate, probe_line
 
     plan, tasks = _tasks(serving_plan(rate=5.0))   # a goal one replica meets on either device
     result = search_candidate(tasks[0])
@@ -840,6 +840,8 @@ def test_the_winners_headroom_is_searched_above_the_goal(monkeypatch: pytest.Mon
     assert capped.sustained_at_least and capped.sustained_rate == 7.5 and capped.probes[-1][0] == 7.5
     assert describe_rate(capped) == "≥ 7.5 requests/s per replica (the search's cap, 1.5x the goal)"  # trial 42
     assert describe_rate(result) == "≥ 5 requests/s per replica" and "cap" not in describe_rate(up)
+    assert probe_line(capped).startswith("one replica sustains ≥ 7.5 requests/s: the SLO was met at every rate probed "
+                                         "up to the search's cap, 1.5x the goal (probes: ")
     missed = dataclasses.replace(result, feasible=False)
     assert headroom(tasks[0], missed) is missed
 

@@ -308,3 +308,17 @@ def test_the_summary_says_why_a_serving_run_moved_where_its_limits_differ(tmp_pa
         "the arrivals set the pace)",
         "tp1@rate=8 on cluster: in B the KV cache filled (peak 100.0%, 3 preemptions); in A neither limit (the "
         "device or the arrivals set the pace)"]
+
+
+def test_a_status_change_of_many_cases_is_one_point() -> None:
+    """Trial 43: 26 bullets 'X on roofline: ok in A, absent in B' repeated the 'Not run or not fitting' table."""
+    from llmsim.report.compare import MAX_STATUS_POINTS, status_points
+
+    n = MAX_STATUS_POINTS + 3
+    frame = pd.DataFrame({"case": [f"s{i}" for i in range(n)] + ["big"], "backend": "roofline",
+                          "status@A": ["ok"] * n + ["ok"], "status@B": ["absent"] * n + ["does-not-fit"]})
+    points = status_points(frame, ["A", "B"])
+    assert [p.text for p in points] == [
+        f"{n} cases ok in A, absent in B: s0 on roofline, s1 on roofline, s2 on roofline, … (3 more); each is in "
+        "\"Not run or not fitting\" below.",
+        "big on roofline: ok in A, does-not-fit in B."]
