@@ -225,6 +225,14 @@ def _a_path(text: str) -> str:
     return text
 
 
+def _a_file(text: str) -> str:
+    """A --hardware value: a catalog file, not an empty path (trial 43: it was told 'a folder or file name')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; allowed: a hardware catalog file name (or leave the option "
+                                         "out)")
+    return text
+
+
 def _a_file_or_folder(text: str) -> str:
     """A SCENARIO.yaml, PLAN.yaml or RUN_DIR argument: any path but an empty one (`report ''` and
     `calibrate ''` read the current folder, `validate ''` said 'cannot read file' naming nothing: trial 31)."""
@@ -934,12 +942,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a scenario, a plan or a hardware catalog without running it")
     scenario_args(p)
-    p.add_argument("--hardware", action="append", default=[], type=_a_path, metavar="FILE",
+    p.add_argument("--hardware", action="append", default=[], type=_a_file, metavar="FILE",
                    help="a plan's extra catalog YAML, as `llmsim plan --hardware` takes it")
     p.set_defaults(func=cmd_validate)
     sub.add_parser("backends", help="installed backends and whether they can run here").set_defaults(func=cmd_backends)
     p = sub.add_parser("hardware", help="the hardware catalog")
-    p.add_argument("--hardware", action="append", default=[], type=_a_path, metavar="FILE", help="extra catalog YAML")
+    p.add_argument("--hardware", action="append", default=[], type=_a_file, metavar="FILE", help="extra catalog YAML")
     p.set_defaults(func=cmd_hardware)
     sub.add_parser("schema", help="JSON Schema of the scenario file").set_defaults(func=cmd_schema)
     p = sub.add_parser("report", help="(re)build a run's report; two or more runs: compare them",
@@ -970,7 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-busy", action="store_true",
                    help="also fit measured step rows timed on a busy host (host_load_per_core > 1), which are left "
                         "out by default: their time includes waiting for a core")
-    p.add_argument("--hardware", action="append", default=[], type=lambda text: Path(_a_path(text)),
+    p.add_argument("--hardware", action="append", default=[], type=lambda text: Path(_a_file(text)),
                    metavar="FILE",
                    help="extra hardware catalog YAML holding --device (repeatable)")
     p.set_defaults(func=cmd_calibrate)
@@ -982,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the plan folder goes (default: reports -> reports/plan-<name>/<stamp>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a plan key, e.g. --set limits.max_devices=1024 (repeatable)")
-    p.add_argument("--hardware", action="append", default=[], type=_a_path, metavar="FILE", help="extra catalog YAML")
+    p.add_argument("--hardware", action="append", default=[], type=_a_file, metavar="FILE", help="extra catalog YAML")
     p.add_argument("--no-simulate", action="store_true", help="skip the cluster-simulation re-check of the top_k "
                                                                "(training and step-goal plans; a serving plan is "
                                                                "found by simulation and refuses it)")

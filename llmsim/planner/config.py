@@ -215,8 +215,11 @@ class SearchSpace(_Strict):
     @classmethod
     def _sweeps(cls, data: Any) -> Any:
         """The searched degrees are sweep lists: no booleans, no repeats (_refuse_bad_sweeps); no list is empty (an
-        empty one would silently mean the default, every value)."""
+        empty one would silently mean the default, every value). One value stands for a list of it (`--set
+        search.tp=8` searches tp 8 alone: trial 43 was told 'expected a list'), as a scenario's sweeps take one."""
         if isinstance(data, dict):
+            data = {key: [value] if key != "disaggregation" and isinstance(value, (int, float, str)) else value
+                    for key, value in data.items()}
             for key, values in data.items():
                 if isinstance(values, list) and not values:
                     raise _KeyedError(key, "an empty list searches nothing; allowed: at least one value, or leave "

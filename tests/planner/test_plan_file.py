@@ -106,3 +106,14 @@ def test_a_search_axis_with_one_usable_value_plans(tmp_path: Path) -> None:
     """Values the model cannot use are left out like any invalid configuration when another one is usable."""
     path = _write(tmp_path, {**GOOD, "search": {"tp": [3, 2]}})
     assert main(["plan", str(path), "--out", str(tmp_path), "--no-simulate"]) == 0
+
+
+def test_one_value_of_a_search_axis_is_a_list_of_it() -> None:
+    """Trial 43: `--set search.tp=7` was told 'expected a list'. One value searches that value alone, as a
+    scenario's sweeps take one value; a boolean is still no degree."""
+    from llmsim.planner.config import parse_plan
+
+    plan = parse_plan({**GOOD, "search": {"tp": 8, "schedule": "gpipe", "sp": True}})
+    assert plan.search.tp == [8] and plan.search.schedule == ["gpipe"] and plan.search.sp == [True]
+    with pytest.raises(ScenarioError, match=r"search.tp\[0\]: true is a boolean, not a parallel degree"):
+        parse_plan({**GOOD, "search": {"tp": True}})
