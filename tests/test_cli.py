@@ -308,6 +308,9 @@ def test_validate_checks_a_plan_as_plan_does_before_its_search(name: str, capsys
     # trial 43: the suggested command dropped --hardware and --set, so it searched another plan, or failed
     assert main(["validate", str(plan), "--set", "top_k=5"]) == 0
     assert f"; `llmsim plan {plan} --set top_k=5` searches it" in capsys.readouterr().out
+    assert main(["validate", str(plan), "--set", "rate_tolerance=0.1"]) == 0   # trial 43: said nothing
+    err = capsys.readouterr().err
+    assert ("rate_tolerance: read by serving plans only" in err) == (kind == "training"), err
     assert main(["validate", str(plan), "--set", "hardware[0].name=h100"]) == 2
     assert capsys.readouterr().err.strip().startswith(f"llmsim: error: {plan}: hardware[0].name: unknown device "
                                                       f"'h100'; allowed: ")

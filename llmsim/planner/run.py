@@ -96,13 +96,17 @@ def check_plan(plan: PlanFile, catalog: Catalog, file: str = "<plan>") -> list[H
 def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]]:
     """(level, text) of what a plan's reader should know that is not an error, said by `llmsim plan` after its
     table and by `llmsim validate` before any search: an example price, a searched tp beyond a node, float4
-    without FP4 tensor cores, a span too short to judge an SLO (a warning), instance counts no unit can use, and a
-    precision some hardware cannot run."""
+    without FP4 tensor cores, a span too short to judge an SLO (a warning), instance counts no unit can use, a
+    precision some hardware cannot run, and a serving-only key (rate_tolerance) in another plan."""
     from llmsim.planner.search import tp_span_notes, weight_only_notes
     from llmsim.planner.serve import short_span_note, unused_counts_note
 
     out = [("note", f"{h.name} is priced at the example ${h.usd_per_device_hour:g}/device-hour; set "
                     f"hardware[].usd_per_device_hour to your own price") for h in hardware if h.example_price]
+    if plan.serving is None and "rate_tolerance" in plan.model_fields_set:   # trial 43: accepted without a word
+        out.append(("note", "rate_tolerance: read by serving plans only (their search over request rates); this "
+                            f"{'training' if plan.workload.mode == 'train' else plan.workload.mode} plan does not "
+                            f"use it"))
     out += [("note", note) for note in tp_span_notes(plan, hardware) + weight_only_notes(plan, hardware)]
     short = short_span_note(plan)
     if short:
