@@ -303,6 +303,13 @@ class Explanation:
 def diagnose(rows: Sequence[Evaluation], stats: SearchStats, plan: PlanFile) -> list[str]:
     """What keeps the goal out of reach, most fundamental first (memory, then device limit / goal, power)."""
     priced = [e for e in rows if e.step_time_s is not None]
+    if not rows and stats.screened == 0:   # nothing formed at all: the device range, not memory (trial 44)
+        lo, hi = plan.limits.min_devices, plan.limits.max_devices
+        between = f"from min_devices={lo:,} to max_devices={hi:,}" if lo > 1 else f"up to max_devices={hi:,}"
+        return [f"devices: the search forms no configuration {between}: only whole nodes (or part of one node) are "
+                "planned, and the product of the search's degrees (dp dividing the batch, pp the layers, tp within "
+                "a node) must land in that range. Widen the range (a multiple of devices_per_node), or the search "
+                "axes."]
     if not priced:
         smallest = min((e.memory_bytes / e.capacity_bytes for e in rows if e.capacity_bytes),
                        default=stats.pruned_need)  # every group pruned: its weights and optimizer state alone

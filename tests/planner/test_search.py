@@ -203,3 +203,15 @@ def test_min_devices_above_max_devices_is_refused_naming_the_key() -> None:
     with pytest.raises(ScenarioError, match=r"limits.min_devices: 16 is more than max_devices \(8\); allowed: 1 to "
                                             r"max_devices"):
         small_plan(limits={"max_devices": 8, "min_devices": 16})
+
+
+def test_a_device_range_no_configuration_lands_in_is_said_as_devices_not_memory() -> None:
+    """Trial 44: min_devices = max_devices = 6 on 4-device nodes forms no configuration at all; the plan said
+    'memory: no configuration fits in device memory (the smallest needs infx the capacity; all 0 overflow)'."""
+    from llmsim.planner.explain import diagnose
+
+    plan = small_plan(limits={"max_devices": 6, "min_devices": 6, "memory_headroom": 0.0})
+    rows, stats = search(plan, hardware(plan, small_catalog()))
+    assert len(rows) == 0 and stats.screened == 0
+    [line] = diagnose(rows, stats, plan)
+    assert line.startswith("devices: the search forms no configuration from min_devices=6 to max_devices=6: ")
