@@ -43,8 +43,10 @@ def full_product(plan: PlanFile, hardware: str, devices_per_node: int, axes: Axe
     mixture-of-experts workload."""
     w = plan.workload
     for tp, pp, cp, dp, zero, sp, recompute, schedule, v, ep in itertools.product(
-            axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute, axes.schedule,
-            (1,) + axes.virtual_stages, axes.ep):
+            axes.tp, axes.pp, axes.cp, axes.dp, axes.zero, axes.sp, axes.recompute,
+            tuple(dict.fromkeys((*axes.schedule, "1f1b"))), (1,) + axes.virtual_stages, axes.ep):
+        if pp > 1 and schedule not in axes.schedule:   # pp 1 runs "1f1b" whatever the search narrows to
+            continue
         for split in [(), *split_candidates(w.model.layers, pp)]:
             for mb in axes.micro_batch or [d for d in range(1, w.batch + 1) if w.batch % d == 0]:
                 m = w.batch // (dp * mb) if w.batch % (dp * mb) == 0 else 0

@@ -215,3 +215,16 @@ def test_a_device_range_no_configuration_lands_in_is_said_as_devices_not_memory(
     assert len(rows) == 0 and stats.screened == 0
     [line] = diagnose(rows, stats, plan)
     assert line.startswith("devices: the search forms no configuration from min_devices=6 to max_devices=6: ")
+
+
+def test_narrowing_the_schedule_keeps_the_configurations_without_a_pipeline() -> None:
+    """Trial 44: `search.schedule: [gpipe]` dropped every pp-1 configuration (labelled 1f1b), a feasible winner
+    among them. The schedule narrows the pipelines; pp 1 stays, and the winner equals the exhaustive one."""
+    catalog = small_catalog()
+    plan = small_plan(search={"schedule": ["gpipe"], "cp": [1]})
+    rows, stats = search(plan, hardware(plan, catalog))
+    shapes = {(r.config.pp, r.config.schedule) for r in rows}
+    assert (1, "1f1b") in shapes and any(pp > 1 for pp, _ in shapes)
+    assert {schedule for pp, schedule in shapes if pp > 1} == {"gpipe"}
+    truth = brute_force(plan, catalog)
+    assert stats.feasible == sum(ok for ok, _ in truth.values())
