@@ -85,12 +85,29 @@ def check_plan(plan: PlanFile, catalog: Catalog, file: str = "<plan>") -> list[H
     if axis_problem is not None:
         raise ScenarioError(file, *axis_problem)
     hardware = resolve_hardware(plan, catalog)
+    device_range = device_range_problem(plan, [h.node.devices_per_node for h in hardware])
+    if device_range is not None:
+        raise ScenarioError(file, "limits.min_devices", device_range)
     if plan.serving is not None:
         from llmsim.planner.serve import expert_search_problem
         expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
         if expert_problem is not None:
             raise ScenarioError(file, *expert_problem)
     return hardware
+
+
+def device_range_problem(plan: PlanFile, nodes: list[int]) -> str | None:
+    """Why no device count from limits.min_devices to max_devices can be rented on any hardware choice (its
+    devices_per_node in `nodes`: part of one node, or whole nodes: space.node_problem), else None. Trial 44:
+    min = max = 12 on 8-device nodes validated as ok, and the plan then blamed memory."""
+    lo, hi = plan.limits.min_devices, plan.limits.max_devices
+    if lo <= 1 or any(lo <= per_node or (hi // per_node) * per_node >= lo for per_node in nodes):
+        return None
+    near = sorted({n for per_node in nodes for n in ((lo // per_node) * per_node, -(-hi // per_node) * per_node)
+                   if n >= 1})
+    per = ", ".join(str(n) for n in dict.fromkeys(nodes))
+    return (f"no device count from {lo:,} to max_devices={hi:,} is part of one node or whole nodes of "
+            f"{per} devices; allowed: a range holding one, e.g. {' or '.join(f'{n:,}' for n in near)}")
 
 
 def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]]:

@@ -117,3 +117,16 @@ def test_one_value_of_a_search_axis_is_a_list_of_it() -> None:
     assert plan.search.tp == [8] and plan.search.schedule == ["gpipe"] and plan.search.sp == [True]
     with pytest.raises(ScenarioError, match=r"search.tp\[0\]: true is a boolean, not a parallel degree"):
         parse_plan({**GOOD, "search": {"tp": True}})
+
+
+def test_a_device_range_no_node_count_lands_in_is_refused_before_the_search(capsys: pytest.CaptureFixture[str]
+                                                                            ) -> None:
+    """Trial 44: min_devices = max_devices = 12 on 8-device nodes validated as ok, and the plan then blamed memory.
+    planner.run.check_plan (validate and plan alike) refuses it naming the nearest counts that are whole nodes."""
+    plan = Path(__file__).parents[2] / "scenarios" / "plan-train-70b.yaml"
+    for verb in ("validate", "plan"):
+        assert main([verb, str(plan), "--set", "limits.min_devices=9", "--set", "limits.max_devices=12"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"llmsim: error: {plan}: limits.min_devices: no device count from 9 to max_devices=12 is part of one node "
+            f"or whole nodes of 8 devices; allowed: a range holding one, e.g. 8 or 16")
+    assert main(["validate", str(plan), "--set", "limits.min_devices=16", "--set", "limits.max_devices=16"]) == 0
