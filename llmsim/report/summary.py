@@ -194,14 +194,15 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
             limits = serving_limits(row)
             if limits:
                 text += "; held back: " + " and ".join(limits.values())
-            if row.get("slo_met") is True:
-                met.append(_f(row["request_rate"]))
+            if row.get("slo_met") is True:   # a closed loop sweeps clients: their count (trial 44: the rate)
+                met.append(_f(row["request_rate"]) if missing(clients) else float(clients))
             details.append(text + ".")
         closed = "concurrency" in group and not group["concurrency"].isna().all()
         head = f"{where}: {strategy} served {count(len(group), 'client count' if closed else 'rate')}"
         if "slo_met" in group and not group["slo_met"].isna().all():
-            head += (f"; the highest that met the SLO: {fmt_rate(max(met))} requests/s." if met
-                     else "; none met the SLO.")
+            best = (f"the most clients that met the SLO: {count(int(max(met)), 'client')}" if closed else
+                    f"the highest that met the SLO: {fmt_rate(max(met))} requests/s") if met else ""
+            head += f"; {best}." if met else "; none met the SLO."
         else:
             head += "."
         points.append(Point(head, details))

@@ -300,6 +300,13 @@ def test_the_summary_says_why_a_serving_run_moved_where_its_limits_differ(tmp_pa
     assert serving_limits(a.iloc[0]) == {}
     assert serving_limits(b.iloc[1]) == {"kv": "the KV cache filled (peak 100.0%, 3 preemptions)"}
     assert serving_limits(pd.Series({**served("x", 8, 0)})) == {}   # a measured row: max_batch 0, not judged
+    # trial 44: max_num_seqs 8 in A against 16 in B holds both back, by other limits: that is said too; a KV cache
+    # that filled in both, with other preemption counts, is not
+    c = pd.DataFrame([served("tp1@rate=2", 16, 16), served("tp1@rate=8", 256, 40, preemptions=9, kv=1.0)])
+    d = pd.DataFrame([served("tp1@rate=2", 8, 8), served("tp1@rate=8", 256, 40, preemptions=2, kv=1.0)])
+    [other] = serving_limit_points([Run(tmp_path / "c", c), Run(tmp_path / "d", d)], ["A", "B"])
+    assert other.details == ["tp1@rate=2 on cluster: in B the running batch reached max_num_seqs (8); in A the "
+                             "running batch reached max_num_seqs (16)"]
     runs = [Run(tmp_path / "a", a), Run(tmp_path / "b", b), Run(tmp_path / "c", a)]
     [point] = serving_limit_points(runs, ["A", "B", "C"])   # C's limits are A's: no point
     assert point.text == "Why B's serving figures differ from A's: what held the rate back differs in 2 cases:"

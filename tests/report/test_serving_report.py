@@ -83,6 +83,8 @@ def test_a_closed_loop_run_report_names_its_clients_and_the_rate_achieved(tmp_pa
     text = (tmp_path / "report.md").read_text()
     assert "tp1 served 2 client counts" in text
     assert "1 client (2.5 requests/s achieved)" in text and "8 clients (12 requests/s achieved)" in text
+    # trial 44: the best of a closed loop is its client count, not the rate it achieved
+    assert "; the most clients that met the SLO: 1 client." in text, text   # 12 requests/s misses (_serving)
     assert "requests/s offered" not in text
 
 
