@@ -810,6 +810,12 @@ def test_min_devices_sizes_every_candidate_to_at_least_that_many_devices() -> No
         assert c.n_devices >= 4 and c.replicas == 4 // c.tp    # one replica meets the goal: the floor decides
         assert free[(c.hardware, c.tp)].replicas == 1
         assert c.at_goal.met and c.at_goal.replicas == c.replicas
+    # trial 44: rented devices idle beyond the fewest replicas are said to have room for more, at no extra rent
+    from llmsim.planner.serve_report import _idle_note
+    padded = dataclasses.replace(results[0], n_devices=16, devices_used=12, tp=4, pp=1, replicas=3)
+    assert _idle_note(padded) == ("; the 4 idle devices have room for 1 more replica at no extra rent (lower latency, "
+                                  "more energy: the plan keeps the fewest that meet the SLO)")
+    assert _idle_note(dataclasses.replace(padded, n_devices=12)) == ""
     _, tasks = _tasks(serving_plan(rate=5.0, limits={"max_devices": 12, "min_devices": 9}))
     c = search_candidate(next(t for t in tasks if t.tp == 1))
     assert not c.feasible and c.limits == ("devices",)
