@@ -116,7 +116,8 @@ def serve_disaggregated(backend: "Backend", case: "Case", cluster: ClusterSpec, 
                     lambda j: price_d(n_p + j), cap_d.layout, adp_d),
         block_tokens=spec.kv_block_tokens, router=spec.router, context_tokens=case.workload.model.seq_len,
         transfer=transfer, request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving))
-    row = summarize(outcome, serving.rate, spec.slo)
+    row = summarize(outcome, serving.rate, spec.slo,
+                    [sched.max_num_seqs * adp_p] * n_p + [sched.max_num_seqs * adp_d] * n_d)
     extra = {**row.pop("extra"), **memory, **outcome.extra}
     if (nothing := none_served(outcome, case.workload.model.seq_len)) is not None:
         return case.result(backend, status="skipped", error=nothing, extra=extra, **base)

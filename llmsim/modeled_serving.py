@@ -433,7 +433,7 @@ def serve_case(backend: "Backend", case: "Case", cluster: ClusterSpec, options: 
         request_overhead_s=spec.overhead_on(cluster.device), closed_loop=closed_loop_of(serving),
         kv_layout=capacity.layout, attention_dp=plan.attention_dp, speculative=speculative,
         speculative_seed=serving.seed)
-    row = summarize(outcome, serving.rate, spec.slo)
+    row = summarize(outcome, serving.rate, spec.slo, [sched.max_num_seqs * plan.attention_dp] * spec.replicas)
     extra = {**row.pop("extra"), **memory}
     if (nothing := none_served(outcome, case.workload.model.seq_len)) is not None:
         return case.result(backend, status="skipped", error=nothing, extra=extra, **base)

@@ -436,8 +436,9 @@ def serving_limit_points(runs: list[Run], letters: list[str]) -> list[Point]:
 
 
 def _limit_keys(held: dict[str, str]) -> dict[str, str]:
-    """What serving_limit_points compares of summary.serving_limits: each kind, and the batch limit's text."""
-    return {kind: text if kind == "batch" else "" for kind, text in held.items()}
+    """What serving_limit_points compares of summary.serving_limits: each kind, and the batch limit's value (the
+    text up to its count of iterations, which differs between almost any two runs)."""
+    return {kind: text.split(" with ")[0] if kind == "batch" else "" for kind, text in held.items()}
 
 
 # The differences one scenario point lists at most (a comparison of two unrelated scenarios differs everywhere)

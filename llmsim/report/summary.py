@@ -149,16 +149,18 @@ def served_text(row: Any) -> str:
 
 
 def serving_limits(row: pd.Series) -> dict[str, str]:
-    """What held a served rate back, from its row: the running batch at the scheduler's max_num_seqs (the row's
-    `batch`; new requests waited for a slot), and the KV cache full (preemptions by recompute, or requests
-    rejected for want of blocks), by kind ("batch", "kv"). Empty where neither did: then the device's speed or
-    the arrivals set the pace.
-    `max_batch` is the modeled backends' (0 or absent for a measured row: the batch is then not judged). Trial 41:
-    a comparison of max_num_seqs 256 against 8 said what changed, not why the throughput fell."""
+    """What held a served rate back, from its row: the running batch full at the scheduler's max_num_seqs (the
+    row's `batch`) while requests waited for a slot (`iterations_at_max_num_seqs`, counted by the simulation:
+    serving.metrics.seq_limit_iterations), and the KV cache full (preemptions by recompute, or requests rejected
+    for want of blocks), by kind ("batch", "kv"). Empty where neither did: then the device's speed or the arrivals
+    set the pace. A measured row (and a row of a run older than the count) is not judged on its batch. Trial 41: a
+    comparison of max_num_seqs 256 against 8 said what changed, not why the throughput fell; trial 45: a batch
+    that touched its limit with nobody waiting was said to be held back."""
     out = {}
-    limit, peak = row.get("batch"), row.get("max_batch")
-    if not missing(limit) and not missing(peak) and float(peak) > 0 and float(peak) >= float(limit):
-        out["batch"] = f"the running batch reached max_num_seqs ({int(float(limit)):,})"
+    limit, held = row.get("batch"), row.get("iterations_at_max_num_seqs")
+    if not missing(limit) and not missing(held) and float(held) > 0:
+        out["batch"] = (f"the running batch was full at max_num_seqs ({int(float(limit)):,}) with requests waiting, "
+                        f"in {count(int(float(held)), 'iteration')}")
     preempted = 0 if missing(row.get("preemptions")) else int(float(row["preemptions"]))
     refused = 0 if missing(row.get("rejected_kv_cache")) else int(float(row["rejected_kv_cache"]))
     if preempted or refused:

@@ -66,10 +66,28 @@ def chunk_gaps(token_times: Any) -> np.ndarray:
     return np.diff(times[np.concatenate(([True], np.diff(times) > 0))])
 
 
-def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> dict[str, Any]:
+def seq_limit_iterations(outcome: ServingOutcome, limits: list[int]) -> int:
+    """Iterations that ran with the batch at its replica's max_num_seqs (`limits`, one per timeline: times the
+    attention data-parallel ranks, whose timeline sums theirs) while requests were left waiting: the iterations the
+    limit held requests back in. 0 where it never did, even if the batch touched it (trial 45: a run at
+    max_num_seqs 100 whose batch peaked at 100 with nobody waiting, every figure the same as at 256, was said to be
+    held back)."""
+    total = 0
+    for timeline, limit in zip(outcome.timelines, limits):
+        if not len(timeline):
+            continue
+        batch = np.frombuffer(timeline.batch, dtype=f"i{timeline.batch.itemsize}")
+        waiting = np.frombuffer(timeline.waiting, dtype=f"i{timeline.waiting.itemsize}")
+        total += int(np.count_nonzero((batch >= limit) & (waiting > 0)))
+    return total
+
+
+def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None,
+              seq_limits: list[int] | None = None) -> dict[str, Any]:
     """The serving result columns (llmsim.results.SERVING_COLUMNS) and the run's extras. ValueError for a run
     stopped early (outcome.stopped): its percentiles, rates and goodput would be those of the requests finished
-    by the stop, not the run's; llmsim.serving.early_stop.EarlyStop says what is known of it."""
+    by the stop, not the run's; llmsim.serving.early_stop.EarlyStop says what is known of it. `seq_limits`: each
+    replica's max_num_seqs (a simulated run), for the extra `iterations_at_max_num_seqs` (seq_limit_iterations)."""
     if outcome.stopped is not None:
         raise ValueError("a run stopped early has no result row: only bounds on its SLO attainment are known "
                          "(outcome.stopped)")
@@ -114,6 +132,8 @@ def summarize(outcome: ServingOutcome, rate: float | None, slo: Slo | None) -> d
                                                  if duration > 0 else None),
         mean_in_system=outcome.occupancy_s / duration if duration > 0 else None,
         iterations=sum(outcome.iterations), max_batch=max(outcome.max_batch, default=0),
+        **({"iterations_at_max_num_seqs": seq_limit_iterations(outcome, seq_limits)}
+           if seq_limits is not None and outcome.timelines else {}),
         kv_blocks_per_replica=outcome.kv_blocks, sim_events=outcome.events, sim_wall_s=outcome.wall_s)
     if outcome.clients is not None:
         extra.update(think_s=outcome.think_s)

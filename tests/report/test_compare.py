@@ -291,28 +291,33 @@ def test_the_summary_says_why_a_serving_run_moved_where_its_limits_differ(tmp_pa
     from llmsim.report.run import Run
     from llmsim.report.summary import serving_limits
 
-    def served(case: str, batch: int, peak: int, preemptions: int = 0, kv: float = 0.3) -> dict:
+    def served(case: str, batch: int, full: int, preemptions: int = 0, kv: float = 0.3) -> dict:
         return {"case": case, "backend": "cluster", "mode": "serve", "status": "ok", "batch": batch,
-                "max_batch": peak, "preemptions": preemptions, "rejected_kv_cache": 0, "kv_peak_utilization": kv}
+                "iterations_at_max_num_seqs": full, "preemptions": preemptions, "rejected_kv_cache": 0,
+                "kv_peak_utilization": kv}
 
-    a = pd.DataFrame([served("tp1@rate=2", 256, 13), served("tp1@rate=8", 256, 40)])
-    b = pd.DataFrame([served("tp1@rate=2", 8, 8), served("tp1@rate=8", 8, 5, preemptions=3, kv=1.0)])
-    assert serving_limits(a.iloc[0]) == {}
+    a = pd.DataFrame([served("tp1@rate=2", 256, 0), served("tp1@rate=8", 256, 0)])
+    b = pd.DataFrame([served("tp1@rate=2", 8, 12), served("tp1@rate=8", 8, 0, preemptions=3, kv=1.0)])
+    assert serving_limits(a.iloc[0]) == {}   # trial 45: a batch that touched its limit, nobody waiting: not held
     assert serving_limits(b.iloc[1]) == {"kv": "the KV cache filled (peak 100.0%, 3 preemptions)"}
-    assert serving_limits(pd.Series({**served("x", 8, 0)})) == {}   # a measured row: max_batch 0, not judged
+    measured = {k: v for k, v in served("x", 8, 0).items() if k != "iterations_at_max_num_seqs"}
+    assert serving_limits(pd.Series(measured)) == {}   # a measured row has no count: not judged
     # trial 44: max_num_seqs 8 in A against 16 in B holds both back, by other limits: that is said too; a KV cache
     # that filled in both, with other preemption counts, is not
-    c = pd.DataFrame([served("tp1@rate=2", 16, 16), served("tp1@rate=8", 256, 40, preemptions=9, kv=1.0)])
-    d = pd.DataFrame([served("tp1@rate=2", 8, 8), served("tp1@rate=8", 256, 40, preemptions=2, kv=1.0)])
+    c = pd.DataFrame([served("tp1@rate=2", 16, 3), served("tp1@rate=8", 256, 0, preemptions=9, kv=1.0),
+                      served("tp1@rate=16", 8, 40)])
+    d = pd.DataFrame([served("tp1@rate=2", 8, 30), served("tp1@rate=8", 256, 0, preemptions=2, kv=1.0),
+                      served("tp1@rate=16", 8, 90)])   # the same limit, another count of iterations: no line
     [other] = serving_limit_points([Run(tmp_path / "c", c), Run(tmp_path / "d", d)], ["A", "B"])
-    assert other.details == ["tp1@rate=2 on cluster: in B the running batch reached max_num_seqs (8); in A the "
-                             "running batch reached max_num_seqs (16)"]
+    assert other.details == ["tp1@rate=2 on cluster: in B the running batch was full at max_num_seqs (8) with "
+                             "requests waiting, in 30 iterations; in A the running batch was full at max_num_seqs "
+                             "(16) with requests waiting, in 3 iterations"]
     runs = [Run(tmp_path / "a", a), Run(tmp_path / "b", b), Run(tmp_path / "c", a)]
     [point] = serving_limit_points(runs, ["A", "B", "C"])   # C's limits are A's: no point
     assert point.text == "Why B's serving figures differ from A's: what held the rate back differs in 2 cases:"
     assert point.details == [
-        "tp1@rate=2 on cluster: in B the running batch reached max_num_seqs (8); in A neither limit (the device or "
-        "the arrivals set the pace)",
+        "tp1@rate=2 on cluster: in B the running batch was full at max_num_seqs (8) with requests waiting, in 12 "
+        "iterations; in A neither limit (the device or the arrivals set the pace)",
         "tp1@rate=8 on cluster: in B the KV cache filled (peak 100.0%, 3 preemptions); in A neither limit (the "
         "device or the arrivals set the pace)"]
 

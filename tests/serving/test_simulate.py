@@ -88,6 +88,20 @@ def test_at_saturation_continuous_throughput_is_the_batch_limited_bound() -> Non
     assert max(outcome.max_batch) == b
 
 
+def test_iterations_at_max_num_seqs_count_only_those_that_left_requests_waiting() -> None:
+    """Trial 45: a batch that touched max_num_seqs with nobody waiting was reported as held back. The count
+    (serving.metrics.seq_limit_iterations) takes the iterations whose batch was full while requests waited: every
+    iteration once the queue formed at saturation, none when the limit is exactly what the arrivals fill."""
+    b = 16
+    saturated = run(fixed_requests(400, 1e-7, 50, 30), max_num_seqs=b)
+    held = summarize(saturated, 1e7, None, [b])["extra"]["iterations_at_max_num_seqs"]
+    assert 0 < held <= sum(saturated.iterations)
+    exact = run(fixed_requests(b, 1e-7, 50, 30), max_num_seqs=b)   # 16 requests, 16 slots: the batch is full, alone
+    assert max(exact.max_batch) == b
+    assert summarize(exact, 1e7, None, [b])["extra"]["iterations_at_max_num_seqs"] == 0
+    assert "iterations_at_max_num_seqs" not in summarize(exact, 1e7, None)["extra"]   # no limits given: not counted
+
+
 def _llama_model(tp: int = 1) -> tuple[IterationModel, Workload]:
     served = Workload(model=ModelSpec(preset="llama3-8b"), dtype="bfloat16")
     ref, profile = serving_profile(served, SharingChoice(tie_embeddings=False))
