@@ -634,7 +634,17 @@ def rate_search(task: ServingTask) -> tuple[CandidateResult, int]:
     max_replicas = _max_replicas(task)
     what = "one unit" if task.unit is not None else "one replica"
     if max_replicas == 0:
-        out.reason, out.limits = f"devices: {what} needs {task.size} > max_devices={task.max_devices}", ("devices",)
+        rented = rented_devices(task.size, task.node.devices_per_node)
+        needs = (f"needs {task.size}" if rented == task.size else   # trial 45: '4 > max_devices=5' of 2 nodes of 3
+                 f"of {task.size} rents {rented} (whole nodes of {task.node.devices_per_node})")
+        out.reason, out.limits = f"devices: {what} {needs} > max_devices={task.max_devices}", ("devices",)
+        return out, max_replicas
+    min_replicas = _min_replicas(task)
+    if min_replicas > max_replicas:   # whole nodes of this shape cannot land between the two limits: no search
+        what = "units" if task.unit is not None else "replicas"
+        out.reason, out.limits = (f"devices: min_devices={task.min_devices} needs {min_replicas} {what} of "
+                                  f"{task.size}, {rented_devices(min_replicas * task.size, task.node.devices_per_node)}"
+                                  f" devices rented, over max_devices={task.max_devices}"), ("devices",)
         return out, max_replicas
     if task.spec.speculative is not None and task.pp > 1:
         # the serving simulation's own refusal (config.check_serving_strategy): no pipelined speculative schedule
@@ -739,15 +749,8 @@ def search_candidate(task: ServingTask) -> CandidateResult:
         start = math.ceil(task.goal_rate / out.sustained_rate - 1e-9)
     else:
         start = task.start_replicas
-    min_replicas = _min_replicas(task)
-    if min_replicas > max_replicas:   # whole nodes of this shape cannot land between the two limits
-        what = "units" if task.unit is not None else "replicas"
-        out.reason, out.limits = (f"devices: min_devices={task.min_devices} needs {min_replicas} {what} of "
-                                  f"{task.size}, {rented_devices(min_replicas * task.size, task.node.devices_per_node)}"
-                                  f" devices rented, over max_devices={task.max_devices}"), ("devices",)
-        return out
     try:
-        at_goal = _size_replicas(task, out, start, max_replicas, min_replicas)
+        at_goal = _size_replicas(task, out, start, max_replicas, _min_replicas(task))
     except CostModelError as exc:   # r replicas' mesh the hardware cannot hold (one that does not tile a TPU slice)
         out.reason, out.limits = f"error: {exc}", ("error",)
         return out

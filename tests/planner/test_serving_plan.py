@@ -820,6 +820,13 @@ def test_min_devices_sizes_every_candidate_to_at_least_that_many_devices() -> No
     c = search_candidate(next(t for t in tasks if t.tp == 1))
     assert not c.feasible and c.limits == ("devices",)
     assert c.reason == "devices: min_devices=9 needs 9 replicas of 1, 16 devices rented, over max_devices=12"
+    assert c.simulations == 0   # trial 45: said before any rate search, which had blamed the SLO
+    # trial 45: 'one replica needs 4 > max_devices=5' of a replica that rents 2 nodes of 3
+    _, tasks = _tasks(serving_plan(rate=5.0, hardware=[{"name": "slow-a", "usd_per_device_hour": 1.8,
+                                                        "devices_per_node": 3}], search={"tp": [4], "pp": [1]},
+                                   limits={"max_devices": 5}))
+    c = search_candidate(tasks[0])
+    assert c.reason == "devices: one replica of 4 rents 6 (whole nodes of 3) > max_devices=5"
 
 
 def test_the_winners_headroom_is_searched_above_the_goal(monkeypatch: pytest.MonkeyPatch) -> None:
