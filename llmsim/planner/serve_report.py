@@ -424,21 +424,25 @@ def candidate_lines(plan: PlanFile, c: CandidateResult) -> list[str]:
               f"{fmt_duration(row.get('ttft_p99_s'))}, TPOT p99 {fmt_duration(row.get('tpot_p99_s'))}, SLO "
               f"attainment {row.get('slo_attainment') or 0:.3f}, goodput {goodput:.3g} requests/s{drain}",
               f"{count(c.n_devices, 'device')} rented ({c.devices_used} in use): {fmt_usd(c.cost_usd)} and "
-              f"{fmt_energy(c.energy_j)} per hour" + _idle_note(c)]
+              f"{fmt_energy(c.energy_j)} per hour" + _idle_note(c, plan.limits.min_devices)]
     return lines
 
 
-def _idle_note(c: CandidateResult) -> str:
+def _idle_note(c: CandidateResult, min_devices: int = 1) -> str:
     """Where whole nodes (or limits.min_devices) rent devices enough for more replicas than the fewest that meet the
     SLO, say that they would cost nothing more (trial 44: '16 rented (12 in use)' under min_devices=16 left it to
-    the reader). The plan keeps the fewest: the idle devices draw idle power, not a replica's."""
+    the reader). The plan keeps the fewest (with min_devices, the fewest that also rent that many: trial 45 read
+    'the fewest that meet the SLO' of 3 replicas where 2 would): the idle devices draw idle power, not a
+    replica's."""
     size = c.unit.devices if c.unit is not None else c.tp * c.pp
     spare = (c.n_devices - c.devices_used) // size if size else 0
     if spare < 1:
         return ""
     what = ("unit" if c.unit is not None else "replica") + ("" if spare == 1 else "s")
+    kept = "the fewest that meet the SLO" + (f" and rent at least min_devices={min_devices:,}" if min_devices > 1
+                                             else "")
     return (f"; the {c.n_devices - c.devices_used} idle devices have room for {spare} more {what} at no extra rent "
-            f"(lower latency, more energy: the plan keeps the fewest that meet the SLO)")
+            f"(lower latency, more energy: the plan keeps {kept})")
 
 
 def serving_explanation(plan: PlanFile, results: list[CandidateResult], sensitivity: Sensitivity | None

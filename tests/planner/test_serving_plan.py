@@ -816,6 +816,8 @@ def test_min_devices_sizes_every_candidate_to_at_least_that_many_devices() -> No
     assert _idle_note(padded) == ("; the 4 idle devices have room for 1 more replica at no extra rent (lower latency, "
                                   "more energy: the plan keeps the fewest that meet the SLO)")
     assert _idle_note(dataclasses.replace(padded, n_devices=12)) == ""
+    assert _idle_note(padded, 16).endswith("the plan keeps the fewest that meet the SLO and rent at least "
+                                           "min_devices=16)")
     _, tasks = _tasks(serving_plan(rate=5.0, limits={"max_devices": 12, "min_devices": 9}))
     c = search_candidate(next(t for t in tasks if t.tp == 1))
     assert not c.feasible and c.limits == ("devices",)
