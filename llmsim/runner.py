@@ -145,7 +145,9 @@ def missing_backend(name: str, registry: BackendRegistry) -> str:
     if why is not None:
         return f"backend {name!r} is not usable: its plugin failed to load: {why.removeprefix('import failed: ')}"
     broken = "; ".join(f"{plugin} ({why.removeprefix('import failed: ')})" for plugin, why in registry.broken.items())
-    return (f"unknown backend {name!r}; installed: {', '.join(registry.names) or 'none'}"
+    # "allowed", not "installed": vllm and xla are registered whether or not their runtimes are here (trial 45)
+    return (f"unknown backend {name!r}; allowed: {', '.join(registry.names) or 'none'} (`llmsim backends` says "
+            f"which can run here)"
             + (f"; plugins that failed to load (one may provide it): {broken}" if broken else ""))
 
 

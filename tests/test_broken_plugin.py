@@ -42,7 +42,7 @@ def test_an_unknown_backend_names_the_plugins_that_failed_to_load(broken_rooflin
     assert cli.main(["validate", str(QUICKSTART), "--backend", "gpu9000"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"llmsim: error: {QUICKSTART}: --backend: unknown backend 'gpu9000'; installed: "), err
+    assert err.startswith(f"llmsim: error: {QUICKSTART}: --backend: unknown backend 'gpu9000'; allowed: "), err
     assert err.endswith("; plugins that failed to load (one may provide it): roofline (ImportError: libfoo.so.1: "
                         "cannot open shared object file)"), err
 

@@ -18,7 +18,7 @@ def test_a_key_with_a_newline_is_escaped_in_the_one_line_error() -> None:
     try:
         plan_cases(scenario, registry, "f.yaml")
     except ScenarioError as exc:
-        assert str(exc) == "f.yaml: backends.\\n: unknown backend '\\n'; installed: roofline"
+        assert str(exc) == "f.yaml: backends.\\n: unknown backend '\\n'; allowed: roofline (`llmsim backends` says which can run here)"
     else:
         raise AssertionError("an unknown backend must be refused")
 

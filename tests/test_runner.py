@@ -112,7 +112,7 @@ def test_interrupt_keeps_finished_rows_and_resume_finishes(tmp_path: Path) -> No
 def test_unknown_backend_lists_the_installed_ones() -> None:
     scenario = parse_scenario(dict(TINY_SCENARIO, backends={"gpu9000": {}}))
     registry, _ = _registry()
-    with pytest.raises(ScenarioError, match=r"s.yaml: backends.gpu9000: unknown backend 'gpu9000'; installed: "
+    with pytest.raises(ScenarioError, match=r"s.yaml: backends.gpu9000: unknown backend 'gpu9000'; allowed: "
                                             r"absent, fake"):
         plan_cases(scenario, registry, "s.yaml")
 
