@@ -64,7 +64,7 @@ def test_resume_of_a_folder_that_does_not_exist_says_so(write_scenario, tmp_path
 def test_unknown_backend_flag_exits_2(write_scenario, capsys) -> None:
     assert main(["validate", str(write_scenario()), "--backend", "warp-drive"]) == 2
     err = capsys.readouterr().err
-    assert "--backend: unknown backend 'warp-drive'; installed:" in err and "cpu" in err
+    assert "--backend: unknown backend 'warp-drive'; allowed:" in err and "cpu" in err
 
 
 def test_validate_ok(write_scenario, capsys) -> None:
