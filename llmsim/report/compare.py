@@ -405,12 +405,18 @@ def serving_limit_points(runs: list[Run], letters: list[str]) -> list[Point]:
     what held the rate back (summary.serving_limits: the batch at max_num_seqs, the KV cache full) differs from the
     baseline's. Trial 41: a comparison of max_num_seqs 256 against 8 named the key but not that B's batch sat at 8
     while A's never reached 256."""
-    def limits(run: Run) -> dict[tuple[str, str], dict[str, str]]:
+    def limits(run: Run) -> dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]]:
+        """(case, backend) -> (serving_limits, what is compared of them: each kind, and for the batch the row's
+        max_num_seqs; not the counts of iterations or preemptions, which differ between almost any two runs)."""
         f = run.frame
         if "mode" not in f or "status" not in f:
             return {}
         served = f[(f["mode"] == "serve") & (f["status"] == "ok")]
-        return {(str(r["case"]), str(r["backend"])): serving_limits(r) for _, r in served.iterrows()}
+        out = {}
+        for _, r in served.iterrows():
+            held = serving_limits(r)
+            out[(str(r["case"]), str(r["backend"]))] = (held, {k: r["batch"] if k == "batch" else None for k in held})
+        return out
 
     def said(held: dict[str, str]) -> str:
         return " and ".join(held.values()) or "neither limit (the device or the arrivals set the pace)"
@@ -419,13 +425,11 @@ def serving_limit_points(runs: list[Run], letters: list[str]) -> list[Point]:
     points = []
     for x, run in zip(letters[1:], runs[1:]):
         lines = []
-        for key, mine in limits(run).items():
-            theirs = base.get(key)
-            # the kinds, and the batch limit's value (max_num_seqs 8 in A, 16 in B: both held back, by other limits;
-            # trial 44), not a KV cache's preemption count, which differs between almost any two runs
-            if theirs is None or _limit_keys(mine) == _limit_keys(theirs):
+        for key, (mine, compared) in limits(run).items():
+            # max_num_seqs 8 in A, 16 in B holds both back, by other limits (trial 44): a difference
+            if key not in base or base[key][1] == compared:
                 continue
-            lines.append(f"{key[0]} on {key[1]}: in {x} {said(mine)}; in {letters[0]} {said(theirs)}")
+            lines.append(f"{key[0]} on {key[1]}: in {x} {said(mine)}; in {letters[0]} {said(base[key][0])}")
         if lines:
             more = len(lines) - MAX_LIMIT_CASES
             points.append(Point(f"Why {x}'s serving figures differ from {letters[0]}'s: what held the rate back "
@@ -433,12 +437,6 @@ def serving_limit_points(runs: list[Run], letters: list[str]) -> list[Point]:
                                                                             else "") + ":",
                                 lines[:MAX_LIMIT_CASES]))
     return points
-
-
-def _limit_keys(held: dict[str, str]) -> dict[str, str]:
-    """What serving_limit_points compares of summary.serving_limits: each kind, and the batch limit's value (the
-    text up to its count of iterations, which differs between almost any two runs)."""
-    return {kind: text.split(" with ")[0] if kind == "batch" else "" for kind, text in held.items()}
 
 
 # The differences one scenario point lists at most (a comparison of two unrelated scenarios differs everywhere)

@@ -202,9 +202,12 @@ def serving_points(rows: pd.DataFrame) -> list[Point]:
         closed = "concurrency" in group and not group["concurrency"].isna().all()
         head = f"{where}: {strategy} served {count(len(group), 'client count' if closed else 'rate')}"
         if "slo_met" in group and not group["slo_met"].isna().all():
-            best = (f"the most clients that met the SLO: {count(int(max(met)), 'client')}" if closed else
-                    f"the highest that met the SLO: {fmt_rate(max(met))} requests/s") if met else ""
-            head += f"; {best}." if met else "; none met the SLO."
+            if not met:
+                head += "; none met the SLO."
+            elif closed:
+                head += f"; the most clients that met the SLO: {count(int(max(met)), 'client')}."
+            else:
+                head += f"; the highest that met the SLO: {fmt_rate(max(met))} requests/s."
         else:
             head += "."
         points.append(Point(head, details))
