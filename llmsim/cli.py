@@ -286,10 +286,11 @@ def _validate_catalog(path: str) -> int:
           f"{' (' + ', '.join(links) + ')' if links else ''}; name it in a scenario's hardware_catalog, or give it "
           f"to `llmsim plan PLAN.yaml --hardware {shlex.quote(path)}`")
     for name in devices:   # trial 41: such a device validated as ok, and every case on it was then skipped
-        if not any(catalog.devices[name].peak_flops.values()):
-            _say_note(path, f"entries.{name}.peak_flops", "none given: every modeled case on this device is "
-                                                          "skipped (give e.g. peak_flops: {bfloat16: 989.4e12}, "
-                                                          "FLOP/s of dense math per dtype)", [])
+        if not any(catalog.devices[name].peak_flops.values()):   # keyed entries[i], as the file's errors are
+            _say_note(path, f"entries[{own.index(name)}].peak_flops", f"none given for {name!r}: every modeled "
+                                                                     f"case on this device is skipped (give e.g. "
+                                                                     f"peak_flops: {{bfloat16: 989.4e12}}, FLOP/s of "
+                                                                     f"dense math per dtype)", [])
     return 0
 
 

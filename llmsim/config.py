@@ -1084,6 +1084,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,
                     raise ScenarioError(file, key, f"--set: no list element [{index}]: {where} has "
                                                    f"{count(len(node), 'element')} (allowed: [0] to [{len(node) - 1}])"
                                         if node else f"--set: no list element [{index}]: {where} is empty")
+            elif isinstance(node, list) and re.fullmatch(r"\d+", index):
+                # `hardware.0.name`: an index written as a dotted name; say the key in brackets, as errors name it
+                meant = format_key_path(tuple(parts[:i]) + (int(index),) + tuple(parts[i + 1:]))
+                raise ScenarioError(file, key, f"--set: {where} is a list: its elements are written with the index "
+                                               f"in brackets, {meant}")
             elif not isinstance(node, dict):
                 what = "a list: give an index, [0]" if isinstance(node, list) else f"{node!r}, not a mapping of keys"
                 raise ScenarioError(file, key, f"--set: {index!r} is not inside a mapping ({where} is {what})")

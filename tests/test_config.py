@@ -321,7 +321,8 @@ def test_window_and_expert_dtype_rejections_name_key_and_allowed_values(model: d
 def test_layer_groups_cannot_share_blocks_across_windowed_and_full_layers() -> None:
     data = _with("workload.model", {"preset": "tiny", "sliding_window": 8, "full_attention_every": 2})
     data["strategies"] = [{"name": "shared", "sharing": {"layer_groups": 1}}]
-    with pytest.raises(ScenarioError, match="strategies.0..sharing.layer_groups: 1 with workload.model.sliding_window"):
+    with pytest.raises(ScenarioError, match=r"strategies\[0\]\.sharing\.layer_groups: 1 with "
+                                            r"workload.model.sliding_window"):
         parse_scenario(data, "s.yaml")
 
 

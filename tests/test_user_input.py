@@ -337,6 +337,9 @@ def test_a_sweep_list_that_repeats_a_value_is_one_line(capsys, path: Path, overr
     ("strategies[0]tp", "--set: 't' at column 14: expected '.' or '[' between the parts of a key"),
     ("[0].tp", "--set: a key starts with a name, not a list index"),
     ("strategies.tp", "--set: 'tp' is not inside a mapping (strategies is a list: give an index, [0])"),
+    # an index written as a dotted name said "'0' is not inside a mapping": the key in brackets is named
+    ("strategies.0.tp", "--set: strategies is a list: its elements are written with the index in brackets, "
+                        "strategies[0].tp"),
     ("workload.batch[0]", "--set: [0]: workload.batch is not a list"),
     # trial 28: a space in or around the key said 'empty part of the key'
     (" workload.batch ", "--set: a space at column 1: a key has none (write KEY=VALUE with no space in or around "

@@ -511,22 +511,27 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
             raise ScenarioError(str(path), None, f"the same hardware file is given twice{also}; give it once")
         seen[resolved] = str(path)
         sources.append((str(path), read_yaml(path, "entries: [{type: device, name: ...}, ...]")))
+    by_plugin: dict[str, list[dict]] = {}   # a plugin's entries as one list: an error's entries[i] counts in it
     for plugin, entry in plugin_entries or []:
-        sources.append((f"plugin {plugin}", {"entries": [entry]}))
+        by_plugin.setdefault(plugin, []).append(entry)
+    sources += [(f"plugin {plugin}", {"entries": entries}) for plugin, entries in by_plugin.items()]
+    index_of: dict[str, int] = {}   # entry name -> its place in the entries: list of its file (or plugin)
     for origin, data in sources:
-        for entry in data if isinstance(data, tuple) else parse_entries(data, origin):
+        for index, entry in enumerate(data if isinstance(data, tuple) else parse_entries(data, origin)):
             if entry.name in devices or entry.name in links:
                 first = defined_in[entry.name]
-                raise ScenarioError(origin, f"entries.{entry.name}", "a catalog entry with this name already exists "
-                                    f"(in {'the built-in catalog' if first == str(CATALOG_FILE) else first}); give "
-                                    f"yours another name")
+                where = "the built-in catalog" if first == str(CATALOG_FILE) else first
+                # keyed entries[i], as the same file's validation errors are (entries.NAME read beside entries[0])
+                raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: a catalog entry with this "
+                                    f"name already exists (in {where}); give yours another name")
             (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry
             defined_in[entry.name] = origin
+            index_of[entry.name] = index
     for device in devices.values():  # a device's default links must exist once every source is read
         for key in ("intra_node", "inter_node"):
             link = getattr(device, key)
             if link is not None and link not in links:
-                raise ScenarioError(defined_in[device.name], f"entries.{device.name}.{key}",
-                                    f"unknown link {link!r}; allowed: {', '.join(links)}")
+                raise ScenarioError(defined_in[device.name], f"entries[{index_of[device.name]}].{key}",
+                                    f"unknown link {link!r} (device {device.name!r}); allowed: {', '.join(links)}")
     return Catalog(devices=devices, links=links,
                    files={name: user_files[origin] for name, origin in defined_in.items() if origin in user_files})

@@ -45,7 +45,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, ValidationError, field_validator, model_validator
 
-from llmsim.errors import KeyedValueError
+from llmsim.errors import KeyedValueError, format_key_path
 from llmsim.serving.disagg_spec import Disaggregation
 from llmsim.strict import MAX_DIMENSION, Count, Seed, StrictModel, sweep_repeats, whole_number
 from llmsim.wording import number_error, shown_value
@@ -213,7 +213,7 @@ class Lengths(_Strict):
             keyed = (err.get("ctx") or {}).get("error")
             if isinstance(keyed, KeyedValueError):  # a rule of the form that names its key (max below min)
                 raise KeyedValueError(keyed.key, f"{value['kind']}: {keyed.message}") from None
-            where = ".".join(str(p) for p in err["loc"])
+            where = format_key_path(tuple(err["loc"]))   # points[1][1]: a list's index in brackets
             message = number_error(err) or err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = f"unknown key; allowed: {', '.join(form.model_fields)}"

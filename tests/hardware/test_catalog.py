@@ -130,15 +130,38 @@ def test_a_power_limit_at_or_below_idle_is_one_line_and_exit_2(tmp_path: Path, c
 
 def test_duplicates_and_unknown_default_links_are_errors_of_the_file_that_has_them(tmp_path: Path) -> None:
     path = _write(tmp_path, [dict(GPU, name="h100-sxm", source="copy")])
-    with pytest.raises(ScenarioError, match=r"already exists \(in the built-in catalog\)") as info:
+    with pytest.raises(ScenarioError, match=r"'h100-sxm': a catalog entry with this name already exists \(in the "
+                                            r"built-in catalog\)") as info:
         load_catalog([path])
-    assert info.value.file == str(path)
+    assert info.value.file == str(path) and info.value.key == "entries[0].name"   # was entries.h100-sxm
     path = _write(tmp_path, [dict(GPU, source="sheet", intra_node="warp-drive")])
     with pytest.raises(ScenarioError, match="unknown link 'warp-drive'") as info:
         load_catalog([path])
-    assert info.value.file == str(path) and info.value.key == "entries.my-gpu.intra_node"  # was 'hardware catalog'
+    # keyed as the file's validation errors are (entries[0].memory_bytes): was entries.my-gpu.intra_node
+    assert info.value.file == str(path) and info.value.key == "entries[0].intra_node"
+    assert info.value.message.startswith("unknown link 'warp-drive' (device 'my-gpu'); allowed: ")
     with pytest.raises(ScenarioError, match="efficiency"):
         load_catalog([_write(tmp_path, [dict(GPU, source="sheet", efficiency={"matmul": 1.5})])])
+
+
+def test_a_catalog_key_path_names_the_entry_by_its_index_as_validation_errors_do(tmp_path: Path) -> None:
+    """One style for a catalog file's key paths: entries[i], the entry's place in its file, as pydantic's errors of
+    the same file read (entries[0].memory_bytes); a duplicate name or an unknown default link said entries.NAME."""
+    other = dict(GPU, name="my-gpu-2", source="sheet")
+    path = _write(tmp_path, [dict(GPU, source="sheet"), dict(other, name="my-gpu")])
+    with pytest.raises(ScenarioError) as info:
+        load_catalog([path])
+    assert (info.value.key, info.value.message) == ("entries[1].name", f"'my-gpu': a catalog entry with this name "
+                                                    f"already exists (in {path}); give yours another name")
+    path = _write(tmp_path, [dict(GPU, source="sheet"), dict(other, inter_node="warp-drive")])
+    with pytest.raises(ScenarioError) as info:
+        load_catalog([path])
+    assert info.value.key == "entries[1].inter_node" and "(device 'my-gpu-2')" in info.value.message
+    # a plugin's entries count in the list its hook returned (each was entries[0] before)
+    plugin = [("hw", dict(GPU, source="sheet")), ("hw", dict(other, intra_node="warp-drive"))]
+    with pytest.raises(ScenarioError) as info:
+        load_catalog(plugin_entries=plugin)
+    assert (info.value.file, info.value.key) == ("plugin hw", "entries[1].intra_node")
 
 
 def test_catalog_cluster_takes_the_entry_defaults_and_the_callers_choices() -> None:
@@ -329,7 +352,7 @@ def test_validate_of_a_catalog_file_checks_its_entries(tmp_path: Path, capsys) -
     bad = _write(tmp_path, [dict(GPU, source="vendor sheet", intra_node="warp-drive")])
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "entries.my-gpu.intra_node: unknown link 'warp-drive'" in err
+    assert err.count("\n") == 0 and "entries[0].intra_node: unknown link 'warp-drive' (device 'my-gpu')" in err
     # trial 41: --set and --backend were ignored and the file said ok
     for flag in (["--set", "entries[0].memory_bytes=-1"], ["--backend", "nosuch"]):
         assert main(["validate", str(path), *flag]) == 2
@@ -394,8 +417,8 @@ def test_validate_of_a_catalog_notes_a_device_without_peaks(tmp_path: Path, caps
     assert main(["validate", str(path)]) == 0
     captured = capsys.readouterr()
     assert "ok — a hardware catalog of 1 device (my-gpu)" in captured.out
-    assert captured.err.strip() == (f"llmsim: note: {path}: entries.my-gpu.peak_flops: none given: every modeled case "
-                                    f"on this device is skipped (give e.g. peak_flops: {{bfloat16: 989.4e12}}, FLOP/s "
-                                    f"of dense math per dtype)")
+    assert captured.err.strip() == (f"llmsim: note: {path}: entries[0].peak_flops: none given for 'my-gpu': every "
+                                    f"modeled case on this device is skipped (give e.g. peak_flops: {{bfloat16: "
+                                    f"989.4e12}}, FLOP/s of dense math per dtype)")
     with_peaks = _write(tmp_path, [dict(GPU, source="vendor sheet")])
     assert main(["validate", str(with_peaks)]) == 0 and capsys.readouterr().err == ""

@@ -83,6 +83,9 @@ def test_the_same_seed_gives_the_same_filtered_list() -> None:
      "serving.lengths.input: quantiles: points: the first p must be 0 and the last 1"),
     ("serving.lengths.input={kind: quantiles, points: [[0, 9], [1, 5]]}",
      "serving.lengths.input: quantiles: points: tokens must not fall: 5.0 after 9.0"),
+    # a list's index in brackets, as every key path names it (it read points.1.1)
+    ("serving.lengths.input={kind: quantiles, points: [[0, 9], [1, -5]]}",
+     "serving.lengths.input: quantiles: points[1][1]: -5: out of range; allowed: > 0"),
     ("serving.lengths.input={kind: zipf, a: 2}", "serving.lengths.input: kind 'zipf': allowed: uniform, lognormal, "
                                                  "exponential, quantiles"),
     ("serving.lengths.max_total=20", "serving.lengths.max_total: 20: every prompt + output is longer (at least 24"),
