@@ -119,6 +119,8 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     unused = scenario.serving.speculative.unused_note() if scenario.serving and scenario.serving.speculative else None
     if unused is not None:
         _say_note(path, f"serving.speculative.{unused[0]}", unused[1], kept)
+    for key, note in scenario.serving_notes():   # workload keys a serving run does not read; a block vLLM lacks
+        _say_note(path, key, note, kept)
     _warn_broken(registry)  # after planning: a backend the scenario asks for names its broken plugin in the error
     return scenario, planned, manager, registry, catalog
 

@@ -922,6 +922,35 @@ def check_serving(serving: ServingSpec, w: Workload, mode_given: bool) -> Proble
     return None
 
 
+def unused_workload_notes(w: Workload, serving: ServingSpec) -> list[tuple[str, str]]:
+    """(key path, note) for each workload key a serving scenario states that its run does not read: the requests
+    in flight come from the arrivals and the scheduler's limits, their lengths from the request list
+    (modeled_serving.reference_workload traces one sequence whatever batch and decode_tokens say; the vllm backend
+    maps the scheduler's keys). Not errors: a plan's best.yaml keeps the keys its plan stated. A value equal to the
+    key's default is not noted: a run folder's scenario.yaml states every default (runner.saved_scenario), and the
+    rerun of it must read as quietly as the run did. decode_tokens is read where mode: decode sizes a learned
+    position table (Workload._check: seq_len + decode_tokens positions), so it is noted only elsewhere."""
+    given = w.model_fields_set
+    default = Workload.model_fields
+    notes: list[tuple[str, str]] = []
+    if "mode" in given and w.mode == "prefill":   # 'train' is refused (check_serving); 'decode' is what a server does
+        notes.append(("workload.mode", "'prefill' is not used with a serving: block: every request is prefilled and "
+                                       "then decoded (leave mode out, or write decode)"))
+    if "batch" in given and w.batch != default["batch"].default:
+        sched = serving.scheduler
+        notes.append(("workload.batch", f"{w.batch} is not used with a serving: block: the sequences in flight are the "
+                                        f"requests the arrivals bring, at most serving.scheduler.max_num_seqs="
+                                        f"{sched.max_num_seqs} a replica and max_batched_tokens="
+                                        f"{sched.max_batched_tokens} tokens an iteration"))
+    sizes_positions = w.mode == "decode" and w.model.positions == "learned" and \
+        "max_positions" not in w.model.model_fields_set
+    if "decode_tokens" in given and w.decode_tokens != default["decode_tokens"].default and not sizes_positions:
+        source = "serving.lengths.output" if serving.lengths is not None else "the trace's output_tokens"
+        notes.append(("workload.decode_tokens", f"{w.decode_tokens} is not used with a serving: block: each request "
+                                                f"generates the tokens {source} gives it"))
+    return notes
+
+
 def check_serving_strategy(s: Strategy, serving: ServingSpec) -> Problem:
     """One replica is tp x pp devices; data parallelism is `serving.replicas` (key inside the strategy, message)."""
     if s.dp is not None and s.dp != serving.replicas:
@@ -1056,6 +1085,16 @@ class Scenario(_Strict):
     def sharing_choice(self, strategy: Strategy) -> SharingChoice:
         """The sharing this strategy runs: its own keys over the scenario's, the tie resolved."""
         return SharingChoice.resolve(self.sharing_for(strategy), self.workload.model)
+
+    def serving_notes(self) -> list[tuple[str, str]]:
+        """(key path, note) for what a serving scenario states that is legal but surprising: the workload keys its
+        run does not read (unused_workload_notes) and a KV block size vLLM does not take (ServingSpec.block_note).
+        Empty without a serving: block. `llmsim validate` and `run` print them as notes."""
+        if self.serving is None:
+            return []
+        notes = unused_workload_notes(self.workload, self.serving)
+        block = self.serving.block_note()
+        return notes + ([("serving.kv_block_tokens", block)] if block else [])
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str,

@@ -56,6 +56,13 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 # vLLM's defaults (vllm/config/cache.py: block_size 16 on CUDA, gpu_memory_utilization 0.9;
 # vllm/config/scheduler.py: max_num_seqs 256).
 DEFAULT_BLOCK_TOKENS = 16
+# The KV-cache block sizes vLLM takes: its `--block-size` choices where CacheConfig declares them (`BlockSize =
+# Literal[1, 8, 16, 32, 64, 128, 256]`, vllm/config/cache.py), and any multiple of 16 on its FlashAttention kernel
+# (vllm/v1/attention/backends/flash_attn.py, get_kv_cache_shape: "Block size must be a multiple of 16"; later
+# releases take any positive block_size in CacheConfig and leave the size to the attention kernel). A size outside
+# both is priced by the modeled backends as given, and noted (ServingSpec.block_note).
+VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+VLLM_BLOCK_MULTIPLE = 16
 DEFAULT_MEMORY_UTILIZATION = 0.9
 DEFAULT_MAX_NUM_SEQS = 256
 # The token budget of one iteration. vLLM's own default depends on its version, the entry point and the
@@ -813,6 +820,18 @@ class ServingSpec(_Strict):
                           "cache sent from one to the other over kv_transfer.link (DistServe; SGLang "
                           "--disaggregation-mode; vLLM NixlConnector); replaces replicas; "
                           "llmsim.serving.disaggregation")
+
+    def block_note(self) -> str | None:
+        """A note where kv_block_tokens is a size vLLM does not take (none of VLLM_BLOCK_SIZES, no multiple of
+        VLLM_BLOCK_MULTIPLE): the modeled backends price any size, so it is legal, but it matches no vLLM run; else
+        None. The vllm backend refuses what its engine does not take before anything runs (its
+        check_serving_block)."""
+        tokens = self.kv_block_tokens
+        if tokens in VLLM_BLOCK_SIZES or tokens % VLLM_BLOCK_MULTIPLE == 0:
+            return None
+        return (f"{tokens} tokens a block is a size vLLM does not take (its --block-size: "
+                f"{', '.join(map(str, VLLM_BLOCK_SIZES))}, or a multiple of {VLLM_BLOCK_MULTIPLE} on its "
+                f"FlashAttention kernel); the modeled backends price blocks of {tokens} tokens as given")
 
     @model_validator(mode="after")
     def _count(self) -> "ServingSpec":

@@ -434,3 +434,63 @@ def test_validate_says_the_burst_note(capsys) -> None:
     assert main(["validate", path, "--set", "serving.arrival.rate=1e9"]) == 0
     err = capsys.readouterr().err
     assert f"llmsim: note: {path}: serving.arrival.rate: 1e+09 requests/s brings 200 requests" in err
+
+
+def _notes(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("llmsim: note: ")]
+
+
+def test_workload_keys_a_serving_run_does_not_read_are_noted(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A fresh user's serving scenario took workload.batch (and decode_tokens, mode: prefill) without a word, though
+    the run's batches are the arrivals up to the scheduler's limits and its lengths the request list's: each is one
+    note naming what sets it instead (exit 0: a plan's best.yaml keeps the keys its plan stated)."""
+    data = json.loads(json.dumps(SERVING))
+    data["workload"].update(mode="prefill", batch=32, decode_tokens=5)
+    path = _write(tmp_path, data)
+    assert main(["validate", str(path)]) == 0
+    assert _notes(capsys.readouterr().err) == [
+        f"llmsim: note: {path}: workload.mode: 'prefill' is not used with a serving: block: every request is "
+        f"prefilled and then decoded (leave mode out, or write decode)",
+        f"llmsim: note: {path}: workload.batch: 32 is not used with a serving: block: the sequences in flight are the "
+        f"requests the arrivals bring, at most serving.scheduler.max_num_seqs=256 a replica and "
+        f"max_batched_tokens=8192 tokens an iteration",
+        f"llmsim: note: {path}: workload.decode_tokens: 5 is not used with a serving: block: each request generates "
+        f"the tokens serving.lengths.output gives it"]
+
+
+def test_serving_workload_keys_that_are_read_or_at_their_defaults_are_no_note(tmp_path: Path) -> None:
+    """mode: decode is what a server does; a run folder's scenario.yaml states batch: 8 and decode_tokens: 64, the
+    defaults (runner.saved_scenario), and its rerun says nothing of them; decode_tokens with mode: decode sizes a
+    learned position table that no preset or max_positions fixed (Workload._check), so it is read."""
+    from llmsim.config import parse_scenario
+    from llmsim.runner import saved_scenario
+
+    data = json.loads(json.dumps(SERVING))
+    data["workload"].update(mode="decode", batch=8, decode_tokens=64)
+    scenario = parse_scenario(data, "serve.yaml")
+    assert scenario.serving_notes() == []
+    assert parse_scenario(yaml.safe_load(yaml.safe_dump(saved_scenario(scenario))), "saved").serving_notes() == []
+    data["workload"].update(model={"layers": 2, "hidden": 64, "heads": 4, "ffn_hidden": 256, "vocab": 512,
+                                   "seq_len": 64, "positions": "learned"}, decode_tokens=16)
+    sized = parse_scenario(data, "serve.yaml")
+    assert sized.workload.model.max_positions == 80 and sized.serving_notes() == []
+    data["workload"]["mode"] = "prefill"   # the table is not sized by decode_tokens then: unused, noted
+    assert [key for key, _ in parse_scenario(data, "serve.yaml").serving_notes()] == ["workload.mode",
+                                                                                   "workload.decode_tokens"]
+
+
+@pytest.mark.parametrize("tokens, noted", [(7, True), (24, True), (2, True), (1, False), (16, False), (48, False),
+                                           (64, False)])   # at most the tiny model's seq_len, 64
+def test_a_kv_block_size_vllm_does_not_take_is_noted_for_the_modeled_backends(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], tokens: int, noted: bool) -> None:
+    """serving.kv_block_tokens: 7 validated without a word: the modeled backends price any size, but vLLM takes its
+    BlockSize values (1, 8, 16, ..., 256) or a multiple of 16 (FlashAttention): another size is one note."""
+    data = json.loads(json.dumps(SERVING))
+    data["serving"]["kv_block_tokens"] = tokens
+    path = _write(tmp_path, data)
+    assert main(["validate", str(path)]) == 0
+    expected = [f"llmsim: note: {path}: serving.kv_block_tokens: {tokens} tokens a block is a size vLLM does not "
+                f"take (its --block-size: 1, 8, 16, 32, 64, 128, 256, or a multiple of 16 on its FlashAttention "
+                f"kernel); the modeled backends price blocks of {tokens} tokens as given"]
+    assert _notes(capsys.readouterr().err) == (expected if noted else [])
