@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from llmsim.config import SharingChoice, Strategy, Workload
 from llmsim.hardware import Catalog, DeviceSpec, load_catalog
 from llmsim.results import Result
-from llmsim.serving.spec import ServingCase
+from llmsim.serving.spec import ServingCase, ServingSpec
 from llmsim.stages import describe_split
 from llmsim.strategy import Layout
 
@@ -103,8 +103,8 @@ class Backend(ABC):
       5. `world_size(settings)` for each point, then `resolve_layout` fits every strategy to it (a
          mismatch is a validation error naming the strategy, with `describe_world(settings, catalog)`
          where the backend gives one), then `check_layout(settings, layout, catalog)` for each. A serving
-         scenario instead needs `serves`, `check_serving(settings)` for each point, and a world that holds
-         serving.replicas x tp x pp.
+         scenario instead needs `serves`, `check_serving(settings)` for each point, `check_serving_block(serving)`
+         once, and a world that holds serving.replicas x tp x pp.
       `llmsim validate` then says which rows a run would skip (runner.skip_notes): `availability()` once per
       backend and `known_skip(settings, workload, catalog)` for each point, and which would not fit
       (`known_does_not_fit(settings, case, catalog)`, runner.fit_notes), as notes, not errors.
@@ -216,6 +216,13 @@ class Backend(ABC):
 
         Returns None, or (key inside this backend's settings, message naming what is allowed).
         """
+        return None
+
+    @classmethod
+    def check_serving_block(cls, serving: ServingSpec) -> tuple[str, str] | None:
+        """Checks of the scenario's serving block that this backend's engine refuses whatever the host (the `vllm`
+        backend: a KV block size its attention kernel does not take), before anything runs. Returns None, or (key
+        inside `serving`, message naming what is allowed): the scenario is refused, `serving.<key>`, exit 2."""
         return None
 
     def close(self) -> None:

@@ -389,6 +389,9 @@ def _serving_cases(scenario: Scenario, registry: BackendRegistry, backends: dict
             problem = cls.check_serving(point)
             if problem:
                 raise ScenarioError(file, f"backends.{name}.{problem[0]}", problem[1])
+        problem = cls.check_serving_block(spec)
+        if problem:
+            raise ScenarioError(file, f"serving.{problem[0]}", f"{problem[1]} (backend '{name}')")
     scheduler = registry.schedulers.get(spec.scheduler.kind)
     if scheduler is None:
         raise ScenarioError(file, "serving.scheduler.kind", f"unknown scheduler {spec.scheduler.kind!r}; allowed: "

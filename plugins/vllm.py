@@ -35,7 +35,7 @@ from llmsim.serving.engine import (EOS_ID, SERVED_MODEL_NAME, VLLM_DTYPES, Engin
 from llmsim.serving.metrics import summarize
 from llmsim.serving.replay import Replay, outcome_of, prompt_ids
 from llmsim.serving.requests import closed_loop_of, iter_requests
-from llmsim.serving.spec import ServingCase
+from llmsim.serving.spec import ServingCase, ServingSpec
 from llmsim.strict import StrictModel
 
 NOT_INSTALLED = ("vllm is not installed (on a CPU machine: pip install 'llmsim[vllm]' in an environment of its own, "
@@ -55,6 +55,19 @@ CPU_BLOCK_MULTIPLE = 32
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # The engine-side columns of a simulation that a measured engine does not report per iteration.
 SIMULATION_ONLY = ("iterations", "max_batch", "kv_blocks_per_replica", "sim_events", "sim_wall_s")
+
+
+def block_problem(tokens: int, given: bool = True) -> str | None:
+    """Why vLLM's CPU attention, the one this backend's engine runs, takes no KV blocks of `tokens` (`given`: the
+    scenario states kv_block_tokens; else it is the default), with the sizes allowed; None where it takes them.
+    vLLM 0.32 passes any --block-size > 0 (vllm/config/cache.py, CacheConfig.block_size) to the attention backend,
+    which refuses it at start-up (CPU_BLOCK_MULTIPLE), minutes in: VllmBackend.check_serving_block refuses it first."""
+    if tokens % CPU_BLOCK_MULTIPLE == 0:
+        return None
+    said = f"{tokens}" if given else f"{tokens} (the default)"
+    return (f"{said}: the vllm backend runs vLLM's CPU attention, which takes blocks of a multiple of "
+            f"{CPU_BLOCK_MULTIPLE} tokens (vllm/v1/attention/backends/cpu_attn.py); allowed: "
+            f"{', '.join(str(CPU_BLOCK_MULTIPLE * k) for k in (1, 2, 3, 4))}, ... up to the model's seq_len")
 
 
 class VllmSettings(StrictModel):
@@ -184,9 +197,9 @@ def unsupported(case: Case) -> str | None:
         return problem
     if case.workload.dtype not in VLLM_DTYPES:
         return f"dtype {case.workload.dtype} is not run by vLLM's CPU backend (allowed: {', '.join(VLLM_DTYPES)})"
-    if serving.spec.kv_block_tokens % CPU_BLOCK_MULTIPLE:
-        return (f"kv_block_tokens={serving.spec.kv_block_tokens}: vLLM's CPU attention takes blocks of a multiple of "
-                f"{CPU_BLOCK_MULTIPLE} tokens (set serving.kv_block_tokens: 32)")
+    blocks = block_problem(serving.spec.kv_block_tokens)   # refused at validation too (check_serving_block)
+    if blocks:
+        return f"serving.kv_block_tokens: {blocks}"
     if case.workload.model.head_width not in CPU_HEAD_SIZES:
         return (f"head width {case.workload.model.head_width}: vLLM's CPU attention takes "
                 f"{', '.join(map(str, CPU_HEAD_SIZES))}")
@@ -239,6 +252,13 @@ class VllmBackend(Backend):
                                  "attention model (DeepSeek) has none here (allowed: a model without mla; model it "
                                  "with roofline / cluster)")
         return None
+
+    @classmethod
+    def check_serving_block(cls, serving: ServingSpec) -> tuple[str, str] | None:
+        """A KV block size the engine refuses at start-up (block_problem) is refused before anything runs, on any
+        host: the backend runs vLLM's CPU attention wherever it runs."""
+        problem = block_problem(serving.kv_block_tokens, "kv_block_tokens" in serving.model_fields_set)
+        return ("kv_block_tokens", problem) if problem else None
 
     @classmethod
     def availability(cls) -> str | None:

@@ -5,6 +5,7 @@ and the row it makes, and the server's lifecycle, against a fake OpenAI-compatib
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import signal
 import sys
 import time
@@ -165,6 +166,34 @@ def planned_ok(tmp_path: Path):  # noqa: ANN201
     return _case(tmp_path)[0][0].case
 
 
+@pytest.mark.parametrize("blocks, said", [(7, "7"), (48, "48"), (None, "16 (the default)")])
+def test_a_kv_block_size_the_engine_refuses_is_a_validation_error_naming_the_allowed_sizes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], blocks: int | None, said: str) -> None:
+    """serving.kv_block_tokens: 7 validated as ok and its vllm rows were skipped at run time: vLLM's CPU attention
+    takes multiples of 32 only (its engine would refuse the size at start-up, minutes in), on any host the backend
+    runs, so the scenario is refused before anything runs, naming the sizes allowed (exit 2, one line)."""
+    import yaml
+
+    from llmsim.cli import main
+
+    data = serving_scenario(kv_block_tokens=blocks)
+    if blocks is None:
+        del data["serving"]["kv_block_tokens"]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for verb in ("validate", "run"):
+        out = ["--out", str(tmp_path / "runs")] if verb == "run" else []
+        assert main([verb, str(path), *out]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"llmsim: error: {path}: serving.kv_block_tokens: {said}: the vllm backend runs vLLM's CPU attention, "
+            f"which takes blocks of a multiple of 32 tokens (vllm/v1/attention/backends/cpu_attn.py); allowed: 32, "
+            f"64, 96, 128, ... up to the model's seq_len (backend 'vllm')")
+    assert not (tmp_path / "runs").exists()   # nothing ran
+    del data["backends"]["vllm"]   # the modeled backends price any size (a note where vLLM takes none such)
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+
+
 def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None:
     static, *_ = _case(tmp_path, scheduler={"kind": "static", "max_num_seqs": 8, "max_batched_tokens": 256})
     assert "no vLLM equivalent" in (unsupported(static[0].case) or "")
@@ -174,10 +203,13 @@ def test_what_vllm_cannot_run_is_skipped_with_the_reason(tmp_path: Path) -> None
     assert unsupported(two[0].case) is None             # replicas: one server each, behind the router
     spec, *_ = _case(tmp_path, speculative={"method": "ngram", "num_draft_tokens": 3, "acceptance": 0.7})
     assert "random weights" in (unsupported(spec[0].case) or "")   # a draft's acceptance would mean nothing
-    blocks, *_ = _case(tmp_path, kv_block_tokens=16)   # vLLM's CPU attention: multiples of 32
-    assert "multiple of 32" in (unsupported(blocks[0].case) or "")
     ok = planned_ok(tmp_path)
     assert unsupported(ok) is None
+    # a block size the engine refuses is a validation error (test below); a case built without validation is skipped
+    blocks = ok.model_copy(update={"serving": replace(ok.serving, spec=ok.serving.spec.model_copy(
+        update={"kv_block_tokens": 16}))})
+    assert (unsupported(blocks) or "").startswith("serving.kv_block_tokens: 16: the vllm backend runs vLLM's CPU "
+                                                  "attention, which takes blocks of a multiple of 32 tokens")
     narrow = ok.model_copy(update={"workload": ok.workload.model_copy(
         update={"model": ModelSpec(**dict(LLAMA, hidden=64))})})   # heads of 16: not a CPU head size
     assert "head width 16" in (unsupported(narrow) or "")
