@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_serializer, model_validator
 
 
 from llmsim.config import (NAME_MAX_LENGTH, NAME_PATTERN, Sharing, Workload, _KeyedError, check_serving, check_sharing,
@@ -92,6 +92,8 @@ DEFAULT_RATE_TOLERANCE = 0.05
 # so a trace replay or a closed loop of clients has no place in one.
 SERVING_SEARCH_KEYS = ("tp", "pp", "ep", "attention_dp", "dtype", "disaggregation")
 PLAN_ARRIVAL_KINDS = ("poisson", "gamma", "constant")
+NOT_A_SERVING_KEY = ("a serving plan searches hardware x dtype x tp x pp (x ep x attention_dp for a mixture of "
+                     f"experts) x replicas: allowed search keys are {', '.join(SERVING_SEARCH_KEYS)}")
 
 
 class Limits(_Strict):
@@ -104,6 +106,18 @@ class Limits(_Strict):
                                    description="fraction of device memory kept free (allocator fragmentation, CUDA "
                                                "context, workspaces, communication buffers); default 0.1, the "
                                                "share vLLM leaves by default (gpu_memory_utilization 0.9)")
+    _given_null: frozenset[str] = PrivateAttr(default=frozenset())   # limits written null (= left out)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _null_is_unset(cls, data: Any, handler: Any) -> "Limits":
+        """A null limit is the limit left out, its default, as max_power_w's null (its default) always was: a fresh
+        user's `min_devices: null` ("no floor") was refused. Which ones were null is kept for planner.run.plan_notes:
+        max_devices null is the default 4,096, a ceiling, not "no limit"."""
+        nulls = frozenset(k for k, v in data.items() if v is None) if isinstance(data, dict) else frozenset()
+        out = handler({k: v for k, v in data.items() if v is not None} if nulls else data)
+        out._given_null = nulls
+        return out
 
     @model_validator(mode="after")
     def _min_within_max(self) -> "Limits":
@@ -151,10 +165,11 @@ class DisaggregationSearch(_Strict):
         return _refuse_bad_sweeps(data, ("prefill", "decode"), "an instance count")
 
 
-def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str) -> Any:
+def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str, scalars: frozenset[str] = frozenset()) -> Any:
     """The integer sweep lists `keys` of a search mapping `data`: a boolean (`[true]`, which pydantic's lax mode reads
     as 1) and a repeated value (which would search the same candidates twice) are refused, as a scenario's sweep
-    lists refuse repeats (strict.sweep_repeats). Raises _KeyedError naming `key[i]`; returns `data` unchanged."""
+    lists refuse repeats (strict.sweep_repeats). Raises _KeyedError naming `key[i]`, or `key` for a key in `scalars`
+    (the user gave one value, not a list: `--set search.tp=true`); returns `data` unchanged."""
     if not isinstance(data, dict):
         return data
     for key in keys:
@@ -163,11 +178,20 @@ def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str) -> Any:
             continue
         for i, v in enumerate(values):
             if isinstance(v, bool):
-                raise _KeyedError(f"{key}[{i}]", f"{str(v).lower()} is a boolean, not {what} (allowed: integers >= 1)")
+                raise _KeyedError(key if key in scalars else f"{key}[{i}]",
+                                  f"{str(v).lower()} is a boolean, not {what} (allowed: integers >= 1)")
         problem = sweep_repeats(values)
         if problem is not None:
             raise _KeyedError(key, problem)
     return data
+
+
+def _scalar_keys(data: Any) -> frozenset[str]:
+    """The keys of a search mapping given one value instead of a list (SearchSpace._sweeps makes it a list of it)."""
+    if not isinstance(data, dict):
+        return frozenset()
+    return frozenset(key for key, value in data.items()
+                     if key != "disaggregation" and isinstance(value, (int, float, str)))
 
 
 class SearchSpace(_Strict):
@@ -217,15 +241,32 @@ class SearchSpace(_Strict):
         """The searched degrees are sweep lists: no booleans, no repeats (_refuse_bad_sweeps); no list is empty (an
         empty one would silently mean the default, every value). One value stands for a list of it (`--set
         search.tp=8` searches tp 8 alone: trial 43 was told 'expected a list'), as a scenario's sweeps take one."""
+        scalars = _scalar_keys(data)
         if isinstance(data, dict):
-            data = {key: [value] if key != "disaggregation" and isinstance(value, (int, float, str)) else value
-                    for key, value in data.items()}
+            data = {key: [value] if key in scalars else value for key, value in data.items()}
             for key, values in data.items():
                 if isinstance(values, list) and not values:
                     raise _KeyedError(key, "an empty list searches nothing; allowed: at least one value, or leave "
                                            "the key out for the default")
         return _refuse_bad_sweeps(data, ("tp", "pp", "cp", "dp", "micro_batch", "virtual_stages", "ep", "attention_dp"),
-                                  "a parallel degree or size")
+                                  "a parallel degree or size", scalars)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _scalar_errors_at_the_key(cls, data: Any, handler: Any) -> Any:
+        """A bad value given as one value, not a list (`--set search.tp=0`, `schedule: foo`), is named at its key,
+        `search.tp`, not at `search.tp[0]`, an index of a list the user did not write (_sweeps makes the list)."""
+        scalars = _scalar_keys(data)
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not scalars:
+                raise
+            errors = [{k: v for k, v in e.items() if k in ("type", "loc", "input", "ctx")} for e in exc.errors()]
+            for e in errors:
+                if e["loc"][:1] and e["loc"][0] in scalars and e["loc"][1:2] == (0,):
+                    e["loc"] = (e["loc"][0], *e["loc"][2:])
+            raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
 
     @model_serializer(mode="wrap")
     def _without_unset_disaggregation(self, handler: Any) -> dict[str, Any]:
@@ -286,9 +327,12 @@ class PlanFile(_Strict):
             return data
         search = data.get("search")
         if isinstance(search, dict):
-            for key in search:
+            for key, value in search.items():
                 if key not in SearchSpace.model_fields:
                     raise _KeyedError(f"search.{key}", f"unknown key; allowed: {', '.join(SERVING_SEARCH_KEYS)}")
+                if key not in SERVING_SEARCH_KEYS and value is not None:
+                    # before its values are checked: `schedule: [foo]` was told the schedules a training plan takes
+                    raise _KeyedError(f"search.{key}", NOT_A_SERVING_KEY)
         arrival = data["serving"].get("arrival")
         kind = arrival.get("kind") if isinstance(arrival, dict) else None
         if kind is not None and kind not in PLAN_ARRIVAL_KINDS + ("trace", "concurrency"):  # those two: own words
@@ -453,12 +497,9 @@ class PlanFile(_Strict):
         if s.scheduler.kind not in BUILTIN_SCHEDULERS:
             raise _KeyedError("serving.scheduler.kind", f"unknown scheduler {s.scheduler.kind!r}; a plan "
                                                         f"allows: {', '.join(BUILTIN_SCHEDULERS)}")
-        searched = SERVING_SEARCH_KEYS
-        for axis in [k for k in SearchSpace.model_fields if k not in searched
+        for axis in [k for k in SearchSpace.model_fields if k not in SERVING_SEARCH_KEYS
                      and getattr(self.search, k) is not None]:
-            raise _KeyedError(f"search.{axis}", "a serving plan searches hardware x dtype x tp x pp (x ep x "
-                                                "attention_dp for a mixture of experts) x replicas: allowed search "
-                                                f"keys are {', '.join(searched)}")
+            raise _KeyedError(f"search.{axis}", NOT_A_SERVING_KEY)
         if not self.simulate:
             raise _KeyedError("simulate", "a serving plan is found by simulation; it cannot be switched off")
         problem = serving_attention_problem(self.options.attention)

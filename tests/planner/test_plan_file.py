@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -10,6 +11,8 @@ import yaml
 from llmsim.cli import main
 from llmsim.errors import ScenarioError
 from llmsim.planner import load_plan
+from llmsim.planner.config import parse_plan
+from tests.planner.test_serving_plan import serving_plan
 
 GOOD = {"name": "p", "workload": {"model": {"preset": "tiny"}, "mode": "train", "batch": 8},
         "goal": {"tokens": 1e6, "deadline_days": 1}, "hardware": [{"name": "a100-80gb", "usd_per_device_hour": 1.8}]}
@@ -110,13 +113,16 @@ def test_a_search_axis_with_one_usable_value_plans(tmp_path: Path) -> None:
 
 def test_one_value_of_a_search_axis_is_a_list_of_it() -> None:
     """Trial 43: `--set search.tp=7` was told 'expected a list'. One value searches that value alone, as a
-    scenario's sweeps take one value; a boolean is still no degree."""
+    scenario's sweeps take one value; a boolean is still no degree, named at the key the user wrote (a fresh user's
+    report: not at search.tp[0], a list the user never wrote)."""
     from llmsim.planner.config import parse_plan
 
     plan = parse_plan({**GOOD, "search": {"tp": 8, "schedule": "gpipe", "sp": True}})
     assert plan.search.tp == [8] and plan.search.schedule == ["gpipe"] and plan.search.sp == [True]
-    with pytest.raises(ScenarioError, match=r"search.tp\[0\]: true is a boolean, not a parallel degree"):
+    with pytest.raises(ScenarioError, match=r"search.tp: true is a boolean, not a parallel degree"):
         parse_plan({**GOOD, "search": {"tp": True}})
+    with pytest.raises(ScenarioError, match=r"search.tp\[0\]: true is a boolean, not a parallel degree"):
+        parse_plan({**GOOD, "search": {"tp": [True]}})
 
 
 def test_a_device_range_no_node_count_lands_in_is_refused_before_the_search(capsys: pytest.CaptureFixture[str]
@@ -130,3 +136,43 @@ def test_a_device_range_no_node_count_lands_in_is_refused_before_the_search(caps
             f"llmsim: error: {plan}: limits.min_devices: no device count from 9 to max_devices=12 is part of one node "
             f"or whole nodes of 8 devices; allowed: a range holding one, e.g. 8 or 16")
     assert main(["validate", str(plan), "--set", "limits.min_devices=16", "--set", "limits.max_devices=16"]) == 0
+
+
+@pytest.mark.parametrize("setting, key, words", [
+    ("search.tp=true", "search.tp", "true is a boolean, not a parallel degree or size"),
+    ("search.tp=0", "search.tp", "0: out of range; allowed: >= 1"),
+    ("search.schedule=foo", "search.schedule", "'foo' is not one of the allowed values (allowed: gpipe, 1f1b, "
+                                               "interleaved)"),
+    ("search.virtual_stages=1", "search.virtual_stages", "1: out of range; allowed: >= 2"),
+    ("search.tp=[true]", "search.tp[0]", "true is a boolean"),   # a list the user wrote: its index
+    ("search.zero=[1, 7]", "search.zero[1]", "7 is not one of the allowed values"),
+])
+def test_an_error_in_one_value_is_named_at_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   setting: str, key: str, words: str) -> None:
+    """`--set search.tp=true` was reported at search.tp[0], a list the user never wrote (a fresh user's report)."""
+    path = _write(tmp_path, GOOD)
+    assert main(["validate", str(path), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"llmsim: error: {path}: {key}: ") and words in err, err
+
+
+@pytest.mark.parametrize("search", [{"schedule": ["foo"]}, {"zero": [7]}, {"schedule": "gpipe"}, {"zero": [1]}])
+def test_a_training_key_in_a_serving_plan_is_named_before_its_values(search: dict[str, Any]) -> None:
+    """`search.schedule: [foo]` in a serving plan was told the schedules a training plan takes, not that a serving
+    plan has no search.schedule (a fresh user's report)."""
+    key = next(iter(search))
+    with pytest.raises(ScenarioError) as info:
+        parse_plan(serving_plan(search=search))
+    assert str(info.value).startswith(f"<plan>: search.{key}: a serving plan searches hardware x dtype x tp x pp")
+    assert "allowed search keys are tp, pp, ep, attention_dp, dtype, disaggregation" in str(info.value)
+
+
+def test_a_null_limit_is_the_limit_left_out(tmp_path: Path) -> None:
+    """`min_devices: null` was refused though `max_power_w: null` is its default (a fresh user's report): every
+    null limit is now the limit left out, its default."""
+    limits = parse_plan({**GOOD, "limits": {"min_devices": None, "max_devices": None, "max_power_w": None,
+                                            "memory_headroom": None}}).limits
+    assert (limits.min_devices, limits.max_devices, limits.max_power_w, limits.memory_headroom) == (1, 4096, None, 0.1)
+    assert main(["validate", str(_write(tmp_path, {**GOOD, "limits": {"min_devices": None}}))]) == 0
+    with pytest.raises(ScenarioError, match="limits.min_devices: 0: out of range"):   # a value still is checked
+        parse_plan({**GOOD, "limits": {"min_devices": 0}})
