@@ -201,7 +201,8 @@ class SearchSpace(_Strict):
     layers and powers of two up to the layers (where they do not divide, the default split and
     Megatron-LM's first/last-stage counts are searched: planner.space.split_candidates); cp = 1, 2, 4, 8
     (1 for decode); dp = divisors of the batch; micro_batch = divisors of the per-replica batch;
-    virtual_stages = 2..4 for interleaved; ep (mixture-of-experts workloads) = the divisors of the routed
+    virtual_stages = 2..4 for interleaved (a stated one: any v >= 2 that forms an interleaved pipeline of the
+    model, planner.narrowing); ep (mixture-of-experts workloads) = the divisors of the routed
     experts, with the expert tensor-parallel size = tp (Megatron-Core's default); dtype = the workload's
     (planner.precisions: the FP8 recipe and which hardware can run it). A serving plan of a mixture of experts
     searches its replicas' expert layouts instead (planner.serve.expert_layouts): ep = 1 and tp (the grid

@@ -25,6 +25,7 @@ from llmsim.engine_options import TRAINING_ONLY_OPTIONS
 from llmsim.planner.config import PlanFile
 from llmsim.planner.explain import (Explanation, describe, fmt_duration, fmt_energy, fmt_usd, latency_name,
                                    sensitivity_rows)
+from llmsim.planner.narrowing import narrowed_axes
 from llmsim.planner.precisions import workload_for
 from llmsim.planner.search import Evaluation, Hardware, Rows, SearchStats
 from llmsim.planner.space import Config
@@ -413,6 +414,8 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
             ("limits", (f"min_devices {plan.limits.min_devices:,}, " if plan.limits.min_devices > 1 else "")
              + f"max_devices {plan.limits.max_devices:,}" + (
                 f", max_power_w {plan.limits.max_power_w:,.0f}" if plan.limits.max_power_w else "")),
+            # a fresh user's report: the header did not say which axes the plan's search narrowed
+            ("search narrowed to", narrowed_axes(plan.search)),
             ("options", options or "none: the cost model's defaults"),
             # trial 41: a plan's absolute figure (176 days) carried no error bar
             ("accuracy", "how close the cost model comes to published runs of this kind: llmsim's docs/validation.md, "
@@ -423,7 +426,7 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
                   top: list[Evaluation], closest: list[Evaluation], stats: SearchStats, hardware: list[Hardware],
                   simulated: bool, figure: Callable[[], bytes]) -> list[Path]:
     """plan.parquet (every row), plan.csv (`compact_frame`), best.yaml (when something is feasible), plan.yaml,
-    figures/pareto.png, plan.md and plan.html. `figure()`: the PNG's bytes (`run.pareto_png`), asked for once the
+    figures/pareto.png (when a configuration was priced), plan.md and plan.html. `figure()`: the PNG's bytes (`run.pareto_png`), asked for once the
     tables are written (run.py draws it meanwhile beside this process: Executor.beside)."""
     from llmsim.report.html import render_html
     from llmsim.report.markdown import render_markdown
@@ -435,11 +438,12 @@ def write_outputs(run_dir: Path, plan: PlanFile, frame: pd.DataFrame, explanatio
         hw = {h.name: h for h in hardware}[top[0].config.hardware]
         write_atomic(run_dir / "best.yaml", best_yaml(plan, top[0], hw))
     write_atomic(run_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False))
-    png = figure()
-    (run_dir / "figures").mkdir(exist_ok=True)
-    (run_dir / "figures" / "pareto.png").write_bytes(png)
-    written.append(run_dir / "figures" / "pareto.png")
-    doc = plan_document(plan, explanation, top, closest, stats, hardware, png, simulated)
+    png = figure()   # b"": no configuration was priced, no point to draw (run.pareto_png); plan.md says so
+    if png:
+        (run_dir / "figures").mkdir(exist_ok=True)
+        (run_dir / "figures" / "pareto.png").write_bytes(png)
+        written.append(run_dir / "figures" / "pareto.png")
+    doc = plan_document(plan, explanation, top, closest, stats, hardware, png or None, simulated)
     write_atomic(run_dir / "plan.md", render_markdown(doc))
     write_atomic(run_dir / "plan.html", render_html(doc))
     written += [run_dir / "plan.md", run_dir / "plan.html"] + ([run_dir / "best.yaml"] if top else [])

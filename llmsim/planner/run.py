@@ -26,6 +26,7 @@ from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchCaches, Sea
                                    sharing_choice, simulate_top)
 from llmsim.planner.profiling import PlanProfile
 from llmsim.planner.serve import Mapper
+from llmsim.planner.narrowing import device_floor_problem, narrowing_notes, pipeline_search_problem
 from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.workload.profile import WorkloadProfile
@@ -78,12 +79,14 @@ def run_plan(plan: PlanFile, catalog: Catalog, out: Path, file: str = "<plan>", 
 
 def check_plan(plan: PlanFile, catalog: Catalog, file: str = "<plan>") -> list[Hardware]:
     """Every check a plan gets before its search (`llmsim plan` and `llmsim validate PLAN.yaml`): its devices and
-    links in the catalog, priceable (check_hardware), its search axes, and a serving plan's expert layouts;
+    links in the catalog, priceable (check_hardware), its search axes one by one and together (narrowing: schedules
+    and virtual stages that form no pipeline, degrees that take more than max_devices), and a serving plan's expert
+    layouts;
     the resolved hardware choices. Raises ScenarioError naming the file and key."""
     check_hardware(plan, catalog, file)
-    axis_problem = search_axis_problem(plan)
-    if axis_problem is not None:
-        raise ScenarioError(file, *axis_problem)
+    for problem in (search_axis_problem(plan), pipeline_search_problem(plan), device_floor_problem(plan)):
+        if problem is not None:
+            raise ScenarioError(file, *problem)
     hardware = resolve_hardware(plan, catalog)
     device_range = device_range_problem(plan, [h.node.devices_per_node for h in hardware])
     if device_range is not None:
@@ -114,7 +117,9 @@ def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]
     """(level, text) of what a plan's reader should know that is not an error, said by `llmsim plan` after its
     table and by `llmsim validate` before any search: an example price, a searched tp beyond a node, float4
     without FP4 tensor cores, a span too short to judge an SLO (a warning), instance counts no unit can use, a
-    precision some hardware cannot run, and a serving-only key (rate_tolerance) in another plan."""
+    precision some hardware cannot run, a serving-only key (rate_tolerance) in another plan, and a search or limit
+    that narrows the plan unexpectedly (narrowing.narrowing_notes: a schedule without a pipeline, a null
+    max_devices)."""
     from llmsim.planner.search import tp_span_notes, weight_only_notes
     from llmsim.planner.serve import short_span_note, unused_counts_note
 
@@ -124,7 +129,8 @@ def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]
         out.append(("note", "rate_tolerance: read by serving plans only (their search over request rates); this "
                             f"{'training' if plan.workload.mode == 'train' else plan.workload.mode} plan does not "
                             f"use it"))
-    out += [("note", note) for note in tp_span_notes(plan, hardware) + weight_only_notes(plan, hardware)]
+    out += [("note", note) for note in tp_span_notes(plan, hardware) + weight_only_notes(plan, hardware)
+            + narrowing_notes(plan)]
     short = short_span_note(plan)
     if short:
         out.append(("warning", short))
@@ -209,7 +215,11 @@ def _search_and_write(plan: PlanFile, hardware: list[Hardware], sharing: Sharing
 def pareto_png(task: ParetoTask) -> bytes:
     """figures/pareto.png's bytes: planner.figure, and matplotlib with it, imported only where this runs (in the
     worker `beside` forks, or here under --executor local). Here, not in planner.report, which planner.figure
-    reads its ParetoTask from: the modules import one way (tests/test_layout.py, no import cycle)."""
+    reads its ParetoTask from: the modules import one way (tests/test_layout.py, no import cycle). b"" when no
+    configuration was priced (every one over memory): no figure is drawn, and plan.md says why (a fresh user's
+    report: an empty pair of axes was drawn)."""
+    if not len(task.points):
+        return b""
     from llmsim.planner.figure import draw_png
 
     return draw_png(task)

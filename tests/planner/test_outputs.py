@@ -496,3 +496,15 @@ def test_a_training_recipe_in_an_inference_plan_is_named_as_not_priced(tmp_path:
                  "--out", str(tmp_path / "out")]) == 0
     run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert "optimizer: foreach (optimizer: not priced, this plan has no optimizer step)" in (run_dir / "plan.md").read_text()
+
+
+def test_a_plan_with_nothing_priced_draws_no_figure(tmp_path: Path) -> None:
+    """Every configuration overflows memory before it is priced: no empty pair of axes in
+    figures/pareto.png (a fresh user's report); plan.md says why the figure is not there."""
+    plan = small_plan(hardware=[{"name": "small-gpu", "usd_per_device_hour": 1.0, "devices_per_node": 4}])
+    outcome = run_plan(plan, small_catalog(4e5), tmp_path)
+    assert outcome.rows and not outcome.top
+    assert not (outcome.run_dir / "figures" / "pareto.png").exists()
+    text = (outcome.run_dir / "plan.md").read_text()
+    assert "Cost against time to goal: not shown — no configuration could be priced." in text
+    assert "**search narrowed to:** cp [1, 2]; virtual_stages [2]" in text

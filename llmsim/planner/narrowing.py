@@ -1,0 +1,148 @@
+"""What a plan's `search` narrowing does beyond one axis at a time: the settings that contradict each other or
+the device limit (errors, checked by planner.run.check_plan before any search), those that are legal but narrow
+the search in a way a reader would not expect (notes, planner.run.plan_notes), and the one line plan.md's header
+gives them (`narrowed_axes`).
+
+The rule for error against note is the one a single axis follows (space.search_axis_problem): a setting none of
+whose values can take effect in any configuration is an error naming its key and what is allowed (a fresh user's
+report: `schedule: [interleaved]` with `virtual_stages: [99]` on 80 layers, or with `pp: [1]`, validated as ok and
+planned without a single interleaved pipeline); a setting that takes effect, only not where the reader expects, or
+that leaves the plan as meaningful without it (an inference plan's virtual stages), is a note.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llmsim.planner.config import PlanFile, SearchSpace
+from llmsim.planner.space import ALL_SCHEDULES, DEFAULT_VIRTUAL_STAGES, default_pp, shape_problem
+
+
+def _listed(values: list) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+def _pipelines(plan: PlanFile) -> list[int]:
+    """The searched pipeline depths that form a pipeline (pp > 1): search.pp, else the defaults."""
+    w = plan.workload
+    return [p for p in (plan.search.pp or default_pp(w.model.layers))
+            if p > 1 and shape_problem(w, 1, p, 1, False, "1f1b", 1) is None]
+
+
+def _no_pipeline(plan: PlanFile) -> str:
+    """Why no configuration of the plan has a pipeline, in the words of the key that says so."""
+    if plan.search.pp:
+        return f"search.pp {_listed(plan.search.pp)} forms no pipeline"
+    return f"a {plan.workload.model.layers}-layer model forms no pipeline"
+
+
+def _interleaves(plan: PlanFile, v: int, pps: list[int]) -> bool:
+    """Whether `v` virtual stages split the model's layers for some searched depth (the scenario's rule,
+    check_strategy_shape: v divides the layers, each stage runs v equal chunks, pp x v <= layers)."""
+    return any(shape_problem(plan.workload, 1, p, 1, False, "interleaved", v) is None for p in pps)
+
+
+def pipeline_search_problem(plan: PlanFile) -> tuple[str, str] | None:
+    """(key, message) when search.schedule and search.virtual_stages (with search.pp and the model's layers) can
+    form none of the pipelines they ask for, else None. Serving plans refuse both keys (config.PlanFile)."""
+    s, w = plan.search, plan.workload
+    if plan.serving is not None or (s.schedule is None and s.virtual_stages is None):
+        return None
+    train = w.mode == "train"
+    pps = _pipelines(plan)
+    if not train:   # inference runs 1f1b: a stated schedule without it forms no pipeline (virtual stages: a note)
+        if s.schedule is not None and "1f1b" not in s.schedule:
+            return "search.schedule", (f"{_listed(s.schedule)}: a {w.mode} plan's pipelines run 1f1b (inference has "
+                                       f"no backward to schedule); allowed: [1f1b], or leave search.schedule out")
+        return None
+    if s.schedule == ["interleaved"] and not pps:
+        return "search.schedule", (f"[interleaved] needs a pipeline (pp > 1), and {_no_pipeline(plan)}; allowed: a "
+                                   f"search.pp with a value above 1, or another schedule")
+    schedules = s.schedule or ALL_SCHEDULES
+    if s.virtual_stages is not None:
+        given = _listed(s.virtual_stages)
+        if "interleaved" not in schedules:
+            return "search.virtual_stages", (f"{given}: virtual stages are the interleaved schedule's, and "
+                                             f"search.schedule is {_listed(s.schedule or [])}; allowed: add "
+                                             f"interleaved to search.schedule, or leave search.virtual_stages out")
+        if not pps:
+            return "search.virtual_stages", (f"{given}: virtual stages split a pipeline's stages, and "
+                                             f"{_no_pipeline(plan)}; allowed: a search.pp with a value above 1, or "
+                                             f"leave search.virtual_stages out")
+    if s.virtual_stages is None and s.schedule != ["interleaved"]:
+        return None
+    stated = s.virtual_stages or list(DEFAULT_VIRTUAL_STAGES)
+    if any(_interleaves(plan, v, pps) for v in stated):
+        return None
+    # the first stated value's problem at the shallowest pipeline searched (the most room for chunks)
+    problem = shape_problem(w, 1, min(pps), 1, False, "interleaved", stated[0]) or ""
+    why = problem.split(": ", 1)[-1].split(" (allowed", 1)[0]
+    usable = [v for v in range(2, w.model.layers + 1) if _interleaves(plan, v, pps)]
+    shown = ", ".join(map(str, usable[:16])) + (", ..." if len(usable) > 16 else "")
+    if s.virtual_stages is not None:
+        return "search.virtual_stages", (f"{_listed(s.virtual_stages)} forms no interleaved pipeline of "
+                                         f"{w.model.layers} layers ({why}); allowed values: "
+                                         f"{shown or 'none (too few layers for 2 chunks per stage)'}")
+    return "search.schedule", (f"[interleaved] forms no pipeline of {w.model.layers} layers with the default "
+                               f"virtual stages {_listed(stated)} ({why}); allowed: "
+                               + (f"search.virtual_stages from {shown}" if usable else
+                                  "gpipe or 1f1b (too few layers for 2 chunks per stage)"))
+
+
+def device_floor_problem(plan: PlanFile) -> tuple[str, str] | None:
+    """(key, message) when the smallest degrees the plan's search states need more devices than
+    limits.max_devices, one axis alone (search.tp: [8] under max_devices 4) or together (tp x pp x cp, with ep
+    inside cp x dp: ep x etp, etp = tp, divides a stage's tp x cp x dp ranks), else None. A serving replica is
+    tp x pp (its ep inside tp). A fresh user's report: validate said ok, and the plan then said why nothing
+    formed."""
+    s, cap = plan.search, plan.limits.max_devices
+    serving = plan.serving is not None
+    axes = ("tp", "pp", "ep") if serving else ("tp", "pp", "cp", "ep")
+    least = {a: min(getattr(s, a)) for a in axes if getattr(s, a)}
+    for axis, n in least.items():
+        if n > cap:
+            return f"search.{axis}", (f"{_listed(getattr(s, axis))} takes at least {n:,} devices, more than "
+                                      f"limits.max_devices={cap:,}; allowed: values up to {cap:,}, or a larger "
+                                      f"limits.max_devices")
+    tp, pp, cp, ep = (least.get(a, 1) for a in ("tp", "pp", "cp", "ep"))
+    floor = tp * pp * (1 if serving else math.lcm(cp, ep))
+    if floor <= cap:
+        return None
+    parts = " x ".join(f"{a} {n}" for a, n in least.items() if n > 1 and not (serving and a == "ep"))
+    what = "a replica, tp x pp" if serving else "tp x pp x cp, with ep inside cp x dp"
+    return "search", (f"the smallest degrees searched ({parts}) take {floor:,} devices ({what}), more than "
+                      f"limits.max_devices={cap:,}; allowed: degrees whose product is at most {cap:,}, or a larger "
+                      f"limits.max_devices")
+
+
+def narrowing_notes(plan: PlanFile) -> list[str]:
+    """What a plan's search or limits narrow that a reader would not expect, and that is no error: virtual stages
+    in an inference plan (a training plan's left in it: not searched), a schedule stated for a plan without a
+    pipeline (it runs none: every configuration is listed 1f1b), and a null max_devices (the default ceiling, not
+    "no limit")."""
+    s, out = plan.search, []
+    if plan.serving is None and plan.workload.mode != "train" and s.virtual_stages is not None:
+        out.append(f"search.virtual_stages {_listed(s.virtual_stages)}: a {plan.workload.mode} plan's pipelines run "
+                   f"1f1b, so virtual stages (the interleaved schedule's, a training schedule) are not searched")
+    if plan.serving is None and s.schedule is not None and s.schedule != ["1f1b"] and not _pipelines(plan):
+        out.append(f"search.schedule {_listed(s.schedule)} narrows the pipelines' schedules, and "
+                   f"{_no_pipeline(plan)}: every configuration runs without one (listed as 1f1b)")
+    if "max_devices" in plan.limits._given_null:
+        out.append(f"limits.max_devices: null is the default, {plan.limits.max_devices:,} devices (a ceiling the "
+                   f"search needs, not 'no limit'); set a number to search beyond it")
+    return out
+
+
+def narrowed_axes(search: SearchSpace) -> str:
+    """plan.md's header line of the search axes the plan narrows, e.g. "tp [4, 8]; schedule [1f1b]"; "none" where
+    it narrows none (every value the model and batch allow)."""
+    parts = []
+    for key in SearchSpace.model_fields:
+        value = getattr(search, key)
+        if value is None:
+            continue
+        if key == "disaggregation":
+            parts.append(f"disaggregation prefill {_listed(value.prefill)}, decode {_listed(value.decode)}")
+        else:
+            parts.append(f"{key} {_listed([str(v).lower() if isinstance(v, bool) else v for v in value])}")
+    return "; ".join(parts) if parts else "none: every value the model and batch allow"
