@@ -221,3 +221,28 @@ def test_a_figure_at_axis_values_near_the_float_limit_draws_without_a_warning() 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert png(fig).startswith(b"\x89PNG")
+
+
+def test_a_figure_becomes_a_palette_png_of_its_size_at_the_reports_dpi_the_same_bytes_each_time() -> None:
+    """raster.png draws into Agg's buffer and quantises it: a palette image of at most PALETTE colours, figsize x
+    DPI pixels (8 x 3 in at 110 dpi: 880 x 330), and the same data gives the same bytes (the committed sample)."""
+    import io
+
+    from matplotlib.figure import Figure as MplFigure
+    from PIL import Image
+
+    from llmsim.report.raster import DPI, PALETTE, png
+
+    def drawn() -> MplFigure:
+        fig = MplFigure(figsize=(8, 3), layout="constrained")
+        ax = fig.add_subplot()
+        for k in range(6):
+            ax.plot(range(40), [k * x for x in range(40)], label=f"series {k}")
+        ax.legend()
+        return fig
+
+    data = png(drawn())
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "P" and image.size == (8 * DPI, 3 * DPI)
+    assert len(image.getcolors(maxcolors=256) or []) <= PALETTE
+    assert png(drawn()) == data
