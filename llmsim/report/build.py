@@ -17,7 +17,7 @@ import pandas as pd
 from llmsim.report import figures as F
 from llmsim.report import tables as T
 from llmsim.report.compare import comparison_document, comparison_frame, run_labels
-from llmsim.report.document import Block, Document, Figure, Paragraph, Section, Table
+from llmsim.report.document import Block, Document, Figure, Paragraph, Point, Section, Table
 from llmsim.report.html import render_html
 from llmsim.report.markdown import FIGURE_DIR, render_markdown
 from llmsim.report.raster import render
@@ -229,8 +229,7 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
         *([Section("Mixture of experts", [experts], "experts")] if (experts := T.experts_table(frame)) else []),
         Section("Modeled vs measured", [figs["parity"]] + _some(T.parity_table(frame)), "parity"),
         *([] if serving_only(frame) else [Section("Pipeline timeline", [figs["gantt"]], "timeline")]),
-        Section("Not run or not fitting", _some(T.not_ok_table(frame)) or [Paragraph("Every case ran.")],
-                "not-run"),
+        Section("Not run or not fitting", _not_run_blocks(run), "not-run"),
         Section("About this run", [Paragraph(
             "Columns and units: docs/results.md of llmsim. All rows, with every column: results.csv and "
             "results.jsonl in this folder; the resolved scenario: scenario.yaml; the machine: "
@@ -240,7 +239,25 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
     ]
     meta = [("scenario", scenario), ("run", run.path.name), ("workload", workload_text(frame, run.scenario)),
             ("environment", environment_text(run.environment))]
-    return Document(f"llmsim run: {scenario}", summarize(frame, capacity), sections, meta)
+    summary = summarize(frame, capacity)
+    left = run.unfinished
+    if left is not None and left.planned is not None:   # right under the row count: "7 result rows: 7 ok."
+        summary.insert(1, Point(left.sentence(run.path)))
+    return Document(f"llmsim run: {scenario}", summary, sections, meta)
+
+
+def _not_run_blocks(run: Run) -> list[Block]:
+    """The "Not run or not fitting" section: the planned cases without a row (a run cut short, with the command
+    that runs them), every skipped, failed and does-not-fit row, and "Every case ran." only when that is known."""
+    left = run.unfinished
+    blocks: list[Block] = [Paragraph(left.sentence(run.path, "listed below"))] if left is not None else []
+    blocks += _some(T.not_ok_table(run.frame, left.cases if left is not None else ()))
+    if blocks:
+        return blocks
+    if run.scenario_problem is not None:   # no planned cases to check the rows against
+        return [Paragraph("No row is skipped, failed or does not fit; whether every planned case has a row cannot "
+                          "be told without the saved scenario.")]
+    return [Paragraph("Every case ran.")]
 
 
 def write_document(doc: Document, folder: Path) -> list[Path]:

@@ -27,6 +27,7 @@ class Run:
     scenario_problem: ScenarioError | None = None  # scenario.yaml missing, damaged or not this run's: its error
     rows_problem: str | None = None  # results.jsonl lines that are not rows (left out of the report): one line
     notes: tuple[str, ...] = ()      # notes.txt: how the cases are priced, as `llmsim run` printed them
+    unfinished: Unfinished | None = None   # planned cases without a row (an interrupted run), when there are any
 
 
     @property
@@ -210,10 +211,79 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     else:
         rows_problem = None
     scenario, problem = read_saved_scenario(run_dir, frame)
+    left = unfinished_cases(run_dir, frame, scenario) if problem is None else None
     notes_file = run_dir / RUN_NOTES
     notes = tuple(line for line in notes_file.read_text(errors="replace").splitlines() if line.strip()) \
         if notes_file.is_file() else ()
-    return Run(run_dir, frame, read_environment(run_dir / "environment.json"), scenario, problem, rows_problem, notes)
+    return Run(run_dir, frame, read_environment(run_dir / "environment.json"), scenario, problem, rows_problem, notes,
+               left)
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """The planned cases of a run that have no row: a run cut short (Ctrl-C, a kill) before every case ran (trial
+    46: its report said 'Every case ran.'). `cases`: (case, backend) in the planned order, or () with `why` when
+    the planned cases could not be worked out from the saved scenario (a backend's plugin absent here)."""
+
+    planned: int | None                     # how many cases the saved scenario plans; None: unknown
+    cases: tuple[tuple[str, str], ...] = ()
+    why: str | None = None                  # why the planned cases are unknown
+    idle_backends: tuple[str, ...] = ()     # backends with planned cases but no row at all
+
+    def resume_command(self, run_dir: Path) -> str:
+        """The `llmsim run` command that runs the cases left: the run's own saved scenario (every --set of the run
+        is in it, its paths absolute) resumed into the folder, as `--resume` accepts it."""
+        import shlex
+
+        return shlex.join(["llmsim", "run", str(run_dir / SCENARIO_FILE), "--resume", str(run_dir)])
+
+    def sentence(self, run_dir: Path, where: str = "listed under Not run or not fitting") -> str:
+        """'The run was cut short: 3 of 10 planned cases have no row (listed under Not run or not fitting); run them
+        with: `llmsim run RUN/scenario.yaml --resume RUN`.'"""
+        command = f"`{self.resume_command(run_dir)}`"
+        if self.planned is None:
+            return (f"The saved scenario's planned cases cannot be worked out here ({self.why}), so whether every "
+                    f"case ran is unknown; a run cut short continues with: {command}")
+        idle = ""
+        if self.idle_backends:
+            names = ", ".join(self.idle_backends)
+            idle = (f" No case of {names} has a row: if the run was started with --backend leaving "
+                    f"{'it' if len(self.idle_backends) == 1 else 'them'} out, add the run's --backend options "
+                    f"to the command.")
+        return (f"The run was cut short: {len(self.cases)} of {count(self.planned, 'planned case')} "
+                f"{'has' if len(self.cases) == 1 else 'have'} no row ({where}); run "
+                f"{'it' if len(self.cases) == 1 else 'them'} with: {command}.{idle}")
+
+
+def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any]) -> Unfinished | None:
+    """The saved scenario's planned cases (as `llmsim run` and `--resume` plan them) that have no row in `frame`,
+    or None when every planned case has one. Planning needs the scenario's backends (plugins) and hardware files:
+    where that fails, an Unfinished with `planned` None and the reason."""
+    try:
+        from llmsim.config import parse_scenario
+        from llmsim.plugins import get_plugin_manager
+        from llmsim.registry import BackendRegistry
+        from llmsim.runner import build_catalog, plan_cases
+
+        file = str(run_dir / SCENARIO_FILE)
+        parsed = parse_scenario(scenario, file)
+        manager = get_plugin_manager()
+        registry = BackendRegistry.from_manager(manager)
+        catalog = build_catalog(parsed, run_dir, manager, file)
+        planned = [(item.case.name, item.backend.name) for item in
+                   plan_cases(parsed, registry, file, None, run_dir, catalog)]
+    except ScenarioError as exc:
+        return Unfinished(None, why=one_line(exc.message))
+    except Exception as exc:  # noqa: BLE001 - a plugin that breaks must not take the report with it
+        return Unfinished(None, why=one_line(f"{type(exc).__name__}: {exc}"))
+    done = ({(str(c), str(b)) for c, b in zip(frame["case"], frame["backend"])}
+            if {"case", "backend"} <= set(frame.columns) else set())
+    left = tuple(key for key in planned if key not in done)
+    if not left:
+        return None
+    ran = {b for _, b in done}
+    idle = tuple(dict.fromkeys(b for _, b in left if b not in ran))
+    return Unfinished(len(planned), left, idle_backends=idle)
 
 
 def catalog_capacity() -> dict[str, float]:

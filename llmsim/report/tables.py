@@ -7,6 +7,7 @@ sortable HTML table orders 950 ms before 1.2 s.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -188,14 +189,21 @@ def experts_table(frame: pd.DataFrame) -> Table | None:
                          "the cost model assumed).")
 
 
-def not_ok_table(frame: pd.DataFrame) -> Table | None:
-    """Every skipped, failed or does-not-fit row with its reason: nothing silently disappears."""
+NOT_RUN = "not run"
+NOT_RUN_REASON = "no row: the run was cut short (Ctrl-C or a kill) before this case finished"
+
+
+def not_ok_table(frame: pd.DataFrame, unfinished: Sequence[tuple[str, str]] = ()) -> Table | None:
+    """Every skipped, failed or does-not-fit row with its reason, then every planned case without a row
+    (`unfinished`: (case, backend) of a run cut short, status NOT_RUN): nothing silently disappears."""
     bad = frame[frame["status"] != "ok"]
-    if bad.empty:
+    if bad.empty and not unfinished:
         return None
     rows = [[cell(r["case"], "text"), cell(r["backend"], "text"), cell(r["status"], "text"),
              Cell(str(r["error"]) if not missing(r["error"]) and r["error"] is not None else "(no reason given)")]
             for _, r in bad.iterrows()]
+    rows += [[cell(case, "text"), cell(backend, "text"), cell(NOT_RUN, "text"), Cell(NOT_RUN_REASON)]
+             for case, backend in unfinished]
     return Table(["case", "backend", "status", "reason"], rows, [False] * 4)
 
 
