@@ -15,11 +15,15 @@ from __future__ import annotations
 import math
 
 from llmsim.planner.config import PlanFile, SearchSpace
-from llmsim.planner.space import ALL_SCHEDULES, DEFAULT_VIRTUAL_STAGES, default_pp, shape_problem
+from llmsim.planner.space import (ALL_SCHEDULES, DEFAULT_CP, DEFAULT_VIRTUAL_STAGES, _divisors, default_pp,
+                                  shape_problem, shown_values)
+
+SELECTIVE_IS_NONE = ("with the flash-attention kernel the planner prices, selective recompute keeps and recomputes "
+                     "what none does (only the s x s scores, which flash never stores)")
 
 
 def _listed(values: list) -> str:
-    return "[" + ", ".join(str(v) for v in values) + "]"
+    return "[" + ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values) + "]"
 
 
 def _pipelines(plan: PlanFile) -> list[int]:
@@ -73,7 +77,7 @@ def pipeline_search_problem(plan: PlanFile) -> tuple[str, str] | None:
         return None
     stated = s.virtual_stages or list(DEFAULT_VIRTUAL_STAGES)
     if any(_interleaves(plan, v, pps) for v in stated):
-        return None
+        return _interleaved_count_problem(plan, [p for p in pps if any(_interleaves(plan, v, [p]) for v in stated)])
     # the first stated value's problem at the shallowest pipeline searched (the most room for chunks)
     problem = shape_problem(w, 1, min(pps), 1, False, "interleaved", stated[0]) or ""
     why = problem.split(": ", 1)[-1].split(" (allowed", 1)[0]
@@ -87,6 +91,83 @@ def pipeline_search_problem(plan: PlanFile) -> tuple[str, str] | None:
                                f"virtual stages {_listed(stated)} ({why}); allowed: "
                                + (f"search.virtual_stages from {shown}" if usable else
                                   "gpipe or 1f1b (too few layers for 2 chunks per stage)"))
+
+
+def _microbatch_counts(plan: PlanFile) -> set[int]:
+    """The micro-batch counts the plan's search can form: batch / (dp x micro_batch), over search.dp and
+    search.micro_batch (each default: every divisor)."""
+    batch, s = plan.workload.batch, plan.search
+    dps = [d for d in (s.dp or _divisors(batch)) if batch % d == 0]
+    return {batch // (d * m) for d in dps for m in (s.micro_batch or _divisors(batch // d)) if (batch // d) % m == 0}
+
+
+def _interleaved_count_problem(plan: PlanFile, pps: list[int]) -> tuple[str, str] | None:
+    """(key, message) when the interleaved pipelines asked for (schedule [interleaved], or stated virtual stages)
+    have no micro-batch count that is a multiple of their depth at any of `pps` (the scenario's rule,
+    resolve_layout: interleaved needs the micro-batches a multiple of pp; docs/scenario.md), else None. Trial 46:
+    pp [7] interleaved on a batch of 1,024 (counts are powers of two) validated as ok and then planned nothing."""
+    s, w = plan.search, plan.workload
+    counts = _microbatch_counts(plan)
+    if not pps or any(m % p == 0 for p in pps for m in counts):
+        return None
+    key = "search.schedule" if s.schedule == ["interleaved"] else "search.virtual_stages"
+    if key == "search.virtual_stages" and s.virtual_stages is None:
+        return None
+    given = _listed(s.schedule if key == "search.schedule" else s.virtual_stages)
+    stated = s.virtual_stages or list(DEFAULT_VIRTUAL_STAGES)
+    usable = [p for p in default_pp(w.model.layers) if p > 1 and any(m % p == 0 for m in counts)
+              and any(_interleaves(plan, v, [p]) for v in stated)]
+    narrowed = " and ".join(k for k in ("search.dp", "search.micro_batch") if getattr(s, k.split(".")[1]))
+    return key, (f"{given}: an interleaved pipeline needs a micro-batch count that is a multiple of pp, and no count "
+                 f"the batch {w.batch:,} forms{f' with {narrowed}' if narrowed else ''} "
+                 f"({shown_values(sorted(counts))}) is a multiple of search.pp {_listed(s.pp or pps)}; allowed: "
+                 + (f"search.pp from {shown_values(usable)}" if usable else "a batch with such a count")
+                 + ", or another schedule")
+
+
+def search_value_problem(plan: PlanFile) -> tuple[str, str] | None:
+    """(key, message) when a search axis's values can take effect in no configuration because of the plan's mode
+    or another axis, else None: an inference plan's search.zero without 0 or search.recompute without none (it
+    runs ZeRO-0 without recompute, as its search.schedule runs 1f1b), search.sp [true] with search.tp [1]
+    (sequence parallelism splits the tensor-parallel group's activations). Serving plans refuse these keys."""
+    s, w = plan.search, plan.workload
+    if plan.serving is not None:
+        return None
+    if w.mode != "train":
+        if s.zero is not None and 0 not in s.zero:
+            return "search.zero", (f"{_listed(s.zero)}: a {w.mode} plan runs ZeRO-0 (inference keeps no gradients "
+                                   f"or optimizer state to shard); allowed: [0], or leave search.zero out")
+        if s.recompute is not None and not {"none", "selective"} & set(s.recompute):
+            return "search.recompute", (f"{_listed(s.recompute)}: a {w.mode} plan runs without recompute (inference "
+                                        f"has no backward to recompute for); allowed: [none], or leave "
+                                        f"search.recompute out")
+    if s.sp == [True] and s.tp is not None and max(s.tp) == 1:
+        return "search.sp", (f"[true]: sequence parallelism splits the tensor-parallel group's activations and needs "
+                             f"tp > 1, and search.tp is {_listed(s.tp)}; allowed: a search.tp with a value above 1, "
+                             f"or search.sp [false]")
+    return None
+
+
+def device_ceiling_problem(plan: PlanFile) -> tuple[str, str] | None:
+    """(key, message) when the largest degrees the plan's search can form take fewer devices than
+    limits.min_devices, else None: known where search.tp is stated (its default follows each hardware choice's
+    node); pp, cp and dp are their stated values or defaults (every divisor of the batch for dp). A serving plan
+    searches replicas, so it has no ceiling. Trial 46: tp, pp, cp, dp [1] with min_devices 2 validated as ok."""
+    s, w, floor = plan.search, plan.workload, plan.limits.min_devices
+    if plan.serving is not None or s.tp is None or floor <= 1:
+        return None
+    most = {"tp": max(s.tp), "pp": max(s.pp or default_pp(w.model.layers)),
+            "cp": max(s.cp or ([1] if w.mode == "decode" else DEFAULT_CP)),
+            "dp": max(d for d in (s.dp or [w.batch]) if w.batch % d == 0) if any(
+                w.batch % d == 0 for d in (s.dp or [w.batch])) else 1}
+    ceiling = math.prod(most.values())
+    if ceiling >= floor:
+        return None
+    parts = " x ".join(f"{a} {n}" for a, n in most.items())
+    narrow = [f"search.{a}" for a in most if getattr(s, a) is not None]
+    return "limits.min_devices", (f"{floor:,} is more than the largest degrees searched form ({parts}: {ceiling:,} "
+                                  f"device{'s' if ceiling > 1 else ''}, tp x pp x cp x dp); allowed: min_devices up to {ceiling:,}, or larger "
+                                  f"values in {', '.join(narrow)}")
 
 
 def device_floor_problem(plan: PlanFile) -> tuple[str, str] | None:
@@ -127,6 +208,22 @@ def narrowing_notes(plan: PlanFile) -> list[str]:
     if plan.serving is None and s.schedule is not None and s.schedule != ["1f1b"] and not _pipelines(plan):
         out.append(f"search.schedule {_listed(s.schedule)} narrows the pipelines' schedules, and "
                    f"{_no_pipeline(plan)}: every configuration runs without one (listed as 1f1b)")
+    if plan.serving is None and s.recompute is not None and "selective" in s.recompute:
+        out.append(f"search.recompute {_listed(s.recompute)}: {SELECTIVE_IS_NONE}, so selective is searched as "
+                   f"none (configurations listed with recompute none)")
+    if plan.serving is None and plan.workload.mode != "train":
+        mode = plan.workload.mode
+        if s.zero is not None and s.zero != [0] and 0 in s.zero:
+            out.append(f"search.zero {_listed(s.zero)}: a {mode} plan runs ZeRO-0 (no gradients or optimizer state "
+                       f"to shard), so only 0 is searched")
+        if s.recompute is not None and set(s.recompute) - {"none", "selective"} and {"none", "selective"} & set(
+                s.recompute):
+            out.append(f"search.recompute {_listed(s.recompute)}: a {mode} plan runs without recompute (no "
+                       f"backward), so only none is searched")
+    if plan.serving is None and s.sp is not None and True in s.sp and False in s.sp and s.tp is not None \
+            and max(s.tp) == 1:
+        out.append(f"search.sp [true, false]: sequence parallelism needs tp > 1, and search.tp is {_listed(s.tp)}: "
+                   f"only sp false is searched")
     if "max_devices" in plan.limits._given_null:
         out.append(f"limits.max_devices: null is the default, {plan.limits.max_devices:,} devices (a ceiling the "
                    f"search needs, not 'no limit'); set a number to search beyond it")

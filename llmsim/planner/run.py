@@ -26,7 +26,8 @@ from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchCaches, Sea
                                    sharing_choice, simulate_top)
 from llmsim.planner.profiling import PlanProfile
 from llmsim.planner.serve import Mapper
-from llmsim.planner.narrowing import device_floor_problem, narrowing_notes, pipeline_search_problem
+from llmsim.planner.narrowing import (device_ceiling_problem, device_floor_problem, narrowing_notes,
+                                     pipeline_search_problem, search_value_problem)
 from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.workload.profile import WorkloadProfile
@@ -84,7 +85,8 @@ def check_plan(plan: PlanFile, catalog: Catalog, file: str = "<plan>") -> list[H
     layouts;
     the resolved hardware choices. Raises ScenarioError naming the file and key."""
     check_hardware(plan, catalog, file)
-    for problem in (search_axis_problem(plan), pipeline_search_problem(plan), device_floor_problem(plan)):
+    for problem in (search_axis_problem(plan), search_value_problem(plan), pipeline_search_problem(plan),
+                    device_floor_problem(plan), device_ceiling_problem(plan)):
         if problem is not None:
             raise ScenarioError(file, *problem)
     hardware = resolve_hardware(plan, catalog)

@@ -276,13 +276,21 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
         dp=pick(s.dp, _divisors(w.batch)),
         zero=pick(s.zero, [0, 1, 2, 3] if train else [0]),
         micro_batch=pick(s.micro_batch, []) if s.micro_batch is not None else None,
-        recompute=tuple(r for r in ALL_RECOMPUTE
-                        if r in (s.recompute or (("none", "selective-op", "full") if train else ["none"]))),
+        recompute=tuple(r for r in ALL_RECOMPUTE if r in searched_recompute(s.recompute, train)),
         schedule=tuple(x for x in ALL_SCHEDULES if x in (s.schedule or (ALL_SCHEDULES if train else ["1f1b"]))),
         virtual_stages=pick(s.virtual_stages, DEFAULT_VIRTUAL_STAGES),
         sp=pick(s.sp, [False, True]),
         ep=pick(s.ep, default_ep(w)) if w.model.moe is not None else (1,),
     )
+
+
+def searched_recompute(given: list[str] | None, train: bool) -> tuple[str, ...]:
+    """The recompute modes searched for search.recompute `given` (None: the default): selective stands for none, the
+    configuration it prices as (duplicate_problem: under the flash-attention kernel the planner prices it keeps and
+    recomputes what none does), so `[selective]` searches none rather than nothing (trial 46)."""
+    if given is None:
+        return ("none", "selective-op", "full") if train else ("none",)
+    return tuple(dict.fromkeys("none" if r == "selective" else r for r in given))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -584,6 +592,14 @@ def members(plan: PlanFile, g: Group, axes: Axes) -> Iterator[Config]:
     """The valid configurations of one group."""
     for chain in chains(plan, g, axes):
         yield from chain
+
+
+def shown_values(values: list[int], most: int = 16) -> str:
+    """`values` for a message: all of them, or the first ones, "...", and the last, so that a cut list says how far
+    it goes ("1, 2, 4, ..., 1024 (24 values)")."""
+    if len(values) <= most:
+        return ", ".join(map(str, values))
+    return f"{', '.join(map(str, values[:most - 1]))}, ..., {values[-1]} ({len(values)} values)"
 
 
 def _axis_problem(w: Workload, axis: str, value: int) -> str | None:

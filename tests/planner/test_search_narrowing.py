@@ -72,6 +72,30 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
      "the smallest degrees searched (tp 2 x pp 2) take 4 devices (tp x pp x cp, with ep inside cp x dp), more than "
      "limits.max_devices=2"),
     ({"search": {"cp": [2], "pp": [2]}, "limits": {"max_devices": 2}}, "search", "(pp 2 x cp 2) take 4 devices"),
+    # trial 46: an inference plan runs ZeRO-0 without recompute, as its schedule is 1f1b
+    ({**DECODE, "search": {"zero": [3]}}, "search.zero",
+     "[3]: a decode plan runs ZeRO-0 (inference keeps no gradients or optimizer state to shard); allowed: [0], or "
+     "leave search.zero out"),
+    ({**DECODE, "search": {"recompute": ["full"]}}, "search.recompute",
+     "[full]: a decode plan runs without recompute (inference has no backward to recompute for); allowed: [none]"),
+    ({"workload": {**DECODE["workload"], "mode": "prefill"}, "goal": DECODE["goal"], "search": {"zero": [1, 2]}},
+     "search.zero", "[1, 2]: a prefill plan runs ZeRO-0"),
+    # interleaved needs a micro-batch count that is a multiple of pp: batch 8 forms 1, 2, 4, 8, never one of 3
+    ({"workload": _layers(12), "search": {"pp": [3], "schedule": ["interleaved"]}}, "search.schedule",
+     "[interleaved]: an interleaved pipeline needs a micro-batch count that is a multiple of pp, and no count the "
+     "batch 8 forms (1, 2, 4, 8) is a multiple of search.pp [3]; allowed: search.pp from 2, 4, or another schedule"),
+    ({"workload": _layers(12), "search": {"pp": [3], "schedule": ["1f1b", "interleaved"], "virtual_stages": [2]}},
+     "search.virtual_stages", "[2]: an interleaved pipeline needs a micro-batch count that is a multiple of pp"),
+    # sequence parallelism needs tp > 1
+    ({"search": {"sp": [True], "tp": [1]}}, "search.sp",
+     "[true]: sequence parallelism splits the tensor-parallel group's activations and needs tp > 1, and search.tp is "
+     "[1]; allowed: a search.tp with a value above 1, or search.sp [false]"),
+    # the largest degrees searched take fewer devices than min_devices
+    ({"search": {"tp": [1], "pp": [1], "cp": [1], "dp": [1]}, "limits": {"min_devices": 2}}, "limits.min_devices",
+     "2 is more than the largest degrees searched form (tp 1 x pp 1 x cp 1 x dp 1: 1 device, tp x pp x cp x dp); "
+     "allowed: min_devices up to 1, or larger values in search.tp, search.pp, search.cp, search.dp"),
+    ({"search": {"tp": [2], "pp": [1], "cp": [1]}, "limits": {"min_devices": 32, "max_devices": 64}},
+     "limits.min_devices", "(tp 2 x pp 1 x cp 1 x dp 8: 16 devices"),   # dp not narrowed: up to the batch
 ])
 def test_conflicting_search_settings_are_refused_by_validate_and_plan(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], key: str, words: str) -> None:
@@ -153,3 +177,32 @@ def test_a_null_max_devices_is_a_note(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["validate", str(path), "--set", "limits.max_devices=null"]) == 0
     assert (f"llmsim: note: {path}: limits.max_devices: null is the default, 4,096 devices (a ceiling the search "
             f"needs, not 'no limit'); set a number to search beyond it") in capsys.readouterr().err
+
+
+def test_selective_recompute_is_searched_as_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 46: `recompute: [selective]` left nothing (selective is a duplicate of none, docs/planning.md): it is
+    searched as none, and validate says so."""
+    from llmsim.planner.space import axes_of
+    assert axes_of(parse_plan({**GOOD, "search": {"recompute": ["selective"]}}), 8).recompute == ("none",)
+    assert axes_of(parse_plan({**GOOD, "search": {"recompute": ["selective", "full"]}}), 8).recompute == ("none", "full")
+    path = _write(tmp_path, {**GOOD, "search": {"recompute": ["selective"]}})
+    assert main(["validate", str(path)]) == 0
+    assert (f"llmsim: note: {path}: search.recompute [selective]: with the flash-attention kernel the planner prices, "
+            f"selective recompute keeps and recomputes what none does (only the s x s scores, which flash never "
+            f"stores), so selective is searched as none (configurations listed with recompute none)"
+            ) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, note", [
+    ({**DECODE, "search": {"zero": [0, 3]}}, "search.zero [0, 3]: a decode plan runs ZeRO-0 (no gradients or "
+                                             "optimizer state to shard), so only 0 is searched"),
+    ({**DECODE, "search": {"recompute": ["none", "full"]}}, "search.recompute [none, full]: a decode plan runs "
+                                                           "without recompute (no backward), so only none is searched"),
+    ({"search": {"sp": [True, False], "tp": [1]}}, "search.sp [true, false]: sequence parallelism needs tp > 1, and "
+                                                   "search.tp is [1]: only sp false is searched"),
+])
+def test_values_that_take_effect_only_in_part_are_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        change: dict[str, Any], note: str) -> None:
+    path = _write(tmp_path, {**GOOD, **change})
+    assert main(["validate", str(path)]) == 0
+    assert f"llmsim: note: {path}: {note}" in capsys.readouterr().err
