@@ -406,13 +406,53 @@ def _span_kind(span: Span) -> str:
 KIND_COLORS = {"forward": "#4C72B0", "backward": "#55A868", "communication": "#DD8452", "optimizer": "#8172B3"}
 
 
+def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key reading the numbers in `text` as numbers: 'stage 2' before 'stage 10' (trial 46: lanes sorted as
+    text read stage 0, 1, 10, 11, 2, ...)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+
+
+def _lane_group(lane: str) -> str:
+    """The device or stage a lane belongs to: its process name ('stage 3' of 'stage 3 / compute')."""
+    return lane.split(" / ", 1)[0]
+
+
+def gantt_lanes(spans: list[Span], max_lanes: int = 32) -> tuple[list[str], str | None]:
+    """The lanes the Gantt chart draws, in natural order (stage 2 before stage 10), and, when there are more than
+    `max_lanes`, a note of what was cut: whole devices/stages are kept (the first ones, in order), never part of one
+    unless the first alone has more lanes than that."""
+    lanes = sorted(dict.fromkeys(s.lane for s in spans), key=natural_key)
+    if len(lanes) <= max_lanes:
+        return lanes, None
+    groups = list(dict.fromkeys(_lane_group(lane) for lane in lanes))
+    kept: list[str] = []
+    shown_groups = 0
+    for group in groups:
+        members = [lane for lane in lanes if _lane_group(lane) == group]
+        if len(kept) + len(members) > max_lanes:
+            if not kept:   # one device with more lanes than fit: its first lanes
+                kept, shown_groups = members[:max_lanes], 1
+            break
+        kept += members
+        shown_groups += 1
+    def span(names: list[str]) -> str:
+        return names[0] if len(names) == 1 else f"{names[0]} to {names[-1]}"
+
+    shown, left = groups[:shown_groups], groups[shown_groups:]
+    partly = "" if sum(_lane_group(lane) in shown for lane in lanes) == len(kept) else f" (its first {len(kept)})"
+    said = f"; {span(left)} left out" if left else ""
+    return kept, f"{len(kept)} of {len(lanes)} lanes shown: {span(shown)}{partly}{said}"
+
+
 def gantt(spans: list[Span], max_lanes: int = 32, case: str | None = None) -> tuple[Figure, Axes]:
     """Timeline of one pipeline replica from a cluster trace: one lane per device/stream, idle = bubble.
-    `case` ('pp4 on cluster') titles the figure; the legend sits below the lanes, never over them."""
+    `case` ('pp4 on cluster') titles the figure; the legend sits below the lanes, never over them. Lanes are in
+    natural order; beyond `max_lanes` whole devices/stages are left out and the title says how many lanes of how many
+    are shown (gantt_lanes)."""
     spans = replica_spans(spans)
     if not spans:
         raise NoData("the trace has no complete events")
-    lanes = list(dict.fromkeys(s.lane for s in sorted(spans, key=lambda s: s.lane)))[:max_lanes]
+    lanes, cut = gantt_lanes(spans, max_lanes)
     index = {lane: i for i, lane in enumerate(lanes)}
     t0 = min(s.start_s for s in spans)
     fig, axes = new_figure(10, 1.2 + 0.35 * len(lanes))
@@ -435,8 +475,9 @@ def gantt(spans: list[Span], max_lanes: int = 32, case: str | None = None) -> tu
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v) if v else "0"))
     ax.set_xlabel("time from the first event (white gaps within a lane are idle: the pipeline bubble)")
     ax.grid(axis="x", alpha=0.3)
-    if case:
-        ax.set_title(f"{case}: one pipeline replica", fontsize=10, loc="left")
+    title = "\n".join(x for x in (f"{case}: one pipeline replica" if case else "", cut or "") if x)
+    if title:
+        ax.set_title(title, fontsize=10, loc="left")
     fig.legend(fontsize=9, loc="outside lower center", ncols=min(len(seen), 6), frameon=False)
     return fig, ax
 

@@ -246,3 +246,27 @@ def test_a_figure_becomes_a_palette_png_of_its_size_at_the_reports_dpi_the_same_
     assert image.mode == "P" and image.size == (8 * DPI, 3 * DPI)
     assert len(image.getcolors(maxcolors=256) or []) <= PALETTE
     assert png(drawn()) == data
+
+
+def _stage_spans(stages: int, lanes: tuple[str, ...] = ("compute", "comm", "p2p")) -> list:
+    from llmsim.report.trace import Span
+
+    return [Span(lane=f"stage {s} / {lane}", name="F0", category="forward", start_s=s * 1e-3, dur_s=5e-4)
+            for s in range(stages) for lane in lanes]
+
+
+def test_the_gantt_orders_lanes_naturally_and_keeps_every_stage_when_they_fit() -> None:
+    """Trial 46: pp 12 read stage 0, 1, 10, 11, 2, ... (lanes sorted as text)."""
+    fig, ax = F.gantt(_stage_spans(12, ("compute",)), case="pp12 on cluster")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [f"stage {s} / compute" for s in range(12)]
+    assert ax.get_title(loc="left") == "pp12 on cluster: one pipeline replica"
+
+
+def test_the_gantt_cuts_whole_stages_and_says_how_many_lanes_it_shows() -> None:
+    """Trial 46: 12 stages x 3 lanes were cut at 32 lanes as text (stage 9 gone, no word of it)."""
+    fig, ax = F.gantt(_stage_spans(12), case="pp12 on cluster")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [f"stage {s} / {lane}" for s in range(10) for lane in ("comm", "compute", "p2p")]
+    assert ax.get_title(loc="left") == ("pp12 on cluster: one pipeline replica\n30 of 36 lanes shown: stage 0 to "
+                                        "stage 9; stage 10 to stage 11 left out")
