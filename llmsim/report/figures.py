@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
 from llmsim.report.frames import any_value, has_value, ok_rows
 from llmsim.report.trace import Span, replica_spans
@@ -177,6 +177,22 @@ def _curves(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return curves
 
 
+MAX_DEVICE_TICKS = 12   # device counts of the scaling figure labelled one by one (beyond: powers of 2)
+MIN_LOG_TICKS = 3       # labelled ticks a log axis gets at least, however narrow its span
+
+
+def log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Major ticks of a log axis spanning lo..hi: 1, 2, 5 per decade, else 1 to 9 per decade, else (a span under
+    a factor of about 2) evenly spaced values, whichever first puts MIN_LOG_TICKS within the span (trial 46: 40 to
+    120 s was labelled at 50 s and 100 s only)."""
+    for subs in ((1.0, 2.0, 5.0), tuple(float(k) for k in range(1, 10))):
+        locator = LogLocator(subs=subs)
+        if sum(lo <= t <= hi for t in locator.tick_values(lo, hi)) >= MIN_LOG_TICKS:
+            axis.set_major_locator(locator)
+            return
+    axis.set_major_locator(MaxNLocator(nbins=4))
+
+
 def scaling(frame: pd.DataFrame) -> tuple[Figure, Any]:
     """Step time against devices with the ideal T = m·C/n (dashed), and the scaling efficiency."""
     rows = ok_rows(frame, "step_time_s")
@@ -198,13 +214,18 @@ def scaling(frame: pd.DataFrame) -> tuple[Figure, Any]:
         if has_value(eff).any():
             ax_e.plot(n, [100 * _num(v) for v in eff], "o-", color=color, label=label)
     ax_t.plot([], [], "--", color="gray", label="ideal m·C/n (same colour)")
+    counts = sorted({int(v) for _, g in curves for v in g["n_devices"]})
     for ax in (ax_t, ax_e):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("devices n")
         ax.grid(alpha=0.3, which="both")
+        if len(counts) <= MAX_DEVICE_TICKS:   # a tick at each count drawn (trial 46: 96 and 192 showed only "128")
+            ax.xaxis.set_major_locator(FixedLocator(counts))
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_t.set_yscale("log")
-    ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    log_ticks(ax_t.yaxis, *ax_t.get_ylim())
+    ax_t.set_ylim(*ax_t.get_ylim())
     ax_t.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_seconds(v)))
     ax_t.yaxis.set_minor_formatter(NullFormatter())
     ax_t.set_ylabel("step time")

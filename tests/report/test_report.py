@@ -270,3 +270,18 @@ def test_the_gantt_cuts_whole_stages_and_says_how_many_lanes_it_shows() -> None:
     assert labels == [f"stage {s} / {lane}" for s in range(10) for lane in ("comm", "compute", "p2p")]
     assert ax.get_title(loc="left") == ("pp12 on cluster: one pipeline replica\n30 of 36 lanes shown: stage 0 to "
                                         "stage 9; stage 10 to stage 11 left out")
+
+
+def test_the_scaling_figure_labels_each_device_count_it_plots_and_enough_step_times() -> None:
+    """Trial 46: points at 96 and 192 devices had one x tick, '128'; 40 to 120 s was labelled at 50 s and 100 s."""
+    frame = pd.DataFrame([r.model_dump() for r in [
+        row("dp@n=96", strategy="dp", n=96, step=120.0), row("dp@n=192", strategy="dp", n=192, step=70.0, ideal=60.0),
+        row("tp@n=96", strategy="tp", n=96, step=110.0), row("tp@n=192", strategy="tp", n=192, step=80.0, ideal=55.0)]])
+    fig, (ax_t, ax_e) = F.scaling(frame)
+    fig.canvas.draw()
+    for ax in (ax_t, ax_e):
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert labels == ["96", "192"]
+    lo, hi = ax_t.get_ylim()
+    shown = [t for t in ax_t.get_yticklabels() if t.get_text() and lo <= t.get_position()[1] <= hi]
+    assert len(shown) >= 3
