@@ -6,6 +6,8 @@ optional column at all; every report module selects rows through these helpers i
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from llmsim.report.units import missing
@@ -31,3 +33,10 @@ def ok_rows(frame: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
     if column is not None:
         mask &= any_value(frame, [column])
     return frame[mask]
+
+
+def one_thread(row: Any) -> bool:
+    """The row's case ran with one intra-op thread (the cpu backend's `threads` column: per process), so that
+    "rerun with `threads: 1`" is advice it already followed (trial 46). A row without the column: unknown, False."""
+    value = row.get("threads")
+    return not missing(value) and not isinstance(value, str) and float(value) == 1

@@ -18,7 +18,7 @@ from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.report.document import Point
 from llmsim.report.figures import (BREAKDOWN, CROSS_HARDWARE, by_backend, device_capacity, panel_title,
                                    parity_pairs)
-from llmsim.report.frames import ok_rows
+from llmsim.report.frames import ok_rows, one_thread
 from llmsim.report.metrics import noise, spread
 from llmsim.report.units import fmt_bytes, fmt_joules, fmt_percent, fmt_rate, fmt_seconds, missing
 from llmsim.wording import count
@@ -240,8 +240,9 @@ def _busy_cases(ok: pd.DataFrame) -> list[str]:
             if not missing(r.get("host_load_per_core")) and float(r["host_load_per_core"]) > BUSY_LOAD_PER_CORE]
 
 
-def _superlinear(ok: pd.DataFrame) -> list[tuple[str, str, float, int]]:
-    """(case, one-device case, speed-up, device ratio) where a measured case on n devices is more than SUPERLINEAR x
+def _superlinear(ok: pd.DataFrame) -> list[tuple[str, str, float, int, bool]]:
+    """(case, one-device case, speed-up, device ratio, whether the one-device case ran one thread) where a measured
+    case on n devices is more than SUPERLINEAR x
     n times faster than the fastest measured one-device case on the same hardware: that speed-up is not the
     strategy's. Seen here: moe-cpu's `single` at 6.3 s per step against dp2's 85 ms on a loaded 2-core host (its
     2 OpenMP threads spin-waiting for cores), 78 ms with `threads: 1` (trial of 2026-12-01)."""
@@ -259,7 +260,7 @@ def _superlinear(ok: pd.DataFrame) -> list[tuple[str, str, float, int]]:
             ratio = float(r["tokens_per_s"]) / float(base["tokens_per_s"])
             devices = int(_f(r["n_devices"]))
             if ratio > SUPERLINEAR * devices:
-                out.append((str(r["case"]), str(base["case"]), ratio, devices))
+                out.append((str(r["case"]), str(base["case"]), ratio, devices, one_thread(base)))
     return out
 
 
@@ -284,14 +285,19 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
                      f"timed steps (steps:) or a quieter machine would.")
         busy = _busy_cases(ok)
         if busy:
+            # `threads: 1` only where a busy case ran more threads (or an unknown number): not advice it followed
+            threaded = any(not one_thread(r) for _, r in ok[ok["case"].astype(str).isin(busy)].iterrows())
             head += (f" {', '.join(busy)} {'was' if len(busy) == 1 else 'were'} timed while the host was busy "
                      f"(load above {BUSY_LOAD_PER_CORE:g} per core): other processes took cores from "
                      f"{'it' if len(busy) == 1 else 'them'}, so this ranking may not hold on a quiet host; rerun "
-                     f"there, or with `threads: 1`.")
-        for case, single, ratio, devices in _superlinear(ok):
+                     + ("there, or with `threads: 1`." if threaded else
+                        f"there ({'it' if len(busy) == 1 else 'they'} already ran with one thread)."))
+        for case, single, ratio, devices, single_thread in _superlinear(ok):
             head += (f" {case} ran {ratio:.1f}× faster than {single} on {devices}× its devices, more than the device "
                      f"ratio: {single}'s time is not this host's own (its threads waited for cores), so do not "
-                     f"read this as the strategy's speed-up; rerun {single} with `threads: 1` or on a quiet host.")
+                     f"read this as the strategy's speed-up; "
+                     + (f"rerun {single} on a quiet host (it already ran with one thread)." if single_thread else
+                        f"rerun {single} with `threads: 1` or on a quiet host."))
         energy = ok_rows(ok, "joules_per_token")
         if not energy.empty:
             green = energy.loc[energy["joules_per_token"].astype(float).idxmin()]

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.report.metrics import spread
+from llmsim.report.frames import one_thread
 from llmsim.report.units import fmt_bytes, fmt_percent, fmt_rate, fmt_seconds, missing
 from llmsim.wording import count
 
@@ -100,15 +101,25 @@ def headline_rows(frame: pd.DataFrame) -> list[list[str]]:
     return out
 
 
-def busy_note(loads: list[float]) -> str | None:
+def busy_note(loads: list[float], threads_advice: bool = True) -> str | None:
     """One sentence for the end of a run when any measured row was taken on a busy host, else None.
 
-    `loads`: the rows' `host_load_per_core` values (those that have one)."""
+    `loads`: the rows' `host_load_per_core` values (those that have one). `threads_advice`: whether to suggest
+    `threads: 1` (False when every busy row already ran one thread: busy_threaded)."""
     if not loads or max(loads) <= BUSY_LOAD_PER_CORE:
         return None
+    advice = (", or set `backends: {cpu: {threads: 1}}` (OpenMP workers spin-wait on oversubscribed cores)"
+              if threads_advice else " (the busy rows already ran with one thread)")
     return (f"* measured while the host was busy (load up to {max(loads):.1f} per core): other processes competed "
-            f"for the cores, so measured times are slower than this machine's own; rerun on a quiet host, or "
-            f"set `backends: {{cpu: {{threads: 1}}}}` (OpenMP workers spin-wait on oversubscribed cores)")
+            f"for the cores, so measured times are slower than this machine's own; rerun on a quiet host{advice}")
+
+
+def busy_threaded(frame: pd.DataFrame) -> bool:
+    """Some row measured on a busy host ran more than one thread, or an unknown number (no `threads` column)."""
+    if "host_load_per_core" not in frame:
+        return False
+    busy = frame[[not missing(v) and float(v) > BUSY_LOAD_PER_CORE for v in frame["host_load_per_core"]]]
+    return any(not one_thread(r) for _, r in busy.iterrows())
 
 
 def host_loads(frame: pd.DataFrame) -> list[float]:
@@ -125,7 +136,7 @@ def headline_table(frame: pd.DataFrame) -> Table:
     every = headers(frame)
     shown = every if any(r[-1] for r in rows) else every[:-1]  # no empty 'why not ok' column
     captions = [f"… and {count(more, 'more row')} in results.csv and the report"] if more > 0 else []
-    busy = busy_note(host_loads(frame))
+    busy = busy_note(host_loads(frame), busy_threaded(frame))
     if busy:
         captions.append(busy)
     table = Table(title=f"llmsim run: {count(len(frame), 'result row')}", caption="\n".join(captions) or None)

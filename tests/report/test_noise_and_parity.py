@@ -134,3 +134,20 @@ def test_the_summary_points_to_the_scaling_figure_only_when_it_is_drawn() -> Non
     assert "1 more case ran on other device counts (1): see the tables." in alone
     swept = summary_text([on(1, "dp@1", 0.2, "dp"), on(2, "dp@2", 0.1, "dp"), on(2, "ep2", 0.11)])
     assert "see the tables and the scaling figure." in swept
+
+
+def test_threads_1_is_advised_only_to_a_case_that_did_not_run_one_thread() -> None:
+    """Trial 46: the summary said "rerun ... with `threads: 1`" of a scenario that already set `threads: 1`."""
+    def on(n: int, case: str, step: float, threads: int | None, load: float = 3.0):
+        r = measured(case, step, 0.9 * step, 1.1 * step)
+        extra = {"host_load_per_core": load, **({} if threads is None else {"threads": threads})}
+        return r.model_copy(update={"n_devices": n, "dp": n, "tokens_per_s": 512 / step, "extra": extra})
+    followed = summary_text([on(1, "single", 6.29, 1), on(2, "dp2", 0.085, 1)])
+    assert "threads: 1" not in followed
+    assert "rerun single on a quiet host (it already ran with one thread)." in followed
+    assert "were timed while the host was busy" in followed and "rerun there (they already ran with one thread)." \
+        in followed
+    for threads in (2, None):   # more threads, or a row that does not say
+        advised = summary_text([on(1, "single", 6.29, threads), on(2, "dp2", 0.085, 1)])
+        assert "rerun single with `threads: 1` or on a quiet host." in advised
+        assert "rerun there, or with `threads: 1`." in advised

@@ -118,3 +118,16 @@ def test_a_speculative_serving_run_shows_its_accept_length_and_only_then() -> No
         "case", "backend", "status", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "accept length", "req/s",
         "goodput req/s", "why not ok"]
     assert [c.header for c in headline_table(frame_of([plain])).columns] == list(SERVING_HEADERS[:-1])
+
+
+def test_the_busy_host_note_advises_threads_1_only_when_a_busy_row_ran_more_threads() -> None:
+    """Trial 46: the busy-host footnote said to set `threads: 1` of a run that had set it."""
+    busy = pd.DataFrame([{"case": "a", "backend": "cpu", "status": "ok", "step_time_s": 0.1,
+                          "host_load_per_core": 3.0, "threads": 1},
+                         {"case": "b", "backend": "cpu", "status": "ok", "step_time_s": 0.1,
+                          "host_load_per_core": 0.5, "threads": 2}])   # b: more threads, but a quiet host
+    caption = headline_table(busy).caption
+    assert caption is not None and "threads: 1" not in caption
+    assert caption.endswith("rerun on a quiet host (the busy rows already ran with one thread)")
+    caption = headline_table(busy.assign(threads=[2, 2])).caption
+    assert caption is not None and "set `backends: {cpu: {threads: 1}}`" in caption
