@@ -161,11 +161,16 @@ class DisaggregationSearch(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _counts(cls, data: Any) -> Any:
-        """prefill and decode are sweep lists of instance counts (_refuse_bad_sweeps)."""
-        return _refuse_bad_sweeps(data, ("prefill", "decode"), "an instance count")
+        """prefill and decode are sweep lists of instance counts (_refuse_bad_sweeps); one count stands for a list
+        of it, as search.tp's does (trial 46: `prefill=2` was told 'expected a list')."""
+        scalars = _scalar_keys(data, ("prefill", "decode"))
+        if scalars:
+            data = {key: [value] if key in scalars else value for key, value in data.items()}
+        return _refuse_bad_sweeps(data, ("prefill", "decode"), "an instance count", scalars)
 
 
-def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str, scalars: frozenset[str] = frozenset()) -> Any:
+def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str, scalars: frozenset[str] = frozenset(),
+                       allowed: str = "integers >= 1") -> Any:
     """The integer sweep lists `keys` of a search mapping `data`: a boolean (`[true]`, which pydantic's lax mode reads
     as 1) and a repeated value (which would search the same candidates twice) are refused, as a scenario's sweep
     lists refuse repeats (strict.sweep_repeats). Raises _KeyedError naming `key[i]`, or `key` for a key in `scalars`
@@ -179,19 +184,27 @@ def _refuse_bad_sweeps(data: Any, keys: tuple[str, ...], what: str, scalars: fro
         for i, v in enumerate(values):
             if isinstance(v, bool):
                 raise _KeyedError(key if key in scalars else f"{key}[{i}]",
-                                  f"{str(v).lower()} is a boolean, not {what} (allowed: integers >= 1)")
+                                  f"{str(v).lower()} is a boolean, not {what} (allowed: {allowed})")
         problem = sweep_repeats(values)
         if problem is not None:
             raise _KeyedError(key, problem)
     return data
 
 
-def _scalar_keys(data: Any) -> frozenset[str]:
-    """The keys of a search mapping given one value instead of a list (SearchSpace._sweeps makes it a list of it)."""
+def _scalar_keys(data: Any, keys: tuple[str, ...] | None = None) -> frozenset[str]:
+    """The keys of a search mapping given one value instead of a list (SearchSpace._sweeps makes it a list of it);
+    `keys`: only those (default: every key but disaggregation, a mapping)."""
     if not isinstance(data, dict):
         return frozenset()
-    return frozenset(key for key, value in data.items()
-                     if key != "disaggregation" and isinstance(value, (int, float, str)))
+    return frozenset(key for key, value in data.items() if (key in keys if keys is not None else
+                                                            key != "disaggregation")
+                     and isinstance(value, (int, float, str)))
+
+
+# What each list of `search` takes, for the message of a value of the wrong kind (`tp: {a: 1}`, `sp: [1]`)
+SEARCH_VALUES = {"zero": "0, 1, 2, 3", "recompute": "none, selective, selective-op, selective-dots, full",
+                 "schedule": "gpipe, 1f1b, interleaved", "sp": "true, false", "virtual_stages": "integers >= 2",
+                 "dtype": "float32, bfloat16, float16, float8, float4"}
 
 
 class SearchSpace(_Strict):
@@ -246,9 +259,26 @@ class SearchSpace(_Strict):
         if isinstance(data, dict):
             data = {key: [value] if key in scalars else value for key, value in data.items()}
             for key, values in data.items():
+                if key == "disaggregation" or key not in cls.model_fields:
+                    continue
+                allowed = SEARCH_VALUES.get(key, "integers >= 1")
+                if isinstance(values, dict):   # trial 46: `tp: {a: 1}` was told 'expected a list' alone
+                    raise _KeyedError(key, f"a mapping, not a list; allowed: a list of {allowed} (e.g. "
+                                           f"[{allowed.split(', ')[0].replace('integers >= ', '')}]), or one value")
                 if isinstance(values, list) and not values:
                     raise _KeyedError(key, "an empty list searches nothing; allowed: at least one value, or leave "
                                            "the key out for the default")
+                if key == "sp" and isinstance(values, list):   # lax mode reads 1 as true: sp is a boolean axis
+                    for i, v in enumerate(values):
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):
+                            raise _KeyedError(key if key in scalars else f"{key}[{i}]",
+                                              f"{v} is a number, not a boolean (allowed: true, false)")
+                if isinstance(values, list) and key in ("recompute", "schedule", "sp", "dtype"):
+                    # as tp [8, 8]: the same candidates searched twice (a boolean as the file writes it)
+                    problem = sweep_repeats([str(v).lower() if isinstance(v, bool) else v for v in values])
+                    if problem is not None:
+                        raise _KeyedError(key, problem)
+        data = _refuse_bad_sweeps(data, ("zero",), "a ZeRO stage", scalars, SEARCH_VALUES["zero"])
         return _refuse_bad_sweeps(data, ("tp", "pp", "cp", "dp", "micro_batch", "virtual_stages", "ep", "attention_dp"),
                                   "a parallel degree or size", scalars)
 

@@ -82,7 +82,7 @@ def pipeline_search_problem(plan: PlanFile) -> tuple[str, str] | None:
     problem = shape_problem(w, 1, min(pps), 1, False, "interleaved", stated[0]) or ""
     why = problem.split(": ", 1)[-1].split(" (allowed", 1)[0]
     usable = [v for v in range(2, w.model.layers + 1) if _interleaves(plan, v, pps)]
-    shown = ", ".join(map(str, usable[:16])) + (", ..." if len(usable) > 16 else "")
+    shown = shown_values(usable)
     if s.virtual_stages is not None:
         return "search.virtual_stages", (f"{_listed(s.virtual_stages)} forms no interleaved pipeline of "
                                          f"{w.model.layers} layers ({why}); allowed values: "
@@ -166,7 +166,8 @@ def device_ceiling_problem(plan: PlanFile) -> tuple[str, str] | None:
     parts = " x ".join(f"{a} {n}" for a, n in most.items())
     narrow = [f"search.{a}" for a in most if getattr(s, a) is not None]
     return "limits.min_devices", (f"{floor:,} is more than the largest degrees searched form ({parts}: {ceiling:,} "
-                                  f"device{'s' if ceiling > 1 else ''}, tp x pp x cp x dp); allowed: min_devices up to {ceiling:,}, or larger "
+                                  f"device{'s' if ceiling > 1 else ''}, tp x pp x cp x dp); allowed: min_devices up "
+                                  f"to {ceiling:,}, or larger "
                                   f"values in {', '.join(narrow)}")
 
 

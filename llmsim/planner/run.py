@@ -28,7 +28,7 @@ from llmsim.planner.profiling import PlanProfile
 from llmsim.planner.serve import Mapper
 from llmsim.planner.narrowing import (device_ceiling_problem, device_floor_problem, narrowing_notes,
                                      pipeline_search_problem, search_value_problem)
-from llmsim.planner.space import search_axis_problem
+from llmsim.planner.space import dropped_values_note, search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.workload.profile import WorkloadProfile
 from llmsim.results import new_run_dir
@@ -133,6 +133,11 @@ def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]
                             f"use it"))
     out += [("note", note) for note in tp_span_notes(plan, hardware) + weight_only_notes(plan, hardware)
             + narrowing_notes(plan)]
+    dropped = dropped_values_note(plan)
+    if dropped:
+        out.append(("note", dropped))
+    if plan.serving is not None and plan.serving.block_note():   # as `llmsim validate` of a scenario says it
+        out.append(("note", f"serving.kv_block_tokens: {plan.serving.block_note()}"))
     short = short_span_note(plan)
     if short:
         out.append(("warning", short))

@@ -853,13 +853,15 @@ def expert_search_problem(plan: PlanFile, devices_per_node: int) -> tuple[str, s
         if not values:
             continue
         usable = [v for v in values if any(tp % v == 0 for tp in tps)]
-        if key == "attention_dp" and 1 not in pps:
-            usable = [v for v in usable if v == 1]
+        listed = ", ".join(map(str, values))
         if not usable:
-            listed = ", ".join(map(str, values))
-            where = "" if key == "ep" or 1 in pps else " (attention_dp > 1 runs at pp 1, and search.pp lists no 1)"
             return f"search.{key}", (f"[{listed}]: no value divides a searched tp ({', '.join(map(str, tps))}), so no "
-                                     f"replica can take one{where}; allowed: {', '.join(map(str, allowed))}")
+                                     f"replica can take one; allowed: {', '.join(map(str, allowed))}")
+        if key == "attention_dp" and 1 not in pps and 1 not in values:
+            # trial 46: the values divided the tp; what they lacked was a pipeline of one stage
+            return f"search.{key}", (f"[{listed}]: attention data parallelism runs at pp 1 only, and search.pp "
+                                     f"[{', '.join(map(str, plan.search.pp or []))}] lists no 1, so no replica can "
+                                     f"take one; allowed: [1] at this search.pp, or add 1 to search.pp")
     return None
 
 

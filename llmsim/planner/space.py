@@ -627,9 +627,29 @@ def search_axis_problem(plan: PlanFile) -> tuple[str, str] | None:
             continue
         problems = [_axis_problem(w, axis, v) for v in given]
         if all(problems):
-            upto = max(64, *given)
+            # dp and micro_batch: every divisor of the batch (trial 46: dp [3] on 1,024 was shown 1 to 64 alone)
+            upto = w.batch if axis in ("dp", "micro_batch") else max(64, *given)
             allowed = [v for v in range(1, upto + 1) if _axis_problem(w, axis, v) is None]
-            shown = ", ".join(map(str, allowed[:16])) + (", ..." if len(allowed) > 16 else "")
             first = problems[0].removeprefix(f"{axis}: ")  # the key names the axis already: "search.tp: 5 does ..."
-            return f"search.{axis}", first if "allowed" in first else f"{first}; allowed values: {shown or 'none'}"
+            return f"search.{axis}", (first if "allowed" in first else
+                                      f"{first}; allowed values: {shown_values(allowed) or 'none'}")
     return None
+
+
+def dropped_values_note(plan: PlanFile) -> str | None:
+    """A note naming the values of search axes the model cannot use beside values it can (search_axis_problem
+    refuses an axis with none): they are left out like any invalid configuration, and the header still lists them
+    (trial 46: tp [3, 4] searched 4 alone without a word). None when every stated value is usable."""
+    w, s = plan.workload, plan.search
+    parts = []
+    for axis in ("tp", "pp", "cp", "dp", "micro_batch", "ep"):
+        given = getattr(s, axis) or []
+        problems = {v: _axis_problem(w, axis, v) for v in given}
+        dropped = [v for v, p in problems.items() if p]
+        if dropped and len(dropped) < len(given):
+            whys = "; ".join(problems[v].removeprefix(f"{axis}: ").split(" (allowed", 1)[0] for v in dropped)
+            kept = [v for v in given if v not in dropped]
+            parts.append(f"search.{axis} [{', '.join(map(str, given))}]: {', '.join(map(str, dropped))} "
+                         f"{'is' if len(dropped) == 1 else 'are'} left out ({whys}); searched: "
+                         f"[{', '.join(map(str, kept))}]")
+    return "; ".join(parts) or None

@@ -184,7 +184,8 @@ def test_selective_recompute_is_searched_as_none(tmp_path: Path, capsys: pytest.
     searched as none, and validate says so."""
     from llmsim.planner.space import axes_of
     assert axes_of(parse_plan({**GOOD, "search": {"recompute": ["selective"]}}), 8).recompute == ("none",)
-    assert axes_of(parse_plan({**GOOD, "search": {"recompute": ["selective", "full"]}}), 8).recompute == ("none", "full")
+    both = parse_plan({**GOOD, "search": {"recompute": ["selective", "full"]}})
+    assert axes_of(both, 8).recompute == ("none", "full")
     path = _write(tmp_path, {**GOOD, "search": {"recompute": ["selective"]}})
     assert main(["validate", str(path)]) == 0
     assert (f"llmsim: note: {path}: search.recompute [selective]: with the flash-attention kernel the planner prices, "
@@ -206,3 +207,56 @@ def test_values_that_take_effect_only_in_part_are_notes(tmp_path: Path, capsys: 
     path = _write(tmp_path, {**GOOD, **change})
     assert main(["validate", str(path)]) == 0
     assert f"llmsim: note: {path}: {note}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, key, words", [
+    # trial 46: values of the wrong kind that were accepted, or refused without what is allowed
+    ("search.zero=[true]", "search.zero[0]", "true is a boolean, not a ZeRO stage (allowed: 0, 1, 2, 3)"),
+    ("search.sp=[1]", "search.sp[0]", "1 is a number, not a boolean (allowed: true, false)"),
+    ("search.schedule=[1f1b,1f1b]", "search.schedule", "1f1b is repeated; a sweep runs each value once"),
+    ("search.recompute=[full,full]", "search.recompute", "full is repeated"),
+    ("search.tp={a: 1}", "search.tp", "a mapping, not a list; allowed: a list of integers >= 1 (e.g. [1]), or one "
+                                      "value"),
+    ("search.schedule={a: 1}", "search.schedule", "a mapping, not a list; allowed: a list of gpipe, 1f1b, interleaved"),
+    # the full list of what is allowed: every divisor of the batch, not those up to 64
+    ("search.dp=[3]", "search.dp", "3 does not divide the batch 1024; allowed values: 1, 2, 4, 8, 16, 32, 64, 128, "
+                                   "256, 512, 1024"),
+])
+def test_bad_search_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, key: str,
+                                       words: str) -> None:
+    path = _write(tmp_path, {**GOOD, "workload": {**GOOD["workload"], "batch": 1024}})
+    err = _refused(capsys, ["validate", str(path), "--set", setting])
+    assert err.startswith(f"llmsim: error: {path}: {key}: {words}"), err
+
+
+def test_a_long_allowed_list_says_where_it_ends() -> None:
+    from llmsim.planner.space import shown_values
+    assert shown_values(list(range(1, 31))) == "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, ..., 30 (30 values)"
+    assert shown_values([1, 2]) == "1, 2"
+
+
+def test_values_the_model_cannot_use_beside_usable_ones_are_a_note(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 46: tp [3, 4] searched 4 alone while the header said tp [3, 4]."""
+    path = _write(tmp_path, {**GOOD, "search": {"tp": [3, 4]}})
+    assert main(["validate", str(path)]) == 0
+    assert (f"llmsim: note: {path}: search.tp [3, 4]: 3 is left out (3 does not divide heads=8); searched: [4]"
+            in capsys.readouterr().err)
+
+
+def test_a_disaggregation_count_given_as_one_value_is_a_list_of_it() -> None:
+    """As search.tp=8 is [8] (trial 46: prefill=2 was told 'expected a list')."""
+    plan = parse_plan(serving_plan(search={"disaggregation": {"prefill": 2, "decode": [1]}}))
+    assert plan.search.disaggregation is not None and plan.search.disaggregation.prefill == [2]
+
+
+def test_a_kv_block_size_vllm_does_not_take_is_a_note_of_a_serving_plan() -> None:
+    """As `llmsim validate` of a serving scenario says it (Scenario.serving_notes): validate and plan print
+    plan_notes."""
+    from llmsim.planner.run import plan_notes
+    data = serving_plan()
+    plan = parse_plan({**data, "serving": {**data["serving"], "kv_block_tokens": 7}})
+    notes = [text for _, text in plan_notes(plan, check_plan(plan, CATALOG))]
+    assert any(n.startswith("serving.kv_block_tokens: 7 tokens a block is a size vLLM does not take") for n in notes)
+    plain = parse_plan(serving_plan())
+    assert not any("kv_block_tokens" in text for _, text in plan_notes(plain, check_plan(plain, CATALOG)))

@@ -786,14 +786,18 @@ def test_search_attention_dp_is_refused_where_it_cannot_run() -> None:
                     "search": {"attention_dp": [2]}})
 
 
-@pytest.mark.parametrize("search, key", [({"tp": [2], "attention_dp": [3]}, "search.attention_dp"),
-                                         ({"tp": [2], "ep": [4]}, "search.ep"),
-                                         ({"tp": [2], "pp": [2], "attention_dp": [2]}, "search.attention_dp")])
+@pytest.mark.parametrize("search, key, words", [
+    ({"tp": [2], "attention_dp": [3]}, "search.attention_dp", r"\[3\]: no value divides a searched tp"),
+    ({"tp": [2], "ep": [4]}, "search.ep", r"\[4\]: no value divides a searched tp"),
+    # trial 46: 2 divides tp 2; what no replica has is pp 1
+    ({"tp": [2], "pp": [2], "attention_dp": [2]}, "search.attention_dp",
+     r"\[2\]: attention data parallelism runs at pp 1 only, and search.pp \[2\] lists no 1, so no replica can take "
+     r"one; allowed: \[1\] at this search.pp, or add 1 to search.pp")])
 def test_search_lists_no_replica_can_take_are_one_line_not_an_empty_plan(tmp_path: Path, search: dict,
-                                                                          key: str) -> None:
+                                                                          key: str, words: str) -> None:
     """The trial: search.attention_dp [3] left 0 candidates, and the plan blamed the SLO with an empty plan.csv."""
     plan = parse_plan(_moe_plan(search=search))
-    with pytest.raises(ScenarioError, match=f"plan.yaml: {key}: .*no value divides a searched tp"):
+    with pytest.raises(ScenarioError, match=f"plan.yaml: {key}: {words}"):
         run_plan(plan, CATALOG, tmp_path, file="plan.yaml")
     assert not any(tmp_path.iterdir())
 
