@@ -30,7 +30,7 @@ class RooflineBackend(ModeledBackend):
     def price(self, case: Case, settings: RooflineSettings, profile: WorkloadProfile, plan: Plan,  # type: ignore[override]
               cluster: ClusterSpec) -> Priced:
         t = step_times(case.workload, profile, case.sharing, plan, cluster, settings.options)
-        energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.compute + t.other)
+        energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.device_busy)
         return Priced(t, energy, extra={f"comm_{k}_s": v for k, v in t.detail.items()})
 
 

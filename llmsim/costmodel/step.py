@@ -99,10 +99,20 @@ class StepTimes:
     ttft: float | None = None
     tpot: float | None = None
     detail: dict[str, float] = field(default_factory=dict)
+    # The stages' mean of compute + other (each stage's own busy time): the energy's busy part. Uneven stages are
+    # busy for different times; every device waits the critical stage's step, but only its own stage's compute
+    # draws busy power (as the simulation's ledgers count it). None: every stage busy as the critical one.
+    stage_busy_mean: float | None = None
 
     @property
     def step(self) -> float:
         return self.compute + self.comm + self.bubble + self.other
+
+    @property
+    def device_busy(self) -> float:
+        """Seconds a device computes in the step, the mean over the pipeline's stages (`stage_busy_mean`), where
+        costmodel.energy.step_energy_j charges busy power."""
+        return self.compute + self.other if self.stage_busy_mean is None else self.stage_busy_mean
 
 
 def _per_microbatch(work: StepWork, st: StageWork, fabric: Fabric) -> tuple[float, float, float]:
@@ -402,14 +412,19 @@ def combine_stages(m: Num, fraction: Num, pp: Num, parts: list[tuple[int, StageP
     per_other = pick(pp > 1, fraction / maximum(pp - 1, 1), 0.0)
     pipelined = [m * (p.compute_mb + p.comm_mb) + p.accumulate_s for _, p in parts]
     total: Num = 0.0
+    busy: Num = 0.0
+    stages: Num = 0.0
     for (_, p), own in zip(parts, pipelined):
         total = total + p.copies * own
+        busy = busy + p.copies * (m * p.compute_mb + p.accumulate_s + p.optimizer_s)
+        stages = stages + p.copies
+    busy_mean = busy / maximum(stages, 1)
     best: StepTimes | None = None
     for (index, p), own in zip(parts, pipelined):
         times = StepTimes(compute=m * p.compute_mb + p.accumulate_s, comm=m * p.comm_mb + p.data_parallel_s + p.sync_s,
                           bubble=per_other * (total - own), other=p.optimizer_s, critical_stage=index,
                           detail={"pipeline_and_tensor": m * p.comm_mb, "data_parallel": p.data_parallel_s,
-                                  "sharing_sync": p.sync_s})
+                                  "sharing_sync": p.sync_s}, stage_busy_mean=busy_mean)
         if best is None:
             best = times
             continue
@@ -425,7 +440,8 @@ def combine_stages(m: Num, fraction: Num, pp: Num, parts: list[tuple[int, StageP
         best = StepTimes(compute=pick(later, times.compute, best.compute), comm=pick(later, times.comm, best.comm),
                          bubble=pick(later, times.bubble, best.bubble), other=pick(later, times.other, best.other),
                          critical_stage=pick(later, index, best.critical_stage),
-                         detail={k: pick(later, v, best.detail[k]) for k, v in times.detail.items()})
+                         detail={k: pick(later, v, best.detail[k]) for k, v in times.detail.items()},
+                         stage_busy_mean=busy_mean)
     assert best is not None, "a step has at least one stage"
     return best
 
@@ -446,7 +462,7 @@ def step_times(workload: "Workload", profile: "WorkloadProfile", sharing: "Shari
     token = price(forward_work(workload, profile, plan, cluster, options, "decode", n), fabric)
     return StepTimes(compute=prefill.compute + n * token.compute, comm=prefill.comm + n * token.comm,
                      bubble=prefill.bubble + n * token.bubble, other=0.0, critical_stage=token.critical_stage,
-                     ttft=prefill.step, tpot=token.step)
+                     ttft=prefill.step, tpot=token.step, stage_busy_mean=prefill.device_busy + n * token.device_busy)
 
 
 def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "SharingChoice", plan: Plan,
@@ -456,7 +472,7 @@ def estimate(workload: "Workload", profile: "WorkloadProfile", sharing: "Sharing
     rates = workload_rates(cluster, workload)
     t = step_times(workload, profile, sharing, plan, cluster, options)
     memory = memory_breakdown(workload, profile, sharing, plan, options, device=cluster.device)
-    energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.compute + t.other)
+    energy = step_energy_j(cluster.device, plan.world, t.step, busy_s=t.device_busy)
     return StepBreakdown(step_time_s=t.step, compute_time_s=t.compute, comm_time_s=t.comm, bubble_time_s=t.bubble,
                          other_time_s=t.other, memory=memory, memory_capacity_bytes=cluster.device.memory_bytes,
                          model_flops=profile.model_flops_per_step, peak_flops=rates.peak_flops,

@@ -611,7 +611,7 @@ def _combine(ctx, r: _Rows, groups: list[_Group], group_of: np.ndarray,
     t = combine_stages(m, fraction, r.pp, parts_list)
     step = t.compute + t.comm + t.bubble + t.other  # StepTimes.step
     devices = r.devices
-    energy = step_energy_j(hw.device, devices, step, busy_s=t.compute + t.other)
+    energy = step_energy_j(hw.device, devices, step, busy_s=t.device_busy)
     mfu = ctx.profile.model_flops_per_step / step / devices / rates.peak_flops
     metrics = goal_metrics(ctx.plan, devices, hw.usd_per_device_hour, step, energy, None)
     priced = np.array([not g.error for g in groups])[group_of]
