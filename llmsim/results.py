@@ -273,6 +273,30 @@ def fill_derived(r: Result, tokens_per_step: int) -> Result:
 RUN_NOTES = "notes.txt"
 
 
+# The run folder's planned cases: every (case, backend) `llmsim run` was asked to run into it, in the planned order,
+# --backend's choice included (a resume that plans more adds them). The report compares the rows with it: a run cut
+# short lists the cases without a row (trial 46: "Every case ran." of a run stopped after 7 of 10 cases), and a run
+# of one backend of several (--backend) is not taken for one cut short.
+PLANNED_FILE = "planned.json"
+
+
+def record_planned(run_dir: Path, cases: list[tuple[str, str]]) -> None:
+    """Write `cases` ((case, backend), in order) to the folder's PLANNED_FILE, after those it already lists."""
+    kept = read_planned(run_dir) or []
+    known = set(kept)
+    write_atomic(run_dir / PLANNED_FILE, json.dumps([list(c) for c in kept + [c for c in cases if c not in known]]))
+
+
+def read_planned(run_dir: Path) -> list[tuple[str, str]] | None:
+    """The folder's planned (case, backend) pairs, or None where it has no readable PLANNED_FILE (a folder written
+    before it existed, or damaged)."""
+    try:
+        data = json.loads((run_dir / PLANNED_FILE).read_text(encoding="utf-8"))
+        return [(str(case), str(backend)) for case, backend in data]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def new_run_dir(out: Path, scenario: str) -> Path:
     """A new folder out/<scenario>/<timestamp>[-n] (never an existing one: two runs in a second differ)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

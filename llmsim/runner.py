@@ -37,7 +37,7 @@ from llmsim.modeled import ModeledSettings
 from llmsim.modeled_serving import unknown_device_memory
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
-from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, write_atomic
+from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, record_planned, write_atomic
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
 from llmsim.scenario_diff import brief, differences
 from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
@@ -543,6 +543,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
     write_atomic(run_dir / INPUTS_FILE, json.dumps(input_digests(resolved), indent=2))
+    record_planned(run_dir, [(item.case.name, item.backend.name) for item in planned])
     if notes:
         write_atomic(run_dir / RUN_NOTES, "".join(f"{one_line(note)}\n" for note in notes))
     instances: dict[str, Backend] = {}

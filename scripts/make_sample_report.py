@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = 1_000_000  # the committed sample stays under 1 MB
-KEEP = ("results.csv", "results.jsonl", "scenario.yaml", "environment.json", "trace.json")
+KEEP = ("results.csv", "results.jsonl", "scenario.yaml", "environment.json", "trace.json", "planned.json")
 
 
 def installed_backends(wanted: list[str]) -> list[str]:

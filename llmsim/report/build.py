@@ -248,16 +248,12 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
 
 def _not_run_blocks(run: Run) -> list[Block]:
     """The "Not run or not fitting" section: the planned cases without a row (a run cut short, with the command
-    that runs them), every skipped, failed and does-not-fit row, and "Every case ran." only when that is known."""
+    that runs them), every skipped, failed and does-not-fit row, and "Every case ran." only when every case the
+    run planned (its planned.json) has a row."""
     left = run.unfinished
     blocks: list[Block] = [Paragraph(left.sentence(run.path, "listed below"))] if left is not None else []
     blocks += _some(T.not_ok_table(run.frame, left.cases if left is not None else ()))
-    if blocks:
-        return blocks
-    if run.scenario_problem is not None:   # no planned cases to check the rows against
-        return [Paragraph("No row is skipped, failed or does not fit; whether every planned case has a row cannot "
-                          "be told without the saved scenario.")]
-    return [Paragraph("Every case ran.")]
+    return blocks or [Paragraph("Every case ran.")]
 
 
 def write_document(doc: Document, folder: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import RUN_NOTES, DamagedRows, print_warning, read_rows, rows_frame
+from llmsim.results import PLANNED_FILE, RUN_NOTES, DamagedRows, print_warning, read_planned, read_rows, rows_frame
 from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.wording import count
 
@@ -211,7 +211,7 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     else:
         rows_problem = None
     scenario, problem = read_saved_scenario(run_dir, frame)
-    left = unfinished_cases(run_dir, frame, scenario) if problem is None else None
+    left = unfinished_cases(run_dir, frame, scenario if problem is None else {})
     notes_file = run_dir / RUN_NOTES
     notes = tuple(line for line in notes_file.read_text(errors="replace").splitlines() if line.strip()) \
         if notes_file.is_file() else ()
@@ -222,68 +222,52 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
 @dataclass(frozen=True)
 class Unfinished:
     """The planned cases of a run that have no row: a run cut short (Ctrl-C, a kill) before every case ran (trial
-    46: its report said 'Every case ran.'). `cases`: (case, backend) in the planned order, or () with `why` when
-    the planned cases could not be worked out from the saved scenario (a backend's plugin absent here)."""
+    46: its report said 'Every case ran.'). `cases`: (case, backend) in the planned order (the folder's
+    planned.json, results.PLANNED_FILE), or () with `why` where the folder does not say what was planned."""
 
-    planned: int | None                     # how many cases the saved scenario plans; None: unknown
+    planned: int | None                     # how many cases the run was asked to run; None: unknown
     cases: tuple[tuple[str, str], ...] = ()
     why: str | None = None                  # why the planned cases are unknown
-    idle_backends: tuple[str, ...] = ()     # backends with planned cases but no row at all
+    backends: tuple[str, ...] = ()          # the backends the run planned cases of, where fewer than the scenario's
 
     def resume_command(self, run_dir: Path) -> str:
         """The `llmsim run` command that runs the cases left: the run's own saved scenario (every --set of the run
-        is in it, its paths absolute) resumed into the folder, as `--resume` accepts it."""
+        is in it, its paths absolute) resumed into the folder, as `--resume` accepts it, with the run's --backend
+        choice where it ran fewer backends than the scenario names."""
         import shlex
 
-        return shlex.join(["llmsim", "run", str(run_dir / SCENARIO_FILE), "--resume", str(run_dir)])
+        chosen = [arg for name in self.backends for arg in ("--backend", name)]
+        return shlex.join(["llmsim", "run", str(run_dir / SCENARIO_FILE), *chosen, "--resume", str(run_dir)])
 
     def sentence(self, run_dir: Path, where: str = "listed under Not run or not fitting") -> str:
         """'The run was cut short: 3 of 10 planned cases have no row (listed under Not run or not fitting); run them
         with: `llmsim run RUN/scenario.yaml --resume RUN`.'"""
         command = f"`{self.resume_command(run_dir)}`"
         if self.planned is None:
-            return (f"The saved scenario's planned cases cannot be worked out here ({self.why}), so whether every "
-                    f"case ran is unknown; a run cut short continues with: {command}")
-        idle = ""
-        if self.idle_backends:
-            names = ", ".join(self.idle_backends)
-            idle = (f" No case of {names} has a row: if the run was started with --backend leaving "
-                    f"{'it' if len(self.idle_backends) == 1 else 'them'} out, add the run's --backend options "
-                    f"to the command.")
+            return (f"Whether every planned case has a row is unknown ({self.why}); a run cut short continues "
+                    f"with: {command}")
         return (f"The run was cut short: {len(self.cases)} of {count(self.planned, 'planned case')} "
                 f"{'has' if len(self.cases) == 1 else 'have'} no row ({where}); run "
-                f"{'it' if len(self.cases) == 1 else 'them'} with: {command}.{idle}")
+                f"{'it' if len(self.cases) == 1 else 'them'} with: {command}.")
 
 
 def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any]) -> Unfinished | None:
-    """The saved scenario's planned cases (as `llmsim run` and `--resume` plan them) that have no row in `frame`,
-    or None when every planned case has one. Planning needs the scenario's backends (plugins) and hardware files:
-    where that fails, an Unfinished with `planned` None and the reason."""
-    try:
-        from llmsim.config import parse_scenario
-        from llmsim.plugins import get_plugin_manager
-        from llmsim.registry import BackendRegistry
-        from llmsim.runner import build_catalog, plan_cases
-
-        file = str(run_dir / SCENARIO_FILE)
-        parsed = parse_scenario(scenario, file)
-        manager = get_plugin_manager()
-        registry = BackendRegistry.from_manager(manager)
-        catalog = build_catalog(parsed, run_dir, manager, file)
-        planned = [(item.case.name, item.backend.name) for item in
-                   plan_cases(parsed, registry, file, None, run_dir, catalog)]
-    except ScenarioError as exc:
-        return Unfinished(None, why=one_line(exc.message))
-    except Exception as exc:  # noqa: BLE001 - a plugin that breaks must not take the report with it
-        return Unfinished(None, why=one_line(f"{type(exc).__name__}: {exc}"))
+    """The planned cases (the folder's planned.json: what `llmsim run` was asked to run into it, --backend's choice
+    included) that have no row in `frame`, or None when every one has a row. A folder without planned.json (written
+    before it existed) gives an Unfinished with `planned` None: whether the run finished is not claimed."""
+    planned = read_planned(run_dir)
+    if planned is None:
+        return Unfinished(None, why=f"the run folder has no readable {PLANNED_FILE}, which `llmsim run` writes "
+                                    f"from 2026-12-05 on")
     done = ({(str(c), str(b)) for c, b in zip(frame["case"], frame["backend"])}
             if {"case", "backend"} <= set(frame.columns) else set())
     left = tuple(key for key in planned if key not in done)
     if not left:
         return None
-    ran = {b for _, b in done}
-    idle = tuple(dict.fromkeys(b for _, b in left if b not in ran))
-    return Unfinished(len(planned), left, idle_backends=idle)
+    ran_backends = tuple(dict.fromkeys(b for _, b in planned))
+    named = tuple((scenario.get("backends") or {}).keys()) if isinstance(scenario, dict) else ()
+    chosen = ran_backends if set(ran_backends) != set(named) else ()
+    return Unfinished(len(planned), left, backends=chosen)
 
 
 def catalog_capacity() -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Trial 46: the report of an interrupted run (Ctrl-C after 7 of 10 cases) said "7 result rows: 7 ok" and "Every
-case ran.". The report works out the planned cases from the saved scenario, as `--resume` does, lists those without a
-row, says the run was cut short and gives the command that runs them; where the planned cases cannot be worked out it
-never claims that every case ran."""
+case ran.". `llmsim run` records the cases it was asked to run (planned.json, --backend's choice included); the
+report lists those without a row, says the run was cut short and gives the command that runs them; a folder without
+the record never claims that every case ran, and a run of one backend of several is no run cut short."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import yaml
 from llmsim.cli import main
 from llmsim.config import parse_scenario
 from llmsim.report.build import write_report
+from llmsim.results import record_planned
 from llmsim.runner import saved_scenario
 from tests.report.helpers import make_run, row, saved_scenario_of
 
 
-def _cut_run(tmp_path: Path, backends: dict | None = None) -> Path:
-    """A run of strategies single, dp and tp (one roofline point each) whose only row is single's."""
+def _cut_run(tmp_path: Path, backends: dict | None = None, planned: bool = True) -> Path:
+    """A run of strategies single, dp and tp (one roofline point each) whose only row is single's; `planned`: the
+    folder records the three planned cases as `llmsim run` does."""
     rows = [row("single", step=1.0)]
     folder = make_run(tmp_path / "run", rows)
     scenario = saved_scenario_of(rows)
@@ -26,6 +28,8 @@ def _cut_run(tmp_path: Path, backends: dict | None = None) -> Path:
     if "no-such-plugin" not in scenario["backends"]:   # resolved as `llmsim run` saves it, so that --resume takes it
         scenario = saved_scenario(parse_scenario(scenario, "scenario.yaml"))
     (folder / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
+    if planned:
+        record_planned(folder, [(case, "roofline") for case in ("single", "dp", "tp")])
     return folder
 
 
@@ -52,10 +56,30 @@ def test_the_given_resume_command_runs_the_cases_left_and_then_every_case_ran(tm
     assert "3 result rows" in text
 
 
-def test_planned_cases_that_cannot_be_worked_out_never_read_every_case_ran(tmp_path: Path) -> None:
-    folder = _cut_run(tmp_path, {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 2}, "no-such-plugin": {}})
+def test_a_folder_without_its_planned_cases_never_reads_every_case_ran(tmp_path: Path) -> None:
+    folder = _cut_run(tmp_path, planned=False)
     write_report(folder)
     text = (folder / "report.md").read_text()
-    assert "Every case ran." not in text
-    assert "The saved scenario's planned cases cannot be worked out here (" in text
-    assert "so whether every case ran is unknown" in text
+    assert "Every case ran." not in text and "cut short:" not in text
+    assert "Whether every planned case has a row is unknown (the run folder has no readable planned.json" in text
+
+
+def test_a_run_of_one_backend_of_several_is_no_run_cut_short(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`llmsim run --backend roofline` of a scenario naming roofline and cluster: its report said the cluster's
+    cases were cut short (the planned cases were worked out again from the scenario, --backend unknown to it)."""
+    scenario = tmp_path / "two.yaml"
+    point = {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 2}
+    scenario.write_text(yaml.safe_dump({"name": "two", "workload": {"model": {"preset": "tiny"}, "batch": 2},
+                                        "strategies": [{"name": "single"}, {"name": "dp", "dp": 2}],
+                                        "backends": {"roofline": point, "cluster": point}}))
+    assert main(["run", str(scenario), "--backend", "roofline", "--out", str(tmp_path / "runs")]) == 0
+    folder = next((tmp_path / "runs" / "two").iterdir())
+    text = (folder / "report.md").read_text()
+    assert "cut short" not in text and "Every case ran." in text
+    # cut short: the command keeps --backend
+    rows = (folder / "results.jsonl").read_text().splitlines()
+    (folder / "results.jsonl").write_text(rows[0] + "\n")
+    write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert (f"1 of 2 planned cases has no row (listed below); run it with: `llmsim run {folder / 'scenario.yaml'} "
+            f"--backend roofline --resume {folder}`.") in text
