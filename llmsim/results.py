@@ -280,21 +280,31 @@ RUN_NOTES = "notes.txt"
 PLANNED_FILE = "planned.json"
 
 
-def record_planned(run_dir: Path, cases: list[tuple[str, str]]) -> None:
-    """Write `cases` ((case, backend), in order) to the folder's PLANNED_FILE, after those it already lists."""
-    kept = read_planned(run_dir) or []
+def record_planned(run_dir: Path, cases: list[tuple[str, str]], resume: bool = False) -> None:
+    """Write `cases` ((case, backend), in order) to the folder's PLANNED_FILE, after those it already lists. A
+    resume of a folder without a readable record writes none: what the first run planned is unknown, and a record of
+    the resume's cases alone would call the run complete (trial 47: `--backend roofline --resume` of a folder whose
+    cpu cases were cut short)."""
+    kept = read_planned(run_dir)
+    if kept is None and resume:
+        return
+    kept = kept or []
     known = set(kept)
     write_atomic(run_dir / PLANNED_FILE, json.dumps([list(c) for c in kept + [c for c in cases if c not in known]]))
 
 
 def read_planned(run_dir: Path) -> list[tuple[str, str]] | None:
-    """The folder's planned (case, backend) pairs, or None where it has no readable PLANNED_FILE (a folder written
-    before it existed, or damaged)."""
+    """The folder's planned (case, backend) pairs, or None where it has no PLANNED_FILE as `record_planned` writes
+    it: absent (a folder written before it existed), damaged, or not a non-empty list of [case, backend] strings
+    (a run plans at least one case; trial 47 wrote `[]` and `[[1, 2]]` by hand)."""
     try:
         data = json.loads((run_dir / PLANNED_FILE).read_text(encoding="utf-8"))
-        return [(str(case), str(backend)) for case, backend in data]
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(data, list) or not data or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) and v for v in pair) for pair in data):
+        return None
+    return [(case, backend) for case, backend in data]
 
 
 def new_run_dir(out: Path, scenario: str) -> Path:

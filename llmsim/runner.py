@@ -543,7 +543,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     store = ResultStore(run_dir)
     write_atomic(run_dir / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
     write_atomic(run_dir / INPUTS_FILE, json.dumps(input_digests(resolved), indent=2))
-    record_planned(run_dir, [(item.case.name, item.backend.name) for item in planned])
+    record_planned(run_dir, [(item.case.name, item.backend.name) for item in planned], resume=resume is not None)
     if notes:
         write_atomic(run_dir / RUN_NOTES, "".join(f"{one_line(note)}\n" for note in notes))
     instances: dict[str, Backend] = {}

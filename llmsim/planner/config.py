@@ -279,7 +279,9 @@ class SearchSpace(_Strict):
                     if problem is not None:
                         raise _KeyedError(key, problem)
         data = _refuse_bad_sweeps(data, ("zero",), "a ZeRO stage", scalars, SEARCH_VALUES["zero"])
-        return _refuse_bad_sweeps(data, ("tp", "pp", "cp", "dp", "micro_batch", "virtual_stages", "ep", "attention_dp"),
+        data = _refuse_bad_sweeps(data, ("virtual_stages",), "a count of virtual stages", scalars,
+                                  SEARCH_VALUES["virtual_stages"])   # trial 47: it said "integers >= 1"
+        return _refuse_bad_sweeps(data, ("tp", "pp", "cp", "dp", "micro_batch", "ep", "attention_dp"),
                                   "a parallel degree or size", scalars)
 
     @model_validator(mode="wrap")

@@ -211,7 +211,8 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     else:
         rows_problem = None
     scenario, problem = read_saved_scenario(run_dir, frame)
-    left = unfinished_cases(run_dir, frame, scenario if problem is None else {})
+    left = unfinished_cases(run_dir, frame, scenario if problem is None else {},
+                            None if problem is None else one_line(problem.message))
     notes_file = run_dir / RUN_NOTES
     notes = tuple(line for line in notes_file.read_text(errors="replace").splitlines() if line.strip()) \
         if notes_file.is_file() else ()
@@ -229,6 +230,7 @@ class Unfinished:
     cases: tuple[tuple[str, str], ...] = ()
     why: str | None = None                  # why the planned cases are unknown
     backends: tuple[str, ...] = ()          # the backends the run planned cases of, where fewer than the scenario's
+    unresumable: str | None = None          # why the folder's scenario.yaml is not the run's (missing, damaged, edited)
 
     def resume_command(self, run_dir: Path) -> str:
         """The `llmsim run` command that runs the cases left: the run's own saved scenario (every --set of the run
@@ -243,6 +245,8 @@ class Unfinished:
         """'The run was cut short: 3 of 10 planned cases have no row (listed under Not run or not fitting); run them
         with: `llmsim run RUN/scenario.yaml --resume RUN`.'"""
         command = f"`{self.resume_command(run_dir)}`"
+        if self.unresumable is not None:   # trial 47: the command given could not run without the saved scenario
+            command = f"`--resume` once the folder's {SCENARIO_FILE} is the run's again ({self.unresumable})"
         if self.planned is None:
             return (f"Whether every planned case has a row is unknown ({self.why}); a run cut short continues "
                     f"with: {command}")
@@ -251,14 +255,15 @@ class Unfinished:
                 f"{'it' if len(self.cases) == 1 else 'them'} with: {command}.")
 
 
-def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any]) -> Unfinished | None:
+def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any],
+                     unresumable: str | None = None) -> Unfinished | None:
     """The planned cases (the folder's planned.json: what `llmsim run` was asked to run into it, --backend's choice
     included) that have no row in `frame`, or None when every one has a row. A folder without planned.json (written
     before it existed) gives an Unfinished with `planned` None: whether the run finished is not claimed."""
     planned = read_planned(run_dir)
     if planned is None:
         return Unfinished(None, why=f"the run folder has no readable {PLANNED_FILE}, which `llmsim run` writes "
-                                    f"from 2026-12-05 on")
+                                    f"from 2026-12-05 on", unresumable=unresumable)
     done = ({(str(c), str(b)) for c, b in zip(frame["case"], frame["backend"])}
             if {"case", "backend"} <= set(frame.columns) else set())
     left = tuple(key for key in planned if key not in done)
@@ -267,7 +272,7 @@ def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any
     ran_backends = tuple(dict.fromkeys(b for _, b in planned))
     named = tuple((scenario.get("backends") or {}).keys()) if isinstance(scenario, dict) else ()
     chosen = ran_backends if set(ran_backends) != set(named) else ()
-    return Unfinished(len(planned), left, backends=chosen)
+    return Unfinished(len(planned), left, backends=chosen, unresumable=unresumable)
 
 
 def catalog_capacity() -> dict[str, float]:

@@ -145,6 +145,9 @@ def test_a_device_range_no_node_count_lands_in_is_refused_before_the_search(caps
                                                "interleaved)"),
     ("search.virtual_stages=1", "search.virtual_stages", "1: out of range; allowed: >= 2"),
     ("search.tp=[true]", "search.tp[0]", "true is a boolean"),   # a list the user wrote: its index
+    # trial 47: "allowed: integers >= 1" for a key that takes 2 and more
+    ("search.virtual_stages=[true]", "search.virtual_stages[0]", "true is a boolean, not a count of virtual stages "
+                                                                 "(allowed: integers >= 2)"),
     ("search.zero=[1, 7]", "search.zero[1]", "7 is not one of the allowed values"),
 ])
 def test_an_error_in_one_value_is_named_at_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -83,3 +83,34 @@ def test_a_run_of_one_backend_of_several_is_no_run_cut_short(tmp_path: Path, cap
     text = (folder / "report.md").read_text()
     assert (f"1 of 2 planned cases has no row (listed below); run it with: `llmsim run {folder / 'scenario.yaml'} "
             f"--backend roofline --resume {folder}`.") in text
+
+
+def test_a_folder_whose_scenario_is_gone_gives_no_command_that_cannot_run(tmp_path: Path) -> None:
+    """Trial 47: with scenario.yaml deleted the report still said `llmsim run RUN/scenario.yaml ... --resume RUN`,
+    which fails (no such file); it says what must be restored instead."""
+    folder = _cut_run(tmp_path)
+    (folder / "scenario.yaml").unlink()
+    write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert "The run was cut short: 2 of 3 planned cases have no row" in text
+    assert "`--resume` once the folder's scenario.yaml is the run's again (" in text
+    assert f"llmsim run {folder / 'scenario.yaml'}" not in text
+
+
+def test_a_hand_made_planned_record_of_the_wrong_shape_is_no_record(tmp_path: Path) -> None:
+    """Trial 47: `[]` read as every case ran, `[[1, 2]]` as a case '1' of a backend '2'."""
+    for text in ("[]", "[[1, 2]]", '[["a"]]', "null", '{"a": 1}', '[["a", "cpu"], ["zz'):
+        folder = _cut_run(tmp_path / str(abs(hash(text))))
+        (folder / "planned.json").write_text(text)
+        write_report(folder)
+        report = (folder / "report.md").read_text()
+        assert "Every case ran." not in report and "Whether every planned case has a row is unknown" in report, text
+
+
+def test_a_resume_of_a_folder_without_its_record_writes_none(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 47: resuming one backend of a folder without planned.json recorded that backend's cases alone, and the
+    report then said every case ran though another backend's cases had no row."""
+    folder = _cut_run(tmp_path, planned=False)
+    assert main(["run", str(folder / "scenario.yaml"), "--resume", str(folder)]) == 0
+    assert not (folder / "planned.json").exists()
+    assert "Whether every planned case has a row is unknown" in (folder / "report.md").read_text()
