@@ -482,6 +482,30 @@ def _value_problem(column: str, value: Any) -> str | None:
     return f"{column} is {shown}, not {article}{kind}"
 
 
+def rows_disagree(scenario: Any, frame: pd.DataFrame) -> tuple[str, str] | None:
+    """The first workload key whose value the rows contradict (every row carries its case's mode, batch,
+    sequence length and dtype): a truncated file validates with defaults in place of what was cut off. A
+    serving run's batch and seq_len are a traced reference, not the scenario's, so only its dtype counts. The report
+    reads no scenario.yaml that disagrees (report.run.read_saved_scenario), and `--resume` continues none
+    (runner.check_resumable; trial 47: a folder's scenario.yaml edited to batch 8 resumed beside rows of batch 4).
+    `scenario`: a parsed config.Scenario; (key path, message) or None."""
+    w = scenario.workload
+    checks: list[tuple[str, str, Any]] = [("workload.dtype", "dtype", w.dtype)]
+    if scenario.serving is None:
+        checks += [("workload.mode", "mode", w.mode), ("workload.batch", "batch", w.batch),
+                   ("workload.model.seq_len", "seq_len", w.model.seq_len)]
+    for key, column, value in checks:
+        if column not in frame:
+            continue
+        seen = [v for v in frame[column].dropna().unique()]
+        other = [v for v in seen if (float(v) != value if isinstance(value, int) and not isinstance(v, str)
+                                     else str(v) != str(value))]
+        if other:
+            shown = int(other[0]) if isinstance(value, int) and not isinstance(other[0], str) else other[0]
+            return key, f"{value!r}, but the rows in results.jsonl ran {column} {shown!r}"
+    return None
+
+
 def read_rows(run_dir: Path, warn: Callable[[str], None] = print_warning,
               damaged: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a run folder; a later line for the same (case, backend) replaces an earlier one (resume).

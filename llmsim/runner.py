@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmsim.backend import Backend, Case, RunContext
-from llmsim.config import (NUMBER_WANTED, Scenario, Strategy, allowed_keys, allowed_range, describe_error, out_of_range, shown_value,
+from llmsim.config import (NUMBER_WANTED, Scenario, Strategy, parse_scenario, allowed_keys, allowed_range, describe_error, out_of_range, shown_value,
                            side_problem, user_loc)
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
@@ -37,7 +37,8 @@ from llmsim.modeled import ModeledSettings
 from llmsim.modeled_serving import unknown_device_memory
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
-from llmsim.results import RUN_NOTES, Result, ResultStore, new_run_dir, record_planned, write_atomic
+from llmsim.results import (RUN_NOTES, DamagedRows, Result, ResultStore, new_run_dir, read_rows, record_planned, rows_disagree,
+                            rows_frame, write_atomic)
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
 from llmsim.scenario_diff import brief, differences
 from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
@@ -690,6 +691,14 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path 
     if difference:
         raise ScenarioError(None, "--resume", f"{run_dir} holds a run of another scenario or an edited one "
                                               f"({difference}); start a new run instead")
+    try:   # a damaged results.jsonl is the store's to refuse (ResultStore.done), not this check's
+        rows = rows_frame(read_rows(run_dir, warn=lambda _: None)) if (run_dir / "results.jsonl").is_file() else None
+    except DamagedRows:
+        rows = None
+    disagreement = rows_disagree(parse_scenario(resolved), rows) if rows is not None and len(rows) else None
+    if disagreement is not None:   # the folder's own scenario.yaml edited since its rows ran (trial 47)
+        raise ScenarioError(None, "--resume", f"{run_dir}'s rows ran another workload than its scenario.yaml states "
+                                              f"({disagreement[0]}: {disagreement[1]}); start a new run instead")
 
 
 def unavailable(cls: type[Backend]) -> str | None:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import PLANNED_FILE, RUN_NOTES, DamagedRows, print_warning, read_planned, read_rows, rows_frame
+from llmsim.results import (PLANNED_FILE, RUN_NOTES, DamagedRows, print_warning, read_planned, read_rows, rows_disagree,
+                            rows_frame)
 from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.wording import count
 
@@ -129,7 +130,7 @@ def read_saved_scenario(run_dir: Path, frame: pd.DataFrame) -> tuple[dict[str, A
     if names and names != [scenario.name]:
         return {}, ScenarioError(str(path), "name", f"{scenario.name!r}, but results.jsonl holds rows of scenario "
                                                     f"{', '.join(map(repr, names))}; {WITHOUT_SCENARIO}")
-    disagreement = _rows_disagree(scenario, frame)
+    disagreement = rows_disagree(scenario, frame)
     if disagreement is not None:
         return {}, ScenarioError(str(path), disagreement[0], f"{disagreement[1]}; {WITHOUT_SCENARIO}")
     known = {s.name for s in scenario.strategies}
@@ -138,27 +139,6 @@ def read_saved_scenario(run_dir: Path, frame: pd.DataFrame) -> tuple[dict[str, A
         return {}, ScenarioError(str(path), "strategies", f"has no strategy {ran[0]!r}, which results.jsonl ran "
                                                           f"(allowed: {', '.join(sorted(known))}); {WITHOUT_SCENARIO}")
     return data, None
-
-
-def _rows_disagree(scenario: Any, frame: pd.DataFrame) -> tuple[str, str] | None:
-    """The first workload key whose value the rows contradict (every row carries its case's mode, batch,
-    sequence length and dtype): a truncated file validates with defaults in place of what was cut off. A
-    serving run's batch and seq_len are a traced reference, not the scenario's, so only its dtype counts."""
-    w = scenario.workload
-    checks: list[tuple[str, str, Any]] = [("workload.dtype", "dtype", w.dtype)]
-    if scenario.serving is None:
-        checks += [("workload.mode", "mode", w.mode), ("workload.batch", "batch", w.batch),
-                   ("workload.model.seq_len", "seq_len", w.model.seq_len)]
-    for key, column, value in checks:
-        if column not in frame:
-            continue
-        seen = [v for v in frame[column].dropna().unique()]
-        other = [v for v in seen if (float(v) != value if isinstance(value, int) and not isinstance(v, str)
-                                     else str(v) != str(value))]
-        if other:
-            shown = int(other[0]) if isinstance(value, int) and not isinstance(other[0], str) else other[0]
-            return key, f"{value!r}, but the rows in results.jsonl ran {column} {shown!r}"
-    return None
 
 
 def not_a_run_folder(path: Path) -> str:

@@ -114,3 +114,16 @@ def test_a_resume_of_a_folder_without_its_record_writes_none(tmp_path: Path, cap
     assert main(["run", str(folder / "scenario.yaml"), "--resume", str(folder)]) == 0
     assert not (folder / "planned.json").exists()
     assert "Whether every planned case has a row is unknown" in (folder / "report.md").read_text()
+
+
+def test_a_resume_after_the_folders_scenario_was_edited_under_its_rows_is_refused(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Trial 47: the folder's scenario.yaml edited to another batch; the report's own resume command then appended
+    rows of the new batch beside the old ones, and the next report said every case ran."""
+    folder = _cut_run(tmp_path)
+    saved = yaml.safe_load((folder / "scenario.yaml").read_text())
+    saved["workload"]["batch"] = 2 * saved["workload"]["batch"]
+    (folder / "scenario.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(["run", str(folder / "scenario.yaml"), "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume:" in err and "rows ran another workload than its scenario.yaml states (workload.batch:" in err
+    assert len((folder / "results.jsonl").read_text().splitlines()) == 1
