@@ -519,9 +519,14 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
     for origin, data in sources:
         for index, entry in enumerate(data if isinstance(data, tuple) else parse_entries(data, origin)):
             if entry.name in devices or entry.name in links:
-                first = defined_in[entry.name]
-                where = "the built-in catalog" if first == str(CATALOG_FILE) else first
-                # keyed entries[i], as the same file's validation errors are (entries.NAME read beside entries[0])
+                first, at = defined_in[entry.name], f"entries[{index_of[entry.name]}].name"
+                # keyed entries[i], as the same file's validation errors are (entries.NAME read beside entries[0]);
+                # the first entry named by its place too (a fresh-user trial: a file's own duplicate named the
+                # file, which the user had open, but not which entry came first)
+                if first == origin:
+                    raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: {at} of this file has "
+                                        f"this name already; give each entry its own name")
+                where = "the built-in catalog" if first == str(CATALOG_FILE) else f"{first}, {at}"
                 raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: a catalog entry with this "
                                     f"name already exists (in {where}); give yours another name")
             (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry

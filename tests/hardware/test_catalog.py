@@ -151,8 +151,10 @@ def test_a_catalog_key_path_names_the_entry_by_its_index_as_validation_errors_do
     path = _write(tmp_path, [dict(GPU, source="sheet"), dict(other, name="my-gpu")])
     with pytest.raises(ScenarioError) as info:
         load_catalog([path])
-    assert (info.value.key, info.value.message) == ("entries[1].name", f"'my-gpu': a catalog entry with this name "
-                                                    f"already exists (in {path}); give yours another name")
+    # a fresh-user trial: the file's own duplicate named the file but not which entry came first
+    assert (info.value.key, info.value.message) == ("entries[1].name", "'my-gpu': entries[0].name of this file has "
+                                                                       "this name already; give each entry its own "
+                                                                       "name")
     path = _write(tmp_path, [dict(GPU, source="sheet"), dict(other, inter_node="warp-drive")])
     with pytest.raises(ScenarioError) as info:
         load_catalog([path])
@@ -162,6 +164,29 @@ def test_a_catalog_key_path_names_the_entry_by_its_index_as_validation_errors_do
     with pytest.raises(ScenarioError) as info:
         load_catalog(plugin_entries=plugin)
     assert (info.value.file, info.value.key) == ("plugin hw", "entries[1].intra_node")
+
+
+def test_a_duplicate_name_in_one_file_names_both_entries_and_across_files_the_first_files_entry(
+        tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A fresh-user trial: a catalog whose entries[3] repeats entries[0]'s name was told the name exists 'in hw.yaml',
+    the very file, without saying which entry had it first."""
+    from llmsim.cli import main
+
+    link = dict(type="link", bandwidth_bytes_per_s=1e11, latency_s=5e-6, source="sheet")
+    entries = [dict(GPU, source="sheet"), dict(link, name="a"), dict(link, name="b"), dict(link, name="my-gpu")]
+    path = _write(tmp_path, entries)
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err == (f"llmsim: error: {path}: entries[3].name: 'my-gpu': entries[0].name of this "
+                                       f"file has this name already; give each entry its own name\n")
+    first = tmp_path / "first"
+    first.mkdir()
+    one = _write(first, [dict(link, name="a"), dict(GPU, source="sheet")])
+    two = _write(tmp_path, [dict(link, name="my-gpu")])
+    with pytest.raises(ScenarioError) as info:
+        load_catalog([one, two])
+    assert (info.value.file, info.value.key, info.value.message) == (
+        str(two), "entries[0].name", f"'my-gpu': a catalog entry with this name already exists (in {one}, "
+                                     f"entries[1].name); give yours another name")
 
 
 def test_catalog_cluster_takes_the_entry_defaults_and_the_callers_choices() -> None:
