@@ -99,6 +99,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     weight-only, a window that cuts nothing) are also appended to `notes`, so that a run keeps them (notes.txt)."""
     from llmsim.runner import build_catalog, plan_cases
 
+    _refuse_catalog(path, "run")
     scenario = load_scenario(path, overrides)
     registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
@@ -304,6 +305,26 @@ def _is_catalog_file(path: str) -> bool:
 
     data = read_yaml(path, "a scenario's name:, workload:, ... or a hardware catalog's entries:")
     return "entries" in data and "workload" not in data
+
+
+def _refuse_catalog(path: str, command: str) -> None:
+    """A hardware catalog file given to `run` (or `plan`) is told so in one line, keyed `entries`, with how
+    catalogs are used: named in a scenario's `hardware_catalog:` (or a plan's `--hardware`), checked by
+    `validate` (a fresh-user trial: `llmsim run hw.yaml` said `name: required key is missing`). A file that cannot
+    be read, or holds no mapping, is left to the command's own loader, which says so as it always has."""
+    from llmsim.userinput import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except ScenarioError:
+        return
+    if "entries" not in data or {"workload", "goal", "strategies"} & set(data):
+        return
+    kind, use = (("scenario", f"a scenario uses it by naming it in hardware_catalog: [{Path(path).name}] (paths "
+                              f"relative to the scenario's folder)") if command == "run" else
+                 ("plan", f"a plan uses it as `llmsim plan PLAN.yaml --hardware {shlex.quote(path)}`"))
+    raise ScenarioError(path, "entries", f"this file is a hardware catalog, not a {kind}; {use}; `llmsim validate "
+                                         f"{shlex.quote(path)}` checks it")
 
 
 def _print_plan_notes(file: str, notes: list[tuple[str, str]]) -> None:
@@ -706,6 +727,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from llmsim.planner.config import load_plan
         from llmsim.planner.profiling import PlanProfile, sharing_choice
 
+        _refuse_catalog(args.plan, "plan")
         plan = load_plan(args.plan, args.set)
         if args.program and plan.serving is not None:
             gc.enable()

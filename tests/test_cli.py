@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmsim.cli import main
 from tests.conftest import REPO
@@ -294,6 +295,24 @@ def test_a_plan_file_given_to_run_and_a_scenario_given_to_plan_name_the_right_co
     assert main(["plan", str(scenario)]) == 2
     assert capsys.readouterr().err.strip() == (f"llmsim: error: {scenario}: strategies: this file has strategies: and "
                                                f"is read by `llmsim run`; run `llmsim run {scenario}`")
+
+
+def test_a_hardware_catalog_given_to_run_or_plan_says_what_it_is_and_how_catalogs_are_used(
+        tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A fresh-user trial: `llmsim run hw.yaml` (a catalog) said `name: required key is missing`."""
+    catalog = tmp_path / "hw.yaml"
+    catalog.write_text(yaml.safe_dump({"entries": [{"name": "my-link", "type": "link", "bandwidth_bytes_per_s": 1e11,
+                                                    "latency_s": 5e-6, "source": "sheet"}]}))
+    assert main(["run", str(catalog), "--out", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == (f"llmsim: error: {catalog}: entries: this file is a hardware catalog, not a "
+                                       f"scenario; a scenario uses it by naming it in hardware_catalog: [hw.yaml] "
+                                       f"(paths relative to the scenario's folder); `llmsim validate {catalog}` "
+                                       f"checks it\n")
+    assert not (tmp_path / "runs").exists()
+    assert main(["plan", str(catalog), "--out", str(tmp_path / "plans")]) == 2
+    assert capsys.readouterr().err == (f"llmsim: error: {catalog}: entries: this file is a hardware catalog, not a "
+                                       f"plan; a plan uses it as `llmsim plan PLAN.yaml --hardware {catalog}`; "
+                                       f"`llmsim validate {catalog}` checks it\n")
 
 
 @pytest.mark.parametrize("name", ["plan-train-70b", "plan-serve-slo-8b"])
