@@ -346,6 +346,8 @@ def _validate_plan(args: argparse.Namespace) -> int:
                                      f"hardware: list (leave --backend out)")
     plan = load_plan(args.scenario, args.set)
     hardware = check_plan(plan, _catalog([Path(f) for f in args.hardware]), args.scenario)
+    if args.no_simulate and plan.serving is not None:   # as `plan --no-simulate` refuses it, after the same checks
+        raise _serving_plan_simulates(args.scenario)
     _print_plan_notes(args.scenario, plan_notes(plan, hardware))
     kind = "serving" if plan.serving is not None else {"train": "training"}.get(plan.workload.mode,
                                                                                 plan.workload.mode)
@@ -354,9 +356,18 @@ def _validate_plan(args: argparse.Namespace) -> int:
         command += ["--hardware", path]
     for override in args.set:
         command += ["--set", override]
+    if args.no_simulate:
+        command.append("--no-simulate")
     print(f"{args.scenario}: ok — a {kind} plan over {count(len(hardware), 'hardware choice')}, ranked by "
           f"{plan.objective}; `{shlex.join(command)}` searches it")
     return 0
+
+
+def _serving_plan_simulates(path: str) -> ScenarioError:
+    """`--no-simulate` given with a serving plan, as `plan` and `validate` refuse it."""
+    return ScenarioError(path, None, "--no-simulate: a serving plan is found by simulation, so it cannot be skipped "
+                                     "(allowed: --no-simulate with a training or step-goal plan only; leave it out "
+                                     "here)")
 
 
 def _is_plan_file(path: str) -> bool:
@@ -373,9 +384,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if _is_plan_file(args.scenario):
         return _validate_plan(args)
     if _is_catalog_file(args.scenario):
-        if args.set or args.backend or args.hardware:   # trial 41: they were ignored, and the file said ok
-            flag = "--set" if args.set else "--backend" if args.backend else "--hardware"
-            used = {"--hardware": "a plan", "--set": "a scenario or a plan"}.get(flag, "a scenario")
+        if args.set or args.backend or args.hardware or args.no_simulate:   # trial 41: ignored, and the file said ok
+            flag = ("--set" if args.set else "--backend" if args.backend else "--hardware" if args.hardware
+                    else "--no-simulate")
+            used = {"--hardware": "a plan", "--no-simulate": "a plan", "--set": "a scenario or a plan"}.get(
+                flag, "a scenario")
             raise UsageError("validate", f"{flag} is for {used}; "
                                          f"{args.scenario} is a hardware catalog, checked "
                                          f"as written (leave {flag} out, or edit the file)")
@@ -383,6 +396,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.hardware:
         raise UsageError("validate", f"--hardware is for a plan; {args.scenario} is a scenario, which names its "
                                      f"hardware files in hardware_catalog:")
+    if args.no_simulate:   # `llmsim plan`'s flag (skip its cluster-simulation re-check); a scenario has no such step
+        raise UsageError("validate", f"--no-simulate is for a plan (it skips `llmsim plan`'s cluster-simulation "
+                                     f"re-check); {args.scenario} is a scenario, and validate runs none of its cases "
+                                     f"(leave --no-simulate out; a run picks its backends with --backend)")
     scenario, planned, _, _, catalog = _load(args.scenario, args.set, args.backend)
     # rows a run would skip: said as the run's rows say it, once per backend (point)
     for key, problem, n in skip_notes(planned, catalog, scenario):
@@ -743,9 +760,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 from llmsim.planner.config import check_hardware
 
                 check_hardware(plan, catalog, args.plan)  # a mistyped device is the first thing to fix, if any
-                raise ScenarioError(args.plan, None, "--no-simulate: a serving plan is found by simulation, so it "
-                                                     "cannot be skipped (allowed: --no-simulate with a training or "
-                                                     "step-goal plan only; leave it out here)")
+                raise _serving_plan_simulates(args.plan)
             # a serving plan's tasks are its candidates' rate searches, then the what-ifs of the winner and the
             # runner-up (the lines before each phase say which); a training plan's, the re-checks of its best
             what = "simulation tasks done" if plan.serving is not None else "re-checked"
@@ -969,6 +984,9 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_args(p)
     p.add_argument("--hardware", action="append", default=[], type=_a_file, metavar="FILE",
                    help="a plan's extra catalog YAML, as `llmsim plan --hardware` takes it")
+    p.add_argument("--no-simulate", action="store_true",
+                   help="a plan's, as `llmsim plan --no-simulate` takes it: validate checks that the plan accepts it "
+                        "(a serving plan refuses it); validate itself never simulates")
     p.set_defaults(func=cmd_validate)
     sub.add_parser("backends", help="installed backends and whether they can run here").set_defaults(func=cmd_backends)
     p = sub.add_parser("hardware", help="the hardware catalog")

@@ -315,6 +315,33 @@ def test_a_hardware_catalog_given_to_run_or_plan_says_what_it_is_and_how_catalog
                                        f"`llmsim validate {catalog}` checks it\n")
 
 
+def test_validate_takes_a_plans_no_simulate_as_plan_does_and_refuses_it_elsewhere_in_one_line(
+        tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A fresh-user trial: `llmsim validate PLAN --no-simulate` (plan's flag, copied with the command) was argparse's
+    'unrecognized arguments'. validate makes the checks `plan` makes first, so it takes the flag with plan's meaning:
+    a training plan accepts it (and the command it gives keeps it), a serving plan refuses it as `plan` does."""
+    train, serve = REPO / "scenarios" / "plan-train-70b.yaml", REPO / "scenarios" / "plan-serve-slo-8b.yaml"
+    assert main(["validate", str(train), "--no-simulate"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"; `llmsim plan {train} --no-simulate` searches it")
+    assert main(["validate", str(serve), "--no-simulate"]) == 2
+    assert capsys.readouterr().err == (f"llmsim: error: {serve}: --no-simulate: a serving plan is found by simulation, "
+                                       f"so it cannot be skipped (allowed: --no-simulate with a training or step-goal "
+                                       f"plan only; leave it out here)\n")
+    scenario = REPO / "scenarios" / "quickstart.yaml"
+    assert main(["validate", str(scenario), "--no-simulate"]) == 2
+    assert capsys.readouterr().err == (f"llmsim: error: validate: --no-simulate is for a plan (it skips `llmsim "
+                                       f"plan`'s cluster-simulation re-check); {scenario} is a scenario, and validate "
+                                       f"runs none of its cases (leave --no-simulate out; a run picks its backends "
+                                       f"with --backend)\n")
+    catalog = tmp_path / "hw.yaml"
+    catalog.write_text(yaml.safe_dump({"entries": [{"name": "my-link", "type": "link", "bandwidth_bytes_per_s": 1e11,
+                                                    "latency_s": 5e-6, "source": "sheet"}]}))
+    assert main(["validate", str(catalog), "--no-simulate"]) == 2
+    assert capsys.readouterr().err == (f"llmsim: error: validate: --no-simulate is for a plan; {catalog} is a "
+                                       f"hardware catalog, checked as written (leave --no-simulate out, or edit the "
+                                       f"file)\n")
+
+
 @pytest.mark.parametrize("name", ["plan-train-70b", "plan-serve-slo-8b"])
 def test_validate_checks_a_plan_as_plan_does_before_its_search(name: str, capsys) -> None:
     """Trial 41: `validate` refused plan files ('run `llmsim plan`'), so a mistyped device was found only by a plan
