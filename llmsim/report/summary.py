@@ -10,6 +10,7 @@ Backends are summarised separately: a measured CPU and a modeled GPU cluster are
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -30,6 +31,9 @@ SAME_SPEED = 0.01    # within 1%: "as fast", no reason to look for
 # and hardware: beyond what smaller per-process working sets (caches) give; the one-device time was starved
 SUPERLINEAR = 1.5
 BIG_SHARE = 0.1      # waiting that takes this share of a step is named even when it is not the main reason
+# Joules per token this close (relative) to the lowest are a tie: the same energy, summed in another order (two
+# layouts whose devices do the same work); any real difference between cases is far larger
+ENERGY_TIE = 1e-9
 BREAKDOWN_LABEL = {col: label for col, label, _ in BREAKDOWN}
 
 
@@ -264,6 +268,32 @@ def _superlinear(ok: pd.DataFrame) -> list[tuple[str, str, float, int, bool]]:
     return out
 
 
+def lowest_energy(energy: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the lowest joules per token: one, or every case tied there (equal to ENERGY_TIE, the rounding
+    of the same sum taken in another order), in the rows' order."""
+    values = energy["joules_per_token"].astype(float)
+    low = float(values.min())
+    return energy[values.map(lambda v: math.isclose(v, low, rel_tol=ENERGY_TIE, abs_tol=0.0))]
+
+
+def joined(cases: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return cases[0] if len(cases) == 1 else f"{', '.join(cases[:-1])} and {cases[-1]}"
+
+
+def _energy_tie(tied: pd.DataFrame, best: pd.Series, jpt: str) -> str:
+    """The summary's sentence for two or more cases tied at the lowest energy per token, the fastest among them or
+    not."""
+    cases = [str(c) for c in tied["case"]]
+    if best["case"] in cases:
+        return (f" It is also the most energy-efficient, at {jpt} per token, tied with "
+                f"{joined([c for c in cases if c != best['case']])}.")
+    low, theirs = float(tied["joules_per_token"].astype(float).iloc[0]), best.get("joules_per_token")
+    saving = None if missing(theirs) or not _f(theirs) else 1 - low / _f(theirs)
+    tail = f", {fmt_percent(saving)} less than {best['case']}" if saving else ""
+    return f" The most energy-efficient are {joined(cases)}, tied at {jpt} per token{tail}."
+
+
 def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point]:
     """Winner, most efficient, and losers' reasons for the rows of one backend."""
     if "mode" in rows and (rows["mode"] == "serve").all():
@@ -300,9 +330,12 @@ def backend_points(rows: pd.DataFrame, capacity: dict[str, float]) -> list[Point
                         f"rerun {single} with `threads: 1` or on a quiet host."))
         energy = ok_rows(ok, "joules_per_token")
         if not energy.empty:
-            green = energy.loc[energy["joules_per_token"].astype(float).idxmin()]
+            tied = lowest_energy(energy)
+            green = tied.iloc[0]
             jpt = fmt_joules(float(green["joules_per_token"]))
-            if green["case"] == best["case"]:
+            if len(tied) > 1:   # every case at the lowest energy, not the first of them (a fresh-user trial)
+                head += _energy_tie(tied, best, jpt)
+            elif green["case"] == best["case"]:
                 head += f" It is also the most energy-efficient, at {jpt} per token."
             elif noise(green, best):
                 head += f" {green['case']} uses the least energy per token ({jpt}), within the noise of {best['case']}."

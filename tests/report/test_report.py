@@ -125,6 +125,26 @@ def test_figure_functions_raise_no_data_on_an_empty_run() -> None:
             getattr(F, name)(frame)
 
 
+def test_every_case_tied_at_the_lowest_energy_is_named() -> None:
+    """A fresh-user trial: two cases at the same lowest joules per token, and the summary named the first alone (as
+    'the most energy-efficient', and 'It is also' of the fastest while another case had its energy)."""
+    def head(rows: list) -> str:
+        frame = pd.DataFrame([r.row() for r in rows])
+        return summarize(frame)[1].text
+
+    # the fastest is among the tied: the others tied with it are named
+    text = head([row("dp", step=0.5, jpt=0.02), row("tp", step=1.0, jpt=0.02), row("pp", step=2.0, jpt=0.02 * (1 + 1e-12)),
+                 row("single", step=3.0, jpt=0.05)])
+    assert "It is also the most energy-efficient, at 20 mJ per token, tied with tp and pp." in text, text
+    # the fastest is not: every tied case, and what they save against it
+    text = head([row("dp", step=0.5, jpt=0.04), row("tp", step=1.0, jpt=0.02), row("pp", step=2.0, jpt=0.02)])
+    assert "The most energy-efficient are tp and pp, tied at 20 mJ per token, 50.0% less than dp." in text, text
+    assert "The most energy-efficient is" not in text
+    # no tie: as before
+    text = head([row("dp", step=0.5, jpt=0.04), row("tp", step=1.0, jpt=0.02), row("pp", step=2.0, jpt=0.021)])
+    assert "The most energy-efficient is tp at 20 mJ per token, 50.0% less than dp." in text, text
+
+
 def test_summary_of_a_run_without_rows() -> None:
     assert summarize(pd.DataFrame(columns=["status"]))[0].text == "This run has no result rows."
 
