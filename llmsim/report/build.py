@@ -242,7 +242,9 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
     summary = summarize(frame, capacity)
     left = run.unfinished
     if left is not None and left.planned is not None:   # right under the row count: "7 result rows: 7 ok."
-        summary.insert(1, Point(left.sentence(run.path)))
+        said = [left.sentence(run.path)] if left.cases else []
+        said += [text] if (text := left.unknown_sentence()) else []
+        summary[1:1] = [Point(text) for text in said]
     return Document(f"llmsim run: {scenario}", summary, sections, meta)
 
 
@@ -251,8 +253,14 @@ def _not_run_blocks(run: Run) -> list[Block]:
     that runs them), every skipped, failed and does-not-fit row, and "Every case ran." only when every case the
     run planned (its planned.json) has a row."""
     left = run.unfinished
-    blocks: list[Block] = [Paragraph(left.sentence(run.path, "listed below"))] if left is not None else []
-    blocks += _some(T.not_ok_table(run.frame, left.cases if left is not None else ()))
+    blocks: list[Block] = [Paragraph(left.sentence(run.path, "listed below"))] \
+        if left is not None and (left.cases or left.planned is None) else []
+    unknown = left.unknown_sentence() if left is not None else None
+    blocks += [Paragraph(unknown)] if unknown else []
+    table = T.not_ok_table(run.frame, left.cases if left is not None else ())
+    blocks += _some(table)
+    if unknown and table is None and not left.cases:  # type: ignore[union-attr]
+        blocks.append(Paragraph("Every case of the scenario ran."))
     return blocks or [Paragraph("Every case ran.")]
 
 

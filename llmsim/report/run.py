@@ -17,6 +17,7 @@ from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.wording import count
 
 TRACE_FILE = "trace.json"
+MAX_UNKNOWN = 5   # planned cases the scenario does not have, named in the report's line (the others counted)
 
 
 @dataclass
@@ -211,6 +212,7 @@ class Unfinished:
     why: str | None = None                  # why the planned cases are unknown
     backends: tuple[str, ...] = ()          # the backends the run planned cases of, where fewer than the scenario's
     unresumable: str | None = None          # why the folder's scenario.yaml is not the run's (missing, damaged, edited)
+    unknown: tuple[tuple[str, str], ...] = ()   # planned cases without a row whose strategy the scenario has not
 
     def resume_command(self, run_dir: Path) -> str:
         """The `llmsim run` command that runs the cases left: the run's own saved scenario (every --set of the run
@@ -234,6 +236,18 @@ class Unfinished:
                 f"{'has' if len(self.cases) == 1 else 'have'} no row ({where}); run "
                 f"{'it' if len(self.cases) == 1 else 'them'} with: {command}.")
 
+    def unknown_sentence(self) -> str | None:
+        """'planned.json names case zz (on roofline) which the scenario does not have; ...', or None when every
+        planned case is one of the scenario's."""
+        if not self.unknown:
+            return None
+        shown = ", ".join(f"{case} (on {backend})" for case, backend in self.unknown[:MAX_UNKNOWN])
+        more = f" and {len(self.unknown) - MAX_UNKNOWN} more" if len(self.unknown) > MAX_UNKNOWN else ""
+        one = len(self.unknown) == 1
+        return (f"{PLANNED_FILE} names {'case' if one else 'cases'} {shown}{more} which the scenario does not have "
+                f"(no strategy of that name): {'it is' if one else 'they are'} not counted as planned or listed as "
+                f"not run; the file was edited or is another run's.")
+
 
 def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any],
                      unresumable: str | None = None) -> Unfinished | None:
@@ -246,13 +260,21 @@ def unfinished_cases(run_dir: Path, frame: pd.DataFrame, scenario: dict[str, Any
                                     f"from 2026-12-05 on", unresumable=unresumable)
     done = ({(str(c), str(b)) for c, b in zip(frame["case"], frame["backend"])}
             if {"case", "backend"} <= set(frame.columns) else set())
-    left = tuple(key for key in planned if key not in done)
-    if not left:
+    # A case is its strategy's name and sweep points (`dp@nodes=2`, `single@rate=4`; a name has no '@'). A planned
+    # case without a row whose strategy the (valid) saved scenario has not cannot have been planned from it: said
+    # so, not listed as not run (a fresh-user trial). Its sweep points are not checked: they come from the
+    # backends' settings, which only the backends' plugins expand. Unchecked without a usable scenario.
+    strategies = {str(s.get("name", "single")) for s in scenario.get("strategies") or [{}] if isinstance(s, dict)} \
+        if isinstance(scenario, dict) and scenario else None
+    unknown = tuple(key for key in planned if key not in done and strategies is not None
+                    and key[0].split("@")[0] not in strategies)
+    left = tuple(key for key in planned if key not in done and key not in unknown)
+    if not left and not unknown:
         return None
-    ran_backends = tuple(dict.fromkeys(b for _, b in planned))
+    ran_backends = tuple(dict.fromkeys(b for c, b in planned if (c, b) not in unknown))
     named = tuple((scenario.get("backends") or {}).keys()) if isinstance(scenario, dict) else ()
     chosen = ran_backends if set(ran_backends) != set(named) else ()
-    return Unfinished(len(planned), left, backends=chosen, unresumable=unresumable)
+    return Unfinished(len(planned) - len(unknown), left, backends=chosen, unresumable=unresumable, unknown=unknown)
 
 
 def catalog_capacity() -> dict[str, float]:

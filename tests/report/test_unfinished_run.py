@@ -127,3 +127,27 @@ def test_a_resume_after_the_folders_scenario_was_edited_under_its_rows_is_refuse
     err = capsys.readouterr().err
     assert "--resume:" in err and "rows ran another workload than its scenario.yaml states (workload.batch:" in err
     assert len((folder / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_planned_case_the_scenario_does_not_have_is_said_in_one_line_not_listed_as_not_run(tmp_path: Path) -> None:
+    """A fresh-user trial: planned.json naming a case no strategy of the scenario makes (edited, or another run's)
+    was listed as 'not run' with the resume command, which cannot run it."""
+    folder = _cut_run(tmp_path)
+    record_planned(folder, [("zz@nodes=2", "roofline")])   # after single, dp and tp
+    write_report(folder)
+    text = (folder / "report.md").read_text()
+    line = ("planned.json names case zz@nodes=2 (on roofline) which the scenario does not have (no strategy of that "
+            "name): it is not counted as planned or listed as not run; the file was edited or is another run's.")
+    assert f"* {line}" in text and text.count(line) == 2   # the summary and the Not run section
+    assert "2 of 3 planned cases have no row" in text      # dp and tp still are the run's own
+    assert "| zz@nodes=2 |" not in text
+    # the only case without a row is the unknown one: no run cut short, and every case of the scenario ran
+    folder = make_run(tmp_path / "all", [row(case, step=1.0) for case in ("single", "dp", "tp")])
+    scenario = saved_scenario_of([row("single", step=1.0)])
+    scenario["strategies"] = [{"name": "single"}, {"name": "dp"}, {"name": "tp"}]
+    (folder / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
+    record_planned(folder, [(case, "roofline") for case in ("single", "dp", "tp", "zz")])
+    write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert "cut short" not in text and "Every case of the scenario ran." in text
+    assert "planned.json names case zz (on roofline) which the scenario does not have" in text
