@@ -151,7 +151,7 @@ def _priced_mixes(model: IterationModel, faults: ServingFaults, host: HostStep, 
         # attention data parallelism (plan.attention_dp > 1): the ranks' mixes of one lockstep iteration
         # (serving.replica.LockstepReplica), each rank's host step in parallel, the longest one counted; each
         # pass launches its engine's kernels (costmodel.eager.engine_iteration)
-        whole, ranks = engine_iteration(here, mix, eager.engine_kernels)
+        whole, ranks = engine_iteration(here, mix, eager.engine_kernels, eager.fuse_allreduce_rms)
         t = iteration_times(here, whole, ranks)
         compute = t.compute * slowdown
         device_s = compute + t.comm + t.bubble * slowdown + t.other
@@ -367,6 +367,7 @@ def run_extras(backend: "Backend", case: "Case", cluster: ClusterSpec, outcome: 
     eager = spec.eager_launch_on(cluster.device)
     extra: dict[str, Any] = dict(
         eager_passes=eager.passes, eager_launch_s=eager.per_kernel_s, engine_kernels=eager.engine_kernels,
+        fuse_allreduce_rms=eager.fuse_allreduce_rms,
         energy_j=energy_j, scheduler=spec.scheduler.kind, request_overhead_s=spec.overhead_on(cluster.device),
         step_overhead_s=host.fixed_s, step_overhead_per_seq_s=host.per_seq_s, router=spec.router,
         events_per_s=outcome.events / outcome.wall_s if outcome.wall_s > 0 else None,

@@ -530,7 +530,7 @@ SERVING_OPTIONAL = ("experts", "top_k", "expert_ffn_hidden", "shared_experts", "
                     "all_reduce", "lengths", *("delay_factor", "waiting_served_ratio", "max_waiting_tokens",
                                     "max_batch_total_tokens", "async_output", "overlap_schedule"), "concurrency", "attention",
                     "kv_cache_dtype", "attention_dp", "router", "engine_kernels", "eager", "fp4_layers",
-                    "recv_interval", "graph_max_batch", *MODEL_OPTIONAL_COLUMNS)
+                    "recv_interval", "graph_max_batch", "fuse_allreduce_rms", *MODEL_OPTIONAL_COLUMNS)
 # `fp4_layers` (optional; blank = all): a float4 row's workload.fp4.layers (all | mlp: the attention projections
 # kept 16-bit, nvidia/DeepSeek-R1-FP4 as TensorRT-LLM runs it); the scenario's rules refuse any other value.
 # `attention_dp` (optional; blank = 1): the replica's attention data-parallel ranks, Strategy.attention_dp (SGLang
@@ -555,7 +555,9 @@ SERVING_SCHEDULER_KEYS = {"delay_factor": float, "waiting_served_ratio": float, 
 # The scheduler's flags (serving.scheduler.<column>: true or false; blank or absent = false): `async_output`, the
 # engine's output processing overlapped with the next iteration (vLLM V0 >= 0.6.0, docs/serving.md);
 # `overlap_schedule`, the next iteration formed while the current one runs (SGLang >= 0.4's overlap scheduler).
-SERVING_SCHEDULER_FLAGS = ("async_output", "overlap_schedule")
+# `fuse_allreduce_rms`, each tensor-parallel all-reduce folded with the RMSNorm after it (vLLM >= 0.16's default on
+# Hopper and Blackwell at tp > 1: costmodel.eager), set where the row's engine version and launch say it ran.
+SERVING_SCHEDULER_FLAGS = ("async_output", "overlap_schedule", "fuse_allreduce_rms")
 # `engine_kernels` (optional; blank = the policy's default, fused for prefill-first): serving.scheduler.engine_kernels,
 # whose model code launches a pass's kernels (fused | sglang | sglang-rocm; costmodel.eager): the SGLang rows of a
 # DeepSeek-V3-shaped float8 model, whose extend pass SGLang launches from Python with more kernels a layer.

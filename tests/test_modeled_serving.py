@@ -791,3 +791,23 @@ def test_a_pricer_prices_each_distinct_mix_once_and_jitters_every_iteration(monk
     assert priced == [a, b, a] and slow[1] == pytest.approx(2 * first[1])
     jittered = pricers(model, ServingFaults(jitter=0.1, seed=3))(0)
     assert len({jittered(a)[0] for _ in range(5)}) == 5 and priced.count(a) == 3
+
+
+@pytest.mark.parametrize("hardware,faster", [("h100-sxm", True), ("a100-80gb", False)])
+def test_vllms_allreduce_rms_fusion_shortens_tp_decode_steps_where_vllm_runs_it(
+        tmp_path: Path, hardware: str, faster: bool) -> None:
+    """serving.scheduler.fuse_allreduce_rms at tp 2: on Hopper each layer launches two kernels fewer (the
+    all-reduces fold the norms after them), so TPOT drops; on an A100 vLLM does not run it: the same rows."""
+    tpot = {}
+    for fuse in (False, True):
+        data = _scenario(scheduler={"kind": "continuous", "fuse_allreduce_rms": fuse})
+        data["strategies"] = [{"name": "tp2", "tp": 2}]
+        data["backends"] = {"roofline": {"hardware": hardware, "nodes": 1, "devices_per_node": 2}}
+        data["serving"]["arrival"]["rate"] = [50]
+        _, rows = _run(tmp_path / str(fuse), data)
+        (row,) = rows
+        assert row["fuse_allreduce_rms"] is fuse
+        tpot[fuse] = row["tpot_mean_s"]
+    assert (tpot[True] < tpot[False]) is faster
+    if not faster:
+        assert tpot[True] == tpot[False]

@@ -52,6 +52,7 @@ class DeviceSpec(Protocol):
     step_overhead_s: float  # host seconds per engine iteration, not overlapped (read by the serving simulation)
     step_overhead_per_seq_s: float  # host seconds per iteration per sequence it runs (the same)
     eager_launch_s: float  # host seconds to launch one kernel of an eager pass (read by the serving simulation)
+    allreduce_rms_fusion_max_bytes: Mapping[int, float]  # tp -> vLLM's all-reduce + RMSNorm fusion limit (costmodel.eager)
 
 
 class LinkSpec(Protocol):

@@ -46,6 +46,20 @@ KV_WRITE_KERNELS = 1
 # on ROCm, which launch more kernels for some models in a pass that extends prompts (`engine_layer_kernels`).
 ENGINE_KERNELS = ("fused", "sglang", "sglang-rocm")
 
+# vLLM's all-reduce + RMSNorm fusion (serving.scheduler.fuse_allreduce_rms; PassConfig.fuse_allreduce_rms, the
+# AllReduceFusionPass of vllm/compilation/passes/fusion/allreduce_rms_fusion.py, a default at -O2 from vLLM 0.16 on
+# Hopper and Blackwell at tp > 1: vLLM PR #34299, `enable_allreduce_rms_fusion` in vllm/config/vllm.py) replaces
+# each tensor-parallel all-reduce and the fused residual-add + RMSNorm after it with one FlashInfer kernel
+# (trtllm_allreduce_fusion, the kARResidualRMSNorm pattern): one kernel fewer per all-reduce site. It applies to a
+# pass whose all-reduce input (tokens x hidden x the residual stream's element bytes) is at most the device's
+# limit for the tp size (the catalog's allreduce_rms_fusion_max_bytes, vLLM's FI_ALLREDUCE_FUSION_MAX_SIZE_MB: the
+# pass compiles a fused graph for the token range up to it), only for a bf16 or fp16 residual stream
+# (_FI_SUPPORTED_DTYPES), and vLLM turns it off with data parallelism or pipeline parallelism at tp > 1 (issues
+# #34458 and #35426, `enable_allreduce_rms_fusion`'s data_parallel_size == 1 and pipeline_parallel_size == 1).
+# The fused kernel's own time is priced as the all-reduce it replaces (no separate measurement of it: the norm's
+# bytes are a few KB a token).
+FUSED_ALLREDUCE_RMS_ELEMENT_BYTES = 2   # a 16-bit residual stream (an FP8 or FP4 checkpoint computes it in bf16)
+
 # SGLang's DeepSeek-V3 extend ("prefill") pass, counted in its source, one host launch per Python-level op that
 # starts GPU work (a C++ op launching several kernels counts once; allocations, views and splits none). Path:
 # python/sglang/srt/models/deepseek_v2.py, an MLA model with q_lora (DeepSeek-V3/R1 and V3.1: 61 layers, the
@@ -221,29 +235,62 @@ def engine_layer_kernels(engine_kernels: str, spec: "ModelSpec", dtype: str, tp:
                - fused)
 
 
-def with_engine_kernels(model: "IterationModel", mix: "Mix", engine_kernels: str) -> "Mix":
+def allreduce_rms_fusion_max_tokens(device: object, tp: int, hidden: int) -> int:
+    """The most tokens a pass may hold for vLLM's all-reduce + RMSNorm fusion to apply on `device` at tensor
+    parallelism `tp` on a model of hidden size `hidden`: the device entry's allreduce_rms_fusion_max_bytes for `tp`
+    (vLLM's FI_ALLREDUCE_FUSION_MAX_SIZE_MB; 0 where it has none: not Hopper or Blackwell, or a tp FlashInfer does
+    not take) over a token's hidden_size x 2 B (`_max_token_num` in vLLM's allreduce_rms_fusion.py)."""
+    limits = getattr(device, "allreduce_rms_fusion_max_bytes", None) or {}
+    max_bytes = limits.get(tp, 0)
+    return int(max_bytes // (hidden * FUSED_ALLREDUCE_RMS_ELEMENT_BYTES)) if max_bytes else 0
+
+
+def fused_allreduce_rms_sites(model: "IterationModel", pass_tokens: float) -> int:
+    """All-reduce sites per layer that vLLM's all-reduce + RMSNorm fusion folds into one kernel with the norm after
+    them in a pass of `pass_tokens` tokens (each one kernel fewer; module comment above FUSED_ALLREDUCE_RMS_ELEMENT_BYTES):
+    every tensor-parallel all-reduce of the layer (work.tp_collectives_per_layer) where tp > 1, pp = 1, no
+    attention data parallelism (plan.attention_dp 1: vLLM's data_parallel_size 1), a 16-bit residual stream (the workload's
+    dtype, or bf16 for an 8- or 4-bit checkpoint) and the pass at most `allreduce_rms_fusion_max_tokens`; else 0."""
+    plan, workload = model.plan, model.workload
+    # an fp32 model's residual stream is fp32, which FlashInfer's fused kernel does not take
+    if plan.tp <= 1 or plan.pp > 1 or plan.attention_dp > 1 or workload.dtype == "float32":
+        return 0
+    limit = allreduce_rms_fusion_max_tokens(model.cluster.device, plan.tp, workload.model.hidden)
+    if pass_tokens <= 0 or pass_tokens > limit:
+        return 0
+    return tp_collectives_per_layer(workload.model)
+
+
+def with_engine_kernels(model: "IterationModel", mix: "Mix", engine_kernels: str,
+                        fuse_allreduce_rms: bool = False) -> "Mix":
     """`mix` with the kernels the engine's model code launches beyond the fused count added to its layer_kernels
-    (`engine_layer_kernels`): priced on the GPU at the device's fixed time per kernel (iteration_times) and, in an
-    eager pass, at the host's launch time (`pass_launches`). Unchanged for "fused"."""
+    (`engine_layer_kernels`), and, where the engine fuses each all-reduce with the RMSNorm after it
+    (`fuse_allreduce_rms`: serving.scheduler.fuse_allreduce_rms, vLLM's pass; `fused_allreduce_rms_sites` decides
+    per pass), one kernel fewer per fused site: priced on the GPU at the device's fixed time per kernel
+    (iteration_times) and, in an eager pass, at the host's launch time (`pass_launches`). Unchanged for "fused"
+    without the fusion."""
     workload = model.workload
     fp4 = workload.fp4
+    pass_tokens = mix.prefill_tokens + mix.decode_seqs + mix.verify_tokens
     extra = engine_layer_kernels(engine_kernels, workload.model, workload.dtype, model.plan.tp,
                                  int(mix.prefill_tokens), int(round(mix.prefill_tokens + mix.decode_seqs)),
                                  fp4.recipe if fp4 is not None else "nvfp4", fp4.layers if fp4 is not None else "all",
                                  model.costs.kv_cache_dtype)
-    return replace(mix, layer_kernels=mix.layer_kernels + extra) if extra > 0 else mix
+    if fuse_allreduce_rms:
+        extra -= fused_allreduce_rms_sites(model, pass_tokens)
+    return replace(mix, layer_kernels=mix.layer_kernels + extra) if extra != 0 else mix
 
 
-def engine_iteration(model: "IterationModel", mix: "Mix | tuple[Mix, ...]",
-                     engine_kernels: str) -> "tuple[Mix, tuple[Mix, ...]]":
+def engine_iteration(model: "IterationModel", mix: "Mix | tuple[Mix, ...]", engine_kernels: str,
+                     fuse_allreduce_rms: bool = False) -> "tuple[Mix, tuple[Mix, ...]]":
     """One serving iteration as the engine launches it: `mix` is one replica's Mix, or (attention data parallelism)
-    the ranks' mixes of one lockstep iteration; each pass gets its engine's kernels (`with_engine_kernels`). Returns
-    the iteration's whole mix (the ranks' summed) and the ranks' own (empty without attention DP), the two
-    arguments iteration_times takes."""
+    the ranks' mixes of one lockstep iteration; each pass gets its engine's kernels (`with_engine_kernels`, with
+    vLLM's all-reduce + RMSNorm fusion where `fuse_allreduce_rms` and it applies). Returns the iteration's whole mix
+    (the ranks' summed) and the ranks' own (empty without attention DP), the two arguments iteration_times takes."""
     if isinstance(mix, tuple):
-        ranks = tuple(with_engine_kernels(model, r, engine_kernels) for r in mix)
+        ranks = tuple(with_engine_kernels(model, r, engine_kernels, fuse_allreduce_rms) for r in mix)
         return functools.reduce(lambda a, b: a + b, ranks), ranks
-    return with_engine_kernels(model, mix, engine_kernels), ()
+    return with_engine_kernels(model, mix, engine_kernels, fuse_allreduce_rms), ()
 
 
 def eager_launch_seconds(kernels: float, per_kernel_s: float) -> float:

@@ -247,7 +247,9 @@ class Mix:
                      scheduled request, a partial prefill's token is discarded: gpu_model_runner's
                      `logits_indices` is one per request)
     layer_kernels    kernels each layer launches in this pass beyond the fused engine's KERNELS_PER_LAYER_FORWARD
-                     (an engine policy's own count, e.g. TGI 2.1's unfused ones: policies/tgi.py); 0 by default
+                     (an engine policy's own count, e.g. TGI 2.1's unfused ones: policies/tgi.py); 0 by default;
+                     negative where the engine fuses some of them away (vLLM's all-reduce + RMSNorm fusion:
+                     costmodel.eager.fused_allreduce_rms_sites)
     pass_kernels     kernels the pass launches after the LM head beyond KERNELS_HEAD (an engine's sampler and
                      input bookkeeping, e.g. TGI 2.1's); each at the device's fixed time per kernel; 0 by default
     longest_chunk    c of the pass's longest prompt chunk and the p tokens cached before it (one sequence: an

@@ -171,6 +171,13 @@ class DeviceSpec(BooleansAreNotNumbers):
                     "graph (vLLM V0's passes that hold a prompt; every pass of an engine without "
                     "graphs: serving.scheduler.eager) takes max(device time, this x the kernels it "
                     "launches) (costmodel.eager); 0 = not modeled")
+    allreduce_rms_fusion_max_bytes: dict[Annotated[int, Field(ge=2)], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="tp size -> the largest all-reduce input in bytes (tokens x hidden x 2 B) for which vLLM folds "
+                    "a tensor-parallel all-reduce and the RMSNorm after it into one FlashInfer kernel "
+                    "(serving.scheduler.fuse_allreduce_rms; vLLM's FI_ALLREDUCE_FUSION_MAX_SIZE_MB for the "
+                    "device's compute capability, vllm/compilation/passes/fusion/allreduce_rms_fusion.py); "
+                    "empty = the fusion does not run on this device (vLLM enables it on Hopper and Blackwell only)")
     source: Source
 
     @model_validator(mode="before")

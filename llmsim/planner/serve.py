@@ -424,7 +424,7 @@ def _split_pricer(model: IterationModel, host: Any, eager: Any, split: dict[str,
         def one(mix: Mix | tuple[Mix, ...]) -> tuple[float, float]:
             # attention data parallelism: the ranks' mixes of one lockstep iteration (modeled_serving.pricers);
             # each pass launches its engine's kernels
-            mix, ranks = engine_iteration(model, mix, eager.engine_kernels)
+            mix, ranks = engine_iteration(model, mix, eager.engine_kernels, eager.fuse_allreduce_rms)
             t = iteration_times(model, mix, ranks)
             compute, comm, bubble, other = t.compute, t.comm, t.bubble, t.other
             device_s = t.step

@@ -476,6 +476,14 @@ class SchedulerSpec(_Strict):
                           "max_cudagraph_capture_size); SGLang 0.5.3-0.5.4 --cuda-graph-max-bs 256 at tp < 4, "
                           "512 at tp >= 4 on a 60-160 GiB GPU (server_args.py); TGI 2.x 32 (--cuda-graphs); "
                           "default none: every decode pass replays a graph (as before the key)")
+    fuse_allreduce_rms: bool = Field(
+        False, description="the engine folds each tensor-parallel all-reduce and the residual-add + RMSNorm after "
+                           "it into one kernel (vLLM's all-reduce + RMSNorm fusion, PassConfig.fuse_allreduce_rms: "
+                           "on by default from vLLM 0.16 at -O2 on Hopper and Blackwell with tp > 1 and FlashInfer; "
+                           "off before): one kernel fewer per all-reduce a layer, in a pass of at most the device "
+                           "entry's allreduce_rms_fusion_max_bytes / (hidden x 2 B) tokens, at tp > 1 with pp 1 and "
+                           "attention_dp 1 (costmodel.eager); default false. Not with SGLang's or TGI's kernel "
+                           "counts (engine_kernels sglang / sglang-rocm, kind sglang or tgi)")
 
     @property
     def eager_passes(self) -> str:
@@ -505,6 +513,12 @@ class SchedulerSpec(_Strict):
         for key, owner in POLICY_KEYS.items():
             if getattr(self, key) is not None and self.kind in BUILTIN_SCHEDULERS and self.kind != owner:
                 raise KeyedValueError(key, f"{key} is for kind {owner!r} (got kind {self.kind!r})")
+        if self.fuse_allreduce_rms and (self.engine_kernels_of != "fused" or self.kind == "tgi"):
+            engine = f"kind {self.kind!r}" if self.kind == "tgi" else f"engine_kernels {self.engine_kernels_of!r}"
+            raise KeyedValueError("fuse_allreduce_rms", (
+                f"true with {engine}: vLLM's all-reduce + RMSNorm fusion is priced over the fused engine's kernels "
+                f"(engine_kernels fused); allowed: false, or true with engine_kernels fused and a kind other than "
+                f"tgi"))
         if self.chunk_tokens is not None and self.chunk_tokens > self.max_batched_tokens:
             raise KeyedValueError("chunk_tokens", f"{self.chunk_tokens} exceeds max_batched_tokens="
                                   f"{self.max_batched_tokens}, the tokens one iteration computes at most, so a chunk "
@@ -761,12 +775,14 @@ class EagerLaunch:
     costmodel.eager.EAGER_PASSES ("none", "prompt", "all"), `per_kernel_s` host seconds per kernel launched (the
     device entry's eager_launch_s), `engine_kernels` whose model code launches a pass's kernels (SchedulerSpec.
     engine_kernels_of), `graph_max_batch` the most sequences a pure-decode pass replays a graph with (SchedulerSpec.
-    graph_max_batch; None = no limit). Not modeled by default (per_kernel_s 0)."""
+    graph_max_batch; None = no limit), `fuse_allreduce_rms` whether the engine fuses each all-reduce with the
+    RMSNorm after it (SchedulerSpec.fuse_allreduce_rms). Not modeled by default (per_kernel_s 0)."""
 
     passes: str = "none"
     per_kernel_s: float = 0.0
     engine_kernels: str = "fused"   # whose model code launches a pass's kernels (costmodel.eager.ENGINE_KERNELS)
     graph_max_batch: int | None = None   # most sequences of a graph-replayed decode pass (None = no limit)
+    fuse_allreduce_rms: bool = False     # vLLM's all-reduce + RMSNorm fusion (SchedulerSpec.fuse_allreduce_rms)
 
 
 class ServingSpec(_Strict):
@@ -891,9 +907,11 @@ class ServingSpec(_Strict):
         """Which passes run eagerly (serving.scheduler.eager, else the policy's), the host seconds per kernel
         launched (the device entry's eager_launch_s; 0 = not modeled) and whose model code's kernels a pass launches
         (serving.scheduler.engine_kernels, else the policy's) and the most sequences a decode pass replays a graph
-        with (serving.scheduler.graph_max_batch)."""
+        with (serving.scheduler.graph_max_batch), and whether the engine fuses each all-reduce with the RMSNorm
+        after it (serving.scheduler.fuse_allreduce_rms)."""
         return EagerLaunch(self.scheduler.eager_passes, float(getattr(device, "eager_launch_s", 0.0) or 0.0),
-                           self.scheduler.engine_kernels_of, self.scheduler.graph_max_batch)
+                           self.scheduler.engine_kernels_of, self.scheduler.graph_max_batch,
+                           self.scheduler.fuse_allreduce_rms)
 
     def at_rate(self, rate: float | None) -> "ServingSpec":
         """This spec with one rate of the sweep."""

@@ -12,9 +12,10 @@ import pytest
 from llmsim.config import ModelSpec, SharingChoice, Workload
 from llmsim.costmodel import Plan
 from llmsim.costmodel.compute import KERNELS_EMBED, KERNELS_HEAD, KERNELS_PER_LAYER_FORWARD
-from llmsim.costmodel.eager import (KV_WRITE_KERNELS, eager_launch_seconds, eager_pass_seconds, engine_layer_kernels,
-                                    layer_launches, pass_launches, priced_pass_seconds, runs_eagerly,
-                                    sglang_dsv3_layer_launches, with_engine_kernels)
+from llmsim.costmodel.eager import (KV_WRITE_KERNELS, allreduce_rms_fusion_max_tokens, eager_launch_seconds,
+                                    eager_pass_seconds, engine_iteration, engine_layer_kernels,
+                                    fused_allreduce_rms_sites, layer_launches, pass_launches, priced_pass_seconds,
+                                    runs_eagerly, sglang_dsv3_layer_launches, with_engine_kernels)
 from llmsim.costmodel.iteration import IterationModel, Mix, iteration_times, token_costs
 from llmsim.workload.profile import profile_workload
 from tests.costmodel.helpers import a100_cluster
@@ -219,3 +220,60 @@ def test_a_decode_pass_of_one_more_than_the_graph_costs_the_eager_price_one_at_i
     assert priced_pass_seconds(model, past, device_past, "prompt", slow, 8) > 100 * device_past
     assert priced_pass_seconds(model, past, device_past, "prompt", slow) == device_past     # default: no limit
     assert priced_pass_seconds(model, past, device_past, "prompt", 0.0, 8) == device_past   # host not modeled
+
+
+def _h200_model(tp: int, pp: int = 1, dtype: str = "bfloat16", attention_dp: int = 1, device: str = "h200",
+                parallel_block: bool = False) -> IterationModel:
+    """A 4-layer Llama-3-8B (hidden 4096) on one 8-GPU node of `device`."""
+    from llmsim.costmodel import ClusterSpec
+    from tests.costmodel.helpers import CATALOG
+    w = Workload(model=ModelSpec(preset="llama3-8b", layers=4, seq_len=64, parallel_block=parallel_block),
+                 mode="decode", batch=1, decode_tokens=3, dtype=dtype)
+    cluster = ClusterSpec(device=CATALOG.device(device), intra=CATALOG.link("nvlink4"),
+                          inter=CATALOG.link("ib-ndr400x8"), nodes=1, devices_per_node=8)
+    return IterationModel(token_costs(w, profile_workload(w, UNTIED)), w,
+                          Plan(tp=tp, pp=pp, attention_dp=attention_dp), cluster)
+
+
+def test_the_allreduce_rms_fusion_limit_is_the_devices_bytes_over_a_tokens_hidden_state() -> None:
+    """vLLM's FI_ALLREDUCE_FUSION_MAX_SIZE_MB for Hopper: tp 8 0.5 MiB, tp 4 2 MiB, tp 2 64 MiB, over hidden x 2 B."""
+    from tests.costmodel.helpers import CATALOG
+    h200, a100 = CATALOG.device("h200"), CATALOG.device("a100-80gb")
+    assert allreduce_rms_fusion_max_tokens(h200, 8, 4096) == 64           # 524,288 / 8,192
+    assert allreduce_rms_fusion_max_tokens(h200, 4, 4096) == 256
+    assert allreduce_rms_fusion_max_tokens(h200, 2, 4096) == 8192
+    assert allreduce_rms_fusion_max_tokens(h200, 16, 4096) == 0            # a tp size FlashInfer does not take
+    assert allreduce_rms_fusion_max_tokens(a100, 8, 4096) == 0             # Ampere: vLLM does not enable it
+    assert allreduce_rms_fusion_max_tokens(CATALOG.device("b200"), 8, 4096) == 128
+
+
+def test_the_fusion_folds_each_allreduce_site_of_a_pass_within_the_limit() -> None:
+    model = _h200_model(tp=8)
+    assert fused_allreduce_rms_sites(model, 64) == 2                      # both all-reduces of a layer
+    assert fused_allreduce_rms_sites(model, 65) == 0                      # past the fused graph's token range
+    assert fused_allreduce_rms_sites(model, 0) == 0
+    assert fused_allreduce_rms_sites(_h200_model(tp=8, parallel_block=True), 64) == 1   # one all-reduce a layer
+    # where vLLM does not run it: no tensor parallelism, a pipeline, attention data parallelism, an fp32 model,
+    # a device outside Hopper and Blackwell
+    assert fused_allreduce_rms_sites(_h200_model(tp=1), 8) == 0
+    assert fused_allreduce_rms_sites(_h200_model(tp=4, pp=2), 8) == 0
+    assert fused_allreduce_rms_sites(_h200_model(tp=8, attention_dp=2), 8) == 0
+    assert fused_allreduce_rms_sites(_h200_model(tp=8, dtype="float32"), 8) == 0
+    assert fused_allreduce_rms_sites(_h200_model(tp=8, device="a100-80gb"), 8) == 0
+
+
+def test_a_fused_pass_launches_two_kernels_fewer_a_layer_and_costs_that_much_less() -> None:
+    """The fused kernel replaces the all-reduce and the norm after it: the device time drops by two kernels'
+    fixed time a layer (the all-reduce itself is priced as before), and an eager pass launches two fewer."""
+    model = _h200_model(tp=8)
+    decode = Mix.decode(300) + Mix.decode(200)
+    fused = with_engine_kernels(model, decode, "fused", fuse_allreduce_rms=True)
+    assert fused.layer_kernels == -2
+    assert with_engine_kernels(model, decode, "fused") is decode          # off: unchanged
+    saved = iteration_times(model, decode).step - iteration_times(model, fused).step
+    assert saved == pytest.approx(4 * 2 * model.cluster.device.efficiency.kernel_latency_s, rel=1e-6)
+    assert pass_launches(model, decode) - pass_launches(model, fused) == 4 * 2
+    big = Mix.prefill(1024)                                                # 8 MiB of hidden state: not fused
+    assert with_engine_kernels(model, big, "fused", fuse_allreduce_rms=True) is big
+    whole, ranks = engine_iteration(model, decode, "fused", True)
+    assert (whole.layer_kernels, ranks) == (-2, ())

@@ -494,3 +494,26 @@ def test_a_kv_block_size_vllm_does_not_take_is_noted_for_the_modeled_backends(
                 f"take (its --block-size: 1, 8, 16, 32, 64, 128, 256, or a multiple of 16 on its FlashAttention "
                 f"kernel); the modeled backends price blocks of {tokens} tokens as given"]
     assert _notes(capsys.readouterr().err) == (expected if noted else [])
+
+
+def test_the_allreduce_rms_fusion_is_refused_with_another_engines_kernel_counts() -> None:
+    """fuse_allreduce_rms prices vLLM's pass over the fused engine's kernels: SGLang's and TGI's own counts
+    (engine_kernels sglang / sglang-rocm, kind sglang or tgi) are refused with the key and what is allowed."""
+    from pydantic import ValidationError
+
+    from llmsim.serving.spec import SchedulerSpec, ServingSpec
+    assert SchedulerSpec().fuse_allreduce_rms is False
+    assert SchedulerSpec(kind="chunked-prefill", fuse_allreduce_rms=True).fuse_allreduce_rms is True
+    for kwargs in ({"kind": "sglang"}, {"kind": "continuous", "engine_kernels": "sglang-rocm"}, {"kind": "tgi"}):
+        with pytest.raises(ValidationError, match="allowed: false, or true with engine_kernels fused"):
+            SchedulerSpec(fuse_allreduce_rms=True, **kwargs)
+    assert SchedulerSpec(kind="sglang", engine_kernels="fused", fuse_allreduce_rms=True).fuse_allreduce_rms
+    spec = ServingSpec(requests=1, lengths={"input": 4, "output": 2}, arrival={"kind": "constant", "rate": 1},
+                       scheduler={"kind": "continuous", "fuse_allreduce_rms": True})
+    assert spec.eager_launch_on(object()).fuse_allreduce_rms is True
+
+
+def test_the_allreduce_rms_fusion_with_sglangs_counts_is_one_line_naming_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(tmp_path, capsys, "serving.scheduler.kind=sglang", "serving.scheduler.fuse_allreduce_rms=true")
+    assert err.startswith("serving.scheduler.fuse_allreduce_rms: true with engine_kernels 'sglang'"), err
