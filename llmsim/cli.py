@@ -114,6 +114,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     _note_absent_backends(planned, scenario, registry, path, kept)
     _note_fp4_weight_only(planned, catalog, path, kept)
     _note_kv_link(planned, catalog, scenario, path, kept)
+    _note_allreduce_rms_fusion(planned, catalog, scenario, path, kept)
     window = scenario.workload.model.window_note()
     if window is not None:
         _say_note(path, "workload.model.sliding_window", window, kept)
@@ -182,6 +183,15 @@ def _note_kv_link(planned: list, catalog: Any, scenario: Scenario, path: str, ke
     from llmsim.runner import kv_link_notes
 
     for where, note in kv_link_notes(planned, catalog, scenario):
+        _say_note(path, where, note, kept)
+
+
+def _note_allreduce_rms_fusion(planned: list, catalog: Any, scenario: Scenario, path: str, kept: list[str]) -> None:
+    """Say where vLLM's all-reduce + RMSNorm fusion is asked for a case it would not run in (runner.
+    allreduce_rms_fusion_notes)."""
+    from llmsim.runner import allreduce_rms_fusion_notes
+
+    for where, note in allreduce_rms_fusion_notes(planned, catalog, scenario):
         _say_note(path, where, note, kept)
 
 

@@ -890,6 +890,39 @@ def cross_node_tp_notes(planned: list[PlannedCase], catalog: Catalog) -> list[tu
     return list(notes.items())
 
 
+def allreduce_rms_fusion_notes(planned: list[PlannedCase], catalog: Catalog,
+                               scenario: Scenario) -> list[tuple[str, str]]:
+    """(where, note) where serving.scheduler.fuse_allreduce_rms is true for a modeled case that vLLM would not fuse
+    in any pass (costmodel.eager.fused_allreduce_rms_sites): tp 1, a pipeline, attention data parallelism, an fp32
+    model, or a device with no fusion limit for its tp (allreduce_rms_fusion_max_bytes: vLLM runs the fusion on
+    Hopper and Blackwell at tp 2, 4 and 8 only). The case is priced without it. Once per (backend, strategy)."""
+    spec = scenario.serving
+    if spec is None or not spec.scheduler.fuse_allreduce_rms:
+        return []
+    notes: dict[str, str] = {}
+    for item, cluster in _modeled_clusters(planned, catalog):
+        tp, pp = item.case.layout.tp, item.case.layout.pp
+        attention_dp = getattr(item.case.strategy, "attention_dp", 1) or 1
+        limits = getattr(cluster.device, "allreduce_rms_fusion_max_bytes", None) or {}
+        if tp <= 1:
+            reason = "tp 1 has no all-reduce to fuse"
+        elif pp > 1:
+            reason = f"vLLM does not fuse with pipeline parallelism (pp {pp})"
+        elif attention_dp > 1:
+            reason = f"vLLM does not fuse with data parallelism (attention_dp {attention_dp})"
+        elif scenario.workload.dtype == "float32":
+            reason = "an fp32 residual stream is not one FlashInfer's fused kernel takes (bf16 or fp16)"
+        elif tp not in limits:
+            sizes = ", ".join(str(t) for t in sorted(limits))
+            reason = (f"{cluster.device.name} has no fusion limit for tp {tp} (allreduce_rms_fusion_max_bytes: "
+                      + (f"tp {sizes} only)" if sizes else "none; vLLM runs it on Hopper and Blackwell only)"))
+        else:
+            continue
+        notes.setdefault(f"serving.scheduler.fuse_allreduce_rms (backends.{item.backend.name}, strategy "
+                         f"{item.case.strategy.name})", f"true changes nothing here: {reason}; priced without it")
+    return list(notes.items())
+
+
 def kv_link_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where serving.disaggregation.kv_transfer.link names a link the deployment would not carry its KV
     cache over on a modeled backend's cluster: the cluster's link inside a node while the instances span nodes, or

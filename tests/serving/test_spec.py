@@ -517,3 +517,28 @@ def test_the_allreduce_rms_fusion_with_sglangs_counts_is_one_line_naming_the_key
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(tmp_path, capsys, "serving.scheduler.kind=sglang", "serving.scheduler.fuse_allreduce_rms=true")
     assert err.startswith("serving.scheduler.fuse_allreduce_rms: true with engine_kernels 'sglang'"), err
+
+
+@pytest.mark.parametrize("hardware,tp,pp,reason", [
+    ("a100-80gb", 2, 1, "a100-80gb has no fusion limit for tp 2 (allreduce_rms_fusion_max_bytes: none; vLLM runs "
+                        "it on Hopper and Blackwell only)"),
+    ("h100-sxm", 1, 1, "tp 1 has no all-reduce to fuse"),
+    ("h100-sxm", 2, 2, "vLLM does not fuse with pipeline parallelism (pp 2)"),
+])
+def test_validate_notes_an_allreduce_rms_fusion_that_would_change_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], hardware: str, tp: int, pp: int, reason: str) -> None:
+    data = json.loads(json.dumps(SERVING))
+    data["workload"]["dtype"] = "bfloat16"
+    data["strategies"] = [{"name": "s", "tp": tp, "pp": pp}]
+    data["serving"]["scheduler"]["fuse_allreduce_rms"] = True
+    data["backends"] = {"roofline": {"hardware": hardware, "nodes": 1, "devices_per_node": tp * pp}}
+    path = _write(tmp_path, data)
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert (f"llmsim: note: {path}: serving.scheduler.fuse_allreduce_rms (backends.roofline, strategy s): true "
+            f"changes nothing here: {reason}; priced without it") in err, err
+    data["backends"]["roofline"]["hardware"] = "h100-sxm"          # where vLLM fuses: no note
+    data["strategies"] = [{"name": "s", "tp": 2}]
+    data["backends"]["roofline"]["devices_per_node"] = 2
+    assert main(["validate", str(_write(tmp_path, data))]) == 0
+    assert "fuse_allreduce_rms" not in capsys.readouterr().err
