@@ -383,7 +383,7 @@ def summarize(frame: pd.DataFrame, capacity: dict[str, float] | None = None) -> 
     capacity = capacity or {}
     counts = frame["status"].value_counts()
     parts = [f"{counts[s]} {s}" for s in ("ok", "does-not-fit", "skipped", "failed") if s in counts]
-    points = [Point(f"{len(frame)} result rows: " + ", ".join(parts) + ".")]
+    points = [Point(f"{count(len(frame), 'result row')}: " + ", ".join(parts) + ".")]   # "1 result row: 1 ok."
     for rows in by_backend(frame):
         points += backend_points(rows, capacity)
     parity = parity_point(frame)

@@ -133,8 +133,8 @@ def test_every_case_tied_at_the_lowest_energy_is_named() -> None:
         return summarize(frame)[1].text
 
     # the fastest is among the tied: the others tied with it are named
-    text = head([row("dp", step=0.5, jpt=0.02), row("tp", step=1.0, jpt=0.02), row("pp", step=2.0, jpt=0.02 * (1 + 1e-12)),
-                 row("single", step=3.0, jpt=0.05)])
+    text = head([row("dp", step=0.5, jpt=0.02), row("tp", step=1.0, jpt=0.02),
+                 row("pp", step=2.0, jpt=0.02 * (1 + 1e-12)), row("single", step=3.0, jpt=0.05)])
     assert "It is also the most energy-efficient, at 20 mJ per token, tied with tp and pp." in text, text
     # the fastest is not: every tied case, and what they save against it
     text = head([row("dp", step=0.5, jpt=0.04), row("tp", step=1.0, jpt=0.02), row("pp", step=2.0, jpt=0.02)])

@@ -140,6 +140,7 @@ def test_a_planned_case_the_scenario_does_not_have_is_said_in_one_line_not_liste
             "name): it is not counted as planned or listed as not run; the file was edited or is another run's.")
     assert f"* {line}" in text and text.count(line) == 2   # the summary and the Not run section
     assert "2 of 3 planned cases have no row" in text      # dp and tp still are the run's own
+    assert "* 1 result row: 1 ok." in text                  # was "1 result rows"
     assert "| zz@nodes=2 |" not in text
     # the only case without a row is the unknown one: no run cut short, and every case of the scenario ran
     folder = make_run(tmp_path / "all", [row(case, step=1.0) for case in ("single", "dp", "tp")])
