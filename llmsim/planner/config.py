@@ -164,6 +164,10 @@ class DisaggregationSearch(_Strict):
         """prefill and decode are sweep lists of instance counts (_refuse_bad_sweeps); one count stands for a list
         of it, as search.tp's does (trial 46: `prefill=2` was told 'expected a list')."""
         scalars = _scalar_keys(data, ("prefill", "decode"))
+        for key in ("prefill", "decode"):   # trial 48: `prefill: {a: 1}` was told 'expected a list' alone
+            if isinstance(data, dict) and isinstance(data.get(key), dict):
+                raise _KeyedError(key, "a mapping, not a list; allowed: a list of instance counts, integers >= 1 "
+                                       "(e.g. [1, 2]), or one count")
         if scalars:
             data = {key: [value] if key in scalars else value for key, value in data.items()}
         return _refuse_bad_sweeps(data, ("prefill", "decode"), "an instance count", scalars)
