@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 
 from llmsim.planner.config import PlanFile, SearchSpace
-from llmsim.planner.space import (ALL_SCHEDULES, DEFAULT_CP, DEFAULT_VIRTUAL_STAGES, _divisors, default_pp,
-                                  shape_problem, shown_values)
+from llmsim.planner.space import (ALL_SCHEDULES, DEFAULT_CP, DEFAULT_VIRTUAL_STAGES, _divisors, axis_left_out,
+                                  default_pp, shape_problem, shown_values)
 
 SELECTIVE_IS_NONE = ("with the flash-attention kernel the planner prices, selective recompute keeps and recomputes "
                      "what none does (only the s x s scores, which flash never stores)")
@@ -231,10 +231,97 @@ def narrowing_notes(plan: PlanFile) -> list[str]:
     return out
 
 
-def narrowed_axes(search: SearchSpace) -> str:
-    """plan.md's header line of the search axes the plan narrows, e.g. "tp [4, 8]; schedule [1f1b]"; "none" where
-    it narrows none (every value the model and batch allow)."""
+def pipeline_left_out(plan: PlanFile) -> dict[str, dict[int, str]]:
+    """The stated values of search.virtual_stages and search.pp that form no interleaved pipeline beside values that
+    do (pipeline_search_problem refuses a setting with none), axis -> {value: why}: a virtual-stage count that
+    interleaves no searched pp (it does not divide the layers, or pp x v exceeds them, or the only pp it interleaves
+    has no micro-batch count that is a multiple of it), and, under `schedule: [interleaved]` alone, a pp > 1 that
+    no stated virtual-stage count interleaves or whose micro-batch counts are never a multiple of it (the scenario's
+    rules, check_strategy_shape and resolve_layout). The search leaves them out as any invalid configuration; a
+    fresh user's report: `pp: [4], virtual_stages: [40, 5]` on 80 layers searched 5 alone without a word, the
+    header listing 40."""
+    s, w = plan.search, plan.workload
+    if plan.serving is not None or w.mode != "train" or pipeline_search_problem(plan) is not None:
+        return {}
+    if "interleaved" not in (s.schedule or ALL_SCHEDULES):
+        return {}
+    counts = _microbatch_counts(plan)
+    pps = _pipelines(plan)
+    stated = s.virtual_stages or list(DEFAULT_VIRTUAL_STAGES)
+    shown_counts = shown_values(sorted(counts))
+
+    def counted(p: int) -> bool:
+        return any(m % p == 0 for m in counts)
+
+    def no_count(p: int) -> str:
+        return (f"an interleaved pipeline needs a micro-batch count that is a multiple of pp, and none the batch "
+                f"{w.batch:,} forms ({shown_counts}) is a multiple of {p}")
+
+    out: dict[str, dict[int, str]] = {}
+    if s.schedule == ["interleaved"] and s.pp:
+        pp_out: dict[int, str] = {}
+        for p in pps:
+            if not any(_interleaves(plan, v, [p]) for v in stated):
+                problem = shape_problem(w, 1, p, 1, False, "interleaved", stated[0]) or ""
+                why = problem.split(": ", 1)[-1].split(" (allowed", 1)[0]
+                pp_out[p] = (f"no virtual stages of {_listed(stated)} interleave {p} stages "
+                             f"(v {stated[0]}: {why}), and search.schedule is [interleaved]")
+            elif not counted(p):
+                pp_out[p] = f"{no_count(p)}, and search.schedule is [interleaved]"
+        if pp_out:
+            out["pp"] = pp_out
+    if s.virtual_stages:
+        usable = [p for p in pps if counted(p)]
+        v_out: dict[int, str] = {}
+        for v in s.virtual_stages:
+            if _interleaves(plan, v, usable):
+                continue
+            shaped = [p for p in pps if _interleaves(plan, v, [p])]
+            if shaped:   # it interleaves only pipelines no micro-batch count fills
+                v_out[v] = f"it interleaves only pp {_listed(shaped)}, and {no_count(shaped[0])}"
+                continue
+            problem = shape_problem(w, 1, min(pps), 1, False, "interleaved", v) or ""
+            key, _, why = problem.partition(": ")
+            why = why.split(" (allowed", 1)[0]
+            v_out[v] = f"at pp {min(pps)}, {why}" if key == "pp" else why
+        if v_out:
+            out["virtual_stages"] = v_out
+    return out
+
+
+def left_out(plan: PlanFile) -> dict[str, dict[int, str]]:
+    """Every stated search value the search leaves out beside values of its axis it searches, axis -> {value:
+    why}: those the model cannot use (space.axis_left_out) and those that form no interleaved pipeline
+    (pipeline_left_out), in SearchSpace's order."""
+    axis, pipeline = axis_left_out(plan), pipeline_left_out(plan)
+    out = {}
+    for key in SearchSpace.model_fields:
+        merged = {**axis.get(key, {}), **pipeline.get(key, {})}
+        if merged:   # in the order the plan states them
+            out[key] = {v: merged[v] for v in getattr(plan.search, key) if v in merged}
+    return out
+
+
+def left_out_note(plan: PlanFile) -> str | None:
+    """One note naming each left-out value (left_out) and why, and what is searched, e.g. "search.tp [3, 4]: 3 is
+    left out (3 does not divide heads=64); searched: [4]"; None when every stated value is searched."""
     parts = []
+    for key, dropped in left_out(plan).items():
+        given = getattr(plan.search, key)
+        kept = [v for v in given if v not in dropped]
+        whys = "; ".join(why if len(dropped) == 1 or why.startswith(f"{v} ") else f"{v}: {why}"
+                         for v, why in dropped.items())
+        parts.append(f"search.{key} {_listed(given)}: {', '.join(map(str, dropped))} "
+                     f"{'is' if len(dropped) == 1 else 'are'} left out ({whys}); searched: {_listed(kept)}")
+    return "; ".join(parts) or None
+
+
+def narrowed_axes(plan: PlanFile) -> str:
+    """plan.md's header line of the search axes the plan narrows, with the values searched (a stated value left
+    out, left_out, is not listed: `left_out_note` names it), e.g. "tp [4, 8]; schedule [1f1b]"; "none" where it
+    narrows none (every value the model and batch allow)."""
+    search, parts = plan.search, []
+    dropped = left_out(plan)
     for key in SearchSpace.model_fields:
         value = getattr(search, key)
         if value is None:
@@ -242,5 +329,5 @@ def narrowed_axes(search: SearchSpace) -> str:
         if key == "disaggregation":
             parts.append(f"disaggregation prefill {_listed(value.prefill)}, decode {_listed(value.decode)}")
         else:
-            parts.append(f"{key} {_listed([str(v).lower() if isinstance(v, bool) else v for v in value])}")
+            parts.append(f"{key} {_listed([v for v in value if v not in dropped.get(key, {})])}")
     return "; ".join(parts) if parts else "none: every value the model and batch allow"

@@ -26,9 +26,9 @@ from llmsim.planner.search import (Evaluation, Hardware, Rows, SearchCaches, Sea
                                    sharing_choice, simulate_top)
 from llmsim.planner.profiling import PlanProfile
 from llmsim.planner.serve import Mapper
-from llmsim.planner.narrowing import (device_ceiling_problem, device_floor_problem, narrowing_notes,
-                                     pipeline_search_problem, search_value_problem)
-from llmsim.planner.space import dropped_values_note, search_axis_problem
+from llmsim.planner.narrowing import (device_ceiling_problem, device_floor_problem, left_out_note,
+                                     narrowing_notes, pipeline_search_problem, search_value_problem)
+from llmsim.planner.space import search_axis_problem
 from llmsim.planner.serve_report import ServingPlanOutcome, run_serving_plan
 from llmsim.workload.profile import WorkloadProfile
 from llmsim.results import new_run_dir
@@ -94,10 +94,13 @@ def check_plan(plan: PlanFile, catalog: Catalog, file: str = "<plan>") -> list[H
     if device_range is not None:
         raise ScenarioError(file, "limits.min_devices", device_range)
     if plan.serving is not None:
-        from llmsim.planner.serve import expert_search_problem
+        from llmsim.planner.serve import disaggregation_device_problem, expert_search_problem
         expert_problem = expert_search_problem(plan, max(h.devices_per_node for h in hardware))
         if expert_problem is not None:
             raise ScenarioError(file, *expert_problem)
+        unit_problem = disaggregation_device_problem(plan, [h.devices_per_node for h in hardware])
+        if unit_problem is not None:
+            raise ScenarioError(file, *unit_problem)
     return hardware
 
 
@@ -133,7 +136,7 @@ def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]
                             f"use it"))
     out += [("note", note) for note in tp_span_notes(plan, hardware) + weight_only_notes(plan, hardware)
             + narrowing_notes(plan)]
-    dropped = dropped_values_note(plan)
+    dropped = left_out_note(plan)
     if dropped:
         out.append(("note", dropped))
     if plan.serving is not None and plan.serving.block_note():   # as `llmsim validate` of a scenario says it

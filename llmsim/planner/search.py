@@ -256,6 +256,18 @@ def static_lower_bound(ctx: Context, g: Group, axes: Axes) -> float:
 Check = tuple[str, str, bool, float, Callable[[float], str]]
 
 
+def _past(value: float, bound: float, digits: int, upper: bool = True) -> str:
+    """`value`, which breaks `bound` (above it if `upper`, else below), with `digits` decimals, or a few more, or as
+    many significant digits as it takes to read as breaking it: a miss by 0.1% is not written "30.0 days > 30 days"
+    (trial 48), nor a deadline of seconds "0.0 days > 1.4e-05 days"."""
+    texts = [f"{value:,.{d}f}" for d in range(digits, digits + 3)] + [f"{value:,.{d}g}" for d in range(3, 16)]
+    for text in texts:
+        shown = float(text.replace(",", ""))
+        if (shown > bound) if upper else (shown < bound):
+            return text
+    return texts[0]
+
+
 def _checks(plan: PlanFile) -> list[Check]:
     """The goals and limits the plan sets, in the order `judge` lists them: (limit, the metric it reads
     ("power_w": the configuration's power), upper (True: broken above the bound, need/limit = value/bound;
@@ -267,16 +279,16 @@ def _checks(plan: PlanFile) -> list[Check]:
         if g.deadline_s is not None:
             days = f"{g.deadline_days:g}"
             out.append(("deadline", "time_to_goal_s", True, g.deadline_s,
-                        lambda t: f"deadline: {t / 86400:.1f} days > {days} days"))
+                        lambda t: f"deadline: {_past(t / 86400, g.deadline_days, 1)} days > {days} days"))
     else:
         if g.tokens_per_s is not None:
             rate = f"{g.tokens_per_s:,.0f}"
             out.append(("throughput", "tokens_per_s", False, g.tokens_per_s,
-                        lambda tps: f"throughput: {tps:,.0f} tokens/s < {rate}"))
+                        lambda tps: f"throughput: {_past(tps, g.tokens_per_s, 0, False)} tokens/s < {rate}"))
         if g.max_step_latency_s is not None:
             ms = f"{g.max_step_latency_s * 1e3:g}"
             out.append(("latency", "latency_s", True, g.max_step_latency_s,
-                        lambda s: f"latency: {s * 1e3:.1f} ms > {ms} ms"))
+                        lambda s: f"latency: {_past(s * 1e3, g.max_step_latency_s * 1e3, 1)} ms > {ms} ms"))
     if lim.max_power_w is not None:
         limit = fmt_watts(lim.max_power_w)
         out.append(("power", "power_w", True, lim.max_power_w,

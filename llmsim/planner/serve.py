@@ -952,14 +952,44 @@ def candidate_units(plan: PlanFile, devices_per_node: int) -> list[DisaggUnit]:
     prefill counts x decode counts x S^2, S the sides (tp x layout) kept: for a dense model S is the tps; for a
     mixture of experts at the default tps 1, 2, 4, 8, S = 1 + 3 x 4 = 13 (narrow search.tp, search.ep or
     search.attention_dp to price fewer)."""
+    return [u for u in _all_units(plan, devices_per_node) if u.devices <= plan.limits.max_devices]
+
+
+def _all_units(plan: PlanFile, devices_per_node: int) -> list[DisaggUnit]:
+    """candidate_units before limits.max_devices."""
     search = plan.search.disaggregation
     if search is None:
         return []
     sides = unit_sides(plan, devices_per_node)
-    units = [DisaggUnit(x, a, y, b, search.kv_transfer.layerwise, pe, de, search.kv_transfer.link)
-             for x in sorted(set(search.prefill)) for y in sorted(set(search.decode))
-             for a, pe in sides for b, de in sides]
-    return [u for u in units if u.devices <= plan.limits.max_devices]
+    return [DisaggUnit(x, a, y, b, search.kv_transfer.layerwise, pe, de, search.kv_transfer.link)
+            for x in sorted(set(search.prefill)) for y in sorted(set(search.decode))
+            for a, pe in sides for b, de in sides]
+
+
+def disaggregation_device_problem(plan: PlanFile, devices_per_node: list[int]) -> tuple[str, str] | None:
+    """(key, one line) when every unit search.disaggregation's counts form takes more devices than
+    limits.max_devices on every hardware choice (`devices_per_node`: each choice's), as search.tp [8] under
+    max_devices 4 is refused (narrowing.device_floor_problem); None when a unit fits (counts no unit can use beside
+    ones that fit are a note, unused_counts_note), or when no tp shards the model (no unit forms at all: the
+    colocated replicas' own checks say why). Trial 48: it planned colocated replicas alone, with a note."""
+    search = plan.search.disaggregation
+    if search is None:
+        return None
+    units = [u for n in devices_per_node for u in _all_units(plan, n)]
+    if not units or any(u.devices <= plan.limits.max_devices for u in units):
+        return None
+    least = min(units, key=lambda u: (u.devices, u.prefill + u.decode))
+    cap = plan.limits.max_devices
+    return "search.disaggregation", (
+        f"prefill {_listed(search.prefill)}, decode {_listed(search.decode)} take at least {least.devices:,} devices "
+        f"(the smallest unit: {least.prefill} prefill instance{'s' if least.prefill > 1 else ''} of tp "
+        f"{least.prefill_tp} and {least.decode} decode instance{'s' if least.decode > 1 else ''} of tp "
+        f"{least.decode_tp}), more than limits.max_devices={cap:,}; allowed: counts whose prefill + decode is at "
+        f"most {cap // least.prefill_tp:,} (at tp {least.prefill_tp}), or a larger limits.max_devices")
+
+
+def _listed(values: list[int]) -> str:
+    return "[" + ", ".join(map(str, values)) + "]"
 
 
 def unit_sides(plan: PlanFile, devices_per_node: int) -> list[tuple[int, ReplicaExperts]]:

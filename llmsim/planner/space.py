@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -627,29 +629,41 @@ def search_axis_problem(plan: PlanFile) -> tuple[str, str] | None:
             continue
         problems = [_axis_problem(w, axis, v) for v in given]
         if all(problems):
-            # dp and micro_batch: every divisor of the batch (trial 46: dp [3] on 1,024 was shown 1 to 64 alone)
-            upto = w.batch if axis in ("dp", "micro_batch") else max(64, *given)
-            allowed = [v for v in range(1, upto + 1) if _axis_problem(w, axis, v) is None]
             first = problems[0].removeprefix(f"{axis}: ")  # the key names the axis already: "search.tp: 5 does ..."
-            return f"search.{axis}", (first if "allowed" in first else
-                                      f"{first}; allowed values: {shown_values(allowed) or 'none'}")
+            # the strategy rules' own list of divisors stops at 64 (trial 48: cp [3] on seq_len 4,096 was shown
+            # 1 to 64): the planner lists its own, every value up to what the axis divides
+            cut = re.search(r" \(allowed: [\d, ]+\)$", first)
+            if cut:
+                first = first[:cut.start()]
+            if "allowed" in first:   # a rule, not a list ("allowed pp: 1 to 80")
+                return f"search.{axis}", first
+            return f"search.{axis}", f"{first}; allowed values: {shown_values(_allowed(w, axis, given)) or 'none'}"
     return None
 
 
-def dropped_values_note(plan: PlanFile) -> str | None:
-    """A note naming the values of search axes the model cannot use beside values it can (search_axis_problem
-    refuses an axis with none): they are left out like any invalid configuration, and the header still lists them
-    (trial 46: tp [3, 4] searched 4 alone without a word). None when every stated value is usable."""
+def _allowed(w: Workload, axis: str, given: list[int]) -> list[int]:
+    """Every value of search axis `axis` this model can use: dp and micro_batch up to the batch (trial 46: dp [3]
+    on 1,024 was shown 1 to 64 alone), cp up to seq_len (which it divides), tp up to the heads, the others up to
+    the largest stated value (at least 64)."""
+    upto = {"dp": w.batch, "micro_batch": w.batch, "cp": w.model.seq_len,
+            "tp": max(w.model.heads, *given)}.get(axis, max(64, *given))
+    if axis in ("dp", "micro_batch", "cp"):   # each divides what it is bounded by: its divisors alone are tried
+        tried = sorted({d for k in range(1, math.isqrt(upto) + 1) if upto % k == 0 for d in (k, upto // k)})
+    else:
+        tried = list(range(1, upto + 1))
+    return [v for v in tried if _axis_problem(w, axis, v) is None]
+
+
+def axis_left_out(plan: PlanFile) -> dict[str, dict[int, str]]:
+    """The values of search axes the model cannot use beside values it can (search_axis_problem refuses an axis
+    with none), axis -> {value: why}: they are left out like any invalid configuration (trial 46: tp [3, 4]
+    searched 4 alone without a word). narrowing.left_out adds the pipelines' and says them in one note."""
     w, s = plan.workload, plan.search
-    parts = []
+    out: dict[str, dict[int, str]] = {}
     for axis in ("tp", "pp", "cp", "dp", "micro_batch", "ep"):
         given = getattr(s, axis) or []
         problems = {v: _axis_problem(w, axis, v) for v in given}
-        dropped = [v for v, p in problems.items() if p]
+        dropped = {v: p.removeprefix(f"{axis}: ").split(" (allowed", 1)[0] for v, p in problems.items() if p}
         if dropped and len(dropped) < len(given):
-            whys = "; ".join(problems[v].removeprefix(f"{axis}: ").split(" (allowed", 1)[0] for v in dropped)
-            kept = [v for v in given if v not in dropped]
-            parts.append(f"search.{axis} [{', '.join(map(str, given))}]: {', '.join(map(str, dropped))} "
-                         f"{'is' if len(dropped) == 1 else 'are'} left out ({whys}); searched: "
-                         f"[{', '.join(map(str, kept))}]")
-    return "; ".join(parts) or None
+            out[axis] = dropped
+    return out
