@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 
+from llmsim.divisors import shown_divisors
 from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
 from llmsim.serving.spec import Lengths, ServingSpec, arrival_count_problem, length_bounds
 from llmsim.serving.disagg_spec import SIDE_STRATEGY_KEYS
@@ -667,10 +668,6 @@ class Strategy(_Strict):
 Problem = tuple[str, str] | None
 
 
-def _divisors(n: int, limit: int = 64) -> str:
-    return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def check_strategy_shape(s: Strategy, w: Workload, serving: bool = False) -> Problem:
     """Rules that depend only on the model and the strategy, not on the device count. `serving`: the strategy
     describes a serving replica, whose expert grid is carved from its own tp ranks (the ep it may take divides tp).
@@ -679,7 +676,7 @@ def check_strategy_shape(s: Strategy, w: Workload, serving: bool = False) -> Pro
     the path."""
     m = w.model
     if m.heads % s.tp:
-        return "tp", f"{s.tp} does not divide heads={m.heads} (allowed: {_divisors(m.heads)})"
+        return "tp", f"{s.tp} does not divide heads={m.heads} (allowed: {shown_divisors(m.heads)})"
     kv = m.kv_heads or m.heads
     if kv % s.tp and s.tp % kv:
         return "tp", (f"{s.tp} and kv_heads={kv} must divide one another (KV heads are split when tp <= kv_heads, "
@@ -711,7 +708,7 @@ def check_strategy_shape(s: Strategy, w: Workload, serving: bool = False) -> Pro
     except SplitError as e:
         return e.key, e.message
     if m.seq_len % s.cp:
-        return "cp", f"{s.cp} does not divide seq_len={m.seq_len} (allowed: {_divisors(m.seq_len)})"
+        return "cp", f"{s.cp} does not divide seq_len={m.seq_len} (allowed: {shown_divisors(m.seq_len)})"
     problem = check_expert_parallel(s, m, serving)
     if problem:
         return problem
@@ -739,7 +736,7 @@ def check_expert_parallel(s: Strategy, m: ModelSpec, serving: bool = False) -> P
             return "attention_dp", (f"{s.attention_dp}: attention data parallelism is modeled for a "
                                     f"mixture-of-experts model only (this one is dense; allowed: 1)")
         if s.tp % s.attention_dp:
-            return "attention_dp", f"{s.attention_dp} does not divide tp={s.tp} (allowed: {_divisors(s.tp)})"
+            return "attention_dp", f"{s.attention_dp} does not divide tp={s.tp} (allowed: {shown_divisors(s.tp)})"
         if s.pp > 1:
             return "attention_dp", (f"{s.attention_dp} with pp={s.pp} is not modeled (allowed: pp 1, or "
                                     f"attention_dp 1)")
@@ -751,7 +748,7 @@ def check_expert_parallel(s: Strategy, m: ModelSpec, serving: bool = False) -> P
                                 if m.moe.experts % d == 0 and s.tp % d == 0)
             return "ep", (f"{s.ep} does not divide experts={m.moe.experts} (allowed in a serving replica of "
                           f"tp={s.tp}: {allowed})")
-        return "ep", f"{s.ep} does not divide experts={m.moe.experts} (allowed: {_divisors(m.moe.experts)})"
+        return "ep", f"{s.ep} does not divide experts={m.moe.experts} (allowed: {shown_divisors(m.moe.experts)})"
     if m.expert_ffn % s.expert_tp:
         return ("etp" if s.etp is not None else "tp"), (f"{s.expert_tp} (the expert tensor-parallel size) does not "
                                                         f"divide moe.expert_ffn_hidden={m.expert_ffn}")
@@ -787,7 +784,7 @@ def check_sharing(sharing: Sharing, m: ModelSpec) -> Problem:
                                  f"({smallest}); allowed: 1 ... {smallest}")
     if sharing.layer_groups is not None and m.layers % sharing.layer_groups:
         return "layer_groups", (f"{sharing.layer_groups} does not divide layers={m.layers} "
-                                f"(allowed: {_divisors(m.layers)})")
+                                f"(allowed: {shown_divisors(m.layers)})")
     if sharing.layer_groups is not None and m.sliding_window is not None:
         return "layer_groups", (f"{sharing.layer_groups} with workload.model.sliding_window: a shared block would "
                                 f"serve windowed and full layers alike (allowed: null with a sliding_window)")

@@ -24,21 +24,20 @@ keeps fewer micro-batches in flight, Narayanan et al. 2021 Sec. 2.2), then to th
 embedding lookup costs little next to the LM head and loss on the last). 70 layers on 12 stages are
 5, 6 x 10, 5; 126 on 16 are 7, 8 x 14, 7.
 
-Nothing here imports the rest of llmsim: the scenario's validation (llmsim.config), the cost model,
+Nothing here imports the rest of llmsim but llmsim.divisors: the scenario's validation (llmsim.config), the cost model,
 the planner and the distributed backend all read the split from here.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from llmsim.divisors import divisors, listed
+
 # The keys a strategy states a split with, in the order they are checked.
 SPLIT_KEYS = ("stage_layers", "first_stage_layers", "last_stage_layers", "embedding_as_layer", "loss_as_layer")
-ALLOWED_SHOWN = 12  # at most this many allowed values are listed in a message
 
 
 class SplitError(ValueError):
@@ -50,15 +49,6 @@ class SplitError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
-def _listed(values: Sequence[int]) -> str:
-    shown = ", ".join(str(v) for v in values[:ALLOWED_SHOWN])
-    return shown + (", ..." if len(values) > ALLOWED_SHOWN else "") if values else "none"
-
-
-def _divisors(n: int) -> list[int]:
-    """The divisors of n in increasing order, in O(sqrt n) (a model may have 10^8 layers)."""
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def _end_counts(layers: int, other: int, middle_stages: int) -> range:
@@ -84,7 +74,7 @@ def default_split(layers: int, pp: int, virtual_stages: int = 1) -> tuple[int, .
     v = virtual_stages
     if layers % v:
         raise SplitError("virtual_stages", f"{v} does not divide layers={layers}: each stage runs {v} model "
-                                           f"chunks of equal size (allowed: {_listed(_divisors(layers))})")
+                                           f"chunks of equal size (allowed: {listed(divisors(layers))})")
     units = layers // v
     if units < pp:
         what = "pp" if v == 1 else "pp*virtual_stages"
@@ -151,7 +141,7 @@ def _first_last(layers: int, pp: int, v: int, first: int | None, last: int | Non
         else:
             problem = (f"leaves {rest} layer{'' if rest == 1 else 's'} for the other {middle_stages} stage(s), "
                        f"which must split them evenly with at least one each (Megatron-LM's rule)")
-        allowed_text = f"allowed {key}{fixed}: {_listed(allowed)}" if allowed else \
+        allowed_text = f"allowed {key}{fixed}: {listed(allowed)}" if allowed else \
             f"no {key} works{fixed} on {layers} layers and pp={pp}"
         raise SplitError(key, f"{given}: {problem} ({allowed_text})")
     mid = middle(first, last)
@@ -178,9 +168,9 @@ def _accounted(layers: int, pp: int, v: int, embedding: bool, loss: bool) -> tup
     total = layers + embedding + loss
     if total % pp:
         what = " + ".join(["layers"] + ["1 (embedding)"] * embedding + ["1 (loss)"] * loss)
-        allowed = [d for d in _divisors(total) if d > 1]
+        allowed = [d for d in divisors(total) if d > 1]
         raise SplitError(key, f"{what} = {total} is not divisible by pp={pp} (Megatron-LM splits them evenly; "
-                              f"allowed pp: 1, {_listed(allowed)})")
+                              f"allowed pp: 1, {listed(allowed)})")
     per = total // pp
     counts = [per] * pp
     counts[0] -= embedding

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmsim.config import Strategy, Workload, stage_layer_counts
+from llmsim.divisors import shown_divisors
 from llmsim.wording import count
 
 
@@ -82,10 +83,6 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
                   stage_layers=stage_layer_counts(s, w.model.layers), ep=s.ep, etp=s.expert_tp)
 
 
-def _divisors(n: int, limit: int = 64) -> str:
-    return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def _batch_problem(s: Strategy, w: Workload, dp: int, world: int | None, backend: str) -> tuple[str, str] | None:
     """The global batch must split into dp replicas of whole micro-batches: (key, message) naming the degree
     that breaks it (dp when it does not divide the batch at all, else micro_batch) and the values allowed."""
@@ -101,7 +98,7 @@ def _batch_problem(s: Strategy, w: Workload, dp: int, world: int | None, backend
                           f"{dp * s.micro_batch}, or tp*pp*cp larger so that dp = {world}/(tp*pp*cp) is one of {fits}")
         per = w.batch // s.micro_batch if w.batch % s.micro_batch == 0 else w.batch
         return "dp", (f"{dp} does not divide batch={w.batch} (micro_batch={s.micro_batch}); allowed: dp among "
-                      f"{_divisors(per)}, or workload.batch a multiple of {dp * s.micro_batch}")
+                      f"{shown_divisors(per)}, or workload.batch a multiple of {dp * s.micro_batch}")
     per_replica = w.batch // dp
     return "micro_batch", (f"{s.micro_batch} does not divide the batch={w.batch} / dp={dp} = {per_replica} sequences "
-                           f"of a replica; allowed: {_divisors(per_replica)}")
+                           f"of a replica; allowed: {shown_divisors(per_replica)}")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 
+from llmsim.divisors import divisors
 from llmsim.planner.config import PlanFile, SearchSpace
-from llmsim.planner.space import (ALL_SCHEDULES, DEFAULT_CP, DEFAULT_VIRTUAL_STAGES, _divisors, axis_left_out,
+from llmsim.planner.space import (ALL_SCHEDULES, DEFAULT_CP, DEFAULT_VIRTUAL_STAGES, axis_left_out,
                                   default_pp, shape_problem, shown_values)
 
 SELECTIVE_IS_NONE = ("with the flash-attention kernel the planner prices, selective recompute keeps and recomputes "
@@ -97,8 +98,8 @@ def _microbatch_counts(plan: PlanFile) -> set[int]:
     """The micro-batch counts the plan's search can form: batch / (dp x micro_batch), over search.dp and
     search.micro_batch (each default: every divisor)."""
     batch, s = plan.workload.batch, plan.search
-    dps = [d for d in (s.dp or _divisors(batch)) if batch % d == 0]
-    return {batch // (d * m) for d in dps for m in (s.micro_batch or _divisors(batch // d)) if (batch // d) % m == 0}
+    dps = [d for d in (s.dp or divisors(batch)) if batch % d == 0]
+    return {batch // (d * m) for d in dps for m in (s.micro_batch or divisors(batch // d)) if (batch // d) % m == 0}
 
 
 def _interleaved_count_problem(plan: PlanFile, pps: list[int]) -> tuple[str, str] | None:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from llmsim.config import Strategy, Workload, check_strategy_shape
+from llmsim.divisors import divisors
 from llmsim.costmodel import Plan
 from llmsim.costmodel.torus import SliceShapes, TorusError, dim_sets, map_axes, wraps
 from llmsim.planner.config import PlanFile
@@ -210,16 +210,12 @@ class _LayoutQuery:
         return self.etp if self.etp is not None else self.tp
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def default_pp(layers: int) -> list[int]:
     """The pipeline depths searched by default: the divisors of the layers and the powers of two up to the
     layers (the stage counts clusters of 2^k nodes are built with; those that do not divide the layers are
     split unevenly, `split_candidates`)."""
     powers = [2**k for k in range(layers.bit_length()) if 2**k <= layers]
-    return sorted(set(_divisors(layers)) | set(powers))
+    return sorted(set(divisors(layers)) | set(powers))
 
 
 def split_candidates(layers: int, pp: int) -> list[tuple[int, ...]]:
@@ -262,7 +258,7 @@ def default_ep(w: Workload) -> list[int]:
     """The expert-parallel sizes searched by default for a mixture-of-experts workload: the divisors of the
     routed experts (llmsim's rule: ep divides them); (1,) for a dense model."""
     moe = w.model.moe
-    return _divisors(moe.experts) if moe is not None else [1]
+    return divisors(moe.experts) if moe is not None else [1]
 
 
 def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
@@ -275,7 +271,7 @@ def axes_of(plan: PlanFile, devices_per_node: int) -> Axes:
         tp=pick(s.tp, tp_default),
         pp=pick(s.pp, default_pp(w.model.layers)),
         cp=pick(s.cp, [1] if w.mode == "decode" else DEFAULT_CP),
-        dp=pick(s.dp, _divisors(w.batch)),
+        dp=pick(s.dp, divisors(w.batch)),
         zero=pick(s.zero, [0, 1, 2, 3] if train else [0]),
         micro_batch=pick(s.micro_batch, []) if s.micro_batch is not None else None,
         recompute=tuple(r for r in ALL_RECOMPUTE if r in searched_recompute(s.recompute, train)),
@@ -406,7 +402,7 @@ def schedules(axes: Axes, pp: int) -> list[tuple[str, int]]:
 
 def micro_batches(axes: Axes, per_replica: int) -> list[int]:
     if axes.micro_batch is None:
-        return _divisors(per_replica)
+        return divisors(per_replica)
     return [m for m in axes.micro_batch if per_replica % m == 0]
 
 
@@ -630,9 +626,9 @@ def search_axis_problem(plan: PlanFile) -> tuple[str, str] | None:
         problems = [_axis_problem(w, axis, v) for v in given]
         if all(problems):
             first = problems[0].removeprefix(f"{axis}: ")  # the key names the axis already: "search.tp: 5 does ..."
-            # the strategy rules' own list of divisors stops at 64 (trial 48: cp [3] on seq_len 4,096 was shown
-            # 1 to 64): the planner lists its own, every value up to what the axis divides
-            cut = re.search(r" \(allowed: [\d, ]+\)$", first)
+            # the strategy rules' own list of divisors is cut short past llmsim.divisors.ALLOWED_SHOWN values:
+            # the planner lists its own, every value up to what the axis divides (trial 48)
+            cut = re.search(r" \(allowed: [\d, .]+\)$", first)
             if cut:
                 first = first[:cut.start()]
             if "allowed" in first:   # a rule, not a list ("allowed pp: 1 to 80")
@@ -648,7 +644,7 @@ def _allowed(w: Workload, axis: str, given: list[int]) -> list[int]:
     upto = {"dp": w.batch, "micro_batch": w.batch, "cp": w.model.seq_len,
             "tp": max(w.model.heads, *given)}.get(axis, max(64, *given))
     if axis in ("dp", "micro_batch", "cp"):   # each divides what it is bounded by: its divisors alone are tried
-        tried = sorted({d for k in range(1, math.isqrt(upto) + 1) if upto % k == 0 for d in (k, upto // k)})
+        tried = divisors(upto)
     else:
         tried = list(range(1, upto + 1))
     return [v for v in tried if _axis_problem(w, axis, v) is None]
