@@ -779,7 +779,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 outcome = run_plan(plan, catalog, Path(args.out), args.plan, False if args.no_simulate else None,
                                    progress, executor=executor, task_progress=bar, profile=profile, live=_say)
                 interrupt.check()  # a Ctrl-C some library swallowed is still the user's (llmsim.interrupt)
-    from llmsim.planner.explain import describe, fmt_duration, fmt_energy, fmt_usd, latency_name
+    from llmsim.planner.explain import describe, fmt_energy, fmt_usd, latency_name
+    from llmsim.planner.report import duration_against, meets_goal
     from llmsim.planner.run import plan_notes
 
     _print_plan_notes(args.plan, plan_notes(plan, outcome.hardware))
@@ -796,13 +797,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     headers = (["time to goal", "cost", "energy"] if train else
                [latency_name(plan), "tokens/s", "cost/h", "energy/h"])
     table = Table("#", "configuration", *headers, "devices", "meets goal", title=title)
+    # the times written on the side of the goal they are, and "meets goal" judged as plan.md judges it
+    # (planner.report.meets_goal: a re-checked row meets the goal only if its simulated numbers do too)
+    bound = plan.goal.deadline_s if train else plan.goal.max_step_latency_s
     for i, e in enumerate(shown, 1):
         sim = e.sim if outcome.simulated and e.sim else {}
-        time_text = fmt_duration(e.time_to_goal_s) + (f" (sim {fmt_duration(sim['time_to_goal_s'])})" if sim else "")
+        time_text = (duration_against(e.time_to_goal_s, bound)
+                     + (f" (sim {duration_against(sim['time_to_goal_s'], bound)})" if sim else ""))
         cost_text = fmt_usd(e.cost_usd) + (f" (sim {fmt_usd(sim['cost_usd'])})" if sim else "")
         rate = [] if train else ["–" if e.tokens_per_s is None else f"{e.tokens_per_s:,.0f}"]
         table.add_row(str(i), describe(e), time_text, *rate, cost_text, fmt_energy(e.energy_j),
-                      f"{e.config.n_devices:,}", "yes" if e.feasible else e.reason)
+                      f"{e.config.n_devices:,}", meets_goal(e, outcome.simulated))
     if shown:  # none fits in memory: no row to show, the explanation below says why
         Console(stderr=True, width=max(err_console.width, 160)).print(table)
     err_console.print(outcome.explanation.headline, highlight=False)

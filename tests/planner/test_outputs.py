@@ -508,3 +508,21 @@ def test_a_plan_with_nothing_priced_draws_no_figure(tmp_path: Path) -> None:
     text = (outcome.run_dir / "plan.md").read_text()
     assert "Cost against time to goal: not shown — no configuration could be priced." in text
     assert "**search narrowed to:** cp [1, 2]; virtual_stages [2]" in text
+
+
+def test_the_terminal_table_judges_meets_goal_as_plan_md_does(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best-of table printed by `plan` takes its "meets goal" from planner.report.meets_goal, as plan.md does
+    (trial 48: plan.md said "no, as simulated: ..." while the terminal still said "yes" from the estimate)."""
+    import llmsim.planner.report as report
+
+    seen: list[bool] = []
+
+    def verdict(e: object, simulated: bool) -> str:
+        seen.append(simulated)
+        return "VERDICT-FROM-MEETS-GOAL"
+
+    monkeypatch.setattr(report, "meets_goal", verdict)
+    _plan_on_a100(tmp_path, "cli-verdict", "tiny", 8)
+    flat = " ".join(capsys.readouterr().err.split())
+    assert "VERDICT-FROM-MEETS-GOAL" in flat and seen
