@@ -307,6 +307,48 @@ def read_planned(run_dir: Path) -> list[tuple[str, str]] | None:
     return [(case, backend) for case, backend in data]
 
 
+SESSIONS_FILE = "sessions.jsonl"   # one line per `llmsim run` of the folder: the first, then each --resume
+SESSION_COLUMN = "session"         # a row's extra: the number of the sessions.jsonl line whose run wrote it
+
+
+def record_session(run_dir: Path, environment: dict[str, Any]) -> int:
+    """Append this run of the folder to its SESSIONS_FILE ({"session": n, "started": UTC time, "environment": the
+    machine, environment.environment_record}) and return n: 1 for a new folder, one more than the last session
+    for a --resume. Rows then carry n (SESSION_COLUMN), so a report can tell a folder whose rows came from
+    different runs, possibly of different llmsim versions or hosts (trial 47: environment.json, rewritten by each
+    resume, keeps only the last one's)."""
+    n = max(read_sessions(run_dir), default=0) + 1
+    line = {"session": n, "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "environment": environment}
+    path = run_dir / SESSIONS_FILE
+    if path.exists():
+        _end_last_line(path)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return n
+
+
+def read_sessions(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The folder's sessions, n -> its line (record_session); {} for a folder without the file (written before
+    it existed); a line that is not a session (damaged, edited) is left out."""
+    try:
+        text = (run_dir / SESSIONS_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    sessions: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        n = data.get("session") if isinstance(data, dict) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(data.get("environment"), dict):
+            sessions[n] = data
+    return sessions
+
+
 def new_run_dir(out: Path, scenario: str) -> Path:
     """A new folder out/<scenario>/<timestamp>[-n] (never an existing one: two runs in a second differ)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -372,8 +414,11 @@ class ResultStore:
         """(case, backend) pairs already finished; a failed case is not done (--resume runs it again)."""
         return {(r["case"], r["backend"]) for r in self.rows if r.get("status") != "failed"}
 
-    def add(self, result: Result) -> None:
+    def add(self, result: Result, session: int | None = None) -> None:
+        """Save one finished case; `session` (record_session's number) is kept in the row's SESSION_COLUMN."""
         row = result.row()
+        if session is not None:
+            row[SESSION_COLUMN] = session
         self.rows = [r for r in self.rows if (r["case"], r["backend"]) != (row["case"], row["backend"])]
         self.rows.append(row)
         with self.jsonl.open("a", encoding="utf-8") as f:

@@ -37,8 +37,8 @@ from llmsim.modeled import ModeledSettings
 from llmsim.modeled_serving import unknown_device_memory
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
-from llmsim.results import (RUN_NOTES, DamagedRows, Result, ResultStore, new_run_dir, read_rows, record_planned, rows_disagree,
-                            rows_frame, write_atomic)
+from llmsim.results import (RUN_NOTES, DamagedRows, Result, ResultStore, new_run_dir, read_rows, record_planned,
+                            record_session, rows_disagree, rows_frame, write_atomic)
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
 from llmsim.scenario_diff import brief, differences
 from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
@@ -553,7 +553,9 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
     # From here a Ctrl-C is an interrupted run of this folder (RunOutcome.interrupted: the caller prints the
     # --resume command), also while the environment is recorded and the catalog built, before any case starts.
     try:
-        write_atomic(run_dir / "environment.json", json.dumps(environment_record(), indent=2))
+        environment = environment_record()
+        write_atomic(run_dir / "environment.json", json.dumps(environment, indent=2))
+        session = record_session(run_dir, environment)   # the rows this run adds carry its number
         context = RunContext(catalog=build_catalog(scenario, scenario_dir, manager), run_dir=run_dir,
                              manager=manager)
         done = store.done()
@@ -568,7 +570,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
                     for i, result in executor.as_completed(task, modeled):
                         if interrupt.requested() and result.status == "failed":
                             raise KeyboardInterrupt  # as below: it failed because of the Ctrl-C
-                        store.add(result)
+                        store.add(result, session)
                         k += 1
                         if progress:
                             progress(k, len(planned), modeled[i])
@@ -585,7 +587,7 @@ def run_scenario(scenario: Scenario, registry: BackendRegistry, planned: list[Pl
                 # finished is kept.
                 if interrupt.requested() and result.status == "failed":
                     raise KeyboardInterrupt
-                store.add(result)
+                store.add(result, session)
                 interrupt.check()
     except KeyboardInterrupt:
         interrupted = True

@@ -21,7 +21,9 @@ STRATEGIES = [{"name": f"s{i}", "tp": tp, "pp": pp} for i, (tp, pp) in
 MODELED = {"name": "resume-test", "workload": {"model": {"preset": "gpt2-small", "layers": 4}, "batch": 16},
            "strategies": STRATEGIES,
            "backends": {"roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 8}}}
-VOLATILE = {"error"}  # nothing else may differ between an interrupted+resumed and a straight run
+# nothing else may differ between an interrupted+resumed and a straight run (a row's session is which run of the
+# folder wrote it: 1 or 2 after a resume)
+VOLATILE = {"error", "session"}
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -63,6 +65,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, monkeypatc
     code, resumed = _run(path, tmp_path / "b", "--resume", capsys=capsys)
     assert code == 0 and resumed == partial
     assert _rows(resumed) == _rows(straight)
+    # each run of the folder is a session: the first wrote 2 rows, the resume the other 4
+    sessions = [json.loads(line) for line in (resumed / "sessions.jsonl").read_text().splitlines()]
+    assert [s["session"] for s in sessions] == [1, 2] and all(s["environment"]["python"] for s in sessions)
+    written = [json.loads(line)["session"] for line in (resumed / "results.jsonl").read_text().splitlines()]
+    assert sorted(written) == [1, 1, 2, 2, 2, 2]
+    report = (resumed / "report.md").read_text()
+    assert ("The rows come from 2 runs of this folder (a --resume adds a session): session 1 (the first run): "
+            "2 rows; session 2: 4 rows. Their environments are the same.") in " ".join(report.split()), report[:2000]
 
 
 @pytest.mark.slow

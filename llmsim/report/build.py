@@ -22,7 +22,7 @@ from llmsim.report.html import render_html
 from llmsim.report.markdown import FIGURE_DIR, render_markdown
 from llmsim.report.raster import render
 from llmsim.report.run import (TRACE_FILE, Run, catalog_capacity, environment_text, load_run, read_csv_file, run_file,
-                               workload_text)
+                               sessions_sentence, workload_text)
 from llmsim.report.summary import summarize
 from llmsim.report.trace import TraceError, load_trace
 from llmsim.results import new_run_dir, write_atomic
@@ -245,6 +245,9 @@ def run_document(run: Run, figs: dict[str, Figure], capacity: dict[str, float]) 
         said = [left.sentence(run.path)] if left.cases else []
         said += [text] if (text := left.unknown_sentence()) else []
         summary[1:1] = [Point(text) for text in said]
+    mixed = sessions_sentence(frame, run.sessions)
+    if mixed is not None:   # rows added by a --resume, perhaps on another host or llmsim: said under the row count
+        summary.insert(1, Point(mixed))
     return Document(f"llmsim run: {scenario}", summary, sections, meta)
 
 

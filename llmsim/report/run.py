@@ -11,8 +11,8 @@ import pandas as pd
 
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import (PLANNED_FILE, RUN_NOTES, DamagedRows, print_warning, read_planned, read_rows, rows_disagree,
-                            rows_frame)
+from llmsim.results import (PLANNED_FILE, RUN_NOTES, SESSION_COLUMN, DamagedRows, print_warning, read_planned, read_rows,
+                            read_sessions, rows_disagree, rows_frame)
 from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.wording import count
 
@@ -30,6 +30,7 @@ class Run:
     rows_problem: str | None = None  # results.jsonl lines that are not rows (left out of the report): one line
     notes: tuple[str, ...] = ()      # notes.txt: how the cases are priced, as `llmsim run` printed them
     unfinished: Unfinished | None = None   # planned cases without a row (an interrupted run), when there are any
+    sessions: dict[int, dict[str, Any]] = field(default_factory=dict)   # sessions.jsonl: n -> its line
 
 
     @property
@@ -198,7 +199,7 @@ def load_run(run_dir: Path, frame: pd.DataFrame | None = None) -> Run:
     notes = tuple(line for line in notes_file.read_text(errors="replace").splitlines() if line.strip()) \
         if notes_file.is_file() else ()
     return Run(run_dir, frame, read_environment(run_dir / "environment.json"), scenario, problem, rows_problem, notes,
-               left)
+               left, read_sessions(run_dir))
 
 
 @dataclass(frozen=True)
@@ -402,6 +403,47 @@ def serving_text(frame: pd.DataFrame, scenario: dict[str, Any]) -> str:
         parts.append(f"speculative {speculative.get('method')} k={speculative.get('num_draft_tokens')} "
                      f"(acceptance {accept})")
     return ", ".join(parts)
+
+
+# What of two sessions' environments (environment.environment_record) is compared: what changes a measured row
+# (the host, its threads, torch) or a modeled one (llmsim itself: its version and commit).
+SESSION_FIELDS = (("llmsim", ("packages", "llmsim")), ("commit", ("git_commit",)), ("host CPU", ("cpu_model",)),
+                  ("CPUs", ("cpu_count",)), ("torch threads", ("torch_threads",)), ("torch", ("packages", "torch")),
+                  ("CUDA", ("cuda_available",)), ("platform", ("platform",)))
+
+
+def sessions_sentence(frame: pd.DataFrame, sessions: dict[int, dict[str, Any]]) -> str | None:
+    """One sentence where the folder's rows came from more than one `llmsim run` (the first and a --resume:
+    results.SESSION_COLUMN, sessions.jsonl): how many rows each added, and what differs between their
+    environments (SESSION_FIELDS), or that nothing does; None for rows of one session (or rows written before
+    sessions were recorded)."""
+    if SESSION_COLUMN not in frame.columns:
+        return None
+    numbers = pd.to_numeric(frame[SESSION_COLUMN], errors="coerce").dropna().astype(int)
+    per = numbers.value_counts().sort_index()
+    if len(per) < 2:
+        return None
+    added = "; ".join(f"session {n}{' (the first run)' if n == 1 else ''}: {count(int(k), 'row')}"
+                      for n, k in per.items())
+    text = f"The rows come from {len(per)} runs of this folder (a --resume adds a session): {added}."
+    envs = {n: (sessions.get(n) or {}).get("environment") for n in per.index}
+    if any(not isinstance(env, dict) for env in envs.values()):
+        return text + " sessions.jsonl does not record every one of them: whether they ran alike is unknown."
+    differ = []
+    for label, path in SESSION_FIELDS:
+        values = []
+        for env in envs.values():
+            value: Any = env
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            values.append(value)
+        if len(set(map(str, values))) > 1:
+            shown = [str(v)[:10] if label == "commit" else str(v) for v in values]
+            differ.append(f"{label} {' → '.join(shown)}")
+    if not differ:
+        return text + " Their environments are the same."
+    return (text + f" Their environments differ ({'; '.join(differ)}): compare rows across sessions with care, "
+                   "measured rows above all (each row's session is in results.csv).")
 
 
 def environment_text(env: dict[str, Any]) -> str:

@@ -1,0 +1,51 @@
+"""A folder's runs as sessions (results.record_session, sessions.jsonl; each row's `session`) and the report's
+sentence when its rows came from more than one (report.run.sessions_sentence)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from llmsim.report.run import sessions_sentence
+from llmsim.results import SESSIONS_FILE, read_sessions, record_session
+
+ENV = {"python": "3.11.7", "cpu_model": "EPYC 7B13", "cpu_count": 2, "torch_threads": 2,
+       "packages": {"llmsim": "0.1.0", "torch": "2.13.0+cpu"}, "git_commit": "aaaaaaaaaaaa1111"}
+
+
+def test_each_run_of_a_folder_is_the_next_session_and_a_damaged_line_is_skipped(tmp_path: Path) -> None:
+    assert read_sessions(tmp_path) == {}
+    assert record_session(tmp_path, ENV) == 1
+    with (tmp_path / SESSIONS_FILE).open("a") as f:
+        f.write('{"session": "x"}\nnot json\n{"session": 5')      # edited, damaged, cut by a kill
+    assert record_session(tmp_path, {**ENV, "cpu_count": 8}) == 2
+    sessions = read_sessions(tmp_path)
+    assert sorted(sessions) == [1, 2] and sessions[2]["environment"]["cpu_count"] == 8
+    assert sessions[1]["started"].endswith("+00:00")
+
+
+def _frame(*sessions: int | None) -> pd.DataFrame:
+    return pd.DataFrame({"case": [f"c{i}" for i in range(len(sessions))], "session": list(sessions)})
+
+
+def test_rows_of_one_session_or_of_none_recorded_say_nothing() -> None:
+    assert sessions_sentence(_frame(1, 1, 1), {1: {"environment": ENV}}) is None
+    assert sessions_sentence(pd.DataFrame({"case": ["a"]}), {}) is None              # a folder of before
+    assert sessions_sentence(_frame(None, None), {}) is None
+
+
+def test_sessions_on_another_host_and_llmsim_are_named_with_what_differs() -> None:
+    other = {**ENV, "cpu_model": "Xeon 8480", "git_commit": "bbbbbbbbbbbb2222",
+             "packages": {"llmsim": "0.2.0", "torch": "2.13.0+cpu"}}
+    text = sessions_sentence(_frame(1, 1, 2), {1: {"environment": ENV}, 2: {"environment": other}})
+    assert text == ("The rows come from 2 runs of this folder (a --resume adds a session): session 1 (the first "
+                    "run): 2 rows; session 2: 1 row. Their environments differ (llmsim 0.1.0 → 0.2.0; commit "
+                    "aaaaaaaaaa → bbbbbbbbbb; host CPU EPYC 7B13 → Xeon 8480): compare rows across sessions with "
+                    "care, measured rows above all (each row's session is in results.csv).")
+
+
+def test_a_session_missing_from_the_record_says_the_comparison_is_unknown() -> None:
+    text = sessions_sentence(_frame(1, 2), {1: {"environment": ENV}})
+    assert text is not None and text.endswith("sessions.jsonl does not record every one of them: whether they ran "
+                                              "alike is unknown.")
