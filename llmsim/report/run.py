@@ -419,15 +419,18 @@ def sessions_sentence(frame: pd.DataFrame, sessions: dict[int, dict[str, Any]]) 
     sessions were recorded)."""
     if SESSION_COLUMN not in frame.columns:
         return None
-    numbers = pd.to_numeric(frame[SESSION_COLUMN], errors="coerce").dropna().astype(int)
-    per = numbers.value_counts().sort_index()
-    if len(per) < 2:
+    numbers = pd.to_numeric(frame[SESSION_COLUMN], errors="coerce")
+    unrecorded = int(numbers.isna().sum())     # rows of a run before sessions were recorded, resumed since
+    per = numbers.dropna().astype(int).value_counts().sort_index()
+    runs = len(per) + (1 if unrecorded else 0)
+    if runs < 2:
         return None
-    added = "; ".join(f"session {n}{' (the first run)' if n == 1 else ''}: {count(int(k), 'row')}"
-                      for n, k in per.items())
-    text = f"The rows come from {len(per)} runs of this folder (a --resume adds a session): {added}."
+    added = ([f"a run that recorded no session: {count(unrecorded, 'row')}"] if unrecorded else []) + \
+        [f"session {n}{' (the first run)' if n == 1 and not unrecorded else ''}: {count(int(k), 'row')}"
+         for n, k in per.items()]
+    text = f"The rows come from {runs} runs of this folder (a --resume adds a session): {'; '.join(added)}."
     envs = {n: (sessions.get(n) or {}).get("environment") for n in per.index}
-    if any(not isinstance(env, dict) for env in envs.values()):
+    if unrecorded or any(not isinstance(env, dict) for env in envs.values()):
         return text + " sessions.jsonl does not record every one of them: whether they ran alike is unknown."
     differ = []
     for label, path in SESSION_FIELDS:

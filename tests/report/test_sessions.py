@@ -49,3 +49,11 @@ def test_a_session_missing_from_the_record_says_the_comparison_is_unknown() -> N
     text = sessions_sentence(_frame(1, 2), {1: {"environment": ENV}})
     assert text is not None and text.endswith("sessions.jsonl does not record every one of them: whether they ran "
                                               "alike is unknown.")
+
+
+def test_rows_of_a_run_before_sessions_were_recorded_count_as_one_more_run() -> None:
+    """A folder of an older llmsim resumed now: its old rows have no session, the resume's have 1."""
+    text = sessions_sentence(_frame(None, None, 1), {1: {"environment": ENV}})
+    assert text == ("The rows come from 2 runs of this folder (a --resume adds a session): a run that recorded no "
+                    "session: 2 rows; session 1: 1 row. sessions.jsonl does not record every one of them: whether "
+                    "they ran alike is unknown.")
