@@ -247,10 +247,11 @@ def allreduce_rms_fusion_max_tokens(device: object, tp: int, hidden: int) -> int
 
 def fused_allreduce_rms_sites(model: "IterationModel", pass_tokens: float) -> int:
     """All-reduce sites per layer that vLLM's all-reduce + RMSNorm fusion folds into one kernel with the norm after
-    them in a pass of `pass_tokens` tokens (each one kernel fewer; module comment above FUSED_ALLREDUCE_RMS_ELEMENT_BYTES):
-    every tensor-parallel all-reduce of the layer (work.tp_collectives_per_layer) where tp > 1, pp = 1, no
-    attention data parallelism (plan.attention_dp 1: vLLM's data_parallel_size 1), a 16-bit residual stream (the workload's
-    dtype, or bf16 for an 8- or 4-bit checkpoint) and the pass at most `allreduce_rms_fusion_max_tokens`; else 0."""
+    them in a pass of `pass_tokens` tokens, each one kernel fewer (the comment above
+    FUSED_ALLREDUCE_RMS_ELEMENT_BYTES): every tensor-parallel all-reduce of the layer
+    (work.tp_collectives_per_layer) where tp > 1, pp = 1, no attention data parallelism (plan.attention_dp 1:
+    vLLM's data_parallel_size 1), a 16-bit residual stream (the workload's dtype, or bf16 for an 8- or 4-bit
+    checkpoint) and the pass at most `allreduce_rms_fusion_max_tokens` tokens; else 0."""
     plan, workload = model.plan, model.workload
     # an fp32 model's residual stream is fp32, which FlashInfer's fused kernel does not take
     if plan.tp <= 1 or plan.pp > 1 or plan.attention_dp > 1 or workload.dtype == "float32":

@@ -355,7 +355,27 @@ def parity_pairs(frame: pd.DataFrame) -> pd.DataFrame:
     # A model error exists only between a measurement and a prediction of the same device: a CPU step
     # against an A100 prediction is a ratio of two machines, not an error of the model.
     out["same_hardware"] = [same_device(a, b) for a, b in zip(out["measured_hardware"], out["modeled_hardware"])]
+    # ... and of the same layout: a strategy without dp fills each backend's devices (dp 1 on one CPU, dp 2 on a
+    # 2-device roofline), so one case name can run two layouts whose step times differ by design (trial 46)
+    out["layout_difference"] = [_layout_difference(row) for row in pairs.to_dict("records")]
+    out["same_layout"] = out["layout_difference"] == ""
     return out.reset_index(drop=True)
+
+
+LAYOUT_COLUMNS = ("n_devices", "dp", "tp", "pp", "cp")
+
+
+def _layout_difference(row: dict[str, Any]) -> str:
+    """What differs between the measured and the modeled layout of a merged pair ("n_devices 1 vs 2, dp 1 vs
+    2"), "" where they run the same one (a column either row lacks is not compared)."""
+    differ = []
+    for column in LAYOUT_COLUMNS:
+        a, b = row.get(f"{column}_meas"), row.get(f"{column}_mod")
+        if a is None or b is None or pd.isna(a) or pd.isna(b):
+            continue
+        if float(a) != float(b):
+            differ.append(f"{column} {int(float(a))} vs {int(float(b))}")
+    return ", ".join(differ)
 
 
 def same_device(measured: Any, modeled: Any) -> bool:
@@ -371,6 +391,11 @@ CROSS_HARDWARE = ("the measured rows ran on {measured} and the modeled rows mode
                   "with `llmsim calibrate RUN_DIR` and model the calibrated device (docs/costmodel.md)")
 
 
+OTHER_LAYOUT = ("the measured and modeled rows of {cases} ran different layouts (devices, dp, tp, pp or cp): their "
+                "step times differ by design, so their ratio is not a model error. A strategy without dp fills each "
+                "backend's devices: state dp (and the backends' device counts) to compare like with like")
+
+
 def parity(frame: pd.DataFrame) -> tuple[Figure, Axes]:
     """Modeled against measured step time of the same case on the same hardware, with the model's % error."""
     pairs = parity_pairs(frame)
@@ -380,7 +405,9 @@ def parity(frame: pd.DataFrame) -> tuple[Figure, Axes]:
     if not pairs["same_hardware"].any():
         raise NoData(CROSS_HARDWARE.format(measured=", ".join(sorted(set(pairs["measured_hardware"]))),
                                            modeled=", ".join(sorted(set(pairs["modeled_hardware"])))))
-    pairs = pairs[pairs["same_hardware"]]
+    if not (pairs["same_hardware"] & pairs["same_layout"]).any():
+        raise NoData(OTHER_LAYOUT.format(cases=", ".join(sorted(set(pairs.loc[pairs["same_hardware"], "case"])))))
+    pairs = pairs[pairs["same_hardware"] & pairs["same_layout"]]
     fig, axes = new_figure(5.6, 5.0)
     ax = axes[0][0]
     lo = min(pairs["measured_s"].min(), pairs["modeled_s"].min()) / 1.6

@@ -11,8 +11,8 @@ import pandas as pd
 
 from llmsim.errors import ScenarioError, UsageError, one_line
 from llmsim.report.units import fmt_count, missing
-from llmsim.results import (PLANNED_FILE, RUN_NOTES, SESSION_COLUMN, DamagedRows, print_warning, read_planned, read_rows,
-                            read_sessions, rows_disagree, rows_frame)
+from llmsim.results import (PLANNED_FILE, RUN_NOTES, SESSION_COLUMN, DamagedRows, print_warning, read_planned,
+                            read_rows, read_sessions, rows_disagree, rows_frame)
 from llmsim.userinput import not_a_regular_file, read_yaml
 from llmsim.wording import count
 

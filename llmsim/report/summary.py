@@ -17,7 +17,7 @@ import pandas as pd
 
 from llmsim.measure.host_load import BUSY_LOAD_PER_CORE
 from llmsim.report.document import Point
-from llmsim.report.figures import (BREAKDOWN, CROSS_HARDWARE, by_backend, device_capacity, panel_title,
+from llmsim.report.figures import (BREAKDOWN, CROSS_HARDWARE, OTHER_LAYOUT, by_backend, device_capacity, panel_title,
                                    parity_pairs)
 from llmsim.report.frames import ok_rows, one_thread
 from llmsim.report.metrics import noise, spread
@@ -363,7 +363,9 @@ def parity_point(frame: pd.DataFrame) -> Point | None:
     pairs = parity_pairs(frame)
     if pairs.empty:
         return None
-    same, other = pairs[pairs["same_hardware"]], pairs[~pairs["same_hardware"]]
+    comparable = pairs["same_hardware"] & pairs["same_layout"]
+    same, other = pairs[comparable], pairs[~pairs["same_hardware"]]
+    layouts = pairs[pairs["same_hardware"] & ~pairs["same_layout"]]
     texts = []
     if not same.empty:
         err = same["error_pct"].abs()
@@ -373,6 +375,10 @@ def parity_point(frame: pd.DataFrame) -> Point | None:
         cross = CROSS_HARDWARE.format(measured=", ".join(sorted(set(other["measured_hardware"]))),
                                       modeled=", ".join(sorted(set(other["modeled_hardware"]))))
         texts.append(("No model error: " if same.empty else "Other pairs: ") + cross + ".")
+    if not layouts.empty:
+        which = "; ".join(f"{row.case} ({row.layout_difference})" for row in layouts.itertuples(index=False))
+        texts.append(("No model error: " if same.empty else "Not compared: ")
+                     + OTHER_LAYOUT.format(cases=which) + ".")
     return Point(" ".join(texts))
 
 

@@ -213,13 +213,16 @@ def parity_table(frame: pd.DataFrame) -> Table | None:
         return None
     rows = []
     for p in pairs.itertuples(index=False):
-        if p.same_hardware:
-            error = Cell(fmt_change(p.error_pct), p.error_pct)
-        else:  # two machines: say the ratio, never call it an error
+        if not p.same_hardware:  # two machines: say the ratio, never call it an error
             error = Cell(f"none: other hardware (ratio {p.measured_s / p.modeled_s:.3g}×)")
+        elif not p.same_layout:  # one case name, two layouts (dp omitted fills each backend): no error either
+            error = Cell(f"none: other layout ({p.layout_difference}; ratio {p.measured_s / p.modeled_s:.3g}×)")
+        else:
+            error = Cell(fmt_change(p.error_pct), p.error_pct)
         rows.append([cell(p.case, "text"), cell(f"{p.measured_backend} ({p.measured_hardware})", "text"),
                      cell(f"{p.modeled_backend} ({p.modeled_hardware})", "text"), cell(p.measured_s, "seconds"),
                      cell(p.modeled_s, "seconds"), error])
     return Table(["case", "measured", "modeled", "measured step", "modeled step", "model error"], rows,
                  [False, False, False, True, True, False],
-                 caption="A model error is shown only where the modeled row models the hardware that was measured.")
+                 caption="A model error is shown only where the modeled row models the hardware that was measured, "
+                         "in the same layout (devices, dp, tp, pp, cp).")

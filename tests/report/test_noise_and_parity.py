@@ -51,6 +51,27 @@ def test_a_measurement_and_a_prediction_of_different_hardware_are_not_a_model_er
     assert "−99.0%" not in md and "-99.0%" not in md
 
 
+def test_one_case_run_in_two_layouts_is_not_a_model_error(tmp_path: Path) -> None:
+    """A strategy without dp fills each backend's devices: dp 1 on the one-CPU measured backend, dp 2 on a
+    2-device roofline of the same CPU (trial 46). Their step times differ by design: no error, the layouts
+    named, no parity figure."""
+    rows = [measured("single", 10.0, 9.0, 11.0),
+            row("single", step=5.5, hardware="cpu-host", n=2)]
+    text = summary_text(rows)
+    assert "median error" not in text
+    assert ("No model error: the measured and modeled rows of single (n_devices 1 vs 2, dp 1 vs 2) ran different "
+            "layouts") in text and "state dp" in text
+    run = make_run(tmp_path / "r", rows)
+    frame = load_run(run).frame
+    with pytest.raises(F.NoData, match="different layouts"):
+        F.parity(frame)
+    table = T.parity_table(frame)
+    assert table is not None
+    assert table.rows[0][-1].text == "none: other layout (n_devices 1 vs 2, dp 1 vs 2; ratio 1.82×)"
+    same = [measured("single", 10.0, 9.0, 11.0), row("single", step=11.0, hardware="cpu-host")]
+    assert "median error 10.0%" in summary_text(same)          # one layout: the error is the model's
+
+
 def test_a_calibrated_entry_models_the_device_it_was_fitted_to() -> None:
     rows = [measured("single", 10.0, 9.0, 11.0), row("single", step=11.0, hardware="cpu-host-calibrated")]
     assert "Model against measurement on the same hardware: median error 10.0% (worst 10.0%) over 1 case" \
