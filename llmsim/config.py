@@ -460,12 +460,15 @@ class Workload(_Strict):
                              "(allowed for encoders: train, prefill)")
         if self.model.positions == "learned" and self.model.seq_len > (self.model.max_positions or 0):
             raise _KeyedError("model.seq_len", f"seq_len={self.model.seq_len} exceeds the learned position table "
-                             f"max_positions={self.model.max_positions}")
+                             f"max_positions={self.model.max_positions} (allowed: seq_len <= "
+                             f"{self.model.max_positions}, or a larger model.max_positions, or positions: rotary)")
         if (self.mode == "decode" and self.model.positions == "learned"
                 and self.model.seq_len + self.decode_tokens > (self.model.max_positions or 0)):
             raise _KeyedError("decode_tokens", f"seq_len + decode_tokens = "
                                                f"{self.model.seq_len + self.decode_tokens} exceeds "
-                             f"max_positions={self.model.max_positions} of the learned position table")
+                             f"max_positions={self.model.max_positions} of the learned position table (allowed: "
+                             f"decode_tokens <= {max(0, (self.model.max_positions or 0) - self.model.seq_len)}, a "
+                             f"shorter seq_len, or a larger model.max_positions)")
         return self
 
     @property

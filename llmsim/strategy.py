@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmsim.config import Strategy, Workload, stage_layer_counts
-from llmsim.divisors import shown_divisors
+from llmsim.config import Strategy, Workload, check_strategy_shape, stage_layer_counts
+from llmsim.divisors import divisors, listed, shown_divisors
 from llmsim.wording import count
 
 
@@ -54,14 +54,16 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
         if world % mp:
             key = next((k for k in ("tp", "pp", "cp") if getattr(s, k) > 1), "tp")  # the degree the user set
             return key, (f"tp*pp*cp={mp} does not divide the {count(world, 'device')} of backend '{backend}' "
-                         f"(allowed: tp*pp*cp among {', '.join(str(d) for d in range(1, min(world, 64) + 1) if world % d == 0)}, "
-                         f"or more devices)")
+                         f"(allowed: {_fitting_degrees(s, w, key, world)}, or more devices)")
         dp = world // mp
     else:
         dp = s.dp
         if dp * mp != world:
+            set_key = next((k for k in ("tp", "pp", "cp") if getattr(s, k) > 1), "tp")
+            fills = (f"dp {world // mp} (= {world} / tp*pp*cp), or omit dp to fill the world" if world % mp == 0
+                     else f"{_fitting_degrees(s, w, set_key, world)} and dp omitted")
             return "dp", (f"dp*tp*pp*cp = {dp}*{s.tp}*{s.pp}*{s.cp} = {dp * mp} but backend '{backend}' has "
-                          f"{count(world, 'device')} (omit dp to fill the world)")
+                          f"{count(world, 'device')} (allowed: {fills})")
     problem = _batch_problem(s, w, dp, world, backend)
     if problem:
         return problem
@@ -81,6 +83,19 @@ def resolve_layout(s: Strategy, w: Workload, world: int | None, backend: str) ->
                      + ("; set dp (omitted means 1 on this backend)" if world is None and s.dp is None else ""))
     return Layout(dp=dp, tp=s.tp, pp=s.pp, cp=s.cp, micro_batch=s.micro_batch, microbatches=microbatches,
                   stage_layers=stage_layer_counts(s, w.model.layers), ep=s.ep, etp=s.expert_tp)
+
+
+def _fitting_degrees(s: Strategy, w: Workload, key: str, world: int) -> str:
+    """The values of strategy degree `key` (tp, pp or cp) that both fill `world` devices with the other two degrees
+    as stated and suit the model (config.check_strategy_shape: tp divides the heads, cp the sequence, pp splits
+    the layers), so that the value a message offers is one the next check takes (trial 48: tp 5 was offered for
+    heads=40 and then refused by 64 devices)."""
+    others = s.model_parallel // getattr(s, key)
+    fits = [v for v in divisors(world) if world % (others * v) == 0
+            and check_strategy_shape(s.model_copy(update={key: v}), w) is None]
+    stated = ", ".join(f"{k}={getattr(s, k)}" for k in ("tp", "pp", "cp") if k != key)
+    return (f"{key} among {listed(fits)} with {stated}" if fits else f"no {key} with {stated}") + \
+        f"; tp*pp*cp among {shown_divisors(world)}"
 
 
 def _batch_problem(s: Strategy, w: Workload, dp: int, world: int | None, backend: str) -> tuple[str, str] | None:

@@ -247,7 +247,8 @@ def test_counts_are_said_in_the_right_number(write_scenario, capsys) -> None:
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().out.strip() == f"{path}: ok — 1 strategy × 1 backend setting = 1 case"
     err = one_line_error(capsys, ["validate", str(path), "--set", "strategies[0].dp=2"])
-    assert err.endswith("= 2 but backend 'roofline' has 1 device (omit dp to fill the world)")
+    assert err.endswith("= 2 but backend 'roofline' has 1 device (allowed: dp 1 (= 1 / tp*pp*cp), or omit dp to fill the "
+                        "world)")
 
 
 def test_serving_rates_are_counted_as_rates_not_backend_settings(capsys) -> None:

@@ -481,7 +481,8 @@ class PlanFile(_Strict):
         if moe is None:
             if any(ep > 1 for ep in sizes):
                 raise _KeyedError("search.ep", "expert parallelism needs a mixture-of-experts model "
-                                               "(workload.model.moe); this one is dense")
+                                               "(workload.model.moe); this one is dense (allowed: [1], or omit "
+                                               "search.ep)")
             return
         allowed = [d for d in range(1, moe.experts + 1) if moe.experts % d == 0]
         for i, ep in enumerate(sizes):
