@@ -171,7 +171,7 @@ class DeviceSpec(BooleansAreNotNumbers):
                     "graph (vLLM V0's passes that hold a prompt; every pass of an engine without "
                     "graphs: serving.scheduler.eager) takes max(device time, this x the kernels it "
                     "launches) (costmodel.eager); 0 = not modeled")
-    allreduce_rms_fusion_max_bytes: dict[Annotated[int, Field(ge=2)], Annotated[float, Field(gt=0)]] = Field(
+    allreduce_rms_fusion_max_bytes: dict[int, float] = Field(
         default_factory=dict,
         description="tp size -> the largest all-reduce input in bytes (tokens x hidden x 2 B) for which vLLM folds "
                     "a tensor-parallel all-reduce and the RMSNorm after it into one FlashInfer kernel "
@@ -179,6 +179,31 @@ class DeviceSpec(BooleansAreNotNumbers):
                     "device's compute capability, vllm/compilation/passes/fusion/allreduce_rms_fusion.py); "
                     "empty = the fusion does not run on this device (vLLM enables it on Hopper and Blackwell only)")
     source: Source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fusion_limits(cls, data: object) -> object:
+        """allreduce_rms_fusion_max_bytes: tp sizes (whole numbers >= 2) to bytes (> 0), each refused at its own
+        key with what is allowed there (one rule for the key, another for the value: trial 48 read "allowed: >= 2
+        and > 0" of a byte count)."""
+        limits = data.get("allreduce_rms_fusion_max_bytes") if isinstance(data, dict) else None
+        key = "allreduce_rms_fusion_max_bytes"
+        if limits is None:
+            return data
+        if not isinstance(limits, dict):
+            raise KeyedValueError(key, f"{shown_value(limits)}: expected a mapping of tp size to bytes, e.g. "
+                                       f"{{2: 67108864, 4: 2097152, 8: 524288}}")
+        read: dict[int, float] = {}
+        for tp, limit in limits.items():
+            if isinstance(tp, str) and tp.strip().isdigit():   # a JSON round trip writes the tp sizes as text
+                tp = int(tp)
+            if isinstance(tp, bool) or not isinstance(tp, int) or tp < 2:
+                raise KeyedValueError(f"{key}[{tp}]", f"{shown_value(tp)}: a tp size; allowed: whole numbers >= 2")
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
+                raise KeyedValueError(f"{key}[{tp}]", f"{shown_value(limit)}: the largest all-reduce input in bytes; "
+                                                      f"allowed: a number of bytes > 0")
+            read[tp] = float(limit)
+        return {**data, key: read}
 
     @model_validator(mode="before")
     @classmethod

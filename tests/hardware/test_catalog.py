@@ -282,6 +282,16 @@ def test_roofline_cluster_and_planner_place_a_tpu_alike() -> None:
      "efficiency: {kernel_latency_cycles: 1e12, kernel_latency_s: 1e-5}, source: my sheet}\n",
      "entries[0].efficiency.kernel_latency_cycles",
      "1e+12: out of range at sm_clock_hz 1.83e+09; allowed: >= 0 and <= 1.83e+07 (0.01 s)"),
+    # trial 48: vLLM's all-reduce + RMSNorm fusion limits, the tp size and the bytes each with its own rule
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "allreduce_rms_fusion_max_bytes: {2: -1}, source: my sheet}\n",
+     "entries[0].allreduce_rms_fusion_max_bytes[2]", "-1: the largest all-reduce input in bytes; allowed: a number of "
+                                                      "bytes > 0"),
+    ("entries:\n  - {type: device, name: x1, peak_flops: {bfloat16: 9.89e14}, memory_bytes: 8.0e10, "
+     "memory_bw_bytes_per_s: 3.0e12, idle_power_w: 100, max_power_w: 700, "
+     "allreduce_rms_fusion_max_bytes: {1: 1048576}, source: my sheet}\n",
+     "entries[0].allreduce_rms_fusion_max_bytes[1]", "1: a tp size; allowed: whole numbers >= 2"),
     # trial 37: a quoted boolean, a link's flag latency in other units, cycles of .inf
     ("entries:\n  - {type: link, name: l1, bandwidth_bytes_per_s: 1.0e11, latency_s: 1.0e-6, shared_per_node: 'yes', "
      "source: my sheet}\n",
