@@ -447,6 +447,16 @@ def plan_document(plan: PlanFile, explanation: Explanation, top: list[Evaluation
     return Document(f"llmsim plan: {plan.name}", summary, sections, meta)
 
 
+def scheduler_settings(scheduler: Any) -> str:
+    """A serving plan's scheduler as plan.md's header states it: its kind and every key set away from its
+    default ("continuous, fuse_allreduce_rms: true"), so a report says what its engine was priced with (trial 48:
+    vLLM's all-reduce + RMSNorm fusion showed in best.yaml only)."""
+    chosen = scheduler.model_dump(mode="json", exclude_defaults=True)
+    kind = chosen.pop("kind", scheduler.kind)
+    return ", ".join([str(kind)] + [f"{k}: {str(v).lower() if isinstance(v, bool) else v}"
+                                    for k, v in chosen.items()])
+
+
 def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
     """The report's header lines of a plan (training, inference or serving: `what` says which)."""
     model = plan.workload.model.preset or "custom"
@@ -469,6 +479,7 @@ def plan_meta(plan: PlanFile, what: str, goal: str) -> list[tuple[str, str]]:
             # a fresh user's report: the header did not say which axes the plan's search narrowed
             ("search narrowed to", narrowed_axes(plan)),
             ("options", options or "none: the cost model's defaults"),
+            *([("serving scheduler", scheduler_settings(plan.serving.scheduler))] if plan.serving is not None else []),
             # trial 41: a plan's absolute figure (176 days) carried no error bar
             ("accuracy", "how close the cost model comes to published runs of this kind: llmsim's docs/validation.md, "
                          "section 'Result now' (median |error| per dev table)")]

@@ -149,7 +149,23 @@ def plan_notes(plan: PlanFile, hardware: list[Hardware]) -> list[tuple[str, str]
         out.append(("note", unused))
     out += [("note", f"no candidates of that precision: {why}") for h in hardware
             for why in candidates(plan, h.device)[1]]
+    fusion = fusion_note(plan, hardware)
+    if fusion:
+        out.append(("note", fusion))
     return out
+
+
+def fusion_note(plan: PlanFile, hardware: list[Hardware]) -> str | None:
+    """Where a serving plan asks for vLLM's all-reduce + RMSNorm fusion (serving.scheduler.fuse_allreduce_rms): the
+    candidates priced without it, as vLLM runs them (costmodel.eager.fused_allreduce_rms_sites): tp 1, a pipeline,
+    attention data parallelism, and hardware without a fusion limit (`llmsim run` notes the same per case)."""
+    if plan.serving is None or not plan.serving.scheduler.fuse_allreduce_rms:
+        return None
+    without = [h.name for h in hardware if not getattr(h.device, "allreduce_rms_fusion_max_bytes", None)]
+    where = "candidates at tp 1, pp > 1 or attention_dp > 1" + (
+        f", and every candidate on {', '.join(without)} (no fusion limit in its catalog entry: vLLM runs the fusion "
+        f"on Hopper and Blackwell only)" if without else "")
+    return f"serving.scheduler.fuse_allreduce_rms: {where} are priced without it, as vLLM runs them"
 
 
 def _new_plan_folder(out: Path, plan: PlanFile) -> tuple[Path, Path | None]:

@@ -130,7 +130,8 @@ def value(row: pd.Series | None, metric: Metric) -> float | None:
 # Result columns that say what a modeled row was priced with (results.COLUMNS), and their titles: a comparison
 # shows where they differ, since a change of kernel or library changes the prices without a change of workload.
 PRICED_WITH: tuple[tuple[str, str], ...] = (("attention_kernel", "attention kernel"), ("all_reduce", "all-reduce library"),
-                                           ("optimizer", "optimizer"), ("master_weights", "fp32 master copy"))
+                                           ("optimizer", "optimizer"), ("master_weights", "fp32 master copy"),
+                                           ("fuse_allreduce_rms", "all-reduce + RMSNorm fused"))
 
 
 def priced_with(row: pd.Series | None, column: str) -> str | None:

@@ -59,7 +59,8 @@ OPTIONAL_TEXT = ("priced_with",)
 def priced_with(row: Any) -> str | None:
     """'flash3, vllm' or 'cudnn, foreach, no fp32 master': what a modeled row was priced with (result columns
     attention_kernel, all_reduce, optimizer and master_weights; each empty where the row prices none: a training
-    row's all-reduce, an inference row's optimizer), one cell to keep the table narrow; 'ran cudnn' for a measured
+    row's all-reduce, an inference row's optimizer; and 'AR+RMSNorm fused' for a serving row priced with vLLM's
+    all-reduce + RMSNorm fusion, the extra fuse_allreduce_rms), one cell to keep the table narrow; 'ran cudnn' for a measured
     row that recorded its attention kernel; None for a row with none of them."""
     if row.get("kind") == "measured":   # no price: the attention kernel the run ran (llmsim.measure.sdpa)
         kernel = row.get("attention_kernel")
@@ -69,6 +70,9 @@ def priced_with(row: Any) -> str | None:
     master = row.get("master_weights")
     if not missing(master) and master != "":
         parts.append("fp32 master" if str(master).lower() in ("true", "1") else "no fp32 master")
+    fused = row.get("fuse_allreduce_rms")   # a serving row's extra (serving.scheduler.fuse_allreduce_rms)
+    if not missing(fused) and str(fused).lower() in ("true", "1"):
+        parts.append("AR+RMSNorm fused")
     return ", ".join(parts) or None
 
 

@@ -514,7 +514,9 @@ class SchedulerSpec(_Strict):
             if getattr(self, key) is not None and self.kind in BUILTIN_SCHEDULERS and self.kind != owner:
                 raise KeyedValueError(key, f"{key} is for kind {owner!r} (got kind {self.kind!r})")
         if self.fuse_allreduce_rms and (self.engine_kernels_of != "fused" or self.kind == "tgi"):
-            engine = f"kind {self.kind!r}" if self.kind == "tgi" else f"engine_kernels {self.engine_kernels_of!r}"
+            engine = (f"kind {self.kind!r}" if self.kind == "tgi" else f"engine_kernels {self.engine_kernels_of!r}"
+                      if self.engine_kernels is not None else
+                      f"kind {self.kind!r} (whose kernel counts are SGLang's: engine_kernels {self.engine_kernels_of!r})")
             raise KeyedValueError("fuse_allreduce_rms", (
                 f"true with {engine}: vLLM's all-reduce + RMSNorm fusion is priced over the fused engine's kernels "
                 f"(engine_kernels fused); allowed: false, or true with engine_kernels fused and a kind other than "

@@ -879,3 +879,25 @@ def test_ties_with_the_winner_are_broken_by_their_searched_headroom() -> None:
     assert [c.hardware for c in searched] == ["slow-h", "slow-a"]   # the faster device sustains more
     assert searched[0].sustained_rate > searched[1].sustained_rate > 5.0
     assert not any(c.sustained_at_least for c in searched)
+
+
+def test_a_plan_with_vllms_allreduce_rms_fusion_says_so_and_where_it_does_not_apply() -> None:
+    """serving.scheduler.fuse_allreduce_rms in a serving plan: plan.md's header names it beside the scheduler's
+    kind, and the plan's notes say which candidates are priced without it (tp 1, pp > 1, attention DP, and
+    hardware without a fusion limit: slow-a is an A100); trial 48 found it in best.yaml only."""
+    from llmsim.planner.report import plan_meta
+    from llmsim.planner.run import plan_notes
+
+    data = serving_plan()
+    data["serving"]["scheduler"]["fuse_allreduce_rms"] = True
+    plan = parse_plan(data)
+    meta = dict(plan_meta(plan, "serving", "80 requests/s"))
+    assert meta["serving scheduler"] == "continuous, max_num_seqs: 8, max_batched_tokens: 256, fuse_allreduce_rms: true"
+    notes = [text for _, text in plan_notes(plan, resolve_hardware(plan, CATALOG))]
+    assert ("serving.scheduler.fuse_allreduce_rms: candidates at tp 1, pp > 1 or attention_dp > 1, and every "
+            "candidate on slow-a (no fusion limit in its catalog entry: vLLM runs the fusion on Hopper and Blackwell "
+            "only) are priced without it, as vLLM runs them") in notes
+    plain = parse_plan(serving_plan())
+    assert not any("fuse_allreduce_rms" in t for _, t in plan_notes(plain, resolve_hardware(plain, CATALOG)))
+    assert dict(plan_meta(plain, "serving", "x"))["serving scheduler"] == \
+        "continuous, max_num_seqs: 8, max_batched_tokens: 256"

@@ -222,6 +222,9 @@ def test_the_priced_with_cell_names_a_modeled_recipe_and_what_a_measured_row_ran
     assert priced_with({"kind": "modeled", "attention_kernel": "cudnn", "all_reduce": None, "optimizer": "foreach",
                         "master_weights": False}) == "cudnn, foreach, no fp32 master"
     assert priced_with({"kind": "modeled", "attention_kernel": "flash3", "all_reduce": "vllm"}) == "flash3, vllm"
+    assert priced_with({"kind": "modeled", "attention_kernel": "flash3", "all_reduce": "vllm",
+                        "fuse_allreduce_rms": True}) == "flash3, vllm, AR+RMSNorm fused"
+    assert priced_with({"kind": "modeled", "attention_kernel": "flash3", "fuse_allreduce_rms": False}) == "flash3"
     assert priced_with({"kind": "measured", "attention_kernel": "cudnn"}) == "ran cudnn"
     assert priced_with({"kind": "measured", "attention_kernel": float("nan")}) is None
 

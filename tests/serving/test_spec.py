@@ -516,7 +516,8 @@ def test_the_allreduce_rms_fusion_is_refused_with_another_engines_kernel_counts(
 def test_the_allreduce_rms_fusion_with_sglangs_counts_is_one_line_naming_the_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(tmp_path, capsys, "serving.scheduler.kind=sglang", "serving.scheduler.fuse_allreduce_rms=true")
-    assert err.startswith("serving.scheduler.fuse_allreduce_rms: true with engine_kernels 'sglang'"), err
+    assert err.startswith("serving.scheduler.fuse_allreduce_rms: true with kind 'sglang' (whose kernel counts are "
+                          "SGLang's: engine_kernels 'sglang')"), err
 
 
 @pytest.mark.parametrize("hardware,tp,pp,reason", [
