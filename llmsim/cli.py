@@ -434,6 +434,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resumed_backends(planned: list[PlannedCase], resume: Path, path: str) -> list[PlannedCase]:
+    """A --resume without --backend continues the run of the folder: the backends its planned.json names (the run
+    may have been `--backend cpu` alone), not every backend of the scenario; said in a note naming the others and how
+    to add them (trial 48: the resume quietly added 10 roofline and cluster rows to a cpu run). A folder without
+    the record keeps every backend."""
+    from llmsim.results import read_planned
+
+    recorded = read_planned(resume)
+    if recorded is None:
+        return planned
+    ran = {backend for _, backend in recorded}
+    others = sorted({item.backend.name for item in planned} - ran)
+    if not others:
+        return planned
+    _say_note(path, "--resume", f"continues the backends this folder's run planned ({', '.join(sorted(ran))}); "
+                                f"the scenario's {', '.join(others)} left out: to add them, resume with "
+                                + " ".join(f"--backend {name}" for name in sorted(ran | set(others))), [])
+    return [item for item in planned if item.backend.name in ran]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from llmsim.results import latest_run_dir, read_rows, rows_frame
     from llmsim.runner import run_scenario
@@ -454,6 +474,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if resume is None:
             raise ScenarioError(None, "--resume", f"no earlier run of {scenario.name!r} under {out}/ (give the "
                                                   f"run folder, or the --out the run used)")
+
+    if resume is not None and not args.backend:
+        planned = _resumed_backends(planned, resume, args.scenario)
 
     def progress(k: int, n: int, item: PlannedCase) -> None:
         err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)

@@ -260,3 +260,22 @@ def test_a_time_limit_raised_on_resume_is_no_edit(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="request_timeout_s"):   # vllm's cut requests are counted in the row
         (tmp_path / "scenario.yaml").write_text(yaml.safe_dump({"name": "t", "backends": {"vllm": {}}}))
         check_resumable(tmp_path, {"name": "t", "backends": {"vllm": {"request_timeout_s": 5}}})
+
+
+def test_a_resume_without_backend_continues_the_backends_the_run_planned(tmp_path: Path, capsys) -> None:
+    """A run of `--backend roofline` resumed without --backend continues that run: the scenario's other backend is
+    left out, in a note that says how to add it (trial 48: the resume quietly added every other backend's rows)."""
+    data = {**MODELED, "strategies": STRATEGIES[:2],
+            "backends": {**MODELED["backends"], "cluster": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 8}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, run = _run(path, tmp_path / "out", "--backend", "roofline", capsys=capsys)
+    assert code == 0 and {r["backend"] for r in _rows(run)} == {"roofline"}
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run)])
+    err = capsys.readouterr().err
+    assert code == 0 and {r["backend"] for r in _rows(run)} == {"roofline"} and len(_rows(run)) == 2
+    assert (f"llmsim: note: {path}: --resume: continues the backends this folder's run planned (roofline); the "
+            f"scenario's cluster left out: to add them, resume with --backend cluster --backend roofline") in \
+        " ".join(err.split()), err
+    code = main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run), "--backend", "cluster"])
+    assert code == 0 and {r["backend"] for r in _rows(run)} == {"roofline", "cluster"}
