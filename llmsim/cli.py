@@ -623,11 +623,13 @@ def executor_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    from llmsim.runner import availability_of
+
     registry, _ = _registry()
     table = Table("backend", "kind", "plugin", "available here", title="llmsim backends")
     for name in registry.names:
         cls = registry.get(name)
-        reason = cls.availability()
+        reason = availability_of(cls)
         table.add_row(name, cls.kind, registry.owners[name], "yes" if reason is None else f"no: {escape(reason)}")
     Console().print(table)
     return 0

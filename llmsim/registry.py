@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from llmsim.backend import Backend
@@ -27,6 +28,11 @@ class BackendRegistry:
                 name = getattr(backend, "name", None)
                 if not (isinstance(backend, type) and issubclass(backend, Backend) and name):
                     manager.broken[plugin] = f"llmsim_backends returned {backend!r}, not a named Backend subclass"
+                    continue
+                if inspect.isabstract(backend):   # trial 49: listed as available, then every case failed
+                    missing = ", ".join(sorted(backend.__abstractmethods__))
+                    manager.broken[plugin] = (f"backend {name!r} ({backend.__name__}) does not implement "
+                                              f"{missing}, which every Backend must (docs/plugins.md)")
                     continue
                 if name in backends:
                     raise PluginError(f"backend name {name!r} is registered twice: by plugin "

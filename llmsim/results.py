@@ -527,6 +527,13 @@ def _value_problem(column: str, value: Any) -> str | None:
     return f"{column} is {shown}, not {article}{kind}"
 
 
+def row_problem(row: dict[str, Any]) -> str | None:
+    """Why a row (Result.row()) is not one llmsim writes, or None: a contract column's value of the wrong kind or
+    negative (`_value_problem`, the check read_rows makes of a saved row). The runner checks a backend's row with
+    it before saving (runner.checked_result), so a plugin's bad value becomes its failed row, not a damaged file."""
+    return next((p for column, value in row.items() if (p := _value_problem(column, value))), None)
+
+
 def rows_disagree(scenario: Any, frame: pd.DataFrame) -> tuple[str, str] | None:
     """The first workload key whose value the rows contradict (every row carries its case's mode, batch,
     sequence length and dtype): a truncated file validates with defaults in place of what was cut off. A
@@ -582,7 +589,7 @@ def read_rows(run_dir: Path, warn: Callable[[str], None] = print_warning,
                     or not isinstance(row.get("backend"), str):
                 problem = "JSON but not a result row (a mapping with case and backend)"
             else:   # a value of the wrong type would fail later, in a report's or a fit's arithmetic
-                problem = next((p for column, value in row.items() if (p := _value_problem(column, value))), None)
+                problem = row_problem(row)
         if problem is None:
             rows[(row["case"], row["backend"])] = row
         elif number == len(lines):  # the last line, and no newline after it: a write cut short

@@ -38,7 +38,7 @@ from llmsim.modeled_serving import unknown_device_memory
 from llmsim.registry import BackendRegistry
 from llmsim import interrupt
 from llmsim.results import (RUN_NOTES, DamagedRows, Result, ResultStore, new_run_dir, read_rows, record_planned,
-                            record_session, rows_disagree, rows_frame, write_atomic)
+                            record_session, row_problem, rows_disagree, rows_frame, write_atomic)
 from llmsim.run_inputs import INPUTS_FILE, changed_input, input_digests, map_input_paths
 from llmsim.scenario_diff import brief, differences
 from llmsim.serving.requests import TraceError, read_trace, trace_count_problem, trace_span_problem
@@ -703,10 +703,23 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any], scenario_dir: Path 
                                               f"({disagreement[0]}: {disagreement[1]}); start a new run instead")
 
 
+def availability_of(cls: type[Backend]) -> str | None:
+    """`cls.availability()` (why the backend cannot run here, or None), with a plugin's availability() that raises
+    (or is not callable as a classmethod) read as the reason it cannot run: `llmsim backends`, validate and run
+    say it in their words instead of a traceback (trial 49)."""
+    try:
+        reason = cls.availability()
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin's bug is its backend's, not the run's
+        return f"availability() raised {type(exc).__name__}: {one_line(str(exc))}"
+    return None if reason is None else str(reason)
+
+
 def unavailable(cls: type[Backend]) -> str | None:
     """Why no case of backend `cls` runs here (its availability(): not installed, no device), as its skipped
     rows say it, or None."""
-    reason = cls.availability()
+    reason = availability_of(cls)
     return f"backend '{cls.name}' cannot run here: {reason}" if reason else None
 
 
@@ -984,11 +997,41 @@ def _run_one(item: PlannedCase, instances: dict[str, Backend], context: RunConte
         return _failed_row(item, "skipped", reason)
     try:
         backend = instances.get(cls.name) or instances.setdefault(cls.name, cls(context))
-        return backend.run(item.case, item.settings)
+        result = backend.run(item.case, item.settings)
     except KeyboardInterrupt:
         raise
     except LLMSimError as exc:
         return _failed_row(item, "failed", str(exc))
-    except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - one broken case must not lose the others (a plugin's
+        # sys.exit() included: it ended the whole run without a word, trial 49)
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return _failed_row(item, "failed", f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})")
+        return _failed_row(item, "failed", f"{type(exc).__name__}: {_error_text(exc)} "
+                                           f"(at {Path(where.filename).name}:{where.lineno})")
+    return checked_result(item, result)
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line of what went wrong: a pydantic ValidationError (a plugin building a Result with a bad value) as
+    its fields and reasons ("status: Input should be 'ok', 'skipped', ..."), not its title line alone."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+    return one_line(str(exc))
+
+
+def checked_result(item: PlannedCase, result: object) -> Result:
+    """A backend's return value as the row the runner saves: a failed row (naming the backend and why) where it is
+    not a Result, where a value is not one llmsim writes (results.row_problem: the check read_rows makes, so the
+    file is never left unreadable; trial 49 wrote step_time_s -5 and then refused its own results.jsonl), or where
+    an ok row's step time is NaN, infinite or not positive (the report called such a row the fastest)."""
+    name = item.backend.name
+    if not isinstance(result, Result):
+        return _failed_row(item, "failed", f"backend '{name}' returned {type(result).__name__}, not a llmsim Result "
+                                           f"(Backend.run must return one: docs/plugins.md)")
+    problem = row_problem(result.row())
+    if problem is None and result.status == "ok" and result.step_time_s is not None:
+        step = result.step_time_s
+        if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
+            problem = f"an ok row with step_time_s {step!r} (a finite number of seconds > 0)"
+    if problem is not None:
+        return _failed_row(item, "failed", f"backend '{name}' returned a row llmsim cannot keep: {problem}")
+    return result
