@@ -31,6 +31,7 @@ from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel, master_weigh
 from llmsim.engine_options import TRAINING_ONLY_OPTIONS, serving_attention_problem
 from llmsim.environment import environment_record
 from llmsim.executor import Executor, LocalExecutor
+from llmsim.divisors import divisors, listed
 from llmsim.errors import KeyedValueError, LLMSimError, ScenarioError, format_key_path, one_line
 from llmsim.hardware import CATALOG_KEY, Catalog, load_catalog
 from llmsim.modeled import ModeledSettings
@@ -82,6 +83,33 @@ def _catalog_value_problem(value: Any, kind: str, catalog: Catalog) -> str:
              else "")
     names = catalog.devices if kind == "device" else catalog.links
     return f"{shown_value(value)}: expected one {kind} name{given}; allowed: {', '.join(names)}"
+
+
+def _suits_every_backend(strategy: Any, workload: Any, key: str, worlds: list[tuple[str, int | None]],
+                         failing: tuple[str, int | None]) -> str:
+    """Where a strategy runs on more than one backend or sweep point (`worlds`: (backend, its world size or None)),
+    the values of degree `key` that lay it out on every one of them, where they are fewer than the `failing`
+    backend's own message offers, so that a value offered is not refused by the next backend (trial 49: dp 3 on a
+    2-device roofline beside the cpu backend offered dp 1, 2, 4, and then 1 and 4 were refused); "" for one
+    world, a key that is not a degree, or when every backend takes what the failing one does."""
+    if len(worlds) < 2 or key not in ("dp", "tp", "pp", "cp"):
+        return ""
+    fixed = [w for _, w in worlds if w is not None]
+    bound = workload.batch if key == "dp" else max(fixed or [getattr(strategy, key)])
+
+    def laid_out(value: int | None, among: list[tuple[str, int | None]]) -> bool:
+        changed = strategy.model_copy(update={key: value})
+        return all(isinstance(resolve_layout(changed, workload, w, name), Layout) for name, w in among)
+
+    fits = [v for v in divisors(bound) if laid_out(v, worlds)]
+    omitted = key == "dp" and laid_out(None, worlds)
+    if fits == [v for v in divisors(bound) if laid_out(v, [failing])] and omitted == (key == "dp"
+                                                                                      and laid_out(None, [failing])):
+        return ""
+    where = ", ".join(dict.fromkeys(name for name, _ in worlds))
+    if fits:
+        return f"; on every backend here ({where}): {key} among {listed(fits)}" + (", or omitted" if omitted else "")
+    return f"; no {key} suits every backend here ({where})" + ("; omit dp to fill each" if omitted else "")
 
 
 def _backend_settings(name: str, cls: type[Backend], raw: dict[str, Any], file: str,
@@ -239,8 +267,11 @@ def plan_cases(scenario: Scenario, registry: BackendRegistry, file: str = "<scen
                               f"{cls.world_size(settings)}; configure backends.{name} or --set "
                               f"backends.{name}.KEY=VALUE)")
                 world = cls.describe_world(settings, catalog)
+                worlds = [(other, registry.get(other).world_size(s)) for other in backends for _, s in sweeps[other]]
                 raise ScenarioError(file, f"strategies[{i}].{layout[0]}",
-                                    layout[1] + (f" ({world})" if world else "") + point)
+                                    layout[1] + (f" ({world})" if world else "") + point
+                                    + _suits_every_backend(strategy, scenario.workload, layout[0], worlds,
+                                                           (name, cls.world_size(settings))))
             problem = cls.check_layout(settings, layout, catalog)
             if problem:
                 at = f" at {suffix[1:]}" if suffix else ""

@@ -172,7 +172,8 @@ def test_decode_may_fill_the_learned_position_table_exactly() -> None:
         parse_scenario(data, "s.yaml")
     message = str(info.value)
     assert message == ("s.yaml: workload.decode_tokens: seq_len + decode_tokens = 129 exceeds max_positions=128 of the "
-                       "learned position table")
+                       "learned position table (allowed: decode_tokens <= 64, a shorter seq_len, or a larger "
+                       "model.max_positions)")
     # rotary positions have no table: no limit
     data["workload"]["model"] = {"preset": "tiny", "positions": "rotary"}
     parse_scenario(data, "s.yaml")
@@ -194,7 +195,8 @@ def test_an_explicit_dimension_decode_sizes_the_learned_table_for_prompt_and_gen
     with pytest.raises(ScenarioError) as info:
         parse_scenario(data, "s.yaml")
     assert str(info.value) == ("s.yaml: workload.decode_tokens: seq_len + decode_tokens = 48 exceeds max_positions=40 of the "
-                               "learned position table")
+                               "learned position table (allowed: decode_tokens <= 8, a shorter seq_len, or a larger "
+                               "model.max_positions)")
     data["workload"]["model"] = {"preset": "gpt2-small", "seq_len": 512}
     assert parse_scenario(data, "s.yaml").workload.model.max_positions == 1024
 

@@ -311,3 +311,27 @@ def test_a_tensor_parallel_group_over_nodes_gets_a_note_naming_the_inter_node_li
                 f"per device per direction) besides nvlink3-bridge (300 GB/s) inside a node") in err
         assert main(["validate", str(scenario(mode, 2))]) == 0
         assert "note:" not in capsys.readouterr().err
+
+
+def test_a_degree_refused_on_one_of_several_backends_offers_the_values_every_backend_takes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """dp 3 on a batch of 4, run on cpu (any world) and a 2-device roofline: the message offers the dp every
+    backend lays out (2, or omitted), not the batch's divisors alone (trial 49: 1 and 4 were then refused)."""
+    import yaml
+
+    from llmsim.cli import main
+
+    data = {"name": "two-worlds", "workload": {"model": {"preset": "gpt2-small", "layers": 2, "seq_len": 64},
+                                               "batch": 4, "dtype": "float32"},
+            "strategies": [{"name": "d", "dp": 3}],
+            "backends": {"cpu": {"steps": 1, "warmup": 0},
+                         "roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 2}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("; on every backend here (cpu, roofline): dp among 2, or omitted"), err
+    data["backends"].pop("cpu")
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    assert "on every backend here" not in capsys.readouterr().err     # one backend: its own list says it
