@@ -92,6 +92,16 @@ def _warn_broken(registry: BackendRegistry) -> None:
                           highlight=False)
 
 
+def _warn_broken_hardware(catalog: Any) -> None:
+    """A plugin whose llmsim_hardware entries are malformed or clash: its entries are left out and every other
+    entry kept (hardware.load_catalog), said once here (trial 49: every scenario failed, even one using none of
+    them)."""
+    for plugin, why in getattr(catalog, "broken_plugins", {}).items():
+        err_console.print(f"[yellow]llmsim: warning: plugin {plugin!r}'s hardware entries are left out: {escape(why)} "
+                          f"(LLMSIM_PLUGINS names the plugins to load: docs/plugins.md)[/]", highlight=False,
+                          soft_wrap=True)
+
+
 def _load(path: str, overrides: list[str], backends: list[str] | None, notes: list[str] | None = None
           ) -> tuple[Scenario, list[PlannedCase], object, BackendRegistry, Any]:
     """The scenario, its planned cases, the plugin manager, the registry and the hardware catalog. The notes
@@ -104,6 +114,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     registry, manager = _registry(warn=False)
     scenario_dir = Path(path).resolve().parent
     catalog = build_catalog(scenario, scenario_dir, manager, path)
+    _warn_broken_hardware(catalog)
     planned = plan_cases(scenario, registry, path, backends, scenario_dir, catalog)
     kept = notes if notes is not None else []
     _note_trace(scenario, scenario_dir, path, kept)
@@ -280,7 +291,9 @@ def _catalog(files: list[Path] | None, manager: Any = None) -> Any:
     from llmsim.hardware import load_catalog
 
     manager = manager or get_plugin_manager()
-    return load_catalog(files, [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es])
+    catalog = load_catalog(files, [(p, e) for p, es in manager.call_each("llmsim_hardware") for e in es])
+    _warn_broken_hardware(catalog)
+    return catalog
 
 
 def _validate_catalog(path: str) -> int:

@@ -124,3 +124,30 @@ def test_llmsim_backends_lists_a_backend_whose_availability_raises(monkeypatch: 
     assert cli.main(["backends"]) == 0
     out = " ".join(capsys.readouterr().out.split())   # the table wraps the reason over lines
     assert "no: availability()" in out and "raised" in out and "probe crashed" in out
+
+
+class BadHardware:
+    @hookimpl
+    def llmsim_hardware(self):
+        return [{"type": "device", "name": "good-npu", "peak_flops": {"bfloat16": 1.0e15}, "memory_bytes": 6.4e10,
+                 "memory_bw_bytes_per_s": 2.0e12, "idle_power_w": 50, "max_power_w": 500, "source": "a sheet"},
+                {"type": "device", "name": "bad-npu"}]   # required keys missing
+
+
+def test_a_plugins_malformed_hardware_is_left_out_with_a_warning_and_other_scenarios_run(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 49: a plugin's invalid llmsim_hardware entry failed every scenario, even one that used none of it.
+    Now its entries (the good one too: the plugin's list is one source) are left out, with one warning."""
+    from llmsim import cli
+    from llmsim.hardware import load_catalog
+    from tests.conftest import REPO
+
+    manager = get_plugin_manager()
+    manager.register(BadHardware(), name="badhw")
+    monkeypatch.setattr(cli, "get_plugin_manager", lambda: manager)
+    assert cli.main(["validate", str(REPO / "scenarios" / "quickstart.yaml")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "llmsim: warning: plugin 'badhw''s hardware entries are left out: plugin badhw: entries[1]" in err, err
+    catalog = load_catalog([], [("badhw", e) for e in BadHardware().llmsim_hardware()])
+    assert "good-npu" not in catalog.devices and "a100-80gb" in catalog.devices
+    assert list(catalog.broken_plugins) == ["badhw"]

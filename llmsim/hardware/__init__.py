@@ -11,7 +11,7 @@ import functools
 import math
 import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -19,7 +19,7 @@ from llmsim.costmodel.cluster import ClusterSpec
 from llmsim.costmodel.efficiency import MAX_FIXED_TIME_S, MAX_TILE_SIDE, Efficiency, kernel_latency_seconds
 from llmsim.costmodel.torus import SliceShapes, TorusError, parse_topology
 from llmsim.config import NUMBER_WANTED, allowed_keys, allowed_range, describe_error, out_of_range
-from llmsim.errors import KeyedValueError, ScenarioError, format_key_path
+from llmsim.errors import KeyedValueError, ScenarioError, format_key_path, one_line
 from llmsim.strict import BooleansAreNotNumbers
 from llmsim.wording import shown_number, shown_value
 
@@ -328,6 +328,9 @@ class Catalog(BaseModel):
     # entry name -> the absolute path of the user's hardware file that defines it (built-in and plugin entries are
     # not here): a scenario written for these entries (a plan's best.yaml) names the files it needs (files_for)
     files: dict[str, str] = Field(default_factory=dict)
+    # plugin -> why its llmsim_hardware entries were left out (a malformed or duplicate entry): said as a warning,
+    # the other plugins' and the user's entries kept, as a plugin whose hook raises (docs/plugins.md)
+    broken_plugins: dict[str, str] = Field(default_factory=dict)
 
     def files_for(self, *names: str) -> list[str]:
         """The user hardware files that define these entries, each once, in order (none for built-in entries)."""
@@ -548,22 +551,20 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
         by_plugin.setdefault(plugin, []).append(entry)
     sources += [(f"plugin {plugin}", {"entries": entries}) for plugin, entries in by_plugin.items()]
     index_of: dict[str, int] = {}   # entry name -> its place in the entries: list of its file (or plugin)
+    broken: dict[str, str] = {}     # plugin -> why its entries are left out
     for origin, data in sources:
-        for index, entry in enumerate(data if isinstance(data, tuple) else parse_entries(data, origin)):
-            if entry.name in devices or entry.name in links:
-                first, at = defined_in[entry.name], f"entries[{index_of[entry.name]}].name"
-                # keyed entries[i], as the same file's validation errors are (entries.NAME read beside entries[0]);
-                # the first entry named by its place too (a fresh-user trial: a file's own duplicate named the
-                # file, which the user had open, but not which entry came first)
-                if first == origin:
-                    raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: {at} of this file has "
-                                        f"this name already; give each entry its own name")
-                where = "the built-in catalog" if first == str(CATALOG_FILE) else f"{first}, {at}"
-                raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: a catalog entry with this "
-                                    f"name already exists (in {where}); give yours another name")
-            (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry
-            defined_in[entry.name] = origin
-            index_of[entry.name] = index
+        if origin.startswith("plugin "):   # a plugin's bad entries leave that plugin's hardware out, not every run
+            try:
+                _add_entries(origin, parse_entries(data, origin), devices, links, defined_in, index_of)
+            except ScenarioError as exc:
+                broken[origin.removeprefix("plugin ")] = one_line(str(exc))
+                for name in [n for n, o in defined_in.items() if o == origin]:   # the entries added before it
+                    devices.pop(name, None)
+                    links.pop(name, None)
+                    del defined_in[name], index_of[name]
+            continue
+        _add_entries(origin, data if isinstance(data, tuple) else parse_entries(data, origin), devices, links,
+                     defined_in, index_of)
     for device in devices.values():  # a device's default links must exist once every source is read
         for key in ("intra_node", "inter_node"):
             link = getattr(device, key)
@@ -571,4 +572,26 @@ def load_catalog(extra_files: list[Path] | None = None, plugin_entries: list[tup
                 raise ScenarioError(defined_in[device.name], f"entries[{index_of[device.name]}].{key}",
                                     f"unknown link {link!r} (device {device.name!r}); allowed: {', '.join(links)}")
     return Catalog(devices=devices, links=links,
-                   files={name: user_files[origin] for name, origin in defined_in.items() if origin in user_files})
+                   files={name: user_files[origin] for name, origin in defined_in.items() if origin in user_files},
+                   broken_plugins=broken)
+
+
+def _add_entries(origin: str, entries: Any, devices: dict[str, DeviceSpec], links: dict[str, LinkSpec],
+                 defined_in: dict[str, str], index_of: dict[str, int]) -> None:
+    """Add one source's parsed entries (the built-in file, a user file, a plugin's) to the catalog being built;
+    ScenarioError on a name already defined, naming both entries."""
+    for index, entry in enumerate(entries):
+        if entry.name in devices or entry.name in links:
+            first, at = defined_in[entry.name], f"entries[{index_of[entry.name]}].name"
+            # keyed entries[i], as the same file's validation errors are (entries.NAME read beside entries[0]);
+            # the first entry named by its place too (a fresh-user trial: a file's own duplicate named the
+            # file, which the user had open, but not which entry came first)
+            if first == origin:
+                raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: {at} of this file has "
+                                    f"this name already; give each entry its own name")
+            where = "the built-in catalog" if first == str(CATALOG_FILE) else f"{first}, {at}"
+            raise ScenarioError(origin, f"entries[{index}].name", f"{entry.name!r}: a catalog entry with this "
+                                f"name already exists (in {where}); give yours another name")
+        (devices if isinstance(entry, DeviceSpec) else links)[entry.name] = entry
+        defined_in[entry.name] = origin
+        index_of[entry.name] = index
