@@ -27,7 +27,7 @@ from llmsim.report.metrics import (METRICS, NOISE_PCT, SERVING_SUMMARY_METRICS, 
                                    pct_change, tone)
 from llmsim.report.frames import any_value, ok_rows
 from llmsim.report.raster import render
-from llmsim.report.run import Run, environment_text, work_text, workload_text
+from llmsim.report.run import Run, environment_text, sessions_sentence, work_text, workload_text
 from llmsim.report.summary import serving_limits
 from llmsim.report.units import fmt_change, format_value, missing
 from llmsim.scenario_diff import brief, differences
@@ -483,6 +483,10 @@ def comparison_document(runs: list[Run]) -> Document:
     summary = [Point("Runs compared: " + "; ".join(f"{x} = {labels[x]} ({hardware_of(r)})" for x, r in
                                                    zip(letters, runs)) + f"; {letters[0]} is the baseline.")]
     summary += scenario_points(runs, letters)
+    # a run whose rows came from more than one session (a --resume, perhaps on another host): said as its own
+    # report says it, so a comparison does not hide it (trial 49: "torch threads 2 → 1" showed in B's report only)
+    summary += [Point(f"{x}: {text}") for x, run in zip(letters, runs)
+                if (text := sessions_sentence(run.frame, run.sessions)) is not None]
     serving = [x for x, r in zip(letters, runs) if "mode" in r.frame and (r.frame["mode"] == "serve").any()]
     if serving and len(serving) < len(runs):  # a serving run's rows are rates, a step run's steps: no shared metric
         summary.append(Point(f"{', '.join(serving)} {'is a serving run' if len(serving) == 1 else 'are serving runs'} "

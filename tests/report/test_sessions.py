@@ -57,3 +57,21 @@ def test_rows_of_a_run_before_sessions_were_recorded_count_as_one_more_run() -> 
     assert text == ("The rows come from 2 runs of this folder (a --resume adds a session): a run that recorded no "
                     "session: 2 rows; session 1: 1 row. sessions.jsonl does not record every one of them: whether "
                     "they ran alike is unknown.")
+
+
+def test_a_comparison_says_which_run_came_from_more_than_one_session(tmp_path: Path) -> None:
+    """A comparison of A and a resumed B carries B's sessions sentence (trial 49: only B's own report said it)."""
+    from llmsim.report.build import write_comparison
+    from llmsim.results import SESSIONS_FILE
+    from tests.report.helpers import make_run, row
+
+    a = make_run(tmp_path / "a", [row("single", step=1.0), row("dp", step=0.5, n=2)])
+    b = make_run(tmp_path / "b", [row("single", step=1.0, extra={"session": 1}),
+                                  row("dp", step=0.5, n=2, extra={"session": 2})])
+    with (b / SESSIONS_FILE).open("w") as f:
+        for n, threads in ((1, 2), (2, 1)):
+            f.write(f'{{"session": {n}, "started": "x", "environment": {{"torch_threads": {threads}}}}}\n')
+    folder = write_comparison([a, b], tmp_path / "cmp")
+    md = " ".join((folder / "report.md").read_text().split())
+    assert "B: The rows come from 2 runs of this folder (a --resume adds a session)" in md
+    assert "Their environments differ (torch threads 2 → 1)" in md and "A: The rows come from" not in md
