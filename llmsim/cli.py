@@ -490,6 +490,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if resume is not None and not args.backend:
         planned = _resumed_backends(planned, resume, args.scenario)
+    if resume is not None:
+        from llmsim.results import ResultStore
+
+        if {(item.case.name, item.backend.name) for item in planned} <= ResultStore(resume).done():
+            _say_note(args.scenario, "--resume", f"every planned case of {resume} has a row already: nothing is "
+                                                 f"left to run (the report is rebuilt)", [])
 
     def progress(k: int, n: int, item: PlannedCase) -> None:
         err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)
