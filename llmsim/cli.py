@@ -941,7 +941,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     Measured serving rows (a serving scenario's, e.g. the vllm backend's) fit the serving iteration's parameters
     (llmsim.calibrate.serving); otherwise the step rows of `--backend` (default cpu) fit the step model."""
-    from llmsim.calibrate import CalibrationError, calibrate, catalog_file, format_table, underdetermined_warning
+    from llmsim.calibrate import (CalibrationError, calibrate, catalog_file, format_table, multi_process_warning,
+                                  underdetermined_warning)
     from llmsim.calibrate.serving import calibrate_serving, has_serving_rows
     from llmsim.hardware import load_catalog
 
@@ -983,9 +984,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.device is not None and exc.file is None and exc.key == "hardware" and "unknown device" in exc.message:
             raise UsageError("--device", exc.message) from None
         raise
-    warning = underdetermined_warning(result)
-    if warning:
-        err_console.print(f"[yellow]llmsim: warning: {escape(warning)}[/]", highlight=False)
+    for warning in (underdetermined_warning(result), multi_process_warning(result)):
+        if warning:
+            err_console.print(f"[yellow]llmsim: warning: {escape(warning)}[/]", highlight=False)
     path = args.out or Path(args.run_dirs[0]) / default_name
     path.write_text(catalog_file(result, path.name))
     print(format_table(result))

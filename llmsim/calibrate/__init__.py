@@ -21,9 +21,9 @@ This module is the public API only.
 from llmsim.calibrate.optimiser import fit
 from llmsim.calibrate.model import BOUNDS, Calibration, CaseFit, calibrate, plan_for
 from llmsim.calibrate.observations import CalibrationError, Observation, read_observations
-from llmsim.calibrate.report import catalog_file, format_table, underdetermined_warning
+from llmsim.calibrate.report import catalog_file, format_table, multi_process_warning, underdetermined_warning
 from llmsim.calibrate.serving import calibrate_serving, read_serving_observations
 
 __all__ = ["BOUNDS", "Calibration", "CalibrationError", "CaseFit", "Observation", "calibrate", "catalog_file",
-           "calibrate_serving", "fit", "format_table", "plan_for", "read_observations", "read_serving_observations",
-           "underdetermined_warning"]
+           "calibrate_serving", "fit", "format_table", "multi_process_warning", "plan_for", "read_observations",
+           "read_serving_observations", "underdetermined_warning"]

@@ -71,6 +71,9 @@ class Calibration:
     kind: str = "step"              # step (step times of measured rows) | serving (llmsim.calibrate.serving)
     checks: list[CaseFit] = field(default_factory=list)   # modeled vs measured figures not fitted (serving p99s)
     left_out: list[str] = field(default_factory=list)     # cases not fitted: timed on a busy host
+    # cases fitted whose measured step ran several processes (world > 1): priced as their whole step on one
+    # device (plan_for), so the communication they measured is absorbed into the fitted efficiencies
+    multi_process: list[str] = field(default_factory=list)
 
     @property
     def median_abs_error(self) -> float:
@@ -179,7 +182,8 @@ def calibrate(run_dirs: Sequence[Path], device: str = "cpu-host", backend: str =
         return [CaseFit(o.run_dir, o.case, o.mode, o.measured_s, t) for o, t in zip(observations, modeled)]
 
     entry = _entry(fitted, base, observations, theta, probed=probed is not None)
-    return Calibration(entry=entry, cases=fits(after), before=fits(before), left_out=left_out)
+    return Calibration(entry=entry, cases=fits(after), before=fits(before), left_out=left_out,
+                       multi_process=[o.case for o in observations if o.layout.world > 1])
 
 
 def _probed_rates(observations: list[Observation]) -> tuple[float, float, float] | None:

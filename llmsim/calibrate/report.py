@@ -78,6 +78,19 @@ def underdetermined_warning(result: Calibration) -> str | None:
             f"(batch, seq_len, layers, mode) and calibrate on all of them")
 
 
+def multi_process_warning(result: Calibration) -> str | None:
+    """The warning `llmsim calibrate` prints when some fitted rows ran several processes (trial 49: a folder of
+    single, dp2, tp2 and pp2 rows was fitted without a word): each is priced as its whole step on one device, so the
+    gloo communication it measured ends up in the fitted efficiencies; None when every row ran one process."""
+    multi = result.multi_process
+    if not multi:
+        return None
+    shown = ", ".join(multi[:5]) + (" ..." if len(multi) > 5 else "")
+    return (f"{count(len(multi), 'fitted row')} ran several processes ({shown}): each is priced as its whole step on "
+            f"one device, so the communication it measured is absorbed into the fitted efficiencies; to keep it "
+            f"out, calibrate from single-process rows (a run folder of strategies without dp, tp, pp or cp)")
+
+
 def catalog_file(result: Calibration, file_name: str) -> str:
     """A hardware catalog YAML file holding the fitted entry, with a header that says how to use it."""
     header = ("# Written by `llmsim calibrate`. Use it from a scenario with\n"
