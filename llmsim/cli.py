@@ -467,6 +467,19 @@ def _resumed_backends(planned: list[PlannedCase], resume: Path, path: str) -> li
     return [item for item in planned if item.backend.name in ran]
 
 
+def _all_done(planned: list[PlannedCase], resume: Path) -> bool:
+    """Whether every planned (case, backend) of a --resume already has a finished row in the folder (read
+    without writing: the folder may yet be refused; a damaged file is run_scenario's to say)."""
+    from llmsim.results import read_rows
+
+    try:
+        rows = read_rows(resume, warn=lambda _: None)
+    except Exception:  # noqa: BLE001 - damaged rows: run_scenario refuses the folder in its own words
+        return False
+    done = {(r["case"], r["backend"]) for r in rows if r.get("status") != "failed"}
+    return {(item.case.name, item.backend.name) for item in planned} <= done
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from llmsim.results import latest_run_dir, read_rows, rows_frame
     from llmsim.runner import run_scenario
@@ -490,12 +503,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if resume is not None and not args.backend:
         planned = _resumed_backends(planned, resume, args.scenario)
-    if resume is not None:
-        from llmsim.results import ResultStore
-
-        if {(item.case.name, item.backend.name) for item in planned} <= ResultStore(resume).done():
-            _say_note(args.scenario, "--resume", f"every planned case of {resume} has a row already: nothing is "
-                                                 f"left to run (the report is rebuilt)", [])
+    # said once the run has accepted the folder (run_scenario refuses one of another scenario first)
+    nothing_left = resume is not None and _all_done(planned, resume)
 
     def progress(k: int, n: int, item: PlannedCase) -> None:
         err_console.print(f"[{k}/{n}] {item.case.name} on {item.backend.name}", highlight=False)
@@ -505,6 +514,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     show_simulation_progress()
     outcome = run_scenario(scenario, registry, planned, out, manager=manager, resume=resume, progress=progress,
                            scenario_dir=Path(args.scenario).resolve().parent, executor=executor, notes=notes)
+    if nothing_left:
+        _say_note(args.scenario, "--resume", f"every planned case of {resume} has a row already: nothing was left to "
+                                             f"run (the report is rebuilt)", [])
     frame = rows_frame(read_rows(outcome.run_dir))
     counts = frame["status"].value_counts().to_dict()
     if len(frame):

@@ -281,4 +281,4 @@ def test_a_resume_without_backend_continues_the_backends_the_run_planned(tmp_pat
     assert code == 0 and {r["backend"] for r in _rows(run)} == {"roofline", "cluster"}
     code = main(["run", str(path), "--out", str(tmp_path / "out"), "--resume", str(run)])
     err = " ".join(capsys.readouterr().err.split())
-    assert code == 0 and f"--resume: every planned case of {run} has a row already: nothing is left to run" in err
+    assert code == 0 and f"--resume: every planned case of {run} has a row already: nothing was left to run" in err
