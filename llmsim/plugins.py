@@ -74,6 +74,11 @@ def get_plugin_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | N
     wanted = _selected(env.get("LLMSIM_PLUGINS"))
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    entry_points = list(entry_points)
+    for name in sorted((wanted or set()) - {ep.name for ep in entry_points}):   # trial 49: ignored without a word
+        installed = ", ".join(sorted({ep.name for ep in entry_points})) or "none"
+        manager.broken[name] = (f"LLMSIM_PLUGINS names it, but no installed plugin has that entry point "
+                                f"(installed: {installed})")
     for ep in entry_points:
         if wanted is not None and ep.name not in wanted:
             continue

@@ -69,6 +69,16 @@ def test_llmsim_plugins_selects_by_name(fake_entry_points) -> None:
     eps = fake_entry_points(alpha="alpha-sim", beta="beta-sim")
     manager = get_plugin_manager(eps, environ={"LLMSIM_PLUGINS": "beta"})
     assert BackendRegistry.from_manager(manager).names == ["beta-sim"]
+    assert manager.broken == {}
+
+
+def test_a_name_in_llmsim_plugins_that_no_plugin_has_is_reported(fake_entry_points) -> None:
+    """Trial 49: LLMSIM_PLUGINS=toy,nosuch loaded toy and dropped nosuch without a word."""
+    eps = fake_entry_points(alpha="alpha-sim", beta="beta-sim")
+    manager = get_plugin_manager(eps, environ={"LLMSIM_PLUGINS": "beta,nosuch"})
+    assert BackendRegistry.from_manager(manager).names == ["beta-sim"]
+    assert manager.broken == {"nosuch": "LLMSIM_PLUGINS names it, but no installed plugin has that entry point "
+                                        "(installed: alpha, beta)"}
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_others_work(fake_entry_points) -> None:
