@@ -122,6 +122,7 @@ def _load(path: str, overrides: list[str], backends: list[str] | None, notes: li
     _note_training_options(planned, scenario, path, kept)
     _note_engine_kernels(scenario, path, kept)
     _note_cross_node_tp(planned, catalog, path, kept)
+    _note_dp_fill(planned, scenario, path, kept)
     _note_absent_backends(planned, scenario, registry, path, kept)
     _note_fp4_weight_only(planned, catalog, path, kept)
     _note_kv_link(planned, catalog, scenario, path, kept)
@@ -167,6 +168,14 @@ def _note_engine_kernels(scenario: Scenario, path: str, kept: list[str]) -> None
 
     for key, note in engine_kernel_notes(scenario):
         _say_note(path, key, note, kept)
+
+
+def _note_dp_fill(planned: list, scenario: Scenario, path: str, kept: list[str]) -> None:
+    """Say where a strategy without dp runs a different dp on different backends (runner.dp_fill_notes)."""
+    from llmsim.runner import dp_fill_notes
+
+    for where, note in dp_fill_notes(planned, scenario):
+        _say_note(path, where, note, kept)
 
 
 def _note_cross_node_tp(planned: list, catalog: Any, path: str, kept: list[str]) -> None:

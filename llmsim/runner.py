@@ -969,6 +969,26 @@ def allreduce_rms_fusion_notes(planned: list[PlannedCase], catalog: Catalog,
     return list(notes.items())
 
 
+def dp_fill_notes(planned: list[PlannedCase], scenario: Scenario) -> list[tuple[str, str]]:
+    """(where, note) for a strategy without dp that runs a different dp on different backends (dp omitted fills
+    each backend's devices: dp 1 on the cpu backend, dp 2 on a 2-device roofline), so its rows are two layouts
+    and not a measurement and a prediction of one (trial 46, 49). Said once per strategy; a sweep of one backend
+    (nodes) that varies dp by design is not compared with itself: each backend's first point is."""
+    first: dict[str, dict[str, int]] = {}
+    for item in planned:
+        if item.case.strategy.dp is None:
+            first.setdefault(item.case.strategy.name, {}).setdefault(item.backend.name, item.case.layout.dp)
+    notes = []
+    for i, strategy in enumerate(scenario.strategies):
+        per = first.get(strategy.name, {})
+        if len(set(per.values())) > 1:
+            runs = ", ".join(f"dp {dp} on {name}" for name, dp in per.items())
+            notes.append((f"strategies[{i}].dp", f"omitted, so each backend fills its devices: {runs}; their rows "
+                                                  f"are different layouts, not one case measured and modeled "
+                                                  f"(state dp to run one layout everywhere)"))
+    return notes
+
+
 def kv_link_notes(planned: list[PlannedCase], catalog: Catalog, scenario: Scenario) -> list[tuple[str, str]]:
     """(key, note) where serving.disaggregation.kv_transfer.link names a link the deployment would not carry its KV
     cache over on a modeled backend's cluster: the cluster's link inside a node while the instances span nodes, or

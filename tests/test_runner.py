@@ -335,3 +335,28 @@ def test_a_degree_refused_on_one_of_several_backends_offers_the_values_every_bac
     path.write_text(yaml.safe_dump(data))
     assert main(["validate", str(path)]) == 2
     assert "on every backend here" not in capsys.readouterr().err     # one backend: its own list says it
+
+
+def test_a_strategy_without_dp_that_fills_backends_differently_is_noted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """dp omitted: 1 on the cpu backend, 2 on a 2-device roofline; validate says the rows are two layouts (trial
+    46/49), and says nothing where every backend runs the same dp."""
+    import yaml
+
+    from llmsim.cli import main
+
+    data = {"name": "fill", "workload": {"model": {"preset": "gpt2-small", "layers": 2, "seq_len": 64},
+                                         "batch": 4, "dtype": "float32"},
+            "strategies": [{"name": "single"}],
+            "backends": {"cpu": {"steps": 1, "warmup": 0},
+                         "roofline": {"hardware": "a100-80gb", "nodes": 1, "devices_per_node": 2}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"llmsim: note: {path}: strategies[0].dp: omitted, so each backend fills its devices: dp 1 on cpu, dp 2 "
+            f"on roofline; their rows are different layouts") in err, err
+    data["backends"]["roofline"]["devices_per_node"] = 1
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+    assert "strategies[0].dp" not in capsys.readouterr().err
