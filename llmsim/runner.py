@@ -26,7 +26,7 @@ from llmsim.config import (NUMBER_WANTED, Scenario, Strategy, parse_scenario, al
 from llmsim.costmodel import precision
 from llmsim.costmodel.cluster import DEFAULT_EFFICIENCY, ClusterSpec, tp_span_note
 from llmsim.costmodel.compute import attention_problem
-from llmsim.costmodel.eager import sglang_counted
+from llmsim.costmodel.eager import allreduce_rms_fusion_problem, sglang_counted
 from llmsim.costmodel.plan import FUSED_ATTENTION, AttentionKernel, master_weights_apply
 from llmsim.engine_options import TRAINING_ONLY_OPTIONS, serving_attention_problem
 from llmsim.environment import environment_record
@@ -947,22 +947,9 @@ def allreduce_rms_fusion_notes(planned: list[PlannedCase], catalog: Catalog,
         return []
     notes: dict[str, str] = {}
     for item, cluster in _modeled_clusters(planned, catalog):
-        tp, pp = item.case.layout.tp, item.case.layout.pp
-        attention_dp = getattr(item.case.strategy, "attention_dp", 1) or 1
-        limits = getattr(cluster.device, "allreduce_rms_fusion_max_bytes", None) or {}
-        if tp <= 1:
-            reason = "tp 1 has no all-reduce to fuse"
-        elif pp > 1:
-            reason = f"vLLM does not fuse with pipeline parallelism (pp {pp})"
-        elif attention_dp > 1:
-            reason = f"vLLM does not fuse with data parallelism (attention_dp {attention_dp})"
-        elif scenario.workload.dtype == "float32":
-            reason = "an fp32 residual stream is not one FlashInfer's fused kernel takes (bf16 or fp16)"
-        elif tp not in limits:
-            sizes = ", ".join(str(t) for t in sorted(limits))
-            reason = (f"{cluster.device.name} has no fusion limit for tp {tp} (allreduce_rms_fusion_max_bytes: "
-                      + (f"tp {sizes} only)" if sizes else "none; vLLM runs it on Hopper and Blackwell only)"))
-        else:
+        reason = allreduce_rms_fusion_problem(item.case.layout.tp, item.case.layout.pp, item.case.strategy.attention_dp,
+                                              scenario.workload.dtype, cluster.device)
+        if reason is None:
             continue
         notes.setdefault(f"serving.scheduler.fuse_allreduce_rms (backends.{item.backend.name}, strategy "
                          f"{item.case.strategy.name})", f"true changes nothing here: {reason}; priced without it")

@@ -245,6 +245,30 @@ def allreduce_rms_fusion_max_tokens(device: object, tp: int, hidden: int) -> int
     return int(max_bytes // (hidden * FUSED_ALLREDUCE_RMS_ELEMENT_BYTES)) if max_bytes else 0
 
 
+def allreduce_rms_fusion_problem(tp: int, pp: int, attention_dp: int, dtype: str, device: object) -> str | None:
+    """Why vLLM's all-reduce + RMSNorm fusion runs in no pass of a replica of `tp` x `pp` devices (`attention_dp`
+    attention data-parallel ranks) for a `dtype` workload on `device`, or None where it runs in the passes within
+    the device's limit (`allreduce_rms_fusion_max_tokens`): tp 1 (no all-reduce), a pipeline or attention data
+    parallelism (vLLM turns it off), an fp32 residual stream (FlashInfer's kernel takes bf16 and fp16), or a
+    device without a limit for the tp size. The one rule `fused_allreduce_rms_sites` prices and `llmsim validate`
+    notes (runner.allreduce_rms_fusion_notes)."""
+    limits = getattr(device, "allreduce_rms_fusion_max_bytes", None) or {}
+    if tp <= 1:
+        return "tp 1 has no all-reduce to fuse"
+    if pp > 1:
+        return f"vLLM does not fuse with pipeline parallelism (pp {pp})"
+    if attention_dp > 1:
+        return f"vLLM does not fuse with data parallelism (attention_dp {attention_dp})"
+    if dtype == "float32":
+        return "an fp32 residual stream is not one FlashInfer's fused kernel takes (bf16 or fp16)"
+    if tp not in limits:
+        sizes = ", ".join(str(t) for t in sorted(limits))
+        name = getattr(device, "name", "the device")
+        return (f"{name} has no fusion limit for tp {tp} (allreduce_rms_fusion_max_bytes: "
+                + (f"tp {sizes} only)" if sizes else "none; vLLM runs it on Hopper and Blackwell only)"))
+    return None
+
+
 def fused_allreduce_rms_sites(model: "IterationModel", pass_tokens: float) -> int:
     """All-reduce sites per layer that vLLM's all-reduce + RMSNorm fusion folds into one kernel with the norm after
     them in a pass of `pass_tokens` tokens, each one kernel fewer (the comment above
@@ -253,8 +277,8 @@ def fused_allreduce_rms_sites(model: "IterationModel", pass_tokens: float) -> in
     vLLM's data_parallel_size 1), a 16-bit residual stream (the workload's dtype, or bf16 for an 8- or 4-bit
     checkpoint) and the pass at most `allreduce_rms_fusion_max_tokens` tokens; else 0."""
     plan, workload = model.plan, model.workload
-    # an fp32 model's residual stream is fp32, which FlashInfer's fused kernel does not take
-    if plan.tp <= 1 or plan.pp > 1 or plan.attention_dp > 1 or workload.dtype == "float32":
+    if allreduce_rms_fusion_problem(plan.tp, plan.pp, plan.attention_dp, workload.dtype,
+                                    model.cluster.device) is not None:
         return 0
     limit = allreduce_rms_fusion_max_tokens(model.cluster.device, plan.tp, workload.model.hidden)
     if pass_tokens <= 0 or pass_tokens > limit:
